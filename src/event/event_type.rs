@@ -1,0 +1,218 @@
+//! [`EventType`]: every Clink event name, and the marker types in [`events`](crate::events).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Ties a marker type to its event name and data type, so that
+/// [`EventRouter::on`](crate::EventRouter::on) checks the pairing at compile time.
+///
+/// Implemented by every type in [`events`](crate::events); there is no need
+/// to implement it yourself.
+pub trait EventKind: Send + Sync + 'static {
+    /// The event's [`EventType`].
+    const TYPE: EventType;
+    /// The type its `data` decodes into.
+    type Data: serde::de::DeserializeOwned + Send + 'static;
+}
+
+macro_rules! event_types {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal => $data:ty, $family:ident; )+) => {
+        /// The `type` of a Clink event: every name Clink sends, spelled as Clink
+        /// spells it, plus [`Unknown`](EventType::Unknown) for names added later.
+        ///
+        /// ```
+        /// use clink_webhooks::EventType;
+        ///
+        /// let t: EventType = "subscription.cancelled".parse().unwrap();
+        /// assert_eq!(t, EventType::SubscriptionCancelled);
+        /// assert_eq!(t.to_string(), "subscription.cancelled");
+        /// assert_eq!("wallet.topped_up".parse::<EventType>().unwrap(), EventType::Unknown("wallet.topped_up".into()));
+        /// ```
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum EventType {
+            $( $(#[$doc])* #[doc = concat!("`", $name, "`")] $variant, )+
+            /// A name this version of the crate does not know yet.
+            Unknown(String),
+        }
+
+        impl EventType {
+            /// Every event name this crate knows, in Clink's catalogue order.
+            pub const ALL: &'static [EventType] = &[ $( EventType::$variant, )+ ];
+
+            /// The wire name, e.g. `order.succeeded`.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( EventType::$variant => $name, )+
+                    EventType::Unknown(name) => name,
+                }
+            }
+
+            /// The family: the part of the name before the first dot
+            /// (`order`, `subscription`, `dispute`, ...).
+            #[must_use]
+            pub fn family(&self) -> &str {
+                let name = self.as_str();
+                name.split_once('.').map_or(name, |(family, _)| family)
+            }
+
+            fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $( $name => Some(EventType::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        /// One marker type per Clink event, for typed handler registration
+        /// with [`EventRouter::on`](crate::EventRouter::on).
+        ///
+        /// ```
+        /// use clink_webhooks::{events, EventKind, EventType};
+        ///
+        /// assert_eq!(<events::OrderSucceeded as EventKind>::TYPE, EventType::OrderSucceeded);
+        /// ```
+        pub mod events {
+            $(
+                #[doc = concat!("Marker for `", $name, "`; its data is [`", stringify!($data), "`].")]
+                #[derive(Debug, Clone, Copy, Default)]
+                pub struct $variant;
+
+                impl super::EventKind for $variant {
+                    const TYPE: super::EventType = super::EventType::$variant;
+                    type Data = $data;
+                }
+            )+
+        }
+    };
+}
+
+event_types! {
+    OrderCreated = "order.created" => crate::event::Order, order;
+    OrderSucceeded = "order.succeeded" => crate::event::Order, order;
+    OrderFailed = "order.failed" => crate::event::Order, order;
+    RefundCreated = "refund.created" => crate::event::Refund, refund;
+    RefundSucceeded = "refund.succeeded" => crate::event::Refund, refund;
+    RefundFailed = "refund.failed" => crate::event::Refund, refund;
+    SubscriptionCreated = "subscription.created" => crate::event::Subscription, subscription;
+    SubscriptionTrialing = "subscription.trialing" => crate::event::Subscription, subscription;
+    SubscriptionActivated = "subscription.activated" => crate::event::Subscription, subscription;
+    SubscriptionIncompleteExpired = "subscription.incomplete_expired" => crate::event::Subscription, subscription;
+    SubscriptionPastDue = "subscription.past_due" => crate::event::Subscription, subscription;
+    SubscriptionCancelled = "subscription.cancelled" => crate::event::Subscription, subscription;
+    InvoiceOpen = "invoice.open" => crate::event::Invoice, invoice;
+    InvoicePaid = "invoice.paid" => crate::event::Invoice, invoice;
+    InvoiceVoid = "invoice.void" => crate::event::Invoice, invoice;
+    OrderNextAction = "order.next_action" => crate::event::Order, order;
+    SubscriptionPlanChanged = "subscription.updated.plan_changed" => crate::event::Subscription, subscription;
+    SubscriptionPlanChangeCanceled = "subscription.updated.plan_change_canceled" => crate::event::Subscription, subscription;
+    SubscriptionRenewed = "subscription.updated.renewed" => crate::event::Subscription, subscription;
+    SubscriptionCancelAtPeriodEndSet = "subscription.updated.cancel_at_period_end_set" => crate::event::Subscription, subscription;
+    SubscriptionCancelAtPeriodEndRevoked = "subscription.updated.cancel_at_period_end_revoked" => crate::event::Subscription, subscription;
+    SessionComplete = "session.complete" => crate::event::Session, session;
+    SessionExpired = "session.expired" => crate::event::Session, session;
+    DisputeCreated = "dispute.created" => crate::event::Dispute, dispute;
+    DisputeUpdated = "dispute.updated" => crate::event::Dispute, dispute;
+    DisputeWon = "dispute.won" => crate::event::Dispute, dispute;
+    DisputeLost = "dispute.lost" => crate::event::Dispute, dispute;
+    DisputeClosed = "dispute.closed" => crate::event::Dispute, dispute;
+    CustomerVerify = "customer.verify" => crate::event::CustomerVerify, customer;
+    PaymentMethodAdded = "payment_method.added" => serde_json::Value, payment_method;
+    PaymentMethodDefaultChange = "payment_method.default_change" => serde_json::Value, payment_method;
+    RiskRuleUpdated = "risk_rule.updated" => serde_json::Value, risk_rule;
+    AgentOrderSucceeded = "agent_order.succeeded" => serde_json::Value, agent_order;
+    AgentOrderFailed = "agent_order.failed" => serde_json::Value, agent_order;
+    AgentRefundSucceeded = "agent_refund.succeeded" => serde_json::Value, agent_refund;
+    AgentRefundFailed = "agent_refund.failed" => serde_json::Value, agent_refund;
+    AgentRefundApproved = "agent_refund.approved" => serde_json::Value, agent_refund;
+    AgentRefundRejected = "agent_refund.rejected" => serde_json::Value, agent_refund;
+    PaymentMethodUpdate = "payment_method.update" => serde_json::Value, payment_method;
+    PurchaseInstructionCreated = "purchase_instruction.created" => serde_json::Value, purchase_instruction;
+    PurchaseInstructionActivated = "purchase_instruction.activated" => serde_json::Value, purchase_instruction;
+    PurchaseInstructionUpdated = "purchase_instruction.updated" => serde_json::Value, purchase_instruction;
+    PurchaseInstructionCancelled = "purchase_instruction.cancelled" => serde_json::Value, purchase_instruction;
+    VicDeviceBindingSucceeded = "vic_device.binding_succeeded" => serde_json::Value, vic_device;
+}
+
+impl EventType {
+    /// Whether this is a name the crate knows (not [`Unknown`](EventType::Unknown)).
+    #[must_use]
+    pub fn is_known(&self) -> bool {
+        !matches!(self, EventType::Unknown(_))
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: a name the crate does not know becomes [`EventType::Unknown`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(s))
+    }
+}
+
+impl From<&str> for EventType {
+    fn from(s: &str) -> Self {
+        Self::from_name(s).unwrap_or_else(|| EventType::Unknown(s.to_owned()))
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(Self::from(name.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_are_44_distinct_names_that_round_trip() {
+        assert_eq!(EventType::ALL.len(), 44);
+        let names: std::collections::HashSet<_> =
+            EventType::ALL.iter().map(EventType::as_str).collect();
+        assert_eq!(names.len(), 44);
+        for t in EventType::ALL {
+            assert!(t.is_known());
+            assert_eq!(&t.to_string().parse::<EventType>().unwrap(), t);
+            let json = serde_json::to_string(t).unwrap();
+            assert_eq!(&serde_json::from_str::<EventType>(&json).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn spelling_quirks_are_kept() {
+        assert_eq!(
+            EventType::SubscriptionCancelled.as_str(),
+            "subscription.cancelled"
+        );
+        assert_eq!(
+            EventType::SubscriptionPlanChangeCanceled.as_str(),
+            "subscription.updated.plan_change_canceled"
+        );
+        assert_eq!(
+            EventType::PaymentMethodUpdate.as_str(),
+            "payment_method.update"
+        );
+        assert_eq!(EventType::SessionComplete.as_str(), "session.complete");
+        assert_eq!(EventType::SubscriptionRenewed.family(), "subscription");
+        assert!(!EventType::from("payment_method.updated").is_known());
+    }
+}

@@ -1,0 +1,8 @@
+//! `session.*` data.
+use serde::{Deserialize, Serialize};
+
+/// The resource a `session.*` event is about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Session {}

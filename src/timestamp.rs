@@ -1,0 +1,236 @@
+//! [`Timestamp`]: a point in time at millisecond precision, as Clink sends them.
+//!
+//! Clink writes times in two ways: epoch milliseconds (`createTime`,
+//! `paymentTime`, and `created` in newer payloads) and RFC 3339 strings
+//! (`created` in older payloads, session `expire`). Both decode into the same
+//! type, so a handler never cares which one arrived.
+//!
+//! ```
+//! use clink_webhooks::Timestamp;
+//!
+//! let a: Timestamp = serde_json::from_str("1736942400000").unwrap();
+//! let b: Timestamp = serde_json::from_str(r#""2025-01-15T12:00:00.000Z""#).unwrap();
+//! assert_eq!(a, b);
+//! assert_eq!(a.as_millis(), 1_736_942_400_000);
+//! assert_eq!(a.to_string(), "2025-01-15T12:00:00.000Z");
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// A point in time, in whole milliseconds since the Unix epoch (UTC).
+///
+/// Ordered, hashable and cheap to copy. Deserializes from an integer of epoch
+/// milliseconds, a string of digits (epoch milliseconds), or an RFC 3339
+/// string; serializes as an RFC 3339 string with milliseconds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The timestamp `millis` milliseconds after the Unix epoch (negative is before).
+    #[must_use]
+    pub const fn from_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    #[must_use]
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// The current time, truncated to the millisecond.
+    #[must_use]
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// Converts a [`SystemTime`], truncating to the millisecond and saturating
+    /// at the ends of the `i64` range.
+    #[must_use]
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let millis = match t.duration_since(UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_millis())
+                .map(|m| -m)
+                .unwrap_or(i64::MIN),
+        };
+        Self(millis)
+    }
+
+    /// This timestamp as a [`SystemTime`].
+    #[must_use]
+    pub fn to_system_time(self) -> SystemTime {
+        let offset = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            UNIX_EPOCH + offset
+        } else {
+            UNIX_EPOCH - offset
+        }
+    }
+
+    /// Parses an RFC 3339 date-time such as `2025-01-15T12:00:00.000Z`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`TimestampParseError`] when `s` is not RFC 3339 or lies outside
+    /// the range of epoch milliseconds in an `i64`.
+    pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampParseError> {
+        let parsed = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimestampParseError)?;
+        let millis = parsed.unix_timestamp_nanos() / 1_000_000;
+        i64::try_from(millis)
+            .map(Self)
+            .map_err(|_| TimestampParseError)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+/// Formats as RFC 3339 in UTC with milliseconds, e.g. `2025-01-15T12:00:00.000Z`;
+/// a value outside the calendar range prints as raw epoch milliseconds.
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(dt) => write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.millisecond()
+            ),
+            Err(_) => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Self::from_system_time(t)
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        t.to_system_time()
+    }
+}
+
+/// The error from [`Timestamp::parse_rfc3339`]: the text is not an RFC 3339
+/// date-time within range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampParseError;
+
+impl fmt::Display for TimestampParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not an RFC 3339 date-time (expected e.g. 2025-01-15T12:00:00.000Z)")
+    }
+}
+
+impl std::error::Error for TimestampParseError {}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimestampVisitor;
+
+        impl Visitor<'_> for TimestampVisitor {
+            type Value = Timestamp;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 date-time")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                i64::try_from(v)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom("epoch milliseconds out of range"))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
+                // JSON writers sometimes emit `1736942400000.0`; accept whole values only.
+                #[allow(clippy::cast_possible_truncation)]
+                if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Ok(Timestamp(v as i64))
+                } else {
+                    Err(E::custom("epoch milliseconds must be a whole number"))
+                }
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                    return v
+                        .parse::<i64>()
+                        .map(Timestamp)
+                        .map_err(|_| E::custom("epoch milliseconds out of range"));
+                }
+                Timestamp::parse_rfc3339(v).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(TimestampVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_wire_forms_decode_to_the_same_instant() {
+        let ms: Timestamp = serde_json::from_str("1750062041000").unwrap();
+        let text: Timestamp = serde_json::from_str(r#""2025-06-16T08:20:41Z""#).unwrap();
+        let digits: Timestamp = serde_json::from_str(r#""1750062041000""#).unwrap();
+        assert_eq!(ms, text);
+        assert_eq!(ms, digits);
+    }
+
+    #[test]
+    fn offsets_are_normalised_to_utc() {
+        let t: Timestamp = serde_json::from_str(r#""2025-01-15T13:00:00.250+01:00""#).unwrap();
+        assert_eq!(t.to_string(), "2025-01-15T12:00:00.250Z");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            r#""yesterday""#,
+            r#""""#,
+            "true",
+            "1.5",
+            "18446744073709551615",
+        ] {
+            assert!(serde_json::from_str::<Timestamp>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn system_time_round_trips_on_both_sides_of_the_epoch() {
+        for ms in [0, 1, -1, 1_736_942_400_123, -86_400_000] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
+        }
+    }
+}
