@@ -1,6 +1,81 @@
 //! Deduplicating deliveries: the [`IdempotencyStore`] trait and its stores.
 //!
-//! (State machine table and store docs: see the store modules.)
+//! Clink retries an event until it gets a 2xx, and two attempts of one event
+//! can arrive at once, at different instances of the app. A store makes the
+//! handler run to success exactly once per event id: the first delivery
+//! *claims* the id with a lease, runs the handler, then either *completes*
+//! the id (remembered for the retention window) or *releases* it so the next
+//! retry runs the handler again.
+//!
+//! # State machine
+//!
+//! | state of the key | call | next state | answer, and what the layer does |
+//! |---|---|---|---|
+//! | absent | `claim` | claimed by a new token until the lease ends | [`Claim::Claimed`]: run the handler |
+//! | claimed, lease live | `claim` | unchanged | [`Claim::InFlight`] with the lease's time left: 409 with `Retry-After`, handler not run |
+//! | claimed, lease expired | `claim` | claimed by the new token (the old one is stale) | [`Claim::Claimed`]: the holder is presumed dead, run the handler |
+//! | claimed, lease live | `complete(token)` | completed until the retention ends | [`Settle::Applied`]: 200 |
+//! | claimed, lease live | `release(token)` after a handler error, timeout or panic | absent | [`Settle::Applied`]: the error status; Clink's retry runs the handler again |
+//! | claimed by another token, lease expired, or absent | `complete`/`release` with a stale token | unchanged | [`Settle::LeaseLost`]: after `complete` still 200 (the handler did succeed), logged and counted |
+//! | completed, retention live | `claim` | unchanged | [`Claim::Completed`]: 200, handler not run |
+//! | completed, retention ended | `claim` | claimed by the new token | [`Claim::Claimed`] |
+//! | any | `claim` fails ([`StoreError`]) | unchanged | 503, handler not run: fail closed, Clink retries |
+//!
+//! The token returned with [`Claim::Claimed`] is a fencing token: only its
+//! holder can settle the claim, and only while the lease is live. Once a lease
+//! has ended the token is stale even if nobody took the key over yet, so every
+//! store answers the same way whether or not it still holds the expired
+//! entry. Keep the handler's timeout below the lease so a slow handler never
+//! runs beside its successor.
+//!
+//! # Keys
+//!
+//! Stores treat keys as opaque text: they do not parse, prefix or namespace
+//! them. Namespacing is the caller's job; the layer builds
+//! `{prefix}:{live|test|any}:{event_id}` so that several apps can share one
+//! server and live and test events never collide. A key is any string of at
+//! most [`MAX_KEY_LEN`] bytes without NUL characters (a limit every store
+//! shares, set by what PostgreSQL can index and store as `text`).
+//!
+//! # Stores
+//!
+//! | store | feature | scope | round trips per delivery |
+//! |---|---|---|---|
+//! | [`MemoryStore`] | always | one process | none |
+//! | `RedisStore` | `redis` | many instances sharing one Redis | 2 (claim, settle) |
+//! | `PostgresStore` | `postgres` | many instances sharing one database; can join the caller's transaction | 2 (claim, settle) |
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use clink_webhooks::idempotency::{
+//!     Claim, IdempotencyStore, MemoryStore, Settle, DEFAULT_LEASE, DEFAULT_RETENTION,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), clink_webhooks::idempotency::StoreError> {
+//! let store = MemoryStore::new();
+//! let key = "clink:live:evt_123";
+//!
+//! // The first delivery claims the event and runs the handler...
+//! let Claim::Claimed(token) = store.claim(key, DEFAULT_LEASE).await? else {
+//!     panic!("a fresh key is claimable");
+//! };
+//! // ...while a second one, arriving meanwhile, is told to come back later.
+//! assert!(matches!(store.claim(key, DEFAULT_LEASE).await?, Claim::InFlight { .. }));
+//!
+//! // The handler succeeded: remember the event for the retention window.
+//! assert_eq!(store.complete(key, &token, DEFAULT_RETENTION).await?, Settle::Applied);
+//!
+//! // A retry of the same event is acknowledged without running the handler.
+//! assert_eq!(store.claim(key, DEFAULT_LEASE).await?, Claim::Completed);
+//!
+//! // The token is spent: it can neither complete nor release again.
+//! assert_eq!(store.release(key, &token).await?, Settle::LeaseLost);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -8,7 +83,17 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::PostgresStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// A boxed, sendable future, as returned by [`IdempotencyStore`] methods.
@@ -19,6 +104,16 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// How long a completed event id is remembered (72 h, beyond Clink's ~24 h of retries).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+/// How long a networked store waits for one answer before giving up with
+/// [`StoreErrorKind::Timeout`] (1 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest key a store accepts, in bytes (see [Keys](self#keys)).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The longest lease or retention a store accepts (10 years).
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The outcome of [`IdempotencyStore::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +137,8 @@ pub enum Claim {
 pub enum Settle {
     /// The caller still held the lease and the change was made.
     Applied,
-    /// The lease had expired and been taken over (or the key was gone), so
-    /// nothing changed: the token was stale.
+    /// The lease had ended (and perhaps been taken over), or the key was
+    /// gone, so nothing changed: the token was stale.
     LeaseLost,
 }
 
@@ -99,16 +194,34 @@ impl fmt::Debug for LeaseToken {
 
 /// Remembers which event ids are being handled and which are done.
 ///
-/// Object safe: hold it as `Arc<dyn IdempotencyStore>`.
+/// Object safe: hold it as `Arc<dyn IdempotencyStore>`. The
+/// [module docs](self) give the state machine every implementation follows;
+/// `tests/stores` is a conformance suite that checks it against a real server.
+///
+/// Keys are opaque to the store (see [Keys](self#keys)). Durations are
+/// honoured to the millisecond by the networked stores and must lie between
+/// 1 ms and [`MAX_TTL`].
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Tries to take the lease on `key` for `lease`.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer, is full of live claims,
+    /// or the key or lease is out of range. The caller must not run the
+    /// handler: the delivery is refused with 503 so that Clink retries.
     fn claim<'a>(
         &'a self,
         key: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>>;
 
-    /// Marks `key` completed for `retention`, if `token` still holds the lease.
+    /// Marks `key` completed for `retention`, if `token` still holds a live
+    /// lease on it; otherwise answers [`Settle::LeaseLost`] and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer or an argument is out of
+    /// range. The key then stays claimed until its lease ends.
     fn complete<'a>(
         &'a self,
         key: &'a str,
@@ -117,7 +230,13 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
     /// Gives up the lease on `key` so the next delivery runs the handler, if
-    /// `token` still holds it.
+    /// `token` still holds a live lease on it; otherwise answers
+    /// [`Settle::LeaseLost`] and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer or the key is out of
+    /// range. The key then stays claimed until its lease ends.
     fn release<'a>(
         &'a self,
         key: &'a str,
@@ -135,6 +254,10 @@ pub enum StoreErrorKind {
     Timeout,
     /// The store answered something unexpected.
     Protocol,
+    /// The store is full of live claims and cannot take another key.
+    Full,
+    /// A key or duration was out of range (see [`IdempotencyStore`]).
+    InvalidInput,
 }
 
 /// The store could not answer; the delivery is refused with 503 so Clink retries.
@@ -168,9 +291,134 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Unavailable => "idempotency store unavailable",
             StoreErrorKind::Timeout => "idempotency store timed out",
             StoreErrorKind::Protocol => "idempotency store answered unexpectedly",
+            StoreErrorKind::Full => "idempotency store full",
+            StoreErrorKind::InvalidInput => "invalid idempotency store argument",
         };
         write!(f, "{what}: {}", self.message)
     }
 }
 
 impl std::error::Error for StoreError {}
+
+/// A store was configured with a value it cannot work with (a zero capacity
+/// or timeout, a table name that is not a plain identifier, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid idempotency store configuration: {}",
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Checks that `key` is one every store accepts.
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidInput,
+            format!(
+                "key is {} bytes long, the limit is {MAX_KEY_LEN}",
+                key.len()
+            ),
+        ));
+    }
+    if key.contains('\0') {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidInput,
+            "key contains a NUL character",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a lease or retention and returns it in whole milliseconds, rounded up.
+pub(crate) fn ttl_millis(what: &str, ttl: Duration) -> Result<u64, StoreError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidInput,
+            format!("{what} of {ttl:?} is out of range (1 ms to {MAX_TTL:?})"),
+        ));
+    }
+    let millis = ttl.as_nanos().div_ceil(1_000_000);
+    // MAX_TTL is far below u64::MAX milliseconds, so this never saturates.
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// Checks a per-call timeout given to a networked store.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn check_timeout(timeout: Duration) -> Result<Duration, ConfigError> {
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            "the per-call timeout must be longer than zero",
+        ));
+    }
+    Ok(timeout)
+}
+
+/// Runs one store call under the per-call timeout.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("").is_ok());
+        assert!(check_key("clink:live:evt_1 ü ✓").is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+
+        let long = check_key(&"k".repeat(MAX_KEY_LEN + 1)).unwrap_err();
+        assert_eq!(long.kind(), StoreErrorKind::InvalidInput);
+        assert!(long.to_string().contains("1025 bytes"), "{long}");
+
+        let nul = check_key("a\0b").unwrap_err();
+        assert_eq!(nul.kind(), StoreErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn ttls_round_up_to_whole_milliseconds() {
+        assert_eq!(ttl_millis("lease", Duration::from_nanos(1)).ok(), Some(1));
+        assert_eq!(
+            ttl_millis("lease", Duration::from_micros(1500)).ok(),
+            Some(2)
+        );
+        assert_eq!(ttl_millis("lease", DEFAULT_LEASE).ok(), Some(30_000));
+        assert!(ttl_millis("lease", MAX_TTL).is_ok());
+
+        for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
+            let err = ttl_millis("retention", bad).unwrap_err();
+            assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
+            assert!(err.to_string().contains("retention"), "{err}");
+        }
+    }
+}
