@@ -1,0 +1,313 @@
+//! [`RedisStore`]: a store shared by every instance through one Redis server.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, RedisError, Script, Value};
+
+use super::{
+    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
+    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+};
+
+/// What a completed key holds.
+const DONE: &str = "done";
+/// What a claimed key holds, before the holder's token.
+const CLAIMED: &str = "claimed:";
+
+/// Claims `KEYS[1]` for the token `ARGV[1]` for `ARGV[2]` ms.
+/// Answers `{0}` claimed, `{1, pttl}` in flight, `{2}` completed.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+    redis.call('SET', KEYS[1], '{CLAIMED}' .. ARGV[1], 'PX', ARGV[2])
+    return {{0}}
+end
+if value == '{DONE}' then
+    return {{2}}
+end
+if string.sub(value, 1, {prefix}) == '{CLAIMED}' then
+    return {{1, redis.call('PTTL', KEYS[1])}}
+end
+return redis.error_reply('key holds a value the idempotency store did not write')
+",
+        prefix = CLAIMED.len()
+    ))
+});
+
+/// Marks `KEYS[1]` done for `ARGV[2]` ms if the token `ARGV[1]` holds it.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+if redis.call('GET', KEYS[1]) == '{CLAIMED}' .. ARGV[1] then
+    redis.call('SET', KEYS[1], '{DONE}', 'PX', ARGV[2])
+    return 1
+end
+return 0
+"
+    ))
+});
+
+/// Deletes `KEYS[1]` if the token `ARGV[1]` holds it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+if redis.call('GET', KEYS[1]) == '{CLAIMED}' .. ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+"
+    ))
+});
+
+/// An idempotency store in Redis (7 or later), shared by every instance of
+/// the app that points at the same server.
+///
+/// Each key is one string: `claimed:<token>` with the lease as its expiry,
+/// then `done` with the retention as its expiry. Redis's own clock ends both,
+/// so the app servers' clocks do not matter and nothing needs reaping.
+///
+/// Each call is one round trip: a Lua script (`EVALSHA`) that reads and
+/// writes the key atomically. After a server restart empties the script
+/// cache, the first call of each script loads it once (`NOSCRIPT`, then
+/// `SCRIPT LOAD` and a second `EVALSHA`).
+///
+/// Every call gives up after the per-call timeout (default
+/// [`DEFAULT_TIMEOUT`]) with [`StoreErrorKind::Timeout`]; a lost connection is
+/// [`StoreErrorKind::Unavailable`] and the [`ConnectionManager`] reconnects in
+/// the background. Either way the layer answers 503 and Clink retries. An
+/// answer lost to a timeout may still have claimed the key; that claim then
+/// holds until its lease ends.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use clink_webhooks::idempotency::{IdempotencyStore, RedisStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let url = std::env::var("REDIS_URL")?;
+/// let store: Arc<dyn IdempotencyStore> = Arc::new(RedisStore::connect(&url).await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// A store over an existing connection manager, with the default timeout.
+    #[must_use]
+    pub fn new(connection: ConnectionManager) -> Self {
+        Self {
+            connection,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`).
+    ///
+    /// Connection attempts time out after [`DEFAULT_TIMEOUT`]. The returned
+    /// store reconnects by itself when the connection drops later.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::InvalidInput`] when `url` does not parse, and
+    /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when the
+    /// server cannot be reached. The message never repeats the URL, which may
+    /// hold a password.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "the Redis URL does not parse (it is not shown: it may hold a password)",
+            )
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+            .set_number_of_retries(1);
+        let connect = async {
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|err| store_error("cannot connect to Redis", &err))
+        };
+        Ok(Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?))
+    }
+
+    /// Sets how long each call waits for Redis before failing with
+    /// [`StoreErrorKind::Timeout`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.timeout = check_timeout(timeout)?;
+        Ok(self)
+    }
+
+    /// The per-call timeout.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `script` on `key` with `args` under the per-call timeout.
+    async fn run(&self, script: &Script, key: &str, args: &[&str]) -> Result<Value, StoreError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.connection.clone();
+        timed(self.timeout, async {
+            invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|err| store_error("Redis call failed", &err))
+        })
+        .await
+    }
+
+    async fn claim_key(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
+        check_key(key)?;
+        let lease = ttl_millis("lease", lease)?.to_string();
+        let token = LeaseToken::generate();
+        let reply = self.run(&CLAIM, key, &[token.as_str(), &lease]).await?;
+        let Value::Array(items) = reply else {
+            return Err(unexpected(&reply));
+        };
+        match items.as_slice() {
+            [Value::Int(0)] => Ok(Claim::Claimed(token)),
+            [Value::Int(2)] => Ok(Claim::Completed),
+            [Value::Int(1), Value::Int(pttl)] => match u64::try_from(*pttl) {
+                Ok(millis) => Ok(Claim::InFlight {
+                    retry_after: Duration::from_millis(millis),
+                }),
+                // -1: a claim without expiry, which this store never writes.
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "a claimed key has no expiry; it was not written by this store",
+                )),
+            },
+            _ => Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                format!("unexpected claim reply of {} items", items.len()),
+            )),
+        }
+    }
+
+    async fn settle(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<Settle, StoreError> {
+        check_key(key)?;
+        match self.run(script, key, args).await? {
+            Value::Int(1) => Ok(Settle::Applied),
+            Value::Int(0) => Ok(Settle::LeaseLost),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(self.claim_key(key, lease))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async move {
+            let retention = ttl_millis("retention", retention)?.to_string();
+            self.settle(&COMPLETE, key, &[token.as_str(), &retention])
+                .await
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async move { self.settle(&RELEASE, key, &[token.as_str()]).await })
+    }
+}
+
+/// A [`StoreError`] for a failed Redis call, built from the error's kind and
+/// codes only: never from text that could echo the URL or the password.
+fn store_error(context: &str, err: &RedisError) -> StoreError {
+    use ::redis::ServerErrorKind as Server;
+
+    let unavailable =
+        |why: &str| StoreError::new(StoreErrorKind::Unavailable, format!("{context}: {why}"));
+    if err.is_timeout() {
+        return StoreError::new(StoreErrorKind::Timeout, format!("{context}: timed out"));
+    }
+    if err.is_connection_refusal() {
+        return unavailable("connection refused");
+    }
+    if err.is_io_error() || err.is_connection_dropped() {
+        return unavailable("connection lost");
+    }
+    match err.kind() {
+        ErrorKind::AuthenticationFailed => {
+            unavailable("authentication failed (check the credentials in the URL)")
+        }
+        ErrorKind::Server(
+            Server::BusyLoading
+            | Server::TryAgain
+            | Server::MasterDown
+            | Server::ClusterDown
+            | Server::ReadOnly,
+        ) => unavailable(err.category()),
+        ErrorKind::Server(_) => StoreError::new(
+            StoreErrorKind::Protocol,
+            format!(
+                "{context}: server answered {} {}",
+                err.code().unwrap_or("ERR"),
+                err.detail().unwrap_or("")
+            ),
+        ),
+        _ => StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("{context}: {}", err.category()),
+        ),
+    }
+}
+
+fn unexpected(reply: &Value) -> StoreError {
+    let shape = match reply {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) | Value::BulkString(_) => "a string",
+        _ => "another type",
+    };
+    StoreError::new(
+        StoreErrorKind::Protocol,
+        format!("unexpected reply from the idempotency script: {shape}"),
+    )
+}
