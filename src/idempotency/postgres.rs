@@ -1,0 +1,630 @@
+//! [`PostgresStore`]: a store in a PostgreSQL table, shared by every instance,
+//! that can also join the caller's own transaction.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Pool, PoolError};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Transaction};
+
+use super::{
+    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
+    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+};
+
+/// How many expired rows one reaper statement deletes at most.
+const REAP_BATCH: i64 = 10_000;
+
+/// How long [`PostgresStore::migrate`] may wait (for the lock and the DDL).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An idempotency store in a PostgreSQL table, shared by every instance of
+/// the app that uses the same database.
+///
+/// One row per key: `lease_token` holds the holder's token while the key is
+/// claimed and is `NULL` once completed; `expires_at` is when the lease or
+/// the retention ends. Every time is the database's (`statement_timestamp()`),
+/// never the app's, so instances with skewed clocks agree.
+///
+/// * [`claim`](IdempotencyStore::claim) is one `INSERT .. ON CONFLICT DO
+///   UPDATE .. RETURNING`: it inserts the key, takes over a row whose lease or
+///   retention has ended, or leaves a live row as it is, and returns the row
+///   either way, so every answer takes one round trip.
+/// * [`complete`](IdempotencyStore::complete) and
+///   [`release`](IdempotencyStore::release) are one `UPDATE` or `DELETE`
+///   matching the key, the token and a live lease.
+/// * Statements are sent with their parameter types (no prepare step), so
+///   each call is one round trip, and the store works behind PgBouncer in
+///   transaction mode.
+///
+/// Ended rows read as absent at once but stay in the table until
+/// [`reap`](Self::reap) deletes them: run it periodically, for example with
+/// [`spawn_reaper`](Self::spawn_reaper) on one instance or from a cron job.
+///
+/// Create the table with [`migrate`](Self::migrate) at startup, or take
+/// [`schema_sql`](Self::schema_sql) into your own migrations.
+///
+/// [`claim_in`](Self::claim_in) and [`complete_in`](Self::complete_in) run in
+/// the caller's transaction, so that a business write and the dedup mark
+/// commit together or not at all (see `examples/postgres_transaction.rs`).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use clink_webhooks::idempotency::{IdempotencyStore, PostgresStore};
+///
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::new(pool).with_table("webhook_dedup")?;
+/// store.migrate().await?;
+/// store.spawn_reaper(std::time::Duration::from_secs(600))?;
+/// let store: Arc<dyn IdempotencyStore> = Arc::new(store);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Arc<Statements>,
+    timeout: Duration,
+}
+
+/// The store's SQL, written once for its table.
+struct Statements {
+    table: String,
+    schema: String,
+    /// Whether the table and its index exist, without taking any lock.
+    exists: String,
+    claim: String,
+    complete: String,
+    release: String,
+    reap: String,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        let quoted = quote(table);
+        let (schema, bare) = match table.split_once('.') {
+            Some((schema, bare)) => (Some(schema), bare),
+            None => (None, table),
+        };
+        let index = quote_part(&format!("{bare}_expires_at_idx"));
+        let qualified_index = match schema {
+            Some(schema) => format!("{}.{index}", quote_part(schema)),
+            None => index.clone(),
+        };
+        let end = "statement_timestamp() + $3 * interval '1 millisecond'";
+        Self {
+            table: table.to_owned(),
+            schema: format!(
+                "CREATE TABLE IF NOT EXISTS {quoted} (
+    -- The caller's key, such as clink:live:evt_123.
+    key         text        PRIMARY KEY,
+    -- The holder's lease token while claimed; NULL once completed.
+    lease_token text,
+    -- When the lease (claimed) or the retention (completed) ends, by the database's clock.
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {index} ON {quoted} (expires_at);
+"
+            ),
+            exists: format!(
+                "SELECT to_regclass('{}') IS NOT NULL AND to_regclass('{}') IS NOT NULL",
+                quoted, qualified_index
+            ),
+            claim: format!(
+                "INSERT INTO {quoted} AS held (key, lease_token, expires_at)
+VALUES ($1, $2, {end})
+ON CONFLICT (key) DO UPDATE SET
+    lease_token = CASE WHEN held.expires_at <= statement_timestamp()
+                       THEN excluded.lease_token ELSE held.lease_token END,
+    expires_at  = CASE WHEN held.expires_at <= statement_timestamp()
+                       THEN excluded.expires_at ELSE held.expires_at END
+RETURNING lease_token,
+    GREATEST(0, CEIL(EXTRACT(EPOCH FROM expires_at - statement_timestamp()) * 1000))::int8"
+            ),
+            complete: format!(
+                "UPDATE {quoted} SET lease_token = NULL, expires_at = {end}
+WHERE key = $1 AND lease_token = $2 AND expires_at > statement_timestamp()"
+            ),
+            release: format!(
+                "DELETE FROM {quoted}
+WHERE key = $1 AND lease_token = $2 AND expires_at > statement_timestamp()"
+            ),
+            reap: format!(
+                "DELETE FROM {quoted}
+WHERE key IN (SELECT key FROM {quoted} WHERE expires_at <= statement_timestamp()
+              LIMIT $1 FOR UPDATE SKIP LOCKED)
+  AND expires_at <= statement_timestamp()"
+            ),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// The table used unless [`with_table`](Self::with_table) names another.
+    pub const DEFAULT_TABLE: &'static str = "clink_webhook_events";
+
+    /// A store in [`DEFAULT_TABLE`](Self::DEFAULT_TABLE) over the caller's
+    /// pool, with the default per-call timeout ([`DEFAULT_TIMEOUT`]).
+    #[must_use]
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            sql: Arc::new(Statements::new(Self::DEFAULT_TABLE)),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Uses the table `name`, optionally schema-qualified (`schema.table`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless each part of `name` is 1 to 48 lowercase ASCII
+    /// letters, digits and underscores, not starting with a digit.
+    pub fn with_table(mut self, name: &str) -> Result<Self, ConfigError> {
+        check_table_name(name)?;
+        self.sql = Arc::new(Statements::new(name));
+        Ok(self)
+    }
+
+    /// Sets how long each call waits (for a pooled connection and the
+    /// answer) before failing with [`StoreErrorKind::Timeout`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.timeout = check_timeout(timeout)?;
+        Ok(self)
+    }
+
+    /// The table's name, as configured.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.sql.table
+    }
+
+    /// The per-call timeout.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The SQL that creates the table and its index, idempotent
+    /// (`CREATE .. IF NOT EXISTS`), for [`migrate`](Self::migrate) or your
+    /// own migration tool.
+    #[must_use]
+    pub fn schema_sql(&self) -> &str {
+        &self.sql.schema
+    }
+
+    /// Creates the table and its index if they do not exist.
+    ///
+    /// Safe to run from several instances at once, and while others use the
+    /// table: when both exist it only looks them up (no lock that would queue
+    /// behind open transactions); otherwise it runs
+    /// [`schema_sql`](Self::schema_sql) under a transaction-scoped advisory lock.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the database cannot be reached, the role may not
+    /// create the table, or it takes longer than 30 seconds.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        timed(self.timeout.max(MIGRATE_TIMEOUT), async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let exists: bool = client
+                .query_typed_one(&self.sql.exists, &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|err| pg_error("cannot look the table up", &err))?;
+            if exists {
+                return Ok(());
+            }
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|err| pg_error("cannot start the migration", &err))?;
+            tx.execute_typed(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[(&self.sql.table, Type::TEXT)],
+            )
+            .await
+            .map_err(|err| pg_error("cannot take the migration lock", &err))?;
+            tx.batch_execute(&self.sql.schema)
+                .await
+                .map_err(|err| pg_error("cannot create the table", &err))?;
+            tx.commit()
+                .await
+                .map_err(|err| pg_error("cannot commit the migration", &err))
+        })
+        .await
+    }
+
+    /// Deletes rows whose lease or retention has ended, and returns how many.
+    ///
+    /// Works in batches of 10,000 rows, each one statement under the per-call
+    /// timeout, and skips rows that a transaction holds locked.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when a batch fails; the batches before it stay deleted.
+    pub async fn reap(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = timed(self.timeout, async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                client
+                    .execute_typed(&self.sql.reap, &[(&REAP_BATCH, Type::INT8)])
+                    .await
+                    .map_err(|err| pg_error("cannot reap expired keys", &err))
+            })
+            .await?;
+            total += deleted;
+            if deleted < REAP_BATCH.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs [`reap`](Self::reap) every `every` on the current Tokio runtime
+    /// until the returned task is aborted. Failures are logged (`warn`) and
+    /// retried at the next tick. One reaper per database is enough.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `every` is zero or no Tokio runtime is running.
+    pub fn spawn_reaper(&self, every: Duration) -> Result<JoinHandle<()>, ConfigError> {
+        if every.is_zero() {
+            return Err(ConfigError::new(
+                "the reaper's interval must be longer than zero",
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("spawn_reaper must be called inside a Tokio runtime"))?;
+        let store = self.clone();
+        Ok(runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match store.reap().await {
+                    Ok(deleted) => {
+                        tracing::debug!(
+                            table = store.table(),
+                            deleted,
+                            "reaped expired idempotency keys"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(table = store.table(), %error, "idempotency reaper failed");
+                    }
+                }
+            }
+        }))
+    }
+
+    /// [`claim`](IdempotencyStore::claim) inside the caller's transaction.
+    ///
+    /// The claim commits or rolls back with `tx`. Together with
+    /// [`complete_in`](Self::complete_in) on the same transaction, the
+    /// business write and the completed mark land together or not at all; to
+    /// give the claim up, roll back. While `tx` is open it holds the key's row
+    /// lock, so another claim of the same key waits for it (or times out and
+    /// gets 503); keep such transactions short. A deadpool `Transaction`
+    /// derefs to the `tokio_postgres` one, so `&tx` works for both.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim`](IdempotencyStore::claim). After an error the transaction
+    /// is aborted: roll it back.
+    pub async fn claim_in(
+        &self,
+        tx: &Transaction<'_>,
+        key: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        timed(self.timeout, self.claim_with(tx, key, lease)).await
+    }
+
+    /// [`complete`](IdempotencyStore::complete) inside the caller's transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`complete`](IdempotencyStore::complete). After an error the
+    /// transaction is aborted: roll it back.
+    pub async fn complete_in(
+        &self,
+        tx: &Transaction<'_>,
+        key: &str,
+        token: &LeaseToken,
+        retention: Duration,
+    ) -> Result<Settle, StoreError> {
+        timed(self.timeout, self.complete_with(tx, key, token, retention)).await
+    }
+
+    async fn claim_with<C>(
+        &self,
+        client: &C,
+        key: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>
+    where
+        C: GenericClient + Sync,
+    {
+        check_key(key)?;
+        let lease = millis_param("lease", lease)?;
+        let token = LeaseToken::generate();
+        let token_text = token.as_str();
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&key, Type::TEXT),
+            (&token_text, Type::TEXT),
+            (&lease, Type::INT8),
+        ];
+        let row = client
+            .query_typed_one(&self.sql.claim, &params)
+            .await
+            .map_err(|err| pg_error("cannot claim", &err))?;
+        let holder: Option<&str> = row
+            .try_get(0)
+            .map_err(|err| pg_error("unexpected claim row", &err))?;
+        let remaining: i64 = row
+            .try_get(1)
+            .map_err(|err| pg_error("unexpected claim row", &err))?;
+        Ok(match holder {
+            None => Claim::Completed,
+            Some(holder) if holder == token.as_str() => Claim::Claimed(token),
+            Some(_) => Claim::InFlight {
+                retry_after: Duration::from_millis(remaining.unsigned_abs()),
+            },
+        })
+    }
+
+    async fn complete_with<C>(
+        &self,
+        client: &C,
+        key: &str,
+        token: &LeaseToken,
+        retention: Duration,
+    ) -> Result<Settle, StoreError>
+    where
+        C: GenericClient + Sync,
+    {
+        let retention = millis_param("retention", retention)?;
+        self.settle(client, &self.sql.complete, key, token, Some(retention))
+            .await
+    }
+
+    async fn settle<C>(
+        &self,
+        client: &C,
+        statement: &str,
+        key: &str,
+        token: &LeaseToken,
+        retention: Option<i64>,
+    ) -> Result<Settle, StoreError>
+    where
+        C: GenericClient + Sync,
+    {
+        check_key(key)?;
+        let token = token.as_str();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&key, Type::TEXT), (&token, Type::TEXT)];
+        if let Some(retention) = &retention {
+            params.push((retention, Type::INT8));
+        }
+        let changed = client
+            .execute_typed(statement, &params)
+            .await
+            .map_err(|err| pg_error("cannot settle", &err))?;
+        Ok(if changed == 1 {
+            Settle::Applied
+        } else {
+            Settle::LeaseLost
+        })
+    }
+
+    /// Runs `call` with a pooled connection, all under the per-call timeout.
+    async fn pooled<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
+    {
+        timed(self.timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            call(&client).await
+        })
+        .await
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.sql.table)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyStore for PostgresStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(self.pooled(async move |client| self.claim_with(client, key, lease).await))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(
+            self.pooled(async move |client| {
+                self.complete_with(client, key, token, retention).await
+            }),
+        )
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(self.pooled(async move |client| {
+            self.settle(client, &self.sql.release, key, token, None)
+                .await
+        }))
+    }
+}
+
+/// A lease or retention as the `int8` milliseconds the statements take.
+fn millis_param(what: &str, ttl: Duration) -> Result<i64, StoreError> {
+    let millis = ttl_millis(what, ttl)?;
+    // Bounded by MAX_TTL, so always in range.
+    Ok(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+fn check_table_name(name: &str) -> Result<(), ConfigError> {
+    let mut parts = name.split('.');
+    let valid = parts.by_ref().take(2).all(is_identifier) && parts.next().is_none();
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "table name {name:?} is not `table` or `schema.table` made of 1 to 48 \
+             lowercase letters, digits and underscores, not starting with a digit"
+        )))
+    }
+}
+
+fn is_identifier(part: &str) -> bool {
+    let mut chars = part.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && part.len() <= 48
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+}
+
+/// Quotes a validated, possibly schema-qualified name.
+fn quote(name: &str) -> String {
+    name.split('.')
+        .map(quote_part)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn quote_part(part: &str) -> String {
+    format!("\"{part}\"")
+}
+
+fn pool_error(err: PoolError) -> StoreError {
+    match err {
+        PoolError::Backend(err) => pg_error("cannot connect to PostgreSQL", &err),
+        PoolError::Timeout(_) => StoreError::new(
+            StoreErrorKind::Timeout,
+            "timed out waiting for a pooled PostgreSQL connection",
+        ),
+        PoolError::Closed => {
+            StoreError::new(StoreErrorKind::Unavailable, "the PostgreSQL pool is closed")
+        }
+        PoolError::NoRuntimeSpecified => StoreError::new(
+            StoreErrorKind::Unavailable,
+            "the PostgreSQL pool has no runtime: build it with deadpool_postgres::Runtime::Tokio1",
+        ),
+        PoolError::PostCreateHook(_) => StoreError::new(
+            StoreErrorKind::Unavailable,
+            "the PostgreSQL pool's post_create hook failed",
+        ),
+    }
+}
+
+/// A [`StoreError`] for a failed statement. Server errors keep their message
+/// and SQLSTATE; client-side errors keep only their I/O cause, so nothing
+/// from the connection string can leak into it.
+fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        let (kind, hint) = match code {
+            // Missing table: the schema was never applied.
+            "42P01" => (StoreErrorKind::Protocol, "; run PostgresStore::migrate()"),
+            // Connection trouble, shutdown, overload, and serialization
+            // failures in the caller's transaction: all worth retrying.
+            _ if ["08", "53", "57", "40"]
+                .iter()
+                .any(|class| code.starts_with(class)) =>
+            {
+                (StoreErrorKind::Unavailable, "")
+            }
+            _ => (StoreErrorKind::Protocol, ""),
+        };
+        return StoreError::new(
+            kind,
+            format!("{context}: {} (SQLSTATE {code}){hint}", db.message()),
+        );
+    }
+    if err.is_closed() {
+        return StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!("{context}: the connection is closed"),
+        );
+    }
+    let io = std::iter::successors(std::error::Error::source(err), |source| source.source())
+        .find_map(|source| source.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => StoreError::new(StoreErrorKind::Unavailable, format!("{context}: {io}")),
+        None => StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("{context}: unexpected client error"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for good in [
+            "t",
+            "_t",
+            "clink_webhook_events",
+            "app.dedup_2",
+            &"x".repeat(48),
+        ] {
+            assert!(check_table_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1t",
+            "T",
+            "a-b",
+            "a b",
+            "a.b.c",
+            ".t",
+            "t.",
+            "t;drop table x",
+            "\"t\"",
+            &"x".repeat(49),
+        ] {
+            let err = check_table_name(bad).unwrap_err();
+            assert!(err.to_string().contains("lowercase letters"), "{err}");
+        }
+    }
+
+    #[test]
+    fn schema_names_the_index_after_the_bare_table() {
+        let sql = Statements::new("app.dedup");
+        assert!(sql
+            .schema
+            .contains("CREATE TABLE IF NOT EXISTS \"app\".\"dedup\""));
+        assert!(sql
+            .schema
+            .contains("INDEX IF NOT EXISTS \"dedup_expires_at_idx\" ON \"app\".\"dedup\""));
+    }
+}
