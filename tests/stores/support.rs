@@ -1,0 +1,124 @@
+//! Shared pieces of the store tests: stores over the real servers, unique
+//! keys, and the answers the cases expect.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
+
+use clink_webhooks::idempotency::{Claim, IdempotencyStore, LeaseToken, MemoryStore, StoreError};
+
+/// Per-call timeout for the networked stores under test: generous, because
+/// the suite runs beside builds on a small machine and checks the state
+/// machine, not latency (the timeout itself has its own tests).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The URL in `var`; a test that needs a server fails without one.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn server_url(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "{var} is not set, and this test needs a real server. Run scripts/test (it starts \
+             private Redis and PostgreSQL servers), or `scripts/with-services cargo test \
+             --all-features`, or export {var} to point at a server you run."
+        ),
+    }
+}
+
+pub(crate) async fn memory() -> Arc<dyn IdempotencyStore> {
+    Arc::new(MemoryStore::new())
+}
+
+#[cfg(feature = "redis")]
+pub(crate) async fn redis_store() -> clink_webhooks::idempotency::RedisStore {
+    let url = server_url("REDIS_URL");
+    clink_webhooks::idempotency::RedisStore::connect(&url)
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to REDIS_URL: {err}"))
+        .with_timeout(TEST_TIMEOUT)
+        .expect("valid timeout")
+}
+
+#[cfg(feature = "redis")]
+pub(crate) async fn redis() -> Arc<dyn IdempotencyStore> {
+    Arc::new(redis_store().await)
+}
+
+/// A pool over `url` as an application would build one.
+#[cfg(feature = "postgres")]
+pub(crate) fn pg_pool(url: &str) -> deadpool_postgres::Pool {
+    let config: tokio_postgres::Config = url.parse().expect("the database URL parses");
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(16)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .expect("pool builds")
+}
+
+/// The table the conformance suite uses (keys are unique per run).
+#[cfg(feature = "postgres")]
+pub(crate) const PG_TABLE: &str = "clink_conformance";
+
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_store() -> clink_webhooks::idempotency::PostgresStore {
+    let pool = pg_pool(&server_url("DATABASE_URL"));
+    let store = clink_webhooks::idempotency::PostgresStore::new(pool)
+        .with_table(PG_TABLE)
+        .and_then(|store| store.with_timeout(TEST_TIMEOUT))
+        .expect("valid configuration");
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|err| panic!("cannot migrate DATABASE_URL: {err}"));
+    store
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres() -> Arc<dyn IdempotencyStore> {
+    Arc::new(postgres_store().await)
+}
+
+/// Keys unique to one test in one run, so that reruns against the same
+/// servers never meet an earlier run's keys.
+#[derive(Debug)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+static RUN: LazyLock<String> = LazyLock::new(|| {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+});
+
+impl Keys {
+    pub(crate) fn new(test: &str) -> Self {
+        Self {
+            prefix: format!("conformance:{}:{test}:", *RUN),
+        }
+    }
+
+    pub(crate) fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// The token of a `Claimed` answer; fails the test on any other answer.
+#[track_caller]
+pub(crate) fn claimed(answer: Result<Claim, StoreError>) -> LeaseToken {
+    match answer {
+        Ok(Claim::Claimed(token)) => token,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+/// The time left of an `InFlight` answer; fails the test on any other answer.
+#[track_caller]
+pub(crate) fn in_flight(answer: Result<Claim, StoreError>) -> Duration {
+    match answer {
+        Ok(Claim::InFlight { retry_after }) => retry_after,
+        other => panic!("expected InFlight, got {other:?}"),
+    }
+}
