@@ -45,15 +45,15 @@ use super::{
 ///
 /// # Memory
 ///
-/// About 150 bytes per remembered key for keys of ~40 bytes such as
-/// `clink:live:evt_` followed by 24 characters: 33 bytes of hash table slot
-/// (dashmap sizes its tables in powers of two at 7/8 load, so a table
-/// carries up to 2x this), the key's shared allocation (16 bytes of counts
-/// plus the key, rounded up by the allocator to 64), and 32 bytes in the
-/// eviction queue. Measured as the growth of the process's resident memory
-/// while one million completed keys are stored (`cargo bench --bench stores
-/// -- memory`, see `BENCHMARKS.md`); a unit test keeps the structural
-/// estimate below 200 bytes.
+/// About 165 bytes per remembered key, for keys of ~40 bytes such as
+/// `clink:live:evt_` followed by 24 characters: so about 160 MiB at the
+/// default capacity. Measured as the growth of the process's resident memory
+/// while one million completed keys are stored (`cargo bench --bench
+/// stores`, see `BENCHMARKS.md`). Where it goes: a 33-byte hash table slot
+/// (dashmap sizes its tables in powers of two at 7/8 load, so up to twice
+/// that), the key's shared allocation (16 bytes of counts plus the key,
+/// rounded up by the allocator to 64), and 32 bytes in the eviction queue. A
+/// unit test keeps this structural estimate below 200 bytes.
 pub struct MemoryStore {
     records: DashMap<Arc<str>, Record>,
     queues: Mutex<Queues>,
