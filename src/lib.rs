@@ -52,6 +52,8 @@
 //! | `test-util` | signed requests and scenarios for your own tests |
 //! | `cli` | the `clink-webhook` binary: sign, verify, send, listen |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The library logs through `tracing`; it never prints.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
