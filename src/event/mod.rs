@@ -163,6 +163,10 @@ impl RawEvent {
     /// As [`from_slice`](Self::from_slice).
     pub fn from_bytes(body: Bytes) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(&body).map_err(|_| EnvelopeError::NotJson)?;
+        // Derived struct impls also accept a JSON array of the fields in order.
+        if !text.trim_start().starts_with('{') {
+            return Err(EnvelopeError::NotJson);
+        }
         let wire: WireEnvelope<'_> =
             serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
         let id = match wire.id {
@@ -188,7 +192,7 @@ impl RawEvent {
             span_of(text, resource.get())
         });
         Ok(Self {
-            body: body.clone(),
+            body,
             id,
             event_type,
             created,
