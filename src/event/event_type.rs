@@ -13,8 +13,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub trait EventKind: Send + Sync + 'static {
     /// The event's [`EventType`].
     const TYPE: EventType;
-    /// The type its `data` decodes into.
-    type Data: serde::de::DeserializeOwned + Send + 'static;
+    /// The type its `data` decodes into; a [`Resource`](crate::event::Resource),
+    /// so that every typed event can say which object it is about.
+    type Data: serde::de::DeserializeOwned + crate::event::Resource + Send + 'static;
 }
 
 macro_rules! event_types {

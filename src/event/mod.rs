@@ -41,6 +41,10 @@
 //! schema without breaking builds; to build one (in tests, say), start from
 //! `Default::default()` and assign fields.
 //!
+//! Clink does not deliver in order; [`Event::object_key`] and
+//! [`RawEvent::object_key`] tell which object an event is about (see
+//! [`ObjectKey`]).
+//!
 //! ```
 //! use clink_webhooks::event::{Order, RawEvent};
 //! use clink_webhooks::EventType;
@@ -71,6 +75,7 @@ mod customer;
 mod dispute;
 mod event_type;
 mod invoice;
+mod object;
 mod order;
 mod refund;
 mod session;
@@ -81,6 +86,7 @@ pub use customer::*;
 pub use dispute::*;
 pub use event_type::{events, EventKind, EventType};
 pub use invoice::*;
+pub use object::{ObjectKey, Resource};
 pub use order::*;
 pub use refund::*;
 pub use session::*;
