@@ -61,6 +61,7 @@ pub mod axum;
 pub mod event;
 pub mod idempotency;
 pub mod layer;
+pub mod ordering;
 pub mod router;
 pub mod signature;
 mod timestamp;

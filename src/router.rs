@@ -40,9 +40,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::event::{DecodeError, Event, EventKind, EventType, RawEvent};
+use crate::event::{DecodeError, Event, EventKind, EventType, ObjectKey, RawEvent};
 use crate::idempotency::BoxFuture;
 use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
+use crate::ordering::{Freshness, FreshnessStore, Version};
 use crate::BoxError;
 
 /// An async function that handles one event type: `Fn(Event<T>) -> impl
@@ -108,7 +109,15 @@ where
 }
 
 type Run = BoxFuture<'static, Result<(), BoxError>>;
-type Route = Arc<dyn Fn(&RawEvent) -> Result<Run, DecodeError> + Send + Sync>;
+
+/// A decoded event ready to run, with what ordering needs to know about it.
+struct Prepared {
+    object: Option<ObjectKey>,
+    version: Option<Version>,
+    run: Box<dyn FnOnce(Freshness) -> Run + Send>,
+}
+
+type Route = Arc<dyn Fn(&RawEvent) -> Result<Prepared, DecodeError> + Send + Sync>;
 type Fallback = Arc<dyn Fn(RawEvent) -> Run + Send + Sync>;
 type Undecodable = Arc<dyn Fn(RawEvent, DecodeError) -> Run + Send + Sync>;
 
@@ -117,6 +126,8 @@ struct Routes {
     typed: HashMap<EventType, Route>,
     fallback: Option<Fallback>,
     undecodable: Option<Undecodable>,
+    ordering: Option<Arc<dyn FreshnessStore>>,
+    skip_stale: bool,
 }
 
 /// A tower [`Service`] that dispatches verified events to typed handlers.
@@ -135,6 +146,8 @@ impl fmt::Debug for EventRouter {
             .field("handlers", &types)
             .field("fallback", &self.routes.fallback.is_some())
             .field("on_undecodable", &self.routes.undecodable.is_some())
+            .field("ordering", &self.routes.ordering.is_some())
+            .field("skip_stale", &self.routes.skip_stale)
             .finish()
     }
 }
@@ -165,8 +178,16 @@ impl EventRouter {
     pub fn on<K: EventKind, H: Handler<K::Data>>(mut self, handler: H) -> Self {
         let handler = Arc::new(handler);
         let route: Route = Arc::new(move |raw: &RawEvent| {
-            let event = raw.decode::<K::Data>()?;
-            Ok(boxed(handler(event)))
+            let mut event = raw.decode::<K::Data>()?;
+            let handler = Arc::clone(&handler);
+            Ok(Prepared {
+                object: event.object_key(),
+                version: event.version(),
+                run: Box::new(move |freshness| {
+                    event.set_freshness(freshness);
+                    boxed(handler(event))
+                }),
+            })
         });
         self.routes_mut().typed.insert(K::TYPE, route);
         self
@@ -189,6 +210,36 @@ impl EventRouter {
         self
     }
 
+    /// Tracks the newest handled version of every object in `store`, and
+    /// tells each typed handler whether its event is fresh or stale through
+    /// [`Event::freshness`]. See [`ordering`](crate::ordering).
+    ///
+    /// A version is recorded only after its handler succeeds. If the store
+    /// cannot be read, the delivery is answered `503` and retried.
+    #[must_use]
+    pub fn ordering(mut self, store: impl FreshnessStore) -> Self {
+        self.routes_mut().ordering = Some(Arc::new(store));
+        self
+    }
+
+    /// As [`ordering`](Self::ordering), with a store already shared as
+    /// `Arc<dyn FreshnessStore>`.
+    #[must_use]
+    pub fn shared_ordering(mut self, store: Arc<dyn FreshnessStore>) -> Self {
+        self.routes_mut().ordering = Some(store);
+        self
+    }
+
+    /// Acknowledges stale events (`200`) without running their handler, for
+    /// handlers that only apply the newest state. Needs
+    /// [`ordering`](Self::ordering); events where every one matters (refunds,
+    /// disputes) want a handler that sees them all instead.
+    #[must_use]
+    pub fn skip_stale(mut self) -> Self {
+        self.routes_mut().skip_stale = true;
+        self
+    }
+
     /// Whether a typed handler is registered for `event_type`.
     #[must_use]
     pub fn handles(&self, event_type: &EventType) -> bool {
@@ -196,9 +247,41 @@ impl EventRouter {
     }
 
     async fn dispatch(routes: Arc<Routes>, raw: RawEvent) -> Response<Full<Bytes>> {
+        let mut record = None;
         let run = match routes.typed.get(raw.event_type()) {
             Some(route) => match route(&raw) {
-                Ok(run) => run,
+                Ok(prepared) => {
+                    let tracked = match (&routes.ordering, prepared.object, prepared.version) {
+                        (Some(store), Some(object), Some(version)) => {
+                            Some((store, object, version))
+                        }
+                        _ => None,
+                    };
+                    let freshness = match &tracked {
+                        Some((store, object, version)) => match store.newest(object).await {
+                            Ok(newest) => Freshness::of(version, newest),
+                            Err(error) => {
+                                tracing::error!(
+                                    event_id = raw.id(),
+                                    %error,
+                                    "could not read the freshness store; answering 503"
+                                );
+                                return failed(RejectionKind::StoreUnavailable(error.kind()));
+                            }
+                        },
+                        None => Freshness::Untracked,
+                    };
+                    if routes.skip_stale && freshness.is_stale() {
+                        tracing::info!(
+                            event_id = raw.id(),
+                            event_type = raw.event_type().as_str(),
+                            "stale event acknowledged without running its handler"
+                        );
+                        return ok();
+                    }
+                    record = tracked;
+                    (prepared.run)(freshness)
+                }
                 Err(error) => return Self::undecodable(&routes, raw, error).await,
             },
             None => match &routes.fallback {
@@ -214,7 +297,19 @@ impl EventRouter {
             },
         };
         match run.await {
-            Ok(()) => ok(),
+            Ok(()) => {
+                if let Some((store, object, version)) = record {
+                    if let Err(error) = store.record(&object, &version).await {
+                        tracing::error!(
+                            event_id = raw.id(),
+                            %object,
+                            %error,
+                            "handled, but its version could not be recorded; later stale events may look fresh"
+                        );
+                    }
+                }
+                ok()
+            }
             Err(error) => {
                 tracing::error!(
                     event_id = raw.id(),

@@ -68,6 +68,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::ordering::{Freshness, Version};
 use crate::Timestamp;
 
 mod common;
@@ -110,6 +111,8 @@ pub struct Event<T = serde_json::Value> {
     pub livemode: Option<bool>,
     /// The resource the event is about.
     pub data: T,
+    #[serde(skip)]
+    freshness: Freshness,
 }
 
 impl<T> Event<T> {
@@ -121,7 +124,29 @@ impl<T> Event<T> {
             created: None,
             livemode: None,
             data,
+            freshness: Freshness::Untracked,
         }
+    }
+
+    /// Whether a newer event about the same object was already handled, as
+    /// the [`EventRouter`](crate::EventRouter) found when it has a
+    /// [`FreshnessStore`](crate::ordering::FreshnessStore); otherwise
+    /// [`Freshness::Untracked`]. See [`ordering`](crate::ordering).
+    #[must_use]
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    pub(crate) fn set_freshness(&mut self, freshness: Freshness) {
+        self.freshness = freshness;
+    }
+
+    /// This event's [`Version`]: its `created` time, then its id. `None`
+    /// when the envelope has no `created`.
+    #[must_use]
+    pub fn version(&self) -> Option<Version> {
+        self.created
+            .map(|created| Version::new(created, self.id.clone()))
     }
 
     /// Sets `created`.
@@ -305,6 +330,7 @@ impl RawEvent {
             created: self.created,
             livemode: self.livemode,
             data,
+            freshness: Freshness::Untracked,
         })
     }
 }
