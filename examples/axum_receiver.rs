@@ -6,22 +6,33 @@
 //! ```
 //!
 //! It listens on `127.0.0.1:$PORT` (default 3000) at `POST /webhooks/clink`
-//! and prints one line `handled <type> <id>` to stdout per handler run.
+//! and prints one line `handled <type> <id>` to stdout per handler run. Every
+//! family with a schema has a typed handler, so an acknowledged delivery is
+//! one whose data decoded; an event older than one already handled about the
+//! same object gets a note on stderr.
 //! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
 //! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
 
 use std::future::Future;
 
 use axum::Router;
+use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use tower::Layer;
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 
-/// Prints the line every handler run produces.
+/// Prints the line every handler run produces, and a note on stderr when a
+/// newer event about the same object was already handled.
 fn handled<T>(event: Event<T>) -> impl Future<Output = Result<(), std::io::Error>> {
     println!("handled {} {}", event.event_type, event.id);
+    if let Freshness::Stale { newest_seen } = event.freshness() {
+        eprintln!(
+            "note: {} {} is stale: {newest_seen} was already handled",
+            event.event_type, event.id
+        );
+    }
     std::future::ready(Ok(()))
 }
 
@@ -34,7 +45,7 @@ macro_rules! on_each {
 
 fn router() -> EventRouter {
     let router = on_each!(
-        EventRouter::new(),
+        EventRouter::new().ordering(MemoryFreshnessStore::new()),
         OrderCreated,
         OrderSucceeded,
         OrderFailed,

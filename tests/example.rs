@@ -24,6 +24,7 @@ struct Receiver {
     child: Child,
     url: String,
     stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Drop for Receiver {
@@ -69,7 +70,12 @@ fn start() -> Receiver {
             break url.to_owned();
         }
     };
-    Receiver { child, url, stdout }
+    Receiver {
+        child,
+        url,
+        stdout,
+        stderr,
+    }
 }
 
 async fn post(url: &str, body: &str, signature: &str, ts: &str) -> u16 {
@@ -139,4 +145,47 @@ fn the_example_receiver_stops_gracefully_on_sigterm() {
     assert!(status.success(), "{status:?}");
     // Nothing was handled, so nothing was printed.
     assert!(receiver.stdout.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
+    let receiver = start();
+    let ts = Timestamp::now().as_millis().to_string();
+    let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_s"}}"#;
+    let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_s"}}"#;
+    assert_eq!(
+        post(&receiver.url, newer, &sign(KEY, &ts, newer.as_bytes()), &ts).await,
+        200
+    );
+    assert_eq!(
+        post(&receiver.url, older, &sign(KEY, &ts, older.as_bytes()), &ts).await,
+        200
+    );
+    assert_eq!(
+        receiver
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap(),
+        "handled order.succeeded evt_new"
+    );
+    assert_eq!(
+        receiver
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap(),
+        "handled order.created evt_old"
+    );
+    let note = loop {
+        let line = receiver
+            .stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
+        if line.starts_with("note:") {
+            break line;
+        }
+    };
+    assert!(
+        note.contains("evt_old is stale") && note.contains("evt_new"),
+        "{note}"
+    );
 }
