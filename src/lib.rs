@@ -1,12 +1,81 @@
-//! Receive Clink webhooks.
+//! Receive [Clink](https://clinkbill.com) webhooks the way a payments team
+//! needs: nothing forged gets in, nothing real gets lost, nothing runs twice.
+//!
+//! Clink POSTs each event with `X-Clink-Timestamp` and `X-Clink-Signature`
+//! (hex HMAC-SHA256 of `timestamp + "." + raw body`), retries failed
+//! deliveries for about a day, and does not deliver in order. This crate:
+//!
+//! - verifies the signature over the raw body in constant time, against
+//!   every active key during a rotation, refusing stale or future timestamps
+//!   ([`signature`], [`Verifier`]);
+//! - deduplicates event ids with a lease, so a failed or crashed handler is
+//!   retried and a succeeded one never runs again ([`idempotency`]);
+//! - decodes every Clink event type into typed data, forward compatible with
+//!   fields and types Clink adds later ([`event`]);
+//! - hands events to async handlers by type ([`EventRouter`]), behind one
+//!   tower layer ([`ClinkLayer`]) that axum and bare hyper apps add in a line.
+//!
+//! # Example
+//!
+//! ```
+//! use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+//! use tower::Layer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = EventRouter::new()
+//!     .on::<events::OrderSucceeded, _>(|event| async move {
+//!         println!("order {:?} paid: {:?}", event.data.order_id, event.data.amount_total);
+//!         Ok::<_, std::io::Error>(())
+//!     })
+//!     .on::<events::RefundSucceeded, _>(|event| async move {
+//!         println!("refund {:?} done", event.data.refund_id);
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//!
+//! // A tower service: mount it with axum's `route_service`, or serve it with hyper.
+//! let service = ClinkLayer::new(Verifier::new("whsec_...")?).layer(router);
+//! let app: axum::Router = axum::Router::new().route_service("/webhooks/clink", service);
+//! # Ok(()) }
+//! ```
+//!
+//! Without tower, call [`Verifier::verify`] with the two header values and the
+//! raw body, then [`RawEvent::from_slice`] and [`RawEvent::decode`].
+//!
+//! # Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | *(none)* | the verifier, events, [`ClinkLayer`], [`EventRouter`], [`MemoryStore`] |
+//! | `axum` | extractors `ClinkEvent<T>` and `RawClinkEvent`, `IntoResponse` for rejections |
+//! | `redis` | `RedisStore`, for apps on several machines |
+//! | `postgres` | `PostgresStore`, with claims inside your own transaction |
+//! | `test-util` | signed requests and scenarios for your own tests |
+//! | `cli` | the `clink-webhook` binary: sign, verify, send, listen |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The library logs through `tracing`; it never prints.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+pub mod event;
+pub mod idempotency;
+pub mod layer;
+pub mod ordering;
+pub mod router;
 pub mod signature;
 mod timestamp;
 
+pub use event::{events, Event, EventKind, EventType, RawEvent};
+pub use idempotency::{IdempotencyStore, MemoryStore};
+pub use layer::{ClinkLayer, ClinkService, VerifiedEvent};
+pub use router::EventRouter;
 pub use signature::{sign, SigningKey, Verified, Verifier, VerifyError, VerifyErrorKind};
 pub use timestamp::{Timestamp, TimestampParseError};
-pub mod event;
-pub use event::{events, Event, EventKind, EventType, RawEvent};
-pub mod idempotency;
-pub use idempotency::{IdempotencyStore, MemoryStore};
+
+/// A boxed error, as handlers and services return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,8 +1,26 @@
-//! `customer.verify` data.
+//! `customer.verify` data: [`CustomerVerify`], sent as `data.object`.
+//!
+//! ```
+//! use clink_webhooks::event::{CustomerVerify, RawEvent};
+//!
+//! let body = br#"{"id":"evt_1","type":"customer.verify",
+//!     "data":{"object":{"customerId":"cus_1","customerEmail":"a@example.com","merchantId":"m_1"}}}"#;
+//! let verify = RawEvent::from_slice(body)?.decode::<CustomerVerify>()?.data;
+//! assert_eq!(verify.customer_email.as_deref(), Some("a@example.com"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 use serde::{Deserialize, Serialize};
 
-/// The resource a `customer.verify` event is about.
+/// The customer a `customer.verify` event asks to verify (`CustomerVerifyDataVo.object`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
-pub struct CustomerVerify {}
+pub struct CustomerVerify {
+    /// The email to verify.
+    pub customer_email: Option<String>,
+    /// The merchant.
+    pub merchant_id: Option<String>,
+    /// The customer.
+    pub customer_id: Option<String>,
+}

@@ -6,15 +6,16 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Ties a marker type to its event name and data type, so that
-/// [`EventRouter::on`](crate::EventRouter::on) checks the pairing at compile time.
+/// `EventRouter::on` checks the pairing at compile time.
 ///
 /// Implemented by every type in [`events`](crate::events); there is no need
 /// to implement it yourself.
 pub trait EventKind: Send + Sync + 'static {
     /// The event's [`EventType`].
     const TYPE: EventType;
-    /// The type its `data` decodes into.
-    type Data: serde::de::DeserializeOwned + Send + 'static;
+    /// The type its `data` decodes into; a [`Resource`](crate::event::Resource),
+    /// so that every typed event can say which object it is about.
+    type Data: serde::de::DeserializeOwned + crate::event::Resource + Send + 'static;
 }
 
 macro_rules! event_types {
@@ -68,7 +69,7 @@ macro_rules! event_types {
         }
 
         /// One marker type per Clink event, for typed handler registration
-        /// with [`EventRouter::on`](crate::EventRouter::on).
+        /// with `EventRouter::on`.
         ///
         /// ```
         /// use clink_webhooks::{events, EventKind, EventType};

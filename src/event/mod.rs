@@ -10,6 +10,41 @@
 //! present or not. Unknown fields and unknown event names never fail a
 //! delivery.
 //!
+//! # How fields are typed
+//!
+//! The family types ([`Order`], [`Session`], [`Refund`], [`Subscription`],
+//! [`Invoice`], [`Dispute`], [`CustomerVerify`]) and their nested types follow
+//! Clink's schemas field by field, with the wire's camelCase names.
+//!
+//! - **Every field is an `Option`**, including the few Clink's schema marks
+//!   required (their docs say "always sent by Clink"). Clink sends `null`
+//!   freely, and one missing field should not make a whole event unreadable.
+//!   A field of the wrong type is still an error, and [`DecodeError::path`]
+//!   names it.
+//! - **Unknown fields are ignored**, so fields Clink adds later never fail a
+//!   delivery.
+//! - **Amounts are exact** [`rust_decimal::Decimal`]s read from the number's
+//!   own text, never through `f64`: `19.99`, `0.1` and `1999` come out as
+//!   written. A string holding a number is accepted too, and amounts are
+//!   written back as JSON numbers with the same digits. See [`amount`].
+//! - **Times** are [`Timestamp`]s, whether sent as epoch milliseconds or as
+//!   RFC 3339 strings.
+//! - **String enums** (statuses, reasons, intervals, ...) have an `Unknown`
+//!   variant that keeps a value this crate does not know yet. The dispute
+//!   status is an integer, and [`DisputeStatus::Unknown`] keeps unknown codes.
+//! - **Currencies** are a [`Currency`]: the code as sent, with constants for
+//!   the codes Clink lists, since a code Clink adds later is an ordinary value.
+//! - **`metadata`** is a [`Metadata`], decoded alike from an object or from a
+//!   string holding a JSON-encoded object.
+//!
+//! The structs are `#[non_exhaustive]` so that fields can follow Clink's
+//! schema without breaking builds; to build one (in tests, say), start from
+//! `Default::default()` and assign fields.
+//!
+//! Clink does not deliver in order; [`Event::object_key`] and
+//! [`RawEvent::object_key`] tell which object an event is about (see
+//! [`ObjectKey`]).
+//!
 //! ```
 //! use clink_webhooks::event::{Order, RawEvent};
 //! use clink_webhooks::EventType;
@@ -33,21 +68,26 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::ordering::{Freshness, Version};
 use crate::Timestamp;
 
+mod common;
 mod customer;
 mod dispute;
 mod event_type;
 mod invoice;
+mod object;
 mod order;
 mod refund;
 mod session;
 mod subscription;
 
+pub use common::{amount, Billing, Currency, Interval, Metadata, PriceData};
 pub use customer::*;
 pub use dispute::*;
 pub use event_type::{events, EventKind, EventType};
 pub use invoice::*;
+pub use object::{ObjectKey, Resource};
 pub use order::*;
 pub use refund::*;
 pub use session::*;
@@ -71,6 +111,8 @@ pub struct Event<T = serde_json::Value> {
     pub livemode: Option<bool>,
     /// The resource the event is about.
     pub data: T,
+    #[serde(skip)]
+    freshness: Freshness,
 }
 
 impl<T> Event<T> {
@@ -82,7 +124,29 @@ impl<T> Event<T> {
             created: None,
             livemode: None,
             data,
+            freshness: Freshness::Untracked,
         }
+    }
+
+    /// Whether a newer event about the same object was already handled, as
+    /// the [`EventRouter`](crate::EventRouter) found when it has a
+    /// [`FreshnessStore`](crate::ordering::FreshnessStore); otherwise
+    /// [`Freshness::Untracked`]. See [`ordering`](crate::ordering).
+    #[must_use]
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+
+    pub(crate) fn set_freshness(&mut self, freshness: Freshness) {
+        self.freshness = freshness;
+    }
+
+    /// This event's [`Version`]: its `created` time, then its id. `None`
+    /// when the envelope has no `created`.
+    #[must_use]
+    pub fn version(&self) -> Option<Version> {
+        self.created
+            .map(|created| Version::new(created, self.id.clone()))
     }
 
     /// Sets `created`.
@@ -163,6 +227,10 @@ impl RawEvent {
     /// As [`from_slice`](Self::from_slice).
     pub fn from_bytes(body: Bytes) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(&body).map_err(|_| EnvelopeError::NotJson)?;
+        // serde reads a struct from an array too; an envelope is an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(EnvelopeError::NotJson);
+        }
         let wire: WireEnvelope<'_> =
             serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
         let id = match wire.id {
@@ -188,7 +256,7 @@ impl RawEvent {
             span_of(text, resource.get())
         });
         Ok(Self {
-            body: body.clone(),
+            body,
             id,
             event_type,
             created,
@@ -262,6 +330,7 @@ impl RawEvent {
             created: self.created,
             livemode: self.livemode,
             data,
+            freshness: Freshness::Untracked,
         })
     }
 }

@@ -1,0 +1,551 @@
+//! Field types shared by several families: amounts, currencies, metadata,
+//! price lines, and the string enums' machinery.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use rust_decimal::Decimal;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Defines a string enum whose unknown values decode into `Unknown(String)`
+/// instead of failing, with `as_str`, `Display`, `From<&str>` and serde
+/// impls that write back exactly the wire value.
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $wire:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        ///
+        /// Values this version of the crate does not know decode into
+        #[doc = concat!("[`Unknown`](", stringify!($name), "::Unknown).")]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                #[doc = ""]
+                #[doc = concat!("Sent as `", $wire, "`.")]
+                $variant,
+            )+
+            /// A value this version of the crate does not know, kept as sent.
+            ///
+            /// Build values with `From<&str>`, which never puts a known value here.
+            Unknown(String),
+        }
+
+        impl $name {
+            /// The value as Clink sends it.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$variant => $wire, )+
+                    Self::Unknown(other) => other,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                match value {
+                    $( $wire => Self::$variant, )+
+                    other => Self::Unknown(other.to_owned()),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::event::common::deserialize_str_into(deserializer)
+            }
+        }
+    };
+}
+pub(crate) use string_enum;
+
+/// Deserializes a string into `T` through `From<&str>`, borrowing where the
+/// input allows so that known values cost no allocation.
+pub(crate) fn deserialize_str_into<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: for<'a> From<&'a str>,
+{
+    struct StrVisitor<T>(PhantomData<T>);
+
+    impl<T: for<'a> From<&'a str>> Visitor<'_> for StrVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok(T::from(v))
+        }
+    }
+
+    deserializer.deserialize_str(StrVisitor(PhantomData))
+}
+
+/// Serde helpers for amounts: `Option<Decimal>` read from the JSON number's
+/// own text, so no amount ever passes through `f64`.
+///
+/// Every amount field of this crate's types uses it. Use it on your own types
+/// (for example for a family without a published schema) with
+/// `#[serde(default, with = "clink_webhooks::event::amount")]`:
+///
+/// ```
+/// use rust_decimal::Decimal;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize, Serialize)]
+/// struct AgentOrder {
+///     #[serde(default, with = "clink_webhooks::event::amount")]
+///     amount: Option<Decimal>,
+/// }
+///
+/// let order: AgentOrder = serde_json::from_str(r#"{"amount": 0.1}"#)?;
+/// assert_eq!(order.amount, Some("0.1".parse()?));
+/// assert_eq!(serde_json::to_string(&order)?, r#"{"amount":0.1}"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Accepted: a JSON number (`19.99`, `1999`, `1.5e3`), a string holding one
+/// (`"19.99"`), `null` and `""` (both read as `None`). The number must fit a
+/// [`Decimal`] exactly (28 significant digits); a number that would need
+/// rounding is an error rather than a silently different amount.
+///
+/// Reading needs `serde_json`, which hands over the number's text as a
+/// [`RawValue`](serde_json::value::RawValue); other formats fail with an
+/// error. (Reading from a `serde_json::Value` works, but its numbers have
+/// already been through `f64`; read from the text to stay exact.) Writing with
+/// `serde_json` produces a JSON number with exactly the decimal's digits.
+pub mod amount {
+    use rust_decimal::Decimal;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    /// Reads an optional exact amount; see the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// When the value is neither a number, a string holding a number, nor
+    /// `null`, or does not fit a [`Decimal`] exactly.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Decimal>, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        let number = if text == "null" {
+            return Ok(None);
+        } else if text.starts_with('"') {
+            let inner: String = serde_json::from_str(text).map_err(D::Error::custom)?;
+            if inner.is_empty() {
+                return Ok(None);
+            }
+            parse(&inner)
+        } else {
+            parse(text)
+        };
+        number.map(Some).map_err(D::Error::custom)
+    }
+
+    /// Writes an optional amount as a JSON number with exactly its digits
+    /// (`None` as `null`).
+    ///
+    /// # Errors
+    ///
+    /// Only those of the serializer.
+    pub fn serialize<S: Serializer>(
+        amount: &Option<Decimal>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match amount {
+            None => serializer.serialize_none(),
+            Some(amount) => RawValue::from_string(amount.to_string())
+                .map_err(S::Error::custom)?
+                .serialize(serializer),
+        }
+    }
+
+    /// Parses the text of a JSON number into the exactly equal decimal.
+    pub(crate) fn parse(text: &str) -> Result<Decimal, String> {
+        let plausible = !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+        let parsed = if !plausible {
+            Err(rust_decimal::Error::from("not a number"))
+        } else if text.contains(['e', 'E']) {
+            Decimal::from_scientific(text)
+        } else {
+            Decimal::from_str_exact(text)
+        };
+        parsed.map_err(|err| format!("`{text}` is not an exact decimal amount: {err}"))
+    }
+}
+
+/// An ISO 4217 currency code as Clink sends it, e.g. `USD`.
+///
+/// A code Clink adds later is just another value, so this is a string rather
+/// than an enum; the codes Clink's schema lists are constants for comparison.
+/// The code is kept exactly as sent (no case folding).
+///
+/// ```
+/// use clink_webhooks::event::Currency;
+///
+/// let c: Currency = serde_json::from_str(r#""USD""#).unwrap();
+/// assert_eq!(c, Currency::USD);
+/// assert_eq!(c.as_str(), "USD");
+/// assert_eq!(Currency::from("CHF").to_string(), "CHF");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency(Cow<'static, str>);
+
+macro_rules! currency_consts {
+    ($( $code:ident: $name:literal, )+) => {
+        impl Currency {
+            $(
+                #[doc = concat!("`", stringify!($code), "`, ", $name, ".")]
+                pub const $code: Self = Self(Cow::Borrowed(stringify!($code)));
+            )+
+        }
+    };
+}
+
+currency_consts! {
+    USD: "US dollar",
+    EUR: "euro",
+    JPY: "Japanese yen",
+    GBP: "pound sterling",
+    AUD: "Australian dollar",
+    CAD: "Canadian dollar",
+    CNY: "Chinese yuan",
+    HKD: "Hong Kong dollar",
+    SGD: "Singapore dollar",
+    KRW: "South Korean won",
+    AED: "UAE dirham",
+    THB: "Thai baht",
+    IDR: "Indonesian rupiah",
+    PHP: "Philippine peso",
+    MYR: "Malaysian ringgit",
+    BRL: "Brazilian real",
+    INR: "Indian rupee",
+}
+
+impl Currency {
+    /// A currency from its code, kept as given.
+    pub fn new(code: impl Into<String>) -> Self {
+        Self(Cow::Owned(code.into()))
+    }
+
+    /// The code, e.g. `USD`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Currency {
+    fn from(code: &str) -> Self {
+        Self::new(code)
+    }
+}
+
+impl From<String> for Currency {
+    fn from(code: String) -> Self {
+        Self::new(code)
+    }
+}
+
+impl AsRef<str> for Currency {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for Currency {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Currency {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_str_into(deserializer)
+    }
+}
+
+/// Merchant key/value pairs attached to a resource.
+///
+/// Clink sends `metadata` as a JSON object in most payloads, and as a string
+/// holding a JSON-encoded object in others (refunds, per Clink's docs). Both
+/// decode to the same entries. A string that does not hold a JSON object is
+/// kept verbatim in [`unparsed`](Self::unparsed), with no entries, rather than
+/// failing the event. Serializes as an object, or as the unparsed string when
+/// there was one.
+///
+/// ```
+/// use clink_webhooks::event::Metadata;
+///
+/// let object: Metadata = serde_json::from_str(r#"{"arn":"74537","tier":"gold"}"#).unwrap();
+/// let encoded: Metadata = serde_json::from_str(r#""{\"arn\":\"74537\",\"tier\":\"gold\"}""#).unwrap();
+/// assert_eq!(object, encoded);
+/// assert_eq!(object.get_str("arn"), Some("74537"));
+///
+/// let odd: Metadata = serde_json::from_str(r#""arn=74537""#).unwrap();
+/// assert!(odd.is_empty());
+/// assert_eq!(odd.unparsed(), Some("arn=74537"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata {
+    entries: Map<String, Value>,
+    unparsed: Option<String>,
+}
+
+impl Metadata {
+    /// Empty metadata.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value under `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.entries.get(key)
+    }
+
+    /// The value under `key` when it is a string (Clink's schema says values
+    /// are strings, but does not enforce it).
+    #[must_use]
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    /// Sets `key`, returning the value it replaces.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Option<Value> {
+        self.entries.insert(key.into(), value.into())
+    }
+
+    /// All entries.
+    #[must_use]
+    pub fn entries(&self) -> &Map<String, Value> {
+        &self.entries
+    }
+
+    /// All entries, by value.
+    #[must_use]
+    pub fn into_entries(self) -> Map<String, Value> {
+        self.entries
+    }
+
+    /// Whether there are no entries.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The string Clink sent when it was not a JSON-encoded object; `None`
+    /// when the metadata decoded into entries.
+    #[must_use]
+    pub fn unparsed(&self) -> Option<&str> {
+        self.unparsed.as_deref()
+    }
+
+    fn from_text(text: &str) -> Self {
+        match serde_json::from_str::<Map<String, Value>>(text) {
+            Ok(entries) => Self::from(entries),
+            Err(_) => Self {
+                entries: Map::new(),
+                unparsed: Some(text.to_owned()),
+            },
+        }
+    }
+}
+
+impl From<Map<String, Value>> for Metadata {
+    fn from(entries: Map<String, Value>) -> Self {
+        Self {
+            entries,
+            unparsed: None,
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self::from(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Map<_, _>>(),
+        )
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.unparsed {
+            Some(text) => serializer.serialize_str(text),
+            None => self.entries.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MetadataVisitor;
+
+        impl<'de> Visitor<'de> for MetadataVisitor {
+            type Value = Metadata;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object, or a string holding a JSON-encoded object")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Metadata, E> {
+                Ok(Metadata::from_text(v))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Metadata, A::Error> {
+                Map::deserialize(de::value::MapAccessDeserializer::new(map)).map(Metadata::from)
+            }
+        }
+
+        deserializer.deserialize_any(MetadataVisitor)
+    }
+}
+
+/// An item given inline with its price rather than as a registered price
+/// (`PriceData`); used by orders and sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct PriceData {
+    /// Display name of the item. Always sent by Clink (required in its schema).
+    pub name: Option<String>,
+    /// How many units; at least 1.
+    pub quantity: Option<i32>,
+    /// Price per unit, greater than 0. Always sent by Clink (required in its schema).
+    #[serde(default, with = "amount")]
+    pub unit_amount: Option<Decimal>,
+    /// The currency of `unit_amount`.
+    pub currency: Option<Currency>,
+    /// Image of the item.
+    pub image_url: Option<String>,
+}
+
+string_enum! {
+    /// The length of a billing cycle.
+    pub enum Interval {
+        /// Daily.
+        Day = "day",
+        /// Weekly.
+        Week = "week",
+        /// Monthly.
+        Month = "month",
+        /// Yearly.
+        Year = "year",
+        /// Every 3 months.
+        Quarter = "quarter",
+        /// Every 6 months.
+        HalfYear = "half_year",
+        /// Every `intervalCount` days.
+        Custom = "custom",
+    }
+}
+
+string_enum! {
+    /// How a subscription or invoice is collected.
+    pub enum Billing {
+        /// Clink charges the stored payment method.
+        ChargeAutomatically = "charge_automatically",
+        /// Clink sends an invoice for the customer to pay.
+        SendInvoice = "send_invoice",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_parse_exactly_or_not_at_all() {
+        for (text, expected) in [
+            ("19.99", "19.99"),
+            ("0.1", "0.1"),
+            ("-12.345678", "-12.345678"),
+            ("1999", "1999"),
+            ("1.5e3", "1500"),
+            ("25E-2", "0.25"),
+        ] {
+            assert_eq!(amount::parse(text).unwrap().to_string(), expected);
+        }
+        for bad in [
+            "",
+            "abc",
+            "1_000",
+            " 1",
+            "0.00000000000000000000000000001",
+            "1e99",
+        ] {
+            assert!(amount::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_round_trip() {
+        let known: Interval = serde_json::from_str(r#""half_year""#).unwrap();
+        assert_eq!(known, Interval::HalfYear);
+        let unknown: Interval = serde_json::from_str(r#""fortnight""#).unwrap();
+        assert_eq!(unknown, Interval::Unknown("fortnight".into()));
+        assert_eq!(serde_json::to_string(&unknown).unwrap(), r#""fortnight""#);
+        assert!(serde_json::from_str::<Interval>("7").is_err());
+    }
+
+    #[test]
+    fn metadata_serializes_back_as_received() {
+        for json in [r#"{"a":"1","n":2}"#, r#""not json""#] {
+            let m: Metadata = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&m).unwrap(), json);
+        }
+        assert!(serde_json::from_str::<Metadata>("[1]").is_err());
+    }
+}

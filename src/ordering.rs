@@ -1,0 +1,276 @@
+//! Telling a stale event from a fresh one when Clink delivers out of order.
+//!
+//! Clink does not deliver in order: `order.succeeded` can arrive before
+//! `order.created`, and a retried `subscription.past_due` can arrive after
+//! the `subscription.activated` that resolved it. Each typed event is about
+//! one object ([`ObjectKey`]: family and id) and has a [`Version`]: its
+//! `created` time, then its id to break ties.
+//!
+//! Give the [`EventRouter`](crate::EventRouter) a [`FreshnessStore`] with
+//! [`ordering`](crate::EventRouter::ordering) and it tells every handler
+//! whether its event is [`Fresh`](Freshness::Fresh) or
+//! [`Stale`](Freshness::Stale) (an event newer than it about the same object
+//! was already handled), through [`Event::freshness`](crate::Event::freshness).
+//! A version is recorded only after its handler succeeds, so a failed
+//! handler never hides the event it failed on.
+//!
+//! # Which events to skip
+//!
+//! For events that *replace* state (an order's or a subscription's status),
+//! only the newest matters: call [`skip_stale`](crate::EventRouter::skip_stale)
+//! and stale events are acknowledged without running their handler.
+//!
+//! For events where *every one matters* (each `refund.succeeded` moves
+//! money, each `dispute.*` step has a deadline), do not skip: handle them
+//! all, and when one is stale, re-read the object's current state from
+//! Clink's API rather than applying the event's snapshot over a newer one.
+//!
+//! ```
+//! use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+//! use clink_webhooks::{events, EventRouter};
+//!
+//! let router = EventRouter::new()
+//!     .ordering(MemoryFreshnessStore::new())
+//!     .on::<events::SubscriptionPastDue, _>(|event| async move {
+//!         if let Freshness::Stale { newest_seen } = event.freshness() {
+//!             // A newer event about this subscription was already handled:
+//!             // re-read its state instead of applying this snapshot.
+//!             tracing::info!(%newest_seen, "stale past_due");
+//!         }
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//! ```
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use dashmap::DashMap;
+
+use crate::event::ObjectKey;
+use crate::idempotency::{BoxFuture, StoreError, StoreErrorKind};
+use crate::Timestamp;
+
+/// How new an event is: its `created` time, then its id to break ties.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version {
+    created: Timestamp,
+    event_id: String,
+}
+
+impl Version {
+    /// The version of the event `event_id` created at `created`.
+    pub fn new(created: Timestamp, event_id: impl Into<String>) -> Self {
+        Self {
+            created,
+            event_id: event_id.into(),
+        }
+    }
+
+    /// When the event was created.
+    #[must_use]
+    pub fn created(&self) -> Timestamp {
+        self.created
+    }
+
+    /// The event's id.
+    #[must_use]
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.created
+            .cmp(&other.created)
+            .then_with(|| self.event_id.cmp(&other.event_id))
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.created, self.event_id)
+    }
+}
+
+/// Whether an event is the newest seen about its object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// Not tracked: the router has no [`FreshnessStore`], or the event has no
+    /// `created` time or no object id.
+    #[default]
+    Untracked,
+    /// No newer event about the same object has been handled.
+    Fresh,
+    /// A newer event about the same object was already handled.
+    Stale {
+        /// The newest version handled so far.
+        newest_seen: Version,
+    },
+}
+
+impl Freshness {
+    /// Whether the event is known to be stale.
+    #[must_use]
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Stale { .. })
+    }
+
+    /// How `version` compares with the `newest` recorded.
+    #[must_use]
+    pub fn of(version: &Version, newest: Option<Version>) -> Self {
+        match newest {
+            Some(newest) if newest > *version => Self::Stale {
+                newest_seen: newest,
+            },
+            _ => Self::Fresh,
+        }
+    }
+}
+
+/// Keeps the newest handled [`Version`] per object.
+///
+/// Object safe: held as `Arc<dyn FreshnessStore>`. Implemented by
+/// [`MemoryFreshnessStore`], and by the Redis and PostgreSQL stores when
+/// their features are on.
+pub trait FreshnessStore: Send + Sync + 'static {
+    /// The newest version recorded for `object`, if any.
+    fn newest<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Version>, StoreError>>;
+
+    /// Records `version` for `object`, unless a newer version is already
+    /// recorded (atomically: concurrent records keep the newest).
+    fn record<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The default number of objects a [`MemoryFreshnessStore`] remembers.
+pub const DEFAULT_FRESHNESS_CAPACITY: usize = 1_000_000;
+
+/// An in-process [`FreshnessStore`] for apps on one machine. Bounded: when
+/// full, a new object is refused with a [`StoreError`] (answered `503`)
+/// rather than forgetting what it knows.
+#[derive(Debug)]
+pub struct MemoryFreshnessStore {
+    newest: DashMap<ObjectKey, Version>,
+    capacity: usize,
+}
+
+impl Default for MemoryFreshnessStore {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_FRESHNESS_CAPACITY)
+    }
+}
+
+impl MemoryFreshnessStore {
+    /// A store that remembers up to [`DEFAULT_FRESHNESS_CAPACITY`] objects.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that remembers up to `capacity` objects.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            newest: DashMap::new(),
+            capacity,
+        }
+    }
+
+    /// How many objects it remembers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.newest.len()
+    }
+
+    /// Whether it remembers none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.newest.is_empty()
+    }
+}
+
+impl FreshnessStore for MemoryFreshnessStore {
+    fn newest<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
+        let newest = self.newest.get(object).map(|v| v.value().clone());
+        Box::pin(std::future::ready(Ok(newest)))
+    }
+
+    fn record<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = if let Some(mut held) = self.newest.get_mut(object) {
+            if *version > *held {
+                *held = version.clone();
+            }
+            Ok(())
+        } else if self.newest.len() >= self.capacity {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the in-memory freshness store is full; raise its capacity or use a shared store",
+            ))
+        } else {
+            self.newest
+                .entry(object.clone())
+                .and_modify(|held| {
+                    if *version > *held {
+                        *held = version.clone();
+                    }
+                })
+                .or_insert_with(|| version.clone());
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ms: i64, id: &str) -> Version {
+        Version::new(Timestamp::from_millis(ms), id)
+    }
+
+    #[test]
+    fn versions_order_by_created_then_id() {
+        assert!(v(1, "b") > v(1, "a"));
+        assert!(v(2, "a") > v(1, "z"));
+        assert_eq!(Freshness::of(&v(1, "a"), None), Freshness::Fresh);
+        assert_eq!(Freshness::of(&v(2, "a"), Some(v(1, "a"))), Freshness::Fresh);
+        assert_eq!(Freshness::of(&v(1, "a"), Some(v(1, "a"))), Freshness::Fresh);
+        assert!(Freshness::of(&v(1, "a"), Some(v(2, "a"))).is_stale());
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_newest_and_is_bounded() {
+        let store = MemoryFreshnessStore::with_capacity(1);
+        let key = ObjectKey::new("order", "ord_1");
+        store.record(&key, &v(5, "e5")).await.unwrap();
+        store.record(&key, &v(3, "e3")).await.unwrap();
+        assert_eq!(store.newest(&key).await.unwrap(), Some(v(5, "e5")));
+        store.record(&key, &v(7, "e7")).await.unwrap();
+        assert_eq!(store.newest(&key).await.unwrap(), Some(v(7, "e7")));
+        let other = ObjectKey::new("order", "ord_2");
+        assert!(store.record(&other, &v(1, "x")).await.is_err());
+        assert_eq!(store.newest(&other).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! axum integration over loopback: `.layer` on a route, `route_service`, and the extractors.
+#![cfg(feature = "axum")]
+
+use std::sync::{Arc, Mutex};
+
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use clink_webhooks::axum::{ClinkEvent, RawClinkEvent};
+use clink_webhooks::event::Order;
+use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::Layer;
+
+const SECRET: &str = "whsec_axum";
+
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn post_event(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    secret: &str,
+) -> (u16, String) {
+    let ts = Timestamp::now().as_millis().to_string();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("x-clink-timestamp", &ts)
+        .header("x-clink-signature", sign(secret, &ts, body.as_bytes()))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn typed_and_raw_extractors_behind_a_route_layer() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let typed_seen = Arc::clone(&seen);
+    let raw_seen = Arc::clone(&seen);
+    let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap());
+    let app = Router::new()
+        .route(
+            "/typed",
+            post(move |ClinkEvent(event): ClinkEvent<Order>| async move {
+                typed_seen
+                    .lock()
+                    .unwrap()
+                    .push(format!("typed {}", event.data.order_id.unwrap_or_default()));
+                "ok"
+            })
+            .layer(layer.clone()),
+        )
+        .route(
+            "/raw",
+            post(move |RawClinkEvent(event): RawClinkEvent| async move {
+                raw_seen
+                    .lock()
+                    .unwrap()
+                    .push(format!("raw {}", event.event_type()));
+                "ok"
+            })
+            .layer(layer),
+        )
+        .route(
+            "/unlayered",
+            post(|ClinkEvent(_event): ClinkEvent<Order>| async { "unreachable" }),
+        );
+    let addr = serve(app).await;
+
+    let order = r#"{"id":"evt_a1","type":"order.succeeded","data":{"orderId":"ord_9"}}"#;
+    assert_eq!(post_event(addr, "/typed", order, SECRET).await.0, 200);
+    let refund = r#"{"id":"evt_a2","type":"refund.created","data":{}}"#;
+    assert_eq!(post_event(addr, "/raw", refund, SECRET).await.0, 200);
+    assert_eq!(
+        post_event(addr, "/typed", order, "whsec_forged").await.0,
+        401
+    );
+
+    // Data that does not fit the extractor's type: 500, so the delivery is retried.
+    let bad = r#"{"id":"evt_a3","type":"order.succeeded","data":{"orderId":5}}"#;
+    assert_eq!(post_event(addr, "/typed", bad, SECRET).await.0, 500);
+    // An extractor without the layer is a configuration error, not a pass.
+    let (status, body) = post_event(addr, "/unlayered", order, SECRET).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("handler_failed"));
+
+    assert_eq!(*seen.lock().unwrap(), ["typed ord_9", "raw refund.created"]);
+}
+
+#[tokio::test]
+async fn an_event_router_mounted_with_route_service() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |event| {
+        let sink = Arc::clone(&sink);
+        async move {
+            sink.lock().unwrap().push(event.id);
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let service = ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router);
+    let addr = serve(Router::new().route_service("/webhooks/clink", service)).await;
+    let order = r#"{"id":"evt_rs","type":"order.succeeded","data":{}}"#;
+    assert_eq!(
+        post_event(addr, "/webhooks/clink", order, SECRET).await.0,
+        200
+    );
+    let (status, body) = post_event(addr, "/webhooks/clink", order, SECRET).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("duplicate"));
+    assert_eq!(*seen.lock().unwrap(), ["evt_rs"]);
+}

@@ -1,0 +1,496 @@
+//! The layer and router over real HTTP on loopback: every row of the status table.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use clink_webhooks::event::{Order, Session};
+use clink_webhooks::idempotency::{
+    BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
+};
+use clink_webhooks::{events, sign, ClinkLayer, EventRouter, SigningKey, Verifier};
+use tokio::sync::{oneshot, Notify};
+use tower::Layer;
+
+use support::*;
+
+fn verifier() -> Verifier {
+    Verifier::new(SECRET).unwrap()
+}
+
+/// A router that records `type id` of every typed and fallback run.
+fn recording_router(seen: Arc<Mutex<Vec<String>>>) -> EventRouter {
+    let typed = Arc::clone(&seen);
+    let session = Arc::clone(&seen);
+    EventRouter::new()
+        .on::<events::OrderSucceeded, _>(move |event| {
+            let seen = Arc::clone(&typed);
+            async move {
+                let order: Order = event.data;
+                seen.lock().unwrap().push(format!(
+                    "order {} {} {}",
+                    event.id,
+                    order.order_id.unwrap_or_default(),
+                    event.created.map(|c| c.as_millis()).unwrap_or_default()
+                ));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .on::<events::SessionComplete, _>(move |event| {
+            let seen = Arc::clone(&session);
+            async move {
+                let data: Session = event.data;
+                seen.lock()
+                    .unwrap()
+                    .push(format!("session {} {data:?}", event.id));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .on_any(move |event| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("any {} {}", event.event_type(), event.id()));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+}
+
+async fn recording_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let service = ClinkLayer::new(verifier()).layer(recording_router(Arc::clone(&seen)));
+    (serve(service).await, seen)
+}
+
+#[tokio::test]
+async fn a_signed_delivery_reaches_its_typed_handler_once() {
+    let (addr, seen) = recording_server().await;
+    let body = event("evt_1", "order.succeeded", r#"{"orderId":"ord_1"}"#);
+
+    let first = deliver(addr, &body).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json["ok"], true);
+
+    // The same event again: acknowledged, handler not run.
+    let again = deliver(addr, &body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["duplicate"], true);
+    assert_eq!(*seen.lock().unwrap(), ["order evt_1 ord_1 1736942400000"]);
+}
+
+#[tokio::test]
+async fn data_object_wrapping_and_integer_created_reach_the_same_handler() {
+    let (addr, seen) = recording_server().await;
+    let wrapped = r#"{"id":"evt_w","type":"order.succeeded","created":1736942400000,"data":{"object":{"orderId":"ord_w"}}}"#;
+    assert_eq!(deliver(addr, wrapped).await.status, 200);
+    assert_eq!(*seen.lock().unwrap(), ["order evt_w ord_w 1736942400000"]);
+}
+
+#[tokio::test]
+async fn other_types_go_to_the_fallback_and_unhandled_types_are_acknowledged() {
+    let (addr, seen) = recording_server().await;
+    let refund = event("evt_r", "refund.succeeded", r#"{"refundId":"re_1"}"#);
+    let future = event("evt_f", "wallet.topped_up", "{}");
+    assert_eq!(deliver(addr, &refund).await.status, 200);
+    assert_eq!(deliver(addr, &future).await.status, 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["any refund.succeeded evt_r", "any wallet.topped_up evt_f"]
+    );
+
+    // With no fallback at all, an unhandled type is still a 200.
+    let bare = serve(ClinkLayer::new(verifier()).layer(EventRouter::new())).await;
+    assert_eq!(deliver(bare, &refund).await.status, 200);
+}
+
+#[tokio::test]
+async fn refusals_follow_the_status_table() {
+    let (addr, seen) = recording_server().await;
+    let body = event("evt_x", "order.succeeded", r#"{"orderId":"o"}"#);
+    let ts = now_ms();
+    let good_sig = sign(SECRET, &ts, body.as_bytes());
+
+    // Not POST.
+    let get = http::Request::get(format!("http://{addr}/webhooks/clink"))
+        .body(Default::default())
+        .unwrap();
+    let reply = send(get).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(reply.headers["allow"], "POST");
+
+    // Missing and malformed headers.
+    let mut missing = signed_with(addr, &body, &ts, &good_sig);
+    missing.headers_mut().remove("x-clink-timestamp");
+    let reply = send(missing).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, "missing_timestamp")
+    );
+    let mut missing = signed_with(addr, &body, &ts, &good_sig);
+    missing.headers_mut().remove("x-clink-signature");
+    assert_eq!(send(missing).await.status, 400);
+    let reply = send(signed_with(addr, &body, "12x", &good_sig)).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, "malformed_timestamp")
+    );
+    let reply = send(signed_with(addr, &body, &ts, &good_sig[..63])).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, "malformed_signature")
+    );
+    let mut md5 = signed_with(addr, &body, &ts, &good_sig);
+    md5.headers_mut()
+        .insert("x-clink-signtype", "MD5".parse().unwrap());
+    let reply = send(md5).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, "unsupported_sign_type")
+    );
+
+    // Not authentic.
+    let reply = send(signed_with(
+        addr,
+        &body,
+        &ts,
+        &sign("whsec_other", &ts, body.as_bytes()),
+    ))
+    .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (401, "signature_mismatch")
+    );
+    let tampered = body.replace("\"o\"", "\"p\"");
+    let reply = send(signed_with(addr, &tampered, &ts, &good_sig)).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (401, "signature_mismatch")
+    );
+    let old = (clink_webhooks::Timestamp::now().as_millis() - 301_000).to_string();
+    let reply = send(signed_with(
+        addr,
+        &body,
+        &old,
+        &sign(SECRET, &old, body.as_bytes()),
+    ))
+    .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (401, "timestamp_too_old")
+    );
+    let ahead = (clink_webhooks::Timestamp::now().as_millis() + 301_000).to_string();
+    let reply = send(signed_with(
+        addr,
+        &body,
+        &ahead,
+        &sign(SECRET, &ahead, body.as_bytes()),
+    ))
+    .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (401, "timestamp_in_future")
+    );
+
+    // Verified, but not an event envelope.
+    for not_event in [
+        r#"{"type":"order.succeeded"}"#,
+        r#"{"id":"evt"}"#,
+        "[1,2]",
+        "hello",
+    ] {
+        let reply = deliver(addr, not_event).await;
+        assert_eq!(reply.status, 400, "{not_event}");
+        assert!(reply.json["message"].is_string());
+    }
+
+    // Nothing refused reached a handler, and no message carries the secret.
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_verifier_whose_keys_all_expired_answers_401() {
+    let expired = SigningKey::new(SECRET)
+        .unwrap()
+        .expires_at(SystemTime::now() - Duration::from_secs(1));
+    let addr = serve(ClinkLayer::new(Verifier::from_key(&expired)).layer(EventRouter::new())).await;
+    let reply = deliver(addr, &event("evt_k", "order.succeeded", "{}")).await;
+    assert_eq!((reply.status, reply.error_code()), (401, "no_active_key"));
+}
+
+#[tokio::test]
+async fn an_old_key_is_accepted_during_rotation() {
+    let layer = ClinkLayer::new(
+        Verifier::new("whsec_new").unwrap().add_key(
+            SigningKey::new(SECRET)
+                .unwrap()
+                .expires_at(SystemTime::now() + Duration::from_secs(3600)),
+        ),
+    );
+    let addr = serve(layer.layer(EventRouter::new())).await;
+    assert_eq!(
+        deliver(addr, &event("evt_rot", "order.created", "{}"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_content_length_over_the_limit_is_refused_before_the_body_is_read() {
+    let addr = serve(ClinkLayer::new(verifier()).layer(EventRouter::new())).await;
+    let ts = now_ms();
+    let head = format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-clink-timestamp: {ts}\r\nx-clink-signature: {}\r\n\r\n",
+        10 * 1024 * 1024,
+        "0".repeat(64)
+    );
+    // Only the headers and a few bytes are sent; the answer must come anyway.
+    assert_eq!(raw_exchange(addr, &head, &[b"{\"id\":"]).await, 413);
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_cut_off_when_it_crosses_the_limit() {
+    let limit = 4096;
+    let addr = serve(
+        ClinkLayer::new(verifier())
+            .body_limit(limit)
+            .layer(EventRouter::new()),
+    )
+    .await;
+    let ts = now_ms();
+    let head = format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-clink-timestamp: {ts}\r\nx-clink-signature: {}\r\n\r\n",
+        "0".repeat(64)
+    );
+    let chunk = format!("400\r\n{}\r\n", "a".repeat(1024));
+    let chunks: Vec<&[u8]> = (0..5).map(|_| chunk.as_bytes()).collect();
+    // Five 1 KiB chunks cross 4 KiB; the final chunk is never sent.
+    assert_eq!(raw_exchange(addr, &head, &chunks).await, 413);
+
+    // A body exactly at the limit still goes through verification (401 here: bad signature).
+    let exact = format!("1000\r\n{}\r\n0\r\n\r\n", "a".repeat(limit));
+    assert_eq!(raw_exchange(addr, &head, &[exact.as_bytes()]).await, 401);
+}
+
+#[tokio::test]
+async fn a_failing_handler_answers_500_and_runs_again_on_retry() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    let router = EventRouter::new().on::<events::OrderFailed, _>(move |_event| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Err("the database is down".into())
+            } else {
+                Ok::<_, clink_webhooks::BoxError>(())
+            }
+        }
+    });
+    let addr = serve(ClinkLayer::new(verifier()).layer(router)).await;
+    let body = event("evt_fail", "order.failed", "{}");
+    let reply = deliver(addr, &body).await;
+    assert_eq!((reply.status, reply.error_code()), (500, "handler_failed"));
+    assert!(
+        !reply.json.to_string().contains("database"),
+        "internal errors stay in the logs"
+    );
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    assert_eq!(deliver(addr, &body).await.json["duplicate"], true);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_retry_runs_it_again() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    let router = EventRouter::new().on::<events::OrderCreated, _>(move |_event| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            assert!(n > 0, "first attempt panics");
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let addr = serve(ClinkLayer::new(verifier()).layer(router)).await;
+    let body = event("evt_panic", "order.created", "{}");
+    let reply = deliver(addr, &body).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (500, "handler_panicked")
+    );
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    // The server kept serving other events too.
+    assert_eq!(
+        deliver(addr, &event("evt_other", "order.created", "{}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn undecodable_data_answers_500_without_a_hook_and_reaches_the_hook_with_one() {
+    let body = event(
+        "evt_bad",
+        "order.succeeded",
+        r#"{"orderId":{"nested":true}}"#,
+    );
+    let (addr, seen) = recording_server().await;
+    let reply = deliver(addr, &body).await;
+    assert_eq!(reply.status, 500);
+    assert!(seen.lock().unwrap().is_empty());
+
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&kept);
+    let router = EventRouter::new()
+        .on::<events::OrderSucceeded, _>(|_event| async { Ok::<_, std::io::Error>(()) })
+        .on_undecodable(move |raw, error| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push((raw.body().clone(), error.path().to_owned()));
+                Ok::<_, std::io::Error>(())
+            }
+        });
+    let addr = serve(ClinkLayer::new(verifier()).layer(router)).await;
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    let kept = kept.lock().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0].0,
+        body.as_bytes(),
+        "the hook gets the verified bytes"
+    );
+    assert_eq!(kept[0].1, "orderId");
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_first_is_handled_gets_409_with_retry_after() {
+    let entered = Arc::new(Notify::new());
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let entered_in = Arc::clone(&entered);
+    let router = EventRouter::new().on::<events::InvoicePaid, _>(move |_event| {
+        let entered = Arc::clone(&entered_in);
+        let gate = release_rx.lock().unwrap().take();
+        async move {
+            entered.notify_one();
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let addr = serve(ClinkLayer::new(verifier()).layer(router)).await;
+    let body = event("evt_slow", "invoice.paid", "{}");
+
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { deliver(addr, &body).await }
+    });
+    entered.notified().await;
+    let second = deliver(addr, &body).await;
+    assert_eq!((second.status, second.error_code()), (409, "in_flight"));
+    let retry_after: u64 = second.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after));
+
+    release_tx.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(deliver(addr, &body).await.json["duplicate"], true);
+}
+
+/// A store whose backend is down: every call fails.
+struct DownStore;
+
+impl IdempotencyStore for DownStore {
+    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "connection refused",
+            ))
+        })
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "connection refused",
+            ))
+        })
+    }
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async {
+            Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "connection refused",
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_answers_503_and_does_not_run_the_handler() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let layer = ClinkLayer::new(verifier()).store(DownStore);
+    let addr = serve(layer.layer(recording_router(Arc::clone(&seen)))).await;
+    let reply = deliver(addr, &event("evt_503", "order.succeeded", "{}")).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (503, "store_unavailable")
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_its_timeout_is_stopped_and_released() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    let router = EventRouter::new().on::<events::RefundCreated, _>(move |_event| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let layer = ClinkLayer::new(verifier()).handler_timeout(Duration::from_millis(100));
+    let addr = serve(layer.layer(router)).await;
+    let body = event("evt_timeout", "refund.created", "{}");
+    let reply = deliver(addr, &body).await;
+    assert_eq!((reply.status, reply.error_code()), (500, "handler_timeout"));
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn live_and_test_events_with_the_same_id_are_separate() {
+    let (addr, seen) = recording_server().await;
+    let live = r#"{"id":"evt_same","type":"order.created","livemode":true,"data":{}}"#;
+    let test = r#"{"id":"evt_same","type":"order.created","livemode":false,"data":{}}"#;
+    assert_eq!(deliver(addr, live).await.status, 200);
+    assert_eq!(deliver(addr, test).await.status, 200);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}

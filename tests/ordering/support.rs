@@ -1,0 +1,186 @@
+//! The ordering property, for any [`FreshnessStore`].
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
+
+const SECRET: &str = "whsec_ordering";
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode {
+    SkipStale,
+    FlagOnly,
+}
+
+/// A subscription id no other case uses, so one store serves every case.
+fn fresh_object_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sub_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn request(body: &str) -> http::Request<Full<Bytes>> {
+    let ts = Timestamp::now().as_millis().to_string();
+    http::Request::post("/webhooks/clink")
+        .header("x-clink-timestamp", &ts)
+        .header("x-clink-signature", sign(SECRET, &ts, body.as_bytes()))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+/// Event `n` about `object`, created `n` seconds after a fixed instant.
+fn event_body(object: &str, n: usize) -> String {
+    format!(
+        r#"{{"id":"evt_{object}_{n}","type":"subscription.updated.renewed","created":{},"data":{{"subscriptionId":"{object}","elapsedCycles":{n}}}}}"#,
+        1_736_942_400_000u64 + n as u64 * 1000
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Delivers events `0..order.len()` about one object in the arrival `order`
+/// and checks what the handler saw.
+pub(crate) fn check_arrival_order(store: Arc<dyn FreshnessStore>, order: &[usize], mode: Mode) {
+    let object = fresh_object_id();
+    // (event number, was it flagged stale) per handler run, and the state applied.
+    let runs = Arc::new(Mutex::new(Vec::<(usize, bool)>::new()));
+    let state = Arc::new(Mutex::new(None::<usize>));
+    let (runs_in, state_in) = (Arc::clone(&runs), Arc::clone(&state));
+    let mut router = EventRouter::new()
+        .shared_ordering(store)
+        .on::<events::SubscriptionRenewed, _>(move |event| {
+            let n = usize::try_from(event.data.elapsed_cycles.unwrap()).unwrap();
+            let stale = event.freshness().is_stale();
+            assert_ne!(*event.freshness(), Freshness::Untracked);
+            runs_in.lock().unwrap().push((n, stale));
+            if !stale {
+                *state_in.lock().unwrap() = Some(n);
+            }
+            async { Ok::<_, std::io::Error>(()) }
+        });
+    if let Mode::SkipStale = mode {
+        router = router.skip_stale();
+    }
+    let service = ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router);
+
+    runtime().block_on(async {
+        for &n in order {
+            let response = service
+                .clone()
+                .oneshot(request(&event_body(&object, n)))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "event {n}");
+        }
+    });
+
+    let newest = order.len() - 1;
+    let runs = runs.lock().unwrap().clone();
+    // Event n is stale exactly when a newer one arrived before it.
+    let expected_stale = |position: usize| {
+        order[..position]
+            .iter()
+            .any(|&earlier| earlier > order[position])
+    };
+    match mode {
+        Mode::SkipStale => {
+            assert_eq!(
+                *state.lock().unwrap(),
+                Some(newest),
+                "arrival order {order:?}"
+            );
+            let expected: Vec<_> = (0..order.len())
+                .filter(|&p| !expected_stale(p))
+                .map(|p| (order[p], false))
+                .collect();
+            assert_eq!(
+                runs, expected,
+                "only fresh events run, arrival order {order:?}"
+            );
+        }
+        Mode::FlagOnly => {
+            let expected: Vec<_> = (0..order.len())
+                .map(|p| (order[p], expected_stale(p)))
+                .collect();
+            assert_eq!(
+                runs, expected,
+                "every event once, stale ones flagged, arrival order {order:?}"
+            );
+        }
+    }
+}
+
+/// A handler that fails leaves no trace: the older event after it is still fresh.
+pub(crate) fn check_failed_handler_not_recorded(store: Arc<dyn FreshnessStore>) {
+    let object = fresh_object_id();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let flags = Arc::new(Mutex::new(Vec::new()));
+    let (attempts_in, flags_in) = (Arc::clone(&attempts), Arc::clone(&flags));
+    let router = EventRouter::new()
+        .shared_ordering(store)
+        .on::<events::SubscriptionRenewed, _>(move |event| {
+            let first = attempts_in.fetch_add(1, Ordering::SeqCst) == 0;
+            flags_in
+                .lock()
+                .unwrap()
+                .push((event.id.clone(), event.freshness().clone()));
+            async move {
+                if first {
+                    Err("fails once")
+                } else {
+                    Ok(())
+                }
+            }
+        });
+    let service = ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router);
+    runtime().block_on(async {
+        let newer = event_body(&object, 5);
+        let older = event_body(&object, 1);
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(request(&newer))
+                .await
+                .unwrap()
+                .status(),
+            500
+        );
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(request(&older))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(request(&newer))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+    let flags = flags.lock().unwrap();
+    assert_eq!(flags.len(), 3);
+    assert!(
+        flags.iter().all(|(_, f)| *f == Freshness::Fresh),
+        "{flags:?}"
+    );
+}
