@@ -12,10 +12,23 @@
 //! same object gets a note on stderr.
 //! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
 //! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
+//!
+//! Run several of them behind a load balancer and they must share one
+//! idempotency store, or two of them can each handle the same event. Built
+//! with the `redis` feature and given `REDIS_URL`, it keeps the store in
+//! Redis; built with `postgres` and given `DATABASE_URL` (and no
+//! `REDIS_URL`), in PostgreSQL. Otherwise the store is in memory. It says
+//! which on stderr.
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
+//! ```
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
+use clink_webhooks::idempotency::{IdempotencyStore, MemoryStore};
 use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use tower::Layer;
@@ -83,6 +96,56 @@ fn router() -> EventRouter {
     })
 }
 
+/// The value of `var`, if set and not empty.
+fn env_value(var: &str) -> Option<String> {
+    std::env::var(var)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+/// The idempotency store: Redis, PostgreSQL or memory, as the environment
+/// and the enabled features say.
+async fn idempotency_store() -> Result<Arc<dyn IdempotencyStore>, Box<dyn std::error::Error>> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = env_value("REDIS_URL") {
+        let store = clink_webhooks::idempotency::RedisStore::connect(&url).await?;
+        eprintln!("idempotency store: Redis (REDIS_URL)");
+        return Ok(Arc::new(store));
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(url) = env_value("DATABASE_URL") {
+        use clink_webhooks::idempotency::PostgresStore;
+        use deadpool_postgres::{Manager, Pool, Runtime};
+
+        // The parse error is not shown: it could quote the password.
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
+        let pool = Pool::builder(Manager::new(config, tokio_postgres::NoTls))
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .build()?;
+        let store = PostgresStore::new(pool);
+        store.migrate().await?;
+        store.spawn_reaper(std::time::Duration::from_secs(600))?;
+        eprintln!("idempotency store: PostgreSQL (DATABASE_URL)");
+        return Ok(Arc::new(store));
+    }
+    for (var, feature) in [("REDIS_URL", "redis"), ("DATABASE_URL", "postgres")] {
+        if env_value(var).is_some() {
+            eprintln!(
+                "warning: {var} is set, but this build lacks the {feature} feature \
+                 (cargo run --example axum_receiver --features {feature})"
+            );
+        }
+    }
+    eprintln!(
+        "idempotency store: in memory (one instance only; set REDIS_URL or DATABASE_URL \
+         to share it between instances)"
+    );
+    Ok(Arc::new(MemoryStore::new()))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -109,7 +172,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
-    let service = ClinkLayer::new(Verifier::new(key)?).layer(router());
+    let service = ClinkLayer::new(Verifier::new(key)?)
+        .shared_store(idempotency_store().await?)
+        .layer(router());
     let app = Router::new().route_service("/webhooks/clink", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -23,6 +23,8 @@ fn example_path(name: &str) -> std::path::PathBuf {
 struct Receiver {
     child: Child,
     url: String,
+    /// What it printed on stderr before listening.
+    banner: Vec<String>,
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
 }
@@ -46,22 +48,35 @@ fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
     rx
 }
 
+/// Starts the example with its store in memory, whatever the environment holds.
 fn start() -> Receiver {
+    start_with_store(None)
+}
+
+/// Starts the example with only the store variable given (`REDIS_URL` or
+/// `DATABASE_URL`), or none.
+fn start_with_store(store: Option<(&str, &str)>) -> Receiver {
     let path = example_path("axum_receiver");
     assert!(
         path.exists(),
         "{} was not built; run `cargo test`, which builds examples",
         path.display()
     );
-    let mut child = Command::new(path)
+    let mut command = Command::new(path);
+    command
         .env("PORT", "0")
         .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some((var, url)) = store {
+        command.env(var, url);
+    }
+    let mut child = command.spawn().unwrap();
     let stderr = lines(child.stderr.take().unwrap());
     let stdout = lines(child.stdout.take().unwrap());
+    let mut banner = Vec::new();
     let url = loop {
         let line = stderr
             .recv_timeout(Duration::from_secs(30))
@@ -69,10 +84,12 @@ fn start() -> Receiver {
         if let Some(url) = line.strip_prefix("listening on ") {
             break url.to_owned();
         }
+        banner.push(line);
     };
     Receiver {
         child,
         url,
+        banner,
         stdout,
         stderr,
     }
@@ -187,5 +204,81 @@ async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
     assert!(
         note.contains("evt_old is stale") && note.contains("evt_new"),
         "{note}"
+    );
+}
+
+/// Two example receivers given the same store URL: an event delivered to
+/// both runs its handler once, in the first; the second acknowledges it as a
+/// duplicate. A marker event sent to the second afterwards is the next line
+/// it prints, so it printed nothing for the shared event.
+async fn receivers_sharing_a_store_handle_an_event_once(var: &str, store_name: &str) {
+    let url = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run scripts/test, which starts the servers, or export it")
+    });
+    let receivers = [
+        start_with_store(Some((var, &url))),
+        start_with_store(Some((var, &url))),
+    ];
+    for receiver in &receivers {
+        let wanted = format!("idempotency store: {store_name}");
+        assert!(
+            receiver.banner.iter().any(|line| line.starts_with(&wanted)),
+            "{:?}",
+            receiver.banner
+        );
+    }
+
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let id = format!("evt_shared_{run}");
+    let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#);
+    let ts = Timestamp::now().as_millis().to_string();
+    let signature = sign(KEY, &ts, body.as_bytes());
+    for receiver in &receivers {
+        assert_eq!(post(&receiver.url, &body, &signature, &ts).await, 200);
+    }
+    let first = receivers[0]
+        .stdout
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(first, format!("handled order.succeeded {id}"));
+
+    let marker = format!(r#"{{"id":"evt_marker_{run}","type":"risk_rule.updated","data":{{}}}}"#);
+    let marker_sig = sign(KEY, &ts, marker.as_bytes());
+    assert_eq!(
+        post(&receivers[1].url, &marker, &marker_sig, &ts).await,
+        200
+    );
+    let next = receivers[1]
+        .stdout
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(next, format!("handled risk_rule.updated evt_marker_{run}"));
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn example_receivers_sharing_redis_handle_an_event_once() {
+    receivers_sharing_a_store_handle_an_event_once("REDIS_URL", "Redis").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn example_receivers_sharing_postgres_handle_an_event_once() {
+    receivers_sharing_a_store_handle_an_event_once("DATABASE_URL", "PostgreSQL").await;
+}
+
+#[tokio::test]
+async fn the_example_receiver_says_its_store_is_in_memory_by_default() {
+    let receiver = start();
+    assert!(
+        receiver
+            .banner
+            .iter()
+            .any(|line| line.starts_with("idempotency store: in memory")),
+        "{:?}",
+        receiver.banner
     );
 }
