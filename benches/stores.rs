@@ -10,9 +10,6 @@
 //! scripts/with-services cargo bench --bench stores --all-features
 //! ```
 
-// A bench reports to the person running it.
-#![allow(clippy::print_stdout)]
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

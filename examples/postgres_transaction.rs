@@ -11,9 +11,6 @@
 //! commit rolls back both, so Clink's retry runs the handler again; a retry
 //! after the commit finds the event completed and writes nothing.
 
-// An example talks to the person running it.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
-
 use std::error::Error;
 use std::time::{Duration, SystemTime};
 
