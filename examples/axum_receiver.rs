@@ -25,6 +25,7 @@ const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 
 /// Prints the line every handler run produces, and a note on stderr when a
 /// newer event about the same object was already handled.
+#[allow(clippy::needless_pass_by_value)] // the router hands each handler its event by value
 fn handled<T>(event: Event<T>) -> impl Future<Output = Result<(), std::io::Error>> {
     println!("handled {} {}", event.event_type, event.id);
     if let Freshness::Stale { newest_seen } = event.freshness() {

@@ -87,6 +87,7 @@ pub use customer::*;
 pub use dispute::*;
 pub use event_type::{events, EventKind, EventType};
 pub use invoice::*;
+pub(crate) use object::id_field;
 pub use object::{ObjectKey, Resource};
 pub use order::*;
 pub use refund::*;
