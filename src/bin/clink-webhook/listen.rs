@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::poll_fn;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -258,19 +258,46 @@ fn print_delivery<B>(
     out.line(&line);
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C and SIGTERM, listened for from the moment it is made, so that a
+/// signal sent as soon as the address is printed is not missed.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Shutdown {
+    fn new() -> Result<Self, CliError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind| {
+                signal(kind).map_err(|e| CliError::io("cannot listen for Ctrl-C and SIGTERM", &e))
+            };
+            Ok(Self {
+                signals: [
+                    listen(SignalKind::interrupt())?,
+                    listen(SignalKind::terminate())?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn requested(&mut self) {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = &mut self.signals;
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
-            return;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, CliError> {
@@ -291,6 +318,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
     let address = listener
         .local_addr()
         .map_err(|e| CliError::io("cannot read the listening address", &e))?;
+    let mut shutdown = Shutdown::new()?;
     let url = format!("http://{address}{}", args.path);
     if out.json {
         out.json_line(&json!({ "listening": url }));
@@ -300,7 +328,6 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
 
     let path: Arc<str> = Arc::from(args.path.as_str());
     let graceful = GracefulShutdown::new();
-    let mut shutdown = pin!(shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -315,7 +342,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
                     let _ = connection.await;
                 });
             }
-            () = &mut shutdown => break,
+            () = shutdown.requested() => break,
         }
     }
     drop(listener);
