@@ -65,12 +65,25 @@ enum Command {
 }
 
 /// Where the signing key comes from.
-#[derive(Debug, Args)]
+#[derive(Args)]
 struct KeyArgs {
     /// The endpoint's signing secret, or env:NAME to read it from the
     /// environment variable NAME [default: $CLINK_WEBHOOK_SIGNING_KEY].
     #[arg(long, value_name = "SECRET|env:NAME")]
     secret: Option<String>,
+}
+
+impl std::fmt::Debug for KeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self
+            .secret
+            .as_deref()
+            .map(|given| match given.strip_prefix("env:") {
+                Some(_) => given,
+                None => "[redacted]",
+            });
+        f.debug_struct("KeyArgs").field("secret", &secret).finish()
+    }
 }
 
 impl KeyArgs {
