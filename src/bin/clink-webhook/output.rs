@@ -72,3 +72,27 @@ impl Output {
         let _ = writeln!(stderr, "error: {message}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_when_asked() {
+        let plain = Output {
+            json: false,
+            color: false,
+        };
+        assert_eq!(plain.paint(Tone::Bad, "401"), "401");
+        let coloured = Output {
+            json: false,
+            color: true,
+        };
+        let text = coloured.paint(Tone::Good, "200");
+        assert!(
+            text.starts_with("\u{1b}[") && text.contains("200") && text.ends_with("\u{1b}[0m"),
+            "{text:?}"
+        );
+        assert!(!Output::new(true).color, "JSON is never coloured");
+    }
+}

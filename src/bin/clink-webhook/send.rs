@@ -237,16 +237,15 @@ impl Summary {
         }
     }
 
-    /// The latency at `percent` (nearest rank), in milliseconds.
-    fn percentile_ms(&mut self, percent: usize) -> f64 {
+    /// The latency at `percent` (nearest rank), in milliseconds; `None`
+    /// when nothing was answered.
+    fn percentile_ms(&mut self, percent: usize) -> Option<f64> {
         self.latencies.sort_unstable();
-        let Some(last) = self.latencies.len().checked_sub(1) else {
-            return 0.0;
-        };
+        let last = self.latencies.len().checked_sub(1)?;
         let rank = (self.latencies.len() * percent)
             .div_ceil(100)
             .saturating_sub(1);
-        self.latencies[rank.min(last)].as_secs_f64() * 1000.0
+        Some(self.latencies[rank.min(last)].as_secs_f64() * 1000.0)
     }
 
     fn exit_code(&self) -> ExitCode {
@@ -455,7 +454,9 @@ fn print_summary(out: &Output, summary: &mut Summary) {
     if summary.failed > 0 {
         text.push_str(&format!(", not delivered {}", summary.failed));
     }
-    text.push_str(&format!("; latency p50 {p50:.1} ms, p99 {p99:.1} ms"));
+    if let (Some(p50), Some(p99)) = (p50, p99) {
+        text.push_str(&format!("; latency p50 {p50:.1} ms, p99 {p99:.1} ms"));
+    }
     out.line(&text);
 }
 
@@ -485,10 +486,9 @@ mod tests {
             latencies: (1..=100).map(Duration::from_millis).collect(),
             ..Summary::default()
         };
-        assert!((summary.percentile_ms(50) - 50.0).abs() < 1e-9);
-        assert!((summary.percentile_ms(99) - 99.0).abs() < 1e-9);
-        let mut empty = Summary::default();
-        assert!(empty.percentile_ms(99).abs() < 1e-9);
+        assert_eq!(summary.percentile_ms(50), Some(50.0));
+        assert_eq!(summary.percentile_ms(99), Some(99.0));
+        assert_eq!(Summary::default().percentile_ms(99), None);
     }
 
     #[test]
