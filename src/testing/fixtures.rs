@@ -451,19 +451,6 @@ mod tests {
     }
 
     #[test]
-    fn order_succeeded_is_the_reference_example() {
-        let ours: Value = serde_json::from_str(&fixture(&EventType::OrderSucceeded)).unwrap();
-        let reference = json!({
-            "id": "evt_order_succeeded_test", "object": "event",
-            "created": "2025-01-15T12:00:00.000Z", "type": "order.succeeded", "livemode": false,
-            "data": order("success", true),
-        });
-        assert_eq!(ours, reference);
-        assert_eq!(ours["data"]["createTime"], 1_736_941_800_000_i64);
-        assert_eq!(ours["data"]["paymentTime"], 1_736_942_100_000_i64);
-    }
-
-    #[test]
     fn the_first_event_of_a_lifecycle_is_older() {
         let created = RawEvent::from_slice(fixture(&EventType::OrderCreated).as_bytes()).unwrap();
         let succeeded =
