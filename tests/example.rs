@@ -1,81 +1,25 @@
 //! The README's first command: the example receiver, run as a real process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+#[allow(dead_code)] // shared by several test crates, each using part of it
+mod process;
 
 use bytes::Bytes;
 use clink_webhooks::{sign, Timestamp};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use process::{example_receiver, Process};
 
 const KEY: &str = "whsec_example_test";
 
-/// The example binary `cargo test` built next to this test's own binary.
-fn example_path(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    target.join("examples").join(name)
-}
-
 struct Receiver {
-    child: Child,
+    process: Process,
     url: String,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn start() -> Receiver {
-    let path = example_path("axum_receiver");
-    assert!(
-        path.exists(),
-        "{} was not built; run `cargo test`, which builds examples",
-        path.display()
-    );
-    let mut child = Command::new(path)
-        .env("PORT", "0")
-        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines(child.stderr.take().unwrap());
-    let stdout = lines(child.stdout.take().unwrap());
-    let url = loop {
-        let line = stderr
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the receiver announced its address");
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_owned();
-        }
-    };
-    Receiver {
-        child,
-        url,
-        stdout,
-        stderr,
-    }
+    let (process, url) = example_receiver(KEY);
+    Receiver { process, url }
 }
 
 async fn post(url: &str, body: &str, signature: &str, ts: &str) -> u16 {
@@ -101,10 +45,7 @@ async fn the_example_receiver_accepts_signed_deliveries_and_refuses_tampered_one
     let signature = sign(KEY, &ts, body.as_bytes());
 
     assert_eq!(post(&receiver.url, body, &signature, &ts).await, 200);
-    let line = receiver
-        .stdout
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap();
+    let line = receiver.process.next_stdout();
     assert_eq!(line, "handled order.succeeded evt_example_1");
 
     let tampered = body.replace("ord_1", "ord_2");
@@ -116,35 +57,17 @@ async fn the_example_receiver_accepts_signed_deliveries_and_refuses_tampered_one
     let other = r#"{"id":"evt_example_2","type":"risk_rule.updated","data":{}}"#;
     let other_sig = sign(KEY, &ts, other.as_bytes());
     assert_eq!(post(&receiver.url, other, &other_sig, &ts).await, 200);
-    let line = receiver
-        .stdout
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap();
+    let line = receiver.process.next_stdout();
     assert_eq!(line, "handled risk_rule.updated evt_example_2");
 }
 
 #[cfg(unix)]
 #[test]
 fn the_example_receiver_stops_gracefully_on_sigterm() {
-    let mut receiver = start();
-    let pid = receiver.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (tx, rx) = mpsc::channel();
-    let mut child = std::mem::replace(&mut receiver.child, Command::new("true").spawn().unwrap());
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("exited after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    let finished = start().process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
     // Nothing was handled, so nothing was printed.
-    assert!(receiver.stdout.try_recv().is_err());
+    assert_eq!(finished.stdout, "");
 }
 
 #[tokio::test]
@@ -162,28 +85,14 @@ async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
         200
     );
     assert_eq!(
-        receiver
-            .stdout
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap(),
+        receiver.process.next_stdout(),
         "handled order.succeeded evt_new"
     );
     assert_eq!(
-        receiver
-            .stdout
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap(),
+        receiver.process.next_stdout(),
         "handled order.created evt_old"
     );
-    let note = loop {
-        let line = receiver
-            .stderr
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap();
-        if line.starts_with("note:") {
-            break line;
-        }
-    };
+    let note = Process::line_starting(&receiver.process.stderr, "note:");
     assert!(
         note.contains("evt_old is stale") && note.contains("evt_new"),
         "{note}"
