@@ -7,9 +7,9 @@
 //!
 //! It listens on `127.0.0.1:$PORT` (default 3000) at `POST /webhooks/clink`
 //! and prints one line `handled <type> <id>` to stdout per handler run. Every
-//! family with a schema has a typed handler, so an acknowledged delivery is
-//! one whose data decoded; an event older than one already handled about the
-//! same object gets a note on stderr.
+//! event type has a typed handler, so an acknowledged delivery is one whose
+//! data decoded; an event older than one already handled about the same
+//! object gets a note on stderr.
 //! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
 //! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
 //!
@@ -24,76 +24,51 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
 //! ```
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use clink_webhooks::idempotency::{IdempotencyStore, MemoryStore};
+use clink_webhooks::event::Resource;
+use clink_webhooks::idempotency::{BoxFuture, IdempotencyStore, MemoryStore};
 use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
-use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
+use clink_webhooks::router::EveryHandler;
+use clink_webhooks::{ClinkLayer, Event, EventRouter, Verifier};
 use tower::Layer;
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 
-/// Prints the line every handler run produces, and a note on stderr when a
-/// newer event about the same object was already handled.
-fn handled<T>(event: Event<T>) -> impl Future<Output = Result<(), std::io::Error>> {
-    println!("handled {} {}", event.event_type, event.id);
-    if let Freshness::Stale { newest_seen } = event.freshness() {
-        eprintln!(
-            "note: {} {} is stale: {newest_seen} was already handled",
-            event.event_type, event.id
-        );
-    }
-    std::future::ready(Ok(()))
-}
+/// The handler of every event type: prints the line every handler run
+/// produces, and a note on stderr when a newer event about the same object
+/// was already handled.
+struct Handled;
 
-/// Registers [`handled`] for every listed marker, each with its own typed data.
-macro_rules! on_each {
-    ($router:expr, $($kind:ident),+ $(,)?) => {
-        $router$(.on::<events::$kind, _>(handled::<<events::$kind as clink_webhooks::EventKind>::Data>))+
-    };
+impl EveryHandler for Handled {
+    type Error = std::io::Error;
+
+    fn handle<T: Resource + Send + 'static>(
+        &self,
+        event: Event<T>,
+    ) -> BoxFuture<'static, Result<(), Self::Error>> {
+        println!("handled {} {}", event.event_type, event.id);
+        if let Freshness::Stale { newest_seen } = event.freshness() {
+            eprintln!(
+                "note: {} {} is stale: {newest_seen} was already handled",
+                event.event_type, event.id
+            );
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 fn router() -> EventRouter {
-    let router = on_each!(
-        EventRouter::new().ordering(MemoryFreshnessStore::new()),
-        OrderCreated,
-        OrderSucceeded,
-        OrderFailed,
-        OrderNextAction,
-        SessionComplete,
-        SessionExpired,
-        RefundCreated,
-        RefundSucceeded,
-        RefundFailed,
-        SubscriptionCreated,
-        SubscriptionTrialing,
-        SubscriptionActivated,
-        SubscriptionIncompleteExpired,
-        SubscriptionPastDue,
-        SubscriptionCancelled,
-        SubscriptionPlanChanged,
-        SubscriptionPlanChangeCanceled,
-        SubscriptionRenewed,
-        SubscriptionCancelAtPeriodEndSet,
-        SubscriptionCancelAtPeriodEndRevoked,
-        InvoiceOpen,
-        InvoicePaid,
-        InvoiceVoid,
-        DisputeCreated,
-        DisputeUpdated,
-        DisputeWon,
-        DisputeLost,
-        DisputeClosed,
-        CustomerVerify,
-    );
-    // Families Clink publishes no schema for, and names added later.
-    router.on_any(|event| {
-        println!("handled {} {}", event.event_type(), event.id());
-        std::future::ready(Ok::<_, std::io::Error>(()))
-    })
+    EventRouter::new()
+        .ordering(MemoryFreshnessStore::new())
+        .on_every(Handled)
+        // Names Clink adds after this version of the crate.
+        .on_any(|event| {
+            println!("handled {} {}", event.event_type(), event.id());
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        })
 }
 
 /// The value of `var`, if set and not empty.
@@ -178,34 +153,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().route_service("/webhooks/clink", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // Listen for signals before saying where we listen, so that a signal sent
+    // as soon as the address is known is not missed.
+    let shutdown = shutdown_signal();
     eprintln!(
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
     );
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     eprintln!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

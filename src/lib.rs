@@ -49,8 +49,8 @@
 //! | `axum` | extractors `ClinkEvent<T>` and `RawClinkEvent`, `IntoResponse` for rejections |
 //! | `redis` | `RedisStore`, for apps on several machines |
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction |
-//! | `test-util` | signed requests and scenarios for your own tests |
-//! | `cli` | the `clink-webhook` binary: sign, verify, send, listen |
+//! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
+//! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The library logs through `tracing`; it never prints.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
@@ -64,6 +64,9 @@ pub mod layer;
 pub mod ordering;
 pub mod router;
 pub mod signature;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 mod timestamp;
 
 pub use event::{events, Event, EventKind, EventType, RawEvent};

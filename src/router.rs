@@ -40,7 +40,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::event::{DecodeError, Event, EventKind, EventType, ObjectKey, RawEvent};
+use crate::event::{
+    for_each_kind, DecodeError, Event, EventKind, EventType, KindVisitor, ObjectKey, RawEvent,
+    Resource,
+};
 use crate::idempotency::BoxFuture;
 use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
 use crate::ordering::{Freshness, FreshnessStore, Version};
@@ -106,6 +109,46 @@ where
 {
     type Future = Fut;
     type Error = E;
+}
+
+/// A handler for events of every type this crate knows, generic over their
+/// data type: see [`EventRouter::on_every`].
+///
+/// A closure cannot be generic, so this is a trait, whose method returns a
+/// boxed future:
+///
+/// ```
+/// use clink_webhooks::event::Resource;
+/// use clink_webhooks::idempotency::BoxFuture;
+/// use clink_webhooks::router::EveryHandler;
+/// use clink_webhooks::Event;
+///
+/// /// Logs every event with the object it is about and its freshness.
+/// struct Audit;
+///
+/// impl EveryHandler for Audit {
+///     type Error = std::convert::Infallible;
+///
+///     fn handle<T: Resource + Send + 'static>(
+///         &self,
+///         event: Event<T>,
+///     ) -> BoxFuture<'static, Result<(), Self::Error>> {
+///         let object = event.object_key().map(|key| key.to_string());
+///         tracing::info!(id = %event.id, r#type = %event.event_type, ?object, freshness = ?event.freshness());
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+/// ```
+pub trait EveryHandler: Send + Sync + 'static {
+    /// The handler's error.
+    type Error: Into<BoxError>;
+
+    /// Handles one event, its data decoded into its kind's data type
+    /// ([`serde_json::Value`] for families without a published schema).
+    fn handle<T: Resource + Send + 'static>(
+        &self,
+        event: Event<T>,
+    ) -> BoxFuture<'static, Result<(), Self::Error>>;
 }
 
 type Run = BoxFuture<'static, Result<(), BoxError>>;
@@ -191,6 +234,37 @@ impl EventRouter {
         });
         self.routes_mut().typed.insert(K::TYPE, route);
         self
+    }
+
+    /// Registers `handler` as the typed handler of every event type this
+    /// crate knows, all 44, as if by one [`on`](Self::on) per marker in
+    /// [`events`](crate::events): each event's data is decoded into its
+    /// kind's type, and its [`freshness`](Event::freshness) is tracked when
+    /// the router has [`ordering`](Self::ordering).
+    ///
+    /// An [`on`](Self::on) registered after it replaces it for that kind;
+    /// names this crate does not know still go to [`on_any`](Self::on_any).
+    #[must_use]
+    pub fn on_every<H: EveryHandler>(self, handler: H) -> Self {
+        struct Register<H> {
+            router: EventRouter,
+            handler: Arc<H>,
+        }
+
+        impl<H: EveryHandler> KindVisitor for Register<H> {
+            fn visit<K: EventKind>(&mut self) {
+                let handler = Arc::clone(&self.handler);
+                let router = std::mem::take(&mut self.router);
+                self.router = router.on::<K, _>(move |event| handler.handle(event));
+            }
+        }
+
+        let mut register = Register {
+            router: self,
+            handler: Arc::new(handler),
+        };
+        for_each_kind(&mut register);
+        register.router
     }
 
     /// Runs `handler` for every event no [`on`](Self::on) handler takes,
@@ -377,5 +451,95 @@ impl<B> Service<Request<B>> for EventRouter {
             };
             Ok(Self::dispatch(routes, verified.into_event()).await)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::ordering::MemoryFreshnessStore;
+    use crate::{events, sign, ClinkLayer, Timestamp, Verifier};
+
+    /// Records `type id object stale?` for every event it handles.
+    #[derive(Clone, Default)]
+    struct Record(Arc<Mutex<Vec<String>>>);
+
+    impl EveryHandler for Record {
+        type Error = Infallible;
+
+        fn handle<T: Resource + Send + 'static>(
+            &self,
+            event: Event<T>,
+        ) -> BoxFuture<'static, Result<(), Infallible>> {
+            let object = event
+                .object_key()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            self.0.lock().unwrap().push(format!(
+                "{} {} {object} {}",
+                event.event_type,
+                event.id,
+                event.freshness().is_stale()
+            ));
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    async fn deliver(router: EventRouter, bodies: &[&str]) {
+        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(router);
+        for body in bodies {
+            let ts = Timestamp::now().as_millis().to_string();
+            let request = Request::post("/")
+                .header("x-clink-timestamp", &ts)
+                .header("x-clink-signature", sign("k", &ts, body.as_bytes()))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{body}");
+        }
+    }
+
+    #[test]
+    fn on_every_registers_every_known_type() {
+        let router = EventRouter::new().on_every(Record::default());
+        assert!(EventType::ALL.iter().all(|t| router.handles(t)));
+        assert!(!router.handles(&EventType::from("wallet.topped_up")));
+    }
+
+    #[tokio::test]
+    async fn on_every_decodes_tracks_freshness_and_yields_to_later_on() {
+        let record = Record::default();
+        let specific = Arc::new(Mutex::new(0));
+        let counter = Arc::clone(&specific);
+        let router = EventRouter::new()
+            .ordering(MemoryFreshnessStore::new())
+            .on_every(record.clone())
+            .on::<events::RefundSucceeded, _>(move |_event| {
+                *counter.lock().unwrap() += 1;
+                std::future::ready(Ok::<_, Infallible>(()))
+            });
+        deliver(
+            router,
+            &[
+                r#"{"id":"e2","type":"risk_rule.updated","created":2000,"data":{"riskRuleId":"rr_1"}}"#,
+                r#"{"id":"e1","type":"risk_rule.updated","created":1000,"data":{"riskRuleId":"rr_1"}}"#,
+                r#"{"id":"e3","type":"dispute.won","created":1000,"data":{"object":{"chargeBackId":"cb_1"}}}"#,
+                r#"{"id":"e4","type":"refund.succeeded","data":{"refundId":"rf_1"}}"#,
+            ],
+        )
+        .await;
+        assert_eq!(
+            *record.0.lock().unwrap(),
+            [
+                "risk_rule.updated e2 risk_rule:rr_1 false",
+                "risk_rule.updated e1 risk_rule:rr_1 true",
+                "dispute.won e3 dispute:cb_1 false",
+            ]
+        );
+        assert_eq!(*specific.lock().unwrap(), 1);
     }
 }

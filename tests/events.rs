@@ -45,110 +45,14 @@ fn body(event_type: &str, data: &serde_json::Value, wrapped: bool) -> String {
     .to_string()
 }
 
-// §5.1 of the wire-format reference.
-const ORDER_SUCCEEDED: &str = r#"{
-  "id": "evt_order_succeeded_test",
-  "object": "event",
-  "created": "2025-01-15T12:00:00.000Z",
-  "type": "order.succeeded",
-  "data": {
-    "orderId": "ord_test_123",
-    "type": "onetime",
-    "status": "success",
-    "merchantReferenceId": "order_test_123",
-    "sessionId": "sess_test_123",
-    "customerId": "cus_test_123",
-    "customerEmail": "test@example.com",
-    "createTime": 1736941800000,
-    "paymentTime": 1736942100000,
-    "productId": "prd_test_123",
-    "priceId": "price_test_123",
-    "priceDataList": [
-      { "name": "Pro plan", "quantity": 1, "unitAmount": 19.99, "currency": "USD" }
-    ],
-    "paymentMethod": { "paymentMethodType": "CARD", "paymentInstrumentId": "pi_test_123" },
-    "paymentExecutionDetails": [],
-    "amountSubtotal": 19.99,
-    "amountTotal": 19.99,
-    "paymentCurrency": "USD",
-    "originalCurrency": "USD",
-    "metadata": { "source": "example" },
-    "riskLevel": "low"
-  }
-}"#;
+// §5.1 of the wire-format reference (also the test kit's fixture, see tests/testkit.rs).
+const ORDER_SUCCEEDED: &str = include_str!("reference/order_succeeded.json");
 
 // §5.2 of the wire-format reference.
-const SESSION_COMPLETE: &str = r#"{
-  "id": "evt_session_complete_test",
-  "object": "event",
-  "created": "2025-01-15T12:00:00.000Z",
-  "type": "session.complete",
-  "data": {
-    "sessionId": "sess_test_123",
-    "token": "tok_test_123",
-    "status": "completed",
-    "paymentStatus": "paid",
-    "amountSubtotal": 19.99,
-    "amountTotal": 19.99,
-    "originalCurrency": "USD",
-    "paymentCurrency": "USD",
-    "orderId": "ord_test_123",
-    "merchantReferenceId": "order_test_123",
-    "locale": "en-US",
-    "uiMode": "hostedPage",
-    "successUrl": "https://merchant.example/success",
-    "cancelUrl": "https://merchant.example/cancel",
-    "created": "2025-01-15T11:45:00.000Z",
-    "expire": "2025-01-15T12:45:00.000Z",
-    "customer": { "customerId": "cus_test_123", "email": "test@example.com" },
-    "product": { "productId": "prd_test_123", "productName": "Pro plan" },
-    "priceDataList": [
-      { "name": "Pro plan", "quantity": 1, "unitAmount": 19.99, "currency": "USD" }
-    ]
-  }
-}"#;
+const SESSION_COMPLETE: &str = include_str!("reference/session_complete.json");
 
 // §5.3 of the wire-format reference.
-const INVOICE_PAID: &str = r#"{
-  "id": "evt_invoice_paid_test",
-  "object": "event",
-  "created": "2025-01-15T12:00:00.000Z",
-  "type": "invoice.paid",
-  "data": {
-    "invoiceId": "inv_test_123",
-    "subscriptionId": "sub_test_123",
-    "orderId": "ord_test_456",
-    "customerId": "cus_test_123",
-    "merchantId": "mch_test_1",
-    "status": "paid",
-    "createTime": 1736942280000,
-    "currentPeriodStart": 1736899200000,
-    "currentPeriodEnd": 1739577600000,
-    "originalAmount": 19.99,
-    "originalCurrency": "USD",
-    "billing": "charge_automatically",
-    "items": [
-      {
-        "invoiceItemId": "ii_test_1",
-        "amount": 19.99,
-        "currency": "USD",
-        "description": "Pro plan (monthly)",
-        "periodStart": 1736899200000,
-        "periodEnd": 1739577600000,
-        "proration": false,
-        "price": {
-          "productId": "prd_test_123",
-          "productName": "Pro plan",
-          "priceId": "price_test_123",
-          "priceSnapshotId": "ps_test_1",
-          "unitAmount": 19.99,
-          "quantity": 1,
-          "recurring": { "interval": "month", "pricingModel": "flat_rate", "tiersMode": "volume", "intervalCount": 1 }
-        }
-      }
-    ]
-  }
-}"#;
+const INVOICE_PAID: &str = include_str!("reference/invoice_paid.json");
 
 #[test]
 fn order_succeeded_example_decodes_field_by_field() {

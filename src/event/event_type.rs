@@ -18,6 +18,11 @@ pub trait EventKind: Send + Sync + 'static {
     type Data: serde::de::DeserializeOwned + crate::event::Resource + Send + 'static;
 }
 
+/// Something done once per event kind, generic over its marker; see `for_each_kind`.
+pub(crate) trait KindVisitor {
+    fn visit<K: EventKind>(&mut self);
+}
+
 macro_rules! event_types {
     ($( $(#[$doc:meta])* $variant:ident = $name:literal => $data:ty, $family:ident; )+) => {
         /// The `type` of a Clink event: every name Clink sends, spelled as Clink
@@ -66,6 +71,11 @@ macro_rules! event_types {
                     _ => None,
                 }
             }
+        }
+
+        /// Calls `visitor` once per event kind this crate knows, with its marker type.
+        pub(crate) fn for_each_kind(visitor: &mut impl KindVisitor) {
+            $( visitor.visit::<events::$variant>(); )+
         }
 
         /// One marker type per Clink event, for typed handler registration

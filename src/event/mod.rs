@@ -86,7 +86,10 @@ pub use common::{amount, Billing, Currency, Interval, Metadata, PriceData};
 pub use customer::*;
 pub use dispute::*;
 pub use event_type::{events, EventKind, EventType};
+pub(crate) use event_type::{for_each_kind, KindVisitor};
 pub use invoice::*;
+#[cfg(feature = "test-util")]
+pub(crate) use object::id_field;
 pub use object::{ObjectKey, Resource};
 pub use order::*;
 pub use refund::*;

@@ -87,7 +87,7 @@ impl RawEvent {
 }
 
 /// The field that identifies the object of `family`, as Clink names it.
-fn id_field(family: &str) -> Cow<'static, str> {
+pub(crate) fn id_field(family: &str) -> Cow<'static, str> {
     match family {
         "dispute" => Cow::Borrowed("chargeBackId"),
         "customer" => Cow::Borrowed("customerId"),

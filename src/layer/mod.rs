@@ -420,7 +420,7 @@ where
                     Ok(response) => {
                         let status = response.status().as_u16();
                         span.record("status", status);
-                        let outcome = outcome_of(response);
+                        let outcome = outcome(response);
                         span.record("outcome", outcome);
                         if response.status().is_success() {
                             tracing::info!(
@@ -453,7 +453,24 @@ where
     }
 }
 
-fn outcome_of<B>(response: &Response<B>) -> &'static str {
+/// What the layer did with a delivery, read from its response: the
+/// [`Rejection`] code when it refused it (`signature_mismatch`, `in_flight`,
+/// ...), `duplicate` when it acknowledged an already handled event without
+/// calling the inner service, `handled` for any other `2xx`, and
+/// `handler_failed` for any other status.
+///
+/// It is the `outcome` field of the layer's `tracing` events, for outer
+/// layers and tests that want the same word.
+///
+/// ```
+/// use clink_webhooks::layer::{outcome, Rejection, RejectionKind};
+///
+/// let refused = Rejection::new(RejectionKind::MethodNotAllowed).to_response();
+/// assert_eq!(outcome(&refused), "method_not_allowed");
+/// assert_eq!(outcome(&http::Response::new(())), "handled");
+/// ```
+#[must_use]
+pub fn outcome<B>(response: &Response<B>) -> &'static str {
     if let Some(rejection) = response.extensions().get::<Rejection>() {
         rejection.code()
     } else if response.extensions().get::<Duplicate>().is_some() {

@@ -33,7 +33,10 @@ fn recording_router(seen: Arc<Mutex<Vec<String>>>) -> EventRouter {
                     "order {} {} {}",
                     event.id,
                     order.order_id.unwrap_or_default(),
-                    event.created.map(|c| c.as_millis()).unwrap_or_default()
+                    event
+                        .created
+                        .map(clink_webhooks::Timestamp::as_millis)
+                        .unwrap_or_default()
                 ));
                 Ok::<_, std::io::Error>(())
             }

@@ -1,0 +1,360 @@
+//! `listen`: the crate's own receiving pipeline on a loopback port, printing
+//! one line per delivery.
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use clink_webhooks::event::Resource;
+use clink_webhooks::idempotency::BoxFuture;
+use clink_webhooks::layer::{outcome, Duplicate, Rejection, RejectionKind, DEFAULT_BODY_LIMIT};
+use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+use clink_webhooks::router::EveryHandler;
+use clink_webhooks::{ClinkLayer, ClinkService, Event, EventRouter, RawEvent, Verifier};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_service::Service;
+
+use crate::output::{Output, Tone};
+use crate::{CliError, KeyArgs};
+
+pub(crate) const AFTER_HELP: &str = "\
+Deliveries go through the same ClinkLayer and EventRouter an app uses, with
+the in-memory idempotency and freshness stores: signatures are verified,
+duplicates acknowledged without running a handler, and every event of a type
+the crate knows is decoded and checked for freshness against the others
+about its object.
+
+It listens on 127.0.0.1 only, prints `listening on http://127.0.0.1:PORT/PATH`
+first (--port 0 picks a free port and prints it), then one line per delivery:
+status, outcome, type, id, object, freshness. A refusal prints what the body
+claims, marked unverified. Ctrl-C or SIGTERM stops it gracefully (exit 0).";
+
+/// How long open connections get to finish after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub(crate) struct ListenArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, value_name = "P", default_value_t = 3000)]
+    port: u16,
+    /// The path deliveries are POSTed to; other paths get 404.
+    #[arg(long, value_name = "PATH", default_value = "/webhooks/clink")]
+    path: String,
+}
+
+tokio::task_local! {
+    /// Where the handler of the delivery being served notes its event's freshness.
+    static FRESHNESS: Arc<Mutex<Option<Freshness>>>;
+}
+
+/// The handler of every typed event: notes the freshness the router found.
+struct NoteFreshness;
+
+impl EveryHandler for NoteFreshness {
+    type Error = Infallible;
+
+    fn handle<T: Resource + Send + 'static>(
+        &self,
+        event: Event<T>,
+    ) -> BoxFuture<'static, Result<(), Infallible>> {
+        let _ = FRESHNESS.try_with(|slot| {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(event.freshness().clone());
+            }
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Typed handlers for every event type the crate knows, so the router
+/// tracks their freshness; names added later go to the fallback.
+fn router() -> EventRouter {
+    EventRouter::new()
+        .ordering(MemoryFreshnessStore::new())
+        .on_every(NoteFreshness)
+        .on_any(|_event| std::future::ready(Ok::<_, Infallible>(())))
+}
+
+pin_project! {
+    /// A request body that keeps a copy of what the layer reads from it (up
+    /// to the layer's limit), so the delivery can be described afterwards.
+    struct Tee {
+        #[pin]
+        inner: Incoming,
+        copy: Arc<Mutex<BytesMut>>,
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(data), Ok(mut copy)) = (frame.data_ref(), this.copy.lock()) {
+                if copy.len() + data.len() <= DEFAULT_BODY_LIMIT {
+                    copy.extend_from_slice(data);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type Pipeline = ClinkService<EventRouter>;
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Serves one delivery through the pipeline and prints what happened to it.
+async fn serve(
+    out: Output,
+    path: Arc<str>,
+    mut pipeline: Pipeline,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    if request.uri().path() != &*path {
+        let message = format!("deliveries go to {path}");
+        out.line(&match out.json {
+            true => {
+                json!({"status": 404, "outcome": "not_found", "method": request.method().as_str(),
+                           "path": request.uri().path()})
+                .to_string()
+            }
+            false => format!(
+                "{} not_found  {} {}",
+                out.paint(Tone::Bad, "404"),
+                request.method(),
+                request.uri().path()
+            ),
+        });
+        let body = json!({"error": "not_found", "message": message}).to_string();
+        let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(response);
+    }
+    let copy = Arc::new(Mutex::new(BytesMut::new()));
+    let request = request.map(|inner| Tee {
+        inner,
+        copy: Arc::clone(&copy),
+    });
+    let freshness = Arc::new(Mutex::new(None));
+    let response = FRESHNESS
+        .scope(Arc::clone(&freshness), async move {
+            poll_fn(|cx| Service::<Request<Tee>>::poll_ready(&mut pipeline, cx)).await?;
+            pipeline.call(request).await
+        })
+        .await?;
+    let body = copy.lock().map(|b| b.clone().freeze()).unwrap_or_default();
+    let freshness = freshness.lock().ok().and_then(|mut f| f.take());
+    print_delivery(&out, &response, &body, freshness.as_ref());
+    Ok(response.map(BodyExt::boxed_unsync))
+}
+
+/// Whether the layer verified the delivery before answering.
+fn verified<B>(response: &Response<B>) -> bool {
+    match response
+        .extensions()
+        .get::<Rejection>()
+        .map(Rejection::kind)
+    {
+        Some(
+            RejectionKind::MethodNotAllowed
+            | RejectionKind::Verify(_)
+            | RejectionKind::BodyTooLarge { .. }
+            | RejectionKind::BodyUnreadable
+            | RejectionKind::BodyTimeout
+            | RejectionKind::InvalidEnvelope(_),
+        ) => false,
+        Some(_) => true,
+        None => true,
+    }
+}
+
+fn freshness_text(freshness: Option<&Freshness>) -> Option<String> {
+    Some(match freshness? {
+        Freshness::Fresh => "fresh".to_owned(),
+        Freshness::Stale { newest_seen } => format!("stale (newer: {newest_seen})"),
+        _ => "untracked".to_owned(),
+    })
+}
+
+fn print_delivery<B>(
+    out: &Output,
+    response: &Response<B>,
+    body: &[u8],
+    freshness: Option<&Freshness>,
+) {
+    let status = response.status().as_u16();
+    let outcome = outcome(response);
+    let verified = verified(response);
+    let event = RawEvent::from_slice(body).ok();
+    let object = event.as_ref().and_then(RawEvent::object_key);
+    let freshness = freshness_text(freshness);
+    if out.json {
+        out.json_line(&json!({
+            "status": status,
+            "outcome": outcome,
+            "verified": verified,
+            "event_type": event.as_ref().map(|e| e.event_type().as_str()),
+            "event_id": event.as_ref().map(RawEvent::id),
+            "object": object.as_ref().map(ToString::to_string),
+            "freshness": freshness,
+        }));
+        return;
+    }
+    let tone = if response.extensions().get::<Duplicate>().is_some()
+        || freshness.as_deref().is_some_and(|f| f.starts_with("stale"))
+    {
+        Tone::Note
+    } else {
+        Output::status_tone(status)
+    };
+    let mut line = out.paint(tone, &format!("{status} {outcome}"));
+    match &event {
+        Some(event) => {
+            let marker = if verified { "" } else { "unverified: " };
+            line.push_str(&format!("  {marker}{} {}", event.event_type(), event.id()));
+        }
+        None if !body.is_empty() => line.push_str("  (not an event)"),
+        None => {}
+    }
+    if let Some(object) = object {
+        line.push_str(&format!("  {object}"));
+    }
+    if let Some(freshness) = freshness {
+        line.push_str(&format!("  {freshness}"));
+    }
+    out.line(&line);
+}
+
+/// Ctrl-C and SIGTERM, listened for from the moment it is made, so that a
+/// signal sent as soon as the address is printed is not missed.
+struct Shutdown {
+    #[cfg(unix)]
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Shutdown {
+    fn new() -> Result<Self, CliError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind| {
+                signal(kind).map_err(|e| CliError::io("cannot listen for Ctrl-C and SIGTERM", &e))
+            };
+            Ok(Self {
+                signals: [
+                    listen(SignalKind::interrupt())?,
+                    listen(SignalKind::terminate())?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn requested(&mut self) {
+        #[cfg(unix)]
+        {
+            let [interrupt, terminate] = &mut self.signals;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, CliError> {
+    if !args.path.starts_with('/') {
+        return Err(CliError::usage(format!(
+            "--path {}: a path starts with /",
+            args.path
+        )));
+    }
+    let secret = args.key.secret()?;
+    let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::usage(e.to_string()))?;
+    drop(secret);
+    let pipeline: Pipeline = tower_layer::Layer::layer(&ClinkLayer::new(verifier), router());
+
+    let listener = TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .map_err(|e| CliError::io(&format!("cannot listen on 127.0.0.1:{}", args.port), &e))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError::io("cannot read the listening address", &e))?;
+    let mut shutdown = Shutdown::new()?;
+    let url = format!("http://{address}{}", args.path);
+    if out.json {
+        out.json_line(&json!({ "listening": url }));
+    } else {
+        out.line(&format!("listening on {url}"));
+    }
+
+    let path: Arc<str> = Arc::from(args.path.as_str());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (out, path, pipeline) = (*out, Arc::clone(&path), pipeline.clone());
+                let service = service_fn(move |request| {
+                    serve(out, Arc::clone(&path), pipeline.clone(), request)
+                });
+                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = shutdown.requested() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "some connections were still open after {} s; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,329 @@
+//! `clink-webhook`: sign, check, send and receive Clink webhooks from a
+//! terminal, through the `clink-webhooks` crate's own signer, verifier and
+//! receiving pipeline. Run `clink-webhook --help` for the commands.
+
+mod listen;
+mod output;
+mod send;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use clink_webhooks::testing::fixture;
+use clink_webhooks::{sign, EventType, Timestamp, Verifier};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use output::{Output, Tone};
+
+/// The environment variable the signing key is read from when `--secret` is absent.
+const KEY_VARIABLE: &str = "CLINK_WEBHOOK_SIGNING_KEY";
+
+const AFTER_HELP: &str = "\
+The signing key comes from --secret (the secret itself, or env:NAME to read the
+environment variable NAME) or else from CLINK_WEBHOOK_SIGNING_KEY. It is never printed.
+
+Output is text, coloured when stdout is a terminal (NO_COLOR turns colour off).
+With --json every command prints JSON Lines instead: one JSON object per line
+on stdout. Errors go to stderr.
+
+Exit codes:
+  0  success: the signature verified, every delivery got a 2xx
+  1  a signature did not verify, or a delivery got a status other than 2xx
+  2  usage or I/O error: bad arguments, unknown event type, unreadable file,
+     bad URL, unreachable host, port in use";
+
+/// Sign, check, send and receive Clink webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "clink-webhook", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Print JSON Lines (one object per line) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the X-Clink-Timestamp and X-Clink-Signature headers for a body.
+    Sign(SignArgs),
+    /// Check a delivery's signature as a receiver would (exit 1 with the reason when it fails).
+    Verify(VerifyArgs),
+    /// Print a realistic body for an event type.
+    Fixture(FixtureArgs),
+    /// Sign events and POST them to a receiver; print each answer and a summary.
+    #[command(after_help = send::AFTER_HELP)]
+    Send(send::SendArgs),
+    /// Receive deliveries with the crate's own pipeline and print each one.
+    #[command(after_help = listen::AFTER_HELP)]
+    Listen(listen::ListenArgs),
+}
+
+/// Where the signing key comes from.
+#[derive(Args)]
+struct KeyArgs {
+    /// The endpoint's signing secret, or env:NAME to read it from the
+    /// environment variable NAME [default: $CLINK_WEBHOOK_SIGNING_KEY].
+    #[arg(long, value_name = "SECRET|env:NAME")]
+    secret: Option<String>,
+}
+
+impl std::fmt::Debug for KeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self
+            .secret
+            .as_deref()
+            .map(|given| match given.strip_prefix("env:") {
+                Some(_) => given,
+                None => "[redacted]",
+            });
+        f.debug_struct("KeyArgs").field("secret", &secret).finish()
+    }
+}
+
+impl KeyArgs {
+    /// The secret, from `--secret` or else the environment.
+    fn secret(&self) -> Result<Zeroizing<String>, CliError> {
+        let (source, value) = match &self.secret {
+            Some(given) => match given.strip_prefix("env:") {
+                Some(name) => (format!("--secret env:{name}"), std::env::var(name).ok()),
+                None => ("--secret".to_owned(), Some(given.clone())),
+            },
+            None => (KEY_VARIABLE.to_owned(), std::env::var(KEY_VARIABLE).ok()),
+        };
+        match value {
+            Some(secret) if !secret.is_empty() => Ok(Zeroizing::new(secret)),
+            Some(_) => Err(CliError::usage(format!(
+                "{source}: the signing key is empty"
+            ))),
+            None if self.secret.is_some() => Err(CliError::usage(format!(
+                "{source}: that environment variable is not set"
+            ))),
+            None => Err(CliError::usage(format!(
+                "no signing key: pass --secret SECRET (or --secret env:NAME), or set {KEY_VARIABLE}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The raw body to sign, byte for byte (`-` reads stdin).
+    #[arg(long, value_name = "FILE")]
+    body_file: PathBuf,
+    /// The X-Clink-Timestamp to sign with, in epoch seconds or milliseconds
+    /// [default: now, in milliseconds].
+    #[arg(long, value_name = "T", value_parser = timestamp_text)]
+    timestamp: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The raw body as received, byte for byte (`-` reads stdin).
+    #[arg(long, value_name = "FILE")]
+    body_file: PathBuf,
+    /// The X-Clink-Timestamp header as received.
+    #[arg(long, value_name = "T")]
+    timestamp: String,
+    /// The X-Clink-Signature header as received.
+    #[arg(long, value_name = "S")]
+    signature: String,
+    /// How far the timestamp may be from the clock, in seconds, either way.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    tolerance_seconds: u64,
+    /// Check as if the clock read N epoch milliseconds (to check an old
+    /// delivery, or a test vector) [default: the system clock].
+    #[arg(long, value_name = "N")]
+    now_ms: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+struct FixtureArgs {
+    /// The event type, e.g. order.succeeded.
+    #[arg(
+        value_name = "TYPE",
+        value_parser = event_type(),
+        hide_possible_values = true,
+        required_unless_present = "list"
+    )]
+    event_type: Option<EventType>,
+    /// List all 44 event types instead.
+    #[arg(long, conflicts_with = "event_type")]
+    list: bool,
+}
+
+/// An error that ends the command with exit code 2.
+#[derive(Debug)]
+struct CliError(String);
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    fn io(context: &str, error: &dyn std::error::Error) -> Self {
+        Self(format!("{context}: {}", error_chain(error)))
+    }
+}
+
+/// An error and its sources, joined by `: ` and without repeats.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses an event type name, offering the 44 names when it is not one.
+fn event_type() -> impl TypedValueParser<Value = EventType> {
+    PossibleValuesParser::new(EventType::ALL.iter().map(EventType::as_str))
+        .map(|name| EventType::from(name.as_str()))
+}
+
+/// Checks that a timestamp to sign with is epoch seconds or milliseconds.
+fn timestamp_text(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err("expected epoch seconds or milliseconds, as digits".to_owned())
+    }
+}
+
+/// Reads a body file, or stdin for `-`.
+fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
+    if path == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|e| CliError::io("cannot read the body from stdin", &e))?;
+        Ok(body)
+    } else {
+        std::fs::read(path)
+            .map_err(|e| CliError::io(&format!("cannot read {}", path.display()), &e))
+    }
+}
+
+fn run_sign(out: &Output, args: &SignArgs) -> Result<ExitCode, CliError> {
+    let secret = args.key.secret()?;
+    let body = read_body(&args.body_file)?;
+    let timestamp = args
+        .timestamp
+        .clone()
+        .unwrap_or_else(|| Timestamp::now().as_millis().to_string());
+    let signature = sign(secret.as_bytes(), &timestamp, &body);
+    if out.json {
+        out.json_line(&json!({ "timestamp": timestamp, "signature": signature }));
+    } else {
+        out.line(&format!("X-Clink-Timestamp: {timestamp}"));
+        out.line(&format!("X-Clink-Signature: {signature}"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_verify(out: &Output, args: &VerifyArgs) -> Result<ExitCode, CliError> {
+    let secret = args.key.secret()?;
+    let body = read_body(&args.body_file)?;
+    let verifier = Verifier::new(secret.as_bytes())
+        .map_err(|e| CliError::usage(e.to_string()))?
+        .tolerance(Duration::from_secs(args.tolerance_seconds));
+    let now = args
+        .now_ms
+        .map_or_else(Timestamp::now, Timestamp::from_millis);
+    match verifier.verify_at(
+        &args.timestamp,
+        &args.signature,
+        &body,
+        now.to_system_time(),
+    ) {
+        Ok(verified) => {
+            let signed_at = verified.signed_at();
+            if out.json {
+                out.json_line(&json!({
+                    "valid": true,
+                    "signed_at": signed_at.to_string(),
+                    "signed_at_ms": signed_at.as_millis(),
+                }));
+            } else {
+                out.line(&format!(
+                    "{}: the signature matches, signed at {signed_at}",
+                    out.paint(Tone::Good, "valid")
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            let code = error.kind().code();
+            if out.json {
+                out.json_line(
+                    &json!({ "valid": false, "code": code, "message": error.to_string() }),
+                );
+            } else {
+                out.line(&format!(
+                    "{} ({code}): {error}",
+                    out.paint(Tone::Bad, "invalid")
+                ));
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn run_fixture(out: &Output, args: &FixtureArgs) -> ExitCode {
+    match &args.event_type {
+        Some(event_type) if out.json => {
+            let body: serde_json::Value =
+                serde_json::from_str(&fixture(event_type)).unwrap_or_default();
+            out.json_line(&body);
+        }
+        Some(event_type) => out.line(&fixture(event_type)),
+        None if out.json => {
+            let names: Vec<_> = EventType::ALL.iter().map(EventType::as_str).collect();
+            out.json_line(&json!(names));
+        }
+        None => {
+            for name in EventType::ALL {
+                out.line(name.as_str());
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::io("cannot start the async runtime", &e))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.json);
+    let result = match &cli.command {
+        Command::Sign(args) => run_sign(&out, args),
+        Command::Verify(args) => run_verify(&out, args),
+        Command::Fixture(args) => Ok(run_fixture(&out, args)),
+        Command::Send(args) => runtime().and_then(|rt| rt.block_on(send::run(&out, args))),
+        Command::Listen(args) => runtime().and_then(|rt| rt.block_on(listen::run(&out, args))),
+    };
+    result.unwrap_or_else(|CliError(message)| {
+        out.error(&message);
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,98 @@
+//! Text or JSON Lines on stdout, colour only on a terminal, errors on stderr.
+
+use std::io::{IsTerminal, Write};
+
+use clap::builder::styling::{AnsiColor, Style};
+
+/// How a word is coloured in text output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tone {
+    /// Accepted, handled, 2xx.
+    Good,
+    /// Worth a look: duplicates, 409, stale events.
+    Note,
+    /// Refused, failed, 4xx and 5xx.
+    Bad,
+}
+
+/// Where and how the command prints.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    /// JSON Lines instead of text.
+    pub(crate) json: bool,
+    color: bool,
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Self {
+        let color = !json
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self { json, color }
+    }
+
+    /// `text` in `tone`'s colour when stdout is a terminal.
+    pub(crate) fn paint(&self, tone: Tone, text: &str) -> String {
+        if !self.color {
+            return text.to_owned();
+        }
+        let color = match tone {
+            Tone::Good => AnsiColor::Green,
+            Tone::Note => AnsiColor::Yellow,
+            Tone::Bad => AnsiColor::Red,
+        };
+        let style = Style::new().fg_color(Some(color.into())).bold();
+        format!("{style}{text}{style:#}")
+    }
+
+    /// The tone of an HTTP status.
+    pub(crate) fn status_tone(status: u16) -> Tone {
+        match status {
+            200..=299 => Tone::Good,
+            409 => Tone::Note,
+            _ => Tone::Bad,
+        }
+    }
+
+    /// Prints a line on stdout. A closed pipe (`| head`) is not an error
+    /// worth a panic: the line is dropped.
+    pub(crate) fn line(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}");
+    }
+
+    /// Prints one JSON object as a line on stdout.
+    pub(crate) fn json_line(&self, value: &serde_json::Value) {
+        self.line(&value.to_string());
+    }
+
+    /// Prints an error on stderr.
+    pub(crate) fn error(&self, message: &str) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "error: {message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_when_asked() {
+        let plain = Output {
+            json: false,
+            color: false,
+        };
+        assert_eq!(plain.paint(Tone::Bad, "401"), "401");
+        let coloured = Output {
+            json: false,
+            color: true,
+        };
+        let text = coloured.paint(Tone::Good, "200");
+        assert!(
+            text.starts_with("\u{1b}[") && text.contains("200") && text.ends_with("\u{1b}[0m"),
+            "{text:?}"
+        );
+        assert!(!Output::new(true).color, "JSON is never coloured");
+    }
+}

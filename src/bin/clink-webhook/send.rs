@@ -1,0 +1,502 @@
+//! `send`: sign events and POST them to a receiver over HTTP/1.1.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use clink_webhooks::testing::{fixture, SignedRequest, TimestampUnit};
+use clink_webhooks::{EventType, RawEvent, Timestamp};
+use http::Uri;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::output::{Output, Tone};
+use crate::{error_chain, event_type, read_body, CliError, KeyArgs};
+
+pub(crate) const AFTER_HELP: &str = "\
+Only plain http:// is supported: TLS is not built in. To reach an HTTPS
+endpoint, run a local receiver, or send through a TLS-terminating proxy or
+tunnel that listens on http://.
+
+Each delivery is signed when it is sent, so --repeat N sends the same event
+(same id) N times, each signed afresh, as Clink's retries are; --unique gives
+every delivery its own event id instead, for load.
+
+Exit code: 0 when every delivery got a 2xx, 1 when any got another status,
+2 when any could not be delivered at all (connection refused, timeout).";
+
+/// How long one delivery may take, from connecting to the last byte of the answer.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an answer's body read, to find its error code.
+const ANSWER_LIMIT: usize = 64 * 1024;
+/// From how many deliveries on a progress bar is shown (on a terminal).
+const PROGRESS_FROM: u64 = 50;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Unit {
+    /// Epoch seconds.
+    S,
+    /// Epoch milliseconds, as Clink's own tools send.
+    Ms,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The event type, e.g. order.succeeded; its fixture is sent unless
+    /// --body-file is given (all 44: `clink-webhook fixture --list`).
+    #[arg(
+        value_name = "TYPE",
+        value_parser = event_type(),
+        hide_possible_values = true,
+        required_unless_present = "body_file"
+    )]
+    event_type: Option<EventType>,
+    /// The receiver's URL, e.g. http://127.0.0.1:3000/webhooks/clink.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Send this body instead of the type's fixture, byte for byte (`-` reads stdin).
+    #[arg(long, value_name = "FILE")]
+    body_file: Option<PathBuf>,
+    /// How many deliveries to send.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// How many deliveries may be in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// The unit of X-Clink-Timestamp.
+    #[arg(long, value_name = "UNIT", value_enum, default_value_t = Unit::Ms)]
+    timestamp_unit: Unit,
+    /// Move the timestamp by this many seconds, as a sender with a skewed
+    /// clock would: negative is behind, positive ahead (e.g. --skew -600).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    skew: i64,
+    /// Change one byte of the body after signing (the receiver must refuse it with 401).
+    #[arg(long)]
+    tamper: bool,
+    /// Give every delivery its own event id.
+    #[arg(long)]
+    unique: bool,
+    /// Set the event's `created` time: RFC 3339 (2025-01-15T11:00:00Z) or
+    /// epoch milliseconds. An event created before one already handled about
+    /// the same object is stale.
+    #[arg(long, value_name = "TIME", value_parser = created_time)]
+    created: Option<Timestamp>,
+}
+
+fn created_time(text: &str) -> Result<Timestamp, String> {
+    match text.parse::<i64>() {
+        Ok(millis) => Ok(Timestamp::from_millis(millis)),
+        Err(_) => Timestamp::parse_rfc3339(text)
+            .map_err(|_| "expected RFC 3339 (2025-01-15T11:00:00Z) or epoch milliseconds".into()),
+    }
+}
+
+/// The target URL, which must be plain `http://` with a host.
+fn target(url: &str) -> Result<Uri, CliError> {
+    let not_http = || {
+        CliError::usage(format!(
+            "--to {url}: expected an http:// URL with a host, such as http://127.0.0.1:3000/webhooks/clink"
+        ))
+    };
+    let uri: Uri = url.parse().map_err(|_| not_http())?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(uri),
+        Some("https") => Err(CliError::usage(format!(
+            "--to {url}: https is not supported, TLS is not built in; send to the plain \
+             http:// address of a local receiver, or through a TLS-terminating proxy or tunnel"
+        ))),
+        _ => Err(not_http()),
+    }
+}
+
+/// The body to send, and how each delivery's copy of it differs.
+struct Bodies {
+    base: Bytes,
+    /// The envelope, when the body must be edited per delivery.
+    envelope: Option<serde_json::Map<String, Value>>,
+    unique: bool,
+    run: String,
+}
+
+impl Bodies {
+    fn new(args: &SendArgs) -> Result<Self, CliError> {
+        let base = match &args.body_file {
+            Some(path) => Bytes::from(read_body(path)?),
+            None => match &args.event_type {
+                Some(event_type) => Bytes::from(fixture(event_type)),
+                None => return Err(CliError::usage("name an event type or give --body-file")),
+            },
+        };
+        if let (Some(event_type), Ok(event)) = (&args.event_type, RawEvent::from_slice(&base)) {
+            if event.event_type() != event_type {
+                return Err(CliError::usage(format!(
+                    "the body's type is {}, not {event_type}; leave TYPE out to send the body as it is",
+                    event.event_type()
+                )));
+            }
+        }
+        let envelope = if args.unique || args.created.is_some() {
+            let mut envelope: serde_json::Map<String, Value> = serde_json::from_slice(&base)
+                .map_err(|_| {
+                    CliError::usage("--unique and --created need a body that is a JSON object")
+                })?;
+            if let Some(created) = args.created {
+                envelope.insert("created".into(), Value::from(created.to_string()));
+            }
+            Some(envelope)
+        } else {
+            None
+        };
+        let run = format!("{:x}", Timestamp::now().as_millis().unsigned_abs());
+        Ok(Self {
+            base,
+            envelope,
+            unique: args.unique,
+            run,
+        })
+    }
+
+    /// The body of delivery `n` (counted from 1).
+    fn body(&self, n: u64) -> Bytes {
+        let Some(envelope) = &self.envelope else {
+            return self.base.clone();
+        };
+        let mut envelope = envelope.clone();
+        if self.unique {
+            let id = envelope.get("id").and_then(Value::as_str).unwrap_or("evt");
+            let id = format!("{id}_{}_{n}", self.run);
+            envelope.insert("id".into(), Value::from(id));
+        }
+        Bytes::from(Value::Object(envelope).to_string())
+    }
+}
+
+/// What one delivery got.
+struct Delivery {
+    n: u64,
+    event_id: String,
+    latency: Duration,
+    answer: Result<Answer, String>,
+}
+
+struct Answer {
+    status: http::StatusCode,
+    /// `duplicate`, or the refusal's `error` code, from the answer's body.
+    detail: Option<String>,
+}
+
+#[derive(Default)]
+struct Summary {
+    sent: u64,
+    ok: u64,
+    conflict: u64,
+    client_error: u64,
+    server_error: u64,
+    other: u64,
+    failed: u64,
+    latencies: Vec<Duration>,
+}
+
+impl Summary {
+    fn add(&mut self, delivery: &Delivery) {
+        self.sent += 1;
+        match &delivery.answer {
+            Ok(answer) => {
+                self.latencies.push(delivery.latency);
+                match answer.status.as_u16() {
+                    200..=299 => self.ok += 1,
+                    409 => self.conflict += 1,
+                    400..=499 => self.client_error += 1,
+                    500..=599 => self.server_error += 1,
+                    _ => self.other += 1,
+                }
+            }
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    /// The latency at `percent` (nearest rank), in milliseconds; `None`
+    /// when nothing was answered.
+    fn percentile_ms(&mut self, percent: usize) -> Option<f64> {
+        self.latencies.sort_unstable();
+        let last = self.latencies.len().checked_sub(1)?;
+        let rank = (self.latencies.len() * percent)
+            .div_ceil(100)
+            .saturating_sub(1);
+        Some(self.latencies[rank.min(last)].as_secs_f64() * 1000.0)
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.failed > 0 {
+            ExitCode::from(2)
+        } else if self.ok == self.sent {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<ExitCode, CliError> {
+    let secret = Arc::new(args.key.secret()?);
+    let uri = target(&args.to)?;
+    let bodies = Arc::new(Bodies::new(args)?);
+    let unit = match args.timestamp_unit {
+        Unit::S => TimestampUnit::Seconds,
+        Unit::Ms => TimestampUnit::Millis,
+    };
+    let (skew, tamper) = (args.skew, args.tamper);
+    let prepare = Arc::new(move |secret: &Zeroizing<String>, body: Bytes| {
+        let request = SignedRequest::new(secret.as_bytes(), body)
+            .uri(uri.clone())
+            .unit(unit)
+            .skew_secs(skew);
+        if tamper {
+            request.tamper()
+        } else {
+            request
+        }
+    });
+
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+
+    let total = args.repeat;
+    let next = Arc::new(AtomicU64::new(1));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for _ in 0..args.concurrency.min(total) {
+        let (client, next, tx) = (client.clone(), Arc::clone(&next), tx.clone());
+        let (secret, bodies, prepare) = (
+            Arc::clone(&secret),
+            Arc::clone(&bodies),
+            Arc::clone(&prepare),
+        );
+        tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n > total {
+                    break;
+                }
+                let body = bodies.body(n);
+                let event_id = RawEvent::from_slice(&body)
+                    .map(|e| e.id().to_owned())
+                    .unwrap_or_else(|_| "(not an event)".to_owned());
+                let request = prepare(&secret, body);
+                let started = Instant::now();
+                let answer = deliver(&client, &request).await;
+                let delivery = Delivery {
+                    n,
+                    event_id,
+                    latency: started.elapsed(),
+                    answer,
+                };
+                if tx.send(delivery).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let progress = progress_bar(total);
+    let mut summary = Summary::default();
+    while let Some(delivery) = rx.recv().await {
+        summary.add(&delivery);
+        progress.suspend(|| print_delivery(out, total, &delivery));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    print_summary(out, &mut summary);
+    Ok(summary.exit_code())
+}
+
+async fn deliver(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: &SignedRequest,
+) -> Result<Answer, String> {
+    let exchange = async {
+        let response = client
+            .request(request.build())
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        // The answer's body only adds detail; a body that cannot be read does not.
+        let body = Limited::new(response.into_body(), ANSWER_LIMIT)
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        Ok(Answer {
+            status,
+            detail: detail(&body),
+        })
+    };
+    tokio::time::timeout(DELIVERY_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())))
+}
+
+/// `duplicate` or the `error` code of a receiver's JSON answer.
+fn detail(body: &[u8]) -> Option<String> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    if answer["duplicate"] == true {
+        Some("duplicate".to_owned())
+    } else {
+        answer["error"].as_str().map(str::to_owned)
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if total < PROGRESS_FROM || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {per_sec} ({eta})")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn print_delivery(out: &Output, total: u64, delivery: &Delivery) {
+    let Delivery {
+        n,
+        event_id,
+        latency,
+        answer,
+    } = delivery;
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    match answer {
+        Ok(answer) if out.json => out.json_line(&json!({
+            "n": n,
+            "event_id": event_id,
+            "status": answer.status.as_u16(),
+            "detail": answer.detail,
+            "latency_ms": latency_ms,
+        })),
+        Err(error) if out.json => out.json_line(&json!({
+            "n": n,
+            "event_id": event_id,
+            "error": error,
+        })),
+        Ok(answer) => {
+            let status = answer.status;
+            let mut text = format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+            if let Some(detail) = &answer.detail {
+                text = format!("{text} ({detail})");
+            }
+            let tone = match answer.detail.as_deref() {
+                Some("duplicate") => Tone::Note,
+                _ => Output::status_tone(status.as_u16()),
+            };
+            out.line(&format!(
+                "{n}/{total}  {}  {event_id}  {latency_ms:.1} ms",
+                out.paint(tone, text.trim_end())
+            ));
+        }
+        Err(error) => out.line(&format!(
+            "{n}/{total}  {}  {event_id}",
+            out.paint(Tone::Bad, &format!("not delivered: {error}"))
+        )),
+    }
+}
+
+fn print_summary(out: &Output, summary: &mut Summary) {
+    let (p50, p99) = (summary.percentile_ms(50), summary.percentile_ms(99));
+    if out.json {
+        out.json_line(&json!({ "summary": {
+            "sent": summary.sent,
+            "2xx": summary.ok,
+            "409": summary.conflict,
+            "4xx": summary.client_error,
+            "5xx": summary.server_error,
+            "other": summary.other,
+            "not_delivered": summary.failed,
+            "p50_ms": p50,
+            "p99_ms": p99,
+        }}));
+        return;
+    }
+    let mut text = format!(
+        "sent {}: 2xx {}, 409 {}, 4xx {}, 5xx {}",
+        summary.sent, summary.ok, summary.conflict, summary.client_error, summary.server_error
+    );
+    if summary.other > 0 {
+        text.push_str(&format!(", other {}", summary.other));
+    }
+    if summary.failed > 0 {
+        text.push_str(&format!(", not delivered {}", summary.failed));
+    }
+    if let (Some(p50), Some(p99)) = (p50, p99) {
+        text.push_str(&format!("; latency p50 {p50:.1} ms, p99 {p99:.1} ms"));
+    }
+    out.line(&text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_with_a_host_are_targets() {
+        assert!(target("http://127.0.0.1:3000/webhooks/clink").is_ok());
+        let https = target("https://example.com/hook").unwrap_err().0;
+        assert!(https.contains("TLS is not built in"), "{https}");
+        for bad in [
+            "127.0.0.1:3000/hook",
+            "ftp://x/y",
+            "http://",
+            "not a url",
+            "/hook",
+        ] {
+            assert!(target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut summary = Summary {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            ..Summary::default()
+        };
+        assert_eq!(summary.percentile_ms(50), Some(50.0));
+        assert_eq!(summary.percentile_ms(99), Some(99.0));
+        assert_eq!(Summary::default().percentile_ms(99), None);
+    }
+
+    #[test]
+    fn created_times_read_both_forms() {
+        assert_eq!(
+            created_time("2025-01-15T12:00:00Z").unwrap(),
+            created_time("1736942400000").unwrap()
+        );
+        assert!(created_time("yesterday").is_err());
+    }
+}

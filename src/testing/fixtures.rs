@@ -1,0 +1,471 @@
+//! Realistic bodies for every Clink event type.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::event::id_field;
+use crate::EventType;
+
+/// When every fixture event occurred, except the first of each lifecycle.
+const CREATED: &str = "2025-01-15T12:00:00.000Z";
+/// When the first event of each lifecycle (`*.created`, `invoice.open`,
+/// `payment_method.added`) occurred: five minutes earlier, so that one sent
+/// after a later event about the same object is stale.
+const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
+
+/// A realistic delivery body for `event_type`: pretty-printed JSON in the
+/// shape of Clink's schema, the same body every time.
+///
+/// - The envelope has an id `evt_<name>_test` (dots become underscores, as
+///   in Clink's own fixtures), `"object": "event"`, an RFC 3339 `created`,
+///   the type, and `"livemode": false`.
+/// - `data` is the resource itself for orders, sessions, refunds,
+///   subscriptions and invoices, and is wrapped as `data.object` for disputes
+///   and `customer.verify`, as Clink's schema has them. Statuses follow the
+///   event (`order.failed` has `"status": "failed"`, `dispute.won` has
+///   status `3`, ...).
+/// - Families Clink publishes no schema for (`payment_method`, `risk_rule`,
+///   `agent_order`, `agent_refund`, `purchase_instruction`, `vic_device`)
+///   get a small plausible object with a `<family>Id` field, so their
+///   [`ObjectKey`](crate::event::ObjectKey) is known. So does a name this
+///   crate does not know.
+/// - Every fixture is about the same few objects (`ord_test_123`,
+///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
+///   `invoice.open`, `payment_method.added`) was created five minutes before
+///   the others, so sending `order.created` after `order.succeeded` is an
+///   out-of-order (stale) delivery, as it would be from Clink.
+///
+/// ```
+/// use clink_webhooks::event::{Order, OrderStatus, RawEvent};
+/// use clink_webhooks::testing::fixture;
+/// use clink_webhooks::EventType;
+///
+/// let body = fixture(&EventType::OrderFailed);
+/// let event = RawEvent::from_slice(body.as_bytes())?.decode::<Order>()?;
+/// assert_eq!(event.id, "evt_order_failed_test");
+/// assert_eq!(event.data.status, Some(OrderStatus::Failed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub fn fixture(event_type: &EventType) -> String {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        id: String,
+        object: &'static str,
+        created: &'static str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        livemode: bool,
+        data: Value,
+    }
+
+    let name = event_type.as_str();
+    let envelope = Envelope {
+        id: format!("evt_{}_test", name.replace('.', "_")),
+        object: "event",
+        created: if is_first_of_lifecycle(name) {
+            CREATED_FIRST
+        } else {
+            CREATED
+        },
+        event_type: name,
+        livemode: false,
+        data: data(event_type),
+    };
+    // A struct of strings and a JSON value always serializes.
+    serde_json::to_string_pretty(&envelope).unwrap_or_else(|_| unreachable!())
+}
+
+fn is_first_of_lifecycle(name: &str) -> bool {
+    name.ends_with(".created") || name == "invoice.open" || name == "payment_method.added"
+}
+
+/// Epoch milliseconds of the fixtures' times.
+mod ms {
+    /// 2025-01-15T00:00:00Z, the start of the billing period.
+    pub(super) const PERIOD_START: i64 = 1_736_899_200_000;
+    /// 2025-02-15T00:00:00Z, its end.
+    pub(super) const PERIOD_END: i64 = 1_739_577_600_000;
+    /// 2025-01-15T11:50:00Z, when the order was created.
+    pub(super) const ORDER_CREATED: i64 = 1_736_941_800_000;
+    /// 2025-01-15T11:55:00Z, when it was paid.
+    pub(super) const PAID: i64 = 1_736_942_100_000;
+    /// 2025-01-15T11:58:00Z, when the invoice was created.
+    pub(super) const INVOICE_CREATED: i64 = 1_736_942_280_000;
+    /// 2025-01-15T12:00:00Z.
+    pub(super) const NOON: i64 = 1_736_942_400_000;
+}
+
+fn data(event_type: &EventType) -> Value {
+    use EventType as T;
+    match event_type {
+        T::OrderCreated => order("pending", false),
+        T::OrderSucceeded => order("success", true),
+        T::OrderFailed => order("failed", true),
+        T::OrderNextAction => order("requires_action", false),
+        T::SessionComplete => session(true),
+        T::SessionExpired => session(false),
+        T::RefundCreated => refund("created"),
+        T::RefundSucceeded => refund("success"),
+        T::RefundFailed => refund("failed"),
+        T::SubscriptionCreated => subscription("incomplete", json!({})),
+        T::SubscriptionTrialing => subscription(
+            "free_trial",
+            json!({"trialStart": ms::PERIOD_START, "trialEnd": ms::PERIOD_START + 14 * DAY}),
+        ),
+        T::SubscriptionActivated | T::SubscriptionPlanChangeCanceled => {
+            subscription("active", json!({}))
+        }
+        T::SubscriptionIncompleteExpired => subscription("incomplete_expired", json!({})),
+        T::SubscriptionPastDue => subscription("past_due", json!({})),
+        T::SubscriptionCancelled => subscription(
+            "cancelled",
+            json!({"canceledAt": ms::NOON, "cancelReason": "Customer requested cancellation"}),
+        ),
+        T::SubscriptionPlanChanged => subscription(
+            "active",
+            json!({"scheduledPhases": [
+                {"sequence": 1, "effectiveCycle": 1, "priceSnapshotId": "ps_test_2", "quantity": 2}
+            ]}),
+        ),
+        T::SubscriptionRenewed => subscription("active", json!({"elapsedCycles": 1})),
+        T::SubscriptionCancelAtPeriodEndSet => subscription(
+            "active",
+            json!({"cancelAtPeriodEnd": true, "cancelAt": ms::PERIOD_END, "canceledAt": ms::NOON}),
+        ),
+        T::SubscriptionCancelAtPeriodEndRevoked => subscription("active", json!({})),
+        T::InvoiceOpen => invoice("open"),
+        T::InvoicePaid => invoice("paid"),
+        T::InvoiceVoid => invoice("void"),
+        T::DisputeCreated => dispute(1),
+        T::DisputeUpdated => dispute(2),
+        T::DisputeWon | T::DisputeClosed => dispute(3),
+        T::DisputeLost => dispute(4),
+        T::CustomerVerify => json!({"object": {
+            "customerEmail": "test@example.com",
+            "merchantId": "mch_test_1",
+            "customerId": "cus_test_123",
+        }}),
+        T::PaymentMethodAdded => payment_method(false),
+        T::PaymentMethodDefaultChange | T::PaymentMethodUpdate => payment_method(true),
+        T::RiskRuleUpdated => json!({
+            "riskRuleId": "rr_test_123",
+            "name": "Block cards from high-risk countries",
+            "action": "block",
+            "enabled": true,
+            "updateTime": ms::NOON,
+        }),
+        T::AgentOrderSucceeded => agent_order("succeeded"),
+        T::AgentOrderFailed => agent_order("failed"),
+        T::AgentRefundSucceeded => agent_refund("succeeded"),
+        T::AgentRefundFailed => agent_refund("failed"),
+        T::AgentRefundApproved => agent_refund("approved"),
+        T::AgentRefundRejected => agent_refund("rejected"),
+        T::PurchaseInstructionCreated => purchase_instruction("created"),
+        T::PurchaseInstructionActivated | T::PurchaseInstructionUpdated => {
+            purchase_instruction("active")
+        }
+        T::PurchaseInstructionCancelled => purchase_instruction("cancelled"),
+        T::VicDeviceBindingSucceeded => json!({
+            "vicDeviceId": "vicd_test_123",
+            "customerId": "cus_test_123",
+            "status": "bound",
+            "bindTime": ms::NOON,
+        }),
+        // A name added after this crate: an object with the family's id field.
+        other => {
+            let family = other.family();
+            json!({ id_field(family): format!("{family}_test_123") })
+        }
+    }
+}
+
+const DAY: i64 = 86_400_000;
+
+fn price_data_list() -> Value {
+    json!([{ "name": "Pro plan", "quantity": 1, "unitAmount": 19.99, "currency": "USD" }])
+}
+
+fn order(status: &str, final_state: bool) -> Value {
+    let details = if status == "failed" {
+        json!([{
+            "channelCode": "CARD",
+            "channelTransactionId": "ch_txn_test_123",
+            "originalFailureCode": "card_declined",
+            "originalFailureMessage": "Your card was declined.",
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "orderId": "ord_test_123",
+        "type": "onetime",
+        "status": status,
+        "merchantReferenceId": "order_test_123",
+        "sessionId": "sess_test_123",
+        "customerId": "cus_test_123",
+        "customerEmail": "test@example.com",
+        "createTime": ms::ORDER_CREATED,
+        "paymentTime": if final_state { json!(ms::PAID) } else { Value::Null },
+        "productId": "prd_test_123",
+        "priceId": "price_test_123",
+        "priceDataList": price_data_list(),
+        "paymentMethod": { "paymentMethodType": "CARD", "paymentInstrumentId": "pi_test_123" },
+        "paymentExecutionDetails": details,
+        "amountSubtotal": 19.99,
+        "amountTotal": 19.99,
+        "paymentCurrency": "USD",
+        "originalCurrency": "USD",
+        "metadata": { "source": "example" },
+        "riskLevel": "low",
+    })
+}
+
+fn session(completed: bool) -> Value {
+    let (status, payment_status) = if completed {
+        ("completed", "paid")
+    } else {
+        ("expired", "unpaid")
+    };
+    json!({
+        "sessionId": "sess_test_123",
+        "token": "tok_test_123",
+        "status": status,
+        "paymentStatus": payment_status,
+        "amountSubtotal": 19.99,
+        "amountTotal": 19.99,
+        "originalCurrency": "USD",
+        "paymentCurrency": "USD",
+        "orderId": if completed { json!("ord_test_123") } else { Value::Null },
+        "merchantReferenceId": "order_test_123",
+        "locale": "en-US",
+        "uiMode": "hostedPage",
+        "successUrl": "https://merchant.example/success",
+        "cancelUrl": "https://merchant.example/cancel",
+        "created": "2025-01-15T11:45:00.000Z",
+        "expire": "2025-01-15T12:45:00.000Z",
+        "customer": { "customerId": "cus_test_123", "email": "test@example.com" },
+        "product": { "productId": "prd_test_123", "productName": "Pro plan" },
+        "priceDataList": price_data_list(),
+    })
+}
+
+fn refund(status: &str) -> Value {
+    json!({
+        "refundId": "rfd_test_123",
+        "orderId": "ord_test_123",
+        "customerId": "cus_test_123",
+        "status": status,
+        "refundAmount": 19.99,
+        "refundCurrency": "USD",
+        "refundReason": "Customer Initiated Refund",
+        "createTime": ms::NOON - 2 * 60_000,
+        "metadata": { "merchantReferenceId": "order_test_123" },
+        "paymentInstrumentId": "pi_test_123",
+    })
+}
+
+fn invoice_item() -> Value {
+    json!({
+        "invoiceItemId": "ii_test_1",
+        "amount": 19.99,
+        "currency": "USD",
+        "description": "Pro plan (monthly)",
+        "periodStart": ms::PERIOD_START,
+        "periodEnd": ms::PERIOD_END,
+        "proration": false,
+        "price": {
+            "productId": "prd_test_123",
+            "productName": "Pro plan",
+            "priceId": "price_test_123",
+            "priceSnapshotId": "ps_test_1",
+            "unitAmount": 19.99,
+            "quantity": 1,
+            "recurring": {
+                "interval": "month",
+                "pricingModel": "flat_rate",
+                "tiersMode": "volume",
+                "intervalCount": 1,
+            },
+        },
+    })
+}
+
+/// A subscription in `status`, with `extra` fields set over the common ones.
+fn subscription(status: &str, extra: Value) -> Value {
+    let mut data = json!({
+        "subscriptionId": "sub_test_123",
+        "customerId": "cus_test_123",
+        "productId": "prd_test_123",
+        "priceId": "price_test_123",
+        "priceSnapshotId": "ps_test_1",
+        "createTime": ms::PERIOD_START,
+        "quantity": 1,
+        "paymentMethodType": "CARD",
+        "paymentInstrumentId": "pi_test_123",
+        "status": status,
+        "billing": "charge_automatically",
+        "merchantReference": "sub_ref_test_123",
+        "currency": "USD",
+        "currentPeriodStart": ms::PERIOD_START,
+        "currentPeriodEnd": ms::PERIOD_END,
+        "cancelAtPeriodEnd": false,
+        "recurringInvoiceItem": invoice_item(),
+        "elapsedCycles": 0,
+        "sessionId": "sess_test_123",
+        "metadata": { "plan": "pro" },
+    });
+    if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    data
+}
+
+fn invoice(status: &str) -> Value {
+    json!({
+        "invoiceId": "inv_test_123",
+        "subscriptionId": "sub_test_123",
+        "orderId": "ord_test_456",
+        "customerId": "cus_test_123",
+        "merchantId": "mch_test_1",
+        "status": status,
+        "createTime": ms::INVOICE_CREATED,
+        "currentPeriodStart": ms::PERIOD_START,
+        "currentPeriodEnd": ms::PERIOD_END,
+        "originalAmount": 19.99,
+        "originalCurrency": "USD",
+        "billing": "charge_automatically",
+        "items": [invoice_item()],
+    })
+}
+
+fn dispute(status: u8) -> Value {
+    json!({"object": {
+        "chargeBackId": "cb_test_123",
+        "orderId": "ord_test_123",
+        "merchantId": "mch_test_1",
+        "customerId": "cus_test_123",
+        "channelCode": "CARD",
+        "disputeAmount": 19.99,
+        "disputeCurrency": "USD",
+        "originalAmount": 19.99,
+        "originalCurrency": "USD",
+        "reasonCode": "fraudulent",
+        "reasonDescription": "The cardholder does not recognise the payment.",
+        "networkReasonCode": "10.4",
+        "status": status,
+        "evidenceDeadline": "2025-01-25T12:00:00.000Z",
+        "channelDisputeTime": "2025-01-15T11:50:00.000Z",
+    }})
+}
+
+fn payment_method(is_default: bool) -> Value {
+    json!({
+        "paymentMethodId": "pm_test_123",
+        "customerId": "cus_test_123",
+        "paymentMethodType": "CARD",
+        "paymentInstrumentId": "pi_test_123",
+        "card": { "brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030 },
+        "isDefault": is_default,
+        "createTime": ms::NOON - 10 * 60_000,
+    })
+}
+
+fn agent_order(status: &str) -> Value {
+    json!({
+        "agentOrderId": "aord_test_123",
+        "orderId": "ord_test_123",
+        "customerId": "cus_test_123",
+        "status": status,
+        "amount": 19.99,
+        "currency": "USD",
+        "createTime": ms::ORDER_CREATED,
+    })
+}
+
+fn agent_refund(status: &str) -> Value {
+    json!({
+        "agentRefundId": "aref_test_123",
+        "agentOrderId": "aord_test_123",
+        "customerId": "cus_test_123",
+        "status": status,
+        "amount": 19.99,
+        "currency": "USD",
+        "reason": "Customer Initiated Refund",
+        "createTime": ms::NOON - 2 * 60_000,
+    })
+}
+
+fn purchase_instruction(status: &str) -> Value {
+    json!({
+        "purchaseInstructionId": "pins_test_123",
+        "customerId": "cus_test_123",
+        "status": status,
+        "amount": 19.99,
+        "currency": "USD",
+        "interval": "month",
+        "createTime": ms::NOON - 5 * 60_000,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        CustomerVerify, Dispute, Invoice, ObjectKey, Order, RawEvent, Refund, Resource, Session,
+        Subscription,
+    };
+    use crate::Event;
+    use serde::de::DeserializeOwned;
+
+    fn key_of<T: DeserializeOwned + Resource>(raw: &RawEvent) -> Option<ObjectKey> {
+        let event: Event<T> = raw.decode().unwrap_or_else(|e| panic!("{e}"));
+        event.object_key()
+    }
+
+    #[test]
+    fn every_type_has_a_fixture_that_decodes_into_its_data_type() {
+        for t in EventType::ALL {
+            let body = fixture(t);
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            assert_eq!(raw.event_type(), t);
+            assert_eq!(
+                raw.id(),
+                format!("evt_{}_test", t.as_str().replace('.', "_"))
+            );
+            assert_eq!(raw.livemode(), Some(false));
+            assert!(raw.created().is_some());
+            let key = match t.family() {
+                "order" => key_of::<Order>(&raw),
+                "session" => key_of::<Session>(&raw),
+                "refund" => key_of::<Refund>(&raw),
+                "subscription" => key_of::<Subscription>(&raw),
+                "invoice" => key_of::<Invoice>(&raw),
+                "dispute" => key_of::<Dispute>(&raw),
+                "customer" => key_of::<CustomerVerify>(&raw),
+                _ => key_of::<Value>(&raw),
+            };
+            assert_eq!(key, raw.object_key(), "{t}");
+            assert!(key.is_some(), "{t} has no object key");
+        }
+    }
+
+    #[test]
+    fn the_first_event_of_a_lifecycle_is_older() {
+        let created = RawEvent::from_slice(fixture(&EventType::OrderCreated).as_bytes()).unwrap();
+        let succeeded =
+            RawEvent::from_slice(fixture(&EventType::OrderSucceeded).as_bytes()).unwrap();
+        assert!(created.created() < succeeded.created());
+        assert_eq!(created.object_key(), succeeded.object_key());
+    }
+
+    #[test]
+    fn unknown_names_get_an_object_with_the_family_id() {
+        let body = fixture(&EventType::from("wallet_card.topped_up"));
+        let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+        assert_eq!(
+            raw.object_key(),
+            Some(ObjectKey::new("wallet_card", "wallet_card_test_123"))
+        );
+    }
+}

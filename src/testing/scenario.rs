@@ -1,0 +1,546 @@
+//! [`Scenario`]: the situations Clink puts a receiver in, as lists of
+//! deliveries and the answers the layer promises.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+use tower_service::Service;
+
+use super::{fixture, SignedRequest, TimestampUnit};
+use crate::{EventType, Timestamp};
+
+/// One delivery of a [`Scenario`] and the answer expected for it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    description: String,
+    request: SignedRequest,
+    status: StatusCode,
+    outcome: Option<String>,
+}
+
+impl Step {
+    /// Sends `request` and expects `status`. `description` says what the
+    /// step checks; it is shown when the step fails.
+    pub fn new(description: impl Into<String>, request: SignedRequest, status: StatusCode) -> Self {
+        Self {
+            description: description.into(),
+            request,
+            status,
+            outcome: None,
+        }
+    }
+
+    /// Also expects this [`outcome`](crate::layer::outcome): `handled`,
+    /// `duplicate`, or a rejection code such as `signature_mismatch`.
+    #[must_use]
+    pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
+        self.outcome = Some(outcome.into());
+        self
+    }
+
+    /// What the step checks.
+    #[must_use]
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The delivery it sends.
+    #[must_use]
+    pub fn request(&self) -> &SignedRequest {
+        &self.request
+    }
+
+    /// The status it expects.
+    #[must_use]
+    pub fn expected_status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The outcome it expects, if it checks one.
+    #[must_use]
+    pub fn expected_outcome(&self) -> Option<&str> {
+        self.outcome.as_deref()
+    }
+
+    fn expected(&self) -> String {
+        match &self.outcome {
+            Some(outcome) => format!("{} {outcome}", self.status.as_u16()),
+            None => self.status.as_u16().to_string(),
+        }
+    }
+}
+
+/// A named list of [`Step`]s, sent in order to one service.
+///
+/// The built-in scenarios are what a Clink receiver meets in production, with
+/// the status [`ClinkLayer`](crate::ClinkLayer) promises for each delivery.
+/// Run them against your own app, with your handlers, to check that the
+/// layer is wired in front of them and that they acknowledge what they should:
+///
+/// ```
+/// use clink_webhooks::testing::Scenario;
+/// use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
+/// use tower::Layer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let service = ClinkLayer::new(Verifier::new("whsec_test")?).layer(EventRouter::new());
+/// Scenario::duplicates("whsec_test").run(service).await?;
+/// # Ok(()) }
+/// ```
+///
+/// Every event id and object id carries a tag unique to the scenario value,
+/// so scenarios can run one after another against one service (and one
+/// store) without seeing each other's events. The built-in scenarios expect
+/// the layer's default 300 s tolerance and a handler that succeeds for
+/// `order.*` events.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    name: String,
+    steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// An empty scenario; add steps with [`step`](Self::step).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Adds a step at the end.
+    #[must_use]
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// The scenario's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its steps, in the order they are sent.
+    #[must_use]
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Every built-in scenario that needs one key: [`duplicates`](Self::duplicates),
+    /// [`reordering`](Self::reordering), [`clock_skew`](Self::clock_skew) and
+    /// [`tampered_body`](Self::tampered_body).
+    #[must_use]
+    pub fn all(secret: &str) -> Vec<Self> {
+        vec![
+            Self::duplicates(secret),
+            Self::reordering(secret),
+            Self::clock_skew(secret),
+            Self::tampered_body(secret),
+        ]
+    }
+
+    /// Clink retries a delivery with the same event id, signed afresh: the
+    /// first is handled, every retry is acknowledged `200` as a duplicate
+    /// without running the handler again.
+    #[must_use]
+    pub fn duplicates(secret: &str) -> Self {
+        let events = Events::new(secret, "duplicates");
+        let succeeded = events.order(&EventType::OrderSucceeded, "paid", None);
+        Self::new("duplicates")
+            .step(handled("the first delivery is handled", succeeded.clone()))
+            .step(duplicate(
+                "a retry with the same id, signed afresh, is a duplicate",
+                succeeded.clone(),
+            ))
+            .step(duplicate(
+                "another retry, with its timestamp in seconds, is a duplicate too",
+                succeeded.unit(TimestampUnit::Seconds),
+            ))
+    }
+
+    /// Clink does not deliver in order: `order.succeeded` arrives before the
+    /// `order.created` about the same order. Both are handled (the router
+    /// marks the older one [stale](crate::ordering) when it tracks
+    /// freshness); a retry of the first is still a duplicate.
+    #[must_use]
+    pub fn reordering(secret: &str) -> Self {
+        let events = Events::new(secret, "reordering");
+        let succeeded = events.order(&EventType::OrderSucceeded, "later", None);
+        let created = events.order(
+            &EventType::OrderCreated,
+            "earlier",
+            Some("2025-01-15T11:55:00.000Z"),
+        );
+        Self::new("reordering")
+            .step(handled(
+                "order.succeeded, created at 12:00, arrives first and is handled",
+                succeeded.clone(),
+            ))
+            .step(handled(
+                "order.created about the same order, created at 11:55, arrives after it and is still acknowledged",
+                created,
+            ))
+            .step(duplicate(
+                "a retry of order.succeeded after both is a duplicate",
+                succeeded,
+            ))
+    }
+
+    /// Senders' clocks drift, and a captured delivery must not be
+    /// replayable later: timestamps within 300 s either way are accepted, in
+    /// seconds or milliseconds; ten minutes off is refused `401`; and a
+    /// refused delivery does not use up its event id.
+    #[must_use]
+    pub fn clock_skew(secret: &str) -> Self {
+        let events = Events::new(secret, "clock_skew");
+        let behind = events.order(&EventType::OrderSucceeded, "behind", None);
+        let ahead = events.order(&EventType::OrderSucceeded, "ahead", None);
+        let old = events.order(&EventType::OrderSucceeded, "old", None);
+        let future = events.order(&EventType::OrderSucceeded, "future", None);
+        Self::new("clock_skew")
+            .step(handled(
+                "a timestamp 4 minutes behind, in milliseconds, is accepted",
+                behind.skew_secs(-240),
+            ))
+            .step(handled(
+                "a timestamp 4 minutes ahead, in seconds, is accepted",
+                ahead.skew_secs(240).unit(TimestampUnit::Seconds),
+            ))
+            .step(refused(
+                "a timestamp 10 minutes old is refused as a possible replay",
+                old.clone().skew_secs(-600),
+                "timestamp_too_old",
+            ))
+            .step(refused(
+                "a timestamp 10 minutes ahead is refused",
+                future.skew_secs(600),
+                "timestamp_in_future",
+            ))
+            .step(handled(
+                "the event refused as too old, sent again on time, is handled",
+                old,
+            ))
+    }
+
+    /// A body changed after signing is refused `401`, before and after the
+    /// real event is handled (a forged copy never gets the duplicate `200`),
+    /// and does not use up the event id.
+    #[must_use]
+    pub fn tampered_body(secret: &str) -> Self {
+        let events = Events::new(secret, "tampered_body");
+        let succeeded = events.order(&EventType::OrderSucceeded, "paid", None);
+        Self::new("tampered_body")
+            .step(refused(
+                "a body with one byte changed after signing is refused",
+                succeeded.clone().tamper(),
+                "signature_mismatch",
+            ))
+            .step(handled(
+                "the untouched delivery of the same event is then handled",
+                succeeded.clone(),
+            ))
+            .step(refused(
+                "a tampered copy sent after it is still refused, not taken for a duplicate",
+                succeeded.tamper(),
+                "signature_mismatch",
+            ))
+    }
+
+    /// A signing key mid-rotation: the service must verify with `current`
+    /// and, not yet expired, `previous`, e.g.
+    /// `Verifier::new(current)?.add_key(SigningKey::new(previous)?.expires_at(..))`.
+    /// Deliveries signed with either are handled; one signed with a key the
+    /// endpoint never had is refused `401`.
+    #[must_use]
+    pub fn key_rotation(current: &str, previous: &str) -> Self {
+        let events = Events::new(current, "key_rotation");
+        let new_key = events.order(&EventType::OrderSucceeded, "new_key", None);
+        let old_key = events.order(&EventType::OrderSucceeded, "old_key", None);
+        let unknown = events.order(&EventType::OrderSucceeded, "unknown_key", None);
+        Self::new("key_rotation")
+            .step(handled(
+                "a delivery signed with the current key is handled",
+                new_key,
+            ))
+            .step(handled(
+                "a delivery signed with the previous, unexpired key is handled",
+                old_key.secret(previous),
+            ))
+            .step(refused(
+                "a delivery signed with a key the endpoint never had is refused",
+                unknown.secret("whsec_never_configured"),
+                "signature_mismatch",
+            ))
+    }
+
+    /// Sends every step in order to `service`, with
+    /// `http_body_util::Full<Bytes>` request bodies, which
+    /// [`ClinkService`](crate::ClinkService) and axum's `Router` accept.
+    ///
+    /// # Errors
+    ///
+    /// [`ScenarioFailure`] when any step got another status or outcome than
+    /// expected, or an error; it lists every step with what it got.
+    pub async fn run<S, ResB>(&self, service: S) -> Result<(), ScenarioFailure>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+        S::Error: fmt::Display,
+    {
+        self.run_with_body::<Full<Bytes>, S, ResB>(service).await
+    }
+
+    /// As [`run`](Self::run), for a service that takes another request body
+    /// type made from [`Bytes`], such as `axum::body::Body`.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    pub async fn run_with_body<B, S, ResB>(&self, mut service: S) -> Result<(), ScenarioFailure>
+    where
+        B: From<Bytes>,
+        S: Service<Request<B>, Response = Response<ResB>>,
+        S::Error: fmt::Display,
+    {
+        let mut results = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let got = match poll_fn(|cx| service.poll_ready(cx)).await {
+                Ok(()) => service
+                    .call(step.request.build())
+                    .await
+                    .map(|response| Got {
+                        status: response.status(),
+                        outcome: crate::layer::outcome(&response),
+                    })
+                    .map_err(|error| format!("service error: {error}")),
+                Err(error) => Err(format!("service not ready: {error}")),
+            };
+            let passed = got.as_ref().is_ok_and(|got| {
+                got.status == step.status
+                    && step.outcome.as_deref().is_none_or(|o| o == got.outcome)
+            });
+            results.push(StepResult {
+                description: step.description.clone(),
+                expected: step.expected(),
+                got,
+                passed,
+            });
+        }
+        if results.iter().all(|r| r.passed) {
+            Ok(())
+        } else {
+            Err(ScenarioFailure {
+                scenario: self.name.clone(),
+                results,
+            })
+        }
+    }
+}
+
+/// What a step's delivery got back.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    status: StatusCode,
+    outcome: &'static str,
+}
+
+/// How one step of a failed scenario went.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    description: String,
+    expected: String,
+    got: Result<Got, String>,
+    passed: bool,
+}
+
+impl StepResult {
+    /// What the step checks.
+    #[must_use]
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether it got what it expected.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    /// The status it got; `None` when the service returned an error.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        self.got.as_ref().ok().map(|got| got.status)
+    }
+
+    /// The [`outcome`](crate::layer::outcome) it got; `None` when the
+    /// service returned an error.
+    #[must_use]
+    pub fn outcome(&self) -> Option<&str> {
+        self.got.as_ref().ok().map(|got| got.outcome)
+    }
+}
+
+impl fmt::Display for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = if self.passed { "ok  " } else { "FAIL" };
+        write!(
+            f,
+            "{mark} {}: expected {}, got ",
+            self.description, self.expected
+        )?;
+        match &self.got {
+            Ok(got) => write!(f, "{} {}", got.status.as_u16(), got.outcome),
+            Err(error) => f.write_str(error),
+        }
+    }
+}
+
+/// A scenario in which at least one step did not get what it expected.
+///
+/// Its `Display` (and `Debug`, so that `unwrap` shows it) lists every step
+/// with what it expected and what it got.
+#[derive(Clone)]
+pub struct ScenarioFailure {
+    scenario: String,
+    results: Vec<StepResult>,
+}
+
+impl ScenarioFailure {
+    /// The scenario's name.
+    #[must_use]
+    pub fn scenario(&self) -> &str {
+        &self.scenario
+    }
+
+    /// Every step, passed or not, in order.
+    #[must_use]
+    pub fn steps(&self) -> &[StepResult] {
+        &self.results
+    }
+}
+
+impl fmt::Display for ScenarioFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failed = self.results.iter().filter(|r| !r.passed).count();
+        write!(
+            f,
+            "scenario `{}`: {failed} of {} steps failed",
+            self.scenario,
+            self.results.len()
+        )?;
+        for (i, result) in self.results.iter().enumerate() {
+            write!(f, "\n  {}. {result}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ScenarioFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for ScenarioFailure {}
+
+fn handled(description: &str, request: SignedRequest) -> Step {
+    Step::new(description, request, StatusCode::OK).outcome("handled")
+}
+
+fn duplicate(description: &str, request: SignedRequest) -> Step {
+    Step::new(description, request, StatusCode::OK).outcome("duplicate")
+}
+
+fn refused(description: &str, request: SignedRequest, code: &str) -> Step {
+    Step::new(description, request, StatusCode::UNAUTHORIZED).outcome(code)
+}
+
+/// Makes a scenario's events: fixture bodies whose event and order ids carry
+/// a tag unique to this scenario value.
+struct Events<'a> {
+    secret: &'a str,
+    tag: String,
+}
+
+impl<'a> Events<'a> {
+    fn new(secret: &'a str, scenario: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!(
+            "{scenario}_{:x}{n:x}",
+            Timestamp::now().as_millis().unsigned_abs()
+        );
+        Self { secret, tag }
+    }
+
+    /// `event_type`'s fixture about this scenario's order, with the event id
+    /// `evt_<tag>_<name>` and, if given, the `created` time.
+    fn order(&self, event_type: &EventType, name: &str, created: Option<&str>) -> SignedRequest {
+        let mut body: Value =
+            serde_json::from_str(&fixture(event_type)).unwrap_or_else(|_| unreachable!());
+        body["id"] = Value::from(format!("evt_{}_{name}", self.tag));
+        body["data"]["orderId"] = Value::from(format!("ord_{}", self.tag));
+        if let Some(created) = created {
+            body["created"] = Value::from(created);
+        }
+        SignedRequest::new(self.secret, body.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClinkLayer, EventRouter, Verifier};
+    use tower_layer::Layer;
+
+    #[tokio::test]
+    async fn a_failure_lists_every_step_with_what_it_got() {
+        // A service that does not verify anything: everything is "handled".
+        let service = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+        let failure = Scenario::tampered_body("k").run(service).await.unwrap_err();
+        assert_eq!(failure.scenario(), "tampered_body");
+        let passed: Vec<_> = failure.steps().iter().map(StepResult::passed).collect();
+        assert_eq!(passed, [false, true, false]);
+        assert_eq!(failure.steps()[0].status(), Some(StatusCode::OK));
+        let text = format!("{failure:?}");
+        assert!(
+            text.starts_with("scenario `tampered_body`: 2 of 3 steps failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1. FAIL a body with one byte changed after signing is refused: expected 401 signature_mismatch, got 200 handled"),
+            "{text}"
+        );
+        assert!(text.contains("2. ok   the untouched delivery"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn service_errors_are_reported_per_step() {
+        let service = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+            Err::<Response<()>, _>("connection reset")
+        });
+        let failure = Scenario::duplicates("k").run(service).await.unwrap_err();
+        assert!(failure.steps().iter().all(|s| s.status().is_none()));
+        assert!(failure
+            .to_string()
+            .contains("got service error: connection reset"));
+    }
+
+    #[tokio::test]
+    async fn two_runs_of_one_kind_do_not_share_events() {
+        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(EventRouter::new());
+        Scenario::duplicates("k")
+            .run(service.clone())
+            .await
+            .unwrap();
+        Scenario::duplicates("k").run(service).await.unwrap();
+    }
+}

@@ -1,0 +1,613 @@
+//! The `clink-webhook` binary end to end: the reference vectors through
+//! `sign` and `verify`, `fixture`, `send` against the example receiver (the
+//! README walkthrough, step by step) and against `listen`, exit codes, and
+//! no secret in any output.
+#![cfg(feature = "cli")]
+
+#[allow(dead_code)] // shared by several test crates, each using part of it
+mod process;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use clink_webhooks::testing::fixture;
+use clink_webhooks::EventType;
+use process::{example_receiver, Finished, Process};
+use serde_json::Value;
+
+/// The key every receiver in these tests uses; it must never be printed.
+const KEY: &str = "whsec_cli_test_secret_4f1d";
+
+fn clink_webhook() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+    command.env_remove("CLINK_WEBHOOK_SIGNING_KEY");
+    command
+}
+
+/// Runs the CLI to completion and checks it printed no secret.
+fn run(command: &mut Command) -> Finished {
+    let finished = Process::start(command).finish();
+    for secret in [KEY, "test_webhook_signing_key", "whsec_test_123"] {
+        assert!(
+            !finished.stdout.contains(secret) && !finished.stderr.contains(secret),
+            "a secret was printed: {finished:?}"
+        );
+    }
+    finished
+}
+
+/// Runs `clink-webhook ARGS` with the test key in the environment.
+fn cli(args: &[&str]) -> Finished {
+    run(clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .args(args))
+}
+
+/// A file holding `bytes`, removed when dropped.
+struct BodyFile(PathBuf);
+
+impl BodyFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("clink-webhook-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for BodyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The three signing vectors of the wire-format reference: secret,
+/// timestamp, body, signature.
+const VECTORS: [(&str, &str, &[u8], &str); 3] = [
+    (
+        "test_webhook_signing_key",
+        "1700000000000",
+        br#"{"id":"evt_test"}"#,
+        "e07064a60193e751786c3f5a37fe7a5dc816bba53a2cb7781d0246b035dddfda",
+    ),
+    (
+        "whsec_test_123",
+        "1736942400",
+        br#"{"id":"evt_order_succeeded_test","object":"event","created":"2025-01-15T12:00:00.000Z","type":"order.succeeded","data":{"orderId":"ord_test_123","status":"success","amountTotal":19.99}}"#,
+        "d61addcde690be84473aedd0abdefe1c3a5bfc070ddc3323253106b6384c75b0",
+    ),
+    (
+        "whsec_test_123",
+        "1736942400000",
+        "{\"id\":\"evt_2\",\"object\":\"event\",\"type\":\"session.complete\",\"data\":{\"sessionId\":\"sess_test_123\",\"customer\":{\"email\":\"jos\u{e9}@example.com\"}}}\n".as_bytes(),
+        "f7688e1969c9e3a8faeb9245a3b94cdd9c64ad3fca8f8ac328153267c48fbdb2",
+    ),
+];
+
+/// `--now-ms` at which a vector's timestamp is current.
+fn now_ms_for(timestamp: &str) -> String {
+    if timestamp.len() < 13 {
+        format!("{timestamp}000")
+    } else {
+        timestamp.to_owned()
+    }
+}
+
+/// Runs `clink-webhook verify` on a delivery, checking at `now_ms`, with `extra` arguments.
+fn verify(
+    extra: &[&str],
+    secret: &str,
+    body: &BodyFile,
+    (timestamp, signature): (&str, &str),
+    now_ms: &str,
+) -> Finished {
+    run(clink_webhook()
+        .args(["verify", "--secret", secret, "--body-file", body.path()])
+        .args(["--timestamp", timestamp, "--signature", signature])
+        .args(["--now-ms", now_ms])
+        .args(extra))
+}
+
+#[test]
+fn sign_prints_the_reference_signatures() {
+    for (i, (secret, timestamp, body, signature)) in VECTORS.iter().enumerate() {
+        let file = BodyFile::new(&format!("sign-{i}"), body);
+        let signed = run(clink_webhook().args([
+            "sign",
+            "--secret",
+            secret,
+            "--body-file",
+            file.path(),
+            "--timestamp",
+            timestamp,
+        ]));
+        assert_eq!(signed.code, Some(0), "{signed:?}");
+        assert_eq!(
+            signed.stdout,
+            format!("X-Clink-Timestamp: {timestamp}\nX-Clink-Signature: {signature}\n")
+        );
+    }
+    // The key from the environment, the timestamp now, JSON out.
+    let file = BodyFile::new("sign-now", b"{}");
+    let signed = cli(&["sign", "--json", "--body-file", file.path()]);
+    let json: Value = serde_json::from_str(signed.stdout.trim()).unwrap();
+    let timestamp = json["timestamp"].as_str().unwrap();
+    assert_eq!(timestamp.len(), 13, "{json}");
+    let checked = verify(
+        &[],
+        KEY,
+        &file,
+        (timestamp, json["signature"].as_str().unwrap()),
+        timestamp,
+    );
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+}
+
+#[test]
+fn verify_accepts_the_reference_vectors_and_refuses_their_negatives() {
+    for (i, (secret, timestamp, body, signature)) in VECTORS.iter().enumerate() {
+        let file = BodyFile::new(&format!("verify-{i}"), body);
+        let ok = verify(
+            &[],
+            secret,
+            &file,
+            (timestamp, signature),
+            &now_ms_for(timestamp),
+        );
+        assert_eq!(ok.code, Some(0), "vector {}: {ok:?}", i + 1);
+        assert!(ok.stdout.starts_with("valid: "), "{ok:?}");
+    }
+
+    // Vector 2's body signed as milliseconds does not verify as seconds.
+    let (secret, _, body, _) = VECTORS[1];
+    let file = BodyFile::new("verify-unit", body);
+    let wrong_unit = "1e4fbb8a71c0d931bde57589f33cdeaa62b184bb9a4eda2035b00162aebf9821";
+    let refused = verify(
+        &[],
+        secret,
+        &file,
+        ("1736942400", wrong_unit),
+        "1736942400000",
+    );
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused
+            .stdout
+            .starts_with("invalid (signature_mismatch): signature mismatch"),
+        "{refused:?}"
+    );
+
+    // Vector 3's body without its trailing newline does not verify.
+    let (secret, timestamp, body, signature) = VECTORS[2];
+    let file = BodyFile::new("verify-newline", &body[..body.len() - 1]);
+    let refused = verify(&[], secret, &file, (timestamp, signature), timestamp);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+
+    // Tolerance: accepted at the timestamp, refused 601 s later, as JSON.
+    let (secret, timestamp, body, signature) = VECTORS[0];
+    let file = BodyFile::new("verify-late", body);
+    let late = verify(
+        &["--json"],
+        secret,
+        &file,
+        (timestamp, signature),
+        "1700000601000",
+    );
+    assert_eq!(late.code, Some(1), "{late:?}");
+    let json: Value = serde_json::from_str(late.stdout.trim()).unwrap();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["code"], "timestamp_too_old");
+    assert!(
+        json["message"].as_str().unwrap().contains("601.000 s old"),
+        "{json}"
+    );
+
+    // A signature that is not 64 hex digits is malformed, as the library says.
+    let malformed = verify(&[], secret, &file, (timestamp, "sha256=abc"), timestamp);
+    assert_eq!(malformed.code, Some(1));
+    assert!(
+        malformed
+            .stdout
+            .starts_with("invalid (malformed_signature)"),
+        "{malformed:?}"
+    );
+}
+
+#[test]
+fn fixture_prints_the_test_kit_body_of_every_type() {
+    let listed = cli(&["fixture", "--list"]);
+    let names: Vec<_> = listed.stdout.lines().collect();
+    let expected: Vec<_> = EventType::ALL.iter().map(EventType::as_str).collect();
+    assert_eq!(names, expected);
+    for event_type in EventType::ALL {
+        let printed = cli(&["fixture", event_type.as_str()]);
+        assert_eq!(printed.code, Some(0));
+        assert_eq!(printed.stdout, format!("{}\n", fixture(event_type)));
+    }
+    let json = cli(&["fixture", "--json", "invoice.paid"]);
+    assert_eq!(json.stdout.lines().count(), 1);
+    let body: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(body["data"]["invoiceId"], "inv_test_123");
+}
+
+#[test]
+fn an_unknown_event_type_is_a_usage_error_with_a_hint() {
+    for args in [
+        &["fixture", "order.paid"][..],
+        &["send", "order.paid", "--to", "http://127.0.0.1:9/"][..],
+    ] {
+        let refused = cli(args);
+        assert_eq!(refused.code, Some(2), "{refused:?}");
+        assert!(
+            refused.stderr.contains("invalid value 'order.paid'"),
+            "{refused:?}"
+        );
+        assert!(refused.stderr.contains("'order.failed'"), "{refused:?}");
+        assert!(
+            refused.stderr.contains("order.succeeded, order.failed"),
+            "{refused:?}"
+        );
+    }
+}
+
+#[test]
+fn usage_and_io_errors_exit_2_with_a_clear_message() {
+    let file = BodyFile::new("errors", b"{}");
+    let text = BodyFile::new("errors-text", b"not json");
+    let succeeded = BodyFile::new(
+        "errors-succeeded",
+        fixture(&EventType::OrderSucceeded).as_bytes(),
+    );
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "send",
+                "order.succeeded",
+                "--to",
+                "https://example.com/hooks",
+            ],
+            "TLS is not built in",
+        ),
+        (
+            &["send", "order.succeeded", "--to", "example.com/hooks"],
+            "expected an http:// URL with a host",
+        ),
+        (
+            &["sign", "--body-file", "/nonexistent/body.json"],
+            "cannot read /nonexistent/body.json",
+        ),
+        (
+            &[
+                "sign",
+                "--secret",
+                "env:CLINK_TEST_UNSET_VARIABLE",
+                "--body-file",
+                file.path(),
+            ],
+            "--secret env:CLINK_TEST_UNSET_VARIABLE: that environment variable is not set",
+        ),
+        (
+            &[
+                "send",
+                "--body-file",
+                text.path(),
+                "--to",
+                "http://127.0.0.1:9/",
+                "--unique",
+            ],
+            "--unique and --created need a body that is a JSON object",
+        ),
+        (
+            &[
+                "send",
+                "order.created",
+                "--body-file",
+                succeeded.path(),
+                "--to",
+                "http://127.0.0.1:9/",
+            ],
+            "the body's type is order.succeeded, not order.created",
+        ),
+        (&["listen", "--path", "hooks"], "a path starts with /"),
+    ];
+    for (args, message) in cases {
+        let refused = cli(args);
+        assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
+        assert!(refused.stderr.contains(message), "{args:?}: {refused:?}");
+    }
+    let no_key = run(clink_webhook().args(["sign", "--body-file", file.path()]));
+    assert_eq!(no_key.code, Some(2));
+    assert!(
+        no_key.stderr.contains("no signing key: pass --secret"),
+        "{no_key:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_receiver_is_an_io_error() {
+    // A port that was just free: nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/webhooks/clink");
+    let sent = cli(&["send", "order.succeeded", "--to", &url]);
+    assert_eq!(sent.code, Some(2), "{sent:?}");
+    assert!(sent.stdout.contains("not delivered: "), "{sent:?}");
+    assert!(sent.stdout.contains("not delivered 1"), "{sent:?}");
+}
+
+/// The deliveries `send` printed (every line but the summary), each without
+/// its latency: `n/total  status  event id`.
+fn deliveries(finished: &Finished) -> Vec<&str> {
+    let mut lines: Vec<&str> = finished.stdout.lines().collect();
+    let summary = lines.pop().unwrap_or_default();
+    assert!(summary.starts_with("sent "), "{finished:?}");
+    lines
+        .into_iter()
+        .map(|line| line.rsplit_once("  ").map_or(line, |(head, _)| head))
+        .collect()
+}
+
+/// Runs `clink-webhook send ARGS`, checking its exit code and the deliveries it printed.
+fn send(args: &[&str], code: i32, expected: &[&str]) -> Finished {
+    let sent = cli(&[&["send"], args].concat());
+    assert_eq!(sent.code, Some(code), "{sent:?}");
+    assert_eq!(deliveries(&sent), expected, "{sent:?}");
+    sent
+}
+
+/// The README walkthrough, command by command, with what each terminal shows.
+#[test]
+fn the_readme_walkthrough_against_the_example_receiver() {
+    let (receiver, to) = example_receiver(KEY);
+    let to = to.as_str();
+
+    // 1. order.succeeded is handled.
+    let sent = send(
+        &["order.succeeded", "--to", to],
+        0,
+        &["1/1  200 OK  evt_order_succeeded_test"],
+    );
+    assert!(sent
+        .stdout
+        .contains("sent 1: 2xx 1, 409 0, 4xx 0, 5xx 0; latency p50 "));
+    assert_eq!(
+        receiver.next_stdout(),
+        "handled order.succeeded evt_order_succeeded_test"
+    );
+
+    // 2. Clink's retries of it are duplicates: 200, and the handler does not run.
+    send(
+        &["order.succeeded", "--to", to, "--repeat", "2"],
+        0,
+        &[
+            "1/2  200 OK (duplicate)  evt_order_succeeded_test",
+            "2/2  200 OK (duplicate)  evt_order_succeeded_test",
+        ],
+    );
+
+    // 3. A tampered copy is refused.
+    let sent = send(
+        &["order.succeeded", "--to", to, "--tamper"],
+        1,
+        &["1/1  401 Unauthorized (signature_mismatch)  evt_order_succeeded_test"],
+    );
+    assert!(
+        sent.stdout.contains("sent 1: 2xx 0, 409 0, 4xx 1, 5xx 0"),
+        "{sent:?}"
+    );
+
+    // 4. order.created, created before order.succeeded, arrives after it: stale.
+    send(
+        &["order.created", "--to", to],
+        0,
+        &["1/1  200 OK  evt_order_created_test"],
+    );
+    // Nothing was printed for the duplicates or the tampered copy.
+    assert_eq!(
+        receiver.next_stdout(),
+        "handled order.created evt_order_created_test"
+    );
+    assert_eq!(
+        Process::line_starting(&receiver.stderr, "note:"),
+        "note: order.created evt_order_created_test is stale: \
+         2025-01-15T12:00:00.000Z (evt_order_succeeded_test) was already handled"
+    );
+}
+
+/// `clink-webhook listen` on a free port.
+struct Listener {
+    process: Process,
+    url: String,
+}
+
+impl Listener {
+    fn start(extra: &[&str]) -> Self {
+        let process = Process::start(
+            clink_webhook()
+                .args([
+                    "listen",
+                    "--port",
+                    "0",
+                    "--secret",
+                    "env:CLINK_TEST_LISTEN_KEY",
+                ])
+                .args(extra)
+                .env("CLINK_TEST_LISTEN_KEY", KEY),
+        );
+        let first = process.next_stdout();
+        let url = match first.strip_prefix("listening on ") {
+            Some(url) => url.to_owned(),
+            None => serde_json::from_str::<Value>(&first).unwrap()["listening"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no address in {first:?}"))
+                .to_owned(),
+        };
+        Self { process, url }
+    }
+}
+
+#[test]
+fn listen_prints_each_delivery_send_sends() {
+    let listener = Listener::start(&[]);
+    let to = listener.url.as_str();
+    assert!(
+        to.starts_with("http://127.0.0.1:") && to.ends_with("/webhooks/clink"),
+        "{to}"
+    );
+
+    send(
+        &["order.succeeded", "--to", to, "--repeat", "2"],
+        0,
+        &[
+            "1/2  200 OK  evt_order_succeeded_test",
+            "2/2  200 OK (duplicate)  evt_order_succeeded_test",
+        ],
+    );
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.succeeded evt_order_succeeded_test  order:ord_test_123  fresh"
+    );
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 duplicate  order.succeeded evt_order_succeeded_test  order:ord_test_123"
+    );
+
+    assert_eq!(
+        cli(&["send", "order.succeeded", "--to", to, "--tamper"]).code,
+        Some(1)
+    );
+    assert_eq!(
+        listener.process.next_stdout(),
+        "401 signature_mismatch  unverified: order.succeeded evt_order_succeeded_test  order:ord_test_123"
+    );
+
+    assert_eq!(cli(&["send", "order.created", "--to", to]).code, Some(0));
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.created evt_order_created_test  order:ord_test_123  \
+         stale (newer: 2025-01-15T12:00:00.000Z (evt_order_succeeded_test))"
+    );
+
+    // A family without a schema: decoded as JSON, its object found by `<family>Id`.
+    assert_eq!(
+        cli(&["send", "risk_rule.updated", "--to", to]).code,
+        Some(0)
+    );
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  risk_rule.updated evt_risk_rule_updated_test  risk_rule:rr_test_123  fresh"
+    );
+
+    // Clock skew beyond the tolerance is refused before the body is read.
+    let skewed = cli(&["send", "order.failed", "--to", to, "--skew", "-600"]);
+    assert_eq!(skewed.code, Some(1));
+    assert!(
+        skewed
+            .stdout
+            .contains("401 Unauthorized (timestamp_too_old)"),
+        "{skewed:?}"
+    );
+    assert_eq!(listener.process.next_stdout(), "401 timestamp_too_old");
+
+    // Seconds are accepted, and a body edited with --created is still signed as sent.
+    let sent = cli(&[
+        "send",
+        "order.failed",
+        "--to",
+        to,
+        "--timestamp-unit",
+        "s",
+        "--created",
+        "2025-01-15T13:00:00Z",
+    ]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.failed evt_order_failed_test  order:ord_test_123  fresh"
+    );
+
+    // Another path is not the endpoint.
+    let elsewhere = to.replace("/webhooks/clink", "/other");
+    assert_eq!(
+        cli(&["send", "order.failed", "--to", &elsewhere]).code,
+        Some(1)
+    );
+    assert_eq!(listener.process.next_stdout(), "404 not_found  POST /other");
+
+    let stopped = listener.process.terminate();
+    assert_eq!(stopped.code, Some(0), "{stopped:?}");
+    assert!(stopped.stderr.ends_with("stopped\n"), "{stopped:?}");
+}
+
+#[test]
+fn send_and_listen_speak_json_lines() {
+    let listener = Listener::start(&["--json"]);
+    let sent = cli(&[
+        "send",
+        "--json",
+        "subscription.renewed",
+        "--to",
+        &listener.url,
+    ]);
+    // Not a known type: usage error before anything is sent.
+    assert_eq!(sent.code, Some(2));
+
+    let sent = cli(&[
+        "send",
+        "--json",
+        "subscription.updated.renewed",
+        "--to",
+        &listener.url,
+        "--repeat",
+        "3",
+        "--unique",
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    let lines: Vec<Value> = sent
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{sent:?}");
+    let mut ids: Vec<_> = lines[..3]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["status"], 200, "{l}");
+            assert_eq!(l["detail"], Value::Null, "{l}");
+            l["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        3,
+        "--unique gives every delivery its own id: {ids:?}"
+    );
+    let summary = &lines[3]["summary"];
+    assert_eq!(summary["sent"], 3);
+    assert_eq!(summary["2xx"], 3);
+    assert!(summary["p99_ms"].as_f64().unwrap() >= summary["p50_ms"].as_f64().unwrap());
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let line: Value = serde_json::from_str(&listener.process.next_stdout()).unwrap();
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["outcome"], "handled");
+        assert_eq!(line["verified"], true);
+        assert_eq!(line["event_type"], "subscription.updated.renewed");
+        assert_eq!(line["object"], "subscription:sub_test_123");
+        seen.push(line["event_id"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ids);
+}
