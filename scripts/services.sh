@@ -20,6 +20,9 @@
 # root the cluster runs as the unprivileged `postgres` user (created if
 # missing).
 
+# runuser and useradd live in sbin, which a CI shell may leave off its PATH.
+PATH="$PATH:/usr/sbin:/sbin"
+
 SERVICES_DIR=""
 SERVICES_PG_DIR=""
 SERVICES_PG_CTL=""
