@@ -103,6 +103,7 @@ async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
 /// both runs its handler once, in the first; the second acknowledges it as a
 /// duplicate. A marker event sent to the second afterwards is the next line
 /// it prints, so it printed nothing for the shared event.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 async fn receivers_sharing_a_store_handle_an_event_once(var: &str, store_name: &str) {
     let url = std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run scripts/test, which starts the servers, or export it")

@@ -8,6 +8,7 @@
 //! (`CLINK_TEST_REDIS_KILL`, `CLINK_TEST_REDIS_START`, `CLINK_TEST_PG_KILL`,
 //! `CLINK_TEST_PG_START`); a test missing one fails and says so. Tests that
 //! use a server run one at a time, since the crash tests take it down.
+#![cfg(any(feature = "redis", feature = "postgres"))]
 
 #[allow(dead_code)]
 #[path = "../http/support.rs"]
