@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Ties a marker type to its event name and data type, so that
-/// `EventRouter::on` checks the pairing at compile time.
+/// [`EventRouter::on`](crate::EventRouter::on) checks the pairing at compile time.
 ///
 /// Implemented by every type in [`events`](crate::events); there is no need
 /// to implement it yourself.
@@ -79,7 +79,7 @@ macro_rules! event_types {
         }
 
         /// One marker type per Clink event, for typed handler registration
-        /// with `EventRouter::on`.
+        /// with [`EventRouter::on`](crate::EventRouter::on).
         ///
         /// ```
         /// use clink_webhooks::{events, EventKind, EventType};
