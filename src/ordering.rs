@@ -43,11 +43,12 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
 use crate::event::ObjectKey;
-use crate::idempotency::{BoxFuture, StoreError, StoreErrorKind};
+use crate::idempotency::{BoxFuture, StoreError, StoreErrorKind, DEFAULT_RETENTION};
 use crate::Timestamp;
 
 /// How new an event is: its `created` time, then its id to break ties.
@@ -140,6 +141,12 @@ impl Freshness {
 /// Object safe: held as `Arc<dyn FreshnessStore>`. Implemented by
 /// [`MemoryFreshnessStore`], and by the Redis and PostgreSQL stores when
 /// their features are on.
+///
+/// A record only needs to outlive the deliveries that could still arrive
+/// about its object: Clink gives up retrying after about a day, so a stale
+/// event cannot arrive much later than that. Stores therefore forget a record
+/// [`DEFAULT_FRESHNESS_RETENTION`] (72 h) after it was last written, unless
+/// configured otherwise.
 pub trait FreshnessStore: Send + Sync + 'static {
     /// The newest version recorded for `object`, if any.
     fn newest<'a>(
@@ -156,16 +163,30 @@ pub trait FreshnessStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
+/// How long a freshness record is kept after it was last written: 72 h,
+/// well beyond Clink's retries of about a day.
+pub const DEFAULT_FRESHNESS_RETENTION: Duration = DEFAULT_RETENTION;
+
 /// The default number of objects a [`MemoryFreshnessStore`] remembers.
 pub const DEFAULT_FRESHNESS_CAPACITY: usize = 1_000_000;
 
-/// An in-process [`FreshnessStore`] for apps on one machine. Bounded: when
-/// full, a new object is refused with a [`StoreError`] (answered `503`)
-/// rather than forgetting what it knows.
+#[derive(Debug, Clone)]
+struct Record {
+    version: Version,
+    expires: Instant,
+}
+
+/// An in-process [`FreshnessStore`] for apps on one machine.
+///
+/// Records expire [`DEFAULT_FRESHNESS_RETENTION`] after they were last
+/// written. Bounded: when full, expired records are dropped first; if it is
+/// still full, a new object is refused with a [`StoreError`] (answered `503`)
+/// rather than silently forgetting what it knows.
 #[derive(Debug)]
 pub struct MemoryFreshnessStore {
-    newest: DashMap<ObjectKey, Version>,
+    newest: DashMap<ObjectKey, Record>,
     capacity: usize,
+    retention: Duration,
 }
 
 impl Default for MemoryFreshnessStore {
@@ -187,7 +208,15 @@ impl MemoryFreshnessStore {
         Self {
             newest: DashMap::new(),
             capacity,
+            retention: DEFAULT_FRESHNESS_RETENTION,
         }
+    }
+
+    /// Keeps each record for `retention` after it was last written.
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// How many objects it remembers.
@@ -208,7 +237,12 @@ impl FreshnessStore for MemoryFreshnessStore {
         &'a self,
         object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
-        let newest = self.newest.get(object).map(|v| v.value().clone());
+        let now = Instant::now();
+        let newest = self
+            .newest
+            .get(object)
+            .filter(|record| record.expires > now)
+            .map(|record| record.version.clone());
         Box::pin(std::future::ready(Ok(newest)))
     }
 
@@ -217,26 +251,35 @@ impl FreshnessStore for MemoryFreshnessStore {
         object: &'a ObjectKey,
         version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let result = if let Some(mut held) = self.newest.get_mut(object) {
-            if *version > *held {
-                *held = version.clone();
+        let now = Instant::now();
+        let fresh = Record {
+            version: version.clone(),
+            expires: now + self.retention,
+        };
+        let keep_newest = |held: &mut Record| {
+            if held.expires <= now || *version > held.version {
+                *held = fresh.clone();
             }
+        };
+        let result = if let Some(mut held) = self.newest.get_mut(object) {
+            keep_newest(&mut held);
             Ok(())
-        } else if self.newest.len() >= self.capacity {
-            Err(StoreError::new(
-                StoreErrorKind::Unavailable,
-                "the in-memory freshness store is full; raise its capacity or use a shared store",
-            ))
         } else {
-            self.newest
-                .entry(object.clone())
-                .and_modify(|held| {
-                    if *version > *held {
-                        *held = version.clone();
-                    }
-                })
-                .or_insert_with(|| version.clone());
-            Ok(())
+            if self.newest.len() >= self.capacity {
+                self.newest.retain(|_, record| record.expires > now);
+            }
+            if self.newest.len() >= self.capacity {
+                Err(StoreError::new(
+                    StoreErrorKind::Full,
+                    "the in-memory freshness store is full of live records; raise its capacity or use a shared store",
+                ))
+            } else {
+                self.newest
+                    .entry(object.clone())
+                    .and_modify(keep_newest)
+                    .or_insert_with(|| fresh.clone());
+                Ok(())
+            }
         };
         Box::pin(std::future::ready(result))
     }
@@ -272,5 +315,18 @@ mod tests {
         let other = ObjectKey::new("order", "ord_2");
         assert!(store.record(&other, &v(1, "x")).await.is_err());
         assert_eq!(store.newest(&other).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn records_expire_after_their_retention_and_free_their_place() {
+        let store = MemoryFreshnessStore::with_capacity(1).retention(Duration::ZERO);
+        let key = ObjectKey::new("order", "ord_1");
+        store.record(&key, &v(5, "e5")).await.unwrap();
+        assert_eq!(store.newest(&key).await.unwrap(), None);
+        // An expired record neither blocks an older version nor holds its place.
+        store.record(&key, &v(3, "e3")).await.unwrap();
+        let other = ObjectKey::new("order", "ord_2");
+        store.record(&other, &v(1, "x")).await.unwrap();
+        assert_eq!(store.len(), 1);
     }
 }
