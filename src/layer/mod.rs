@@ -285,16 +285,32 @@ impl ClinkLayer {
     /// How long a claim holds before another delivery may take the event
     /// over (default 30 s). Handlers must finish within it: see
     /// [`handler_timeout`](Self::handler_timeout).
+    ///
+    /// # Panics
+    ///
+    /// When `lease` is under one millisecond: every claim would expire at once.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            lease >= Duration::from_millis(1),
+            "ClinkLayer::lease must be at least 1 ms (the default is 30 s)"
+        );
         self.config_mut().lease = lease;
         self
     }
 
     /// How long a handled event id is remembered (default 72 h, beyond
     /// Clink's ~24 h of retries).
+    ///
+    /// # Panics
+    ///
+    /// When `retention` is under one millisecond: nothing would be remembered.
     #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
+        assert!(
+            retention >= Duration::from_millis(1),
+            "ClinkLayer::retention must be at least 1 ms (the default is 72 h)"
+        );
         self.config_mut().retention = retention;
         self
     }
@@ -746,8 +762,8 @@ impl ClaimGuard {
             Ok(Settle::LeaseLost) => {
                 bump(&config.metrics.lease_lost);
                 tracing::warn!(
-                    "clink event handled, but its lease had expired and been taken over; \
-                     another delivery may run the handler again"
+                    "clink event handled, but its lease had expired before it was marked \
+                     completed; another delivery may run (or be running) the handler again"
                 );
             }
             Err(error) => {
@@ -785,5 +801,39 @@ impl Drop for ClaimGuard {
             let key = std::mem::take(&mut self.key);
             runtime.spawn(async move { release_logged(&*store, &key, &token).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> ClinkLayer {
+        ClinkLayer::new(Verifier::new("whsec_test").unwrap())
+    }
+
+    #[test]
+    fn the_handler_deadline_stays_inside_the_lease() {
+        let config = layer().lease(Duration::from_secs(10)).config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(9));
+        let config = layer()
+            .lease(Duration::from_secs(10))
+            .handler_timeout(Duration::from_secs(60))
+            .config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(9));
+        let config = layer().handler_timeout(Duration::from_secs(2)).config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(2));
+    }
+
+    #[test]
+    #[should_panic(expected = "lease must be at least 1 ms")]
+    fn a_zero_lease_is_refused_at_configuration() {
+        let _ = layer().lease(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "retention must be at least 1 ms")]
+    fn a_zero_retention_is_refused_at_configuration() {
+        let _ = layer().retention(Duration::ZERO);
     }
 }
