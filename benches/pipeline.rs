@@ -200,25 +200,31 @@ fn pipeline(c: &mut Criterion) {
     }
 
     // The ratio pass: both sides alternated in one loop, so drift hits both alike.
-    println!("\nthroughput with the layer / bare service (higher is better, 1.0 = no cost):");
-    println!("{:<8} {:>12} {:>12}", "size", "in process", "over HTTP");
+    println!("\nper delivery, bare service and with the layer; throughput ratio layer/bare (1.0 = no cost):");
+    println!(
+        "{:<7} {:>10} {:>10} {:>7}   {:>10} {:>10} {:>7}",
+        "size", "bare", "layer", "ratio", "bare HTTP", "layer HTTP", "ratio"
+    );
+    const ROUNDS: u32 = 10;
+    const BATCH: u64 = 200;
     for (size, label) in SIZES {
-        let (mut bare_p, mut layer_p, mut bare_h, mut layer_h) = (
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::ZERO,
-        );
-        for _ in 0..10 {
-            bare_p += time_in_process(&rt, &Bare, 200, size, &mut next_id);
-            layer_p += time_in_process(&rt, &layered_service, 200, size, &mut next_id);
-            bare_h += time_over_http(&rt, &client, bare_addr, 200, size, &mut next_id);
-            layer_h += time_over_http(&rt, &client, layered_addr, 200, size, &mut next_id);
+        let mut totals = [Duration::ZERO; 4];
+        for _ in 0..ROUNDS {
+            totals[0] += time_in_process(&rt, &Bare, BATCH, size, &mut next_id);
+            totals[1] += time_in_process(&rt, &layered_service, BATCH, size, &mut next_id);
+            totals[2] += time_over_http(&rt, &client, bare_addr, BATCH, size, &mut next_id);
+            totals[3] += time_over_http(&rt, &client, layered_addr, BATCH, size, &mut next_id);
         }
+        let per = |total: Duration| total / (ROUNDS * u32::try_from(BATCH).unwrap_or(1));
+        let micros = |total: Duration| format!("{:.2} µs", per(total).as_secs_f64() * 1e6);
         println!(
-            "{label:<8} {:>12.3} {:>12.3}",
-            bare_p.as_secs_f64() / layer_p.as_secs_f64(),
-            bare_h.as_secs_f64() / layer_h.as_secs_f64()
+            "{label:<7} {:>10} {:>10} {:>7.3}   {:>10} {:>10} {:>7.3}",
+            micros(totals[0]),
+            micros(totals[1]),
+            totals[0].as_secs_f64() / totals[1].as_secs_f64(),
+            micros(totals[2]),
+            micros(totals[3]),
+            totals[2].as_secs_f64() / totals[3].as_secs_f64(),
         );
     }
 }
