@@ -25,6 +25,18 @@
 //! all, and when one is stale, re-read the object's current state from
 //! Clink's API rather than applying the event's snapshot over a newer one.
 //!
+//! # Stores
+//!
+//! | store | feature | scope | round trips per tracked delivery |
+//! |---|---|---|---|
+//! | [`MemoryFreshnessStore`] | always | one process | none |
+//! | `RedisStore` | `redis` | many instances sharing one Redis | 2 (read, then record after success) |
+//! | `PostgresStore` | `postgres` | many instances sharing one database | 2 (read, then record after success) |
+//!
+//! `RedisStore` and `PostgresStore` are the [idempotency](crate::idempotency)
+//! stores: one value serves both traits, with its freshness records under
+//! their own keys (Redis) or in their own table (PostgreSQL).
+//!
 //! ```
 //! use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
 //! use clink_webhooks::{events, EventRouter};
@@ -140,7 +152,8 @@ impl Freshness {
 ///
 /// Object safe: held as `Arc<dyn FreshnessStore>`. Implemented by
 /// [`MemoryFreshnessStore`], and by the Redis and PostgreSQL stores when
-/// their features are on.
+/// their features are on (see [Stores](self#stores)); `tests/stores` checks
+/// all three with the same code.
 ///
 /// Every store refuses, with [`StoreErrorKind::InvalidInput`], a family,
 /// object id or event id longer than
