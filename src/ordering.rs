@@ -25,6 +25,18 @@
 //! all, and when one is stale, re-read the object's current state from
 //! Clink's API rather than applying the event's snapshot over a newer one.
 //!
+//! # Stores
+//!
+//! | store | feature | scope | round trips per tracked delivery |
+//! |---|---|---|---|
+//! | [`MemoryFreshnessStore`] | always | one process | none |
+//! | `RedisStore` | `redis` | many instances sharing one Redis | 2 (read, then record after success) |
+//! | `PostgresStore` | `postgres` | many instances sharing one database | 2 (read, then record after success) |
+//!
+//! `RedisStore` and `PostgresStore` are the [idempotency](crate::idempotency)
+//! stores: one value serves both traits, with its freshness records under
+//! their own keys (Redis) or in their own table (PostgreSQL).
+//!
 //! ```
 //! use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
 //! use clink_webhooks::{events, EventRouter};
@@ -48,7 +60,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::event::ObjectKey;
-use crate::idempotency::{BoxFuture, StoreError, StoreErrorKind, DEFAULT_RETENTION};
+use crate::idempotency::{check_text, BoxFuture, StoreError, StoreErrorKind, DEFAULT_RETENTION};
 use crate::Timestamp;
 
 /// How new an event is: its `created` time, then its id to break ties.
@@ -140,7 +152,13 @@ impl Freshness {
 ///
 /// Object safe: held as `Arc<dyn FreshnessStore>`. Implemented by
 /// [`MemoryFreshnessStore`], and by the Redis and PostgreSQL stores when
-/// their features are on.
+/// their features are on (see [Stores](self#stores)); `tests/stores` checks
+/// all three with the same code.
+///
+/// Every store refuses, with [`StoreErrorKind::InvalidInput`], a family,
+/// object id or event id longer than
+/// [`MAX_KEY_LEN`](crate::idempotency::MAX_KEY_LEN) bytes or containing a
+/// NUL character.
 ///
 /// A record only needs to outlive the deliveries that could still arrive
 /// about its object: Clink gives up retrying after about a day, so a stale
@@ -166,6 +184,19 @@ pub trait FreshnessStore: Send + Sync + 'static {
 /// How long a freshness record is kept after it was last written: 72 h,
 /// well beyond Clink's retries of about a day.
 pub const DEFAULT_FRESHNESS_RETENTION: Duration = DEFAULT_RETENTION;
+
+/// Checks that every store accepts `object` and, if given, `version`.
+pub(crate) fn check_record(
+    object: &ObjectKey,
+    version: Option<&Version>,
+) -> Result<(), StoreError> {
+    check_text("the object's family", &object.family)?;
+    check_text("the object id", &object.id)?;
+    match version {
+        Some(version) => check_text("the event id", version.event_id()),
+        None => Ok(()),
+    }
+}
 
 /// The default number of objects a [`MemoryFreshnessStore`] remembers.
 pub const DEFAULT_FRESHNESS_CAPACITY: usize = 1_000_000;
@@ -238,12 +269,13 @@ impl FreshnessStore for MemoryFreshnessStore {
         object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         let now = Instant::now();
-        let newest = self
-            .newest
-            .get(object)
-            .filter(|record| record.expires > now)
-            .map(|record| record.version.clone());
-        Box::pin(std::future::ready(Ok(newest)))
+        let newest = check_record(object, None).map(|()| {
+            self.newest
+                .get(object)
+                .filter(|record| record.expires > now)
+                .map(|record| record.version.clone())
+        });
+        Box::pin(std::future::ready(newest))
     }
 
     fn record<'a>(
@@ -261,7 +293,9 @@ impl FreshnessStore for MemoryFreshnessStore {
                 *held = fresh.clone();
             }
         };
-        let result = if let Some(mut held) = self.newest.get_mut(object) {
+        let result = if let Err(err) = check_record(object, Some(version)) {
+            Err(err)
+        } else if let Some(mut held) = self.newest.get_mut(object) {
             keep_newest(&mut held);
             Ok(())
         } else {

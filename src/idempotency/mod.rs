@@ -329,19 +329,25 @@ impl std::error::Error for ConfigError {}
 
 /// Checks that `key` is one every store accepts.
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.len() > MAX_KEY_LEN {
+    check_text("key", key)
+}
+
+/// Checks that `text`, stored as `what`, is at most [`MAX_KEY_LEN`] bytes
+/// without NUL characters, as every store accepts.
+pub(crate) fn check_text(what: &str, text: &str) -> Result<(), StoreError> {
+    if text.len() > MAX_KEY_LEN {
         return Err(StoreError::new(
             StoreErrorKind::InvalidInput,
             format!(
-                "key is {} bytes long, the limit is {MAX_KEY_LEN}",
-                key.len()
+                "{what} is {} bytes long, the limit is {MAX_KEY_LEN}",
+                text.len()
             ),
         ));
     }
-    if key.contains('\0') {
+    if text.contains('\0') {
         return Err(StoreError::new(
             StoreErrorKind::InvalidInput,
-            "key contains a NUL character",
+            format!("{what} contains a NUL character"),
         ));
     }
     Ok(())
@@ -369,6 +375,15 @@ pub(crate) fn check_timeout(timeout: Duration) -> Result<Duration, ConfigError> 
         ));
     }
     Ok(timeout)
+}
+
+/// Checks a retention given to a networked store at configuration.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn check_retention(retention: Duration) -> Result<Duration, ConfigError> {
+    match ttl_millis("retention", retention) {
+        Ok(_) => Ok(retention),
+        Err(err) => Err(ConfigError::new(err.message)),
+    }
 }
 
 /// Runs one store call under the per-call timeout.

@@ -14,6 +14,9 @@ use super::{
     check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
     LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
+use crate::ordering::DEFAULT_FRESHNESS_RETENTION;
+
+mod freshness;
 
 /// How many expired rows one reaper statement deletes at most.
 const REAP_BATCH: i64 = 10_000;
@@ -40,11 +43,20 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   each call is one round trip, and the store works behind PgBouncer in
 ///   transaction mode.
 ///
-/// Ended rows read as absent at once but stay in the table until
+/// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
+/// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering),
+/// in a second table named after the first with `_freshness` appended
+/// ([`freshness_table`](Self::freshness_table)): one row per object with the
+/// newest version handled, its event id compared byte-wise (`COLLATE "C"`),
+/// kept [`freshness_retention`](Self::freshness_retention) after it was last
+/// written. Recording is one `INSERT .. ON CONFLICT DO UPDATE .. WHERE` the
+/// new version is newer (or the held one has ended); reading is one `SELECT`.
+///
+/// Ended rows, in either table, read as absent at once but stay until
 /// [`reap`](Self::reap) deletes them: run it periodically, for example with
 /// [`spawn_reaper`](Self::spawn_reaper) on one instance or from a cron job.
 ///
-/// Create the table with [`migrate`](Self::migrate) at startup, or take
+/// Create the tables with [`migrate`](Self::migrate) at startup, or take
 /// [`schema_sql`](Self::schema_sql) into your own migrations.
 ///
 /// [`claim_in`](Self::claim_in) and [`complete_in`](Self::complete_in) run in
@@ -70,32 +82,66 @@ pub struct PostgresStore {
     pool: Pool,
     sql: Arc<Statements>,
     timeout: Duration,
+    freshness_retention: Duration,
 }
 
-/// The store's SQL, written once for its table.
+/// The store's SQL, written once for its tables.
 struct Statements {
     table: String,
+    /// The SQL of both tables.
     schema: String,
-    /// Whether the table and its index exist, without taking any lock.
+    /// Whether both tables and their indexes exist, without taking any lock.
     exists: String,
     claim: String,
     complete: String,
     release: String,
     reap: String,
+    freshness: freshness::Statements,
 }
 
-impl Statements {
-    fn new(table: &str) -> Self {
-        let quoted = quote(table);
+/// A table's quoted name and the quoted names of its index on `expires_at`.
+struct Relation {
+    quoted: String,
+    /// The index's name alone, as `CREATE INDEX` takes it.
+    index: String,
+    /// The index's name, qualified by the table's schema if it has one.
+    qualified_index: String,
+}
+
+impl Relation {
+    /// The table `table` (validated) and its index `<bare table>_<index_suffix>`.
+    fn new(table: &str, index_suffix: &str) -> Self {
         let (schema, bare) = match table.split_once('.') {
             Some((schema, bare)) => (Some(schema), bare),
             None => (None, table),
         };
-        let index = quote_part(&format!("{bare}_expires_at_idx"));
+        let index = quote_part(&format!("{bare}_{index_suffix}"));
         let qualified_index = match schema {
             Some(schema) => format!("{}.{index}", quote_part(schema)),
             None => index.clone(),
         };
+        Self {
+            quoted: quote(table),
+            index,
+            qualified_index,
+        }
+    }
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        let Relation {
+            quoted,
+            index,
+            qualified_index,
+        } = Relation::new(table, "expires_at_idx");
+        let freshness = freshness::Statements::new(table);
+        let exists = [&quoted, &qualified_index]
+            .into_iter()
+            .chain(freshness.relations())
+            .map(|name| format!("to_regclass('{name}') IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let end = "statement_timestamp() + $3 * interval '1 millisecond'";
         Self {
             table: table.to_owned(),
@@ -109,12 +155,10 @@ impl Statements {
     expires_at  timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {index} ON {quoted} (expires_at);
-"
+{}",
+                freshness.schema
             ),
-            exists: format!(
-                "SELECT to_regclass('{}') IS NOT NULL AND to_regclass('{}') IS NOT NULL",
-                quoted, qualified_index
-            ),
+            exists: format!("SELECT {exists}"),
             claim: format!(
                 "INSERT INTO {quoted} AS held (key, lease_token, expires_at)
 VALUES ($1, $2, {end})
@@ -140,6 +184,7 @@ WHERE key IN (SELECT key FROM {quoted} WHERE expires_at <= statement_timestamp()
               LIMIT $1 FOR UPDATE SKIP LOCKED)
   AND expires_at <= statement_timestamp()"
             ),
+            freshness,
         }
     }
 }
@@ -156,10 +201,12 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::new(Self::DEFAULT_TABLE)),
             timeout: DEFAULT_TIMEOUT,
+            freshness_retention: DEFAULT_FRESHNESS_RETENTION,
         }
     }
 
-    /// Uses the table `name`, optionally schema-qualified (`schema.table`).
+    /// Uses the table `name`, optionally schema-qualified (`schema.table`),
+    /// and `<name>_freshness` for freshness records.
     ///
     /// # Errors
     ///
@@ -194,18 +241,18 @@ impl PostgresStore {
         self.timeout
     }
 
-    /// The SQL that creates the table and its index, idempotent
-    /// (`CREATE .. IF NOT EXISTS`), for [`migrate`](Self::migrate) or your
-    /// own migration tool.
+    /// The SQL that creates both tables (idempotency keys and freshness
+    /// records) and their indexes, idempotent (`CREATE .. IF NOT EXISTS`), for
+    /// [`migrate`](Self::migrate) or your own migration tool.
     #[must_use]
     pub fn schema_sql(&self) -> &str {
         &self.sql.schema
     }
 
-    /// Creates the table and its index if they do not exist.
+    /// Creates both tables and their indexes if they do not exist.
     ///
     /// Safe to run from several instances at once, and while others use the
-    /// table: when both exist it only looks them up (no lock that would queue
+    /// tables: when all exist it only looks them up (no lock that would queue
     /// behind open transactions); otherwise it runs
     /// [`schema_sql`](Self::schema_sql) under a transaction-scoped advisory lock.
     ///
@@ -244,7 +291,9 @@ impl PostgresStore {
         .await
     }
 
-    /// Deletes rows whose lease or retention has ended, and returns how many.
+    /// Deletes the rows that have ended, and returns how many: idempotency
+    /// keys whose lease or retention has ended, then freshness records whose
+    /// retention has ended.
     ///
     /// Works in batches of 10,000 rows, each one statement under the per-call
     /// timeout, and skips rows that a transaction holds locked.
@@ -253,16 +302,31 @@ impl PostgresStore {
     ///
     /// A [`StoreError`] when a batch fails; the batches before it stay deleted.
     pub async fn reap(&self) -> Result<u64, StoreError> {
+        let keys = self
+            .reap_with(&self.sql.reap, "cannot reap expired keys")
+            .await?;
+        let records = self
+            .reap_with(
+                &self.sql.freshness.reap,
+                "cannot reap expired freshness records",
+            )
+            .await?;
+        Ok(keys + records)
+    }
+
+    /// Runs the reaping `statement` in batches until one deletes less than a
+    /// whole batch.
+    async fn reap_with(&self, statement: &str, context: &str) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let deleted = timed(self.timeout, async {
-                let client = self.pool.get().await.map_err(pool_error)?;
-                client
-                    .execute_typed(&self.sql.reap, &[(&REAP_BATCH, Type::INT8)])
-                    .await
-                    .map_err(|err| pg_error("cannot reap expired keys", &err))
-            })
-            .await?;
+            let deleted = self
+                .pooled(async |client| {
+                    client
+                        .execute_typed(statement, &[(&REAP_BATCH, Type::INT8)])
+                        .await
+                        .map_err(|err| pg_error(context, &err))
+                })
+                .await?;
             total += deleted;
             if deleted < REAP_BATCH.unsigned_abs() {
                 return Ok(total);
@@ -293,14 +357,10 @@ impl PostgresStore {
                 ticks.tick().await;
                 match store.reap().await {
                     Ok(deleted) => {
-                        tracing::debug!(
-                            table = store.table(),
-                            deleted,
-                            "reaped expired idempotency keys"
-                        );
+                        tracing::debug!(table = store.table(), deleted, "reaped expired rows");
                     }
                     Err(error) => {
-                        tracing::warn!(table = store.table(), %error, "idempotency reaper failed");
+                        tracing::warn!(table = store.table(), %error, "reaper failed");
                     }
                 }
             }
@@ -445,6 +505,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("table", &self.sql.table)
             .field("timeout", &self.timeout)
+            .field("freshness_retention", &self.freshness_retention)
             .finish_non_exhaustive()
     }
 }

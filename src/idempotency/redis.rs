@@ -1,7 +1,7 @@
 //! [`RedisStore`]: a store shared by every instance through one Redis server.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -11,6 +11,9 @@ use super::{
     check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
     LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
+use crate::ordering::DEFAULT_FRESHNESS_RETENTION;
+
+mod freshness;
 
 /// What a completed key holds.
 const DONE: &str = "done";
@@ -84,6 +87,16 @@ return 0
 /// answer lost to a timeout may still have claimed the key; that claim then
 /// holds until its lease ends.
 ///
+/// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
+/// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering): one
+/// key per object, `{prefix}:{family}:{id}` (the prefix is
+/// [`DEFAULT_FRESHNESS_PREFIX`](Self::DEFAULT_FRESHNESS_PREFIX) unless
+/// [`with_freshness_prefix`](Self::with_freshness_prefix) sets another; no
+/// Clink family contains a `:`, so two objects never share a key), holding `<created ms>|<event id>` and expiring
+/// [`freshness_retention`](Self::freshness_retention) after it was last
+/// written. Recording is one Lua script that keeps the newer version;
+/// reading is one `GET`.
+///
 /// # Example
 ///
 /// ```no_run
@@ -100,6 +113,8 @@ return 0
 pub struct RedisStore {
     connection: ConnectionManager,
     timeout: Duration,
+    freshness_prefix: Arc<str>,
+    freshness_retention: Duration,
 }
 
 impl RedisStore {
@@ -109,6 +124,8 @@ impl RedisStore {
         Self {
             connection,
             timeout: DEFAULT_TIMEOUT,
+            freshness_prefix: Self::DEFAULT_FRESHNESS_PREFIX.into(),
+            freshness_retention: DEFAULT_FRESHNESS_RETENTION,
         }
     }
 
@@ -164,10 +181,18 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
+        self.call(async |connection| invocation.invoke_async(connection).await)
+            .await
+    }
+
+    /// Makes one `request` under the per-call timeout.
+    async fn call<T>(
+        &self,
+        request: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
         timed(self.timeout, async {
-            invocation
-                .invoke_async(&mut connection)
+            request(&mut connection)
                 .await
                 .map_err(|err| store_error("Redis call failed", &err))
         })
@@ -180,7 +205,7 @@ impl RedisStore {
         let token = LeaseToken::generate();
         let reply = self.run(&CLAIM, key, &[token.as_str(), &lease]).await?;
         let Value::Array(items) = reply else {
-            return Err(unexpected(&reply));
+            return Err(unexpected("the idempotency script", &reply));
         };
         match items.as_slice() {
             [Value::Int(0)] => Ok(Claim::Claimed(token)),
@@ -212,7 +237,7 @@ impl RedisStore {
         match self.run(script, key, args).await? {
             Value::Int(1) => Ok(Settle::Applied),
             Value::Int(0) => Ok(Settle::LeaseLost),
-            other => Err(unexpected(&other)),
+            other => Err(unexpected("the idempotency script", &other)),
         }
     }
 }
@@ -221,6 +246,8 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("timeout", &self.timeout)
+            .field("freshness_prefix", &self.freshness_prefix)
+            .field("freshness_retention", &self.freshness_retention)
             .finish_non_exhaustive()
     }
 }
@@ -298,7 +325,8 @@ fn store_error(context: &str, err: &RedisError) -> StoreError {
     }
 }
 
-fn unexpected(reply: &Value) -> StoreError {
+/// A [`StoreError`] for a reply of the wrong shape from `source`.
+fn unexpected(source: &str, reply: &Value) -> StoreError {
     let shape = match reply {
         Value::Nil => "nil",
         Value::Int(_) => "an integer",
@@ -308,6 +336,6 @@ fn unexpected(reply: &Value) -> StoreError {
     };
     StoreError::new(
         StoreErrorKind::Protocol,
-        format!("unexpected reply from the idempotency script: {shape}"),
+        format!("unexpected reply from {source}: {shape}"),
     )
 }

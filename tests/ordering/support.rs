@@ -1,10 +1,11 @@
-//! The ordering property, for any [`FreshnessStore`].
+//! The ordering property, for any [`FreshnessStore`], and the stores to
+//! check it with.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
-use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::ordering::{Freshness, FreshnessStore, MemoryFreshnessStore};
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
@@ -44,11 +45,47 @@ fn event_body(object: &str, n: usize) -> String {
     )
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// The runtime every check runs on. It outlives the tests, so the networked
+/// stores connected on it keep their connections' tasks across cases.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    &RUNTIME
+}
+
+/// A fresh in-memory store.
+pub(crate) fn memory() -> Arc<dyn FreshnessStore> {
+    Arc::new(MemoryFreshnessStore::new())
+}
+
+/// The store `connect` makes on the shared runtime, connected once and shared
+/// by every case (each case uses objects of its own). Without its server URL
+/// every call fails and says what to set.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn shared<S: FreshnessStore>(
+    store: &'static std::sync::OnceLock<Arc<dyn FreshnessStore>>,
+    connect: impl std::future::Future<Output = S>,
+) -> Arc<dyn FreshnessStore> {
+    Arc::clone(store.get_or_init(|| Arc::new(runtime().block_on(connect))))
+}
+
+/// The `RedisStore` on `REDIS_URL`.
+#[cfg(feature = "redis")]
+pub(crate) fn redis() -> Arc<dyn FreshnessStore> {
+    static STORE: std::sync::OnceLock<Arc<dyn FreshnessStore>> = std::sync::OnceLock::new();
+    shared(&STORE, crate::stores::redis_store())
+}
+
+/// The `PostgresStore` on `DATABASE_URL`.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres() -> Arc<dyn FreshnessStore> {
+    static STORE: std::sync::OnceLock<Arc<dyn FreshnessStore>> = std::sync::OnceLock::new();
+    shared(&STORE, crate::stores::postgres_store())
 }
 
 /// Delivers events `0..order.len()` about one object in the arrival `order`

@@ -1,12 +1,15 @@
-//! One conformance suite, run with the same code against every idempotency
-//! store: `MemoryStore`, and with their features `RedisStore` (needs
-//! `REDIS_URL`) and `PostgresStore` (needs `DATABASE_URL`). A test whose
-//! server URL is missing fails; it never passes without its server.
+//! One conformance suite, run with the same code against every store:
+//! `MemoryStore` and `MemoryFreshnessStore`, and with their features
+//! `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
+//! `DATABASE_URL`), each as an idempotency store and as a freshness store
+//! (the cases in `freshness.rs`). A test whose server URL is missing fails;
+//! it never passes without its server.
 //!
 //! Waiting in these tests is for a store's deadline (a lease or retention
 //! ending), polled or led by the store's own `retry_after`, never a sleep
 //! standing in for synchronisation.
 
+mod freshness;
 mod support;
 
 #[cfg(feature = "postgres")]
@@ -23,6 +26,11 @@ use clink_webhooks::idempotency::{
 };
 use tokio::time::Instant;
 
+use freshness::{
+    an_older_version_never_replaces_a_newer, concurrent_records_keep_the_newest,
+    equal_created_times_compare_ids_byte_wise, out_of_range_input_is_refused,
+    records_expire_after_their_retention, records_keep_the_newest_per_object,
+};
 use support::{claimed, in_flight, Keys};
 
 /// Short enough to wait for, long enough to outlast a few calls on a busy machine.
@@ -34,10 +42,22 @@ const CLOCK_SLACK: Duration = Duration::from_millis(5);
 /// How long a test waits for a deadline before failing.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Instantiates every case for one store; `$open` makes a fresh store.
+/// Instantiates every case for one store: the idempotency cases, where
+/// `$open` makes a fresh store, or with `freshness` the freshness cases,
+/// where `$open` makes a fresh store with the retention it is given.
 macro_rules! conformance {
-    ($open:path) => {
+    (freshness $open:path) => {
         conformance!(@cases $open;
+            records_keep_the_newest_per_object,
+            an_older_version_never_replaces_a_newer,
+            equal_created_times_compare_ids_byte_wise,
+            concurrent_records_keep_the_newest,
+            records_expire_after_their_retention,
+            out_of_range_input_is_refused,
+        );
+    };
+    ($open:path) => {
+        conformance!(@cases $open().await;
             state_machine,
             concurrent_claims_have_one_winner,
             expired_lease_is_taken_over,
@@ -49,12 +69,11 @@ macro_rules! conformance {
             bad_arguments_are_refused,
         );
     };
-    (@cases $open:path; $($case:ident,)+) => {
+    (@cases $subject:expr; $($case:ident,)+) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let store = $open().await;
-                crate::$case(store, crate::Keys::new(stringify!($case))).await;
+                crate::$case($subject, crate::Keys::new(stringify!($case))).await;
             }
         )+
     };
@@ -62,16 +81,19 @@ macro_rules! conformance {
 
 mod memory {
     conformance!(crate::support::memory);
+    conformance!(freshness crate::support::memory_freshness);
 }
 
 #[cfg(feature = "redis")]
 mod redis_conformance {
     conformance!(crate::support::redis);
+    conformance!(freshness crate::support::redis_freshness);
 }
 
 #[cfg(feature = "postgres")]
 mod postgres_conformance {
     conformance!(crate::support::postgres);
+    conformance!(freshness crate::support::postgres_freshness);
 }
 
 /// Every transition of the state machine in the module docs, one at a time.

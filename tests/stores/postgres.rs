@@ -1,16 +1,23 @@
 //! What only `PostgresStore` has: the caller's transaction, the schema, the
-//! reaper, its errors and timeout.
+//! reaper, its errors and timeout, and its freshness table.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use clink_webhooks::event::ObjectKey;
 use clink_webhooks::idempotency::{
     Claim, IdempotencyStore, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE,
-    DEFAULT_RETENTION,
+    DEFAULT_RETENTION, MAX_TTL,
 };
+use clink_webhooks::ordering::{FreshnessStore, Version};
+use clink_webhooks::Timestamp;
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
-use crate::support::{claimed, pg_pool, postgres_store, server_url, Keys, PG_TABLE};
+use crate::support::{
+    claimed, pg_pool, pg_pool_for, postgres_store, postgres_store_in, server_url, Keys, PG_TABLE,
+};
 
 /// A store, and a connection with a table for the business writes.
 async fn with_ledger() -> (PostgresStore, deadpool_postgres::Object) {
@@ -109,6 +116,9 @@ async fn a_transaction_sees_keys_completed_elsewhere() {
     tx.rollback().await.expect("rollback");
 }
 
+/// The reaper deletes ended idempotency keys and ended freshness records,
+/// and nothing else. (One test for both tables: a reap deletes every ended
+/// row, so two reaping tests would race for each other's rows.)
 #[tokio::test]
 async fn reap_deletes_ended_rows_only() {
     let keys = Keys::new("pg_reap");
@@ -128,32 +138,23 @@ async fn reap_deletes_ended_rows_only() {
     assert_eq!(done.ok(), Some(Settle::Applied));
     claimed(store.claim(&held, DEFAULT_LEASE).await);
 
-    let pool = pg_pool(&server_url("DATABASE_URL"));
-    let client = pool.get().await.expect("connection");
-    let ours = format!("{}%", keys.key(""));
-    let count = |ended: bool| {
-        let sql = format!(
-            "SELECT count(*) FROM {PG_TABLE} WHERE key LIKE $1 AND {}",
-            if ended { "expires_at <= now()" } else { "true" }
-        );
-        let (client, ours) = (&client, &ours);
-        async move {
-            let row = client.query_one(&sql, &[ours]).await.expect("count");
-            row.get::<_, i64>(0)
-        }
-    };
+    let brief = store
+        .clone()
+        .with_freshness_retention(short)
+        .expect("valid retention");
+    let [ended_object, kept_object] = [expired, kept.clone()].map(|id| ObjectKey::new("order", id));
+    let version = Version::new(Timestamp::from_millis(1_736_942_400_000), "evt_1");
+    brief.record(&ended_object, &version).await.expect("record");
+    store.record(&kept_object, &version).await.expect("record");
 
-    // Wait, by the database's clock, for the two short deadlines to pass.
-    let start = Instant::now();
-    while count(true).await < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the rows never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(store.reap().await.expect("reap") >= 2);
-    assert_eq!(count(false).await, 2);
+    let keys_rows = Rows::new(PG_TABLE, "key", &keys).await;
+    let freshness_rows = Rows::new(store.freshness_table(), "object_id", &keys).await;
+    keys_rows.wait_until_ended(2).await;
+    freshness_rows.wait_until_ended(1).await;
+    assert_eq!(store.newest(&ended_object).await.ok(), Some(None));
+    assert!(store.reap().await.expect("reap") >= 3);
+    assert_eq!(keys_rows.count(false).await, 2);
+    assert_eq!(freshness_rows.count(false).await, 1);
     assert_eq!(
         store.claim(&kept, DEFAULT_LEASE).await.ok(),
         Some(Claim::Completed)
@@ -162,6 +163,92 @@ async fn reap_deletes_ended_rows_only() {
         store.claim(&held, DEFAULT_LEASE).await,
         Ok(Claim::InFlight { .. })
     ));
+    assert_eq!(store.newest(&kept_object).await.ok(), Some(Some(version)));
+}
+
+/// The rows of one test in a table, by the database's clock.
+struct Rows {
+    client: deadpool_postgres::Object,
+    sql: String,
+    ours: String,
+}
+
+impl Rows {
+    /// The rows of `table` whose `column` starts with the test's keys.
+    async fn new(table: &str, column: &str, keys: &Keys) -> Self {
+        let pool = pg_pool(&server_url("DATABASE_URL"));
+        Self {
+            client: pool.get().await.expect("connection"),
+            sql: format!("SELECT count(*) FROM {table} WHERE {column} LIKE $1"),
+            ours: format!("{}%", keys.key("")),
+        }
+    }
+
+    /// How many there are; only the ended ones if `ended`.
+    async fn count(&self, ended: bool) -> i64 {
+        let sql = format!(
+            "{} AND {}",
+            self.sql,
+            if ended { "expires_at <= now()" } else { "true" }
+        );
+        let row = self
+            .client
+            .query_one(&sql, &[&self.ours])
+            .await
+            .expect("count");
+        row.get(0)
+    }
+
+    /// Waits until `ended` of them have ended.
+    async fn wait_until_ended(&self, ended: i64) {
+        let start = Instant::now();
+        while self.count(true).await < ended {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the rows never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Event ids compare byte-wise even in a database whose default collation
+/// orders text by language (`evt_a` before `evt_B`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_compare_byte_wise_under_a_language_collation() {
+    const DATABASE: &str = "clink_collation_en";
+    let url = server_url("DATABASE_URL");
+    let admin = pg_pool(&url).get().await.expect("connection");
+    let create = format!(
+        "CREATE DATABASE {DATABASE} TEMPLATE template0 ENCODING 'UTF8' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C'"
+    );
+    match admin.batch_execute(&create).await {
+        Err(err) if err.code() != Some(&SqlState::DUPLICATE_DATABASE) => {
+            panic!("cannot create the database {DATABASE}: {err}")
+        }
+        _ => {}
+    }
+    let mut config: tokio_postgres::Config = url.parse().expect("the database URL parses");
+    config.dbname(DATABASE);
+    let pool = pg_pool_for(config);
+    let client = pool.get().await.expect("connection");
+    let row = client
+        .query_one("SELECT 'evt_a' < 'evt_B'", &[])
+        .await
+        .expect("compare");
+    assert!(
+        row.get::<_, bool>(0),
+        "the database orders text by language"
+    );
+    drop(client);
+
+    let store = postgres_store_in(pool).await;
+    let open = async |retention| {
+        let store = store.clone().with_freshness_retention(retention);
+        Arc::new(store.expect("valid retention")) as Arc<dyn FreshnessStore>
+    };
+    crate::equal_created_times_compare_ids_byte_wise(open, Keys::new("pg_collation")).await;
 }
 
 #[tokio::test]
@@ -187,9 +274,27 @@ async fn migrate_is_idempotent_and_safe_to_race() {
     store.migrate().await.expect("migrate again");
     claimed(store.claim("k", DEFAULT_LEASE).await);
 
+    // A database migrated before freshness records existed gets their table.
+    let freshness = format!("{table}_freshness");
+    assert_eq!(store.freshness_table(), freshness);
+    assert!(store
+        .schema_sql()
+        .contains(&format!("CREATE TABLE IF NOT EXISTS \"{freshness}\"")));
     let client = pool.get().await.expect("connection");
     client
-        .batch_execute(&format!("DROP TABLE \"{table}\""))
+        .batch_execute(&format!("DROP TABLE \"{freshness}\""))
+        .await
+        .expect("drop");
+    store.migrate().await.expect("migrate after the drop");
+    let object = ObjectKey::new("order", "ord_1");
+    let version = Version::new(Timestamp::from_millis(1), "evt_1");
+    store.record(&object, &version).await.expect("record");
+    assert_eq!(store.newest(&object).await.ok(), Some(Some(version)));
+
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\"; DROP TABLE \"{freshness}\""
+        ))
         .await
         .expect("drop");
 }
@@ -227,6 +332,13 @@ async fn bad_configuration_is_refused() {
         assert!(err.to_string().contains("lowercase"), "{err}");
     }
     assert!(store.clone().with_timeout(Duration::ZERO).is_err());
+    for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
+        let err = store
+            .clone()
+            .with_freshness_retention(bad)
+            .expect_err("out of range");
+        assert!(err.to_string().contains("retention"), "{err}");
+    }
     assert!(store.spawn_reaper(Duration::ZERO).is_err());
 
     let reaper = store

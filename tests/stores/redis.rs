@@ -1,10 +1,14 @@
-//! What only `RedisStore` has: its errors, timeout and the values it reads.
+//! What only `RedisStore` has: its errors, timeout, the values it reads,
+//! and where it keeps freshness records.
 
 use std::time::Duration;
 
+use clink_webhooks::event::ObjectKey;
 use clink_webhooks::idempotency::{
-    Claim, IdempotencyStore, RedisStore, StoreErrorKind, DEFAULT_LEASE,
+    Claim, IdempotencyStore, RedisStore, StoreErrorKind, DEFAULT_LEASE, MAX_TTL,
 };
+use clink_webhooks::ordering::{FreshnessStore, Version};
+use clink_webhooks::Timestamp;
 
 use crate::support::{in_flight, redis_store, server_url, Keys};
 
@@ -114,4 +118,114 @@ async fn a_zero_timeout_is_refused() {
         .with_timeout(Duration::ZERO)
         .expect_err("zero");
     assert!(err.to_string().contains("timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn freshness_records_live_under_the_prefix_with_their_retention() {
+    let keys = Keys::new("redis_freshness_layout");
+    let retention = Duration::from_secs(60);
+    let prefix = keys.key("app:freshness");
+    let store = redis_store()
+        .await
+        .with_freshness_prefix(prefix.clone())
+        .with_freshness_retention(retention)
+        .expect("valid retention");
+    assert_eq!(store.freshness_prefix(), prefix);
+    assert_eq!(store.freshness_retention(), retention);
+
+    let object = ObjectKey::new("order", "ord_1");
+    let version = Version::new(Timestamp::from_millis(1_736_942_400_000), "evt_1|a");
+    store.record(&object, &version).await.expect("record");
+
+    let key = format!("{prefix}:order:ord_1");
+    let mut raw = raw_connection().await;
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("GET");
+    assert_eq!(held.as_deref(), Some("1736942400000|evt_1|a"));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("PTTL");
+    let retention_ms = i64::try_from(retention.as_millis()).expect("small");
+    assert!(pttl > 0 && pttl <= retention_ms, "{pttl}");
+
+    // The default prefix is another namespace.
+    let default = redis_store().await;
+    assert_eq!(
+        default.freshness_prefix(),
+        RedisStore::DEFAULT_FRESHNESS_PREFIX
+    );
+    assert_eq!(default.newest(&object).await.ok(), Some(None));
+}
+
+#[tokio::test]
+async fn freshness_values_the_store_did_not_write_are_protocol_errors() {
+    let keys = Keys::new("redis_freshness_foreign");
+    let prefix = keys.key("freshness");
+    let store = redis_store().await.with_freshness_prefix(prefix.clone());
+    let mut raw = raw_connection().await;
+    let newer = Version::new(Timestamp::from_millis(i64::MAX), "evt_z");
+
+    let foreign = [
+        "",
+        "no separator",
+        "|evt_1",
+        "abc|evt_1",
+        "007|evt_1",
+        "-0|evt_1",
+        "1.5|evt_1",
+        "1e3|evt_1",
+    ];
+    for (i, value) in foreign.iter().enumerate() {
+        let object = ObjectKey::new("order", format!("ord_{i}"));
+        let key = format!("{prefix}:order:ord_{i}");
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(*value)
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut raw)
+            .await
+            .expect("SET");
+
+        let read = store.newest(&object).await.expect_err(value);
+        assert_eq!(read.kind(), StoreErrorKind::Protocol, "{value:?}: {read}");
+        let write = store.record(&object, &newer).await.expect_err(value);
+        assert_eq!(write.kind(), StoreErrorKind::Protocol, "{value:?}: {write}");
+        let held: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .expect("GET");
+        assert_eq!(held, *value, "a refused record changes nothing");
+    }
+
+    // A key of another type is refused the same way.
+    let object = ObjectKey::new("order", "a list");
+    let () = redis::cmd("RPUSH")
+        .arg(format!("{prefix}:order:a list"))
+        .arg("x")
+        .query_async(&mut raw)
+        .await
+        .map(|_: i64| ())
+        .expect("RPUSH");
+    let read = store.newest(&object).await.expect_err("a list");
+    assert_eq!(read.kind(), StoreErrorKind::Protocol, "{read}");
+    let write = store.record(&object, &newer).await.expect_err("a list");
+    assert_eq!(write.kind(), StoreErrorKind::Protocol, "{write}");
+}
+
+#[tokio::test]
+async fn a_freshness_retention_out_of_range_is_refused() {
+    for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
+        let err = redis_store()
+            .await
+            .with_freshness_retention(bad)
+            .expect_err("out of range");
+        assert!(err.to_string().contains("retention"), "{err}");
+    }
 }

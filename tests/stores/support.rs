@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use clink_webhooks::idempotency::{Claim, IdempotencyStore, LeaseToken, MemoryStore, StoreError};
+use clink_webhooks::ordering::{FreshnessStore, MemoryFreshnessStore};
 
 /// Per-call timeout for the networked stores under test: generous, because
 /// the suite runs beside builds on a small machine and checks the state
@@ -29,6 +30,10 @@ pub(crate) async fn memory() -> Arc<dyn IdempotencyStore> {
     Arc::new(MemoryStore::new())
 }
 
+pub(crate) async fn memory_freshness(retention: Duration) -> Arc<dyn FreshnessStore> {
+    Arc::new(MemoryFreshnessStore::new().retention(retention))
+}
+
 #[cfg(feature = "redis")]
 pub(crate) async fn redis_store() -> clink_webhooks::idempotency::RedisStore {
     let url = server_url("REDIS_URL");
@@ -44,10 +49,21 @@ pub(crate) async fn redis() -> Arc<dyn IdempotencyStore> {
     Arc::new(redis_store().await)
 }
 
+#[cfg(feature = "redis")]
+pub(crate) async fn redis_freshness(retention: Duration) -> Arc<dyn FreshnessStore> {
+    let store = redis_store().await.with_freshness_retention(retention);
+    Arc::new(store.expect("valid retention"))
+}
+
 /// A pool over `url` as an application would build one.
 #[cfg(feature = "postgres")]
 pub(crate) fn pg_pool(url: &str) -> deadpool_postgres::Pool {
-    let config: tokio_postgres::Config = url.parse().expect("the database URL parses");
+    pg_pool_for(url.parse().expect("the database URL parses"))
+}
+
+/// A pool over `config` as an application would build one.
+#[cfg(feature = "postgres")]
+pub(crate) fn pg_pool_for(config: tokio_postgres::Config) -> deadpool_postgres::Pool {
     let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
     deadpool_postgres::Pool::builder(manager)
         .max_size(16)
@@ -62,7 +78,14 @@ pub(crate) const PG_TABLE: &str = "clink_conformance";
 
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_store() -> clink_webhooks::idempotency::PostgresStore {
-    let pool = pg_pool(&server_url("DATABASE_URL"));
+    postgres_store_in(pg_pool(&server_url("DATABASE_URL"))).await
+}
+
+/// The conformance suite's store over `pool`, migrated.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_store_in(
+    pool: deadpool_postgres::Pool,
+) -> clink_webhooks::idempotency::PostgresStore {
     let store = clink_webhooks::idempotency::PostgresStore::new(pool)
         .with_table(PG_TABLE)
         .and_then(|store| store.with_timeout(TEST_TIMEOUT))
@@ -77,6 +100,12 @@ pub(crate) async fn postgres_store() -> clink_webhooks::idempotency::PostgresSto
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres() -> Arc<dyn IdempotencyStore> {
     Arc::new(postgres_store().await)
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_freshness(retention: Duration) -> Arc<dyn FreshnessStore> {
+    let store = postgres_store().await.with_freshness_retention(retention);
+    Arc::new(store.expect("valid retention"))
 }
 
 /// Keys unique to one test in one run, so that reruns against the same
