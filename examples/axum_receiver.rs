@@ -18,7 +18,8 @@
 //! with the `redis` feature and given `REDIS_URL`, it keeps the store in
 //! Redis; built with `postgres` and given `DATABASE_URL` (and no
 //! `REDIS_URL`), in PostgreSQL. Otherwise the store is in memory. It says
-//! which on stderr.
+//! which on stderr. The same store keeps the freshness records, so every
+//! instance agrees on which events are stale.
 //!
 //! ```text
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use axum::Router;
 use clink_webhooks::event::Resource;
 use clink_webhooks::idempotency::{BoxFuture, IdempotencyStore, MemoryStore};
-use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+use clink_webhooks::ordering::{Freshness, FreshnessStore, MemoryFreshnessStore};
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, Verifier};
 use tower::Layer;
@@ -60,9 +61,9 @@ impl EveryHandler for Handled {
     }
 }
 
-fn router() -> EventRouter {
+fn router(freshness: Arc<dyn FreshnessStore>) -> EventRouter {
     EventRouter::new()
-        .ordering(MemoryFreshnessStore::new())
+        .shared_ordering(freshness)
         .on_every(Handled)
         // Names Clink adds after this version of the crate.
         .on_any(|event| {
@@ -78,14 +79,17 @@ fn env_value(var: &str) -> Option<String> {
         .filter(|value| !value.trim().is_empty())
 }
 
-/// The idempotency store: Redis, PostgreSQL or memory, as the environment
+/// The idempotency and freshness stores, shared by every instance.
+type Stores = (Arc<dyn IdempotencyStore>, Arc<dyn FreshnessStore>);
+
+/// One store for both jobs: Redis, PostgreSQL or memory, as the environment
 /// and the enabled features say.
-async fn idempotency_store() -> Result<Arc<dyn IdempotencyStore>, Box<dyn std::error::Error>> {
+async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
     #[cfg(feature = "redis")]
     if let Some(url) = env_value("REDIS_URL") {
-        let store = clink_webhooks::idempotency::RedisStore::connect(&url).await?;
+        let store = Arc::new(clink_webhooks::idempotency::RedisStore::connect(&url).await?);
         eprintln!("idempotency store: Redis (REDIS_URL)");
-        return Ok(Arc::new(store));
+        return Ok((store.clone(), store));
     }
     #[cfg(feature = "postgres")]
     if let Some(url) = env_value("DATABASE_URL") {
@@ -100,11 +104,11 @@ async fn idempotency_store() -> Result<Arc<dyn IdempotencyStore>, Box<dyn std::e
             .max_size(16)
             .runtime(Runtime::Tokio1)
             .build()?;
-        let store = PostgresStore::new(pool);
+        let store = Arc::new(PostgresStore::new(pool));
         store.migrate().await?;
         store.spawn_reaper(std::time::Duration::from_secs(600))?;
         eprintln!("idempotency store: PostgreSQL (DATABASE_URL)");
-        return Ok(Arc::new(store));
+        return Ok((store.clone(), store));
     }
     for (var, feature) in [("REDIS_URL", "redis"), ("DATABASE_URL", "postgres")] {
         if env_value(var).is_some() {
@@ -118,7 +122,10 @@ async fn idempotency_store() -> Result<Arc<dyn IdempotencyStore>, Box<dyn std::e
         "idempotency store: in memory (one instance only; set REDIS_URL or DATABASE_URL \
          to share it between instances)"
     );
-    Ok(Arc::new(MemoryStore::new()))
+    Ok((
+        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryFreshnessStore::new()),
+    ))
 }
 
 #[tokio::main]
@@ -147,9 +154,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
+    let (idempotency, freshness) = stores().await?;
     let service = ClinkLayer::new(Verifier::new(key)?)
-        .shared_store(idempotency_store().await?)
-        .layer(router());
+        .shared_store(idempotency)
+        .layer(router(freshness));
     let app = Router::new().route_service("/webhooks/clink", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -44,7 +44,7 @@ use crate::event::{
     for_each_kind, DecodeError, Event, EventKind, EventType, KindVisitor, ObjectKey, RawEvent,
     Resource,
 };
-use crate::idempotency::BoxFuture;
+use crate::idempotency::{BoxFuture, StoreErrorKind};
 use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
 use crate::ordering::{Freshness, FreshnessStore, Version};
 use crate::BoxError;
@@ -325,7 +325,7 @@ impl EventRouter {
         let run = match routes.typed.get(raw.event_type()) {
             Some(route) => match route(&raw) {
                 Ok(prepared) => {
-                    let tracked = match (&routes.ordering, prepared.object, prepared.version) {
+                    let mut tracked = match (&routes.ordering, prepared.object, prepared.version) {
                         (Some(store), Some(object), Some(version)) => {
                             Some((store, object, version))
                         }
@@ -334,6 +334,17 @@ impl EventRouter {
                     let freshness = match &tracked {
                         Some((store, object, version)) => match store.newest(object).await {
                             Ok(newest) => Freshness::of(version, newest),
+                            // An id no store can hold (over-long, NUL): retrying
+                            // would not help, so the event goes on untracked.
+                            Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
+                                tracing::warn!(
+                                    event_id = raw.id(),
+                                    %error,
+                                    "object id cannot be tracked for freshness; handling it untracked"
+                                );
+                                tracked = None;
+                                Freshness::Untracked
+                            }
                             Err(error) => {
                                 tracing::error!(
                                     event_id = raw.id(),

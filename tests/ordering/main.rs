@@ -55,3 +55,40 @@ properties!(redis, support::redis, 24);
 
 #[cfg(feature = "postgres")]
 properties!(postgres, support::postgres, 24);
+
+/// An object id no store can hold is handled untracked, not refused: a retry
+/// would fail the same way forever.
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn an_untrackable_object_id_is_handled_untracked() {
+    use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+    use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+    use std::sync::{Arc, Mutex};
+    use tower::{Layer, ServiceExt};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let router = EventRouter::new()
+        .ordering(MemoryFreshnessStore::new())
+        .skip_stale()
+        .on::<events::OrderCreated, _>(move |event| {
+            sink.lock().unwrap().push(event.freshness().clone());
+            async { Ok::<_, std::io::Error>(()) }
+        });
+    let service = ClinkLayer::new(Verifier::new("whsec_o").unwrap()).layer(router);
+    let long_id = "o".repeat(2000);
+    for (n, id) in [long_id.as_str(), "ord_\\u0000"].into_iter().enumerate() {
+        let body = format!(
+            r#"{{"id":"evt_untracked_{n}","type":"order.created","created":1736942400000,"data":{{"orderId":"{id}"}}}}"#
+        );
+        let request =
+            SignedRequest::new("whsec_o", body).build::<http_body_util::Full<bytes::Bytes>>();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Freshness::Untracked, Freshness::Untracked]
+    );
+}
