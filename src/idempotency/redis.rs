@@ -87,6 +87,16 @@ return 0
 /// answer lost to a timeout may still have claimed the key; that claim then
 /// holds until its lease ends.
 ///
+/// # Durability
+///
+/// A completed mark is only as durable as the Redis server. Without
+/// persistence, a Redis crash forgets which events were handled, and a retry
+/// arriving afterwards runs its handler again (nothing is lost; something may
+/// run twice). For exactly-once across Redis crashes, run Redis with
+/// `appendonly yes` (`appendfsync everysec` or `always`), or use
+/// [`PostgresStore`](super::PostgresStore), whose marks are durable, and
+/// which can commit the mark together with your own writes.
+///
 /// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
 /// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering): one
 /// key per object, `{prefix}:{family}:{id}` (the prefix is
