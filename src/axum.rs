@@ -40,10 +40,16 @@ use http::request::Parts;
 use http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::event::{DecodeError, Event, RawEvent};
+use crate::event::{DecodeError, Event, EventType, RawEvent, Resource};
 use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
 
 /// Extracts the verified event with its data decoded into `T`.
+///
+/// A family type such as [`Order`](crate::event::Order) only takes events of
+/// its family (`order.*`); any other event is acknowledged with `200`
+/// without running the handler, and logged, as an event type nobody handles.
+/// Use [`RawClinkEvent`] or an [`EventRouter`](crate::EventRouter) on an
+/// endpoint that receives several families.
 #[derive(Debug, Clone)]
 pub struct ClinkEvent<T>(pub Event<T>);
 
@@ -61,13 +67,20 @@ pub enum ClinkEventRejection {
     /// The event's data does not fit the requested type: answered `500`, so
     /// the delivery is retried once the handler is fixed.
     Undecodable(DecodeError),
+    /// The event belongs to another family than the requested type
+    /// (a `refund.*` event for `ClinkEvent<Order>`): acknowledged with `200`
+    /// without running the handler, like an event type nobody handles.
+    OtherFamily(EventType),
 }
 
 impl ClinkEventRejection {
     /// The status this rejection answers with.
     #[must_use]
     pub fn status(&self) -> StatusCode {
-        StatusCode::INTERNAL_SERVER_ERROR
+        match self {
+            Self::OtherFamily(_) => StatusCode::OK,
+            Self::MissingLayer | Self::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 
     /// The text of the response body.
@@ -78,6 +91,7 @@ impl ClinkEventRejection {
             Self::Undecodable(_) => {
                 "the event's data did not decode into the handler's type".to_owned()
             }
+            Self::OtherFamily(_) => "no handler for this event type here".to_owned(),
         }
     }
 }
@@ -89,6 +103,10 @@ impl fmt::Display for ClinkEventRejection {
                 f.write_str("no verified Clink event in the request: put ClinkLayer on this route")
             }
             Self::Undecodable(error) => fmt::Display::fmt(error, f),
+            Self::OtherFamily(event_type) => write!(
+                f,
+                "a {event_type} event reached a handler for another family; acknowledged without handling"
+            ),
         }
     }
 }
@@ -96,7 +114,7 @@ impl fmt::Display for ClinkEventRejection {
 impl std::error::Error for ClinkEventRejection {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::MissingLayer => None,
+            Self::MissingLayer | Self::OtherFamily(_) => None,
             Self::Undecodable(error) => Some(error),
         }
     }
@@ -104,6 +122,10 @@ impl std::error::Error for ClinkEventRejection {
 
 impl IntoResponse for ClinkEventRejection {
     fn into_response(self) -> Response {
+        if let Self::OtherFamily(_) = self {
+            tracing::warn!(error = %self, "clink event not handled");
+            return crate::layer::ok_response().map(axum::body::Body::from);
+        }
         tracing::error!(error = %self, "clink event extraction failed");
         let mut response = Rejection::new(RejectionKind::HandlerFailed)
             .to_response()
@@ -128,14 +150,19 @@ fn verified(parts: &Parts) -> Result<&VerifiedEvent, ClinkEventRejection> {
 
 impl<T, S> FromRequestParts<S> for ClinkEvent<T>
 where
-    T: DeserializeOwned + Send,
+    T: DeserializeOwned + Resource + Send,
     S: Send + Sync,
 {
     type Rejection = ClinkEventRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        verified(parts)?
-            .event()
+        let event = verified(parts)?.event();
+        if let Some(family) = T::FAMILY {
+            if event.event_type().family() != family {
+                return Err(ClinkEventRejection::OtherFamily(event.event_type().clone()));
+            }
+        }
+        event
             .decode()
             .map(ClinkEvent)
             .map_err(ClinkEventRejection::Undecodable)

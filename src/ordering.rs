@@ -14,6 +14,18 @@
 //! A version is recorded only after its handler succeeds, so a failed
 //! handler never hides the event it failed on.
 //!
+//! # What freshness can and cannot see
+//!
+//! Freshness compares an event with the events *already handled* about its
+//! object. Two events about one object handled at the same moment (on two
+//! instances, or while a slow handler runs) both see `Fresh`, and an older
+//! event arriving while a newer one is still being handled is `Fresh` too.
+//! So freshness is a strong hint, not a lock: a handler that writes state
+//! should still write it conditionally (compare the event's
+//! [`Version`](crate::Event::version) with the one stored next to your row,
+//! in the same transaction), and then any arrival order and any
+//! concurrency leave the newest state.
+//!
 //! # Which events to skip
 //!
 //! For events that *replace* state (an order's or a subscription's status),

@@ -305,7 +305,8 @@ impl EventRouter {
     }
 
     /// Acknowledges stale events (`200`) without running their handler, for
-    /// handlers that only apply the newest state. Needs
+    /// handlers that only apply the newest state. Only events already handled
+    /// count: see [what freshness can and cannot see](crate::ordering#what-freshness-can-and-cannot-see). Needs
     /// [`ordering`](Self::ordering); events where every one matters (refunds,
     /// disputes) want a handler that sees them all instead.
     #[must_use]

@@ -251,8 +251,10 @@ impl RawEvent {
             .and_then(|raw| serde_json::from_str::<Timestamp>(raw.get()).ok());
         let livemode = wire.livemode.and_then(|v| v.as_bool());
         let data = wire.data.map(|raw| {
-            let resource = serde_json::from_str::<WireWrapped<'_>>(raw.get())
-                .ok()
+            // serde would also read a wrapper out of an array: only an object wraps.
+            let resource = Some(raw)
+                .filter(|raw| raw.get().starts_with('{'))
+                .and_then(|raw| serde_json::from_str::<WireWrapped<'_>>(raw.get()).ok())
                 .and_then(|w| w.object)
                 .filter(|object| object.get().starts_with('{'))
                 .unwrap_or(raw);
@@ -443,6 +445,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tagged.data_json(), r#"{"object":"subscription","a":1}"#);
+        // An array is data as it is, never a wrapper.
+        let listed = RawEvent::from_slice(br#"{"id":"e","type":"x","data":[{"a":1}]}"#).unwrap();
+        assert_eq!(listed.data_json(), r#"[{"a":1}]"#);
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub trait Resource {
     /// field, trying `<family>Id` in camelCase (`paymentMethodId` for
     /// `payment_method`), then `id`.
     fn object_id(&self, family: &str) -> Option<&str>;
+
+    /// The event family this data belongs to (`order`, `refund`, ...), or
+    /// `None` for data that fits any event, such as [`serde_json::Value`].
+    ///
+    /// Every field of the family types is optional, so an event of another
+    /// family would decode into them too; extractors such as
+    /// `ClinkEvent<Order>` check this first so that a refund is never taken
+    /// for an order.
+    const FAMILY: Option<&'static str> = None;
 }
 
 /// Which object an event is about: its family and its id, e.g. `order` and
@@ -120,25 +129,27 @@ impl Resource for Value {
 }
 
 macro_rules! resource_by_field {
-    ($( $ty:ty => $field:ident, )+) => {
+    ($( $ty:ty => $family:literal, $field:ident, )+) => {
         $(
             impl Resource for $ty {
                 fn object_id(&self, _family: &str) -> Option<&str> {
                     self.$field.as_deref()
                 }
+
+                const FAMILY: Option<&'static str> = Some($family);
             }
         )+
     };
 }
 
 resource_by_field! {
-    Order => order_id,
-    Session => session_id,
-    Refund => refund_id,
-    Subscription => subscription_id,
-    Invoice => invoice_id,
-    Dispute => charge_back_id,
-    CustomerVerify => customer_id,
+    Order => "order", order_id,
+    Session => "session", session_id,
+    Refund => "refund", refund_id,
+    Subscription => "subscription", subscription_id,
+    Invoice => "invoice", invoice_id,
+    Dispute => "dispute", charge_back_id,
+    CustomerVerify => "customer", customer_id,
 }
 
 #[cfg(test)]

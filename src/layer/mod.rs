@@ -17,8 +17,10 @@
 //! 7. **Inner service**: called with a [`VerifiedEvent`] in the request
 //!    extensions and the body as [`VerifiedBody`].
 //! 8. **Settle**: a `2xx` marks the event completed; any other status, an
-//!    error, a panic (answered `500`) or the handler timeout (`500`) releases
-//!    the claim, so Clink's retry runs the handler again.
+//!    error or a panic (answered `500`), or the handler timeout (`500`)
+//!    releases the claim, so Clink's retry runs the handler again. Every store
+//!    call is bounded by [`ClinkLayer::store_timeout`]; a delivery dropped
+//!    mid-way (the sender hung up) still settles its claim in the background.
 //!
 //! Every response the layer writes itself is `{"error": "<code>", "message": "..."}`
 //! with a [`Rejection`] in the response extensions; it never contains a secret.
@@ -76,7 +78,8 @@ pub use rejection::{Duplicate, Rejection, RejectionKind};
 
 use crate::event::RawEvent;
 use crate::idempotency::{
-    Claim, IdempotencyStore, LeaseToken, MemoryStore, Settle, DEFAULT_LEASE, DEFAULT_RETENTION,
+    BoxFuture, Claim, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError,
+    StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
 };
 use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
 use crate::{BoxError, Timestamp};
@@ -90,6 +93,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// The default time allowed for the whole body to arrive: 30 s.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default time the layer waits for any one store call: 5 s. The Redis
+/// and PostgreSQL stores time out sooner on their own (1 s by default); this
+/// bounds any store, including your own.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default prefix of idempotency keys.
 pub const DEFAULT_KEY_PREFIX: &str = "clink";
@@ -190,6 +198,7 @@ struct Config {
     lease: Duration,
     retention: Duration,
     handler_timeout: Option<Duration>,
+    store_timeout: Duration,
     key_prefix: Arc<str>,
     metrics: Arc<Metrics>,
 }
@@ -243,6 +252,7 @@ impl ClinkLayer {
                 lease: DEFAULT_LEASE,
                 retention: DEFAULT_RETENTION,
                 handler_timeout: None,
+                store_timeout: DEFAULT_STORE_TIMEOUT,
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
                 metrics: Arc::default(),
             }),
@@ -288,12 +298,13 @@ impl ClinkLayer {
     ///
     /// # Panics
     ///
-    /// When `lease` is under one millisecond: every claim would expire at once.
+    /// When `lease` is under one millisecond (every claim would expire at
+    /// once) or over [`MAX_TTL`] (no store could hold it).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         assert!(
-            lease >= Duration::from_millis(1),
-            "ClinkLayer::lease must be at least 1 ms (the default is 30 s)"
+            lease >= Duration::from_millis(1) && lease <= MAX_TTL,
+            "ClinkLayer::lease must be at least 1 ms and at most 10 years (the default is 30 s)"
         );
         self.config_mut().lease = lease;
         self
@@ -304,12 +315,13 @@ impl ClinkLayer {
     ///
     /// # Panics
     ///
-    /// When `retention` is under one millisecond: nothing would be remembered.
+    /// When `retention` is under one millisecond (nothing would be
+    /// remembered) or over [`MAX_TTL`] (no store could hold it).
     #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
         assert!(
-            retention >= Duration::from_millis(1),
-            "ClinkLayer::retention must be at least 1 ms (the default is 72 h)"
+            retention >= Duration::from_millis(1) && retention <= MAX_TTL,
+            "ClinkLayer::retention must be at least 1 ms and at most 10 years (the default is 72 h)"
         );
         self.config_mut().retention = retention;
         self
@@ -325,6 +337,23 @@ impl ClinkLayer {
     #[must_use]
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.config_mut().handler_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the layer waits for any one store call (default
+    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`; a
+    /// settle that times out is logged, and the lease frees the claim.
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is under one millisecond.
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "ClinkLayer::store_timeout must be at least 1 ms (the default is 5 s)"
+        );
+        self.config_mut().store_timeout = timeout;
         self
     }
 
@@ -398,7 +427,7 @@ impl<S, B, ResB> Service<Request<B>> for ClinkService<S>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -523,6 +552,7 @@ async fn deliver<S, B, ResB>(
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
     S::Future: Send,
+    S::Error: Into<BoxError>,
     B: Body + Send,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -542,7 +572,9 @@ where
         None => "any",
     };
     let key = format!("{}:{mode}:{}", config.key_prefix, event.id());
-    let token = match config.store.claim(&key, config.lease).await {
+    let token = match timed_store(config.store_timeout, config.store.claim(&key, config.lease))
+        .await
+    {
         Ok(Claim::Claimed(token)) => token,
         Ok(Claim::Completed) => {
             bump(&config.metrics.duplicates);
@@ -550,6 +582,10 @@ where
         }
         Ok(Claim::InFlight { retry_after }) => {
             return Ok(reject(config, RejectionKind::InFlight { retry_after }));
+        }
+        Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
+            tracing::warn!(%error, "clink delivery: the event id cannot be stored; answering 400");
+            return Ok(reject(config, RejectionKind::UnstorableEventId));
         }
         Err(error) => {
             tracing::error!(%error, "clink delivery: could not claim the event; answering 503");
@@ -563,6 +599,8 @@ where
         store: Arc::clone(&config.store),
         key,
         token: Some(token),
+        timeout: config.store_timeout,
+        completes_with: None,
     };
 
     let mut request = Request::from_parts(parts, Full::new(event.body().clone()));
@@ -583,9 +621,10 @@ where
             Ok(response.map(ResponseBody::inner))
         }
         InnerOutcome::Error(error) => {
-            bump(&config.metrics.handler_failures);
+            let error: BoxError = error.into();
+            tracing::error!(%error, "clink inner service failed; releasing the event so a retry runs it");
             guard.release().await;
-            Err(error)
+            Ok(reject(config, RejectionKind::HandlerFailed))
         }
         InnerOutcome::Panicked => {
             guard.release().await;
@@ -651,6 +690,9 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The most a declared `Content-Length` reserves up front.
+const INITIAL_BUFFER_CAP: usize = 64 * 1024;
+
 /// Reads the body up to `limit` bytes, feeding the HMAC as chunks arrive.
 async fn read_body<B>(
     body: B,
@@ -686,9 +728,12 @@ where
         match (&mut first, &mut rest) {
             (None, _) => first = Some(chunk),
             (Some(head), None) => {
+                // Trust the declared length only so far: the sender is not
+                // authenticated yet, and the buffer grows as data arrives.
                 let hint = declared
                     .and_then(|d| usize::try_from(d).ok())
                     .unwrap_or(0)
+                    .min(INITIAL_BUFFER_CAP)
                     .clamp(total, limit);
                 let mut buf = BytesMut::with_capacity(hint);
                 buf.extend_from_slice(head);
@@ -740,24 +785,34 @@ where
 }
 
 /// Holds a claim until it is settled. If the delivery is dropped first (the
-/// sender hung up, the server is shutting down), the claim is released in the
-/// background so the next retry does not wait out the lease.
+/// sender hung up, the server is shutting down), the settle it was about to
+/// make (release, or complete once the handler succeeded) runs in the
+/// background, so the next retry does not wait out the lease and a handled
+/// event is not handled again.
 struct ClaimGuard {
     store: Arc<dyn IdempotencyStore>,
     key: String,
     token: Option<LeaseToken>,
+    timeout: Duration,
+    /// What a drop does with an unsettled claim: `None` releases it,
+    /// `Some(retention)` completes it (the handler succeeded).
+    completes_with: Option<Duration>,
 }
 
 impl ClaimGuard {
     async fn complete(&mut self, config: &Config) {
-        let Some(token) = self.token.take() else {
+        self.completes_with = Some(config.retention);
+        let Some(token) = &self.token else {
             return;
         };
-        match self
-            .store
-            .complete(&self.key, &token, config.retention)
-            .await
-        {
+        let result = timed_store(
+            self.timeout,
+            self.store.complete(&self.key, token, config.retention),
+        )
+        .await;
+        // Only now is the claim settled; a drop before this point completes it.
+        self.token = None;
+        match result {
             Ok(Settle::Applied) => {}
             Ok(Settle::LeaseLost) => {
                 bump(&config.metrics.lease_lost);
@@ -778,15 +833,36 @@ impl ClaimGuard {
     }
 
     async fn release(&mut self) {
-        let Some(token) = self.token.take() else {
+        let Some(token) = &self.token else {
             return;
         };
-        release_logged(&*self.store, &self.key, &token).await;
+        release_logged(&*self.store, &self.key, token, self.timeout).await;
+        self.token = None;
     }
 }
 
-async fn release_logged(store: &dyn IdempotencyStore, key: &str, token: &LeaseToken) {
-    if let Err(error) = store.release(key, token).await {
+/// Runs a store call under the layer's own timeout, whatever the store does.
+async fn timed_store<T>(
+    timeout: Duration,
+    call: BoxFuture<'_, Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer within the layer's {timeout:?} store timeout"),
+            ))
+        })
+}
+
+async fn release_logged(
+    store: &dyn IdempotencyStore,
+    key: &str,
+    token: &LeaseToken,
+    timeout: Duration,
+) {
+    if let Err(error) = timed_store(timeout, store.release(key, token)).await {
         tracing::warn!(%error, "clink claim could not be released; it frees itself when the lease expires");
     }
 }
@@ -796,11 +872,24 @@ impl Drop for ClaimGuard {
         let Some(token) = self.token.take() else {
             return;
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            let key = std::mem::take(&mut self.key);
-            runtime.spawn(async move { release_logged(&*store, &key, &token).await });
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let key = std::mem::take(&mut self.key);
+        let (timeout, completes_with) = (self.timeout, self.completes_with);
+        runtime.spawn(async move {
+            match completes_with {
+                Some(retention) => {
+                    if let Err(error) =
+                        timed_store(timeout, store.complete(&key, &token, retention)).await
+                    {
+                        tracing::error!(%error, "clink event handled, but could not be marked completed");
+                    }
+                }
+                None => release_logged(&*store, &key, &token, timeout).await,
+            }
+        });
     }
 }
 
@@ -825,6 +914,43 @@ mod tests {
         assert_eq!(config.handler_deadline(), Duration::from_secs(2));
     }
 
+    async fn claim_state(store: &dyn IdempotencyStore) -> Claim {
+        // The guard settles on a spawned task: yield to it, within a bound.
+        for _ in 0..1000 {
+            match store.claim("k", DEFAULT_LEASE).await.unwrap() {
+                Claim::InFlight { .. } => tokio::task::yield_now().await,
+                settled => return settled,
+            }
+        }
+        panic!("the dropped guard never settled its claim");
+    }
+
+    async fn dropped_guard(completes_with: Option<Duration>) -> Claim {
+        let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+        let Claim::Claimed(token) = store.claim("k", DEFAULT_LEASE).await.unwrap() else {
+            panic!("a fresh key is claimed");
+        };
+        drop(ClaimGuard {
+            store: Arc::clone(&store),
+            key: "k".to_owned(),
+            token: Some(token),
+            timeout: DEFAULT_STORE_TIMEOUT,
+            completes_with,
+        });
+        claim_state(&*store).await
+    }
+
+    #[tokio::test]
+    async fn a_dropped_delivery_releases_its_claim() {
+        assert!(matches!(dropped_guard(None).await, Claim::Claimed(_)));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_dropped_after_its_handler_succeeded_still_completes() {
+        let retention = Some(DEFAULT_RETENTION);
+        assert_eq!(dropped_guard(retention).await, Claim::Completed);
+    }
+
     #[test]
     #[should_panic(expected = "lease must be at least 1 ms")]
     fn a_zero_lease_is_refused_at_configuration() {
@@ -835,5 +961,11 @@ mod tests {
     #[should_panic(expected = "retention must be at least 1 ms")]
     fn a_zero_retention_is_refused_at_configuration() {
         let _ = layer().retention(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "at most 10 years")]
+    fn a_retention_no_store_can_hold_is_refused_at_configuration() {
+        let _ = layer().retention(MAX_TTL + Duration::from_secs(1));
     }
 }

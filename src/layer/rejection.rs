@@ -29,6 +29,10 @@ pub enum RejectionKind {
     BodyTimeout,
     /// The verified body is not a Clink event envelope (400).
     InvalidEnvelope(EnvelopeError),
+    /// The event id cannot be stored as an idempotency key: over
+    /// [`MAX_KEY_LEN`](crate::idempotency::MAX_KEY_LEN) bytes with its
+    /// prefix, or containing NUL (400).
+    UnstorableEventId,
     /// Another delivery of the same event is being handled (409).
     InFlight {
         /// When to try again.
@@ -83,9 +87,9 @@ impl Rejection {
             RejectionKind::Verify(kind) if kind.is_malformed_request() => StatusCode::BAD_REQUEST,
             RejectionKind::Verify(_) => StatusCode::UNAUTHORIZED,
             RejectionKind::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RejectionKind::BodyUnreadable | RejectionKind::InvalidEnvelope(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            RejectionKind::BodyUnreadable
+            | RejectionKind::InvalidEnvelope(_)
+            | RejectionKind::UnstorableEventId => StatusCode::BAD_REQUEST,
             RejectionKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             RejectionKind::InFlight { .. } => StatusCode::CONFLICT,
             RejectionKind::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,6 +109,7 @@ impl Rejection {
             RejectionKind::BodyUnreadable => "body_unreadable",
             RejectionKind::BodyTimeout => "body_timeout",
             RejectionKind::InvalidEnvelope(e) => e.code(),
+            RejectionKind::UnstorableEventId => "invalid_event_id",
             RejectionKind::InFlight { .. } => "in_flight",
             RejectionKind::StoreUnavailable(_) => "store_unavailable",
             RejectionKind::HandlerFailed => "handler_failed",
@@ -163,6 +168,9 @@ impl fmt::Display for Rejection {
             RejectionKind::BodyUnreadable => f.write_str("the request body could not be read"),
             RejectionKind::BodyTimeout => f.write_str("the request body did not arrive in time"),
             RejectionKind::InvalidEnvelope(e) => fmt::Display::fmt(e, f),
+            RejectionKind::UnstorableEventId => f.write_str(
+                "the event id is too long or contains NUL, so it cannot be deduplicated",
+            ),
             RejectionKind::InFlight { .. } => f.write_str(
                 "this event is being handled by another delivery; retry after the Retry-After delay",
             ),

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -496,4 +497,85 @@ async fn live_and_test_events_with_the_same_id_are_separate() {
     assert_eq!(deliver(addr, live).await.status, 200);
     assert_eq!(deliver(addr, test).await.status, 200);
     assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_id_no_store_can_hold_is_a_400_not_an_endless_503() {
+    let (addr, seen) = recording_server().await;
+    let long = event(&"e".repeat(1100), "order.created", "{}");
+    let reply = deliver(addr, &long).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (400, "invalid_event_id")
+    );
+    let nul = r#"{"id":"evt_\u0000","type":"order.created","data":{}}"#;
+    assert_eq!(deliver(addr, nul).await.status, 400);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// A store whose calls never finish.
+struct HungStore;
+
+impl IdempotencyStore for HungStore {
+    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_never_answers_is_a_503_within_the_store_timeout() {
+    let layer = ClinkLayer::new(verifier())
+        .store(HungStore)
+        .store_timeout(Duration::from_millis(50));
+    let addr = serve(layer.layer(EventRouter::new())).await;
+    let reply = deliver(addr, &event("evt_hung", "order.created", "{}")).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (503, "store_unavailable")
+    );
+}
+
+#[tokio::test]
+async fn an_inner_service_error_is_a_500_and_the_retry_runs_it_again() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let inner = tower::service_fn(
+        move |_request: http::Request<clink_webhooks::layer::VerifiedBody>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err::<http::Response<http_body_util::Full<bytes::Bytes>>, _>(
+                        std::io::Error::other("down"),
+                    )
+                } else {
+                    Ok(http::Response::new(http_body_util::Full::default()))
+                }
+            }
+        },
+    );
+    let service = tower::util::MapErrLayer::new(|e: std::io::Error| -> Infallible {
+        panic!("errors never reach the server: {e}")
+    })
+    .layer(ClinkLayer::new(verifier()).layer(inner));
+    let addr = serve(service).await;
+    let body = event("evt_err", "order.created", "{}");
+    let reply = deliver(addr, &body).await;
+    assert_eq!((reply.status, reply.error_code()), (500, "handler_failed"));
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
