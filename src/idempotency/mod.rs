@@ -386,6 +386,23 @@ pub(crate) fn check_retention(retention: Duration) -> Result<Duration, ConfigErr
     }
 }
 
+/// Runs one store call until `deadline`, reporting `timeout` when it passes.
+#[cfg(feature = "postgres")]
+pub(crate) async fn timed_until<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            ))
+        })
+}
+
 /// Runs one store call under the per-call timeout.
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) async fn timed<T>(

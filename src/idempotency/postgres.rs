@@ -11,8 +11,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Transaction};
 
 use super::{
-    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
-    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    check_key, check_timeout, timed, timed_until, ttl_millis, BoxFuture, Claim, ConfigError,
+    IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
 use crate::ordering::DEFAULT_FRESHNESS_RETENTION;
 
@@ -488,15 +488,36 @@ impl PostgresStore {
     }
 
     /// Runs `call` with a pooled connection, all under the per-call timeout.
+    ///
+    /// A statement that runs out of time is cancelled on the server, and its
+    /// connection is closed rather than returned to the pool: otherwise the
+    /// abandoned statement could still land later, and the next caller handed
+    /// that connection would wait behind it.
     async fn pooled<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            call(&client).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let client = timed_until(deadline, self.timeout, async {
+            self.pool.get().await.map_err(pool_error)
         })
-        .await
+        .await?;
+        let cancel = client.cancel_token();
+        let result = timed_until(deadline, self.timeout, call(&client)).await;
+        if result
+            .as_ref()
+            .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
+        {
+            drop(deadpool_postgres::Object::take(client));
+            tokio::spawn(async move {
+                if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
+                    tracing::warn!(
+                        "could not cancel a timed-out PostgreSQL statement; its connection is closed"
+                    );
+                }
+            });
+        }
+        result
     }
 }
 

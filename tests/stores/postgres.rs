@@ -346,3 +346,50 @@ async fn bad_configuration_is_refused() {
         .expect("reaper");
     reaper.abort();
 }
+
+/// A claim stuck behind another transaction's lock times out, and takes
+/// nothing down with it: its statement is cancelled (it never lands once the
+/// lock is gone) and its connection is not handed to the next caller.
+#[tokio::test]
+async fn a_timed_out_statement_is_cancelled_and_its_connection_dropped() {
+    let keys = Keys::new("pg_timeout");
+    let (locked, other) = (keys.key("locked"), keys.key("other"));
+    let url = server_url("DATABASE_URL");
+    let small_pool = {
+        let manager = deadpool_postgres::Manager::new(url.parse().unwrap(), tokio_postgres::NoTls);
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(2)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .unwrap()
+    };
+    let store = postgres_store_in(small_pool)
+        .await
+        .with_timeout(Duration::from_millis(300))
+        .unwrap();
+
+    // Another transaction claims `locked` and stays open, holding the row lock.
+    let mut holder = pg_pool(&url).get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    claimed(store.claim_in(&tx, &locked, DEFAULT_LEASE).await);
+
+    // Both pooled connections time out waiting behind that lock.
+    for _ in 0..2 {
+        let answer = store.claim(&locked, DEFAULT_LEASE).await;
+        assert_eq!(answer.unwrap_err().kind(), StoreErrorKind::Timeout);
+    }
+    // Unrelated keys are not stuck behind them.
+    claimed(store.claim(&other, DEFAULT_LEASE).await);
+
+    // Once the holder rolls back, `locked` is free: the abandoned claims were
+    // cancelled, so none of them landed with a token nobody holds.
+    tx.rollback().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.claim(&locked, DEFAULT_LEASE).await {
+            Ok(Claim::Claimed(_)) => break,
+            other => assert!(Instant::now() < deadline, "still {other:?}"),
+        }
+        tokio::task::yield_now().await;
+    }
+}
