@@ -319,6 +319,18 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
         assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
         assert!(refused.stderr.contains(message), "{args:?}: {refused:?}");
     }
+    // A URL with credentials is refused without being repeated.
+    let refused = cli(&[
+        "send",
+        "order.succeeded",
+        "--to",
+        "https://user:s3cret@example.com/",
+    ]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        !refused.stderr.contains("s3cret") && !refused.stdout.contains("s3cret"),
+        "{refused:?}"
+    );
     let no_key = run(clink_webhook().args(["sign", "--body-file", file.path()]));
     assert_eq!(no_key.code, Some(2));
     assert!(

@@ -97,6 +97,12 @@ return 0
 /// [`PostgresStore`](super::PostgresStore), whose marks are durable, and
 /// which can commit the mark together with your own writes.
 ///
+/// Every key has an expiry, so the server must not evict keys under memory
+/// pressure: run it with `maxmemory-policy noeviction` (Redis's default), so
+/// that a full server refuses writes (answered `503`) instead of dropping a
+/// live claim. [`connect`](Self::connect) logs a warning when the server says
+/// it has another policy.
+///
 /// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
 /// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering): one
 /// key per object, `{prefix}:{family}:{id}` (the prefix is
@@ -152,10 +158,12 @@ impl RedisStore {
     /// hold a password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(|_| {
-            StoreError::new(
-                StoreErrorKind::InvalidInput,
-                "the Redis URL does not parse (it is not shown: it may hold a password)",
-            )
+            let why = if url.trim_start().starts_with("rediss://") {
+                "TLS (rediss://) is not built into this store; reach Redis over a TLS tunnel or a private network"
+            } else {
+                "the Redis URL does not parse (it is not shown: it may hold a password)"
+            };
+            StoreError::new(StoreErrorKind::InvalidInput, why)
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_TIMEOUT))
@@ -165,7 +173,36 @@ impl RedisStore {
                 .await
                 .map_err(|err| store_error("cannot connect to Redis", &err))
         };
-        Ok(Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?))
+        let store = Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?);
+        store.warn_unless_noeviction().await;
+        Ok(store)
+    }
+
+    /// Logs a warning when the server may evict keys under memory pressure:
+    /// every key this store writes has an expiry, so a `volatile-*` or
+    /// `allkeys-*` policy could drop a live claim or a completed mark. Says
+    /// nothing when the server hides its configuration (`CONFIG` disabled).
+    async fn warn_unless_noeviction(&self) {
+        let mut connection = self.connection.clone();
+        let mut query = ::redis::cmd("CONFIG");
+        query.arg("GET").arg("maxmemory-policy");
+        let answer: Result<Vec<String>, StoreError> = timed(self.timeout, async {
+            query
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| store_error("CONFIG GET", &err))
+        })
+        .await;
+        if let Ok(pair) = answer {
+            if let Some(policy) = pair.get(1).filter(|policy| *policy != "noeviction") {
+                tracing::warn!(
+                    policy = policy.as_str(),
+                    "Redis may evict keys under memory pressure (maxmemory-policy is not \
+                     noeviction): a live claim or a completed mark could be dropped and a \
+                     handler run twice"
+                );
+            }
+        }
     }
 
     /// Sets how long each call waits for Redis before failing with

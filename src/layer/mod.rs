@@ -334,6 +334,8 @@ impl ClinkLayer {
     /// whatever is set here, and without this call it is exactly that: a
     /// handler is always stopped before its lease can run out, so two
     /// deliveries of one event never run their handlers at the same time.
+    /// The time the claim itself took is taken off, since the lease starts
+    /// during the claim.
     #[must_use]
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.config_mut().handler_timeout = Some(timeout);
@@ -572,6 +574,9 @@ where
         None => "any",
     };
     let key = format!("{}:{mode}:{}", config.key_prefix, event.id());
+    // The lease starts somewhere during the claim call; count the handler's
+    // deadline from before it, so that a slow claim does not eat the margin.
+    let claim_started = Instant::now();
     let token = match timed_store(config.store_timeout, config.store.claim(&key, config.lease))
         .await
     {
@@ -607,7 +612,10 @@ where
     request
         .extensions_mut()
         .insert(VerifiedEvent::new(event, verified));
-    let outcome = run_inner(inner, request, config.handler_deadline()).await;
+    let deadline = config
+        .handler_deadline()
+        .saturating_sub(claim_started.elapsed());
+    let outcome = run_inner(inner, request, deadline).await;
 
     match outcome {
         InnerOutcome::Response(response) if response.status().is_success() => {

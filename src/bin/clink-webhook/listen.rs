@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use serde_json::json;
@@ -32,6 +32,12 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::output::{Output, Tone};
+
+/// How long a connection may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 use crate::{CliError, KeyArgs};
 
 pub(crate) const AFTER_HELP: &str = "\
@@ -331,12 +337,20 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors, say: give connections time to close
+                    // rather than spinning on accept.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                };
                 let (out, path, pipeline) = (*out, Arc::clone(&path), pipeline.clone());
                 let service = service_fn(move |request| {
                     serve(out, Arc::clone(&path), pipeline.clone(), request)
                 });
-                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;

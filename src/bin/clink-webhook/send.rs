@@ -115,18 +115,19 @@ fn created_time(text: &str) -> Result<Timestamp, String> {
 
 /// The target URL, which must be plain `http://` with a host.
 fn target(url: &str) -> Result<Uri, CliError> {
+    // The URL is not repeated: it may carry `user:password@`.
     let not_http = || {
-        CliError::usage(format!(
-            "--to {url}: expected an http:// URL with a host, such as http://127.0.0.1:3000/webhooks/clink"
-        ))
+        CliError::usage(
+            "--to: expected an http:// URL with a host, such as http://127.0.0.1:3000/webhooks/clink",
+        )
     };
     let uri: Uri = url.parse().map_err(|_| not_http())?;
     match uri.scheme_str() {
         Some("http") if uri.host().is_some() => Ok(uri),
-        Some("https") => Err(CliError::usage(format!(
-            "--to {url}: https is not supported, TLS is not built in; send to the plain \
-             http:// address of a local receiver, or through a TLS-terminating proxy or tunnel"
-        ))),
+        Some("https") => Err(CliError::usage(
+            "--to: https is not supported, TLS is not built in; send to the plain \
+             http:// address of a local receiver, or through a TLS-terminating proxy or tunnel",
+        )),
         _ => Err(not_http()),
     }
 }
