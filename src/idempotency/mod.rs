@@ -404,7 +404,6 @@ pub(crate) async fn timed_until<T>(
 }
 
 /// Runs one store call under the per-call timeout.
-#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) async fn timed<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, StoreError>>,

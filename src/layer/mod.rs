@@ -78,8 +78,8 @@ pub use rejection::{Duplicate, Rejection, RejectionKind};
 
 use crate::event::RawEvent;
 use crate::idempotency::{
-    BoxFuture, Claim, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError,
-    StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
+    timed, Claim, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreErrorKind, DEFAULT_LEASE,
+    DEFAULT_RETENTION, MAX_TTL,
 };
 use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
 use crate::{BoxError, Timestamp};
@@ -577,9 +577,7 @@ where
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
     let claim_started = Instant::now();
-    let token = match timed_store(config.store_timeout, config.store.claim(&key, config.lease))
-        .await
-    {
+    let token = match timed(config.store_timeout, config.store.claim(&key, config.lease)).await {
         Ok(Claim::Claimed(token)) => token,
         Ok(Claim::Completed) => {
             bump(&config.metrics.duplicates);
@@ -813,7 +811,7 @@ impl ClaimGuard {
         let Some(token) = &self.token else {
             return;
         };
-        let result = timed_store(
+        let result = timed(
             self.timeout,
             self.store.complete(&self.key, token, config.retention),
         )
@@ -849,28 +847,13 @@ impl ClaimGuard {
     }
 }
 
-/// Runs a store call under the layer's own timeout, whatever the store does.
-async fn timed_store<T>(
-    timeout: Duration,
-    call: BoxFuture<'_, Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("no answer within the layer's {timeout:?} store timeout"),
-            ))
-        })
-}
-
 async fn release_logged(
     store: &dyn IdempotencyStore,
     key: &str,
     token: &LeaseToken,
     timeout: Duration,
 ) {
-    if let Err(error) = timed_store(timeout, store.release(key, token)).await {
+    if let Err(error) = timed(timeout, store.release(key, token)).await {
         tracing::warn!(%error, "clink claim could not be released; it frees itself when the lease expires");
     }
 }
@@ -890,7 +873,7 @@ impl Drop for ClaimGuard {
             match completes_with {
                 Some(retention) => {
                     if let Err(error) =
-                        timed_store(timeout, store.complete(&key, &token, retention)).await
+                        timed(timeout, store.complete(&key, &token, retention)).await
                     {
                         tracing::error!(%error, "clink event handled, but could not be marked completed");
                     }
