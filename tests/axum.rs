@@ -127,3 +127,31 @@ async fn an_event_router_mounted_with_route_service() {
     assert!(body.contains("duplicate"));
     assert_eq!(*seen.lock().unwrap(), ["evt_rs"]);
 }
+
+#[tokio::test]
+async fn a_layer_on_the_whole_router() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let app = Router::new()
+        .route(
+            "/webhooks/clink",
+            post(move |RawClinkEvent(event): RawClinkEvent| async move {
+                sink.lock().unwrap().push(event.id().to_owned());
+                "ok"
+            }),
+        )
+        .layer(ClinkLayer::new(Verifier::new(SECRET).unwrap()));
+    let addr = serve(app).await;
+    let body = r#"{"id":"evt_router_layer","type":"invoice.paid","data":{}}"#;
+    assert_eq!(
+        post_event(addr, "/webhooks/clink", body, SECRET).await.0,
+        200
+    );
+    assert_eq!(
+        post_event(addr, "/webhooks/clink", body, "whsec_forged")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(*seen.lock().unwrap(), ["evt_router_layer"]);
+}
