@@ -58,6 +58,7 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+mod config;
 pub mod event;
 pub mod idempotency;
 pub mod layer;
@@ -69,6 +70,7 @@ pub mod signature;
 pub mod testing;
 mod timestamp;
 
+pub use config::ConfigError;
 pub use event::{events, Event, EventKind, EventType, RawEvent};
 pub use idempotency::{IdempotencyStore, MemoryStore};
 pub use layer::{ClinkLayer, ClinkService, VerifiedEvent};
