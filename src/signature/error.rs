@@ -1,0 +1,173 @@
+//! Why a delivery was refused: [`VerifyError`] and its [`VerifyErrorKind`].
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a delivery was refused. See [`VerifyError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum VerifyErrorKind {
+    /// No `X-Clink-Timestamp` header.
+    MissingTimestamp,
+    /// No `X-Clink-Signature` header.
+    MissingSignature,
+    /// `X-Clink-Timestamp` is not a run of ASCII digits, or is out of range.
+    MalformedTimestamp,
+    /// `X-Clink-Signature` is not 64 hex digits.
+    MalformedSignature,
+    /// `X-Clink-SignType` names an algorithm other than `SHA256`.
+    UnsupportedSignType,
+    /// The timestamp is older than the tolerance allows (a possible replay).
+    TooOld,
+    /// The timestamp is further in the future than the tolerance allows.
+    InFuture,
+    /// No active key produced this signature over this body.
+    SignatureMismatch,
+    /// Every configured key has expired.
+    NoActiveKey,
+}
+
+impl VerifyErrorKind {
+    /// A short stable code for logs and response bodies, e.g. `signature_mismatch`.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingTimestamp => "missing_timestamp",
+            Self::MissingSignature => "missing_signature",
+            Self::MalformedTimestamp => "malformed_timestamp",
+            Self::MalformedSignature => "malformed_signature",
+            Self::UnsupportedSignType => "unsupported_sign_type",
+            Self::TooOld => "timestamp_too_old",
+            Self::InFuture => "timestamp_in_future",
+            Self::SignatureMismatch => "signature_mismatch",
+            Self::NoActiveKey => "no_active_key",
+        }
+    }
+
+    /// Whether the request itself is malformed (HTTP 400) rather than not
+    /// authentic (HTTP 401).
+    #[must_use]
+    pub fn is_malformed_request(self) -> bool {
+        matches!(
+            self,
+            Self::MissingTimestamp
+                | Self::MissingSignature
+                | Self::MalformedTimestamp
+                | Self::MalformedSignature
+                | Self::UnsupportedSignType
+        )
+    }
+}
+
+/// A refused delivery: what went wrong and what to check.
+///
+/// It never carries a secret or the signature the verifier expected.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifyError {
+    kind: VerifyErrorKind,
+    offset: Option<(Duration, Duration)>,
+}
+
+impl VerifyError {
+    pub(crate) const fn new(kind: VerifyErrorKind) -> Self {
+        Self { kind, offset: None }
+    }
+
+    pub(super) fn with_offset(kind: VerifyErrorKind, offset: Duration, allowed: Duration) -> Self {
+        Self {
+            kind,
+            offset: Some((offset, allowed)),
+        }
+    }
+
+    /// What went wrong.
+    #[must_use]
+    pub fn kind(&self) -> VerifyErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyError")
+            .field("kind", &self.kind)
+            .field("message", &format_args!("{self}"))
+            .finish()
+    }
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            VerifyErrorKind::MissingTimestamp => f.write_str(
+                "missing X-Clink-Timestamp header: the request did not come from Clink or a proxy dropped the header",
+            ),
+            VerifyErrorKind::MissingSignature => f.write_str(
+                "missing X-Clink-Signature header: the request did not come from Clink or a proxy dropped the header",
+            ),
+            VerifyErrorKind::MalformedTimestamp => f.write_str(
+                "malformed X-Clink-Timestamp: expected epoch seconds or milliseconds as ASCII digits",
+            ),
+            VerifyErrorKind::MalformedSignature => f.write_str(
+                "malformed X-Clink-Signature: expected 64 hex digits (HMAC-SHA256)",
+            ),
+            VerifyErrorKind::UnsupportedSignType => {
+                f.write_str("unsupported X-Clink-SignType: only SHA256 is supported")
+            }
+            VerifyErrorKind::TooOld | VerifyErrorKind::InFuture => {
+                let direction = if self.kind == VerifyErrorKind::TooOld {
+                    "old"
+                } else {
+                    "ahead of this server's clock"
+                };
+                match self.offset {
+                    Some((offset, allowed)) => write!(
+                        f,
+                        "X-Clink-Timestamp is {:.3} s {direction}, outside the {:.3} s tolerance: check this server's clock, or the delivery is a replay",
+                        offset.as_secs_f64(),
+                        allowed.as_secs_f64()
+                    ),
+                    None => write!(
+                        f,
+                        "X-Clink-Timestamp is too far {direction}: check this server's clock, or the delivery is a replay"
+                    ),
+                }
+            }
+            VerifyErrorKind::SignatureMismatch => f.write_str(
+                "signature mismatch: no active signing key signed this body; check that the endpoint's current signing secret is configured and that the raw body reaches the verifier unchanged",
+            ),
+            VerifyErrorKind::NoActiveKey => f.write_str(
+                "no active signing key: every configured key has expired; configure the endpoint's current signing secret",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_distinct_and_say_what_to_check() {
+        let kinds = [
+            VerifyErrorKind::MissingTimestamp,
+            VerifyErrorKind::MissingSignature,
+            VerifyErrorKind::MalformedTimestamp,
+            VerifyErrorKind::MalformedSignature,
+            VerifyErrorKind::UnsupportedSignType,
+            VerifyErrorKind::TooOld,
+            VerifyErrorKind::InFuture,
+            VerifyErrorKind::SignatureMismatch,
+            VerifyErrorKind::NoActiveKey,
+        ];
+        let messages: std::collections::HashSet<_> = kinds
+            .iter()
+            .map(|k| VerifyError::new(*k).to_string())
+            .collect();
+        assert_eq!(messages.len(), kinds.len());
+        let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), kinds.len());
+    }
+}
