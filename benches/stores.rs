@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use clink_webhooks::idempotency::{
+use clink_webhooks::store::{
     Claim, IdempotencyStore, MemoryStore, PostgresStore, RedisStore, Settle, DEFAULT_LEASE,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};

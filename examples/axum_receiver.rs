@@ -28,12 +28,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use clink_webhooks::event::Resource;
-use clink_webhooks::idempotency::{BoxFuture, IdempotencyStore, MemoryStore};
-use clink_webhooks::ordering::{Freshness, FreshnessStore, MemoryFreshnessStore};
+use clink_webhooks::data::Resource;
+use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
-use clink_webhooks::{ClinkLayer, Event, EventRouter, Verifier};
-use tower::Layer;
+use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, MemoryStore};
+use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, Verifier};
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
@@ -63,7 +62,7 @@ impl EveryHandler for Handled {
 
 fn router(freshness: Arc<dyn FreshnessStore>) -> EventRouter {
     EventRouter::new()
-        .shared_ordering(freshness)
+        .ordering(freshness)
         .on_every(Handled)
         // Names Clink adds after this version of the crate.
         .on_any(|event| {
@@ -87,13 +86,13 @@ type Stores = (Arc<dyn IdempotencyStore>, Arc<dyn FreshnessStore>);
 async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
     #[cfg(feature = "redis")]
     if let Some(url) = env_value("REDIS_URL") {
-        let store = Arc::new(clink_webhooks::idempotency::RedisStore::connect(&url).await?);
+        let store = Arc::new(clink_webhooks::store::RedisStore::connect(&url).await?);
         eprintln!("idempotency store: Redis (REDIS_URL)");
         return Ok((store.clone(), store));
     }
     #[cfg(feature = "postgres")]
     if let Some(url) = env_value("DATABASE_URL") {
-        use clink_webhooks::idempotency::PostgresStore;
+        use clink_webhooks::store::PostgresStore;
         use deadpool_postgres::{Manager, Pool, Runtime};
 
         // The parse error is not shown: it could quote the password.
@@ -122,10 +121,8 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
         "idempotency store: in memory (one instance only; set REDIS_URL or DATABASE_URL \
          to share it between instances)"
     );
-    Ok((
-        Arc::new(MemoryStore::new()),
-        Arc::new(MemoryFreshnessStore::new()),
-    ))
+    let store = Arc::new(MemoryStore::new());
+    Ok((store.clone(), store))
 }
 
 #[tokio::main]
@@ -156,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (idempotency, freshness) = stores().await?;
     let service = ClinkLayer::new(Verifier::new(key)?)
-        .shared_store(idempotency)
+        .store(idempotency)
         .layer(router(freshness));
     let app = Router::new().route_service("/webhooks/clink", service);
 

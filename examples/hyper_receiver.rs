@@ -8,10 +8,9 @@
 //! adapts the tower service to hyper. Every path on the port is the webhook
 //! endpoint here; put a path check in front for anything more.
 
-use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tower::Layer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

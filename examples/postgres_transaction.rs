@@ -14,7 +14,7 @@
 use std::error::Error;
 use std::time::{Duration, SystemTime};
 
-use clink_webhooks::idempotency::{Claim, PostgresStore, DEFAULT_LEASE, DEFAULT_RETENTION};
+use clink_webhooks::store::{Claim, PostgresStore, DEFAULT_LEASE, DEFAULT_RETENTION};
 use deadpool_postgres::{Manager, Pool, Runtime};
 use tokio_postgres::NoTls;
 

@@ -5,7 +5,7 @@
 //! cargo run --example verify_only
 //! ```
 
-use clink_webhooks::event::Order;
+use clink_webhooks::data::Order;
 use clink_webhooks::{sign, RawEvent, Timestamp, Verifier, VerifyErrorKind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

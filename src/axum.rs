@@ -1,16 +1,17 @@
 //! axum extractors for verified Clink events (feature `axum`).
 //!
 //! Put [`ClinkLayer`](crate::ClinkLayer) on the route, then take the event in
-//! the handler as [`ClinkEvent<T>`] (data decoded into `T`) or
-//! [`RawClinkEvent`] (envelope read, data raw):
+//! the handler as [`ClinkEvent<K>`] for one event type `K` from
+//! [`events`](crate::events) (data decoded into its type) or
+//! [`RawClinkEvent`] (any type; envelope read, data raw):
 //!
 //! ```
 //! use axum::{routing::post, Router};
 //! use clink_webhooks::axum::ClinkEvent;
-//! use clink_webhooks::event::Order;
-//! use clink_webhooks::{ClinkLayer, Verifier};
+//! use clink_webhooks::{events, ClinkLayer, Verifier};
 //!
-//! async fn order_webhook(ClinkEvent(event): ClinkEvent<Order>) -> &'static str {
+//! // `event` is an `Event<data::Order>`.
+//! async fn order_webhook(ClinkEvent(event): ClinkEvent<events::OrderSucceeded>) -> &'static str {
 //!     tracing::info!(order_id = ?event.data.order_id, "order event");
 //!     "ok"
 //! }
@@ -25,8 +26,7 @@
 //!
 //! ```
 //! use axum::Router;
-//! use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
-//! use tower::Layer;
+//! use clink_webhooks::{ClinkLayer, EventRouter, Layer, Verifier};
 //!
 //! let service = ClinkLayer::new(Verifier::new("whsec_test").unwrap()).layer(EventRouter::new());
 //! let app: Router = Router::new().route_service("/webhooks/clink", service);
@@ -38,20 +38,38 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::StatusCode;
-use serde::de::DeserializeOwned;
 
-use crate::event::{DecodeError, Event, EventType, RawEvent, Resource};
-use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
+use crate::events::{DecodeError, Event, EventKind, EventType, RawEvent};
+use crate::layer::VerifiedEvent;
+use crate::Outcome;
 
-/// Extracts the verified event with its data decoded into `T`.
+/// Extracts the verified event of type `K` (a marker from
+/// [`events`](crate::events)) with its data decoded into `K::Data`:
+/// `ClinkEvent<events::OrderSucceeded>` gives an `Event<data::Order>`.
 ///
-/// A family type such as [`Order`](crate::event::Order) only takes events of
-/// its family (`order.*`); any other event is acknowledged with `200`
-/// without running the handler, and logged, as an event type nobody handles.
-/// Use [`RawClinkEvent`] or an [`EventRouter`](crate::EventRouter) on an
-/// endpoint that receives several families.
-#[derive(Debug, Clone)]
-pub struct ClinkEvent<T>(pub Event<T>);
+/// It only takes events of that exact type; any other event is acknowledged
+/// with `200` without running the handler, and logged, as an event type
+/// nobody handles ([`Outcome::Unhandled`]). Use [`RawClinkEvent`] or an
+/// [`EventRouter`](crate::EventRouter) on an endpoint that receives several types.
+pub struct ClinkEvent<K: EventKind>(pub Event<K::Data>);
+
+impl<K: EventKind> fmt::Debug for ClinkEvent<K>
+where
+    K::Data: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ClinkEvent").field(&self.0).finish()
+    }
+}
+
+impl<K: EventKind> Clone for ClinkEvent<K>
+where
+    K::Data: Clone,
+{
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 /// Extracts the verified event with its data left as raw JSON.
 #[derive(Debug, Clone)]
@@ -67,10 +85,11 @@ pub enum ClinkEventRejection {
     /// The event's data does not fit the requested type: answered `500`, so
     /// the delivery is retried once the handler is fixed.
     Undecodable(DecodeError),
-    /// The event belongs to another family than the requested type
-    /// (a `refund.*` event for `ClinkEvent<Order>`): acknowledged with `200`
-    /// without running the handler, like an event type nobody handles.
-    OtherFamily(EventType),
+    /// The event is of another type than the requested one (a
+    /// `refund.created` event for `ClinkEvent<events::OrderSucceeded>`):
+    /// acknowledged with `200` without running the handler, like an event
+    /// type nobody handles.
+    OtherType(EventType),
 }
 
 impl ClinkEventRejection {
@@ -78,7 +97,7 @@ impl ClinkEventRejection {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::OtherFamily(_) => StatusCode::OK,
+            Self::OtherType(_) => StatusCode::OK,
             Self::MissingLayer | Self::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,7 +110,7 @@ impl ClinkEventRejection {
             Self::Undecodable(_) => {
                 "the event's data did not decode into the handler's type".to_owned()
             }
-            Self::OtherFamily(_) => "no handler for this event type here".to_owned(),
+            Self::OtherType(_) => "no handler for this event type here".to_owned(),
         }
     }
 }
@@ -103,9 +122,9 @@ impl fmt::Display for ClinkEventRejection {
                 f.write_str("no verified Clink event in the request: put ClinkLayer on this route")
             }
             Self::Undecodable(error) => fmt::Display::fmt(error, f),
-            Self::OtherFamily(event_type) => write!(
+            Self::OtherType(event_type) => write!(
                 f,
-                "a {event_type} event reached a handler for another family; acknowledged without handling"
+                "a {event_type} event reached a handler for another event type; acknowledged without handling"
             ),
         }
     }
@@ -114,7 +133,7 @@ impl fmt::Display for ClinkEventRejection {
 impl std::error::Error for ClinkEventRejection {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::MissingLayer | Self::OtherFamily(_) => None,
+            Self::MissingLayer | Self::OtherType(_) => None,
             Self::Undecodable(error) => Some(error),
         }
     }
@@ -122,20 +141,18 @@ impl std::error::Error for ClinkEventRejection {
 
 impl IntoResponse for ClinkEventRejection {
     fn into_response(self) -> Response {
-        if let Self::OtherFamily(_) = self {
+        let outcome = if let Self::OtherType(_) = self {
             tracing::warn!(error = %self, "clink event not handled");
-            return crate::layer::ok_response().map(axum::body::Body::from);
-        }
-        tracing::error!(error = %self, "clink event extraction failed");
-        let mut response = Rejection::new(RejectionKind::HandlerFailed)
-            .to_response()
-            .map(axum::body::Body::from);
-        *response.status_mut() = self.status();
-        response
+            Outcome::Unhandled
+        } else {
+            tracing::error!(error = %self, "clink event extraction failed");
+            Outcome::HandlerFailed
+        };
+        outcome.into_response()
     }
 }
 
-impl IntoResponse for Rejection {
+impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
         self.to_response().map(axum::body::Body::from)
     }
@@ -148,19 +165,17 @@ fn verified(parts: &Parts) -> Result<&VerifiedEvent, ClinkEventRejection> {
         .ok_or(ClinkEventRejection::MissingLayer)
 }
 
-impl<T, S> FromRequestParts<S> for ClinkEvent<T>
+impl<K, S> FromRequestParts<S> for ClinkEvent<K>
 where
-    T: DeserializeOwned + Resource + Send,
+    K: EventKind,
     S: Send + Sync,
 {
     type Rejection = ClinkEventRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let event = verified(parts)?.event();
-        if let Some(family) = T::FAMILY {
-            if event.event_type().family() != family {
-                return Err(ClinkEventRejection::OtherFamily(event.event_type().clone()));
-            }
+        if *event.event_type() != K::TYPE {
+            return Err(ClinkEventRejection::OtherType(event.event_type().clone()));
         }
         event
             .decode()

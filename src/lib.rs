@@ -9,17 +9,16 @@
 //!   every active key during a rotation, refusing stale or future timestamps
 //!   ([`signature`], [`Verifier`]);
 //! - deduplicates event ids with a lease, so a failed or crashed handler is
-//!   retried and a succeeded one never runs again ([`idempotency`]);
+//!   retried and a succeeded one never runs again ([`store`]);
 //! - decodes every Clink event type into typed data, forward compatible with
-//!   fields and types Clink adds later ([`event`]);
+//!   fields and types Clink adds later ([`events`], [`data`]);
 //! - hands events to async handlers by type ([`EventRouter`]), behind one
 //!   tower layer ([`ClinkLayer`]) that axum and bare hyper apps add in a line.
 //!
 //! # Example
 //!
 //! ```
-//! use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
-//! use tower::Layer;
+//! use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let router = EventRouter::new()
@@ -41,12 +40,34 @@
 //! Without tower, call [`Verifier::verify`] with the two header values and the
 //! raw body, then [`RawEvent::from_slice`] and [`RawEvent::decode`].
 //!
+//! # Module map
+//!
+//! Read it top to bottom as the path of a delivery; each module uses only
+//! the ones above it (`scripts/module-graph` checks that there is no cycle).
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`ConfigError`] | the one error every builder returns for a value it cannot work with |
+//! | [`Timestamp`] | Clink's times: epoch milliseconds or RFC 3339 |
+//! | [`data`] | the typed data of each event family ([`data::Order`], [`data::Refund`], ...) |
+//! | [`signature`] | signing keys, [`Verifier`], header parsing, [`sign`] |
+//! | [`events`] | the envelope ([`RawEvent`], [`Event`]), [`EventType`], one marker type per event ([`events::OrderSucceeded`], ...), [`ObjectKey`](events::ObjectKey) and [`Version`](events::Version) |
+//! | [`store`] | [`IdempotencyStore`] and [`FreshnessStore`], and every backend implementing both: [`MemoryStore`], `RedisStore`, `PostgresStore` |
+//! | [`ordering`] | telling a stale event from a fresh one, over a [`FreshnessStore`] |
+//! | [`outcome`] | [`Outcome`]: what happened to a delivery, its status and its code |
+//! | [`layer`] | [`ClinkLayer`] and [`ClinkService`], one file per step of a delivery |
+//! | [`router`] | [`EventRouter`]: typed async handlers per event type |
+//! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent` |
+//! | `testing` | signed requests, fixtures and scenarios for your own tests |
+//!
+//! The `clink-webhook` binary (feature `cli`) is built on the public API only.
+//!
 //! # Features
 //!
 //! | feature | adds |
 //! |---|---|
 //! | *(none)* | the verifier, events, [`ClinkLayer`], [`EventRouter`], [`MemoryStore`] |
-//! | `axum` | extractors `ClinkEvent<T>` and `RawClinkEvent`, `IntoResponse` for rejections |
+//! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent`, `IntoResponse` for [`Outcome`] |
 //! | `redis` | `RedisStore`, for apps on several machines |
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
@@ -59,24 +80,28 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod config;
-pub mod event;
-pub mod idempotency;
+pub mod data;
+pub mod events;
 pub mod layer;
 pub mod ordering;
+pub mod outcome;
 pub mod router;
 pub mod signature;
+pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 mod timestamp;
 
 pub use config::ConfigError;
-pub use event::{events, Event, EventKind, EventType, RawEvent};
-pub use idempotency::{IdempotencyStore, MemoryStore};
+pub use events::{Event, EventKind, EventType, RawEvent};
 pub use layer::{ClinkLayer, ClinkService, VerifiedEvent};
+pub use outcome::Outcome;
 pub use router::EventRouter;
 pub use signature::{sign, SigningKey, Verified, Verifier, VerifyError, VerifyErrorKind};
+pub use store::{FreshnessStore, IdempotencyStore, MemoryStore};
 pub use timestamp::{Timestamp, TimestampParseError};
+pub use tower_layer::Layer;
 
 /// A boxed error, as handlers and services return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

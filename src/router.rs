@@ -27,6 +27,12 @@
 //!
 //! The router needs [`ClinkLayer`](crate::ClinkLayer) in front of it: it
 //! reads the [`VerifiedEvent`] the layer puts in the request extensions.
+//! Its responses carry an [`Outcome`] in their extensions
+//! ([`Handled`](Outcome::Handled), [`Unhandled`](Outcome::Unhandled) when no
+//! handler takes the type, [`SkippedStale`](Outcome::SkippedStale),
+//! [`HandlerFailed`](Outcome::HandlerFailed), ...), which the layer reports
+//! as the delivery's outcome, and for typed events the [`Freshness`] the
+//! handler was given.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -40,14 +46,15 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::event::{
-    for_each_kind, DecodeError, Event, EventKind, EventType, KindVisitor, ObjectKey, RawEvent,
-    Resource,
+use crate::data::Resource;
+use crate::events::{
+    for_each_kind, DecodeError, Event, EventKind, EventType, Freshness, KindVisitor, ObjectKey,
+    RawEvent, Version,
 };
-use crate::idempotency::{BoxFuture, StoreErrorKind};
-use crate::layer::{Rejection, RejectionKind, VerifiedEvent};
-use crate::ordering::{Freshness, FreshnessStore, Version};
-use crate::BoxError;
+use crate::layer::VerifiedEvent;
+use crate::ordering;
+use crate::store::{BoxFuture, FreshnessStore};
+use crate::{BoxError, Outcome};
 
 /// An async function that handles one event type: `Fn(Event<T>) -> impl
 /// Future<Output = Result<(), E>>`, where `E` converts into [`BoxError`].
@@ -118,8 +125,8 @@ where
 /// boxed future:
 ///
 /// ```
-/// use clink_webhooks::event::Resource;
-/// use clink_webhooks::idempotency::BoxFuture;
+/// use clink_webhooks::data::Resource;
+/// use clink_webhooks::store::BoxFuture;
 /// use clink_webhooks::router::EveryHandler;
 /// use clink_webhooks::Event;
 ///
@@ -286,21 +293,13 @@ impl EventRouter {
 
     /// Tracks the newest handled version of every object in `store`, and
     /// tells each typed handler whether its event is fresh or stale through
-    /// [`Event::freshness`]. See [`ordering`](crate::ordering).
+    /// [`Event::freshness`]. See [`ordering`].
     ///
     /// A version is recorded only after its handler succeeds. If the store
     /// cannot be read, the delivery is answered `503` and retried.
     #[must_use]
     pub fn ordering(mut self, store: impl FreshnessStore) -> Self {
         self.routes_mut().ordering = Some(Arc::new(store));
-        self
-    }
-
-    /// As [`ordering`](Self::ordering), with a store already shared as
-    /// `Arc<dyn FreshnessStore>`.
-    #[must_use]
-    pub fn shared_ordering(mut self, store: Arc<dyn FreshnessStore>) -> Self {
-        self.routes_mut().ordering = Some(store);
         self
     }
 
@@ -322,88 +321,73 @@ impl EventRouter {
     }
 
     async fn dispatch(routes: Arc<Routes>, raw: RawEvent) -> Response<Full<Bytes>> {
-        let mut record = None;
-        let run = match routes.typed.get(raw.event_type()) {
-            Some(route) => match route(&raw) {
-                Ok(prepared) => {
-                    let mut tracked = match (&routes.ordering, prepared.object, prepared.version) {
-                        (Some(store), Some(object), Some(version)) => {
-                            Some((store, object, version))
-                        }
-                        _ => None,
-                    };
-                    let freshness = match &tracked {
-                        Some((store, object, version)) => match store.newest(object).await {
-                            Ok(newest) => Freshness::of(version, newest),
-                            // An id no store can hold (over-long, NUL): retrying
-                            // would not help, so the event goes on untracked.
-                            Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
-                                tracing::warn!(
-                                    event_id = raw.id(),
-                                    %error,
-                                    "object id cannot be tracked for freshness; handling it untracked"
-                                );
-                                tracked = None;
-                                Freshness::Untracked
-                            }
-                            Err(error) => {
-                                tracing::error!(
-                                    event_id = raw.id(),
-                                    %error,
-                                    "could not read the freshness store; answering 503"
-                                );
-                                return failed(RejectionKind::StoreUnavailable(error.kind()));
-                            }
-                        },
-                        None => Freshness::Untracked,
-                    };
-                    if routes.skip_stale && freshness.is_stale() {
-                        tracing::info!(
-                            event_id = raw.id(),
-                            event_type = raw.event_type().as_str(),
-                            "stale event acknowledged without running its handler"
-                        );
-                        return ok();
-                    }
-                    record = tracked;
-                    (prepared.run)(freshness)
-                }
-                Err(error) => return Self::undecodable(&routes, raw, error).await,
-            },
-            None => match &routes.fallback {
-                Some(fallback) => fallback(raw.clone()),
+        let Some(route) = routes.typed.get(raw.event_type()) else {
+            return match &routes.fallback {
+                Some(fallback) => Self::finish(&raw, fallback(raw.clone()).await, None).await,
                 None => {
                     tracing::debug!(
-                        event_id = raw.id(),
-                        event_type = raw.event_type().as_str(),
+                        event_id = ?raw.id(),
+                        event_type = ?raw.event_type().as_str(),
                         "no handler for this event type; acknowledged"
                     );
-                    return ok();
+                    respond(&Outcome::Unhandled)
                 }
-            },
+            };
         };
-        match run.await {
-            Ok(()) => {
-                if let Some((store, object, version)) = record {
-                    if let Err(error) = store.record(&object, &version).await {
-                        tracing::error!(
-                            event_id = raw.id(),
-                            %object,
-                            %error,
-                            "handled, but its version could not be recorded; later stale events may look fresh"
-                        );
-                    }
+        let prepared = match route(&raw) {
+            Ok(prepared) => prepared,
+            Err(error) => return Self::undecodable(&routes, raw, error).await,
+        };
+        let store = routes.ordering.as_deref();
+        let (freshness, tracked) =
+            match ordering::check(store, prepared.object, prepared.version, &raw).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    tracing::error!(
+                        event_id = ?raw.id(),
+                        %error,
+                        "could not read the freshness store; answering 503"
+                    );
+                    return respond(&Outcome::StoreUnavailable(error.kind()));
                 }
-                ok()
+            };
+        if routes.skip_stale && freshness.is_stale() {
+            tracing::info!(
+                event_id = ?raw.id(),
+                event_type = ?raw.event_type().as_str(),
+                "stale event acknowledged without running its handler"
+            );
+            let mut response = respond(&Outcome::SkippedStale);
+            response.extensions_mut().insert(freshness);
+            return response;
+        }
+        let result = (prepared.run)(freshness.clone()).await;
+        let mut response = Self::finish(&raw, result, tracked).await;
+        response.extensions_mut().insert(freshness);
+        response
+    }
+
+    /// Answers for a handler's result, recording its version once it succeeded.
+    async fn finish(
+        raw: &RawEvent,
+        result: Result<(), BoxError>,
+        tracked: Option<ordering::Tracked<'_>>,
+    ) -> Response<Full<Bytes>> {
+        match result {
+            Ok(()) => {
+                if let Some(tracked) = tracked {
+                    tracked.record(raw).await;
+                }
+                respond(&Outcome::Handled)
             }
             Err(error) => {
                 tracing::error!(
-                    event_id = raw.id(),
-                    event_type = raw.event_type().as_str(),
+                    event_id = ?raw.id(),
+                    event_type = ?raw.event_type().as_str(),
                     error = %error,
                     "clink handler failed; the delivery will be retried"
                 );
-                failed(RejectionKind::HandlerFailed)
+                respond(&Outcome::HandlerFailed)
             }
         }
     }
@@ -414,32 +398,28 @@ impl EventRouter {
         error: DecodeError,
     ) -> Response<Full<Bytes>> {
         tracing::error!(
-            event_id = raw.id(),
-            event_type = raw.event_type().as_str(),
-            field = error.path(),
+            event_id = ?raw.id(),
+            event_type = ?raw.event_type().as_str(),
+            field = ?error.path(),
             error = %error,
             "clink event data did not decode into its handler's type"
         );
         let Some(hook) = &routes.undecodable else {
-            return failed(RejectionKind::HandlerFailed);
+            return respond(&Outcome::HandlerFailed);
         };
         let event_id = raw.id().to_owned();
         match hook(raw, error).await {
-            Ok(()) => ok(),
+            Ok(()) => respond(&Outcome::Handled),
             Err(error) => {
-                tracing::error!(event_id, error = %error, "clink on_undecodable hook failed");
-                failed(RejectionKind::HandlerFailed)
+                tracing::error!(event_id = ?event_id, error = %error, "clink on_undecodable hook failed");
+                respond(&Outcome::HandlerFailed)
             }
         }
     }
 }
 
-fn ok() -> Response<Full<Bytes>> {
-    crate::layer::ok_response().map(Full::new)
-}
-
-fn failed(kind: RejectionKind) -> Response<Full<Bytes>> {
-    Rejection::new(kind).to_response().map(Full::new)
+fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
+    outcome.to_response().map(Full::new)
 }
 
 impl<B> Service<Request<B>> for EventRouter {
@@ -459,7 +439,7 @@ impl<B> Service<Request<B>> for EventRouter {
                 tracing::error!(
                     "EventRouter got a request without a VerifiedEvent: put ClinkLayer in front of it"
                 );
-                return Ok(failed(RejectionKind::HandlerFailed));
+                return Ok(respond(&Outcome::HandlerFailed));
             };
             Ok(Self::dispatch(routes, verified.into_event()).await)
         })
@@ -473,7 +453,7 @@ mod tests {
     use tower::{Layer, ServiceExt};
 
     use super::*;
-    use crate::ordering::MemoryFreshnessStore;
+    use crate::store::MemoryStore;
     use crate::{events, sign, ClinkLayer, Timestamp, Verifier};
 
     /// Records `type id object stale?` for every event it handles.
@@ -528,7 +508,7 @@ mod tests {
         let specific = Arc::new(Mutex::new(0));
         let counter = Arc::clone(&specific);
         let router = EventRouter::new()
-            .ordering(MemoryFreshnessStore::new())
+            .ordering(MemoryStore::new())
             .on_every(record.clone())
             .on::<events::RefundSucceeded, _>(move |_event| {
                 *counter.lock().unwrap() += 1;

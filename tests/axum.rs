@@ -7,7 +7,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use clink_webhooks::axum::{ClinkEvent, RawClinkEvent};
-use clink_webhooks::event::Order;
+
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -51,13 +51,15 @@ async fn typed_and_raw_extractors_behind_a_route_layer() {
     let app = Router::new()
         .route(
             "/typed",
-            post(move |ClinkEvent(event): ClinkEvent<Order>| async move {
-                typed_seen
-                    .lock()
-                    .unwrap()
-                    .push(format!("typed {}", event.data.order_id.unwrap_or_default()));
-                "ok"
-            })
+            post(
+                move |ClinkEvent(event): ClinkEvent<events::OrderSucceeded>| async move {
+                    typed_seen
+                        .lock()
+                        .unwrap()
+                        .push(format!("typed {}", event.data.order_id.unwrap_or_default()));
+                    "ok"
+                },
+            )
             .layer(layer.clone()),
         )
         .route(
@@ -73,7 +75,7 @@ async fn typed_and_raw_extractors_behind_a_route_layer() {
         )
         .route(
             "/unlayered",
-            post(|ClinkEvent(_event): ClinkEvent<Order>| async { "unreachable" }),
+            post(|ClinkEvent(_event): ClinkEvent<events::OrderSucceeded>| async { "unreachable" }),
         );
     let addr = serve(app).await;
 

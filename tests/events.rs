@@ -3,12 +3,12 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use clink_webhooks::event::{
-    Billing, Currency, CustomerVerify, Dispute, DisputeStatus, Event, Interval, Invoice,
-    InvoiceStatus, Metadata, ObjectKey, Order, OrderStatus, OrderType, PaymentStatus, PricingModel,
-    RawEvent, Refund, RefundReason, RefundStatus, Session, SessionStatus, Subscription,
-    SubscriptionStatus, TiersMode, UiMode,
+use clink_webhooks::data::{
+    Billing, Currency, CustomerVerify, Dispute, DisputeStatus, Interval, Invoice, InvoiceStatus,
+    Metadata, Order, OrderStatus, OrderType, PaymentStatus, PricingModel, Refund, RefundReason,
+    RefundStatus, Session, SessionStatus, Subscription, SubscriptionStatus, TiersMode, UiMode,
 };
+use clink_webhooks::events::{Event, ObjectKey, RawEvent};
 use clink_webhooks::{events, EventKind, EventType, Timestamp};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::event::id_field;
+use crate::data::id_field;
 use crate::EventType;
 
 /// When every fixture event occurred, except the first of each lifecycle.
@@ -27,7 +27,7 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 /// - Families Clink publishes no schema for (`payment_method`, `risk_rule`,
 ///   `agent_order`, `agent_refund`, `purchase_instruction`, `vic_device`)
 ///   get a small plausible object with a `<family>Id` field, so their
-///   [`ObjectKey`](crate::event::ObjectKey) is known. So does a name this
+///   [`ObjectKey`](crate::events::ObjectKey) is known. So does a name this
 ///   crate does not know.
 /// - Every fixture is about the same few objects (`ord_test_123`,
 ///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
@@ -36,7 +36,8 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 ///   out-of-order (stale) delivery, as it would be from Clink.
 ///
 /// ```
-/// use clink_webhooks::event::{Order, OrderStatus, RawEvent};
+/// use clink_webhooks::data::{Order, OrderStatus};
+/// use clink_webhooks::events::RawEvent;
 /// use clink_webhooks::testing::fixture;
 /// use clink_webhooks::EventType;
 ///
@@ -411,10 +412,10 @@ fn purchase_instruction(status: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        CustomerVerify, Dispute, Invoice, ObjectKey, Order, RawEvent, Refund, Resource, Session,
-        Subscription,
+    use crate::data::{
+        CustomerVerify, Dispute, Invoice, Order, Refund, Resource, Session, Subscription,
     };
+    use crate::events::{ObjectKey, RawEvent};
     use crate::Event;
     use serde::de::DeserializeOwned;
 

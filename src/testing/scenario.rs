@@ -12,7 +12,8 @@ use serde_json::Value;
 use tower_service::Service;
 
 use super::{fixture, SignedRequest, TimestampUnit};
-use crate::{EventType, Timestamp};
+use crate::signature::VerifyErrorKind;
+use crate::{EventType, Outcome, Timestamp};
 
 /// One delivery of a [`Scenario`] and the answer expected for it.
 #[derive(Debug, Clone)]
@@ -20,7 +21,7 @@ pub struct Step {
     description: String,
     request: SignedRequest,
     status: StatusCode,
-    outcome: Option<String>,
+    outcomes: Vec<Outcome>,
 }
 
 impl Step {
@@ -31,15 +32,23 @@ impl Step {
             description: description.into(),
             request,
             status,
-            outcome: None,
+            outcomes: Vec::new(),
         }
     }
 
-    /// Also expects this [`outcome`](crate::layer::outcome): `handled`,
-    /// `duplicate`, or a rejection code such as `signature_mismatch`.
+    /// Also expects this [`Outcome`], read from the response extensions.
     #[must_use]
-    pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
-        self.outcome = Some(outcome.into());
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcomes = vec![outcome];
+        self
+    }
+
+    /// Also expects one of these [`Outcome`]s, read from the response
+    /// extensions: a first delivery is [`Handled`](Outcome::Handled), or
+    /// [`Unhandled`](Outcome::Unhandled) when the app has no handler for its type.
+    #[must_use]
+    pub fn outcome_any(mut self, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        self.outcomes = outcomes.into_iter().collect();
         self
     }
 
@@ -61,16 +70,17 @@ impl Step {
         self.status
     }
 
-    /// The outcome it expects, if it checks one.
+    /// The outcomes it accepts; empty when it checks only the status.
     #[must_use]
-    pub fn expected_outcome(&self) -> Option<&str> {
-        self.outcome.as_deref()
+    pub fn expected_outcomes(&self) -> &[Outcome] {
+        &self.outcomes
     }
 
     fn expected(&self) -> String {
-        match &self.outcome {
-            Some(outcome) => format!("{} {outcome}", self.status.as_u16()),
-            None => self.status.as_u16().to_string(),
+        let outcomes: Vec<_> = self.outcomes.iter().map(Outcome::as_str).collect();
+        match outcomes.as_slice() {
+            [] => self.status.as_u16().to_string(),
+            codes => format!("{} {}", self.status.as_u16(), codes.join(" or ")),
         }
     }
 }
@@ -216,12 +226,12 @@ impl Scenario {
             .step(refused(
                 "a timestamp 10 minutes old is refused as a possible replay",
                 old.clone().skew_secs(-600),
-                "timestamp_too_old",
+                VerifyErrorKind::TooOld,
             ))
             .step(refused(
                 "a timestamp 10 minutes ahead is refused",
                 future.skew_secs(600),
-                "timestamp_in_future",
+                VerifyErrorKind::InFuture,
             ))
             .step(handled(
                 "the event refused as too old, sent again on time, is handled",
@@ -240,7 +250,7 @@ impl Scenario {
             .step(refused(
                 "a body with one byte changed after signing is refused",
                 succeeded.clone().tamper(),
-                "signature_mismatch",
+                VerifyErrorKind::SignatureMismatch,
             ))
             .step(handled(
                 "the untouched delivery of the same event is then handled",
@@ -249,7 +259,7 @@ impl Scenario {
             .step(refused(
                 "a tampered copy sent after it is still refused, not taken for a duplicate",
                 succeeded.tamper(),
-                "signature_mismatch",
+                VerifyErrorKind::SignatureMismatch,
             ))
     }
 
@@ -276,7 +286,7 @@ impl Scenario {
             .step(refused(
                 "a delivery signed with a key the endpoint never had is refused",
                 unknown.secret("whsec_never_configured"),
-                "signature_mismatch",
+                VerifyErrorKind::SignatureMismatch,
             ))
     }
 
@@ -316,14 +326,18 @@ impl Scenario {
                     .await
                     .map(|response| Got {
                         status: response.status(),
-                        outcome: crate::layer::outcome(&response),
+                        outcome: Outcome::of(&response).cloned(),
                     })
                     .map_err(|error| format!("service error: {error}")),
                 Err(error) => Err(format!("service not ready: {error}")),
             };
             let passed = got.as_ref().is_ok_and(|got| {
                 got.status == step.status
-                    && step.outcome.as_deref().is_none_or(|o| o == got.outcome)
+                    && (step.outcomes.is_empty()
+                        || got
+                            .outcome
+                            .as_ref()
+                            .is_some_and(|o| step.outcomes.contains(o)))
             });
             results.push(StepResult {
                 description: step.description.clone(),
@@ -344,10 +358,10 @@ impl Scenario {
 }
 
 /// What a step's delivery got back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Got {
     status: StatusCode,
-    outcome: &'static str,
+    outcome: Option<Outcome>,
 }
 
 /// How one step of a failed scenario went.
@@ -378,11 +392,11 @@ impl StepResult {
         self.got.as_ref().ok().map(|got| got.status)
     }
 
-    /// The [`outcome`](crate::layer::outcome) it got; `None` when the
-    /// service returned an error.
+    /// The [`Outcome`] it got; `None` when the service returned an error
+    /// or its response carried none (it was not behind `ClinkLayer`).
     #[must_use]
-    pub fn outcome(&self) -> Option<&str> {
-        self.got.as_ref().ok().map(|got| got.outcome)
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.got.as_ref().ok().and_then(|got| got.outcome.as_ref())
     }
 }
 
@@ -395,7 +409,12 @@ impl fmt::Display for StepResult {
             self.description, self.expected
         )?;
         match &self.got {
-            Ok(got) => write!(f, "{} {}", got.status.as_u16(), got.outcome),
+            Ok(got) => write!(
+                f,
+                "{} {}",
+                got.status.as_u16(),
+                got.outcome.as_ref().map_or("(no outcome)", Outcome::as_str)
+            ),
             Err(error) => f.write_str(error),
         }
     }
@@ -450,15 +469,16 @@ impl fmt::Debug for ScenarioFailure {
 impl std::error::Error for ScenarioFailure {}
 
 fn handled(description: &str, request: SignedRequest) -> Step {
-    Step::new(description, request, StatusCode::OK).outcome("handled")
+    Step::new(description, request, StatusCode::OK)
+        .outcome_any([Outcome::Handled, Outcome::Unhandled])
 }
 
 fn duplicate(description: &str, request: SignedRequest) -> Step {
-    Step::new(description, request, StatusCode::OK).outcome("duplicate")
+    Step::new(description, request, StatusCode::OK).outcome(Outcome::Duplicate)
 }
 
-fn refused(description: &str, request: SignedRequest, code: &str) -> Step {
-    Step::new(description, request, StatusCode::UNAUTHORIZED).outcome(code)
+fn refused(description: &str, request: SignedRequest, kind: VerifyErrorKind) -> Step {
+    Step::new(description, request, StatusCode::UNAUTHORIZED).outcome(Outcome::Verify(kind))
 }
 
 /// Makes a scenario's events: fixture bodies whose event and order ids carry
@@ -501,25 +521,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_lists_every_step_with_what_it_got() {
-        // A service that does not verify anything: everything is "handled".
+        // A service that verifies nothing and says no outcome.
         let service = tower::service_fn(|_request: Request<Full<Bytes>>| async {
             Ok::<_, std::convert::Infallible>(Response::new(()))
         });
         let failure = Scenario::tampered_body("k").run(service).await.unwrap_err();
         assert_eq!(failure.scenario(), "tampered_body");
         let passed: Vec<_> = failure.steps().iter().map(StepResult::passed).collect();
-        assert_eq!(passed, [false, true, false]);
+        assert_eq!(passed, [false, false, false]);
         assert_eq!(failure.steps()[0].status(), Some(StatusCode::OK));
         let text = format!("{failure:?}");
         assert!(
-            text.starts_with("scenario `tampered_body`: 2 of 3 steps failed"),
+            text.starts_with("scenario `tampered_body`: 3 of 3 steps failed"),
             "{text}"
         );
         assert!(
-            text.contains("1. FAIL a body with one byte changed after signing is refused: expected 401 signature_mismatch, got 200 handled"),
+            text.contains("1. FAIL a body with one byte changed after signing is refused: expected 401 signature_mismatch, got 200 (no outcome)"),
             "{text}"
         );
-        assert!(text.contains("2. ok   the untouched delivery"), "{text}");
+        assert!(text.contains("2. FAIL the untouched delivery"), "{text}");
     }
 
     #[tokio::test]
@@ -536,7 +556,8 @@ mod tests {
 
     #[tokio::test]
     async fn two_runs_of_one_kind_do_not_share_events() {
-        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(EventRouter::new());
+        let router = EventRouter::new().on_any(|_| std::future::ready(Ok::<_, std::io::Error>(())));
+        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(router);
         Scenario::duplicates("k")
             .run(service.clone())
             .await

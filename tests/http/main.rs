@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use clink_webhooks::event::{Order, Session};
-use clink_webhooks::idempotency::{
+use clink_webhooks::data::{Order, Session};
+use clink_webhooks::store::{
     BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
 };
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, SigningKey, Verifier};
@@ -81,7 +81,7 @@ async fn a_signed_delivery_reaches_its_typed_handler_once() {
     // The same event again: acknowledged, handler not run.
     let again = deliver(addr, &body).await;
     assert_eq!(again.status, 200);
-    assert_eq!(again.json["duplicate"], true);
+    assert_eq!(again.json["outcome"], "duplicate");
     assert_eq!(*seen.lock().unwrap(), ["order evt_1 ord_1 1736942400000"]);
 }
 
@@ -264,6 +264,7 @@ async fn a_chunked_body_is_cut_off_when_it_crosses_the_limit() {
     let addr = serve(
         ClinkLayer::new(verifier())
             .body_limit(limit)
+            .unwrap()
             .layer(EventRouter::new()),
     )
     .await;
@@ -305,7 +306,7 @@ async fn a_failing_handler_answers_500_and_runs_again_on_retry() {
         "internal errors stay in the logs"
     );
     assert_eq!(deliver(addr, &body).await.status, 200);
-    assert_eq!(deliver(addr, &body).await.json["duplicate"], true);
+    assert_eq!(deliver(addr, &body).await.json["outcome"], "duplicate");
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
 }
 
@@ -411,7 +412,7 @@ async fn a_duplicate_arriving_while_the_first_is_handled_gets_409_with_retry_aft
 
     release_tx.send(()).unwrap();
     assert_eq!(first.await.unwrap().status, 200);
-    assert_eq!(deliver(addr, &body).await.json["duplicate"], true);
+    assert_eq!(deliver(addr, &body).await.json["outcome"], "duplicate");
 }
 
 /// A store whose backend is down: every call fails.
@@ -480,7 +481,9 @@ async fn a_handler_slower_than_its_timeout_is_stopped_and_released() {
             Ok::<_, std::io::Error>(())
         }
     });
-    let layer = ClinkLayer::new(verifier()).handler_timeout(Duration::from_millis(100));
+    let layer = ClinkLayer::new(verifier())
+        .handler_timeout(Duration::from_millis(100))
+        .unwrap();
     let addr = serve(layer.layer(router)).await;
     let body = event("evt_timeout", "refund.created", "{}");
     let reply = deliver(addr, &body).await;
@@ -541,7 +544,8 @@ impl IdempotencyStore for HungStore {
 async fn a_store_that_never_answers_is_a_503_within_the_store_timeout() {
     let layer = ClinkLayer::new(verifier())
         .store(HungStore)
-        .store_timeout(Duration::from_millis(50));
+        .store_timeout(Duration::from_millis(50))
+        .unwrap();
     let addr = serve(layer.layer(EventRouter::new())).await;
     let reply = deliver(addr, &event("evt_hung", "order.created", "{}")).await;
     assert_eq!(

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clink_webhooks::idempotency::{IdempotencyStore, MemoryStore, DEFAULT_LEASE};
+use clink_webhooks::store::{IdempotencyStore, MemoryStore, DEFAULT_LEASE};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

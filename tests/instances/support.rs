@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clink_webhooks::idempotency::{Claim, IdempotencyStore};
 use clink_webhooks::layer::VerifiedBody;
+use clink_webhooks::store::{Claim, IdempotencyStore};
 use clink_webhooks::{ClinkLayer, VerifiedEvent, Verifier};
 use http::{Request, Response};
 use http_body_util::Full;
@@ -138,9 +138,10 @@ pub(crate) async fn receiver(
 ) -> SocketAddr {
     let verifier = Verifier::new(SECRET).expect("test secret");
     let layer = ClinkLayer::new(verifier)
-        .shared_store(store)
+        .store(store)
         .key_prefix(prefix)
-        .lease(lease);
+        .and_then(|layer| layer.lease(lease))
+        .expect("the test's layer settings are valid");
     let service = layer.layer(tower::service_fn(move |request| {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.run(request).await) }

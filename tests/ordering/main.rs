@@ -61,8 +61,9 @@ properties!(postgres, support::postgres, 24);
 #[cfg(feature = "test-util")]
 #[tokio::test]
 async fn an_untrackable_object_id_is_handled_untracked() {
-    use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+    use clink_webhooks::ordering::Freshness;
     use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::MemoryStore;
     use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
     use std::sync::{Arc, Mutex};
     use tower::{Layer, ServiceExt};
@@ -70,7 +71,7 @@ async fn an_untrackable_object_id_is_handled_untracked() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
     let router = EventRouter::new()
-        .ordering(MemoryFreshnessStore::new())
+        .ordering(MemoryStore::new())
         .skip_stale()
         .on::<events::OrderCreated, _>(move |event| {
             sink.lock().unwrap().push(event.freshness().clone());

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
-use clink_webhooks::ordering::{Freshness, FreshnessStore, MemoryFreshnessStore};
+use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::MemoryStore;
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
@@ -60,7 +61,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// A fresh in-memory store.
 pub(crate) fn memory() -> Arc<dyn FreshnessStore> {
-    Arc::new(MemoryFreshnessStore::new())
+    Arc::new(MemoryStore::new())
 }
 
 /// The store `connect` makes on the shared runtime, connected once and shared
@@ -97,7 +98,7 @@ pub(crate) fn check_arrival_order(store: Arc<dyn FreshnessStore>, order: &[usize
     let state = Arc::new(Mutex::new(None::<usize>));
     let (runs_in, state_in) = (Arc::clone(&runs), Arc::clone(&state));
     let mut router = EventRouter::new()
-        .shared_ordering(store)
+        .ordering(store)
         .on::<events::SubscriptionRenewed, _>(move |event| {
             let n = usize::try_from(event.data.elapsed_cycles.unwrap()).unwrap();
             let stale = event.freshness().is_stale();
@@ -167,7 +168,7 @@ pub(crate) fn check_failed_handler_not_recorded(store: Arc<dyn FreshnessStore>) 
     let flags = Arc::new(Mutex::new(Vec::new()));
     let (attempts_in, flags_in) = (Arc::clone(&attempts), Arc::clone(&flags));
     let router = EventRouter::new()
-        .shared_ordering(store)
+        .ordering(store)
         .on::<events::SubscriptionRenewed, _>(move |event| {
             let first = attempts_in.fetch_add(1, Ordering::SeqCst) == 0;
             flags_in

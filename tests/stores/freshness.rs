@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clink_webhooks::event::ObjectKey;
-use clink_webhooks::idempotency::{StoreErrorKind, MAX_KEY_LEN};
-use clink_webhooks::ordering::{FreshnessStore, Version, DEFAULT_FRESHNESS_RETENTION};
+use clink_webhooks::events::{ObjectKey, Version};
+use clink_webhooks::store::{
+    FreshnessStore, StoreErrorKind, DEFAULT_FRESHNESS_RETENTION, MAX_KEY_LEN,
+};
 use clink_webhooks::Timestamp;
 use tokio::time::Instant;
 

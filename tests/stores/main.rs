@@ -1,5 +1,5 @@
 //! One conformance suite, run with the same code against every store:
-//! `MemoryStore` and `MemoryFreshnessStore`, and with their features
+//! `MemoryStore` and `MemoryStore`, and with their features
 //! `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
 //! `DATABASE_URL`), each as an idempotency store and as a freshness store
 //! (the cases in `freshness.rs`). A test whose server URL is missing fails;
@@ -20,7 +20,7 @@ mod redis;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clink_webhooks::idempotency::{
+use clink_webhooks::store::{
     Claim, IdempotencyStore, LeaseToken, Settle, StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION,
     MAX_KEY_LEN,
 };

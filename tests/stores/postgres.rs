@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clink_webhooks::event::ObjectKey;
-use clink_webhooks::idempotency::{
+use clink_webhooks::events::ObjectKey;
+use clink_webhooks::ordering::{FreshnessStore, Version};
+use clink_webhooks::store::{
     Claim, IdempotencyStore, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE,
     DEFAULT_RETENTION, MAX_TTL,
 };
-use clink_webhooks::ordering::{FreshnessStore, Version};
 use clink_webhooks::Timestamp;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use clink_webhooks::event::ObjectKey;
-use clink_webhooks::idempotency::{
+use clink_webhooks::events::ObjectKey;
+use clink_webhooks::ordering::{FreshnessStore, Version};
+use clink_webhooks::store::{
     Claim, IdempotencyStore, RedisStore, StoreErrorKind, DEFAULT_LEASE, MAX_TTL,
 };
-use clink_webhooks::ordering::{FreshnessStore, Version};
 use clink_webhooks::Timestamp;
 
 use crate::support::{in_flight, redis_store, server_url, Keys};

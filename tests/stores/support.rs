@@ -4,8 +4,9 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use clink_webhooks::idempotency::{Claim, IdempotencyStore, LeaseToken, MemoryStore, StoreError};
-use clink_webhooks::ordering::{FreshnessStore, MemoryFreshnessStore};
+use clink_webhooks::store::{
+    Claim, FreshnessStore, IdempotencyStore, LeaseToken, MemoryStore, StoreError,
+};
 
 /// Per-call timeout for the networked stores under test: generous, because
 /// the suite runs beside builds on a small machine and checks the state
@@ -31,13 +32,17 @@ pub(crate) async fn memory() -> Arc<dyn IdempotencyStore> {
 }
 
 pub(crate) async fn memory_freshness(retention: Duration) -> Arc<dyn FreshnessStore> {
-    Arc::new(MemoryFreshnessStore::new().retention(retention))
+    Arc::new(
+        MemoryStore::new()
+            .with_freshness_retention(retention)
+            .expect("a retention the tests use is valid"),
+    )
 }
 
 #[cfg(feature = "redis")]
-pub(crate) async fn redis_store() -> clink_webhooks::idempotency::RedisStore {
+pub(crate) async fn redis_store() -> clink_webhooks::store::RedisStore {
     let url = server_url("REDIS_URL");
-    clink_webhooks::idempotency::RedisStore::connect(&url)
+    clink_webhooks::store::RedisStore::connect(&url)
         .await
         .unwrap_or_else(|err| panic!("cannot connect to REDIS_URL: {err}"))
         .with_timeout(TEST_TIMEOUT)
@@ -77,7 +82,7 @@ pub(crate) fn pg_pool_for(config: tokio_postgres::Config) -> deadpool_postgres::
 pub(crate) const PG_TABLE: &str = "clink_conformance";
 
 #[cfg(feature = "postgres")]
-pub(crate) async fn postgres_store() -> clink_webhooks::idempotency::PostgresStore {
+pub(crate) async fn postgres_store() -> clink_webhooks::store::PostgresStore {
     postgres_store_in(pg_pool(&server_url("DATABASE_URL"))).await
 }
 
@@ -85,8 +90,8 @@ pub(crate) async fn postgres_store() -> clink_webhooks::idempotency::PostgresSto
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_store_in(
     pool: deadpool_postgres::Pool,
-) -> clink_webhooks::idempotency::PostgresStore {
-    let store = clink_webhooks::idempotency::PostgresStore::new(pool)
+) -> clink_webhooks::store::PostgresStore {
+    let store = clink_webhooks::store::PostgresStore::new(pool)
         .with_table(PG_TABLE)
         .and_then(|store| store.with_timeout(TEST_TIMEOUT))
         .expect("valid configuration");

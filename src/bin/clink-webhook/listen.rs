@@ -3,22 +3,21 @@
 
 use std::convert::Infallible;
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Args;
-use clink_webhooks::event::Resource;
-use clink_webhooks::idempotency::BoxFuture;
-use clink_webhooks::layer::{outcome, Duplicate, Rejection, RejectionKind, DEFAULT_BODY_LIMIT};
-use clink_webhooks::ordering::{Freshness, MemoryFreshnessStore};
+use clink_webhooks::data::Resource;
+use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
-use clink_webhooks::{ClinkLayer, ClinkService, Event, EventRouter, RawEvent, Verifier};
+use clink_webhooks::store::BoxFuture;
+use clink_webhooks::{
+    ClinkLayer, ClinkService, Event, EventRouter, Layer, MemoryStore, Outcome, RawEvent,
+    VerifiedEvent, Verifier,
+};
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -26,7 +25,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use pin_project_lite::pin_project;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
@@ -49,8 +47,8 @@ about its object.
 
 It listens on 127.0.0.1 only, prints `listening on http://127.0.0.1:PORT/PATH`
 first (--port 0 picks a free port and prints it), then one line per delivery:
-status, outcome, type, id, object, freshness. A refusal prints what the body
-claims, marked unverified. Ctrl-C or SIGTERM stops it gracefully (exit 0).";
+status, outcome, type, id, object, freshness. A refusal before the signature
+checked out is marked unverified, and nothing from its body is printed. Ctrl-C or SIGTERM stops it gracefully (exit 0).";
 
 /// How long open connections get to finish after Ctrl-C or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -67,75 +65,27 @@ pub(crate) struct ListenArgs {
     path: String,
 }
 
-tokio::task_local! {
-    /// Where the handler of the delivery being served notes its event's freshness.
-    static FRESHNESS: Arc<Mutex<Option<Freshness>>>;
-}
-
-/// The handler of every typed event: notes the freshness the router found.
-struct NoteFreshness;
-
-impl EveryHandler for NoteFreshness {
-    type Error = Infallible;
-
-    fn handle<T: Resource + Send + 'static>(
-        &self,
-        event: Event<T>,
-    ) -> BoxFuture<'static, Result<(), Infallible>> {
-        let _ = FRESHNESS.try_with(|slot| {
-            if let Ok(mut slot) = slot.lock() {
-                *slot = Some(event.freshness().clone());
-            }
-        });
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
 /// Typed handlers for every event type the crate knows, so the router
 /// tracks their freshness; names added later go to the fallback.
 fn router() -> EventRouter {
     EventRouter::new()
-        .ordering(MemoryFreshnessStore::new())
-        .on_every(NoteFreshness)
+        .ordering(MemoryStore::new())
+        .on_every(Acknowledge)
         .on_any(|_event| std::future::ready(Ok::<_, Infallible>(())))
 }
 
-pin_project! {
-    /// A request body that keeps a copy of what the layer reads from it (up
-    /// to the layer's limit), so the delivery can be described afterwards.
-    struct Tee {
-        #[pin]
-        inner: Incoming,
-        copy: Arc<Mutex<BytesMut>>,
-    }
-}
+/// The handler of every typed event: does nothing; the router's response
+/// says what freshness it was given.
+struct Acknowledge;
 
-impl Body for Tee {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl EveryHandler for Acknowledge {
+    type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let (Some(data), Ok(mut copy)) = (frame.data_ref(), this.copy.lock()) {
-                if copy.len() + data.len() <= DEFAULT_BODY_LIMIT {
-                    copy.extend_from_slice(data);
-                }
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn handle<T: Resource + Send + 'static>(
+        &self,
+        _event: Event<T>,
+    ) -> BoxFuture<'static, Result<(), Infallible>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -161,7 +111,7 @@ async fn serve(
                 "{} not_found  {} {}",
                 out.paint(Tone::Bad, "404"),
                 request.method(),
-                request.uri().path()
+                escaped(request.uri().path())
             ),
         });
         let body = json!({"error": "not_found", "message": message}).to_string();
@@ -169,42 +119,10 @@ async fn serve(
         *response.status_mut() = StatusCode::NOT_FOUND;
         return Ok(response);
     }
-    let copy = Arc::new(Mutex::new(BytesMut::new()));
-    let request = request.map(|inner| Tee {
-        inner,
-        copy: Arc::clone(&copy),
-    });
-    let freshness = Arc::new(Mutex::new(None));
-    let response = FRESHNESS
-        .scope(Arc::clone(&freshness), async move {
-            poll_fn(|cx| Service::<Request<Tee>>::poll_ready(&mut pipeline, cx)).await?;
-            pipeline.call(request).await
-        })
-        .await?;
-    let body = copy.lock().map(|b| b.clone().freeze()).unwrap_or_default();
-    let freshness = freshness.lock().ok().and_then(|mut f| f.take());
-    print_delivery(&out, &response, &body, freshness.as_ref());
+    poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut pipeline, cx)).await?;
+    let response = pipeline.call(request).await?;
+    print_delivery(&out, &response);
     Ok(response.map(BodyExt::boxed_unsync))
-}
-
-/// Whether the layer verified the delivery before answering.
-fn verified<B>(response: &Response<B>) -> bool {
-    match response
-        .extensions()
-        .get::<Rejection>()
-        .map(Rejection::kind)
-    {
-        Some(
-            RejectionKind::MethodNotAllowed
-            | RejectionKind::Verify(_)
-            | RejectionKind::BodyTooLarge { .. }
-            | RejectionKind::BodyUnreadable
-            | RejectionKind::BodyTimeout
-            | RejectionKind::InvalidEnvelope(_),
-        ) => false,
-        Some(_) => true,
-        None => true,
-    }
 }
 
 fn freshness_text(freshness: Option<&Freshness>) -> Option<String> {
@@ -215,53 +133,63 @@ fn freshness_text(freshness: Option<&Freshness>) -> Option<String> {
     })
 }
 
-fn print_delivery<B>(
-    out: &Output,
-    response: &Response<B>,
-    body: &[u8],
-    freshness: Option<&Freshness>,
-) {
+/// One line for a delivery, from what the layer put in the response: its
+/// outcome, the verified event, and the freshness the router found.
+fn print_delivery<B>(out: &Output, response: &Response<B>) {
     let status = response.status().as_u16();
-    let outcome = outcome(response);
-    let verified = verified(response);
-    let event = RawEvent::from_slice(body).ok();
-    let object = event.as_ref().and_then(RawEvent::object_key);
-    let freshness = freshness_text(freshness);
+    let outcome = Outcome::of(response);
+    let code = outcome.map_or("unknown", Outcome::as_str);
+    let event = response
+        .extensions()
+        .get::<VerifiedEvent>()
+        .map(VerifiedEvent::event);
+    let object = event.and_then(RawEvent::object_key);
+    let freshness = freshness_text(response.extensions().get::<Freshness>());
     if out.json {
         out.json_line(&json!({
             "status": status,
-            "outcome": outcome,
-            "verified": verified,
-            "event_type": event.as_ref().map(|e| e.event_type().as_str()),
-            "event_id": event.as_ref().map(RawEvent::id),
+            "outcome": code,
+            "verified": event.is_some(),
+            "event_type": event.map(|e| e.event_type().as_str()),
+            "event_id": event.map(RawEvent::id),
             "object": object.as_ref().map(ToString::to_string),
             "freshness": freshness,
         }));
         return;
     }
-    let tone = if response.extensions().get::<Duplicate>().is_some()
+    let tone = if outcome == Some(&Outcome::Duplicate)
         || freshness.as_deref().is_some_and(|f| f.starts_with("stale"))
     {
         Tone::Note
     } else {
         Output::status_tone(status)
     };
-    let mut line = out.paint(tone, &format!("{status} {outcome}"));
-    match &event {
-        Some(event) => {
-            let marker = if verified { "" } else { "unverified: " };
-            line.push_str(&format!("  {marker}{} {}", event.event_type(), event.id()));
-        }
-        None if !body.is_empty() => line.push_str("  (not an event)"),
-        None => {}
+    let mut line = out.paint(tone, &format!("{status} {code}"));
+    // Values from the body are data: printed escaped, never raw.
+    match event {
+        Some(event) => line.push_str(&format!(
+            "  {} {}",
+            escaped(event.event_type().as_str()),
+            escaped(event.id())
+        )),
+        None => line.push_str("  (unverified)"),
     }
     if let Some(object) = object {
-        line.push_str(&format!("  {object}"));
+        line.push_str(&format!("  {}", escaped(&object.to_string())));
     }
     if let Some(freshness) = freshness {
-        line.push_str(&format!("  {freshness}"));
+        line.push_str(&format!("  {}", escaped(&freshness)));
     }
     out.line(&line);
+}
+
+/// `text` as is when it is printable, else quoted with escapes.
+fn escaped(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '"') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Ctrl-C and SIGTERM, listened for from the moment it is made, so that a
@@ -316,7 +244,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
     let secret = args.key.secret()?;
     let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::usage(e.to_string()))?;
     drop(secret);
-    let pipeline: Pipeline = tower_layer::Layer::layer(&ClinkLayer::new(verifier), router());
+    let pipeline: Pipeline = ClinkLayer::new(verifier).layer(router());
 
     let listener = TcpListener::bind(("127.0.0.1", args.port))
         .await

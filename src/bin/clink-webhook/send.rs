@@ -363,7 +363,7 @@ async fn deliver(
 /// `duplicate` or the `error` code of a receiver's JSON answer.
 fn detail(body: &[u8]) -> Option<String> {
     let answer: Value = serde_json::from_slice(body).ok()?;
-    if answer["duplicate"] == true {
+    if answer["outcome"] == "duplicate" {
         Some("duplicate".to_owned())
     } else {
         answer["error"].as_str().map(str::to_owned)

@@ -1,7 +1,8 @@
 //! `refund.*` data: [`Refund`].
 //!
 //! ```
-//! use clink_webhooks::event::{RawEvent, Refund, RefundReason, RefundStatus};
+//! use clink_webhooks::data::{Refund, RefundReason, RefundStatus};
+//! use clink_webhooks::events::RawEvent;
 //!
 //! // Clink's docs show `metadata` as a JSON-encoded string; it decodes like an object.
 //! let body = br#"{"id":"evt_1","type":"refund.succeeded","data":{"refundId":"rf_1",

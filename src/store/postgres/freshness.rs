@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{millis_param, pg_error, PostgresStore, Relation};
-use crate::event::ObjectKey;
-use crate::idempotency::{check_retention, BoxFuture, ConfigError, StoreError};
-use crate::ordering::{check_record, FreshnessStore, Version};
+use super::schema::Relation;
+use super::{millis_param, pg_error, PostgresStore};
+use crate::events::{ObjectKey, Version};
+use crate::store::{check_record, FreshnessStore};
+use crate::store::{check_retention, BoxFuture, StoreError};
+use crate::ConfigError;
 use crate::Timestamp;
 
 /// The freshness SQL, written once for the store's table.
@@ -82,13 +84,13 @@ WHERE (family, object_id) IN (
 
 impl PostgresStore {
     /// Keeps each freshness record for `retention` after it was last written
-    /// (default [`DEFAULT_FRESHNESS_RETENTION`](crate::ordering::DEFAULT_FRESHNESS_RETENTION)).
+    /// (default [`DEFAULT_FRESHNESS_RETENTION`](crate::store::DEFAULT_FRESHNESS_RETENTION)).
     /// Expired records read as absent at once; [`reap`](Self::reap) deletes them.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] unless `retention` is between 1 ms and
-    /// [`MAX_TTL`](crate::idempotency::MAX_TTL).
+    /// [`MAX_TTL`](crate::store::MAX_TTL).
     pub fn with_freshness_retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
         self.freshness_retention = check_retention(retention)?;
         Ok(self)

@@ -1,4 +1,4 @@
-//! [`EventType`]: every Clink event name, and the marker types in [`events`](crate::events).
+//! [`EventType`]: every Clink event name, and one marker type per name.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,12 +10,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Implemented by every type in [`events`](crate::events); there is no need
 /// to implement it yourself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event type marker",
+    label = "expected a marker from `clink_webhooks::events`",
+    note = "name the event, not its data: `events::OrderSucceeded` (whose data is `data::Order`), `events::RefundCreated`, ..."
+)]
 pub trait EventKind: Send + Sync + 'static {
     /// The event's [`EventType`].
     const TYPE: EventType;
-    /// The type its `data` decodes into; a [`Resource`](crate::event::Resource),
+    /// The type its `data` decodes into; a [`Resource`](crate::data::Resource),
     /// so that every typed event can say which object it is about.
-    type Data: serde::de::DeserializeOwned + crate::event::Resource + Send + 'static;
+    type Data: serde::de::DeserializeOwned + crate::data::Resource + Send + 'static;
 }
 
 /// Something done once per event kind, generic over its marker; see `for_each_kind`.
@@ -75,62 +80,52 @@ macro_rules! event_types {
 
         /// Calls `visitor` once per event kind this crate knows, with its marker type.
         pub(crate) fn for_each_kind(visitor: &mut impl KindVisitor) {
-            $( visitor.visit::<events::$variant>(); )+
+            $( visitor.visit::<$variant>(); )+
         }
 
-        /// One marker type per Clink event, for typed handler registration
-        /// with [`EventRouter::on`](crate::EventRouter::on).
-        ///
-        /// ```
-        /// use clink_webhooks::{events, EventKind, EventType};
-        ///
-        /// assert_eq!(<events::OrderSucceeded as EventKind>::TYPE, EventType::OrderSucceeded);
-        /// ```
-        pub mod events {
-            $(
-                #[doc = concat!("Marker for `", $name, "`; its data is [`", stringify!($data), "`].")]
-                #[derive(Debug, Clone, Copy, Default)]
-                pub struct $variant;
+        $(
+            #[doc = concat!("The `", $name, "` event, for [`EventRouter::on`](crate::EventRouter::on) and `ClinkEvent<_>`; its data is [`", stringify!($data), "`].")]
+            #[derive(Debug, Clone, Copy, Default)]
+            pub struct $variant;
 
-                impl super::EventKind for $variant {
-                    const TYPE: super::EventType = super::EventType::$variant;
-                    type Data = $data;
-                }
-            )+
-        }
+            impl EventKind for $variant {
+                const TYPE: EventType = EventType::$variant;
+                type Data = $data;
+            }
+        )+
     };
 }
 
 event_types! {
-    OrderCreated = "order.created" => crate::event::Order, order;
-    OrderSucceeded = "order.succeeded" => crate::event::Order, order;
-    OrderFailed = "order.failed" => crate::event::Order, order;
-    RefundCreated = "refund.created" => crate::event::Refund, refund;
-    RefundSucceeded = "refund.succeeded" => crate::event::Refund, refund;
-    RefundFailed = "refund.failed" => crate::event::Refund, refund;
-    SubscriptionCreated = "subscription.created" => crate::event::Subscription, subscription;
-    SubscriptionTrialing = "subscription.trialing" => crate::event::Subscription, subscription;
-    SubscriptionActivated = "subscription.activated" => crate::event::Subscription, subscription;
-    SubscriptionIncompleteExpired = "subscription.incomplete_expired" => crate::event::Subscription, subscription;
-    SubscriptionPastDue = "subscription.past_due" => crate::event::Subscription, subscription;
-    SubscriptionCancelled = "subscription.cancelled" => crate::event::Subscription, subscription;
-    InvoiceOpen = "invoice.open" => crate::event::Invoice, invoice;
-    InvoicePaid = "invoice.paid" => crate::event::Invoice, invoice;
-    InvoiceVoid = "invoice.void" => crate::event::Invoice, invoice;
-    OrderNextAction = "order.next_action" => crate::event::Order, order;
-    SubscriptionPlanChanged = "subscription.updated.plan_changed" => crate::event::Subscription, subscription;
-    SubscriptionPlanChangeCanceled = "subscription.updated.plan_change_canceled" => crate::event::Subscription, subscription;
-    SubscriptionRenewed = "subscription.updated.renewed" => crate::event::Subscription, subscription;
-    SubscriptionCancelAtPeriodEndSet = "subscription.updated.cancel_at_period_end_set" => crate::event::Subscription, subscription;
-    SubscriptionCancelAtPeriodEndRevoked = "subscription.updated.cancel_at_period_end_revoked" => crate::event::Subscription, subscription;
-    SessionComplete = "session.complete" => crate::event::Session, session;
-    SessionExpired = "session.expired" => crate::event::Session, session;
-    DisputeCreated = "dispute.created" => crate::event::Dispute, dispute;
-    DisputeUpdated = "dispute.updated" => crate::event::Dispute, dispute;
-    DisputeWon = "dispute.won" => crate::event::Dispute, dispute;
-    DisputeLost = "dispute.lost" => crate::event::Dispute, dispute;
-    DisputeClosed = "dispute.closed" => crate::event::Dispute, dispute;
-    CustomerVerify = "customer.verify" => crate::event::CustomerVerify, customer;
+    OrderCreated = "order.created" => crate::data::Order, order;
+    OrderSucceeded = "order.succeeded" => crate::data::Order, order;
+    OrderFailed = "order.failed" => crate::data::Order, order;
+    RefundCreated = "refund.created" => crate::data::Refund, refund;
+    RefundSucceeded = "refund.succeeded" => crate::data::Refund, refund;
+    RefundFailed = "refund.failed" => crate::data::Refund, refund;
+    SubscriptionCreated = "subscription.created" => crate::data::Subscription, subscription;
+    SubscriptionTrialing = "subscription.trialing" => crate::data::Subscription, subscription;
+    SubscriptionActivated = "subscription.activated" => crate::data::Subscription, subscription;
+    SubscriptionIncompleteExpired = "subscription.incomplete_expired" => crate::data::Subscription, subscription;
+    SubscriptionPastDue = "subscription.past_due" => crate::data::Subscription, subscription;
+    SubscriptionCancelled = "subscription.cancelled" => crate::data::Subscription, subscription;
+    InvoiceOpen = "invoice.open" => crate::data::Invoice, invoice;
+    InvoicePaid = "invoice.paid" => crate::data::Invoice, invoice;
+    InvoiceVoid = "invoice.void" => crate::data::Invoice, invoice;
+    OrderNextAction = "order.next_action" => crate::data::Order, order;
+    SubscriptionPlanChanged = "subscription.updated.plan_changed" => crate::data::Subscription, subscription;
+    SubscriptionPlanChangeCanceled = "subscription.updated.plan_change_canceled" => crate::data::Subscription, subscription;
+    SubscriptionRenewed = "subscription.updated.renewed" => crate::data::Subscription, subscription;
+    SubscriptionCancelAtPeriodEndSet = "subscription.updated.cancel_at_period_end_set" => crate::data::Subscription, subscription;
+    SubscriptionCancelAtPeriodEndRevoked = "subscription.updated.cancel_at_period_end_revoked" => crate::data::Subscription, subscription;
+    SessionComplete = "session.complete" => crate::data::Session, session;
+    SessionExpired = "session.expired" => crate::data::Session, session;
+    DisputeCreated = "dispute.created" => crate::data::Dispute, dispute;
+    DisputeUpdated = "dispute.updated" => crate::data::Dispute, dispute;
+    DisputeWon = "dispute.won" => crate::data::Dispute, dispute;
+    DisputeLost = "dispute.lost" => crate::data::Dispute, dispute;
+    DisputeClosed = "dispute.closed" => crate::data::Dispute, dispute;
+    CustomerVerify = "customer.verify" => crate::data::CustomerVerify, customer;
     PaymentMethodAdded = "payment_method.added" => serde_json::Value, payment_method;
     PaymentMethodDefaultChange = "payment_method.default_change" => serde_json::Value, payment_method;
     RiskRuleUpdated = "risk_rule.updated" => serde_json::Value, risk_rule;

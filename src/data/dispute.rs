@@ -1,7 +1,8 @@
 //! `dispute.*` data: [`Dispute`], the charge-back Clink sends as `data.object`.
 //!
 //! ```
-//! use clink_webhooks::event::{Dispute, DisputeStatus, RawEvent};
+//! use clink_webhooks::data::{Dispute, DisputeStatus};
+//! use clink_webhooks::events::RawEvent;
 //!
 //! let body = br#"{"id":"evt_1","type":"dispute.won","created":1750062041000,
 //!     "data":{"object":{"chargeBackId":"cb_1","status":3,"disputeAmount":19.99}}}"#;

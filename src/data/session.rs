@@ -1,7 +1,8 @@
 //! `session.*` data: [`Session`].
 //!
 //! ```
-//! use clink_webhooks::event::{PaymentStatus, RawEvent, Session, SessionStatus};
+//! use clink_webhooks::data::{PaymentStatus, Session, SessionStatus};
+//! use clink_webhooks::events::RawEvent;
 //!
 //! let body = br#"{"id":"evt_1","type":"session.complete","data":{"sessionId":"sess_1",
 //!     "status":"completed","paymentStatus":"paid","created":"2025-01-15T11:45:00.000Z",

@@ -1,7 +1,8 @@
 //! `subscription.*` and `subscription.updated.*` data: [`Subscription`].
 //!
 //! ```
-//! use clink_webhooks::event::{RawEvent, Subscription, SubscriptionStatus};
+//! use clink_webhooks::data::{Subscription, SubscriptionStatus};
+//! use clink_webhooks::events::RawEvent;
 //!
 //! // The event is `subscription.trialing`; the status is `free_trial`.
 //! let body = br#"{"id":"evt_1","type":"subscription.trialing","data":{"subscriptionId":"sub_1",

@@ -1,7 +1,8 @@
 //! `customer.verify` data: [`CustomerVerify`], sent as `data.object`.
 //!
 //! ```
-//! use clink_webhooks::event::{CustomerVerify, RawEvent};
+//! use clink_webhooks::data::CustomerVerify;
+//! use clink_webhooks::events::RawEvent;
 //!
 //! let body = br#"{"id":"evt_1","type":"customer.verify",
 //!     "data":{"object":{"customerId":"cus_1","customerEmail":"a@example.com","merchantId":"m_1"}}}"#;

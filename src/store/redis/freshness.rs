@@ -7,11 +7,10 @@ use std::time::Duration;
 use ::redis::{Script, Value};
 
 use super::{unexpected, RedisStore};
-use crate::event::ObjectKey;
-use crate::idempotency::{
-    check_retention, ttl_millis, BoxFuture, ConfigError, StoreError, StoreErrorKind,
-};
-use crate::ordering::{check_record, FreshnessStore, Version};
+use crate::events::{ObjectKey, Version};
+use crate::store::{check_record, FreshnessStore};
+use crate::store::{check_retention, ttl_millis, BoxFuture, StoreError, StoreErrorKind};
+use crate::ConfigError;
 use crate::Timestamp;
 
 /// Between the created time and the event id in a stored version.
@@ -97,12 +96,12 @@ impl RedisStore {
     }
 
     /// Keeps each freshness record for `retention` after it was last written
-    /// (default [`DEFAULT_FRESHNESS_RETENTION`](crate::ordering::DEFAULT_FRESHNESS_RETENTION)).
+    /// (default [`DEFAULT_FRESHNESS_RETENTION`](crate::store::DEFAULT_FRESHNESS_RETENTION)).
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] unless `retention` is between 1 ms and
-    /// [`MAX_TTL`](crate::idempotency::MAX_TTL).
+    /// [`MAX_TTL`](crate::store::MAX_TTL).
     pub fn with_freshness_retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
         self.freshness_retention = check_retention(retention)?;
         Ok(self)

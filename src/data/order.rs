@@ -1,7 +1,8 @@
 //! `order.*` data: [`Order`].
 //!
 //! ```
-//! use clink_webhooks::event::{Currency, Order, OrderStatus, RawEvent};
+//! use clink_webhooks::data::{Currency, Order, OrderStatus};
+//! use clink_webhooks::events::RawEvent;
 //! use rust_decimal::Decimal;
 //!
 //! let body = br#"{"id":"evt_1","type":"order.succeeded","created":"2025-01-15T12:00:00.000Z",

@@ -73,7 +73,7 @@ macro_rules! string_enum {
 
         impl<'de> ::serde::Deserialize<'de> for $name {
             fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                $crate::event::common::deserialize_str_into(deserializer)
+                $crate::data::common::deserialize_str_into(deserializer)
             }
         }
     };
@@ -109,7 +109,7 @@ where
 ///
 /// Every amount field of this crate's types uses it. Use it on your own types
 /// (for example for a family without a published schema) with
-/// `#[serde(default, with = "clink_webhooks::event::amount")]`:
+/// `#[serde(default, with = "clink_webhooks::data::amount")]`:
 ///
 /// ```
 /// use rust_decimal::Decimal;
@@ -117,7 +117,7 @@ where
 ///
 /// #[derive(Deserialize, Serialize)]
 /// struct AgentOrder {
-///     #[serde(default, with = "clink_webhooks::event::amount")]
+///     #[serde(default, with = "clink_webhooks::data::amount")]
 ///     amount: Option<Decimal>,
 /// }
 ///
@@ -211,7 +211,7 @@ pub mod amount {
 /// The code is kept exactly as sent (no case folding).
 ///
 /// ```
-/// use clink_webhooks::event::Currency;
+/// use clink_webhooks::data::Currency;
 ///
 /// let c: Currency = serde_json::from_str(r#""USD""#).unwrap();
 /// assert_eq!(c, Currency::USD);
@@ -323,7 +323,7 @@ impl<'de> Deserialize<'de> for Currency {
 /// there was one.
 ///
 /// ```
-/// use clink_webhooks::event::Metadata;
+/// use clink_webhooks::data::Metadata;
 ///
 /// let object: Metadata = serde_json::from_str(r#"{"arn":"74537","tier":"gold"}"#).unwrap();
 /// let encoded: Metadata = serde_json::from_str(r#""{\"arn\":\"74537\",\"tier\":\"gold\"}""#).unwrap();

@@ -7,11 +7,12 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, RedisError, Script, Value};
 
+use super::DEFAULT_FRESHNESS_RETENTION;
 use super::{
-    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore,
-    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, IdempotencyStore, LeaseToken,
+    Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
-use crate::ordering::DEFAULT_FRESHNESS_RETENTION;
+use crate::ConfigError;
 
 mod freshness;
 
@@ -103,8 +104,8 @@ return 0
 /// live claim. [`connect`](Self::connect) logs a warning when the server says
 /// it has another policy.
 ///
-/// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
-/// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering): one
+/// It is also a [`FreshnessStore`](crate::store::FreshnessStore) for
+/// [`EventRouter::ordering`](crate::EventRouter::ordering): one
 /// key per object, `{prefix}:{family}:{id}` (the prefix is
 /// [`DEFAULT_FRESHNESS_PREFIX`](Self::DEFAULT_FRESHNESS_PREFIX) unless
 /// [`with_freshness_prefix`](Self::with_freshness_prefix) sets another; no
@@ -117,7 +118,7 @@ return 0
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use clink_webhooks::idempotency::{IdempotencyStore, RedisStore};
+/// use clink_webhooks::store::{IdempotencyStore, RedisStore};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let url = std::env::var("REDIS_URL")?;

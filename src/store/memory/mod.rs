@@ -11,9 +11,14 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::{
-    check_key, ttl_millis, BoxFuture, Claim, ConfigError, IdempotencyStore, LeaseToken, Settle,
+    check_key, check_retention, ttl_millis, BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle,
     StoreError, StoreErrorKind,
 };
+use crate::ConfigError;
+
+mod freshness;
+
+pub use freshness::DEFAULT_FRESHNESS_CAPACITY;
 
 /// An in-process idempotency store: fast, bounded, and forgotten on restart.
 ///
@@ -60,6 +65,7 @@ pub struct MemoryStore {
     /// Records plus slots reserved by claims about to insert one.
     used: AtomicUsize,
     capacity: usize,
+    freshness: freshness::Records,
 }
 
 enum Record {
@@ -118,33 +124,64 @@ impl MemoryStore {
     /// How many keys a store made with [`new`](Self::new) remembers at most.
     pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
-    /// An empty store holding at most [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) keys.
+    /// An empty store holding at most [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY)
+    /// idempotency keys and freshness records for at most
+    /// [`DEFAULT_FRESHNESS_CAPACITY`] objects, each kept
+    /// [`DEFAULT_FRESHNESS_RETENTION`](super::DEFAULT_FRESHNESS_RETENTION)
+    /// after it was last written.
     #[must_use]
     pub fn new() -> Self {
-        Self::bounded(Self::DEFAULT_CAPACITY)
+        Self {
+            records: DashMap::new(),
+            queues: Mutex::default(),
+            used: AtomicUsize::new(0),
+            capacity: Self::DEFAULT_CAPACITY,
+            freshness: freshness::Records::default(),
+        }
     }
 
-    /// An empty store holding at most `capacity` keys.
+    /// Holds at most `capacity` idempotency keys.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] when `capacity` is zero: such a store could claim nothing.
-    pub fn with_capacity(capacity: usize) -> Result<Self, ConfigError> {
+    pub fn with_capacity(mut self, capacity: usize) -> Result<Self, ConfigError> {
         if capacity == 0 {
             return Err(ConfigError::new(
                 "a MemoryStore needs a capacity of at least one key",
             ));
         }
-        Ok(Self::bounded(capacity))
+        self.capacity = capacity;
+        Ok(self)
     }
 
-    fn bounded(capacity: usize) -> Self {
-        Self {
-            records: DashMap::new(),
-            queues: Mutex::default(),
-            used: AtomicUsize::new(0),
-            capacity,
+    /// Keeps freshness records for at most `capacity` objects. When full,
+    /// expired records are dropped first; if it is still full, a new object
+    /// is refused with [`StoreErrorKind::Full`] (answered `503`) rather than
+    /// silently forgetting what it knows.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `capacity` is zero.
+    pub fn with_freshness_capacity(mut self, capacity: usize) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::new(
+                "a MemoryStore needs a freshness capacity of at least one object",
+            ));
         }
+        self.freshness.capacity = capacity;
+        Ok(self)
+    }
+
+    /// Keeps each freshness record for `retention` after it was last written.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `retention` is between 1 ms and
+    /// [`MAX_TTL`](super::MAX_TTL).
+    pub fn with_freshness_retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
+        self.freshness.retention = check_retention(retention)?;
+        Ok(self)
     }
 
     /// The most keys the store remembers.
@@ -487,7 +524,9 @@ mod tests {
     }
 
     fn store(capacity: usize) -> MemoryStore {
-        MemoryStore::with_capacity(capacity).expect("non-zero capacity")
+        MemoryStore::new()
+            .with_capacity(capacity)
+            .expect("non-zero capacity")
     }
 
     /// Completes `key` with `retention`.
@@ -620,7 +659,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_arguments_are_refused() {
-        assert!(MemoryStore::with_capacity(0).is_err());
+        assert!(MemoryStore::new().with_capacity(0).is_err());
 
         let store = MemoryStore::new();
         let zero = store.claim("k", Duration::ZERO).await.unwrap_err();

@@ -10,43 +10,13 @@
 //! present or not. Unknown fields and unknown event names never fail a
 //! delivery.
 //!
-//! # How fields are typed
-//!
-//! The family types ([`Order`], [`Session`], [`Refund`], [`Subscription`],
-//! [`Invoice`], [`Dispute`], [`CustomerVerify`]) and their nested types follow
-//! Clink's schemas field by field, with the wire's camelCase names.
-//!
-//! - **Every field is an `Option`**, including the few Clink's schema marks
-//!   required (their docs say "always sent by Clink"). Clink sends `null`
-//!   freely, and one missing field should not make a whole event unreadable.
-//!   A field of the wrong type is still an error, and [`DecodeError::path`]
-//!   names it.
-//! - **Unknown fields are ignored**, so fields Clink adds later never fail a
-//!   delivery.
-//! - **Amounts are exact** [`rust_decimal::Decimal`]s read from the number's
-//!   own text, never through `f64`: `19.99`, `0.1` and `1999` come out as
-//!   written. A string holding a number is accepted too, and amounts are
-//!   written back as JSON numbers with the same digits. See [`amount`].
-//! - **Times** are [`Timestamp`]s, whether sent as epoch milliseconds or as
-//!   RFC 3339 strings.
-//! - **String enums** (statuses, reasons, intervals, ...) have an `Unknown`
-//!   variant that keeps a value this crate does not know yet. The dispute
-//!   status is an integer, and [`DisputeStatus::Unknown`] keeps unknown codes.
-//! - **Currencies** are a [`Currency`]: the code as sent, with constants for
-//!   the codes Clink lists, since a code Clink adds later is an ordinary value.
-//! - **`metadata`** is a [`Metadata`], decoded alike from an object or from a
-//!   string holding a JSON-encoded object.
-//!
-//! The structs are `#[non_exhaustive]` so that fields can follow Clink's
-//! schema without breaking builds; to build one (in tests, say), start from
-//! `Default::default()` and assign fields.
-//!
 //! Clink does not deliver in order; [`Event::object_key`] and
 //! [`RawEvent::object_key`] tell which object an event is about (see
 //! [`ObjectKey`]).
 //!
 //! ```
-//! use clink_webhooks::event::{Order, RawEvent};
+//! use clink_webhooks::data::Order;
+//! use clink_webhooks::events::RawEvent;
 //! use clink_webhooks::EventType;
 //!
 //! let body = br#"{"id":"evt_1","object":"event","created":1736942400000,"type":"order.succeeded",
@@ -68,37 +38,20 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ordering::{Freshness, Version};
 use crate::Timestamp;
 
-mod common;
-mod customer;
-mod dispute;
 mod event_type;
-mod invoice;
 mod object;
-mod order;
-mod refund;
-mod session;
-mod subscription;
+mod version;
 
-pub use common::{amount, Billing, Currency, Interval, Metadata, PriceData};
-pub use customer::*;
-pub use dispute::*;
-pub use event_type::{events, EventKind, EventType};
-pub(crate) use event_type::{for_each_kind, KindVisitor};
-pub use invoice::*;
-#[cfg(feature = "test-util")]
-pub(crate) use object::id_field;
-pub use object::{ObjectKey, Resource};
-pub use order::*;
-pub use refund::*;
-pub use session::*;
-pub use subscription::*;
+pub use event_type::*;
+pub use object::ObjectKey;
+pub use version::{Freshness, Version};
 
 /// A Clink event with its data decoded into `T`.
 ///
-/// `T` is a family type such as [`Order`] or [`Subscription`], or
+/// `T` is a family type such as [`Order`](crate::data::Order) or
+/// [`Subscription`](crate::data::Subscription), or
 /// [`serde_json::Value`] for families without a published schema.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -427,6 +380,7 @@ impl std::error::Error for DecodeError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Order;
 
     #[test]
     fn data_and_data_object_resolve_to_the_same_resource() {

@@ -10,13 +10,17 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Transaction};
 
+use super::DEFAULT_FRESHNESS_RETENTION;
 use super::{
-    check_key, check_timeout, timed, timed_until, ttl_millis, BoxFuture, Claim, ConfigError,
-    IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    check_key, check_timeout, timed, timed_until, ttl_millis, BoxFuture, Claim, IdempotencyStore,
+    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
-use crate::ordering::DEFAULT_FRESHNESS_RETENTION;
+use crate::ConfigError;
 
 mod freshness;
+mod schema;
+
+use schema::{check_table_name, Statements};
 
 /// How many expired rows one reaper statement deletes at most.
 const REAP_BATCH: i64 = 10_000;
@@ -43,8 +47,8 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 ///   each call is one round trip, and the store works behind PgBouncer in
 ///   transaction mode.
 ///
-/// It is also a [`FreshnessStore`](crate::ordering::FreshnessStore) for
-/// [`EventRouter::shared_ordering`](crate::EventRouter::shared_ordering),
+/// It is also a [`FreshnessStore`](crate::store::FreshnessStore) for
+/// [`EventRouter::ordering`](crate::EventRouter::ordering),
 /// in a second table named after the first with `_freshness` appended
 /// ([`freshness_table`](Self::freshness_table)): one row per object with the
 /// newest version handled, its event id compared byte-wise (`COLLATE "C"`),
@@ -67,7 +71,7 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use clink_webhooks::idempotency::{IdempotencyStore, PostgresStore};
+/// use clink_webhooks::store::{IdempotencyStore, PostgresStore};
 ///
 /// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let store = PostgresStore::new(pool).with_table("webhook_dedup")?;
@@ -83,110 +87,6 @@ pub struct PostgresStore {
     sql: Arc<Statements>,
     timeout: Duration,
     freshness_retention: Duration,
-}
-
-/// The store's SQL, written once for its tables.
-struct Statements {
-    table: String,
-    /// The SQL of both tables.
-    schema: String,
-    /// Whether both tables and their indexes exist, without taking any lock.
-    exists: String,
-    claim: String,
-    complete: String,
-    release: String,
-    reap: String,
-    freshness: freshness::Statements,
-}
-
-/// A table's quoted name and the quoted names of its index on `expires_at`.
-struct Relation {
-    quoted: String,
-    /// The index's name alone, as `CREATE INDEX` takes it.
-    index: String,
-    /// The index's name, qualified by the table's schema if it has one.
-    qualified_index: String,
-}
-
-impl Relation {
-    /// The table `table` (validated) and its index `<bare table>_<index_suffix>`.
-    fn new(table: &str, index_suffix: &str) -> Self {
-        let (schema, bare) = match table.split_once('.') {
-            Some((schema, bare)) => (Some(schema), bare),
-            None => (None, table),
-        };
-        let index = quote_part(&format!("{bare}_{index_suffix}"));
-        let qualified_index = match schema {
-            Some(schema) => format!("{}.{index}", quote_part(schema)),
-            None => index.clone(),
-        };
-        Self {
-            quoted: quote(table),
-            index,
-            qualified_index,
-        }
-    }
-}
-
-impl Statements {
-    fn new(table: &str) -> Self {
-        let Relation {
-            quoted,
-            index,
-            qualified_index,
-        } = Relation::new(table, "expires_at_idx");
-        let freshness = freshness::Statements::new(table);
-        let exists = [&quoted, &qualified_index]
-            .into_iter()
-            .chain(freshness.relations())
-            .map(|name| format!("to_regclass('{name}') IS NOT NULL"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let end = "statement_timestamp() + $3 * interval '1 millisecond'";
-        Self {
-            table: table.to_owned(),
-            schema: format!(
-                "CREATE TABLE IF NOT EXISTS {quoted} (
-    -- The caller's key, such as clink:live:evt_123.
-    key         text        PRIMARY KEY,
-    -- The holder's lease token while claimed; NULL once completed.
-    lease_token text,
-    -- When the lease (claimed) or the retention (completed) ends, by the database's clock.
-    expires_at  timestamptz NOT NULL
-);
-CREATE INDEX IF NOT EXISTS {index} ON {quoted} (expires_at);
-{}",
-                freshness.schema
-            ),
-            exists: format!("SELECT {exists}"),
-            claim: format!(
-                "INSERT INTO {quoted} AS held (key, lease_token, expires_at)
-VALUES ($1, $2, {end})
-ON CONFLICT (key) DO UPDATE SET
-    lease_token = CASE WHEN held.expires_at <= statement_timestamp()
-                       THEN excluded.lease_token ELSE held.lease_token END,
-    expires_at  = CASE WHEN held.expires_at <= statement_timestamp()
-                       THEN excluded.expires_at ELSE held.expires_at END
-RETURNING lease_token,
-    GREATEST(0, CEIL(EXTRACT(EPOCH FROM expires_at - statement_timestamp()) * 1000))::int8"
-            ),
-            complete: format!(
-                "UPDATE {quoted} SET lease_token = NULL, expires_at = {end}
-WHERE key = $1 AND lease_token = $2 AND expires_at > statement_timestamp()"
-            ),
-            release: format!(
-                "DELETE FROM {quoted}
-WHERE key = $1 AND lease_token = $2 AND expires_at > statement_timestamp()"
-            ),
-            reap: format!(
-                "DELETE FROM {quoted}
-WHERE key IN (SELECT key FROM {quoted} WHERE expires_at <= statement_timestamp()
-              LIMIT $1 FOR UPDATE SKIP LOCKED)
-  AND expires_at <= statement_timestamp()"
-            ),
-            freshness,
-        }
-    }
 }
 
 impl PostgresStore {
@@ -572,38 +472,6 @@ fn millis_param(what: &str, ttl: Duration) -> Result<i64, StoreError> {
     Ok(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
-fn check_table_name(name: &str) -> Result<(), ConfigError> {
-    let mut parts = name.split('.');
-    let valid = parts.by_ref().take(2).all(is_identifier) && parts.next().is_none();
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::new(format!(
-            "table name {name:?} is not `table` or `schema.table` made of 1 to 48 \
-             lowercase letters, digits and underscores, not starting with a digit"
-        )))
-    }
-}
-
-fn is_identifier(part: &str) -> bool {
-    let mut chars = part.chars();
-    matches!(chars.next(), Some('a'..='z' | '_'))
-        && part.len() <= 48
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
-}
-
-/// Quotes a validated, possibly schema-qualified name.
-fn quote(name: &str) -> String {
-    name.split('.')
-        .map(quote_part)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn quote_part(part: &str) -> String {
-    format!("\"{part}\"")
-}
-
 fn pool_error(err: PoolError) -> StoreError {
     match err {
         PoolError::Backend(err) => pg_error("cannot connect to PostgreSQL", &err),
@@ -663,50 +531,5 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
             StoreErrorKind::Protocol,
             format!("{context}: unexpected client error"),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names_are_plain_identifiers() {
-        for good in [
-            "t",
-            "_t",
-            "clink_webhook_events",
-            "app.dedup_2",
-            &"x".repeat(48),
-        ] {
-            assert!(check_table_name(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "1t",
-            "T",
-            "a-b",
-            "a b",
-            "a.b.c",
-            ".t",
-            "t.",
-            "t;drop table x",
-            "\"t\"",
-            &"x".repeat(49),
-        ] {
-            let err = check_table_name(bad).unwrap_err();
-            assert!(err.to_string().contains("lowercase letters"), "{err}");
-        }
-    }
-
-    #[test]
-    fn schema_names_the_index_after_the_bare_table() {
-        let sql = Statements::new("app.dedup");
-        assert!(sql
-            .schema
-            .contains("CREATE TABLE IF NOT EXISTS \"app\".\"dedup\""));
-        assert!(sql
-            .schema
-            .contains("INDEX IF NOT EXISTS \"dedup_expires_at_idx\" ON \"app\".\"dedup\""));
     }
 }

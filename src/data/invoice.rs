@@ -1,7 +1,8 @@
 //! `invoice.*` data: [`Invoice`], and the [`InvoiceItem`] that subscriptions share.
 //!
 //! ```
-//! use clink_webhooks::event::{Interval, Invoice, InvoiceStatus, RawEvent};
+//! use clink_webhooks::data::{Interval, Invoice, InvoiceStatus};
+//! use clink_webhooks::events::RawEvent;
 //!
 //! let body = br#"{"id":"evt_1","type":"invoice.paid","data":{"object":{"invoiceId":"inv_1",
 //!     "status":"paid","items":[{"amount":19.99,"price":{"recurring":{"interval":"month"}}}]}}}"#;

@@ -1,0 +1,96 @@
+//! Which object an event is about: [`ObjectKey`].
+//!
+//! Clink does not deliver in order, so a handler that keeps state per object
+//! needs to know which object an event is about and how new the event is.
+//! [`Event::object_key`] and [`RawEvent::object_key`] give the first; the
+//! event's `created`, then its `id` to break ties, give the second.
+//!
+//! ```
+//! use clink_webhooks::data::Order;
+//! use clink_webhooks::events::{ObjectKey, RawEvent};
+//!
+//! let body = br#"{"id":"evt_1","type":"order.failed","data":{"orderId":"ord_1"}}"#;
+//! let raw = RawEvent::from_slice(body)?;
+//! let key = ObjectKey::new("order", "ord_1");
+//! assert_eq!(raw.object_key().as_ref(), Some(&key));
+//! assert_eq!(raw.decode::<Order>()?.object_key(), Some(key));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::{Event, RawEvent};
+use crate::data::Resource;
+
+/// Which object an event is about: its family and its id, e.g. `order` and
+/// `ord_123`. Displays as `family:id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// The event family, as [`EventType::family`](crate::EventType::family) gives it.
+    pub family: String,
+    /// The object's id within the family.
+    pub id: String,
+}
+
+impl ObjectKey {
+    /// The key of object `id` in `family`.
+    pub fn new(family: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            family: family.into(),
+            id: id.into(),
+        }
+    }
+
+    fn for_data(family: &str, data: &impl Resource) -> Option<Self> {
+        data.object_id(family)
+            .filter(|id| !id.is_empty())
+            .map(|id| Self::new(family, id))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.family, self.id)
+    }
+}
+
+impl<T: Resource> Event<T> {
+    /// The object this event is about; `None` when its data carries no id.
+    #[must_use]
+    pub fn object_key(&self) -> Option<ObjectKey> {
+        ObjectKey::for_data(self.event_type.family(), &self.data)
+    }
+}
+
+impl RawEvent {
+    /// The object this event is about, read from the raw data by the same
+    /// rules as [`Event::object_key`]; `None` when the data carries no id.
+    #[must_use]
+    pub fn object_key(&self) -> Option<ObjectKey> {
+        let data: Value = serde_json::from_str(self.data_json()).ok()?;
+        ObjectKey::for_data(self.event_type().family(), &data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Dispute;
+
+    #[test]
+    fn raw_and_typed_keys_agree_and_empty_ids_are_none() {
+        let raw = RawEvent::from_slice(
+            br#"{"id":"e","type":"dispute.won","data":{"object":{"chargeBackId":"cb_1","orderId":"o"}}}"#,
+        )
+        .unwrap();
+        let typed = raw.decode::<Dispute>().unwrap();
+        assert_eq!(raw.object_key(), typed.object_key());
+        assert_eq!(typed.object_key().unwrap().to_string(), "dispute:cb_1");
+        let empty =
+            RawEvent::from_slice(br#"{"id":"e","type":"order.created","data":{"orderId":""}}"#)
+                .unwrap();
+        assert_eq!(empty.object_key(), None);
+    }
+}

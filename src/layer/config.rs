@@ -1,0 +1,311 @@
+//! [`ClinkLayer`]: the layer's configuration, validated as it is built.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{ClinkService, Metrics};
+use crate::signature::Verifier;
+use crate::store::{IdempotencyStore, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL};
+use crate::ConfigError;
+
+/// The default body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The default time allowed for the whole body to arrive: 30 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default time the layer waits for any one store call: 5 s. The Redis
+/// and PostgreSQL stores time out sooner on their own (1 s by default); this
+/// bounds any store, including your own.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default prefix of idempotency keys.
+pub const DEFAULT_KEY_PREFIX: &str = "clink";
+
+/// The longest key prefix, so that a prefix leaves room for event ids.
+const MAX_KEY_PREFIX_LEN: usize = 128;
+
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) verifier: Verifier,
+    pub(super) store: Arc<dyn IdempotencyStore>,
+    pub(super) body_limit: usize,
+    pub(super) body_timeout: Duration,
+    pub(super) lease: Duration,
+    pub(super) retention: Duration,
+    pub(super) handler_timeout: Option<Duration>,
+    pub(super) store_timeout: Duration,
+    pub(super) key_prefix: Arc<str>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Config {
+    /// The handler's deadline: the configured timeout, but always inside the
+    /// lease (with a tenth of it to spare), so that a slow handler is stopped
+    /// before another delivery can take the event over and run it at the same time.
+    pub(super) fn handler_deadline(&self) -> Duration {
+        let inside_lease = self.lease - self.lease / 10;
+        self.handler_timeout
+            .map_or(inside_lease, |t| t.min(inside_lease))
+    }
+}
+
+/// The tower [`Layer`] that puts a [`ClinkService`] in front of a service.
+///
+/// Cheap to clone; clones share their configuration, store and [`Metrics`].
+///
+/// Setters whose value could be wrong (a zero limit, a lease no store can
+/// hold) return `Result<Self, ConfigError>`, so a mistake is found when the
+/// layer is built and never mid-delivery; the others return `Self`.
+///
+/// ```
+/// use std::time::Duration;
+/// use clink_webhooks::{ClinkLayer, Verifier};
+///
+/// let layer = ClinkLayer::new(Verifier::new("whsec_test")?)
+///     .body_limit(256 * 1024)?
+///     .lease(Duration::from_secs(60))?;
+/// assert!(ClinkLayer::new(Verifier::new("whsec_test")?).lease(Duration::ZERO).is_err());
+/// # Ok::<(), clink_webhooks::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct ClinkLayer {
+    pub(super) config: Arc<Config>,
+}
+
+impl fmt::Debug for ClinkLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("ClinkLayer")
+            .field("verifier", &c.verifier)
+            .field("body_limit", &c.body_limit)
+            .field("body_timeout", &c.body_timeout)
+            .field("lease", &c.lease)
+            .field("retention", &c.retention)
+            .field("handler_timeout", &c.handler_timeout)
+            .field("store_timeout", &c.store_timeout)
+            .field("key_prefix", &c.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a duration setting: at least 1 ms and at most [`MAX_TTL`].
+fn check_duration(what: &str, value: Duration, default: &str) -> Result<Duration, ConfigError> {
+    if value < Duration::from_millis(1) || value > MAX_TTL {
+        return Err(ConfigError::new(format!(
+            "ClinkLayer::{what} must be at least 1 ms and at most 10 years (the default is {default})"
+        )));
+    }
+    Ok(value)
+}
+
+impl ClinkLayer {
+    /// A layer that verifies with `verifier` and deduplicates in a fresh
+    /// [`MemoryStore`] (one process). Use [`store`](Self::store) when the app
+    /// runs on several machines.
+    #[must_use]
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            config: Arc::new(Config {
+                verifier,
+                store: Arc::new(MemoryStore::new()),
+                body_limit: DEFAULT_BODY_LIMIT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+                lease: DEFAULT_LEASE,
+                retention: DEFAULT_RETENTION,
+                handler_timeout: None,
+                store_timeout: DEFAULT_STORE_TIMEOUT,
+                key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
+                metrics: Arc::default(),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Deduplicates in `store` instead of the default [`MemoryStore`]. An
+    /// `Arc` of a store is a store, so one store can serve the layer and the
+    /// router's [`ordering`](crate::EventRouter::ordering).
+    #[must_use]
+    pub fn store(mut self, store: impl IdempotencyStore) -> Self {
+        self.config_mut().store = Arc::new(store);
+        self
+    }
+
+    /// The largest body accepted, in bytes (default 1 MiB).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `bytes` is zero: every delivery would be refused.
+    pub fn body_limit(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        if bytes == 0 {
+            return Err(ConfigError::new(
+                "ClinkLayer::body_limit must be at least one byte (the default is 1 MiB)",
+            ));
+        }
+        self.config_mut().body_limit = bytes;
+        Ok(self)
+    }
+
+    /// How long the whole body may take to arrive (default 30 s); slower
+    /// bodies get `408`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
+    pub fn body_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.config_mut().body_timeout = check_duration("body_timeout", timeout, "30 s")?;
+        Ok(self)
+    }
+
+    /// How long a claim holds before another delivery may take the event
+    /// over (default 30 s). Handlers must finish within it: see
+    /// [`handler_timeout`](Self::handler_timeout).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `lease` is under one millisecond (every claim
+    /// would expire at once) or over [`MAX_TTL`] (no store could hold it).
+    pub fn lease(mut self, lease: Duration) -> Result<Self, ConfigError> {
+        self.config_mut().lease = check_duration("lease", lease, "30 s")?;
+        Ok(self)
+    }
+
+    /// How long a handled event id is remembered (default 72 h, beyond
+    /// Clink's ~24 h of retries).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `retention` is under one millisecond (nothing
+    /// would be remembered) or over [`MAX_TTL`] (no store could hold it).
+    pub fn retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
+        self.config_mut().retention = check_duration("retention", retention, "72 h")?;
+        Ok(self)
+    }
+
+    /// Stops a handler after `timeout` (answered `500` and released, so it
+    /// runs again on retry).
+    ///
+    /// The timeout never exceeds nine tenths of the [`lease`](Self::lease),
+    /// whatever is set here, and without this call it is exactly that: a
+    /// handler is always stopped before its lease can run out, so two
+    /// deliveries of one event never run their handlers at the same time.
+    /// The time the claim itself took is taken off, since the lease starts
+    /// during the claim.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.config_mut().handler_timeout = Some(check_duration(
+            "handler_timeout",
+            timeout,
+            "9/10 of the lease",
+        )?);
+        Ok(self)
+    }
+
+    /// How long the layer waits for any one store call (default
+    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`; a
+    /// settle that times out is logged, and the lease frees the claim.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
+    pub fn store_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.config_mut().store_timeout = check_duration("store_timeout", timeout, "5 s")?;
+        Ok(self)
+    }
+
+    /// The prefix of idempotency keys (default `clink`), so several
+    /// endpoints or apps can share one store. Keys are
+    /// `{prefix}:{live|test|any}:{event id}`, so live and test events never collide.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `prefix` is longer than 128 bytes or holds a
+    /// control character.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Result<Self, ConfigError> {
+        let prefix = prefix.into();
+        if prefix.len() > MAX_KEY_PREFIX_LEN || prefix.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "ClinkLayer::key_prefix must be at most 128 bytes without control characters",
+            ));
+        }
+        self.config_mut().key_prefix = Arc::from(prefix);
+        Ok(self)
+    }
+
+    /// The counters shared by this layer and every service it makes.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.config.metrics)
+    }
+}
+
+impl<S> Layer<S> for ClinkLayer {
+    type Service = ClinkService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClinkService::new(inner, Arc::clone(&self.config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> ClinkLayer {
+        ClinkLayer::new(Verifier::new("whsec_test").unwrap())
+    }
+
+    #[test]
+    fn the_handler_deadline_stays_inside_the_lease() {
+        let config = layer().lease(Duration::from_secs(10)).unwrap().config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(9));
+        let config = layer()
+            .lease(Duration::from_secs(10))
+            .and_then(|l| l.handler_timeout(Duration::from_secs(60)))
+            .unwrap()
+            .config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(9));
+        let config = layer()
+            .handler_timeout(Duration::from_secs(2))
+            .unwrap()
+            .config;
+        assert_eq!(config.handler_deadline(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn values_no_delivery_could_work_with_are_refused_at_configuration() {
+        let zero = Duration::ZERO;
+        let too_long = MAX_TTL + Duration::from_secs(1);
+        let errors = [
+            layer().lease(zero).unwrap_err(),
+            layer().lease(too_long).unwrap_err(),
+            layer().retention(zero).unwrap_err(),
+            layer().retention(too_long).unwrap_err(),
+            layer().body_limit(0).unwrap_err(),
+            layer().body_timeout(zero).unwrap_err(),
+            layer().handler_timeout(zero).unwrap_err(),
+            layer().store_timeout(zero).unwrap_err(),
+            layer().key_prefix("a\nb").unwrap_err(),
+            layer().key_prefix("p".repeat(129)).unwrap_err(),
+        ];
+        for error in errors {
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("invalid configuration: ClinkLayer::"),
+                "{error}"
+            );
+        }
+        assert!(layer().lease(MAX_TTL).is_ok());
+        assert!(layer().key_prefix("shop-eu").is_ok());
+    }
+}

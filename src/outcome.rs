@@ -1,0 +1,397 @@
+//! [`Outcome`]: the one list of what can happen to a delivery.
+//!
+//! The layer decides one `Outcome` per delivery and derives everything else
+//! from it: the status and the JSON body it answers with, the `outcome`
+//! field of its `tracing` events, the [`Metrics`](crate::layer::Metrics)
+//! counter it bumps. It puts the `Outcome` in the response extensions, so
+//! outer layers, tests and tools read what happened without parsing bodies:
+//!
+//! ```
+//! use clink_webhooks::Outcome;
+//! use clink_webhooks::signature::VerifyErrorKind;
+//!
+//! let outcome = Outcome::Verify(VerifyErrorKind::SignatureMismatch);
+//! assert_eq!(outcome.status(), http::StatusCode::UNAUTHORIZED);
+//! assert_eq!(outcome.as_str(), "signature_mismatch");
+//! assert!(!outcome.is_verified());
+//!
+//! let response = outcome.to_response();
+//! assert_eq!(response.extensions().get::<Outcome>(), Some(&outcome));
+//! assert_eq!(
+//!     std::str::from_utf8(response.body())?,
+//!     r#"{"error":"signature_mismatch","message":"signature mismatch: no active signing key signed this body; check that the endpoint's current signing secret is configured and that the raw body reaches the verifier unchanged"}"#,
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! | outcome | status | verified | the handler ran |
+//! |---|---|---|---|
+//! | [`Handled`](Outcome::Handled) | the handler's `2xx` | yes | yes, and succeeded |
+//! | [`Unhandled`](Outcome::Unhandled) | 200 | yes | no handler takes this type |
+//! | [`SkippedStale`](Outcome::SkippedStale) | 200 | yes | no: a newer event was handled |
+//! | [`Duplicate`](Outcome::Duplicate) | 200 | yes | no: already handled |
+//! | [`MethodNotAllowed`](Outcome::MethodNotAllowed) | 405 | no | no |
+//! | [`Verify`](Outcome::Verify) | 400 (malformed) or 401 | no | no |
+//! | [`BodyTooLarge`](Outcome::BodyTooLarge) | 413 | no | no |
+//! | [`BodyUnreadable`](Outcome::BodyUnreadable) | 400 | no | no |
+//! | [`BodyTimeout`](Outcome::BodyTimeout) | 408 | no | no |
+//! | [`InvalidEnvelope`](Outcome::InvalidEnvelope) | 400 | yes | no |
+//! | [`InvalidEventId`](Outcome::InvalidEventId) | 400 | yes | no |
+//! | [`InFlight`](Outcome::InFlight) | 409 + `Retry-After` | yes | no: another delivery runs it |
+//! | [`StoreUnavailable`](Outcome::StoreUnavailable) | 503 + `Retry-After` | yes | no |
+//! | [`HandlerFailed`](Outcome::HandlerFailed) | 500 | yes | yes, and failed |
+//! | [`HandlerRefused`](Outcome::HandlerRefused) | the handler's non-`2xx` | yes | yes, and refused |
+//! | [`HandlerPanicked`](Outcome::HandlerPanicked) | 500 | yes | yes, and panicked |
+//! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
+//!
+//! A `2xx` outcome marks the event completed; any other releases its claim
+//! so that Clink's retry runs the handler again. No status is ever a `3xx`,
+//! `410` or `429`, which Clink could read as "stop retrying".
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::events::EnvelopeError;
+use crate::signature::{VerifyError, VerifyErrorKind};
+use crate::store::StoreErrorKind;
+
+/// What happened to one delivery. See the [module docs](self) for the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler ran and succeeded (its `2xx` is passed through).
+    Handled,
+    /// Verified and acknowledged (`200`), but no handler takes this event type.
+    Unhandled,
+    /// Verified and acknowledged (`200`) without running the handler, because
+    /// a newer event about the same object was already handled and the router
+    /// skips stale events.
+    SkippedStale,
+    /// Acknowledged (`200`) without running the handler: the event was
+    /// already handled.
+    Duplicate,
+    /// The request was not a `POST` (`405`).
+    MethodNotAllowed,
+    /// The signature headers or signature did not check out (`400` when
+    /// malformed, else `401`).
+    Verify(VerifyErrorKind),
+    /// The body is larger than the layer's limit (`413`).
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read from the connection (`400`).
+    BodyUnreadable,
+    /// The body did not arrive within the layer's body timeout (`408`).
+    BodyTimeout,
+    /// The verified body is not a Clink event envelope (`400`).
+    InvalidEnvelope(EnvelopeError),
+    /// The event id cannot be stored as an idempotency key: over
+    /// [`MAX_KEY_LEN`](crate::store::MAX_KEY_LEN) bytes with its prefix, or
+    /// containing NUL (`400`).
+    InvalidEventId,
+    /// Another delivery of the same event is being handled (`409`).
+    InFlight {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// A store could not be asked (`503`); the handler did not run.
+    StoreUnavailable(StoreErrorKind),
+    /// The handler returned an error, or the inner service failed (`500`).
+    HandlerFailed,
+    /// The handler answered a status other than `2xx`, passed through as is.
+    HandlerRefused(StatusCode),
+    /// The handler panicked (`500`).
+    HandlerPanicked,
+    /// The handler did not finish within the layer's handler timeout (`500`).
+    HandlerTimeout,
+}
+
+/// Seconds a `503` asks the sender to wait.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
+impl Outcome {
+    /// The status the sender gets.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Handled | Self::Unhandled | Self::SkippedStale | Self::Duplicate => {
+                StatusCode::OK
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Verify(kind) if kind.is_malformed_request() => StatusCode::BAD_REQUEST,
+            Self::Verify(_) => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyUnreadable | Self::InvalidEnvelope(_) | Self::InvalidEventId => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::InFlight { .. } => StatusCode::CONFLICT,
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HandlerRefused(status) => *status,
+            Self::HandlerFailed | Self::HandlerPanicked | Self::HandlerTimeout => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// A short stable code: the `error` field of a refusal's body, the
+    /// `outcome` field of the layer's logs and of the CLI's output.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Handled => "handled",
+            Self::Unhandled => "unhandled",
+            Self::SkippedStale => "skipped_stale",
+            Self::Duplicate => "duplicate",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Verify(kind) => kind.code(),
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyUnreadable => "body_unreadable",
+            Self::BodyTimeout => "body_timeout",
+            Self::InvalidEnvelope(e) => e.code(),
+            Self::InvalidEventId => "invalid_event_id",
+            Self::InFlight { .. } => "in_flight",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::HandlerFailed => "handler_failed",
+            Self::HandlerRefused(_) => "handler_refused",
+            Self::HandlerPanicked => "handler_panicked",
+            Self::HandlerTimeout => "handler_timeout",
+        }
+    }
+
+    /// Whether the signature checked out: everything from the envelope on.
+    #[must_use]
+    pub fn is_verified(&self) -> bool {
+        !matches!(
+            self,
+            Self::MethodNotAllowed
+                | Self::Verify(_)
+                | Self::BodyTooLarge { .. }
+                | Self::BodyUnreadable
+                | Self::BodyTimeout
+        )
+    }
+
+    /// Whether the delivery was acknowledged (`2xx`): Clink will not send it again.
+    #[must_use]
+    pub fn is_acknowledged(&self) -> bool {
+        self.status().is_success()
+    }
+
+    /// Whether the handler ran (and succeeded, failed, panicked or was stopped).
+    #[must_use]
+    pub fn handler_ran(&self) -> bool {
+        matches!(
+            self,
+            Self::Handled
+                | Self::HandlerFailed
+                | Self::HandlerRefused(_)
+                | Self::HandlerPanicked
+                | Self::HandlerTimeout
+        )
+    }
+
+    /// How long the sender should wait before retrying, sent as `Retry-After`.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::InFlight { retry_after } => Some(*retry_after),
+            Self::StoreUnavailable(_) => Some(Duration::from_secs(STORE_RETRY_AFTER_SECS)),
+            _ => None,
+        }
+    }
+
+    /// Whole seconds for `Retry-After`, rounded up and at least one.
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after()
+            .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1))
+    }
+
+    /// The response the layer sends for this outcome: its status, a small
+    /// JSON body (`{"ok":true,"outcome":..}` when acknowledged,
+    /// `{"error":..,"message":..}` otherwise), `Retry-After` or `Allow` where
+    /// they apply, and this outcome in the extensions. It never contains a
+    /// secret or a value from the request.
+    #[must_use]
+    pub fn to_response(&self) -> Response<Bytes> {
+        let body = if self.is_acknowledged() {
+            format!(r#"{{"ok":true,"outcome":"{}"}}"#, self.as_str())
+        } else {
+            serde_json::json!({ "error": self.as_str(), "message": self.to_string() }).to_string()
+        };
+        let mut response = Response::new(Bytes::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if *self == Self::MethodNotAllowed {
+            headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+
+    /// The outcome a response carries in its extensions, if any.
+    #[must_use]
+    pub fn of<B>(response: &Response<B>) -> Option<&Outcome> {
+        response.extensions().get::<Outcome>()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Handled => f.write_str("the event was handled"),
+            Self::Unhandled => f.write_str("no handler takes this event type; acknowledged"),
+            Self::SkippedStale => f.write_str(
+                "a newer event about the same object was already handled; acknowledged without running the handler",
+            ),
+            Self::Duplicate => f.write_str("the event was already handled; acknowledged"),
+            Self::MethodNotAllowed => f.write_str("Clink deliveries are POST requests"),
+            // The kind alone carries the message; offsets are logged, not sent.
+            Self::Verify(kind) => fmt::Display::fmt(&VerifyError::new(*kind), f),
+            Self::BodyTooLarge { limit } => {
+                write!(f, "the body is larger than this endpoint's {limit}-byte limit")
+            }
+            Self::BodyUnreadable => f.write_str("the request body could not be read"),
+            Self::BodyTimeout => f.write_str("the request body did not arrive in time"),
+            Self::InvalidEnvelope(e) => fmt::Display::fmt(e, f),
+            Self::InvalidEventId => f.write_str(
+                "the event id is too long or contains NUL, so it cannot be deduplicated",
+            ),
+            Self::InFlight { .. } => f.write_str(
+                "this event is being handled by another delivery; retry after the Retry-After delay",
+            ),
+            Self::StoreUnavailable(_) => f.write_str(
+                "a store the receiver needs is unavailable, so the event was not handled; retry later",
+            ),
+            Self::HandlerFailed => {
+                f.write_str("the handler for this event failed; it will run again on retry")
+            }
+            Self::HandlerRefused(status) => write!(
+                f,
+                "the handler for this event answered {status}; it will run again on retry"
+            ),
+            Self::HandlerPanicked => {
+                f.write_str("the handler for this event panicked; it will run again on retry")
+            }
+            Self::HandlerTimeout => f.write_str(
+                "the handler for this event did not finish in time; it will run again on retry",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Outcome {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_table() {
+        let cases = [
+            (Outcome::Handled, 200, true),
+            (Outcome::Unhandled, 200, true),
+            (Outcome::SkippedStale, 200, true),
+            (Outcome::Duplicate, 200, true),
+            (Outcome::MethodNotAllowed, 405, false),
+            (
+                Outcome::Verify(VerifyErrorKind::MissingSignature),
+                400,
+                false,
+            ),
+            (
+                Outcome::Verify(VerifyErrorKind::UnsupportedSignType),
+                400,
+                false,
+            ),
+            (
+                Outcome::Verify(VerifyErrorKind::SignatureMismatch),
+                401,
+                false,
+            ),
+            (Outcome::Verify(VerifyErrorKind::TooOld), 401, false),
+            (Outcome::Verify(VerifyErrorKind::NoActiveKey), 401, false),
+            (Outcome::BodyTooLarge { limit: 1 }, 413, false),
+            (Outcome::BodyUnreadable, 400, false),
+            (Outcome::BodyTimeout, 408, false),
+            (
+                Outcome::InvalidEnvelope(EnvelopeError::MissingId),
+                400,
+                true,
+            ),
+            (Outcome::InvalidEventId, 400, true),
+            (
+                Outcome::InFlight {
+                    retry_after: Duration::from_millis(1500),
+                },
+                409,
+                true,
+            ),
+            (
+                Outcome::StoreUnavailable(StoreErrorKind::Timeout),
+                503,
+                true,
+            ),
+            (Outcome::HandlerFailed, 500, true),
+            (
+                Outcome::HandlerRefused(StatusCode::UNPROCESSABLE_ENTITY),
+                422,
+                true,
+            ),
+            (Outcome::HandlerPanicked, 500, true),
+            (Outcome::HandlerTimeout, 500, true),
+        ];
+        for (outcome, status, verified) in cases {
+            let response = outcome.to_response();
+            assert_eq!(response.status().as_u16(), status, "{outcome:?}");
+            assert_eq!(outcome.is_verified(), verified, "{outcome:?}");
+            assert_eq!(Outcome::of(&response), Some(&outcome));
+            let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            if outcome.is_acknowledged() {
+                assert_eq!(body["ok"], true);
+                assert_eq!(body["outcome"], outcome.as_str());
+            } else {
+                assert_eq!(body["error"], outcome.as_str());
+                assert!(body["message"].is_string());
+            }
+            assert!(!response.status().is_redirection());
+            assert_ne!(status, 410);
+            assert_ne!(status, 429);
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one_second() {
+        let in_flight = |ms| Outcome::InFlight {
+            retry_after: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            in_flight(1500).to_response().headers()[header::RETRY_AFTER],
+            "2"
+        );
+        assert_eq!(
+            in_flight(0).to_response().headers()[header::RETRY_AFTER],
+            "1"
+        );
+        let unavailable = Outcome::StoreUnavailable(StoreErrorKind::Unavailable);
+        assert_eq!(
+            unavailable.to_response().headers()[header::RETRY_AFTER],
+            "5"
+        );
+        assert_eq!(
+            Outcome::MethodNotAllowed.to_response().headers()[header::ALLOW],
+            "POST"
+        );
+    }
+}

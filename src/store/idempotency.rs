@@ -1,0 +1,191 @@
+//! [`IdempotencyStore`]: claim, complete, release, with a fencing token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(doc)]
+use super::MAX_TTL;
+use super::{BoxFuture, StoreError};
+
+/// The outcome of [`IdempotencyStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller holds the lease and must run the handler, then
+    /// [`complete`](IdempotencyStore::complete) or
+    /// [`release`](IdempotencyStore::release) with the token.
+    Claimed(LeaseToken),
+    /// Another delivery holds a live lease; try again after `retry_after`.
+    InFlight {
+        /// Time left on the other holder's lease.
+        retry_after: Duration,
+    },
+    /// The event was already handled successfully.
+    Completed,
+}
+
+/// What a settle call ([`complete`](IdempotencyStore::complete) or
+/// [`release`](IdempotencyStore::release)) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The caller still held the lease and the change was made.
+    Applied,
+    /// The lease had ended (and perhaps been taken over), or the key was
+    /// gone, so nothing changed: the token was stale.
+    LeaseLost,
+}
+
+/// The fencing token of one claim: only its holder can settle it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A fresh token, unique across processes with overwhelming probability.
+    #[must_use]
+    pub fn generate() -> Self {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::SystemTime;
+
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // RandomState is seeded from the OS per process; two hashers give 128 bits.
+        let mut halves = [0u64; 2];
+        for (i, half) in halves.iter_mut().enumerate() {
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u64(count);
+            hasher.write_u128(nanos);
+            hasher.write_usize(i);
+            hasher.write_u32(std::process::id());
+            *half = hasher.finish();
+        }
+        Self(format!("{:016x}{:016x}", halves[0], halves[1]))
+    }
+
+    /// A token from its text, as read back from a store.
+    #[must_use]
+    pub fn from_string(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token's text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseToken({})", self.0)
+    }
+}
+
+/// Remembers which event ids are being handled and which are done.
+///
+/// A store makes the handler run to success exactly once per event id: the
+/// first delivery *claims* the id with a lease, runs the handler, then either
+/// *completes* the id (remembered for the retention window) or *releases* it
+/// so the next retry runs the handler again.
+///
+/// Object safe: hold it as `Arc<dyn IdempotencyStore>`; an `Arc` of a store
+/// is a store too. `tests/stores` is a conformance suite that checks every
+/// implementation against the state machine below, on real servers.
+///
+/// Keys are opaque to the store (see [Keys](super#keys)). Durations are
+/// honoured to the millisecond by the networked stores and must lie between
+/// 1 ms and [`MAX_TTL`].
+///
+/// # State machine
+///
+/// | state of the key | call | next state | answer, and what the layer does |
+/// |---|---|---|---|
+/// | absent | `claim` | claimed by a new token until the lease ends | [`Claim::Claimed`]: run the handler |
+/// | claimed, lease live | `claim` | unchanged | [`Claim::InFlight`] with the lease's time left: 409 with `Retry-After`, handler not run |
+/// | claimed, lease expired | `claim` | claimed by the new token (the old one is stale) | [`Claim::Claimed`]: the holder is presumed dead, run the handler |
+/// | claimed, lease live | `complete(token)` | completed until the retention ends | [`Settle::Applied`]: 200 |
+/// | claimed, lease live | `release(token)` after a handler error, timeout or panic | absent | [`Settle::Applied`]: the error status; Clink's retry runs the handler again |
+/// | claimed by another token, lease expired, or absent | `complete`/`release` with a stale token | unchanged | [`Settle::LeaseLost`]: after `complete` still 200 (the handler did succeed), logged and counted |
+/// | completed, retention live | `claim` | unchanged | [`Claim::Completed`]: 200, handler not run |
+/// | completed, retention ended | `claim` | claimed by the new token | [`Claim::Claimed`] |
+/// | any | `claim` fails ([`StoreError`]) | unchanged | 503, handler not run: fail closed, Clink retries |
+///
+/// The token returned with [`Claim::Claimed`] is a fencing token: only its
+/// holder can settle the claim, and only while the lease is live. Once a lease
+/// has ended the token is stale even if nobody took the key over yet, so every
+/// store answers the same way whether or not it still holds the expired
+/// entry. Keep the handler's timeout below the lease so a slow handler never
+/// runs beside its successor.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Tries to take the lease on `key` for `lease`.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer, is full of live claims,
+    /// or the key or lease is out of range. The caller must not run the
+    /// handler: the delivery is refused with 503 so that Clink retries.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// Marks `key` completed for `retention`, if `token` still holds a live
+    /// lease on it; otherwise answers [`Settle::LeaseLost`] and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer or an argument is out of
+    /// range. The key then stays claimed until its lease ends.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>>;
+
+    /// Gives up the lease on `key` so the next delivery runs the handler, if
+    /// `token` still holds a live lease on it; otherwise answers
+    /// [`Settle::LeaseLost`] and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot answer or the key is out of
+    /// range. The key then stays claimed until its lease ends.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>>;
+}
+
+impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        (**self).claim(key, lease)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        (**self).complete(key, token, retention)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        (**self).release(key, token)
+    }
+}
