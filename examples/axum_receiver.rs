@@ -25,21 +25,51 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::Router;
 use clink_webhooks::data::Resource;
 use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
+use clink_webhooks::router::WithState;
 use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, MemoryStore};
-use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, Verifier};
+use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 
-/// The handler of every event type: prints the line every handler run
-/// produces, and a note on stderr when a newer event about the same object
-/// was already handled.
+/// What the handlers share: in a real app, the database pool and the
+/// clients they call. Cloned for every handler call, so keep it cheap to
+/// clone (`Arc`s, pools).
+#[derive(Clone, Default)]
+struct AppState {
+    paid_orders: Arc<AtomicU64>,
+}
+
+/// A value from a delivery body, made safe to print: anyone can send a
+/// signed-looking body, and a verified one can still carry an id with a
+/// newline or terminal escapes in it.
+fn printable(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '"') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Prints the line every handler run produces, and a note on stderr when a
+/// newer event about the same object was already handled.
+fn report<T>(event: &Event<T>) {
+    let (event_type, id) = (printable(event.event_type.as_str()), printable(&event.id));
+    println!("handled {event_type} {id}");
+    if let Freshness::Stale { newest_seen } = event.freshness() {
+        let newest_seen = printable(&newest_seen.to_string());
+        eprintln!("note: {event_type} {id} is stale: {newest_seen} was already handled");
+    }
+}
+
+/// The handler of every event type without a handler of its own.
 struct Handled;
 
 impl EveryHandler for Handled {
@@ -49,24 +79,28 @@ impl EveryHandler for Handled {
         &self,
         event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
-        println!("handled {} {}", event.event_type, event.id);
-        if let Freshness::Stale { newest_seen } = event.freshness() {
-            eprintln!(
-                "note: {} {} is stale: {newest_seen} was already handled",
-                event.event_type, event.id
-            );
-        }
+        report(&event);
         Box::pin(std::future::ready(Ok(())))
     }
 }
 
-fn router(freshness: Arc<dyn FreshnessStore>) -> EventRouter {
-    EventRouter::new()
+fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<WithState<AppState>> {
+    EventRouter::with_state(state)
         .ordering(freshness)
-        .on_every(Handled)
+        .on_every_type(Handled)
+        // A handler of its own, with the app's state next to the event.
+        .on::<events::OrderSucceeded, _>(|event, state: AppState| async move {
+            state.paid_orders.fetch_add(1, Ordering::Relaxed);
+            report(&event);
+            Ok::<_, std::io::Error>(())
+        })
         // Names Clink adds after this version of the crate.
-        .on_any(|event| {
-            println!("handled {} {}", event.event_type(), event.id());
+        .on_unhandled(|event, _state: AppState| {
+            let (event_type, id) = (
+                printable(event.event_type().as_str()),
+                printable(event.id()),
+            );
+            println!("handled {event_type} {id}");
             std::future::ready(Ok::<_, std::io::Error>(()))
         })
 }
@@ -154,7 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (idempotency, freshness) = stores().await?;
     let service = ClinkLayer::new(Verifier::new(key)?)
         .store(idempotency)
-        .layer(router(freshness));
+        .layer(router(AppState::default(), freshness));
     let app = Router::new().route_service("/webhooks/clink", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

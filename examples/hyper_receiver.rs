@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok::<_, std::io::Error>(())
         })
-        .on_any(|event| async move {
+        .on_unhandled(|event| async move {
             println!("handled {} {}", event.event_type(), event.id());
             Ok::<_, std::io::Error>(())
         });

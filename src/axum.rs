@@ -7,13 +7,16 @@
 //!
 //! ```
 //! use axum::{routing::post, Router};
-//! use clink_webhooks::axum::ClinkEvent;
+//! use clink_webhooks::axum::{ClinkEvent, HandlerError};
 //! use clink_webhooks::{events, ClinkLayer, Verifier};
 //!
 //! // `event` is an `Event<data::Order>`.
-//! async fn order_webhook(ClinkEvent(event): ClinkEvent<events::OrderSucceeded>) -> &'static str {
-//!     tracing::info!(order_id = ?event.data.order_id, "order event");
-//!     "ok"
+//! async fn order_webhook(
+//!     ClinkEvent(event): ClinkEvent<events::OrderSucceeded>,
+//! ) -> Result<(), HandlerError> {
+//!     let order_id = event.data.order_id.ok_or("an order event without an order id")?;
+//!     tracing::info!(order_id = ?order_id, "order paid");
+//!     Ok(())
 //! }
 //!
 //! let app: Router = Router::new().route(
@@ -21,6 +24,17 @@
 //!     post(order_webhook).layer(ClinkLayer::new(Verifier::new("whsec_test").unwrap())),
 //! );
 //! ```
+//!
+//! # Warning: an error must answer an error status
+//!
+//! The layer marks an event completed when the handler answers `2xx`, and
+//! Clink does not send it again. In axum, a handler returning
+//! `Result<_, String>` (or any error type whose response is `2xx`)
+//! answers `200` on `Err`: the event is acknowledged, and lost. Return
+//! [`HandlerError`], which answers `500` and converts from any error with
+//! `?`, so that a failed handler releases the event and Clink's retry runs
+//! it again. An [`EventRouter`](crate::EventRouter) cannot make this mistake:
+//! its handlers' `Err` always answers `500`.
 //!
 //! A whole [`EventRouter`](crate::EventRouter) mounts with `route_service`:
 //!
@@ -192,5 +206,47 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(RawClinkEvent(verified(parts)?.event().clone()))
+    }
+}
+
+/// The error type for axum handlers behind [`ClinkLayer`](crate::ClinkLayer):
+/// converts from any error with `?` and answers `500`
+/// ([`Outcome::HandlerFailed`]), so the layer releases the event and Clink's
+/// retry runs the handler again. The error is logged, never sent.
+///
+/// Like `anyhow::Error`, it does not implement `std::error::Error` itself,
+/// so that `From` covers every error type.
+pub struct HandlerError(crate::BoxError);
+
+impl HandlerError {
+    /// The error the handler returned.
+    #[must_use]
+    pub fn into_inner(self) -> crate::BoxError {
+        self.0
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HandlerError").field(&self.0).finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<E: Into<crate::BoxError>> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for HandlerError {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self.0, "clink handler failed; the delivery will be retried");
+        Outcome::HandlerFailed.into_response()
     }
 }

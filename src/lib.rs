@@ -53,6 +53,7 @@
 //! | [`signature`] | signing keys, [`Verifier`], header parsing, [`sign`] |
 //! | [`events`] | the envelope ([`RawEvent`], [`Event`]), [`EventType`], one marker type per event ([`events::OrderSucceeded`], ...), [`ObjectKey`](events::ObjectKey) and [`Version`](events::Version) |
 //! | [`store`] | [`IdempotencyStore`] and [`FreshnessStore`], and every backend implementing both: [`MemoryStore`], `RedisStore`, `PostgresStore` |
+//! | [`accounts`] | many merchant accounts on one endpoint: which account a delivery is for, and its keys |
 //! | [`ordering`] | telling a stale event from a fresh one, over a [`FreshnessStore`] |
 //! | [`outcome`] | [`Outcome`]: what happened to a delivery, its status and its code |
 //! | [`layer`] | [`ClinkLayer`] and [`ClinkService`], one file per step of a delivery |
@@ -76,6 +77,7 @@
 // The library logs through `tracing`; it never prints.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod accounts;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;

@@ -31,6 +31,8 @@
 //! | [`SkippedStale`](Outcome::SkippedStale) | 200 | yes | no: a newer event was handled |
 //! | [`Duplicate`](Outcome::Duplicate) | 200 | yes | no: already handled |
 //! | [`MethodNotAllowed`](Outcome::MethodNotAllowed) | 405 | no | no |
+//! | [`UnknownAccount`](Outcome::UnknownAccount) | 404 | no | no |
+//! | [`KeysUnavailable`](Outcome::KeysUnavailable) | 503 + `Retry-After` | no | no |
 //! | [`Verify`](Outcome::Verify) | 400 (malformed) or 401 | no | no |
 //! | [`BodyTooLarge`](Outcome::BodyTooLarge) | 413 | no | no |
 //! | [`BodyUnreadable`](Outcome::BodyUnreadable) | 400 | no | no |
@@ -75,6 +77,11 @@ pub enum Outcome {
     Duplicate,
     /// The request was not a `POST` (`405`).
     MethodNotAllowed,
+    /// The request names no account the layer's key source knows (`404`);
+    /// nothing was read or stored.
+    UnknownAccount,
+    /// The key source could not say which keys the account has (`503`).
+    KeysUnavailable,
     /// The signature headers or signature did not check out (`400` when
     /// malformed, else `401`).
     Verify(VerifyErrorKind),
@@ -122,6 +129,8 @@ impl Outcome {
                 StatusCode::OK
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnknownAccount => StatusCode::NOT_FOUND,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Verify(kind) if kind.is_malformed_request() => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -148,6 +157,8 @@ impl Outcome {
             Self::SkippedStale => "skipped_stale",
             Self::Duplicate => "duplicate",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnknownAccount => "unknown_account",
+            Self::KeysUnavailable => "keys_unavailable",
             Self::Verify(kind) => kind.code(),
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
@@ -169,6 +180,8 @@ impl Outcome {
         !matches!(
             self,
             Self::MethodNotAllowed
+                | Self::UnknownAccount
+                | Self::KeysUnavailable
                 | Self::Verify(_)
                 | Self::BodyTooLarge { .. }
                 | Self::BodyUnreadable
@@ -200,7 +213,9 @@ impl Outcome {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::InFlight { retry_after } => Some(*retry_after),
-            Self::StoreUnavailable(_) => Some(Duration::from_secs(STORE_RETRY_AFTER_SECS)),
+            Self::StoreUnavailable(_) | Self::KeysUnavailable => {
+                Some(Duration::from_secs(STORE_RETRY_AFTER_SECS))
+            }
             _ => None,
         }
     }
@@ -257,6 +272,10 @@ impl fmt::Display for Outcome {
             ),
             Self::Duplicate => f.write_str("the event was already handled; acknowledged"),
             Self::MethodNotAllowed => f.write_str("Clink deliveries are POST requests"),
+            Self::UnknownAccount => f.write_str("no such account at this endpoint"),
+            Self::KeysUnavailable => f.write_str(
+                "the signing keys for this account could not be looked up; retry later",
+            ),
             // The kind alone carries the message; offsets are logged, not sent.
             Self::Verify(kind) => fmt::Display::fmt(&VerifyError::new(*kind), f),
             Self::BodyTooLarge { limit } => {
@@ -305,6 +324,8 @@ mod tests {
             (Outcome::SkippedStale, 200, true),
             (Outcome::Duplicate, 200, true),
             (Outcome::MethodNotAllowed, 405, false),
+            (Outcome::UnknownAccount, 404, false),
+            (Outcome::KeysUnavailable, 503, false),
             (
                 Outcome::Verify(VerifyErrorKind::MissingSignature),
                 400,

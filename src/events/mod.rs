@@ -32,6 +32,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -69,6 +70,8 @@ pub struct Event<T = serde_json::Value> {
     pub data: T,
     #[serde(skip)]
     freshness: Freshness,
+    #[serde(skip)]
+    account: Option<Arc<str>>,
 }
 
 impl<T> Event<T> {
@@ -81,7 +84,15 @@ impl<T> Event<T> {
             livemode: None,
             data,
             freshness: Freshness::Untracked,
+            account: None,
         }
+    }
+
+    /// The merchant account this event was delivered for, when the layer
+    /// serves several [accounts](crate::accounts); `None` otherwise.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
     }
 
     /// Whether a newer event about the same object was already handled, as
@@ -131,6 +142,7 @@ pub struct RawEvent {
     created: Option<Timestamp>,
     livemode: Option<bool>,
     data: Option<Range<usize>>,
+    account: Option<Arc<str>>,
 }
 
 impl fmt::Debug for RawEvent {
@@ -140,6 +152,7 @@ impl fmt::Debug for RawEvent {
             .field("event_type", &self.event_type)
             .field("created", &self.created)
             .field("livemode", &self.livemode)
+            .field("account", &self.account)
             .field("body_len", &self.body.len())
             .finish()
     }
@@ -220,7 +233,19 @@ impl RawEvent {
             created,
             livemode,
             data,
+            account: None,
         })
+    }
+
+    /// The merchant account this event was delivered for, when the layer
+    /// serves several [accounts](crate::accounts); `None` otherwise.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    pub(crate) fn set_account(&mut self, account: Option<Arc<str>>) {
+        self.account = account;
     }
 
     /// The event id.
@@ -289,6 +314,7 @@ impl RawEvent {
             livemode: self.livemode,
             data,
             freshness: Freshness::Untracked,
+            account: self.account.clone(),
         })
     }
 }

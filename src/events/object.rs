@@ -43,6 +43,16 @@ impl ObjectKey {
         }
     }
 
+    /// This key within a merchant `account`: the family becomes
+    /// `{account}/{family}`, so that a freshness store keeps one record per
+    /// account and object. The router tracks keys this way when the layer
+    /// serves several [accounts](crate::accounts); account ids hold no `/`.
+    #[must_use]
+    pub fn within(mut self, account: &str) -> Self {
+        self.family = format!("{account}/{}", self.family);
+        self
+    }
+
     fn for_data(family: &str, data: &impl Resource) -> Option<Self> {
         data.object_id(family)
             .filter(|id| !id.is_empty())

@@ -6,23 +6,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::Config;
-use crate::events::RawEvent;
+use super::VerifiedEvent;
 use crate::store::{timed, Claim, IdempotencyStore, LeaseToken, Settle, StoreErrorKind};
 use crate::Outcome;
 
-/// The idempotency key of `event`: `{prefix}:{live|test|any}:{id}`.
-fn key_of(config: &Config, event: &RawEvent) -> String {
-    let mode = match event.livemode() {
-        Some(true) => "live",
-        Some(false) => "test",
-        None => "any",
-    };
-    format!("{}:{mode}:{}", config.key_prefix, event.id())
+/// The idempotency key of an event: `{prefix}:{account}:{id}`, the account
+/// empty with a single verifier. Only what cannot differ between two
+/// deliveries of one event goes in: the account whose key verified it and
+/// the event id, never a field of the body such as `livemode`. An account
+/// id holds no `:`, so two keys never collide.
+fn key_of(config: &Config, verified: &VerifiedEvent) -> String {
+    let account = verified.account().unwrap_or("");
+    format!("{}:{account}:{}", config.key_prefix, verified.event().id())
 }
 
-/// Claims `event`; anything but a fresh claim is the delivery's outcome.
-pub(super) async fn claim(config: &Config, event: &RawEvent) -> Result<ClaimGuard, Outcome> {
-    let key = key_of(config, event);
+/// Claims the event; anything but a fresh claim is the delivery's outcome.
+pub(super) async fn claim(
+    config: &Config,
+    verified: &VerifiedEvent,
+) -> Result<ClaimGuard, Outcome> {
+    let key = key_of(config, verified);
     match timed(config.store_timeout, config.store.claim(&key, config.lease)).await {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
             store: Arc::clone(&config.store),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{ClinkService, Metrics};
+use crate::accounts::{AccountFrom, KeySource};
 use crate::signature::Verifier;
 use crate::store::{IdempotencyStore, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL};
 use crate::ConfigError;
@@ -28,9 +29,21 @@ pub const DEFAULT_KEY_PREFIX: &str = "clink";
 /// The longest key prefix, so that a prefix leaves room for event ids.
 const MAX_KEY_PREFIX_LEN: usize = 128;
 
+/// Where the layer gets the keys it verifies with.
+#[derive(Clone)]
+pub(super) enum Keys {
+    /// One endpoint, one set of keys.
+    One(Arc<Verifier>),
+    /// Many accounts: the account from the request, its keys from the source.
+    PerAccount {
+        from: AccountFrom,
+        source: Arc<dyn KeySource>,
+    },
+}
+
 #[derive(Clone)]
 pub(super) struct Config {
-    pub(super) verifier: Verifier,
+    pub(super) keys: Keys,
     pub(super) store: Arc<dyn IdempotencyStore>,
     pub(super) body_limit: usize,
     pub(super) body_timeout: Duration,
@@ -79,8 +92,12 @@ pub struct ClinkLayer {
 impl fmt::Debug for ClinkLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
+        let keys = match &c.keys {
+            Keys::One(verifier) => format!("{verifier:?}"),
+            Keys::PerAccount { from, .. } => format!("per account, from {from:?}"),
+        };
         f.debug_struct("ClinkLayer")
-            .field("verifier", &c.verifier)
+            .field("keys", &keys)
             .field("body_limit", &c.body_limit)
             .field("body_timeout", &c.body_timeout)
             .field("lease", &c.lease)
@@ -108,9 +125,24 @@ impl ClinkLayer {
     /// runs on several machines.
     #[must_use]
     pub fn new(verifier: Verifier) -> Self {
+        Self::with_keys(Keys::One(Arc::new(verifier)))
+    }
+
+    /// A layer for many merchant accounts on one endpoint: it reads the
+    /// account from each request as `from` says and verifies with the keys
+    /// `source` gives for it. See [`accounts`](crate::accounts).
+    #[must_use]
+    pub fn with_key_source(from: AccountFrom, source: impl KeySource) -> Self {
+        Self::with_keys(Keys::PerAccount {
+            from,
+            source: Arc::new(source),
+        })
+    }
+
+    fn with_keys(keys: Keys) -> Self {
         Self {
             config: Arc::new(Config {
-                verifier,
+                keys,
                 store: Arc::new(MemoryStore::new()),
                 body_limit: DEFAULT_BODY_LIMIT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -224,7 +256,7 @@ impl ClinkLayer {
 
     /// The prefix of idempotency keys (default `clink`), so several
     /// endpoints or apps can share one store. Keys are
-    /// `{prefix}:{live|test|any}:{event id}`, so live and test events never collide.
+    /// `{prefix}:{account}:{event id}` (the account empty with a single verifier).
     ///
     /// # Errors
     ///

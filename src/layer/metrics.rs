@@ -62,8 +62,8 @@ counters! {
     rejected,
     /// Handler errors, non-`2xx` answers, panics and timeouts.
     handler_failures,
-    /// Deliveries answered `503` because a store could not be asked
-    /// ([`Outcome::StoreUnavailable`]).
+    /// Deliveries answered `503` because a store or the key source could
+    /// not be asked ([`Outcome::StoreUnavailable`], [`Outcome::KeysUnavailable`]).
     store_errors,
     /// Settles (complete or release) that failed after the outcome was
     /// decided; the lease frees the claim.
@@ -81,7 +81,7 @@ impl Metrics {
             Outcome::Unhandled | Outcome::SkippedStale => &self.unhandled,
             Outcome::Duplicate => &self.duplicates,
             Outcome::InFlight { .. } => &self.in_flight,
-            Outcome::StoreUnavailable(_) => &self.store_errors,
+            Outcome::StoreUnavailable(_) | Outcome::KeysUnavailable => &self.store_errors,
             _ if outcome.handler_ran() => &self.handler_failures,
             _ => &self.rejected,
         };

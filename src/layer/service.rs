@@ -88,6 +88,7 @@ where
         let config = Arc::clone(&self.config);
         let span = tracing::info_span!(
             "clink_delivery",
+            account = field::Empty,
             event_id = field::Empty,
             event_type = field::Empty,
             outcome = field::Empty,
@@ -156,7 +157,7 @@ where
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
     let claim_started = Instant::now();
-    let (mut response, outcome) = match claim(config, verified.event()).await {
+    let (mut response, outcome) = match claim(config, &verified).await {
         Err(outcome) => (layer_response(&outcome), outcome),
         Ok(guard) => {
             let mut request =

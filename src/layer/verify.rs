@@ -2,15 +2,17 @@
 //! streams), signature, envelope. Nothing here touches a store.
 
 use std::pin::pin;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method};
 use http_body::Body;
 use http_body_util::BodyExt;
+use tracing::Span;
 
-use super::config::Config;
+use super::config::{Config, Keys};
 use crate::events::RawEvent;
-use crate::signature::{SignatureHeaders, Verification, Verified};
+use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
 use crate::{BoxError, Outcome, Timestamp};
 
 /// A verified Clink event, found in the request extensions of every request
@@ -23,8 +25,16 @@ pub struct VerifiedEvent {
 }
 
 impl VerifiedEvent {
-    pub(crate) fn new(event: RawEvent, verified: Verified) -> Self {
+    pub(crate) fn new(mut event: RawEvent, verified: Verified, account: Option<Arc<str>>) -> Self {
+        event.set_account(account);
         Self { event, verified }
+    }
+
+    /// The merchant account the delivery was for, when the layer has a
+    /// [key source](crate::accounts); `None` with a single verifier.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.event.account()
     }
 
     /// The event: envelope read, data still raw JSON.
@@ -70,10 +80,9 @@ where
         Outcome::Verify(error.kind())
     };
     let headers = SignatureHeaders::from_headers(&parts.headers).map_err(log_verify)?;
-    let mut verification = config
-        .verifier
-        .begin(headers.timestamp)
-        .map_err(log_verify)?;
+    let (verifier, account) = keys(config, parts).await?;
+    let mut verification = verifier.begin(headers.timestamp).map_err(log_verify)?;
+    drop(verifier);
     let signature = headers.signature;
 
     let declared = declared_length(&parts.headers);
@@ -88,7 +97,39 @@ where
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification.finish_parsed(&signature).map_err(log_verify)?;
     let event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
-    Ok(VerifiedEvent::new(event, verified))
+    Ok(VerifiedEvent::new(event, verified, account))
+}
+
+/// The verifier for this delivery, and its account when there are several.
+async fn keys(
+    config: &Config,
+    parts: &http::request::Parts,
+) -> Result<(Arc<Verifier>, Option<Arc<str>>), Outcome> {
+    let (from, source) = match &config.keys {
+        Keys::One(verifier) => return Ok((Arc::clone(verifier), None)),
+        Keys::PerAccount { from, source } => (from, source),
+    };
+    let Some(account) = from.account(parts) else {
+        return Err(Outcome::UnknownAccount);
+    };
+    match tokio::time::timeout(config.store_timeout, source.verifier(account)).await {
+        Ok(Ok(Some(verifier))) => {
+            Span::current().record("account", account);
+            Ok((verifier, Some(Arc::from(account))))
+        }
+        Ok(Ok(None)) => Err(Outcome::UnknownAccount),
+        Ok(Err(error)) => {
+            tracing::error!(%error, account, "clink delivery: no keys for the account; answering 503");
+            Err(Outcome::KeysUnavailable)
+        }
+        Err(_) => {
+            tracing::error!(
+                account,
+                "clink delivery: the key source did not answer in time; answering 503"
+            );
+            Err(Outcome::KeysUnavailable)
+        }
+    }
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {

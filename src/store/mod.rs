@@ -29,8 +29,8 @@
 //!
 //! Stores treat keys as opaque text: they do not parse, prefix or namespace
 //! them. Namespacing is the caller's job; the layer builds
-//! `{prefix}:{live|test|any}:{event_id}` so that several apps can share one
-//! server and live and test events never collide. A key, an object's family
+//! `{prefix}:{account}:{event_id}` so that several apps and merchant
+//! accounts can share one server. A key, an object's family
 //! and id, and an event id are any string of at most [`MAX_KEY_LEN`] bytes
 //! without NUL characters (a limit every store shares, set by what
 //! PostgreSQL can index and store as `text`).

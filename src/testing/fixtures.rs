@@ -49,6 +49,23 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 /// ```
 #[must_use]
 pub fn fixture(event_type: &EventType) -> String {
+    let name = event_type.as_str();
+    fixture_with_id(event_type, &format!("evt_{}_test", name.replace('.', "_")))
+}
+
+/// [`fixture`] with the event id `id`, for tests that send one type several
+/// times as different events, or share a store with other tests.
+///
+/// ```
+/// use clink_webhooks::testing::fixture_with_id;
+/// use clink_webhooks::{EventType, RawEvent};
+///
+/// let body = fixture_with_id(&EventType::RefundCreated, "evt_42");
+/// assert_eq!(RawEvent::from_slice(body.as_bytes())?.id(), "evt_42");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub fn fixture_with_id(event_type: &EventType, id: &str) -> String {
     #[derive(Serialize)]
     struct Envelope<'a> {
         id: String,
@@ -62,7 +79,7 @@ pub fn fixture(event_type: &EventType) -> String {
 
     let name = event_type.as_str();
     let envelope = Envelope {
-        id: format!("evt_{}_test", name.replace('.', "_")),
+        id: id.to_owned(),
         object: "event",
         created: if is_first_of_lifecycle(name) {
             CREATED_FIRST
@@ -75,6 +92,28 @@ pub fn fixture(event_type: &EventType) -> String {
     };
     // A struct of strings and a JSON value always serializes.
     serde_json::to_string_pretty(&envelope).unwrap_or_else(|_| unreachable!())
+}
+
+/// [`fixture`] with a fresh event id, unique within the process and across
+/// runs (`evt_<name>_<unique>`), so that tests sharing a store never collide.
+///
+/// ```
+/// use clink_webhooks::testing::fresh_fixture;
+/// use clink_webhooks::{EventType, RawEvent};
+///
+/// let a = fresh_fixture(&EventType::OrderSucceeded);
+/// let b = fresh_fixture(&EventType::OrderSucceeded);
+/// assert_ne!(RawEvent::from_slice(a.as_bytes())?.id(), RawEvent::from_slice(b.as_bytes())?.id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub fn fresh_fixture(event_type: &EventType) -> String {
+    let unique = crate::store::LeaseToken::generate();
+    let name = event_type.as_str().replace('.', "_");
+    fixture_with_id(
+        event_type,
+        &format!("evt_{name}_{}", &unique.as_str()[..16]),
+    )
 }
 
 fn is_first_of_lifecycle(name: &str) -> bool {

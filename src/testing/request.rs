@@ -158,11 +158,22 @@ impl SignedRequest {
         self
     }
 
-    /// Sends to `uri` (default [`DEFAULT_PATH`]). Clients such as hyper's
-    /// need an absolute URI, e.g. `http://127.0.0.1:3000/webhooks/clink`.
+    /// Sends to `uri` (default [`DEFAULT_PATH`]): a `&str`, a `String` or a
+    /// parsed [`Uri`]. Clients such as hyper's need an absolute URI, e.g.
+    /// `http://127.0.0.1:3000/webhooks/clink`.
+    ///
+    /// # Panics
+    ///
+    /// When `uri` is not a valid URI: a mistake in the test itself.
     #[must_use]
-    pub fn uri(mut self, uri: Uri) -> Self {
-        self.uri = uri;
+    pub fn uri<U>(mut self, uri: U) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: std::fmt::Display,
+    {
+        self.uri = uri
+            .try_into()
+            .unwrap_or_else(|error| panic!("SignedRequest::uri: not a valid URI: {error}"));
         self
     }
 

@@ -556,7 +556,8 @@ mod tests {
 
     #[tokio::test]
     async fn two_runs_of_one_kind_do_not_share_events() {
-        let router = EventRouter::new().on_any(|_| std::future::ready(Ok::<_, std::io::Error>(())));
+        let router =
+            EventRouter::new().on_unhandled(|_| std::future::ready(Ok::<_, std::io::Error>(())));
         let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(router);
         Scenario::duplicates("k")
             .run(service.clone())

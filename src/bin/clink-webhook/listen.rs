@@ -70,8 +70,8 @@ pub(crate) struct ListenArgs {
 fn router() -> EventRouter {
     EventRouter::new()
         .ordering(MemoryStore::new())
-        .on_every(Acknowledge)
-        .on_any(|_event| std::future::ready(Ok::<_, Infallible>(())))
+        .on_every_type(Acknowledge)
+        .on_unhandled(|_event| std::future::ready(Ok::<_, Infallible>(())))
 }
 
 /// The handler of every typed event: does nothing; the router's response

@@ -1,0 +1,189 @@
+//! One endpoint for many Clink merchant accounts, each with its own signing
+//! secret.
+//!
+//! ```text
+//! CLINK_TENANT_KEYS=acct_eu=whsec_eu,acct_us=whsec_us cargo run --example multi_tenant
+//! ```
+//!
+//! It serves `POST /webhooks/clink/{account}` on `127.0.0.1:$PORT` (default
+//! 3000) and prints one line `handled <account> <type> <id>` to stdout per
+//! handler run. `CLINK_TENANT_KEYS` holds `account=secret` pairs separated by
+//! commas; an account may appear twice while its secret is rotated, and
+//! both secrets are then accepted.
+//!
+//! Keys change without a restart: when `CLINK_TENANT_KEYS_FILE` names a file
+//! of `account=secret` lines, its accounts are added to those of
+//! `CLINK_TENANT_KEYS`, and on SIGHUP the file is read again (an account
+//! removed from it is refused from then on). An account nobody configured
+//! gets `404`; the same event id under two accounts is two events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use clink_webhooks::accounts::{AccountFrom, KeyMap};
+use clink_webhooks::data::Resource;
+use clink_webhooks::router::EveryHandler;
+use clink_webhooks::signature::SigningKey;
+use clink_webhooks::store::BoxFuture;
+use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, MemoryStore, Verifier};
+
+/// A value from a delivery body, made safe to print.
+fn printable(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '"') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Prints `handled <account> <type> <id>` for every event.
+struct Handled;
+
+impl EveryHandler for Handled {
+    type Error = std::io::Error;
+
+    fn handle<T: Resource + Send + 'static>(
+        &self,
+        event: Event<T>,
+    ) -> BoxFuture<'static, Result<(), Self::Error>> {
+        // Account ids are checked by the layer: letters, digits, `_-.` only.
+        let account = event.account().unwrap_or("-");
+        println!(
+            "handled {account} {} {}",
+            printable(event.event_type.as_str()),
+            printable(&event.id)
+        );
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// `account=secret` pairs, separated by commas or newlines, grouped by account.
+fn parse_pairs(text: &str, from: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut accounts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pair in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        // The secret is never echoed back, only where the mistake is.
+        let Some((account, secret)) = pair.split_once('=') else {
+            return Err(format!("{from}: expected account=secret pairs"));
+        };
+        accounts
+            .entry(account.trim().to_owned())
+            .or_default()
+            .push(secret.trim().to_owned());
+    }
+    Ok(accounts)
+}
+
+/// Builds the map's contents from the environment and the keys file.
+fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut accounts = parse_pairs(
+        &std::env::var("CLINK_TENANT_KEYS").unwrap_or_default(),
+        "CLINK_TENANT_KEYS",
+    )?;
+    if let Ok(path) = std::env::var("CLINK_TENANT_KEYS_FILE") {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read CLINK_TENANT_KEYS_FILE: {e}"))?;
+        for (account, secrets) in parse_pairs(&text, "CLINK_TENANT_KEYS_FILE")? {
+            accounts.entry(account).or_default().extend(secrets);
+        }
+    }
+    for (account, secrets) in &accounts {
+        let mut secrets = secrets.iter();
+        let first = secrets.next().ok_or("an account without a secret")?;
+        let mut verifier = Verifier::new(first)?;
+        for secret in secrets {
+            verifier = verifier.add_key(SigningKey::new(secret)?);
+        }
+        keys.insert(account.clone(), verifier)?;
+    }
+    for gone in previous.iter().filter(|a| !accounts.contains_key(*a)) {
+        keys.remove(gone);
+    }
+    Ok(accounts.into_keys().collect())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
+        Err(_) => 3000,
+    };
+    let keys = KeyMap::new();
+    let mut loaded = load(&keys, &[])?;
+    if loaded.is_empty() {
+        return Err("no accounts: set CLINK_TENANT_KEYS to account=secret pairs".into());
+    }
+    eprintln!("accounts: {}", loaded.join(", "));
+
+    // One store for deduplication and freshness; keys include the account.
+    let store = Arc::new(MemoryStore::new());
+    let router = EventRouter::new()
+        .ordering(Arc::clone(&store))
+        .on_every_type(Handled);
+    let service = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone())
+        .store(store)
+        .layer(router);
+    let app = Router::new().route_service("/webhooks/clink/{account}", service);
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let shutdown = shutdown_signal();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match load(&keys, &loaded) {
+                    Ok(now) => {
+                        loaded = now;
+                        eprintln!("reloaded keys: {}", loaded.join(", "));
+                    }
+                    Err(error) => eprintln!("keys not reloaded: {error}"),
+                }
+            }
+        });
+    }
+    eprintln!(
+        "listening on http://{}/webhooks/clink/{{account}}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,505 @@
+//! Many merchant accounts on one endpoint: which account a delivery is for,
+//! and that account's signing keys.
+//!
+//! A platform receiving Clink webhooks for many merchant accounts has one
+//! endpoint per account in Clink, each with its own signing secret. Serve
+//! them all from one route: the layer reads the account from the request
+//! ([`AccountFrom`]: a path segment such as `/webhooks/clink/{account}`, a
+//! header, or the host), asks a [`KeySource`] for that account's
+//! [`Verifier`] on every delivery, and verifies with it. An unknown account
+//! is answered `404` before the body is read and touches no store; a key
+//! source that cannot answer is `503`, so Clink retries.
+//!
+//! The account is part of the [`VerifiedEvent`](crate::VerifiedEvent), of
+//! the delivery's `tracing` span, and of every idempotency and freshness
+//! key, so the same event id under two accounts is two events.
+//!
+//! Two key sources come ready: [`KeyMap`], a map you update at run time (a
+//! rotated secret takes effect on the next delivery, no restart), and
+//! [`CachedKeySource`], which asks your own async function (a database, a
+//! secrets manager) and caches its answers, unknown accounts included.
+//!
+//! ```
+//! use clink_webhooks::accounts::{AccountFrom, KeyMap};
+//! use clink_webhooks::{ClinkLayer, EventRouter, Layer, Verifier};
+//!
+//! let keys = KeyMap::new();
+//! keys.insert("acct_eu", Verifier::new("whsec_eu")?)?;
+//! keys.insert("acct_us", Verifier::new("whsec_us")?)?;
+//!
+//! // POST /webhooks/clink/{account}
+//! let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone());
+//! let service = layer.layer(EventRouter::new());
+//!
+//! // Later, a rotation: the old key stays valid until it expires.
+//! keys.insert("acct_eu", Verifier::new("whsec_eu_new")?)?;
+//! # Ok::<(), clink_webhooks::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::header::HeaderName;
+use tokio::time::Instant;
+
+use crate::signature::Verifier;
+use crate::store::BoxFuture;
+use crate::{BoxError, ConfigError};
+
+/// The longest account id, in bytes.
+pub const MAX_ACCOUNT_LEN: usize = 128;
+
+/// Whether `account` is a valid account id: 1 to [`MAX_ACCOUNT_LEN`] ASCII
+/// letters, digits, `_`, `-` and `.`. Anything else is an unknown account,
+/// so an id never needs escaping in a key or a log line.
+#[must_use]
+pub fn is_valid_account(account: &str) -> bool {
+    !account.is_empty()
+        && account.len() <= MAX_ACCOUNT_LEN
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_account(account: &str) -> Result<(), ConfigError> {
+    if is_valid_account(account) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "an account id is 1 to {MAX_ACCOUNT_LEN} ASCII letters, digits, `_`, `-` and `.`"
+        )))
+    }
+}
+
+/// Where in a request the layer finds the account a delivery is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccountFrom {
+    /// The last segment of the path: `/webhooks/clink/{account}`.
+    LastPathSegment,
+    /// The segment at this index, counting from 0 after the leading `/`:
+    /// `1` reads `acct_1` from `/clink/acct_1/webhooks`.
+    PathSegment(usize),
+    /// The value of this header (set by your proxy, say).
+    Header(HeaderName),
+    /// The request's host, without the port: `acct-1.hooks.example.com`.
+    Host,
+}
+
+impl AccountFrom {
+    /// The account `parts` names, if it names a valid one.
+    pub(crate) fn account<'a>(&self, parts: &'a http::request::Parts) -> Option<&'a str> {
+        let account = match self {
+            Self::LastPathSegment => parts.uri.path().rsplit('/').next(),
+            Self::PathSegment(index) => parts
+                .uri
+                .path()
+                .trim_start_matches('/')
+                .split('/')
+                .nth(*index),
+            Self::Header(name) => parts.headers.get(name).and_then(|v| v.to_str().ok()),
+            Self::Host => parts.uri.host().or_else(|| {
+                let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+                Some(host.rsplit_once(':').map_or(host, |(host, _port)| host))
+            }),
+        }?;
+        is_valid_account(account).then_some(account)
+    }
+}
+
+/// A key source could not answer; the delivery is answered `503`.
+#[derive(Debug)]
+pub struct KeySourceError(BoxError);
+
+impl KeySourceError {
+    /// An error from the key source's own backend. Its message is logged;
+    /// it must not contain secrets.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl fmt::Display for KeySourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the signing keys could not be looked up: {}", self.0)
+    }
+}
+
+impl std::error::Error for KeySourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Gives the layer the [`Verifier`] (the active signing keys) of an account,
+/// per delivery.
+///
+/// Object safe; `Arc<K>` is a key source when `K` is. The layer bounds each
+/// call by its [store timeout](crate::ClinkLayer::store_timeout).
+pub trait KeySource: Send + Sync + 'static {
+    /// The verifier of `account`, or `None` when there is no such account
+    /// (answered `404`).
+    ///
+    /// # Errors
+    ///
+    /// A [`KeySourceError`] when the keys cannot be looked up now; the
+    /// delivery is answered `503` and Clink retries it.
+    fn verifier<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>>;
+}
+
+impl<K: KeySource + ?Sized> KeySource for Arc<K> {
+    fn verifier<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        (**self).verifier(account)
+    }
+}
+
+/// A [`KeySource`] over a map you update at run time: clones share the map,
+/// so keep one clone to [`insert`](Self::insert) and
+/// [`remove`](Self::remove) accounts while the layer serves. A change takes
+/// effect on the next delivery.
+#[derive(Clone, Default)]
+pub struct KeyMap {
+    accounts: Arc<DashMap<String, Arc<Verifier>>>,
+}
+
+impl fmt::Debug for KeyMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMap")
+            .field("accounts", &self.accounts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyMap {
+    /// An empty map: every account is unknown until inserted.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the verifier of `account`, replacing any it had. To rotate a
+    /// secret, insert a verifier holding both keys, the old one with an
+    /// expiry ([`Verifier::add_key`]).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `account` is not a valid account id (see
+    /// [`is_valid_account`]).
+    pub fn insert(
+        &self,
+        account: impl Into<String>,
+        verifier: Verifier,
+    ) -> Result<(), ConfigError> {
+        let account = account.into();
+        check_account(&account)?;
+        self.accounts.insert(account, Arc::new(verifier));
+        Ok(())
+    }
+
+    /// Forgets `account`: its deliveries are answered `404` from now on.
+    /// Whether it was there.
+    pub fn remove(&self, account: &str) -> bool {
+        self.accounts.remove(account).is_some()
+    }
+
+    /// How many accounts it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Whether it holds no account.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
+
+impl KeySource for KeyMap {
+    fn verifier<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        let verifier = self.accounts.get(account).map(|v| Arc::clone(&v));
+        Box::pin(std::future::ready(Ok(verifier)))
+    }
+}
+
+/// A [`KeySource`] that asks an async function of yours and caches its
+/// answers: known accounts for a [`ttl`](Self::ttl) (default 5 minutes),
+/// unknown ones for a shorter [`negative_ttl`](Self::negative_ttl) (default
+/// 30 s), so a sender probing made-up accounts does not reach your backend
+/// on every request. At most [`capacity`](Self::capacity) accounts are
+/// cached (default 10,000); when full, expired answers go first, then
+/// unknown accounts, then the one that expires soonest.
+///
+/// A failed lookup is not cached: the delivery gets `503` and the next one
+/// asks again. Two deliveries for an uncached account at once may both ask.
+///
+/// ```
+/// use clink_webhooks::accounts::{AccountFrom, CachedKeySource};
+/// use clink_webhooks::{ClinkLayer, Verifier};
+///
+/// let source = CachedKeySource::new(|account: String| async move {
+///     // Look the account's secret up in your database here.
+///     let secret = (account == "acct_1").then_some("whsec_1");
+///     secret.map(Verifier::new).transpose()
+/// });
+/// let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source);
+/// ```
+pub struct CachedKeySource<F> {
+    fetch: F,
+    cache: DashMap<String, Cached>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    capacity: usize,
+}
+
+#[derive(Clone)]
+struct Cached {
+    verifier: Option<Arc<Verifier>>,
+    until: Instant,
+}
+
+impl<F> fmt::Debug for CachedKeySource<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedKeySource")
+            .field("cached", &self.cache.len())
+            .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_ttl(what: &str, ttl: Duration) -> Result<Duration, ConfigError> {
+    if ttl > crate::store::MAX_TTL {
+        return Err(ConfigError::new(format!(
+            "CachedKeySource::{what} must be at most 10 years"
+        )));
+    }
+    Ok(ttl)
+}
+
+impl<F, Fut, E> CachedKeySource<F>
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Verifier>, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    /// A cache in front of `fetch`, which returns an account's verifier, or
+    /// `None` for an account that does not exist.
+    pub fn new(fetch: F) -> Self {
+        Self {
+            fetch,
+            cache: DashMap::new(),
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            capacity: 10_000,
+        }
+    }
+
+    /// How long a known account's keys are used before asking again
+    /// (default 5 minutes): the longest a rotated secret takes to be seen.
+    /// Zero asks every time.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `ttl` is over 10 years.
+    pub fn ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        self.ttl = check_ttl("ttl", ttl)?;
+        Ok(self)
+    }
+
+    /// How long an unknown account is remembered as unknown (default 30 s).
+    /// Zero asks every time.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `ttl` is over 10 years.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        self.negative_ttl = check_ttl("negative_ttl", ttl)?;
+        Ok(self)
+    }
+
+    /// How many accounts are cached at most (default 10,000).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `capacity` is zero.
+    pub fn capacity(mut self, capacity: usize) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::new(
+                "CachedKeySource::capacity must be at least one account",
+            ));
+        }
+        self.capacity = capacity;
+        Ok(self)
+    }
+
+    /// Makes room for one more entry.
+    fn evict(&self, now: Instant) {
+        if self.cache.len() < self.capacity {
+            return;
+        }
+        self.cache.retain(|_, cached| cached.until > now);
+        if self.cache.len() < self.capacity {
+            return;
+        }
+        self.cache.retain(|_, cached| cached.verifier.is_some());
+        while self.cache.len() >= self.capacity {
+            let soonest = self
+                .cache
+                .iter()
+                .min_by_key(|entry| entry.until)
+                .map(|entry| entry.key().clone());
+            match soonest {
+                Some(account) => {
+                    self.cache.remove(&account);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+impl<F, Fut, E> KeySource for CachedKeySource<F>
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Verifier>, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    fn verifier<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        let now = Instant::now();
+        if let Some(cached) = self.cache.get(account).filter(|c| c.until > now) {
+            let verifier = cached.verifier.clone();
+            return Box::pin(std::future::ready(Ok(verifier)));
+        }
+        let fetched = (self.fetch)(account.to_owned());
+        Box::pin(async move {
+            let verifier = fetched.await.map_err(KeySourceError::new)?.map(Arc::new);
+            let ttl = if verifier.is_some() {
+                self.ttl
+            } else {
+                self.negative_ttl
+            };
+            let now = Instant::now();
+            if !ttl.is_zero() {
+                self.evict(now);
+                self.cache.insert(
+                    account.to_owned(),
+                    Cached {
+                        verifier: verifier.clone(),
+                        until: now + ttl,
+                    },
+                );
+            }
+            Ok(verifier)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = http::Request::post(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn accounts_come_from_where_they_are_configured_and_must_be_plain() {
+        let p = parts(
+            "/webhooks/clink/acct_1",
+            &[("x-account", "acct-2"), ("host", "acct.3:8080")],
+        );
+        assert_eq!(AccountFrom::LastPathSegment.account(&p), Some("acct_1"));
+        assert_eq!(AccountFrom::PathSegment(1).account(&p), Some("clink"));
+        assert_eq!(AccountFrom::PathSegment(9).account(&p), None);
+        let header = AccountFrom::Header(HeaderName::from_static("x-account"));
+        assert_eq!(header.account(&p), Some("acct-2"));
+        assert_eq!(AccountFrom::Host.account(&p), Some("acct.3"));
+        for bad in [
+            "/webhooks/clink/",
+            "/webhooks/clink/a%0Ab",
+            "/webhooks/clink/a:b",
+        ] {
+            assert_eq!(
+                AccountFrom::LastPathSegment.account(&parts(bad, &[])),
+                None,
+                "{bad}"
+            );
+        }
+        assert!(!is_valid_account(&"a".repeat(MAX_ACCOUNT_LEN + 1)));
+        assert!(KeyMap::new()
+            .insert("a b", Verifier::new("k").unwrap())
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn the_cache_asks_once_per_ttl_and_remembers_unknown_accounts() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let source = CachedKeySource::new(move |account: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, std::io::Error>((account == "known").then(|| Verifier::new("k").unwrap()))
+            }
+        });
+        for _ in 0..3 {
+            assert!(source.verifier("known").await.unwrap().is_some());
+            assert!(source.verifier("unknown").await.unwrap().is_none());
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_answers_expire_and_the_cache_stays_bounded() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let source = CachedKeySource::new(move |_account: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(Some(Verifier::new("k").unwrap())) }
+        })
+        .ttl(Duration::from_secs(10))
+        .unwrap()
+        .capacity(2)
+        .unwrap();
+        source.verifier("a").await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        source.verifier("a").await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        for account in ["b", "c", "d"] {
+            source.verifier(account).await.unwrap();
+        }
+        assert!(source.cache.len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_is_an_error_and_is_not_cached() {
+        let source = CachedKeySource::new(|_account: String| async {
+            Err::<Option<Verifier>, _>("database down")
+        });
+        let error = source.verifier("a").await.unwrap_err();
+        assert!(error.to_string().contains("database down"));
+        assert!(source.cache.is_empty());
+    }
+}

@@ -1,0 +1,632 @@
+//! [`EventRouter`]: hands each verified event to the async handler for its type.
+//!
+//! Registration is typed: [`on`](EventRouter::on) takes a marker from
+//! [`events`](crate::events), and the handler receives an [`Event`] whose
+//! data is that event's type, checked by the compiler. A handler returns
+//! `Result<(), E>`; an error answers `500`, so Clink retries the delivery.
+//!
+//! ```
+//! use clink_webhooks::{events, EventRouter};
+//!
+//! let router = EventRouter::new()
+//!     .on::<events::OrderSucceeded, _>(|event| async move {
+//!         let order_id = event.data.order_id.unwrap_or_default();
+//!         // fulfil the order...
+//!         Ok::<_, std::io::Error>(())
+//!     })
+//!     .on_unhandled(|event| async move {
+//!         tracing::info!(event_type = ?event.event_type().as_str(), "not handled here");
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//! ```
+//!
+//! # State
+//!
+//! Handlers that write to the app's database want its pool. Give the router
+//! the app's state with [`with_state`](EventRouter::with_state), and every
+//! handler receives a clone of it next to the event, as axum's `State`:
+//!
+//! ```
+//! use clink_webhooks::{events, EventRouter};
+//!
+//! #[derive(Clone)]
+//! struct AppState {
+//!     shop: &'static str,
+//! }
+//!
+//! let router = EventRouter::with_state(AppState { shop: "eu" })
+//!     .before_each(|event, state: AppState| async move {
+//!         // Every verified event, before its handler: an audit log, say.
+//!         tracing::info!(shop = state.shop, id = ?event.id(), "clink event");
+//!         Ok::<_, std::io::Error>(())
+//!     })
+//!     .on::<events::OrderSucceeded, _>(|event, state: AppState| async move {
+//!         tracing::info!(shop = state.shop, order = ?event.data.order_id, "paid");
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//! ```
+//!
+//! # Which function runs
+//!
+//! | registered with | runs for | a failure |
+//! |---|---|---|
+//! | [`before_each`](EventRouter::before_each) | every event the router is given, before anything else | `500`, nothing else runs |
+//! | [`on::<K, _>`](EventRouter::on) | events of type `K`, data decoded | `500` |
+//! | [`on_every_type`](EventRouter::on_every_type) | every type this crate knows without its own `on` | `500` |
+//! | [`on_unhandled`](EventRouter::on_unhandled) | types no typed handler takes, including names added later | `500` |
+//! | [`on_undecodable`](EventRouter::on_undecodable) | typed events whose data does not decode | `500` |
+//!
+//! Without `on_unhandled`, an event no handler takes is acknowledged
+//! ([`Outcome::Unhandled`]); nothing is dropped silently, since the outcome
+//! is counted and logged.
+//!
+//! An event whose `data` does not decode into the registered type goes to the
+//! [`on_undecodable`](EventRouter::on_undecodable) hook with the raw verified
+//! bytes. Without a hook it is answered `500` and logged with the event id,
+//! type and failing field, so a verified event is never dropped silently.
+//!
+//! The router needs [`ClinkLayer`](crate::ClinkLayer) in front of it: it
+//! reads the [`VerifiedEvent`] the layer puts in the request extensions.
+//! Its responses carry an [`Outcome`] in their extensions
+//! ([`Handled`](Outcome::Handled), [`Unhandled`](Outcome::Unhandled) when no
+//! handler takes the type, [`SkippedStale`](Outcome::SkippedStale),
+//! [`HandlerFailed`](Outcome::HandlerFailed), ...), which the layer reports
+//! as the delivery's outcome, and for typed events the [`Freshness`] the
+//! handler was given.
+
+mod handler;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower_service::Service;
+
+pub use handler::{
+    EveryHandler, Handler, RawHandler, RawStateHandler, StateHandler, UndecodableHandler,
+};
+
+use crate::events::{
+    for_each_kind, DecodeError, Event, EventKind, EventType, Freshness, KindVisitor, ObjectKey,
+    RawEvent, Version,
+};
+use crate::layer::VerifiedEvent;
+use crate::ordering;
+use crate::store::{BoxFuture, FreshnessStore};
+use crate::{BoxError, Outcome};
+
+type Run = BoxFuture<'static, Result<(), BoxError>>;
+
+/// A decoded event ready to run, with what ordering needs to know about it.
+struct Prepared {
+    object: Option<ObjectKey>,
+    version: Option<Version>,
+    run: Box<dyn FnOnce(Freshness) -> Run + Send>,
+}
+
+type Route<S> = Arc<dyn Fn(&RawEvent, S) -> Result<Prepared, DecodeError> + Send + Sync>;
+type RawRoute<S> = Arc<dyn Fn(RawEvent, S) -> Run + Send + Sync>;
+type Undecodable = Arc<dyn Fn(RawEvent, DecodeError) -> Run + Send + Sync>;
+
+struct Routes<S> {
+    typed: HashMap<EventType, Route<S>>,
+    unhandled: Option<RawRoute<S>>,
+    before_each: Option<RawRoute<S>>,
+    undecodable: Option<Undecodable>,
+    ordering: Option<Arc<dyn FreshnessStore>>,
+    skip_stale: bool,
+}
+
+impl<S> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Self {
+            typed: self.typed.clone(),
+            unhandled: self.unhandled.clone(),
+            before_each: self.before_each.clone(),
+            undecodable: self.undecodable.clone(),
+            ordering: self.ordering.clone(),
+            skip_stale: self.skip_stale,
+        }
+    }
+}
+
+impl<S> Default for Routes<S> {
+    fn default() -> Self {
+        Self {
+            typed: HashMap::new(),
+            unhandled: None,
+            before_each: None,
+            undecodable: None,
+            ordering: None,
+            skip_stale: false,
+        }
+    }
+}
+
+/// The state of a router made by [`EventRouter::with_state`]: handlers
+/// receive a clone of the `T` inside.
+#[derive(Debug, Clone)]
+pub struct WithState<T>(T);
+
+/// A tower [`Service`] that dispatches verified events to typed handlers.
+///
+/// `EventRouter` (that is, `EventRouter<()>`, made by [`new`](Self::new))
+/// runs handlers that take the event; `EventRouter<WithState<T>>`, made by
+/// [`with_state`](EventRouter::with_state), runs handlers that take the
+/// event and a clone of the app's `T`. Cheap to clone: clones share the
+/// handlers and the state.
+pub struct EventRouter<S = ()> {
+    routes: Arc<Routes<S>>,
+    state: S,
+}
+
+impl<S: Clone> Clone for EventRouter<S> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: Arc::clone(&self.routes),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl Default for EventRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> fmt::Debug for EventRouter<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<_> = self.routes.typed.keys().map(EventType::as_str).collect();
+        types.sort_unstable();
+        f.debug_struct("EventRouter")
+            .field("handlers", &types)
+            .field("before_each", &self.routes.before_each.is_some())
+            .field("on_unhandled", &self.routes.unhandled.is_some())
+            .field("on_undecodable", &self.routes.undecodable.is_some())
+            .field("ordering", &self.routes.ordering.is_some())
+            .field("skip_stale", &self.routes.skip_stale)
+            .finish_non_exhaustive()
+    }
+}
+
+fn boxed<Fut, E>(future: Fut) -> Run
+where
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    Box::pin(async move { future.await.map_err(Into::into) })
+}
+
+/// A route for kind `K` that decodes the data and calls `call` with the
+/// event and the router's state.
+fn typed_route<K, S, F>(call: F) -> Route<S>
+where
+    K: EventKind,
+    S: Send + 'static,
+    F: Fn(Event<K::Data>, S) -> Run + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    Arc::new(move |raw: &RawEvent, state: S| {
+        let mut event = raw.decode::<K::Data>()?;
+        let call = Arc::clone(&call);
+        Ok(Prepared {
+            object: event.object_key(),
+            version: event.version(),
+            run: Box::new(move |freshness| {
+                event.set_freshness(freshness);
+                call(event, state)
+            }),
+        })
+    })
+}
+
+impl EventRouter {
+    /// A router with no handlers and no state: every event is acknowledged
+    /// with `200` ([`Outcome::Unhandled`]) until handlers are added.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            routes: Arc::default(),
+            state: (),
+        }
+    }
+
+    /// A router whose handlers receive a clone of `state` next to each
+    /// event: `.on::<events::OrderSucceeded, _>(|event, state: AppState| ..)`.
+    #[must_use]
+    pub fn with_state<T: Clone + Send + Sync + 'static>(state: T) -> EventRouter<WithState<T>> {
+        EventRouter {
+            routes: Arc::default(),
+            state: WithState(state),
+        }
+    }
+
+    /// Runs `handler` for events of kind `K` (a marker from
+    /// [`events`](crate::events)), with the data decoded into `K::Data`.
+    /// A second handler for the same kind replaces the first.
+    #[must_use]
+    pub fn on<K: EventKind, H: Handler<K::Data>>(mut self, handler: H) -> Self {
+        let route = typed_route::<K, (), _>(move |event, ()| boxed(handler(event)));
+        self.routes_mut().typed.insert(K::TYPE, route);
+        self
+    }
+
+    /// Runs `handler` for every event no typed handler takes, including
+    /// event types this crate does not know yet. Without it such events are
+    /// acknowledged as [`Outcome::Unhandled`].
+    #[must_use]
+    pub fn on_unhandled<H: RawHandler>(mut self, handler: H) -> Self {
+        self.routes_mut().unhandled = Some(Arc::new(move |raw, ()| boxed(handler(raw))));
+        self
+    }
+
+    /// Runs `hook` for every event the router is given, before its handler
+    /// (an audit log, say). An `Err` answers `500` and no handler runs, so
+    /// Clink retries the delivery.
+    #[must_use]
+    pub fn before_each<H: RawHandler>(mut self, hook: H) -> Self {
+        self.routes_mut().before_each = Some(Arc::new(move |raw, ()| boxed(hook(raw))));
+        self
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
+    /// The state handlers receive.
+    #[must_use]
+    pub fn state(&self) -> &T {
+        &self.state.0
+    }
+
+    /// Runs `handler` for events of kind `K` with a clone of the router's
+    /// state: `|event, state: AppState| async move { .. }`. A second handler
+    /// for the same kind replaces the first.
+    #[must_use]
+    pub fn on<K: EventKind, H: StateHandler<K::Data, T>>(mut self, handler: H) -> Self {
+        let route =
+            typed_route::<K, WithState<T>, _>(move |event, state| boxed(handler(event, state.0)));
+        self.routes_mut().typed.insert(K::TYPE, route);
+        self
+    }
+
+    /// As [`EventRouter::on_unhandled`], with a clone of the router's state.
+    #[must_use]
+    pub fn on_unhandled<H: RawStateHandler<T>>(mut self, handler: H) -> Self {
+        self.routes_mut().unhandled = Some(Arc::new(move |raw, state: WithState<T>| {
+            boxed(handler(raw, state.0))
+        }));
+        self
+    }
+
+    /// As [`EventRouter::before_each`], with a clone of the router's state.
+    #[must_use]
+    pub fn before_each<H: RawStateHandler<T>>(mut self, hook: H) -> Self {
+        self.routes_mut().before_each = Some(Arc::new(move |raw, state: WithState<T>| {
+            boxed(hook(raw, state.0))
+        }));
+        self
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
+    fn routes_mut(&mut self) -> &mut Routes<S> {
+        Arc::make_mut(&mut self.routes)
+    }
+
+    /// Registers `handler` as the typed handler of every event type this
+    /// crate knows, all 44, as if by one `on` per marker in
+    /// [`events`](crate::events): each event's data is decoded into its
+    /// kind's type, and its [`freshness`](Event::freshness) is tracked when
+    /// the router has [`ordering`](Self::ordering). A handler that needs the
+    /// app's state holds it in its own fields.
+    ///
+    /// An `on` registered after it replaces it for that kind; names this
+    /// crate does not know still go to `on_unhandled`.
+    #[must_use]
+    pub fn on_every_type<H: EveryHandler>(mut self, handler: H) -> Self {
+        struct Register<'a, S, H> {
+            routes: &'a mut Routes<S>,
+            handler: Arc<H>,
+        }
+
+        impl<S: Send + 'static, H: EveryHandler> KindVisitor for Register<'_, S, H> {
+            fn visit<K: EventKind>(&mut self) {
+                let handler = Arc::clone(&self.handler);
+                let route =
+                    typed_route::<K, S, _>(move |event, _state| boxed(handler.handle(event)));
+                self.routes.typed.insert(K::TYPE, route);
+            }
+        }
+
+        let mut register = Register {
+            routes: self.routes_mut(),
+            handler: Arc::new(handler),
+        };
+        for_each_kind(&mut register);
+        self
+    }
+
+    /// Runs `hook` for events whose data does not decode into the type their
+    /// handler takes. `Ok` acknowledges the delivery (`200`): keep the raw
+    /// event somewhere first. `Err` answers `500` so Clink retries.
+    #[must_use]
+    pub fn on_undecodable<H: UndecodableHandler>(mut self, hook: H) -> Self {
+        self.routes_mut().undecodable = Some(Arc::new(move |raw, error| boxed(hook(raw, error))));
+        self
+    }
+
+    /// Tracks the newest handled version of every object in `store`, and
+    /// tells each typed handler whether its event is fresh or stale through
+    /// [`Event::freshness`]. See [`ordering`]. Every store in
+    /// [`store`](crate::store) is a [`FreshnessStore`], and an `Arc` of one
+    /// is too, so the layer's idempotency store can serve here as well.
+    ///
+    /// A version is recorded only after its handler succeeds. If the store
+    /// cannot be read, the delivery is answered `503` and retried.
+    #[must_use]
+    pub fn ordering(mut self, store: impl FreshnessStore) -> Self {
+        self.routes_mut().ordering = Some(Arc::new(store));
+        self
+    }
+
+    /// Acknowledges stale events (`200`) without running their handler, for
+    /// handlers that only apply the newest state. Only events already handled
+    /// count: see [what freshness can and cannot see](crate::ordering#what-freshness-can-and-cannot-see). Needs
+    /// [`ordering`](Self::ordering); events where every one matters (refunds,
+    /// disputes) want a handler that sees them all instead.
+    #[must_use]
+    pub fn skip_stale(mut self) -> Self {
+        self.routes_mut().skip_stale = true;
+        self
+    }
+
+    /// Whether a typed handler is registered for `event_type`.
+    #[must_use]
+    pub fn handles(&self, event_type: &EventType) -> bool {
+        self.routes.typed.contains_key(event_type)
+    }
+
+    async fn dispatch(routes: Arc<Routes<S>>, raw: RawEvent, state: S) -> Response<Full<Bytes>> {
+        if let Some(hook) = &routes.before_each {
+            if let Err(error) = hook(raw.clone(), state.clone()).await {
+                tracing::error!(
+                    event_id = ?raw.id(),
+                    event_type = ?raw.event_type().as_str(),
+                    error = %error,
+                    "clink before_each hook failed; the delivery will be retried"
+                );
+                return respond(&Outcome::HandlerFailed);
+            }
+        }
+        let Some(route) = routes.typed.get(raw.event_type()) else {
+            return match &routes.unhandled {
+                Some(handler) => {
+                    let result = handler(raw.clone(), state).await;
+                    finish(&raw, result, None).await
+                }
+                None => {
+                    tracing::debug!(
+                        event_id = ?raw.id(),
+                        event_type = ?raw.event_type().as_str(),
+                        "no handler for this event type; acknowledged"
+                    );
+                    respond(&Outcome::Unhandled)
+                }
+            };
+        };
+        let prepared = match route(&raw, state) {
+            Ok(prepared) => prepared,
+            Err(error) => return undecodable(&routes, raw, error).await,
+        };
+        let store = routes.ordering.as_deref();
+        let object = match raw.account() {
+            Some(account) => prepared.object.map(|object| object.within(account)),
+            None => prepared.object,
+        };
+        let (freshness, tracked) =
+            match ordering::check(store, object, prepared.version, &raw).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    tracing::error!(
+                        event_id = ?raw.id(),
+                        %error,
+                        "could not read the freshness store; answering 503"
+                    );
+                    return respond(&Outcome::StoreUnavailable(error.kind()));
+                }
+            };
+        if routes.skip_stale && freshness.is_stale() {
+            tracing::info!(
+                event_id = ?raw.id(),
+                event_type = ?raw.event_type().as_str(),
+                "stale event acknowledged without running its handler"
+            );
+            let mut response = respond(&Outcome::SkippedStale);
+            response.extensions_mut().insert(freshness);
+            return response;
+        }
+        let result = (prepared.run)(freshness.clone()).await;
+        let mut response = finish(&raw, result, tracked).await;
+        response.extensions_mut().insert(freshness);
+        response
+    }
+}
+
+/// Answers for a handler's result, recording its version once it succeeded.
+async fn finish(
+    raw: &RawEvent,
+    result: Result<(), BoxError>,
+    tracked: Option<ordering::Tracked<'_>>,
+) -> Response<Full<Bytes>> {
+    match result {
+        Ok(()) => {
+            if let Some(tracked) = tracked {
+                tracked.record(raw).await;
+            }
+            respond(&Outcome::Handled)
+        }
+        Err(error) => {
+            tracing::error!(
+                event_id = ?raw.id(),
+                event_type = ?raw.event_type().as_str(),
+                error = %error,
+                "clink handler failed; the delivery will be retried"
+            );
+            respond(&Outcome::HandlerFailed)
+        }
+    }
+}
+
+async fn undecodable<S>(
+    routes: &Routes<S>,
+    raw: RawEvent,
+    error: DecodeError,
+) -> Response<Full<Bytes>> {
+    tracing::error!(
+        event_id = ?raw.id(),
+        event_type = ?raw.event_type().as_str(),
+        field = ?error.path(),
+        error = %error,
+        "clink event data did not decode into its handler's type"
+    );
+    let Some(hook) = &routes.undecodable else {
+        return respond(&Outcome::HandlerFailed);
+    };
+    let event_id = raw.id().to_owned();
+    match hook(raw, error).await {
+        Ok(()) => respond(&Outcome::Handled),
+        Err(error) => {
+            tracing::error!(event_id = ?event_id, error = %error, "clink on_undecodable hook failed");
+            respond(&Outcome::HandlerFailed)
+        }
+    }
+}
+
+fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
+    outcome.to_response().map(Full::new)
+}
+
+impl<S, B> Service<Request<B>> for EventRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let routes = Arc::clone(&self.routes);
+        let state = self.state.clone();
+        let verified = request.extensions().get::<VerifiedEvent>().cloned();
+        Box::pin(async move {
+            let Some(verified) = verified else {
+                tracing::error!(
+                    "EventRouter got a request without a VerifiedEvent: put ClinkLayer in front of it"
+                );
+                return Ok(respond(&Outcome::HandlerFailed));
+            };
+            Ok(Self::dispatch(routes, verified.into_event(), state).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::data::Resource;
+    use crate::store::MemoryStore;
+    use crate::{events, sign, ClinkLayer, Timestamp, Verifier};
+
+    /// Records `type id object stale?` for every event it handles.
+    #[derive(Clone, Default)]
+    struct Record(Arc<Mutex<Vec<String>>>);
+
+    impl EveryHandler for Record {
+        type Error = Infallible;
+
+        fn handle<T: Resource + Send + 'static>(
+            &self,
+            event: Event<T>,
+        ) -> BoxFuture<'static, Result<(), Infallible>> {
+            let object = event
+                .object_key()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            self.0.lock().unwrap().push(format!(
+                "{} {} {object} {}",
+                event.event_type,
+                event.id,
+                event.freshness().is_stale()
+            ));
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    async fn deliver(router: EventRouter, bodies: &[&str]) {
+        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(router);
+        for body in bodies {
+            let ts = Timestamp::now().as_millis().to_string();
+            let request = Request::post("/")
+                .header("x-clink-timestamp", &ts)
+                .header("x-clink-signature", sign("k", &ts, body.as_bytes()))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{body}");
+        }
+    }
+
+    #[test]
+    fn on_every_type_registers_every_known_type() {
+        let router = EventRouter::new().on_every_type(Record::default());
+        assert!(EventType::ALL.iter().all(|t| router.handles(t)));
+        assert!(!router.handles(&EventType::from("wallet.topped_up")));
+    }
+
+    #[tokio::test]
+    async fn on_every_type_decodes_tracks_freshness_and_yields_to_later_on() {
+        let record = Record::default();
+        let specific = Arc::new(Mutex::new(0));
+        let counter = Arc::clone(&specific);
+        let router = EventRouter::new()
+            .ordering(MemoryStore::new())
+            .on_every_type(record.clone())
+            .on::<events::RefundSucceeded, _>(move |_event| {
+                *counter.lock().unwrap() += 1;
+                std::future::ready(Ok::<_, Infallible>(()))
+            });
+        deliver(
+            router,
+            &[
+                r#"{"id":"e2","type":"risk_rule.updated","created":2000,"data":{"riskRuleId":"rr_1"}}"#,
+                r#"{"id":"e1","type":"risk_rule.updated","created":1000,"data":{"riskRuleId":"rr_1"}}"#,
+                r#"{"id":"e3","type":"dispute.won","created":1000,"data":{"object":{"chargeBackId":"cb_1"}}}"#,
+                r#"{"id":"e4","type":"refund.succeeded","data":{"refundId":"rf_1"}}"#,
+            ],
+        )
+        .await;
+        assert_eq!(
+            *record.0.lock().unwrap(),
+            [
+                "risk_rule.updated e2 risk_rule:rr_1 false",
+                "risk_rule.updated e1 risk_rule:rr_1 true",
+                "dispute.won e3 dispute:cb_1 false",
+            ]
+        );
+        assert_eq!(*specific.lock().unwrap(), 1);
+    }
+}

@@ -1,0 +1,131 @@
+//! The multi-tenant example as a real process: many accounts on one
+//! endpoint, keys per account, keys changed while it runs.
+#![cfg(feature = "test-util")]
+
+#[allow(dead_code)] // shared by several test crates, each using part of it
+mod process;
+
+use std::process::Command;
+
+use bytes::Bytes;
+use clink_webhooks::testing::{fixture_with_id, SignedRequest};
+use clink_webhooks::EventType;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use process::{example_path, Process};
+
+struct Tenants {
+    process: Process,
+    /// `http://127.0.0.1:PORT/webhooks/clink/`
+    base: String,
+}
+
+fn start(keys: &str, keys_file: &std::path::Path) -> Tenants {
+    let mut command = Command::new(example_path("multi_tenant"));
+    command
+        .env("PORT", "0")
+        .env("CLINK_TENANT_KEYS", keys)
+        .env("CLINK_TENANT_KEYS_FILE", keys_file);
+    let process = Process::start(&mut command);
+    let line = Process::line_starting(&process.stderr, "listening on ");
+    let url = &line["listening on ".len()..];
+    let base = url
+        .strip_suffix("{account}")
+        .unwrap_or_else(|| panic!("unexpected address line: {line}"))
+        .to_owned();
+    Tenants { process, base }
+}
+
+async fn deliver(base: &str, account: &str, secret: &str, body: &str) -> u16 {
+    let request = SignedRequest::new(secret, body.to_owned())
+        .uri(format!("{base}{account}"))
+        .build::<Full<Bytes>>();
+    Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(request)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn accounts_are_verified_and_deduplicated_apart_and_keys_change_at_run_time() {
+    let dir = std::env::temp_dir().join(format!("clink-tenants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, "").unwrap();
+    // acct_a is mid-rotation: both of its secrets are accepted.
+    let tenants = start(
+        "acct_a=whsec_a_old,acct_b=whsec_b,acct_a=whsec_a_new",
+        &keys_file,
+    );
+    let base = tenants.base.as_str();
+    let order = fixture_with_id(&EventType::OrderSucceeded, "evt_shared_1");
+
+    // The same event id under two accounts is two events, each handled once.
+    assert_eq!(deliver(base, "acct_a", "whsec_a_old", &order).await, 200);
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_a order.succeeded evt_shared_1"
+    );
+    assert_eq!(deliver(base, "acct_b", "whsec_b", &order).await, 200);
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_b order.succeeded evt_shared_1"
+    );
+
+    // A duplicate within an account is acknowledged and not handled again,
+    // whichever of its keys signed it.
+    assert_eq!(deliver(base, "acct_a", "whsec_a_new", &order).await, 200);
+
+    // Another account's key does not open this one; an unknown account is 404.
+    let refund = fixture_with_id(&EventType::RefundCreated, "evt_refund_1");
+    assert_eq!(deliver(base, "acct_b", "whsec_a_old", &refund).await, 401);
+    assert_eq!(deliver(base, "acct_z", "whsec_a_old", &refund).await, 404);
+    assert_eq!(deliver(base, "acct%0Ax", "whsec_a_old", &refund).await, 404);
+
+    // Nothing was printed for the duplicate or the refusals: the next line
+    // is this delivery's.
+    assert_eq!(deliver(base, "acct_a", "whsec_a_new", &refund).await, 200);
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_a refund.created evt_refund_1"
+    );
+
+    // A key added while it runs is accepted after the reload, no restart.
+    assert_eq!(deliver(base, "acct_c", "whsec_c", &refund).await, 404);
+    std::fs::write(&keys_file, "acct_c=whsec_c\n").unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &tenants.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = Process::line_starting(&tenants.process.stderr, "reloaded keys: ");
+    assert!(reloaded.contains("acct_c"), "{reloaded}");
+    assert_eq!(deliver(base, "acct_c", "whsec_c", &refund).await, 200);
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_c refund.created evt_refund_1"
+    );
+
+    // Removed from the file, it is refused again.
+    std::fs::write(&keys_file, "").unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &tenants.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = Process::line_starting(&tenants.process.stderr, "reloaded keys: ");
+    assert!(!reloaded.contains("acct_c"), "{reloaded}");
+    assert_eq!(deliver(base, "acct_c", "whsec_c", &order).await, 404);
+
+    let finished = tenants.process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        !finished.stdout.contains("whsec") && !finished.stderr.contains("whsec"),
+        "a secret was printed: {finished:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
