@@ -13,6 +13,12 @@
 //! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
 //! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
 //!
+//! `GET /health` answers `200 ok` while its store answers and `503` with
+//! the reason when it does not; `GET /metrics` serves the crate's metrics in
+//! Prometheus' text format (see `clink_webhooks::layer` for the names). In
+//! production, serve those two on an internal port or behind your proxy's
+//! access rules: anyone can reach the webhook route.
+//!
 //! Run several of them behind a load balancer and they must share one
 //! idempotency store, or two of them can each handle the same event. Built
 //! with the `redis` feature and given `REDIS_URL`, it keeps the store in
@@ -28,13 +34,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+use axum::routing::get;
 use axum::Router;
 use clink_webhooks::data::Resource;
+use clink_webhooks::layer::Readiness;
 use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
 use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, MemoryStore};
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
@@ -185,11 +195,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
     let (idempotency, freshness) = stores().await?;
-    let service = ClinkLayer::new(Verifier::new(key)?)
-        .store(idempotency)
-        .layer(router(AppState::default(), freshness));
-    let app = Router::new().route_service("/webhooks/clink", service);
+    let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let readiness = layer.readiness();
+    let service = layer.layer(router(AppState::default(), freshness));
+    let app = Router::new()
+        .route_service("/webhooks/clink", service)
+        .route("/health", get(move || health(readiness.clone())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        );
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // Listen for signals before saying where we listen, so that a signal sent
@@ -204,6 +221,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// `200 ok` when the layer's store answers, `503` with the reason otherwise.
+async fn health(readiness: Readiness) -> (StatusCode, String) {
+    match readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.

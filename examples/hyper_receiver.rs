@@ -4,44 +4,137 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example hyper_receiver
 //! ```
 //!
-//! The layer wraps an [`EventRouter`]; hyper-util's `TowerToHyperService`
-//! adapts the tower service to hyper. Every path on the port is the webhook
-//! endpoint here; put a path check in front for anything more.
+//! It listens on `127.0.0.1:$PORT` (default 3001): `POST /webhooks/clink`
+//! goes through the layer to an [`EventRouter`], `GET /health` answers `200`
+//! while the store answers (`503` with the reason otherwise), `GET /metrics`
+//! serves the crate's metrics in Prometheus' text format, anything else is
+//! `404`. In production, serve health and metrics on an internal port.
+//!
+//! Connections that send no complete request headers within 30 s are
+//! closed, and a failed `accept` (out of file descriptors, say) is logged
+//! and retried after a pause instead of stopping the server.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clink_webhooks::layer::Readiness;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower::ServiceExt;
+
+/// A value from a delivery body, made safe to print.
+fn printable(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '"') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = std::env::var("CLINK_WEBHOOK_SIGNING_KEY")
         .unwrap_or_else(|_| "whsec_clink_webhooks_development_only".to_owned());
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
+        Err(_) => 3001,
+    };
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
     let router = EventRouter::new()
         .on::<events::OrderSucceeded, _>(|event| async move {
+            let order = event.data.order_id.as_deref().map(printable);
             println!(
-                "handled {} {} order={:?}",
-                event.event_type, event.id, event.data.order_id
+                "handled {} {} order={order:?}",
+                printable(event.event_type.as_str()),
+                printable(&event.id)
             );
             Ok::<_, std::io::Error>(())
         })
         .on_unhandled(|event| async move {
-            println!("handled {} {}", event.event_type(), event.id());
+            println!(
+                "handled {} {}",
+                printable(event.event_type().as_str()),
+                printable(event.id())
+            );
             Ok::<_, std::io::Error>(())
         });
-    let service = ClinkLayer::new(Verifier::new(key)?).layer(router);
+    let layer = ClinkLayer::new(Verifier::new(key)?);
+    let readiness = layer.readiness();
+    let webhook = layer.layer(router);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 3001)).await?;
-    eprintln!("listening on http://{}", listener.local_addr()?);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    eprintln!(
+        "listening on http://{}/webhooks/clink",
+        listener.local_addr()?
+    );
     loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(service.clone());
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                eprintln!("accept failed ({error}); retrying shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (webhook, readiness, prometheus) =
+            (webhook.clone(), readiness.clone(), prometheus.clone());
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            route(
+                request,
+                webhook.clone(),
+                readiness.clone(),
+                prometheus.clone(),
+            )
+        });
         tokio::spawn(async move {
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
                 eprintln!("connection error: {error}");
             }
         });
+    }
+}
+
+async fn route<S>(
+    request: Request<Incoming>,
+    webhook: S,
+    readiness: Readiness,
+    prometheus: PrometheusHandle,
+) -> Result<Response<Body>, Infallible>
+where
+    S: tower::Service<Request<Incoming>, Error = Infallible> + Send,
+    S::Response: Into<Response<clink_webhooks::layer::ResponseBody<Full<Bytes>>>>,
+    S::Future: Send,
+{
+    match (request.method(), request.uri().path()) {
+        (_, "/webhooks/clink") => {
+            let response: Response<_> = webhook.oneshot(request).await?.into();
+            Ok(response.map(BodyExt::boxed_unsync))
+        }
+        (&Method::GET, "/health") => Ok(match readiness.check().await {
+            Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+            Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+        }),
+        (&Method::GET, "/metrics") => Ok(text(StatusCode::OK, prometheus.render())),
+        _ => Ok(text(StatusCode::NOT_FOUND, "not found\n".to_owned())),
     }
 }

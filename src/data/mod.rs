@@ -63,6 +63,7 @@ pub use dispute::*;
 pub use invoice::*;
 pub use order::*;
 pub use refund::*;
+#[cfg(feature = "test-util")]
 pub(crate) use resource::id_field;
 pub use resource::Resource;
 pub use session::*;

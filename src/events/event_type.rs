@@ -70,6 +70,16 @@ macro_rules! event_types {
                 name.split_once('.').map_or(name, |(family, _)| family)
             }
 
+            /// The name of a type this crate knows, as a `'static` string;
+            /// `None` for [`Unknown`](EventType::Unknown).
+            #[cfg(feature = "metrics")]
+            pub(crate) fn known_name(&self) -> Option<&'static str> {
+                match self {
+                    $( EventType::$variant => Some($name), )+
+                    EventType::Unknown(_) => None,
+                }
+            }
+
             fn from_name(name: &str) -> Option<Self> {
                 match name {
                     $( $name => Some(EventType::$variant), )+

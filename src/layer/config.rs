@@ -273,6 +273,13 @@ impl ClinkLayer {
         Ok(self)
     }
 
+    /// A readiness check for a health route: whether the layer's store
+    /// answers now. See [`Readiness`](super::Readiness).
+    #[must_use]
+    pub fn readiness(&self) -> super::Readiness {
+        super::Readiness::new(Arc::clone(&self.config))
+    }
+
     /// The counters shared by this layer and every service it makes.
     #[must_use]
     pub fn metrics(&self) -> Arc<Metrics> {

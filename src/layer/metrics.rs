@@ -1,7 +1,23 @@
-//! [`Metrics`]: counters of what the layer did, one per kind of [`Outcome`].
+//! What the layer did, counted: [`Metrics`] in process, and (feature
+//! `metrics`, on by default) the [`metrics`](https://docs.rs/metrics) facade,
+//! so any exporter (Prometheus, StatsD, OpenTelemetry) can publish them.
+//!
+//! # Metric names
+//!
+//! Recorded through the facade; without a recorder installed they cost
+//! next to nothing.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `clink_webhook_deliveries_total` | counter | `outcome`, `event_type` | one per delivery; `outcome` is [`Outcome::as_str`], `event_type` the verified event's type when this crate knows it, `unknown` for a verified type it does not know, `none` before the signature checked out (a sender's claims are never labels) |
+//! | `clink_webhook_delivery_duration_seconds` | histogram | `outcome` | from the request to the response, the handler included |
+//! | `clink_webhook_deliveries_in_flight` | gauge | | deliveries being read, verified or handled now |
+//! | `clink_webhook_key_matches_total` | counter | `key_index` | verified deliveries by the index of the key that matched: when index 1 (an old key) stops counting, it can be retired |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "metrics")]
+use crate::EventType;
 use crate::Outcome;
 
 /// Counters of what the layer did, shared by every clone of a layer and its
@@ -99,4 +115,49 @@ impl Metrics {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records one finished delivery through the `metrics` facade.
+#[cfg(feature = "metrics")]
+pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f64) {
+    let event_type = match event_type {
+        Some(event_type) => event_type.known_name().unwrap_or("unknown"),
+        None => "none",
+    };
+    let outcome = outcome.as_str();
+    metrics::counter!(
+        "clink_webhook_deliveries_total",
+        "outcome" => outcome,
+        "event_type" => event_type
+    )
+    .increment(1);
+    metrics::histogram!("clink_webhook_delivery_duration_seconds", "outcome" => outcome)
+        .record(seconds);
+}
+
+/// Counts a verified delivery under the index of the key that matched.
+#[cfg(feature = "metrics")]
+pub(super) fn emit_key_match(key_index: usize) {
+    const LABELS: [&str; 4] = ["0", "1", "2", "3"];
+    let label = LABELS.get(key_index).copied().unwrap_or("4+");
+    metrics::counter!("clink_webhook_key_matches_total", "key_index" => label).increment(1);
+}
+
+/// Counts a delivery in flight from its creation to its drop, so that a
+/// delivery dropped half-way (the sender hung up) is not counted forever.
+pub(super) struct InFlight(());
+
+impl InFlight {
+    pub(super) fn start() -> Self {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("clink_webhook_deliveries_in_flight").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("clink_webhook_deliveries_in_flight").decrement(1.0);
+    }
 }

@@ -64,6 +64,7 @@ mod body;
 mod claim;
 mod config;
 mod future;
+mod health;
 mod inner;
 mod metrics;
 mod service;
@@ -77,6 +78,7 @@ pub use config::{
     ClinkLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_STORE_TIMEOUT,
 };
 pub use future::ResponseFuture;
+pub use health::{NotReady, Readiness};
 pub use metrics::Metrics;
 pub use service::ClinkService;
 pub use verify::VerifiedEvent;

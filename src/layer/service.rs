@@ -16,6 +16,9 @@ use tracing::{field, Instrument, Span};
 use super::claim::claim;
 use super::config::Config;
 use super::inner::{outcome_of, run_inner};
+#[cfg(feature = "metrics")]
+use super::metrics;
+use super::metrics::InFlight;
 use super::verify::{verify, VerifiedEvent};
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::{BoxError, Outcome};
@@ -98,8 +101,19 @@ where
         Box::pin(
             async move {
                 let started = Instant::now();
+                let in_flight = InFlight::start();
                 let (response, outcome) = deliver(&config, inner, request).await;
+                drop(in_flight);
                 config.metrics.record(&outcome);
+                #[cfg(feature = "metrics")]
+                {
+                    let verified = response.extensions().get::<VerifiedEvent>();
+                    if let Some(verified) = verified {
+                        metrics::emit_key_match(verified.key_index());
+                    }
+                    let event_type = verified.map(|v| v.event().event_type());
+                    metrics::emit(&outcome, event_type, started.elapsed().as_secs_f64());
+                }
                 let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let status = response.status().as_u16();
                 let span = Span::current();

@@ -161,6 +161,18 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &'a str,
         token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
+
+    /// Whether the store answers now: one round trip for the networked
+    /// stores, for readiness checks (see
+    /// [`ClinkLayer::readiness`](crate::ClinkLayer::readiness)). The default
+    /// answers `Ok` at once, right for in-process stores.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store cannot be reached.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
@@ -187,5 +199,9 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
         token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         (**self).release(key, token)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).ping()
     }
 }

@@ -463,6 +463,16 @@ impl IdempotencyStore for PostgresStore {
                 .await
         }))
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.pooled(async move |client| {
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|err| pg_error("cannot reach PostgreSQL", &err))
+        }))
+    }
 }
 
 /// A lease or retention as the `int8` milliseconds the statements take.

@@ -1,0 +1,211 @@
+//! Metrics and health: scraped from the example receiver after real
+//! deliveries, and readiness against real and unreachable stores.
+#![cfg(all(feature = "test-util", feature = "metrics"))]
+
+#[allow(dead_code)] // shared by several test crates, each using part of it
+mod process;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clink_webhooks::store::{BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError};
+use clink_webhooks::testing::{fresh_fixture, SignedRequest};
+use clink_webhooks::{ClinkLayer, EventType, Verifier};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use process::example_receiver;
+
+const KEY: &str = "whsec_observability_test";
+
+async fn send(request: http::Request<Full<Bytes>>) -> (u16, String) {
+    let response = Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(request)
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(url: &str) -> (u16, String) {
+    send(
+        http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The value of the sample named `name` whose labels include every one of
+/// `labels`, from Prometheus' text format; `None` when there is none.
+fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|label| rest.contains(label))
+        })
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+#[tokio::test]
+async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_health() {
+    let (receiver, url) = example_receiver(KEY);
+    let base = url.strip_suffix("/webhooks/clink").unwrap().to_owned();
+    let deliver = |body: String| SignedRequest::new(KEY, body).uri(url.as_str());
+
+    let order = fresh_fixture(&EventType::OrderSucceeded);
+    let rule = fresh_fixture(&EventType::RiskRuleUpdated);
+    assert_eq!(send(deliver(order.clone()).build()).await.0, 200);
+    assert_eq!(send(deliver(order.clone()).build()).await.0, 200); // duplicate
+    assert_eq!(send(deliver(rule).build()).await.0, 200);
+    assert_eq!(send(deliver(order).tamper().build()).await.0, 401);
+    // The tampered body claims a type; it must not become a label.
+    let forged = r#"{"id":"evt_x","type":"wallet.forged","data":{}}"#.to_owned();
+    assert_eq!(send(deliver(forged).tamper().build()).await.0, 401);
+
+    let (status, scrape) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let deliveries = "clink_webhook_deliveries_total";
+    let handled = |event_type: &str| {
+        sample(
+            &scrape,
+            deliveries,
+            &[
+                r#"outcome="handled""#,
+                &format!(r#"event_type="{event_type}""#),
+            ],
+        )
+    };
+    assert_eq!(handled("order.succeeded"), Some(1.0), "{scrape}");
+    assert_eq!(handled("risk_rule.updated"), Some(1.0), "{scrape}");
+    assert_eq!(
+        sample(
+            &scrape,
+            deliveries,
+            &[r#"outcome="duplicate""#, r#"event_type="order.succeeded""#]
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            deliveries,
+            &[r#"outcome="signature_mismatch""#, r#"event_type="none""#]
+        ),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("wallet.forged"), "{scrape}");
+    assert_eq!(
+        sample(
+            &scrape,
+            "clink_webhook_key_matches_total",
+            &[r#"key_index="0""#]
+        ),
+        Some(3.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "clink_webhook_delivery_duration_seconds_count",
+            &[r#"outcome="handled""#]
+        ),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(&scrape, "clink_webhook_deliveries_in_flight", &[]),
+        Some(0.0),
+        "{scrape}"
+    );
+
+    let (status, body) = get(&format!("{base}/health")).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    drop(receiver);
+}
+
+/// A store that answers claims but cannot be reached for a ping.
+struct Unreachable;
+
+impl IdempotencyStore for Unreachable {
+    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer() {
+    let layer = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .store(Unreachable)
+        .store_timeout(Duration::from_millis(200))
+        .unwrap();
+    let started = Instant::now();
+    let error = layer.readiness().check().await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(error.to_string().contains("timed out"), "{error}");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_readiness_follows_the_server() {
+    let url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run scripts/test, which starts PostgreSQL");
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let pool = |config: tokio_postgres::Config| {
+        deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            config,
+            tokio_postgres::NoTls,
+        ))
+        .max_size(2)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .unwrap()
+    };
+    let up = ClinkLayer::new(Verifier::new(KEY).unwrap()).store(
+        clink_webhooks::store::PostgresStore::new(pool(config.clone())),
+    );
+    up.readiness().check().await.unwrap();
+
+    // The same database on a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut down = config;
+    down.port(port);
+    let down = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .store(clink_webhooks::store::PostgresStore::new(pool(down)));
+    let error = down.readiness().check().await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("not ready: "), "{text}");
+    assert!(!text.contains(&url), "{text}");
+}
