@@ -7,13 +7,17 @@
 //! ```
 //!
 //! Each delivery carries a fresh event id (signed before the clock starts),
-//! so every one is a first delivery that runs the handler.
+//! so every one is a first delivery that runs the handler. A third in-process
+//! case serves many merchant accounts through a key source (a `KeyMap` of
+//! 1,000 accounts, the account read from the path): its ratio to the
+//! single-verifier layer is the cost of looking the account's keys up.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clink_webhooks::accounts::{AccountFrom, KeyMap};
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::{Request, Response};
@@ -23,6 +27,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, Service, ServiceExt};
+
+/// The account the key-source case delivers for, among 1,000.
+const ACCOUNT_PATH: &str = "/webhooks/clink/acct_517";
 
 const SECRET: &str = "whsec_bench";
 const SIZES: [(usize, &str); 2] = [(1024, "1KiB"), (64 * 1024, "64KiB")];
@@ -47,10 +54,28 @@ fn signed(uri: &str, n: u64, size: usize) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+fn router() -> EventRouter {
+    EventRouter::new().on::<events::OrderSucceeded, _>(|_event| async { Ok::<_, Infallible>(()) })
+}
+
 fn layered() -> clink_webhooks::ClinkService<EventRouter> {
-    let router = EventRouter::new()
-        .on::<events::OrderSucceeded, _>(|_event| async { Ok::<_, Infallible>(()) });
-    ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router)
+    ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router())
+}
+
+/// The layer over a key source of 1,000 accounts, each with its own key;
+/// [`ACCOUNT_PATH`]'s account signs with [`SECRET`].
+fn layered_accounts() -> clink_webhooks::ClinkService<EventRouter> {
+    let keys = KeyMap::new();
+    for n in 0..1000 {
+        let secret = if n == 517 {
+            SECRET.to_owned()
+        } else {
+            format!("whsec_{n}")
+        };
+        keys.insert(format!("acct_{n}"), Verifier::new(secret).unwrap())
+            .unwrap();
+    }
+    ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys).layer(router())
 }
 
 /// The baseline: read the whole body, answer 200.
@@ -126,8 +151,22 @@ fn time_in_process<S, ResB>(
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
 {
+    time_in_process_at(rt, service, "/", iters, size, first_id)
+}
+
+fn time_in_process_at<S, ResB>(
+    rt: &tokio::runtime::Runtime,
+    service: &S,
+    uri: &str,
+    iters: u64,
+    size: usize,
+    first_id: &mut u64,
+) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
+{
     let requests: Vec<_> = (0..iters)
-        .map(|i| signed("/", *first_id + i, size))
+        .map(|i| signed(uri, *first_id + i, size))
         .collect();
     *first_id += iters;
     rt.block_on(async {
@@ -170,6 +209,7 @@ fn pipeline(c: &mut Criterion) {
         .build()
         .unwrap();
     let layered_service = layered();
+    let accounts_service = layered_accounts();
     let (layered_addr, bare_addr) =
         rt.block_on(async { (serve(layered()).await, serve(Bare).await) });
     let client = Client::builder(TokioExecutor::new()).build_http();
@@ -184,6 +224,18 @@ fn pipeline(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("in_process", "layer"), |b| {
             b.iter_custom(|iters| {
                 time_in_process(&rt, &layered_service, iters, size, &mut next_id)
+            });
+        });
+        group.bench_function(BenchmarkId::new("in_process", "layer_key_source"), |b| {
+            b.iter_custom(|iters| {
+                time_in_process_at(
+                    &rt,
+                    &accounts_service,
+                    ACCOUNT_PATH,
+                    iters,
+                    size,
+                    &mut next_id,
+                )
             });
         });
         group.bench_function(BenchmarkId::new("http", "bare"), |b| {
@@ -207,11 +259,20 @@ fn pipeline(c: &mut Criterion) {
     );
     const ROUNDS: u32 = 10;
     const BATCH: u64 = 200;
+    let mut key_source = Vec::new();
     for (size, label) in SIZES {
-        let mut totals = [Duration::ZERO; 4];
+        let mut totals = [Duration::ZERO; 5];
         for _ in 0..ROUNDS {
             totals[0] += time_in_process(&rt, &Bare, BATCH, size, &mut next_id);
             totals[1] += time_in_process(&rt, &layered_service, BATCH, size, &mut next_id);
+            totals[4] += time_in_process_at(
+                &rt,
+                &accounts_service,
+                ACCOUNT_PATH,
+                BATCH,
+                size,
+                &mut next_id,
+            );
             totals[2] += time_over_http(&rt, &client, bare_addr, BATCH, size, &mut next_id);
             totals[3] += time_over_http(&rt, &client, layered_addr, BATCH, size, &mut next_id);
         }
@@ -226,6 +287,20 @@ fn pipeline(c: &mut Criterion) {
             micros(totals[3]),
             totals[2].as_secs_f64() / totals[3].as_secs_f64(),
         );
+        key_source.push((
+            label,
+            micros(totals[1]),
+            micros(totals[4]),
+            totals[4].as_secs_f64() / totals[1].as_secs_f64(),
+        ));
+    }
+    println!("\nper delivery in process, one verifier and a key source of 1,000 accounts; time ratio (1.0 = no cost):");
+    println!(
+        "{:<7} {:>12} {:>12} {:>7}",
+        "size", "one key", "key source", "ratio"
+    );
+    for (label, one, source, ratio) in key_source {
+        println!("{label:<7} {one:>12} {source:>12} {ratio:>7.3}");
     }
 }
 

@@ -67,8 +67,9 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | *(none)* | the verifier, events, [`ClinkLayer`], [`EventRouter`], [`MemoryStore`] |
-//! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent`, `IntoResponse` for [`Outcome`] |
+//! | *(none)* | the verifier, events, [`ClinkLayer`], [`EventRouter`], [`MemoryStore`], [`accounts`] |
+//! | `metrics` (default) | deliveries, durations, in-flight and key matches through the `metrics` facade (names in [`layer`]) |
+//! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent`, `HandlerError`, `IntoResponse` for [`Outcome`] |
 //! | `redis` | `RedisStore`, for apps on several machines |
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |

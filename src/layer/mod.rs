@@ -3,14 +3,18 @@
 //! One delivery takes this path:
 //!
 //! 1. **Method**: anything but `POST` gets `405`.
-//! 2. **Headers**: `X-Clink-Timestamp` and `X-Clink-Signature` must be present
-//!    and well formed (`400`), the timestamp within tolerance (`401`).
+//! 2. **Headers and keys**: `X-Clink-Timestamp` and `X-Clink-Signature` must
+//!    be present and well formed (`400`). With a [key
+//!    source](ClinkLayer::with_key_source), the account is read from the
+//!    request and its keys looked up: an unknown account gets `404`, a key
+//!    source that cannot answer `503`. The timestamp must be within
+//!    tolerance (`401`).
 //! 3. **Body**: a `Content-Length` over the limit gets `413` before a byte is
 //!    read; a streamed body is cut off with `413` the moment it crosses the
 //!    limit. The HMAC is computed while the body streams in.
 //! 4. **Signature**: checked in constant time against every active key (`401`).
 //! 5. **Envelope**: the verified body must be an event with an `id` and a `type` (`400`).
-//! 6. **Claim**: the event id is claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
+//! 6. **Claim**: the account and event id are claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
 //!    with `Retry-After`, and the inner service is not called.
