@@ -42,6 +42,7 @@ use clink_webhooks::layer::Readiness;
 use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
+use clink_webhooks::server::Server;
 use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, MemoryStore};
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -171,7 +172,9 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Colour only on a terminal: escape codes in a log file are noise.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -216,9 +219,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // Slow and idle clients are cut off, accept errors never stop it, and a
+    // shutdown waits at most 10 s for deliveries in progress.
+    Server::new().serve(listener, app, shutdown).await;
     eprintln!("stopped");
     Ok(())
 }

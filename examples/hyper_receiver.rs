@@ -10,21 +10,21 @@
 //! serves the crate's metrics in Prometheus' text format, anything else is
 //! `404`. In production, serve health and metrics on an internal port.
 //!
-//! Connections that send no complete request headers within 30 s are
-//! closed, and a failed `accept` (out of file descriptors, say) is logged
-//! and retried after a pause instead of stopping the server.
+//! It is served with `clink_webhooks::server::Server`: connections that send
+//! no complete request headers within 10 s are closed, a failed `accept`
+//! (out of file descriptors, say) is logged and retried instead of stopping
+//! the server, and Ctrl-C waits at most 10 s for deliveries in progress.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clink_webhooks::layer::Readiness;
+use clink_webhooks::server::Server;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
 
@@ -83,35 +83,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
     );
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                eprintln!("accept failed ({error}); retrying shortly");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (webhook, readiness, prometheus) =
-            (webhook.clone(), readiness.clone(), prometheus.clone());
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            route(
-                request,
-                webhook.clone(),
-                readiness.clone(),
-                prometheus.clone(),
-            )
-        });
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                eprintln!("connection error: {error}");
-            }
-        });
-    }
+    let app = tower::service_fn(move |request| {
+        route(
+            request,
+            webhook.clone(),
+            readiness.clone(),
+            prometheus.clone(),
+        )
+    });
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    // Slow and idle clients are cut off, accept errors never stop it, and a
+    // shutdown waits at most 10 s for deliveries in progress.
+    Server::new().serve(listener, app, shutdown).await;
+    eprintln!("stopped");
+    Ok(())
 }
 
 async fn route<S>(

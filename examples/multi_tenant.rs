@@ -24,6 +24,7 @@ use axum::Router;
 use clink_webhooks::accounts::{AccountFrom, KeyMap};
 use clink_webhooks::data::Resource;
 use clink_webhooks::router::EveryHandler;
+use clink_webhooks::server::Server;
 use clink_webhooks::signature::SigningKey;
 use clink_webhooks::store::BoxFuture;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, MemoryStore, Verifier};
@@ -154,9 +155,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "listening on http://{}/webhooks/clink/{{account}}",
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // Slow and idle clients are cut off, accept errors never stop it, and a
+    // shutdown waits at most 10 s for deliveries in progress.
+    Server::new().serve(listener, app, shutdown).await;
     eprintln!("stopped");
     Ok(())
 }

@@ -156,10 +156,10 @@ impl std::error::Error for ClinkEventRejection {
 impl IntoResponse for ClinkEventRejection {
     fn into_response(self) -> Response {
         let outcome = if let Self::OtherType(_) = self {
-            tracing::warn!(error = %self, "clink event not handled");
+            tracing::warn!(error = ?self.to_string(), "clink event not handled");
             Outcome::Unhandled
         } else {
-            tracing::error!(error = %self, "clink event extraction failed");
+            tracing::error!(error = ?self.to_string(), "clink event extraction failed");
             Outcome::HandlerFailed
         };
         outcome.into_response()
@@ -246,7 +246,7 @@ impl<E: Into<crate::BoxError>> From<E> for HandlerError {
 
 impl IntoResponse for HandlerError {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self.0, "clink handler failed; the delivery will be retried");
+        tracing::error!(error = ?self.0.to_string(), "clink handler failed; the delivery will be retried");
         Outcome::HandlerFailed.into_response()
     }
 }

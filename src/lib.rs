@@ -59,6 +59,7 @@
 //! | [`layer`] | [`ClinkLayer`] and [`ClinkService`], one file per step of a delivery |
 //! | [`router`] | [`EventRouter`]: typed async handlers per event type |
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent` |
+//! | `server` | serving over hyper, hardened against slow, idle and many clients |
 //! | `testing` | signed requests, fixtures and scenarios for your own tests |
 //!
 //! The `clink-webhook` binary (feature `cli`) is built on the public API only.
@@ -68,6 +69,7 @@
 //! | feature | adds |
 //! |---|---|
 //! | *(none)* | the verifier, events, [`ClinkLayer`], [`EventRouter`], [`MemoryStore`], [`accounts`] |
+//! | `server` (default) | [`server::Server`]: hyper HTTP/1 serving with header timeouts, a connection limit, accept errors survived and a bounded graceful shutdown |
 //! | `metrics` (default) | deliveries, durations, in-flight and key matches through the `metrics` facade (names in [`layer`]) |
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent`, `HandlerError`, `IntoResponse` for [`Outcome`] |
 //! | `redis` | `RedisStore`, for apps on several machines |
@@ -89,6 +91,9 @@ pub mod layer;
 pub mod ordering;
 pub mod outcome;
 pub mod router;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod signature;
 pub mod store;
 #[cfg(feature = "test-util")]

@@ -37,6 +37,7 @@
 //! | [`BodyTooLarge`](Outcome::BodyTooLarge) | 413 | no | no |
 //! | [`BodyUnreadable`](Outcome::BodyUnreadable) | 400 | no | no |
 //! | [`BodyTimeout`](Outcome::BodyTimeout) | 408 | no | no |
+//! | [`Overloaded`](Outcome::Overloaded) | 503 + `Retry-After` | no | no |
 //! | [`InvalidEnvelope`](Outcome::InvalidEnvelope) | 400 | yes | no |
 //! | [`InvalidEventId`](Outcome::InvalidEventId) | 400 | yes | no |
 //! | [`InFlight`](Outcome::InFlight) | 409 + `Retry-After` | yes | no: another delivery runs it |
@@ -92,13 +93,16 @@ pub enum Outcome {
     },
     /// The body could not be read from the connection (`400`).
     BodyUnreadable,
+    /// The layer already holds as many unverified bodies (or bytes of
+    /// them) as its [budget](crate::ClinkLayer::body_budget) allows (`503`).
+    Overloaded,
     /// The body did not arrive within the layer's body timeout (`408`).
     BodyTimeout,
     /// The verified body is not a Clink event envelope (`400`).
     InvalidEnvelope(EnvelopeError),
-    /// The event id cannot be stored as an idempotency key: over
-    /// [`MAX_KEY_LEN`](crate::store::MAX_KEY_LEN) bytes with its prefix, or
-    /// containing NUL (`400`).
+    /// The event id contains a control character (a line break, a terminal
+    /// escape, NUL), or cannot be stored as an idempotency key: over
+    /// [`MAX_KEY_LEN`](crate::store::MAX_KEY_LEN) bytes with its prefix (`400`).
     InvalidEventId,
     /// Another delivery of the same event is being handled (`409`).
     InFlight {
@@ -138,6 +142,7 @@ impl Outcome {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::InFlight { .. } => StatusCode::CONFLICT,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HandlerRefused(status) => *status,
@@ -163,6 +168,7 @@ impl Outcome {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
             Self::BodyTimeout => "body_timeout",
+            Self::Overloaded => "overloaded",
             Self::InvalidEnvelope(e) => e.code(),
             Self::InvalidEventId => "invalid_event_id",
             Self::InFlight { .. } => "in_flight",
@@ -186,6 +192,7 @@ impl Outcome {
                 | Self::BodyTooLarge { .. }
                 | Self::BodyUnreadable
                 | Self::BodyTimeout
+                | Self::Overloaded
         )
     }
 
@@ -213,7 +220,7 @@ impl Outcome {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::InFlight { retry_after } => Some(*retry_after),
-            Self::StoreUnavailable(_) | Self::KeysUnavailable => {
+            Self::StoreUnavailable(_) | Self::KeysUnavailable | Self::Overloaded => {
                 Some(Duration::from_secs(STORE_RETRY_AFTER_SECS))
             }
             _ => None,
@@ -283,9 +290,12 @@ impl fmt::Display for Outcome {
             }
             Self::BodyUnreadable => f.write_str("the request body could not be read"),
             Self::BodyTimeout => f.write_str("the request body did not arrive in time"),
+            Self::Overloaded => f.write_str(
+                "this receiver is reading as many unverified deliveries as it allows; retry later",
+            ),
             Self::InvalidEnvelope(e) => fmt::Display::fmt(e, f),
             Self::InvalidEventId => f.write_str(
-                "the event id is too long or contains NUL, so it cannot be deduplicated",
+                "the event id is too long or contains a control character, so it cannot be deduplicated",
             ),
             Self::InFlight { .. } => f.write_str(
                 "this event is being handled by another delivery; retry after the Retry-After delay",
@@ -346,6 +356,7 @@ mod tests {
             (Outcome::BodyTooLarge { limit: 1 }, 413, false),
             (Outcome::BodyUnreadable, 400, false),
             (Outcome::BodyTimeout, 408, false),
+            (Outcome::Overloaded, 503, false),
             (
                 Outcome::InvalidEnvelope(EnvelopeError::MissingId),
                 400,

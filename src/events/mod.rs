@@ -395,8 +395,11 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "event {} ({}): data field `{}` did not decode: {}",
-            self.event_id, self.event_type, self.path, self.message
+            "event {:?} ({:?}): data field {:?} did not decode: {}",
+            self.event_id,
+            self.event_type.as_str(),
+            self.path,
+            self.message
         )
     }
 }

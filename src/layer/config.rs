@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use super::budget::{BodyBudget, DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING};
+use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
 use super::{ClinkService, Metrics};
 use crate::accounts::{AccountFrom, KeySource};
 use crate::signature::Verifier;
@@ -53,6 +55,8 @@ pub(super) struct Config {
     pub(super) store_timeout: Duration,
     pub(super) key_prefix: Arc<str>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) refusals: Arc<RefusalLog>,
+    pub(super) budget: Arc<BodyBudget>,
 }
 
 impl Config {
@@ -152,6 +156,11 @@ impl ClinkLayer {
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
                 metrics: Arc::default(),
+                refusals: Arc::new(RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL)),
+                budget: Arc::new(BodyBudget::new(
+                    DEFAULT_BODY_BUDGET,
+                    DEFAULT_MAX_BODIES_READING,
+                )),
             }),
         }
     }
@@ -173,14 +182,38 @@ impl ClinkLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `bytes` is zero: every delivery would be refused.
+    /// A [`ConfigError`] when `bytes` is zero (every delivery would be
+    /// refused) or larger than the [body budget](Self::body_budget).
     pub fn body_limit(mut self, bytes: usize) -> Result<Self, ConfigError> {
-        if bytes == 0 {
+        if bytes == 0 || bytes > self.config.budget.max_bytes() {
             return Err(ConfigError::new(
-                "ClinkLayer::body_limit must be at least one byte (the default is 1 MiB)",
+                "ClinkLayer::body_limit must be at least one byte and at most the body budget (the default is 1 MiB)",
             ));
         }
         self.config_mut().body_limit = bytes;
+        Ok(self)
+    }
+
+    /// Bounds the bytes held for bodies not yet verified, across every
+    /// delivery this layer and its clones serve (default
+    /// [`DEFAULT_BODY_BUDGET`], 64 MiB), and how many bodies are read at
+    /// once (default [`DEFAULT_MAX_BODIES_READING`], 1,024). Past either,
+    /// a delivery is answered `503` with `Retry-After` before more of it is
+    /// read; a verified body no longer counts. Memory for unverified bodies
+    /// then stays under `bytes` whatever a sender without the key does.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `bytes` is below the [body
+    /// limit](Self::body_limit) (a body the limit allows could never be
+    /// read) or `bodies` is zero.
+    pub fn body_budget(mut self, bytes: usize, bodies: usize) -> Result<Self, ConfigError> {
+        if bytes < self.config.body_limit || bodies == 0 {
+            return Err(ConfigError::new(
+                "ClinkLayer::body_budget must hold at least one body at the body limit, and one body at a time",
+            ));
+        }
+        self.config_mut().budget = Arc::new(BodyBudget::new(bytes, bodies));
         Ok(self)
     }
 
@@ -271,6 +304,16 @@ impl ClinkLayer {
         }
         self.config_mut().key_prefix = Arc::from(prefix);
         Ok(self)
+    }
+
+    /// How often, at most, the layer writes a `warn` line summing up the
+    /// deliveries it refused before their signature checked out (default
+    /// [`DEFAULT_REFUSAL_LOG_INTERVAL`], 10 s); each refusal is also logged
+    /// at `debug`. A client without the key cannot fill the logs.
+    #[must_use]
+    pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
+        self.config_mut().refusals = Arc::new(RefusalLog::new(interval));
+        self
     }
 
     /// A readiness check for a health route: whether the layer's store

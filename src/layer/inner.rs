@@ -39,7 +39,7 @@ where
         Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(error))) => {
             let error: BoxError = error.into();
-            tracing::error!(%error, "clink inner service failed; releasing the event so a retry runs it");
+            tracing::error!(error = ?error.to_string(), "clink inner service failed; releasing the event so a retry runs it");
             Err(Outcome::HandlerFailed)
         }
         Ok(Err(payload)) => {

@@ -39,6 +39,7 @@ pub struct Metrics {
     unhandled: AtomicU64,
     duplicates: AtomicU64,
     in_flight: AtomicU64,
+    overloaded: AtomicU64,
     rejected: AtomicU64,
     handler_failures: AtomicU64,
     store_errors: AtomicU64,
@@ -73,6 +74,9 @@ counters! {
     /// Deliveries answered `409` because another delivery held the event
     /// ([`Outcome::InFlight`]).
     in_flight,
+    /// Deliveries answered `503` because the layer's budget for unverified
+    /// bodies was spent ([`Outcome::Overloaded`]).
+    overloaded,
     /// Deliveries refused before the store was asked (method, headers,
     /// signature, body, envelope, event id).
     rejected,
@@ -97,6 +101,7 @@ impl Metrics {
             Outcome::Unhandled | Outcome::SkippedStale => &self.unhandled,
             Outcome::Duplicate => &self.duplicates,
             Outcome::InFlight { .. } => &self.in_flight,
+            Outcome::Overloaded => &self.overloaded,
             Outcome::StoreUnavailable(_) | Outcome::KeysUnavailable => &self.store_errors,
             _ if outcome.handler_ran() => &self.handler_failures,
             _ => &self.rejected,

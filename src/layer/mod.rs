@@ -65,12 +65,14 @@
 //! ```
 
 mod body;
+mod budget;
 mod claim;
 mod config;
 mod future;
 mod health;
 mod inner;
 mod metrics;
+mod refusals;
 mod service;
 mod verify;
 
@@ -78,12 +80,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 pub use body::ResponseBody;
+pub use budget::{DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING};
 pub use config::{
     ClinkLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_STORE_TIMEOUT,
 };
 pub use future::ResponseFuture;
 pub use health::{NotReady, Readiness};
 pub use metrics::Metrics;
+pub use refusals::DEFAULT_REFUSAL_LOG_INTERVAL;
 pub use service::ClinkService;
 pub use verify::VerifiedEvent;
 

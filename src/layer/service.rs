@@ -120,6 +120,10 @@ where
                 span.record("duration_ms", elapsed);
                 span.record("status", status);
                 span.record("outcome", outcome.as_str());
+                if !outcome.is_verified() {
+                    config.refusals.note(&outcome, status);
+                    return Ok(response);
+                }
                 let outcome = outcome.as_str();
                 if response.status().is_success() {
                     tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");

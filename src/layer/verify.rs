@@ -10,6 +10,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tracing::Span;
 
+use super::budget::Reading;
 use super::config::{Config, Keys};
 use crate::events::RawEvent;
 use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
@@ -76,7 +77,7 @@ where
         return Err(Outcome::MethodNotAllowed);
     }
     let log_verify = |error: crate::VerifyError| {
-        tracing::warn!(%error, "clink delivery refused");
+        tracing::debug!(%error, "clink delivery refused");
         Outcome::Verify(error.kind())
     };
     let headers = SignatureHeaders::from_headers(&parts.headers).map_err(log_verify)?;
@@ -91,12 +92,26 @@ where
             limit: config.body_limit,
         });
     }
-    let read = read_body(body, config.body_limit, declared, &mut verification);
+    let mut reading = config.budget.start().ok_or(Outcome::Overloaded)?;
+    let read = read_body(
+        body,
+        config.body_limit,
+        declared,
+        &mut verification,
+        &mut reading,
+    );
     let bytes = tokio::time::timeout(config.body_timeout, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification.finish_parsed(&signature).map_err(log_verify)?;
+    // Verified: the body no longer counts against the budget.
+    drop(reading);
     let event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
+    // An id is data, never text to print: one with a line break or a
+    // terminal escape in it is refused rather than carried into logs.
+    if event.id().chars().any(char::is_control) {
+        return Err(Outcome::InvalidEventId);
+    }
     Ok(VerifiedEvent::new(event, verified, account))
 }
 
@@ -119,7 +134,7 @@ async fn keys(
         }
         Ok(Ok(None)) => Err(Outcome::UnknownAccount),
         Ok(Err(error)) => {
-            tracing::error!(%error, account, "clink delivery: no keys for the account; answering 503");
+            tracing::error!(error = ?error.to_string(), account, "clink delivery: no keys for the account; answering 503");
             Err(Outcome::KeysUnavailable)
         }
         Err(_) => {
@@ -142,29 +157,33 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The most a declared `Content-Length` reserves up front.
-const INITIAL_BUFFER_CAP: usize = 64 * 1024;
-
 /// Reads the body up to `limit` bytes, feeding the HMAC as chunks arrive.
+///
+/// Every byte of buffer it allocates is first taken from the layer's
+/// [budget](super::ClinkLayer::body_budget): a body with a declared
+/// `Content-Length` gets one buffer of exactly that size (and a body that
+/// arrives in one chunk is kept without a copy); a body of unknown length
+/// grows its buffer by doubling, each growth taken from the budget first.
 async fn read_body<B>(
     body: B,
     limit: usize,
     declared: Option<u64>,
     verification: &mut Verification,
+    reading: &mut Reading<'_>,
 ) -> Result<Bytes, Outcome>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
     let mut body = pin!(body);
-    // The common case is one chunk: keep it as is, copying only when a second arrives.
+    let declared = declared.and_then(|d| usize::try_from(d).ok());
     let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
+    let mut buf: Option<BytesMut> = None;
     let mut total: usize = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
             let error: BoxError = error.into();
-            tracing::warn!(%error, "clink delivery: could not read the body");
+            tracing::debug!(%error, "clink delivery: could not read the body");
             Outcome::BodyUnreadable
         })?;
         let Ok(mut data) = frame.into_data() else {
@@ -177,27 +196,40 @@ where
         }
         let chunk = data.copy_to_bytes(len);
         verification.update(&chunk);
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(chunk),
-            (Some(head), None) => {
-                // Trust the declared length only so far: the sender is not
-                // authenticated yet, and the buffer grows as data arrives.
-                let hint = declared
-                    .and_then(|d| usize::try_from(d).ok())
-                    .unwrap_or(0)
-                    .min(INITIAL_BUFFER_CAP)
-                    .clamp(total, limit);
-                let mut buf = BytesMut::with_capacity(hint);
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&chunk);
-                rest = Some(buf);
+        if first.is_none() && buf.is_none() && declared.is_none_or(|d| d == len) {
+            // The whole body in one chunk (or the first of an unknown
+            // length): kept as it is, no copy.
+            if !reading.hold(len) {
+                return Err(Outcome::Overloaded);
             }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+            first = Some(chunk);
+            continue;
         }
+        let buffer = match &mut buf {
+            Some(buffer) => buffer,
+            None => {
+                let head = first.take().unwrap_or_default();
+                let capacity = declared.unwrap_or(2 * total).clamp(total, limit);
+                if !reading.hold(capacity) {
+                    return Err(Outcome::Overloaded);
+                }
+                let mut buffer = BytesMut::with_capacity(capacity);
+                buffer.extend_from_slice(&head);
+                buf.insert(buffer)
+            }
+        };
+        if buffer.capacity() - buffer.len() < chunk.len() {
+            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + chunk.len(), limit);
+            if !reading.hold(capacity) {
+                return Err(Outcome::Overloaded);
+            }
+            buffer.reserve(capacity - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk);
     }
-    Ok(match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(head), None) => head,
+    Ok(match (buf, first) {
+        (Some(buffer), _) => buffer.freeze(),
+        (None, Some(chunk)) => chunk,
         (None, None) => Bytes::new(),
     })
 }

@@ -398,7 +398,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 tracing::error!(
                     event_id = ?raw.id(),
                     event_type = ?raw.event_type().as_str(),
-                    error = %error,
+                    error = ?error.to_string(),
                     "clink before_each hook failed; the delivery will be retried"
                 );
                 return respond(&Outcome::HandlerFailed);
@@ -475,7 +475,7 @@ async fn finish(
             tracing::error!(
                 event_id = ?raw.id(),
                 event_type = ?raw.event_type().as_str(),
-                error = %error,
+                error = ?error.to_string(),
                 "clink handler failed; the delivery will be retried"
             );
             respond(&Outcome::HandlerFailed)
@@ -492,7 +492,7 @@ async fn undecodable<S>(
         event_id = ?raw.id(),
         event_type = ?raw.event_type().as_str(),
         field = ?error.path(),
-        error = %error,
+        error = ?error.to_string(),
         "clink event data did not decode into its handler's type"
     );
     let Some(hook) = &routes.undecodable else {
@@ -502,7 +502,7 @@ async fn undecodable<S>(
     match hook(raw, error).await {
         Ok(()) => respond(&Outcome::Handled),
         Err(error) => {
-            tracing::error!(event_id = ?event_id, error = %error, "clink on_undecodable hook failed");
+            tracing::error!(event_id = ?event_id, error = ?error.to_string(), "clink on_undecodable hook failed");
             respond(&Outcome::HandlerFailed)
         }
     }

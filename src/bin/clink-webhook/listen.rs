@@ -12,6 +12,7 @@ use clap::Args;
 use clink_webhooks::data::Resource;
 use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
+use clink_webhooks::server::Server;
 use clink_webhooks::store::BoxFuture;
 use clink_webhooks::{
     ClinkLayer, ClinkService, Event, EventRouter, Layer, MemoryStore, Outcome, RawEvent,
@@ -21,10 +22,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
@@ -34,8 +31,6 @@ use crate::output::{Output, Tone};
 /// How long a connection may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long to wait after a failed accept before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 use crate::{CliError, KeyArgs};
 
 pub(crate) const AFTER_HELP: &str = "\
@@ -91,6 +86,36 @@ impl EveryHandler for Acknowledge {
 
 type Pipeline = ClinkService<EventRouter>;
 type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The listening service: deliveries on `path` through the pipeline, 404 elsewhere.
+#[derive(Clone)]
+struct Listen {
+    out: Output,
+    path: Arc<str>,
+    pipeline: Pipeline,
+}
+
+impl Service<Request<Incoming>> for Listen {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        Box::pin(serve(
+            self.out,
+            Arc::clone(&self.path),
+            self.pipeline.clone(),
+            request,
+        ))
+    }
+}
 
 /// Serves one delivery through the pipeline and prints what happened to it.
 async fn serve(
@@ -260,43 +285,18 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
         out.line(&format!("listening on {url}"));
     }
 
-    let path: Arc<str> = Arc::from(args.path.as_str());
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    // Out of file descriptors, say: give connections time to close
-                    // rather than spinning on accept.
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                };
-                let (out, path, pipeline) = (*out, Arc::clone(&path), pipeline.clone());
-                let service = service_fn(move |request| {
-                    serve(out, Arc::clone(&path), pipeline.clone(), request)
-                });
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-            () = shutdown.requested() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "some connections were still open after {} s; stopping anyway",
-            SHUTDOWN_GRACE.as_secs()
-        );
-    }
+    let service = Listen {
+        out: *out,
+        path: Arc::from(args.path.as_str()),
+        pipeline,
+    };
+    let server = Server::new()
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .and_then(|server| server.shutdown_timeout(SHUTDOWN_GRACE))
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    server
+        .serve(listener, service, async move { shutdown.requested().await })
+        .await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }
