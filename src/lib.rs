@@ -58,6 +58,7 @@
 //! | [`outcome`] | [`Outcome`]: what happened to a delivery, its status and its code |
 //! | [`layer`] | [`ClinkLayer`] and [`ClinkService`], one file per step of a delivery |
 //! | [`router`] | [`EventRouter`]: typed async handlers per event type |
+//! | [`inbox`] | the durable inbox: workers running the router on kept events, in order, with retries and dead letters |
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent` |
 //! | `server` | serving over hyper, hardened against slow, idle and many clients |
 //! | `testing` | signed requests, fixtures and scenarios for your own tests |
@@ -87,6 +88,7 @@ pub mod axum;
 mod config;
 pub mod data;
 pub mod events;
+pub mod inbox;
 pub mod layer;
 pub mod ordering;
 pub mod outcome;

@@ -28,6 +28,7 @@
 //! |---|---|---|---|
 //! | [`Handled`](Outcome::Handled) | the handler's `2xx` | yes | yes, and succeeded |
 //! | [`Unhandled`](Outcome::Unhandled) | 200 | yes | no handler takes this type |
+//! | [`Queued`](Outcome::Queued) | 200 | yes | later, by an inbox worker |
 //! | [`SkippedStale`](Outcome::SkippedStale) | 200 | yes | no: a newer event was handled |
 //! | [`Duplicate`](Outcome::Duplicate) | 200 | yes | no: already handled |
 //! | [`MethodNotAllowed`](Outcome::MethodNotAllowed) | 405 | no | no |
@@ -69,6 +70,9 @@ pub enum Outcome {
     Handled,
     /// Verified and acknowledged (`200`), but no handler takes this event type.
     Unhandled,
+    /// Verified, written to the layer's [inbox](crate::inbox) and
+    /// acknowledged (`200`); a worker runs its handler later.
+    Queued,
     /// Verified and acknowledged (`200`) without running the handler, because
     /// a newer event about the same object was already handled and the router
     /// skips stale events.
@@ -129,9 +133,11 @@ impl Outcome {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Handled | Self::Unhandled | Self::SkippedStale | Self::Duplicate => {
-                StatusCode::OK
-            }
+            Self::Handled
+            | Self::Unhandled
+            | Self::Queued
+            | Self::SkippedStale
+            | Self::Duplicate => StatusCode::OK,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -159,6 +165,7 @@ impl Outcome {
         match self {
             Self::Handled => "handled",
             Self::Unhandled => "unhandled",
+            Self::Queued => "queued",
             Self::SkippedStale => "skipped_stale",
             Self::Duplicate => "duplicate",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -274,6 +281,7 @@ impl fmt::Display for Outcome {
         match self {
             Self::Handled => f.write_str("the event was handled"),
             Self::Unhandled => f.write_str("no handler takes this event type; acknowledged"),
+            Self::Queued => f.write_str("the event was kept in the inbox; acknowledged"),
             Self::SkippedStale => f.write_str(
                 "a newer event about the same object was already handled; acknowledged without running the handler",
             ),
@@ -331,6 +339,7 @@ mod tests {
         let cases = [
             (Outcome::Handled, 200, true),
             (Outcome::Unhandled, 200, true),
+            (Outcome::Queued, 200, true),
             (Outcome::SkippedStale, 200, true),
             (Outcome::Duplicate, 200, true),
             (Outcome::MethodNotAllowed, 405, false),

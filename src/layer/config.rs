@@ -11,7 +11,9 @@ use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
 use super::{ClinkService, Metrics};
 use crate::accounts::{AccountFrom, KeySource};
 use crate::signature::Verifier;
-use crate::store::{IdempotencyStore, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL};
+use crate::store::{
+    IdempotencyStore, Inbox, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
+};
 use crate::ConfigError;
 
 /// The default body limit: 1 MiB.
@@ -57,6 +59,7 @@ pub(super) struct Config {
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<RefusalLog>,
     pub(super) budget: Arc<BodyBudget>,
+    pub(super) inbox: Option<Arc<dyn Inbox>>,
 }
 
 impl Config {
@@ -157,6 +160,7 @@ impl ClinkLayer {
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
                 metrics: Arc::default(),
                 refusals: Arc::new(RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL)),
+                inbox: None,
                 budget: Arc::new(BodyBudget::new(
                     DEFAULT_BODY_BUDGET,
                     DEFAULT_MAX_BODIES_READING,
@@ -175,6 +179,20 @@ impl ClinkLayer {
     #[must_use]
     pub fn store(mut self, store: impl IdempotencyStore) -> Self {
         self.config_mut().store = Arc::new(store);
+        self
+    }
+
+    /// Acknowledges deliveries after writing them to `inbox` instead of
+    /// running the inner service: a verified, well-formed delivery is kept
+    /// in one write (a duplicate of an event the inbox holds is `200`
+    /// without a second row) and answered `200`; a failed write is `503`
+    /// and nothing is acknowledged. The inner service is not called, and
+    /// the idempotency store is not used: the inbox deduplicates by account
+    /// and event id. Workers run the handlers later: see
+    /// [`inbox`](crate::inbox).
+    #[must_use]
+    pub fn inbox(mut self, inbox: impl Inbox) -> Self {
+        self.config_mut().inbox = Some(Arc::new(inbox));
         self
     }
 

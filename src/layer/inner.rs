@@ -18,7 +18,7 @@ use crate::{BoxError, Outcome};
 /// Calls `inner` within `deadline`. The response comes back when the inner
 /// service answered, with the outcome it stands for; otherwise only the
 /// outcome (an error, a panic, the deadline).
-pub(super) async fn run_inner<S, ResB>(
+pub(crate) async fn run_inner<S, ResB>(
     mut inner: S,
     request: Request<VerifiedBody>,
     deadline: Duration,
@@ -60,7 +60,7 @@ where
 /// (an [`EventRouter`](crate::EventRouter) says whether a handler ran), or
 /// [`Handled`](Outcome::Handled) for any `2xx` and
 /// [`HandlerRefused`](Outcome::HandlerRefused) for any other status.
-pub(super) fn outcome_of<B>(response: &Response<B>) -> Outcome {
+pub(crate) fn outcome_of<B>(response: &Response<B>) -> Outcome {
     match Outcome::of(response) {
         Some(outcome) => outcome.clone(),
         None if response.status().is_success() => Outcome::Handled,

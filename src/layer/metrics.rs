@@ -37,6 +37,7 @@ use crate::Outcome;
 pub struct Metrics {
     handled: AtomicU64,
     unhandled: AtomicU64,
+    queued: AtomicU64,
     duplicates: AtomicU64,
     in_flight: AtomicU64,
     overloaded: AtomicU64,
@@ -68,6 +69,8 @@ counters! {
     /// for the type, or a stale event skipped ([`Outcome::Unhandled`],
     /// [`Outcome::SkippedStale`]).
     unhandled,
+    /// Deliveries written to the inbox and acknowledged ([`Outcome::Queued`]).
+    queued,
     /// Deliveries answered `200` because the event was already handled
     /// ([`Outcome::Duplicate`]).
     duplicates,
@@ -99,6 +102,7 @@ impl Metrics {
         let counter = match outcome {
             Outcome::Handled => &self.handled,
             Outcome::Unhandled | Outcome::SkippedStale => &self.unhandled,
+            Outcome::Queued => &self.queued,
             Outcome::Duplicate => &self.duplicates,
             Outcome::InFlight { .. } => &self.in_flight,
             Outcome::Overloaded => &self.overloaded,

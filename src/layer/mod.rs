@@ -91,5 +91,7 @@ pub use refusals::DEFAULT_REFUSAL_LOG_INTERVAL;
 pub use service::ClinkService;
 pub use verify::VerifiedEvent;
 
+pub(crate) use inner::{outcome_of, run_inner};
+
 /// The body the inner service receives: the verified bytes, already buffered.
 pub type VerifiedBody = Full<Bytes>;

@@ -21,7 +21,8 @@ use super::metrics;
 use super::metrics::InFlight;
 use super::verify::{verify, VerifiedEvent};
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
-use crate::{BoxError, Outcome};
+use crate::store::{timed, Inbox, Inserted, NewEvent, StoreErrorKind};
+use crate::{BoxError, Outcome, Timestamp};
 
 /// The service made by [`ClinkLayer`](super::ClinkLayer): verifies,
 /// deduplicates and hands each delivery to `S`.
@@ -142,6 +143,39 @@ where
     }
 }
 
+/// Writes a verified delivery to the inbox; the delivery's outcome.
+async fn keep(config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent) -> Outcome {
+    let event = verified.event();
+    let new = NewEvent::new(
+        event.account().map(str::to_owned),
+        event.id().to_owned(),
+        event.event_type().as_str().to_owned(),
+        event.created(),
+        event
+            .object_key()
+            .map(|key| match event.account() {
+                Some(account) => key.within(account),
+                None => key,
+            })
+            .map(|key| key.to_string()),
+        verified.signed_at(),
+        Timestamp::now(),
+        event.body().clone(),
+    );
+    match timed(config.store_timeout, inbox.insert(&new)).await {
+        Ok(Inserted::New) => Outcome::Queued,
+        Ok(Inserted::Duplicate) => Outcome::Duplicate,
+        Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
+            tracing::warn!(%error, "clink delivery: the event cannot be kept; answering 400");
+            Outcome::InvalidEventId
+        }
+        Err(error) => {
+            tracing::error!(%error, "clink delivery: could not write the event to the inbox; answering 503");
+            Outcome::StoreUnavailable(error.kind())
+        }
+    }
+}
+
 /// The response the layer writes itself for `outcome`.
 fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> {
     outcome.to_response().map(ResponseBody::layer)
@@ -171,6 +205,13 @@ where
     let span = Span::current();
     span.record("event_id", verified.event().id());
     span.record("event_type", verified.event().event_type().as_str());
+
+    if let Some(inbox) = &config.inbox {
+        let outcome = keep(config, &**inbox, &verified).await;
+        let mut response = layer_response(&outcome);
+        response.extensions_mut().insert::<VerifiedEvent>(verified);
+        return (response, outcome);
+    }
 
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.

@@ -472,16 +472,24 @@ async fn finish(
             respond(&Outcome::Handled)
         }
         Err(error) => {
+            let error = error.to_string();
             tracing::error!(
                 event_id = ?raw.id(),
                 event_type = ?raw.event_type().as_str(),
-                error = ?error.to_string(),
+                error = ?error,
                 "clink handler failed; the delivery will be retried"
             );
-            respond(&Outcome::HandlerFailed)
+            let mut response = respond(&Outcome::HandlerFailed);
+            response.extensions_mut().insert(FailureReason(error));
+            response
         }
     }
 }
+
+/// Why a handler failed, in the router's response, for an inbox worker to
+/// keep with the event.
+#[derive(Debug, Clone)]
+pub(crate) struct FailureReason(pub(crate) String);
 
 async fn undecodable<S>(
     routes: &Routes<S>,

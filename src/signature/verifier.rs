@@ -469,6 +469,14 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// A verification already made, for an event kept and handled later.
+    pub(crate) fn earlier(key_index: usize, signed_at: Timestamp) -> Self {
+        Self {
+            key_index,
+            signed_at,
+        }
+    }
+
     /// Which key matched, counted in the order keys were given to the
     /// [`Verifier`] (0 is the key given to [`Verifier::new`]).
     #[must_use]

@@ -78,6 +78,7 @@ use crate::ConfigError;
 
 mod freshness;
 mod idempotency;
+pub(crate) mod inbox;
 mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -89,7 +90,8 @@ mod redis;
 pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
-pub use memory::{MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
+pub use inbox::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
+pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]

@@ -17,8 +17,10 @@ use super::{
 use crate::ConfigError;
 
 mod freshness;
+mod inbox;
 
 pub use freshness::DEFAULT_FRESHNESS_CAPACITY;
+pub use inbox::MemoryInbox;
 
 /// An in-process idempotency store: fast, bounded, and forgotten on restart.
 ///

@@ -1,0 +1,391 @@
+//! The durable inbox: acknowledge in milliseconds, handle later in order,
+//! retry, dead-letter, replay.
+//!
+//! Clink's own advice (after Stripe's) is to answer `2xx` quickly and handle
+//! events from a queue. Give the layer an [`Inbox`] with
+//! [`ClinkLayer::inbox`](crate::ClinkLayer::inbox): a verified delivery is
+//! written in one write and answered `200` (a duplicate is `200` without a
+//! second row; a failed write `503`). [`Workers`] then run an
+//! [`EventRouter`]'s handlers on the kept events:
+//!
+//! - **concurrently**, up to a set number at once, each inside a lease with
+//!   a fencing token and the handler's timeout inside the lease;
+//! - **in order per object**: the events of one object run one at a time,
+//!   oldest `created` first, and each waits a settle delay after arriving
+//!   (1 s by default) so that deliveries arriving close together are sorted
+//!   before either runs; events about no object run in arrival order;
+//! - **with retries**: a handler error, panic or timeout schedules the next
+//!   attempt with exponential backoff and jitter; after the last attempt
+//!   (10 by default) the event is dead, kept with its last error until
+//!   [`replay`](Inbox::replay)ed;
+//! - **crash-safe**: a worker that dies mid-handler loses its lease and
+//!   another takes the event; on shutdown a pool finishes or gives back
+//!   what it holds.
+//!
+//! Direct handling (no inbox) answers after the handler has run: simpler,
+//! no second store, and the sender's retry is the retry. The inbox answers
+//! in the time of one write whatever the handler does, survives the process
+//! dying between the answer and the handler, and orders each object's
+//! events; it costs a durable store and a settle delay of latency.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use clink_webhooks::inbox::Workers;
+//! use clink_webhooks::store::MemoryInbox;
+//! use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let inbox = Arc::new(MemoryInbox::new()); // SqliteInbox or PostgresInbox for real
+//! let router = EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
+//!     // Call the payment provider, send the email, write the ledger...
+//!     Ok::<_, std::io::Error>(())
+//! });
+//! // Deliveries are written and acknowledged; the router is not called here.
+//! let service = ClinkLayer::new(Verifier::new("whsec_...")?)
+//!     .inbox(Arc::clone(&inbox))
+//!     .layer(router.clone());
+//! // Workers run the router on what was kept.
+//! let pool = Workers::new(inbox, router).concurrency(8)?.spawn();
+//! // ...serve `service`; on shutdown:
+//! pool.shutdown(Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Full;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::events::RawEvent;
+use crate::layer::{outcome_of, run_inner, VerifiedEvent};
+use crate::router::{EventRouter, FailureReason};
+use crate::signature::Verified;
+use crate::store::{Inbox, InboxClaim, StoreError, DEFAULT_LEASE};
+use crate::{ConfigError, Outcome, Timestamp};
+
+pub use crate::store::{InboxEntry, InboxStats, InboxStatus, MemoryInbox};
+
+/// The default number of events handled at once: 4.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// The default number of attempts before an event is dead: 10.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// The default delay after arrival before an event may run: 1 s.
+pub const DEFAULT_SETTLE_DELAY: Duration = Duration::from_secs(1);
+/// The default wait before the second attempt: 1 s, doubling each time.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// The default longest wait between two attempts: 1 h.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How long an idle worker waits before looking again, when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// A pool of workers to be spawned: runs an [`EventRouter`]'s handlers on
+/// the events an [`Inbox`] keeps. See the [module docs](self).
+pub struct Workers<S = ()> {
+    inbox: Arc<dyn Inbox>,
+    router: EventRouter<S>,
+    concurrency: usize,
+    lease: Duration,
+    handler_timeout: Option<Duration>,
+    max_attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    settle: Duration,
+}
+
+impl<S> fmt::Debug for Workers<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers")
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check(what: &str, value: Duration, low: Duration) -> Result<Duration, ConfigError> {
+    if value < low || value > crate::store::MAX_TTL {
+        return Err(ConfigError::new(format!(
+            "Workers::{what} must be at least {low:?} and at most 10 years"
+        )));
+    }
+    Ok(value)
+}
+
+impl<S: Clone + Send + Sync + 'static> Workers<S> {
+    /// Workers for `inbox` running `router`, with the defaults: 4 at once,
+    /// a 30 s lease, 10 attempts, backoff from 1 s to 1 h, a 1 s settle delay.
+    pub fn new(inbox: impl Inbox, router: EventRouter<S>) -> Self {
+        Self {
+            inbox: Arc::new(inbox),
+            router,
+            concurrency: DEFAULT_CONCURRENCY,
+            lease: DEFAULT_LEASE,
+            handler_timeout: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            settle: DEFAULT_SETTLE_DELAY,
+        }
+    }
+
+    /// How many events are handled at once.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `workers` is zero or over 10,000.
+    pub fn concurrency(mut self, workers: usize) -> Result<Self, ConfigError> {
+        if workers == 0 || workers > 10_000 {
+            return Err(ConfigError::new("Workers::concurrency must be 1 to 10,000"));
+        }
+        self.concurrency = workers;
+        Ok(self)
+    }
+
+    /// How long a worker holds an event before another may take it over
+    /// (default 30 s). The handler is stopped before then.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `lease` is between 10 ms and 10 years.
+    pub fn lease(mut self, lease: Duration) -> Result<Self, ConfigError> {
+        self.lease = check("lease", lease, Duration::from_millis(10))?;
+        Ok(self)
+    }
+
+    /// Stops a handler after `timeout`, counting a failed attempt; never
+    /// later than nine tenths of the lease.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.handler_timeout = Some(check("handler_timeout", timeout, Duration::from_millis(1))?);
+        Ok(self)
+    }
+
+    /// How many attempts an event gets before it is dead (default 10).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `attempts` is zero.
+    pub fn max_attempts(mut self, attempts: u32) -> Result<Self, ConfigError> {
+        if attempts == 0 {
+            return Err(ConfigError::new("Workers::max_attempts must be at least 1"));
+        }
+        self.max_attempts = attempts;
+        Ok(self)
+    }
+
+    /// The wait before the second attempt, doubling for each next one up to
+    /// `max`, each with up to a fifth of random jitter either way.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `first` is at least 1 ms and at most `max`.
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Result<Self, ConfigError> {
+        self.backoff = check("backoff", first, Duration::from_millis(1))?;
+        self.max_backoff = check("backoff", max, first)?;
+        Ok(self)
+    }
+
+    /// How long an event waits after arriving before it may run (default
+    /// 1 s): deliveries about one object arriving within it are handled
+    /// oldest `created` first. Zero runs events as soon as they arrive.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `delay` is over 10 years.
+    pub fn settle_delay(mut self, delay: Duration) -> Result<Self, ConfigError> {
+        self.settle = check("settle_delay", delay, Duration::ZERO)?;
+        Ok(self)
+    }
+
+    /// Starts the workers on the current Tokio runtime.
+    #[must_use]
+    pub fn spawn(self) -> WorkerPool {
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        for _ in 0..shared.concurrency {
+            let worker = Arc::clone(&shared);
+            let stopped = stopped.clone();
+            tasks.spawn(async move { worker.run(stopped).await });
+        }
+        WorkerPool { stop, tasks }
+    }
+
+    /// The handler's deadline: the set timeout, always inside the lease.
+    fn deadline(&self) -> Duration {
+        let inside = self.lease - self.lease / 10;
+        self.handler_timeout.map_or(inside, |t| t.min(inside))
+    }
+
+    /// The wait before attempt `attempt + 1`, with jitter.
+    fn backoff_after(&self, attempt: u32) -> Duration {
+        let doubled = self.backoff.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        let wait = doubled.min(self.max_backoff);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        // A factor in [0.8, 1.2).
+        let factor = 0.8 + (hasher.finish() % 4000) as f64 / 10_000.0;
+        wait.mul_f64(factor)
+    }
+
+    async fn run(&self, mut stopped: watch::Receiver<bool>) {
+        while !*stopped.borrow() {
+            match self.inbox.claim(self.lease, self.settle).await {
+                Ok(Some(claim)) => self.handle(claim).await,
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.inbox.wait(IDLE_POLL) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "inbox: could not take an event; trying again shortly");
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, claim: InboxClaim) {
+        let guard = Held {
+            inbox: Arc::clone(&self.inbox),
+            claim: Some(claim.clone()),
+        };
+        let claim = &claim;
+        let kept = &claim.entry.event;
+        let (outcome, reason) = match RawEvent::from_bytes(kept.body.clone()) {
+            Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
+            Ok(mut raw) => {
+                raw.set_account(kept.account.as_deref().map(Arc::from));
+                let verified = VerifiedEvent::new(
+                    raw,
+                    Verified::earlier(0, kept.signed_at),
+                    kept.account.as_deref().map(Arc::from),
+                );
+                let mut request = Request::new(Full::new(kept.body.clone()));
+                request.extensions_mut().insert(verified);
+                match run_inner(self.router.clone(), request, self.deadline()).await {
+                    Ok(response) => {
+                        let reason = response
+                            .extensions()
+                            .get::<FailureReason>()
+                            .map(|r| r.0.clone());
+                        (outcome_of(&response), reason)
+                    }
+                    Err(outcome) => (outcome, None),
+                }
+            }
+        };
+        let result = if outcome.is_acknowledged() {
+            self.inbox.complete(claim).await
+        } else {
+            let error = reason.unwrap_or_else(|| outcome.to_string());
+            let retry_at = (claim.entry.attempts < self.max_attempts).then(|| {
+                let wait = self.backoff_after(claim.entry.attempts);
+                let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
+            });
+            if retry_at.is_none() {
+                tracing::error!(
+                    seq = claim.entry.seq,
+                    event_id = ?kept.event_id,
+                    attempts = claim.entry.attempts,
+                    error = ?error,
+                    "inbox: the event failed its last attempt and is dead; replay it once fixed"
+                );
+            }
+            self.inbox.fail(claim, &error, retry_at).await
+        };
+        guard.settled();
+        match result {
+            Ok(crate::store::Settle::Applied) => {}
+            Ok(crate::store::Settle::LeaseLost) => tracing::warn!(
+                event_id = ?kept.event_id,
+                "inbox: the event's lease ended before it was settled; another worker may run it again"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                event_id = ?kept.event_id,
+                "inbox: could not settle the event; it runs again when its lease ends"
+            ),
+        }
+    }
+}
+
+/// Gives a claim back if its worker is stopped before settling it.
+struct Held {
+    inbox: Arc<dyn Inbox>,
+    claim: Option<InboxClaim>,
+}
+
+impl Held {
+    fn settled(mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inbox = Arc::clone(&self.inbox);
+        runtime.spawn(async move {
+            let released: Result<_, StoreError> = inbox.release(&claim).await;
+            if let Err(error) = released {
+                tracing::warn!(%error, "inbox: could not give an event back; it frees itself when its lease ends");
+            }
+        });
+    }
+}
+
+/// Running workers; see [`Workers::spawn`].
+#[derive(Debug)]
+pub struct WorkerPool {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl WorkerPool {
+    /// Stops taking events, lets the handlers running now finish for at
+    /// most `deadline`, then stops them and gives their events back (they
+    /// run again, from the start, on the next worker).
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let finished = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                "inbox: handlers still running at the shutdown deadline; giving their events back"
+            );
+            self.tasks.shutdown().await;
+        }
+    }
+}

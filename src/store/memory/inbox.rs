@@ -1,0 +1,326 @@
+//! [`MemoryInbox`]: an [`Inbox`] in process memory, for tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::store::inbox::order_key;
+use crate::store::{
+    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
+    NewEvent, Settle, StoreError,
+};
+use crate::Timestamp;
+
+/// An [`Inbox`] in process memory: nothing survives a restart, so it is for
+/// tests and trials. Use `SqliteInbox` or `PostgresInbox` for real
+/// deliveries.
+#[derive(Debug, Default)]
+pub struct MemoryInbox {
+    state: Mutex<State>,
+    inserted: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: BTreeMap<i64, Held>,
+    by_id: HashMap<(String, String), i64>,
+    next_seq: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    entry: InboxEntry,
+    token: Option<LeaseToken>,
+    lease_until: Timestamp,
+}
+
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl MemoryInbox {
+    /// An empty inbox.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn settle(
+        &self,
+        claim: &InboxClaim,
+        change: impl FnOnce(&mut Held),
+    ) -> Result<Settle, StoreError> {
+        let now = Timestamp::now();
+        let mut state = self.state();
+        let Some(held) = state.entries.get_mut(&claim.entry.seq) else {
+            return Ok(Settle::LeaseLost);
+        };
+        let holds = held.entry.status == InboxStatus::Running
+            && held.token.as_ref() == Some(&claim.token)
+            && held.lease_until > now;
+        if !holds {
+            return Ok(Settle::LeaseLost);
+        }
+        change(held);
+        held.token = None;
+        Ok(Settle::Applied)
+    }
+}
+
+impl Inbox for MemoryInbox {
+    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        let mut state = self.state();
+        let key = (
+            event.account.clone().unwrap_or_default(),
+            event.event_id.clone(),
+        );
+        if state.by_id.contains_key(&key) {
+            return ready(Ok(Inserted::Duplicate));
+        }
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        state.by_id.insert(key, seq);
+        state.entries.insert(
+            seq,
+            Held {
+                entry: InboxEntry {
+                    seq,
+                    event: event.clone(),
+                    status: InboxStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: event.received_at,
+                    last_error: None,
+                },
+                token: None,
+                lease_until: event.received_at,
+            },
+        );
+        drop(state);
+        self.inserted.notify_waiters();
+        ready(Ok(Inserted::New))
+    }
+
+    fn claim(
+        &self,
+        lease: Duration,
+        settle: Duration,
+    ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+        let now = Timestamp::now();
+        let settled_before = now.as_millis().saturating_sub(millis(settle));
+        let mut state = self.state();
+        let runnable = |held: &Held| match held.entry.status {
+            InboxStatus::Pending | InboxStatus::Retrying => {
+                held.entry.next_attempt_at <= now
+                    && held.entry.event.received_at.as_millis() <= settled_before
+            }
+            InboxStatus::Running => held.lease_until <= now,
+            InboxStatus::Done | InboxStatus::Dead => false,
+        };
+        let blocked = |held: &Held, entries: &BTreeMap<i64, Held>| {
+            let Some(object) = &held.entry.event.object_key else {
+                return false;
+            };
+            let mine = order_key(&held.entry.event);
+            entries.values().any(|other| {
+                other.entry.seq != held.entry.seq
+                    && other.entry.event.object_key.as_ref() == Some(object)
+                    && match other.entry.status {
+                        InboxStatus::Running => other.lease_until > now,
+                        InboxStatus::Pending | InboxStatus::Retrying => {
+                            order_key(&other.entry.event) < mine
+                        }
+                        InboxStatus::Done | InboxStatus::Dead => false,
+                    }
+            })
+        };
+        let chosen = state
+            .entries
+            .values()
+            .find(|held| runnable(held) && !blocked(held, &state.entries))
+            .map(|held| held.entry.seq);
+        let Some(seq) = chosen else {
+            return ready(Ok(None));
+        };
+        let Some(held) = state.entries.get_mut(&seq) else {
+            return ready(Ok(None));
+        };
+        let token = LeaseToken::generate();
+        held.entry.status = InboxStatus::Running;
+        held.entry.attempts += 1;
+        held.token = Some(token.clone());
+        held.lease_until = Timestamp::from_millis(now.as_millis().saturating_add(millis(lease)));
+        ready(Ok(Some(InboxClaim {
+            entry: held.entry.clone(),
+            token,
+        })))
+    }
+
+    fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        ready(self.settle(claim, |held| held.entry.status = InboxStatus::Done))
+    }
+
+    fn fail<'a>(
+        &'a self,
+        claim: &'a InboxClaim,
+        error: &'a str,
+        retry_at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        ready(self.settle(claim, |held| {
+            held.entry.last_error = Some(error.to_owned());
+            match retry_at {
+                Some(at) => {
+                    held.entry.status = InboxStatus::Retrying;
+                    held.entry.next_attempt_at = at;
+                }
+                None => held.entry.status = InboxStatus::Dead,
+            }
+        }))
+    }
+
+    fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        let settled = self.settle(claim, |held| {
+            held.entry.attempts = held.entry.attempts.saturating_sub(1);
+            held.entry.status = if held.entry.attempts == 0 {
+                InboxStatus::Pending
+            } else {
+                InboxStatus::Retrying
+            };
+        });
+        self.inserted.notify_waiters();
+        ready(settled)
+    }
+
+    fn list(
+        &self,
+        status: Option<InboxStatus>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>> {
+        let state = self.state();
+        let entries = state
+            .entries
+            .values()
+            .filter(|held| status.is_none_or(|s| held.entry.status == s))
+            .take(limit)
+            .map(|held| held.entry.clone())
+            .collect();
+        ready(Ok(entries))
+    }
+
+    fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        let entry = self
+            .state()
+            .entries
+            .get(&seq)
+            .map(|held| held.entry.clone());
+        ready(Ok(entry))
+    }
+
+    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let now = Timestamp::now();
+        let mut state = self.state();
+        let replayed = match state.entries.get_mut(&seq) {
+            Some(held) if held.entry.status != InboxStatus::Running => {
+                held.entry.status = InboxStatus::Pending;
+                held.entry.attempts = 0;
+                held.entry.next_attempt_at = now;
+                true
+            }
+            _ => false,
+        };
+        drop(state);
+        self.inserted.notify_waiters();
+        ready(Ok(replayed))
+    }
+
+    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let now = Timestamp::now();
+        let mut state = self.state();
+        let mut count = 0;
+        for held in state.entries.values_mut() {
+            if held.entry.status == InboxStatus::Dead {
+                held.entry.status = InboxStatus::Pending;
+                held.entry.attempts = 0;
+                held.entry.next_attempt_at = now;
+                count += 1;
+            }
+        }
+        drop(state);
+        self.inserted.notify_waiters();
+        ready(Ok(count))
+    }
+
+    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let mut state = self.state();
+        let gone: Vec<_> = state
+            .entries
+            .values()
+            .filter(|held| {
+                matches!(held.entry.status, InboxStatus::Done | InboxStatus::Dead)
+                    && held.entry.event.received_at < before
+            })
+            .map(|held| {
+                let event = &held.entry.event;
+                (
+                    held.entry.seq,
+                    (
+                        event.account.clone().unwrap_or_default(),
+                        event.event_id.clone(),
+                    ),
+                )
+            })
+            .collect();
+        for (seq, key) in &gone {
+            state.entries.remove(seq);
+            state.by_id.remove(key);
+        }
+        ready(Ok(gone.len() as u64))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+        let state = self.state();
+        let mut stats = InboxStats::default();
+        for held in state.entries.values() {
+            let unhandled = match held.entry.status {
+                InboxStatus::Pending => {
+                    stats.pending += 1;
+                    true
+                }
+                InboxStatus::Retrying => {
+                    stats.retrying += 1;
+                    true
+                }
+                InboxStatus::Running => {
+                    stats.running += 1;
+                    true
+                }
+                InboxStatus::Dead => {
+                    stats.dead += 1;
+                    false
+                }
+                InboxStatus::Done => false,
+            };
+            if unhandled {
+                let arrived = held.entry.event.received_at;
+                stats.oldest_unhandled =
+                    Some(stats.oldest_unhandled.map_or(arrived, |o| o.min(arrived)));
+            }
+        }
+        ready(Ok(stats))
+    }
+
+    fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, self.inserted.notified()).await;
+        })
+    }
+}

@@ -1,0 +1,328 @@
+//! The durable inbox: one conformance suite run against every backend, the
+//! workers (retries, dead letters, replay, order per object), and the
+//! layer's inbox mode.
+#![cfg(feature = "test-util")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clink_webhooks::inbox::{InboxStatus, Workers};
+use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
+use clink_webhooks::testing::SignedRequest;
+use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Outcome, Timestamp, Verifier};
+use http_body_util::Full;
+use tower::ServiceExt;
+
+const NO_SETTLE: Duration = Duration::ZERO;
+const LEASE: Duration = Duration::from_secs(30);
+
+fn unique() -> String {
+    clink_webhooks::store::LeaseToken::generate().as_str()[..12].to_owned()
+}
+
+fn event(id: &str, object: Option<&str>, created_ms: i64) -> NewEvent {
+    let body = format!(
+        r#"{{"id":"{id}","type":"order.succeeded","created":{created_ms},"data":{{"orderId":"{}"}}}}"#,
+        object.unwrap_or("")
+    );
+    NewEvent::new(
+        None,
+        id.to_owned(),
+        "order.succeeded".to_owned(),
+        Some(Timestamp::from_millis(created_ms)),
+        object.map(|o| format!("order:{o}")),
+        Timestamp::now(),
+        Timestamp::now(),
+        Bytes::from(body),
+    )
+}
+
+/// Waits, within a bound, until `done` holds.
+async fn within<F: FnMut() -> bool>(what: &str, mut done: F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The conformance suite: what every [`Inbox`] must do.
+async fn conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+    let object = |n: &str| format!("{run}_{n}");
+
+    // One write per event; the same id again is a duplicate, another account not.
+    let a = event(&id("a"), None, 1_000);
+    assert_eq!(inbox.insert(&a).await.unwrap(), Inserted::New);
+    assert_eq!(inbox.insert(&a).await.unwrap(), Inserted::Duplicate);
+    let mut other_account = a.clone();
+    other_account.account = Some("acct_2".to_owned());
+    assert_eq!(inbox.insert(&other_account).await.unwrap(), Inserted::New);
+
+    // A settle delay holds new events back.
+    assert!(inbox
+        .claim(LEASE, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Events about no object run in arrival order, without waiting on each other.
+    let first = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let second = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    assert_eq!(first.entry.event, a);
+    assert_eq!(second.entry.event, other_account);
+    assert_eq!(first.entry.attempts, 1);
+    assert_eq!(inbox.complete(&first).await.unwrap(), Settle::Applied);
+    // A spent token settles nothing.
+    assert_eq!(inbox.complete(&first).await.unwrap(), Settle::LeaseLost);
+    assert_eq!(inbox.complete(&second).await.unwrap(), Settle::Applied);
+    assert_eq!(
+        inbox.get(first.entry.seq).await.unwrap().unwrap().status,
+        InboxStatus::Done
+    );
+
+    // One object: oldest created first, one at a time, whatever the arrival order.
+    let o = object("o");
+    let newer = event(&id("newer"), Some(&o), 2_000);
+    let older = event(&id("older"), Some(&o), 1_000);
+    inbox.insert(&newer).await.unwrap();
+    inbox.insert(&older).await.unwrap();
+    let taken = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    assert_eq!(taken.entry.event.event_id, older.event_id);
+    assert!(
+        inbox.claim(LEASE, NO_SETTLE).await.unwrap().is_none(),
+        "the newer event waits while the older one runs"
+    );
+
+    // A failure with a retry time: retrying, and it blocks its object until done.
+    let later = Timestamp::from_millis(Timestamp::now().as_millis() + 3_600_000);
+    assert_eq!(
+        inbox.fail(&taken, "boom", Some(later)).await.unwrap(),
+        Settle::Applied
+    );
+    let kept = inbox.get(taken.entry.seq).await.unwrap().unwrap();
+    assert_eq!(kept.status, InboxStatus::Retrying);
+    assert_eq!(kept.last_error.as_deref(), Some("boom"));
+    assert!(inbox.claim(LEASE, NO_SETTLE).await.unwrap().is_none());
+    let retrying = inbox.list(Some(InboxStatus::Retrying), 100).await.unwrap();
+    assert!(retrying.iter().any(|e| e.seq == taken.entry.seq));
+
+    // Replayed now, it runs; failed with no retry time, it is dead and no
+    // longer blocks the newer event.
+    assert!(inbox.replay(taken.entry.seq).await.unwrap());
+    let again = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    assert_eq!(again.entry.seq, taken.entry.seq);
+    assert_eq!(again.entry.attempts, 1, "a replay starts the count again");
+    inbox.fail(&again, "still broken", None).await.unwrap();
+    assert_eq!(
+        inbox.get(again.entry.seq).await.unwrap().unwrap().status,
+        InboxStatus::Dead
+    );
+    let next = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    assert_eq!(next.entry.event.event_id, newer.event_id);
+
+    // A worker that dies: its lease ends and another takes the event over;
+    // the dead worker's token no longer settles it.
+    assert_eq!(inbox.release(&next).await.unwrap(), Settle::Applied);
+    let short = inbox
+        .claim(Duration::from_millis(50), NO_SETTLE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(short.entry.seq, next.entry.seq);
+    assert_eq!(
+        short.entry.attempts, 1,
+        "a release does not count an attempt"
+    );
+    let mut taken_over = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while taken_over.is_none() {
+        assert!(Instant::now() < deadline, "the lease never ended");
+        taken_over = inbox.claim(LEASE, NO_SETTLE).await.unwrap();
+    }
+    let taken_over = taken_over.unwrap();
+    assert_eq!(taken_over.entry.seq, short.entry.seq);
+    assert_eq!(inbox.complete(&short).await.unwrap(), Settle::LeaseLost);
+    assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
+
+    // Dead events are replayed together; done and dead ones are purged.
+    assert!(inbox.replay_dead().await.unwrap() >= 1);
+    let replayed = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    inbox.complete(&replayed).await.unwrap();
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(stats.running, 0);
+    let future = Timestamp::from_millis(Timestamp::now().as_millis() + 1);
+    assert!(inbox.purge(future).await.unwrap() >= 4);
+    assert!(inbox.get(replayed.entry.seq).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_memory_inbox_conforms() {
+    conformance(Arc::new(MemoryInbox::new())).await;
+}
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+fn recording_router(seen: &Seen, fail_first: usize) -> EventRouter {
+    let seen = Arc::clone(seen);
+    let failures = Arc::new(Mutex::new(fail_first));
+    EventRouter::new().on::<events::OrderSucceeded, _>(move |event| {
+        let (seen, failures) = (Arc::clone(&seen), Arc::clone(&failures));
+        async move {
+            seen.lock().unwrap().push(event.id.clone());
+            let mut left = failures.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Err(std::io::Error::other("payment provider down"));
+            }
+            Ok(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_handler_that_always_fails_ends_dead_and_replay_brings_it_back() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let seen = Seen::default();
+    let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 3))
+        .max_attempts(3)
+        .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .and_then(|w| w.settle_delay(NO_SETTLE))
+        .unwrap()
+        .spawn();
+    inbox.insert(&event("evt_dead", None, 1)).await.unwrap();
+    let dead = || {
+        let inbox = Arc::clone(&inbox);
+        async move { inbox.list(Some(InboxStatus::Dead), 10).await.unwrap() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        if let Some(entry) = dead().await.pop() {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "never dead");
+        inbox.wait(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry.attempts, 3);
+    assert_eq!(entry.last_error.as_deref(), Some("payment provider down"));
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
+    // Fixed now (the router fails three times only): replay runs it once more.
+    assert_eq!(inbox.replay_dead().await.unwrap(), 1);
+    within("the replayed event handled", || {
+        seen.lock().unwrap().len() == 4
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while inbox.get(entry.seq).await.unwrap().unwrap().status != InboxStatus::Done {
+        assert!(Instant::now() < deadline, "never done");
+        inbox.wait(Duration::from_millis(20)).await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn events_of_one_object_sent_newest_first_run_oldest_first() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let seen = Seen::default();
+    // Many workers, so only the inbox's order can keep them in line.
+    let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 0))
+        .concurrency(8)
+        .and_then(|w| w.settle_delay(Duration::from_millis(300)))
+        .unwrap()
+        .spawn();
+    for n in (1..=5).rev() {
+        inbox
+            .insert(&event(&format!("evt_{n}"), Some("ord_1"), n))
+            .await
+            .unwrap();
+    }
+    within("all five handled", || seen.lock().unwrap().len() == 5).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["evt_1", "evt_2", "evt_3", "evt_4", "evt_5"]
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let panics = Arc::new(Mutex::new(1));
+    let handled = Arc::new(Mutex::new(0));
+    let (p, h) = (Arc::clone(&panics), Arc::clone(&handled));
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let (p, h) = (Arc::clone(&p), Arc::clone(&h));
+        async move {
+            if std::mem::take(&mut *p.lock().unwrap()) > 0 {
+                panic!("handler bug");
+            }
+            *h.lock().unwrap() += 1;
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .and_then(|w| w.settle_delay(NO_SETTLE))
+        .unwrap()
+        .spawn();
+    inbox.insert(&event("evt_panic", None, 1)).await.unwrap();
+    within("handled after the panic", || *handled.lock().unwrap() == 1).await;
+    pool.shutdown(Duration::from_secs(5)).await;
+
+    // A handler still running at the shutdown deadline gives its event back.
+    let slow = EventRouter::new().on::<events::OrderSucceeded, _>(|_event| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(())
+    });
+    let pool = Workers::new(Arc::clone(&inbox), slow)
+        .settle_delay(NO_SETTLE)
+        .unwrap()
+        .spawn();
+    inbox.insert(&event("evt_slow", None, 2)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while inbox.stats().await.unwrap().running == 0 {
+        assert!(Instant::now() < deadline, "never running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pool.shutdown(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let back = inbox.list(Some(InboxStatus::Pending), 10).await.unwrap();
+        if back.iter().any(|e| e.event.event_id == "evt_slow") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_layer_acknowledges_after_one_write_and_never_twice() {
+    const KEY: &str = "whsec_inbox";
+    let inbox = Arc::new(MemoryInbox::new());
+    let seen = Seen::default();
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .inbox(Arc::clone(&inbox))
+        .layer(recording_router(&seen, 0));
+    let body = r#"{"id":"evt_in","type":"order.succeeded","created":5,"data":{"orderId":"ord_9"}}"#;
+    let request = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(Outcome::of(&response), Some(&Outcome::Queued));
+    // Kept, not handled: the router runs in the workers.
+    assert!(seen.lock().unwrap().is_empty());
+    let kept = inbox.list(None, 10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].event.event_id, "evt_in");
+    assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_9"));
+    assert_eq!(kept[0].event.created, Some(Timestamp::from_millis(5)));
+    assert_eq!(&kept[0].event.body[..], body.as_bytes());
+
+    let request = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(Outcome::of(&response), Some(&Outcome::Duplicate));
+    assert_eq!(inbox.list(None, 10).await.unwrap().len(), 1);
+}
