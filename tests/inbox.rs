@@ -326,3 +326,88 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     assert_eq!(Outcome::of(&response), Some(&Outcome::Duplicate));
     assert_eq!(inbox.list(None, 10).await.unwrap().len(), 1);
 }
+
+#[cfg(feature = "postgres")]
+fn pg_pool() -> deadpool_postgres::Pool {
+    let url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run scripts/test, which starts PostgreSQL");
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        config,
+        tokio_postgres::NoTls,
+    ))
+    .max_size(8)
+    .runtime(deadpool_postgres::Runtime::Tokio1)
+    .build()
+    .unwrap()
+}
+
+/// A PostgreSQL inbox in a table of its own, so runs never meet.
+#[cfg(feature = "postgres")]
+async fn postgres_inbox() -> clink_webhooks::store::PostgresInbox {
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    inbox
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_postgres_inbox_conforms() {
+    conformance(Arc::new(postgres_inbox().await)).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
+    let inbox = postgres_inbox().await;
+    let url = std::env::var("DATABASE_URL").unwrap();
+    inbox.listen(url.parse().unwrap()).await.unwrap();
+    let seen = Seen::default();
+    let pools: Vec<_> = (0..2)
+        .map(|_| {
+            Workers::new(inbox.clone(), recording_router(&seen, 0))
+                .concurrency(4)
+                .and_then(|w| w.settle_delay(NO_SETTLE))
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    // Ten objects with five events each, and twenty about no object.
+    let mut ids = Vec::new();
+    for n in 0..70 {
+        let object = (n < 50).then(|| format!("ord_{}", n % 10));
+        let id = format!("evt_{n}");
+        inbox
+            .insert(&event(&id, object.as_deref(), n))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    within("every event handled", || seen.lock().unwrap().len() >= 70).await;
+    for pool in pools {
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+    let mut handled = seen.lock().unwrap().clone();
+    // Per object, in created order.
+    for object in 0..10 {
+        let order: Vec<_> = handled
+            .iter()
+            .filter(|id| {
+                let n: i64 = id.trim_start_matches("evt_").parse().unwrap();
+                n < 50 && n % 10 == object
+            })
+            .cloned()
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|id| id.trim_start_matches("evt_").parse::<i64>().unwrap());
+        assert_eq!(order, sorted, "object {object}");
+    }
+    handled.sort();
+    ids.sort();
+    assert_eq!(handled, ids, "each event exactly once");
+}

@@ -93,7 +93,7 @@ pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
 pub use inbox::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresInbox, PostgresStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 

@@ -18,7 +18,10 @@ use super::{
 use crate::ConfigError;
 
 mod freshness;
+mod inbox;
 mod schema;
+
+pub use inbox::PostgresInbox;
 
 use schema::{check_table_name, Statements};
 

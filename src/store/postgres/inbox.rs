@@ -1,0 +1,604 @@
+//! [`PostgresInbox`]: the inbox in a PostgreSQL table, drained by any
+//! number of instances.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use super::schema::{check_table_name, quote};
+use super::{pg_error, pool_error, MIGRATE_TIMEOUT};
+use crate::store::inbox::order_key;
+use crate::store::{
+    timed, timed_until, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus,
+    Inserted, LeaseToken, NewEvent, Settle, StoreError, DEFAULT_TIMEOUT,
+};
+use crate::{ConfigError, Timestamp};
+
+/// The inbox in a PostgreSQL table: the production backend.
+///
+/// - [`insert`](Inbox::insert) is one `INSERT .. ON CONFLICT (account,
+///   event_id) DO NOTHING`, with a `pg_notify` that wakes idle workers.
+/// - [`claim`](Inbox::claim) is one `UPDATE` of the row a `SELECT .. FOR
+///   UPDATE SKIP LOCKED` picks by the claim order, so workers on any number
+///   of instances never take the same event, and an event whose object has
+///   an older event to handle or one running is skipped.
+/// - Every settle is one `UPDATE` matching the row, its token and a live lease.
+///
+/// Times are the app's clock in epoch milliseconds, as [`NewEvent`] carries
+/// them; keep the instances' clocks in sync (NTP), as Clink's timestamp
+/// tolerance needs anyway.
+///
+/// Create the table with [`migrate`](Self::migrate). Idle workers poll
+/// every 250 ms unless [`listen`](Self::listen) gives them a connection of
+/// their own for `LISTEN`, which wakes them on every insert.
+#[derive(Clone)]
+pub struct PostgresInbox {
+    pool: Pool,
+    timeout: Duration,
+    sql: Arc<Sql>,
+    notified: Arc<Notify>,
+}
+
+impl fmt::Debug for PostgresInbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresInbox")
+            .field("table", &self.sql.table)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "seq, account, event_id, event_type, created_ms, object_key, \
+     signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, last_error";
+
+struct Sql {
+    table: String,
+    channel: String,
+    schema: String,
+    insert: String,
+    claim: String,
+    complete: String,
+    fail: String,
+    release: String,
+    list: String,
+    get: String,
+    replay: String,
+    replay_dead: String,
+    purge: String,
+    stats: String,
+}
+
+impl Sql {
+    fn new(table: &str) -> Self {
+        let t = quote(table);
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        let channel = format!("{bare}_inserted");
+        let live = "('pending', 'retrying', 'running')";
+        Self {
+            table: table.to_owned(),
+            schema: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
+                    seq bigserial PRIMARY KEY,
+                    account text NOT NULL,
+                    event_id text NOT NULL,
+                    event_type text NOT NULL,
+                    created_ms bigint,
+                    order_ms bigint NOT NULL,
+                    object_key text COLLATE \"C\",
+                    signed_at_ms bigint NOT NULL,
+                    received_at_ms bigint NOT NULL,
+                    body bytea NOT NULL,
+                    status text NOT NULL DEFAULT 'pending',
+                    attempts integer NOT NULL DEFAULT 0,
+                    next_attempt_ms bigint NOT NULL,
+                    lease_until_ms bigint NOT NULL DEFAULT 0,
+                    token text,
+                    last_error text,
+                    UNIQUE (account, event_id)
+                );
+                CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
+                CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
+            ),
+            insert: format!(
+                "WITH kept AS (
+                    INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
+                                     signed_at_ms, received_at_ms, body, next_attempt_ms)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)
+                    ON CONFLICT (account, event_id) DO NOTHING
+                    RETURNING seq)
+                 SELECT seq, pg_notify($10, '') FROM kept"
+            ),
+            claim: format!(
+                "WITH candidate AS (
+                    SELECT e.seq FROM {t} e
+                    WHERE e.status IN {live}
+                      AND ((e.status <> 'running' AND e.next_attempt_ms <= $1 AND e.received_at_ms <= $1 - $3)
+                           OR (e.status = 'running' AND e.lease_until_ms <= $1))
+                      AND (e.object_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {t} o
+                            WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
+                              AND ((o.status = 'running' AND o.lease_until_ms > $1)
+                                   OR (o.status <> 'running'
+                                       AND (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\")))))
+                    ORDER BY e.seq
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
+                                lease_until_ms = $1 + $2, token = $4
+                 FROM candidate WHERE {t}.seq = candidate.seq
+                 RETURNING {}",
+                COLUMNS
+                    .split(", ")
+                    .map(|c| format!("{t}.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            complete: format!(
+                "UPDATE {t} SET status = 'done', token = NULL
+                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+            ),
+            fail: format!(
+                "UPDATE {t} SET status = CASE WHEN $4::bigint IS NULL THEN 'dead' ELSE 'retrying' END,
+                                next_attempt_ms = COALESCE($4::bigint, next_attempt_ms),
+                                last_error = $5, token = NULL
+                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+            ),
+            release: format!(
+                "UPDATE {t} SET status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END,
+                                attempts = attempts - 1, token = NULL, lease_until_ms = 0
+                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+            ),
+            list: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE $1::text IS NULL OR status = $1 ORDER BY seq LIMIT $2"
+            ),
+            get: format!("SELECT {COLUMNS} FROM {t} WHERE seq = $1"),
+            replay: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_ms = $2, token = NULL
+                 WHERE seq = $1 AND status <> 'running'"
+            ),
+            replay_dead: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_ms = $1, token = NULL
+                 WHERE status = 'dead'"
+            ),
+            purge: format!(
+                "DELETE FROM {t} WHERE status IN ('done', 'dead') AND received_at_ms < $1"
+            ),
+            stats: format!(
+                "SELECT status, count(*), min(received_at_ms) FROM {t}
+                 WHERE status <> 'done' GROUP BY status"
+            ),
+            channel,
+        }
+    }
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn entry(row: &Row) -> Result<InboxEntry, tokio_postgres::Error> {
+    let account: String = row.try_get(1)?;
+    let created: Option<i64> = row.try_get(4)?;
+    let status: String = row.try_get(9)?;
+    let attempts: i32 = row.try_get(10)?;
+    let body: Vec<u8> = row.try_get(8)?;
+    Ok(InboxEntry {
+        seq: row.try_get(0)?,
+        event: NewEvent::new(
+            (!account.is_empty()).then_some(account),
+            row.try_get(2)?,
+            row.try_get(3)?,
+            created.map(Timestamp::from_millis),
+            row.try_get(5)?,
+            Timestamp::from_millis(row.try_get(6)?),
+            Timestamp::from_millis(row.try_get(7)?),
+            Bytes::from(body),
+        ),
+        status: InboxStatus::parse(&status).unwrap_or(InboxStatus::Pending),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: Timestamp::from_millis(row.try_get(11)?),
+        last_error: row.try_get(12)?,
+    })
+}
+
+impl PostgresInbox {
+    /// The default table: `clink_webhook_inbox`.
+    pub const DEFAULT_TABLE: &'static str = "clink_webhook_inbox";
+
+    /// An inbox in the default table of `pool`'s database, with the default
+    /// per-call timeout (1 s).
+    #[must_use]
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            timeout: DEFAULT_TIMEOUT,
+            sql: Arc::new(Sql::new(Self::DEFAULT_TABLE)),
+            notified: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Keeps the inbox in table `name` (`table` or `schema.table`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless each part of `name` is 1 to 48 lowercase
+    /// ASCII letters, digits or underscores, not starting with a digit.
+    pub fn with_table(mut self, name: &str) -> Result<Self, ConfigError> {
+        check_table_name(name)?;
+        self.sql = Arc::new(Sql::new(name));
+        Ok(self)
+    }
+
+    /// Waits at most `timeout` for any one call (default 1 s).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.timeout = crate::store::check_timeout(timeout)?;
+        Ok(self)
+    }
+
+    /// The SQL that creates the table and its indexes.
+    #[must_use]
+    pub fn schema_sql(&self) -> &str {
+        &self.sql.schema
+    }
+
+    /// Creates the table and its indexes if they do not exist.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the database refuses or does not answer.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        timed(self.timeout.max(MIGRATE_TIMEOUT), async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|err| pg_error("cannot start the migration", &err))?;
+            tx.execute_typed(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[(&self.sql.table, Type::TEXT)],
+            )
+            .await
+            .map_err(|err| pg_error("cannot take the migration lock", &err))?;
+            tx.batch_execute(&self.sql.schema)
+                .await
+                .map_err(|err| pg_error("cannot create the inbox table", &err))?;
+            tx.commit()
+                .await
+                .map_err(|err| pg_error("cannot commit the migration", &err))
+        })
+        .await
+    }
+
+    /// Opens a connection of its own with `config` and `LISTEN`s on the
+    /// inbox's channel, so idle workers wake on every insert instead of
+    /// polling. If that connection drops, workers fall back to polling.
+    /// Call it inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the connection or `LISTEN` fails.
+    pub async fn listen(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
+        let (client, mut connection) = timed(self.timeout, async {
+            config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|err| pg_error("cannot connect to listen", &err))
+        })
+        .await?;
+        let notified = Arc::clone(&self.notified);
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                        notified.notify_waiters();
+                    }
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+        let listen = format!("LISTEN \"{}\"", self.sql.channel);
+        timed(self.timeout, async {
+            client
+                .batch_execute(&listen)
+                .await
+                .map_err(|err| pg_error("cannot LISTEN", &err))
+        })
+        .await?;
+        // The client lives as long as its connection does.
+        tokio::spawn(async move {
+            let _ = closed_rx.await;
+            drop(client);
+        });
+        Ok(())
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let client = timed_until(deadline, self.timeout, async {
+            self.pool.get().await.map_err(pool_error)
+        })
+        .await?;
+        timed_until(deadline, self.timeout, call(&client)).await
+    }
+
+    async fn settle(
+        &self,
+        sql: &str,
+        claim: &InboxClaim,
+        extra: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Settle, StoreError> {
+        let now = Timestamp::now().as_millis();
+        let token = claim.token.as_str();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&claim.entry.seq, Type::INT8),
+            (&token, Type::TEXT),
+            (&now, Type::INT8),
+        ];
+        params.extend_from_slice(extra);
+        self.call(async |client| {
+            let changed = client
+                .execute_typed(sql, &params)
+                .await
+                .map_err(|err| pg_error("cannot settle the event", &err))?;
+            Ok(if changed == 1 {
+                Settle::Applied
+            } else {
+                Settle::LeaseLost
+            })
+        })
+        .await
+    }
+}
+
+impl Inbox for PostgresInbox {
+    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        Box::pin(async move {
+            crate::store::check_text("the event id", &event.event_id)?;
+            let account = event.account.clone().unwrap_or_default();
+            let created = event.created.map(Timestamp::as_millis);
+            let order = order_key(event).0;
+            let signed = event.signed_at.as_millis();
+            let received = event.received_at.as_millis();
+            let body: &[u8] = &event.body;
+            let inserted = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &self.sql.insert,
+                            &[
+                                (&account, Type::TEXT),
+                                (&event.event_id, Type::TEXT),
+                                (&event.event_type, Type::TEXT),
+                                (&created, Type::INT8),
+                                (&order, Type::INT8),
+                                (&event.object_key, Type::TEXT),
+                                (&signed, Type::INT8),
+                                (&received, Type::INT8),
+                                (&body, Type::BYTEA),
+                                (&self.sql.channel, Type::TEXT),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot keep the event", &err))
+                })
+                .await?;
+            Ok(if inserted.is_empty() {
+                Inserted::Duplicate
+            } else {
+                Inserted::New
+            })
+        })
+    }
+
+    fn claim(
+        &self,
+        lease: Duration,
+        settle: Duration,
+    ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+        Box::pin(async move {
+            let now = Timestamp::now().as_millis();
+            let (lease_ms, settle_ms) = (ms(lease), ms(settle));
+            let token = LeaseToken::generate();
+            let token_text = token.as_str().to_owned();
+            let row = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &self.sql.claim,
+                            &[
+                                (&now, Type::INT8),
+                                (&lease_ms, Type::INT8),
+                                (&settle_ms, Type::INT8),
+                                (&token_text, Type::TEXT),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot take an event", &err))
+                })
+                .await?;
+            let Some(row) = row.first() else {
+                return Ok(None);
+            };
+            let entry = entry(row).map_err(|err| pg_error("cannot read the event", &err))?;
+            Ok(Some(InboxClaim { entry, token }))
+        })
+    }
+
+    fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(self.settle(&self.sql.complete, claim, &[]))
+    }
+
+    fn fail<'a>(
+        &'a self,
+        claim: &'a InboxClaim,
+        error: &'a str,
+        retry_at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async move {
+            let retry = retry_at.map(Timestamp::as_millis);
+            self.settle(
+                &self.sql.fail,
+                claim,
+                &[(&retry, Type::INT8), (&error, Type::TEXT)],
+            )
+            .await
+        })
+    }
+
+    fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(self.settle(&self.sql.release, claim, &[]))
+    }
+
+    fn list(
+        &self,
+        status: Option<InboxStatus>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>> {
+        Box::pin(async move {
+            let status = status.map(InboxStatus::as_str);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &self.sql.list,
+                            &[(&status, Type::TEXT), (&limit, Type::INT8)],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot list the inbox", &err))
+                })
+                .await?;
+            rows.iter()
+                .map(entry)
+                .collect::<Result<_, _>>()
+                .map_err(|err| pg_error("cannot read an event", &err))
+        })
+    }
+
+    fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(&self.sql.get, &[(&seq, Type::INT8)])
+                        .await
+                        .map_err(|err| pg_error("cannot read the event", &err))
+                })
+                .await?;
+            rows.first()
+                .map(entry)
+                .transpose()
+                .map_err(|err| pg_error("cannot read the event", &err))
+        })
+    }
+
+    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let now = Timestamp::now().as_millis();
+            let changed = self
+                .call(async |client| {
+                    client
+                        .execute_typed(&self.sql.replay, &[(&seq, Type::INT8), (&now, Type::INT8)])
+                        .await
+                        .map_err(|err| pg_error("cannot replay the event", &err))
+                })
+                .await?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let now = Timestamp::now().as_millis();
+            self.call(async |client| {
+                client
+                    .execute_typed(&self.sql.replay_dead, &[(&now, Type::INT8)])
+                    .await
+                    .map_err(|err| pg_error("cannot replay the dead events", &err))
+            })
+            .await
+        })
+    }
+
+    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let before = before.as_millis();
+            self.call(async |client| {
+                client
+                    .execute_typed(&self.sql.purge, &[(&before, Type::INT8)])
+                    .await
+                    .map_err(|err| pg_error("cannot purge the inbox", &err))
+            })
+            .await
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(&self.sql.stats, &[])
+                        .await
+                        .map_err(|err| pg_error("cannot count the inbox", &err))
+                })
+                .await?;
+            let mut stats = InboxStats::default();
+            for row in &rows {
+                let read = || -> Result<(String, i64, Option<i64>), tokio_postgres::Error> {
+                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                };
+                let (status, count, oldest) =
+                    read().map_err(|err| pg_error("cannot count the inbox", &err))?;
+                let count = u64::try_from(count).unwrap_or(0);
+                let unhandled = match InboxStatus::parse(&status) {
+                    Some(InboxStatus::Pending) => {
+                        stats.pending = count;
+                        true
+                    }
+                    Some(InboxStatus::Retrying) => {
+                        stats.retrying = count;
+                        true
+                    }
+                    Some(InboxStatus::Running) => {
+                        stats.running = count;
+                        true
+                    }
+                    Some(InboxStatus::Dead) => {
+                        stats.dead = count;
+                        false
+                    }
+                    _ => false,
+                };
+                if let (true, Some(oldest)) = (unhandled, oldest) {
+                    let oldest = Timestamp::from_millis(oldest);
+                    stats.oldest_unhandled =
+                        Some(stats.oldest_unhandled.map_or(oldest, |o| o.min(oldest)));
+                }
+            }
+            Ok(stats)
+        })
+    }
+
+    fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, self.notified.notified()).await;
+        })
+    }
+}
