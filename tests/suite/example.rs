@@ -1,14 +1,11 @@
 //! The README's first command: the example receiver, run as a real process.
 
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
-
+use crate::support::process::{example_receiver, example_receiver_with_store, Process};
 use bytes::Bytes;
 use clink_webhooks::{sign, Timestamp};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::{example_receiver, example_receiver_with_store, Process};
 
 const KEY: &str = "whsec_example_test";
 
@@ -105,6 +102,7 @@ async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
 /// it prints, so it printed nothing for the shared event.
 #[cfg(any(feature = "redis", feature = "postgres"))]
 async fn receivers_sharing_a_store_handle_an_event_once(var: &str, store_name: &str) {
+    let _servers = crate::support::servers::shared().await;
     let url = std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run scripts/test, which starts the servers, or export it")
     });

@@ -1,5 +1,4 @@
 //! axum integration over loopback: `.layer` on a route, `route_service`, and the extractors.
-#![cfg(feature = "axum")]
 
 use std::sync::{Arc, Mutex};
 

@@ -1,7 +1,5 @@
 //! The layer and router over real HTTP on loopback: every row of the status table.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +13,7 @@ use clink_webhooks::{events, sign, ClinkLayer, EventRouter, SigningKey, Verifier
 use tokio::sync::{oneshot, Notify};
 use tower::Layer;
 
-use support::*;
+use crate::support::loopback::*;
 
 fn verifier() -> Verifier {
     Verifier::new(SECRET).unwrap()
