@@ -65,7 +65,6 @@ properties!(postgres, properties::postgres, 24, servers);
 
 /// An object id no store can hold is handled untracked, not refused: a retry
 /// would fail the same way forever.
-#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn an_untrackable_object_id_is_handled_untracked() {
     use clink_webhooks::ordering::Freshness;

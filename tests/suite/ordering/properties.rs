@@ -6,8 +6,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::MemoryStore;
-use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
@@ -30,12 +31,7 @@ fn fresh_object_id() -> String {
 }
 
 fn request(body: &str) -> http::Request<Full<Bytes>> {
-    let ts = Timestamp::now().as_millis().to_string();
-    http::Request::post("/webhooks/clink")
-        .header("x-clink-timestamp", &ts)
-        .header("x-clink-signature", sign(SECRET, &ts, body.as_bytes()))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap()
+    SignedRequest::new(SECRET, body.to_owned()).build()
 }
 
 /// Event `n` about `object`, created `n` seconds after a fixed instant.

@@ -8,6 +8,10 @@
 //! A test takes one guard at most: the lock is fair, so a second shared
 //! guard asked for while an exclusive one waits would never come.
 
+// Only the modules that need the test kit crash servers or keep connections
+// across tests; without it, only `shared` is used.
+#![cfg_attr(not(feature = "test-util"), allow(dead_code))]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
