@@ -79,6 +79,7 @@ pub(crate) struct Process {
 pub(crate) struct Finished {
     pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))] // read by the CLI tests
     pub(crate) stderr: String,
 }
 

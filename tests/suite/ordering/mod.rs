@@ -4,25 +4,25 @@
 //! The same properties hold with every freshness store: in memory, and with
 //! their features `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
 //! `DATABASE_URL`) on real servers. A test whose server URL is missing fails;
-//! it never passes without its server.
+//! it never passes without its server. Tests on a server hold it
+//! [shared](crate::support::servers::shared_blocking).
 
-#[allow(dead_code)]
-#[path = "../stores/support.rs"]
-mod stores;
-mod support;
+mod properties;
 
+use properties::{check_arrival_order, check_failed_handler_not_recorded, Mode};
 use proptest::prelude::*;
-use support::{check_arrival_order, check_failed_handler_not_recorded, Mode};
 
 /// Every arrival order of six events about one object.
 fn arrival_orders() -> impl Strategy<Value = Vec<usize>> {
     Just((0..6usize).collect::<Vec<_>>()).prop_shuffle()
 }
 
-/// Instantiates the properties for one store; `$open` gives the store, and
-/// `$cases` is how many arrival orders each property tries.
+/// Instantiates the properties for one store; `$open` gives the store,
+/// `$cases` is how many arrival orders each property tries, and `$servers`
+/// is `memory` for a store in memory or `servers` for one on a server, whose
+/// tests hold the servers shared.
 macro_rules! properties {
-    ($store:ident, $open:path, $cases:expr) => {
+    ($store:ident, $open:path, $cases:expr, $servers:ident) => {
         mod $store {
             use super::*;
 
@@ -31,34 +31,40 @@ macro_rules! properties {
 
                 #[test]
                 fn skip_stale_applies_the_newest_state(order in arrival_orders()) {
-                    check_arrival_order($open(), &order, Mode::SkipStale);
+                    properties!(@run $servers, check_arrival_order($open(), &order, Mode::SkipStale));
                 }
 
                 #[test]
                 fn without_skip_every_event_runs_once_and_stale_ones_are_flagged(order in arrival_orders()) {
-                    check_arrival_order($open(), &order, Mode::FlagOnly);
+                    properties!(@run $servers, check_arrival_order($open(), &order, Mode::FlagOnly));
                 }
             }
 
             #[test]
             fn a_failed_handler_does_not_record_its_version() {
-                check_failed_handler_not_recorded($open());
+                properties!(@run $servers, check_failed_handler_not_recorded($open()));
             }
         }
     };
+    (@run memory, $check:expr) => {
+        $check
+    };
+    (@run servers, $check:expr) => {
+        let _servers = crate::support::servers::shared_blocking();
+        $check
+    };
 }
 
-properties!(memory, support::memory, 64);
+properties!(memory, properties::memory, 64, memory);
 
 #[cfg(feature = "redis")]
-properties!(redis, support::redis, 24);
+properties!(redis, properties::redis, 24, servers);
 
 #[cfg(feature = "postgres")]
-properties!(postgres, support::postgres, 24);
+properties!(postgres, properties::postgres, 24, servers);
 
 /// An object id no store can hold is handled untracked, not refused: a retry
 /// would fail the same way forever.
-#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn an_untrackable_object_id_is_handled_untracked() {
     use clink_webhooks::ordering::Freshness;

@@ -1,12 +1,14 @@
-//! Shared helpers: a real server on a loopback port and a real client.
+//! A real server on a loopback port, a real client, and deliveries signed
+//! with the test kit to send it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clink_webhooks::{sign, BoxError, Timestamp};
-use http::{Request, Response};
+use clink_webhooks::testing::{SignedRequest, DEFAULT_PATH};
+use clink_webhooks::BoxError;
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -63,28 +65,17 @@ pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub(crate) fn now_ms() -> String {
-    Timestamp::now().as_millis().to_string()
+/// `path` on the server at `addr`, as the absolute URI a client needs.
+pub(crate) fn endpoint(addr: SocketAddr, path: &str) -> Uri {
+    format!("http://{addr}{path}")
+        .parse()
+        .expect("a loopback address and a path make a URI")
 }
 
-/// A correctly signed delivery of `body`.
-pub(crate) fn signed(addr: SocketAddr, body: &str) -> Request<Full<Bytes>> {
-    let ts = now_ms();
-    signed_with(addr, body, &ts, &sign(SECRET, &ts, body.as_bytes()))
-}
-
-pub(crate) fn signed_with(
-    addr: SocketAddr,
-    body: &str,
-    ts: &str,
-    sig: &str,
-) -> Request<Full<Bytes>> {
-    Request::post(format!("http://{addr}/webhooks/clink"))
-        .header("content-type", "application/json")
-        .header("x-clink-timestamp", ts)
-        .header("x-clink-signature", sig)
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap()
+/// A delivery of `body` to the endpoint at `addr`, signed with [`SECRET`]
+/// when it is built.
+pub(crate) fn signed(addr: SocketAddr, body: &str) -> SignedRequest {
+    SignedRequest::new(SECRET, body.to_owned()).uri(endpoint(addr, DEFAULT_PATH))
 }
 
 pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
@@ -103,14 +94,33 @@ pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
     }
 }
 
+/// Sends a correctly signed delivery of `body` to the endpoint at `addr`.
 pub(crate) async fn deliver(addr: SocketAddr, body: &str) -> Reply {
-    send(signed(addr, body)).await
+    send(signed(addr, body).build()).await
 }
 
 pub(crate) fn event(id: &str, event_type: &str, data: &str) -> String {
     format!(
         r#"{{"id":"{id}","object":"event","created":"2025-01-15T12:00:00.000Z","type":"{event_type}","data":{data}}}"#
     )
+}
+
+/// The head of `request` as HTTP/1.1 text, for [`raw_exchange`]: the request
+/// line, its headers, the `framing` header line (`content-length: ...` or
+/// `transfer-encoding: chunked`) and the blank line that ends the head.
+pub(crate) fn http1_head<B>(request: &Request<B>, framing: &str) -> String {
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: x\r\n",
+        request.method(),
+        request.uri().path()
+    );
+    for (name, value) in request.headers() {
+        let value = value.to_str().expect("the test's header values are text");
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(framing);
+    head.push_str("\r\n\r\n");
+    head
 }
 
 /// Sends raw bytes on a fresh connection and returns the status line's code,

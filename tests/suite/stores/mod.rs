@@ -3,15 +3,14 @@
 //! `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
 //! `DATABASE_URL`), each as an idempotency store and as a freshness store
 //! (the cases in `freshness.rs`). A test whose server URL is missing fails;
-//! it never passes without its server.
+//! it never passes without its server. Tests on a server hold it
+//! [shared](crate::support::servers::shared).
 //!
 //! Waiting in these tests is for a store's deadline (a lease or retention
 //! ending), polled or led by the store's own `retry_after`, never a sleep
 //! standing in for synchronisation.
 
 mod freshness;
-mod support;
-
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -26,12 +25,12 @@ use clink_webhooks::store::{
 };
 use tokio::time::Instant;
 
+use crate::support::stores::{claimed, in_flight, Keys};
 use freshness::{
     an_older_version_never_replaces_a_newer, concurrent_records_keep_the_newest,
     equal_created_times_compare_ids_byte_wise, out_of_range_input_is_refused,
     records_expire_after_their_retention, records_keep_the_newest_per_object,
 };
-use support::{claimed, in_flight, Keys};
 
 /// Short enough to wait for, long enough to outlast a few calls on a busy machine.
 const SHORT: Duration = Duration::from_millis(300);
@@ -45,9 +44,11 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// Instantiates every case for one store: the idempotency cases, where
 /// `$open` makes a fresh store, or with `freshness` the freshness cases,
 /// where `$open` makes a fresh store with the retention it is given.
+/// `$servers` is `memory` for a store in memory, or `servers` for one on a
+/// server, whose tests hold the servers shared.
 macro_rules! conformance {
-    (freshness $open:path) => {
-        conformance!(@cases $open;
+    (freshness $open:path, $servers:ident) => {
+        conformance!(@cases $open, $servers;
             records_keep_the_newest_per_object,
             an_older_version_never_replaces_a_newer,
             equal_created_times_compare_ids_byte_wise,
@@ -56,8 +57,8 @@ macro_rules! conformance {
             out_of_range_input_is_refused,
         );
     };
-    ($open:path) => {
-        conformance!(@cases $open().await;
+    ($open:path, $servers:ident) => {
+        conformance!(@cases $open().await, $servers;
             state_machine,
             concurrent_claims_have_one_winner,
             expired_lease_is_taken_over,
@@ -69,31 +70,44 @@ macro_rules! conformance {
             bad_arguments_are_refused,
         );
     };
-    (@cases $subject:expr; $($case:ident,)+) => {
+    (@cases $subject:expr, $servers:ident; $($case:ident,)+) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                crate::$case($subject, crate::Keys::new(stringify!($case))).await;
+                conformance!(@run $servers, super::$case($subject, Keys::new(stringify!($case))));
             }
         )+
+    };
+    (@run memory, $case:expr) => {
+        $case.await
+    };
+    (@run servers, $case:expr) => {
+        let _servers = crate::support::servers::shared().await;
+        $case.await
     };
 }
 
 mod memory {
-    conformance!(crate::support::memory);
-    conformance!(freshness crate::support::memory_freshness);
+    use crate::support::stores::{memory, memory_freshness, Keys};
+
+    conformance!(memory, memory);
+    conformance!(freshness memory_freshness, memory);
 }
 
 #[cfg(feature = "redis")]
 mod redis_conformance {
-    conformance!(crate::support::redis);
-    conformance!(freshness crate::support::redis_freshness);
+    use crate::support::stores::{redis, redis_freshness, Keys};
+
+    conformance!(redis, servers);
+    conformance!(freshness redis_freshness, servers);
 }
 
 #[cfg(feature = "postgres")]
 mod postgres_conformance {
-    conformance!(crate::support::postgres);
-    conformance!(freshness crate::support::postgres_freshness);
+    use crate::support::stores::{postgres, postgres_freshness, Keys};
+
+    conformance!(postgres, servers);
+    conformance!(freshness postgres_freshness, servers);
 }
 
 /// Every transition of the state machine in the module docs, one at a time.

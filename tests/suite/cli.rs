@@ -2,17 +2,13 @@
 //! `sign` and `verify`, `fixture`, `send` against the example receiver (the
 //! README walkthrough, step by step) and against `listen`, exit codes, and
 //! no secret in any output.
-#![cfg(feature = "cli")]
-
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::process::{example_receiver, Finished, Process};
 use clink_webhooks::testing::fixture;
 use clink_webhooks::EventType;
-use process::{example_receiver, Finished, Process};
 use serde_json::Value;
 
 /// The key every receiver in these tests uses; it must never be printed.

@@ -7,16 +7,11 @@
 //! crash tests the control scripts `scripts/test` exports
 //! (`CLINK_TEST_REDIS_KILL`, `CLINK_TEST_REDIS_START`, `CLINK_TEST_PG_KILL`,
 //! `CLINK_TEST_PG_START`); a test missing one fails and says so. Tests that
-//! use a server run one at a time, since the crash tests take it down.
-#![cfg(any(feature = "redis", feature = "postgres"))]
+//! use a server hold the servers [exclusively](crate::support::servers::exclusive):
+//! they run one at a time, and beside no other test that uses a server, since
+//! the crash tests take it down.
 
-#[allow(dead_code)]
-#[path = "../http/support.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "../stores/support.rs"]
-mod stores;
-mod support;
+mod receivers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,14 +23,11 @@ use clink_webhooks::store::{IdempotencyStore, MemoryStore, DEFAULT_LEASE};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use support::{
+use crate::support::servers::exclusive;
+use receivers::{
     deliver_until_acknowledged, is_completed, layer_key, receiver, send_once, unique_prefix,
     wait_for, Handler, Ledger, Statuses,
 };
-
-/// Held by every test that uses a server, so a crash test never takes the
-/// server away from another test.
-static SERVERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh client of a shared store (each receiver gets its own).
 type Connect = fn() -> Pin<Box<dyn Future<Output = Arc<dyn IdempotencyStore>> + Send>>;
@@ -51,14 +43,14 @@ struct Server {
 
 #[cfg(feature = "redis")]
 const REDIS: Server = Server {
-    connect: || Box::pin(stores::redis()),
+    connect: || Box::pin(crate::support::stores::redis()),
     kill: "CLINK_TEST_REDIS_KILL",
     start: "CLINK_TEST_REDIS_START",
 };
 
 #[cfg(feature = "postgres")]
 const POSTGRES: Server = Server {
-    connect: || Box::pin(stores::postgres()),
+    connect: || Box::pin(crate::support::stores::postgres()),
     kill: "CLINK_TEST_PG_KILL",
     start: "CLINK_TEST_PG_START",
 };
@@ -149,14 +141,14 @@ async fn separate_memory_stores_run_events_twice() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_receivers_sharing_redis_run_each_event_once() {
-    let _serial = SERVERS.lock().await;
+    let _servers = exclusive().await;
     deliveries_spread_over_two_receivers(REDIS.clients().await, 1).await;
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_receivers_sharing_postgres_run_each_event_once() {
-    let _serial = SERVERS.lock().await;
+    let _servers = exclusive().await;
     deliveries_spread_over_two_receivers(POSTGRES.clients().await, 1).await;
 }
 
@@ -174,7 +166,7 @@ async fn crash_loses_nothing(server: &Server) {
     const EVENTS: usize = 400;
     const POISON: usize = 5;
     const CONCURRENCY: usize = 32;
-    let _serial = SERVERS.lock().await;
+    let _servers = exclusive().await;
 
     let ledger = Arc::new(Ledger::default());
     let prefix = unique_prefix("crash");
@@ -335,13 +327,13 @@ async fn slow_handler_with_memory_store_never_runs_twice_at_once() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_handler_with_redis_never_runs_twice_at_once() {
-    let _serial = SERVERS.lock().await;
+    let _servers = exclusive().await;
     slow_handler_never_runs_twice_at_once(REDIS.clients().await).await;
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_handler_with_postgres_never_runs_twice_at_once() {
-    let _serial = SERVERS.lock().await;
+    let _servers = exclusive().await;
     slow_handler_never_runs_twice_at_once(POSTGRES.clients().await).await;
 }

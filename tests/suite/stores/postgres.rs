@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
-use crate::support::{
+use crate::support::servers::shared;
+use crate::support::stores::{
     claimed, pg_pool, pg_pool_for, postgres_store, postgres_store_in, server_url, Keys, PG_TABLE,
 };
 
@@ -60,6 +61,7 @@ async fn in_ledger(client: &tokio_postgres::Client, key: &str) -> bool {
 
 #[tokio::test]
 async fn business_write_and_completed_mark_commit_together() {
+    let _servers = shared().await;
     let key = Keys::new("pg_commit").key("event");
     let (store, mut client) = with_ledger().await;
     let tx = client.transaction().await.expect("begin");
@@ -86,6 +88,7 @@ async fn business_write_and_completed_mark_commit_together() {
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_trace() {
+    let _servers = shared().await;
     let key = Keys::new("pg_rollback").key("event");
     let (store, mut client) = with_ledger().await;
     let tx = client.transaction().await.expect("begin");
@@ -99,6 +102,7 @@ async fn a_rolled_back_transaction_leaves_no_trace() {
 
 #[tokio::test]
 async fn a_transaction_sees_keys_completed_elsewhere() {
+    let _servers = shared().await;
     let keys = Keys::new("pg_seen");
     let key = keys.key("event");
     let store = postgres_store().await;
@@ -121,6 +125,7 @@ async fn a_transaction_sees_keys_completed_elsewhere() {
 /// row, so two reaping tests would race for each other's rows.)
 #[tokio::test]
 async fn reap_deletes_ended_rows_only() {
+    let _servers = shared().await;
     let keys = Keys::new("pg_reap");
     let store = postgres_store().await;
     let short = Duration::from_millis(200);
@@ -216,6 +221,7 @@ impl Rows {
 /// orders text by language (`evt_a` before `evt_B`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ids_compare_byte_wise_under_a_language_collation() {
+    let _servers = shared().await;
     const DATABASE: &str = "clink_collation_en";
     let url = server_url("DATABASE_URL");
     let admin = pg_pool(&url).get().await.expect("connection");
@@ -248,11 +254,12 @@ async fn ids_compare_byte_wise_under_a_language_collation() {
         let store = store.clone().with_freshness_retention(retention);
         Arc::new(store.expect("valid retention")) as Arc<dyn FreshnessStore>
     };
-    crate::equal_created_times_compare_ids_byte_wise(open, Keys::new("pg_collation")).await;
+    super::equal_created_times_compare_ids_byte_wise(open, Keys::new("pg_collation")).await;
 }
 
 #[tokio::test]
 async fn migrate_is_idempotent_and_safe_to_race() {
+    let _servers = shared().await;
     let pool = pg_pool(&server_url("DATABASE_URL"));
     let table = format!("clink_migrate_{}", std::process::id());
     let store = PostgresStore::new(pool.clone())
@@ -301,6 +308,7 @@ async fn migrate_is_idempotent_and_safe_to_race() {
 
 #[tokio::test]
 async fn a_missing_table_says_to_migrate() {
+    let _servers = shared().await;
     let pool = pg_pool(&server_url("DATABASE_URL"));
     let store = PostgresStore::new(pool)
         .with_table("clink_never_migrated")
@@ -325,6 +333,7 @@ async fn unreachable_database_is_unavailable_and_the_password_stays_secret() {
 
 #[tokio::test]
 async fn bad_configuration_is_refused() {
+    let _servers = shared().await;
     let pool = pg_pool(&server_url("DATABASE_URL"));
     let store = PostgresStore::new(pool);
     for bad in ["Events", "events; drop table x", "a.b.c", ""] {
@@ -352,6 +361,7 @@ async fn bad_configuration_is_refused() {
 /// lock is gone) and its connection is not handed to the next caller.
 #[tokio::test]
 async fn a_timed_out_statement_is_cancelled_and_its_connection_dropped() {
+    let _servers = shared().await;
     let keys = Keys::new("pg_timeout");
     let (locked, other) = (keys.key("locked"), keys.key("other"));
     let url = server_url("DATABASE_URL");

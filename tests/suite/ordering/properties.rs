@@ -6,8 +6,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::MemoryStore;
-use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
@@ -30,12 +31,7 @@ fn fresh_object_id() -> String {
 }
 
 fn request(body: &str) -> http::Request<Full<Bytes>> {
-    let ts = Timestamp::now().as_millis().to_string();
-    http::Request::post("/webhooks/clink")
-        .header("x-clink-timestamp", &ts)
-        .header("x-clink-signature", sign(SECRET, &ts, body.as_bytes()))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap()
+    SignedRequest::new(SECRET, body.to_owned()).build()
 }
 
 /// Event `n` about `object`, created `n` seconds after a fixed instant.
@@ -65,28 +61,40 @@ pub(crate) fn memory() -> Arc<dyn FreshnessStore> {
 }
 
 /// The store `connect` makes on the shared runtime, connected once and shared
-/// by every case (each case uses objects of its own). Without its server URL
-/// every call fails and says what to set.
+/// by every case (each case uses objects of its own), until a test that held
+/// the servers exclusively may have restarted its server. Without its server
+/// URL every call fails and says what to set.
 #[cfg(any(feature = "redis", feature = "postgres"))]
-fn shared<S: FreshnessStore>(
-    store: &'static std::sync::OnceLock<Arc<dyn FreshnessStore>>,
-    connect: impl std::future::Future<Output = S>,
+fn shared<S: FreshnessStore, F: std::future::Future<Output = S>>(
+    cache: &'static Mutex<Option<(u64, Arc<dyn FreshnessStore>)>>,
+    connect: impl FnOnce() -> F,
 ) -> Arc<dyn FreshnessStore> {
-    Arc::clone(store.get_or_init(|| Arc::new(runtime().block_on(connect))))
+    let generation = crate::support::servers::generation();
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*cache {
+        Some((connected_in, store)) if *connected_in == generation => Arc::clone(store),
+        _ => {
+            let store: Arc<dyn FreshnessStore> = Arc::new(runtime().block_on(connect()));
+            *cache = Some((generation, Arc::clone(&store)));
+            store
+        }
+    }
 }
 
 /// The `RedisStore` on `REDIS_URL`.
 #[cfg(feature = "redis")]
 pub(crate) fn redis() -> Arc<dyn FreshnessStore> {
-    static STORE: std::sync::OnceLock<Arc<dyn FreshnessStore>> = std::sync::OnceLock::new();
-    shared(&STORE, crate::stores::redis_store())
+    static STORE: Mutex<Option<(u64, Arc<dyn FreshnessStore>)>> = Mutex::new(None);
+    shared(&STORE, crate::support::stores::redis_store)
 }
 
 /// The `PostgresStore` on `DATABASE_URL`.
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres() -> Arc<dyn FreshnessStore> {
-    static STORE: std::sync::OnceLock<Arc<dyn FreshnessStore>> = std::sync::OnceLock::new();
-    shared(&STORE, crate::stores::postgres_store())
+    static STORE: Mutex<Option<(u64, Arc<dyn FreshnessStore>)>> = Mutex::new(None);
+    shared(&STORE, crate::support::stores::postgres_store)
 }
 
 /// Delivers events `0..order.len()` about one object in the arrival `order`

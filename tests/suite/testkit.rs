@@ -1,7 +1,6 @@
 //! The test kit's scenarios against the real layer: every step gets the
 //! status and outcome the layer promises, and a layer configured otherwise
 //! fails with a listing of the steps.
-#![cfg(feature = "test-util")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

@@ -1,14 +1,9 @@
 //! The README's first command: the example receiver, run as a real process.
 
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
+use clink_webhooks::testing::SignedRequest;
 
-use bytes::Bytes;
-use clink_webhooks::{sign, Timestamp};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use process::{example_receiver, example_receiver_with_store, Process};
+use crate::support::loopback::client;
+use crate::support::process::{example_receiver, example_receiver_with_store, Process};
 
 const KEY: &str = "whsec_example_test";
 
@@ -22,15 +17,15 @@ fn start() -> Receiver {
     Receiver { process, url }
 }
 
-async fn post(url: &str, body: &str, signature: &str, ts: &str) -> u16 {
-    let request = http::Request::post(url)
-        .header("x-clink-timestamp", ts)
-        .header("x-clink-signature", signature)
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    Client::builder(TokioExecutor::new())
-        .build_http()
-        .request(request)
+/// A delivery of `body` to the receiver at `url`, signed with [`KEY`].
+fn delivery(url: &str, body: &str) -> SignedRequest {
+    SignedRequest::new(KEY, body.to_owned()).uri(url.parse().unwrap())
+}
+
+/// Sends `delivery`, signed now, and returns the status.
+async fn post(delivery: &SignedRequest) -> u16 {
+    client()
+        .request(delivery.build())
         .await
         .unwrap()
         .status()
@@ -41,22 +36,19 @@ async fn post(url: &str, body: &str, signature: &str, ts: &str) -> u16 {
 async fn the_example_receiver_accepts_signed_deliveries_and_refuses_tampered_ones() {
     let receiver = start();
     let body = r#"{"id":"evt_example_1","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
-    let ts = Timestamp::now().as_millis().to_string();
-    let signature = sign(KEY, &ts, body.as_bytes());
+    let succeeded = delivery(&receiver.url, body);
 
-    assert_eq!(post(&receiver.url, body, &signature, &ts).await, 200);
+    assert_eq!(post(&succeeded).await, 200);
     let line = receiver.process.next_stdout();
     assert_eq!(line, "handled order.succeeded evt_example_1");
 
-    let tampered = body.replace("ord_1", "ord_2");
-    assert_eq!(post(&receiver.url, &tampered, &signature, &ts).await, 401);
+    assert_eq!(post(&succeeded.clone().tamper()).await, 401);
     // A duplicate is acknowledged without a second handler run.
-    assert_eq!(post(&receiver.url, body, &signature, &ts).await, 200);
+    assert_eq!(post(&succeeded).await, 200);
 
     // Events of families without a schema still print exactly one line each.
     let other = r#"{"id":"evt_example_2","type":"risk_rule.updated","data":{}}"#;
-    let other_sig = sign(KEY, &ts, other.as_bytes());
-    assert_eq!(post(&receiver.url, other, &other_sig, &ts).await, 200);
+    assert_eq!(post(&delivery(&receiver.url, other)).await, 200);
     let line = receiver.process.next_stdout();
     assert_eq!(line, "handled risk_rule.updated evt_example_2");
 }
@@ -73,17 +65,10 @@ fn the_example_receiver_stops_gracefully_on_sigterm() {
 #[tokio::test]
 async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
     let receiver = start();
-    let ts = Timestamp::now().as_millis().to_string();
     let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_s"}}"#;
     let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_s"}}"#;
-    assert_eq!(
-        post(&receiver.url, newer, &sign(KEY, &ts, newer.as_bytes()), &ts).await,
-        200
-    );
-    assert_eq!(
-        post(&receiver.url, older, &sign(KEY, &ts, older.as_bytes()), &ts).await,
-        200
-    );
+    assert_eq!(post(&delivery(&receiver.url, newer)).await, 200);
+    assert_eq!(post(&delivery(&receiver.url, older)).await, 200);
     assert_eq!(
         receiver.process.next_stdout(),
         "handled order.succeeded evt_new"
@@ -105,6 +90,7 @@ async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
 /// it prints, so it printed nothing for the shared event.
 #[cfg(any(feature = "redis", feature = "postgres"))]
 async fn receivers_sharing_a_store_handle_an_event_once(var: &str, store_name: &str) {
+    let _servers = crate::support::servers::shared().await;
     let url = std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run scripts/test, which starts the servers, or export it")
     });
@@ -122,20 +108,14 @@ async fn receivers_sharing_a_store_handle_an_event_once(var: &str, store_name: &
         .as_nanos();
     let id = format!("evt_shared_{run}");
     let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#);
-    let ts = Timestamp::now().as_millis().to_string();
-    let signature = sign(KEY, &ts, body.as_bytes());
     for receiver in &receivers {
-        assert_eq!(post(&receiver.url, &body, &signature, &ts).await, 200);
+        assert_eq!(post(&delivery(&receiver.url, &body)).await, 200);
     }
     let first = receivers[0].process.next_stdout();
     assert_eq!(first, format!("handled order.succeeded {id}"));
 
     let marker = format!(r#"{{"id":"evt_marker_{run}","type":"risk_rule.updated","data":{{}}}}"#);
-    let marker_sig = sign(KEY, &ts, marker.as_bytes());
-    assert_eq!(
-        post(&receivers[1].url, &marker, &marker_sig, &ts).await,
-        200
-    );
+    assert_eq!(post(&delivery(&receivers[1].url, &marker)).await, 200);
     let next = receivers[1].process.next_stdout();
     assert_eq!(next, format!("handled risk_rule.updated evt_marker_{run}"));
 }

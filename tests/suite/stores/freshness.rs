@@ -16,8 +16,8 @@ use clink_webhooks::store::{
 use clink_webhooks::Timestamp;
 use tokio::time::Instant;
 
-use crate::support::Keys;
-use crate::{CLOCK_SLACK, PATIENCE, SHORT};
+use super::{CLOCK_SLACK, PATIENCE, SHORT};
+use crate::support::stores::Keys;
 
 fn v(created: i64, event_id: &str) -> Version {
     Version::new(Timestamp::from_millis(created), event_id)

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::Layer;
 
-use crate::http::{deliver, event, serve, SECRET};
+use crate::support::loopback::{deliver, event, serve, SECRET};
 
 /// What the handler did for one event id.
 #[derive(Debug, Default, Clone, Copy)]

@@ -45,7 +45,7 @@ fn body(event_type: &str, data: &serde_json::Value, wrapped: bool) -> String {
     .to_string()
 }
 
-// §5.1 of the wire-format reference (also the test kit's fixture, see tests/testkit.rs).
+// §5.1 of the wire-format reference (also the test kit's fixture, see testkit.rs).
 const ORDER_SUCCEEDED: &str = include_str!("reference/order_succeeded.json");
 
 // §5.2 of the wire-format reference.

@@ -1,18 +1,16 @@
 //! axum integration over loopback: `.layer` on a route, `route_service`, and the extractors.
-#![cfg(feature = "axum")]
 
 use std::sync::{Arc, Mutex};
 
 use axum::routing::post;
 use axum::Router;
-use bytes::Bytes;
 use clink_webhooks::axum::{ClinkEvent, RawClinkEvent};
-
-use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use clink_webhooks::testing::SignedRequest;
+use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+use http_body_util::BodyExt;
 use tower::Layer;
+
+use crate::support::loopback::{client, endpoint};
 
 const SECRET: &str = "whsec_axum";
 
@@ -29,14 +27,10 @@ async fn post_event(
     body: &str,
     secret: &str,
 ) -> (u16, String) {
-    let ts = Timestamp::now().as_millis().to_string();
-    let request = http::Request::post(format!("http://{addr}{path}"))
-        .header("x-clink-timestamp", &ts)
-        .header("x-clink-signature", sign(secret, &ts, body.as_bytes()))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.unwrap();
+    let request = SignedRequest::new(secret, body.to_owned())
+        .uri(endpoint(addr, path))
+        .build();
+    let response = client().request(request).await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

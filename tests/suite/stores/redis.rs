@@ -10,7 +10,8 @@ use clink_webhooks::store::{
 };
 use clink_webhooks::Timestamp;
 
-use crate::support::{in_flight, redis_store, server_url, Keys};
+use crate::support::servers::shared;
+use crate::support::stores::{in_flight, redis_store, server_url, Keys};
 
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(server_url("REDIS_URL"))
@@ -38,6 +39,7 @@ async fn unreachable_server_is_unavailable_and_the_password_stays_secret() {
 
 #[tokio::test]
 async fn a_stalled_server_times_out() {
+    let _servers = shared().await;
     let keys = Keys::new("redis_timeout");
     let key = keys.key("stalled");
     let store = redis_store()
@@ -73,6 +75,7 @@ async fn a_stalled_server_times_out() {
 
 #[tokio::test]
 async fn values_the_store_did_not_write_are_protocol_errors() {
+    let _servers = shared().await;
     let keys = Keys::new("redis_foreign");
     let mut raw = raw_connection().await;
     let foreign = keys.key("foreign");
@@ -113,6 +116,7 @@ async fn values_the_store_did_not_write_are_protocol_errors() {
 
 #[tokio::test]
 async fn a_zero_timeout_is_refused() {
+    let _servers = shared().await;
     let err = redis_store()
         .await
         .with_timeout(Duration::ZERO)
@@ -122,6 +126,7 @@ async fn a_zero_timeout_is_refused() {
 
 #[tokio::test]
 async fn freshness_records_live_under_the_prefix_with_their_retention() {
+    let _servers = shared().await;
     let keys = Keys::new("redis_freshness_layout");
     let retention = Duration::from_secs(60);
     let prefix = keys.key("app:freshness");
@@ -164,6 +169,7 @@ async fn freshness_records_live_under_the_prefix_with_their_retention() {
 
 #[tokio::test]
 async fn freshness_values_the_store_did_not_write_are_protocol_errors() {
+    let _servers = shared().await;
     let keys = Keys::new("redis_freshness_foreign");
     let prefix = keys.key("freshness");
     let store = redis_store().await.with_freshness_prefix(prefix.clone());
@@ -221,6 +227,7 @@ async fn freshness_values_the_store_did_not_write_are_protocol_errors() {
 
 #[tokio::test]
 async fn a_freshness_retention_out_of_range_is_refused() {
+    let _servers = shared().await;
     for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
         let err = redis_store()
             .await

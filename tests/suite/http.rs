@@ -1,21 +1,24 @@
 //! The layer and router over real HTTP on loopback: every row of the status table.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use clink_webhooks::data::{Order, Session};
+use clink_webhooks::signature::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
 use clink_webhooks::store::{
     BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
 };
-use clink_webhooks::{events, sign, ClinkLayer, EventRouter, SigningKey, Verifier};
+use clink_webhooks::testing::fixture;
+use clink_webhooks::{events, ClinkLayer, EventRouter, EventType, SigningKey, Verifier};
+use http::{HeaderName, HeaderValue};
+use http_body_util::Full;
 use tokio::sync::{oneshot, Notify};
 use tower::Layer;
 
-use support::*;
+use crate::support::loopback::*;
 
 fn verifier() -> Verifier {
     Verifier::new(SECRET).unwrap()
@@ -114,8 +117,7 @@ async fn other_types_go_to_the_fallback_and_unhandled_types_are_acknowledged() {
 async fn refusals_follow_the_status_table() {
     let (addr, seen) = recording_server().await;
     let body = event("evt_x", "order.succeeded", r#"{"orderId":"o"}"#);
-    let ts = now_ms();
-    let good_sig = sign(SECRET, &ts, body.as_bytes());
+    let delivery = signed(addr, &body);
 
     // Not POST.
     let get = http::Request::get(format!("http://{addr}/webhooks/clink"))
@@ -129,73 +131,66 @@ async fn refusals_follow_the_status_table() {
     assert_eq!(reply.headers["allow"], "POST");
 
     // Missing and malformed headers.
-    let mut missing = signed_with(addr, &body, &ts, &good_sig);
-    missing.headers_mut().remove("x-clink-timestamp");
+    let mut missing = delivery.build();
+    missing.headers_mut().remove(TIMESTAMP_HEADER);
     let reply = send(missing).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (400, "missing_timestamp")
     );
-    let mut missing = signed_with(addr, &body, &ts, &good_sig);
-    missing.headers_mut().remove("x-clink-signature");
+    let mut missing = delivery.build();
+    missing.headers_mut().remove(SIGNATURE_HEADER);
     assert_eq!(send(missing).await.status, 400);
-    let reply = send(signed_with(addr, &body, "12x", &good_sig)).await;
+    let malformed_timestamp = delivery.clone().header(
+        HeaderName::from_static(TIMESTAMP_HEADER),
+        HeaderValue::from_static("12x"),
+    );
+    let reply = send(malformed_timestamp.build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (400, "malformed_timestamp")
     );
-    let reply = send(signed_with(addr, &body, &ts, &good_sig[..63])).await;
+    let mut short = delivery.build();
+    let good_sig = short.headers()[SIGNATURE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    short.headers_mut().insert(
+        SIGNATURE_HEADER,
+        HeaderValue::from_str(&good_sig[..63]).unwrap(),
+    );
+    let reply = send(short).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (400, "malformed_signature")
     );
-    let mut md5 = signed_with(addr, &body, &ts, &good_sig);
-    md5.headers_mut()
-        .insert("x-clink-signtype", "MD5".parse().unwrap());
-    let reply = send(md5).await;
+    let md5 = delivery.clone().header(
+        HeaderName::from_static(SIGN_TYPE_HEADER),
+        HeaderValue::from_static("MD5"),
+    );
+    let reply = send(md5.build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (400, "unsupported_sign_type")
     );
 
     // Not authentic.
-    let reply = send(signed_with(
-        addr,
-        &body,
-        &ts,
-        &sign("whsec_other", &ts, body.as_bytes()),
-    ))
-    .await;
+    let reply = send(delivery.clone().secret("whsec_other").build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (401, "signature_mismatch")
     );
-    let tampered = body.replace("\"o\"", "\"p\"");
-    let reply = send(signed_with(addr, &tampered, &ts, &good_sig)).await;
+    let reply = send(delivery.clone().tamper().build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (401, "signature_mismatch")
     );
-    let old = (clink_webhooks::Timestamp::now().as_millis() - 301_000).to_string();
-    let reply = send(signed_with(
-        addr,
-        &body,
-        &old,
-        &sign(SECRET, &old, body.as_bytes()),
-    ))
-    .await;
+    let reply = send(delivery.clone().skew_secs(-301).build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (401, "timestamp_too_old")
     );
-    let ahead = (clink_webhooks::Timestamp::now().as_millis() + 301_000).to_string();
-    let reply = send(signed_with(
-        addr,
-        &body,
-        &ahead,
-        &sign(SECRET, &ahead, body.as_bytes()),
-    ))
-    .await;
+    let reply = send(delivery.clone().skew_secs(301).build()).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (401, "timestamp_in_future")
@@ -223,7 +218,7 @@ async fn a_verifier_whose_keys_all_expired_answers_401() {
         .unwrap()
         .expires_at(SystemTime::now() - Duration::from_secs(1));
     let addr = serve(ClinkLayer::new(Verifier::from_key(&expired)).layer(EventRouter::new())).await;
-    let reply = deliver(addr, &event("evt_k", "order.succeeded", "{}")).await;
+    let reply = deliver(addr, &fixture(&EventType::OrderSucceeded)).await;
     assert_eq!((reply.status, reply.error_code()), (401, "no_active_key"));
 }
 
@@ -237,8 +232,9 @@ async fn an_old_key_is_accepted_during_rotation() {
         ),
     );
     let addr = serve(layer.layer(EventRouter::new())).await;
+    // Signed with the old key, SECRET.
     assert_eq!(
-        deliver(addr, &event("evt_rot", "order.created", "{}"))
+        deliver(addr, &fixture(&EventType::OrderCreated))
             .await
             .status,
         200
@@ -248,11 +244,10 @@ async fn an_old_key_is_accepted_during_rotation() {
 #[tokio::test]
 async fn a_content_length_over_the_limit_is_refused_before_the_body_is_read() {
     let addr = serve(ClinkLayer::new(verifier()).layer(EventRouter::new())).await;
-    let ts = now_ms();
-    let head = format!(
-        "POST /webhooks/clink HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-clink-timestamp: {ts}\r\nx-clink-signature: {}\r\n\r\n",
-        10 * 1024 * 1024,
-        "0".repeat(64)
+    // The headers of a signed delivery, announcing a body far over the limit.
+    let head = http1_head(
+        &signed(addr, "").build::<Full<Bytes>>(),
+        &format!("content-length: {}", 10 * 1024 * 1024),
     );
     // Only the headers and a few bytes are sent; the answer must come anyway.
     assert_eq!(raw_exchange(addr, &head, &[b"{\"id\":"]).await, 413);
@@ -268,10 +263,10 @@ async fn a_chunked_body_is_cut_off_when_it_crosses_the_limit() {
             .layer(EventRouter::new()),
     )
     .await;
-    let ts = now_ms();
-    let head = format!(
-        "POST /webhooks/clink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nx-clink-timestamp: {ts}\r\nx-clink-signature: {}\r\n\r\n",
-        "0".repeat(64)
+    // The headers of a delivery signed over another (empty) body.
+    let head = http1_head(
+        &signed(addr, "").build::<Full<Bytes>>(),
+        "transfer-encoding: chunked",
     );
     let chunk = format!("400\r\n{}\r\n", "a".repeat(1024));
     let chunks: Vec<&[u8]> = (0..5).map(|_| chunk.as_bytes()).collect();
@@ -459,7 +454,7 @@ async fn an_unreachable_store_answers_503_and_does_not_run_the_handler() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let layer = ClinkLayer::new(verifier()).store(DownStore);
     let addr = serve(layer.layer(recording_router(Arc::clone(&seen)))).await;
-    let reply = deliver(addr, &event("evt_503", "order.succeeded", "{}")).await;
+    let reply = deliver(addr, &fixture(&EventType::OrderSucceeded)).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (503, "store_unavailable")
@@ -555,7 +550,7 @@ async fn a_store_that_never_answers_is_a_503_within_the_store_timeout() {
         .store_timeout(Duration::from_millis(50))
         .unwrap();
     let addr = serve(layer.layer(EventRouter::new())).await;
-    let reply = deliver(addr, &event("evt_hung", "order.created", "{}")).await;
+    let reply = deliver(addr, &fixture(&EventType::OrderCreated)).await;
     assert_eq!(
         (reply.status, reply.error_code()),
         (503, "store_unavailable")
@@ -571,11 +566,9 @@ async fn an_inner_service_error_is_a_500_and_the_retry_runs_it_again() {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n == 0 {
-                    Err::<http::Response<http_body_util::Full<bytes::Bytes>>, _>(
-                        std::io::Error::other("down"),
-                    )
+                    Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("down"))
                 } else {
-                    Ok(http::Response::new(http_body_util::Full::default()))
+                    Ok(http::Response::new(Full::default()))
                 }
             }
         },

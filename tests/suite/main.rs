@@ -1,0 +1,30 @@
+//! The crate's integration tests, in one test binary so that they link once.
+//!
+//! Each module was a test binary of its own; `support` holds what several of
+//! them share. Signed deliveries come from the crate's test kit
+//! (`clink_webhooks::testing`, feature `test-util`), so the modules that send
+//! them need that feature. Tests that need Redis or PostgreSQL read
+//! `REDIS_URL` and `DATABASE_URL` (`scripts/with-services cargo test
+//! --all-features` starts private servers and exports them) and hold
+//! `support::servers` while they use them, since some tests crash the
+//! servers on purpose.
+
+mod support;
+
+#[cfg(all(feature = "axum", feature = "test-util"))]
+mod axum;
+#[cfg(feature = "cli")]
+mod cli;
+mod events;
+#[cfg(feature = "test-util")]
+mod example;
+#[cfg(feature = "test-util")]
+mod http;
+#[cfg(all(feature = "test-util", any(feature = "redis", feature = "postgres")))]
+mod instances;
+#[cfg(feature = "test-util")]
+mod ordering;
+mod signature;
+mod stores;
+#[cfg(feature = "test-util")]
+mod testkit;

@@ -1,0 +1,9 @@
+//! What several test modules share.
+
+#[cfg(feature = "test-util")]
+pub(crate) mod loopback;
+#[cfg(feature = "test-util")]
+pub(crate) mod process;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod servers;
+pub(crate) mod stores;
