@@ -13,7 +13,7 @@ use crate::events::{ObjectKey, Version};
 /// Object safe: held as `Arc<dyn FreshnessStore>`; an `Arc` of a store is
 /// a store too. Implemented by [`MemoryStore`](super::MemoryStore), and by
 /// the Redis and PostgreSQL stores when their features are on (see
-/// [Stores](super#stores)); `tests/stores` checks all three with the same
+/// [Stores](super#stores)); `tests/suite/stores` checks all three with the same
 /// code. What the records are for is in [`ordering`](crate::ordering).
 ///
 /// Every store refuses, with [`StoreErrorKind::InvalidInput`], a family,

@@ -93,7 +93,7 @@ impl fmt::Debug for LeaseToken {
 /// so the next retry runs the handler again.
 ///
 /// Object safe: hold it as `Arc<dyn IdempotencyStore>`; an `Arc` of a store
-/// is a store too. `tests/stores` is a conformance suite that checks every
+/// is a store too. `tests/suite/stores` is a conformance suite that checks every
 /// implementation against the state machine below, on real servers.
 ///
 /// Keys are opaque to the store (see [Keys](super#keys)). Durations are

@@ -166,7 +166,7 @@ pub struct InboxStats {
 /// Object safe; `Arc<I>` is an inbox when `I` is. Implemented by
 /// [`MemoryInbox`](super::MemoryInbox) (tests), `PostgresInbox` (feature
 /// `postgres`, many instances) and `SqliteInbox` (feature `sqlite`, one
-/// instance, durable). `tests/inbox` runs one conformance suite against
+/// instance, durable). `tests/suite/inbox.rs` runs one conformance suite against
 /// each.
 ///
 /// # Claim order

@@ -19,7 +19,7 @@ fn start() -> Receiver {
 
 /// A delivery of `body` to the receiver at `url`, signed with [`KEY`].
 fn delivery(url: &str, body: &str) -> SignedRequest {
-    SignedRequest::new(KEY, body.to_owned()).uri(url.parse().unwrap())
+    SignedRequest::new(KEY, body.to_owned()).uri(url)
 }
 
 /// Sends `delivery`, signed now, and returns the status.

@@ -18,10 +18,18 @@ mod cli;
 mod events;
 #[cfg(feature = "test-util")]
 mod example;
+#[cfg(all(unix, feature = "test-util", feature = "metrics"))]
+mod hostile;
 #[cfg(feature = "test-util")]
 mod http;
+#[cfg(feature = "test-util")]
+mod inbox;
 #[cfg(all(feature = "test-util", any(feature = "redis", feature = "postgres")))]
 mod instances;
+#[cfg(feature = "test-util")]
+mod multi_tenant;
+#[cfg(all(feature = "test-util", feature = "metrics"))]
+mod observability;
 #[cfg(feature = "test-util")]
 mod ordering;
 mod signature;

@@ -1,19 +1,15 @@
 //! The multi-tenant example as a real process: many accounts on one
 //! endpoint, keys per account, keys changed while it runs.
-#![cfg(feature = "test-util")]
-
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
 
 use std::process::Command;
 
+use crate::support::process::{example_path, Process};
 use bytes::Bytes;
 use clink_webhooks::testing::{fixture_with_id, SignedRequest};
 use clink_webhooks::EventType;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::{example_path, Process};
 
 struct Tenants {
     process: Process,

@@ -1,21 +1,17 @@
 //! The example receiver against a sender without the key: bounded memory,
 //! slow and idle clients cut off, accept failures survived, a bounded
 //! shutdown, ids that cannot forge a line, and quiet logs.
-#![cfg(all(unix, feature = "test-util", feature = "metrics"))]
-
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::process::{example_path, Process};
 use bytes::Bytes;
 use clink_webhooks::testing::{fresh_fixture, SignedRequest};
 use clink_webhooks::EventType;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::{example_path, Process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,12 +1,9 @@
 //! Metrics and health: scraped from the example receiver after real
 //! deliveries, and readiness against real and unreachable stores.
-#![cfg(all(feature = "test-util", feature = "metrics"))]
-
-#[allow(dead_code)] // shared by several test crates, each using part of it
-mod process;
 
 use std::time::{Duration, Instant};
 
+use crate::support::process::example_receiver;
 use bytes::Bytes;
 use clink_webhooks::store::{BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError};
 use clink_webhooks::testing::{fresh_fixture, SignedRequest};
@@ -14,7 +11,6 @@ use clink_webhooks::{ClinkLayer, EventType, Verifier};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::example_receiver;
 
 const KEY: &str = "whsec_observability_test";
 
@@ -178,6 +174,7 @@ async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_readiness_follows_the_server() {
+    let _servers = crate::support::servers::shared().await;
     let url = std::env::var("DATABASE_URL")
         .expect("DATABASE_URL is not set: run scripts/test, which starts PostgreSQL");
     let config: tokio_postgres::Config = url.parse().unwrap();

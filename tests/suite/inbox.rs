@@ -1,7 +1,6 @@
 //! The durable inbox: one conformance suite run against every backend, the
 //! workers (retries, dead letters, replay, order per object), and the
 //! layer's inbox mode.
-#![cfg(feature = "test-util")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -358,12 +357,14 @@ async fn postgres_inbox() -> clink_webhooks::store::PostgresInbox {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn the_postgres_inbox_conforms() {
+    let _servers = crate::support::servers::shared().await;
     conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
+    let _servers = crate::support::servers::shared().await;
     let inbox = postgres_inbox().await;
     let url = std::env::var("DATABASE_URL").unwrap();
     inbox.listen(url.parse().unwrap()).await.unwrap();
