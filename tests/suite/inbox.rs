@@ -412,3 +412,29 @@ async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
     ids.sort();
     assert_eq!(handled, ids, "each event exactly once");
 }
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(&path).unwrap(),
+    ))
+    .await;
+
+    // What was written is there when the file is opened again.
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    inbox
+        .insert(&event("evt_kept", Some("ord_k"), 7))
+        .await
+        .unwrap();
+    drop(inbox);
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    let kept = inbox.list(Some(InboxStatus::Pending), 10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].event.event_id, "evt_kept");
+    assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_k"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
