@@ -16,6 +16,10 @@ mod support;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster;
+#[cfg(feature = "redis-tls")]
+mod redis_tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +77,9 @@ macro_rules! conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                crate::$case($subject, crate::Keys::new(stringify!($case))).await;
+                // Keys unique per store too: two stores may share a server.
+                let keys = crate::Keys::new(concat!(module_path!(), "::", stringify!($case)));
+                crate::$case($subject, keys).await;
             }
         )+
     };
@@ -94,6 +100,24 @@ mod redis_conformance {
 mod postgres_conformance {
     conformance!(crate::support::postgres);
     conformance!(freshness crate::support::postgres_freshness);
+}
+
+#[cfg(feature = "redis-tls")]
+mod redis_tls_conformance {
+    conformance!(crate::redis_tls::store);
+    conformance!(freshness crate::redis_tls::freshness_store);
+}
+
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster_conformance {
+    conformance!(crate::redis_cluster::store);
+    conformance!(freshness crate::redis_cluster::freshness_store);
+}
+
+#[cfg(all(feature = "redis-cluster", feature = "redis-tls"))]
+mod redis_cluster_tls_conformance {
+    conformance!(crate::redis_cluster::tls_store);
+    conformance!(freshness crate::redis_cluster::tls_freshness_store);
 }
 
 /// Every transition of the state machine in the module docs, one at a time.
