@@ -55,8 +55,8 @@ impl ConnectionLike for Connection {
 impl RedisStore {
     /// Connects to the Redis server at `url`: `redis://[[user]:password@]host:port[/db]`,
     /// or, with the feature `redis-tls`, `rediss://…` for TLS, verified
-    /// against the system's root certificates (use
-    /// [`connect_with_tls`](Self::connect_with_tls) to trust a private CA).
+    /// against the system's root certificates (use `connect_with_tls` to
+    /// trust a private CA).
     ///
     /// Connection attempts time out after [`DEFAULT_TIMEOUT`]. The returned
     /// store reconnects by itself when the connection drops later.
