@@ -403,6 +403,17 @@ mod tests {
         }
     }
 
+    /// Only in builds without the feature (`cargo test --lib --features redis`).
+    #[cfg(not(feature = "redis-tls"))]
+    #[tokio::test]
+    async fn rediss_is_refused_without_the_feature() {
+        let err = RedisStore::connect("rediss://:hunter2@127.0.0.1:6380/")
+            .await
+            .expect_err("TLS is not built in");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+    }
+
     #[test]
     fn tls_urls_are_recognised() {
         assert!(is_tls_url("rediss://127.0.0.1:6380/"));
