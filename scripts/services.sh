@@ -1,20 +1,31 @@
 # Private Redis and PostgreSQL servers for the tests and benches.
 #
 # Sourced by scripts/test and scripts/with-services, not run directly.
-# `services_start` starts both servers on free loopback ports in temporary
-# directories and exports:
+# `services_start` starts, on free loopback ports in temporary directories,
+# a redis-server, a TLS redis-server, a three-node Redis Cluster and a
+# PostgreSQL cluster, and exports:
 #
 #   REDIS_URL, DATABASE_URL        where the servers listen
+#   REDIS_TLS_URL                  rediss://127.0.0.1:PORT/ of the TLS redis-server (no plain
+#                                  port; it also listens on 127.0.0.2, a host its certificate
+#                                  does not name)
+#   REDIS_TLS_CA                   PEM file of the test CA, made with openssl at start, that
+#                                  signed the servers' certificate (SAN IP:127.0.0.1, DNS:localhost)
+#   REDIS_CLUSTER_URLS             redis://127.0.0.1:P1/,redis://127.0.0.1:P2/,redis://127.0.0.1:P3/
+#   REDIS_CLUSTER_TLS_URLS         the same three nodes' TLS ports as rediss:// URLs (the
+#                                  cluster runs with tls-cluster yes and serves both kinds)
 #   CLINK_TEST_REDIS_KILL          script: SIGKILL the redis-server
 #   CLINK_TEST_REDIS_START         script: start it again on the same port, wait until it answers
 #   CLINK_TEST_PG_KILL             script: pg_ctl stop -m immediate (a crash, as the cluster's user)
 #   CLINK_TEST_PG_START            script: start the cluster again, wait until it answers
 #   CLINK_TEST_PG_RESTART          script: pg_ctl restart -m immediate, wait until it answers
 #
-# `services_stop` stops both and removes the directories; callers run it
-# from an EXIT trap so that it also runs on failure.
+# `services_stop` stops them all and removes the directories; callers run it
+# from an EXIT trap so that it also runs on failure. Every wait is bounded
+# and fails with a message naming the log to read.
 #
-# Needs redis-server and PostgreSQL's initdb/pg_ctl. When one is missing and
+# Needs redis-server and redis-cli (with TLS, as Debian's are), openssl, and
+# PostgreSQL's initdb/pg_ctl. When one is missing and
 # the script runs as root it installs Debian's package (apt-get); otherwise
 # it stops and says what to install. initdb refuses to run as root, so as
 # root the cluster runs as the unprivileged `postgres` user (created if
@@ -53,6 +64,20 @@ services_free_port() {
         fi
     done
     services_die "no free loopback port found"
+}
+
+# A port for a cluster node: it and its cluster bus port (+10000) are free.
+services_free_cluster_port() {
+    local port
+    for _ in $(seq 50); do
+        port=$((20000 + RANDOM % 25000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    services_die "no free loopback port pair for a cluster node found"
 }
 
 services_find_pg_bin() {
@@ -114,14 +139,171 @@ EOF
 }
 
 services_start_redis() {
-    command -v redis-server >/dev/null || services_apt_install redis-server redis-server
-    command -v redis-cli >/dev/null || services_apt_install redis-cli redis-tools
+    services_need_redis
     local dir="$SERVICES_DIR/redis"
     mkdir -p "$dir"
     services_launch redis-server "$dir" services_redis_scripts "$dir/redis.log"
     export REDIS_URL="redis://127.0.0.1:$SERVICES_PORT/"
     export CLINK_TEST_REDIS_KILL="$dir/kill" CLINK_TEST_REDIS_START="$dir/start"
     services_say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
+}
+
+services_need_redis() {
+    command -v redis-server >/dev/null || services_apt_install redis-server redis-server
+    command -v redis-cli >/dev/null || services_apt_install redis-cli redis-tools
+}
+
+# Stops the redis-server whose pid file is $1, if it is one we started.
+services_kill_redis() {
+    local pid
+    [ -f "$1" ] || return 0
+    pid=$(cat "$1" 2>/dev/null)
+    # Only a redis-server: the pid file may be stale after a kill test.
+    if [ -n "$pid" ] && grep -q redis-server "/proc/$pid/cmdline" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
+# A test CA and a server certificate it signed, valid for 127.0.0.1 and
+# localhost, in $SERVICES_DIR/tls: ca.pem, server.pem, server.key.
+services_make_certs() {
+    command -v openssl >/dev/null || services_apt_install openssl openssl
+    local dir="$SERVICES_DIR/tls"
+    mkdir -p "$dir"
+    printf '%s\n' \
+        'basicConstraints=critical,CA:FALSE' \
+        'keyUsage=critical,digitalSignature,keyEncipherment' \
+        'extendedKeyUsage=serverAuth,clientAuth' \
+        'subjectAltName=IP:127.0.0.1,DNS:localhost' >"$dir/server.ext"
+    (
+        set -e
+        cd "$dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj "/CN=clink-webhooks test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout server.key -out server.csr -subj "/CN=localhost"
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -CAserial ca.srl -out server.pem -days 2 -extfile server.ext
+    ) >"$dir/openssl.log" 2>&1 || {
+        cat "$dir/openssl.log" >&2
+        services_die "openssl could not make the test certificates"
+    }
+    # The servers run as the caller; the key is private test material only.
+    chmod 600 "$dir/ca.key" "$dir/server.key"
+}
+
+# The TLS options of a redis-server using the test certificates.
+services_redis_tls_opts() {
+    local dir="$SERVICES_DIR/tls"
+    echo "--tls-cert-file $dir/server.pem --tls-key-file $dir/server.key" \
+        "--tls-ca-cert-file $dir/ca.pem --tls-auth-clients no"
+}
+
+services_redis_tls_scripts() {
+    local port=$1 dir="$SERVICES_DIR/redis-tls"
+    local ping="redis-cli --tls --cacert $SERVICES_DIR/tls/ca.pem -h 127.0.0.1 -p $port ping"
+    cat >"$dir/start" <<EOF
+#!/bin/sh
+# Starts the private TLS redis-server (TLS port $port, no plain port) and waits until it answers.
+redis-server --port 0 --tls-port $port $(services_redis_tls_opts) \\
+    --bind 127.0.0.1 127.0.0.2 --protected-mode yes --save '' --appendonly no --dir '$dir' \\
+    --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
+for _ in \$(seq 100); do
+    [ "\$($ping 2>/dev/null)" = PONG ] && exit 0
+    sleep 0.1
+done
+echo "the TLS redis-server did not answer on port $port; see $dir/redis.log" >&2
+exit 1
+EOF
+    cat >"$dir/kill" <<EOF
+#!/bin/sh
+# Kills the private TLS redis-server at once (SIGKILL).
+kill -9 "\$(cat '$dir/redis.pid')"
+EOF
+}
+
+services_start_redis_tls() {
+    local dir="$SERVICES_DIR/redis-tls"
+    mkdir -p "$dir"
+    services_launch "TLS redis-server" "$dir" services_redis_tls_scripts "$dir/redis.log"
+    export REDIS_TLS_URL="rediss://127.0.0.1:$SERVICES_PORT/"
+    export REDIS_TLS_CA="$SERVICES_DIR/tls/ca.pem"
+    services_say "TLS redis-server on 127.0.0.1:$SERVICES_PORT (CA $REDIS_TLS_CA)"
+}
+
+# Starts one cluster node in $1 on plain port $2 and TLS port $3, and waits
+# (10 s at most) until it answers.
+services_cluster_node() {
+    local dir=$1 port=$2 tls_port=$3
+    mkdir -p "$dir"
+    # shellcheck disable=SC2046 # the options are words without blanks
+    redis-server --port "$port" --tls-port "$tls_port" $(services_redis_tls_opts) \
+        --tls-cluster yes --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+        --cluster-node-timeout 5000 --bind 127.0.0.1 --protected-mode yes \
+        --save '' --appendonly no --dir "$dir" \
+        --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null 2>&1 ||
+        return 1
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Three nodes, each serving plain and TLS clients (tls-cluster yes: the
+# cluster bus is TLS too, and each node announces the port of the client's
+# kind), joined into one cluster that covers every slot.
+services_start_redis_cluster() {
+    local base="$SERVICES_DIR/redis-cluster" n port tls_port attempt
+    local ports=() tls_ports=()
+    mkdir -p "$base"
+    for n in 1 2 3; do
+        for attempt in 1 2 3 4 5; do
+            port=$(services_free_cluster_port)
+            tls_port=$(services_free_port)
+            if [ "$tls_port" != "$port" ] && [ "$tls_port" != "$((port + 10000))" ] &&
+                services_cluster_node "$base/node$n" "$port" "$tls_port"; then
+                ports+=("$port")
+                tls_ports+=("$tls_port")
+                break
+            fi
+            services_say "cluster node $n did not start on ports $port/$tls_port (attempt $attempt)"
+            services_kill_redis "$base/node$n/redis.pid"
+            if [ "$attempt" -eq 5 ]; then
+                tail -n 20 "$base/node$n/redis.log" >&2 2>/dev/null
+                services_die "Redis Cluster node $n would not start"
+            fi
+            rm -rf "$base/node$n"
+        done
+    done
+
+    local create="$base/create.log"
+    command -v timeout >/dev/null || services_die "timeout (coreutils) is missing"
+    if ! timeout 60 redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" \
+        "127.0.0.1:${ports[2]}" --cluster-replicas 0 --cluster-yes </dev/null >"$create" 2>&1; then
+        tail -n 20 "$create" >&2
+        services_die "redis-cli --cluster create failed or took over 60 s; see $create and $base/node*/redis.log"
+    fi
+    # Every node must say the cluster is up before a client asks any of them.
+    local waited=0
+    for port in "${ports[@]}"; do
+        until redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
+            waited=$((waited + 1))
+            if [ "$waited" -gt 300 ]; then
+                services_die "the Redis Cluster did not reach cluster_state:ok within 30 s" \
+                    "(node on port $port); see $base/node*/redis.log"
+            fi
+            sleep 0.1
+        done
+    done
+    export REDIS_CLUSTER_URLS="redis://127.0.0.1:${ports[0]}/,redis://127.0.0.1:${ports[1]}/,redis://127.0.0.1:${ports[2]}/"
+    export REDIS_CLUSTER_TLS_URLS="rediss://127.0.0.1:${tls_ports[0]}/,rediss://127.0.0.1:${tls_ports[1]}/,rediss://127.0.0.1:${tls_ports[2]}/"
+    services_say "Redis Cluster of three nodes on 127.0.0.1:${ports[0]},${ports[1]},${ports[2]}" \
+        "(TLS ${tls_ports[0]},${tls_ports[1]},${tls_ports[2]})"
 }
 
 services_pg_scripts() {
@@ -187,6 +369,9 @@ services_start_postgres() {
 services_start() {
     SERVICES_DIR=$(mktemp -d /tmp/clink-services.XXXXXX) || services_die "mktemp failed"
     services_start_redis
+    services_make_certs
+    services_start_redis_tls
+    services_start_redis_cluster
     services_start_postgres
 }
 
@@ -195,15 +380,11 @@ services_stop() {
     if [ -n "$SERVICES_PG_DIR" ] && [ -f "$SERVICES_PG_DIR/data/postmaster.pid" ]; then
         sh -c "$SERVICES_PG_CTL -m immediate stop" >/dev/null 2>&1 || true
     fi
-    if [ -f "$SERVICES_DIR/redis/redis.pid" ]; then
-        local pid
-        pid=$(cat "$SERVICES_DIR/redis/redis.pid")
-        # Only a redis-server we started: the pid file may be stale after a kill test.
-        if [ -n "$pid" ] && grep -q redis-server "/proc/$pid/cmdline" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        fi
-    fi
+    local pidfile
+    for pidfile in "$SERVICES_DIR"/redis/redis.pid "$SERVICES_DIR"/redis-tls/redis.pid \
+        "$SERVICES_DIR"/redis-cluster/node*/redis.pid; do
+        services_kill_redis "$pidfile"
+    done
     [ -z "$SERVICES_PG_DIR" ] || rm -rf "$SERVICES_PG_DIR"
     rm -rf "$SERVICES_DIR"
     SERVICES_DIR=""

@@ -74,6 +74,8 @@
 //! | `metrics` (default) | deliveries, durations, in-flight and key matches through the `metrics` facade (names in [`layer`]) |
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent`, `HandlerError`, `IntoResponse` for [`Outcome`] |
 //! | `redis` | `RedisStore`, for apps on several machines |
+//! | `redis-tls` | `RedisStore` over TLS (`rediss://`, and `connect_with_tls` for a private CA), with rustls and *ring*; enables `redis` |
+//! | `redis-cluster` | `RedisStore` over a Redis Cluster (`connect_cluster`); enables `redis` |
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
 //! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen` |

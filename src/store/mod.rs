@@ -13,7 +13,7 @@
 //! | store | feature | scope | round trips per delivery (claim + settle; freshness read + record) |
 //! |---|---|---|---|
 //! | [`MemoryStore`] | always | one process | none |
-//! | `RedisStore` | `redis` | many instances sharing one Redis | 2; 2 |
+//! | `RedisStore` | `redis` (TLS: `redis-tls`; Redis Cluster: `redis-cluster`) | many instances sharing one Redis or one Redis Cluster | 2; 2 |
 //! | `PostgresStore` | `postgres` | many instances sharing one database; can join the caller's transaction | 2; 2 |
 //!
 //! `Arc<S>` is a store whenever `S` is, so a store can be shared between the

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ::redis::{Script, Value};
 
-use super::{unexpected, RedisStore};
+use super::{one_key_script, unexpected, RedisStore};
 use crate::events::{ObjectKey, Version};
 use crate::store::{check_record, FreshnessStore};
 use crate::store::{check_retention, ttl_millis, BoxFuture, StoreError, StoreErrorKind};
@@ -24,8 +24,8 @@ const SEPARATOR: char = '|';
 /// follows the server's locale; so created times are compared as the
 /// canonical decimal text Rust writes for an `i64`, and event ids byte by
 /// byte, as Rust compares `str`.
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+pub(super) static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    one_key_script(&format!(
         r"
 local function compare_bytes(a, b)
     local shared = math.min(#a, #b)

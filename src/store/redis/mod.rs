@@ -1,11 +1,22 @@
-//! [`RedisStore`]: a store shared by every instance through one Redis server.
+//! [`RedisStore`]: a store shared by every instance through one Redis server
+//! or one Redis Cluster, over TCP or TLS.
+//!
+//! Key formats (documented on [`RedisStore`], under Keys):
+//!
+//! - idempotency: the caller's key as given (the layer's
+//!   `{prefix}:{account}:{event_id}`), one key per event;
+//! - freshness: `{freshness prefix}:{family}:{id}`, one key per object.
+//!
+//! Each script touches exactly its `KEYS[1]`, so one hash slot in a Redis
+//! Cluster (the `scripts_touch_one_key` test below keeps it so); the
+//! braces above are placeholders, not hash tags.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, Script, Value};
+use ::redis::aio::ConnectionManager;
+use ::redis::{ErrorKind, RedisError, Script, Value};
 
 use super::DEFAULT_FRESHNESS_RETENTION;
 use super::{
@@ -14,7 +25,23 @@ use super::{
 };
 use crate::ConfigError;
 
+mod connection;
 mod freshness;
+
+use connection::Connection;
+
+/// A script whose only key is `KEYS[1]`, so that it touches one hash slot
+/// in a Redis Cluster (checked in debug builds).
+fn one_key_script(code: &str) -> Script {
+    debug_assert!(touches_one_key(code), "a script touches another key");
+    Script::new(code)
+}
+
+/// Whether `code` names `KEYS[1]` and no other key.
+fn touches_one_key(code: &str) -> bool {
+    let mut keys = code.match_indices("KEYS").peekable();
+    keys.peek().is_some() && keys.all(|(at, _)| code[at..].starts_with("KEYS[1]"))
+}
 
 /// What a completed key holds.
 const DONE: &str = "done";
@@ -24,7 +51,7 @@ const CLAIMED: &str = "claimed:";
 /// Claims `KEYS[1]` for the token `ARGV[1]` for `ARGV[2]` ms.
 /// Answers `{0}` claimed, `{1, pttl}` in flight, `{2}` completed.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    one_key_script(&format!(
         r"
 local value = redis.call('GET', KEYS[1])
 if not value then
@@ -45,7 +72,7 @@ return redis.error_reply('key holds a value the idempotency store did not write'
 
 /// Marks `KEYS[1]` done for `ARGV[2]` ms if the token `ARGV[1]` holds it.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    one_key_script(&format!(
         r"
 if redis.call('GET', KEYS[1]) == '{CLAIMED}' .. ARGV[1] then
     redis.call('SET', KEYS[1], '{DONE}', 'PX', ARGV[2])
@@ -58,7 +85,7 @@ return 0
 
 /// Deletes `KEYS[1]` if the token `ARGV[1]` holds it.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    one_key_script(&format!(
         r"
 if redis.call('GET', KEYS[1]) == '{CLAIMED}' .. ARGV[1] then
     redis.call('DEL', KEYS[1])
@@ -70,7 +97,7 @@ return 0
 });
 
 /// An idempotency store in Redis (7 or later), shared by every instance of
-/// the app that points at the same server.
+/// the app that points at the same server or Redis Cluster.
 ///
 /// Each key is one string: `claimed:<token>` with the lease as its expiry,
 /// then `done` with the retention as its expiry. Redis's own clock ends both,
@@ -83,10 +110,51 @@ return 0
 ///
 /// Every call gives up after the per-call timeout (default
 /// [`DEFAULT_TIMEOUT`]) with [`StoreErrorKind::Timeout`]; a lost connection is
-/// [`StoreErrorKind::Unavailable`] and the [`ConnectionManager`] reconnects in
-/// the background. Either way the layer answers 503 and Clink retries. An
-/// answer lost to a timeout may still have claimed the key; that claim then
-/// holds until its lease ends.
+/// [`StoreErrorKind::Unavailable`] and the connection (a [`ConnectionManager`],
+/// or the cluster connection) reconnects in the background. Either way the
+/// layer answers 503 and Clink retries. An answer lost to a timeout may still
+/// have claimed the key; that claim then holds until its lease ends.
+///
+/// # Connecting
+///
+/// | to | call | feature |
+/// |---|---|---|
+/// | one server, `redis://` | [`connect`](Self::connect), or [`new`](Self::new) over your own [`ConnectionManager`] | `redis` |
+/// | one server over TLS, `rediss://`, a public CA | [`connect`](Self::connect) (the system's root certificates) | `redis-tls` |
+/// | one server over TLS, a private CA | `connect_with_tls(url, ca_pem)` | `redis-tls` |
+/// | a Redis Cluster | `connect_cluster(&[urls])`, or `new_cluster` over your own cluster connection | `redis-cluster` |
+/// | a Redis Cluster over TLS, a private CA | `connect_cluster_with_tls(&[urls], ca_pem)` | both |
+///
+/// TLS is the `redis` crate's rustls support with *ring*'s cryptography:
+/// neither OpenSSL nor native-tls is linked. The server's certificate must
+/// name the host of the URL (a DNS name or an IP address); there is no
+/// switch to skip that check.
+///
+/// # Keys
+///
+/// | what | key | value | expiry |
+/// |---|---|---|---|
+/// | an event id | the key the layer gives, `{prefix}:{account}:{event_id}` (see [Keys](super#keys)) | `claimed:<token>`, then `done` | the lease, then the retention |
+/// | an object's newest version | `{prefix}:{family}:{id}`, prefix [`DEFAULT_FRESHNESS_PREFIX`](Self::DEFAULT_FRESHNESS_PREFIX) unless [`with_freshness_prefix`](Self::with_freshness_prefix) sets another | `<created ms>\|<event id>` | [`freshness_retention`](Self::freshness_retention) after the last write |
+///
+/// The braces above name parts; the store adds no braces of its own. No
+/// Clink family contains a `:`, so two objects never share a key.
+///
+/// # Redis Cluster
+///
+/// Every Lua script reads and writes exactly one key, its `KEYS[1]`, and
+/// every other call (`GET`) one key too, so each call touches one hash slot
+/// and runs on the one node that serves it; no key needs a hash tag, and
+/// keys spread over the whole cluster. A `{...}` in a key or a prefix is a
+/// hash tag to Redis Cluster: it still works, but every key with the same
+/// tag lands on one node, so keep braces out of prefixes and account names
+/// unless that is what you want. A script that touches several keys would
+/// have to give them one common `{...}` tag; none does.
+///
+/// The store follows slot moves and failovers as the cluster connection
+/// does (`MOVED`, `ASK`, `TRYAGAIN` and `CLUSTERDOWN` are retried within the
+/// per-call timeout). Scripts are loaded on every primary when one answers
+/// `NOSCRIPT`, so a failover or a new node costs one extra round trip.
 ///
 /// # Durability
 ///
@@ -96,23 +164,20 @@ return 0
 /// run twice). For exactly-once across Redis crashes, run Redis with
 /// `appendonly yes` (`appendfsync everysec` or `always`), or use
 /// [`PostgresStore`](super::PostgresStore), whose marks are durable, and
-/// which can commit the mark together with your own writes.
+/// which can commit the mark together with your own writes. In a cluster,
+/// writes acknowledged by a primary that fails before its replica copied
+/// them are lost the same way.
 ///
 /// Every key has an expiry, so the server must not evict keys under memory
 /// pressure: run it with `maxmemory-policy noeviction` (Redis's default), so
 /// that a full server refuses writes (answered `503`) instead of dropping a
 /// live claim. [`connect`](Self::connect) logs a warning when the server says
-/// it has another policy.
+/// it has another policy (in a cluster, the node that answers the check).
 ///
 /// It is also a [`FreshnessStore`](crate::store::FreshnessStore) for
-/// [`EventRouter::ordering`](crate::EventRouter::ordering): one
-/// key per object, `{prefix}:{family}:{id}` (the prefix is
-/// [`DEFAULT_FRESHNESS_PREFIX`](Self::DEFAULT_FRESHNESS_PREFIX) unless
-/// [`with_freshness_prefix`](Self::with_freshness_prefix) sets another; no
-/// Clink family contains a `:`, so two objects never share a key), holding `<created ms>|<event id>` and expiring
-/// [`freshness_retention`](Self::freshness_retention) after it was last
-/// written. Recording is one Lua script that keeps the newer version;
-/// reading is one `GET`.
+/// [`EventRouter::ordering`](crate::EventRouter::ordering), with one key per
+/// object (see [Keys](#keys)). Recording is one Lua script that keeps the
+/// newer version; reading is one `GET`.
 ///
 /// # Example
 ///
@@ -128,7 +193,7 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     timeout: Duration,
     freshness_prefix: Arc<str>,
     freshness_retention: Duration,
@@ -138,45 +203,16 @@ impl RedisStore {
     /// A store over an existing connection manager, with the default timeout.
     #[must_use]
     pub fn new(connection: ConnectionManager) -> Self {
+        Self::with_connection(Connection::Single(connection))
+    }
+
+    fn with_connection(connection: Connection) -> Self {
         Self {
             connection,
             timeout: DEFAULT_TIMEOUT,
             freshness_prefix: Self::DEFAULT_FRESHNESS_PREFIX.into(),
             freshness_retention: DEFAULT_FRESHNESS_RETENTION,
         }
-    }
-
-    /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`).
-    ///
-    /// Connection attempts time out after [`DEFAULT_TIMEOUT`]. The returned
-    /// store reconnects by itself when the connection drops later.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreErrorKind::InvalidInput`] when `url` does not parse, and
-    /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when the
-    /// server cannot be reached. The message never repeats the URL, which may
-    /// hold a password.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|_| {
-            let why = if url.trim_start().starts_with("rediss://") {
-                "TLS (rediss://) is not built into this store; reach Redis over a TLS tunnel or a private network"
-            } else {
-                "the Redis URL does not parse (it is not shown: it may hold a password)"
-            };
-            StoreError::new(StoreErrorKind::InvalidInput, why)
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
-            .set_number_of_retries(1);
-        let connect = async {
-            ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|err| store_error("cannot connect to Redis", &err))
-        };
-        let store = Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?);
-        store.warn_unless_noeviction().await;
-        Ok(store)
     }
 
     /// Logs a warning when the server may evict keys under memory pressure:
@@ -236,7 +272,7 @@ impl RedisStore {
     /// Makes one `request` under the per-call timeout.
     async fn call<T>(
         &self,
-        request: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
+        request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
         timed(self.timeout, async {
@@ -341,6 +377,10 @@ fn store_error(context: &str, err: &RedisError) -> StoreError {
     if err.is_timeout() {
         return StoreError::new(StoreErrorKind::Timeout, format!("{context}: timed out"));
     }
+    #[cfg(feature = "redis-tls")]
+    if let Some(why) = connection::tls::failure(err) {
+        return unavailable(&why);
+    }
     if err.is_connection_refusal() {
         return unavailable("connection refused");
     }
@@ -386,4 +426,21 @@ fn unexpected(source: &str, reply: &Value) -> StoreError {
         StoreErrorKind::Protocol,
         format!("unexpected reply from {source}: {shape}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_touch_one_key() {
+        assert!(touches_one_key("redis.call('GET', KEYS[1])"));
+        assert!(!touches_one_key("return 1"));
+        assert!(!touches_one_key("redis.call('GET', KEYS[1], KEYS[2])"));
+        assert!(!touches_one_key("local k = KEYS; return k[1]"));
+        // Each script checks itself when it is first built.
+        for script in [&CLAIM, &COMPLETE, &RELEASE, &freshness::RECORD] {
+            LazyLock::force(script);
+        }
+    }
 }

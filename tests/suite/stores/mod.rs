@@ -15,6 +15,10 @@ mod freshness;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster;
+#[cfg(feature = "redis-tls")]
+mod redis_tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +78,9 @@ macro_rules! conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                conformance!(@run $servers, super::$case($subject, Keys::new(stringify!($case))));
+                // Keys unique per store too: two stores may share a server.
+                let keys = Keys::new(concat!(module_path!(), "::", stringify!($case)));
+                conformance!(@run $servers, super::$case($subject, keys));
             }
         )+
     };
@@ -108,6 +114,33 @@ mod postgres_conformance {
 
     conformance!(postgres, servers);
     conformance!(freshness postgres_freshness, servers);
+}
+
+#[cfg(feature = "redis-tls")]
+mod redis_tls_conformance {
+    use super::redis_tls::{freshness_store, store};
+    use crate::support::stores::Keys;
+
+    conformance!(store, servers);
+    conformance!(freshness freshness_store, servers);
+}
+
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster_conformance {
+    use super::redis_cluster::{freshness_store, store};
+    use crate::support::stores::Keys;
+
+    conformance!(store, servers);
+    conformance!(freshness freshness_store, servers);
+}
+
+#[cfg(all(feature = "redis-cluster", feature = "redis-tls"))]
+mod redis_cluster_tls_conformance {
+    use super::redis_cluster::{tls_freshness_store, tls_store};
+    use crate::support::stores::Keys;
+
+    conformance!(tls_store, servers);
+    conformance!(freshness tls_freshness_store, servers);
 }
 
 /// Every transition of the state machine in the module docs, one at a time.

@@ -1,0 +1,441 @@
+//! How a [`RedisStore`] reaches Redis: one server through a
+//! [`ConnectionManager`], or (feature `redis-cluster`) a Redis Cluster
+//! through the `redis` crate's async cluster connection; either over TLS
+//! with the feature `redis-tls`.
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Cmd, Pipeline, RedisFuture, Value};
+
+use super::{store_error, RedisStore};
+use crate::store::{timed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT};
+
+/// The connection every call of a [`RedisStore`] goes through.
+#[derive(Clone)]
+pub(super) enum Connection {
+    /// One server (or a primary behind one address), reconnected in the
+    /// background by the manager.
+    Single(ConnectionManager),
+    /// A Redis Cluster: each command goes to the node serving its key's
+    /// slot, following `MOVED` and `ASK` redirections.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis server at `url`: `redis://[[user]:password@]host:port[/db]`,
+    /// or, with the feature `redis-tls`, `rediss://…` for TLS, verified
+    /// against the system's root certificates (use `connect_with_tls` to
+    /// trust a private CA).
+    ///
+    /// Connection attempts time out after [`DEFAULT_TIMEOUT`]. The returned
+    /// store reconnects by itself when the connection drops later.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::InvalidInput`] when `url` does not parse, or is a
+    /// `rediss://` URL and the feature `redis-tls` is off (the message says
+    /// so); [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`]
+    /// when the server cannot be reached or its certificate is not trusted.
+    /// The message never repeats the URL, which may hold a password.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|_| url_error(url, cfg!(feature = "redis-tls")))?;
+        Self::connect_client(client).await
+    }
+
+    /// Connects to the Redis server at the `rediss://` URL `url` over TLS,
+    /// trusting only the CA certificates in `root_cert_pem` (PEM, one or
+    /// more `CERTIFICATE` blocks), for a server whose certificate a private
+    /// CA signed. The server's certificate must name the URL's host (as a
+    /// DNS name or an IP address).
+    ///
+    /// Otherwise as [`connect`](Self::connect): it times out after
+    /// [`DEFAULT_TIMEOUT`] and reconnects by itself later.
+    ///
+    /// TLS is rustls with *ring*'s cryptography: when the process has not
+    /// installed a default rustls `CryptoProvider`, the first TLS connection
+    /// installs *ring*'s (as rustls itself does when it is the only one
+    /// built in); install your own first to choose another.
+    ///
+    /// ```no_run
+    /// use clink_webhooks::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let store = RedisStore::connect_with_tls("rediss://:secret@redis.internal:6380/", &ca).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::InvalidInput`] when `url` does not parse or is not
+    /// `rediss://`, or `root_cert_pem` holds no certificate;
+    /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when
+    /// the server cannot be reached or its certificate is not trusted.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub async fn connect_with_tls(url: &str, root_cert_pem: &[u8]) -> Result<Self, StoreError> {
+        let certificates = tls::certificates(root_cert_pem)?;
+        if !is_tls_url(url) {
+            return Err(tls::plain_url_error());
+        }
+        let client = Client::build_with_tls(url, certificates)
+            .map_err(|_| url_error(url, cfg!(feature = "redis-tls")))?;
+        Self::connect_client(client).await
+    }
+
+    /// Connects through `client` with a [`ConnectionManager`], then checks
+    /// the server's eviction policy.
+    async fn connect_client(client: Client) -> Result<Self, StoreError> {
+        #[cfg(feature = "redis-tls")]
+        tls::ensure_crypto_provider();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+            .set_number_of_retries(1);
+        let connect = async {
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|err| store_error("cannot connect to Redis", &err))
+        };
+        let store = Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?);
+        store.warn_unless_noeviction().await;
+        Ok(store)
+    }
+}
+
+#[cfg(feature = "redis-cluster")]
+impl RedisStore {
+    /// A store over an existing Redis Cluster connection, with the default
+    /// timeout, for a cluster client configured by hand (read routing,
+    /// credentials providers, …).
+    #[must_use]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn new_cluster(connection: ::redis::cluster_async::ClusterConnection) -> Self {
+        Self::with_connection(Connection::Cluster(connection))
+    }
+
+    /// Connects to the Redis Cluster that the nodes at `urls` belong to
+    /// (`redis://[[user]:password@]host:port`, or `rediss://` with the
+    /// feature `redis-tls`, verified against the system's root
+    /// certificates). One reachable node is enough: the others are found
+    /// through it, and the store follows the cluster as slots move and
+    /// nodes fail over.
+    ///
+    /// Every call touches one key, so one hash slot (see
+    /// [Redis Cluster](RedisStore#redis-cluster)).
+    ///
+    /// ```no_run
+    /// use clink_webhooks::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect_cluster(&[
+    ///     "redis://10.0.0.1:6379/",
+    ///     "redis://10.0.0.2:6379/",
+    ///     "redis://10.0.0.3:6379/",
+    /// ])
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::InvalidInput`] when `urls` is empty, one of them
+    /// does not parse, or they give different credentials;
+    /// [`StoreErrorKind::Unavailable`] or [`StoreErrorKind::Timeout`] when
+    /// no node can be reached. Messages never repeat a URL.
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub async fn connect_cluster<U: AsRef<str>>(urls: &[U]) -> Result<Self, StoreError> {
+        let builder = cluster::builder(urls)?;
+        Self::connect_cluster_with(builder, urls).await
+    }
+
+    /// Connects to a Redis Cluster over TLS, as
+    /// [`connect_cluster`](Self::connect_cluster) with `rediss://` URLs,
+    /// trusting only the CA certificates in `root_cert_pem` (as
+    /// [`connect_with_tls`](Self::connect_with_tls) does). The nodes must
+    /// announce their TLS ports (Redis's `tls-cluster yes`, or
+    /// `cluster-announce-tls-port`).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_cluster`](Self::connect_cluster), and
+    /// [`StoreErrorKind::InvalidInput`] when a URL is not `rediss://` or
+    /// `root_cert_pem` holds no certificate.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(all(feature = "redis-cluster", feature = "redis-tls")))
+    )]
+    pub async fn connect_cluster_with_tls<U: AsRef<str>>(
+        urls: &[U],
+        root_cert_pem: &[u8],
+    ) -> Result<Self, StoreError> {
+        let certificates = tls::certificates(root_cert_pem)?;
+        if !urls.iter().all(|url| is_tls_url(url.as_ref())) {
+            return Err(tls::plain_url_error());
+        }
+        let builder = cluster::builder(urls)?.certs(certificates);
+        Self::connect_cluster_with(builder, urls).await
+    }
+
+    async fn connect_cluster_with<U: AsRef<str>>(
+        builder: ::redis::cluster::ClusterClientBuilder,
+        urls: &[U],
+    ) -> Result<Self, StoreError> {
+        #[cfg(feature = "redis-tls")]
+        tls::ensure_crypto_provider();
+        let client = builder
+            .connection_timeout(DEFAULT_TIMEOUT)
+            .build()
+            .map_err(|_| cluster::urls_error(urls))?;
+        let connect = async {
+            client
+                .get_async_connection()
+                .await
+                .map_err(|err| store_error("cannot connect to the Redis Cluster", &err))
+        };
+        let store = Self::new_cluster(timed(DEFAULT_TIMEOUT * 3, connect).await?);
+        store.warn_unless_noeviction().await;
+        Ok(store)
+    }
+}
+
+/// Whether `url` asks for TLS.
+fn is_tls_url(url: &str) -> bool {
+    url.trim_start()
+        .get(.."rediss://".len())
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+}
+
+/// Why `url` was refused, without repeating it (it may hold a password):
+/// a `rediss://` URL while TLS is not `tls_built_in` names the feature that
+/// builds it in.
+pub(super) fn url_error(url: &str, tls_built_in: bool) -> StoreError {
+    let why = if is_tls_url(url) && !tls_built_in {
+        "TLS (rediss://) is not built in: enable the `redis-tls` feature of clink-webhooks, \
+         or reach Redis over a TLS tunnel or a private network"
+    } else {
+        "the Redis URL does not parse (it is not shown: it may hold a password)"
+    };
+    StoreError::new(StoreErrorKind::InvalidInput, why)
+}
+
+#[cfg(feature = "redis-cluster")]
+mod cluster {
+    use ::redis::cluster::ClusterClientBuilder;
+
+    use super::url_error;
+    use crate::store::{StoreError, StoreErrorKind};
+
+    /// A cluster client builder over `urls`, refusing an empty list.
+    pub(super) fn builder<U: AsRef<str>>(urls: &[U]) -> Result<ClusterClientBuilder, StoreError> {
+        if urls.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "no Redis Cluster node URL given",
+            ));
+        }
+        Ok(ClusterClientBuilder::new(urls.iter().map(AsRef::as_ref)))
+    }
+
+    /// Why the cluster client refused `urls`, without repeating any of them.
+    pub(super) fn urls_error<U: AsRef<str>>(urls: &[U]) -> StoreError {
+        for url in urls {
+            if ::redis::Client::open(url.as_ref()).is_err() {
+                return url_error(url.as_ref(), cfg!(feature = "redis-tls"));
+            }
+        }
+        StoreError::new(
+            StoreErrorKind::InvalidInput,
+            "the Redis Cluster node URLs give different credentials or TLS settings \
+             (they are not shown: they may hold a password)",
+        )
+    }
+}
+
+#[cfg(feature = "redis-tls")]
+pub(super) mod tls {
+    use std::sync::Arc;
+
+    use ::redis::{RedisError, TlsCertificates};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    use crate::store::{StoreError, StoreErrorKind};
+
+    /// The certificates that make a client trust exactly the CAs in `pem`.
+    pub(super) fn certificates(pem: &[u8]) -> Result<TlsCertificates, StoreError> {
+        let invalid = |why: &str| StoreError::new(StoreErrorKind::InvalidInput, why);
+        let mut count = 0_usize;
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            certificate.map_err(|_| invalid("the root certificate PEM does not parse"))?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(invalid(
+                "the root certificate PEM holds no CERTIFICATE block",
+            ));
+        }
+        Ok(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        })
+    }
+
+    /// A root certificate was given with a URL that does not ask for TLS.
+    pub(super) fn plain_url_error() -> StoreError {
+        StoreError::new(
+            StoreErrorKind::InvalidInput,
+            "a root certificate is given, so the Redis URL must be rediss:// (TLS)",
+        )
+    }
+
+    /// What went wrong in the TLS handshake behind `err`, if that is what
+    /// failed: fixed words per kind of failure, never names from the
+    /// certificate or the URL.
+    pub(in crate::store::redis) fn failure(err: &RedisError) -> Option<String> {
+        let inner = std::error::Error::source(err)?
+            .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()?;
+        let inner: &(dyn std::error::Error + 'static) = &**inner;
+        let tls = match inner.downcast_ref::<rustls::Error>() {
+            Some(tls) => tls,
+            None => inner
+                .downcast_ref::<std::io::Error>()?
+                .get_ref()?
+                .downcast_ref::<rustls::Error>()?,
+        };
+        Some(describe(tls))
+    }
+
+    fn describe(err: &rustls::Error) -> String {
+        use rustls::CertificateError as Cert;
+
+        let why = match err {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                Cert::UnknownIssuer => "the server's certificate is not signed by a trusted CA",
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    "the server's certificate does not name the host of the URL"
+                }
+                Cert::Expired
+                | Cert::ExpiredContext { .. }
+                | Cert::NotValidYet
+                | Cert::NotValidYetContext { .. } => {
+                    "the server's certificate is expired or not valid yet"
+                }
+                _ => "the server's certificate was refused",
+            },
+            rustls::Error::NoCertificatesPresented => "the server presented no certificate",
+            rustls::Error::AlertReceived(alert) => {
+                return format!("TLS handshake failed: the server sent the alert {alert:?}");
+            }
+            _ => "TLS handshake failed",
+        };
+        format!("TLS: {why}")
+    }
+
+    /// Installs *ring* as the process's rustls provider unless one is
+    /// installed, so that building a TLS configuration never panics when
+    /// several providers are compiled in.
+    pub(super) fn ensure_crypto_provider() {
+        if CryptoProvider::get_default().is_none() {
+            // Another thread may install one meanwhile; either is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rediss_without_tls_names_the_feature() {
+        let url = "rediss://:hunter2@redis.example:6380/";
+        let err = url_error(url, false);
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains("`redis-tls` feature"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        // Schemes are case-insensitive, and leading blanks are forgiven.
+        assert!(url_error(" REDISS://h:1/", false)
+            .to_string()
+            .contains("redis-tls"));
+
+        // With TLS built in, or for another URL, it is a parse error.
+        for (url, tls) in [(url, true), ("redis://:hunter2@[::1", false)] {
+            let text = url_error(url, tls).to_string();
+            assert!(text.contains("does not parse"), "{text}");
+            assert!(!text.contains("redis-tls"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    /// Only in builds without the feature (`cargo test --lib --features redis`).
+    #[cfg(not(feature = "redis-tls"))]
+    #[tokio::test]
+    async fn rediss_is_refused_without_the_feature() {
+        let err = RedisStore::connect("rediss://:hunter2@127.0.0.1:6380/")
+            .await
+            .expect_err("TLS is not built in");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+    }
+
+    #[test]
+    fn tls_urls_are_recognised() {
+        assert!(is_tls_url("rediss://127.0.0.1:6380/"));
+        assert!(is_tls_url("Rediss://h/"));
+        assert!(!is_tls_url("redis://127.0.0.1:6379/"));
+        assert!(!is_tls_url("rediss:"));
+        assert!(!is_tls_url("ü"));
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn root_certificates_must_be_pem() {
+        for bad in [
+            &b""[..],
+            b"not a certificate",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
+            let err = tls::certificates(bad).expect_err("no certificate");
+            assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        }
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        let err = tls::certificates(broken).expect_err("bad base64");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    }
+}
