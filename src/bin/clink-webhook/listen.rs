@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::poll_fn;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::output::{Output, Tone};
+use crate::output::{escaped, Output, Tone};
 
 /// How long a connection may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -208,15 +207,6 @@ fn print_delivery<B>(out: &Output, response: &Response<B>) {
     out.line(&line);
 }
 
-/// `text` as is when it is printable, else quoted with escapes.
-fn escaped(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
-}
-
 /// Ctrl-C and SIGTERM, listened for from the moment it is made, so that a
 /// signal sent as soon as the address is printed is not missed.
 struct Shutdown {
@@ -259,7 +249,7 @@ impl Shutdown {
     }
 }
 
-pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, CliError> {
+pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError> {
     if !args.path.starts_with('/') {
         return Err(CliError::usage(format!(
             "--path {}: a path starts with /",
@@ -267,7 +257,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
         )));
     }
     let secret = args.key.secret()?;
-    let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::usage(e.to_string()))?;
+    let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::no_key(e.to_string()))?;
     drop(secret);
     let pipeline: Pipeline = ClinkLayer::new(verifier).layer(router());
 
@@ -298,5 +288,5 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<ExitCode, Cli
         .serve(listener, service, async move { shutdown.requested().await })
         .await;
     eprintln!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -6,12 +6,14 @@ mod listen;
 mod output;
 mod send;
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
 use clink_webhooks::testing::fixture;
 use clink_webhooks::{sign, EventType, Timestamp, Verifier};
@@ -35,7 +37,20 @@ Exit codes:
   0  success: the signature verified, every delivery got a 2xx
   1  a signature did not verify, or a delivery got a status other than 2xx
   2  usage or I/O error: bad arguments, unknown event type, unreadable file,
-     bad URL, unreachable host, port in use";
+     bad URL, unreachable host, port in use
+
+Errors: in text, `error: MESSAGE` on stderr. With --json, one JSON object on
+stderr, {\"error\": CODE, \"message\": TEXT}, whenever the exit code is not 0
+(a failed verification or delivery is also in the output on stdout, as in
+text). CODE is one of these, shown with its exit code:
+  usage               bad arguments: unknown flag, missing or invalid value   2
+  unknown_event_type  TYPE is not one of the 44 event types                   2
+  no_signing_key      no signing key, an empty one, or env:NAME is not set    2
+  bad_url             --to is not an http:// URL with a host                  2
+  io                  a file, stdin, the port or the runtime failed           2
+  invalid_signature   verify: the signature did not verify                    1
+  non_2xx             send: a delivery got a status other than 2xx            1
+  unreachable         send: a delivery got no answer (refused, timeout)       2";
 
 /// Sign, check, send and receive Clink webhooks.
 #[derive(Debug, Parser)]
@@ -98,13 +113,13 @@ impl KeyArgs {
         };
         match value {
             Some(secret) if !secret.is_empty() => Ok(Zeroizing::new(secret)),
-            Some(_) => Err(CliError::usage(format!(
+            Some(_) => Err(CliError::no_key(format!(
                 "{source}: the signing key is empty"
             ))),
-            None if self.secret.is_some() => Err(CliError::usage(format!(
+            None if self.secret.is_some() => Err(CliError::no_key(format!(
                 "{source}: that environment variable is not set"
             ))),
-            None => Err(CliError::usage(format!(
+            None => Err(CliError::no_key(format!(
                 "no signing key: pass --secret SECRET (or --secret env:NAME), or set {KEY_VARIABLE}"
             ))),
         }
@@ -161,17 +176,184 @@ struct FixtureArgs {
     list: bool,
 }
 
-/// An error that ends the command with exit code 2.
+/// What kind of error ended a command: the `error` code of a JSON error,
+/// and the exit code. The codes are listed in [`AFTER_HELP`]; they are
+/// stable, so add to them rather than rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorCode {
+    /// Bad arguments: clap's own errors, and checks clap cannot make.
+    Usage,
+    /// An event type that is not one of the 44.
+    UnknownEventType,
+    /// No signing key, an empty one, or `env:NAME` naming an unset variable.
+    NoSigningKey,
+    /// `--to` is not an `http://` URL with a host.
+    BadUrl,
+    /// A file, stdin, the port or the runtime could not be used.
+    Io,
+    /// `verify`: the signature did not verify.
+    InvalidSignature,
+    /// `send`: a delivery got a status other than 2xx.
+    Non2xx,
+    /// `send`: a delivery got no answer at all.
+    Unreachable,
+}
+
+impl ErrorCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Usage => "usage",
+            Self::UnknownEventType => "unknown_event_type",
+            Self::NoSigningKey => "no_signing_key",
+            Self::BadUrl => "bad_url",
+            Self::Io => "io",
+            Self::InvalidSignature => "invalid_signature",
+            Self::Non2xx => "non_2xx",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Self::InvalidSignature | Self::Non2xx => ExitCode::from(1),
+            _ => ExitCode::from(2),
+        }
+    }
+}
+
+/// An error that ends the command with a non-zero exit code. Its message
+/// never holds a secret.
 #[derive(Debug)]
-struct CliError(String);
+struct CliError {
+    code: ErrorCode,
+    message: String,
+    /// The text output already says it (a failed verification, a summary
+    /// with failed deliveries): only `--json` prints it again, on stderr.
+    reported: bool,
+}
 
 impl CliError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reported: false,
+        }
+    }
+
     fn usage(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self::new(ErrorCode::Usage, message)
+    }
+
+    fn no_key(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NoSigningKey, message)
     }
 
     fn io(context: &str, error: &dyn std::error::Error) -> Self {
-        Self(format!("{context}: {}", error_chain(error)))
+        Self::new(ErrorCode::Io, format!("{context}: {}", error_chain(error)))
+    }
+
+    /// A failure the command's output has already shown.
+    fn reported(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            reported: true,
+            ..Self::new(code, message)
+        }
+    }
+
+    /// Prints the error (unless text output already showed it) and gives its exit code.
+    fn finish(self, out: &Output) -> ExitCode {
+        if out.json || !self.reported {
+            out.error(self.code.as_str(), &self.message);
+        }
+        self.code.exit_code()
+    }
+}
+
+/// Whether `--json` is among the raw arguments (before any `--`), so that
+/// an error clap finds in them can be printed as JSON too.
+fn json_requested(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// The secrets among the raw arguments and in the environment, to keep out
+/// of messages that quote an argument.
+fn secrets_in(args: &[OsString]) -> Vec<String> {
+    let mut secrets: Vec<String> = std::env::var(KEY_VARIABLE).ok().into_iter().collect();
+    let mut args = args.iter().filter_map(|arg| arg.to_str());
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--secret") {
+            Some("") => args.next(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        secrets.extend(value.map(str::to_owned));
+    }
+    secrets.retain(|secret| !secret.is_empty() && !secret.starts_with("env:"));
+    secrets
+}
+
+/// A clap error as a [`CliError`]: its code, and its message on one line
+/// without the usage and the `--help` pointer.
+fn clap_error(error: &clap::Error, args: &[OsString]) -> CliError {
+    let unknown_type = error.kind() == ErrorKind::InvalidValue
+        && matches!(
+            error.get(ContextKind::InvalidArg),
+            Some(ContextValue::String(arg)) if arg.contains("TYPE")
+        );
+    let code = if unknown_type {
+        ErrorCode::UnknownEventType
+    } else {
+        ErrorCode::Usage
+    };
+    let rendered = match error.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            "a command is required: sign, verify, fixture, send or listen".to_owned()
+        }
+        _ => error.render().to_string(),
+    };
+    let mut message = String::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        // The 44 names are a command away; the tip names the nearest one.
+        if line.is_empty() || (unknown_type && line.starts_with("[possible values:")) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(if message.ends_with(':') { " " } else { "; " });
+        }
+        message.push_str(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    if unknown_type {
+        message.push_str("; list them with `clink-webhook fixture --list`");
+    }
+    for secret in secrets_in(args) {
+        message = message.replace(&secret, "[redacted]");
+    }
+    CliError::new(code, message)
+}
+
+/// The parsed command line. Help and version print as usual; with `--json`
+/// anywhere in the arguments, other clap errors print as JSON errors.
+fn parse() -> Result<Cli, CliError> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(cli),
+        Err(error)
+            if json_requested(&args)
+                && !matches!(
+                    error.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ) =>
+        {
+            Err(clap_error(&error, &args))
+        }
+        Err(error) => error.exit(),
     }
 }
 
@@ -219,7 +401,7 @@ fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
     }
 }
 
-fn run_sign(out: &Output, args: &SignArgs) -> Result<ExitCode, CliError> {
+fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {
     let secret = args.key.secret()?;
     let body = read_body(&args.body_file)?;
     let timestamp = args
@@ -233,14 +415,14 @@ fn run_sign(out: &Output, args: &SignArgs) -> Result<ExitCode, CliError> {
         out.line(&format!("X-Clink-Timestamp: {timestamp}"));
         out.line(&format!("X-Clink-Signature: {signature}"));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn run_verify(out: &Output, args: &VerifyArgs) -> Result<ExitCode, CliError> {
+fn run_verify(out: &Output, args: &VerifyArgs) -> Result<(), CliError> {
     let secret = args.key.secret()?;
     let body = read_body(&args.body_file)?;
     let verifier = Verifier::new(secret.as_bytes())
-        .map_err(|e| CliError::usage(e.to_string()))?
+        .map_err(|e| CliError::no_key(e.to_string()))?
         .tolerance(Duration::from_secs(args.tolerance_seconds));
     let now = args
         .now_ms
@@ -265,7 +447,7 @@ fn run_verify(out: &Output, args: &VerifyArgs) -> Result<ExitCode, CliError> {
                     out.paint(Tone::Good, "valid")
                 ));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Err(error) => {
             let code = error.kind().code();
@@ -279,12 +461,15 @@ fn run_verify(out: &Output, args: &VerifyArgs) -> Result<ExitCode, CliError> {
                     out.paint(Tone::Bad, "invalid")
                 ));
             }
-            Ok(ExitCode::from(1))
+            Err(CliError::reported(
+                ErrorCode::InvalidSignature,
+                error.to_string(),
+            ))
         }
     }
 }
 
-fn run_fixture(out: &Output, args: &FixtureArgs) -> ExitCode {
+fn run_fixture(out: &Output, args: &FixtureArgs) {
     match &args.event_type {
         Some(event_type) if out.json => {
             let body: serde_json::Value =
@@ -302,7 +487,6 @@ fn run_fixture(out: &Output, args: &FixtureArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -313,17 +497,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => return error.finish(&Output::new(true)),
+    };
     let out = Output::new(cli.json);
     let result = match &cli.command {
         Command::Sign(args) => run_sign(&out, args),
         Command::Verify(args) => run_verify(&out, args),
-        Command::Fixture(args) => Ok(run_fixture(&out, args)),
+        Command::Fixture(args) => {
+            run_fixture(&out, args);
+            Ok(())
+        }
         Command::Send(args) => runtime().and_then(|rt| rt.block_on(send::run(&out, args))),
         Command::Listen(args) => runtime().and_then(|rt| rt.block_on(listen::run(&out, args))),
     };
-    result.unwrap_or_else(|CliError(message)| {
-        out.error(&message);
-        ExitCode::from(2)
-    })
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => error.finish(&out),
+    }
 }

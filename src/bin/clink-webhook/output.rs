@@ -66,10 +66,33 @@ impl Output {
         self.line(&value.to_string());
     }
 
-    /// Prints an error on stderr.
-    pub(crate) fn error(&self, message: &str) {
+    /// Prints an error on stderr: `error: MESSAGE`, or with `--json` one
+    /// object, `{"error": CODE, "message": MESSAGE}`.
+    pub(crate) fn error(&self, code: &str, message: &str) {
+        let text = if self.json {
+            serde_json::json!({ "error": code, "message": message }).to_string()
+        } else {
+            format!("error: {message}")
+        };
         let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "error: {message}");
+        let _ = writeln!(stderr, "{text}");
+    }
+
+    /// Prints a hint on stderr, in text output (JSON puts hints in a field).
+    pub(crate) fn hint(&self, text: &str) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "hint: {text}");
+    }
+}
+
+/// `text` as is when it is printable, else quoted with Rust's escapes, so
+/// that a value from elsewhere (a body, a receiver's answer) can neither
+/// colour the terminal nor fake a line of output.
+pub(crate) fn escaped(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() || c == '"') {
+        format!("{text:?}")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -94,5 +117,17 @@ mod tests {
             "{text:?}"
         );
         assert!(!Output::new(true).color, "JSON is never coloured");
+    }
+
+    #[test]
+    fn values_with_control_characters_or_quotes_are_escaped() {
+        assert_eq!(escaped("signature_mismatch"), "signature_mismatch");
+        assert_eq!(escaped("caf\u{e9} ok"), "caf\u{e9} ok");
+        assert_eq!(
+            escaped("\u{1b}[31mred\nsent 1"),
+            "\"\\u{1b}[31mred\\nsent 1\""
+        );
+        assert_eq!(escaped("say \"hi\""), "\"say \\\"hi\\\"\"");
+        assert_eq!(escaped("a\u{7f}b"), "\"a\\u{7f}b\"");
     }
 }

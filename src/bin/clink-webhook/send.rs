@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +15,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanFloatCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::output::{Output, Tone};
-use crate::{error_chain, event_type, read_body, CliError, KeyArgs};
+use crate::output::{escaped, Output, Tone};
+use crate::{error_chain, event_type, read_body, CliError, ErrorCode, KeyArgs};
 
 pub(crate) const AFTER_HELP: &str = "\
 Only plain http:// is supported: TLS is not built in. To reach an HTTPS
@@ -31,7 +30,15 @@ tunnel that listens on http://.
 
 Each delivery is signed when it is sent, so --repeat N sends the same event
 (same id) N times, each signed afresh, as Clink's retries are; --unique gives
-every delivery its own event id instead, for load.
+every delivery its own event id instead, for load; --quiet prints only the
+summary.
+
+When the receiver answers 401, a hint about the signing key (or the clock)
+follows the summary, once, on stderr; with --json it is the `hint` field of
+the summary's line.
+
+Values from the receiver's answers are printed escaped when they hold
+control characters or quotes.
 
 Exit code: 0 when every delivery got a 2xx, 1 when any got another status,
 2 when any could not be delivered at all (connection refused, timeout).";
@@ -44,6 +51,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_LIMIT: usize = 64 * 1024;
 /// From how many deliveries on a progress bar is shown (on a terminal).
 const PROGRESS_FROM: u64 = 50;
+
+/// The hint after a 401 for the signature: the usual cause is two keys.
+const SIGNATURE_HINT: &str = "the receiver refused the signature (401): its signing key \
+     must be the same secret this command signs with; pass that secret with --secret SECRET, \
+     --secret env:NAME or CLINK_WEBHOOK_SIGNING_KEY";
+/// The hint after a 401 for the timestamp.
+const TIMESTAMP_HINT: &str = "the receiver refused the timestamp (401): its clock and this \
+     machine's differ by more than its tolerance; check both clocks";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Unit {
@@ -103,6 +118,10 @@ pub(crate) struct SendArgs {
     /// the same object is stale.
     #[arg(long, value_name = "TIME", value_parser = created_time)]
     created: Option<Timestamp>,
+    /// Print only the summary: no line per delivery, no progress bar (for a
+    /// large --repeat).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn created_time(text: &str) -> Result<Timestamp, String> {
@@ -117,14 +136,16 @@ fn created_time(text: &str) -> Result<Timestamp, String> {
 fn target(url: &str) -> Result<Uri, CliError> {
     // The URL is not repeated: it may carry `user:password@`.
     let not_http = || {
-        CliError::usage(
+        CliError::new(
+            ErrorCode::BadUrl,
             "--to: expected an http:// URL with a host, such as http://127.0.0.1:3000/webhooks/clink",
         )
     };
     let uri: Uri = url.parse().map_err(|_| not_http())?;
     match uri.scheme_str() {
         Some("http") if uri.host().is_some() => Ok(uri),
-        Some("https") => Err(CliError::usage(
+        Some("https") => Err(CliError::new(
+            ErrorCode::BadUrl,
             "--to: https is not supported, TLS is not built in; send to the plain \
              http:// address of a local receiver, or through a TLS-terminating proxy or tunnel",
         )),
@@ -218,6 +239,10 @@ struct Summary {
     other: u64,
     failed: u64,
     latencies: Vec<Duration>,
+    /// Some delivery got 401 for its timestamp.
+    timestamp_refused: bool,
+    /// Some delivery got 401 for anything else: its signature, most likely.
+    signature_refused: bool,
 }
 
 impl Summary {
@@ -226,6 +251,14 @@ impl Summary {
         match &delivery.answer {
             Ok(answer) => {
                 self.latencies.push(delivery.latency);
+                if answer.status == http::StatusCode::UNAUTHORIZED {
+                    match answer.detail.as_deref() {
+                        Some("timestamp_too_old" | "timestamp_in_future") => {
+                            self.timestamp_refused = true;
+                        }
+                        _ => self.signature_refused = true,
+                    }
+                }
                 match answer.status.as_u16() {
                     200..=299 => self.ok += 1,
                     409 => self.conflict += 1,
@@ -249,18 +282,45 @@ impl Summary {
         Some(self.latencies[rank.min(last)].as_secs_f64() * 1000.0)
     }
 
-    fn exit_code(&self) -> ExitCode {
-        if self.failed > 0 {
-            ExitCode::from(2)
-        } else if self.ok == self.sent {
-            ExitCode::SUCCESS
+    /// What to check after a 401, unless the 401 is what `--tamper` or
+    /// `--skew` asked for.
+    fn hint(&self, args: &SendArgs) -> Option<&'static str> {
+        if self.signature_refused && !args.tamper {
+            Some(SIGNATURE_HINT)
+        } else if self.timestamp_refused && args.skew == 0 {
+            Some(TIMESTAMP_HINT)
         } else {
-            ExitCode::from(1)
+            None
+        }
+    }
+
+    /// Why the run failed, if it did: any delivery without an answer
+    /// (exit 2), else any answer other than 2xx (exit 1).
+    fn failure(&self) -> Option<CliError> {
+        if self.failed > 0 {
+            Some(CliError::reported(
+                ErrorCode::Unreachable,
+                format!(
+                    "{} of {} deliveries got no answer (connection refused, timeout)",
+                    self.failed, self.sent
+                ),
+            ))
+        } else if self.ok < self.sent {
+            Some(CliError::reported(
+                ErrorCode::Non2xx,
+                format!(
+                    "{} of {} deliveries got a status other than 2xx",
+                    self.sent - self.ok,
+                    self.sent
+                ),
+            ))
+        } else {
+            None
         }
     }
 }
 
-pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<ExitCode, CliError> {
+pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
     let secret = Arc::new(args.key.secret()?);
     let uri = target(&args.to)?;
     let bodies = Arc::new(Bodies::new(args)?);
@@ -322,16 +382,26 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<ExitCode, CliEr
     }
     drop(tx);
 
-    let progress = progress_bar(total);
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        progress_bar(total)
+    };
     let mut summary = Summary::default();
     while let Some(delivery) = rx.recv().await {
         summary.add(&delivery);
-        progress.suspend(|| print_delivery(out, total, &delivery));
-        progress.inc(1);
+        if !args.quiet {
+            progress.suspend(|| print_delivery(out, total, &delivery));
+            progress.inc(1);
+        }
     }
     progress.finish_and_clear();
-    print_summary(out, &mut summary);
-    Ok(summary.exit_code())
+    let hint = summary.hint(args);
+    print_summary(out, &mut summary, hint);
+    if let (Some(hint), false) = (hint, out.json) {
+        out.hint(hint);
+    }
+    summary.failure().map_or(Ok(()), Err)
 }
 
 async fn deliver(
@@ -375,11 +445,26 @@ fn progress_bar(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {per_sec} ({eta})")
-    {
-        bar.set_style(style);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {rate} ({eta})") {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(state.per_sec()));
+            },
+        ));
     }
     bar
+}
+
+/// A rate per second, rounded: `2,056/s`, or to a tenth below 100/s (`42.5/s`).
+fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "0/s".to_owned()
+    } else if per_sec < 99.95 {
+        format!("{:.1}/s", HumanFloatCount(per_sec))
+    } else {
+        format!("{:.0}/s", HumanFloatCount(per_sec))
+    }
 }
 
 fn print_delivery(out: &Output, total: u64, delivery: &Delivery) {
@@ -411,28 +496,31 @@ fn print_delivery(out: &Output, total: u64, delivery: &Delivery) {
                 status.canonical_reason().unwrap_or("")
             );
             if let Some(detail) = &answer.detail {
-                text = format!("{text} ({detail})");
+                // From the receiver: it must not colour the terminal or fake a line.
+                text = format!("{text} ({})", escaped(detail));
             }
             let tone = match answer.detail.as_deref() {
                 Some("duplicate") => Tone::Note,
                 _ => Output::status_tone(status.as_u16()),
             };
             out.line(&format!(
-                "{n}/{total}  {}  {event_id}  {latency_ms:.1} ms",
-                out.paint(tone, text.trim_end())
+                "{n}/{total}  {}  {}  {latency_ms:.1} ms",
+                out.paint(tone, text.trim_end()),
+                escaped(event_id)
             ));
         }
         Err(error) => out.line(&format!(
-            "{n}/{total}  {}  {event_id}",
-            out.paint(Tone::Bad, &format!("not delivered: {error}"))
+            "{n}/{total}  {}  {}",
+            out.paint(Tone::Bad, &format!("not delivered: {error}")),
+            escaped(event_id)
         )),
     }
 }
 
-fn print_summary(out: &Output, summary: &mut Summary) {
+fn print_summary(out: &Output, summary: &mut Summary, hint: Option<&str>) {
     let (p50, p99) = (summary.percentile_ms(50), summary.percentile_ms(99));
     if out.json {
-        out.json_line(&json!({ "summary": {
+        let mut line = json!({ "summary": {
             "sent": summary.sent,
             "2xx": summary.ok,
             "409": summary.conflict,
@@ -442,7 +530,11 @@ fn print_summary(out: &Output, summary: &mut Summary) {
             "not_delivered": summary.failed,
             "p50_ms": p50,
             "p99_ms": p99,
-        }}));
+        }});
+        if let Some(hint) = hint {
+            line["hint"] = Value::from(hint);
+        }
+        out.json_line(&line);
         return;
     }
     let mut text = format!(
@@ -468,7 +560,7 @@ mod tests {
     #[test]
     fn only_plain_http_urls_with_a_host_are_targets() {
         assert!(target("http://127.0.0.1:3000/webhooks/clink").is_ok());
-        let https = target("https://example.com/hook").unwrap_err().0;
+        let https = target("https://example.com/hook").unwrap_err().message;
         assert!(https.contains("TLS is not built in"), "{https}");
         for bad in [
             "127.0.0.1:3000/hook",
@@ -490,6 +582,19 @@ mod tests {
         assert_eq!(summary.percentile_ms(50), Some(50.0));
         assert_eq!(summary.percentile_ms(99), Some(99.0));
         assert_eq!(Summary::default().percentile_ms(99), None);
+    }
+
+    #[test]
+    fn rates_are_rounded() {
+        assert_eq!(rate(2_055.876_3), "2,056/s");
+        assert_eq!(rate(123_456.7), "123,457/s");
+        assert_eq!(rate(100.4), "100/s");
+        assert_eq!(rate(99.96), "100/s");
+        assert_eq!(rate(42.54), "42.5/s");
+        assert_eq!(rate(7.0), "7/s");
+        assert_eq!(rate(0.04), "0/s");
+        assert_eq!(rate(0.0), "0/s");
+        assert_eq!(rate(f64::NAN), "0/s");
     }
 
     #[test]
