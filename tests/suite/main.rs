@@ -15,6 +15,8 @@ mod support;
 mod axum;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_output;
 mod events;
 #[cfg(feature = "test-util")]
 mod example;

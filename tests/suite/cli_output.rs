@@ -1,7 +1,6 @@
 //! What `clink-webhook` prints: errors as JSON with `--json`, `send --quiet`,
 //! the progress bar's rounded rate, the hint after a 401, and values from a
 //! receiver printed escaped. Self-contained: it starts its own receivers.
-#![cfg(feature = "cli")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
