@@ -206,3 +206,55 @@ async fn postgres_readiness_follows_the_server() {
     assert!(text.starts_with("not ready: "), "{text}");
     assert!(!text.contains(&url), "{text}");
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_readiness_follows_the_server() {
+    use clink_webhooks::store::RedisStore;
+
+    // A server of this test's own, so stopping it disturbs no other test.
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/test");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let store = loop {
+        match RedisStore::connect(&url).await {
+            Ok(store) => break store,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the server never answered: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let store = store.with_timeout(Duration::from_millis(500)).unwrap();
+    let layer = ClinkLayer::new(Verifier::new(KEY).unwrap()).store(store);
+    layer.readiness().check().await.unwrap();
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let started = Instant::now();
+    let error = layer.readiness().check().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.to_string().starts_with("not ready: "), "{error}");
+}

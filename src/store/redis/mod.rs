@@ -365,6 +365,20 @@ impl IdempotencyStore for RedisStore {
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move { self.settle(&RELEASE, key, &[token.as_str()]).await })
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            timed(self.timeout, async {
+                ::redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(drop)
+                    .map_err(|err| store_error("PING", &err))
+            })
+            .await
+        })
+    }
 }
 
 /// A [`StoreError`] for a failed Redis call, built from the error's kind and
