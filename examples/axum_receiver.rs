@@ -13,6 +13,16 @@
 //! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
 //! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
 //!
+//! With `CLINK_INBOX=sqlite:<path>` (built with `--features sqlite`) or
+//! `CLINK_INBOX=postgres` (with `--features postgres` and `DATABASE_URL`) it
+//! acknowledges each delivery after writing it to that durable inbox, and
+//! workers in the same process run the handlers, printing the same line;
+//! `CLINK_INBOX_SETTLE_MS` (default 1000) and `CLINK_INBOX_LEASE_MS`
+//! (default 30000) set the settle delay and the workers' lease.
+//! `CLINK_EXAMPLE_HANDLER_DELAY_MS` makes every handler take that long (it
+//! prints `handling <type> <id>` on stderr first), to watch a slow handler
+//! with and without the inbox.
+//!
 //! `GET /health` answers `200 ok` while its store answers and `503` with
 //! the reason when it does not; `GET /metrics` serves the crate's metrics in
 //! Prometheus' text format (see `clink_webhooks::layer` for the names). In
@@ -33,17 +43,19 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use clink_webhooks::data::Resource;
+use clink_webhooks::inbox::Workers;
 use clink_webhooks::layer::Readiness;
 use clink_webhooks::ordering::Freshness;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
 use clink_webhooks::server::Server;
-use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, MemoryStore};
+use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, Inbox, MemoryStore};
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
@@ -69,6 +81,32 @@ fn printable(text: &str) -> String {
     }
 }
 
+/// How long each handler takes, from `CLINK_EXAMPLE_HANDLER_DELAY_MS`
+/// (default 0): a stand-in for a slow call, to watch the inbox and shutdown
+/// at work.
+fn handler_delay() -> Duration {
+    static DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let millis = env_value("CLINK_EXAMPLE_HANDLER_DELAY_MS").and_then(|ms| ms.parse().ok());
+        Duration::from_millis(millis.unwrap_or(0))
+    })
+}
+
+/// Runs the "work" of a handler: the optional delay, then the line.
+async fn handle<T>(event: Event<T>) -> Result<(), std::io::Error> {
+    let delay = handler_delay();
+    if !delay.is_zero() {
+        eprintln!(
+            "handling {} {}",
+            printable(event.event_type.as_str()),
+            printable(&event.id)
+        );
+        tokio::time::sleep(delay).await;
+    }
+    report(&event);
+    Ok(())
+}
+
 /// Prints the line every handler run produces, and a note on stderr when a
 /// newer event about the same object was already handled.
 fn report<T>(event: &Event<T>) {
@@ -90,8 +128,7 @@ impl EveryHandler for Handled {
         &self,
         event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
-        report(&event);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(handle(event))
     }
 }
 
@@ -102,8 +139,7 @@ fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<Wi
         // A handler of its own, with the app's state next to the event.
         .on::<events::OrderSucceeded, _>(|event, state: AppState| async move {
             state.paid_orders.fetch_add(1, Ordering::Relaxed);
-            report(&event);
-            Ok::<_, std::io::Error>(())
+            handle(event).await
         })
         // Names Clink adds after this version of the crate.
         .on_unhandled(|event, _state: AppState| {
@@ -200,9 +236,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let (idempotency, freshness) = stores().await?;
-    let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let router = router(AppState::default(), freshness);
+    let mut layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let mut workers = None;
+    if let Some(inbox) = inbox().await? {
+        // Acknowledge after one write; workers in this process run the
+        // handlers, in order per object, with retries.
+        layer = layer.inbox(Arc::clone(&inbox));
+        let ms = |var: &str, default: u64| {
+            Duration::from_millis(
+                env_value(var)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default),
+            )
+        };
+        workers = Some(
+            Workers::new(inbox, router.clone())
+                .settle_delay(ms("CLINK_INBOX_SETTLE_MS", 1000))?
+                .lease(ms("CLINK_INBOX_LEASE_MS", 30_000))?
+                .spawn(),
+        );
+    }
     let readiness = layer.readiness();
-    let service = layer.layer(router(AppState::default(), freshness));
+    let service = layer.layer(router);
     let app = Router::new()
         .route_service("/webhooks/clink", service)
         .route("/health", get(move || health(readiness.clone())))
@@ -222,8 +278,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
     Server::new().serve(listener, app, shutdown).await;
+    if let Some(workers) = workers {
+        // Handlers running now finish, or their events go back to the inbox.
+        workers.shutdown(Duration::from_secs(10)).await;
+    }
     eprintln!("stopped");
     Ok(())
+}
+
+/// The inbox `CLINK_INBOX` names: `sqlite:<path>` (feature `sqlite`) or
+/// `postgres` (feature `postgres`, in `DATABASE_URL`'s database); `None`
+/// without it.
+async fn inbox() -> Result<Option<Arc<dyn Inbox>>, Box<dyn std::error::Error>> {
+    let Some(spec) = env_value("CLINK_INBOX") else {
+        return Ok(None);
+    };
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        {
+            let inbox = clink_webhooks::store::SqliteInbox::open(path)?;
+            eprintln!("inbox: SQLite ({})", printable(path));
+            return Ok(Some(Arc::new(inbox)));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        {
+            let _ = path;
+            return Err("CLINK_INBOX=sqlite:... needs the sqlite feature \
+                 (cargo run --example axum_receiver --features sqlite)"
+                .into());
+        }
+    }
+    if spec == "postgres" {
+        #[cfg(feature = "postgres")]
+        {
+            let url = env_value("DATABASE_URL").ok_or("CLINK_INBOX=postgres needs DATABASE_URL")?;
+            let config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
+            let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+                config.clone(),
+                tokio_postgres::NoTls,
+            ))
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()?;
+            let inbox = clink_webhooks::store::PostgresInbox::new(pool);
+            inbox.migrate().await?;
+            inbox.listen(config).await?;
+            eprintln!("inbox: PostgreSQL (DATABASE_URL)");
+            return Ok(Some(Arc::new(inbox)));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err("CLINK_INBOX=postgres needs the postgres feature \
+             (cargo run --example axum_receiver --features postgres)"
+            .into());
+    }
+    Err("CLINK_INBOX must be sqlite:<path> or postgres".into())
 }
 
 /// `200 ok` when the layer's store answers, `503` with the reason otherwise.

@@ -22,6 +22,18 @@
 //!   another takes the event; on shutdown a pool finishes or gives back
 //!   what it holds.
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, a pool records:
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `clink_webhook_inbox_events` | gauge | `status` (`pending`, `retrying`, `running`, `dead`) | events in the inbox, refreshed every 5 s |
+//! | `clink_webhook_inbox_oldest_unhandled_seconds` | gauge | | how long the oldest event still to handle has waited |
+//! | `clink_webhook_inbox_retries_total` | counter | | failed attempts that will be retried |
+//! | `clink_webhook_inbox_dead_total` | counter | | events that failed their last attempt |
+//! | `clink_webhook_inbox_handled_total` | counter | | events handled |
+//!
 //! Direct handling (no inbox) answers after the handler has run: simpler,
 //! no second store, and the sender's retry is the retry. The inbox answers
 //! in the time of one write whatever the handler does, survives the process
@@ -224,6 +236,20 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let stopped = stopped.clone();
             tasks.spawn(async move { worker.run(stopped).await });
         }
+        #[cfg(feature = "metrics")]
+        {
+            let inbox = Arc::clone(&shared.inbox);
+            let mut stopped = stopped.clone();
+            tasks.spawn(async move {
+                while !*stopped.borrow() {
+                    record_stats(&*inbox).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            });
+        }
         WorkerPool { stop, tasks }
     }
 
@@ -299,6 +325,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             }
         };
         let result = if outcome.is_acknowledged() {
+            #[cfg(feature = "metrics")]
+            metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
             self.inbox.complete(claim).await
         } else {
             let error = reason.unwrap_or_else(|| outcome.to_string());
@@ -307,6 +335,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
             });
+            #[cfg(feature = "metrics")]
+            match retry_at {
+                Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
+                None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
+            }
             if retry_at.is_none() {
                 tracing::error!(
                     seq = claim.entry.seq,
@@ -332,6 +365,32 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             ),
         }
     }
+}
+
+/// Publishes the inbox's counts as gauges.
+#[cfg(feature = "metrics")]
+async fn record_stats(inbox: &dyn Inbox) {
+    let Ok(stats) = inbox.stats().await else {
+        return;
+    };
+    for (status, count) in [
+        ("pending", stats.pending),
+        ("retrying", stats.retrying),
+        ("running", stats.running),
+        ("dead", stats.dead),
+    ] {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("clink_webhook_inbox_events", "status" => status).set(count as f64);
+    }
+    let waited = stats.oldest_unhandled.map_or(0.0, |oldest| {
+        let millis = Timestamp::now()
+            .as_millis()
+            .saturating_sub(oldest.as_millis());
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = millis.max(0) as f64 / 1000.0;
+        seconds
+    });
+    metrics::gauge!("clink_webhook_inbox_oldest_unhandled_seconds").set(waited);
 }
 
 /// Gives a claim back if its worker is stopped before settling it.

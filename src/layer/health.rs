@@ -40,7 +40,8 @@ impl Readiness {
         Self { config }
     }
 
-    /// Pings the idempotency store, within the layer's store timeout.
+    /// Pings the idempotency store (or, in [inbox](crate::ClinkLayer::inbox)
+    /// mode, reads the inbox's counts), within the layer's store timeout.
     ///
     /// # Errors
     ///
@@ -48,9 +49,15 @@ impl Readiness {
     /// or a secret) when the store does not answer.
     pub async fn check(&self) -> Result<(), NotReady> {
         let config = &self.config;
-        timed(config.store_timeout, config.store.ping())
-            .await
-            .map_err(NotReady)
+        match &config.inbox {
+            Some(inbox) => timed(config.store_timeout, inbox.stats())
+                .await
+                .map(drop)
+                .map_err(NotReady),
+            None => timed(config.store_timeout, config.store.ping())
+                .await
+                .map_err(NotReady),
+        }
     }
 }
 

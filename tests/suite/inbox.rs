@@ -438,3 +438,217 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_k"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The example receiver with its inbox where `inbox` says, and `env` set.
+fn receiver_with_inbox(
+    inbox: &str,
+    env: &[(&str, &str)],
+) -> (crate::support::process::Process, String) {
+    use crate::support::process::{example_path, Process};
+    let mut command = std::process::Command::new(example_path("axum_receiver"));
+    command
+        .env("PORT", "0")
+        .env("CLINK_WEBHOOK_SIGNING_KEY", RECEIVER_KEY)
+        .env("CLINK_INBOX", inbox)
+        .env_remove("REDIS_URL")
+        .env_remove("RUST_LOG");
+    if !inbox.starts_with("postgres") {
+        command.env_remove("DATABASE_URL");
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let process = Process::start(&mut command);
+    let line = Process::line_starting(&process.stderr, "listening on ");
+    (process, line["listening on ".len()..].to_owned())
+}
+
+const RECEIVER_KEY: &str = "whsec_inbox_process";
+
+async fn post(url: &str, body: String) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let request = SignedRequest::new(RECEIVER_KEY, body)
+        .uri(url)
+        .build::<Full<Bytes>>();
+    let response =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http()
+            .request(request)
+            .await
+            .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn order(id: &str, object: &str, created: i64) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"order.succeeded","created":{created},"data":{{"orderId":"{object}"}}}}"#
+    )
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn events_acknowledged_before_a_sigkill_are_handled_once_after_the_restart() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-kill-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = format!("sqlite:{}", dir.join("inbox.db").display());
+    // A long settle delay: acknowledged, and not yet handled, when killed.
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "600000")]);
+    let run = unique();
+    let ids: Vec<String> = (0..10).map(|n| format!("evt_{run}_{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let (status, body) = post(&url, order(id, &format!("ord_{n}"), 1)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("queued"), "{body}");
+    }
+    drop(receiver); // SIGKILL
+
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "0")]);
+    let mut handled: Vec<String> = (0..10).map(|_| receiver.next_stdout()).collect();
+    handled.sort();
+    let mut expected: Vec<_> = ids
+        .iter()
+        .map(|id| format!("handled order.succeeded {id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(handled, expected);
+    // Nothing ran twice: the next line is a new event's.
+    let marker = format!("evt_{run}_marker");
+    assert_eq!(post(&url, order(&marker, "ord_m", 1)).await.0, 200);
+    assert_eq!(
+        receiver.next_stdout(),
+        format!("handled order.succeeded {marker}")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
+    use crate::support::process::Process;
+    let dir = std::env::temp_dir().join(format!("clink-inbox-mid-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = format!("sqlite:{}", dir.join("inbox.db").display());
+    let (first, url) = receiver_with_inbox(
+        &spec,
+        &[
+            ("CLINK_INBOX_SETTLE_MS", "0"),
+            ("CLINK_INBOX_LEASE_MS", "1000"),
+            ("CLINK_EXAMPLE_HANDLER_DELAY_MS", "600000"),
+        ],
+    );
+    let id = format!("evt_{}_mid", unique());
+    assert_eq!(post(&url, order(&id, "ord_mid", 1)).await.0, 200);
+    let handling = Process::line_starting(&first.stderr, "handling ");
+    assert_eq!(handling, format!("handling order.succeeded {id}"));
+    drop(first); // SIGKILL, mid-handler
+
+    // Another receiver on the same inbox takes the event over once the
+    // dead worker's lease has ended, and runs it to the end.
+    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "0")]);
+    assert_eq!(
+        second.next_stdout(),
+        format!("handled order.succeeded {id}")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn one_object_sent_in_reverse_created_order_within_the_settle_delay_is_handled_oldest_first()
+{
+    let dir = std::env::temp_dir().join(format!("clink-inbox-order-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = format!("sqlite:{}", dir.join("inbox.db").display());
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "1500")]);
+    let run = unique();
+    for n in (1..=4).rev() {
+        assert_eq!(
+            post(&url, order(&format!("evt_{run}_{n}"), "ord_rev", n))
+                .await
+                .0,
+            200
+        );
+    }
+    for n in 1..=4 {
+        assert_eq!(
+            receiver.next_stdout(),
+            format!("handled order.succeeded evt_{run}_{n}")
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn two_processes_draining_one_postgres_inbox_handle_each_event_once() {
+    let _servers = crate::support::servers::shared().await;
+    let settle = [("CLINK_INBOX_SETTLE_MS", "0")];
+    let (a, url_a) = receiver_with_inbox("postgres", &settle);
+    let (b, url_b) = receiver_with_inbox("postgres", &settle);
+    let run = unique();
+    let ids: Vec<String> = (0..30).map(|n| format!("evt_{run}_{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        // Every event to both receivers: duplicates are acknowledged, not kept twice.
+        let body = order(
+            id,
+            &format!("ord_{run}_{}", n % 5),
+            i64::try_from(n).unwrap(),
+        );
+        assert_eq!(post(&url_a, body.clone()).await.0, 200);
+        assert_eq!(post(&url_b, body).await.0, 200);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for receiver in [&a, &b] {
+        let tx = tx.clone();
+        let lines = &receiver.stdout;
+        while let Ok(line) = lines.try_recv() {
+            tx.send(line).unwrap();
+        }
+    }
+    drop(tx);
+    let mut handled: Vec<String> = rx.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handled.len() < ids.len() {
+        assert!(Instant::now() < deadline, "only {} handled", handled.len());
+        for receiver in [&a, &b] {
+            if let Ok(line) = receiver.stdout.recv_timeout(Duration::from_millis(50)) {
+                handled.push(line);
+            }
+        }
+    }
+    // Markers through both: whatever is printed before both markers were
+    // handled is kept, so an event run twice would show up.
+    let markers: Vec<String> = (0..2).map(|n| format!("evt_{run}_marker_{n}")).collect();
+    assert_eq!(post(&url_a, order(&markers[0], "ord_m0", 1)).await.0, 200);
+    assert_eq!(post(&url_b, order(&markers[1], "ord_m1", 1)).await.0, 200);
+    let mut seen_markers = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen_markers < 2 {
+        assert!(Instant::now() < deadline, "the markers were not handled");
+        for receiver in [&a, &b] {
+            if let Ok(line) = receiver.stdout.recv_timeout(Duration::from_millis(50)) {
+                if line.contains("marker") {
+                    seen_markers += 1;
+                } else {
+                    handled.push(line);
+                }
+            }
+        }
+    }
+    let mut handled: Vec<_> = handled
+        .into_iter()
+        .filter(|l| !l.contains("marker"))
+        .collect();
+    handled.sort();
+    let mut expected: Vec<_> = ids
+        .iter()
+        .map(|id| format!("handled order.succeeded {id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        handled, expected,
+        "each event exactly once across both processes"
+    );
+}
