@@ -652,3 +652,64 @@ async fn two_processes_draining_one_postgres_inbox_handle_each_event_once() {
         "each event exactly once across both processes"
     );
 }
+
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+#[tokio::test]
+async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-cli-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    inbox.insert(&event("evt_ok", None, 1)).await.unwrap();
+    inbox
+        .insert(&event("evt_bad\u{1b}[31m", None, 2))
+        .await
+        .unwrap();
+    let first = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    inbox.complete(&first).await.unwrap();
+    let second = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    inbox.fail(&second, "provider\ndown", None).await.unwrap();
+
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+            .arg("inbox")
+            .arg("--sqlite")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let dead = cli(&["list", "--status", "dead", "--json"]);
+    let lines: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{dead}");
+    assert_eq!(lines[0]["last_error"], "provider\ndown");
+    assert_eq!(lines[0]["attempts"], 1);
+    // Text output escapes what came from the body and the handler.
+    let text = cli(&["list"]);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        !text.contains('\u{1b}') && text.contains(r"provider\ndown"),
+        "{text}"
+    );
+    let shown = cli(&["show", &second.entry.seq.to_string(), "--json"]);
+    assert!(shown.contains("evt_bad"), "{shown}");
+
+    assert_eq!(cli(&["replay", "--dead"]).trim(), "replayed 1");
+    assert_eq!(
+        inbox.get(second.entry.seq).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+    assert!(cli(&["stats"]).starts_with("pending 1, retrying 0, running 0, dead 0"));
+    // Purge keeps what is younger than the retention.
+    assert_eq!(cli(&["purge"]).trim(), "purged 0");
+    assert_eq!(
+        cli(&["purge", "--older-than-hours", "0"]).trim(),
+        "purged 1"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 //! terminal, through the `clink-webhooks` crate's own signer, verifier and
 //! receiving pipeline. Run `clink-webhook --help` for the commands.
 
+mod inbox;
 mod listen;
 mod output;
 mod send;
@@ -77,6 +78,9 @@ enum Command {
     /// Receive deliveries with the crate's own pipeline and print each one.
     #[command(after_help = listen::AFTER_HELP)]
     Listen(listen::ListenArgs),
+    /// Look into a durable inbox: list, show, replay, purge, stats.
+    #[command(after_help = inbox::AFTER_HELP)]
+    Inbox(inbox::InboxArgs),
 }
 
 /// Where the signing key comes from.
@@ -511,6 +515,7 @@ fn main() -> ExitCode {
         }
         Command::Send(args) => runtime().and_then(|rt| rt.block_on(send::run(&out, args))),
         Command::Listen(args) => runtime().and_then(|rt| rt.block_on(listen::run(&out, args))),
+        Command::Inbox(args) => runtime().and_then(|rt| rt.block_on(inbox::run(&out, args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
