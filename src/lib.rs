@@ -76,7 +76,8 @@
 //! | `redis` | `RedisStore`, for apps on several machines |
 //! | `redis-tls` | `RedisStore` over TLS (`rediss://`, and `connect_with_tls` for a private CA), with rustls and *ring*; enables `redis` |
 //! | `redis-cluster` | `RedisStore` over a Redis Cluster (`connect_cluster`); enables `redis` |
-//! | `postgres` | `PostgresStore`, with claims inside your own transaction |
+//! | `sqlite` | `SqliteInbox`: the durable [`inbox`] in a file, for one instance (SQLite bundled) |
+//! | `postgres` | `PostgresStore`, with claims inside your own transaction, and `PostgresInbox` |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
 //! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
