@@ -80,10 +80,11 @@ use crate::events::RawEvent;
 use crate::layer::{outcome_of, run_inner, VerifiedEvent};
 use crate::router::{EventRouter, FailureReason};
 use crate::signature::Verified;
-use crate::store::{Inbox, InboxClaim, StoreError, DEFAULT_LEASE};
+use crate::store::inbox::CURRENT_CLAIM;
+use crate::store::{CurrentClaim, Inbox, InboxClaim, StoreError, DEFAULT_LEASE};
 use crate::{ConfigError, Outcome, Timestamp};
 
-pub use crate::store::{InboxEntry, InboxStats, InboxStatus, MemoryInbox};
+pub use crate::store::{current_claim, InboxEntry, InboxStats, InboxStatus, MemoryInbox};
 
 /// The default number of events handled at once: 4.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -299,6 +300,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             inbox: Arc::clone(&self.inbox),
             claim: Some(claim.clone()),
         };
+        let current = Arc::new(CurrentClaim::new(claim.clone()));
         let claim = &claim;
         let kept = &claim.entry.event;
         let (outcome, reason) = match RawEvent::from_bytes(kept.body.clone()) {
@@ -312,7 +314,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 );
                 let mut request = Request::new(Full::new(kept.body.clone()));
                 request.extensions_mut().insert(verified);
-                match run_inner(self.router.clone(), request, self.deadline()).await {
+                let run = run_inner(self.router.clone(), request, self.deadline());
+                match CURRENT_CLAIM.scope(Arc::clone(&current), run).await {
                     Ok(response) => {
                         let reason = response
                             .extensions()
@@ -324,6 +327,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 }
             }
         };
+        if current.is_settled() {
+            // The handler marked the event done in its own transaction.
+            #[cfg(feature = "metrics")]
+            metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
+            guard.settled();
+            return;
+        }
         let result = if outcome.is_acknowledged() {
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);

@@ -327,6 +327,52 @@ forward! {
     wait(timeout: Duration) -> ();
 }
 
+/// The event a worker is running the handler for, as that handler sees it
+/// through [`current_claim`]: its claim, and whether the handler already
+/// marked it done in its own transaction (see `PostgresInbox::complete_in`).
+#[derive(Debug)]
+pub struct CurrentClaim {
+    claim: InboxClaim,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl CurrentClaim {
+    pub(crate) fn new(claim: InboxClaim) -> Self {
+        Self {
+            claim,
+            settled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The claim: the event and its fencing token.
+    #[must_use]
+    pub fn claim(&self) -> &InboxClaim {
+        &self.claim
+    }
+
+    /// Notes that the handler marked the event done itself.
+    pub(crate) fn mark_settled(&self) {
+        self.settled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the handler marked the event done itself.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+tokio::task_local! {
+    pub(crate) static CURRENT_CLAIM: Arc<CurrentClaim>;
+}
+
+/// The claim of the event whose handler is running, inside a handler that an
+/// [`inbox::Workers`](crate::inbox::Workers) pool runs; `None` elsewhere.
+#[must_use]
+pub fn current_claim() -> Option<Arc<CurrentClaim>> {
+    CURRENT_CLAIM.try_with(Arc::clone).ok()
+}
+
 /// The order key of an event about an object: `created` (or, without it,
 /// arrival), then the event id.
 pub(crate) fn order_key(event: &NewEvent) -> (i64, &str) {

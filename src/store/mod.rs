@@ -93,7 +93,10 @@ mod sqlite;
 pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
-pub use inbox::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
+pub use inbox::{
+    current_claim, CurrentClaim, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted,
+    NewEvent,
+};
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresInbox, PostgresStore};

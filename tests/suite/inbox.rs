@@ -713,3 +713,87 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_then_crashes() {
+    use clink_webhooks::store::current_claim;
+    let _servers = crate::support::servers::shared().await;
+    let inbox = postgres_inbox().await;
+    let pool = pg_pool();
+    let table = format!("paid_{}", unique());
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(&format!("CREATE TABLE {table} (order_id text NOT NULL)"))
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(0));
+    let (runs_seen, handler_inbox, handler_pool, handler_table) = (
+        Arc::clone(&runs),
+        inbox.clone(),
+        pool.clone(),
+        table.clone(),
+    );
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |event| {
+        let (inbox, pool, table, runs) = (
+            handler_inbox.clone(),
+            handler_pool.clone(),
+            handler_table.clone(),
+            Arc::clone(&runs_seen),
+        );
+        async move {
+            *runs.lock().unwrap() += 1;
+            let mut client = pool.get().await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            let order = event.data.order_id.unwrap_or_default();
+            tx.execute(
+                &format!("INSERT INTO {table} (order_id) VALUES ($1)"),
+                &[&order],
+            )
+            .await
+            .unwrap();
+            let current = current_claim().expect("run by the workers");
+            inbox.complete_in(&tx, &current).await.unwrap();
+            tx.commit().await.unwrap();
+            // Committed, then the process "crashes" before answering.
+            panic!("after the commit");
+            #[allow(unreachable_code)]
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let pool_handle = Workers::new(inbox.clone(), router)
+        .settle_delay(NO_SETTLE)
+        .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
+        .unwrap()
+        .spawn();
+    inbox
+        .insert(&event("evt_tx", Some("ord_tx"), 1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seq = loop {
+        let done = inbox.list(Some(InboxStatus::Done), 10).await.unwrap();
+        if let Some(entry) = done.first() {
+            break entry.seq;
+        }
+        assert!(Instant::now() < deadline, "never done");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    pool_handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap().attempts, 1);
+    assert_eq!(
+        *runs.lock().unwrap(),
+        1,
+        "the panic after the commit did not run it again"
+    );
+    let rows: i64 = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}

@@ -325,6 +325,59 @@ impl PostgresInbox {
         Ok(())
     }
 
+    /// Marks the event of `current` done inside `tx`, the handler's own
+    /// transaction, so that its writes and the event's completion commit
+    /// together or not at all: the handler's effects happen exactly once.
+    /// If the transaction rolls back, the event stays claimed until its
+    /// lease ends and then runs again.
+    ///
+    /// ```no_run
+    /// use clink_webhooks::store::{current_claim, PostgresInbox};
+    ///
+    /// # async fn handler(inbox: PostgresInbox, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// // Inside a handler run by inbox::Workers over this inbox:
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO paid_orders (order_id) VALUES ($1)", &[&"ord_1"]).await?;
+    /// if let Some(current) = current_claim() {
+    ///     inbox.complete_in(&tx, &current).await?;
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the statement fails; roll the transaction back.
+    pub async fn complete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        current: &crate::store::CurrentClaim,
+    ) -> Result<Settle, StoreError> {
+        let claim = current.claim();
+        let now = Timestamp::now().as_millis();
+        let token = claim.token.as_str();
+        let changed = timed(self.timeout, async {
+            tx.execute_typed(
+                &self.sql.complete,
+                &[
+                    (&claim.entry.seq, Type::INT8),
+                    (&token, Type::TEXT),
+                    (&now, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(|err| pg_error("cannot mark the event done", &err))
+        })
+        .await?;
+        if changed == 1 {
+            current.mark_settled();
+            Ok(Settle::Applied)
+        } else {
+            Ok(Settle::LeaseLost)
+        }
+    }
+
     async fn call<T>(
         &self,
         call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
