@@ -105,8 +105,9 @@ fn body(n: usize, run: &str) -> String {
     format!(r#"{{"id":"evt_{run}_{n}","type":"order.succeeded","data":{{"orderId":"ord_{n}"}}}}"#)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+/// The `percent`th percentile of `sorted` (nearest rank).
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    let index = (sorted.len() * percent).div_ceil(100).saturating_sub(1);
     sorted[index.min(sorted.len() - 1)]
 }
 
@@ -253,8 +254,8 @@ fn main() {
         for (name, all) in [("direct", &direct_all), ("inbox (PostgreSQL)", &inbox_all)] {
             println!(
                 "{name:<22} {:>7.2} ms {:>7.2} ms",
-                ms(percentile(all, 0.5)),
-                ms(percentile(all, 0.99))
+                ms(percentile(all, 50)),
+                ms(percentile(all, 99))
             );
         }
 
