@@ -351,6 +351,7 @@ impl CurrentClaim {
     }
 
     /// Notes that the handler marked the event done itself.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn mark_settled(&self) {
         self.settled
             .store(true, std::sync::atomic::Ordering::SeqCst);
