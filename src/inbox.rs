@@ -240,7 +240,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         #[cfg(feature = "metrics")]
         {
             let inbox = Arc::clone(&shared.inbox);
-            let mut stopped = stopped.clone();
+            let mut stopped = stopped;
             tasks.spawn(async move {
                 while !*stopped.borrow() {
                     record_stats(&*inbox).await;

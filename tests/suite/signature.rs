@@ -1190,7 +1190,7 @@ proptest! {
     ) {
         let verifier = Verifier::new(&secret).unwrap();
         let sig = sign(&secret, TS_3, &body);
-        let mut bytes = sig.clone().into_bytes();
+        let mut bytes = sig.into_bytes();
         let original = bytes[index];
         bytes[index] ^= 1 << bit;
         let flipped = bytes[index];

@@ -56,6 +56,7 @@ impl Output {
 
     /// Prints a line on stdout. A closed pipe (`| head`) is not an error
     /// worth a panic: the line is dropped.
+    #[allow(clippy::unused_self)] // every print goes through `Output`
     pub(crate) fn line(&self, text: &str) {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{text}");
@@ -79,6 +80,7 @@ impl Output {
     }
 
     /// Prints a hint on stderr, in text output (JSON puts hints in a field).
+    #[allow(clippy::unused_self)] // every print goes through `Output`
     pub(crate) fn hint(&self, text: &str) {
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "hint: {text}");

@@ -117,7 +117,7 @@ pub(crate) fn check_arrival_order(store: Arc<dyn FreshnessStore>, order: &[usize
             }
             async { Ok::<_, std::io::Error>(()) }
         });
-    if let Mode::SkipStale = mode {
+    if matches!(mode, Mode::SkipStale) {
         router = router.skip_stale();
     }
     let service = ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router);
