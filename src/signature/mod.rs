@@ -67,6 +67,3 @@ pub(crate) use parse::SignatureHeaders;
 pub use parse::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
 pub use verifier::{Verification, Verified, Verifier, DEFAULT_TOLERANCE};
 
-// The error `Verifier::new` and `SigningKey::new` return, still reachable
-// here where it used to live.
-pub use crate::ConfigError;
