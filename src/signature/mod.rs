@@ -66,4 +66,3 @@ pub use keys::{sign, SigningKey};
 pub(crate) use parse::SignatureHeaders;
 pub use parse::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
 pub use verifier::{Verification, Verified, Verifier, DEFAULT_TOLERANCE};
-

@@ -161,6 +161,35 @@ pub struct InboxStats {
     pub oldest_unhandled: Option<Timestamp>,
 }
 
+impl InboxStats {
+    /// Counts `count` events with `status`, the oldest of them arrived at
+    /// `oldest`: what a backend's `GROUP BY status` gives, row by row.
+    pub(crate) fn add(&mut self, status: InboxStatus, count: u64, oldest: Option<Timestamp>) {
+        let unhandled = match status {
+            InboxStatus::Pending => {
+                self.pending += count;
+                true
+            }
+            InboxStatus::Retrying => {
+                self.retrying += count;
+                true
+            }
+            InboxStatus::Running => {
+                self.running += count;
+                true
+            }
+            InboxStatus::Dead => {
+                self.dead += count;
+                false
+            }
+            InboxStatus::Done => false,
+        };
+        if let (true, Some(oldest)) = (unhandled, oldest) {
+            self.oldest_unhandled = Some(self.oldest_unhandled.map_or(oldest, |o| o.min(oldest)));
+        }
+    }
+}
+
 /// Keeps verified deliveries until workers have handled them.
 ///
 /// Object safe; `Arc<I>` is an inbox when `I` is. Implemented by

@@ -418,30 +418,9 @@ impl Inbox for SqliteInbox {
             for row in rows {
                 let (status, count, oldest) =
                     row.map_err(|err| sqlite_error("cannot count the inbox", &err))?;
-                let count = u64::try_from(count).unwrap_or(0);
-                let unhandled = match InboxStatus::parse(&status) {
-                    Some(InboxStatus::Pending) => {
-                        stats.pending = count;
-                        true
-                    }
-                    Some(InboxStatus::Retrying) => {
-                        stats.retrying = count;
-                        true
-                    }
-                    Some(InboxStatus::Running) => {
-                        stats.running = count;
-                        true
-                    }
-                    Some(InboxStatus::Dead) => {
-                        stats.dead = count;
-                        false
-                    }
-                    _ => false,
-                };
-                if let (true, Some(oldest)) = (unhandled, oldest) {
-                    let oldest = Timestamp::from_millis(oldest);
-                    stats.oldest_unhandled =
-                        Some(stats.oldest_unhandled.map_or(oldest, |o| o.min(oldest)));
+                if let Some(status) = InboxStatus::parse(&status) {
+                    let count = u64::try_from(count).unwrap_or(0);
+                    stats.add(status, count, oldest.map(Timestamp::from_millis));
                 }
             }
             Ok(stats)

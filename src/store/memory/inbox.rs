@@ -290,30 +290,8 @@ impl Inbox for MemoryInbox {
         let state = self.state();
         let mut stats = InboxStats::default();
         for held in state.entries.values() {
-            let unhandled = match held.entry.status {
-                InboxStatus::Pending => {
-                    stats.pending += 1;
-                    true
-                }
-                InboxStatus::Retrying => {
-                    stats.retrying += 1;
-                    true
-                }
-                InboxStatus::Running => {
-                    stats.running += 1;
-                    true
-                }
-                InboxStatus::Dead => {
-                    stats.dead += 1;
-                    false
-                }
-                InboxStatus::Done => false,
-            };
-            if unhandled {
-                let arrived = held.entry.event.received_at;
-                stats.oldest_unhandled =
-                    Some(stats.oldest_unhandled.map_or(arrived, |o| o.min(arrived)));
-            }
+            let arrived = held.entry.event.received_at;
+            stats.add(held.entry.status, 1, Some(arrived));
         }
         ready(Ok(stats))
     }

@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use super::schema::{check_table_name, quote};
-use super::{pg_error, pool_error, MIGRATE_TIMEOUT};
+use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::store::inbox::order_key;
 use crate::store::{
     timed, timed_until, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus,
@@ -259,22 +259,7 @@ impl PostgresInbox {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|err| pg_error("cannot start the migration", &err))?;
-            tx.execute_typed(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                &[(&self.sql.table, Type::TEXT)],
-            )
-            .await
-            .map_err(|err| pg_error("cannot take the migration lock", &err))?;
-            tx.batch_execute(&self.sql.schema)
-                .await
-                .map_err(|err| pg_error("cannot create the inbox table", &err))?;
-            tx.commit()
-                .await
-                .map_err(|err| pg_error("cannot commit the migration", &err))
+            create_tables(&mut client, &self.sql.table, &self.sql.schema).await
         })
         .await
     }
@@ -619,30 +604,9 @@ impl Inbox for PostgresInbox {
                 };
                 let (status, count, oldest) =
                     read().map_err(|err| pg_error("cannot count the inbox", &err))?;
-                let count = u64::try_from(count).unwrap_or(0);
-                let unhandled = match InboxStatus::parse(&status) {
-                    Some(InboxStatus::Pending) => {
-                        stats.pending = count;
-                        true
-                    }
-                    Some(InboxStatus::Retrying) => {
-                        stats.retrying = count;
-                        true
-                    }
-                    Some(InboxStatus::Running) => {
-                        stats.running = count;
-                        true
-                    }
-                    Some(InboxStatus::Dead) => {
-                        stats.dead = count;
-                        false
-                    }
-                    _ => false,
-                };
-                if let (true, Some(oldest)) = (unhandled, oldest) {
-                    let oldest = Timestamp::from_millis(oldest);
-                    stats.oldest_unhandled =
-                        Some(stats.oldest_unhandled.map_or(oldest, |o| o.min(oldest)));
+                if let Some(status) = InboxStatus::parse(&status) {
+                    let count = u64::try_from(count).unwrap_or(0);
+                    stats.add(status, count, oldest.map(Timestamp::from_millis));
                 }
             }
             Ok(stats)

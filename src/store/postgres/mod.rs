@@ -174,22 +174,7 @@ impl PostgresStore {
             if exists {
                 return Ok(());
             }
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|err| pg_error("cannot start the migration", &err))?;
-            tx.execute_typed(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                &[(&self.sql.table, Type::TEXT)],
-            )
-            .await
-            .map_err(|err| pg_error("cannot take the migration lock", &err))?;
-            tx.batch_execute(&self.sql.schema)
-                .await
-                .map_err(|err| pg_error("cannot create the table", &err))?;
-            tx.commit()
-                .await
-                .map_err(|err| pg_error("cannot commit the migration", &err))
+            create_tables(&mut client, &self.sql.table, &self.sql.schema).await
         })
         .await
     }
@@ -476,6 +461,31 @@ impl IdempotencyStore for PostgresStore {
                 .map_err(|err| pg_error("cannot reach PostgreSQL", &err))
         }))
     }
+}
+
+/// Runs `schema` in one transaction under an advisory lock named after
+/// `table`, so that instances starting together create it once.
+async fn create_tables(
+    client: &mut deadpool_postgres::Object,
+    table: &str,
+    schema: &str,
+) -> Result<(), StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|err| pg_error("cannot start the migration", &err))?;
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[(&table, Type::TEXT)],
+    )
+    .await
+    .map_err(|err| pg_error("cannot take the migration lock", &err))?;
+    tx.batch_execute(schema)
+        .await
+        .map_err(|err| pg_error("cannot create the table", &err))?;
+    tx.commit()
+        .await
+        .map_err(|err| pg_error("cannot commit the migration", &err))
 }
 
 /// A lease or retention as the `int8` milliseconds the statements take.
