@@ -4,11 +4,20 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
+
 use clink_webhooks::data::{
     CustomerVerify, Dispute, Invoice, Order, Refund, Resource, Session, Subscription,
 };
 use clink_webhooks::events::{Event, ObjectKey, RawEvent};
-use clink_webhooks::{EventType, Timestamp};
+use clink_webhooks::signature::{
+    sign, SigningKey, VerifyError, VerifyErrorKind, SIGNATURE_HEADER, SIGN_TYPE_HEADER,
+    TIMESTAMP_HEADER,
+};
+use clink_webhooks::{ClinkLayer, EventRouter, EventType, Outcome, Timestamp, Verifier};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -182,7 +191,271 @@ fn raw_and_typed_object_keys_agree_for_every_family() {
     assert_eq!(event.object_key(), Some(ObjectKey::new("agent_order", "x")));
 }
 
-#[allow(dead_code)]
+// ---------------------------------------------------------------------------
+// One order of checks for every entry point of the verifier
+// ---------------------------------------------------------------------------
+
+const KEY: &str = "whsec_order";
+const BODY: &[u8] = br#"{"id":"evt_order","type":"order.created","data":{}}"#;
+
+/// A header as a test case gives it: absent, one value, two values, or bytes
+/// that are not visible ASCII.
+#[derive(Clone, Debug)]
+enum H {
+    Absent,
+    One(String),
+    Two(String, String),
+    Binary,
+}
+
+impl H {
+    fn value(&self) -> Option<&str> {
+        match self {
+            Self::One(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn put(&self, map: &mut HeaderMap, name: &'static str) {
+        match self {
+            Self::Absent => {}
+            Self::One(v) => {
+                map.append(name, HeaderValue::from_str(v).unwrap());
+            }
+            Self::Two(a, b) => {
+                map.append(name, HeaderValue::from_str(a).unwrap());
+                map.append(name, HeaderValue::from_str(b).unwrap());
+            }
+            Self::Binary => {
+                map.append(name, HeaderValue::from_bytes(b"12\xff34").unwrap());
+            }
+        }
+    }
+}
+
+fn kind_of<T>(result: Result<T, VerifyError>) -> Option<VerifyErrorKind> {
+    result.err().map(|e| e.kind())
+}
+
+/// The table: every combination of a timestamp, a sign type and a signature
+/// in several forms, at a clock that finds the timestamp fresh or stale, with
+/// the key active or expired.
+fn order_cases(now_ms: u64) -> Vec<(H, H, H, SystemTime, bool)> {
+    let fresh = now_ms.to_string();
+    let good = sign(KEY, &fresh, BODY);
+    let timestamps = [
+        H::One(fresh.clone()),
+        H::Absent,
+        H::One("abc".into()),
+        H::One(String::new()),
+        H::One("1e12".into()),
+        H::One("99999999999999999999".into()),
+        H::Two(fresh.clone(), fresh.clone()),
+        H::Binary,
+    ];
+    let sign_types = [
+        H::Absent,
+        H::One("SHA256".into()),
+        H::One("md5".into()),
+        H::Two("SHA256".into(), "SHA256".into()),
+    ];
+    let signatures = [
+        H::One(good.clone()),
+        H::One(good.to_uppercase()),
+        H::One(sign("whsec_other", &fresh, BODY)),
+        H::Absent,
+        H::One("zz".into()),
+        H::One(good[..63].to_owned()),
+        H::Two(good.clone(), good),
+        H::Binary,
+    ];
+    let now = at_ms(now_ms);
+    let clocks = [
+        now,
+        now + Duration::from_secs(3600),
+        now - Duration::from_secs(3600),
+    ];
+    let mut cases = Vec::new();
+    for ts in &timestamps {
+        for st in &sign_types {
+            for sig in &signatures {
+                for clock in clocks {
+                    for expired in [false, true] {
+                        cases.push((ts.clone(), st.clone(), sig.clone(), clock, expired));
+                    }
+                }
+            }
+        }
+    }
+    cases
+}
+
+fn verifier(expired: bool, at: SystemTime) -> Verifier {
+    let key = SigningKey::new(KEY).unwrap();
+    let key = if expired {
+        key.expires_at(at - Duration::from_secs(7200))
+    } else {
+        key
+    };
+    Verifier::from_key(&key)
+}
+
+/// The first problem in the documented order, worked out from the case alone.
+fn expected(
+    ts: &H,
+    st: &H,
+    sig: &H,
+    now: SystemTime,
+    expired: bool,
+    now_ms: u64,
+) -> Option<VerifyErrorKind> {
+    use VerifyErrorKind as K;
+    let fresh = now_ms.to_string();
+    match ts {
+        H::Absent => return Some(K::MissingTimestamp),
+        H::One(v) if *v == fresh => {}
+        _ => return Some(K::MalformedTimestamp),
+    }
+    match st {
+        H::Absent => {}
+        H::One(v) if v.eq_ignore_ascii_case("sha256") => {}
+        _ => return Some(K::UnsupportedSignType),
+    }
+    match sig {
+        H::Absent => return Some(K::MissingSignature),
+        H::One(v) if v.len() == 64 => {}
+        _ => return Some(K::MalformedSignature),
+    }
+    if expired {
+        return Some(K::NoActiveKey);
+    }
+    let signed = at_ms(now_ms);
+    if now > signed + Duration::from_secs(300) {
+        return Some(K::TooOld);
+    }
+    if now + Duration::from_secs(300) < signed {
+        return Some(K::InFuture);
+    }
+    match sig.value() {
+        Some(v) if v.eq_ignore_ascii_case(&sign(KEY, &fresh, BODY)) => None,
+        _ => Some(K::SignatureMismatch),
+    }
+}
+
+#[test]
+fn every_verifier_entry_point_reports_problems_in_one_order() {
+    // A clock reading in the past keeps the window checks off the real clock.
+    let now_ms = 1_736_942_400_000;
+    let mut checked = 0;
+    for (ts, st, sig, now, expired) in order_cases(now_ms) {
+        let verifier = verifier(expired, at_ms(now_ms));
+        let case = format!(
+            "ts {ts:?}, sign type {st:?}, signature {sig:?}, expired {expired}, now {now:?}"
+        );
+        let want = expected(&ts, &st, &sig, now, expired, now_ms);
+
+        let mut map = HeaderMap::new();
+        ts.put(&mut map, TIMESTAMP_HEADER);
+        st.put(&mut map, SIGN_TYPE_HEADER);
+        sig.put(&mut map, SIGNATURE_HEADER);
+        let headers = kind_of(verifier.verify_headers_at(&map, BODY, now));
+        assert_eq!(headers, want, "verify_headers_at: {case}");
+
+        // The plain entry points take the values; only a header that has one
+        // value and no sign type other than SHA256 can be given to them.
+        let (Some(ts), Some(sig)) = (ts.value(), sig.value()) else {
+            continue;
+        };
+        if matches!(st, H::One(ref v) if v != "SHA256") || matches!(st, H::Two(..)) {
+            continue;
+        }
+        let plain = kind_of(verifier.verify_at(ts, sig, BODY, now));
+        assert_eq!(plain, want, "verify_at: {case}");
+
+        // The incremental form sees the signature only at `finish`, so it
+        // agrees except where a well-formed timestamp is refused by the
+        // window or the keys before a malformed signature is seen.
+        let incremental = kind_of(verifier.begin_at(ts, now).and_then(|mut v| {
+            v.update(BODY);
+            v.finish(sig)
+        }));
+        let begin_first = matches!(
+            incremental,
+            Some(
+                VerifyErrorKind::TooOld | VerifyErrorKind::InFuture | VerifyErrorKind::NoActiveKey
+            )
+        ) && want == Some(VerifyErrorKind::MalformedSignature);
+        if !begin_first {
+            assert_eq!(incremental, want, "begin_at + finish: {case}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 100, "{checked}");
+
+    // The case that used to differ between entry points.
+    let verifier = verifier(false, at_ms(now_ms));
+    let now = at_ms(now_ms);
+    assert_eq!(
+        kind_of(verifier.verify_at("abc", "zz", BODY, now)),
+        Some(VerifyErrorKind::MalformedTimestamp)
+    );
+    assert_eq!(
+        kind_of(verifier.begin_at("abc", now)),
+        Some(VerifyErrorKind::MalformedTimestamp)
+    );
+    let mut map = HeaderMap::new();
+    map.insert(TIMESTAMP_HEADER, HeaderValue::from_static("abc"));
+    map.insert(SIGNATURE_HEADER, HeaderValue::from_static("zz"));
+    assert_eq!(
+        kind_of(verifier.verify_headers_at(&map, BODY, now)),
+        Some(VerifyErrorKind::MalformedTimestamp)
+    );
+}
+
+/// The layer answers each case of the table with the verifier's kind. It
+/// reads the system clock, so the table is built around the current time.
+#[tokio::test]
+async fn the_layer_reports_problems_in_the_verifiers_order() {
+    let now_ms = u64::try_from(Timestamp::now().as_millis()).unwrap();
+    for (ts, st, sig, now, expired) in order_cases(now_ms) {
+        // Only the real clock is available to the layer: keep the cases
+        // whose clock is "now" and move staleness into the timestamp instead.
+        if now != at_ms(now_ms) {
+            continue;
+        }
+        let verifier = verifier(expired, at_ms(now_ms));
+        let want = kind_of(verifier.verify_headers_at(
+            &{
+                let mut map = HeaderMap::new();
+                ts.put(&mut map, TIMESTAMP_HEADER);
+                st.put(&mut map, SIGN_TYPE_HEADER);
+                sig.put(&mut map, SIGNATURE_HEADER);
+                map
+            },
+            BODY,
+            SystemTime::now(),
+        ));
+        let service = ClinkLayer::new(verifier).layer(EventRouter::new());
+        let mut request = Request::post("/")
+            .body(Full::new(Bytes::from_static(BODY)))
+            .unwrap();
+        ts.put(request.headers_mut(), TIMESTAMP_HEADER);
+        st.put(request.headers_mut(), SIGN_TYPE_HEADER);
+        sig.put(request.headers_mut(), SIGNATURE_HEADER);
+        let response = service.oneshot(request).await.unwrap();
+        let outcome = Outcome::of(&response).cloned();
+        let got = match outcome {
+            Some(Outcome::Verify(kind)) => Some(kind),
+            Some(other) if other.is_verified() => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            got, want,
+            "layer: ts {ts:?}, sign type {st:?}, signature {sig:?}, expired {expired}"
+        );
+    }
+}
+
 fn at_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
