@@ -2,6 +2,9 @@
 //! envelope's keys, and the order in which the verifier reports what is wrong
 //! with a request. Each test here was a wrong answer once.
 
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -12,7 +15,7 @@ use tower::{Layer, ServiceExt};
 use clink_webhooks::data::{
     CustomerVerify, Dispute, Invoice, Order, Refund, Resource, Session, Subscription,
 };
-use clink_webhooks::events::{Event, ObjectKey, RawEvent};
+use clink_webhooks::events::{self, EnvelopeError, Event, ObjectKey, RawEvent};
 use clink_webhooks::signature::{
     sign, SigningKey, VerifyError, VerifyErrorKind, SIGNATURE_HEADER, SIGN_TYPE_HEADER,
     TIMESTAMP_HEADER,
@@ -458,4 +461,58 @@ async fn the_layer_reports_problems_in_the_verifiers_order() {
 
 fn at_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+// ---------------------------------------------------------------------------
+// Duplicate keys
+// ---------------------------------------------------------------------------
+
+/// Delivers `body`, signed, to a layer whose router counts the order events
+/// it handles.
+async fn deliver_counted(body: &str) -> (Outcome, usize) {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let router = EventRouter::new().on::<events::OrderCreated, _>(move |_event: Event<Order>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok::<_, Infallible>(()))
+    });
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap()).layer(router);
+    let ts = Timestamp::now().as_millis().to_string();
+    let request = Request::post("/")
+        .header(TIMESTAMP_HEADER, &ts)
+        .header(SIGNATURE_HEADER, sign(KEY, &ts, body.as_bytes()))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let outcome = Outcome::of(&response).cloned().unwrap();
+    assert_eq!(response.status(), outcome.status());
+    (outcome, handled.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_duplicated_envelope_key_is_refused_with_400_and_never_handled() {
+    for body in [
+        // This one used to decode to an empty order and be acknowledged.
+        r#"{"id":"evt_1","type":"order.created","data":{"object":{"orderId":"a"},"object":{"orderId":"b"}}}"#,
+        r#"{"id":"evt_1","id":"evt_2","type":"order.created","data":{"orderId":"a"}}"#,
+        r#"{"id":"evt_1","type":"order.created","type":"order.created","data":{"orderId":"a"}}"#,
+        r#"{"id":"evt_1","type":"order.created","created":1,"created":2,"data":{"orderId":"a"}}"#,
+        r#"{"id":"evt_1","type":"order.created","livemode":true,"livemode":true,"data":{"orderId":"a"}}"#,
+        r#"{"id":"evt_1","type":"order.created","data":{"orderId":"a"},"data":{"orderId":"b"}}"#,
+    ] {
+        let (outcome, handled) = deliver_counted(body).await;
+        assert_eq!(
+            outcome,
+            Outcome::InvalidEnvelope(EnvelopeError::DuplicateKey),
+            "{body}"
+        );
+        assert_eq!(outcome.status(), 400);
+        assert_eq!(outcome.as_str(), "duplicate_key");
+        assert_eq!(handled, 0, "{body}");
+    }
+    let (outcome, handled) = deliver_counted(
+        r#"{"id":"evt_1","type":"order.created","data":{"object":{"orderId":"a"}}}"#,
+    )
+    .await;
+    assert_eq!((outcome, handled), (Outcome::Handled, 1));
 }
