@@ -516,3 +516,43 @@ async fn a_duplicated_envelope_key_is_refused_with_400_and_never_handled() {
     .await;
     assert_eq!((outcome, handled), (Outcome::Handled, 1));
 }
+
+// ---------------------------------------------------------------------------
+// Found by fuzzing (fuzz/fuzz_targets/envelope.rs)
+// ---------------------------------------------------------------------------
+
+/// A number that overflows `u64` in data read as `Value` (or metadata) became
+/// an `f64` one ulp off, which printed back as a different number: the event
+/// did not read its own JSON back. Numbers now parse to the nearest `f64`.
+#[test]
+fn value_data_with_a_huge_integer_reads_its_own_json_back() {
+    for number in [
+        "17322222222222222222222222222222226942100000",
+        "1732222222222222222222222222222222222226942100000",
+        "17322222222222222222222",
+        "0.30000000000000004441",
+        "2.2250738585072011e-308",
+    ] {
+        let body = format!(
+            r#"{{"id":"e","type":"order.succeeked","data":{{"n":{number},"metadata":{{"n":{number}}}}}}}"#
+        );
+        let event = raw(&body).decode::<Value>().unwrap();
+        let json = serde_json::to_vec(&event).unwrap();
+        let back = RawEvent::from_slice(&json)
+            .unwrap()
+            .decode::<Value>()
+            .unwrap();
+        assert_eq!(back, event, "{number}");
+
+        let order_body = format!(
+            r#"{{"id":"e","type":"order.created","data":{{"metadata":{{"n":{number}}}}}}}"#
+        );
+        let order = raw(&order_body).decode::<Order>().unwrap();
+        let json = serde_json::to_vec(&order).unwrap();
+        let back = RawEvent::from_slice(&json)
+            .unwrap()
+            .decode::<Order>()
+            .unwrap();
+        assert_eq!(back, order, "{number}");
+    }
+}
