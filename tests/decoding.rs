@@ -556,3 +556,25 @@ fn value_data_with_a_huge_integer_reads_its_own_json_back() {
         assert_eq!(back, order, "{number}");
     }
 }
+
+/// A number beyond `f64` in a field nobody reads does not make a body
+/// unreadable: the envelope reader only scans it, so a repeated key is still
+/// reported as such, typed data that ignores the field decodes, and only a
+/// reader that wants the number (`Value`) refuses it.
+#[test]
+fn numbers_beyond_f64_only_fail_the_reader_that_wants_them() {
+    let duplicated = r#"{"id":"e","type":"order.created","type":"order.created","data":{"n":19.0000000000000000000000001E4819115206}}"#;
+    assert_eq!(
+        RawEvent::from_slice(duplicated.as_bytes()).unwrap_err(),
+        EnvelopeError::DuplicateKey
+    );
+    assert!(serde_json::from_str::<Value>(duplicated).is_err());
+
+    let body = r#"{"id":"e","type":"order.created","data":{"orderId":"o","n":1e400}}"#;
+    let event = raw(body);
+    assert_eq!(event.data_json(), r#"{"orderId":"o","n":1e400}"#);
+    let order = event.decode::<Order>().unwrap();
+    assert_eq!(order.data.order_id.as_deref(), Some("o"));
+    let err = event.decode::<Value>().unwrap_err();
+    assert_eq!(err.path(), "n");
+}

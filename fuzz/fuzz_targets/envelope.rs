@@ -81,8 +81,10 @@ fn check_refusal(data: &[u8], error: EnvelopeError) {
             let t = value.as_ref().ok().and_then(|v| v.get("type"));
             assert!(!matches!(t, Some(Value::String(s)) if !s.is_empty()));
         }
-        // `Value` keeps the last copy of a key, so it cannot confirm this one.
-        _ => assert!(value.is_ok()),
+        // `Value` keeps the last copy of a key, so it cannot confirm this one;
+        // it also refuses numbers beyond `f64` that the envelope reader only
+        // scans. The body is JSON all the same.
+        _ => assert!(serde_json::from_slice::<&serde_json::value::RawValue>(data).is_ok()),
     }
 }
 
