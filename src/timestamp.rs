@@ -14,8 +14,20 @@
 //! assert_eq!(a.as_millis(), 1_736_942_400_000);
 //! assert_eq!(a.to_string(), "2025-01-15T12:00:00.000Z");
 //! ```
+//!
+//! Epoch milliseconds must be a JSON integer (or a string of digits):
+//! `1736942400000.5` is an error rather than a rounded instant, and so is
+//! `1736942400000.0`. `serde_json` hands a number with a fraction or an
+//! exponent to the reader as an `f64`, whose text is gone by then, so no such
+//! number can be told apart from its neighbours; none is accepted.
+//!
+//! Every value reads back from what it writes: [`Display`](fmt::Display) and
+//! serialization give RFC 3339 for years 0000 to 9999 and the epoch
+//! milliseconds as a signed integer outside them, and [`FromStr`] and
+//! deserialization read both.
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer, Visitor};
@@ -26,8 +38,10 @@ use time::OffsetDateTime;
 /// A point in time, in whole milliseconds since the Unix epoch (UTC).
 ///
 /// Ordered, hashable and cheap to copy. Deserializes from an integer of epoch
-/// milliseconds, a string of digits (epoch milliseconds), or an RFC 3339
-/// string; serializes as an RFC 3339 string with milliseconds.
+/// milliseconds, a string of digits (epoch milliseconds, optionally negative),
+/// or an RFC 3339 string; serializes as its [`Display`](fmt::Display) text, an
+/// RFC 3339 string with milliseconds for years 0000 to 9999. Every value
+/// round-trips through `to_string`/[`FromStr`] and through serde.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
@@ -82,7 +96,8 @@ impl Timestamp {
     /// the range of epoch milliseconds in an `i64`.
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampParseError> {
         let parsed = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimestampParseError)?;
-        let millis = parsed.unix_timestamp_nanos() / 1_000_000;
+        // Truncate towards the past, on both sides of the epoch.
+        let millis = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
         i64::try_from(millis)
             .map(Self)
             .map_err(|_| TimestampParseError)
@@ -95,13 +110,15 @@ impl fmt::Debug for Timestamp {
     }
 }
 
-/// Formats as RFC 3339 in UTC with milliseconds, e.g. `2025-01-15T12:00:00.000Z`;
-/// a value outside the calendar range prints as raw epoch milliseconds.
+/// Formats as RFC 3339 in UTC with milliseconds, e.g. `2025-01-15T12:00:00.000Z`,
+/// for years 0000 to 9999 (RFC 3339 has four-digit years); outside them, as
+/// the epoch milliseconds, e.g. `253402300800000` or `-62167219200001`.
+/// [`FromStr`] reads either back to the same value.
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nanos = i128::from(self.0) * 1_000_000;
         match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(dt) => write!(
+            Ok(dt) if (0..=9999).contains(&dt.year()) => write!(
                 f,
                 "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
                 dt.year(),
@@ -112,8 +129,23 @@ impl fmt::Display for Timestamp {
                 dt.second(),
                 dt.millisecond()
             ),
-            Err(_) => write!(f, "{}ms", self.0),
+            _ => write!(f, "{}", self.0),
         }
+    }
+}
+
+/// Reads what [`Display`](fmt::Display) writes, and what Clink sends as a
+/// string: an RFC 3339 date-time, or epoch milliseconds as an integer with an
+/// optional `-` (no `+`, no spaces).
+impl FromStr for Timestamp {
+    type Err = TimestampParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix('-').unwrap_or(s);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse::<i64>().map(Self).map_err(|_| TimestampParseError);
+        }
+        Self::parse_rfc3339(s)
     }
 }
 
@@ -129,8 +161,9 @@ impl From<Timestamp> for SystemTime {
     }
 }
 
-/// The error from [`Timestamp::parse_rfc3339`]: the text is not an RFC 3339
-/// date-time within range.
+/// The error from [`Timestamp::parse_rfc3339`] and [`Timestamp::from_str`]:
+/// the text is not an RFC 3339 date-time (or, for `from_str`, epoch
+/// milliseconds) within range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimestampParseError;
 
@@ -169,18 +202,18 @@ impl<'de> Deserialize<'de> for Timestamp {
                     .map_err(|_| E::custom("epoch milliseconds out of range"))
             }
 
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
-                // JSON writers sometimes emit `1736942400000.0`; accept whole values only.
-                #[allow(clippy::cast_possible_truncation)]
-                if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                    Ok(Timestamp(v as i64))
-                } else {
-                    Err(E::custom("epoch milliseconds must be a whole number"))
-                }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Timestamp, E> {
+                // The number's text is gone: `1736942400000.0000001` and
+                // `1736942400000.0` arrive as the same `f64`. Refuse them all
+                // rather than guess.
+                Err(E::custom(
+                    "epoch milliseconds must be written as an integer, without a fraction or exponent",
+                ))
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                let digits = v.strip_prefix('-').unwrap_or(v);
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                     return v
                         .parse::<i64>()
                         .map(Timestamp)
@@ -223,6 +256,66 @@ mod tests {
             "18446744073709551615",
         ] {
             assert!(serde_json::from_str::<Timestamp>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fractional_and_exponent_millis_are_refused() {
+        for bad in [
+            "1736942400000.0000001",
+            "7277777777777777.0",
+            "1736942400000.0",
+            "1.7369424e12",
+            "1e3",
+            "-0.0",
+        ] {
+            assert!(serde_json::from_str::<Timestamp>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("7277777777777777")
+                .unwrap()
+                .as_millis(),
+            7_277_777_777_777_777
+        );
+    }
+
+    #[test]
+    fn display_reads_back_outside_four_digit_years() {
+        for (ms, text) in [
+            (-62_167_219_200_001, "-62167219200001"),
+            (-62_167_219_200_000, "0000-01-01T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (253_402_300_800_000, "253402300800000"),
+            (i64::MIN, "-9223372036854775808"),
+            (i64::MAX, "9223372036854775807"),
+        ] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(t.to_string(), text);
+            assert_eq!(text.parse::<Timestamp>(), Ok(t), "{text}");
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Timestamp>(&json).unwrap(),
+                t,
+                "{json}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_timestamp_round_trips(ms in proptest::prelude::any::<i64>()) {
+            let t = Timestamp::from_millis(ms);
+            proptest::prop_assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t));
+            let json = serde_json::to_string(&t).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        }
+
+        #[test]
+        fn calendar_timestamps_round_trip(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
+            let t = Timestamp::from_millis(ms);
+            let text = t.to_string();
+            proptest::prop_assert!(text.ends_with('Z'), "{}", text);
+            proptest::prop_assert_eq!(Timestamp::parse_rfc3339(&text), Ok(t));
         }
     }
 

@@ -128,9 +128,13 @@ where
 /// ```
 ///
 /// Accepted: a JSON number (`19.99`, `1999`, `1.5e3`), a string holding one
-/// (`"19.99"`), `null` and `""` (both read as `None`). The number must fit a
-/// [`Decimal`] exactly (28 significant digits); a number that would need
-/// rounding is an error rather than a silently different amount.
+/// (`"19.99"`), `null` and `""` (both read as `None`). The amount is exact or
+/// an error, never a different amount: the number must be exactly
+/// representable as a [`Decimal`] (a coefficient below 2⁹⁶ with at most 28
+/// digits after the point, trailing zeros aside), whether or not it is written
+/// with an exponent. `10e-29` (`0.0000000000000000000000000001`) and `0e29`
+/// are accepted; `1.00000000000000000000000000001e0`, which would need
+/// rounding, is refused.
 ///
 /// Reading needs `serde_json`, which hands over the number's text as a
 /// [`RawValue`](serde_json::value::RawValue); other formats fail with an
@@ -189,18 +193,131 @@ pub mod amount {
 
     /// Parses the text of a JSON number into the exactly equal decimal.
     pub(crate) fn parse(text: &str) -> Result<Decimal, String> {
-        let plausible = !text.is_empty()
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
-        let parsed = if !plausible {
-            Err(rust_decimal::Error::from("not a number"))
-        } else if text.contains(['e', 'E']) {
-            Decimal::from_scientific(text)
-        } else {
-            Decimal::from_str_exact(text)
+        exact(text).map_err(|why| format!("`{text}` is not an exact decimal amount: {why}"))
+    }
+
+    /// The most digits after the point a [`Decimal`] holds.
+    const MAX_SCALE: i64 = 28;
+    /// One more than the largest coefficient a [`Decimal`] holds (2⁹⁶).
+    const COEFFICIENT_LIMIT: u128 = 1 << 96;
+
+    /// `text` as a decimal, exactly, or why not.
+    ///
+    /// The grammar is an optional sign, digits with an optional fraction,
+    /// and an optional exponent (`e`/`E`, optional sign, digits). The value
+    /// is `digits × 10^(exponent − fraction digits)`, computed without
+    /// rounding: it is accepted when it has at most 28 digits after the point
+    /// once trailing zeros are dropped (`10e-29` is `0.0000…1` with 28
+    /// places) and its coefficient fits 96 bits. The number of places written
+    /// is kept when it fits (`19.90` stays `19.90`).
+    fn exact(text: &str) -> Result<Decimal, &'static str> {
+        let bytes = text.as_bytes();
+        let (negative, rest) = match bytes.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            _ => (false, bytes),
         };
-        parsed.map_err(|err| format!("`{text}` is not an exact decimal amount: {err}"))
+        let (mantissa, exponent) = match rest.iter().position(|b| matches!(b, b'e' | b'E')) {
+            Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+            None => (rest, None),
+        };
+        let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+            Some(at) => (&mantissa[..at], &mantissa[at + 1..]),
+            None => (mantissa, &[][..]),
+        };
+        if (int.is_empty() && frac.is_empty()) || !int.iter().chain(frac).all(u8::is_ascii_digit) {
+            return Err("not a number");
+        }
+        let exponent = match exponent {
+            None => 0,
+            Some(text) => parse_exponent(text)?,
+        };
+        let frac_len = i64::try_from(frac.len()).map_err(|_| "too many digits")?;
+        // The scale as written: the places a plain rendering of the text has.
+        let written_scale = frac_len.saturating_sub(exponent);
+
+        let digit = |i: usize| {
+            if i < int.len() {
+                int[i] - b'0'
+            } else {
+                frac[i - int.len()] - b'0'
+            }
+        };
+        let len = int.len() + frac.len();
+        let Some(first) = (0..len).find(|&i| digit(i) != 0) else {
+            // Zero, whatever the exponent; keep the places written when they fit.
+            let scale = written_scale.clamp(0, MAX_SCALE);
+            return Ok(build(0, negative, scale));
+        };
+        let last = (0..len).rev().find(|&i| digit(i) != 0).unwrap_or(first);
+        let trailing_zeros = i64::try_from(len - 1 - last).map_err(|_| "too many digits")?;
+        let significant = last - first + 1;
+        // value = significant digits × 10^power, with no trailing zero left.
+        let power = exponent
+            .saturating_sub(frac_len)
+            .saturating_add(trailing_zeros);
+        if significant > 29 {
+            return Err("more significant digits than a decimal holds");
+        }
+        let mut coefficient = (first..=last).fold(0u128, |acc, i| acc * 10 + u128::from(digit(i)));
+        let mut scale = 0;
+        if power >= 0 {
+            for _ in 0..power {
+                coefficient = coefficient
+                    .checked_mul(10)
+                    .filter(|&c| c < COEFFICIENT_LIMIT)
+                    .ok_or("too large for a decimal")?;
+            }
+        } else {
+            scale = -power;
+            if scale > MAX_SCALE {
+                return Err("more than 28 digits after the point");
+            }
+        }
+        if coefficient >= COEFFICIENT_LIMIT {
+            return Err("too large for a decimal");
+        }
+        // Put back the trailing zeros that were written, as far as they fit.
+        while scale < written_scale.min(MAX_SCALE) {
+            match coefficient
+                .checked_mul(10)
+                .filter(|&c| c < COEFFICIENT_LIMIT)
+            {
+                Some(wider) => {
+                    coefficient = wider;
+                    scale += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(build(coefficient, negative, scale))
+    }
+
+    /// An exponent's digits, saturating far beyond any exponent that can
+    /// still give a decimal (only zero survives those, and zero is zero).
+    fn parse_exponent(text: &[u8]) -> Result<i64, &'static str> {
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            _ => (false, text),
+        };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err("not a number");
+        }
+        let magnitude = digits.iter().fold(0i64, |acc, &d| {
+            acc.saturating_mul(10)
+                .saturating_add(i64::from(d - b'0'))
+                .min(1 << 40)
+        });
+        Ok(if negative { -magnitude } else { magnitude })
+    }
+
+    /// A decimal from a coefficient below 2⁹⁶ and a scale of at most 28.
+    fn build(coefficient: u128, negative: bool, scale: i64) -> Decimal {
+        debug_assert!(coefficient < COEFFICIENT_LIMIT && (0..=MAX_SCALE).contains(&scale));
+        let word = |shift: u32| u32::try_from((coefficient >> shift) & 0xffff_ffff).unwrap_or(0);
+        let scale = u32::try_from(scale).unwrap_or(0);
+        Decimal::from_parts(word(0), word(32), word(64), negative, scale)
     }
 }
 
@@ -527,6 +644,64 @@ mod tests {
             "1e99",
         ] {
             assert!(amount::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exponents_never_round() {
+        // Each of these used to come back rounded through `from_scientific`.
+        for bad in [
+            "1.00000000000000000000000000001e0",
+            "100000000000000000000000000001e-29",
+            "1e-29",
+            "0.12345678901234567890123456789e0",
+            "79228162514264337593543950336e0",
+            "7.9228162514264337593543950336e28",
+            "1e29",
+            "1e-99999999999999999999999",
+            "1e99999999999999999999999",
+        ] {
+            assert!(amount::parse(bad).is_err(), "{bad}");
+        }
+        let wrapped = r#"{"amountTotal":1.00000000000000000000000000001e0}"#;
+        assert!(serde_json::from_str::<crate::data::Order>(wrapped).is_err());
+        let quoted = r#"{"amountTotal":"1.00000000000000000000000000001e0"}"#;
+        assert!(serde_json::from_str::<crate::data::Order>(quoted).is_err());
+    }
+
+    #[test]
+    fn exactly_representable_values_are_accepted_in_any_notation() {
+        for (text, expected) in [
+            ("10e-29", "0.0000000000000000000000000001"),
+            ("0e29", "0"),
+            ("0e-99999999999999", "0.0000000000000000000000000000"),
+            ("-0.0e5", "0"),
+            // 29 digits, exactly: 1.2345678901234567890123456789 has 28 places.
+            (
+                "0.12345678901234567890123456789e1",
+                "1.2345678901234567890123456789",
+            ),
+            (
+                "79228162514264337593543950335e0",
+                "79228162514264337593543950335",
+            ),
+            (
+                "7.9228162514264337593543950335e28",
+                "79228162514264337593543950335",
+            ),
+            // Trailing zeros past 28 places are not digits of the value.
+            (
+                "0.100000000000000000000000000000",
+                "0.1000000000000000000000000000",
+            ),
+            ("19.90", "19.90"),
+            ("1.50e1", "15.0"),
+            ("-1E+2", "-100"),
+            ("+3", "3"),
+            (".5", "0.5"),
+        ] {
+            let parsed = amount::parse(text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed.to_string(), expected, "{text}");
         }
     }
 

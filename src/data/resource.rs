@@ -7,13 +7,27 @@ use serde_json::Value;
 use super::{CustomerVerify, Dispute, Invoice, Order, Refund, Session, Subscription};
 
 /// Event data that identifies the object it is about.
+///
+/// One rule, whatever type the data is read into, so that
+/// [`RawEvent::object_key`](crate::events::RawEvent::object_key) and
+/// [`Event::object_key`](crate::Event::object_key) always agree:
+///
+/// - a family this crate has a data type for (`order`, `session`, `refund`,
+///   `subscription`, `invoice`, `dispute`, `customer`) is keyed by its own id
+///   field only (`orderId`, ..., `chargeBackId`, `customerId`), the field its
+///   type reads. An `id` in such data is not the object's id;
+/// - any other family is keyed by `<family>Id` in camelCase
+///   (`paymentMethodId` for `payment_method`), then by `id`.
+///
+/// A non-string or empty id is no id.
 pub trait Resource {
     /// The id of the object this data is about, if it carries one.
     ///
     /// `family` is the event's [family](crate::EventType::family). The typed
     /// family data ignore it; [`serde_json::Value`] uses it to find the id
-    /// field, trying `<family>Id` in camelCase (`paymentMethodId` for
-    /// `payment_method`), then `id`.
+    /// field by the [rule above](Resource): the family's own field for the
+    /// families with a data type, else `<family>Id` in camelCase
+    /// (`paymentMethodId` for `payment_method`), then `id`.
     fn object_id(&self, family: &str) -> Option<&str>;
 }
 
@@ -41,11 +55,25 @@ pub(crate) fn id_field(family: &str) -> Cow<'static, str> {
     }
 }
 
+/// The families with a data type in this crate; their data is keyed by
+/// [`id_field`] alone, as the typed data reads it.
+const TYPED_FAMILIES: [&str; 7] = [
+    "order",
+    "session",
+    "refund",
+    "subscription",
+    "invoice",
+    "dispute",
+    "customer",
+];
+
 impl Resource for Value {
     fn object_id(&self, family: &str) -> Option<&str> {
         let object = self.as_object()?;
-        [id_field(family).as_ref(), "id"]
-            .into_iter()
+        let own = id_field(family);
+        let fallback = (!TYPED_FAMILIES.contains(&family)).then_some("id");
+        std::iter::once(own.as_ref())
+            .chain(fallback)
             .find_map(|field| object.get(field)?.as_str())
     }
 }
@@ -92,5 +120,14 @@ mod tests {
         let v = serde_json::json!({"riskRuleId": "rr_1", "id": "x"});
         assert_eq!(v.object_id("risk_rule"), Some("rr_1"));
         assert_eq!(serde_json::json!([1]).object_id("order"), None);
+    }
+
+    #[test]
+    fn typed_families_never_fall_back_to_id() {
+        let v = serde_json::json!({"id": "x"});
+        for family in TYPED_FAMILIES {
+            assert_eq!(v.object_id(family), None, "{family}");
+        }
+        assert_eq!(v.object_id("agent_order"), Some("x"));
     }
 }

@@ -10,6 +10,18 @@
 //! present or not. Unknown fields and unknown event names never fail a
 //! delivery.
 //!
+//! A key given twice is ambiguous: JSON does not say which copy counts, and
+//! readers differ (most keep the last, some the first, some refuse). So a
+//! body that repeats a key of the envelope (`id`, `type`, `created`,
+//! `livemode`, `data`) or of the `data` wrapper (`object`) is not an
+//! envelope: [`RawEvent::from_slice`] returns
+//! [`EnvelopeError::DuplicateKey`] (code `duplicate_key`), which the layer
+//! answers with `400` ([`Outcome::InvalidEnvelope`](crate::Outcome::InvalidEnvelope)),
+//! so the handler never runs on a guess. Keys repeated elsewhere (another
+//! envelope key such as `object`, or inside the resource) are the business of
+//! whatever reads them: the family types refuse a repeated field of theirs
+//! when decoding, and a [`serde_json::Value`] keeps the last copy.
+//!
 //! Clink does not deliver in order; [`Event::object_key`] and
 //! [`RawEvent::object_key`] tell which object an event is about (see
 //! [`ObjectKey`]).
@@ -35,7 +47,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -158,24 +172,155 @@ impl fmt::Debug for RawEvent {
     }
 }
 
-#[derive(Deserialize)]
+/// The envelope as read in one pass over the body: the fields it needs,
+/// raw where they are read later, and whether any of them came twice.
+#[derive(Default)]
 struct WireEnvelope<'a> {
-    #[serde(default)]
     id: Option<serde_json::Value>,
-    #[serde(rename = "type", default)]
     event_type: Option<serde_json::Value>,
-    #[serde(borrow, default)]
     created: Option<&'a RawValue>,
-    #[serde(default)]
     livemode: Option<serde_json::Value>,
-    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    duplicate: bool,
 }
 
-#[derive(Deserialize)]
+/// A key of the envelope, or of the `data` wrapper, as `serde` reads an
+/// identifier (escapes already resolved, so `"\u0069d"` is `id`).
+enum Key {
+    Id,
+    Type,
+    Created,
+    Livemode,
+    Data,
+    Object,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "id" => Key::Id,
+                    "type" => Key::Type,
+                    "created" => Key::Created,
+                    "livemode" => Key::Livemode,
+                    "data" => Key::Data,
+                    "object" => Key::Object,
+                    _ => Key::Other,
+                })
+            }
+        }
+
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Reads the next value into `slot`, or skips it and notes the duplicate
+/// when `slot` was already filled by an earlier copy of the key.
+fn fill<'de, A, T>(
+    map: &mut A,
+    seen: &mut bool,
+    slot: &mut Option<T>,
+    duplicate: &mut bool,
+) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    if std::mem::replace(seen, true) {
+        *duplicate = true;
+        map.next_value::<IgnoredAny>()?;
+    } else {
+        *slot = Some(map.next_value()?);
+    }
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireEnvelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvelopeVisitor<'a>(PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for EnvelopeVisitor<'a> {
+            type Value = WireEnvelope<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a Clink event envelope (a JSON object)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut wire = WireEnvelope::default();
+                // Seen flags apart from the values: `"id": null` then `"id": "e"`
+                // is a duplicate too.
+                let mut seen = [false; 5];
+                let dup = &mut wire.duplicate;
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Id => fill(&mut map, &mut seen[0], &mut wire.id, dup)?,
+                        Key::Type => fill(&mut map, &mut seen[1], &mut wire.event_type, dup)?,
+                        Key::Created => fill(&mut map, &mut seen[2], &mut wire.created, dup)?,
+                        Key::Livemode => fill(&mut map, &mut seen[3], &mut wire.livemode, dup)?,
+                        Key::Data => fill(&mut map, &mut seen[4], &mut wire.data, dup)?,
+                        Key::Object | Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(wire)
+            }
+        }
+
+        deserializer.deserialize_map(EnvelopeVisitor(PhantomData))
+    }
+}
+
+/// The `data` wrapper: its `object`, raw, and whether `object` came twice.
+#[derive(Default)]
 struct WireWrapped<'a> {
-    #[serde(borrow, default)]
     object: Option<&'a RawValue>,
+    duplicate: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireWrapped<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WrappedVisitor<'a>(PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for WrappedVisitor<'a> {
+            type Value = WireWrapped<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut wrapped = WireWrapped::default();
+                let mut seen = false;
+                while let Some(key) = map.next_key::<Key>()? {
+                    if let Key::Object = key {
+                        fill(
+                            &mut map,
+                            &mut seen,
+                            &mut wrapped.object,
+                            &mut wrapped.duplicate,
+                        )?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(wrapped)
+            }
+        }
+
+        deserializer.deserialize_map(WrappedVisitor(PhantomData))
+    }
 }
 
 impl RawEvent {
@@ -184,7 +329,9 @@ impl RawEvent {
     /// # Errors
     ///
     /// [`EnvelopeError`] when the body is not a JSON object with a non-empty
-    /// string `id` and `type`.
+    /// string `id` and `type`, or repeats a key of the envelope or of the
+    /// `data` wrapper ([`DuplicateKey`](EnvelopeError::DuplicateKey); see the
+    /// [module docs](self)).
     pub fn from_slice(body: &[u8]) -> Result<Self, EnvelopeError> {
         Self::from_bytes(Bytes::copy_from_slice(body))
     }
@@ -196,12 +343,25 @@ impl RawEvent {
     /// As [`from_slice`](Self::from_slice).
     pub fn from_bytes(body: Bytes) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(&body).map_err(|_| EnvelopeError::NotJson)?;
-        // serde reads a struct from an array too; an envelope is an object.
-        if !text.trim_start().starts_with('{') {
-            return Err(EnvelopeError::NotJson);
-        }
+        // One pass over the body; only an object is read (never an array).
         let wire: WireEnvelope<'_> =
             serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
+        if wire.duplicate {
+            return Err(EnvelopeError::DuplicateKey);
+        }
+        // `data.object` wraps the resource when it is an object. Only an
+        // object is a wrapper: a second, shallow pass over `data` alone.
+        let mut data = wire.data;
+        if let Some(raw) = data.filter(|raw| raw.get().starts_with('{')) {
+            let wrapped: WireWrapped<'_> =
+                serde_json::from_str(raw.get()).map_err(|_| EnvelopeError::NotJson)?;
+            if wrapped.duplicate {
+                return Err(EnvelopeError::DuplicateKey);
+            }
+            if let Some(object) = wrapped.object.filter(|o| o.get().starts_with('{')) {
+                data = Some(object);
+            }
+        }
         let id = match wire.id {
             Some(serde_json::Value::String(id)) if !id.is_empty() => id,
             _ => return Err(EnvelopeError::MissingId),
@@ -216,16 +376,7 @@ impl RawEvent {
             .created
             .and_then(|raw| serde_json::from_str::<Timestamp>(raw.get()).ok());
         let livemode = wire.livemode.and_then(|v| v.as_bool());
-        let data = wire.data.map(|raw| {
-            // serde would also read a wrapper out of an array: only an object wraps.
-            let resource = Some(raw)
-                .filter(|raw| raw.get().starts_with('{'))
-                .and_then(|raw| serde_json::from_str::<WireWrapped<'_>>(raw.get()).ok())
-                .and_then(|w| w.object)
-                .filter(|object| object.get().starts_with('{'))
-                .unwrap_or(raw);
-            span_of(text, resource.get())
-        });
+        let data = data.map(|resource| span_of(text, resource.get()));
         Ok(Self {
             body,
             id,
@@ -335,6 +486,10 @@ pub enum EnvelopeError {
     MissingId,
     /// The envelope has no non-empty string `type`.
     MissingType,
+    /// The body repeats a key of the envelope (`id`, `type`, `created`,
+    /// `livemode`, `data`) or of the `data` wrapper (`object`), so which
+    /// copy counts is ambiguous.
+    DuplicateKey,
 }
 
 impl EnvelopeError {
@@ -345,6 +500,7 @@ impl EnvelopeError {
             Self::NotJson => "invalid_json",
             Self::MissingId => "missing_event_id",
             Self::MissingType => "missing_event_type",
+            Self::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -355,6 +511,9 @@ impl fmt::Display for EnvelopeError {
             Self::NotJson => "the body is not a JSON object: expected a Clink event envelope",
             Self::MissingId => "the event envelope has no string `id`",
             Self::MissingType => "the event envelope has no string `type`",
+            Self::DuplicateKey => {
+                "the event envelope repeats a key (`id`, `type`, `created`, `livemode`, `data`, or `object` in `data`), so its meaning is ambiguous"
+            }
         })
     }
 }
@@ -463,6 +622,41 @@ mod tests {
             RawEvent::from_slice(b"\xff\xfe").unwrap_err(),
             EnvelopeError::NotJson
         );
+    }
+
+    #[test]
+    fn a_repeated_envelope_or_wrapper_key_is_a_duplicate() {
+        for body in [
+            r#"{"id":"e","type":"order.created","data":{"object":{"orderId":"a"},"object":{"orderId":"b"}}}"#,
+            r#"{"id":"e","type":"order.created","data":{"object":{},"object":{}}}"#,
+            r#"{"id":"e","type":"x","data":{"object":"subscription","object":"x"}}"#,
+            r#"{"id":"e","id":"f","type":"order.created"}"#,
+            r#"{"id":null,"id":"e","type":"order.created"}"#,
+            r#"{"id":"e","type":"order.created","type":"order.failed"}"#,
+            r#"{"id":"e","type":"a","created":1,"created":2}"#,
+            r#"{"id":"e","type":"a","livemode":true,"livemode":false}"#,
+            r#"{"id":"e","type":"a","data":{},"data":{}}"#,
+            r#"{"id":"e","type":"a","data":null,"data":null}"#,
+            r#"{"id":"e","\u0069d":"f","type":"a"}"#,
+            r#"{"type":"a","type":"a"}"#,
+        ] {
+            assert_eq!(
+                RawEvent::from_slice(body.as_bytes()).unwrap_err(),
+                EnvelopeError::DuplicateKey,
+                "{body}"
+            );
+        }
+        assert_eq!(EnvelopeError::DuplicateKey.code(), "duplicate_key");
+        // Keys outside the envelope and the wrapper are not its business.
+        for body in [
+            r#"{"id":"e","type":"a","object":"event","object":"event"}"#,
+            r#"{"id":"e","type":"a","extra":1,"extra":2}"#,
+            r#"{"id":"e","type":"a","data":{"orderId":"a","orderId":"b"}}"#,
+            r#"{"id":"e","type":"a","data":{"object":{"id":1,"id":2}}}"#,
+            r#"{"id":"e","type":"a","data":[{"object":1},{"object":2}]}"#,
+        ] {
+            assert!(RawEvent::from_slice(body.as_bytes()).is_ok(), "{body}");
+        }
     }
 
     #[test]

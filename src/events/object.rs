@@ -68,6 +68,12 @@ impl fmt::Display for ObjectKey {
 
 impl<T: Resource> Event<T> {
     /// The object this event is about; `None` when its data carries no id.
+    ///
+    /// The id is found by the rule of [`Resource`]: a family with a data
+    /// type in this crate (`order`, ..., `customer`) is keyed by its own id
+    /// field alone, any other family by `<family>Id`, then `id`. For the
+    /// family's own data type (or [`serde_json::Value`]) this is the key
+    /// [`RawEvent::object_key`] gives.
     #[must_use]
     pub fn object_key(&self) -> Option<ObjectKey> {
         ObjectKey::for_data(self.event_type.family(), &self.data)
@@ -76,7 +82,9 @@ impl<T: Resource> Event<T> {
 
 impl RawEvent {
     /// The object this event is about, read from the raw data by the same
-    /// rules as [`Event::object_key`]; `None` when the data carries no id.
+    /// rule as [`Event::object_key`] (see [`Resource`]): the same key for
+    /// every data type the event decodes into; `None` when the data carries
+    /// no id.
     #[must_use]
     pub fn object_key(&self) -> Option<ObjectKey> {
         let data: Value = serde_json::from_str(self.data_json()).ok()?;

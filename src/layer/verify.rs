@@ -80,11 +80,14 @@ where
         tracing::debug!(%error, "clink delivery refused");
         Outcome::Verify(error.kind())
     };
-    let headers = SignatureHeaders::from_headers(&parts.headers).map_err(log_verify)?;
+    // The checks run in the verifier's one order: the timestamp's form, the
+    // sign type and the signature's form, then the keys and the window.
+    let headers = SignatureHeaders::from_headers(&parts.headers);
+    let timestamp = headers.timestamp().map_err(log_verify)?;
+    let signature = headers.signature().map_err(log_verify)?;
     let (verifier, account) = keys(config, parts).await?;
-    let mut verification = verifier.begin(headers.timestamp).map_err(log_verify)?;
+    let mut verification = verifier.begin(timestamp).map_err(log_verify)?;
     drop(verifier);
-    let signature = headers.signature;
 
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|len| len > config.body_limit as u64) {

@@ -17,33 +17,52 @@ pub const SIGN_TYPE_HEADER: &str = "x-clink-signtype";
 /// Timestamps below this value are seconds; the rest are milliseconds.
 const MILLIS_THRESHOLD: u64 = 1_000_000_000_000;
 
-/// The signature headers of one request, checked for presence and form.
+/// The signature headers of one request, read but not yet judged: each
+/// check runs when its value is asked for, so that callers report problems
+/// in the [`Verifier`](super::Verifier)'s one order: [`timestamp`](Self::timestamp),
+/// then [`signature`](Self::signature), then the keys and the window.
 pub(crate) struct SignatureHeaders<'h> {
-    pub(crate) timestamp: &'h str,
-    pub(crate) signature: [u8; SIGNATURE_LEN],
+    timestamp: Result<&'h str, VerifyError>,
+    sign_type: Result<(), VerifyError>,
+    signature: Result<&'h str, VerifyError>,
 }
 
 impl<'h> SignatureHeaders<'h> {
-    pub(crate) fn from_headers(headers: &'h HeaderMap) -> Result<Self, VerifyError> {
-        let timestamp = header_str(headers, TIMESTAMP_HEADER, VerifyErrorKind::MissingTimestamp)?
-            .ok_or(VerifyError::new(VerifyErrorKind::MissingTimestamp))?;
-        let signature = header_str(headers, SIGNATURE_HEADER, VerifyErrorKind::MissingSignature)?
-            .ok_or(VerifyError::new(VerifyErrorKind::MissingSignature))?;
-        if let Some(sign_type) = header_str(
+    pub(crate) fn from_headers(headers: &'h HeaderMap) -> Self {
+        let timestamp = header_str(headers, TIMESTAMP_HEADER, VerifyErrorKind::MissingTimestamp)
+            .and_then(|ts| ts.ok_or(VerifyError::new(VerifyErrorKind::MissingTimestamp)));
+        let sign_type = header_str(
             headers,
             SIGN_TYPE_HEADER,
             VerifyErrorKind::UnsupportedSignType,
-        )? {
-            if !sign_type.trim().eq_ignore_ascii_case("SHA256") {
-                return Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType));
+        )
+        .and_then(|sign_type| match sign_type {
+            Some(sign_type) if !sign_type.trim().eq_ignore_ascii_case("SHA256") => {
+                Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType))
             }
-        }
-        // Check the timestamp's form before the signature's, as the verifier does.
-        parse_timestamp(timestamp)?;
-        Ok(Self {
+            _ => Ok(()),
+        });
+        let signature = header_str(headers, SIGNATURE_HEADER, VerifyErrorKind::MissingSignature)
+            .and_then(|sig| sig.ok_or(VerifyError::new(VerifyErrorKind::MissingSignature)));
+        Self {
             timestamp,
-            signature: parse_signature(signature)?,
-        })
+            sign_type,
+            signature,
+        }
+    }
+
+    /// `X-Clink-Timestamp`, present, single, and of the right form.
+    pub(crate) fn timestamp(&self) -> Result<&'h str, VerifyError> {
+        let timestamp = self.timestamp.clone()?;
+        parse_timestamp(timestamp)?;
+        Ok(timestamp)
+    }
+
+    /// The signature to check: `X-Clink-SignType` is `SHA256` or absent,
+    /// and `X-Clink-Signature` is present, single, and 64 hex digits.
+    pub(crate) fn signature(&self) -> Result<[u8; SIGNATURE_LEN], VerifyError> {
+        self.sign_type.clone()?;
+        parse_signature(self.signature.clone()?)
     }
 }
 

@@ -24,6 +24,37 @@ const INLINE_KEYS: usize = 4;
 ///
 /// Build it once at start-up and share it (it is `Send + Sync` and cheap to
 /// clone). The key schedule runs once per key here, not once per request.
+///
+/// # The order of the checks
+///
+/// A request can be wrong in several ways at once. Every entry point reports
+/// the first of these, so the same request gets the same answer from
+/// [`verify`](Self::verify), [`verify_at`](Self::verify_at),
+/// [`verify_headers`](Self::verify_headers),
+/// [`verify_headers_at`](Self::verify_headers_at) and the
+/// [layer](crate::ClinkLayer):
+///
+/// 1. the timestamp's form: [`MissingTimestamp`](VerifyErrorKind::MissingTimestamp),
+///    [`MalformedTimestamp`](VerifyErrorKind::MalformedTimestamp) (also for
+///    two copies of the header, or one that is not visible ASCII);
+/// 2. [`UnsupportedSignType`](VerifyErrorKind::UnsupportedSignType);
+/// 3. the signature's form: [`MissingSignature`](VerifyErrorKind::MissingSignature),
+///    [`MalformedSignature`](VerifyErrorKind::MalformedSignature);
+/// 4. [`NoActiveKey`](VerifyErrorKind::NoActiveKey);
+/// 5. the window: [`TooOld`](VerifyErrorKind::TooOld) or
+///    [`InFuture`](VerifyErrorKind::InFuture);
+/// 6. [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch).
+///
+/// So a request that is malformed (400) is refused as such whatever the
+/// clock and the keys say, and the window is checked before the HMAC, as
+/// Clink's own tools do. The header-only kinds (missing headers, the sign
+/// type) cannot arise from [`verify_at`](Self::verify_at), which takes the
+/// values. An incremental verification follows the same order with what it
+/// has: [`begin`](Self::begin) checks steps 1, 4 and 5, since the signature
+/// is not yet given, and [`Verification::finish`] steps 3 and 6; so with a
+/// well-formed timestamp that is out of the window (or no active key) and a
+/// malformed signature, `begin` reports the window where the one-shot entry
+/// points report the signature.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<ActiveKey>,
@@ -111,7 +142,9 @@ impl Verifier {
     ///
     /// # Errors
     ///
-    /// [`VerifyError`] saying why the delivery must be refused.
+    /// [`VerifyError`] saying why the delivery must be refused: the first
+    /// problem in the [order](Verifier#the-order-of-the-checks) every entry
+    /// point follows.
     pub fn verify(
         &self,
         timestamp: &str,
@@ -133,8 +166,10 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
+        parse_timestamp(timestamp)?;
         let signature = parse_signature(signature)?;
-        self.verify_parsed(timestamp, &signature, body, now)
+        let signed_at = self.check_timestamp(timestamp, now)?;
+        self.verify_parsed(timestamp, signed_at, &signature, body, now)
     }
 
     /// Reads `X-Clink-Timestamp`, `X-Clink-Signature` and the optional
@@ -143,9 +178,11 @@ impl Verifier {
     ///
     /// # Errors
     ///
-    /// [`VerifyError`]; a missing header is
-    /// [`MissingTimestamp`](VerifyErrorKind::MissingTimestamp) or
-    /// [`MissingSignature`](VerifyErrorKind::MissingSignature).
+    /// [`VerifyError`], the first problem in the
+    /// [order](Verifier#the-order-of-the-checks) every entry point follows; a
+    /// missing header is [`MissingTimestamp`](VerifyErrorKind::MissingTimestamp)
+    /// or [`MissingSignature`](VerifyErrorKind::MissingSignature), and two
+    /// copies of one are malformed.
     pub fn verify_headers(
         &self,
         headers: &HeaderMap,
@@ -165,8 +202,11 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
-        let parts = SignatureHeaders::from_headers(headers)?;
-        self.verify_parsed(parts.timestamp, &parts.signature, body, now)
+        let parts = SignatureHeaders::from_headers(headers);
+        let timestamp = parts.timestamp()?;
+        let signature = parts.signature()?;
+        let signed_at = self.check_timestamp(timestamp, now)?;
+        self.verify_parsed(timestamp, signed_at, &signature, body, now)
     }
 
     /// The steps of a [`Verification`] for a body that is already whole:
@@ -177,11 +217,11 @@ impl Verifier {
     fn verify_parsed(
         &self,
         timestamp: &str,
+        signed_at: Timestamp,
         expected: &[u8; SIGNATURE_LEN],
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
-        let signed_at = self.check_timestamp(timestamp, now)?;
         let mut matches = Matches::default();
         for (i, key) in self.keys.iter().enumerate() {
             if key.is_active_at(now) {
@@ -204,7 +244,9 @@ impl Verifier {
     /// # Errors
     ///
     /// [`VerifyError`] for a malformed or out-of-tolerance timestamp, or when
-    /// every key has expired.
+    /// every key has expired: steps 1, 4 and 5 of the
+    /// [order](Verifier#the-order-of-the-checks); [`Verification::finish`]
+    /// takes the signature's.
     pub fn begin(&self, timestamp: &str) -> Result<Verification, VerifyError> {
         self.begin_at(timestamp, SystemTime::now())
     }
