@@ -304,7 +304,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireWrapped<'a> {
                 let mut wrapped = WireWrapped::default();
                 let mut seen = false;
                 while let Some(key) = map.next_key::<Key>()? {
-                    if let Key::Object = key {
+                    if matches!(key, Key::Object) {
                         fill(
                             &mut map,
                             &mut seen,

@@ -17,7 +17,6 @@ mod axum;
 mod cli;
 #[cfg(feature = "cli")]
 mod cli_output;
-#[cfg(feature = "test-util")]
 mod decoding;
 mod events;
 #[cfg(feature = "test-util")]
