@@ -18,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::secrets;
+
 pub(crate) const SECRET: &str = "whsec_test_123";
 
 /// Serves `service` over HTTP/1.1 on 127.0.0.1 until the test ends.
@@ -78,6 +80,9 @@ pub(crate) fn signed(addr: SocketAddr, body: &str) -> SignedRequest {
     SignedRequest::new(SECRET, body.to_owned()).uri(endpoint(addr, DEFAULT_PATH))
 }
 
+/// Sends `request` and reads the whole answer. Every answer is checked for
+/// the signing key ([`SECRET`], in any of its [forms](secrets::forms)) in
+/// its headers and body.
 pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
     let response = tokio::time::timeout(Duration::from_secs(20), client().request(request))
         .await
@@ -86,6 +91,8 @@ pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = format!("{headers:?}\n{}", String::from_utf8_lossy(&bytes));
+    secrets::assert_no_key("a response", &text, &[SECRET]);
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Reply {
         status,

@@ -4,6 +4,7 @@
 pub(crate) mod loopback;
 #[cfg(feature = "test-util")]
 pub(crate) mod process;
+pub(crate) mod secrets;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) mod servers;
 pub(crate) mod stores;
