@@ -17,6 +17,8 @@ mod axum;
 mod cli;
 #[cfg(feature = "cli")]
 mod cli_output;
+#[cfg(feature = "test-util")]
+mod counters;
 mod events;
 #[cfg(feature = "test-util")]
 mod example;
