@@ -31,6 +31,8 @@ mod inbox;
 #[cfg(all(feature = "test-util", any(feature = "redis", feature = "postgres")))]
 mod instances;
 #[cfg(feature = "test-util")]
+mod logs;
+#[cfg(feature = "test-util")]
 mod multi_tenant;
 #[cfg(all(feature = "test-util", feature = "metrics"))]
 mod observability;

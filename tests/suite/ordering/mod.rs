@@ -9,6 +9,7 @@
 //! URL is missing fails; it never passes without its server. Tests on a
 //! server hold it [shared](crate::support::servers::shared_blocking).
 
+mod outages;
 mod properties;
 
 use properties::{check_arrival_order, check_failed_handler_not_recorded, Mode};

@@ -1,5 +1,7 @@
 //! What several test modules share.
 
+#[cfg(any(feature = "test-util", feature = "redis"))]
+pub(crate) mod capture;
 #[cfg(feature = "test-util")]
 pub(crate) mod loopback;
 #[cfg(feature = "test-util")]
