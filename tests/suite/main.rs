@@ -32,6 +32,7 @@ mod inbox;
 mod instances;
 #[cfg(feature = "test-util")]
 mod logs;
+mod memory;
 #[cfg(feature = "test-util")]
 mod multi_tenant;
 #[cfg(all(feature = "test-util", feature = "metrics"))]
