@@ -3,9 +3,11 @@
 # Sourced by scripts/test and scripts/with-services, not run directly.
 # `services_start` starts, on free loopback ports in temporary directories,
 # a redis-server, a TLS redis-server, a three-node Redis Cluster and a
-# PostgreSQL cluster, and exports:
+# PostgreSQL cluster, all tuned for speed (no persistence, no disk flushes),
+# and a durable redis-server and PostgreSQL cluster for the crash tests, and
+# exports:
 #
-#   REDIS_URL, DATABASE_URL        where the servers listen
+#   REDIS_URL, DATABASE_URL        where the fast servers listen
 #   REDIS_TLS_URL                  rediss://127.0.0.1:PORT/ of the TLS redis-server (no plain
 #                                  port; it also listens on 127.0.0.2, a host its certificate
 #                                  does not name)
@@ -19,6 +21,18 @@
 #   CLINK_TEST_PG_KILL             script: pg_ctl stop -m immediate (a crash, as the cluster's user)
 #   CLINK_TEST_PG_START            script: start the cluster again, wait until it answers
 #   CLINK_TEST_PG_RESTART          script: pg_ctl restart -m immediate, wait until it answers
+#   REDIS_DURABLE_URL              a second redis-server that writes every change to its
+#                                  append-only file before answering (appendonly yes,
+#                                  appendfsync always), so a SIGKILL loses nothing it acknowledged
+#   CLINK_TEST_REDIS_DURABLE_KILL  script: SIGKILL it;  CLINK_TEST_REDIS_DURABLE_START: start it again
+#   DATABASE_DURABLE_URL           a second PostgreSQL cluster with PostgreSQL's durable
+#                                  defaults (fsync=on, synchronous_commit=on, full_page_writes=on)
+#   CLINK_TEST_PG_DURABLE_KILL     script: pg_ctl stop -m immediate;  CLINK_TEST_PG_DURABLE_START:
+#                                  start it again (crash recovery replays its WAL)
+#
+# The durable pair serves only the crash tests (tests/suite/instances), so
+# that every other test keeps the fast servers: on a disk where an fsync
+# takes milliseconds, durability would slow every store test.
 #
 # `services_stop` stops them all and removes the directories; callers run it
 # from an EXIT trap so that it also runs on failure. Every wait is bounded
@@ -35,8 +49,9 @@
 PATH="$PATH:/usr/sbin:/sbin"
 
 SERVICES_DIR=""
-SERVICES_PG_DIR=""
-SERVICES_PG_CTL=""
+# Every PostgreSQL cluster started: its directory and its pg_ctl command.
+SERVICES_PG_DIRS=()
+SERVICES_PG_CTLS=()
 SERVICES_PORT=""
 
 services_say() { printf '==> services: %s\n' "$*" >&2; }
@@ -146,6 +161,41 @@ services_start_redis() {
     export REDIS_URL="redis://127.0.0.1:$SERVICES_PORT/"
     export CLINK_TEST_REDIS_KILL="$dir/kill" CLINK_TEST_REDIS_START="$dir/start"
     services_say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
+}
+
+services_redis_durable_scripts() {
+    local port=$1 dir="$SERVICES_DIR/redis-durable"
+    cat >"$dir/start" <<EOF
+#!/bin/sh
+# Starts the durable redis-server on port $port (every write appended to its
+# append-only file and flushed to disk before the answer) and waits until it
+# answers, which is once it has loaded the file.
+redis-server --port $port --bind 127.0.0.1 --protected-mode yes \\
+    --save '' --appendonly yes --appendfsync always --dir '$dir' \\
+    --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
+for _ in \$(seq 100); do
+    [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
+    sleep 0.1
+done
+echo "the durable redis-server did not answer on port $port; see $dir/redis.log" >&2
+exit 1
+EOF
+    cat >"$dir/kill" <<EOF
+#!/bin/sh
+# Kills the durable redis-server at once (SIGKILL), as a crash would.
+kill -9 "\$(cat '$dir/redis.pid')" || exit 1
+while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.05; done
+EOF
+}
+
+# A second redis-server for the crash tests, persisting every write.
+services_start_redis_durable() {
+    local dir="$SERVICES_DIR/redis-durable"
+    mkdir -p "$dir"
+    services_launch "durable redis-server" "$dir" services_redis_durable_scripts "$dir/redis.log"
+    export REDIS_DURABLE_URL="redis://127.0.0.1:$SERVICES_PORT/"
+    export CLINK_TEST_REDIS_DURABLE_KILL="$dir/kill" CLINK_TEST_REDIS_DURABLE_START="$dir/start"
+    services_say "durable redis-server (appendonly yes, appendfsync always) on 127.0.0.1:$SERVICES_PORT"
 }
 
 services_need_redis() {
@@ -306,36 +356,46 @@ services_start_redis_cluster() {
         "(TLS ${tls_ports[0]},${tls_ports[1]},${tls_ports[2]})"
 }
 
+# The cluster services_launch is setting up: its directory, its pg_ctl
+# command and its tuning options.
+SERVICES_PG_SETUP_DIR=""
+SERVICES_PG_SETUP_CTL=""
+SERVICES_PG_SETUP_TUNING=""
+
 services_pg_scripts() {
-    local port=$1 dir=$SERVICES_PG_DIR
+    local port=$1 dir=$SERVICES_PG_SETUP_DIR ctl=$SERVICES_PG_SETUP_CTL
     local opts="-c listen_addresses=127.0.0.1 -p $port -k $dir/sock -c max_connections=200"
-    # Durability is not under test: skip the disk flushes.
-    opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    opts="$opts $SERVICES_PG_SETUP_TUNING"
     cat >"$dir/start" <<EOF
 #!/bin/sh
 # Starts the private PostgreSQL cluster on port $port and waits until it answers.
-$SERVICES_PG_CTL -o "$opts" start >/dev/null
+$ctl -o "$opts" start >/dev/null
 EOF
     cat >"$dir/kill" <<EOF
 #!/bin/sh
 # Stops the private PostgreSQL cluster at once (-m immediate), as a crash would.
-$SERVICES_PG_CTL -m immediate stop >/dev/null
+$ctl -m immediate stop >/dev/null
 EOF
     cat >"$dir/restart" <<EOF
 #!/bin/sh
 # Restarts the private PostgreSQL cluster with -m immediate (crash recovery on start).
-$SERVICES_PG_CTL -m immediate -o "$opts" restart >/dev/null
+$ctl -m immediate -o "$opts" restart >/dev/null
 EOF
 }
 
-services_start_postgres() {
+# The PostgreSQL binaries' directory, and the prefix that runs a command as
+# the clusters' user (empty unless running as root).
+SERVICES_PG_BIN=""
+SERVICES_PG_AS=""
+
+services_need_postgres() {
+    [ -z "$SERVICES_PG_BIN" ] || return 0
     local bin
     if ! bin=$(services_find_pg_bin); then
         services_apt_install "PostgreSQL (initdb, pg_ctl)" postgresql
         bin=$(services_find_pg_bin) || services_die "PostgreSQL installed but initdb/pg_ctl not found"
     fi
-    local as_pg="" owner
-    owner=$(id -un)
+    SERVICES_PG_BIN=$bin
     if [ "$(id -u)" -eq 0 ]; then
         command -v runuser >/dev/null || services_die "runuser (util-linux) is missing"
         if ! id postgres >/dev/null 2>&1; then
@@ -343,27 +403,57 @@ services_start_postgres() {
             useradd --system --user-group --no-create-home --home-dir /nonexistent \
                 --shell /usr/sbin/nologin postgres || services_die "useradd postgres failed"
         fi
-        as_pg="runuser -u postgres --"
-        owner=postgres
+        SERVICES_PG_AS="runuser -u postgres --"
     fi
+}
 
-    # Its own directory, owned by the cluster's user.
-    local dir
+services_pg_owner() {
+    if [ -n "$SERVICES_PG_AS" ]; then echo postgres; else id -un; fi
+}
+
+# Makes a PostgreSQL cluster in a directory of its own and starts it with the
+# tuning options $2 ($1 names it in messages). Leaves its directory in
+# SERVICES_PG_SETUP_DIR and its port in SERVICES_PORT.
+services_new_pg_cluster() {
+    local name=$1 tuning=$2 bin=$SERVICES_PG_BIN as_pg=$SERVICES_PG_AS dir
     dir=$(mktemp -d /tmp/clink-pg.XXXXXX) || services_die "mktemp failed"
-    SERVICES_PG_DIR=$dir
+    SERVICES_PG_DIRS+=("$dir")
     mkdir -p "$dir/sock"
     [ -z "$as_pg" ] || chown -R postgres: "$dir"
 
     (cd / && $as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
         --no-locale --no-sync >"$dir/initdb.log" 2>&1) ||
-        { cat "$dir/initdb.log" >&2; services_die "initdb failed"; }
+        { cat "$dir/initdb.log" >&2; services_die "initdb failed ($name)"; }
 
-    SERVICES_PG_CTL="cd / && $as_pg $bin/pg_ctl -D $dir/data -l $dir/postgres.log -w -t 60"
-    services_launch PostgreSQL "$dir" services_pg_scripts "$dir/postgres.log"
+    SERVICES_PG_SETUP_DIR=$dir
+    SERVICES_PG_SETUP_CTL="cd / && $as_pg $bin/pg_ctl -D $dir/data -l $dir/postgres.log -w -t 60"
+    SERVICES_PG_SETUP_TUNING=$tuning
+    SERVICES_PG_CTLS+=("$SERVICES_PG_SETUP_CTL")
+    services_launch "$name" "$dir" services_pg_scripts "$dir/postgres.log"
+}
+
+services_start_postgres() {
+    services_need_postgres
+    # Durability is not under test here: skip the disk flushes.
+    services_new_pg_cluster PostgreSQL "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    local dir=$SERVICES_PG_SETUP_DIR
     export DATABASE_URL="postgres://postgres@127.0.0.1:$SERVICES_PORT/postgres"
     export CLINK_TEST_PG_KILL="$dir/kill" CLINK_TEST_PG_START="$dir/start"
     export CLINK_TEST_PG_RESTART="$dir/restart"
-    services_say "PostgreSQL $("$bin/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$SERVICES_PORT (as $owner)"
+    services_say "PostgreSQL $("$SERVICES_PG_BIN/pg_ctl" --version | awk '{print $3}') on" \
+        "127.0.0.1:$SERVICES_PORT (as $(services_pg_owner))"
+}
+
+# A second cluster for the crash tests, with PostgreSQL's durable defaults
+# spelled out: a commit is acknowledged only once its WAL is on disk.
+services_start_postgres_durable() {
+    services_need_postgres
+    services_new_pg_cluster "durable PostgreSQL" \
+        "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+    local dir=$SERVICES_PG_SETUP_DIR
+    export DATABASE_DURABLE_URL="postgres://postgres@127.0.0.1:$SERVICES_PORT/postgres"
+    export CLINK_TEST_PG_DURABLE_KILL="$dir/kill" CLINK_TEST_PG_DURABLE_START="$dir/start"
+    services_say "durable PostgreSQL (fsync=on, synchronous_commit=on) on 127.0.0.1:$SERVICES_PORT"
 }
 
 services_start() {
@@ -373,21 +463,28 @@ services_start() {
     services_start_redis_tls
     services_start_redis_cluster
     services_start_postgres
+    services_start_redis_durable
+    services_start_postgres_durable
 }
 
 services_stop() {
     [ -n "$SERVICES_DIR" ] || return 0
-    if [ -n "$SERVICES_PG_DIR" ] && [ -f "$SERVICES_PG_DIR/data/postmaster.pid" ]; then
-        sh -c "$SERVICES_PG_CTL -m immediate stop" >/dev/null 2>&1 || true
-    fi
-    local pidfile
-    for pidfile in "$SERVICES_DIR"/redis/redis.pid "$SERVICES_DIR"/redis-tls/redis.pid \
-        "$SERVICES_DIR"/redis-cluster/node*/redis.pid; do
+    local i pidfile
+    for i in "${!SERVICES_PG_DIRS[@]}"; do
+        if [ -f "${SERVICES_PG_DIRS[$i]}/data/postmaster.pid" ]; then
+            sh -c "${SERVICES_PG_CTLS[$i]} -m immediate stop" >/dev/null 2>&1 || true
+        fi
+    done
+    for pidfile in "$SERVICES_DIR"/redis/redis.pid "$SERVICES_DIR"/redis-durable/redis.pid \
+        "$SERVICES_DIR"/redis-tls/redis.pid "$SERVICES_DIR"/redis-cluster/node*/redis.pid; do
         services_kill_redis "$pidfile"
     done
-    [ -z "$SERVICES_PG_DIR" ] || rm -rf "$SERVICES_PG_DIR"
+    for i in "${!SERVICES_PG_DIRS[@]}"; do
+        rm -rf "${SERVICES_PG_DIRS[$i]}"
+    done
     rm -rf "$SERVICES_DIR"
     SERVICES_DIR=""
-    SERVICES_PG_DIR=""
+    SERVICES_PG_DIRS=()
+    SERVICES_PG_CTLS=()
     services_say "servers stopped"
 }

@@ -1,14 +1,31 @@
 //! Steps 6 and 8: claim the event id before the handler runs, and settle
 //! the claim after it (complete on success, release otherwise), even when
 //! the delivery is dropped half-way.
+//!
+//! A completion the store could not take (unreachable, or no answer in
+//! time) is tried again in the background until the lease ends: the claim
+//! is still this delivery's until then, so a store that comes back within
+//! the lease still learns that the event was handled, and no retry runs the
+//! handler again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::config::Config;
-use super::VerifiedEvent;
-use crate::store::{timed, Claim, IdempotencyStore, LeaseToken, Settle, StoreErrorKind};
+use super::{Metrics, VerifiedEvent};
+use crate::store::{
+    timed, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
+};
 use crate::Outcome;
+
+/// The first pause before a completion is tried again; it doubles up to
+/// [`COMPLETE_RETRY_MAX`].
+const COMPLETE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Less of the lease than this left, a completion is no longer tried.
+const COMPLETE_RETRY_LAST: Duration = Duration::from_millis(10);
 
 /// The idempotency key of an event: `{prefix}:{account}:{id}`, the account
 /// empty with a single verifier. Only what cannot differ between two
@@ -26,6 +43,8 @@ pub(super) async fn claim(
     verified: &VerifiedEvent,
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
+    // The lease starts somewhere during the call: count it from before.
+    let lease_ends = Instant::now() + config.lease;
     match timed(config.store_timeout, config.store.claim(&key, config.lease)).await {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
             store: Arc::clone(&config.store),
@@ -33,6 +52,8 @@ pub(super) async fn claim(
             token: Some(token),
             timeout: config.store_timeout,
             completes_with: None,
+            lease_ends,
+            metrics: Arc::clone(&config.metrics),
         }),
         Ok(Claim::Completed) => Err(Outcome::Duplicate),
         Ok(Claim::InFlight { retry_after }) => Err(Outcome::InFlight { retry_after }),
@@ -60,6 +81,10 @@ pub(super) struct ClaimGuard {
     /// What a drop does with an unsettled claim: `None` releases it,
     /// `Some(retention)` completes it (the handler succeeded).
     completes_with: Option<Duration>,
+    /// When the lease ends at the latest, by this process's clock (counted
+    /// from before the claim call, so never later than the store's).
+    lease_ends: Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl ClaimGuard {
@@ -83,25 +108,34 @@ impl ClaimGuard {
             self.store.complete(&self.key, token, config.retention),
         )
         .await;
-        // Only now is the claim settled; a drop before this point completes it.
-        self.token = None;
+        // Only now is the claim settled or handed on; a drop before this
+        // point completes it.
+        let Some(token) = self.token.take() else {
+            return;
+        };
         match result {
-            Ok(Settle::Applied) => {}
-            Ok(Settle::LeaseLost) => {
-                config.metrics.lease_was_lost();
+            Ok(settle) => completed(&self.metrics, settle, false),
+            Err(error) if worth_retrying(&error) => {
                 tracing::warn!(
-                    "clink event handled, but its lease had expired before it was marked \
-                     completed; another delivery may run (or be running) the handler again"
-                );
-            }
-            Err(error) => {
-                config.metrics.settle_failed();
-                tracing::error!(
                     %error,
-                    "clink event handled, but could not be marked completed; \
-                     a retry after the lease expires may run the handler again"
+                    "clink event handled, but the store did not take its completed mark; \
+                     trying again until the lease ends"
                 );
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    self.metrics.settle_failed();
+                    return;
+                };
+                runtime.spawn(complete_until_lease_ends(
+                    Arc::clone(&self.store),
+                    std::mem::take(&mut self.key),
+                    token,
+                    config.retention,
+                    self.timeout,
+                    self.lease_ends,
+                    Arc::clone(&self.metrics),
+                ));
             }
+            Err(error) => completion_failed(&self.metrics, &error),
         }
     }
 
@@ -114,6 +148,86 @@ impl ClaimGuard {
         }
         self.token = None;
     }
+}
+
+/// Whether a failed completion may succeed if tried again: the store could
+/// not be reached or did not answer, as opposed to refusing the call.
+fn worth_retrying(error: &StoreError) -> bool {
+    matches!(
+        error.kind(),
+        StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+    )
+}
+
+/// Counts and logs the store's answer to a completion; `retried` when an
+/// earlier try failed, which may have been applied without its answer
+/// arriving.
+fn completed(metrics: &Metrics, settle: Settle, retried: bool) {
+    match settle {
+        Settle::Applied => {}
+        Settle::LeaseLost if retried => {
+            metrics.settle_failed();
+            tracing::warn!(
+                "clink event handled; after a failed try, the store no longer holds its claim: \
+                 either that try was applied, or the lease had ended and another delivery may \
+                 run the handler again"
+            );
+        }
+        Settle::LeaseLost => {
+            metrics.lease_was_lost();
+            tracing::warn!(
+                "clink event handled, but its lease had expired before it was marked \
+                 completed; another delivery may run (or be running) the handler again"
+            );
+        }
+    }
+}
+
+fn completion_failed(metrics: &Metrics, error: &StoreError) {
+    metrics.settle_failed();
+    tracing::error!(
+        %error,
+        "clink event handled, but could not be marked completed; \
+         a retry after the lease expires may run the handler again"
+    );
+}
+
+/// Tries to complete a claim until the store answers or the lease ends,
+/// pausing between tries (50 ms, doubling up to 1 s, and never more than
+/// half of what is left of the lease, so that the last try comes just
+/// before it ends).
+async fn complete_until_lease_ends(
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    token: LeaseToken,
+    retention: Duration,
+    timeout: Duration,
+    lease_ends: Instant,
+    metrics: Arc<Metrics>,
+) {
+    let mut pause = COMPLETE_RETRY_FIRST;
+    let mut last_error = None;
+    loop {
+        let left = lease_ends.saturating_duration_since(Instant::now());
+        if left < COMPLETE_RETRY_LAST {
+            break;
+        }
+        tokio::time::sleep(pause.min(left / 2)).await;
+        let timeout = timeout.min(lease_ends.saturating_duration_since(Instant::now()));
+        match timed(timeout, store.complete(&key, &token, retention)).await {
+            Ok(settle) => return completed(&metrics, settle, true),
+            Err(error) if worth_retrying(&error) => last_error = Some(error),
+            Err(error) => return completion_failed(&metrics, &error),
+        }
+        pause = (pause * 2).min(COMPLETE_RETRY_MAX);
+    }
+    let error = last_error.unwrap_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Timeout,
+            "the lease ended before the completion could be tried again",
+        )
+    });
+    completion_failed(&metrics, &error);
 }
 
 /// Releases a claim, logging a failure; whether it was released.
@@ -142,21 +256,30 @@ impl Drop for ClaimGuard {
         };
         let store = Arc::clone(&self.store);
         let key = std::mem::take(&mut self.key);
-        let (timeout, completes_with) = (self.timeout, self.completes_with);
-        runtime.spawn(async move {
-            match completes_with {
-                Some(retention) => {
-                    if let Err(error) =
-                        timed(timeout, store.complete(&key, &token, retention)).await
-                    {
-                        tracing::error!(%error, "clink event handled, but could not be marked completed");
+        let timeout = self.timeout;
+        match self.completes_with {
+            Some(retention) => {
+                let metrics = Arc::clone(&self.metrics);
+                let lease_ends = self.lease_ends;
+                runtime.spawn(async move {
+                    match timed(timeout, store.complete(&key, &token, retention)).await {
+                        Ok(settle) => completed(&metrics, settle, false),
+                        Err(error) if worth_retrying(&error) => {
+                            complete_until_lease_ends(
+                                store, key, token, retention, timeout, lease_ends, metrics,
+                            )
+                            .await;
+                        }
+                        Err(error) => completion_failed(&metrics, &error),
                     }
-                }
-                None => {
-                    release_logged(&*store, &key, &token, timeout).await;
-                }
+                });
             }
-        });
+            None => {
+                runtime.spawn(async move {
+                    release_logged(&*store, &key, &token, timeout).await;
+                });
+            }
+        }
     }
 }
 
@@ -187,6 +310,8 @@ mod tests {
             token: Some(token),
             timeout: super::super::DEFAULT_STORE_TIMEOUT,
             completes_with,
+            lease_ends: Instant::now() + DEFAULT_LEASE,
+            metrics: Arc::default(),
         });
         claim_state(&*store).await
     }
@@ -200,5 +325,109 @@ mod tests {
     async fn a_delivery_dropped_after_its_handler_succeeded_still_completes() {
         let retention = Some(DEFAULT_RETENTION);
         assert_eq!(dropped_guard(retention).await, Claim::Completed);
+    }
+
+    /// A memory store whose first `failures` completions fail as if its
+    /// server were down.
+    struct Unreachable {
+        inner: MemoryStore,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    impl IdempotencyStore for Unreachable {
+        fn claim<'a>(
+            &'a self,
+            key: &'a str,
+            lease: Duration,
+        ) -> crate::store::BoxFuture<'a, Result<Claim, StoreError>> {
+            self.inner.claim(key, lease)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a LeaseToken,
+            retention: Duration,
+        ) -> crate::store::BoxFuture<'a, Result<Settle, StoreError>> {
+            let down = self
+                .failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            if down {
+                return Box::pin(std::future::ready(Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "connection refused",
+                ))));
+            }
+            self.inner.complete(key, token, retention)
+        }
+
+        fn release<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a LeaseToken,
+        ) -> crate::store::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.release(key, token)
+        }
+    }
+
+    /// Settles a handled delivery of `k` under a 2 s lease while the
+    /// store's first `failures` completions fail; the layer's metrics.
+    async fn handled_while_unreachable(failures: u32) -> (Arc<Unreachable>, Arc<Metrics>) {
+        let lease = Duration::from_secs(2);
+        let store = Arc::new(Unreachable {
+            inner: MemoryStore::new(),
+            failures: failures.into(),
+        });
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store))
+            .lease(lease)
+            .unwrap();
+        let lease_ends = Instant::now() + lease;
+        let Claim::Claimed(token) = store.claim("k", lease).await.unwrap() else {
+            panic!("a fresh key is claimed");
+        };
+        let guard = ClaimGuard {
+            store: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
+            key: "k".to_owned(),
+            token: Some(token),
+            timeout: super::super::DEFAULT_STORE_TIMEOUT,
+            completes_with: None,
+            lease_ends,
+            metrics: layer.metrics(),
+        };
+        guard.settle(&layer.config, &Outcome::Handled).await;
+        (store, layer.metrics())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_the_store_could_not_take_is_tried_again_within_the_lease() {
+        let (store, metrics) = handled_while_unreachable(3).await;
+        // 50 + 100 + 200 ms of pauses, then the fourth try gets through.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            store.inner.claim("k", DEFAULT_LEASE).await.unwrap(),
+            Claim::Completed
+        );
+        assert_eq!(metrics.settle_errors(), 0);
+        assert_eq!(metrics.lease_lost(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_is_given_up_when_the_lease_ends() {
+        let (store, metrics) = handled_while_unreachable(u32::MAX).await;
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert_eq!(metrics.settle_errors(), 0, "still trying inside the lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(metrics.settle_errors(), 1);
+        // The lease has ended: the next delivery runs the handler again.
+        assert!(matches!(
+            store.inner.claim("k", DEFAULT_LEASE).await.unwrap(),
+            Claim::Claimed(_)
+        ));
     }
 }

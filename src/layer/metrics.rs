@@ -89,7 +89,9 @@ counters! {
     /// not be asked ([`Outcome::StoreUnavailable`], [`Outcome::KeysUnavailable`]).
     store_errors,
     /// Settles (complete or release) that failed after the outcome was
-    /// decided; the lease frees the claim.
+    /// decided; the lease frees the claim. A completion the store could not
+    /// take is tried again in the background until the lease ends, and
+    /// counted here only if it never gets through.
     settle_errors,
     /// Handled events whose lease had been lost by the time they were marked
     /// completed (the response was still `2xx`).

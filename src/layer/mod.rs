@@ -25,6 +25,9 @@
 //!    releases the claim, so Clink's retry runs the handler again. Every store
 //!    call is bounded by [`ClinkLayer::store_timeout`]; a delivery dropped
 //!    mid-way (the sender hung up) still settles its claim in the background.
+//!    A completion the store could not take (down, or not answering) is tried
+//!    again in the background until the lease ends, so a store that comes
+//!    back within the lease still learns that the event was handled.
 //!
 //! Every delivery ends in one [`Outcome`](crate::Outcome), put in the
 //! response extensions (next to the [`VerifiedEvent`] once verified) and

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clink_webhooks::data::{Order, Session};
@@ -12,9 +12,10 @@ use clink_webhooks::store::{
     BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
 };
 use clink_webhooks::testing::fixture;
-use clink_webhooks::{events, ClinkLayer, EventRouter, EventType, SigningKey, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, EventType, Outcome, SigningKey, Verifier};
 use http::{HeaderName, HeaderValue};
 use http_body_util::Full;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
 use tower::Layer;
 
@@ -545,16 +546,135 @@ impl IdempotencyStore for HungStore {
 
 #[tokio::test]
 async fn a_store_that_never_answers_is_a_503_within_the_store_timeout() {
+    let store_timeout = Duration::from_millis(200);
     let layer = ClinkLayer::new(verifier())
         .store(HungStore)
-        .store_timeout(Duration::from_millis(50))
+        .store_timeout(store_timeout)
         .unwrap();
     let addr = serve(layer.layer(EventRouter::new())).await;
+    let started = Instant::now();
     let reply = deliver(addr, &fixture(&EventType::OrderCreated)).await;
+    let elapsed = started.elapsed();
     assert_eq!(
         (reply.status, reply.error_code()),
         (503, "store_unavailable")
     );
+    assert!(reply.headers.contains_key("retry-after"));
+    // Not before the timeout, and far sooner than the 5 s default would be.
+    assert!(elapsed >= store_timeout, "answered after {elapsed:?}");
+    assert!(
+        elapsed < store_timeout + Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+}
+
+/// A signed delivery of `body` announced in full (`content-length`), as
+/// the head of a raw request.
+fn raw_head(addr: std::net::SocketAddr, body: &str) -> String {
+    http1_head(
+        &signed(addr, body).build::<Full<Bytes>>(),
+        &format!("content-length: {}", body.len()),
+    )
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408_after_the_body_timeout() {
+    let body_timeout = Duration::from_millis(300);
+    let layer = ClinkLayer::new(verifier())
+        .body_timeout(body_timeout)
+        .unwrap();
+    let (addr, seen) = {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let service = layer.layer(recording_router(Arc::clone(&seen)));
+        (serve(service).await, seen)
+    };
+    let body = event("evt_stalled", "order.succeeded", r#"{"orderId":"ord_1"}"#);
+    // The first half of the body, then nothing: the connection stays open.
+    let half = &body.as_bytes()[..body.len() / 2];
+    let reply = raw_request(addr, &raw_head(addr, &body), &[half], ThenClient::Waits).await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (408, "body_timeout")
+    );
+    assert!(
+        reply.elapsed >= body_timeout,
+        "answered after {:?}",
+        reply.elapsed
+    );
+    assert!(
+        reply.elapsed < body_timeout + Duration::from_secs(2),
+        "answered after {:?}",
+        reply.elapsed
+    );
+    assert!(seen.lock().unwrap().is_empty());
+
+    // The whole body in time is handled.
+    assert_eq!(deliver(addr, &body).await.status, 200);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_sender_is_a_400_body_unreadable() {
+    // The default body timeout (30 s) is not what answers here.
+    let (addr, seen) = recording_server().await;
+    let body = event("evt_cut", "order.succeeded", r#"{"orderId":"ord_1"}"#);
+    let half = &body.as_bytes()[..body.len() / 2];
+    let reply = raw_request(
+        addr,
+        &raw_head(addr, &body),
+        &[half],
+        ThenClient::StopsSending,
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (400, "body_unreadable")
+    );
+    assert!(
+        reply.elapsed < Duration::from_secs(5),
+        "answered after {:?}",
+        reply.elapsed
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_reset_mid_body_ends_as_body_unreadable() {
+    let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let layer = ClinkLayer::new(verifier());
+    let metrics = layer.metrics();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = tower::util::MapResponseLayer::new(move |response: http::Response<_>| {
+        let _ = outcomes_tx.send(Outcome::of(&response).cloned());
+        response
+    });
+    let service = record.layer(layer.layer(recording_router(Arc::clone(&seen))));
+    let addr = serve(service).await;
+    let body = event("evt_reset", "order.succeeded", r#"{"orderId":"ord_1"}"#);
+
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(raw_head(addr, &body).as_bytes())
+        .await
+        .unwrap();
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    // Let the server start reading the body, then reset the connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("the delivery ended within 5 s of the reset, long before the body timeout")
+        .expect("an outcome");
+    assert_eq!(outcome, Some(Outcome::BodyUnreadable));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(metrics.rejected(), 1);
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

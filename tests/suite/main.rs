@@ -17,6 +17,8 @@ mod axum;
 mod cli;
 #[cfg(feature = "cli")]
 mod cli_output;
+#[cfg(feature = "test-util")]
+mod counters;
 mod decoding;
 mod events;
 #[cfg(feature = "test-util")]
@@ -29,6 +31,9 @@ mod http;
 mod inbox;
 #[cfg(all(feature = "test-util", any(feature = "redis", feature = "postgres")))]
 mod instances;
+#[cfg(feature = "test-util")]
+mod logs;
+mod memory;
 #[cfg(feature = "test-util")]
 mod multi_tenant;
 #[cfg(all(feature = "test-util", feature = "metrics"))]

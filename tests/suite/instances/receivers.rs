@@ -24,6 +24,8 @@ use crate::support::loopback::{deliver, event, serve, SECRET};
 pub(crate) struct Runs {
     pub(crate) started: u32,
     pub(crate) succeeded: u32,
+    /// Runs that answered 500 because the test's handler chose to fail.
+    pub(crate) failed: u32,
     running: u32,
     /// Whether a run started while another run of the same id was going.
     pub(crate) overlapped: bool,
@@ -48,6 +50,12 @@ impl Ledger {
     pub(crate) fn total_started(&self) -> u32 {
         let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         runs.values().map(|runs| runs.started).sum()
+    }
+
+    /// How many runs, of every id, the handler failed on purpose.
+    pub(crate) fn total_failed(&self) -> u32 {
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        runs.values().map(|runs| runs.failed).sum()
     }
 
     pub(crate) fn any_overlap(&self) -> Option<String> {
@@ -114,6 +122,7 @@ impl Handler {
         let (running, attempt) = Running::start(&self.ledger, &id);
         tokio::time::sleep(self.work).await;
         if (self.fails)(&id, attempt) {
+            self.ledger.with(&id, |runs| runs.failed += 1);
             return status(500);
         }
         self.ledger.with(&id, |runs| runs.succeeded += 1);
@@ -166,16 +175,37 @@ pub(crate) fn unique_prefix(test: &str) -> String {
 #[derive(Debug, Default)]
 pub(crate) struct Statuses {
     counts: Mutex<BTreeMap<u16, u32>>,
+    /// Answers of 5xx other than 503 that the layer wrote itself (a JSON
+    /// body with an error code), as `status code`: the test handler's own
+    /// 500 has an empty body.
+    layer_failures: Mutex<BTreeMap<String, u32>>,
     acknowledged: AtomicU32,
 }
 
 impl Statuses {
-    fn note(&self, status: u16) {
+    fn note(&self, status: u16, error_code: &str) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         *counts.entry(status).or_default() += 1;
         if (200..300).contains(&status) {
             self.acknowledged.fetch_add(1, Ordering::Relaxed);
         }
+        if status >= 500 && status != 503 && !error_code.is_empty() {
+            let mut failures = self
+                .layer_failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *failures
+                .entry(format!("{status} {error_code}"))
+                .or_default() += 1;
+        }
+    }
+
+    /// The 5xx answers (503 aside) that the test handler did not give.
+    pub(crate) fn layer_failures(&self) -> BTreeMap<String, u32> {
+        self.layer_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn count(&self, status: u16) -> u32 {
@@ -200,49 +230,66 @@ impl Statuses {
 
 /// Sends one delivery of event `id` and notes the status.
 pub(crate) async fn send_once(addr: SocketAddr, id: &str, statuses: &Statuses) -> (u16, Duration) {
+    let (status, retry_after, _) = send_noting_outcome(addr, id, statuses).await;
+    (status, retry_after)
+}
+
+/// [`send_once`], also returning the layer's outcome code (`handled`,
+/// `duplicate`, an error code; empty when the handler wrote the body).
+pub(crate) async fn send_noting_outcome(
+    addr: SocketAddr,
+    id: &str,
+    statuses: &Statuses,
+) -> (u16, Duration, String) {
     let reply = deliver(addr, &event(id, "order.succeeded", "{}")).await;
-    statuses.note(reply.status);
+    statuses.note(reply.status, reply.error_code());
+    let outcome = reply.json["outcome"]
+        .as_str()
+        .unwrap_or_else(|| reply.error_code())
+        .to_owned();
     let retry_after = reply
         .headers
         .get(http::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    (reply.status, retry_after)
+    (reply.status, retry_after, outcome)
 }
 
-/// Clink's schedule, compressed: the tests wait a tenth of what it would.
-const TIME_SCALE: u32 = 10;
-
-/// Delivers event `id` like Clink: to the receivers in turn until one
-/// answers 2xx, waiting out `Retry-After` (scaled down) on 409 and 503 and a
-/// short backoff on other failures. Gives up after `max_failures` handler
-/// failures (5xx other than 503) or at `deadline`. Whether it got a 2xx.
-pub(crate) async fn deliver_until_acknowledged(
+/// One of Clink's senders, its schedule compressed: delivers event `id`,
+/// starting at receiver `first` and taking the receivers in turn, until an
+/// answer is `2xx`. Any other answer is a failed attempt, retried after a
+/// backoff that doubles from 25 ms up to 400 ms (Clink's own waits are
+/// minutes to hours, and it does not read `Retry-After`). Gives up after
+/// `max_handler_failures` answers of 5xx other than 503 (a handler that keeps
+/// failing) or at `deadline`. Whether it got a `2xx`.
+pub(crate) async fn clink_sender(
     receivers: &[SocketAddr],
+    first: usize,
     id: &str,
     statuses: &Statuses,
-    max_failures: u32,
+    max_handler_failures: u32,
     deadline: Instant,
 ) -> bool {
-    let mut failures = 0;
-    for attempt in 0.. {
+    let mut backoff = Duration::from_millis(25);
+    let mut handler_failures = 0;
+    for attempt in first.. {
         if Instant::now() >= deadline {
             return false;
         }
         let addr = receivers[attempt % receivers.len()];
-        let (status, retry_after) = send_once(addr, id, statuses).await;
-        match status {
-            200..=299 => return true,
-            409 | 503 => tokio::time::sleep(retry_after / TIME_SCALE).await,
-            _ => {
-                failures += 1;
-                if failures >= max_failures {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let (status, _) = send_once(addr, id, statuses).await;
+        if (200..300).contains(&status) {
+            return true;
+        }
+        if status >= 500 && status != 503 {
+            handler_failures += 1;
+            if handler_failures >= max_handler_failures {
+                return false;
             }
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(400));
     }
     false
 }

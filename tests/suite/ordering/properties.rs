@@ -34,11 +34,18 @@ fn request(body: &str) -> http::Request<Full<Bytes>> {
     SignedRequest::new(SECRET, body.to_owned()).build()
 }
 
-/// Event `n` about `object`, created `n` seconds after a fixed instant.
+/// When each of the six events is created, in seconds after a fixed
+/// instant. Events 1 and 2, and 3 and 4, share a `created` time: between
+/// them the event id decides (byte-wise, `evt_..._1` before `evt_..._2`), so
+/// the events' versions still run in the order of their numbers.
+const CREATED_SECONDS: [u64; 6] = [0, 1, 1, 2, 2, 3];
+
+/// Event `n` about `object`, created [`CREATED_SECONDS`]`[n]` after a fixed
+/// instant; its version is the `n`-th of the six.
 fn event_body(object: &str, n: usize) -> String {
     format!(
         r#"{{"id":"evt_{object}_{n}","type":"subscription.updated.renewed","created":{},"data":{{"subscriptionId":"{object}","elapsedCycles":{n}}}}}"#,
-        1_736_942_400_000u64 + n as u64 * 1000
+        1_736_942_400_000u64 + CREATED_SECONDS[n] * 1000
     )
 }
 
@@ -98,7 +105,9 @@ pub(crate) fn postgres() -> Arc<dyn FreshnessStore> {
 }
 
 /// Delivers events `0..order.len()` about one object in the arrival `order`
-/// and checks what the handler saw.
+/// and checks what the handler saw: event `n` is stale exactly when an event
+/// with a higher number (a newer `created` time, or the same one and a
+/// greater id) arrived before it.
 pub(crate) fn check_arrival_order(store: Arc<dyn FreshnessStore>, order: &[usize], mode: Mode) {
     let object = fresh_object_id();
     // (event number, was it flagged stale) per handler run, and the state applied.

@@ -236,3 +236,92 @@ async fn a_freshness_retention_out_of_range_is_refused() {
         assert!(err.to_string().contains("retention"), "{err}");
     }
 }
+
+/// Sets the server's `maxmemory-policy` until dropped, then puts back the
+/// one it had (also when the test fails).
+struct EvictionPolicy {
+    url: String,
+    previous: String,
+}
+
+impl EvictionPolicy {
+    fn set(url: &str, policy: &str) -> Self {
+        let mut connection = redis::Client::open(url)
+            .expect("REDIS_URL parses")
+            .get_connection()
+            .expect("a connection to REDIS_URL");
+        let current: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query(&mut connection)
+            .expect("CONFIG GET");
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query(&mut connection)
+            .expect("CONFIG SET");
+        Self {
+            url: url.to_owned(),
+            previous: current[1].clone(),
+        }
+    }
+}
+
+impl Drop for EvictionPolicy {
+    fn drop(&mut self) {
+        let restored = redis::Client::open(self.url.as_str())
+            .and_then(|client| client.get_connection())
+            .and_then(|mut connection| {
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory-policy")
+                    .arg(&self.previous)
+                    .query::<()>(&mut connection)
+            });
+        if let Err(error) = restored {
+            eprintln!(
+                "could not restore maxmemory-policy {}: {error}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// The eviction warnings `connect` logged.
+fn eviction_warnings(captured: &crate::support::capture::Captured) -> Vec<String> {
+    captured
+        .events()
+        .into_iter()
+        .filter(|event| {
+            event.level == tracing::Level::WARN
+                && event.target.starts_with("clink_webhooks::store::redis")
+                && event.message.contains("evict")
+        })
+        .map(|event| format!("{} policy={:?}", event.message, event.fields.get("policy")))
+        .collect()
+}
+
+#[tokio::test]
+async fn connect_warns_when_the_server_may_evict_keys() {
+    // Another policy on the shared server: no other test may connect meanwhile.
+    let _servers = crate::support::servers::exclusive().await;
+    let url = server_url("REDIS_URL");
+    {
+        let (captured, _guard) = crate::support::capture::capture();
+        let _policy = EvictionPolicy::set(&url, "allkeys-lru");
+        RedisStore::connect(&url).await.expect("connects");
+        let warnings = eviction_warnings(&captured);
+        assert_eq!(warnings.len(), 1, "{:#?}", captured.events());
+        assert!(
+            warnings[0].contains(r#"policy=Some("allkeys-lru")"#),
+            "{warnings:?}"
+        );
+    }
+    {
+        let (captured, _guard) = crate::support::capture::capture();
+        let _policy = EvictionPolicy::set(&url, "noeviction");
+        RedisStore::connect(&url).await.expect("connects");
+        assert_eq!(eviction_warnings(&captured), Vec::<String>::new());
+    }
+}

@@ -18,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::secrets;
+
 pub(crate) const SECRET: &str = "whsec_test_123";
 
 /// Serves `service` over HTTP/1.1 on 127.0.0.1 until the test ends.
@@ -78,6 +80,9 @@ pub(crate) fn signed(addr: SocketAddr, body: &str) -> SignedRequest {
     SignedRequest::new(SECRET, body.to_owned()).uri(endpoint(addr, DEFAULT_PATH))
 }
 
+/// Sends `request` and reads the whole answer. Every answer is checked for
+/// the signing key ([`SECRET`], in any of its [forms](secrets::forms)) in
+/// its headers and body.
 pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
     let response = tokio::time::timeout(Duration::from_secs(20), client().request(request))
         .await
@@ -86,6 +91,8 @@ pub(crate) async fn send(request: Request<Full<Bytes>>) -> Reply {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = format!("{headers:?}\n{}", String::from_utf8_lossy(&bytes));
+    secrets::assert_no_key("a response", &text, &[SECRET]);
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Reply {
         status,
@@ -153,4 +160,100 @@ pub(crate) async fn raw_exchange(addr: SocketAddr, head: &str, body_parts: &[&[u
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+/// What a client does once it has sent its part of a raw request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ThenClient {
+    /// Keeps the connection open and waits for the answer.
+    Waits,
+    /// Closes its sending half (the body ends early) and waits for the answer.
+    StopsSending,
+}
+
+/// The answer to a raw request: status, body, and how long it took to come.
+#[derive(Debug)]
+pub(crate) struct RawReply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) elapsed: std::time::Duration,
+}
+
+impl RawReply {
+    /// The `error` code of a refusal's JSON body.
+    pub(crate) fn error_code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|json| json["error"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// Sends `head` and `body_parts` on a fresh connection, does what `then`
+/// says, and reads the whole answer (until the server closes the
+/// connection, or the body its `content-length` announces has come). The
+/// answer is checked for the signing key like [`send`]'s. Never waits more
+/// than 20 s.
+pub(crate) async fn raw_request(
+    addr: SocketAddr,
+    head: &str,
+    body_parts: &[&[u8]],
+    then: ThenClient,
+) -> RawReply {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for part in body_parts {
+        stream.write_all(part).await.unwrap();
+    }
+    if then == ThenClient::StopsSending {
+        stream.shutdown().await.unwrap();
+    }
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if response_complete(&buf) {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the server answered within 20 s");
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    secrets::assert_no_key("a response", &text, &[SECRET]);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    RawReply {
+        status,
+        body,
+        elapsed,
+    }
+}
+
+/// Whether `buf` holds a whole response with a `content-length` body.
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .is_some_and(|length| body.len() >= length)
 }

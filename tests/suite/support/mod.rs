@@ -1,9 +1,12 @@
 //! What several test modules share.
 
+#[cfg(any(feature = "test-util", feature = "redis"))]
+pub(crate) mod capture;
 #[cfg(feature = "test-util")]
 pub(crate) mod loopback;
 #[cfg(feature = "test-util")]
 pub(crate) mod process;
+pub(crate) mod secrets;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) mod servers;
 pub(crate) mod stores;

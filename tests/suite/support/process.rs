@@ -1,12 +1,22 @@
 //! Processes under test: started with their output read line by line on
 //! background threads, waited for with timeouts as failure guards, and killed
 //! when dropped.
+//!
+//! Everything a process prints is also kept, and checked once it has exited
+//! (in [`Process::finish`], or when it is dropped) for the signing keys it
+//! was given (`CLINK_WEBHOOK_SIGNING_KEY`, `CLINK_TENANT_KEYS`, `--secret`)
+//! in any of their [forms](super::secrets::forms): a key must never be
+//! printed.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use super::secrets;
 
 /// How long any one expected line or exit may take before the test fails.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
@@ -55,16 +65,61 @@ pub(crate) fn example_receiver_with_store(
     (process, url, store)
 }
 
-fn lines(reader: impl Read + Send + 'static) -> Receiver<String> {
+/// Output kept for the key check: every line, and whether the stream ended.
+#[derive(Default)]
+struct Kept {
+    text: String,
+    ended: bool,
+}
+
+fn lines(reader: impl Read + Send + 'static, kept: Arc<Mutex<Kept>>) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let keep = |line: &str| {
+            let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.text.push_str(line);
+            kept.text.push('\n');
+        };
+        let mut listening = true;
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+            keep(&line);
+            // Keep reading after the test stops listening, to see it all.
+            if listening && tx.send(line).is_err() {
+                listening = false;
             }
         }
+        kept.lock().unwrap_or_else(PoisonError::into_inner).ended = true;
     });
     rx
+}
+
+/// The signing keys `command` hands its process.
+fn keys_given(command: &Command) -> Vec<String> {
+    let env = |name: &str| {
+        command
+            .get_envs()
+            .find(|(var, _)| *var == OsStr::new(name))
+            .and_then(|(_, value)| value)
+            .map(|value| value.to_string_lossy().into_owned())
+    };
+    let mut keys = Vec::new();
+    keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY"));
+    if let Some(tenants) = env("CLINK_TENANT_KEYS") {
+        keys.extend(
+            tenants
+                .split(',')
+                .filter_map(|pair| pair.split_once('=').map(|(_, key)| key.to_owned())),
+        );
+    }
+    let args: Vec<_> = command.get_args().map(OsStr::to_string_lossy).collect();
+    for pair in args.windows(2).filter(|pair| pair[0] == "--secret") {
+        match pair[1].strip_prefix("env:") {
+            Some(var) => keys.extend(env(var)),
+            None => keys.push(pair[1].clone().into_owned()),
+        }
+    }
+    keys.retain(|key| !key.is_empty());
+    keys
 }
 
 /// A running process whose stdout and stderr arrive as lines.
@@ -72,6 +127,9 @@ pub(crate) struct Process {
     child: Child,
     pub(crate) stdout: Receiver<String>,
     pub(crate) stderr: Receiver<String>,
+    /// All of stdout and stderr so far, for the key check.
+    kept: [Arc<Mutex<Kept>>; 2],
+    keys: Vec<String>,
 }
 
 /// A process that has exited, with all it printed.
@@ -92,12 +150,33 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {command:?}: {e}"));
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
+        let kept = [Arc::default(), Arc::default()];
+        let stdout = lines(child.stdout.take().unwrap(), Arc::clone(&kept[0]));
+        let stderr = lines(child.stderr.take().unwrap(), Arc::clone(&kept[1]));
         Self {
             child,
             stdout,
             stderr,
+            kept,
+            keys: keys_given(command),
+        }
+    }
+
+    /// Checks all the process printed for the keys it was given, once both
+    /// streams have ended (within 5 s of the process's exit).
+    fn check_output_for_keys(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        for (kept, name) in self.kept.iter().zip(["stdout", "stderr"]) {
+            loop {
+                let kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                if kept.ended || Instant::now() >= deadline {
+                    secrets::assert_no_key(&format!("the process's {name}"), &kept.text, &keys);
+                    break;
+                }
+                drop(kept);
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -142,6 +221,7 @@ impl Process {
         let stderr = drain(&self.stderr, deadline);
         // Both pipes closed: the process has exited or is exiting.
         let code = self.child.wait().unwrap().code();
+        self.check_output_for_keys();
         Finished {
             code,
             stdout,
@@ -178,5 +258,8 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            self.check_output_for_keys();
+        }
     }
 }

@@ -7,6 +7,11 @@
 //!
 //! A test takes one guard at most: the lock is fair, so a second shared
 //! guard asked for while an exclusive one waits would never come.
+//!
+//! The durable servers (`REDIS_DURABLE_URL`, `DATABASE_DURABLE_URL`) serve
+//! the crash tests alone; those tests take turns on each with
+//! [`durable_redis`] and [`durable_postgres`], and leave the other servers
+//! to the rest of the suite.
 
 // Only the modules that need the test kit crash servers or keep connections
 // across tests; without it, only `shared` is used.
@@ -14,9 +19,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 static SERVERS: RwLock<()> = RwLock::const_new(());
+
+#[cfg(feature = "redis")]
+static DURABLE_REDIS: Mutex<()> = Mutex::const_new(());
+
+#[cfg(feature = "postgres")]
+static DURABLE_POSTGRES: Mutex<()> = Mutex::const_new(());
 
 /// How many times a test has held the servers exclusively.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -37,6 +48,20 @@ pub(crate) async fn exclusive() -> RwLockWriteGuard<'static, ()> {
     let guard = SERVERS.write().await;
     GENERATION.fetch_add(1, Ordering::SeqCst);
     guard
+}
+
+/// The durable redis-server for this test alone, until dropped: it may
+/// crash and restart it.
+#[cfg(feature = "redis")]
+pub(crate) async fn durable_redis() -> MutexGuard<'static, ()> {
+    DURABLE_REDIS.lock().await
+}
+
+/// The durable PostgreSQL cluster for this test alone, until dropped: it
+/// may crash and restart it.
+#[cfg(feature = "postgres")]
+pub(crate) async fn durable_postgres() -> MutexGuard<'static, ()> {
+    DURABLE_POSTGRES.lock().await
 }
 
 /// Changes whenever a test has held the servers exclusively, so a

@@ -41,10 +41,16 @@ pub(crate) async fn memory_freshness(retention: Duration) -> Arc<dyn FreshnessSt
 
 #[cfg(feature = "redis")]
 pub(crate) async fn redis_store() -> clink_webhooks::store::RedisStore {
-    let url = server_url("REDIS_URL");
+    redis_store_at("REDIS_URL").await
+}
+
+/// A `RedisStore` on the server whose URL is in `var`.
+#[cfg(feature = "redis")]
+pub(crate) async fn redis_store_at(var: &str) -> clink_webhooks::store::RedisStore {
+    let url = server_url(var);
     clink_webhooks::store::RedisStore::connect(&url)
         .await
-        .unwrap_or_else(|err| panic!("cannot connect to REDIS_URL: {err}"))
+        .unwrap_or_else(|err| panic!("cannot connect to {var}: {err}"))
         .with_timeout(TEST_TIMEOUT)
         .expect("valid timeout")
 }
@@ -83,7 +89,13 @@ pub(crate) const PG_TABLE: &str = "clink_conformance";
 
 #[cfg(feature = "postgres")]
 pub(crate) async fn postgres_store() -> clink_webhooks::store::PostgresStore {
-    postgres_store_in(pg_pool(&server_url("DATABASE_URL"))).await
+    postgres_store_at("DATABASE_URL").await
+}
+
+/// The conformance suite's `PostgresStore` on the database whose URL is in `var`.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_store_at(var: &str) -> clink_webhooks::store::PostgresStore {
+    postgres_store_in(pg_pool(&server_url(var))).await
 }
 
 /// The conformance suite's store over `pool`, migrated.

@@ -1,0 +1,168 @@
+//! When the freshness store fails, over real HTTP: a store that cannot be
+//! read is a `503 store_unavailable` (the handler does not run, and Clink's
+//! retry handles the event once the store is back); a record that fails
+//! after the handler succeeded is logged, and the event stays handled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use clink_webhooks::ordering::{Freshness, FreshnessStore, ObjectKey, Version};
+use clink_webhooks::store::{BoxFuture, MemoryStore, StoreError, StoreErrorKind};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+use tower::Layer;
+use tracing::Level;
+
+use crate::support::capture::capture;
+use crate::support::loopback::{deliver, serve, SECRET};
+
+/// Freshness records in memory, whose reads or records can be made to fail
+/// as if the store's server were down.
+#[derive(Default)]
+struct Switchable {
+    inner: MemoryStore,
+    reads_fail: AtomicBool,
+    records_fail: AtomicBool,
+}
+
+fn unavailable<T: Send + 'static>() -> BoxFuture<'static, Result<T, StoreError>> {
+    Box::pin(std::future::ready(Err(StoreError::new(
+        StoreErrorKind::Unavailable,
+        "connection refused",
+    ))))
+}
+
+impl FreshnessStore for Switchable {
+    fn newest<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
+        if self.reads_fail.load(Ordering::SeqCst) {
+            return unavailable();
+        }
+        self.inner.newest(object)
+    }
+
+    fn record<'a>(
+        &'a self,
+        object: &'a ObjectKey,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if self.records_fail.load(Ordering::SeqCst) {
+            return unavailable();
+        }
+        self.inner.record(object, version)
+    }
+}
+
+/// A receiver whose order handler notes `id freshness` of every run.
+async fn receiver(store: impl FreshnessStore) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let runs_in = Arc::clone(&runs);
+    let router = EventRouter::new()
+        .ordering(store)
+        .on::<events::OrderSucceeded, _>(move |event| {
+            let freshness = match event.freshness() {
+                Freshness::Fresh => "fresh",
+                Freshness::Stale { .. } => "stale",
+                _ => "untracked",
+            };
+            runs_in
+                .lock()
+                .unwrap()
+                .push(format!("{} {freshness}", event.id));
+            async { Ok::<_, std::io::Error>(()) }
+        });
+    let service = ClinkLayer::new(Verifier::new(SECRET).unwrap()).layer(router);
+    (serve(service).await, runs)
+}
+
+/// `order.succeeded` event `id` about one order, created at second `at`.
+fn order(id: &str, at: u32) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"order.succeeded","created":"2025-01-15T12:00:{at:02}.000Z","data":{{"orderId":"ord_outage"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_freshness_store_that_cannot_be_read_is_a_503_and_the_retry_handles_the_event() {
+    let store = Arc::new(Switchable::default());
+    store.reads_fail.store(true, Ordering::SeqCst);
+    let (addr, runs) = receiver(Arc::clone(&store)).await;
+    let body = order("evt_unread", 1);
+
+    let reply = deliver(addr, &body).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (503, "store_unavailable")
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(runs.lock().unwrap().is_empty(), "the handler ran");
+
+    // The store is back: the retry is handled (the claim was released, so
+    // it is neither a 409 nor a duplicate).
+    store.reads_fail.store(false, Ordering::SeqCst);
+    let reply = deliver(addr, &body).await;
+    assert_eq!(
+        (reply.status, reply.json["outcome"].as_str()),
+        (200, Some("handled"))
+    );
+    assert_eq!(*runs.lock().unwrap(), ["evt_unread fresh"]);
+}
+
+/// The same with a real store whose server cannot be reached: a
+/// `PostgresStore` on a port where nothing listens.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_freshness_store_that_is_down_is_a_503() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(port).user("postgres");
+    let pool = crate::support::stores::pg_pool_for(config);
+    let store = clink_webhooks::store::PostgresStore::new(pool);
+    let (addr, runs) = receiver(store).await;
+    let reply = deliver(addr, &order("evt_pg_down", 1)).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (503, "store_unavailable")
+    );
+    assert!(runs.lock().unwrap().is_empty(), "the handler ran");
+}
+
+#[tokio::test]
+async fn a_failed_freshness_record_is_logged_and_the_event_stays_handled() {
+    let (captured, _guard) = capture();
+    let store = Arc::new(Switchable::default());
+    store.records_fail.store(true, Ordering::SeqCst);
+    let (addr, runs) = receiver(Arc::clone(&store)).await;
+
+    let newer = order("evt_newer", 2);
+    let reply = deliver(addr, &newer).await;
+    assert_eq!(
+        (reply.status, reply.json["outcome"].as_str()),
+        (200, Some("handled"))
+    );
+    let logged: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|event| {
+            event.level == Level::ERROR
+                && event.target.starts_with("clink_webhooks")
+                && event.message.contains("could not be recorded")
+        })
+        .collect();
+    assert_eq!(logged.len(), 1, "{:#?}", captured.events());
+    assert_eq!(logged[0].fields["event_id"], "\"evt_newer\"");
+
+    // Not lost, not run again: the event is marked handled.
+    assert_eq!(deliver(addr, &newer).await.json["outcome"], "duplicate");
+    // What the log warns of: its version was not kept, so an older event
+    // about the same order still looks fresh.
+    store.records_fail.store(false, Ordering::SeqCst);
+    assert_eq!(deliver(addr, &order("evt_older", 1)).await.status, 200);
+    assert_eq!(
+        *runs.lock().unwrap(),
+        ["evt_newer fresh", "evt_older fresh"]
+    );
+}
