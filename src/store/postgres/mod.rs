@@ -378,9 +378,10 @@ impl PostgresStore {
     /// Runs `call` with a pooled connection, all under the per-call timeout.
     ///
     /// A statement that runs out of time is cancelled on the server, and its
-    /// connection is closed rather than returned to the pool: otherwise the
-    /// abandoned statement could still land later, and the next caller handed
-    /// that connection would wait behind it.
+    /// connection is closed rather than returned to the pool, so the next
+    /// caller is never handed a connection busy with it. The cancel is sent
+    /// at once but races the statement: if the server finishes first, an
+    /// abandoned claim lands and holds its key until its lease ends.
     async fn pooled<T, F>(&self, call: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
