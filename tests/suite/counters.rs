@@ -472,7 +472,8 @@ async fn lease_lost_counts_a_completion_that_came_after_the_lease() {
                 // keep Redis busy for a second, past the lease's end, so
                 // that the completion waits behind it.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                tokio::spawn(keep_redis_busy(url, Duration::from_secs(1)));
+                let busy = busy_connection(&url).await;
+                tokio::spawn(keep_redis_busy(busy, Duration::from_secs(1)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok::<_, std::io::Error>(())
@@ -498,10 +499,22 @@ async fn lease_lost_counts_a_completion_that_came_after_the_lease() {
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
-/// Runs a Lua script on the Redis at `url` that spins for `busy`: Redis
-/// answers nobody else meanwhile.
+/// A connection to the Redis at `url` that waits as long as it takes for
+/// an answer.
 #[cfg(feature = "redis")]
-async fn keep_redis_busy(url: String, busy: Duration) {
+async fn busy_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)
+        .expect("REDIS_URL parses")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a connection to REDIS_URL")
+}
+
+/// Runs a Lua script over `connection` that spins for `busy`: Redis answers
+/// nobody else meanwhile.
+#[cfg(feature = "redis")]
+async fn keep_redis_busy(mut connection: redis::aio::MultiplexedConnection, busy: Duration) {
     const SPIN: &str = r"
 local function now()
     local t = redis.call('TIME')
@@ -511,12 +524,6 @@ local start = now()
 while now() - start < tonumber(ARGV[1]) do end
 return 1
 ";
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut connection = redis::Client::open(url)
-        .expect("REDIS_URL parses")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("a connection to REDIS_URL");
     let micros = busy.as_micros().to_string();
     let _: i64 = redis::cmd("EVAL")
         .arg(SPIN)

@@ -137,3 +137,156 @@ fn the_example_receiver_keeps_its_store_in_memory_by_default() {
     let (_process, _url, store) = example_receiver_with_store(KEY, None);
     assert!(store.starts_with("idempotency store: in memory"), "{store}");
 }
+
+/// SIGTERM while handlers run, with the example's handlers slowed down by
+/// `CLINK_EXAMPLE_HANDLER_DELAY_MS`.
+#[cfg(all(unix, feature = "redis"))]
+mod shutdown {
+    use std::time::Duration;
+
+    use super::{client, delivery, post, Process, KEY};
+    use crate::support::process::example_receiver_with_env;
+
+    /// Sends SIGTERM to `process`; the instant it was sent.
+    fn sigterm(process: &Process) -> std::time::Instant {
+        let sent = std::time::Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed: {status:?}");
+        sent
+    }
+
+    /// Delivers `body` to `url` like Clink: again after each answer other than
+    /// `2xx` (or no answer), a second later, for at most `patience`. The
+    /// statuses seen, the last being the `2xx`.
+    async fn deliver_until_acknowledged(url: &str, body: &str, patience: Duration) -> Vec<u16> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut statuses = Vec::new();
+        loop {
+            let request = delivery(url, body).build();
+            if let Ok(response) = client().request(request).await {
+                let status = response.status().as_u16();
+                statuses.push(status);
+                if (200..300).contains(&status) {
+                    return statuses;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{body} not acknowledged within {patience:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// SIGTERM to two example receivers sharing a Redis, each with a delivery
+    /// whose handler is running: one handler (2 s) ends within the shutdown
+    /// deadline, the other (15 s) does not. Both processes exit within the
+    /// deadline (10 s); the first delivery is acknowledged and handled, the
+    /// second gets no `2xx`; a receiver started again on the same store
+    /// handles the second exactly once when Clink retries it, and knows the
+    /// first as already handled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_while_handlers_run_exits_within_the_deadline_and_loses_nothing() {
+        const DEADLINE: Duration = Duration::from_secs(10);
+        let _server = crate::support::servers::durable_redis().await;
+        let redis = crate::support::stores::server_url("REDIS_DURABLE_URL");
+        let store = Some(("REDIS_URL", redis.as_str()));
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let order = |name: &str| {
+            let id = format!("evt_shutdown_{name}_{run}");
+            let body = format!(
+                r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_{name}"}}}}"#
+            );
+            (id, body)
+        };
+        let (quick_id, quick_body) = order("quick");
+        let (slow_id, slow_body) = order("slow");
+
+        let mut deliveries = Vec::new();
+        let mut receivers = Vec::new();
+        for (delay, id, body) in [
+            ("2000", &quick_id, &quick_body),
+            ("15000", &slow_id, &slow_body),
+        ] {
+            let env = [("CLINK_EXAMPLE_HANDLER_DELAY_MS", delay)];
+            let (process, url, _) = example_receiver_with_env(KEY, store, &env);
+            let request = delivery(&url, body).build();
+            deliveries.push(tokio::spawn(async move {
+                let response = client().request(request).await;
+                response.map(|response| response.status().as_u16()).ok()
+            }));
+            let handling = Process::line_starting(&process.stderr, "handling ");
+            assert_eq!(handling, format!("handling order.succeeded {id}"));
+            receivers.push(process);
+        }
+        let sent = [sigterm(&receivers[0]), sigterm(&receivers[1])];
+        let waits: Vec<_> = receivers
+            .into_iter()
+            .zip(sent)
+            .map(|(process, sent)| {
+                tokio::task::spawn_blocking(move || {
+                    let finished = process.finish();
+                    (sent.elapsed(), finished)
+                })
+            })
+            .collect();
+        let mut exits = Vec::new();
+        for wait in waits {
+            exits.push(wait.await.unwrap());
+        }
+        let statuses: Vec<Option<u16>> = {
+            let mut statuses = Vec::new();
+            for delivery in deliveries {
+                statuses.push(delivery.await.unwrap());
+            }
+            statuses
+        };
+
+        // The quick handler finished, its delivery was acknowledged, and the
+        // process exited once it had.
+        let (took, quick) = &exits[0];
+        assert_eq!(statuses[0], Some(200), "{quick:?}");
+        assert_eq!(
+            quick.stdout,
+            format!("handled order.succeeded {quick_id}\n")
+        );
+        assert_eq!(quick.code, Some(0), "{quick:?}");
+        assert!(*took < DEADLINE, "exited {took:?} after SIGTERM");
+        // The slow one was cut off at the deadline: no 2xx, nothing printed.
+        let (took, slow) = &exits[1];
+        assert!(!matches!(statuses[1], Some(200..=299)), "{:?}", statuses[1]);
+        assert_eq!(slow.stdout, "", "{slow:?}");
+        assert_eq!(slow.code, Some(0), "{slow:?}");
+        assert!(
+            *took < DEADLINE + Duration::from_secs(2),
+            "exited {took:?} after SIGTERM"
+        );
+
+        // Clink retries both against a receiver on the same store: the
+        // acknowledged one is a duplicate, the other is handled now, once (its
+        // claim, if the stopping process could not release it, ends with its
+        // 30 s lease).
+        let (again, url, _) = example_receiver_with_env(KEY, store, &[]);
+        let retried = deliver_until_acknowledged(&url, &quick_body, Duration::from_secs(5)).await;
+        assert_eq!(retried, [200]);
+        let retried = deliver_until_acknowledged(&url, &slow_body, Duration::from_secs(40)).await;
+        eprintln!("the retry of the cut-off delivery got {retried:?}");
+        assert_eq!(
+            again.next_stdout(),
+            format!("handled order.succeeded {slow_id}")
+        );
+        let marker =
+            format!(r#"{{"id":"evt_marker_{run}","type":"risk_rule.updated","data":{{}}}}"#);
+        assert_eq!(post(&delivery(&url, &marker)).await, 200);
+        assert_eq!(
+            again.next_stdout(),
+            format!("handled risk_rule.updated evt_marker_{run}")
+        );
+    }
+}

@@ -663,7 +663,7 @@ async fn a_connection_reset_mid_body_ends_as_body_unreadable() {
         .await
         .unwrap();
     // Let the server start reading the body, then reset the connection.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stream.set_zero_linger().unwrap();
     drop(stream);
 

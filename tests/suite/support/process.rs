@@ -49,6 +49,15 @@ pub(crate) fn example_receiver_with_store(
     key: &str,
     store: Option<(&str, &str)>,
 ) -> (Process, String, String) {
+    example_receiver_with_env(key, store, &[])
+}
+
+/// [`example_receiver_with_store`], with `env` set too.
+pub(crate) fn example_receiver_with_env(
+    key: &str,
+    store: Option<(&str, &str)>,
+    env: &[(&str, &str)],
+) -> (Process, String, String) {
     let mut command = Command::new(example_path("axum_receiver"));
     command
         .env("PORT", "0")
@@ -57,6 +66,9 @@ pub(crate) fn example_receiver_with_store(
         .env_remove("DATABASE_URL");
     if let Some((var, url)) = store {
         command.env(var, url);
+    }
+    for (var, value) in env {
+        command.env(var, value);
     }
     let process = Process::start(&mut command);
     let store = Process::line_starting(&process.stderr, "idempotency store: ");
