@@ -36,14 +36,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 use crate::Timestamp;
 
+mod envelope;
 mod event_type;
 mod object;
 mod version;
+
+use envelope::IdText;
 
 pub use event_type::*;
 pub use object::ObjectKey;
@@ -133,11 +135,12 @@ impl<T> Event<T> {
 
 /// A verified event whose envelope is read and whose `data` is still raw JSON.
 ///
-/// Cheap to clone: it shares the delivery's body bytes.
+/// Cheap to clone: it shares the delivery's body bytes, and the id is a
+/// span of them (unless the JSON spelled it with escapes).
 #[derive(Clone)]
 pub struct RawEvent {
     body: Bytes,
-    id: String,
+    id: IdText,
     event_type: EventType,
     created: Option<Timestamp>,
     livemode: Option<bool>,
@@ -148,7 +151,7 @@ pub struct RawEvent {
 impl fmt::Debug for RawEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawEvent")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("event_type", &self.event_type)
             .field("created", &self.created)
             .field("livemode", &self.livemode)
@@ -158,28 +161,8 @@ impl fmt::Debug for RawEvent {
     }
 }
 
-#[derive(Deserialize)]
-struct WireEnvelope<'a> {
-    #[serde(default)]
-    id: Option<serde_json::Value>,
-    #[serde(rename = "type", default)]
-    event_type: Option<serde_json::Value>,
-    #[serde(borrow, default)]
-    created: Option<&'a RawValue>,
-    #[serde(default)]
-    livemode: Option<serde_json::Value>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct WireWrapped<'a> {
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-}
-
 impl RawEvent {
-    /// Reads the envelope of a delivery body (copying nothing but the id).
+    /// Reads the envelope of a delivery body (copying the body once).
     ///
     /// # Errors
     ///
@@ -189,7 +172,10 @@ impl RawEvent {
         Self::from_bytes(Bytes::copy_from_slice(body))
     }
 
-    /// As [`from_slice`](Self::from_slice), sharing `body` rather than copying it.
+    /// As [`from_slice`](Self::from_slice), sharing `body` rather than
+    /// copying it. The body is read once: the envelope's fields, and where
+    /// the resource lies, so that [`decode`](Self::decode) reads only those
+    /// bytes.
     ///
     /// # Errors
     ///
@@ -200,40 +186,15 @@ impl RawEvent {
         if !text.trim_start().starts_with('{') {
             return Err(EnvelopeError::NotJson);
         }
-        let wire: WireEnvelope<'_> =
-            serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
-        let id = match wire.id {
-            Some(serde_json::Value::String(id)) if !id.is_empty() => id,
-            _ => return Err(EnvelopeError::MissingId),
-        };
-        let event_type = match wire.event_type {
-            Some(serde_json::Value::String(t)) if !t.is_empty() => EventType::from(t.as_str()),
-            _ => return Err(EnvelopeError::MissingType),
-        };
-        // A `created` in a form nobody reported is not worth refusing a
-        // verified delivery over; it reads as absent.
-        let created = wire
-            .created
-            .and_then(|raw| serde_json::from_str::<Timestamp>(raw.get()).ok());
-        let livemode = wire.livemode.and_then(|v| v.as_bool());
-        let data = wire.data.map(|raw| {
-            // serde would also read a wrapper out of an array: only an object wraps.
-            let resource = Some(raw)
-                .filter(|raw| raw.get().starts_with('{'))
-                .and_then(|raw| serde_json::from_str::<WireWrapped<'_>>(raw.get()).ok())
-                .and_then(|w| w.object)
-                .filter(|object| object.get().starts_with('{'))
-                .unwrap_or(raw);
-            span_of(text, resource.get())
-        });
+        let envelope = envelope::read(text)?;
         Ok(Self {
-            body,
-            id,
-            event_type,
-            created,
-            livemode,
-            data,
+            id: envelope.id,
+            event_type: envelope.event_type,
+            created: envelope.created,
+            livemode: envelope.livemode,
+            data: envelope.data,
             account: None,
+            body,
         })
     }
 
@@ -251,7 +212,11 @@ impl RawEvent {
     /// The event id.
     #[must_use]
     pub fn id(&self) -> &str {
-        &self.id
+        match &self.id {
+            // The span was taken from this body's text, which is UTF-8.
+            IdText::Span(range) => std::str::from_utf8(&self.body[range.clone()]).unwrap_or(""),
+            IdText::Owned(id) => id,
+        }
     }
 
     /// The event type.
@@ -278,37 +243,35 @@ impl RawEvent {
         &self.body
     }
 
+    /// The resource's bytes: `data.object` when `data` wraps it, else
+    /// `data`; `null` when the envelope has no `data`.
+    fn data_bytes(&self) -> &[u8] {
+        match &self.data {
+            Some(range) => &self.body[range.clone()],
+            None => b"null",
+        }
+    }
+
     /// The resource as raw JSON: `data.object` when `data` wraps it, else
     /// `data`; `null` when the envelope has no `data`.
     #[must_use]
     pub fn data_json(&self) -> &str {
-        match &self.data {
-            // The range was taken from this body's text, which is UTF-8.
-            Some(range) => std::str::from_utf8(&self.body[range.clone()]).unwrap_or("null"),
-            None => "null",
-        }
+        // The range was taken from this body's text, which is UTF-8.
+        std::str::from_utf8(self.data_bytes()).unwrap_or("null")
     }
 
     /// Decodes the data into `T`, keeping the envelope.
+    ///
+    /// Reads only the resource's bytes, found when the envelope was read.
     ///
     /// # Errors
     ///
     /// [`DecodeError`] naming the event and the path of the field that did
     /// not fit `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<Event<T>, DecodeError> {
-        let mut de = serde_json::Deserializer::from_str(self.data_json());
-        let error = |path: String, message: String| DecodeError {
-            event_id: self.id.clone(),
-            event_type: self.event_type.clone(),
-            path,
-            message,
-        };
-        let data = serde_path_to_error::deserialize(&mut de)
-            .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?;
-        de.end()
-            .map_err(|err| error(".".to_owned(), err.to_string()))?;
+        let data = self.decode_data::<T>()?;
         Ok(Event {
-            id: self.id.clone(),
+            id: self.id().to_owned(),
             event_type: self.event_type.clone(),
             created: self.created,
             livemode: self.livemode,
@@ -317,12 +280,47 @@ impl RawEvent {
             account: self.account.clone(),
         })
     }
-}
 
-/// The byte range of `inner` within `outer`, where `inner` is a sub-slice of it.
-fn span_of(outer: &str, inner: &str) -> Range<usize> {
-    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
-    start..start + inner.len()
+    /// The data as `T`. Read without tracking the path first; only when
+    /// that fails is it read again, tracking the path, to say which field
+    /// did not fit (the same input fails the same way both times).
+    fn decode_data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        /// Up to this size, checking the resource's UTF-8 once up front costs
+        /// less than serde_json checking each string it reads from bytes;
+        /// beyond it, the strings a type ignores (a large note) dominate, and
+        /// reading bytes skips checking them.
+        const CHECK_ONCE: usize = 16 * 1024;
+        fn whole<'de, T: serde::Deserialize<'de>, R: serde_json::de::Read<'de>>(
+            mut de: serde_json::Deserializer<R>,
+        ) -> serde_json::Result<T> {
+            let data = T::deserialize(&mut de)?;
+            de.end()?;
+            Ok(data)
+        }
+        let bytes = self.data_bytes();
+        let text = (bytes.len() <= CHECK_ONCE)
+            .then(|| std::str::from_utf8(bytes).ok())
+            .flatten();
+        let read = match text {
+            Some(text) => whole(serde_json::Deserializer::from_str(text)),
+            None => whole(serde_json::Deserializer::from_slice(bytes)),
+        };
+        if let Ok(data) = read {
+            return Ok(data);
+        }
+        let error = |path: String, message: String| DecodeError {
+            event_id: self.id().to_owned(),
+            event_type: self.event_type.clone(),
+            path,
+            message,
+        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let data = serde_path_to_error::deserialize(&mut de)
+            .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?;
+        de.end()
+            .map_err(|err| error(".".to_owned(), err.to_string()))?;
+        Ok(data)
+    }
 }
 
 /// Why a verified body is not a Clink event envelope.
