@@ -1,7 +1,7 @@
 //! Reading the signing headers: [`SignatureHeaders`], and the forms of
 //! `X-Clink-Timestamp` and `X-Clink-Signature`.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::error::{VerifyError, VerifyErrorKind};
 use super::keys::SIGNATURE_LEN;
@@ -25,15 +25,17 @@ pub(crate) struct SignatureHeaders<'h> {
 
 impl<'h> SignatureHeaders<'h> {
     pub(crate) fn from_headers(headers: &'h HeaderMap) -> Result<Self, VerifyError> {
-        let timestamp = header_str(headers, TIMESTAMP_HEADER, VerifyErrorKind::MissingTimestamp)?
+        // Names made once, so that no lookup parses a name again.
+        static TIMESTAMP: HeaderName = HeaderName::from_static(TIMESTAMP_HEADER);
+        static SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
+        static SIGN_TYPE: HeaderName = HeaderName::from_static(SIGN_TYPE_HEADER);
+        let timestamp = header_str(headers, &TIMESTAMP, VerifyErrorKind::MissingTimestamp)?
             .ok_or(VerifyError::new(VerifyErrorKind::MissingTimestamp))?;
-        let signature = header_str(headers, SIGNATURE_HEADER, VerifyErrorKind::MissingSignature)?
+        let signature = header_str(headers, &SIGNATURE, VerifyErrorKind::MissingSignature)?
             .ok_or(VerifyError::new(VerifyErrorKind::MissingSignature))?;
-        if let Some(sign_type) = header_str(
-            headers,
-            SIGN_TYPE_HEADER,
-            VerifyErrorKind::UnsupportedSignType,
-        )? {
+        if let Some(sign_type) =
+            header_str(headers, &SIGN_TYPE, VerifyErrorKind::UnsupportedSignType)?
+        {
             if !sign_type.trim().eq_ignore_ascii_case("SHA256") {
                 return Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType));
             }
@@ -51,7 +53,7 @@ impl<'h> SignatureHeaders<'h> {
 /// malformed for timestamp and signature, and unsupported for the sign type.
 fn header_str<'h>(
     headers: &'h HeaderMap,
-    name: &str,
+    name: &HeaderName,
     missing: VerifyErrorKind,
 ) -> Result<Option<&'h str>, VerifyError> {
     let mut values = headers.get_all(name).iter();
