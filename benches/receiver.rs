@@ -198,6 +198,111 @@ fn in_process(measure: bool) {
     }
 }
 
+/// Where the layer's time goes at each size: its steps one by one through
+/// the public API, next to the whole layer, interleaved.
+fn breakdown(measure: bool) {
+    use clink_webhooks::data::Order;
+    use clink_webhooks::store::{Claim, IdempotencyStore, MemoryStore, DEFAULT_LEASE};
+    use clink_webhooks::{RawEvent, Verifier};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = layered();
+    let verifier = Verifier::new(receiver::SECRET).unwrap();
+    let store = MemoryStore::new();
+    println!("\nWhere the layer's time goes, in process, per delivery (median batch):");
+    println!(
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "size", "hmac", "verify", "envelope", "decode", "store", "layer"
+    );
+    for (size, label) in SIZES {
+        let (budget, rounds, batch) = if measure {
+            (
+                Duration::from_secs(3),
+                20,
+                if size > 4096 { 20 } else { 200 },
+            )
+        } else {
+            (Duration::ZERO, 1, 2)
+        };
+        let bodies =
+            |n: u64| -> Vec<Bytes> { next_ids(n).map(|n| receiver::body(n, size)).collect() };
+        let timestamp = clink_webhooks::Timestamp::now().as_millis().to_string();
+        let timed = |work: &mut dyn FnMut()| {
+            let start = Instant::now();
+            work();
+            start.elapsed()
+        };
+        let medians = interleave(
+            budget,
+            rounds,
+            batch,
+            &mut [
+                &mut |n| time_hmac(n, size),
+                &mut |n| {
+                    let signed: Vec<_> = bodies(n)
+                        .into_iter()
+                        .map(|body| {
+                            (
+                                clink_webhooks::sign(receiver::SECRET, &timestamp, &body),
+                                body,
+                            )
+                        })
+                        .collect();
+                    timed(&mut || {
+                        for (signature, body) in &signed {
+                            black_box(verifier.verify(&timestamp, signature, body).is_ok());
+                        }
+                    })
+                },
+                &mut |n| {
+                    let bodies = bodies(n);
+                    timed(&mut || {
+                        for body in &bodies {
+                            black_box(RawEvent::from_bytes(body.clone()).is_ok());
+                        }
+                    })
+                },
+                &mut |n| {
+                    let events: Vec<_> = bodies(n)
+                        .into_iter()
+                        .map(|body| RawEvent::from_bytes(body).unwrap())
+                        .collect();
+                    timed(&mut || {
+                        for event in &events {
+                            black_box(event.decode::<Order>().is_ok());
+                        }
+                    })
+                },
+                &mut |n| {
+                    let keys: Vec<_> = next_ids(n).map(|n| format!("clink::evt_{n:024}")).collect();
+                    timed(&mut || {
+                        rt.block_on(async {
+                            for key in &keys {
+                                let Ok(Claim::Claimed(token)) =
+                                    store.claim(key, DEFAULT_LEASE).await
+                                else {
+                                    unreachable!("fresh keys are claimed")
+                                };
+                                let retention = clink_webhooks::store::DEFAULT_RETENTION;
+                                black_box(store.complete(key, &token, retention).await.is_ok());
+                            }
+                        });
+                    })
+                },
+                &mut |n| time_in_process(&rt, &layer, n, size),
+            ],
+        );
+        print!("{label:<6}");
+        for median in medians {
+            print!(" {:>10}", micros(median));
+        }
+        println!();
+    }
+}
+
 fn over_http(rt: &Runtime, addrs: &Addrs, measure: bool) {
     let client = Client::builder(TokioExecutor::new()).build_http();
     println!("\nOver HTTP, one keep-alive connection, one request at a time; per delivery");
@@ -380,13 +485,16 @@ fn main() {
     let measure = receiver::measuring();
     // `cargo bench --bench receiver -- in_process` (or `http`, `load`) runs
     // only the passes named.
-    let named: Vec<&str> = ["in_process", "http", "load"]
+    let named: Vec<&str> = ["in_process", "breakdown", "http", "load"]
         .into_iter()
         .filter(|pass| args.iter().any(|arg| arg == pass))
         .collect();
     let runs = |pass: &str| named.is_empty() || named.contains(&pass);
     if runs("in_process") {
         in_process(measure);
+    }
+    if runs("breakdown") {
+        breakdown(measure);
     }
     if !runs("http") && !runs("load") {
         return;

@@ -209,14 +209,14 @@ where
         if total > limit {
             return Err(Outcome::BodyTooLarge { limit });
         }
-        let chunk = data.copy_to_bytes(len);
-        verification.update(&chunk);
         if first.is_none() && buf.is_none() && declared.is_none_or(|d| d == len) {
             // The whole body in one chunk (or the first of an unknown
-            // length): kept as it is, no copy.
+            // length): kept as it is, no copy (`Bytes` hands itself over).
             if !reading.hold(len) {
                 return Err(Outcome::Overloaded);
             }
+            let chunk = data.copy_to_bytes(len);
+            verification.update(&chunk);
             first = Some(chunk);
             continue;
         }
@@ -233,14 +233,22 @@ where
                 buf.insert(buffer)
             }
         };
-        if buffer.capacity() - buffer.len() < chunk.len() {
-            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + chunk.len(), limit);
+        if buffer.capacity() - buffer.len() < len {
+            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + len, limit);
             if !reading.hold(capacity) {
                 return Err(Outcome::Overloaded);
             }
             buffer.reserve(capacity - buffer.len());
         }
-        buffer.extend_from_slice(&chunk);
+        // Each piece is hashed and copied into the body's buffer straight
+        // from the frame: one copy, whatever the frame's buffer type.
+        while data.has_remaining() {
+            let piece = data.chunk();
+            verification.update(piece);
+            buffer.extend_from_slice(piece);
+            let taken = piece.len();
+            data.advance(taken);
+        }
     }
     Ok(match (buf, first) {
         (Some(buffer), _) => buffer.freeze(),
