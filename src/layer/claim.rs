@@ -11,7 +11,7 @@ use super::config::Config;
 use super::within::within;
 use super::VerifiedEvent;
 use crate::store::{
-    Claim, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError, StoreErrorKind,
+    Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError, StoreErrorKind,
 };
 use crate::Outcome;
 
@@ -85,8 +85,12 @@ pub(super) async fn claim(
     verified: &VerifiedEvent,
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
+    let mut memory_key = None;
     let claimed = match &config.memory {
-        Some(memory) => memory.claim_now(key.as_str(), config.lease),
+        Some(memory) => MemoryStore::key(key.as_str()).and_then(|checked| {
+            memory_key = Some(checked);
+            memory.claim_now(&checked, config.lease)
+        }),
         None => {
             let call = config.store.claim(key.as_str(), config.lease);
             timed(config.store_timeout, call).await
@@ -95,7 +99,7 @@ pub(super) async fn claim(
     match claimed {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
             store: Arc::clone(&config.store),
-            memory: config.memory.clone(),
+            memory: config.memory.clone().zip(memory_key),
             key,
             token: Some(token),
             timeout: config.store_timeout,
@@ -121,8 +125,9 @@ pub(super) async fn claim(
 /// event is not handled again.
 pub(super) struct ClaimGuard {
     store: Arc<dyn IdempotencyStore>,
-    /// `store` when it is a memory store, called directly.
-    memory: Option<Arc<MemoryStore>>,
+    /// `store` when it is a memory store, called directly, and the key as
+    /// it keeps it.
+    memory: Option<(Arc<MemoryStore>, MemoryKey)>,
     key: StoreKey,
     token: Option<LeaseToken>,
     timeout: Duration,
@@ -148,7 +153,7 @@ impl ClaimGuard {
             return;
         };
         let result = match &self.memory {
-            Some(memory) => memory.complete_now(self.key.as_str(), token, config.retention),
+            Some((memory, key)) => memory.complete_now(key, token, config.retention),
             None => {
                 let call = self
                     .store
@@ -183,7 +188,7 @@ impl ClaimGuard {
             return;
         };
         let released = match &self.memory {
-            Some(memory) => logged(memory.release_now(self.key.as_str(), token)),
+            Some((memory, key)) => logged(memory.release_now(key, token)),
             None => release_logged(&*self.store, self.key.as_str(), token, self.timeout).await,
         };
         if !released {

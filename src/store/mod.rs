@@ -94,6 +94,7 @@ pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
 pub use inbox::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
+pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresInbox, PostgresStore};
