@@ -247,12 +247,17 @@ impl Outcome {
     /// secret or a value from the request.
     #[must_use]
     pub fn to_response(&self) -> Response<Bytes> {
-        let body = if self.is_acknowledged() {
-            format!(r#"{{"ok":true,"outcome":"{}"}}"#, self.as_str())
-        } else {
-            serde_json::json!({ "error": self.as_str(), "message": self.to_string() }).to_string()
+        let body = match self.acknowledgement() {
+            Some(body) => Bytes::from_static(body.as_bytes()),
+            None if self.is_acknowledged() => {
+                Bytes::from(format!(r#"{{"ok":true,"outcome":"{}"}}"#, self.as_str()))
+            }
+            None => Bytes::from(
+                serde_json::json!({ "error": self.as_str(), "message": self.to_string() })
+                    .to_string(),
+            ),
         };
-        let mut response = Response::new(Bytes::from(body));
+        let mut response = Response::new(body);
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(
@@ -267,6 +272,19 @@ impl Outcome {
         }
         response.extensions_mut().insert(self.clone());
         response
+    }
+
+    /// The body of an acknowledged outcome, written once rather than per
+    /// delivery: `{"ok":true,"outcome":..}`.
+    fn acknowledgement(&self) -> Option<&'static str> {
+        match self {
+            Self::Handled => Some(r#"{"ok":true,"outcome":"handled"}"#),
+            Self::Unhandled => Some(r#"{"ok":true,"outcome":"unhandled"}"#),
+            Self::Queued => Some(r#"{"ok":true,"outcome":"queued"}"#),
+            Self::SkippedStale => Some(r#"{"ok":true,"outcome":"skipped_stale"}"#),
+            Self::Duplicate => Some(r#"{"ok":true,"outcome":"duplicate"}"#),
+            _ => None,
+        }
     }
 
     /// The outcome a response carries in its extensions, if any.
@@ -399,6 +417,10 @@ mod tests {
             assert_eq!(outcome.is_verified(), verified, "{outcome:?}");
             assert_eq!(Outcome::of(&response), Some(&outcome));
             let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            if let Some(written) = outcome.acknowledgement() {
+                let formatted = format!(r#"{{"ok":true,"outcome":"{}"}}"#, outcome.as_str());
+                assert_eq!(written, formatted);
+            }
             if outcome.is_acknowledged() {
                 assert_eq!(body["ok"], true);
                 assert_eq!(body["outcome"], outcome.as_str());

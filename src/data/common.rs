@@ -345,6 +345,15 @@ macro_rules! currency_consts {
                 #[doc = concat!("`", stringify!($code), "`, ", $name, ".")]
                 pub const $code: Self = Self(Cow::Borrowed(stringify!($code)));
             )+
+
+            /// The code as a `'static` string when it is one of the constants,
+            /// so that decoding a listed code allocates nothing.
+            fn listed(code: &str) -> Option<&'static str> {
+                match code {
+                    $( stringify!($code) => Some(stringify!($code)), )+
+                    _ => None,
+                }
+            }
         }
     };
 }
@@ -384,7 +393,10 @@ impl Currency {
 
 impl From<&str> for Currency {
     fn from(code: &str) -> Self {
-        Self::new(code)
+        match Self::listed(code) {
+            Some(listed) => Self(Cow::Borrowed(listed)),
+            None => Self::new(code),
+        }
     }
 }
 

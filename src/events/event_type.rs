@@ -80,6 +80,19 @@ macro_rules! event_types {
                 }
             }
 
+            /// The position of a type this crate knows in [`ALL`](Self::ALL);
+            /// `None` for [`Unknown`](EventType::Unknown).
+            #[cfg(feature = "metrics")]
+            pub(crate) fn known_index(&self) -> Option<usize> {
+                /// One number per known name, in catalogue order.
+                #[allow(clippy::enum_variant_names, dead_code)]
+                enum Position { $( $variant, )+ }
+                match self {
+                    $( EventType::$variant => Some(Position::$variant as usize), )+
+                    EventType::Unknown(_) => None,
+                }
+            }
+
             fn from_name(name: &str) -> Option<Self> {
                 match name {
                     $( $name => Some(EventType::$variant), )+

@@ -47,17 +47,17 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use std::marker::PhantomData;
-
-use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::Timestamp;
 
+mod envelope;
 mod event_type;
 mod object;
 mod version;
+
+use envelope::IdText;
 
 pub use event_type::*;
 pub use object::ObjectKey;
@@ -147,11 +147,12 @@ impl<T> Event<T> {
 
 /// A verified event whose envelope is read and whose `data` is still raw JSON.
 ///
-/// Cheap to clone: it shares the delivery's body bytes.
+/// Cheap to clone: it shares the delivery's body bytes, and the id is a
+/// span of them (unless the JSON spelled it with escapes).
 #[derive(Clone)]
 pub struct RawEvent {
     body: Bytes,
-    id: String,
+    id: IdText,
     event_type: EventType,
     created: Option<Timestamp>,
     livemode: Option<bool>,
@@ -162,7 +163,7 @@ pub struct RawEvent {
 impl fmt::Debug for RawEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawEvent")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("event_type", &self.event_type)
             .field("created", &self.created)
             .field("livemode", &self.livemode)
@@ -172,159 +173,8 @@ impl fmt::Debug for RawEvent {
     }
 }
 
-/// The envelope as read in one pass over the body: the fields it needs,
-/// raw where they are read later, and whether any of them came twice.
-#[derive(Default)]
-struct WireEnvelope<'a> {
-    id: Option<serde_json::Value>,
-    event_type: Option<serde_json::Value>,
-    created: Option<&'a RawValue>,
-    livemode: Option<serde_json::Value>,
-    data: Option<&'a RawValue>,
-    duplicate: bool,
-}
-
-/// A key of the envelope, or of the `data` wrapper, as `serde` reads an
-/// identifier (escapes already resolved, so `"\u0069d"` is `id`).
-enum Key {
-    Id,
-    Type,
-    Created,
-    Livemode,
-    Data,
-    Object,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-                Ok(match key {
-                    "id" => Key::Id,
-                    "type" => Key::Type,
-                    "created" => Key::Created,
-                    "livemode" => Key::Livemode,
-                    "data" => Key::Data,
-                    "object" => Key::Object,
-                    _ => Key::Other,
-                })
-            }
-        }
-
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
-}
-
-/// Reads the next value into `slot`, or skips it and notes the duplicate
-/// when `slot` was already filled by an earlier copy of the key.
-fn fill<'de, A, T>(
-    map: &mut A,
-    seen: &mut bool,
-    slot: &mut Option<T>,
-    duplicate: &mut bool,
-) -> Result<(), A::Error>
-where
-    A: MapAccess<'de>,
-    T: Deserialize<'de>,
-{
-    if std::mem::replace(seen, true) {
-        *duplicate = true;
-        map.next_value::<IgnoredAny>()?;
-    } else {
-        *slot = Some(map.next_value()?);
-    }
-    Ok(())
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for WireEnvelope<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EnvelopeVisitor<'a>(PhantomData<&'a ()>);
-
-        impl<'de: 'a, 'a> Visitor<'de> for EnvelopeVisitor<'a> {
-            type Value = WireEnvelope<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a Clink event envelope (a JSON object)")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut wire = WireEnvelope::default();
-                // Seen flags apart from the values: `"id": null` then `"id": "e"`
-                // is a duplicate too.
-                let mut seen = [false; 5];
-                let dup = &mut wire.duplicate;
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Id => fill(&mut map, &mut seen[0], &mut wire.id, dup)?,
-                        Key::Type => fill(&mut map, &mut seen[1], &mut wire.event_type, dup)?,
-                        Key::Created => fill(&mut map, &mut seen[2], &mut wire.created, dup)?,
-                        Key::Livemode => fill(&mut map, &mut seen[3], &mut wire.livemode, dup)?,
-                        Key::Data => fill(&mut map, &mut seen[4], &mut wire.data, dup)?,
-                        Key::Object | Key::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(wire)
-            }
-        }
-
-        deserializer.deserialize_map(EnvelopeVisitor(PhantomData))
-    }
-}
-
-/// The `data` wrapper: its `object`, raw, and whether `object` came twice.
-#[derive(Default)]
-struct WireWrapped<'a> {
-    object: Option<&'a RawValue>,
-    duplicate: bool,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for WireWrapped<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct WrappedVisitor<'a>(PhantomData<&'a ()>);
-
-        impl<'de: 'a, 'a> Visitor<'de> for WrappedVisitor<'a> {
-            type Value = WireWrapped<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut wrapped = WireWrapped::default();
-                let mut seen = false;
-                while let Some(key) = map.next_key::<Key>()? {
-                    if matches!(key, Key::Object) {
-                        fill(
-                            &mut map,
-                            &mut seen,
-                            &mut wrapped.object,
-                            &mut wrapped.duplicate,
-                        )?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(wrapped)
-            }
-        }
-
-        deserializer.deserialize_map(WrappedVisitor(PhantomData))
-    }
-}
-
 impl RawEvent {
-    /// Reads the envelope of a delivery body (copying nothing but the id).
+    /// Reads the envelope of a delivery body (copying the body once).
     ///
     /// # Errors
     ///
@@ -336,55 +186,29 @@ impl RawEvent {
         Self::from_bytes(Bytes::copy_from_slice(body))
     }
 
-    /// As [`from_slice`](Self::from_slice), sharing `body` rather than copying it.
+    /// As [`from_slice`](Self::from_slice), sharing `body` rather than
+    /// copying it. The body is read once: the envelope's fields, and where
+    /// the resource lies, so that [`decode`](Self::decode) reads only those
+    /// bytes.
     ///
     /// # Errors
     ///
     /// As [`from_slice`](Self::from_slice).
     pub fn from_bytes(body: Bytes) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(&body).map_err(|_| EnvelopeError::NotJson)?;
-        // One pass over the body; only an object is read (never an array).
-        let wire: WireEnvelope<'_> =
-            serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
-        if wire.duplicate {
-            return Err(EnvelopeError::DuplicateKey);
+        // serde reads a struct from an array too; an envelope is an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(EnvelopeError::NotJson);
         }
-        // `data.object` wraps the resource when it is an object. Only an
-        // object is a wrapper: a second, shallow pass over `data` alone.
-        let mut data = wire.data;
-        if let Some(raw) = data.filter(|raw| raw.get().starts_with('{')) {
-            let wrapped: WireWrapped<'_> =
-                serde_json::from_str(raw.get()).map_err(|_| EnvelopeError::NotJson)?;
-            if wrapped.duplicate {
-                return Err(EnvelopeError::DuplicateKey);
-            }
-            if let Some(object) = wrapped.object.filter(|o| o.get().starts_with('{')) {
-                data = Some(object);
-            }
-        }
-        let id = match wire.id {
-            Some(serde_json::Value::String(id)) if !id.is_empty() => id,
-            _ => return Err(EnvelopeError::MissingId),
-        };
-        let event_type = match wire.event_type {
-            Some(serde_json::Value::String(t)) if !t.is_empty() => EventType::from(t.as_str()),
-            _ => return Err(EnvelopeError::MissingType),
-        };
-        // A `created` in a form nobody reported is not worth refusing a
-        // verified delivery over; it reads as absent.
-        let created = wire
-            .created
-            .and_then(|raw| serde_json::from_str::<Timestamp>(raw.get()).ok());
-        let livemode = wire.livemode.and_then(|v| v.as_bool());
-        let data = data.map(|resource| span_of(text, resource.get()));
+        let envelope = envelope::read(text)?;
         Ok(Self {
-            body,
-            id,
-            event_type,
-            created,
-            livemode,
-            data,
+            id: envelope.id,
+            event_type: envelope.event_type,
+            created: envelope.created,
+            livemode: envelope.livemode,
+            data: envelope.data,
             account: None,
+            body,
         })
     }
 
@@ -402,7 +226,11 @@ impl RawEvent {
     /// The event id.
     #[must_use]
     pub fn id(&self) -> &str {
-        &self.id
+        match &self.id {
+            // The span was taken from this body's text, which is UTF-8.
+            IdText::Span(range) => std::str::from_utf8(&self.body[range.clone()]).unwrap_or(""),
+            IdText::Owned(id) => id,
+        }
     }
 
     /// The event type.
@@ -429,37 +257,35 @@ impl RawEvent {
         &self.body
     }
 
+    /// The resource's bytes: `data.object` when `data` wraps it, else
+    /// `data`; `null` when the envelope has no `data`.
+    fn data_bytes(&self) -> &[u8] {
+        match &self.data {
+            Some(range) => &self.body[range.clone()],
+            None => b"null",
+        }
+    }
+
     /// The resource as raw JSON: `data.object` when `data` wraps it, else
     /// `data`; `null` when the envelope has no `data`.
     #[must_use]
     pub fn data_json(&self) -> &str {
-        match &self.data {
-            // The range was taken from this body's text, which is UTF-8.
-            Some(range) => std::str::from_utf8(&self.body[range.clone()]).unwrap_or("null"),
-            None => "null",
-        }
+        // The range was taken from this body's text, which is UTF-8.
+        std::str::from_utf8(self.data_bytes()).unwrap_or("null")
     }
 
     /// Decodes the data into `T`, keeping the envelope.
+    ///
+    /// Reads only the resource's bytes, found when the envelope was read.
     ///
     /// # Errors
     ///
     /// [`DecodeError`] naming the event and the path of the field that did
     /// not fit `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<Event<T>, DecodeError> {
-        let mut de = serde_json::Deserializer::from_str(self.data_json());
-        let error = |path: String, message: String| DecodeError {
-            event_id: self.id.clone(),
-            event_type: self.event_type.clone(),
-            path,
-            message,
-        };
-        let data = serde_path_to_error::deserialize(&mut de)
-            .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?;
-        de.end()
-            .map_err(|err| error(".".to_owned(), err.to_string()))?;
+        let data = self.decode_data::<T>()?;
         Ok(Event {
-            id: self.id.clone(),
+            id: self.id().to_owned(),
             event_type: self.event_type.clone(),
             created: self.created,
             livemode: self.livemode,
@@ -468,12 +294,47 @@ impl RawEvent {
             account: self.account.clone(),
         })
     }
-}
 
-/// The byte range of `inner` within `outer`, where `inner` is a sub-slice of it.
-fn span_of(outer: &str, inner: &str) -> Range<usize> {
-    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
-    start..start + inner.len()
+    /// The data as `T`. Read without tracking the path first; only when
+    /// that fails is it read again, tracking the path, to say which field
+    /// did not fit (the same input fails the same way both times).
+    fn decode_data<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        /// Up to this size, checking the resource's UTF-8 once up front costs
+        /// less than serde_json checking each string it reads from bytes;
+        /// beyond it, the strings a type ignores (a large note) dominate, and
+        /// reading bytes skips checking them.
+        const CHECK_ONCE: usize = 16 * 1024;
+        fn whole<'de, T: serde::Deserialize<'de>, R: serde_json::de::Read<'de>>(
+            mut de: serde_json::Deserializer<R>,
+        ) -> serde_json::Result<T> {
+            let data = T::deserialize(&mut de)?;
+            de.end()?;
+            Ok(data)
+        }
+        let bytes = self.data_bytes();
+        let text = (bytes.len() <= CHECK_ONCE)
+            .then(|| std::str::from_utf8(bytes).ok())
+            .flatten();
+        let read = match text {
+            Some(text) => whole(serde_json::Deserializer::from_str(text)),
+            None => whole(serde_json::Deserializer::from_slice(bytes)),
+        };
+        if let Ok(data) = read {
+            return Ok(data);
+        }
+        let error = |path: String, message: String| DecodeError {
+            event_id: self.id().to_owned(),
+            event_type: self.event_type.clone(),
+            path,
+            message,
+        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let data = serde_path_to_error::deserialize(&mut de)
+            .map_err(|err| error(err.path().to_string(), err.into_inner().to_string()))?;
+        de.end()
+            .map_err(|err| error(".".to_owned(), err.to_string()))?;
+        Ok(data)
+    }
 }
 
 /// Why a verified body is not a Clink event envelope.

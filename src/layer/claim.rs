@@ -11,12 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::time::Instant;
 
 use super::config::Config;
+use super::within::within;
 use super::{Metrics, VerifiedEvent};
 use crate::store::{
-    timed, Claim, IdempotencyStore, LeaseToken, Settle, StoreError, StoreErrorKind,
+    Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError, StoreErrorKind,
 };
 use crate::Outcome;
 
@@ -27,14 +30,73 @@ const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Less of the lease than this left, a completion is no longer tried.
 const COMPLETE_RETRY_LAST: Duration = Duration::from_millis(10);
 
+/// The longest key kept inline; a longer one (a long prefix or event id)
+/// goes to the heap.
+const INLINE_KEY: usize = 96;
+
+/// An idempotency key, written into a buffer of its own rather than
+/// formatted into a new `String` per delivery.
+pub(super) enum StoreKey {
+    Inline { bytes: [u8; INLINE_KEY], len: u8 },
+    Heap(String),
+}
+
+impl StoreKey {
+    /// The key made of `parts`, one after the other.
+    fn concat(parts: &[&str]) -> Self {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        match u8::try_from(len) {
+            Ok(short) if len <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                let mut at = 0;
+                for part in parts {
+                    bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+                    at += part.len();
+                }
+                Self::Inline { bytes, len: short }
+            }
+            _ => Self::Heap(parts.concat()),
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            // Whole `str`s, one after the other: UTF-8.
+            Self::Inline { bytes, len } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Self::Heap(key) => key,
+        }
+    }
+
+    /// The key, leaving an empty one in its place.
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::Heap(String::new()))
+    }
+}
+
 /// The idempotency key of an event: `{prefix}:{account}:{id}`, the account
 /// empty with a single verifier. Only what cannot differ between two
 /// deliveries of one event goes in: the account whose key verified it and
 /// the event id, never a field of the body such as `livemode`. An account
 /// id holds no `:`, so two keys never collide.
-fn key_of(config: &Config, verified: &VerifiedEvent) -> String {
+fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
     let account = verified.account().unwrap_or("");
-    format!("{}:{account}:{}", config.key_prefix, verified.event().id())
+    StoreKey::concat(&[&config.key_prefix, ":", account, ":", verified.event().id()])
+}
+
+/// Runs one store call under the per-call timeout, arming no timer for a
+/// call that answers at once (an in-process store always does).
+pub(super) async fn timed<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    within(timeout, call).await.unwrap_or_else(|_| {
+        Err(StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("no answer within {timeout:?}"),
+        ))
+    })
 }
 
 /// Claims the event; anything but a fresh claim is the delivery's outcome.
@@ -45,9 +107,21 @@ pub(super) async fn claim(
     let key = key_of(config, verified);
     // The lease starts somewhere during the call: count it from before.
     let lease_ends = Instant::now() + config.lease;
-    match timed(config.store_timeout, config.store.claim(&key, config.lease)).await {
+    let mut memory_key = None;
+    let claimed = match &config.memory {
+        Some(memory) => MemoryStore::key(key.as_str()).and_then(|checked| {
+            memory_key = Some(checked);
+            memory.claim_now(&checked, config.lease)
+        }),
+        None => {
+            let call = config.store.claim(key.as_str(), config.lease);
+            timed(config.store_timeout, call).await
+        }
+    };
+    match claimed {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
             store: Arc::clone(&config.store),
+            memory: config.memory.clone().zip(memory_key),
             key,
             token: Some(token),
             timeout: config.store_timeout,
@@ -75,7 +149,10 @@ pub(super) async fn claim(
 /// event is not handled again.
 pub(super) struct ClaimGuard {
     store: Arc<dyn IdempotencyStore>,
-    key: String,
+    /// `store` when it is a memory store, called directly, and the key as
+    /// it keeps it.
+    memory: Option<(Arc<MemoryStore>, MemoryKey)>,
+    key: StoreKey,
     token: Option<LeaseToken>,
     timeout: Duration,
     /// What a drop does with an unsettled claim: `None` releases it,
@@ -103,11 +180,15 @@ impl ClaimGuard {
         let Some(token) = &self.token else {
             return;
         };
-        let result = timed(
-            self.timeout,
-            self.store.complete(&self.key, token, config.retention),
-        )
-        .await;
+        let result = match &self.memory {
+            Some((memory, key)) => memory.complete_now(key, token, config.retention),
+            None => {
+                let call = self
+                    .store
+                    .complete(self.key.as_str(), token, config.retention);
+                timed(self.timeout, call).await
+            }
+        };
         // Only now is the claim settled or handed on; a drop before this
         // point completes it.
         let Some(token) = self.token.take() else {
@@ -127,7 +208,7 @@ impl ClaimGuard {
                 };
                 runtime.spawn(complete_until_lease_ends(
                     Arc::clone(&self.store),
-                    std::mem::take(&mut self.key),
+                    self.key.take(),
                     token,
                     config.retention,
                     self.timeout,
@@ -143,7 +224,11 @@ impl ClaimGuard {
         let Some(token) = &self.token else {
             return;
         };
-        if !release_logged(&*self.store, &self.key, token, self.timeout).await {
+        let released = match &self.memory {
+            Some((memory, key)) => logged(memory.release_now(key, token)),
+            None => release_logged(&*self.store, self.key.as_str(), token, self.timeout).await,
+        };
+        if !released {
             config.metrics.settle_failed();
         }
         self.token = None;
@@ -198,7 +283,7 @@ fn completion_failed(metrics: &Metrics, error: &StoreError) {
 /// before it ends).
 async fn complete_until_lease_ends(
     store: Arc<dyn IdempotencyStore>,
-    key: String,
+    key: StoreKey,
     token: LeaseToken,
     retention: Duration,
     timeout: Duration,
@@ -214,7 +299,7 @@ async fn complete_until_lease_ends(
         }
         tokio::time::sleep(pause.min(left / 2)).await;
         let timeout = timeout.min(lease_ends.saturating_duration_since(Instant::now()));
-        match timed(timeout, store.complete(&key, &token, retention)).await {
+        match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
             Ok(settle) => return completed(&metrics, settle, true),
             Err(error) if worth_retrying(&error) => last_error = Some(error),
             Err(error) => return completion_failed(&metrics, &error),
@@ -237,7 +322,12 @@ async fn release_logged(
     token: &LeaseToken,
     timeout: Duration,
 ) -> bool {
-    match timed(timeout, store.release(key, token)).await {
+    logged(timed(timeout, store.release(key, token)).await)
+}
+
+/// Logs a release that failed; whether it was released.
+fn logged(released: Result<Settle, StoreError>) -> bool {
+    match released {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(%error, "clink claim could not be released; it frees itself when the lease expires");
@@ -255,14 +345,14 @@ impl Drop for ClaimGuard {
             return;
         };
         let store = Arc::clone(&self.store);
-        let key = std::mem::take(&mut self.key);
+        let key = self.key.take();
         let timeout = self.timeout;
         match self.completes_with {
             Some(retention) => {
                 let metrics = Arc::clone(&self.metrics);
                 let lease_ends = self.lease_ends;
                 runtime.spawn(async move {
-                    match timed(timeout, store.complete(&key, &token, retention)).await {
+                    match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
                         Ok(settle) => completed(&metrics, settle, false),
                         Err(error) if worth_retrying(&error) => {
                             complete_until_lease_ends(
@@ -276,7 +366,7 @@ impl Drop for ClaimGuard {
             }
             None => {
                 runtime.spawn(async move {
-                    release_logged(&*store, &key, &token, timeout).await;
+                    release_logged(&*store, key.as_str(), &token, timeout).await;
                 });
             }
         }
@@ -306,7 +396,8 @@ mod tests {
         };
         drop(ClaimGuard {
             store: Arc::clone(&store),
-            key: "k".to_owned(),
+            memory: None,
+            key: StoreKey::concat(&["k"]),
             token: Some(token),
             timeout: super::super::DEFAULT_STORE_TIMEOUT,
             completes_with,
@@ -314,6 +405,24 @@ mod tests {
             metrics: Arc::default(),
         });
         claim_state(&*store).await
+    }
+
+    #[test]
+    fn keys_are_their_parts_one_after_the_other() {
+        assert_eq!(
+            StoreKey::concat(&["clink", ":", "", ":", "evt_1"]).as_str(),
+            "clink::evt_1"
+        );
+        let long = "é".repeat(60);
+        let key = StoreKey::concat(&["p:", &long]);
+        assert!(matches!(key, StoreKey::Heap(_)));
+        assert_eq!(key.as_str(), format!("p:{long}"));
+        let exact = "k".repeat(INLINE_KEY);
+        assert!(matches!(
+            StoreKey::concat(&[&exact]),
+            StoreKey::Inline { .. }
+        ));
+        assert_eq!(StoreKey::concat(&[&exact]).as_str(), exact);
     }
 
     #[tokio::test]
@@ -393,7 +502,8 @@ mod tests {
         };
         let guard = ClaimGuard {
             store: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
-            key: "k".to_owned(),
+            memory: None,
+            key: StoreKey::concat(&["k"]),
             token: Some(token),
             timeout: super::super::DEFAULT_STORE_TIMEOUT,
             completes_with: None,

@@ -1,5 +1,6 @@
 //! [`ClinkLayer`]: the layer's configuration, validated as it is built.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub(super) enum Keys {
 pub(super) struct Config {
     pub(super) keys: Keys,
     pub(super) store: Arc<dyn IdempotencyStore>,
+    /// `store` itself when it is a [`MemoryStore`], whose calls answer at
+    /// once: the layer then calls it directly, without boxing a future per call.
+    pub(super) memory: Option<Arc<MemoryStore>>,
     pub(super) body_limit: usize,
     pub(super) body_timeout: Duration,
     pub(super) lease: Duration,
@@ -116,6 +120,35 @@ impl fmt::Debug for ClinkLayer {
     }
 }
 
+/// `store` behind an `Arc`, and the same store again when it is a
+/// [`MemoryStore`] (or an `Arc` of one), for [`Config::memory`].
+fn shared<S: IdempotencyStore>(store: S) -> (Arc<dyn IdempotencyStore>, Option<Arc<MemoryStore>>) {
+    let store: Box<dyn Any> = Box::new(store);
+    let store = match store.downcast::<MemoryStore>() {
+        Ok(memory) => {
+            let memory = Arc::new(*memory);
+            return (
+                Arc::clone(&memory) as Arc<dyn IdempotencyStore>,
+                Some(memory),
+            );
+        }
+        Err(other) => other,
+    };
+    let store = match store.downcast::<Arc<MemoryStore>>() {
+        Ok(memory) => {
+            return (
+                Arc::clone(&*memory) as Arc<dyn IdempotencyStore>,
+                Some(*memory),
+            )
+        }
+        Err(other) => other,
+    };
+    match store.downcast::<S>() {
+        Ok(store) => (Arc::new(*store), None),
+        Err(_) => unreachable!("the box holds an S"),
+    }
+}
+
 /// Checks a duration setting: at least 1 ms and at most [`MAX_TTL`].
 fn check_duration(what: &str, value: Duration, default: &str) -> Result<Duration, ConfigError> {
     if value < Duration::from_millis(1) || value > MAX_TTL {
@@ -147,10 +180,12 @@ impl ClinkLayer {
     }
 
     fn with_keys(keys: Keys) -> Self {
+        let memory = Arc::new(MemoryStore::new());
         Self {
             config: Arc::new(Config {
                 keys,
-                store: Arc::new(MemoryStore::new()),
+                store: Arc::clone(&memory) as Arc<dyn IdempotencyStore>,
+                memory: Some(memory),
                 body_limit: DEFAULT_BODY_LIMIT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
                 lease: DEFAULT_LEASE,
@@ -178,7 +213,10 @@ impl ClinkLayer {
     /// router's [`ordering`](crate::EventRouter::ordering).
     #[must_use]
     pub fn store(mut self, store: impl IdempotencyStore) -> Self {
-        self.config_mut().store = Arc::new(store);
+        let (store, memory) = shared(store);
+        let config = self.config_mut();
+        config.store = store;
+        config.memory = memory;
         self
     }
 

@@ -12,6 +12,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::within::within_else;
 use super::VerifiedBody;
 use crate::{BoxError, Outcome};
 
@@ -19,9 +20,23 @@ use crate::{BoxError, Outcome};
 /// service answered, with the outcome it stands for; otherwise only the
 /// outcome (an error, a panic, the deadline).
 pub(crate) async fn run_inner<S, ResB>(
-    mut inner: S,
+    inner: S,
     request: Request<VerifiedBody>,
     deadline: Duration,
+) -> Result<Response<ResB>, Outcome>
+where
+    S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    run_inner_else(inner, request, || deadline).await
+}
+
+/// As [`run_inner`], with the deadline worked out only if the inner service
+/// does not answer in its first poll (see [`within_else`]).
+pub(super) async fn run_inner_else<S, ResB>(
+    mut inner: S,
+    request: Request<VerifiedBody>,
+    deadline: impl FnOnce() -> Duration,
 ) -> Result<Response<ResB>, Outcome>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
@@ -35,7 +50,13 @@ where
             return Err(Outcome::HandlerPanicked);
         }
     };
-    match tokio::time::timeout(deadline, CatchUnwind { inner: future }).await {
+    let mut timeout = Duration::ZERO;
+    let until = || {
+        timeout = deadline();
+        timeout
+    };
+    let result = within_else(until, CatchUnwind { inner: future }).await;
+    match result {
         Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(error))) => {
             let error: BoxError = error.into();
@@ -48,7 +69,7 @@ where
         }
         Err(_) => {
             tracing::error!(
-                timeout_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 "clink handler timed out; releasing the event so a retry runs it"
             );
             Err(Outcome::HandlerTimeout)

@@ -128,30 +128,186 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Every outcome code, as [`Outcome::as_str`] gives them; [`outcome_slot`]
+/// says where each outcome's is.
+#[cfg(feature = "metrics")]
+const OUTCOME_CODES: [&str; 32] = [
+    "handled",
+    "unhandled",
+    "queued",
+    "skipped_stale",
+    "duplicate",
+    "method_not_allowed",
+    "unknown_account",
+    "keys_unavailable",
+    "missing_timestamp",
+    "missing_signature",
+    "malformed_timestamp",
+    "malformed_signature",
+    "unsupported_sign_type",
+    "timestamp_too_old",
+    "timestamp_in_future",
+    "signature_mismatch",
+    "no_active_key",
+    "body_too_large",
+    "body_unreadable",
+    "body_timeout",
+    "overloaded",
+    "invalid_json",
+    "missing_event_id",
+    "missing_event_type",
+    "invalid_event_id",
+    "in_flight",
+    "store_unavailable",
+    "handler_failed",
+    "handler_refused",
+    "handler_panicked",
+    "handler_timeout",
+    "duplicate_key",
+];
+
+/// Where `outcome`'s code is in [`OUTCOME_CODES`].
+#[cfg(feature = "metrics")]
+fn outcome_slot(outcome: &Outcome) -> usize {
+    use crate::events::EnvelopeError;
+    use crate::signature::VerifyErrorKind as Kind;
+    match outcome {
+        Outcome::Handled => 0,
+        Outcome::Unhandled => 1,
+        Outcome::Queued => 2,
+        Outcome::SkippedStale => 3,
+        Outcome::Duplicate => 4,
+        Outcome::MethodNotAllowed => 5,
+        Outcome::UnknownAccount => 6,
+        Outcome::KeysUnavailable => 7,
+        Outcome::Verify(kind) => match kind {
+            Kind::MissingTimestamp => 8,
+            Kind::MissingSignature => 9,
+            Kind::MalformedTimestamp => 10,
+            Kind::MalformedSignature => 11,
+            Kind::UnsupportedSignType => 12,
+            Kind::TooOld => 13,
+            Kind::InFuture => 14,
+            Kind::SignatureMismatch => 15,
+            Kind::NoActiveKey => 16,
+        },
+        Outcome::BodyTooLarge { .. } => 17,
+        Outcome::BodyUnreadable => 18,
+        Outcome::BodyTimeout => 19,
+        Outcome::Overloaded => 20,
+        Outcome::InvalidEnvelope(error) => match error {
+            EnvelopeError::NotJson => 21,
+            EnvelopeError::MissingId => 22,
+            EnvelopeError::MissingType => 23,
+            EnvelopeError::DuplicateKey => 31,
+        },
+        Outcome::InvalidEventId => 24,
+        Outcome::InFlight { .. } => 25,
+        Outcome::StoreUnavailable(_) => 26,
+        Outcome::HandlerFailed => 27,
+        Outcome::HandlerRefused(_) => 28,
+        Outcome::HandlerPanicked => 29,
+        Outcome::HandlerTimeout => 30,
+    }
+}
+
+/// The `event_type` labels: every known name, then `unknown` and `none`.
+#[cfg(feature = "metrics")]
+const EVENT_LABELS: usize = 46;
+
+#[cfg(feature = "metrics")]
+fn event_label(slot: usize) -> &'static str {
+    match slot {
+        44 => "unknown",
+        45 => "none",
+        known => EventType::ALL
+            .get(known)
+            .and_then(EventType::known_name)
+            .unwrap_or("unknown"),
+    }
+}
+
+/// The metric keys of every outcome and event type, made once: with them a
+/// delivery records its metrics without building (and hashing) a key, and
+/// without allocating.
+#[cfg(feature = "metrics")]
+struct Keys {
+    /// `clink_webhook_deliveries_total` by outcome, then event type.
+    deliveries: Vec<metrics::Key>,
+    /// `clink_webhook_delivery_duration_seconds` by outcome.
+    durations: Vec<metrics::Key>,
+}
+
+#[cfg(feature = "metrics")]
+static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| {
+    use metrics::{Key, Label};
+    // Made once per process, and kept for its whole life, as the keys' labels must be.
+    let labels: &'static [[Label; 2]] = Vec::leak(
+        OUTCOME_CODES
+            .iter()
+            .flat_map(|outcome| {
+                (0..EVENT_LABELS).map(|slot| {
+                    [
+                        Label::from_static_parts("outcome", outcome),
+                        Label::from_static_parts("event_type", event_label(slot)),
+                    ]
+                })
+            })
+            .collect(),
+    );
+    let outcomes: &'static [[Label; 1]] = Vec::leak(
+        OUTCOME_CODES
+            .iter()
+            .map(|outcome| [Label::from_static_parts("outcome", outcome)])
+            .collect(),
+    );
+    Keys {
+        deliveries: labels
+            .iter()
+            .map(|pair| Key::from_static_parts("clink_webhook_deliveries_total", pair))
+            .collect(),
+        durations: outcomes
+            .iter()
+            .map(|one| Key::from_static_parts("clink_webhook_delivery_duration_seconds", one))
+            .collect(),
+    }
+});
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 /// Records one finished delivery through the `metrics` facade.
 #[cfg(feature = "metrics")]
 pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f64) {
-    let event_type = match event_type {
-        Some(event_type) => event_type.known_name().unwrap_or("unknown"),
-        None => "none",
+    let event = match event_type {
+        Some(event_type) => event_type.known_index().unwrap_or(EVENT_LABELS - 2),
+        None => EVENT_LABELS - 1,
     };
-    let outcome = outcome.as_str();
-    metrics::counter!(
-        "clink_webhook_deliveries_total",
-        "outcome" => outcome,
-        "event_type" => event_type
-    )
-    .increment(1);
-    metrics::histogram!("clink_webhook_delivery_duration_seconds", "outcome" => outcome)
-        .record(seconds);
+    let slot = outcome_slot(outcome);
+    let keys = &*KEYS;
+    metrics::with_recorder(|recorder| {
+        if let Some(key) = keys.deliveries.get(slot * EVENT_LABELS + event) {
+            recorder.register_counter(key, &METADATA).increment(1);
+        }
+        if let Some(key) = keys.durations.get(slot) {
+            recorder.register_histogram(key, &METADATA).record(seconds);
+        }
+    });
 }
 
 /// Counts a verified delivery under the index of the key that matched.
 #[cfg(feature = "metrics")]
 pub(super) fn emit_key_match(key_index: usize) {
-    const LABELS: [&str; 4] = ["0", "1", "2", "3"];
-    let label = LABELS.get(key_index).copied().unwrap_or("4+");
-    metrics::counter!("clink_webhook_key_matches_total", "key_index" => label).increment(1);
+    const NAME: &str = "clink_webhook_key_matches_total";
+    let counter = match key_index {
+        0 => metrics::counter!(NAME, "key_index" => "0"),
+        1 => metrics::counter!(NAME, "key_index" => "1"),
+        2 => metrics::counter!(NAME, "key_index" => "2"),
+        3 => metrics::counter!(NAME, "key_index" => "3"),
+        _ => metrics::counter!(NAME, "key_index" => "4+"),
+    };
+    counter.increment(1);
 }
 
 /// Counts a delivery in flight from its creation to its drop, so that a
@@ -170,5 +326,72 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
         metrics::gauge!("clink_webhook_deliveries_in_flight").decrement(1.0);
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+    use crate::events::EnvelopeError;
+    use crate::signature::VerifyErrorKind;
+    use crate::store::StoreErrorKind;
+
+    #[test]
+    fn every_outcome_has_its_own_code_in_the_table() {
+        let mut outcomes = vec![
+            Outcome::Handled,
+            Outcome::Unhandled,
+            Outcome::Queued,
+            Outcome::SkippedStale,
+            Outcome::Duplicate,
+            Outcome::MethodNotAllowed,
+            Outcome::UnknownAccount,
+            Outcome::KeysUnavailable,
+            Outcome::BodyTooLarge { limit: 1 },
+            Outcome::BodyUnreadable,
+            Outcome::BodyTimeout,
+            Outcome::Overloaded,
+            Outcome::InvalidEventId,
+            Outcome::InFlight {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            Outcome::StoreUnavailable(StoreErrorKind::Timeout),
+            Outcome::HandlerFailed,
+            Outcome::HandlerRefused(http::StatusCode::IM_A_TEAPOT),
+            Outcome::HandlerPanicked,
+            Outcome::HandlerTimeout,
+        ];
+        outcomes.extend(
+            [
+                VerifyErrorKind::MissingTimestamp,
+                VerifyErrorKind::MissingSignature,
+                VerifyErrorKind::MalformedTimestamp,
+                VerifyErrorKind::MalformedSignature,
+                VerifyErrorKind::UnsupportedSignType,
+                VerifyErrorKind::TooOld,
+                VerifyErrorKind::InFuture,
+                VerifyErrorKind::SignatureMismatch,
+                VerifyErrorKind::NoActiveKey,
+            ]
+            .map(Outcome::Verify),
+        );
+        outcomes.extend(
+            [
+                EnvelopeError::NotJson,
+                EnvelopeError::MissingId,
+                EnvelopeError::MissingType,
+                EnvelopeError::DuplicateKey,
+            ]
+            .map(Outcome::InvalidEnvelope),
+        );
+        assert_eq!(outcomes.len(), OUTCOME_CODES.len());
+        for outcome in &outcomes {
+            assert_eq!(OUTCOME_CODES[outcome_slot(outcome)], outcome.as_str());
+        }
+        for (slot, event_type) in EventType::ALL.iter().enumerate() {
+            assert_eq!(event_type.known_index(), Some(slot));
+            assert_eq!(event_label(slot), event_type.as_str());
+        }
+        assert_eq!(EventType::ALL.len(), EVENT_LABELS - 2);
     }
 }

@@ -78,6 +78,7 @@ mod metrics;
 mod refusals;
 mod service;
 mod verify;
+mod within;
 
 use bytes::Bytes;
 use http_body_util::Full;

@@ -14,14 +14,15 @@ use tower_service::Service;
 use tracing::{field, Instrument, Span};
 
 use super::claim::claim;
+use super::claim::timed;
 use super::config::Config;
-use super::inner::{outcome_of, run_inner};
+use super::inner::{outcome_of, run_inner_else};
 #[cfg(feature = "metrics")]
 use super::metrics;
 use super::metrics::InFlight;
 use super::verify::{verify, VerifiedEvent};
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
-use crate::store::{timed, Inbox, Inserted, NewEvent, StoreErrorKind};
+use crate::store::{Inbox, Inserted, NewEvent, StoreErrorKind};
 use crate::{BoxError, Outcome, Timestamp};
 
 /// The service made by [`ClinkLayer`](super::ClinkLayer): verifies,
@@ -99,48 +100,71 @@ where
             status = field::Empty,
             duration_ms = field::Empty,
         );
-        Box::pin(
-            async move {
-                let started = Instant::now();
-                let in_flight = InFlight::start();
-                let (response, outcome) = deliver(&config, inner, request).await;
-                drop(in_flight);
-                config.metrics.record(&outcome);
-                #[cfg(feature = "metrics")]
-                {
-                    let verified = response.extensions().get::<VerifiedEvent>();
-                    if let Some(verified) = verified {
-                        metrics::emit_key_match(verified.key_index());
-                    }
-                    let event_type = verified.map(|v| v.event().event_type());
-                    metrics::emit(&outcome, event_type, started.elapsed().as_secs_f64());
-                }
-                let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let status = response.status().as_u16();
-                let span = Span::current();
-                span.record("duration_ms", elapsed);
-                span.record("status", status);
-                span.record("outcome", outcome.as_str());
-                if !outcome.is_verified() {
-                    config.refusals.note(&outcome, status);
-                    return Ok(response);
-                }
-                let outcome = outcome.as_str();
-                if response.status().is_success() {
-                    tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");
-                } else {
-                    tracing::warn!(
-                        outcome,
-                        status,
-                        duration_ms = elapsed,
-                        "clink delivery refused"
-                    );
-                }
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        // With no subscriber listening, there is no span to enter on every
+        // poll nor fields to record.
+        if span.is_disabled() {
+            Box::pin(run(config, inner, request, None))
+        } else {
+            let fields = span.clone();
+            Box::pin(run(config, inner, request, Some(fields)).instrument(span))
+        }
     }
+}
+
+/// One delivery, timed, counted and logged; `span` is the delivery's span
+/// when a subscriber records it.
+async fn run<S, B, ResB>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<B>,
+    span: Option<Span>,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body + Send,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let in_flight = InFlight::start();
+    let (response, outcome) = deliver(&config, inner, request, span.as_ref()).await;
+    drop(in_flight);
+    config.metrics.record(&outcome);
+    let elapsed = started.elapsed();
+    #[cfg(feature = "metrics")]
+    {
+        let verified = response.extensions().get::<VerifiedEvent>();
+        if let Some(verified) = verified {
+            metrics::emit_key_match(verified.key_index());
+        }
+        let event_type = verified.map(|v| v.event().event_type());
+        metrics::emit(&outcome, event_type, elapsed.as_secs_f64());
+    }
+    let elapsed = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let status = response.status().as_u16();
+    if let Some(span) = &span {
+        span.record("duration_ms", elapsed);
+        span.record("status", status);
+        span.record("outcome", outcome.as_str());
+    }
+    if !outcome.is_verified() {
+        config.refusals.note(&outcome, status);
+        return Ok(response);
+    }
+    let outcome = outcome.as_str();
+    if response.status().is_success() {
+        tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");
+    } else {
+        tracing::warn!(
+            outcome,
+            status,
+            duration_ms = elapsed,
+            "clink delivery refused"
+        );
+    }
+    Ok(response)
 }
 
 /// Writes a verified delivery to the inbox; the delivery's outcome.
@@ -188,6 +212,7 @@ async fn deliver<S, B, ResB>(
     config: &Config,
     inner: S,
     request: Request<B>,
+    span: Option<&Span>,
 ) -> (Response<ResponseBody<ResB>>, Outcome)
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
@@ -198,13 +223,14 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    let verified = match verify(config, &parts, body).await {
+    let verified = match verify(config, &parts, body, span).await {
         Ok(verified) => verified,
         Err(outcome) => return (layer_response(&outcome), outcome),
     };
-    let span = Span::current();
-    span.record("event_id", verified.event().id());
-    span.record("event_type", verified.event().event_type().as_str());
+    if let Some(span) = span {
+        span.record("event_id", verified.event().id());
+        span.record("event_type", verified.event().event_type().as_str());
+    }
 
     if let Some(inbox) = &config.inbox {
         let outcome = keep(config, &**inbox, &verified).await;
@@ -221,11 +247,14 @@ where
         Ok(guard) => {
             let mut request =
                 Request::from_parts(parts, Full::new(verified.event().body().clone()));
+            // A clone shares the body and the id's bytes: no copy.
             request.extensions_mut().insert(verified.clone());
-            let deadline = config
-                .handler_deadline()
-                .saturating_sub(claim_started.elapsed());
-            let (response, outcome) = match run_inner(inner, request, deadline).await {
+            let deadline = || {
+                config
+                    .handler_deadline()
+                    .saturating_sub(claim_started.elapsed())
+            };
+            let (response, outcome) = match run_inner_else(inner, request, deadline).await {
                 Ok(response) => {
                     let outcome = outcome_of(&response);
                     (response.map(ResponseBody::inner), outcome)
@@ -236,7 +265,10 @@ where
             (response, outcome)
         }
     };
-    response.extensions_mut().insert(outcome.clone());
+    // The router's response already carries its outcome.
+    if Outcome::of(&response) != Some(&outcome) {
+        response.extensions_mut().insert(outcome.clone());
+    }
     response.extensions_mut().insert::<VerifiedEvent>(verified);
     (response, outcome)
 }

@@ -12,6 +12,7 @@ use tracing::Span;
 
 use super::budget::Reading;
 use super::config::{Config, Keys};
+use super::within::within;
 use crate::events::RawEvent;
 use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
 use crate::{BoxError, Outcome, Timestamp};
@@ -68,6 +69,7 @@ pub(super) async fn verify<B>(
     config: &Config,
     parts: &http::request::Parts,
     body: B,
+    span: Option<&Span>,
 ) -> Result<VerifiedEvent, Outcome>
 where
     B: Body,
@@ -85,7 +87,7 @@ where
     let headers = SignatureHeaders::from_headers(&parts.headers);
     let timestamp = headers.timestamp().map_err(log_verify)?;
     let signature = headers.signature().map_err(log_verify)?;
-    let (verifier, account) = keys(config, parts).await?;
+    let (verifier, account) = keys(config, parts, span).await?;
     let mut verification = verifier.begin(timestamp).map_err(log_verify)?;
     drop(verifier);
 
@@ -103,7 +105,7 @@ where
         &mut verification,
         &mut reading,
     );
-    let bytes = tokio::time::timeout(config.body_timeout, read)
+    let bytes = within(config.body_timeout, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification.finish_parsed(&signature).map_err(log_verify)?;
@@ -112,7 +114,7 @@ where
     let event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
     // An id is data, never text to print: one with a line break or a
     // terminal escape in it is refused rather than carried into logs.
-    if event.id().chars().any(char::is_control) {
+    if has_control(event.id()) {
         return Err(Outcome::InvalidEventId);
     }
     Ok(VerifiedEvent::new(event, verified, account))
@@ -122,6 +124,7 @@ where
 async fn keys(
     config: &Config,
     parts: &http::request::Parts,
+    span: Option<&Span>,
 ) -> Result<(Arc<Verifier>, Option<Arc<str>>), Outcome> {
     let (from, source) = match &config.keys {
         Keys::One(verifier) => return Ok((Arc::clone(verifier), None)),
@@ -130,9 +133,11 @@ async fn keys(
     let Some(account) = from.account(parts) else {
         return Err(Outcome::UnknownAccount);
     };
-    match tokio::time::timeout(config.store_timeout, source.verifier(account)).await {
+    match within(config.store_timeout, source.verifier(account)).await {
         Ok(Ok(Some(verifier))) => {
-            Span::current().record("account", account);
+            if let Some(span) = span {
+                span.record("account", account);
+            }
             Ok((verifier, Some(Arc::from(account))))
         }
         Ok(Ok(None)) => Err(Outcome::UnknownAccount),
@@ -147,6 +152,16 @@ async fn keys(
             );
             Err(Outcome::KeysUnavailable)
         }
+    }
+}
+
+/// Whether `text` holds a control character (`char::is_control`: U+0000 to
+/// U+001F and U+007F to U+009F), looking at bytes while they are ASCII.
+fn has_control(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        text.chars().any(char::is_control)
     }
 }
 
@@ -197,14 +212,14 @@ where
         if total > limit {
             return Err(Outcome::BodyTooLarge { limit });
         }
-        let chunk = data.copy_to_bytes(len);
-        verification.update(&chunk);
         if first.is_none() && buf.is_none() && declared.is_none_or(|d| d == len) {
             // The whole body in one chunk (or the first of an unknown
-            // length): kept as it is, no copy.
+            // length): kept as it is, no copy (`Bytes` hands itself over).
             if !reading.hold(len) {
                 return Err(Outcome::Overloaded);
             }
+            let chunk = data.copy_to_bytes(len);
+            verification.update(&chunk);
             first = Some(chunk);
             continue;
         }
@@ -221,18 +236,44 @@ where
                 buf.insert(buffer)
             }
         };
-        if buffer.capacity() - buffer.len() < chunk.len() {
-            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + chunk.len(), limit);
+        if buffer.capacity() - buffer.len() < len {
+            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + len, limit);
             if !reading.hold(capacity) {
                 return Err(Outcome::Overloaded);
             }
             buffer.reserve(capacity - buffer.len());
         }
-        buffer.extend_from_slice(&chunk);
+        // Each piece is hashed and copied into the body's buffer straight
+        // from the frame: one copy, whatever the frame's buffer type.
+        while data.has_remaining() {
+            let piece = data.chunk();
+            verification.update(piece);
+            buffer.extend_from_slice(piece);
+            let taken = piece.len();
+            data.advance(taken);
+        }
     }
     Ok(match (buf, first) {
         (Some(buffer), _) => buffer.freeze(),
         (None, Some(chunk)) => chunk,
         (None, None) => Bytes::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_control;
+
+    #[test]
+    fn control_characters_are_found_as_char_is_control_finds_them() {
+        for c in ['\0', '\n', '\u{1b}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            assert!(has_control(&format!("evt_{c}1")), "{c:?}");
+        }
+        for text in ["evt_1", "evt_é", "evt_\u{a0}", ""] {
+            assert!(!has_control(text), "{text:?}");
+        }
+        for c in (0..=0x2ff).filter_map(char::from_u32) {
+            assert_eq!(has_control(&c.to_string()), c.is_control(), "{c:?}");
+        }
+    }
 }

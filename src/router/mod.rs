@@ -103,14 +103,22 @@ use crate::{BoxError, Outcome};
 
 type Run = BoxFuture<'static, Result<(), BoxError>>;
 
-/// A decoded event ready to run, with what ordering needs to know about it.
-struct Prepared {
-    object: Option<ObjectKey>,
-    version: Option<Version>,
-    run: Box<dyn FnOnce(Freshness) -> Run + Send>,
+/// A decoded event ready to run.
+enum Prepared {
+    /// Not tracked for freshness (the router has no ordering store): the
+    /// handler's future, made at once.
+    Untracked(Run),
+    /// With what ordering needs to know about it, to learn its freshness
+    /// before the handler runs.
+    Tracked {
+        object: Option<ObjectKey>,
+        version: Option<Version>,
+        run: Box<dyn FnOnce(Freshness) -> Run + Send>,
+    },
 }
 
-type Route<S> = Arc<dyn Fn(&RawEvent, S) -> Result<Prepared, DecodeError> + Send + Sync>;
+/// Decodes an event for its typed handler; `true` when the router tracks freshness.
+type Route<S> = Arc<dyn Fn(&RawEvent, S, bool) -> Result<Prepared, DecodeError> + Send + Sync>;
 type RawRoute<S> = Arc<dyn Fn(RawEvent, S) -> Run + Send + Sync>;
 type Undecodable = Arc<dyn Fn(RawEvent, DecodeError) -> Run + Send + Sync>;
 
@@ -213,10 +221,14 @@ where
     F: Fn(Event<K::Data>, S) -> Run + Send + Sync + 'static,
 {
     let call = Arc::new(call);
-    Arc::new(move |raw: &RawEvent, state: S| {
+    Arc::new(move |raw: &RawEvent, state: S, track: bool| {
         let mut event = raw.decode::<K::Data>()?;
+        if !track {
+            // The event's freshness is already `Untracked`.
+            return Ok(Prepared::Untracked(call(event, state)));
+        }
         let call = Arc::clone(&call);
-        Ok(Prepared {
+        Ok(Prepared::Tracked {
             object: event.object_key(),
             version: event.version(),
             run: Box::new(move |freshness| {
@@ -420,27 +432,36 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 }
             };
         };
-        let prepared = match route(&raw, state) {
-            Ok(prepared) => prepared,
+        let store = routes.ordering.as_deref();
+        let (object, version, run) = match route(&raw, state, store.is_some()) {
+            Ok(Prepared::Untracked(run)) => {
+                let result = run.await;
+                let mut response = finish(&raw, result, None).await;
+                response.extensions_mut().insert(Freshness::Untracked);
+                return response;
+            }
+            Ok(Prepared::Tracked {
+                object,
+                version,
+                run,
+            }) => (object, version, run),
             Err(error) => return undecodable(&routes, raw, error).await,
         };
-        let store = routes.ordering.as_deref();
         let object = match raw.account() {
-            Some(account) => prepared.object.map(|object| object.within(account)),
-            None => prepared.object,
+            Some(account) => object.map(|object| object.within(account)),
+            None => object,
         };
-        let (freshness, tracked) =
-            match ordering::check(store, object, prepared.version, &raw).await {
-                Ok(checked) => checked,
-                Err(error) => {
-                    tracing::error!(
-                        event_id = ?raw.id(),
-                        %error,
-                        "could not read the freshness store; answering 503"
-                    );
-                    return respond(&Outcome::StoreUnavailable(error.kind()));
-                }
-            };
+        let (freshness, tracked) = match ordering::check(store, object, version, &raw).await {
+            Ok(checked) => checked,
+            Err(error) => {
+                tracing::error!(
+                    event_id = ?raw.id(),
+                    %error,
+                    "could not read the freshness store; answering 503"
+                );
+                return respond(&Outcome::StoreUnavailable(error.kind()));
+            }
+        };
         if routes.skip_stale && freshness.is_stale() {
             tracing::info!(
                 event_id = ?raw.id(),
@@ -451,7 +472,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             response.extensions_mut().insert(freshness);
             return response;
         }
-        let result = (prepared.run)(freshness.clone()).await;
+        let result = run(freshness.clone()).await;
         let mut response = finish(&raw, result, tracked).await;
         response.extensions_mut().insert(freshness);
         response
@@ -535,7 +556,9 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let routes = Arc::clone(&self.routes);
         let state = self.state.clone();
-        let verified = request.extensions().get::<VerifiedEvent>().cloned();
+        // The request is the router's own: take the event rather than copy it.
+        let mut request = request;
+        let verified = request.extensions_mut().remove::<VerifiedEvent>();
         Box::pin(async move {
             let Some(verified) = verified else {
                 tracing::error!(

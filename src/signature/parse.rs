@@ -1,7 +1,7 @@
 //! Reading the signing headers: [`SignatureHeaders`], and the forms of
 //! `X-Clink-Timestamp` and `X-Clink-Signature`.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::error::{VerifyError, VerifyErrorKind};
 use super::keys::SIGNATURE_LEN;
@@ -13,6 +13,9 @@ pub const TIMESTAMP_HEADER: &str = "x-clink-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-clink-signature";
 /// Name of the optional header that names the signature algorithm (`SHA256`).
 pub const SIGN_TYPE_HEADER: &str = "x-clink-signtype";
+
+/// The most digits a `u64` holds whatever they are (10^19 - 1 does not fit).
+const MAX_SAFE_DIGITS: usize = 19 - 1;
 
 /// Timestamps below this value are seconds; the rest are milliseconds.
 const MILLIS_THRESHOLD: u64 = 1_000_000_000_000;
@@ -29,20 +32,20 @@ pub(crate) struct SignatureHeaders<'h> {
 
 impl<'h> SignatureHeaders<'h> {
     pub(crate) fn from_headers(headers: &'h HeaderMap) -> Self {
-        let timestamp = header_str(headers, TIMESTAMP_HEADER, VerifyErrorKind::MissingTimestamp)
+        // Names made once, so that no lookup parses a name again.
+        static TIMESTAMP: HeaderName = HeaderName::from_static(TIMESTAMP_HEADER);
+        static SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
+        static SIGN_TYPE: HeaderName = HeaderName::from_static(SIGN_TYPE_HEADER);
+        let timestamp = header_str(headers, &TIMESTAMP, VerifyErrorKind::MissingTimestamp)
             .and_then(|ts| ts.ok_or(VerifyError::new(VerifyErrorKind::MissingTimestamp)));
-        let sign_type = header_str(
-            headers,
-            SIGN_TYPE_HEADER,
-            VerifyErrorKind::UnsupportedSignType,
-        )
-        .and_then(|sign_type| match sign_type {
-            Some(sign_type) if !sign_type.trim().eq_ignore_ascii_case("SHA256") => {
-                Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType))
-            }
-            _ => Ok(()),
-        });
-        let signature = header_str(headers, SIGNATURE_HEADER, VerifyErrorKind::MissingSignature)
+        let sign_type = header_str(headers, &SIGN_TYPE, VerifyErrorKind::UnsupportedSignType)
+            .and_then(|sign_type| match sign_type {
+                Some(sign_type) if !sign_type.trim().eq_ignore_ascii_case("SHA256") => {
+                    Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType))
+                }
+                _ => Ok(()),
+            });
+        let signature = header_str(headers, &SIGNATURE, VerifyErrorKind::MissingSignature)
             .and_then(|sig| sig.ok_or(VerifyError::new(VerifyErrorKind::MissingSignature)));
         Self {
             timestamp,
@@ -70,7 +73,7 @@ impl<'h> SignatureHeaders<'h> {
 /// malformed for timestamp and signature, and unsupported for the sign type.
 fn header_str<'h>(
     headers: &'h HeaderMap,
-    name: &str,
+    name: &HeaderName,
     missing: VerifyErrorKind,
 ) -> Result<Option<&'h str>, VerifyError> {
     let mut values = headers.get_all(name).iter();
@@ -101,14 +104,27 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<Timestamp, VerifyError> {
         return Err(malformed());
     }
     let mut value: u64 = 0;
-    for b in digits.bytes() {
-        if !b.is_ascii_digit() {
+    if digits.len() <= MAX_SAFE_DIGITS {
+        // Too few digits to overflow: no checks on the way.
+        let mut invalid = false;
+        for b in digits.bytes() {
+            let digit = b.wrapping_sub(b'0');
+            invalid |= digit > 9;
+            value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+        }
+        if invalid {
             return Err(malformed());
         }
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(b - b'0')))
-            .ok_or_else(malformed)?;
+    } else {
+        for b in digits.bytes() {
+            if !b.is_ascii_digit() {
+                return Err(malformed());
+            }
+            value = value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                .ok_or_else(malformed)?;
+        }
     }
     let millis = if value < MILLIS_THRESHOLD {
         value * 1000

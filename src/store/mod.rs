@@ -97,6 +97,7 @@ pub use inbox::{
     current_claim, CurrentClaim, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted,
     NewEvent,
 };
+pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresInbox, PostgresStore};

@@ -1,13 +1,15 @@
 //! [`MemoryStore`]: a bounded, in-process store for a single instance.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
+use hashbrown::HashTable;
+use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 use super::{
@@ -48,72 +50,128 @@ pub use inbox::MemoryInbox;
 /// the number of events received per retention window.
 ///
 /// Every call is O(log n) in the claims in flight and O(1) otherwise: no call
-/// scans the map.
+/// scans the store.
 ///
 /// # Memory
 ///
-/// About 170 bytes per remembered key, for keys of ~40 bytes such as
-/// `clink:live:evt_` followed by 24 characters: so about 160 MiB at the
-/// default capacity. Measured as the growth of the process's resident memory
-/// while one million completed keys are stored: 169 bytes in
-/// `tests/suite/memory.rs` (run by `scripts/test`, failing above 170 bytes
-/// plus 15%), 165 in `cargo bench --bench stores` (see `BENCHMARKS.md`).
-/// Where it goes: a 33-byte hash table slot (dashmap sizes its tables in
-/// powers of two at 7/8 load, so up to twice that), the key's shared
-/// allocation (16 bytes of counts plus the key, rounded up by the allocator
-/// to 64), and 32 bytes in the eviction queue. A unit test keeps this
-/// structural estimate below 200 bytes.
+/// About 35 bytes per remembered key, whatever the key's length: so about
+/// 33 MiB at the default capacity of one million keys. Measured as the growth
+/// of the process's resident memory while one million completed keys are
+/// stored (`cargo bench --bench stores`, see `BENCHMARKS.md`; the
+/// measurement in `tests/suite/memory.rs`, run by `scripts/test`, fails
+/// above 170 bytes plus 15%). A completed
+/// key is 24 bytes in a ring in completion order (its 16-byte digest and the
+/// end of its retention) and a 4-byte position in a hash index (5 bytes a
+/// slot with its control byte, at 7/16 to 7/8 load). A unit test keeps this
+/// structural estimate below 64 bytes.
+///
+/// # Keys are kept as digests
+///
+/// The store keeps the first 128 bits of each key's SHA-256, not the key. Two
+/// keys would be confused only if their digests were equal: for the keys held
+/// at once, at most the capacity `n`, that chance is below n²/2¹²⁹, about
+/// 1.5 × 10⁻²⁷ for a full store of one million keys, and finding such a pair
+/// on purpose means finding a collision of SHA-256 truncated to 128 bits
+/// (about 2⁶⁴ hashes), while the layer only ever stores ids of deliveries
+/// whose signature checked out. The digests cannot be turned back into keys.
 pub struct MemoryStore {
-    records: DashMap<Arc<str>, Record>,
-    queues: Mutex<Queues>,
-    /// Records plus slots reserved by claims about to insert one.
-    used: AtomicUsize,
+    state: Mutex<State>,
     capacity: usize,
+    /// Reads the clock as nanoseconds since the store was made.
+    epoch: Instant,
+    /// The first half of every token this store hands out.
+    nonce: u64,
     freshness: freshness::Records,
 }
 
-enum Record {
-    /// Boxed so that the far more numerous completed records stay small.
-    Claimed(Box<Lease>),
-    Completed {
-        until: Instant,
-    },
+/// The first 128 bits of a key's SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct KeyDigest([u64; 2]);
+
+/// A key a [`MemoryStore`] accepts, as it keeps it (see [`MemoryStore::key`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemoryKey(KeyDigest);
+
+impl KeyDigest {
+    fn of(key: &str) -> Self {
+        let hash = Sha256::digest(key.as_bytes());
+        let (words, _) = hash.as_slice().as_chunks::<8>();
+        let word = |i: usize| words.get(i).map_or(0, |w| u64::from_le_bytes(*w));
+        Self([word(0), word(1)])
+    }
+
+    /// The bits the hash tables use: already uniformly spread.
+    fn bucket(self) -> u64 {
+        self.0[0]
+    }
+}
+
+impl Hash for KeyDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.bucket());
+    }
+}
+
+/// Hands a [`KeyDigest`]'s own bits to the map, rather than hashing them again.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Everything the store holds, behind one lock (the critical sections are a
+/// few hash lookups; the key's digest is computed before taking it).
+#[derive(Default)]
+struct State {
+    /// Completed keys in the order they completed, which is the eviction
+    /// order. An entry whose key was claimed again since is stale: the index
+    /// no longer points at it, and it is dropped when it reaches the front.
+    done: VecDeque<Done>,
+    /// The sequence number of `done[0]`; each entry's number is its position
+    /// plus this, wrapping.
+    head: u32,
+    /// The completed keys: the sequence number of each one's entry in `done`.
+    index: HashTable<u32>,
+    /// Claims, live or with an ended lease not yet reclaimed.
+    claims: HashMap<KeyDigest, Lease, BuildHasherDefault<PassThrough>>,
+    /// The claims by the end of their lease: exactly one item per claim.
+    lease_ends: BTreeSet<(u64, KeyDigest)>,
+    /// The number of the next token handed out.
+    next_token: u64,
+}
+
+/// A completed key: 24 bytes.
+struct Done {
+    key: KeyDigest,
+    /// The end of its retention, in the store's nanoseconds.
+    until: u64,
 }
 
 struct Lease {
-    token: LeaseToken,
-    until: Instant,
+    /// The second half of the holder's token.
+    token: u64,
+    /// The end of the lease, in the store's nanoseconds.
+    until: u64,
 }
 
-/// The eviction order. Items are hints checked against the map before
-/// anything is removed, so a stale item (its key settled, taken over or
-/// already evicted) is simply dropped.
-#[derive(Default)]
-struct Queues {
-    /// Claims by the end of their lease: one per delivery in flight.
-    claims: BTreeSet<(Instant, Arc<str>)>,
-    /// Completed keys in completion order, with the end of their retention.
-    completed: VecDeque<(Arc<str>, Instant)>,
-}
+/// The most entries `done` holds, so that sequence numbers in `u32` never
+/// meet: past it the oldest entry goes, as if the store were full.
+const MAX_DONE: usize = 1 << 31;
 
-/// What a call changed, for the eviction queues.
-#[derive(Clone, Copy)]
-enum Change {
-    None,
-    Leased {
-        replaced: Option<Instant>,
-        until: Instant,
-    },
-    Completed {
-        lease: Instant,
-        until: Instant,
-    },
-    Released {
-        lease: Instant,
-    },
-}
-
-/// Which queue item [`MemoryStore::pop`] may take.
+/// Which record [`State::pop`] may take.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pick {
     ExpiredClaim,
@@ -135,11 +193,15 @@ impl MemoryStore {
     /// after it was last written.
     #[must_use]
     pub fn new() -> Self {
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        // RandomState is seeded from the OS per process.
+        let mut nonce = RandomState::new().build_hasher();
+        nonce.write_u64(STORES.fetch_add(1, Ordering::Relaxed));
         Self {
-            records: DashMap::new(),
-            queues: Mutex::default(),
-            used: AtomicUsize::new(0),
+            state: Mutex::default(),
             capacity: Self::DEFAULT_CAPACITY,
+            epoch: Instant::now(),
+            nonce: nonce.finish(),
             freshness: freshness::Records::default(),
         }
     }
@@ -197,123 +259,201 @@ impl MemoryStore {
     /// How many keys the store holds now, counting expired ones not yet reclaimed.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.lock().len()
     }
 
     /// Whether the store holds no key.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
-    fn claim_now(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
-        check_key(key)?;
-        let now = Instant::now();
-        let until = deadline(now, "lease", lease)?;
+    /// Now, in the store's nanoseconds.
+    fn now(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
 
-        if let Some(mut record) = self.records.get_mut(key) {
-            let (claim, change) = record.claim(now, until);
-            let key = Arc::clone(record.key());
-            drop(record);
-            self.note(now, key, change);
-            return Ok(claim);
+    /// The text of token number `n`: this store's nonce, then `n`, in hex.
+    fn token_text(&self, n: u64) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; 32];
+        for (i, digit) in text.iter_mut().enumerate() {
+            let word = if i < 16 { self.nonce } else { n };
+            let shift = 60 - 4 * (i % 16);
+            *digit = HEX[usize::from(u8::try_from((word >> shift) & 0xf).unwrap_or(0))];
         }
-
-        let reservation = self.reserve(now)?;
-        let key: Arc<str> = Arc::from(key);
-        let (claim, change) = match self.records.entry(Arc::clone(&key)) {
-            Entry::Vacant(vacant) => {
-                reservation.keep();
-                let token = LeaseToken::generate();
-                vacant.insert(Record::Claimed(Box::new(Lease {
-                    token: token.clone(),
-                    until,
-                })));
-                let change = Change::Leased {
-                    replaced: None,
-                    until,
-                };
-                (Claim::Claimed(token), change)
-            }
-            // Another caller inserted the key since the lookup above; the
-            // reservation goes back when it drops.
-            Entry::Occupied(mut occupied) => occupied.get_mut().claim(now, until),
-        };
-        self.note(now, key, change);
-        Ok(claim)
+        text
     }
 
-    fn complete_now(
+    fn token(&self, n: u64) -> LeaseToken {
+        LeaseToken::from_string(self.token_text(n).iter().copied().map(char::from).collect())
+    }
+
+    fn holds(&self, lease: &Lease, token: &LeaseToken, now: u64) -> bool {
+        lease.until > now && token.as_str().as_bytes() == self.token_text(lease.token)
+    }
+
+    /// `key` checked and reduced to its digest, for the calls below: a
+    /// caller that settles what it claimed computes it once.
+    pub(crate) fn key(key: &str) -> Result<MemoryKey, StoreError> {
+        check_key(key)?;
+        Ok(MemoryKey(KeyDigest::of(key)))
+    }
+
+    pub(crate) fn claim_now(&self, key: &MemoryKey, lease: Duration) -> Result<Claim, StoreError> {
+        let key = key.0;
+        let now = self.now();
+        let until = deadline(now, "lease", lease)?;
+        let mut state = self.lock();
+        let claim = state.claim(key, now, until, self.capacity);
+        state.sweep(now);
+        let claim = claim?;
+        Ok(match claim {
+            Ok(token) => Claim::Claimed(self.token(token)),
+            Err(answer) => answer,
+        })
+    }
+
+    pub(crate) fn complete_now(
         &self,
-        key: &str,
+        key: &MemoryKey,
         token: &LeaseToken,
         retention: Duration,
     ) -> Result<Settle, StoreError> {
-        check_key(key)?;
-        let now = Instant::now();
+        let key = key.0;
+        let now = self.now();
         let until = deadline(now, "retention", retention)?;
-
-        let Some(mut record) = self.records.get_mut(key) else {
-            return Ok(Settle::LeaseLost);
-        };
-        let Some(lease) = record.live_lease(token, now) else {
-            return Ok(Settle::LeaseLost);
-        };
-        *record = Record::Completed { until };
-        let key = Arc::clone(record.key());
-        drop(record);
-        self.note(now, key, Change::Completed { lease, until });
-        Ok(Settle::Applied)
-    }
-
-    fn release_now(&self, key: &str, token: &LeaseToken) -> Result<Settle, StoreError> {
-        check_key(key)?;
-        let now = Instant::now();
-        let removed = self
-            .records
-            .remove_if(key, |_, record| record.live_lease(token, now).is_some());
-        let Some((key, record)) = removed else {
-            return Ok(Settle::LeaseLost);
-        };
-        self.used.fetch_sub(1, Ordering::AcqRel);
-        if let Record::Claimed(lease) = record {
-            self.note(now, key, Change::Released { lease: lease.until });
+        let mut state = self.lock();
+        match state.claims.get(&key) {
+            Some(lease) if self.holds(lease, token, now) => {}
+            _ => return Ok(Settle::LeaseLost),
         }
+        state.unclaim(key);
+        state.push_done(key, until);
+        state.sweep(now);
         Ok(Settle::Applied)
     }
 
-    /// Takes a free slot for a new key, evicting to make one when full.
-    fn reserve(&self, now: Instant) -> Result<Reservation<'_>, StoreError> {
-        let mut used = self.used.load(Ordering::Acquire);
-        while used < self.capacity {
-            match self.used.compare_exchange_weak(
-                used,
-                used + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(Reservation::new(&self.used)),
-                Err(current) => used = current,
+    pub(crate) fn release_now(
+        &self,
+        key: &MemoryKey,
+        token: &LeaseToken,
+    ) -> Result<Settle, StoreError> {
+        let key = key.0;
+        let now = self.now();
+        let mut state = self.lock();
+        match state.claims.get(&key) {
+            Some(lease) if self.holds(lease, token, now) => {}
+            _ => return Ok(Settle::LeaseLost),
+        }
+        state.unclaim(key);
+        state.sweep(now);
+        Ok(Settle::Applied)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing in a critical section panics (no indexing, no unchecked
+        // arithmetic), so a poisoned lock still guards consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.index.len() + self.claims.len()
+    }
+
+    /// The completed entry numbered `seq`.
+    fn done_at(done: &VecDeque<Done>, head: u32, seq: u32) -> Option<&Done> {
+        done.get(usize::try_from(seq.wrapping_sub(head)).ok()?)
+    }
+
+    /// The end of `key`'s retention, if it is completed.
+    fn completed_until(&self, key: KeyDigest) -> Option<u64> {
+        let (done, head) = (&self.done, self.head);
+        let seq = self.index.find(key.bucket(), |&seq| {
+            Self::done_at(done, head, seq).is_some_and(|entry| entry.key == key)
+        })?;
+        Self::done_at(done, head, *seq).map(|entry| entry.until)
+    }
+
+    /// Forgets that `key` is completed; its entry in `done` goes stale.
+    fn forget_done(&mut self, key: KeyDigest) {
+        let (done, head) = (&self.done, self.head);
+        if let Ok(entry) = self.index.find_entry(key.bucket(), |&seq| {
+            Self::done_at(done, head, seq).is_some_and(|entry| entry.key == key)
+        }) {
+            entry.remove();
+        }
+    }
+
+    /// Remembers `key` as completed until `until`.
+    fn push_done(&mut self, key: KeyDigest, until: u64) {
+        if self.done.len() >= MAX_DONE {
+            self.pop(Pick::OldestCompleted, 0);
+        }
+        let seq = self
+            .head
+            .wrapping_add(u32::try_from(self.done.len()).unwrap_or(u32::MAX));
+        self.done.push_back(Done { key, until });
+        let (done, head) = (&self.done, self.head);
+        self.index.insert_unique(key.bucket(), seq, |&seq| {
+            Self::done_at(done, head, seq).map_or(0, |entry| entry.key.bucket())
+        });
+    }
+
+    /// Removes `key`'s claim.
+    fn unclaim(&mut self, key: KeyDigest) {
+        if let Some(lease) = self.claims.remove(&key) {
+            self.lease_ends.remove(&(lease.until, key));
+        }
+    }
+
+    /// Claims `key` for a new token until `until`, replacing an ended
+    /// lease or retention; the token's number, or the answer when the key is
+    /// held or completed.
+    fn claim(
+        &mut self,
+        key: KeyDigest,
+        now: u64,
+        until: u64,
+        capacity: usize,
+    ) -> Result<Result<u64, Claim>, StoreError> {
+        if let Some(end) = self.completed_until(key) {
+            if end > now {
+                return Ok(Err(Claim::Completed));
             }
+            // Its retention ended: the key is claimed again, in its place.
+            self.forget_done(key);
+        } else if let Some(lease) = self.claims.get(&key) {
+            if lease.until > now {
+                return Ok(Err(Claim::InFlight {
+                    retry_after: Duration::from_nanos(lease.until - now),
+                }));
+            }
+            // Its lease ended: the holder is presumed dead.
+            self.unclaim(key);
+        } else if self.len() >= capacity && !self.evict_one(now) {
+            return Err(StoreError::new(
+                StoreErrorKind::Full,
+                format!(
+                    "all {capacity} keys of the memory store hold live claims; raise the capacity"
+                ),
+            ));
         }
-        if self.evict_one(&mut self.lock_queues(), now) {
-            // The evicted record's slot passes to the caller.
-            return Ok(Reservation::new(&self.used));
-        }
-        Err(StoreError::new(
-            StoreErrorKind::Full,
-            format!(
-                "all {} keys of the memory store hold live claims; raise the capacity",
-                self.capacity
-            ),
-        ))
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        self.claims.insert(key, Lease { token, until });
+        self.lease_ends.insert((until, key));
+        Ok(Ok(token))
     }
 
-    /// Removes one record to free its slot, without giving the slot back to
-    /// `used`: expired claims first, then the oldest completed key.
-    fn evict_one(&self, queues: &mut Queues, now: Instant) -> bool {
+    /// Removes one record to make room: expired claims first, then the
+    /// oldest completed key.
+    fn evict_one(&mut self, now: u64) -> bool {
         for pick in [Pick::ExpiredClaim, Pick::OldestCompleted] {
-            while let Some(removed) = self.pop(queues, pick, now) {
+            while let Some(removed) = self.pop(pick, now) {
                 if removed {
                     return true;
                 }
@@ -322,74 +462,39 @@ impl MemoryStore {
         false
     }
 
-    /// Reclaims a few expired records from the front of each queue.
-    fn sweep(&self, queues: &mut Queues, now: Instant) {
+    /// Reclaims a few expired records from the front of each order.
+    fn sweep(&mut self, now: u64) {
         for pick in [Pick::ExpiredClaim, Pick::ExpiredCompleted] {
             for _ in 0..SWEEP_PER_CALL {
-                match self.pop(queues, pick, now) {
-                    Some(true) => {
-                        self.used.fetch_sub(1, Ordering::AcqRel);
-                    }
-                    Some(false) => {}
-                    None => break,
+                if self.pop(pick, now).is_none() {
+                    break;
                 }
             }
         }
     }
 
-    /// Pops the next queue item that `pick` allows and removes its record if
-    /// the item is still current. `None` when there is no such item, else
-    /// whether a record was removed.
-    fn pop(&self, queues: &mut Queues, pick: Pick, now: Instant) -> Option<bool> {
-        let (key, claimed, until) = match pick {
-            Pick::ExpiredClaim => {
-                queues.claims.first().filter(|(until, _)| *until <= now)?;
-                let (until, key) = queues.claims.pop_first()?;
-                (key, true, until)
-            }
-            Pick::ExpiredCompleted | Pick::OldestCompleted => {
-                if pick == Pick::ExpiredCompleted {
-                    queues
-                        .completed
-                        .front()
-                        .filter(|(_, until)| *until <= now)?;
-                }
-                let (key, until) = queues.completed.pop_front()?;
-                (key, false, until)
-            }
-        };
-        let removed = self
-            .records
-            .remove_if(&key, |_, record| record.is(claimed, until));
-        Some(removed.is_some())
-    }
-
-    /// Records a change in the eviction queues. Must be called with no map
-    /// guard held: eviction locks the queues first and the map second.
-    fn note(&self, now: Instant, key: Arc<str>, change: Change) {
-        let mut queues = self.lock_queues();
-        match change {
-            Change::None => {}
-            Change::Leased { replaced, until } => {
-                if let Some(old) = replaced {
-                    queues.claims.remove(&(old, Arc::clone(&key)));
-                }
-                queues.claims.insert((until, key));
-            }
-            Change::Completed { lease, until } => {
-                queues.claims.remove(&(lease, Arc::clone(&key)));
-                queues.completed.push_back((key, until));
-            }
-            Change::Released { lease } => {
-                queues.claims.remove(&(lease, key));
-            }
+    /// Takes the next item `pick` allows from the front of its order.
+    /// `None` when there is none, else whether a record went with it (a
+    /// stale entry of `done` takes none).
+    fn pop(&mut self, pick: Pick, now: u64) -> Option<bool> {
+        if pick == Pick::ExpiredClaim {
+            let &(until, key) = self.lease_ends.first().filter(|(until, _)| *until <= now)?;
+            self.lease_ends.remove(&(until, key));
+            self.claims.remove(&key);
+            return Some(true);
         }
-        self.sweep(&mut queues, now);
-    }
-
-    fn lock_queues(&self) -> MutexGuard<'_, Queues> {
-        // The queues are only hints, so a panic elsewhere cannot leave them unsafe to use.
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+        if pick == Pick::ExpiredCompleted {
+            self.done.front().filter(|entry| entry.until <= now)?;
+        }
+        let entry = self.done.pop_front()?;
+        let seq = self.head;
+        self.head = self.head.wrapping_add(1);
+        let current = self.index.find_entry(entry.key.bucket(), |&at| at == seq);
+        Some(
+            current
+                .map(hashbrown::hash_table::OccupiedEntry::remove)
+                .is_ok(),
+        )
     }
 }
 
@@ -408,82 +513,18 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
-impl Record {
-    /// The claim decision for an existing record.
-    fn claim(&mut self, now: Instant, until: Instant) -> (Claim, Change) {
-        match self {
-            Self::Completed { until: end } if *end > now => (Claim::Completed, Change::None),
-            Self::Claimed(lease) if lease.until > now => (
-                Claim::InFlight {
-                    retry_after: lease.until - now,
-                },
-                Change::None,
-            ),
-            _ => {
-                let replaced = match self {
-                    Self::Claimed(lease) => Some(lease.until),
-                    Self::Completed { .. } => None,
-                };
-                let token = LeaseToken::generate();
-                *self = Self::Claimed(Box::new(Lease {
-                    token: token.clone(),
-                    until,
-                }));
-                (Claim::Claimed(token), Change::Leased { replaced, until })
-            }
-        }
-    }
-
-    /// Whether this is the claimed or completed record ending at `until`.
-    fn is(&self, claimed: bool, until: Instant) -> bool {
-        match self {
-            Self::Claimed(lease) => claimed && lease.until == until,
-            Self::Completed { until: end } => !claimed && *end == until,
-        }
-    }
-
-    /// The end of the lease, if `token` holds it and it is live at `now`.
-    fn live_lease(&self, token: &LeaseToken, now: Instant) -> Option<Instant> {
-        match self {
-            Self::Claimed(lease) if lease.token == *token && lease.until > now => Some(lease.until),
-            _ => None,
-        }
-    }
-}
-
-/// A slot counted in `used` for a key about to be inserted; given back on
-/// drop unless kept.
-struct Reservation<'a> {
-    used: &'a AtomicUsize,
-    kept: bool,
-}
-
-impl<'a> Reservation<'a> {
-    fn new(used: &'a AtomicUsize) -> Self {
-        Self { used, kept: false }
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.used.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-fn deadline(now: Instant, what: &str, ttl: Duration) -> Result<Instant, StoreError> {
+/// `now` plus `ttl`, in the store's nanoseconds.
+fn deadline(now: u64, what: &str, ttl: Duration) -> Result<u64, StoreError> {
     ttl_millis(what, ttl)?;
-    now.checked_add(ttl).ok_or_else(|| {
-        StoreError::new(
-            StoreErrorKind::InvalidInput,
-            format!("{what} of {ttl:?} reaches past the clock's range"),
-        )
-    })
+    u64::try_from(ttl.as_nanos())
+        .ok()
+        .and_then(|ttl| now.checked_add(ttl))
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::InvalidInput,
+                format!("{what} of {ttl:?} reaches past the clock's range"),
+            )
+        })
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -492,7 +533,8 @@ impl IdempotencyStore for MemoryStore {
         key: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        Box::pin(std::future::ready(self.claim_now(key, lease)))
+        let claim = Self::key(key).and_then(|key| self.claim_now(&key, lease));
+        Box::pin(std::future::ready(claim))
     }
 
     fn complete<'a>(
@@ -501,7 +543,8 @@ impl IdempotencyStore for MemoryStore {
         token: &'a LeaseToken,
         retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::ready(self.complete_now(key, token, retention)))
+        let settle = Self::key(key).and_then(|key| self.complete_now(&key, token, retention));
+        Box::pin(std::future::ready(settle))
     }
 
     fn release<'a>(
@@ -509,7 +552,8 @@ impl IdempotencyStore for MemoryStore {
         key: &'a str,
         token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::ready(self.release_now(key, token)))
+        let settle = Self::key(key).and_then(|key| self.release_now(&key, token));
+        Box::pin(std::future::ready(settle))
     }
 }
 
@@ -685,28 +729,59 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_key_completed_again_leaves_its_old_place_in_the_eviction_order() {
+        let store = store(2);
+        remember(&store, "a", SECOND).await;
+        remember(&store, "b", 100 * SECOND).await;
+        advance(2 * SECOND).await;
+        // "a" expired and is remembered again: it is now the newest.
+        remember(&store, "a", 100 * SECOND).await;
+        claimed(store.claim("c", SECOND).await);
+        assert_eq!(store.claim("a", SECOND).await.ok(), Some(Claim::Completed));
+        claimed(store.claim("b", SECOND).await);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_unique_and_only_their_own_settle() {
+        let store = MemoryStore::new();
+        let other = MemoryStore::new();
+        let a = claimed(store.claim("a", SECOND).await);
+        let b = claimed(store.claim("b", SECOND).await);
+        let elsewhere = claimed(other.claim("a", SECOND).await);
+        assert_ne!(a, b);
+        assert_ne!(a, elsewhere);
+        assert_eq!(a.as_str().len(), 32);
+        assert_eq!(
+            store.complete("a", &b, SECOND).await.ok(),
+            Some(Settle::LeaseLost)
+        );
+        assert_eq!(
+            store.complete("a", &elsewhere, SECOND).await.ok(),
+            Some(Settle::LeaseLost)
+        );
+        assert_eq!(store.release("a", &a).await.ok(), Some(Settle::Applied));
+    }
+
     /// The structural size of the store per completed key, with the same
-    /// rounding as glibc's allocator (16-byte steps, 8 bytes of header).
+    /// rounding as the growth of its tables.
     #[tokio::test]
     async fn bytes_per_remembered_key() {
         const KEYS: usize = 100_000;
         let store = MemoryStore::new();
-        let mut key_bytes = 0;
         for i in 0..KEYS {
-            let key = format!("clink:live:evt_{i:024}");
-            let heap = std::mem::size_of::<[usize; 2]>() + key.len();
-            key_bytes += (heap + 8).div_ceil(16) * 16;
-            remember(&store, &key, 100 * SECOND).await;
+            remember(&store, &format!("clink:live:evt_{i:024}"), 100 * SECOND).await;
         }
-        let slot = std::mem::size_of::<(Arc<str>, Record)>() + 1;
-        let queue =
-            store.lock_queues().completed.capacity() * std::mem::size_of::<(Arc<str>, Instant)>();
-        let total = store.records.capacity() * slot + key_bytes + queue;
-        let per_key = total / KEYS;
+        let state = store.lock();
         assert_eq!(
-            slot, 33,
-            "a completed record should stay two words and a tick"
+            std::mem::size_of::<Done>(),
+            24,
+            "a completed key stays 24 bytes"
         );
-        assert!(per_key < 200, "{per_key} bytes per key");
+        let ring = state.done.capacity() * std::mem::size_of::<Done>();
+        let index = state.index.capacity() * 8 / 7 * (std::mem::size_of::<u32>() + 1);
+        let per_key = (ring + index) / KEYS;
+        assert!(per_key < 64, "{per_key} bytes per key");
+        assert!(state.claims.is_empty() && state.lease_ends.is_empty());
     }
 }

@@ -1,0 +1,93 @@
+//! Heap allocations per delivery, counted by a global allocator that
+//! counts: the hand-written receiver and the layer in process, on the same
+//! signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
+//!
+//! ```text
+//! cargo bench --bench allocations
+//! ```
+//!
+//! Its own binary, since counting slows every allocation a little and the
+//! timing benches should not pay for it. Nothing here asserts a count.
+#![allow(clippy::print_stdout)]
+
+#[path = "support/receiver.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with benches/receiver.rs, which uses all of it"
+)]
+mod receiver;
+
+use std::alloc::System;
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use receiver::{bare_hmac, keyed, layered, signed, Hand, SIZES};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::{Service, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Allocations (and reallocations) and bytes per delivery through `service`,
+/// over `count` fresh deliveries after a warm-up.
+fn per_delivery<S, ResB>(
+    rt: &tokio::runtime::Runtime,
+    service: &S,
+    first_id: &mut u64,
+    count: u64,
+    size: usize,
+) -> (f64, f64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
+{
+    let mut run = |count: u64| {
+        let requests: Vec<_> = (*first_id..*first_id + count)
+            .map(|n| signed("/webhooks/clink", n, size))
+            .collect();
+        *first_id += count;
+        let region = Region::new(GLOBAL);
+        rt.block_on(async {
+            for request in requests {
+                let response = service.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                drop(black_box(response));
+            }
+        });
+        region.change()
+    };
+    run(100);
+    let change = run(count);
+    let allocations = (change.allocations + change.reallocations) as f64 / count as f64;
+    (allocations, change.bytes_allocated as f64 / count as f64)
+}
+
+fn main() {
+    let count = if receiver::measuring() { 10_000 } else { 10 };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = layered();
+    let hand = Hand::new();
+    let key = keyed();
+    let mut next_id = 0;
+    println!("\nHeap allocations per delivery in process (allocations + reallocations; bytes):");
+    println!(
+        "{:<6} {:>12} {:>12} {:>14} {:>14} {:>10}",
+        "size", "hmac", "hand", "layer", "hand bytes", "layer bytes"
+    );
+    for (size, label) in SIZES {
+        let body = receiver::body(0, size);
+        let region = Region::new(GLOBAL);
+        black_box(bare_hmac(&key, "1736942400000", &body));
+        let hmac = region.change().allocations;
+        let (hand_allocs, hand_bytes) = per_delivery(&rt, &hand, &mut next_id, count, size);
+        let (layer_allocs, layer_bytes) = per_delivery(&rt, &layer, &mut next_id, count, size);
+        println!(
+            "{label:<6} {hmac:>12} {hand_allocs:>12.1} {layer_allocs:>14.1} {hand_bytes:>14.0} {layer_bytes:>10.0}"
+        );
+    }
+}
