@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clink_webhooks::store::{Claim, IdempotencyStore, MemoryStore, Settle, DEFAULT_RETENTION};
 
 /// The figure in `MemoryStore`'s docs (and the README's), in bytes.
-const DOCUMENTED_BYTES_PER_KEY: u64 = 170;
+const DOCUMENTED_BYTES_PER_KEY: u64 = 40;
 
 /// How far above the documented figure a measurement may land: allocators
 /// and page rounding differ a little between machines.

@@ -59,7 +59,7 @@ pub use inbox::MemoryInbox;
 /// of the process's resident memory while one million completed keys are
 /// stored (`cargo bench --bench stores`, see `BENCHMARKS.md`; the
 /// measurement in `tests/suite/memory.rs`, run by `scripts/test`, fails
-/// above 170 bytes plus 15%). A completed
+/// above 40 bytes plus 15%). A completed
 /// key is 24 bytes in a ring in completion order (its 16-byte digest and the
 /// end of its retention) and a 4-byte position in a hash index (5 bytes a
 /// slot with its control byte, at 7/16 to 7/8 load). A unit test keeps this
