@@ -13,11 +13,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -79,6 +81,7 @@ impl Captured {
 
 /// Starts capturing what this thread logs, until the guard is dropped.
 pub(crate) fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+    keep_interest_shared();
     let captured = Captured::default();
     let text = captured.clone();
     let subscriber = tracing_subscriber::registry()
@@ -90,6 +93,51 @@ pub(crate) fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
         );
     let guard = tracing::subscriber::set_default(subscriber);
     (captured, guard)
+}
+
+/// Keeps two dispatchers that want nothing alive for the whole run.
+///
+/// `tracing-core` caches whether each callsite is of interest. While at most
+/// one dispatcher exists, it asks only the dispatcher of the thread that
+/// first hits a callsite: a span first entered by another test, on a thread
+/// without a capture, would be cached as of no interest and stay invisible
+/// to this thread's capture. With two or more dispatchers it asks every live
+/// one, under a lock that also covers the rebuild each new capture causes.
+fn keep_interest_shared() {
+    static KEEP: LazyLock<[Dispatch; 2]> =
+        LazyLock::new(|| [Dispatch::new(Uninterested), Dispatch::new(Uninterested)]);
+    LazyLock::force(&KEEP);
+}
+
+/// A subscriber that wants nothing.
+struct Uninterested;
+
+impl Subscriber for Uninterested {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::never()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::OFF)
+    }
+
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, _: &Event<'_>) {}
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
 }
 
 /// Appends formatted lines to the captured text.
