@@ -3,6 +3,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method};
@@ -84,7 +85,9 @@ where
     };
     let headers = SignatureHeaders::from_headers(&parts.headers).map_err(log_verify)?;
     let (verifier, account) = keys(config, parts, span).await?;
-    let mut verification = verifier.begin(headers.timestamp).map_err(log_verify)?;
+    let mut verification = verifier
+        .begin_parsed(headers.timestamp, headers.signed_at, SystemTime::now())
+        .map_err(log_verify)?;
     drop(verifier);
     let signature = headers.signature;
 

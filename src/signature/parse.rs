@@ -14,15 +14,14 @@ pub const SIGNATURE_HEADER: &str = "x-clink-signature";
 /// Name of the optional header that names the signature algorithm (`SHA256`).
 pub const SIGN_TYPE_HEADER: &str = "x-clink-signtype";
 
-/// The most digits a `u64` holds whatever they are (10^19 - 1 does not fit).
-const MAX_SAFE_DIGITS: usize = 19 - 1;
-
 /// Timestamps below this value are seconds; the rest are milliseconds.
 const MILLIS_THRESHOLD: u64 = 1_000_000_000_000;
 
 /// The signature headers of one request, checked for presence and form.
 pub(crate) struct SignatureHeaders<'h> {
     pub(crate) timestamp: &'h str,
+    /// `timestamp`, parsed.
+    pub(crate) signed_at: Timestamp,
     pub(crate) signature: [u8; SIGNATURE_LEN],
 }
 
@@ -44,9 +43,10 @@ impl<'h> SignatureHeaders<'h> {
             }
         }
         // Check the timestamp's form before the signature's, as the verifier does.
-        parse_timestamp(timestamp)?;
+        let signed_at = parse_timestamp(timestamp)?;
         Ok(Self {
             timestamp,
+            signed_at,
             signature: parse_signature(signature)?,
         })
     }
@@ -87,27 +87,14 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<Timestamp, VerifyError> {
         return Err(malformed());
     }
     let mut value: u64 = 0;
-    if digits.len() <= MAX_SAFE_DIGITS {
-        // Too few digits to overflow: no checks on the way.
-        let mut invalid = false;
-        for b in digits.bytes() {
-            let digit = b.wrapping_sub(b'0');
-            invalid |= digit > 9;
-            value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
-        }
-        if invalid {
+    for b in digits.bytes() {
+        if !b.is_ascii_digit() {
             return Err(malformed());
         }
-    } else {
-        for b in digits.bytes() {
-            if !b.is_ascii_digit() {
-                return Err(malformed());
-            }
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(b - b'0')))
-                .ok_or_else(malformed)?;
-        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .ok_or_else(malformed)?;
     }
     let millis = if value < MILLIS_THRESHOLD {
         value * 1000
