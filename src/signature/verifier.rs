@@ -18,7 +18,7 @@ use crate::{ConfigError, Timestamp};
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Keys held inline per verification before spilling to the heap.
-const INLINE_KEYS: usize = 4;
+const INLINE_KEYS: usize = 2;
 
 /// Checks Clink signatures under one or more signing keys.
 ///
