@@ -28,6 +28,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,7 +38,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use receiver::{bare_hmac, keyed, layered, median, micros, signed, Bare, Hand, SIZES};
+use receiver::{
+    bare_hmac, keyed, layered, median, micros, signed, Bare, Chunks, Hand, Signer, SIZES,
+};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
 
@@ -359,14 +362,22 @@ struct Load {
 /// `connections` keep-alive connections, each sending deliveries one after
 /// another (signed as it goes) for `duration`.
 async fn load(addr: SocketAddr, connections: usize, duration: Duration, size: usize) -> Load {
+    // Signing a 64 KiB body costs as much as verifying it: the client signs
+    // with a shared prefix (see `Signer`), so that the servers' work is
+    // what the run measures.
+    let signer = Arc::new(Signer::new(size));
+    let check = signer.request("/", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let checked = layered().oneshot(check).await.unwrap();
+    assert_eq!(checked.status(), 200, "the load's deliveries verify");
     let deadline = Instant::now() + duration;
     let start = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
+            let signer = Arc::clone(&signer);
             tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    hyper::client::conn::http1::handshake::<_, Chunks>(TokioIo::new(stream))
                         .await
                         .unwrap();
                 tokio::spawn(connection);
@@ -374,7 +385,7 @@ async fn load(addr: SocketAddr, connections: usize, duration: Duration, size: us
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
                     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                    let request = signed(&uri, n, size);
+                    let request = signer.request(&uri, n);
                     let sent = Instant::now();
                     let response = sender.send_request(request).await.unwrap();
                     debug_assert_eq!(response.status(), 200);

@@ -37,7 +37,9 @@
 //! The files of this module follow the path: `config.rs` ([`ClinkLayer`] and
 //! its settings), `service.rs` ([`ClinkService`], which runs the steps in
 //! order), `verify.rs` (steps 1 to 5), `claim.rs` (steps 6 and 8),
-//! `inner.rs` (step 7), `metrics.rs`, and `body.rs`/`future.rs` for the
+//! `inner.rs` (step 7), `metrics.rs`, `within.rs` (the time bound on the
+//! body, the store calls and the handler, which sets up a timer only for a
+//! step not done in its first poll), and `body.rs`/`future.rs` for the
 //! response types.
 //!
 //! ```

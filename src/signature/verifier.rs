@@ -18,7 +18,7 @@ use crate::{ConfigError, Timestamp};
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Keys held inline per verification before spilling to the heap.
-const INLINE_KEYS: usize = 4;
+const INLINE_KEYS: usize = 2;
 
 /// Checks Clink signatures under one or more signing keys.
 ///
@@ -257,7 +257,19 @@ impl Verifier {
     ///
     /// As [`begin`](Self::begin).
     pub fn begin_at(&self, timestamp: &str, now: SystemTime) -> Result<Verification, VerifyError> {
-        let signed_at = self.check_timestamp(timestamp, now)?;
+        let signed_at = parse_timestamp(timestamp)?;
+        self.begin_parsed(timestamp, signed_at, now)
+    }
+
+    /// [`begin_at`](Self::begin_at) for a timestamp already parsed (as
+    /// [`SignatureHeaders`] does) into `signed_at`.
+    pub(crate) fn begin_parsed(
+        &self,
+        timestamp: &str,
+        signed_at: Timestamp,
+        now: SystemTime,
+    ) -> Result<Verification, VerifyError> {
+        self.check_parsed(signed_at, now)?;
         let mut states = MacStates::new(self.keys.len());
         self.start(&mut states, timestamp, now);
         Ok(Verification { states, signed_at })
@@ -267,11 +279,16 @@ impl Verifier {
     /// this order: the timestamp's form, an active key, the window.
     fn check_timestamp(&self, timestamp: &str, now: SystemTime) -> Result<Timestamp, VerifyError> {
         let signed_at = parse_timestamp(timestamp)?;
+        self.check_parsed(signed_at, now)?;
+        Ok(signed_at)
+    }
+
+    /// The checks after the timestamp's form: an active key, the window.
+    fn check_parsed(&self, signed_at: Timestamp, now: SystemTime) -> Result<(), VerifyError> {
         if !self.keys.iter().any(|key| key.is_active_at(now)) {
             return Err(VerifyError::new(VerifyErrorKind::NoActiveKey));
         }
-        self.check_tolerance(signed_at, now)?;
-        Ok(signed_at)
+        self.check_tolerance(signed_at, now)
     }
 
     /// Clones each active key's HMAC state into its slot, already fed
