@@ -249,9 +249,13 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
         }
         Action::Stats => {
             let stats = inbox.stats().await.map_err(|e| store_error(&e))?;
-            let waited = stats
-                .oldest_unhandled
-                .map(|t| (Timestamp::now().as_millis() - t.as_millis()).max(0) / 1000);
+            let waited = stats.oldest_unhandled.map(|t| {
+                Timestamp::now()
+                    .as_millis()
+                    .saturating_sub(t.as_millis())
+                    .max(0)
+                    / 1000
+            });
             if out.json {
                 out.json_line(&json!({
                     "pending": stats.pending,
