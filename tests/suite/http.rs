@@ -520,35 +520,11 @@ async fn an_event_id_no_store_can_hold_is_a_400_not_an_endless_503() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
-/// A store whose calls never finish.
-struct HungStore;
-
-impl IdempotencyStore for HungStore {
-    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-    fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-}
-
 #[tokio::test]
 async fn a_store_that_never_answers_is_a_503_within_the_store_timeout() {
     let store_timeout = Duration::from_millis(200);
     let layer = ClinkLayer::new(verifier())
-        .store(HungStore)
+        .store(crate::support::stores::HungStore)
         .store_timeout(store_timeout)
         .unwrap();
     let addr = serve(layer.layer(EventRouter::new())).await;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::process::example_receiver;
 use bytes::Bytes;
-use clink_webhooks::store::{BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError};
 use clink_webhooks::testing::{fresh_fixture, SignedRequest};
 use clink_webhooks::{ClinkLayer, EventType, Verifier};
 use http_body_util::{BodyExt, Full};
@@ -127,40 +126,10 @@ async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_healt
     drop(receiver);
 }
 
-/// A store that answers claims but cannot be reached for a ping.
-struct Unreachable;
-
-impl IdempotencyStore for Unreachable {
-    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-
-    fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-
-    fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        Box::pin(std::future::pending())
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(std::future::pending())
-    }
-}
-
 #[tokio::test]
 async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer() {
     let layer = ClinkLayer::new(Verifier::new(KEY).unwrap())
-        .store(Unreachable)
+        .store(crate::support::stores::HungStore)
         .store_timeout(Duration::from_millis(200))
         .unwrap();
     let started = Instant::now();

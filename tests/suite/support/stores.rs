@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use clink_webhooks::store::{
-    Claim, FreshnessStore, IdempotencyStore, LeaseToken, MemoryStore, StoreError,
+    BoxFuture, Claim, FreshnessStore, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError,
 };
 
 /// Per-call timeout for the networked stores under test: generous, because
@@ -166,5 +166,35 @@ pub(crate) fn in_flight(answer: Result<Claim, StoreError>) -> Duration {
     match answer {
         Ok(Claim::InFlight { retry_after }) => retry_after,
         other => panic!("expected InFlight, got {other:?}"),
+    }
+}
+
+/// A store whose calls never finish, ping included.
+pub(crate) struct HungStore;
+
+impl IdempotencyStore for HungStore {
+    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::pending())
     }
 }
