@@ -101,6 +101,9 @@ pub mod router;
 pub mod server;
 pub mod signature;
 pub mod store;
+#[cfg(test)]
+#[allow(clippy::print_stderr)]
+mod test_seed;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;

@@ -301,21 +301,28 @@ mod tests {
         }
     }
 
-    proptest::proptest! {
-        #[test]
-        fn every_timestamp_round_trips(ms in proptest::prelude::any::<i64>()) {
-            let t = Timestamp::from_millis(ms);
-            proptest::prop_assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t));
-            let json = serde_json::to_string(&t).unwrap();
-            proptest::prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
-        }
+    /// The randomised tests (`seeded` in their path); `CLINK_TEST_SEED` repeats a run.
+    mod seeded {
+        use super::*;
 
-        #[test]
-        fn calendar_timestamps_round_trip(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
-            let t = Timestamp::from_millis(ms);
-            let text = t.to_string();
-            proptest::prop_assert!(text.ends_with('Z'), "{}", text);
-            proptest::prop_assert_eq!(Timestamp::parse_rfc3339(&text), Ok(t));
+        proptest::proptest! {
+            #![proptest_config(crate::test_seed::config())]
+
+            #[test]
+            fn every_timestamp_round_trips(ms in proptest::prelude::any::<i64>()) {
+                let t = Timestamp::from_millis(ms);
+                proptest::prop_assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t));
+                let json = serde_json::to_string(&t).unwrap();
+                proptest::prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+            }
+
+            #[test]
+            fn calendar_timestamps_round_trip(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
+                let t = Timestamp::from_millis(ms);
+                let text = t.to_string();
+                proptest::prop_assert!(text.ends_with('Z'), "{}", text);
+                proptest::prop_assert_eq!(Timestamp::parse_rfc3339(&text), Ok(t));
+            }
         }
     }
 

@@ -934,7 +934,7 @@ fn incremental_matches_one_shot_at_every_split() {
         let (a, b) = body.split_at(i);
         assert_eq!(
             incremental(&verifier, TS_3, &[a, b], SIG_3, now),
-            Ok(one_shot),
+            Ok(one_shot.clone()),
             "split at {i}"
         );
         assert_eq!(
@@ -946,7 +946,7 @@ fn incremental_matches_one_shot_at_every_split() {
             let (b, c) = body[i..].split_at(j - i);
             assert_eq!(
                 incremental(&verifier, TS_3, &[a, &[], b, c], SIG_3, now),
-                Ok(one_shot),
+                Ok(one_shot.clone()),
                 "split at {i} and {j}"
             );
         }
@@ -1095,143 +1095,150 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..2048)
 }
 
-proptest! {
-    #[test]
-    fn sign_then_verify_round_trips(
-        secret in secret(),
-        body in body(),
-        (ts, millis) in timestamp_text(),
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let sig = sign(&secret, &ts, &body);
-        prop_assert_eq!(sig.len(), 64);
-        prop_assert!(sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        let ok = verifier.verify_at(&ts, &sig, &body, at_ms(millis)).unwrap();
-        prop_assert_eq!(ok.key_index(), 0);
-        prop_assert_eq!(ok.signed_at().as_millis().unsigned_abs(), millis);
-        // Also through the headers, when the text is a valid header value.
-        if let Ok(value) = HeaderValue::from_str(&ts) {
-            let mut map = headers(None, Some(&sig), Some("SHA256"));
-            map.insert(TS_H, value);
-            prop_assert_eq!(verifier.verify_headers_at(&map, &body, at_ms(millis)), Ok(ok));
-        }
-    }
+/// The randomised tests (`seeded` in their path); `CLINK_TEST_SEED` repeats a run.
+mod seeded {
+    use super::*;
 
-    #[test]
-    fn flipping_a_body_bit_fails(
-        secret in secret(),
-        body in proptest::collection::vec(any::<u8>(), 1..2048),
-        (ts, millis) in timestamp_text(),
-        index in any::<prop::sample::Index>(),
-        bit in 0u8..8,
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let sig = sign(&secret, &ts, &body);
-        let mut tampered = body.clone();
-        tampered[index.index(body.len())] ^= 1 << bit;
-        prop_assert_eq!(
-            kind(verifier.verify_at(&ts, &sig, &tampered, at_ms(millis))),
-            VerifyErrorKind::SignatureMismatch
-        );
-    }
+    proptest! {
+        #![proptest_config(crate::support::seed::config())]
 
-    #[test]
-    fn flipping_a_timestamp_bit_fails(
-        secret in secret(),
-        body in body(),
-        (ts, millis) in timestamp_text(),
-        index in any::<prop::sample::Index>(),
-        bit in 0u8..8,
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let sig = sign(&secret, &ts, &body);
-        let mut bytes = ts.clone().into_bytes();
-        bytes[index.index(ts.len())] ^= 1 << bit;
-        // Whether the flip makes the text malformed, moves it outside the
-        // window or keeps it inside, it must never verify.
-        match String::from_utf8(bytes) {
-            Ok(flipped) => {
-                prop_assert!(verifier.verify_at(&flipped, &sig, &body, at_ms(millis)).is_err());
-            }
-            Err(err) => {
-                let mut map = headers(None, Some(&sig), None);
-                map.insert(TS_H, HeaderValue::from_bytes(err.as_bytes()).unwrap());
-                prop_assert_eq!(
-                    kind(verifier.verify_headers_at(&map, &body, at_ms(millis))),
-                    VerifyErrorKind::MalformedTimestamp
-                );
+        #[test]
+        fn sign_then_verify_round_trips(
+            secret in secret(),
+            body in body(),
+            (ts, millis) in timestamp_text(),
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let sig = sign(&secret, &ts, &body);
+            prop_assert_eq!(sig.len(), 64);
+            prop_assert!(sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            let ok = verifier.verify_at(&ts, &sig, &body, at_ms(millis)).unwrap();
+            prop_assert_eq!(ok.key_index(), 0);
+            prop_assert_eq!(ok.signed_at().as_millis().unsigned_abs(), millis);
+            // Also through the headers, when the text is a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&ts) {
+                let mut map = headers(None, Some(&sig), Some("SHA256"));
+                map.insert(TS_H, value);
+                prop_assert_eq!(verifier.verify_headers_at(&map, &body, at_ms(millis)), Ok(ok));
             }
         }
-    }
 
-    #[test]
-    fn flipping_a_signature_bit_fails(
-        secret in secret(),
-        body in body(),
-        (ts, millis) in timestamp_text(),
-        index in 0usize..32,
-        bit in 0u8..8,
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let mut raw = hex::decode(sign(&secret, &ts, &body)).unwrap();
-        raw[index] ^= 1 << bit;
-        prop_assert_eq!(
-            kind(verifier.verify_at(&ts, &hex::encode(&raw), &body, at_ms(millis))),
-            VerifyErrorKind::SignatureMismatch
-        );
-    }
+        #[test]
+        fn flipping_a_body_bit_fails(
+            secret in secret(),
+            body in proptest::collection::vec(any::<u8>(), 1..2048),
+            (ts, millis) in timestamp_text(),
+            index in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let sig = sign(&secret, &ts, &body);
+            let mut tampered = body.clone();
+            tampered[index.index(body.len())] ^= 1 << bit;
+            prop_assert_eq!(
+                kind(verifier.verify_at(&ts, &sig, &tampered, at_ms(millis))),
+                VerifyErrorKind::SignatureMismatch
+            );
+        }
 
-    #[test]
-    fn flipping_a_signature_text_bit_fails_unless_it_only_changes_case(
-        secret in secret(),
-        body in body(),
-        index in 0usize..64,
-        bit in 0u8..8,
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let sig = sign(&secret, TS_3, &body);
-        let mut bytes = sig.into_bytes();
-        let original = bytes[index];
-        bytes[index] ^= 1 << bit;
-        let flipped = bytes[index];
-        let now = at_ms(MS_2);
-        match String::from_utf8(bytes) {
-            Ok(text) => {
-                let result = verifier.verify_at(TS_3, &text, &body, now);
-                if original.is_ascii_alphabetic() && flipped == original.to_ascii_uppercase() {
-                    // `a`..`f` to `A`..`F`: the same signature in upper case.
-                    prop_assert!(result.is_ok());
-                } else if flipped.is_ascii_hexdigit() {
-                    prop_assert_eq!(kind(result), VerifyErrorKind::SignatureMismatch);
-                } else {
-                    prop_assert_eq!(kind(result), VerifyErrorKind::MalformedSignature);
+        #[test]
+        fn flipping_a_timestamp_bit_fails(
+            secret in secret(),
+            body in body(),
+            (ts, millis) in timestamp_text(),
+            index in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let sig = sign(&secret, &ts, &body);
+            let mut bytes = ts.clone().into_bytes();
+            bytes[index.index(ts.len())] ^= 1 << bit;
+            // Whether the flip makes the text malformed, moves it outside the
+            // window or keeps it inside, it must never verify.
+            match String::from_utf8(bytes) {
+                Ok(flipped) => {
+                    prop_assert!(verifier.verify_at(&flipped, &sig, &body, at_ms(millis)).is_err());
+                }
+                Err(err) => {
+                    let mut map = headers(None, Some(&sig), None);
+                    map.insert(TS_H, HeaderValue::from_bytes(err.as_bytes()).unwrap());
+                    prop_assert_eq!(
+                        kind(verifier.verify_headers_at(&map, &body, at_ms(millis))),
+                        VerifyErrorKind::MalformedTimestamp
+                    );
                 }
             }
-            Err(err) => {
-                let mut map = headers(Some(TS_3), None, None);
-                map.insert(SIG_H, HeaderValue::from_bytes(err.as_bytes()).unwrap());
-                prop_assert_eq!(
-                    kind(verifier.verify_headers_at(&map, &body, now)),
-                    VerifyErrorKind::MalformedSignature
-                );
+        }
+
+        #[test]
+        fn flipping_a_signature_bit_fails(
+            secret in secret(),
+            body in body(),
+            (ts, millis) in timestamp_text(),
+            index in 0usize..32,
+            bit in 0u8..8,
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let mut raw = hex::decode(sign(&secret, &ts, &body)).unwrap();
+            raw[index] ^= 1 << bit;
+            prop_assert_eq!(
+                kind(verifier.verify_at(&ts, &hex::encode(&raw), &body, at_ms(millis))),
+                VerifyErrorKind::SignatureMismatch
+            );
+        }
+
+        #[test]
+        fn flipping_a_signature_text_bit_fails_unless_it_only_changes_case(
+            secret in secret(),
+            body in body(),
+            index in 0usize..64,
+            bit in 0u8..8,
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let sig = sign(&secret, TS_3, &body);
+            let mut bytes = sig.into_bytes();
+            let original = bytes[index];
+            bytes[index] ^= 1 << bit;
+            let flipped = bytes[index];
+            let now = at_ms(MS_2);
+            match String::from_utf8(bytes) {
+                Ok(text) => {
+                    let result = verifier.verify_at(TS_3, &text, &body, now);
+                    if original.is_ascii_alphabetic() && flipped == original.to_ascii_uppercase() {
+                        // `a`..`f` to `A`..`F`: the same signature in upper case.
+                        prop_assert!(result.is_ok());
+                    } else if flipped.is_ascii_hexdigit() {
+                        prop_assert_eq!(kind(result), VerifyErrorKind::SignatureMismatch);
+                    } else {
+                        prop_assert_eq!(kind(result), VerifyErrorKind::MalformedSignature);
+                    }
+                }
+                Err(err) => {
+                    let mut map = headers(Some(TS_3), None, None);
+                    map.insert(SIG_H, HeaderValue::from_bytes(err.as_bytes()).unwrap());
+                    prop_assert_eq!(
+                        kind(verifier.verify_headers_at(&map, &body, now)),
+                        VerifyErrorKind::MalformedSignature
+                    );
+                }
             }
         }
-    }
 
-    #[test]
-    fn incremental_matches_one_shot(
-        secret in secret(),
-        body in proptest::collection::vec(any::<u8>(), 0..300),
-        right in any::<bool>(),
-    ) {
-        let verifier = Verifier::new(&secret).unwrap();
-        let sig = if right { sign(&secret, TS_3, &body) } else { SIG_3.to_owned() };
-        let now = at_ms(MS_2);
-        let one_shot = verifier.verify_at(TS_3, &sig, &body, now);
-        prop_assert_eq!(one_shot.is_ok(), right);
-        for i in 0..=body.len() {
-            let (a, b) = body.split_at(i);
-            prop_assert_eq!(incremental(&verifier, TS_3, &[a, b], &sig, now), one_shot.clone());
+        #[test]
+        fn incremental_matches_one_shot(
+            secret in secret(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            right in any::<bool>(),
+        ) {
+            let verifier = Verifier::new(&secret).unwrap();
+            let sig = if right { sign(&secret, TS_3, &body) } else { SIG_3.to_owned() };
+            let now = at_ms(MS_2);
+            let one_shot = verifier.verify_at(TS_3, &sig, &body, now);
+            prop_assert_eq!(one_shot.is_ok(), right);
+            for i in 0..=body.len() {
+                let (a, b) = body.split_at(i);
+                prop_assert_eq!(incremental(&verifier, TS_3, &[a, b], &sig, now), one_shot.clone());
+            }
         }
     }
 }

@@ -31,17 +31,22 @@ macro_rules! properties {
         mod $store {
             use super::*;
 
-            proptest! {
-                #![proptest_config(ProptestConfig { cases: $cases, ..ProptestConfig::default() })]
+            /// A sample of arrival orders, drawn from the run's seed.
+            mod seeded {
+                use super::*;
 
-                #[test]
-                fn skip_stale_applies_the_newest_state(order in arrival_orders()) {
-                    properties!(@run $servers, check_arrival_order($open(), &order, Mode::SkipStale));
-                }
+                proptest! {
+                    #![proptest_config(crate::support::seed::config_with_cases($cases))]
 
-                #[test]
-                fn without_skip_every_event_runs_once_and_stale_ones_are_flagged(order in arrival_orders()) {
-                    properties!(@run $servers, check_arrival_order($open(), &order, Mode::FlagOnly));
+                    #[test]
+                    fn skip_stale_applies_the_newest_state(order in arrival_orders()) {
+                        properties!(@run $servers, check_arrival_order($open(), &order, Mode::SkipStale));
+                    }
+
+                    #[test]
+                    fn without_skip_every_event_runs_once_and_stale_ones_are_flagged(order in arrival_orders()) {
+                        properties!(@run $servers, check_arrival_order($open(), &order, Mode::FlagOnly));
+                    }
                 }
             }
 
@@ -112,7 +117,7 @@ properties!(postgres, properties::postgres, 24, servers);
 /// would fail the same way forever.
 #[tokio::test]
 async fn an_untrackable_object_id_is_handled_untracked() {
-    use clink_webhooks::ordering::Freshness;
+    use clink_webhooks::events::Freshness;
     use clink_webhooks::testing::SignedRequest;
     use clink_webhooks::MemoryStore;
     use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};

@@ -7,6 +7,8 @@ pub(crate) mod loopback;
 #[cfg(feature = "test-util")]
 pub(crate) mod process;
 pub(crate) mod secrets;
+#[path = "../../../src/test_seed.rs"]
+pub(crate) mod seed;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) mod servers;
 pub(crate) mod stores;
