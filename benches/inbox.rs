@@ -10,7 +10,7 @@
 //!    workers run the handler. p50 and p99 of each.
 //! 2. **Worker throughput** on the same PostgreSQL: events kept with
 //!    `PostgresInbox::insert` and handled by 8 workers (no-op handler, no
-//!    settle delay), against a raw queue doing the least such a queue can:
+//!    reorder window), against a raw queue doing the least such a queue can:
 //!    `INSERT` per event, then 8 tasks each looping on one `DELETE .. WHERE
 //!    id = (SELECT .. FOR UPDATE SKIP LOCKED LIMIT 1)`. Reported as events
 //!    per second and their ratio (inbox / raw).
@@ -157,7 +157,7 @@ async fn inbox_throughput(events: usize) -> f64 {
     }
     let workers = Workers::new(inbox.clone(), router)
         .concurrency(8)
-        .and_then(|w| w.settle_delay(Duration::ZERO))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
         .unwrap()
         .spawn();
     while handled.load(Ordering::Relaxed) < events {
@@ -228,12 +228,10 @@ fn main() {
         let handled = Arc::new(AtomicUsize::new(0));
         let direct = ClinkLayer::new(Verifier::new(KEY).unwrap()).layer(slow_router(&handled));
         let inbox = inbox().await;
-        let queued = ClinkLayer::new(Verifier::new(KEY).unwrap())
-            .inbox(inbox.clone())
-            .layer(slow_router(&handled));
+        let queued = ClinkLayer::new(Verifier::new(KEY).unwrap()).intake(inbox.clone());
         let workers = Workers::new(inbox, slow_router(&handled))
             .concurrency(16)
-            .and_then(|w| w.settle_delay(Duration::ZERO))
+            .and_then(|w| w.reorder_window(Duration::ZERO))
             .unwrap()
             .spawn();
         let (direct_addr, inbox_addr) = (serve(direct).await, serve(queued).await);

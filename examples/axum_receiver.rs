@@ -17,8 +17,8 @@
 //! `CLINK_INBOX=postgres` (with `--features postgres` and `DATABASE_URL`) it
 //! acknowledges each delivery after writing it to that durable inbox, and
 //! workers in the same process run the handlers, printing the same line;
-//! `CLINK_INBOX_SETTLE_MS` (default 1000) and `CLINK_INBOX_LEASE_MS`
-//! (default 30000) set the settle delay and the workers' lease.
+//! `CLINK_INBOX_REORDER_MS` (default 1000) and `CLINK_INBOX_LEASE_MS`
+//! (default 30000) set the reorder window and the workers' lease.
 //! `CLINK_EXAMPLE_HANDLER_DELAY_MS` makes every handler take that long (it
 //! prints `handling <type> <id>` on stderr first), to watch a slow handler
 //! with and without the inbox.
@@ -49,15 +49,16 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use clink_webhooks::data::Resource;
+use clink_webhooks::events::Freshness;
 use clink_webhooks::inbox::Workers;
-use clink_webhooks::layer::Readiness;
-use clink_webhooks::ordering::Freshness;
+use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
 use clink_webhooks::server::Server;
-use clink_webhooks::store::{BoxFuture, FreshnessStore, IdempotencyStore, Inbox, MemoryStore};
+use clink_webhooks::store::{FreshnessStore, IdempotencyStore, Inbox, MemoryStore};
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
 const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
@@ -208,7 +209,9 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Colour only on a terminal: escape codes in a log file are noise.
+    // The crate logs through `tracing`: without a subscriber, a failed
+    // handler or a refused delivery prints nothing. Colour only on a
+    // terminal: escape codes in a log file are noise.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
@@ -234,15 +237,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Durations as a histogram with buckets, which can be summed across
+    // instances (without buckets they render as a summary, which cannot).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("clink_webhook_delivery_duration_seconds".to_owned()),
+            DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
     let (idempotency, freshness) = stores().await?;
     let router = router(AppState::default(), freshness);
-    let mut layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
     let mut workers = None;
-    if let Some(inbox) = inbox().await? {
+    let mut webhooks = Router::new();
+    let readiness = if let Some(inbox) = inbox().await? {
         // Acknowledge after one write; workers in this process run the
         // handlers, in order per object, with retries.
-        layer = layer.inbox(Arc::clone(&inbox));
+        let intake = layer.intake(Arc::clone(&inbox));
+        let readiness = intake.readiness();
+        webhooks = webhooks.route_service("/webhooks/clink", intake);
         let ms = |var: &str, default: u64| {
             Duration::from_millis(
                 env_value(var)
@@ -252,15 +265,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         workers = Some(
             Workers::new(inbox, router.clone())
-                .settle_delay(ms("CLINK_INBOX_SETTLE_MS", 1000))?
+                .reorder_window(ms("CLINK_INBOX_REORDER_MS", 1000))?
                 .lease(ms("CLINK_INBOX_LEASE_MS", 30_000))?
                 .spawn(),
         );
-    }
-    let readiness = layer.readiness();
-    let service = layer.layer(router);
-    let app = Router::new()
-        .route_service("/webhooks/clink", service)
+        readiness
+    } else {
+        let readiness = layer.readiness();
+        webhooks = webhooks.route_service("/webhooks/clink", layer.layer(router));
+        readiness
+    };
+    let app = webhooks
         .route("/health", get(move || health(readiness.clone())))
         .route(
             "/metrics",

@@ -18,14 +18,14 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use clink_webhooks::layer::Readiness;
+use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
 use clink_webhooks::server::Server;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
 
 /// A value from a delivery body, made safe to print.
@@ -47,6 +47,16 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The crate logs through `tracing`: without a subscriber, a failed
+    // handler or a refused delivery prints nothing. Colour only on a terminal.
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
     let key = std::env::var("CLINK_WEBHOOK_SIGNING_KEY")
         .unwrap_or_else(|_| "whsec_clink_webhooks_development_only".to_owned());
     let port: u16 = match std::env::var("PORT") {
@@ -55,7 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
         Err(_) => 3001,
     };
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Durations as a histogram with buckets, which can be summed across
+    // instances (without buckets they render as a summary, which cannot).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("clink_webhook_delivery_duration_seconds".to_owned()),
+            DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
     let router = EventRouter::new()
         .on::<events::OrderSucceeded, _>(|event| async move {
             let order = event.data.order_id.as_deref().map(printable);

@@ -26,7 +26,7 @@ use clink_webhooks::data::Resource;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::server::Server;
 use clink_webhooks::signature::SigningKey;
-use clink_webhooks::store::BoxFuture;
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, MemoryStore, Verifier};
 
 /// A value from a delivery body, made safe to print.
@@ -109,6 +109,16 @@ fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The crate logs through `tracing`: without a subscriber, a failed
+    // handler or a refused delivery prints nothing. Colour only on a terminal.
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()

@@ -20,8 +20,9 @@
 //! secrets manager) and caches its answers, unknown accounts included.
 //!
 //! ```
+//! use std::time::{Duration, SystemTime};
 //! use clink_webhooks::accounts::{AccountFrom, KeyMap};
-//! use clink_webhooks::{ClinkLayer, EventRouter, Layer, Verifier};
+//! use clink_webhooks::{sign, ClinkLayer, EventRouter, Layer, SigningKey, Timestamp, Verifier};
 //!
 //! let keys = KeyMap::new();
 //! keys.insert("acct_eu", Verifier::new("whsec_eu")?)?;
@@ -31,8 +32,17 @@
 //! let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone());
 //! let service = layer.layer(EventRouter::new());
 //!
-//! // Later, a rotation: the old key stays valid until it expires.
-//! keys.insert("acct_eu", Verifier::new("whsec_eu_new")?)?;
+//! // Later, a rotation. The account's verifier is replaced whole, so it
+//! // holds both keys: the new one, and the old one until it expires.
+//! let day = SystemTime::now() + Duration::from_secs(86_400);
+//! let rotated = Verifier::from_key(&SigningKey::new("whsec_eu_new")?.named("current")?)
+//!     .add_key(SigningKey::new("whsec_eu")?.named("previous")?.expires_at(day));
+//! keys.insert("acct_eu", rotated)?;
+//!
+//! let eu = keys.get("acct_eu").unwrap();
+//! let ts = Timestamp::now().as_millis().to_string();
+//! let old = eu.verify(&ts, &sign("whsec_eu", &ts, b"{}"), b"{}").unwrap();
+//! assert_eq!(old.key_name(), "previous");
 //! # Ok::<(), clink_webhooks::ConfigError>(())
 //! ```
 
@@ -46,7 +56,7 @@ use http::header::HeaderName;
 use tokio::time::Instant;
 
 use crate::signature::Verifier;
-use crate::store::BoxFuture;
+use crate::BoxFuture;
 use crate::{BoxError, ConfigError};
 
 /// The longest account id, in bytes.
@@ -205,6 +215,12 @@ impl KeyMap {
         Ok(())
     }
 
+    /// The verifier of `account`, if it has one.
+    #[must_use]
+    pub fn get(&self, account: &str) -> Option<Arc<Verifier>> {
+        self.accounts.get(account).map(|v| Arc::clone(&v))
+    }
+
     /// Forgets `account`: its deliveries are answered `404` from now on.
     /// Whether it was there.
     pub fn remove(&self, account: &str) -> bool {
@@ -229,8 +245,7 @@ impl KeySource for KeyMap {
         &'a self,
         account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
-        let verifier = self.accounts.get(account).map(|v| Arc::clone(&v));
-        Box::pin(std::future::ready(Ok(verifier)))
+        Box::pin(std::future::ready(Ok(self.get(account))))
     }
 }
 
@@ -501,5 +516,159 @@ mod tests {
         let error = source.verifier("a").await.unwrap_err();
         assert!(error.to_string().contains("database down"));
         assert!(source.cache.is_empty());
+    }
+
+    type Fetch = Box<
+        dyn Fn(String) -> std::future::Ready<Result<Option<Verifier>, std::io::Error>>
+            + Send
+            + Sync,
+    >;
+
+    const TTL: Duration = Duration::from_secs(10);
+    const NEGATIVE_TTL: Duration = Duration::from_secs(20);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A cache of `capacity` accounts over a lookup that knows the accounts
+    /// named `known*`, and how many lookups it made.
+    fn counting(capacity: usize) -> (CachedKeySource<Fetch>, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let fetch: Fetch = Box::new(move |account: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let known = account.starts_with("known");
+            std::future::ready(Ok(known.then(|| Verifier::new("k").unwrap())))
+        });
+        let source = CachedKeySource::new(fetch)
+            .ttl(TTL)
+            .unwrap()
+            .negative_ttl(NEGATIVE_TTL)
+            .unwrap()
+            .capacity(capacity)
+            .unwrap();
+        (source, asked)
+    }
+
+    /// The accounts cached, sorted.
+    fn cached(source: &CachedKeySource<Fetch>) -> Vec<String> {
+        let mut accounts: Vec<String> = source.cache.iter().map(|e| e.key().clone()).collect();
+        accounts.sort();
+        accounts
+    }
+
+    /// Asks for `account`, checking the answer; whether it was looked up
+    /// (rather than answered from the cache).
+    async fn ask(source: &CachedKeySource<Fetch>, asked: &AtomicUsize, account: &str) -> bool {
+        let before = asked.load(Ordering::SeqCst);
+        let verifier = source.verifier(account).await.unwrap();
+        assert_eq!(
+            verifier.is_some(),
+            account.starts_with("known"),
+            "{account}"
+        );
+        assert!(source.cache.len() <= source.capacity, "over capacity");
+        asked.load(Ordering::SeqCst) > before
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_cached_until_its_ttl_ends_exactly() {
+        for (account, ttl) in [("known_a", TTL), ("unknown_a", NEGATIVE_TTL)] {
+            let (source, asked) = counting(4);
+            assert!(ask(&source, &asked, account).await, "first asked");
+            tokio::time::advance(ttl - MS).await;
+            assert!(
+                !ask(&source, &asked, account).await,
+                "{account}: 1 ms before the TTL"
+            );
+            tokio::time::advance(MS).await;
+            assert!(
+                ask(&source, &asked, account).await,
+                "{account}: exactly at the TTL"
+            );
+            // Cached again from now: one ms after its TTL, asked again.
+            tokio::time::advance(ttl - MS).await;
+            assert!(
+                !ask(&source, &asked, account).await,
+                "{account}: 1 ms before"
+            );
+            tokio::time::advance(2 * MS).await;
+            assert!(
+                ask(&source, &asked, account).await,
+                "{account}: 1 ms after the TTL"
+            );
+            assert_eq!(asked.load(Ordering::SeqCst), 3);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_drops_expired_answers_then_unknown_accounts_then_the_soonest_to_expire() {
+        let (source, asked) = counting(3);
+        ask(&source, &asked, "known_a").await; // expires at 10 s
+        ask(&source, &asked, "unknown_u").await; // at 20 s
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ask(&source, &asked, "known_b").await; // at 11 s
+        assert_eq!(cached(&source), ["known_a", "known_b", "unknown_u"]);
+
+        // At 10 s exactly, known_a has expired: it goes, nothing else does.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        ask(&source, &asked, "known_c").await; // at 20 s
+        assert_eq!(cached(&source), ["known_b", "known_c", "unknown_u"]);
+
+        // Nothing expired: the unknown account goes.
+        tokio::time::advance(MS).await;
+        ask(&source, &asked, "known_d").await; // at 20.001 s
+        assert_eq!(cached(&source), ["known_b", "known_c", "known_d"]);
+
+        // Only known accounts: the one that expires soonest goes, each time.
+        tokio::time::advance(MS).await;
+        ask(&source, &asked, "known_e").await; // at 20.002 s
+        assert_eq!(cached(&source), ["known_c", "known_d", "known_e"]);
+        tokio::time::advance(MS).await;
+        ask(&source, &asked, "known_f").await;
+        assert_eq!(cached(&source), ["known_d", "known_e", "known_f"]);
+
+        // The cached ones are answered from the cache, the dropped one is asked again.
+        let before = asked.load(Ordering::SeqCst);
+        for account in ["known_d", "known_e", "known_f"] {
+            assert!(!ask(&source, &asked, account).await, "{account}");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), before);
+        assert!(ask(&source, &asked, "known_c").await);
+        assert_eq!(cached(&source), ["known_c", "known_e", "known_f"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_never_holds_more_than_its_capacity() {
+        for capacity in [1, 2, 3] {
+            let (source, asked) = counting(capacity);
+            for i in 0..10 {
+                let account = if i % 3 == 0 {
+                    format!("unknown_{i}")
+                } else {
+                    format!("known_{i}")
+                };
+                assert!(ask(&source, &asked, &account).await);
+                assert_eq!(
+                    source.cache.len(),
+                    (i + 1).min(capacity),
+                    "capacity {capacity}"
+                );
+                assert!(source.cache.contains_key(&account), "the newest is kept");
+                tokio::time::advance(MS).await;
+            }
+            // Once every answer has expired, a new one makes room by dropping them all.
+            tokio::time::advance(NEGATIVE_TTL).await;
+            assert!(ask(&source, &asked, "known_9").await);
+            assert_eq!(source.cache.len(), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_unknown_accounts_make_room_together() {
+        let (source, asked) = counting(3);
+        for account in ["unknown_1", "known_1", "unknown_2"] {
+            ask(&source, &asked, account).await;
+        }
+        ask(&source, &asked, "known_2").await;
+        assert_eq!(cached(&source), ["known_1", "known_2"]);
     }
 }

@@ -54,8 +54,8 @@ use http::request::Parts;
 use http::StatusCode;
 
 use crate::events::{DecodeError, Event, EventKind, EventType, RawEvent};
-use crate::layer::VerifiedEvent;
 use crate::Outcome;
+use crate::VerifiedEvent;
 
 /// Extracts the verified event of type `K` (a marker from
 /// [`events`](crate::events)) with its data decoded into `K::Data`:

@@ -2,16 +2,17 @@
 //! retry, dead-letter, replay.
 //!
 //! Clink's own advice (after Stripe's) is to answer `2xx` quickly and handle
-//! events from a queue. Give the layer an [`Inbox`] with
-//! [`ClinkLayer::inbox`](crate::ClinkLayer::inbox): a verified delivery is
-//! written in one write and answered `200` (a duplicate is `200` without a
-//! second row; a failed write `503`). [`Workers`] then run an
-//! [`EventRouter`]'s handlers on the kept events:
+//! events from a queue. Serve an [`InboxIntake`](crate::InboxIntake) made
+//! by [`ClinkLayer::intake`](crate::ClinkLayer::intake): a verified delivery
+//! is written in one write and answered `200` (a duplicate is `200` without
+//! a second row; a failed write `503`). [`Workers`] then run an
+//! [`EventRouter`]'s handlers on the kept events, through
+//! [`EventRouter::dispatch`]:
 //!
 //! - **concurrently**, up to a set number at once, each inside a lease with
 //!   a fencing token and the handler's timeout inside the lease;
 //! - **in order per object**: the events of one object run one at a time,
-//!   oldest `created` first, and each waits a settle delay after arriving
+//!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
 //!   before either runs; events about no object run in arrival order;
 //! - **with retries**: a handler error, panic or timeout schedules the next
@@ -38,14 +39,14 @@
 //! no second store, and the sender's retry is the retry. The inbox answers
 //! in the time of one write whatever the handler does, survives the process
 //! dying between the answer and the handler, and orders each object's
-//! events; it costs a durable store and a settle delay of latency.
+//! events; it costs a durable store and a reorder window of latency.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use clink_webhooks::inbox::Workers;
 //! use clink_webhooks::store::MemoryInbox;
-//! use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
+//! use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,13 +55,11 @@
 //!     // Call the payment provider, send the email, write the ledger...
 //!     Ok::<_, std::io::Error>(())
 //! });
-//! // Deliveries are written and acknowledged; the router is not called here.
-//! let service = ClinkLayer::new(Verifier::new("whsec_...")?)
-//!     .inbox(Arc::clone(&inbox))
-//!     .layer(router.clone());
+//! // Deliveries are verified, written and acknowledged.
+//! let intake = ClinkLayer::new(Verifier::new("whsec_...")?).intake(Arc::clone(&inbox));
 //! // Workers run the router on what was kept.
 //! let pool = Workers::new(inbox, router).concurrency(8)?.spawn();
-//! // ...serve `service`; on shutdown:
+//! // ...serve `intake`; on shutdown:
 //! pool.shutdown(Duration::from_secs(10)).await;
 //! # Ok(()) }
 //! ```
@@ -71,27 +70,21 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
-use http_body_util::Full;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::events::RawEvent;
-use crate::layer::{outcome_of, run_inner, VerifiedEvent};
-use crate::router::{EventRouter, FailureReason};
-use crate::signature::Verified;
-use crate::store::inbox::CURRENT_CLAIM;
-use crate::store::{CurrentClaim, Inbox, InboxClaim, StoreError, DEFAULT_LEASE};
-use crate::{ConfigError, Outcome, Timestamp};
-
-pub use crate::store::{current_claim, InboxEntry, InboxStats, InboxStatus, MemoryInbox};
+use crate::events::{InboxAttempt, RawEvent};
+use crate::guard::{handler_deadline, within};
+use crate::router::EventRouter;
+use crate::store::{Inbox, InboxClaim, Settle, StoreError, DEFAULT_LEASE};
+use crate::{ConfigError, Outcome, Timestamp, VerifiedEvent};
 
 /// The default number of events handled at once: 4.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// The default number of attempts before an event is dead: 10.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 /// The default delay after arrival before an event may run: 1 s.
-pub const DEFAULT_SETTLE_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(1);
 /// The default wait before the second attempt: 1 s, doubling each time.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// The default longest wait between two attempts: 1 h.
@@ -111,7 +104,7 @@ pub struct Workers<S = ()> {
     max_attempts: u32,
     backoff: Duration,
     max_backoff: Duration,
-    settle: Duration,
+    reorder_window: Duration,
 }
 
 impl<S> fmt::Debug for Workers<S> {
@@ -123,7 +116,7 @@ impl<S> fmt::Debug for Workers<S> {
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
             .field("max_backoff", &self.max_backoff)
-            .field("settle", &self.settle)
+            .field("reorder_window", &self.reorder_window)
             .finish_non_exhaustive()
     }
 }
@@ -139,7 +132,7 @@ fn check(what: &str, value: Duration, low: Duration) -> Result<Duration, ConfigE
 
 impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// Workers for `inbox` running `router`, with the defaults: 4 at once,
-    /// a 30 s lease, 10 attempts, backoff from 1 s to 1 h, a 1 s settle delay.
+    /// a 30 s lease, 10 attempts, backoff from 1 s to 1 h, a 1 s reorder window.
     pub fn new(inbox: impl Inbox, router: EventRouter<S>) -> Self {
         Self {
             inbox: Arc::new(inbox),
@@ -150,7 +143,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
-            settle: DEFAULT_SETTLE_DELAY,
+            reorder_window: DEFAULT_REORDER_WINDOW,
         }
     }
 
@@ -221,8 +214,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// # Errors
     ///
     /// A [`ConfigError`] when `delay` is over 10 years.
-    pub fn settle_delay(mut self, delay: Duration) -> Result<Self, ConfigError> {
-        self.settle = check("settle_delay", delay, Duration::ZERO)?;
+    pub fn reorder_window(mut self, delay: Duration) -> Result<Self, ConfigError> {
+        self.reorder_window = check("reorder_window", delay, Duration::ZERO)?;
         Ok(self)
     }
 
@@ -254,12 +247,6 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         WorkerPool { stop, tasks }
     }
 
-    /// The handler's deadline: the set timeout, always inside the lease.
-    fn deadline(&self) -> Duration {
-        let inside = self.lease - self.lease / 10;
-        self.handler_timeout.map_or(inside, |t| t.min(inside))
-    }
-
     /// The wait before attempt `attempt + 1`, with jitter.
     fn backoff_after(&self, attempt: u32) -> Duration {
         let doubled = self.backoff.saturating_mul(
@@ -276,7 +263,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
-            match self.inbox.claim(self.lease, self.settle).await {
+            match self.inbox.claim(self.lease, self.reorder_window).await {
                 Ok(Some(claim)) => self.handle(claim).await,
                 Ok(None) => {
                     tokio::select! {
@@ -295,39 +282,49 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         }
     }
 
+    /// Runs the router on a claimed event, within the handler's deadline,
+    /// and settles the claim with what happened.
     async fn handle(&self, claim: InboxClaim) {
         let guard = Held {
             inbox: Arc::clone(&self.inbox),
             claim: Some(claim.clone()),
         };
-        let current = Arc::new(CurrentClaim::new(claim.clone()));
-        let claim = &claim;
         let kept = &claim.entry.event;
-        let (outcome, reason) = match RawEvent::from_bytes(kept.body.clone()) {
+        let attempt = Arc::new(InboxAttempt::new(
+            claim.entry.seq,
+            claim.entry.attempts,
+            claim.token.as_str().to_owned(),
+        ));
+        let (outcome, failure) = match RawEvent::from_bytes(kept.body.clone()) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
-            Ok(mut raw) => {
-                raw.set_account(kept.account.as_deref().map(Arc::from));
-                let verified = VerifiedEvent::new(
-                    raw,
-                    Verified::earlier(0, kept.signed_at),
-                    kept.account.as_deref().map(Arc::from),
-                );
-                let mut request = Request::new(Full::new(kept.body.clone()));
-                request.extensions_mut().insert(verified);
-                let run = run_inner(self.router.clone(), request, self.deadline());
-                match CURRENT_CLAIM.scope(Arc::clone(&current), run).await {
-                    Ok(response) => {
-                        let reason = response
-                            .extensions()
-                            .get::<FailureReason>()
-                            .map(|r| r.0.clone());
-                        (outcome_of(&response), reason)
+            Ok(raw) => {
+                let mut raw = match &kept.account {
+                    Some(account) => raw.with_account(account),
+                    None => raw,
+                };
+                raw.set_inbox_attempt(Arc::clone(&attempt));
+                // Kept before the inbox recorded the key: the key is not known.
+                let key = kept.signing_key.as_deref().unwrap_or("unrecorded");
+                let event = VerifiedEvent::earlier(raw, kept.signed_at, key);
+                let deadline = handler_deadline(self.lease, self.handler_timeout);
+                match within(deadline, self.router.dispatch(event)).await {
+                    Ok(dispatched) => {
+                        let failure = dispatched.failure().map(str::to_owned);
+                        (dispatched.into_outcome(), failure)
                     }
-                    Err(outcome) => (outcome, None),
+                    Err(_) => {
+                        tracing::error!(
+                            seq = claim.entry.seq,
+                            event_id = ?kept.event_id,
+                            timeout_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                            "inbox: the handler timed out; the event will be retried"
+                        );
+                        (Outcome::HandlerTimeout, None)
+                    }
                 }
             }
         };
-        if current.is_settled() {
+        if attempt.is_completed() {
             // The handler marked the event done in its own transaction.
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
@@ -337,9 +334,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let result = if outcome.is_acknowledged() {
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
-            self.inbox.complete(claim).await
+            self.inbox.complete(&claim).await
         } else {
-            let error = reason.unwrap_or_else(|| outcome.to_string());
+            let error = failure.unwrap_or_else(|| outcome.to_string());
             let retry_at = (claim.entry.attempts < self.max_attempts).then(|| {
                 let wait = self.backoff_after(claim.entry.attempts);
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
@@ -359,12 +356,12 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     "inbox: the event failed its last attempt and is dead; replay it once fixed"
                 );
             }
-            self.inbox.fail(claim, &error, retry_at).await
+            self.inbox.fail(&claim, &error, retry_at).await
         };
         guard.settled();
         match result {
-            Ok(crate::store::Settle::Applied) => {}
-            Ok(crate::store::Settle::LeaseLost) => tracing::warn!(
+            Ok(Settle::Applied) => {}
+            Ok(Settle::LeaseLost) => tracing::warn!(
                 event_id = ?kept.event_id,
                 "inbox: the event's lease ended before it was settled; another worker may run it again"
             ),

@@ -37,8 +37,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Without tower, call [`Verifier::verify`] with the two header values and the
-//! raw body, then [`RawEvent::from_slice`] and [`RawEvent::decode`].
+//! Without tower, call [`Verifier::construct_event`] with the two header
+//! values and the raw body: it verifies them as the layer does and returns an
+//! [`AnyEvent`], one variant per event type with its data decoded, or an
+//! [`EventError`] with the status and code the layer would answer.
 //!
 //! # Module map
 //!
@@ -88,9 +90,10 @@ pub mod accounts;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
-mod config;
+mod config_error;
 pub mod data;
 pub mod events;
+mod guard;
 pub mod inbox;
 pub mod layer;
 pub mod ordering;
@@ -109,11 +112,12 @@ mod test_seed;
 pub mod testing;
 mod timestamp;
 
-pub use config::ConfigError;
-pub use events::{Event, EventKind, EventType, RawEvent};
-pub use layer::{ClinkLayer, ClinkService, VerifiedEvent};
+pub use config_error::ConfigError;
+pub use events::{AnyEvent, Event, EventError, EventKind, EventType, RawEvent, VerifiedEvent};
+pub use layer::{ClinkLayer, ClinkService, InboxIntake};
 pub use outcome::Outcome;
 pub use router::EventRouter;
+pub use rust_decimal::Decimal;
 pub use signature::{sign, SigningKey, Verified, Verifier, VerifyError, VerifyErrorKind};
 pub use store::{FreshnessStore, IdempotencyStore, MemoryStore};
 pub use timestamp::{Timestamp, TimestampParseError};
@@ -121,6 +125,10 @@ pub use tower_layer::Layer;
 
 /// A boxed error, as handlers and services return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future, as the store traits, key sources and
+/// [`EveryHandler`](router::EveryHandler) return (they are object safe).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -46,7 +46,7 @@
 //! handler, and a record after it succeeds.
 //!
 //! ```
-//! use clink_webhooks::ordering::Freshness;
+//! use clink_webhooks::events::Freshness;
 //! use clink_webhooks::store::MemoryStore;
 //! use clink_webhooks::{events, EventRouter};
 //!
@@ -62,8 +62,8 @@
 //!     });
 //! ```
 
-pub use crate::events::{Freshness, ObjectKey, Version};
-pub use crate::store::FreshnessStore;
+use crate::events::{Freshness, ObjectKey, Version};
+use crate::store::FreshnessStore;
 
 use crate::events::RawEvent;
 use crate::store::{StoreError, StoreErrorKind};

@@ -1,9 +1,13 @@
-//! [`EventType`]: every Clink event name, and one marker type per name.
+//! [`EventType`]: every Clink event name, one marker type per name, and
+//! [`AnyEvent`], an event of any of them with its data decoded.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{DecodeError, Event, ObjectKey, RawEvent};
+use crate::Timestamp;
 
 /// Ties a marker type to its event name and data type, so that
 /// [`EventRouter::on`](crate::EventRouter::on) checks the pairing at compile time.
@@ -106,6 +110,101 @@ macro_rules! event_types {
             $( visitor.visit::<$variant>(); )+
         }
 
+        /// A verified event of any type, its data decoded into the type this
+        /// crate has for it: one variant per [`EventType`], named alike, holding
+        /// an [`Event`] of that type's data, and [`Unknown`](AnyEvent::Unknown)
+        /// with the [`RawEvent`] for a name this crate does not know yet.
+        ///
+        /// [`Verifier::construct_event`](crate::Verifier::construct_event)
+        /// returns it; [`from_raw`](AnyEvent::from_raw) makes one from an
+        /// envelope already read. Match the variants you handle and leave the
+        /// rest to a catch-all arm: a new version of this crate may add
+        /// variants as Clink adds event types (until then they arrive as
+        /// `Unknown`).
+        ///
+        /// ```
+        /// use clink_webhooks::events::{AnyEvent, RawEvent};
+        ///
+        /// let body = br#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1","amountTotal":19.99}}"#;
+        /// let event = AnyEvent::from_raw(&RawEvent::from_slice(body)?)?;
+        /// assert_eq!(event.id(), "evt_1");
+        /// match event {
+        ///     AnyEvent::OrderSucceeded(event) => {
+        ///         // `event.data` is a `data::Order`, its amounts exact decimals.
+        ///         assert_eq!(event.data.order_id.as_deref(), Some("ord_1"));
+        ///         assert_eq!(event.data.amount_total, Some("19.99".parse()?));
+        ///     }
+        ///     AnyEvent::Unknown(raw) => println!("not known to this crate: {:?}", raw.event_type().as_str()),
+        ///     other => println!("not handled here: {}", other.event_type()),
+        /// }
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        #[derive(Debug, Clone)]
+        #[non_exhaustive]
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "one value per delivery, matched by value: boxing would allocate and keep patterns from reaching the fields"
+        )]
+        pub enum AnyEvent {
+            $(
+                #[doc = concat!("`", $name, "`, its data a [`", stringify!($data), "`].")]
+                $variant(Event<$data>),
+            )+
+            /// A name this version of the crate does not know: the envelope,
+            /// with its data as raw JSON.
+            Unknown(RawEvent),
+        }
+
+        impl AnyEvent {
+            /// Decodes `raw`'s data into the type this crate has for its event
+            /// type; an event type it does not know becomes
+            /// [`Unknown`](AnyEvent::Unknown) with a clone of `raw` (cheap: it
+            /// shares the body).
+            ///
+            /// # Errors
+            ///
+            /// [`DecodeError`] when the data does not fit its type, naming the
+            /// field. Data typed as [`serde_json::Value`] always decodes.
+            pub fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
+                Ok(match raw.event_type() {
+                    $( EventType::$variant => AnyEvent::$variant(raw.decode()?), )+
+                    EventType::Unknown(_) => AnyEvent::Unknown(raw.clone()),
+                })
+            }
+
+            /// The envelope's fields, whichever the variant.
+            fn head(&self) -> Head<'_> {
+                match self {
+                    $(
+                        AnyEvent::$variant(event) => Head {
+                            id: &event.id,
+                            event_type: &event.event_type,
+                            created: event.created,
+                            livemode: event.livemode,
+                            account: event.account(),
+                        },
+                    )+
+                    AnyEvent::Unknown(raw) => Head {
+                        id: raw.id(),
+                        event_type: raw.event_type(),
+                        created: raw.created(),
+                        livemode: raw.livemode(),
+                        account: raw.account(),
+                    },
+                }
+            }
+
+            /// The object this event is about, as [`Event::object_key`] and
+            /// [`RawEvent::object_key`] find it; `None` when the data carries
+            /// no id.
+            #[must_use]
+            pub fn object_key(&self) -> Option<ObjectKey> {
+                match self {
+                    $( AnyEvent::$variant(event) => event.object_key(), )+
+                    AnyEvent::Unknown(raw) => raw.object_key(),
+                }
+            }
+        }
         $(
             #[doc = concat!("The `", $name, "` event, for [`EventRouter::on`](crate::EventRouter::on) and `ClinkEvent<_>`; its data is [`", stringify!($data), "`].")]
             #[derive(Debug, Clone, Copy, Default)]
@@ -164,6 +263,50 @@ event_types! {
     PurchaseInstructionUpdated = "purchase_instruction.updated" => serde_json::Value, purchase_instruction;
     PurchaseInstructionCancelled = "purchase_instruction.cancelled" => serde_json::Value, purchase_instruction;
     VicDeviceBindingSucceeded = "vic_device.binding_succeeded" => serde_json::Value, vic_device;
+}
+
+/// The envelope's fields of an [`AnyEvent`], borrowed.
+struct Head<'a> {
+    id: &'a str,
+    event_type: &'a EventType,
+    created: Option<Timestamp>,
+    livemode: Option<bool>,
+    account: Option<&'a str>,
+}
+
+impl AnyEvent {
+    /// The event id, unique per event and the same on every retry of it.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        self.head().id
+    }
+
+    /// The event type; [`EventType::Unknown`] exactly when this is
+    /// [`AnyEvent::Unknown`].
+    #[must_use]
+    pub fn event_type(&self) -> &EventType {
+        self.head().event_type
+    }
+
+    /// When the event occurred, if the envelope says.
+    #[must_use]
+    pub fn created(&self) -> Option<Timestamp> {
+        self.head().created
+    }
+
+    /// `livemode`, if the envelope has it.
+    #[must_use]
+    pub fn livemode(&self) -> Option<bool> {
+        self.head().livemode
+    }
+
+    /// The merchant account this event was delivered for, when it came
+    /// through a layer serving several [accounts](crate::accounts); `None`
+    /// otherwise.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.head().account
+    }
 }
 
 impl EventType {

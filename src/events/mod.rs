@@ -52,15 +52,20 @@ use serde::Serialize;
 
 use crate::Timestamp;
 
+mod construct;
 mod envelope;
 mod event_type;
 mod object;
+mod verified;
 mod version;
 
 use envelope::IdText;
 
+pub(crate) use construct::has_control;
+pub use construct::EventError;
 pub use event_type::*;
 pub use object::ObjectKey;
+pub use verified::{InboxAttempt, VerifiedEvent};
 pub use version::{Freshness, Version};
 
 /// A Clink event with its data decoded into `T`.
@@ -86,6 +91,8 @@ pub struct Event<T = serde_json::Value> {
     freshness: Freshness,
     #[serde(skip)]
     account: Option<Arc<str>>,
+    #[serde(skip)]
+    attempt: Option<Arc<InboxAttempt>>,
 }
 
 impl<T> Event<T> {
@@ -99,6 +106,7 @@ impl<T> Event<T> {
             data,
             freshness: Freshness::Untracked,
             account: None,
+            attempt: None,
         }
     }
 
@@ -111,7 +119,7 @@ impl<T> Event<T> {
 
     /// Whether a newer event about the same object was already handled, as
     /// the [`EventRouter`](crate::EventRouter) found when it has a
-    /// [`FreshnessStore`](crate::ordering::FreshnessStore); otherwise
+    /// [`FreshnessStore`](crate::store::FreshnessStore); otherwise
     /// [`Freshness::Untracked`]. See [`ordering`](crate::ordering).
     #[must_use]
     pub fn freshness(&self) -> &Freshness {
@@ -120,6 +128,13 @@ impl<T> Event<T> {
 
     pub(crate) fn set_freshness(&mut self, freshness: Freshness) {
         self.freshness = freshness;
+    }
+
+    /// The run of this event by [inbox workers](crate::inbox::Workers), when
+    /// they run it; `None` when it came straight from a delivery.
+    #[must_use]
+    pub fn inbox_attempt(&self) -> Option<&InboxAttempt> {
+        self.attempt.as_deref()
     }
 
     /// This event's [`Version`]: its `created` time, then its id. `None`
@@ -158,6 +173,7 @@ pub struct RawEvent {
     livemode: Option<bool>,
     data: Option<Range<usize>>,
     account: Option<Arc<str>>,
+    attempt: Option<Arc<InboxAttempt>>,
 }
 
 impl fmt::Debug for RawEvent {
@@ -168,6 +184,7 @@ impl fmt::Debug for RawEvent {
             .field("created", &self.created)
             .field("livemode", &self.livemode)
             .field("account", &self.account)
+            .field("inbox_attempt", &self.attempt)
             .field("body_len", &self.body.len())
             .finish()
     }
@@ -208,6 +225,7 @@ impl RawEvent {
             livemode: envelope.livemode,
             data: envelope.data,
             account: None,
+            attempt: None,
             body,
         })
     }
@@ -221,6 +239,25 @@ impl RawEvent {
 
     pub(crate) fn set_account(&mut self, account: Option<Arc<str>>) {
         self.account = account;
+    }
+
+    /// This event as delivered for the merchant `account` (see
+    /// [`accounts`](crate::accounts)): for an event kept and handled later.
+    #[must_use]
+    pub fn with_account(mut self, account: &str) -> Self {
+        self.account = Some(account.into());
+        self
+    }
+
+    /// The run of this event by [inbox workers](crate::inbox::Workers), when
+    /// they run it; `None` when it came straight from a delivery.
+    #[must_use]
+    pub fn inbox_attempt(&self) -> Option<&InboxAttempt> {
+        self.attempt.as_deref()
+    }
+
+    pub(crate) fn set_inbox_attempt(&mut self, attempt: Arc<InboxAttempt>) {
+        self.attempt = Some(attempt);
     }
 
     /// The event id.
@@ -292,6 +329,7 @@ impl RawEvent {
             data,
             freshness: Freshness::Untracked,
             account: self.account.clone(),
+            attempt: self.attempt.clone(),
         })
     }
 
@@ -338,6 +376,10 @@ impl RawEvent {
 }
 
 /// Why a verified body is not a Clink event envelope.
+///
+/// A body with several faults gets the first in this order, whichever way it
+/// is read: [`NotJson`](Self::NotJson), [`DuplicateKey`](Self::DuplicateKey),
+/// [`MissingId`](Self::MissingId), [`MissingType`](Self::MissingType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {

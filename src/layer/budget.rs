@@ -40,6 +40,12 @@ impl BodyBudget {
         self.max_bytes
     }
 
+    /// The bytes held now, by every body being read.
+    #[cfg(test)]
+    pub(super) fn bytes_held(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
     /// A place for one more body being read, if there is one.
     pub(super) fn start(&self) -> Option<Reading<'_>> {
         let taken = self
@@ -121,5 +127,37 @@ mod tests {
         drop((b, c));
         assert_eq!(budget.bytes.load(Ordering::Acquire), 0);
         assert_eq!(budget.reading.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn hold_sets_the_total_held_both_up_and_down_counting_each_byte_once() {
+        let budget = BodyBudget::new(100, 2);
+        let mut a = budget.start().unwrap();
+        assert!(a.hold(40));
+        assert_eq!(budget.bytes_held(), 40);
+        // Growing to 80 in all takes 40 more, not 80 more.
+        assert!(a.hold(80));
+        assert_eq!(budget.bytes_held(), 80);
+        // The same again changes nothing.
+        assert!(a.hold(80));
+        assert_eq!(budget.bytes_held(), 80);
+        // Shrinking gives the difference back.
+        assert!(a.hold(30));
+        assert_eq!(budget.bytes_held(), 30);
+        let mut b = budget.start().unwrap();
+        assert!(!b.hold(71), "30 + 71 would pass 100");
+        assert_eq!(budget.bytes_held(), 30, "a refused hold takes nothing");
+        assert!(b.hold(70));
+        assert_eq!(budget.bytes_held(), 100);
+        // A body growing past what is left is refused and keeps what it held.
+        assert!(!a.hold(31));
+        assert_eq!(budget.bytes_held(), 100);
+        assert!(a.hold(0));
+        assert_eq!(budget.bytes_held(), 70);
+        drop(b);
+        assert_eq!(budget.bytes_held(), 0);
+        assert!(a.hold(100), "the whole budget, once the others let go");
+        drop(a);
+        assert_eq!(budget.bytes_held(), 0);
     }
 }

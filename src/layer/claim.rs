@@ -11,17 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::Future;
-
 use tokio::time::Instant;
 
 use super::config::Config;
-use super::within::within;
-use super::{Metrics, VerifiedEvent};
+use super::Metrics;
 use crate::store::{
-    Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError, StoreErrorKind,
+    timed, Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError,
+    StoreErrorKind,
 };
-use crate::Outcome;
+use crate::{Outcome, VerifiedEvent};
 
 /// The first pause before a completion is tried again; it doubles up to
 /// [`COMPLETE_RETRY_MAX`].
@@ -83,20 +81,6 @@ impl StoreKey {
 fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
     let account = verified.account().unwrap_or("");
     StoreKey::concat(&[&config.key_prefix, ":", account, ":", verified.event().id()])
-}
-
-/// Runs one store call under the per-call timeout, arming no timer for a
-/// call that answers at once (an in-process store always does).
-pub(super) async fn timed<T>(
-    timeout: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    within(timeout, call).await.unwrap_or_else(|_| {
-        Err(StoreError::new(
-            StoreErrorKind::Timeout,
-            format!("no answer within {timeout:?}"),
-        ))
-    })
 }
 
 /// Claims the event; anything but a fresh claim is the delivery's outcome.
@@ -375,6 +359,8 @@ impl Drop for ClaimGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
     use crate::store::{MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION};
 
@@ -448,7 +434,7 @@ mod tests {
             &'a self,
             key: &'a str,
             lease: Duration,
-        ) -> crate::store::BoxFuture<'a, Result<Claim, StoreError>> {
+        ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
             self.inner.claim(key, lease)
         }
 
@@ -457,7 +443,7 @@ mod tests {
             key: &'a str,
             token: &'a LeaseToken,
             retention: Duration,
-        ) -> crate::store::BoxFuture<'a, Result<Settle, StoreError>> {
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             let down = self
                 .failures
                 .fetch_update(
@@ -479,7 +465,7 @@ mod tests {
             &'a self,
             key: &'a str,
             token: &'a LeaseToken,
-        ) -> crate::store::BoxFuture<'a, Result<Settle, StoreError>> {
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             self.inner.release(key, token)
         }
     }
@@ -539,5 +525,164 @@ mod tests {
             store.inner.claim("k", DEFAULT_LEASE).await.unwrap(),
             Claim::Claimed(_)
         ));
+    }
+
+    /// What a [`Scripted`] store does with a completion.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// Fails at once, as if the store's server were down.
+        Down,
+        /// Never answers.
+        Hang,
+    }
+
+    /// A memory store whose completions follow `script`, one step each,
+    /// and then reach the memory store; it notes when each completion was
+    /// asked for, and notifies `landed` when one is applied.
+    struct Scripted {
+        inner: MemoryStore,
+        script: std::sync::Mutex<std::collections::VecDeque<Step>>,
+        asked: std::sync::Mutex<Vec<Instant>>,
+        landed: tokio::sync::Notify,
+    }
+
+    impl IdempotencyStore for Scripted {
+        fn claim<'a>(
+            &'a self,
+            key: &'a str,
+            lease: Duration,
+        ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
+            self.inner.claim(key, lease)
+        }
+
+        fn complete<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a LeaseToken,
+            retention: Duration,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.asked.lock().unwrap().push(Instant::now());
+            match self.script.lock().unwrap().pop_front() {
+                Some(Step::Down) => Box::pin(std::future::ready(Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "connection refused",
+                )))),
+                Some(Step::Hang) => Box::pin(std::future::pending()),
+                None => Box::pin(async move {
+                    let settled = self.inner.complete(key, token, retention).await;
+                    if matches!(settled, Ok(Settle::Applied)) {
+                        self.landed.notify_one();
+                    }
+                    settled
+                }),
+            }
+        }
+
+        fn release<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a LeaseToken,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.release(key, token)
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(2);
+
+    /// A layer over a [`Scripted`] store, and a verified event `evt_1` for it.
+    fn scripted(script: &[Step]) -> (crate::ClinkLayer, Arc<Scripted>, VerifiedEvent) {
+        let store = Arc::new(Scripted {
+            inner: MemoryStore::new(),
+            script: std::sync::Mutex::new(script.iter().copied().collect()),
+            asked: std::sync::Mutex::default(),
+            landed: tokio::sync::Notify::new(),
+        });
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store))
+            .lease(LEASE)
+            .unwrap();
+        let body =
+            bytes::Bytes::from_static(br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#);
+        let event = crate::RawEvent::from_bytes(body).unwrap();
+        let verified = VerifiedEvent::earlier(event, crate::Timestamp::from_millis(1), "k");
+        (layer, store, verified)
+    }
+
+    /// Waits for a completion to be applied, by notification; a lease's
+    /// worth of (paused, so virtual) time without one fails the test.
+    async fn landed(store: &Scripted) {
+        tokio::time::timeout(LEASE, store.landed.notified())
+            .await
+            .expect("the completion was retried and applied within the lease");
+    }
+
+    /// When each completion was asked for, in ms after `start`.
+    fn asked(store: &Scripted, start: Instant) -> Vec<u128> {
+        let asked = store.asked.lock().unwrap();
+        asked.iter().map(|at| (*at - start).as_millis()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_that_failed_after_claim_is_retried_in_the_background_until_it_lands() {
+        let (layer, store, verified) = scripted(&[Step::Down; 3]);
+        let config = &layer.config;
+        let key = key_of(config, &verified);
+        let start = Instant::now();
+        let Ok(guard) = claim(config, &verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        guard.settle(config, &Outcome::Handled).await;
+        // The delivery is over; its claim is still held, not yet completed.
+        assert!(matches!(
+            store
+                .inner
+                .claim(key.as_str(), DEFAULT_LEASE)
+                .await
+                .unwrap(),
+            Claim::InFlight { .. }
+        ));
+        landed(&store).await;
+        assert_eq!(
+            store
+                .inner
+                .claim(key.as_str(), DEFAULT_LEASE)
+                .await
+                .unwrap(),
+            Claim::Completed
+        );
+        // The first try at once, then after pauses of 50, 100 and 200 ms.
+        assert_eq!(asked(&store, start), [0, 50, 150, 350]);
+        assert_eq!(layer.metrics().settle_errors(), 0);
+        assert_eq!(layer.metrics().lease_lost(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_a_dropped_delivery_could_not_make_is_retried_in_the_background() {
+        // The delivery is dropped while the store does not answer its
+        // completion; the drop's own try fails; the retries land.
+        let (layer, store, verified) = scripted(&[Step::Hang, Step::Down, Step::Down]);
+        let config = &layer.config;
+        let key = key_of(config, &verified);
+        let start = Instant::now();
+        let Ok(guard) = claim(config, &verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the store does not answer");
+        drop(settling);
+        landed(&store).await;
+        assert_eq!(
+            store
+                .inner
+                .claim(key.as_str(), DEFAULT_LEASE)
+                .await
+                .unwrap(),
+            Claim::Completed
+        );
+        // The hung try, the drop's at once, then after 50 and 100 ms.
+        assert_eq!(asked(&store, start), [0, 0, 50, 150]);
+        assert_eq!(layer.metrics().settle_errors(), 0);
     }
 }

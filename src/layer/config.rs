@@ -9,8 +9,9 @@ use tower_layer::Layer;
 
 use super::budget::{BodyBudget, DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING};
 use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
-use super::{ClinkService, Metrics};
+use super::{ClinkService, InboxIntake, Metrics};
 use crate::accounts::{AccountFrom, KeySource};
+use crate::guard::handler_deadline;
 use crate::signature::Verifier;
 use crate::store::{
     IdempotencyStore, Inbox, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
@@ -63,17 +64,12 @@ pub(super) struct Config {
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<RefusalLog>,
     pub(super) budget: Arc<BodyBudget>,
-    pub(super) inbox: Option<Arc<dyn Inbox>>,
 }
 
 impl Config {
-    /// The handler's deadline: the configured timeout, but always inside the
-    /// lease (with a tenth of it to spare), so that a slow handler is stopped
-    /// before another delivery can take the event over and run it at the same time.
+    /// The handler's deadline: see [`handler_deadline`].
     pub(super) fn handler_deadline(&self) -> Duration {
-        let inside_lease = self.lease - self.lease / 10;
-        self.handler_timeout
-            .map_or(inside_lease, |t| t.min(inside_lease))
+        handler_deadline(self.lease, self.handler_timeout)
     }
 }
 
@@ -195,7 +191,6 @@ impl ClinkLayer {
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
                 metrics: Arc::default(),
                 refusals: Arc::new(RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL)),
-                inbox: None,
                 budget: Arc::new(BodyBudget::new(
                     DEFAULT_BODY_BUDGET,
                     DEFAULT_MAX_BODIES_READING,
@@ -220,18 +215,12 @@ impl ClinkLayer {
         self
     }
 
-    /// Acknowledges deliveries after writing them to `inbox` instead of
-    /// running the inner service: a verified, well-formed delivery is kept
-    /// in one write (a duplicate of an event the inbox holds is `200`
-    /// without a second row) and answered `200`; a failed write is `503`
-    /// and nothing is acknowledged. The inner service is not called, and
-    /// the idempotency store is not used: the inbox deduplicates by account
-    /// and event id. Workers run the handlers later: see
-    /// [`inbox`](crate::inbox).
+    /// A service that verifies deliveries as this layer does and keeps
+    /// them in `inbox` instead of handing them on: see [`InboxIntake`].
+    /// It shares this layer's keys, limits, body budget and [`Metrics`].
     #[must_use]
-    pub fn inbox(mut self, inbox: impl Inbox) -> Self {
-        self.config_mut().inbox = Some(Arc::new(inbox));
-        self
+    pub fn intake(&self, inbox: impl Inbox) -> InboxIntake {
+        InboxIntake::new(Arc::clone(&self.config), Arc::new(inbox))
     }
 
     /// The largest body accepted, in bytes (default 1 MiB).
@@ -376,7 +365,7 @@ impl ClinkLayer {
     /// answers now. See [`Readiness`](super::Readiness).
     #[must_use]
     pub fn readiness(&self) -> super::Readiness {
-        super::Readiness::new(Arc::clone(&self.config))
+        super::Readiness::new(Arc::clone(&self.config), None)
     }
 
     /// The counters shared by this layer and every service it makes.

@@ -4,14 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::config::Config;
-use crate::store::{timed, StoreError};
+use crate::store::{timed, Inbox, StoreError};
 
 /// Whether a [`ClinkLayer`](super::ClinkLayer) can take deliveries now:
-/// its idempotency store answers within the layer's store timeout. Serve it
-/// on a health route so that a load balancer stops sending deliveries to an
+/// its idempotency store answers within the layer's store timeout (for an
+/// [`InboxIntake`](super::InboxIntake), its inbox does). Serve it on a
+/// health route so that a load balancer stops sending deliveries to an
 /// instance that would answer every one `503`.
 ///
-/// Cheap to clone; made by [`ClinkLayer::readiness`](super::ClinkLayer::readiness).
+/// Cheap to clone; made by [`ClinkLayer::readiness`](super::ClinkLayer::readiness)
+/// and [`InboxIntake::readiness`](super::InboxIntake::readiness).
 ///
 /// ```
 /// use clink_webhooks::{ClinkLayer, Verifier};
@@ -27,6 +29,7 @@ use crate::store::{timed, StoreError};
 #[derive(Clone)]
 pub struct Readiness {
     config: Arc<Config>,
+    inbox: Option<Arc<dyn Inbox>>,
 }
 
 impl fmt::Debug for Readiness {
@@ -36,12 +39,13 @@ impl fmt::Debug for Readiness {
 }
 
 impl Readiness {
-    pub(super) fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub(super) fn new(config: Arc<Config>, inbox: Option<Arc<dyn Inbox>>) -> Self {
+        Self { config, inbox }
     }
 
-    /// Pings the idempotency store (or, in [inbox](crate::ClinkLayer::inbox)
-    /// mode, reads the inbox's counts), within the layer's store timeout.
+    /// Pings the idempotency store (or, for an
+    /// [`InboxIntake`](super::InboxIntake), reads the inbox's counts),
+    /// within the layer's store timeout.
     ///
     /// # Errors
     ///
@@ -49,7 +53,7 @@ impl Readiness {
     /// or a secret) when the store does not answer.
     pub async fn check(&self) -> Result<(), NotReady> {
         let config = &self.config;
-        match &config.inbox {
+        match &self.inbox {
             Some(inbox) => timed(config.store_timeout, inbox.stats())
                 .await
                 .map(drop)

@@ -1,75 +1,49 @@
 //! Step 7: call the inner service with the verified body, inside the
 //! handler's deadline, turning a panic into an outcome.
 
-use std::any::Any;
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::within::within_else;
 use super::VerifiedBody;
+use crate::guard::{catch_panic, within, CatchUnwind};
 use crate::{BoxError, Outcome};
 
-/// Calls `inner` within `deadline`. The response comes back when the inner
-/// service answered, with the outcome it stands for; otherwise only the
-/// outcome (an error, a panic, the deadline).
-pub(crate) async fn run_inner<S, ResB>(
-    inner: S,
-    request: Request<VerifiedBody>,
-    deadline: Duration,
-) -> Result<Response<ResB>, Outcome>
-where
-    S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-{
-    run_inner_else(inner, request, || deadline).await
-}
-
-/// As [`run_inner`], with the deadline worked out only if the inner service
-/// does not answer in its first poll (see [`within_else`]).
-pub(super) async fn run_inner_else<S, ResB>(
+/// Calls `inner` within `deadline`, worked out only if the inner service
+/// does not answer in its first poll (see [`within`]). The response comes
+/// back when the inner service answered, with the outcome it stands for;
+/// otherwise only the outcome (an error, a panic, the deadline).
+pub(super) async fn run_inner<S, ResB>(
     mut inner: S,
     request: Request<VerifiedBody>,
     deadline: impl FnOnce() -> Duration,
-) -> Result<Response<ResB>, Outcome>
+) -> Result<(Response<ResB>, Outcome), Outcome>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
 {
-    let call = catch_unwind(AssertUnwindSafe(|| inner.call(request)));
-    let future = match call {
-        Ok(future) => future,
-        Err(payload) => {
-            tracing::error!(panic = ?panic_message(&*payload), "clink handler panicked");
-            return Err(Outcome::HandlerPanicked);
+    let future = catch_panic(|| inner.call(request)).map_err(|panic| {
+        tracing::error!(panic = ?panic, "clink handler panicked");
+        Outcome::HandlerPanicked
+    })?;
+    match within(deadline, CatchUnwind::new(future)).await {
+        Ok(Ok(Ok(response))) => {
+            let outcome = outcome_of(&response);
+            Ok((response, outcome))
         }
-    };
-    let mut timeout = Duration::ZERO;
-    let until = || {
-        timeout = deadline();
-        timeout
-    };
-    let result = within_else(until, CatchUnwind { inner: future }).await;
-    match result {
-        Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(error))) => {
             let error: BoxError = error.into();
             tracing::error!(error = ?error.to_string(), "clink inner service failed; releasing the event so a retry runs it");
             Err(Outcome::HandlerFailed)
         }
-        Ok(Err(payload)) => {
-            tracing::error!(panic = ?panic_message(&*payload), "clink handler panicked");
+        Ok(Err(panic)) => {
+            tracing::error!(panic = ?panic, "clink handler panicked");
             Err(Outcome::HandlerPanicked)
         }
-        Err(_) => {
+        Err(timed_out) => {
             tracing::error!(
-                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
                 "clink handler timed out; releasing the event so a retry runs it"
             );
             Err(Outcome::HandlerTimeout)
@@ -81,40 +55,10 @@ where
 /// (an [`EventRouter`](crate::EventRouter) says whether a handler ran), or
 /// [`Handled`](Outcome::Handled) for any `2xx` and
 /// [`HandlerRefused`](Outcome::HandlerRefused) for any other status.
-pub(crate) fn outcome_of<B>(response: &Response<B>) -> Outcome {
+fn outcome_of<B>(response: &Response<B>) -> Outcome {
     match Outcome::of(response) {
         Some(outcome) => outcome.clone(),
         None if response.status().is_success() => Outcome::Handled,
         None => Outcome::HandlerRefused(response.status()),
     }
-}
-
-pin_project! {
-    /// Polls `F`, turning a panic inside it into `Err(payload)`.
-    struct CatchUnwind<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
-    }
-}
-
-/// The text of a panic payload, when it is a string.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("<non-string panic payload>")
 }

@@ -12,9 +12,18 @@
 //! | `clink_webhook_deliveries_total` | counter | `outcome`, `event_type` | one per delivery; `outcome` is [`Outcome::as_str`], `event_type` the verified event's type when this crate knows it, `unknown` for a verified type it does not know, `none` before the signature checked out (a sender's claims are never labels) |
 //! | `clink_webhook_delivery_duration_seconds` | histogram | `outcome` | from the request to the response, the handler included |
 //! | `clink_webhook_deliveries_in_flight` | gauge | | deliveries being read, verified or handled now |
-//! | `clink_webhook_key_matches_total` | counter | `key_index` | verified deliveries by the index of the key that matched: when index 1 (an old key) stops counting, it can be retired |
+//! | `clink_webhook_key_matches_total` | counter | `key` | verified deliveries by the [name](crate::SigningKey::named) of the key that matched (its fingerprint when unnamed): when the old key of a rotation stops counting, it can be retired. One series per key name, so with many accounts name keys by role (`current`, `previous`) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bucket bounds, in seconds, for `clink_webhook_delivery_duration_seconds`
+/// as a histogram: from a refusal (well under a millisecond) to a handler
+/// near Clink's timeout. Exporters render an unconfigured histogram as a
+/// summary, whose quantiles cannot be added up across instances; give them
+/// these buckets (Prometheus: `PrometheusBuilder::set_buckets_for_metric`).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[cfg(feature = "metrics")]
 use crate::EventType;
@@ -296,18 +305,12 @@ pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f
     });
 }
 
-/// Counts a verified delivery under the index of the key that matched.
+/// Counts a verified delivery under the name of the key that matched (the
+/// name is shared, not copied).
 #[cfg(feature = "metrics")]
-pub(super) fn emit_key_match(key_index: usize) {
-    const NAME: &str = "clink_webhook_key_matches_total";
-    let counter = match key_index {
-        0 => metrics::counter!(NAME, "key_index" => "0"),
-        1 => metrics::counter!(NAME, "key_index" => "1"),
-        2 => metrics::counter!(NAME, "key_index" => "2"),
-        3 => metrics::counter!(NAME, "key_index" => "3"),
-        _ => metrics::counter!(NAME, "key_index" => "4+"),
-    };
-    counter.increment(1);
+pub(super) fn emit_key_match(key_name: &std::sync::Arc<str>) {
+    let name = metrics::SharedString::from(std::sync::Arc::clone(key_name));
+    metrics::counter!("clink_webhook_key_matches_total", "key" => name).increment(1);
 }
 
 /// Counts a delivery in flight from its creation to its drop, so that a

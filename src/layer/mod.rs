@@ -18,7 +18,7 @@
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
 //!    with `Retry-After`, and the inner service is not called.
-//! 7. **Inner service**: called with a [`VerifiedEvent`] in the request
+//! 7. **Inner service**: called with a [`VerifiedEvent`](crate::VerifiedEvent) in the request
 //!    extensions and the body as [`VerifiedBody`].
 //! 8. **Settle**: a `2xx` marks the event completed; any other status, an
 //!    error or a panic (answered `500`), or the handler timeout (`500`)
@@ -30,17 +30,17 @@
 //!    back within the lease still learns that the event was handled.
 //!
 //! Every delivery ends in one [`Outcome`](crate::Outcome), put in the
-//! response extensions (next to the [`VerifiedEvent`] once verified) and
+//! response extensions (next to the [`VerifiedEvent`](crate::VerifiedEvent) once verified) and
 //! counted in [`Metrics`]. Every refusal the layer writes itself is
 //! `{"error": "<code>", "message": "..."}`; it never contains a secret.
 //!
 //! The files of this module follow the path: `config.rs` ([`ClinkLayer`] and
 //! its settings), `service.rs` ([`ClinkService`], which runs the steps in
-//! order), `verify.rs` (steps 1 to 5), `claim.rs` (steps 6 and 8),
-//! `inner.rs` (step 7), `metrics.rs`, `within.rs` (the time bound on the
-//! body, the store calls and the handler, which sets up a timer only for a
-//! step not done in its first poll), and `body.rs`/`future.rs` for the
-//! response types.
+//! order, and the part of a delivery every service here shares), `verify.rs`
+//! (steps 1 to 5), `claim.rs` (steps 6 and 8), `inner.rs` (step 7),
+//! `intake.rs` ([`InboxIntake`]: steps 1 to 5, then the event kept in an
+//! inbox), `budget.rs`, `metrics.rs`, `refusals.rs`, `health.rs`, and
+//! `body.rs`/`future.rs` for the response types.
 //!
 //! ```
 //! use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Layer, Outcome, Timestamp, Verifier};
@@ -76,11 +76,11 @@ mod config;
 mod future;
 mod health;
 mod inner;
+mod intake;
 mod metrics;
 mod refusals;
 mod service;
 mod verify;
-mod within;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -92,12 +92,10 @@ pub use config::{
 };
 pub use future::ResponseFuture;
 pub use health::{NotReady, Readiness};
-pub use metrics::Metrics;
+pub use intake::InboxIntake;
+pub use metrics::{Metrics, DURATION_BUCKETS};
 pub use refusals::DEFAULT_REFUSAL_LOG_INTERVAL;
 pub use service::ClinkService;
-pub use verify::VerifiedEvent;
-
-pub(crate) use inner::{outcome_of, run_inner};
 
 /// The body the inner service receives: the verified bytes, already buffered.
 pub type VerifiedBody = Full<Bytes>;

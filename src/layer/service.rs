@@ -2,11 +2,13 @@
 //! one [`Outcome`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -14,16 +16,14 @@ use tower_service::Service;
 use tracing::{field, Instrument, Span};
 
 use super::claim::claim;
-use super::claim::timed;
 use super::config::Config;
-use super::inner::{outcome_of, run_inner_else};
+use super::inner::run_inner;
 #[cfg(feature = "metrics")]
 use super::metrics;
 use super::metrics::InFlight;
-use super::verify::{verify, VerifiedEvent};
+use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
-use crate::store::{Inbox, Inserted, NewEvent, StoreErrorKind};
-use crate::{BoxError, Outcome, Timestamp};
+use crate::{BoxError, Outcome, VerifiedEvent};
 
 /// The service made by [`ClinkLayer`](super::ClinkLayer): verifies,
 /// deduplicates and hands each delivery to `S`.
@@ -90,46 +90,93 @@ where
         // The ready service goes with this call; the clone waits for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let config = Arc::clone(&self.config);
-        let span = tracing::info_span!(
-            "clink_delivery",
-            account = field::Empty,
-            event_id = field::Empty,
-            event_type = field::Empty,
-            outcome = field::Empty,
-            status = field::Empty,
-            duration_ms = field::Empty,
-        );
-        // With no subscriber listening, there is no span to enter on every
-        // poll nor fields to record.
-        if span.is_disabled() {
-            Box::pin(run(config, inner, request, None))
-        } else {
-            let fields = span.clone();
-            Box::pin(run(config, inner, request, Some(fields)).instrument(span))
-        }
+        delivery(
+            Arc::clone(&self.config),
+            request,
+            move |config, parts, verified| handle(config, inner, parts, verified),
+        )
+    }
+}
+
+/// What a delivery does once it is verified: its response, its outcome,
+/// and the verified event back, for the response's extensions.
+pub(super) type Verified<ResB> = (Response<ResponseBody<ResB>>, Outcome, VerifiedEvent);
+
+/// One delivery, as every service of this module takes it: its span, the
+/// steps up to a verified event ([`verify`]), then `then` (hand it on, or
+/// keep it), and the delivery timed, counted and logged. Every path ends in
+/// one response and the [`Outcome`] it stands for, which is also in the
+/// response's extensions, next to the [`VerifiedEvent`] once verified.
+pub(super) fn delivery<B, ResB, E, F, Fut>(
+    config: Arc<Config>,
+    request: Request<B>,
+    then: F,
+) -> ResponseFuture<Response<ResponseBody<ResB>>, E>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResB: Send + 'static,
+    E: 'static,
+    F: FnOnce(Arc<Config>, Parts, VerifiedEvent) -> Fut + Send + 'static,
+    Fut: Future<Output = Verified<ResB>> + Send + 'static,
+{
+    let span = tracing::info_span!(
+        "clink_delivery",
+        account = field::Empty,
+        event_id = field::Empty,
+        event_type = field::Empty,
+        signing_key = field::Empty,
+        outcome = field::Empty,
+        status = field::Empty,
+        duration_ms = field::Empty,
+    );
+    // With no subscriber listening, there is no span to enter on every
+    // poll nor fields to record.
+    if span.is_disabled() {
+        Box::pin(run(config, request, None, then))
+    } else {
+        let fields = span.clone();
+        Box::pin(run(config, request, Some(fields), then).instrument(span))
     }
 }
 
 /// One delivery, timed, counted and logged; `span` is the delivery's span
 /// when a subscriber records it.
-async fn run<S, B, ResB>(
+async fn run<B, ResB, E, F, Fut>(
     config: Arc<Config>,
-    inner: S,
     request: Request<B>,
     span: Option<Span>,
-) -> Result<Response<ResponseBody<ResB>>, S::Error>
+    then: F,
+) -> Result<Response<ResponseBody<ResB>>, E>
 where
-    S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
     B: Body + Send,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    F: FnOnce(Arc<Config>, Parts, VerifiedEvent) -> Fut,
+    Fut: Future<Output = Verified<ResB>>,
 {
     let started = Instant::now();
     let in_flight = InFlight::start();
-    let (response, outcome) = deliver(&config, inner, request, span.as_ref()).await;
+    let (parts, body) = request.into_parts();
+    let verified = verify(&config, &parts, body, span.as_ref()).await;
+    let (response, outcome) = match verified {
+        Err(outcome) => (layer_response(&outcome), outcome),
+        Ok(verified) => {
+            if let Some(span) = &span {
+                span.record("event_id", verified.event().id());
+                span.record("event_type", verified.event().event_type().as_str());
+                span.record("signing_key", verified.key_name());
+            }
+            let (mut response, outcome, verified) =
+                then(Arc::clone(&config), parts, verified).await;
+            if Outcome::of(&response) != Some(&outcome) {
+                response.extensions_mut().insert(outcome.clone());
+            }
+            response.extensions_mut().insert::<VerifiedEvent>(verified);
+            (response, outcome)
+        }
+    };
     drop(in_flight);
     config.metrics.record(&outcome);
     let elapsed = started.elapsed();
@@ -137,7 +184,7 @@ where
     {
         let verified = response.extensions().get::<VerifiedEvent>();
         if let Some(verified) = verified {
-            metrics::emit_key_match(verified.key_index());
+            metrics::emit_key_match(verified.key_label());
         }
         let event_type = verified.map(|v| v.event().event_type());
         metrics::emit(&outcome, event_type, elapsed.as_secs_f64());
@@ -167,108 +214,43 @@ where
     Ok(response)
 }
 
-/// Writes a verified delivery to the inbox; the delivery's outcome.
-async fn keep(config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent) -> Outcome {
-    let event = verified.event();
-    let new = NewEvent::new(
-        event.account().map(str::to_owned),
-        event.id().to_owned(),
-        event.event_type().as_str().to_owned(),
-        event.created(),
-        event
-            .object_key()
-            .map(|key| match event.account() {
-                Some(account) => key.within(account),
-                None => key,
-            })
-            .map(|key| key.to_string()),
-        verified.signed_at(),
-        Timestamp::now(),
-        event.body().clone(),
-    );
-    match timed(config.store_timeout, inbox.insert(&new)).await {
-        Ok(Inserted::New) => Outcome::Queued,
-        Ok(Inserted::Duplicate) => Outcome::Duplicate,
-        Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
-            tracing::warn!(%error, "clink delivery: the event cannot be kept; answering 400");
-            Outcome::InvalidEventId
-        }
-        Err(error) => {
-            tracing::error!(%error, "clink delivery: could not write the event to the inbox; answering 503");
-            Outcome::StoreUnavailable(error.kind())
-        }
-    }
-}
-
 /// The response the layer writes itself for `outcome`.
-fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> {
+pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> {
     outcome.to_response().map(ResponseBody::layer)
 }
 
-/// One delivery, step by step (see the [module docs](super)). Every path
-/// ends in one response and the [`Outcome`] it stands for, which is also in
-/// the response's extensions, next to the [`VerifiedEvent`] once verified.
-async fn deliver<S, B, ResB>(
-    config: &Config,
+/// Steps 6 to 8 for a verified delivery: claim the event, call the inner
+/// service within the handler's deadline, settle the claim.
+async fn handle<S, ResB>(
+    config: Arc<Config>,
     inner: S,
-    request: Request<B>,
-    span: Option<&Span>,
-) -> (Response<ResponseBody<ResB>>, Outcome)
+    parts: Parts,
+    verified: VerifiedEvent,
+) -> Verified<ResB>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
     S::Future: Send,
     S::Error: Into<BoxError>,
-    B: Body + Send,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
-    let verified = match verify(config, &parts, body, span).await {
-        Ok(verified) => verified,
-        Err(outcome) => return (layer_response(&outcome), outcome),
-    };
-    if let Some(span) = span {
-        span.record("event_id", verified.event().id());
-        span.record("event_type", verified.event().event_type().as_str());
-    }
-
-    if let Some(inbox) = &config.inbox {
-        let outcome = keep(config, &**inbox, &verified).await;
-        let mut response = layer_response(&outcome);
-        response.extensions_mut().insert::<VerifiedEvent>(verified);
-        return (response, outcome);
-    }
-
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
     let claim_started = Instant::now();
-    let (mut response, outcome) = match claim(config, &verified).await {
-        Err(outcome) => (layer_response(&outcome), outcome),
-        Ok(guard) => {
-            let mut request =
-                Request::from_parts(parts, Full::new(verified.event().body().clone()));
-            // A clone shares the body and the id's bytes: no copy.
-            request.extensions_mut().insert(verified.clone());
-            let deadline = || {
-                config
-                    .handler_deadline()
-                    .saturating_sub(claim_started.elapsed())
-            };
-            let (response, outcome) = match run_inner_else(inner, request, deadline).await {
-                Ok(response) => {
-                    let outcome = outcome_of(&response);
-                    (response.map(ResponseBody::inner), outcome)
-                }
-                Err(outcome) => (layer_response(&outcome), outcome),
-            };
-            guard.settle(config, &outcome).await;
-            (response, outcome)
-        }
+    let guard = match claim(&config, &verified).await {
+        Err(outcome) => return (layer_response(&outcome), outcome, verified),
+        Ok(guard) => guard,
     };
-    // The router's response already carries its outcome.
-    if Outcome::of(&response) != Some(&outcome) {
-        response.extensions_mut().insert(outcome.clone());
-    }
-    response.extensions_mut().insert::<VerifiedEvent>(verified);
-    (response, outcome)
+    let mut request = Request::from_parts(parts, Full::new(verified.event().body().clone()));
+    // A clone shares the body and the id's bytes: no copy.
+    request.extensions_mut().insert(verified.clone());
+    let deadline = || {
+        config
+            .handler_deadline()
+            .saturating_sub(claim_started.elapsed())
+    };
+    let (response, outcome) = match run_inner(inner, request, deadline).await {
+        Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
+        Err(outcome) => (layer_response(&outcome), outcome),
+    };
+    guard.settle(&config, &outcome).await;
+    (response, outcome, verified)
 }

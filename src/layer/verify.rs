@@ -12,57 +12,10 @@ use tracing::Span;
 
 use super::budget::Reading;
 use super::config::{Config, Keys};
-use super::within::within;
-use crate::events::RawEvent;
-use crate::signature::{SignatureHeaders, Verification, Verified, Verifier};
-use crate::{BoxError, Outcome, Timestamp};
-
-/// A verified Clink event, found in the request extensions of every request
-/// the inner service receives from [`ClinkService`](super::ClinkService),
-/// and in the extensions of the response to every verified delivery.
-#[derive(Debug, Clone)]
-pub struct VerifiedEvent {
-    event: RawEvent,
-    verified: Verified,
-}
-
-impl VerifiedEvent {
-    pub(crate) fn new(mut event: RawEvent, verified: Verified, account: Option<Arc<str>>) -> Self {
-        event.set_account(account);
-        Self { event, verified }
-    }
-
-    /// The merchant account the delivery was for, when the layer has a
-    /// [key source](crate::accounts); `None` with a single verifier.
-    #[must_use]
-    pub fn account(&self) -> Option<&str> {
-        self.event.account()
-    }
-
-    /// The event: envelope read, data still raw JSON.
-    #[must_use]
-    pub fn event(&self) -> &RawEvent {
-        &self.event
-    }
-
-    /// The event, owned.
-    #[must_use]
-    pub fn into_event(self) -> RawEvent {
-        self.event
-    }
-
-    /// Which signing key matched (see [`Verified::key_index`]).
-    #[must_use]
-    pub fn key_index(&self) -> usize {
-        self.verified.key_index()
-    }
-
-    /// When Clink signed this delivery (`X-Clink-Timestamp`).
-    #[must_use]
-    pub fn signed_at(&self) -> Timestamp {
-        self.verified.signed_at()
-    }
-}
+use crate::events::{has_control, RawEvent, VerifiedEvent};
+use crate::guard::within;
+use crate::signature::{SignatureHeaders, Verification, Verifier};
+use crate::{BoxError, Outcome};
 
 /// Checks method, headers, body and signature, and reads the envelope.
 pub(super) async fn verify<B>(
@@ -111,13 +64,14 @@ where
     let verified = verification.finish_parsed(&signature).map_err(log_verify)?;
     // Verified: the body no longer counts against the budget.
     drop(reading);
-    let event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
+    let mut event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
     // An id is data, never text to print: one with a line break or a
     // terminal escape in it is refused rather than carried into logs.
     if has_control(event.id()) {
         return Err(Outcome::InvalidEventId);
     }
-    Ok(VerifiedEvent::new(event, verified, account))
+    event.set_account(account);
+    Ok(VerifiedEvent::new(event, &verified))
 }
 
 /// The verifier for this delivery, and its account when there are several.
@@ -152,16 +106,6 @@ async fn keys(
             );
             Err(Outcome::KeysUnavailable)
         }
-    }
-}
-
-/// Whether `text` holds a control character (`char::is_control`: U+0000 to
-/// U+001F and U+007F to U+009F), looking at bytes while they are ASCII.
-fn has_control(text: &str) -> bool {
-    if text.is_ascii() {
-        text.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        text.chars().any(char::is_control)
     }
 }
 
@@ -262,7 +206,123 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::has_control;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use http_body::Frame;
+
+    use super::super::budget::BodyBudget;
+    use super::{has_control, read_body};
+    use crate::signature::{sign, Verifier};
+    use crate::Outcome;
+
+    /// A body that arrives in the chunks given, one frame each.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Chunks {
+        fn of(sizes: &[usize]) -> Self {
+            Self(
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| Bytes::from(vec![b'a' + u8::try_from(i).unwrap(); n]))
+                    .collect(),
+            )
+        }
+    }
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    const TS: &str = "1700000000000";
+
+    /// Reads a body of `sizes` chunks (`declared` as its `Content-Length`)
+    /// under a limit of `limit` bytes and a budget of `budget` bytes; the
+    /// result, and the bytes the budget held for it once it was read (before
+    /// the reading ends).
+    async fn read_under(
+        sizes: &[usize],
+        declared: Option<u64>,
+        limit: usize,
+        budget: usize,
+    ) -> (Result<Bytes, Outcome>, usize) {
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+        let budget = BodyBudget::new(budget, 4);
+        let mut reading = budget.start().unwrap();
+        let body = Chunks::of(sizes);
+        let expected: Vec<u8> = body.0.iter().flat_map(|c| c.to_vec()).collect();
+        let read = read_body(body, limit, declared, &mut verification, &mut reading).await;
+        let held = budget.bytes_held();
+        if let Ok(bytes) = &read {
+            assert_eq!(&bytes[..], &expected[..], "the body as sent");
+            // Every byte was hashed, once.
+            let signature = sign("k", TS, &expected);
+            assert!(verification.finish(&signature).is_ok());
+        }
+        drop(reading);
+        assert_eq!(
+            budget.bytes_held(),
+            0,
+            "all given back when the reading ends"
+        );
+        (read, held)
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_held_against_the_budget() {
+        for declared in [None, Some(100)] {
+            let (read, held) = read_under(&[100], declared, 1000, 100).await;
+            assert_eq!(read.unwrap().len(), 100);
+            assert_eq!(held, 100, "{declared:?}");
+            let (read, _) = read_under(&[100], declared, 1000, 99).await;
+            assert_eq!(read.unwrap_err(), Outcome::Overloaded, "{declared:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_growing_buffer_is_held_against_the_budget_once() {
+        // Unknown length: 10 bytes kept as they came, then a buffer of twice
+        // the 20 bytes so far (40), then doubled to 80 for the last 30: 80
+        // held in all, not 40 + 80.
+        let (read, held) = read_under(&[10, 10, 30], None, 1000, 80).await;
+        assert_eq!(read.unwrap().len(), 50);
+        assert_eq!(held, 80);
+        let (read, _) = read_under(&[10, 10, 30], None, 1000, 79).await;
+        assert_eq!(read.unwrap_err(), Outcome::Overloaded);
+        // The buffer before the growth did fit.
+        let (read, held) = read_under(&[10, 10, 20], None, 1000, 40).await;
+        assert_eq!(read.unwrap().len(), 40);
+        assert_eq!(held, 40);
+        let (read, _) = read_under(&[10, 10], None, 1000, 39).await;
+        assert_eq!(read.unwrap_err(), Outcome::Overloaded);
+        // Growth stops at the limit.
+        let (read, held) = read_under(&[10, 10, 30], None, 60, 60).await;
+        assert_eq!(read.unwrap().len(), 50);
+        assert_eq!(held, 60);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_in_several_chunks_holds_that_length_once() {
+        let (read, held) = read_under(&[50, 30, 20], Some(100), 1000, 100).await;
+        assert_eq!(read.unwrap().len(), 100);
+        assert_eq!(held, 100);
+        let (read, _) = read_under(&[50, 50], Some(100), 1000, 99).await;
+        assert_eq!(read.unwrap_err(), Outcome::Overloaded);
+    }
 
     #[test]
     fn control_characters_are_found_as_char_is_control_finds_them() {

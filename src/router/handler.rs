@@ -4,8 +4,8 @@ use std::future::Future;
 
 use crate::data::Resource;
 use crate::events::{DecodeError, Event, RawEvent};
-use crate::store::BoxFuture;
 use crate::BoxError;
+use crate::BoxFuture;
 
 /// An async function that handles one event type: `Fn(Event<T>) -> impl
 /// Future<Output = Result<(), E>>`, where `E` converts into [`BoxError`].
@@ -77,7 +77,7 @@ where
 ///
 /// ```
 /// use clink_webhooks::data::Resource;
-/// use clink_webhooks::store::BoxFuture;
+/// use clink_webhooks::BoxFuture;
 /// use clink_webhooks::router::EveryHandler;
 /// use clink_webhooks::Event;
 ///

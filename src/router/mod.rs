@@ -65,14 +65,19 @@
 //! bytes. Without a hook it is answered `500` and logged with the event id,
 //! type and failing field, so a verified event is never dropped silently.
 //!
-//! The router needs [`ClinkLayer`](crate::ClinkLayer) in front of it: it
-//! reads the [`VerifiedEvent`] the layer puts in the request extensions.
-//! Its responses carry an [`Outcome`] in their extensions
-//! ([`Handled`](Outcome::Handled), [`Unhandled`](Outcome::Unhandled) when no
-//! handler takes the type, [`SkippedStale`](Outcome::SkippedStale),
-//! [`HandlerFailed`](Outcome::HandlerFailed), ...), which the layer reports
-//! as the delivery's outcome, and for typed events the [`Freshness`] the
-//! handler was given.
+//! [`dispatch`](EventRouter::dispatch) is the typed way in: it takes a
+//! [`VerifiedEvent`] and returns what happened as a [`Dispatched`] (the
+//! [`Outcome`], the [`Freshness`] the handler was given, the failure's
+//! text). The [inbox workers](crate::inbox::Workers) call it, and so can
+//! code that verified an event itself. As a tower service behind
+//! [`ClinkLayer`](crate::ClinkLayer), the router takes the [`VerifiedEvent`]
+//! the layer puts in the request extensions, dispatches it, and answers
+//! with the outcome's status, the [`Outcome`] and the [`Freshness`] in the
+//! response extensions, which the layer reports as the delivery's outcome.
+//!
+//! A handler's error is logged at `error` level with the event's id and
+//! type (through `tracing`: install a subscriber, such as
+//! `tracing_subscriber::fmt::init()`, or nothing is printed).
 
 mod handler;
 
@@ -96,10 +101,11 @@ use crate::events::{
     for_each_kind, DecodeError, Event, EventKind, EventType, Freshness, KindVisitor, ObjectKey,
     RawEvent, Version,
 };
-use crate::layer::VerifiedEvent;
+use crate::guard::CatchUnwind;
 use crate::ordering;
-use crate::store::{BoxFuture, FreshnessStore};
-use crate::{BoxError, Outcome};
+use crate::store::FreshnessStore;
+use crate::BoxFuture;
+use crate::{BoxError, Outcome, VerifiedEvent};
 
 type Run = BoxFuture<'static, Result<(), BoxError>>;
 
@@ -404,16 +410,61 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         self.routes.typed.contains_key(event_type)
     }
 
-    async fn dispatch(routes: Arc<Routes<S>>, raw: RawEvent, state: S) -> Response<Full<Bytes>> {
+    /// Runs the handlers for `event` and says what happened: the typed way
+    /// in, for code that verified the event itself or kept it to handle
+    /// later (the [inbox workers](crate::inbox::Workers) call it), with no
+    /// HTTP request around it. The tower [`Service`] impl is this call
+    /// behind a request and a response.
+    ///
+    /// A handler that panics is [`Outcome::HandlerPanicked`]; the call sets
+    /// no time limit of its own (the layer and the workers bound it).
+    ///
+    /// ```
+    /// use clink_webhooks::{events, sign, EventRouter, Outcome, RawEvent, Timestamp, Verifier, VerifiedEvent};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let router = EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
+    ///     if event.data.order_id.is_none() {
+    ///         return Err("an order without an id".into());
+    ///     }
+    ///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    /// });
+    ///
+    /// let verifier = Verifier::new("whsec_test")?;
+    /// let body = br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+    /// let ts = Timestamp::now().as_millis().to_string();
+    /// let verified = verifier.verify(&ts, &sign("whsec_test", &ts, body), body)?;
+    /// let event = VerifiedEvent::new(RawEvent::from_slice(body)?, &verified);
+    ///
+    /// let dispatched = router.dispatch(event).await;
+    /// assert_eq!(dispatched.outcome(), &Outcome::HandlerFailed);
+    /// assert_eq!(dispatched.failure(), Some("an order without an id"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
+        let routes = Arc::clone(&self.routes);
+        let state = self.state.clone();
+        let raw = event.into_event();
+        let (id, event_type) = (raw.id().to_owned(), raw.event_type().clone());
+        match CatchUnwind::new(Self::run(routes, raw, state)).await {
+            Ok(dispatched) => dispatched,
+            Err(panic) => {
+                tracing::error!(
+                    event_id = ?id,
+                    event_type = ?event_type.as_str(),
+                    panic = ?panic,
+                    "clink handler panicked; the event will be retried"
+                );
+                Dispatched::new(Outcome::HandlerPanicked).failed(format!("panicked: {panic}"))
+            }
+        }
+    }
+
+    async fn run(routes: Arc<Routes<S>>, raw: RawEvent, state: S) -> Dispatched {
         if let Some(hook) = &routes.before_each {
             if let Err(error) = hook(raw.clone(), state.clone()).await {
-                tracing::error!(
-                    event_id = ?raw.id(),
-                    event_type = ?raw.event_type().as_str(),
-                    error = ?error.to_string(),
-                    "clink before_each hook failed; the delivery will be retried"
-                );
-                return respond(&Outcome::HandlerFailed);
+                return handler_failed(&raw, "before_each hook", &*error);
             }
         }
         let Some(route) = routes.typed.get(raw.event_type()) else {
@@ -428,7 +479,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                         event_type = ?raw.event_type().as_str(),
                         "no handler for this event type; acknowledged"
                     );
-                    respond(&Outcome::Unhandled)
+                    Dispatched::new(Outcome::Unhandled)
                 }
             };
         };
@@ -436,9 +487,9 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         let (object, version, run) = match route(&raw, state, store.is_some()) {
             Ok(Prepared::Untracked(run)) => {
                 let result = run.await;
-                let mut response = finish(&raw, result, None).await;
-                response.extensions_mut().insert(Freshness::Untracked);
-                return response;
+                return finish(&raw, result, None)
+                    .await
+                    .with_freshness(Freshness::Untracked);
             }
             Ok(Prepared::Tracked {
                 object,
@@ -459,7 +510,8 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                     %error,
                     "could not read the freshness store; answering 503"
                 );
-                return respond(&Outcome::StoreUnavailable(error.kind()));
+                return Dispatched::new(Outcome::StoreUnavailable(error.kind()))
+                    .failed(error.to_string());
             }
         };
         if routes.skip_stale && freshness.is_stale() {
@@ -468,55 +520,109 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 event_type = ?raw.event_type().as_str(),
                 "stale event acknowledged without running its handler"
             );
-            let mut response = respond(&Outcome::SkippedStale);
-            response.extensions_mut().insert(freshness);
-            return response;
+            return Dispatched::new(Outcome::SkippedStale).with_freshness(freshness);
         }
         let result = run(freshness.clone()).await;
-        let mut response = finish(&raw, result, tracked).await;
-        response.extensions_mut().insert(freshness);
-        response
+        finish(&raw, result, tracked)
+            .await
+            .with_freshness(freshness)
     }
 }
 
-/// Answers for a handler's result, recording its version once it succeeded.
+/// What happened when an [`EventRouter`] ran an event: see
+/// [`EventRouter::dispatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatched {
+    outcome: Outcome,
+    freshness: Option<Freshness>,
+    failure: Option<String>,
+}
+
+impl Dispatched {
+    fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            freshness: None,
+            failure: None,
+        }
+    }
+
+    fn with_freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = Some(freshness);
+        self
+    }
+
+    fn failed(mut self, failure: String) -> Self {
+        self.failure = Some(failure);
+        self
+    }
+
+    /// The outcome: [`Handled`](Outcome::Handled),
+    /// [`Unhandled`](Outcome::Unhandled), [`SkippedStale`](Outcome::SkippedStale),
+    /// [`HandlerFailed`](Outcome::HandlerFailed), ...; acknowledge the event
+    /// when [`Outcome::is_acknowledged`] says so, and retry it otherwise.
+    #[must_use]
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// The event's [`Freshness`] as its typed handler was told it, for a
+    /// typed event that reached its handler (or was skipped as stale).
+    #[must_use]
+    pub fn freshness(&self) -> Option<&Freshness> {
+        self.freshness.as_ref()
+    }
+
+    /// Why the event failed, when it did: the handler's error, the panic, or
+    /// the store that could not be read. It can hold text from the event
+    /// (a handler's message may quote it); escape it where it is printed.
+    #[must_use]
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// The outcome, owned.
+    #[must_use]
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
+    }
+}
+
+/// Logs a failed handler or hook with the event's id and type, escaped; the
+/// failure's outcome.
+fn handler_failed(
+    raw: &RawEvent,
+    what: &str,
+    error: &(dyn std::error::Error + Send + Sync),
+) -> Dispatched {
+    let error = error.to_string();
+    tracing::error!(
+        event_id = ?raw.id(),
+        event_type = ?raw.event_type().as_str(),
+        error = ?error,
+        "clink {what} failed; the event will be retried"
+    );
+    Dispatched::new(Outcome::HandlerFailed).failed(error)
+}
+
+/// The outcome of a handler's result, recording its version once it succeeded.
 async fn finish(
     raw: &RawEvent,
     result: Result<(), BoxError>,
     tracked: Option<ordering::Tracked<'_>>,
-) -> Response<Full<Bytes>> {
+) -> Dispatched {
     match result {
         Ok(()) => {
             if let Some(tracked) = tracked {
                 tracked.record(raw).await;
             }
-            respond(&Outcome::Handled)
+            Dispatched::new(Outcome::Handled)
         }
-        Err(error) => {
-            let error = error.to_string();
-            tracing::error!(
-                event_id = ?raw.id(),
-                event_type = ?raw.event_type().as_str(),
-                error = ?error,
-                "clink handler failed; the delivery will be retried"
-            );
-            let mut response = respond(&Outcome::HandlerFailed);
-            response.extensions_mut().insert(FailureReason(error));
-            response
-        }
+        Err(error) => handler_failed(raw, "handler", &*error),
     }
 }
 
-/// Why a handler failed, in the router's response, for an inbox worker to
-/// keep with the event.
-#[derive(Debug, Clone)]
-pub(crate) struct FailureReason(pub(crate) String);
-
-async fn undecodable<S>(
-    routes: &Routes<S>,
-    raw: RawEvent,
-    error: DecodeError,
-) -> Response<Full<Bytes>> {
+async fn undecodable<S>(routes: &Routes<S>, raw: RawEvent, error: DecodeError) -> Dispatched {
     tracing::error!(
         event_id = ?raw.id(),
         event_type = ?raw.event_type().as_str(),
@@ -525,20 +631,13 @@ async fn undecodable<S>(
         "clink event data did not decode into its handler's type"
     );
     let Some(hook) = &routes.undecodable else {
-        return respond(&Outcome::HandlerFailed);
+        return Dispatched::new(Outcome::HandlerFailed).failed(error.to_string());
     };
-    let event_id = raw.id().to_owned();
+    let event = raw.clone();
     match hook(raw, error).await {
-        Ok(()) => respond(&Outcome::Handled),
-        Err(error) => {
-            tracing::error!(event_id = ?event_id, error = ?error.to_string(), "clink on_undecodable hook failed");
-            respond(&Outcome::HandlerFailed)
-        }
+        Ok(()) => Dispatched::new(Outcome::Handled),
+        Err(error) => handler_failed(&event, "on_undecodable hook", &*error),
     }
-}
-
-fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
-    outcome.to_response().map(Full::new)
 }
 
 impl<S, B> Service<Request<B>> for EventRouter<S>
@@ -553,9 +652,11 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// [`dispatch`](EventRouter::dispatch) of the request's
+    /// [`VerifiedEvent`]; the response carries the [`Outcome`] and, for
+    /// typed events, the [`Freshness`] in its extensions.
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let routes = Arc::clone(&self.routes);
-        let state = self.state.clone();
+        let router = self.clone();
         // The request is the router's own: take the event rather than copy it.
         let mut request = request;
         let verified = request.extensions_mut().remove::<VerifiedEvent>();
@@ -564,9 +665,14 @@ where
                 tracing::error!(
                     "EventRouter got a request without a VerifiedEvent: put ClinkLayer in front of it"
                 );
-                return Ok(respond(&Outcome::HandlerFailed));
+                return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
-            Ok(Self::dispatch(routes, verified.into_event(), state).await)
+            let dispatched = router.dispatch(verified).await;
+            let mut response = dispatched.outcome.to_response().map(Full::new);
+            if let Some(freshness) = dispatched.freshness {
+                response.extensions_mut().insert(freshness);
+            }
+            Ok(response)
         })
     }
 }

@@ -2,10 +2,11 @@
 //! keyed state a [`Verifier`](super::Verifier) keeps per key.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::ConfigError;
@@ -48,13 +49,36 @@ pub(super) fn feed_prefix(mac: &mut HmacSha256, timestamp: &str) {
     mac.update(b".");
 }
 
-/// One endpoint signing secret, optionally with the time it stops being accepted.
+/// The longest [key name](SigningKey::named).
+const MAX_NAME_LEN: usize = 64;
+
+/// One endpoint signing secret, optionally with the time it stops being
+/// accepted and a name.
+///
+/// The name is what metrics, logs, [`Verified::key_name`](super::Verified::key_name)
+/// and the inbox say matched, so that an operator can tell when the old key
+/// of a rotation stops being used. Without one, the key is named by a short
+/// fingerprint of the secret (`key-` and 8 hex digits of a SHA-256 of it),
+/// which says which key it was without saying anything usable about the
+/// secret.
 ///
 /// The secret is zeroized when the key is dropped and never shown by `Debug`.
+///
+/// ```
+/// use clink_webhooks::SigningKey;
+///
+/// let key = SigningKey::new("whsec_2026_12")?.named("2026-12")?;
+/// assert_eq!(key.name(), "2026-12");
+/// let unnamed = SigningKey::new("whsec_2026_12")?;
+/// assert!(unnamed.name().starts_with("key-"));
+/// assert!(SigningKey::new("whsec_x")?.named("no spaces").is_err());
+/// # Ok::<(), clink_webhooks::ConfigError>(())
+/// ```
 #[derive(Clone)]
 pub struct SigningKey {
     secret: Zeroizing<Vec<u8>>,
     expires_at: Option<SystemTime>,
+    name: Arc<str>,
 }
 
 impl SigningKey {
@@ -70,9 +94,37 @@ impl SigningKey {
             return Err(ConfigError::new(EMPTY_SECRET));
         }
         Ok(Self {
+            name: fingerprint(secret).into(),
             secret: Zeroizing::new(secret.to_vec()),
             expires_at: None,
         })
+    }
+
+    /// Names this key: 1 to 64 characters from `A-Z a-z 0-9 . _ - : / @ +`
+    /// (`current`, `previous`, `2026-12`, ...). The name appears in metrics
+    /// labels, so a few names reused across rotations keep the series few.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an empty name, one over 64 characters, or one
+    /// with another character.
+    pub fn named(mut self, name: &str) -> Result<Self, ConfigError> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-:/@+".contains(c);
+        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(allowed) {
+            return Err(ConfigError::new(format!(
+                "signing key name {:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ - : / @ +",
+                name.chars().take(MAX_NAME_LEN + 1).collect::<String>()
+            )));
+        }
+        self.name = name.into();
+        Ok(self)
+    }
+
+    /// The key's name: the one given to [`named`](Self::named), or else its
+    /// fingerprint (`key-` and 8 hex digits).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Stops accepting this key at `at` (a signature under it verified at or
@@ -93,10 +145,21 @@ impl SigningKey {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
+            .field("name", &self.name)
             .field("secret", &"[redacted]")
             .field("expires_at", &self.expires_at)
             .finish()
     }
+}
+
+/// A short name for a secret that says nothing usable about it: `key-` and
+/// the first 8 hex digits of a SHA-256 of a fixed label and the secret.
+fn fingerprint(secret: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"clink-webhooks signing key fingerprint\n")
+        .chain_update(secret)
+        .finalize();
+    format!("key-{}", hex::encode(&digest[..4]))
 }
 
 /// A keyed HMAC state, ready to clone per delivery. It is derived from the
@@ -105,6 +168,7 @@ impl fmt::Debug for SigningKey {
 pub(super) struct ActiveKey {
     pub(super) mac: HmacSha256,
     pub(super) expires_at: Option<SystemTime>,
+    pub(super) name: Arc<str>,
 }
 
 impl ActiveKey {
@@ -114,6 +178,7 @@ impl ActiveKey {
         Self {
             mac: keyed(&key.secret),
             expires_at: key.expires_at,
+            name: Arc::clone(&key.name),
         }
     }
 
@@ -137,5 +202,42 @@ mod tests {
     fn debug_never_shows_the_secret() {
         let key = SigningKey::new("whsec_supersecret").unwrap();
         assert!(!format!("{key:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn unnamed_keys_are_named_by_a_fingerprint_of_their_secret() {
+        let a = SigningKey::new("whsec_a").unwrap();
+        assert_eq!(a.name(), SigningKey::new("whsec_a").unwrap().name());
+        assert_ne!(a.name(), SigningKey::new("whsec_b").unwrap().name());
+        assert_eq!(a.name().len(), "key-".len() + 8);
+        assert!(a.name()["key-".len()..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit()));
+        assert!(!a.name().contains("whsec"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let key = || SigningKey::new("whsec_a").unwrap();
+        for good in [
+            "current",
+            "2026-12",
+            "a",
+            "acct_1:v2",
+            "x@y/z+1.2",
+            &"n".repeat(64),
+        ] {
+            assert_eq!(key().named(good).unwrap().name(), good);
+        }
+        for bad in [
+            "",
+            "has space",
+            "quote\"",
+            "line\nbreak",
+            "é",
+            &"n".repeat(65),
+        ] {
+            assert!(key().named(bad).is_err(), "{bad:?}");
+        }
     }
 }

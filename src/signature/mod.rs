@@ -40,19 +40,25 @@
 //! # Key rotation
 //!
 //! Add the old key with an expiry next to the new one. Every key that has not
-//! expired is tried, all of them on every call, and [`Verified::key_index`]
-//! says which one matched, so you can see when senders stop using the old key.
+//! expired is tried, all of them on every call, and [`Verified::key_name`]
+//! says which one matched (metrics and logs say it too), so you can see when
+//! senders stop using the old key. Name the keys, or each is named by a short
+//! fingerprint of its secret.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
 //! use clink_webhooks::signature::{sign, SigningKey, Verifier};
 //!
-//! let verifier = Verifier::new("whsec_new")?
-//!     .add_key(SigningKey::new("whsec_old")?.expires_at(SystemTime::now() + Duration::from_secs(86_400)));
+//! let verifier = Verifier::from_key(&SigningKey::new("whsec_new")?.named("current")?)
+//!     .add_key(
+//!         SigningKey::new("whsec_old")?
+//!             .named("previous")?
+//!             .expires_at(SystemTime::now() + Duration::from_secs(86_400)),
+//!     );
 //!
 //! let ts = clink_webhooks::Timestamp::now().as_millis().to_string();
 //! let old = sign("whsec_old", &ts, b"{}");
-//! assert_eq!(verifier.verify(&ts, &old, b"{}")?.key_index(), 1);
+//! assert_eq!(verifier.verify(&ts, &old, b"{}")?.key_name(), "previous");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

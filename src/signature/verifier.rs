@@ -3,6 +3,7 @@
 //! and the [`Verified`] it yields.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::Mac;
@@ -58,6 +59,8 @@ const INLINE_KEYS: usize = 2;
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<ActiveKey>,
+    /// The keys' names in order, shared with every [`Verification`].
+    names: Arc<[Arc<str>]>,
     max_age: Duration,
     max_future_skew: Duration,
 }
@@ -66,7 +69,7 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let expiries: Vec<_> = self.keys.iter().map(|k| k.expires_at).collect();
         f.debug_struct("Verifier")
-            .field("keys", &format_args!("[redacted; {}]", self.keys.len()))
+            .field("keys", &self.names)
             .field("key_expiries", &expiries)
             .field("max_age", &self.max_age)
             .field("max_future_skew", &self.max_future_skew)
@@ -88,8 +91,10 @@ impl Verifier {
     /// A verifier for one [`SigningKey`].
     #[must_use]
     pub fn from_key(key: &SigningKey) -> Self {
+        let key = ActiveKey::new(key);
         Self {
-            keys: vec![ActiveKey::new(key)],
+            names: Arc::new([Arc::clone(&key.name)]),
+            keys: vec![key],
             max_age: DEFAULT_TOLERANCE,
             max_future_skew: DEFAULT_TOLERANCE,
         }
@@ -97,11 +102,19 @@ impl Verifier {
 
     /// Also accepts signatures under `key`, for key rotation. Its
     /// [`Verified::key_index`] is the number of keys added before it (the
-    /// first key is 0).
+    /// first key is 0); [`Verified::key_name`] is its
+    /// [name](SigningKey::named).
     #[must_use]
     pub fn add_key(mut self, key: SigningKey) -> Self {
         self.keys.push(ActiveKey::from(key));
+        self.names = self.keys.iter().map(|key| Arc::clone(&key.name)).collect();
         self
+    }
+
+    /// The names of the keys, in the order they were given (see
+    /// [`SigningKey::named`]).
+    pub fn key_names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.names.iter().map(|name| &**name)
     }
 
     /// Sets both [`max_age`](Self::max_age) and
@@ -231,7 +244,7 @@ impl Verifier {
                 matches.record(i, &mac.finalize().into_bytes().into(), expected);
             }
         }
-        matches.verdict(signed_at)
+        matches.verdict(signed_at, &self.names)
     }
 
     /// Starts an incremental verification against the system clock: feed the
@@ -272,7 +285,11 @@ impl Verifier {
         self.check_parsed(signed_at, now)?;
         let mut states = MacStates::new(self.keys.len());
         self.start(&mut states, timestamp, now);
-        Ok(Verification { states, signed_at })
+        Ok(Verification {
+            states,
+            signed_at,
+            names: Arc::clone(&self.names),
+        })
     }
 
     /// Everything that can refuse a delivery before its body is hashed, in
@@ -386,6 +403,7 @@ impl MacStates {
         &mut self,
         expected: &[u8; SIGNATURE_LEN],
         signed_at: Timestamp,
+        names: &[Arc<str>],
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
@@ -393,7 +411,7 @@ impl MacStates {
                 matches.record(i, &mac.finalize().into_bytes().into(), expected);
             }
         }
-        matches.verdict(signed_at)
+        matches.verdict(signed_at, names)
     }
 }
 
@@ -430,11 +448,13 @@ impl Matches {
         });
     }
 
-    fn verdict(self, signed_at: Timestamp) -> Result<Verified, VerifyError> {
+    fn verdict(self, signed_at: Timestamp, names: &[Arc<str>]) -> Result<Verified, VerifyError> {
         if self.matched.is_some_and(bool::from) {
+            let key_index = self.index as usize;
             Ok(Verified {
-                key_index: self.index as usize,
+                key_index,
                 signed_at,
+                key_name: names.get(key_index).map_or_else(|| "".into(), Arc::clone),
             })
         } else {
             Err(VerifyError::new(VerifyErrorKind::SignatureMismatch))
@@ -477,6 +497,7 @@ fn tags_equal(tag: &[u8; SIGNATURE_LEN], expected: &[u8; SIGNATURE_LEN]) -> Choi
 pub struct Verification {
     states: MacStates,
     signed_at: Timestamp,
+    names: Arc<[Arc<str>]>,
 }
 
 impl fmt::Debug for Verification {
@@ -515,32 +536,38 @@ impl Verification {
         mut self,
         expected: &[u8; SIGNATURE_LEN],
     ) -> Result<Verified, VerifyError> {
-        self.states.finish(expected, self.signed_at)
+        self.states.finish(expected, self.signed_at, &self.names)
     }
 }
 
 /// Proof that a delivery's signature and timestamp checked out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Verified {
     key_index: usize,
     signed_at: Timestamp,
+    key_name: Arc<str>,
 }
 
 impl Verified {
-    /// A verification already made, for an event kept and handled later.
-    pub(crate) fn earlier(key_index: usize, signed_at: Timestamp) -> Self {
-        Self {
-            key_index,
-            signed_at,
-        }
-    }
-
     /// Which key matched, counted in the order keys were given to the
     /// [`Verifier`] (0 is the key given to [`Verifier::new`]).
     #[must_use]
     pub fn key_index(&self) -> usize {
         self.key_index
+    }
+
+    /// The [name](SigningKey::named) of the key that matched (its
+    /// fingerprint when it has none): unlike the index, the same key has
+    /// the same name before and after a rotation.
+    #[must_use]
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// The name, shared.
+    pub(crate) fn key_name_shared(&self) -> &Arc<str> {
+        &self.key_name
     }
 
     /// When the sender signed the delivery, from `X-Clink-Timestamp`

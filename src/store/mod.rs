@@ -1,4 +1,4 @@
-//! Persistence: every store the crate keeps state in, behind two traits.
+//! Persistence: every store the crate keeps state in, behind three traits.
 //!
 //! - [`IdempotencyStore`] makes a handler run to success exactly once per
 //!   event id (claim with a lease, then complete or release; the state
@@ -6,9 +6,13 @@
 //! - [`FreshnessStore`] keeps the newest handled [`Version`] of each object,
 //!   so handlers can tell a stale event from a fresh one (see
 //!   [`ordering`](crate::ordering)).
+//! - [`Inbox`] keeps verified deliveries durably for
+//!   [workers](crate::inbox::Workers) to handle later: [`MemoryInbox`] (for
+//!   tests), `SqliteInbox` (feature `sqlite`, one instance) and
+//!   `PostgresInbox` (feature `postgres`, any number).
 //!
-//! Each backend implements both, side by side, so one value serves both
-//! the layer and the router:
+//! Each idempotency backend implements the first two, side by side, so one
+//! value serves both the layer and the router:
 //!
 //! | store | feature | scope | round trips per delivery (claim + settle; freshness read + record) |
 //! |---|---|---|---|
@@ -20,7 +24,10 @@
 //! layer and the router by cloning an `Arc`.
 //!
 //! What every store shares lives here: [`StoreError`], the [key
-//! rules](#keys), the defaults, and the bound on every call. Configuration
+//! rules](#keys), the defaults, and the bound on every call. The files:
+//! `idempotency.rs`, `freshness.rs` and `inbox_trait.rs` hold the traits
+//! and their types; `memory/`, `redis/`, `postgres/` and `sqlite_inbox.rs`
+//! the backends. Configuration
 //! mistakes (a zero capacity or timeout, a table name that is not an
 //! identifier) are [`ConfigError`]s, found when the store
 //! is built.
@@ -69,16 +76,16 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 #[cfg(doc)]
 use crate::events::Version;
+use crate::guard::TimedOut;
 use crate::ConfigError;
 
 mod freshness;
 mod idempotency;
-pub(crate) mod inbox;
+pub(crate) mod inbox_trait;
 mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -88,15 +95,12 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-mod sqlite;
+mod sqlite_inbox;
 
 pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
-pub use inbox::{
-    current_claim, CurrentClaim, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted,
-    NewEvent,
-};
+pub use inbox_trait::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
@@ -104,10 +108,9 @@ pub use postgres::{PostgresInbox, PostgresStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteInbox;
+pub use sqlite_inbox::SqliteInbox;
 
-/// A boxed future, as the store traits return (they are object safe).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use crate::BoxFuture;
 
 /// How long a claim holds before another delivery may take it over (30 s).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -239,34 +242,18 @@ pub(crate) fn check_retention(retention: Duration) -> Result<Duration, ConfigErr
     }
 }
 
-/// Runs one store call until `deadline`, reporting `timeout` when it passes.
-#[cfg(feature = "postgres")]
-pub(crate) async fn timed_until<T>(
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout_at(deadline, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("no answer within {timeout:?}"),
-            ))
-        })
-}
-
-/// Runs one store call under the per-call timeout.
+/// Runs one store call under the per-call timeout, arming no timer for a
+/// call that answers at once (an in-process store always does).
 pub(crate) async fn timed<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, call)
+    crate::guard::within(timeout, call)
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|TimedOut(after)| {
             Err(StoreError::new(
                 StoreErrorKind::Timeout,
-                format!("no answer within {timeout:?}"),
+                format!("no answer within {after:?}"),
             ))
         })
 }

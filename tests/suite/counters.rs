@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clink_webhooks::accounts::{AccountFrom, KeySource, KeySourceError};
+use clink_webhooks::events::{ObjectKey, Version};
 use clink_webhooks::layer::Metrics;
-use clink_webhooks::ordering::{FreshnessStore, ObjectKey, Version};
+use clink_webhooks::store::FreshnessStore;
 use clink_webhooks::store::{
-    BoxFuture, Claim, IdempotencyStore, LeaseToken, MemoryInbox, MemoryStore, Settle, StoreError,
+    Claim, IdempotencyStore, LeaseToken, MemoryInbox, MemoryStore, Settle, StoreError,
     StoreErrorKind,
 };
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -147,9 +149,9 @@ async fn handled_duplicates_unhandled_and_rejected_count_their_outcomes() {
 
 #[tokio::test]
 async fn queued_counts_deliveries_kept_in_the_inbox() {
-    let layer = ClinkLayer::new(verifier()).inbox(MemoryInbox::new());
+    let layer = ClinkLayer::new(verifier());
     let mut watch = Watch::new(&layer);
-    let addr = serve(layer.layer(EventRouter::new())).await;
+    let addr = serve(layer.intake(MemoryInbox::new())).await;
     let body = order("evt_queued", "2025-01-15T12:00:00.000Z");
     assert_eq!(deliver(addr, &body).await.json["outcome"], "queued");
     watch.moved("a delivery kept in the inbox", &[("queued", 1)]);

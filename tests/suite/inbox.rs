@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clink_webhooks::inbox::{InboxStatus, Workers};
+use clink_webhooks::inbox::Workers;
+use clink_webhooks::store::InboxStatus;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
 use clink_webhooks::testing::SignedRequest;
-use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Outcome, Timestamp, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
 use http_body_util::Full;
 use tower::ServiceExt;
 
-const NO_SETTLE: Duration = Duration::ZERO;
+const NO_REORDER_WINDOW: Duration = Duration::ZERO;
 const LEASE: Duration = Duration::from_secs(30);
 
 fn unique() -> String {
@@ -60,7 +61,7 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     other_account.account = Some("acct_2".to_owned());
     assert_eq!(inbox.insert(&other_account).await.unwrap(), Inserted::New);
 
-    // A settle delay holds new events back.
+    // A reorder window holds new events back.
     assert!(inbox
         .claim(LEASE, Duration::from_secs(3600))
         .await
@@ -68,8 +69,16 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
         .is_none());
 
     // Events about no object run in arrival order, without waiting on each other.
-    let first = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
-    let second = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let first = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.entry.event, a);
     assert_eq!(second.entry.event, other_account);
     assert_eq!(first.entry.attempts, 1);
@@ -88,10 +97,18 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     let older = event(&id("older"), Some(&o), 1_000);
     inbox.insert(&newer).await.unwrap();
     inbox.insert(&older).await.unwrap();
-    let taken = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let taken = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(taken.entry.event.event_id, older.event_id);
     assert!(
-        inbox.claim(LEASE, NO_SETTLE).await.unwrap().is_none(),
+        inbox
+            .claim(LEASE, NO_REORDER_WINDOW)
+            .await
+            .unwrap()
+            .is_none(),
         "the newer event waits while the older one runs"
     );
 
@@ -104,14 +121,22 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     let kept = inbox.get(taken.entry.seq).await.unwrap().unwrap();
     assert_eq!(kept.status, InboxStatus::Retrying);
     assert_eq!(kept.last_error.as_deref(), Some("boom"));
-    assert!(inbox.claim(LEASE, NO_SETTLE).await.unwrap().is_none());
+    assert!(inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .is_none());
     let retrying = inbox.list(Some(InboxStatus::Retrying), 100).await.unwrap();
     assert!(retrying.iter().any(|e| e.seq == taken.entry.seq));
 
     // Replayed now, it runs; failed with no retry time, it is dead and no
     // longer blocks the newer event.
     assert!(inbox.replay(taken.entry.seq).await.unwrap());
-    let again = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let again = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.entry.seq, taken.entry.seq);
     assert_eq!(again.entry.attempts, 1, "a replay starts the count again");
     inbox.fail(&again, "still broken", None).await.unwrap();
@@ -119,14 +144,18 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
         inbox.get(again.entry.seq).await.unwrap().unwrap().status,
         InboxStatus::Dead
     );
-    let next = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let next = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.entry.event.event_id, newer.event_id);
 
     // A worker that dies: its lease ends and another takes the event over;
     // the dead worker's token no longer settles it.
     assert_eq!(inbox.release(&next).await.unwrap(), Settle::Applied);
     let short = inbox
-        .claim(Duration::from_millis(50), NO_SETTLE)
+        .claim(Duration::from_millis(50), NO_REORDER_WINDOW)
         .await
         .unwrap()
         .unwrap();
@@ -139,7 +168,7 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while taken_over.is_none() {
         assert!(Instant::now() < deadline, "the lease never ended");
-        taken_over = inbox.claim(LEASE, NO_SETTLE).await.unwrap();
+        taken_over = inbox.claim(LEASE, NO_REORDER_WINDOW).await.unwrap();
     }
     let taken_over = taken_over.unwrap();
     assert_eq!(taken_over.entry.seq, short.entry.seq);
@@ -148,7 +177,11 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
 
     // Dead events are replayed together; done and dead ones are purged.
     assert!(inbox.replay_dead().await.unwrap() >= 1);
-    let replayed = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let replayed = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     inbox.complete(&replayed).await.unwrap();
     let stats = inbox.stats().await.unwrap();
     assert_eq!(stats.running, 0);
@@ -188,7 +221,7 @@ async fn a_handler_that_always_fails_ends_dead_and_replay_brings_it_back() {
     let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 3))
         .max_attempts(3)
         .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(5)))
-        .and_then(|w| w.settle_delay(NO_SETTLE))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
         .unwrap()
         .spawn();
     inbox.insert(&event("evt_dead", None, 1)).await.unwrap();
@@ -229,7 +262,7 @@ async fn events_of_one_object_sent_newest_first_run_oldest_first() {
     // Many workers, so only the inbox's order can keep them in line.
     let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 0))
         .concurrency(8)
-        .and_then(|w| w.settle_delay(Duration::from_millis(300)))
+        .and_then(|w| w.reorder_window(Duration::from_millis(300)))
         .unwrap()
         .spawn();
     for n in (1..=5).rev() {
@@ -264,7 +297,7 @@ async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
     });
     let pool = Workers::new(Arc::clone(&inbox), router)
         .backoff(Duration::from_millis(1), Duration::from_millis(1))
-        .and_then(|w| w.settle_delay(NO_SETTLE))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
         .unwrap()
         .spawn();
     inbox.insert(&event("evt_panic", None, 1)).await.unwrap();
@@ -277,7 +310,7 @@ async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
         Ok::<_, std::io::Error>(())
     });
     let pool = Workers::new(Arc::clone(&inbox), slow)
-        .settle_delay(NO_SETTLE)
+        .reorder_window(NO_REORDER_WINDOW)
         .unwrap()
         .spawn();
     inbox.insert(&event("evt_slow", None, 2)).await.unwrap();
@@ -303,9 +336,7 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     const KEY: &str = "whsec_inbox";
     let inbox = Arc::new(MemoryInbox::new());
     let seen = Seen::default();
-    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
-        .inbox(Arc::clone(&inbox))
-        .layer(recording_router(&seen, 0));
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap()).intake(Arc::clone(&inbox));
     let body = r#"{"id":"evt_in","type":"order.succeeded","created":5,"data":{"orderId":"ord_9"}}"#;
     let request = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
     let response = service.clone().oneshot(request).await.unwrap();
@@ -373,7 +404,7 @@ async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
         .map(|_| {
             Workers::new(inbox.clone(), recording_router(&seen, 0))
                 .concurrency(4)
-                .and_then(|w| w.settle_delay(NO_SETTLE))
+                .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
                 .unwrap()
                 .spawn()
         })
@@ -493,8 +524,8 @@ async fn events_acknowledged_before_a_sigkill_are_handled_once_after_the_restart
     let dir = std::env::temp_dir().join(format!("clink-inbox-kill-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = format!("sqlite:{}", dir.join("inbox.db").display());
-    // A long settle delay: acknowledged, and not yet handled, when killed.
-    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "600000")]);
+    // A long reorder window: acknowledged, and not yet handled, when killed.
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "600000")]);
     let run = unique();
     let ids: Vec<String> = (0..10).map(|n| format!("evt_{run}_{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
@@ -504,7 +535,7 @@ async fn events_acknowledged_before_a_sigkill_are_handled_once_after_the_restart
     }
     drop(receiver); // SIGKILL
 
-    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "0")]);
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
     let mut handled: Vec<String> = (0..10).map(|_| receiver.next_stdout()).collect();
     handled.sort();
     let mut expected: Vec<_> = ids
@@ -533,7 +564,7 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
     let (first, url) = receiver_with_inbox(
         &spec,
         &[
-            ("CLINK_INBOX_SETTLE_MS", "0"),
+            ("CLINK_INBOX_REORDER_MS", "0"),
             ("CLINK_INBOX_LEASE_MS", "1000"),
             ("CLINK_EXAMPLE_HANDLER_DELAY_MS", "600000"),
         ],
@@ -546,7 +577,7 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
 
     // Another receiver on the same inbox takes the event over once the
     // dead worker's lease has ended, and runs it to the end.
-    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "0")]);
+    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
     assert_eq!(
         second.next_stdout(),
         format!("handled order.succeeded {id}")
@@ -556,12 +587,12 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
 
 #[cfg(feature = "sqlite")]
 #[tokio::test]
-async fn one_object_sent_in_reverse_created_order_within_the_settle_delay_is_handled_oldest_first()
-{
+async fn one_object_sent_in_reverse_created_order_within_the_reorder_window_is_handled_oldest_first(
+) {
     let dir = std::env::temp_dir().join(format!("clink-inbox-order-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = format!("sqlite:{}", dir.join("inbox.db").display());
-    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_SETTLE_MS", "1500")]);
+    let (receiver, url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "1500")]);
     let run = unique();
     for n in (1..=4).rev() {
         assert_eq!(
@@ -584,7 +615,7 @@ async fn one_object_sent_in_reverse_created_order_within_the_settle_delay_is_han
 #[tokio::test]
 async fn two_processes_draining_one_postgres_inbox_handle_each_event_once() {
     let _servers = crate::support::servers::shared().await;
-    let settle = [("CLINK_INBOX_SETTLE_MS", "0")];
+    let settle = [("CLINK_INBOX_REORDER_MS", "0")];
     let (a, url_a) = receiver_with_inbox("postgres", &settle);
     let (b, url_b) = receiver_with_inbox("postgres", &settle);
     let run = unique();
@@ -665,9 +696,17 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
         .insert(&event("evt_bad\u{1b}[31m", None, 2))
         .await
         .unwrap();
-    let first = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let first = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     inbox.complete(&first).await.unwrap();
-    let second = inbox.claim(LEASE, NO_SETTLE).await.unwrap().unwrap();
+    let second = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
     inbox.fail(&second, "provider\ndown", None).await.unwrap();
 
     let cli = |args: &[&str]| {
@@ -717,7 +756,6 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_then_crashes() {
-    use clink_webhooks::store::current_claim;
     let _servers = crate::support::servers::shared().await;
     let inbox = postgres_inbox().await;
     let pool = pg_pool();
@@ -746,15 +784,15 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
             *runs.lock().unwrap() += 1;
             let mut client = pool.get().await.unwrap();
             let tx = client.transaction().await.unwrap();
-            let order = event.data.order_id.unwrap_or_default();
+            let order = event.data.order_id.clone().unwrap_or_default();
             tx.execute(
                 &format!("INSERT INTO {table} (order_id) VALUES ($1)"),
                 &[&order],
             )
             .await
             .unwrap();
-            let current = current_claim().expect("run by the workers");
-            inbox.complete_in(&tx, &current).await.unwrap();
+            let attempt = event.inbox_attempt().expect("run by the workers");
+            inbox.complete_in(&tx, attempt).await.unwrap();
             tx.commit().await.unwrap();
             // Committed, then the process "crashes" before answering.
             panic!("after the commit");
@@ -763,7 +801,7 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
         }
     });
     let pool_handle = Workers::new(inbox.clone(), router)
-        .settle_delay(NO_SETTLE)
+        .reorder_window(NO_REORDER_WINDOW)
         .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
         .unwrap()
         .spawn();

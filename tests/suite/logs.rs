@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use clink_webhooks::store::{BoxFuture, Claim, IdempotencyStore, LeaseToken, Settle, StoreError};
+use clink_webhooks::store::{Claim, IdempotencyStore, LeaseToken, Settle, StoreError};
 use clink_webhooks::store::{MemoryStore, StoreErrorKind};
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{events, ClinkLayer, EventRouter, SigningKey, Verifier};
 use http_body_util::Full;
 use tower::Layer;

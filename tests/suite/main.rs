@@ -18,6 +18,8 @@ mod cli;
 #[cfg(feature = "cli")]
 mod cli_output;
 #[cfg(feature = "test-util")]
+mod construct;
+#[cfg(feature = "test-util")]
 mod counters;
 mod decoding;
 mod events;
@@ -40,7 +42,10 @@ mod multi_tenant;
 mod observability;
 #[cfg(feature = "test-util")]
 mod ordering;
+#[cfg(all(feature = "test-util", feature = "metrics"))]
+mod rotation;
 mod signature;
 mod stores;
+mod survivors;
 #[cfg(feature = "test-util")]
 mod testkit;

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::process::example_receiver;
 use bytes::Bytes;
+use clink_webhooks::layer::DEFAULT_STORE_TIMEOUT;
 use clink_webhooks::testing::{fresh_fixture, SignedRequest};
-use clink_webhooks::{ClinkLayer, EventType, Verifier};
+use clink_webhooks::{ClinkLayer, EventType, SigningKey, Verifier};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -97,11 +98,13 @@ async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_healt
         "{scrape}"
     );
     assert!(!scrape.contains("wallet.forged"), "{scrape}");
+    // The example's key has no name: it is counted under its fingerprint.
+    let key = SigningKey::new(KEY).unwrap();
     assert_eq!(
         sample(
             &scrape,
             "clink_webhook_key_matches_total",
-            &[r#"key_index="0""#]
+            &[&format!(r#"key="{}""#, key.name())]
         ),
         Some(3.0),
         "{scrape}"
@@ -113,6 +116,20 @@ async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_healt
             &[r#"outcome="handled""#]
         ),
         Some(2.0),
+        "{scrape}"
+    );
+    // A histogram with buckets, which adds up across instances.
+    assert_eq!(
+        sample(
+            &scrape,
+            "clink_webhook_delivery_duration_seconds_bucket",
+            &[r#"outcome="handled""#, r#"le="+Inf""#]
+        ),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert!(
+        !scrape.contains(r#"clink_webhook_delivery_duration_seconds{outcome="handled",quantile"#),
         "{scrape}"
     );
     assert_eq!(
@@ -135,8 +152,10 @@ async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer
     let started = Instant::now();
     let error = layer.readiness().check().await.unwrap_err();
     let elapsed = started.elapsed();
+    // Not before the timeout, and before the default (25 times as long)
+    // could have answered, however busy the machine.
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(elapsed < DEFAULT_STORE_TIMEOUT, "{elapsed:?}");
     assert!(error.to_string().contains("timed out"), "{error}");
 }
 
@@ -199,7 +218,7 @@ async fn redis_readiness_follows_the_server() {
         .spawn()
         .expect("redis-server is installed by scripts/test");
     let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + crate::support::process::PATIENCE;
     let store = loop {
         match RedisStore::connect(&url).await {
             Ok(store) => break store,
@@ -220,8 +239,10 @@ async fn redis_readiness_follows_the_server() {
     server.wait().unwrap();
     let started = Instant::now();
     let error = layer.readiness().check().await.unwrap_err();
+    // The store's own answer (an error, or its 500 ms timeout), not the
+    // layer's store timeout, ten times as long, ended the check.
     assert!(
-        started.elapsed() < Duration::from_secs(6),
+        started.elapsed() < DEFAULT_STORE_TIMEOUT,
         "{:?}",
         started.elapsed()
     );

@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use clink_webhooks::data::Resource;
-use clink_webhooks::ordering::Freshness;
+use clink_webhooks::events::Freshness;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::server::Server;
-use clink_webhooks::store::BoxFuture;
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{
     ClinkLayer, ClinkService, Event, EventRouter, Layer, MemoryStore, Outcome, RawEvent,
     VerifiedEvent, Verifier,

@@ -2,7 +2,7 @@
 //! terminal, through the `clink-webhooks` crate's own signer, verifier and
 //! receiving pipeline. Run `clink-webhook --help` for the commands.
 
-mod inbox;
+mod inbox_command;
 mod listen;
 mod output;
 mod send;
@@ -79,8 +79,8 @@ enum Command {
     #[command(after_help = listen::AFTER_HELP)]
     Listen(listen::ListenArgs),
     /// Look into a durable inbox: list, show, replay, purge, stats.
-    #[command(after_help = inbox::AFTER_HELP)]
-    Inbox(inbox::InboxArgs),
+    #[command(after_help = inbox_command::AFTER_HELP)]
+    Inbox(inbox_command::InboxArgs),
 }
 
 /// Where the signing key comes from.
@@ -515,7 +515,9 @@ fn main() -> ExitCode {
         }
         Command::Send(args) => runtime().and_then(|rt| rt.block_on(send::run(&out, args))),
         Command::Listen(args) => runtime().and_then(|rt| rt.block_on(listen::run(&out, args))),
-        Command::Inbox(args) => runtime().and_then(|rt| rt.block_on(inbox::run(&out, args))),
+        Command::Inbox(args) => {
+            runtime().and_then(|rt| rt.block_on(inbox_command::run(&out, args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

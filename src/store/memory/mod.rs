@@ -19,10 +19,10 @@ use super::{
 use crate::ConfigError;
 
 mod freshness;
-mod inbox;
+mod memory_inbox;
 
 pub use freshness::DEFAULT_FRESHNESS_CAPACITY;
-pub use inbox::MemoryInbox;
+pub use memory_inbox::MemoryInbox;
 
 /// An in-process idempotency store: fast, bounded, and forgotten on restart.
 ///

@@ -9,7 +9,8 @@ use super::schema::Relation;
 use super::{millis_param, pg_error, PostgresStore};
 use crate::events::{ObjectKey, Version};
 use crate::store::{check_record, FreshnessStore};
-use crate::store::{check_retention, BoxFuture, StoreError};
+use crate::store::{check_retention, StoreError};
+use crate::BoxFuture;
 use crate::ConfigError;
 use crate::Timestamp;
 

@@ -12,16 +12,16 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::DEFAULT_FRESHNESS_RETENTION;
 use super::{
-    check_key, check_timeout, timed, timed_until, ttl_millis, BoxFuture, Claim, IdempotencyStore,
-    LeaseToken, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    check_key, check_timeout, timed, ttl_millis, BoxFuture, Claim, IdempotencyStore, LeaseToken,
+    Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
 use crate::ConfigError;
 
 mod freshness;
-mod inbox;
+mod postgres_inbox;
 mod schema;
 
-pub use inbox::PostgresInbox;
+pub use postgres_inbox::PostgresInbox;
 
 use schema::{check_table_name, Statements};
 
@@ -387,12 +387,17 @@ impl PostgresStore {
         F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let client = timed_until(deadline, self.timeout, async {
-            self.pool.get().await.map_err(pool_error)
-        })
+        let client = timed(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            async { self.pool.get().await.map_err(pool_error) },
+        )
         .await?;
         let cancel = client.cancel_token();
-        let result = timed_until(deadline, self.timeout, call(&client)).await;
+        let result = timed(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            call(&client),
+        )
+        .await;
         if result
             .as_ref()
             .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)

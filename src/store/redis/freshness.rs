@@ -9,7 +9,8 @@ use ::redis::{Script, Value};
 use super::{one_key_script, unexpected, RedisStore};
 use crate::events::{ObjectKey, Version};
 use crate::store::{check_record, FreshnessStore};
-use crate::store::{check_retention, ttl_millis, BoxFuture, StoreError, StoreErrorKind};
+use crate::store::{check_retention, ttl_millis, StoreError, StoreErrorKind};
+use crate::BoxFuture;
 use crate::ConfigError;
 use crate::Timestamp;
 

@@ -44,6 +44,8 @@ type Connect = fn() -> Pin<Box<dyn Future<Output = Arc<dyn IdempotencyStore>> + 
 
 /// A store server the tests share, crash and bring back.
 struct Server {
+    /// What the server is, for messages.
+    name: &'static str,
     connect: Connect,
     /// The variable naming the script that crashes the server.
     kill: &'static str,
@@ -53,6 +55,7 @@ struct Server {
 
 #[cfg(feature = "redis")]
 const REDIS: Server = Server {
+    name: "the redis-server",
     connect: || Box::pin(crate::support::stores::redis()),
     kill: "CLINK_TEST_REDIS_KILL",
     start: "CLINK_TEST_REDIS_START",
@@ -60,6 +63,7 @@ const REDIS: Server = Server {
 
 #[cfg(feature = "postgres")]
 const POSTGRES: Server = Server {
+    name: "the PostgreSQL cluster",
     connect: || Box::pin(crate::support::stores::postgres()),
     kill: "CLINK_TEST_PG_KILL",
     start: "CLINK_TEST_PG_START",
@@ -69,6 +73,7 @@ const POSTGRES: Server = Server {
 /// flushes it before answering (`appendonly yes`, `appendfsync always`).
 #[cfg(feature = "redis")]
 const REDIS_DURABLE: Server = Server {
+    name: "the durable redis-server",
     connect: || {
         Box::pin(async {
             let store = crate::support::stores::redis_store_at("REDIS_DURABLE_URL").await;
@@ -82,6 +87,7 @@ const REDIS_DURABLE: Server = Server {
 /// The PostgreSQL cluster with fsync and synchronous commits on.
 #[cfg(feature = "postgres")]
 const POSTGRES_DURABLE: Server = Server {
+    name: "the durable PostgreSQL cluster",
     connect: || {
         Box::pin(async {
             let store = crate::support::stores::postgres_store_at("DATABASE_DURABLE_URL").await;
@@ -221,20 +227,132 @@ const POISON_IDS: usize = 5;
 const DUPLICATES: usize = 3;
 /// Events whose copies are being delivered at once.
 const EVENTS_AT_ONCE: usize = 16;
-/// The receivers' lease: longer than the outage (PostgreSQL's crash
-/// recovery with fsync on takes a few seconds here), since a completion the
-/// store could not take is retried only while the lease lasts; short enough
-/// that waiting it out ends the test soon.
-const CRASH_LEASE: Duration = Duration::from_secs(8);
 
-/// Two receivers with a client each of `server`'s store; Clink-like
-/// senders deliver 200 events (and 5 poison ones whose handler always
-/// fails), three copies of each side by side, each copy retried with
+/// How long a wait for something that must happen may last before the test
+/// fails: it only bounds a hang, so it is far longer than any machine needs.
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// What a crash run's lease must leave beside the outage: the pause between
+/// two tries of a completion (1 s at most), the try itself, and the time
+/// from a claim to its completion.
+const LEASE_SLACK: Duration = Duration::from_secs(2);
+
+/// Crash runs a test makes, each under a longer lease than the one before,
+/// before an outage too long for the lease fails it.
+const CRASH_TRIES: usize = 3;
+
+/// The lease a crash run needs for an outage of `outage`. A completion the
+/// store could not take is tried again only while its lease lasts, so the
+/// lease must outlast the outage: twice it, and [`LEASE_SLACK`].
+fn lease_for(outage: Duration) -> Duration {
+    2 * outage + LEASE_SLACK
+}
+
+/// The longest outage a crash run under `lease` can take ([`lease_for`]
+/// inverted).
+fn longest_outage(lease: Duration) -> Duration {
+    lease.saturating_sub(LEASE_SLACK) / 2
+}
+
+/// Waits until each of `stores` answers a call (a claim of a fresh key under
+/// `prefix`): a client that has met an outage has reconnected.
+async fn answering(stores: &[Arc<dyn IdempotencyStore>], prefix: &str) {
+    let start = Instant::now();
+    let mut probes = 0_u32;
+    for store in stores {
+        loop {
+            probes += 1;
+            let key = format!("{prefix}:probe_{probes}");
+            match store.claim(&key, Duration::from_secs(1)).await {
+                Ok(_) => break,
+                Err(error) => assert!(
+                    start.elapsed() < PATIENCE,
+                    "the store did not answer within {PATIENCE:?}: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How long `server` is out of reach, on this machine as loaded now, when
+/// crashed and started again: from the kill until a client made before it
+/// answers again, the longer of two such cycles.
+async fn restart_cycle(server: &Server) -> Duration {
+    let probe = [(server.connect)().await];
+    let prefix = unique_prefix("restart");
+    answering(&probe, &prefix).await;
+    let mut longest = Duration::ZERO;
+    for _ in 0..2 {
+        let killed = Instant::now();
+        control(server.kill).await;
+        let down = killed.elapsed();
+        control(server.start).await;
+        let up = killed.elapsed();
+        answering(&probe, &prefix).await;
+        let cycle = killed.elapsed();
+        eprintln!(
+            "{}: killed in {down:?}, started again by {up:?}, answering by {cycle:?}",
+            server.name
+        );
+        longest = longest.max(cycle);
+    }
+    longest
+}
+
+/// A crash run of `server` (see [`crash_run`]) under a lease derived from
+/// how long the server takes to come back here: a kill-and-start cycle is
+/// timed first, and the run's outage, which also waits for deliveries to
+/// meet it beside the run's own load, is taken as half as long again and a
+/// second.
+/// When the outage in the run still exceeds what its lease allows, the run
+/// is abandoned and made again under a lease for twice the outage seen, up
+/// to [`CRASH_TRIES`] runs; only then does the test fail.
+async fn crash_test(server: &Server) -> CrashRun {
+    let cycle = restart_cycle(server).await;
+    let mut lease = lease_for(cycle * 3 / 2 + Duration::from_secs(1));
+    eprintln!(
+        "{}: a kill-and-start cycle took {cycle:?}; crash run under a lease of {lease:?}",
+        server.name
+    );
+    let mut tried = Vec::new();
+    for _ in 0..CRASH_TRIES {
+        match crash_run(server, lease).await {
+            Ok(run) => return run,
+            Err(outage) => {
+                tried.push(format!("down {outage:?} under a {lease:?} lease"));
+                let allowed = longest_outage(lease);
+                lease = lease_for(2 * outage);
+                eprintln!(
+                    "{}: down {outage:?}, longer than the {allowed:?} the lease allows; \
+                     running again under a lease of {lease:?}",
+                    server.name
+                );
+            }
+        }
+    }
+    panic!(
+        "{} was down too long for the lease in each of {CRASH_TRIES} crash runs ({}), \
+         though a kill-and-start cycle measured first took {cycle:?}: a completion is \
+         tried again only while its lease lasts, so the runs could not tell whether \
+         anything was handled twice",
+        server.name,
+        tried.join(", ")
+    );
+}
+
+/// Two receivers with a client each of `server`'s store, under `lease`;
+/// Clink-like senders deliver 200 events (and 5 poison ones whose handler
+/// always fails), three copies of each side by side, each copy retried with
 /// backoff until answered `2xx`. The server is crashed once a quarter of
 /// the deliveries are acknowledged, kept down until deliveries meet the
 /// outage, and started again. Once every sender is done and the leases
 /// have passed, each acknowledged event is delivered once more.
-async fn crash_run(server: &Server) -> CrashRun {
+///
+/// The outage lasts from the kill until both receivers' clients answer
+/// again; when it is longer than [`longest_outage`] of `lease`, the run
+/// stops there and is an `Err` of the outage.
+async fn crash_run(server: &Server, lease: Duration) -> Result<CrashRun, Duration> {
     let ledger = Arc::new(Ledger::default());
     let prefix = unique_prefix("crash");
     let handler = Handler {
@@ -242,9 +360,10 @@ async fn crash_run(server: &Server) -> CrashRun {
         work: Duration::from_millis(30),
         fails: flaky,
     };
+    let stores = server.clients().await;
     let mut receivers = Vec::new();
-    for store in server.clients().await {
-        receivers.push(receiver(store, &prefix, CRASH_LEASE, handler.clone()).await);
+    for store in &stores {
+        receivers.push(receiver(Arc::clone(store), &prefix, lease, handler.clone()).await);
     }
     let receivers = Arc::new(receivers);
 
@@ -252,7 +371,9 @@ async fn crash_run(server: &Server) -> CrashRun {
     let poison: Vec<String> = (0..POISON_IDS).map(|i| format!("poison_{i}")).collect();
     let statuses = Arc::new(Statuses::default());
     let permits = Arc::new(Semaphore::new(EVENTS_AT_ONCE));
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Only bounds a hang: a claim the crash left behind holds its event
+    // for a lease, and the outage may take a few.
+    let deadline = Instant::now() + 4 * lease + PATIENCE;
     let mut senders = JoinSet::new();
     for id in events.iter().chain(&poison) {
         let (id, permits) = (id.clone(), Arc::clone(&permits));
@@ -275,26 +396,30 @@ async fn crash_run(server: &Server) -> CrashRun {
         });
     }
 
-    let patience = Duration::from_secs(60);
     let quarter = u32::try_from(CRASH_EVENTS * DUPLICATES / 4).expect("small");
-    wait_for("a quarter of the deliveries", patience, || {
+    wait_for("a quarter of the deliveries", PATIENCE, || {
         statuses.acknowledged() >= quarter
     })
     .await;
     let killed = Instant::now();
     control(server.kill).await;
     let before = statuses.count(503);
-    wait_for("deliveries answered 503", patience, || {
+    wait_for("deliveries answered 503", PATIENCE, || {
         statuses.count(503) >= before + 10
     })
     .await;
     control(server.start).await;
+    answering(&stores, &prefix).await;
     let outage = killed.elapsed();
-    assert!(
-        outage < CRASH_LEASE - Duration::from_secs(2),
-        "the server was down for {outage:?}, too long beside the {CRASH_LEASE:?} lease for \
-         this test: a completion is retried only while its lease lasts"
+    eprintln!(
+        "{}: down {outage:?} in the run; its {lease:?} lease allows {:?}",
+        server.name,
+        longest_outage(lease)
     );
+    if outage > longest_outage(lease) {
+        senders.shutdown().await;
+        return Err(outage);
+    }
 
     let mut acknowledged = BTreeSet::new();
     while let Some(sent) = senders.join_next().await {
@@ -305,7 +430,7 @@ async fn crash_run(server: &Server) -> CrashRun {
     }
 
     // Every lease taken before the last answer has ended by now.
-    tokio::time::sleep(CRASH_LEASE + Duration::from_millis(500)).await;
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
     let mut redelivered = BTreeMap::new();
     for (k, id) in acknowledged.iter().enumerate() {
         let (status, _, outcome) =
@@ -313,7 +438,7 @@ async fn crash_run(server: &Server) -> CrashRun {
         redelivered.insert(id.clone(), (status, outcome));
     }
 
-    CrashRun {
+    Ok(CrashRun {
         ledger,
         statuses,
         prefix,
@@ -321,7 +446,7 @@ async fn crash_run(server: &Server) -> CrashRun {
         poison,
         acknowledged,
         redelivered,
-    }
+    })
 }
 
 impl CrashRun {
@@ -405,7 +530,7 @@ impl CrashRun {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_without_persistence_killed_mid_run_loses_nothing() {
     let _servers = exclusive().await;
-    let run = crash_run(&REDIS).await;
+    let run = crash_test(&REDIS).await;
     run.assert_nothing_lost(&REDIS).await;
 }
 
@@ -415,7 +540,7 @@ async fn redis_without_persistence_killed_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn durable_redis_killed_mid_run_handles_each_event_once() {
     let _server = durable_redis().await;
-    let run = crash_run(&REDIS_DURABLE).await;
+    let run = crash_test(&REDIS_DURABLE).await;
     run.assert_nothing_lost(&REDIS_DURABLE).await;
     run.assert_each_event_handled_once();
 }
@@ -426,16 +551,18 @@ async fn durable_redis_killed_mid_run_handles_each_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn durable_postgres_crashed_mid_run_handles_each_event_once() {
     let _server = durable_postgres().await;
-    let run = crash_run(&POSTGRES_DURABLE).await;
+    let run = crash_test(&POSTGRES_DURABLE).await;
     run.assert_nothing_lost(&POSTGRES_DURABLE).await;
     run.assert_each_event_handled_once();
 }
 
 /// A handler that takes 5 s under a 1 s lease, while senders keep
-/// delivering its event to two receivers for 3.5 s: the layer cuts each run
-/// off inside the lease, so runs follow each other and never overlap.
+/// delivering its event to two receivers until three runs have started
+/// (however long that takes here): the layer cuts each run off inside the
+/// lease, so runs follow each other and never overlap, and none finishes.
 async fn slow_handler_never_runs_twice_at_once(stores: [Arc<dyn IdempotencyStore>; 2]) {
     const SENDERS: usize = 8;
+    const RUNS: u32 = 3;
     let ledger = Arc::new(Ledger::default());
     let prefix = unique_prefix("slow");
     let handler = Handler::reliable(&ledger, Duration::from_secs(5));
@@ -446,13 +573,23 @@ async fn slow_handler_never_runs_twice_at_once(stores: [Arc<dyn IdempotencyStore
     }
 
     let statuses = Arc::new(Statuses::default());
-    let until = Instant::now() + Duration::from_millis(3500);
+    // Enough seen: the runs wanted, or one that finished or overlapped
+    // another, which the asserts below refuse.
+    let seen = {
+        let ledger = Arc::clone(&ledger);
+        move || {
+            let runs = ledger.runs("evt_slow");
+            runs.started >= RUNS || runs.succeeded > 0 || runs.overlapped
+        }
+    };
+    let started = Instant::now();
     let senders: Vec<_> = (0..SENDERS)
         .map(|n| {
-            let (statuses, receivers) = (Arc::clone(&statuses), receivers.clone());
+            let (statuses, receivers, seen) =
+                (Arc::clone(&statuses), receivers.clone(), seen.clone());
             tokio::spawn(async move {
                 for attempt in n.. {
-                    if Instant::now() >= until {
+                    if seen() || started.elapsed() >= PATIENCE {
                         break;
                     }
                     let addr = receivers[attempt % receivers.len()];
@@ -471,8 +608,8 @@ async fn slow_handler_never_runs_twice_at_once(stores: [Arc<dyn IdempotencyStore
     let runs = ledger.runs("evt_slow");
     assert!(!runs.overlapped, "two runs at once: {runs:?}");
     assert!(
-        runs.started >= 3,
-        "runs were not cut off and retried: {runs:?}"
+        runs.started >= RUNS,
+        "runs were not cut off and retried within {PATIENCE:?}: {runs:?}"
     );
     assert_eq!(runs.succeeded, 0);
     let unexpected = statuses.unexpected(&[409, 500]);

@@ -6,8 +6,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use clink_webhooks::ordering::{Freshness, FreshnessStore, ObjectKey, Version};
-use clink_webhooks::store::{BoxFuture, MemoryStore, StoreError, StoreErrorKind};
+use clink_webhooks::events::{Freshness, ObjectKey, Version};
+
+use clink_webhooks::store::FreshnessStore;
+use clink_webhooks::store::{MemoryStore, StoreError, StoreErrorKind};
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 use tower::Layer;
 use tracing::Level;

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
-use clink_webhooks::ordering::{Freshness, FreshnessStore};
+use clink_webhooks::events::Freshness;
+use clink_webhooks::store::FreshnessStore;
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::MemoryStore;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};

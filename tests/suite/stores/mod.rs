@@ -42,8 +42,10 @@ const SHORT: Duration = Duration::from_millis(300);
 /// What the stores' millisecond clocks may differ from the test's by.
 const CLOCK_SLACK: Duration = Duration::from_millis(5);
 
-/// How long a test waits for a deadline before failing.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a test waits for a deadline before failing. It only bounds a
+/// hang (a deadline that never ends), so it is far longer than the
+/// deadlines waited for, however slow the machine.
+const PATIENCE: Duration = Duration::from_secs(300);
 
 /// Instantiates every case for one store: the idempotency cases, where
 /// `$open` makes a fresh store, or with `freshness` the freshness cases,

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use clink_webhooks::events::ObjectKey;
-use clink_webhooks::ordering::{FreshnessStore, Version};
+use clink_webhooks::events::Version;
+use clink_webhooks::store::FreshnessStore;
 use clink_webhooks::store::{
     Claim, IdempotencyStore, RedisStore, StoreErrorKind, DEFAULT_LEASE, MAX_TTL,
 };
@@ -42,35 +43,41 @@ async fn a_stalled_server_times_out() {
     let _servers = shared().await;
     let keys = Keys::new("redis_timeout");
     let key = keys.key("stalled");
-    let store = redis_store()
-        .await
+    // The calls that must answer go through `patient` (the tests' generous
+    // timeout); `store` shares its connection and gives up after 100 ms.
+    let patient = redis_store().await;
+    let store = patient
+        .clone()
         .with_timeout(Duration::from_millis(100))
         .expect("valid timeout");
     // Load the script first so that the stalled call is the claim itself.
-    store
+    patient
         .claim(&keys.key("warm up"), DEFAULT_LEASE)
         .await
         .expect("claim");
 
+    // Paused far longer than the claim needs to reach the server on any
+    // machine; unpaused as soon as the claim has given up.
     let mut raw = raw_connection().await;
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(400)
+        .arg(10_000)
         .arg("WRITE")
         .query_async(&mut raw)
         .await
         .expect("CLIENT PAUSE");
-    let err = store.claim(&key, DEFAULT_LEASE).await.expect_err("stalled");
-    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+    let stalled = store.claim(&key, DEFAULT_LEASE).await;
     let () = redis::cmd("CLIENT")
         .arg("UNPAUSE")
         .query_async(&mut raw)
         .await
         .expect("CLIENT UNPAUSE");
+    let err = stalled.expect_err("stalled");
+    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
 
     // The call reached the server before the client gave up, so the key is
     // claimed by a token nobody holds: it waits for its lease to end.
-    in_flight(store.claim(&key, DEFAULT_LEASE).await);
+    in_flight(patient.claim(&key, DEFAULT_LEASE).await);
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use clink_webhooks::store::{
-    BoxFuture, Claim, FreshnessStore, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError,
+    Claim, FreshnessStore, IdempotencyStore, LeaseToken, MemoryStore, Settle, StoreError,
 };
+use clink_webhooks::BoxFuture;
 
 /// Per-call timeout for the networked stores under test: generous, because
 /// the suite runs beside builds on a small machine and checks the state

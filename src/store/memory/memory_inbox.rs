@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::inbox::order_key;
+use crate::store::inbox_trait::order_key;
 use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
     NewEvent, Settle, StoreError,
@@ -113,15 +113,15 @@ impl Inbox for MemoryInbox {
     fn claim(
         &self,
         lease: Duration,
-        settle: Duration,
+        reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         let now = Timestamp::now();
-        let settled_before = now.as_millis().saturating_sub(millis(settle));
+        let arrived_before = now.as_millis().saturating_sub(millis(reorder_window));
         let mut state = self.state();
         let runnable = |held: &Held| match held.entry.status {
             InboxStatus::Pending | InboxStatus::Retrying => {
                 held.entry.next_attempt_at <= now
-                    && held.entry.event.received_at.as_millis() <= settled_before
+                    && held.entry.event.received_at.as_millis() <= arrived_before
             }
             InboxStatus::Running => held.lease_until <= now,
             InboxStatus::Done | InboxStatus::Dead => false,

@@ -6,11 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::Notify;
 
-use super::inbox::order_key;
+use super::inbox_trait::{order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
     NewEvent, Settle, StoreError, StoreErrorKind,
@@ -64,15 +63,13 @@ const SCHEMA: &str = "
         lease_until_ms INTEGER NOT NULL DEFAULT 0,
         token TEXT,
         last_error TEXT,
+        signing_key TEXT,
         UNIQUE (account, event_id)
     );
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_object
         ON clink_webhook_inbox (object_key, order_ms, event_id)
         WHERE status IN ('pending', 'retrying', 'running');
 ";
-
-const COLUMNS: &str = "seq, account, event_id, event_type, created_ms, object_key, \
-     signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, last_error";
 
 const CANDIDATE: &str = "
     SELECT e.seq FROM clink_webhook_inbox e
@@ -104,33 +101,45 @@ fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
     StoreError::new(kind, format!("{context}: {error}"))
 }
 
+/// Adds the columns later versions added to a table an earlier one made.
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let has_signing_key: bool = connection.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = 'signing_key'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_signing_key {
+        connection.execute_batch("ALTER TABLE clink_webhook_inbox ADD COLUMN signing_key TEXT")?;
+    }
+    Ok(())
+}
+
 fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn entry(row: &Row<'_>) -> rusqlite::Result<InboxEntry> {
-    let account: String = row.get(1)?;
-    let created: Option<i64> = row.get(4)?;
-    let status: String = row.get(9)?;
-    let attempts: i64 = row.get(10)?;
-    let body: Vec<u8> = row.get(8)?;
-    Ok(InboxEntry {
-        seq: row.get(0)?,
-        event: NewEvent::new(
-            (!account.is_empty()).then_some(account),
-            row.get(2)?,
-            row.get(3)?,
-            created.map(Timestamp::from_millis),
-            row.get(5)?,
-            Timestamp::from_millis(row.get(6)?),
-            Timestamp::from_millis(row.get(7)?),
-            Bytes::from(body),
-        ),
-        status: InboxStatus::parse(&status).unwrap_or(InboxStatus::Pending),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: Timestamp::from_millis(row.get(11)?),
-        last_error: row.get(12)?,
-    })
+impl EntryRow for Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn int(&self, column: usize) -> rusqlite::Result<i64> {
+        self.get(column)
+    }
+
+    fn optional_int(&self, column: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(column)
+    }
+
+    fn text(&self, column: usize) -> rusqlite::Result<String> {
+        self.get(column)
+    }
+
+    fn optional_text(&self, column: usize) -> rusqlite::Result<Option<String>> {
+        self.get(column)
+    }
+
+    fn blob(&self, column: usize) -> rusqlite::Result<Vec<u8>> {
+        self.get(column)
+    }
 }
 
 impl SqliteInbox {
@@ -149,6 +158,7 @@ impl SqliteInbox {
         connection
             .busy_timeout(Duration::from_secs(5))
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| add_missing_columns(&connection))
             .map_err(|err| sqlite_error("cannot create the inbox table", &err))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
@@ -215,8 +225,9 @@ impl Inbox for SqliteInbox {
             let changed = connection
                 .execute(
                     "INSERT INTO clink_webhook_inbox (account, event_id, event_type, created_ms,
-                         order_ms, object_key, signed_at_ms, received_at_ms, body, next_attempt_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8)
+                         order_ms, object_key, signed_at_ms, received_at_ms, body, next_attempt_ms,
+                         signing_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10)
                      ON CONFLICT (account, event_id) DO NOTHING",
                     params![
                         event.account.clone().unwrap_or_default(),
@@ -228,6 +239,7 @@ impl Inbox for SqliteInbox {
                         event.signed_at.as_millis(),
                         event.received_at.as_millis(),
                         &event.body[..],
+                        event.signing_key,
                     ],
                 )
                 .map_err(|err| sqlite_error("cannot keep the event", &err))?;
@@ -247,9 +259,9 @@ impl Inbox for SqliteInbox {
     fn claim(
         &self,
         lease: Duration,
-        settle: Duration,
+        reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
-        let (lease, settle) = (ms(lease), ms(settle));
+        let (lease, window) = (ms(lease), ms(reorder_window));
         self.with(move |connection| {
             let now = Timestamp::now().as_millis();
             let token = LeaseToken::generate();
@@ -257,7 +269,7 @@ impl Inbox for SqliteInbox {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|err| sqlite_error("cannot start a claim", &err))?;
             let seq: Option<i64> = tx
-                .query_row(CANDIDATE, params![now, settle], |row| row.get(0))
+                .query_row(CANDIDATE, params![now, window], |row| row.get(0))
                 .optional()
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
             let Some(seq) = seq else {
@@ -268,10 +280,10 @@ impl Inbox for SqliteInbox {
                     &format!(
                         "UPDATE clink_webhook_inbox SET status = 'running', attempts = attempts + 1,
                              lease_until_ms = ?2, token = ?3
-                         WHERE seq = ?1 RETURNING {COLUMNS}"
+                         WHERE seq = ?1 RETURNING {ENTRY_COLUMNS}"
                     ),
                     params![seq, now.saturating_add(lease), token.as_str()],
-                    entry,
+                    |row| read_entry(row),
                 )
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
             tx.commit()
@@ -319,12 +331,12 @@ impl Inbox for SqliteInbox {
         self.with(move |connection| {
             let mut statement = connection
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM clink_webhook_inbox
+                    "SELECT {ENTRY_COLUMNS} FROM clink_webhook_inbox
                      WHERE ?1 IS NULL OR status = ?1 ORDER BY seq LIMIT ?2"
                 ))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
             let rows = statement
-                .query_map(params![status, limit], entry)
+                .query_map(params![status, limit], |row| read_entry(row))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
             rows.collect::<Result<_, _>>()
                 .map_err(|err| sqlite_error("cannot read an event", &err))
@@ -335,9 +347,9 @@ impl Inbox for SqliteInbox {
         self.with(move |connection| {
             connection
                 .query_row(
-                    &format!("SELECT {COLUMNS} FROM clink_webhook_inbox WHERE seq = ?1"),
+                    &format!("SELECT {ENTRY_COLUMNS} FROM clink_webhook_inbox WHERE seq = ?1"),
                     params![seq],
-                    entry,
+                    |row| read_entry(row),
                 )
                 .optional()
                 .map_err(|err| sqlite_error("cannot read the event", &err))

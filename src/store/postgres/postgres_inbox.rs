@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_postgres::types::{ToSql, Type};
@@ -13,10 +12,11 @@ use tokio_postgres::Row;
 
 use super::schema::{check_table_name, quote};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
-use crate::store::inbox::order_key;
+use crate::events::InboxAttempt;
+use crate::store::inbox_trait::{order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use crate::store::{
-    timed, timed_until, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus,
-    Inserted, LeaseToken, NewEvent, Settle, StoreError, DEFAULT_TIMEOUT,
+    timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
+    NewEvent, Settle, StoreError, DEFAULT_TIMEOUT,
 };
 use crate::{ConfigError, Timestamp};
 
@@ -53,9 +53,6 @@ impl fmt::Debug for PostgresInbox {
             .finish_non_exhaustive()
     }
 }
-
-const COLUMNS: &str = "seq, account, event_id, event_type, created_ms, object_key, \
-     signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, last_error";
 
 struct Sql {
     table: String,
@@ -100,16 +97,18 @@ impl Sql {
                     lease_until_ms bigint NOT NULL DEFAULT 0,
                     token text,
                     last_error text,
+                    signing_key text,
                     UNIQUE (account, event_id)
                 );
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS signing_key text;
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
             ),
             insert: format!(
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
-                                     signed_at_ms, received_at_ms, body, next_attempt_ms)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)
+                                     signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $11)
                     ON CONFLICT (account, event_id) DO NOTHING
                     RETURNING seq)
                  SELECT seq, pg_notify($10, '') FROM kept"
@@ -133,7 +132,7 @@ impl Sql {
                                 lease_until_ms = $1 + $2, token = $4
                  FROM candidate WHERE {t}.seq = candidate.seq
                  RETURNING {}",
-                COLUMNS
+                ENTRY_COLUMNS
                     .split(", ")
                     .map(|c| format!("{t}.{c}"))
                     .collect::<Vec<_>>()
@@ -155,9 +154,9 @@ impl Sql {
                  WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
             ),
             list: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE $1::text IS NULL OR status = $1 ORDER BY seq LIMIT $2"
+                "SELECT {ENTRY_COLUMNS} FROM {t} WHERE $1::text IS NULL OR status = $1 ORDER BY seq LIMIT $2"
             ),
-            get: format!("SELECT {COLUMNS} FROM {t} WHERE seq = $1"),
+            get: format!("SELECT {ENTRY_COLUMNS} FROM {t} WHERE seq = $1"),
             replay: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_ms = $2, token = NULL
                  WHERE seq = $1 AND status <> 'running'"
@@ -182,29 +181,32 @@ fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn entry(row: &Row) -> Result<InboxEntry, tokio_postgres::Error> {
-    let account: String = row.try_get(1)?;
-    let created: Option<i64> = row.try_get(4)?;
-    let status: String = row.try_get(9)?;
-    let attempts: i32 = row.try_get(10)?;
-    let body: Vec<u8> = row.try_get(8)?;
-    Ok(InboxEntry {
-        seq: row.try_get(0)?,
-        event: NewEvent::new(
-            (!account.is_empty()).then_some(account),
-            row.try_get(2)?,
-            row.try_get(3)?,
-            created.map(Timestamp::from_millis),
-            row.try_get(5)?,
-            Timestamp::from_millis(row.try_get(6)?),
-            Timestamp::from_millis(row.try_get(7)?),
-            Bytes::from(body),
-        ),
-        status: InboxStatus::parse(&status).unwrap_or(InboxStatus::Pending),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: Timestamp::from_millis(row.try_get(11)?),
-        last_error: row.try_get(12)?,
-    })
+impl EntryRow for Row {
+    type Error = tokio_postgres::Error;
+
+    fn int(&self, column: usize) -> Result<i64, tokio_postgres::Error> {
+        // `attempts` is an `integer`; the rest are `bigint`s.
+        match self.try_get::<_, i64>(column) {
+            Ok(value) => Ok(value),
+            Err(_) => self.try_get::<_, i32>(column).map(i64::from),
+        }
+    }
+
+    fn optional_int(&self, column: usize) -> Result<Option<i64>, tokio_postgres::Error> {
+        self.try_get(column)
+    }
+
+    fn text(&self, column: usize) -> Result<String, tokio_postgres::Error> {
+        self.try_get(column)
+    }
+
+    fn optional_text(&self, column: usize) -> Result<Option<String>, tokio_postgres::Error> {
+        self.try_get(column)
+    }
+
+    fn blob(&self, column: usize) -> Result<Vec<u8>, tokio_postgres::Error> {
+        self.try_get(column)
+    }
 }
 
 impl PostgresInbox {
@@ -310,22 +312,26 @@ impl PostgresInbox {
         Ok(())
     }
 
-    /// Marks the event of `current` done inside `tx`, the handler's own
+    /// Marks the event of `attempt` (from
+    /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
+    /// that workers over this inbox run) done inside `tx`, the handler's own
     /// transaction, so that its writes and the event's completion commit
     /// together or not at all: the handler's effects happen exactly once.
     /// If the transaction rolls back, the event stays claimed until its
     /// lease ends and then runs again.
     ///
     /// ```no_run
-    /// use clink_webhooks::store::{current_claim, PostgresInbox};
+    /// use clink_webhooks::data::Order;
+    /// use clink_webhooks::store::PostgresInbox;
+    /// use clink_webhooks::Event;
     ///
-    /// # async fn handler(inbox: PostgresInbox, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # async fn handler(event: Event<Order>, inbox: PostgresInbox, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// // Inside a handler run by inbox::Workers over this inbox:
     /// let mut client = pool.get().await?;
     /// let tx = client.transaction().await?;
-    /// tx.execute("INSERT INTO paid_orders (order_id) VALUES ($1)", &[&"ord_1"]).await?;
-    /// if let Some(current) = current_claim() {
-    ///     inbox.complete_in(&tx, &current).await?;
+    /// tx.execute("INSERT INTO paid_orders (order_id) VALUES ($1)", &[&event.data.order_id]).await?;
+    /// if let Some(attempt) = event.inbox_attempt() {
+    ///     inbox.complete_in(&tx, attempt).await?;
     /// }
     /// tx.commit().await?;
     /// # Ok(()) }
@@ -337,26 +343,22 @@ impl PostgresInbox {
     pub async fn complete_in(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
-        current: &crate::store::CurrentClaim,
+        attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {
-        let claim = current.claim();
         let now = Timestamp::now().as_millis();
-        let token = claim.token.as_str();
+        let seq = attempt.seq();
+        let token = attempt.token();
         let changed = timed(self.timeout, async {
             tx.execute_typed(
                 &self.sql.complete,
-                &[
-                    (&claim.entry.seq, Type::INT8),
-                    (&token, Type::TEXT),
-                    (&now, Type::INT8),
-                ],
+                &[(&seq, Type::INT8), (&token, Type::TEXT), (&now, Type::INT8)],
             )
             .await
             .map_err(|err| pg_error("cannot mark the event done", &err))
         })
         .await?;
         if changed == 1 {
-            current.mark_settled();
+            attempt.mark_completed();
             Ok(Settle::Applied)
         } else {
             Ok(Settle::LeaseLost)
@@ -368,11 +370,16 @@ impl PostgresInbox {
         call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let client = timed_until(deadline, self.timeout, async {
-            self.pool.get().await.map_err(pool_error)
-        })
+        let client = timed(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            async { self.pool.get().await.map_err(pool_error) },
+        )
         .await?;
-        timed_until(deadline, self.timeout, call(&client)).await
+        timed(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            call(&client),
+        )
+        .await
     }
 
     async fn settle(
@@ -430,6 +437,7 @@ impl Inbox for PostgresInbox {
                                 (&received, Type::INT8),
                                 (&body, Type::BYTEA),
                                 (&self.sql.channel, Type::TEXT),
+                                (&event.signing_key, Type::TEXT),
                             ],
                         )
                         .await
@@ -447,11 +455,11 @@ impl Inbox for PostgresInbox {
     fn claim(
         &self,
         lease: Duration,
-        settle: Duration,
+        reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();
-            let (lease_ms, settle_ms) = (ms(lease), ms(settle));
+            let (lease_ms, window_ms) = (ms(lease), ms(reorder_window));
             let token = LeaseToken::generate();
             let token_text = token.as_str().to_owned();
             let row = self
@@ -462,7 +470,7 @@ impl Inbox for PostgresInbox {
                             &[
                                 (&now, Type::INT8),
                                 (&lease_ms, Type::INT8),
-                                (&settle_ms, Type::INT8),
+                                (&window_ms, Type::INT8),
                                 (&token_text, Type::TEXT),
                             ],
                         )
@@ -473,7 +481,7 @@ impl Inbox for PostgresInbox {
             let Some(row) = row.first() else {
                 return Ok(None);
             };
-            let entry = entry(row).map_err(|err| pg_error("cannot read the event", &err))?;
+            let entry = read_entry(row).map_err(|err| pg_error("cannot read the event", &err))?;
             Ok(Some(InboxClaim { entry, token }))
         })
     }
@@ -523,7 +531,7 @@ impl Inbox for PostgresInbox {
                 })
                 .await?;
             rows.iter()
-                .map(entry)
+                .map(read_entry)
                 .collect::<Result<_, _>>()
                 .map_err(|err| pg_error("cannot read an event", &err))
         })
@@ -540,7 +548,7 @@ impl Inbox for PostgresInbox {
                 })
                 .await?;
             rows.first()
-                .map(entry)
+                .map(read_entry)
                 .transpose()
                 .map_err(|err| pg_error("cannot read the event", &err))
         })

@@ -2,14 +2,13 @@
 //! purge, stats.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use clink_webhooks::store::{Inbox, InboxEntry, InboxStatus};
 use clink_webhooks::Timestamp;
 use serde_json::json;
 
-use crate::output::Output;
+use crate::output::{escaped, Output};
 use crate::{CliError, ErrorCode};
 
 pub(crate) const AFTER_HELP: &str = "\
@@ -102,7 +101,7 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
             .build()
             .map_err(|e| CliError::new(ErrorCode::Io, e.to_string()))?;
             let mut inbox = clink_webhooks::store::PostgresInbox::new(pool)
-                .with_timeout(Duration::from_secs(10))
+                .with_timeout(std::time::Duration::from_secs(10))
                 .map_err(|e| CliError::usage(e.to_string()))?;
             if let Some(table) = &args.table {
                 inbox = inbox
@@ -125,15 +124,6 @@ fn store_error(error: &clink_webhooks::store::StoreError) -> CliError {
     CliError::new(ErrorCode::Io, error.to_string())
 }
 
-/// `text` as is when printable, else quoted with escapes.
-fn escaped(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
-}
-
 fn entry_json(entry: &InboxEntry, with_body: bool) -> serde_json::Value {
     let event = &entry.event;
     let mut value = json!({
@@ -146,6 +136,7 @@ fn entry_json(entry: &InboxEntry, with_body: bool) -> serde_json::Value {
         "object": event.object_key,
         "created": event.created.map(|t| t.to_string()),
         "received_at": event.received_at.to_string(),
+        "signing_key": event.signing_key,
         "next_attempt_at": entry.next_attempt_at.to_string(),
         "last_error": entry.last_error,
     });
@@ -170,6 +161,9 @@ fn entry_line(entry: &InboxEntry) -> String {
     }
     if let Some(object) = &event.object_key {
         line.push_str(&format!("  {}", escaped(object)));
+    }
+    if let Some(key) = &event.signing_key {
+        line.push_str(&format!("  key {}", escaped(key)));
     }
     if let Some(error) = &entry.last_error {
         line.push_str(&format!("  last error: {}", escaped(error)));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{BoxFuture, LeaseToken, Settle, StoreError};
-use crate::Timestamp;
+use crate::{Timestamp, VerifiedEvent};
 
 /// A verified delivery to keep: everything a worker needs to handle it
 /// later, and what ordering and operations need to see.
@@ -31,6 +31,10 @@ pub struct NewEvent {
     pub received_at: Timestamp,
     /// The body, byte for byte as verified.
     pub body: Bytes,
+    /// The [name](crate::SigningKey::named) of the key that verified it
+    /// (its fingerprint when unnamed); `None` for events kept before the
+    /// inbox recorded it.
+    pub signing_key: Option<String>,
 }
 
 impl NewEvent {
@@ -55,8 +59,85 @@ impl NewEvent {
             signed_at,
             received_at,
             body,
+            signing_key: None,
         }
     }
+
+    /// Sets the name of the key that verified the event.
+    #[must_use]
+    pub fn with_signing_key(mut self, name: impl Into<String>) -> Self {
+        self.signing_key = Some(name.into());
+        self
+    }
+
+    /// The event to keep for `verified`, received at `received_at`; its
+    /// object key names the account too, so that two accounts' objects
+    /// never share an order.
+    #[must_use]
+    pub fn from_verified(verified: &VerifiedEvent, received_at: Timestamp) -> Self {
+        let event = verified.event();
+        let object_key = event
+            .object_key()
+            .map(|key| match event.account() {
+                Some(account) => key.within(account),
+                None => key,
+            })
+            .map(|key| key.to_string());
+        Self::new(
+            event.account().map(str::to_owned),
+            event.id().to_owned(),
+            event.event_type().as_str().to_owned(),
+            event.created(),
+            object_key,
+            verified.signed_at(),
+            received_at,
+            event.body().clone(),
+        )
+        .with_signing_key(verified.key_name())
+    }
+}
+
+/// The columns an inbox row is read from, in the order [`read_entry`] reads them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const ENTRY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
+     object_key, signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, \
+     last_error, signing_key";
+
+/// A row of an SQL inbox, read column by column: what [`read_entry`] needs
+/// of each backend's row type.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) trait EntryRow {
+    type Error;
+    fn int(&self, column: usize) -> Result<i64, Self::Error>;
+    fn optional_int(&self, column: usize) -> Result<Option<i64>, Self::Error>;
+    fn text(&self, column: usize) -> Result<String, Self::Error>;
+    fn optional_text(&self, column: usize) -> Result<Option<String>, Self::Error>;
+    fn blob(&self, column: usize) -> Result<Vec<u8>, Self::Error>;
+}
+
+/// Reads an [`InboxEntry`] from a row selected with [`ENTRY_COLUMNS`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {
+    let account = row.text(1)?;
+    let mut event = NewEvent::new(
+        (!account.is_empty()).then_some(account),
+        row.text(2)?,
+        row.text(3)?,
+        row.optional_int(4)?.map(Timestamp::from_millis),
+        row.optional_text(5)?,
+        Timestamp::from_millis(row.int(6)?),
+        Timestamp::from_millis(row.int(7)?),
+        Bytes::from(row.blob(8)?),
+    );
+    event.signing_key = row.optional_text(13)?;
+    Ok(InboxEntry {
+        seq: row.int(0)?,
+        event,
+        status: InboxStatus::parse(&row.text(9)?).unwrap_or(InboxStatus::Pending),
+        attempts: u32::try_from(row.int(10)?).unwrap_or(0),
+        next_attempt_at: Timestamp::from_millis(row.int(11)?),
+        last_error: row.optional_text(12)?,
+    })
 }
 
 /// Where an event is in its life in the inbox.
@@ -204,7 +285,7 @@ impl InboxStats {
 ///
 /// - it is `pending`, or `retrying` and due, or `running` with its lease
 ///   ended (its worker is presumed dead);
-/// - it arrived at least `settle` ago, so that deliveries arriving close
+/// - it arrived at least `reorder_window` ago, so that deliveries arriving close
 ///   together are sorted before either runs;
 /// - it names no object, or no other event about its object is running, and
 ///   none older (by `created`, then event id) is still to handle.
@@ -230,7 +311,7 @@ pub trait Inbox: Send + Sync + 'static {
     fn claim(
         &self,
         lease: Duration,
-        settle: Duration,
+        reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>>;
 
     /// Marks a claimed event handled, if the claim still holds.
@@ -346,7 +427,7 @@ macro_rules! forward {
 }
 
 forward! {
-    claim(lease: Duration, settle: Duration) -> Result<Option<InboxClaim>, StoreError>;
+    claim(lease: Duration, reorder_window: Duration) -> Result<Option<InboxClaim>, StoreError>;
     list(status: Option<InboxStatus>, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
     get(seq: i64) -> Result<Option<InboxEntry>, StoreError>;
     replay(seq: i64) -> Result<bool, StoreError>;
@@ -354,53 +435,6 @@ forward! {
     purge(before: Timestamp) -> Result<u64, StoreError>;
     stats() -> Result<InboxStats, StoreError>;
     wait(timeout: Duration) -> ();
-}
-
-/// The event a worker is running the handler for, as that handler sees it
-/// through [`current_claim`]: its claim, and whether the handler already
-/// marked it done in its own transaction (see `PostgresInbox::complete_in`).
-#[derive(Debug)]
-pub struct CurrentClaim {
-    claim: InboxClaim,
-    settled: std::sync::atomic::AtomicBool,
-}
-
-impl CurrentClaim {
-    pub(crate) fn new(claim: InboxClaim) -> Self {
-        Self {
-            claim,
-            settled: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// The claim: the event and its fencing token.
-    #[must_use]
-    pub fn claim(&self) -> &InboxClaim {
-        &self.claim
-    }
-
-    /// Notes that the handler marked the event done itself.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) fn mark_settled(&self) {
-        self.settled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether the handler marked the event done itself.
-    pub(crate) fn is_settled(&self) -> bool {
-        self.settled.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-tokio::task_local! {
-    pub(crate) static CURRENT_CLAIM: Arc<CurrentClaim>;
-}
-
-/// The claim of the event whose handler is running, inside a handler that an
-/// [`inbox::Workers`](crate::inbox::Workers) pool runs; `None` elsewhere.
-#[must_use]
-pub fn current_claim() -> Option<Arc<CurrentClaim>> {
-    CURRENT_CLAIM.try_with(Arc::clone).ok()
 }
 
 /// The order key of an event about an object: `created` (or, without it,

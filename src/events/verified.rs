@@ -1,0 +1,176 @@
+//! [`VerifiedEvent`]: an event with the facts of its verification, as the
+//! [layer](crate::ClinkLayer) hands it on and
+//! [`EventRouter::dispatch`](crate::EventRouter::dispatch) takes it; and
+//! [`InboxAttempt`], what a handler run by inbox workers knows of its run.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::RawEvent;
+use crate::signature::Verified;
+use crate::Timestamp;
+
+/// A verified Clink event: the event (envelope read, data still raw JSON),
+/// the merchant account it came for, when it was signed and which key
+/// signed it.
+///
+/// [`ClinkLayer`](crate::ClinkLayer) puts one in the request extensions of
+/// every request its inner service receives and in the extensions of the
+/// response to every verified delivery;
+/// [`EventRouter::dispatch`](crate::EventRouter::dispatch) takes one. Code
+/// that verifies by itself (a queue consumer) makes one with
+/// [`new`](Self::new); code that kept an event to handle later, with
+/// [`earlier`](Self::earlier).
+///
+/// ```
+/// use clink_webhooks::{sign, RawEvent, Timestamp, Verifier, VerifiedEvent};
+///
+/// let verifier = Verifier::new("whsec_test")?;
+/// let body = br#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
+/// let ts = Timestamp::now().as_millis().to_string();
+/// let verified = verifier.verify(&ts, &sign("whsec_test", &ts, body), body)?;
+/// let event = VerifiedEvent::new(RawEvent::from_slice(body)?, &verified);
+/// assert_eq!(event.event().id(), "evt_1");
+/// assert_eq!(event.key_name(), verifier.key_names().next().unwrap());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct VerifiedEvent {
+    event: RawEvent,
+    signed_at: Timestamp,
+    key_name: Arc<str>,
+}
+
+impl VerifiedEvent {
+    /// `event`, verified just now as `verified` says.
+    #[must_use]
+    pub fn new(event: RawEvent, verified: &Verified) -> Self {
+        Self {
+            event,
+            signed_at: verified.signed_at(),
+            key_name: Arc::clone(verified.key_name_shared()),
+        }
+    }
+
+    /// `event`, verified earlier (when it was received and kept), signed at
+    /// `signed_at` under the key named `key_name`.
+    #[must_use]
+    pub fn earlier(event: RawEvent, signed_at: Timestamp, key_name: &str) -> Self {
+        Self {
+            event,
+            signed_at,
+            key_name: key_name.into(),
+        }
+    }
+
+    /// The merchant account the delivery was for, when the layer has a
+    /// [key source](crate::accounts); `None` with a single verifier.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.event.account()
+    }
+
+    /// The event: envelope read, data still raw JSON.
+    #[must_use]
+    pub fn event(&self) -> &RawEvent {
+        &self.event
+    }
+
+    /// The event, owned.
+    #[must_use]
+    pub fn into_event(self) -> RawEvent {
+        self.event
+    }
+
+    /// When Clink signed this delivery (`X-Clink-Timestamp`).
+    #[must_use]
+    pub fn signed_at(&self) -> Timestamp {
+        self.signed_at
+    }
+
+    /// The [name](crate::SigningKey::named) of the signing key that matched
+    /// (its fingerprint when it has none), as metrics and logs say it.
+    #[must_use]
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// The key's name as a shared string, for a metric label.
+    pub(crate) fn key_label(&self) -> &Arc<str> {
+        &self.key_name
+    }
+}
+
+/// What a handler run by [inbox workers](crate::inbox::Workers) knows of
+/// its run: the event's row in the inbox, the attempt, and the fencing token
+/// of the lease it runs under. Found with [`Event::inbox_attempt`](super::Event::inbox_attempt)
+/// (and on [`RawEvent`]); `None` when the event came straight from a delivery.
+///
+/// A handler whose effects are writes to the inbox's own database passes it
+/// to the inbox's transactional completion (`PostgresInbox::complete_in`),
+/// so that its writes and the event's completion commit together.
+pub struct InboxAttempt {
+    seq: i64,
+    attempt: u32,
+    token: String,
+    completed: AtomicBool,
+}
+
+impl fmt::Debug for InboxAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxAttempt")
+            .field("seq", &self.seq)
+            .field("attempt", &self.attempt)
+            .field("completed", &self.is_completed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two attempts are the same when they are the same run of the same row.
+impl PartialEq for InboxAttempt {
+    fn eq(&self, other: &Self) -> bool {
+        (self.seq, self.attempt, &self.token) == (other.seq, other.attempt, &other.token)
+    }
+}
+
+impl InboxAttempt {
+    pub(crate) fn new(seq: i64, attempt: u32, token: String) -> Self {
+        Self {
+            seq,
+            attempt,
+            token,
+            completed: AtomicBool::new(false),
+        }
+    }
+
+    /// The event's sequence number in the inbox.
+    #[must_use]
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// Which attempt this is: 1 for the first run.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The fencing token of the lease the event runs under.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Notes that the handler completed the event in its own transaction.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    pub(crate) fn mark_completed(&self) {
+        self.completed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the handler completed the event in its own transaction.
+    #[must_use]
+    pub fn is_completed(&self) -> bool {
+        self.completed.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,166 @@
+//! Guards around code the crate waits on: a time bound that arms no timer
+//! for a step done at once, a guard that turns a panic into a value, and the
+//! deadline a handler gets inside its lease.
+
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+/// A time limit: a [`Duration`], or a function giving one, called only when
+/// the limit is needed (the step was not done in its first poll).
+pub(crate) trait Limit {
+    fn duration(self) -> Duration;
+}
+
+impl Limit for Duration {
+    fn duration(self) -> Duration {
+        self
+    }
+}
+
+impl<F: FnOnce() -> Duration> Limit for F {
+    fn duration(self) -> Duration {
+        self()
+    }
+}
+
+/// A step that did not finish within its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimedOut(pub(crate) Duration);
+
+/// Awaits `future` for at most `limit` (counted from its first poll).
+///
+/// The future is polled once first; only when it is not ready is a tokio
+/// timer set up for the rest of the wait. Setting one up reads the clock and
+/// takes a handle to the runtime's timer; a step that finishes in its first
+/// poll (an in-process body, a memory store call, most handlers) never
+/// needs it.
+pub(crate) async fn within<F: Future>(limit: impl Limit, future: F) -> Result<F::Output, TimedOut> {
+    let mut future = pin!(future);
+    let first = poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    match first {
+        Some(output) => Ok(output),
+        None => {
+            let limit = limit.duration();
+            tokio::time::timeout(limit, future)
+                .await
+                .map_err(|_| TimedOut(limit))
+        }
+    }
+}
+
+/// The time a handler gets: `timeout` when set, and always inside `lease`
+/// with a tenth of it to spare, so that a slow handler is stopped before
+/// its lease ends and another delivery or worker can take the event over
+/// and run it at the same time.
+pub(crate) fn handler_deadline(lease: Duration, timeout: Option<Duration>) -> Duration {
+    let inside_lease = lease - lease / 10;
+    timeout.map_or(inside_lease, |t| t.min(inside_lease))
+}
+
+/// Calls `call`, turning a panic inside it into `Err(message)`.
+pub(crate) fn catch_panic<T>(call: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(call)).map_err(|payload| panic_message(&*payload).to_owned())
+}
+
+pin_project! {
+    /// Polls `F`, turning a panic inside it into `Err(message)`.
+    pub(crate) struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload).to_owned())),
+        }
+    }
+}
+
+/// The text of a panic payload, when it is a string.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_at_once_or_bounded() {
+        assert_eq!(within(Duration::ZERO, async { 7 }).await.ok(), Some(7));
+        let slow = tokio::time::sleep(Duration::from_secs(10));
+        assert_eq!(
+            within(Duration::from_secs(1), slow).await,
+            Err(TimedOut(Duration::from_secs(1)))
+        );
+        let fast = tokio::time::sleep(Duration::from_millis(10));
+        assert!(within(Duration::from_secs(1), fast).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lazy_limit_is_worked_out_only_when_needed() {
+        let mut asked = false;
+        assert!(within(
+            || {
+                asked = true;
+                Duration::ZERO
+            },
+            async {}
+        )
+        .await
+        .is_ok());
+        assert!(!asked);
+        let slow = tokio::time::sleep(Duration::from_secs(10));
+        assert!(within(|| Duration::from_secs(2), slow).await.is_err());
+    }
+
+    #[test]
+    fn the_handler_deadline_stays_inside_the_lease() {
+        let lease = Duration::from_secs(30);
+        assert_eq!(handler_deadline(lease, None), Duration::from_secs(27));
+        let short = Duration::from_secs(5);
+        assert_eq!(handler_deadline(lease, Some(short)), short);
+        assert_eq!(
+            handler_deadline(lease, Some(Duration::from_secs(60))),
+            Duration::from_secs(27)
+        );
+    }
+
+    #[tokio::test]
+    async fn panics_become_values() {
+        assert_eq!(catch_panic(|| 1), Ok(1));
+        assert_eq!(
+            catch_panic(|| -> u8 { panic!("boom") }),
+            Err("boom".to_owned())
+        );
+        let future = CatchUnwind::new(async { panic!("{}", String::from("later")) });
+        assert_eq!(future.await, Err::<(), _>("later".to_owned()));
+    }
+}
