@@ -244,7 +244,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 }
             });
         }
-        WorkerPool { stop, tasks }
+        WorkerPool {
+            stop,
+            tasks,
+            inbox: Arc::clone(&shared.inbox),
+        }
     }
 
     /// The wait before attempt `attempt + 1`, with jitter.
@@ -336,9 +340,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
             self.inbox.complete(&claim).await
         } else {
-            let error = failure.unwrap_or_else(|| outcome.to_string());
-            let retry_at = (claim.entry.attempts < self.max_attempts).then(|| {
-                let wait = self.backoff_after(claim.entry.attempts);
+            let failure = failure.unwrap_or_else(|| outcome.as_str().to_owned());
+            let attempts = claim.entry.attempts;
+            // Data that does not decode (or an envelope that does not read)
+            // fails the same way every time: dead at once.
+            let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
+            let retry_at = (!hopeless && attempts < self.max_attempts).then(|| {
+                let wait = self.backoff_after(attempts);
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
             });
@@ -347,13 +355,28 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
                 None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
             }
+            let error = match retry_at {
+                Some(at) => format!(
+                    "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
+                    self.max_attempts
+                ),
+                None if hopeless => format!(
+                    "dead: its data does not decode, so no retry can help; replay it after an \
+                     upgrade that decodes it: {failure}"
+                ),
+                None => format!(
+                    "dead after {attempts} attempts; the last failed: {failure}; replay it once \
+                     the cause is fixed"
+                ),
+            };
             if retry_at.is_none() {
                 tracing::error!(
                     seq = claim.entry.seq,
                     event_id = ?kept.event_id,
-                    attempts = claim.entry.attempts,
+                    event_type = ?kept.event_type,
+                    attempts,
                     error = ?error,
-                    "inbox: the event failed its last attempt and is dead; replay it once fixed"
+                    "inbox: the event is dead"
                 );
             }
             self.inbox.fail(&claim, &error, retry_at).await
@@ -431,13 +454,70 @@ impl Drop for Held {
 }
 
 /// Running workers; see [`Workers::spawn`].
-#[derive(Debug)]
 pub struct WorkerPool {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    inbox: Arc<dyn Inbox>,
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerPool {
+    /// Waits until nothing in the inbox is due: no event pending, retrying
+    /// with its retry's time come, or running (events kept for a later
+    /// retry, dead or done do not count). For tests of an app: deliver,
+    /// then `drained`, then assert on what the handlers did.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use clink_webhooks::inbox::Workers;
+    /// use clink_webhooks::store::{Inbox, MemoryInbox, NewEvent};
+    /// use clink_webhooks::{EventRouter, Timestamp};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let inbox = Arc::new(MemoryInbox::new());
+    /// let pool = Workers::new(Arc::clone(&inbox), EventRouter::new())
+    ///     .reorder_window(Duration::ZERO)?
+    ///     .spawn();
+    /// let body = r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+    /// let now = Timestamp::now();
+    /// let event = NewEvent::new(None, "evt_1".into(), "order.succeeded".into(), None, None, now, now, body.into());
+    /// inbox.insert(&event).await?;
+    /// pool.drained(Duration::from_secs(10)).await?;
+    /// assert_eq!(inbox.stats().await?.due, 0);
+    /// # pool.shutdown(Duration::from_secs(1)).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`NotDrained`] when events are still due at `deadline`, or the
+    /// inbox cannot be read.
+    pub async fn drained(&self, deadline: Duration) -> Result<(), NotDrained> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let due = match self.inbox.stats().await {
+                Ok(stats) if stats.due == 0 => return Ok(()),
+                Ok(stats) => Ok(stats.due),
+                Err(error) => Err(error),
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(NotDrained { deadline, due });
+            }
+            // Woken by the next insert or settle where the inbox can tell,
+            // and never later than a short poll.
+            let _ = tokio::time::timeout(IDLE_POLL / 10, self.inbox.wait(IDLE_POLL)).await;
+        }
+    }
+
     /// Stops taking events, lets the handlers running now finish for at
     /// most `deadline`, then stops them and gives their events back (they
     /// run again, from the start, on the next worker).
@@ -453,5 +533,39 @@ impl WorkerPool {
             );
             self.tasks.shutdown().await;
         }
+    }
+}
+
+/// Events were still due when [`WorkerPool::drained`] gave up.
+#[derive(Debug)]
+pub struct NotDrained {
+    deadline: Duration,
+    due: Result<u64, StoreError>,
+}
+
+impl NotDrained {
+    /// How many events were still due, when the inbox could say.
+    #[must_use]
+    pub fn due(&self) -> Option<u64> {
+        self.due.as_ref().ok().copied()
+    }
+}
+
+impl fmt::Display for NotDrained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.due {
+            Ok(due) => write!(
+                f,
+                "{due} inbox events still due after {:?}; are the workers running and the handlers finishing?",
+                self.deadline
+            ),
+            Err(error) => write!(f, "the inbox could not say what is due: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for NotDrained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.due.as_ref().err().map(|e| e as _)
     }
 }

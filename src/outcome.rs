@@ -47,6 +47,8 @@
 //! | [`HandlerRefused`](Outcome::HandlerRefused) | the handler's non-`2xx` | yes | yes, and refused |
 //! | [`HandlerPanicked`](Outcome::HandlerPanicked) | 500 | yes | yes, and panicked |
 //! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
+//! | [`Undecodable`](Outcome::Undecodable) | 500 | yes | no: its data does not decode into the handler's type |
+//! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode; kept as dead in the dead-letter inbox |
 //!
 //! A `2xx` outcome marks the event completed; any other releases its claim
 //! so that Clink's retry runs the handler again. No status is ever a `3xx`,
@@ -123,6 +125,15 @@ pub enum Outcome {
     HandlerPanicked,
     /// The handler did not finish within the layer's handler timeout (`500`).
     HandlerTimeout,
+    /// The event's data does not decode into the type its handler takes,
+    /// and no hook or dead-letter inbox took it (`500`). Decoding is
+    /// deterministic: retries fail the same way until the code changes.
+    Undecodable,
+    /// The event's data does not decode into the type its handler takes;
+    /// it was kept as dead in the layer's
+    /// [dead-letter inbox](crate::ClinkLayer::dead_letters) and acknowledged
+    /// (`200`), to be replayed after an upgrade that decodes it.
+    DeadLettered,
 }
 
 /// Seconds a `503` asks the sender to wait.
@@ -137,7 +148,8 @@ impl Outcome {
             | Self::Unhandled
             | Self::Queued
             | Self::SkippedStale
-            | Self::Duplicate => StatusCode::OK,
+            | Self::Duplicate
+            | Self::DeadLettered => StatusCode::OK,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -152,9 +164,10 @@ impl Outcome {
             Self::InFlight { .. } => StatusCode::CONFLICT,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HandlerRefused(status) => *status,
-            Self::HandlerFailed | Self::HandlerPanicked | Self::HandlerTimeout => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::HandlerFailed
+            | Self::HandlerPanicked
+            | Self::HandlerTimeout
+            | Self::Undecodable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -184,6 +197,8 @@ impl Outcome {
             Self::HandlerRefused(_) => "handler_refused",
             Self::HandlerPanicked => "handler_panicked",
             Self::HandlerTimeout => "handler_timeout",
+            Self::Undecodable => "undecodable",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 
@@ -283,6 +298,7 @@ impl Outcome {
             Self::Queued => Some(r#"{"ok":true,"outcome":"queued"}"#),
             Self::SkippedStale => Some(r#"{"ok":true,"outcome":"skipped_stale"}"#),
             Self::Duplicate => Some(r#"{"ok":true,"outcome":"duplicate"}"#),
+            Self::DeadLettered => Some(r#"{"ok":true,"outcome":"dead_lettered"}"#),
             _ => None,
         }
     }
@@ -341,6 +357,14 @@ impl fmt::Display for Outcome {
             }
             Self::HandlerTimeout => f.write_str(
                 "the handler for this event did not finish in time; it will run again on retry",
+            ),
+            Self::Undecodable => f.write_str(
+                "the event's data does not decode into the type its handler takes; retries fail \
+                 the same way until the receiver is upgraded",
+            ),
+            Self::DeadLettered => f.write_str(
+                "the event's data does not decode into the type its handler takes; it was kept \
+                 as dead in the dead-letter inbox, to replay after an upgrade",
             ),
         }
     }
@@ -410,6 +434,8 @@ mod tests {
             ),
             (Outcome::HandlerPanicked, 500, true),
             (Outcome::HandlerTimeout, 500, true),
+            (Outcome::Undecodable, 500, true),
+            (Outcome::DeadLettered, 200, true),
         ];
         for (outcome, status, verified) in cases {
             let response = outcome.to_response();

@@ -142,7 +142,7 @@ impl EventError {
     /// layer's [`Outcome`](crate::Outcome) for the same delivery. For
     /// [`Verify`](Self::Verify) it is the [`VerifyErrorKind::code`](crate::VerifyErrorKind::code),
     /// for [`Envelope`](Self::Envelope) the [`EnvelopeError::code`],
-    /// `invalid_event_id`, and `handler_failed` for [`Decode`](Self::Decode)
+    /// `invalid_event_id`, and `undecodable` for [`Decode`](Self::Decode)
     /// (the layer's answer when data does not decode and no
     /// [`on_undecodable`](crate::EventRouter::on_undecodable) hook takes it).
     #[must_use]
@@ -151,7 +151,7 @@ impl EventError {
             Self::Verify(error) => error.kind().code(),
             Self::Envelope(error) => error.code(),
             Self::InvalidEventId => "invalid_event_id",
-            Self::Decode(_) => "handler_failed",
+            Self::Decode(_) => "undecodable",
         }
     }
 
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(decode.path(), "orderId");
         assert_eq!(
             (error.code(), error.status()),
-            ("handler_failed", StatusCode::INTERNAL_SERVER_ERROR)
+            ("undecodable", StatusCode::INTERNAL_SERVER_ERROR)
         );
         assert!(std::error::Error::source(&error).is_some());
     }

@@ -64,6 +64,7 @@ pub(super) struct Config {
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<RefusalLog>,
     pub(super) budget: Arc<BodyBudget>,
+    pub(super) dead_letters: Option<Arc<dyn Inbox>>,
 }
 
 impl Config {
@@ -195,6 +196,7 @@ impl ClinkLayer {
                     DEFAULT_BODY_BUDGET,
                     DEFAULT_MAX_BODIES_READING,
                 )),
+                dead_letters: None,
             }),
         }
     }
@@ -212,6 +214,22 @@ impl ClinkLayer {
         let config = self.config_mut();
         config.store = store;
         config.memory = memory;
+        self
+    }
+
+    /// Keeps verified events whose data does not decode into their
+    /// handler's type ([`Outcome::Undecodable`](crate::Outcome::Undecodable))
+    /// in `inbox`, as `dead` with the decode error, and acknowledges them
+    /// ([`Outcome::DeadLettered`](crate::Outcome::DeadLettered)): decoding is
+    /// deterministic, so Clink's retries would fail the same way for a day
+    /// and then stop, with nothing kept. Replay them from the inbox after an
+    /// upgrade that decodes them (`clink-webhook inbox replay`, or
+    /// [`Inbox::replay`](crate::store::Inbox::replay) with
+    /// [`Workers`](crate::inbox::Workers) running). If the inbox cannot take
+    /// the event, the delivery is answered `500` as without one.
+    #[must_use]
+    pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
+        self.config_mut().dead_letters = Some(Arc::new(inbox));
         self
     }
 

@@ -44,8 +44,9 @@ impl Readiness {
     }
 
     /// Pings the idempotency store (or, for an
-    /// [`InboxIntake`](super::InboxIntake), reads the inbox's counts),
-    /// within the layer's store timeout.
+    /// [`InboxIntake`](super::InboxIntake), writes to the inbox as a
+    /// delivery would: a full disk, a read-only file or a lost connection
+    /// is not ready), within the layer's store timeout.
     ///
     /// # Errors
     ///
@@ -54,9 +55,8 @@ impl Readiness {
     pub async fn check(&self) -> Result<(), NotReady> {
         let config = &self.config;
         match &self.inbox {
-            Some(inbox) => timed(config.store_timeout, inbox.stats())
+            Some(inbox) => timed(config.store_timeout, inbox.check_writable())
                 .await
-                .map(drop)
                 .map_err(NotReady),
             None => timed(config.store_timeout, config.store.ping())
                 .await

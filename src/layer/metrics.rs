@@ -52,6 +52,7 @@ pub struct Metrics {
     overloaded: AtomicU64,
     rejected: AtomicU64,
     handler_failures: AtomicU64,
+    undecodable: AtomicU64,
     store_errors: AtomicU64,
     settle_errors: AtomicU64,
     lease_lost: AtomicU64,
@@ -94,6 +95,9 @@ counters! {
     rejected,
     /// Handler errors, non-`2xx` answers, panics and timeouts.
     handler_failures,
+    /// Verified events whose data does not decode into their handler's
+    /// type ([`Outcome::Undecodable`], [`Outcome::DeadLettered`]).
+    undecodable,
     /// Deliveries answered `503` because a store or the key source could
     /// not be asked ([`Outcome::StoreUnavailable`], [`Outcome::KeysUnavailable`]).
     store_errors,
@@ -118,6 +122,7 @@ impl Metrics {
             Outcome::InFlight { .. } => &self.in_flight,
             Outcome::Overloaded => &self.overloaded,
             Outcome::StoreUnavailable(_) | Outcome::KeysUnavailable => &self.store_errors,
+            Outcome::Undecodable | Outcome::DeadLettered => &self.undecodable,
             _ if outcome.handler_ran() => &self.handler_failures,
             _ => &self.rejected,
         };
@@ -140,7 +145,7 @@ fn bump(counter: &AtomicU64) {
 /// Every outcome code, as [`Outcome::as_str`] gives them; [`outcome_slot`]
 /// says where each outcome's is.
 #[cfg(feature = "metrics")]
-const OUTCOME_CODES: [&str; 32] = [
+const OUTCOME_CODES: [&str; 34] = [
     "handled",
     "unhandled",
     "queued",
@@ -173,6 +178,8 @@ const OUTCOME_CODES: [&str; 32] = [
     "handler_panicked",
     "handler_timeout",
     "duplicate_key",
+    "undecodable",
+    "dead_lettered",
 ];
 
 /// Where `outcome`'s code is in [`OUTCOME_CODES`].
@@ -217,6 +224,8 @@ fn outcome_slot(outcome: &Outcome) -> usize {
         Outcome::HandlerRefused(_) => 28,
         Outcome::HandlerPanicked => 29,
         Outcome::HandlerTimeout => 30,
+        Outcome::Undecodable => 32,
+        Outcome::DeadLettered => 33,
     }
 }
 
@@ -363,6 +372,8 @@ mod tests {
             Outcome::HandlerRefused(http::StatusCode::IM_A_TEAPOT),
             Outcome::HandlerPanicked,
             Outcome::HandlerTimeout,
+            Outcome::Undecodable,
+            Outcome::DeadLettered,
         ];
         outcomes.extend(
             [

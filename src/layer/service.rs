@@ -23,7 +23,9 @@ use super::metrics;
 use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
-use crate::{BoxError, Outcome, VerifiedEvent};
+use crate::router::Dispatched;
+use crate::store::{timed, Inbox, NewEvent};
+use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 
 /// The service made by [`ClinkLayer`](super::ClinkLayer): verifies,
 /// deduplicates and hands each delivery to `S`.
@@ -247,10 +249,53 @@ where
             .handler_deadline()
             .saturating_sub(claim_started.elapsed())
     };
-    let (response, outcome) = match run_inner(inner, request, deadline).await {
+    let (mut response, mut outcome) = match run_inner(inner, request, deadline).await {
         Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
         Err(outcome) => (layer_response(&outcome), outcome),
     };
+    if outcome == Outcome::Undecodable {
+        if let Some(inbox) = &config.dead_letters {
+            let failure = response
+                .extensions()
+                .get::<Dispatched>()
+                .and_then(Dispatched::failure)
+                .unwrap_or("the event's data does not decode into its handler's type");
+            if dead_letter(&config, &**inbox, &verified, failure).await {
+                outcome = Outcome::DeadLettered;
+                response = layer_response(&outcome);
+            }
+        }
+    }
     guard.settle(&config, &outcome).await;
     (response, outcome, verified)
+}
+
+/// Keeps an event whose data does not decode as dead in `inbox`; whether
+/// it is kept (a copy kept before counts).
+async fn dead_letter(
+    config: &Config,
+    inbox: &dyn Inbox,
+    verified: &VerifiedEvent,
+    failure: &str,
+) -> bool {
+    let event = NewEvent::from_verified(verified, Timestamp::now());
+    let error = format!("dead: its data does not decode, so no retry can help: {failure}");
+    match timed(config.store_timeout, inbox.insert_dead(&event, &error)).await {
+        Ok(_) => {
+            tracing::warn!(
+                event_id = ?event.event_id,
+                event_type = ?event.event_type,
+                "clink delivery: undecodable data kept as dead in the dead-letter inbox"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::error!(
+                %error,
+                event_id = ?event.event_id,
+                "clink delivery: could not keep undecodable data in the dead-letter inbox; answering 500"
+            );
+            false
+        }
+    }
 }

@@ -62,8 +62,13 @@
 //!
 //! An event whose `data` does not decode into the registered type goes to the
 //! [`on_undecodable`](EventRouter::on_undecodable) hook with the raw verified
-//! bytes. Without a hook it is answered `500` and logged with the event id,
-//! type and failing field, so a verified event is never dropped silently.
+//! bytes. Without a hook it is [`Outcome::Undecodable`], logged with the
+//! event id, type and failing field and counted in
+//! `clink_webhook_undecodable_events_total` (label `event_type`), so a
+//! verified event is never dropped silently: behind the layer it is answered
+//! `500`, or kept as dead in the layer's
+//! [dead-letter inbox](crate::ClinkLayer::dead_letters) and acknowledged; an
+//! inbox worker marks it dead at once (retries cannot help).
 //!
 //! [`dispatch`](EventRouter::dispatch) is the typed way in: it takes a
 //! [`VerifiedEvent`] and returns what happened as a [`Dispatched`] (the
@@ -630,8 +635,13 @@ async fn undecodable<S>(routes: &Routes<S>, raw: RawEvent, error: DecodeError) -
         error = ?error.to_string(),
         "clink event data did not decode into its handler's type"
     );
+    #[cfg(feature = "metrics")]
+    if let Some(name) = raw.event_type().known_name() {
+        metrics::counter!("clink_webhook_undecodable_events_total", "event_type" => name)
+            .increment(1);
+    }
     let Some(hook) = &routes.undecodable else {
-        return Dispatched::new(Outcome::HandlerFailed).failed(error.to_string());
+        return Dispatched::new(Outcome::Undecodable).failed(error.to_string());
     };
     let event = raw.clone();
     match hook(raw, error).await {
@@ -653,8 +663,9 @@ where
     }
 
     /// [`dispatch`](EventRouter::dispatch) of the request's
-    /// [`VerifiedEvent`]; the response carries the [`Outcome`] and, for
-    /// typed events, the [`Freshness`] in its extensions.
+    /// [`VerifiedEvent`]; the response carries the [`Outcome`], the whole
+    /// [`Dispatched`] and, for typed events, the [`Freshness`] in its
+    /// extensions.
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let router = self.clone();
         // The request is the router's own: take the event rather than copy it.
@@ -669,9 +680,10 @@ where
             };
             let dispatched = router.dispatch(verified).await;
             let mut response = dispatched.outcome.to_response().map(Full::new);
-            if let Some(freshness) = dispatched.freshness {
-                response.extensions_mut().insert(freshness);
+            if let Some(freshness) = &dispatched.freshness {
+                response.extensions_mut().insert(freshness.clone());
             }
+            response.extensions_mut().insert(dispatched);
             Ok(response)
         })
     }
@@ -681,12 +693,10 @@ where
 mod tests {
     use std::sync::Mutex;
 
-    use tower::{Layer, ServiceExt};
-
     use super::*;
     use crate::data::Resource;
     use crate::store::MemoryStore;
-    use crate::{events, sign, ClinkLayer, Timestamp, Verifier};
+    use crate::{events, sign, Timestamp, Verifier};
 
     /// Records `type id object stale?` for every event it handles.
     #[derive(Clone, Default)]
@@ -714,16 +724,19 @@ mod tests {
     }
 
     async fn deliver(router: EventRouter, bodies: &[&str]) {
-        let service = ClinkLayer::new(Verifier::new("k").unwrap()).layer(router);
+        let verifier = Verifier::new("k").unwrap();
         for body in bodies {
             let ts = Timestamp::now().as_millis().to_string();
-            let request = Request::post("/")
-                .header("x-clink-timestamp", &ts)
-                .header("x-clink-signature", sign("k", &ts, body.as_bytes()))
-                .body(Full::new(Bytes::from(body.to_string())))
+            let verified = verifier
+                .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
                 .unwrap();
-            let response = service.clone().oneshot(request).await.unwrap();
-            assert_eq!(response.status(), 200, "{body}");
+            let event =
+                VerifiedEvent::new(RawEvent::from_slice(body.as_bytes()).unwrap(), &verified);
+            let dispatched = router.dispatch(event).await;
+            assert!(
+                dispatched.outcome().is_acknowledged(),
+                "{body}: {dispatched:?}"
+            );
         }
     }
 

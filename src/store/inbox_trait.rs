@@ -101,7 +101,7 @@ impl NewEvent {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const ENTRY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
      object_key, signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, \
-     last_error, signing_key";
+     last_error, signing_key, handled_at_ms, replays, last_replay_ms";
 
 /// A row of an SQL inbox, read column by column: what [`read_entry`] needs
 /// of each backend's row type.
@@ -137,6 +137,9 @@ pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {
         attempts: u32::try_from(row.int(10)?).unwrap_or(0),
         next_attempt_at: Timestamp::from_millis(row.int(11)?),
         last_error: row.optional_text(12)?,
+        handled_at: row.optional_int(14)?.map(Timestamp::from_millis),
+        replays: u32::try_from(row.int(15)?).unwrap_or(0),
+        last_replayed_at: row.optional_int(16)?.map(Timestamp::from_millis),
     })
 }
 
@@ -205,6 +208,13 @@ pub struct InboxEntry {
     pub next_attempt_at: Timestamp,
     /// The error of its last failed attempt.
     pub last_error: Option<String>,
+    /// When a worker last completed it (kept through a replay, so that a
+    /// replay can say the event was handled before).
+    pub handled_at: Option<Timestamp>,
+    /// How many times it was replayed.
+    pub replays: u32,
+    /// When it was last replayed.
+    pub last_replayed_at: Option<Timestamp>,
 }
 
 /// An event a worker took, with the fencing token that alone can settle it.
@@ -215,6 +225,163 @@ pub struct InboxClaim {
     /// The claim's token: a settle with another (or after the lease ended
     /// and another worker took the event) changes nothing.
     pub token: LeaseToken,
+}
+
+/// Which events an operation applies to: each field that is set must
+/// match; the default matches every event.
+///
+/// ```
+/// use clink_webhooks::store::{InboxFilter, InboxStatus};
+///
+/// let dead_orders = InboxFilter::default()
+///     .status(InboxStatus::Dead)
+///     .event_type("order.succeeded");
+/// # let _ = dead_orders;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxFilter {
+    /// Events with this status.
+    pub status: Option<InboxStatus>,
+    /// Events of this type, as sent (`order.succeeded`).
+    pub event_type: Option<String>,
+    /// Events of this account (`""` for events with no account).
+    pub account: Option<String>,
+    /// Events about this object, as `family:id` (with the account's prefix
+    /// for events of an account, as [`NewEvent::object_key`] holds it).
+    pub object_key: Option<String>,
+    /// Events received at or after this time.
+    pub received_from: Option<Timestamp>,
+    /// Events received before this time.
+    pub received_until: Option<Timestamp>,
+}
+
+impl InboxFilter {
+    /// Only events with `status`.
+    #[must_use]
+    pub fn status(mut self, status: InboxStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only events of `event_type`.
+    #[must_use]
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Only events of `account` (`""`: events with no account).
+    #[must_use]
+    pub fn account(mut self, account: impl Into<String>) -> Self {
+        self.account = Some(account.into());
+        self
+    }
+
+    /// Only events about `object_key`.
+    #[must_use]
+    pub fn object_key(mut self, object_key: impl Into<String>) -> Self {
+        self.object_key = Some(object_key.into());
+        self
+    }
+
+    /// Only events received at or after `from` and before `until`.
+    #[must_use]
+    pub fn received(mut self, from: Option<Timestamp>, until: Option<Timestamp>) -> Self {
+        self.received_from = from;
+        self.received_until = until;
+        self
+    }
+
+    /// Whether `entry` matches.
+    #[must_use]
+    pub fn matches(&self, entry: &InboxEntry) -> bool {
+        let event = &entry.event;
+        let received = event.received_at;
+        self.status.is_none_or(|status| entry.status == status)
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == event.event_type)
+            && self
+                .account
+                .as_ref()
+                .is_none_or(|a| a.as_str() == event.account.as_deref().unwrap_or(""))
+            && self
+                .object_key
+                .as_ref()
+                .is_none_or(|o| Some(o.as_str()) == event.object_key.as_deref())
+            && self.received_from.is_none_or(|from| received >= from)
+            && self.received_until.is_none_or(|until| received < until)
+    }
+
+    /// The filter as SQL parameters, in the order of [`FILTER_SQL`]:
+    /// status, type, account, object, from, until.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn params(&self) -> FilterParams<'_> {
+        FilterParams {
+            status: self.status.map(InboxStatus::as_str),
+            event_type: self.event_type.as_deref(),
+            account: self.account.as_deref(),
+            object_key: self.object_key.as_deref(),
+            from: self.received_from.map(Timestamp::as_millis),
+            until: self.received_until.map(Timestamp::as_millis),
+        }
+    }
+}
+
+/// An [`InboxFilter`] as SQL parameters.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct FilterParams<'a> {
+    pub(crate) status: Option<&'a str>,
+    pub(crate) event_type: Option<&'a str>,
+    pub(crate) account: Option<&'a str>,
+    pub(crate) object_key: Option<&'a str>,
+    pub(crate) from: Option<i64>,
+    pub(crate) until: Option<i64>,
+}
+
+/// The condition of an [`InboxFilter`] in SQL, its parameters numbered from
+/// `first` (`$n` for PostgreSQL with its type, `?n` for SQLite).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn filter_sql(mark: char, first: usize) -> String {
+    let p = |n: usize, ty: &str| {
+        if mark == '$' {
+            format!("${}::{ty}", first + n)
+        } else {
+            format!("?{}", first + n)
+        }
+    };
+    format!(
+        "({s} IS NULL OR status = {s}) AND ({t} IS NULL OR event_type = {t}) \
+         AND ({a} IS NULL OR account = {a}) AND ({o} IS NULL OR object_key = {o}) \
+         AND ({f} IS NULL OR received_at_ms >= {f}) AND ({u} IS NULL OR received_at_ms < {u})",
+        s = p(0, "text"),
+        t = p(1, "text"),
+        a = p(2, "text"),
+        o = p(3, "text"),
+        f = p(4, "bigint"),
+        u = p(5, "bigint"),
+    )
+}
+
+/// What [`Inbox::replay`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replayed {
+    /// The event is pending again, its attempts reset.
+    Replayed,
+    /// The event was handled (at that time, when known) and was left as it
+    /// is: replaying it would run its handler a second time. Replay it
+    /// with `force` to do that on purpose.
+    Handled {
+        /// When it was handled.
+        at: Option<Timestamp>,
+    },
+    /// A worker holds the event now; it was left alone.
+    Running,
+    /// No event has that number.
+    Missing,
 }
 
 /// What [`Inbox::insert`] did.
@@ -234,6 +401,9 @@ pub struct InboxStats {
     pub pending: u64,
     /// Waiting for a retry.
     pub retrying: u64,
+    /// Due now: pending, retrying with the retry's time come, or running.
+    /// Workers with nothing due have drained the inbox.
+    pub due: u64,
     /// Held by a worker.
     pub running: u64,
     /// Dead, until replayed or purged.
@@ -245,7 +415,19 @@ pub struct InboxStats {
 impl InboxStats {
     /// Counts `count` events with `status`, the oldest of them arrived at
     /// `oldest`: what a backend's `GROUP BY status` gives, row by row.
-    pub(crate) fn add(&mut self, status: InboxStatus, count: u64, oldest: Option<Timestamp>) {
+    pub(crate) fn add(
+        &mut self,
+        status: InboxStatus,
+        count: u64,
+        due: u64,
+        oldest: Option<Timestamp>,
+    ) {
+        if matches!(
+            status,
+            InboxStatus::Pending | InboxStatus::Retrying | InboxStatus::Running
+        ) {
+            self.due += due;
+        }
         let unhandled = match status {
             InboxStatus::Pending => {
                 self.pending += count;
@@ -302,6 +484,20 @@ pub trait Inbox: Send + Sync + 'static {
     /// be acknowledged.
     fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>>;
 
+    /// Keeps `event` as `dead` with `error`, unless its account already has
+    /// an event with its id: for an event no retry can help (its data does
+    /// not decode), kept to look at and to [`replay`](Self::replay) after an
+    /// upgrade.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    fn insert_dead<'a>(
+        &'a self,
+        event: &'a NewEvent,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Inserted, StoreError>>;
+
     /// Takes the next event to handle (see [Claim order](Self#claim-order))
     /// for `lease`, counting an attempt; `None` when there is none.
     ///
@@ -342,16 +538,16 @@ pub trait Inbox: Send + Sync + 'static {
     /// As [`complete`](Self::complete).
     fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
-    /// Events with `status` (any when `None`), oldest first, at most `limit`.
+    /// The events `filter` matches, oldest first, at most `limit`.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the inbox cannot be read.
-    fn list(
-        &self,
-        status: Option<InboxStatus>,
+    fn list<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>>;
 
     /// The event numbered `seq`.
     ///
@@ -360,20 +556,27 @@ pub trait Inbox: Send + Sync + 'static {
     /// A [`StoreError`] when the inbox cannot be read.
     fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>>;
 
-    /// Makes event `seq` pending again now, with its attempts reset,
-    /// whatever its status but running; whether it did.
+    /// Makes event `seq` pending again now, with its attempts reset, and
+    /// counts the replay on it. A handled (`done`) event is left as it is
+    /// unless `force`: replaying it runs its handler a second time. A
+    /// running event is always left alone.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the inbox cannot be written.
-    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>>;
 
-    /// Makes every dead event pending again; how many.
+    /// As [`replay`](Self::replay) for every event `filter` matches; the
+    /// numbers of the events replayed.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the inbox cannot be written.
-    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    fn replay_matching<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
 
     /// Deletes the done and dead events that arrived before `before`; how many.
     ///
@@ -388,6 +591,15 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be read.
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>>;
+
+    /// Writes to the inbox and commits, the way [`insert`](Self::insert)
+    /// does, without keeping an event: whether it can take deliveries now
+    /// (a full disk, a read-only file or a lost connection fails it).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] saying why it cannot write.
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Waits until an event may have arrived, or `timeout` passed. The
     /// default just waits `timeout`; backends that can be told of inserts
@@ -417,6 +629,15 @@ macro_rules! forward {
             fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
                 (**self).release(claim)
             }
+            fn insert_dead<'a>(&'a self, event: &'a NewEvent, error: &'a str) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+                (**self).insert_dead(event, error)
+            }
+            fn list<'a>(&'a self, filter: &'a InboxFilter, limit: usize) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+                (**self).list(filter, limit)
+            }
+            fn replay_matching<'a>(&'a self, filter: &'a InboxFilter, force: bool) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+                (**self).replay_matching(filter, force)
+            }
             $(
                 fn $method(&self, $($arg: $ty),*) -> BoxFuture<'_, $out> {
                     (**self).$method($($arg),*)
@@ -428,10 +649,9 @@ macro_rules! forward {
 
 forward! {
     claim(lease: Duration, reorder_window: Duration) -> Result<Option<InboxClaim>, StoreError>;
-    list(status: Option<InboxStatus>, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
     get(seq: i64) -> Result<Option<InboxEntry>, StoreError>;
-    replay(seq: i64) -> Result<bool, StoreError>;
-    replay_dead() -> Result<u64, StoreError>;
+    replay(seq: i64, force: bool) -> Result<Replayed, StoreError>;
+    check_writable() -> Result<(), StoreError>;
     purge(before: Timestamp) -> Result<u64, StoreError>;
     stats() -> Result<InboxStats, StoreError>;
     wait(timeout: Duration) -> ();

@@ -100,7 +100,10 @@ mod sqlite_inbox;
 pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
-pub use inbox_trait::{Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, NewEvent};
+pub use inbox_trait::{
+    Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,
+    Replayed,
+};
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
@@ -142,6 +145,9 @@ pub enum StoreErrorKind {
     Full,
     /// A key, object id or duration was out of range (see [Keys](self#keys)).
     InvalidInput,
+    /// A claim's lease ended before the work under it was settled: another
+    /// worker or delivery may hold the event now.
+    LeaseLost,
 }
 
 /// The store could not answer; the delivery is refused with 503 so Clink retries.
@@ -177,6 +183,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Protocol => "store answered unexpectedly",
             StoreErrorKind::Full => "store full",
             StoreErrorKind::InvalidInput => "invalid store argument",
+            StoreErrorKind::LeaseLost => "lease lost",
         };
         write!(f, "{what}: {}", self.message)
     }

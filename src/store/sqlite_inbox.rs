@@ -9,12 +9,13 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::Notify;
 
-use super::inbox_trait::{order_key, read_entry, EntryRow, ENTRY_COLUMNS};
+use super::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use super::{
-    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
-    NewEvent, Settle, StoreError, StoreErrorKind,
+    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
+    LeaseToken, NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
 };
-use crate::Timestamp;
+use crate::events::InboxAttempt;
+use crate::{BoxError, Timestamp};
 
 /// The inbox in a SQLite file: durable (WAL, `synchronous = FULL`: an
 /// acknowledged delivery survives a crash of the process or the machine),
@@ -64,7 +65,14 @@ const SCHEMA: &str = "
         token TEXT,
         last_error TEXT,
         signing_key TEXT,
+        handled_at_ms INTEGER,
+        replays INTEGER NOT NULL DEFAULT 0,
+        last_replay_ms INTEGER,
         UNIQUE (account, event_id)
+    );
+    CREATE TABLE IF NOT EXISTS clink_webhook_inbox_health (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at_ms INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_object
         ON clink_webhook_inbox (object_key, order_ms, event_id)
@@ -103,15 +111,32 @@ fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
 
 /// Adds the columns later versions added to a table an earlier one made.
 fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
-    let has_signing_key: bool = connection.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = 'signing_key'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_signing_key {
-        connection.execute_batch("ALTER TABLE clink_webhook_inbox ADD COLUMN signing_key TEXT")?;
+    for (column, definition) in [
+        ("signing_key", "TEXT"),
+        ("handled_at_ms", "INTEGER"),
+        ("replays", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_replay_ms", "INTEGER"),
+    ] {
+        let present: bool = connection.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = ?1",
+            params![column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            connection.execute_batch(&format!(
+                "ALTER TABLE clink_webhook_inbox ADD COLUMN {column} {definition}"
+            ))?;
+        }
     }
     Ok(())
+}
+
+/// What a replay sets, `?N` being the time now.
+fn replay_set(now: usize) -> String {
+    format!(
+        "status = 'pending', attempts = 0, next_attempt_ms = ?{now}, token = NULL, \
+         replays = replays + 1, last_replay_ms = ?{now}"
+    )
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -152,6 +177,85 @@ impl SqliteInbox {
         let connection = Connection::open(path)
             .map_err(|err| sqlite_error("cannot open the inbox file", &err))?;
         Self::with_connection(connection)
+    }
+
+    /// Runs `effects` in a transaction on the inbox's own connection and
+    /// marks the event of `attempt` (from
+    /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
+    /// that workers over this inbox run) done in the same transaction, so
+    /// that a crash at any point leaves both or neither: the writes in
+    /// `effects` happen exactly once. Keep the effects in the inbox's file
+    /// (tables of your own next to the inbox's).
+    ///
+    /// `effects` runs on a blocking thread while the inbox waits for it:
+    /// keep it to the writes. When it fails, or the event's lease ended
+    /// before the commit (another worker may run the event now), the
+    /// transaction is rolled back and the error returned; return it from
+    /// the handler and the event runs again.
+    ///
+    /// ```no_run
+    /// use clink_webhooks::data::Order;
+    /// use clink_webhooks::store::SqliteInbox;
+    /// use clink_webhooks::{BoxError, Event};
+    ///
+    /// async fn fulfil(inbox: SqliteInbox, event: Event<Order>) -> Result<(), BoxError> {
+    ///     let attempt = event.inbox_attempt().ok_or("run this handler with inbox::Workers")?;
+    ///     let order = event.data.order_id.clone();
+    ///     inbox
+    ///         .complete_with(attempt, move |tx| {
+    ///             tx.execute("INSERT INTO paid_orders (order_id) VALUES (?1)", [order])?;
+    ///             Ok(())
+    ///         })
+    ///         .await
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error of `effects`, or a [`StoreError`] when the transaction
+    /// cannot be written or the lease ended; nothing was committed.
+    pub async fn complete_with<T, F>(
+        &self,
+        attempt: &InboxAttempt,
+        effects: F,
+    ) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, BoxError> + Send + 'static,
+    {
+        let (seq, token) = (attempt.seq(), attempt.token().to_owned());
+        let connection = Arc::clone(&self.connection);
+        let done = tokio::task::spawn_blocking(move || -> Result<T, BoxError> {
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            let failed = |err: rusqlite::Error| sqlite_error("cannot complete the event", &err);
+            let tx = connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(failed)?;
+            // An error drops `tx`, which rolls it back.
+            let value = effects(&tx)?;
+            let now = Timestamp::now().as_millis();
+            let changed = tx
+                .execute(
+                    "UPDATE clink_webhook_inbox SET status = 'done', handled_at_ms = ?3, token = NULL
+                     WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3",
+                    params![seq, token, now],
+                )
+                .map_err(failed)?;
+            if changed != 1 {
+                return Err(Box::new(StoreError::new(
+                    StoreErrorKind::LeaseLost,
+                    "the event's lease ended before its effects were committed; they were \
+                     rolled back and the event runs again",
+                )));
+            }
+            tx.commit().map_err(failed)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "the inbox call stopped"))??;
+        attempt.mark_completed();
+        self.inserted.notify_waiters();
+        Ok(done)
     }
 
     fn with_connection(connection: Connection) -> Result<Self, StoreError> {
@@ -217,17 +321,24 @@ impl SqliteInbox {
     }
 }
 
-impl Inbox for SqliteInbox {
-    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+impl SqliteInbox {
+    /// Keeps `event` as `pending`, or as `dead` with `error`.
+    fn keep(
+        &self,
+        event: &NewEvent,
+        dead_with: Option<&str>,
+    ) -> BoxFuture<'static, Result<Inserted, StoreError>> {
         let event = event.clone();
+        let error = dead_with.map(str::to_owned);
         let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
             let changed = connection
                 .execute(
                     "INSERT INTO clink_webhook_inbox (account, event_id, event_type, created_ms,
                          order_ms, object_key, signed_at_ms, received_at_ms, body, next_attempt_ms,
-                         signing_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10)
+                         signing_key, status, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10,
+                             CASE WHEN ?11 IS NULL THEN 'pending' ELSE 'dead' END, ?11)
                      ON CONFLICT (account, event_id) DO NOTHING",
                     params![
                         event.account.clone().unwrap_or_default(),
@@ -240,6 +351,7 @@ impl Inbox for SqliteInbox {
                         event.received_at.as_millis(),
                         &event.body[..],
                         event.signing_key,
+                        error,
                     ],
                 )
                 .map_err(|err| sqlite_error("cannot keep the event", &err))?;
@@ -254,6 +366,20 @@ impl Inbox for SqliteInbox {
             inserted.notify_waiters();
             result
         })
+    }
+}
+
+impl Inbox for SqliteInbox {
+    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        self.keep(event, None)
+    }
+
+    fn insert_dead<'a>(
+        &'a self,
+        event: &'a NewEvent,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        self.keep(event, Some(error))
     }
 
     fn claim(
@@ -293,7 +419,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        self.settle("status = 'done'", claim, None, None)
+        self.settle("status = 'done', handled_at_ms = ?3", claim, None, None)
     }
 
     fn fail<'a>(
@@ -321,22 +447,33 @@ impl Inbox for SqliteInbox {
         )
     }
 
-    fn list(
-        &self,
-        status: Option<InboxStatus>,
+    fn list<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>> {
-        let status = status.map(InboxStatus::as_str);
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        let filter = filter.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(move |connection| {
+            let f = filter.params();
             let mut statement = connection
                 .prepare_cached(&format!(
                     "SELECT {ENTRY_COLUMNS} FROM clink_webhook_inbox
-                     WHERE ?1 IS NULL OR status = ?1 ORDER BY seq LIMIT ?2"
+                     WHERE {} ORDER BY seq LIMIT ?7",
+                    filter_sql('?', 1)
                 ))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
+            let values = params![
+                f.status,
+                f.event_type,
+                f.account,
+                f.object_key,
+                f.from,
+                f.until,
+                limit
+            ];
             let rows = statement
-                .query_map(params![status, limit], |row| read_entry(row))
+                .query_map(values, |row| read_entry(row))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
             rows.collect::<Result<_, _>>()
                 .map_err(|err| sqlite_error("cannot read an event", &err))
@@ -356,18 +493,41 @@ impl Inbox for SqliteInbox {
         })
     }
 
-    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
         let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
-            connection
-                .execute(
-                    "UPDATE clink_webhook_inbox SET status = 'pending', attempts = 0,
-                         next_attempt_ms = ?2, token = NULL
-                     WHERE seq = ?1 AND status <> 'running'",
-                    params![seq, Timestamp::now().as_millis()],
+            let failed = |err: rusqlite::Error| sqlite_error("cannot replay the event", &err);
+            let tx = connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(failed)?;
+            let found = tx
+                .query_row(
+                    "SELECT status, handled_at_ms FROM clink_webhook_inbox WHERE seq = ?1",
+                    params![seq],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?)),
                 )
-                .map(|changed| changed == 1)
-                .map_err(|err| sqlite_error("cannot replay the event", &err))
+                .optional()
+                .map_err(failed)?;
+            let replayed = match found {
+                None => Replayed::Missing,
+                Some((status, _)) if status == "running" => Replayed::Running,
+                Some((status, handled)) if status == "done" && !force => Replayed::Handled {
+                    at: handled.map(Timestamp::from_millis),
+                },
+                Some(_) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE clink_webhook_inbox SET {} WHERE seq = ?1",
+                            replay_set(2)
+                        ),
+                        params![seq, Timestamp::now().as_millis()],
+                    )
+                    .map_err(failed)?;
+                    Replayed::Replayed
+                }
+            };
+            tx.commit().map_err(failed)?;
+            Ok(replayed)
         });
         Box::pin(async move {
             let replayed = call.await;
@@ -376,23 +536,62 @@ impl Inbox for SqliteInbox {
         })
     }
 
-    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn replay_matching<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        let filter = filter.clone();
         let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
-            connection
-                .execute(
-                    "UPDATE clink_webhook_inbox SET status = 'pending', attempts = 0,
-                         next_attempt_ms = ?1, token = NULL
-                     WHERE status = 'dead'",
-                    params![Timestamp::now().as_millis()],
-                )
-                .map(|changed| changed as u64)
-                .map_err(|err| sqlite_error("cannot replay the dead events", &err))
+            let f = filter.params();
+            let sql = format!(
+                "UPDATE clink_webhook_inbox SET {}
+                 WHERE {} AND status <> 'running' AND (status <> 'done' OR ?8)
+                 RETURNING seq",
+                replay_set(7),
+                filter_sql('?', 1)
+            );
+            let now = Timestamp::now().as_millis();
+            let values = params![
+                f.status,
+                f.event_type,
+                f.account,
+                f.object_key,
+                f.from,
+                f.until,
+                now,
+                force
+            ];
+            let failed = |err: rusqlite::Error| sqlite_error("cannot replay the events", &err);
+            let mut statement = connection.prepare(&sql).map_err(failed)?;
+            let seqs = statement
+                .query_map(values, |row| row.get::<_, i64>(0))
+                .map_err(failed)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed)?;
+            Ok(seqs)
         });
         Box::pin(async move {
             let replayed = call.await;
             inserted.notify_waiters();
-            replayed
+            replayed.map(|mut seqs| {
+                seqs.sort_unstable();
+                seqs
+            })
+        })
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO clink_webhook_inbox_health (id, at_ms) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                    params![Timestamp::now().as_millis()],
+                )
+                .map(drop)
+                .map_err(|err| sqlite_error("cannot write to the inbox", &err))
         })
     }
 
@@ -413,26 +612,29 @@ impl Inbox for SqliteInbox {
         self.with(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT status, count(*), min(received_at_ms) FROM clink_webhook_inbox
-                     WHERE status <> 'done' GROUP BY status",
+                    "SELECT status, count(*), min(received_at_ms),
+                            sum(CASE WHEN status = 'running' OR next_attempt_ms <= ?1 THEN 1 ELSE 0 END)
+                     FROM clink_webhook_inbox WHERE status <> 'done' GROUP BY status",
                 )
                 .map_err(|err| sqlite_error("cannot count the inbox", &err))?;
             let rows = statement
-                .query_map([], |row| {
+                .query_map(params![Timestamp::now().as_millis()], |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, i64>(1)?,
                         row.get::<_, Option<i64>>(2)?,
+                        row.get::<_, i64>(3)?,
                     ))
                 })
                 .map_err(|err| sqlite_error("cannot count the inbox", &err))?;
             let mut stats = InboxStats::default();
             for row in rows {
-                let (status, count, oldest) =
+                let (status, count, oldest, due) =
                     row.map_err(|err| sqlite_error("cannot count the inbox", &err))?;
                 if let Some(status) = InboxStatus::parse(&status) {
                     let count = u64::try_from(count).unwrap_or(0);
-                    stats.add(status, count, oldest.map(Timestamp::from_millis));
+                    let due = u64::try_from(due).unwrap_or(0);
+                    stats.add(status, count, due, oldest.map(Timestamp::from_millis));
                 }
             }
             Ok(stats)

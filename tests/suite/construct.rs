@@ -303,7 +303,7 @@ async fn every_refusal_has_the_layers_status_and_code() {
                 br#"{"id":"evt_d","type":"order.succeeded","data":{"orderId":["x"]}}"#,
             ),
             br#"{"id":"evt_d","type":"order.succeeded","data":{"orderId":["x"]}}"#.to_vec(),
-            Some("handler_failed"),
+            Some("undecodable"),
         ),
     ];
     for (what, timestamp, signature, body, code) in cases {
@@ -345,7 +345,7 @@ async fn the_error_kinds_match_the_layers_outcomes() {
         panic!("{decode:?}");
     };
     assert_eq!(error.path(), "refundAmount");
-    assert_eq!(decode.code(), Outcome::HandlerFailed.as_str());
+    assert_eq!(decode.code(), Outcome::Undecodable.as_str());
     assert_eq!(decode.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 

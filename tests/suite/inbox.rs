@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clink_webhooks::inbox::Workers;
-use clink_webhooks::store::InboxStatus;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
+use clink_webhooks::store::{InboxFilter, InboxStatus, Replayed};
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
 use http_body_util::Full;
@@ -126,12 +126,18 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
         .await
         .unwrap()
         .is_none());
-    let retrying = inbox.list(Some(InboxStatus::Retrying), 100).await.unwrap();
+    let retrying = inbox
+        .list(&InboxFilter::default().status(InboxStatus::Retrying), 100)
+        .await
+        .unwrap();
     assert!(retrying.iter().any(|e| e.seq == taken.entry.seq));
 
     // Replayed now, it runs; failed with no retry time, it is dead and no
     // longer blocks the newer event.
-    assert!(inbox.replay(taken.entry.seq).await.unwrap());
+    assert_eq!(
+        inbox.replay(taken.entry.seq, false).await.unwrap(),
+        Replayed::Replayed
+    );
     let again = inbox
         .claim(LEASE, NO_REORDER_WINDOW)
         .await
@@ -176,7 +182,11 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
 
     // Dead events are replayed together; done and dead ones are purged.
-    assert!(inbox.replay_dead().await.unwrap() >= 1);
+    assert!(!inbox
+        .replay_matching(&InboxFilter::default().status(InboxStatus::Dead), false)
+        .await
+        .unwrap()
+        .is_empty());
     let replayed = inbox
         .claim(LEASE, NO_REORDER_WINDOW)
         .await
@@ -227,7 +237,12 @@ async fn a_handler_that_always_fails_ends_dead_and_replay_brings_it_back() {
     inbox.insert(&event("evt_dead", None, 1)).await.unwrap();
     let dead = || {
         let inbox = Arc::clone(&inbox);
-        async move { inbox.list(Some(InboxStatus::Dead), 10).await.unwrap() }
+        async move {
+            inbox
+                .list(&InboxFilter::default().status(InboxStatus::Dead), 10)
+                .await
+                .unwrap()
+        }
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let entry = loop {
@@ -238,11 +253,25 @@ async fn a_handler_that_always_fails_ends_dead_and_replay_brings_it_back() {
         inbox.wait(Duration::from_millis(20)).await;
     };
     assert_eq!(entry.attempts, 3);
-    assert_eq!(entry.last_error.as_deref(), Some("payment provider down"));
+    // The last error says it is dead and why, not that it runs again.
+    assert_eq!(
+        entry.last_error.as_deref(),
+        Some(
+            "dead after 3 attempts; the last failed: payment provider down; replay it once \
+             the cause is fixed"
+        )
+    );
     assert_eq!(seen.lock().unwrap().len(), 3);
 
     // Fixed now (the router fails three times only): replay runs it once more.
-    assert_eq!(inbox.replay_dead().await.unwrap(), 1);
+    assert_eq!(
+        inbox
+            .replay_matching(&InboxFilter::default().status(InboxStatus::Dead), false)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     within("the replayed event handled", || {
         seen.lock().unwrap().len() == 4
     })
@@ -322,7 +351,10 @@ async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
     pool.shutdown(Duration::from_millis(100)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let back = inbox.list(Some(InboxStatus::Pending), 10).await.unwrap();
+        let back = inbox
+            .list(&InboxFilter::default().status(InboxStatus::Pending), 10)
+            .await
+            .unwrap();
         if back.iter().any(|e| e.event.event_id == "evt_slow") {
             break;
         }
@@ -344,7 +376,7 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     assert_eq!(Outcome::of(&response), Some(&Outcome::Queued));
     // Kept, not handled: the router runs in the workers.
     assert!(seen.lock().unwrap().is_empty());
-    let kept = inbox.list(None, 10).await.unwrap();
+    let kept = inbox.list(&InboxFilter::default(), 10).await.unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].event.event_id, "evt_in");
     assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_9"));
@@ -354,7 +386,10 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     let request = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(Outcome::of(&response), Some(&Outcome::Duplicate));
-    assert_eq!(inbox.list(None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        inbox.list(&InboxFilter::default(), 10).await.unwrap().len(),
+        1
+    );
 }
 
 #[cfg(feature = "postgres")]
@@ -463,7 +498,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
         .unwrap();
     drop(inbox);
     let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
-    let kept = inbox.list(Some(InboxStatus::Pending), 10).await.unwrap();
+    let kept = inbox
+        .list(&InboxFilter::default().status(InboxStatus::Pending), 10)
+        .await
+        .unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].event.event_id, "evt_kept");
     assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_k"));
@@ -811,7 +849,10 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let seq = loop {
-        let done = inbox.list(Some(InboxStatus::Done), 10).await.unwrap();
+        let done = inbox
+            .list(&InboxFilter::default().status(InboxStatus::Done), 10)
+            .await
+            .unwrap();
         if let Some(entry) = done.first() {
             break entry.seq;
         }

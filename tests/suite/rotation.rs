@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use clink_webhooks::store::{Inbox, MemoryInbox};
+use clink_webhooks::store::{Inbox, InboxFilter, MemoryInbox};
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{
     ClinkLayer, EventRouter, Layer, Outcome, SigningKey, VerifiedEvent, Verifier,
@@ -119,7 +119,7 @@ async fn the_inbox_keeps_the_name_of_the_key_that_matched() {
         assert_eq!(verified.event().id(), id);
     }
     let kept: Vec<_> = inbox
-        .list(None, 10)
+        .list(&InboxFilter::default(), 10)
         .await
         .unwrap()
         .into_iter()
@@ -173,7 +173,7 @@ async fn an_older_sqlite_inbox_gains_the_key_column_and_keeps_its_rows() {
     let request = SignedRequest::new(NEW, body("evt_after")).build::<Full<Bytes>>();
     assert_eq!(intake.oneshot(request).await.unwrap().status(), 200);
     let kept: Vec<_> = inbox
-        .list(None, 10)
+        .list(&InboxFilter::default(), 10)
         .await
         .unwrap()
         .into_iter()

@@ -393,6 +393,7 @@ fn currencies_compare_with_strings_by_their_code() {
     assert!(unlisted == *"CHF");
     assert!(listed != *"EUR");
     assert!(unlisted != *"chf");
-    assert!(!(listed == *"CHF"));
-    assert!(!(unlisted == "USD"));
+    // `==` itself false (not only `!=` true).
+    assert!(!PartialEq::<str>::eq(&listed, "CHF"));
+    assert!(!PartialEq::<&str>::eq(&unlisted, &"USD"));
 }

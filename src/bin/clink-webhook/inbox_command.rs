@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use clink_webhooks::store::{Inbox, InboxEntry, InboxStatus};
+use clink_webhooks::store::{Inbox, InboxEntry, InboxFilter, InboxStatus, Replayed};
 use clink_webhooks::Timestamp;
 use serde_json::json;
 
@@ -186,8 +186,12 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
                     })
                 })
                 .transpose()?;
+            let mut filter = InboxFilter::default();
+            if let Some(status) = status {
+                filter = filter.status(status);
+            }
             let entries = inbox
-                .list(status, *limit)
+                .list(&filter, *limit)
                 .await
                 .map_err(|e| store_error(&e))?;
             for entry in &entries {
@@ -218,9 +222,34 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
         Action::Replay { seq, dead } => {
             let replayed = match (seq, dead) {
                 (Some(seq), false) => {
-                    u64::from(inbox.replay(*seq).await.map_err(|e| store_error(&e))?)
+                    match inbox.replay(*seq, false).await.map_err(|e| store_error(&e))? {
+                        Replayed::Replayed => 1,
+                        Replayed::Handled { at } => {
+                            return Err(CliError::new(
+                                ErrorCode::Refused,
+                                format!(
+                                    "event {seq} was handled{}; replaying it would run its handler again",
+                                    at.map(|at| format!(" at {at}")).unwrap_or_default()
+                                ),
+                            ))
+                        }
+                        Replayed::Running => {
+                            return Err(CliError::new(
+                                ErrorCode::Refused,
+                                format!("event {seq} is running now; replay it once it is settled"),
+                            ))
+                        }
+                        _ => return Err(CliError::usage(format!("no event {seq} in the inbox"))),
+                    }
                 }
-                (None, true) => inbox.replay_dead().await.map_err(|e| store_error(&e))?,
+                (None, true) => {
+                    let dead = InboxFilter::default().status(InboxStatus::Dead);
+                    let seqs = inbox
+                        .replay_matching(&dead, false)
+                        .await
+                        .map_err(|e| store_error(&e))?;
+                    seqs.len() as u64
+                }
                 _ => return Err(CliError::usage("replay SEQ, or replay --dead")),
             };
             if out.json {

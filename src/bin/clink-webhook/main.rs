@@ -201,6 +201,8 @@ enum ErrorCode {
     Non2xx,
     /// `send`: a delivery got no answer at all.
     Unreachable,
+    /// `inbox replay`: the event was handled (replay it with --force) or is running.
+    Refused,
 }
 
 impl ErrorCode {
@@ -214,12 +216,13 @@ impl ErrorCode {
             Self::InvalidSignature => "invalid_signature",
             Self::Non2xx => "non_2xx",
             Self::Unreachable => "unreachable",
+            Self::Refused => "refused",
         }
     }
 
     fn exit_code(self) -> ExitCode {
         match self {
-            Self::InvalidSignature | Self::Non2xx => ExitCode::from(1),
+            Self::InvalidSignature | Self::Non2xx | Self::Refused => ExitCode::from(1),
             _ => ExitCode::from(2),
         }
     }

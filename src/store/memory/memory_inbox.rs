@@ -8,8 +8,8 @@ use tokio::sync::Notify;
 
 use crate::store::inbox_trait::order_key;
 use crate::store::{
-    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
-    NewEvent, Settle, StoreError,
+    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
+    LeaseToken, NewEvent, Replayed, Settle, StoreError,
 };
 use crate::Timestamp;
 
@@ -77,15 +77,16 @@ impl MemoryInbox {
     }
 }
 
-impl Inbox for MemoryInbox {
-    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+impl MemoryInbox {
+    /// Keeps `event` with `status` and `error` unless it is a duplicate.
+    fn keep(&self, event: &NewEvent, status: InboxStatus, error: Option<&str>) -> Inserted {
         let mut state = self.state();
         let key = (
             event.account.clone().unwrap_or_default(),
             event.event_id.clone(),
         );
         if state.by_id.contains_key(&key) {
-            return ready(Ok(Inserted::Duplicate));
+            return Inserted::Duplicate;
         }
         state.next_seq += 1;
         let seq = state.next_seq;
@@ -96,10 +97,13 @@ impl Inbox for MemoryInbox {
                 entry: InboxEntry {
                     seq,
                     event: event.clone(),
-                    status: InboxStatus::Pending,
+                    status,
                     attempts: 0,
                     next_attempt_at: event.received_at,
-                    last_error: None,
+                    last_error: error.map(str::to_owned),
+                    handled_at: None,
+                    replays: 0,
+                    last_replayed_at: None,
                 },
                 token: None,
                 lease_until: event.received_at,
@@ -107,7 +111,40 @@ impl Inbox for MemoryInbox {
         );
         drop(state);
         self.inserted.notify_waiters();
-        ready(Ok(Inserted::New))
+        Inserted::New
+    }
+
+    /// Replays the event in `held` as [`Inbox::replay`] says.
+    fn replay_held(held: &mut Held, force: bool, now: Timestamp) -> Replayed {
+        match held.entry.status {
+            InboxStatus::Running => return Replayed::Running,
+            InboxStatus::Done if !force => {
+                return Replayed::Handled {
+                    at: held.entry.handled_at,
+                }
+            }
+            _ => {}
+        }
+        held.entry.status = InboxStatus::Pending;
+        held.entry.attempts = 0;
+        held.entry.next_attempt_at = now;
+        held.entry.replays += 1;
+        held.entry.last_replayed_at = Some(now);
+        Replayed::Replayed
+    }
+}
+
+impl Inbox for MemoryInbox {
+    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        ready(Ok(self.keep(event, InboxStatus::Pending, None)))
+    }
+
+    fn insert_dead<'a>(
+        &'a self,
+        event: &'a NewEvent,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        ready(Ok(self.keep(event, InboxStatus::Dead, Some(error))))
     }
 
     fn claim(
@@ -166,7 +203,10 @@ impl Inbox for MemoryInbox {
     }
 
     fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        ready(self.settle(claim, |held| held.entry.status = InboxStatus::Done))
+        ready(self.settle(claim, |held| {
+            held.entry.status = InboxStatus::Done;
+            held.entry.handled_at = Some(Timestamp::now());
+        }))
     }
 
     fn fail<'a>(
@@ -200,16 +240,16 @@ impl Inbox for MemoryInbox {
         ready(settled)
     }
 
-    fn list(
-        &self,
-        status: Option<InboxStatus>,
+    fn list<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         let state = self.state();
         let entries = state
             .entries
             .values()
-            .filter(|held| status.is_none_or(|s| held.entry.status == s))
+            .filter(|held| filter.matches(&held.entry))
             .take(limit)
             .map(|held| held.entry.clone())
             .collect();
@@ -225,38 +265,40 @@ impl Inbox for MemoryInbox {
         ready(Ok(entry))
     }
 
-    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
         let now = Timestamp::now();
         let mut state = self.state();
         let replayed = match state.entries.get_mut(&seq) {
-            Some(held) if held.entry.status != InboxStatus::Running => {
-                held.entry.status = InboxStatus::Pending;
-                held.entry.attempts = 0;
-                held.entry.next_attempt_at = now;
-                true
-            }
-            _ => false,
+            Some(held) => Self::replay_held(held, force, now),
+            None => Replayed::Missing,
         };
         drop(state);
         self.inserted.notify_waiters();
         ready(Ok(replayed))
     }
 
-    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn replay_matching<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         let now = Timestamp::now();
         let mut state = self.state();
-        let mut count = 0;
+        let mut replayed = Vec::new();
         for held in state.entries.values_mut() {
-            if held.entry.status == InboxStatus::Dead {
-                held.entry.status = InboxStatus::Pending;
-                held.entry.attempts = 0;
-                held.entry.next_attempt_at = now;
-                count += 1;
+            if filter.matches(&held.entry)
+                && Self::replay_held(held, force, now) == Replayed::Replayed
+            {
+                replayed.push(held.entry.seq);
             }
         }
         drop(state);
         self.inserted.notify_waiters();
-        ready(Ok(count))
+        ready(Ok(replayed))
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        ready(Ok(()))
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
@@ -287,11 +329,15 @@ impl Inbox for MemoryInbox {
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+        let now = Timestamp::now();
         let state = self.state();
         let mut stats = InboxStats::default();
         for held in state.entries.values() {
             let arrived = held.entry.event.received_at;
-            stats.add(held.entry.status, 1, Some(arrived));
+            let due = u64::from(
+                held.entry.status == InboxStatus::Running || held.entry.next_attempt_at <= now,
+            );
+            stats.add(held.entry.status, 1, due, Some(arrived));
         }
         ready(Ok(stats))
     }

@@ -13,10 +13,10 @@ use tokio_postgres::Row;
 use super::schema::{check_table_name, quote};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
-use crate::store::inbox_trait::{order_key, read_entry, EntryRow, ENTRY_COLUMNS};
+use crate::store::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use crate::store::{
-    timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxStats, InboxStatus, Inserted, LeaseToken,
-    NewEvent, Settle, StoreError, DEFAULT_TIMEOUT,
+    timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus,
+    Inserted, LeaseToken, NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
 use crate::{ConfigError, Timestamp};
 
@@ -66,7 +66,8 @@ struct Sql {
     list: String,
     get: String,
     replay: String,
-    replay_dead: String,
+    replay_matching: String,
+    writable: String,
     purge: String,
     stats: String,
 }
@@ -74,6 +75,7 @@ struct Sql {
 impl Sql {
     fn new(table: &str) -> Self {
         let t = quote(table);
+        let health = quote(&format!("{table}_health"));
         let bare = table.rsplit('.').next().unwrap_or(table);
         let channel = format!("{bare}_inserted");
         let live = "('pending', 'retrying', 'running')";
@@ -98,17 +100,26 @@ impl Sql {
                     token text,
                     last_error text,
                     signing_key text,
+                    handled_at_ms bigint,
+                    replays integer NOT NULL DEFAULT 0,
+                    last_replay_ms bigint,
                     UNIQUE (account, event_id)
                 );
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS signing_key text;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS handled_at_ms bigint;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS replays integer NOT NULL DEFAULT 0;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_replay_ms bigint;
+                CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
             ),
             insert: format!(
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
-                                     signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $11)
+                                     signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key,
+                                     status, last_error)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $11,
+                            CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12)
                     ON CONFLICT (account, event_id) DO NOTHING
                     RETURNING seq)
                  SELECT seq, pg_notify($10, '') FROM kept"
@@ -139,7 +150,7 @@ impl Sql {
                     .join(", ")
             ),
             complete: format!(
-                "UPDATE {t} SET status = 'done', token = NULL
+                "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = $3
                  WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
             ),
             fail: format!(
@@ -154,27 +165,50 @@ impl Sql {
                  WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
             ),
             list: format!(
-                "SELECT {ENTRY_COLUMNS} FROM {t} WHERE $1::text IS NULL OR status = $1 ORDER BY seq LIMIT $2"
+                "SELECT {ENTRY_COLUMNS} FROM {t} WHERE {} ORDER BY seq LIMIT $7",
+                filter_sql('$', 1)
             ),
             get: format!("SELECT {ENTRY_COLUMNS} FROM {t} WHERE seq = $1"),
             replay: format!(
-                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_ms = $2, token = NULL
-                 WHERE seq = $1 AND status <> 'running'"
+                "WITH found AS (SELECT seq, status, handled_at_ms FROM {t} WHERE seq = $1 FOR UPDATE),
+                      replayed AS (
+                        UPDATE {t} SET {replay_set} FROM found
+                        WHERE {t}.seq = found.seq AND found.status <> 'running'
+                          AND (found.status <> 'done' OR $3::boolean)
+                        RETURNING {t}.seq)
+                 SELECT found.status, found.handled_at_ms, (SELECT count(*) FROM replayed) FROM found",
+                replay_set = replay_set(2)
             ),
-            replay_dead: format!(
-                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_ms = $1, token = NULL
-                 WHERE status = 'dead'"
+            replay_matching: format!(
+                "UPDATE {t} SET {}
+                 WHERE {} AND status <> 'running' AND (status <> 'done' OR $8::boolean)
+                 RETURNING seq",
+                replay_set(7),
+                filter_sql('$', 1)
+            ),
+            writable: format!(
+                "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms"
             ),
             purge: format!(
                 "DELETE FROM {t} WHERE status IN ('done', 'dead') AND received_at_ms < $1"
             ),
             stats: format!(
-                "SELECT status, count(*), min(received_at_ms) FROM {t}
-                 WHERE status <> 'done' GROUP BY status"
+                "SELECT status, count(*), min(received_at_ms),
+                        sum(CASE WHEN status = 'running' OR next_attempt_ms <= $1 THEN 1 ELSE 0 END)
+                 FROM {t} WHERE status <> 'done' GROUP BY status"
             ),
             channel,
         }
     }
+}
+
+/// What a replay sets, `$N` being the time now.
+fn replay_set(now: usize) -> String {
+    format!(
+        "status = 'pending', attempts = 0, next_attempt_ms = ${now}::bigint, token = NULL, \
+         replays = replays + 1, last_replay_ms = ${now}::bigint"
+    )
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -411,9 +445,14 @@ impl PostgresInbox {
     }
 }
 
-impl Inbox for PostgresInbox {
-    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
-        Box::pin(async move {
+impl PostgresInbox {
+    /// Keeps `event` as `pending`, or as `dead` with `error`.
+    async fn keep(
+        &self,
+        event: &NewEvent,
+        dead_with: Option<&str>,
+    ) -> Result<Inserted, StoreError> {
+        {
             crate::store::check_text("the event id", &event.event_id)?;
             let account = event.account.clone().unwrap_or_default();
             let created = event.created.map(Timestamp::as_millis);
@@ -438,6 +477,7 @@ impl Inbox for PostgresInbox {
                                 (&body, Type::BYTEA),
                                 (&self.sql.channel, Type::TEXT),
                                 (&event.signing_key, Type::TEXT),
+                                (&dead_with, Type::TEXT),
                             ],
                         )
                         .await
@@ -449,7 +489,21 @@ impl Inbox for PostgresInbox {
             } else {
                 Inserted::New
             })
-        })
+        }
+    }
+}
+
+impl Inbox for PostgresInbox {
+    fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        Box::pin(self.keep(event, None))
+    }
+
+    fn insert_dead<'a>(
+        &'a self,
+        event: &'a NewEvent,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+        Box::pin(self.keep(event, Some(error)))
     }
 
     fn claim(
@@ -511,20 +565,28 @@ impl Inbox for PostgresInbox {
         Box::pin(self.settle(&self.sql.release, claim, &[]))
     }
 
-    fn list(
-        &self,
-        status: Option<InboxStatus>,
+    fn list<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<InboxEntry>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         Box::pin(async move {
-            let status = status.map(InboxStatus::as_str);
+            let f = filter.params();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = self
                 .call(async |client| {
                     client
                         .query_typed(
                             &self.sql.list,
-                            &[(&status, Type::TEXT), (&limit, Type::INT8)],
+                            &[
+                                (&f.status, Type::TEXT),
+                                (&f.event_type, Type::TEXT),
+                                (&f.account, Type::TEXT),
+                                (&f.object_key, Type::TEXT),
+                                (&f.from, Type::INT8),
+                                (&f.until, Type::INT8),
+                                (&limit, Type::INT8),
+                            ],
                         )
                         .await
                         .map_err(|err| pg_error("cannot list the inbox", &err))
@@ -554,29 +616,85 @@ impl Inbox for PostgresInbox {
         })
     }
 
-    fn replay(&self, seq: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();
-            let changed = self
+            let rows = self
                 .call(async |client| {
                     client
-                        .execute_typed(&self.sql.replay, &[(&seq, Type::INT8), (&now, Type::INT8)])
+                        .query_typed(
+                            &self.sql.replay,
+                            &[(&seq, Type::INT8), (&now, Type::INT8), (&force, Type::BOOL)],
+                        )
                         .await
                         .map_err(|err| pg_error("cannot replay the event", &err))
                 })
                 .await?;
-            Ok(changed == 1)
+            let Some(row) = rows.first() else {
+                return Ok(Replayed::Missing);
+            };
+            let read = || -> Result<(String, Option<i64>, i64), tokio_postgres::Error> {
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            };
+            let (status, handled, replayed) =
+                read().map_err(|err| pg_error("cannot replay the event", &err))?;
+            Ok(match status.as_str() {
+                _ if replayed == 1 => Replayed::Replayed,
+                "running" => Replayed::Running,
+                _ => Replayed::Handled {
+                    at: handled.map(Timestamp::from_millis),
+                },
+            })
         })
     }
 
-    fn replay_dead(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn replay_matching<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(async move {
+            let f = filter.params();
+            let now = Timestamp::now().as_millis();
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &self.sql.replay_matching,
+                            &[
+                                (&f.status, Type::TEXT),
+                                (&f.event_type, Type::TEXT),
+                                (&f.account, Type::TEXT),
+                                (&f.object_key, Type::TEXT),
+                                (&f.from, Type::INT8),
+                                (&f.until, Type::INT8),
+                                (&now, Type::INT8),
+                                (&force, Type::BOOL),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot replay the events", &err))
+                })
+                .await?;
+            let mut seqs = rows
+                .iter()
+                .map(|row| row.try_get::<_, i64>(0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| pg_error("cannot replay the events", &err))?;
+            seqs.sort_unstable();
+            Ok(seqs)
+        })
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();
             self.call(async |client| {
                 client
-                    .execute_typed(&self.sql.replay_dead, &[(&now, Type::INT8)])
+                    .execute_typed(&self.sql.writable, &[(&now, Type::INT8)])
                     .await
-                    .map_err(|err| pg_error("cannot replay the dead events", &err))
+                    .map(drop)
+                    .map_err(|err| pg_error("cannot write to the inbox", &err))
             })
             .await
         })
@@ -600,21 +718,30 @@ impl Inbox for PostgresInbox {
             let rows = self
                 .call(async |client| {
                     client
-                        .query_typed(&self.sql.stats, &[])
+                        .query_typed(
+                            &self.sql.stats,
+                            &[(&Timestamp::now().as_millis(), Type::INT8)],
+                        )
                         .await
                         .map_err(|err| pg_error("cannot count the inbox", &err))
                 })
                 .await?;
             let mut stats = InboxStats::default();
             for row in &rows {
-                let read = || -> Result<(String, i64, Option<i64>), tokio_postgres::Error> {
-                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                let read = || -> Result<(String, i64, Option<i64>, i64), tokio_postgres::Error> {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    ))
                 };
-                let (status, count, oldest) =
+                let (status, count, oldest, due) =
                     read().map_err(|err| pg_error("cannot count the inbox", &err))?;
                 if let Some(status) = InboxStatus::parse(&status) {
                     let count = u64::try_from(count).unwrap_or(0);
-                    stats.add(status, count, oldest.map(Timestamp::from_millis));
+                    let due = u64::try_from(due).unwrap_or(0);
+                    stats.add(status, count, due, oldest.map(Timestamp::from_millis));
                 }
             }
             Ok(stats)
