@@ -52,18 +52,28 @@
 //! | [`ConfigError`] | the one error every builder returns for a value it cannot work with |
 //! | [`Timestamp`] | Clink's times: epoch milliseconds or RFC 3339 |
 //! | [`data`] | the typed data of each event family ([`data::Order`], [`data::Refund`], ...) |
-//! | [`signature`] | signing keys, [`Verifier`], header parsing, [`sign`] |
-//! | [`events`] | the envelope ([`RawEvent`], [`Event`]), [`EventType`], one marker type per event ([`events::OrderSucceeded`], ...), [`ObjectKey`](events::ObjectKey) and [`Version`](events::Version) |
-//! | [`store`] | [`IdempotencyStore`] and [`FreshnessStore`], and every backend implementing both: [`MemoryStore`], `RedisStore`, `PostgresStore` |
+//! | [`signature`] | signing keys (named, for rotations), [`Verifier`], header parsing, [`sign`] |
+//! | [`events`] | the envelope ([`RawEvent`], [`Event`], [`AnyEvent`]), [`EventType`], one marker type per event ([`events::OrderSucceeded`], ...), [`VerifiedEvent`], [`ObjectKey`](events::ObjectKey), [`Version`](events::Version) and [`Freshness`](events::Freshness), and [`Verifier::construct_event`] |
+//! | [`store`] | the three store traits ([`IdempotencyStore`], [`FreshnessStore`], [`Inbox`](store::Inbox)) and their backends: [`MemoryStore`], `RedisStore`, `PostgresStore`, [`MemoryInbox`](store::MemoryInbox), `SqliteInbox`, `PostgresInbox` |
 //! | [`accounts`] | many merchant accounts on one endpoint: which account a delivery is for, and its keys |
 //! | [`ordering`] | telling a stale event from a fresh one, over a [`FreshnessStore`] |
 //! | [`outcome`] | [`Outcome`]: what happened to a delivery, its status and its code |
-//! | [`layer`] | [`ClinkLayer`] and [`ClinkService`], one file per step of a delivery |
-//! | [`router`] | [`EventRouter`]: typed async handlers per event type |
-//! | [`inbox`] | the durable inbox: workers running the router on kept events, in order, with retries and dead letters |
+//! | [`router`] | [`EventRouter`]: typed async handlers per event type; [`EventRouter::dispatch`] runs them on a [`VerifiedEvent`] |
+//! | [`inbox`] | the durable inbox's [`Workers`](inbox::Workers): the router on kept events, in order, with retries and dead letters |
+//! | [`layer`] | [`ClinkLayer`], [`ClinkService`] and [`InboxIntake`]: HTTP in, one file per step of a delivery |
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent` |
 //! | `server` | serving over hyper, hardened against slow, idle and many clients |
 //! | `testing` | signed requests, fixtures and scenarios for your own tests |
+//!
+//! Every public item has one path, in its module; the crate root also
+//! re-exports the ones most code names: [`ConfigError`], [`Timestamp`],
+//! [`TimestampParseError`], [`Decimal`] (from `rust_decimal`), [`sign`],
+//! [`SigningKey`], [`Verified`], [`Verifier`], [`VerifyError`],
+//! [`VerifyErrorKind`], [`Event`], [`AnyEvent`], [`EventError`],
+//! [`EventKind`], [`EventType`], [`RawEvent`], [`VerifiedEvent`],
+//! [`IdempotencyStore`], [`FreshnessStore`], [`MemoryStore`], [`Outcome`],
+//! [`EventRouter`], [`ClinkLayer`], [`ClinkService`], [`InboxIntake`], and
+//! tower's [`Layer`]. [`BoxError`] and [`BoxFuture`] are defined at the root.
 //!
 //! The `clink-webhook` binary (feature `cli`) is built on the public API only.
 //!

@@ -286,6 +286,20 @@ impl SqliteInbox {
         })
     }
 
+    /// `call`, then a wake-up for idle workers: what it changed may have
+    /// made an event ready.
+    fn waking<T: Send + 'static>(
+        &self,
+        call: BoxFuture<'static, Result<T, StoreError>>,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let inserted = Arc::clone(&self.inserted);
+        Box::pin(async move {
+            let result = call.await;
+            inserted.notify_waiters();
+            result
+        })
+    }
+
     fn settle(
         &self,
         set: &'static str,
@@ -298,7 +312,6 @@ impl SqliteInbox {
             "UPDATE clink_webhook_inbox SET {set}, token = NULL
              WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3"
         );
-        let inserted = Arc::clone(&self.inserted);
         let settled = self.with(move |connection| {
             let now = Timestamp::now().as_millis();
             let changed = if set.contains("?4") {
@@ -313,11 +326,7 @@ impl SqliteInbox {
                 Settle::LeaseLost
             })
         });
-        Box::pin(async move {
-            let settled = settled.await;
-            inserted.notify_waiters();
-            settled
-        })
+        self.waking(settled)
     }
 }
 
@@ -330,7 +339,6 @@ impl SqliteInbox {
     ) -> BoxFuture<'static, Result<Inserted, StoreError>> {
         let event = event.clone();
         let error = dead_with.map(str::to_owned);
-        let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
             let changed = connection
                 .execute(
@@ -361,11 +369,7 @@ impl SqliteInbox {
                 Inserted::Duplicate
             })
         });
-        Box::pin(async move {
-            let result = call.await;
-            inserted.notify_waiters();
-            result
-        })
+        self.waking(call)
     }
 }
 
@@ -494,7 +498,6 @@ impl Inbox for SqliteInbox {
     }
 
     fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
-        let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
             let failed = |err: rusqlite::Error| sqlite_error("cannot replay the event", &err);
             let tx = connection
@@ -529,11 +532,7 @@ impl Inbox for SqliteInbox {
             tx.commit().map_err(failed)?;
             Ok(replayed)
         });
-        Box::pin(async move {
-            let replayed = call.await;
-            inserted.notify_waiters();
-            replayed
-        })
+        self.waking(call)
     }
 
     fn replay_matching<'a>(
@@ -542,7 +541,6 @@ impl Inbox for SqliteInbox {
         force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         let filter = filter.clone();
-        let inserted = Arc::clone(&self.inserted);
         let call = self.with(move |connection| {
             let f = filter.params();
             let sql = format!(
@@ -572,13 +570,11 @@ impl Inbox for SqliteInbox {
                 .map_err(failed)?;
             Ok(seqs)
         });
+        let call = self.waking(call);
         Box::pin(async move {
-            let replayed = call.await;
-            inserted.notify_waiters();
-            replayed.map(|mut seqs| {
-                seqs.sort_unstable();
-                seqs
-            })
+            let mut seqs = call.await?;
+            seqs.sort_unstable();
+            Ok(seqs)
         })
     }
 

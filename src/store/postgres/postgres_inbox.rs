@@ -13,7 +13,9 @@ use tokio_postgres::Row;
 use super::schema::{check_table_name, quote};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
-use crate::store::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
+use crate::store::inbox_trait::{
+    filter_sql, order_key, read_entry, EntryRow, FilterParams, ENTRY_COLUMNS,
+};
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus,
     Inserted, LeaseToken, NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
@@ -201,6 +203,23 @@ impl Sql {
             channel,
         }
     }
+}
+
+/// A filter's parameters, `$1` to `$6`, then `more`.
+fn with_filter<'a, const N: usize>(
+    f: &'a FilterParams<'a>,
+    more: [(&'a (dyn ToSql + Sync), Type); N],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&f.status, Type::TEXT),
+        (&f.event_type, Type::TEXT),
+        (&f.account, Type::TEXT),
+        (&f.object_key, Type::TEXT),
+        (&f.from, Type::INT8),
+        (&f.until, Type::INT8),
+    ];
+    params.extend(more);
+    params
 }
 
 /// What a replay sets, `$N` being the time now.
@@ -576,18 +595,7 @@ impl Inbox for PostgresInbox {
             let rows = self
                 .call(async |client| {
                     client
-                        .query_typed(
-                            &self.sql.list,
-                            &[
-                                (&f.status, Type::TEXT),
-                                (&f.event_type, Type::TEXT),
-                                (&f.account, Type::TEXT),
-                                (&f.object_key, Type::TEXT),
-                                (&f.from, Type::INT8),
-                                (&f.until, Type::INT8),
-                                (&limit, Type::INT8),
-                            ],
-                        )
+                        .query_typed(&self.sql.list, &with_filter(&f, [(&limit, Type::INT8)]))
                         .await
                         .map_err(|err| pg_error("cannot list the inbox", &err))
                 })
@@ -661,16 +669,7 @@ impl Inbox for PostgresInbox {
                     client
                         .query_typed(
                             &self.sql.replay_matching,
-                            &[
-                                (&f.status, Type::TEXT),
-                                (&f.event_type, Type::TEXT),
-                                (&f.account, Type::TEXT),
-                                (&f.object_key, Type::TEXT),
-                                (&f.from, Type::INT8),
-                                (&f.until, Type::INT8),
-                                (&now, Type::INT8),
-                                (&force, Type::BOOL),
-                            ],
+                            &with_filter(&f, [(&now, Type::INT8), (&force, Type::BOOL)]),
                         )
                         .await
                         .map_err(|err| pg_error("cannot replay the events", &err))
