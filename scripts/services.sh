@@ -138,7 +138,7 @@ services_redis_scripts() {
 redis-server --port $port --bind 127.0.0.1 --protected-mode yes \\
     --save '' --appendonly no --dir '$dir' \\
     --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
-for _ in \$(seq 100); do
+for _ in \$(seq 1200); do
     [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
     sleep 0.1
 done
@@ -173,7 +173,7 @@ services_redis_durable_scripts() {
 redis-server --port $port --bind 127.0.0.1 --protected-mode yes \\
     --save '' --appendonly yes --appendfsync always --dir '$dir' \\
     --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
-for _ in \$(seq 100); do
+for _ in \$(seq 1200); do
     [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
     sleep 0.1
 done
@@ -262,7 +262,7 @@ services_redis_tls_scripts() {
 redis-server --port 0 --tls-port $port $(services_redis_tls_opts) \\
     --bind 127.0.0.1 127.0.0.2 --protected-mode yes --save '' --appendonly no --dir '$dir' \\
     --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
-for _ in \$(seq 100); do
+for _ in \$(seq 1200); do
     [ "\$($ping 2>/dev/null)" = PONG ] && exit 0
     sleep 0.1
 done
@@ -297,7 +297,7 @@ services_cluster_node() {
         --save '' --appendonly no --dir "$dir" \
         --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null 2>&1 ||
         return 1
-    for _ in $(seq 100); do
+    for _ in $(seq 1200); do
         [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
         sleep 0.1
     done
@@ -343,8 +343,8 @@ services_start_redis_cluster() {
     for port in "${ports[@]}"; do
         until redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
             waited=$((waited + 1))
-            if [ "$waited" -gt 300 ]; then
-                services_die "the Redis Cluster did not reach cluster_state:ok within 30 s" \
+            if [ "$waited" -gt 1800 ]; then
+                services_die "the Redis Cluster did not reach cluster_state:ok within 180 s" \
                     "(node on port $port); see $base/node*/redis.log"
             fi
             sleep 0.1
@@ -426,7 +426,7 @@ services_new_pg_cluster() {
         { cat "$dir/initdb.log" >&2; services_die "initdb failed ($name)"; }
 
     SERVICES_PG_SETUP_DIR=$dir
-    SERVICES_PG_SETUP_CTL="cd / && $as_pg $bin/pg_ctl -D $dir/data -l $dir/postgres.log -w -t 60"
+    SERVICES_PG_SETUP_CTL="cd / && $as_pg $bin/pg_ctl -D $dir/data -l $dir/postgres.log -w -t 300"
     SERVICES_PG_SETUP_TUNING=$tuning
     SERVICES_PG_CTLS+=("$SERVICES_PG_SETUP_CTL")
     services_launch "$name" "$dir" services_pg_scripts "$dir/postgres.log"
