@@ -1,6 +1,6 @@
-//! The layer against the receiver people write by hand, on the same signed
+//! The layer against the receivers people write by hand, on the same signed
 //! deliveries: in process, over loopback HTTP one request at a time, and
-//! under load (64 keep-alive connections at once).
+//! under load (1, 4, 16 and 64 keep-alive connections at once).
 //!
 //! ```text
 //! cargo bench --bench receiver
@@ -11,6 +11,9 @@
 //! - **hand**: the receiver written by hand (see `support/receiver.rs`):
 //!   headers, timestamp window, `hmac` + `subtle`, `serde_json::Value`, a
 //!   `DashMap` insert, `serde_json::from_value` into an order struct.
+//! - **careful**: the careful hand-written receiver: the same checks, the
+//!   body read once with `serde_json::from_slice` into a derived struct of
+//!   the envelope and the order.
 //! - **layer**: `ClinkLayer` (one key, the default `MemoryStore`) in front of
 //!   an `EventRouter` with a typed `order.succeeded` handler.
 //! - **bare** (HTTP only): a service that reads the body and answers 200.
@@ -162,10 +165,11 @@ fn in_process(measure: bool) {
         .unwrap();
     let layer = layered();
     let hand = Hand::new();
+    let careful = Hand::careful();
     println!("\nIn process, per delivery (median batch); ratios of time (1.0 = as fast):");
     println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        "size", "hmac", "hand", "layer", "layer/hand", "layer/hmac"
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>14} {:>11}",
+        "size", "hmac", "hand", "careful", "layer", "layer/hand", "layer/careful", "layer/hmac"
     );
     for (size, label) in SIZES {
         let (budget, rounds, batch) = if measure {
@@ -184,18 +188,21 @@ fn in_process(measure: bool) {
             &mut [
                 &mut |n| time_hmac(n, size),
                 &mut |n| time_in_process(&rt, &hand, n, size),
+                &mut |n| time_in_process(&rt, &careful, n, size),
                 &mut |n| time_in_process(&rt, &layer, n, size),
             ],
         );
-        let [hmac, hand_t, layer_t] = medians[..] else {
+        let [hmac, hand_t, careful_t, layer_t] = medians[..] else {
             unreachable!()
         };
         println!(
-            "{label:<6} {:>10} {:>10} {:>10} {:>11.3} {:>11.3}",
+            "{label:<6} {:>10} {:>10} {:>10} {:>10} {:>11.3} {:>14.3} {:>11.3}",
             micros(hmac),
             micros(hand_t),
+            micros(careful_t),
             micros(layer_t),
             layer_t.as_secs_f64() / hand_t.as_secs_f64(),
+            layer_t.as_secs_f64() / careful_t.as_secs_f64(),
             layer_t.as_secs_f64() / hmac.as_secs_f64(),
         );
     }
@@ -311,8 +318,16 @@ fn over_http(rt: &Runtime, addrs: &Addrs, measure: bool) {
     println!("\nOver HTTP, one keep-alive connection, one request at a time; per delivery");
     println!("(median batch) and throughput relative to the bare service (1.0 = no cost):");
     println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        "size", "bare", "hand", "layer", "hand/bare", "layer/bare", "layer/hand"
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>13} {:>11} {:>14}",
+        "size",
+        "bare",
+        "hand",
+        "careful",
+        "layer",
+        "hand/bare",
+        "careful/bare",
+        "layer/bare",
+        "layer-careful"
     );
     for (size, label) in SIZES {
         let (budget, rounds, batch) = if measure {
@@ -327,20 +342,24 @@ fn over_http(rt: &Runtime, addrs: &Addrs, measure: bool) {
             &mut [
                 &mut |n| time_over_http(rt, &client, addrs.bare, n, size),
                 &mut |n| time_over_http(rt, &client, addrs.hand, n, size),
+                &mut |n| time_over_http(rt, &client, addrs.careful, n, size),
                 &mut |n| time_over_http(rt, &client, addrs.layer, n, size),
             ],
         );
-        let [bare, hand, layer] = medians[..] else {
+        let [bare, hand, careful, layer] = medians[..] else {
             unreachable!()
         };
+        let gap_us = (layer.as_secs_f64() - careful.as_secs_f64()) * 1e6;
         println!(
-            "{label:<6} {:>10} {:>10} {:>10} {:>10.3} {:>11.3} {:>11.3}",
+            "{label:<6} {:>10} {:>10} {:>10} {:>10} {:>10.3} {:>13.3} {:>11.3} {:>11.1} µs",
             micros(bare),
             micros(hand),
+            micros(careful),
             micros(layer),
             bare.as_secs_f64() / hand.as_secs_f64(),
+            bare.as_secs_f64() / careful.as_secs_f64(),
             bare.as_secs_f64() / layer.as_secs_f64(),
-            hand.as_secs_f64() / layer.as_secs_f64(),
+            gap_us,
         );
     }
 }
@@ -348,6 +367,7 @@ fn over_http(rt: &Runtime, addrs: &Addrs, measure: bool) {
 struct Addrs {
     bare: SocketAddr,
     hand: SocketAddr,
+    careful: SocketAddr,
     layer: SocketAddr,
 }
 
@@ -413,32 +433,36 @@ fn percentile(sorted: &[u32], per_mille: usize) -> u32 {
 }
 
 fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
-    const CONNECTIONS: usize = 64;
+    const CONNECTIONS: [usize; 4] = [1, 4, 16, 64];
     let (rounds, slice) = if measure {
         (4, Duration::from_millis(1500))
     } else {
         (1, Duration::from_millis(50))
     };
     println!(
-        "\nUnder load: {CONNECTIONS} keep-alive connections at once, {rounds} interleaved \
+        "\nUnder load: 1, 4, 16 and 64 keep-alive connections at once, {rounds} interleaved \
          runs of {:.1} s per service and size; throughput relative to the bare service:",
         slice.as_secs_f64()
     );
     println!(
-        "{:<6} {:<6} {:>10} {:>9} {:>9} {:>9}",
-        "size", "server", "req/s", "p50", "p99", "ratio"
+        "{:<5} {:<6} {:<8} {:>10} {:>9} {:>9} {:>9}",
+        "conns", "size", "server", "req/s", "p50", "p99", "ratio"
     );
-    for (size, label) in SIZES {
+    for (connections, (size, label)) in CONNECTIONS
+        .into_iter()
+        .flat_map(|c| SIZES.into_iter().map(move |s| (c, s)))
+    {
         let targets = [
             ("bare", addrs.bare),
             ("hand", addrs.hand),
+            ("careful", addrs.careful),
             ("layer", addrs.layer),
         ];
         let mut totals: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
         for round in 0..rounds {
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
-                let run = rt.block_on(load(targets[i].1, CONNECTIONS, slice, size));
+                let run = rt.block_on(load(targets[i].1, connections, slice, size));
                 totals[i].requests += run.requests;
                 totals[i].elapsed += run.elapsed;
                 totals[i].latencies_us.extend(run.latencies_us);
@@ -449,7 +473,7 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
         for ((name, _), total) in targets.iter().zip(&mut totals) {
             total.latencies_us.sort_unstable();
             println!(
-                "{label:<6} {name:<6} {:>10.0} {:>6} µs {:>6} µs {:>9.3}",
+                "{connections:<5} {label:<6} {name:<8} {:>10.0} {:>6} µs {:>6} µs {:>9.3}",
                 rate(total),
                 percentile(&total.latencies_us, 500),
                 percentile(&total.latencies_us, 990),
@@ -459,7 +483,7 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
     }
 }
 
-/// `--profile <hand|layer> [count] [size]`: only `count` deliveries through one
+/// `--profile <hand|careful|layer> [count] [size]`: only `count` deliveries through one
 /// receiver in process, for a profiler (`valgrind --tool=callgrind`).
 fn profile(args: &[String]) -> bool {
     let Some(at) = args.iter().position(|arg| arg == "--profile") else {
@@ -479,6 +503,7 @@ fn profile(args: &[String]) -> bool {
         .unwrap();
     let took = match args.get(at + 1).map(String::as_str) {
         Some("hand") => time_in_process(&rt, &Hand::new(), count, size),
+        Some("careful") => time_in_process(&rt, &Hand::careful(), count, size),
         _ => time_in_process(&rt, &layered(), count, size),
     };
     println!(
@@ -518,6 +543,7 @@ fn main() {
         Addrs {
             bare: serve(Bare).await,
             hand: serve(Hand::new()).await,
+            careful: serve(Hand::careful()).await,
             layer: serve(layered()).await,
         }
     });
