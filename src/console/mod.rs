@@ -1,0 +1,450 @@
+//! The inbox console (feature `console`): pages to see, search and replay
+//! the events of an [`Inbox`], served by an axum [`Router`] that the app
+//! mounts where it likes.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use clink_webhooks::console::Console;
+//! use clink_webhooks::store::SqliteInbox;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let inbox = Arc::new(SqliteInbox::open("clink-inbox.db")?);
+//! let token = std::env::var("CLINK_CONSOLE_TOKEN")?; // at least 16 characters
+//! let console = Console::with_token(Arc::clone(&inbox), token)?.secure_cookie(true);
+//! let app: axum::Router = axum::Router::new().nest("/console", console.router());
+//! # Ok(()) }
+//! ```
+//!
+//! # Pages
+//!
+//! - `/` (the mount path itself): counts by status, the age of the oldest
+//!   event still to handle, events received and handled per minute over
+//!   the last hour, and the newest dead events with their errors.
+//! - `/events`: every event, newest first, filtered by status, type,
+//!   account, object and time of arrival, a page at a time.
+//! - `/events/{seq}`: one event: its envelope, the raw body indented, its
+//!   attempts, last error and replays, and the timeline of its object (every
+//!   event about it in `created` order, with its status).
+//!
+//! Pages are rendered on the server (askama templates, which escape every
+//! value) and work without JavaScript; one small script only offers an
+//! auto-refresh. The stylesheet and the script are served by the router
+//! itself, and every response carries a Content-Security-Policy that lets
+//! the page load nothing else: `default-src 'none'; style-src 'self';
+//! script-src 'self'; img-src 'self' data:; form-action 'self';
+//! frame-ancestors 'none'; base-uri 'none'`.
+//!
+//! # Actions
+//!
+//! Replay one event; replay every dead event the current filter matches.
+//! Replaying a handled event asks again first (the CLI's `--force`). Each
+//! action is a form `POST` carrying a CSRF token derived from the session,
+//! checked in constant time, and is logged at `info` level under the
+//! target `clink_webhooks::console` with what was done (values from bodies
+//! in their escaped `Debug` form). A read-only console
+//! ([`read_only`](Console::read_only)) shows no action and refuses them.
+//!
+//! # Access
+//!
+//! There is no console without authentication: build it either
+//!
+//! - [`with_token`](Console::with_token): each request carries
+//!   `Authorization: Bearer <token>`, or the session cookie the console sets
+//!   when a page is opened once with `?token=<token>` (it then redirects to
+//!   the same page without the token). The cookie is `HttpOnly`,
+//!   `SameSite=Strict`, scoped to the mount path, `Secure` with
+//!   [`secure_cookie`](Console::secure_cookie), and lasts
+//!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
+//!   wrong token is answered `401` with nothing of the inbox.
+//! - [`behind_app_auth`](Console::behind_app_auth): the console checks no
+//!   credentials; **the app must put its own authentication in front** (a
+//!   tower layer on the nested router, or its proxy's). The secret given
+//!   keys the CSRF tokens.
+//!
+//! Mount it on a path of its own, served over HTTPS in production, and not
+//! on the port Clink's deliveries reach if you can avoid it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{OriginalUri, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::header::{self, HeaderValue};
+use http::{StatusCode, Uri};
+
+use crate::store::Inbox;
+use crate::{ConfigError, Timestamp};
+
+mod auth;
+mod pages;
+mod view;
+
+use auth::{Keys, Who, CSRF_COOKIE, SESSION_COOKIE};
+
+/// The Content-Security-Policy every console response carries.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; \
+    script-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+/// The shortest token or secret the console takes, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// How long a session cookie lasts unless set otherwise (12 h).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// How many events a page lists unless set otherwise.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+
+/// How long a page waits for the inbox unless set otherwise (5 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The inbox console: build it with [`with_token`](Self::with_token) or
+/// [`behind_app_auth`](Self::behind_app_auth), then mount
+/// [`router`](Self::router). See the [module docs](self).
+#[derive(Clone)]
+pub struct Console {
+    shared: Shared,
+}
+
+#[derive(Clone)]
+struct Shared {
+    inbox: Arc<dyn Inbox>,
+    keys: Keys,
+    read_only: bool,
+    secure_cookie: bool,
+    session_ttl: Duration,
+    page_size: usize,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Console {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("Console")
+            .field("keys", &s.keys)
+            .field("read_only", &s.read_only)
+            .field("secure_cookie", &s.secure_cookie)
+            .field("session_ttl", &s.session_ttl)
+            .field("page_size", &s.page_size)
+            .field("timeout", &s.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_secret(what: &str, secret: &[u8]) -> Result<(), ConfigError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::new(format!(
+            "the console's {what} is {} bytes long; it must be at least {MIN_SECRET_LEN}",
+            secret.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Console {
+    fn new(inbox: Arc<dyn Inbox>, keys: Keys) -> Self {
+        Self {
+            shared: Shared {
+                inbox,
+                keys,
+                read_only: false,
+                secure_cookie: false,
+                session_ttl: DEFAULT_SESSION_TTL,
+                page_size: DEFAULT_PAGE_SIZE,
+                timeout: DEFAULT_TIMEOUT,
+            },
+        }
+    }
+
+    /// A console over `inbox` that lets in the requests carrying `token`,
+    /// as a bearer token or through the session cookie set from it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `token` is shorter than [`MIN_SECRET_LEN`]
+    /// bytes or holds whitespace or control characters.
+    pub fn with_token(inbox: impl Inbox, token: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let token = token.as_ref();
+        check_secret("token", token.as_bytes())?;
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "the console's token must not hold whitespace or control characters",
+            ));
+        }
+        Ok(Self::new(Arc::new(inbox), Keys::for_token(token)))
+    }
+
+    /// A console over `inbox` that checks no credentials: the app puts its
+    /// own authentication in front of [`router`](Self::router), and must.
+    /// `csrf_secret` keys the CSRF tokens of its forms; give every instance
+    /// of the app the same one.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `csrf_secret` is shorter than
+    /// [`MIN_SECRET_LEN`] bytes.
+    pub fn behind_app_auth(
+        inbox: impl Inbox,
+        csrf_secret: impl AsRef<[u8]>,
+    ) -> Result<Self, ConfigError> {
+        check_secret("CSRF secret", csrf_secret.as_ref())?;
+        Ok(Self::new(
+            Arc::new(inbox),
+            Keys::for_app(csrf_secret.as_ref()),
+        ))
+    }
+
+    /// Shows no action and refuses them (`403`): pages only.
+    #[must_use]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.shared.read_only = read_only;
+        self
+    }
+
+    /// Marks the cookies `Secure`, so browsers send them over HTTPS only.
+    /// Set it whenever the console is served over HTTPS.
+    #[must_use]
+    pub fn secure_cookie(mut self, secure: bool) -> Self {
+        self.shared.secure_cookie = secure;
+        self
+    }
+
+    /// How long a session cookie lets its browser in (default 12 h).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `ttl` is under a second.
+    pub fn session_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        if ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "the console's session must last a second at least",
+            ));
+        }
+        self.shared.session_ttl = ttl;
+        Ok(self)
+    }
+
+    /// How many events a page of the list shows (default 50).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `events` is 1 to 1000.
+    pub fn page_size(mut self, events: usize) -> Result<Self, ConfigError> {
+        if !(1..=1000).contains(&events) {
+            return Err(ConfigError::new(
+                "the console's page size must be 1 to 1000 events",
+            ));
+        }
+        self.shared.page_size = events;
+        Ok(self)
+    }
+
+    /// How long a page waits for the inbox before answering `503` (default 5 s).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `timeout` is zero.
+    pub fn timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::new(
+                "the console's timeout must be longer than zero",
+            ));
+        }
+        self.shared.timeout = timeout;
+        Ok(self)
+    }
+
+    /// The console's router: mount it with `Router::nest("/console", ...)`
+    /// (any path), or serve it as it is.
+    pub fn router(self) -> Router {
+        let shared = Arc::new(self.shared);
+        Router::new()
+            .route("/", get(pages::overview))
+            .route("/events", get(pages::events))
+            .route("/events/replay-dead", post(pages::replay_dead))
+            .route("/events/{seq}", get(pages::event))
+            .route("/events/{seq}/replay", post(pages::replay))
+            .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
+            .route("/assets/console.css", get(pages::stylesheet))
+            .route("/assets/console.js", get(pages::script))
+            .fallback(pages::not_found)
+            .layer(middleware::map_response(security_headers))
+            .with_state(shared)
+    }
+}
+
+/// What a page knows of its request: who made it and where the console is.
+#[derive(Debug, Clone)]
+struct Ctx {
+    who: Who,
+    /// The path the console is mounted at, without a trailing `/` (`""` at
+    /// the root).
+    base: String,
+}
+
+/// The path the console is mounted at: the original path less the part
+/// the console's router saw.
+fn base_path(original: Option<&OriginalUri>, uri: &Uri) -> String {
+    let Some(OriginalUri(original)) = original else {
+        return String::new();
+    };
+    let (full, inner) = (original.path(), uri.path());
+    let base = if inner == "/" {
+        full.trim_end_matches('/')
+    } else {
+        full.strip_suffix(inner).unwrap_or("")
+    };
+    base.to_owned()
+}
+
+/// Lets a request in, or answers `401`; records who it is for the page.
+async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    let now = Timestamp::now();
+    let base = base_path(request.extensions().get::<OriginalUri>(), request.uri());
+    let cookie_path = if base.is_empty() { "/" } else { &base }.to_owned();
+    let keys = &shared.keys;
+    let mut set_cookie = None;
+    let who = if keys.checks_token() {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+            .map(|q| q.0)
+            .unwrap_or_default();
+        if let Some((_, token)) = pairs.iter().find(|(name, _)| name == "token") {
+            if !keys.is_token(token) {
+                return pages::denied();
+            }
+            // A session from the token, and the same page without it.
+            let (cookie, _) = keys.new_cookie("session", now);
+            let rest: Vec<(&str, String)> = pairs
+                .iter()
+                .filter(|(name, _)| name != "token")
+                .map(|(name, value)| (name.as_str(), value.clone()))
+                .collect();
+            let path = request
+                .extensions()
+                .get::<OriginalUri>()
+                .map_or_else(|| request.uri().path(), |original| original.path());
+            let location = format!("{path}{}", view::query_string(&rest));
+            return (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, location),
+                    (
+                        header::SET_COOKIE,
+                        auth::set_cookie(
+                            SESSION_COOKIE,
+                            &cookie,
+                            &cookie_path,
+                            shared.session_ttl,
+                            shared.secure_cookie,
+                        ),
+                    ),
+                ],
+            )
+                .into_response();
+        }
+        if let Some(token) = auth::bearer(request.headers()) {
+            if !keys.is_token(token) {
+                return pages::denied();
+            }
+            Who::Bearer
+        } else {
+            match auth::cookie(request.headers(), SESSION_COOKIE)
+                .and_then(|c| keys.check_cookie("session", c, shared.session_ttl, now))
+            {
+                Some(nonce) => Who::Session(nonce),
+                None => return pages::denied(),
+            }
+        }
+    } else {
+        let ttl = Duration::from_secs(400 * 24 * 3600);
+        match auth::cookie(request.headers(), CSRF_COOKIE)
+            .and_then(|c| keys.check_cookie("csrf", c, ttl, now))
+        {
+            Some(nonce) => Who::App(nonce),
+            None => {
+                let (cookie, nonce) = keys.new_cookie("csrf", now);
+                set_cookie = Some(auth::set_cookie(
+                    CSRF_COOKIE,
+                    &cookie,
+                    &cookie_path,
+                    ttl,
+                    shared.secure_cookie,
+                ));
+                Who::App(nonce)
+            }
+        }
+    };
+    request.extensions_mut().insert(Ctx { who, base });
+    let mut response = next.run(request).await;
+    if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The headers every console response carries.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ] {
+        headers.insert(name, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryInbox;
+
+    #[test]
+    fn short_or_spaced_secrets_are_refused() {
+        assert!(Console::with_token(MemoryInbox::new(), "short").is_err());
+        assert!(Console::with_token(MemoryInbox::new(), "a token with spaces in it").is_err());
+        assert!(Console::with_token(MemoryInbox::new(), "0123456789abcdef").is_ok());
+        assert!(Console::behind_app_auth(MemoryInbox::new(), b"short").is_err());
+        let console = Console::behind_app_auth(MemoryInbox::new(), [7u8; 32]).unwrap();
+        assert!(console.clone().page_size(0).is_err());
+        assert!(console.clone().timeout(Duration::ZERO).is_err());
+        assert!(console.session_ttl(Duration::from_millis(10)).is_err());
+    }
+
+    #[test]
+    fn the_mount_path_is_what_the_router_did_not_see() {
+        let original = |path: &str| OriginalUri(path.parse().unwrap());
+        let uri = |path: &str| -> Uri { path.parse().unwrap() };
+        assert_eq!(
+            base_path(Some(&original("/console/events/3")), &uri("/events/3")),
+            "/console"
+        );
+        assert_eq!(
+            base_path(Some(&original("/console")), &uri("/")),
+            "/console"
+        );
+        assert_eq!(
+            base_path(Some(&original("/ops/console/")), &uri("/")),
+            "/ops/console"
+        );
+        assert_eq!(base_path(Some(&original("/events")), &uri("/events")), "");
+        assert_eq!(base_path(None, &uri("/events")), "");
+    }
+}

@@ -1,0 +1,724 @@
+//! The console's handlers: one per page and action, each rendering an
+//! askama template (which escapes every value it prints).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Path, Query as QueryString, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+
+use super::view::{self, Query};
+use super::{Ctx, Shared};
+use crate::store::{timed, InboxEntry, InboxFilter, InboxStatus, PageStart, Replayed, StoreError};
+use crate::Timestamp;
+
+const STYLESHEET: &str = include_str!("assets/console.css");
+const SCRIPT: &str = include_str!("assets/console.js");
+
+/// Every status, in the order the pages list them.
+const STATUSES: [InboxStatus; 5] = [
+    InboxStatus::Pending,
+    InboxStatus::Retrying,
+    InboxStatus::Running,
+    InboxStatus::Dead,
+    InboxStatus::Done,
+];
+
+/// What every page's frame shows.
+struct Frame {
+    base: String,
+    home: String,
+    read_only: bool,
+    refresh: bool,
+}
+
+impl Frame {
+    fn new(shared: &Shared, ctx: &Ctx, refresh: bool) -> Self {
+        Self {
+            home: if ctx.base.is_empty() {
+                "/".to_owned()
+            } else {
+                ctx.base.clone()
+            },
+            base: ctx.base.clone(),
+            read_only: shared.read_only,
+            refresh,
+        }
+    }
+}
+
+/// A row of an events table.
+struct Row {
+    seq: i64,
+    status: &'static str,
+    event_type: String,
+    event_id: String,
+    account: String,
+    object: String,
+    received: String,
+    received_ago: String,
+    attempts: u32,
+    error: String,
+}
+
+impl Row {
+    fn new(entry: &InboxEntry, now: Timestamp) -> Self {
+        let event = &entry.event;
+        Self {
+            seq: entry.seq,
+            status: entry.status.as_str(),
+            event_type: event.event_type.clone(),
+            event_id: event.event_id.clone(),
+            account: event.account.clone().unwrap_or_default(),
+            object: event.object_key.clone().unwrap_or_default(),
+            received: view::time(event.received_at),
+            received_ago: view::ago(event.received_at, now),
+            attempts: entry.attempts,
+            error: entry
+                .last_error
+                .as_deref()
+                .map(|e| view::truncate(e, 120))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+struct OverviewPage {
+    frame: Frame,
+    rows: Vec<Row>,
+    dead_total: u64,
+    counts: Vec<(&'static str, u64)>,
+    oldest: String,
+    chart: String,
+    received_total: u64,
+    handled_total: u64,
+}
+
+#[derive(Template)]
+#[template(path = "console/events.html")]
+struct EventsPage {
+    frame: Frame,
+    query: Query,
+    statuses: Vec<(&'static str, bool)>,
+    notice: Option<String>,
+    problem: Option<String>,
+    matching: u64,
+    dead_matching: u64,
+    csrf: String,
+    pairs: Vec<(&'static str, String)>,
+    rows: Vec<Row>,
+    newer: Option<String>,
+    older: Option<String>,
+}
+
+/// A step of an object's timeline.
+struct Step {
+    seq: i64,
+    created: String,
+    event_type: String,
+    event_id: String,
+    status: &'static str,
+    received: String,
+    handled: String,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/event.html")]
+struct EventPage {
+    frame: Frame,
+    seq: i64,
+    status: &'static str,
+    notice: Option<String>,
+    last_error: Option<String>,
+    can_replay: bool,
+    csrf: String,
+    envelope: Vec<(&'static str, String)>,
+    history: Vec<(&'static str, String)>,
+    body: String,
+    object: Option<String>,
+    timeline: Vec<Step>,
+}
+
+#[derive(Template)]
+#[template(path = "console/confirm.html")]
+struct ConfirmPage {
+    frame: Frame,
+    seq: i64,
+    event_type: String,
+    event_id: String,
+    handled: String,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/message.html")]
+struct MessagePage {
+    frame: Frame,
+    heading: &'static str,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/denied.html")]
+struct DeniedPage;
+
+/// `page` as an HTML response with `status`.
+fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(target: "clink_webhooks::console", error = %err, "console page failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The `401` answer: no inbox data, a hint at how to get in.
+pub(super) fn denied() -> Response {
+    let mut response = html(StatusCode::UNAUTHORIZED, &DeniedPage);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"clink console\""),
+    );
+    response
+}
+
+fn message(
+    shared: &Shared,
+    ctx: &Ctx,
+    status: StatusCode,
+    heading: &'static str,
+    message: String,
+) -> Response {
+    html(
+        status,
+        &MessagePage {
+            frame: Frame::new(shared, ctx, false),
+            heading,
+            message,
+        },
+    )
+}
+
+/// The `503` page for an inbox that failed or did not answer in time.
+fn unavailable(shared: &Shared, ctx: &Ctx, error: &StoreError) -> Response {
+    tracing::warn!(target: "clink_webhooks::console", error = %error, "console: the inbox did not answer");
+    message(
+        shared,
+        ctx,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The inbox did not answer",
+        format!("{error}. Try again in a moment."),
+    )
+}
+
+/// Runs one inbox call under the console's timeout.
+async fn call<T>(
+    shared: &Shared,
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    timed(shared.timeout, future).await
+}
+
+/// The `400` page for a filter that could not be read.
+fn bad_filter(shared: &Shared, ctx: &Ctx, what: &view::BadFilter) -> Response {
+    message(
+        shared,
+        ctx,
+        StatusCode::BAD_REQUEST,
+        "That filter cannot be read",
+        what.0.clone(),
+    )
+}
+
+/// `GET /`: counts, the oldest unhandled event, the last hour, the dead.
+pub(super) async fn overview(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+) -> Response {
+    let now = Timestamp::now();
+    let inbox = &shared.inbox;
+    let dead = InboxFilter::default().status(InboxStatus::Dead);
+    let done = InboxFilter::default().status(InboxStatus::Done);
+    let since = Timestamp::from_millis(now.as_millis() - 59 * 60_000 - now.as_millis() % 60_000);
+    let read = async {
+        Ok::<_, StoreError>((
+            call(&shared, inbox.stats()).await?,
+            call(&shared, inbox.count(&done)).await?,
+            call(&shared, inbox.page(&dead, PageStart::Newest, 10)).await?,
+            call(&shared, inbox.activity(since, Duration::from_secs(60), 60)).await?,
+        ))
+    };
+    let (stats, done_count, dead_rows, activity) = match read.await {
+        Ok(read) => read,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    let counts = vec![
+        ("pending", stats.pending),
+        ("retrying", stats.retrying),
+        ("running", stats.running),
+        ("dead", stats.dead),
+        ("done", done_count),
+    ];
+    let oldest = stats.oldest_unhandled.map_or_else(
+        || "none: every event is handled or dead".to_owned(),
+        |at| format!("{} (received {})", view::ago(at, now), view::time(at)),
+    );
+    html(
+        StatusCode::OK,
+        &OverviewPage {
+            frame: Frame::new(&shared, &ctx, true),
+            rows: dead_rows.iter().map(|e| Row::new(e, now)).collect(),
+            dead_total: stats.dead,
+            counts,
+            oldest,
+            chart: view::chart(&activity),
+            received_total: activity.received.iter().sum(),
+            handled_total: activity.handled.iter().sum(),
+        },
+    )
+}
+
+/// What an action's notice says, from the fixed words its redirect carries.
+fn notice(query: &Query) -> Option<String> {
+    let count: u64 = query.count.parse().unwrap_or(0);
+    match query.done.as_str() {
+        "replayed" => Some("Replayed: the event is pending again.".to_owned()),
+        "running" => Some("A worker holds this event now; it was left alone.".to_owned()),
+        "replayed-dead" => Some(format!(
+            "Replayed {count} dead event{}: pending again.",
+            if count == 1 { "" } else { "s" }
+        )),
+        _ => None,
+    }
+}
+
+/// `GET /events`: the filtered list, newest first, a page at a time.
+pub(super) async fn events(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    query: Result<QueryString<Query>, QueryRejection>,
+) -> Response {
+    let Ok(QueryString(query)) = query else {
+        return bad_filter(
+            &shared,
+            &ctx,
+            &view::BadFilter("the query string cannot be read".to_owned()),
+        );
+    };
+    let (filter, start) = match (query.filter(), query.start()) {
+        (Ok(filter), Ok(start)) => (filter, start),
+        (Err(err), _) | (_, Err(err)) => return bad_filter(&shared, &ctx, &err),
+    };
+    let now = Timestamp::now();
+    let size = shared.page_size;
+    let inbox = &shared.inbox;
+    let dead_filter =
+        (filter.status.is_none() || filter.status == Some(InboxStatus::Dead)).then(|| {
+            InboxFilter {
+                status: Some(InboxStatus::Dead),
+                ..filter.clone()
+            }
+        });
+    let read = async {
+        let mut page = call(&shared, inbox.page(&filter, start, size + 1)).await?;
+        let more = page.len() > size;
+        if more {
+            // The extra event is the one past the page, on the side it ran to.
+            if matches!(start, PageStart::After(_)) {
+                page.remove(0);
+            } else {
+                page.pop();
+            }
+        }
+        let (newer, older) = match (start, page.first(), page.last()) {
+            (_, None, _) | (_, _, None) => (false, false),
+            (PageStart::Newest, _, _) => (false, more),
+            (PageStart::Before(_), Some(first), _) => (
+                !call(&shared, inbox.page(&filter, PageStart::After(first.seq), 1))
+                    .await?
+                    .is_empty(),
+                more,
+            ),
+            (PageStart::After(_), _, Some(last)) => (
+                more,
+                !call(&shared, inbox.page(&filter, PageStart::Before(last.seq), 1))
+                    .await?
+                    .is_empty(),
+            ),
+        };
+        let matching = call(&shared, inbox.count(&filter)).await?;
+        let dead_matching = match &dead_filter {
+            Some(dead) if !shared.read_only => call(&shared, inbox.count(dead)).await?,
+            _ => 0,
+        };
+        Ok::<_, StoreError>((page, newer, older, matching, dead_matching))
+    };
+    let (page, newer, older, matching, dead_matching) = match read.await {
+        Ok(read) => read,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    let link = |side: &str, seq: i64| {
+        format!(
+            "{}/events{}",
+            ctx.base,
+            query.query_string(&[(side, seq.to_string())])
+        )
+    };
+    let newer = newer.then(|| link("after", page[0].seq));
+    let older = older.then(|| link("before", page[page.len() - 1].seq));
+    let problem = page.is_empty().then(|| match start {
+        PageStart::Newest => "No event matches.".to_owned(),
+        _ => "No more events on this side.".to_owned(),
+    });
+    html(
+        StatusCode::OK,
+        &EventsPage {
+            frame: Frame::new(&shared, &ctx, matches!(start, PageStart::Newest)),
+            statuses: STATUSES
+                .iter()
+                .map(|s| (s.as_str(), filter.status == Some(*s)))
+                .collect(),
+            notice: notice(&query),
+            problem,
+            matching,
+            dead_matching,
+            csrf: shared.keys.csrf(&ctx.who),
+            pairs: query.filter_pairs(),
+            rows: page.iter().map(|e| Row::new(e, now)).collect(),
+            newer,
+            older,
+            query,
+        },
+    )
+}
+
+fn parse_seq(text: &str) -> Option<i64> {
+    text.parse().ok().filter(|seq| *seq > 0)
+}
+
+fn missing(shared: &Shared, ctx: &Ctx) -> Response {
+    message(
+        shared,
+        ctx,
+        StatusCode::NOT_FOUND,
+        "No such event",
+        "The inbox has no event with that number (purged, or never kept).".to_owned(),
+    )
+}
+
+/// `GET /events/{seq}`: one event, its history and its object's timeline.
+pub(super) async fn event(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(seq): Path<String>,
+    query: Result<QueryString<Query>, QueryRejection>,
+) -> Response {
+    let Some(seq) = parse_seq(&seq) else {
+        return missing(&shared, &ctx);
+    };
+    let now = Timestamp::now();
+    let inbox = &shared.inbox;
+    let entry = match call(&shared, inbox.get(seq)).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return missing(&shared, &ctx),
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    let event = &entry.event;
+    let mut timeline = Vec::new();
+    if let Some(object) = &event.object_key {
+        let filter = InboxFilter::default().object_key(object.clone());
+        match call(&shared, inbox.list(&filter, 500)).await {
+            Ok(mut events) => {
+                events.sort_by(|a, b| {
+                    let key = |e: &InboxEntry| {
+                        (
+                            e.event.created.unwrap_or(e.event.received_at),
+                            e.event.event_id.clone(),
+                        )
+                    };
+                    key(a).cmp(&key(b))
+                });
+                timeline = events
+                    .iter()
+                    .map(|e| Step {
+                        seq: e.seq,
+                        created: e.event.created.map_or_else(
+                            || format!("{} (received)", view::time(e.event.received_at)),
+                            view::time,
+                        ),
+                        event_type: e.event.event_type.clone(),
+                        event_id: e.event.event_id.clone(),
+                        status: e.status.as_str(),
+                        received: view::time(e.event.received_at),
+                        handled: e.handled_at.map(view::time).unwrap_or_default(),
+                        current: e.seq == entry.seq,
+                    })
+                    .collect();
+            }
+            Err(err) => return unavailable(&shared, &ctx, &err),
+        }
+    }
+    let or_none = |value: Option<&str>| value.unwrap_or("(none)").to_owned();
+    let when = |at: Option<Timestamp>| {
+        at.map_or_else(
+            || "never".to_owned(),
+            |at| format!("{} ({})", view::time(at), view::ago(at, now)),
+        )
+    };
+    let envelope = vec![
+        ("event id", event.event_id.clone()),
+        ("type", event.event_type.clone()),
+        ("account", or_none(event.account.as_deref())),
+        ("object", or_none(event.object_key.as_deref())),
+        (
+            "created",
+            event
+                .created
+                .map_or_else(|| "(not in the envelope)".to_owned(), view::time),
+        ),
+        ("signed at", view::time(event.signed_at)),
+        ("received at", when(Some(event.received_at))),
+        ("signing key", or_none(event.signing_key.as_deref())),
+        ("body size", format!("{} bytes", event.body.len())),
+    ];
+    let history = vec![
+        ("status", entry.status.as_str().to_owned()),
+        ("attempts", entry.attempts.to_string()),
+        (
+            "next attempt",
+            if matches!(entry.status, InboxStatus::Pending | InboxStatus::Retrying) {
+                when(Some(entry.next_attempt_at))
+            } else {
+                "(none)".to_owned()
+            },
+        ),
+        ("handled at", when(entry.handled_at)),
+        ("replays", entry.replays.to_string()),
+        ("last replayed at", when(entry.last_replayed_at)),
+    ];
+    let query = query.map(|q| q.0).unwrap_or_default();
+    html(
+        StatusCode::OK,
+        &EventPage {
+            frame: Frame::new(&shared, &ctx, false),
+            seq,
+            status: entry.status.as_str(),
+            notice: notice(&query),
+            last_error: entry.last_error.clone(),
+            can_replay: !shared.read_only && entry.status != InboxStatus::Running,
+            csrf: shared.keys.csrf(&ctx.who),
+            envelope,
+            history,
+            body: view::pretty_body(&event.body),
+            object: event.object_key.clone(),
+            timeline,
+        },
+    )
+}
+
+/// Refuses an action unless the console takes them and the form carries
+/// the request's CSRF token.
+fn refuse_action(shared: &Shared, ctx: &Ctx, form: &Query) -> Option<Response> {
+    if shared.read_only {
+        return Some(message(
+            shared,
+            ctx,
+            StatusCode::FORBIDDEN,
+            "This console is read-only",
+            "It shows the inbox and changes nothing.".to_owned(),
+        ));
+    }
+    if !shared.keys.is_csrf(&ctx.who, &form.csrf) {
+        tracing::warn!(
+            target: "clink_webhooks::console",
+            via = ctx.who.via(),
+            "console: an action without its CSRF token was refused"
+        );
+        return Some(message(
+            shared,
+            ctx,
+            StatusCode::FORBIDDEN,
+            "Refused: the form's CSRF token is missing or wrong",
+            "Open the page again and repeat the action from there.".to_owned(),
+        ));
+    }
+    None
+}
+
+fn see_other(location: String) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+/// `POST /events/{seq}/replay`: replays one event; a handled one only with
+/// `force=yes`, after the confirmation page.
+pub(super) async fn replay(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(seq): Path<String>,
+    form: Result<Form<Query>, FormRejection>,
+) -> Response {
+    let form = form.map(|f| f.0).unwrap_or_default();
+    if let Some(refused) = refuse_action(&shared, &ctx, &form) {
+        return refused;
+    }
+    let Some(seq) = parse_seq(&seq) else {
+        return missing(&shared, &ctx);
+    };
+    let force = form.force == "yes";
+    let inbox = &shared.inbox;
+    let entry = match call(&shared, inbox.get(seq)).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return missing(&shared, &ctx),
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    let replayed = match call(&shared, inbox.replay(seq, force)).await {
+        Ok(replayed) => replayed,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    let outcome = match replayed {
+        Replayed::Replayed => "replayed",
+        Replayed::Handled { .. } => "asked to confirm",
+        Replayed::Running => "left alone: running",
+        Replayed::Missing => "missing",
+    };
+    tracing::info!(
+        target: "clink_webhooks::console",
+        action = "replay",
+        seq,
+        event_id = ?entry.event.event_id,
+        event_type = ?entry.event.event_type,
+        status_before = entry.status.as_str(),
+        force,
+        outcome,
+        via = ctx.who.via(),
+        "console: replay of event {seq}: {outcome}"
+    );
+    let page = format!("{}/events/{seq}", ctx.base);
+    match replayed {
+        Replayed::Replayed => see_other(format!("{page}?done=replayed")),
+        Replayed::Running => see_other(format!("{page}?done=running")),
+        Replayed::Handled { at } => html(
+            StatusCode::OK,
+            &ConfirmPage {
+                frame: Frame::new(&shared, &ctx, false),
+                seq,
+                event_type: entry.event.event_type.clone(),
+                event_id: entry.event.event_id.clone(),
+                handled: at.map_or_else(
+                    || "before".to_owned(),
+                    |at| format!("at {}", view::time(at)),
+                ),
+                csrf: shared.keys.csrf(&ctx.who),
+            },
+        ),
+        Replayed::Missing => missing(&shared, &ctx),
+    }
+}
+
+/// `POST /events/replay-dead`: replays every dead event the form's filter
+/// matches.
+pub(super) async fn replay_dead(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    form: Result<Form<Query>, FormRejection>,
+) -> Response {
+    let form = form.map(|f| f.0).unwrap_or_default();
+    if let Some(refused) = refuse_action(&shared, &ctx, &form) {
+        return refused;
+    }
+    let mut filter = match form.filter() {
+        Ok(filter) => filter,
+        Err(err) => return bad_filter(&shared, &ctx, &err),
+    };
+    if filter.status.is_some_and(|s| s != InboxStatus::Dead) {
+        return bad_filter(
+            &shared,
+            &ctx,
+            &view::BadFilter("only dead events are replayed together".to_owned()),
+        );
+    }
+    filter.status = Some(InboxStatus::Dead);
+    let seqs = match call(&shared, shared.inbox.replay_matching(&filter, false)).await {
+        Ok(seqs) => seqs,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    tracing::info!(
+        target: "clink_webhooks::console",
+        action = "replay-dead",
+        filter = ?filter,
+        replayed = seqs.len(),
+        seqs = ?seqs,
+        via = ctx.who.via(),
+        "console: replayed {} dead events",
+        seqs.len()
+    );
+    let mut back = form.clone();
+    back.status = String::new();
+    see_other(format!(
+        "{}/events{}",
+        ctx.base,
+        back.query_string(&[
+            ("done", "replayed-dead".to_owned()),
+            ("count", seqs.len().to_string())
+        ])
+    ))
+}
+
+/// `GET /assets/console.css`.
+pub(super) async fn stylesheet() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/css; charset=utf-8"),
+        )],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+/// `GET /assets/console.js`.
+pub(super) async fn script() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// Any other path: `404`, with nothing of the inbox.
+pub(super) async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        "not found\n",
+    )
+        .into_response()
+}

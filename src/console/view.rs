@@ -1,0 +1,405 @@
+//! What the pages show, as text: filters read from a query and written back
+//! into links, times and ages, the raw body indented, the activity chart.
+//!
+//! Nothing here escapes HTML: the templates do, every value. The one piece
+//! of markup made here, the chart, is built from numbers alone.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{InboxActivity, InboxFilter, InboxStatus, PageStart};
+use crate::Timestamp;
+
+/// The filter and page of the events list, as a query or a form sends them;
+/// an empty field is no filter.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct Query {
+    #[serde(default)]
+    pub(super) status: String,
+    #[serde(default, rename = "type")]
+    pub(super) event_type: String,
+    #[serde(default)]
+    pub(super) account: String,
+    #[serde(default)]
+    pub(super) object: String,
+    #[serde(default)]
+    pub(super) from: String,
+    #[serde(default)]
+    pub(super) until: String,
+    #[serde(default)]
+    pub(super) before: String,
+    #[serde(default)]
+    pub(super) after: String,
+    /// What an action just did, to say so (a word from a fixed list).
+    #[serde(default)]
+    pub(super) done: String,
+    /// How many events it did it to.
+    #[serde(default)]
+    pub(super) count: String,
+    /// The CSRF token, on a form.
+    #[serde(default)]
+    pub(super) csrf: String,
+    /// `yes` to replay a handled event again.
+    #[serde(default)]
+    pub(super) force: String,
+}
+
+/// A filter field that could not be read, with what was wrong.
+#[derive(Debug)]
+pub(super) struct BadFilter(pub(super) String);
+
+impl Query {
+    /// The inbox filter the query names.
+    pub(super) fn filter(&self) -> Result<InboxFilter, BadFilter> {
+        let mut filter = InboxFilter::default();
+        if !self.status.is_empty() {
+            filter = filter.status(
+                InboxStatus::parse(&self.status)
+                    .ok_or_else(|| BadFilter(format!("no status is called {:?}", self.status)))?,
+            );
+        }
+        if !self.event_type.is_empty() {
+            filter = filter.event_type(self.event_type.trim());
+        }
+        if !self.account.is_empty() {
+            filter = filter.account(self.account.trim());
+        }
+        if !self.object.is_empty() {
+            filter = filter.object_key(self.object.trim());
+        }
+        let time = |text: &str, what: &str| -> Result<Option<Timestamp>, BadFilter> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            parse_time(text)
+                .map(Some)
+                .ok_or_else(|| BadFilter(format!("{what} {text:?} is not a time (UTC)")))
+        };
+        Ok(filter.received(time(&self.from, "from")?, time(&self.until, "until")?))
+    }
+
+    /// Where the page starts.
+    pub(super) fn start(&self) -> Result<PageStart, BadFilter> {
+        let seq = |text: &str| {
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| BadFilter(format!("{text:?} is not an event number")))
+        };
+        Ok(match (self.before.is_empty(), self.after.is_empty()) {
+            (true, true) => PageStart::Newest,
+            (false, _) => PageStart::Before(seq(&self.before)?),
+            (true, false) => PageStart::After(seq(&self.after)?),
+        })
+    }
+
+    /// The filter's fields as `(name, value)` pairs, the empty ones left
+    /// out: for links and hidden form fields.
+    pub(super) fn filter_pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("status", &self.status),
+            ("type", &self.event_type),
+            ("account", &self.account),
+            ("object", &self.object),
+            ("from", &self.from),
+            ("until", &self.until),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (name, value.clone()))
+        .collect()
+    }
+
+    /// The query string of this filter with `more` pairs after it,
+    /// `?`-prefixed, or empty.
+    pub(super) fn query_string(&self, more: &[(&str, String)]) -> String {
+        let mut pairs: Vec<(&str, String)> = self.filter_pairs();
+        pairs.extend(more.iter().cloned());
+        query_string(&pairs)
+    }
+}
+
+/// `?a=1&b=2`, each value percent-encoded; empty without pairs.
+pub(super) fn query_string(pairs: &[(&str, String)]) -> String {
+    let mut query = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        query.push(if i == 0 { '?' } else { '&' });
+        query.push_str(name);
+        query.push('=');
+        query.push_str(&percent_encode(value));
+    }
+    query
+}
+
+/// `text` with everything but unreserved characters percent-encoded.
+pub(super) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// A time as a person types it: RFC 3339, or a form's `datetime-local`
+/// value (`2026-12-02T20:13`, seconds optional), read as UTC; or epoch
+/// milliseconds.
+pub(super) fn parse_time(text: &str) -> Option<Timestamp> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(Timestamp::from_millis(ms));
+    }
+    if let Ok(at) = Timestamp::parse_rfc3339(text) {
+        return Some(at);
+    }
+    let with_seconds = if text.len() == 16 {
+        format!("{text}:00Z")
+    } else {
+        format!("{text}Z")
+    };
+    Timestamp::parse_rfc3339(&with_seconds).ok()
+}
+
+/// A time for a person: `2026-12-02 20:13:33.123 UTC`.
+pub(super) fn time(at: Timestamp) -> String {
+    let text = at.to_string();
+    match text.strip_suffix('Z') {
+        Some(rfc) => format!("{} UTC", rfc.replacen('T', " ", 1)),
+        None => text,
+    }
+}
+
+/// A duration for a person: `850 ms`, `42 s`, `3 min 5 s`, `2 h 10 min`, `3 d 4 h`.
+pub(super) fn duration(span: Duration) -> String {
+    let ms = span.as_millis();
+    let s = span.as_secs();
+    match s {
+        0 => format!("{ms} ms"),
+        1..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long ago `at` was, from `now`: `3 min 5 s ago`, or `in 2 s`.
+pub(super) fn ago(at: Timestamp, now: Timestamp) -> String {
+    let delta = now.as_millis().saturating_sub(at.as_millis());
+    let span = Duration::from_millis(delta.unsigned_abs());
+    if delta >= 0 {
+        format!("{} ago", duration(span))
+    } else {
+        format!("in {}", duration(span))
+    }
+}
+
+/// `text` cut to at most `max` characters, with `…` when cut.
+pub(super) fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The body as text: JSON indented by two spaces, each value kept byte
+/// for byte (numbers are not reparsed, so `1.10` stays `1.10`); a body that
+/// is not JSON as it is (lossy UTF-8).
+pub(super) fn pretty_body(body: &[u8]) -> String {
+    let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    let text = String::from_utf8_lossy(body);
+    if valid {
+        indent_json(&text)
+    } else {
+        text.into_owned()
+    }
+}
+
+/// Re-indents valid JSON without parsing its values.
+fn indent_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = json.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                // An empty object or array stays on one line.
+                while chars.peek().is_some_and(char::is_ascii_whitespace) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.extend(chars.next());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The activity chart: for each interval a bar of events received and one
+/// of events handled, as inline SVG made of numbers only.
+pub(super) fn chart(activity: &InboxActivity) -> String {
+    const WIDTH: usize = 10;
+    const HEIGHT: u64 = 100;
+    let n = activity.received.len();
+    let top = activity
+        .received
+        .iter()
+        .chain(&activity.handled)
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let width = n * WIDTH;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="events received and handled per minute">"#,
+        w = width + 40,
+        h = HEIGHT + 20,
+    );
+    let _ = write!(
+        svg,
+        r#"<line class="axis" x1="0" y1="{HEIGHT}" x2="{width}" y2="{HEIGHT}"/>"#
+    );
+    let minutes = activity.interval.as_secs() / 60;
+    for (i, (received, handled)) in activity.received.iter().zip(&activity.handled).enumerate() {
+        let x = i * WIDTH;
+        for (offset, count, class) in [(1, *received, "received"), (5, *handled, "handled")] {
+            if count == 0 {
+                continue;
+            }
+            let h = (count * HEIGHT).div_ceil(top);
+            let _ = write!(
+                svg,
+                r#"<rect class="{class}" x="{}" y="{}" width="4" height="{h}"><title>{count} {class}, {} min ago</title></rect>"#,
+                x + offset,
+                HEIGHT - h,
+                (n - i) as u64 * minutes.max(1),
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="10">{top}</text><text x="0" y="{}">-{} min</text><text x="{}" y="{}" text-anchor="end">now</text></svg>"#,
+        width + 4,
+        HEIGHT + 16,
+        n as u64 * minutes.max(1),
+        width,
+        HEIGHT + 16,
+    );
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_indented_with_every_value_kept() {
+        let body = br#"{"id":"evt_1","amount":1.10,"big":12345678901234567890,"s":"a,{b}: \"c\"","e":{},"l":[1, 2]}"#;
+        let pretty = pretty_body(body);
+        assert_eq!(
+            pretty,
+            "{\n  \"id\": \"evt_1\",\n  \"amount\": 1.10,\n  \"big\": 12345678901234567890,\n  \
+             \"s\": \"a,{b}: \\\"c\\\"\",\n  \"e\": {},\n  \"l\": [\n    1,\n    2\n  ]\n}"
+        );
+        assert_eq!(pretty_body(b"not json {"), "not json {");
+    }
+
+    #[test]
+    fn filters_read_and_write_back() {
+        let query = Query {
+            status: "dead".to_owned(),
+            event_type: "order.succeeded".to_owned(),
+            from: "2026-12-02T20:13".to_owned(),
+            before: "40".to_owned(),
+            ..Query::default()
+        };
+        let filter = query.filter().unwrap();
+        assert_eq!(filter.status, Some(InboxStatus::Dead));
+        assert_eq!(
+            filter.received_from,
+            Some(Timestamp::parse_rfc3339("2026-12-02T20:13:00Z").unwrap())
+        );
+        assert_eq!(query.start().unwrap(), PageStart::Before(40));
+        assert_eq!(
+            query.query_string(&[("after", "3".to_owned())]),
+            "?status=dead&type=order.succeeded&from=2026-12-02T20%3A13&after=3"
+        );
+        let bad = Query {
+            status: "gone".to_owned(),
+            ..Query::default()
+        };
+        assert!(bad.filter().is_err());
+    }
+
+    #[test]
+    fn times_and_spans_read_well() {
+        assert_eq!(
+            time(Timestamp::from_millis(1_736_942_400_000)),
+            "2025-01-15 12:00:00.000 UTC"
+        );
+        assert_eq!(duration(Duration::from_millis(850)), "850 ms");
+        assert_eq!(duration(Duration::from_secs(185)), "3 min 5 s");
+        assert_eq!(duration(Duration::from_secs(7_800)), "2 h 10 min");
+        let now = Timestamp::from_millis(10_000);
+        assert_eq!(ago(Timestamp::from_millis(8_000), now), "2 s ago");
+        assert_eq!(ago(Timestamp::from_millis(12_000), now), "in 2 s");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    #[test]
+    fn the_chart_is_numbers_only() {
+        let mut activity =
+            InboxActivity::new(Timestamp::from_millis(0), Duration::from_secs(60), 3);
+        activity.received = vec![1, 0, 4];
+        activity.handled = vec![0, 2, 4];
+        let svg = chart(&activity);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 4, "{svg}");
+        assert!(svg.contains(">4 received, 1 min ago<"), "{svg}");
+    }
+}

@@ -1,0 +1,259 @@
+//! What a person browsing an [`Inbox`](super::Inbox) needs of it: pages of
+//! events newest first ([`Inbox::page`](super::Inbox::page)), counts
+//! ([`Inbox::count`](super::Inbox::count)) and events received and handled
+//! per interval ([`Inbox::activity`](super::Inbox::activity)). The console
+//! (feature `console`) is built on them; the trait's default methods derive
+//! them from [`list`](super::Inbox::list), and every backend in the crate
+//! answers them in one query.
+
+use std::time::Duration;
+
+use super::{InboxEntry, InboxFilter};
+use crate::Timestamp;
+
+/// Where a page of [`Inbox::page`](super::Inbox::page) starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PageStart {
+    /// The newest events.
+    #[default]
+    Newest,
+    /// The events numbered below `seq`: the next page back in time.
+    Before(i64),
+    /// The events numbered above `seq` (the ones nearest to it): the page
+    /// before this one, toward the newest.
+    After(i64),
+}
+
+/// How many events arrived and how many were handled in each of a row of
+/// equal intervals: what [`Inbox::activity`](super::Inbox::activity) counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxActivity {
+    /// When the first interval starts.
+    pub since: Timestamp,
+    /// How long each interval is.
+    pub interval: Duration,
+    /// Events received in each interval, oldest interval first.
+    pub received: Vec<u64>,
+    /// Events handled in each interval (by the time the inbox keeps: a
+    /// replayed event handled again counts at its last handling).
+    pub handled: Vec<u64>,
+}
+
+impl InboxActivity {
+    /// No activity in `intervals` intervals of `interval` from `since`.
+    #[must_use]
+    pub fn new(since: Timestamp, interval: Duration, intervals: usize) -> Self {
+        Self {
+            since,
+            interval,
+            received: vec![0; intervals],
+            handled: vec![0; intervals],
+        }
+    }
+
+    /// The interval in milliseconds, at least 1.
+    pub(crate) fn interval_ms(&self) -> i64 {
+        i64::try_from(self.interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+
+    /// When the last interval ends.
+    pub(crate) fn until(&self) -> Timestamp {
+        let span = self
+            .interval_ms()
+            .saturating_mul(i64::try_from(self.received.len()).unwrap_or(i64::MAX));
+        Timestamp::from_millis(self.since.as_millis().saturating_add(span))
+    }
+
+    /// The interval `at` falls in, if any.
+    fn slot(&self, at: Timestamp) -> Option<usize> {
+        if at < self.since || at >= self.until() {
+            return None;
+        }
+        usize::try_from((at.as_millis() - self.since.as_millis()) / self.interval_ms()).ok()
+    }
+
+    /// Counts `count` events received (`handled == false`) or handled in
+    /// interval number `slot`, as a backend's `GROUP BY` gives them.
+    pub(crate) fn add(&mut self, handled: bool, slot: i64, count: u64) {
+        let row = if handled {
+            &mut self.handled
+        } else {
+            &mut self.received
+        };
+        if let Some(cell) = usize::try_from(slot).ok().and_then(|s| row.get_mut(s)) {
+            *cell += count;
+        }
+    }
+
+    /// Counts `entry`'s arrival and handling where they fall.
+    pub(crate) fn tally(&mut self, entry: &InboxEntry) {
+        if let Some(slot) = self.slot(entry.event.received_at) {
+            self.received[slot] += 1;
+        }
+        if let Some(slot) = entry.handled_at.and_then(|at| self.slot(at)) {
+            self.handled[slot] += 1;
+        }
+    }
+}
+
+/// The page of `entries` (all the matching events, oldest first) that
+/// `start` and `limit` select, newest first.
+pub(crate) fn page_of(
+    entries: impl DoubleEndedIterator<Item = InboxEntry>,
+    start: PageStart,
+    limit: usize,
+) -> Vec<InboxEntry> {
+    match start {
+        PageStart::Newest => entries.rev().take(limit).collect(),
+        PageStart::Before(seq) => entries.rev().filter(|e| e.seq < seq).take(limit).collect(),
+        PageStart::After(seq) => {
+            let mut page: Vec<_> = entries.filter(|e| e.seq > seq).take(limit).collect();
+            page.reverse();
+            page
+        }
+    }
+}
+
+/// Whether `entry` matches `filter` and lies where `start` says.
+pub(crate) fn on_page(filter: &InboxFilter, start: PageStart, entry: &InboxEntry) -> bool {
+    filter.matches(entry)
+        && match start {
+            PageStart::Newest => true,
+            PageStart::Before(seq) => entry.seq < seq,
+            PageStart::After(seq) => entry.seq > seq,
+        }
+}
+
+/// The SQL of the browsing queries for an inbox in `table` (quoted), with
+/// parameters marked `mark` (`$` for PostgreSQL, `?` for SQLite).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql {
+    use super::super::inbox_trait::{filter_sql, ENTRY_COLUMNS};
+    use super::PageStart;
+
+    fn param(mark: char, n: usize) -> String {
+        if mark == '$' {
+            format!("${n}::bigint")
+        } else {
+            format!("?{n}")
+        }
+    }
+
+    /// A page: the filter's six parameters, then the bound on `seq` (7) and
+    /// the limit (8); rows come newest first, except for
+    /// [`PageStart::After`], whose rows come oldest first (reverse them).
+    pub(crate) fn page(table: &str, mark: char, start: PageStart) -> String {
+        let (op, order) = match start {
+            PageStart::After(_) => (">", "ASC"),
+            PageStart::Newest | PageStart::Before(_) => ("<", "DESC"),
+        };
+        format!(
+            "SELECT {ENTRY_COLUMNS} FROM {table} WHERE {} AND seq {op} {} ORDER BY seq {order} LIMIT {}",
+            filter_sql(mark, 1),
+            param(mark, 7),
+            param(mark, 8),
+        )
+    }
+
+    /// The bound on `seq` for a page from `start`.
+    pub(crate) fn page_bound(start: PageStart) -> i64 {
+        match start {
+            PageStart::Newest => i64::MAX,
+            PageStart::Before(seq) | PageStart::After(seq) => seq,
+        }
+    }
+
+    /// How many events match: the filter's six parameters.
+    pub(crate) fn count(table: &str, mark: char) -> String {
+        format!("SELECT count(*) FROM {table} WHERE {}", filter_sql(mark, 1))
+    }
+
+    /// Events received (kind 0) and handled (kind 1) per interval: since
+    /// (1), the interval in milliseconds (2) and until (3); rows of kind,
+    /// interval number and count.
+    pub(crate) fn activity(table: &str, mark: char) -> String {
+        let (since, interval, until) = (param(mark, 1), param(mark, 2), param(mark, 3));
+        let per = |kind: u8, column: &str| {
+            format!(
+                "SELECT CAST({kind} AS bigint), ({column} - {since}) / {interval} AS slot, count(*)
+                 FROM {table} WHERE {column} >= {since} AND {column} < {until} GROUP BY slot"
+            )
+        };
+        format!(
+            "{} UNION ALL {}",
+            per(0, "received_at_ms"),
+            per(1, "handled_at_ms")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{InboxStatus, NewEvent};
+
+    fn entry(seq: i64, received: i64, handled: Option<i64>) -> InboxEntry {
+        InboxEntry {
+            seq,
+            event: NewEvent::new(
+                None,
+                format!("evt_{seq}"),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                Timestamp::from_millis(received),
+                Timestamp::from_millis(received),
+                Bytes::new(),
+            ),
+            status: InboxStatus::Done,
+            attempts: 1,
+            next_attempt_at: Timestamp::from_millis(received),
+            last_error: None,
+            handled_at: handled.map(Timestamp::from_millis),
+            replays: 0,
+            last_replayed_at: None,
+            receipt: None,
+        }
+    }
+
+    fn seqs(page: &[InboxEntry]) -> Vec<i64> {
+        page.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn pages_run_newest_first_from_either_side() {
+        let all = || (1..=10).map(|n| entry(n, n, None));
+        assert_eq!(seqs(&page_of(all(), PageStart::Newest, 3)), [10, 9, 8]);
+        assert_eq!(seqs(&page_of(all(), PageStart::Before(8), 3)), [7, 6, 5]);
+        assert_eq!(seqs(&page_of(all(), PageStart::After(4), 3)), [7, 6, 5]);
+        assert_eq!(seqs(&page_of(all(), PageStart::Before(2), 3)), [1]);
+        assert!(page_of(all(), PageStart::After(10), 3).is_empty());
+    }
+
+    #[test]
+    fn activity_counts_each_time_in_its_interval() {
+        let mut activity =
+            InboxActivity::new(Timestamp::from_millis(1_000), Duration::from_millis(100), 3);
+        for e in [
+            entry(1, 999, Some(1_000)),
+            entry(2, 1_000, Some(1_250)),
+            entry(3, 1_199, Some(1_300)),
+        ] {
+            activity.tally(&e);
+        }
+        assert_eq!(activity.received, [1, 1, 0]);
+        assert_eq!(activity.handled, [1, 0, 1]);
+        assert_eq!(activity.until(), Timestamp::from_millis(1_300));
+        activity.add(true, 2, 5);
+        activity.add(false, 3, 5);
+        activity.add(false, -1, 5);
+        assert_eq!(activity.handled, [1, 0, 6]);
+        assert_eq!(activity.received, [1, 1, 0]);
+    }
+}

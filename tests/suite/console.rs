@@ -1,0 +1,1210 @@
+//! The inbox console (feature `console`) over HTTP: every page's status,
+//! content type and security headers; who gets in; the CSRF token on every
+//! action; escaping; paging; and the browsing calls it makes of every
+//! backend (`page`, `count`, `activity`), with 10,000 events in SQLite and
+//! PostgreSQL answering within the store's timeout.
+//!
+//! `console_browser.rs` drives the same pages in a real browser.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
+use clink_webhooks::store::{
+    Inbox, InboxFilter, InboxStatus, MemoryInbox, NewEvent, PageStart, Replayed, DEFAULT_TIMEOUT,
+};
+use clink_webhooks::Timestamp;
+use http::{HeaderMap, Request};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const TOKEN: &str = "console-test-token-0123456789";
+
+fn unique() -> String {
+    clink_webhooks::store::LeaseToken::generate().as_str()[..12].to_owned()
+}
+
+/// An event received `received_ms`, created `created_ms`, about `object`.
+fn event(
+    id: &str,
+    event_type: &str,
+    account: Option<&str>,
+    object: Option<&str>,
+    created_ms: i64,
+    received_ms: i64,
+) -> NewEvent {
+    let body = serde_json::json!({
+        "id": id,
+        "type": event_type,
+        "created": created_ms,
+        "data": {"orderId": object.unwrap_or("none"), "amount": "1.10"},
+    })
+    .to_string();
+    NewEvent::new(
+        account.map(str::to_owned),
+        id.to_owned(),
+        event_type.to_owned(),
+        Some(Timestamp::from_millis(created_ms)),
+        object.map(str::to_owned),
+        Timestamp::from_millis(received_ms),
+        Timestamp::from_millis(received_ms),
+        Bytes::from(body),
+    )
+}
+
+/// What a request got back.
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the first hidden `csrf` field.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
+        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
+    /// The `href` of the link whose text is `text`.
+    fn link(&self, text: &str) -> Option<String> {
+        let end = self.body.find(&format!("\">{text}</a>"))?;
+        let start = self.body[..end].rfind("href=\"")? + "href=\"".len();
+        Some(
+            self.body[start..end]
+                .replace("&#38;", "&")
+                .replace("&amp;", "&"),
+        )
+    }
+}
+
+/// Sends `method path` with `headers` and, for a form, `form`.
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: Option<&str>,
+) -> Page {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = match form {
+        Some(form) => {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+            Body::from(form.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+const BEARER: (&str, &str) = ("authorization", "Bearer console-test-token-0123456789");
+
+async fn get(app: &Router, path: &str) -> Page {
+    send(app, "GET", path, &[BEARER], None).await
+}
+
+async fn post(app: &Router, path: &str, form: &str) -> Page {
+    send(app, "POST", path, &[BEARER], Some(form)).await
+}
+
+fn mounted(console: Console) -> Router {
+    Router::new().nest("/console", console.router())
+}
+
+/// An inbox with two events done (1 and 3), one dead (2), and one pending
+/// (4) about the dead one's object.
+async fn small_inbox() -> Arc<MemoryInbox> {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    inbox
+        .insert(&event(
+            "evt_first",
+            "order.created",
+            None,
+            Some("order:o1"),
+            now - 9_000,
+            now - 5_000,
+        ))
+        .await
+        .unwrap();
+    inbox
+        .insert_dead(
+            &event(
+                "evt_dead",
+                "order.succeeded",
+                Some("acct_a"),
+                Some("order:o2"),
+                now - 8_000,
+                now - 4_000,
+            ),
+            "handler failed: the warehouse said no",
+        )
+        .await
+        .unwrap();
+    inbox
+        .insert(&event(
+            "evt_done",
+            "refund.succeeded",
+            None,
+            None,
+            now - 7_000,
+            now - 3_000,
+        ))
+        .await
+        .unwrap();
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    // The first due event is seq 1; run it to done, then take seq 3 too.
+    inbox.complete(&claim).await.unwrap();
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    inbox.complete(&claim).await.unwrap();
+    inbox
+        .insert(&event(
+            "evt_later",
+            "order.refunded",
+            Some("acct_a"),
+            Some("order:o2"),
+            now - 1_000,
+            now - 2_000,
+        ))
+        .await
+        .unwrap();
+    inbox
+}
+
+#[tokio::test]
+async fn every_page_answers_html_under_the_content_security_policy() {
+    let inbox = small_inbox().await;
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    for (path, status, content_type) in [
+        ("/console", 200, "text/html; charset=utf-8"),
+        ("/console/events", 200, "text/html; charset=utf-8"),
+        (
+            "/console/events?status=dead&type=order.succeeded&account=acct_a&object=order%3Ao2",
+            200,
+            "text/html; charset=utf-8",
+        ),
+        (
+            "/console/events?from=2020-01-01T00:00&until=2999-01-01T00:00",
+            200,
+            "text/html; charset=utf-8",
+        ),
+        ("/console/events?before=3", 200, "text/html; charset=utf-8"),
+        ("/console/events?after=1", 200, "text/html; charset=utf-8"),
+        ("/console/events/2", 200, "text/html; charset=utf-8"),
+        ("/console/events/99", 404, "text/html; charset=utf-8"),
+        ("/console/events/x", 404, "text/html; charset=utf-8"),
+        (
+            "/console/events?status=gone",
+            400,
+            "text/html; charset=utf-8",
+        ),
+        (
+            "/console/events?from=yesterday",
+            400,
+            "text/html; charset=utf-8",
+        ),
+        (
+            "/console/assets/console.css",
+            200,
+            "text/css; charset=utf-8",
+        ),
+        (
+            "/console/assets/console.js",
+            200,
+            "text/javascript; charset=utf-8",
+        ),
+        ("/console/nothing", 404, "text/plain; charset=utf-8"),
+    ] {
+        let page = get(&app, path).await;
+        assert_eq!(page.status, status, "{path}: {}", page.body);
+        assert_eq!(page.header("content-type"), content_type, "{path}");
+        assert_eq!(
+            page.header("content-security-policy"),
+            CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        assert_eq!(page.header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(page.header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(page.header("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(page.header("cache-control"), "no-store", "{path}");
+        if content_type.starts_with("text/html") {
+            // Nothing inline for the policy to block, nothing from elsewhere.
+            assert!(!page.body.contains("<script>"), "{path}");
+            assert!(!page.body.contains("style="), "{path}");
+            assert!(
+                !page.body.contains("http://") && !page.body.contains("https://"),
+                "{path}"
+            );
+        }
+    }
+    assert!(CONTENT_SECURITY_POLICY.contains("default-src 'none'"));
+    assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));
+
+    let overview = get(&app, "/console").await;
+    for text in [
+        "evt_dead",
+        "the warehouse said no",
+        "<svg",
+        ">1</span> dead",
+        ">2</span> done",
+        ">1</span> pending",
+    ] {
+        assert!(overview.body.contains(text), "{text} in {}", overview.body);
+    }
+    // Handled events fill the chart's last minutes.
+    assert!(
+        overview.body.contains("class=\"handled\""),
+        "{}",
+        overview.body
+    );
+
+    let dead = get(&app, "/console/events?status=dead").await;
+    assert!(
+        dead.body.contains("evt_dead") && !dead.body.contains("evt_done"),
+        "{}",
+        dead.body
+    );
+
+    let page = get(&app, "/console/events/2").await;
+    for text in [
+        "the warehouse said no",
+        "acct_a",
+        "&#34;amount&#34;: &#34;1.10&#34;",
+        "Timeline of order:o2",
+        "evt_later",
+    ] {
+        assert!(page.body.contains(text), "{text} in {}", page.body);
+    }
+    // The timeline runs in created order: the dead event first.
+    let timeline = &page.body[page.body.find("Timeline").unwrap()..];
+    assert!(timeline.find("evt_dead").unwrap() < timeline.find("evt_later").unwrap());
+}
+
+#[tokio::test]
+async fn without_the_token_it_is_401_and_nothing_of_the_inbox() {
+    let inbox = small_inbox().await;
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .secure_cookie(true),
+    );
+    let refused = [
+        send(&app, "GET", "/console", &[], None).await,
+        send(&app, "GET", "/console/events/2", &[], None).await,
+        send(
+            &app,
+            "GET",
+            "/console/events",
+            &[("authorization", "Bearer wrong-token-0123456789")],
+            None,
+        )
+        .await,
+        send(
+            &app,
+            "GET",
+            "/console/events",
+            &[("authorization", "Basic Y29uc29sZTp4")],
+            None,
+        )
+        .await,
+        send(
+            &app,
+            "GET",
+            "/console/events",
+            &[("cookie", "clink_console=1.2.3")],
+            None,
+        )
+        .await,
+        send(
+            &app,
+            "GET",
+            "/console/events?token=wrong-token-0123456789",
+            &[],
+            None,
+        )
+        .await,
+        send(
+            &app,
+            "POST",
+            "/console/events/2/replay",
+            &[],
+            Some("csrf=x"),
+        )
+        .await,
+    ];
+    for page in &refused {
+        assert_eq!(page.status, 401, "{}", page.body);
+        assert_eq!(
+            page.header("www-authenticate"),
+            "Bearer realm=\"clink console\""
+        );
+        assert_eq!(
+            page.header("content-security-policy"),
+            CONTENT_SECURITY_POLICY
+        );
+        assert!(page.headers.get("set-cookie").is_none());
+        for secret in ["evt_", "acct_a", "warehouse", "order"] {
+            assert!(!page.body.contains(secret), "{secret} in {}", page.body);
+        }
+    }
+    assert_eq!(
+        inbox.get(2).await.unwrap().unwrap().status,
+        InboxStatus::Dead
+    );
+
+    // `?token=` once: a session cookie, and the same page without the token.
+    let login = send(
+        &app,
+        "GET",
+        &format!("/console/events?status=dead&token={TOKEN}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(login.status, 303);
+    assert_eq!(login.header("location"), "/console/events?status=dead");
+    let cookie = login.header("set-cookie").to_owned();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Path=/console",
+        "Max-Age=43200",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is not the token: {cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = send(
+        &app,
+        "GET",
+        "/console/events?status=dead",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("evt_dead"));
+
+    let overview = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+    assert_eq!(overview.header("location"), "/console");
+
+    // A session made with another token is no session here.
+    let other =
+        mounted(Console::with_token(MemoryInbox::new(), "another-token-0123456789").unwrap());
+    let page = send(&other, "GET", "/console", &[("cookie", &session)], None).await;
+    assert_eq!(page.status, 401);
+}
+
+#[tokio::test]
+async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirmation() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let inbox = small_inbox().await;
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let login = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+    let session = login
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let cookie = [("cookie", session.as_str())];
+    let page = send(&app, "GET", "/console/events/2", &cookie, None).await;
+    let csrf = page.csrf();
+    assert!(page.body.contains(">Replay</button>"));
+
+    // No token, a wrong one, another session's (the bearer's): refused.
+    for form in [
+        "",
+        "csrf=",
+        "csrf=00",
+        &format!("csrf={}", get(&app, "/console/events/2").await.csrf()),
+    ] {
+        let refused = send(
+            &app,
+            "POST",
+            "/console/events/2/replay",
+            &cookie,
+            Some(form),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{form}: {}", refused.body);
+        assert!(refused.body.contains("CSRF"), "{}", refused.body);
+    }
+    assert_eq!(
+        inbox.get(2).await.unwrap().unwrap().status,
+        InboxStatus::Dead
+    );
+
+    // With it: replayed, and the page says so.
+    let done = send(
+        &app,
+        "POST",
+        "/console/events/2/replay",
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.header("location"), "/console/events/2?done=replayed");
+    let entry = inbox.get(2).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 1));
+    let page = send(
+        &app,
+        "GET",
+        "/console/events/2?done=replayed",
+        &cookie,
+        None,
+    )
+    .await;
+    assert!(page.body.contains("Replayed: the event is pending again."));
+
+    // A handled event: a confirmation first, nothing replayed...
+    let ask = send(
+        &app,
+        "POST",
+        "/console/events/1/replay",
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(ask.status, 200);
+    assert!(
+        ask.body.contains("runs its handler a second time"),
+        "{}",
+        ask.body
+    );
+    assert!(ask.body.contains("name=\"force\" value=\"yes\""));
+    assert_eq!(
+        inbox.get(1).await.unwrap().unwrap().status,
+        InboxStatus::Done
+    );
+    // ...then, confirmed, replayed.
+    let forced = send(
+        &app,
+        "POST",
+        "/console/events/1/replay",
+        &cookie,
+        Some(&format!("csrf={csrf}&force=yes")),
+    )
+    .await;
+    assert_eq!(forced.status, 303);
+    assert_eq!(
+        inbox.get(1).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+
+    // The dead events a filter matches, and only those.
+    let now = Timestamp::now().as_millis();
+    for (id, account) in [
+        ("evt_d1", "acct_a"),
+        ("evt_d2", "acct_b"),
+        ("evt_d3", "acct_a"),
+    ] {
+        inbox
+            .insert_dead(
+                &event(id, "order.succeeded", Some(account), None, now, now),
+                "boom",
+            )
+            .await
+            .unwrap();
+    }
+    let list = send(&app, "GET", "/console/events?account=acct_a", &cookie, None).await;
+    assert!(
+        list.body
+            .contains("Replay the 2 dead events matching this filter"),
+        "{}",
+        list.body
+    );
+    let bulk = send(
+        &app,
+        "POST",
+        "/console/events/replay-dead",
+        &cookie,
+        Some(&format!("csrf={csrf}&account=acct_a")),
+    )
+    .await;
+    assert_eq!(bulk.status, 303, "{}", bulk.body);
+    assert_eq!(
+        bulk.header("location"),
+        "/console/events?account=acct_a&done=replayed-dead&count=2"
+    );
+    let dead = inbox
+        .list(&InboxFilter::default().status(InboxStatus::Dead), 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.event_id, "evt_d2");
+    let refused = send(
+        &app,
+        "POST",
+        "/console/events/replay-dead",
+        &cookie,
+        Some("account=acct_b"),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        inbox
+            .count(&InboxFilter::default().status(InboxStatus::Dead))
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Each action logged with what it did.
+    let logged: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.target == "clink_webhooks::console")
+        .collect();
+    let replays: Vec<_> = logged
+        .iter()
+        .filter(|e| e.fields.get("action").map(String::as_str) == Some("replay"))
+        .collect();
+    assert_eq!(replays.len(), 3, "{logged:?}");
+    assert_eq!(replays[0].fields["outcome"], "replayed");
+    assert_eq!(replays[0].fields["event_id"], "\"evt_dead\"");
+    assert_eq!(replays[1].fields["outcome"], "asked to confirm");
+    assert_eq!(replays[2].fields["force"], "true");
+    let bulk = logged
+        .iter()
+        .find(|e| e.fields.get("action").map(String::as_str) == Some("replay-dead"))
+        .unwrap();
+    assert_eq!(bulk.fields["replayed"], "2");
+    assert!(logged.iter().filter(|e| e.message.contains("CSRF")).count() >= 5);
+}
+
+#[tokio::test]
+async fn a_read_only_console_shows_no_action_and_refuses_them() {
+    let inbox = small_inbox().await;
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .read_only(true),
+    );
+    for path in ["/console/events", "/console/events/2", "/console"] {
+        let page = get(&app, path).await;
+        assert_eq!(page.status, 200);
+        assert!(
+            !page.body.contains("<form class=\"action\""),
+            "{path}: {}",
+            page.body
+        );
+        assert!(page.body.contains("read-only"), "{path}");
+    }
+    let csrf = "00".repeat(32);
+    let refused = post(&app, "/console/events/2/replay", &format!("csrf={csrf}")).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("read-only"));
+    let refused = post(&app, "/console/events/replay-dead", &format!("csrf={csrf}")).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        inbox.get(2).await.unwrap().unwrap().status,
+        InboxStatus::Dead
+    );
+}
+
+#[tokio::test]
+async fn every_value_from_a_body_is_escaped() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    let evil = "<script>document.title='pwned'</script>";
+    let attribute = "\"><img src=x onerror=alert(1)>";
+    let mut kept = event(
+        &format!("evt_{evil}"),
+        &format!("order.{evil}"),
+        Some(attribute),
+        Some(&format!("order:{evil}")),
+        now,
+        now,
+    );
+    kept.body = Bytes::from(format!(r#"{{"id":"x","metadata":{{"note":"{evil}"}}}}"#));
+    inbox
+        .insert_dead(&kept, &format!("handler said {evil}"))
+        .await
+        .unwrap();
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    for path in [
+        "/console".to_owned(),
+        "/console/events".to_owned(),
+        "/console/events/1".to_owned(),
+        "/console/events?type=order.%3Cscript%3E&object=%22%3E%3Cimg%20src%3Dx%3E".to_owned(),
+    ] {
+        let page = get(&app, &path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains("<script>"), "{path}: {}", page.body);
+        assert!(!page.body.contains("<img"), "{path}: {}", page.body);
+    }
+    let page = get(&app, "/console/events/1").await;
+    for text in [
+        "&#60;script&#62;document.title=&#39;pwned&#39;&#60;/script&#62;",
+        "&#34;&#62;&#60;img src=x onerror=alert(1)&#62;",
+        "&#34;note&#34;: &#34;&#60;script&#62;",
+    ] {
+        assert!(page.body.contains(text), "{text} in {}", page.body);
+    }
+}
+
+#[tokio::test]
+async fn behind_the_apps_own_auth_it_checks_nothing_but_its_csrf_cookie() {
+    let inbox = small_inbox().await;
+    let app = mounted(Console::behind_app_auth(Arc::clone(&inbox), [9u8; 32]).unwrap());
+    let page = send(&app, "GET", "/console/events/2", &[], None).await;
+    assert_eq!(page.status, 200);
+    let cookie = page.header("set-cookie").to_owned();
+    assert!(
+        cookie.starts_with("clink_console_csrf=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let csrf = page.csrf();
+    // Without the cookie the form's token is not enough, and the reverse.
+    let refused = send(
+        &app,
+        "POST",
+        "/console/events/2/replay",
+        &[],
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    let refused = send(
+        &app,
+        "POST",
+        "/console/events/2/replay",
+        &[("cookie", &session)],
+        Some("csrf="),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    let done = send(
+        &app,
+        "POST",
+        "/console/events/2/replay",
+        &[("cookie", &session)],
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(done.status, 303);
+    assert_eq!(
+        inbox.get(2).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+}
+
+#[tokio::test]
+async fn served_at_the_root_its_links_start_at_the_root() {
+    let inbox = small_inbox().await;
+    let app = Console::with_token(Arc::clone(&inbox), TOKEN)
+        .unwrap()
+        .router();
+    let page = get(&app, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("href=\"/events\""), "{}", page.body);
+    assert!(page.body.contains("href=\"/assets/console.css\""));
+    let login = send(&app, "GET", &format!("/events/2?token={TOKEN}"), &[], None).await;
+    assert_eq!(login.header("location"), "/events/2");
+    assert!(login.header("set-cookie").contains("Path=/;"));
+}
+
+/// The seqs listed on a page, in order.
+fn listed(page: &Page) -> Vec<i64> {
+    page.body
+        .match_indices("data-seq=\"")
+        .map(|(at, m)| {
+            let rest = &page.body[at + m.len()..];
+            rest[..rest.find('"').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_list_runs_newest_first_a_page_at_a_time_both_ways() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    for n in 0..25 {
+        let event_type = if n % 2 == 0 {
+            "order.succeeded"
+        } else {
+            "refund.succeeded"
+        };
+        inbox
+            .insert(&event(
+                &format!("evt_{n}"),
+                event_type,
+                None,
+                None,
+                now,
+                now,
+            ))
+            .await
+            .unwrap();
+    }
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .page_size(5)
+            .unwrap(),
+    );
+    let first = get(&app, "/console/events?type=order.succeeded").await;
+    assert_eq!(listed(&first), [25, 23, 21, 19, 17]);
+    assert!(
+        first.body.contains("<span id=\"matching\">13</span>"),
+        "{}",
+        first.body
+    );
+    assert!(first.link("← newer").is_none());
+    let mut page = first;
+    let mut seen = listed(&page);
+    while let Some(older) = page.link("older →") {
+        assert!(seen.len() < 25, "the pages run in a circle: {seen:?}");
+        page = get(&app, &older).await;
+        assert_eq!(page.status, 200);
+        seen.extend(listed(&page));
+    }
+    assert_eq!(seen, (0..13).map(|n| 25 - 2 * n).collect::<Vec<_>>());
+    // Back toward the newest from the last page.
+    let newer = page.link("← newer").expect("a way back");
+    assert!(
+        newer.contains("type=order.succeeded") && newer.contains("after=5"),
+        "{newer}"
+    );
+    let back = get(&app, &newer).await;
+    assert_eq!(listed(&back), [15, 13, 11, 9, 7]);
+    assert!(back.link("older →").is_some() && back.link("← newer").is_some());
+}
+
+/// What every backend must answer for the console: pages both ways, counts
+/// under filters, activity per interval.
+async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
+    let now = Timestamp::now().as_millis();
+    let base = now - 10 * 60_000;
+    for n in 0..30i64 {
+        let account = if n % 3 == 0 { Some("acct_x") } else { None };
+        let e = event(
+            &format!("evt_{n}"),
+            "order.succeeded",
+            account,
+            Some(&format!("order:o{}", n % 4)),
+            base + n,
+            base + n * 10_000,
+        );
+        if n % 5 == 0 {
+            inbox.insert_dead(&e, "boom").await.unwrap();
+        } else {
+            inbox.insert(&e).await.unwrap();
+        }
+    }
+    let seqs = |page: Vec<clink_webhooks::store::InboxEntry>| {
+        page.into_iter()
+            .map(|e| e.event.event_id)
+            .collect::<Vec<_>>()
+    };
+    let all = InboxFilter::default();
+    let newest = seqs(inbox.page(&all, PageStart::Newest, 3).await.unwrap());
+    assert_eq!(newest, ["evt_29", "evt_28", "evt_27"]);
+    let first = inbox.list(&all, 1).await.unwrap()[0].seq;
+    let before = seqs(
+        inbox
+            .page(&all, PageStart::Before(first + 27), 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, ["evt_26", "evt_25", "evt_24"]);
+    let after = seqs(
+        inbox
+            .page(&all, PageStart::After(first + 2), 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after, ["evt_5", "evt_4", "evt_3"]);
+    let dead = InboxFilter::default().status(InboxStatus::Dead);
+    assert_eq!(
+        seqs(inbox.page(&dead, PageStart::Newest, 10).await.unwrap()),
+        ["evt_25", "evt_20", "evt_15", "evt_10", "evt_5", "evt_0"]
+    );
+    assert_eq!(inbox.count(&all).await.unwrap(), 30);
+    assert_eq!(inbox.count(&dead).await.unwrap(), 6);
+    assert_eq!(
+        inbox
+            .count(&InboxFilter::default().account("acct_x"))
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        inbox
+            .count(&InboxFilter::default().account(""))
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        inbox
+            .count(
+                &InboxFilter::default()
+                    .object_key("order:o1")
+                    .status(InboxStatus::Pending)
+            )
+            .await
+            .unwrap(),
+        6
+    );
+    let from = Timestamp::from_millis(base + 100_000);
+    let window =
+        InboxFilter::default().received(Some(from), Some(Timestamp::from_millis(base + 150_000)));
+    assert_eq!(inbox.count(&window).await.unwrap(), 5);
+    assert_eq!(
+        seqs(inbox.page(&window, PageStart::Newest, 2).await.unwrap()),
+        ["evt_14", "evt_13"]
+    );
+
+    // One event handled now; thirty received one each 10 s from `base`.
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    inbox.complete(&claim).await.unwrap();
+    let since = Timestamp::from_millis(base);
+    let activity = inbox
+        .activity(since, Duration::from_secs(60), 11)
+        .await
+        .unwrap();
+    assert_eq!(activity.received, [6, 6, 6, 6, 6, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(activity.handled.iter().sum::<u64>(), 1);
+    assert_eq!(activity.handled[10], 1, "{activity:?}");
+    assert_eq!(activity.since, since);
+}
+
+#[tokio::test]
+async fn the_memory_inbox_answers_the_console() {
+    browsing_conforms(Arc::new(MemoryInbox::new())).await;
+}
+
+/// An inbox that implements only what the trait requires, to check the
+/// browsing methods' defaults.
+struct Plain(MemoryInbox);
+
+impl Inbox for Plain {
+    fn insert<'a>(
+        &'a self,
+        event: &'a NewEvent,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
+    > {
+        self.0.insert(event)
+    }
+    fn insert_dead<'a>(
+        &'a self,
+        event: &'a NewEvent,
+        error: &'a str,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
+    > {
+        self.0.insert_dead(event, error)
+    }
+    fn claim(
+        &self,
+        lease: Duration,
+        window: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<Option<clink_webhooks::store::InboxClaim>, clink_webhooks::store::StoreError>,
+    > {
+        self.0.claim(lease, window)
+    }
+    fn complete<'a>(
+        &'a self,
+        claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.0.complete(claim)
+    }
+    fn fail<'a>(
+        &'a self,
+        claim: &'a clink_webhooks::store::InboxClaim,
+        error: &'a str,
+        retry_at: Option<Timestamp>,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.0.fail(claim, error, retry_at)
+    }
+    fn release<'a>(
+        &'a self,
+        claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.0.release(claim)
+    }
+    fn list<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        limit: usize,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<Vec<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
+    > {
+        self.0.list(filter, limit)
+    }
+    fn get(
+        &self,
+        seq: i64,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<Option<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
+    > {
+        self.0.get(seq)
+    }
+    fn replay(
+        &self,
+        seq: i64,
+        force: bool,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
+        self.0.replay(seq, force)
+    }
+    fn replay_matching<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        force: bool,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
+        self.0.replay_matching(filter, force)
+    }
+    fn purge(
+        &self,
+        before: Timestamp,
+    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
+        self.0.purge(before)
+    }
+    fn stats(
+        &self,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
+    > {
+        self.0.stats()
+    }
+    fn check_writable(
+        &self,
+    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
+        self.0.check_writable()
+    }
+}
+
+#[tokio::test]
+async fn an_inbox_with_only_the_required_methods_answers_the_console_by_default() {
+    browsing_conforms(Arc::new(Plain(MemoryInbox::new()))).await;
+}
+
+/// A SQLite inbox in a directory of its own (in memory-backed `/dev/shm`
+/// where there is one: these tests time reads, not disk flushes).
+#[cfg(feature = "sqlite")]
+fn sqlite_inbox() -> (clink_webhooks::store::SqliteInbox, std::path::PathBuf) {
+    let shm = std::path::Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = parent.join(format!("clink-console-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (
+        clink_webhooks::store::SqliteInbox::open(dir.join("inbox.db")).unwrap(),
+        dir,
+    )
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn the_sqlite_inbox_answers_the_console() {
+    let (inbox, dir) = sqlite_inbox();
+    browsing_conforms(Arc::new(inbox)).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_inbox() -> clink_webhooks::store::PostgresInbox {
+    let url = crate::support::stores::server_url("DATABASE_URL");
+    let inbox = clink_webhooks::store::PostgresInbox::new(crate::support::stores::pg_pool(&url))
+        .with_table(&format!("console_{}", unique().to_lowercase()))
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    inbox
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_postgres_inbox_answers_the_console() {
+    let _servers = crate::support::servers::shared().await;
+    browsing_conforms(Arc::new(postgres_inbox().await)).await;
+}
+
+/// Fills `inbox` with 10,000 events, numbered in order: five types, seven
+/// accounts, 500 objects, one in ten dead, received one a second up to now.
+async fn ten_thousand(inbox: &dyn Inbox) -> Timestamp {
+    let now = Timestamp::now().as_millis();
+    let types = [
+        "order.succeeded",
+        "order.created",
+        "refund.succeeded",
+        "invoice.paid",
+        "session.completed",
+    ];
+    let start = Instant::now();
+    for n in 0..10_000i64 {
+        let at = now - (10_000 - n) * 1000;
+        let e = event(
+            &format!("evt_{n:05}"),
+            types[usize::try_from(n % 5).unwrap()],
+            Some(&format!("acct_{}", n % 7)),
+            Some(&format!("order:o{}", n % 500)),
+            at,
+            at,
+        );
+        if n % 10 == 0 {
+            inbox.insert_dead(&e, "boom").await.unwrap();
+        } else {
+            inbox.insert(&e).await.unwrap();
+        }
+    }
+    eprintln!("10,000 events kept in {:?}", start.elapsed());
+    Timestamp::from_millis(now)
+}
+
+/// Every filter and a walk through the pages, each answered within the
+/// store's default timeout.
+async fn pages_answer_in_time(inbox: Arc<dyn Inbox>, filled_at: Timestamp) {
+    let app = mounted(Console::with_token(inbox, TOKEN).unwrap());
+    let mut slowest = Duration::ZERO;
+    let mut timed = async |path: &str| {
+        let start = Instant::now();
+        let page = get(&app, path).await;
+        let took = start.elapsed();
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(took < DEFAULT_TIMEOUT, "{path} took {took:?}");
+        slowest = slowest.max(took);
+        page
+    };
+    let overview = timed("/console").await;
+    assert!(
+        overview.body.contains(">1000</span> dead"),
+        "{}",
+        overview.body
+    );
+    let first = timed("/console/events").await;
+    assert_eq!(listed(&first)[0], 10_000);
+    assert!(first.body.contains("<span id=\"matching\">10000</span>"));
+    for (path, matching) in [
+        ("/console/events?status=dead", 1000),
+        ("/console/events?type=refund.succeeded", 2000),
+        ("/console/events?account=acct_3", 1429),
+        ("/console/events?object=order%3Ao7", 20),
+        (
+            "/console/events?status=pending&type=order.succeeded&account=acct_0",
+            143,
+        ),
+        ("/console/events?before=20", 10_000),
+        ("/console/events?after=9990", 10_000),
+    ] {
+        let page = timed(path).await;
+        assert!(
+            page.body
+                .contains(&format!("<span id=\"matching\">{matching}</span>")),
+            "{path}: {matching}"
+        );
+    }
+    assert_eq!(
+        listed(&timed("/console/events?before=20").await),
+        (1..20).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        listed(&timed("/console/events?after=9990").await),
+        (9991..=10_000).rev().collect::<Vec<_>>()
+    );
+    let page = timed("/console/events/5000").await;
+    assert!(
+        page.body.contains("Timeline of order:o499"),
+        "{}",
+        page.body
+    );
+    // Ten pages back, through the links.
+    let mut page = first;
+    for _ in 0..10 {
+        let older = page.link("older →").unwrap();
+        page = timed(&older).await;
+    }
+    assert_eq!(listed(&page)[0], 10_000 - 500);
+    let minute_ago = Timestamp::from_millis(filled_at.as_millis() - 60_000);
+    let page = timed(&format!("/console/events?from={}", minute_ago.as_millis())).await;
+    assert_eq!(listed(&page).len(), 50);
+    eprintln!("slowest page: {slowest:?}");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_in_sqlite_page_within_the_store_timeout() {
+    let (inbox, dir) = sqlite_inbox();
+    let filled_at = ten_thousand(&inbox).await;
+    pages_answer_in_time(Arc::new(inbox), filled_at).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_in_postgres_page_within_the_store_timeout() {
+    let _servers = crate::support::servers::shared().await;
+    let inbox = postgres_inbox().await;
+    let filled_at = ten_thousand(&inbox).await;
+    pages_answer_in_time(Arc::new(inbox), filled_at).await;
+}
