@@ -82,11 +82,15 @@ pub fn reference_verdict(
     if signed > now + i128::from(max_skew_ms) {
         return Err(VerifyErrorKind::InFuture);
     }
-    keys.iter()
-        .position(|key| {
-            active(key) && reference_signature(&key.secret, timestamp, body) == signature
-        })
-        .ok_or(VerifyErrorKind::SignatureMismatch)
+    let signed_by = |key: &RefKey| reference_signature(&key.secret, timestamp, body) == signature;
+    if let Some(index) = keys.iter().position(|key| active(key) && signed_by(key)) {
+        return Ok(index);
+    }
+    // No active key signed it: a key past its expiry may have.
+    if keys.iter().any(|key| !active(key) && signed_by(key)) {
+        return Err(VerifyErrorKind::ExpiredKey);
+    }
+    Err(VerifyErrorKind::SignatureMismatch)
 }
 
 pub fn at_ms(ms: u64) -> SystemTime {

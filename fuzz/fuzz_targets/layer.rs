@@ -8,6 +8,11 @@
 //! Input: the body, optionally followed by `0xFF` and one control byte per
 //! delivery (none: two clean deliveries). A body never holds `0xFF` as
 //! UTF-8, so every seed body is used whole.
+//!
+//! The layer's refusals are each checked against their rule: a signature by
+//! a key past its expiry is `expired_key` (401, answered as a mismatch),
+//! and an event id holding a control, format or separator character is
+//! `invalid_event_id` (400).
 
 #![no_main]
 
@@ -20,12 +25,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use clink_webhooks::data::Resource;
-use clink_webhooks::events::{Event, RawEvent};
+use clink_webhooks::events::{has_invisible, Event, RawEvent};
 use clink_webhooks::router::EveryHandler;
+use clink_webhooks::signature::VerifyErrorKind;
 use clink_webhooks::signature::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
-use clink_webhooks::store::BoxFuture;
+use clink_webhooks::BoxFuture;
 use clink_webhooks::{
-    ClinkLayer, EventRouter, EventType, Layer, MemoryStore, Outcome, Timestamp, Verifier,
+    ClinkLayer, EventRouter, EventType, Layer, MemoryStore, Outcome, SigningKey, Timestamp,
+    Verifier,
 };
 use common::reference_signature;
 use http::{Method, Request, StatusCode};
@@ -34,6 +41,8 @@ use libfuzzer_sys::fuzz_target;
 use tower_service::Service;
 
 const SECRET: &str = "whsec_fuzz_layer";
+/// A key the layer's verifier holds, expired long ago.
+const EXPIRED: &str = "whsec_fuzz_layer_retired";
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -102,7 +111,10 @@ async fn run(body: Bytes, controls: &[u8]) {
     let router = EventRouter::new()
         .ordering(Arc::clone(&store))
         .on_every_type(runs.clone());
-    let mut service = ClinkLayer::new(Verifier::new(SECRET).unwrap())
+    let retired = SigningKey::new(EXPIRED)
+        .unwrap()
+        .expires_at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1));
+    let mut service = ClinkLayer::new(Verifier::new(SECRET).unwrap().add_key(retired))
         .store(store)
         .layer(router);
 
@@ -110,6 +122,7 @@ async fn run(body: Bytes, controls: &[u8]) {
     for &control in controls {
         let post = control & 0b1000 == 0;
         let sign_type = control & 0b1_0000 != 0;
+        let by_expired_key = control & 0b10_0000 != 0;
         runs.fail_next.store(control & 0b100 != 0, Ordering::SeqCst);
         let now = Timestamp::now().as_millis();
         let (timestamp, signature, broken) = match control & 0b11 {
@@ -132,6 +145,13 @@ async fn run(body: Bytes, controls: &[u8]) {
                 let ts = now.to_string();
                 (ts, "not hex".to_owned(), Some(400))
             }
+        };
+        let (timestamp, signature, broken) = if by_expired_key {
+            let ts = now.to_string();
+            let sig = reference_signature(EXPIRED.as_bytes(), &ts, &body);
+            (ts, sig, Some(401))
+        } else {
+            (timestamp, signature, broken)
         };
         let mut request = Request::builder()
             .method(if post { Method::POST } else { Method::GET })
@@ -177,6 +197,17 @@ async fn run(body: Bytes, controls: &[u8]) {
         if let (Some(code), false) = (broken, sign_type) {
             assert!(matches!(outcome, Outcome::Verify(_)), "{outcome:?}");
             assert_eq!(status.as_u16(), code, "{outcome:?}");
+            // Signed with the retired key: told apart for the operator, and
+            // answered to the sender exactly as a forgery is.
+            assert_eq!(
+                outcome == Outcome::Verify(VerifyErrorKind::ExpiredKey),
+                by_expired_key,
+                "{outcome:?}"
+            );
+            if by_expired_key {
+                let forgery = Outcome::Verify(VerifyErrorKind::SignatureMismatch).to_response();
+                assert_eq!(outcome.to_response().body(), forgery.body());
+            }
             continue;
         }
         if sign_type {
@@ -191,6 +222,13 @@ async fn run(body: Bytes, controls: &[u8]) {
                     !matches!(outcome, Outcome::InvalidEnvelope(_)),
                     "{outcome:?}"
                 );
+                // An id that does not print as itself is refused, and only
+                // such an id or one too long to store.
+                if has_invisible(raw.id()) {
+                    assert_eq!(outcome, Outcome::InvalidEventId, "{:?}", raw.id());
+                } else if outcome == Outcome::InvalidEventId {
+                    assert!(raw.id().len() > 1000, "{:?}", raw.id());
+                }
                 let known = EventType::ALL.contains(raw.event_type());
                 if !known && outcome != Outcome::InvalidEventId {
                     assert!(

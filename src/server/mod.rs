@@ -9,8 +9,17 @@
 //! - closes a connection that has not sent complete request headers within
 //!   the [header read timeout](Server::header_read_timeout) (default 10 s),
 //!   which also bounds how long an idle keep-alive connection stays open;
+//! - answers `431` to request headers over
+//!   [`max_header_bytes`](Server::max_header_bytes) (default 16 KiB; a
+//!   webhook's are a few hundred bytes), and closes the connection: hyper's
+//!   read buffer, which holds a request's head and the body bytes in
+//!   transit, is bounded by it too, so what a connection makes the server
+//!   hold before the layer's budget counts is at most that;
+//! - answers `400` to a request with both `Content-Length` and
+//!   `Transfer-Encoding` (and closes the connection), which a proxy in
+//!   front might frame differently from this server: request smuggling;
 //! - serves at most [`max_connections`](Server::max_connections) at once
-//!   (default 1,024), leaving the rest in the kernel's backlog;
+//!   (default 512), leaving the rest in the kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -19,6 +28,21 @@
 //!
 //! Bodies are bounded by the layer itself ([`ClinkLayer::body_timeout`],
 //! [`ClinkLayer::body_budget`]).
+//!
+//! # Memory a stranger can make it hold
+//!
+//! With the defaults, request heads and bodies not yet verified take at
+//! most the layer's body budget (64 MiB) plus a margin of 16 MiB, counted
+//! as resident memory (the allocator's and hyper's buffers included): each
+//! connection holds at most `max_header_bytes` (16 KiB) of hyper's read
+//! buffer for a head or for body bytes in transit, plus its state (about
+//! 13 KiB for an idle connection in a debug build, less in a release one),
+//! so at most about 30 KiB, and the connection limit (512) caps how many
+//! do: 15 MiB. `tests/suite/hostile.rs` measures the peak with 400
+//! connections stalled in bodies with wrong signatures, 400 stalled just
+//! short of the header limit and 400 sending heads far over it. A larger
+//! `max_header_bytes` or `max_connections` raises the margin in proportion
+//! (about 30 KiB per connection at the default header limit).
 //!
 //! [`ClinkLayer::body_timeout`]: crate::ClinkLayer::body_timeout
 //! [`ClinkLayer::body_budget`]: crate::ClinkLayer::body_budget
@@ -38,13 +62,16 @@
 //! # Ok(()) }
 //! ```
 
+mod framing;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -58,11 +85,16 @@ use crate::{BoxError, ConfigError};
 /// The default time a connection has to send complete request headers: 10 s.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The default number of connections served at once: 1,024.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default number of connections served at once: 512 (see [what a
+/// stranger can make it hold](self#memory-a-stranger-can-make-it-hold)).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// The default time deliveries in progress get to finish on shutdown: 10 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default limit of a request's head (its request line and headers):
+/// 16 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The pause after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -75,6 +107,7 @@ pub struct Server {
     header_read_timeout: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    max_header_bytes: usize,
 }
 
 impl fmt::Debug for Server {
@@ -83,6 +116,7 @@ impl fmt::Debug for Server {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
             .finish()
     }
 }
@@ -94,15 +128,37 @@ impl Default for Server {
 }
 
 impl Server {
-    /// A server with the defaults: 10 s header read timeout, 1,024
-    /// connections, 10 s shutdown timeout.
+    /// A server with the defaults: 10 s header read timeout, 512
+    /// connections, 10 s shutdown timeout, 16 KiB of request head.
     #[must_use]
     pub fn new() -> Self {
         Self {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
+    }
+
+    /// The largest request head (request line and headers, in bytes)
+    /// served; a larger one is answered `431 Request Header Fields Too
+    /// Large` and its connection closed. It is the size of hyper's read
+    /// buffer per connection, which also holds body bytes on their way to
+    /// the layer: see [what a stranger can make it
+    /// hold](self#memory-a-stranger-can-make-it-hold).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `bytes` is between 8 KiB (hyper's smallest
+    /// read buffer) and 1 MiB.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        if !(8 * 1024..=1024 * 1024).contains(&bytes) {
+            return Err(ConfigError::new(
+                "Server::max_header_bytes must be between 8 KiB and 1 MiB (the default is 16 KiB)",
+            ));
+        }
+        self.max_header_bytes = bytes;
+        Ok(self)
     }
 
     /// How long a connection has to send complete request headers, counted
@@ -131,7 +187,7 @@ impl Server {
     pub fn max_connections(mut self, connections: usize) -> Result<Self, ConfigError> {
         if connections == 0 || connections > Semaphore::MAX_PERMITS {
             return Err(ConfigError::new(
-                "Server::max_connections must be at least 1 (the default is 1,024)",
+                "Server::max_connections must be at least 1 (the default is 512)",
             ));
         }
         self.max_connections = connections;
@@ -197,17 +253,32 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let stream = framing::Watched::new(stream);
+            let verdicts = stream.verdicts();
             let service = service.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut service = service.clone();
+                let refused = verdicts.next_is_refused();
                 async move {
+                    if refused {
+                        tracing::debug!(
+                            "request with both Content-Length and Transfer-Encoding (or framing \
+                             that cannot be followed); answering 400 and closing the connection"
+                        );
+                        return Ok::<_, S::Error>(ambiguous_framing());
+                    }
                     poll_fn(|cx| service.poll_ready(cx)).await?;
-                    service.call(request).await
+                    let response = service.call(request).await?;
+                    Ok(response.map(Either::Left))
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(self.header_read_timeout)
+                // hyper's read buffer holds a request's head while it is
+                // parsed (a head that does not fit is answered 431), and
+                // body bytes on their way to the service.
+                .max_buf_size(self.max_header_bytes)
                 .serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
             connections.spawn(async move {
@@ -229,4 +300,15 @@ impl Server {
         }
         connections.shutdown().await;
     }
+}
+
+/// The answer to a request whose body could be framed two ways: `400`, and
+/// the connection closed.
+fn ambiguous_framing<L, D>() -> Response<Either<L, Empty<D>>> {
+    let mut response = Response::new(Either::Right(Empty::new()));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -1,0 +1,191 @@
+//! One rule for printing values a sender chose: [`is_invisible`] says which
+//! characters do not show as themselves, [`printable`] escapes a value that
+//! holds one.
+//!
+//! An event id, an event type, an object id or an account name comes from a
+//! delivery's body or URL: whoever sends it chooses its characters. Printed
+//! raw, a line break forges a log line, a terminal escape recolours or
+//! rewrites the screen, and the Unicode format characters hide or reorder
+//! text: U+202E (right-to-left override) shows `evt_1<U+202E>dlo` as
+//! `evt_1old`, U+200B (zero width space) is not seen at all, U+2028 breaks a
+//! line in many viewers. The crate refuses event ids holding any of these
+//! (`400 invalid_event_id`), escapes every such value it logs, and the
+//! `clink-webhook` CLI and the examples print through [`printable`].
+
+use std::borrow::Cow;
+
+/// The Unicode format characters (general category Cf, Unicode 16.0), as
+/// inclusive ranges in order.
+const FORMAT: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Whether `c` does not show as itself when printed: a control character
+/// (`char::is_control`, category Cc: U+0000 to U+001F and U+007F to
+/// U+009F), a format character (category Cf: soft hyphen, zero width
+/// space and joiners, bidirectional marks, overrides and isolates, the byte
+/// order mark, tags, ...), or the line or paragraph separator (U+2028,
+/// U+2029; categories Zl and Zp).
+///
+/// ```
+/// use clink_webhooks::events::is_invisible;
+///
+/// for c in ['\n', '\u{1b}', '\u{200b}', '\u{202e}', '\u{2028}', '\u{feff}'] {
+///     assert!(is_invisible(c), "{c:?}");
+/// }
+/// for c in ['a', 'é', ' ', '\u{a0}', '日'] {
+///     assert!(!is_invisible(c), "{c:?}");
+/// }
+/// ```
+#[must_use]
+pub fn is_invisible(c: char) -> bool {
+    let code = u32::from(c);
+    if code < 0xAD {
+        return c.is_control();
+    }
+    if c.is_control() || code == 0x2028 || code == 0x2029 {
+        return true;
+    }
+    FORMAT
+        .binary_search_by(|&(first, last)| {
+            if last < code {
+                std::cmp::Ordering::Less
+            } else if first > code {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// Whether `text` holds a character that [`is_invisible`], looking at bytes
+/// while they are ASCII.
+#[must_use]
+pub fn has_invisible(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        text.chars().any(is_invisible)
+    }
+}
+
+/// `text` made safe to print on a terminal or in a log line: as it is when
+/// every character shows as itself and it holds no `"`, otherwise quoted and
+/// escaped as Rust's `{:?}` writes a string (`"evt_1\u{202e}dlo"`), so that
+/// every invisible character is spelled out and the quotes say where the
+/// value starts and ends. Borrowed when nothing needed escaping.
+///
+/// ```
+/// use clink_webhooks::events::printable;
+///
+/// assert_eq!(printable("evt_1"), "evt_1");
+/// assert_eq!(printable("caf\u{e9}"), "caf\u{e9}");
+/// assert_eq!(printable("evt_1\nhandled"), r#""evt_1\nhandled""#);
+/// assert_eq!(printable("evt_1\u{202e}dlo"), r#""evt_1\u{202e}dlo""#);
+/// assert_eq!(printable("say \"hi\""), r#""say \"hi\"""#);
+/// ```
+#[must_use]
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if has_invisible(text) || text.contains('"') {
+        Cow::Owned(format!("{text:?}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ranges_are_in_order_and_apart() {
+        for pair in FORMAT.windows(2) {
+            assert!(
+                pair[0].0 <= pair[0].1 && pair[0].1 + 1 < pair[1].0,
+                "{pair:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invisible_is_control_format_or_separator() {
+        // Every control character, as `char::is_control` says.
+        for c in (0..=0x2ff).filter_map(char::from_u32) {
+            assert_eq!(is_invisible(c), c.is_control() || c == '\u{ad}', "{c:?}");
+            assert_eq!(has_invisible(&c.to_string()), is_invisible(c), "{c:?}");
+        }
+        // Each range's ends and its neighbours.
+        for &(first, last) in FORMAT {
+            for code in [first, last] {
+                let c = char::from_u32(code).unwrap();
+                assert!(is_invisible(c), "{c:?}");
+                assert!(has_invisible(&format!("evt_{c}1")), "{c:?}");
+            }
+            for code in [first - 1, last + 1] {
+                let c = char::from_u32(code).unwrap();
+                let inside = FORMAT.iter().any(|&(a, b)| (a..=b).contains(&code));
+                let separator = code == 0x2028 || code == 0x2029;
+                assert_eq!(
+                    is_invisible(c),
+                    inside || separator || c.is_control(),
+                    "{c:?}"
+                );
+            }
+        }
+        for c in ['\u{2028}', '\u{2029}'] {
+            assert!(is_invisible(c), "{c:?}");
+        }
+        for c in [
+            '\u{2027}', '\u{2030}', '\u{a0}', '\u{3000}', '\u{fffd}', '😀',
+        ] {
+            assert!(!is_invisible(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn rust_debug_escapes_every_invisible_character() {
+        // `printable` relies on it: no invisible character comes out raw.
+        for &(first, last) in FORMAT {
+            for code in first..=last {
+                let c = char::from_u32(code).unwrap();
+                let escaped = printable(&c.to_string()).into_owned();
+                assert!(!escaped.chars().any(is_invisible), "{c:?}: {escaped}");
+            }
+        }
+        for c in (0..0x100)
+            .chain([0x2028, 0x2029])
+            .filter_map(char::from_u32)
+        {
+            let escaped = printable(&format!("a{c}b")).into_owned();
+            assert!(!escaped.chars().any(is_invisible), "{c:?}: {escaped}");
+        }
+    }
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        assert!(matches!(printable("evt_1 é"), Cow::Borrowed(_)));
+        assert!(matches!(printable(""), Cow::Borrowed(_)));
+        assert_eq!(printable("a\"b"), r#""a\"b""#);
+    }
+}

@@ -1,0 +1,328 @@
+//! Outages of what a delivery depends on (the idempotency store, an inbox,
+//! the key source, the freshness store), logged as outages rather than once
+//! per delivery.
+//!
+//! When Redis goes away under load, every delivery fails the same way: one
+//! `ERROR` line each would be thousands of lines saying one thing, and would
+//! bury everything else. An [`OutageLog`] writes one line when the failures
+//! start, a summary of counts at the end of each interval while they go on
+//! (written by a timer, so it comes on time whatever the traffic), and one
+//! line when a call succeeds again. Each failure is also logged at `debug`,
+//! and the layer's [`Metrics`](crate::layer::Metrics) count them all.
+//!
+//! [`every_interval`] is the timer, shared with the layer's summary of
+//! refusals: a task that lives while there is something to summarise and
+//! holds only a weak reference, so it never keeps a layer alive.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The default time between two summary lines: 10 s.
+pub(crate) const DEFAULT_OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Calls `tick` on `target` at the end of each `interval` from now, on a
+/// task of the current tokio runtime, until `tick` returns `false` or
+/// `target` is dropped (the task holds a [`Weak`] reference only, and ends
+/// at its next tick). Whether the task was started: there is no timer
+/// outside a runtime.
+pub(crate) fn every_interval<T: Send + Sync + 'static>(
+    target: &Arc<T>,
+    interval: Duration,
+    tick: fn(&T) -> bool,
+) -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let target: Weak<T> = Arc::downgrade(target);
+    // At least a millisecond apart, so that a zero interval cannot spin.
+    let interval = interval.max(Duration::from_millis(1));
+    runtime.spawn(async move {
+        let mut next = Instant::now() + interval;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let Some(target) = target.upgrade() else {
+                return;
+            };
+            if !tick(&target) {
+                return;
+            }
+            next += interval;
+        }
+    });
+    true
+}
+
+/// The outage of one thing the crate calls: see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct OutageLog {
+    /// What is down, as the log lines name it: "idempotency store".
+    what: &'static str,
+    /// What that does to deliveries: "deliveries are answered 503".
+    effect: &'static str,
+    interval: Duration,
+    /// Whether an outage is going on: read on every success, so that a
+    /// success outside an outage costs one atomic load.
+    down: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the outage started, while it goes on.
+    since: Option<Instant>,
+    /// Failures since it started.
+    failures: u64,
+    /// Failures since the last line.
+    recent: u64,
+    /// The last failure's message.
+    last_error: String,
+    /// Whether a timer is summarising.
+    timer: bool,
+}
+
+impl OutageLog {
+    pub(crate) fn new(what: &'static str, effect: &'static str, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            effect,
+            interval,
+            down: AtomicBool::new(false),
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a failed call: the first of an outage is logged at once (at
+    /// `error`), the others summed up at the end of each interval.
+    pub(crate) fn failed(self: &Arc<Self>, error: &dyn fmt::Display) {
+        let error = error.to_string();
+        tracing::debug!(what = self.what, error = ?error, "clink dependency call failed");
+        let mut state = self.state();
+        state.failures += 1;
+        let started = state.since.is_none();
+        if started {
+            state.since = Some(Instant::now());
+            self.down.store(true, Ordering::Relaxed);
+        } else {
+            state.recent += 1;
+        }
+        state.last_error = error;
+        if !state.timer {
+            state.timer = every_interval(self, self.interval, Self::tick);
+        }
+        if started {
+            tracing::error!(
+                error = ?state.last_error,
+                "clink {} unavailable; {}. Further failures are summed up every {} s until it answers again",
+                self.what,
+                self.effect,
+                self.interval.as_secs_f64()
+            );
+        }
+    }
+
+    /// Notes a call that succeeded: the end of an outage, if one was going on.
+    pub(crate) fn succeeded(&self) {
+        if !self.down.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut state = self.state();
+        let Some(since) = state.since.take() else {
+            return;
+        };
+        self.down.store(false, Ordering::Relaxed);
+        let failures = std::mem::take(&mut state.failures);
+        state.recent = 0;
+        tracing::warn!(
+            failures,
+            down_for_s = since.elapsed().as_secs(),
+            "clink {} available again after {} s; {failures} calls failed in all",
+            self.what,
+            since.elapsed().as_secs()
+        );
+    }
+
+    /// The summary at the end of an interval; whether to keep summarising.
+    fn tick(&self) -> bool {
+        let mut state = self.state();
+        let Some(since) = state.since else {
+            state.timer = false;
+            return false;
+        };
+        if state.recent == 0 {
+            // Nothing new: the next failure starts the timer again.
+            state.timer = false;
+            return false;
+        }
+        let recent = std::mem::take(&mut state.recent);
+        tracing::warn!(
+            failures = recent,
+            total = state.failures,
+            down_for_s = since.elapsed().as_secs(),
+            last_error = ?state.last_error,
+            "clink {} still unavailable: {recent} more calls failed ({} since it went down {} s ago)",
+            self.what,
+            state.failures,
+            since.elapsed().as_secs()
+        );
+        true
+    }
+
+    /// Whether an outage is going on.
+    #[cfg(test)]
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines logged by `run` on a current-thread runtime with paused
+    /// time, as "LEVEL message".
+    fn logged<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) -> Vec<String> {
+        use std::io::Write;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+                .block_on(run());
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| line.trim_start().to_owned())
+            .collect()
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_outage_is_a_line_when_it_starts_a_summary_per_interval_and_a_line_when_it_ends() {
+        let lines = logged(|| async {
+            let log = OutageLog::new("test store", "deliveries are answered 503", 10 * SECOND);
+            log.succeeded();
+            for _ in 0..1000 {
+                log.failed(&"connection refused");
+            }
+            assert!(log.is_down());
+            // Still failing through three intervals (one failure at 9, 18
+            // and 27 s), then nothing: the timer stops at the end of the
+            // interval ending at 40 s, and a call succeeds at 52 s.
+            for _ in 0..3 {
+                tokio::time::sleep(9 * SECOND).await;
+                log.failed(&"connection \u{202e}refused");
+            }
+            tokio::time::sleep(25 * SECOND).await;
+            log.succeeded();
+            log.succeeded();
+            assert!(!log.is_down());
+        });
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0]
+                .starts_with("ERROR clink test store unavailable; deliveries are answered 503."),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(r#"error="connection refused""#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(" 1000 more calls failed (1001 since it went down 10 s ago)"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains(" 1 more calls failed (1002 since"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains(" 1 more calls failed (1003 since"),
+            "{}",
+            lines[3]
+        );
+        // The failure's text is escaped.
+        assert!(
+            lines[3].contains(r#"last_error="connection \u{202e}refused""#),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with(
+                "WARN clink test store available again after 52 s; 1003 calls failed in all"
+            ),
+            "{}",
+            lines[4]
+        );
+        assert!(!lines.iter().any(|line| line.contains('\u{202e}')));
+    }
+
+    #[test]
+    fn the_timer_stops_with_the_failures_and_with_the_log() {
+        logged(|| async {
+            let log = OutageLog::new("test store", "nothing", SECOND);
+            log.failed(&"down");
+            log.failed(&"down");
+            assert!(log.state().timer);
+            tokio::time::sleep(SECOND).await;
+            tokio::task::yield_now().await;
+            assert!(log.state().timer, "a summary was due");
+            tokio::time::sleep(SECOND).await;
+            tokio::task::yield_now().await;
+            assert!(!log.state().timer, "nothing new: the timer ended");
+            let alive = || {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            };
+            assert_eq!(alive(), 0);
+            // Dropped while its timer waits: the timer ends too.
+            log.failed(&"down");
+            assert!(log.state().timer);
+            assert_eq!(alive(), 1);
+            let weak = Arc::downgrade(&log);
+            drop(log);
+            assert!(
+                weak.upgrade().is_none(),
+                "the timer holds no strong reference"
+            );
+            tokio::time::sleep(2 * SECOND).await;
+            tokio::task::yield_now().await;
+            assert_eq!(alive(), 0);
+        });
+    }
+}

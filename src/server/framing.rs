@@ -1,0 +1,647 @@
+//! Requests that carry both `Content-Length` and `Transfer-Encoding`,
+//! found in the bytes of a connection as they are read.
+//!
+//! HTTP/1.1 frames a body by one or the other. A request with both is
+//! ambiguous: hyper frames it as chunked (as RFC 9112 says), but a proxy in
+//! front that frames it by length sees a different end of the body, and the
+//! bytes between the two ends become a request it never saw: request
+//! smuggling. RFC 9112 lets a server refuse such a request, and the server
+//! does (`400`, the connection closed). hyper drops `Content-Length` from
+//! the headers it hands on in that case, so the request itself no longer
+//! shows it: [`Framing`] reads the connection's bytes as hyper reads them,
+//! follows each request head and body to find where the next head starts,
+//! and notes which requests were ambiguous.
+//!
+//! It holds a few bytes of state per connection, never a copy of a line. A
+//! connection whose framing it cannot follow (a malformed head or chunk,
+//! which hyper refuses too) has every later request refused: what cannot
+//! be framed for certain is not served.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The two header names that frame a body, as they are matched.
+const CONTENT_LENGTH: &[u8] = b"content-length";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
+
+/// Where in the stream of requests the scanner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a request head, at the start of a line.
+    LineStart,
+    /// In a header name; `len` bytes of it so far.
+    Name { len: u8 },
+    /// In the value of a header that does not frame the body, or of the
+    /// request line.
+    Skip,
+    /// In a `Content-Length` value.
+    Length,
+    /// In a `Transfer-Encoding` value.
+    Encoding,
+    /// In a body of known length: bytes left.
+    Body(u64),
+    /// In a chunk size line: the size so far, and whether the digits ended
+    /// (an extension or whitespace follows).
+    ChunkSize {
+        size: u64,
+        digits: bool,
+        ended: bool,
+    },
+    /// In a chunk's data: bytes left.
+    ChunkData(u64),
+    /// After a chunk's data, until its line ends.
+    ChunkEnd,
+    /// In the trailers after the last chunk, at the start of a line.
+    TrailerStart,
+    /// In a trailer line.
+    Trailer,
+    /// Framing that cannot be followed: every later request is refused.
+    Lost,
+}
+
+/// What the current head says about its body so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Head {
+    /// Lines of the head so far (the request line is the first).
+    lines: u32,
+    /// Whether the current line had a byte other than `\r`.
+    line_has_text: bool,
+    /// The header name read so far, lowercased, up to the longest name
+    /// that matters; longer names are of no interest.
+    name: [u8; 17],
+    content_length: Option<u64>,
+    /// A `Content-Length` value that is not digits (hyper refuses it).
+    bad_length: bool,
+    transfer_encoding: bool,
+    /// Whether the last encoding named so far is `chunked`.
+    chunked: bool,
+    /// The current value's digits (for `Content-Length`), or its last
+    /// encoding (for `Transfer-Encoding`), lowercased, up to 8 bytes.
+    token: [u8; 8],
+    token_len: u8,
+    token_long: bool,
+    value: u64,
+    value_digits: bool,
+    value_bad: bool,
+}
+
+/// The scanner of one connection, and what it found.
+#[derive(Debug)]
+pub(super) struct Framing {
+    state: State,
+    head: Head,
+    /// Request heads ended so far.
+    requests: u64,
+    /// Shared with the connection's service: see [`Verdicts`].
+    verdicts: Arc<Verdicts>,
+}
+
+/// What the scanner found, read by the connection's service: the index (0
+/// for the connection's first request) from which requests are refused.
+#[derive(Debug)]
+pub(super) struct Verdicts {
+    refused_from: AtomicU64,
+    /// Requests the service has been called for.
+    calls: AtomicU64,
+}
+
+impl Verdicts {
+    /// Whether the next request, in the order hyper hands them on, is to be
+    /// refused. hyper hands on a request only once it has read its whole
+    /// head through the scanner, so the scanner has judged it by then.
+    pub(super) fn next_is_refused(&self) -> bool {
+        let index = self.calls.fetch_add(1, Ordering::Relaxed);
+        index >= self.refused_from.load(Ordering::Relaxed)
+    }
+}
+
+impl Framing {
+    pub(super) fn new() -> Self {
+        Self {
+            state: State::LineStart,
+            head: Head::default(),
+            requests: 0,
+            verdicts: Arc::new(Verdicts {
+                refused_from: AtomicU64::new(u64::MAX),
+                calls: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub(super) fn verdicts(&self) -> Arc<Verdicts> {
+        Arc::clone(&self.verdicts)
+    }
+
+    /// Whether a request has been found to refuse.
+    #[cfg(test)]
+    fn refused_from(&self) -> Option<u64> {
+        let from = self.verdicts.refused_from.load(Ordering::Relaxed);
+        (from != u64::MAX).then_some(from)
+    }
+
+    /// Refuses the current request and every later one.
+    fn refuse_from_here(&mut self) {
+        let from = self.verdicts.refused_from.load(Ordering::Relaxed);
+        self.verdicts
+            .refused_from
+            .store(from.min(self.requests), Ordering::Relaxed);
+        self.state = State::Lost;
+    }
+
+    /// Reads the next bytes of the connection, as hyper will.
+    pub(super) fn scan(&mut self, mut bytes: &[u8]) {
+        while let Some((&byte, rest)) = bytes.split_first() {
+            match self.state {
+                State::Lost => return,
+                // Body bytes are skipped whole, not looked at one by one.
+                State::Body(left) | State::ChunkData(left) => {
+                    let taken = u64::try_from(bytes.len()).unwrap_or(u64::MAX).min(left);
+                    let taken_len = usize::try_from(taken).unwrap_or(bytes.len());
+                    bytes = &bytes[taken_len..];
+                    self.state = match (self.state, left - taken) {
+                        (State::Body(_), 0) => self.next_head(),
+                        (State::Body(_), left) => State::Body(left),
+                        (_, 0) => State::ChunkEnd,
+                        (_, left) => State::ChunkData(left),
+                    };
+                    continue;
+                }
+                _ => self.byte(byte),
+            }
+            bytes = rest;
+        }
+    }
+
+    /// The state at the start of the next request's head.
+    fn next_head(&mut self) -> State {
+        self.head = Head::default();
+        State::LineStart
+    }
+
+    fn byte(&mut self, byte: u8) {
+        let head = &mut self.head;
+        self.state = match self.state {
+            State::LineStart
+            | State::Name { .. }
+            | State::Skip
+            | State::Length
+            | State::Encoding
+                if byte == b'\n' =>
+            {
+                return self.end_of_line();
+            }
+            State::LineStart if byte == b'\r' => State::LineStart,
+            State::LineStart => {
+                head.line_has_text = true;
+                if head.lines == 0 {
+                    // The request line.
+                    State::Skip
+                } else {
+                    head.name = [0; 17];
+                    head.name[0] = byte.to_ascii_lowercase();
+                    State::Name { len: 1 }
+                }
+            }
+            State::Name { len } if byte == b':' => {
+                head.token_len = 0;
+                head.token_long = false;
+                head.value = 0;
+                head.value_digits = false;
+                head.value_bad = false;
+                let name = head.name.get(..usize::from(len)).unwrap_or_default();
+                if name == CONTENT_LENGTH {
+                    State::Length
+                } else if name == TRANSFER_ENCODING {
+                    head.transfer_encoding = true;
+                    State::Encoding
+                } else {
+                    State::Skip
+                }
+            }
+            State::Name { len } => {
+                if let Some(slot) = head.name.get_mut(usize::from(len)) {
+                    *slot = byte.to_ascii_lowercase();
+                }
+                // Past the longest name of interest, the length stops at one
+                // more, which matches nothing.
+                State::Name {
+                    len: len.saturating_add(1).min(18),
+                }
+            }
+            State::Length => {
+                match byte {
+                    b' ' | b'\t' | b'\r' => {
+                        // Digits then whitespace: only whitespace may follow.
+                        head.token_long |= head.value_digits;
+                    }
+                    b'0'..=b'9' if !head.token_long => {
+                        head.value_digits = true;
+                        match head
+                            .value
+                            .checked_mul(10)
+                            .and_then(|v| v.checked_add(u64::from(byte - b'0')))
+                        {
+                            Some(value) => head.value = value,
+                            None => head.value_bad = true,
+                        }
+                    }
+                    _ => head.value_bad = true,
+                }
+                State::Length
+            }
+            State::Encoding => {
+                match byte {
+                    b',' => {
+                        head.token_len = 0;
+                        head.token_long = false;
+                    }
+                    b' ' | b'\t' | b'\r' => {}
+                    _ => match head.token.get_mut(usize::from(head.token_len)) {
+                        Some(slot) => {
+                            *slot = byte.to_ascii_lowercase();
+                            head.token_len += 1;
+                        }
+                        None => head.token_long = true,
+                    },
+                }
+                State::Encoding
+            }
+            State::Skip => State::Skip,
+            // Chunked bodies: a size line, its data, the end of its line.
+            State::ChunkSize {
+                size,
+                digits,
+                ended,
+            } => match byte {
+                b'\n' if !digits => return self.refuse_from_here(),
+                b'\n' if size == 0 => State::TrailerStart,
+                b'\n' => State::ChunkData(size),
+                _ if ended => self.state,
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let digit = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
+                    match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                        Some(size) => State::ChunkSize {
+                            size,
+                            digits: true,
+                            ended: false,
+                        },
+                        None => return self.refuse_from_here(),
+                    }
+                }
+                b' ' | b'\t' | b';' | b'\r' if digits => State::ChunkSize {
+                    size,
+                    digits,
+                    ended: true,
+                },
+                _ => return self.refuse_from_here(),
+            },
+            State::ChunkEnd => match byte {
+                b'\n' => State::ChunkSize {
+                    size: 0,
+                    digits: false,
+                    ended: false,
+                },
+                b'\r' => State::ChunkEnd,
+                _ => return self.refuse_from_here(),
+            },
+            // Trailers, until an empty line ends the body.
+            State::TrailerStart => match byte {
+                b'\r' => State::TrailerStart,
+                b'\n' => self.next_head(),
+                _ => State::Trailer,
+            },
+            State::Trailer => match byte {
+                b'\n' => State::TrailerStart,
+                _ => State::Trailer,
+            },
+            State::Body(_) | State::ChunkData(_) | State::Lost => self.state,
+        };
+    }
+
+    /// A line of the head ended: a header judged, or the head itself ended.
+    fn end_of_line(&mut self) {
+        let head = &mut self.head;
+        match self.state {
+            State::Length => {
+                let repeated = head.content_length.is_some_and(|seen| seen != head.value);
+                if head.value_bad || !head.value_digits || repeated {
+                    head.bad_length = true;
+                } else {
+                    head.content_length = Some(head.value);
+                }
+            }
+            State::Encoding => {
+                head.chunked =
+                    !head.token_long && &head.token[..usize::from(head.token_len)] == b"chunked";
+            }
+            _ => {}
+        }
+        if head.line_has_text {
+            head.lines += 1;
+            head.line_has_text = false;
+            self.state = State::LineStart;
+        } else if head.lines == 0 {
+            // An empty line before the request line: hyper skips it.
+            self.state = State::LineStart;
+        } else {
+            self.end_of_head();
+        }
+    }
+
+    /// The head ended: how its body is framed, or that it is refused.
+    fn end_of_head(&mut self) {
+        let head = self.head;
+        let ambiguous =
+            head.transfer_encoding && (head.content_length.is_some() || head.bad_length);
+        // Both framings, a last encoding other than chunked, or a length
+        // that is not one: hyper refuses the last two itself, and the
+        // connection cannot be followed past any of them.
+        if ambiguous || (head.transfer_encoding && !head.chunked) || head.bad_length {
+            return self.refuse_from_here();
+        }
+        self.requests += 1;
+        self.head = Head::default();
+        self.state = match head.content_length {
+            _ if head.transfer_encoding => State::ChunkSize {
+                size: 0,
+                digits: false,
+                ended: false,
+            },
+            Some(length) if length > 0 => State::Body(length),
+            _ => State::LineStart,
+        };
+    }
+}
+
+/// A connection whose every byte read goes through its [`Framing`] first.
+#[derive(Debug)]
+pub(super) struct Watched<T> {
+    io: T,
+    framing: Framing,
+}
+
+impl<T> Watched<T> {
+    pub(super) fn new(io: T) -> Self {
+        Self {
+            io,
+            framing: Framing::new(),
+        }
+    }
+
+    pub(super) fn verdicts(&self) -> Arc<Verdicts> {
+        self.framing.verdicts()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            this.framing.scan(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The requests `Framing` refuses in `stream`, fed in pieces of `step`
+    /// bytes.
+    fn refused_from(stream: &[u8], step: usize) -> Option<u64> {
+        let mut framing = Framing::new();
+        for piece in stream.chunks(step.max(1)) {
+            framing.scan(piece);
+        }
+        framing.refused_from()
+    }
+
+    /// Every way of cutting `stream` into pieces agrees.
+    fn check(stream: &str, expected: Option<u64>) {
+        for step in [1, 2, 3, 7, 64, stream.len()] {
+            assert_eq!(
+                refused_from(stream.as_bytes(), step),
+                expected,
+                "step {step}: {stream:?}"
+            );
+        }
+    }
+
+    const POST: &str = "POST /webhooks/clink HTTP/1.1\r\nHost: a\r\n";
+
+    #[test]
+    fn plain_requests_are_followed_through_their_bodies() {
+        check(&format!("{POST}Content-Length: 5\r\n\r\nhello"), None);
+        check(
+            &format!("{POST}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            None,
+        );
+        check("GET /health HTTP/1.1\r\n\r\n", None);
+        check("\r\n\r\nGET /health HTTP/1.1\r\n\r\n", None);
+    }
+
+    #[test]
+    fn both_framings_are_refused_in_either_order_and_any_case() {
+        for headers in [
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "transfer-encoding: CHUNKED\r\ncontent-length:5\r\n",
+            "Transfer-Encoding: gzip, chunked\r\nContent-Length: 0\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+            "Content-Length: x\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            check(
+                &format!("{POST}{headers}\r\n5\r\nhello\r\n0\r\n\r\n"),
+                Some(0),
+            );
+        }
+    }
+
+    #[test]
+    fn a_smuggled_request_after_plain_ones_is_the_one_refused() {
+        // A body of known length that reads like a head with a chunked body.
+        let lookalike = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let first = format!(
+            "{POST}Content-Length: {}\r\n\r\n{lookalike}",
+            lookalike.len()
+        );
+        let second = format!(
+            "{POST}Transfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: content-length: 9\r\n\r\n"
+        );
+        let third = "GET /health HTTP/1.1\r\n\r\n";
+        let smuggled = format!("{POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        check(&first, None);
+        check(&format!("{first}{second}{third}"), None);
+        check(&format!("{first}{second}{third}{smuggled}"), Some(3));
+    }
+
+    #[test]
+    fn framing_that_cannot_be_followed_refuses_what_follows() {
+        // Not chunked last, a bad length, two lengths, a bad chunk size.
+        check(&format!("{POST}Transfer-Encoding: gzip\r\n\r\n"), Some(0));
+        check(&format!("{POST}Content-Length: 1x\r\n\r\n"), Some(0));
+        check(
+            &format!("{POST}Content-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Some(0),
+        );
+        check(
+            &format!("{POST}Content-Length: 1\r\nContent-Length: 1\r\n\r\na"),
+            None,
+        );
+        // A body that cannot be followed: the request it belongs to was
+        // handed on already; every request after it is refused.
+        check(
+            &format!("GET / HTTP/1.1\r\n\r\n{POST}Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            Some(2),
+        );
+        check(
+            &format!("{POST}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n"),
+            Some(1),
+        );
+        // A header name longer than any that matters is just another header.
+        check(
+            &format!("{POST}X-Content-Length-And-Transfer-Encoding: 5\r\n\r\n"),
+            None,
+        );
+    }
+
+    /// The randomised tests (`seeded` in their path); `CLINK_TEST_SEED` repeats a run.
+    mod seeded {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One request as a client may frame it: a body of known length or
+        /// chunked (the chunk sizes given), its bytes anything at all.
+        fn request(body: &[u8], chunks: Option<&[usize]>, trailer: bool) -> Vec<u8> {
+            let mut request = POST.as_bytes().to_vec();
+            match chunks {
+                None => {
+                    request.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    request.extend_from_slice(body);
+                }
+                Some(sizes) => {
+                    request.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    let mut rest = body;
+                    for &size in sizes {
+                        let (chunk, after) = rest.split_at(size.min(rest.len()));
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        request.extend_from_slice(format!("{:x};x=y\r\n", chunk.len()).as_bytes());
+                        request.extend_from_slice(chunk);
+                        request.extend_from_slice(b"\r\n");
+                        rest = after;
+                    }
+                    if !rest.is_empty() {
+                        request.extend_from_slice(format!("{:X}\r\n", rest.len()).as_bytes());
+                        request.extend_from_slice(rest);
+                        request.extend_from_slice(b"\r\n");
+                    }
+                    request.extend_from_slice(b"0\r\n");
+                    if trailer {
+                        request.extend_from_slice(b"Content-Length: 7\r\n");
+                    }
+                    request.extend_from_slice(b"\r\n");
+                }
+            }
+            request
+        }
+
+        /// Bodies made of the bytes that matter to framing, and others.
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            vec(
+                prop_oneof![
+                    Just(b'\r'),
+                    Just(b'\n'),
+                    Just(b':'),
+                    Just(b'0'),
+                    any::<u8>()
+                ],
+                0..200,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_seed::config())]
+
+            #[test]
+            fn plain_requests_in_a_row_are_followed_and_a_smuggled_one_is_found(
+                requests in vec((body(), proptest::option::of(vec(1usize..50, 0..6)), any::<bool>()), 0..6),
+                smuggled_at in 0usize..7,
+                step in 1usize..300,
+            ) {
+                let mut stream = Vec::new();
+                for (body, chunks, trailer) in &requests {
+                    stream.extend(request(body, chunks.as_deref(), *trailer));
+                }
+                prop_assert_eq!(refused_from(&stream, step), None);
+                let at = smuggled_at.min(requests.len());
+                let mut stream = Vec::new();
+                for (n, (body, chunks, trailer)) in requests.iter().enumerate() {
+                    if n == at {
+                        stream.extend_from_slice(format!("{POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes());
+                    }
+                    stream.extend(request(body, chunks.as_deref(), *trailer));
+                }
+                if at == requests.len() {
+                    stream.extend_from_slice(format!("{POST}Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n").as_bytes());
+                }
+                prop_assert_eq!(refused_from(&stream, step), Some(at as u64));
+            }
+
+            #[test]
+            fn any_bytes_are_scanned_without_panicking(
+                bytes in vec(any::<u8>(), 0..2000),
+                step in 1usize..100,
+            ) {
+                let _ = refused_from(&bytes, step);
+            }
+        }
+    }
+}
