@@ -16,6 +16,9 @@ use tower::ServiceExt;
 
 const NO_REORDER_WINDOW: Duration = Duration::ZERO;
 const LEASE: Duration = Duration::from_secs(30);
+/// How long workers may take to drain what a test gave them: it only bounds
+/// a hang, so it is the patience of every other wait in the suite.
+const DRAIN_PATIENCE: Duration = crate::support::process::PATIENCE;
 
 fn unique() -> String {
     clink_webhooks::store::LeaseToken::generate().as_str()[..12].to_owned()
@@ -272,15 +275,12 @@ async fn a_handler_that_always_fails_ends_dead_and_replay_brings_it_back() {
             .len(),
         1
     );
-    within("the replayed event handled", || {
-        seen.lock().unwrap().len() == 4
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while inbox.get(entry.seq).await.unwrap().unwrap().status != InboxStatus::Done {
-        assert!(Instant::now() < deadline, "never done");
-        inbox.wait(Duration::from_millis(20)).await;
-    }
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    assert_eq!(
+        inbox.get(entry.seq).await.unwrap().unwrap().status,
+        InboxStatus::Done
+    );
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -300,7 +300,7 @@ async fn events_of_one_object_sent_newest_first_run_oldest_first() {
             .await
             .unwrap();
     }
-    within("all five handled", || seen.lock().unwrap().len() == 5).await;
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         ["evt_1", "evt_2", "evt_3", "evt_4", "evt_5"]
@@ -455,7 +455,8 @@ async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
             .unwrap();
         ids.push(id);
     }
-    within("every event handled", || seen.lock().unwrap().len() >= 70).await;
+    // Either pool sees the whole inbox: drained means both are idle.
+    pools[0].drained(DRAIN_PATIENCE).await.unwrap();
     for pool in pools {
         pool.shutdown(Duration::from_secs(5)).await;
     }
@@ -791,6 +792,304 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An event of `event_type` for `account` about `object`, received at
+/// `received` and signed with the key named `key`, as the CLI filters see it.
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+fn kept(
+    id: &str,
+    event_type: &str,
+    account: Option<&str>,
+    object: Option<&str>,
+    received: &str,
+) -> NewEvent {
+    let body = format!(r#"{{"id":"{id}","type":"{event_type}","created":1,"data":{{}}}}"#);
+    let received: Timestamp = received.parse().unwrap();
+    NewEvent::new(
+        account.map(str::to_owned),
+        id.to_owned(),
+        event_type.to_owned(),
+        Some(Timestamp::from_millis(1)),
+        object.map(str::to_owned),
+        received,
+        received,
+        Bytes::from(body),
+    )
+    .with_signing_key("key_2025")
+}
+
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+#[tokio::test]
+async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_runs_change_nothing(
+) {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = std::env::temp_dir().join(format!("clink-inbox-replay-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = Arc::new(clink_webhooks::store::SqliteInbox::open(&path).unwrap());
+
+    // Real workers over the file, counting each event's handler runs; while
+    // the provider is down every handler but `evt_ok`'s fails, and one
+    // attempt is all an event gets.
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let provider_down = Arc::new(AtomicBool::new(true));
+    let (counted, down) = (Arc::clone(&runs), Arc::clone(&provider_down));
+    let router = EventRouter::new().on_unhandled(move |event| {
+        *counted
+            .lock()
+            .unwrap()
+            .entry(event.id().to_owned())
+            .or_default() += 1;
+        let failed = event.id() != "evt_ok" && down.load(Ordering::SeqCst);
+        std::future::ready(if failed {
+            Err(std::io::Error::other("provider down"))
+        } else {
+            Ok(())
+        })
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .max_attempts(1)
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    let events = [
+        kept(
+            "evt_ok",
+            "order.succeeded",
+            None,
+            Some("order:ord_ok"),
+            "2025-01-05T00:00:00Z",
+        ),
+        kept(
+            "evt_a1",
+            "order.succeeded",
+            Some("acct_a"),
+            Some("acct_a/order:ord_1"),
+            "2025-01-10T00:00:00Z",
+        ),
+        kept(
+            "evt_a2",
+            "refund.succeeded",
+            Some("acct_a"),
+            None,
+            "2025-01-20T00:00:00Z",
+        ),
+        kept(
+            "evt_b3",
+            "order.succeeded",
+            Some("acct_b"),
+            Some("acct_b/order:ord_3"),
+            "2025-02-10T00:00:00Z",
+        ),
+        kept(
+            "evt_n4",
+            "order.succeeded",
+            None,
+            Some("order:ord_4"),
+            "2025-02-20T00:00:00Z",
+        ),
+    ];
+    for event in &events {
+        assert_eq!(inbox.insert(event).await.unwrap(), Inserted::New);
+    }
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    let all = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+    let seq = |id: &str| {
+        all.iter()
+            .find(|e| e.event.event_id == id)
+            .map(|e| e.seq)
+            .unwrap()
+    };
+    let ok = seq("evt_ok");
+    assert_eq!(
+        inbox.get(ok).await.unwrap().unwrap().status,
+        InboxStatus::Done
+    );
+    assert_eq!(
+        inbox
+            .list(&InboxFilter::default().status(InboxStatus::Dead), 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    let runs_of = |id: &str| runs.lock().unwrap().get(id).copied().unwrap_or(0);
+    for event in &events {
+        assert_eq!(runs_of(&event.event_id), 1, "{}", event.event_id);
+    }
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+            .arg("inbox")
+            .arg("--sqlite")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok_cli = |args: &[&str]| {
+        let output = cli(args);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // The events a command printed as JSON lines, by id.
+    let ids = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value["event_id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+
+    // A handled event is refused without --force, by number or by filter,
+    // saying when it was handled; nothing changes and its handler does not run.
+    let handled_at = inbox.get(ok).await.unwrap().unwrap().handled_at.unwrap();
+    for args in [
+        vec!["replay", &*ok.to_string(), "--json"],
+        vec!["replay", "--status", "done", "--json"],
+        vec!["replay", &*ok.to_string(), "--dry-run", "--json"],
+    ] {
+        let refused = cli(&args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {refused:?}");
+        let error: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&refused.stderr).trim()).unwrap();
+        assert_eq!(error["error"], "refused", "{args:?}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("was handled at {handled_at}"))
+                && message.contains("--force"),
+            "{message}"
+        );
+    }
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    let kept_ok = inbox.get(ok).await.unwrap().unwrap();
+    assert_eq!((kept_ok.status, kept_ok.replays), (InboxStatus::Done, 0));
+    assert_eq!(runs_of("evt_ok"), 1, "a refused replay ran the handler");
+    // Neither a SEQ with filters nor --dead with another status makes sense.
+    assert_eq!(cli(&["replay", "1", "--type", "x"]).status.code(), Some(2));
+    assert_eq!(
+        cli(&["replay", "--dead", "--status", "done"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(cli(&["list", "--from", "yesterday"]).status.code(), Some(2));
+
+    // Each filter, on `list` and on a dry run (dead events by default),
+    // picks the same events.
+    let before = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&[], &["evt_a1", "evt_a2", "evt_b3", "evt_n4"]),
+        (&["--account", "acct_a"], &["evt_a1", "evt_a2"]),
+        (&["--account", ""], &["evt_n4"]),
+        (&["--type", "refund.succeeded"], &["evt_a2"]),
+        (&["--object", "acct_a/order:ord_1"], &["evt_a1"]),
+        (&["--from", "2025-02-01T00:00:00Z"], &["evt_b3", "evt_n4"]),
+        (&["--until", "2025-02-01T00:00:00Z"], &["evt_a1", "evt_a2"]),
+        (
+            &[
+                "--from",
+                "2025-01-15T00:00:00Z",
+                "--until",
+                "2025-02-15T00:00:00Z",
+            ],
+            &["evt_a2", "evt_b3"],
+        ),
+    ];
+    for (filter, expected) in cases {
+        let dry = [&["replay", "--dry-run", "--json"], filter].concat();
+        assert_eq!(ids(&ok_cli(&dry)), expected, "{dry:?}");
+        let dead = [&["list", "--status", "dead", "--json"], filter].concat();
+        assert_eq!(ids(&ok_cli(&dead)), expected, "{dead:?}");
+    }
+    // `list` without a status takes every status; a dry run's text lines are
+    // `list`'s.
+    assert_eq!(
+        ids(&ok_cli(&[
+            "list",
+            "--json",
+            "--until",
+            "2025-01-15T00:00:00Z"
+        ])),
+        ["evt_ok", "evt_a1"]
+    );
+    assert_eq!(
+        ok_cli(&["replay", "--dry-run", "--account", "acct_b"]),
+        ok_cli(&["list", "--status", "dead", "--account", "acct_b"])
+    );
+    // With --force a dry run lists handled events too.
+    assert_eq!(
+        ids(&ok_cli(&[
+            "replay",
+            "--status",
+            "done",
+            "--force",
+            "--dry-run",
+            "--json"
+        ])),
+        ["evt_ok"]
+    );
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    assert_eq!(
+        inbox.list(&InboxFilter::default(), 10).await.unwrap(),
+        before,
+        "a dry run changed the inbox"
+    );
+    for event in &events {
+        assert_eq!(runs_of(&event.event_id), 1, "{}", event.event_id);
+    }
+
+    // The provider is back: replays by filter run exactly the events matched.
+    provider_down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ok_cli(&["replay", "--type", "refund.succeeded"]).trim(),
+        "replayed 1"
+    );
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    assert_eq!(runs_of("evt_a2"), 2);
+    // Only acct_a's dead event: its refund is done now.
+    let replayed: serde_json::Value =
+        serde_json::from_str(&ok_cli(&["replay", "--account", "acct_a", "--json"])).unwrap();
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(replayed["seqs"], serde_json::json!([seq("evt_a1")]));
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    assert_eq!(ok_cli(&["replay", "--dead"]).trim(), "replayed 2");
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    for id in ["evt_a1", "evt_a2", "evt_b3", "evt_n4"] {
+        assert_eq!(runs_of(id), 2, "{id}");
+    }
+    assert_eq!(ok_cli(&["replay", "--dead"]).trim(), "replayed 0");
+
+    // --force replays a handled event, and its handler runs once more.
+    assert_eq!(
+        ok_cli(&["replay", &ok.to_string(), "--force"]).trim(),
+        "replayed 1"
+    );
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    assert_eq!(runs_of("evt_ok"), 2);
+    pool.shutdown(Duration::from_secs(5)).await;
+
+    // `show` says when it was handled and replayed, and the signing key.
+    let shown = inbox.get(ok).await.unwrap().unwrap();
+    let (handled_at, replayed_at) = (shown.handled_at.unwrap(), shown.last_replayed_at.unwrap());
+    assert_eq!(shown.replays, 1);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_cli(&["show", &ok.to_string(), "--json"])).unwrap();
+    assert_eq!(json["handled_at"], handled_at.to_string());
+    assert_eq!(json["replays"], 1);
+    assert_eq!(json["last_replayed_at"], replayed_at.to_string());
+    assert_eq!(json["signing_key"], "key_2025");
+    let text = ok_cli(&["show", &ok.to_string()]);
+    assert!(
+        text.contains(&format!("handled at {handled_at}"))
+            && text.contains(&format!("replayed once, at {replayed_at}"))
+            && text.contains("signing key key_2025"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_then_crashes() {
@@ -847,18 +1146,13 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
         .insert(&event("evt_tx", Some("ord_tx"), 1))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let seq = loop {
-        let done = inbox
-            .list(&InboxFilter::default().status(InboxStatus::Done), 10)
-            .await
-            .unwrap();
-        if let Some(entry) = done.first() {
-            break entry.seq;
-        }
-        assert!(Instant::now() < deadline, "never done");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    pool_handle.drained(DRAIN_PATIENCE).await.unwrap();
+    let done = inbox
+        .list(&InboxFilter::default().status(InboxStatus::Done), 10)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    let seq = done[0].seq;
     pool_handle.shutdown(Duration::from_secs(5)).await;
     assert_eq!(inbox.get(seq).await.unwrap().unwrap().attempts, 1);
     assert_eq!(

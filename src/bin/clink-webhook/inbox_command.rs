@@ -12,11 +12,95 @@ use crate::output::{escaped, Output};
 use crate::{CliError, ErrorCode};
 
 pub(crate) const AFTER_HELP: &str = "\
-The inbox is the one a receiver keeps with ClinkLayer::inbox: --sqlite FILE for
+The inbox is the one a receiver keeps with ClinkLayer::intake: --sqlite FILE for
 SqliteInbox (feature sqlite), or --postgres for PostgresInbox in the database
 DATABASE_URL names (feature postgres; --table for another table than
 clink_webhook_inbox). Event bodies are data: every value from one is printed
-escaped, and `show` prints the body as JSON text only with --json.";
+escaped, and `show` prints the body as JSON text only with --json.
+
+`list` and `replay` pick events with the same filters, every one given having
+to match: --status, --type, --account (\"\" for events with no account),
+--object (as `list` prints it, e.g. order:ord_1) and --from/--until (when the
+event arrived: RFC 3339 such as 2025-01-15T12:00:00Z, or epoch milliseconds;
+--from inclusive, --until exclusive).
+
+`replay SEQ` replays one event; `replay` with filters replays every event they
+match, dead ones by default (--status dead; --dead says the same). A handled
+(done) event is refused, since replaying it runs its handler a second time:
+exit 1, error code `refused`, saying when it was handled; --force replays it
+anyway. A running event is never replayed (also `refused` for `replay SEQ`).
+--dry-run prints what would be replayed, one event a line as `list` prints
+it, and changes nothing.";
+
+/// The filters `list` and `replay` share.
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only events with this status: pending, retrying, running, done, dead.
+    #[arg(long, value_name = "STATUS", value_parser = status)]
+    status: Option<InboxStatus>,
+    /// Only events of this type, e.g. order.succeeded.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// Only events of this merchant account ("" for events with none).
+    #[arg(long, value_name = "ACCOUNT")]
+    account: Option<String>,
+    /// Only events about this object, as `list` prints it (order:ord_1).
+    #[arg(long, value_name = "OBJECT")]
+    object: Option<String>,
+    /// Only events that arrived at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = time)]
+    from: Option<Timestamp>,
+    /// Only events that arrived before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = time)]
+    until: Option<Timestamp>,
+}
+
+impl FilterArgs {
+    /// Whether any filter other than the status is given.
+    fn narrows(&self) -> bool {
+        self.event_type.is_some()
+            || self.account.is_some()
+            || self.object.is_some()
+            || self.from.is_some()
+            || self.until.is_some()
+    }
+
+    /// The filter, with `status` when none was given.
+    fn filter(&self, status: Option<InboxStatus>) -> InboxFilter {
+        let mut filter = InboxFilter::default().received(self.from, self.until);
+        if let Some(status) = self.status.or(status) {
+            filter = filter.status(status);
+        }
+        if let Some(event_type) = &self.event_type {
+            filter = filter.event_type(event_type.clone());
+        }
+        if let Some(account) = &self.account {
+            filter = filter.account(account.clone());
+        }
+        if let Some(object) = &self.object {
+            filter = filter.object_key(object.clone());
+        }
+        filter
+    }
+}
+
+fn status(text: &str) -> Result<InboxStatus, String> {
+    InboxStatus::parse(text).ok_or_else(|| {
+        format!(
+            "{}: one of pending, retrying, running, done, dead",
+            escaped(text)
+        )
+    })
+}
+
+fn time(text: &str) -> Result<Timestamp, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{}: not a time; give RFC 3339 (2025-01-15T12:00:00Z) or epoch milliseconds",
+            escaped(text)
+        )
+    })
+}
 
 #[derive(Debug, Args)]
 pub(crate) struct InboxArgs {
@@ -35,27 +119,35 @@ pub(crate) struct InboxArgs {
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Events by status: pending, retrying (failed, awaiting a retry), running, done, dead.
+    /// Events, oldest first, all or those the filters match.
     List {
-        /// Only events with this status (all by default).
-        #[arg(long, value_name = "STATUS")]
-        status: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// At most this many, oldest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// One event, with its last error.
+    /// One event: its last error, when it was handled and replayed, its signing key.
     Show {
         /// The event's number in the inbox (the first column of `list`).
         seq: i64,
     },
-    /// Make one event (SEQ) or every dead one (--dead) pending again now.
+    /// Make one event (SEQ), or every one the filters match (dead ones by
+    /// default), pending again now.
     Replay {
         /// The event's number.
         seq: Option<i64>,
-        /// Every dead event.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Every dead event: the default without SEQ, said outright.
         #[arg(long, conflicts_with = "seq")]
         dead: bool,
+        /// Replay handled (done) events too, running their handlers again.
+        #[arg(long)]
+        force: bool,
+        /// Print what would be replayed, one event a line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete done and dead events older than the retention.
     Purge {
@@ -139,6 +231,9 @@ fn entry_json(entry: &InboxEntry, with_body: bool) -> serde_json::Value {
         "signing_key": event.signing_key,
         "next_attempt_at": entry.next_attempt_at.to_string(),
         "last_error": entry.last_error,
+        "handled_at": entry.handled_at.map(|t| t.to_string()),
+        "replays": entry.replays,
+        "last_replayed_at": entry.last_replayed_at.map(|t| t.to_string()),
     });
     if with_body {
         value["body"] = json!(String::from_utf8_lossy(&event.body));
@@ -171,36 +266,166 @@ fn entry_line(entry: &InboxEntry) -> String {
     line
 }
 
+/// What `show` prints under an event's line: arrival, handling, replays and key.
+fn entry_details(entry: &InboxEntry) -> [String; 3] {
+    let event = &entry.event;
+    let handled = match entry.handled_at {
+        Some(at) => format!("handled at {at}"),
+        None => "never handled".to_owned(),
+    };
+    let replays = match (entry.replays, entry.last_replayed_at) {
+        (0, _) => "never replayed".to_owned(),
+        (1, Some(at)) => format!("replayed once, at {at}"),
+        (n, Some(at)) => format!("replayed {n} times, last at {at}"),
+        (n, None) => format!("replayed {n} times"),
+    };
+    let key = match &event.signing_key {
+        Some(key) => format!("signing key {}", escaped(key)),
+        None => "signing key not recorded (kept before the inbox recorded it)".to_owned(),
+    };
+    [
+        format!(
+            "        received {}, next attempt {}, {} body bytes",
+            event.received_at,
+            entry.next_attempt_at,
+            event.body.len()
+        ),
+        format!("        {handled}; {replays}"),
+        format!("        {key}"),
+    ]
+}
+
+/// Why event `seq` cannot be replayed without `--force`: it was handled.
+fn handled_refusal(seq: i64, at: Option<Timestamp>) -> CliError {
+    CliError::new(
+        ErrorCode::Refused,
+        format!(
+            "event {seq} was handled{}; replaying it would run its handler again: add --force \
+             to do that on purpose",
+            at.map(|at| format!(" at {at}")).unwrap_or_default()
+        ),
+    )
+}
+
+fn running_refusal(seq: i64) -> CliError {
+    CliError::new(
+        ErrorCode::Refused,
+        format!("event {seq} is running now; replay it once it is settled"),
+    )
+}
+
+/// Prints the events `entries`, one a line, as `list` does.
+fn print_entries(out: &Output, entries: &[InboxEntry]) {
+    for entry in entries {
+        if out.json {
+            out.json_line(&entry_json(entry, false));
+        } else {
+            out.line(&entry_line(entry));
+        }
+    }
+}
+
+/// `replay SEQ`: replays one event, or with `dry_run` prints it if it would be.
+async fn replay_one(
+    out: &Output,
+    inbox: &dyn Inbox,
+    seq: i64,
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<i64>, CliError> {
+    if dry_run {
+        let entry = inbox.get(seq).await.map_err(|e| store_error(&e))?;
+        let Some(entry) = entry else {
+            return Err(CliError::usage(format!("no event {seq} in the inbox")));
+        };
+        match entry.status {
+            InboxStatus::Running => return Err(running_refusal(seq)),
+            InboxStatus::Done if !force => return Err(handled_refusal(seq, entry.handled_at)),
+            _ => {}
+        }
+        print_entries(out, std::slice::from_ref(&entry));
+        return Ok(vec![seq]);
+    }
+    match inbox
+        .replay(seq, force)
+        .await
+        .map_err(|e| store_error(&e))?
+    {
+        Replayed::Replayed => Ok(vec![seq]),
+        Replayed::Handled { at } => Err(handled_refusal(seq, at)),
+        Replayed::Running => Err(running_refusal(seq)),
+        _ => Err(CliError::usage(format!("no event {seq} in the inbox"))),
+    }
+}
+
+/// `replay` by filter: every matching event that is neither running nor,
+/// without `force`, handled; refused whole when it matches a handled event
+/// and `force` is not given.
+async fn replay_matching(
+    out: &Output,
+    inbox: &dyn Inbox,
+    filter: &InboxFilter,
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<i64>, CliError> {
+    let matched = inbox
+        .list(filter, usize::MAX)
+        .await
+        .map_err(|e| store_error(&e))?;
+    let handled: Vec<&InboxEntry> = matched
+        .iter()
+        .filter(|e| e.status == InboxStatus::Done)
+        .collect();
+    if let (false, Some(first)) = (force, handled.first()) {
+        let more = match handled.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        return Err(CliError::new(
+            ErrorCode::Refused,
+            format!(
+                "event {}{more} was handled{}; replaying would run handlers again: add --force \
+                 to do that on purpose, or leave done events out (--status dead)",
+                first.seq,
+                first
+                    .handled_at
+                    .map(|at| format!(" at {at}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let running = matched
+        .iter()
+        .filter(|e| e.status == InboxStatus::Running)
+        .count();
+    if running > 0 && !out.json {
+        out.hint(&format!(
+            "{running} matching events are running now and are left alone; replay them once they are settled"
+        ));
+    }
+    if dry_run {
+        let would: Vec<InboxEntry> = matched
+            .into_iter()
+            .filter(|e| e.status != InboxStatus::Running)
+            .collect();
+        print_entries(out, &would);
+        return Ok(would.iter().map(|e| e.seq).collect());
+    }
+    inbox
+        .replay_matching(filter, force)
+        .await
+        .map_err(|e| store_error(&e))
+}
+
 pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> {
     let inbox = open(args).await?;
     match &args.action {
-        Action::List { status, limit } => {
-            let status = status
-                .as_deref()
-                .map(|s| {
-                    InboxStatus::parse(s).ok_or_else(|| {
-                        CliError::usage(format!(
-                            "--status {}: one of pending, retrying, running, done, dead",
-                            escaped(s)
-                        ))
-                    })
-                })
-                .transpose()?;
-            let mut filter = InboxFilter::default();
-            if let Some(status) = status {
-                filter = filter.status(status);
-            }
+        Action::List { filter, limit } => {
             let entries = inbox
-                .list(&filter, *limit)
+                .list(&filter.filter(None), *limit)
                 .await
                 .map_err(|e| store_error(&e))?;
-            for entry in &entries {
-                if out.json {
-                    out.json_line(&entry_json(entry, false));
-                } else {
-                    out.line(&entry_line(entry));
-                }
-            }
+            print_entries(out, &entries);
         }
         Action::Show { seq } => {
             let entry = inbox.get(*seq).await.map_err(|e| store_error(&e))?;
@@ -211,51 +436,46 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
                 out.json_line(&entry_json(&entry, true));
             } else {
                 out.line(&entry_line(&entry));
-                out.line(&format!(
-                    "        received {}, next attempt {}, {} body bytes",
-                    entry.event.received_at,
-                    entry.next_attempt_at,
-                    entry.event.body.len()
-                ));
+                for line in entry_details(&entry) {
+                    out.line(&line);
+                }
             }
         }
-        Action::Replay { seq, dead } => {
-            let replayed = match (seq, dead) {
-                (Some(seq), false) => {
-                    match inbox.replay(*seq, false).await.map_err(|e| store_error(&e))? {
-                        Replayed::Replayed => 1,
-                        Replayed::Handled { at } => {
-                            return Err(CliError::new(
-                                ErrorCode::Refused,
-                                format!(
-                                    "event {seq} was handled{}; replaying it would run its handler again",
-                                    at.map(|at| format!(" at {at}")).unwrap_or_default()
-                                ),
-                            ))
-                        }
-                        Replayed::Running => {
-                            return Err(CliError::new(
-                                ErrorCode::Refused,
-                                format!("event {seq} is running now; replay it once it is settled"),
-                            ))
-                        }
-                        _ => return Err(CliError::usage(format!("no event {seq} in the inbox"))),
+        Action::Replay {
+            seq,
+            filter,
+            dead,
+            force,
+            dry_run,
+        } => {
+            let seqs = match seq {
+                Some(seq) => {
+                    if filter.narrows() || filter.status.is_some() {
+                        return Err(CliError::usage(
+                            "replay SEQ takes no filter: give SEQ, or filters without it",
+                        ));
                     }
+                    replay_one(out, &*inbox, *seq, *force, *dry_run).await?
                 }
-                (None, true) => {
-                    let dead = InboxFilter::default().status(InboxStatus::Dead);
-                    let seqs = inbox
-                        .replay_matching(&dead, false)
-                        .await
-                        .map_err(|e| store_error(&e))?;
-                    seqs.len() as u64
+                None => {
+                    if *dead && filter.status.is_some_and(|s| s != InboxStatus::Dead) {
+                        return Err(CliError::usage("--dead is --status dead: give one status"));
+                    }
+                    let filter = filter.filter(Some(InboxStatus::Dead));
+                    replay_matching(out, &*inbox, &filter, *force, *dry_run).await?
                 }
-                _ => return Err(CliError::usage("replay SEQ, or replay --dead")),
             };
-            if out.json {
-                out.json_line(&json!({ "replayed": replayed }));
+            if *dry_run {
+                if !out.json {
+                    out.hint(&format!(
+                        "dry run: {} would be replayed; nothing was changed",
+                        seqs.len()
+                    ));
+                }
+            } else if out.json {
+                out.json_line(&json!({ "replayed": seqs.len(), "seqs": seqs }));
             } else {
-                out.line(&format!("replayed {replayed}"));
+                out.line(&format!("replayed {}", seqs.len()));
             }
         }
         Action::Purge { older_than_hours } => {
