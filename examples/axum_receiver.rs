@@ -21,7 +21,32 @@
 //! (default 30000) set the reorder window and the workers' lease.
 //! `CLINK_EXAMPLE_HANDLER_DELAY_MS` makes every handler take that long (it
 //! prints `handling <type> <id>` on stderr first), to watch a slow handler
-//! with and without the inbox.
+//! with and without the inbox; with effects (below), the delay comes after
+//! the effect is committed, as a slow call made once the writes are safe.
+//!
+//! With an inbox and `CLINK_EXAMPLE_EFFECTS=1`, every handler also writes a
+//! row (account, event id, type) into the table `clink_example_effects` in
+//! the inbox's own database (created on start), in the transaction that
+//! marks the event done: `SqliteInbox::complete_with` for SQLite,
+//! `PostgresInbox::complete_in` in a transaction from the pool on
+//! `DATABASE_URL` for PostgreSQL. The row and the event's completion commit
+//! together or not at all, so each event has exactly one row however often
+//! the process is killed, which `tests/suite/recovery.rs` checks.
+//!
+//! With an inbox, the `console` feature and `CLINK_CONSOLE_TOKEN` set (16
+//! characters at least), it serves the inbox console at `/console`: send the
+//! token as `Authorization: Bearer <token>`, or open
+//! `/console?token=<token>` once in a browser for a session cookie. Without
+//! `CLINK_CONSOLE_TOKEN` there is no console. `CLINK_INBOX_MAX_ATTEMPTS`
+//! (default 10) sets how many attempts an event gets before it is dead, and
+//! `CLINK_EXAMPLE_FAIL_ONCE=<type>` makes the first run of every event of
+//! that type fail, to watch one go dead and be replayed from the console:
+//!
+//! ```text
+//! CLINK_INBOX=sqlite:inbox.db CLINK_CONSOLE_TOKEN=change-me-0123456789 \
+//!     CLINK_INBOX_MAX_ATTEMPTS=1 CLINK_EXAMPLE_FAIL_ONCE=refund.failed \
+//!     cargo run --example axum_receiver --features console,sqlite
+//! ```
 //!
 //! `GET /health` answers `200 ok` while its store answers and `503` with
 //! the reason when it does not; `GET /metrics` serves the crate's metrics in
@@ -50,14 +75,15 @@ use axum::routing::get;
 use axum::Router;
 use clink_webhooks::data::Resource;
 use clink_webhooks::events::Freshness;
+use clink_webhooks::events::InboxAttempt;
 use clink_webhooks::inbox::Workers;
 use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
 use clink_webhooks::server::Server;
 use clink_webhooks::store::{FreshnessStore, IdempotencyStore, Inbox, MemoryStore};
-use clink_webhooks::BoxFuture;
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
+use clink_webhooks::{BoxError, BoxFuture};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
@@ -69,17 +95,112 @@ const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 #[derive(Clone, Default)]
 struct AppState {
     paid_orders: Arc<AtomicU64>,
+    effects: Effects,
+}
+
+/// The table handled events write their row into, with `CLINK_EXAMPLE_EFFECTS=1`.
+///
+/// It has no unique key on purpose: a second row for an event would show
+/// that its effects ran twice, and `tests/suite/recovery.rs` counts rows to
+/// prove they never do. In an app of your own, a unique key on the event
+/// is a good second line of defence.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const EFFECTS_TABLE: &str = "clink_example_effects";
+
+/// Where a handler writes its effect, in the transaction that completes
+/// its event in the inbox.
+#[derive(Clone, Default)]
+enum Effects {
+    /// No effects: the handler prints its line, and the worker marks the
+    /// event done after it returns.
+    #[default]
+    Off,
+    /// In the SQLite inbox's file, through `SqliteInbox::complete_with`.
+    #[cfg(feature = "sqlite")]
+    Sqlite(clink_webhooks::store::SqliteInbox),
+    /// In the PostgreSQL inbox's database, through `PostgresInbox::complete_in`
+    /// in a transaction from this pool.
+    #[cfg(feature = "postgres")]
+    Postgres(
+        clink_webhooks::store::PostgresInbox,
+        deadpool_postgres::Pool,
+    ),
+}
+
+impl Effects {
+    /// Writes the row of a handled event, and marks the event done, in one
+    /// transaction. `attempt` is the workers' run of the event.
+    async fn record(
+        &self,
+        attempt: Option<&InboxAttempt>,
+        account: Option<&str>,
+        id: &str,
+        event_type: &str,
+    ) -> Result<(), BoxError> {
+        let row = (
+            account.unwrap_or_default().to_owned(),
+            id.to_owned(),
+            event_type.to_owned(),
+        );
+        match self {
+            Self::Off => {
+                let _ = (attempt, row);
+                Ok(())
+            }
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(inbox) => {
+                let attempt = attempt.ok_or("effects are written by the inbox's workers")?;
+                inbox
+                    .complete_with(attempt, move |tx| {
+                        let (account, id, event_type) = row;
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {EFFECTS_TABLE} (account, event_id, event_type) \
+                                 VALUES (?1, ?2, ?3)"
+                            ),
+                            rusqlite::params![account, id, event_type],
+                        )?;
+                        Ok(())
+                    })
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(inbox, pool) => {
+                let attempt = attempt.ok_or("effects are written by the inbox's workers")?;
+                let (account, id, event_type) = row;
+                let mut client = pool.get().await?;
+                // Dropped without a commit (any `?` below), it rolls back.
+                let tx = client.transaction().await?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {EFFECTS_TABLE} (account, event_id, event_type) \
+                         VALUES ($1, $2, $3)"
+                    ),
+                    &[&account, &id, &event_type],
+                )
+                .await?;
+                match inbox.complete_in(&tx, attempt).await? {
+                    clink_webhooks::store::Settle::Applied => {
+                        tx.commit().await?;
+                        Ok(())
+                    }
+                    clink_webhooks::store::Settle::LeaseLost => Err(
+                        "the event's lease ended before its effect was committed; it was rolled \
+                         back and the event runs again"
+                            .into(),
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// A value from a delivery body, made safe to print: anyone can send a
 /// signed-looking body, and a verified one can still carry an id with a
-/// newline or terminal escapes in it.
+/// newline, terminal escapes or characters that hide or reorder text in
+/// it. The crate's one rule: `clink_webhooks::events::printable`.
 fn printable(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
+    clink_webhooks::events::printable(text).into_owned()
 }
 
 /// How long each handler takes, from `CLINK_EXAMPLE_HANDLER_DELAY_MS`
@@ -93,8 +214,10 @@ fn handler_delay() -> Duration {
     })
 }
 
-/// Runs the "work" of a handler: the optional delay, then the line.
-async fn handle<T>(event: Event<T>) -> Result<(), std::io::Error> {
+/// Runs the "work" of a handler: its effect (with `CLINK_EXAMPLE_EFFECTS=1`),
+/// committed with the event's completion; then the optional delay, a slow
+/// call made once the writes are safe (an email, a request); then the line.
+async fn handle<T>(event: Event<T>, effects: &Effects) -> Result<(), BoxError> {
     let delay = handler_delay();
     if !delay.is_zero() {
         eprintln!(
@@ -102,6 +225,16 @@ async fn handle<T>(event: Event<T>) -> Result<(), std::io::Error> {
             printable(event.event_type.as_str()),
             printable(&event.id)
         );
+    }
+    effects
+        .record(
+            event.inbox_attempt(),
+            event.account(),
+            &event.id,
+            event.event_type.as_str(),
+        )
+        .await?;
+    if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     report(&event);
@@ -120,36 +253,50 @@ fn report<T>(event: &Event<T>) {
 }
 
 /// The handler of every event type without a handler of its own.
-struct Handled;
+struct Handled {
+    effects: Effects,
+}
 
 impl EveryHandler for Handled {
-    type Error = std::io::Error;
+    type Error = BoxError;
 
     fn handle<T: Resource + Send + 'static>(
         &self,
         event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
-        Box::pin(handle(event))
+        let effects = self.effects.clone();
+        Box::pin(async move { handle(event, &effects).await })
     }
 }
 
 fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<WithState<AppState>> {
+    let effects = state.effects.clone();
     EventRouter::with_state(state)
         .ordering(freshness)
-        .on_every_type(Handled)
+        .on_every_type(Handled { effects })
         // A handler of its own, with the app's state next to the event.
         .on::<events::OrderSucceeded, _>(|event, state: AppState| async move {
+            handle(event, &state.effects).await?;
             state.paid_orders.fetch_add(1, Ordering::Relaxed);
-            handle(event).await
+            Ok::<_, BoxError>(())
         })
         // Names Clink adds after this version of the crate.
-        .on_unhandled(|event, _state: AppState| {
+        .on_unhandled(|event, state: AppState| async move {
+            state
+                .effects
+                .record(
+                    event.inbox_attempt(),
+                    event.account(),
+                    event.id(),
+                    event.event_type().as_str(),
+                )
+                .await?;
             let (event_type, id) = (
                 printable(event.event_type().as_str()),
                 printable(event.id()),
             );
             println!("handled {event_type} {id}");
-            std::future::ready(Ok::<_, std::io::Error>(()))
+            Ok::<_, BoxError>(())
         })
 }
 
@@ -246,14 +393,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?
         .install_recorder()?;
     let (idempotency, freshness) = stores().await?;
-    let router = router(AppState::default(), freshness);
+    let effects = match env_value("CLINK_EXAMPLE_EFFECTS").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(other) => {
+            return Err(format!(
+                "CLINK_EXAMPLE_EFFECTS must be 1 or 0, got {}",
+                printable(other)
+            )
+            .into())
+        }
+    };
+    let durable = inbox(effects).await?;
+    if effects && durable.is_none() {
+        return Err("CLINK_EXAMPLE_EFFECTS=1 needs an inbox: set CLINK_INBOX".into());
+    }
+    let state = AppState {
+        effects: durable
+            .as_ref()
+            .map(|durable| durable.effects.clone())
+            .unwrap_or_default(),
+        ..AppState::default()
+    };
+    let router = fail_once(router(state, freshness));
     let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let mut console_inbox = None;
     let mut workers = None;
     let mut webhooks = Router::new();
-    let readiness = if let Some(inbox) = inbox().await? {
+    let readiness = if let Some(Durable { inbox, .. }) = durable {
         // Acknowledge after one write; workers in this process run the
         // handlers, in order per object, with retries.
         let intake = layer.intake(Arc::clone(&inbox));
+        console_inbox = Some(Arc::clone(&inbox));
         let readiness = intake.readiness();
         webhooks = webhooks.route_service("/webhooks/clink", intake);
         let ms = |var: &str, default: u64| {
@@ -267,6 +438,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Workers::new(inbox, router.clone())
                 .reorder_window(ms("CLINK_INBOX_REORDER_MS", 1000))?
                 .lease(ms("CLINK_INBOX_LEASE_MS", 30_000))?
+                .max_attempts(
+                    env_value("CLINK_INBOX_MAX_ATTEMPTS")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(clink_webhooks::inbox::DEFAULT_MAX_ATTEMPTS),
+                )?
                 .spawn(),
         );
         readiness
@@ -281,6 +457,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
         );
+    let app = console(app, console_inbox)?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // Listen for signals before saying where we listen, so that a signal sent
@@ -301,10 +478,73 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// With `CLINK_EXAMPLE_FAIL_ONCE=<type>`, the first run of each event of
+/// that type in this process fails (the router's `before_each` hook), to
+/// watch an event retry, or go dead and be replayed; later runs succeed.
+fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<AppState>> {
+    let Some(failing) = env_value("CLINK_EXAMPLE_FAIL_ONCE") else {
+        return router;
+    };
+    let failed = std::sync::Mutex::new(std::collections::HashSet::new());
+    router.before_each(move |event: clink_webhooks::RawEvent, _state: AppState| {
+        let first = event.event_type().as_str() == failing
+            && failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(event.id().to_owned());
+        std::future::ready(if first {
+            Err(format!(
+                "simulated failure: the first run of every {} event fails (CLINK_EXAMPLE_FAIL_ONCE)",
+                printable(&failing)
+            ))
+        } else {
+            Ok(())
+        })
+    })
+}
+
+/// `app` with the inbox console nested at `/console` when
+/// `CLINK_CONSOLE_TOKEN` is set (it needs the `console` feature and an
+/// inbox); `app` as it is otherwise.
+fn console(
+    app: Router,
+    inbox: Option<Arc<dyn Inbox>>,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    let Some(token) = env_value("CLINK_CONSOLE_TOKEN") else {
+        return Ok(app);
+    };
+    #[cfg(feature = "console")]
+    {
+        let inbox = inbox.ok_or("CLINK_CONSOLE_TOKEN needs an inbox: set CLINK_INBOX")?;
+        // On plain HTTP here; behind HTTPS, add `.secure_cookie(true)`.
+        let console = clink_webhooks::console::Console::with_token(inbox, token)?;
+        eprintln!(
+            "console: /console (Authorization: Bearer <CLINK_CONSOLE_TOKEN>, or ?token= once)"
+        );
+        Ok(app.nest("/console", console.router()))
+    }
+    #[cfg(not(feature = "console"))]
+    {
+        let _ = (app, inbox, token);
+        Err("CLINK_CONSOLE_TOKEN needs the console feature \
+             (cargo run --example axum_receiver --features console,sqlite)"
+            .into())
+    }
+}
+
+/// The durable inbox `CLINK_INBOX` names, and where handlers write their
+/// effects.
+struct Durable {
+    inbox: Arc<dyn Inbox>,
+    /// [`Effects::Off`] unless `CLINK_EXAMPLE_EFFECTS=1`.
+    effects: Effects,
+}
+
 /// The inbox `CLINK_INBOX` names: `sqlite:<path>` (feature `sqlite`) or
 /// `postgres` (feature `postgres`, in `DATABASE_URL`'s database); `None`
-/// without it.
-async fn inbox() -> Result<Option<Arc<dyn Inbox>>, Box<dyn std::error::Error>> {
+/// without it. With `effects`, the effects table is created in the inbox's
+/// database and handlers write to it.
+async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Error>> {
     let Some(spec) = env_value("CLINK_INBOX") else {
         return Ok(None);
     };
@@ -313,11 +553,31 @@ async fn inbox() -> Result<Option<Arc<dyn Inbox>>, Box<dyn std::error::Error>> {
         {
             let inbox = clink_webhooks::store::SqliteInbox::open(path)?;
             eprintln!("inbox: SQLite ({})", printable(path));
-            return Ok(Some(Arc::new(inbox)));
+            let effects = if effects {
+                // A connection of its own, for the schema only; the rows
+                // are written on the inbox's connection, in its transaction.
+                let connection = rusqlite::Connection::open(path)?;
+                connection.busy_timeout(Duration::from_secs(5))?;
+                connection.execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS {EFFECTS_TABLE} (
+                         account TEXT NOT NULL,
+                         event_id TEXT NOT NULL,
+                         event_type TEXT NOT NULL
+                     )"
+                ))?;
+                eprintln!("effects: {EFFECTS_TABLE}, committed with each event's completion");
+                Effects::Sqlite(inbox.clone())
+            } else {
+                Effects::Off
+            };
+            return Ok(Some(Durable {
+                inbox: Arc::new(inbox),
+                effects,
+            }));
         }
         #[cfg(not(feature = "sqlite"))]
         {
-            let _ = path;
+            let _ = (path, effects);
             return Err("CLINK_INBOX=sqlite:... needs the sqlite feature \
                  (cargo run --example axum_receiver --features sqlite)"
                 .into());
@@ -337,11 +597,35 @@ async fn inbox() -> Result<Option<Arc<dyn Inbox>>, Box<dyn std::error::Error>> {
             .max_size(16)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
-            let inbox = clink_webhooks::store::PostgresInbox::new(pool);
+            let inbox = clink_webhooks::store::PostgresInbox::new(pool.clone());
             inbox.migrate().await?;
             inbox.listen(config).await?;
             eprintln!("inbox: PostgreSQL (DATABASE_URL)");
-            return Ok(Some(Arc::new(inbox)));
+            let effects = if effects {
+                let mut client = pool.get().await?;
+                // One instance at a time creates it: a concurrent `CREATE
+                // TABLE IF NOT EXISTS` can fail on PostgreSQL's catalogue.
+                let tx = client.transaction().await?;
+                tx.batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock(hashtext('{EFFECTS_TABLE}'));
+                     CREATE TABLE IF NOT EXISTS {EFFECTS_TABLE} (
+                         account text NOT NULL,
+                         event_id text NOT NULL,
+                         event_type text NOT NULL,
+                         handled_at timestamptz NOT NULL DEFAULT now()
+                     )"
+                ))
+                .await?;
+                tx.commit().await?;
+                eprintln!("effects: {EFFECTS_TABLE}, committed with each event's completion");
+                Effects::Postgres(inbox.clone(), pool)
+            } else {
+                Effects::Off
+            };
+            return Ok(Some(Durable {
+                inbox: Arc::new(inbox),
+                effects,
+            }));
         }
         #[cfg(not(feature = "postgres"))]
         return Err("CLINK_INBOX=postgres needs the postgres feature \

@@ -28,13 +28,11 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
 
-/// A value from a delivery body, made safe to print.
+/// A value from a delivery body, made safe to print: the crate's rule
+/// (control, format and separator characters escaped, see
+/// `clink_webhooks::events::printable`).
 fn printable(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
+    clink_webhooks::events::printable(text).into_owned()
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;

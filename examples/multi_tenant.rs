@@ -16,12 +16,23 @@
 //! `CLINK_TENANT_KEYS`, and on SIGHUP the file is read again (an account
 //! removed from it is refused from then on). An account nobody configured
 //! gets `404`; the same event id under two accounts is two events.
+//!
+//! A platform with many accounts keeps their secrets in a database, not in
+//! the environment: `CLINK_TENANT_LOOKUP_MS=<ms>` plays that, looking each
+//! account up (in the configured ones) through a `CachedKeySource`, each
+//! lookup taking that long, and `CLINK_TENANT_LOOKUP_FAILS=1` makes every
+//! lookup fail, as a database that is down. The source's defaults bound
+//! what a sender naming made-up accounts costs the database (one lookup per
+//! account at a time, 16 at once, 100 a second); on stop it prints
+//! `key lookups: <n>` to stderr.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use clink_webhooks::accounts::{AccountFrom, KeyMap};
+use clink_webhooks::accounts::{AccountFrom, CachedKeySource, KeyMap};
 use clink_webhooks::data::Resource;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::server::Server;
@@ -29,13 +40,11 @@ use clink_webhooks::signature::SigningKey;
 use clink_webhooks::BoxFuture;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, MemoryStore, Verifier};
 
-/// A value from a delivery body, made safe to print.
+/// A value from a delivery body, made safe to print: the crate's rule
+/// (control, format and separator characters escaped, see
+/// `clink_webhooks::events::printable`).
 fn printable(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
+    clink_webhooks::events::printable(text).into_owned()
 }
 
 /// Prints `handled <account> <type> <id>` for every event.
@@ -137,9 +146,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = EventRouter::new()
         .ordering(Arc::clone(&store))
         .on_every_type(Handled);
-    let service = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone())
-        .store(store)
-        .layer(router);
+    let lookups = Arc::new(AtomicU64::new(0));
+    let layer = match std::env::var("CLINK_TENANT_LOOKUP_MS") {
+        Ok(ms) => {
+            let delay =
+                Duration::from_millis(ms.parse().map_err(|_| {
+                    format!("CLINK_TENANT_LOOKUP_MS must be milliseconds, got {ms:?}")
+                })?);
+            let fails = std::env::var("CLINK_TENANT_LOOKUP_FAILS").is_ok_and(|v| v == "1");
+            let source = database(keys.clone(), delay, fails, Arc::clone(&lookups));
+            ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source)
+        }
+        Err(_) => ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone()),
+    };
+    let service = layer.store(store).layer(router);
     let app = Router::new().route_service("/webhooks/clink/{account}", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -168,8 +188,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
     Server::new().serve(listener, app, shutdown).await;
+    if std::env::var("CLINK_TENANT_LOOKUP_MS").is_ok() {
+        eprintln!("key lookups: {}", lookups.load(Ordering::Relaxed));
+    }
     eprintln!("stopped");
     Ok(())
+}
+
+/// The accounts' keys as a database would give them: each lookup takes
+/// `delay`, fails when `fails`, and is counted in `lookups`. In front of
+/// it, a `CachedKeySource` with its default limits.
+fn database(
+    accounts: KeyMap,
+    delay: Duration,
+    fails: bool,
+    lookups: Arc<AtomicU64>,
+) -> impl clink_webhooks::accounts::KeySource {
+    CachedKeySource::new(move |account: String| {
+        lookups.fetch_add(1, Ordering::Relaxed);
+        let found = accounts.get(&account).map(|verifier| (*verifier).clone());
+        async move {
+            tokio::time::sleep(delay).await;
+            if fails {
+                return Err(std::io::Error::other(format!(
+                    "the database is unreachable (looking up {account})"
+                )));
+            }
+            Ok(found)
+        }
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.

@@ -29,6 +29,10 @@
 #                                  defaults (fsync=on, synchronous_commit=on, full_page_writes=on)
 #   CLINK_TEST_PG_DURABLE_KILL     script: pg_ctl stop -m immediate;  CLINK_TEST_PG_DURABLE_START:
 #                                  start it again (crash recovery replays its WAL)
+#   NATS_URL                       nats://127.0.0.1:PORT of a nats-server with JetStream (file
+#                                  storage in its directory, kept across a restart)
+#   CLINK_TEST_NATS_KILL           script: SIGKILL the nats-server;  CLINK_TEST_NATS_START: start it
+#                                  again on the same port, wait until it is ready
 #
 # The durable pair serves only the crash tests (tests/suite/instances), so
 # that every other test keeps the fast servers: on a disk where an fsync
@@ -38,8 +42,8 @@
 # from an EXIT trap so that it also runs on failure. Every wait is bounded
 # and fails with a message naming the log to read.
 #
-# Needs redis-server and redis-cli (with TLS, as Debian's are), openssl, and
-# PostgreSQL's initdb/pg_ctl. When one is missing and
+# Needs redis-server and redis-cli (with TLS, as Debian's are), nats-server, openssl,
+# PostgreSQL's initdb/pg_ctl, and chromium (exported as CLINK_TEST_CHROMIUM). When one is missing and
 # the script runs as root it installs Debian's package (apt-get); otherwise
 # it stops and says what to install. initdb refuses to run as root, so as
 # root the cluster runs as the unprivileged `postgres` user (created if
@@ -456,6 +460,59 @@ services_start_postgres_durable() {
     services_say "durable PostgreSQL (fsync=on, synchronous_commit=on) on 127.0.0.1:$SERVICES_PORT"
 }
 
+services_nats_scripts() {
+    local port=$1 dir="$SERVICES_DIR/nats"
+    cat >"$dir/start" <<EOF
+#!/bin/sh
+# Starts the private nats-server (JetStream, file storage in $dir/js) on
+# port $port and waits until it says it is ready.
+: >'$dir/nats.log'
+nohup nats-server -js -sd '$dir/js' -a 127.0.0.1 -p $port -P '$dir/nats.pid' \\
+    -l '$dir/nats.log' >/dev/null 2>&1 &
+for _ in \$(seq 1200); do
+    grep -q 'Server is ready' '$dir/nats.log' 2>/dev/null && exit 0
+    grep -q -i -e fatal -e 'address already in use' '$dir/nats.log' 2>/dev/null && break
+    sleep 0.1
+done
+echo "nats-server did not get ready on port $port; see $dir/nats.log" >&2
+[ -f '$dir/nats.pid' ] && kill -9 "\$(cat '$dir/nats.pid')" 2>/dev/null
+exit 1
+EOF
+    cat >"$dir/kill" <<EOF
+#!/bin/sh
+# Kills the private nats-server at once (SIGKILL), as a crash would, and
+# waits until it is gone.
+pid=\$(cat '$dir/nats.pid') || exit 1
+kill -9 "\$pid" || exit 1
+for _ in \$(seq 600); do kill -0 "\$pid" 2>/dev/null || exit 0; sleep 0.05; done
+echo "nats-server \$pid did not die" >&2
+exit 1
+EOF
+}
+
+services_start_nats() {
+    command -v nats-server >/dev/null || services_apt_install nats-server nats-server
+    local dir="$SERVICES_DIR/nats"
+    mkdir -p "$dir/js"
+    services_launch nats-server "$dir" services_nats_scripts "$dir/nats.log"
+    export NATS_URL="nats://127.0.0.1:$SERVICES_PORT"
+    export CLINK_TEST_NATS_KILL="$dir/kill" CLINK_TEST_NATS_START="$dir/start"
+    services_say "nats-server $(nats-server --version 2>&1 | awk '{print $NF}') with JetStream on 127.0.0.1:$SERVICES_PORT"
+}
+
+# Stops the nats-server whose pid file is $1, if it is one we started.
+services_kill_nats() {
+    local pid
+    [ -f "$1" ] || return 0
+    pid=$(cat "$1" 2>/dev/null)
+    # Only a nats-server: the pid file may be stale after a kill test.
+    if [ -n "$pid" ] && grep -q nats-server "/proc/$pid/cmdline" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
 services_start() {
     SERVICES_DIR=$(mktemp -d /tmp/clink-services.XXXXXX) || services_die "mktemp failed"
     services_start_redis
@@ -465,6 +522,22 @@ services_start() {
     services_start_postgres
     services_start_redis_durable
     services_start_postgres_durable
+    services_start_nats
+    services_need_chromium
+}
+
+# Headless Chromium for the inbox console's browser test
+# (tests/suite/console_browser.rs): Debian's package, installed when
+# missing; its path exported as CLINK_TEST_CHROMIUM.
+services_need_chromium() {
+    local bin
+    bin=$(command -v chromium || command -v chromium-browser || true)
+    if [ -z "$bin" ]; then
+        services_apt_install chromium chromium
+        bin=$(command -v chromium) || services_die "chromium was installed but is not on PATH"
+    fi
+    export CLINK_TEST_CHROMIUM="$bin"
+    services_say "$("$bin" --version 2>/dev/null | head -n 1) at $bin"
 }
 
 services_stop() {
@@ -479,6 +552,7 @@ services_stop() {
         "$SERVICES_DIR"/redis-tls/redis.pid "$SERVICES_DIR"/redis-cluster/node*/redis.pid; do
         services_kill_redis "$pidfile"
     done
+    services_kill_nats "$SERVICES_DIR/nats/nats.pid"
     for i in "${!SERVICES_PG_DIRS[@]}"; do
         rm -rf "${SERVICES_PG_DIRS[$i]}"
     done

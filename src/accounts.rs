@@ -17,7 +17,11 @@
 //! Two key sources come ready: [`KeyMap`], a map you update at run time (a
 //! rotated secret takes effect on the next delivery, no restart), and
 //! [`CachedKeySource`], which asks your own async function (a database, a
-//! secrets manager) and caches its answers, unknown accounts included.
+//! secrets manager) and caches its answers, unknown accounts included. A
+//! stranger can name any account in a request, so `CachedKeySource` bounds
+//! what that costs your backend: one lookup per account at a time, capped
+//! lookups at once and per second, and an optional cheap
+//! [`precheck`](CachedKeySource::precheck) before any lookup.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -46,13 +50,15 @@
 //! # Ok::<(), clink_webhooks::ConfigError>(())
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use http::header::HeaderName;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use crate::signature::Verifier;
@@ -63,12 +69,15 @@ use crate::{BoxError, ConfigError};
 pub const MAX_ACCOUNT_LEN: usize = 128;
 
 /// Whether `account` is a valid account id: 1 to [`MAX_ACCOUNT_LEN`] ASCII
-/// letters, digits, `_`, `-` and `.`. Anything else is an unknown account,
-/// so an id never needs escaping in a key or a log line.
+/// letters, digits, `_`, `-` and `.`, other than `.` and `..` (which name a
+/// directory, not an account, in a path or a file name). Anything else is an
+/// unknown account, so an id never needs escaping in a key or a log line.
 #[must_use]
 pub fn is_valid_account(account: &str) -> bool {
     !account.is_empty()
         && account.len() <= MAX_ACCOUNT_LEN
+        && account != "."
+        && account != ".."
         && account
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -79,7 +88,7 @@ fn check_account(account: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::new(format!(
-            "an account id is 1 to {MAX_ACCOUNT_LEN} ASCII letters, digits, `_`, `-` and `.`"
+            "an account id is 1 to {MAX_ACCOUNT_LEN} ASCII letters, digits, `_`, `-` and `.`, other than `.` and `..`"
         )))
     }
 }
@@ -120,27 +129,71 @@ impl AccountFrom {
     }
 }
 
-/// A key source could not answer; the delivery is answered `503`.
+/// A key source could not answer; the delivery is answered `503` with
+/// `Retry-After`, so Clink retries it.
+///
+/// Cheap to clone: deliveries waiting on one lookup all get its error.
+#[derive(Debug, Clone)]
+pub struct KeySourceError {
+    error: Arc<dyn std::error::Error + Send + Sync>,
+    limited: bool,
+}
+
+/// Why a lookup was not made: see [`KeySourceError::limited`].
 #[derive(Debug)]
-pub struct KeySourceError(BoxError);
+struct Limited;
+
+impl fmt::Display for Limited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "too many lookups of uncached accounts at once or in the last second; \
+             the lookup was not made",
+        )
+    }
+}
+
+impl std::error::Error for Limited {}
 
 impl KeySourceError {
-    /// An error from the key source's own backend. Its message is logged;
-    /// it must not contain secrets.
+    /// An error from the key source's own backend. Its message is logged
+    /// (escaped, in a summary); it must not contain secrets.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        Self(error.into())
+        Self {
+            error: Arc::from(error.into()),
+            limited: false,
+        }
+    }
+
+    /// The lookup was not made because the key source's own limits were
+    /// reached (too many lookups at once, or per second). The delivery is
+    /// answered `503` with `Retry-After`
+    /// ([`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited)),
+    /// and it is not an outage of the backend: it is counted with the
+    /// layer's refusals rather than logged as one.
+    #[must_use]
+    pub fn limited() -> Self {
+        Self {
+            error: Arc::new(Limited),
+            limited: true,
+        }
+    }
+
+    /// Whether this is [`limited`](Self::limited): the backend was not asked.
+    #[must_use]
+    pub fn is_limited(&self) -> bool {
+        self.limited
     }
 }
 
 impl fmt::Display for KeySourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the signing keys could not be looked up: {}", self.0)
+        write!(f, "the signing keys could not be looked up: {}", self.error)
     }
 }
 
 impl std::error::Error for KeySourceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        Some(&*self.error)
     }
 }
 
@@ -155,8 +208,9 @@ pub trait KeySource: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A [`KeySourceError`] when the keys cannot be looked up now; the
-    /// delivery is answered `503` and Clink retries it.
+    /// A [`KeySourceError`] when the keys cannot be looked up now (or
+    /// [`KeySourceError::limited`] when the source will not look them up
+    /// now); the delivery is answered `503` and Clink retries it.
     fn verifier<'a>(
         &'a self,
         account: &'a str,
@@ -249,6 +303,16 @@ impl KeySource for KeyMap {
     }
 }
 
+/// The default [`CachedKeySource::max_concurrent_lookups`]: 16.
+pub const DEFAULT_MAX_CONCURRENT_LOOKUPS: usize = 16;
+
+/// The default rate of [`CachedKeySource::lookup_rate`]: 100 lookups a
+/// second.
+pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
+
+/// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
+pub const DEFAULT_LOOKUP_BURST: u32 = 100;
+
 /// A [`KeySource`] that asks an async function of yours and caches its
 /// answers: known accounts for a [`ttl`](Self::ttl) (default 5 minutes),
 /// unknown ones for a shorter [`negative_ttl`](Self::negative_ttl) (default
@@ -257,10 +321,34 @@ impl KeySource for KeyMap {
 /// cached (default 10,000); when full, expired answers go first, then
 /// unknown accounts, then the one that expires soonest.
 ///
-/// A failed lookup is not cached: the delivery gets `503` and the next one
-/// asks again. Two deliveries for an uncached account at once may both ask.
+/// Anyone can name any account in a request, so what reaches your function
+/// is bounded, whatever a sender does:
+///
+/// - **One lookup per account at a time.** Deliveries for an account that is
+///   being looked up wait for that lookup and share its answer (or its
+///   error): 64 deliveries at once for one uncached account make one call.
+/// - **Lookups capped.** At most
+///   [`max_concurrent_lookups`](Self::max_concurrent_lookups) run at once
+///   (default [`DEFAULT_MAX_CONCURRENT_LOOKUPS`], 16), and at most
+///   [`lookup_rate`](Self::lookup_rate) start per second (a token bucket:
+///   default [`DEFAULT_LOOKUPS_PER_SECOND`], 100 a second, in bursts of up to
+///   [`DEFAULT_LOOKUP_BURST`], 100). Past either, the delivery is answered
+///   `503` with `Retry-After` ([`KeySourceError::limited`],
+///   [`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited))
+///   without calling your function, and Clink retries it later. Cached
+///   accounts are never limited: a flood of made-up names delays only the
+///   first delivery of an account not yet cached.
+/// - **An optional [`precheck`](Self::precheck)**: a cheap test of the name
+///   (a set of your account ids, a prefix) run before the cache and any
+///   lookup; a name it refuses is an unknown account (`404`).
+///
+/// A failed lookup is not cached: the deliveries waiting on it get `503`,
+/// and the next one asks again. The layer logs failures as an outage (once
+/// when they start, a summary of counts while they last, once when they
+/// end), never one line per delivery.
 ///
 /// ```
+/// use std::collections::HashSet;
 /// use clink_webhooks::accounts::{AccountFrom, CachedKeySource};
 /// use clink_webhooks::{ClinkLayer, Verifier};
 ///
@@ -268,8 +356,21 @@ impl KeySource for KeyMap {
 ///     // Look the account's secret up in your database here.
 ///     let secret = (account == "acct_1").then_some("whsec_1");
 ///     secret.map(Verifier::new).transpose()
-/// });
+/// })
+/// // At most 4 lookups at once, 20 a second.
+/// .max_concurrent_lookups(4)?
+/// .lookup_rate(20, 20)?
+/// // Only names of the platform's form are looked up at all.
+/// .precheck(|account| account.starts_with("acct_"));
 /// let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source);
+///
+/// // Or with the set of account ids, when you have it at hand.
+/// let known: HashSet<String> = ["acct_1".to_owned()].into();
+/// let _by_set = CachedKeySource::new(|_account: String| async {
+///     Ok::<Option<Verifier>, std::io::Error>(None)
+/// })
+/// .precheck(move |account| known.contains(account));
+/// # Ok::<(), clink_webhooks::ConfigError>(())
 /// ```
 pub struct CachedKeySource<F> {
     fetch: F,
@@ -277,12 +378,85 @@ pub struct CachedKeySource<F> {
     ttl: Duration,
     negative_ttl: Duration,
     capacity: usize,
+    precheck: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    /// The lookups running now, one per account, shared by the deliveries
+    /// that wait for them.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// One permit per lookup running.
+    lookups: Semaphore,
+    max_lookups: usize,
+    rate: TokenBucket,
 }
 
 #[derive(Clone)]
 struct Cached {
     verifier: Option<Arc<Verifier>>,
     until: Instant,
+}
+
+/// What a lookup answered, once it has.
+type Answer = Result<Option<Arc<Verifier>>, KeySourceError>;
+
+/// One lookup of one account, which every delivery for that account waits
+/// on. If the delivery running it is dropped (it timed out, the sender
+/// hung up), one of those waiting runs it again.
+#[derive(Default)]
+struct Flight(OnceCell<Answer>);
+
+/// Takes a delivery's flight out of the map when the delivery is done with
+/// it (answered or dropped), unless a newer flight has taken its place: a
+/// flight is never kept longer than a delivery waits on it.
+struct Leave<'a> {
+    flights: &'a Mutex<HashMap<String, Arc<Flight>>>,
+    account: &'a str,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if flights
+            .get(self.account)
+            .is_some_and(|flight| Arc::ptr_eq(flight, &self.flight))
+        {
+            flights.remove(self.account);
+        }
+    }
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    per_second: u32,
+    burst: u32,
+    /// Tokens left, and when they were counted.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second,
+            burst,
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Takes a token; whether there was one.
+    fn take(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, counted) = &mut *state;
+        let earned =
+            now.saturating_duration_since(*counted).as_secs_f64() * f64::from(self.per_second);
+        *tokens = (*tokens + earned).min(f64::from(self.burst));
+        *counted = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl<F> fmt::Debug for CachedKeySource<F> {
@@ -292,6 +466,10 @@ impl<F> fmt::Debug for CachedKeySource<F> {
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("capacity", &self.capacity)
+            .field("precheck", &self.precheck.is_some())
+            .field("max_concurrent_lookups", &self.max_lookups)
+            .field("lookups_per_second", &self.rate.per_second)
+            .field("lookup_burst", &self.rate.burst)
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +498,11 @@ where
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(30),
             capacity: 10_000,
+            precheck: None,
+            flights: Mutex::default(),
+            lookups: Semaphore::new(DEFAULT_MAX_CONCURRENT_LOOKUPS),
+            max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
+            rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
         }
     }
 
@@ -361,6 +544,112 @@ where
         Ok(self)
     }
 
+    /// How many lookups may run at once (default
+    /// [`DEFAULT_MAX_CONCURRENT_LOOKUPS`], 16); one more is not made, and its
+    /// delivery is answered `503` ([`KeySourceError::limited`]). Deliveries
+    /// waiting on a lookup of the same account do not count.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `lookups` is zero or over tokio's
+    /// `Semaphore::MAX_PERMITS`.
+    pub fn max_concurrent_lookups(mut self, lookups: usize) -> Result<Self, ConfigError> {
+        if lookups == 0 || lookups > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::new(
+                "CachedKeySource::max_concurrent_lookups must be at least 1 (the default is 16)",
+            ));
+        }
+        self.lookups = Semaphore::new(lookups);
+        self.max_lookups = lookups;
+        Ok(self)
+    }
+
+    /// How many lookups may start per second: `per_second` on average, up
+    /// to `burst` at once after a quiet spell (a token bucket; default
+    /// [`DEFAULT_LOOKUPS_PER_SECOND`] and [`DEFAULT_LOOKUP_BURST`], 100 and
+    /// 100). Past it a lookup is not made, and its delivery is answered
+    /// `503` ([`KeySourceError::limited`]). Answers from the cache do not
+    /// count.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when either is zero.
+    pub fn lookup_rate(mut self, per_second: u32, burst: u32) -> Result<Self, ConfigError> {
+        if per_second == 0 || burst == 0 {
+            return Err(ConfigError::new(
+                "CachedKeySource::lookup_rate must allow at least one lookup a second, in bursts of at least one (the default is 100 and 100)",
+            ));
+        }
+        self.rate = TokenBucket::new(per_second, burst);
+        Ok(self)
+    }
+
+    /// A cheap check of an account name, run before the cache and any
+    /// lookup: a name it refuses is an unknown account (`404`), and your
+    /// function is never asked about it. Give it the set of your account
+    /// ids (`move |account| ids.contains(account)`), a prefix test, a
+    /// Bloom filter: whatever says "certainly not ours" without a round
+    /// trip. It runs on every delivery, so it must not block.
+    #[must_use]
+    pub fn precheck(mut self, check: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.precheck = Some(Box::new(check));
+        self
+    }
+
+    /// The cached answer for `account`, if it has one that has not expired.
+    fn cached(&self, account: &str, now: Instant) -> Option<Cached> {
+        self.cache
+            .get(account)
+            .filter(|cached| cached.until > now)
+            .map(|cached| cached.clone())
+    }
+
+    /// The lookup of `account` running now, or a new one.
+    fn flight(&self, account: &str) -> Arc<Flight> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = flights.get(account) {
+            return Arc::clone(flight);
+        }
+        let flight = Arc::<Flight>::default();
+        flights.insert(account.to_owned(), Arc::clone(&flight));
+        flight
+    }
+
+    /// Looks `account` up, within the limits, and caches the answer.
+    async fn lookup(&self, account: &str) -> Answer {
+        // Answered by a lookup that ended since this delivery missed the cache.
+        if let Some(cached) = self.cached(account, Instant::now()) {
+            return Ok(cached.verifier);
+        }
+        let Ok(_running) = self.lookups.try_acquire() else {
+            return Err(KeySourceError::limited());
+        };
+        if !self.rate.take() {
+            return Err(KeySourceError::limited());
+        }
+        let verifier = (self.fetch)(account.to_owned())
+            .await
+            .map_err(KeySourceError::new)?
+            .map(Arc::new);
+        let ttl = if verifier.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        let now = Instant::now();
+        if !ttl.is_zero() {
+            self.evict(now);
+            self.cache.insert(
+                account.to_owned(),
+                Cached {
+                    verifier: verifier.clone(),
+                    until: now + ttl,
+                },
+            );
+        }
+        Ok(verifier)
+    }
+
     /// Makes room for one more entry.
     fn evict(&self, now: Instant) {
         if self.cache.len() < self.capacity {
@@ -397,32 +686,267 @@ where
         &'a self,
         account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
-        let now = Instant::now();
-        if let Some(cached) = self.cache.get(account).filter(|c| c.until > now) {
-            let verifier = cached.verifier.clone();
-            return Box::pin(std::future::ready(Ok(verifier)));
+        if self.precheck.as_ref().is_some_and(|check| !check(account)) {
+            return Box::pin(std::future::ready(Ok(None)));
         }
-        let fetched = (self.fetch)(account.to_owned());
+        if let Some(cached) = self.cached(account, Instant::now()) {
+            return Box::pin(std::future::ready(Ok(cached.verifier)));
+        }
+        // Made before the future, so that a future dropped before its first
+        // poll also takes its flight out of the map.
+        let leave = Leave {
+            flights: &self.flights,
+            account,
+            flight: self.flight(account),
+        };
         Box::pin(async move {
-            let verifier = fetched.await.map_err(KeySourceError::new)?.map(Arc::new);
-            let ttl = if verifier.is_some() {
-                self.ttl
-            } else {
-                self.negative_ttl
-            };
-            let now = Instant::now();
-            if !ttl.is_zero() {
-                self.evict(now);
-                self.cache.insert(
-                    account.to_owned(),
-                    Cached {
-                        verifier: verifier.clone(),
-                        until: now + ttl,
-                    },
-                );
-            }
-            Ok(verifier)
+            leave
+                .flight
+                .0
+                .get_or_init(|| self.lookup(account))
+                .await
+                .clone()
         })
+    }
+}
+
+/// Lookups bounded: one per account at a time, capped at once and per
+/// second, names refused before any lookup.
+#[cfg(test)]
+mod lookup_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Semaphore as Gate;
+
+    use super::*;
+
+    type GatedFetch = Box<
+        dyn Fn(String) -> BoxFuture<'static, Result<Option<Verifier>, std::io::Error>>
+            + Send
+            + Sync,
+    >;
+
+    /// A source whose lookups count themselves, wait for a permit of the
+    /// gate (closed at first), and know every account named `acct_*`.
+    fn gated() -> (CachedKeySource<GatedFetch>, Arc<AtomicUsize>, Arc<Gate>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Gate::new(0));
+        let (counter, opened) = (Arc::clone(&calls), Arc::clone(&gate));
+        let fetch: GatedFetch = Box::new(move |account: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let opened = Arc::clone(&opened);
+            Box::pin(async move {
+                opened.acquire().await.unwrap().forget();
+                Ok(account
+                    .starts_with("acct_")
+                    .then(|| Verifier::new("k").unwrap()))
+            })
+        });
+        (CachedKeySource::new(fetch), calls, gate)
+    }
+
+    /// How many deliveries wait on the lookup of `account` now.
+    fn waiting(source: &CachedKeySource<GatedFetch>, account: &str) -> usize {
+        let flights = source.flights.lock().unwrap();
+        flights
+            .get(account)
+            .map_or(0, |flight| Arc::strong_count(flight) - 1)
+    }
+
+    async fn until(mut done: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("not reached");
+    }
+
+    #[tokio::test]
+    async fn deliveries_for_one_uncached_account_share_one_lookup() {
+        let (source, calls, gate) = gated();
+        let source = Arc::new(source);
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let source = Arc::clone(&source);
+            tasks.push(tokio::spawn(async move {
+                source.verifier("acct_one").await.map(|v| v.is_some())
+            }));
+        }
+        until(|| waiting(&source, "acct_one") == 64).await;
+        gate.add_permits(64);
+        for task in tasks {
+            assert!(task.await.unwrap().unwrap());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(source.flights.lock().unwrap().is_empty());
+        // Cached from now on.
+        assert!(source.verifier("acct_one").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn deliveries_waiting_on_a_failed_lookup_share_its_error_and_the_next_asks_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let gate = Arc::new(Gate::new(0));
+        let opened = Arc::clone(&gate);
+        let source = Arc::new(CachedKeySource::new(move |_account: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let opened = Arc::clone(&opened);
+            async move {
+                opened.acquire().await.unwrap().forget();
+                Err::<Option<Verifier>, _>("database down")
+            }
+        }));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let source = Arc::clone(&source);
+            tasks.push(tokio::spawn(async move {
+                source.verifier("acct_x").await.map(|v| v.is_some())
+            }));
+        }
+        until(|| {
+            source
+                .flights
+                .lock()
+                .unwrap()
+                .get("acct_x")
+                .is_some_and(|f| Arc::strong_count(f) == 9)
+        })
+        .await;
+        gate.add_permits(100);
+        for task in tasks {
+            let error = task.await.unwrap().unwrap_err();
+            assert!(!error.is_limited());
+            assert!(error.to_string().contains("database down"), "{error}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(source.verifier("acct_x").await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a failure is not cached");
+    }
+
+    #[tokio::test]
+    async fn past_the_concurrency_cap_a_lookup_is_not_made() {
+        let (source, calls, gate) = gated();
+        let source = Arc::new(source.max_concurrent_lookups(2).unwrap());
+        let mut tasks = Vec::new();
+        for account in ["acct_a", "acct_b"] {
+            let source = Arc::clone(&source);
+            tasks.push(tokio::spawn(async move {
+                source.verifier(account).await.map(|v| v.is_some())
+            }));
+        }
+        until(|| calls.load(Ordering::SeqCst) == 2).await;
+        let error = source.verifier("acct_c").await.unwrap_err();
+        assert!(error.is_limited(), "{error}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the third was not asked");
+        gate.add_permits(3);
+        for task in tasks {
+            assert!(task.await.unwrap().unwrap());
+        }
+        // Room again.
+        assert!(source.verifier("acct_c").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_rate_a_lookup_is_not_made_until_a_token_is_earned() {
+        let (source, calls, gate) = gated();
+        let source = source.lookup_rate(2, 3).unwrap();
+        gate.add_permits(1000);
+        for n in 0..3 {
+            assert!(source.verifier(&format!("acct_{n}")).await.is_ok(), "{n}");
+        }
+        let error = source.verifier("acct_3").await.unwrap_err();
+        assert!(error.is_limited(), "{error}");
+        // Cached accounts are answered whatever the rate.
+        assert!(source.verifier("acct_0").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(source.verifier("acct_3").await.unwrap_err().is_limited());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(source.verifier("acct_3").await.unwrap().is_some());
+        assert!(source.verifier("acct_4").await.unwrap_err().is_limited());
+        // A quiet spell saves up the burst, no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for n in 10..13 {
+            assert!(source.verifier(&format!("acct_{n}")).await.is_ok(), "{n}");
+        }
+        assert!(source.verifier("acct_13").await.unwrap_err().is_limited());
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test]
+    async fn the_precheck_refuses_names_before_any_lookup() {
+        let (source, calls, gate) = gated();
+        let source = source.precheck(|account| account.starts_with("acct_"));
+        gate.add_permits(10);
+        for _ in 0..100 {
+            assert!(source.verifier("someone_else").await.unwrap().is_none());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(source.cache.is_empty(), "a refused name is not cached");
+        assert!(source.verifier("acct_1").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_delivery_leaves_nothing_behind_and_a_waiting_one_takes_over() {
+        let (source, calls, gate) = gated();
+        // Never polled.
+        drop(source.verifier("acct_a"));
+        assert!(source.flights.lock().unwrap().is_empty());
+        // Dropped while its lookup waits, with another delivery waiting too.
+        let mut first = source.verifier("acct_a");
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        let mut second = source.verifier("acct_a");
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        drop(first);
+        gate.add_permits(2);
+        assert!(second.await.unwrap().is_some());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the waiting one looked up again"
+        );
+        assert!(source.flights.lock().unwrap().is_empty());
+        // Defaults as documented.
+        assert_eq!(source.max_lookups, DEFAULT_MAX_CONCURRENT_LOOKUPS);
+        assert_eq!(source.rate.per_second, DEFAULT_LOOKUPS_PER_SECOND);
+        assert_eq!(source.rate.burst, DEFAULT_LOOKUP_BURST);
+    }
+
+    #[test]
+    fn limits_no_lookup_could_work_with_are_refused() {
+        let (source, _, _) = gated();
+        assert!(source.max_concurrent_lookups(0).is_err());
+        let (source, _, _) = gated();
+        assert!(source.lookup_rate(0, 1).is_err());
+        let (source, _, _) = gated();
+        assert!(source.lookup_rate(1, 0).is_err());
+    }
+
+    #[test]
+    fn dot_and_dot_dot_are_not_accounts() {
+        for bad in [".", ".."] {
+            assert!(!is_valid_account(bad), "{bad}");
+            assert!(KeyMap::new()
+                .insert(bad, Verifier::new("k").unwrap())
+                .is_err());
+            let p = http::Request::post(format!("/webhooks/clink/{bad}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            assert_eq!(AccountFrom::LastPathSegment.account(&p), None);
+        }
+        for good in ["a.b", "...", ".a", "a.", "acct_1"] {
+            assert!(is_valid_account(good), "{good}");
+        }
     }
 }
 

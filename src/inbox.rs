@@ -75,8 +75,9 @@ use tokio::task::JoinSet;
 
 use crate::events::{InboxAttempt, RawEvent};
 use crate::guard::{handler_deadline, within};
+use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::router::EventRouter;
-use crate::store::{Inbox, InboxClaim, Settle, StoreError, DEFAULT_LEASE};
+use crate::store::{Inbox, InboxClaim, Settle, StoreError, StoreErrorKind, DEFAULT_LEASE};
 use crate::{ConfigError, Outcome, Timestamp, VerifiedEvent};
 
 /// The default number of events handled at once: 4.
@@ -105,6 +106,9 @@ pub struct Workers<S = ()> {
     backoff: Duration,
     max_backoff: Duration,
     reorder_window: Duration,
+    /// The inbox's outage log: a line when the workers' calls start to
+    /// fail, a summary per interval, a line when one succeeds again.
+    outage: Arc<OutageLog>,
 }
 
 impl<S> fmt::Debug for Workers<S> {
@@ -143,6 +147,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            outage: OutageLog::new(
+                "inbox (workers)",
+                "no event is handled until it answers again",
+                DEFAULT_OUTAGE_LOG_INTERVAL,
+            ),
             reorder_window: DEFAULT_REORDER_WINDOW,
         }
     }
@@ -267,7 +276,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
-            match self.inbox.claim(self.lease, self.reorder_window).await {
+            let claimed = self.inbox.claim(self.lease, self.reorder_window).await;
+            if claimed.is_ok() {
+                self.outage.succeeded();
+            }
+            match claimed {
                 Ok(Some(claim)) => self.handle(claim).await,
                 Ok(None) => {
                     tokio::select! {
@@ -276,7 +289,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "inbox: could not take an event; trying again shortly");
+                    tracing::debug!(%error, "inbox: could not take an event; trying again shortly");
+                    self.outage.failed(&error);
                     tokio::select! {
                         () = tokio::time::sleep(IDLE_POLL) => {}
                         _ = stopped.changed() => {}
@@ -388,6 +402,19 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 event_id = ?kept.event_id,
                 "inbox: the event's lease ended before it was settled; another worker may run it again"
             ),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+                ) =>
+            {
+                tracing::debug!(
+                    %error,
+                    event_id = ?kept.event_id,
+                    "inbox: could not settle the event; it runs again when its lease ends"
+                );
+                self.outage.failed(&error);
+            }
             Err(error) => tracing::error!(
                 %error,
                 event_id = ?kept.event_id,

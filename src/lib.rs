@@ -64,6 +64,7 @@
 //! | `axum` | extractors `ClinkEvent<K>` and `RawClinkEvent` |
 //! | `server` | serving over hyper, hardened against slow, idle and many clients |
 //! | `testing` | signed requests, fixtures and scenarios for your own tests |
+//! | `console` | the inbox console: an axum router of pages over an [`Inbox`](store::Inbox) |
 //!
 //! Every public item has one path, in its module; the crate root also
 //! re-exports the ones most code names: [`ConfigError`], [`Timestamp`],
@@ -91,7 +92,9 @@
 //! | `sqlite` | `SqliteInbox`: the durable [`inbox`] in a file, for one instance (SQLite bundled) |
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction, and `PostgresInbox` |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
+//! | `console` | module `console`: the inbox console, pages to see, search and replay the inbox's events, as an axum router to mount behind a token; enables `axum` |
 //! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen` |
+//! | `gateway` | `clink-webhook serve`: the receiving gateway, relaying kept events to HTTP, NATS JetStream or Redis Streams in per-object order; enables `cli` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The library logs through `tracing`; it never prints.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
@@ -101,12 +104,16 @@ pub mod accounts;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod config_error;
+#[cfg(feature = "console")]
+#[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+pub mod console;
 pub mod data;
 pub mod events;
 mod guard;
 pub mod inbox;
 pub mod layer;
 pub mod ordering;
+mod outage;
 pub mod outcome;
 pub mod router;
 #[cfg(feature = "server")]

@@ -66,6 +66,7 @@ use crate::events::{Freshness, ObjectKey, Version};
 use crate::store::FreshnessStore;
 
 use crate::events::RawEvent;
+use crate::outage::OutageLog;
 use crate::store::{StoreError, StoreErrorKind};
 
 /// An event whose version will be recorded once its handler succeeds.
@@ -114,10 +115,17 @@ pub(crate) async fn check<'a>(
 }
 
 impl Tracked<'_> {
-    /// Records the handled version; a failure is logged, since the event
-    /// itself was handled.
-    pub(crate) async fn record(self, raw: &RawEvent) {
-        if let Err(error) = self.store.record(&self.object, &self.version).await {
+    /// Records the handled version; a failure is logged, with the event's
+    /// id, since the event itself was handled and later stale events about
+    /// its object may look fresh (a record follows a read of the same store
+    /// that succeeded, so only deliveries in flight when a store goes down
+    /// get here).
+    pub(crate) async fn record(self, raw: &RawEvent, outage: &std::sync::Arc<OutageLog>) {
+        let recorded = self.store.record(&self.object, &self.version).await;
+        if recorded.is_ok() {
+            outage.succeeded();
+        }
+        if let Err(error) = recorded {
             tracing::error!(
                 event_id = ?raw.id(),
                 object = ?self.object.to_string(),

@@ -34,6 +34,7 @@
 //! | [`MethodNotAllowed`](Outcome::MethodNotAllowed) | 405 | no | no |
 //! | [`UnknownAccount`](Outcome::UnknownAccount) | 404 | no | no |
 //! | [`KeysUnavailable`](Outcome::KeysUnavailable) | 503 + `Retry-After` | no | no |
+//! | [`KeyLookupsLimited`](Outcome::KeyLookupsLimited) | 503 + `Retry-After` | no | no |
 //! | [`Verify`](Outcome::Verify) | 400 (malformed) or 401 | no | no |
 //! | [`BodyTooLarge`](Outcome::BodyTooLarge) | 413 | no | no |
 //! | [`BodyUnreadable`](Outcome::BodyUnreadable) | 400 | no | no |
@@ -53,6 +54,12 @@
 //! A `2xx` outcome marks the event completed; any other releases its claim
 //! so that Clink's retry runs the handler again. No status is ever a `3xx`,
 //! `410` or `429`, which Clink could read as "stop retrying".
+//!
+//! One outcome is answered as another: a signature made with a key past its
+//! expiry ([`VerifyErrorKind::ExpiredKey`], code `expired_key` in the logs
+//! and metrics) gets the very response of a
+//! [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch), so that whoever
+//! holds a retired secret does not learn that it was one.
 
 use std::fmt;
 use std::time::Duration;
@@ -89,6 +96,12 @@ pub enum Outcome {
     UnknownAccount,
     /// The key source could not say which keys the account has (`503`).
     KeysUnavailable,
+    /// The key source did not look the account up, because as many lookups
+    /// as it allows were already running or had run in the last second
+    /// ([`KeySourceError::limited`](crate::accounts::KeySourceError::limited),
+    /// `503`): a sender naming many accounts nobody has cached cannot make
+    /// your backend answer for each.
+    KeyLookupsLimited,
     /// The signature headers or signature did not check out (`400` when
     /// malformed, else `401`).
     Verify(VerifyErrorKind),
@@ -106,8 +119,11 @@ pub enum Outcome {
     BodyTimeout,
     /// The verified body is not a Clink event envelope (`400`).
     InvalidEnvelope(EnvelopeError),
-    /// The event id contains a control character (a line break, a terminal
-    /// escape, NUL), or cannot be stored as an idempotency key: over
+    /// The event id contains a character that does not print as itself
+    /// ([`is_invisible`](crate::events::is_invisible): a control character
+    /// such as a line break, a terminal escape or NUL; a format character
+    /// such as a zero width space or a right-to-left override; a line or
+    /// paragraph separator), or cannot be stored as an idempotency key: over
     /// [`MAX_KEY_LEN`](crate::store::MAX_KEY_LEN) bytes with its prefix (`400`).
     InvalidEventId,
     /// Another delivery of the same event is being handled (`409`).
@@ -152,7 +168,7 @@ impl Outcome {
             | Self::DeadLettered => StatusCode::OK,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownAccount => StatusCode::NOT_FOUND,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeysUnavailable | Self::KeyLookupsLimited => StatusCode::SERVICE_UNAVAILABLE,
             Self::Verify(kind) if kind.is_malformed_request() => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -184,6 +200,7 @@ impl Outcome {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownAccount => "unknown_account",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::KeyLookupsLimited => "key_lookups_limited",
             Self::Verify(kind) => kind.code(),
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
@@ -210,6 +227,7 @@ impl Outcome {
             Self::MethodNotAllowed
                 | Self::UnknownAccount
                 | Self::KeysUnavailable
+                | Self::KeyLookupsLimited
                 | Self::Verify(_)
                 | Self::BodyTooLarge { .. }
                 | Self::BodyUnreadable
@@ -242,9 +260,10 @@ impl Outcome {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::InFlight { retry_after } => Some(*retry_after),
-            Self::StoreUnavailable(_) | Self::KeysUnavailable | Self::Overloaded => {
-                Some(Duration::from_secs(STORE_RETRY_AFTER_SECS))
-            }
+            Self::StoreUnavailable(_)
+            | Self::KeysUnavailable
+            | Self::KeyLookupsLimited
+            | Self::Overloaded => Some(Duration::from_secs(STORE_RETRY_AFTER_SECS)),
             _ => None,
         }
     }
@@ -259,16 +278,25 @@ impl Outcome {
     /// JSON body (`{"ok":true,"outcome":..}` when acknowledged,
     /// `{"error":..,"message":..}` otherwise), `Retry-After` or `Allow` where
     /// they apply, and this outcome in the extensions. It never contains a
-    /// secret or a value from the request.
+    /// secret or a value from the request. A signature by an expired key
+    /// ([`VerifyErrorKind::ExpiredKey`]) is answered with the body of a
+    /// [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch); this
+    /// outcome, in the extensions, still says `expired_key`.
     #[must_use]
     pub fn to_response(&self) -> Response<Bytes> {
-        let body = match self.acknowledgement() {
+        let told = match self {
+            Self::Verify(VerifyErrorKind::ExpiredKey) => {
+                &Self::Verify(VerifyErrorKind::SignatureMismatch)
+            }
+            other => other,
+        };
+        let body = match told.acknowledgement() {
             Some(body) => Bytes::from_static(body.as_bytes()),
-            None if self.is_acknowledged() => {
-                Bytes::from(format!(r#"{{"ok":true,"outcome":"{}"}}"#, self.as_str()))
+            None if told.is_acknowledged() => {
+                Bytes::from(format!(r#"{{"ok":true,"outcome":"{}"}}"#, told.as_str()))
             }
             None => Bytes::from(
-                serde_json::json!({ "error": self.as_str(), "message": self.to_string() })
+                serde_json::json!({ "error": told.as_str(), "message": told.to_string() })
                     .to_string(),
             ),
         };
@@ -325,6 +353,10 @@ impl fmt::Display for Outcome {
             Self::KeysUnavailable => f.write_str(
                 "the signing keys for this account could not be looked up; retry later",
             ),
+            Self::KeyLookupsLimited => f.write_str(
+                "the signing keys for this account were not looked up: too many lookups of \
+                 uncached accounts right now; retry later",
+            ),
             // The kind alone carries the message; offsets are logged, not sent.
             Self::Verify(kind) => fmt::Display::fmt(&VerifyError::new(*kind), f),
             Self::BodyTooLarge { limit } => {
@@ -337,7 +369,7 @@ impl fmt::Display for Outcome {
             ),
             Self::InvalidEnvelope(e) => fmt::Display::fmt(e, f),
             Self::InvalidEventId => f.write_str(
-                "the event id is too long or contains a control character, so it cannot be deduplicated",
+                "the event id is too long or contains a control, format or separator character, so it cannot be deduplicated or printed",
             ),
             Self::InFlight { .. } => f.write_str(
                 "this event is being handled by another delivery; retry after the Retry-After delay",
@@ -387,6 +419,8 @@ mod tests {
             (Outcome::MethodNotAllowed, 405, false),
             (Outcome::UnknownAccount, 404, false),
             (Outcome::KeysUnavailable, 503, false),
+            (Outcome::KeyLookupsLimited, 503, false),
+            (Outcome::Verify(VerifyErrorKind::ExpiredKey), 401, false),
             (
                 Outcome::Verify(VerifyErrorKind::MissingSignature),
                 400,
@@ -450,6 +484,11 @@ mod tests {
             if outcome.is_acknowledged() {
                 assert_eq!(body["ok"], true);
                 assert_eq!(body["outcome"], outcome.as_str());
+            } else if outcome == Outcome::Verify(VerifyErrorKind::ExpiredKey) {
+                // Answered as a mismatch, to the byte.
+                let mismatch = Outcome::Verify(VerifyErrorKind::SignatureMismatch).to_response();
+                assert_eq!(response.body(), mismatch.body());
+                assert_eq!(response.headers(), mismatch.headers());
             } else {
                 assert_eq!(body["error"], outcome.as_str());
                 assert!(body["message"].is_string());
@@ -473,11 +512,17 @@ mod tests {
             in_flight(0).to_response().headers()[header::RETRY_AFTER],
             "1"
         );
-        let unavailable = Outcome::StoreUnavailable(StoreErrorKind::Unavailable);
-        assert_eq!(
-            unavailable.to_response().headers()[header::RETRY_AFTER],
-            "5"
-        );
+        for unavailable in [
+            Outcome::StoreUnavailable(StoreErrorKind::Unavailable),
+            Outcome::KeysUnavailable,
+            Outcome::KeyLookupsLimited,
+            Outcome::Overloaded,
+        ] {
+            assert_eq!(
+                unavailable.to_response().headers()[header::RETRY_AFTER],
+                "5"
+            );
+        }
         assert_eq!(
             Outcome::MethodNotAllowed.to_response().headers()[header::ALLOW],
             "POST"

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 
-use super::{AnyEvent, DecodeError, EnvelopeError, RawEvent};
+use super::{has_invisible, AnyEvent, DecodeError, EnvelopeError, RawEvent};
 use crate::signature::{Verifier, VerifyError};
 
 /// The longest event id [`Verifier::construct_event`] accepts, in bytes: the
@@ -15,16 +15,6 @@ use crate::signature::{Verifier, VerifyError};
 /// prefix and one verifier (`clink::{id}` in at most 1024 bytes, the stores'
 /// `MAX_KEY_LEN`). The integration tests hold the two together.
 const MAX_EVENT_ID_LEN: usize = 1024 - "clink::".len();
-
-/// Whether `text` holds a control character (`char::is_control`: U+0000 to
-/// U+001F and U+007F to U+009F), looking at bytes while they are ASCII.
-pub(crate) fn has_control(text: &str) -> bool {
-    if text.is_ascii() {
-        text.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        text.chars().any(char::is_control)
-    }
-}
 
 impl Verifier {
     /// Verifies a delivery against the system clock and returns its event,
@@ -38,9 +28,11 @@ impl Verifier {
     ///
     /// 1. the signature is checked exactly as by [`verify`](Self::verify);
     /// 2. the envelope is read as by [`RawEvent::from_slice`];
-    /// 3. an id with a control character (a line break, a terminal escape,
-    ///    NUL) or longer than 1017 bytes is refused, as the layer refuses it
-    ///    rather than carry it into logs or a store;
+    /// 3. an id with a character that does not print as itself
+    ///    ([`is_invisible`](super::is_invisible): a line break, a terminal
+    ///    escape, NUL, a zero width space, a right-to-left override, a line
+    ///    separator) or longer than 1017 bytes is refused, as the layer
+    ///    refuses it rather than carry it into logs or a store;
     /// 4. the data is decoded into the variant of [`AnyEvent`] for its type
     ///    ([`AnyEvent::from_raw`]); a type this crate does not know is
     ///    [`AnyEvent::Unknown`], never an error.
@@ -104,7 +96,7 @@ impl Verifier {
         self.verify_at(timestamp, signature, body, now)
             .map_err(EventError::Verify)?;
         let raw = RawEvent::from_slice(body).map_err(EventError::Envelope)?;
-        if raw.id().len() > MAX_EVENT_ID_LEN || has_control(raw.id()) {
+        if raw.id().len() > MAX_EVENT_ID_LEN || has_invisible(raw.id()) {
             return Err(EventError::InvalidEventId);
         }
         AnyEvent::from_raw(&raw).map_err(EventError::Decode)
@@ -128,8 +120,9 @@ pub enum EventError {
     Verify(VerifyError),
     /// The body is authentic but not a Clink event envelope (`400`).
     Envelope(EnvelopeError),
-    /// The event id contains a control character (a line break, a terminal
-    /// escape, NUL), or is longer than the layer can store (`400`).
+    /// The event id contains a character that does not print as itself
+    /// ([`is_invisible`](super::is_invisible): a control, format or
+    /// separator character), or is longer than the layer can store (`400`).
     InvalidEventId,
     /// The event's data did not decode into the type this crate has for it
     /// (`500`, so that Clink retries it, as the layer does for data no
@@ -181,7 +174,7 @@ impl fmt::Display for EventError {
             ),
             Self::InvalidEventId => write!(
                 f,
-                "the event id contains a control character or is longer than {MAX_EVENT_ID_LEN} bytes, so it can be neither logged nor deduplicated safely: answer 400"
+                "the event id contains a control, format or separator character, or is longer than {MAX_EVENT_ID_LEN} bytes, so it can be neither logged nor deduplicated safely: answer 400"
             ),
             Self::Decode(error) => write!(
                 f,
@@ -321,7 +314,17 @@ mod tests {
             construct(body(&format!("{longest}e")).as_bytes()).unwrap_err(),
             EventError::InvalidEventId
         );
-        for id in [r"evt\n1", r"evt\u00001", r"evt\u007f", r"evt\u0085"] {
+        for id in [
+            r"evt\n1",
+            r"evt\u00001",
+            r"evt\u007f",
+            r"evt\u0085",
+            r"evt\u2028",
+            r"evt\u202e1",
+            r"evt\u200b",
+            "evt\u{2029}",
+            "evt\u{feff}",
+        ] {
             assert_eq!(
                 construct(body(id).as_bytes()).unwrap_err(),
                 EventError::InvalidEventId,

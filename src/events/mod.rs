@@ -56,15 +56,16 @@ mod construct;
 mod envelope;
 mod event_type;
 mod object;
+mod printable;
 mod verified;
 mod version;
 
 use envelope::IdText;
 
-pub(crate) use construct::has_control;
 pub use construct::EventError;
 pub use event_type::*;
 pub use object::ObjectKey;
+pub use printable::{has_invisible, is_invisible, printable};
 pub use verified::{InboxAttempt, VerifiedEvent};
 pub use version::{Freshness, Version};
 

@@ -7,6 +7,10 @@
 //! is still this delivery's until then, so a store that comes back within
 //! the lease still learns that the event was handled, and no retry runs the
 //! handler again.
+//!
+//! A store that cannot be reached is an outage, logged as one (see
+//! [`OutageLog`]): a line when it starts, a summary per interval, a line
+//! when a call succeeds again; never a line per delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use tokio::time::Instant;
 
 use super::config::Config;
 use super::Metrics;
+use crate::outage::OutageLog;
 use crate::store::{
     timed, Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError,
     StoreErrorKind,
@@ -102,6 +107,9 @@ pub(super) async fn claim(
             timed(config.store_timeout, call).await
         }
     };
+    if claimed.is_ok() {
+        config.outages.store.succeeded();
+    }
     match claimed {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
             store: Arc::clone(&config.store),
@@ -112,6 +120,7 @@ pub(super) async fn claim(
             completes_with: None,
             lease_ends,
             metrics: Arc::clone(&config.metrics),
+            outage: Arc::clone(&config.outages.store),
         }),
         Ok(Claim::Completed) => Err(Outcome::Duplicate),
         Ok(Claim::InFlight { retry_after }) => Err(Outcome::InFlight { retry_after }),
@@ -120,7 +129,7 @@ pub(super) async fn claim(
             Err(Outcome::InvalidEventId)
         }
         Err(error) => {
-            tracing::error!(%error, "clink delivery: could not claim the event; answering 503");
+            config.outages.store.failed(&error);
             Err(Outcome::StoreUnavailable(error.kind()))
         }
     }
@@ -146,6 +155,8 @@ pub(super) struct ClaimGuard {
     /// from before the claim call, so never later than the store's).
     lease_ends: Instant,
     metrics: Arc<Metrics>,
+    /// The store's outage log.
+    outage: Arc<OutageLog>,
 }
 
 impl ClaimGuard {
@@ -179,13 +190,17 @@ impl ClaimGuard {
             return;
         };
         match result {
-            Ok(settle) => completed(&self.metrics, settle, false),
+            Ok(settle) => {
+                self.outage.succeeded();
+                completed(&self.metrics, settle, false);
+            }
             Err(error) if worth_retrying(&error) => {
-                tracing::warn!(
+                tracing::debug!(
                     %error,
                     "clink event handled, but the store did not take its completed mark; \
                      trying again until the lease ends"
                 );
+                self.outage.failed(&error);
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     self.metrics.settle_failed();
                     return;
@@ -198,9 +213,10 @@ impl ClaimGuard {
                     self.timeout,
                     self.lease_ends,
                     Arc::clone(&self.metrics),
+                    Arc::clone(&self.outage),
                 ));
             }
-            Err(error) => completion_failed(&self.metrics, &error),
+            Err(error) => completion_failed(&self.metrics, &self.outage, &error),
         }
     }
 
@@ -209,8 +225,11 @@ impl ClaimGuard {
             return;
         };
         let released = match &self.memory {
-            Some((memory, key)) => logged(memory.release_now(key, token)),
-            None => release_logged(&*self.store, self.key.as_str(), token, self.timeout).await,
+            Some((memory, key)) => logged(memory.release_now(key, token), &self.outage),
+            None => {
+                let call = self.store.release(self.key.as_str(), token);
+                logged(timed(self.timeout, call).await, &self.outage)
+            }
         };
         if !released {
             config.metrics.settle_failed();
@@ -252,8 +271,20 @@ fn completed(metrics: &Metrics, settle: Settle, retried: bool) {
     }
 }
 
-fn completion_failed(metrics: &Metrics, error: &StoreError) {
+/// Counts a completion that failed for good, and logs it: as part of the
+/// store's outage when it could not be reached, on a line of its own when
+/// it refused the call.
+fn completion_failed(metrics: &Metrics, outage: &Arc<OutageLog>, error: &StoreError) {
     metrics.settle_failed();
+    if worth_retrying(error) {
+        tracing::debug!(
+            %error,
+            "clink event handled, but could not be marked completed before its lease ended; \
+             a retry after the lease expires may run the handler again"
+        );
+        outage.failed(error);
+        return;
+    }
     tracing::error!(
         %error,
         "clink event handled, but could not be marked completed; \
@@ -265,6 +296,10 @@ fn completion_failed(metrics: &Metrics, error: &StoreError) {
 /// pausing between tries (50 ms, doubling up to 1 s, and never more than
 /// half of what is left of the lease, so that the last try comes just
 /// before it ends).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "what a claim guard hands on when it lets go of a completion"
+)]
 async fn complete_until_lease_ends(
     store: Arc<dyn IdempotencyStore>,
     key: StoreKey,
@@ -273,6 +308,7 @@ async fn complete_until_lease_ends(
     timeout: Duration,
     lease_ends: Instant,
     metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
 ) {
     let mut pause = COMPLETE_RETRY_FIRST;
     let mut last_error = None;
@@ -284,9 +320,12 @@ async fn complete_until_lease_ends(
         tokio::time::sleep(pause.min(left / 2)).await;
         let timeout = timeout.min(lease_ends.saturating_duration_since(Instant::now()));
         match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
-            Ok(settle) => return completed(&metrics, settle, true),
+            Ok(settle) => {
+                outage.succeeded();
+                return completed(&metrics, settle, true);
+            }
             Err(error) if worth_retrying(&error) => last_error = Some(error),
-            Err(error) => return completion_failed(&metrics, &error),
+            Err(error) => return completion_failed(&metrics, &outage, &error),
         }
         pause = (pause * 2).min(COMPLETE_RETRY_MAX);
     }
@@ -296,23 +335,21 @@ async fn complete_until_lease_ends(
             "the lease ended before the completion could be tried again",
         )
     });
-    completion_failed(&metrics, &error);
-}
-
-/// Releases a claim, logging a failure; whether it was released.
-async fn release_logged(
-    store: &dyn IdempotencyStore,
-    key: &str,
-    token: &LeaseToken,
-    timeout: Duration,
-) -> bool {
-    logged(timed(timeout, store.release(key, token)).await)
+    completion_failed(&metrics, &outage, &error);
 }
 
 /// Logs a release that failed; whether it was released.
-fn logged(released: Result<Settle, StoreError>) -> bool {
+fn logged(released: Result<Settle, StoreError>, outage: &Arc<OutageLog>) -> bool {
     match released {
-        Ok(_) => true,
+        Ok(_) => {
+            outage.succeeded();
+            true
+        }
+        Err(error) if worth_retrying(&error) => {
+            tracing::debug!(%error, "clink claim could not be released; it frees itself when the lease expires");
+            outage.failed(&error);
+            false
+        }
         Err(error) => {
             tracing::warn!(%error, "clink claim could not be released; it frees itself when the lease expires");
             false
@@ -331,26 +368,34 @@ impl Drop for ClaimGuard {
         let store = Arc::clone(&self.store);
         let key = self.key.take();
         let timeout = self.timeout;
+        let outage = Arc::clone(&self.outage);
         match self.completes_with {
             Some(retention) => {
                 let metrics = Arc::clone(&self.metrics);
                 let lease_ends = self.lease_ends;
                 runtime.spawn(async move {
                     match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
-                        Ok(settle) => completed(&metrics, settle, false),
+                        Ok(settle) => {
+                            outage.succeeded();
+                            completed(&metrics, settle, false);
+                        }
                         Err(error) if worth_retrying(&error) => {
+                            outage.failed(&error);
                             complete_until_lease_ends(
-                                store, key, token, retention, timeout, lease_ends, metrics,
+                                store, key, token, retention, timeout, lease_ends, metrics, outage,
                             )
                             .await;
                         }
-                        Err(error) => completion_failed(&metrics, &error),
+                        Err(error) => completion_failed(&metrics, &outage, &error),
                     }
                 });
             }
             None => {
                 runtime.spawn(async move {
-                    release_logged(&*store, key.as_str(), &token, timeout).await;
+                    logged(
+                        timed(timeout, store.release(key.as_str(), &token)).await,
+                        &outage,
+                    );
                 });
             }
         }
@@ -389,6 +434,7 @@ mod tests {
             completes_with,
             lease_ends: Instant::now() + DEFAULT_LEASE,
             metrics: Arc::default(),
+            outage: OutageLog::new("store", "", DEFAULT_LEASE),
         });
         claim_state(&*store).await
     }
@@ -495,6 +541,7 @@ mod tests {
             completes_with: None,
             lease_ends,
             metrics: layer.metrics(),
+            outage: OutageLog::new("store", "", DEFAULT_LEASE),
         };
         guard.settle(&layer.config, &Outcome::Handled).await;
         (store, layer.metrics())

@@ -12,6 +12,7 @@ use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
 use super::{ClinkService, InboxIntake, Metrics};
 use crate::accounts::{AccountFrom, KeySource};
 use crate::guard::handler_deadline;
+use crate::outage::OutageLog;
 use crate::signature::Verifier;
 use crate::store::{
     IdempotencyStore, Inbox, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
@@ -63,8 +64,39 @@ pub(super) struct Config {
     pub(super) key_prefix: Arc<str>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<RefusalLog>,
+    pub(super) outages: Outages,
     pub(super) budget: Arc<BodyBudget>,
     pub(super) dead_letters: Option<Arc<dyn Inbox>>,
+}
+
+/// The outage logs of what the layer calls, one per dependency: see
+/// [`OutageLog`].
+#[derive(Clone, Debug)]
+pub(super) struct Outages {
+    /// The idempotency store's claims and settles.
+    pub(super) store: Arc<OutageLog>,
+    /// An intake's inbox.
+    pub(super) inbox: Arc<OutageLog>,
+    /// The dead-letter inbox.
+    pub(super) dead_letters: Arc<OutageLog>,
+    /// The key source.
+    pub(super) keys: Arc<OutageLog>,
+}
+
+impl Outages {
+    fn new(interval: Duration) -> Self {
+        const RETRIED: &str = "deliveries are answered 503 and Clink retries them";
+        Self {
+            store: OutageLog::new("idempotency store", RETRIED, interval),
+            inbox: OutageLog::new("inbox", RETRIED, interval),
+            dead_letters: OutageLog::new(
+                "dead-letter inbox",
+                "undecodable events are answered 500 and Clink retries them",
+                interval,
+            ),
+            keys: OutageLog::new("key source", RETRIED, interval),
+        }
+    }
 }
 
 impl Config {
@@ -191,7 +223,8 @@ impl ClinkLayer {
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
                 metrics: Arc::default(),
-                refusals: Arc::new(RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL)),
+                refusals: RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL),
+                outages: Outages::new(DEFAULT_REFUSAL_LOG_INTERVAL),
                 budget: Arc::new(BodyBudget::new(
                     DEFAULT_BODY_BUDGET,
                     DEFAULT_MAX_BODIES_READING,
@@ -371,11 +404,22 @@ impl ClinkLayer {
 
     /// How often, at most, the layer writes a `warn` line summing up the
     /// deliveries it refused before their signature checked out (default
-    /// [`DEFAULT_REFUSAL_LOG_INTERVAL`], 10 s); each refusal is also logged
-    /// at `debug`. A client without the key cannot fill the logs.
+    /// [`DEFAULT_REFUSAL_LOG_INTERVAL`], 10 s): the first refusal after a
+    /// quiet spell at once, then a summary at the end of each interval in
+    /// which there were more, written by a timer (so the last one comes on
+    /// time with no further traffic); each refusal is also logged at
+    /// `debug`. A client without the key cannot fill the logs.
+    ///
+    /// The same interval paces the outage summaries: a store, an inbox or a
+    /// key source that fails is logged once when the failures start (at
+    /// `error`), summed up once per interval while they go on, and once
+    /// when it answers again (at `warn`), never once per delivery; the
+    /// [`Metrics`] count every failure.
     #[must_use]
     pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
-        self.config_mut().refusals = Arc::new(RefusalLog::new(interval));
+        let config = self.config_mut();
+        config.refusals = RefusalLog::new(interval);
+        config.outages = Outages::new(interval);
         self
     }
 

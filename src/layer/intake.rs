@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -14,7 +15,7 @@ use tower_service::Service;
 use super::config::Config;
 use super::service::{delivery, layer_response, Verified};
 use super::{Metrics, Readiness, ResponseBody, ResponseFuture};
-use crate::store::{timed, Inbox, Inserted, NewEvent, StoreErrorKind};
+use crate::store::{timed, Inbox, Inserted, NewEvent, SignatureHeaders, StoreErrorKind};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 
 /// A tower service that takes Clink deliveries into an [`Inbox`]: made by
@@ -103,7 +104,7 @@ where
         delivery(
             Arc::clone(&self.config),
             request,
-            move |config, _parts, verified| async move { keep(&config, &*inbox, verified).await },
+            move |config, parts, verified| async move { keep(&config, &*inbox, &parts, verified).await },
         )
     }
 }
@@ -112,10 +113,23 @@ where
 async fn keep(
     config: &Config,
     inbox: &dyn Inbox,
+    parts: &Parts,
     verified: VerifiedEvent,
 ) -> Verified<Full<Bytes>> {
-    let new = NewEvent::from_verified(&verified, Timestamp::now());
-    let outcome = match timed(config.store_timeout, inbox.insert(&new)).await {
+    let mut new = NewEvent::from_verified(&verified, Timestamp::now());
+    // Kept as received, so that the event can be forwarded for its
+    // recipient to verify with its own key.
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(timestamp), Some(signature)) =
+        (header("x-clink-timestamp"), header("x-clink-signature"))
+    {
+        new = new.with_signature_headers(SignatureHeaders::new(timestamp, signature));
+    }
+    let inserted = timed(config.store_timeout, inbox.insert(&new)).await;
+    if inserted.is_ok() {
+        config.outages.inbox.succeeded();
+    }
+    let outcome = match inserted {
         Ok(Inserted::New) => Outcome::Queued,
         Ok(Inserted::Duplicate) => Outcome::Duplicate,
         Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
@@ -123,7 +137,8 @@ async fn keep(
             Outcome::InvalidEventId
         }
         Err(error) => {
-            tracing::error!(%error, "clink delivery: could not write the event to the inbox; answering 503");
+            // An outage, logged as one: not a line per delivery.
+            config.outages.inbox.failed(&error);
             Outcome::StoreUnavailable(error.kind())
         }
     };

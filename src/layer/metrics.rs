@@ -88,7 +88,8 @@ counters! {
     /// ([`Outcome::InFlight`]).
     in_flight,
     /// Deliveries answered `503` because the layer's budget for unverified
-    /// bodies was spent ([`Outcome::Overloaded`]).
+    /// bodies was spent ([`Outcome::Overloaded`]), or the key source's limits
+    /// on lookups were reached ([`Outcome::KeyLookupsLimited`]).
     overloaded,
     /// Deliveries refused before the store was asked (method, headers,
     /// signature, body, envelope, event id).
@@ -120,7 +121,7 @@ impl Metrics {
             Outcome::Queued => &self.queued,
             Outcome::Duplicate => &self.duplicates,
             Outcome::InFlight { .. } => &self.in_flight,
-            Outcome::Overloaded => &self.overloaded,
+            Outcome::Overloaded | Outcome::KeyLookupsLimited => &self.overloaded,
             Outcome::StoreUnavailable(_) | Outcome::KeysUnavailable => &self.store_errors,
             Outcome::Undecodable | Outcome::DeadLettered => &self.undecodable,
             _ if outcome.handler_ran() => &self.handler_failures,
@@ -145,7 +146,7 @@ fn bump(counter: &AtomicU64) {
 /// Every outcome code, as [`Outcome::as_str`] gives them; [`outcome_slot`]
 /// says where each outcome's is.
 #[cfg(feature = "metrics")]
-const OUTCOME_CODES: [&str; 34] = [
+const OUTCOME_CODES: [&str; 36] = [
     "handled",
     "unhandled",
     "queued",
@@ -180,6 +181,8 @@ const OUTCOME_CODES: [&str; 34] = [
     "duplicate_key",
     "undecodable",
     "dead_lettered",
+    "key_lookups_limited",
+    "expired_key",
 ];
 
 /// Where `outcome`'s code is in [`OUTCOME_CODES`].
@@ -206,6 +209,7 @@ fn outcome_slot(outcome: &Outcome) -> usize {
             Kind::InFuture => 14,
             Kind::SignatureMismatch => 15,
             Kind::NoActiveKey => 16,
+            Kind::ExpiredKey => 35,
         },
         Outcome::BodyTooLarge { .. } => 17,
         Outcome::BodyUnreadable => 18,
@@ -226,6 +230,7 @@ fn outcome_slot(outcome: &Outcome) -> usize {
         Outcome::HandlerTimeout => 30,
         Outcome::Undecodable => 32,
         Outcome::DeadLettered => 33,
+        Outcome::KeyLookupsLimited => 34,
     }
 }
 
@@ -359,6 +364,7 @@ mod tests {
             Outcome::MethodNotAllowed,
             Outcome::UnknownAccount,
             Outcome::KeysUnavailable,
+            Outcome::KeyLookupsLimited,
             Outcome::BodyTooLarge { limit: 1 },
             Outcome::BodyUnreadable,
             Outcome::BodyTimeout,
@@ -386,6 +392,7 @@ mod tests {
                 VerifyErrorKind::InFuture,
                 VerifyErrorKind::SignatureMismatch,
                 VerifyErrorKind::NoActiveKey,
+                VerifyErrorKind::ExpiredKey,
             ]
             .map(Outcome::Verify),
         );

@@ -7,13 +7,18 @@
 //!    be present and well formed (`400`). With a [key
 //!    source](ClinkLayer::with_key_source), the account is read from the
 //!    request and its keys looked up: an unknown account gets `404`, a key
-//!    source that cannot answer `503`. The timestamp must be within
-//!    tolerance (`401`).
+//!    source that cannot answer, or will not look up more accounts now, `503`.
+//!    The timestamp must be within tolerance (`401`).
 //! 3. **Body**: a `Content-Length` over the limit gets `413` before a byte is
 //!    read; a streamed body is cut off with `413` the moment it crosses the
 //!    limit. The HMAC is computed while the body streams in.
-//! 4. **Signature**: checked in constant time against every active key (`401`).
-//! 5. **Envelope**: the verified body must be an event with an `id` and a `type` (`400`).
+//! 4. **Signature**: checked in constant time against every active key (`401`);
+//!    when none matched, against the expired keys too, so that the operator
+//!    can tell a sender still using a retired key (`expired_key`) from a
+//!    forgery (the sender gets the same answer either way).
+//! 5. **Envelope**: the verified body must be an event with an `id` and a
+//!    `type`, and an id holding no control, format or separator character
+//!    (`400`).
 //! 6. **Claim**: the account and event id are claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
@@ -33,6 +38,12 @@
 //! response extensions (next to the [`VerifiedEvent`](crate::VerifiedEvent) once verified) and
 //! counted in [`Metrics`]. Every refusal the layer writes itself is
 //! `{"error": "<code>", "message": "..."}`; it never contains a secret.
+//!
+//! Nothing a stranger sends makes a log line per request: refusals before
+//! verification are summed up once per interval (by a timer), and a store,
+//! an inbox or a key source that fails is logged when the failures start,
+//! summed up while they last and logged when it answers again (see
+//! [`ClinkLayer::refusal_log_interval`]).
 //!
 //! The files of this module follow the path: `config.rs` ([`ClinkLayer`] and
 //! its settings), `service.rs` ([`ClinkService`], which runs the steps in

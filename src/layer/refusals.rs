@@ -2,16 +2,19 @@
 //!
 //! Anyone can POST to a webhook URL, and a client without the key can be
 //! refused thousands of times a second. Each refusal is logged at `debug`;
-//! at `warn` there is at most one summary line per interval, with the count
-//! of each outcome since the last one. The summary of an interval is written
-//! with the first refusal after it ends.
+//! at `warn` there is one line for the first refusal after a quiet spell,
+//! then one summary line at the end of each interval in which there were
+//! more, with the count of each outcome. The summaries are written by a
+//! timer, so the last one comes at the end of its interval even when no
+//! request follows; the timer stops after an interval without refusals and
+//! when the layer is dropped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::outage::every_interval;
 use crate::Outcome;
 
 /// The default time between two summary lines: 10 s.
@@ -20,44 +23,79 @@ pub const DEFAULT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(super) struct RefusalLog {
     interval: Duration,
-    started: Instant,
-    /// Milliseconds since `started` when the next summary may be written.
-    next_summary: AtomicU64,
-    counts: Mutex<BTreeMap<&'static str, u64>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Refusals not yet summed up, by outcome code.
+    counts: BTreeMap<&'static str, u64>,
+    /// Whether a timer is summing them up.
+    timer: bool,
+    /// When the last line was written, for the summary without a timer
+    /// (outside a tokio runtime).
+    last_line: Option<Instant>,
 }
 
 impl RefusalLog {
-    pub(super) fn new(interval: Duration) -> Self {
-        Self {
+    pub(super) fn new(interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
             interval,
-            started: Instant::now(),
-            next_summary: AtomicU64::new(0),
-            counts: Mutex::default(),
-        }
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes a delivery refused before its signature checked out.
-    pub(super) fn note(&self, outcome: &Outcome, status: u16) {
+    pub(super) fn note(self: &Arc<Self>, outcome: &Outcome, status: u16) {
         let code = outcome.as_str();
         tracing::debug!(
             outcome = code,
             status,
             "clink delivery refused before verification"
         );
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        *counts.entry(code).or_default() += 1;
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let due = self.next_summary.load(Ordering::Relaxed);
-        if now < due {
+        let mut state = self.state();
+        *state.counts.entry(code).or_default() += 1;
+        if state.timer {
             return;
         }
-        let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
-        self.next_summary
-            .store(now.saturating_add(interval), Ordering::Relaxed);
-        let counts = std::mem::take(&mut *counts);
+        // The first refusal after a quiet spell is logged at once; the timer
+        // sums up the ones that follow.
+        state.timer = every_interval(self, self.interval, Self::tick);
+        if !state.timer
+            && state
+                .last_line
+                .is_some_and(|last| last.elapsed() < self.interval)
+        {
+            return;
+        }
+        state.last_line = Some(Instant::now());
+        let counts = std::mem::take(&mut state.counts);
+        drop(state);
+        self.write(&counts);
+    }
+
+    /// The summary at the end of an interval; whether to keep summing up.
+    fn tick(&self) -> bool {
+        let mut state = self.state();
+        if state.counts.is_empty() {
+            state.timer = false;
+            return false;
+        }
+        state.last_line = Some(Instant::now());
+        let counts = std::mem::take(&mut state.counts);
+        drop(state);
+        self.write(&counts);
+        true
+    }
+
+    fn write(&self, counts: &BTreeMap<&'static str, u64>) {
         let total: u64 = counts.values().sum();
         let mut by_outcome = String::new();
-        for (code, count) in &counts {
+        for (code, count) in counts {
             let _ = write!(
                 by_outcome,
                 "{}{code}={count}",
@@ -67,8 +105,8 @@ impl RefusalLog {
         tracing::warn!(
             refused = total,
             by_outcome = by_outcome.as_str(),
-            "clink deliveries refused before verification (at most one such line per {} s; each at debug)",
-            self.interval.as_secs()
+            "clink deliveries refused before verification (summed up every {} s while they go on; each at debug)",
+            self.interval.as_secs_f64()
         );
     }
 }
@@ -78,15 +116,58 @@ mod tests {
     use super::*;
     use crate::signature::VerifyErrorKind;
 
-    #[test]
-    fn a_burst_of_refusals_is_one_line_then_a_summary_per_interval() {
-        let log = RefusalLog::new(Duration::from_secs(3600));
-        let refused = Outcome::Verify(VerifyErrorKind::SignatureMismatch);
+    const MISMATCH: Outcome = Outcome::Verify(VerifyErrorKind::SignatureMismatch);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_line_then_a_summary_at_the_end_of_the_interval_without_more_traffic() {
+        let log = RefusalLog::new(Duration::from_secs(10));
         for _ in 0..1000 {
-            log.note(&refused, 401);
+            log.note(&MISMATCH, 401);
         }
-        // The first refusal was summarised at once; the rest wait for the interval.
-        let counts = log.counts.lock().unwrap();
-        assert_eq!(counts.get("signature_mismatch"), Some(&999));
+        // The first was written at once; the rest wait for the interval.
+        assert_eq!(log.state().counts.get("signature_mismatch"), Some(&999));
+        assert!(log.state().timer);
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        assert_eq!(log.state().counts.get("signature_mismatch"), Some(&999));
+        // The timer writes them at the end of the interval, with no refusal
+        // to prompt it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(log.state().counts.is_empty());
+        assert!(log.state().timer);
+        // A quiet interval ends the timer; the next refusal is written at once.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+        assert!(!log.state().timer);
+        log.note(&MISMATCH, 401);
+        assert!(log.state().counts.is_empty());
+        assert!(log.state().timer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_ends_when_the_layer_is_dropped() {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let log = RefusalLog::new(Duration::from_secs(10));
+        log.note(&MISMATCH, 401);
+        log.note(&MISMATCH, 401);
+        assert_eq!(alive(), 1);
+        drop(log);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(alive(), 0);
+    }
+
+    #[test]
+    fn without_a_runtime_the_next_refusal_after_the_interval_writes_the_summary() {
+        let log = RefusalLog::new(Duration::from_secs(3600));
+        for _ in 0..1000 {
+            log.note(&MISMATCH, 401);
+        }
+        assert_eq!(log.state().counts.get("signature_mismatch"), Some(&999));
+        assert!(!log.state().timer);
     }
 }

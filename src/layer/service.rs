@@ -202,9 +202,18 @@ where
         config.refusals.note(&outcome, status);
         return Ok(response);
     }
+    let unavailable = matches!(outcome, Outcome::StoreUnavailable(_));
     let outcome = outcome.as_str();
     if response.status().is_success() {
         tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");
+    } else if unavailable {
+        // The store's outage log says it, once, not once per delivery.
+        tracing::debug!(
+            outcome,
+            status,
+            duration_ms = elapsed,
+            "clink delivery refused"
+        );
     } else {
         tracing::warn!(
             outcome,
@@ -282,6 +291,7 @@ async fn dead_letter(
     let error = format!("dead: its data does not decode, so no retry can help: {failure}");
     match timed(config.store_timeout, inbox.insert_dead(&event, &error)).await {
         Ok(_) => {
+            config.outages.dead_letters.succeeded();
             tracing::warn!(
                 event_id = ?event.event_id,
                 event_type = ?event.event_type,
@@ -290,11 +300,12 @@ async fn dead_letter(
             true
         }
         Err(error) => {
-            tracing::error!(
+            tracing::debug!(
                 %error,
                 event_id = ?event.event_id,
                 "clink delivery: could not keep undecodable data in the dead-letter inbox; answering 500"
             );
+            config.outages.dead_letters.failed(&error);
             false
         }
     }

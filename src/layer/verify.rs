@@ -3,6 +3,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method};
@@ -12,7 +13,7 @@ use tracing::Span;
 
 use super::budget::Reading;
 use super::config::{Config, Keys};
-use crate::events::{has_control, RawEvent, VerifiedEvent};
+use crate::events::{has_invisible, RawEvent, VerifiedEvent};
 use crate::guard::within;
 use crate::signature::{SignatureHeaders, Verification, Verifier};
 use crate::{BoxError, Outcome};
@@ -41,8 +42,8 @@ where
     let timestamp = headers.timestamp().map_err(log_verify)?;
     let signature = headers.signature().map_err(log_verify)?;
     let (verifier, account) = keys(config, parts, span).await?;
-    let mut verification = verifier.begin(timestamp).map_err(log_verify)?;
-    drop(verifier);
+    let now = SystemTime::now();
+    let mut verification = verifier.begin_at(timestamp, now).map_err(log_verify)?;
 
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|len| len > config.body_limit as u64) {
@@ -61,13 +62,21 @@ where
     let bytes = within(config.body_timeout, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
-    let verified = verification.finish_parsed(&signature).map_err(log_verify)?;
+    let verified = verification
+        .finish_parsed(&signature)
+        // A signature by a key past its expiry is told from a forgery for
+        // the operator (the sender gets the same answer): one more HMAC per
+        // expired key, and only when no active key matched.
+        .map_err(|error| verifier.expired_or(error, timestamp, &signature, &bytes, now))
+        .map_err(log_verify)?;
+    drop(verifier);
     // Verified: the body no longer counts against the budget.
     drop(reading);
     let mut event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
-    // An id is data, never text to print: one with a line break or a
-    // terminal escape in it is refused rather than carried into logs.
-    if has_control(event.id()) {
+    // An id is data, never text to print: one with a line break, a
+    // terminal escape or a character that hides or reorders text in it is
+    // refused rather than carried into logs.
+    if has_invisible(event.id()) {
         return Err(Outcome::InvalidEventId);
     }
     event.set_account(account);
@@ -87,23 +96,32 @@ async fn keys(
     let Some(account) = from.account(parts) else {
         return Err(Outcome::UnknownAccount);
     };
+    // Failures are an outage of the key source, logged as one (escaped,
+    // summed up), never a line per delivery; a lookup the source would not
+    // make is a refusal, counted with the others.
+    let outage = &config.outages.keys;
     match within(config.store_timeout, source.verifier(account)).await {
         Ok(Ok(Some(verifier))) => {
+            outage.succeeded();
             if let Some(span) = span {
                 span.record("account", account);
             }
             Ok((verifier, Some(Arc::from(account))))
         }
-        Ok(Ok(None)) => Err(Outcome::UnknownAccount),
+        Ok(Ok(None)) => {
+            outage.succeeded();
+            Err(Outcome::UnknownAccount)
+        }
+        Ok(Err(error)) if error.is_limited() => Err(Outcome::KeyLookupsLimited),
         Ok(Err(error)) => {
-            tracing::error!(error = ?error.to_string(), account, "clink delivery: no keys for the account; answering 503");
+            outage.failed(&error);
             Err(Outcome::KeysUnavailable)
         }
-        Err(_) => {
-            tracing::error!(
-                account,
-                "clink delivery: the key source did not answer in time; answering 503"
-            );
+        Err(timed_out) => {
+            outage.failed(&format_args!(
+                "the key source did not answer within {} ms",
+                timed_out.0.as_millis()
+            ));
             Err(Outcome::KeysUnavailable)
         }
     }
@@ -216,7 +234,7 @@ mod tests {
     use http_body::Frame;
 
     use super::super::budget::BodyBudget;
-    use super::{has_control, read_body};
+    use super::{has_invisible, read_body};
     use crate::signature::{sign, Verifier};
     use crate::Outcome;
 
@@ -325,15 +343,17 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_found_as_char_is_control_finds_them() {
-        for c in ['\0', '\n', '\u{1b}', '\u{7f}', '\u{80}', '\u{9f}'] {
-            assert!(has_control(&format!("evt_{c}1")), "{c:?}");
+    fn control_format_and_separator_characters_are_found() {
+        for c in [
+            '\0', '\n', '\u{1b}', '\u{7f}', '\u{80}', '\u{9f}', '\u{200b}', '\u{202e}', '\u{2028}',
+        ] {
+            assert!(has_invisible(&format!("evt_{c}1")), "{c:?}");
         }
         for text in ["evt_1", "evt_é", "evt_\u{a0}", ""] {
-            assert!(!has_control(text), "{text:?}");
+            assert!(!has_invisible(text), "{text:?}");
         }
-        for c in (0..=0x2ff).filter_map(char::from_u32) {
-            assert_eq!(has_control(&c.to_string()), c.is_control(), "{c:?}");
+        for c in (0..=0xac).filter_map(char::from_u32) {
+            assert_eq!(has_invisible(&c.to_string()), c.is_control(), "{c:?}");
         }
     }
 }

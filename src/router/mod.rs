@@ -108,6 +108,7 @@ use crate::events::{
 };
 use crate::guard::CatchUnwind;
 use crate::ordering;
+use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::store::FreshnessStore;
 use crate::BoxFuture;
 use crate::{BoxError, Outcome, VerifiedEvent};
@@ -139,6 +140,8 @@ struct Routes<S> {
     before_each: Option<RawRoute<S>>,
     undecodable: Option<Undecodable>,
     ordering: Option<Arc<dyn FreshnessStore>>,
+    /// The freshness store's outage log.
+    ordering_outage: Arc<OutageLog>,
     skip_stale: bool,
 }
 
@@ -150,6 +153,7 @@ impl<S> Clone for Routes<S> {
             before_each: self.before_each.clone(),
             undecodable: self.undecodable.clone(),
             ordering: self.ordering.clone(),
+            ordering_outage: Arc::clone(&self.ordering_outage),
             skip_stale: self.skip_stale,
         }
     }
@@ -163,6 +167,11 @@ impl<S> Default for Routes<S> {
             before_each: None,
             undecodable: None,
             ordering: None,
+            ordering_outage: OutageLog::new(
+                "freshness store",
+                "deliveries are answered 503 and Clink retries them",
+                DEFAULT_OUTAGE_LOG_INTERVAL,
+            ),
             skip_stale: false,
         }
     }
@@ -507,14 +516,20 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             Some(account) => object.map(|object| object.within(account)),
             None => object,
         };
+        let outage = &routes.ordering_outage;
         let (freshness, tracked) = match ordering::check(store, object, version, &raw).await {
-            Ok(checked) => checked,
+            Ok(checked) => {
+                outage.succeeded();
+                checked
+            }
             Err(error) => {
-                tracing::error!(
+                // An outage of the store, logged as one.
+                tracing::debug!(
                     event_id = ?raw.id(),
                     %error,
                     "could not read the freshness store; answering 503"
                 );
+                outage.failed(&error);
                 return Dispatched::new(Outcome::StoreUnavailable(error.kind()))
                     .failed(error.to_string());
             }
@@ -528,7 +543,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             return Dispatched::new(Outcome::SkippedStale).with_freshness(freshness);
         }
         let result = run(freshness.clone()).await;
-        finish(&raw, result, tracked)
+        finish(&raw, result, tracked.map(|tracked| (tracked, outage)))
             .await
             .with_freshness(freshness)
     }
@@ -614,12 +629,12 @@ fn handler_failed(
 async fn finish(
     raw: &RawEvent,
     result: Result<(), BoxError>,
-    tracked: Option<ordering::Tracked<'_>>,
+    tracked: Option<(ordering::Tracked<'_>, &Arc<OutageLog>)>,
 ) -> Dispatched {
     match result {
         Ok(()) => {
-            if let Some(tracked) = tracked {
-                tracked.record(raw).await;
+            if let Some((tracked, outage)) = tracked {
+                tracked.record(raw, outage).await;
             }
             Dispatched::new(Outcome::Handled)
         }

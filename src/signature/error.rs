@@ -25,6 +25,15 @@ pub enum VerifyErrorKind {
     SignatureMismatch,
     /// Every configured key has expired.
     NoActiveKey,
+    /// No active key produced this signature, but a key past its expiry
+    /// did: the sender still signs with a secret this endpoint has retired
+    /// (a rotation ended too early, or the old secret leaked). Refused
+    /// (`401`) like a mismatch, and the sender is answered exactly as for
+    /// [`SignatureMismatch`](Self::SignatureMismatch), so that whoever holds
+    /// an old secret does not learn that it was one; the code `expired_key`
+    /// is for the operator's logs and metrics. Telling costs one extra HMAC
+    /// per expired key, only when no active key matched.
+    ExpiredKey,
 }
 
 impl VerifyErrorKind {
@@ -41,6 +50,7 @@ impl VerifyErrorKind {
             Self::InFuture => "timestamp_in_future",
             Self::SignatureMismatch => "signature_mismatch",
             Self::NoActiveKey => "no_active_key",
+            Self::ExpiredKey => "expired_key",
         }
     }
 
@@ -139,6 +149,9 @@ impl fmt::Display for VerifyError {
             VerifyErrorKind::NoActiveKey => f.write_str(
                 "no active signing key: every configured key has expired; configure the endpoint's current signing secret",
             ),
+            VerifyErrorKind::ExpiredKey => f.write_str(
+                "signed with an expired key: no active signing key signed this body, but a key past its expiry did; check that the sender uses the endpoint's current signing secret, or whether the old one leaked",
+            ),
         }
     }
 }
@@ -161,6 +174,7 @@ mod tests {
             VerifyErrorKind::InFuture,
             VerifyErrorKind::SignatureMismatch,
             VerifyErrorKind::NoActiveKey,
+            VerifyErrorKind::ExpiredKey,
         ];
         let messages: std::collections::HashSet<_> = kinds
             .iter()

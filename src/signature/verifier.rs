@@ -44,7 +44,11 @@ const INLINE_KEYS: usize = 2;
 /// 4. [`NoActiveKey`](VerifyErrorKind::NoActiveKey);
 /// 5. the window: [`TooOld`](VerifyErrorKind::TooOld) or
 ///    [`InFuture`](VerifyErrorKind::InFuture);
-/// 6. [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch).
+/// 6. [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch), or
+///    [`ExpiredKey`](VerifyErrorKind::ExpiredKey) when no active key signed
+///    the body but a key past its expiry did (one extra HMAC per expired
+///    key, computed only when no active key matched, and compared in
+///    constant time as the active ones are).
 ///
 /// So a request that is malformed (400) is refused as such whatever the
 /// clock and the keys say, and the window is checked before the HMAC, as
@@ -55,7 +59,9 @@ const INLINE_KEYS: usize = 2;
 /// is not yet given, and [`Verification::finish`] steps 3 and 6; so with a
 /// well-formed timestamp that is out of the window (or no active key) and a
 /// malformed signature, `begin` reports the window where the one-shot entry
-/// points report the signature.
+/// points report the signature. An incremental verification keeps no body,
+/// so it reports a signature by an expired key as a mismatch; the
+/// [layer](crate::ClinkLayer), which holds the body, tells the two apart.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<ActiveKey>,
@@ -244,7 +250,41 @@ impl Verifier {
                 matches.record(i, &mac.finalize().into_bytes().into(), expected);
             }
         }
-        matches.verdict(signed_at, &self.names)
+        matches
+            .verdict(signed_at, &self.names)
+            .map_err(|error| self.expired_or(error, timestamp, expected, body, now))
+    }
+
+    /// `error` (a mismatch), or [`ExpiredKey`](VerifyErrorKind::ExpiredKey)
+    /// when a key that has expired by `now` signed `body`: every expired
+    /// key's tag is computed and compared in constant time, as the active
+    /// ones were, so how long this takes depends on how many keys have
+    /// expired, never on the secrets or on which one matched.
+    pub(crate) fn expired_or(
+        &self,
+        error: VerifyError,
+        timestamp: &str,
+        expected: &[u8; SIGNATURE_LEN],
+        body: &[u8],
+        now: SystemTime,
+    ) -> VerifyError {
+        if error.kind() != VerifyErrorKind::SignatureMismatch {
+            return error;
+        }
+        let mut matches = Matches::default();
+        for (i, key) in self.keys.iter().enumerate() {
+            if !key.is_active_at(now) {
+                let mut mac = key.mac.clone();
+                feed_prefix(&mut mac, timestamp);
+                mac.update(body);
+                matches.record(i, &mac.finalize().into_bytes().into(), expected);
+            }
+        }
+        if matches.matched.is_some_and(bool::from) {
+            VerifyError::new(VerifyErrorKind::ExpiredKey)
+        } else {
+            error
+        }
     }
 
     /// Starts an incremental verification against the system clock: feed the
@@ -612,6 +652,55 @@ mod tests {
             let verified = verifier.verify_at(ts, &sig, b"body", at_ms(1_700_000_000_000));
             assert_eq!(verified.unwrap().key_index(), i);
         }
+    }
+
+    #[test]
+    fn a_signature_by_an_expired_key_is_told_from_a_forgery() {
+        let ts = "1700000000000";
+        let now = at_ms(1_700_000_000_000);
+        let verifier = Verifier::new("current")
+            .unwrap()
+            .add_key(SigningKey::new("retired").unwrap().expires_at(at_ms(1)))
+            .add_key(
+                SigningKey::new("later")
+                    .unwrap()
+                    .expires_at(at_ms(4_102_444_800_000)),
+            );
+        let kind = |secret: &str| {
+            verifier
+                .verify_at(ts, &sign(secret, ts, b"body"), b"body", now)
+                .map(|v| v.key_index())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(kind("current"), Ok(0));
+        assert_eq!(kind("later"), Ok(2));
+        assert_eq!(kind("retired"), Err(VerifyErrorKind::ExpiredKey));
+        assert_eq!(
+            kind("someone_else"),
+            Err(VerifyErrorKind::SignatureMismatch)
+        );
+        // The incremental form has no body to tell them apart with.
+        let mut incremental = verifier.begin_at(ts, now).unwrap();
+        incremental.update(b"body");
+        let error = incremental
+            .finish(&sign("retired", ts, b"body"))
+            .unwrap_err();
+        assert_eq!(error.kind(), VerifyErrorKind::SignatureMismatch);
+        let expected = super::super::parse::parse_signature(&sign("retired", ts, b"body")).unwrap();
+        assert_eq!(
+            verifier
+                .expired_or(error, ts, &expected, b"body", now)
+                .kind(),
+            VerifyErrorKind::ExpiredKey
+        );
+        // Any other error is kept as it is.
+        let too_old = VerifyError::new(VerifyErrorKind::TooOld);
+        assert_eq!(
+            verifier
+                .expired_or(too_old, ts, &expected, b"body", now)
+                .kind(),
+            VerifyErrorKind::TooOld
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::inbox_page::{InboxActivity, PageStart};
 use super::{BoxFuture, LeaseToken, Settle, StoreError};
+use crate::events::InboxAttempt;
 use crate::{Timestamp, VerifiedEvent};
 
 /// A verified delivery to keep: everything a worker needs to handle it
@@ -35,6 +37,32 @@ pub struct NewEvent {
     /// (its fingerprint when unnamed); `None` for events kept before the
     /// inbox recorded it.
     pub signing_key: Option<String>,
+    /// The delivery's `X-Clink-Timestamp` and `X-Clink-Signature` as
+    /// received, so that the event can be forwarded for its recipient to
+    /// verify with its own key; `None` for events kept before the inbox
+    /// recorded them, or not kept from a delivery.
+    pub signature_headers: Option<SignatureHeaders>,
+}
+
+/// A delivery's signature headers, byte for byte as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignatureHeaders {
+    /// `X-Clink-Timestamp`.
+    pub timestamp: String,
+    /// `X-Clink-Signature`.
+    pub signature: String,
+}
+
+impl SignatureHeaders {
+    /// The two header values.
+    #[must_use]
+    pub fn new(timestamp: impl Into<String>, signature: impl Into<String>) -> Self {
+        Self {
+            timestamp: timestamp.into(),
+            signature: signature.into(),
+        }
+    }
 }
 
 impl NewEvent {
@@ -60,7 +88,15 @@ impl NewEvent {
             received_at,
             body,
             signing_key: None,
+            signature_headers: None,
         }
+    }
+
+    /// Sets the delivery's signature headers, as received.
+    #[must_use]
+    pub fn with_signature_headers(mut self, headers: SignatureHeaders) -> Self {
+        self.signature_headers = Some(headers);
+        self
     }
 
     /// Sets the name of the key that verified the event.
@@ -101,7 +137,8 @@ impl NewEvent {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const ENTRY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
      object_key, signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, \
-     last_error, signing_key, handled_at_ms, replays, last_replay_ms";
+     last_error, signing_key, handled_at_ms, replays, last_replay_ms, receipt, \
+     header_timestamp, header_signature";
 
 /// A row of an SQL inbox, read column by column: what [`read_entry`] needs
 /// of each backend's row type.
@@ -130,6 +167,9 @@ pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {
         Bytes::from(row.blob(8)?),
     );
     event.signing_key = row.optional_text(13)?;
+    if let (Some(timestamp), Some(signature)) = (row.optional_text(18)?, row.optional_text(19)?) {
+        event.signature_headers = Some(SignatureHeaders::new(timestamp, signature));
+    }
     Ok(InboxEntry {
         seq: row.int(0)?,
         event,
@@ -140,6 +180,7 @@ pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {
         handled_at: row.optional_int(14)?.map(Timestamp::from_millis),
         replays: u32::try_from(row.int(15)?).unwrap_or(0),
         last_replayed_at: row.optional_int(16)?.map(Timestamp::from_millis),
+        receipt: row.optional_text(17)?,
     })
 }
 
@@ -215,6 +256,10 @@ pub struct InboxEntry {
     pub replays: u32,
     /// When it was last replayed.
     pub last_replayed_at: Option<Timestamp>,
+    /// What the destination its handler forwarded it to said it kept (a
+    /// Redis stream entry id, a JetStream sequence), as the handler
+    /// [recorded](Inbox::record_receipt) it; cleared by a replay.
+    pub receipt: Option<String>,
 }
 
 /// An event a worker took, with the fencing token that alone can settle it.
@@ -607,6 +652,84 @@ pub trait Inbox: Send + Sync + 'static {
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(timeout))
     }
+
+    /// Records on the event of `attempt` (from
+    /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
+    /// that workers over this inbox run) what the destination it was
+    /// forwarded to said it kept, if the attempt's lease still holds: a
+    /// retry after a crash reads it in [`InboxEntry::receipt`] and need not
+    /// forward the event again. The crate's backends record it; the default
+    /// says the inbox cannot.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be written, or records no receipts.
+    fn record_receipt<'a>(
+        &'a self,
+        attempt: &'a InboxAttempt,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        let _ = (attempt, receipt);
+        Box::pin(std::future::ready(Err(StoreError::new(
+            super::StoreErrorKind::InvalidInput,
+            "this inbox does not record receipts",
+        ))))
+    }
+
+    /// The events `filter` matches, newest first, at most `limit`, from
+    /// `start`: a page of a list a person reads. The default reads every
+    /// matching event with [`list`](Self::list); the crate's backends read
+    /// only the page.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be read.
+    fn page<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        start: PageStart,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        Box::pin(async move {
+            let all = self.list(filter, usize::MAX).await?;
+            Ok(super::inbox_page::page_of(all.into_iter(), start, limit))
+        })
+    }
+
+    /// How many events `filter` matches. The default counts what
+    /// [`list`](Self::list) returns.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be read.
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let all = self.list(filter, usize::MAX).await?;
+            Ok(all.len() as u64)
+        })
+    }
+
+    /// How many events arrived and how many were handled in each of
+    /// `intervals` intervals of `interval`, the first starting at `since`.
+    /// The default reads every event with [`list`](Self::list).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be read.
+    fn activity(
+        &self,
+        since: Timestamp,
+        interval: Duration,
+        intervals: usize,
+    ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
+        Box::pin(async move {
+            let mut activity = InboxActivity::new(since, interval, intervals);
+            for entry in self.list(&InboxFilter::default(), usize::MAX).await? {
+                activity.tally(&entry);
+            }
+            Ok(activity)
+        })
+    }
 }
 
 macro_rules! forward {
@@ -638,6 +761,15 @@ macro_rules! forward {
             fn replay_matching<'a>(&'a self, filter: &'a InboxFilter, force: bool) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
                 (**self).replay_matching(filter, force)
             }
+            fn record_receipt<'a>(&'a self, attempt: &'a InboxAttempt, receipt: &'a str) -> BoxFuture<'a, Result<Settle, StoreError>> {
+                (**self).record_receipt(attempt, receipt)
+            }
+            fn page<'a>(&'a self, filter: &'a InboxFilter, start: PageStart, limit: usize) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+                (**self).page(filter, start, limit)
+            }
+            fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+                (**self).count(filter)
+            }
             $(
                 fn $method(&self, $($arg: $ty),*) -> BoxFuture<'_, $out> {
                     (**self).$method($($arg),*)
@@ -655,6 +787,7 @@ forward! {
     purge(before: Timestamp) -> Result<u64, StoreError>;
     stats() -> Result<InboxStats, StoreError>;
     wait(timeout: Duration) -> ();
+    activity(since: Timestamp, interval: Duration, intervals: usize) -> Result<InboxActivity, StoreError>;
 }
 
 /// The order key of an event about an object: `created` (or, without it,

@@ -9,11 +9,13 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::Notify;
 
+use super::inbox_page::sql as browse;
 use super::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
     LeaseToken, NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
 };
+use super::{InboxActivity, PageStart};
 use crate::events::InboxAttempt;
 use crate::{BoxError, Timestamp};
 
@@ -89,7 +91,7 @@ const CANDIDATE: &str = "
             WHERE o.object_key = e.object_key AND o.seq <> e.seq
               AND o.status IN ('pending', 'retrying', 'running')
               AND ((o.status = 'running' AND o.lease_until_ms > ?1)
-                   OR (o.status <> 'running' AND (o.order_ms, o.event_id) < (e.order_ms, e.event_id)))))
+                   OR (o.order_ms, o.event_id) < (e.order_ms, e.event_id))))
     ORDER BY e.seq
     LIMIT 1";
 
@@ -116,6 +118,9 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
         ("handled_at_ms", "INTEGER"),
         ("replays", "INTEGER NOT NULL DEFAULT 0"),
         ("last_replay_ms", "INTEGER"),
+        ("receipt", "TEXT"),
+        ("header_timestamp", "TEXT"),
+        ("header_signature", "TEXT"),
     ] {
         let present: bool = connection.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = ?1",
@@ -135,7 +140,7 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
 fn replay_set(now: usize) -> String {
     format!(
         "status = 'pending', attempts = 0, next_attempt_ms = ?{now}, token = NULL, \
-         replays = replays + 1, last_replay_ms = ?{now}"
+         replays = replays + 1, last_replay_ms = ?{now}, receipt = NULL"
     )
 }
 
@@ -339,14 +344,15 @@ impl SqliteInbox {
     ) -> BoxFuture<'static, Result<Inserted, StoreError>> {
         let event = event.clone();
         let error = dead_with.map(str::to_owned);
+        let headers = event.signature_headers.clone();
         let call = self.with(move |connection| {
             let changed = connection
                 .execute(
                     "INSERT INTO clink_webhook_inbox (account, event_id, event_type, created_ms,
                          order_ms, object_key, signed_at_ms, received_at_ms, body, next_attempt_ms,
-                         signing_key, status, last_error)
+                         signing_key, status, last_error, header_timestamp, header_signature)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10,
-                             CASE WHEN ?11 IS NULL THEN 'pending' ELSE 'dead' END, ?11)
+                             CASE WHEN ?11 IS NULL THEN 'pending' ELSE 'dead' END, ?11, ?12, ?13)
                      ON CONFLICT (account, event_id) DO NOTHING",
                     params![
                         event.account.clone().unwrap_or_default(),
@@ -360,6 +366,8 @@ impl SqliteInbox {
                         &event.body[..],
                         event.signing_key,
                         error,
+                        headers.as_ref().map(|h| h.timestamp.as_str()),
+                        headers.as_ref().map(|h| h.signature.as_str()),
                     ],
                 )
                 .map_err(|err| sqlite_error("cannot keep the event", &err))?;
@@ -640,6 +648,128 @@ impl Inbox for SqliteInbox {
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = tokio::time::timeout(timeout, self.inserted.notified()).await;
+        })
+    }
+
+    fn record_receipt<'a>(
+        &'a self,
+        attempt: &'a InboxAttempt,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        let (seq, token, receipt) = (
+            attempt.seq(),
+            attempt.token().to_owned(),
+            receipt.to_owned(),
+        );
+        self.with(move |connection| {
+            let changed = connection
+                .execute(
+                    "UPDATE clink_webhook_inbox SET receipt = ?4
+                     WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3",
+                    params![seq, token, Timestamp::now().as_millis(), receipt],
+                )
+                .map_err(|err| sqlite_error("cannot record the receipt", &err))?;
+            Ok(if changed == 1 {
+                Settle::Applied
+            } else {
+                Settle::LeaseLost
+            })
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        start: PageStart,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        let filter = filter.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |connection| {
+            let f = filter.params();
+            let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
+            let mut statement = connection
+                .prepare_cached(&browse::page("clink_webhook_inbox", '?', start))
+                .map_err(failed)?;
+            let values = params![
+                f.status,
+                f.event_type,
+                f.account,
+                f.object_key,
+                f.from,
+                f.until,
+                browse::page_bound(start),
+                limit
+            ];
+            let mut page = statement
+                .query_map(values, |row| read_entry(row))
+                .map_err(failed)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed)?;
+            if matches!(start, PageStart::After(_)) {
+                page.reverse();
+            }
+            Ok(page)
+        })
+    }
+
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let filter = filter.clone();
+        self.with(move |connection| {
+            let f = filter.params();
+            connection
+                .prepare_cached(&browse::count("clink_webhook_inbox", '?'))
+                .and_then(|mut statement| {
+                    statement.query_row(
+                        params![
+                            f.status,
+                            f.event_type,
+                            f.account,
+                            f.object_key,
+                            f.from,
+                            f.until
+                        ],
+                        |row| row.get::<_, i64>(0),
+                    )
+                })
+                .map(|count| u64::try_from(count).unwrap_or(0))
+                .map_err(|err| sqlite_error("cannot count the inbox", &err))
+        })
+    }
+
+    fn activity(
+        &self,
+        since: Timestamp,
+        interval: Duration,
+        intervals: usize,
+    ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
+        self.with(move |connection| {
+            let mut activity = InboxActivity::new(since, interval, intervals);
+            let failed = |err: rusqlite::Error| sqlite_error("cannot count the inbox", &err);
+            let mut statement = connection
+                .prepare_cached(&browse::activity("clink_webhook_inbox", '?'))
+                .map_err(failed)?;
+            let rows = statement
+                .query_map(
+                    params![
+                        since.as_millis(),
+                        activity.interval_ms(),
+                        activity.until().as_millis()
+                    ],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .map_err(failed)?;
+            for row in rows {
+                let (kind, slot, count) = row.map_err(failed)?;
+                activity.add(kind == 1, slot, u64::try_from(count).unwrap_or(0));
+            }
+            Ok(activity)
         })
     }
 }

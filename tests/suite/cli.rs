@@ -410,6 +410,20 @@ fn the_readme_walkthrough_against_the_example_receiver() {
         sent.stdout.contains("sent 1: 2xx 0, 409 0, 4xx 1, 5xx 0"),
         "{sent:?}"
     );
+    // The receiver's one line about it, as the README shows it.
+    let refusal = loop {
+        let line = receiver
+            .stderr
+            .recv_timeout(crate::support::process::PATIENCE)
+            .expect("the receiver logs the refusal");
+        if line.contains("deliveries refused before verification") {
+            break line;
+        }
+    };
+    assert!(
+        refusal.contains(" WARN clink_webhooks::layer::refusals: clink deliveries refused before verification (summed up every 10 s while they go on; each at debug) refused=1 by_outcome=\"signature_mismatch=1\""),
+        "{refusal}"
+    );
 
     // 4. order.created, created before order.succeeded, arrives after it: stale.
     send(

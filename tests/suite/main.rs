@@ -17,6 +17,10 @@ mod axum;
 mod cli;
 #[cfg(feature = "cli")]
 mod cli_output;
+#[cfg(all(feature = "console", feature = "test-util"))]
+mod console;
+#[cfg(all(unix, feature = "console", feature = "cli", feature = "sqlite"))]
+mod console_browser;
 #[cfg(feature = "test-util")]
 mod construct;
 #[cfg(feature = "test-util")]
@@ -25,6 +29,8 @@ mod decoding;
 mod events;
 #[cfg(feature = "test-util")]
 mod example;
+#[cfg(all(unix, feature = "gateway"))]
+mod gateway;
 #[cfg(all(unix, feature = "test-util", feature = "metrics"))]
 mod hostile;
 #[cfg(feature = "test-util")]
@@ -42,6 +48,8 @@ mod multi_tenant;
 mod observability;
 #[cfg(feature = "test-util")]
 mod ordering;
+#[cfg(all(feature = "test-util", feature = "sqlite"))]
+mod recovery;
 #[cfg(all(feature = "test-util", feature = "metrics"))]
 mod rotation;
 mod signature;

@@ -189,3 +189,70 @@ async fn an_older_sqlite_inbox_gains_the_key_column_and_keeps_its_rows() {
     drop(inbox);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A delivery signed with a key past its expiry is refused `401` with the
+/// very answer a forgery gets, while the operator sees `expired_key`: in the
+/// outcome, the metrics and the refusal summary. Before, it looked exactly
+/// like a forgery to both.
+#[test]
+fn a_signature_by_an_expired_key_is_reported_as_such_and_answered_as_a_forgery() {
+    use crate::support::capture::capture;
+    use http_body_util::BodyExt;
+
+    let (captured, _guard) = capture();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let scrape = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let retired = Verifier::from_key(&SigningKey::new(NEW).unwrap().named("current").unwrap())
+        .add_key(
+            SigningKey::new(OLD)
+                .unwrap()
+                .named("previous")
+                .unwrap()
+                .expires_at(SystemTime::now() - Duration::from_secs(60)),
+        );
+    let (expired, forged) = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let service = ClinkLayer::new(retired).layer(EventRouter::new());
+            let mut answers = Vec::new();
+            for secret in [OLD, "whsec_forged"] {
+                let request = SignedRequest::new(secret, body("evt_old")).build::<Full<Bytes>>();
+                let response = service.clone().oneshot(request).await.unwrap();
+                let outcome = Outcome::of(&response).unwrap().clone();
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                answers.push((outcome, status, headers, body));
+            }
+            (answers.remove(0), answers.remove(0))
+        })
+    });
+    assert_eq!(expired.0.as_str(), "expired_key");
+    assert_eq!(forged.0.as_str(), "signature_mismatch");
+    // The sender learns nothing more than from a forgery.
+    assert_eq!(expired.1, 401);
+    assert_eq!(
+        (expired.1, &expired.2, &expired.3),
+        (forged.1, &forged.2, &forged.3)
+    );
+    let text = scrape.render();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("clink_webhook_deliveries_total")
+                && line.contains(r#"outcome="expired_key""#)
+                && line.ends_with(" 1")),
+        "{text}"
+    );
+    // No key matched: none is counted as used.
+    assert!(key_matches(&text).is_empty(), "{text}");
+    let logs = captured.text();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("refused before verification")
+                && line.contains("expired_key=1")),
+        "{logs}"
+    );
+}

@@ -623,11 +623,13 @@ fn an_expired_key_is_refused_from_its_expiry_on() {
             .key_index(),
         1
     );
-    // At and after the expiry, the old key no longer counts, while the new one does.
+    // At and after the expiry, the old key no longer counts, while the new
+    // one does; a signature by the old key is refused, and told from a
+    // forgery for the operator.
     for now in [expiry, expiry + MS, expiry + Duration::from_secs(120)] {
         assert_eq!(
             kind(verifier.verify_at(TS_3, &old, BODY_2, now)),
-            VerifyErrorKind::SignatureMismatch
+            VerifyErrorKind::ExpiredKey
         );
         assert_eq!(
             verifier
@@ -658,7 +660,7 @@ fn key_index_counts_expired_keys_too() {
     let g = sign("whsec_gone", TS_3, BODY_1);
     assert_eq!(
         kind(verifier.verify_at(TS_3, &g, BODY_1, now)),
-        VerifyErrorKind::SignatureMismatch
+        VerifyErrorKind::ExpiredKey
     );
 }
 

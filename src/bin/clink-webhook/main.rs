@@ -6,6 +6,8 @@ mod inbox_command;
 mod listen;
 mod output;
 mod send;
+#[cfg(all(feature = "gateway", unix))]
+mod serve;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -81,6 +83,11 @@ enum Command {
     /// Look into a durable inbox: list, show, replay, purge, stats.
     #[command(after_help = inbox_command::AFTER_HELP)]
     Inbox(inbox_command::InboxArgs),
+    /// Run the receiving gateway: verify, keep in a durable inbox, relay to
+    /// an HTTP app, NATS JetStream or Redis Streams in per-object order.
+    #[cfg(all(feature = "gateway", unix))]
+    #[command(after_help = serve::after_help())]
+    Serve(serve::ServeArgs),
 }
 
 /// Where the signing key comes from.
@@ -521,6 +528,8 @@ fn main() -> ExitCode {
         Command::Inbox(args) => {
             runtime().and_then(|rt| rt.block_on(inbox_command::run(&out, args)))
         }
+        #[cfg(all(feature = "gateway", unix))]
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(&out, args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

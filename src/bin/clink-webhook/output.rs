@@ -89,13 +89,11 @@ impl Output {
 
 /// `text` as is when it is printable, else quoted with Rust's escapes, so
 /// that a value from elsewhere (a body, a receiver's answer) can neither
-/// colour the terminal nor fake a line of output.
+/// colour the terminal, fake a line of output, nor hide or reorder text:
+/// the crate's one rule, [`clink_webhooks::events::printable`] (control,
+/// format and separator characters, and quotes).
 pub(crate) fn escaped(text: &str) -> String {
-    if text.chars().any(|c| c.is_control() || c == '"') {
-        format!("{text:?}")
-    } else {
-        text.to_owned()
-    }
+    clink_webhooks::events::printable(text).into_owned()
 }
 
 #[cfg(test)]
@@ -131,5 +129,13 @@ mod tests {
         );
         assert_eq!(escaped("say \"hi\""), "\"say \\\"hi\\\"\"");
         assert_eq!(escaped("a\u{7f}b"), "\"a\\u{7f}b\"");
+        // Characters that hide or reorder text, or break a line in a viewer.
+        for (text, shown) in [
+            ("evt_1\u{202e}dlo", r#""evt_1\u{202e}dlo""#),
+            ("evt\u{200b}1", r#""evt\u{200b}1""#),
+            ("evt\u{2028}1", r#""evt\u{2028}1""#),
+        ] {
+            assert_eq!(escaped(text), shown);
+        }
     }
 }

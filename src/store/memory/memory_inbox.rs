@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::events::InboxAttempt;
+use crate::store::inbox_page::{on_page, page_of};
 use crate::store::inbox_trait::order_key;
 use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
     LeaseToken, NewEvent, Replayed, Settle, StoreError,
 };
+use crate::store::{InboxActivity, PageStart};
 use crate::Timestamp;
 
 /// An [`Inbox`] in process memory: nothing survives a restart, so it is for
@@ -104,6 +107,7 @@ impl MemoryInbox {
                     handled_at: None,
                     replays: 0,
                     last_replayed_at: None,
+                    receipt: None,
                 },
                 token: None,
                 lease_until: event.received_at,
@@ -130,6 +134,7 @@ impl MemoryInbox {
         held.entry.next_attempt_at = now;
         held.entry.replays += 1;
         held.entry.last_replayed_at = Some(now);
+        held.entry.receipt = None;
         Replayed::Replayed
     }
 }
@@ -172,7 +177,11 @@ impl Inbox for MemoryInbox {
                 other.entry.seq != held.entry.seq
                     && other.entry.event.object_key.as_ref() == Some(object)
                     && match other.entry.status {
-                        InboxStatus::Running => other.lease_until > now,
+                        // An older event still to finish blocks, whether
+                        // it waits or its worker died holding it.
+                        InboxStatus::Running => {
+                            other.lease_until > now || order_key(&other.entry.event) < mine
+                        }
                         InboxStatus::Pending | InboxStatus::Retrying => {
                             order_key(&other.entry.event) < mine
                         }
@@ -346,5 +355,65 @@ impl Inbox for MemoryInbox {
         Box::pin(async move {
             let _ = tokio::time::timeout(timeout, self.inserted.notified()).await;
         })
+    }
+
+    fn record_receipt<'a>(
+        &'a self,
+        attempt: &'a InboxAttempt,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        let now = Timestamp::now();
+        let mut state = self.state();
+        let holds = state.entries.get_mut(&attempt.seq()).filter(|held| {
+            held.entry.status == InboxStatus::Running
+                && held.token.as_ref().map(LeaseToken::as_str) == Some(attempt.token())
+                && held.lease_until > now
+        });
+        let settled = match holds {
+            Some(held) => {
+                held.entry.receipt = Some(receipt.to_owned());
+                Settle::Applied
+            }
+            None => Settle::LeaseLost,
+        };
+        ready(Ok(settled))
+    }
+
+    fn page<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        start: PageStart,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        let state = self.state();
+        let matching = state
+            .entries
+            .values()
+            .filter(|held| on_page(filter, start, &held.entry))
+            .map(|held| held.entry.clone());
+        ready(Ok(page_of(matching, start, limit)))
+    }
+
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let state = self.state();
+        let count = state
+            .entries
+            .values()
+            .filter(|held| filter.matches(&held.entry))
+            .count();
+        ready(Ok(count as u64))
+    }
+
+    fn activity(
+        &self,
+        since: Timestamp,
+        interval: Duration,
+        intervals: usize,
+    ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
+        let mut activity = InboxActivity::new(since, interval, intervals);
+        for held in self.state().entries.values() {
+            activity.tally(&held.entry);
+        }
+        ready(Ok(activity))
     }
 }

@@ -13,6 +13,7 @@ use tokio_postgres::Row;
 use super::schema::{check_table_name, quote};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
+use crate::store::inbox_page::sql as browse;
 use crate::store::inbox_trait::{
     filter_sql, order_key, read_entry, EntryRow, FilterParams, ENTRY_COLUMNS,
 };
@@ -20,6 +21,7 @@ use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus,
     Inserted, LeaseToken, NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
+use crate::store::{InboxActivity, PageStart};
 use crate::{ConfigError, Timestamp};
 
 /// The inbox in a PostgreSQL table: the production backend.
@@ -72,6 +74,7 @@ struct Sql {
     writable: String,
     purge: String,
     stats: String,
+    receipt: String,
 }
 
 impl Sql {
@@ -111,6 +114,9 @@ impl Sql {
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS handled_at_ms bigint;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS replays integer NOT NULL DEFAULT 0;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_replay_ms bigint;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS receipt text;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS header_timestamp text;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS header_signature text;
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
@@ -119,9 +125,9 @@ impl Sql {
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
                                      signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key,
-                                     status, last_error)
+                                     status, last_error, header_timestamp, header_signature)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $11,
-                            CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12)
+                            CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12, $13, $14)
                     ON CONFLICT (account, event_id) DO NOTHING
                     RETURNING seq)
                  SELECT seq, pg_notify($10, '') FROM kept"
@@ -136,8 +142,7 @@ impl Sql {
                             SELECT 1 FROM {t} o
                             WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
                               AND ((o.status = 'running' AND o.lease_until_ms > $1)
-                                   OR (o.status <> 'running'
-                                       AND (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\")))))
+                                   OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))))
                     ORDER BY e.seq
                     LIMIT 1
                     FOR UPDATE SKIP LOCKED)
@@ -200,6 +205,10 @@ impl Sql {
                         sum(CASE WHEN status = 'running' OR next_attempt_ms <= $1 THEN 1 ELSE 0 END)
                  FROM {t} WHERE status <> 'done' GROUP BY status"
             ),
+            receipt: format!(
+                "UPDATE {t} SET receipt = $4
+                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+            ),
             channel,
         }
     }
@@ -226,7 +235,7 @@ fn with_filter<'a, const N: usize>(
 fn replay_set(now: usize) -> String {
     format!(
         "status = 'pending', attempts = 0, next_attempt_ms = ${now}::bigint, token = NULL, \
-         replays = replays + 1, last_replay_ms = ${now}::bigint"
+         replays = replays + 1, last_replay_ms = ${now}::bigint, receipt = NULL"
     )
 }
 
@@ -479,6 +488,9 @@ impl PostgresInbox {
             let signed = event.signed_at.as_millis();
             let received = event.received_at.as_millis();
             let body: &[u8] = &event.body;
+            let headers = event.signature_headers.as_ref();
+            let header_timestamp = headers.map(|h| h.timestamp.as_str());
+            let header_signature = headers.map(|h| h.signature.as_str());
             let inserted = self
                 .call(async |client| {
                     client
@@ -497,6 +509,8 @@ impl PostgresInbox {
                                 (&self.sql.channel, Type::TEXT),
                                 (&event.signing_key, Type::TEXT),
                                 (&dead_with, Type::TEXT),
+                                (&header_timestamp, Type::TEXT),
+                                (&header_signature, Type::TEXT),
                             ],
                         )
                         .await
@@ -750,6 +764,134 @@ impl Inbox for PostgresInbox {
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = tokio::time::timeout(timeout, self.notified.notified()).await;
+        })
+    }
+
+    fn record_receipt<'a>(
+        &'a self,
+        attempt: &'a InboxAttempt,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        Box::pin(async move {
+            let now = Timestamp::now().as_millis();
+            let (seq, token) = (attempt.seq(), attempt.token());
+            let changed = self
+                .call(async |client| {
+                    client
+                        .execute_typed(
+                            &self.sql.receipt,
+                            &[
+                                (&seq, Type::INT8),
+                                (&token, Type::TEXT),
+                                (&now, Type::INT8),
+                                (&receipt, Type::TEXT),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot record the receipt", &err))
+                })
+                .await?;
+            Ok(if changed == 1 {
+                Settle::Applied
+            } else {
+                Settle::LeaseLost
+            })
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        filter: &'a InboxFilter,
+        start: PageStart,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        Box::pin(async move {
+            let f = filter.params();
+            let bound = browse::page_bound(start);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let sql = browse::page(&quote(&self.sql.table), '$', start);
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &sql,
+                            &with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot list the inbox", &err))
+                })
+                .await?;
+            let mut page = rows
+                .iter()
+                .map(read_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| pg_error("cannot read an event", &err))?;
+            if matches!(start, PageStart::After(_)) {
+                page.reverse();
+            }
+            Ok(page)
+        })
+    }
+
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let f = filter.params();
+            let sql = browse::count(&quote(&self.sql.table), '$');
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(&sql, &with_filter(&f, []))
+                        .await
+                        .map_err(|err| pg_error("cannot count the inbox", &err))
+                })
+                .await?;
+            let count = rows
+                .first()
+                .map(|row| row.try_get::<_, i64>(0))
+                .transpose()
+                .map_err(|err| pg_error("cannot count the inbox", &err))?;
+            Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        })
+    }
+
+    fn activity(
+        &self,
+        since: Timestamp,
+        interval: Duration,
+        intervals: usize,
+    ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
+        Box::pin(async move {
+            let mut activity = InboxActivity::new(since, interval, intervals);
+            let (from, step, until) = (
+                since.as_millis(),
+                activity.interval_ms(),
+                activity.until().as_millis(),
+            );
+            let sql = browse::activity(&quote(&self.sql.table), '$');
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &sql,
+                            &[
+                                (&from, Type::INT8),
+                                (&step, Type::INT8),
+                                (&until, Type::INT8),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot count the inbox", &err))
+                })
+                .await?;
+            for row in &rows {
+                let read = || -> Result<(i64, i64, i64), tokio_postgres::Error> {
+                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                };
+                let (kind, slot, count) =
+                    read().map_err(|err| pg_error("cannot count the inbox", &err))?;
+                activity.add(kind == 1, slot, u64::try_from(count).unwrap_or(0));
+            }
+            Ok(activity)
         })
     }
 }

@@ -1,0 +1,1051 @@
+//! The gateway's configuration: one TOML file, every value also settable
+//! by an environment variable (`CLINK_` and the name in upper case; the
+//! environment wins), validated as a whole before anything starts, and
+//! printed with its secrets masked.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clink_webhooks::accounts::is_valid_account;
+use clink_webhooks::{SigningKey, Timestamp, Verifier};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::output::escaped;
+
+/// One setting: its name in the file, the environment variable that sets
+/// it too, its default, and whether its value is a secret.
+pub(crate) struct Field {
+    pub(crate) name: &'static str,
+    pub(crate) default: Option<&'static str>,
+    secret: bool,
+}
+
+impl Field {
+    /// `CLINK_` and the name in upper case; `DATABASE_URL` as everywhere.
+    pub(crate) fn env(&self) -> String {
+        if self.name == "database_url" {
+            "DATABASE_URL".to_owned()
+        } else {
+            format!("CLINK_{}", self.name.to_ascii_uppercase())
+        }
+    }
+}
+
+const fn field(name: &'static str, default: Option<&'static str>, secret: bool) -> Field {
+    Field {
+        name,
+        default,
+        secret,
+    }
+}
+
+/// Every setting, in the order the effective configuration is printed.
+pub(crate) const FIELDS: &[Field] = &[
+    field("serve_listen", Some("127.0.0.1:3000"), false),
+    field("serve_path", Some("/webhooks/clink"), false),
+    field("webhook_signing_key", None, true),
+    field("signing_keys", None, true),
+    field("accounts_file", None, false),
+    field("tolerance_s", Some("300"), false),
+    field("inbox", None, false),
+    field("database_url", None, true),
+    field("inbox_retention_hours", Some("168"), false),
+    field("destination", None, true),
+    field("destination_timeout_ms", Some("10000"), false),
+    field("nats_stream", Some("CLINK"), false),
+    field("nats_subject", Some("clink.{account}.{type}"), false),
+    field("nats_duplicate_window_s", Some("600"), false),
+    field("redis_stream", Some("clink:{account}"), false),
+    field("redis_dedup_hours", Some("168"), false),
+    field("settle_ms", Some("1000"), false),
+    field("concurrency", Some("8"), false),
+    field("lease_ms", Some("30000"), false),
+    field("max_attempts", Some("1000"), false),
+    field("backoff_ms", Some("1000"), false),
+    field("max_backoff_ms", Some("60000"), false),
+    field("body_limit_bytes", Some("1048576"), false),
+    field("body_budget_bytes", Some("67108864"), false),
+    field("body_budget_bodies", Some("1024"), false),
+    field("body_timeout_ms", Some("30000"), false),
+    field("store_timeout_ms", Some("5000"), false),
+    field("header_read_timeout_ms", Some("10000"), false),
+    field("max_connections", Some("1024"), false),
+    field("shutdown_timeout_ms", Some("10000"), false),
+    field("metrics", Some("true"), false),
+    field("console_token", None, true),
+    field("console_secure_cookie", Some("true"), false),
+    field("log", Some("warn"), false),
+];
+
+/// Where a value came from.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Origin {
+    Env(String),
+    File(PathBuf),
+    #[default]
+    Default,
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        match self {
+            Self::Env(name) => format!("from the environment variable {name}"),
+            Self::File(path) => format!("in {}", path.display()),
+            Self::Default => "the default".to_owned(),
+        }
+    }
+
+    fn short(&self) -> String {
+        match self {
+            Self::Env(name) => format!("env {name}"),
+            Self::File(_) => "file".to_owned(),
+            Self::Default => "default".to_owned(),
+        }
+    }
+}
+
+/// A wrong configuration: which setting, where it came from, and why.
+#[derive(Debug)]
+pub(crate) struct ConfigProblem(pub(crate) String);
+
+fn problem(name: &str, origin: &Origin, message: impl std::fmt::Display) -> ConfigProblem {
+    ConfigProblem(format!(
+        "configuration: {name} ({}): {message}",
+        origin.describe()
+    ))
+}
+
+/// A value as given: text from the environment, or a TOML value.
+enum Raw {
+    Text(String),
+    Toml(toml::Value),
+}
+
+/// The settings as given, before they are read.
+struct Given {
+    file: Option<(PathBuf, toml::Table)>,
+    env: BTreeMap<&'static str, String>,
+}
+
+impl Given {
+    fn get(&self, field: &Field) -> Option<(Raw, Origin)> {
+        if let Some(text) = self.env.get(field.name) {
+            return Some((Raw::Text(text.clone()), Origin::Env(field.env())));
+        }
+        let (path, table) = self.file.as_ref()?;
+        let value = table.get(field.name)?;
+        Some((Raw::Toml(value.clone()), Origin::File(path.clone())))
+    }
+}
+
+/// A TOML parse error, by line and column, without quoting the file (a
+/// line of it may hold a secret).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end_matches('\n').replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn read_toml(path: &Path, what: &str) -> Result<toml::Table, ConfigProblem> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigProblem(format!(
+            "configuration: cannot read the {what} {}: {error}",
+            path.display()
+        ))
+    })?;
+    let text = Zeroizing::new(text);
+    toml::from_str::<toml::Table>(&text).map_err(|error| {
+        ConfigProblem(format!(
+            "configuration: the {what} {} is not valid TOML: {}",
+            path.display(),
+            toml_error(&text, &error)
+        ))
+    })
+}
+
+/// A signing key as configured.
+#[derive(Clone)]
+pub(crate) struct KeySpec {
+    secret: Zeroizing<String>,
+    name: Option<String>,
+    expires: Option<Timestamp>,
+}
+
+impl KeySpec {
+    fn signing_key(&self) -> Result<SigningKey, String> {
+        let mut key = SigningKey::new(self.secret.as_bytes()).map_err(|e| e.to_string())?;
+        if let Some(name) = &self.name {
+            key = key.named(name).map_err(|e| e.to_string())?;
+        }
+        if let Some(expires) = self.expires {
+            key = key.expires_at(expires.to_system_time());
+        }
+        Ok(key)
+    }
+
+    fn describe(&self) -> String {
+        let mut text = match &self.name {
+            Some(name) => format!("{} ([redacted])", escaped(name)),
+            None => "[redacted]".to_owned(),
+        };
+        if let Some(expires) = self.expires {
+            let _ = write!(text, " expires {expires}");
+        }
+        text
+    }
+}
+
+/// A verifier with `keys` (newest first) and the timestamp tolerance.
+pub(crate) fn verifier(keys: &[KeySpec], tolerance: Duration) -> Result<Verifier, String> {
+    let mut keys = keys.iter();
+    let first = keys.next().ok_or("no signing key")?;
+    let mut verifier = Verifier::from_key(&first.signing_key()?);
+    for key in keys {
+        verifier = verifier.add_key(key.signing_key()?);
+    }
+    Ok(verifier.tolerance(tolerance))
+}
+
+/// Keys from a comma-separated list of secrets, newest first.
+fn key_list(text: &str) -> Result<Vec<KeySpec>, String> {
+    let keys: Vec<KeySpec> = text
+        .split(',')
+        .map(str::trim)
+        .map(|secret| KeySpec {
+            secret: Zeroizing::new(secret.to_owned()),
+            name: None,
+            expires: None,
+        })
+        .collect();
+    if keys.iter().any(|key| key.secret.is_empty()) {
+        return Err("an empty signing key (a stray comma?)".to_owned());
+    }
+    Ok(keys)
+}
+
+/// Keys from a TOML array of tables `{ secret, name, expires }`.
+fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
+    let toml::Value::Array(items) = value else {
+        return Err(
+            "expected an array of tables { secret = \"...\", name = \"...\", expires = \"RFC 3339\" }"
+                .to_owned(),
+        );
+    };
+    if items.is_empty() {
+        return Err("no signing key".to_owned());
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let at = |message: String| format!("key {}: {message}", index + 1);
+            let toml::Value::Table(table) = item else {
+                return Err(at("expected a table { secret, name, expires }".to_owned()));
+            };
+            if let Some(unknown) = table
+                .keys()
+                .find(|k| !["secret", "name", "expires"].contains(&k.as_str()))
+            {
+                return Err(at(format!(
+                    "unknown field {}; a key has secret, name and expires",
+                    escaped(unknown)
+                )));
+            }
+            let text = |name: &str| match table.get(name) {
+                None => Ok(None),
+                Some(toml::Value::String(text)) => Ok(Some(text.clone())),
+                Some(_) => Err(at(format!("{name} must be a string"))),
+            };
+            let secret = text("secret")?
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| at("secret is missing or empty".to_owned()))?;
+            let expires = match table.get("expires") {
+                None => None,
+                Some(toml::Value::Datetime(datetime)) => Some(datetime.to_string()),
+                Some(toml::Value::String(text)) => Some(text.clone()),
+                Some(_) => return Err(at("expires must be an RFC 3339 time".to_owned())),
+            };
+            let expires = expires
+                .map(|text| {
+                    text.parse::<Timestamp>().map_err(|_| {
+                        at(format!(
+                            "expires {}: not an RFC 3339 time such as 2026-03-01T00:00:00Z",
+                            escaped(&text)
+                        ))
+                    })
+                })
+                .transpose()?;
+            let key = KeySpec {
+                secret: Zeroizing::new(secret),
+                name: text("name")?,
+                expires,
+            };
+            key.signing_key().map_err(at)?;
+            Ok(key)
+        })
+        .collect()
+}
+
+/// Where the layer's keys come from.
+pub(crate) enum Keys {
+    /// One endpoint: these keys, newest first.
+    One(Vec<KeySpec>),
+    /// Many accounts, each with its keys, from a file re-read on SIGHUP.
+    PerAccount(PathBuf),
+}
+
+/// Reads an accounts file: `[ACCOUNT]` tables, each with `signing_key`
+/// (comma-separated, newest first) or `signing_keys` (tables).
+pub(crate) fn read_accounts(path: &Path) -> Result<BTreeMap<String, Vec<KeySpec>>, ConfigProblem> {
+    let table = read_toml(path, "accounts file")?;
+    let origin = Origin::File(path.to_owned());
+    let mut accounts = BTreeMap::new();
+    for (account, value) in &table {
+        let name = format!("account {}", escaped(account));
+        if !is_valid_account(account) {
+            return Err(problem(
+                &name,
+                &origin,
+                "an account id is 1 to 128 ASCII letters, digits, `_`, `-` and `.`",
+            ));
+        }
+        let toml::Value::Table(settings) = value else {
+            return Err(problem(
+                &name,
+                &origin,
+                "expected a table with signing_key or signing_keys",
+            ));
+        };
+        let keys = match (settings.get("signing_key"), settings.get("signing_keys")) {
+            (Some(toml::Value::String(text)), None) => key_list(text),
+            (Some(_), None) => Err("signing_key must be a string".to_owned()),
+            (None, Some(tables)) => key_tables(tables),
+            (Some(_), Some(_)) => Err("give signing_key or signing_keys, not both".to_owned()),
+            (None, None) => Err("signing_key or signing_keys is missing".to_owned()),
+        }
+        .map_err(|message| problem(&name, &origin, message))?;
+        if let Some(unknown) = settings
+            .keys()
+            .find(|k| !["signing_key", "signing_keys"].contains(&k.as_str()))
+        {
+            return Err(problem(
+                &name,
+                &origin,
+                format!("unknown setting {}", escaped(unknown)),
+            ));
+        }
+        verifier(&keys, Duration::from_secs(300)).map_err(|m| problem(&name, &origin, m))?;
+        accounts.insert(account.clone(), keys);
+    }
+    if accounts.is_empty() {
+        return Err(problem(
+            "accounts_file",
+            &origin,
+            "no account: add [ACCOUNT] tables with signing_key",
+        ));
+    }
+    Ok(accounts)
+}
+
+/// Where the inbox is.
+pub(crate) enum InboxSpec {
+    Sqlite(PathBuf),
+    Postgres(Zeroizing<String>),
+}
+
+/// Where events go.
+#[derive(Clone)]
+pub(crate) enum DestinationSpec {
+    Http(http::Uri),
+    Nats(String),
+    Redis(String),
+}
+
+/// `url` with the password of its user info, if any, masked.
+pub(crate) fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // A bare token (redis://token@host) is a password too.
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A query string may carry a token.
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => tail.to_owned(),
+    };
+    escaped(&format!("{scheme}://{authority}{tail}"))
+}
+
+/// The gateway's configuration, read and checked.
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) path: String,
+    pub(crate) keys: Keys,
+    pub(crate) tolerance: Duration,
+    pub(crate) inbox: InboxSpec,
+    pub(crate) inbox_retention: Duration,
+    pub(crate) destination: DestinationSpec,
+    pub(crate) destination_timeout: Duration,
+    pub(crate) nats_stream: String,
+    pub(crate) nats_subject: String,
+    pub(crate) nats_duplicate_window: Duration,
+    pub(crate) redis_stream: String,
+    pub(crate) redis_dedup: Duration,
+    pub(crate) reorder_window: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) body_limit: usize,
+    pub(crate) body_budget: (usize, usize),
+    pub(crate) body_timeout: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) metrics: bool,
+    #[cfg_attr(not(feature = "console"), allow(dead_code))]
+    pub(crate) console: Option<(Zeroizing<String>, bool)>,
+    pub(crate) log: String,
+    /// Each setting's shown value and where it came from, in [`FIELDS`] order.
+    pub(crate) effective: Vec<(&'static str, String, Origin)>,
+}
+
+/// Reads the settings one by one, noting each effective value.
+struct Reader {
+    given: Given,
+    effective: Vec<(&'static str, String, Origin)>,
+}
+
+fn field_named(name: &str) -> &'static Field {
+    FIELDS
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| unreachable!("no field {name}"))
+}
+
+impl Reader {
+    /// The raw value of `name`, its default as text when not given.
+    fn raw(&self, name: &str) -> Option<(Raw, Origin)> {
+        let field = field_named(name);
+        self.given.get(field).or_else(|| {
+            field
+                .default
+                .map(|d| (Raw::Text(d.to_owned()), Origin::Default))
+        })
+    }
+
+    fn note(&mut self, name: &str, shown: String, origin: Origin) {
+        let field = field_named(name);
+        self.effective.push((field.name, shown, origin));
+    }
+
+    fn text(&mut self, name: &str) -> Result<Option<(String, Origin)>, ConfigProblem> {
+        let Some((raw, origin)) = self.raw(name) else {
+            return Ok(None);
+        };
+        let text = match raw {
+            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text,
+            Raw::Toml(_) => return Err(problem(name, &origin, "expected a string")),
+        };
+        Ok(Some((text, origin)))
+    }
+
+    /// A required string, shown as is (escaped) unless `shown` says otherwise.
+    fn plain(&mut self, name: &str) -> Result<Option<(String, Origin)>, ConfigProblem> {
+        let found = self.text(name)?;
+        if let Some((text, origin)) = &found {
+            self.note(name, escaped(text), origin.clone());
+        }
+        Ok(found)
+    }
+
+    fn number(&mut self, name: &str, low: u64, high: u64) -> Result<u64, ConfigProblem> {
+        let (raw, origin) = self
+            .raw(name)
+            .unwrap_or_else(|| unreachable!("{name} has a default"));
+        let value = match raw {
+            Raw::Toml(toml::Value::Integer(n)) => u64::try_from(n).ok(),
+            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => text.trim().parse().ok(),
+            Raw::Toml(_) => None,
+        };
+        let value = value.filter(|n| (low..=high).contains(n)).ok_or_else(|| {
+            problem(
+                name,
+                &origin,
+                format!("expected a whole number from {low} to {high}"),
+            )
+        })?;
+        self.note(name, value.to_string(), origin);
+        Ok(value)
+    }
+
+    fn millis(&mut self, name: &str, low: u64, high: u64) -> Result<Duration, ConfigProblem> {
+        self.number(name, low, high).map(Duration::from_millis)
+    }
+
+    fn flag(&mut self, name: &str) -> Result<bool, ConfigProblem> {
+        let (raw, origin) = self
+            .raw(name)
+            .unwrap_or_else(|| unreachable!("{name} has a default"));
+        let value = match raw {
+            Raw::Toml(toml::Value::Boolean(b)) => Some(b),
+            Raw::Text(text) | Raw::Toml(toml::Value::String(text)) => {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => Some(true),
+                    "false" | "0" | "no" | "off" => Some(false),
+                    _ => None,
+                }
+            }
+            Raw::Toml(_) => None,
+        };
+        let value = value.ok_or_else(|| problem(name, &origin, "expected true or false"))?;
+        self.note(name, value.to_string(), origin);
+        Ok(value)
+    }
+}
+
+const DAY_HOURS: u64 = 24;
+const YEAR_HOURS: u64 = 366 * DAY_HOURS;
+
+impl Config {
+    /// Reads the file at `path` (if any) and the environment.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self, ConfigProblem> {
+        let env = FIELDS
+            .iter()
+            .filter_map(|field| std::env::var(field.env()).ok().map(|v| (field.name, v)))
+            .collect();
+        let file = path
+            .map(|path| read_toml(path, "configuration file").map(|table| (path.to_owned(), table)))
+            .transpose()?;
+        if let Some((path, table)) = &file {
+            if let Some(unknown) = table
+                .keys()
+                .find(|key| !FIELDS.iter().any(|f| f.name == key.as_str()))
+            {
+                return Err(ConfigProblem(format!(
+                    "configuration: {} in {}: unknown setting; the settings are listed by `clink-webhook serve --help`",
+                    escaped(unknown),
+                    path.display()
+                )));
+            }
+        }
+        Self::read(Given { file, env })
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn read(given: Given) -> Result<Self, ConfigProblem> {
+        let mut r = Reader {
+            given,
+            effective: Vec::new(),
+        };
+        let (listen, origin) = r.plain("serve_listen")?.unwrap_or_default();
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            problem(
+                "serve_listen",
+                &origin,
+                "expected an address and port such as 127.0.0.1:3000 or [::]:3000",
+            )
+        })?;
+        let (path, origin) = r.plain("serve_path")?.unwrap_or_default();
+        if !path.starts_with('/')
+            || path.len() > 1 && path.ends_with('/')
+            || path.contains(['?', '#', ' '])
+        {
+            return Err(problem(
+                "serve_path",
+                &origin,
+                "expected a path such as /webhooks/clink: starting with /, without a trailing /",
+            ));
+        }
+
+        let tolerance = Duration::from_secs(r.number("tolerance_s", 1, 86_400)?);
+        let keys = Self::read_keys(&mut r, tolerance)?;
+
+        let inbox =
+            match r.plain("inbox")? {
+                None => return Err(ConfigProblem(
+                    "configuration: inbox is missing: set CLINK_INBOX (or inbox in the file) to \
+                     sqlite:<path> or postgres"
+                        .to_owned(),
+                )),
+                Some((text, origin)) => {
+                    if let Some(file) = text.strip_prefix("sqlite:") {
+                        if file.is_empty() {
+                            return Err(problem(
+                                "inbox",
+                                &origin,
+                                "sqlite: needs a file, as sqlite:/var/lib/clink/inbox.db",
+                            ));
+                        }
+                        InboxSpec::Sqlite(PathBuf::from(file))
+                    } else if text == "postgres" {
+                        let Some((url, url_origin)) = r.text("database_url")? else {
+                            return Err(problem(
+                                "inbox",
+                                &origin,
+                                "postgres needs DATABASE_URL (or database_url in the file)",
+                            ));
+                        };
+                        if url.parse::<tokio_postgres::Config>().is_err() {
+                            return Err(problem(
+                            "database_url",
+                            &url_origin,
+                            "not a PostgreSQL connection string (postgres://user:password@host/db)",
+                        ));
+                        }
+                        r.note("database_url", masked_url(&url), url_origin);
+                        InboxSpec::Postgres(Zeroizing::new(url))
+                    } else {
+                        return Err(problem(
+                            "inbox",
+                            &origin,
+                            format!("{}: expected sqlite:<path> or postgres", escaped(&text)),
+                        ));
+                    }
+                }
+            };
+        let inbox_retention =
+            Duration::from_secs(3600 * r.number("inbox_retention_hours", 1, 10 * YEAR_HOURS)?);
+
+        let destination =
+            match r.text("destination")? {
+                None => return Err(ConfigProblem(
+                    "configuration: destination is missing: set CLINK_DESTINATION (or destination \
+                     in the file) to http://..., https://..., nats://host:port or redis://..."
+                        .to_owned(),
+                )),
+                Some((url, origin)) => {
+                    let spec =
+                        parse_destination(&url).map_err(|m| problem("destination", &origin, m))?;
+                    r.note("destination", masked_url(&url), origin);
+                    spec
+                }
+            };
+        let destination_timeout = r.millis("destination_timeout_ms", 1, 3_600_000)?;
+        let (nats_stream, origin) = r.plain("nats_stream")?.unwrap_or_default();
+        if nats_stream.is_empty()
+            || nats_stream.len() > 64
+            || !nats_stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(problem(
+                "nats_stream",
+                &origin,
+                "a stream name is 1 to 64 ASCII letters, digits, `_` and `-`",
+            ));
+        }
+        let (nats_subject, origin) = r.plain("nats_subject")?.unwrap_or_default();
+        check_template(&nats_subject, &["account", "type"])
+            .and_then(|()| stream_subject(&nats_subject).map(drop))
+            .map_err(|m| problem("nats_subject", &origin, m))?;
+        let nats_duplicate_window =
+            Duration::from_secs(r.number("nats_duplicate_window_s", 1, 7 * 86_400)?);
+        let (redis_stream, origin) = r.plain("redis_stream")?.unwrap_or_default();
+        check_template(&redis_stream, &["account", "type"])
+            .map_err(|m| problem("redis_stream", &origin, m))?;
+        if redis_stream.is_empty() {
+            return Err(problem(
+                "redis_stream",
+                &origin,
+                "a stream name is not empty",
+            ));
+        }
+        let redis_dedup = Duration::from_secs(3600 * r.number("redis_dedup_hours", 1, YEAR_HOURS)?);
+
+        let reorder_window = r.millis("settle_ms", 0, 3_600_000)?;
+        let concurrency = usize::try_from(r.number("concurrency", 1, 10_000)?).unwrap_or(1);
+        let lease = r.millis("lease_ms", 1000, 3_600_000)?;
+        if matches!(destination, DestinationSpec::Nats(_)) && nats_duplicate_window <= lease {
+            return Err(ConfigProblem(format!(
+                "configuration: nats_duplicate_window_s ({} s) must be longer than lease_ms ({} ms): \
+                 an event republished after a crash must still be inside the stream's duplicate window",
+                nats_duplicate_window.as_secs(),
+                lease.as_millis()
+            )));
+        }
+        let max_attempts = u32::try_from(r.number("max_attempts", 1, 1_000_000)?).unwrap_or(1);
+        let backoff = r.millis("backoff_ms", 1, 86_400_000)?;
+        let max_backoff = r.millis("max_backoff_ms", 1, 86_400_000)?;
+        if max_backoff < backoff {
+            return Err(ConfigProblem(format!(
+                "configuration: max_backoff_ms ({}) must be at least backoff_ms ({})",
+                max_backoff.as_millis(),
+                backoff.as_millis()
+            )));
+        }
+        let body_limit = usize::try_from(r.number("body_limit_bytes", 1, 1 << 30)?).unwrap_or(1);
+        let budget_bytes = usize::try_from(r.number("body_budget_bytes", 1, 1 << 40)?).unwrap_or(1);
+        let budget_bodies =
+            usize::try_from(r.number("body_budget_bodies", 1, 1 << 20)?).unwrap_or(1);
+        if budget_bytes < body_limit {
+            return Err(ConfigProblem(format!(
+                "configuration: body_budget_bytes ({budget_bytes}) must be at least body_limit_bytes ({body_limit})"
+            )));
+        }
+        let body_timeout = r.millis("body_timeout_ms", 1, 3_600_000)?;
+        let store_timeout = r.millis("store_timeout_ms", 1, 3_600_000)?;
+        let header_read_timeout = r.millis("header_read_timeout_ms", 1, 3_600_000)?;
+        let max_connections =
+            usize::try_from(r.number("max_connections", 1, 1 << 20)?).unwrap_or(1);
+        let shutdown_timeout = r.millis("shutdown_timeout_ms", 0, 3_600_000)?;
+        let metrics = r.flag("metrics")?;
+        let secure_cookie = r.flag("console_secure_cookie")?;
+        let console = match r.text("console_token")? {
+            None => None,
+            Some((token, origin)) => {
+                if !cfg!(feature = "console") {
+                    return Err(problem(
+                        "console_token",
+                        &origin,
+                        "this clink-webhook was built without the console feature",
+                    ));
+                }
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(problem(
+                        "console_token",
+                        &origin,
+                        "a console token is at least 16 characters, without spaces",
+                    ));
+                }
+                r.note("console_token", "[redacted]".to_owned(), origin);
+                Some((Zeroizing::new(token), secure_cookie))
+            }
+        };
+        let (log, _) = r.plain("log")?.unwrap_or_default();
+
+        let mut effective = r.effective;
+        effective.sort_by_key(|(name, ..)| FIELDS.iter().position(|f| f.name == *name));
+        Ok(Self {
+            listen,
+            path,
+            keys,
+            tolerance,
+            inbox,
+            inbox_retention,
+            destination,
+            destination_timeout,
+            nats_stream,
+            nats_subject,
+            nats_duplicate_window,
+            redis_stream,
+            redis_dedup,
+            reorder_window,
+            concurrency,
+            lease,
+            max_attempts,
+            backoff,
+            max_backoff,
+            body_limit,
+            body_budget: (budget_bytes, budget_bodies),
+            body_timeout,
+            store_timeout,
+            header_read_timeout,
+            max_connections,
+            shutdown_timeout,
+            metrics,
+            console,
+            log,
+            effective,
+        })
+    }
+
+    fn read_keys(r: &mut Reader, tolerance: Duration) -> Result<Keys, ConfigProblem> {
+        let one = r.text("webhook_signing_key")?;
+        let tables = r.raw("signing_keys");
+        let file = r.text("accounts_file")?;
+        let given = [one.is_some(), tables.is_some(), file.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ConfigProblem(
+                "configuration: give one of webhook_signing_key, signing_keys and accounts_file, \
+                 not several"
+                    .to_owned(),
+            ));
+        }
+        let keys = if let Some((text, origin)) = one {
+            let keys = key_list(&text).map_err(|m| problem("webhook_signing_key", &origin, m))?;
+            verifier(&keys, tolerance).map_err(|m| problem("webhook_signing_key", &origin, m))?;
+            r.note("webhook_signing_key", describe_keys(&keys), origin);
+            Keys::One(keys)
+        } else if let Some((raw, origin)) = tables {
+            let value = match raw {
+                Raw::Toml(value) => Ok(value),
+                // In the environment: a TOML array, as in the file.
+                Raw::Text(text) => toml::from_str::<toml::Table>(&format!("v = {text}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .ok_or_else(|| {
+                        problem(
+                            "signing_keys",
+                            &origin,
+                            "expected a TOML array such as [{ secret = \"whsec_...\", name = \"2026-01\" }]",
+                        )
+                    }),
+            }?;
+            let keys = key_tables(&value).map_err(|m| problem("signing_keys", &origin, m))?;
+            verifier(&keys, tolerance).map_err(|m| problem("signing_keys", &origin, m))?;
+            r.note("signing_keys", describe_keys(&keys), origin);
+            Keys::One(keys)
+        } else if let Some((path, origin)) = file {
+            let path = PathBuf::from(path);
+            let accounts = read_accounts(&path)?;
+            r.note(
+                "accounts_file",
+                format!(
+                    "{} ({} accounts)",
+                    escaped(&path.display().to_string()),
+                    accounts.len()
+                ),
+                origin,
+            );
+            Keys::PerAccount(path)
+        } else {
+            return Err(ConfigProblem(
+                "configuration: no signing key: set CLINK_WEBHOOK_SIGNING_KEY (comma-separated, \
+                 newest first), or signing_keys or accounts_file in the file"
+                    .to_owned(),
+            ));
+        };
+        Ok(keys)
+    }
+
+    /// The effective configuration, one `name = value (origin)` a line.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.effective
+            .iter()
+            .map(|(name, value, origin)| format!("config: {name} = {value} ({})", origin.short()))
+            .collect()
+    }
+
+    /// The effective configuration as one JSON object.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let settings: serde_json::Map<_, _> = self
+            .effective
+            .iter()
+            .map(|(name, value, origin)| {
+                (
+                    (*name).to_owned(),
+                    json!({ "value": value, "from": origin.short() }),
+                )
+            })
+            .collect();
+        json!({ "config": settings })
+    }
+}
+
+fn describe_keys(keys: &[KeySpec]) -> String {
+    let each: Vec<_> = keys.iter().map(KeySpec::describe).collect();
+    format!("{} key(s), newest first: {}", keys.len(), each.join(", "))
+}
+
+fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let has_host = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.split(['/', '?']).next().unwrap_or("").is_empty());
+    match scheme.as_deref() {
+        Some("http" | "https") if has_host => url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|uri| uri.host().is_some())
+            .map(DestinationSpec::Http)
+            .ok_or_else(|| format!("{}: not a valid URL", masked_url(url))),
+        Some("nats") if has_host => Ok(DestinationSpec::Nats(url.to_owned())),
+        Some("redis" | "rediss") if has_host => {
+            if redis::Client::open(url).is_err() {
+                return Err(format!("{}: not a valid Redis URL", masked_url(url)));
+            }
+            Ok(DestinationSpec::Redis(url.to_owned()))
+        }
+        _ => Err(format!(
+            "{}: expected http://..., https://..., nats://host:port, redis://... or rediss://...",
+            masked_url(url)
+        )),
+    }
+}
+
+/// Checks that `template` names only `allowed` placeholders.
+fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{}: a {{ without its }}", escaped(template)))?;
+        let name = &after[..close];
+        if !allowed.contains(&name) {
+            return Err(format!(
+                "{}: unknown placeholder {{{}}}; the placeholders are {}",
+                escaped(template),
+                escaped(name),
+                allowed
+                    .iter()
+                    .map(|a| format!("{{{a}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// The subjects a stream created for `template` covers: its fixed leading
+/// tokens, then `>`.
+pub(crate) fn stream_subject(template: &str) -> Result<String, String> {
+    let fixed: Vec<&str> = template
+        .split('.')
+        .take_while(|token| !token.contains('{'))
+        .collect();
+    let valid = |t: &&str| {
+        !t.is_empty() && !t.contains(['*', '>', ' ', '\t', '\r', '\n']) && !t.contains('}')
+    };
+    if fixed.is_empty() || !fixed.iter().all(valid) {
+        return Err(format!(
+            "{}: a subject template starts with a fixed token, as clink.{{account}}.{{type}}",
+            escaped(template)
+        ));
+    }
+    if fixed.len() == template.split('.').count() {
+        return Ok(template.to_owned());
+    }
+    Ok(format!("{}.>", fixed.join(".")))
+}
+
+/// The help text that lists every setting.
+pub(crate) fn settings_help() -> String {
+    let mut text = String::new();
+    for field in FIELDS {
+        let default = field
+            .default
+            .map_or(String::new(), |d| format!(" [default: {d}]"));
+        let secret = if field.secret {
+            " (secret: masked when printed)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            text,
+            "  {:<26} {}{default}{secret}",
+            field.name,
+            field.env()
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {
+        let env = pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Config::read(Given { file: None, env })
+    }
+
+    fn minimal() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("webhook_signing_key", "whsec_a,whsec_b"),
+            ("inbox", "sqlite:/tmp/x.db"),
+            ("destination", "nats://127.0.0.1:4222"),
+        ]
+    }
+
+    #[test]
+    fn defaults_and_a_minimal_configuration() {
+        let config = config(&minimal()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.path, "/webhooks/clink");
+        assert_eq!(config.reorder_window, Duration::from_secs(1));
+        let lines = config.lines().join("\n");
+        assert!(!lines.contains("whsec_a"), "{lines}");
+        assert!(lines.contains("webhook_signing_key = 2 key(s)"), "{lines}");
+        assert!(lines.contains("(env CLINK_WEBHOOK_SIGNING_KEY)"), "{lines}");
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_field() {
+        for (name, value, expected) in [
+            ("serve_listen", "localhost", "serve_listen"),
+            ("settle_ms", "soon", "settle_ms"),
+            ("destination", "ftp://x", "destination"),
+            ("inbox", "mysql", "inbox"),
+            ("nats_subject", "{type}.x", "nats_subject"),
+            ("redis_stream", "clink:{acount}", "redis_stream"),
+            ("webhook_signing_key", "a,,b", "webhook_signing_key"),
+        ] {
+            let mut pairs = minimal();
+            pairs.retain(|(n, _)| *n != name);
+            pairs.push((name, value));
+            let error = config(&pairs)
+                .err()
+                .unwrap_or_else(|| panic!("{name}={value} accepted"));
+            assert!(error.0.contains(expected), "{}", error.0);
+            assert!(error.0.contains(&field_named(name).env()), "{}", error.0);
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            masked_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            masked_url("rediss://:pw@h:6380/0"),
+            "rediss://:***@h:6380/0"
+        );
+        assert_eq!(masked_url("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(masked_url("https://h/hook?key=abc"), "https://h/hook?***");
+        assert_eq!(masked_url("http://h:1/a"), "http://h:1/a");
+    }
+
+    #[test]
+    fn stream_subjects_cover_the_template() {
+        assert_eq!(stream_subject("clink.{account}.{type}").unwrap(), "clink.>");
+        assert_eq!(stream_subject("a.b").unwrap(), "a.b");
+        assert!(stream_subject("{account}.x").is_err());
+    }
+
+    #[test]
+    fn signing_keys_from_the_environment_are_toml() {
+        let mut pairs = minimal();
+        pairs.retain(|(n, _)| *n != "webhook_signing_key");
+        pairs.push((
+            "signing_keys",
+            r#"[{ secret = "whsec_new", name = "new" }, { secret = "whsec_old", name = "old", expires = "2030-01-01T00:00:00Z" }]"#,
+        ));
+        let config = config(&pairs).unwrap();
+        let Keys::One(keys) = &config.keys else {
+            panic!()
+        };
+        assert_eq!(keys.len(), 2);
+        let lines = config.lines().join("\n");
+        assert!(
+            lines.contains("new ([redacted]), old ([redacted]) expires 2030-01-01T00:00:00"),
+            "{lines}"
+        );
+        assert!(!lines.contains("whsec_"), "{lines}");
+    }
+}

@@ -1,0 +1,446 @@
+//! Where the gateway forwards events: an HTTP app, a NATS JetStream stream
+//! or a Redis stream. Each `publish` returns once the destination has
+//! acknowledged the event (and what it said it kept, when it says), or
+//! fails, and the inbox retries the event later.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clink_webhooks::store::NewEvent;
+use clink_webhooks::BoxError;
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::config::{masked_url, stream_subject, Config, DestinationSpec};
+
+/// How much of an HTTP app's answer is read (and dropped).
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// The Lua script that adds an event to a stream once: it keeps the entry
+/// id under a marker key next to the stream and, when the marker is there
+/// already (an `XADD` before a crash), returns that id without adding.
+const XADD_ONCE: &str = r"
+local kept = redis.call('GET', KEYS[2])
+if kept then return {0, kept} end
+local id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'type', ARGV[2],
+    'account', ARGV[3], 'object', ARGV[4], 'created', ARGV[5], 'body', ARGV[6])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[7])
+return {1, id}
+";
+
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// A destination, connected (or connecting) and ready to publish.
+pub(crate) struct Destination {
+    /// The destination as metrics, logs and `/health` name it: its URL
+    /// with any password masked.
+    pub(crate) name: String,
+    kind: Kind,
+    timeout: Duration,
+}
+
+enum Kind {
+    Http {
+        url: http::Uri,
+        client: HttpsClient,
+    },
+    Nats {
+        url: String,
+        stream: String,
+        subject: String,
+        duplicate_window: Duration,
+        /// The client and its JetStream context once connected and the
+        /// stream exists; dropped after a failed publish.
+        context: AsyncMutex<Option<(async_nats::Client, async_nats::jetstream::Context)>>,
+    },
+    Redis {
+        client: redis::Client,
+        stream: String,
+        dedup: Duration,
+        connection: AsyncMutex<Option<redis::aio::ConnectionManager>>,
+        script: redis::Script,
+    },
+}
+
+/// What happened to the destination lately, for `/health`.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    failing: Mutex<Option<(String, clink_webhooks::Timestamp)>>,
+}
+
+impl Health {
+    pub(crate) fn ok(&self) {
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    pub(crate) fn failed(&self, error: &str) {
+        let mut failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = failing
+            .as_ref()
+            .map_or_else(clink_webhooks::Timestamp::now, |(_, since)| *since);
+        *failing = Some((error.to_owned(), since));
+    }
+
+    /// The last error and since when the destination fails, if it does.
+    pub(crate) fn failing(&self) -> Option<(String, clink_webhooks::Timestamp)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Keeps characters a NATS subject token or a key may hold; the rest become `_`.
+fn token_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `template` with `{account}` and `{type}` replaced.
+fn fill(template: &str, event: &NewEvent) -> String {
+    template
+        .replace(
+            "{account}",
+            &token_text(event.account.as_deref().unwrap_or("")),
+        )
+        .replace("{type}", &token_text(&event.event_type))
+}
+
+/// The subject of `event`: the template filled, without empty tokens (the
+/// account is empty with one key).
+pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
+    fill(template, event)
+        .replace(':', "_")
+        .split('.')
+        .filter(|token| !token.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The id JetStream deduplicates a republish by: account and event id.
+pub(crate) fn message_id(event: &NewEvent) -> String {
+    format!(
+        "{}:{}",
+        event.account.as_deref().unwrap_or(""),
+        event.event_id
+    )
+}
+
+fn header(value: &str) -> Result<HeaderValue, BoxError> {
+    HeaderValue::from_str(value).map_err(|_| "a header value the event holds is not valid".into())
+}
+
+impl Destination {
+    pub(crate) fn new(config: &Config) -> Result<Self, String> {
+        let (name, kind) = match &config.destination {
+            DestinationSpec::Http(url) => {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                let client = Client::builder(TokioExecutor::new()).build(connector);
+                (
+                    masked_url(&url.to_string()),
+                    Kind::Http {
+                        url: url.clone(),
+                        client,
+                    },
+                )
+            }
+            DestinationSpec::Nats(url) => (
+                masked_url(url),
+                Kind::Nats {
+                    url: url.clone(),
+                    stream: config.nats_stream.clone(),
+                    subject: config.nats_subject.clone(),
+                    duplicate_window: config.nats_duplicate_window,
+                    context: AsyncMutex::new(None),
+                },
+            ),
+            DestinationSpec::Redis(url) => (
+                masked_url(url),
+                Kind::Redis {
+                    client: redis::Client::open(url.as_str())
+                        .map_err(|_| format!("{}: not a valid Redis URL", masked_url(url)))?,
+                    stream: config.redis_stream.clone(),
+                    dedup: config.redis_dedup,
+                    connection: AsyncMutex::new(None),
+                    script: redis::Script::new(XADD_ONCE),
+                },
+            ),
+        };
+        Ok(Self {
+            name,
+            kind,
+            timeout: config.destination_timeout,
+        })
+    }
+
+    /// The kind, for metrics: `http`, `nats` or `redis`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.kind {
+            Kind::Http { .. } => "http",
+            Kind::Nats { .. } => "nats",
+            Kind::Redis { .. } => "redis",
+        }
+    }
+
+    /// Publishes `event`; what the destination said it kept, if it says.
+    pub(crate) async fn publish(&self, event: &NewEvent) -> Result<Option<String>, BoxError> {
+        match tokio::time::timeout(self.timeout, self.publish_now(event)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{} did not acknowledge within {} ms",
+                self.name,
+                self.timeout.as_millis()
+            )
+            .into()),
+        }
+    }
+
+    async fn publish_now(&self, event: &NewEvent) -> Result<Option<String>, BoxError> {
+        match &self.kind {
+            Kind::Http { url, client } => {
+                let mut request = Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header("x-clink-event-id", header(&event.event_id)?);
+                if let Some(headers) = &event.signature_headers {
+                    request = request
+                        .header("x-clink-timestamp", header(&headers.timestamp)?)
+                        .header("x-clink-signature", header(&headers.signature)?);
+                }
+                if let Some(account) = &event.account {
+                    request = request.header("x-clink-account", header(account)?);
+                }
+                let request = request.body(Full::new(event.body.clone()))?;
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| format!("{}: {}", self.name, crate::error_chain(&e)))?;
+                let status = response.status();
+                // Read the answer so the connection can be kept; its text is not used.
+                let _ = Limited::new(response.into_body(), ANSWER_LIMIT)
+                    .collect()
+                    .await;
+                if status.is_success() {
+                    Ok(None)
+                } else {
+                    Err(format!("{} answered {status}", self.name).into())
+                }
+            }
+            Kind::Nats {
+                url,
+                stream,
+                subject: template,
+                duplicate_window,
+                context,
+            } => {
+                let (client, jetstream) = {
+                    let mut held = context.lock().await;
+                    if held.is_none() {
+                        *held = Some(
+                            self.connect_nats(url, stream, template, *duplicate_window)
+                                .await?,
+                        );
+                    }
+                    held.clone().unwrap_or_else(|| unreachable!("just set"))
+                };
+                // A publish handed to a client that is not connected waits in
+                // the client and goes out after it reconnects, perhaps after an
+                // older event of its object was published meanwhile: never
+                // hand one over then, and after any failure start afresh.
+                let published = async {
+                    if client.connection_state() != async_nats::connection::State::Connected {
+                        return Err(format!("{}: not connected", self.name));
+                    }
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        async_nats::header::NATS_MESSAGE_ID,
+                        message_id(event).as_str(),
+                    );
+                    headers.insert("Clink-Event-Type", token_text(&event.event_type).as_str());
+                    jetstream
+                        .publish_with_headers(subject(template, event), headers, event.body.clone())
+                        .await
+                        .map_err(|e| format!("{}: cannot publish: {e}", self.name))?
+                        .await
+                        .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
+                }
+                .await;
+                let ack = match published {
+                    Ok(ack) => ack,
+                    Err(error) => {
+                        let mut held = context.lock().await;
+                        if held.as_ref().is_some_and(|(held, _)| {
+                            held.server_info().client_id == client.server_info().client_id
+                        }) {
+                            *held = None;
+                        }
+                        return Err(error.into());
+                    }
+                };
+                Ok(Some(format!("{}:{}", ack.stream, ack.sequence)))
+            }
+            Kind::Redis {
+                client,
+                stream,
+                dedup,
+                connection,
+                script,
+            } => {
+                let mut manager = {
+                    let mut held = connection.lock().await;
+                    if held.is_none() {
+                        let config = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout))
+                            .set_number_of_retries(1);
+                        *held = Some(
+                            client
+                                .get_connection_manager_with_config(config)
+                                .await
+                                .map_err(|e| {
+                                    format!("{}: cannot connect: {}", self.name, e.kind_text())
+                                })?,
+                        );
+                    }
+                    held.clone().unwrap_or_else(|| unreachable!("just set"))
+                };
+                let stream_name = fill(stream, event);
+                let marker = format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event));
+                let (_added, id): (i64, String) = script
+                    .key(&stream_name)
+                    .key(&marker)
+                    .arg(&event.event_id)
+                    .arg(&event.event_type)
+                    .arg(event.account.as_deref().unwrap_or(""))
+                    .arg(event.object_key.as_deref().unwrap_or(""))
+                    .arg(event.created.map_or(String::new(), |c| c.to_string()))
+                    .arg(&event.body[..])
+                    .arg(dedup.as_secs())
+                    .invoke_async(&mut manager)
+                    .await
+                    .map_err(|e| format!("{}: XADD failed: {}", self.name, e.kind_text()))?;
+                Ok(Some(id))
+            }
+        }
+    }
+
+    async fn connect_nats(
+        &self,
+        url: &str,
+        stream: &str,
+        template: &str,
+        duplicate_window: Duration,
+    ) -> Result<(async_nats::Client, async_nats::jetstream::Context), BoxError> {
+        // One reconnect, at once, and no more: a client whose server went
+        // away ends, dropping the publishes it still holds, instead of
+        // sending them whenever the server comes back.
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(self.timeout)
+            .request_timeout(Some(self.timeout))
+            .max_reconnects(1)
+            .reconnect_delay_callback(|_| Duration::ZERO)
+            .connect(url)
+            .await
+            .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
+        let mut context = async_nats::jetstream::new(client.clone());
+        context.set_timeout(self.timeout);
+        let subjects = stream_subject(template)?;
+        context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![subjects],
+                duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: cannot find or create the stream {stream}: {e}",
+                    self.name
+                )
+            })?;
+        Ok((client, context))
+    }
+}
+
+/// A Redis error without the parts that could quote a URL.
+trait KindText {
+    fn kind_text(&self) -> String;
+}
+
+impl KindText for redis::RedisError {
+    fn kind_text(&self) -> String {
+        let mut text = format!("{:?}", self.kind());
+        if let Some(detail) = self.detail() {
+            text.push_str(": ");
+            text.push_str(detail);
+        }
+        if self.is_timeout() {
+            text.push_str(" (timed out)");
+        }
+        if self.is_connection_refusal() {
+            text.push_str(" (connection refused)");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clink_webhooks::Timestamp;
+
+    fn event(account: Option<&str>, event_type: &str) -> NewEvent {
+        let now = Timestamp::now();
+        NewEvent::new(
+            account.map(str::to_owned),
+            "evt_1".to_owned(),
+            event_type.to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from_static(b"{}"),
+        )
+    }
+
+    #[test]
+    fn subjects_drop_the_empty_account_and_keep_type_tokens() {
+        let template = "clink.{account}.{type}";
+        assert_eq!(
+            subject(template, &event(None, "order.succeeded")),
+            "clink.order.succeeded"
+        );
+        assert_eq!(
+            subject(template, &event(Some("acct_eu"), "order.succeeded")),
+            "clink.acct_eu.order.succeeded"
+        );
+        assert_eq!(subject(template, &event(None, "a b*>")), "clink.a_b__");
+        assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
+        assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
+    }
+}

@@ -1,0 +1,612 @@
+//! `serve`: the receiving gateway. Verifies deliveries with the crate's
+//! layer, keeps them in a durable inbox, and relays them from there to an
+//! HTTP app, a NATS JetStream stream or a Redis stream, in per-object order,
+//! with the inbox's retries, backoff and dead letters.
+
+mod config;
+mod destination;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use clink_webhooks::accounts::{AccountFrom, KeyMap};
+use clink_webhooks::inbox::Workers;
+use clink_webhooks::layer::Readiness;
+use clink_webhooks::server::Server;
+use clink_webhooks::store::Inbox;
+use clink_webhooks::{
+    BoxError, BoxFuture, ClinkLayer, EventRouter, InboxIntake, RawEvent, Timestamp,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_service::Service;
+
+use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
+use self::destination::{Destination, Health};
+use crate::output::Output;
+use crate::CliError;
+
+pub(crate) const AFTER_HELP: &str = "\
+The gateway verifies each delivery (signature, timestamp, envelope) with the
+crate's layer, keeps it in a durable inbox and answers 200 once it is written;
+workers then forward kept events to the destination, one object's events at
+a time, oldest `created` first, each published only once every older event
+of its object was acknowledged there. A failed publish is retried with
+exponential backoff; after max_attempts the event is dead (see
+`clink-webhook inbox`).
+
+Destinations (CLINK_DESTINATION):
+  http://..., https://...  POST the raw body with the original X-Clink-Timestamp
+                           and X-Clink-Signature, plus X-Clink-Account and
+                           X-Clink-Event-Id; any 2xx completes the event
+  nats://host:port         JetStream: publish to nats_subject in nats_stream
+                           (created if missing) with Nats-Msg-Id
+                           ACCOUNT:EVENT_ID; completed on the server's ack
+  redis://..., rediss://...  XADD to redis_stream with the fields event_id, type,
+                           account, object, created and body, once per event
+
+Settings come from the TOML file CONFIG (names as below, lower case) and the
+environment (the variables below, which win). Durations are in the unit their
+name ends with. settle_ms is the inbox's reorder window: how long an event
+waits after arriving so that an older event of its object arriving late still
+goes first.
+
+Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
+(200, or 503 naming what fails: the inbox or the destination), GET /ready
+(whether the inbox takes deliveries) and GET /metrics (Prometheus).
+SIGTERM or Ctrl-C stops taking deliveries and lets publishes in flight finish
+within shutdown_timeout_ms; SIGHUP re-reads the accounts file.
+
+Settings:
+";
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file (TOML); every setting can also come from the
+    /// environment.
+    #[arg(value_name = "CONFIG")]
+    config: Option<PathBuf>,
+    /// Check the configuration (file and environment), print it and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// The help after the options: how it works, then every setting.
+pub(crate) fn after_help() -> String {
+    format!("{AFTER_HELP}{}", config::settings_help())
+}
+
+/// Runs the destination for each event the workers take.
+struct Relay {
+    inbox: Arc<dyn Inbox>,
+    destination: Destination,
+    health: Arc<Health>,
+    max_attempts: u32,
+}
+
+impl Relay {
+    async fn forward(&self, raw: RawEvent) -> Result<(), BoxError> {
+        let attempt = raw
+            .inbox_attempt()
+            .ok_or("the gateway's handler runs under inbox workers only")?;
+        let entry = self
+            .inbox
+            .get(attempt.seq())
+            .await?
+            .ok_or("the event is no longer in the inbox")?;
+        let label = self.destination.name.clone();
+        if entry.receipt.is_some() {
+            // Published before a crash, not yet completed: done.
+            metrics::counter!("clink_gateway_published_total", "destination" => label).increment(1);
+            return Ok(());
+        }
+        match self.destination.publish(&entry.event).await {
+            Ok(receipt) => {
+                self.health.ok();
+                if let Some(receipt) = receipt {
+                    if let Err(error) = self.inbox.record_receipt(attempt, &receipt).await {
+                        // The destination deduplicates a republish on its own.
+                        tracing::warn!(%error, "gateway: could not record the destination's receipt");
+                    }
+                }
+                let lag_ms = Timestamp::now()
+                    .as_millis()
+                    .saturating_sub(entry.event.received_at.as_millis())
+                    .max(0);
+                #[allow(clippy::cast_precision_loss)]
+                let lag = lag_ms as f64 / 1000.0;
+                metrics::counter!("clink_gateway_published_total", "destination" => label.clone())
+                    .increment(1);
+                metrics::gauge!("clink_gateway_lag_seconds", "destination" => label).set(lag);
+                Ok(())
+            }
+            Err(error) => {
+                let text = error.to_string();
+                self.health.failed(&text);
+                if attempt.attempt() >= self.max_attempts {
+                    metrics::counter!("clink_gateway_dead_total", "destination" => label)
+                        .increment(1);
+                } else {
+                    metrics::counter!("clink_gateway_retried_total", "destination" => label)
+                        .increment(1);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The gateway's HTTP service: deliveries to the intake, `/health`,
+/// `/ready`, `/metrics`, 404 elsewhere.
+#[derive(Clone)]
+struct Gateway {
+    intake: InboxIntake,
+    path: Arc<str>,
+    per_account: bool,
+    readiness: Readiness,
+    inbox: Arc<dyn Inbox>,
+    destination: Arc<str>,
+    destination_kind: &'static str,
+    health: Arc<Health>,
+    metrics: Option<PrometheusHandle>,
+    /// The inbox console at `/console`, when configured.
+    #[cfg(feature = "console")]
+    console: Option<axum::Router>,
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl Gateway {
+    fn is_delivery_path(&self, path: &str) -> bool {
+        if self.per_account {
+            path.strip_prefix(&*self.path)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|account| !account.is_empty() && !account.contains('/'))
+        } else {
+            path == &*self.path
+        }
+    }
+
+    async fn health(&self) -> Response<Body> {
+        let inbox = match self.readiness.check().await {
+            Ok(()) => json!({ "status": "ok" }),
+            Err(error) => json!({ "status": "failing", "error": error.to_string() }),
+        };
+        let stats = self.inbox.stats().await.ok().map(|stats| {
+            json!({
+                "pending": stats.pending,
+                "retrying": stats.retrying,
+                "running": stats.running,
+                "dead": stats.dead,
+                "oldest_unhandled": stats.oldest_unhandled.map(|t| t.to_string()),
+            })
+        });
+        let destination = match self.health.failing() {
+            None => json!({
+                "name": &*self.destination, "kind": self.destination_kind, "status": "ok",
+            }),
+            Some((error, since)) => json!({
+                "name": &*self.destination, "kind": self.destination_kind, "status": "failing",
+                "error": error, "since": since.to_string(),
+            }),
+        };
+        let failing = inbox["status"] != "ok" || destination["status"] != "ok";
+        let status = if failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        json_response(
+            status,
+            &json!({
+                "status": if failing { "failing" } else { "ok" },
+                "inbox": inbox,
+                "events": stats,
+                "destination": destination,
+            }),
+        )
+    }
+
+    async fn route(mut self, request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        if self.is_delivery_path(&path) {
+            let response = match self.intake.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            return response.map(|body| body.map_err(Into::into).boxed_unsync());
+        }
+        #[cfg(feature = "console")]
+        if path == "/console" || path.starts_with("/console/") {
+            if let Some(mut console) = self.console.take() {
+                let ready = std::future::poll_fn(|cx| {
+                    Service::<Request<Incoming>>::poll_ready(&mut console, cx)
+                });
+                let answered = match ready.await {
+                    Ok(()) => console.call(request).await,
+                    Err(never) => match never {},
+                };
+                let response = match answered {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                return response.map(|body| body.map_err(Into::into).boxed_unsync());
+            }
+        }
+        match (request.method(), path.as_str()) {
+            (&Method::GET, "/health") => self.health().await,
+            (&Method::GET, "/ready") => match self.readiness.check().await {
+                Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+                Err(error) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "status": "failing", "error": error.to_string() }),
+                ),
+            },
+            (&Method::GET, "/metrics") if self.metrics.is_some() => {
+                let text = self.metrics.as_ref().map(|handle| {
+                    handle.run_upkeep();
+                    handle.render()
+                });
+                let mut response = Response::new(full(text.unwrap_or_default()));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({
+                    "error": "not_found",
+                    "message": format!("deliveries go to {}", self.delivery_path()),
+                }),
+            ),
+        }
+    }
+
+    fn delivery_path(&self) -> String {
+        if self.per_account {
+            format!("{}/{{account}}", self.path)
+        } else {
+            self.path.to_string()
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for Gateway {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(request).await) })
+    }
+}
+
+/// The accounts' keys, loaded into `map`; accounts gone from the file are
+/// removed. Returns how many accounts the file has.
+fn load_accounts(
+    path: &std::path::Path,
+    map: &KeyMap,
+    known: &Mutex<BTreeSet<String>>,
+    tolerance: Duration,
+) -> Result<usize, String> {
+    let accounts = read_accounts(path).map_err(|p| p.0)?;
+    let mut verifiers = Vec::with_capacity(accounts.len());
+    for (account, keys) in &accounts {
+        let verifier = verifier(keys, tolerance).map_err(|m| format!("account {account}: {m}"))?;
+        verifiers.push((account.clone(), verifier));
+    }
+    let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
+    for (account, verifier) in verifiers {
+        map.insert(account.clone(), verifier)
+            .map_err(|e| format!("account {account}: {e}"))?;
+        known.insert(account);
+    }
+    let gone: Vec<String> = known
+        .iter()
+        .filter(|account| !accounts.contains_key(*account))
+        .cloned()
+        .collect();
+    for account in gone {
+        map.remove(&account);
+        known.remove(&account);
+    }
+    Ok(accounts.len())
+}
+
+async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
+    let failed = |what: &str, error: &dyn std::error::Error| CliError::io(what, error);
+    match &config.inbox {
+        InboxSpec::Sqlite(path) => {
+            let inbox = clink_webhooks::store::SqliteInbox::open(path)
+                .map_err(|e| failed(&format!("cannot open the inbox {}", path.display()), &e))?;
+            Ok(Arc::new(inbox))
+        }
+        InboxSpec::Postgres(url) => {
+            // Checked when the configuration was read; the error is not shown:
+            // it could quote the password.
+            let pg: tokio_postgres::Config = url
+                .parse()
+                .map_err(|_| CliError::usage("configuration: database_url is not valid"))?;
+            let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+                pg.clone(),
+                tokio_postgres::NoTls,
+            ))
+            .max_size(config.concurrency + 4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| failed("cannot make the PostgreSQL pool", &e))?;
+            let inbox = clink_webhooks::store::PostgresInbox::new(pool)
+                .with_timeout(config.store_timeout)
+                .map_err(|e| CliError::usage(e.to_string()))?;
+            inbox
+                .migrate()
+                .await
+                .map_err(|e| failed("cannot create the inbox table", &e))?;
+            if let Err(error) = inbox.listen(pg).await {
+                tracing::warn!(%error, "gateway: no LISTEN connection; idle workers poll instead");
+            }
+            Ok(Arc::new(inbox))
+        }
+    }
+}
+
+fn install_logging(filter: &str) -> Result<(), CliError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        CliError::usage(format!(
+            "configuration: log ({}): not a log filter such as warn or warn,clink_webhooks=info: {e}",
+            crate::output::escaped(filter)
+        ))
+    })?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    Ok(())
+}
+
+#[allow(clippy::too_many_lines)]
+pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> {
+    let config =
+        Config::load(args.config.as_deref()).map_err(|problem| CliError::usage(problem.0))?;
+    if out.json {
+        out.json_line(&config.json());
+    } else {
+        for line in config.lines() {
+            out.line(&line);
+        }
+    }
+    if args.check {
+        if out.json {
+            out.json_line(&json!({ "check": "ok" }));
+        } else {
+            out.line("configuration ok");
+        }
+        return Ok(());
+    }
+    install_logging(&config.log)?;
+    // One TLS provider for every client (Redis, HTTPS, NATS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = if config.metrics {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| CliError::io("cannot install the metrics recorder", &e))?;
+        Some(handle)
+    } else {
+        None
+    };
+
+    let inbox = open_inbox(&config).await?;
+    let usage = |e: clink_webhooks::ConfigError| CliError::usage(format!("configuration: {e}"));
+    let accounts = KeyMap::new();
+    let known = Arc::new(Mutex::new(BTreeSet::new()));
+    let layer = match &config.keys {
+        Keys::One(keys) => ClinkLayer::new(
+            verifier(keys, config.tolerance)
+                .map_err(|m| CliError::usage(format!("configuration: {m}")))?,
+        ),
+        Keys::PerAccount(path) => {
+            load_accounts(path, &accounts, &known, config.tolerance).map_err(CliError::usage)?;
+            ClinkLayer::with_key_source(AccountFrom::LastPathSegment, accounts.clone())
+        }
+    };
+    let layer = layer
+        .body_limit(config.body_limit)
+        .and_then(|l| l.body_budget(config.body_budget.0, config.body_budget.1))
+        .and_then(|l| l.body_timeout(config.body_timeout))
+        .and_then(|l| l.store_timeout(config.store_timeout))
+        .map_err(usage)?;
+    let intake = layer.intake(Arc::clone(&inbox));
+
+    let destination = Destination::new(&config).map_err(CliError::usage)?;
+    let destination_name: Arc<str> = Arc::from(destination.name.as_str());
+    let destination_kind = destination.kind();
+    let health = Arc::new(Health::default());
+    let relay = Arc::new(Relay {
+        inbox: Arc::clone(&inbox),
+        destination,
+        health: Arc::clone(&health),
+        max_attempts: config.max_attempts,
+    });
+    let router = EventRouter::new().on_unhandled(move |raw| {
+        let relay = Arc::clone(&relay);
+        async move { relay.forward(raw).await }
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(config.concurrency)
+        .and_then(|w| w.lease(config.lease))
+        .and_then(|w| w.max_attempts(config.max_attempts))
+        .and_then(|w| w.backoff(config.backoff, config.max_backoff))
+        .and_then(|w| w.reorder_window(config.reorder_window))
+        .map_err(usage)?
+        .spawn();
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CliError::io(&format!("cannot listen on {}", config.listen), &e))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError::io("cannot read the listening address", &e))?;
+    let mut signals = Signals::new()?;
+    let gateway = Gateway {
+        readiness: intake.readiness(),
+        intake,
+        path: Arc::from(config.path.as_str()),
+        per_account: matches!(config.keys, Keys::PerAccount(_)),
+        inbox: Arc::clone(&inbox),
+        destination: Arc::clone(&destination_name),
+        destination_kind,
+        health,
+        metrics,
+        #[cfg(feature = "console")]
+        console: match &config.console {
+            Some((token, secure)) => Some(
+                axum::Router::new().nest(
+                    "/console",
+                    clink_webhooks::console::Console::with_token(
+                        Arc::clone(&inbox),
+                        token.as_str(),
+                    )
+                    .map_err(usage)?
+                    .secure_cookie(*secure)
+                    .router(),
+                ),
+            ),
+            None => None,
+        },
+    };
+    let url = format!("http://{address}{}", gateway.delivery_path());
+    if out.json {
+        out.json_line(&json!({ "listening": url, "destination": &*destination_name }));
+    } else {
+        out.line(&format!("listening on {url}"));
+        out.line(&format!("forwarding to {destination_name}"));
+    }
+
+    // The inbox keeps done and dead events for inbox_retention_hours: as
+    // long as it keeps one, a redelivery of it is a duplicate.
+    let purger = {
+        let inbox = Arc::clone(&inbox);
+        let retention = config.inbox_retention;
+        tokio::spawn(async move {
+            loop {
+                let millis = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                let before =
+                    Timestamp::from_millis(Timestamp::now().as_millis().saturating_sub(millis));
+                if let Err(error) = inbox.purge(before).await {
+                    tracing::warn!(%error, "gateway: could not purge old events");
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        })
+    };
+
+    let server = Server::new()
+        .header_read_timeout(config.header_read_timeout)
+        .and_then(|s| s.max_connections(config.max_connections))
+        .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
+        .map_err(usage)?;
+    let reload = match &config.keys {
+        Keys::PerAccount(path) => Some((path.clone(), accounts, known)),
+        Keys::One(_) => None,
+    };
+    let tolerance = config.tolerance;
+    let stop = async move {
+        loop {
+            match signals.next().await {
+                Signal::Stop => return,
+                Signal::Reload => {
+                    let Some((path, accounts, known)) = &reload else {
+                        eprintln!("SIGHUP: no accounts_file to re-read");
+                        continue;
+                    };
+                    match load_accounts(path, accounts, known, tolerance) {
+                        Ok(count) => {
+                            eprintln!("SIGHUP: re-read {}: {count} accounts", path.display());
+                        }
+                        Err(message) => {
+                            eprintln!("SIGHUP: {message}; the keys in use are unchanged");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    server.serve(listener, gateway, stop).await;
+    purger.abort();
+    // Publishes in flight finish, or their events go back to the inbox.
+    pool.shutdown(config.shutdown_timeout).await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM, Ctrl-C and SIGHUP, listened for from the start.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, CliError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind| {
+            signal(kind)
+                .map_err(|e| CliError::io("cannot listen for SIGTERM, Ctrl-C and SIGHUP", &e))
+        };
+        Ok(Self {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+            hangup: listen(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::Reload,
+        }
+    }
+}

@@ -1,0 +1,1287 @@
+//! `clink-webhook serve`, the receiving gateway, as a process against real
+//! servers: a nats-server with JetStream (`NATS_URL`), a redis-server
+//! (`REDIS_URL`) and an HTTP app in the test, each behind a [`Gate`] that
+//! can take it down.
+//!
+//! Run with `scripts/with-services cargo test --all-features --test suite gateway::`.
+//! The deliveries are shuffled with the test's seed (printed;
+//! `CLINK_TEST_SEED` repeats it).
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clink_webhooks::{sign, Timestamp, Verifier};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::support::loopback;
+use crate::support::process::Process;
+use crate::support::seed::seed;
+use crate::support::servers;
+
+const KEY: &str = "whsec_gateway_suite_key";
+
+/// How long a whole phase (all deliveries acknowledged, every event
+/// arrived) may take before the test fails: a bound on a hang only.
+const PHASE: Duration = Duration::from_secs(240);
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+fn env_url(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set; run with scripts/with-services (it starts the servers)")
+    })
+}
+
+/// A name unique to this run and test, for streams and subjects.
+fn unique(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{test}{}x{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst),
+        Timestamp::now().as_millis() % 1_000_000
+    )
+}
+
+/// splitmix64, seeded by the test's seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = usize::try_from(self.next() % (i as u64 + 1)).unwrap();
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Waits until `condition` holds, checking every 50 ms, for at most `within`.
+async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut condition: F) {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP gate in front of a server: while open it forwards connections;
+/// closed, it drops new connections at once and cuts the open ones, as a
+/// server that went down would.
+struct Gate {
+    port: u16,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    async fn new(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, watching) = watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut watching = watching.clone();
+                if !*watching.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watching.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    fn set(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn target(url: &str) -> SocketAddr {
+    let host = url.split("://").nth(1).unwrap().trim_end_matches('/');
+    let host = host.split('/').next().unwrap();
+    host.parse()
+        .unwrap_or_else(|_| panic!("{url}: expected host:port"))
+}
+
+/// The gateway process, restartable; the URL senders POST to follows it.
+struct Gateway {
+    env: Vec<(String, String)>,
+    process: Option<Process>,
+    url: Arc<RwLock<String>>,
+}
+
+impl Gateway {
+    fn start(env: Vec<(String, String)>) -> Self {
+        let mut gateway = Self {
+            env,
+            process: None,
+            url: Arc::default(),
+        };
+        gateway.launch();
+        gateway
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+        command.arg("serve");
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        let process = Process::start(&mut command);
+        let line = Process::line_starting(&process.stdout, "listening on ");
+        *self.url.write().unwrap() = line["listening on ".len()..].to_owned();
+        self.process = Some(process);
+    }
+
+    /// SIGKILL, then start again on a new port.
+    fn crash_and_restart(&mut self) {
+        // Dropping a Process kills it with SIGKILL and reaps it.
+        drop(self.process.take());
+        self.launch();
+    }
+
+    fn url(&self) -> String {
+        self.url.read().unwrap().clone()
+    }
+
+    fn base(&self) -> String {
+        let url = self.url();
+        url[..url.find("/webhooks").unwrap()].to_owned()
+    }
+
+    fn stop(mut self) {
+        let finished = self.process.take().unwrap().terminate();
+        assert_eq!(finished.code, Some(0), "the gateway's exit: {finished:?}");
+        assert!(finished.stderr.contains("stopped"), "{}", finished.stderr);
+    }
+}
+
+/// The environment of a gateway: its inbox in `dir`, sending to `destination`.
+fn gateway_env(dir: &std::path::Path, name: &str, destination: &str) -> Vec<(String, String)> {
+    [
+        ("CLINK_SERVE_LISTEN", "127.0.0.1:0".to_owned()),
+        ("CLINK_WEBHOOK_SIGNING_KEY", KEY.to_owned()),
+        (
+            "CLINK_INBOX",
+            format!("sqlite:{}", dir.join(format!("{name}.db")).display()),
+        ),
+        ("CLINK_DESTINATION", destination.to_owned()),
+        ("CLINK_SETTLE_MS", "100".to_owned()),
+        ("CLINK_LEASE_MS", "3000".to_owned()),
+        ("CLINK_BACKOFF_MS", "100".to_owned()),
+        ("CLINK_MAX_BACKOFF_MS", "1000".to_owned()),
+        ("CLINK_DESTINATION_TIMEOUT_MS", "2000".to_owned()),
+        ("CLINK_CONCURRENCY", "8".to_owned()),
+        ("CLINK_LOG", "error".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A directory of its own for a test's inboxes, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(&format!("clink-gateway-{test}-")));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Kept when the test fails, to look into its inboxes.
+        if std::thread::panicking() {
+            eprintln!("kept {} for a look", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// One event of the test: object `object`, `index` in its `created` order.
+#[derive(Clone)]
+struct TestEvent {
+    id: String,
+    object: usize,
+    index: usize,
+    body: Bytes,
+}
+
+fn events(objects: usize, per_object: usize, tag: &str) -> Vec<TestEvent> {
+    let start = Timestamp::now().as_millis() - 86_400_000;
+    let mut events = Vec::new();
+    for object in 0..objects {
+        for index in 0..per_object {
+            let id = format!("evt_{tag}_o{object}_k{index}");
+            let event_type = if index == 0 {
+                "order.created"
+            } else {
+                "order.succeeded"
+            };
+            let created = start + i64::try_from(index * 1000 + object).unwrap();
+            let body = serde_json::json!({
+                "id": id,
+                "object": "event",
+                "created": created,
+                "type": event_type,
+                "data": { "orderId": format!("ord_{tag}_{object}") },
+            });
+            events.push(TestEvent {
+                id,
+                object,
+                index,
+                body: Bytes::from(body.to_string()),
+            });
+        }
+    }
+    events
+}
+
+/// POSTs `event`, signed now, to the gateway's current URL until it answers 2xx.
+async fn deliver(client: &HttpClient, url: &RwLock<String>, event: &TestEvent) {
+    let deadline = Instant::now() + PHASE;
+    loop {
+        let url = url.read().unwrap().clone();
+        let timestamp = Timestamp::now().as_millis().to_string();
+        let request = Request::post(url)
+            .header("x-clink-timestamp", &timestamp)
+            .header("x-clink-signature", sign(KEY, &timestamp, &event.body))
+            .body(Full::new(event.body.clone()))
+            .unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(30), client.request(request)).await;
+        if let Ok(Ok(response)) = answered {
+            let ok = response.status().is_success();
+            let _ = response.into_body().collect().await;
+            if ok {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} never acknowledged", event.id);
+        // The gateway is down (killed, restarting) or busy: try again shortly.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Checks that each object's events came in `created` order in `seen`
+/// (ids in arrival order, repeats allowed): an older event never after a newer one.
+fn assert_in_order(destination: &str, seen: &[String], by_id: &HashMap<String, (usize, usize)>) {
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for id in seen {
+        let (object, index) = by_id[id];
+        if let Some(&before) = last.get(&object) {
+            if index < before {
+                let of_object: Vec<(usize, &String)> = seen
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| by_id[*id].0 == object)
+                    .collect();
+                panic!(
+                    "{destination}: object {object} got event {index} after event {before}; \
+                     its events as they came (position, id): {of_object:?}"
+                );
+            }
+        }
+        last.insert(object, index);
+    }
+}
+
+/// The HTTP app: verifies each forwarded delivery with the key, marks each
+/// event id handled once, and notes every arrival in order.
+#[derive(Default)]
+struct App {
+    arrivals: Mutex<Vec<String>>,
+    handled: Mutex<HashSet<String>>,
+    refused: AtomicUsize,
+    /// Requests that reached the app, answered or not.
+    started: AtomicUsize,
+    /// How long each answer takes.
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+async fn start_app(app: Arc<App>) -> SocketAddr {
+    // The original headers, signed when the event was sent: a wide tolerance.
+    let verifier = Arc::new(
+        Verifier::new(KEY)
+            .unwrap()
+            .tolerance(Duration::from_secs(3600)),
+    );
+    loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
+        let (app, verifier) = (Arc::clone(&app), Arc::clone(&verifier));
+        async move {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let (timestamp, signature, event_id) = (
+                header("x-clink-timestamp"),
+                header("x-clink-signature"),
+                header("x-clink-event-id"),
+            );
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            app.started.fetch_add(1, Ordering::SeqCst);
+            let delay = app.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let verified = verifier.verify(&timestamp, &signature, &body);
+            let status = if verified.is_ok() {
+                app.arrivals.lock().unwrap().push(event_id.clone());
+                app.handled.lock().unwrap().insert(event_id);
+                StatusCode::OK
+            } else {
+                app.refused.fetch_add(1, Ordering::SeqCst);
+                StatusCode::UNAUTHORIZED
+            };
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    }))
+    .await
+}
+
+/// What a JetStream stream holds: each message's Nats-Msg-Id, in order.
+async fn nats_ids(jetstream: &async_nats::jetstream::Context, stream: &str) -> Vec<String> {
+    let mut stream = jetstream.get_stream(stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut ids = Vec::new();
+    for sequence in 1..=last {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str()
+            .to_owned();
+        ids.push(id.trim_start_matches(':').to_owned());
+    }
+    ids
+}
+
+async fn nats_count(jetstream: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    match jetstream.get_stream(stream).await {
+        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+        Err(_) => 0,
+    }
+}
+
+/// What a Redis stream holds: each entry's event id, in order.
+async fn redis_ids(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    // XRANGE answers [id, [field, value, ...]] per entry.
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let at = fields.iter().position(|f| f == "event_id").unwrap();
+            fields[at + 1].clone()
+        })
+        .collect()
+}
+
+async fn redis_count(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
+async fn health(client: &HttpClient, base: &str) -> (u16, serde_json::Value) {
+    let request = Request::get(format!("{base}/health"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// Whether no worker holds an event of the gateway's SQLite inbox under a
+/// live lease now: no attempt is in flight. (A row a killed gateway held
+/// stays `running` until it is taken again, so the inbox's counts cannot
+/// say this; the table can.)
+fn no_attempt_in_flight(gateway: &Gateway) -> bool {
+    let path = gateway
+        .env
+        .iter()
+        .find_map(|(name, value)| {
+            (name == "CLINK_INBOX").then(|| value["sqlite:".len()..].to_owned())
+        })
+        .unwrap();
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection.busy_timeout(Duration::from_secs(30)).unwrap();
+    let live: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM clink_webhook_inbox WHERE status = 'running' AND lease_until_ms > ?1",
+            [Timestamp::now().as_millis()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    live == 0
+}
+
+/// Whether the gateway's inbox has nothing left to forward.
+async fn drained(client: &HttpClient, base: &str) -> bool {
+    let (_, health) = health(client, base).await;
+    let events = &health["events"];
+    ["pending", "retrying", "running"]
+        .iter()
+        .all(|status| events[status] == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_events_reach_nats_redis_and_http_in_order_through_two_crashes() {
+    let started = Instant::now();
+    let seed = seed();
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("crash");
+    let tag = unique("c");
+    let events = events(50, 20, &tag);
+    let by_id: HashMap<String, (usize, usize)> = events
+        .iter()
+        .map(|e| (e.id.clone(), (e.object, e.index)))
+        .collect();
+
+    // The three destinations, each behind a gate closed while deliveries
+    // arrive: the inbox then holds every event of an object before the
+    // destination takes any, so their order there is the inbox's order
+    // whatever the machine's speed. The second crash comes while they
+    // publish.
+    let nats_url = env_url("NATS_URL");
+    let redis_url = env_url("REDIS_URL");
+    let app = Arc::new(App::default());
+    let app_addr = start_app(Arc::clone(&app)).await;
+    let gates = [
+        Gate::new(target(&nats_url)).await,
+        Gate::new(target(&redis_url)).await,
+        Gate::new(app_addr).await,
+    ];
+    for gate in &gates {
+        gate.set(false);
+    }
+    let stream = format!("T{tag}");
+    let subject_prefix = format!("t{tag}");
+    let redis_stream = format!("clinktest:{tag}:");
+    let mut nats_env = gateway_env(&dir.0, "nats", &gates[0].url("nats", ""));
+    nats_env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+    nats_env.push((
+        "CLINK_NATS_SUBJECT".into(),
+        format!("{subject_prefix}.{{account}}.{{type}}"),
+    ));
+    let mut redis_env = gateway_env(&dir.0, "redis", &gates[1].url("redis", "/"));
+    redis_env.push((
+        "CLINK_REDIS_STREAM".into(),
+        format!("clinktest:{tag}:{{account}}"),
+    ));
+    let http_env = gateway_env(&dir.0, "http", &gates[2].url("http", "/hooks"));
+    let gateways: Vec<Arc<Mutex<Gateway>>> = tokio::task::spawn_blocking(move || {
+        [nats_env, redis_env, http_env]
+            .into_iter()
+            .map(|env| Arc::new(Mutex::new(Gateway::start(env))))
+            .collect()
+    })
+    .await
+    .unwrap();
+    let urls: Vec<Arc<RwLock<String>>> = gateways
+        .iter()
+        .map(|g| Arc::clone(&g.lock().unwrap().url))
+        .collect();
+
+    // Every event to every gateway, in shuffled order, by 12 senders that
+    // retry until 2xx; each gateway is SIGKILLed once 40 % are acknowledged.
+    let mut deliveries: Vec<(usize, TestEvent)> = (0..3)
+        .flat_map(|g| events.iter().cloned().map(move |e| (g, e)))
+        .collect();
+    Rng(seed).shuffle(&mut deliveries);
+    let queue = Arc::new(Mutex::new(deliveries));
+    let acknowledged: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let mut senders = Vec::new();
+    for _ in 0..12 {
+        let (queue, urls, acknowledged) =
+            (Arc::clone(&queue), urls.clone(), Arc::clone(&acknowledged));
+        senders.push(tokio::spawn(async move {
+            let client = client();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some((g, event)) = next else { return };
+                deliver(&client, &urls[g], &event).await;
+                acknowledged[g].fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let mut crashes = Vec::new();
+    for (g, gateway) in gateways.iter().enumerate() {
+        let (gateway, acknowledged) = (Arc::clone(gateway), Arc::clone(&acknowledged));
+        crashes.push(tokio::spawn(async move {
+            let deadline = Instant::now() + PHASE;
+            while acknowledged[g].load(Ordering::SeqCst) < 400 {
+                assert!(
+                    Instant::now() < deadline,
+                    "400 deliveries not acknowledged in time"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::task::spawn_blocking(move || gateway.lock().unwrap().crash_and_restart())
+                .await
+                .unwrap();
+        }));
+    }
+    for task in senders.into_iter().chain(crashes) {
+        task.await.unwrap();
+    }
+    let received = started.elapsed();
+
+    // The destinations come up once no attempt begun before the last
+    // delivery is still in flight (it could get through and go before an
+    // older event of its object that arrived after it began: later than
+    // the reorder window promises anything about). Then each gateway is
+    // killed again mid-publish.
+    for gateway in &gateways {
+        until("no attempt in flight", PHASE, async || {
+            no_attempt_in_flight(&gateway.lock().unwrap())
+        })
+        .await;
+    }
+    let client = client();
+    for gate in &gates {
+        gate.set(true);
+    }
+    let nats = async_nats::connect(&nats_url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    let redis_client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let counts = {
+        let (jetstream, redis, app) = (jetstream.clone(), redis.clone(), Arc::clone(&app));
+        let (stream, redis_stream) = (stream.clone(), redis_stream.clone());
+        move |g: usize| {
+            let (jetstream, mut redis, app) = (jetstream.clone(), redis.clone(), Arc::clone(&app));
+            let (stream, redis_stream) = (stream.clone(), redis_stream.clone());
+            async move {
+                match g {
+                    0 => nats_count(&jetstream, &stream).await,
+                    1 => redis_count(&mut redis, &redis_stream).await,
+                    _ => app.handled.lock().unwrap().len() as u64,
+                }
+            }
+        }
+    };
+    for (g, gateway) in gateways.iter().enumerate() {
+        let counts = counts.clone();
+        until("200 events forwarded", PHASE, async || {
+            counts(g).await >= 200
+        })
+        .await;
+        let gateway = Arc::clone(gateway);
+        tokio::task::spawn_blocking(move || gateway.lock().unwrap().crash_and_restart())
+            .await
+            .unwrap();
+    }
+    for (g, gateway) in gateways.iter().enumerate() {
+        let base = gateway.lock().unwrap().base();
+        let counts = counts.clone();
+        until("every event forwarded", PHASE, async || {
+            counts(g).await >= 1000 && drained(&client, &base).await
+        })
+        .await;
+    }
+
+    // NATS and Redis: every event exactly once, by count and by id.
+    let expected: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
+    let nats_ids = nats_ids(&jetstream, &stream).await;
+    let redis_ids = redis_ids(&mut redis, &redis_stream).await;
+    for (name, ids) in [("NATS", &nats_ids), ("Redis", &redis_ids)] {
+        assert_eq!(ids.len(), 1000, "{name}: {} messages, not 1000", ids.len());
+        let distinct: HashSet<String> = ids.iter().cloned().collect();
+        assert_eq!(distinct, expected, "{name}: not every event once");
+        assert_in_order(name, ids, &by_id);
+    }
+    // The HTTP app: every event at least once, each handled once, in order.
+    let arrivals = app.arrivals.lock().unwrap().clone();
+    assert_eq!(
+        *app.handled.lock().unwrap(),
+        expected,
+        "HTTP: not every event handled"
+    );
+    assert_eq!(
+        app.refused.load(Ordering::SeqCst),
+        0,
+        "HTTP: a forwarded signature did not verify"
+    );
+    assert_in_order("HTTP", &arrivals, &by_id);
+
+    let _: redis::RedisResult<()> = redis::cmd("DEL")
+        .arg(&redis_stream)
+        .query_async(&mut redis)
+        .await;
+    let _ = jetstream.delete_stream(&stream).await;
+    for gateway in gateways {
+        let gateway = Arc::into_inner(gateway).unwrap().into_inner().unwrap();
+        tokio::task::spawn_blocking(move || gateway.stop())
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "gateway crash test: seed {seed}; 3,000 deliveries acknowledged in {:.1} s, all \
+         forwarded in {:.1} s; HTTP app got {} deliveries for 1,000 events",
+        received.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        arrivals.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_for_30_s_loses_nothing_and_health_names_it() {
+    let seed = seed();
+    let dir = TempDir::new("outage");
+    let tag = unique("o");
+    let nats_url = env_url("NATS_URL");
+    let gate = Gate::new(target(&nats_url)).await;
+    let stream = format!("T{tag}");
+    let mut env = gateway_env(&dir.0, "nats", &gate.url("nats", ""));
+    env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+    env.push((
+        "CLINK_NATS_SUBJECT".into(),
+        format!("t{tag}.{{account}}.{{type}}"),
+    ));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let all = events(10, 12, &tag);
+    let by_id: HashMap<String, (usize, usize)> = all
+        .iter()
+        .map(|e| (e.id.clone(), (e.object, e.index)))
+        .collect();
+    // Before: the first two events of each object go through.
+    let (before, mut during): (Vec<_>, Vec<_>) = all.iter().cloned().partition(|e| e.index < 2);
+    for event in &before {
+        deliver(&client, &url, event).await;
+    }
+    until("the first events forwarded", PHASE, async || {
+        nats_count(&jetstream, &stream).await == 20
+    })
+    .await;
+    assert_eq!(health(&client, &base).await.0, 200);
+
+    // Down for 30 s: deliveries are still acknowledged, and wait.
+    gate.set(false);
+    let down = Instant::now();
+    Rng(seed).shuffle(&mut during);
+    for event in &during {
+        deliver(&client, &url, event).await;
+    }
+    until(
+        "/health naming the failing destination",
+        PHASE,
+        async || {
+            let (status, body) = health(&client, &base).await;
+            status == 503
+                && body["destination"]["status"] == "failing"
+                && body["destination"]["name"] == gate.url("nats", "").as_str()
+                && body["inbox"]["status"] == "ok"
+        },
+    )
+    .await;
+    // The outage itself: 30 s from when the destination went down.
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    assert_eq!(
+        nats_count(&jetstream, &stream).await,
+        20,
+        "nothing passes while down"
+    );
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["events"]["retrying"].as_u64().unwrap() + body["events"]["pending"].as_u64().unwrap()
+            > 0,
+        "{body}"
+    );
+
+    // Back: everything arrives, once, in order, and /health is ok again.
+    until("no attempt in flight", PHASE, async || {
+        no_attempt_in_flight(&gateway)
+    })
+    .await;
+    gate.set(true);
+    let back = Instant::now();
+    until(
+        "every event forwarded after the outage",
+        PHASE,
+        async || nats_count(&jetstream, &stream).await >= 120 && drained(&client, &base).await,
+    )
+    .await;
+    let caught_up = back.elapsed();
+    until("/health ok again", PHASE, async || {
+        health(&client, &base).await.0 == 200
+    })
+    .await;
+    let ids = nats_ids(&jetstream, &stream).await;
+    assert_eq!(ids.len(), 120);
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 120);
+    assert_in_order("NATS", &ids, &by_id);
+    let _ = jetstream.delete_stream(&stream).await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    eprintln!(
+        "gateway outage test: seed {seed}; caught up {:.1} s after the destination came back",
+        caught_up.as_secs_f64()
+    );
+}
+
+#[test]
+fn check_validates_a_file_names_a_wrong_field_and_masks_secrets() {
+    let dir = TempDir::new("check");
+    let file = dir.0.join("gateway.toml");
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+        command.args(["serve", "--check"]).arg(&file);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        for name in [
+            "CLINK_WEBHOOK_SIGNING_KEY",
+            "DATABASE_URL",
+            "CLINK_DESTINATION",
+            "CLINK_INBOX",
+        ] {
+            if !env.iter().any(|(n, _)| n == &name) {
+                command.env_remove(name);
+            }
+        }
+        Process::start(&mut command).finish()
+    };
+    std::fs::write(
+        &file,
+        "destination = \"redis://:hunter2@127.0.0.1:6379/\"\n\
+         inbox = \"postgres\"\n\
+         database_url = \"postgres://app:s3cret@127.0.0.1/db\"\n\
+         settle_ms = 250\n\
+         [[signing_keys]]\nsecret = \"whsec_file_key\"\nname = \"2026-01\"\n",
+    )
+    .unwrap();
+    let ok = run(&[]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    for hidden in ["hunter2", "s3cret", "whsec_file_key"] {
+        assert!(
+            !ok.stdout.contains(hidden),
+            "{hidden} printed:\n{}",
+            ok.stdout
+        );
+    }
+    assert!(
+        ok.stdout.contains("settle_ms = 250 (file)"),
+        "{}",
+        ok.stdout
+    );
+    assert!(
+        ok.stdout
+            .contains("destination = redis://:***@127.0.0.1:6379/"),
+        "{}",
+        ok.stdout
+    );
+    assert!(ok.stdout.contains("configuration ok"), "{}", ok.stdout);
+
+    // The environment wins over the file, and a wrong value names its field.
+    let wrong = run(&[("CLINK_SETTLE_MS", "soon")]);
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .contains("settle_ms (from the environment variable CLINK_SETTLE_MS)"),
+        "{}",
+        wrong.stderr
+    );
+    std::fs::write(&file, "destinaton = \"nats://127.0.0.1:4222\"\n").unwrap();
+    let typo = run(&[]);
+    assert_eq!(typo.code, Some(2));
+    assert!(
+        typo.stderr.contains("destinaton") && typo.stderr.contains("unknown setting"),
+        "{}",
+        typo.stderr
+    );
+}
+
+/// A worker that died holding an older event of an object (its lease ran
+/// out) must not let a newer event of that object go first: the gateway
+/// would publish them out of order after a crash.
+async fn older_event_of_a_dead_worker_goes_first(inbox: Arc<dyn clink_webhooks::store::Inbox>) {
+    use clink_webhooks::store::NewEvent;
+    let tag = unique("d");
+    let now = Timestamp::now();
+    let event = |id: &str, created: i64| {
+        NewEvent::new(
+            None,
+            format!("{id}_{tag}"),
+            "order.succeeded".to_owned(),
+            Some(Timestamp::from_millis(created)),
+            Some(format!("order:ord_{tag}")),
+            now,
+            now,
+            Bytes::from_static(b"{}"),
+        )
+    };
+    // The newer event arrives first, so it has the lower number.
+    inbox.insert(&event("newer", 2_000)).await.unwrap();
+    inbox.insert(&event("older", 1_000)).await.unwrap();
+    let lease = Duration::from_millis(20);
+    let first = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+    assert!(first.entry.event.event_id.starts_with("older"));
+    // Its worker dies: nothing settles it. Once the lease has ended, the
+    // next claim takes it again, never the newer one.
+    let deadline = Instant::now() + PHASE;
+    let again = loop {
+        if let Some(claim) = inbox.claim(lease, Duration::ZERO).await.unwrap() {
+            break claim;
+        }
+        assert!(Instant::now() < deadline, "the lease never ended");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        again.entry.event.event_id.starts_with("older"),
+        "{} was claimed while an older event of its object was unfinished",
+        again.entry.event.event_id
+    );
+    inbox.complete(&again).await.unwrap();
+    let last = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+    assert!(last.entry.event.event_id.starts_with("newer"));
+    inbox.complete(&last).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_older_event_whose_worker_died_still_goes_first() {
+    let dir = TempDir::new("claim");
+    older_event_of_a_dead_worker_goes_first(Arc::new(clink_webhooks::store::MemoryInbox::new()))
+        .await;
+    let sqlite = clink_webhooks::store::SqliteInbox::open(dir.0.join("claim.db")).unwrap();
+    older_event_of_a_dead_worker_goes_first(Arc::new(sqlite)).await;
+    let _servers = servers::shared().await;
+    let url = env_url("DATABASE_URL");
+    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        url.parse::<tokio_postgres::Config>().unwrap(),
+        tokio_postgres::NoTls,
+    ))
+    .max_size(2)
+    .runtime(deadpool_postgres::Runtime::Tokio1)
+    .build()
+    .unwrap();
+    let table = format!("gw_claim_{}", unique("t").to_lowercase());
+    let postgres = clink_webhooks::store::PostgresInbox::new(pool)
+        .with_table(&table[..table.len().min(48)])
+        .unwrap();
+    postgres.migrate().await.unwrap();
+    older_event_of_a_dead_worker_goes_first(Arc::new(postgres)).await;
+}
+
+/// POSTs `body` signed with `key` to `url`; the status.
+async fn post_signed(client: &HttpClient, url: &str, key: &str, body: &str) -> u16 {
+    let timestamp = Timestamp::now().as_millis().to_string();
+    let request = Request::post(url)
+        .header("x-clink-timestamp", &timestamp)
+        .header("x-clink-signature", sign(key, &timestamp, body.as_bytes()))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn accounts_come_from_a_file_re_read_on_sighup() {
+    let dir = TempDir::new("accounts");
+    let file = dir.0.join("accounts.toml");
+    std::fs::write(&file, "[acct_a]\nsigning_key = \"whsec_account_a_key\"\n").unwrap();
+    let mut env = gateway_env(&dir.0, "accounts", "http://127.0.0.1:9/unused");
+    env.retain(|(name, _)| name != "CLINK_WEBHOOK_SIGNING_KEY");
+    env.push(("CLINK_ACCOUNTS_FILE".into(), file.display().to_string()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let url = gateway.url();
+    assert!(url.ends_with("/webhooks/clink/{account}"), "{url}");
+    let at = |account: &str| url.replace("{account}", account);
+    let client = client();
+    let body = |id: &str| format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
+    assert_eq!(
+        post_signed(
+            &client,
+            &at("acct_a"),
+            "whsec_account_a_key",
+            &body("evt_a")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post_signed(
+            &client,
+            &at("acct_b"),
+            "whsec_account_b_key",
+            &body("evt_b")
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        post_signed(
+            &client,
+            &at("acct_a"),
+            "whsec_account_b_key",
+            &body("evt_x")
+        )
+        .await,
+        401
+    );
+
+    // A broken file on SIGHUP changes nothing; a good one adds acct_b.
+    let hangup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let pid = gateway.process.as_ref().unwrap().id();
+    std::fs::write(&file, "[acct_a\n").unwrap();
+    hangup(pid);
+    let line = Process::line_starting(&gateway.process.as_ref().unwrap().stderr, "SIGHUP:");
+    assert!(
+        line.contains("unchanged") && line.contains("not valid TOML"),
+        "{line}"
+    );
+    assert_eq!(
+        post_signed(
+            &client,
+            &at("acct_a"),
+            "whsec_account_a_key",
+            &body("evt_a2")
+        )
+        .await,
+        200
+    );
+    std::fs::write(
+        &file,
+        "[acct_a]\nsigning_key = \"whsec_account_a_key\"\n[acct_b]\nsigning_key = \"whsec_account_b_key\"\n",
+    )
+    .unwrap();
+    hangup(pid);
+    let line = Process::line_starting(&gateway.process.as_ref().unwrap().stderr, "SIGHUP:");
+    assert!(line.contains("2 accounts"), "{line}");
+    assert_eq!(
+        post_signed(
+            &client,
+            &at("acct_b"),
+            "whsec_account_b_key",
+            &body("evt_b")
+        )
+        .await,
+        200
+    );
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+}
+
+/// Events per second from Clink's side (signed deliveries POSTed to the
+/// gateway, SQLite inbox with `synchronous = FULL`) until the destination
+/// holds them all, against the destination's own rate in the same run (the
+/// same number of messages published straight to it by 8 concurrent
+/// publishers, as many as the gateway's workers, each waiting for its
+/// acknowledgement). For BENCHMARKS.md; run it in release:
+///
+/// `scripts/with-services cargo test --release --all-features --test suite gateway::throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement for BENCHMARKS.md, not a test"]
+async fn throughput() {
+    const EVENTS: usize = 2000;
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("throughput");
+    let nats_url = env_url("NATS_URL");
+    let redis_url = env_url("REDIS_URL");
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let redis_client = redis::Client::open(redis_url.as_str()).unwrap();
+    let redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let app = Arc::new(App::default());
+    let app_addr = start_app(Arc::clone(&app)).await;
+    println!(
+        "| destination | via the gateway | straight to it | ratio | deliveries acknowledged |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for destination in ["http", "nats", "redis"] {
+        let tag = unique("b");
+        let events = events(EVENTS / 4, 4, &tag);
+        let (stream, redis_stream) = (format!("T{tag}"), format!("clinkbench:{tag}:"));
+        let url = match destination {
+            "http" => format!("http://{app_addr}/hooks"),
+            "nats" => nats_url.clone(),
+            _ => redis_url.clone(),
+        };
+        let mut env = gateway_env(&dir.0, &tag, &url);
+        env.retain(|(name, _)| name != "CLINK_SETTLE_MS");
+        env.push(("CLINK_SETTLE_MS".into(), "0".into()));
+        env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+        env.push((
+            "CLINK_NATS_SUBJECT".into(),
+            format!("t{tag}.{{account}}.{{type}}"),
+        ));
+        env.push((
+            "CLINK_REDIS_STREAM".into(),
+            format!("clinkbench:{tag}:{{account}}"),
+        ));
+        let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+            .await
+            .unwrap();
+        let handled_before = app.handled.lock().unwrap().len();
+        let count = {
+            let (jetstream, redis, app, stream, redis_stream) = (
+                jetstream.clone(),
+                redis.clone(),
+                Arc::clone(&app),
+                stream.clone(),
+                redis_stream.clone(),
+            );
+            move || {
+                let (jetstream, mut redis, app, stream, redis_stream) = (
+                    jetstream.clone(),
+                    redis.clone(),
+                    Arc::clone(&app),
+                    stream.clone(),
+                    redis_stream.clone(),
+                );
+                async move {
+                    match destination {
+                        "http" => (app.handled.lock().unwrap().len() - handled_before) as u64,
+                        "nats" => nats_count(&jetstream, &stream).await,
+                        _ => redis_count(&mut redis, &redis_stream).await,
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let queue = Arc::new(Mutex::new(events.clone()));
+        let mut senders = Vec::new();
+        for _ in 0..16 {
+            let (queue, url) = (Arc::clone(&queue), Arc::clone(&gateway.url));
+            senders.push(tokio::spawn(async move {
+                let client = client();
+                loop {
+                    let next = queue.lock().unwrap().pop();
+                    let Some(event) = next else { return };
+                    deliver(&client, &url, &event).await;
+                }
+            }));
+        }
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let acknowledged = started.elapsed();
+        let count2 = count.clone();
+        until("every event forwarded", PHASE, async || {
+            count2().await >= EVENTS as u64
+        })
+        .await;
+        let via_gateway = started.elapsed();
+        tokio::task::spawn_blocking(move || gateway.stop())
+            .await
+            .unwrap();
+
+        // The destination's own rate: the same messages, 8 publishers.
+        let direct_tag = unique("p");
+        let direct_stream = format!("T{direct_tag}");
+        if destination == "nats" {
+            jetstream
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: direct_stream.clone(),
+                    subjects: vec![format!("t{direct_tag}.>")],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let queue = Arc::new(Mutex::new(events.clone()));
+        let started = Instant::now();
+        let mut publishers = Vec::new();
+        for _ in 0..8 {
+            let (queue, jetstream, mut redis, direct_tag, app_url) = (
+                Arc::clone(&queue),
+                jetstream.clone(),
+                redis.clone(),
+                direct_tag.clone(),
+                format!("http://{app_addr}/direct"),
+            );
+            publishers.push(tokio::spawn(async move {
+                let client = client();
+                loop {
+                    let next = queue.lock().unwrap().pop();
+                    let Some(event) = next else { return };
+                    match destination {
+                        "http" => {
+                            let timestamp = Timestamp::now().as_millis().to_string();
+                            let request = Request::post(&app_url)
+                                .header("x-clink-timestamp", &timestamp)
+                                .header("x-clink-signature", sign(KEY, &timestamp, &event.body))
+                                .header("x-clink-event-id", format!("direct_{}", event.id))
+                                .body(Full::new(event.body.clone()))
+                                .unwrap();
+                            let response = client.request(request).await.unwrap();
+                            assert!(response.status().is_success());
+                            let _ = response.into_body().collect().await;
+                        }
+                        "nats" => {
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert("Nats-Msg-Id", event.id.as_str());
+                            jetstream
+                                .publish_with_headers(
+                                    format!("t{direct_tag}.order.succeeded"),
+                                    headers,
+                                    event.body.clone(),
+                                )
+                                .await
+                                .unwrap()
+                                .await
+                                .unwrap();
+                        }
+                        _ => {
+                            let _: String = redis::cmd("XADD")
+                                .arg(format!("clinkbench:{direct_tag}:"))
+                                .arg("*")
+                                .arg("event_id")
+                                .arg(&event.id)
+                                .arg("body")
+                                .arg(&event.body[..])
+                                .query_async(&mut redis)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+            }));
+        }
+        for publisher in publishers {
+            publisher.await.unwrap();
+        }
+        let direct = started.elapsed();
+        let rate = |elapsed: Duration| EVENTS as f64 / elapsed.as_secs_f64();
+        println!(
+            "| {destination} | {:.0} events/s | {:.0} events/s | {:.3} | {:.0} deliveries/s |",
+            rate(via_gateway),
+            rate(direct),
+            rate(via_gateway) / rate(direct),
+            rate(acknowledged)
+        );
+        let _ = jetstream.delete_stream(&stream).await;
+        let _ = jetstream.delete_stream(&direct_stream).await;
+        let mut redis = redis.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&redis_stream)
+            .arg(format!("clinkbench:{direct_tag}:"))
+            .query_async(&mut redis)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_publishes_in_flight_finish() {
+    let dir = TempDir::new("drain");
+    let app = Arc::new(App::default());
+    // A slow app: each answer takes 1.5 s, so publishes are in flight
+    // when the gateway is told to stop.
+    app.delay_ms.store(1500, Ordering::SeqCst);
+    let app_addr = start_app(Arc::clone(&app)).await;
+    let mut env = gateway_env(&dir.0, "drain", &format!("http://{app_addr}/hooks"));
+    env.retain(|(name, _)| name != "CLINK_SETTLE_MS");
+    env.push(("CLINK_SETTLE_MS".into(), "0".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let client = client();
+    let tag = unique("s");
+    // Eight objects, one event each: eight publishes at once.
+    let events = events(8, 1, &tag);
+    for event in &events {
+        deliver(&client, &gateway.url, event).await;
+    }
+    until("eight publishes in flight", PHASE, async || {
+        app.started.load(Ordering::SeqCst) == 8
+    })
+    .await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    // Stopped after they finished: each event reached the app once and
+    // the inbox holds it done; nothing is left to publish again.
+    assert_eq!(app.arrivals.lock().unwrap().len(), 8);
+    let inbox = clink_webhooks::store::SqliteInbox::open(dir.0.join("drain.db")).unwrap();
+    use clink_webhooks::store::Inbox as _;
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.retrying, stats.running, stats.dead),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+}
