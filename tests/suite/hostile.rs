@@ -864,8 +864,10 @@ async fn a_redis_outage_under_load_writes_a_handful_of_lines() {
         logged.join("\n")
     );
     assert!(during >= 40, "too little load to judge: {during}");
+    // Start, summary and end for each store, plus one start/end pair when
+    // a call still gets through at the moment of the kill.
     assert!(
-        logged.len() <= 6,
+        logged.len() <= 8,
         "{} lines:\n{}",
         logged.len(),
         logged.join("\n")
