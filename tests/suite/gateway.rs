@@ -499,7 +499,6 @@ async fn drained(client: &HttpClient, base: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet settled: an ordering failure was seen once under load; run with --ignored"]
 async fn a_thousand_events_reach_nats_redis_and_http_in_order_through_two_crashes() {
     let started = Instant::now();
     let seed = seed();

@@ -41,7 +41,7 @@ The gateway verifies each delivery (signature, timestamp, envelope) with the
 crate's layer, keeps it in a durable inbox and answers 200 once it is written;
 workers then forward kept events to the destination, one object's events at
 a time, oldest `created` first, each published only once every older event
-of its object was acknowledged there. A failed publish is retried with
+of its object that the inbox holds was acknowledged there. A failed publish is retried with
 exponential backoff; after max_attempts the event is dead (see
 `clink-webhook inbox`).
 
