@@ -61,7 +61,7 @@ use http::header::HeaderName;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
-use crate::signature::Verifier;
+use crate::signature::{SigningKey, Verifier};
 use crate::BoxFuture;
 use crate::{BoxError, ConfigError};
 
@@ -267,6 +267,20 @@ impl KeyMap {
         check_account(&account)?;
         self.accounts.insert(account, Arc::new(verifier));
         Ok(())
+    }
+
+    /// Rotates the signing secret of `account`: `key` from now on, and the
+    /// keys it has now for `grace` more (see [`Verifier::rotated`]). Returns
+    /// whether the account was there; an unknown account is left unknown.
+    pub fn rotate(&self, account: &str, key: SigningKey, grace: Duration) -> bool {
+        match self.accounts.get_mut(account) {
+            Some(mut verifier) => {
+                let rotated = verifier.rotated(key, grace);
+                *verifier = Arc::new(rotated);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The verifier of `account`, if it has one.

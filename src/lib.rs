@@ -93,13 +93,17 @@
 //! | `postgres` | `PostgresStore`, with claims inside your own transaction, and `PostgresInbox` |
 //! | `test-util` | module `testing`: signed requests, event fixtures and delivery scenarios for your own tests |
 //! | `console` | module `console`: the inbox console, pages to see, search and replay the inbox's events, as an axum router to mount behind a token; enables `axum` |
-//! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen` |
+//! | `api` | module `api`: a client of Clink's merchant API over rustls: the current state of an object, webhook endpoints, signing secret rotation without a restart |
+//! | `cli` | the `clink-webhook` binary: `sign`, `verify`, `fixture`, `send`, `listen`, `api`, `endpoints`; enables `api` |
 //! | `gateway` | `clink-webhook serve`: the receiving gateway, relaying kept events to HTTP, NATS JetStream or Redis Streams in per-object order; enables `cli` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The library logs through `tracing`; it never prints.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod accounts;
+#[cfg(feature = "api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api")))]
+pub mod api;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
@@ -135,7 +139,9 @@ pub use layer::{ClinkLayer, ClinkService, InboxIntake};
 pub use outcome::Outcome;
 pub use router::EventRouter;
 pub use rust_decimal::Decimal;
-pub use signature::{sign, SigningKey, Verified, Verifier, VerifyError, VerifyErrorKind};
+pub use signature::{
+    sign, LiveVerifier, SigningKey, Verified, Verifier, VerifyError, VerifyErrorKind,
+};
 pub use store::{FreshnessStore, IdempotencyStore, MemoryStore};
 pub use timestamp::{Timestamp, TimestampParseError};
 pub use tower_layer::Layer;

@@ -13,7 +13,7 @@ use super::{ClinkService, InboxIntake, Metrics};
 use crate::accounts::{AccountFrom, KeySource};
 use crate::guard::handler_deadline;
 use crate::outage::OutageLog;
-use crate::signature::Verifier;
+use crate::signature::{LiveVerifier, Verifier};
 use crate::store::{
     IdempotencyStore, Inbox, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
 };
@@ -41,6 +41,8 @@ const MAX_KEY_PREFIX_LEN: usize = 128;
 pub(super) enum Keys {
     /// One endpoint, one set of keys.
     One(Arc<Verifier>),
+    /// One endpoint, keys that change while it serves.
+    Live(LiveVerifier),
     /// Many accounts: the account from the request, its keys from the source.
     PerAccount {
         from: AccountFrom,
@@ -134,6 +136,7 @@ impl fmt::Debug for ClinkLayer {
         let c = &self.config;
         let keys = match &c.keys {
             Keys::One(verifier) => format!("{verifier:?}"),
+            Keys::Live(live) => format!("{live:?}"),
             Keys::PerAccount { from, .. } => format!("per account, from {from:?}"),
         };
         f.debug_struct("ClinkLayer")
@@ -195,6 +198,14 @@ impl ClinkLayer {
     #[must_use]
     pub fn new(verifier: Verifier) -> Self {
         Self::with_keys(Keys::One(Arc::new(verifier)))
+    }
+
+    /// A layer that verifies with the keys `live` holds at each delivery:
+    /// keep a clone of `live` to [rotate](LiveVerifier::rotate) the
+    /// endpoint's signing secret while the layer serves, with no restart.
+    #[must_use]
+    pub fn live(live: LiveVerifier) -> Self {
+        Self::with_keys(Keys::Live(live))
     }
 
     /// A layer for many merchant accounts on one endpoint: it reads the

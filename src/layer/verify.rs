@@ -91,6 +91,7 @@ async fn keys(
 ) -> Result<(Arc<Verifier>, Option<Arc<str>>), Outcome> {
     let (from, source) = match &config.keys {
         Keys::One(verifier) => return Ok((Arc::clone(verifier), None)),
+        Keys::Live(live) => return Ok((live.current(), None)),
         Keys::PerAccount { from, source } => (from, source),
     };
     let Some(account) = from.account(parts) else {

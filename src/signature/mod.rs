@@ -61,14 +61,21 @@
 //! assert_eq!(verifier.verify(&ts, &old, b"{}")?.key_name(), "previous");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! To rotate without a restart, serve through a [`LiveVerifier`] and call
+//! its [`rotate`](LiveVerifier::rotate) with the new secret; Clink's API
+//! client does it for you in one call
+//! (`clink_webhooks::api::Client::rotate_signing_secret`, feature `api`).
 
 mod error;
 mod keys;
+mod live;
 mod parse;
 mod verifier;
 
 pub use error::{VerifyError, VerifyErrorKind};
 pub use keys::{sign, SigningKey};
+pub use live::LiveVerifier;
 pub(crate) use parse::SignatureHeaders;
 pub use parse::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
 pub use verifier::{Verification, Verified, Verifier, DEFAULT_TOLERANCE};

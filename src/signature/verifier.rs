@@ -117,6 +117,56 @@ impl Verifier {
         self
     }
 
+    /// This verifier after a rotation of the endpoint's signing secret:
+    /// `key` first, and every key of this one that is still active kept
+    /// until `grace` from now (or its own expiry, when sooner). Keys
+    /// already expired are dropped, so rotations do not pile keys up. The
+    /// tolerance settings are kept.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use clink_webhooks::signature::{sign, SigningKey, Verifier};
+    ///
+    /// let before = Verifier::new("whsec_old")?;
+    /// let after = before.rotated(SigningKey::new("whsec_new")?, Duration::from_secs(3600));
+    /// let ts = clink_webhooks::Timestamp::now().as_millis().to_string();
+    /// for secret in ["whsec_new", "whsec_old"] {
+    ///     assert!(after.verify(&ts, &sign(secret, &ts, b"{}"), b"{}").is_ok());
+    /// }
+    /// assert_eq!(after.key_count(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn rotated(&self, key: SigningKey, grace: Duration) -> Self {
+        self.rotated_at(key, grace, SystemTime::now())
+    }
+
+    /// [`rotated`](Self::rotated) as of `now`.
+    #[must_use]
+    pub fn rotated_at(&self, key: SigningKey, grace: Duration, now: SystemTime) -> Self {
+        let until = now.checked_add(grace);
+        let mut keys = vec![ActiveKey::from(key)];
+        keys.extend(
+            self.keys
+                .iter()
+                .filter(|old| old.is_active_at(now))
+                .map(|old| {
+                    let mut old = old.clone();
+                    old.expires_at = match (old.expires_at, until) {
+                        (Some(own), Some(until)) => Some(own.min(until)),
+                        (own, until) => until.or(own),
+                    };
+                    old
+                }),
+        );
+        Self {
+            names: keys.iter().map(|key| Arc::clone(&key.name)).collect(),
+            keys,
+            max_age: self.max_age,
+            max_future_skew: self.max_future_skew,
+        }
+    }
+
     /// The names of the keys, in the order they were given (see
     /// [`SigningKey::named`]).
     pub fn key_names(&self) -> impl ExactSizeIterator<Item = &str> {

@@ -1,0 +1,862 @@
+//! [`Client`] and [`ClientBuilder`]: the keys, the transport, retries
+//! within a deadline, single flight and the rate budget.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::error::{ApiError, ApiErrorKind};
+use super::keys::{scrub, ApiKey, Environment};
+use crate::ConfigError;
+
+/// The default time one request may take, connection included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a call may take, its retries and waits included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// The default rate budget: requests per second, across every call of
+/// the client and its clones.
+pub const DEFAULT_RATE: u32 = 10;
+/// The default number of attempts a read gets.
+pub const DEFAULT_ATTEMPTS: u32 = 4;
+/// The largest answer read; a larger one is a [`Decode`](ApiErrorKind::Decode) error.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// How long the client keeps calling with an older key after the newest
+/// was refused, before it tries the newest again.
+const PREFER_OLDER_FOR: Duration = Duration::from_secs(60);
+/// The first wait between attempts of a read; it doubles.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait between attempts of a read.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const TIMESTAMP: HeaderName = HeaderName::from_static("x-timestamp");
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Http = hyper_util::client::legacy::Client<Https, Full<Bytes>>;
+
+/// A client of Clink's merchant API: the current state of orders, refunds,
+/// subscriptions, invoices and checkout sessions, and the merchant's
+/// webhook endpoints. Build it with [`Client::builder`] or
+/// [`Client::from_env`]; it is cheap to clone (clones share the
+/// connections, the rate budget and the calls in flight), so keep it in
+/// your app's state.
+///
+/// Every call sends `X-API-KEY` (the newest active key) and `X-Timestamp`
+/// (epoch milliseconds). Reads are retried on 5xx, 429 and transport
+/// failures with backoff and jitter, within the call's
+/// [deadline](ClientBuilder::deadline); nothing else is retried, except a
+/// call refused for its key, which is made once more with the next active
+/// key (see [`ClientBuilder::key`]).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: Vec<ApiKey>,
+    environment: Environment,
+    base: String,
+    http: Http,
+    request_timeout: Duration,
+    deadline: Duration,
+    attempts: u32,
+    budget: RateBudget,
+    flights: Flights,
+    /// The key to start with, and until when, after the newest was refused.
+    preferred: Mutex<Option<(usize, Instant)>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("Client")
+            .field("environment", &inner.environment)
+            .field("base_url", &inner.base)
+            .field("keys", &inner.keys)
+            .field("request_timeout", &inner.request_timeout)
+            .field("deadline", &inner.deadline)
+            .field("attempts", &inner.attempts)
+            .field("rate", &inner.budget.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`Client`]; [`build`](Self::build) checks them all.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    keys: Vec<ApiKey>,
+    environment: Environment,
+    base_url: Option<String>,
+    request_timeout: Duration,
+    deadline: Duration,
+    attempts: u32,
+    rate: u32,
+    burst: u32,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            environment: Environment::Sandbox,
+            base_url: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            attempts: DEFAULT_ATTEMPTS,
+            rate: DEFAULT_RATE,
+            burst: DEFAULT_RATE,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Adds a secret key. Give the newest first: the client calls with the
+    /// first key that has not [expired](ApiKey::expires_at), and when Clink
+    /// refuses it (HTTP 401, or envelope `code` 401) makes the call once
+    /// more with the next active key. When an older key works where the
+    /// newest did not, a warning and the metric
+    /// `clink_api_requests_total{key}` say so, and the client keeps using
+    /// the working key for a minute before trying the newest again.
+    #[must_use]
+    pub fn key(mut self, key: ApiKey) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// The environment (default [`Sandbox`](Environment::Sandbox)): its
+    /// base URL, and which key prefixes are refused.
+    #[must_use]
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// Calls `url` instead of the environment's base URL: a proxy, or a
+    /// fake API in tests. `http://` and `https://` are accepted; the keys
+    /// are still checked against the [environment](Self::environment).
+    #[must_use]
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// The longest one request may take, from connecting to the last byte
+    /// of the answer (default 10 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The longest a call may take, retries, backoff and waits for the
+    /// rate budget included (default 30 s).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How many attempts a read gets in all (default 4; 1 turns retries off).
+    #[must_use]
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// The rate budget: at most `per_second` requests a second on average,
+    /// and `burst` at once after a quiet spell (default 10 and 10), across
+    /// every call of the client and its clones. A call waits for room
+    /// within its deadline, so a burst of stale events is spread out
+    /// instead of using up the merchant's API limits; one that cannot get
+    /// room in time fails as [`RateLimited`](ApiErrorKind::RateLimited).
+    #[must_use]
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate = per_second;
+        self.burst = burst;
+        self
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when there is no key, a key's prefix names the other
+    /// environment, the base URL is not an `http(s)://` URL, a duration is
+    /// zero, the rate is zero or the system's root certificates cannot be
+    /// loaded for an `https://` base URL. Nothing is sent before this
+    /// returns.
+    pub fn build(self) -> Result<Client, ConfigError> {
+        if self.keys.is_empty() {
+            return Err(ConfigError::new(
+                "a Clink API client needs a secret key (CLINK_SECRET_KEY)",
+            ));
+        }
+        for key in &self.keys {
+            key.check_environment(self.environment)?;
+        }
+        let base = base_url(self.base_url.as_deref(), self.environment)?;
+        if self.request_timeout.is_zero() || self.deadline.is_zero() {
+            return Err(ConfigError::new(
+                "the Clink API client's request timeout and deadline must be more than zero",
+            ));
+        }
+        if self.attempts == 0 || self.rate == 0 || self.burst == 0 {
+            return Err(ConfigError::new(
+                "the Clink API client's attempts, rate and burst must be at least 1",
+            ));
+        }
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector(base.starts_with("https://"))?);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                keys: self.keys,
+                environment: self.environment,
+                base,
+                http,
+                request_timeout: self.request_timeout,
+                deadline: self.deadline,
+                attempts: self.attempts,
+                budget: RateBudget::new(self.rate, self.burst),
+                flights: Flights::default(),
+                preferred: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// The base URL, checked, ending in `/`.
+fn base_url(url: Option<&str>, environment: Environment) -> Result<String, ConfigError> {
+    let Some(url) = url.map(str::trim).filter(|url| !url.is_empty()) else {
+        return Ok(environment.base_url().to_owned());
+    };
+    let invalid = || {
+        ConfigError::new(format!(
+            "the Clink API base URL {} is not an http:// or https:// URL with a host",
+            crate::events::printable(&url.chars().take(200).collect::<String>())
+        ))
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.host().is_none_or(str::is_empty)
+        || uri.query().is_some()
+    {
+        return Err(invalid());
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ConfigError::new(
+            "the Clink API base URL must not hold a user or password",
+        ));
+    }
+    let mut base = url.to_owned();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    Ok(base)
+}
+
+/// HTTPS with the system's roots, and plain HTTP for proxies and tests.
+fn connector(https: bool) -> Result<Https, ConfigError> {
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(builder) => builder,
+        Err(error) if https => {
+            return Err(ConfigError::new(format!(
+                "cannot load the system's root certificates for the Clink API: {error}"
+            )))
+        }
+        // Only plain HTTP will be used: TLS needs no roots.
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::new(format!("TLS settings for the Clink API: {e}")))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        ),
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
+impl Client {
+    /// Settings for a client, starting from the defaults.
+    #[must_use]
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client from the environment: keys from `CLINK_SECRET_KEY` (one, or
+    /// several separated by commas, newest first), the environment from
+    /// `CLINK_ENV` (`sandbox` when unset) and the base URL from
+    /// `CLINK_API_BASE_URL` (the environment's when unset). `None` when
+    /// `CLINK_SECRET_KEY` is unset or empty.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] as [`ClientBuilder::build`] and [`ApiKey::new`] give,
+    /// or for an unknown `CLINK_ENV`.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let Some(keys) = var("CLINK_SECRET_KEY") else {
+            return Ok(None);
+        };
+        let mut builder = Self::builder();
+        if let Some(env) = var("CLINK_ENV") {
+            builder = builder.environment(env.parse()?);
+        }
+        if let Some(url) = var("CLINK_API_BASE_URL") {
+            builder = builder.base_url(url);
+        }
+        for key in keys.split(',').filter(|key| !key.trim().is_empty()) {
+            builder = builder.key(ApiKey::new(key)?);
+        }
+        builder.build().map(Some)
+    }
+
+    /// The environment the client calls.
+    #[must_use]
+    pub fn environment(&self) -> Environment {
+        self.inner.environment
+    }
+
+    /// The base URL calls are made against, ending in `/`.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Reads the answer of a GET at `path`, sharing one call among the
+    /// callers that ask for the same path at the same time.
+    pub(crate) async fn get_shared(&self, path: &str) -> Result<Bytes, ApiError> {
+        let flight = self.inner.flights.join(path);
+        let result = flight
+            .cell
+            .get_or_init(|| self.call(Method::GET, path, &[], None))
+            .await
+            .clone();
+        drop(flight);
+        result
+    }
+
+    /// Makes a call and returns the body of an answer that says yes.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ApiError> {
+        let call = format!("{method} /{path}");
+        let mut url = format!("{}{path}", self.inner.base);
+        for (i, (name, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(&encode(value));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, &call, "invalid URL"))?;
+        let deadline = Instant::now() + self.inner.deadline;
+        let retries = method == Method::GET;
+        let mut attempt = 1;
+        loop {
+            let request = Attempt {
+                call: &call,
+                method: &method,
+                uri: &uri,
+                body: body.as_ref(),
+                deadline,
+            };
+            let error = match self.with_keys(&request).await {
+                Ok(body) => return Ok(body),
+                Err(error) => error,
+            };
+            let retryable = matches!(
+                error.kind(),
+                ApiErrorKind::Server
+                    | ApiErrorKind::RateLimited
+                    | ApiErrorKind::Transport
+                    | ApiErrorKind::Timeout
+            );
+            if !retries || !retryable || attempt >= self.inner.attempts {
+                return Err(error);
+            }
+            let wait = error.retry_after().unwrap_or_else(|| backoff(attempt));
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(call = %call, attempt, error = %error, "retrying a Clink API read");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt, with the preferred active key and, when Clink refuses
+    /// it, once more with the next active key.
+    async fn with_keys(&self, request: &Attempt<'_>) -> Result<Bytes, ApiError> {
+        let inner = &self.inner;
+        let now = SystemTime::now();
+        let active: Vec<usize> = (0..inner.keys.len())
+            .filter(|&i| inner.keys[i].is_active_at(now))
+            .collect();
+        let Some(&newest) = active.first() else {
+            return Err(ApiError::new(
+                ApiErrorKind::Unauthorized,
+                request.call,
+                "every API key the client holds has expired",
+            ));
+        };
+        let first = {
+            let preferred = inner.preferred.lock().unwrap_or_else(PoisonError::into_inner);
+            match *preferred {
+                Some((key, until)) if Instant::now() < until && active.contains(&key) => key,
+                _ => newest,
+            }
+        };
+        let error = match self.send(request, first).await {
+            Ok(body) => return Ok(body),
+            Err(error) if error.kind() == ApiErrorKind::Unauthorized => error,
+            Err(error) => return Err(error),
+        };
+        // The next active key after the one refused, wrapping round.
+        let Some(&next) = active
+            .iter()
+            .filter(|&&i| i > first)
+            .chain(active.iter().filter(|&&i| i < first))
+            .next()
+        else {
+            return Err(error);
+        };
+        match self.send(request, next).await {
+            Ok(body) => {
+                tracing::warn!(
+                    refused = %inner.keys[first].name(),
+                    works = %inner.keys[next].name(),
+                    "Clink refused the API key {}; the key {} works and is used for now: \
+                     check the keys and their expiries",
+                    inner.keys[first].name(),
+                    inner.keys[next].name(),
+                );
+                *inner.preferred.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((next, Instant::now() + PREFER_OLDER_FOR));
+                Ok(body)
+            }
+            Err(second) => Err(second),
+        }
+    }
+
+    /// One request with key `key`, within the budget and the timeouts.
+    async fn send(&self, request: &Attempt<'_>, key: usize) -> Result<Bytes, ApiError> {
+        let inner = &self.inner;
+        let key = &inner.keys[key];
+        let call = request.call;
+        inner.budget.acquire(request.deadline).await.map_err(|()| {
+            ApiError::new(
+                ApiErrorKind::RateLimited,
+                call,
+                "the client's rate budget had no room before the call's deadline",
+            )
+        })?;
+        let result = self.exchange(request, key).await;
+        record(key.name(), &result);
+        result
+    }
+
+    async fn exchange(&self, request: &Attempt<'_>, key: &ApiKey) -> Result<Bytes, ApiError> {
+        let inner = &self.inner;
+        let call = request.call;
+        let mut api_key = HeaderValue::from_str(key.expose())
+            .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, call, "the key cannot be sent"))?;
+        api_key.set_sensitive(true);
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut builder = Request::builder()
+            .method(request.method.clone())
+            .uri(request.uri.clone())
+            .header(API_KEY, api_key)
+            .header(TIMESTAMP, millis.to_string())
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, concat!("clink-webhooks/", env!("CARGO_PKG_VERSION")));
+        if request.body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let http_request = builder
+            .body(Full::new(request.body.cloned().unwrap_or_default()))
+            .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, call, "invalid request"))?;
+        let left = request.deadline.saturating_duration_since(Instant::now());
+        let timeout = inner.request_timeout.min(left);
+        let exchange = async {
+            let response = inner.http.request(http_request).await.map_err(|error| {
+                ApiError::new(
+                    ApiErrorKind::Transport,
+                    call,
+                    scrub(&error_chain(&error), &inner.keys),
+                )
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|error| {
+                    let kind = if error.is::<http_body_util::LengthLimitError>() {
+                        ApiErrorKind::Decode
+                    } else {
+                        ApiErrorKind::Transport
+                    };
+                    ApiError::new(kind, call, scrub(&error.to_string(), &inner.keys))
+                })?
+                .to_bytes();
+            Ok::<_, ApiError>((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ApiError::new(
+                    ApiErrorKind::Timeout,
+                    call,
+                    format!("no answer within {} ms", timeout.as_millis()),
+                ))
+            }
+        };
+        self.judge(call, parts.status, &parts.headers, body)
+    }
+
+    /// The body of an answer that says yes, or the error it says.
+    fn judge(
+        &self,
+        call: &str,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, ApiError> {
+        let said = || scrub(&String::from_utf8_lossy(&body), &self.inner.keys);
+        if !status.is_success() {
+            let kind = match status {
+                StatusCode::UNAUTHORIZED => ApiErrorKind::Unauthorized,
+                StatusCode::NOT_FOUND => ApiErrorKind::NotFound,
+                StatusCode::TOO_MANY_REQUESTS => ApiErrorKind::RateLimited,
+                s if s.is_server_error() => ApiErrorKind::Server,
+                _ => ApiErrorKind::Envelope,
+            };
+            let envelope = serde_json::from_slice::<Status>(&body).ok();
+            let mut error = ApiError::new(
+                kind,
+                call,
+                envelope
+                    .as_ref()
+                    .and_then(|e| e.msg.as_deref())
+                    .map_or_else(said, |msg| scrub(msg, &self.inner.keys)),
+            )
+            .with_status(status)
+            .with_retry_after(retry_after(headers));
+            if let Some(code) = envelope.and_then(|e| e.code) {
+                error = error.with_code(code);
+            }
+            return Err(error);
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Bytes::from_static(b"{}"));
+        }
+        let envelope: Status = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::new(ApiErrorKind::Decode, call, "the answer is not JSON")
+                .with_status(status)
+        })?;
+        match envelope.code {
+            None | Some(200) => Ok(body),
+            Some(code) => {
+                let kind = match code {
+                    401 => ApiErrorKind::Unauthorized,
+                    404 => ApiErrorKind::NotFound,
+                    429 => ApiErrorKind::RateLimited,
+                    500..=599 => ApiErrorKind::Server,
+                    _ => ApiErrorKind::Envelope,
+                };
+                let msg = envelope.msg.unwrap_or_default();
+                Err(ApiError::new(kind, call, scrub(&msg, &self.inner.keys))
+                    .with_status(status)
+                    .with_code(code))
+            }
+        }
+    }
+
+    /// The `data` of an answer, decoded; `None` when it is missing or null.
+    pub(crate) fn data<T: DeserializeOwned>(
+        &self,
+        call: &str,
+        body: &[u8],
+    ) -> Result<Option<T>, ApiError> {
+        #[derive(Deserialize)]
+        struct Data<T> {
+            data: Option<T>,
+        }
+        let deserializer = &mut serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize::<_, Data<T>>(deserializer)
+            .map(|envelope| envelope.data)
+            .map_err(|error| self.decode_error(call, &error))
+    }
+
+    /// A whole answer decoded (the lists, which are not wrapped in `data`).
+    pub(crate) fn whole<T: DeserializeOwned>(&self, call: &str, body: &[u8]) -> Result<T, ApiError> {
+        let deserializer = &mut serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| self.decode_error(call, &error))
+    }
+
+    fn decode_error(
+        &self,
+        call: &str,
+        error: &serde_path_to_error::Error<serde_json::Error>,
+    ) -> ApiError {
+        ApiError::new(
+            ApiErrorKind::Decode,
+            call,
+            scrub(
+                &format!("at {}: {}", error.path(), error.inner()),
+                &self.inner.keys,
+            ),
+        )
+    }
+}
+
+/// One attempt's request, as every key would send it.
+struct Attempt<'a> {
+    call: &'a str,
+    method: &'a Method,
+    uri: &'a Uri,
+    body: Option<&'a Bytes>,
+    deadline: Instant,
+}
+
+/// The envelope's status fields.
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    msg: Option<String>,
+}
+
+/// `Retry-After` in seconds, when given so (a date is not honoured).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value
+        .parse::<u64>()
+        .ok()
+        .map(|secs| Duration::from_secs(secs.min(86_400)))
+}
+
+/// The wait after failed attempt `attempt`: doubling from 200 ms up to 5 s,
+/// with up to a fifth of jitter either way.
+fn backoff(attempt: u32) -> Duration {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+
+    let doubled = FIRST_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    #[allow(clippy::cast_precision_loss)]
+    let factor = 0.8 + (hasher.finish() % 4000) as f64 / 10_000.0;
+    doubled.min(MAX_BACKOFF).mul_f64(factor)
+}
+
+/// An error and its sources, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Counts a request by key name and result.
+fn record(key: &str, result: &Result<Bytes, ApiError>) {
+    #[cfg(feature = "metrics")]
+    {
+        let result = match result {
+            Ok(_) => "ok",
+            Err(error) => error.kind().as_str(),
+        };
+        metrics::counter!("clink_api_requests_total", "key" => key.to_owned(), "result" => result)
+            .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (key, result);
+}
+
+/// Percent-encodes `text` for a path segment or a query value: everything
+/// but `A-Z a-z 0-9 - . _ ~`.
+pub(crate) fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A token bucket: `rate` requests a second, `burst` at once. A caller
+/// reserves a slot and waits for it, so callers are served in turn without
+/// polling.
+struct RateBudget {
+    rate: u32,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateBudget {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate,
+            burst: f64::from(burst),
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Waits for room for one request; `Err` when there is none before
+    /// `deadline` (nothing is reserved then).
+    async fn acquire(&self, deadline: Instant) -> Result<(), ()> {
+        let wait = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            let (tokens, last) = *state;
+            let refilled = now
+                .saturating_duration_since(last)
+                .as_secs_f64()
+                .mul_add(f64::from(self.rate), tokens);
+            let tokens = refilled.min(self.burst) - 1.0;
+            let wait = if tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-tokens / f64::from(self.rate))
+            };
+            if now + wait > deadline {
+                *state = (tokens + 1.0, now);
+                return Err(());
+            }
+            *state = (tokens, now);
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+}
+
+/// The reads in flight, by path: callers of one path share one call.
+#[derive(Default)]
+struct Flights {
+    calls: Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, ApiError>>>>>,
+}
+
+/// A caller's share of a read in flight; the last one to leave removes it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    path: &'a str,
+    cell: Arc<OnceCell<Result<Bytes, ApiError>>>,
+}
+
+impl Flights {
+    fn join<'a>(&'a self, path: &'a str) -> Flight<'a> {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = Arc::clone(calls.entry(path.to_owned()).or_default());
+        Flight {
+            flights: self,
+            path,
+            cell,
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut calls = self
+            .flights
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A finished call is forgotten at once, so the next read asks
+        // Clink again; an unfinished one when its last caller gives up.
+        let done = self.cell.initialized();
+        if let Some(current) = calls.get(self.path) {
+            if Arc::ptr_eq(current, &self.cell) && (done || Arc::strong_count(&self.cell) <= 2) {
+                calls.remove(self.path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_escapes_all_but_unreserved() {
+        assert_eq!(encode("ord_1-a.b~c"), "ord_1-a.b~c");
+        assert_eq!(encode("a/b?c d%"), "a%2Fb%3Fc%20d%25");
+        assert_eq!(encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert_eq!(
+            base_url(None, Environment::Production).unwrap(),
+            "https://api.clinkbill.com/api/"
+        );
+        assert_eq!(
+            base_url(Some("http://127.0.0.1:9/api"), Environment::Sandbox).unwrap(),
+            "http://127.0.0.1:9/api/"
+        );
+        for bad in ["ftp://x/", "not a url", "http:///x", "http://u:p@x/", "http://x/?q=1"] {
+            assert!(base_url(Some(bad), Environment::Sandbox).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_bounds() {
+        for attempt in 1..40 {
+            let wait = backoff(attempt);
+            let nominal = FIRST_BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(wait >= nominal.mul_f64(0.8) && wait < nominal.mul_f64(1.2), "{attempt}: {wait:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_spreads_a_burst_and_refuses_past_the_deadline() {
+        let budget = RateBudget::new(10, 2);
+        let start = Instant::now();
+        let far = start + Duration::from_secs(60);
+        budget.acquire(far).await.unwrap();
+        budget.acquire(far).await.unwrap();
+        assert_eq!(Instant::now(), start, "the burst goes at once");
+        budget.acquire(far).await.unwrap();
+        assert!(Instant::now() >= start + Duration::from_millis(99));
+        // No room within 10 ms: refused, and nothing reserved.
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert!(budget.acquire(soon).await.is_err());
+        let before = Instant::now();
+        budget.acquire(far).await.unwrap();
+        assert!(Instant::now() - before <= Duration::from_millis(101));
+    }
+}

@@ -1,0 +1,546 @@
+//! Webhook endpoint management: [`Endpoint`], its [`WebhookSecret`], and
+//! the requests that create, change and ensure one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+/// An endpoint's signing secret in plain text, as Clink returns it on
+/// create, rotation and (when available) ensure.
+///
+/// Zeroized on drop; `Debug` and `Serialize` show only its
+/// [masked](Self::masked) form. Read it with [`expose`](Self::expose) to
+/// store it or to build a [`SigningKey`](crate::SigningKey).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for WebhookSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl WebhookSecret {
+    /// A secret from its text.
+    #[must_use]
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(Zeroizing::new(secret.into()))
+    }
+
+    /// The secret itself.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The secret for display: its first and last 4 characters around
+    /// `...` (`whse...9f2a`), or `****` when it is too short to show any.
+    #[must_use]
+    pub fn masked(&self) -> String {
+        let chars: Vec<char> = self.0.chars().collect();
+        if chars.len() < 12 {
+            return "****".to_owned();
+        }
+        let head: String = chars[..4].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        crate::events::printable(&format!("{head}...{tail}")).into_owned()
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WebhookSecret").field(&self.masked()).finish()
+    }
+}
+
+impl Serialize for WebhookSecret {
+    /// The [masked](Self::masked) form: serializing an endpoint never
+    /// writes its secret.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.masked())
+    }
+}
+
+/// A webhook endpoint of the merchant's account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// Its id (`whk_…`).
+    pub id: String,
+    /// Where Clink delivers.
+    #[serde(default)]
+    pub url: String,
+    /// The event names it receives.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Whether Clink delivers to it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The plain signing secret, only right after create, rotation or an
+    /// ensure that returned it; `None` otherwise (Clink cannot show an old
+    /// secret again).
+    #[serde(default)]
+    pub signing_secret: Option<WebhookSecret>,
+    /// The secret as Clink masks it for display.
+    #[serde(default)]
+    pub masked_signing_secret: Option<String>,
+    /// The merchant's description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// When it was created, as Clink gives it (the unit is not documented).
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    /// When it last changed, as Clink gives it.
+    #[serde(default)]
+    pub updated_at: Option<i64>,
+}
+
+/// A new endpoint, for [`Client::create_endpoint`](super::Client::create_endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct NewEndpoint {
+    /// Where Clink should deliver (`https://` only).
+    pub url: String,
+    /// The event names it should receive (`order.succeeded`, ...).
+    pub events: Vec<String>,
+    /// A description for the dashboard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether Clink delivers to it from the start.
+    pub enabled: bool,
+}
+
+impl NewEndpoint {
+    /// An enabled endpoint at `url` for `events`.
+    pub fn new(url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            url: url.into(),
+            events: events.into_iter().map(Into::into).collect(),
+            description: None,
+            enabled: true,
+        }
+    }
+
+    /// With a description.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Enabled or not.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+}
+
+/// A change to an endpoint, for
+/// [`Client::update_endpoint`](super::Client::update_endpoint): the fields
+/// set are changed, the others kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EndpointUpdate {
+    /// A new URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// New event names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// A new description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Enabled or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl EndpointUpdate {
+    /// No change yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Changes the URL.
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Changes the event names.
+    #[must_use]
+    pub fn events(mut self, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.events = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Changes the description.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Enables or disables it.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+}
+
+/// The endpoint a service wants at start-up, for
+/// [`Client::ensure_endpoint`](super::Client::ensure_endpoint): Clink
+/// creates it, or updates the one with the same URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EnsureEndpoint {
+    /// The endpoint's URL, which identifies it.
+    pub url: String,
+    /// The event names it should receive.
+    pub events: Vec<String>,
+    /// A description for the dashboard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether Clink should deliver to it.
+    pub enabled: bool,
+    /// Return the plain signing secret when Clink can.
+    pub return_signing_secret: bool,
+    /// When the secret is asked for and Clink cannot show it (an existing
+    /// endpoint), rotate it to get a new one.
+    pub rotate_secret_if_unavailable: bool,
+    /// Rotate the secret in any case.
+    pub rotate_secret: bool,
+}
+
+impl EnsureEndpoint {
+    /// An enabled endpoint at `url` for `events`, asking for no secret.
+    pub fn new(url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            url: url.into(),
+            events: events.into_iter().map(Into::into).collect(),
+            description: None,
+            enabled: true,
+            return_signing_secret: false,
+            rotate_secret_if_unavailable: false,
+            rotate_secret: false,
+        }
+    }
+
+    /// With a description.
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Enabled or not.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Asks for the plain secret; with `rotate_if_unavailable`, an existing
+    /// endpoint's secret is rotated to get one (its old secret stops
+    /// working at once).
+    #[must_use]
+    pub fn return_secret(mut self, rotate_if_unavailable: bool) -> Self {
+        self.return_signing_secret = true;
+        self.rotate_secret_if_unavailable = rotate_if_unavailable;
+        self
+    }
+
+    /// Rotates the secret whatever Clink finds.
+    #[must_use]
+    pub fn rotate_secret(mut self) -> Self {
+        self.rotate_secret = true;
+        self
+    }
+}
+
+/// What [`Client::ensure_endpoint`](super::Client::ensure_endpoint) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Ensured {
+    /// `created`, `updated`, `rotated`, `updated_rotated`, or another word
+    /// Clink uses for an endpoint it found as it was.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The endpoint now.
+    pub endpoint: Endpoint,
+    /// Whether `endpoint.signing_secret` holds the plain secret.
+    #[serde(default)]
+    pub signing_secret_available: bool,
+    /// Why the secret is not there, when it is not.
+    #[serde(default)]
+    pub signing_secret_unavailable_reason: Option<String>,
+    /// What Clink suggests doing next (`rotate-secret`, ...).
+    #[serde(default)]
+    pub next_action: Option<String>,
+}
+
+/// The filters and page of [`Client::list_endpoints`](super::Client::list_endpoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointQuery {
+    /// The page, from 1.
+    pub page: u32,
+    /// Endpoints per page (1 to 100).
+    pub page_size: u32,
+    /// Only enabled (`true`) or disabled (`false`) endpoints.
+    pub enabled: Option<bool>,
+    /// Only the endpoint with exactly this URL.
+    pub url: Option<String>,
+}
+
+impl Default for EndpointQuery {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            page_size: 20,
+            enabled: None,
+            url: None,
+        }
+    }
+}
+
+impl EndpointQuery {
+    /// The first 20 endpoints.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Page `page` (from 1).
+    #[must_use]
+    pub fn page(mut self, page: u32) -> Self {
+        self.page = page;
+        self
+    }
+
+    /// `size` endpoints per page.
+    #[must_use]
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.page_size = size;
+        self
+    }
+
+    /// Only enabled or only disabled endpoints.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+
+    /// Only the endpoint at `url`.
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            ("pageNum", self.page.to_string()),
+            ("pageSize", self.page_size.to_string()),
+        ];
+        if let Some(enabled) = self.enabled {
+            pairs.push(("enabled", enabled.to_string()));
+        }
+        if let Some(url) = &self.url {
+            pairs.push(("url", url.clone()));
+        }
+        pairs
+    }
+}
+
+/// An event name endpoints can subscribe to, from `GET /webhook/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EventName {
+    /// The name (`order.succeeded`).
+    pub name: String,
+    /// Clink's numeric code for it.
+    #[serde(default)]
+    pub code: Option<i64>,
+    /// What it means.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The answer of `GET /webhook/events`.
+#[derive(Deserialize)]
+pub(crate) struct EventNames {
+    #[serde(default)]
+    pub(crate) events: Vec<EventName>,
+}
+
+use bytes::Bytes;
+use http::Method;
+
+use super::client::encode;
+use super::error::{ApiError, ApiErrorKind};
+use super::objects::Page;
+use super::Client;
+
+impl Client {
+    /// A page of the merchant's webhook endpoints (no plain secrets).
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn list_endpoints(&self, query: &EndpointQuery) -> Result<Page<Endpoint>, ApiError> {
+        let body = self
+            .call(Method::GET, "webhook/endpoints", &query.pairs(), None)
+            .await?;
+        self.whole("GET /webhook/endpoints", &body)
+    }
+
+    /// Endpoint `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn endpoint(&self, id: &str) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::GET, id, "", None).await
+    }
+
+    /// Creates an endpoint; the answer holds its plain signing secret.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn create_endpoint(&self, endpoint: &NewEndpoint) -> Result<Endpoint, ApiError> {
+        let body = json(endpoint);
+        let answer = self
+            .call(Method::POST, "webhook/endpoints", &[], Some(body))
+            .await?;
+        self.endpoint_data("POST /webhook/endpoints", &answer)
+    }
+
+    /// Changes endpoint `id` as `update` says.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn update_endpoint(&self, id: &str, update: &EndpointUpdate) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::PATCH, id, "", Some(json(update))).await
+    }
+
+    /// Enables endpoint `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn enable_endpoint(&self, id: &str) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::POST, id, "/enable", None).await
+    }
+
+    /// Disables endpoint `id`: Clink stops delivering to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn disable_endpoint(&self, id: &str) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::POST, id, "/disable", None).await
+    }
+
+    /// Deletes endpoint `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), ApiError> {
+        let path = endpoint_path(id)?;
+        self.call(Method::DELETE, &path, &[], None).await.map(drop)
+    }
+
+    /// Rotates the signing secret of endpoint `id`: Clink signs with the
+    /// new secret at once and the old one stops working at once. The
+    /// answer holds the new plain secret. To rotate without refusing a
+    /// delivery, use [`rotate_signing_secret`](Self::rotate_signing_secret),
+    /// which also puts the new secret into your verifier.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn rotate_endpoint_secret(&self, id: &str) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::POST, id, "/rotate-secret", None).await
+    }
+
+    /// Creates the endpoint `want` describes, or updates the one at its URL:
+    /// idempotent, for start-up.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn ensure_endpoint(&self, want: &EnsureEndpoint) -> Result<Ensured, ApiError> {
+        let call = "PUT /webhook/endpoints/ensure";
+        let answer = self
+            .call(Method::PUT, "webhook/endpoints/ensure", &[], Some(json(want)))
+            .await?;
+        self.data(call, &answer)?
+            .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))
+    }
+
+    /// The event names endpoints can subscribe to.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn webhook_event_names(&self) -> Result<Vec<EventName>, ApiError> {
+        let call = "GET /webhook/events";
+        let answer = self.call(Method::GET, "webhook/events", &[], None).await?;
+        Ok(self
+            .data::<EventNames>(call, &answer)?
+            .map(|names| names.events)
+            .unwrap_or_default())
+    }
+
+    async fn endpoint_call(
+        &self,
+        method: Method,
+        id: &str,
+        action: &str,
+        body: Option<Bytes>,
+    ) -> Result<Endpoint, ApiError> {
+        let path = format!("{}{action}", endpoint_path(id)?);
+        let call = format!("{method} /{path}");
+        let answer = self.call(method, &path, &[], body).await?;
+        self.endpoint_data(&call, &answer)
+    }
+
+    fn endpoint_data(&self, call: &str, answer: &[u8]) -> Result<Endpoint, ApiError> {
+        self.data(call, answer)?
+            .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))
+    }
+}
+
+/// The path of endpoint `id`.
+fn endpoint_path(id: &str) -> Result<String, ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::new(
+            ApiErrorKind::Unsupported,
+            "webhook/endpoints",
+            "the endpoint id is empty",
+        ));
+    }
+    Ok(format!("webhook/endpoints/{}", encode(id)))
+}
+
+/// `value` as a JSON body.
+fn json(value: &impl Serialize) -> Bytes {
+    // These request types serialize to JSON without fail: strings, bools
+    // and lists of strings only.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}

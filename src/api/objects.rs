@@ -1,0 +1,334 @@
+//! The current state of an object: [`ObjectKind`], [`ApiObject`],
+//! [`CurrentObject`], and the order list ([`OrderQuery`], [`Page`]).
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{
+    Invoice, InvoiceStatus, Order, OrderStatus, Refund, RefundStatus, Session, SessionStatus,
+    Subscription, SubscriptionStatus,
+};
+
+/// The objects whose current state Clink's API reads, one per event family
+/// that has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// `GET /order/{id}`, for `order.*` events.
+    Order,
+    /// `GET /refund/{id}`, for `refund.*` events.
+    Refund,
+    /// `GET /subscription/{id}`, for `subscription.*` events.
+    Subscription,
+    /// `GET /subscription/invoice/{id}`, for `invoice.*` events.
+    Invoice,
+    /// `GET /checkout/session/{id}`, for `session.*` events.
+    Session,
+}
+
+impl ObjectKind {
+    /// Every kind, in the order above.
+    pub const ALL: [Self; 5] = [
+        Self::Order,
+        Self::Refund,
+        Self::Subscription,
+        Self::Invoice,
+        Self::Session,
+    ];
+
+    /// The kind for an event family (`order`, `refund`, `subscription`,
+    /// `invoice`, `session`, as [`EventType::family`](crate::EventType::family)
+    /// gives it); `None` for families Clink has no read for (disputes,
+    /// customers, payment methods, ...).
+    #[must_use]
+    pub fn for_family(family: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.family() == family)
+    }
+
+    /// The event family it belongs to, also its name on the command line.
+    #[must_use]
+    pub fn family(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Refund => "refund",
+            Self::Subscription => "subscription",
+            Self::Invoice => "invoice",
+            Self::Session => "session",
+        }
+    }
+
+    /// The path of object `id`, relative to the base URL, its id
+    /// percent-encoded.
+    pub(crate) fn path(self, id: &str) -> String {
+        let prefix = match self {
+            Self::Order => "order/",
+            Self::Refund => "refund/",
+            Self::Subscription => "subscription/",
+            Self::Invoice => "subscription/invoice/",
+            Self::Session => "checkout/session/",
+        };
+        format!("{prefix}{}", super::client::encode(id))
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.family())
+    }
+}
+
+/// An object type Clink's API reads: the same types the events' `data`
+/// decodes into, since Clink documents the two as one schema.
+pub trait ApiObject: DeserializeOwned + Send + 'static {
+    /// Which object it is.
+    const KIND: ObjectKind;
+}
+
+impl ApiObject for Order {
+    const KIND: ObjectKind = ObjectKind::Order;
+}
+impl ApiObject for Refund {
+    const KIND: ObjectKind = ObjectKind::Refund;
+}
+impl ApiObject for Subscription {
+    const KIND: ObjectKind = ObjectKind::Subscription;
+}
+impl ApiObject for Invoice {
+    const KIND: ObjectKind = ObjectKind::Invoice;
+}
+impl ApiObject for Session {
+    const KIND: ObjectKind = ObjectKind::Session;
+}
+
+/// The current state of the object an event is about, as
+/// [`Client::current`](super::Client::current) reads it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+// One per API call: its size does not matter, and boxed variants would be
+// clumsier to match.
+#[allow(clippy::large_enum_variant)]
+pub enum CurrentObject {
+    /// An order.
+    Order(Order),
+    /// A refund.
+    Refund(Refund),
+    /// A subscription.
+    Subscription(Subscription),
+    /// An invoice.
+    Invoice(Invoice),
+    /// A checkout session.
+    Session(Session),
+}
+
+impl CurrentObject {
+    /// Which object it is.
+    #[must_use]
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Self::Order(_) => ObjectKind::Order,
+            Self::Refund(_) => ObjectKind::Refund,
+            Self::Subscription(_) => ObjectKind::Subscription,
+            Self::Invoice(_) => ObjectKind::Invoice,
+            Self::Session(_) => ObjectKind::Session,
+        }
+    }
+
+    /// Its id, as the API returned it.
+    #[must_use]
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Order(o) => o.order_id.as_deref(),
+            Self::Refund(r) => r.refund_id.as_deref(),
+            Self::Subscription(s) => s.subscription_id.as_deref(),
+            Self::Invoice(i) => i.invoice_id.as_deref(),
+            Self::Session(s) => s.session_id.as_deref(),
+        }
+    }
+
+    /// Its status as the API spells it (`success`, `refunded`, `active`,
+    /// `paid`, `complete`...), values this crate does not know included.
+    #[must_use]
+    pub fn status(&self) -> Option<&str> {
+        match self {
+            Self::Order(o) => o.status.as_ref().map(OrderStatus::as_str),
+            Self::Refund(r) => r.status.as_ref().map(RefundStatus::as_str),
+            Self::Subscription(s) => s.status.as_ref().map(SubscriptionStatus::as_str),
+            Self::Invoice(i) => i.status.as_ref().map(InvoiceStatus::as_str),
+            Self::Session(s) => s.status.as_ref().map(SessionStatus::as_str),
+        }
+    }
+}
+
+/// The filters and page of [`Client::orders`](super::Client::orders).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OrderQuery {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only this subscription's orders.
+    pub subscription_id: Option<String>,
+    /// The page, from 1 (Clink's default is 1).
+    pub page: Option<u32>,
+    /// Orders per page (Clink's default is 20 and its maximum 50).
+    pub page_size: Option<u32>,
+}
+
+impl OrderQuery {
+    /// Every order, Clink's first page.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only the orders of customer `id`.
+    #[must_use]
+    pub fn customer_id(mut self, id: impl Into<String>) -> Self {
+        self.customer_id = Some(id.into());
+        self
+    }
+
+    /// Only the orders of subscription `id`.
+    #[must_use]
+    pub fn subscription_id(mut self, id: impl Into<String>) -> Self {
+        self.subscription_id = Some(id.into());
+        self
+    }
+
+    /// Page `page` (from 1).
+    #[must_use]
+    pub fn page(mut self, page: u32) -> Self {
+        self.page = Some(page);
+        self
+    }
+
+    /// `size` orders per page (Clink caps it at 50).
+    #[must_use]
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.page_size = Some(size);
+        self
+    }
+
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(id) = &self.customer_id {
+            pairs.push(("customerId", id.clone()));
+        }
+        if let Some(id) = &self.subscription_id {
+            pairs.push(("subscriptionId", id.clone()));
+        }
+        if let Some(page) = self.page {
+            pairs.push(("pageNum", page.to_string()));
+        }
+        if let Some(size) = self.page_size {
+            pairs.push(("pageSize", size.to_string()));
+        }
+        pairs
+    }
+}
+
+/// One page of a list: Clink's `{total, rows}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+#[non_exhaustive]
+pub struct Page<T> {
+    /// How many items match, on every page.
+    #[serde(default)]
+    pub total: u64,
+    /// The items of this page.
+    #[serde(default = "Vec::new")]
+    pub rows: Vec<T>,
+}
+
+use super::error::{ApiError, ApiErrorKind};
+use super::Client;
+use crate::events::ObjectKey;
+
+impl Client {
+    /// The current state of object `id` of type `T` (`Order`, `Refund`,
+    /// `Subscription`, `Invoice`, `Session`), decoded as the events' data
+    /// is. Callers asking for the same object at the same time share one
+    /// call.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`]: [`NotFound`](ApiErrorKind::NotFound) also when Clink
+    /// answers with no `data`.
+    pub async fn get<T: ApiObject>(&self, id: &str) -> Result<T, ApiError> {
+        let (call, body) = self.read(T::KIND, id).await?;
+        self.data(&call, &body)?
+            .ok_or_else(|| ApiError::new(ApiErrorKind::NotFound, &call, "the answer has no data"))
+    }
+
+    /// The current state of object `id` of `kind` as Clink's JSON `data`,
+    /// untouched (what `clink-webhook api get` prints).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_json(&self, kind: ObjectKind, id: &str) -> Result<serde_json::Value, ApiError> {
+        let (call, body) = self.read(kind, id).await?;
+        match self.data::<serde_json::Value>(&call, &body)? {
+            Some(serde_json::Value::Null) | None => Err(ApiError::new(
+                ApiErrorKind::NotFound,
+                &call,
+                "the answer has no data",
+            )),
+            Some(data) => Ok(data),
+        }
+    }
+
+    /// The current state of the object `key` names, for the five families
+    /// Clink can read: give it [`Event::object_key`](crate::Event::object_key)
+    /// or [`RawEvent::object_key`](crate::RawEvent::object_key) (which
+    /// works when the data did not decode). A key
+    /// [within an account](ObjectKey::within) reads as its family.
+    ///
+    /// # Errors
+    ///
+    /// [`Unsupported`](ApiErrorKind::Unsupported) for a family with no read
+    /// (disputes, customers, ...), otherwise as [`get`](Self::get).
+    pub async fn current(&self, key: &ObjectKey) -> Result<CurrentObject, ApiError> {
+        let family = key.family.rsplit('/').next().unwrap_or_default();
+        let Some(kind) = ObjectKind::for_family(family) else {
+            return Err(ApiError::new(
+                ApiErrorKind::Unsupported,
+                &format!("GET {}", crate::events::printable(family)),
+                "Clink's API has no read for this family of events",
+            ));
+        };
+        let id = key.id.as_str();
+        Ok(match kind {
+            ObjectKind::Order => CurrentObject::Order(self.get(id).await?),
+            ObjectKind::Refund => CurrentObject::Refund(self.get(id).await?),
+            ObjectKind::Subscription => CurrentObject::Subscription(self.get(id).await?),
+            ObjectKind::Invoice => CurrentObject::Invoice(self.get(id).await?),
+            ObjectKind::Session => CurrentObject::Session(self.get(id).await?),
+        })
+    }
+
+    /// A page of orders, filtered by `query`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError`].
+    pub async fn orders(&self, query: &OrderQuery) -> Result<Page<Order>, ApiError> {
+        let body = self
+            .call(http::Method::GET, "order", &query.pairs(), None)
+            .await?;
+        self.whole("GET /order", &body)
+    }
+
+    /// The answer of the read of object `id` of `kind`, shared with
+    /// concurrent reads of the same object, and the call's name.
+    async fn read(&self, kind: ObjectKind, id: &str) -> Result<(String, bytes::Bytes), ApiError> {
+        let path = kind.path(id);
+        let call = format!("GET /{path}");
+        if id.is_empty() {
+            return Err(ApiError::new(ApiErrorKind::Unsupported, &call, "the id is empty"));
+        }
+        let body = self.get_shared(&path).await?;
+        Ok((call, body))
+    }
+}

@@ -1,0 +1,181 @@
+//! Rotating an endpoint's signing secret without refusing a delivery:
+//! [`Client::rotate_signing_secret`].
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use super::endpoints::{Endpoint, WebhookSecret};
+use super::error::ApiError;
+use super::Client;
+use crate::accounts::KeyMap;
+use crate::signature::{LiveVerifier, SigningKey};
+use crate::BoxError;
+
+/// The default grace period: how long the keys in use before a rotation
+/// keep verifying after it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+
+/// Where a rotation puts the new signing secret: the keys a layer or your
+/// code verifies with while it serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LiveKeys {
+    /// A [`LiveVerifier`], as [`ClinkLayer::live`](crate::ClinkLayer::live) serves.
+    Verifier(LiveVerifier),
+    /// One account of a [`KeyMap`], as
+    /// [`ClinkLayer::with_key_source`](crate::ClinkLayer::with_key_source) serves.
+    Account {
+        /// The map the layer reads.
+        keys: KeyMap,
+        /// The account whose endpoint is rotated.
+        account: String,
+    },
+}
+
+impl LiveKeys {
+    /// The keys of `account` in `keys`.
+    pub fn account(keys: KeyMap, account: impl Into<String>) -> Self {
+        Self::Account {
+            keys,
+            account: account.into(),
+        }
+    }
+}
+
+impl From<LiveVerifier> for LiveKeys {
+    fn from(live: LiveVerifier) -> Self {
+        Self::Verifier(live)
+    }
+}
+
+/// A rotation that went through.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Rotated {
+    /// The endpoint after the rotation, without its plain secret.
+    pub endpoint: Endpoint,
+    /// The [name](SigningKey::name) of the new key in the verifier: its
+    /// fingerprint, so metrics show when deliveries move to it.
+    pub key_name: String,
+    /// Until when the keys in use before the rotation keep verifying.
+    pub previous_until: SystemTime,
+}
+
+/// A rotation that did not go through, or went through on Clink's side
+/// only in part.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RotationError {
+    /// The account is not in the [`KeyMap`]; nothing was rotated.
+    UnknownAccount,
+    /// The call failed. If it failed after Clink rotated (a lost answer),
+    /// Clink signs with a secret you do not have: rotate again.
+    Api(ApiError),
+    /// Clink rotated but returned no usable secret; its deliveries will be
+    /// refused until you rotate again or set the secret by hand.
+    NoSecret,
+    /// The new secret is live in the verifier, but `persist` failed: store
+    /// it before the process restarts, or rotate again.
+    Persist(BoxError),
+}
+
+impl fmt::Display for RotationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownAccount => f.write_str(
+                "signing secret rotation: the account is not in the key map; nothing was rotated",
+            ),
+            Self::Api(error) => write!(
+                f,
+                "signing secret rotation: {error} (if Clink rotated before the failure, rotate again)"
+            ),
+            Self::NoSecret => f.write_str(
+                "signing secret rotation: Clink rotated the secret but returned none; rotate again",
+            ),
+            Self::Persist(error) => write!(
+                f,
+                "signing secret rotation: the new secret verifies now, but storing it failed: {error}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RotationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Api(error) => Some(error),
+            Self::Persist(error) => Some(&**error),
+            Self::UnknownAccount | Self::NoSecret => None,
+        }
+    }
+}
+
+impl Client {
+    /// Rotates the signing secret of endpoint `endpoint_id` while `keys`
+    /// serve: calls `rotate-secret`, puts the new secret into `keys` at once
+    /// (Clink signs with it from the moment it answers), keeps the keys in
+    /// use before for `grace` more (deliveries signed before the rotation
+    /// are still being retried), then hands the new secret to `persist` to
+    /// store it where your process reads it at start-up. The secret is
+    /// never logged or printed.
+    ///
+    /// # Errors
+    ///
+    /// [`RotationError`], which says what state things are in.
+    pub async fn rotate_signing_secret<F, Fut, E>(
+        &self,
+        endpoint_id: &str,
+        keys: impl Into<LiveKeys>,
+        grace: Duration,
+        persist: F,
+    ) -> Result<Rotated, RotationError>
+    where
+        F: FnOnce(WebhookSecret) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        let keys = keys.into();
+        if let LiveKeys::Account { keys, account } = &keys {
+            if keys.get(account).is_none() {
+                return Err(RotationError::UnknownAccount);
+            }
+        }
+        let mut endpoint = self
+            .rotate_endpoint_secret(endpoint_id)
+            .await
+            .map_err(RotationError::Api)?;
+        let secret = endpoint
+            .signing_secret
+            .take()
+            .filter(|secret| !secret.expose().is_empty())
+            .ok_or(RotationError::NoSecret)?;
+        let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
+        let key_name = key.name().to_owned();
+        let previous_until = SystemTime::now() + grace;
+        match &keys {
+            LiveKeys::Verifier(live) => live.rotate(key, grace),
+            LiveKeys::Account { keys, account } => {
+                if !keys.rotate(account, key, grace) {
+                    // Removed while Clink rotated: the account is gone.
+                    return Err(RotationError::UnknownAccount);
+                }
+            }
+        }
+        tracing::info!(
+            endpoint = %crate::events::printable(&endpoint.id),
+            key = %key_name,
+            grace_secs = grace.as_secs(),
+            "rotated the endpoint's signing secret; the new key verifies now, the previous ones \
+             for the grace period"
+        );
+        persist(secret)
+            .await
+            .map_err(|error| RotationError::Persist(error.into()))?;
+        Ok(Rotated {
+            endpoint,
+            key_name,
+            previous_until,
+        })
+    }
+}
