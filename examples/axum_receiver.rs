@@ -48,6 +48,20 @@
 //!     cargo run --example axum_receiver --features console,sqlite
 //! ```
 //!
+//! With `CLINK_SECRET_KEY` set (built with `--features api`; `CLINK_ENV`
+//! and `CLINK_API_BASE_URL` are read too, as `clink_webhooks::api::Client::from_env`
+//! says), an order, refund, subscription, invoice or checkout session event
+//! that is stale, or whose data does not decode, makes it ask Clink's API
+//! for the object's current state and print `current <family> <object id>
+//! <status>` to stdout before answering 200: a handler that applies the
+//! current state instead of an old event. If the API cannot answer, the
+//! delivery is answered 500 and Clink retries it. Without
+//! `CLINK_SECRET_KEY` it does neither.
+//!
+//! ```text
+//! CLINK_SECRET_KEY=sk_test_... cargo run --example axum_receiver --features api
+//! ```
+//!
 //! `GET /health` answers `200 ok` while its store answers and `503` with
 //! the reason when it does not; `GET /metrics` serves the crate's metrics in
 //! Prometheus' text format (see `clink_webhooks::layer` for the names). In
@@ -96,6 +110,76 @@ const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 struct AppState {
     paid_orders: Arc<AtomicU64>,
     effects: Effects,
+    clink: Clink,
+}
+
+/// Clink's API, when `CLINK_SECRET_KEY` is set: handlers read the current
+/// state of an object through it when their event is stale or undecodable.
+#[derive(Clone, Default)]
+struct Clink {
+    #[cfg(feature = "api")]
+    client: Option<clink_webhooks::api::Client>,
+}
+
+impl Clink {
+    /// The client from `CLINK_SECRET_KEY`, `CLINK_ENV` and
+    /// `CLINK_API_BASE_URL`; none without `CLINK_SECRET_KEY`.
+    fn from_env() -> Result<Self, Box<dyn std::error::Error>> {
+        #[cfg(feature = "api")]
+        {
+            let client = clink_webhooks::api::Client::from_env()?;
+            if let Some(client) = &client {
+                eprintln!(
+                    "Clink API: {} ({}), for stale and undecodable events",
+                    client.environment(),
+                    printable(client.base_url())
+                );
+            }
+            Ok(Self { client })
+        }
+        #[cfg(not(feature = "api"))]
+        {
+            if env_value("CLINK_SECRET_KEY").is_some() {
+                return Err("CLINK_SECRET_KEY needs the api feature \
+                     (cargo run --example axum_receiver --features api)"
+                    .into());
+            }
+            Ok(Self {})
+        }
+    }
+
+    /// Whether there is a client.
+    fn enabled(&self) -> bool {
+        #[cfg(feature = "api")]
+        return self.client.is_some();
+        #[cfg(not(feature = "api"))]
+        false
+    }
+
+    /// Reads and prints the current state of the object `key` names, when
+    /// there is a client and Clink can read objects of its family. Whether
+    /// it did.
+    async fn print_current(
+        &self,
+        key: Option<clink_webhooks::events::ObjectKey>,
+    ) -> Result<bool, BoxError> {
+        #[cfg(feature = "api")]
+        if let (Some(client), Some(key)) = (&self.client, key) {
+            let family = key.family.rsplit('/').next().unwrap_or_default();
+            if clink_webhooks::api::ObjectKind::for_family(family).is_some() {
+                let current = client.current(&key).await?;
+                println!(
+                    "current {} {} {}",
+                    current.kind(),
+                    printable(current.id().unwrap_or(&key.id)),
+                    printable(current.status().unwrap_or("none"))
+                );
+                return Ok(true);
+            }
+        }
+        let _ = key;
+        Ok(false)
+    }
 }
 
 /// The table handled events write their row into, with `CLINK_EXAMPLE_EFFECTS=1`.
@@ -217,7 +301,11 @@ fn handler_delay() -> Duration {
 /// Runs the "work" of a handler: its effect (with `CLINK_EXAMPLE_EFFECTS=1`),
 /// committed with the event's completion; then the optional delay, a slow
 /// call made once the writes are safe (an email, a request); then the line.
-async fn handle<T>(event: Event<T>, effects: &Effects) -> Result<(), BoxError> {
+async fn handle<T: Resource>(
+    event: Event<T>,
+    effects: &Effects,
+    clink: &Clink,
+) -> Result<(), BoxError> {
     let delay = handler_delay();
     if !delay.is_zero() {
         eprintln!(
@@ -238,6 +326,10 @@ async fn handle<T>(event: Event<T>, effects: &Effects) -> Result<(), BoxError> {
         tokio::time::sleep(delay).await;
     }
     report(&event);
+    if event.freshness().is_stale() {
+        // A newer event was handled: what is true now is Clink's to say.
+        clink.print_current(event.object_key()).await?;
+    }
     Ok(())
 }
 
@@ -255,6 +347,7 @@ fn report<T>(event: &Event<T>) {
 /// The handler of every event type without a handler of its own.
 struct Handled {
     effects: Effects,
+    clink: Clink,
 }
 
 impl EveryHandler for Handled {
@@ -264,19 +357,23 @@ impl EveryHandler for Handled {
         &self,
         event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
-        let effects = self.effects.clone();
-        Box::pin(async move { handle(event, &effects).await })
+        let (effects, clink) = (self.effects.clone(), self.clink.clone());
+        Box::pin(async move { handle(event, &effects, &clink).await })
     }
 }
 
 fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<WithState<AppState>> {
     let effects = state.effects.clone();
-    EventRouter::with_state(state)
+    let clink = state.clink.clone();
+    let router = EventRouter::with_state(state)
         .ordering(freshness)
-        .on_every_type(Handled { effects })
+        .on_every_type(Handled {
+            effects,
+            clink: clink.clone(),
+        })
         // A handler of its own, with the app's state next to the event.
         .on::<events::OrderSucceeded, _>(|event, state: AppState| async move {
-            handle(event, &state.effects).await?;
+            handle(event, &state.effects, &state.clink).await?;
             state.paid_orders.fetch_add(1, Ordering::Relaxed);
             Ok::<_, BoxError>(())
         })
@@ -297,7 +394,38 @@ fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<Wi
             );
             println!("handled {event_type} {id}");
             Ok::<_, BoxError>(())
-        })
+        });
+    heal_undecodable(router, clink)
+}
+
+/// With Clink's API, an event whose data does not decode into its type is
+/// not lost: the id in the envelope is enough to read what is true now,
+/// and the delivery is acknowledged. Without it (or for a family Clink
+/// cannot read), the delivery is answered 500 and retried, as the router
+/// does by default.
+fn heal_undecodable(
+    router: EventRouter<WithState<AppState>>,
+    clink: Clink,
+) -> EventRouter<WithState<AppState>> {
+    if !clink.enabled() {
+        return router;
+    }
+    router.on_undecodable(move |event, error| {
+        let clink = clink.clone();
+        async move {
+            if clink.print_current(event.object_key()).await? {
+                return Ok(());
+            }
+            Err::<(), BoxError>(
+                format!(
+                    "{} {}: its data does not decode: {error}",
+                    printable(event.event_type().as_str()),
+                    printable(event.id())
+                )
+                .into(),
+            )
+        }
+    })
 }
 
 /// The value of `var`, if set and not empty.
@@ -409,6 +537,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("CLINK_EXAMPLE_EFFECTS=1 needs an inbox: set CLINK_INBOX".into());
     }
     let state = AppState {
+        clink: Clink::from_env()?,
         effects: durable
             .as_ref()
             .map(|durable| durable.effects.clone())

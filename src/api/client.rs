@@ -420,7 +420,10 @@ impl Client {
             ));
         };
         let first = {
-            let preferred = inner.preferred.lock().unwrap_or_else(PoisonError::into_inner);
+            let preferred = inner
+                .preferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match *preferred {
                 Some((key, until)) if Instant::now() < until && active.contains(&key) => key,
                 _ => newest,
@@ -450,7 +453,10 @@ impl Client {
                     inner.keys[first].name(),
                     inner.keys[next].name(),
                 );
-                *inner.preferred.lock().unwrap_or_else(PoisonError::into_inner) =
+                *inner
+                    .preferred
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
                     Some((next, Instant::now() + PREFER_OLDER_FOR));
                 Ok(body)
             }
@@ -478,8 +484,9 @@ impl Client {
     async fn exchange(&self, request: &Attempt<'_>, key: &ApiKey) -> Result<Bytes, ApiError> {
         let inner = &self.inner;
         let call = request.call;
-        let mut api_key = HeaderValue::from_str(key.expose())
-            .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, call, "the key cannot be sent"))?;
+        let mut api_key = HeaderValue::from_str(key.expose()).map_err(|_| {
+            ApiError::new(ApiErrorKind::Unsupported, call, "the key cannot be sent")
+        })?;
         api_key.set_sensitive(true);
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -490,7 +497,10 @@ impl Client {
             .header(API_KEY, api_key)
             .header(TIMESTAMP, millis.to_string())
             .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("clink-webhooks/", env!("CARGO_PKG_VERSION")));
+            .header(
+                USER_AGENT,
+                concat!("clink-webhooks/", env!("CARGO_PKG_VERSION")),
+            );
         if request.body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
@@ -572,8 +582,7 @@ impl Client {
             return Ok(Bytes::from_static(b"{}"));
         }
         let envelope: Status = serde_json::from_slice(&body).map_err(|_| {
-            ApiError::new(ApiErrorKind::Decode, call, "the answer is not JSON")
-                .with_status(status)
+            ApiError::new(ApiErrorKind::Decode, call, "the answer is not JSON").with_status(status)
         })?;
         match envelope.code {
             None | Some(200) => Ok(body),
@@ -610,9 +619,14 @@ impl Client {
     }
 
     /// A whole answer decoded (the lists, which are not wrapped in `data`).
-    pub(crate) fn whole<T: DeserializeOwned>(&self, call: &str, body: &[u8]) -> Result<T, ApiError> {
+    pub(crate) fn whole<T: DeserializeOwned>(
+        &self,
+        call: &str,
+        body: &[u8],
+    ) -> Result<T, ApiError> {
         let deserializer = &mut serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(deserializer).map_err(|error| self.decode_error(call, &error))
+        serde_path_to_error::deserialize(deserializer)
+            .map_err(|error| self.decode_error(call, &error))
     }
 
     fn decode_error(
@@ -826,7 +840,13 @@ mod tests {
             base_url(Some("http://127.0.0.1:9/api"), Environment::Sandbox).unwrap(),
             "http://127.0.0.1:9/api/"
         );
-        for bad in ["ftp://x/", "not a url", "http:///x", "http://u:p@x/", "http://x/?q=1"] {
+        for bad in [
+            "ftp://x/",
+            "not a url",
+            "http:///x",
+            "http://u:p@x/",
+            "http://x/?q=1",
+        ] {
             assert!(base_url(Some(bad), Environment::Sandbox).is_err(), "{bad}");
         }
     }
@@ -838,7 +858,10 @@ mod tests {
             let nominal = FIRST_BACKOFF
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(MAX_BACKOFF);
-            assert!(wait >= nominal.mul_f64(0.8) && wait < nominal.mul_f64(1.2), "{attempt}: {wait:?}");
+            assert!(
+                wait >= nominal.mul_f64(0.8) && wait < nominal.mul_f64(1.2),
+                "{attempt}: {wait:?}"
+            );
         }
     }
 

@@ -50,7 +50,9 @@ impl WebhookSecret {
 
 impl fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("WebhookSecret").field(&self.masked()).finish()
+        f.debug_tuple("WebhookSecret")
+            .field(&self.masked())
+            .finish()
     }
 }
 
@@ -115,7 +117,10 @@ pub struct NewEndpoint {
 
 impl NewEndpoint {
     /// An enabled endpoint at `url` for `events`.
-    pub fn new(url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        events: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             url: url.into(),
             events: events.into_iter().map(Into::into).collect(),
@@ -223,7 +228,10 @@ pub struct EnsureEndpoint {
 
 impl EnsureEndpoint {
     /// An enabled endpoint at `url` for `events`, asking for no secret.
-    pub fn new(url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        events: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             url: url.into(),
             events: events.into_iter().map(Into::into).collect(),
@@ -433,8 +441,13 @@ impl Client {
     /// # Errors
     ///
     /// [`ApiError`].
-    pub async fn update_endpoint(&self, id: &str, update: &EndpointUpdate) -> Result<Endpoint, ApiError> {
-        self.endpoint_call(Method::PATCH, id, "", Some(json(update))).await
+    pub async fn update_endpoint(
+        &self,
+        id: &str,
+        update: &EndpointUpdate,
+    ) -> Result<Endpoint, ApiError> {
+        self.endpoint_call(Method::PATCH, id, "", Some(json(update)))
+            .await
     }
 
     /// Enables endpoint `id`.
@@ -475,7 +488,8 @@ impl Client {
     ///
     /// [`ApiError`].
     pub async fn rotate_endpoint_secret(&self, id: &str) -> Result<Endpoint, ApiError> {
-        self.endpoint_call(Method::POST, id, "/rotate-secret", None).await
+        self.endpoint_call(Method::POST, id, "/rotate-secret", None)
+            .await
     }
 
     /// Creates the endpoint `want` describes, or updates the one at its URL:
@@ -487,7 +501,12 @@ impl Client {
     pub async fn ensure_endpoint(&self, want: &EnsureEndpoint) -> Result<Ensured, ApiError> {
         let call = "PUT /webhook/endpoints/ensure";
         let answer = self
-            .call(Method::PUT, "webhook/endpoints/ensure", &[], Some(json(want)))
+            .call(
+                Method::PUT,
+                "webhook/endpoints/ensure",
+                &[],
+                Some(json(want)),
+            )
             .await?;
         self.data(call, &answer)?
             .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))

@@ -293,7 +293,10 @@ mod tests {
             .check_environment(Environment::Sandbox)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("sandbox") && !error.contains("secretvalue"), "{error}");
+        assert!(
+            error.contains("sandbox") && !error.contains("secretvalue"),
+            "{error}"
+        );
         assert!(prod.check_environment(Environment::Production).is_ok());
         for key in ["sk_test_x", "sk_uat_x"] {
             let key = ApiKey::new(key).unwrap();
@@ -308,8 +311,14 @@ mod tests {
 
     #[test]
     fn environments_parse_strictly() {
-        assert_eq!(" Production ".parse::<Environment>().unwrap(), Environment::Production);
-        assert_eq!("sandbox".parse::<Environment>().unwrap(), Environment::Sandbox);
+        assert_eq!(
+            " Production ".parse::<Environment>().unwrap(),
+            Environment::Production
+        );
+        assert_eq!(
+            "sandbox".parse::<Environment>().unwrap(),
+            Environment::Sandbox
+        );
         assert!("prod".parse::<Environment>().is_err());
         assert_eq!(Environment::default(), Environment::Sandbox);
     }
@@ -321,7 +330,9 @@ mod tests {
             "invalid apiKey=sk_test_abc123, also zz_custom_key_123 and whsec_q\nforged",
             &[key],
         );
-        assert!(!said.contains("abc123") && !said.contains("custom_key") && !said.contains("whsec_q"));
+        assert!(
+            !said.contains("abc123") && !said.contains("custom_key") && !said.contains("whsec_q")
+        );
         assert!(!said.contains('\n'), "{said}");
         assert!(said.contains("[redacted]"));
         // A word that merely contains the prefix is kept.

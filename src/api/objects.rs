@@ -267,7 +267,11 @@ impl Client {
     /// # Errors
     ///
     /// As [`get`](Self::get).
-    pub async fn get_json(&self, kind: ObjectKind, id: &str) -> Result<serde_json::Value, ApiError> {
+    pub async fn get_json(
+        &self,
+        kind: ObjectKind,
+        id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
         let (call, body) = self.read(kind, id).await?;
         match self.data::<serde_json::Value>(&call, &body)? {
             Some(serde_json::Value::Null) | None => Err(ApiError::new(
@@ -326,7 +330,11 @@ impl Client {
         let path = kind.path(id);
         let call = format!("GET /{path}");
         if id.is_empty() {
-            return Err(ApiError::new(ApiErrorKind::Unsupported, &call, "the id is empty"));
+            return Err(ApiError::new(
+                ApiErrorKind::Unsupported,
+                &call,
+                "the id is empty",
+            ));
         }
         let body = self.get_shared(&path).await?;
         Ok((call, body))

@@ -62,6 +62,8 @@ impl LiveVerifier {
 
 impl fmt::Debug for LiveVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("LiveVerifier").field(&self.current()).finish()
+        f.debug_tuple("LiveVerifier")
+            .field(&self.current())
+            .finish()
     }
 }

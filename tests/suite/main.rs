@@ -11,6 +11,8 @@
 
 mod support;
 
+#[cfg(all(feature = "api", feature = "test-util"))]
+mod api;
 #[cfg(all(feature = "axum", feature = "test-util"))]
 mod axum;
 #[cfg(feature = "cli")]

@@ -2,6 +2,8 @@
 
 #[cfg(any(feature = "test-util", feature = "redis"))]
 pub(crate) mod capture;
+#[cfg(feature = "api")]
+pub(crate) mod fake_api;
 #[cfg(feature = "test-util")]
 pub(crate) mod loopback;
 #[cfg(feature = "test-util")]

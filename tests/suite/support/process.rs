@@ -108,7 +108,7 @@ fn lines(reader: impl Read + Send + 'static, kept: Arc<Mutex<Kept>>) -> Receiver
     rx
 }
 
-/// The signing keys `command` hands its process.
+/// The signing keys and API keys `command` hands its process.
 fn keys_given(command: &Command) -> Vec<String> {
     let env = |name: &str| {
         command
@@ -119,6 +119,9 @@ fn keys_given(command: &Command) -> Vec<String> {
     };
     let mut keys = Vec::new();
     keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY"));
+    if let Some(api_keys) = env("CLINK_SECRET_KEY") {
+        keys.extend(api_keys.split(',').map(|key| key.trim().to_owned()));
+    }
     if let Some(tenants) = env("CLINK_TENANT_KEYS") {
         keys.extend(
             tenants

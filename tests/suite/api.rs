@@ -1,0 +1,773 @@
+//! The API client against a fake Clink API on loopback: the headers, the
+//! key rules and rotation, every error kind, retries within the deadline,
+//! single flight, the rate budget, endpoint management, and a signing
+//! secret rotated through a live layer.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clink_webhooks::accounts::KeyMap;
+use clink_webhooks::api::{
+    ApiErrorKind, ApiKey, Client, CurrentObject, EndpointQuery, EndpointUpdate, EnsureEndpoint,
+    Environment, LiveKeys, NewEndpoint, ObjectKind, OrderQuery, RotationError,
+};
+use clink_webhooks::data::{Order, OrderStatus, Refund};
+use clink_webhooks::events::ObjectKey;
+use clink_webhooks::testing::SignedRequest;
+use clink_webhooks::{ClinkLayer, EventRouter, Layer, LiveVerifier, Verifier};
+use serde_json::json;
+
+use crate::support::capture::capture;
+use crate::support::fake_api::{AuthFailure, Failure, FakeApi};
+use crate::support::loopback::{endpoint, send, serve};
+use crate::support::secrets::assert_no_key;
+
+const NEW: &str = "sk_test_new_4f9a2c";
+const OLD: &str = "sk_test_old_81b3d7";
+
+/// A client of `fake` with `keys`, newest first, named `new` and `old`.
+fn client_for(fake: &FakeApi, keys: &[&str]) -> clink_webhooks::api::ClientBuilder {
+    let mut builder = Client::builder().base_url(fake.base_url());
+    for (key, name) in keys.iter().zip(["new", "old", "older"]) {
+        builder = builder.key(ApiKey::new(key).unwrap().named(name).unwrap());
+    }
+    builder
+}
+
+fn order(id: &str, status: &str) -> serde_json::Value {
+    json!({"orderId": id, "status": status, "amountTotal": 19.99, "paymentCurrency": "USD",
+           "customerId": "cus_1", "createTime": 1_754_819_711_382_i64})
+}
+
+/// Polls every future once before any is polled again, so that all of them
+/// have started (and joined any call in flight) before one can finish.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, out) in futures.iter_mut().zip(done.iter_mut()) {
+            if let Some(future) = slot {
+                if let Poll::Ready(value) = future.as_mut().poll(cx) {
+                    *out = Some(value);
+                    *slot = None;
+                }
+            }
+        }
+        if futures.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn every_call_sends_the_key_and_a_millisecond_timestamp() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord 1/x", order("ord 1/x", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let got: Order = client.get("ord 1/x").await.unwrap();
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert_eq!(got.order_id.as_deref(), Some("ord 1/x"));
+    assert_eq!(got.status, Some(OrderStatus::Success));
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "GET");
+    // The id is one path segment, percent-encoded.
+    assert_eq!(request.path, "order/ord%201%2Fx");
+    assert_eq!(request.headers["x-api-key"], NEW);
+    let stamp: u128 = request.headers["x-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&stamp),
+        "{before} <= {stamp} <= {after}"
+    );
+    assert!(
+        request.headers.get("content-type").is_none(),
+        "no body, no content type"
+    );
+}
+
+#[test]
+fn environments_choose_the_base_url_and_the_override_wins() {
+    let sandbox = Client::builder()
+        .key(ApiKey::new(NEW).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(sandbox.environment(), Environment::Sandbox);
+    assert_eq!(sandbox.base_url(), "https://uat-api.clinkbill.com/api/");
+    let production = Client::builder()
+        .environment(Environment::Production)
+        .key(ApiKey::new("sk_prod_x1").unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(production.base_url(), "https://api.clinkbill.com/api/");
+    let proxied = Client::builder()
+        .environment(Environment::Production)
+        .base_url("http://127.0.0.1:9/clink/api")
+        .key(ApiKey::new("sk_prod_x1").unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(proxied.base_url(), "http://127.0.0.1:9/clink/api/");
+}
+
+#[tokio::test]
+async fn refused_keys_stop_the_client_before_anything_is_sent() {
+    let fake = FakeApi::start().await;
+    let cases: [(&str, Environment, &str); 6] = [
+        ("pk_test_pub_9c1", Environment::Sandbox, "publishable"),
+        ("pk_prod_pub_9c1", Environment::Production, "publishable"),
+        ("whsec_sig_9c1", Environment::Sandbox, "signing secret"),
+        (
+            "sk_prod_live_9c1",
+            Environment::Sandbox,
+            "other environment",
+        ),
+        (
+            "sk_test_t_9c1",
+            Environment::Production,
+            "other environment",
+        ),
+        ("sk_uat_u_9c1", Environment::Production, "other environment"),
+    ];
+    for (key, environment, says) in cases {
+        let error = match ApiKey::new(key) {
+            Err(error) => error,
+            Ok(key) => Client::builder()
+                .environment(environment)
+                .base_url(fake.base_url())
+                .key(key)
+                .build()
+                .unwrap_err(),
+        };
+        let text = format!("{error} {error:?}");
+        assert!(text.contains(says), "{key}: {text}");
+        assert_no_key("a key error", &text, &[key]);
+    }
+    let none = Client::builder()
+        .base_url(fake.base_url())
+        .build()
+        .unwrap_err();
+    assert!(none.to_string().contains("CLINK_SECRET_KEY"), "{none}");
+    assert!(
+        fake.requests().is_empty(),
+        "nothing is sent with a refused key"
+    );
+}
+
+/// The newest key refused in `style`, the older one accepted: the call goes
+/// through with the older key, a warning names both, and the next call
+/// starts with the key that works.
+async fn rotates_to_the_next_key(style: AuthFailure) {
+    let (logs, _guard) = capture();
+    let fake = FakeApi::start().await;
+    fake.set_auth_failure(style);
+    fake.accept_key(OLD);
+    fake.put_object(
+        "refund/rfd_1",
+        json!({"refundId": "rfd_1", "status": "success"}),
+    );
+    let client = client_for(&fake, &[NEW, OLD]).build().unwrap();
+
+    let refund: Refund = client.get("rfd_1").await.unwrap();
+    assert_eq!(refund.refund_id.as_deref(), Some("rfd_1"));
+    let keys: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| r.headers["x-api-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [NEW, OLD],
+        "{style:?}: the newest first, then the next"
+    );
+    let warning = logs
+        .events()
+        .into_iter()
+        .find(|e| e.level == tracing::Level::WARN)
+        .unwrap_or_else(|| panic!("{style:?}: no warning:\n{}", logs.text()));
+    assert_eq!(warning.fields["refused"], "new");
+    assert_eq!(warning.fields["works"], "old");
+
+    // The working key goes first for a while: one request, not two.
+    let _: Refund = client.get("rfd_1").await.unwrap();
+    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(fake.requests()[2].headers["x-api-key"], OLD);
+    assert_no_key("the logs", &logs.text(), &[NEW, OLD]);
+}
+
+#[tokio::test]
+async fn a_401_with_a_text_body_moves_to_the_next_key() {
+    rotates_to_the_next_key(AuthFailure::HttpText).await;
+}
+
+#[tokio::test]
+async fn an_envelope_code_401_moves_to_the_next_key() {
+    rotates_to_the_next_key(AuthFailure::Envelope).await;
+}
+
+#[tokio::test]
+async fn every_key_refused_is_unauthorized_after_one_try_each() {
+    for style in [AuthFailure::HttpText, AuthFailure::Envelope] {
+        let fake = FakeApi::start().await;
+        fake.set_auth_failure(style);
+        let client = client_for(&fake, &[NEW, OLD]).build().unwrap();
+        let error = client.get::<Order>("ord_1").await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            ApiErrorKind::Unauthorized,
+            "{style:?}: {error}"
+        );
+        assert!(error.kind().is_refusal());
+        assert_eq!(
+            fake.requests().len(),
+            2,
+            "{style:?}: not retried beyond the keys"
+        );
+        let text = format!("{error} {error:?}");
+        assert_no_key("an error", &text, &[NEW, OLD]);
+    }
+    // An expired key is never sent.
+    let fake = FakeApi::start().await;
+    fake.accept_key(OLD);
+    let expired = ApiKey::new(OLD).unwrap().expires_at(SystemTime::now());
+    let client = Client::builder()
+        .base_url(fake.base_url())
+        .key(expired)
+        .build()
+        .unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unauthorized);
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_echoed_by_the_server_is_scrubbed_from_errors_and_logs() {
+    let (logs, _guard) = capture();
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let msg = format!("invalid apiKey={NEW}\u{1b}[31m\nforged line");
+    fake.fail_next("order/", Failure::Envelope { code: 401, msg }, 1);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unauthorized);
+    assert_eq!(error.code(), Some(401));
+    let text = format!("{error}\n{error:?}\n{client:?}\n{}", logs.text());
+    assert_no_key("errors, Debug and logs", &text, &[NEW]);
+    assert!(
+        error.message().contains("[redacted]"),
+        "{}",
+        error.message()
+    );
+    assert!(!error.to_string().contains(['\n', '\u{1b}']), "{error}");
+}
+
+#[tokio::test]
+async fn not_found_and_envelope_errors_are_told_apart() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let error = client.get::<Order>("ord_missing").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::NotFound);
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(404));
+    assert_eq!(fake.requests().len(), 1, "a 404 is not retried");
+
+    fake.fail_next(
+        "order/",
+        Failure::Envelope {
+            code: 80_100_263,
+            msg: "business says no".to_owned(),
+        },
+        1,
+    );
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Envelope);
+    assert_eq!(error.code(), Some(80_100_263));
+    assert!(error.to_string().contains("business says no"), "{error}");
+    assert_eq!(fake.requests().len(), 2, "an envelope error is not retried");
+
+    let error = client
+        .current(&ObjectKey::new("dispute", "cb_1"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unsupported);
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "nothing sent for a family with no read"
+    );
+}
+
+#[tokio::test]
+async fn a_429_waits_its_retry_after_and_a_long_one_is_given_back() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.fail_next(
+        "order/",
+        Failure::RateLimited {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let _: Order = client.get("ord_1").await.unwrap();
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1].at - requests[0].at >= Duration::from_millis(990),
+        "the retry waited Retry-After: {:?}",
+        requests[1].at - requests[0].at
+    );
+
+    // A wait past the deadline is not waited: the error says how long.
+    let client = client_for(&fake, &[NEW])
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    fake.fail_next(
+        "order/",
+        Failure::RateLimited {
+            retry_after_secs: 120,
+        },
+        1,
+    );
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::RateLimited);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_given_up_within_the_deadline() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+
+    // Two failures, then an answer: a read gets there.
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.fail_next("order/", Failure::Status(503), 2);
+    let _: Order = client.get("ord_1").await.unwrap();
+    assert_eq!(fake.count("GET", "order/ord_1"), 3);
+
+    // Failing for good: the attempts run out.
+    fake.fail_next("order/", Failure::Status(500), 1000);
+    let client = client_for(&fake, &[NEW]).attempts(3).build().unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Server);
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(500));
+    assert_eq!(fake.count("GET", "order/ord_1"), 6);
+
+    // With attempts to spare, the deadline ends it.
+    let deadline = Duration::from_millis(1500);
+    let client = client_for(&fake, &[NEW])
+        .attempts(1000)
+        .deadline(deadline)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error.kind(), ApiErrorKind::Server);
+    assert!(
+        took < deadline + Duration::from_secs(5),
+        "gave up after {took:?}"
+    );
+    let tries = fake.count("GET", "order/ord_1") - 6;
+    assert!(
+        (2..100).contains(&tries),
+        "{tries} attempts in {took:?}: backoff between them"
+    );
+
+    // A write is never retried.
+    fake.fail_next("webhook/endpoints", Failure::Status(503), 1);
+    let error = client
+        .create_endpoint(&NewEndpoint::new(
+            "https://example.com/hooks",
+            ["order.succeeded"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Server);
+    assert_eq!(fake.count("POST", "webhook/endpoints"), 1);
+}
+
+#[tokio::test]
+async fn a_hung_server_is_timed_out() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.fail_next("order/", Failure::Hang, 1);
+    let client = client_for(&fake, &[NEW])
+        .request_timeout(Duration::from_millis(300))
+        .attempts(1)
+        .build()
+        .unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Timeout, "{error}");
+    assert!(error.to_string().contains("300 ms"), "{error}");
+
+    // A refused connection is a transport error.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let client = Client::builder()
+        .base_url(format!("http://{closed}/api/"))
+        .key(ApiKey::new(NEW).unwrap())
+        .attempts(1)
+        .build()
+        .unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Transport, "{error}");
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_reads_of_one_object_make_one_call() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let orders = join_all((0..64).map(|_| client.get::<Order>("ord_1"))).await;
+    for got in &orders {
+        assert_eq!(got.as_ref().unwrap().order_id.as_deref(), Some("ord_1"));
+    }
+    assert_eq!(fake.count("GET", "order/ord_1"), 1, "one call for 64 reads");
+
+    // A read after that one finished asks Clink again: nothing is cached.
+    fake.put_object("order/ord_1", order("ord_1", "refunded"));
+    let again: Order = client.get("ord_1").await.unwrap();
+    assert_eq!(again.status, Some(OrderStatus::Refunded));
+    assert_eq!(fake.count("GET", "order/ord_1"), 2);
+
+    // A failure is shared too, and not kept.
+    fake.fail_next("order/", Failure::Status(400), 1);
+    let failed = join_all((0..8).map(|_| client.get::<Order>("ord_1"))).await;
+    assert!(failed
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().kind() == ApiErrorKind::Envelope));
+    assert_eq!(fake.count("GET", "order/ord_1"), 3);
+    assert!(client.get::<Order>("ord_1").await.is_ok());
+}
+
+#[tokio::test]
+async fn the_rate_budget_holds_under_a_burst_of_a_thousand_stale_events() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    for i in 0..1000 {
+        fake.put_object(
+            &format!("order/ord_{i}"),
+            order(&format!("ord_{i}"), "success"),
+        );
+    }
+    let (rate, burst) = (250_u32, 10_u32);
+    let client = client_for(&fake, &[NEW])
+        .rate_limit(rate, burst)
+        .deadline(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    // What 1,000 handlers of stale events do at once: read their object.
+    let keys: Vec<_> = (0..1000)
+        .map(|i| ObjectKey::new("order", format!("ord_{i}")))
+        .collect();
+    let started = Instant::now();
+    let current = join_all(keys.iter().map(|key| client.current(key))).await;
+    let took = started.elapsed();
+    assert!(current.iter().all(Result::is_ok));
+
+    let mut at: Vec<Instant> = fake.requests().iter().map(|r| r.at).collect();
+    assert_eq!(at.len(), 1000);
+    at.sort();
+    // Never more than the burst plus the rate allows, at any moment.
+    for (n, time) in at.iter().enumerate() {
+        let allowed = f64::from(burst) + f64::from(rate) * (*time - started).as_secs_f64() + 1.0;
+        #[allow(clippy::cast_precision_loss)]
+        let sent = (n + 1) as f64;
+        assert!(
+            sent <= allowed,
+            "request {} at {:?}: {sent} > {allowed}",
+            n + 1,
+            *time - started
+        );
+    }
+    let least = Duration::from_secs_f64(f64::from(1000 - burst) / f64::from(rate));
+    assert!(
+        took >= least.mul_f64(0.95),
+        "1,000 reads in {took:?}, under {least:?}"
+    );
+}
+
+#[tokio::test]
+async fn current_reads_each_family_and_the_order_list_filters_and_pages() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "refunded"));
+    fake.put_object(
+        "refund/rfd_1",
+        json!({"refundId": "rfd_1", "status": "refunding"}),
+    );
+    fake.put_object(
+        "subscription/sub_1",
+        json!({"subscriptionId": "sub_1", "status": "past_due"}),
+    );
+    fake.put_object(
+        "subscription/invoice/inv_1",
+        json!({"invoiceId": "inv_1", "status": "void"}),
+    );
+    fake.put_object(
+        "checkout/session/sess_1",
+        json!({"sessionId": "sess_1", "status": "expired"}),
+    );
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    for (family, id, status) in [
+        ("order", "ord_1", "refunded"),
+        ("refund", "rfd_1", "refunding"),
+        ("subscription", "sub_1", "past_due"),
+        ("invoice", "inv_1", "void"),
+        ("session", "sess_1", "expired"),
+    ] {
+        // A key within an account reads as its family.
+        let key = ObjectKey::new(family, id).within("acct_1");
+        let current = client.current(&key).await.unwrap();
+        assert_eq!(current.kind().family(), family);
+        assert_eq!(current.id(), Some(id));
+        assert_eq!(current.status(), Some(status), "{family}");
+        let kind = ObjectKind::for_family(family).unwrap();
+        let raw = client.get_json(kind, id).await.unwrap();
+        assert_eq!(raw["status"], status);
+    }
+    assert!(matches!(
+        client
+            .current(&ObjectKey::new("order", "ord_1"))
+            .await
+            .unwrap(),
+        CurrentObject::Order(_)
+    ));
+
+    for i in 2..=5 {
+        let mut data = order(&format!("ord_{i}"), "success");
+        data["customerId"] = json!(if i % 2 == 0 { "cus_even" } else { "cus_odd" });
+        fake.put_object(&format!("order/ord_{i}"), data);
+    }
+    let page = client
+        .orders(
+            &OrderQuery::new()
+                .customer_id("cus_even")
+                .page(1)
+                .page_size(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2);
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.rows[0].order_id.as_deref(), Some("ord_2"));
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(last.path, "order");
+    assert_eq!(
+        last.query.as_deref(),
+        Some("customerId=cus_even&pageNum=1&pageSize=1")
+    );
+}
+
+#[tokio::test]
+async fn endpoints_are_managed_and_their_secrets_masked() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let url = "https://shop.example.com/webhooks/clink";
+
+    let ensured = client
+        .ensure_endpoint(&EnsureEndpoint::new(url, ["order.succeeded"]).return_secret(true))
+        .await
+        .unwrap();
+    assert_eq!(ensured.source.as_deref(), Some("created"));
+    let id = ensured.endpoint.id.clone();
+    let secret = ensured.endpoint.signing_secret.clone().unwrap();
+    assert_eq!(Some(secret.expose().to_owned()), fake.endpoint_secret(&id));
+    let shown = format!("{ensured:?}\n{}", serde_json::to_string(&ensured).unwrap());
+    assert_no_key("an endpoint's Debug and JSON", &shown, &[secret.expose()]);
+
+    // Again: found by its URL, no second endpoint, no secret without rotation.
+    let again = client
+        .ensure_endpoint(&EnsureEndpoint::new(
+            url,
+            ["order.succeeded", "order.failed"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.endpoint.id, id);
+    assert!(again.endpoint.signing_secret.is_none());
+    assert!(!again.signing_secret_available);
+    let listed = client
+        .list_endpoints(&EndpointQuery::new().url(url))
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
+    assert_eq!(listed.rows[0].events, ["order.succeeded", "order.failed"]);
+
+    let disabled = client.disable_endpoint(&id).await.unwrap();
+    assert!(!disabled.enabled);
+    assert!(client.enable_endpoint(&id).await.unwrap().enabled);
+    let updated = client
+        .update_endpoint(&id, &EndpointUpdate::new().description("shop"))
+        .await
+        .unwrap();
+    assert_eq!(updated.description.as_deref(), Some("shop"));
+    assert_eq!(client.endpoint(&id).await.unwrap().url, url);
+
+    let rotated = client.rotate_endpoint_secret(&id).await.unwrap();
+    let new_secret = rotated.signing_secret.unwrap();
+    assert_ne!(new_secret, secret);
+    assert_eq!(
+        Some(new_secret.expose().to_owned()),
+        fake.endpoint_secret(&id)
+    );
+
+    let names = client.webhook_event_names().await.unwrap();
+    assert!(names.iter().any(|n| n.name == "order.succeeded"));
+
+    client.delete_endpoint(&id).await.unwrap();
+    let gone = client.endpoint(&id).await.unwrap_err();
+    assert_eq!(gone.kind(), ApiErrorKind::NotFound);
+}
+
+/// A delivery signed with `secret` to the layer at `addr`; its status.
+async fn deliver_signed(addr: std::net::SocketAddr, secret: &str, id: &str) -> u16 {
+    let body =
+        format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_{id}"}}}}"#);
+    let request = SignedRequest::new(secret, body)
+        .uri(endpoint(addr, "/webhooks/clink"))
+        .build();
+    send(request).await.status
+}
+
+#[tokio::test]
+async fn a_rotated_secret_verifies_at_once_and_the_old_one_for_the_grace_period() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let addr = serve(ClinkLayer::live(live.clone()).layer(EventRouter::new())).await;
+    assert_eq!(deliver_signed(addr, &old, "evt_before").await, 200);
+
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let stored = Arc::new(Mutex::new(None));
+    let grace = Duration::from_secs(5);
+    let store = Arc::clone(&stored);
+    let rotated = client
+        .rotate_signing_secret(&id, live.clone(), grace, |secret| async move {
+            *store.lock().unwrap() = Some(secret.expose().to_owned());
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        stored.lock().unwrap().as_deref(),
+        Some(new.as_str()),
+        "persisted"
+    );
+    assert!(
+        rotated.endpoint.signing_secret.is_none(),
+        "not kept in the result"
+    );
+    assert_no_key(
+        "the rotation's result",
+        &format!("{rotated:?}"),
+        &[&new, &old],
+    );
+
+    // Clink signs with the new secret from now on: accepted at once.
+    assert_eq!(deliver_signed(addr, &new, "evt_new").await, 200);
+    // A delivery signed before the rotation, retried: accepted in the grace period.
+    assert_eq!(deliver_signed(addr, &old, "evt_retried").await, 200);
+    assert!(
+        SystemTime::now() < rotated.previous_until,
+        "the machine took the whole grace period of {grace:?}: the check above proves nothing"
+    );
+    // After it, refused.
+    let wait = rotated
+        .previous_until
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    assert_eq!(deliver_signed(addr, &old, "evt_late").await, 401);
+    assert_eq!(deliver_signed(addr, &new, "evt_new_2").await, 200);
+}
+
+#[tokio::test]
+async fn a_rotation_into_a_key_map_needs_the_account_and_reports_a_failed_persist() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let map = KeyMap::new();
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+
+    let error = client
+        .rotate_signing_secret(
+            &id,
+            LiveKeys::account(map.clone(), "acct_1"),
+            Duration::ZERO,
+            |_| async { Ok::<_, std::io::Error>(()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RotationError::UnknownAccount), "{error}");
+    assert!(
+        fake.requests().is_empty(),
+        "nothing rotated for an unknown account"
+    );
+
+    map.insert("acct_1", Verifier::new(&old).unwrap()).unwrap();
+    let error = client
+        .rotate_signing_secret(
+            &id,
+            LiveKeys::account(map.clone(), "acct_1"),
+            Duration::from_secs(600),
+            |_| async { Err::<(), _>(std::io::Error::other("disk full")) },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RotationError::Persist(_)), "{error}");
+    assert!(error.to_string().contains("disk full"), "{error}");
+    // The new secret verifies anyway, and the old one still does.
+    let new = fake.endpoint_secret(&id).unwrap();
+    let verifier = map.get("acct_1").unwrap();
+    let ts = clink_webhooks::Timestamp::now().as_millis().to_string();
+    for secret in [&new, &old] {
+        let signature = clink_webhooks::sign(secret, &ts, b"{}");
+        assert!(verifier.verify(&ts, &signature, b"{}").is_ok());
+    }
+    assert_no_key(
+        "a rotation error",
+        &format!("{error} {error:?}"),
+        &[&new, &old],
+    );
+}
