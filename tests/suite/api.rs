@@ -498,7 +498,8 @@ async fn the_rate_budget_holds_under_a_burst_of_a_thousand_stale_events() {
     at.sort();
     // Never more than the burst plus the rate allows, at any moment.
     for (n, time) in at.iter().enumerate() {
-        let allowed = f64::from(burst) + f64::from(rate) * (*time - started).as_secs_f64() + 1.0;
+        let allowed =
+            f64::from(rate).mul_add((*time - started).as_secs_f64(), f64::from(burst) + 1.0);
         #[allow(clippy::cast_precision_loss)]
         let sent = (n + 1) as f64;
         assert!(

@@ -291,3 +291,64 @@ mod shutdown {
         );
     }
 }
+
+/// With `CLINK_SECRET_KEY`, the example asks Clink's API (a fake one on
+/// loopback) for the current state of the object of a stale event and of an
+/// event whose data does not decode, prints it, and acknowledges both.
+#[cfg(feature = "api")]
+mod current_state {
+    use serde_json::json;
+
+    use super::{delivery, post, KEY};
+    use crate::support::fake_api::FakeApi;
+    use crate::support::process::example_receiver_with_env;
+
+    const API_KEY: &str = "sk_test_example_5d1e";
+
+    #[tokio::test]
+    async fn the_example_prints_the_current_state_of_stale_and_undecodable_events() {
+        let fake = FakeApi::start().await;
+        fake.accept_key(API_KEY);
+        fake.put_object(
+            "order/ord_s",
+            json!({"orderId": "ord_s", "status": "refunded"}),
+        );
+        fake.put_object(
+            "refund/rfd_u",
+            json!({"refundId": "rfd_u", "status": "success"}),
+        );
+        let base = fake.base_url();
+        let (process, url, _) = example_receiver_with_env(
+            KEY,
+            None,
+            &[("CLINK_SECRET_KEY", API_KEY), ("CLINK_API_BASE_URL", &base)],
+        );
+
+        // A stale event: its handler runs, then reads what is true now.
+        let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_s"}}"#;
+        let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_s"}}"#;
+        assert_eq!(post(&delivery(&url, newer)).await, 200);
+        assert_eq!(process.next_stdout(), "handled order.succeeded evt_new");
+        assert_eq!(fake.requests().len(), 0, "a fresh event needs no read");
+        assert_eq!(post(&delivery(&url, older)).await, 200);
+        assert_eq!(process.next_stdout(), "handled order.created evt_old");
+        assert_eq!(process.next_stdout(), "current order ord_s refunded");
+
+        // Data that does not decode (a number for a status): read by the id
+        // in the envelope, and acknowledged.
+        let broken = r#"{"id":"evt_broken","type":"refund.succeeded","data":{"refundId":"rfd_u","status":7}}"#;
+        assert_eq!(post(&delivery(&url, broken)).await, 200);
+        assert_eq!(process.next_stdout(), "current refund rfd_u success");
+
+        let paths: Vec<_> = fake.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["order/ord_s", "refund/rfd_u"]);
+        for request in fake.requests() {
+            assert_eq!(request.headers["x-api-key"], API_KEY);
+        }
+
+        // When Clink cannot say, the delivery is not acknowledged: Clink retries.
+        let lost =
+            r#"{"id":"evt_lost","type":"refund.failed","data":{"refundId":"rfd_gone","status":7}}"#;
+        assert_eq!(post(&delivery(&url, lost)).await, 500);
+    }
+}

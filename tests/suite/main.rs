@@ -18,6 +18,8 @@ mod axum;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
+mod cli_api;
+#[cfg(feature = "cli")]
 mod cli_output;
 #[cfg(all(feature = "console", feature = "test-util"))]
 mod console;

@@ -1,7 +1,10 @@
 //! `clink-webhook`: sign, check, send and receive Clink webhooks from a
 //! terminal, through the `clink-webhooks` crate's own signer, verifier and
-//! receiving pipeline. Run `clink-webhook --help` for the commands.
+//! receiving pipeline, and read objects and manage webhook endpoints
+//! through Clink's API. Run `clink-webhook --help` for the commands.
 
+mod api_command;
+mod endpoints_command;
 mod inbox_command;
 mod listen;
 mod output;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
+use clink_webhooks::api::ApiErrorKind;
 use clink_webhooks::testing::fixture;
 use clink_webhooks::{sign, EventType, Timestamp, Verifier};
 use serde_json::json;
@@ -38,9 +42,11 @@ on stdout. Errors go to stderr.
 
 Exit codes:
   0  success: the signature verified, every delivery got a 2xx
-  1  a signature did not verify, or a delivery got a status other than 2xx
+  1  a signature did not verify, a delivery got a status other than 2xx, or
+     Clink's API said no (not found, unauthorized, refused)
   2  usage or I/O error: bad arguments, unknown event type, unreadable file,
-     bad URL, unreachable host, port in use
+     bad URL, unreachable host, port in use, no or bad API key, a call to
+     Clink's API that failed on the way
 
 Errors: in text, `error: MESSAGE` on stderr. With --json, one JSON object on
 stderr, {\"error\": CODE, \"message\": TEXT}, whenever the exit code is not 0
@@ -53,7 +59,17 @@ text). CODE is one of these, shown with its exit code:
   io                  a file, stdin, the port or the runtime failed           2
   invalid_signature   verify: the signature did not verify                    1
   non_2xx             send: a delivery got a status other than 2xx            1
-  unreachable         send: a delivery got no answer (refused, timeout)       2";
+  unreachable         send: a delivery got no answer (refused, timeout)       2
+  refused             inbox replay: the event was handled or is running       1
+  no_api_key          api, endpoints: CLINK_SECRET_KEY is not set             2
+  api_config          api, endpoints: a key Clink would refuse (pk_, the
+                      other environment's), bad CLINK_ENV or base URL         2
+  not_found           api, endpoints: no such object or endpoint              1
+  unauthorized        api, endpoints: Clink refused every key                 1
+  envelope_error      api, endpoints: Clink said no (its code, another 4xx)   1
+  transport, timeout, server_error, rate_limited, decode, unsupported
+                      api, endpoints: the call failed on the way, or Clink's
+                      answer was not what its API documents                   2";
 
 /// Sign, check, send and receive Clink webhooks.
 #[derive(Debug, Parser)]
@@ -88,6 +104,14 @@ enum Command {
     #[cfg(all(feature = "gateway", unix))]
     #[command(after_help = serve::after_help())]
     Serve(serve::ServeArgs),
+    /// Read from Clink's API: an order, refund, subscription, invoice or
+    /// session by id, or a page of orders.
+    #[command(after_help = api_command::after_help())]
+    Api(api_command::ApiArgs),
+    /// Manage the webhook endpoints of Clink's merchant account: list, get,
+    /// ensure, rotate-secret, enable, disable, delete.
+    #[command(after_help = endpoints_command::after_help())]
+    Endpoints(endpoints_command::EndpointsArgs),
 }
 
 /// Where the signing key comes from.
@@ -210,6 +234,14 @@ enum ErrorCode {
     Unreachable,
     /// `inbox replay`: the event was handled (replay it with --force) or is running.
     Refused,
+    /// `api`, `endpoints`: `CLINK_SECRET_KEY` is not set, or empty.
+    NoApiKey,
+    /// `api`, `endpoints`: a key Clink would refuse, an unknown
+    /// `CLINK_ENV`, or a bad `CLINK_API_BASE_URL`; nothing was sent.
+    ApiConfig,
+    /// `api`, `endpoints`: a call to Clink's API failed; its code is the
+    /// kind's name, and it exits 1 when Clink said no.
+    Api(ApiErrorKind),
 }
 
 impl ErrorCode {
@@ -224,12 +256,16 @@ impl ErrorCode {
             Self::Non2xx => "non_2xx",
             Self::Unreachable => "unreachable",
             Self::Refused => "refused",
+            Self::NoApiKey => "no_api_key",
+            Self::ApiConfig => "api_config",
+            Self::Api(kind) => kind.as_str(),
         }
     }
 
     fn exit_code(self) -> ExitCode {
         match self {
             Self::InvalidSignature | Self::Non2xx | Self::Refused => ExitCode::from(1),
+            Self::Api(kind) if kind.is_refusal() => ExitCode::from(1),
             _ => ExitCode::from(2),
         }
     }
@@ -325,7 +361,22 @@ fn clap_error(error: &clap::Error, args: &[OsString]) -> CliError {
     };
     let rendered = match error.kind() {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            "a command is required: sign, verify, fixture, send or listen".to_owned()
+            // The command whose subcommand is missing, if it is not the
+            // top level (`inbox`, `api`, `endpoints`).
+            let command = args
+                .iter()
+                .skip(1)
+                .filter_map(|arg| arg.to_str())
+                .find(|arg| !arg.starts_with('-'));
+            match command {
+                Some(command) => format!(
+                    "{0} needs a subcommand: see `clink-webhook {0} --help`",
+                    output::escaped(command)
+                ),
+                None => "a command is required: sign, verify, fixture, send, listen, inbox, api \
+                         or endpoints"
+                    .to_owned(),
+            }
         }
         _ => error.render().to_string(),
     };
@@ -530,6 +581,10 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "gateway", unix))]
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(&out, args))),
+        Command::Api(args) => runtime().and_then(|rt| rt.block_on(api_command::run(&out, args))),
+        Command::Endpoints(args) => {
+            runtime().and_then(|rt| rt.block_on(endpoints_command::run(&out, args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,9 +62,9 @@ impl Output {
         let _ = writeln!(stdout, "{text}");
     }
 
-    /// Prints one JSON object as a line on stdout.
+    /// Prints one JSON object as a line on stdout (through [`json_text`]).
     pub(crate) fn json_line(&self, value: &serde_json::Value) {
-        self.line(&value.to_string());
+        self.line(&json_text(value, false));
     }
 
     /// Prints an error on stderr: `error: MESSAGE`, or with `--json` one
@@ -96,6 +96,37 @@ pub(crate) fn escaped(text: &str) -> String {
     clink_webhooks::events::printable(text).into_owned()
 }
 
+/// `value` as JSON text, on one line or indented, with every character
+/// that [does not show as itself](clink_webhooks::events::is_invisible)
+/// written as a `\uXXXX` escape: the same value to a JSON reader, but one
+/// that cannot colour a terminal, break a line or reorder text. (serde_json
+/// escapes the control characters below U+0020 itself; the others, such as
+/// U+007F, U+202E or U+2028, it writes as they are.)
+pub(crate) fn json_text(value: &serde_json::Value, pretty: bool) -> String {
+    let text = if pretty {
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    } else {
+        value.to_string()
+    };
+    // Below U+0020 only the indentation's line breaks are left raw.
+    let escape = |c: char| u32::from(c) >= 0x7f && clink_webhooks::events::is_invisible(c);
+    if !text.chars().any(escape) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +148,32 @@ mod tests {
             "{text:?}"
         );
         assert!(!Output::new(true).color, "JSON is never coloured");
+    }
+
+    #[test]
+    fn json_text_escapes_what_does_not_show() {
+        let value = serde_json::json!({
+            "id": "ord_1\u{202e}dlo",
+            "note": "a\u{7f}b\u{2028}c\n\u{1b}[31m",
+            "tag": "\u{e0041}",
+            "name": "caf\u{e9} \u{65e5}",
+        });
+        for pretty in [false, true] {
+            let text = json_text(&value, pretty);
+            assert!(
+                text.chars()
+                    .all(|c| c == '\n' || !clink_webhooks::events::is_invisible(c)),
+                "{text:?}"
+            );
+            assert!(text.contains(r"ord_1\u202edlo"), "{text}");
+            assert!(text.contains(r"a\u007fb\u2028c\n\u001b[31m"), "{text}");
+            assert!(text.contains(r"\udb40\udc41"), "{text}");
+            assert!(text.contains("caf\u{e9} \u{65e5}"), "{text}");
+            let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, value);
+        }
+        assert!(!json_text(&value, false).contains('\n'));
+        assert!(json_text(&value, true).contains('\n'));
     }
 
     #[test]

@@ -1,0 +1,448 @@
+//! `endpoints`: the merchant's webhook endpoints through Clink's API: list,
+//! get, ensure, rotate-secret, enable, disable, delete.
+
+use clap::{Args, Subcommand};
+use clink_webhooks::api::{Endpoint, EndpointQuery, EnsureEndpoint, Ensured, Page};
+use clink_webhooks::EventType;
+use http::Uri;
+use serde_json::{json, Value};
+
+use crate::api_command::{api_error, client, shared_help, Printer};
+use crate::output::{escaped, Output};
+use crate::{CliError, ErrorCode};
+
+/// The events `--events core` stands for: a checkout completing, an order
+/// succeeding or failing, a refund succeeding, a subscription being
+/// created and an invoice being paid (the alias of Clink's own CLI).
+const CORE_EVENTS: [EventType; 6] = [
+    EventType::SessionComplete,
+    EventType::OrderSucceeded,
+    EventType::OrderFailed,
+    EventType::RefundSucceeded,
+    EventType::SubscriptionCreated,
+    EventType::InvoicePaid,
+];
+
+/// `endpoints --help`'s text after the options.
+pub(crate) fn after_help() -> String {
+    format!(
+        "\
+Signing secrets are masked (`whse...9f2a`) unless --show-secret is given;
+with --json the plain secret is then the `signingSecret` field. Clink returns
+the plain secret only when it creates an endpoint, rotates its secret, or
+ensure is asked for it (--return-secret); list and get never have it.
+
+`ensure URL --events NAMES` creates the endpoint at URL, or updates the one
+already there: the recommended, idempotent set-up. NAMES are event names
+separated by commas (order.succeeded,refund.succeeded); `core` stands for
+session.complete, order.succeeded, order.failed, refund.succeeded,
+subscription.created and invoice.paid, `all` for the 44 event types
+(`clink-webhook fixture --list`). With --return-secret Clink returns the
+signing secret; for an endpoint that exists already it can only do that by
+rotating the secret, which it does unless --no-rotate-secret-if-unavailable
+is given. Rotating (--rotate-secret, rotate-secret) stops the old secret at
+once: update the receiver's key straight away.
+
+Values from the API are printed escaped when they hold control, format or
+separator characters.
+
+{}",
+        shared_help()
+    )
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EndpointsArgs {
+    /// Print signing secrets in full instead of masked.
+    #[arg(long, global = true)]
+    show_secret: bool,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// A page of the endpoints, all or those the filters match.
+    List {
+        /// Only enabled (true) or disabled (false) endpoints.
+        #[arg(long, value_name = "true|false")]
+        enabled: Option<bool>,
+        /// Only the endpoint with exactly this URL.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The page, from 1.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        page: u32,
+        /// Endpoints per page, 1 to 100.
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        page_size: u32,
+    },
+    /// One endpoint.
+    Get {
+        /// The endpoint's id (whk_...).
+        id: String,
+    },
+    /// Create the endpoint at URL, or update the one there (idempotent).
+    Ensure(EnsureArgs),
+    /// Give an endpoint a new signing secret; the old one stops working at once.
+    RotateSecret {
+        /// The endpoint's id.
+        id: String,
+    },
+    /// Have Clink deliver to an endpoint again.
+    Enable {
+        /// The endpoint's id.
+        id: String,
+    },
+    /// Stop Clink delivering to an endpoint.
+    Disable {
+        /// The endpoint's id.
+        id: String,
+    },
+    /// Delete an endpoint.
+    Delete {
+        /// The endpoint's id.
+        id: String,
+    },
+}
+
+// Each bool is a flag of its own on the command line.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Args)]
+struct EnsureArgs {
+    /// The endpoint's https:// URL, which identifies it.
+    url: String,
+    /// The events to deliver: names separated by commas, `core` or `all`.
+    #[arg(long, value_name = "NAMES", required = true, value_delimiter = ',')]
+    events: Vec<String>,
+    /// A description for the dashboard.
+    #[arg(long, value_name = "D")]
+    description: Option<String>,
+    /// Create or leave it disabled: Clink does not deliver to it.
+    #[arg(long)]
+    disabled: bool,
+    /// Ask Clink for the plain signing secret (rotating an existing
+    /// endpoint's secret to get one, unless --no-rotate-secret-if-unavailable).
+    #[arg(long)]
+    return_secret: bool,
+    /// With --return-secret: do not rotate an existing endpoint's secret;
+    /// go without the secret instead.
+    #[arg(long, requires = "return_secret")]
+    no_rotate_secret_if_unavailable: bool,
+    /// Rotate the signing secret in any case (the old one stops working at once).
+    #[arg(long)]
+    rotate_secret: bool,
+}
+
+/// The event names `--events` gives, `core` and `all` expanded, each once
+/// in the order given.
+fn event_names(given: &[String]) -> Result<Vec<String>, CliError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !names.iter().any(|kept| kept == name) {
+            names.push(name.to_owned());
+        }
+    };
+    for name in given.iter().map(|name| name.trim()) {
+        match name {
+            "" => {}
+            "core" => CORE_EVENTS.iter().for_each(|t| add(t.as_str())),
+            "all" => EventType::ALL.iter().for_each(|t| add(t.as_str())),
+            name if EventType::ALL.iter().any(|t| t.as_str() == name) => add(name),
+            name => {
+                return Err(CliError::new(
+                    ErrorCode::UnknownEventType,
+                    format!(
+                        "--events: {} is not an event type; list them with \
+                         `clink-webhook fixture --list`, or give core or all",
+                        escaped(name)
+                    ),
+                ))
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(CliError::usage(
+            "--events: name at least one event type, or core or all",
+        ));
+    }
+    Ok(names)
+}
+
+/// Checks that an endpoint's URL is an `https://` URL with a host, as
+/// Clink requires.
+fn check_url(url: &str) -> Result<(), CliError> {
+    let https = url
+        .parse::<Uri>()
+        .ok()
+        .filter(|uri| uri.scheme_str() == Some("https"))
+        .and_then(|uri| uri.host().map(|host| !host.is_empty()))
+        .unwrap_or(false);
+    if https {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            ErrorCode::BadUrl,
+            format!(
+                "{}: an endpoint's URL must be an https:// URL with a host",
+                escaped(url)
+            ),
+        ))
+    }
+}
+
+/// An endpoint as JSON: the secret masked, or with `show_secret` in full.
+fn endpoint_json(endpoint: &Endpoint, show_secret: bool) -> Value {
+    // `Endpoint` serializes its secret masked.
+    let mut value = serde_json::to_value(endpoint).unwrap_or(Value::Null);
+    if let (true, Some(secret)) = (show_secret, &endpoint.signing_secret) {
+        value["signingSecret"] = json!(secret.expose());
+    }
+    value
+}
+
+/// What ensure did, as JSON; the endpoint as [`endpoint_json`] writes it.
+fn ensured_json(ensured: &Ensured, show_secret: bool) -> Value {
+    let mut value = serde_json::to_value(ensured).unwrap_or(Value::Null);
+    value["endpoint"] = endpoint_json(&ensured.endpoint, show_secret);
+    value
+}
+
+/// The secret to print for `endpoint`: the plain one masked or in full,
+/// else the masked form Clink gave.
+fn secret_text(endpoint: &Endpoint, show_secret: bool) -> Option<String> {
+    match &endpoint.signing_secret {
+        Some(secret) if show_secret => Some(escaped(secret.expose())),
+        Some(secret) => Some(format!(
+            "{} (masked: --show-secret prints it; Clink returns it only on creation \
+             and rotation)",
+            secret.masked()
+        )),
+        None => endpoint
+            .masked_signing_secret
+            .as_deref()
+            .map(|masked| format!("{} (masked by Clink)", escaped(masked))),
+    }
+}
+
+/// One line for an endpoint, as `list` prints it.
+fn endpoint_line(endpoint: &Endpoint, show_secret: bool) -> String {
+    let mut line = format!(
+        "{}  {}  {}  {} event{}",
+        escaped(&endpoint.id),
+        if endpoint.enabled {
+            "enabled "
+        } else {
+            "disabled"
+        },
+        escaped(&endpoint.url),
+        endpoint.events.len(),
+        if endpoint.events.len() == 1 { "" } else { "s" },
+    );
+    if let Some(description) = &endpoint.description {
+        line.push_str(&format!("  {}", escaped(description)));
+    }
+    if let Some(secret) = secret_text(endpoint, show_secret) {
+        line.push_str(&format!("  secret {secret}"));
+    }
+    line
+}
+
+/// An endpoint's lines: its id and state, then a field a line.
+fn endpoint_lines(endpoint: &Endpoint, show_secret: bool) -> Vec<String> {
+    let state = if endpoint.enabled {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    let events: Vec<String> = endpoint.events.iter().map(|e| escaped(e)).collect();
+    let mut lines = vec![
+        format!("{}  {state}", escaped(&endpoint.id)),
+        format!("  url          {}", escaped(&endpoint.url)),
+        format!("  events       {}", events.join(", ")),
+    ];
+    if let Some(description) = &endpoint.description {
+        lines.push(format!("  description  {}", escaped(description)));
+    }
+    if let Some(secret) = secret_text(endpoint, show_secret) {
+        lines.push(format!("  secret       {secret}"));
+    }
+    if let Some(at) = endpoint.created_at {
+        lines.push(format!("  created at   {at}"));
+    }
+    if let Some(at) = endpoint.updated_at {
+        lines.push(format!("  updated at   {at}"));
+    }
+    lines
+}
+
+/// Prints one endpoint: JSON, or its lines after `heading` if any.
+fn print_endpoint(printer: &Printer<'_>, heading: Option<&str>, endpoint: &Endpoint, show: bool) {
+    if printer.out.json {
+        printer.json(&endpoint_json(endpoint, show));
+        return;
+    }
+    if let Some(heading) = heading {
+        printer.line(heading);
+    }
+    for line in endpoint_lines(endpoint, show) {
+        printer.line(&line);
+    }
+}
+
+/// Runs `endpoints`.
+pub(crate) async fn run(out: &Output, args: &EndpointsArgs) -> Result<(), CliError> {
+    let printer = Printer::new(out);
+    run_action(&printer, args)
+        .await
+        .map_err(|error| printer.error(error))
+}
+
+async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), CliError> {
+    let show = args.show_secret;
+    match &args.action {
+        Action::List {
+            enabled,
+            url,
+            page,
+            page_size,
+        } => {
+            let mut query = EndpointQuery::new().page(*page).page_size(*page_size);
+            if let Some(enabled) = enabled {
+                query = query.enabled(*enabled);
+            }
+            if let Some(url) = url {
+                query = query.url(url.clone());
+            }
+            let endpoints = client()?
+                .list_endpoints(&query)
+                .await
+                .map_err(|e| api_error(&e))?;
+            print_list(printer, &endpoints, *page, show);
+        }
+        Action::Get { id } => {
+            let endpoint = client()?.endpoint(id).await.map_err(|e| api_error(&e))?;
+            print_endpoint(printer, None, &endpoint, show);
+        }
+        Action::Ensure(ensure) => {
+            // The arguments are checked before the configuration.
+            let want = ensure_request(ensure)?;
+            let ensured = client()?
+                .ensure_endpoint(&want)
+                .await
+                .map_err(|e| api_error(&e))?;
+            print_ensured(printer, &ensured, show);
+        }
+        Action::RotateSecret { id } => {
+            let endpoint = client()?
+                .rotate_endpoint_secret(id)
+                .await
+                .map_err(|e| api_error(&e))?;
+            let heading = "rotated the signing secret: the old one no longer verifies; \
+                           give the receiver the new one now";
+            print_endpoint(printer, Some(heading), &endpoint, show);
+        }
+        Action::Enable { id } => {
+            let endpoint = client()?
+                .enable_endpoint(id)
+                .await
+                .map_err(|e| api_error(&e))?;
+            print_endpoint(printer, Some("enabled"), &endpoint, show);
+        }
+        Action::Disable { id } => {
+            let endpoint = client()?
+                .disable_endpoint(id)
+                .await
+                .map_err(|e| api_error(&e))?;
+            print_endpoint(printer, Some("disabled"), &endpoint, show);
+        }
+        Action::Delete { id } => {
+            client()?
+                .delete_endpoint(id)
+                .await
+                .map_err(|e| api_error(&e))?;
+            if printer.out.json {
+                printer.json(&json!({ "deleted": id }));
+            } else {
+                printer.line(&format!("deleted {}", escaped(id)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a page of endpoints: `{total, rows}` with `--json`, else one a
+/// line and a count.
+fn print_list(printer: &Printer<'_>, endpoints: &Page<Endpoint>, page: u32, show: bool) {
+    if printer.out.json {
+        let rows: Vec<Value> = endpoints
+            .rows
+            .iter()
+            .map(|endpoint| endpoint_json(endpoint, show))
+            .collect();
+        printer.json(&json!({ "total": endpoints.total, "rows": rows }));
+    } else if endpoints.rows.is_empty() {
+        printer.line(&format!(
+            "no endpoints on page {page} ({} in all)",
+            endpoints.total
+        ));
+    } else {
+        for endpoint in &endpoints.rows {
+            printer.line(&endpoint_line(endpoint, show));
+        }
+        printer.line(&format!(
+            "{} of {} endpoints, page {page}",
+            endpoints.rows.len(),
+            endpoints.total
+        ));
+    }
+}
+
+/// The request `ensure`'s arguments make, checked.
+fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
+    check_url(&args.url)?;
+    let mut want =
+        EnsureEndpoint::new(args.url.clone(), event_names(&args.events)?).enabled(!args.disabled);
+    if let Some(description) = &args.description {
+        want = want.description(description.clone());
+    }
+    if args.return_secret {
+        want = want.return_secret(!args.no_rotate_secret_if_unavailable);
+    }
+    if args.rotate_secret {
+        want = want.rotate_secret();
+    }
+    Ok(want)
+}
+
+/// Prints what ensure did: JSON, or what Clink did, the endpoint, and why
+/// there is no secret when there is none.
+fn print_ensured(printer: &Printer<'_>, ensured: &Ensured, show: bool) {
+    if printer.out.json {
+        printer.json(&ensured_json(ensured, show));
+        return;
+    }
+    let did = match ensured.source.as_deref() {
+        Some("created") => "created".to_owned(),
+        Some("updated") => "updated".to_owned(),
+        Some("rotated") => "found; rotated its signing secret".to_owned(),
+        Some("updated_rotated") => "updated; rotated its signing secret".to_owned(),
+        Some(other) => format!("found ({})", escaped(other)),
+        None => "found".to_owned(),
+    };
+    print_endpoint(printer, Some(&did), &ensured.endpoint, show);
+    if !ensured.signing_secret_available {
+        let mut line = "  no signing secret returned".to_owned();
+        if let Some(reason) = &ensured.signing_secret_unavailable_reason {
+            line.push_str(&format!(": {}", escaped(reason)));
+        }
+        match &ensured.next_action {
+            Some(next) => line.push_str(&format!("; next: {}", escaped(next))),
+            None => line.push_str(
+                "; to get one, rotate it (`clink-webhook endpoints rotate-secret ID`) or ensure \
+                 with --return-secret",
+            ),
+        }
+        printer.line(&line);
+    }
+}
