@@ -178,6 +178,9 @@ async fn refused_keys_stop_the_client_before_anything_is_sent() {
 /// starts with the key that works.
 async fn rotates_to_the_next_key(style: AuthFailure) {
     let (logs, _guard) = capture();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let scrape = recorder.handle();
+    let _metrics = metrics::set_default_local_recorder(&recorder);
     let fake = FakeApi::start().await;
     fake.set_auth_failure(style);
     fake.accept_key(OLD);
@@ -212,6 +215,20 @@ async fn rotates_to_the_next_key(style: AuthFailure) {
     assert_eq!(fake.requests().len(), 3);
     assert_eq!(fake.requests()[2].headers["x-api-key"], OLD);
     assert_no_key("the logs", &logs.text(), &[NEW, OLD]);
+
+    // The metric says which key works, by name.
+    let scrape = scrape.render();
+    let sample = |key: &str, result: &str| {
+        let series = format!(r#"clink_api_requests_total{{key="{key}",result="{result}"}} "#);
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in:\n{scrape}"))
+            .to_owned()
+    };
+    assert_eq!(sample("new", "unauthorized"), "1");
+    assert_eq!(sample("old", "ok"), "2");
+    assert_no_key("the metrics", &scrape, &[NEW, OLD]);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 
 mod support;
 
-#[cfg(all(feature = "api", feature = "test-util"))]
+#[cfg(all(feature = "api", feature = "test-util", feature = "metrics"))]
 mod api;
 #[cfg(all(feature = "axum", feature = "test-util"))]
 mod axum;
