@@ -273,9 +273,20 @@ impl KeyMap {
     /// keys it has now for `grace` more (see [`Verifier::rotated`]). Returns
     /// whether the account was there; an unknown account is left unknown.
     pub fn rotate(&self, account: &str, key: SigningKey, grace: Duration) -> bool {
+        self.rotate_at(account, key, grace, std::time::SystemTime::now())
+    }
+
+    /// [`rotate`](Self::rotate) as of `now`.
+    pub(crate) fn rotate_at(
+        &self,
+        account: &str,
+        key: SigningKey,
+        grace: Duration,
+        now: std::time::SystemTime,
+    ) -> bool {
         match self.accounts.get_mut(account) {
             Some(mut verifier) => {
-                let rotated = verifier.rotated(key, grace);
+                let rotated = verifier.rotated_at(key, grace, now);
                 *verifier = Arc::new(rotated);
                 true
             }

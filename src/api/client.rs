@@ -245,7 +245,7 @@ fn base_url(url: Option<&str>, environment: Environment) -> Result<String, Confi
     let invalid = || {
         ConfigError::new(format!(
             "the Clink API base URL {} is not an http:// or https:// URL with a host",
-            crate::events::printable(&url.chars().take(200).collect::<String>())
+            super::keys::scrub(url, &[])
         ))
     };
     let uri: Uri = url.parse().map_err(|_| invalid())?;
@@ -260,6 +260,13 @@ fn base_url(url: Option<&str>, environment: Environment) -> Result<String, Confi
             "the Clink API base URL must not hold a user or password",
         ));
     }
+    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if uri.scheme_str() == Some("http") && !loopback {
+        tracing::warn!(
+            "the Clink API base URL is plain http:// to a host other than this machine: the \
+             API key crosses the network unencrypted unless a proxy there adds TLS"
+        );
+    }
     let mut base = url.to_owned();
     if !base.ends_with('/') {
         base.push('/');
@@ -269,7 +276,15 @@ fn base_url(url: Option<&str>, environment: Environment) -> Result<String, Confi
 
 /// HTTPS with the system's roots, and plain HTTP for proxies and tests.
 fn connector(https: bool) -> Result<Https, ConfigError> {
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+    // The process's default provider when the app set one, else *ring*: never
+    // rustls' automatic choice, which panics when the app's dependencies
+    // enable two providers.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(Arc::clone(&provider))
+    {
         Ok(builder) => builder,
         Err(error) if https => {
             return Err(ConfigError::new(format!(
@@ -278,13 +293,11 @@ fn connector(https: bool) -> Result<Https, ConfigError> {
         }
         // Only plain HTTP will be used: TLS needs no roots.
         Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new(format!("TLS settings for the Clink API: {e}")))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ConfigError::new(format!("TLS settings for the Clink API: {e}")))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
         ),
     };
     Ok(builder.https_or_http().enable_http1().build())
@@ -309,7 +322,7 @@ impl Client {
     /// or for an unknown `CLINK_ENV`.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let Some(keys) = var("CLINK_SECRET_KEY") else {
+        let Some(keys) = var("CLINK_SECRET_KEY").map(zeroize::Zeroizing::new) else {
             return Ok(None);
         };
         let mut builder = Self::builder();
@@ -391,6 +404,10 @@ impl Client {
                     | ApiErrorKind::Transport
                     | ApiErrorKind::Timeout
             );
+            // The client's own budget saying no is not worth asking again:
+            // it had no room before the deadline.
+            let local = error.status().is_none() && error.code().is_none();
+            let retryable = retryable && !(error.kind() == ApiErrorKind::RateLimited && local);
             if !retries || !retryable || attempt >= self.inner.attempts {
                 return Err(error);
             }
@@ -434,13 +451,18 @@ impl Client {
             Err(error) if error.kind() == ApiErrorKind::Unauthorized => error,
             Err(error) => return Err(error),
         };
-        // The next active key after the one refused, wrapping round.
-        let Some(&next) = active
-            .iter()
-            .filter(|&&i| i > first)
-            .chain(active.iter().filter(|&&i| i < first))
-            .next()
-        else {
+        // The next key: the newest when an older one was refused (and is
+        // no longer preferred), else the next active one after the newest.
+        let next = if first == newest {
+            active.get(1).copied()
+        } else {
+            *inner
+                .preferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+            Some(newest)
+        };
+        let Some(next) = next else {
             return Err(error);
         };
         match self.send(request, next).await {
@@ -453,11 +475,13 @@ impl Client {
                     inner.keys[first].name(),
                     inner.keys[next].name(),
                 );
-                *inner
-                    .preferred
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) =
-                    Some((next, Instant::now() + PREFER_OLDER_FOR));
+                if next != newest {
+                    *inner
+                        .preferred
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        Some((next, Instant::now() + PREFER_OLDER_FOR));
+                }
                 Ok(body)
             }
             Err(second) => Err(second),
@@ -729,7 +753,7 @@ pub(crate) fn encode(text: &str) -> String {
 
 /// A token bucket: `rate` requests a second, `burst` at once. A caller
 /// reserves a slot and waits for it, so callers are served in turn without
-/// polling.
+/// polling; a caller that gives up before its slot comes gives it back.
 struct RateBudget {
     rate: u32,
     burst: f64,
@@ -770,16 +794,42 @@ impl RateBudget {
             wait
         };
         if !wait.is_zero() {
+            let mut slot = Reserved(Some(self));
             tokio::time::sleep(wait).await;
+            slot.0 = None;
         }
         Ok(())
     }
+
+    /// Gives a reserved slot back.
+    fn refund(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = (state.0 + 1.0).min(self.burst);
+    }
+}
+
+/// A slot waited for; dropped while still set (the caller gave up), it is
+/// given back.
+struct Reserved<'a>(Option<&'a RateBudget>);
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0 {
+            budget.refund();
+        }
+    }
+}
+
+/// A read in flight and how many callers wait for it.
+struct Shared {
+    cell: Arc<OnceCell<Result<Bytes, ApiError>>>,
+    waiting: usize,
 }
 
 /// The reads in flight, by path: callers of one path share one call.
 #[derive(Default)]
 struct Flights {
-    calls: Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, ApiError>>>>>,
+    calls: Mutex<HashMap<String, Shared>>,
 }
 
 /// A caller's share of a read in flight; the last one to leave removes it.
@@ -792,12 +842,24 @@ struct Flight<'a> {
 impl Flights {
     fn join<'a>(&'a self, path: &'a str) -> Flight<'a> {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        let cell = Arc::clone(calls.entry(path.to_owned()).or_default());
+        let shared = calls.entry(path.to_owned()).or_insert_with(|| Shared {
+            cell: Arc::default(),
+            waiting: 0,
+        });
+        shared.waiting += 1;
         Flight {
             flights: self,
             path,
-            cell,
+            cell: Arc::clone(&shared.cell),
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -808,13 +870,17 @@ impl Drop for Flight<'_> {
             .calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // A finished call is forgotten at once, so the next read asks
-        // Clink again; an unfinished one when its last caller gives up.
-        let done = self.cell.initialized();
-        if let Some(current) = calls.get(self.path) {
-            if Arc::ptr_eq(current, &self.cell) && (done || Arc::strong_count(&self.cell) <= 2) {
-                calls.remove(self.path);
-            }
+        let Some(shared) = calls.get_mut(self.path) else {
+            return;
+        };
+        if !Arc::ptr_eq(&shared.cell, &self.cell) {
+            return;
+        }
+        shared.waiting -= 1;
+        // A finished call is forgotten at once, so the next read asks Clink
+        // again; an unfinished one when its last caller gives up.
+        if shared.waiting == 0 || self.cell.initialized() {
+            calls.remove(self.path);
         }
     }
 }
@@ -863,6 +929,53 @@ mod tests {
                 "{attempt}: {wait:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_given_up_is_given_back() {
+        let budget = RateBudget::new(1, 1);
+        let far = Instant::now() + Duration::from_secs(60);
+        budget.acquire(far).await.unwrap();
+        // Waits a second for its slot, then gives up.
+        let waiting = tokio::time::timeout(Duration::from_millis(10), budget.acquire(far)).await;
+        assert!(waiting.is_err());
+        let before = Instant::now();
+        budget.acquire(far).await.unwrap();
+        assert!(
+            Instant::now() - before <= Duration::from_millis(1000),
+            "the given-up slot is not still held"
+        );
+    }
+
+    #[test]
+    fn callers_that_give_up_leave_no_flight_behind() {
+        let flights = Flights::default();
+        let first = flights.join("order/ord_1");
+        let second = flights.join("order/ord_1");
+        assert!(Arc::ptr_eq(&first.cell, &second.cell), "one call shared");
+        drop(first);
+        assert_eq!(flights.len(), 1, "still wanted");
+        drop(second);
+        assert_eq!(flights.len(), 0, "nobody waits: forgotten");
+        // A finished call is forgotten by its first caller to leave.
+        let done = flights.join("order/ord_2");
+        let other = flights.join("order/ord_2");
+        done.cell.set(Ok(Bytes::new())).unwrap();
+        drop(done);
+        assert_eq!(flights.len(), 0);
+        let fresh = flights.join("order/ord_2");
+        assert!(
+            !Arc::ptr_eq(&fresh.cell, &other.cell),
+            "the next read asks again"
+        );
+        drop(other);
+        assert_eq!(
+            flights.len(),
+            1,
+            "a leaver of the old call keeps the new one"
+        );
+        drop(fresh);
+        assert_eq!(flights.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,11 +35,12 @@ impl WebhookSecret {
     }
 
     /// The secret for display: its first and last 4 characters around
-    /// `...` (`whse...9f2a`), or `****` when it is too short to show any.
+    /// `...` (`whse...9f2a`), or `****` when it is shorter than 24
+    /// characters (8 shown characters would then be too much of it).
     #[must_use]
     pub fn masked(&self) -> String {
         let chars: Vec<char> = self.0.chars().collect();
-        if chars.len() < 12 {
+        if chars.len() < 24 {
             return "****".to_owned();
         }
         let head: String = chars[..4].iter().collect();

@@ -116,9 +116,13 @@ impl ApiKey {
         if secret.is_empty() {
             return Err(ConfigError::new("a Clink API key is empty"));
         }
-        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        if !secret
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
             return Err(ConfigError::new(
-                "a Clink API key holds spaces or characters other than visible ASCII",
+                "a Clink API key holds spaces, quotes, backslashes or characters other than \
+                 visible ASCII",
             ));
         }
         if secret.starts_with("pk_") {
@@ -235,35 +239,53 @@ const SECRET_PREFIXES: [&str; 4] = ["sk_", "pk_", "ck_", "whsec_"];
 /// and every key in `keys` replaced by `[redacted]`, at most 200
 /// characters, escaped as [`printable`](crate::events::printable) does.
 pub(crate) fn scrub(text: &str, keys: &[ApiKey]) -> String {
-    let mut text = text.to_owned();
+    // Only the start is kept, so only the start is read: a 4 MiB error page
+    // costs no more than a short one. A key cut by the end is a prefix run
+    // at worst, which the word pass below redacts.
+    let longest = keys.iter().map(|key| key.expose().len()).max().unwrap_or(0);
+    let mut end = text.len().min(SCRUB_WINDOW + longest);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut text = text[..end].to_owned();
     for key in keys {
         if text.contains(key.expose()) {
             text = text.replace(key.expose(), "[redacted]");
         }
     }
+    // One pass over the words (runs of key characters).
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = SECRET_PREFIXES
-        .iter()
-        .filter_map(|prefix| rest.find(prefix))
-        .min()
+    let mut word_start = None;
+    for (at, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
     {
-        let boundary = at == 0 || !is_key_char(rest[..at].chars().next_back().unwrap_or(' '));
-        let end = rest[at..]
-            .find(|c: char| !is_key_char(c))
-            .map_or(rest.len(), |len| at + len);
-        out.push_str(&rest[..at]);
-        if boundary {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(&rest[at..end]);
+        match (word_start, is_key_char(c)) {
+            (None, true) => word_start = Some(at),
+            (Some(start), false) => {
+                let word = &text[start..at];
+                if SECRET_PREFIXES
+                    .iter()
+                    .any(|prefix| word.starts_with(prefix))
+                {
+                    out.push_str("[redacted]");
+                } else {
+                    out.push_str(word);
+                }
+                word_start = None;
+            }
+            _ => {}
         }
-        rest = &rest[end..];
+        if word_start.is_none() && at < text.len() {
+            out.push(c);
+        }
     }
-    out.push_str(rest);
     let short: String = out.chars().take(200).collect();
     crate::events::printable(&short).into_owned()
 }
+
+/// How much of a server's text [`scrub`] reads, beyond the longest key.
+const SCRUB_WINDOW: usize = 1024;
 
 fn is_key_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
@@ -278,6 +300,8 @@ mod tests {
         for (key, says) in [
             ("", "empty"),
             ("sk_test_a b", "visible ASCII"),
+            ("sk_test_a\"b", "quotes"),
+            ("sk_test_a\\b", "backslashes"),
             ("pk_test_abc", "publishable"),
             ("pk_prod_abc", "publishable"),
             ("whsec_abc", "signing secret"),
@@ -338,5 +362,11 @@ mod tests {
         // A word that merely contains the prefix is kept.
         assert!(scrub("task_id", &[]).contains("task_id"));
         assert_eq!(scrub(&"x".repeat(500), &[]).len(), 200);
+        // A huge page costs what its start costs, and keeps the
+        // characters whole.
+        let page = format!("{}sk_test_late é", "task_ ".repeat(1_000_000));
+        let said = scrub(&page, &[]);
+        assert!(said.starts_with("task_ task_"), "{said}");
+        assert_eq!(scrub("é".repeat(2000).as_str(), &[]).chars().count(), 200);
     }
 }

@@ -120,6 +120,11 @@ impl Client {
     /// store it where your process reads it at start-up. The secret is
     /// never logged or printed.
     ///
+    /// The call and the install run in a task of their own, so a caller that
+    /// gives up midway leaves the new secret verifying; `persist` runs in
+    /// the caller's task. If the call times out after Clink rotated (an
+    /// answer lost on the way), nobody has the new secret: rotate again.
+    ///
     /// # Errors
     ///
     /// [`RotationError`], which says what state things are in.
@@ -141,41 +146,55 @@ impl Client {
                 return Err(RotationError::UnknownAccount);
             }
         }
-        let mut endpoint = self
-            .rotate_endpoint_secret(endpoint_id)
-            .await
-            .map_err(RotationError::Api)?;
-        let secret = endpoint
-            .signing_secret
-            .take()
-            .filter(|secret| !secret.expose().is_empty())
-            .ok_or(RotationError::NoSecret)?;
-        let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
-        let key_name = key.name().to_owned();
-        let previous_until = SystemTime::now() + grace;
-        match &keys {
-            LiveKeys::Verifier(live) => live.rotate(key, grace),
-            LiveKeys::Account { keys, account } => {
-                if !keys.rotate(account, key, grace) {
-                    // Removed while Clink rotated: the account is gone.
-                    return Err(RotationError::UnknownAccount);
+        // The call and the install run in a task of their own: a caller
+        // that gives up (a timeout, a dropped request) cannot stop between
+        // Clink rotating and the new secret verifying.
+        let client = self.clone();
+        let endpoint_id = endpoint_id.to_owned();
+        let installed = tokio::spawn(async move {
+            let mut endpoint = client
+                .rotate_endpoint_secret(&endpoint_id)
+                .await
+                .map_err(RotationError::Api)?;
+            let secret = endpoint
+                .signing_secret
+                .take()
+                .filter(|secret| !secret.expose().is_empty())
+                .ok_or(RotationError::NoSecret)?;
+            let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
+            let key_name = key.name().to_owned();
+            let now = SystemTime::now();
+            match &keys {
+                LiveKeys::Verifier(live) => live.rotate_at(key, grace, now),
+                LiveKeys::Account { keys, account } => {
+                    if !keys.rotate_at(account, key, grace, now) {
+                        // Removed while Clink rotated: the account is gone.
+                        return Err(RotationError::UnknownAccount);
+                    }
                 }
             }
-        }
-        tracing::info!(
-            endpoint = %crate::events::printable(&endpoint.id),
-            key = %key_name,
-            grace_secs = grace.as_secs(),
-            "rotated the endpoint's signing secret; the new key verifies now, the previous ones \
-             for the grace period"
-        );
+            tracing::info!(
+                endpoint = %crate::events::printable(&endpoint.id),
+                key = %key_name,
+                grace_secs = grace.as_secs(),
+                "rotated the endpoint's signing secret; the new key verifies now, the previous \
+                 ones for the grace period"
+            );
+            let rotated = Rotated {
+                endpoint,
+                key_name,
+                previous_until: now + grace,
+            };
+            Ok::<_, RotationError>((rotated, secret))
+        });
+        let (rotated, secret) = match installed.await {
+            Ok(result) => result?,
+            // The task is never aborted; a panic in it is passed on.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
         persist(secret)
             .await
             .map_err(|error| RotationError::Persist(error.into()))?;
-        Ok(Rotated {
-            endpoint,
-            key_name,
-            previous_until,
-        })
+        Ok(rotated)
     }
 }

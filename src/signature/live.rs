@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{SigningKey, Verifier};
 
@@ -15,7 +15,7 @@ use super::{SigningKey, Verifier};
 /// verified finishes with the keys it started with.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime};
 /// use clink_webhooks::signature::{sign, LiveVerifier, SigningKey, Verifier};
 ///
 /// let live = LiveVerifier::new(Verifier::new("whsec_old")?);
@@ -55,8 +55,13 @@ impl LiveVerifier {
     /// Accepts `key` from now on, and the keys in use now for `grace` more
     /// (see [`Verifier::rotated`]). Two rotations at once both apply.
     pub fn rotate(&self, key: SigningKey, grace: Duration) {
+        self.rotate_at(key, grace, SystemTime::now());
+    }
+
+    /// [`rotate`](Self::rotate) as of `now`.
+    pub(crate) fn rotate_at(&self, key: SigningKey, grace: Duration, now: SystemTime) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        *current = Arc::new(current.rotated(key, grace));
+        *current = Arc::new(current.rotated_at(key, grace, now));
     }
 }
 

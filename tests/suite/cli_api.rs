@@ -678,8 +678,10 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(ensured["signingSecretAvailable"], true);
     assert_eq!(ensured["endpoint"]["signingSecret"], second.as_str());
 
-    // --rotate-secret, masked by default.
-    let rotated = cli(
+    // --rotate-secret without --show-secret: refused before anything is
+    // sent, since the new secret would be printed masked and lost.
+    let ensures = api.count("PUT", "webhook/endpoints/ensure");
+    let refused = cli(
         &api,
         &[
             "--json",
@@ -692,14 +694,31 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
         ],
     )
     .await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("--show-secret"), "{refused:?}");
+    assert_eq!(api.count("PUT", "webhook/endpoints/ensure"), ensures);
+    assert_eq!(api.endpoint_secret(id).unwrap(), second);
+    let rotated = cli(
+        &api,
+        &[
+            "--json",
+            "endpoints",
+            "--show-secret",
+            "ensure",
+            url,
+            "--events",
+            "core",
+            "--rotate-secret",
+        ],
+    )
+    .await;
     assert_eq!(rotated.code, Some(0), "{rotated:?}");
     assert_eq!(last_ensure(&api)["rotateSecret"], true);
     let third = api.endpoint_secret(id).unwrap();
     assert_ne!(third, second);
-    assert!(!rotated.stdout.contains(&third), "{rotated:?}");
     assert_eq!(
         json_out(&rotated)["endpoint"]["signingSecret"],
-        masked(&third).as_str()
+        third.as_str()
     );
 
     // list: text, JSON, filters.
@@ -771,14 +790,16 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(endpoint["events"], json!(CORE));
     assert_eq!(endpoint["signingSecret"], Value::Null);
 
-    // rotate-secret: masked, then shown.
-    let rotated = cli(&api, &["endpoints", "rotate-secret", id]).await;
-    assert_eq!(rotated.code, Some(0), "{rotated:?}");
+    // rotate-secret: refused without --show-secret, then shown.
+    let refused = cli(&api, &["endpoints", "rotate-secret", id]).await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("--show-secret"), "{refused:?}");
+    assert_eq!(
+        api.count("POST", "webhook/endpoints/whk_1/rotate-secret"),
+        0
+    );
     let fourth = api.endpoint_secret(id).unwrap();
-    assert_ne!(fourth, third);
-    assert!(!rotated.stdout.contains(&fourth), "{rotated:?}");
-    assert!(rotated.stdout.contains(&masked(&fourth)), "{rotated:?}");
-    assert!(rotated.stdout.contains("--show-secret"), "{rotated:?}");
+    assert_eq!(fourth, third);
     let shown = cli(&api, &["endpoints", "rotate-secret", id, "--show-secret"]).await;
     let fifth = api.endpoint_secret(id).unwrap();
     assert_ne!(fifth, fourth);
@@ -795,7 +816,7 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(json_out(&shown)["signingSecret"], sixth.as_str());
     assert_eq!(
         api.count("POST", "webhook/endpoints/whk_1/rotate-secret"),
-        3
+        2
     );
 
     // delete; then it is not found.

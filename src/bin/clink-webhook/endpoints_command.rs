@@ -327,6 +327,11 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
         Action::Ensure(ensure) => {
             // The arguments are checked before the configuration.
             let want = ensure_request(ensure)?;
+            if ensure.rotate_secret
+                || (ensure.return_secret && !ensure.no_rotate_secret_if_unavailable)
+            {
+                must_show(show, "ensure with --rotate-secret or --return-secret")?;
+            }
             let ensured = client()?
                 .ensure_endpoint(&want)
                 .await
@@ -334,6 +339,7 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
             print_ensured(printer, &ensured, show);
         }
         Action::RotateSecret { id } => {
+            must_show(show, "rotate-secret")?;
             let endpoint = client()?
                 .rotate_endpoint_secret(id)
                 .await
@@ -396,6 +402,19 @@ fn print_list(printer: &Printer<'_>, endpoints: &Page<Endpoint>, page: u32, show
             endpoints.total
         ));
     }
+}
+
+/// Refuses a command that can rotate the secret unless it prints the new
+/// one: the old secret stops working at once, and Clink never shows the
+/// new one again, so a masked one would be lost.
+fn must_show(show: bool, command: &str) -> Result<(), CliError> {
+    if show {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "{command} can rotate the signing secret, whose new value Clink shows only once: \
+         add --show-secret (and keep the output safe), or nobody will have it"
+    )))
 }
 
 /// The request `ensure`'s arguments make, checked.

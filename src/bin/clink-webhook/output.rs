@@ -108,23 +108,9 @@ pub(crate) fn json_text(value: &serde_json::Value, pretty: bool) -> String {
     } else {
         value.to_string()
     };
-    // Below U+0020 only the indentation's line breaks are left raw.
-    let escape = |c: char| u32::from(c) >= 0x7f && clink_webhooks::events::is_invisible(c);
-    if !text.chars().any(escape) {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if escape(c) {
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    // serde_json escapes the control characters below U+0020 in strings;
+    // the only raw ones left are the indentation's line breaks.
+    clink_webhooks::events::escape_invisible(&text).into_owned()
 }
 
 #[cfg(test)]
