@@ -73,17 +73,17 @@ impl Row {
         Self {
             seq: entry.seq,
             status: entry.status.as_str(),
-            event_type: event.event_type.clone(),
-            event_id: event.event_id.clone(),
-            account: event.account.clone().unwrap_or_default(),
-            object: event.object_key.clone().unwrap_or_default(),
+            event_type: view::shown(&event.event_type),
+            event_id: view::shown(&event.event_id),
+            account: view::shown(event.account.as_deref().unwrap_or_default()),
+            object: view::shown(event.object_key.as_deref().unwrap_or_default()),
             received: view::time(event.received_at),
             received_ago: view::ago(event.received_at, now),
             attempts: entry.attempts,
             error: entry
                 .last_error
                 .as_deref()
-                .map(|e| view::truncate(e, 120))
+                .map(|e| view::shown(&view::truncate(e, 120)))
                 .unwrap_or_default(),
         }
     }
@@ -468,8 +468,8 @@ pub(super) async fn event(
                             || format!("{} (received)", view::time(e.event.received_at)),
                             view::time,
                         ),
-                        event_type: e.event.event_type.clone(),
-                        event_id: e.event.event_id.clone(),
+                        event_type: view::shown(&e.event.event_type),
+                        event_id: view::shown(&e.event.event_id),
                         status: e.status.as_str(),
                         received: view::time(e.event.received_at),
                         handled: e.handled_at.map(view::time).unwrap_or_default(),
@@ -480,7 +480,7 @@ pub(super) async fn event(
             Err(err) => return unavailable(&shared, &ctx, &err),
         }
     }
-    let or_none = |value: Option<&str>| value.unwrap_or("(none)").to_owned();
+    let or_none = |value: Option<&str>| value.map_or_else(|| "(none)".to_owned(), view::shown);
     let when = |at: Option<Timestamp>| {
         at.map_or_else(
             || "never".to_owned(),
@@ -488,8 +488,8 @@ pub(super) async fn event(
         )
     };
     let envelope = vec![
-        ("event id", event.event_id.clone()),
-        ("type", event.event_type.clone()),
+        ("event id", view::shown(&event.event_id)),
+        ("type", view::shown(&event.event_type)),
         ("account", or_none(event.account.as_deref())),
         ("object", or_none(event.object_key.as_deref())),
         (
@@ -526,13 +526,13 @@ pub(super) async fn event(
             seq,
             status: entry.status.as_str(),
             notice: notice(&query),
-            last_error: entry.last_error.clone(),
+            last_error: entry.last_error.as_deref().map(view::lines),
             can_replay: !shared.read_only && entry.status != InboxStatus::Running,
             csrf: shared.keys.csrf(&ctx.who),
             envelope,
             history,
             body: view::pretty_body(&event.body),
-            object: event.object_key.clone(),
+            object: event.object_key.as_deref().map(view::shown),
             timeline,
         },
     )
@@ -624,8 +624,8 @@ pub(super) async fn replay(
             &ConfirmPage {
                 frame: Frame::new(&shared, &ctx, false),
                 seq,
-                event_type: entry.event.event_type.clone(),
-                event_id: entry.event.event_id.clone(),
+                event_type: view::shown(&entry.event.event_type),
+                event_id: view::shown(&entry.event.event_id),
                 handled: at.map_or_else(
                     || "before".to_owned(),
                     |at| format!("at {}", view::time(at)),

@@ -207,15 +207,32 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
 
 /// The body as text: JSON indented by two spaces, each value kept byte
 /// for byte (numbers are not reparsed, so `1.10` stays `1.10`); a body that
-/// is not JSON as it is (lossy UTF-8).
+/// is not JSON as it is (lossy UTF-8). Either way every character that does
+/// not show as itself, but the line break, is written as a `\uXXXX` escape
+/// ([`escape_invisible`](crate::events::escape_invisible)).
 pub(super) fn pretty_body(body: &[u8]) -> String {
     let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
     let text = String::from_utf8_lossy(body);
-    if valid {
+    let text = if valid {
         indent_json(&text)
     } else {
         text.into_owned()
-    }
+    };
+    lines(&text)
+}
+
+/// A value from a delivery, for one line of a page: every character that
+/// does not show as itself (a line break included) written as a `\uXXXX`
+/// escape, so that a right-to-left override or a zero-width space in an id
+/// cannot disguise it. The templates escape HTML on top of this.
+pub(super) fn shown(text: &str) -> String {
+    crate::events::escape_invisible(text).replace('\n', "\\u000a")
+}
+
+/// Text shown on several lines (an error, a body): as [`shown`], line
+/// breaks kept.
+pub(super) fn lines(text: &str) -> String {
+    crate::events::escape_invisible(text).into_owned()
 }
 
 /// Re-indents valid JSON without parsing its values.

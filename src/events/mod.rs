@@ -65,7 +65,7 @@ use envelope::IdText;
 pub use construct::EventError;
 pub use event_type::*;
 pub use object::ObjectKey;
-pub use printable::{has_invisible, is_invisible, printable};
+pub use printable::{escape_invisible, has_invisible, is_invisible, printable};
 pub use verified::{InboxAttempt, VerifiedEvent};
 pub use version::{Freshness, Version};
 

@@ -114,6 +114,40 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// `text` with every [invisible](is_invisible) character but the line
+/// break written as a JSON escape (`\u202e`; a pair of them above
+/// U+FFFF), for text shown on several lines: a body, an error, indented
+/// JSON. JSON text stays the same JSON value, as long as it held no raw
+/// control character inside a string (which JSON does not allow anyway).
+/// Borrowed when nothing needed escaping.
+///
+/// ```
+/// use clink_webhooks::events::escape_invisible;
+///
+/// assert_eq!(escape_invisible("line 1\nline 2"), "line 1\nline 2");
+/// assert_eq!(escape_invisible("{\"id\":\"evt_1\u{202e}dlo\"}"), r#"{"id":"evt_1\u202edlo"}"#);
+/// assert_eq!(escape_invisible("tab\there"), r"tab\u0009here");
+/// ```
+#[must_use]
+pub fn escape_invisible(text: &str) -> Cow<'_, str> {
+    let escape = |c: char| c != '\n' && is_invisible(c);
+    if !text.chars().any(escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

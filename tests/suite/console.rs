@@ -687,6 +687,48 @@ async fn every_value_from_a_body_is_escaped() {
 }
 
 #[tokio::test]
+async fn invisible_characters_from_a_body_are_spelled_out() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    // The intake refuses such ids; an inbox filled another way, an object
+    // key read from the data and a handler's error can still hold them.
+    let mut kept = event(
+        "evt_1\u{202e}dlo",
+        "order.\u{200b}succeeded",
+        Some("acct_1"),
+        Some("order:ord\u{2028}x"),
+        now,
+        now,
+    );
+    kept.body = Bytes::from("{\"id\":\"evt_1\u{202e}dlo\",\"note\":\"\u{feff}\u{e0041}\"}");
+    inbox
+        .insert_dead(&kept, "handler said \u{1b}[31mred\u{2029}line")
+        .await
+        .unwrap();
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    for path in ["/console", "/console/events", "/console/events/1"] {
+        let page = get(&app, path).await;
+        assert_eq!(page.status, 200, "{path}");
+        let raw: Vec<char> = page
+            .body
+            .chars()
+            .filter(|&c| c != '\n' && clink_webhooks::events::is_invisible(c))
+            .collect();
+        assert!(raw.is_empty(), "{path}: {raw:?} shown raw");
+    }
+    let page = get(&app, "/console/events/1").await;
+    for text in [
+        r"evt_1\u202edlo",
+        r"order.\u200bsucceeded",
+        r"order:ord\u2028x",
+        r"\ufeff\udb40\udc41",
+        r"handler said \u001b[31mred\u2029line",
+    ] {
+        assert!(page.body.contains(text), "{text} in {}", page.body);
+    }
+}
+
+#[tokio::test]
 async fn behind_the_apps_own_auth_it_checks_nothing_but_its_csrf_cookie() {
     let inbox = small_inbox().await;
     let app = mounted(Console::behind_app_auth(Arc::clone(&inbox), [9u8; 32]).unwrap());
