@@ -138,8 +138,8 @@ impl Framing {
     }
 
     /// Whether a request has been found to refuse.
-    #[cfg(test)]
-    fn refused_from(&self) -> Option<u64> {
+    #[cfg(any(test, fuzzing))]
+    pub(super) fn refused_from(&self) -> Option<u64> {
         let from = self.verdicts.refused_from.load(Ordering::Relaxed);
         (from != u64::MAX).then_some(from)
     }

@@ -64,6 +64,24 @@
 
 mod framing;
 
+/// The framing scanner, for the fuzz targets only: it exists in builds
+/// made with `--cfg fuzzing` (as `cargo fuzz` makes them), never otherwise.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The index of the first request (0 for a connection's first) that
+    /// the server refuses for its framing, when the connection's bytes
+    /// arrive in `pieces`; `None` when it refuses none.
+    #[must_use]
+    pub fn refused_from(pieces: &[&[u8]]) -> Option<u64> {
+        let mut framing = super::framing::Framing::new();
+        for piece in pieces {
+            framing.scan(piece);
+        }
+        framing.refused_from()
+    }
+}
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
