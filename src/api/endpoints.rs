@@ -209,15 +209,9 @@ impl EndpointUpdate {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct EnsureEndpoint {
-    /// The endpoint's URL, which identifies it.
-    pub url: String,
-    /// The event names it should receive.
-    pub events: Vec<String>,
-    /// A description for the dashboard.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Whether Clink should deliver to it.
-    pub enabled: bool,
+    /// The endpoint: its URL identifies it.
+    #[serde(flatten)]
+    pub endpoint: NewEndpoint,
     /// Return the plain signing secret when Clink can.
     pub return_signing_secret: bool,
     /// When the secret is asked for and Clink cannot show it (an existing
@@ -234,10 +228,7 @@ impl EnsureEndpoint {
         events: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
         Self {
-            url: url.into(),
-            events: events.into_iter().map(Into::into).collect(),
-            description: None,
-            enabled: true,
+            endpoint: NewEndpoint::new(url, events),
             return_signing_secret: false,
             rotate_secret_if_unavailable: false,
             rotate_secret: false,
@@ -247,14 +238,14 @@ impl EnsureEndpoint {
     /// With a description.
     #[must_use]
     pub fn description(mut self, description: impl Into<String>) -> Self {
-        self.description = Some(description.into());
+        self.endpoint = self.endpoint.description(description);
         self
     }
 
     /// Enabled or not.
     #[must_use]
     pub fn enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
+        self.endpoint = self.endpoint.enabled(enabled);
         self
     }
 
