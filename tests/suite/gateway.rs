@@ -1294,3 +1294,97 @@ async fn sigterm_lets_the_publishes_in_flight_finish() {
         "{stats:?}"
     );
 }
+
+/// The gateway relays to a Redis Cluster (`redis+cluster://` with the
+/// nodes of `REDIS_CLUSTER_URLS`): every event once, each object's events
+/// in order, also when Clink delivers them all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_redis_cluster_once_and_in_order() {
+    let seed = seed();
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("cluster");
+    let tag = unique("k");
+    let nodes: Vec<String> = env_url("REDIS_CLUSTER_URLS")
+        .split(',')
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    let hosts: Vec<&str> = nodes
+        .iter()
+        .map(|url| url.trim_start_matches("redis://").trim_end_matches('/'))
+        .collect();
+    let destination = format!("redis+cluster://{}", hosts.join(","));
+    let stream = format!("clink-cluster-{tag}");
+    let mut env = gateway_env(&dir.0, "cluster", &destination);
+    env.push(("CLINK_REDIS_STREAM".into(), stream.clone()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+
+    // Each object's events in order, the objects interleaved at random:
+    // eight workers must still publish one object's events one at a time.
+    let all = events(8, 4, &tag);
+    let by_id: HashMap<String, (usize, usize)> = all
+        .iter()
+        .map(|e| (e.id.clone(), (e.object, e.index)))
+        .collect();
+    let mut order: Vec<usize> = (0..all.len()).map(|i| i % 8).collect();
+    Rng(seed).shuffle(&mut order);
+    let mut next = [0usize; 8];
+    for object in order {
+        let event = &all[object * 4 + next[object]];
+        next[object] += 1;
+        deliver(&client, &url, event).await;
+    }
+    let cluster = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let mut redis = cluster.get_async_connection().await.unwrap();
+    let ids = |redis: &mut redis::cluster_async::ClusterConnection| {
+        let stream = stream.clone();
+        let mut redis = redis.clone();
+        async move {
+            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            entries
+                .into_iter()
+                .map(|(_, fields)| {
+                    let at = fields.iter().position(|f| f == "event_id").unwrap();
+                    fields[at + 1].clone()
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    until("every event in the cluster's stream", PHASE, async || {
+        ids(&mut redis).await.len() >= all.len()
+    })
+    .await;
+
+    // Clink delivers them all again: acknowledged, not added again.
+    for event in &all {
+        deliver(&client, &url, event).await;
+    }
+    until("the redeliveries settled", PHASE, async || {
+        drained(&client, &base).await
+    })
+    .await;
+    let seen = ids(&mut redis).await;
+    assert_eq!(seen.len(), all.len(), "each event once: {seen:?}");
+    let unique_ids: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique_ids.len(), all.len());
+    assert_in_order("redis cluster", &seen, &by_id);
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["destination"]["name"]
+            .as_str()
+            .is_some_and(|name| name.starts_with("redis+cluster://")),
+        "{body}"
+    );
+    gateway.stop();
+}

@@ -370,6 +370,9 @@ pub(crate) enum DestinationSpec {
     Http(http::Uri),
     Nats(String),
     Redis(String),
+    /// A Redis Cluster: the URL as given (for its name), and one URL per
+    /// node it lists.
+    RedisCluster(String, Vec<String>),
 }
 
 /// `url` with the password of its user info, if any, masked.
@@ -878,11 +881,50 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
             }
             Ok(DestinationSpec::Redis(url.to_owned()))
         }
+        Some(scheme @ ("redis+cluster" | "rediss+cluster")) if has_host => {
+            cluster_nodes(url, scheme.trim_end_matches("+cluster"))
+                .map(|nodes| DestinationSpec::RedisCluster(url.to_owned(), nodes))
+        }
         _ => Err(format!(
-            "{}: expected http://..., https://..., nats://host:port, redis://... or rediss://...",
+            "{}: expected http://..., https://..., nats://host:port, redis://..., rediss://... \
+             or redis+cluster://host:port,host:port,...",
             masked_url(url)
         )),
     }
+}
+
+/// The node URLs of `redis+cluster://[user:password@]host:port,host:port/`:
+/// one `scheme://[user:password@]host:port` per listed node.
+fn cluster_nodes(url: &str, scheme: &str) -> Result<Vec<String>, String> {
+    let invalid = || {
+        format!(
+            "{}: not a valid Redis Cluster URL (redis+cluster://[user:password@]host:port,host:port,...)",
+            masked_url(url)
+        )
+    };
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if rest.len() > authority.len() + 1
+        || (rest.len() == authority.len() + 1 && !rest.ends_with('/'))
+    {
+        // A path, a database or a query: a cluster has one database.
+        return Err(invalid());
+    }
+    let (user_info, hosts) = match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => (format!("{user_info}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|host| format!("{scheme}://{user_info}{}", host.trim()))
+        .collect();
+    let valid = |node: &String| {
+        !node.ends_with("://") && !node.ends_with('@') && redis::Client::open(node.as_str()).is_ok()
+    };
+    if nodes.is_empty() || !nodes.iter().all(valid) {
+        return Err(invalid());
+    }
+    Ok(nodes)
 }
 
 /// Checks that `template` names only `allowed` placeholders.
@@ -958,6 +1000,31 @@ pub(crate) fn settings_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_list_their_nodes_and_keep_secrets_masked() {
+        match parse_destination("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001/").unwrap() {
+            DestinationSpec::RedisCluster(_, nodes) => assert_eq!(
+                nodes,
+                ["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7001"]
+            ),
+            _ => panic!("not a cluster"),
+        }
+        match parse_destination("rediss+cluster://h1:1,h2:2").unwrap() {
+            DestinationSpec::RedisCluster(_, nodes) => {
+                assert_eq!(nodes, ["rediss://h1:1", "rediss://h2:2"]);
+            }
+            _ => panic!("not a cluster"),
+        }
+        for bad in [
+            "redis+cluster://u:pw@h1:1,,h2:2",
+            "redis+cluster://u:pw@h1:1/2",
+            "redis+cluster://u:pw@h1:1?x=1",
+        ] {
+            let error = parse_destination(bad).err().unwrap();
+            assert!(!error.contains("pw"), "{error}");
+        }
+    }
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {
         let env = pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();

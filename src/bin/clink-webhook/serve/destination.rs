@@ -62,11 +62,55 @@ enum Kind {
     },
     Redis {
         client: redis::Client,
-        stream: String,
-        dedup: Duration,
+        stream: Streams,
         connection: AsyncMutex<Option<redis::aio::ConnectionManager>>,
-        script: redis::Script,
     },
+    /// A Redis Cluster: the stream and its marker share a hash slot (the
+    /// marker's key tags the stream's name), so the script runs on the
+    /// node that holds the stream.
+    RedisCluster {
+        client: redis::cluster::ClusterClient,
+        stream: Streams,
+        connection: AsyncMutex<Option<redis::cluster_async::ClusterConnection>>,
+    },
+}
+
+/// What a Redis destination adds events to, and how.
+struct Streams {
+    /// The stream name template.
+    template: String,
+    /// How long an event's marker keeps it from being added twice.
+    dedup: Duration,
+    script: redis::Script,
+}
+
+impl Streams {
+    /// Adds `event` to its stream once (see [`XADD_ONCE`]) over `connection`;
+    /// the entry's id.
+    async fn add<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+        event: &NewEvent,
+        name: &str,
+    ) -> Result<String, BoxError> {
+        let stream_name = fill(&self.template, event);
+        let marker = format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event));
+        let (_added, id): (i64, String) = self
+            .script
+            .key(&stream_name)
+            .key(&marker)
+            .arg(&event.event_id)
+            .arg(&event.event_type)
+            .arg(event.account.as_deref().unwrap_or(""))
+            .arg(event.object_key.as_deref().unwrap_or(""))
+            .arg(event.created.map_or(String::new(), |c| c.to_string()))
+            .arg(&event.body[..])
+            .arg(self.dedup.as_secs())
+            .invoke_async(connection)
+            .await
+            .map_err(|e| format!("{name}: XADD failed: {}", e.kind_text()))?;
+        Ok(id)
+    }
 }
 
 /// What happened to the destination lately, for `/health`.
@@ -184,10 +228,23 @@ impl Destination {
                 Kind::Redis {
                     client: redis::Client::open(url.as_str())
                         .map_err(|_| format!("{}: not a valid Redis URL", masked_url(url)))?,
-                    stream: config.redis_stream.clone(),
-                    dedup: config.redis_dedup,
+                    stream: Streams::new(config),
                     connection: AsyncMutex::new(None),
-                    script: redis::Script::new(XADD_ONCE),
+                },
+            ),
+            DestinationSpec::RedisCluster(url, nodes) => (
+                masked_url(url),
+                Kind::RedisCluster {
+                    client: redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .connection_timeout(config.destination_timeout)
+                        .response_timeout(config.destination_timeout)
+                        .retries(1)
+                        .build()
+                        .map_err(|_| {
+                            format!("{}: not a valid Redis Cluster URL", masked_url(url))
+                        })?,
+                    stream: Streams::new(config),
+                    connection: AsyncMutex::new(None),
                 },
             ),
         };
@@ -204,6 +261,7 @@ impl Destination {
             Kind::Http { .. } => "http",
             Kind::Nats { .. } => "nats",
             Kind::Redis { .. } => "redis",
+            Kind::RedisCluster { .. } => "redis-cluster",
         }
     }
 
@@ -306,9 +364,7 @@ impl Destination {
             Kind::Redis {
                 client,
                 stream,
-                dedup,
                 connection,
-                script,
             } => {
                 let mut manager = {
                     let mut held = connection.lock().await;
@@ -328,22 +384,23 @@ impl Destination {
                     }
                     held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
-                let stream_name = fill(stream, event);
-                let marker = format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event));
-                let (_added, id): (i64, String) = script
-                    .key(&stream_name)
-                    .key(&marker)
-                    .arg(&event.event_id)
-                    .arg(&event.event_type)
-                    .arg(event.account.as_deref().unwrap_or(""))
-                    .arg(event.object_key.as_deref().unwrap_or(""))
-                    .arg(event.created.map_or(String::new(), |c| c.to_string()))
-                    .arg(&event.body[..])
-                    .arg(dedup.as_secs())
-                    .invoke_async(&mut manager)
-                    .await
-                    .map_err(|e| format!("{}: XADD failed: {}", self.name, e.kind_text()))?;
-                Ok(Some(id))
+                stream.add(&mut manager, event, &self.name).await.map(Some)
+            }
+            Kind::RedisCluster {
+                client,
+                stream,
+                connection,
+            } => {
+                let mut cluster = {
+                    let mut held = connection.lock().await;
+                    if held.is_none() {
+                        *held = Some(client.get_async_connection().await.map_err(|e| {
+                            format!("{}: cannot connect: {}", self.name, e.kind_text())
+                        })?);
+                    }
+                    held.clone().unwrap_or_else(|| unreachable!("just set"))
+                };
+                stream.add(&mut cluster, event, &self.name).await.map(Some)
             }
         }
     }
@@ -384,6 +441,16 @@ impl Destination {
                 )
             })?;
         Ok((client, context))
+    }
+}
+
+impl Streams {
+    fn new(config: &Config) -> Self {
+        Self {
+            template: config.redis_stream.clone(),
+            dedup: config.redis_dedup,
+            script: redis::Script::new(XADD_ONCE),
+        }
     }
 }
 

@@ -54,6 +54,9 @@ Destinations (CLINK_DESTINATION):
                            ACCOUNT:EVENT_ID; completed on the server's ack
   redis://..., rediss://...  XADD to redis_stream with the fields event_id, type,
                            account, object, created and body, once per event
+  redis+cluster://host:port,host:port,...  the same in a Redis Cluster
+                           (rediss+cluster:// over TLS; user:password@ before
+                           the first host applies to every node)
 
 Settings come from the TOML file CONFIG (names as below, lower case) and the
 environment (the variables below, which win). Durations are in the unit their
