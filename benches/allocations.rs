@@ -3,7 +3,7 @@
 //! signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
 //!
 //! ```text
-//! cargo bench --bench allocations
+//! cargo bench -p clink-webhooks-benches --bench allocations
 //! ```
 //!
 //! Its own binary, since counting slows every allocation a little and the

@@ -1,7 +1,7 @@
 //! The durable inbox against direct handling and against a raw queue.
 //!
 //! ```text
-//! scripts/with-services cargo bench --bench inbox --all-features
+//! scripts/with-services cargo bench -p clink-webhooks-benches --bench inbox --all-features
 //! ```
 //!
 //! 1. **Acknowledgement latency** over HTTP on loopback, one request at a

@@ -3,7 +3,7 @@
 //! process with `oneshot`, and over loopback HTTP with the same client.
 //!
 //! ```text
-//! cargo bench --bench pipeline
+//! cargo bench -p clink-webhooks-benches --bench pipeline
 //! ```
 //!
 //! Each delivery carries a fresh event id (signed before the clock starts),

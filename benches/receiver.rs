@@ -3,7 +3,7 @@
 //! under load (1, 4, 16 and 64 keep-alive connections at once).
 //!
 //! ```text
-//! cargo bench --bench receiver
+//! cargo bench -p clink-webhooks-benches --bench receiver
 //! ```
 //!
 //! - **hmac**: HMAC-SHA256 of the same body, keyed once and cloned per call:
@@ -519,7 +519,7 @@ fn main() {
         return;
     }
     let measure = receiver::measuring();
-    // `cargo bench --bench receiver -- in_process` (or `http`, `load`) runs
+    // `cargo bench -p clink-webhooks-benches --bench receiver -- in_process` (or `http`, `load`) runs
     // only the passes named.
     let named: Vec<&str> = ["in_process", "breakdown", "http", "load"]
         .into_iter()

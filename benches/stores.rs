@@ -7,7 +7,7 @@
 //! private servers for it:
 //!
 //! ```text
-//! scripts/with-services cargo bench --bench stores --all-features
+//! scripts/with-services cargo bench -p clink-webhooks-benches --bench stores --all-features
 //! ```
 
 use std::collections::BTreeMap;
@@ -137,7 +137,7 @@ fn bench_store(
 
 fn url(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run `scripts/with-services cargo bench --bench stores --all-features`")
+        panic!("{var} is not set: run `scripts/with-services cargo bench -p clink-webhooks-benches --bench stores --all-features`")
     })
 }
 

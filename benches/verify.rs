@@ -7,7 +7,7 @@
 //! compare.
 //!
 //! ```text
-//! cargo bench --bench verify
+//! cargo bench -p clink-webhooks-benches --bench verify
 //! ```
 //!
 //! After criterion has run, its medians (read back from
