@@ -22,6 +22,11 @@
 //! - **crash-safe**: a worker that dies mid-handler loses its lease and
 //!   another takes the event; on shutdown a pool finishes or gives back
 //!   what it holds.
+//! - **on record**: each attempt's start, duration and end (completed,
+//!   failed with its error, given back, or lost with its lease) is kept on
+//!   the event, the newest 20 of them, in
+//!   [`InboxEntry::history`](crate::store::InboxEntry::history), which the
+//!   console's event page lists.
 //!
 //! # Metrics
 //!

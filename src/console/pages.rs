@@ -15,7 +15,10 @@ use http::StatusCode;
 
 use super::view::{self, Query};
 use super::{Ctx, Shared};
-use crate::store::{timed, InboxEntry, InboxFilter, InboxStatus, PageStart, Replayed, StoreError};
+use crate::store::{
+    timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, PageStart, Replayed,
+    StoreError,
+};
 use crate::Timestamp;
 
 const STYLESHEET: &str = include_str!("assets/console.css");
@@ -131,6 +134,28 @@ struct Step {
     current: bool,
 }
 
+/// A row of an event's attempts table.
+struct AttemptRow {
+    attempt: u32,
+    started: String,
+    duration: String,
+    outcome: &'static str,
+    /// The error of a failed attempt, invisible characters spelled out.
+    error: Option<String>,
+}
+
+impl AttemptRow {
+    fn new(record: &InboxAttemptRecord) -> Self {
+        Self {
+            attempt: record.attempt,
+            started: view::time(record.started_at),
+            duration: view::duration(record.duration),
+            outcome: record.outcome.as_str(),
+            error: record.outcome.error().map(view::lines),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/event.html")]
 struct EventPage {
@@ -143,6 +168,7 @@ struct EventPage {
     csrf: String,
     envelope: Vec<(&'static str, String)>,
     history: Vec<(&'static str, String)>,
+    attempts: Vec<AttemptRow>,
     body: String,
     object: Option<String>,
     timeline: Vec<Step>,
@@ -531,6 +557,7 @@ pub(super) async fn event(
             csrf: shared.keys.csrf(&ctx.who),
             envelope,
             history,
+            attempts: entry.history.iter().map(AttemptRow::new).collect(),
             body: view::pretty_body(&event.body),
             object: event.object_key.as_deref().map(view::shown),
             timeline,

@@ -219,6 +219,7 @@ mod tests {
             replays: 0,
             last_replayed_at: None,
             receipt: None,
+            history: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::inbox_history::InboxAttemptRecord;
 use super::inbox_page::{InboxActivity, PageStart};
 use super::{BoxFuture, LeaseToken, Settle, StoreError};
 use crate::events::InboxAttempt;
@@ -138,7 +139,7 @@ impl NewEvent {
 pub(crate) const ENTRY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
      object_key, signed_at_ms, received_at_ms, body, status, attempts, next_attempt_ms, \
      last_error, signing_key, handled_at_ms, replays, last_replay_ms, receipt, \
-     header_timestamp, header_signature";
+     header_timestamp, header_signature, history";
 
 /// A row of an SQL inbox, read column by column: what [`read_entry`] needs
 /// of each backend's row type.
@@ -150,6 +151,8 @@ pub(crate) trait EntryRow {
     fn text(&self, column: usize) -> Result<String, Self::Error>;
     fn optional_text(&self, column: usize) -> Result<Option<String>, Self::Error>;
     fn blob(&self, column: usize) -> Result<Vec<u8>, Self::Error>;
+    /// A JSON column (`TEXT` in SQLite, `jsonb` in PostgreSQL), as text.
+    fn json(&self, column: usize) -> Result<Option<String>, Self::Error>;
 }
 
 /// Reads an [`InboxEntry`] from a row selected with [`ENTRY_COLUMNS`].
@@ -181,6 +184,7 @@ pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {
         replays: u32::try_from(row.int(15)?).unwrap_or(0),
         last_replayed_at: row.optional_int(16)?.map(Timestamp::from_millis),
         receipt: row.optional_text(17)?,
+        history: super::inbox_history::sql::parse(row.json(20)?.as_deref()),
     })
 }
 
@@ -243,7 +247,8 @@ pub struct InboxEntry {
     pub event: NewEvent,
     /// Where it is now.
     pub status: InboxStatus,
-    /// How many times a worker took it.
+    /// How many times a worker took it since it arrived or was last
+    /// replayed (an attempt given back at shutdown is not counted).
     pub attempts: u32,
     /// When it may run next.
     pub next_attempt_at: Timestamp,
@@ -260,6 +265,11 @@ pub struct InboxEntry {
     /// Redis stream entry id, a JetStream sequence), as the handler
     /// [recorded](Inbox::record_receipt) it; cleared by a replay.
     pub receipt: Option<String>,
+    /// Its newest 20 attempts, oldest first: when each started, how long it
+    /// ran and how it ended (completed, failed with its error, given back
+    /// at shutdown, or lost when its lease ended). Kept through a replay;
+    /// empty for an event no worker took since the inbox recorded them.
+    pub history: Vec<InboxAttemptRecord>,
 }
 
 /// An event a worker took, with the fencing token that alone can settle it.
@@ -544,7 +554,10 @@ pub trait Inbox: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Inserted, StoreError>>;
 
     /// Takes the next event to handle (see [Claim order](Self#claim-order))
-    /// for `lease`, counting an attempt; `None` when there is none.
+    /// for `lease`, counting an attempt and noting when it started; `None`
+    /// when there is none. An event taken over because its lease ended
+    /// gets the lost attempt in its [history](InboxEntry::history), as
+    /// [`LeaseExpired`](super::InboxAttemptOutcome::LeaseExpired).
     ///
     /// # Errors
     ///
@@ -555,7 +568,8 @@ pub trait Inbox: Send + Sync + 'static {
         reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>>;
 
-    /// Marks a claimed event handled, if the claim still holds.
+    /// Marks a claimed event handled, if the claim still holds, and records
+    /// the attempt as [`Completed`](super::InboxAttemptOutcome::Completed).
     ///
     /// # Errors
     ///
@@ -564,7 +578,9 @@ pub trait Inbox: Send + Sync + 'static {
     fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
     /// Records a failed attempt: the event is `retrying` from `retry_at`, or
-    /// `dead` when `retry_at` is `None`, with `error` kept.
+    /// `dead` when `retry_at` is `None`, with `error` kept as its last error
+    /// and (cut to 2 KiB) in the attempt's
+    /// [`Failed`](super::InboxAttemptOutcome::Failed) record.
     ///
     /// # Errors
     ///
@@ -576,7 +592,8 @@ pub trait Inbox: Send + Sync + 'static {
         retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
-    /// Gives a claimed event back without counting the attempt (shutdown).
+    /// Gives a claimed event back without counting the attempt (shutdown),
+    /// recording it as [`Released`](super::InboxAttemptOutcome::Released).
     ///
     /// # Errors
     ///
@@ -601,8 +618,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// A [`StoreError`] when the inbox cannot be read.
     fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>>;
 
-    /// Makes event `seq` pending again now, with its attempts reset, and
-    /// counts the replay on it. A handled (`done`) event is left as it is
+    /// Makes event `seq` pending again now, with its attempts reset (its
+    /// [history](InboxEntry::history) kept), and counts the replay on it.
+    /// A handled (`done`) event is left as it is
     /// unless `force`: replaying it runs its handler a second time. A
     /// running event is always left alone.
     ///

@@ -85,6 +85,7 @@ use crate::ConfigError;
 
 mod freshness;
 mod idempotency;
+pub(crate) mod inbox_history;
 pub(crate) mod inbox_page;
 pub(crate) mod inbox_trait;
 mod memory;
@@ -101,6 +102,7 @@ mod sqlite_inbox;
 pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
+pub use inbox_history::{InboxAttemptOutcome, InboxAttemptRecord};
 pub use inbox_page::{InboxActivity, PageStart};
 pub use inbox_trait::{
     Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,

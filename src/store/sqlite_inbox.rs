@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::Notify;
 
+use super::inbox_history::bounded_error;
+use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::sql as browse;
 use super::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
 use super::{
@@ -121,6 +123,8 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
         ("receipt", "TEXT"),
         ("header_timestamp", "TEXT"),
         ("header_signature", "TEXT"),
+        ("claimed_at_ms", "INTEGER"),
+        ("history", "TEXT NOT NULL DEFAULT '[]'"),
     ] {
         let present: bool = connection.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = ?1",
@@ -135,6 +139,69 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+/// What a settle matches: the row (`?1`), its token (`?2`) and a lease
+/// still running at `?3`, the time now.
+const HOLDS: &str = "seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3";
+
+/// A settle that sets `set`, ending the claim's attempt with `outcome` and
+/// `error` at `?3`.
+fn settle_sql(set: &str, outcome: &str, error: &str) -> String {
+    format!(
+        "UPDATE clink_webhook_inbox SET {set}, token = NULL, history = {}
+         WHERE {HOLDS}",
+        append_sql(Dialect::Sqlite, "?3", outcome, error)
+    )
+}
+
+/// Marks the event done: `?1` to `?3` as [`HOLDS`] says.
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    settle_sql(
+        "status = 'done', handled_at_ms = ?3",
+        history::COMPLETED,
+        "NULL",
+    )
+});
+
+/// Fails the attempt: `?1` to `?3` as [`HOLDS`] says, the retry's time
+/// (`?4`, `NULL` for dead), the error (`?5`) and the error as the attempt
+/// keeps it (`?6`).
+static FAIL: LazyLock<String> = LazyLock::new(|| {
+    settle_sql(
+        "status = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'retrying' END, \
+         next_attempt_ms = COALESCE(?4, next_attempt_ms), last_error = ?5",
+        history::FAILED,
+        "?6",
+    )
+});
+
+/// Gives the event back: `?1` to `?3` as [`HOLDS`] says.
+static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    settle_sql(
+        "status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END, \
+         attempts = attempts - 1, lease_until_ms = 0",
+        history::RELEASED,
+        "NULL",
+    )
+});
+
+/// Takes event `?1` until `?2` with token `?3` at `?4`, the time now; an
+/// event still `running` was taken over from a worker whose lease ended,
+/// and that lost attempt goes into its history.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE clink_webhook_inbox SET status = 'running', attempts = attempts + 1,
+             lease_until_ms = ?2, token = ?3, claimed_at_ms = ?4,
+             history = CASE WHEN status = 'running' THEN {} ELSE history END
+         WHERE seq = ?1 RETURNING {ENTRY_COLUMNS}",
+        append_sql(
+            Dialect::Sqlite,
+            "lease_until_ms",
+            history::LEASE_EXPIRED,
+            "NULL"
+        )
+    )
+});
 
 /// What a replay sets, `?N` being the time now.
 fn replay_set(now: usize) -> String {
@@ -168,6 +235,10 @@ impl EntryRow for Row<'_> {
     }
 
     fn blob(&self, column: usize) -> rusqlite::Result<Vec<u8>> {
+        self.get(column)
+    }
+
+    fn json(&self, column: usize) -> rusqlite::Result<Option<String>> {
         self.get(column)
     }
 }
@@ -240,11 +311,7 @@ impl SqliteInbox {
             let value = effects(&tx)?;
             let now = Timestamp::now().as_millis();
             let changed = tx
-                .execute(
-                    "UPDATE clink_webhook_inbox SET status = 'done', handled_at_ms = ?3, token = NULL
-                     WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3",
-                    params![seq, token, now],
-                )
+                .execute(&COMPLETE, params![seq, token, now])
                 .map_err(failed)?;
             if changed != 1 {
                 return Err(Box::new(StoreError::new(
@@ -305,24 +372,26 @@ impl SqliteInbox {
         })
     }
 
+    /// Settles `claim` with `sql` (one of [`COMPLETE`], [`FAIL`] with
+    /// `failure`'s retry time and error, [`RELEASE`]).
     fn settle(
         &self,
-        set: &'static str,
+        sql: &'static str,
         claim: &InboxClaim,
-        retry: Option<i64>,
-        error: Option<String>,
+        failure: Option<(Option<i64>, String)>,
     ) -> BoxFuture<'static, Result<Settle, StoreError>> {
         let (seq, token) = (claim.entry.seq, claim.token.as_str().to_owned());
-        let sql = format!(
-            "UPDATE clink_webhook_inbox SET {set}, token = NULL
-             WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3"
-        );
         let settled = self.with(move |connection| {
             let now = Timestamp::now().as_millis();
-            let changed = if set.contains("?4") {
-                connection.execute(&sql, params![seq, token, now, retry, error])
-            } else {
-                connection.execute(&sql, params![seq, token, now])
+            let mut statement = connection
+                .prepare_cached(sql)
+                .map_err(|err| sqlite_error("cannot settle the event", &err))?;
+            let changed = match failure {
+                Some((retry, error)) => {
+                    let kept = bounded_error(&error);
+                    statement.execute(params![seq, token, now, retry, error, kept])
+                }
+                None => statement.execute(params![seq, token, now]),
             }
             .map_err(|err| sqlite_error("cannot settle the event", &err))?;
             Ok(if changed == 1 {
@@ -415,12 +484,8 @@ impl Inbox for SqliteInbox {
             };
             let entry = tx
                 .query_row(
-                    &format!(
-                        "UPDATE clink_webhook_inbox SET status = 'running', attempts = attempts + 1,
-                             lease_until_ms = ?2, token = ?3
-                         WHERE seq = ?1 RETURNING {ENTRY_COLUMNS}"
-                    ),
-                    params![seq, now.saturating_add(lease), token.as_str()],
+                    &CLAIM,
+                    params![seq, now.saturating_add(lease), token.as_str(), now],
                     |row| read_entry(row),
                 )
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
@@ -431,7 +496,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        self.settle("status = 'done', handled_at_ms = ?3", claim, None, None)
+        self.settle(&COMPLETE, claim, None)
     }
 
     fn fail<'a>(
@@ -441,22 +506,14 @@ impl Inbox for SqliteInbox {
         retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         self.settle(
-            "status = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'retrying' END, \
-             next_attempt_ms = COALESCE(?4, next_attempt_ms), last_error = ?5",
+            &FAIL,
             claim,
-            retry_at.map(Timestamp::as_millis),
-            Some(error.to_owned()),
+            Some((retry_at.map(Timestamp::as_millis), error.to_owned())),
         )
     }
 
     fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        self.settle(
-            "status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END, \
-             attempts = attempts - 1, lease_until_ms = 0",
-            claim,
-            None,
-            None,
-        )
+        self.settle(&RELEASE, claim, None)
     }
 
     fn list<'a>(

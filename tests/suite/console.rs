@@ -315,6 +315,113 @@ async fn every_page_answers_html_under_the_content_security_policy() {
     // The timeline runs in created order: the dead event first.
     let timeline = &page.body[page.body.find("Timeline").unwrap()..];
     assert!(timeline.find("evt_dead").unwrap() < timeline.find("evt_later").unwrap());
+    // Kept dead on arrival: no attempt ever ran.
+    assert!(page.body.contains("id=\"no-attempts\""), "{}", page.body);
+    assert!(!page.body.contains("id=\"attempts\""), "{}", page.body);
+
+    // A handled event lists its one attempt.
+    let page = get(&app, "/console/events/1").await;
+    let attempts = attempts_table(&page);
+    assert_eq!(
+        attempts.matches("<tr class=\"attempt\">").count(),
+        1,
+        "{attempts}"
+    );
+    assert!(attempts.contains("<td>completed</td>"), "{attempts}");
+}
+
+/// The event page's table of attempts.
+fn attempts_table(page: &Page) -> &str {
+    let start = page
+        .body
+        .find("<table class=\"attempts\"")
+        .unwrap_or_else(|| panic!("no attempts table in {}", page.body));
+    let table = &page.body[start..];
+    &table[..table.find("</table>").unwrap()]
+}
+
+#[tokio::test]
+async fn the_event_page_lists_each_attempt_with_its_error_escaped() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    inbox
+        .insert(&event(
+            "evt_tries",
+            "order.succeeded",
+            None,
+            None,
+            now - 1_000,
+            now - 1_000,
+        ))
+        .await
+        .unwrap();
+    let claim = || async {
+        inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let first = claim().await;
+    let evil = "<script>document.title='pwned'</script>";
+    inbox
+        .fail(
+            &first,
+            &format!("handler said {evil}\nand\u{202e}more"),
+            Some(Timestamp::now()),
+        )
+        .await
+        .unwrap();
+    let second = claim().await;
+    inbox.release(&second).await.unwrap();
+    let third = claim().await;
+    inbox
+        .fail(&third, "the warehouse said no", Some(Timestamp::now()))
+        .await
+        .unwrap();
+    let fourth = claim().await;
+    inbox.complete(&fourth).await.unwrap();
+    let history = inbox.get(1).await.unwrap().unwrap().history;
+    assert_eq!(history.len(), 4);
+
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let page = get(&app, "/console/events/1").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("<script>"), "{}", page.body);
+    let attempts = attempts_table(&page);
+    let rows: Vec<&str> = attempts.split("<tr class=\"attempt\">").skip(1).collect();
+    assert_eq!(rows.len(), 4, "{attempts}");
+    // Newest last, each with its number, start, duration and outcome.
+    for (row, (number, outcome)) in rows.iter().zip([
+        (1, "failed"),
+        (2, "released"),
+        (2, "failed"),
+        (3, "completed"),
+    ]) {
+        assert!(
+            row.contains(&format!("<td class=\"n\">{number}</td>")),
+            "{row}"
+        );
+        assert!(row.contains(&format!("<td>{outcome}</td>")), "{row}");
+        assert!(row.contains(" UTC</td>"), "{row}");
+        assert_eq!(row.matches("<td class=\"n\">").count(), 2, "{row}");
+    }
+    for (row, record) in rows.iter().zip(&history) {
+        let started = record.started_at.to_string().replace('T', " ");
+        let started = started.trim_end_matches('Z');
+        assert!(row.contains(started), "{started} in {row}");
+    }
+    // The error from the handler: escaped, invisible characters spelled
+    // out, its line break kept.
+    assert!(
+        rows[0].contains(
+            "handler said &#60;script&#62;document.title=&#39;pwned&#39;&#60;/script&#62;\nand\\u202emore"
+        ),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[2].contains("the warehouse said no"), "{}", rows[2]);
+    assert!(!rows[1].contains("warehouse") && !rows[3].contains("warehouse"));
 }
 
 #[tokio::test]

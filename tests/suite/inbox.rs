@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clink_webhooks::inbox::Workers;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
-use clink_webhooks::store::{InboxFilter, InboxStatus, Replayed};
+use clink_webhooks::store::{
+    InboxAttemptOutcome, InboxAttemptRecord, InboxClaim, InboxEntry, InboxFilter, InboxStatus,
+    Replayed,
+};
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
 use http_body_util::Full;
@@ -203,9 +206,225 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     assert!(inbox.get(replayed.entry.seq).await.unwrap().is_none());
 }
 
+/// Claims the one event due in `inbox`, which must be `seq`.
+async fn claim_only(inbox: &dyn Inbox, seq: i64) -> InboxClaim {
+    let claim = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .expect("an event is due");
+    assert_eq!(claim.entry.seq, seq);
+    claim
+}
+
+/// The number of the event `id` in `inbox`.
+async fn seq_of(inbox: &dyn Inbox, id: &str) -> i64 {
+    let all = inbox.list(&InboxFilter::default(), 1000).await.unwrap();
+    all.iter()
+        .find(|entry| entry.event.event_id == id)
+        .map(|entry| entry.seq)
+        .unwrap_or_else(|| panic!("{id} is not in the inbox"))
+}
+
+/// Each attempt's number and outcome.
+fn outcomes(entry: &InboxEntry) -> Vec<(u32, InboxAttemptOutcome)> {
+    entry
+        .history
+        .iter()
+        .map(|record| (record.attempt, record.outcome.clone()))
+        .collect()
+}
+
+fn failed(error: &str) -> InboxAttemptOutcome {
+    InboxAttemptOutcome::Failed {
+        error: error.to_owned(),
+    }
+}
+
+/// Each attempt starts after the one before it ended, and ends by `now`.
+fn in_order(history: &[InboxAttemptRecord], since: Timestamp) {
+    let mut previous_end = since;
+    for record in history {
+        assert!(
+            record.started_at >= previous_end,
+            "an attempt started before the one before it ended: {history:?}"
+        );
+        previous_end = record.ended_at();
+    }
+    assert!(previous_end <= Timestamp::now(), "{history:?}");
+}
+
+/// The conformance suite's part about each event's attempts: what every
+/// [`Inbox`] records of them. `inbox` must start empty.
+async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+    let since = Timestamp::now();
+    let retry_now = || Some(Timestamp::now());
+
+    // Failed twice, then completed: three attempts in order, with the errors.
+    inbox.insert(&event(&id("flaky"), None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, &id("flaky")).await;
+    let first = claim_only(&*inbox, seq).await;
+    assert!(first.entry.history.is_empty(), "no attempt ended yet");
+    inbox
+        .fail(&first, "provider <down>\nfirst", retry_now())
+        .await
+        .unwrap();
+    let second = claim_only(&*inbox, seq).await;
+    assert_eq!(
+        outcomes(&second.entry),
+        [(1, failed("provider <down>\nfirst"))],
+        "a claim returns the history so far"
+    );
+    inbox.fail(&second, "second", retry_now()).await.unwrap();
+    let third = claim_only(&*inbox, seq).await;
+    assert_eq!(inbox.complete(&third).await.unwrap(), Settle::Applied);
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        outcomes(&entry),
+        [
+            (1, failed("provider <down>\nfirst")),
+            (2, failed("second")),
+            (3, InboxAttemptOutcome::Completed),
+        ]
+    );
+    in_order(&entry.history, since);
+    // A settle that no longer holds records nothing.
+    assert_eq!(inbox.complete(&third).await.unwrap(), Settle::LeaseLost);
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap().history.len(), 3);
+
+    // A replay starts the count again and keeps the history.
+    assert_eq!(inbox.replay(seq, true).await.unwrap(), Replayed::Replayed);
+    let replayed = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!((replayed.replays, replayed.history.len()), (1, 3));
+    let again = claim_only(&*inbox, seq).await;
+    inbox.complete(&again).await.unwrap();
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.history.len(), 4);
+    assert_eq!(
+        outcomes(&entry)[3],
+        (1, InboxAttemptOutcome::Completed),
+        "the first attempt since the replay"
+    );
+    in_order(&entry.history, since);
+
+    // A worker whose lease ends without settling: the next claim records
+    // the lost attempt, which ran until its lease's end.
+    inbox.insert(&event(&id("hung"), None, 2)).await.unwrap();
+    let seq = seq_of(&*inbox, &id("hung")).await;
+    let lease = Duration::from_millis(50);
+    let before_claim = Timestamp::now();
+    let lost = inbox
+        .claim(lease, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let after_claim = Timestamp::now();
+    assert_eq!(lost.entry.seq, seq);
+    // Waiting for the lease's deadline to pass: time, not another task.
+    tokio::time::sleep(lease).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let taken_over = loop {
+        if let Some(claim) = inbox.claim(LEASE, NO_REORDER_WINDOW).await.unwrap() {
+            break claim;
+        }
+        assert!(Instant::now() < deadline, "the lease never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(taken_over.entry.seq, seq);
+    assert_eq!(
+        outcomes(&taken_over.entry),
+        [(1, InboxAttemptOutcome::LeaseExpired)]
+    );
+    let expired = &taken_over.entry.history[0];
+    assert!(
+        expired.started_at >= before_claim && expired.started_at <= after_claim,
+        "it started with the lost claim: {expired:?}"
+    );
+    assert_eq!(expired.duration, lease, "it ran until its lease ended");
+    // The lost worker's late settle changes nothing.
+    assert_eq!(
+        inbox.fail(&lost, "too late", retry_now()).await.unwrap(),
+        Settle::LeaseLost
+    );
+    inbox.complete(&taken_over).await.unwrap();
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        outcomes(&entry),
+        [
+            (1, InboxAttemptOutcome::LeaseExpired),
+            (2, InboxAttemptOutcome::Completed),
+        ]
+    );
+    in_order(&entry.history, since);
+
+    // Given back at shutdown: a released attempt, not counted.
+    inbox
+        .insert(&event(&id("released"), None, 3))
+        .await
+        .unwrap();
+    let seq = seq_of(&*inbox, &id("released")).await;
+    let claim = claim_only(&*inbox, seq).await;
+    assert_eq!(inbox.release(&claim).await.unwrap(), Settle::Applied);
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Pending);
+    assert_eq!(outcomes(&entry), [(1, InboxAttemptOutcome::Released)]);
+    let claim = claim_only(&*inbox, seq).await;
+    inbox.complete(&claim).await.unwrap();
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        outcomes(&entry),
+        [
+            (1, InboxAttemptOutcome::Released),
+            (1, InboxAttemptOutcome::Completed),
+        ],
+        "the attempt after a release has the released one's number"
+    );
+    in_order(&entry.history, since);
+
+    // A poison event failing 25 times keeps its newest 20 attempts, and
+    // each error cut to 2 KiB.
+    inbox.insert(&event(&id("poison"), None, 4)).await.unwrap();
+    let seq = seq_of(&*inbox, &id("poison")).await;
+    let long = format!("failure 25 {}", "é".repeat(3_000));
+    for n in 1..=25 {
+        let claim = claim_only(&*inbox, seq).await;
+        let error = if n == 25 {
+            long.clone()
+        } else {
+            format!("failure {n}")
+        };
+        let retry = (n < 25).then(Timestamp::now);
+        assert_eq!(
+            inbox.fail(&claim, &error, retry).await.unwrap(),
+            Settle::Applied
+        );
+    }
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Dead);
+    assert_eq!(entry.history.len(), 20);
+    let numbers: Vec<u32> = entry.history.iter().map(|r| r.attempt).collect();
+    assert_eq!(numbers, (6..=25).collect::<Vec<_>>());
+    for record in &entry.history[..19] {
+        assert_eq!(
+            record.outcome,
+            failed(&format!("failure {}", record.attempt))
+        );
+    }
+    let kept = entry.history[19].outcome.error().unwrap();
+    assert!(kept.len() <= 2048, "{} bytes kept", kept.len());
+    assert!(
+        kept.starts_with("failure 25 éé") && kept.ends_with("é…"),
+        "{kept}"
+    );
+    in_order(&entry.history, since);
+}
+
 #[tokio::test]
 async fn the_memory_inbox_conforms() {
     conformance(Arc::new(MemoryInbox::new())).await;
+    attempts_conformance(Arc::new(MemoryInbox::new())).await;
 }
 
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -425,6 +644,7 @@ async fn postgres_inbox() -> clink_webhooks::store::PostgresInbox {
 async fn the_postgres_inbox_conforms() {
     let _servers = crate::support::servers::shared().await;
     conformance(Arc::new(postgres_inbox().await)).await;
+    attempts_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -490,6 +710,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
         clink_webhooks::store::SqliteInbox::open(&path).unwrap(),
     ))
     .await;
+    attempts_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("attempts.db")).unwrap(),
+    ))
+    .await;
 
     // What was written is there when the file is opened again.
     let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
@@ -507,6 +731,229 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     assert_eq!(kept[0].event.event_id, "evt_kept");
     assert_eq!(kept[0].event.object_key.as_deref(), Some("order:ord_k"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A test's own directory under the system's temporary one.
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A file made by the version before attempts were recorded (its table as
+/// that version left it, created by hand here) opens, and the attempts run
+/// from then on are recorded; an event its workers held when they stopped
+/// is taken over without a history of what ran before.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_inbox_made_before_attempts_were_recorded_opens_and_records_them() {
+    use clink_webhooks::store::SqliteInbox;
+
+    let dir = temp_dir();
+    let path = dir.join("inbox.db");
+    let now = Timestamp::now().as_millis();
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE clink_webhook_inbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                account TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                created_ms INTEGER,
+                order_ms INTEGER NOT NULL,
+                object_key TEXT,
+                signed_at_ms INTEGER NOT NULL,
+                received_at_ms INTEGER NOT NULL,
+                body BLOB NOT NULL,
+                status TEXT NOT NULL DEFAULT 'pending',
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_ms INTEGER NOT NULL,
+                lease_until_ms INTEGER NOT NULL DEFAULT 0,
+                token TEXT,
+                last_error TEXT,
+                signing_key TEXT,
+                handled_at_ms INTEGER,
+                replays INTEGER NOT NULL DEFAULT 0,
+                last_replay_ms INTEGER,
+                receipt TEXT,
+                header_timestamp TEXT,
+                header_signature TEXT,
+                UNIQUE (account, event_id)
+            );
+            CREATE TABLE clink_webhook_inbox_health (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                at_ms INTEGER NOT NULL
+            );
+            CREATE INDEX clink_webhook_inbox_object
+                ON clink_webhook_inbox (object_key, order_ms, event_id)
+                WHERE status IN ('pending', 'retrying', 'running');",
+        )
+        .unwrap();
+        for (id, status, attempts, lease_until) in [
+            ("evt_done", "done", 1, 0),
+            ("evt_pending", "pending", 0, 0),
+            ("evt_running", "running", 1, now - 1_000),
+        ] {
+            old.execute(
+                "INSERT INTO clink_webhook_inbox (account, event_id, event_type, order_ms,
+                     signed_at_ms, received_at_ms, body, next_attempt_ms, status, attempts,
+                     lease_until_ms, token)
+                 VALUES ('', ?1, 'order.succeeded', 1, ?2, ?2, X'7B7D', ?2, ?3, ?4, ?5, 'old')",
+                rusqlite::params![id, now - 5_000, status, attempts, lease_until],
+            )
+            .unwrap();
+        }
+    }
+
+    let inbox = SqliteInbox::open(&path).unwrap();
+    let before = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+    assert_eq!(before.len(), 3);
+    assert!(before.iter().all(|entry| entry.history.is_empty()));
+    let pending = claim_only(&inbox, 2).await;
+    inbox.complete(&pending).await.unwrap();
+    assert_eq!(
+        outcomes(&inbox.get(2).await.unwrap().unwrap()),
+        [(1, InboxAttemptOutcome::Completed)]
+    );
+    // Its worker's claim time was not recorded: the lost attempt is not
+    // in the history, the ones after it are.
+    let taken_over = claim_only(&inbox, 3).await;
+    assert_eq!(taken_over.entry.attempts, 2);
+    assert!(taken_over.entry.history.is_empty());
+    inbox.fail(&taken_over, "still down", None).await.unwrap();
+    drop(inbox);
+
+    // Opened again: nothing to add, everything kept.
+    let inbox = SqliteInbox::open(&path).unwrap();
+    let entry = inbox.get(3).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Dead);
+    assert_eq!(outcomes(&entry), [(2, failed("still down"))]);
+    assert!(inbox.get(1).await.unwrap().unwrap().history.is_empty());
+    inbox.check_writable().await.unwrap();
+    drop(inbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A handler that completes its event in its own transaction
+/// ([`SqliteInbox::complete_with`]) records the attempt as completed.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_handler_completing_in_the_sqlite_inbox_records_its_attempt() {
+    use clink_webhooks::store::SqliteInbox;
+
+    let dir = temp_dir();
+    let path = dir.join("inbox.db");
+    let inbox = SqliteInbox::open(&path).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE paid (order_id TEXT NOT NULL)")
+        .unwrap();
+    let handler_inbox = inbox.clone();
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |event| {
+        let inbox = handler_inbox.clone();
+        async move {
+            let attempt = event.inbox_attempt().expect("run by the workers");
+            let order = event.data.order_id.clone().unwrap_or_default();
+            inbox
+                .complete_with(attempt, move |tx| {
+                    tx.execute("INSERT INTO paid (order_id) VALUES (?1)", [order])?;
+                    Ok(())
+                })
+                .await
+        }
+    });
+    let pool = Workers::new(inbox.clone(), router)
+        .reorder_window(NO_REORDER_WINDOW)
+        .unwrap()
+        .spawn();
+    inbox
+        .insert(&event("evt_with", Some("ord_with"), 1))
+        .await
+        .unwrap();
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Done);
+    assert_eq!(outcomes(&entry), [(1, InboxAttemptOutcome::Completed)]);
+    drop(inbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A PostgreSQL table made by the version before attempts were recorded
+/// (created by hand here as that version left it) is migrated, and the
+/// attempts run from then on are recorded.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_inbox_made_before_attempts_were_recorded_migrates_and_records_them() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let now = Timestamp::now().as_millis();
+    let client = pg_pool().get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{table}\" (
+                seq bigserial PRIMARY KEY,
+                account text NOT NULL,
+                event_id text NOT NULL,
+                event_type text NOT NULL,
+                created_ms bigint,
+                order_ms bigint NOT NULL,
+                object_key text COLLATE \"C\",
+                signed_at_ms bigint NOT NULL,
+                received_at_ms bigint NOT NULL,
+                body bytea NOT NULL,
+                status text NOT NULL DEFAULT 'pending',
+                attempts integer NOT NULL DEFAULT 0,
+                next_attempt_ms bigint NOT NULL,
+                lease_until_ms bigint NOT NULL DEFAULT 0,
+                token text,
+                last_error text,
+                signing_key text,
+                handled_at_ms bigint,
+                replays integer NOT NULL DEFAULT 0,
+                last_replay_ms bigint,
+                receipt text,
+                header_timestamp text,
+                header_signature text,
+                UNIQUE (account, event_id)
+            );
+            INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, signed_at_ms,
+                received_at_ms, body, next_attempt_ms, status, attempts, lease_until_ms, token)
+            VALUES ('', 'evt_pending', 'order.succeeded', 1, {old}, {old}, '\\x7b7d', {old},
+                    'pending', 0, 0, NULL),
+                   ('', 'evt_running', 'order.succeeded', 1, {old}, {old}, '\\x7b7d', {old},
+                    'running', 1, {expired}, 'old');",
+            old = now - 5_000,
+            expired = now - 1_000,
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    // A second migration finds nothing to add.
+    inbox.migrate().await.unwrap();
+    let before = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|entry| entry.history.is_empty()));
+    let pending = claim_only(&inbox, 1).await;
+    inbox.complete(&pending).await.unwrap();
+    assert_eq!(
+        outcomes(&inbox.get(1).await.unwrap().unwrap()),
+        [(1, InboxAttemptOutcome::Completed)]
+    );
+    let taken_over = claim_only(&inbox, 2).await;
+    assert!(taken_over.entry.history.is_empty());
+    inbox.release(&taken_over).await.unwrap();
+    assert_eq!(
+        outcomes(&inbox.get(2).await.unwrap().unwrap()),
+        [(2, InboxAttemptOutcome::Released)]
+    );
 }
 
 /// The example receiver with its inbox where `inbox` says, and `env` set.
@@ -1154,7 +1601,13 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
     assert_eq!(done.len(), 1, "{done:?}");
     let seq = done[0].seq;
     pool_handle.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(inbox.get(seq).await.unwrap().unwrap().attempts, 1);
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.attempts, 1);
+    assert_eq!(
+        outcomes(&entry),
+        [(1, InboxAttemptOutcome::Completed)],
+        "completed in the handler's transaction, recorded with it"
+    );
     assert_eq!(
         *runs.lock().unwrap(),
         1,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::events::InboxAttempt;
+use crate::store::inbox_history::{self, InboxAttemptOutcome, InboxAttemptRecord};
 use crate::store::inbox_page::{on_page, page_of};
 use crate::store::inbox_trait::order_key;
 use crate::store::{
@@ -37,6 +38,25 @@ struct Held {
     entry: InboxEntry,
     token: Option<LeaseToken>,
     lease_until: Timestamp,
+    /// When the latest claim took it.
+    claimed_at: Timestamp,
+}
+
+impl Held {
+    /// Records the attempt of the latest claim, ended at `ended` with `outcome`.
+    fn record(&mut self, ended: Timestamp, outcome: InboxAttemptOutcome) {
+        let ran = ended
+            .as_millis()
+            .saturating_sub(self.claimed_at.as_millis())
+            .max(0);
+        let record = InboxAttemptRecord::new(
+            self.entry.attempts,
+            self.claimed_at,
+            Duration::from_millis(u64::try_from(ran).unwrap_or(0)),
+            outcome,
+        );
+        inbox_history::push(&mut self.entry.history, record);
+    }
 }
 
 fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
@@ -58,9 +78,12 @@ impl MemoryInbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Settles `claim` if it still holds: records its attempt as ended
+    /// with `outcome`, then makes `change`.
     fn settle(
         &self,
         claim: &InboxClaim,
+        outcome: InboxAttemptOutcome,
         change: impl FnOnce(&mut Held),
     ) -> Result<Settle, StoreError> {
         let now = Timestamp::now();
@@ -74,6 +97,7 @@ impl MemoryInbox {
         if !holds {
             return Ok(Settle::LeaseLost);
         }
+        held.record(now, outcome);
         change(held);
         held.token = None;
         Ok(Settle::Applied)
@@ -108,9 +132,11 @@ impl MemoryInbox {
                     replays: 0,
                     last_replayed_at: None,
                     receipt: None,
+                    history: Vec::new(),
                 },
                 token: None,
                 lease_until: event.received_at,
+                claimed_at: event.received_at,
             },
         );
         drop(state);
@@ -201,6 +227,12 @@ impl Inbox for MemoryInbox {
             return ready(Ok(None));
         };
         let token = LeaseToken::generate();
+        if held.entry.status == InboxStatus::Running {
+            // Its worker's lease ended before it settled the event.
+            let ended = held.lease_until;
+            held.record(ended, InboxAttemptOutcome::LeaseExpired);
+        }
+        held.claimed_at = now;
         held.entry.status = InboxStatus::Running;
         held.entry.attempts += 1;
         held.token = Some(token.clone());
@@ -212,7 +244,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn complete<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        ready(self.settle(claim, |held| {
+        ready(self.settle(claim, InboxAttemptOutcome::Completed, |held| {
             held.entry.status = InboxStatus::Done;
             held.entry.handled_at = Some(Timestamp::now());
         }))
@@ -224,7 +256,10 @@ impl Inbox for MemoryInbox {
         error: &'a str,
         retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        ready(self.settle(claim, |held| {
+        let failed = InboxAttemptOutcome::Failed {
+            error: inbox_history::bounded_error(error),
+        };
+        ready(self.settle(claim, failed, |held| {
             held.entry.last_error = Some(error.to_owned());
             match retry_at {
                 Some(at) => {
@@ -237,7 +272,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn release<'a>(&'a self, claim: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        let settled = self.settle(claim, |held| {
+        let settled = self.settle(claim, InboxAttemptOutcome::Released, |held| {
             held.entry.attempts = held.entry.attempts.saturating_sub(1);
             held.entry.status = if held.entry.attempts == 0 {
                 InboxStatus::Pending

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::schema::{check_table_name, quote};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
+use crate::store::inbox_history::bounded_error;
+use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::sql as browse;
 use crate::store::inbox_trait::{
     filter_sql, order_key, read_entry, EntryRow, FilterParams, ENTRY_COLUMNS,
@@ -84,6 +86,22 @@ impl Sql {
         let bare = table.rsplit('.').next().unwrap_or(table);
         let channel = format!("{bare}_inserted");
         let live = "('pending', 'retrying', 'running')";
+        // A settle matches the row, its token and a lease still running now ($3).
+        let holds = "seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3";
+        // Each settle ends the claim's attempt now; a claim of an event still
+        // running ends the attempt whose lease ended, at the lease's end.
+        let ended = |outcome, error| append_sql(Dialect::Postgres, "$3", outcome, error);
+        let (completed, failed, released) = (
+            ended(history::COMPLETED, "NULL::text"),
+            ended(history::FAILED, "$6::text"),
+            ended(history::RELEASED, "NULL::text"),
+        );
+        let lost = append_sql(
+            Dialect::Postgres,
+            &format!("{t}.lease_until_ms"),
+            history::LEASE_EXPIRED,
+            "NULL::text",
+        );
         Self {
             table: table.to_owned(),
             schema: format!(
@@ -117,6 +135,8 @@ impl Sql {
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS receipt text;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS header_timestamp text;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS header_signature text;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS claimed_at_ms bigint;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS history jsonb NOT NULL DEFAULT '[]'::jsonb;
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
@@ -147,7 +167,8 @@ impl Sql {
                     LIMIT 1
                     FOR UPDATE SKIP LOCKED)
                  UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                                lease_until_ms = $1 + $2, token = $4
+                                lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
+                                history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
                  FROM candidate WHERE {t}.seq = candidate.seq
                  RETURNING {}",
                 ENTRY_COLUMNS
@@ -157,19 +178,21 @@ impl Sql {
                     .join(", ")
             ),
             complete: format!(
-                "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = $3
-                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+                "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = $3,
+                                history = {completed}
+                 WHERE {holds}"
             ),
             fail: format!(
                 "UPDATE {t} SET status = CASE WHEN $4::bigint IS NULL THEN 'dead' ELSE 'retrying' END,
                                 next_attempt_ms = COALESCE($4::bigint, next_attempt_ms),
-                                last_error = $5, token = NULL
-                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+                                last_error = $5, token = NULL, history = {failed}
+                 WHERE {holds}"
             ),
             release: format!(
                 "UPDATE {t} SET status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END,
-                                attempts = attempts - 1, token = NULL, lease_until_ms = 0
-                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+                                attempts = attempts - 1, token = NULL, lease_until_ms = 0,
+                                history = {released}
+                 WHERE {holds}"
             ),
             list: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {t} WHERE {} ORDER BY seq LIMIT $7",
@@ -268,6 +291,36 @@ impl EntryRow for Row {
 
     fn blob(&self, column: usize) -> Result<Vec<u8>, tokio_postgres::Error> {
         self.try_get(column)
+    }
+
+    fn json(&self, column: usize) -> Result<Option<String>, tokio_postgres::Error> {
+        self.try_get::<_, Option<JsonText>>(column)
+            .map(|json| json.map(|j| j.0))
+    }
+}
+
+/// A `json` or `jsonb` value as its text, without a JSON library's types.
+struct JsonText(String);
+
+impl<'a> FromSql<'a> for JsonText {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // `jsonb` comes as a version byte (1) and then the JSON text.
+        let text = if *ty == Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("an unknown jsonb format".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(Self(std::str::from_utf8(text)?.to_owned()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
     }
 }
 
@@ -585,10 +638,15 @@ impl Inbox for PostgresInbox {
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
             let retry = retry_at.map(Timestamp::as_millis);
+            let kept = bounded_error(error);
             self.settle(
                 &self.sql.fail,
                 claim,
-                &[(&retry, Type::INT8), (&error, Type::TEXT)],
+                &[
+                    (&retry, Type::INT8),
+                    (&error, Type::TEXT),
+                    (&kept, Type::TEXT),
+                ],
             )
             .await
         })
