@@ -415,7 +415,7 @@ async fn nats_count(jetstream: &async_nats::jetstream::Context, stream: &str) ->
 }
 
 /// What a Redis stream holds: each entry's event id, in order.
-async fn redis_ids(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+async fn redis_ids(redis: &mut impl redis::aio::ConnectionLike, stream: &str) -> Vec<String> {
     // XRANGE answers [id, [field, value, ...]] per entry.
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(stream)
@@ -1340,28 +1340,8 @@ async fn events_reach_a_redis_cluster_once_and_in_order() {
     }
     let cluster = redis::cluster::ClusterClient::new(nodes).unwrap();
     let mut redis = cluster.get_async_connection().await.unwrap();
-    let ids = |redis: &mut redis::cluster_async::ClusterConnection| {
-        let stream = stream.clone();
-        let mut redis = redis.clone();
-        async move {
-            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            entries
-                .into_iter()
-                .map(|(_, fields)| {
-                    let at = fields.iter().position(|f| f == "event_id").unwrap();
-                    fields[at + 1].clone()
-                })
-                .collect::<Vec<String>>()
-        }
-    };
     until("every event in the cluster's stream", PHASE, async || {
-        ids(&mut redis).await.len() >= all.len()
+        redis_ids(&mut redis, &stream).await.len() >= all.len()
     })
     .await;
 
@@ -1373,7 +1353,7 @@ async fn events_reach_a_redis_cluster_once_and_in_order() {
         drained(&client, &base).await
     })
     .await;
-    let seen = ids(&mut redis).await;
+    let seen = redis_ids(&mut redis, &stream).await;
     assert_eq!(seen.len(), all.len(), "each event once: {seen:?}");
     let unique_ids: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique_ids.len(), all.len());
