@@ -97,6 +97,7 @@ impl VerifiedEvent {
     }
 
     /// The key's name as a shared string, for a metric label.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn key_label(&self) -> &Arc<str> {
         &self.key_name
     }

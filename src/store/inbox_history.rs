@@ -214,8 +214,10 @@ pub(crate) mod sql {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Dialect {
         /// `history` is `TEXT` holding JSON.
+        #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
         Sqlite,
         /// `history` is `jsonb`.
+        #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
         Postgres,
     }
 

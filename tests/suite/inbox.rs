@@ -1223,6 +1223,22 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
     );
     let shown = cli(&["show", &second.entry.seq.to_string(), "--json"]);
     assert!(shown.contains("evt_bad"), "{shown}");
+    // Its attempt: failed, with the handler's error.
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let history = shown["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{shown}");
+    assert_eq!(history[0]["attempt"], 1);
+    assert_eq!(history[0]["outcome"], "failed");
+    assert_eq!(history[0]["error"], "provider\ndown");
+    let text = cli(&["show", &second.entry.seq.to_string()]);
+    let attempt = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("attempt 1 at "))
+        .unwrap_or_else(|| panic!("no attempt line in {text}"));
+    assert!(
+        attempt.ends_with(r#": failed: "provider\ndown""#),
+        "{attempt}"
+    );
 
     assert_eq!(cli(&["replay", "--dead"]).trim(), "replayed 1");
     assert_eq!(

@@ -237,8 +237,43 @@ fn entry_json(entry: &InboxEntry, with_body: bool) -> serde_json::Value {
     });
     if with_body {
         value["body"] = json!(String::from_utf8_lossy(&event.body));
+        value["history"] = entry
+            .history
+            .iter()
+            .map(|record| {
+                json!({
+                    "attempt": record.attempt,
+                    "started_at": record.started_at.to_string(),
+                    "duration_ms": u64::try_from(record.duration.as_millis()).unwrap_or(u64::MAX),
+                    "outcome": record.outcome.as_str(),
+                    "error": record.outcome.error(),
+                })
+            })
+            .collect();
     }
     value
+}
+
+/// One line per recorded attempt, oldest first: its number, when it
+/// started, how long it ran and how it ended (with the error, escaped).
+fn history_lines(entry: &InboxEntry) -> Vec<String> {
+    entry
+        .history
+        .iter()
+        .map(|record| {
+            let mut line = format!(
+                "        attempt {} at {}, {} ms: {}",
+                record.attempt,
+                record.started_at,
+                record.duration.as_millis(),
+                record.outcome.as_str()
+            );
+            if let Some(error) = record.outcome.error() {
+                line.push_str(&format!(": {}", escaped(error)));
+            }
+            line
+        })
+        .collect()
 }
 
 fn entry_line(entry: &InboxEntry) -> String {
@@ -437,6 +472,9 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
             } else {
                 out.line(&entry_line(&entry));
                 for line in entry_details(&entry) {
+                    out.line(&line);
+                }
+                for line in history_lines(&entry) {
                     out.line(&line);
                 }
             }
