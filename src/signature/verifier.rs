@@ -705,6 +705,44 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_puts_the_new_key_first_and_caps_the_old_ones() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let hour = Duration::from_secs(3600);
+        let key = |name: &str| {
+            SigningKey::new(format!("whsec_{name}"))
+                .unwrap()
+                .named(name)
+                .unwrap()
+        };
+        let before = Verifier::from_key(&key("current"))
+            .add_key(key("soon").expires_at(now + Duration::from_secs(60)))
+            .add_key(key("later").expires_at(now + 2 * hour))
+            .add_key(key("gone").expires_at(now))
+            .max_age(Duration::from_secs(7));
+        let after = before.rotated_at(key("new"), hour, now);
+        assert_eq!(
+            after.key_names().collect::<Vec<_>>(),
+            ["new", "current", "soon", "later"],
+            "the new key first, an expired one dropped"
+        );
+        let expiries: Vec<_> = after.keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(
+            expiries,
+            [
+                None,
+                Some(now + hour),
+                Some(now + Duration::from_secs(60)),
+                Some(now + hour)
+            ],
+            "the old keys last the grace period, or less when they expire sooner"
+        );
+        assert_eq!(after.max_age, Duration::from_secs(7), "settings kept");
+        // Rotations do not pile keys up: once the grace ends, the next one drops them.
+        let again = after.rotated_at(key("newer"), hour, now + 2 * hour);
+        assert_eq!(again.key_names().collect::<Vec<_>>(), ["newer", "new"]);
+    }
+
+    #[test]
     fn a_signature_by_an_expired_key_is_told_from_a_forgery() {
         let ts = "1700000000000";
         let now = at_ms(1_700_000_000_000);
