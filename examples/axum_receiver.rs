@@ -149,6 +149,7 @@ impl Clink {
     }
 
     /// Whether there is a client.
+    #[cfg_attr(not(feature = "api"), allow(clippy::unused_self))]
     fn enabled(&self) -> bool {
         #[cfg(feature = "api")]
         return self.client.is_some();
