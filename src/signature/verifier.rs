@@ -235,9 +235,11 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
-        parse_timestamp(timestamp)?;
+        // Each header read once, in the documented order: the timestamp's
+        // form, the signature's form, then the keys and the window.
+        let signed_at = parse_timestamp(timestamp)?;
         let signature = parse_signature(signature)?;
-        let signed_at = self.check_timestamp(timestamp, now)?;
+        self.check_parsed(signed_at, now)?;
         self.verify_parsed(timestamp, signed_at, &signature, body, now)
     }
 
