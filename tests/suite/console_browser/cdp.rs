@@ -110,6 +110,12 @@ impl Chrome {
     /// Sends one command and returns its result, skipping the events
     /// that come meanwhile.
     pub(super) fn call(&mut self, method: &str, params: &Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|reply| panic!("{method} failed: {reply}"))
+    }
+
+    /// [`call`](Self::call), with an error answer given back.
+    fn try_call(&mut self, method: &str, params: &Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let message = json!({"id": id, "method": method, "params": params}).to_string();
@@ -117,8 +123,10 @@ impl Chrome {
         loop {
             let reply: Value = serde_json::from_slice(&self.read_message()).unwrap();
             if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method} failed: {reply}");
-                return reply["result"].clone();
+                if reply.get("error").is_some() {
+                    return Err(reply);
+                }
+                return Ok(reply["result"].clone());
             }
         }
     }
@@ -177,12 +185,25 @@ impl Chrome {
     }
 
     /// The value of a JavaScript expression evaluated in the page.
+    ///
+    /// When a navigation replaces the document while the expression runs
+    /// (the page a click leads to loading on a slow machine), Chromium
+    /// answers "Inspected target navigated or closed": the expression is
+    /// then evaluated again, in the new document.
     pub(super) fn eval(&mut self, expression: &str) -> Value {
-        let result = self.call(
-            "Runtime.evaluate",
-            &json!({"expression": expression, "returnByValue": true}),
-        );
-        result["result"]["value"].clone()
+        let params = json!({"expression": expression, "returnByValue": true});
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.try_call("Runtime.evaluate", &params) {
+                Ok(result) => return result["result"]["value"].clone(),
+                Err(reply)
+                    if reply["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("navigated or closed"))
+                        && Instant::now() < deadline => {}
+                Err(reply) => panic!("Runtime.evaluate failed: {reply}"),
+            }
+        }
     }
 
     /// Marks the page now shown, so that a wait can tell when another one
