@@ -34,11 +34,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// Allocations (and reallocations) and bytes per delivery through `service`,
 /// over `count` fresh deliveries after a warm-up.
 fn per_delivery<S, ResB>(
-    rt: &tokio::runtime::Runtime,
-    service: &S,
-    first_id: &mut u64,
-    count: u64,
-    size: usize,
+    rt: &tokio::runtime::Runtime, service: &S, first_id: &mut u64, count: u64, size: usize,
 ) -> (f64, f64)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,

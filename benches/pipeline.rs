@@ -94,8 +94,7 @@ where
     >;
 
     fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
+        &mut self, _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
@@ -142,11 +141,7 @@ where
 
 /// Times `iters` deliveries, each signed before the clock starts.
 fn time_in_process<S, ResB>(
-    rt: &tokio::runtime::Runtime,
-    service: &S,
-    iters: u64,
-    size: usize,
-    first_id: &mut u64,
+    rt: &tokio::runtime::Runtime, service: &S, iters: u64, size: usize, first_id: &mut u64,
 ) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
@@ -155,11 +150,7 @@ where
 }
 
 fn time_in_process_at<S, ResB>(
-    rt: &tokio::runtime::Runtime,
-    service: &S,
-    uri: &str,
-    iters: u64,
-    size: usize,
+    rt: &tokio::runtime::Runtime, service: &S, uri: &str, iters: u64, size: usize,
     first_id: &mut u64,
 ) -> Duration
 where
@@ -180,12 +171,8 @@ where
 }
 
 fn time_over_http(
-    rt: &tokio::runtime::Runtime,
-    client: &Client<HttpConnector, Full<Bytes>>,
-    addr: SocketAddr,
-    iters: u64,
-    size: usize,
-    first_id: &mut u64,
+    rt: &tokio::runtime::Runtime, client: &Client<HttpConnector, Full<Bytes>>, addr: SocketAddr,
+    iters: u64, size: usize, first_id: &mut u64,
 ) -> Duration {
     let uri = format!("http://{addr}/webhooks/clink");
     let requests: Vec<_> = (0..iters)

@@ -113,10 +113,7 @@ where
 
 /// Times `count` deliveries over one keep-alive connection, one at a time.
 fn time_over_http(
-    rt: &Runtime,
-    client: &Client<HttpConnector, Full<Bytes>>,
-    addr: SocketAddr,
-    count: u64,
+    rt: &Runtime, client: &Client<HttpConnector, Full<Bytes>>, addr: SocketAddr, count: u64,
     size: usize,
 ) -> Duration {
     let uri = format!("http://{addr}/webhooks/clink");
@@ -136,9 +133,7 @@ fn time_over_http(
 /// (at least `rounds` rounds) and returns the median time per delivery of
 /// each.
 fn interleave(
-    budget: Duration,
-    rounds: usize,
-    batch: u64,
+    budget: Duration, rounds: usize, batch: u64,
     contestants: &mut [&mut dyn FnMut(u64) -> Duration],
 ) -> Vec<Duration> {
     let mut samples = vec![Vec::new(); contestants.len()];

@@ -124,10 +124,7 @@ where
 }
 
 fn bench_store(
-    c: &mut Criterion,
-    runtime: &Runtime,
-    group: &str,
-    store: Arc<dyn IdempotencyStore>,
+    c: &mut Criterion, runtime: &Runtime, group: &str, store: Arc<dyn IdempotencyStore>,
 ) {
     bench_op(c, runtime, group, "store", move |key| {
         let store = Arc::clone(&store);

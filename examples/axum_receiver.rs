@@ -161,8 +161,7 @@ impl Clink {
     /// there is a client and Clink can read objects of its family. Whether
     /// it did.
     async fn print_current(
-        &self,
-        key: Option<clink_webhooks::events::ObjectKey>,
+        &self, key: Option<clink_webhooks::events::ObjectKey>,
     ) -> Result<bool, BoxError> {
         #[cfg(feature = "api")]
         if let (Some(client), Some(key)) = (&self.client, key) {
@@ -216,11 +215,7 @@ impl Effects {
     /// Writes the row of a handled event, and marks the event done, in one
     /// transaction. `attempt` is the workers' run of the event.
     async fn record(
-        &self,
-        attempt: Option<&InboxAttempt>,
-        account: Option<&str>,
-        id: &str,
-        event_type: &str,
+        &self, attempt: Option<&InboxAttempt>, account: Option<&str>, id: &str, event_type: &str,
     ) -> Result<(), BoxError> {
         let row = (
             account.unwrap_or_default().to_owned(),
@@ -303,9 +298,7 @@ fn handler_delay() -> Duration {
 /// committed with the event's completion; then the optional delay, a slow
 /// call made once the writes are safe (an email, a request); then the line.
 async fn handle<T: Resource>(
-    event: Event<T>,
-    effects: &Effects,
-    clink: &Clink,
+    event: Event<T>, effects: &Effects, clink: &Clink,
 ) -> Result<(), BoxError> {
     let delay = handler_delay();
     if !delay.is_zero() {
@@ -355,8 +348,7 @@ impl EveryHandler for Handled {
     type Error = BoxError;
 
     fn handle<T: Resource + Send + 'static>(
-        &self,
-        event: Event<T>,
+        &self, event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
         let (effects, clink) = (self.effects.clone(), self.clink.clone());
         Box::pin(async move { handle(event, &effects, &clink).await })
@@ -405,8 +397,7 @@ fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<Wi
 /// cannot read), the delivery is answered 500 and retried, as the router
 /// does by default.
 fn heal_undecodable(
-    router: EventRouter<WithState<AppState>>,
-    clink: Clink,
+    router: EventRouter<WithState<AppState>>, clink: Clink,
 ) -> EventRouter<WithState<AppState>> {
     if !clink.enabled() {
         return router;
@@ -637,8 +628,7 @@ fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<
 /// `CLINK_CONSOLE_TOKEN` is set (it needs the `console` feature and an
 /// inbox); `app` as it is otherwise.
 fn console(
-    app: Router,
-    inbox: Option<Arc<dyn Inbox>>,
+    app: Router, inbox: Option<Arc<dyn Inbox>>,
 ) -> Result<Router, Box<dyn std::error::Error>> {
     let Some(token) = env_value("CLINK_CONSOLE_TOKEN") else {
         return Ok(app);

@@ -117,10 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn route<S>(
-    request: Request<Incoming>,
-    webhook: S,
-    readiness: Readiness,
-    prometheus: PrometheusHandle,
+    request: Request<Incoming>, webhook: S, readiness: Readiness, prometheus: PrometheusHandle,
 ) -> Result<Response<Body>, Infallible>
 where
     S: tower::Service<Request<Incoming>, Error = Infallible> + Send,

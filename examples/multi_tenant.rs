@@ -54,8 +54,7 @@ impl EveryHandler for Handled {
     type Error = std::io::Error;
 
     fn handle<T: Resource + Send + 'static>(
-        &self,
-        event: Event<T>,
+        &self, event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
         // Account ids are checked by the layer: letters, digits, `_-.` only.
         let account = event.account().unwrap_or("-");
@@ -199,10 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// `delay`, fails when `fails`, and is counted in `lookups`. In front of
 /// it, a `CachedKeySource` with its default limits.
 fn database(
-    accounts: KeyMap,
-    delay: Duration,
-    fails: bool,
-    lookups: Arc<AtomicU64>,
+    accounts: KeyMap, delay: Duration, fails: bool, lookups: Arc<AtomicU64>,
 ) -> impl clink_webhooks::accounts::KeySource {
     CachedKeySource::new(move |account: String| {
         lookups.fetch_add(1, Ordering::Relaxed);

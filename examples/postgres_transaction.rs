@@ -52,11 +52,7 @@ fn reason(err: &(dyn Error + 'static)) -> String {
 
 /// Handles one `order.succeeded` delivery.
 async fn record_payment(
-    pool: &Pool,
-    store: &PostgresStore,
-    event_id: &str,
-    order_id: &str,
-    amount_cents: i64,
+    pool: &Pool, store: &PostgresStore, event_id: &str, order_id: &str, amount_cents: i64,
 ) -> Result<Outcome, Box<dyn Error>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;

@@ -212,15 +212,13 @@ pub trait KeySource: Send + Sync + 'static {
     /// [`KeySourceError::limited`] when the source will not look them up
     /// now); the delivery is answered `503` and Clink retries it.
     fn verifier<'a>(
-        &'a self,
-        account: &'a str,
+        &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>>;
 }
 
 impl<K: KeySource + ?Sized> KeySource for Arc<K> {
     fn verifier<'a>(
-        &'a self,
-        account: &'a str,
+        &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         (**self).verifier(account)
     }
@@ -259,9 +257,7 @@ impl KeyMap {
     /// A [`ConfigError`] when `account` is not a valid account id (see
     /// [`is_valid_account`]).
     pub fn insert(
-        &self,
-        account: impl Into<String>,
-        verifier: Verifier,
+        &self, account: impl Into<String>, verifier: Verifier,
     ) -> Result<(), ConfigError> {
         let account = account.into();
         check_account(&account)?;
@@ -278,11 +274,7 @@ impl KeyMap {
 
     /// [`rotate`](Self::rotate) as of `now`.
     pub(crate) fn rotate_at(
-        &self,
-        account: &str,
-        key: SigningKey,
-        grace: Duration,
-        now: std::time::SystemTime,
+        &self, account: &str, key: SigningKey, grace: Duration, now: std::time::SystemTime,
     ) -> bool {
         match self.accounts.get_mut(account) {
             Some(mut verifier) => {
@@ -321,8 +313,7 @@ impl KeyMap {
 
 impl KeySource for KeyMap {
     fn verifier<'a>(
-        &'a self,
-        account: &'a str,
+        &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         Box::pin(std::future::ready(Ok(self.get(account))))
     }
@@ -708,8 +699,7 @@ where
     E: Into<BoxError>,
 {
     fn verifier<'a>(
-        &'a self,
-        account: &'a str,
+        &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         if self.precheck.as_ref().is_some_and(|check| !check(account)) {
             return Box::pin(std::future::ready(Ok(None)));

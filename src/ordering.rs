@@ -85,9 +85,7 @@ pub(crate) struct Tracked<'a> {
 /// The store's error when it cannot be read; the delivery is then refused
 /// with `503` and retried.
 pub(crate) async fn check<'a>(
-    store: Option<&'a dyn FreshnessStore>,
-    object: Option<ObjectKey>,
-    version: Option<Version>,
+    store: Option<&'a dyn FreshnessStore>, object: Option<ObjectKey>, version: Option<Version>,
     raw: &RawEvent,
 ) -> Result<(Freshness, Option<Tracked<'a>>), StoreError> {
     let (Some(store), Some(object), Some(version)) = (store, object, version) else {

@@ -30,9 +30,7 @@ pub(crate) const DEFAULT_OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(10)
 /// at its next tick). Whether the task was started: there is no timer
 /// outside a runtime.
 pub(crate) fn every_interval<T: Send + Sync + 'static>(
-    target: &Arc<T>,
-    interval: Duration,
-    tick: fn(&T) -> bool,
+    target: &Arc<T>, interval: Duration, tick: fn(&T) -> bool,
 ) -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return false;

@@ -84,9 +84,7 @@ impl FailurePersistence for ReadOnly {
     }
 
     fn save_persisted_failure2(
-        &mut self,
-        source_file: Option<&'static str>,
-        seed: PersistedSeed,
+        &mut self, source_file: Option<&'static str>, seed: PersistedSeed,
         shrunken_value: &dyn fmt::Debug,
     ) {
         eprintln!(

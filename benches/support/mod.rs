@@ -116,9 +116,7 @@ impl Estimates {
 /// batches that take turns (in rotating order) for about `budget`, so that
 /// load from other processes falls on all of them alike.
 pub(crate) fn interleaved(
-    len: usize,
-    budget: Duration,
-    contestants: &mut [&mut dyn FnMut()],
+    len: usize, budget: Duration, contestants: &mut [&mut dyn FnMut()],
 ) -> Vec<f64> {
     // About 50 µs of hashing per batch, and at least one call.
     let batch = u32::try_from(100_000 / len.max(1)).map_or(1000, |b| b.clamp(1, 1000));

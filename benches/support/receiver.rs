@@ -103,8 +103,7 @@ impl http_body::Body for Chunks {
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        mut self: Pin<&mut Self>, _: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         let next = self.0.iter_mut().find_map(Option::take);
         Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))

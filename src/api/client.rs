@@ -365,11 +365,7 @@ impl Client {
 
     /// Makes a call and returns the body of an answer that says yes.
     pub(crate) async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Bytes>,
+        &self, method: Method, path: &str, query: &[(&str, String)], body: Option<Bytes>,
     ) -> Result<Bytes, ApiError> {
         let call = format!("{method} /{path}");
         let mut url = format!("{}{path}", self.inner.base);
@@ -571,11 +567,7 @@ impl Client {
 
     /// The body of an answer that says yes, or the error it says.
     fn judge(
-        &self,
-        call: &str,
-        status: StatusCode,
-        headers: &http::HeaderMap,
-        body: Bytes,
+        &self, call: &str, status: StatusCode, headers: &http::HeaderMap, body: Bytes,
     ) -> Result<Bytes, ApiError> {
         let said = || scrub(&String::from_utf8_lossy(&body), &self.inner.keys);
         if !status.is_success() {
@@ -628,9 +620,7 @@ impl Client {
 
     /// The `data` of an answer, decoded; `None` when it is missing or null.
     pub(crate) fn data<T: DeserializeOwned>(
-        &self,
-        call: &str,
-        body: &[u8],
+        &self, call: &str, body: &[u8],
     ) -> Result<Option<T>, ApiError> {
         #[derive(Deserialize)]
         struct Data<T> {
@@ -644,9 +634,7 @@ impl Client {
 
     /// A whole answer decoded (the lists, which are not wrapped in `data`).
     pub(crate) fn whole<T: DeserializeOwned>(
-        &self,
-        call: &str,
-        body: &[u8],
+        &self, call: &str, body: &[u8],
     ) -> Result<T, ApiError> {
         let deserializer = &mut serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(deserializer)
@@ -654,9 +642,7 @@ impl Client {
     }
 
     fn decode_error(
-        &self,
-        call: &str,
-        error: &serde_path_to_error::Error<serde_json::Error>,
+        &self, call: &str, error: &serde_path_to_error::Error<serde_json::Error>,
     ) -> ApiError {
         ApiError::new(
             ApiErrorKind::Decode,

@@ -119,8 +119,7 @@ pub struct NewEndpoint {
 impl NewEndpoint {
     /// An enabled endpoint at `url` for `events`.
     pub fn new(
-        url: impl Into<String>,
-        events: impl IntoIterator<Item = impl Into<String>>,
+        url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
         Self {
             url: url.into(),
@@ -224,8 +223,7 @@ pub struct EnsureEndpoint {
 impl EnsureEndpoint {
     /// An enabled endpoint at `url` for `events`, asking for no secret.
     pub fn new(
-        url: impl Into<String>,
-        events: impl IntoIterator<Item = impl Into<String>>,
+        url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
         Self {
             endpoint: NewEndpoint::new(url, events),
@@ -434,9 +432,7 @@ impl Client {
     ///
     /// [`ApiError`].
     pub async fn update_endpoint(
-        &self,
-        id: &str,
-        update: &EndpointUpdate,
+        &self, id: &str, update: &EndpointUpdate,
     ) -> Result<Endpoint, ApiError> {
         self.endpoint_call(Method::PATCH, id, "", Some(json(update)))
             .await
@@ -519,11 +515,7 @@ impl Client {
     }
 
     async fn endpoint_call(
-        &self,
-        method: Method,
-        id: &str,
-        action: &str,
-        body: Option<Bytes>,
+        &self, method: Method, id: &str, action: &str, body: Option<Bytes>,
     ) -> Result<Endpoint, ApiError> {
         let path = format!("{}{action}", endpoint_path(id)?);
         let call = format!("{method} /{path}");

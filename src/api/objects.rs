@@ -268,9 +268,7 @@ impl Client {
     ///
     /// As [`get`](Self::get).
     pub async fn get_json(
-        &self,
-        kind: ObjectKind,
-        id: &str,
+        &self, kind: ObjectKind, id: &str,
     ) -> Result<serde_json::Value, ApiError> {
         let (call, body) = self.read(kind, id).await?;
         match self.data::<serde_json::Value>(&call, &body)? {

@@ -129,11 +129,7 @@ impl Client {
     ///
     /// [`RotationError`], which says what state things are in.
     pub async fn rotate_signing_secret<F, Fut, E>(
-        &self,
-        endpoint_id: &str,
-        keys: impl Into<LiveKeys>,
-        grace: Duration,
-        persist: F,
+        &self, endpoint_id: &str, keys: impl Into<LiveKeys>, grace: Duration, persist: F,
     ) -> Result<Rotated, RotationError>
     where
         F: FnOnce(WebhookSecret) -> Fut,

@@ -138,11 +138,7 @@ impl Keys {
     /// for `purpose`, if its MAC holds and it was issued less than `ttl`
     /// before `now` (and not in the future).
     pub(super) fn check_cookie(
-        &self,
-        purpose: &str,
-        value: &str,
-        ttl: Duration,
-        now: Timestamp,
+        &self, purpose: &str, value: &str, ttl: Duration, now: Timestamp,
     ) -> Option<String> {
         let mut parts = value.splitn(3, '.');
         let (issued, nonce, tag) = (parts.next()?, parts.next()?, parts.next()?);
@@ -197,11 +193,7 @@ pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, for `path`, for
 /// `max_age`, and Secure when `secure`.
 pub(super) fn set_cookie(
-    name: &str,
-    value: &str,
-    path: &str,
-    max_age: Duration,
-    secure: bool,
+    name: &str, value: &str, path: &str, max_age: Duration, secure: bool,
 ) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!(

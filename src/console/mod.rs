@@ -189,8 +189,7 @@ impl Console {
     /// A [`ConfigError`] when `csrf_secret` is shorter than
     /// [`MIN_SECRET_LEN`] bytes.
     pub fn behind_app_auth(
-        inbox: impl Inbox,
-        csrf_secret: impl AsRef<[u8]>,
+        inbox: impl Inbox, csrf_secret: impl AsRef<[u8]>,
     ) -> Result<Self, ConfigError> {
         check_secret("CSRF secret", csrf_secret.as_ref())?;
         Ok(Self::new(

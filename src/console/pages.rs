@@ -231,11 +231,7 @@ pub(super) fn denied() -> Response {
 }
 
 fn message(
-    shared: &Shared,
-    ctx: &Ctx,
-    status: StatusCode,
-    heading: &'static str,
-    message: String,
+    shared: &Shared, ctx: &Ctx, status: StatusCode, heading: &'static str, message: String,
 ) -> Response {
     html(
         status,
@@ -261,8 +257,7 @@ fn unavailable(shared: &Shared, ctx: &Ctx, error: &StoreError) -> Response {
 
 /// Runs one inbox call under the console's timeout.
 async fn call<T>(
-    shared: &Shared,
-    future: impl Future<Output = Result<T, StoreError>>,
+    shared: &Shared, future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     timed(shared.timeout, future).await
 }
@@ -280,8 +275,7 @@ fn bad_filter(shared: &Shared, ctx: &Ctx, what: &view::BadFilter) -> Response {
 
 /// `GET /`: counts, the oldest unhandled event, the last hour, the dead.
 pub(super) async fn overview(
-    State(shared): State<Arc<Shared>>,
-    Extension(ctx): Extension<Ctx>,
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
 ) -> Response {
     let now = Timestamp::now();
     let inbox = &shared.inbox;
@@ -342,8 +336,7 @@ fn notice(query: &Query) -> Option<String> {
 
 /// `GET /events`: the filtered list, newest first, a page at a time.
 pub(super) async fn events(
-    State(shared): State<Arc<Shared>>,
-    Extension(ctx): Extension<Ctx>,
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     query: Result<QueryString<Query>, QueryRejection>,
 ) -> Response {
     let Ok(QueryString(query)) = query else {
@@ -456,9 +449,7 @@ fn missing(shared: &Shared, ctx: &Ctx) -> Response {
 
 /// `GET /events/{seq}`: one event, its history and its object's timeline.
 pub(super) async fn event(
-    State(shared): State<Arc<Shared>>,
-    Extension(ctx): Extension<Ctx>,
-    Path(seq): Path<String>,
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     query: Result<QueryString<Query>, QueryRejection>,
 ) -> Response {
     let Some(seq) = parse_seq(&seq) else {
@@ -601,9 +592,7 @@ fn see_other(location: String) -> Response {
 /// `POST /events/{seq}/replay`: replays one event; a handled one only with
 /// `force=yes`, after the confirmation page.
 pub(super) async fn replay(
-    State(shared): State<Arc<Shared>>,
-    Extension(ctx): Extension<Ctx>,
-    Path(seq): Path<String>,
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
     let form = form.map(|f| f.0).unwrap_or_default();
@@ -667,8 +656,7 @@ pub(super) async fn replay(
 /// `POST /events/replay-dead`: replays every dead event the form's filter
 /// matches.
 pub(super) async fn replay_dead(
-    State(shared): State<Arc<Shared>>,
-    Extension(ctx): Extension<Ctx>,
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
     let form = form.map(|f| f.0).unwrap_or_default();

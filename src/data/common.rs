@@ -180,8 +180,7 @@ pub mod amount {
     ///
     /// Only those of the serializer.
     pub fn serialize<S: Serializer>(
-        amount: &Option<Decimal>,
-        serializer: S,
+        amount: &Option<Decimal>, serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match amount {
             None => serializer.serialize_none(),

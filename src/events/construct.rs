@@ -72,10 +72,7 @@ impl Verifier {
     /// [`EventError`], the first of the steps above that fails; its
     /// [`status`](EventError::status) is the one to answer with.
     pub fn construct_event(
-        &self,
-        timestamp: &str,
-        signature: &str,
-        body: &[u8],
+        &self, timestamp: &str, signature: &str, body: &[u8],
     ) -> Result<AnyEvent, EventError> {
         self.construct_event_at(timestamp, signature, body, SystemTime::now())
     }
@@ -87,11 +84,7 @@ impl Verifier {
     ///
     /// As [`construct_event`](Self::construct_event).
     pub fn construct_event_at(
-        &self,
-        timestamp: &str,
-        signature: &str,
-        body: &[u8],
-        now: SystemTime,
+        &self, timestamp: &str, signature: &str, body: &[u8], now: SystemTime,
     ) -> Result<AnyEvent, EventError> {
         self.verify_at(timestamp, signature, body, now)
             .map_err(EventError::Verify)?;

@@ -90,8 +90,7 @@ fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
 
 /// Claims the event; anything but a fresh claim is the delivery's outcome.
 pub(super) async fn claim(
-    config: &Config,
-    verified: &VerifiedEvent,
+    config: &Config, verified: &VerifiedEvent,
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
     // The lease starts somewhere during the call: count it from before.
@@ -301,14 +300,8 @@ fn completion_failed(metrics: &Metrics, outage: &Arc<OutageLog>, error: &StoreEr
     reason = "what a claim guard hands on when it lets go of a completion"
 )]
 async fn complete_until_lease_ends(
-    store: Arc<dyn IdempotencyStore>,
-    key: StoreKey,
-    token: LeaseToken,
-    retention: Duration,
-    timeout: Duration,
-    lease_ends: Instant,
-    metrics: Arc<Metrics>,
-    outage: Arc<OutageLog>,
+    store: Arc<dyn IdempotencyStore>, key: StoreKey, token: LeaseToken, retention: Duration,
+    timeout: Duration, lease_ends: Instant, metrics: Arc<Metrics>, outage: Arc<OutageLog>,
 ) {
     let mut pause = COMPLETE_RETRY_FIRST;
     let mut last_error = None;
@@ -477,18 +470,13 @@ mod tests {
 
     impl IdempotencyStore for Unreachable {
         fn claim<'a>(
-            &'a self,
-            key: &'a str,
-            lease: Duration,
+            &'a self, key: &'a str, lease: Duration,
         ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
             self.inner.claim(key, lease)
         }
 
         fn complete<'a>(
-            &'a self,
-            key: &'a str,
-            token: &'a LeaseToken,
-            retention: Duration,
+            &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
         ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             let down = self
                 .failures
@@ -508,9 +496,7 @@ mod tests {
         }
 
         fn release<'a>(
-            &'a self,
-            key: &'a str,
-            token: &'a LeaseToken,
+            &'a self, key: &'a str, token: &'a LeaseToken,
         ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             self.inner.release(key, token)
         }
@@ -595,18 +581,13 @@ mod tests {
 
     impl IdempotencyStore for Scripted {
         fn claim<'a>(
-            &'a self,
-            key: &'a str,
-            lease: Duration,
+            &'a self, key: &'a str, lease: Duration,
         ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
             self.inner.claim(key, lease)
         }
 
         fn complete<'a>(
-            &'a self,
-            key: &'a str,
-            token: &'a LeaseToken,
-            retention: Duration,
+            &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
         ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             self.asked.lock().unwrap().push(Instant::now());
             match self.script.lock().unwrap().pop_front() {
@@ -626,9 +607,7 @@ mod tests {
         }
 
         fn release<'a>(
-            &'a self,
-            key: &'a str,
-            token: &'a LeaseToken,
+            &'a self, key: &'a str, token: &'a LeaseToken,
         ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
             self.inner.release(key, token)
         }

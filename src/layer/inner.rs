@@ -15,9 +15,7 @@ use crate::{BoxError, Outcome};
 /// back when the inner service answered, with the outcome it stands for;
 /// otherwise only the outcome (an error, a panic, the deadline).
 pub(super) async fn run_inner<S, ResB>(
-    mut inner: S,
-    request: Request<VerifiedBody>,
-    deadline: impl FnOnce() -> Duration,
+    mut inner: S, request: Request<VerifiedBody>, deadline: impl FnOnce() -> Duration,
 ) -> Result<(Response<ResB>, Outcome), Outcome>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>>,

@@ -111,10 +111,7 @@ where
 
 /// Writes a verified delivery to the inbox.
 async fn keep(
-    config: &Config,
-    inbox: &dyn Inbox,
-    parts: &Parts,
-    verified: VerifiedEvent,
+    config: &Config, inbox: &dyn Inbox, parts: &Parts, verified: VerifiedEvent,
 ) -> Verified<Full<Bytes>> {
     let mut new = NewEvent::from_verified(&verified, Timestamp::now());
     // Kept as received, so that the event can be forwarded for its

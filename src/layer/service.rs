@@ -110,9 +110,7 @@ pub(super) type Verified<ResB> = (Response<ResponseBody<ResB>>, Outcome, Verifie
 /// one response and the [`Outcome`] it stands for, which is also in the
 /// response's extensions, next to the [`VerifiedEvent`] once verified.
 pub(super) fn delivery<B, ResB, E, F, Fut>(
-    config: Arc<Config>,
-    request: Request<B>,
-    then: F,
+    config: Arc<Config>, request: Request<B>, then: F,
 ) -> ResponseFuture<Response<ResponseBody<ResB>>, E>
 where
     B: Body + Send + 'static,
@@ -146,10 +144,7 @@ where
 /// One delivery, timed, counted and logged; `span` is the delivery's span
 /// when a subscriber records it.
 async fn run<B, ResB, E, F, Fut>(
-    config: Arc<Config>,
-    request: Request<B>,
-    span: Option<Span>,
-    then: F,
+    config: Arc<Config>, request: Request<B>, span: Option<Span>, then: F,
 ) -> Result<Response<ResponseBody<ResB>>, E>
 where
     B: Body + Send,
@@ -233,10 +228,7 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
 /// Steps 6 to 8 for a verified delivery: claim the event, call the inner
 /// service within the handler's deadline, settle the claim.
 async fn handle<S, ResB>(
-    config: Arc<Config>,
-    inner: S,
-    parts: Parts,
-    verified: VerifiedEvent,
+    config: Arc<Config>, inner: S, parts: Parts, verified: VerifiedEvent,
 ) -> Verified<ResB>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
@@ -282,10 +274,7 @@ where
 /// Keeps an event whose data does not decode as dead in `inbox`; whether
 /// it is kept (a copy kept before counts).
 async fn dead_letter(
-    config: &Config,
-    inbox: &dyn Inbox,
-    verified: &VerifiedEvent,
-    failure: &str,
+    config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, failure: &str,
 ) -> bool {
     let event = NewEvent::from_verified(verified, Timestamp::now());
     let error = format!("dead: its data does not decode, so no retry can help: {failure}");

@@ -20,10 +20,7 @@ use crate::{BoxError, Outcome};
 
 /// Checks method, headers, body and signature, and reads the envelope.
 pub(super) async fn verify<B>(
-    config: &Config,
-    parts: &http::request::Parts,
-    body: B,
-    span: Option<&Span>,
+    config: &Config, parts: &http::request::Parts, body: B, span: Option<&Span>,
 ) -> Result<VerifiedEvent, Outcome>
 where
     B: Body,
@@ -85,9 +82,7 @@ where
 
 /// The verifier for this delivery, and its account when there are several.
 async fn keys(
-    config: &Config,
-    parts: &http::request::Parts,
-    span: Option<&Span>,
+    config: &Config, parts: &http::request::Parts, span: Option<&Span>,
 ) -> Result<(Arc<Verifier>, Option<Arc<str>>), Outcome> {
     let (from, source) = match &config.keys {
         Keys::One(verifier) => return Ok((Arc::clone(verifier), None)),
@@ -146,10 +141,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// arrives in one chunk is kept without a copy); a body of unknown length
 /// grows its buffer by doubling, each growth taken from the budget first.
 async fn read_body<B>(
-    body: B,
-    limit: usize,
-    declared: Option<u64>,
-    verification: &mut Verification,
+    body: B, limit: usize, declared: Option<u64>, verification: &mut Verification,
     reading: &mut Reading<'_>,
 ) -> Result<Bytes, Outcome>
 where
@@ -259,8 +251,7 @@ mod tests {
         type Error = Infallible;
 
         fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            mut self: Pin<&mut Self>, _cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
         }
@@ -273,10 +264,7 @@ mod tests {
     /// result, and the bytes the budget held for it once it was read (before
     /// the reading ends).
     async fn read_under(
-        sizes: &[usize],
-        declared: Option<u64>,
-        limit: usize,
-        budget: usize,
+        sizes: &[usize], declared: Option<u64>, limit: usize, budget: usize,
     ) -> (Result<Bytes, Outcome>, usize) {
         let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
         let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();

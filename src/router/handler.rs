@@ -104,8 +104,7 @@ pub trait EveryHandler: Send + Sync + 'static {
     /// Handles one event, its data decoded into its kind's data type
     /// ([`serde_json::Value`] for families without a published schema).
     fn handle<T: Resource + Send + 'static>(
-        &self,
-        event: Event<T>,
+        &self, event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Self::Error>>;
 }
 

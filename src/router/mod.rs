@@ -611,9 +611,7 @@ impl Dispatched {
 /// Logs a failed handler or hook with the event's id and type, escaped; the
 /// failure's outcome.
 fn handler_failed(
-    raw: &RawEvent,
-    what: &str,
-    error: &(dyn std::error::Error + Send + Sync),
+    raw: &RawEvent, what: &str, error: &(dyn std::error::Error + Send + Sync),
 ) -> Dispatched {
     let error = error.to_string();
     tracing::error!(
@@ -627,8 +625,7 @@ fn handler_failed(
 
 /// The outcome of a handler's result, recording its version once it succeeded.
 async fn finish(
-    raw: &RawEvent,
-    result: Result<(), BoxError>,
+    raw: &RawEvent, result: Result<(), BoxError>,
     tracked: Option<(ordering::Tracked<'_>, &Arc<OutageLog>)>,
 ) -> Dispatched {
     match result {
@@ -721,8 +718,7 @@ mod tests {
         type Error = Infallible;
 
         fn handle<T: Resource + Send + 'static>(
-            &self,
-            event: Event<T>,
+            &self, event: Event<T>,
         ) -> BoxFuture<'static, Result<(), Infallible>> {
             let object = event
                 .object_key()

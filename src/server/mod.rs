@@ -232,10 +232,7 @@ impl Server {
     /// down as the [module docs](self) say. Returns once every connection
     /// is closed.
     pub async fn serve<S, B>(
-        self,
-        listener: TcpListener,
-        service: S,
-        shutdown: impl Future<Output = ()>,
+        self, listener: TcpListener, service: S, shutdown: impl Future<Output = ()>,
     ) where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,

@@ -72,9 +72,7 @@ impl<'h> SignatureHeaders<'h> {
 /// A header's text; a header that is present but not visible ASCII counts as
 /// malformed for timestamp and signature, and unsupported for the sign type.
 fn header_str<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
-    missing: VerifyErrorKind,
+    headers: &'h HeaderMap, name: &HeaderName, missing: VerifyErrorKind,
 ) -> Result<Option<&'h str>, VerifyError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {

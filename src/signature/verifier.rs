@@ -215,10 +215,7 @@ impl Verifier {
     /// problem in the [order](Verifier#the-order-of-the-checks) every entry
     /// point follows.
     pub fn verify(
-        &self,
-        timestamp: &str,
-        signature: &str,
-        body: &[u8],
+        &self, timestamp: &str, signature: &str, body: &[u8],
     ) -> Result<Verified, VerifyError> {
         self.verify_at(timestamp, signature, body, SystemTime::now())
     }
@@ -229,11 +226,7 @@ impl Verifier {
     ///
     /// [`VerifyError`] saying why the delivery must be refused.
     pub fn verify_at(
-        &self,
-        timestamp: &str,
-        signature: &str,
-        body: &[u8],
-        now: SystemTime,
+        &self, timestamp: &str, signature: &str, body: &[u8], now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         // Each header read once, in the documented order: the timestamp's
         // form, the signature's form, then the keys and the window.
@@ -255,9 +248,7 @@ impl Verifier {
     /// or [`MissingSignature`](VerifyErrorKind::MissingSignature), and two
     /// copies of one are malformed.
     pub fn verify_headers(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
+        &self, headers: &HeaderMap, body: &[u8],
     ) -> Result<Verified, VerifyError> {
         self.verify_headers_at(headers, body, SystemTime::now())
     }
@@ -268,10 +259,7 @@ impl Verifier {
     ///
     /// As [`verify_headers`](Self::verify_headers).
     pub fn verify_headers_at(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
+        &self, headers: &HeaderMap, body: &[u8], now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let parts = SignatureHeaders::from_headers(headers);
         let timestamp = parts.timestamp()?;
@@ -286,11 +274,7 @@ impl Verifier {
     /// (about 150 bytes each) in and out of their slots cost as much as all
     /// the parsing together.
     fn verify_parsed(
-        &self,
-        timestamp: &str,
-        signed_at: Timestamp,
-        expected: &[u8; SIGNATURE_LEN],
-        body: &[u8],
+        &self, timestamp: &str, signed_at: Timestamp, expected: &[u8; SIGNATURE_LEN], body: &[u8],
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
@@ -313,11 +297,7 @@ impl Verifier {
     /// ones were, so how long this takes depends on how many keys have
     /// expired, never on the secrets or on which one matched.
     pub(crate) fn expired_or(
-        &self,
-        error: VerifyError,
-        timestamp: &str,
-        expected: &[u8; SIGNATURE_LEN],
-        body: &[u8],
+        &self, error: VerifyError, timestamp: &str, expected: &[u8; SIGNATURE_LEN], body: &[u8],
         now: SystemTime,
     ) -> VerifyError {
         if error.kind() != VerifyErrorKind::SignatureMismatch {
@@ -369,10 +349,7 @@ impl Verifier {
     /// [`begin_at`](Self::begin_at) for a timestamp already parsed (as
     /// [`SignatureHeaders`] does) into `signed_at`.
     pub(crate) fn begin_parsed(
-        &self,
-        timestamp: &str,
-        signed_at: Timestamp,
-        now: SystemTime,
+        &self, timestamp: &str, signed_at: Timestamp, now: SystemTime,
     ) -> Result<Verification, VerifyError> {
         self.check_parsed(signed_at, now)?;
         let mut states = MacStates::new(self.keys.len());
@@ -492,10 +469,7 @@ impl MacStates {
     /// Finalizes every started state and compares each tag with `expected`,
     /// all of them whatever matched, and reports the first key that matched.
     fn finish(
-        &mut self,
-        expected: &[u8; SIGNATURE_LEN],
-        signed_at: Timestamp,
-        names: &[Arc<str>],
+        &mut self, expected: &[u8; SIGNATURE_LEN], signed_at: Timestamp, names: &[Arc<str>],
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
@@ -521,10 +495,7 @@ struct Matches {
 impl Matches {
     #[inline]
     fn record(
-        &mut self,
-        key_index: usize,
-        tag: &[u8; SIGNATURE_LEN],
-        expected: &[u8; SIGNATURE_LEN],
+        &mut self, key_index: usize, tag: &[u8; SIGNATURE_LEN], expected: &[u8; SIGNATURE_LEN],
     ) {
         let equal = tags_equal(tag, expected);
         let i = u32::try_from(key_index).unwrap_or(u32::MAX);
@@ -625,8 +596,7 @@ impl Verification {
     }
 
     pub(crate) fn finish_parsed(
-        mut self,
-        expected: &[u8; SIGNATURE_LEN],
+        mut self, expected: &[u8; SIGNATURE_LEN],
     ) -> Result<Verified, VerifyError> {
         self.states.finish(expected, self.signed_at, &self.names)
     }

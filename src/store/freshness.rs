@@ -29,16 +29,13 @@ use crate::events::{ObjectKey, Version};
 pub trait FreshnessStore: Send + Sync + 'static {
     /// The newest version recorded for `object`, if any.
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>>;
 
     /// Records `version` for `object`, unless a newer version is already
     /// recorded (atomically: concurrent records keep the newest).
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
@@ -48,8 +45,7 @@ pub const DEFAULT_FRESHNESS_RETENTION: Duration = DEFAULT_RETENTION;
 
 /// Checks that every store accepts `object` and, if given, `version`.
 pub(crate) fn check_record(
-    object: &ObjectKey,
-    version: Option<&Version>,
+    object: &ObjectKey, version: Option<&Version>,
 ) -> Result<(), StoreError> {
     check_text("the object's family", &object.family)?;
     check_text("the object id", &object.id)?;
@@ -61,16 +57,13 @@ pub(crate) fn check_record(
 
 impl<T: FreshnessStore + ?Sized> FreshnessStore for Arc<T> {
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         (**self).newest(object)
     }
 
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).record(object, version)
     }

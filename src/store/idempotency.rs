@@ -129,9 +129,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// or the key or lease is out of range. The caller must not run the
     /// handler: the delivery is refused with 503 so that Clink retries.
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>>;
 
     /// Marks `key` completed for `retention`, if `token` still holds a live
@@ -142,10 +140,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// A [`StoreError`] when the store cannot answer or an argument is out of
     /// range. The key then stays claimed until its lease ends.
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
     /// Gives up the lease on `key` so the next delivery runs the handler, if
@@ -157,9 +152,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// A [`StoreError`] when the store cannot answer or the key is out of
     /// range. The key then stays claimed until its lease ends.
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
     /// Whether the store answers now: one round trip for the networked
@@ -177,26 +170,19 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         (**self).claim(key, lease)
     }
 
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         (**self).complete(key, token, retention)
     }
 
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         (**self).release(key, token)
     }

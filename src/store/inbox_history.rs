@@ -45,10 +45,7 @@ impl InboxAttemptRecord {
     /// `duration` and ended with `outcome`.
     #[must_use]
     pub fn new(
-        attempt: u32,
-        started_at: Timestamp,
-        duration: Duration,
-        outcome: InboxAttemptOutcome,
+        attempt: u32, started_at: Timestamp, duration: Duration, outcome: InboxAttemptOutcome,
     ) -> Self {
         Self {
             attempt,

@@ -104,9 +104,7 @@ impl InboxActivity {
 /// The page of `entries` (all the matching events, oldest first) that
 /// `start` and `limit` select, newest first.
 pub(crate) fn page_of(
-    entries: impl DoubleEndedIterator<Item = InboxEntry>,
-    start: PageStart,
-    limit: usize,
+    entries: impl DoubleEndedIterator<Item = InboxEntry>, start: PageStart, limit: usize,
 ) -> Vec<InboxEntry> {
     match start {
         PageStart::Newest => entries.rev().take(limit).collect(),

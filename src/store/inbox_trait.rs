@@ -70,14 +70,8 @@ impl NewEvent {
     /// A new event to keep; the fields are public to read.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        account: Option<String>,
-        event_id: String,
-        event_type: String,
-        created: Option<Timestamp>,
-        object_key: Option<String>,
-        signed_at: Timestamp,
-        received_at: Timestamp,
-        body: Bytes,
+        account: Option<String>, event_id: String, event_type: String, created: Option<Timestamp>,
+        object_key: Option<String>, signed_at: Timestamp, received_at: Timestamp, body: Bytes,
     ) -> Self {
         Self {
             account,
@@ -471,11 +465,7 @@ impl InboxStats {
     /// Counts `count` events with `status`, the oldest of them arrived at
     /// `oldest`: what a backend's `GROUP BY status` gives, row by row.
     pub(crate) fn add(
-        &mut self,
-        status: InboxStatus,
-        count: u64,
-        due: u64,
-        oldest: Option<Timestamp>,
+        &mut self, status: InboxStatus, count: u64, due: u64, oldest: Option<Timestamp>,
     ) {
         if matches!(
             status,
@@ -548,9 +538,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// As [`insert`](Self::insert).
     fn insert_dead<'a>(
-        &'a self,
-        event: &'a NewEvent,
-        error: &'a str,
+        &'a self, event: &'a NewEvent, error: &'a str,
     ) -> BoxFuture<'a, Result<Inserted, StoreError>>;
 
     /// Takes the next event to handle (see [Claim order](Self#claim-order))
@@ -563,9 +551,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be read.
     fn claim(
-        &self,
-        lease: Duration,
-        reorder_window: Duration,
+        &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>>;
 
     /// Marks a claimed event handled, if the claim still holds, and records
@@ -586,10 +572,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// As [`complete`](Self::complete).
     fn fail<'a>(
-        &'a self,
-        claim: &'a InboxClaim,
-        error: &'a str,
-        retry_at: Option<Timestamp>,
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>>;
 
     /// Gives a claimed event back without counting the attempt (shutdown),
@@ -606,9 +589,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be read.
     fn list<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>>;
 
     /// The event numbered `seq`.
@@ -636,9 +617,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be written.
     fn replay_matching<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        force: bool,
+        &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
 
     /// Deletes the done and dead events that arrived before `before`; how many.
@@ -683,9 +662,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be written, or records no receipts.
     fn record_receipt<'a>(
-        &'a self,
-        attempt: &'a InboxAttempt,
-        receipt: &'a str,
+        &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let _ = (attempt, receipt);
         Box::pin(std::future::ready(Err(StoreError::new(
@@ -703,10 +680,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be read.
     fn page<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        start: PageStart,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         Box::pin(async move {
             let all = self.list(filter, usize::MAX).await?;
@@ -735,10 +709,7 @@ pub trait Inbox: Send + Sync + 'static {
     ///
     /// A [`StoreError`] when the inbox cannot be read.
     fn activity(
-        &self,
-        since: Timestamp,
-        interval: Duration,
-        intervals: usize,
+        &self, since: Timestamp, interval: Duration, intervals: usize,
     ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
         Box::pin(async move {
             let mut activity = InboxActivity::new(since, interval, intervals);

@@ -256,8 +256,7 @@ pub(crate) fn check_retention(retention: Duration) -> Result<Duration, ConfigErr
 /// Runs one store call under the per-call timeout, arming no timer for a
 /// call that answers at once (an in-process store always does).
 pub(crate) async fn timed<T>(
-    timeout: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
+    timeout: Duration, call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     crate::guard::within(timeout, call)
         .await

@@ -291,9 +291,7 @@ impl SqliteInbox {
     /// The error of `effects`, or a [`StoreError`] when the transaction
     /// cannot be written or the lease ended; nothing was committed.
     pub async fn complete_with<T, F>(
-        &self,
-        attempt: &InboxAttempt,
-        effects: F,
+        &self, attempt: &InboxAttempt, effects: F,
     ) -> Result<T, BoxError>
     where
         T: Send + 'static,
@@ -344,8 +342,7 @@ impl SqliteInbox {
 
     /// Runs `call` on the connection, on a blocking thread.
     fn with<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        &self, call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let connection = Arc::clone(&self.connection);
         Box::pin(async move {
@@ -361,8 +358,7 @@ impl SqliteInbox {
     /// `call`, then a wake-up for idle workers: what it changed may have
     /// made an event ready.
     fn waking<T: Send + 'static>(
-        &self,
-        call: BoxFuture<'static, Result<T, StoreError>>,
+        &self, call: BoxFuture<'static, Result<T, StoreError>>,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let inserted = Arc::clone(&self.inserted);
         Box::pin(async move {
@@ -375,10 +371,7 @@ impl SqliteInbox {
     /// Settles `claim` with `sql` (one of [`COMPLETE`], [`FAIL`] with
     /// `failure`'s retry time and error, [`RELEASE`]).
     fn settle(
-        &self,
-        sql: &'static str,
-        claim: &InboxClaim,
-        failure: Option<(Option<i64>, String)>,
+        &self, sql: &'static str, claim: &InboxClaim, failure: Option<(Option<i64>, String)>,
     ) -> BoxFuture<'static, Result<Settle, StoreError>> {
         let (seq, token) = (claim.entry.seq, claim.token.as_str().to_owned());
         let settled = self.with(move |connection| {
@@ -407,9 +400,7 @@ impl SqliteInbox {
 impl SqliteInbox {
     /// Keeps `event` as `pending`, or as `dead` with `error`.
     fn keep(
-        &self,
-        event: &NewEvent,
-        dead_with: Option<&str>,
+        &self, event: &NewEvent, dead_with: Option<&str>,
     ) -> BoxFuture<'static, Result<Inserted, StoreError>> {
         let event = event.clone();
         let error = dead_with.map(str::to_owned);
@@ -456,17 +447,13 @@ impl Inbox for SqliteInbox {
     }
 
     fn insert_dead<'a>(
-        &'a self,
-        event: &'a NewEvent,
-        error: &'a str,
+        &'a self, event: &'a NewEvent, error: &'a str,
     ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
         self.keep(event, Some(error))
     }
 
     fn claim(
-        &self,
-        lease: Duration,
-        reorder_window: Duration,
+        &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         let (lease, window) = (ms(lease), ms(reorder_window));
         self.with(move |connection| {
@@ -500,10 +487,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn fail<'a>(
-        &'a self,
-        claim: &'a InboxClaim,
-        error: &'a str,
-        retry_at: Option<Timestamp>,
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         self.settle(
             &FAIL,
@@ -517,9 +501,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn list<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         let filter = filter.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -601,9 +583,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn replay_matching<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        force: bool,
+        &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         let filter = filter.clone();
         let call = self.with(move |connection| {
@@ -709,9 +689,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn record_receipt<'a>(
-        &'a self,
-        attempt: &'a InboxAttempt,
-        receipt: &'a str,
+        &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let (seq, token, receipt) = (
             attempt.seq(),
@@ -735,10 +713,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn page<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        start: PageStart,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         let filter = filter.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -795,10 +770,7 @@ impl Inbox for SqliteInbox {
     }
 
     fn activity(
-        &self,
-        since: Timestamp,
-        interval: Duration,
-        intervals: usize,
+        &self, since: Timestamp, interval: Duration, intervals: usize,
     ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
         self.with(move |connection| {
             let mut activity = InboxActivity::new(since, interval, intervals);

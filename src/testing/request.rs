@@ -104,8 +104,7 @@ impl SignedRequest {
     ///
     /// When `T`'s `Serialize` implementation fails.
     pub fn event<T: Serialize>(
-        secret: impl AsRef<[u8]>,
-        event: &Event<T>,
+        secret: impl AsRef<[u8]>, event: &Event<T>,
     ) -> Result<Self, serde_json::Error> {
         Ok(Self::new(secret, serde_json::to_vec(event)?))
     }

@@ -22,10 +22,7 @@ async fn serve(app: Router) -> std::net::SocketAddr {
 }
 
 async fn post_event(
-    addr: std::net::SocketAddr,
-    path: &str,
-    body: &str,
-    secret: &str,
+    addr: std::net::SocketAddr, path: &str, body: &str, secret: &str,
 ) -> (u16, String) {
     let request = SignedRequest::new(secret, body.to_owned())
         .uri(endpoint(addr, path))

@@ -95,10 +95,7 @@ fn now_ms_for(timestamp: &str) -> String {
 
 /// Runs `clink-webhook verify` on a delivery, checking at `now_ms`, with `extra` arguments.
 fn verify(
-    extra: &[&str],
-    secret: &str,
-    body: &BodyFile,
-    (timestamp, signature): (&str, &str),
+    extra: &[&str], secret: &str, body: &BodyFile, (timestamp, signature): (&str, &str),
     now_ms: &str,
 ) -> Finished {
     run(clink_webhook()

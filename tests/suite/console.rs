@@ -29,11 +29,7 @@ fn unique() -> String {
 
 /// An event received `received_ms`, created `created_ms`, about `object`.
 fn event(
-    id: &str,
-    event_type: &str,
-    account: Option<&str>,
-    object: Option<&str>,
-    created_ms: i64,
+    id: &str, event_type: &str, account: Option<&str>, object: Option<&str>, created_ms: i64,
     received_ms: i64,
 ) -> NewEvent {
     let body = serde_json::json!({
@@ -94,11 +90,7 @@ impl Page {
 
 /// Sends `method path` with `headers` and, for a form, `form`.
 async fn send(
-    app: &Router,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    form: Option<&str>,
+    app: &Router, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>,
 ) -> Page {
     let mut request = Request::builder().method(method).uri(path);
     for (name, value) in headers {
@@ -1078,8 +1070,7 @@ struct Plain(MemoryInbox);
 
 impl Inbox for Plain {
     fn insert<'a>(
-        &'a self,
-        event: &'a NewEvent,
+        &'a self, event: &'a NewEvent,
     ) -> clink_webhooks::BoxFuture<
         'a,
         Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
@@ -1087,9 +1078,7 @@ impl Inbox for Plain {
         self.0.insert(event)
     }
     fn insert_dead<'a>(
-        &'a self,
-        event: &'a NewEvent,
-        error: &'a str,
+        &'a self, event: &'a NewEvent, error: &'a str,
     ) -> clink_webhooks::BoxFuture<
         'a,
         Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
@@ -1097,9 +1086,7 @@ impl Inbox for Plain {
         self.0.insert_dead(event, error)
     }
     fn claim(
-        &self,
-        lease: Duration,
-        window: Duration,
+        &self, lease: Duration, window: Duration,
     ) -> clink_webhooks::BoxFuture<
         '_,
         Result<Option<clink_webhooks::store::InboxClaim>, clink_webhooks::store::StoreError>,
@@ -1107,8 +1094,7 @@ impl Inbox for Plain {
         self.0.claim(lease, window)
     }
     fn complete<'a>(
-        &'a self,
-        claim: &'a clink_webhooks::store::InboxClaim,
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
     ) -> clink_webhooks::BoxFuture<
         'a,
         Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
@@ -1116,9 +1102,7 @@ impl Inbox for Plain {
         self.0.complete(claim)
     }
     fn fail<'a>(
-        &'a self,
-        claim: &'a clink_webhooks::store::InboxClaim,
-        error: &'a str,
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
         retry_at: Option<Timestamp>,
     ) -> clink_webhooks::BoxFuture<
         'a,
@@ -1127,8 +1111,7 @@ impl Inbox for Plain {
         self.0.fail(claim, error, retry_at)
     }
     fn release<'a>(
-        &'a self,
-        claim: &'a clink_webhooks::store::InboxClaim,
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
     ) -> clink_webhooks::BoxFuture<
         'a,
         Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
@@ -1136,9 +1119,7 @@ impl Inbox for Plain {
         self.0.release(claim)
     }
     fn list<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> clink_webhooks::BoxFuture<
         'a,
         Result<Vec<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
@@ -1146,8 +1127,7 @@ impl Inbox for Plain {
         self.0.list(filter, limit)
     }
     fn get(
-        &self,
-        seq: i64,
+        &self, seq: i64,
     ) -> clink_webhooks::BoxFuture<
         '_,
         Result<Option<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
@@ -1155,22 +1135,17 @@ impl Inbox for Plain {
         self.0.get(seq)
     }
     fn replay(
-        &self,
-        seq: i64,
-        force: bool,
+        &self, seq: i64, force: bool,
     ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
         self.0.replay(seq, force)
     }
     fn replay_matching<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        force: bool,
+        &'a self, filter: &'a InboxFilter, force: bool,
     ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
         self.0.replay_matching(filter, force)
     }
     fn purge(
-        &self,
-        before: Timestamp,
+        &self, before: Timestamp,
     ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
         self.0.purge(before)
     }

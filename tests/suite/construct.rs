@@ -32,8 +32,7 @@ impl EveryHandler for Accept {
     type Error = std::io::Error;
 
     fn handle<T: clink_webhooks::data::Resource + Send + 'static>(
-        &self,
-        _event: Event<T>,
+        &self, _event: Event<T>,
     ) -> BoxFuture<'static, Result<(), std::io::Error>> {
         Box::pin(async { Ok(()) })
     }

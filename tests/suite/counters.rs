@@ -289,9 +289,7 @@ fn failed<T: Send + 'static>(kind: StoreErrorKind) -> BoxFuture<'static, Result<
 
 impl IdempotencyStore for Failing {
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         match self.claim {
             Some(kind) => failed(kind),
@@ -300,10 +298,7 @@ impl IdempotencyStore for Failing {
     }
 
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         match self.complete {
             Some(kind) => failed(kind),
@@ -312,9 +307,7 @@ impl IdempotencyStore for Failing {
     }
 
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         match self.release {
             Some(kind) => failed(kind),
@@ -328,8 +321,7 @@ struct KeysDown;
 
 impl KeySource for KeysDown {
     fn verifier<'a>(
-        &'a self,
-        _account: &'a str,
+        &'a self, _account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         Box::pin(std::future::ready(Err(KeySourceError::new(
             "the accounts database is down",
@@ -342,16 +334,13 @@ struct FreshnessDown;
 
 impl FreshnessStore for FreshnessDown {
     fn newest<'a>(
-        &'a self,
-        _: &'a ObjectKey,
+        &'a self, _: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         failed(StoreErrorKind::Unavailable)
     }
 
     fn record<'a>(
-        &'a self,
-        _: &'a ObjectKey,
-        _: &'a Version,
+        &'a self, _: &'a ObjectKey, _: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         failed(StoreErrorKind::Unavailable)
     }

@@ -305,12 +305,7 @@ fn verifier(expired: bool, at: SystemTime) -> Verifier {
 
 /// The first problem in the documented order, worked out from the case alone.
 fn expected(
-    ts: &H,
-    st: &H,
-    sig: &H,
-    now: SystemTime,
-    expired: bool,
-    now_ms: u64,
+    ts: &H, st: &H, sig: &H, now: SystemTime, expired: bool, now_ms: u64,
 ) -> Option<VerifyErrorKind> {
     use VerifyErrorKind as K;
     let fresh = now_ms.to_string();

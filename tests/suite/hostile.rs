@@ -462,9 +462,7 @@ async fn an_event_id_cannot_forge_a_line_and_refusals_stay_quiet() {
 /// The first line on `stream` holding `text`, skipping others; fails the
 /// test if none has come by `deadline`.
 fn line_containing(
-    stream: &std::sync::mpsc::Receiver<String>,
-    text: &str,
-    deadline: Instant,
+    stream: &std::sync::mpsc::Receiver<String>, text: &str, deadline: Instant,
 ) -> String {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -624,10 +622,7 @@ fn tenants_looked_up(lookup_ms: u64, fails: bool) -> (Process, String) {
 /// Sends `count` deliveries at `concurrency` at once, the `n`th to the
 /// account `account(n)` signed with `secret`; the statuses, by code.
 async fn flood(
-    base: &str,
-    count: usize,
-    concurrency: usize,
-    secret: &'static str,
+    base: &str, count: usize, concurrency: usize, secret: &'static str,
     account: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> std::collections::BTreeMap<u16, usize> {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -427,10 +427,7 @@ impl IdempotencyStore for DownStore {
         })
     }
     fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-        _: Duration,
+        &'a self, _: &'a str, _: &'a LeaseToken, _: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async {
             Err(StoreError::new(
@@ -440,9 +437,7 @@ impl IdempotencyStore for DownStore {
         })
     }
     fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
+        &'a self, _: &'a str, _: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async {
             Err(StoreError::new(

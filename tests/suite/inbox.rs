@@ -958,8 +958,7 @@ async fn a_postgres_inbox_made_before_attempts_were_recorded_migrates_and_record
 
 /// The example receiver with its inbox where `inbox` says, and `env` set.
 fn receiver_with_inbox(
-    inbox: &str,
-    env: &[(&str, &str)],
+    inbox: &str, env: &[(&str, &str)],
 ) -> (crate::support::process::Process, String) {
     use crate::support::process::{example_path, Process};
     let mut command = std::process::Command::new(example_path("axum_receiver"));
@@ -1259,11 +1258,7 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
 /// `received` and signed with the key named `key`, as the CLI filters see it.
 #[cfg(all(feature = "sqlite", feature = "cli"))]
 fn kept(
-    id: &str,
-    event_type: &str,
-    account: Option<&str>,
-    object: Option<&str>,
-    received: &str,
+    id: &str, event_type: &str, account: Option<&str>, object: Option<&str>, received: &str,
 ) -> NewEvent {
     let body = format!(r#"{{"id":"{id}","type":"{event_type}","created":1,"data":{{}}}}"#);
     let received: Timestamp = received.parse().unwrap();

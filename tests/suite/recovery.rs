@@ -316,9 +316,7 @@ async fn settled(inbox: &dyn Inbox) -> InboxStats {
 /// acknowledged one in `acked`. Returns how many deliveries went unanswered
 /// or were refused.
 async fn sender(
-    bodies: Arc<Vec<String>>,
-    next: Arc<AtomicUsize>,
-    mut url: watch::Receiver<String>,
+    bodies: Arc<Vec<String>>, next: Arc<AtomicUsize>, mut url: watch::Receiver<String>,
     acked: Arc<watch::Sender<usize>>,
 ) -> usize {
     let mut failed = 0;

@@ -910,11 +910,7 @@ fn header_problems_come_before_freshness_and_keys() {
 // ---------------------------------------------------------------------------
 
 fn incremental(
-    verifier: &Verifier,
-    ts: &str,
-    chunks: &[&[u8]],
-    sig: &str,
-    now: SystemTime,
+    verifier: &Verifier, ts: &str, chunks: &[&[u8]], sig: &str, now: SystemTime,
 ) -> Result<Verified, VerifyError> {
     let mut v = verifier.begin_at(ts, now)?;
     for chunk in chunks {

@@ -27,11 +27,7 @@ fn signed_at() -> SystemTime {
 
 /// Verifies `body` incrementally, fed in `pieces` chunks of about equal size.
 fn incremental(
-    verifier: &Verifier,
-    signature: &str,
-    body: &[u8],
-    pieces: usize,
-    now: SystemTime,
+    verifier: &Verifier, signature: &str, body: &[u8], pieces: usize, now: SystemTime,
 ) -> Result<Verified, VerifyError> {
     let mut verification = verifier.begin_at(TS, now)?;
     for chunk in body.chunks(body.len().div_ceil(pieces).max(1)) {

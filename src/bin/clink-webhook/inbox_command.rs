@@ -362,11 +362,7 @@ fn print_entries(out: &Output, entries: &[InboxEntry]) {
 
 /// `replay SEQ`: replays one event, or with `dry_run` prints it if it would be.
 async fn replay_one(
-    out: &Output,
-    inbox: &dyn Inbox,
-    seq: i64,
-    force: bool,
-    dry_run: bool,
+    out: &Output, inbox: &dyn Inbox, seq: i64, force: bool, dry_run: bool,
 ) -> Result<Vec<i64>, CliError> {
     if dry_run {
         let entry = inbox.get(seq).await.map_err(|e| store_error(&e))?;
@@ -397,11 +393,7 @@ async fn replay_one(
 /// without `force`, handled; refused whole when it matches a handled event
 /// and `force` is not given.
 async fn replay_matching(
-    out: &Output,
-    inbox: &dyn Inbox,
-    filter: &InboxFilter,
-    force: bool,
-    dry_run: bool,
+    out: &Output, inbox: &dyn Inbox, filter: &InboxFilter, force: bool, dry_run: bool,
 ) -> Result<Vec<i64>, CliError> {
     let matched = inbox
         .list(filter, usize::MAX)

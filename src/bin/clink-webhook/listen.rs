@@ -76,8 +76,7 @@ impl EveryHandler for Acknowledge {
     type Error = Infallible;
 
     fn handle<T: Resource + Send + 'static>(
-        &self,
-        _event: Event<T>,
+        &self, _event: Event<T>,
     ) -> BoxFuture<'static, Result<(), Infallible>> {
         Box::pin(std::future::ready(Ok(())))
     }
@@ -100,8 +99,7 @@ impl Service<Request<Incoming>> for Listen {
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
+        &mut self, _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
@@ -118,10 +116,7 @@ impl Service<Request<Incoming>> for Listen {
 
 /// Serves one delivery through the pipeline and prints what happened to it.
 async fn serve(
-    out: Output,
-    path: Arc<str>,
-    mut pipeline: Pipeline,
-    request: Request<Incoming>,
+    out: Output, path: Arc<str>, mut pipeline: Pipeline, request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if request.uri().path() != &*path {
         let message = format!("deliveries go to {path}");

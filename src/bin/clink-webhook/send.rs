@@ -405,8 +405,7 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
 }
 
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    request: &SignedRequest,
+    client: &Client<HttpConnector, Full<Bytes>>, request: &SignedRequest,
 ) -> Result<Answer, String> {
     let exchange = async {
         let response = client

@@ -106,10 +106,7 @@ impl<'de> Deserialize<'de> for SlowKey {
 /// Reads the next value into `slot`, or skips it and notes the duplicate
 /// when `slot` was already filled by an earlier copy of the key.
 fn fill<'de, A, T>(
-    map: &mut A,
-    seen: &mut bool,
-    slot: &mut Option<T>,
-    duplicate: &mut bool,
+    map: &mut A, seen: &mut bool, slot: &mut Option<T>, duplicate: &mut bool,
 ) -> Result<(), A::Error>
 where
     A: MapAccess<'de>,

@@ -94,16 +94,13 @@ impl Records {
 
 impl FreshnessStore for MemoryStore {
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         Box::pin(std::future::ready(self.freshness.newest(object)))
     }
 
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(std::future::ready(self.freshness.record(object, version)))
     }

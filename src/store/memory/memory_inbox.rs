@@ -81,10 +81,7 @@ impl MemoryInbox {
     /// Settles `claim` if it still holds: records its attempt as ended
     /// with `outcome`, then makes `change`.
     fn settle(
-        &self,
-        claim: &InboxClaim,
-        outcome: InboxAttemptOutcome,
-        change: impl FnOnce(&mut Held),
+        &self, claim: &InboxClaim, outcome: InboxAttemptOutcome, change: impl FnOnce(&mut Held),
     ) -> Result<Settle, StoreError> {
         let now = Timestamp::now();
         let mut state = self.state();
@@ -171,17 +168,13 @@ impl Inbox for MemoryInbox {
     }
 
     fn insert_dead<'a>(
-        &'a self,
-        event: &'a NewEvent,
-        error: &'a str,
+        &'a self, event: &'a NewEvent, error: &'a str,
     ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
         ready(Ok(self.keep(event, InboxStatus::Dead, Some(error))))
     }
 
     fn claim(
-        &self,
-        lease: Duration,
-        reorder_window: Duration,
+        &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         let now = Timestamp::now();
         let arrived_before = now.as_millis().saturating_sub(millis(reorder_window));
@@ -251,10 +244,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn fail<'a>(
-        &'a self,
-        claim: &'a InboxClaim,
-        error: &'a str,
-        retry_at: Option<Timestamp>,
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let failed = InboxAttemptOutcome::Failed {
             error: inbox_history::bounded_error(error),
@@ -285,9 +275,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn list<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         let state = self.state();
         let entries = state
@@ -322,9 +310,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn replay_matching<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        force: bool,
+        &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         let now = Timestamp::now();
         let mut state = self.state();
@@ -393,9 +379,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn record_receipt<'a>(
-        &'a self,
-        attempt: &'a InboxAttempt,
-        receipt: &'a str,
+        &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let now = Timestamp::now();
         let mut state = self.state();
@@ -415,10 +399,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn page<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        start: PageStart,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         let state = self.state();
         let matching = state
@@ -440,10 +421,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn activity(
-        &self,
-        since: Timestamp,
-        interval: Duration,
-        intervals: usize,
+        &self, since: Timestamp, interval: Duration, intervals: usize,
     ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
         let mut activity = InboxActivity::new(since, interval, intervals);
         for held in self.state().entries.values() {

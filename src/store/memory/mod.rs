@@ -316,10 +316,7 @@ impl MemoryStore {
     }
 
     pub(crate) fn complete_now(
-        &self,
-        key: &MemoryKey,
-        token: &LeaseToken,
-        retention: Duration,
+        &self, key: &MemoryKey, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError> {
         let key = key.0;
         let now = self.now();
@@ -336,9 +333,7 @@ impl MemoryStore {
     }
 
     pub(crate) fn release_now(
-        &self,
-        key: &MemoryKey,
-        token: &LeaseToken,
+        &self, key: &MemoryKey, token: &LeaseToken,
     ) -> Result<Settle, StoreError> {
         let key = key.0;
         let now = self.now();
@@ -414,11 +409,7 @@ impl State {
     /// lease or retention; the token's number, or the answer when the key is
     /// held or completed.
     fn claim(
-        &mut self,
-        key: KeyDigest,
-        now: u64,
-        until: u64,
-        capacity: usize,
+        &mut self, key: KeyDigest, now: u64, until: u64, capacity: usize,
     ) -> Result<Result<u64, Claim>, StoreError> {
         if let Some(end) = self.completed_until(key) {
             if end > now {
@@ -529,28 +520,21 @@ fn deadline(now: u64, what: &str, ttl: Duration) -> Result<u64, StoreError> {
 
 impl IdempotencyStore for MemoryStore {
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         let claim = Self::key(key).and_then(|key| self.claim_now(&key, lease));
         Box::pin(std::future::ready(claim))
     }
 
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let settle = Self::key(key).and_then(|key| self.complete_now(&key, token, retention));
         Box::pin(std::future::ready(settle))
     }
 
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         let settle = Self::key(key).and_then(|key| self.release_now(&key, token));
         Box::pin(std::future::ready(settle))

@@ -113,8 +113,7 @@ impl PostgresStore {
 
 impl FreshnessStore for PostgresStore {
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         Box::pin(async move {
             check_record(object, None)?;
@@ -142,9 +141,7 @@ impl FreshnessStore for PostgresStore {
     }
 
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             check_record(object, Some(version))?;

@@ -270,10 +270,7 @@ impl PostgresStore {
     /// As [`claim`](IdempotencyStore::claim). After an error the transaction
     /// is aborted: roll it back.
     pub async fn claim_in(
-        &self,
-        tx: &Transaction<'_>,
-        key: &str,
-        lease: Duration,
+        &self, tx: &Transaction<'_>, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError> {
         timed(self.timeout, self.claim_with(tx, key, lease)).await
     }
@@ -285,20 +282,13 @@ impl PostgresStore {
     /// As [`complete`](IdempotencyStore::complete). After an error the
     /// transaction is aborted: roll it back.
     pub async fn complete_in(
-        &self,
-        tx: &Transaction<'_>,
-        key: &str,
-        token: &LeaseToken,
-        retention: Duration,
+        &self, tx: &Transaction<'_>, key: &str, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError> {
         timed(self.timeout, self.complete_with(tx, key, token, retention)).await
     }
 
     async fn claim_with<C>(
-        &self,
-        client: &C,
-        key: &str,
-        lease: Duration,
+        &self, client: &C, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError>
     where
         C: GenericClient + Sync,
@@ -332,11 +322,7 @@ impl PostgresStore {
     }
 
     async fn complete_with<C>(
-        &self,
-        client: &C,
-        key: &str,
-        token: &LeaseToken,
-        retention: Duration,
+        &self, client: &C, key: &str, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError>
     where
         C: GenericClient + Sync,
@@ -347,12 +333,7 @@ impl PostgresStore {
     }
 
     async fn settle<C>(
-        &self,
-        client: &C,
-        statement: &str,
-        key: &str,
-        token: &LeaseToken,
-        retention: Option<i64>,
+        &self, client: &C, statement: &str, key: &str, token: &LeaseToken, retention: Option<i64>,
     ) -> Result<Settle, StoreError>
     where
         C: GenericClient + Sync,
@@ -427,18 +408,13 @@ impl fmt::Debug for PostgresStore {
 
 impl IdempotencyStore for PostgresStore {
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(self.pooled(async move |client| self.claim_with(client, key, lease).await))
     }
 
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(
             self.pooled(async move |client| {
@@ -448,9 +424,7 @@ impl IdempotencyStore for PostgresStore {
     }
 
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(self.pooled(async move |client| {
             self.settle(client, &self.sql.release, key, token, None)
@@ -472,9 +446,7 @@ impl IdempotencyStore for PostgresStore {
 /// Runs `schema` in one transaction under an advisory lock named after
 /// `table`, so that instances starting together create it once.
 async fn create_tables(
-    client: &mut deadpool_postgres::Object,
-    table: &str,
-    schema: &str,
+    client: &mut deadpool_postgres::Object, table: &str, schema: &str,
 ) -> Result<(), StoreError> {
     let tx = client
         .transaction()

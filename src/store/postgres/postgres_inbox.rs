@@ -239,8 +239,7 @@ impl Sql {
 
 /// A filter's parameters, `$1` to `$6`, then `more`.
 fn with_filter<'a, const N: usize>(
-    f: &'a FilterParams<'a>,
-    more: [(&'a (dyn ToSql + Sync), Type); N],
+    f: &'a FilterParams<'a>, more: [(&'a (dyn ToSql + Sync), Type); N],
 ) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
         (&f.status, Type::TEXT),
@@ -304,8 +303,7 @@ struct JsonText(String);
 
 impl<'a> FromSql<'a> for JsonText {
     fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
+        ty: &Type, raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         // `jsonb` comes as a version byte (1) and then the JSON text.
         let text = if *ty == Type::JSONB {
@@ -456,9 +454,7 @@ impl PostgresInbox {
     ///
     /// A [`StoreError`] when the statement fails; roll the transaction back.
     pub async fn complete_in(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        attempt: &InboxAttempt,
+        &self, tx: &tokio_postgres::Transaction<'_>, attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {
         let now = Timestamp::now().as_millis();
         let seq = attempt.seq();
@@ -481,8 +477,7 @@ impl PostgresInbox {
     }
 
     async fn call<T>(
-        &self,
-        call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
+        &self, call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let client = timed(
@@ -498,10 +493,7 @@ impl PostgresInbox {
     }
 
     async fn settle(
-        &self,
-        sql: &str,
-        claim: &InboxClaim,
-        extra: &[(&(dyn ToSql + Sync), Type)],
+        &self, sql: &str, claim: &InboxClaim, extra: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Settle, StoreError> {
         let now = Timestamp::now().as_millis();
         let token = claim.token.as_str();
@@ -529,9 +521,7 @@ impl PostgresInbox {
 impl PostgresInbox {
     /// Keeps `event` as `pending`, or as `dead` with `error`.
     async fn keep(
-        &self,
-        event: &NewEvent,
-        dead_with: Option<&str>,
+        &self, event: &NewEvent, dead_with: Option<&str>,
     ) -> Result<Inserted, StoreError> {
         {
             crate::store::check_text("the event id", &event.event_id)?;
@@ -585,17 +575,13 @@ impl Inbox for PostgresInbox {
     }
 
     fn insert_dead<'a>(
-        &'a self,
-        event: &'a NewEvent,
-        error: &'a str,
+        &'a self, event: &'a NewEvent, error: &'a str,
     ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
         Box::pin(self.keep(event, Some(error)))
     }
 
     fn claim(
-        &self,
-        lease: Duration,
-        reorder_window: Duration,
+        &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();
@@ -631,10 +617,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn fail<'a>(
-        &'a self,
-        claim: &'a InboxClaim,
-        error: &'a str,
-        retry_at: Option<Timestamp>,
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
             let retry = retry_at.map(Timestamp::as_millis);
@@ -657,9 +640,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn list<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
@@ -729,9 +710,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn replay_matching<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        force: bool,
+        &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
@@ -826,9 +805,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn record_receipt<'a>(
-        &'a self,
-        attempt: &'a InboxAttempt,
-        receipt: &'a str,
+        &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();
@@ -858,10 +835,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn page<'a>(
-        &'a self,
-        filter: &'a InboxFilter,
-        start: PageStart,
-        limit: usize,
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
@@ -913,10 +887,7 @@ impl Inbox for PostgresInbox {
     }
 
     fn activity(
-        &self,
-        since: Timestamp,
-        interval: Duration,
-        intervals: usize,
+        &self, since: Timestamp, interval: Duration, intervals: usize,
     ) -> BoxFuture<'_, Result<InboxActivity, StoreError>> {
         Box::pin(async move {
             let mut activity = InboxActivity::new(since, interval, intervals);

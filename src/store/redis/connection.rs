@@ -31,10 +31,7 @@ impl ConnectionLike for Connection {
     }
 
     fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
+        &'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
@@ -199,8 +196,7 @@ impl RedisStore {
         doc(cfg(all(feature = "redis-cluster", feature = "redis-tls")))
     )]
     pub async fn connect_cluster_with_tls<U: AsRef<str>>(
-        urls: &[U],
-        root_cert_pem: &[u8],
+        urls: &[U], root_cert_pem: &[u8],
     ) -> Result<Self, StoreError> {
         let certificates = tls::certificates(root_cert_pem)?;
         if !urls.iter().all(|url| is_tls_url(url.as_ref())) {
@@ -211,8 +207,7 @@ impl RedisStore {
     }
 
     async fn connect_cluster_with<U: AsRef<str>>(
-        builder: ::redis::cluster::ClusterClientBuilder,
-        urls: &[U],
+        builder: ::redis::cluster::ClusterClientBuilder, urls: &[U],
     ) -> Result<Self, StoreError> {
         #[cfg(feature = "redis-tls")]
         tls::ensure_crypto_provider();

@@ -127,8 +127,7 @@ impl RedisStore {
 
 impl FreshnessStore for RedisStore {
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         Box::pin(async move {
             check_record(object, None)?;
@@ -147,9 +146,7 @@ impl FreshnessStore for RedisStore {
     }
 
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             check_record(object, Some(version))?;

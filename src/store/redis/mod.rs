@@ -271,8 +271,7 @@ impl RedisStore {
 
     /// Makes one `request` under the per-call timeout.
     async fn call<T>(
-        &self,
-        request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
+        &self, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
         timed(self.timeout, async {
@@ -312,10 +311,7 @@ impl RedisStore {
     }
 
     async fn settle(
-        &self,
-        script: &Script,
-        key: &str,
-        args: &[&str],
+        &self, script: &Script, key: &str, args: &[&str],
     ) -> Result<Settle, StoreError> {
         check_key(key)?;
         match self.run(script, key, args).await? {
@@ -338,18 +334,13 @@ impl fmt::Debug for RedisStore {
 
 impl IdempotencyStore for RedisStore {
     fn claim<'a>(
-        &'a self,
-        key: &'a str,
-        lease: Duration,
+        &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(self.claim_key(key, lease))
     }
 
     fn complete<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
-        retention: Duration,
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
             let retention = ttl_millis("retention", retention)?.to_string();
@@ -359,9 +350,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     fn release<'a>(
-        &'a self,
-        key: &'a str,
-        token: &'a LeaseToken,
+        &'a self, key: &'a str, token: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move { self.settle(&RELEASE, key, &[token.as_str()]).await })
     }

@@ -123,8 +123,7 @@ async fn control(var: &str) {
 /// 100 event ids, the copies of an id side by side and spread over both
 /// receivers, 32 at a time. Each id's handler must run `runs_per_id` times.
 async fn deliveries_spread_over_two_receivers(
-    stores: [Arc<dyn IdempotencyStore>; 2],
-    runs_per_id: u32,
+    stores: [Arc<dyn IdempotencyStore>; 2], runs_per_id: u32,
 ) {
     const EVENTS: usize = 100;
     const COPIES: usize = 5;

@@ -140,10 +140,7 @@ fn status(code: u16) -> Response<Full<Bytes>> {
 /// A receiver on its own loopback port: the layer over `store` with `lease`,
 /// in front of `handler`.
 pub(crate) async fn receiver(
-    store: Arc<dyn IdempotencyStore>,
-    prefix: &str,
-    lease: Duration,
-    handler: Handler,
+    store: Arc<dyn IdempotencyStore>, prefix: &str, lease: Duration, handler: Handler,
 ) -> SocketAddr {
     let verifier = Verifier::new(SECRET).expect("test secret");
     let layer = ClinkLayer::new(verifier)
@@ -237,9 +234,7 @@ pub(crate) async fn send_once(addr: SocketAddr, id: &str, statuses: &Statuses) -
 /// [`send_once`], also returning the layer's outcome code (`handled`,
 /// `duplicate`, an error code; empty when the handler wrote the body).
 pub(crate) async fn send_noting_outcome(
-    addr: SocketAddr,
-    id: &str,
-    statuses: &Statuses,
+    addr: SocketAddr, id: &str, statuses: &Statuses,
 ) -> (u16, Duration, String) {
     let reply = deliver(addr, &event(id, "order.succeeded", "{}")).await;
     statuses.note(reply.status, reply.error_code());
@@ -264,12 +259,8 @@ pub(crate) async fn send_noting_outcome(
 /// `max_handler_failures` answers of 5xx other than 503 (a handler that keeps
 /// failing) or at `deadline`. Whether it got a `2xx`.
 pub(crate) async fn clink_sender(
-    receivers: &[SocketAddr],
-    first: usize,
-    id: &str,
-    statuses: &Statuses,
-    max_handler_failures: u32,
-    deadline: Instant,
+    receivers: &[SocketAddr], first: usize, id: &str, statuses: &Statuses,
+    max_handler_failures: u32, deadline: Instant,
 ) -> bool {
     let mut backoff = Duration::from_millis(25);
     let mut handler_failures = 0;

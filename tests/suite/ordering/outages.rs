@@ -36,8 +36,7 @@ fn unavailable<T: Send + 'static>() -> BoxFuture<'static, Result<T, StoreError>>
 
 impl FreshnessStore for Switchable {
     fn newest<'a>(
-        &'a self,
-        object: &'a ObjectKey,
+        &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         if self.reads_fail.load(Ordering::SeqCst) {
             return unavailable();
@@ -46,9 +45,7 @@ impl FreshnessStore for Switchable {
     }
 
     fn record<'a>(
-        &'a self,
-        object: &'a ObjectKey,
-        version: &'a Version,
+        &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         if self.records_fail.load(Ordering::SeqCst) {
             return unavailable();

@@ -74,8 +74,7 @@ pub(crate) fn memory() -> Arc<dyn FreshnessStore> {
 /// URL every call fails and says what to set.
 #[cfg(any(feature = "redis", feature = "postgres"))]
 fn shared<S: FreshnessStore, F: std::future::Future<Output = S>>(
-    cache: &'static Mutex<Option<(u64, Arc<dyn FreshnessStore>)>>,
-    connect: impl FnOnce() -> F,
+    cache: &'static Mutex<Option<(u64, Arc<dyn FreshnessStore>)>>, connect: impl FnOnce() -> F,
 ) -> Arc<dyn FreshnessStore> {
     let generation = crate::support::servers::generation();
     let mut cache = cache

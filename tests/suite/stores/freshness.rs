@@ -35,9 +35,7 @@ fn newest_of(answer: Result<Option<Version>, impl std::fmt::Debug>) -> Option<Ve
 /// Records `versions` about `object` one after the other and returns the
 /// newest version the store then holds.
 async fn record_all(
-    store: &dyn FreshnessStore,
-    object: &ObjectKey,
-    versions: &[&Version],
+    store: &dyn FreshnessStore, object: &ObjectKey, versions: &[&Version],
 ) -> Option<Version> {
     for version in versions {
         if let Err(err) = store.record(object, version).await {
@@ -50,8 +48,7 @@ async fn record_all(
 /// A record holds the newest version per object; another family with the
 /// same id, or another id, is another object.
 pub(crate) async fn records_keep_the_newest_per_object(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     let store = open(DEFAULT_FRESHNESS_RETENTION).await;
     let object = order(&keys, "ord");
@@ -102,8 +99,7 @@ pub(crate) async fn records_keep_the_newest_per_object(
 /// compare as numbers (negative ones too, and beyond the 2^53 where doubles
 /// lose exactness), then ids.
 pub(crate) async fn an_older_version_never_replaces_a_newer(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     let store = open(DEFAULT_FRESHNESS_RETENTION).await;
     let exact = 1 << 53;
@@ -144,8 +140,7 @@ pub(crate) async fn an_older_version_never_replaces_a_newer(
 /// `str`, never by a locale's collation (which would put `evt_a` before
 /// `evt_B`, or skip the underscores).
 pub(crate) async fn equal_created_times_compare_ids_byte_wise(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     let store = open(DEFAULT_FRESHNESS_RETENTION).await;
     assert!("evt_B" < "evt_a" && "evt_Z" < "evt__" && "evt__" < "evt_a");
@@ -170,8 +165,7 @@ pub(crate) async fn equal_created_times_compare_ids_byte_wise(
 
 /// 50 different versions of one object recorded at once leave the newest.
 pub(crate) async fn concurrent_records_keep_the_newest(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     const RECORDS: usize = 50;
     let store = open(DEFAULT_FRESHNESS_RETENTION).await;
@@ -209,8 +203,7 @@ pub(crate) async fn concurrent_records_keep_the_newest(
 /// A record is forgotten when its retention ends, not before; then even an
 /// older version is recorded.
 pub(crate) async fn records_expire_after_their_retention(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     let store = open(SHORT).await;
     let object = order(&keys, "ord");
@@ -240,8 +233,7 @@ pub(crate) async fn records_expire_after_their_retention(
 /// Families, object ids and event ids longer than `MAX_KEY_LEN` bytes or
 /// with a NUL character are refused alike, and nothing is recorded.
 pub(crate) async fn out_of_range_input_is_refused(
-    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>,
-    keys: Keys,
+    open: impl AsyncFn(Duration) -> Arc<dyn FreshnessStore>, keys: Keys,
 ) {
     let store = open(DEFAULT_FRESHNESS_RETENTION).await;
     let too_long = "x".repeat(MAX_KEY_LEN + 1);

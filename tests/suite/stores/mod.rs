@@ -316,8 +316,7 @@ async fn released_key_is_claimed_again(store: Arc<dyn IdempotencyStore>, keys: K
 /// A completed key answers `Completed` for its whole retention, then is
 /// claimable again.
 async fn completed_stays_completed_until_retention_ends(
-    store: Arc<dyn IdempotencyStore>,
-    keys: Keys,
+    store: Arc<dyn IdempotencyStore>, keys: Keys,
 ) {
     let key = keys.key("done");
     let token = claimed(store.claim(&key, DEFAULT_LEASE).await);

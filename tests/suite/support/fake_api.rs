@@ -339,11 +339,7 @@ impl Data {
     }
 
     fn new_endpoint(
-        &mut self,
-        url: String,
-        events: Vec<String>,
-        description: Option<String>,
-        enabled: bool,
+        &mut self, url: String, events: Vec<String>, description: Option<String>, enabled: bool,
     ) -> &mut Endpoint {
         self.endpoint_counter += 1;
         let secret = self.new_secret();
@@ -884,9 +880,7 @@ fn ensure_endpoint(state: &State, body: &[u8]) -> Reply {
 
 /// `answer(data, endpoint)` for the endpoint `id`, or 404.
 fn with_endpoint(
-    state: &State,
-    id: &str,
-    answer: impl FnOnce(&mut Data, &mut Endpoint) -> Reply,
+    state: &State, id: &str, answer: impl FnOnce(&mut Data, &mut Endpoint) -> Reply,
 ) -> Reply {
     let mut data = state.data();
     let Some(index) = data.endpoints.iter().position(|endpoint| endpoint.id == id) else {
@@ -1039,11 +1033,7 @@ mod tests {
     /// Sends `method path` (after `/api/`) with `key` and `body`; the
     /// status, headers and body text.
     async fn call(
-        api: &FakeApi,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
+        api: &FakeApi, method: &str, path: &str, key: Option<&str>, body: Option<Value>,
     ) -> (u16, HeaderMap, String) {
         let mut request = Request::builder()
             .method(method)

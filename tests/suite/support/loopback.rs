@@ -199,10 +199,7 @@ impl RawReply {
 /// [`PATIENCE`], which only bounds a hang; the caller checks how long the
 /// answer took from `elapsed`.
 pub(crate) async fn raw_request(
-    addr: SocketAddr,
-    head: &str,
-    body_parts: &[&[u8]],
-    then: ThenClient,
+    addr: SocketAddr, head: &str, body_parts: &[&[u8]], then: ThenClient,
 ) -> RawReply {
     let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(addr).await.unwrap();

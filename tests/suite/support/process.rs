@@ -49,17 +49,14 @@ pub(crate) fn example_receiver(key: &str) -> (Process, String) {
 /// (`("REDIS_URL", url)` or `("DATABASE_URL", url)`; `None` for memory), the
 /// URL it announced, and the store it reported.
 pub(crate) fn example_receiver_with_store(
-    key: &str,
-    store: Option<(&str, &str)>,
+    key: &str, store: Option<(&str, &str)>,
 ) -> (Process, String, String) {
     example_receiver_with_env(key, store, &[])
 }
 
 /// [`example_receiver_with_store`], with `env` set too.
 pub(crate) fn example_receiver_with_env(
-    key: &str,
-    store: Option<(&str, &str)>,
-    env: &[(&str, &str)],
+    key: &str, store: Option<(&str, &str)>, env: &[(&str, &str)],
 ) -> (Process, String, String) {
     let mut command = Command::new(example_path("axum_receiver"));
     command

@@ -180,18 +180,13 @@ impl IdempotencyStore for HungStore {
     }
 
     fn complete<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
-        _: Duration,
+        &'a self, _: &'a str, _: &'a LeaseToken, _: Duration,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(std::future::pending())
     }
 
     fn release<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a LeaseToken,
+        &'a self, _: &'a str, _: &'a LeaseToken,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(std::future::pending())
     }

@@ -88,10 +88,7 @@ impl Streams {
     /// Adds `event` to its stream once (see [`XADD_ONCE`]) over `connection`;
     /// the entry's id.
     async fn add<C: redis::aio::ConnectionLike + Send>(
-        &self,
-        connection: &mut C,
-        event: &NewEvent,
-        name: &str,
+        &self, connection: &mut C, event: &NewEvent, name: &str,
     ) -> Result<String, BoxError> {
         let stream_name = fill(&self.template, event);
         let marker = format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event));
@@ -406,11 +403,7 @@ impl Destination {
     }
 
     async fn connect_nats(
-        &self,
-        url: &str,
-        stream: &str,
-        template: &str,
-        duplicate_window: Duration,
+        &self, url: &str, stream: &str, template: &str, duplicate_window: Duration,
     ) -> Result<(async_nats::Client, async_nats::jetstream::Context), BoxError> {
         // One reconnect, at once, and no more: a client whose server went
         // away ends, dropping the publishes it still holds, instead of

@@ -308,8 +308,7 @@ impl Service<Request<Incoming>> for Gateway {
     type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
     fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
+        &mut self, _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
@@ -323,10 +322,7 @@ impl Service<Request<Incoming>> for Gateway {
 /// The accounts' keys, loaded into `map`; accounts gone from the file are
 /// removed. Returns how many accounts the file has.
 fn load_accounts(
-    path: &std::path::Path,
-    map: &KeyMap,
-    known: &Mutex<BTreeSet<String>>,
-    tolerance: Duration,
+    path: &std::path::Path, map: &KeyMap, known: &Mutex<BTreeSet<String>>, tolerance: Duration,
 ) -> Result<usize, String> {
     let accounts = read_accounts(path).map_err(|p| p.0)?;
     let mut verifiers = Vec::with_capacity(accounts.len());
