@@ -104,13 +104,7 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 pub struct Workers<S = ()> {
     inbox: Arc<dyn Inbox>,
     router: EventRouter<S>,
-    concurrency: usize,
-    lease: Duration,
-    handler_timeout: Option<Duration>,
-    max_attempts: u32,
-    backoff: Duration,
-    max_backoff: Duration,
-    reorder_window: Duration,
+    settings: Settings,
     /// The inbox's outage log: a line when the workers' calls start to
     /// fail, a summary per interval, a line when one succeeds again.
     outage: Arc<OutageLog>,
@@ -119,15 +113,21 @@ pub struct Workers<S = ()> {
 impl<S> fmt::Debug for Workers<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Workers")
-            .field("concurrency", &self.concurrency)
-            .field("lease", &self.lease)
-            .field("handler_timeout", &self.handler_timeout)
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff", &self.backoff)
-            .field("max_backoff", &self.max_backoff)
-            .field("reorder_window", &self.reorder_window)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Workers`]' builder methods set.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    concurrency: usize,
+    lease: Duration,
+    handler_timeout: Option<Duration>,
+    max_attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    reorder_window: Duration,
 }
 
 fn check(what: &str, value: Duration, low: Duration) -> Result<Duration, ConfigError> {
@@ -146,18 +146,20 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         Self {
             inbox: Arc::new(inbox),
             router,
-            concurrency: DEFAULT_CONCURRENCY,
-            lease: DEFAULT_LEASE,
-            handler_timeout: None,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            backoff: DEFAULT_BACKOFF,
-            max_backoff: DEFAULT_MAX_BACKOFF,
+            settings: Settings {
+                concurrency: DEFAULT_CONCURRENCY,
+                lease: DEFAULT_LEASE,
+                handler_timeout: None,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                backoff: DEFAULT_BACKOFF,
+                max_backoff: DEFAULT_MAX_BACKOFF,
+                reorder_window: DEFAULT_REORDER_WINDOW,
+            },
             outage: OutageLog::new(
                 "inbox (workers)",
                 "no event is handled until it answers again",
                 DEFAULT_OUTAGE_LOG_INTERVAL,
             ),
-            reorder_window: DEFAULT_REORDER_WINDOW,
         }
     }
 
@@ -170,7 +172,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         if workers == 0 || workers > 10_000 {
             return Err(ConfigError::new("Workers::concurrency must be 1 to 10,000"));
         }
-        self.concurrency = workers;
+        self.settings.concurrency = workers;
         Ok(self)
     }
 
@@ -181,7 +183,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     ///
     /// A [`ConfigError`] unless `lease` is between 10 ms and 10 years.
     pub fn lease(mut self, lease: Duration) -> Result<Self, ConfigError> {
-        self.lease = check("lease", lease, Duration::from_millis(10))?;
+        self.settings.lease = check("lease", lease, Duration::from_millis(10))?;
         Ok(self)
     }
 
@@ -192,7 +194,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     ///
     /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
     pub fn handler_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.handler_timeout = Some(check("handler_timeout", timeout, Duration::from_millis(1))?);
+        self.settings.handler_timeout =
+            Some(check("handler_timeout", timeout, Duration::from_millis(1))?);
         Ok(self)
     }
 
@@ -205,7 +208,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         if attempts == 0 {
             return Err(ConfigError::new("Workers::max_attempts must be at least 1"));
         }
-        self.max_attempts = attempts;
+        self.settings.max_attempts = attempts;
         Ok(self)
     }
 
@@ -216,8 +219,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     ///
     /// A [`ConfigError`] unless `first` is at least 1 ms and at most `max`.
     pub fn backoff(mut self, first: Duration, max: Duration) -> Result<Self, ConfigError> {
-        self.backoff = check("backoff", first, Duration::from_millis(1))?;
-        self.max_backoff = check("backoff", max, first)?;
+        self.settings.backoff = check("backoff", first, Duration::from_millis(1))?;
+        self.settings.max_backoff = check("backoff", max, first)?;
         Ok(self)
     }
 
@@ -229,7 +232,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     ///
     /// A [`ConfigError`] when `delay` is over 10 years.
     pub fn reorder_window(mut self, delay: Duration) -> Result<Self, ConfigError> {
-        self.reorder_window = check("reorder_window", delay, Duration::ZERO)?;
+        self.settings.reorder_window = check("reorder_window", delay, Duration::ZERO)?;
         Ok(self)
     }
 
@@ -239,7 +242,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(self);
         let mut tasks = JoinSet::new();
-        for _ in 0..shared.concurrency {
+        for _ in 0..shared.settings.concurrency {
             let worker = Arc::clone(&shared);
             let stopped = stopped.clone();
             tasks.spawn(async move { worker.run(stopped).await });
@@ -267,11 +270,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 
     /// The wait before attempt `attempt + 1`, with jitter.
     fn backoff_after(&self, attempt: u32) -> Duration {
-        let doubled = self.backoff.saturating_mul(
+        let doubled = self.settings.backoff.saturating_mul(
             1u32.checked_shl(attempt.saturating_sub(1))
                 .unwrap_or(u32::MAX),
         );
-        let wait = doubled.min(self.max_backoff);
+        let wait = doubled.min(self.settings.max_backoff);
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(attempt);
         // A factor in [0.8, 1.2).
@@ -281,7 +284,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
-            let claimed = self.inbox.claim(self.lease, self.reorder_window).await;
+            let claimed = self
+                .inbox
+                .claim(self.settings.lease, self.settings.reorder_window)
+                .await;
             if claimed.is_ok() {
                 self.outage.succeeded();
             }
@@ -329,7 +335,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 // Kept before the inbox recorded the key: the key is not known.
                 let key = kept.signing_key.as_deref().unwrap_or("unrecorded");
                 let event = VerifiedEvent::earlier(raw, kept.signed_at, key);
-                let deadline = handler_deadline(self.lease, self.handler_timeout);
+                let deadline = handler_deadline(self.settings.lease, self.settings.handler_timeout);
                 match within(deadline, self.router.dispatch(event)).await {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
@@ -364,7 +370,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // Data that does not decode (or an envelope that does not read)
             // fails the same way every time: dead at once.
             let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
-            let retry_at = (!hopeless && attempts < self.max_attempts).then(|| {
+            let retry_at = (!hopeless && attempts < self.settings.max_attempts).then(|| {
                 let wait = self.backoff_after(attempts);
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
@@ -377,7 +383,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let error = match retry_at {
                 Some(at) => format!(
                     "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
-                    self.max_attempts
+                    self.settings.max_attempts
                 ),
                 None if hopeless => format!(
                     "dead: its data does not decode, so no retry can help; replay it after an \

@@ -247,45 +247,33 @@ mod tests {
             assert!(!log.is_down());
         });
         assert_eq!(lines.len(), 5, "{lines:#?}");
-        assert!(
-            lines[0]
-                .starts_with("ERROR clink test store unavailable; deliveries are answered 503."),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains(r#"error="connection refused""#),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[1].contains(" 1000 more calls failed (1001 since it went down 10 s ago)"),
-            "{}",
-            lines[1]
-        );
-        assert!(
-            lines[2].contains(" 1 more calls failed (1002 since"),
-            "{}",
-            lines[2]
-        );
-        assert!(
-            lines[3].contains(" 1 more calls failed (1003 since"),
-            "{}",
-            lines[3]
-        );
-        // The failure's text is escaped.
-        assert!(
-            lines[3].contains(r#"last_error="connection \u{202e}refused""#),
-            "{}",
-            lines[3]
-        );
-        assert!(
-            lines[4].starts_with(
-                "WARN clink test store available again after 52 s; 1003 calls failed in all"
+        let expected = [
+            (
+                0,
+                "ERROR clink test store unavailable; deliveries are answered 503.",
             ),
-            "{}",
-            lines[4]
-        );
+            (0, r#"error="connection refused""#),
+            (
+                1,
+                " 1000 more calls failed (1001 since it went down 10 s ago)",
+            ),
+            (2, " 1 more calls failed (1002 since"),
+            (3, " 1 more calls failed (1003 since"),
+            // The failure's text is escaped.
+            (3, r#"last_error="connection \u{202e}refused""#),
+            (
+                4,
+                "WARN clink test store available again after 52 s; 1003 calls failed in all",
+            ),
+        ];
+        for (line, part) in expected {
+            assert!(
+                lines[line].contains(part),
+                "line {line} lacks {part:?}: {}",
+                lines[line]
+            );
+        }
+        assert!(lines[0].starts_with("ERROR ") && lines[4].starts_with("WARN "));
         assert!(!lines.iter().any(|line| line.contains('\u{202e}')));
     }
 

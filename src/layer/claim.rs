@@ -85,7 +85,13 @@ impl StoreKey {
 /// id holds no `:`, so two keys never collide.
 fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
     let account = verified.account().unwrap_or("");
-    StoreKey::concat(&[&config.key_prefix, ":", account, ":", verified.event().id()])
+    StoreKey::concat(&[
+        &config.settings.key_prefix,
+        ":",
+        account,
+        ":",
+        verified.event().id(),
+    ])
 }
 
 /// Claims the event; anything but a fresh claim is the delivery's outcome.
@@ -94,16 +100,16 @@ pub(super) async fn claim(
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
     // The lease starts somewhere during the call: count it from before.
-    let lease_ends = Instant::now() + config.lease;
+    let lease_ends = Instant::now() + config.settings.lease;
     let mut memory_key = None;
     let claimed = match &config.memory {
         Some(memory) => MemoryStore::key(key.as_str()).and_then(|checked| {
             memory_key = Some(checked);
-            memory.claim_now(&checked, config.lease)
+            memory.claim_now(&checked, config.settings.lease)
         }),
         None => {
-            let call = config.store.claim(key.as_str(), config.lease);
-            timed(config.store_timeout, call).await
+            let call = config.store.claim(key.as_str(), config.settings.lease);
+            timed(config.settings.store_timeout, call).await
         }
     };
     if claimed.is_ok() {
@@ -115,7 +121,7 @@ pub(super) async fn claim(
             memory: config.memory.clone().zip(memory_key),
             key,
             token: Some(token),
-            timeout: config.store_timeout,
+            timeout: config.settings.store_timeout,
             completes_with: None,
             lease_ends,
             metrics: Arc::clone(&config.metrics),
@@ -170,16 +176,16 @@ impl ClaimGuard {
     }
 
     async fn complete(&mut self, config: &Config) {
-        self.completes_with = Some(config.retention);
+        self.completes_with = Some(config.settings.retention);
         let Some(token) = &self.token else {
             return;
         };
         let result = match &self.memory {
-            Some((memory, key)) => memory.complete_now(key, token, config.retention),
+            Some((memory, key)) => memory.complete_now(key, token, config.settings.retention),
             None => {
                 let call = self
                     .store
-                    .complete(self.key.as_str(), token, config.retention);
+                    .complete(self.key.as_str(), token, config.settings.retention);
                 timed(self.timeout, call).await
             }
         };
@@ -208,7 +214,7 @@ impl ClaimGuard {
                     Arc::clone(&self.store),
                     self.key.take(),
                     token,
-                    config.retention,
+                    config.settings.retention,
                     self.timeout,
                     self.lease_ends,
                     Arc::clone(&self.metrics),

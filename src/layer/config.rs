@@ -50,13 +50,9 @@ pub(super) enum Keys {
     },
 }
 
-#[derive(Clone)]
-pub(super) struct Config {
-    pub(super) keys: Keys,
-    pub(super) store: Arc<dyn IdempotencyStore>,
-    /// `store` itself when it is a [`MemoryStore`], whose calls answer at
-    /// once: the layer then calls it directly, without boxing a future per call.
-    pub(super) memory: Option<Arc<MemoryStore>>,
+/// What [`ClinkLayer`]'s builder methods set, besides the keys and stores.
+#[derive(Clone, Debug)]
+pub(super) struct Settings {
     pub(super) body_limit: usize,
     pub(super) body_timeout: Duration,
     pub(super) lease: Duration,
@@ -64,6 +60,16 @@ pub(super) struct Config {
     pub(super) handler_timeout: Option<Duration>,
     pub(super) store_timeout: Duration,
     pub(super) key_prefix: Arc<str>,
+}
+
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) keys: Keys,
+    pub(super) store: Arc<dyn IdempotencyStore>,
+    /// `store` itself when it is a [`MemoryStore`], whose calls answer at
+    /// once: the layer then calls it directly, without boxing a future per call.
+    pub(super) memory: Option<Arc<MemoryStore>>,
+    pub(super) settings: Settings,
     pub(super) metrics: Arc<Metrics>,
     pub(super) refusals: Arc<RefusalLog>,
     pub(super) outages: Outages,
@@ -104,7 +110,7 @@ impl Outages {
 impl Config {
     /// The handler's deadline: see [`handler_deadline`].
     pub(super) fn handler_deadline(&self) -> Duration {
-        handler_deadline(self.lease, self.handler_timeout)
+        handler_deadline(self.settings.lease, self.settings.handler_timeout)
     }
 }
 
@@ -141,13 +147,7 @@ impl fmt::Debug for ClinkLayer {
         };
         f.debug_struct("ClinkLayer")
             .field("keys", &keys)
-            .field("body_limit", &c.body_limit)
-            .field("body_timeout", &c.body_timeout)
-            .field("lease", &c.lease)
-            .field("retention", &c.retention)
-            .field("handler_timeout", &c.handler_timeout)
-            .field("store_timeout", &c.store_timeout)
-            .field("key_prefix", &c.key_prefix)
+            .field("settings", &c.settings)
             .finish_non_exhaustive()
     }
 }
@@ -226,13 +226,15 @@ impl ClinkLayer {
                 keys,
                 store: Arc::clone(&memory) as Arc<dyn IdempotencyStore>,
                 memory: Some(memory),
-                body_limit: DEFAULT_BODY_LIMIT,
-                body_timeout: DEFAULT_BODY_TIMEOUT,
-                lease: DEFAULT_LEASE,
-                retention: DEFAULT_RETENTION,
-                handler_timeout: None,
-                store_timeout: DEFAULT_STORE_TIMEOUT,
-                key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
+                settings: Settings {
+                    body_limit: DEFAULT_BODY_LIMIT,
+                    body_timeout: DEFAULT_BODY_TIMEOUT,
+                    lease: DEFAULT_LEASE,
+                    retention: DEFAULT_RETENTION,
+                    handler_timeout: None,
+                    store_timeout: DEFAULT_STORE_TIMEOUT,
+                    key_prefix: Arc::from(DEFAULT_KEY_PREFIX),
+                },
                 metrics: Arc::default(),
                 refusals: RefusalLog::new(DEFAULT_REFUSAL_LOG_INTERVAL),
                 outages: Outages::new(DEFAULT_REFUSAL_LOG_INTERVAL),
@@ -297,7 +299,7 @@ impl ClinkLayer {
                 "ClinkLayer::body_limit must be at least one byte and at most the body budget (the default is 1 MiB)",
             ));
         }
-        self.config_mut().body_limit = bytes;
+        self.config_mut().settings.body_limit = bytes;
         Ok(self)
     }
 
@@ -315,7 +317,7 @@ impl ClinkLayer {
     /// limit](Self::body_limit) (a body the limit allows could never be
     /// read) or `bodies` is zero.
     pub fn body_budget(mut self, bytes: usize, bodies: usize) -> Result<Self, ConfigError> {
-        if bytes < self.config.body_limit || bodies == 0 {
+        if bytes < self.config.settings.body_limit || bodies == 0 {
             return Err(ConfigError::new(
                 "ClinkLayer::body_budget must hold at least one body at the body limit, and one body at a time",
             ));
@@ -331,7 +333,7 @@ impl ClinkLayer {
     ///
     /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
     pub fn body_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.config_mut().body_timeout = check_duration("body_timeout", timeout, "30 s")?;
+        self.config_mut().settings.body_timeout = check_duration("body_timeout", timeout, "30 s")?;
         Ok(self)
     }
 
@@ -344,7 +346,7 @@ impl ClinkLayer {
     /// A [`ConfigError`] when `lease` is under one millisecond (every claim
     /// would expire at once) or over [`MAX_TTL`] (no store could hold it).
     pub fn lease(mut self, lease: Duration) -> Result<Self, ConfigError> {
-        self.config_mut().lease = check_duration("lease", lease, "30 s")?;
+        self.config_mut().settings.lease = check_duration("lease", lease, "30 s")?;
         Ok(self)
     }
 
@@ -356,7 +358,7 @@ impl ClinkLayer {
     /// A [`ConfigError`] when `retention` is under one millisecond (nothing
     /// would be remembered) or over [`MAX_TTL`] (no store could hold it).
     pub fn retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
-        self.config_mut().retention = check_duration("retention", retention, "72 h")?;
+        self.config_mut().settings.retention = check_duration("retention", retention, "72 h")?;
         Ok(self)
     }
 
@@ -374,7 +376,7 @@ impl ClinkLayer {
     ///
     /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
     pub fn handler_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.config_mut().handler_timeout = Some(check_duration(
+        self.config_mut().settings.handler_timeout = Some(check_duration(
             "handler_timeout",
             timeout,
             "9/10 of the lease",
@@ -390,7 +392,7 @@ impl ClinkLayer {
     ///
     /// A [`ConfigError`] unless `timeout` is between 1 ms and 10 years.
     pub fn store_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.config_mut().store_timeout = check_duration("store_timeout", timeout, "5 s")?;
+        self.config_mut().settings.store_timeout = check_duration("store_timeout", timeout, "5 s")?;
         Ok(self)
     }
 
@@ -409,7 +411,7 @@ impl ClinkLayer {
                 "ClinkLayer::key_prefix must be at most 128 bytes without control characters",
             ));
         }
-        self.config_mut().key_prefix = Arc::from(prefix);
+        self.config_mut().settings.key_prefix = Arc::from(prefix);
         Ok(self)
     }
 

@@ -55,10 +55,10 @@ impl Readiness {
     pub async fn check(&self) -> Result<(), NotReady> {
         let config = &self.config;
         match &self.inbox {
-            Some(inbox) => timed(config.store_timeout, inbox.check_writable())
+            Some(inbox) => timed(config.settings.store_timeout, inbox.check_writable())
                 .await
                 .map_err(NotReady),
-            None => timed(config.store_timeout, config.store.ping())
+            None => timed(config.settings.store_timeout, config.store.ping())
                 .await
                 .map_err(NotReady),
         }

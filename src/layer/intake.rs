@@ -122,7 +122,7 @@ async fn keep(
     {
         new = new.with_signature_headers(SignatureHeaders::new(timestamp, signature));
     }
-    let inserted = timed(config.store_timeout, inbox.insert(&new)).await;
+    let inserted = timed(config.settings.store_timeout, inbox.insert(&new)).await;
     if inserted.is_ok() {
         config.outages.inbox.succeeded();
     }

@@ -381,21 +381,7 @@ mod tests {
             Outcome::Undecodable,
             Outcome::DeadLettered,
         ];
-        outcomes.extend(
-            [
-                VerifyErrorKind::MissingTimestamp,
-                VerifyErrorKind::MissingSignature,
-                VerifyErrorKind::MalformedTimestamp,
-                VerifyErrorKind::MalformedSignature,
-                VerifyErrorKind::UnsupportedSignType,
-                VerifyErrorKind::TooOld,
-                VerifyErrorKind::InFuture,
-                VerifyErrorKind::SignatureMismatch,
-                VerifyErrorKind::NoActiveKey,
-                VerifyErrorKind::ExpiredKey,
-            ]
-            .map(Outcome::Verify),
-        );
+        outcomes.extend(VerifyErrorKind::ALL.map(Outcome::Verify));
         outcomes.extend(
             [
                 EnvelopeError::NotJson,

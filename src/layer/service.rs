@@ -278,7 +278,12 @@ async fn dead_letter(
 ) -> bool {
     let event = NewEvent::from_verified(verified, Timestamp::now());
     let error = format!("dead: its data does not decode, so no retry can help: {failure}");
-    match timed(config.store_timeout, inbox.insert_dead(&event, &error)).await {
+    match timed(
+        config.settings.store_timeout,
+        inbox.insert_dead(&event, &error),
+    )
+    .await
+    {
         Ok(_) => {
             config.outages.dead_letters.succeeded();
             tracing::warn!(

@@ -43,20 +43,20 @@ where
     let mut verification = verifier.begin_at(timestamp, now).map_err(log_verify)?;
 
     let declared = declared_length(&parts.headers);
-    if declared.is_some_and(|len| len > config.body_limit as u64) {
+    if declared.is_some_and(|len| len > config.settings.body_limit as u64) {
         return Err(Outcome::BodyTooLarge {
-            limit: config.body_limit,
+            limit: config.settings.body_limit,
         });
     }
     let mut reading = config.budget.start().ok_or(Outcome::Overloaded)?;
     let read = read_body(
         body,
-        config.body_limit,
+        config.settings.body_limit,
         declared,
         &mut verification,
         &mut reading,
     );
-    let bytes = within(config.body_timeout, read)
+    let bytes = within(config.settings.body_timeout, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification
@@ -96,7 +96,7 @@ async fn keys(
     // summed up), never a line per delivery; a lookup the source would not
     // make is a refusal, counted with the others.
     let outage = &config.outages.keys;
-    match within(config.store_timeout, source.verifier(account)).await {
+    match within(config.settings.store_timeout, source.verifier(account)).await {
         Ok(Ok(Some(verifier))) => {
             outage.succeeded();
             if let Some(span) = span {

@@ -37,6 +37,21 @@ pub enum VerifyErrorKind {
 }
 
 impl VerifyErrorKind {
+    /// Every kind, for tests that go through them all.
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 10] = [
+        Self::MissingTimestamp,
+        Self::MissingSignature,
+        Self::MalformedTimestamp,
+        Self::MalformedSignature,
+        Self::UnsupportedSignType,
+        Self::TooOld,
+        Self::InFuture,
+        Self::SignatureMismatch,
+        Self::NoActiveKey,
+        Self::ExpiredKey,
+    ];
+
     /// A short stable code for logs and response bodies, e.g. `signature_mismatch`.
     #[must_use]
     pub fn code(self) -> &'static str {
@@ -106,21 +121,34 @@ impl fmt::Debug for VerifyError {
     }
 }
 
+impl VerifyError {
+    /// The header a missing or malformed header error is about.
+    fn header(&self) -> &'static str {
+        match self.kind {
+            VerifyErrorKind::MissingTimestamp | VerifyErrorKind::MalformedTimestamp => {
+                "X-Clink-Timestamp"
+            }
+            _ => "X-Clink-Signature",
+        }
+    }
+}
+
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            VerifyErrorKind::MissingTimestamp => f.write_str(
-                "missing X-Clink-Timestamp header: the request did not come from Clink or a proxy dropped the header",
+            VerifyErrorKind::MissingTimestamp | VerifyErrorKind::MissingSignature => write!(
+                f,
+                "missing {} header: the request did not come from Clink or a proxy dropped the header",
+                self.header()
             ),
-            VerifyErrorKind::MissingSignature => f.write_str(
-                "missing X-Clink-Signature header: the request did not come from Clink or a proxy dropped the header",
-            ),
-            VerifyErrorKind::MalformedTimestamp => f.write_str(
-                "malformed X-Clink-Timestamp: expected epoch seconds or milliseconds as ASCII digits",
-            ),
-            VerifyErrorKind::MalformedSignature => f.write_str(
-                "malformed X-Clink-Signature: expected 64 hex digits (HMAC-SHA256)",
-            ),
+            VerifyErrorKind::MalformedTimestamp | VerifyErrorKind::MalformedSignature => {
+                let expected = if self.kind == VerifyErrorKind::MalformedTimestamp {
+                    "epoch seconds or milliseconds as ASCII digits"
+                } else {
+                    "64 hex digits (HMAC-SHA256)"
+                };
+                write!(f, "malformed {}: expected {expected}", self.header())
+            }
             VerifyErrorKind::UnsupportedSignType => {
                 f.write_str("unsupported X-Clink-SignType: only SHA256 is supported")
             }
@@ -164,18 +192,7 @@ mod tests {
 
     #[test]
     fn error_messages_are_distinct_and_say_what_to_check() {
-        let kinds = [
-            VerifyErrorKind::MissingTimestamp,
-            VerifyErrorKind::MissingSignature,
-            VerifyErrorKind::MalformedTimestamp,
-            VerifyErrorKind::MalformedSignature,
-            VerifyErrorKind::UnsupportedSignType,
-            VerifyErrorKind::TooOld,
-            VerifyErrorKind::InFuture,
-            VerifyErrorKind::SignatureMismatch,
-            VerifyErrorKind::NoActiveKey,
-            VerifyErrorKind::ExpiredKey,
-        ];
+        let kinds = VerifyErrorKind::ALL;
         let messages: std::collections::HashSet<_> = kinds
             .iter()
             .map(|k| VerifyError::new(*k).to_string())

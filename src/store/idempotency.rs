@@ -35,6 +35,17 @@ pub enum Settle {
     LeaseLost,
 }
 
+impl Settle {
+    /// `Applied` when the settle changed what it meant to, `LeaseLost` otherwise.
+    pub(crate) fn applied_if(applied: bool) -> Self {
+        if applied {
+            Self::Applied
+        } else {
+            Self::LeaseLost
+        }
+    }
+}
+
 /// The fencing token of one claim: only its holder can settle it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LeaseToken(String);

@@ -442,6 +442,17 @@ pub enum Inserted {
     Duplicate,
 }
 
+impl Inserted {
+    /// `New` when a row was written, `Duplicate` otherwise.
+    pub(crate) fn new_if(written: bool) -> Self {
+        if written {
+            Self::New
+        } else {
+            Self::Duplicate
+        }
+    }
+}
+
 /// How many events are where, for operations and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -461,7 +472,27 @@ pub struct InboxStats {
     pub oldest_unhandled: Option<Timestamp>,
 }
 
+/// An [`Inbox::wait`] for a backend that is told of new events by `notify`:
+/// until it is, or `timeout` has passed.
+pub(crate) fn wait_for(notify: &tokio::sync::Notify, timeout: Duration) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    })
+}
+
 impl InboxStats {
+    /// [`add`](Self::add) for a row of an SQL backend's `GROUP BY status`:
+    /// the status as stored, the count, the oldest arrival in epoch
+    /// milliseconds, how many are due. A status this version does not know
+    /// is left out.
+    pub(crate) fn add_row(&mut self, status: &str, count: i64, oldest: Option<i64>, due: i64) {
+        if let Some(status) = InboxStatus::parse(status) {
+            let count = u64::try_from(count).unwrap_or(0);
+            let due = u64::try_from(due).unwrap_or(0);
+            self.add(status, count, due, oldest.map(Timestamp::from_millis));
+        }
+    }
+
     /// Counts `count` events with `status`, the oldest of them arrived at
     /// `oldest`: what a backend's `GROUP BY status` gives, row by row.
     pub(crate) fn add(

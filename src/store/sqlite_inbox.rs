@@ -12,10 +12,10 @@ use tokio::sync::Notify;
 use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::sql as browse;
-use super::inbox_trait::{filter_sql, order_key, read_entry, EntryRow, ENTRY_COLUMNS};
+use super::inbox_trait::{filter_sql, order_key, read_entry, wait_for, EntryRow, ENTRY_COLUMNS};
 use super::{
-    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
-    LeaseToken, NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
+    BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
+    NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
 };
 use super::{InboxActivity, PageStart};
 use crate::events::InboxAttempt;
@@ -387,11 +387,7 @@ impl SqliteInbox {
                 None => statement.execute(params![seq, token, now]),
             }
             .map_err(|err| sqlite_error("cannot settle the event", &err))?;
-            Ok(if changed == 1 {
-                Settle::Applied
-            } else {
-                Settle::LeaseLost
-            })
+            Ok(Settle::applied_if(changed == 1))
         });
         self.waking(settled)
     }
@@ -431,11 +427,7 @@ impl SqliteInbox {
                     ],
                 )
                 .map_err(|err| sqlite_error("cannot keep the event", &err))?;
-            Ok(if changed == 1 {
-                Inserted::New
-            } else {
-                Inserted::Duplicate
-            })
+            Ok(Inserted::new_if(changed == 1))
         });
         self.waking(call)
     }
@@ -672,20 +664,14 @@ impl Inbox for SqliteInbox {
             for row in rows {
                 let (status, count, oldest, due) =
                     row.map_err(|err| sqlite_error("cannot count the inbox", &err))?;
-                if let Some(status) = InboxStatus::parse(&status) {
-                    let count = u64::try_from(count).unwrap_or(0);
-                    let due = u64::try_from(due).unwrap_or(0);
-                    stats.add(status, count, due, oldest.map(Timestamp::from_millis));
-                }
+                stats.add_row(&status, count, oldest, due);
             }
             Ok(stats)
         })
     }
 
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = tokio::time::timeout(timeout, self.inserted.notified()).await;
-        })
+        wait_for(&self.inserted, timeout)
     }
 
     fn record_receipt<'a>(
@@ -704,11 +690,7 @@ impl Inbox for SqliteInbox {
                     params![seq, token, Timestamp::now().as_millis(), receipt],
                 )
                 .map_err(|err| sqlite_error("cannot record the receipt", &err))?;
-            Ok(if changed == 1 {
-                Settle::Applied
-            } else {
-                Settle::LeaseLost
-            })
+            Ok(Settle::applied_if(changed == 1))
         })
     }
 

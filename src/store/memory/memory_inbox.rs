@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use crate::events::InboxAttempt;
 use crate::store::inbox_history::{self, InboxAttemptOutcome, InboxAttemptRecord};
 use crate::store::inbox_page::{on_page, page_of};
-use crate::store::inbox_trait::order_key;
+use crate::store::inbox_trait::{order_key, wait_for};
 use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
     LeaseToken, NewEvent, Replayed, Settle, StoreError,
@@ -373,9 +373,7 @@ impl Inbox for MemoryInbox {
     }
 
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = tokio::time::timeout(timeout, self.inserted.notified()).await;
-        })
+        wait_for(&self.inserted, timeout)
     }
 
     fn record_receipt<'a>(

@@ -349,11 +349,7 @@ impl PostgresStore {
             .execute_typed(statement, &params)
             .await
             .map_err(|err| pg_error("cannot settle", &err))?;
-        Ok(if changed == 1 {
-            Settle::Applied
-        } else {
-            Settle::LeaseLost
-        })
+        Ok(Settle::applied_if(changed == 1))
     }
 
     /// Runs `call` with a pooled connection, all under the per-call timeout.

@@ -17,11 +17,11 @@ use crate::store::inbox_history::bounded_error;
 use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::sql as browse;
 use crate::store::inbox_trait::{
-    filter_sql, order_key, read_entry, EntryRow, FilterParams, ENTRY_COLUMNS,
+    filter_sql, order_key, read_entry, wait_for, EntryRow, FilterParams, ENTRY_COLUMNS,
 };
 use crate::store::{
-    timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus,
-    Inserted, LeaseToken, NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
+    timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
+    NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
 use crate::store::{InboxActivity, PageStart};
 use crate::{ConfigError, Timestamp};
@@ -508,11 +508,7 @@ impl PostgresInbox {
                 .execute_typed(sql, &params)
                 .await
                 .map_err(|err| pg_error("cannot settle the event", &err))?;
-            Ok(if changed == 1 {
-                Settle::Applied
-            } else {
-                Settle::LeaseLost
-            })
+            Ok(Settle::applied_if(changed == 1))
         })
         .await
     }
@@ -560,11 +556,7 @@ impl PostgresInbox {
                         .map_err(|err| pg_error("cannot keep the event", &err))
                 })
                 .await?;
-            Ok(if inserted.is_empty() {
-                Inserted::Duplicate
-            } else {
-                Inserted::New
-            })
+            Ok(Inserted::new_if(!inserted.is_empty()))
         }
     }
 }
@@ -788,20 +780,14 @@ impl Inbox for PostgresInbox {
                 };
                 let (status, count, oldest, due) =
                     read().map_err(|err| pg_error("cannot count the inbox", &err))?;
-                if let Some(status) = InboxStatus::parse(&status) {
-                    let count = u64::try_from(count).unwrap_or(0);
-                    let due = u64::try_from(due).unwrap_or(0);
-                    stats.add(status, count, due, oldest.map(Timestamp::from_millis));
-                }
+                stats.add_row(&status, count, oldest, due);
             }
             Ok(stats)
         })
     }
 
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = tokio::time::timeout(timeout, self.notified.notified()).await;
-        })
+        wait_for(&self.notified, timeout)
     }
 
     fn record_receipt<'a>(
@@ -826,11 +812,7 @@ impl Inbox for PostgresInbox {
                         .map_err(|err| pg_error("cannot record the receipt", &err))
                 })
                 .await?;
-            Ok(if changed == 1 {
-                Settle::Applied
-            } else {
-                Settle::LeaseLost
-            })
+            Ok(Settle::applied_if(changed == 1))
         })
     }
 
