@@ -75,3 +75,30 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty, Full};
+
+    /// A body the layer wrote ends once its one frame is taken, and an
+    /// empty one has ended from the start (so hyper sends no chunked
+    /// framing for it); the inner service's body says what it says.
+    #[tokio::test]
+    async fn the_end_of_the_stream_is_reported_as_it_is() {
+        let mut written = ResponseBody::<Empty<Bytes>>::layer(Bytes::from_static(b"{}"));
+        assert!(!written.is_end_stream());
+        assert_eq!(written.size_hint().exact(), Some(2));
+        let frame = written.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"{}"));
+        assert!(written.is_end_stream());
+        assert_eq!(written.size_hint().exact(), Some(0));
+        assert!(written.frame().await.is_none());
+
+        assert!(ResponseBody::<Empty<Bytes>>::layer(Bytes::new()).is_end_stream());
+        assert!(ResponseBody::inner(Empty::<Bytes>::new()).is_end_stream());
+        let inner = ResponseBody::inner(Full::new(Bytes::from_static(b"ok")));
+        assert!(!inner.is_end_stream());
+        assert_eq!(inner.size_hint().exact(), Some(2));
+    }
+}

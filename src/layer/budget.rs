@@ -160,4 +160,14 @@ mod tests {
         drop(a);
         assert_eq!(budget.bytes_held(), 0);
     }
+
+    /// The default budget is the 64 MiB its docs promise: a body limit of
+    /// exactly that is allowed, one byte more is not (a limit may not pass
+    /// the budget).
+    #[test]
+    fn the_default_budget_is_64_mib() {
+        let layer = || crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap());
+        assert!(layer().body_limit(64 * 1024 * 1024).is_ok());
+        assert!(layer().body_limit(64 * 1024 * 1024 + 1).is_err());
+    }
 }

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use clink_webhooks::accounts::{AccountFrom, KeySource, KeySourceError};
 use clink_webhooks::data::{Currency, Order};
 use clink_webhooks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use clink_webhooks::{
-    sign, ClinkLayer, EventRouter, Outcome, SigningKey, Timestamp, Verified, VerifiedEvent,
-    Verifier, VerifyError, VerifyErrorKind,
+    sign, BoxFuture, ClinkLayer, EventRouter, Outcome, SigningKey, Timestamp, Verified,
+    VerifiedEvent, Verifier, VerifyError, VerifyErrorKind,
 };
 use http::{header, Request, Response};
 use http_body_util::Full;
@@ -343,6 +344,42 @@ async fn the_verified_event_says_which_key_matched() {
             ("evt_2".to_owned(), "k1".to_owned())
         ]
     );
+}
+
+/// A key source that answers every lookup with `answer`.
+struct Answering(fn() -> KeySourceError);
+
+impl KeySource for Answering {
+    fn verifier<'a>(
+        &'a self, _account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        let error = (self.0)();
+        Box::pin(async move { Err(error) })
+    }
+}
+
+/// A key source that will not look keys up now (its own limit) is a
+/// `503` the metrics count as such; one that fails is the key source being
+/// down. Both are retried by Clink, but only the second is an outage.
+#[tokio::test]
+async fn a_key_source_at_its_limit_is_told_from_one_that_is_down() {
+    let cases: [(fn() -> KeySourceError, Outcome); 2] = [
+        (KeySourceError::limited, Outcome::KeyLookupsLimited),
+        (
+            || KeySourceError::new("connection refused"),
+            Outcome::KeysUnavailable,
+        ),
+    ];
+    for (error, expected) in cases {
+        let service = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, Answering(error))
+            .layer(EventRouter::new());
+        let mut request = delivery("whsec_a", event_of_len("evt_1", 64), None);
+        *request.uri_mut() = "/webhooks/clink/acct_1".parse().unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(Outcome::of(&response), Some(&expected));
+    }
 }
 
 // ---------------------------------------------------------------------------
