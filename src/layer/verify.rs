@@ -196,7 +196,7 @@ where
             if !reading.hold(capacity) {
                 return Err(Outcome::Overloaded);
             }
-            buffer.reserve(capacity - buffer.len());
+            grow(buffer, capacity);
         }
         // Each piece is hashed and copied into the body's buffer straight
         // from the frame: one copy, whatever the frame's buffer type.
@@ -215,6 +215,15 @@ where
     })
 }
 
+/// Moves `buffer` to one of exactly `capacity` bytes: what the budget holds
+/// for it is what it has. (`reserve` would round a growth cut short at the
+/// body limit up to double; it copies on growth all the same.)
+fn grow(buffer: &mut BytesMut, capacity: usize) {
+    let mut exact = BytesMut::with_capacity(capacity);
+    exact.extend_from_slice(buffer);
+    *buffer = exact;
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -227,7 +236,7 @@ mod tests {
     use http_body::Frame;
 
     use super::super::budget::BodyBudget;
-    use super::{has_invisible, read_body};
+    use super::{grow, has_invisible, read_body};
     use crate::signature::{sign, Verifier};
     use crate::Outcome;
 
@@ -297,6 +306,44 @@ mod tests {
             assert_eq!(held, 100, "{declared:?}");
             let (read, _) = read_under(&[100], declared, 1000, 99).await;
             assert_eq!(read.unwrap_err(), Outcome::Overloaded, "{declared:?}");
+        }
+    }
+
+    /// A grown buffer has the capacity the budget holds for it: doubled, or
+    /// what the next chunk needs, or cut at the limit.
+    #[test]
+    fn a_buffer_grows_to_exactly_the_capacity_held() {
+        for (capacity, len, to) in [
+            (40, 20, 80),
+            (40, 40, 80),
+            (40, 20, 60),
+            (40, 40, 100),
+            (8, 8, 9),
+        ] {
+            let mut buffer = bytes::BytesMut::with_capacity(capacity);
+            buffer.extend_from_slice(&vec![7; len]);
+            grow(&mut buffer, to);
+            assert_eq!(buffer.capacity(), to, "{capacity} {len} {to}");
+            assert_eq!(&buffer[..], &vec![7; len][..]);
+        }
+    }
+
+    /// A body that arrives whole in one chunk, its length declared or not,
+    /// is handed on as that chunk: no copy.
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_kept_without_a_copy() {
+        for declared in [None, Some(100)] {
+            let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+            let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+            let budget = BodyBudget::new(1000, 4);
+            let mut reading = budget.start().unwrap();
+            let body = Chunks::of(&[100]);
+            let sent = body.0[0].as_ptr();
+            let read = read_body(body, 1000, declared, &mut verification, &mut reading)
+                .await
+                .unwrap();
+            assert_eq!(read.len(), 100);
+            assert_eq!(read.as_ptr(), sent, "copied with {declared:?}");
         }
     }
 
