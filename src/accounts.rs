@@ -979,6 +979,104 @@ mod tests {
         builder.body(()).unwrap().into_parts().0
     }
 
+    /// Rotating an account's key in a map: the new key at once, the old
+    /// one for the grace period only; an unknown account stays unknown.
+    #[test]
+    fn a_key_map_rotates_an_accounts_key_and_keeps_the_old_one_for_the_grace() {
+        use std::time::UNIX_EPOCH;
+
+        use crate::signature::sign;
+
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .to_string()
+        };
+        let map = KeyMap::new();
+        map.insert("acct_1", Verifier::new("whsec_old").unwrap())
+            .unwrap();
+        let grace = Duration::from_secs(60);
+        let new_key = || SigningKey::new("whsec_new").unwrap();
+        assert!(map.rotate_at("acct_1", new_key(), grace, now));
+        assert!(!map.rotate_at("acct_2", new_key(), grace, now));
+        assert!(!map.rotate("acct_2", new_key(), grace));
+        assert!(
+            map.get("acct_2").is_none(),
+            "an unknown account stays unknown"
+        );
+
+        let verifier = map.get("acct_1").unwrap();
+        let body = br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+        for (secret, when, accepted) in [
+            ("whsec_new", now, true),
+            ("whsec_old", now + grace / 2, true),
+            ("whsec_new", now + 2 * grace, true),
+            ("whsec_old", now + 2 * grace, false),
+        ] {
+            let ts = at(when);
+            let result = verifier.verify_at(&ts, &sign(secret, &ts, body), body, when);
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "{secret} at +{:?}",
+                when.duration_since(now)
+            );
+        }
+
+        // `rotate` rotates as of now: the new key is accepted at once.
+        assert!(map.rotate("acct_1", SigningKey::new("whsec_newer").unwrap(), grace));
+        let ts = crate::Timestamp::now().as_millis().to_string();
+        let newest = map.get("acct_1").unwrap();
+        assert!(newest
+            .verify(&ts, &sign("whsec_newer", &ts, body), body)
+            .is_ok());
+        assert!(newest
+            .verify(&ts, &sign("whsec_new", &ts, body), body)
+            .is_ok());
+        assert!(newest
+            .verify(&ts, &sign("whsec_old", &ts, body), body)
+            .is_err());
+    }
+
+    /// What a key source's errors say, and what they lead back to.
+    #[test]
+    fn key_source_errors_say_what_failed_and_keep_their_source() {
+        use std::error::Error as _;
+
+        let limited = KeySourceError::limited();
+        assert!(limited.is_limited());
+        assert!(limited
+            .to_string()
+            .contains("too many lookups of uncached accounts"));
+        assert!(limited
+            .source()
+            .unwrap()
+            .to_string()
+            .contains("the lookup was not made"));
+        let failed = KeySourceError::new("connection refused");
+        assert!(!failed.is_limited());
+        assert_eq!(
+            failed.to_string(),
+            "the signing keys could not be looked up: connection refused"
+        );
+        assert_eq!(failed.source().unwrap().to_string(), "connection refused");
+    }
+
+    /// A key map's `Debug` counts its accounts and shows no secret.
+    #[test]
+    fn a_key_map_debugs_its_size_without_secrets() {
+        let map = KeyMap::new();
+        map.insert("acct_1", Verifier::new("whsec_secret").unwrap())
+            .unwrap();
+        map.insert("acct_2", Verifier::new("whsec_secret").unwrap())
+            .unwrap();
+        let debug = format!("{map:?}");
+        assert!(debug.starts_with("KeyMap { accounts: 2"), "{debug}");
+        assert!(!debug.contains("whsec"), "{debug}");
+    }
+
     #[test]
     fn accounts_come_from_where_they_are_configured_and_must_be_plain() {
         let p = parts(
