@@ -36,6 +36,7 @@ pub enum Settle {
 }
 
 impl Settle {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// `Applied` when the settle changed what it meant to, `LeaseLost` otherwise.
     pub(crate) fn applied_if(applied: bool) -> Self {
         if applied {

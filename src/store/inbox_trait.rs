@@ -443,6 +443,7 @@ pub enum Inserted {
 }
 
 impl Inserted {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// `New` when a row was written, `Duplicate` otherwise.
     pub(crate) fn new_if(written: bool) -> Self {
         if written {
@@ -481,6 +482,7 @@ pub(crate) fn wait_for(notify: &tokio::sync::Notify, timeout: Duration) -> BoxFu
 }
 
 impl InboxStats {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// [`add`](Self::add) for a row of an SQL backend's `GROUP BY status`:
     /// the status as stored, the count, the oldest arrival in epoch
     /// milliseconds, how many are due. A status this version does not know
