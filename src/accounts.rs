@@ -1040,6 +1040,45 @@ mod tests {
             .is_err());
     }
 
+    /// A key map holds what was inserted until it is removed, shared by its
+    /// clones, and answers the layer's lookups from it.
+    #[tokio::test]
+    async fn a_key_map_keeps_accounts_until_removed_and_clones_share_them() {
+        let map = KeyMap::new();
+        assert!(map.is_empty());
+        assert_eq!(map.len(), 0);
+        let clone = map.clone();
+        clone
+            .insert("acct_1", Verifier::new("whsec_a").unwrap())
+            .unwrap();
+        clone
+            .insert("acct_2", Verifier::new("whsec_b").unwrap())
+            .unwrap();
+        assert!(map
+            .insert("a:b", Verifier::new("whsec_c").unwrap())
+            .is_err());
+        assert_eq!(map.len(), 2);
+        assert!(!map.is_empty());
+        let one = map.get("acct_1").unwrap();
+        let names =
+            |verifier: &Verifier| verifier.key_names().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(names(&one), names(&Verifier::new("whsec_a").unwrap()));
+        assert_ne!(names(&one), names(&Verifier::new("whsec_b").unwrap()));
+        assert!(map.get("acct_3").is_none());
+        assert!(Arc::ptr_eq(
+            &map.verifier("acct_1").await.unwrap().unwrap(),
+            &one
+        ));
+        assert!(map.verifier("acct_3").await.unwrap().is_none());
+
+        assert!(map.remove("acct_1"));
+        assert!(!map.remove("acct_1"), "already gone");
+        assert!(clone.get("acct_1").is_none());
+        assert_eq!(clone.len(), 1);
+        assert!(clone.remove("acct_2"));
+        assert!(map.is_empty());
+    }
+
     /// What a key source's errors say, and what they lead back to.
     #[test]
     fn key_source_errors_say_what_failed_and_keep_their_source() {
