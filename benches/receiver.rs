@@ -480,7 +480,39 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
 
 /// `--profile <hand|careful|layer> [count] [size]`: only `count` deliveries through one
 /// receiver in process, for a profiler (`valgrind --tool=callgrind`).
+///
+/// `--profile-http <bare|careful|layer> [count] [size]`: `count` deliveries
+/// to one receiver over loopback HTTP, one keep-alive connection, one
+/// request at a time, in one process (`perf record -g`).
 fn profile(args: &[String]) -> bool {
+    if let Some(at) = args.iter().position(|arg| arg == "--profile-http") {
+        let count = args
+            .get(at + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(50_000);
+        let size = args
+            .get(at + 3)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1024);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            match args.get(at + 1).map(String::as_str) {
+                Some("bare") => serve(Bare).await,
+                Some("careful") => serve(Hand::careful()).await,
+                _ => serve(layered()).await,
+            }
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let took = time_over_http(&rt, &client, addr, count, size);
+        println!(
+            "{} per delivery",
+            micros(took / u32::try_from(count).unwrap_or(1))
+        );
+        return true;
+    }
     let Some(at) = args.iter().position(|arg| arg == "--profile") else {
         return false;
     };
