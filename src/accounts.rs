@@ -1194,6 +1194,37 @@ mod tests {
         assert!(source.cache.is_empty());
     }
 
+    /// The TTLs may be anything up to ten years, that included; the
+    /// cache's `Debug` shows its settings and how much it holds.
+    #[tokio::test]
+    async fn ttls_are_bounded_at_ten_years_and_the_cache_debugs_its_settings() {
+        let source = || {
+            CachedKeySource::new(|_account: String| async {
+                Ok::<_, std::io::Error>(Some(Verifier::new("whsec_secret").unwrap()))
+            })
+        };
+        let max = crate::store::MAX_TTL;
+        assert!(source().ttl(max).is_ok());
+        assert!(source().negative_ttl(max).is_ok());
+        assert!(source().ttl(max + Duration::from_nanos(1)).is_err());
+        assert!(source()
+            .negative_ttl(max + Duration::from_nanos(1))
+            .is_err());
+        let cached = source()
+            .ttl(Duration::from_secs(7))
+            .unwrap()
+            .capacity(3)
+            .unwrap();
+        cached.verifier("acct_1").await.unwrap().unwrap();
+        let debug = format!("{cached:?}");
+        assert!(
+            debug.starts_with("CachedKeySource { cached: 1, ttl: 7s,"),
+            "{debug}"
+        );
+        assert!(debug.contains("capacity: 3"), "{debug}");
+        assert!(!debug.contains("whsec"), "{debug}");
+    }
+
     type Fetch = Box<
         dyn Fn(String) -> std::future::Ready<Result<Option<Verifier>, std::io::Error>>
             + Send
