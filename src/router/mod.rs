@@ -78,7 +78,8 @@
 //! [`ClinkLayer`](crate::ClinkLayer), the router takes the [`VerifiedEvent`]
 //! the layer puts in the request extensions, dispatches it, and answers
 //! with the outcome's status, the [`Outcome`] and the [`Freshness`] in the
-//! response extensions, which the layer reports as the delivery's outcome.
+//! response extensions (and the [`Dispatched`], for its failure's text, when
+//! the event failed), which the layer reports as the delivery's outcome.
 //!
 //! A handler's error is logged at `error` level with the event's id and
 //! type (through `tracing`: install a subscriber, such as
@@ -675,8 +676,9 @@ where
     }
 
     /// [`dispatch`](EventRouter::dispatch) of the request's
-    /// [`VerifiedEvent`]; the response carries the [`Outcome`], the whole
-    /// [`Dispatched`] and, for typed events, the [`Freshness`] in its
+    /// [`VerifiedEvent`]; the response carries the [`Outcome`], for typed
+    /// events the [`Freshness`], and when the event failed the whole
+    /// [`Dispatched`] (with its [`failure`](Dispatched::failure)) in its
     /// extensions.
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let router = self.clone();
@@ -695,7 +697,11 @@ where
             if let Some(freshness) = &dispatched.freshness {
                 response.extensions_mut().insert(freshness.clone());
             }
-            response.extensions_mut().insert(dispatched);
+            // The rest of it is only news when something failed: one
+            // allocation less for every event handled.
+            if dispatched.failure.is_some() {
+                response.extensions_mut().insert(dispatched);
+            }
             Ok(response)
         })
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clink_webhooks::accounts::{AccountFrom, KeySource, KeySourceError};
 use clink_webhooks::data::{Currency, Order};
+use clink_webhooks::router::Dispatched;
 use clink_webhooks::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use clink_webhooks::{
     sign, BoxFuture, ClinkLayer, EventRouter, Outcome, SigningKey, Timestamp, Verified,
@@ -380,6 +381,40 @@ async fn a_key_source_at_its_limit_is_told_from_one_that_is_down() {
         assert!(response.headers().contains_key(header::RETRY_AFTER));
         assert_eq!(Outcome::of(&response), Some(&expected));
     }
+}
+
+/// Behind the layer, the router's response carries its `Dispatched` (for
+/// the failure's text) only when the event failed; a handled event's
+/// response has the outcome alone.
+#[tokio::test]
+async fn the_routers_response_says_why_an_event_failed_and_only_then() {
+    let router =
+        EventRouter::new().on::<clink_webhooks::events::OrderSucceeded, _>(|event| async move {
+            if event.id == "evt_fails" {
+                Err(std::io::Error::other("the ledger said no"))
+            } else {
+                Ok(())
+            }
+        });
+    let service = ClinkLayer::new(Verifier::new("whsec_a").unwrap()).layer(router);
+    let body = |id: &str| Bytes::from(String::from_utf8_lossy(BODY).replace("evt_1", id));
+
+    let handled = service
+        .clone()
+        .oneshot(delivery("whsec_a", body("evt_ok"), None))
+        .await
+        .unwrap();
+    assert_eq!(Outcome::of(&handled), Some(&Outcome::Handled));
+    assert!(handled.extensions().get::<Dispatched>().is_none());
+
+    let failed = service
+        .oneshot(delivery("whsec_a", body("evt_fails"), None))
+        .await
+        .unwrap();
+    assert_eq!(Outcome::of(&failed), Some(&Outcome::HandlerFailed));
+    let dispatched = failed.extensions().get::<Dispatched>().unwrap();
+    assert_eq!(dispatched.outcome(), &Outcome::HandlerFailed);
+    assert!(dispatched.failure().unwrap().contains("the ledger said no"));
 }
 
 // ---------------------------------------------------------------------------
