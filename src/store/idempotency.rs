@@ -48,8 +48,17 @@ impl Settle {
 }
 
 /// The fencing token of one claim: only its holder can settle it.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct LeaseToken(String);
+#[derive(Clone)]
+pub struct LeaseToken(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// 32 lowercase hex digits, the form this crate's stores give: kept
+    /// inline, so a claim allocates nothing for its token.
+    Hex([u8; 32]),
+    /// Any other text, as read back from a store.
+    Text(String),
+}
 
 impl LeaseToken {
     /// A fresh token, unique across processes with overwhelming probability.
@@ -75,25 +84,56 @@ impl LeaseToken {
             hasher.write_u32(std::process::id());
             *half = hasher.finish();
         }
-        Self(format!("{:016x}{:016x}", halves[0], halves[1]))
+        Self::from_halves(halves[0], halves[1])
+    }
+
+    /// The token whose text is `high` then `low`, each as 16 lowercase hex
+    /// digits.
+    pub(crate) fn from_halves(high: u64, low: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; 32];
+        for (i, digit) in text.iter_mut().enumerate() {
+            let word = if i < 16 { high } else { low };
+            let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
+            *digit = HEX[usize::try_from(nibble).unwrap_or(0)];
+        }
+        Self(Repr::Hex(text))
     }
 
     /// A token from its text, as read back from a store.
     #[must_use]
     pub fn from_string(token: String) -> Self {
-        Self(token)
+        Self(Repr::Text(token))
     }
 
     /// The token's text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ever hex digits, so always UTF-8.
+            Repr::Hex(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            Repr::Text(text) => text,
+        }
+    }
+}
+
+impl PartialEq for LeaseToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for LeaseToken {}
+
+impl std::hash::Hash for LeaseToken {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Debug for LeaseToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LeaseToken({})", self.0)
+        write!(f, "LeaseToken({})", self.as_str())
     }
 }
 
@@ -201,5 +241,36 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         (**self).ping()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// A token is its text, however it is held: one made here and the same
+    /// text read back from a store are equal, hash alike and show alike.
+    #[test]
+    fn a_token_is_its_text_however_it_is_held() {
+        let made = LeaseToken::from_halves(0x0123_4567_89ab_cdef, 42);
+        assert_eq!(made.as_str(), "0123456789abcdef000000000000002a");
+        let read = LeaseToken::from_string(made.as_str().to_owned());
+        assert_eq!(made, read);
+        assert_eq!(format!("{made:?}"), format!("{read:?}"));
+        let set: HashSet<_> = [made.clone(), read].into_iter().collect();
+        assert_eq!(set.len(), 1);
+        assert_ne!(made, LeaseToken::from_halves(0x0123_4567_89ab_cdef, 43));
+        assert_ne!(made, LeaseToken::from_string("other".to_owned()));
+
+        let a = LeaseToken::generate();
+        let b = LeaseToken::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
 }

@@ -274,24 +274,13 @@ impl MemoryStore {
         u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The text of token number `n`: this store's nonce, then `n`, in hex.
-    fn token_text(&self, n: u64) -> [u8; 32] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0; 32];
-        for (i, digit) in text.iter_mut().enumerate() {
-            let word = if i < 16 { self.nonce } else { n };
-            let shift = 60 - 4 * (i % 16);
-            *digit = HEX[usize::from(u8::try_from((word >> shift) & 0xf).unwrap_or(0))];
-        }
-        text
-    }
-
+    /// Token number `n`: this store's nonce, then `n`, in hex.
     fn token(&self, n: u64) -> LeaseToken {
-        LeaseToken::from_string(self.token_text(n).iter().copied().map(char::from).collect())
+        LeaseToken::from_halves(self.nonce, n)
     }
 
     fn holds(&self, lease: &Lease, token: &LeaseToken, now: u64) -> bool {
-        lease.until > now && token.as_str().as_bytes() == self.token_text(lease.token)
+        lease.until > now && *token == self.token(lease.token)
     }
 
     /// `key` checked and reduced to its digest, for the calls below: a
