@@ -284,6 +284,13 @@ impl Outcome {
     /// outcome, in the extensions, still says `expired_key`.
     #[must_use]
     pub fn to_response(&self) -> Response<Bytes> {
+        self.to_response_with(http::Extensions::new())
+    }
+
+    /// [`to_response`](Self::to_response) with `extensions` (empty, but
+    /// perhaps with room already made) as the response's, this outcome
+    /// added: a service answering a request can hand its map on.
+    pub(crate) fn to_response_with(&self, extensions: http::Extensions) -> Response<Bytes> {
         let told = match self {
             Self::Verify(VerifyErrorKind::ExpiredKey) => {
                 &Self::Verify(VerifyErrorKind::SignatureMismatch)
@@ -313,6 +320,7 @@ impl Outcome {
         if *self == Self::MethodNotAllowed {
             headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
+        *response.extensions_mut() = extensions;
         response.extensions_mut().insert(self.clone());
         response
     }

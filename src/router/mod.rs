@@ -685,6 +685,10 @@ where
         // The request is the router's own: take the event rather than copy it.
         let mut request = request;
         let verified = request.extensions_mut().remove::<VerifiedEvent>();
+        // The response's extensions go into the request's map, emptied:
+        // it has room for what goes in, so nothing is allocated for them.
+        let mut extensions = std::mem::take(request.extensions_mut());
+        extensions.clear();
         Box::pin(async move {
             let Some(verified) = verified else {
                 tracing::error!(
@@ -693,7 +697,10 @@ where
                 return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
             let dispatched = router.dispatch(verified).await;
-            let mut response = dispatched.outcome.to_response().map(Full::new);
+            let mut response = dispatched
+                .outcome
+                .to_response_with(extensions)
+                .map(Full::new);
             if let Some(freshness) = &dispatched.freshness {
                 response.extensions_mut().insert(freshness.clone());
             }

@@ -385,7 +385,8 @@ async fn a_key_source_at_its_limit_is_told_from_one_that_is_down() {
 
 /// Behind the layer, the router's response carries its `Dispatched` (for
 /// the failure's text) only when the event failed; a handled event's
-/// response has the outcome alone.
+/// response has the outcome and the verified event, and nothing the
+/// request carried.
 #[tokio::test]
 async fn the_routers_response_says_why_an_event_failed_and_only_then() {
     let router =
@@ -399,13 +400,24 @@ async fn the_routers_response_says_why_an_event_failed_and_only_then() {
     let service = ClinkLayer::new(Verifier::new("whsec_a").unwrap()).layer(router);
     let body = |id: &str| Bytes::from(String::from_utf8_lossy(BODY).replace("evt_1", id));
 
-    let handled = service
-        .clone()
-        .oneshot(delivery("whsec_a", body("evt_ok"), None))
-        .await
-        .unwrap();
+    // What the request carried in its extensions stays out of the response.
+    #[derive(Clone)]
+    struct FromTheRequest;
+    let mut request = delivery("whsec_a", body("evt_ok"), None);
+    request.extensions_mut().insert(FromTheRequest);
+    let handled = service.clone().oneshot(request).await.unwrap();
     assert_eq!(Outcome::of(&handled), Some(&Outcome::Handled));
     assert!(handled.extensions().get::<Dispatched>().is_none());
+    assert!(handled.extensions().get::<FromTheRequest>().is_none());
+    assert_eq!(
+        handled
+            .extensions()
+            .get::<VerifiedEvent>()
+            .unwrap()
+            .event()
+            .id(),
+        "evt_ok"
+    );
 
     let failed = service
         .oneshot(delivery("whsec_a", body("evt_fails"), None))
