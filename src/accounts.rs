@@ -1306,6 +1306,37 @@ mod tests {
         }
     }
 
+    /// A cache with room left sweeps nothing (no pass over every entry per
+    /// lookup): an expired answer stays until room is needed.
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_with_room_left_sweeps_nothing() {
+        let (source, asked) = counting(3);
+        ask(&source, &asked, "known_a").await;
+        tokio::time::advance(TTL + MS).await;
+        ask(&source, &asked, "known_b").await;
+        assert_eq!(cached(&source), ["known_a", "known_b"]);
+        ask(&source, &asked, "known_c").await;
+        assert_eq!(cached(&source), ["known_a", "known_b", "known_c"]);
+        // Full now: the expired answer makes the room.
+        ask(&source, &asked, "known_d").await;
+        assert_eq!(cached(&source), ["known_b", "known_c", "known_d"]);
+    }
+
+    /// Concurrent lookups: 1 up to tokio's most permits, those included.
+    #[test]
+    fn concurrent_lookups_are_bounded_by_what_a_semaphore_holds() {
+        let source =
+            || CachedKeySource::new(|_account: String| async { Ok::<_, std::io::Error>(None) });
+        assert!(source().max_concurrent_lookups(0).is_err());
+        assert!(source().max_concurrent_lookups(1).is_ok());
+        assert!(source()
+            .max_concurrent_lookups(Semaphore::MAX_PERMITS)
+            .is_ok());
+        assert!(source()
+            .max_concurrent_lookups(Semaphore::MAX_PERMITS + 1)
+            .is_err());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_full_cache_drops_expired_answers_then_unknown_accounts_then_the_soonest_to_expire() {
         let (source, asked) = counting(3);
