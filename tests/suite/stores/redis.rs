@@ -15,9 +15,8 @@ use crate::support::servers::shared;
 use crate::support::stores::{in_flight, redis_store, server_url, Keys};
 
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server_url("REDIS_URL"))
-        .expect("REDIS_URL parses")
-        .get_multiplexed_async_connection()
+    let client = redis::Client::open(server_url("REDIS_URL")).expect("REDIS_URL parses");
+    crate::support::stores::redis_connection(&client)
         .await
         .expect("raw connection to REDIS_URL")
 }

@@ -76,8 +76,7 @@ async fn node_connections() -> Vec<redis::aio::MultiplexedConnection> {
     let mut connections = Vec::new();
     for url in node_urls("REDIS_CLUSTER_URLS") {
         let client = redis::Client::open(url.as_str()).expect("a node URL parses");
-        let connection = client
-            .get_multiplexed_async_connection()
+        let connection = crate::support::stores::redis_connection(&client)
             .await
             .unwrap_or_else(|err| panic!("cannot connect to the node {url}: {err}"));
         connections.push(connection);

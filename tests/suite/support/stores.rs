@@ -28,6 +28,20 @@ pub(crate) fn server_url(var: &str) -> String {
     }
 }
 
+/// A connection to the Redis server of `client` that waits as long as a
+/// slow, busy machine needs for an answer: the `redis` crate's own default
+/// gives up after 500 ms, which a long `XRANGE` on a loaded machine passes.
+#[cfg(feature = "redis")]
+pub(crate) async fn redis_connection(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 pub(crate) async fn memory() -> Arc<dyn IdempotencyStore> {
     Arc::new(MemoryStore::new())
 }
