@@ -573,6 +573,10 @@ mod tests {
         Down,
         /// Never answers.
         Hang,
+        /// Refuses the call: an error no retry can help.
+        Refused,
+        /// Answers that the lease was lost.
+        Lost,
     }
 
     /// A memory store whose completions follow `script`, one step each,
@@ -602,6 +606,11 @@ mod tests {
                     "connection refused",
                 )))),
                 Some(Step::Hang) => Box::pin(std::future::pending()),
+                Some(Step::Refused) => Box::pin(std::future::ready(Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "unexpected answer",
+                )))),
+                Some(Step::Lost) => Box::pin(std::future::ready(Ok(Settle::LeaseLost))),
                 None => Box::pin(async move {
                     let settled = self.inner.complete(key, token, retention).await;
                     if matches!(settled, Ok(Settle::Applied)) {
@@ -623,6 +632,13 @@ mod tests {
 
     /// A layer over a [`Scripted`] store, and a verified event `evt_1` for it.
     fn scripted(script: &[Step]) -> (crate::ClinkLayer, Arc<Scripted>, VerifiedEvent) {
+        scripted_with_lease(script, LEASE)
+    }
+
+    /// [`scripted`] with a lease of `lease`.
+    fn scripted_with_lease(
+        script: &[Step], lease: Duration,
+    ) -> (crate::ClinkLayer, Arc<Scripted>, VerifiedEvent) {
         let store = Arc::new(Scripted {
             inner: MemoryStore::new(),
             script: std::sync::Mutex::new(script.iter().copied().collect()),
@@ -631,7 +647,7 @@ mod tests {
         });
         let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
             .store(Arc::clone(&store))
-            .lease(LEASE)
+            .lease(lease)
             .unwrap();
         let body =
             bytes::Bytes::from_static(br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#);
@@ -716,5 +732,67 @@ mod tests {
         // The hung try, the drop's at once, then after 50 and 100 ms.
         assert_eq!(asked(&store, start), [0, 0, 50, 150]);
         assert_eq!(layer.metrics().settle_errors(), 0);
+    }
+
+    /// Settles a fresh claim of the scripted store's event as handled, then
+    /// lets a lease's worth of (paused) time pass; when each completion was
+    /// asked for, and the layer's metrics.
+    async fn handled_then_a_lease(script: &[Step]) -> (Vec<u128>, Arc<Metrics>) {
+        let (layer, store, verified) = scripted(script);
+        let config = &layer.config;
+        let start = Instant::now();
+        let Ok(guard) = claim(config, &verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        guard.settle(config, &Outcome::Handled).await;
+        tokio::time::sleep(LEASE).await;
+        (asked(&store, start), layer.metrics())
+    }
+
+    /// A completion the store refuses outright is not tried again, in the
+    /// background either: it is counted as failed at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_completion_is_not_tried_again() {
+        let (asked, metrics) = handled_then_a_lease(&[Step::Refused]).await;
+        assert_eq!(asked, [0]);
+        assert_eq!(metrics.settle_errors(), 1);
+        let (asked, metrics) = handled_then_a_lease(&[Step::Down, Step::Refused]).await;
+        assert_eq!(asked, [0, 50], "the background retry stops at the refusal");
+        assert_eq!(metrics.settle_errors(), 1);
+    }
+
+    /// A lost lease at the first try is a lease that ran out (counted as
+    /// such); at a retry it may be the earlier try's own doing, so it is
+    /// counted as a failed completion instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_is_counted_by_whether_an_earlier_try_failed() {
+        let (asked, metrics) = handled_then_a_lease(&[Step::Lost]).await;
+        assert_eq!(asked, [0]);
+        assert_eq!((metrics.lease_lost(), metrics.settle_errors()), (1, 0));
+        let (asked, metrics) = handled_then_a_lease(&[Step::Down, Step::Lost]).await;
+        assert_eq!(asked, [0, 50]);
+        assert_eq!((metrics.lease_lost(), metrics.settle_errors()), (0, 1));
+    }
+
+    /// The background retries go on while 10 ms or more of the lease is
+    /// left, and stop below. With a 990 ms lease the paused clock lands on
+    /// exactly 10 ms left (pauses of 50, 100, 200, then halves of what is
+    /// left: 320, 160, 80, 40, 20, 10), so one more try is made, 5 ms later.
+    #[tokio::test(start_paused = true)]
+    async fn the_background_retries_go_on_while_ten_ms_of_the_lease_are_left() {
+        let (layer, store, verified) =
+            scripted_with_lease(&[Step::Down; 20], Duration::from_millis(990));
+        let config = &layer.config;
+        let start = Instant::now();
+        let Ok(guard) = claim(config, &verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        guard.settle(config, &Outcome::Handled).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            asked(&store, start),
+            [0, 50, 150, 350, 670, 830, 910, 950, 970, 980, 985]
+        );
+        assert_eq!(layer.metrics().settle_errors(), 1);
     }
 }
