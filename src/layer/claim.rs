@@ -621,10 +621,21 @@ mod tests {
             }
         }
 
+        /// Follows the script too, with the steps that answer.
         fn release<'a>(
             &'a self, key: &'a str, token: &'a LeaseToken,
         ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
-            self.inner.release(key, token)
+            match self.script.lock().unwrap().pop_front() {
+                Some(Step::Down) => Box::pin(std::future::ready(Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "connection refused",
+                )))),
+                Some(Step::Refused) => Box::pin(std::future::ready(Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "unexpected answer",
+                )))),
+                _ => self.inner.release(key, token),
+            }
         }
     }
 
@@ -794,5 +805,22 @@ mod tests {
             [0, 50, 150, 350, 670, 830, 910, 950, 970, 980, 985]
         );
         assert_eq!(layer.metrics().settle_errors(), 1);
+    }
+
+    /// A release the store could not take because it is down is part of
+    /// the store's outage; one it refused is not (it is logged on its own).
+    /// Both count as failed settles.
+    #[tokio::test]
+    async fn a_failed_release_is_an_outage_only_when_the_store_is_down() {
+        for (step, down) in [(Step::Down, true), (Step::Refused, false)] {
+            let (layer, _store, verified) = scripted(&[step]);
+            let config = &layer.config;
+            let Ok(guard) = claim(config, &verified).await else {
+                panic!("a fresh event is claimed");
+            };
+            guard.settle(config, &Outcome::HandlerFailed).await;
+            assert_eq!(config.outages.store.is_down(), down);
+            assert_eq!(layer.metrics().settle_errors(), 1);
+        }
     }
 }
