@@ -823,4 +823,24 @@ mod tests {
             assert_eq!(layer.metrics().settle_errors(), 1);
         }
     }
+
+    /// A dropped delivery's own try at completing, refused outright, is
+    /// not tried again in the background.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_deliverys_refused_completion_is_not_tried_again() {
+        let (layer, store, verified) = scripted(&[Step::Hang, Step::Refused]);
+        let config = &layer.config;
+        let start = Instant::now();
+        let Ok(guard) = claim(config, &verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the store does not answer");
+        drop(settling);
+        tokio::time::sleep(LEASE).await;
+        assert_eq!(asked(&store, start), [0, 0]);
+        assert_eq!(layer.metrics().settle_errors(), 1);
+    }
 }
