@@ -715,6 +715,19 @@ mod tests {
         assert_eq!(layer.metrics().lease_lost(), 0);
     }
 
+    /// Claims `verified`, starts settling it as handled, and drops the
+    /// delivery while the store has not answered that first completion.
+    async fn dropped_while_completing(config: &Config, verified: &VerifiedEvent) {
+        let Ok(guard) = claim(config, verified).await else {
+            panic!("a fresh event is claimed");
+        };
+        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the store does not answer");
+        drop(settling);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_completion_a_dropped_delivery_could_not_make_is_retried_in_the_background() {
         // The delivery is dropped while the store does not answer its
@@ -723,14 +736,7 @@ mod tests {
         let config = &layer.config;
         let key = key_of(config, &verified);
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified).await else {
-            panic!("a fresh event is claimed");
-        };
-        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
-        let first =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
-        assert!(first.is_pending(), "the store does not answer");
-        drop(settling);
+        dropped_while_completing(config, &verified).await;
         landed(&store).await;
         assert_eq!(
             store
@@ -831,14 +837,7 @@ mod tests {
         let (layer, store, verified) = scripted(&[Step::Hang, Step::Refused]);
         let config = &layer.config;
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified).await else {
-            panic!("a fresh event is claimed");
-        };
-        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
-        let first =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
-        assert!(first.is_pending(), "the store does not answer");
-        drop(settling);
+        dropped_while_completing(config, &verified).await;
         tokio::time::sleep(LEASE).await;
         assert_eq!(asked(&store, start), [0, 0]);
         assert_eq!(layer.metrics().settle_errors(), 1);
