@@ -327,6 +327,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_and_errors_say_what_they_are() {
+        let t = Timestamp::from_millis(1_736_942_400_000);
+        assert_eq!(format!("{t:?}"), "Timestamp(2025-01-15T12:00:00.000Z)");
+        let err = "yesterday".parse::<Timestamp>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not an RFC 3339 date-time (expected e.g. 2025-01-15T12:00:00.000Z)"
+        );
+        let err = serde_json::from_str::<Timestamp>("true").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected epoch milliseconds or an RFC 3339 date-time"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<Timestamp>(r#""9223372036854775808""#).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
     fn system_time_round_trips_on_both_sides_of_the_epoch() {
         for ms in [0, 1, -1, 1_736_942_400_123, -86_400_000] {
             let t = Timestamp::from_millis(ms);

@@ -201,4 +201,97 @@ mod tests {
         let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
         assert_eq!(codes.len(), kinds.len());
     }
+
+    #[test]
+    fn each_message_names_its_header_and_what_was_expected() {
+        use VerifyErrorKind as K;
+        for (kind, code, malformed, fragments) in [
+            (
+                K::MissingTimestamp,
+                "missing_timestamp",
+                true,
+                &["missing X-Clink-Timestamp header"][..],
+            ),
+            (
+                K::MissingSignature,
+                "missing_signature",
+                true,
+                &["missing X-Clink-Signature header"],
+            ),
+            (
+                K::MalformedTimestamp,
+                "malformed_timestamp",
+                true,
+                &["malformed X-Clink-Timestamp: expected epoch seconds or milliseconds"],
+            ),
+            (
+                K::MalformedSignature,
+                "malformed_signature",
+                true,
+                &["malformed X-Clink-Signature: expected 64 hex digits"],
+            ),
+            (
+                K::UnsupportedSignType,
+                "unsupported_sign_type",
+                true,
+                &["only SHA256"],
+            ),
+            (K::TooOld, "timestamp_too_old", false, &["is too far old"]),
+            (
+                K::InFuture,
+                "timestamp_in_future",
+                false,
+                &["too far ahead of this server's clock"],
+            ),
+            (
+                K::SignatureMismatch,
+                "signature_mismatch",
+                false,
+                &["signature mismatch"],
+            ),
+            (
+                K::NoActiveKey,
+                "no_active_key",
+                false,
+                &["every configured key has expired"],
+            ),
+            (
+                K::ExpiredKey,
+                "expired_key",
+                false,
+                &["signed with an expired key"],
+            ),
+        ] {
+            let error = VerifyError::new(kind);
+            assert_eq!(error.kind(), kind);
+            assert_eq!(kind.code(), code);
+            assert_eq!(kind.is_malformed_request(), malformed, "{kind:?}");
+            let message = error.to_string();
+            for fragment in fragments {
+                assert!(message.contains(fragment), "{kind:?}: {message}");
+            }
+            let debug = format!("{error:?}");
+            assert!(
+                debug.contains(&format!("{kind:?}")) && debug.contains(&message),
+                "{debug}"
+            );
+        }
+        let late = VerifyError::with_offset(
+            K::TooOld,
+            Duration::from_millis(400_250),
+            Duration::from_secs(300),
+        );
+        assert_eq!(
+            late.to_string(),
+            "X-Clink-Timestamp is 400.250 s old, outside the 300.000 s tolerance: check this server's clock, or the delivery is a replay"
+        );
+        let early = VerifyError::with_offset(
+            K::InFuture,
+            Duration::from_secs(301),
+            Duration::from_secs(300),
+        );
+        assert!(early
+            .to_string()
+            .starts_with("X-Clink-Timestamp is 301.000 s ahead of this server's clock"));
+    }
 }

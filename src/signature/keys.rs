@@ -201,7 +201,39 @@ mod tests {
     #[test]
     fn debug_never_shows_the_secret() {
         let key = SigningKey::new("whsec_supersecret").unwrap();
-        assert!(!format!("{key:?}").contains("supersecret"));
+        let debug = format!("{key:?}");
+        assert!(!debug.contains("supersecret"), "{debug}");
+        assert!(debug.starts_with("SigningKey"), "{debug}");
+        assert!(
+            debug.contains(key.name()) && debug.contains("[redacted]"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_key_is_active_until_the_instant_of_its_expiry() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let key = SigningKey::new("whsec_a").unwrap();
+        assert_eq!(key.expiry(), None);
+        assert!(ActiveKey::from(key.clone()).is_active_at(at));
+        let expiring = key.expires_at(at);
+        assert_eq!(expiring.expiry(), Some(at));
+        let active = ActiveKey::new(&expiring);
+        assert!(active.is_active_at(at - std::time::Duration::from_millis(1)));
+        assert!(!active.is_active_at(at));
+        assert!(!active.is_active_at(at + std::time::Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn signing_covers_the_timestamp_the_dot_and_the_body() {
+        let whole = sign("k", "1700000000000", b"{}");
+        assert_eq!(whole.len(), 64);
+        let mut mac = keyed(b"k");
+        mac.update(b"1700000000000.{}");
+        assert_eq!(whole, hex::encode(mac.finalize().into_bytes()));
+        assert_ne!(whole, sign("k", "1700000000000", b"{ }"));
+        assert_ne!(whole, sign("k", "1700000000001", b"{}"));
+        assert_ne!(whole, sign("k2", "1700000000000", b"{}"));
     }
 
     #[test]

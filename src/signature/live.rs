@@ -72,3 +72,76 @@ impl fmt::Debug for LiveVerifier {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::sign;
+
+    const AT: &str = "1700000000000";
+
+    fn at(offset: Duration) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000) + offset
+    }
+
+    fn accepts(live: &LiveVerifier, secret: &str, now: SystemTime) -> bool {
+        let signature = sign(secret, AT, b"{}");
+        live.current().verify_at(AT, &signature, b"{}", now).is_ok()
+    }
+
+    #[test]
+    fn every_clone_sees_a_replacement_at_once() {
+        let live = LiveVerifier::new(Verifier::new("whsec_old").unwrap());
+        let serving = live.clone();
+        let before = serving.current();
+        assert!(accepts(&serving, "whsec_old", at(Duration::ZERO)));
+        live.replace(Verifier::new("whsec_new").unwrap());
+        assert!(accepts(&serving, "whsec_new", at(Duration::ZERO)));
+        assert!(!accepts(&serving, "whsec_old", at(Duration::ZERO)));
+        // A delivery that began before keeps the keys it started with.
+        assert!(before
+            .verify_at(AT, &sign("whsec_old", AT, b"{}"), b"{}", at(Duration::ZERO))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_keys_for_the_grace_period_only() {
+        let live = LiveVerifier::new(Verifier::new("whsec_old").unwrap());
+        let serving = live.clone();
+        let grace = Duration::from_secs(60);
+        live.rotate_at(
+            SigningKey::new("whsec_new").unwrap(),
+            grace,
+            at(Duration::ZERO),
+        );
+        assert_eq!(serving.current().key_count(), 2);
+        assert!(accepts(&serving, "whsec_new", at(Duration::ZERO)));
+        assert!(accepts(
+            &serving,
+            "whsec_old",
+            at(grace - Duration::from_millis(1))
+        ));
+        assert!(!accepts(&serving, "whsec_old", at(grace)));
+        assert!(accepts(&serving, "whsec_new", at(grace)));
+        // `rotate` is as of the system clock, long after the old key's
+        // expiry above: the newest key and the one still active remain.
+        let newer = SigningKey::new("whsec_newer").unwrap();
+        let names = [
+            newer.name().to_owned(),
+            SigningKey::new("whsec_new").unwrap().name().to_owned(),
+        ];
+        live.rotate(newer, grace);
+        assert!(serving
+            .current()
+            .key_names()
+            .eq(names.iter().map(String::as_str)));
+    }
+
+    #[test]
+    fn debug_shows_the_current_verifier_without_secrets() {
+        let live = LiveVerifier::new(Verifier::new("whsec_old").unwrap());
+        let debug = format!("{live:?}");
+        assert!(debug.starts_with("LiveVerifier(Verifier"), "{debug}");
+        assert!(!debug.contains("whsec_old"), "{debug}");
+    }
+}

@@ -14,8 +14,9 @@ pub const SIGNATURE_HEADER: &str = "x-clink-signature";
 /// Name of the optional header that names the signature algorithm (`SHA256`).
 pub const SIGN_TYPE_HEADER: &str = "x-clink-signtype";
 
-/// The most digits a `u64` holds whatever they are (10^19 - 1 does not fit).
-const MAX_SAFE_DIGITS: usize = 19 - 1;
+/// The most digits a `u64` holds whatever they are: 10^19 - 1 fits
+/// (`u64::MAX` is about 1.8 × 10^19), some numbers of 20 digits do not.
+const MAX_SAFE_DIGITS: usize = 19;
 
 /// Timestamps below this value are seconds; the rest are milliseconds.
 const MILLIS_THRESHOLD: u64 = 1_000_000_000_000;
@@ -228,6 +229,35 @@ mod tests {
         assert_eq!(
             parse_timestamp("9223372036854775807").unwrap().as_millis(),
             i64::MAX
+        );
+    }
+
+    #[test]
+    fn long_timestamps_never_wrap_around() {
+        // 2^64 + 1736942400: read with wrapping arithmetic, it would be the
+        // valid 1736942400 seconds.
+        assert_eq!(
+            parse_timestamp("18446744075446494016").unwrap_err().kind(),
+            VerifyErrorKind::MalformedTimestamp
+        );
+        // 10^19 - 1, the most that 19 digits hold: past i64, so malformed.
+        assert_eq!(
+            parse_timestamp("9999999999999999999").unwrap_err().kind(),
+            VerifyErrorKind::MalformedTimestamp
+        );
+        // Leading zeros add digits, not value: the long form reads the same.
+        for (text, millis) in [
+            ("0000000000001736942400", 1_736_942_400_000),
+            ("00000000001736942400000", 1_736_942_400_000),
+            ("09223372036854775807", i64::MAX),
+        ] {
+            assert_eq!(parse_timestamp(text).unwrap().as_millis(), millis, "{text}");
+        }
+        assert_eq!(
+            parse_timestamp("0000000000001736942400x")
+                .unwrap_err()
+                .kind(),
+            VerifyErrorKind::MalformedTimestamp
         );
     }
 
