@@ -479,7 +479,21 @@ mod tests {
             (Outcome::Undecodable, 500, true),
             (Outcome::DeadLettered, 200, true),
         ];
+        let mut messages = std::collections::HashSet::new();
+        let count = cases.len();
         for (outcome, status, verified) in cases {
+            let ran = [
+                Outcome::Handled,
+                Outcome::HandlerFailed,
+                Outcome::HandlerRefused(StatusCode::UNPROCESSABLE_ENTITY),
+                Outcome::HandlerPanicked,
+                Outcome::HandlerTimeout,
+            ]
+            .contains(&outcome);
+            assert_eq!(outcome.handler_ran(), ran, "{outcome:?}");
+            let message = outcome.to_string();
+            assert!(!message.is_empty(), "{outcome:?}");
+            messages.insert(message);
             let response = outcome.to_response();
             assert_eq!(response.status().as_u16(), status, "{outcome:?}");
             assert_eq!(outcome.is_verified(), verified, "{outcome:?}");
@@ -505,6 +519,8 @@ mod tests {
             assert_ne!(status, 410);
             assert_ne!(status, 429);
         }
+        // Each outcome says something of its own.
+        assert_eq!(messages.len(), count, "{messages:#?}");
     }
 
     #[test]
@@ -519,6 +535,15 @@ mod tests {
         assert_eq!(
             in_flight(0).to_response().headers()[header::RETRY_AFTER],
             "1"
+        );
+        assert_eq!(
+            in_flight(2000).to_response().headers()[header::RETRY_AFTER],
+            "2",
+            "whole seconds are not rounded up"
+        );
+        assert_eq!(
+            in_flight(2001).to_response().headers()[header::RETRY_AFTER],
+            "3"
         );
         for unavailable in [
             Outcome::StoreUnavailable(StoreErrorKind::Unavailable),
