@@ -586,6 +586,66 @@ mod tests {
         .unwrap();
         let err = raw.decode::<Order>().unwrap_err();
         assert_eq!(err.path(), "orderId");
-        assert!(err.to_string().contains("evt_9"));
+        assert_eq!(err.event_id(), "evt_9");
+        assert_eq!(err.event_type().as_str(), "order.succeeded");
+        assert!(err.to_string().starts_with(
+            r#"event "evt_9" ("order.succeeded"): data field "orderId" did not decode: "#
+        ));
+    }
+
+    #[test]
+    fn a_decoded_event_keeps_the_envelope() {
+        let raw = RawEvent::from_slice(
+            br#"{"id":"evt_1","type":"order.created","created":1736942400000,"livemode":false,"data":{"orderId":"o1","note":"secret"}}"#,
+        )
+        .unwrap()
+        .with_account("acct_1");
+        assert_eq!(raw.body().len(), 118);
+        let event = raw.decode::<serde_json::Value>().unwrap();
+        assert_eq!(event.id, "evt_1");
+        assert_eq!(event.event_type.as_str(), "order.created");
+        assert_eq!(
+            event.created,
+            Some(Timestamp::from_millis(1_736_942_400_000))
+        );
+        assert_eq!(event.livemode, Some(false));
+        assert_eq!(event.account(), Some("acct_1"));
+        assert_eq!(event.data["orderId"], "o1");
+        // Debug names the event, never the data.
+        let debug = format!("{raw:?}");
+        assert!(
+            debug.starts_with(r#"RawEvent { id: "evt_1", event_type: "#),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("body_len: 118") && !debug.contains("secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn each_envelope_error_has_its_code_and_message() {
+        let all = [
+            (EnvelopeError::NotJson, "invalid_json", "not a JSON object"),
+            (
+                EnvelopeError::MissingId,
+                "missing_event_id",
+                "no string `id`",
+            ),
+            (
+                EnvelopeError::MissingType,
+                "missing_event_type",
+                "no string `type`",
+            ),
+            (
+                EnvelopeError::DuplicateKey,
+                "duplicate_key",
+                "repeats a key",
+            ),
+        ];
+        for (error, code, message) in all {
+            assert_eq!(error.code(), code);
+            assert!(error.to_string().contains(message), "{error}");
+        }
     }
 }

@@ -110,5 +110,11 @@ mod tests {
             RawEvent::from_slice(br#"{"id":"e","type":"order.created","data":{"orderId":""}}"#)
                 .unwrap();
         assert_eq!(empty.object_key(), None);
+        assert_eq!(
+            ObjectKey::new("order", "ord_1")
+                .within("acct_1")
+                .to_string(),
+            "acct_1/order:ord_1"
+        );
     }
 }

@@ -217,6 +217,30 @@ mod tests {
     }
 
     #[test]
+    fn escaped_json_is_the_same_json_with_every_invisible_character_spelled_out() {
+        assert!(matches!(
+            escape_invisible("line 1\nline 2 é"),
+            Cow::Borrowed("line 1\nline 2 é")
+        ));
+        for (raw, escaped) in [
+            ("\t", r"\u0009"),
+            ("\u{7f}", r"\u007f"),
+            ("\u{202e}", r"\u202e"),
+            ("\u{2028}", r"\u2028"),
+            ("\u{e0001}", r"\udb40\udc01"),
+        ] {
+            let json = format!(r#"{{"id":"evt{raw}1"}}"#);
+            let out = escape_invisible(&json).into_owned();
+            assert_eq!(out, format!(r#"{{"id":"evt{escaped}1"}}"#), "{raw:?}");
+            assert!(!out.chars().any(is_invisible), "{out}");
+            let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(parsed["id"], format!("evt{raw}1"), "{raw:?}");
+        }
+        // Line breaks stay: the text is shown on several lines.
+        assert_eq!(escape_invisible("a\n\u{200b}b"), "a\n\\u200bb");
+    }
+
+    #[test]
     fn plain_text_is_borrowed() {
         assert!(matches!(printable("evt_1 é"), Cow::Borrowed(_)));
         assert!(matches!(printable(""), Cow::Borrowed(_)));

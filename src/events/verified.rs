@@ -175,3 +175,48 @@ impl InboxAttempt {
         self.completed.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_event_says_when_it_was_signed_and_under_which_key() {
+        let raw = RawEvent::from_slice(br#"{"id":"evt_1","type":"order.created","data":{}}"#)
+            .unwrap()
+            .with_account("acct_1");
+        let signed_at = Timestamp::from_millis(1_700_000_000_000);
+        let verified = VerifiedEvent::earlier(raw, signed_at, "previous");
+        assert_eq!(verified.signed_at(), signed_at);
+        assert_eq!(verified.key_name(), "previous");
+        assert_eq!(&**verified.key_label(), "previous");
+        assert_eq!(verified.account(), Some("acct_1"));
+        assert_eq!(verified.event().id(), "evt_1");
+        assert_eq!(verified.into_event().id(), "evt_1");
+    }
+
+    #[test]
+    fn an_attempt_is_its_row_run_and_token() {
+        let attempt = InboxAttempt::new(3, 2, "tok_1".to_owned());
+        assert_eq!(
+            (attempt.seq(), attempt.attempt(), attempt.token()),
+            (3, 2, "tok_1")
+        );
+        assert!(!attempt.is_completed());
+        attempt.mark_completed();
+        assert!(attempt.is_completed());
+        assert_eq!(attempt, InboxAttempt::new(3, 2, "tok_1".to_owned()));
+        for other in [
+            InboxAttempt::new(4, 2, "tok_1".to_owned()),
+            InboxAttempt::new(3, 1, "tok_1".to_owned()),
+            InboxAttempt::new(3, 2, "tok_2".to_owned()),
+        ] {
+            assert_ne!(attempt, other);
+        }
+        let debug = format!("{attempt:?}");
+        assert_eq!(
+            debug,
+            "InboxAttempt { seq: 3, attempt: 2, completed: true, .. }"
+        );
+    }
+}

@@ -106,6 +106,22 @@ mod tests {
         assert_eq!(Freshness::of(&v(1, "a"), None), Freshness::Fresh);
         assert_eq!(Freshness::of(&v(2, "a"), Some(v(1, "a"))), Freshness::Fresh);
         assert_eq!(Freshness::of(&v(1, "a"), Some(v(1, "a"))), Freshness::Fresh);
+        assert_eq!(
+            Freshness::of(&v(1, "a"), Some(v(2, "a"))),
+            Freshness::Stale {
+                newest_seen: v(2, "a")
+            }
+        );
         assert!(Freshness::of(&v(1, "a"), Some(v(2, "a"))).is_stale());
+        assert!(!Freshness::Fresh.is_stale() && !Freshness::Untracked.is_stale());
+        assert_eq!(v(1, "a").partial_cmp(&v(1, "a")), Some(Ordering::Equal));
+    }
+
+    #[test]
+    fn a_version_says_when_and_which_event() {
+        let version = v(1_736_942_400_000, "evt_1");
+        assert_eq!(version.created().as_millis(), 1_736_942_400_000);
+        assert_eq!(version.event_id(), "evt_1");
+        assert_eq!(version.to_string(), "2025-01-15T12:00:00.000Z (evt_1)");
     }
 }
