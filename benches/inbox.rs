@@ -9,11 +9,14 @@
 //!    the handler; the inbox (PostgreSQL) answers after one write while
 //!    workers run the handler. p50 and p99 of each.
 //! 2. **Worker throughput** on the same PostgreSQL: events kept with
-//!    `PostgresInbox::insert` and handled by 8 workers (no-op handler, no
-//!    reorder window), against a raw queue doing the least such a queue can:
-//!    `INSERT` per event, then 8 tasks each looping on one `DELETE .. WHERE
-//!    id = (SELECT .. FOR UPDATE SKIP LOCKED LIMIT 1)`. Reported as events
-//!    per second and their ratio (inbox / raw).
+//!    `PostgresInbox::insert` (one after another), then handled by 8
+//!    workers (no-op handler, no reorder window), each phase timed alone,
+//!    against two raw queues doing the least such a queue can: an `INSERT`
+//!    per event, then 8 tasks each looping on one `DELETE .. WHERE id =
+//!    (SELECT .. FOR UPDATE SKIP LOCKED LIMIT 1)`, or on an `UPDATE` to
+//!    `running` of the row so picked and an `UPDATE` to `done` (a queue that
+//!    keeps its rows). Reported as events per second of each phase and of
+//!    the whole, and their ratios (inbox / raw).
 //!
 //! Both passes measure against their baseline in the same run.
 
@@ -142,7 +145,27 @@ fn new_event(n: usize, run: &str) -> NewEvent {
     )
 }
 
-async fn inbox_throughput(events: usize) -> f64 {
+/// Events per second of each phase of one run: keeping them (one write
+/// each, in a row), then handling them all (8 workers).
+#[derive(Clone, Copy)]
+struct Rates {
+    enqueue: f64,
+    drain: f64,
+    whole: f64,
+}
+
+impl Rates {
+    fn of(events: usize, enqueue: Duration, drain: Duration) -> Self {
+        let rate = |d: Duration| events as f64 / d.as_secs_f64();
+        Self {
+            enqueue: rate(enqueue),
+            drain: rate(drain),
+            whole: rate(enqueue + drain),
+        }
+    }
+}
+
+async fn inbox_throughput(events: usize) -> Rates {
     let inbox = inbox().await;
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&handled);
@@ -155,6 +178,8 @@ async fn inbox_throughput(events: usize) -> f64 {
     for n in 0..events {
         inbox.insert(&new_event(n, &run)).await.unwrap();
     }
+    let enqueued = started.elapsed();
+    let draining = Instant::now();
     let workers = Workers::new(inbox.clone(), router)
         .concurrency(8)
         .and_then(|w| w.reorder_window(Duration::ZERO))
@@ -163,19 +188,32 @@ async fn inbox_throughput(events: usize) -> f64 {
     while handled.load(Ordering::Relaxed) < events {
         inbox.wait(Duration::from_millis(5)).await;
     }
-    let elapsed = started.elapsed();
+    let drained = draining.elapsed();
     workers.shutdown(Duration::from_secs(5)).await;
-    events as f64 / elapsed.as_secs_f64()
+    Rates::of(events, enqueued, drained)
 }
 
-async fn raw_throughput(events: usize) -> f64 {
+/// How the raw queue takes an event off.
+#[derive(Clone, Copy)]
+enum Take {
+    /// One `DELETE .. RETURNING` of the row `SKIP LOCKED` picks.
+    Delete,
+    /// An `UPDATE` to `running` of the row `SKIP LOCKED` picks, then an
+    /// `UPDATE` to `done`: a claim and a mark-done, as a queue that keeps
+    /// its rows does.
+    ClaimThenDone,
+}
+
+async fn raw_throughput(events: usize, take: Take) -> Rates {
     let pool = pool();
     let table = format!("bench_raw_{}", unique());
     pool.get()
         .await
         .unwrap()
         .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigserial PRIMARY KEY, event_id text NOT NULL, body bytea NOT NULL)"
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, event_id text NOT NULL, body bytea NOT NULL,
+                                   status text NOT NULL DEFAULT 'pending');
+             CREATE INDEX ON {table} (id) WHERE status = 'pending'"
         ))
         .await
         .unwrap();
@@ -194,20 +232,37 @@ async fn raw_throughput(events: usize) -> f64 {
                 .unwrap();
         }
     }
+    let enqueued = started.elapsed();
+    let draining = Instant::now();
     let taken = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (pool, table, taken) = (pool.clone(), table.clone(), Arc::clone(&taken));
         tasks.spawn(async move {
             let client = pool.get().await.unwrap();
-            let sql = format!(
-                "DELETE FROM {table} WHERE id = (SELECT id FROM {table} ORDER BY id \
-                 FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING body"
+            let pick = format!(
+                "SELECT id FROM {table} WHERE status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
             );
+            let (take_sql, done_sql) = match take {
+                Take::Delete => (
+                    format!("DELETE FROM {table} WHERE id = ({pick}) RETURNING id, body"),
+                    None,
+                ),
+                Take::ClaimThenDone => (
+                    format!(
+                        "UPDATE {table} SET status = 'running' WHERE id = ({pick}) RETURNING id, body"
+                    ),
+                    Some(format!("UPDATE {table} SET status = 'done' WHERE id = $1")),
+                ),
+            };
             loop {
-                let rows = client.query(&sql, &[]).await.unwrap();
-                if rows.is_empty() {
+                let rows = client.query(&take_sql, &[]).await.unwrap();
+                let Some(row) = rows.first() else {
                     break;
+                };
+                if let Some(done) = &done_sql {
+                    let id: i64 = row.get(0);
+                    client.execute(done, &[&id]).await.unwrap();
                 }
                 taken.fetch_add(1, Ordering::Relaxed);
             }
@@ -215,7 +270,7 @@ async fn raw_throughput(events: usize) -> f64 {
     }
     while tasks.join_next().await.is_some() {}
     assert_eq!(taken.load(Ordering::Relaxed), events);
-    events as f64 / started.elapsed().as_secs_f64()
+    Rates::of(events, enqueued, draining.elapsed())
 }
 
 fn main() {
@@ -257,19 +312,39 @@ fn main() {
             );
         }
 
-        // 2. Worker throughput against a raw SKIP LOCKED queue.
+        // 2. Worker throughput against raw SKIP LOCKED queues, each phase
+        // timed alone: keeping the events, then handling them.
         const EVENTS: usize = 2000;
-        let mut inbox_rates = Vec::new();
-        let mut raw_rates = Vec::new();
+        let (mut inbox_rates, mut delete_rates, mut claim_rates) = (vec![], vec![], vec![]);
         for _ in 0..3 {
-            raw_rates.push(raw_throughput(EVENTS).await);
+            delete_rates.push(raw_throughput(EVENTS, Take::Delete).await);
+            claim_rates.push(raw_throughput(EVENTS, Take::ClaimThenDone).await);
             inbox_rates.push(inbox_throughput(EVENTS).await);
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (inbox_rate, raw_rate) = (mean(&inbox_rates), mean(&raw_rates));
-        println!("\nkeep and handle {EVENTS} events, 8 workers, same PostgreSQL (mean of 3 interleaved runs):");
-        println!("raw INSERT + SKIP LOCKED DELETE  {raw_rate:>9.0} events/s");
-        println!("PostgresInbox + Workers          {inbox_rate:>9.0} events/s");
-        println!("ratio inbox / raw                {:>9.3}", inbox_rate / raw_rate);
+        let mean = |v: &[Rates], f: fn(&Rates) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+        println!(
+            "\nkeep, then handle, {EVENTS} events, 8 workers, same PostgreSQL (events/s, mean of 3 interleaved runs):"
+        );
+        println!("{:<38} {:>9} {:>9} {:>9}", "", "enqueue", "drain", "whole");
+        let row = |name: &str, v: &[Rates]| {
+            println!(
+                "{name:<38} {:>9.0} {:>9.0} {:>9.0}",
+                mean(v, |r| r.enqueue),
+                mean(v, |r| r.drain),
+                mean(v, |r| r.whole)
+            );
+        };
+        row("raw INSERT; SKIP LOCKED DELETE", &delete_rates);
+        row("raw INSERT; SKIP LOCKED claim + done", &claim_rates);
+        row("PostgresInbox + Workers", &inbox_rates);
+        for (name, raw) in [("DELETE", &delete_rates), ("claim + done", &claim_rates)] {
+            println!(
+                "{:<38} {:>9.3} {:>9.3} {:>9.3}",
+                format!("ratio inbox / raw ({name})"),
+                mean(&inbox_rates, |r| r.enqueue) / mean(raw, |r| r.enqueue),
+                mean(&inbox_rates, |r| r.drain) / mean(raw, |r| r.drain),
+                mean(&inbox_rates, |r| r.whole) / mean(raw, |r| r.whole)
+            );
+        }
     });
 }
