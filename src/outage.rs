@@ -181,12 +181,14 @@ impl OutageLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The lines logged by `run` on a current-thread runtime with paused
     /// time, as "LEVEL message".
-    fn logged<F: std::future::Future<Output = ()>>(run: impl FnOnce() -> F) -> Vec<String> {
+    pub(crate) fn logged<F: std::future::Future<Output = ()>>(
+        run: impl FnOnce() -> F,
+    ) -> Vec<String> {
         use std::io::Write;
 
         #[derive(Clone, Default)]

@@ -162,6 +162,36 @@ mod tests {
     }
 
     #[test]
+    fn the_lines_say_how_many_were_refused_and_why() {
+        let lines = crate::outage::tests::logged(|| async {
+            let log = RefusalLog::new(Duration::from_secs(10));
+            for _ in 0..1000 {
+                log.note(&MISMATCH, 401);
+            }
+            for _ in 0..5 {
+                log.note(&Outcome::Verify(VerifyErrorKind::MalformedSignature), 400);
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        let summary = "clink deliveries refused before verification (summed up every 10 s";
+        assert!(
+            lines[0].starts_with("WARN") && lines[0].contains(summary),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[0].contains("refused=1 ") && lines[0].contains("signature_mismatch=1"),
+            "{lines:#?}"
+        );
+        assert!(lines[1].contains("refused=1004 "), "{lines:#?}");
+        assert!(
+            lines[1].contains("malformed_signature=5 signature_mismatch=999"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
     fn without_a_runtime_the_next_refusal_after_the_interval_writes_the_summary() {
         let log = RefusalLog::new(Duration::from_secs(3600));
         for _ in 0..1000 {

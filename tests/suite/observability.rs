@@ -156,7 +156,19 @@ async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer
     // could have answered, however busy the machine.
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     assert!(elapsed < DEFAULT_STORE_TIMEOUT, "{elapsed:?}");
+    assert!(error.to_string().starts_with("not ready: "), "{error}");
     assert!(error.to_string().contains("timed out"), "{error}");
+    assert_eq!(
+        error.store_error().kind(),
+        clink_webhooks::store::StoreErrorKind::Timeout
+    );
+    let source = std::error::Error::source(&error).expect("the store's error");
+    assert_eq!(source.to_string(), error.store_error().to_string());
+    assert_eq!(
+        format!("{:?}", layer.readiness()),
+        "Readiness { .. }",
+        "says nothing of the store's address"
+    );
 }
 
 #[cfg(feature = "postgres")]
