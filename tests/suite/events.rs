@@ -440,6 +440,17 @@ fn dispute_decodes_from_data_object_with_an_integer_status() {
         let d = decode::<Dispute>(&body("dispute.updated", &json!({"status": code}), true)).data;
         assert_eq!(d.status, Some(status));
         assert_eq!(status.code(), code);
+        assert_eq!(serde_json::to_value(status).unwrap(), json!(code));
+    }
+    for (status, text) in [
+        (DisputeStatus::Pending, "pending"),
+        (DisputeStatus::Processing, "processing"),
+        (DisputeStatus::Won, "won"),
+        (DisputeStatus::Lost, "lost"),
+        (DisputeStatus::Withdrawn, "withdrawn"),
+        (DisputeStatus::Unknown(42), "42"),
+    ] {
+        assert_eq!(status.to_string(), text);
     }
 }
 
