@@ -46,8 +46,8 @@ impl Records {
         self.newest.len()
     }
 
-    fn newest(&self, object: &ObjectKey) -> Result<Option<Version>, StoreError> {
-        let now = Instant::now();
+    /// The newest version recorded for `object` and live at `now`.
+    fn newest(&self, object: &ObjectKey, now: Instant) -> Result<Option<Version>, StoreError> {
         check_record(object, None)?;
         Ok(self
             .newest
@@ -56,9 +56,11 @@ impl Records {
             .map(|record| record.version.clone()))
     }
 
-    fn record(&self, object: &ObjectKey, version: &Version) -> Result<(), StoreError> {
+    /// Records `version` for `object` at `now`, unless a newer one is live.
+    fn record(
+        &self, object: &ObjectKey, version: &Version, now: Instant,
+    ) -> Result<(), StoreError> {
         check_record(object, Some(version))?;
-        let now = Instant::now();
         // The retention was checked at configuration (at most MAX_TTL), so
         // this only saturates on a clock near the end of time.
         let expires = now.checked_add(self.retention).unwrap_or(now);
@@ -96,13 +98,19 @@ impl FreshnessStore for MemoryStore {
     fn newest<'a>(
         &'a self, object: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
-        Box::pin(std::future::ready(self.freshness.newest(object)))
+        Box::pin(std::future::ready(
+            self.freshness.newest(object, Instant::now()),
+        ))
     }
 
     fn record<'a>(
         &'a self, object: &'a ObjectKey, version: &'a Version,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(std::future::ready(self.freshness.record(object, version)))
+        Box::pin(std::future::ready(self.freshness.record(
+            object,
+            version,
+            Instant::now(),
+        )))
     }
 }
 
@@ -155,6 +163,60 @@ mod tests {
         }
         store.record(&other, &v(1, "x")).await.unwrap();
         assert_eq!(store.freshness.len(), 1);
+    }
+
+    #[test]
+    fn a_record_lives_its_retention_from_when_it_was_written() {
+        let records = Records {
+            capacity: 2,
+            retention: Duration::from_secs(10),
+            ..Records::default()
+        };
+        let at = |secs| Instant::now() + Duration::from_secs(secs);
+        let start = at(0);
+        let key = ObjectKey::new("order", "ord_1");
+        records.record(&key, &v(5, "e5"), start).unwrap();
+        // Live up to, not at, the end of its retention.
+        let live = start + Duration::from_secs(10) - Duration::from_nanos(1);
+        assert_eq!(records.newest(&key, live).unwrap(), Some(v(5, "e5")));
+        assert_eq!(
+            records
+                .newest(&key, start + Duration::from_secs(10))
+                .unwrap(),
+            None
+        );
+        // The same version again is no newer: its retention is not renewed.
+        records
+            .record(&key, &v(5, "e5"), start + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            records
+                .newest(&key, start + Duration::from_secs(10))
+                .unwrap(),
+            None
+        );
+        // An older version is kept once the newer one has expired, not before.
+        let later = start + Duration::from_secs(9);
+        records.record(&key, &v(3, "e3"), later).unwrap();
+        assert_eq!(records.newest(&key, later).unwrap(), Some(v(5, "e5")));
+        let expired = start + Duration::from_secs(10);
+        records.record(&key, &v(3, "e3"), expired).unwrap();
+        assert_eq!(records.newest(&key, expired).unwrap(), Some(v(3, "e3")));
+
+        // Full: a second object fits, a third only once one has expired.
+        let other = ObjectKey::new("order", "ord_2");
+        records.record(&other, &v(1, "x"), expired).unwrap();
+        let third = ObjectKey::new("order", "ord_3");
+        let full = records.record(&third, &v(1, "y"), expired).unwrap_err();
+        assert_eq!(full.kind(), StoreErrorKind::Full);
+        // ord_1 and ord_2 were both written at `expired`: both live until
+        // ten seconds after it, and both gone at that instant.
+        let freed = expired + Duration::from_secs(10);
+        let still_full = freed - Duration::from_nanos(1);
+        assert!(records.record(&third, &v(1, "y"), still_full).is_err());
+        records.record(&third, &v(1, "y"), freed).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records.newest(&third, freed).unwrap(), Some(v(1, "y")));
     }
 
     #[test]
