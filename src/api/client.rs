@@ -161,7 +161,9 @@ impl ClientBuilder {
     }
 
     /// The longest a call may take, retries, backoff and waits for the
-    /// rate budget included (default 30 s).
+    /// rate budget included (default 30 s). A read whose retries the
+    /// deadline ends fails with the last answer it had from Clink (a `500`,
+    /// say), not with the retry that found no time left.
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -381,6 +383,8 @@ impl Client {
         let deadline = Instant::now() + self.inner.deadline;
         let retries = method == Method::GET;
         let mut attempt = 1;
+        // The answer of the attempt before, while retrying.
+        let mut previous: Option<ApiError> = None;
         loop {
             let request = Attempt {
                 call: &call,
@@ -393,6 +397,18 @@ impl Client {
                 Ok(body) => return Ok(body),
                 Err(error) => error,
             };
+            // The client's own budget saying no is not worth asking again:
+            // it had no room before the deadline.
+            let local = error.status().is_none() && error.code().is_none();
+            let out_of_time = local
+                && (error.kind() == ApiErrorKind::RateLimited
+                    || (error.kind() == ApiErrorKind::Timeout && Instant::now() >= deadline));
+            if out_of_time {
+                // A retry that the call's deadline cut short, or that the
+                // budget could not fit before it, says nothing about Clink:
+                // the answer before it says why the read failed.
+                return Err(previous.unwrap_or(error));
+            }
             let retryable = matches!(
                 error.kind(),
                 ApiErrorKind::Server
@@ -400,10 +416,6 @@ impl Client {
                     | ApiErrorKind::Transport
                     | ApiErrorKind::Timeout
             );
-            // The client's own budget saying no is not worth asking again:
-            // it had no room before the deadline.
-            let local = error.status().is_none() && error.code().is_none();
-            let retryable = retryable && !(error.kind() == ApiErrorKind::RateLimited && local);
             if !retries || !retryable || attempt >= self.inner.attempts {
                 return Err(error);
             }
@@ -413,6 +425,12 @@ impl Client {
             }
             tracing::debug!(call = %call, attempt, error = %error, "retrying a Clink API read");
             tokio::time::sleep(wait).await;
+            if Instant::now() >= deadline {
+                // The wait ran past the deadline (a busy machine): no time
+                // is left for the retry.
+                return Err(error);
+            }
+            previous = Some(error);
             attempt += 1;
         }
     }

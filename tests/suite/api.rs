@@ -472,6 +472,27 @@ async fn server_errors_are_retried_then_given_up_within_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_read_whose_retries_run_out_of_time_says_what_clink_answered() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    fake.fail_next("order/", Failure::Status(500), 1000);
+    // One request a second: the third try finds no room before the
+    // deadline, however fast or slow the machine.
+    let client = client_for(&fake, &[NEW])
+        .attempts(1000)
+        .rate_limit(1, 1)
+        .deadline(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Server, "{error}");
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(500));
+    let tries = fake.count("GET", "order/ord_1");
+    assert!((1..=2).contains(&tries), "{tries}");
+}
+
+#[tokio::test]
 async fn a_hung_server_is_timed_out() {
     let fake = FakeApi::start().await;
     fake.accept_key(NEW);
