@@ -510,4 +510,27 @@ mod tests {
         assert!(layer().lease(MAX_TTL).is_ok());
         assert!(layer().key_prefix("shop-eu").is_ok());
     }
+
+    #[test]
+    fn each_bound_is_allowed_at_its_edge() {
+        let ms = Duration::from_millis(1);
+        assert!(layer().lease(ms).is_ok());
+        assert!(layer().retention(MAX_TTL).is_ok());
+        assert!(layer().body_timeout(ms).is_ok());
+        assert!(layer().store_timeout(ms).is_ok());
+        assert!(layer().handler_timeout(MAX_TTL).is_ok());
+        assert!(layer().body_timeout(MAX_TTL + ms).is_err());
+        assert!(layer().key_prefix("p".repeat(128)).is_ok());
+        assert!(layer().key_prefix("").is_ok());
+        // The budget holds at least one body at the limit, and one body.
+        let limited = || layer().body_limit(1000).unwrap();
+        assert!(limited().body_budget(1000, 1).is_ok());
+        assert!(limited().body_budget(999, 1).is_err());
+        assert!(limited().body_budget(1000, 0).is_err());
+        assert!(limited().body_limit(1).is_ok());
+        // A limit up to the budget set before it, not past it.
+        let budgeted = || limited().body_budget(4096, 8).unwrap();
+        assert!(budgeted().body_limit(4096).is_ok());
+        assert!(budgeted().body_limit(4097).is_err());
+    }
 }
