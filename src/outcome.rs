@@ -299,9 +299,6 @@ impl Outcome {
         };
         let body = match told.acknowledgement() {
             Some(body) => Bytes::from_static(body.as_bytes()),
-            None if told.is_acknowledged() => {
-                Bytes::from(format!(r#"{{"ok":true,"outcome":"{}"}}"#, told.as_str()))
-            }
             None => Bytes::from(
                 serde_json::json!({ "error": told.as_str(), "message": told.to_string() })
                     .to_string(),
@@ -326,7 +323,8 @@ impl Outcome {
     }
 
     /// The body of an acknowledged outcome, written once rather than per
-    /// delivery: `{"ok":true,"outcome":..}`.
+    /// delivery: `{"ok":true,"outcome":..}`; `None` for exactly the outcomes
+    /// that are not acknowledged (a test holds the two together).
     fn acknowledgement(&self) -> Option<&'static str> {
         match self {
             Self::Handled => Some(r#"{"ok":true,"outcome":"handled"}"#),
@@ -499,9 +497,17 @@ mod tests {
             assert_eq!(outcome.is_verified(), verified, "{outcome:?}");
             assert_eq!(Outcome::of(&response), Some(&outcome));
             let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            // Every acknowledged outcome has its body written once, and
+            // the response holds those very bytes: nothing is formatted.
+            assert_eq!(
+                outcome.acknowledgement().is_some(),
+                outcome.is_acknowledged(),
+                "{outcome:?}"
+            );
             if let Some(written) = outcome.acknowledgement() {
                 let formatted = format!(r#"{{"ok":true,"outcome":"{}"}}"#, outcome.as_str());
                 assert_eq!(written, formatted);
+                assert_eq!(response.body().as_ptr(), written.as_ptr(), "{outcome:?}");
             }
             if outcome.is_acknowledged() {
                 assert_eq!(body["ok"], true);

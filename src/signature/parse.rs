@@ -286,6 +286,37 @@ mod tests {
     }
 
     #[test]
+    fn the_sign_type_is_sha256_in_any_case_or_absent() {
+        let good = "e07064a60193e751786c3f5a37fe7a5dc816bba53a2cb7781d0246b035dddfda";
+        let headers = |sign_type: Option<&str>| {
+            let mut map = HeaderMap::new();
+            map.insert(TIMESTAMP_HEADER, "1700000000".parse().unwrap());
+            map.insert(SIGNATURE_HEADER, good.parse().unwrap());
+            if let Some(sign_type) = sign_type {
+                map.insert(SIGN_TYPE_HEADER, sign_type.parse().unwrap());
+            }
+            map
+        };
+        for sign_type in [None, Some("SHA256"), Some("sha256"), Some(" Sha256 ")] {
+            let map = headers(sign_type);
+            let parts = SignatureHeaders::from_headers(&map);
+            assert_eq!(parts.signature().unwrap(), parse_signature(good).unwrap());
+            assert_eq!(parts.timestamp().unwrap(), "1700000000");
+        }
+        for sign_type in ["MD5", "SHA1", "", "SHA-256"] {
+            let map = headers(Some(sign_type));
+            let parts = SignatureHeaders::from_headers(&map);
+            assert_eq!(
+                parts.signature().unwrap_err().kind(),
+                VerifyErrorKind::UnsupportedSignType,
+                "{sign_type:?}"
+            );
+            // The timestamp is judged first, and alone.
+            assert!(parts.timestamp().is_ok());
+        }
+    }
+
+    #[test]
     fn hex_digits_decode_like_char_to_digit() {
         for c in 0..=u8::MAX {
             let (value, invalid) = hex_digit(c);
