@@ -356,6 +356,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_any_event_says_what_its_envelope_says() {
+        let raw = RawEvent::from_slice(
+            br#"{"id":"evt_1","type":"order.created","created":1736942400000,"livemode":false,"data":{"orderId":"o1"}}"#,
+        )
+        .unwrap();
+        let any = AnyEvent::from_raw(&raw).unwrap();
+        assert_eq!(any.id(), "evt_1");
+        assert_eq!(any.event_type(), &EventType::OrderCreated);
+        assert_eq!(
+            any.created(),
+            Some(Timestamp::from_millis(1_736_942_400_000))
+        );
+        assert_eq!(any.livemode(), Some(false));
+        assert_eq!(any.account(), None);
+        let any = AnyEvent::from_raw(&raw.with_account("acct_1")).unwrap();
+        assert_eq!(any.account(), Some("acct_1"));
+        let bare = RawEvent::from_slice(br#"{"id":"evt_2","type":"x.y","data":{}}"#).unwrap();
+        let any = AnyEvent::from_raw(&bare).unwrap();
+        assert_eq!((any.created(), any.livemode()), (None, None));
+        assert!(!any.event_type().is_known());
+    }
+
+    #[test]
     fn there_are_44_distinct_names_that_round_trip() {
         assert_eq!(EventType::ALL.len(), 44);
         let names: std::collections::HashSet<_> =
