@@ -401,4 +401,158 @@ mod tests {
         }
         assert_eq!(EventType::ALL.len(), EVENT_LABELS - 2);
     }
+
+    /// Every counter increment, gauge change and histogram value, by key
+    /// as the Prometheus text names it (`name{label="value",...}`).
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<(String, f64)>>);
+
+    struct Handle(std::sync::Arc<Recorded>, String);
+
+    impl metrics::CounterFn for Handle {
+        fn increment(&self, value: u64) {
+            #[allow(clippy::cast_precision_loss)]
+            self.0
+                 .0
+                .lock()
+                .unwrap()
+                .push((self.1.clone(), value as f64));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl metrics::GaugeFn for Handle {
+        fn increment(&self, value: f64) {
+            self.0 .0.lock().unwrap().push((self.1.clone(), value));
+        }
+        fn decrement(&self, value: f64) {
+            self.0 .0.lock().unwrap().push((self.1.clone(), -value));
+        }
+        fn set(&self, _: f64) {}
+    }
+
+    impl metrics::HistogramFn for Handle {
+        fn record(&self, value: f64) {
+            self.0 .0.lock().unwrap().push((self.1.clone(), value));
+        }
+    }
+
+    struct Recorder(std::sync::Arc<Recorded>);
+
+    impl Recorder {
+        fn handle(&self, key: &metrics::Key) -> std::sync::Arc<Handle> {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={:?}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            std::sync::Arc::new(Handle(std::sync::Arc::clone(&self.0), name))
+        }
+    }
+
+    impl metrics::Recorder for Recorder {
+        fn describe_counter(
+            &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self, key: &metrics::Key, _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::from_arc(self.handle(key))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::from_arc(self.handle(key))
+        }
+        fn register_histogram(
+            &self, key: &metrics::Key, _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::from_arc(self.handle(key))
+        }
+    }
+
+    fn recorded(run: impl FnOnce()) -> Vec<(String, f64)> {
+        let recorded = std::sync::Arc::new(Recorded::default());
+        let recorder = Recorder(std::sync::Arc::clone(&recorded));
+        metrics::with_local_recorder(&recorder, run);
+        let lines = recorded.0.lock().unwrap().clone();
+        lines
+    }
+
+    #[test]
+    fn a_delivery_is_counted_by_outcome_and_event_type_and_timed_by_outcome() {
+        let lines = recorded(|| {
+            emit(&Outcome::Handled, Some(&EventType::OrderSucceeded), 0.25);
+            emit(
+                &Outcome::Duplicate,
+                Some(&EventType::from("wallet.topped_up")),
+                0.5,
+            );
+            emit(
+                &Outcome::Verify(VerifyErrorKind::SignatureMismatch),
+                None,
+                0.125,
+            );
+            emit(
+                &Outcome::Verify(VerifyErrorKind::ExpiredKey),
+                Some(&EventType::ALL[43]),
+                1.0,
+            );
+        });
+        let total = "clink_webhook_deliveries_total";
+        let seconds = "clink_webhook_delivery_duration_seconds";
+        let last = EventType::ALL[43].as_str();
+        let expected = [
+            (
+                format!(r#"{total}{{outcome="handled",event_type="order.succeeded"}}"#),
+                1.0,
+            ),
+            (format!(r#"{seconds}{{outcome="handled"}}"#), 0.25),
+            (
+                format!(r#"{total}{{outcome="duplicate",event_type="unknown"}}"#),
+                1.0,
+            ),
+            (format!(r#"{seconds}{{outcome="duplicate"}}"#), 0.5),
+            (
+                format!(r#"{total}{{outcome="signature_mismatch",event_type="none"}}"#),
+                1.0,
+            ),
+            (
+                format!(r#"{seconds}{{outcome="signature_mismatch"}}"#),
+                0.125,
+            ),
+            (
+                format!(r#"{total}{{outcome="expired_key",event_type="{last}"}}"#),
+                1.0,
+            ),
+            (format!(r#"{seconds}{{outcome="expired_key"}}"#), 1.0),
+        ];
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn matches_are_counted_by_key_and_deliveries_in_flight_until_dropped() {
+        let lines = recorded(|| {
+            emit_key_match(&std::sync::Arc::from("current"));
+            let in_flight = InFlight::start();
+            drop(in_flight);
+        });
+        let gauge = "clink_webhook_deliveries_in_flight{}";
+        let expected = [
+            (
+                r#"clink_webhook_key_matches_total{key="current"}"#.to_owned(),
+                1.0,
+            ),
+            (gauge.to_owned(), 1.0),
+            (gauge.to_owned(), -1.0),
+        ];
+        assert_eq!(lines, expected);
+    }
 }
