@@ -765,6 +765,21 @@ mod tests {
     }
 
     #[test]
+    fn debug_lists_the_handled_types_and_the_hooks() {
+        let router = EventRouter::new()
+            .on::<events::RefundSucceeded, _>(|_event| std::future::ready(Ok::<_, Infallible>(())))
+            .on::<events::OrderCreated, _>(|_event| std::future::ready(Ok::<_, Infallible>(())))
+            .ordering(MemoryStore::new())
+            .skip_stale();
+        assert_eq!(
+            format!("{router:?}"),
+            r#"EventRouter { handlers: ["order.created", "refund.succeeded"], before_each: false, on_unhandled: false, on_undecodable: false, ordering: true, skip_stale: true, .. }"#
+        );
+        assert!(router.handles(&EventType::OrderCreated));
+        assert!(!router.handles(&EventType::OrderSucceeded));
+    }
+
+    #[test]
     fn on_every_type_registers_every_known_type() {
         let router = EventRouter::new().on_every_type(Record::default());
         assert!(EventType::ALL.iter().all(|t| router.handles(t)));
