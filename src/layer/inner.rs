@@ -60,3 +60,40 @@ fn outcome_of<B>(response: &Response<B>) -> Outcome {
         None => Outcome::HandlerRefused(response.status()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn response(status: StatusCode) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        response
+    }
+
+    #[test]
+    fn a_response_stands_for_the_outcome_it_carries_or_its_status() {
+        assert_eq!(outcome_of(&response(StatusCode::OK)), Outcome::Handled);
+        assert_eq!(
+            outcome_of(&response(StatusCode::ACCEPTED)),
+            Outcome::Handled
+        );
+        for status in [
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ] {
+            assert_eq!(
+                outcome_of(&response(status)),
+                Outcome::HandlerRefused(status)
+            );
+        }
+        // An EventRouter's response says what happened, whatever its status.
+        let mut unhandled = response(StatusCode::OK);
+        unhandled.extensions_mut().insert(Outcome::Unhandled);
+        assert_eq!(outcome_of(&unhandled), Outcome::Unhandled);
+        let mut failed = response(StatusCode::INTERNAL_SERVER_ERROR);
+        failed.extensions_mut().insert(Outcome::HandlerFailed);
+        assert_eq!(outcome_of(&failed), Outcome::HandlerFailed);
+    }
+}
