@@ -780,6 +780,44 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_grows_apart_from_its_original() {
+        let ok = |_event: Event<_>| std::future::ready(Ok::<_, Infallible>(()));
+        let original = EventRouter::new().on::<events::OrderCreated, _>(ok);
+        let grown = original
+            .clone()
+            .on::<events::RefundSucceeded, _>(|_event| std::future::ready(Ok::<_, Infallible>(())))
+            .before_each(|_raw| std::future::ready(Ok::<_, Infallible>(())))
+            .on_unhandled(|_raw| std::future::ready(Ok::<_, Infallible>(())));
+        assert!(
+            grown.handles(&EventType::OrderCreated) && grown.handles(&EventType::RefundSucceeded)
+        );
+        assert!(original.handles(&EventType::OrderCreated));
+        assert!(!original.handles(&EventType::RefundSucceeded));
+        let debug = format!("{grown:?}");
+        assert!(
+            debug.contains("before_each: true, on_unhandled: true"),
+            "{debug}"
+        );
+        assert!(format!("{original:?}").contains("before_each: false, on_unhandled: false"));
+    }
+
+    #[tokio::test]
+    async fn dispatched_says_the_freshness_and_why_an_event_failed() {
+        let router = EventRouter::new()
+            .on::<events::OrderCreated, _>(|_event| std::future::ready(Err::<(), _>("no stock")));
+        let verifier = Verifier::new("k").unwrap();
+        let body = br#"{"id":"e1","type":"order.created","data":{"orderId":"o1"}}"#;
+        let ts = Timestamp::now().as_millis().to_string();
+        let verified = verifier.verify(&ts, &sign("k", &ts, body), body).unwrap();
+        let event = VerifiedEvent::new(RawEvent::from_slice(body).unwrap(), &verified);
+        let dispatched = router.dispatch(event).await;
+        assert_eq!(dispatched.outcome(), &Outcome::HandlerFailed);
+        assert_eq!(dispatched.failure(), Some("no stock"));
+        assert_eq!(dispatched.freshness(), Some(&Freshness::Untracked));
+        assert_eq!(dispatched.into_outcome(), Outcome::HandlerFailed);
+    }
+
+    #[test]
     fn on_every_type_registers_every_known_type() {
         let router = EventRouter::new().on_every_type(Record::default());
         assert!(EventType::ALL.iter().all(|t| router.handles(t)));
