@@ -512,6 +512,27 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_the_keys_by_name_and_the_settings_never_a_secret() {
+        let layer = layer().body_limit(4096).unwrap();
+        let debug = format!("{layer:?}");
+        assert!(
+            debug.starts_with("ClinkLayer { keys: \"Verifier"),
+            "{debug}"
+        );
+        assert!(debug.contains("body_limit: 4096"), "{debug}");
+        assert!(!debug.contains("whsec_test"), "{debug}");
+        assert_eq!(DEFAULT_BODY_LIMIT, 1_048_576, "1 MiB, as documented");
+    }
+
+    #[test]
+    fn an_intake_shares_the_layers_counters() {
+        let layer = layer();
+        let intake = layer.intake(crate::store::MemoryInbox::new());
+        assert!(Arc::ptr_eq(&intake.metrics(), &layer.metrics()));
+        assert_eq!(format!("{intake:?}"), "InboxIntake { .. }");
+    }
+
+    #[test]
     fn each_bound_is_allowed_at_its_edge() {
         let ms = Duration::from_millis(1);
         assert!(layer().lease(ms).is_ok());
