@@ -162,7 +162,7 @@ impl ClientBuilder {
 
     /// The longest a call may take, retries, backoff and waits for the
     /// rate budget included (default 30 s). A read whose retries the
-    /// deadline ends fails with the last answer it had from Clink (a `500`,
+    /// deadline ends fails with its last attempt's error (Clink's `500`,
     /// say), not with the retry that found no time left.
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {

@@ -477,12 +477,14 @@ async fn a_read_whose_retries_run_out_of_time_says_what_clink_answered() {
     fake.accept_key(NEW);
     fake.put_object("order/ord_1", order("ord_1", "success"));
     fake.fail_next("order/", Failure::Status(500), 1000);
-    // One request a second: the third try finds no room before the
-    // deadline, however fast or slow the machine.
+    // One request a second: the second try goes at about 1 s, its backoff
+    // (at most 480 ms) still fits the deadline, and the third try's room in
+    // the budget, 1 s after the second, does not. The deadline sits between
+    // the two, a quarter of a second from either.
     let client = client_for(&fake, &[NEW])
         .attempts(1000)
         .rate_limit(1, 1)
-        .deadline(Duration::from_millis(1500))
+        .deadline(Duration::from_millis(1750))
         .build()
         .unwrap();
     let error = client.get::<Order>("ord_1").await.unwrap_err();
