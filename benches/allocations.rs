@@ -1,5 +1,6 @@
 //! Heap allocations per delivery, counted by a global allocator that
-//! counts: the hand-written receiver and the layer in process, on the same
+//! counts: the hand-written receiver and the layer in process (over its
+//! router called directly, and as a tower service), on the same
 //! signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
 //!
 //! ```text
@@ -24,7 +25,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use receiver::{bare_hmac, keyed, layered, signed, Hand, SIZES};
+use receiver::{bare_hmac, keyed, layered, layered_tower, signed, Hand, SIZES};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{Service, ServiceExt};
 
@@ -67,13 +68,14 @@ fn main() {
         .build()
         .unwrap();
     let layer = layered();
+    let tower = layered_tower();
     let hand = Hand::new();
     let key = keyed();
     let mut next_id = 0;
     println!("\nHeap allocations per delivery in process (allocations + reallocations; bytes):");
     println!(
-        "{:<6} {:>12} {:>12} {:>14} {:>14} {:>10}",
-        "size", "hmac", "hand", "layer", "hand bytes", "layer bytes"
+        "{:<6} {:>6} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "size", "hmac", "hand", "tower", "layer", "hand bytes", "tower bytes", "layer bytes"
     );
     for (size, label) in SIZES {
         let body = receiver::body(0, size);
@@ -81,9 +83,10 @@ fn main() {
         black_box(bare_hmac(&key, "1736942400000", &body));
         let hmac = region.change().allocations;
         let (hand_allocs, hand_bytes) = per_delivery(&rt, &hand, &mut next_id, count, size);
+        let (tower_allocs, tower_bytes) = per_delivery(&rt, &tower, &mut next_id, count, size);
         let (layer_allocs, layer_bytes) = per_delivery(&rt, &layer, &mut next_id, count, size);
         println!(
-            "{label:<6} {hmac:>12} {hand_allocs:>12.1} {layer_allocs:>14.1} {hand_bytes:>14.0} {layer_bytes:>10.0}"
+            "{label:<6} {hmac:>6} {hand_allocs:>8.1} {tower_allocs:>8.1} {layer_allocs:>8.1} {hand_bytes:>12.0} {tower_bytes:>12.0} {layer_bytes:>12.0}"
         );
     }
 }

@@ -15,7 +15,10 @@
 //!   body read once with `serde_json::from_slice` into a derived struct of
 //!   the envelope and the order.
 //! - **layer**: `ClinkLayer` (one key, the default `MemoryStore`) in front of
-//!   an `EventRouter` with a typed `order.succeeded` handler.
+//!   an `EventRouter` with a typed `order.succeeded` handler, called directly
+//!   (`ClinkLayer::route`).
+//! - **tower** (in process only): the same layer and router, the router as
+//!   a tower service (`ClinkLayer::layer`).
 //! - **bare** (HTTP only): a service that reads the body and answers 200.
 //!
 //! Every delivery has a fresh event id and is signed before the clock
@@ -42,7 +45,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use receiver::{
-    bare_hmac, keyed, layered, median, micros, signed, Bare, Chunks, Hand, Signer, SIZES,
+    bare_hmac, keyed, layered, layered_tower, median, micros, signed, Bare, Chunks, Hand, Signer,
+    SIZES,
 };
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
@@ -159,12 +163,22 @@ fn in_process(measure: bool) {
         .build()
         .unwrap();
     let layer = layered();
+    let tower = layered_tower();
     let hand = Hand::new();
     let careful = Hand::careful();
     println!("\nIn process, per delivery (median batch); ratios of time (1.0 = as fast):");
     println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>11} {:>14} {:>11}",
-        "size", "hmac", "hand", "careful", "layer", "layer/hand", "layer/careful", "layer/hmac"
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>14} {:>11} {:>12}",
+        "size",
+        "hmac",
+        "hand",
+        "careful",
+        "tower",
+        "layer",
+        "layer/hand",
+        "layer/careful",
+        "layer/hmac",
+        "tower/careful"
     );
     for (size, label) in SIZES {
         let (budget, rounds, batch) = if measure {
@@ -184,21 +198,24 @@ fn in_process(measure: bool) {
                 &mut |n| time_hmac(n, size),
                 &mut |n| time_in_process(&rt, &hand, n, size),
                 &mut |n| time_in_process(&rt, &careful, n, size),
+                &mut |n| time_in_process(&rt, &tower, n, size),
                 &mut |n| time_in_process(&rt, &layer, n, size),
             ],
         );
-        let [hmac, hand_t, careful_t, layer_t] = medians[..] else {
+        let [hmac, hand_t, careful_t, tower_t, layer_t] = medians[..] else {
             unreachable!()
         };
         println!(
-            "{label:<6} {:>10} {:>10} {:>10} {:>10} {:>11.3} {:>14.3} {:>11.3}",
+            "{label:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11.3} {:>14.3} {:>11.3} {:>12.3}",
             micros(hmac),
             micros(hand_t),
             micros(careful_t),
+            micros(tower_t),
             micros(layer_t),
             layer_t.as_secs_f64() / hand_t.as_secs_f64(),
             layer_t.as_secs_f64() / careful_t.as_secs_f64(),
             layer_t.as_secs_f64() / hmac.as_secs_f64(),
+            tower_t.as_secs_f64() / careful_t.as_secs_f64(),
         );
     }
 }

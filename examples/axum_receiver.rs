@@ -96,7 +96,7 @@ use clink_webhooks::router::EveryHandler;
 use clink_webhooks::router::WithState;
 use clink_webhooks::server::Server;
 use clink_webhooks::store::{FreshnessStore, IdempotencyStore, Inbox, MemoryStore};
-use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Layer, Verifier};
+use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use clink_webhooks::{BoxError, BoxFuture};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -569,7 +569,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         readiness
     } else {
         let readiness = layer.readiness();
-        webhooks = webhooks.route_service("/webhooks/clink", layer.layer(router));
+        webhooks = webhooks.route_service("/webhooks/clink", layer.route(router));
         readiness
     };
     let app = webhooks

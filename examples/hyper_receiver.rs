@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
 use clink_webhooks::server::Server;
-use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
+use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     let layer = ClinkLayer::new(Verifier::new(key)?);
     let readiness = layer.readiness();
-    let webhook = layer.layer(router);
+    let webhook = layer.route(router);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!(

@@ -38,7 +38,7 @@ use clink_webhooks::router::EveryHandler;
 use clink_webhooks::server::Server;
 use clink_webhooks::signature::SigningKey;
 use clink_webhooks::BoxFuture;
-use clink_webhooks::{ClinkLayer, Event, EventRouter, Layer, MemoryStore, Verifier};
+use clink_webhooks::{ClinkLayer, Event, EventRouter, MemoryStore, Verifier};
 
 /// A value from a delivery body, made safe to print: the crate's rule
 /// (control, format and separator characters escaped, see
@@ -158,7 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(_) => ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone()),
     };
-    let service = layer.store(store).layer(router);
+    let service = layer.store(store).route(router);
     let app = Router::new().route_service("/webhooks/clink/{account}", service);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

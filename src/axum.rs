@@ -40,9 +40,9 @@
 //!
 //! ```
 //! use axum::Router;
-//! use clink_webhooks::{ClinkLayer, EventRouter, Layer, Verifier};
+//! use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
 //!
-//! let service = ClinkLayer::new(Verifier::new("whsec_test").unwrap()).layer(EventRouter::new());
+//! let service = ClinkLayer::new(Verifier::new("whsec_test").unwrap()).route(EventRouter::new());
 //! let app: Router = Router::new().route_service("/webhooks/clink", service);
 //! ```
 

@@ -18,7 +18,7 @@
 //! # Example
 //!
 //! ```
-//! use clink_webhooks::{events, ClinkLayer, EventRouter, Layer, Verifier};
+//! use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let router = EventRouter::new()
@@ -32,7 +32,9 @@
 //!     });
 //!
 //! // A tower service: mount it with axum's `route_service`, or serve it with hyper.
-//! let service = ClinkLayer::new(Verifier::new("whsec_...")?).layer(router);
+//! // (`route` hands events to the router directly; `ClinkLayer` is also a
+//! // tower `Layer`, for any other inner service.)
+//! let service = ClinkLayer::new(Verifier::new("whsec_...")?).route(router);
 //! let app: axum::Router = axum::Router::new().route_service("/webhooks/clink", service);
 //! # Ok(()) }
 //! ```
@@ -135,7 +137,7 @@ mod timestamp;
 
 pub use config_error::ConfigError;
 pub use events::{AnyEvent, Event, EventError, EventKind, EventType, RawEvent, VerifiedEvent};
-pub use layer::{ClinkLayer, ClinkService, InboxIntake};
+pub use layer::{ClinkLayer, ClinkService, InboxIntake, RoutedService};
 pub use outcome::Outcome;
 pub use router::EventRouter;
 pub use rust_decimal::Decimal;

@@ -124,14 +124,24 @@ impl http_body::Body for Chunks {
     }
 }
 
-/// The layer as an app sets it up: one key, the default in-memory store,
-/// a router with a typed `order.succeeded` handler.
-pub(crate) fn layered() -> clink_webhooks::ClinkService<EventRouter> {
-    let router = EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
+/// A router with a typed `order.succeeded` handler.
+fn order_router() -> EventRouter {
+    EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
         black_box(&event.data);
         Ok::<_, Infallible>(())
-    });
-    ClinkLayer::new(Verifier::new(SECRET).expect("a secret")).layer(router)
+    })
+}
+
+/// The layer as an app sets it up: one key, the default in-memory store,
+/// the router called directly (`ClinkLayer::route`).
+pub(crate) fn layered() -> clink_webhooks::RoutedService {
+    ClinkLayer::new(Verifier::new(SECRET).expect("a secret")).route(order_router())
+}
+
+/// The layer over the same router as a tower service (`ClinkLayer::layer`):
+/// a request built for the router, its response read back.
+pub(crate) fn layered_tower() -> clink_webhooks::ClinkService<EventRouter> {
+    ClinkLayer::new(Verifier::new(SECRET).expect("a secret")).layer(order_router())
 }
 
 pub(crate) type HmacSha256 = Hmac<Sha256>;

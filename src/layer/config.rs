@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::budget::{BodyBudget, DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING};
 use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
-use super::{ClinkService, InboxIntake, Metrics};
+use super::{ClinkService, InboxIntake, Metrics, RoutedService};
 use crate::accounts::{AccountFrom, KeySource};
 use crate::guard::handler_deadline;
 use crate::outage::OutageLog;
@@ -17,7 +17,7 @@ use crate::signature::{LiveVerifier, Verifier};
 use crate::store::{
     IdempotencyStore, Inbox, MemoryStore, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_TTL,
 };
-use crate::ConfigError;
+use crate::{ConfigError, EventRouter};
 
 /// The default body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -277,6 +277,15 @@ impl ClinkLayer {
     pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
         self.config_mut().dead_letters = Some(Arc::new(inbox));
         self
+    }
+
+    /// A service that runs this layer's steps and hands each verified event
+    /// to `router` directly: what `self.layer(router)` does, answering the
+    /// same, without the HTTP request built for the router and the response
+    /// read back from it. See [`RoutedService`].
+    #[must_use]
+    pub fn route<T>(&self, router: EventRouter<T>) -> RoutedService<T> {
+        RoutedService::new(router, Arc::clone(&self.config))
     }
 
     /// A service that verifies deliveries as this layer does and keeps

@@ -1,13 +1,11 @@
 //! Step 7: call the inner service with the verified body, inside the
 //! handler's deadline, turning a panic into an outcome.
 
-use std::time::Duration;
-
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::VerifiedBody;
-use crate::guard::{catch_panic, within, CatchUnwind};
+use crate::guard::{catch_panic, within, CatchUnwind, Limit, TimedOut};
 use crate::{BoxError, Outcome};
 
 /// Calls `inner` within `deadline`, worked out only if the inner service
@@ -15,7 +13,7 @@ use crate::{BoxError, Outcome};
 /// back when the inner service answered, with the outcome it stands for;
 /// otherwise only the outcome (an error, a panic, the deadline).
 pub(super) async fn run_inner<S, ResB>(
-    mut inner: S, request: Request<VerifiedBody>, deadline: impl FnOnce() -> Duration,
+    mut inner: S, request: Request<VerifiedBody>, deadline: impl Limit,
 ) -> Result<(Response<ResB>, Outcome), Outcome>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
@@ -39,14 +37,17 @@ where
             tracing::error!(panic = ?panic, "clink handler panicked");
             Err(Outcome::HandlerPanicked)
         }
-        Err(timed_out) => {
-            tracing::error!(
-                timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
-                "clink handler timed out; releasing the event so a retry runs it"
-            );
-            Err(Outcome::HandlerTimeout)
-        }
+        Err(timed_out) => Err(handler_timed_out(timed_out)),
     }
+}
+
+/// Logs a handler stopped at its deadline; its outcome.
+pub(super) fn handler_timed_out(timed_out: TimedOut) -> Outcome {
+    tracing::error!(
+        timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
+        "clink handler timed out; releasing the event so a retry runs it"
+    );
+    Outcome::HandlerTimeout
 }
 
 /// The outcome an inner service's response stands for: the one it carries

@@ -24,7 +24,11 @@
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
 //!    with `Retry-After`, and the inner service is not called.
 //! 7. **Inner service**: called with a [`VerifiedEvent`](crate::VerifiedEvent) in the request
-//!    extensions and the body as [`VerifiedBody`].
+//!    extensions and the body as [`VerifiedBody`]. In front of an
+//!    [`EventRouter`](crate::EventRouter), [`ClinkLayer::route`] makes a
+//!    [`RoutedService`] that awaits the router's
+//!    [`dispatch`](crate::EventRouter::dispatch) instead, with the same
+//!    answers and no request built for it.
 //! 8. **Settle**: a `2xx` marks the event completed; any other status, an
 //!    error or a panic (answered `500`), or the handler timeout (`500`)
 //!    releases the claim, so Clink's retry runs the handler again. Every store
@@ -49,6 +53,7 @@
 //! its settings), `service.rs` ([`ClinkService`], which runs the steps in
 //! order, and the part of a delivery every service here shares), `verify.rs`
 //! (steps 1 to 5), `claim.rs` (steps 6 and 8), `inner.rs` (step 7),
+//! `routed.rs` ([`RoutedService`]: step 7 as a call to the router),
 //! `intake.rs` ([`InboxIntake`]: steps 1 to 5, then the event kept in an
 //! inbox), `budget.rs`, `metrics.rs`, `refusals.rs`, `health.rs`, and
 //! `body.rs`/`future.rs` for the response types.
@@ -90,6 +95,7 @@ mod inner;
 mod intake;
 mod metrics;
 mod refusals;
+mod routed;
 mod service;
 mod verify;
 
@@ -106,6 +112,7 @@ pub use health::{NotReady, Readiness};
 pub use intake::InboxIntake;
 pub use metrics::{Metrics, DURATION_BUCKETS};
 pub use refusals::DEFAULT_REFUSAL_LOG_INTERVAL;
+pub use routed::RoutedService;
 pub use service::ClinkService;
 
 /// The body the inner service receives: the verified bytes, already buffered.

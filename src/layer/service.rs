@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -23,6 +23,7 @@ use super::metrics;
 use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
+use crate::guard::Limit;
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -95,7 +96,17 @@ where
         delivery(
             Arc::clone(&self.config),
             request,
-            move |config, parts, verified| handle(config, inner, parts, verified),
+            move |config, parts, verified| {
+                handle(config, verified, move |verified, deadline| async move {
+                    let body = Full::new(verified.event().body().clone());
+                    let mut request = Request::from_parts(parts, body);
+                    request.extensions_mut().insert(verified);
+                    match run_inner(inner, request, deadline).await {
+                        Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
+                        Err(outcome) => (layer_response(&outcome), outcome),
+                    }
+                })
+            },
         )
     }
 }
@@ -225,15 +236,15 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
     outcome.to_response().map(ResponseBody::layer)
 }
 
-/// Steps 6 to 8 for a verified delivery: claim the event, call the inner
-/// service within the handler's deadline, settle the claim.
-async fn handle<S, ResB>(
-    config: Arc<Config>, inner: S, parts: Parts, verified: VerifiedEvent,
+/// Steps 6 to 8 for a verified delivery: claim the event, hand it to `run`
+/// (a clone sharing its bytes, with the handler's deadline, worked out when
+/// it is needed), settle the claim on the outcome `run` answers with.
+pub(super) async fn handle<ResB, F, Fut>(
+    config: Arc<Config>, verified: VerifiedEvent, run: F,
 ) -> Verified<ResB>
 where
-    S: Service<Request<VerifiedBody>, Response = Response<ResB>> + Send,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
+    F: FnOnce(VerifiedEvent, Deadline) -> Fut,
+    Fut: Future<Output = (Response<ResponseBody<ResB>>, Outcome)>,
 {
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
@@ -242,18 +253,12 @@ where
         Err(outcome) => return (layer_response(&outcome), outcome, verified),
         Ok(guard) => guard,
     };
-    let mut request = Request::from_parts(parts, Full::new(verified.event().body().clone()));
+    let deadline = Deadline {
+        handler: config.handler_deadline(),
+        claim_started,
+    };
     // A clone shares the body and the id's bytes: no copy.
-    request.extensions_mut().insert(verified.clone());
-    let deadline = || {
-        config
-            .handler_deadline()
-            .saturating_sub(claim_started.elapsed())
-    };
-    let (mut response, mut outcome) = match run_inner(inner, request, deadline).await {
-        Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
-        Err(outcome) => (layer_response(&outcome), outcome),
-    };
+    let (mut response, mut outcome) = run(verified.clone(), deadline).await;
     if outcome == Outcome::Undecodable {
         if let Some(inbox) = &config.dead_letters {
             let failure = response
@@ -269,6 +274,20 @@ where
     }
     guard.settle(&config, &outcome).await;
     (response, outcome, verified)
+}
+
+/// The time a handler has left: the layer's handler deadline counted from
+/// the start of the claim.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    handler: Duration,
+    claim_started: Instant,
+}
+
+impl Limit for Deadline {
+    fn duration(self) -> Duration {
+        self.handler.saturating_sub(self.claim_started.elapsed())
+    }
 }
 
 /// Keeps an event whose data does not decode as dead in `inbox`; whether

@@ -461,13 +461,14 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         let routes = Arc::clone(&self.routes);
         let state = self.state.clone();
         let raw = event.into_event();
-        let (id, event_type) = (raw.id().to_owned(), raw.event_type().clone());
+        // For the log of a panic; a clone shares the body and the id's bytes.
+        let event = raw.clone();
         match CatchUnwind::new(Self::run(routes, raw, state)).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
                 tracing::error!(
-                    event_id = ?id,
-                    event_type = ?event_type.as_str(),
+                    event_id = ?event.id(),
+                    event_type = ?event.event_type().as_str(),
                     panic = ?panic,
                     "clink handler panicked; the event will be retried"
                 );
@@ -607,6 +608,23 @@ impl Dispatched {
     pub fn into_outcome(self) -> Outcome {
         self.outcome
     }
+
+    /// The answer to a delivery that ran this way, with `extensions`
+    /// (empty, perhaps with room made) as the response's: the outcome's
+    /// response, carrying the [`Freshness`] for typed events and, when the
+    /// event failed, this whole `Dispatched`.
+    pub(crate) fn into_response(self, extensions: http::Extensions) -> Response<Bytes> {
+        let mut response = self.outcome.to_response_with(extensions);
+        if let Some(freshness) = &self.freshness {
+            response.extensions_mut().insert(freshness.clone());
+        }
+        // The rest of it is only news when something failed: one
+        // allocation less for every event handled.
+        if self.failure.is_some() {
+            response.extensions_mut().insert(self);
+        }
+        response
+    }
 }
 
 /// Logs a failed handler or hook with the event's id and type, escaped; the
@@ -697,19 +715,7 @@ where
                 return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
             let dispatched = router.dispatch(verified).await;
-            let mut response = dispatched
-                .outcome
-                .to_response_with(extensions)
-                .map(Full::new);
-            if let Some(freshness) = &dispatched.freshness {
-                response.extensions_mut().insert(freshness.clone());
-            }
-            // The rest of it is only news when something failed: one
-            // allocation less for every event handled.
-            if dispatched.failure.is_some() {
-                response.extensions_mut().insert(dispatched);
-            }
-            Ok(response)
+            Ok(dispatched.into_response(extensions).map(Full::new))
         })
     }
 }

@@ -49,11 +49,11 @@
 //!
 //! ```no_run
 //! use clink_webhooks::server::Server;
-//! use clink_webhooks::{ClinkLayer, EventRouter, Layer, Verifier};
+//! use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let service = ClinkLayer::new(Verifier::new("whsec_...")?).layer(EventRouter::new());
+//! let service = ClinkLayer::new(Verifier::new("whsec_...")?).route(EventRouter::new());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! let shutdown = async {
 //!     let _ = tokio::signal::ctrl_c().await;

@@ -56,6 +56,8 @@ mod ordering;
 mod recovery;
 #[cfg(all(feature = "test-util", feature = "metrics"))]
 mod rotation;
+#[cfg(feature = "test-util")]
+mod routed;
 mod signature;
 mod stores;
 mod survivors;

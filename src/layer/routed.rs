@@ -1,0 +1,158 @@
+//! [`RoutedService`]: the layer's steps with an [`EventRouter`] called
+//! directly, not as a tower service behind a request and a response.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tower_service::Service;
+
+use super::config::Config;
+use super::inner::handler_timed_out;
+use super::service::{delivery, handle, layer_response, Verified};
+use super::{Metrics, ResponseBody, ResponseFuture};
+use crate::guard::{within, CatchUnwind};
+use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
+
+/// A tower service that verifies, deduplicates and hands each delivery to an
+/// [`EventRouter`]: made by [`ClinkLayer::route`](super::ClinkLayer::route).
+///
+/// It answers as [`ClinkService`](super::ClinkService) over the same router
+/// does (`ClinkLayer::layer(router)`), with the same steps, statuses,
+/// outcomes, metrics and logs, the same response extensions (the
+/// [`Outcome`], the [`VerifiedEvent`], the [`Freshness`](crate::events::Freshness)
+/// of a typed event and, when it failed, the [`Dispatched`](crate::router::Dispatched)),
+/// and the same response type as an [`InboxIntake`](super::InboxIntake).
+/// What it leaves out is the HTTP request built for the router and the
+/// response read back from it: the router's
+/// [`dispatch`](EventRouter::dispatch) is awaited in place, which spares a
+/// delivery about a third of its allocations (see `BENCHMARKS.md`). Use it
+/// whenever the inner service is an `EventRouter`; keep
+/// [`ClinkLayer::layer`](tower_layer::Layer::layer) for any other service.
+///
+/// ```
+/// use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let router = EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
+///     tracing::info!(order = ?event.data.order_id, "paid");
+///     Ok::<_, std::convert::Infallible>(())
+/// });
+/// let service = ClinkLayer::new(Verifier::new("whsec_test")?).route(router);
+///
+/// let body = r#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
+/// let timestamp = Timestamp::now().as_millis().to_string();
+/// let request = http::Request::post("/webhooks/clink")
+///     .header("x-clink-timestamp", &timestamp)
+///     .header("x-clink-signature", sign("whsec_test", &timestamp, body.as_bytes()))
+///     .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+/// let response = service.clone().oneshot(request.clone()).await?;
+/// assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+/// let response = service.oneshot(request).await?;
+/// assert_eq!(Outcome::of(&response), Some(&Outcome::Duplicate));
+///
+/// // In an axum app:
+/// # let service = ClinkLayer::new(Verifier::new("whsec_test")?).route(EventRouter::new());
+/// let app: axum::Router = axum::Router::new().route_service("/webhooks/clink", service);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RoutedService<T = ()> {
+    router: EventRouter<T>,
+    config: Arc<Config>,
+}
+
+impl<T> fmt::Debug for RoutedService<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutedService")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> RoutedService<T> {
+    pub(super) fn new(router: EventRouter<T>, config: Arc<Config>) -> Self {
+        Self { router, config }
+    }
+
+    /// The router.
+    pub fn router(&self) -> &EventRouter<T> {
+        &self.router
+    }
+
+    /// The router, consuming this service.
+    pub fn into_router(self) -> EventRouter<T> {
+        self.router
+    }
+
+    /// The counters shared with the layer that made this service.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.config.metrics)
+    }
+}
+
+impl<T, B> Service<Request<B>> for RoutedService<T>
+where
+    T: Clone + Send + Sync + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<Full<Bytes>>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let router = self.router.clone();
+        delivery(
+            Arc::clone(&self.config),
+            request,
+            move |config, parts, verified| route(config, router, parts.extensions, verified),
+        )
+    }
+}
+
+/// Steps 6 to 8 with the router's dispatch as step 7.
+async fn route<T>(
+    config: Arc<Config>, router: EventRouter<T>, mut extensions: http::Extensions,
+    verified: VerifiedEvent,
+) -> Verified<Full<Bytes>>
+where
+    T: Clone + Send + Sync + 'static,
+{
+    handle(config, verified, move |verified, deadline| async move {
+        // The router turns a handler's panic into an outcome; this guard
+        // also covers what it does before (the state's clone, say).
+        let dispatched = within(deadline, CatchUnwind::new(router.dispatch(verified))).await;
+        let outcome = match dispatched {
+            Ok(Ok(dispatched)) => {
+                let outcome = dispatched.outcome().clone();
+                // The request's extension map, emptied, has room for the
+                // response's (an app's router may have made it): nothing to
+                // allocate for them then.
+                extensions.clear();
+                let response = dispatched.into_response(extensions);
+                return (response.map(ResponseBody::layer), outcome);
+            }
+            Ok(Err(panic)) => {
+                tracing::error!(panic = ?panic, "clink handler panicked");
+                Outcome::HandlerPanicked
+            }
+            Err(timed_out) => handler_timed_out(timed_out),
+        };
+        (layer_response(&outcome), outcome)
+    })
+    .await
+}

@@ -1,0 +1,267 @@
+//! `ClinkLayer::route(router)` against `ClinkLayer::layer(router)`: the same
+//! deliveries, through two services over routers built alike, answer alike
+//! in everything a caller can see (status, headers, body, the outcome and
+//! the other response extensions, the handler runs, the counters), for
+//! every outcome a router can reach. Then the routed service over a real
+//! loopback socket.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clink_webhooks::events::{self, Freshness};
+use clink_webhooks::router::Dispatched;
+use clink_webhooks::store::MemoryInbox;
+use clink_webhooks::testing::SignedRequest;
+use clink_webhooks::{
+    ClinkLayer, EventRouter, EventType, MemoryStore, Outcome, VerifiedEvent, Verifier,
+};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::support::loopback;
+
+const SECRET: &str = "whsec_routed";
+/// A well-formed signature no key made.
+const FORGED: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Handler runs, as `type id` lines, shared by one router's handlers.
+type Runs = Arc<Mutex<Vec<String>>>;
+
+/// A router whose order handler does what the order id says (`fail`,
+/// `panic`, `slow`: never answers), whose hook fails the event `evt_hook`,
+/// with a typed handler for `refund.failed` (whose data can be made
+/// undecodable), ordering in memory and stale events skipped.
+fn router(runs: &Runs) -> EventRouter {
+    let (orders, refunds) = (Arc::clone(runs), Arc::clone(runs));
+    EventRouter::new()
+        .ordering(MemoryStore::new())
+        .skip_stale()
+        .before_each(|event| async move {
+            if event.id() == "evt_hook" {
+                return Err("the hook refused it".into());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .on::<events::OrderCreated, _>(move |event| {
+            let runs = Arc::clone(&orders);
+            async move {
+                runs.lock().unwrap().push(format!("order {}", event.id));
+                match event.data.order_id.as_deref() {
+                    Some("fail") => Err("the order was refused".to_owned()),
+                    Some("panic") => panic!("a handler that panics"),
+                    Some("slow") => std::future::pending().await,
+                    _ => Ok(()),
+                }
+            }
+        })
+        .on::<events::RefundFailed, _>(move |event| {
+            refunds.lock().unwrap().push(format!("refund {}", event.id));
+            async { Ok::<_, Infallible>(()) }
+        })
+}
+
+fn layer(dead_letters: bool) -> ClinkLayer {
+    let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap())
+        .handler_timeout(Duration::from_millis(100))
+        .unwrap();
+    if dead_letters {
+        layer.dead_letters(MemoryInbox::new())
+    } else {
+        layer
+    }
+}
+
+fn order(id: &str, created: u64, order_id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"order.created","created":{created},"data":{{"orderId":"{order_id}"}}}}"#
+    )
+}
+
+/// The deliveries, in order, with the outcome each must end in (without
+/// and with a dead-letter inbox).
+fn deliveries() -> Vec<(Request<Full<Bytes>>, &'static str, Outcome, Outcome)> {
+    let signed = |body: String| SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+    let handled = || (Outcome::Handled, Outcome::Handled);
+    let same = |outcome: Outcome| (outcome.clone(), outcome);
+    let mut forged = signed(order("evt_forged", 1, "ord_1"));
+    forged
+        .headers_mut()
+        .insert("x-clink-signature", http::HeaderValue::from_static(FORGED));
+    let cases = [
+        ("new", signed(order("evt_new", 2_000, "ord_1")), handled()),
+        (
+            "again",
+            signed(order("evt_new", 2_000, "ord_1")),
+            same(Outcome::Duplicate),
+        ),
+        (
+            "stale",
+            signed(order("evt_old", 1_000, "ord_1")),
+            same(Outcome::SkippedStale),
+        ),
+        (
+            "fails",
+            signed(order("evt_fail", 3_000, "fail")),
+            same(Outcome::HandlerFailed),
+        ),
+        (
+            "panics",
+            signed(order("evt_panic", 3_000, "panic")),
+            same(Outcome::HandlerPanicked),
+        ),
+        (
+            "slow",
+            signed(order("evt_slow", 3_000, "slow")),
+            same(Outcome::HandlerTimeout),
+        ),
+        (
+            "hook",
+            signed(order("evt_hook", 3_000, "ord_2")),
+            same(Outcome::HandlerFailed),
+        ),
+        (
+            "unhandled",
+            signed(r#"{"id":"evt_unh","type":"customer.created","data":{}}"#.to_owned()),
+            same(Outcome::Unhandled),
+        ),
+        (
+            "undecodable",
+            signed(
+                r#"{"id":"evt_bad","type":"refund.failed","data":{"refundAmount":[1]}}"#.to_owned(),
+            ),
+            (Outcome::Undecodable, Outcome::DeadLettered),
+        ),
+        (
+            "refund",
+            signed(r#"{"id":"evt_refund","type":"refund.failed","data":{}}"#.to_owned()),
+            handled(),
+        ),
+        (
+            "forged",
+            forged,
+            same(Outcome::Verify(
+                clink_webhooks::VerifyErrorKind::SignatureMismatch,
+            )),
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, request, (plain, dead))| (request, name, plain, dead))
+        .collect()
+}
+
+/// Everything a caller sees of a response, as text.
+async fn seen<B>(response: Response<B>) -> (String, Outcome)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = response.into_parts();
+    let outcome = parts
+        .extensions
+        .get::<Outcome>()
+        .cloned()
+        .expect("every response carries its outcome");
+    let mut text = format!("{} {:?}", parts.status, parts.headers);
+    let _ = write!(
+        text,
+        " freshness={:?} dispatched={:?} event={:?}",
+        parts.extensions.get::<Freshness>(),
+        parts.extensions.get::<Dispatched>(),
+        parts
+            .extensions
+            .get::<VerifiedEvent>()
+            .map(|v| (v.event().id().to_owned(), v.key_name().to_owned())),
+    );
+    let body = body.collect().await.unwrap().to_bytes();
+    let _ = write!(text, " body={}", String::from_utf8_lossy(&body));
+    (text, outcome)
+}
+
+async fn answer<S, B>(service: &S, request: Request<Full<Bytes>>) -> (String, Outcome)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    seen(service.clone().oneshot(request).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_routed_service_answers_as_the_layer_over_the_same_router() {
+    for dead_letters in [false, true] {
+        let (layered_runs, routed_runs) = (Runs::default(), Runs::default());
+        let layered = layer(dead_letters);
+        let layered_service = layered.layer(router(&layered_runs));
+        let routed = layer(dead_letters);
+        let routed_service = routed.route(router(&routed_runs));
+        for (request, name, plain, dead) in deliveries() {
+            let expected = if dead_letters { dead } else { plain };
+            let (layered_seen, layered_outcome) = answer(&layered_service, request.clone()).await;
+            let (routed_seen, routed_outcome) = answer(&routed_service, request).await;
+            assert_eq!(
+                routed_seen, layered_seen,
+                "{name} (dead letters: {dead_letters})"
+            );
+            assert_eq!(layered_outcome, expected, "{name}");
+            assert_eq!(routed_outcome, expected, "{name}");
+        }
+        assert_eq!(*routed_runs.lock().unwrap(), *layered_runs.lock().unwrap());
+        assert_eq!(
+            format!("{:?}", routed.metrics()),
+            format!("{:?}", layered.metrics())
+        );
+        // The deliveries reached the handlers they should have, once each.
+        assert_eq!(
+            *routed_runs.lock().unwrap(),
+            [
+                "order evt_new",
+                "order evt_fail",
+                "order evt_panic",
+                "order evt_slow",
+                "refund evt_refund"
+            ]
+        );
+    }
+}
+
+/// Served on a loopback socket, a routed service answers a signed
+/// delivery, its duplicate and a forged one as the layer would.
+#[tokio::test]
+async fn a_routed_service_serves_over_http() {
+    let runs = Runs::default();
+    let layer = ClinkLayer::new(Verifier::new(loopback::SECRET).unwrap());
+    let service = layer.route(router(&runs));
+    assert!(service.router().handles(&EventType::from("order.created")));
+    let addr = loopback::serve(service).await;
+
+    let body = order("evt_http", 1, "ord_h");
+    let first = loopback::deliver(addr, &body).await;
+    let again = loopback::deliver(addr, &body).await;
+    let mut forged = loopback::signed(addr, &body).build::<Full<Bytes>>();
+    forged
+        .headers_mut()
+        .insert("x-clink-signature", http::HeaderValue::from_static(FORGED));
+    let forged = loopback::send(forged).await;
+    assert_eq!(
+        [
+            (first.status, first.json["outcome"].as_str()),
+            (again.status, again.json["outcome"].as_str()),
+            (forged.status, forged.json["error"].as_str()),
+        ],
+        [
+            (200, Some("handled")),
+            (200, Some("duplicate")),
+            (401, Some("signature_mismatch"))
+        ]
+    );
+    assert_eq!(*runs.lock().unwrap(), ["order evt_http"]);
+    assert_eq!(
+        (layer.metrics().handled(), layer.metrics().duplicates()),
+        (1, 1)
+    );
+}
