@@ -131,3 +131,31 @@ impl<'de> Deserialize<'de> for DisputeStatus {
         i64::deserialize(deserializer).map(Self::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every status has its code, the code reads back as the status, and
+    /// its name is what `Display` writes; an unknown code is kept and shown.
+    #[test]
+    fn a_status_is_its_code_and_its_name() {
+        let statuses = [
+            (DisputeStatus::Pending, 1, "pending"),
+            (DisputeStatus::Processing, 2, "processing"),
+            (DisputeStatus::Won, 3, "won"),
+            (DisputeStatus::Lost, 4, "lost"),
+            (DisputeStatus::Withdrawn, 5, "withdrawn"),
+            (DisputeStatus::Unknown(42), 42, "42"),
+            (DisputeStatus::Unknown(-7), -7, "-7"),
+        ];
+        for (status, code, name) in statuses {
+            assert_eq!(status.code(), code);
+            assert_eq!(DisputeStatus::from(code), status);
+            assert_eq!(status.to_string(), name);
+            assert_eq!(serde_json::to_string(&status).unwrap(), code.to_string());
+            let read: DisputeStatus = serde_json::from_str(&code.to_string()).unwrap();
+            assert_eq!(read, status);
+        }
+    }
+}

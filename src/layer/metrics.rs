@@ -346,6 +346,85 @@ impl Drop for InFlight {
     }
 }
 
+#[cfg(test)]
+mod counts {
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::events::EnvelopeError;
+    use crate::signature::VerifyErrorKind;
+    use crate::store::StoreErrorKind;
+
+    /// Each outcome bumps its one counter, and no other.
+    #[test]
+    fn every_outcome_is_counted_under_its_counter() {
+        let cases = [
+            (Outcome::Handled, "handled"),
+            (Outcome::Unhandled, "unhandled"),
+            (Outcome::SkippedStale, "unhandled"),
+            (Outcome::Queued, "queued"),
+            (Outcome::Duplicate, "duplicates"),
+            (
+                Outcome::InFlight {
+                    retry_after: Duration::from_secs(1),
+                },
+                "in_flight",
+            ),
+            (Outcome::Overloaded, "overloaded"),
+            (Outcome::KeyLookupsLimited, "overloaded"),
+            (
+                Outcome::StoreUnavailable(StoreErrorKind::Timeout),
+                "store_errors",
+            ),
+            (Outcome::KeysUnavailable, "store_errors"),
+            (Outcome::Undecodable, "undecodable"),
+            (Outcome::DeadLettered, "undecodable"),
+            (Outcome::HandlerFailed, "handler_failures"),
+            (
+                Outcome::HandlerRefused(StatusCode::UNPROCESSABLE_ENTITY),
+                "handler_failures",
+            ),
+            (Outcome::HandlerPanicked, "handler_failures"),
+            (Outcome::HandlerTimeout, "handler_failures"),
+            (Outcome::MethodNotAllowed, "rejected"),
+            (Outcome::UnknownAccount, "rejected"),
+            (
+                Outcome::Verify(VerifyErrorKind::SignatureMismatch),
+                "rejected",
+            ),
+            (Outcome::BodyUnreadable, "rejected"),
+            (Outcome::BodyTimeout, "rejected"),
+            (
+                Outcome::InvalidEnvelope(EnvelopeError::MissingId),
+                "rejected",
+            ),
+            (Outcome::InvalidEventId, "rejected"),
+        ];
+        for (outcome, counter) in cases {
+            let metrics = Metrics::default();
+            metrics.record(&outcome);
+            let counts = [
+                ("handled", metrics.handled()),
+                ("unhandled", metrics.unhandled()),
+                ("queued", metrics.queued()),
+                ("duplicates", metrics.duplicates()),
+                ("in_flight", metrics.in_flight()),
+                ("overloaded", metrics.overloaded()),
+                ("rejected", metrics.rejected()),
+                ("handler_failures", metrics.handler_failures()),
+                ("undecodable", metrics.undecodable()),
+                ("store_errors", metrics.store_errors()),
+                ("settle_errors", metrics.settle_errors()),
+                ("lease_lost", metrics.lease_lost()),
+            ];
+            let bumped: Vec<_> = counts.iter().filter(|(_, n)| *n != 0).collect();
+            assert_eq!(bumped, [&(counter, 1)], "{outcome:?}");
+        }
+    }
+}
+
 #[cfg(all(test, feature = "metrics"))]
 mod tests {
     use super::*;
