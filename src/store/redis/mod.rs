@@ -49,7 +49,9 @@ const DONE: &str = "done";
 const CLAIMED: &str = "claimed:";
 
 /// Claims `KEYS[1]` for the token `ARGV[1]` for `ARGV[2]` ms.
-/// Answers `{0}` claimed, `{1, pttl}` in flight, `{2}` completed.
+/// Answers `{0}` claimed, `{1, pttl}` in flight, `{2}` completed. Run when
+/// the native claim found the key held by a claim (or by a value this store
+/// does not write).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     one_key_script(&format!(
         r"
@@ -103,10 +105,16 @@ return 0
 /// then `done` with the retention as its expiry. Redis's own clock ends both,
 /// so the app servers' clocks do not matter and nothing needs reaping.
 ///
-/// Each call is one round trip: a Lua script (`EVALSHA`) that reads and
-/// writes the key atomically. After a server restart empties the script
-/// cache, the first call of each script loads it once (`NOSCRIPT`, then
-/// `SCRIPT LOAD` and a second `EVALSHA`).
+/// A claim of a new key, or of a completed one, is one round trip of one
+/// native command, `SET key claimed:<token> NX PX <lease> GET`: it claims
+/// the key unless it exists and answers what the key held. A claim that
+/// finds another delivery's lease takes a second round trip, a Lua script
+/// (`EVALSHA`) that reads the value and its remaining lease atomically (and
+/// claims the key if that lease ended in between). Completing and releasing
+/// are one round trip each, a script that checks the token and writes the
+/// key atomically. After a server restart empties the script cache, the
+/// first call of each script loads it once (`NOSCRIPT`, then `SCRIPT LOAD`
+/// and a second `EVALSHA`).
 ///
 /// Every call gives up after the per-call timeout (default
 /// [`DEFAULT_TIMEOUT`]) with [`StoreErrorKind::Timeout`]; a lost connection is
@@ -286,6 +294,27 @@ impl RedisStore {
         check_key(key)?;
         let lease = ttl_millis("lease", lease)?.to_string();
         let token = LeaseToken::generate();
+        // A new key (most deliveries) or a completed one (a retry of a
+        // handled event) takes one native command, cheaper for the server
+        // than a script: set the claim unless the key exists, and say what
+        // it held. Only a claim held by another delivery (whose remaining
+        // lease is read with the value, atomically) or a value this store
+        // did not write goes on to the script.
+        let mut set = ::redis::cmd("SET");
+        set.arg(key)
+            .arg(format!("{CLAIMED}{}", token.as_str()))
+            .arg("NX")
+            .arg("PX")
+            .arg(&lease)
+            .arg("GET");
+        let held: Value = self
+            .call(async |connection| set.query_async(connection).await)
+            .await?;
+        match held {
+            Value::Nil => return Ok(Claim::Claimed(token)),
+            Value::BulkString(value) if value == DONE.as_bytes() => return Ok(Claim::Completed),
+            _ => {}
+        }
         let reply = self.run(&CLAIM, key, &[token.as_str(), &lease]).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("the idempotency script", &reply));
