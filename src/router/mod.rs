@@ -862,4 +862,30 @@ mod tests {
         );
         assert_eq!(*specific.lock().unwrap(), 1);
     }
+
+    /// The answer for a dispatched event is its outcome's response, with
+    /// the freshness a typed handler was told and, only when it failed, the
+    /// whole `Dispatched`; an untyped event carries no freshness.
+    #[test]
+    fn a_dispatched_event_answers_with_its_outcome_and_what_it_knows() {
+        let handled = Dispatched::new(Outcome::Handled).with_freshness(Freshness::Fresh);
+        assert_eq!(handled.freshness(), Some(&Freshness::Fresh));
+        let response = handled.into_response(http::Extensions::new());
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.body(), Outcome::Handled.to_response().body());
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert_eq!(
+            response.extensions().get::<Freshness>(),
+            Some(&Freshness::Fresh)
+        );
+        assert!(response.extensions().get::<Dispatched>().is_none());
+
+        let failed = Dispatched::new(Outcome::HandlerFailed).failed("no".to_owned());
+        assert_eq!(failed.freshness(), None);
+        let response = failed.clone().into_response(http::Extensions::new());
+        assert_eq!(response.status(), 500);
+        assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
+        assert!(response.extensions().get::<Freshness>().is_none());
+        assert_eq!(response.extensions().get::<Dispatched>(), Some(&failed));
+    }
 }
