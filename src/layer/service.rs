@@ -323,3 +323,89 @@ async fn dead_letter(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::task::Waker;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{ClinkLayer, EventRouter, Layer, Verifier};
+
+    /// An inner service that is ready only when told.
+    #[derive(Clone, Debug)]
+    struct Gate(bool);
+
+    impl Service<Request<VerifiedBody>> for Gate {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, _: Request<VerifiedBody>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::default())))
+        }
+    }
+
+    fn layer() -> ClinkLayer {
+        ClinkLayer::new(Verifier::new("whsec_test").unwrap())
+    }
+
+    /// The service is ready when its inner service is, and not before.
+    #[test]
+    fn readiness_is_the_inner_services() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut closed = layer().layer(Gate(false));
+        let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut closed, &mut cx);
+        assert!(ready.is_pending());
+        let mut open = layer().layer(Gate(true));
+        let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut open, &mut cx);
+        assert!(matches!(ready, Poll::Ready(Ok(()))));
+    }
+
+    /// `Debug` names the service and shows its inner service; a routed
+    /// service shows its router.
+    #[test]
+    fn debug_shows_the_inner_service() {
+        let text = format!("{:?}", layer().layer(Gate(true)));
+        assert!(
+            text.starts_with("ClinkService { inner: Gate(true)"),
+            "{text}"
+        );
+        let text = format!("{:?}", layer().route(EventRouter::new()));
+        assert!(
+            text.starts_with("RoutedService { router: EventRouter"),
+            "{text}"
+        );
+    }
+
+    /// The handler's time is counted from the start of the claim.
+    #[test]
+    fn the_deadline_counts_from_the_claim() {
+        let now = Instant::now();
+        let fresh = Deadline {
+            handler: Duration::from_secs(60),
+            claim_started: now,
+        };
+        let left = fresh.duration();
+        assert!(
+            left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+            "{left:?}"
+        );
+        if let Some(long_ago) = now.checked_sub(Duration::from_secs(61)) {
+            let spent = Deadline {
+                handler: Duration::from_secs(60),
+                claim_started: long_ago,
+            };
+            assert_eq!(spent.duration(), Duration::ZERO);
+        }
+    }
+}
