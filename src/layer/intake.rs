@@ -141,3 +141,159 @@ async fn keep(
     };
     (layer_response(&outcome), outcome, verified)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower_service::Service as _;
+
+    use super::*;
+    use crate::store::{
+        BoxFuture, InboxClaim, InboxEntry, InboxFilter, InboxStats, MemoryInbox, Replayed, Settle,
+        StoreError,
+    };
+    use crate::{sign, ClinkLayer, Verifier};
+
+    /// An inbox whose inserts fail with `kind`; the rest is a memory inbox's.
+    struct Refusing(MemoryInbox, StoreErrorKind);
+
+    impl Refusing {
+        fn refused<'a, T: Send + 'a>(&self) -> BoxFuture<'a, Result<T, StoreError>> {
+            let error = StoreError::new(self.1, "refused by the test's inbox");
+            Box::pin(std::future::ready(Err(error)))
+        }
+    }
+
+    impl Inbox for Refusing {
+        fn insert<'a>(&'a self, _: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.refused()
+        }
+        fn insert_dead<'a>(
+            &'a self, _: &'a NewEvent, _: &'a str,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.refused()
+        }
+        fn claim(
+            &self, lease: Duration, window: Duration,
+        ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+            self.0.claim(lease, window)
+        }
+        fn complete<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.complete(claim)
+        }
+        fn fail<'a>(
+            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.fail(claim, error, retry_at)
+        }
+        fn release<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.release(claim)
+        }
+        fn list<'a>(
+            &'a self, filter: &'a InboxFilter, limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+            self.0.list(filter, limit)
+        }
+        fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+            self.0.get(seq)
+        }
+        fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+            self.0.replay(seq, force)
+        }
+        fn replay_matching<'a>(
+            &'a self, filter: &'a InboxFilter, force: bool,
+        ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+            self.0.replay_matching(filter, force)
+        }
+        fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge(before)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            self.0.stats()
+        }
+        fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.0.check_writable()
+        }
+    }
+
+    /// `body`, signed now with the tests' key.
+    fn signed(body: &'static str) -> Request<Full<Bytes>> {
+        let timestamp = Timestamp::now().as_millis().to_string();
+        Request::post("/webhooks/clink")
+            .header("x-clink-timestamp", &timestamp)
+            .header(
+                "x-clink-signature",
+                sign("whsec_intake", &timestamp, body.as_bytes()),
+            )
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    /// An event the inbox cannot keep is refused with `400` (a retry would
+    /// fail the same way); an inbox that cannot be written is an outage,
+    /// `503`, and nothing is acknowledged either way.
+    #[tokio::test]
+    async fn what_the_inbox_refuses_decides_the_answer() {
+        let cases = [
+            (StoreErrorKind::InvalidInput, 400, Outcome::InvalidEventId),
+            (
+                StoreErrorKind::Unavailable,
+                503,
+                Outcome::StoreUnavailable(StoreErrorKind::Unavailable),
+            ),
+            (
+                StoreErrorKind::Timeout,
+                503,
+                Outcome::StoreUnavailable(StoreErrorKind::Timeout),
+            ),
+        ];
+        for (kind, status, outcome) in cases {
+            let layer = ClinkLayer::new(Verifier::new("whsec_intake").unwrap());
+            let mut intake = layer.intake(Refusing(MemoryInbox::new(), kind));
+            let body = r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+            let response = intake.call(signed(body)).await.unwrap();
+            assert_eq!(response.status(), status, "{kind:?}");
+            assert_eq!(Outcome::of(&response), Some(&outcome), "{kind:?}");
+            assert_eq!(layer.metrics().queued(), 0);
+        }
+    }
+
+    /// A dead-letter inbox that cannot keep an undecodable event leaves the
+    /// delivery answered `500` (`Undecodable`), so that Clink retries it;
+    /// only a kept copy acknowledges it.
+    #[tokio::test]
+    async fn an_undecodable_event_the_dead_letters_cannot_keep_is_not_acknowledged() {
+        use tower_layer::Layer as _;
+
+        let router = crate::EventRouter::new()
+            .on::<crate::events::RefundFailed, _>(|_| async { Ok::<_, std::io::Error>(()) });
+        for (inbox, status, outcome) in [
+            (
+                Refusing(MemoryInbox::new(), StoreErrorKind::Unavailable),
+                500,
+                Outcome::Undecodable,
+            ),
+            (
+                Refusing(MemoryInbox::new(), StoreErrorKind::Timeout),
+                500,
+                Outcome::Undecodable,
+            ),
+        ] {
+            let layer = ClinkLayer::new(Verifier::new("whsec_intake").unwrap()).dead_letters(inbox);
+            let body = r#"{"id":"evt_2","type":"refund.failed","data":{"refundAmount":[1]}}"#;
+            let mut service = layer.layer(router.clone());
+            let response = service.call(signed(body)).await.unwrap();
+            assert_eq!(response.status(), status);
+            assert_eq!(Outcome::of(&response), Some(&outcome));
+            let mut routed = layer.route(router.clone());
+            let response = routed.call(signed(body)).await.unwrap();
+            assert_eq!(response.status(), status);
+            assert_eq!(Outcome::of(&response), Some(&outcome));
+        }
+    }
+}

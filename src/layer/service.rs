@@ -371,6 +371,27 @@ mod tests {
         assert!(matches!(ready, Poll::Ready(Ok(()))));
     }
 
+    /// A response from an inner service that says nothing of its outcome
+    /// gets the one its status stands for, in its extensions.
+    #[tokio::test]
+    async fn a_plain_inner_services_response_carries_its_outcome() {
+        let mut service = layer().layer(Gate(true));
+        let body = r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+        let timestamp = Timestamp::now().as_millis().to_string();
+        let request = Request::post("/webhooks/clink")
+            .header("x-clink-timestamp", &timestamp)
+            .header(
+                "x-clink-signature",
+                crate::sign("whsec_test", &timestamp, body.as_bytes()),
+            )
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let response = service.call(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert!(response.extensions().get::<VerifiedEvent>().is_some());
+    }
+
     /// `Debug` names the service and shows its inner service; a routed
     /// service shows its router.
     #[test]
