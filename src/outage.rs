@@ -202,6 +202,7 @@ pub(crate) mod tests {
                 Ok(())
             }
         }
+        keep_interest_shared();
         let lines = Lines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -223,6 +224,47 @@ pub(crate) mod tests {
         text.lines()
             .map(|line| line.trim_start().to_owned())
             .collect()
+    }
+
+    /// Keeps two dispatchers that want nothing alive for the whole run.
+    ///
+    /// `tracing-core` caches whether each callsite is of interest. While at
+    /// most one dispatcher exists, it asks only the dispatcher of the thread
+    /// that first hits a callsite: a refusal logged first by another test,
+    /// on a thread with no subscriber, would be cached as of no interest and
+    /// stay invisible to [`logged`]'s subscriber. With two or more
+    /// dispatchers it asks every live one, under the lock that also covers
+    /// the rebuild each new subscriber causes.
+    fn keep_interest_shared() {
+        use std::sync::LazyLock;
+        use tracing::subscriber::{Interest, Subscriber};
+        use tracing::{span, Dispatch, Event, Metadata};
+
+        struct Uninterested;
+
+        impl Subscriber for Uninterested {
+            fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+                Interest::never()
+            }
+            fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+                Some(tracing::level_filters::LevelFilter::OFF)
+            }
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                false
+            }
+            fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+                span::Id::from_u64(1)
+            }
+            fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+            fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+            fn event(&self, _: &Event<'_>) {}
+            fn enter(&self, _: &span::Id) {}
+            fn exit(&self, _: &span::Id) {}
+        }
+
+        static KEEP: LazyLock<[Dispatch; 2]> =
+            LazyLock::new(|| [Dispatch::new(Uninterested), Dispatch::new(Uninterested)]);
+        LazyLock::force(&KEEP);
     }
 
     const SECOND: Duration = Duration::from_secs(1);
