@@ -715,6 +715,36 @@ mod tests {
         claimed(store.claim("b", SECOND).await);
     }
 
+    /// A key claimed again after its retention ended is one key again: its
+    /// old completion is forgotten, and the new completion is the one that
+    /// holds. `len`, `is_empty`, `capacity` and `Debug` say so.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_claimed_after_its_retention_is_one_key_again() {
+        let store = store(10);
+        assert!(store.is_empty());
+        // Completed first and kept longer, it stays at the front of the
+        // completion order, so no sweep reaches `k`'s old entry behind it.
+        remember(&store, "kept", 100 * SECOND).await;
+        remember(&store, "k", SECOND).await;
+        advance(2 * SECOND).await;
+        let token = claimed(store.claim("k", SECOND).await);
+        assert_eq!(store.len(), 2);
+        assert!(!store.is_empty());
+        let settled = store.complete("k", &token, 60 * SECOND).await;
+        assert_eq!(settled.ok(), Some(Settle::Applied));
+        assert_eq!(store.len(), 2);
+        assert!(matches!(
+            store.claim("k", SECOND).await,
+            Ok(Claim::Completed)
+        ));
+        assert_eq!(store.capacity(), 10);
+        let text = format!("{store:?}");
+        assert!(
+            text.contains("len: 2") && text.contains("capacity: 10"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn tokens_are_unique_and_only_their_own_settle() {
         let store = MemoryStore::new();
