@@ -552,6 +552,43 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
 mod tests {
     use super::*;
 
+    /// Well-formed bodies are read in the one pass, without falling back on
+    /// the slow reading, and `data`'s span is exactly its object (or the
+    /// object it wraps), wherever `data` sits and however the body is
+    /// spaced: a span found wrongly would make the fast reading give up
+    /// (same answer, twice the work), which only this test sees.
+    #[test]
+    fn well_formed_bodies_are_read_in_one_pass_with_the_exact_span() {
+        let cases = [
+            (r#"{"id":"e","type":"x","data":{"a":1}}"#, r#"{"a":1}"#),
+            (r#"{"data":{"a":1},"id":"e","type":"x"}"#, r#"{"a":1}"#),
+            (
+                r#"{"id":"e","data":{"a":[1,{"b":2}]},"type":"x"}"#,
+                r#"{"a":[1,{"b":2}]}"#,
+            ),
+            (
+                "{ \"id\" : \"e\" ,\n \"type\":\"x\",\t\"data\" :\r\n {\"a\" : 1} \n}",
+                "{\"a\" : 1}",
+            ),
+            (
+                "{\"data\" :  {\"a\":1}  ,  \"id\":\"e\",\"type\":\"x\"}",
+                r#"{"a":1}"#,
+            ),
+            (
+                r#"{"id":"e","type":"x","data":{"object":{"o":1}}}"#,
+                r#"{"o":1}"#,
+            ),
+            (r#"{"id":"e","type":"x","data":{}}"#, "{}"),
+        ];
+        for (body, data) in cases {
+            let read = fast(body).unwrap_or_else(|| panic!("fell back on: {body}"));
+            let envelope = read.unwrap_or_else(|e| panic!("{e:?}: {body}"));
+            let span = envelope.data.unwrap_or_else(|| panic!("no data: {body}"));
+            assert_eq!(&body[span], data, "{body}");
+            assert_eq!(id_of(body, &envelope.id), "e");
+        }
+    }
+
     /// The id as text, whichever way it is kept.
     fn id_of<'a>(text: &'a str, id: &'a IdText) -> &'a str {
         match id {
