@@ -648,4 +648,28 @@ mod tests {
             assert!(error.to_string().contains(message), "{error}");
         }
     }
+
+    /// The account and the inbox attempt set on a raw event are what it
+    /// and its typed decode say; an event straight from a delivery has
+    /// neither.
+    #[test]
+    fn account_and_inbox_attempt_are_kept_and_decoded_along() {
+        let mut raw =
+            RawEvent::from_slice(br#"{"id":"e","type":"order.created","data":{"orderId":"o1"}}"#)
+                .unwrap();
+        assert_eq!(raw.account(), None);
+        assert!(raw.inbox_attempt().is_none());
+        assert!(raw.decode::<Order>().unwrap().inbox_attempt().is_none());
+
+        raw.set_account(Some(Arc::from("acct_eu")));
+        raw.set_inbox_attempt(Arc::new(InboxAttempt::new(7, 2, "t".repeat(32))));
+        assert_eq!(raw.account(), Some("acct_eu"));
+        let attempt = raw.inbox_attempt().map(|a| (a.seq(), a.attempt()));
+        assert_eq!(attempt, Some((7, 2)));
+        let event = raw.decode::<Order>().unwrap();
+        let attempt = event.inbox_attempt().map(|a| (a.seq(), a.attempt()));
+        assert_eq!(attempt, Some((7, 2)));
+        raw.set_account(None);
+        assert_eq!(raw.account(), None);
+    }
 }
