@@ -428,3 +428,56 @@ impl Inbox for MemoryInbox {
         ready(Ok(activity))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::NewEvent;
+
+    fn event(id: &str, object: &str, created: i64) -> NewEvent {
+        let now = Timestamp::now();
+        NewEvent::new(
+            None,
+            id.to_owned(),
+            "order.succeeded".to_owned(),
+            Some(Timestamp::from_millis(created)),
+            Some(object.to_owned()),
+            now,
+            now,
+            Bytes::from_static(b"{}"),
+        )
+    }
+
+    async fn next(inbox: &MemoryInbox) -> Option<String> {
+        let claim = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        claim.map(|claim| claim.entry.event.event_id)
+    }
+
+    /// Per object, one event runs at a time, oldest first: a running event
+    /// with a live lease blocks every other of its object (even an older
+    /// one that arrived after it), a waiting older one blocks a newer one,
+    /// and other objects go on.
+    #[tokio::test]
+    async fn one_event_per_object_runs_at_a_time_oldest_first() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("b", "o", 2_000)).await.unwrap();
+        assert_eq!(next(&inbox).await.as_deref(), Some("b"));
+        // Older than the running `b`, but `b` holds its object.
+        inbox.insert(&event("a", "o", 1_000)).await.unwrap();
+        inbox.insert(&event("c", "p", 3_000)).await.unwrap();
+        assert_eq!(next(&inbox).await.as_deref(), Some("c"));
+        assert_eq!(next(&inbox).await, None);
+
+        // A waiting older event blocks a newer one of its object.
+        let other = MemoryInbox::new();
+        other.insert(&event("new", "q", 2_000)).await.unwrap();
+        other.insert(&event("old", "q", 1_000)).await.unwrap();
+        assert_eq!(next(&other).await.as_deref(), Some("old"));
+        assert_eq!(next(&other).await, None);
+    }
+}
