@@ -480,4 +480,39 @@ mod tests {
         assert_eq!(next(&other).await.as_deref(), Some("old"));
         assert_eq!(next(&other).await, None);
     }
+
+    /// Purging takes only finished events received strictly before the
+    /// given time; a waiting event stays whatever its age.
+    #[tokio::test]
+    async fn purge_takes_only_finished_events_received_before() {
+        let inbox = MemoryInbox::new();
+        let at = Timestamp::from_millis(1_000_000);
+        let received = |id: &str| {
+            let mut kept = event(id, id, 1_000);
+            kept.received_at = at;
+            kept
+        };
+        // Claimed in the order kept: `done` first.
+        inbox.insert(&received("done")).await.unwrap();
+        inbox.insert(&received("waiting")).await.unwrap();
+        let claim = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("two events wait");
+        assert_eq!(claim.entry.event.event_id, "done");
+        inbox.complete(&claim).await.unwrap();
+
+        assert_eq!(inbox.purge(at).await.unwrap(), 0);
+        assert_eq!(
+            inbox
+                .purge(Timestamp::from_millis(1_000_001))
+                .await
+                .unwrap(),
+            1
+        );
+        let left = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+        let ids: Vec<_> = left.iter().map(|e| e.event.event_id.as_str()).collect();
+        assert_eq!(ids, ["waiting"]);
+    }
 }
