@@ -515,4 +515,209 @@ mod tests {
         let ids: Vec<_> = left.iter().map(|e| e.event.event_id.as_str()).collect();
         assert_eq!(ids, ["waiting"]);
     }
+
+    async fn claim_for(inbox: &MemoryInbox, lease: Duration) -> InboxClaim {
+        inbox
+            .claim(lease, Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("an event waits")
+    }
+
+    async fn status_of(inbox: &MemoryInbox, seq: i64) -> InboxEntry {
+        inbox.get(seq).await.unwrap().expect("the event is kept")
+    }
+
+    /// A claim settles only while it holds: its own token, the event still
+    /// running, and its lease not yet over (the lease's end is exclusive).
+    #[tokio::test]
+    async fn a_claim_settles_only_with_its_token_and_a_live_lease() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("a", "o", 1_000)).await.unwrap();
+        let claim = claim_for(&inbox, Duration::from_secs(60)).await;
+        let mut forged = claim.clone();
+        forged.token = LeaseToken::generate();
+        assert_eq!(inbox.complete(&forged).await.unwrap(), Settle::LeaseLost);
+        assert_eq!(
+            inbox.fail(&forged, "x", None).await.unwrap(),
+            Settle::LeaseLost
+        );
+        assert_eq!(inbox.release(&forged).await.unwrap(), Settle::LeaseLost);
+        assert_eq!(
+            status_of(&inbox, claim.entry.seq).await.status,
+            InboxStatus::Running
+        );
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+        // Settled once: the event is no longer running.
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::LeaseLost);
+        assert_eq!(inbox.release(&claim).await.unwrap(), Settle::LeaseLost);
+        assert_eq!(
+            status_of(&inbox, claim.entry.seq).await.status,
+            InboxStatus::Done
+        );
+
+        // A lease of zero ends as it is taken: nothing settles under it.
+        inbox.insert(&event("b", "p", 1_000)).await.unwrap();
+        let expired = claim_for(&inbox, Duration::ZERO).await;
+        assert_eq!(expired.entry.event.event_id, "b");
+        assert_eq!(inbox.complete(&expired).await.unwrap(), Settle::LeaseLost);
+        assert_eq!(
+            inbox.fail(&expired, "x", None).await.unwrap(),
+            Settle::LeaseLost
+        );
+        assert_eq!(
+            status_of(&inbox, expired.entry.seq).await.status,
+            InboxStatus::Running
+        );
+        // An event missing altogether settles nothing either.
+        let mut gone = expired.clone();
+        gone.entry.seq += 100;
+        assert_eq!(inbox.complete(&gone).await.unwrap(), Settle::LeaseLost);
+    }
+
+    /// A receipt is kept only under a claim that holds, as a settle is.
+    #[tokio::test]
+    async fn a_receipt_is_kept_only_under_a_claim_that_holds() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("a", "o", 1_000)).await.unwrap();
+        let claim = claim_for(&inbox, Duration::from_secs(60)).await;
+        let attempt = |claim: &InboxClaim, token: &str| {
+            InboxAttempt::new(claim.entry.seq, claim.entry.attempts, token.to_owned())
+        };
+        let forged = LeaseToken::generate();
+        assert_eq!(
+            inbox
+                .record_receipt(&attempt(&claim, forged.as_str()), "r0")
+                .await
+                .unwrap(),
+            Settle::LeaseLost
+        );
+        assert_eq!(status_of(&inbox, claim.entry.seq).await.receipt, None);
+        let own = attempt(&claim, claim.token.as_str());
+        assert_eq!(
+            inbox.record_receipt(&own, "r1").await.unwrap(),
+            Settle::Applied
+        );
+        assert_eq!(
+            status_of(&inbox, claim.entry.seq).await.receipt.as_deref(),
+            Some("r1")
+        );
+        inbox.complete(&claim).await.unwrap();
+        assert_eq!(
+            inbox.record_receipt(&own, "r2").await.unwrap(),
+            Settle::LeaseLost
+        );
+        assert_eq!(
+            status_of(&inbox, claim.entry.seq).await.receipt.as_deref(),
+            Some("r1")
+        );
+
+        inbox.insert(&event("b", "p", 1_000)).await.unwrap();
+        let expired = claim_for(&inbox, Duration::ZERO).await;
+        let own = attempt(&expired, expired.token.as_str());
+        assert_eq!(
+            inbox.record_receipt(&own, "r3").await.unwrap(),
+            Settle::LeaseLost
+        );
+        assert_eq!(status_of(&inbox, expired.entry.seq).await.receipt, None);
+    }
+
+    /// Replaying leaves a running event alone, a handled one unless forced,
+    /// and makes any other pending again with its attempts reset.
+    #[tokio::test]
+    async fn replay_spares_running_events_and_handled_ones_unless_forced() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("done", "o", 1_000)).await.unwrap();
+        inbox.insert(&event("running", "p", 1_000)).await.unwrap();
+        inbox
+            .insert_dead(&event("dead", "q", 1_000), "undecodable")
+            .await
+            .unwrap();
+        let done = claim_for(&inbox, Duration::from_secs(60)).await;
+        inbox.complete(&done).await.unwrap();
+        let running = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(running.entry.event.event_id, "running");
+        let handled_at = status_of(&inbox, done.entry.seq).await.handled_at;
+        assert!(handled_at.is_some());
+
+        assert_eq!(
+            inbox.replay(running.entry.seq, true).await.unwrap(),
+            Replayed::Running
+        );
+        let still = status_of(&inbox, running.entry.seq).await;
+        assert_eq!(
+            (still.status, still.attempts, still.replays),
+            (InboxStatus::Running, 1, 0)
+        );
+        assert_eq!(
+            inbox.replay(done.entry.seq, false).await.unwrap(),
+            Replayed::Handled { at: handled_at }
+        );
+        assert_eq!(
+            status_of(&inbox, done.entry.seq).await.status,
+            InboxStatus::Done
+        );
+        assert_eq!(inbox.replay(999, true).await.unwrap(), Replayed::Missing);
+
+        // Without force, of the three only the dead one goes back.
+        let all = InboxFilter::default();
+        let replayed = inbox.replay_matching(&all, false).await.unwrap();
+        let dead = status_of(&inbox, replayed[0]).await;
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(dead.event.event_id, "dead");
+        assert_eq!(
+            (dead.status, dead.attempts, dead.replays),
+            (InboxStatus::Pending, 0, 1)
+        );
+        assert!(dead.last_replayed_at.is_some());
+
+        // Forced, the handled one runs again; the running one is still spared.
+        assert_eq!(
+            inbox.replay(done.entry.seq, true).await.unwrap(),
+            Replayed::Replayed
+        );
+        let again = status_of(&inbox, done.entry.seq).await;
+        assert_eq!(
+            (again.status, again.attempts, again.replays),
+            (InboxStatus::Pending, 0, 1)
+        );
+        assert_eq!(
+            inbox.replay_matching(&all, true).await.unwrap(),
+            [done.entry.seq, dead.seq]
+        );
+    }
+
+    /// The counts per status, and which events are due: pending and
+    /// running ones are, a retry only once its time has come.
+    #[tokio::test]
+    async fn stats_count_each_status_and_what_is_due() {
+        let inbox = MemoryInbox::new();
+        for (id, object) in [("done", "o"), ("later", "p"), ("running", "q")] {
+            inbox.insert(&event(id, object, 1_000)).await.unwrap();
+        }
+        inbox.insert(&event("pending", "r", 1_000)).await.unwrap();
+        inbox
+            .insert_dead(&event("dead", "s", 1_000), "undecodable")
+            .await
+            .unwrap();
+        let done = claim_for(&inbox, Duration::from_secs(60)).await;
+        inbox.complete(&done).await.unwrap();
+        let later = claim_for(&inbox, Duration::from_secs(60)).await;
+        let tomorrow = Timestamp::from_millis(Timestamp::now().as_millis() + 86_400_000);
+        inbox.fail(&later, "busy", Some(tomorrow)).await.unwrap();
+        let running = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(running.entry.event.event_id, "running");
+
+        let stats = inbox.stats().await.unwrap();
+        assert_eq!(
+            (
+                stats.pending,
+                stats.retrying,
+                stats.running,
+                stats.dead,
+                stats.due
+            ),
+            (1, 1, 1, 1, 2)
+        );
+    }
 }
