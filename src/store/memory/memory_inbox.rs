@@ -720,4 +720,58 @@ mod tests {
             (1, 1, 1, 1, 2)
         );
     }
+
+    /// Every attempt is recorded when it ends: a lease that ran out when
+    /// the event is next taken, a failure, a release (which gives the
+    /// attempt back) and the completion.
+    #[tokio::test]
+    async fn each_attempt_is_recorded_with_how_it_ended() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("a", "o", 1_000)).await.unwrap();
+        let lost = claim_for(&inbox, Duration::ZERO).await;
+        let failed = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(failed.entry.attempts, 2);
+        inbox
+            .fail(&failed, "boom", Some(Timestamp::now()))
+            .await
+            .unwrap();
+        let released = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(inbox.release(&released).await.unwrap(), Settle::Applied);
+        let entry = status_of(&inbox, released.entry.seq).await;
+        // Given back: the attempt does not count, and it had run before.
+        assert_eq!((entry.status, entry.attempts), (InboxStatus::Retrying, 2));
+        let completed = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(completed.entry.attempts, 3);
+        inbox.complete(&completed).await.unwrap();
+
+        let history = status_of(&inbox, completed.entry.seq).await.history;
+        let seen: Vec<_> = history
+            .iter()
+            .map(|record| (record.attempt, record.outcome.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, InboxAttemptOutcome::LeaseExpired),
+                (
+                    2,
+                    InboxAttemptOutcome::Failed {
+                        error: "boom".to_owned()
+                    }
+                ),
+                (3, InboxAttemptOutcome::Released),
+                (3, InboxAttemptOutcome::Completed),
+            ]
+        );
+        // The lost attempt ran from its claim to its lease's end: no time.
+        assert_eq!(history[0].duration, Duration::ZERO);
+        assert!(history[0].started_at <= history[1].started_at);
+
+        // A first attempt given back leaves the event pending, as new.
+        inbox.insert(&event("b", "p", 1_000)).await.unwrap();
+        let first = claim_for(&inbox, Duration::from_secs(60)).await;
+        inbox.release(&first).await.unwrap();
+        let entry = status_of(&inbox, first.entry.seq).await;
+        assert_eq!((entry.status, entry.attempts), (InboxStatus::Pending, 0));
+    }
 }
