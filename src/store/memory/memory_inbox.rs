@@ -774,4 +774,56 @@ mod tests {
         let entry = status_of(&inbox, first.entry.seq).await;
         assert_eq!((entry.status, entry.attempts), (InboxStatus::Pending, 0));
     }
+
+    /// A worker that died holding an older event still blocks the newer
+    /// ones of its object: the older event is taken again first. A newer
+    /// running event blocks only while its lease lasts, which ends at its
+    /// end exclusive.
+    #[tokio::test]
+    async fn a_lapsed_lease_blocks_newer_events_only_for_an_older_event() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&event("new", "o", 2_000)).await.unwrap();
+        inbox.insert(&event("old", "o", 1_000)).await.unwrap();
+        let lapsed = claim_for(&inbox, Duration::ZERO).await;
+        assert_eq!(lapsed.entry.event.event_id, "old");
+        let again = claim_for(&inbox, Duration::ZERO).await;
+        assert_eq!(again.entry.event.event_id, "old");
+        assert_eq!(again.entry.attempts, 2);
+
+        let other = MemoryInbox::new();
+        other.insert(&event("b", "p", 2_000)).await.unwrap();
+        let newer = claim_for(&other, Duration::ZERO).await;
+        assert_eq!(newer.entry.event.event_id, "b");
+        // Older, arrived while `b` ran; `b`'s lease is over.
+        other.insert(&event("a", "p", 1_000)).await.unwrap();
+        assert_eq!(next(&other).await.as_deref(), Some("a"));
+    }
+
+    /// Two events of one object in the same place of its order (the same
+    /// id and time, from two accounts) do not block each other: neither
+    /// waits for the other forever.
+    #[tokio::test]
+    async fn events_in_the_same_place_of_an_order_do_not_block_each_other() {
+        let of = |account: &str| {
+            let mut kept = event("evt", "o", 1_000);
+            kept.account = Some(account.to_owned());
+            kept
+        };
+        let inbox = MemoryInbox::new();
+        inbox.insert(&of("a")).await.unwrap();
+        inbox.insert(&of("b")).await.unwrap();
+        assert_eq!(inbox.stats().await.unwrap().pending, 2);
+        let first = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(first.entry.event.account.as_deref(), Some("a"));
+        // `a` waits for a retry far ahead; `b` runs, and its worker dies.
+        let far = Timestamp::from_millis(Timestamp::now().as_millis() + 86_400_000);
+        inbox.fail(&first, "busy", Some(far)).await.unwrap();
+        let lapsed = claim_for(&inbox, Duration::ZERO).await;
+        assert_eq!(lapsed.entry.event.account.as_deref(), Some("b"));
+        // `a` replayed is due now and is not behind `b`.
+        let replayed = inbox.replay(first.entry.seq, false).await.unwrap();
+        assert_eq!(replayed, Replayed::Replayed);
+        let taken = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(taken.entry.event.account.as_deref(), Some("a"));
+    }
 }
