@@ -729,6 +729,7 @@ mod tests {
         let inbox = MemoryInbox::new();
         inbox.insert(&event("a", "o", 1_000)).await.unwrap();
         let lost = claim_for(&inbox, Duration::ZERO).await;
+        assert_eq!(lost.entry.attempts, 1);
         let failed = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(failed.entry.attempts, 2);
         inbox
