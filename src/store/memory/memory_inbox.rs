@@ -696,6 +696,7 @@ mod tests {
             inbox.insert(&event(id, object, 1_000)).await.unwrap();
         }
         inbox.insert(&event("pending", "r", 1_000)).await.unwrap();
+        inbox.insert(&event("pending too", "t", 1_000)).await.unwrap();
         inbox
             .insert_dead(&event("dead", "s", 1_000), "undecodable")
             .await
@@ -717,7 +718,7 @@ mod tests {
                 stats.dead,
                 stats.due
             ),
-            (1, 1, 1, 1, 2)
+            (2, 1, 1, 1, 3)
         );
     }
 
