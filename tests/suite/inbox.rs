@@ -647,6 +647,63 @@ async fn the_postgres_inbox_conforms() {
     attempts_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
+/// In a table of another schema, migrated again as every instance does at
+/// startup: the claim's function is created beside the table and replaced,
+/// and takes the events oldest first.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_first() {
+    let _servers = crate::support::servers::shared().await;
+    let schema = format!("s_{}", unique());
+    pg_pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let open = || {
+        clink_webhooks::store::PostgresInbox::new(pg_pool())
+            .with_table(&format!("{schema}.inbox"))
+            .unwrap()
+            .with_timeout(Duration::from_secs(10))
+            .unwrap()
+    };
+    let inbox = open();
+    inbox.migrate().await.unwrap();
+    open().migrate().await.unwrap();
+    for n in 0..3 {
+        inbox
+            .insert(&event(&format!("evt_{n}"), None, n))
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    for n in 0..3 {
+        let claim = inbox
+            .claim(lease, Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("an event waits");
+        assert_eq!(claim.entry.event.event_id, format!("evt_{n}"));
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    }
+    assert!(inbox.claim(lease, Duration::ZERO).await.unwrap().is_none());
+    let functions: i64 = pg_pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = $1 AND p.proname = 'inbox_claim'",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(functions, 1);
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {

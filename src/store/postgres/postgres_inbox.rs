@@ -33,7 +33,11 @@ use crate::{ConfigError, Timestamp};
 /// - [`claim`](Inbox::claim) is one `UPDATE` of the row a `SELECT .. FOR
 ///   UPDATE SKIP LOCKED` picks by the claim order, so workers on any number
 ///   of instances never take the same event, and an event whose object has
-///   an older event to handle or one running is skipped.
+///   an older event to handle or one running is skipped. It runs in a
+///   PL/pgSQL function beside the table (`<table>_claim`), planned once per
+///   connection and with sorting turned off, so that each claim walks the
+///   index of live events from the oldest instead of sorting them all,
+///   whatever the planner's statistics say of the table.
 /// - Every settle is one `UPDATE` matching the row, its token and a live lease.
 ///
 /// Times are the app's clock in epoch milliseconds, as [`NewEvent`] carries
@@ -102,6 +106,40 @@ impl Sql {
             history::LEASE_EXPIRED,
             "NULL::text",
         );
+        // The claim runs in a function of the table's, planned with sorting
+        // turned off: the event to take is the first of the live index in
+        // `seq` order, never a sort of every live event. Without that, a
+        // planner whose statistics say few events are live (a new table, or
+        // a backlog built since the last `ANALYZE`) sorts the whole backlog
+        // on every claim, and draining it takes time quadratic in its size.
+        // A plpgsql function also keeps its plan for the connection.
+        let claim_fn = quote(&format!("{table}_claim"));
+        let claim_def = format!(
+            "CREATE OR REPLACE FUNCTION {claim_fn}(now_ms bigint, lease_ms bigint, window_ms bigint, new_token text)
+             RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
+             BEGIN
+                RETURN QUERY
+                WITH candidate AS (
+                    SELECT e.seq FROM {t} e
+                    WHERE e.status IN {live}
+                      AND ((e.status <> 'running' AND e.next_attempt_ms <= $1 AND e.received_at_ms <= $1 - $3)
+                           OR (e.status = 'running' AND e.lease_until_ms <= $1))
+                      AND (e.object_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {t} o
+                            WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
+                              AND ((o.status = 'running' AND o.lease_until_ms > $1)
+                                   OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))))
+                    ORDER BY e.seq
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED)
+                UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
+                               lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
+                               history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
+                FROM candidate WHERE {t}.seq = candidate.seq
+                RETURNING {t}.*;
+             END
+             $claim$;"
+        );
         Self {
             table: table.to_owned(),
             schema: format!(
@@ -139,7 +177,8 @@ impl Sql {
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS history jsonb NOT NULL DEFAULT '[]'::jsonb;
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
-                CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};"
+                CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};
+                {claim_def}"
             ),
             insert: format!(
                 "WITH kept AS (
@@ -152,31 +191,7 @@ impl Sql {
                     RETURNING seq)
                  SELECT seq, pg_notify($10, '') FROM kept"
             ),
-            claim: format!(
-                "WITH candidate AS (
-                    SELECT e.seq FROM {t} e
-                    WHERE e.status IN {live}
-                      AND ((e.status <> 'running' AND e.next_attempt_ms <= $1 AND e.received_at_ms <= $1 - $3)
-                           OR (e.status = 'running' AND e.lease_until_ms <= $1))
-                      AND (e.object_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} o
-                            WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
-                              AND ((o.status = 'running' AND o.lease_until_ms > $1)
-                                   OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))))
-                    ORDER BY e.seq
-                    LIMIT 1
-                    FOR UPDATE SKIP LOCKED)
-                 UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                                lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
-                                history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
-                 FROM candidate WHERE {t}.seq = candidate.seq
-                 RETURNING {}",
-                ENTRY_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("{t}.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3, $4)"),
             complete: format!(
                 "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = $3,
                                 history = {completed}
@@ -360,13 +375,17 @@ impl PostgresInbox {
         Ok(self)
     }
 
-    /// The SQL that creates the table and its indexes.
+    /// The SQL that creates the table, its indexes and the claim's
+    /// function (`<table>_claim`, which returns the table's rows: drop the
+    /// table `CASCADE`, or the function first).
     #[must_use]
     pub fn schema_sql(&self) -> &str {
         &self.sql.schema
     }
 
-    /// Creates the table and its indexes if they do not exist.
+    /// Creates the table and its indexes if they do not exist, and creates
+    /// or replaces the claim's function ([`schema_sql`](Self::schema_sql)).
+    /// Run it again after upgrading this crate.
     ///
     /// # Errors
     ///
