@@ -696,7 +696,10 @@ mod tests {
             inbox.insert(&event(id, object, 1_000)).await.unwrap();
         }
         inbox.insert(&event("pending", "r", 1_000)).await.unwrap();
-        inbox.insert(&event("pending too", "t", 1_000)).await.unwrap();
+        inbox
+            .insert(&event("pending too", "t", 1_000))
+            .await
+            .unwrap();
         inbox
             .insert_dead(&event("dead", "s", 1_000), "undecodable")
             .await
