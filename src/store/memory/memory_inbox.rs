@@ -528,6 +528,11 @@ mod tests {
         inbox.get(seq).await.unwrap().expect("the event is kept")
     }
 
+    /// The event's status, attempts and replays.
+    fn progress(entry: &InboxEntry) -> (InboxStatus, u32, u32) {
+        (entry.status, entry.attempts, entry.replays)
+    }
+
     /// A claim settles only while it holds: its own token, the event still
     /// running, and its lease not yet over (the lease's end is exclusive).
     #[tokio::test]
@@ -645,10 +650,7 @@ mod tests {
             Replayed::Running
         );
         let still = status_of(&inbox, running.entry.seq).await;
-        assert_eq!(
-            (still.status, still.attempts, still.replays),
-            (InboxStatus::Running, 1, 0)
-        );
+        assert_eq!(progress(&still), (InboxStatus::Running, 1, 0));
         assert_eq!(
             inbox.replay(done.entry.seq, false).await.unwrap(),
             Replayed::Handled { at: handled_at }
@@ -662,13 +664,10 @@ mod tests {
         // Without force, of the three only the dead one goes back.
         let all = InboxFilter::default();
         let replayed = inbox.replay_matching(&all, false).await.unwrap();
-        let dead = status_of(&inbox, replayed[0]).await;
         assert_eq!(replayed.len(), 1);
+        let dead = status_of(&inbox, replayed[0]).await;
         assert_eq!(dead.event.event_id, "dead");
-        assert_eq!(
-            (dead.status, dead.attempts, dead.replays),
-            (InboxStatus::Pending, 0, 1)
-        );
+        assert_eq!(progress(&dead), (InboxStatus::Pending, 0, 1));
         assert!(dead.last_replayed_at.is_some());
 
         // Forced, the handled one runs again; the running one is still spared.
@@ -677,10 +676,7 @@ mod tests {
             Replayed::Replayed
         );
         let again = status_of(&inbox, done.entry.seq).await;
-        assert_eq!(
-            (again.status, again.attempts, again.replays),
-            (InboxStatus::Pending, 0, 1)
-        );
+        assert_eq!(progress(&again), (InboxStatus::Pending, 0, 1));
         assert_eq!(
             inbox.replay_matching(&all, true).await.unwrap(),
             [done.entry.seq, dead.seq]
