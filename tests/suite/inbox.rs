@@ -648,8 +648,9 @@ async fn the_postgres_inbox_conforms() {
 }
 
 /// In a table of another schema, migrated again as every instance does at
-/// startup: the claim's function is created beside the table and replaced,
-/// and takes the events oldest first.
+/// startup: the functions that claim and settle are created beside the
+/// table and replaced, take the events oldest first and settle only a claim
+/// that holds.
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_first() {
@@ -679,29 +680,61 @@ async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_fir
             .unwrap();
     }
     let lease = Duration::from_secs(60);
-    for n in 0..3 {
-        let claim = inbox
+    let take = async || {
+        inbox
             .claim(lease, Duration::ZERO)
             .await
             .unwrap()
-            .expect("an event waits");
+            .expect("an event waits")
+    };
+    // Each settle through its function: a release gives the event back, a
+    // settle of a claim that no longer holds changes nothing.
+    let first = take().await;
+    assert_eq!(first.entry.event.event_id, "evt_0");
+    assert_eq!(inbox.release(&first).await.unwrap(), Settle::Applied);
+    assert_eq!(inbox.complete(&first).await.unwrap(), Settle::LeaseLost);
+    for n in 0..2 {
+        let claim = take().await;
         assert_eq!(claim.entry.event.event_id, format!("evt_{n}"));
         assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::LeaseLost);
     }
+    let last = take().await;
+    assert_eq!(last.entry.event.event_id, "evt_2");
+    assert_eq!(
+        inbox.fail(&last, "refused", None).await.unwrap(),
+        Settle::Applied
+    );
+    assert_eq!(
+        inbox.fail(&last, "refused", None).await.unwrap(),
+        Settle::LeaseLost
+    );
+    let dead = inbox.get(last.entry.seq).await.unwrap().expect("kept");
+    assert_eq!(dead.status, InboxStatus::Dead);
     assert!(inbox.claim(lease, Duration::ZERO).await.unwrap().is_none());
-    let functions: i64 = pg_pool()
+    let functions: Vec<String> = pg_pool()
         .get()
         .await
         .unwrap()
-        .query_one(
-            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname = $1 AND p.proname = 'inbox_claim'",
+        .query(
+            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = $1 ORDER BY p.proname",
             &[&schema],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(functions, 1);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        functions,
+        [
+            "inbox_claim",
+            "inbox_complete",
+            "inbox_fail",
+            "inbox_release"
+        ]
+    );
 }
 
 #[cfg(feature = "postgres")]
