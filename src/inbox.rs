@@ -324,7 +324,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             claim.entry.attempts,
             claim.token.as_str().to_owned(),
         ));
-        let (outcome, failure) = match RawEvent::from_bytes(kept.body.clone()) {
+        // The resource is decoded for its typed handler as the envelope is read.
+        let typed = self.router.decodes_typed();
+        let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), &*typed) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
             Ok(raw) => {
                 let mut raw = match &kept.account {

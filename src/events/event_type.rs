@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{DecodeError, Event, ObjectKey, RawEvent};
+use super::{DecodeError, Event, ObjectKey, Predecoded, RawEvent};
 use crate::Timestamp;
 
 /// Ties a marker type to its event name and data type, so that
@@ -103,6 +103,21 @@ macro_rules! event_types {
                     _ => None,
                 }
             }
+        }
+
+        /// The data of an event of type `event_type` decoded from
+        /// `deserializer` into the type this crate has for it, kept for the
+        /// typed handler (see [`RawEvent::from_bytes_for`]); an error for a
+        /// name this crate does not know.
+        pub(crate) fn decode_known<'de, D: Deserializer<'de>>(
+            event_type: &EventType, deserializer: D,
+        ) -> Result<Predecoded, D::Error> {
+            Ok(match event_type {
+                $( EventType::$variant => Predecoded::new(<$data as Deserialize<'de>>::deserialize(deserializer)?), )+
+                EventType::Unknown(_) => {
+                    return Err(serde::de::Error::custom("no type to decode into"));
+                }
+            })
         }
 
         /// Calls `visitor` once per event kind this crate knows, with its marker type.

@@ -42,9 +42,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -175,6 +176,45 @@ pub struct RawEvent {
     data: Option<Range<usize>>,
     account: Option<Arc<str>>,
     attempt: Option<Arc<InboxAttempt>>,
+    /// The resource, decoded while the envelope was read, for the router's
+    /// typed handler (see [`RawEvent::from_bytes_for`]); clones share it and
+    /// the first typed decode takes it.
+    predecoded: Option<Predecoded>,
+}
+
+/// A resource decoded into its type while the envelope was read, kept until
+/// a typed decode into that type takes it.
+#[derive(Clone)]
+pub(crate) struct Predecoded(Arc<dyn Any + Send + Sync>);
+
+impl Predecoded {
+    fn new<T: Send + 'static>(data: T) -> Self {
+        Self(Arc::new(Mutex::new(Some(data))))
+    }
+
+    /// The resource, if it was decoded into `T` and not taken yet.
+    fn take<T: 'static>(&self) -> Option<T> {
+        self.0
+            .downcast_ref::<Mutex<Option<T>>>()?
+            .lock()
+            .ok()?
+            .take()
+    }
+
+    /// Whether it holds a resource decoded into `T`, not taken yet.
+    #[cfg(test)]
+    fn holds<T: 'static>(&self) -> bool {
+        self.0
+            .downcast_ref::<Mutex<Option<T>>>()
+            .is_some_and(|slot| slot.lock().is_ok_and(|data| data.is_some()))
+    }
+}
+
+/// Which event types a reader wants decoded while the envelope is read:
+/// those an [`EventRouter`](crate::EventRouter) has a typed handler for.
+pub(crate) trait DecodesTyped: Send + Sync {
+    /// Whether events of type `event_type` go to a typed handler.
+    fn decodes_typed(&self, event_type: &EventType) -> bool;
 }
 
 impl fmt::Debug for RawEvent {
@@ -213,13 +253,34 @@ impl RawEvent {
     ///
     /// As [`from_slice`](Self::from_slice).
     pub fn from_bytes(body: Bytes) -> Result<Self, EnvelopeError> {
+        Self::read(body, None)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes), and, for an event of a type
+    /// `typed` decodes, with the resource decoded into that type's data in
+    /// the same pass over the body (when `type` comes before `data`, as
+    /// Clink sends it), for the typed handler's [`decode`](Self::decode) to
+    /// take instead of reading the resource again. Whatever the one pass
+    /// cannot decide alone is read as `from_bytes` reads it, so the answer
+    /// is always the same.
+    pub(crate) fn from_bytes_for(
+        body: Bytes, typed: &dyn DecodesTyped,
+    ) -> Result<Self, EnvelopeError> {
+        Self::read(body, Some(typed))
+    }
+
+    fn read(body: Bytes, typed: Option<&dyn DecodesTyped>) -> Result<Self, EnvelopeError> {
         let text = std::str::from_utf8(&body).map_err(|_| EnvelopeError::NotJson)?;
         // serde reads a struct from an array too; an envelope is an object.
         if !text.trim_start().starts_with('{') {
             return Err(EnvelopeError::NotJson);
         }
-        let envelope = envelope::read(text)?;
+        let (envelope, predecoded) = match typed {
+            Some(typed) => envelope::read_decoding(text, &|t| typed.decodes_typed(t))?,
+            None => (envelope::read(text)?, None),
+        };
         Ok(Self {
+            predecoded,
             id: envelope.id,
             event_type: envelope.event_type,
             created: envelope.created,
@@ -322,7 +383,30 @@ impl RawEvent {
     /// not fit `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<Event<T>, DecodeError> {
         let data = self.decode_data::<T>()?;
-        Ok(Event {
+        Ok(self.event_with(data))
+    }
+
+    /// As [`decode`](Self::decode), taking the resource decoded into `T`
+    /// while the envelope was read, when it was (and no clone took it).
+    pub(crate) fn decode_typed<T: DeserializeOwned + 'static>(
+        &self,
+    ) -> Result<Event<T>, DecodeError> {
+        match self.predecoded.as_ref().and_then(Predecoded::take::<T>) {
+            Some(data) => Ok(self.event_with(data)),
+            None => self.decode(),
+        }
+    }
+
+    /// Whether this event holds its resource decoded into `T` as the
+    /// envelope was read, not taken yet.
+    #[cfg(test)]
+    pub(crate) fn holds_predecoded<T: 'static>(&self) -> bool {
+        self.predecoded.as_ref().is_some_and(Predecoded::holds::<T>)
+    }
+
+    /// This event with `data` as its resource.
+    fn event_with<T>(&self, data: T) -> Event<T> {
+        Event {
             id: self.id().to_owned(),
             event_type: self.event_type.clone(),
             created: self.created,
@@ -331,7 +415,7 @@ impl RawEvent {
             freshness: Freshness::Untracked,
             account: self.account.clone(),
             attempt: self.attempt.clone(),
-        })
+        }
     }
 
     /// The data as `T`. Read without tracking the path first; only when

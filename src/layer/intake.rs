@@ -104,6 +104,7 @@ where
         delivery(
             Arc::clone(&self.config),
             request,
+            None,
             move |config, parts, verified| async move { keep(&config, &*inbox, &parts, verified).await },
         )
     }

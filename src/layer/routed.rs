@@ -33,7 +33,12 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// [`dispatch`](EventRouter::dispatch) is awaited in place, which spares a
 /// delivery two of its twenty allocations in process, and reuses the
 /// request's extension map for the response's when an app's router made
-/// one (see `BENCHMARKS.md`). Use it
+/// one (see `BENCHMARKS.md`). And since it knows the router, the data of an
+/// event its typed handler takes is decoded as the envelope is read, in
+/// one pass over the body, instead of read again by the handler's decode
+/// (whatever that pass cannot vouch for alone, the body read again as
+/// before, so the answer is the same; a duplicate delivery then pays for a
+/// decode it does not use). Use it
 /// whenever the inner service is an `EventRouter`; keep
 /// [`ClinkLayer::layer`](tower_layer::Layer::layer) for any other service.
 ///
@@ -118,9 +123,11 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let router = self.router.clone();
+        let typed = router.decodes_typed();
         delivery(
             Arc::clone(&self.config),
             request,
+            Some(typed),
             move |config, parts, verified| route(config, router, parts.extensions, verified),
         )
     }

@@ -23,6 +23,7 @@ use super::metrics;
 use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
+use crate::events::DecodesTyped;
 use crate::guard::Limit;
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
@@ -96,6 +97,7 @@ where
         delivery(
             Arc::clone(&self.config),
             request,
+            None,
             move |config, parts, verified| {
                 handle(config, verified, move |verified, deadline| async move {
                     let body = Full::new(verified.event().body().clone());
@@ -120,8 +122,12 @@ pub(super) type Verified<ResB> = (Response<ResponseBody<ResB>>, Outcome, Verifie
 /// keep it), and the delivery timed, counted and logged. Every path ends in
 /// one response and the [`Outcome`] it stands for, which is also in the
 /// response's extensions, next to the [`VerifiedEvent`] once verified.
+///
+/// `typed`, when the event goes to an [`EventRouter`](crate::EventRouter),
+/// says which types it decodes: their resources are decoded as the envelope
+/// is read, in the same pass over the body.
 pub(super) fn delivery<B, ResB, E, F, Fut>(
-    config: Arc<Config>, request: Request<B>, then: F,
+    config: Arc<Config>, request: Request<B>, typed: Option<Arc<dyn DecodesTyped>>, then: F,
 ) -> ResponseFuture<Response<ResponseBody<ResB>>, E>
 where
     B: Body + Send + 'static,
@@ -145,17 +151,18 @@ where
     // With no subscriber listening, there is no span to enter on every
     // poll nor fields to record.
     if span.is_disabled() {
-        Box::pin(run(config, request, None, then))
+        Box::pin(run(config, request, typed, None, then))
     } else {
         let fields = span.clone();
-        Box::pin(run(config, request, Some(fields), then).instrument(span))
+        Box::pin(run(config, request, typed, Some(fields), then).instrument(span))
     }
 }
 
 /// One delivery, timed, counted and logged; `span` is the delivery's span
 /// when a subscriber records it.
 async fn run<B, ResB, E, F, Fut>(
-    config: Arc<Config>, request: Request<B>, span: Option<Span>, then: F,
+    config: Arc<Config>, request: Request<B>, typed: Option<Arc<dyn DecodesTyped>>,
+    span: Option<Span>, then: F,
 ) -> Result<Response<ResponseBody<ResB>>, E>
 where
     B: Body + Send,
@@ -167,7 +174,7 @@ where
     let started = Instant::now();
     let in_flight = InFlight::start();
     let (parts, body) = request.into_parts();
-    let verified = verify(&config, &parts, body, span.as_ref()).await;
+    let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
     let (response, outcome) = match verified {
         Err(outcome) => (layer_response(&outcome), outcome),
         Ok(verified) => {

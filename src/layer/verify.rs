@@ -13,14 +13,15 @@ use tracing::Span;
 
 use super::budget::Reading;
 use super::config::{Config, Keys};
-use crate::events::{has_invisible, RawEvent, VerifiedEvent};
+use crate::events::{has_invisible, DecodesTyped, RawEvent, VerifiedEvent};
 use crate::guard::within;
 use crate::signature::{SignatureHeaders, Verification, Verifier};
 use crate::{BoxError, Outcome};
 
 /// Checks method, headers, body and signature, and reads the envelope.
 pub(super) async fn verify<B>(
-    config: &Config, parts: &http::request::Parts, body: B, span: Option<&Span>,
+    config: &Config, parts: &http::request::Parts, body: B, typed: Option<&dyn DecodesTyped>,
+    span: Option<&Span>,
 ) -> Result<VerifiedEvent, Outcome>
 where
     B: Body,
@@ -69,7 +70,11 @@ where
     drop(verifier);
     // Verified: the body no longer counts against the budget.
     drop(reading);
-    let mut event = RawEvent::from_bytes(bytes).map_err(Outcome::InvalidEnvelope)?;
+    let event = match typed {
+        Some(typed) => RawEvent::from_bytes_for(bytes, typed),
+        None => RawEvent::from_bytes(bytes),
+    };
+    let mut event = event.map_err(Outcome::InvalidEnvelope)?;
     // An id is data, never text to print: one with a line break, a
     // terminal escape or a character that hides or reorders text in it is
     // refused rather than carried into logs.

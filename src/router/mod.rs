@@ -104,8 +104,8 @@ pub use handler::{
 };
 
 use crate::events::{
-    for_each_kind, DecodeError, Event, EventKind, EventType, Freshness, KindVisitor, ObjectKey,
-    RawEvent, Version,
+    for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
+    ObjectKey, RawEvent, Version,
 };
 use crate::guard::CatchUnwind;
 use crate::ordering;
@@ -243,7 +243,8 @@ where
 {
     let call = Arc::new(call);
     Arc::new(move |raw: &RawEvent, state: S, track: bool| {
-        let mut event = raw.decode::<K::Data>()?;
+        // The resource decoded as the envelope was read, when it was.
+        let mut event = raw.decode_typed::<K::Data>()?;
         if !track {
             // The event's freshness is already `Untracked`.
             return Ok(Prepared::Untracked(call(event, state)));
@@ -347,9 +348,21 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
     }
 }
 
+impl<S: Send + 'static> DecodesTyped for Routes<S> {
+    fn decodes_typed(&self, event_type: &EventType) -> bool {
+        self.typed.contains_key(event_type)
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     fn routes_mut(&mut self) -> &mut Routes<S> {
         Arc::make_mut(&mut self.routes)
+    }
+
+    /// Which event types this router decodes into a typed handler's data,
+    /// for a reader that decodes them as it reads the envelope.
+    pub(crate) fn decodes_typed(&self) -> Arc<dyn DecodesTyped> {
+        Arc::clone(&self.routes) as Arc<dyn DecodesTyped>
     }
 
     /// Registers `handler` as the typed handler of every event type this
@@ -768,6 +781,48 @@ mod tests {
                 "{body}: {dispatched:?}"
             );
         }
+    }
+
+    /// The resource of a type with a typed handler is decoded with the
+    /// envelope, and that handler's decode takes it (a clone shares it);
+    /// a type without one is not decoded ahead.
+    #[tokio::test]
+    async fn a_typed_handler_takes_the_resource_decoded_with_the_envelope() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>({
+            let seen = Arc::clone(&seen);
+            move |event: Event<crate::data::Order>| {
+                seen.lock().unwrap().push(event.data.order_id);
+                std::future::ready(Ok::<_, Infallible>(()))
+            }
+        });
+        let typed = router.decodes_typed();
+        let body =
+            r#"{"id":"evt_1","type":"order.succeeded","data":{"object":{"orderId":"ord_1"}}}"#;
+        let raw = RawEvent::from_bytes_for(Bytes::from(body), &*typed).unwrap();
+        assert!(raw.holds_predecoded::<crate::data::Order>());
+        let kept = raw.clone();
+        let verifier = Verifier::new("k").unwrap();
+        let ts = Timestamp::now().as_millis().to_string();
+        let verified = verifier
+            .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
+            .unwrap();
+        let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+        assert_eq!(dispatched.outcome(), &Outcome::Handled);
+        assert_eq!(*seen.lock().unwrap(), [Some("ord_1".to_owned())]);
+        assert!(!kept.holds_predecoded::<crate::data::Order>());
+        // Decoded again from the body when asked again.
+        assert_eq!(
+            kept.decode_typed::<crate::data::Order>()
+                .unwrap()
+                .data
+                .order_id
+                .as_deref(),
+            Some("ord_1")
+        );
+        let refund = r#"{"id":"evt_2","type":"refund.succeeded","data":{"refundId":"re_1"}}"#;
+        let raw = RawEvent::from_bytes_for(Bytes::from(refund), &*typed).unwrap();
+        assert!(!raw.holds_predecoded::<crate::data::Refund>());
     }
 
     #[test]
