@@ -609,3 +609,51 @@ impl std::error::Error for NotDrained {
         self.due.as_ref().err().map(|e| e as _)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::data::Order;
+    use crate::events::{self, PREDECODED_TAKEN};
+    use crate::store::{MemoryInbox, NewEvent};
+    use crate::Event;
+
+    /// Workers decode a claimed event's resource for its typed handler as
+    /// they read its envelope, in one pass, and the handler's decode takes
+    /// it (the workers' tasks run on this test's one thread).
+    #[tokio::test]
+    async fn workers_decode_the_resource_with_the_envelope() {
+        let inbox = MemoryInbox::new();
+        let body =
+            r#"{"id":"evt_1","type":"order.succeeded","data":{"object":{"orderId":"ord_1"}}}"#;
+        let event = NewEvent::new(
+            None,
+            "evt_1".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from(body),
+        );
+        inbox.insert(&event).await.unwrap();
+        let (ran, mut handled) = tokio::sync::mpsc::unbounded_channel();
+        let router =
+            EventRouter::new().on::<events::OrderSucceeded, _>(move |event: Event<Order>| {
+                let _ = ran.send(event.data.order_id);
+                std::future::ready(Ok::<_, Infallible>(()))
+            });
+        let before = PREDECODED_TAKEN.with(std::cell::Cell::get);
+        let pool = Workers::new(inbox, router)
+            .reorder_window(Duration::ZERO)
+            .unwrap()
+            .spawn();
+        assert_eq!(handled.recv().await, Some(Some("ord_1".to_owned())));
+        assert_eq!(PREDECODED_TAKEN.with(std::cell::Cell::get), before + 1);
+        pool.shutdown(Duration::from_secs(10)).await;
+    }
+}

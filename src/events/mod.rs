@@ -182,6 +182,13 @@ pub struct RawEvent {
     predecoded: Option<Predecoded>,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many typed decodes on this thread took a resource decoded with
+    /// the envelope: for tests that a path decodes in one pass.
+    pub(crate) static PREDECODED_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A resource decoded into its type while the envelope was read, kept until
 /// a typed decode into that type takes it.
 #[derive(Clone)]
@@ -392,9 +399,20 @@ impl RawEvent {
         &self,
     ) -> Result<Event<T>, DecodeError> {
         match self.predecoded.as_ref().and_then(Predecoded::take::<T>) {
-            Some(data) => Ok(self.event_with(data)),
+            Some(data) => {
+                #[cfg(test)]
+                PREDECODED_TAKEN.with(|taken| taken.set(taken.get() + 1));
+                Ok(self.event_with(data))
+            }
             None => self.decode(),
         }
+    }
+
+    /// Lets go of the resource decoded with the envelope, if no typed
+    /// decode took it (a duplicate delivery, say), so that the event kept
+    /// in a response's extensions holds only the body.
+    pub(crate) fn forget_predecoded(&mut self) {
+        self.predecoded = None;
     }
 
     /// Whether this event holds its resource decoded into `T` as the

@@ -247,7 +247,7 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
 /// (a clone sharing its bytes, with the handler's deadline, worked out when
 /// it is needed), settle the claim on the outcome `run` answers with.
 pub(super) async fn handle<ResB, F, Fut>(
-    config: Arc<Config>, verified: VerifiedEvent, run: F,
+    config: Arc<Config>, mut verified: VerifiedEvent, run: F,
 ) -> Verified<ResB>
 where
     F: FnOnce(VerifiedEvent, Deadline) -> Fut,
@@ -257,7 +257,10 @@ where
     // deadline from before it, so that a slow claim does not eat the margin.
     let claim_started = Instant::now();
     let guard = match claim(&config, &verified).await {
-        Err(outcome) => return (layer_response(&outcome), outcome, verified),
+        Err(outcome) => {
+            verified.forget_predecoded();
+            return (layer_response(&outcome), outcome, verified);
+        }
         Ok(guard) => guard,
     };
     let deadline = Deadline {
@@ -266,6 +269,7 @@ where
     };
     // A clone shares the body and the id's bytes: no copy.
     let (mut response, mut outcome) = run(verified.clone(), deadline).await;
+    verified.forget_predecoded();
     if outcome == Outcome::Undecodable {
         if let Some(inbox) = &config.dead_letters {
             let failure = response
@@ -397,6 +401,48 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
         assert!(response.extensions().get::<VerifiedEvent>().is_some());
+    }
+
+    /// A routed delivery's resource is decoded with its envelope, in one
+    /// pass, and the typed handler takes it; the tower path over the same
+    /// router reads it again; a duplicate's decoded resource is let go
+    /// before the event goes into the response (this test's one thread
+    /// runs every step).
+    #[tokio::test]
+    async fn a_routed_delivery_decodes_its_resource_in_one_pass() {
+        let router = || {
+            EventRouter::new().on::<crate::events::OrderSucceeded, _>(|_event| {
+                std::future::ready(Ok::<_, Infallible>(()))
+            })
+        };
+        let request = |id: &str| {
+            let body =
+                format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#);
+            let timestamp = Timestamp::now().as_millis().to_string();
+            Request::post("/webhooks/clink")
+                .header("x-clink-timestamp", &timestamp)
+                .header(
+                    "x-clink-signature",
+                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
+                )
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        };
+        let taken = || crate::events::PREDECODED_TAKEN.with(std::cell::Cell::get);
+        let mut routed = layer().route(router());
+        let before = taken();
+        let response = routed.call(request("evt_1")).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert_eq!(taken(), before + 1);
+        let response = routed.call(request("evt_1")).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Duplicate));
+        assert_eq!(taken(), before + 1);
+        let kept = response.extensions().get::<VerifiedEvent>().unwrap();
+        assert!(!kept.event().holds_predecoded::<crate::data::Order>());
+        let mut tower = layer().layer(router());
+        let response = tower.call(request("evt_2")).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert_eq!(taken(), before + 1);
     }
 
     /// `Debug` names the service and shows its inner service; a routed

@@ -69,11 +69,17 @@ pub(super) fn read(text: &str) -> Result<Envelope, EnvelopeError> {
 /// `object` member in data that is not the wrapper's first, anything
 /// [`fast`] leaves to [`slow`]), the body is read again by [`read`], so the
 /// envelope, and every error, is always the one [`read`] gives.
+///
+/// A data type's `Deserialize` that panicked would be read again too, so
+/// that the panic, if it comes again, comes in the typed handler's decode,
+/// where the router turns it into an outcome, as it always did.
 pub(super) fn read_decoding(
     text: &str, typed: &dyn Fn(&EventType) -> bool,
 ) -> Result<(Envelope, Option<Predecoded>), EnvelopeError> {
-    match fast(text, Some(typed)) {
-        Some(Ok(read)) => Ok(read),
+    let decoding =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fast(text, Some(typed))));
+    match decoding {
+        Ok(Some(Ok(read))) => Ok(read),
         _ => read(text).map(|envelope| (envelope, None)),
     }
 }
