@@ -1,4 +1,6 @@
-//! `RawEvent::from_slice` and every typed decode never panic; when the
+//! `RawEvent::from_slice` and every typed decode never panic; the resource
+//! decoded on the way, as a router's layer reads a body, agrees with the
+//! envelope read, then decoded; when the
 //! envelope is accepted, `serde_json::Value` reads the same `id` and `type`,
 //! the raw and typed object keys agree, and a decoded event reads its own
 //! JSON back.
@@ -15,6 +17,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
+    // Read with the resource decoded on the way (as a router's layer and
+    // the inbox's workers read it), it agrees with reading, then decoding.
+    clink_webhooks::events::fuzzing::check_decoding_on_the_way(data);
+
     let raw = match RawEvent::from_slice(data) {
         Ok(raw) => raw,
         Err(error) => {

@@ -120,6 +120,20 @@ macro_rules! event_types {
             })
         }
 
+        /// The data of `raw` as its type's typed handler gets it (taken
+        /// from what was decoded with the envelope, when it was), as JSON;
+        /// `None` for a name this crate does not know. For the fuzz targets.
+        #[cfg(fuzzing)]
+        pub(crate) fn typed_data_json(raw: &RawEvent) -> Option<Result<serde_json::Value, String>> {
+            Some(match raw.event_type() {
+                $( EventType::$variant => raw
+                    .decode_typed::<$data>()
+                    .map_err(|error| error.to_string())
+                    .and_then(|event| serde_json::to_value(&event.data).map_err(|error| error.to_string())), )+
+                EventType::Unknown(_) => return None,
+            })
+        }
+
         /// Calls `visitor` once per event kind this crate knows, with its marker type.
         pub(crate) fn for_each_kind(visitor: &mut impl KindVisitor) {
             $( visitor.visit::<$variant>(); )+

@@ -182,6 +182,49 @@ pub struct RawEvent {
     predecoded: Option<Predecoded>,
 }
 
+/// A check of the one-pass reading, for the fuzz targets only: it exists in
+/// builds made with `--cfg fuzzing` (as `cargo fuzz` makes them), never
+/// otherwise.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{DecodesTyped, EventType, RawEvent};
+
+    /// Every type this crate knows, as a router with a typed handler for each.
+    struct Every;
+
+    impl DecodesTyped for Every {
+        fn decodes_typed(&self, event_type: &EventType) -> bool {
+            !matches!(event_type, EventType::Unknown(_))
+        }
+    }
+
+    /// Reads `body` with its resource decoded on the way, as a router with a
+    /// typed handler for every type reads it, and panics unless that agrees
+    /// with reading the envelope and then decoding: the same envelope or
+    /// error, and the same typed data or decode error.
+    pub fn check_decoding_on_the_way(body: &[u8]) {
+        let plain = RawEvent::from_slice(body);
+        let decoding = RawEvent::read(bytes::Bytes::copy_from_slice(body), Some(&Every));
+        let (plain, decoding) = match (plain, decoding) {
+            (Ok(plain), Ok(decoding)) => (plain, decoding),
+            (plain, decoding) => {
+                assert_eq!(plain.err(), decoding.err());
+                return;
+            }
+        };
+        assert_eq!(plain.id(), decoding.id());
+        assert_eq!(plain.event_type(), decoding.event_type());
+        assert_eq!(plain.created(), decoding.created());
+        assert_eq!(plain.livemode(), decoding.livemode());
+        assert_eq!(plain.data_json(), decoding.data_json());
+        assert_eq!(
+            super::event_type::typed_data_json(&plain),
+            super::event_type::typed_data_json(&decoding)
+        );
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// How many typed decodes on this thread took a resource decoded with
