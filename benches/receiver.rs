@@ -78,6 +78,35 @@ where
     })
 }
 
+/// As [`time_in_process`], with the caches made cold before each delivery
+/// (a sweep over a buffer larger than them, not timed), as they are when a
+/// server's deliveries come between the kernel's networking and other work:
+/// only the deliveries are timed.
+fn time_in_process_cold<S, ResB>(rt: &Runtime, service: &S, count: u64, size: usize) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
+{
+    let requests: Vec<_> = next_ids(count)
+        .map(|n| signed("/webhooks/clink", n, size))
+        .collect();
+    let mut sweep = vec![0u8; 16 << 20];
+    rt.block_on(async {
+        let mut took = Duration::ZERO;
+        for (round, request) in requests.into_iter().enumerate() {
+            for line in sweep.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(round as u8);
+            }
+            black_box(&sweep);
+            let start = Instant::now();
+            let response = service.clone().oneshot(request).await.unwrap();
+            debug_assert_eq!(response.status(), 200);
+            drop(black_box(response));
+            took += start.elapsed();
+        }
+        took
+    })
+}
+
 /// Times `count` HMACs of the bodies the deliveries would carry.
 fn time_hmac(count: u64, size: usize) -> Duration {
     let key = keyed();
@@ -498,6 +527,10 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
 /// `--profile <hand|careful|layer> [count] [size]`: only `count` deliveries through one
 /// receiver in process, for a profiler (`valgrind --tool=callgrind`).
 ///
+/// `--profile-cold <hand|careful|layer> [count] [size]`: as `--profile`,
+/// with the caches made cold before each delivery (see
+/// [`time_in_process_cold`]).
+///
 /// `--profile-http <bare|careful|layer> [count] [size]`: `count` deliveries
 /// to one receiver over loopback HTTP, one keep-alive connection, one
 /// request at a time, in one process (`perf record -g`).
@@ -530,7 +563,11 @@ fn profile(args: &[String]) -> bool {
         );
         return true;
     }
-    let Some(at) = args.iter().position(|arg| arg == "--profile") else {
+    let cold = args.iter().any(|arg| arg == "--profile-cold");
+    let Some(at) = args
+        .iter()
+        .position(|arg| arg == "--profile" || arg == "--profile-cold")
+    else {
         return false;
     };
     let count = args
@@ -545,10 +582,13 @@ fn profile(args: &[String]) -> bool {
         .enable_all()
         .build()
         .unwrap();
-    let took = match args.get(at + 1).map(String::as_str) {
-        Some("hand") => time_in_process(&rt, &Hand::new(), count, size),
-        Some("careful") => time_in_process(&rt, &Hand::careful(), count, size),
-        _ => time_in_process(&rt, &layered(), count, size),
+    let took = match (args.get(at + 1).map(String::as_str), cold) {
+        (Some("hand"), false) => time_in_process(&rt, &Hand::new(), count, size),
+        (Some("careful"), false) => time_in_process(&rt, &Hand::careful(), count, size),
+        (_, false) => time_in_process(&rt, &layered(), count, size),
+        (Some("hand"), true) => time_in_process_cold(&rt, &Hand::new(), count, size),
+        (Some("careful"), true) => time_in_process_cold(&rt, &Hand::careful(), count, size),
+        (_, true) => time_in_process_cold(&rt, &layered(), count, size),
     };
     println!(
         "{} per delivery",
