@@ -652,7 +652,12 @@ mod tests {
             .reorder_window(Duration::ZERO)
             .unwrap()
             .spawn();
-        assert_eq!(handled.recv().await, Some(Some("ord_1".to_owned())));
+        // A guard against a hang on a broken tree, far beyond what a slow
+        // machine needs: the event is waiting before the workers start.
+        let ran = tokio::time::timeout(Duration::from_secs(120), handled.recv())
+            .await
+            .expect("the workers ran the event's handler");
+        assert_eq!(ran, Some(Some("ord_1".to_owned())));
         assert_eq!(PREDECODED_TAKEN.with(std::cell::Cell::get), before + 1);
         pool.shutdown(Duration::from_secs(10)).await;
     }
