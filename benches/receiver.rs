@@ -64,46 +64,50 @@ fn time_in_process<S, ResB>(rt: &Runtime, service: &S, count: u64, size: usize) 
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
 {
-    let requests: Vec<_> = next_ids(count)
-        .map(|n| signed("/webhooks/clink", n, size))
-        .collect();
-    rt.block_on(async {
-        let start = Instant::now();
-        for request in requests {
-            let response = service.clone().oneshot(request).await.unwrap();
-            debug_assert_eq!(response.status(), 200);
-            drop(black_box(response));
-        }
-        start.elapsed()
-    })
+    time_deliveries(rt, service, count, size, false)
 }
 
-/// As [`time_in_process`], with the caches made cold before each delivery
-/// (a sweep over a buffer larger than them, not timed), as they are when a
-/// server's deliveries come between the kernel's networking and other work:
-/// only the deliveries are timed.
-fn time_in_process_cold<S, ResB>(rt: &Runtime, service: &S, count: u64, size: usize) -> Duration
+/// Times `count` deliveries through `service` in process, signed first;
+/// with `cold`, the caches are made cold before each delivery (a sweep
+/// over a buffer larger than them, not timed), as they are when a server's
+/// deliveries come between the kernel's networking and other work.
+fn time_deliveries<S, ResB>(
+    rt: &Runtime, service: &S, count: u64, size: usize, cold: bool,
+) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
 {
     let requests: Vec<_> = next_ids(count)
         .map(|n| signed("/webhooks/clink", n, size))
         .collect();
-    let mut sweep = vec![0u8; 16 << 20];
+    let mut sweep = if cold {
+        vec![0u8; 16 << 20]
+    } else {
+        Vec::new()
+    };
     rt.block_on(async {
         let mut took = Duration::ZERO;
+        let mut start = Instant::now();
         for (round, request) in requests.into_iter().enumerate() {
-            for line in sweep.chunks_mut(64) {
-                line[0] = line[0].wrapping_add(round as u8);
+            if cold {
+                for line in sweep.chunks_mut(64) {
+                    line[0] = line[0].wrapping_add(round as u8);
+                }
+                black_box(&sweep);
+                start = Instant::now();
             }
-            black_box(&sweep);
-            let start = Instant::now();
             let response = service.clone().oneshot(request).await.unwrap();
             debug_assert_eq!(response.status(), 200);
             drop(black_box(response));
-            took += start.elapsed();
+            if cold {
+                took += start.elapsed();
+            }
         }
-        took
+        if cold {
+            took
+        } else {
+            start.elapsed()
+        }
     })
 }
 
@@ -529,7 +533,7 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
 ///
 /// `--profile-cold <hand|careful|layer> [count] [size]`: as `--profile`,
 /// with the caches made cold before each delivery (see
-/// [`time_in_process_cold`]).
+/// [`time_deliveries`]).
 ///
 /// `--profile-http <bare|careful|layer> [count] [size]`: `count` deliveries
 /// to one receiver over loopback HTTP, one keep-alive connection, one
@@ -582,13 +586,10 @@ fn profile(args: &[String]) -> bool {
         .enable_all()
         .build()
         .unwrap();
-    let took = match (args.get(at + 1).map(String::as_str), cold) {
-        (Some("hand"), false) => time_in_process(&rt, &Hand::new(), count, size),
-        (Some("careful"), false) => time_in_process(&rt, &Hand::careful(), count, size),
-        (_, false) => time_in_process(&rt, &layered(), count, size),
-        (Some("hand"), true) => time_in_process_cold(&rt, &Hand::new(), count, size),
-        (Some("careful"), true) => time_in_process_cold(&rt, &Hand::careful(), count, size),
-        (_, true) => time_in_process_cold(&rt, &layered(), count, size),
+    let took = match args.get(at + 1).map(String::as_str) {
+        Some("hand") => time_deliveries(&rt, &Hand::new(), count, size, cold),
+        Some("careful") => time_deliveries(&rt, &Hand::careful(), count, size, cold),
+        _ => time_deliveries(&rt, &layered(), count, size, cold),
     };
     println!(
         "{} per delivery",
