@@ -96,13 +96,13 @@ impl VerifiedEvent {
         &self.key_name
     }
 
-    /// The key's name as a shared string, for a metric label.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     /// See [`RawEvent::forget_predecoded`].
     pub(crate) fn forget_predecoded(&mut self) {
         self.event.forget_predecoded();
     }
 
+    /// The key's name as a shared string, for a metric label.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn key_label(&self) -> &Arc<str> {
         &self.key_name
     }
