@@ -309,8 +309,9 @@ impl RawEvent {
     /// As [`from_bytes`](Self::from_bytes), and, for an event of a type
     /// `typed` decodes, with the resource decoded into that type's data in
     /// the same pass over the body (when `type` comes before `data`, as
-    /// Clink sends it), for the typed handler's [`decode`](Self::decode) to
-    /// take instead of reading the resource again. Whatever the one pass
+    /// Clink sends it), for the router's typed route to take through
+    /// [`decode_typed`](Self::decode_typed) instead of reading the resource
+    /// again ([`decode`](Self::decode) always reads it). Whatever the one pass
     /// cannot decide alone is read as `from_bytes` reads it, so the answer
     /// is always the same.
     pub(crate) fn from_bytes_for(
