@@ -9,6 +9,13 @@
 //! ```text
 //! scripts/with-services cargo bench -p clink-webhooks-benches --bench stores --all-features
 //! ```
+//!
+//! After criterion's runs, an interleaved pass times each networked store
+//! and its baseline in alternating batches of about 50 ms, the order turned
+//! each round, and reports the median of the per-round ratios with its
+//! quartiles. On a shared machine a store's rate and its baseline's, timed
+//! minutes apart, drift more than the ratio being measured; timed in the
+//! same moment they drift together.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -123,13 +130,136 @@ where
     benches.finish();
 }
 
-fn bench_store(
-    c: &mut Criterion, runtime: &Runtime, group: &str, store: Arc<dyn IdempotencyStore>,
-) {
-    bench_op(c, runtime, group, "store", move |key| {
+/// One delivery through `store`, as an operation for [`drive`].
+fn delivery(
+    store: Arc<dyn IdempotencyStore>,
+) -> impl Fn(String) -> BoxFuture + Clone + Send + 'static {
+    move |key| {
         let store = Arc::clone(&store);
-        async move { deliver(&*store, key).await }
-    });
+        Box::pin(async move { deliver(&*store, key).await })
+    }
+}
+
+/// An operation's future, boxed so that a store and its baseline have one type.
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The median and quartiles of the per-round ratios of a store's time per
+/// delivery to its baseline's time per operation, with the median times.
+struct Interleaved {
+    ratios: [f64; 3],
+    store_per_op: Duration,
+    raw_per_op: Duration,
+    rounds: usize,
+}
+
+/// Times `store` and `raw` in alternating batches at `tasks` concurrent
+/// tasks for about `budget` (and at least 20 rounds), turning the order
+/// each round.
+fn interleave<S, R, SF, RF>(
+    runtime: &Runtime, tasks: usize, budget: Duration, store: S, raw: R,
+) -> Interleaved
+where
+    S: Fn(String) -> SF + Clone + Send + 'static,
+    SF: Future<Output = ()> + Send,
+    R: Fn(String) -> RF + Clone + Send + 'static,
+    RF: Future<Output = ()> + Send,
+{
+    // A batch of about 50 ms of the slower of the two.
+    let probe = 20 * tasks as u64;
+    drive(runtime, tasks, probe, raw.clone());
+    let took = drive(runtime, tasks, probe, store.clone());
+    let per_op = took.as_secs_f64() / probe as f64;
+    let batch = ((0.05 / per_op) as u64).clamp(tasks as u64, 100_000);
+    let (mut ratios, mut store_times, mut raw_times) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    while ratios.len() < 20 || start.elapsed() < budget {
+        let (store_took, raw_took) = if ratios.len() % 2 == 0 {
+            let s = drive(runtime, tasks, batch, store.clone());
+            (s, drive(runtime, tasks, batch, raw.clone()))
+        } else {
+            let r = drive(runtime, tasks, batch, raw.clone());
+            (drive(runtime, tasks, batch, store.clone()), r)
+        };
+        ratios.push(store_took.as_secs_f64() / raw_took.as_secs_f64());
+        store_times.push(store_took / u32::try_from(batch).unwrap_or(u32::MAX));
+        raw_times.push(raw_took / u32::try_from(batch).unwrap_or(u32::MAX));
+    }
+    let rounds = ratios.len();
+    ratios.sort_by(f64::total_cmp);
+    store_times.sort();
+    raw_times.sort();
+    Interleaved {
+        ratios: [
+            ratios[rounds / 4],
+            ratios[rounds / 2],
+            ratios[rounds * 3 / 4],
+        ],
+        store_per_op: store_times[rounds / 2],
+        raw_per_op: raw_times[rounds / 2],
+        rounds,
+    }
+}
+
+/// The interleaved pass over one networked store and its baseline, as rows
+/// of the table [`print_interleaved`] prints.
+fn interleaved_rows<S, R, SF, RF>(
+    runtime: &Runtime, group: &str, baseline: &str, store: S, raw: R,
+) -> Vec<String>
+where
+    S: Fn(String) -> SF + Clone + Send + 'static,
+    SF: Future<Output = ()> + Send,
+    R: Fn(String) -> RF + Clone + Send + 'static,
+    RF: Future<Output = ()> + Send,
+{
+    let mut rows = Vec::new();
+    for tasks in CONCURRENCY {
+        let run = interleave(
+            runtime,
+            tasks,
+            Duration::from_secs(6),
+            store.clone(),
+            raw.clone(),
+        );
+        let [low, median, high] = run.ratios;
+        rows.push(format!(
+            "| {group} | {tasks} | {:.1} µs | `{baseline}` | {:.1} µs | {median:.2} ({low:.2}–{high:.2}) | {} |",
+            run.store_per_op.as_secs_f64() * 1e6,
+            run.raw_per_op.as_secs_f64() * 1e6,
+            run.rounds,
+        ));
+    }
+    rows
+}
+
+fn print_interleaved(rows: &[String]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nInterleaved: each store's delivery and its baseline in alternating batches");
+    println!("| store | tasks | time per delivery (median batch) | baseline | time per baseline op | ratio, median (quartiles) of the rounds | rounds |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// Whether the command line selects `group` (as criterion's filter would:
+/// no filter, or one naming the group).
+fn selected(group: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.starts_with(group) || group.contains(f.as_str()))
+}
+
+/// Whether criterion is measuring (`cargo bench` passes `--bench`), rather
+/// than running each bench once as a test.
+fn measuring() -> bool {
+    std::env::args().any(|arg| arg == "--bench")
 }
 
 fn url(var: &str) -> String {
@@ -159,21 +289,33 @@ async fn reset_pg_tables(pool: &deadpool_postgres::Pool) {
         .expect("bench tables");
 }
 
-fn benches(c: &mut Criterion, runtime: &Runtime) {
+/// Runs criterion over every store and baseline, and returns the rows of
+/// the interleaved pass (when measuring).
+fn benches(c: &mut Criterion, runtime: &Runtime) -> Vec<String> {
+    let mut interleaved = Vec::new();
+    let measure = measuring();
+
     // In process.
-    bench_store(c, runtime, "memory", Arc::new(MemoryStore::new()));
+    bench_op(
+        c,
+        runtime,
+        "memory",
+        "store",
+        delivery(Arc::new(MemoryStore::new())),
+    );
 
     // Redis.
     let redis_url = url("REDIS_URL");
     let store = runtime
         .block_on(RedisStore::connect(&redis_url))
         .expect("connect to REDIS_URL");
-    bench_store(c, runtime, "redis", Arc::new(store));
+    let store = delivery(Arc::new(store));
+    bench_op(c, runtime, "redis", "store", store.clone());
     let client = redis::Client::open(redis_url).expect("REDIS_URL parses");
     let raw = runtime
         .block_on(redis::aio::ConnectionManager::new(client))
         .expect("connect to REDIS_URL");
-    bench_op(c, runtime, "redis", "raw_set_nx_px", move |key| {
+    let raw = move |key: String| {
         let mut raw = raw.clone();
         async move {
             let _: Option<String> = redis::cmd("SET")
@@ -186,7 +328,11 @@ fn benches(c: &mut Criterion, runtime: &Runtime) {
                 .await
                 .expect("SET NX PX");
         }
-    });
+    };
+    bench_op(c, runtime, "redis", "raw_set_nx_px", raw.clone());
+    if measure && selected("redis") {
+        interleaved.extend(interleaved_rows(runtime, "redis", "SET NX PX", store, raw));
+    }
 
     // PostgreSQL.
     let pool = pg_pool();
@@ -195,26 +341,38 @@ fn benches(c: &mut Criterion, runtime: &Runtime) {
         .expect("valid table");
     runtime.block_on(store.migrate()).expect("migrate");
     runtime.block_on(reset_pg_tables(&pool));
-    bench_store(c, runtime, "postgres", Arc::new(store));
+    let store = delivery(Arc::new(store));
+    bench_op(c, runtime, "postgres", "store", store.clone());
     let insert = format!("INSERT INTO {RAW_TABLE} (key) VALUES ($1) ON CONFLICT DO NOTHING");
     let raw_pool = pool.clone();
+    let raw = move |key: String| {
+        let (pool, insert) = (raw_pool.clone(), insert.clone());
+        async move {
+            let client = pool.get().await.expect("connection");
+            client
+                .execute_typed(&insert, &[(&key, tokio_postgres::types::Type::TEXT)])
+                .await
+                .expect("raw insert");
+        }
+    };
     bench_op(
         c,
         runtime,
         "postgres",
         "raw_insert_on_conflict",
-        move |key| {
-            let (pool, insert) = (raw_pool.clone(), insert.clone());
-            async move {
-                let client = pool.get().await.expect("connection");
-                client
-                    .execute_typed(&insert, &[(&key, tokio_postgres::types::Type::TEXT)])
-                    .await
-                    .expect("raw insert");
-            }
-        },
+        raw.clone(),
     );
+    if measure && selected("postgres") {
+        interleaved.extend(interleaved_rows(
+            runtime,
+            "postgres",
+            "INSERT .. ON CONFLICT DO NOTHING",
+            store,
+            raw,
+        ));
+    }
     runtime.block_on(reset_pg_tables(&pool));
+    interleaved
 }
 
 /// Resident memory of this process, from /proc/self/status.
@@ -282,7 +440,8 @@ fn main() {
         .expect("tokio runtime");
     let mut c = Criterion::default().configure_from_args();
     memory_per_key(&runtime);
-    benches(&mut c, &runtime);
+    let interleaved = benches(&mut c, &runtime);
     c.final_summary();
     print_ratios();
+    print_interleaved(&interleaved);
 }
