@@ -3,13 +3,15 @@
 //! deadline a handler gets inside its lease.
 
 use std::any::Any;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::task::coop;
+use tokio::time::Sleep;
 
 /// A time limit: a [`Duration`], or a function giving one, called only when
 /// the limit is needed (the step was not done in its first poll).
@@ -40,21 +42,59 @@ pub(crate) struct TimedOut(pub(crate) Duration);
 /// takes a handle to the runtime's timer; a step that finishes in its first
 /// poll (an in-process body, a memory store call, most handlers) never
 /// needs it.
-pub(crate) async fn within<F: Future>(limit: impl Limit, future: F) -> Result<F::Output, TimedOut> {
-    let mut future = pin!(future);
-    let first = poll_fn(|cx| match future.as_mut().poll(cx) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await;
-    match first {
-        Some(output) => Ok(output),
-        None => {
-            let limit = limit.duration();
-            tokio::time::timeout(limit, future)
-                .await
-                .map_err(|_| TimedOut(limit))
+///
+/// A future of its own rather than an `async fn`: an `async fn` keeps its
+/// argument and the pinned copy it polls side by side, which made every
+/// step waited on this way (the handler's above all) take twice its size in
+/// the delivery's future.
+pub(crate) fn within<F: Future, L: Limit>(limit: L, future: F) -> Within<F, L> {
+    Within {
+        future,
+        limit: Some(limit),
+        timer: None,
+        after: Duration::ZERO,
+    }
+}
+
+pin_project! {
+    /// What [`within`] returns.
+    pub(crate) struct Within<F, L> {
+        #[pin]
+        future: F,
+        // Taken when the timer is set up.
+        limit: Option<L>,
+        #[pin]
+        timer: Option<Sleep>,
+        // The limit, once worked out.
+        after: Duration,
+    }
+}
+
+impl<F: Future, L: Limit> Future for Within<F, L> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut me = self.project();
+        let had_budget = coop::has_budget_remaining();
+        if let Poll::Ready(output) = me.future.poll(cx) {
+            return Poll::Ready(Ok(output));
         }
+        if let Some(limit) = me.limit.take() {
+            *me.after = limit.duration();
+            me.timer.set(Some(tokio::time::sleep(*me.after)));
+        }
+        let Some(timer) = me.timer.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        // As `tokio::time::timeout` does: when it was the step that used up
+        // the task's budget, the timer is still checked, so that a step
+        // that always uses it up cannot outlive its limit.
+        let fired = if had_budget && !coop::has_budget_remaining() {
+            Pin::new(&mut coop::unconstrained(timer)).poll(cx)
+        } else {
+            timer.poll(cx)
+        };
+        fired.map(|()| Err(TimedOut(*me.after)))
     }
 }
 
@@ -139,6 +179,22 @@ mod tests {
         assert!(!asked);
         let slow = tokio::time::sleep(Duration::from_secs(10));
         assert!(within(|| Duration::from_secs(2), slow).await.is_err());
+    }
+
+    /// A step that is never done and uses up the task's budget on every
+    /// poll still ends at its limit: its timer is checked outside the budget.
+    /// Were it checked inside, it would never fire, and the outer bound (by
+    /// far the longer) would end the test instead.
+    #[tokio::test]
+    async fn a_step_that_uses_up_the_budget_still_times_out() {
+        let busy = async {
+            loop {
+                tokio::task::coop::consume_budget().await;
+            }
+        };
+        let limit = Duration::from_millis(50);
+        let bounded = tokio::time::timeout(Duration::from_secs(60), within(limit, busy)).await;
+        assert_eq!(bounded.map(Result::err), Ok(Some(TimedOut(limit))));
     }
 
     #[test]
