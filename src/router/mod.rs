@@ -471,17 +471,15 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// # Ok(()) }
     /// ```
     pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
-        let routes = Arc::clone(&self.routes);
         let state = self.state.clone();
+        // Lent to the steps, so that it is still here for the log of a panic.
         let raw = event.into_event();
-        // For the log of a panic; a clone shares the body and the id's bytes.
-        let event = raw.clone();
-        match CatchUnwind::new(Self::run(routes, raw, state)).await {
+        match CatchUnwind::new(Self::run(&self.routes, &raw, state)).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
                 tracing::error!(
-                    event_id = ?event.id(),
-                    event_type = ?event.event_type().as_str(),
+                    event_id = ?raw.id(),
+                    event_type = ?raw.event_type().as_str(),
                     panic = ?panic,
                     "clink handler panicked; the event will be retried"
                 );
@@ -490,17 +488,17 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         }
     }
 
-    async fn run(routes: Arc<Routes<S>>, raw: RawEvent, state: S) -> Dispatched {
+    async fn run(routes: &Routes<S>, raw: &RawEvent, state: S) -> Dispatched {
         if let Some(hook) = &routes.before_each {
             if let Err(error) = hook(raw.clone(), state.clone()).await {
-                return handler_failed(&raw, "before_each hook", &*error);
+                return handler_failed(raw, "before_each hook", &*error);
             }
         }
         let Some(route) = routes.typed.get(raw.event_type()) else {
             return match &routes.unhandled {
                 Some(handler) => {
                     let result = handler(raw.clone(), state).await;
-                    finish(&raw, result, None).await
+                    finish(raw, result, None).await
                 }
                 None => {
                     tracing::debug!(
@@ -513,10 +511,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             };
         };
         let store = routes.ordering.as_deref();
-        let (object, version, run) = match route(&raw, state, store.is_some()) {
+        let (object, version, run) = match route(raw, state, store.is_some()) {
             Ok(Prepared::Untracked(run)) => {
                 let result = run.await;
-                return finish(&raw, result, None)
+                return finish(raw, result, None)
                     .await
                     .with_freshness(Freshness::Untracked);
             }
@@ -525,14 +523,14 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 version,
                 run,
             }) => (object, version, run),
-            Err(error) => return undecodable(&routes, raw, error).await,
+            Err(error) => return undecodable(routes, raw.clone(), error).await,
         };
         let object = match raw.account() {
             Some(account) => object.map(|object| object.within(account)),
             None => object,
         };
         let outage = &routes.ordering_outage;
-        let (freshness, tracked) = match ordering::check(store, object, version, &raw).await {
+        let (freshness, tracked) = match ordering::check(store, object, version, raw).await {
             Ok(checked) => {
                 outage.succeeded();
                 checked
@@ -558,7 +556,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             return Dispatched::new(Outcome::SkippedStale).with_freshness(freshness);
         }
         let result = run(freshness.clone()).await;
-        finish(&raw, result, tracked.map(|tracked| (tracked, outage)))
+        finish(raw, result, tracked.map(|tracked| (tracked, outage)))
             .await
             .with_freshness(freshness)
     }
@@ -823,6 +821,37 @@ mod tests {
         let refund = r#"{"id":"evt_2","type":"refund.succeeded","data":{"refundId":"re_1"}}"#;
         let raw = RawEvent::from_bytes_for(Bytes::from(refund), &*typed).unwrap();
         assert!(!raw.holds_predecoded::<crate::data::Refund>());
+    }
+
+    /// A handler's panic becomes an outcome, and its log line names the
+    /// event it was running, lent to the steps and still at hand.
+    #[test]
+    fn a_panic_is_logged_with_the_event_it_ran() {
+        let lines = crate::outage::tests::logged(|| async {
+            let router = EventRouter::new().on::<events::OrderSucceeded, _>(
+                |_event: Event<crate::data::Order>| async {
+                    panic!("the handler gave up");
+                    #[allow(unreachable_code)]
+                    Ok::<_, Infallible>(())
+                },
+            );
+            let body = r#"{"id":"evt_panics","type":"order.succeeded","data":{"orderId":"o"}}"#;
+            let verifier = Verifier::new("k").unwrap();
+            let ts = Timestamp::now().as_millis().to_string();
+            let verified = verifier
+                .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
+                .unwrap();
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+            assert_eq!(dispatched.outcome(), &Outcome::HandlerPanicked);
+            assert_eq!(dispatched.failure(), Some("panicked: the handler gave up"));
+        });
+        let line = lines
+            .iter()
+            .find(|line| line.contains("clink handler panicked"))
+            .unwrap_or_else(|| panic!("no panic line in {lines:?}"));
+        assert!(line.contains(r#"event_id="evt_panics""#), "{line}");
+        assert!(line.contains(r#"event_type="order.succeeded""#), "{line}");
     }
 
     #[test]
