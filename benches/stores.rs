@@ -166,8 +166,8 @@ where
 {
     // A batch of about 50 ms of the slower of the two.
     let probe = 20 * tasks as u64;
-    drive(runtime, tasks, probe, raw.clone());
-    let took = drive(runtime, tasks, probe, store.clone());
+    let took =
+        drive(runtime, tasks, probe, raw.clone()).max(drive(runtime, tasks, probe, store.clone()));
     let per_op = took.as_secs_f64() / probe as f64;
     let batch = ((0.05 / per_op) as u64).clamp(tasks as u64, 100_000);
     let (mut ratios, mut store_times, mut raw_times) = (Vec::new(), Vec::new(), Vec::new());
@@ -243,23 +243,74 @@ fn print_interleaved(rows: &[String]) {
     }
 }
 
-/// Whether the command line selects `group` (as criterion's filter would:
-/// no filter, or one naming the group).
-fn selected(group: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| f.starts_with(group) || group.contains(f.as_str()))
+/// Criterion's filter on the command line: the first argument that is
+/// neither an option nor the value of one.
+fn filter() -> Option<String> {
+    const TAKES_A_VALUE: &[&str] = &[
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--output-format",
+        "--color",
+        "-c",
+        "--plotting-backend",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if TAKES_A_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
+}
+
+/// Whether criterion's filter selects any of the bench ids `ids` (it reads
+/// the filter as a regular expression; one that is not is matched as text).
+fn selected(ids: &[String]) -> bool {
+    let Some(filter) = filter() else {
+        return true;
+    };
+    match regex::Regex::new(&filter) {
+        Ok(pattern) => ids.iter().any(|id| pattern.is_match(id)),
+        Err(_) => ids.iter().any(|id| id.contains(&filter)),
+    }
+}
+
+/// The ids criterion gives `group`'s store and baseline benches.
+fn ids(group: &str, baseline: &str) -> Vec<String> {
+    CONCURRENCY
+        .iter()
+        .flat_map(|tasks| {
+            [
+                format!("{group}/store/{tasks}"),
+                format!("{group}/{baseline}/{tasks}"),
+            ]
+        })
+        .collect()
 }
 
 /// Whether criterion is measuring (`cargo bench` passes `--bench`), rather
-/// than running each bench once as a test.
+/// than running each bench once as a test, listing them or profiling.
 fn measuring() -> bool {
-    std::env::args().any(|arg| arg == "--bench")
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|arg| arg == "--bench")
+        && !args
+            .iter()
+            .any(|arg| arg == "--list" || arg.starts_with("--profile-time"))
 }
 
 fn url(var: &str) -> String {
@@ -330,7 +381,7 @@ fn benches(c: &mut Criterion, runtime: &Runtime) -> Vec<String> {
         }
     };
     bench_op(c, runtime, "redis", "raw_set_nx_px", raw.clone());
-    if measure && selected("redis") {
+    if measure && selected(&ids("redis", "raw_set_nx_px")) {
         interleaved.extend(interleaved_rows(runtime, "redis", "SET NX PX", store, raw));
     }
 
@@ -362,7 +413,7 @@ fn benches(c: &mut Criterion, runtime: &Runtime) -> Vec<String> {
         "raw_insert_on_conflict",
         raw.clone(),
     );
-    if measure && selected("postgres") {
+    if measure && selected(&ids("postgres", "raw_insert_on_conflict")) {
         interleaved.extend(interleaved_rows(
             runtime,
             "postgres",

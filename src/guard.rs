@@ -84,7 +84,10 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
             me.timer.set(Some(tokio::time::sleep(*me.after)));
         }
         let Some(timer) = me.timer.as_pin_mut() else {
-            return Poll::Pending;
+            // Only if working out the limit or setting up the timer panicked
+            // and the step is polled again: a bound that cannot be kept is
+            // reported as reached, never waited on for ever.
+            return Poll::Ready(Err(TimedOut(*me.after)));
         };
         // As `tokio::time::timeout` does: when it was the step that used up
         // the task's budget, the timer is still checked, so that a step
@@ -193,7 +196,7 @@ mod tests {
             }
         };
         let limit = Duration::from_millis(50);
-        let bounded = tokio::time::timeout(Duration::from_secs(60), within(limit, busy)).await;
+        let bounded = tokio::time::timeout(Duration::from_secs(20), within(limit, busy)).await;
         assert_eq!(bounded.map(Result::err), Ok(Some(TimedOut(limit))));
     }
 
