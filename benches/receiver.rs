@@ -21,6 +21,11 @@
 //!   a tower service (`ClinkLayer::layer`).
 //! - **bare** (HTTP only): a service that reads the body and answers 200.
 //!
+//! The `late` pass runs careful and layer in process on a multi-threaded
+//! runtime, in a spawned task, with a body that is not ready at its first
+//! poll (`Late`), as a server's are: what a delivery costs there beside
+//! the HTTP it comes with.
+//!
 //! Every delivery has a fresh event id and is signed before the clock
 //! starts. Each pass interleaves the contestants in short batches, in
 //! rotating order, and reports the median batch of each, so that load from
@@ -45,8 +50,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use receiver::{
-    bare_hmac, keyed, layered, layered_tower, median, micros, signed, Bare, Chunks, Hand, Signer,
-    SIZES,
+    bare_hmac, keyed, layered, layered_tower, median, micros, signed, Bare, Chunks, Hand, Late,
+    Signer, SIZES,
 };
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
@@ -249,6 +254,80 @@ fn in_process(measure: bool) {
             layer_t.as_secs_f64() / careful_t.as_secs_f64(),
             layer_t.as_secs_f64() / hmac.as_secs_f64(),
             tower_t.as_secs_f64() / careful_t.as_secs_f64(),
+        );
+    }
+}
+
+/// Times `count` deliveries through `service` with [`Late`] bodies, in a
+/// task spawned on `rt`, as a server's connection task runs them.
+fn time_late<S, ResB>(rt: &Runtime, service: &S, count: u64, size: usize) -> Duration
+where
+    S: Service<Request<Late>, Response = Response<ResB>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    ResB: Send + 'static,
+{
+    let requests: Vec<_> = next_ids(count)
+        .map(|n| signed("/webhooks/clink", n, size).map(Late::new))
+        .collect();
+    let service = service.clone();
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for request in requests {
+                let response = service.clone().oneshot(request).await.unwrap();
+                drop(black_box(response));
+            }
+            start.elapsed()
+        })
+        .await
+        .unwrap()
+    })
+}
+
+/// careful and layer on a multi-threaded runtime with bodies that are not
+/// ready at their first poll.
+fn late(measure: bool) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = layered();
+    let careful = Hand::careful();
+    println!("\nIn process, multi-threaded runtime, bodies not ready at their first poll;");
+    println!("per delivery (median batch):");
+    println!(
+        "{:<6} {:>10} {:>10} {:>14}",
+        "size", "careful", "layer", "layer/careful"
+    );
+    for (size, label) in SIZES {
+        let (budget, rounds, batch) = if measure {
+            (
+                Duration::from_secs(4),
+                20,
+                if size > 4096 { 20 } else { 200 },
+            )
+        } else {
+            (Duration::ZERO, 1, 2)
+        };
+        let medians = interleave(
+            budget,
+            rounds,
+            batch,
+            &mut [&mut |n| time_late(&rt, &careful, n, size), &mut |n| {
+                time_late(&rt, &layer, n, size)
+            }],
+        );
+        let [careful_t, layer_t] = medians[..] else {
+            unreachable!()
+        };
+        println!(
+            "{label:<6} {:>10} {:>10} {:>14.3}",
+            micros(careful_t),
+            micros(layer_t),
+            layer_t.as_secs_f64() / careful_t.as_secs_f64(),
         );
     }
 }
@@ -604,15 +683,18 @@ fn main() {
         return;
     }
     let measure = receiver::measuring();
-    // `cargo bench -p clink-webhooks-benches --bench receiver -- in_process` (or `http`, `load`) runs
-    // only the passes named.
-    let named: Vec<&str> = ["in_process", "breakdown", "http", "load"]
+    // `cargo bench -p clink-webhooks-benches --bench receiver -- in_process` (or `late`,
+    // `breakdown`, `http`, `load`) runs only the passes named.
+    let named: Vec<&str> = ["in_process", "late", "breakdown", "http", "load"]
         .into_iter()
         .filter(|pass| args.iter().any(|arg| arg == pass))
         .collect();
     let runs = |pass: &str| named.is_empty() || named.contains(&pass);
     if runs("in_process") {
         in_process(measure);
+    }
+    if runs("late") {
+        late(measure);
     }
     if runs("breakdown") {
         breakdown(measure);

@@ -1,5 +1,5 @@
 //! Guards around code the crate waits on: a time bound that arms no timer
-//! for a step done at once, a guard that turns a panic into a value, and the
+//! for a step done at once or at its next poll, a guard that turns a panic into a value, and the
 //! deadline a handler gets inside its lease.
 
 use std::any::Any;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::task::coop;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// A time limit: a [`Duration`], or a function giving one, called only when
 /// the limit is needed (the step was not done in its first poll).
@@ -35,13 +35,20 @@ impl<F: FnOnce() -> Duration> Limit for F {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimedOut(pub(crate) Duration);
 
-/// Awaits `future` for at most `limit` (counted from its first poll).
+/// Awaits `future` for at most `limit`, counted from its first poll.
 ///
-/// The future is polled once first; only when it is not ready is a tokio
-/// timer set up for the rest of the wait. Setting one up reads the clock and
-/// takes a handle to the runtime's timer; a step that finishes in its first
-/// poll (an in-process body, a memory store call, most handlers) never
-/// needs it.
+/// No timer is set up for a step that is done in its first poll (an
+/// in-process body, a memory store call, most handlers), nor for one that
+/// is done by the next: when the first poll finds the step not ready,
+/// `within` notes the time, asks to be polled again and sets up the tokio
+/// timer (for what is left of the limit) only if the step is still not
+/// ready then. A body from hyper is never ready at the first poll (its
+/// bytes come through a channel the connection's task fills right after)
+/// and nearly always is at the second; on a multi-threaded runtime, setting
+/// up a timer and cancelling it at once cost more per delivery than the
+/// memory store's claim, because with no earlier timer pending it wakes the
+/// thread parked on the runtime's driver. The extra poll costs nothing
+/// there: the channel wakes the task anyway.
 ///
 /// A future of its own rather than an `async fn`: an `async fn` keeps its
 /// argument and the pinned copy it polls side by side, which made every
@@ -51,6 +58,7 @@ pub(crate) fn within<F: Future, L: Limit>(limit: L, future: F) -> Within<F, L> {
     Within {
         future,
         limit: Some(limit),
+        started: None,
         timer: None,
         after: Duration::ZERO,
     }
@@ -63,6 +71,8 @@ pin_project! {
         future: F,
         // Taken when the timer is set up.
         limit: Option<L>,
+        // When the first poll found the step not ready.
+        started: Option<Instant>,
         #[pin]
         timer: Option<Sleep>,
         // The limit, once worked out.
@@ -79,9 +89,26 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
         if let Poll::Ready(output) = me.future.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        if let Some(limit) = me.limit.take() {
-            *me.after = limit.duration();
-            me.timer.set(Some(tokio::time::sleep(*me.after)));
+        if me.timer.is_none() {
+            match *me.started {
+                None => {
+                    // Not ready at the first poll: look again before
+                    // setting up a timer.
+                    *me.started = Some(Instant::now());
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Some(started) => {
+                    if let Some(limit) = me.limit.take() {
+                        *me.after = limit.duration();
+                        me.timer.set(Some(match started.checked_add(*me.after) {
+                            Some(deadline) => tokio::time::sleep_until(deadline),
+                            // Too far to be an instant: as long as `sleep` allows.
+                            None => tokio::time::sleep(*me.after),
+                        }));
+                    }
+                }
+            }
         }
         let Some(timer) = me.timer.as_pin_mut() else {
             // Only if working out the limit or setting up the timer panicked
@@ -182,6 +209,45 @@ mod tests {
         assert!(!asked);
         let slow = tokio::time::sleep(Duration::from_secs(10));
         assert!(within(|| Duration::from_secs(2), slow).await.is_err());
+    }
+
+    /// A step that is not ready at its first poll but is at the next (as a
+    /// body from hyper is) gets no timer: its lazy limit is never asked for.
+    /// The step does not wake its task, so only `within`'s own request to be
+    /// polled again brings the second poll.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_done_at_its_second_poll_sets_up_no_timer() {
+        let mut polls = 0;
+        let step = std::future::poll_fn(|_| {
+            polls += 1;
+            if polls == 1 {
+                Poll::Pending
+            } else {
+                Poll::Ready(7)
+            }
+        });
+        let mut asked = false;
+        let limit = || {
+            asked = true;
+            Duration::from_secs(3600)
+        };
+        assert_eq!(within(limit, step).await, Ok(7));
+        assert!(!asked);
+        assert_eq!(polls, 2);
+    }
+
+    /// The limit counts from the first poll, even when the next poll, where
+    /// the timer is set up, comes late.
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_counts_from_the_first_poll() {
+        let start = tokio::time::Instant::now();
+        let limit = Duration::from_secs(10);
+        let mut bounded = std::pin::pin!(within(limit, std::future::pending::<()>()));
+        let first = std::future::poll_fn(|cx| Poll::Ready(bounded.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(bounded.await, Err(TimedOut(limit)));
+        assert_eq!(start.elapsed(), limit);
     }
 
     /// A step that is never done and uses up the task's budget on every

@@ -124,6 +124,47 @@ impl http_body::Body for Chunks {
     }
 }
 
+/// A body that is not ready at its first poll and asks to be polled again,
+/// as a body from hyper is: the connection's task polls the service before
+/// it has passed the bytes it read into the body's channel, then wakes it.
+pub(crate) struct Late {
+    body: Full<Bytes>,
+    waited: bool,
+}
+
+impl Late {
+    pub(crate) fn new(body: Full<Bytes>) -> Self {
+        Self {
+            body,
+            waited: false,
+        }
+    }
+}
+
+impl http_body::Body for Late {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waited && self.body.is_end_stream()
+    }
+}
+
 /// A router with a typed `order.succeeded` handler.
 fn order_router() -> EventRouter {
     EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
