@@ -195,6 +195,21 @@ fn interleave(
         .collect()
 }
 
+/// How long the in-process passes interleave at `size`: a time budget,
+/// the fewest rounds and the deliveries per batch (a token run when not
+/// measuring).
+fn in_process_schedule(measure: bool, size: usize) -> (Duration, usize, u64) {
+    if measure {
+        (
+            Duration::from_secs(4),
+            20,
+            if size > 4096 { 20 } else { 200 },
+        )
+    } else {
+        (Duration::ZERO, 1, 2)
+    }
+}
+
 fn in_process(measure: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -219,15 +234,7 @@ fn in_process(measure: bool) {
         "tower/careful"
     );
     for (size, label) in SIZES {
-        let (budget, rounds, batch) = if measure {
-            (
-                Duration::from_secs(4),
-                20,
-                if size > 4096 { 20 } else { 200 },
-            )
-        } else {
-            (Duration::ZERO, 1, 2)
-        };
+        let (budget, rounds, batch) = in_process_schedule(measure, size);
         let medians = interleave(
             budget,
             rounds,
@@ -303,15 +310,7 @@ fn late(measure: bool) {
         "size", "careful", "layer", "layer/careful"
     );
     for (size, label) in SIZES {
-        let (budget, rounds, batch) = if measure {
-            (
-                Duration::from_secs(4),
-                20,
-                if size > 4096 { 20 } else { 200 },
-            )
-        } else {
-            (Duration::ZERO, 1, 2)
-        };
+        let (budget, rounds, batch) = in_process_schedule(measure, size);
         let medians = interleave(
             budget,
             rounds,
