@@ -19,12 +19,11 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::signature::tag::HmacKey;
 use crate::store::LeaseToken;
 use crate::Timestamp;
 
@@ -32,8 +31,6 @@ use crate::Timestamp;
 pub(super) const SESSION_COOKIE: &str = "clink_console";
 /// The CSRF cookie's name (app-auth mode).
 pub(super) const CSRF_COOKIE: &str = "clink_console_csrf";
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The console's HMAC key, and the token when the console checks one.
 #[derive(Clone)]
@@ -52,14 +49,14 @@ impl std::fmt::Debug for Keys {
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let mut mac = HmacKey::new(key).start();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             mac.update(b"|");
         }
         mac.update(part);
     }
-    mac.finalize().into_bytes().into()
+    mac.finish()
 }
 
 /// Who a request is, once let in.

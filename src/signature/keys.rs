@@ -5,13 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::tag::{HmacKey, Tagging};
 use crate::ConfigError;
-
-pub(super) type HmacSha256 = Hmac<Sha256>;
 
 /// Length of an HMAC-SHA256 tag, in bytes.
 pub(super) const SIGNATURE_LEN: usize = 32;
@@ -32,21 +30,17 @@ const EMPTY_SECRET: &str =
 /// ```
 #[must_use]
 pub fn sign(secret: impl AsRef<[u8]>, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = keyed(secret.as_ref());
-    feed_prefix(&mut mac, timestamp);
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn keyed(secret: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length; this cannot fail.
-    <HmacSha256 as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!())
+    let mut tagging = HmacKey::new(secret.as_ref()).start();
+    feed_prefix(&mut tagging, timestamp);
+    tagging.update(body);
+    hex::encode(tagging.finish())
 }
 
 /// Feeds the part of the signed message that comes before the body.
-pub(super) fn feed_prefix(mac: &mut HmacSha256, timestamp: &str) {
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
+#[inline]
+pub(super) fn feed_prefix(tagging: &mut Tagging, timestamp: &str) {
+    tagging.update(timestamp.as_bytes());
+    tagging.update(b".");
 }
 
 /// The longest [key name](SigningKey::named).
@@ -162,11 +156,11 @@ fn fingerprint(secret: &[u8]) -> String {
     format!("key-{}", hex::encode(&digest[..4]))
 }
 
-/// A keyed HMAC state, ready to clone per delivery. It is derived from the
-/// secret (it is key material) and is zeroized on drop by the `hmac` crate.
+/// A key's HMAC schedule, run once, with its expiry and name. The schedule
+/// is as good as the secret for forging and is zeroized on drop.
 #[derive(Clone)]
 pub(super) struct ActiveKey {
-    pub(super) mac: HmacSha256,
+    pub(super) mac: HmacKey,
     pub(super) expires_at: Option<SystemTime>,
     pub(super) name: Arc<str>,
 }
@@ -176,7 +170,7 @@ impl ActiveKey {
     /// clones the result.
     pub(super) fn new(key: &SigningKey) -> Self {
         Self {
-            mac: keyed(&key.secret),
+            mac: HmacKey::new(&key.secret),
             expires_at: key.expires_at,
             name: Arc::clone(&key.name),
         }
@@ -228,9 +222,9 @@ mod tests {
     fn signing_covers_the_timestamp_the_dot_and_the_body() {
         let whole = sign("k", "1700000000000", b"{}");
         assert_eq!(whole.len(), 64);
-        let mut mac = keyed(b"k");
-        mac.update(b"1700000000000.{}");
-        assert_eq!(whole, hex::encode(mac.finalize().into_bytes()));
+        let mut tagging = HmacKey::new(b"k").start();
+        tagging.update(b"1700000000000.{}");
+        assert_eq!(whole, hex::encode(tagging.finish()));
         assert_ne!(whole, sign("k", "1700000000000", b"{ }"));
         assert_ne!(whole, sign("k", "1700000000001", b"{}"));
         assert_ne!(whole, sign("k2", "1700000000000", b"{}"));

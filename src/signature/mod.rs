@@ -71,6 +71,7 @@ mod error;
 mod keys;
 mod live;
 mod parse;
+pub(crate) mod tag;
 mod verifier;
 
 pub use error::{VerifyError, VerifyErrorKind};

@@ -6,13 +6,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hmac::Mac;
 use http::HeaderMap;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use super::error::{VerifyError, VerifyErrorKind};
-use super::keys::{feed_prefix, ActiveKey, HmacSha256, SigningKey, SIGNATURE_LEN};
+use super::keys::{feed_prefix, ActiveKey, SigningKey, SIGNATURE_LEN};
 use super::parse::{parse_signature, parse_timestamp, SignatureHeaders};
+use super::tag::Tagging;
 use crate::{ConfigError, Timestamp};
 
 /// The default tolerance, in both directions: 300 seconds, as Clink's tools use.
@@ -280,10 +280,7 @@ impl Verifier {
         let mut matches = Matches::default();
         for (i, key) in self.keys.iter().enumerate() {
             if key.is_active_at(now) {
-                let mut mac = key.mac.clone();
-                feed_prefix(&mut mac, timestamp);
-                mac.update(body);
-                matches.record(i, &mac.finalize().into_bytes().into(), expected);
+                matches.record(i, &key.mac.tag_dotted(timestamp.as_bytes(), body), expected);
             }
         }
         matches
@@ -306,10 +303,10 @@ impl Verifier {
         let mut matches = Matches::default();
         for (i, key) in self.keys.iter().enumerate() {
             if !key.is_active_at(now) {
-                let mut mac = key.mac.clone();
-                feed_prefix(&mut mac, timestamp);
-                mac.update(body);
-                matches.record(i, &mac.finalize().into_bytes().into(), expected);
+                let mut tagging = key.mac.start();
+                feed_prefix(&mut tagging, timestamp);
+                tagging.update(body);
+                matches.record(i, &tagging.finish(), expected);
             }
         }
         if matches.matched.is_some_and(bool::from) {
@@ -382,7 +379,7 @@ impl Verifier {
     fn start(&self, states: &mut MacStates, timestamp: &str, now: SystemTime) {
         for (slot, key) in states.slots_mut().iter_mut().zip(&self.keys) {
             if key.is_active_at(now) {
-                feed_prefix(slot.insert(key.mac.clone()), timestamp);
+                feed_prefix(slot.insert(key.mac.start()), timestamp);
             }
         }
     }
@@ -440,8 +437,8 @@ impl Verifier {
     reason = "the inline variant is the point: boxing it would allocate per delivery"
 )]
 enum MacStates {
-    Inline([Option<HmacSha256>; INLINE_KEYS], usize),
-    Heap(Vec<Option<HmacSha256>>),
+    Inline([Option<Tagging>; INLINE_KEYS], usize),
+    Heap(Vec<Option<Tagging>>),
 }
 
 impl MacStates {
@@ -453,7 +450,7 @@ impl MacStates {
         }
     }
 
-    fn slots_mut(&mut self) -> &mut [Option<HmacSha256>] {
+    fn slots_mut(&mut self) -> &mut [Option<Tagging>] {
         match self {
             Self::Inline(slots, len) => &mut slots[..*len],
             Self::Heap(slots) => slots,
@@ -473,8 +470,8 @@ impl MacStates {
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
-            if let Some(mac) = slot.take() {
-                matches.record(i, &mac.finalize().into_bytes().into(), expected);
+            if let Some(tagging) = slot.take() {
+                matches.record(i, &tagging.finish(), expected);
             }
         }
         matches.verdict(signed_at, names)
