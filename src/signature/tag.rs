@@ -31,7 +31,8 @@ const INITIAL: [u32; 8] = [
 
 /// A secret's HMAC-SHA256 key schedule: the inner and outer states after
 /// `key ^ ipad` and `key ^ opad`. These are as good as the secret for
-/// forging tags, so they are zeroized on drop and never printed.
+/// forging tags, so they are zeroized on drop, as is every [`Tagging`]
+/// started from them, and never printed.
 #[derive(Clone)]
 pub(crate) struct HmacKey {
     inner: [u32; 8],
@@ -44,7 +45,13 @@ impl HmacKey {
     pub(crate) fn new(secret: &[u8]) -> Self {
         let mut key = [0u8; BLOCK];
         if secret.len() > BLOCK {
-            key[..32].copy_from_slice(&Sha256::digest(secret));
+            // Hashed straight into the key block, leaving no copy behind.
+            let (digest, _) = key
+                .split_first_chunk_mut::<32>()
+                .unwrap_or_else(|| unreachable!());
+            Sha256::new()
+                .chain_update(secret)
+                .finalize_into(digest.into());
         } else {
             key[..secret.len()].copy_from_slice(secret);
         }
@@ -54,7 +61,7 @@ impl HmacKey {
                 *p = k ^ fill;
             }
             let mut state = INITIAL;
-            compress256(&mut state, &[pad]);
+            compress256(&mut state, std::slice::from_ref(&pad));
             state
         };
         let keyed = Self {
@@ -177,9 +184,25 @@ impl Tagging {
     /// The tag of everything fed.
     #[inline]
     pub(crate) fn finish(mut self) -> [u8; 32] {
+        self.finish_in_place()
+    }
+
+    /// [`finish`](Self::finish) where this tagging lies, clearing it: a
+    /// tagging kept in a slot is finished there, so that no copy of its key
+    /// states is left behind when the slot is emptied.
+    #[inline]
+    pub(crate) fn finish_in_place(&mut self) -> [u8; 32] {
         self.block[self.filled..].fill(0);
         close_inner(&mut self.state, &mut self.block, self.filled, self.len);
-        close_outer(self.outer, &self.state)
+        let tag = close_outer(self.outer, &self.state);
+        self.clear();
+        tag
+    }
+
+    fn clear(&mut self) {
+        self.state.zeroize();
+        self.outer.zeroize();
+        self.block.zeroize();
     }
 }
 
@@ -217,8 +240,9 @@ fn close_outer(mut outer: [u32; 8], inner: &[u32; 8]) -> [u8; 32] {
 
 impl Drop for Tagging {
     fn drop(&mut self) {
-        // `outer` is still the key's until `finish` hashes into it.
-        self.outer.zeroize();
+        // `outer` is the key's outer state throughout, and `state` the
+        // inner one until a whole block has been hashed into it.
+        self.clear();
     }
 }
 
@@ -278,7 +302,7 @@ mod tests {
     #[test]
     fn agrees_with_the_hmac_crate_at_every_edge() {
         let data: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(37)).collect();
-        for key_len in [1, 32, 64, 65, 131] {
+        for key_len in [0, 1, 32, 63, 64, 65, 131] {
             let key = &data[..key_len];
             for len in 0..=(2 * BLOCK + 10) {
                 let message = &data[..len];

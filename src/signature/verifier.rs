@@ -470,9 +470,10 @@ impl MacStates {
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
-            if let Some(tagging) = slot.take() {
-                matches.record(i, &tagging.finish(), expected);
+            if let Some(tagging) = slot {
+                matches.record(i, &tagging.finish_in_place(), expected);
             }
+            *slot = None;
         }
         matches.verdict(signed_at, names)
     }
