@@ -86,9 +86,7 @@ impl HmacKey {
             len: BLOCK as u64,
         }
     }
-}
 
-impl HmacKey {
     /// The tag of `prefix + "." + body`, the form of every signed message,
     /// in one pass of straight-line code when `prefix` (a timestamp) and its
     /// dot fit in a block: about 8 % faster at 256 B than three
@@ -123,9 +121,7 @@ impl HmacKey {
         );
         close_outer(self.outer, &state)
     }
-}
 
-impl HmacKey {
     /// [`tag_dotted`](Self::tag_dotted) for a prefix of a block or more,
     /// which no timestamp Clink sends is.
     #[cold]
@@ -199,6 +195,7 @@ impl Tagging {
         tag
     }
 
+    /// Overwrites the states and the block with zeros.
     fn clear(&mut self) {
         self.state.zeroize();
         self.outer.zeroize();
