@@ -30,10 +30,7 @@ const EMPTY_SECRET: &str =
 /// ```
 #[must_use]
 pub fn sign(secret: impl AsRef<[u8]>, timestamp: &str, body: &[u8]) -> String {
-    let mut tagging = HmacKey::new(secret.as_ref()).start();
-    feed_prefix(&mut tagging, timestamp);
-    tagging.update(body);
-    hex::encode(tagging.finish())
+    hex::encode(HmacKey::new(secret.as_ref()).tag_dotted(timestamp.as_bytes(), body))
 }
 
 /// Feeds the part of the signed message that comes before the body.

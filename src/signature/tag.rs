@@ -143,8 +143,8 @@ impl Drop for HmacKey {
 }
 
 /// One tag under way: the inner hash's state, the part of a block not yet
-/// hashed, and the outer state to finish with.
-#[derive(Clone)]
+/// hashed, and the outer state to finish with. Not `Clone`: every copy of
+/// the key's states is one more to clear.
 pub(crate) struct Tagging {
     state: [u32; 8],
     outer: [u32; 8],
