@@ -3,8 +3,10 @@
 //! tasks, against a raw single-command baseline on the same server in the
 //! same run. Also measures the memory store's bytes per remembered key.
 //!
-//! Needs `REDIS_URL` and `DATABASE_URL`; `scripts/with-services` starts
-//! private servers for it:
+//! Needs `REDIS_URL`, `VALKEY_URL` (a server whose `SET` takes `IFEQ`, where
+//! the Redis store completes with that one native command instead of a
+//! script: Valkey 8.1, or Redis 8.4) and `DATABASE_URL`;
+//! `scripts/with-services` starts private servers for it:
 //!
 //! ```text
 //! scripts/with-services cargo bench -p clink-webhooks-benches --bench stores --all-features
@@ -355,35 +357,10 @@ fn benches(c: &mut Criterion, runtime: &Runtime) -> Vec<String> {
         delivery(Arc::new(MemoryStore::new())),
     );
 
-    // Redis.
-    let redis_url = url("REDIS_URL");
-    let store = runtime
-        .block_on(RedisStore::connect(&redis_url))
-        .expect("connect to REDIS_URL");
-    let store = delivery(Arc::new(store));
-    bench_op(c, runtime, "redis", "store", store.clone());
-    let client = redis::Client::open(redis_url).expect("REDIS_URL parses");
-    let raw = runtime
-        .block_on(redis::aio::ConnectionManager::new(client))
-        .expect("connect to REDIS_URL");
-    let raw = move |key: String| {
-        let mut raw = raw.clone();
-        async move {
-            let _: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg("1")
-                .arg("NX")
-                .arg("PX")
-                .arg(RETENTION.as_millis().to_string())
-                .query_async(&mut raw)
-                .await
-                .expect("SET NX PX");
-        }
-    };
-    bench_op(c, runtime, "redis", "raw_set_nx_px", raw.clone());
-    if measure && selected(&ids("redis", "raw_set_nx_px")) {
-        interleaved.extend(interleaved_rows(runtime, "redis", "SET NX PX", store, raw));
-    }
+    // Redis 7 (the completion a script), and a server whose `SET` takes
+    // `IFEQ` (the completion one native command).
+    redis_benches(c, runtime, "redis", "REDIS_URL", &mut interleaved);
+    redis_benches(c, runtime, "valkey", "VALKEY_URL", &mut interleaved);
 
     // PostgreSQL.
     let pool = pg_pool();
@@ -426,6 +403,41 @@ fn benches(c: &mut Criterion, runtime: &Runtime) -> Vec<String> {
     interleaved
 }
 
+/// The Redis store and its baseline, `SET NX PX`, on the server at `var`
+/// as bench group `group`.
+fn redis_benches(
+    c: &mut Criterion, runtime: &Runtime, group: &str, var: &str, interleaved: &mut Vec<String>,
+) {
+    let server_url = url(var);
+    let store = runtime
+        .block_on(RedisStore::connect(&server_url))
+        .unwrap_or_else(|err| panic!("connect to {var}: {err}"));
+    let store = delivery(Arc::new(store));
+    bench_op(c, runtime, group, "store", store.clone());
+    let client = redis::Client::open(server_url).expect("the server URL parses");
+    let raw = runtime
+        .block_on(redis::aio::ConnectionManager::new(client))
+        .unwrap_or_else(|err| panic!("connect to {var}: {err}"));
+    let raw = move |key: String| {
+        let mut raw = raw.clone();
+        async move {
+            let _: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg("1")
+                .arg("NX")
+                .arg("PX")
+                .arg(RETENTION.as_millis().to_string())
+                .query_async(&mut raw)
+                .await
+                .expect("SET NX PX");
+        }
+    };
+    bench_op(c, runtime, group, "raw_set_nx_px", raw.clone());
+    if measuring() && selected(&ids(group, "raw_set_nx_px")) {
+        interleaved.extend(interleaved_rows(runtime, group, "SET NX PX", store, raw));
+    }
+}
+
 /// Resident memory of this process, from /proc/self/status.
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -466,6 +478,7 @@ fn print_ratios() {
     for (group, baseline) in [
         ("memory", None),
         ("redis", Some("raw_set_nx_px")),
+        ("valkey", Some("raw_set_nx_px")),
         ("postgres", Some("raw_insert_on_conflict")),
     ] {
         for tasks in CONCURRENCY {

@@ -29,6 +29,10 @@
 #                                  defaults (fsync=on, synchronous_commit=on, full_page_writes=on)
 #   CLINK_TEST_PG_DURABLE_KILL     script: pg_ctl stop -m immediate;  CLINK_TEST_PG_DURABLE_START:
 #                                  start it again (crash recovery replays its WAL)
+#   VALKEY_URL                     redis://127.0.0.1:PORT/ of a Valkey 8.1 server, whose SET
+#                                  takes IFEQ (Redis 7 has no such SET): Debian 13's
+#                                  package, fetched with apt-get from Debian's archive into
+#                                  a private directory (see services_need_valkey)
 #   NATS_URL                       nats://127.0.0.1:PORT of a nats-server with JetStream (file
 #                                  storage in its directory, kept across a restart)
 #   CLINK_TEST_NATS_KILL           script: SIGKILL the nats-server;  CLINK_TEST_NATS_START: start it
@@ -212,8 +216,8 @@ services_kill_redis() {
     local pid
     [ -f "$1" ] || return 0
     pid=$(cat "$1" 2>/dev/null)
-    # Only a redis-server: the pid file may be stale after a kill test.
-    if [ -n "$pid" ] && grep -q redis-server "/proc/$pid/cmdline" 2>/dev/null; then
+    # Only a redis-server (or valkey-server): the pid file may be stale after a kill test.
+    if [ -n "$pid" ] && grep -qE 'redis-server|valkey-server' "/proc/$pid/cmdline" 2>/dev/null; then
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
@@ -513,9 +517,89 @@ services_kill_nats() {
     fi
 }
 
+# Valkey 8.1, for the Redis store's native completion (`SET .. IFEQ`, which
+# Redis has from 8.4 and Valkey from 8.1; Debian 12 packages Redis 7.0 and
+# Valkey 8.0 only). Debian 13's valkey-tools and the libraries it links,
+# glibc among them, are downloaded with apt-get from Debian's archive
+# (the mirror the system's own sources name) and unpacked with dpkg -x
+# into a private directory, where the server runs under their own dynamic
+# loader: nothing of the system's is installed or changed. Kept under
+# CLINK_VALKEY_ROOT (default ~/.cache/clink-webhooks/valkey-8.1) for later
+# runs. Sets SERVICES_VALKEY to the command that runs valkey-server.
+services_need_valkey() {
+    local root="${CLINK_VALKEY_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/clink-webhooks/valkey-8.1}"
+    local triplet loader
+    triplet=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
+    triplet=${triplet/-pc-/-}
+    if [ ! -x "$root/usr/bin/valkey-check-rdb" ]; then
+        command -v apt-get >/dev/null && command -v dpkg >/dev/null ||
+            services_die "Valkey 8.1 is needed, and apt-get and dpkg to fetch Debian's"
+        local state mirror deb
+        state=$(mktemp -d /tmp/clink-valkey.XXXXXX) || services_die "mktemp failed"
+        mkdir -p "$state"/lists/partial "$state"/cache/archives/partial "$state"/sources "$state"/debs
+        touch "$state/status"
+        mirror=$(grep -hoE 'https?://[^ ]*debian\.org/debian/?' /etc/apt/sources.list \
+            /etc/apt/sources.list.d/* 2>/dev/null | head -n 1 || true)
+        printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+            "${mirror:-http://deb.debian.org/debian}" /usr/share/keyrings/debian-archive-keyring.gpg \
+            >"$state/sources/trixie.sources"
+        local opts=(-qq -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$state/sources"
+            -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists"
+            -o "Dir::State::status=$state/status" -o "Dir::Cache=$state/cache"
+            -o "APT::Sandbox::User=$(id -un)")
+        services_say "fetching Valkey 8.1 (Debian 13's packages) into $root"
+        apt-get "${opts[@]}" update >&2 || services_die "apt-get update of Debian 13's lists failed"
+        (cd "$state/debs" && apt-get "${opts[@]}" download valkey-tools libc6 libatomic1 \
+            libjemalloc2 liblzf1 libssl3t64 libsystemd0 libcap2 libzstd1 zlib1g libgcc-s1 \
+            libstdc++6 >&2) || services_die "apt-get download of Valkey 8.1 failed"
+        rm -rf "$root.partial" && mkdir -p "$root.partial"
+        for deb in "$state"/debs/*.deb; do
+            dpkg -x "$deb" "$root.partial" || services_die "dpkg -x $deb failed"
+        done
+        rm -rf "$state" "$root" && mv "$root.partial" "$root"
+    fi
+    loader=$(ls "$root/usr/lib/$triplet"/ld-linux*.so.* 2>/dev/null | head -n 1 || true)
+    [ -n "$loader" ] || services_die "no dynamic loader in $root/usr/lib/$triplet"
+    # The server is valkey-check-rdb run under the name valkey-server.
+    ln -sf valkey-check-rdb "$root/usr/bin/valkey-server"
+    SERVICES_VALKEY="$loader --library-path $root/usr/lib/$triplet:$root/lib/$triplet $root/usr/bin/valkey-server"
+}
+
+services_valkey_scripts() {
+    local port=$1 dir="$SERVICES_DIR/valkey"
+    cat >"$dir/start" <<EOF
+#!/bin/sh
+# Starts the private valkey-server on port $port and waits until it answers.
+$SERVICES_VALKEY --port $port --bind 127.0.0.1 --protected-mode yes \\
+    --save '' --appendonly no --dir '$dir' \\
+    --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/valkey.log' || exit 1
+for _ in \$(seq 1200); do
+    [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
+    sleep 0.1
+done
+echo "valkey-server did not answer on port $port; see $dir/valkey.log" >&2
+exit 1
+EOF
+    cat >"$dir/kill" <<EOF
+#!/bin/sh
+# Kills the private valkey-server at once (SIGKILL).
+kill -9 "\$(cat '$dir/redis.pid')" || exit 1
+EOF
+}
+
+services_start_valkey() {
+    services_need_valkey
+    local dir="$SERVICES_DIR/valkey"
+    mkdir -p "$dir"
+    services_launch valkey-server "$dir" services_valkey_scripts "$dir/valkey.log"
+    export VALKEY_URL="redis://127.0.0.1:$SERVICES_PORT/"
+    services_say "valkey-server $($SERVICES_VALKEY --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
+}
+
 services_start() {
     SERVICES_DIR=$(mktemp -d /tmp/clink-services.XXXXXX) || services_die "mktemp failed"
     services_start_redis
+    services_start_valkey
     services_make_certs
     services_start_redis_tls
     services_start_redis_cluster
@@ -549,6 +633,7 @@ services_stop() {
         fi
     done
     for pidfile in "$SERVICES_DIR"/redis/redis.pid "$SERVICES_DIR"/redis-durable/redis.pid \
+        "$SERVICES_DIR"/valkey/redis.pid \
         "$SERVICES_DIR"/redis-tls/redis.pid "$SERVICES_DIR"/redis-cluster/node*/redis.pid; do
         services_kill_redis "$pidfile"
     done

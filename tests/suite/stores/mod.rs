@@ -1,6 +1,7 @@
 //! One conformance suite, run with the same code against every store:
 //! `MemoryStore` and `MemoryStore`, and with their features
-//! `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
+//! `RedisStore` (needs `REDIS_URL`, Redis 7, and `VALKEY_URL`, a server
+//! whose `SET` takes `IFEQ`) and `PostgresStore` (needs
 //! `DATABASE_URL`), each as an idempotency store and as a freshness store
 //! (the cases in `freshness.rs`). A test whose server URL is missing fails;
 //! it never passes without its server. Tests on a server hold it
@@ -108,6 +109,16 @@ mod redis_conformance {
 
     conformance!(redis, servers);
     conformance!(freshness redis_freshness, servers);
+}
+
+/// The same store on a server whose `SET` takes `IFEQ`, where it completes
+/// with that native command instead of a script.
+#[cfg(feature = "redis")]
+mod valkey_conformance {
+    use crate::support::stores::{valkey, valkey_freshness, Keys};
+
+    conformance!(valkey, servers);
+    conformance!(freshness valkey_freshness, servers);
 }
 
 #[cfg(feature = "postgres")]

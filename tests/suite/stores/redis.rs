@@ -7,34 +7,101 @@ use clink_webhooks::events::ObjectKey;
 use clink_webhooks::events::Version;
 use clink_webhooks::store::FreshnessStore;
 use clink_webhooks::store::{
-    Claim, IdempotencyStore, RedisStore, StoreErrorKind, DEFAULT_LEASE, MAX_TTL,
+    Claim, IdempotencyStore, RedisStore, Settle, StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION,
+    MAX_TTL,
 };
 use clink_webhooks::Timestamp;
 
-use crate::support::servers::shared;
-use crate::support::stores::{in_flight, redis_store, server_url, Keys};
+use crate::support::servers::{exclusive, shared};
+use crate::support::stores::{claimed, in_flight, redis_store, redis_store_at, server_url, Keys};
 
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(server_url("REDIS_URL")).expect("REDIS_URL parses");
+    raw_connection_at("REDIS_URL").await
+}
+
+async fn raw_connection_at(var: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(server_url(var)).expect("the server URL parses");
     crate::support::stores::redis_connection(&client)
         .await
-        .expect("raw connection to REDIS_URL")
+        .unwrap_or_else(|err| panic!("raw connection to {var}: {err}"))
+}
+
+/// How many calls of `command` the server has run (`INFO commandstats`).
+async fn calls(raw: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await
+        .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+/// Completes `count` claimed keys, and one more with another key's token,
+/// on the server at `var`; answers how many `EVALSHA` and `SET` calls the
+/// server ran for those completions.
+async fn complete_keys(var: &str, count: usize) -> (u64, u64) {
+    let keys = Keys::new(&format!("redis_native_complete_{var}"));
+    let store = redis_store_at(var).await;
+    let mut raw = raw_connection_at(var).await;
+    let mut claims = Vec::new();
+    for i in 0..count {
+        let key = keys.key(&i.to_string());
+        let token = claimed(store.claim(&key, DEFAULT_LEASE).await);
+        claims.push((key, token));
+    }
+    let stale = keys.key("stale");
+    claimed(store.claim(&stale, DEFAULT_LEASE).await);
+
+    let before = (
+        calls(&mut raw, "evalsha").await,
+        calls(&mut raw, "set").await,
+    );
+    for (key, token) in &claims {
+        let completed = store.complete(key, token, DEFAULT_RETENTION).await;
+        assert_eq!(completed.ok(), Some(Settle::Applied), "{var}: {key}");
+    }
+    let refused = store
+        .complete(&stale, &claims[0].1, DEFAULT_RETENTION)
+        .await;
+    assert_eq!(refused.ok(), Some(Settle::LeaseLost), "{var}");
+    let after = (
+        calls(&mut raw, "evalsha").await,
+        calls(&mut raw, "set").await,
+    );
+
+    for (key, _) in &claims {
+        let again = store.claim(key, DEFAULT_LEASE).await;
+        assert!(
+            matches!(again, Ok(Claim::Completed)),
+            "{var}: {key}: {again:?}"
+        );
+    }
+    // The refused completion left the key's lease alone.
+    let retry_after = in_flight(store.claim(&stale, DEFAULT_LEASE).await);
+    assert!(retry_after > DEFAULT_LEASE / 2, "{var}: {retry_after:?}");
+    (after.0 - before.0, after.1 - before.1)
 }
 
 #[tokio::test]
-async fn unreachable_server_is_unavailable_and_the_password_stays_secret() {
-    // Nothing listens on port 1 of the loopback interface.
-    let err = RedisStore::connect("redis://:hunter2-secret@127.0.0.1:1/")
-        .await
-        .expect_err("nothing listens there");
-    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
-    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+async fn completion_is_one_native_set_where_the_server_has_ifeq() {
+    // The servers' counts are the whole server's: no other test meanwhile.
+    let _servers = exclusive().await;
+    // Valkey 8.1: each completion is one `SET .. IFEQ`, no script.
+    let (scripts, sets) = complete_keys("VALKEY_URL", 5).await;
+    assert_eq!(scripts, 0, "no script on a server with IFEQ");
+    assert_eq!(sets, 6, "one native SET a completion");
 
-    let err = RedisStore::connect("redis://:hunter2-secret@[::1")
-        .await
-        .expect_err("not a URL");
-    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
-    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    // Redis 7: `SET .. IFEQ` refused once, then the script for each (and
+    // once more if the server had not loaded it yet).
+    let (scripts, _) = complete_keys("REDIS_URL", 5).await;
+    assert!(
+        (6..=7).contains(&scripts),
+        "{scripts} scripts for 6 completions"
+    );
 }
 
 #[tokio::test]

@@ -81,6 +81,20 @@ pub(crate) async fn redis_freshness(retention: Duration) -> Arc<dyn FreshnessSto
     Arc::new(store.expect("valid retention"))
 }
 
+/// A `RedisStore` on the Valkey 8.1 server, whose `SET` takes `IFEQ`.
+#[cfg(feature = "redis")]
+pub(crate) async fn valkey() -> Arc<dyn IdempotencyStore> {
+    Arc::new(redis_store_at("VALKEY_URL").await)
+}
+
+#[cfg(feature = "redis")]
+pub(crate) async fn valkey_freshness(retention: Duration) -> Arc<dyn FreshnessStore> {
+    let store = redis_store_at("VALKEY_URL")
+        .await
+        .with_freshness_retention(retention);
+    Arc::new(store.expect("valid retention"))
+}
+
 /// A pool over `url` as an application would build one.
 #[cfg(feature = "postgres")]
 pub(crate) fn pg_pool(url: &str) -> deadpool_postgres::Pool {
