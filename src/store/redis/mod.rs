@@ -380,8 +380,12 @@ impl RedisStore {
                     return Ok(Settle::LeaseLost);
                 }
                 Ok(other) => return Err(unexpected("SET .. IFEQ", &other)),
-                // A server without IFEQ refuses the command and writes nothing.
-                Err(err) if is_syntax_error(&err) => self.native_complete.set(false),
+                // A server without IFEQ refuses the command and writes
+                // nothing: a syntax error, or (from a proxy, say) another
+                // `ERR` to the first try.
+                Err(err) if refuses_ifeq(&err, self.native_complete.get().is_none()) => {
+                    self.native_complete.set(false);
+                }
                 Err(err) => return Err(store_error("Redis call failed", &err)),
             }
         }
@@ -470,13 +474,17 @@ impl Support {
     }
 }
 
-/// Whether `err` is the server refusing a command's arguments (`ERR syntax
-/// error`), as a server without `SET .. IFEQ` answers it.
-fn is_syntax_error(err: &RedisError) -> bool {
+/// Whether `err`, the answer to `SET .. IFEQ`, says the server lacks it: a
+/// server without it answers `ERR syntax error`. On the `first` try any
+/// plain `ERR` counts, so that a server (or proxy) that words it otherwise
+/// gets the script rather than failing every completion; the script then
+/// answers for itself.
+fn refuses_ifeq(err: &RedisError, first: bool) -> bool {
     err.code() == Some("ERR")
-        && err
-            .detail()
-            .is_some_and(|detail| detail.to_ascii_lowercase().contains("syntax error"))
+        && (first
+            || err
+                .detail()
+                .is_some_and(|detail| detail.to_ascii_lowercase().contains("syntax error")))
 }
 
 /// A [`StoreError`] for a failed Redis call, built from the error's kind and
