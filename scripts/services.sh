@@ -527,7 +527,7 @@ services_kill_nats() {
 # CLINK_VALKEY_ROOT (default ~/.cache/clink-webhooks/valkey-8.1) for later
 # runs. Sets SERVICES_VALKEY to the command that runs valkey-server.
 services_need_valkey() {
-    local root="${CLINK_VALKEY_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/clink-webhooks/valkey-8.1}"
+    local root="${CLINK_VALKEY_ROOT:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/clink-webhooks/valkey-8.1}"
     local triplet loader
     triplet=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
     triplet=${triplet/-pc-/-}
