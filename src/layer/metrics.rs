@@ -320,11 +320,36 @@ pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f
 }
 
 /// Counts a verified delivery under the name of the key that matched (the
-/// name is shared, not copied).
+/// name is shared, not copied). The metric key of the last name counted on
+/// each thread is kept, so that deliveries verified by the same key (most
+/// of them: one key, or two while rotating) build no key and allocate
+/// nothing.
 #[cfg(feature = "metrics")]
 pub(super) fn emit_key_match(key_name: &std::sync::Arc<str>) {
-    let name = metrics::SharedString::from(std::sync::Arc::clone(key_name));
-    metrics::counter!("clink_webhook_key_matches_total", "key" => name).increment(1);
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    thread_local! {
+        static LAST: RefCell<Option<(Arc<str>, metrics::Key)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        // The cache holds its name, so a name's address is never reused
+        // while it is cached.
+        if !last
+            .as_ref()
+            .is_some_and(|(name, _)| Arc::ptr_eq(name, key_name))
+        {
+            let name = metrics::SharedString::from(Arc::clone(key_name));
+            let labels = vec![metrics::Label::new("key", name)];
+            let key = metrics::Key::from_parts("clink_webhook_key_matches_total", labels);
+            *last = Some((Arc::clone(key_name), key));
+        }
+        if let Some((_, key)) = last.as_ref() {
+            metrics::with_recorder(|recorder| {
+                recorder.register_counter(key, &METADATA).increment(1);
+            });
+        }
+    });
 }
 
 /// Counts a delivery in flight from its creation to its drop, so that a
@@ -613,6 +638,32 @@ mod tests {
             ),
             (format!(r#"{seconds}{{outcome="expired_key"}}"#), 1.0),
         ];
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn matches_of_alternating_keys_are_each_counted_under_their_own_name() {
+        let (current, previous) = (
+            std::sync::Arc::from("current"),
+            std::sync::Arc::from("previous"),
+        );
+        // Another `Arc` of the same name counts under that name too.
+        let again: std::sync::Arc<str> = std::sync::Arc::from("current");
+        let lines = recorded(|| {
+            for key in [&current, &current, &previous, &current, &again, &previous] {
+                emit_key_match(key);
+            }
+        });
+        let line = |name: &str| {
+            (
+                format!(r#"clink_webhook_key_matches_total{{key="{name}"}}"#),
+                1.0,
+            )
+        };
+        let expected = [
+            "current", "current", "previous", "current", "current", "previous",
+        ]
+        .map(line);
         assert_eq!(lines, expected);
     }
 
