@@ -99,8 +99,9 @@ return 0
     ))
 });
 
-/// An idempotency store in Redis (7 or later), shared by every instance of
-/// the app that points at the same server or Redis Cluster.
+/// An idempotency store in Redis (7 or later; Valkey too, tested with 8.1),
+/// shared by every instance of the app that points at the same server or
+/// Redis Cluster.
 ///
 /// Each key is one string: `claimed:<token>` with the lease as its expiry,
 /// then `done` with the retention as its expiry. Redis's own clock ends both,
