@@ -138,34 +138,48 @@ services_launch() {
     services_die "$name would not start"
 }
 
-services_redis_scripts() {
-    local port=$1 dir="$SERVICES_DIR/redis"
+# Writes the start and kill scripts of a private server on port $1 in
+# $SERVICES_DIR/$2: `$3` is the command that runs it (redis-server, or
+# valkey-server by its loader), `$4` its name in messages.
+services_fast_redis_scripts() {
+    local port=$1 dir="$SERVICES_DIR/$2" server=$3 name=$4
     cat >"$dir/start" <<EOF
 #!/bin/sh
-# Starts the private redis-server on port $port and waits until it answers.
-redis-server --port $port --bind 127.0.0.1 --protected-mode yes \\
+# Starts the private $name on port $port and waits until it answers.
+$server --port $port --bind 127.0.0.1 --protected-mode yes \\
     --save '' --appendonly no --dir '$dir' \\
     --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/redis.log' || exit 1
 for _ in \$(seq 1200); do
     [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
     sleep 0.1
 done
-echo "redis-server did not answer on port $port; see $dir/redis.log" >&2
+echo "$name did not answer on port $port; see $dir/redis.log" >&2
 exit 1
 EOF
     cat >"$dir/kill" <<EOF
 #!/bin/sh
-# Kills the private redis-server at once (SIGKILL), as a crash would.
+# Kills the private $name at once (SIGKILL), as a crash would.
 kill -9 "\$(cat '$dir/redis.pid')" || exit 1
 while redis-cli -p $port ping >/dev/null 2>&1; do sleep 0.05; done
 EOF
 }
 
+services_redis_scripts() {
+    services_fast_redis_scripts "$1" redis redis-server redis-server
+}
+
+# Starts the server whose scripts `$2` writes in $SERVICES_DIR/$1, named
+# `$3` in messages; its port in SERVICES_PORT.
+services_launch_fast() {
+    local dir="$SERVICES_DIR/$1"
+    mkdir -p "$dir"
+    services_launch "$3" "$dir" "$2" "$dir/redis.log"
+}
+
 services_start_redis() {
     services_need_redis
     local dir="$SERVICES_DIR/redis"
-    mkdir -p "$dir"
-    services_launch redis-server "$dir" services_redis_scripts "$dir/redis.log"
+    services_launch_fast redis services_redis_scripts redis-server
     export REDIS_URL="redis://127.0.0.1:$SERVICES_PORT/"
     export CLINK_TEST_REDIS_KILL="$dir/kill" CLINK_TEST_REDIS_START="$dir/start"
     services_say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
@@ -566,32 +580,12 @@ services_need_valkey() {
 }
 
 services_valkey_scripts() {
-    local port=$1 dir="$SERVICES_DIR/valkey"
-    cat >"$dir/start" <<EOF
-#!/bin/sh
-# Starts the private valkey-server on port $port and waits until it answers.
-$SERVICES_VALKEY --port $port --bind 127.0.0.1 --protected-mode yes \\
-    --save '' --appendonly no --dir '$dir' \\
-    --daemonize yes --pidfile '$dir/redis.pid' --logfile '$dir/valkey.log' || exit 1
-for _ in \$(seq 1200); do
-    [ "\$(redis-cli -p $port ping 2>/dev/null)" = PONG ] && exit 0
-    sleep 0.1
-done
-echo "valkey-server did not answer on port $port; see $dir/valkey.log" >&2
-exit 1
-EOF
-    cat >"$dir/kill" <<EOF
-#!/bin/sh
-# Kills the private valkey-server at once (SIGKILL).
-kill -9 "\$(cat '$dir/redis.pid')" || exit 1
-EOF
+    services_fast_redis_scripts "$1" valkey "$SERVICES_VALKEY" valkey-server
 }
 
 services_start_valkey() {
     services_need_valkey
-    local dir="$SERVICES_DIR/valkey"
-    mkdir -p "$dir"
-    services_launch valkey-server "$dir" services_valkey_scripts "$dir/valkey.log"
+    services_launch_fast valkey services_valkey_scripts valkey-server
     export VALKEY_URL="redis://127.0.0.1:$SERVICES_PORT/"
     services_say "valkey-server $($SERVICES_VALKEY --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
 }
