@@ -537,46 +537,68 @@ services_kill_nats() {
 # glibc among them, are downloaded with apt-get from Debian's archive
 # (the mirror the system's own sources name) and unpacked with dpkg -x
 # into a private directory, where the server runs under their own dynamic
-# loader: nothing of the system's is installed or changed. Kept under
-# CLINK_VALKEY_ROOT (default ~/.cache/clink-webhooks/valkey-8.1) for later
-# runs. Sets SERVICES_VALKEY to the command that runs valkey-server.
+# loader: nothing of the system's is installed or changed. The first run
+# needs Debian's archive (CLINK_DEBIAN_MIRROR, default deb.debian.org),
+# apt-get, dpkg and debian-archive-keyring; the result is kept under
+# CLINK_VALKEY_ROOT (default ~/.cache/clink-webhooks/valkey-8.1, or
+# /tmp/clink-webhooks-UID without a home) for later runs, and used only
+# when this user owns it. Sets SERVICES_VALKEY to the command that runs
+# valkey-server.
 services_need_valkey() {
-    local root="${CLINK_VALKEY_ROOT:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/clink-webhooks/valkey-8.1}"
-    local triplet loader
-    triplet=$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
-    triplet=${triplet/-pc-/-}
-    if [ ! -x "$root/usr/bin/valkey-check-rdb" ]; then
+    local cache
+    if [ -n "${XDG_CACHE_HOME:-}" ]; then
+        cache="$XDG_CACHE_HOME/clink-webhooks"
+    elif [ -n "${HOME:-}" ]; then
+        cache="$HOME/.cache/clink-webhooks"
+    else
+        cache="/tmp/clink-webhooks-$(id -u)"
+    fi
+    local root="${CLINK_VALKEY_ROOT:-$cache/valkey-8.1}" loader
+    if [ -z "${CLINK_VALKEY_ROOT:-}" ]; then
+        mkdir -p "$cache" || services_die "cannot make $cache"
+        [ -O "$cache" ] || services_die "$cache is not this user's"
+        chmod 700 "$cache"
+    fi
+    if [ ! -f "$root/.complete" ]; then
         command -v apt-get >/dev/null && command -v dpkg >/dev/null ||
             services_die "Valkey 8.1 is needed, and apt-get and dpkg to fetch Debian's"
-        local state mirror deb
+        local state
         state=$(mktemp -d /tmp/clink-valkey.XXXXXX) || services_die "mktemp failed"
-        mkdir -p "$state"/lists/partial "$state"/cache/archives/partial "$state"/sources "$state"/debs
-        touch "$state/status"
-        mirror=$(grep -hoE 'https?://[^ ]*debian\.org/debian/?' /etc/apt/sources.list \
-            /etc/apt/sources.list.d/* 2>/dev/null | head -n 1 || true)
-        printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
-            "${mirror:-http://deb.debian.org/debian}" /usr/share/keyrings/debian-archive-keyring.gpg \
-            >"$state/sources/trixie.sources"
-        local opts=(-qq -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$state/sources"
-            -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists"
-            -o "Dir::State::status=$state/status" -o "Dir::Cache=$state/cache"
-            -o "APT::Sandbox::User=$(id -un)")
-        services_say "fetching Valkey 8.1 (Debian 13's packages) into $root"
-        apt-get "${opts[@]}" update >&2 || services_die "apt-get update of Debian 13's lists failed"
-        (cd "$state/debs" && apt-get "${opts[@]}" download valkey-tools libc6 libatomic1 \
-            libjemalloc2 liblzf1 libssl3t64 libsystemd0 libcap2 libzstd1 zlib1g libgcc-s1 \
-            libstdc++6 >&2) || services_die "apt-get download of Valkey 8.1 failed"
-        rm -rf "$root.partial" && mkdir -p "$root.partial"
-        for deb in "$state"/debs/*.deb; do
-            dpkg -x "$deb" "$root.partial" || services_die "dpkg -x $deb failed"
-        done
-        rm -rf "$state" "$root" && mv "$root.partial" "$root"
+        # In a subshell, whose exit trap removes the lists and packages
+        # however it ends.
+        (
+            trap 'rm -rf "$state"' EXIT
+            mkdir -p "$state"/lists/partial "$state"/cache/archives/partial "$state"/sources \
+                "$state"/debs "$state"/root
+            touch "$state/status"
+            printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+                "${CLINK_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+                /usr/share/keyrings/debian-archive-keyring.gpg >"$state/sources/trixie.sources"
+            opts=(-qq -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$state/sources"
+                -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists"
+                -o "Dir::State::status=$state/status" -o "Dir::Cache=$state/cache"
+                -o "APT::Sandbox::User=$(id -un)" -o APT::Update::Post-Invoke::=
+                -o APT::Update::Post-Invoke-Success::= -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false)
+            services_say "fetching Valkey 8.1 (Debian 13's packages) into $root"
+            apt-get "${opts[@]}" update >&2 || services_die "apt-get update of Debian 13's lists failed"
+            (cd "$state/debs" && apt-get "${opts[@]}" download valkey-tools libc6 libatomic1 \
+                libjemalloc2 liblzf1 libssl3t64 libsystemd0 libcap2 libzstd1 zlib1g libgcc-s1 \
+                libstdc++6 >&2) || services_die "apt-get download of Valkey 8.1 failed"
+            for deb in "$state"/debs/*.deb; do
+                dpkg -x "$deb" "$state/root" || services_die "dpkg -x $deb failed"
+            done
+            # The server is valkey-check-rdb run under the name valkey-server.
+            ln -s valkey-check-rdb "$state/root/usr/bin/valkey-server"
+            touch "$state/root/.complete"
+            rm -rf "$root" && mv -T "$state/root" "$root"
+        ) || exit 1
     fi
-    loader=$(ls "$root/usr/lib/$triplet"/ld-linux*.so.* 2>/dev/null | head -n 1 || true)
-    [ -n "$loader" ] || services_die "no dynamic loader in $root/usr/lib/$triplet"
-    # The server is valkey-check-rdb run under the name valkey-server.
-    ln -sf valkey-check-rdb "$root/usr/bin/valkey-server"
-    SERVICES_VALKEY="$loader --library-path $root/usr/lib/$triplet:$root/lib/$triplet $root/usr/bin/valkey-server"
+    [ -O "$root" ] || services_die "$root is not this user's"
+    loader=$(ls "$root"/usr/lib/*-linux-gnu*/ld-linux*.so.* 2>/dev/null | head -n 1 || true)
+    [ -n "$loader" ] || services_die "no dynamic loader in $root/usr/lib"
+    local libs
+    libs="$(dirname "$loader"):$root/lib/$(basename "$(dirname "$loader")")"
+    SERVICES_VALKEY="'$loader' --library-path '$libs' '$root/usr/bin/valkey-server'"
 }
 
 services_valkey_scripts() {
@@ -587,7 +609,7 @@ services_start_valkey() {
     services_need_valkey
     services_launch_fast valkey services_valkey_scripts valkey-server
     export VALKEY_URL="redis://127.0.0.1:$SERVICES_PORT/"
-    services_say "valkey-server $($SERVICES_VALKEY --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
+    services_say "valkey-server $(eval "$SERVICES_VALKEY --version" | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$SERVICES_PORT"
 }
 
 services_start() {

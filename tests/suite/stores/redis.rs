@@ -97,11 +97,30 @@ async fn completion_is_one_native_set_where_the_server_has_ifeq() {
 
     // Redis 7: `SET .. IFEQ` refused once, then the script for each (and
     // once more if the server had not loaded it yet).
-    let (scripts, _) = complete_keys("REDIS_URL", 5).await;
+    let (scripts, sets) = complete_keys("REDIS_URL", 5).await;
     assert!(
         (6..=7).contains(&scripts),
-        "{scripts} scripts for 6 completions"
+        "{scripts} scripts for 6 completions (REDIS_URL must be a server without IFEQ)"
     );
+    // The refusal is remembered: one native try, then scripts only, whose
+    // own `SET`s (one for each of the five applied) the server counts too.
+    assert_eq!(sets, 1 + 5, "SET .. IFEQ tried once");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_and_the_password_stays_secret() {
+    // Nothing listens on port 1 of the loopback interface.
+    let err = RedisStore::connect("redis://:hunter2-secret@127.0.0.1:1/")
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+
+    let err = RedisStore::connect("redis://:hunter2-secret@[::1")
+        .await
+        .expect_err("not a URL");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 }
 
 #[tokio::test]
