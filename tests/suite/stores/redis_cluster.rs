@@ -102,6 +102,7 @@ async fn holders(nodes: &mut [redis::aio::MultiplexedConnection], key: &str) -> 
 
 #[tokio::test]
 async fn keys_spread_over_the_nodes_and_each_lives_on_one() {
+    let _servers = crate::support::servers::shared().await;
     let keys = Keys::new("redis_cluster_spread");
     let store = cluster_store().await;
     let mut nodes = node_connections().await;
@@ -111,7 +112,7 @@ async fn keys_spread_over_the_nodes_and_each_lives_on_one() {
         let key = keys.key(&format!("event {i}"));
         let token = claimed(store.claim(&key, DEFAULT_LEASE).await);
         let done = store.complete(&key, &token, DEFAULT_RETENTION).await;
-        assert_eq!(done.ok(), Some(Settle::Applied));
+        assert!(matches!(done, Ok(Settle::Applied)), "{key:?}: {done:?}");
         let holding = holders(&mut nodes, &key).await;
         assert_eq!(holding.len(), 1, "{key:?} is on nodes {holding:?}");
         used[holding[0]] += 1;
@@ -139,6 +140,9 @@ async fn keys_spread_over_the_nodes_and_each_lives_on_one() {
 
 #[tokio::test]
 async fn scripts_are_loaded_again_after_every_node_forgets_them() {
+    // Every other test's scripts are flushed too: none may run meanwhile,
+    // or a flush between its `SCRIPT LOAD` and its `EVALSHA` fails it.
+    let _servers = crate::support::servers::exclusive().await;
     let keys = Keys::new("redis_cluster_noscript");
     let store = cluster_store().await;
     claimed(store.claim(&keys.key("warm up"), DEFAULT_LEASE).await);
