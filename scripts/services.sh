@@ -535,7 +535,7 @@ services_kill_nats() {
 # Redis has from 8.4 and Valkey from 8.1; Debian 12 packages Redis 7.0 and
 # Valkey 8.0 only). Debian 13's valkey-tools and the libraries it links,
 # glibc among them, are downloaded with apt-get from Debian's archive
-# (the mirror the system's own sources name) and unpacked with dpkg -x
+# and unpacked with dpkg -x
 # into a private directory, where the server runs under their own dynamic
 # loader: nothing of the system's is installed or changed. The first run
 # needs Debian's archive (CLINK_DEBIAN_MIRROR, default deb.debian.org),
@@ -590,7 +590,8 @@ services_need_valkey() {
             # The server is valkey-check-rdb run under the name valkey-server.
             ln -s valkey-check-rdb "$state/root/usr/bin/valkey-server"
             touch "$state/root/.complete"
-            rm -rf "$root" && mv -T "$state/root" "$root"
+            rm -rf "$root" && mv -T "$state/root" "$root" ||
+                services_die "cannot move the unpacked packages to $root"
         ) || exit 1
     fi
     [ -O "$root" ] || services_die "$root is not this user's"

@@ -12,7 +12,7 @@
 //! braces above are placeholders, not hash tags.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -214,8 +214,8 @@ return 0
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
-    /// Whether the server's `SET` takes `IFEQ`, shared by clones.
-    native_complete: Arc<Support>,
+    /// Set once the server refused `SET .. IFEQ`, shared by clones.
+    no_ifeq: Arc<AtomicBool>,
     timeout: Duration,
     freshness_prefix: Arc<str>,
     freshness_retention: Duration,
@@ -231,7 +231,7 @@ impl RedisStore {
     fn with_connection(connection: Connection) -> Self {
         Self {
             connection,
-            native_complete: Arc::default(),
+            no_ifeq: Arc::default(),
             timeout: DEFAULT_TIMEOUT,
             freshness_prefix: Self::DEFAULT_FRESHNESS_PREFIX.into(),
             freshness_retention: DEFAULT_FRESHNESS_RETENTION,
@@ -368,7 +368,7 @@ impl RedisStore {
     async fn complete_checked(
         &self, key: &str, token: &LeaseToken, retention: &str,
     ) -> Result<Settle, StoreError> {
-        if self.native_complete.get() != Some(false) {
+        if !self.no_ifeq.load(Ordering::Relaxed) {
             let mut set = ::redis::cmd("SET");
             set.arg(key)
                 .arg(DONE)
@@ -378,14 +378,8 @@ impl RedisStore {
                 .arg(retention);
             let mut connection = self.connection.clone();
             match set.query_async::<Value>(&mut connection).await {
-                Ok(Value::Okay) => {
-                    self.native_complete.set(true);
-                    return Ok(Settle::Applied);
-                }
-                Ok(Value::Nil) => {
-                    self.native_complete.set(true);
-                    return Ok(Settle::LeaseLost);
-                }
+                Ok(Value::Okay) => return Ok(Settle::Applied),
+                Ok(Value::Nil) => return Ok(Settle::LeaseLost),
                 Ok(other) => return Err(unexpected("SET .. IFEQ", &other)),
                 // A server without IFEQ refuses the command with a syntax
                 // error and writes nothing; it gets the script from then on.
@@ -393,7 +387,7 @@ impl RedisStore {
                 // script for this call, which checks the token again.
                 Err(err) if err.code() == Some("ERR") => {
                     if is_syntax_error(&err) {
-                        self.native_complete.set(false);
+                        self.no_ifeq.store(true, Ordering::Relaxed);
                     }
                 }
                 Err(err) => return Err(store_error("Redis call failed", &err)),
@@ -403,26 +397,18 @@ impl RedisStore {
         let mut invocation = COMPLETE.key(key);
         invocation.arg(token.as_str()).arg(retention);
         let mut connection = self.connection.clone();
-        let reply: Value = invocation
+        let reply = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(|err| store_error("Redis call failed", &err))?;
-        match reply {
-            Value::Int(1) => Ok(Settle::Applied),
-            Value::Int(0) => Ok(Settle::LeaseLost),
-            other => Err(unexpected("the idempotency script", &other)),
-        }
+        settled(reply)
     }
 
     async fn settle(
         &self, script: &Script, key: &str, args: &[&str],
     ) -> Result<Settle, StoreError> {
         check_key(key)?;
-        match self.run(script, key, args).await? {
-            Value::Int(1) => Ok(Settle::Applied),
-            Value::Int(0) => Ok(Settle::LeaseLost),
-            other => Err(unexpected("the idempotency script", &other)),
-        }
+        settled(self.run(script, key, args).await?)
     }
 }
 
@@ -470,28 +456,12 @@ impl IdempotencyStore for RedisStore {
     }
 }
 
-/// What a store knows of its server's `SET .. IFEQ`: not yet asked (0),
-/// has it, or has not.
-#[derive(Default)]
-struct Support(AtomicU8);
-
-impl Support {
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-
-    fn get(&self) -> Option<bool> {
-        match self.0.load(Ordering::Relaxed) {
-            Self::YES => Some(true),
-            Self::NO => Some(false),
-            _ => None,
-        }
-    }
-
-    fn set(&self, supported: bool) {
-        let value = if supported { Self::YES } else { Self::NO };
-        if self.0.load(Ordering::Relaxed) != value {
-            self.0.store(value, Ordering::Relaxed);
-        }
+/// What a settle script answered: `1` applied, `0` the lease was lost.
+fn settled(reply: Value) -> Result<Settle, StoreError> {
+    match reply {
+        Value::Int(1) => Ok(Settle::Applied),
+        Value::Int(0) => Ok(Settle::LeaseLost),
+        other => Err(unexpected("the idempotency script", &other)),
     }
 }
 
