@@ -26,6 +26,13 @@
 //! poll (`Late`), as a server's are: what a delivery costs there beside
 //! the HTTP it comes with.
 //!
+//! The `ballast` pass adds work of three kinds to the careful receiver
+//! (`support/receiver.rs`, `Ballast`): 1,024 distinct small functions (much
+//! distinct code), the same calls to one of them (the same instructions in
+//! little code), and a busy wait of 2 µs (time, almost no code); it times
+//! them and the layer in process and over HTTP in the same run, to tell
+//! what costs more over HTTP than in process.
+//!
 //! Every delivery has a fresh event id and is signed before the clock
 //! starts. Each pass interleaves the contestants in short batches, in
 //! rotating order, and reports the median batch of each, so that load from
@@ -50,8 +57,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use receiver::{
-    bare_hmac, keyed, layered, layered_tower, median, micros, signed, Bare, Chunks, Hand, Late,
-    Signer, SIZES,
+    bare_hmac, keyed, layered, layered_tower, median, micros, signed, Ballast, Bare, Chunks, Hand,
+    Late, Signer, SIZES,
 };
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt};
@@ -487,6 +494,95 @@ fn over_http(rt: &Runtime, addrs: &Addrs, measure: bool) {
     }
 }
 
+/// The careful receiver with each [`Ballast`] and the layer, at 1 KiB,
+/// in process and over HTTP in the same run: what each costs beyond the
+/// careful receiver in both, and how many times more over HTTP.
+fn with_ballast(measure: bool) {
+    const SIZE: usize = 1024;
+    let contestants = [
+        ("careful", Hand::careful()),
+        ("+code", Hand::careful_with(Ballast::Code)),
+        ("+loop", Hand::careful_with(Ballast::Loop)),
+        (
+            "+spin 2µs",
+            Hand::careful_with(Ballast::Spin(Duration::from_micros(2))),
+        ),
+    ];
+    let layer = layered();
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut addrs = rt.block_on(async {
+        let mut addrs = Vec::new();
+        for (_, hand) in &contestants {
+            addrs.push(serve(hand.clone()).await);
+        }
+        addrs
+    });
+    addrs.push(rt.block_on(serve(layer.clone())));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (budget, rounds, batch, http_batch) = if measure {
+        (Duration::from_secs(6), 10, 200, 100)
+    } else {
+        (Duration::ZERO, 1, 2, 2)
+    };
+    let mut hot: Vec<Box<dyn FnMut(u64) -> Duration>> = contestants
+        .iter()
+        .map(|(_, hand)| {
+            Box::new(|n| time_in_process(&local, hand, n, SIZE)) as Box<dyn FnMut(u64) -> Duration>
+        })
+        .collect();
+    hot.push(Box::new(|n| time_in_process(&local, &layer, n, SIZE)));
+    let hot = interleave(
+        budget,
+        rounds,
+        batch,
+        &mut hot
+            .iter_mut()
+            .map(|f| &mut **f as &mut dyn FnMut(u64) -> Duration)
+            .collect::<Vec<_>>(),
+    );
+    let mut http: Vec<Box<dyn FnMut(u64) -> Duration>> = addrs
+        .iter()
+        .map(|&addr| {
+            let (rt, client) = (&rt, &client);
+            Box::new(move |n| time_over_http(rt, client, addr, n, SIZE))
+                as Box<dyn FnMut(u64) -> Duration>
+        })
+        .collect();
+    let http = interleave(
+        budget,
+        rounds,
+        http_batch,
+        &mut http
+            .iter_mut()
+            .map(|f| &mut **f as &mut dyn FnMut(u64) -> Duration)
+            .collect::<Vec<_>>(),
+    );
+    println!("\nWork added to the careful receiver, 1 KiB, in process and over HTTP (one");
+    println!("connection, one request at a time); beyond the careful receiver, per delivery:");
+    println!(
+        "{:<10} {:>12} {:>12} {:>13} {:>11}",
+        "receiver", "in process", "over HTTP", "in process +", "over HTTP +"
+    );
+    let names = contestants.iter().map(|(name, _)| *name).chain(["layer"]);
+    for (k, name) in names.enumerate() {
+        let extra = |t: &[Duration]| (t[k].as_secs_f64() - t[0].as_secs_f64()) * 1e6;
+        println!(
+            "{name:<10} {:>12} {:>12} {:>10.1} µs {:>8.1} µs",
+            micros(hot[k]),
+            micros(http[k]),
+            extra(&hot),
+            extra(&http),
+        );
+    }
+}
+
 struct Addrs {
     bare: SocketAddr,
     hand: SocketAddr,
@@ -683,8 +779,8 @@ fn main() {
     }
     let measure = receiver::measuring();
     // `cargo bench -p clink-webhooks-benches --bench receiver -- in_process` (or `late`,
-    // `breakdown`, `http`, `load`) runs only the passes named.
-    let named: Vec<&str> = ["in_process", "late", "breakdown", "http", "load"]
+    // `breakdown`, `http`, `load`, `ballast`) runs only the passes named.
+    let named: Vec<&str> = ["in_process", "late", "breakdown", "http", "load", "ballast"]
         .into_iter()
         .filter(|pass| args.iter().any(|arg| arg == pass))
         .collect();
@@ -697,6 +793,9 @@ fn main() {
     }
     if runs("breakdown") {
         breakdown(measure);
+    }
+    if runs("ballast") {
+        with_ballast(measure);
     }
     if !runs("http") && !runs("load") {
         return;

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clink_webhooks::{events, sign, ClinkLayer, EventRouter, Timestamp, Verifier};
@@ -230,6 +230,7 @@ pub(crate) struct HandInner {
     key: HmacSha256,
     seen: DashMap<String, ()>,
     careful: bool,
+    ballast: Ballast,
 }
 
 impl Hand {
@@ -245,12 +246,23 @@ impl Hand {
         Self::with(true)
     }
 
+    /// The careful receiver doing `ballast` as well, after the signature
+    /// and before the decode.
+    pub(crate) fn careful_with(ballast: Ballast) -> Self {
+        Self::with_ballast(true, ballast)
+    }
+
     fn with(careful: bool) -> Self {
+        Self::with_ballast(careful, Ballast::Nothing)
+    }
+
+    fn with_ballast(careful: bool, ballast: Ballast) -> Self {
         Self {
             inner: Arc::new(HandInner {
                 key: keyed(),
                 seen: DashMap::new(),
                 careful,
+                ballast,
             }),
         }
     }
@@ -322,6 +334,7 @@ impl HandInner {
             return refused(StatusCode::UNAUTHORIZED);
         }
         if self.careful {
+            self.ballast.run(body.len());
             let Ok(event) = serde_json::from_slice::<CarefulEvent>(&body) else {
                 return refused(StatusCode::BAD_REQUEST);
             };
@@ -424,4 +437,113 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
 
 pub(crate) fn micros(d: Duration) -> String {
     format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Work added to the careful receiver, to tell what costs more over HTTP
+/// than in process: the amount of distinct code a delivery runs, or the
+/// time it spends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ballast {
+    /// None: the careful receiver itself.
+    Nothing,
+    /// 1,024 distinct functions of about one cache line each (some 80 KB of
+    /// code with their calls), each run once.
+    Code,
+    /// The same number of calls, all to one of those functions: about the
+    /// same instructions in a few lines of code.
+    Loop,
+    /// A busy wait of this long: time on the path, almost no code.
+    Spin(Duration),
+}
+
+impl Ballast {
+    fn run(self, seed: usize) {
+        let seed = black_box(seed as u64);
+        match self {
+            Self::Nothing => {}
+            Self::Code => {
+                black_box(ballast::code(seed));
+            }
+            Self::Loop => {
+                black_box(ballast::looped(seed));
+            }
+            Self::Spin(took) => {
+                let start = Instant::now();
+                while start.elapsed() < took {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+/// The code of [`Ballast::Code`] and [`Ballast::Loop`]: one function per
+/// leaf of a binary tree of types ten levels deep, so that the compiler
+/// makes 1,024 functions that differ only in their constants.
+mod ballast {
+    use std::hint::black_box;
+
+    pub(super) trait Tag {
+        const V: u64;
+    }
+    pub(super) struct Root;
+    impl Tag for Root {
+        const V: u64 = 1;
+    }
+    pub(super) struct Left<T>(T);
+    impl<T: Tag> Tag for Left<T> {
+        const V: u64 = T::V.wrapping_mul(2);
+    }
+    pub(super) struct Right<T>(T);
+    impl<T: Tag> Tag for Right<T> {
+        const V: u64 = T::V.wrapping_mul(2) + 1;
+    }
+
+    #[inline(never)]
+    fn leaf<T: Tag>(x: u64) -> u64 {
+        let a = x.wrapping_mul(T::V.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let b = a.rotate_left((T::V % 61) as u32 + 1) ^ T::V.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        let c = b.wrapping_add(T::V.wrapping_mul(0xA076_1D64_78BD_642F));
+        c ^ (c >> ((T::V % 29) + 3)) ^ T::V.wrapping_mul(0xE703_7ED1_A0B4_28DB)
+    }
+
+    macro_rules! level {
+        ($name:ident, $next:ident) => {
+            #[inline(always)]
+            fn $name<T: Tag>(x: u64) -> u64 {
+                let x = $next::<Left<T>>(x);
+                $next::<Right<T>>(x)
+            }
+        };
+    }
+
+    #[inline(always)]
+    fn l0<T: Tag>(x: u64) -> u64 {
+        leaf::<T>(x)
+    }
+    level!(l1, l0);
+    level!(l2, l1);
+    level!(l3, l2);
+    level!(l4, l3);
+    level!(l5, l4);
+    level!(l6, l5);
+    level!(l7, l6);
+    level!(l8, l7);
+    level!(l9, l8);
+    level!(l10, l9);
+
+    /// Every one of the 1,024 functions, once.
+    #[inline(never)]
+    pub(super) fn code(x: u64) -> u64 {
+        l10::<Root>(x)
+    }
+
+    /// One of them, 1,024 times.
+    #[inline(never)]
+    pub(super) fn looped(mut x: u64) -> u64 {
+        for _ in 0..1024 {
+            x = leaf::<Left<Right<Left<Root>>>>(black_box(x));
+        }
+        x
+    }
 }
