@@ -284,13 +284,17 @@ impl Outcome {
     /// outcome, in the extensions, still says `expired_key`.
     #[must_use]
     pub fn to_response(&self) -> Response<Bytes> {
-        self.to_response_with(http::Extensions::new())
+        self.to_response_with(http::HeaderMap::new(), http::Extensions::new())
     }
 
-    /// [`to_response`](Self::to_response) with `extensions` (empty, but
-    /// perhaps with room already made) as the response's, this outcome
-    /// added: a service answering a request can hand its map on.
-    pub(crate) fn to_response_with(&self, extensions: http::Extensions) -> Response<Bytes> {
+    /// [`to_response`](Self::to_response) with `headers` and `extensions`
+    /// (empty, but perhaps with room already made) as the response's, its
+    /// headers and this outcome added: a service answering a request can
+    /// hand the request's maps on, and nothing is allocated for them.
+    pub(crate) fn to_response_with(
+        &self, headers: http::HeaderMap, extensions: http::Extensions,
+    ) -> Response<Bytes> {
+        debug_assert!(headers.is_empty() && extensions.is_empty());
         let told = match self {
             Self::Verify(VerifyErrorKind::ExpiredKey) => {
                 &Self::Verify(VerifyErrorKind::SignatureMismatch)
@@ -306,6 +310,7 @@ impl Outcome {
         };
         let mut response = Response::new(body);
         *response.status_mut() = self.status();
+        *response.headers_mut() = headers;
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

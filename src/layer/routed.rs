@@ -31,9 +31,11 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// What it leaves out is the HTTP request built for the router and the
 /// response read back from it: the router's
 /// [`dispatch`](EventRouter::dispatch) is awaited in place, which spares a
-/// delivery two of its twenty allocations in process, and reuses the
-/// request's extension map for the response's when an app's router made
-/// one (see `BENCHMARKS.md`). And since it knows the router, the data of an
+/// delivery one of its allocations in process. Like the router as a
+/// service, it puts the response's headers in the request's header map,
+/// emptied, and its extensions in the request's extension map when an
+/// app's router made one, so that nothing is allocated for them (see
+/// `BENCHMARKS.md`). And since it knows the router, the data of an
 /// event its typed handler takes is decoded as the envelope is read, in
 /// one pass over the body, instead of read again by the handler's decode
 /// (whatever that pass cannot vouch for alone, the body read again as
@@ -128,15 +130,17 @@ where
             Arc::clone(&self.config),
             request,
             Some(typed),
-            move |config, parts, verified| route(config, router, parts.extensions, verified),
+            move |config, parts, verified| {
+                route(config, router, parts.headers, parts.extensions, verified)
+            },
         )
     }
 }
 
 /// Steps 6 to 8 with the router's dispatch as step 7.
 async fn route<T>(
-    config: Arc<Config>, router: EventRouter<T>, mut extensions: http::Extensions,
-    verified: VerifiedEvent,
+    config: Arc<Config>, router: EventRouter<T>, mut headers: http::HeaderMap,
+    mut extensions: http::Extensions, verified: VerifiedEvent,
 ) -> Verified<Full<Bytes>>
 where
     T: Clone + Send + Sync + 'static,
@@ -148,11 +152,13 @@ where
         let outcome = match dispatched {
             Ok(Ok(dispatched)) => {
                 let outcome = dispatched.outcome().clone();
-                // The request's extension map, emptied, has room for the
-                // response's (an app's router may have made it): nothing to
-                // allocate for them then.
+                // The request's header map, emptied, has room for the
+                // response's headers, and its extension map (when an app's
+                // router made one) for the response's extensions: nothing
+                // to allocate for them then.
+                headers.clear();
                 extensions.clear();
-                let response = dispatched.into_response(extensions);
+                let response = dispatched.into_response(headers, extensions);
                 return (response.map(ResponseBody::layer), outcome);
             }
             Ok(Err(panic)) => {

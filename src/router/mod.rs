@@ -624,8 +624,10 @@ impl Dispatched {
     /// (empty, perhaps with room made) as the response's: the outcome's
     /// response, carrying the [`Freshness`] for typed events and, when the
     /// event failed, this whole `Dispatched`.
-    pub(crate) fn into_response(self, extensions: http::Extensions) -> Response<Bytes> {
-        let mut response = self.outcome.to_response_with(extensions);
+    pub(crate) fn into_response(
+        self, headers: http::HeaderMap, extensions: http::Extensions,
+    ) -> Response<Bytes> {
+        let mut response = self.outcome.to_response_with(headers, extensions);
         if let Some(freshness) = &self.freshness {
             response.extensions_mut().insert(freshness.clone());
         }
@@ -714,8 +716,11 @@ where
         // The request is the router's own: take the event rather than copy it.
         let mut request = request;
         let verified = request.extensions_mut().remove::<VerifiedEvent>();
-        // The response's extensions go into the request's map, emptied:
-        // it has room for what goes in, so nothing is allocated for them.
+        // The response's headers and extensions go into the request's maps,
+        // emptied: they have room for what goes in, so nothing is
+        // allocated for them.
+        let mut headers = std::mem::take(request.headers_mut());
+        headers.clear();
         let mut extensions = std::mem::take(request.extensions_mut());
         extensions.clear();
         Box::pin(async move {
@@ -726,7 +731,7 @@ where
                 return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
             let dispatched = router.dispatch(verified).await;
-            Ok(dispatched.into_response(extensions).map(Full::new))
+            Ok(dispatched.into_response(headers, extensions).map(Full::new))
         })
     }
 }
@@ -954,7 +959,7 @@ mod tests {
     fn a_dispatched_event_answers_with_its_outcome_and_what_it_knows() {
         let handled = Dispatched::new(Outcome::Handled).with_freshness(Freshness::Fresh);
         assert_eq!(handled.freshness(), Some(&Freshness::Fresh));
-        let response = handled.into_response(http::Extensions::new());
+        let response = handled.into_response(http::HeaderMap::new(), http::Extensions::new());
         assert_eq!(response.status(), 200);
         assert_eq!(response.body(), Outcome::Handled.to_response().body());
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
@@ -966,7 +971,9 @@ mod tests {
 
         let failed = Dispatched::new(Outcome::HandlerFailed).failed("no".to_owned());
         assert_eq!(failed.freshness(), None);
-        let response = failed.clone().into_response(http::Extensions::new());
+        let response = failed
+            .clone()
+            .into_response(http::HeaderMap::new(), http::Extensions::new());
         assert_eq!(response.status(), 500);
         assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
         assert!(response.extensions().get::<Freshness>().is_none());

@@ -27,6 +27,8 @@ use crate::support::loopback;
 const SECRET: &str = "whsec_routed";
 /// A well-formed signature no key made.
 const FORGED: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// A cookie every delivery carries.
+const COOKIE: &str = "session=kept-private";
 
 /// Handler runs, as `type id` lines, shared by one router's handlers.
 type Runs = Arc<Mutex<Vec<String>>>;
@@ -150,7 +152,14 @@ fn deliveries() -> Vec<(Request<Full<Bytes>>, &'static str, Outcome, Outcome)> {
     ];
     cases
         .into_iter()
-        .map(|(name, request, (plain, dead))| (request, name, plain, dead))
+        .map(|(name, mut request, (plain, dead))| {
+            // A header of the sender's own, which no response may repeat
+            // (the response's headers go into the request's map, emptied).
+            request
+                .headers_mut()
+                .insert(http::header::COOKIE, http::HeaderValue::from_static(COOKIE));
+            (request, name, plain, dead)
+        })
         .collect()
 }
 
@@ -166,6 +175,19 @@ where
         .get::<Outcome>()
         .cloned()
         .expect("every response carries its outcome");
+    // The layer's own headers and none of the request's.
+    for (name, value) in &parts.headers {
+        assert!(
+            [
+                http::header::CONTENT_TYPE,
+                http::header::RETRY_AFTER,
+                http::header::ALLOW
+            ]
+            .contains(name),
+            "a response header that is not the layer's: {name}: {value:?}"
+        );
+        assert_ne!(value, COOKIE);
+    }
     let mut text = format!("{} {:?}", parts.status, parts.headers);
     let _ = write!(
         text,
