@@ -202,6 +202,20 @@ fn interleave(
         .collect()
 }
 
+/// A contestant of [`interleave`]: times a batch of this many deliveries.
+type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// [`interleave`] over contestants made at run time.
+fn interleave_all(
+    budget: Duration, rounds: usize, batch: u64, mut contestants: Vec<Timed<'_>>,
+) -> Vec<Duration> {
+    let mut each: Vec<&mut dyn FnMut(u64) -> Duration> = contestants
+        .iter_mut()
+        .map(|timed| &mut **timed as &mut dyn FnMut(u64) -> Duration)
+        .collect();
+    interleave(budget, rounds, batch, &mut each)
+}
+
 /// How long the in-process passes interleave at `size`: a time budget,
 /// the fewest rounds and the deliveries per batch (a token run when not
 /// measuring).
@@ -531,39 +545,20 @@ fn with_ballast(measure: bool) {
     } else {
         (Duration::ZERO, 1, 2, 2)
     };
-    let mut hot: Vec<Box<dyn FnMut(u64) -> Duration>> = contestants
+    let mut hot: Vec<Timed<'_>> = contestants
         .iter()
-        .map(|(_, hand)| {
-            Box::new(|n| time_in_process(&local, hand, n, SIZE)) as Box<dyn FnMut(u64) -> Duration>
-        })
+        .map(|(_, hand)| Box::new(|n| time_in_process(&local, hand, n, SIZE)) as Timed<'_>)
         .collect();
     hot.push(Box::new(|n| time_in_process(&local, &layer, n, SIZE)));
-    let hot = interleave(
-        budget,
-        rounds,
-        batch,
-        &mut hot
-            .iter_mut()
-            .map(|f| &mut **f as &mut dyn FnMut(u64) -> Duration)
-            .collect::<Vec<_>>(),
-    );
-    let mut http: Vec<Box<dyn FnMut(u64) -> Duration>> = addrs
+    let hot = interleave_all(budget, rounds, batch, hot);
+    let http: Vec<Timed<'_>> = addrs
         .iter()
         .map(|&addr| {
             let (rt, client) = (&rt, &client);
-            Box::new(move |n| time_over_http(rt, client, addr, n, SIZE))
-                as Box<dyn FnMut(u64) -> Duration>
+            Box::new(move |n| time_over_http(rt, client, addr, n, SIZE)) as Timed<'_>
         })
         .collect();
-    let http = interleave(
-        budget,
-        rounds,
-        http_batch,
-        &mut http
-            .iter_mut()
-            .map(|f| &mut **f as &mut dyn FnMut(u64) -> Duration)
-            .collect::<Vec<_>>(),
-    );
+    let http = interleave_all(budget, rounds, http_batch, http);
     println!("\nWork added to the careful receiver, 1 KiB, in process and over HTTP (one");
     println!("connection, one request at a time); beyond the careful receiver, per delivery:");
     println!(
