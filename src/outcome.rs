@@ -287,14 +287,15 @@ impl Outcome {
         self.to_response_with(http::HeaderMap::new(), http::Extensions::new())
     }
 
-    /// [`to_response`](Self::to_response) with `headers` and `extensions`
-    /// (empty, but perhaps with room already made) as the response's, its
+    /// [`to_response`](Self::to_response) in `headers` and `extensions`,
+    /// emptied first (nothing of a request's maps is ever answered), their
     /// headers and this outcome added: a service answering a request can
-    /// hand the request's maps on, and nothing is allocated for them.
+    /// hand the request's maps on for their room, and no map is allocated.
     pub(crate) fn to_response_with(
-        &self, headers: http::HeaderMap, extensions: http::Extensions,
+        &self, mut headers: http::HeaderMap, mut extensions: http::Extensions,
     ) -> Response<Bytes> {
-        debug_assert!(headers.is_empty() && extensions.is_empty());
+        headers.clear();
+        extensions.clear();
         let told = match self {
             Self::Verify(VerifyErrorKind::ExpiredKey) => {
                 &Self::Verify(VerifyErrorKind::SignatureMismatch)

@@ -34,7 +34,7 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// delivery one of its allocations in process. Like the router as a
 /// service, it puts the response's headers in the request's header map,
 /// emptied, and its extensions in the request's extension map when an
-/// app's router made one, so that nothing is allocated for them (see
+/// app's router made one, so that no map is allocated for them (see
 /// `BENCHMARKS.md`). And since it knows the router, the data of an
 /// event its typed handler takes is decoded as the envelope is read, in
 /// one pass over the body, instead of read again by the handler's decode
@@ -131,16 +131,23 @@ where
             request,
             Some(typed),
             move |config, parts, verified| {
-                route(config, router, parts.headers, parts.extensions, verified)
+                // Emptied now, not when the answer is made: nothing of the
+                // request's headers is kept while the handler runs. The
+                // maps keep their room for the response's.
+                let (mut headers, mut extensions) = (parts.headers, parts.extensions);
+                headers.clear();
+                extensions.clear();
+                route(config, router, headers, extensions, verified)
             },
         )
     }
 }
 
-/// Steps 6 to 8 with the router's dispatch as step 7.
+/// Steps 6 to 8 with the router's dispatch as step 7; `headers` and
+/// `extensions`, the request's maps emptied, take the response's.
 async fn route<T>(
-    config: Arc<Config>, router: EventRouter<T>, mut headers: http::HeaderMap,
-    mut extensions: http::Extensions, verified: VerifiedEvent,
+    config: Arc<Config>, router: EventRouter<T>, headers: http::HeaderMap,
+    extensions: http::Extensions, verified: VerifiedEvent,
 ) -> Verified<Full<Bytes>>
 where
     T: Clone + Send + Sync + 'static,
@@ -152,12 +159,9 @@ where
         let outcome = match dispatched {
             Ok(Ok(dispatched)) => {
                 let outcome = dispatched.outcome().clone();
-                // The request's header map, emptied, has room for the
-                // response's headers, and its extension map (when an app's
-                // router made one) for the response's extensions: nothing
-                // to allocate for them then.
-                headers.clear();
-                extensions.clear();
+                // The request's header map has room for the response's
+                // headers, and its extension map (when an app's router made
+                // one) for the response's extensions: no map to allocate.
                 let response = dispatched.into_response(headers, extensions);
                 return (response.map(ResponseBody::layer), outcome);
             }

@@ -620,10 +620,10 @@ impl Dispatched {
         self.outcome
     }
 
-    /// The answer to a delivery that ran this way, with `extensions`
-    /// (empty, perhaps with room made) as the response's: the outcome's
-    /// response, carrying the [`Freshness`] for typed events and, when the
-    /// event failed, this whole `Dispatched`.
+    /// The answer to a delivery that ran this way, in `headers` and
+    /// `extensions` (the request's, emptied here if they are not yet, for
+    /// their room): the outcome's response, carrying the [`Freshness`] for
+    /// typed events and, when the event failed, this whole `Dispatched`.
     pub(crate) fn into_response(
         self, headers: http::HeaderMap, extensions: http::Extensions,
     ) -> Response<Bytes> {
