@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::config::Config;
 use super::Metrics;
+use crate::guard::cold;
 use crate::outage::OutageLog;
 use crate::store::{
     timed, Claim, IdempotencyStore, LeaseToken, MemoryKey, MemoryStore, Settle, StoreError,
@@ -127,13 +128,21 @@ pub(super) async fn claim(
             metrics: Arc::clone(&config.metrics),
             outage: Arc::clone(&config.outages.store),
         }),
-        Ok(Claim::Completed) => Err(Outcome::Duplicate),
-        Ok(Claim::InFlight { retry_after }) => Err(Outcome::InFlight { retry_after }),
+        Ok(Claim::Completed) => {
+            cold();
+            Err(Outcome::Duplicate)
+        }
+        Ok(Claim::InFlight { retry_after }) => {
+            cold();
+            Err(Outcome::InFlight { retry_after })
+        }
         Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
+            cold();
             tracing::warn!(%error, "clink delivery: the event id cannot be stored; answering 400");
             Err(Outcome::InvalidEventId)
         }
         Err(error) => {
+            cold();
             config.outages.store.failed(&error);
             Err(Outcome::StoreUnavailable(error.kind()))
         }
@@ -200,6 +209,7 @@ impl ClaimGuard {
                 completed(&self.metrics, settle, false);
             }
             Err(error) if worth_retrying(&error) => {
+                cold();
                 tracing::debug!(
                     %error,
                     "clink event handled, but the store did not take its completed mark; \

@@ -16,7 +16,7 @@ use super::config::Config;
 use super::inner::handler_timed_out;
 use super::service::{delivery, handle, layer_response, Verified};
 use super::{Metrics, ResponseBody, ResponseFuture};
-use crate::guard::{within, CatchUnwind};
+use crate::guard::{cold, within, CatchUnwind};
 use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 
 /// A tower service that verifies, deduplicates and hands each delivery to an
@@ -166,10 +166,14 @@ where
                 return (response.map(ResponseBody::layer), outcome);
             }
             Ok(Err(panic)) => {
+                cold();
                 tracing::error!(panic = ?panic, "clink handler panicked");
                 Outcome::HandlerPanicked
             }
-            Err(timed_out) => handler_timed_out(timed_out),
+            Err(timed_out) => {
+                cold();
+                handler_timed_out(timed_out)
+            }
         };
         (layer_response(&outcome), outcome)
     })

@@ -24,7 +24,7 @@ use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::events::DecodesTyped;
-use crate::guard::Limit;
+use crate::guard::{cold, Limit};
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -176,7 +176,10 @@ where
     let (parts, body) = request.into_parts();
     let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
     let (response, outcome) = match verified {
-        Err(outcome) => (layer_response(&outcome), outcome),
+        Err(outcome) => {
+            cold();
+            (layer_response(&outcome), outcome)
+        }
         Ok(verified) => {
             if let Some(span) = &span {
                 span.record("event_id", verified.event().id());
@@ -258,6 +261,7 @@ where
     let claim_started = Instant::now();
     let guard = match claim(&config, &verified).await {
         Err(outcome) => {
+            cold();
             verified.forget_predecoded();
             return (layer_response(&outcome), outcome, verified);
         }
@@ -271,6 +275,7 @@ where
     let (mut response, mut outcome) = run(verified.clone(), deadline).await;
     verified.forget_predecoded();
     if outcome == Outcome::Undecodable {
+        cold();
         if let Some(inbox) = &config.dead_letters {
             let failure = response
                 .extensions()

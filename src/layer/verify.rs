@@ -14,7 +14,7 @@ use tracing::Span;
 use super::budget::Reading;
 use super::config::{Config, Keys};
 use crate::events::{has_invisible, DecodesTyped, RawEvent, VerifiedEvent};
-use crate::guard::within;
+use crate::guard::{cold, within};
 use crate::signature::{SignatureHeaders, Verification, Verifier};
 use crate::{BoxError, Outcome};
 
@@ -28,9 +28,11 @@ where
     B::Error: Into<BoxError>,
 {
     if parts.method != Method::POST {
+        cold();
         return Err(Outcome::MethodNotAllowed);
     }
     let log_verify = |error: crate::VerifyError| {
+        cold();
         tracing::debug!(%error, "clink delivery refused");
         Outcome::Verify(error.kind())
     };
@@ -45,6 +47,7 @@ where
 
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|len| len > config.settings.body_limit as u64) {
+        cold();
         return Err(Outcome::BodyTooLarge {
             limit: config.settings.body_limit,
         });
@@ -74,11 +77,15 @@ where
         Some(typed) => RawEvent::from_bytes_for(bytes, typed),
         None => RawEvent::from_bytes(bytes),
     };
-    let mut event = event.map_err(Outcome::InvalidEnvelope)?;
+    let mut event = event.map_err(|error| {
+        cold();
+        Outcome::InvalidEnvelope(error)
+    })?;
     // An id is data, never text to print: one with a line break, a
     // terminal escape or a character that hides or reorders text in it is
     // refused rather than carried into logs.
     if has_invisible(event.id()) {
+        cold();
         return Err(Outcome::InvalidEventId);
     }
     event.set_account(account);
