@@ -106,6 +106,7 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
                     return Poll::Pending;
                 }
                 Some(started) => {
+                    cold();
                     if let Some(limit) = me.limit.take() {
                         *me.after = limit.duration();
                         me.timer.set(Some(match started.checked_add(*me.after) {
@@ -118,6 +119,7 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
             }
         }
         let Some(timer) = me.timer.as_pin_mut() else {
+            cold();
             // Only if working out the limit or setting up the timer panicked
             // and the step is polled again: a bound that cannot be kept is
             // reported as reached, never waited on for ever.

@@ -304,10 +304,13 @@ impl Outcome {
         };
         let body = match told.acknowledgement() {
             Some(body) => Bytes::from_static(body.as_bytes()),
-            None => Bytes::from(
-                serde_json::json!({ "error": told.as_str(), "message": told.to_string() })
-                    .to_string(),
-            ),
+            None => {
+                crate::guard::cold();
+                Bytes::from(
+                    serde_json::json!({ "error": told.as_str(), "message": told.to_string() })
+                        .to_string(),
+                )
+            }
         };
         let mut response = Response::new(body);
         *response.status_mut() = self.status();
@@ -318,9 +321,11 @@ impl Outcome {
             HeaderValue::from_static("application/json"),
         );
         if let Some(secs) = self.retry_after_secs() {
+            crate::guard::cold();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if *self == Self::MethodNotAllowed {
+            crate::guard::cold();
             headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
         *response.extensions_mut() = extensions;

@@ -107,7 +107,7 @@ use crate::events::{
     for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
     ObjectKey, RawEvent, Version,
 };
-use crate::guard::CatchUnwind;
+use crate::guard::{cold, CatchUnwind};
 use crate::ordering;
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::store::FreshnessStore;
@@ -477,6 +477,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         match CatchUnwind::new(Self::run(&self.routes, &raw, state)).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
+                cold();
                 tracing::error!(
                     event_id = ?raw.id(),
                     event_type = ?raw.event_type().as_str(),
@@ -491,6 +492,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     async fn run(routes: &Routes<S>, raw: &RawEvent, state: S) -> Dispatched {
         if let Some(hook) = &routes.before_each {
             if let Err(error) = hook(raw.clone(), state.clone()).await {
+                cold();
                 return handler_failed(raw, "before_each hook", &*error);
             }
         }
@@ -523,7 +525,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 version,
                 run,
             }) => (object, version, run),
-            Err(error) => return undecodable(routes, raw.clone(), error).await,
+            Err(error) => {
+                cold();
+                return undecodable(routes, raw.clone(), error).await;
+            }
         };
         let object = match raw.account() {
             Some(account) => object.map(|object| object.within(account)),
@@ -536,6 +541,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 checked
             }
             Err(error) => {
+                cold();
                 // An outage of the store, logged as one.
                 tracing::debug!(
                     event_id = ?raw.id(),
@@ -642,6 +648,7 @@ impl Dispatched {
 
 /// Logs a failed handler or hook with the event's id and type, escaped; the
 /// failure's outcome.
+#[cold]
 fn handler_failed(
     raw: &RawEvent, what: &str, error: &(dyn std::error::Error + Send + Sync),
 ) -> Dispatched {
