@@ -35,6 +35,13 @@ impl<F: FnOnce() -> Duration> Limit for F {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimedOut(pub(crate) Duration);
 
+/// Marks the branch that calls it as rarely taken, so that the compiler
+/// lays it out away from the code every delivery runs (a delivery's code
+/// is cheaper the fewer cache lines it spans; see `BENCHMARKS.md`).
+#[cold]
+#[inline(never)]
+pub(crate) fn cold() {}
+
 /// Awaits `future` for at most `limit`, counted from its first poll.
 ///
 /// No timer is set up for a step that is done in its first poll (an
@@ -54,13 +61,6 @@ pub(crate) struct TimedOut(pub(crate) Duration);
 /// argument and the pinned copy it polls side by side, which made every
 /// step waited on this way (the handler's above all) take twice its size in
 /// the delivery's future.
-/// Marks the branch that calls it as rarely taken, so that the compiler
-/// lays it out away from the code every delivery runs (a delivery's code
-/// is cheaper the fewer cache lines it spans; see `BENCHMARKS.md`).
-#[cold]
-#[inline(never)]
-pub(crate) fn cold() {}
-
 pub(crate) fn within<F: Future, L: Limit>(limit: L, future: F) -> Within<F, L> {
     Within {
         future,

@@ -294,8 +294,14 @@ impl Outcome {
     pub(crate) fn to_response_with(
         &self, mut headers: http::HeaderMap, mut extensions: http::Extensions,
     ) -> Response<Bytes> {
-        headers.clear();
-        extensions.clear();
+        // Callers hand maps they emptied already; this keeps the promise
+        // for any that did not, at the cost of a length check.
+        if !headers.is_empty() {
+            headers.clear();
+        }
+        if !extensions.is_empty() {
+            extensions.clear();
+        }
         let told = match self {
             Self::Verify(VerifyErrorKind::ExpiredKey) => {
                 &Self::Verify(VerifyErrorKind::SignatureMismatch)

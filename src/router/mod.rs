@@ -724,8 +724,8 @@ where
         let mut request = request;
         let verified = request.extensions_mut().remove::<VerifiedEvent>();
         // The response's headers and extensions go into the request's maps,
-        // emptied: they have room for what goes in, so nothing is
-        // allocated for them.
+        // emptied now (nothing of the request is kept while the handler
+        // runs): they have room for what goes in, so no map is allocated.
         let mut headers = std::mem::take(request.headers_mut());
         headers.clear();
         let mut extensions = std::mem::take(request.extensions_mut());
