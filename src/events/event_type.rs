@@ -86,7 +86,6 @@ macro_rules! event_types {
 
             /// The position of a type this crate knows in [`ALL`](Self::ALL);
             /// `None` for [`Unknown`](EventType::Unknown).
-            #[cfg(feature = "metrics")]
             pub(crate) fn known_index(&self) -> Option<usize> {
                 /// One number per known name, in catalogue order.
                 #[allow(clippy::enum_variant_names, dead_code)]

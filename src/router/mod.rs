@@ -87,7 +87,6 @@
 
 mod handler;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -135,8 +134,52 @@ type Route<S> = Arc<dyn Fn(&RawEvent, S, bool) -> Result<Prepared, DecodeError> 
 type RawRoute<S> = Arc<dyn Fn(RawEvent, S) -> Run + Send + Sync>;
 type Undecodable = Arc<dyn Fn(RawEvent, DecodeError) -> Run + Send + Sync>;
 
+/// The typed routes: one slot for each event type this crate knows, at its
+/// place in [`EventType::ALL`], so that a delivery finds its handler
+/// without hashing its type. A marker's `TYPE` is a const, so it names a
+/// known type or `Unknown("")` (a `String` in a const is empty), and an
+/// event with an empty type is refused before any router sees it: no other
+/// type can have a route.
+struct Typed<S>([Option<Route<S>>; EventType::ALL.len()]);
+
+impl<S> Typed<S> {
+    fn get(&self, event_type: &EventType) -> Option<&Route<S>> {
+        self.0.get(event_type.known_index()?)?.as_ref()
+    }
+
+    fn insert(&mut self, event_type: &EventType, route: Route<S>) {
+        if let Some(slot) = event_type
+            .known_index()
+            .and_then(|index| self.0.get_mut(index))
+        {
+            *slot = Some(route);
+        }
+    }
+
+    /// The names of the types with a route.
+    fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        EventType::ALL
+            .iter()
+            .zip(&self.0)
+            .filter(|(_, route)| route.is_some())
+            .filter_map(|(event_type, _)| event_type.known_name())
+    }
+}
+
+impl<S> Clone for Typed<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Default for Typed<S> {
+    fn default() -> Self {
+        Self([const { None }; EventType::ALL.len()])
+    }
+}
+
 struct Routes<S> {
-    typed: HashMap<EventType, Route<S>>,
+    typed: Typed<S>,
     unhandled: Option<RawRoute<S>>,
     before_each: Option<RawRoute<S>>,
     undecodable: Option<Undecodable>,
@@ -163,7 +206,7 @@ impl<S> Clone for Routes<S> {
 impl<S> Default for Routes<S> {
     fn default() -> Self {
         Self {
-            typed: HashMap::new(),
+            typed: Typed::default(),
             unhandled: None,
             before_each: None,
             undecodable: None,
@@ -212,7 +255,7 @@ impl Default for EventRouter {
 
 impl<S> fmt::Debug for EventRouter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut types: Vec<_> = self.routes.typed.keys().map(EventType::as_str).collect();
+        let mut types: Vec<_> = self.routes.typed.names().collect();
         types.sort_unstable();
         f.debug_struct("EventRouter")
             .field("handlers", &types)
@@ -288,7 +331,7 @@ impl EventRouter {
     #[must_use]
     pub fn on<K: EventKind, H: Handler<K::Data>>(mut self, handler: H) -> Self {
         let route = typed_route::<K, (), _>(move |event, ()| boxed(handler(event)));
-        self.routes_mut().typed.insert(K::TYPE, route);
+        self.routes_mut().typed.insert(&K::TYPE, route);
         self
     }
 
@@ -325,7 +368,7 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
     pub fn on<K: EventKind, H: StateHandler<K::Data, T>>(mut self, handler: H) -> Self {
         let route =
             typed_route::<K, WithState<T>, _>(move |event, state| boxed(handler(event, state.0)));
-        self.routes_mut().typed.insert(K::TYPE, route);
+        self.routes_mut().typed.insert(&K::TYPE, route);
         self
     }
 
@@ -350,7 +393,7 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
 
 impl<S: Send + 'static> DecodesTyped for Routes<S> {
     fn decodes_typed(&self, event_type: &EventType) -> bool {
-        self.typed.contains_key(event_type)
+        self.typed.get(event_type).is_some()
     }
 }
 
@@ -386,7 +429,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 let handler = Arc::clone(&self.handler);
                 let route =
                     typed_route::<K, S, _>(move |event, _state| boxed(handler.handle(event)));
-                self.routes.typed.insert(K::TYPE, route);
+                self.routes.typed.insert(&K::TYPE, route);
             }
         }
 
@@ -435,7 +478,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// Whether a typed handler is registered for `event_type`.
     #[must_use]
     pub fn handles(&self, event_type: &EventType) -> bool {
-        self.routes.typed.contains_key(event_type)
+        self.routes.typed.get(event_type).is_some()
     }
 
     /// Runs the handlers for `event` and says what happened: the typed way
