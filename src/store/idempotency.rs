@@ -90,12 +90,21 @@ impl LeaseToken {
     /// The token whose text is `high` then `low`, each as 16 lowercase hex
     /// digits.
     pub(crate) fn from_halves(high: u64, low: u64) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        /// Each byte's two lowercase hex digits: a token is 16 lookups.
+        const PAIRS: [[u8; 2]; 256] = {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut pairs = [[0; 2]; 256];
+            let mut byte = 0;
+            while byte < 256 {
+                pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+                byte += 1;
+            }
+            pairs
+        };
         let mut text = [0; 32];
-        for (i, digit) in text.iter_mut().enumerate() {
-            let word = if i < 16 { high } else { low };
-            let nibble = (word >> (60 - 4 * (i % 16))) & 0xf;
-            *digit = HEX[usize::try_from(nibble).unwrap_or(0)];
+        let bytes = high.to_be_bytes().into_iter().chain(low.to_be_bytes());
+        for (digits, byte) in text.chunks_exact_mut(2).zip(bytes) {
+            digits.copy_from_slice(&PAIRS[usize::from(byte)]);
         }
         Self(Repr::Hex(text))
     }
@@ -119,7 +128,10 @@ impl LeaseToken {
 
 impl PartialEq for LeaseToken {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        match (&self.0, &other.0) {
+            (Repr::Hex(this), Repr::Hex(other)) => this == other,
+            _ => self.as_str() == other.as_str(),
+        }
     }
 }
 
@@ -256,6 +268,8 @@ mod tests {
     fn a_token_is_its_text_however_it_is_held() {
         let made = LeaseToken::from_halves(0x0123_4567_89ab_cdef, 42);
         assert_eq!(made.as_str(), "0123456789abcdef000000000000002a");
+        let every_digit = LeaseToken::from_halves(0xfedc_ba98_7654_3210, u64::MAX);
+        assert_eq!(every_digit.as_str(), "fedcba9876543210ffffffffffffffff");
         let read = LeaseToken::from_string(made.as_str().to_owned());
         assert_eq!(made, read);
         assert_eq!(format!("{made:?}"), format!("{read:?}"));
