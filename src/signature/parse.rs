@@ -1,7 +1,7 @@
 //! Reading the signing headers: [`SignatureHeaders`], and the forms of
 //! `X-Clink-Timestamp` and `X-Clink-Signature`.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::error::{VerifyError, VerifyErrorKind};
 use super::keys::SIGNATURE_LEN;
@@ -33,20 +33,39 @@ pub(crate) struct SignatureHeaders<'h> {
 
 impl<'h> SignatureHeaders<'h> {
     pub(crate) fn from_headers(headers: &'h HeaderMap) -> Self {
-        // Names made once, so that no lookup parses a name again.
+        // Names made once, so that no comparison parses a name again.
         static TIMESTAMP: HeaderName = HeaderName::from_static(TIMESTAMP_HEADER);
         static SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
         static SIGN_TYPE: HeaderName = HeaderName::from_static(SIGN_TYPE_HEADER);
-        let timestamp = header_str(headers, &TIMESTAMP, VerifyErrorKind::MissingTimestamp)
+        // One pass over the request's headers (every value of each), in
+        // place of a lookup, and a hash of its name, for each of the three.
+        let [mut timestamp, mut signature, mut sign_type] = [Found::default(); 3];
+        for (name, value) in headers {
+            let found = if *name == TIMESTAMP {
+                &mut timestamp
+            } else if *name == SIGNATURE {
+                &mut signature
+            } else if *name == SIGN_TYPE {
+                &mut sign_type
+            } else {
+                continue;
+            };
+            found.repeated |= found.first.is_some();
+            found.first = found.first.or(Some(value));
+        }
+        let timestamp = timestamp
+            .text(VerifyErrorKind::MalformedTimestamp)
             .and_then(|ts| ts.ok_or(VerifyError::new(VerifyErrorKind::MissingTimestamp)));
-        let sign_type = header_str(headers, &SIGN_TYPE, VerifyErrorKind::UnsupportedSignType)
+        let sign_type = sign_type
+            .text(VerifyErrorKind::UnsupportedSignType)
             .and_then(|sign_type| match sign_type {
                 Some(sign_type) if !sign_type.trim().eq_ignore_ascii_case("SHA256") => {
                     Err(VerifyError::new(VerifyErrorKind::UnsupportedSignType))
                 }
                 _ => Ok(()),
             });
-        let signature = header_str(headers, &SIGNATURE, VerifyErrorKind::MissingSignature)
+        let signature = signature
+            .text(VerifyErrorKind::MalformedSignature)
             .and_then(|sig| sig.ok_or(VerifyError::new(VerifyErrorKind::MissingSignature)));
         Self {
             timestamp,
@@ -70,28 +89,30 @@ impl<'h> SignatureHeaders<'h> {
     }
 }
 
-/// A header's text; a header that is present but not visible ASCII counts as
-/// malformed for timestamp and signature, and unsupported for the sign type.
-fn header_str<'h>(
-    headers: &'h HeaderMap, name: &HeaderName, missing: VerifyErrorKind,
-) -> Result<Option<&'h str>, VerifyError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    let malformed = match missing {
-        VerifyErrorKind::MissingTimestamp => VerifyErrorKind::MalformedTimestamp,
-        VerifyErrorKind::MissingSignature => VerifyErrorKind::MalformedSignature,
-        other => other,
-    };
-    // Two copies of a signing header are ambiguous: refuse rather than pick one.
-    if values.next().is_some() {
-        return Err(VerifyError::new(malformed));
+/// One signing header as found in a request: its first value, and whether
+/// it has more than one.
+#[derive(Clone, Copy, Default)]
+struct Found<'h> {
+    first: Option<&'h HeaderValue>,
+    repeated: bool,
+}
+
+impl<'h> Found<'h> {
+    /// The header's text, `None` when it is absent; `malformed` when it is
+    /// not visible ASCII or has two values (ambiguous: refused rather than
+    /// one picked).
+    fn text(self, malformed: VerifyErrorKind) -> Result<Option<&'h str>, VerifyError> {
+        let Some(value) = self.first else {
+            return Ok(None);
+        };
+        if self.repeated {
+            return Err(VerifyError::new(malformed));
+        }
+        value
+            .to_str()
+            .map(Some)
+            .map_err(|_| VerifyError::new(malformed))
     }
-    value
-        .to_str()
-        .map(Some)
-        .map_err(|_| VerifyError::new(malformed))
 }
 
 /// Parses `X-Clink-Timestamp`: ASCII digits after trimming, seconds below
