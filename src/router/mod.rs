@@ -487,8 +487,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// HTTP request around it. The tower [`Service`] impl is this call
     /// behind a request and a response.
     ///
-    /// A handler that panics is [`Outcome::HandlerPanicked`]; the call sets
-    /// no time limit of its own (the layer and the workers bound it).
+    /// A panic during the call (in a handler, a hook, or the state's
+    /// `clone`) is [`Outcome::HandlerPanicked`], never a panic of the call;
+    /// the call sets no time limit of its own (the layer and the workers
+    /// bound it).
     ///
     /// ```
     /// use clink_webhooks::{events, sign, EventRouter, Outcome, RawEvent, Timestamp, Verifier, VerifiedEvent};
@@ -514,10 +516,12 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// # Ok(()) }
     /// ```
     pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
-        let state = self.state.clone();
         // Lent to the steps, so that it is still here for the log of a panic.
         let raw = event.into_event();
-        match CatchUnwind::new(Self::run(&self.routes, &raw, state)).await {
+        // The state's clone inside the guard too: a panic anywhere in the
+        // dispatch is this outcome, so no caller needs a guard of its own.
+        let steps = async { Self::run(&self.routes, &raw, self.state.clone()).await };
+        match CatchUnwind::new(steps).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
                 cold();
@@ -907,6 +911,48 @@ mod tests {
             .unwrap_or_else(|| panic!("no panic line in {lines:?}"));
         assert!(line.contains(r#"event_id="evt_panics""#), "{line}");
         assert!(line.contains(r#"event_type="order.succeeded""#), "{line}");
+    }
+
+    /// A state whose clone panics once `armed` is set.
+    struct Fragile {
+        armed: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Clone for Fragile {
+        fn clone(&self) -> Self {
+            assert!(
+                !self.armed.load(std::sync::atomic::Ordering::SeqCst),
+                "the state would not clone"
+            );
+            Self {
+                armed: Arc::clone(&self.armed),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_states_clone_is_an_outcome_not_a_panic() {
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let router = EventRouter::with_state(Fragile {
+            armed: Arc::clone(&armed),
+        })
+        .on::<events::OrderSucceeded, _>(
+            |_event: Event<crate::data::Order>, _state: Fragile| async { Ok::<_, Infallible>(()) },
+        );
+        let body = r#"{"id":"evt_fragile","type":"order.succeeded","data":{"orderId":"o"}}"#;
+        let verifier = Verifier::new("k").unwrap();
+        let ts = Timestamp::now().as_millis().to_string();
+        let verified = verifier
+            .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
+            .unwrap();
+        let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+        assert_eq!(dispatched.outcome(), &Outcome::HandlerPanicked);
+        assert_eq!(
+            dispatched.failure(),
+            Some("panicked: the state would not clone")
+        );
     }
 
     #[test]
