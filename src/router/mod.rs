@@ -824,15 +824,9 @@ mod tests {
     }
 
     async fn deliver(router: EventRouter, bodies: &[&str]) {
-        let verifier = Verifier::new("k").unwrap();
         for body in bodies {
-            let ts = Timestamp::now().as_millis().to_string();
-            let verified = verifier
-                .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
-                .unwrap();
-            let event =
-                VerifiedEvent::new(RawEvent::from_slice(body.as_bytes()).unwrap(), &verified);
-            let dispatched = router.dispatch(event).await;
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let dispatched = router.dispatch(verified(raw, body)).await;
             assert!(
                 dispatched.outcome().is_acknowledged(),
                 "{body}: {dispatched:?}"
@@ -859,12 +853,7 @@ mod tests {
         let raw = RawEvent::from_bytes_for(Bytes::from(body), &*typed).unwrap();
         assert!(raw.holds_predecoded::<crate::data::Order>());
         let kept = raw.clone();
-        let verifier = Verifier::new("k").unwrap();
-        let ts = Timestamp::now().as_millis().to_string();
-        let verified = verifier
-            .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
-            .unwrap();
-        let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+        let dispatched = router.dispatch(verified(raw, body)).await;
         assert_eq!(dispatched.outcome(), &Outcome::Handled);
         assert_eq!(*seen.lock().unwrap(), [Some("ord_1".to_owned())]);
         assert!(!kept.holds_predecoded::<crate::data::Order>());
@@ -895,13 +884,8 @@ mod tests {
                 },
             );
             let body = r#"{"id":"evt_panics","type":"order.succeeded","data":{"orderId":"o"}}"#;
-            let verifier = Verifier::new("k").unwrap();
-            let ts = Timestamp::now().as_millis().to_string();
-            let verified = verifier
-                .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
-                .unwrap();
             let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
-            let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+            let dispatched = router.dispatch(verified(raw, body)).await;
             assert_eq!(dispatched.outcome(), &Outcome::HandlerPanicked);
             assert_eq!(dispatched.failure(), Some("panicked: the handler gave up"));
         });
@@ -911,6 +895,17 @@ mod tests {
             .unwrap_or_else(|| panic!("no panic line in {lines:?}"));
         assert!(line.contains(r#"event_id="evt_panics""#), "{line}");
         assert!(line.contains(r#"event_type="order.succeeded""#), "{line}");
+    }
+
+    /// `raw`, read from `body`, as the layer hands it on once `body` is
+    /// verified.
+    fn verified(raw: RawEvent, body: &str) -> VerifiedEvent {
+        let verifier = Verifier::new("k").unwrap();
+        let ts = Timestamp::now().as_millis().to_string();
+        let verification = verifier
+            .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
+            .unwrap();
+        VerifiedEvent::new(raw, &verification)
     }
 
     /// A state whose clone panics once `armed` is set.
@@ -940,14 +935,9 @@ mod tests {
             |_event: Event<crate::data::Order>, _state: Fragile| async { Ok::<_, Infallible>(()) },
         );
         let body = r#"{"id":"evt_fragile","type":"order.succeeded","data":{"orderId":"o"}}"#;
-        let verifier = Verifier::new("k").unwrap();
-        let ts = Timestamp::now().as_millis().to_string();
-        let verified = verifier
-            .verify(&ts, &sign("k", &ts, body.as_bytes()), body.as_bytes())
-            .unwrap();
         let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
         armed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let dispatched = router.dispatch(VerifiedEvent::new(raw, &verified)).await;
+        let dispatched = router.dispatch(verified(raw, body)).await;
         assert_eq!(dispatched.outcome(), &Outcome::HandlerPanicked);
         assert_eq!(
             dispatched.failure(),
@@ -996,12 +986,9 @@ mod tests {
     async fn dispatched_says_the_freshness_and_why_an_event_failed() {
         let router = EventRouter::new()
             .on::<events::OrderCreated, _>(|_event| std::future::ready(Err::<(), _>("no stock")));
-        let verifier = Verifier::new("k").unwrap();
-        let body = br#"{"id":"e1","type":"order.created","data":{"orderId":"o1"}}"#;
-        let ts = Timestamp::now().as_millis().to_string();
-        let verified = verifier.verify(&ts, &sign("k", &ts, body), body).unwrap();
-        let event = VerifiedEvent::new(RawEvent::from_slice(body).unwrap(), &verified);
-        let dispatched = router.dispatch(event).await;
+        let body = r#"{"id":"e1","type":"order.created","data":{"orderId":"o1"}}"#;
+        let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+        let dispatched = router.dispatch(verified(raw, body)).await;
         assert_eq!(dispatched.outcome(), &Outcome::HandlerFailed);
         assert_eq!(dispatched.failure(), Some("no stock"));
         assert_eq!(dispatched.freshness(), Some(&Freshness::Untracked));
