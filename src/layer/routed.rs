@@ -16,8 +16,8 @@ use super::config::Config;
 use super::inner::handler_timed_out;
 use super::service::{delivery, handle, layer_response, Verified};
 use super::{Metrics, ResponseBody, ResponseFuture};
-use crate::guard::{cold, within};
-use crate::{BoxError, EventRouter, VerifiedEvent};
+use crate::guard::{cold, within, CatchUnwind};
+use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 
 /// A tower service that verifies, deduplicates and hands each delivery to an
 /// [`EventRouter`]: made by [`ClinkLayer::route`](super::ClinkLayer::route).
@@ -25,7 +25,7 @@ use crate::{BoxError, EventRouter, VerifiedEvent};
 /// It answers as [`ClinkService`](super::ClinkService) over the same router
 /// does (`ClinkLayer::layer(router)`), with the same steps, statuses,
 /// outcomes, metrics and logs, the same response extensions (the
-/// [`Outcome`](crate::Outcome), the [`VerifiedEvent`], the [`Freshness`](crate::events::Freshness)
+/// [`Outcome`], the [`VerifiedEvent`], the [`Freshness`](crate::events::Freshness)
 /// of a typed event and, when it failed, the [`Dispatched`](crate::router::Dispatched)),
 /// and the same response type as an [`InboxIntake`](super::InboxIntake).
 /// What it leaves out is the HTTP request built for the router and the
@@ -153,23 +153,31 @@ where
     T: Clone + Send + Sync + 'static,
 {
     handle(config, verified, move |verified, deadline| async move {
-        // The router turns a panic anywhere in its dispatch (a handler's,
-        // the state's clone) into an outcome: no guard of its own here.
-        match within(deadline, router.dispatch(verified)).await {
-            Ok(dispatched) => {
+        // The router turns a panic in its steps into an outcome; this
+        // guard also covers what it does around them (the log of that
+        // panic, say), as the layer's guard does around the router as a
+        // service.
+        let dispatched = within(deadline, CatchUnwind::new(router.dispatch(verified))).await;
+        let outcome = match dispatched {
+            Ok(Ok(dispatched)) => {
                 let outcome = dispatched.outcome().clone();
                 // The request's header map has room for the response's
                 // headers, and its extension map (when an app's router made
                 // one) for the response's extensions: no map to allocate.
                 let response = dispatched.into_response(headers, extensions);
-                (response.map(ResponseBody::layer), outcome)
+                return (response.map(ResponseBody::layer), outcome);
+            }
+            Ok(Err(panic)) => {
+                cold();
+                tracing::error!(panic = ?panic, "clink handler panicked");
+                Outcome::HandlerPanicked
             }
             Err(timed_out) => {
                 cold();
-                let outcome = handler_timed_out(timed_out);
-                (layer_response(&outcome), outcome)
+                handler_timed_out(timed_out)
             }
-        }
+        };
+        (layer_response(&outcome), outcome)
     })
     .await
 }

@@ -157,12 +157,12 @@ impl<S> Typed<S> {
     }
 
     /// The names of the types with a route.
-    fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+    fn names(&self) -> impl Iterator<Item = &str> {
         EventType::ALL
             .iter()
             .zip(&self.0)
             .filter(|(_, route)| route.is_some())
-            .filter_map(|(event_type, _)| event_type.known_name())
+            .map(|(event_type, _)| event_type.as_str())
     }
 }
 
@@ -487,10 +487,9 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// HTTP request around it. The tower [`Service`] impl is this call
     /// behind a request and a response.
     ///
-    /// A panic during the call (in a handler, a hook, or the state's
-    /// `clone`) is [`Outcome::HandlerPanicked`], never a panic of the call;
-    /// the call sets no time limit of its own (the layer and the workers
-    /// bound it).
+    /// A panic in a handler, a hook or the state's `clone` is
+    /// [`Outcome::HandlerPanicked`]; the call sets no time limit of its own
+    /// (the layer and the workers bound it).
     ///
     /// ```
     /// use clink_webhooks::{events, sign, EventRouter, Outcome, RawEvent, Timestamp, Verifier, VerifiedEvent};
@@ -518,8 +517,9 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
         // Lent to the steps, so that it is still here for the log of a panic.
         let raw = event.into_event();
-        // The state's clone inside the guard too: a panic anywhere in the
-        // dispatch is this outcome, so no caller needs a guard of its own.
+        // The state's clone inside the guard too: an inbox worker calls
+        // this with no guard of its own, and a panic that left the call
+        // would end the worker.
         let steps = async { Self::run(&self.routes, &raw, self.state.clone()).await };
         match CatchUnwind::new(steps).await {
             Ok(dispatched) => dispatched,
