@@ -13,7 +13,12 @@ use crate::Timestamp;
 /// [`EventRouter::on`](crate::EventRouter::on) checks the pairing at compile time.
 ///
 /// Implemented by every type in [`events`](crate::events); there is no need
-/// to implement it yourself.
+/// to implement it yourself. A marker of your own whose `TYPE` is not one
+/// of the types in [`EventType::ALL`] can only be `EventType::Unknown`
+/// with an empty name (a `String` in a const is empty), and an event with
+/// an empty type is refused before any router sees it: `on` registers no
+/// handler for such a marker, and [`handles`](crate::EventRouter::handles)
+/// says `false` for it.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event type marker",
     label = "expected a marker from `clink_webhooks::events`",

@@ -946,6 +946,21 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_of_an_unknown_type_registers_nothing() {
+        struct Mine;
+        impl events::EventKind for Mine {
+            const TYPE: EventType = EventType::Unknown(String::new());
+            type Data = crate::data::Order;
+        }
+        let router = EventRouter::new()
+            .on::<Mine, _>(|_event| std::future::ready(Ok::<_, Infallible>(())))
+            .on::<events::OrderCreated, _>(|_event| std::future::ready(Ok::<_, Infallible>(())));
+        assert!(!router.handles(&Mine::TYPE));
+        assert!(router.handles(&events::OrderCreated::TYPE));
+        assert!(format!("{router:?}").contains(r#"handlers: ["order.created"]"#));
+    }
+
+    #[test]
     fn debug_lists_the_handled_types_and_the_hooks() {
         let router = EventRouter::new()
             .on::<events::RefundSucceeded, _>(|_event| std::future::ready(Ok::<_, Infallible>(())))
