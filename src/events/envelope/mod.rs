@@ -164,9 +164,7 @@ fn fast(
     };
     // A `created` in a form nobody reported is not worth refusing a
     // verified delivery over; it reads as absent.
-    let created = wire
-        .created
-        .and_then(|raw| serde_json::from_str::<Timestamp>(raw.get()).ok());
+    let created = wire.created.and_then(|raw| created_of(raw.get()));
     Some(Ok((
         Envelope {
             id,
@@ -177,6 +175,28 @@ fn fast(
         },
         predecoded,
     )))
+}
+
+/// `created` from its JSON text, as `Timestamp`'s `Deserialize` reads it.
+/// The form Clink sends, epoch milliseconds written as a plain integer, is
+/// read here directly; every other form (a date-time string, a sign, more
+/// digits than always fit an `i64`, anything odd) goes through serde_json.
+/// The slow reader keeps only the serde_json path, so the tests that compare
+/// the two readers check that both give the same answer.
+fn created_of(raw: &str) -> Option<Timestamp> {
+    /// Eighteen digits are below `i64::MAX` whatever they are.
+    const ALWAYS_FITS: usize = 18;
+    let digits = raw.as_bytes();
+    let plain = matches!(digits.first(), Some(b'1'..=b'9'))
+        && digits.len() <= ALWAYS_FITS
+        && digits.iter().all(u8::is_ascii_digit);
+    if plain {
+        let millis = digits.iter().fold(0_i64, |millis, &digit| {
+            millis * 10 + i64::from(digit - b'0')
+        });
+        return Some(Timestamp::from_millis(millis));
+    }
+    serde_json::from_str::<Timestamp>(raw).ok()
 }
 
 /// The object from `start` to `end`, checked to be one: `{` to `}`.
@@ -915,6 +935,17 @@ mod tests {
         r#"{"id":"e","type":"x","created":"2025-01-15T12:00:00.000Z","livemode":"yes"}"#,
         r#"{"id":"e","type":"x","created":{"a":1},"livemode":{"a":1e400}}"#,
         r#"{"id":"e","type":"x","created":null,"livemode":null}"#,
+        r#"{"id":"e","type":"x","created":0}"#,
+        r#"{"id":"e","type":"x","created":-0}"#,
+        r#"{"id":"e","type":"x","created":-1736942400000}"#,
+        r#"{"id":"e","type":"x","created":07}"#,
+        r#"{"id":"e","type":"x","created":1.5e3}"#,
+        r#"{"id":"e","type":"x","created":1736942400000.0}"#,
+        r#"{"id":"e","type":"x","created":999999999999999999}"#,
+        r#"{"id":"e","type":"x","created":9223372036854775807}"#,
+        r#"{"id":"e","type":"x","created":9223372036854775808}"#,
+        r#"{"id":"e","type":"x","created":99999999999999999999999}"#,
+        r#"{"id":"e","type":"x","created":"1736942400000"}"#,
         r#"{"id":"e","type":"x","livemode":false,"livemode":true}"#,
         r#"{"id":"e","type":"x","other":{"a":[1,2,{"b":null}]},"data":{"a":1}}"#,
         r#"{"id":"e","type":"x","data":{"a":1}} trailing"#,
@@ -931,6 +962,54 @@ mod tests {
         r#"{"data":{},"id":"e","type":"x"}"#,
         r#"{"data":{"object":{}} ,"id":"e","type":"x"}"#,
     ];
+
+    #[test]
+    fn created_read_directly_is_what_serde_json_reads() {
+        let through_serde = |raw: &str| serde_json::from_str::<Timestamp>(raw).ok();
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "9",
+            "07",
+            "-1",
+            "1736942400000",
+            "1736942400000.0",
+            "1.7e12",
+            "999999999999999999",
+            "1000000000000000000",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "\"1736942400000\"",
+            "\"2025-01-15T12:00:00.000Z\"",
+            "null",
+            "true",
+            "{}",
+            "[]",
+            "",
+        ]
+        .map(str::to_owned)
+        .into();
+        // Every length of plain integer up to past `u64`, with the largest
+        // and the smallest digits, on either side of the direct read's
+        // eighteen.
+        for len in 1..=21 {
+            texts.push("9".repeat(len));
+            texts.push(format!("1{}", "0".repeat(len - 1)));
+        }
+        let mut direct = 0;
+        for text in &texts {
+            assert_eq!(created_of(text), through_serde(text), "{text}");
+            direct += usize::from(created_of(text).is_some());
+        }
+        // The inputs reach both sides of every branch: some read, some not.
+        assert!(direct > 0 && direct < texts.len());
+        assert_eq!(
+            created_of("1736942400000"),
+            Some(Timestamp::from_millis(1_736_942_400_000))
+        );
+    }
 
     #[test]
     fn the_one_pass_reading_agrees_with_the_straightforward_one() {
