@@ -79,15 +79,31 @@ pub fn is_invisible(c: char) -> bool {
         .is_ok()
 }
 
-/// Whether `text` holds a character that [`is_invisible`], looking at bytes
-/// while they are ASCII.
+/// Whether `text` holds a character that [`is_invisible`]. Text of
+/// printable ASCII only, as event ids are, is recognised eight bytes at a
+/// time; any other text is read character by character.
 #[must_use]
 pub fn has_invisible(text: &str) -> bool {
-    if text.is_ascii() {
-        text.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        text.chars().any(is_invisible)
+    !all_printable_ascii(text.as_bytes()) && text.chars().any(is_invisible)
+}
+
+/// Whether every byte of `bytes` is printable ASCII, `' '` to `'~'`.
+fn all_printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const TOPS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let (words, rest) = bytes.as_chunks::<8>();
+    let mut outside = 0;
+    for word in words {
+        let x = u64::from_ne_bytes(*word);
+        // In a word of bytes in range, subtracting 0x20 from each or adding
+        // 1 to each neither borrows nor carries and sets no top bit. Take
+        // the first byte (from the low end) out of range: nothing borrows
+        // or carries into it, and it sets a top bit, below 0x20 by wrapping
+        // to 0xe0 or more, at 0x7f to 0xfe by the 1 added, at 0xff by the
+        // 0x20 taken away.
+        outside |= x.wrapping_sub(ONES * 0x20) | x.wrapping_add(ONES);
     }
+    outside & TOPS == 0 && rest.iter().all(|&b| matches!(b, 0x20..=0x7e))
 }
 
 /// `text` made safe to print on a terminal or in a log line: as it is when
@@ -151,6 +167,63 @@ pub fn escape_invisible(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `has_invisible` must say, character by character; and checks
+    /// on the way that the word-at-a-time test says what a byte-at-a-time
+    /// one says (too strict would only be slower, so `has_invisible` alone
+    /// would not show it).
+    fn reference(text: &str) -> bool {
+        let printable = text.bytes().all(|b| matches!(b, 0x20..=0x7e));
+        assert_eq!(all_printable_ascii(text.as_bytes()), printable, "{text:?}");
+        text.chars().any(is_invisible)
+    }
+
+    #[test]
+    fn a_character_anywhere_in_a_word_or_the_tail_is_found() {
+        let mut odd: Vec<char> = (0..=0x7f).filter_map(char::from_u32).collect();
+        odd.extend([
+            '\u{80}', '\u{9f}', '\u{a0}', '\u{ad}', 'é', '\u{202e}', '\u{2028}', '日',
+        ]);
+        odd.push(char::MAX);
+        let mut found = 0;
+        for len in 1..=25 {
+            for at in 0..len {
+                for &c in &odd {
+                    let text: String = (0..len).map(|i| if i == at { c } else { 'a' }).collect();
+                    assert_eq!(has_invisible(&text), reference(&text), "{text:?}");
+                    found += usize::from(has_invisible(&text));
+                }
+            }
+        }
+        // Both answers were given, in every word position.
+        assert!(found > 0);
+        // Two characters outside the range, at every pair of places: one
+        // cannot hide the other.
+        for len in 2..=17 {
+            for first in 0..len {
+                for second in first + 1..len {
+                    for (a, b) in [
+                        ('\u{1f}', '\u{7f}'),
+                        ('\u{7f}', '\u{1f}'),
+                        ('\0', '~'),
+                        (' ', '\u{7f}'),
+                        ('é', '\n'),
+                    ] {
+                        let text: String = (0..len)
+                            .map(|i| match i {
+                                i if i == first => a,
+                                i if i == second => b,
+                                _ => '~',
+                            })
+                            .collect();
+                        assert_eq!(has_invisible(&text), reference(&text), "{text:?}");
+                    }
+                }
+            }
+        }
+        assert!(!has_invisible(&" ~".repeat(40)));
+        assert!(has_invisible(&format!("{}\u{7f}", " ~".repeat(40))));
+    }
 
     #[test]
     fn the_ranges_are_in_order_and_apart() {
