@@ -200,6 +200,43 @@ pub mod amount {
     /// One more than the largest coefficient a [`Decimal`] holds (2⁹⁶).
     const COEFFICIENT_LIMIT: u128 = 1 << 96;
 
+    /// `text` as a decimal, exactly, or why not: the common form (a plain
+    /// decimal of a few digits) read directly, any other through
+    /// [`exact_any`], which gives the same answer for the common form too.
+    fn exact(text: &str) -> Result<Decimal, &'static str> {
+        plain(text.as_bytes()).map_or_else(|| exact_any(text), Ok)
+    }
+
+    /// An optional `-`, then digits with at most one `.` between them (at
+    /// least one digit before it), at most 19 characters after the sign:
+    /// the digits, as written, are the coefficient (below 10¹⁹, so within
+    /// 96 bits) and the digits after the point the scale (at most 18, so
+    /// within 28). `None` for any other text, `exact_any`'s to read.
+    fn plain(text: &[u8]) -> Option<Decimal> {
+        let (negative, rest) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        if rest.is_empty() || rest.len() > 19 || rest[0] == b'.' {
+            return None;
+        }
+        let mut coefficient = 0_u64;
+        let mut point = None;
+        for (at, &b) in rest.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => coefficient = coefficient * 10 + u64::from(b - b'0'),
+                b'.' if point.is_none() => point = Some(at),
+                _ => return None,
+            }
+        }
+        let scale = point.map_or(0, |at| rest.len() - at - 1);
+        Some(build(
+            u128::from(coefficient),
+            negative,
+            i64::try_from(scale).ok()?,
+        ))
+    }
+
     /// `text` as a decimal, exactly, or why not.
     ///
     /// The grammar is an optional sign, digits with an optional fraction,
@@ -209,7 +246,7 @@ pub mod amount {
     /// once trailing zeros are dropped (`10e-29` is `0.0000…1` with 28
     /// places) and its coefficient fits 96 bits. The number of places written
     /// is kept when it fits (`19.90` stays `19.90`).
-    fn exact(text: &str) -> Result<Decimal, &'static str> {
+    fn exact_any(text: &str) -> Result<Decimal, &'static str> {
         let bytes = text.as_bytes();
         let (negative, rest) = match bytes.split_first() {
             Some((b'-', rest)) => (true, rest),
@@ -317,6 +354,53 @@ pub mod amount {
         let word = |shift: u32| u32::try_from((coefficient >> shift) & 0xffff_ffff).unwrap_or(0);
         let scale = u32::try_from(scale).unwrap_or(0);
         Decimal::from_parts(word(0), word(32), word(64), negative, scale)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A decimal as its parts, which `==` on decimals does not all
+        /// compare (`19.9 == 19.90`).
+        fn parts(read: Result<Decimal, &'static str>) -> Result<(i128, u32, bool), &'static str> {
+            read.map(|d| (d.mantissa(), d.scale(), d.is_sign_negative()))
+        }
+
+        #[test]
+        fn the_plain_form_read_directly_is_what_the_full_grammar_reads() {
+            let alphabet = ['0', '1', '5', '9', '.', '-', '+', 'e', 'E', ' '];
+            let mut texts = vec![String::new()];
+            let mut shorter = vec![String::new()];
+            for _ in 0..5 {
+                let longer: Vec<String> = shorter
+                    .iter()
+                    .flat_map(|text| alphabet.iter().map(move |c| format!("{text}{c}")))
+                    .collect();
+                texts.extend(longer.iter().cloned());
+                shorter = longer;
+            }
+            // Around the direct read's 19 characters, with the point
+            // everywhere and without it, signed and not.
+            for len in 17..=21 {
+                for digits in ["9".repeat(len), format!("1{}", "0".repeat(len - 1))] {
+                    for at in 0..=len {
+                        let with_point = format!("{}.{}", &digits[..at], &digits[at..]);
+                        for text in [digits.clone(), with_point] {
+                            texts.push(format!("-{text}"));
+                            texts.push(text);
+                        }
+                    }
+                }
+            }
+            let mut direct = 0;
+            for text in &texts {
+                assert_eq!(parts(exact(text)), parts(exact_any(text)), "{text:?}");
+                direct += usize::from(plain(text.as_bytes()).is_some());
+            }
+            assert!(direct > 1000 && direct < texts.len(), "{direct}");
+            assert_eq!(parts(exact("19.90")), Ok((1990, 2, false)));
+            assert_eq!(parts(exact("-19.90")), Ok((-1990, 2, true)));
+        }
     }
 }
 
