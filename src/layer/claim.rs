@@ -95,18 +95,20 @@ fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
     ])
 }
 
-/// Claims the event; anything but a fresh claim is the delivery's outcome.
+/// Claims the event, as of `now`, read just before; anything but a fresh
+/// claim is the delivery's outcome.
 pub(super) async fn claim(
-    config: &Config, verified: &VerifiedEvent,
+    config: &Config, verified: &VerifiedEvent, now: Instant,
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
-    // The lease starts somewhere during the call: count it from before.
-    let lease_ends = Instant::now() + config.settings.lease;
+    // The lease starts somewhere during the call: count it from before. A
+    // memory store counts it from that same instant.
+    let lease_ends = now + config.settings.lease;
     let mut memory_key = None;
     let claimed = match &config.memory {
         Some(memory) => MemoryStore::key(key.as_str()).and_then(|checked| {
             memory_key = Some(checked);
-            memory.claim_now(&checked, config.settings.lease)
+            memory.claim_at(&checked, config.settings.lease, now)
         }),
         None => {
             let call = config.store.claim(key.as_str(), config.settings.lease);
@@ -697,7 +699,7 @@ mod tests {
         let config = &layer.config;
         let key = key_of(config, &verified);
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified).await else {
+        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(config, &Outcome::Handled).await;
@@ -728,7 +730,7 @@ mod tests {
     /// Claims `verified`, starts settling it as handled, and drops the
     /// delivery while the store has not answered that first completion.
     async fn dropped_while_completing(config: &Config, verified: &VerifiedEvent) {
-        let Ok(guard) = claim(config, verified).await else {
+        let Ok(guard) = claim(config, verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
@@ -768,7 +770,7 @@ mod tests {
         let (layer, store, verified) = scripted(script);
         let config = &layer.config;
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified).await else {
+        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(config, &Outcome::Handled).await;
@@ -811,7 +813,7 @@ mod tests {
             scripted_with_lease(&[Step::Down; 20], Duration::from_millis(990));
         let config = &layer.config;
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified).await else {
+        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(config, &Outcome::Handled).await;
@@ -831,7 +833,7 @@ mod tests {
         for (step, down) in [(Step::Down, true), (Step::Refused, false)] {
             let (layer, _store, verified) = scripted(&[step]);
             let config = &layer.config;
-            let Ok(guard) = claim(config, &verified).await else {
+            let Ok(guard) = claim(config, &verified, Instant::now()).await else {
                 panic!("a fresh event is claimed");
             };
             guard.settle(config, &Outcome::HandlerFailed).await;

@@ -258,8 +258,8 @@ where
 {
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
-    let claim_started = Instant::now();
-    let guard = match claim(&config, &verified).await {
+    let claim_started = tokio::time::Instant::now();
+    let guard = match claim(&config, &verified, claim_started).await {
         Err(outcome) => {
             cold();
             verified.forget_predecoded();
@@ -297,7 +297,7 @@ where
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadline {
     handler: Duration,
-    claim_started: Instant,
+    claim_started: tokio::time::Instant,
 }
 
 impl Limit for Deadline {
@@ -469,7 +469,7 @@ mod tests {
     /// The handler's time is counted from the start of the claim.
     #[test]
     fn the_deadline_counts_from_the_claim() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let fresh = Deadline {
             handler: Duration::from_secs(60),
             claim_started: now,

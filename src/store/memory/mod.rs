@@ -270,7 +270,12 @@ impl MemoryStore {
 
     /// Now, in the store's nanoseconds.
     fn now(&self) -> u64 {
-        let since = Instant::now().saturating_duration_since(self.epoch);
+        self.nanos_at(Instant::now())
+    }
+
+    /// `at` as nanoseconds since the store was made.
+    fn nanos_at(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
         u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -291,8 +296,16 @@ impl MemoryStore {
     }
 
     pub(crate) fn claim_now(&self, key: &MemoryKey, lease: Duration) -> Result<Claim, StoreError> {
+        self.claim_at(key, lease, Instant::now())
+    }
+
+    /// As [`claim_now`](Self::claim_now), as of `at`, a reading of the clock
+    /// the caller made just before (and counts its own lease from).
+    pub(crate) fn claim_at(
+        &self, key: &MemoryKey, lease: Duration, at: Instant,
+    ) -> Result<Claim, StoreError> {
         let key = key.0;
-        let now = self.now();
+        let now = self.nanos_at(at);
         let until = deadline(now, "lease", lease)?;
         let mut state = self.lock();
         let claim = state.claim(key, now, until, self.capacity);
@@ -555,6 +568,26 @@ mod tests {
         let token = claimed(store.claim(key, SECOND).await);
         let settled = store.complete(key, &token, retention).await;
         assert_eq!(settled.ok(), Some(Settle::Applied), "{key}");
+    }
+
+    /// The layer reads the clock once before a claim and counts its own
+    /// lease from that reading; the store counts the lease from it too.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_as_of_an_earlier_reading_leases_from_that_reading() {
+        let store = MemoryStore::new();
+        let key = MemoryStore::key("k").expect("a valid key");
+        let read = Instant::now();
+        advance(Duration::from_millis(400)).await;
+        let claim = store.claim_at(&key, SECOND, read).ok();
+        assert!(matches!(claim, Some(Claim::Claimed(_))), "{claim:?}");
+        assert_eq!(
+            store.claim("k", SECOND).await.ok(),
+            Some(Claim::InFlight {
+                retry_after: Duration::from_millis(600)
+            })
+        );
+        advance(Duration::from_millis(600)).await;
+        claimed(store.claim("k", SECOND).await);
     }
 
     #[tokio::test(start_paused = true)]
