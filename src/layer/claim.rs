@@ -177,23 +177,29 @@ pub(super) struct ClaimGuard {
 
 impl ClaimGuard {
     /// Settles the claim as `outcome` says: completed when acknowledged,
-    /// released otherwise.
-    pub(super) async fn settle(mut self, config: &Config, outcome: &Outcome) {
+    /// released otherwise. A memory store settles at once, and the reading
+    /// of the clock it settled as of is returned: the delivery's end, for
+    /// the layer to time it without reading the clock again.
+    pub(super) async fn settle(mut self, config: &Config, outcome: &Outcome) -> Option<Instant> {
+        let at = self.memory.is_some().then(Instant::now);
         if outcome.is_acknowledged() {
-            self.complete(config).await;
+            self.complete(config, at).await;
         } else {
-            self.release(config).await;
+            self.release(config, at).await;
         }
+        at
     }
 
-    async fn complete(&mut self, config: &Config) {
+    async fn complete(&mut self, config: &Config, at: Option<Instant>) {
         self.completes_with = Some(config.settings.retention);
         let Some(token) = &self.token else {
             return;
         };
-        let result = match &self.memory {
-            Some((memory, key)) => memory.complete_now(key, token, config.settings.retention),
-            None => {
+        let result = match (&self.memory, at) {
+            (Some((memory, key)), Some(at)) => {
+                memory.complete_at(key, token, config.settings.retention, at)
+            }
+            _ => {
                 let call = self
                     .store
                     .complete(self.key.as_str(), token, config.settings.retention);
@@ -237,13 +243,15 @@ impl ClaimGuard {
         }
     }
 
-    async fn release(&mut self, config: &Config) {
+    async fn release(&mut self, config: &Config, at: Option<Instant>) {
         let Some(token) = &self.token else {
             return;
         };
-        let released = match &self.memory {
-            Some((memory, key)) => logged(memory.release_now(key, token), &self.outage),
-            None => {
+        let released = match (&self.memory, at) {
+            (Some((memory, key)), Some(at)) => {
+                logged(memory.release_at(key, token, at), &self.outage)
+            }
+            _ => {
                 let call = self.store.release(self.key.as_str(), token);
                 logged(timed(self.timeout, call).await, &self.outage)
             }
@@ -776,6 +784,47 @@ mod tests {
         guard.settle(config, &Outcome::Handled).await;
         tokio::time::sleep(LEASE).await;
         (asked(&store, start), layer.metrics())
+    }
+
+    /// A memory store is claimed and settled as of the layer's own readings
+    /// of the clock: the settle hands its reading back, for the delivery's
+    /// timing, and the retention counts from it. A store of another kind
+    /// hands nothing back.
+    #[tokio::test(start_paused = true)]
+    async fn a_memory_store_settles_as_of_the_reading_it_hands_back() {
+        let store = Arc::new(MemoryStore::new());
+        let retention = Duration::from_secs(10);
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store))
+            .retention(retention)
+            .unwrap();
+        let config = &layer.config;
+        assert!(
+            config.memory.is_some(),
+            "the memory store is called directly"
+        );
+        let (_, _, verified) = scripted(&[]);
+        let key = key_of(config, &verified);
+        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+            panic!("a fresh event is claimed");
+        };
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let settled_at = guard.settle(config, &Outcome::Handled).await;
+        assert_eq!(settled_at, Some(Instant::now()));
+        tokio::time::advance(retention - Duration::from_millis(1)).await;
+        assert_eq!(
+            store.claim(key.as_str(), LEASE).await.ok(),
+            Some(Claim::Completed)
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let again = store.claim(key.as_str(), LEASE).await.ok();
+        assert!(matches!(again, Some(Claim::Claimed(_))), "{again:?}");
+
+        let (layer, _, verified) = scripted(&[]);
+        let Ok(guard) = claim(&layer.config, &verified, Instant::now()).await else {
+            panic!("a fresh event is claimed");
+        };
+        assert_eq!(guard.settle(&layer.config, &Outcome::Handled).await, None);
     }
 
     /// A completion the store refuses outright is not tried again, in the

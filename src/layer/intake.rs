@@ -140,7 +140,7 @@ async fn keep(
             Outcome::StoreUnavailable(error.kind())
         }
     };
-    (layer_response(&outcome), outcome, verified)
+    (layer_response(&outcome), outcome, verified, None)
 }
 
 #[cfg(test)]

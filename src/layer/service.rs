@@ -5,13 +5,14 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
+use tokio::time::Instant;
 use tower_service::Service;
 use tracing::{field, Instrument, Span};
 
@@ -114,8 +115,15 @@ where
 }
 
 /// What a delivery does once it is verified: its response, its outcome,
-/// and the verified event back, for the response's extensions.
-pub(super) type Verified<ResB> = (Response<ResponseBody<ResB>>, Outcome, VerifiedEvent);
+/// the verified event back, for the response's extensions, and the reading
+/// of the clock its claim was settled as of, when the store took one (the
+/// delivery's end, for timing it without reading the clock again).
+pub(super) type Verified<ResB> = (
+    Response<ResponseBody<ResB>>,
+    Outcome,
+    VerifiedEvent,
+    Option<Instant>,
+);
 
 /// One delivery, as every service of this module takes it: its span, the
 /// steps up to a verified event ([`verify`]), then `then` (hand it on, or
@@ -175,10 +183,10 @@ where
     let in_flight = InFlight::start();
     let (parts, body) = request.into_parts();
     let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
-    let (response, outcome) = match verified {
+    let (response, outcome, settled_at) = match verified {
         Err(outcome) => {
             cold();
-            (layer_response(&outcome), outcome)
+            (layer_response(&outcome), outcome, None)
         }
         Ok(verified) => {
             if let Some(span) = &span {
@@ -186,18 +194,19 @@ where
                 span.record("event_type", verified.event().event_type().as_str());
                 span.record("signing_key", verified.key_name());
             }
-            let (mut response, outcome, verified) =
+            let (mut response, outcome, verified, settled_at) =
                 then(Arc::clone(&config), parts, verified).await;
             if Outcome::of(&response) != Some(&outcome) {
                 response.extensions_mut().insert(outcome.clone());
             }
             response.extensions_mut().insert::<VerifiedEvent>(verified);
-            (response, outcome)
+            (response, outcome, settled_at)
         }
     };
     drop(in_flight);
     config.metrics.record(&outcome);
-    let elapsed = started.elapsed();
+    let ended = settled_at.unwrap_or_else(Instant::now);
+    let elapsed = ended.saturating_duration_since(started);
     #[cfg(feature = "metrics")]
     {
         let verified = response.extensions().get::<VerifiedEvent>();
@@ -258,12 +267,12 @@ where
 {
     // The lease starts somewhere during the claim call; count the handler's
     // deadline from before it, so that a slow claim does not eat the margin.
-    let claim_started = tokio::time::Instant::now();
+    let claim_started = Instant::now();
     let guard = match claim(&config, &verified, claim_started).await {
         Err(outcome) => {
             cold();
             verified.forget_predecoded();
-            return (layer_response(&outcome), outcome, verified);
+            return (layer_response(&outcome), outcome, verified, None);
         }
         Ok(guard) => guard,
     };
@@ -288,8 +297,8 @@ where
             }
         }
     }
-    guard.settle(&config, &outcome).await;
-    (response, outcome, verified)
+    let settled_at = guard.settle(&config, &outcome).await;
+    (response, outcome, verified, settled_at)
 }
 
 /// The time a handler has left: the layer's handler deadline counted from
@@ -297,7 +306,7 @@ where
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadline {
     handler: Duration,
-    claim_started: tokio::time::Instant,
+    claim_started: Instant,
 }
 
 impl Limit for Deadline {
@@ -469,7 +478,7 @@ mod tests {
     /// The handler's time is counted from the start of the claim.
     #[test]
     fn the_deadline_counts_from_the_claim() {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let fresh = Deadline {
             handler: Duration::from_secs(60),
             claim_started: now,

@@ -269,10 +269,6 @@ impl MemoryStore {
     }
 
     /// Now, in the store's nanoseconds.
-    fn now(&self) -> u64 {
-        self.nanos_at(Instant::now())
-    }
-
     /// `at` as nanoseconds since the store was made.
     fn nanos_at(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
@@ -320,8 +316,16 @@ impl MemoryStore {
     pub(crate) fn complete_now(
         &self, key: &MemoryKey, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError> {
+        self.complete_at(key, token, retention, Instant::now())
+    }
+
+    /// As [`complete_now`](Self::complete_now), as of `at`, a reading of the
+    /// clock the caller made just before.
+    pub(crate) fn complete_at(
+        &self, key: &MemoryKey, token: &LeaseToken, retention: Duration, at: Instant,
+    ) -> Result<Settle, StoreError> {
         let key = key.0;
-        let now = self.now();
+        let now = self.nanos_at(at);
         let until = deadline(now, "retention", retention)?;
         let mut state = self.lock();
         match state.claims.get(&key) {
@@ -337,8 +341,16 @@ impl MemoryStore {
     pub(crate) fn release_now(
         &self, key: &MemoryKey, token: &LeaseToken,
     ) -> Result<Settle, StoreError> {
+        self.release_at(key, token, Instant::now())
+    }
+
+    /// As [`release_now`](Self::release_now), as of `at`, a reading of the
+    /// clock the caller made just before.
+    pub(crate) fn release_at(
+        &self, key: &MemoryKey, token: &LeaseToken, at: Instant,
+    ) -> Result<Settle, StoreError> {
         let key = key.0;
-        let now = self.now();
+        let now = self.nanos_at(at);
         let mut state = self.lock();
         match state.claims.get(&key) {
             Some(lease) if self.holds(lease, token, now) => {}
