@@ -231,7 +231,7 @@ impl Verifier {
         // Each header read once, in the documented order: the timestamp's
         // form, the signature's form, then the keys and the window.
         let signed_at = parse_timestamp(timestamp)?;
-        let signature = parse_signature(signature)?;
+        let signature = parse_signature(signature.as_bytes())?;
         self.check_parsed(signed_at, now)?;
         self.verify_parsed(timestamp, signed_at, &signature, body, now)
     }
@@ -586,7 +586,7 @@ impl Verification {
     /// is 64 hex digits, [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch)
     /// when no active key produced it.
     pub fn finish(self, signature: &str) -> Result<Verified, VerifyError> {
-        let signature = parse_signature(signature)?;
+        let signature = parse_signature(signature.as_bytes())?;
         self.finish_parsed(&signature)
     }
 
@@ -741,7 +741,8 @@ mod tests {
             .finish(&sign("retired", ts, b"body"))
             .unwrap_err();
         assert_eq!(error.kind(), VerifyErrorKind::SignatureMismatch);
-        let expected = super::super::parse::parse_signature(&sign("retired", ts, b"body")).unwrap();
+        let expected =
+            super::super::parse::parse_signature(sign("retired", ts, b"body").as_bytes()).unwrap();
         assert_eq!(
             verifier
                 .expired_or(error, ts, &expected, b"body", now)
