@@ -39,11 +39,13 @@ where
     // The checks run in the verifier's one order: the timestamp's form, the
     // sign type and the signature's form, then the keys and the window.
     let headers = SignatureHeaders::from_headers(&parts.headers);
-    let timestamp = headers.timestamp().map_err(log_verify)?;
+    let (timestamp, signed_at) = headers.timestamp().map_err(log_verify)?;
     let signature = headers.signature().map_err(log_verify)?;
     let (verifier, account) = keys(config, parts, span).await?;
     let now = SystemTime::now();
-    let mut verification = verifier.begin_at(timestamp, now).map_err(log_verify)?;
+    let mut verification = verifier
+        .begin_parsed(timestamp, signed_at, now)
+        .map_err(log_verify)?;
 
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|len| len > config.settings.body_limit as u64) {

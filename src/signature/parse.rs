@@ -76,11 +76,11 @@ impl<'h> SignatureHeaders<'h> {
         }
     }
 
-    /// `X-Clink-Timestamp`, present, single, and of the right form.
-    pub(crate) fn timestamp(&self) -> Result<&'h str, VerifyError> {
+    /// `X-Clink-Timestamp`, present, single, and of the right form: its
+    /// text (what was signed) and what it says.
+    pub(crate) fn timestamp(&self) -> Result<(&'h str, Timestamp), VerifyError> {
         let timestamp = self.timestamp.clone()?;
-        parse_timestamp(timestamp)?;
-        Ok(timestamp)
+        Ok((timestamp, parse_timestamp(timestamp)?))
     }
 
     /// The signature to check: `X-Clink-SignType` is `SHA256` or absent,
@@ -336,7 +336,10 @@ mod tests {
                 parts.signature().unwrap(),
                 parse_signature(good.as_bytes()).unwrap()
             );
-            assert_eq!(parts.timestamp().unwrap(), "1700000000");
+            assert_eq!(
+                parts.timestamp().unwrap(),
+                ("1700000000", Timestamp::from_millis(1_700_000_000_000))
+            );
         }
         for sign_type in ["MD5", "SHA1", "", "SHA-256"] {
             let map = headers(Some(sign_type));

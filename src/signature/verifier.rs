@@ -262,9 +262,9 @@ impl Verifier {
         &self, headers: &HeaderMap, body: &[u8], now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let parts = SignatureHeaders::from_headers(headers);
-        let timestamp = parts.timestamp()?;
+        let (timestamp, signed_at) = parts.timestamp()?;
         let signature = parts.signature()?;
-        let signed_at = self.check_timestamp(timestamp, now)?;
+        self.check_parsed(signed_at, now)?;
         self.verify_parsed(timestamp, signed_at, &signature, body, now)
     }
 
@@ -353,14 +353,6 @@ impl Verifier {
             signed_at,
             names: Arc::clone(&self.names),
         })
-    }
-
-    /// Everything that can refuse a delivery before its body is hashed, in
-    /// this order: the timestamp's form, an active key, the window.
-    fn check_timestamp(&self, timestamp: &str, now: SystemTime) -> Result<Timestamp, VerifyError> {
-        let signed_at = parse_timestamp(timestamp)?;
-        self.check_parsed(signed_at, now)?;
-        Ok(signed_at)
     }
 
     /// The checks after the timestamp's form: an active key, the window.
