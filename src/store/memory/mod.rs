@@ -268,7 +268,6 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Now, in the store's nanoseconds.
     /// `at` as nanoseconds since the store was made.
     fn nanos_at(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
