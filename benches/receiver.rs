@@ -758,6 +758,7 @@ fn profile(args: &[String]) -> bool {
     let took = match args.get(at + 1).map(String::as_str) {
         Some("hand") => time_deliveries(&rt, &Hand::new(), count, size, cold),
         Some("careful") => time_deliveries(&rt, &Hand::careful(), count, size, cold),
+        Some("tower") => time_deliveries(&rt, &layered_tower(), count, size, cold),
         _ => time_deliveries(&rt, &layered(), count, size, cold),
     };
     println!(

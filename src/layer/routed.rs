@@ -40,7 +40,9 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// one pass over the body, instead of read again by the handler's decode
 /// (whatever that pass cannot vouch for alone, the body read again as
 /// before, so the answer is the same; a duplicate delivery then pays for a
-/// decode it does not use). Use it
+/// decode it does not use). `ClinkLayer::layer` does the same when its
+/// inner service is an `EventRouter` without state; over a router with
+/// state only a `RoutedService` knows the router's types. Use it
 /// whenever the inner service is an `EventRouter`; keep
 /// [`ClinkLayer::layer`](tower_layer::Layer::layer) for any other service.
 ///

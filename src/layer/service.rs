@@ -95,10 +95,11 @@ where
         // The ready service goes with this call; the clone waits for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let typed = router_typed(&inner);
         delivery(
             Arc::clone(&self.config),
             request,
-            None,
+            typed,
             move |config, parts, verified| {
                 handle(config, verified, move |verified, deadline| async move {
                     let body = Full::new(verified.event().body().clone());
@@ -112,6 +113,19 @@ where
             },
         )
     }
+}
+
+/// The event types `inner` decodes into a typed handler's data, when it is
+/// an [`EventRouter`](crate::EventRouter) without state (as
+/// `layer.layer(router)` makes it): its typed routes then take the data
+/// decoded in the pass that reads the envelope, as a
+/// [`RoutedService`](super::RoutedService)'s do, instead of reading it
+/// again. Any other inner service reads what it needs itself.
+fn router_typed<S: 'static>(inner: &S) -> Option<Arc<dyn DecodesTyped>> {
+    let inner: &dyn std::any::Any = inner;
+    inner
+        .downcast_ref::<crate::EventRouter>()
+        .map(crate::EventRouter::decodes_typed)
 }
 
 /// What a delivery does once it is verified: its response, its outcome,
@@ -418,10 +432,10 @@ mod tests {
     }
 
     /// A routed delivery's resource is decoded with its envelope, in one
-    /// pass, and the typed handler takes it; the tower path over the same
-    /// router reads it again; a duplicate's decoded resource is let go
-    /// before the event goes into the response (this test's one thread
-    /// runs every step).
+    /// pass, and the typed handler takes it, through `route` and through
+    /// the tower path over a router without state; a duplicate's decoded
+    /// resource is let go before the event goes into the response (this
+    /// test's one thread runs every step).
     #[tokio::test]
     async fn a_routed_delivery_decodes_its_resource_in_one_pass() {
         let router = || {
@@ -453,10 +467,21 @@ mod tests {
         assert_eq!(taken(), before + 1);
         let kept = response.extensions().get::<VerifiedEvent>().unwrap();
         assert!(!kept.event().holds_predecoded::<crate::data::Order>());
+        // The router as the layer's inner service (`layer.layer(router)`)
+        // takes it as well.
         let mut tower = layer().layer(router());
         let response = tower.call(request("evt_2")).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
-        assert_eq!(taken(), before + 1);
+        assert_eq!(taken(), before + 2);
+        // A router with state is not recognised there: it reads the data
+        // itself, to the same outcome.
+        let stateful = EventRouter::with_state(7_u32).on::<crate::events::OrderSucceeded, _>(
+            |_event, _state| std::future::ready(Ok::<_, Infallible>(())),
+        );
+        let mut tower = layer().layer(stateful);
+        let response = tower.call(request("evt_3")).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert_eq!(taken(), before + 2);
     }
 
     /// `Debug` names the service and shows its inner service; a routed
