@@ -102,27 +102,24 @@ struct Found<'h> {
 impl<'h> Found<'h> {
     /// The header's value, `None` when it is absent; `malformed` when it has
     /// two values (ambiguous: refused rather than one picked).
-    fn bytes(self, malformed: VerifyErrorKind) -> Result<Option<&'h [u8]>, VerifyError> {
+    fn value(self, malformed: VerifyErrorKind) -> Result<Option<&'h HeaderValue>, VerifyError> {
         match self.first {
-            None => Ok(None),
             Some(_) if self.repeated => Err(VerifyError::new(malformed)),
-            Some(value) => Ok(Some(value.as_bytes())),
+            first => Ok(first),
         }
     }
 
-    /// As [`bytes`](Self::bytes), as text; `malformed` too when it is not
+    /// As [`value`](Self::value), its bytes.
+    fn bytes(self, malformed: VerifyErrorKind) -> Result<Option<&'h [u8]>, VerifyError> {
+        Ok(self.value(malformed)?.map(HeaderValue::as_bytes))
+    }
+
+    /// As [`value`](Self::value), its text; `malformed` too when it is not
     /// visible ASCII.
     fn text(self, malformed: VerifyErrorKind) -> Result<Option<&'h str>, VerifyError> {
-        let Some(value) = self.first else {
-            return Ok(None);
-        };
-        if self.repeated {
-            return Err(VerifyError::new(malformed));
-        }
-        value
-            .to_str()
-            .map(Some)
-            .map_err(|_| VerifyError::new(malformed))
+        self.value(malformed)?
+            .map(|value| value.to_str().map_err(|_| VerifyError::new(malformed)))
+            .transpose()
     }
 }
 
