@@ -178,6 +178,15 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
+/// The future `make` makes, in a box allocated before it is made, so that
+/// it is written straight into the box instead of made on the stack and
+/// copied there (a delivery's future is some kilobytes).
+#[inline(always)]
+pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let slot = Box::<F>::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
+}
+
 /// The text of a panic payload, when it is a string.
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
     payload

@@ -117,7 +117,7 @@ macro_rules! event_types {
             event_type: &EventType, deserializer: D,
         ) -> Result<Predecoded, D::Error> {
             Ok(match event_type {
-                $( EventType::$variant => Predecoded::new(<$data as Deserialize<'de>>::deserialize(deserializer)?), )+
+                $( EventType::$variant => Predecoded::decode::<$data, D>(deserializer)?, )+
                 EventType::Unknown(_) => {
                     return Err(serde::de::Error::custom("no type to decode into"));
                 }

@@ -45,7 +45,7 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -238,8 +238,18 @@ thread_local! {
 pub(crate) struct Predecoded(Arc<dyn Any + Send + Sync>);
 
 impl Predecoded {
-    fn new<T: Send + 'static>(data: T) -> Self {
-        Self(Arc::new(Mutex::new(Some(data))))
+    /// `T` decoded from `deserializer`, moved once, into its slot: the
+    /// slot is allocated first (a resource is some hundreds of bytes, and
+    /// each move of it a copy).
+    fn decode<'de, T, D>(deserializer: D) -> Result<Self, D::Error>
+    where
+        T: serde::Deserialize<'de> + Send + 'static,
+        D: serde::Deserializer<'de>,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        // Not shared yet: the lock is uncontended, and cannot be poisoned.
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(T::deserialize(deserializer)?);
+        Ok(Self(slot))
     }
 
     /// The resource, if it was decoded into `T` and not taken yet.

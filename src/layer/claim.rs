@@ -12,6 +12,7 @@
 //! [`OutageLog`]): a line when it starts, a summary per interval, a line
 //! when a call succeeds again; never a line per delivery.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,14 +181,24 @@ impl ClaimGuard {
     /// released otherwise. A memory store settles at once, and the reading
     /// of the clock it settled as of is returned: the delivery's end, for
     /// the layer to time it without reading the clock again.
-    pub(super) async fn settle(mut self, config: &Config, outcome: &Outcome) -> Option<Instant> {
-        let at = self.memory.is_some().then(Instant::now);
-        if outcome.is_acknowledged() {
-            self.complete(config, at).await;
-        } else {
-            self.release(config, at).await;
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block keeps no second copy of the arguments"
+    )]
+    pub(super) fn settle<'a>(
+        mut self, config: &'a Config, outcome: &'a Outcome,
+    ) -> impl Future<Output = Option<Instant>> + 'a {
+        // A block, not an `async fn`: the guard is used where it was moved
+        // to, not copied once more into a local when it starts.
+        async move {
+            let at = self.memory.is_some().then(Instant::now);
+            if outcome.is_acknowledged() {
+                self.complete(config, at).await;
+            } else {
+                self.release(config, at).await;
+            }
+            at
         }
-        at
     }
 
     async fn complete(&mut self, config: &Config, at: Option<Instant>) {

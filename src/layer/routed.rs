@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -147,10 +148,10 @@ where
 
 /// Steps 6 to 8 with the router's dispatch as step 7; `headers` and
 /// `extensions`, the request's maps emptied, take the response's.
-async fn route<T>(
+fn route<T>(
     config: Arc<Config>, router: EventRouter<T>, headers: http::HeaderMap,
     extensions: http::Extensions, verified: VerifiedEvent,
-) -> Verified<Full<Bytes>>
+) -> impl Future<Output = Verified<Full<Bytes>>>
 where
     T: Clone + Send + Sync + 'static,
 {
@@ -181,5 +182,4 @@ where
         };
         (layer_response(&outcome), outcome)
     })
-    .await
 }

@@ -25,7 +25,7 @@ use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::events::DecodesTyped;
-use crate::guard::{cold, Limit};
+use crate::guard::{boxed_in_place, cold, Limit};
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -170,22 +170,28 @@ where
         status = field::Empty,
         duration_ms = field::Empty,
     );
+    let (parts, body) = request.into_parts();
     // With no subscriber listening, there is no span to enter on every
-    // poll nor fields to record.
+    // poll nor fields to record. The future is made in its box, not copied
+    // there (a few kilobytes a delivery).
     if span.is_disabled() {
-        Box::pin(run(config, request, typed, None, then))
+        boxed_in_place(|| run(config, parts, body, typed, None, then))
     } else {
         let fields = span.clone();
-        Box::pin(run(config, request, typed, Some(fields), then).instrument(span))
+        boxed_in_place(|| run(config, parts, body, typed, Some(fields), then).instrument(span))
     }
 }
 
 /// One delivery, timed, counted and logged; `span` is the delivery's span
 /// when a subscriber records it.
-async fn run<B, ResB, E, F, Fut>(
-    config: Arc<Config>, request: Request<B>, typed: Option<Arc<dyn DecodesTyped>>,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block keeps no second copy of the arguments"
+)]
+fn run<B, ResB, E, F, Fut>(
+    config: Arc<Config>, parts: Parts, body: B, typed: Option<Arc<dyn DecodesTyped>>,
     span: Option<Span>, then: F,
-) -> Result<Response<ResponseBody<ResB>>, E>
+) -> impl Future<Output = Result<Response<ResponseBody<ResB>>, E>>
 where
     B: Body + Send,
     B::Data: Send,
@@ -193,75 +199,78 @@ where
     F: FnOnce(Arc<Config>, Parts, VerifiedEvent) -> Fut,
     Fut: Future<Output = Verified<ResB>>,
 {
-    let started = Instant::now();
-    let in_flight = InFlight::start();
-    let (parts, body) = request.into_parts();
-    let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
-    let (response, outcome, settled_at) = match verified {
-        Err(outcome) => {
-            cold();
-            (layer_response(&outcome), outcome, None)
-        }
-        Ok(verified) => {
-            if let Some(span) = &span {
-                span.record("event_id", verified.event().id());
-                span.record("event_type", verified.event().event_type().as_str());
-                span.record("signing_key", verified.key_name());
+    // A block, not an `async fn`: its captures are used where they are,
+    // not copied again into locals when it starts.
+    async move {
+        let started = Instant::now();
+        let in_flight = InFlight::start();
+        let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
+        let (response, outcome, settled_at) = match verified {
+            Err(outcome) => {
+                cold();
+                (layer_response(&outcome), outcome, None)
             }
-            let (mut response, outcome, verified, settled_at) =
-                then(Arc::clone(&config), parts, verified).await;
-            if Outcome::of(&response) != Some(&outcome) {
-                response.extensions_mut().insert(outcome.clone());
+            Ok(verified) => {
+                if let Some(span) = &span {
+                    span.record("event_id", verified.event().id());
+                    span.record("event_type", verified.event().event_type().as_str());
+                    span.record("signing_key", verified.key_name());
+                }
+                let (mut response, outcome, verified, settled_at) =
+                    then(Arc::clone(&config), parts, verified).await;
+                if Outcome::of(&response) != Some(&outcome) {
+                    response.extensions_mut().insert(outcome.clone());
+                }
+                response.extensions_mut().insert::<VerifiedEvent>(verified);
+                (response, outcome, settled_at)
             }
-            response.extensions_mut().insert::<VerifiedEvent>(verified);
-            (response, outcome, settled_at)
+        };
+        drop(in_flight);
+        config.metrics.record(&outcome);
+        let ended = settled_at.unwrap_or_else(Instant::now);
+        let elapsed = ended.saturating_duration_since(started);
+        #[cfg(feature = "metrics")]
+        {
+            let verified = response.extensions().get::<VerifiedEvent>();
+            if let Some(verified) = verified {
+                metrics::emit_key_match(verified.key_label());
+            }
+            let event_type = verified.map(|v| v.event().event_type());
+            metrics::emit(&outcome, event_type, elapsed.as_secs_f64());
         }
-    };
-    drop(in_flight);
-    config.metrics.record(&outcome);
-    let ended = settled_at.unwrap_or_else(Instant::now);
-    let elapsed = ended.saturating_duration_since(started);
-    #[cfg(feature = "metrics")]
-    {
-        let verified = response.extensions().get::<VerifiedEvent>();
-        if let Some(verified) = verified {
-            metrics::emit_key_match(verified.key_label());
+        let elapsed = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let status = response.status().as_u16();
+        if let Some(span) = &span {
+            span.record("duration_ms", elapsed);
+            span.record("status", status);
+            span.record("outcome", outcome.as_str());
         }
-        let event_type = verified.map(|v| v.event().event_type());
-        metrics::emit(&outcome, event_type, elapsed.as_secs_f64());
+        if !outcome.is_verified() {
+            config.refusals.note(&outcome, status);
+            return Ok(response);
+        }
+        let unavailable = matches!(outcome, Outcome::StoreUnavailable(_));
+        let outcome = outcome.as_str();
+        if response.status().is_success() {
+            tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");
+        } else if unavailable {
+            // The store's outage log says it, once, not once per delivery.
+            tracing::debug!(
+                outcome,
+                status,
+                duration_ms = elapsed,
+                "clink delivery refused"
+            );
+        } else {
+            tracing::warn!(
+                outcome,
+                status,
+                duration_ms = elapsed,
+                "clink delivery refused"
+            );
+        }
+        Ok(response)
     }
-    let elapsed = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    let status = response.status().as_u16();
-    if let Some(span) = &span {
-        span.record("duration_ms", elapsed);
-        span.record("status", status);
-        span.record("outcome", outcome.as_str());
-    }
-    if !outcome.is_verified() {
-        config.refusals.note(&outcome, status);
-        return Ok(response);
-    }
-    let unavailable = matches!(outcome, Outcome::StoreUnavailable(_));
-    let outcome = outcome.as_str();
-    if response.status().is_success() {
-        tracing::info!(outcome, status, duration_ms = elapsed, "clink delivery");
-    } else if unavailable {
-        // The store's outage log says it, once, not once per delivery.
-        tracing::debug!(
-            outcome,
-            status,
-            duration_ms = elapsed,
-            "clink delivery refused"
-        );
-    } else {
-        tracing::warn!(
-            outcome,
-            status,
-            duration_ms = elapsed,
-            "clink delivery refused"
-        );
-    }
-    Ok(response)
 }
 
 /// The response the layer writes itself for `outcome`.
@@ -272,47 +281,55 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
 /// Steps 6 to 8 for a verified delivery: claim the event, hand it to `run`
 /// (a clone sharing its bytes, with the handler's deadline, worked out when
 /// it is needed), settle the claim on the outcome `run` answers with.
-pub(super) async fn handle<ResB, F, Fut>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block keeps no second copy of the arguments"
+)]
+pub(super) fn handle<ResB, F, Fut>(
     config: Arc<Config>, mut verified: VerifiedEvent, run: F,
-) -> Verified<ResB>
+) -> impl Future<Output = Verified<ResB>>
 where
     F: FnOnce(VerifiedEvent, Deadline) -> Fut,
     Fut: Future<Output = (Response<ResponseBody<ResB>>, Outcome)>,
 {
-    // The lease starts somewhere during the claim call; count the handler's
-    // deadline from before it, so that a slow claim does not eat the margin.
-    let claim_started = Instant::now();
-    let guard = match claim(&config, &verified, claim_started).await {
-        Err(outcome) => {
+    // A block, not an `async fn`: its captures are used where they are,
+    // not copied again into locals when it starts.
+    async move {
+        // The lease starts somewhere during the claim call; count the handler's
+        // deadline from before it, so that a slow claim does not eat the margin.
+        let claim_started = Instant::now();
+        let guard = match claim(&config, &verified, claim_started).await {
+            Err(outcome) => {
+                cold();
+                verified.forget_predecoded();
+                return (layer_response(&outcome), outcome, verified, None);
+            }
+            Ok(guard) => guard,
+        };
+        let deadline = Deadline {
+            handler: config.handler_deadline(),
+            claim_started,
+        };
+        // A clone shares the body and the id's bytes: no copy.
+        let (mut response, mut outcome) = run(verified.clone(), deadline).await;
+        verified.forget_predecoded();
+        if outcome == Outcome::Undecodable {
             cold();
-            verified.forget_predecoded();
-            return (layer_response(&outcome), outcome, verified, None);
-        }
-        Ok(guard) => guard,
-    };
-    let deadline = Deadline {
-        handler: config.handler_deadline(),
-        claim_started,
-    };
-    // A clone shares the body and the id's bytes: no copy.
-    let (mut response, mut outcome) = run(verified.clone(), deadline).await;
-    verified.forget_predecoded();
-    if outcome == Outcome::Undecodable {
-        cold();
-        if let Some(inbox) = &config.dead_letters {
-            let failure = response
-                .extensions()
-                .get::<Dispatched>()
-                .and_then(Dispatched::failure)
-                .unwrap_or("the event's data does not decode into its handler's type");
-            if dead_letter(&config, &**inbox, &verified, failure).await {
-                outcome = Outcome::DeadLettered;
-                response = layer_response(&outcome);
+            if let Some(inbox) = &config.dead_letters {
+                let failure = response
+                    .extensions()
+                    .get::<Dispatched>()
+                    .and_then(Dispatched::failure)
+                    .unwrap_or("the event's data does not decode into its handler's type");
+                if dead_letter(&config, &**inbox, &verified, failure).await {
+                    outcome = Outcome::DeadLettered;
+                    response = layer_response(&outcome);
+                }
             }
         }
+        let settled_at = guard.settle(&config, &outcome).await;
+        (response, outcome, verified, settled_at)
     }
-    let settled_at = guard.settle(&config, &outcome).await;
-    (response, outcome, verified, settled_at)
 }
 
 /// The time a handler has left: the layer's handler deadline counted from

@@ -43,9 +43,8 @@ where
     let signature = headers.signature().map_err(log_verify)?;
     let (verifier, account) = keys(config, parts, span).await?;
     let now = SystemTime::now();
-    let mut verification = verifier
-        .begin_parsed(timestamp, signed_at, now)
-        .map_err(log_verify)?;
+    verifier.check_parsed(signed_at, now).map_err(log_verify)?;
+    let mut verification = verifier.begin_checked(timestamp, signed_at, now);
 
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|len| len > config.settings.body_limit as u64) {

@@ -90,12 +90,14 @@ mod handler;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
+use pin_project_lite::pin_project;
 use tower_service::Service;
 
 pub use handler::{
@@ -106,7 +108,7 @@ use crate::events::{
     for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
     ObjectKey, RawEvent, Version,
 };
-use crate::guard::{cold, CatchUnwind};
+use crate::guard::{boxed_in_place, cold, CatchUnwind};
 use crate::ordering;
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::store::FreshnessStore;
@@ -268,12 +270,34 @@ impl<S> fmt::Debug for EventRouter<S> {
     }
 }
 
-fn boxed<Fut, E>(future: Fut) -> Run
+/// The future `make` makes (a handler's), boxed as the router runs it:
+/// made straight into its box, with its error boxed as it comes out.
+fn boxed<Fut, E>(make: impl FnOnce() -> Fut) -> Run
 where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    Box::pin(async move { future.await.map_err(Into::into) })
+    boxed_in_place(|| BoxingError { future: make() })
+}
+
+pin_project! {
+    /// A handler's future, its error boxed.
+    struct BoxingError<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, E> Future for BoxingError<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().future.poll(cx).map_err(Into::into)
+    }
 }
 
 /// A route for kind `K` that decodes the data and calls `call` with the
@@ -330,7 +354,7 @@ impl EventRouter {
     /// A second handler for the same kind replaces the first.
     #[must_use]
     pub fn on<K: EventKind, H: Handler<K::Data>>(mut self, handler: H) -> Self {
-        let route = typed_route::<K, (), _>(move |event, ()| boxed(handler(event)));
+        let route = typed_route::<K, (), _>(move |event, ()| boxed(|| handler(event)));
         self.routes_mut().typed.insert(&K::TYPE, route);
         self
     }
@@ -340,7 +364,7 @@ impl EventRouter {
     /// acknowledged as [`Outcome::Unhandled`].
     #[must_use]
     pub fn on_unhandled<H: RawHandler>(mut self, handler: H) -> Self {
-        self.routes_mut().unhandled = Some(Arc::new(move |raw, ()| boxed(handler(raw))));
+        self.routes_mut().unhandled = Some(Arc::new(move |raw, ()| boxed(|| handler(raw))));
         self
     }
 
@@ -349,7 +373,7 @@ impl EventRouter {
     /// Clink retries the delivery.
     #[must_use]
     pub fn before_each<H: RawHandler>(mut self, hook: H) -> Self {
-        self.routes_mut().before_each = Some(Arc::new(move |raw, ()| boxed(hook(raw))));
+        self.routes_mut().before_each = Some(Arc::new(move |raw, ()| boxed(|| hook(raw))));
         self
     }
 }
@@ -366,8 +390,9 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
     /// for the same kind replaces the first.
     #[must_use]
     pub fn on<K: EventKind, H: StateHandler<K::Data, T>>(mut self, handler: H) -> Self {
-        let route =
-            typed_route::<K, WithState<T>, _>(move |event, state| boxed(handler(event, state.0)));
+        let route = typed_route::<K, WithState<T>, _>(move |event, state| {
+            boxed(|| handler(event, state.0))
+        });
         self.routes_mut().typed.insert(&K::TYPE, route);
         self
     }
@@ -376,7 +401,7 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
     #[must_use]
     pub fn on_unhandled<H: RawStateHandler<T>>(mut self, handler: H) -> Self {
         self.routes_mut().unhandled = Some(Arc::new(move |raw, state: WithState<T>| {
-            boxed(handler(raw, state.0))
+            boxed(|| handler(raw, state.0))
         }));
         self
     }
@@ -385,7 +410,7 @@ impl<T: Clone + Send + Sync + 'static> EventRouter<WithState<T>> {
     #[must_use]
     pub fn before_each<H: RawStateHandler<T>>(mut self, hook: H) -> Self {
         self.routes_mut().before_each = Some(Arc::new(move |raw, state: WithState<T>| {
-            boxed(hook(raw, state.0))
+            boxed(|| hook(raw, state.0))
         }));
         self
     }
@@ -428,7 +453,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             fn visit<K: EventKind>(&mut self) {
                 let handler = Arc::clone(&self.handler);
                 let route =
-                    typed_route::<K, S, _>(move |event, _state| boxed(handler.handle(event)));
+                    typed_route::<K, S, _>(move |event, _state| boxed(|| handler.handle(event)));
                 self.routes.typed.insert(&K::TYPE, route);
             }
         }
@@ -446,7 +471,8 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// event somewhere first. `Err` answers `500` so Clink retries.
     #[must_use]
     pub fn on_undecodable<H: UndecodableHandler>(mut self, hook: H) -> Self {
-        self.routes_mut().undecodable = Some(Arc::new(move |raw, error| boxed(hook(raw, error))));
+        self.routes_mut().undecodable =
+            Some(Arc::new(move |raw, error| boxed(|| hook(raw, error))));
         self
     }
 

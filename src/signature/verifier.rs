@@ -346,17 +346,30 @@ impl Verifier {
         &self, timestamp: &str, signed_at: Timestamp, now: SystemTime,
     ) -> Result<Verification, VerifyError> {
         self.check_parsed(signed_at, now)?;
-        let mut states = MacStates::new(self.keys.len());
-        self.start(&mut states, timestamp, now);
-        Ok(Verification {
-            states,
+        Ok(self.begin_checked(timestamp, signed_at, now))
+    }
+
+    /// [`begin_parsed`](Self::begin_parsed) once its
+    /// [`check_parsed`](Self::check_parsed) passed: apart, the states (some
+    /// hundreds of bytes) can be made where they are kept, not in a
+    /// `Result` and moved out of it.
+    #[inline]
+    pub(crate) fn begin_checked(
+        &self, timestamp: &str, signed_at: Timestamp, now: SystemTime,
+    ) -> Verification {
+        let mut verification = Verification {
+            states: MacStates::new(self.keys.len()),
             signed_at,
             names: Arc::clone(&self.names),
-        })
+        };
+        self.start(&mut verification.states, timestamp, now);
+        verification
     }
 
     /// The checks after the timestamp's form: an active key, the window.
-    fn check_parsed(&self, signed_at: Timestamp, now: SystemTime) -> Result<(), VerifyError> {
+    pub(crate) fn check_parsed(
+        &self, signed_at: Timestamp, now: SystemTime,
+    ) -> Result<(), VerifyError> {
         if !self.keys.iter().any(|key| key.is_active_at(now)) {
             return Err(VerifyError::new(VerifyErrorKind::NoActiveKey));
         }
@@ -577,13 +590,15 @@ impl Verification {
     /// [`MalformedSignature`](VerifyErrorKind::MalformedSignature) unless it
     /// is 64 hex digits, [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch)
     /// when no active key produced it.
-    pub fn finish(self, signature: &str) -> Result<Verified, VerifyError> {
+    pub fn finish(mut self, signature: &str) -> Result<Verified, VerifyError> {
         let signature = parse_signature(signature.as_bytes())?;
         self.finish_parsed(&signature)
     }
 
+    /// [`finish`](Self::finish) for a signature already decoded, in place:
+    /// the states are some hundreds of bytes, and not moved to be read.
     pub(crate) fn finish_parsed(
-        mut self, expected: &[u8; SIGNATURE_LEN],
+        &mut self, expected: &[u8; SIGNATURE_LEN],
     ) -> Result<Verified, VerifyError> {
         self.states.finish(expected, self.signed_at, &self.names)
     }
