@@ -137,13 +137,16 @@ where
 /// rounding, is refused.
 ///
 /// Reading needs `serde_json`, which hands over the number's text as a
-/// [`RawValue`](serde_json::value::RawValue); other formats fail with an
+/// [`RawValue`](serde_json::value::RawValue) would get it (lent, not
+/// copied, when reading a slice or a `str`); other formats fail with an
 /// error. (Reading from a `serde_json::Value` works, but its numbers have
 /// already been through `f64`; read from the text to stay exact.) Writing with
 /// `serde_json` produces a JSON number with exactly the decimal's digits.
 pub mod amount {
+    use std::fmt;
+
     use rust_decimal::Decimal;
-    use serde::de::Error as _;
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
     use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::value::RawValue;
@@ -157,20 +160,90 @@ pub mod amount {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Decimal>, D::Error> {
-        let raw = Box::<RawValue>::deserialize(deserializer)?;
-        let text = raw.get();
-        let number = if text == "null" {
+        deserializer.deserialize_newtype_struct(RAW_VALUE, RawText)
+    }
+
+    /// The name under which serde_json hands over a value's raw text (what
+    /// [`RawValue`]'s own `Deserialize` asks for): as a map of one entry
+    /// whose value is the text, lent from the input when it can be
+    /// (reading a slice or a `str`), given otherwise. A deserializer that
+    /// does not know the name (another format, or a serde_json that came to
+    /// name it otherwise) visits the newtype instead, and the text is then
+    /// read through `Box<RawValue>`, as always: the same amounts and errors,
+    /// only with a copy of the text.
+    const RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+    /// Reads an amount from the raw text of its JSON value, without
+    /// copying the text when serde_json lends it.
+    struct RawText;
+
+    impl<'de> Visitor<'de> for RawText {
+        type Value = Option<Decimal>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON number, a string holding one, or null")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            if map.next_key::<IgnoredAny>()?.is_none() {
+                return Err(A::Error::invalid_length(0, &self));
+            }
+            let amount = map.next_value_seed(Text)?;
+            if map.next_key::<IgnoredAny>()?.is_some() {
+                return Err(A::Error::invalid_length(2, &self));
+            }
+            // Refused here, not inside the entry: the error belongs to the
+            // amount's field, and a path tracker names no entry then.
+            amount.map_err(A::Error::custom)
+        }
+
+        fn visit_newtype_struct<D: Deserializer<'de>>(
+            self, deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            let raw = Box::<RawValue>::deserialize(deserializer)?;
+            from_text(raw.get()).map_err(D::Error::custom)
+        }
+    }
+
+    /// The raw text handed over as a string, read into an amount, or why
+    /// it is not one.
+    struct Text;
+
+    impl<'de> DeserializeSeed<'de> for Text {
+        type Value = Result<Option<Decimal>, String>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self, deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_str(self)
+        }
+    }
+
+    impl Visitor<'_> for Text {
+        type Value = Result<Option<Decimal>, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the raw text of a JSON value")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(from_text(text))
+        }
+    }
+
+    /// An amount from the raw text of its JSON value.
+    fn from_text(text: &str) -> Result<Option<Decimal>, String> {
+        if text == "null" {
             return Ok(None);
-        } else if text.starts_with('"') {
-            let inner: String = serde_json::from_str(text).map_err(D::Error::custom)?;
+        }
+        if text.starts_with('"') {
+            let inner: String = serde_json::from_str(text).map_err(|error| error.to_string())?;
             if inner.is_empty() {
                 return Ok(None);
             }
-            parse(&inner)
-        } else {
-            parse(text)
-        };
-        number.map(Some).map_err(D::Error::custom)
+            return parse(&inner).map(Some);
+        }
+        parse(text).map(Some)
     }
 
     /// Writes an optional amount as a JSON number with exactly its digits
@@ -364,6 +437,93 @@ pub mod amount {
         /// compare (`19.9 == 19.90`).
         fn parts(read: Result<Decimal, &'static str>) -> Result<(i128, u32, bool), &'static str> {
             read.map(|d| (d.mantissa(), d.scale(), d.is_sign_negative()))
+        }
+
+        #[derive(Debug, serde::Deserialize)]
+        struct Priced {
+            #[serde(default, with = "super")]
+            amount: Option<Decimal>,
+        }
+
+        /// An amount as its parts, or that it was refused.
+        type Read = Option<Option<(i128, u32, bool)>>;
+
+        fn read<E>(result: Result<Option<Decimal>, E>) -> Read {
+            result
+                .ok()
+                .map(|amount| amount.map(|d| (d.mantissa(), d.scale(), d.is_sign_negative())))
+        }
+
+        #[test]
+        fn every_reader_reads_the_same_amount_whether_the_text_is_lent_or_not() {
+            for value in [
+                "19.99",
+                "19.90",
+                "-0.5",
+                "1999",
+                "1.5e3",
+                "25E-2",
+                "10e-29",
+                "1e99",
+                "0.1e",
+                "\"19.90\"",
+                "\"\"",
+                "\"x\"",
+                "null",
+                "true",
+                "[1]",
+                "{}",
+                "{\"a\":1}",
+            ] {
+                let body = format!(r#"{{"amount":{value}}}"#);
+                // serde_json lends the text from a slice or a `str`, gives
+                // it from a reader; a deserializer that does not know the
+                // raw-value name takes the newtype path, here fed the same
+                // text.
+                let lent =
+                    read(serde_json::from_slice::<Priced>(body.as_bytes()).map(|p| p.amount));
+                let from_str = read(serde_json::from_str::<Priced>(&body).map(|p| p.amount));
+                let given =
+                    read(serde_json::from_reader::<_, Priced>(body.as_bytes()).map(|p| p.amount));
+                let newtype = read(
+                    RawText.visit_newtype_struct(&mut serde_json::Deserializer::from_str(value)),
+                );
+                let expected = read(
+                    Box::<RawValue>::deserialize(&mut serde_json::Deserializer::from_str(value))
+                        .map_err(|e| e.to_string())
+                        .and_then(|raw| from_text(raw.get())),
+                );
+                assert_eq!(lent, expected, "{value} from a slice");
+                assert_eq!(from_str, expected, "{value} from a str");
+                assert_eq!(given, expected, "{value} from a reader");
+                assert_eq!(newtype, expected, "{value} through the newtype");
+            }
+            // What each of the cases above comes to, so that the comparison
+            // cannot pass on everything refused.
+            let plain = |text: &str| {
+                read(
+                    serde_json::from_str::<Priced>(&format!(r#"{{"amount":{text}}}"#))
+                        .map(|p| p.amount),
+                )
+            };
+            assert_eq!(plain("19.90"), Some(Some((1990, 2, false))));
+            assert_eq!(plain("\"19.90\""), Some(Some((1990, 2, false))));
+            assert_eq!(plain("1.5e3"), Some(Some((1500, 0, false))));
+            assert_eq!(plain("null"), Some(None));
+            assert_eq!(plain("\"\""), Some(None));
+            for refused in ["1e99", "0.1e", "\"x\"", "true", "[1]", "{}"] {
+                assert_eq!(plain(refused), None, "{refused}");
+            }
+            // A refused amount is the field's error, not one inside the
+            // raw text's entry.
+            let mut de = serde_json::Deserializer::from_str(r#"{"amount":1e99}"#);
+            let error = serde_path_to_error::deserialize::<_, Priced>(&mut de).unwrap_err();
+            assert_eq!(error.path().to_string(), "amount");
+            // A `Value` hands the text over too (its numbers went through
+            // `f64` first, as the module docs say).
+            let value: serde_json::Value = serde_json::from_str(r#"{"amount":19.99}"#).unwrap();
+            let priced: Priced = serde_json::from_value(value).unwrap();
+            assert_eq!(priced.amount, Some(Decimal::new(1999, 2)));
         }
 
         #[test]
