@@ -146,7 +146,7 @@ pub mod amount {
     use std::fmt;
 
     use rust_decimal::Decimal;
-    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, Unexpected, Visitor};
     use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::value::RawValue;
@@ -164,13 +164,16 @@ pub mod amount {
     }
 
     /// The name under which serde_json hands over a value's raw text (what
-    /// [`RawValue`]'s own `Deserialize` asks for): as a map of one entry
-    /// whose value is the text, lent from the input when it can be
-    /// (reading a slice or a `str`), given otherwise. A deserializer that
-    /// does not know the name (another format, or a serde_json that came to
-    /// name it otherwise) visits the newtype instead, and the text is then
-    /// read through `Box<RawValue>`, as always: the same amounts and errors,
-    /// only with a copy of the text.
+    /// [`RawValue`]'s own `Deserialize` asks for): as a map of one entry,
+    /// keyed by this name, whose value is the text, lent from the input
+    /// when it can be (reading a slice or a `str`), given otherwise. A
+    /// deserializer that does not know the name (another format, or a
+    /// serde_json that came to name it otherwise) visits the newtype
+    /// instead, and the text is then read through `Box<RawValue>`, as
+    /// always; one that hands over its own data as a map (a
+    /// `serde_json::Map`, say) has it refused for its key, as
+    /// `Box<RawValue>` refuses it. The same amounts and errors either way,
+    /// only without the copy of the text.
     const RAW_VALUE: &str = "$serde_json::private::RawValue";
 
     /// Reads an amount from the raw text of its JSON value, without
@@ -181,17 +184,15 @@ pub mod amount {
         type Value = Option<Decimal>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON number, a string holding one, or null")
+            // What `Box<RawValue>` says, for the same refusals.
+            f.write_str("any valid JSON value")
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            if map.next_key::<IgnoredAny>()?.is_none() {
-                return Err(A::Error::invalid_length(0, &self));
+            if map.next_key_seed(RawKey)?.is_none() {
+                return Err(A::Error::invalid_type(Unexpected::Map, &self));
             }
             let amount = map.next_value_seed(Text)?;
-            if map.next_key::<IgnoredAny>()?.is_some() {
-                return Err(A::Error::invalid_length(2, &self));
-            }
             // Refused here, not inside the entry: the error belongs to the
             // amount's field, and a path tracker names no entry then.
             amount.map_err(A::Error::custom)
@@ -202,6 +203,34 @@ pub mod amount {
         ) -> Result<Self::Value, D::Error> {
             let raw = Box::<RawValue>::deserialize(deserializer)?;
             from_text(raw.get()).map_err(D::Error::custom)
+        }
+    }
+
+    /// The key of the entry serde_json hands a raw value over in: its
+    /// name, and nothing else.
+    struct RawKey;
+
+    impl<'de> DeserializeSeed<'de> for RawKey {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_identifier(self)
+        }
+    }
+
+    impl Visitor<'_> for RawKey {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("raw value")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<(), E> {
+            if key == RAW_VALUE {
+                Ok(())
+            } else {
+                Err(E::custom("unexpected raw value"))
+            }
         }
     }
 
@@ -514,6 +543,28 @@ pub mod amount {
             for refused in ["1e99", "0.1e", "\"x\"", "true", "[1]", "{}"] {
                 assert_eq!(plain(refused), None, "{refused}");
             }
+            // Data handed over as a map (here a `serde_json::Map`) is not
+            // a raw value: refused as `Box<RawValue>` refuses it, whatever
+            // its entry holds.
+            for (key, value) in [("k", "19.99"), ("k", "null"), (RAW_VALUE, "19.99")] {
+                let map = || {
+                    let mut map = serde_json::Map::new();
+                    map.insert(key.to_owned(), serde_json::Value::from(value));
+                    map
+                };
+                let ours = deserialize(map()).map_err(|e| e.to_string());
+                let raw = Box::<RawValue>::deserialize(map())
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| from_text(raw.get()));
+                assert_eq!(read(ours.clone()), read(raw.clone()), "{key}: {value}");
+                if key == "k" {
+                    assert_eq!(ours, Err("unexpected raw value".to_owned()));
+                }
+            }
+            let empty = deserialize(serde_json::Map::new()).map_err(|e| e.to_string());
+            let raw =
+                Box::<RawValue>::deserialize(serde_json::Map::new()).map_err(|e| e.to_string());
+            assert_eq!(empty.unwrap_err(), raw.unwrap_err());
             // A refused amount is the field's error, not one inside the
             // raw text's entry.
             let mut de = serde_json::Deserializer::from_str(r#"{"amount":1e99}"#);
