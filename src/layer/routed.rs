@@ -32,7 +32,8 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// What it leaves out is the HTTP request built for the router and the
 /// response read back from it: the router's
 /// [`dispatch`](EventRouter::dispatch) is awaited in place, which spares a
-/// delivery one of its allocations in process. Like the router as a
+/// delivery two of its allocations in process (the router's boxed future
+/// and the event in the request's extensions). Like the router as a
 /// service, it puts the response's headers in the request's header map,
 /// emptied, and its extensions in the request's extension map when an
 /// app's router made one, so that no map is allocated for them (see
