@@ -590,9 +590,10 @@ impl Verification {
     /// [`MalformedSignature`](VerifyErrorKind::MalformedSignature) unless it
     /// is 64 hex digits, [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch)
     /// when no active key produced it.
-    pub fn finish(mut self, signature: &str) -> Result<Verified, VerifyError> {
+    pub fn finish(self, signature: &str) -> Result<Verified, VerifyError> {
         let signature = parse_signature(signature.as_bytes())?;
-        self.finish_parsed(&signature)
+        let mut verification = self;
+        verification.finish_parsed(&signature)
     }
 
     /// [`finish`](Self::finish) for a signature already decoded, in place:
