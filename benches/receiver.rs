@@ -123,6 +123,37 @@ where
     })
 }
 
+/// How a profiling run delivers its requests.
+#[derive(Clone, Copy)]
+enum Profiled {
+    /// All signed first, then delivered in one pass.
+    Once,
+    /// As `Once`, with the caches made cold before each delivery.
+    Cold,
+    /// In batches signed just before they are delivered, as the timed
+    /// in-process pass delivers them, so that the requests are warm.
+    Warm,
+}
+
+/// Times `count` deliveries through `service` for a profiling run.
+fn time_profiled<S, ResB>(
+    rt: &Runtime, service: &S, count: u64, size: usize, mode: Profiled,
+) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Infallible> + Clone,
+{
+    match mode {
+        Profiled::Once => time_deliveries(rt, service, count, size, false),
+        Profiled::Cold => time_deliveries(rt, service, count, size, true),
+        Profiled::Warm => {
+            let (_, _, batch) = in_process_schedule(true, size);
+            (0..count.div_ceil(batch))
+                .map(|_| time_deliveries(rt, service, batch, size, false))
+                .sum()
+        }
+    }
+}
+
 /// Times `count` HMACs of the bodies the deliveries would carry.
 fn time_hmac(count: u64, size: usize) -> Duration {
     let key = keyed();
@@ -704,6 +735,10 @@ fn under_load(rt: &Runtime, addrs: &Addrs, measure: bool) {
 /// with the caches made cold before each delivery (see
 /// [`time_deliveries`]).
 ///
+/// `--profile-warm <hand|careful|layer> [count] [size]`: as `--profile`,
+/// in batches signed just before they are delivered, as the timed
+/// in-process pass runs them (`perf record`).
+///
 /// `--profile-http <bare|careful|layer> [count] [size]`: `count` deliveries
 /// to one receiver over loopback HTTP, one keep-alive connection, one
 /// request at a time, in one process (`perf record -g`).
@@ -736,11 +771,15 @@ fn profile(args: &[String]) -> bool {
         );
         return true;
     }
-    let cold = args.iter().any(|arg| arg == "--profile-cold");
-    let Some(at) = args
-        .iter()
-        .position(|arg| arg == "--profile" || arg == "--profile-cold")
-    else {
+    let Some((at, mode)) = args.iter().enumerate().find_map(|(at, arg)| {
+        let mode = match arg.as_str() {
+            "--profile" => Profiled::Once,
+            "--profile-cold" => Profiled::Cold,
+            "--profile-warm" => Profiled::Warm,
+            _ => return None,
+        };
+        Some((at, mode))
+    }) else {
         return false;
     };
     let count = args
@@ -756,10 +795,10 @@ fn profile(args: &[String]) -> bool {
         .build()
         .unwrap();
     let took = match args.get(at + 1).map(String::as_str) {
-        Some("hand") => time_deliveries(&rt, &Hand::new(), count, size, cold),
-        Some("careful") => time_deliveries(&rt, &Hand::careful(), count, size, cold),
-        Some("tower") => time_deliveries(&rt, &layered_tower(), count, size, cold),
-        _ => time_deliveries(&rt, &layered(), count, size, cold),
+        Some("hand") => time_profiled(&rt, &Hand::new(), count, size, mode),
+        Some("careful") => time_profiled(&rt, &Hand::careful(), count, size, mode),
+        Some("tower") => time_profiled(&rt, &layered_tower(), count, size, mode),
+        _ => time_profiled(&rt, &layered(), count, size, mode),
     };
     println!(
         "{} per delivery",
