@@ -99,7 +99,7 @@ fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
 /// Claims the event, as of `now`, read just before; anything but a fresh
 /// claim is the delivery's outcome.
 pub(super) async fn claim(
-    config: &Config, verified: &VerifiedEvent, now: Instant,
+    config: &Arc<Config>, verified: &VerifiedEvent, now: Instant,
 ) -> Result<ClaimGuard, Outcome> {
     let key = key_of(config, verified);
     // The lease starts somewhere during the call: count it from before. A
@@ -121,15 +121,12 @@ pub(super) async fn claim(
     }
     match claimed {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
-            store: Arc::clone(&config.store),
-            memory: config.memory.clone().zip(memory_key),
+            config: Arc::clone(config),
+            memory_key,
             key,
             token: Some(token),
-            timeout: config.settings.store_timeout,
             completes_with: None,
             lease_ends,
-            metrics: Arc::clone(&config.metrics),
-            outage: Arc::clone(&config.outages.store),
         }),
         Ok(Claim::Completed) => {
             cold();
@@ -158,22 +155,19 @@ pub(super) async fn claim(
 /// background, so the next retry does not wait out the lease and a handled
 /// event is not handled again.
 pub(super) struct ClaimGuard {
-    store: Arc<dyn IdempotencyStore>,
-    /// `store` when it is a memory store, called directly, and the key as
-    /// it keeps it.
-    memory: Option<(Arc<MemoryStore>, MemoryKey)>,
+    /// The layer's settings: its store (and the store itself when it is a
+    /// memory store, called directly), metrics and the store's outage log.
+    config: Arc<Config>,
+    /// The key as a memory store keeps it, when the store is one.
+    memory_key: Option<MemoryKey>,
     key: StoreKey,
     token: Option<LeaseToken>,
-    timeout: Duration,
     /// What a drop does with an unsettled claim: `None` releases it,
     /// `Some(retention)` completes it (the handler succeeded).
     completes_with: Option<Duration>,
     /// When the lease ends at the latest, by this process's clock (counted
     /// from before the claim call, so never later than the store's).
     lease_ends: Instant,
-    metrics: Arc<Metrics>,
-    /// The store's outage log.
-    outage: Arc<OutageLog>,
 }
 
 impl ClaimGuard {
@@ -185,36 +179,34 @@ impl ClaimGuard {
         clippy::manual_async_fn,
         reason = "an async block keeps no second copy of the arguments"
     )]
-    pub(super) fn settle<'a>(
-        mut self, config: &'a Config, outcome: &'a Outcome,
-    ) -> impl Future<Output = Option<Instant>> + 'a {
+    pub(super) fn settle(
+        mut self, outcome: &Outcome,
+    ) -> impl Future<Output = Option<Instant>> + '_ {
         // A block, not an `async fn`: the guard is used where it was moved
         // to, not copied once more into a local when it starts.
         async move {
-            let at = self.memory.is_some().then(Instant::now);
+            let at = self.memory_key.is_some().then(Instant::now);
             if outcome.is_acknowledged() {
-                self.complete(config, at).await;
+                self.complete(at).await;
             } else {
-                self.release(config, at).await;
+                self.release(at).await;
             }
             at
         }
     }
 
-    async fn complete(&mut self, config: &Config, at: Option<Instant>) {
-        self.completes_with = Some(config.settings.retention);
+    async fn complete(&mut self, at: Option<Instant>) {
+        let config = &*self.config;
+        let retention = config.settings.retention;
+        self.completes_with = Some(retention);
         let Some(token) = &self.token else {
             return;
         };
-        let result = match (&self.memory, at) {
-            (Some((memory, key)), Some(at)) => {
-                memory.complete_at(key, token, config.settings.retention, at)
-            }
+        let result = match (&config.memory, &self.memory_key, at) {
+            (Some(memory), Some(key), Some(at)) => memory.complete_at(key, token, retention, at),
             _ => {
-                let call = self
-                    .store
-                    .complete(self.key.as_str(), token, config.settings.retention);
-                timed(self.timeout, call).await
+                let call = config.store.complete(self.key.as_str(), token, retention);
+                timed(config.settings.store_timeout, call).await
             }
         };
         // Only now is the claim settled or handed on; a drop before this
@@ -224,8 +216,8 @@ impl ClaimGuard {
         };
         match result {
             Ok(settle) => {
-                self.outage.succeeded();
-                completed(&self.metrics, settle, false);
+                config.outages.store.succeeded();
+                completed(&config.metrics, settle, false);
             }
             Err(error) if worth_retrying(&error) => {
                 cold();
@@ -234,37 +226,39 @@ impl ClaimGuard {
                     "clink event handled, but the store did not take its completed mark; \
                      trying again until the lease ends"
                 );
-                self.outage.failed(&error);
+                config.outages.store.failed(&error);
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    self.metrics.settle_failed();
+                    config.metrics.settle_failed();
                     return;
                 };
                 runtime.spawn(complete_until_lease_ends(
-                    Arc::clone(&self.store),
+                    Arc::clone(&config.store),
                     self.key.take(),
                     token,
-                    config.settings.retention,
-                    self.timeout,
+                    retention,
+                    config.settings.store_timeout,
                     self.lease_ends,
-                    Arc::clone(&self.metrics),
-                    Arc::clone(&self.outage),
+                    Arc::clone(&config.metrics),
+                    Arc::clone(&config.outages.store),
                 ));
             }
-            Err(error) => completion_failed(&self.metrics, &self.outage, &error),
+            Err(error) => completion_failed(&config.metrics, &config.outages.store, &error),
         }
     }
 
-    async fn release(&mut self, config: &Config, at: Option<Instant>) {
+    async fn release(&mut self, at: Option<Instant>) {
+        let config = &*self.config;
+        let outage = &config.outages.store;
         let Some(token) = &self.token else {
             return;
         };
-        let released = match (&self.memory, at) {
-            (Some((memory, key)), Some(at)) => {
-                logged(memory.release_at(key, token, at), &self.outage)
+        let released = match (&config.memory, &self.memory_key, at) {
+            (Some(memory), Some(key), Some(at)) => {
+                logged(memory.release_at(key, token, at), outage)
             }
             _ => {
-                let call = self.store.release(self.key.as_str(), token);
-                logged(timed(self.timeout, call).await, &self.outage)
+                let call = config.store.release(self.key.as_str(), token);
+                logged(timed(config.settings.store_timeout, call).await, outage)
             }
         };
         if !released {
@@ -395,13 +389,14 @@ impl Drop for ClaimGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let store = Arc::clone(&self.store);
+        let config = &*self.config;
+        let store = Arc::clone(&config.store);
         let key = self.key.take();
-        let timeout = self.timeout;
-        let outage = Arc::clone(&self.outage);
+        let timeout = config.settings.store_timeout;
+        let outage = Arc::clone(&config.outages.store);
         match self.completes_with {
             Some(retention) => {
-                let metrics = Arc::clone(&self.metrics);
+                let metrics = Arc::clone(&config.metrics);
                 let lease_ends = self.lease_ends;
                 runtime.spawn(async move {
                     match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
@@ -450,22 +445,29 @@ mod tests {
         panic!("the dropped guard never settled its claim");
     }
 
+    /// A guard of the claim of `k` under `token`, made by hand, as the
+    /// layer made with `config` holds it, through its store's trait.
+    fn held(config: &Arc<Config>, token: LeaseToken, lease_ends: Instant) -> ClaimGuard {
+        ClaimGuard {
+            config: Arc::clone(config),
+            memory_key: None,
+            key: StoreKey::concat(&["k"]),
+            token: Some(token),
+            completes_with: None,
+            lease_ends,
+        }
+    }
+
     async fn dropped_guard(completes_with: Option<Duration>) -> Claim {
         let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
         let Claim::Claimed(token) = store.claim("k", DEFAULT_LEASE).await.unwrap() else {
             panic!("a fresh key is claimed");
         };
-        drop(ClaimGuard {
-            store: Arc::clone(&store),
-            memory: None,
-            key: StoreKey::concat(&["k"]),
-            token: Some(token),
-            timeout: super::super::DEFAULT_STORE_TIMEOUT,
-            completes_with,
-            lease_ends: Instant::now() + DEFAULT_LEASE,
-            metrics: Arc::default(),
-            outage: OutageLog::new("store", "", DEFAULT_LEASE),
-        });
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store));
+        let mut guard = held(&layer.config, token, Instant::now() + DEFAULT_LEASE);
+        guard.completes_with = completes_with;
+        drop(guard);
         claim_state(&*store).await
     }
 
@@ -555,18 +557,8 @@ mod tests {
         let Claim::Claimed(token) = store.claim("k", lease).await.unwrap() else {
             panic!("a fresh key is claimed");
         };
-        let guard = ClaimGuard {
-            store: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
-            memory: None,
-            key: StoreKey::concat(&["k"]),
-            token: Some(token),
-            timeout: super::super::DEFAULT_STORE_TIMEOUT,
-            completes_with: None,
-            lease_ends,
-            metrics: layer.metrics(),
-            outage: OutageLog::new("store", "", DEFAULT_LEASE),
-        };
-        guard.settle(&layer.config, &Outcome::Handled).await;
+        let guard = held(&layer.config, token, lease_ends);
+        guard.settle(&Outcome::Handled).await;
         (store, layer.metrics())
     }
 
@@ -721,7 +713,7 @@ mod tests {
         let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
-        guard.settle(config, &Outcome::Handled).await;
+        guard.settle(&Outcome::Handled).await;
         // The delivery is over; its claim is still held, not yet completed.
         assert!(matches!(
             store
@@ -748,11 +740,11 @@ mod tests {
 
     /// Claims `verified`, starts settling it as handled, and drops the
     /// delivery while the store has not answered that first completion.
-    async fn dropped_while_completing(config: &Config, verified: &VerifiedEvent) {
+    async fn dropped_while_completing(config: &Arc<Config>, verified: &VerifiedEvent) {
         let Ok(guard) = claim(config, verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
-        let mut settling = Box::pin(guard.settle(config, &Outcome::Handled));
+        let mut settling = Box::pin(guard.settle(&Outcome::Handled));
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
         assert!(first.is_pending(), "the store does not answer");
@@ -792,7 +784,7 @@ mod tests {
         let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
-        guard.settle(config, &Outcome::Handled).await;
+        guard.settle(&Outcome::Handled).await;
         tokio::time::sleep(LEASE).await;
         (asked(&store, start), layer.metrics())
     }
@@ -820,7 +812,7 @@ mod tests {
             panic!("a fresh event is claimed");
         };
         tokio::time::advance(Duration::from_millis(300)).await;
-        let settled_at = guard.settle(config, &Outcome::Handled).await;
+        let settled_at = guard.settle(&Outcome::Handled).await;
         assert_eq!(settled_at, Some(Instant::now()));
         tokio::time::advance(retention - Duration::from_millis(1)).await;
         assert_eq!(
@@ -835,7 +827,7 @@ mod tests {
         let Ok(guard) = claim(&layer.config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
-        assert_eq!(guard.settle(&layer.config, &Outcome::Handled).await, None);
+        assert_eq!(guard.settle(&Outcome::Handled).await, None);
     }
 
     /// A completion the store refuses outright is not tried again, in the
@@ -876,7 +868,7 @@ mod tests {
         let Ok(guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
-        guard.settle(config, &Outcome::Handled).await;
+        guard.settle(&Outcome::Handled).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
             asked(&store, start),
@@ -896,7 +888,7 @@ mod tests {
             let Ok(guard) = claim(config, &verified, Instant::now()).await else {
                 panic!("a fresh event is claimed");
             };
-            guard.settle(config, &Outcome::HandlerFailed).await;
+            guard.settle(&Outcome::HandlerFailed).await;
             assert_eq!(config.outages.store.is_down(), down);
             assert_eq!(layer.metrics().settle_errors(), 1);
         }

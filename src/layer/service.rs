@@ -327,7 +327,7 @@ where
                 }
             }
         }
-        let settled_at = guard.settle(&config, &outcome).await;
+        let settled_at = guard.settle(&outcome).await;
         (response, outcome, verified, settled_at)
     }
 }
