@@ -128,10 +128,11 @@ macro_rules! event_types {
         /// from what was decoded with the envelope, when it was), as JSON;
         /// `None` for a name this crate does not know. For the fuzz targets.
         #[cfg(fuzzing)]
-        pub(crate) fn typed_data_json(raw: &RawEvent) -> Option<Result<serde_json::Value, String>> {
+        pub(crate) fn typed_data_json(raw: &mut RawEvent) -> Option<Result<serde_json::Value, String>> {
+            let predecoded = raw.take_predecoded();
             Some(match raw.event_type() {
                 $( EventType::$variant => raw
-                    .decode_typed::<$data>()
+                    .decode_typed::<$data>(predecoded)
                     .map_err(|error| error.to_string())
                     .and_then(|event| serde_json::to_value(&event.data).map_err(|error| error.to_string())), )+
                 EventType::Unknown(_) => return None,

@@ -45,7 +45,7 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -166,7 +166,6 @@ impl<T> Event<T> {
 ///
 /// Cheap to clone: it shares the delivery's body bytes, and the id is a
 /// span of them (unless the JSON spelled it with escapes).
-#[derive(Clone)]
 pub struct RawEvent {
     body: Bytes,
     id: IdText,
@@ -177,9 +176,27 @@ pub struct RawEvent {
     account: Option<Arc<str>>,
     attempt: Option<Arc<InboxAttempt>>,
     /// The resource, decoded while the envelope was read, for the router's
-    /// typed handler (see [`RawEvent::from_bytes_for`]); clones share it and
-    /// the first typed decode takes it.
+    /// typed handler (see [`RawEvent::from_bytes_for`]). It moves, never
+    /// shared: a clone is made without it, and the router takes it out.
     predecoded: Option<Predecoded>,
+}
+
+impl Clone for RawEvent {
+    /// A clone shares the body; it does not carry the resource decoded with
+    /// the envelope (a typed decode of the clone reads it from the body).
+    fn clone(&self) -> Self {
+        Self {
+            body: self.body.clone(),
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            created: self.created,
+            livemode: self.livemode,
+            data: self.data.clone(),
+            account: self.account.clone(),
+            attempt: self.attempt.clone(),
+            predecoded: None,
+        }
+    }
 }
 
 /// A check of the one-pass reading, for the fuzz targets only: it exists in
@@ -206,7 +223,7 @@ pub mod fuzzing {
     pub fn check_decoding_on_the_way(body: &[u8]) {
         let plain = RawEvent::from_slice(body);
         let decoding = RawEvent::read(bytes::Bytes::copy_from_slice(body), Some(&Every));
-        let (plain, decoding) = match (plain, decoding) {
+        let (mut plain, mut decoding) = match (plain, decoding) {
             (Ok(plain), Ok(decoding)) => (plain, decoding),
             (plain, decoding) => {
                 assert_eq!(plain.err(), decoding.err());
@@ -219,8 +236,8 @@ pub mod fuzzing {
         assert_eq!(plain.livemode(), decoding.livemode());
         assert_eq!(plain.data_json(), decoding.data_json());
         assert_eq!(
-            super::event_type::typed_data_json(&plain),
-            super::event_type::typed_data_json(&decoding)
+            super::event_type::typed_data_json(&mut plain),
+            super::event_type::typed_data_json(&mut decoding)
         );
     }
 }
@@ -233,40 +250,33 @@ thread_local! {
 }
 
 /// A resource decoded into its type while the envelope was read, kept until
-/// a typed decode into that type takes it.
-#[derive(Clone)]
-pub(crate) struct Predecoded(Arc<dyn Any + Send + Sync>);
+/// a typed decode into that type takes it. It is moved from the event to
+/// the decode that takes it, never shared, so it needs no lock.
+pub(crate) struct Predecoded(Box<dyn Any + Send + Sync>);
 
 impl Predecoded {
-    /// `T` decoded from `deserializer`, moved once, into its slot: the
-    /// slot is allocated first (a resource is some hundreds of bytes, and
-    /// each move of it a copy).
+    /// `T` decoded from `deserializer`, moved once, into its box: the box is
+    /// allocated first (a resource is some hundreds of bytes, and each move
+    /// of it a copy).
     fn decode<'de, T, D>(deserializer: D) -> Result<Self, D::Error>
     where
-        T: serde::Deserialize<'de> + Send + 'static,
+        T: serde::Deserialize<'de> + Send + Sync + 'static,
         D: serde::Deserializer<'de>,
     {
-        let slot = Arc::new(Mutex::new(None));
-        // Not shared yet: the lock is uncontended, and cannot be poisoned.
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(T::deserialize(deserializer)?);
-        Ok(Self(slot))
+        let slot = Box::<T>::new_uninit();
+        let data: Box<T> = Box::write(slot, T::deserialize(deserializer)?);
+        Ok(Self(data))
     }
 
-    /// The resource, if it was decoded into `T` and not taken yet.
-    fn take<T: 'static>(&self) -> Option<T> {
-        self.0
-            .downcast_ref::<Mutex<Option<T>>>()?
-            .lock()
-            .ok()?
-            .take()
+    /// The resource, if it was decoded into `T`.
+    fn take<T: 'static>(self) -> Option<T> {
+        self.0.downcast::<T>().ok().map(|data| *data)
     }
 
-    /// Whether it holds a resource decoded into `T`, not taken yet.
+    /// Whether it holds a resource decoded into `T`.
     #[cfg(test)]
     fn holds<T: 'static>(&self) -> bool {
-        self.0
-            .downcast_ref::<Mutex<Option<T>>>()
-            .is_some_and(|slot| slot.lock().is_ok_and(|data| data.is_some()))
+        self.0.is::<T>()
     }
 }
 
@@ -450,11 +460,12 @@ impl RawEvent {
     }
 
     /// As [`decode`](Self::decode), taking the resource decoded into `T`
-    /// while the envelope was read, when it was (and no clone took it).
+    /// while the envelope was read, `predecoded`, when it was (taken out of
+    /// this event with [`take_predecoded`](Self::take_predecoded)).
     pub(crate) fn decode_typed<T: DeserializeOwned + 'static>(
-        &self,
+        &self, predecoded: Option<Predecoded>,
     ) -> Result<Event<T>, DecodeError> {
-        match self.predecoded.as_ref().and_then(Predecoded::take::<T>) {
+        match predecoded.and_then(Predecoded::take::<T>) {
             Some(data) => {
                 #[cfg(test)]
                 PREDECODED_TAKEN.with(|taken| taken.set(taken.get() + 1));
@@ -469,6 +480,20 @@ impl RawEvent {
     /// in a response's extensions holds only the body.
     pub(crate) fn forget_predecoded(&mut self) {
         self.predecoded = None;
+    }
+
+    /// The resource decoded with the envelope, taken out of this event, for
+    /// [`decode_typed`](Self::decode_typed).
+    pub(crate) fn take_predecoded(&mut self) -> Option<Predecoded> {
+        self.predecoded.take()
+    }
+
+    /// A clone that carries the resource decoded with the envelope, taken
+    /// out of this event.
+    pub(crate) fn lend(&mut self) -> Self {
+        let mut lent = self.clone();
+        lent.predecoded = self.predecoded.take();
+        lent
     }
 
     /// Whether this event holds its resource decoded into `T` as the

@@ -53,6 +53,16 @@ impl VerifiedEvent {
         }
     }
 
+    /// As [`new`](Self::new), taking `verified`'s key name rather than
+    /// sharing it once more.
+    pub(crate) fn from_verified(event: RawEvent, verified: Verified) -> Self {
+        Self {
+            event,
+            signed_at: verified.signed_at(),
+            key_name: verified.into_key_name(),
+        }
+    }
+
     /// `event`, verified earlier (when it was received and kept), signed at
     /// `signed_at` under the key named `key_name`.
     #[must_use]
@@ -99,6 +109,16 @@ impl VerifiedEvent {
     /// See [`RawEvent::forget_predecoded`].
     pub(crate) fn forget_predecoded(&mut self) {
         self.event.forget_predecoded();
+    }
+
+    /// A clone that carries the resource decoded with the envelope, taken
+    /// out of this event: see [`RawEvent::lend`].
+    pub(crate) fn lend(&mut self) -> Self {
+        Self {
+            event: self.event.lend(),
+            signed_at: self.signed_at,
+            key_name: Arc::clone(&self.key_name),
+        }
     }
 
     /// The key's name as a shared string, for a metric label.

@@ -310,9 +310,9 @@ where
             handler: config.handler_deadline(),
             claim_started,
         };
-        // A clone shares the body and the id's bytes: no copy.
-        let (mut response, mut outcome) = run(verified.clone(), deadline).await;
-        verified.forget_predecoded();
+        // A clone shares the body and the id's bytes: no copy. The resource
+        // decoded with the envelope goes with it, to the handler.
+        let (mut response, mut outcome) = run(verified.lend(), deadline).await;
         if outcome == Outcome::Undecodable {
             cold();
             if let Some(inbox) = &config.dead_letters {

@@ -90,16 +90,34 @@ where
         return Err(Outcome::InvalidEventId);
     }
     event.set_account(account);
-    Ok(VerifiedEvent::new(event, &verified))
+    Ok(VerifiedEvent::from_verified(event, verified))
+}
+
+/// A delivery's verifier: the layer's own, lent, or one handed out by its
+/// live keys or key source.
+enum Held<'a> {
+    Lent(&'a Verifier),
+    Shared(Arc<Verifier>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Verifier;
+
+    fn deref(&self) -> &Verifier {
+        match self {
+            Self::Lent(verifier) => verifier,
+            Self::Shared(verifier) => verifier,
+        }
+    }
 }
 
 /// The verifier for this delivery, and its account when there are several.
-async fn keys(
-    config: &Config, parts: &http::request::Parts, span: Option<&Span>,
-) -> Result<(Arc<Verifier>, Option<Arc<str>>), Outcome> {
+async fn keys<'a>(
+    config: &'a Config, parts: &http::request::Parts, span: Option<&Span>,
+) -> Result<(Held<'a>, Option<Arc<str>>), Outcome> {
     let (from, source) = match &config.keys {
-        Keys::One(verifier) => return Ok((Arc::clone(verifier), None)),
-        Keys::Live(live) => return Ok((live.current(), None)),
+        Keys::One(verifier) => return Ok((Held::Lent(verifier), None)),
+        Keys::Live(live) => return Ok((Held::Shared(live.current()), None)),
         Keys::PerAccount { from, source } => (from, source),
     };
     let Some(account) = from.account(parts) else {
@@ -115,7 +133,7 @@ async fn keys(
             if let Some(span) = span {
                 span.record("account", account);
             }
-            Ok((verifier, Some(Arc::from(account))))
+            Ok((Held::Shared(verifier), Some(Arc::from(account))))
         }
         Ok(Ok(None)) => {
             outage.succeeded();

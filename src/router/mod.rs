@@ -106,7 +106,7 @@ pub use handler::{
 
 use crate::events::{
     for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
-    ObjectKey, RawEvent, Version,
+    ObjectKey, Predecoded, RawEvent, Version,
 };
 use crate::guard::{boxed_in_place, cold, CatchUnwind};
 use crate::ordering;
@@ -132,7 +132,9 @@ enum Prepared {
 }
 
 /// Decodes an event for its typed handler; `true` when the router tracks freshness.
-type Route<S> = Arc<dyn Fn(&RawEvent, S, bool) -> Result<Prepared, DecodeError> + Send + Sync>;
+type Route<S> = Arc<
+    dyn Fn(&RawEvent, Option<Predecoded>, S, bool) -> Result<Prepared, DecodeError> + Send + Sync,
+>;
 type RawRoute<S> = Arc<dyn Fn(RawEvent, S) -> Run + Send + Sync>;
 type Undecodable = Arc<dyn Fn(RawEvent, DecodeError) -> Run + Send + Sync>;
 
@@ -309,9 +311,9 @@ where
     F: Fn(Event<K::Data>, S) -> Run + Send + Sync + 'static,
 {
     let call = Arc::new(call);
-    Arc::new(move |raw: &RawEvent, state: S, track: bool| {
+    Arc::new(move |raw: &RawEvent, predecoded, state: S, track: bool| {
         // The resource decoded as the envelope was read, when it was.
-        let mut event = raw.decode_typed::<K::Data>()?;
+        let mut event = raw.decode_typed::<K::Data>(predecoded)?;
         if !track {
             // The event's freshness is already `Untracked`.
             return Ok(Prepared::Untracked(call(event, state)));
@@ -541,12 +543,14 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// # Ok(()) }
     /// ```
     pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
-        // Lent to the steps, so that it is still here for the log of a panic.
-        let raw = event.into_event();
+        // Lent to the steps, so that it is still here for the log of a panic;
+        // the resource decoded with the envelope goes to the typed route.
+        let mut raw = event.into_event();
+        let predecoded = raw.take_predecoded();
         // The state's clone inside the guard too: an inbox worker calls
         // this with no guard of its own, and a panic that left the call
         // would end the worker.
-        let steps = async { Self::run(&self.routes, &raw, self.state.clone()).await };
+        let steps = async { Self::run(&self.routes, &raw, predecoded, self.state.clone()).await };
         match CatchUnwind::new(steps).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
@@ -562,7 +566,9 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         }
     }
 
-    async fn run(routes: &Routes<S>, raw: &RawEvent, state: S) -> Dispatched {
+    async fn run(
+        routes: &Routes<S>, raw: &RawEvent, predecoded: Option<Predecoded>, state: S,
+    ) -> Dispatched {
         if let Some(hook) = &routes.before_each {
             if let Err(error) = hook(raw.clone(), state.clone()).await {
                 cold();
@@ -586,7 +592,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             };
         };
         let store = routes.ordering.as_deref();
-        let (object, version, run) = match route(raw, state, store.is_some()) {
+        let (object, version, run) = match route(raw, predecoded, state, store.is_some()) {
             Ok(Prepared::Untracked(run)) => {
                 let result = run.await;
                 return finish(raw, result, None)
@@ -861,8 +867,9 @@ mod tests {
     }
 
     /// The resource of a type with a typed handler is decoded with the
-    /// envelope, and that handler's decode takes it (a clone shares it);
-    /// a type without one is not decoded ahead.
+    /// envelope, and that handler's decode takes it (a clone does not carry
+    /// it, and decodes from the body); a type without one is not decoded
+    /// ahead.
     #[tokio::test]
     async fn a_typed_handler_takes_the_resource_decoded_with_the_envelope() {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -879,13 +886,16 @@ mod tests {
         let raw = RawEvent::from_bytes_for(Bytes::from(body), &*typed).unwrap();
         assert!(raw.holds_predecoded::<crate::data::Order>());
         let kept = raw.clone();
+        assert!(!kept.holds_predecoded::<crate::data::Order>());
+        let taken = || crate::events::PREDECODED_TAKEN.with(std::cell::Cell::get);
+        let before = taken();
         let dispatched = router.dispatch(verified(raw, body)).await;
         assert_eq!(dispatched.outcome(), &Outcome::Handled);
         assert_eq!(*seen.lock().unwrap(), [Some("ord_1".to_owned())]);
-        assert!(!kept.holds_predecoded::<crate::data::Order>());
+        assert_eq!(taken(), before + 1);
         // Decoded again from the body when asked again.
         assert_eq!(
-            kept.decode_typed::<crate::data::Order>()
+            kept.decode_typed::<crate::data::Order>(None)
                 .unwrap()
                 .data
                 .order_id

@@ -635,6 +635,11 @@ impl Verified {
         &self.key_name
     }
 
+    /// The name of the key that matched, owned.
+    pub(crate) fn into_key_name(self) -> Arc<str> {
+        self.key_name
+    }
+
     /// When the sender signed the delivery, from `X-Clink-Timestamp`
     /// (seconds already converted to milliseconds).
     #[must_use]
