@@ -98,9 +98,9 @@ fn key_of(config: &Config, verified: &VerifiedEvent) -> StoreKey {
 
 /// Claims the event, as of `now`, read just before; anything but a fresh
 /// claim is the delivery's outcome.
-pub(super) async fn claim(
-    config: &Arc<Config>, verified: &VerifiedEvent, now: Instant,
-) -> Result<ClaimGuard, Outcome> {
+pub(super) async fn claim<'a>(
+    config: &'a Config, verified: &VerifiedEvent, now: Instant,
+) -> Result<ClaimGuard<'a>, Outcome> {
     let key = key_of(config, verified);
     // The lease starts somewhere during the call: count it from before. A
     // memory store counts it from that same instant.
@@ -121,7 +121,7 @@ pub(super) async fn claim(
     }
     match claimed {
         Ok(Claim::Claimed(token)) => Ok(ClaimGuard {
-            config: Arc::clone(config),
+            config,
             memory_key,
             key,
             token: Some(token),
@@ -154,10 +154,11 @@ pub(super) async fn claim(
 /// make (release, or complete once the handler succeeded) runs in the
 /// background, so the next retry does not wait out the lease and a handled
 /// event is not handled again.
-pub(super) struct ClaimGuard {
-    /// The layer's settings: its store (and the store itself when it is a
-    /// memory store, called directly), metrics and the store's outage log.
-    config: Arc<Config>,
+pub(super) struct ClaimGuard<'a> {
+    /// The layer's settings, lent by the delivery: its store (and the store
+    /// itself when it is a memory store, called directly), metrics and the
+    /// store's outage log.
+    config: &'a Config,
     /// The key as a memory store keeps it, when the store is one.
     memory_key: Option<MemoryKey>,
     key: StoreKey,
@@ -170,7 +171,7 @@ pub(super) struct ClaimGuard {
     lease_ends: Instant,
 }
 
-impl ClaimGuard {
+impl<'a> ClaimGuard<'a> {
     /// Settles the claim as `outcome` says: completed when acknowledged,
     /// released otherwise. A memory store settles at once, and the reading
     /// of the clock it settled as of is returned: the delivery's end, for
@@ -179,9 +180,9 @@ impl ClaimGuard {
         clippy::manual_async_fn,
         reason = "an async block keeps no second copy of the arguments"
     )]
-    pub(super) fn settle(
-        mut self, outcome: &Outcome,
-    ) -> impl Future<Output = Option<Instant>> + '_ {
+    pub(super) fn settle<'o>(
+        mut self, outcome: &'o Outcome,
+    ) -> impl Future<Output = Option<Instant>> + use<'a, 'o> {
         // A block, not an `async fn`: the guard is used where it was moved
         // to, not copied once more into a local when it starts.
         async move {
@@ -196,7 +197,7 @@ impl ClaimGuard {
     }
 
     async fn complete(&mut self, at: Option<Instant>) {
-        let config = &*self.config;
+        let config = self.config;
         let retention = config.settings.retention;
         self.completes_with = Some(retention);
         let Some(token) = &self.token else {
@@ -247,7 +248,7 @@ impl ClaimGuard {
     }
 
     async fn release(&mut self, at: Option<Instant>) {
-        let config = &*self.config;
+        let config = self.config;
         let outage = &config.outages.store;
         let Some(token) = &self.token else {
             return;
@@ -381,7 +382,7 @@ fn logged(released: Result<Settle, StoreError>, outage: &Arc<OutageLog>) -> bool
     }
 }
 
-impl Drop for ClaimGuard {
+impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         let Some(token) = self.token.take() else {
             return;
@@ -389,7 +390,7 @@ impl Drop for ClaimGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let config = &*self.config;
+        let config = self.config;
         let store = Arc::clone(&config.store);
         let key = self.key.take();
         let timeout = config.settings.store_timeout;
@@ -447,9 +448,9 @@ mod tests {
 
     /// A guard of the claim of `k` under `token`, made by hand, as the
     /// layer made with `config` holds it, through its store's trait.
-    fn held(config: &Arc<Config>, token: LeaseToken, lease_ends: Instant) -> ClaimGuard {
+    fn held(config: &Config, token: LeaseToken, lease_ends: Instant) -> ClaimGuard<'_> {
         ClaimGuard {
-            config: Arc::clone(config),
+            config,
             memory_key: None,
             key: StoreKey::concat(&["k"]),
             token: Some(token),
@@ -740,7 +741,7 @@ mod tests {
 
     /// Claims `verified`, starts settling it as handled, and drops the
     /// delivery while the store has not answered that first completion.
-    async fn dropped_while_completing(config: &Arc<Config>, verified: &VerifiedEvent) {
+    async fn dropped_while_completing(config: &Config, verified: &VerifiedEvent) {
         let Ok(guard) = claim(config, verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
