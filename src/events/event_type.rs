@@ -132,7 +132,12 @@ macro_rules! event_types {
             let predecoded = raw.take_predecoded();
             Some(match raw.event_type() {
                 $( EventType::$variant => raw
-                    .decode_typed::<$data>(predecoded)
+                    .decode_typed::<$data>({
+                        // Read with the envelope, it is of its type's data:
+                        // else both sides would read the body, and agree.
+                        assert!(predecoded.as_ref().is_none_or(Predecoded::holds::<$data>));
+                        predecoded
+                    })
                     .map_err(|error| error.to_string())
                     .and_then(|event| serde_json::to_value(&event.data).map_err(|error| error.to_string())), )+
                 EventType::Unknown(_) => return None,

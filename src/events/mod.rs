@@ -250,8 +250,9 @@ thread_local! {
 }
 
 /// A resource decoded into its type while the envelope was read, kept until
-/// a typed decode into that type takes it. It is moved from the event to
-/// the decode that takes it, never shared, so it needs no lock.
+/// a typed decode takes it (a decode into another type drops it and reads
+/// the body). It is moved from the event to the decode that takes it, never
+/// shared, so it needs no lock.
 pub(crate) struct Predecoded(Box<dyn Any + Send + Sync>);
 
 impl Predecoded {
@@ -274,7 +275,7 @@ impl Predecoded {
     }
 
     /// Whether it holds a resource decoded into `T`.
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     fn holds<T: 'static>(&self) -> bool {
         self.0.is::<T>()
     }

@@ -131,7 +131,9 @@ enum Prepared {
     },
 }
 
-/// Decodes an event for its typed handler; `true` when the router tracks freshness.
+/// Decodes an event for its typed handler: the event, the resource decoded
+/// with its envelope (taken out of it by [`EventRouter::dispatch`]), the
+/// router's state, and `true` when the router tracks freshness.
 type Route<S> = Arc<
     dyn Fn(&RawEvent, Option<Predecoded>, S, bool) -> Result<Prepared, DecodeError> + Send + Sync,
 >;
