@@ -12,7 +12,6 @@
 //! [`OutageLog`]): a line when it starts, a summary per interval, a line
 //! when a call succeeds again; never a line per delivery.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,24 +175,17 @@ impl<'a> ClaimGuard<'a> {
     /// released otherwise. A memory store settles at once, and the reading
     /// of the clock it settled as of is returned: the delivery's end, for
     /// the layer to time it without reading the clock again.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async block keeps no second copy of the arguments"
-    )]
-    pub(super) fn settle<'o>(
-        mut self, outcome: &'o Outcome,
-    ) -> impl Future<Output = Option<Instant>> + use<'a, 'o> {
-        // A block, not an `async fn`: the guard is used where it was moved
-        // to, not copied once more into a local when it starts.
-        async move {
-            let at = self.memory_key.is_some().then(Instant::now);
-            if outcome.is_acknowledged() {
-                self.complete(at).await;
-            } else {
-                self.release(at).await;
-            }
-            at
+    ///
+    /// The guard is borrowed, not moved: it stays where the delivery keeps
+    /// it, and a delivery dropped while it settles drops it there.
+    pub(super) async fn settle(&mut self, outcome: &Outcome) -> Option<Instant> {
+        let at = self.memory_key.is_some().then(Instant::now);
+        if outcome.is_acknowledged() {
+            self.complete(at).await;
+        } else {
+            self.release(at).await;
         }
+        at
     }
 
     async fn complete(&mut self, at: Option<Instant>) {
@@ -558,7 +550,7 @@ mod tests {
         let Claim::Claimed(token) = store.claim("k", lease).await.unwrap() else {
             panic!("a fresh key is claimed");
         };
-        let guard = held(&layer.config, token, lease_ends);
+        let mut guard = held(&layer.config, token, lease_ends);
         guard.settle(&Outcome::Handled).await;
         (store, layer.metrics())
     }
@@ -711,7 +703,7 @@ mod tests {
         let config = &layer.config;
         let key = key_of(config, &verified);
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(&Outcome::Handled).await;
@@ -742,14 +734,16 @@ mod tests {
     /// Claims `verified`, starts settling it as handled, and drops the
     /// delivery while the store has not answered that first completion.
     async fn dropped_while_completing(config: &Config, verified: &VerifiedEvent) {
-        let Ok(guard) = claim(config, verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(config, verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         let mut settling = Box::pin(guard.settle(&Outcome::Handled));
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(settling.as_mut().poll(cx))).await;
         assert!(first.is_pending(), "the store does not answer");
+        // The delivery goes: the settle under way, and the guard it borrowed.
         drop(settling);
+        drop(guard);
     }
 
     #[tokio::test(start_paused = true)]
@@ -782,7 +776,7 @@ mod tests {
         let (layer, store, verified) = scripted(script);
         let config = &layer.config;
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(&Outcome::Handled).await;
@@ -809,7 +803,7 @@ mod tests {
         );
         let (_, _, verified) = scripted(&[]);
         let key = key_of(config, &verified);
-        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -825,7 +819,7 @@ mod tests {
         assert!(matches!(again, Some(Claim::Claimed(_))), "{again:?}");
 
         let (layer, _, verified) = scripted(&[]);
-        let Ok(guard) = claim(&layer.config, &verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(&layer.config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         assert_eq!(guard.settle(&Outcome::Handled).await, None);
@@ -866,7 +860,7 @@ mod tests {
             scripted_with_lease(&[Step::Down; 20], Duration::from_millis(990));
         let config = &layer.config;
         let start = Instant::now();
-        let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+        let Ok(mut guard) = claim(config, &verified, Instant::now()).await else {
             panic!("a fresh event is claimed");
         };
         guard.settle(&Outcome::Handled).await;
@@ -886,7 +880,7 @@ mod tests {
         for (step, down) in [(Step::Down, true), (Step::Refused, false)] {
             let (layer, _store, verified) = scripted(&[step]);
             let config = &layer.config;
-            let Ok(guard) = claim(config, &verified, Instant::now()).await else {
+            let Ok(mut guard) = claim(config, &verified, Instant::now()).await else {
                 panic!("a fresh event is claimed");
             };
             guard.settle(&Outcome::HandlerFailed).await;

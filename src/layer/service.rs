@@ -298,7 +298,7 @@ where
         // The lease starts somewhere during the claim call; count the handler's
         // deadline from before it, so that a slow claim does not eat the margin.
         let claim_started = Instant::now();
-        let guard = match claim(&config, &verified, claim_started).await {
+        let mut guard = match claim(&config, &verified, claim_started).await {
             Err(outcome) => {
                 cold();
                 verified.forget_predecoded();
