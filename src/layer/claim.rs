@@ -170,7 +170,7 @@ pub(super) struct ClaimGuard<'a> {
     lease_ends: Instant,
 }
 
-impl<'a> ClaimGuard<'a> {
+impl ClaimGuard<'_> {
     /// Settles the claim as `outcome` says: completed when acknowledged,
     /// released otherwise. A memory store settles at once, and the reading
     /// of the clock it settled as of is returned: the delivery's end, for
