@@ -269,9 +269,10 @@ impl Predecoded {
         Ok(Self(data))
     }
 
-    /// The resource, if it was decoded into `T`.
-    fn take<T: 'static>(self) -> Option<T> {
-        self.0.downcast::<T>().ok().map(|data| *data)
+    /// The resource, if it was decoded into `T`, still in its box: moved
+    /// out of it only into the event it becomes part of.
+    fn take<T: 'static>(self) -> Option<Box<T>> {
+        self.0.downcast::<T>().ok()
     }
 
     /// Whether it holds a resource decoded into `T`.
@@ -470,7 +471,7 @@ impl RawEvent {
             Some(data) => {
                 #[cfg(test)]
                 PREDECODED_TAKEN.with(|taken| taken.set(taken.get() + 1));
-                Ok(self.event_with(data))
+                Ok(self.event_with_boxed(data))
             }
             None => self.decode(),
         }
@@ -502,6 +503,31 @@ impl RawEvent {
     #[cfg(test)]
     pub(crate) fn holds_predecoded<T: 'static>(&self) -> bool {
         self.predecoded.as_ref().is_some_and(Predecoded::holds::<T>)
+    }
+
+    /// This event with `data`, moved out of its box, as its resource: the
+    /// envelope's fields first, so that the resource is copied once, from
+    /// its box into the event.
+    #[inline(always)]
+    #[expect(
+        clippy::boxed_local,
+        reason = "the resource comes boxed, and is moved out of its box here"
+    )]
+    fn event_with_boxed<T>(&self, data: Box<T>) -> Event<T> {
+        let id = self.id().to_owned();
+        let event_type = self.event_type.clone();
+        let account = self.account.clone();
+        let attempt = self.attempt.clone();
+        Event {
+            id,
+            event_type,
+            created: self.created,
+            livemode: self.livemode,
+            data: *data,
+            freshness: Freshness::Untracked,
+            account,
+            attempt,
+        }
     }
 
     /// This event with `data` as its resource.
