@@ -1,6 +1,6 @@
 //! Heap allocations per delivery, counted by a global allocator that
-//! counts: the hand-written receiver and the layer in process (over its
-//! router called directly, and as a tower service), on the same
+//! counts: the hand-written receiver, the careful one, and the layer in
+//! process (over its router called directly, and as a tower service), on the same
 //! signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
 //!
 //! ```text
@@ -70,12 +70,22 @@ fn main() {
     let layer = layered();
     let tower = layered_tower();
     let hand = Hand::new();
+    let careful = Hand::careful();
     let key = keyed();
     let mut next_id = 0;
     println!("\nHeap allocations per delivery in process (allocations + reallocations; bytes):");
     println!(
-        "{:<6} {:>6} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
-        "size", "hmac", "hand", "tower", "layer", "hand bytes", "tower bytes", "layer bytes"
+        "{:<6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>12} {:>12}",
+        "size",
+        "hmac",
+        "hand",
+        "careful",
+        "tower",
+        "layer",
+        "hand bytes",
+        "careful bytes",
+        "tower bytes",
+        "layer bytes"
     );
     for (size, label) in SIZES {
         let body = receiver::body(0, size);
@@ -83,10 +93,12 @@ fn main() {
         black_box(bare_hmac(&key, "1736942400000", &body));
         let hmac = region.change().allocations;
         let (hand_allocs, hand_bytes) = per_delivery(&rt, &hand, &mut next_id, count, size);
+        let (careful_allocs, careful_bytes) =
+            per_delivery(&rt, &careful, &mut next_id, count, size);
         let (tower_allocs, tower_bytes) = per_delivery(&rt, &tower, &mut next_id, count, size);
         let (layer_allocs, layer_bytes) = per_delivery(&rt, &layer, &mut next_id, count, size);
         println!(
-            "{label:<6} {hmac:>6} {hand_allocs:>8.1} {tower_allocs:>8.1} {layer_allocs:>8.1} {hand_bytes:>12.0} {tower_bytes:>12.0} {layer_bytes:>12.0}"
+            "{label:<6} {hmac:>6} {hand_allocs:>8.1} {careful_allocs:>8.1} {tower_allocs:>8.1} {layer_allocs:>8.1} {hand_bytes:>12.0} {careful_bytes:>13.0} {tower_bytes:>12.0} {layer_bytes:>12.0}"
         );
     }
 }
