@@ -1,7 +1,7 @@
 //! Heap allocations per delivery, counted by a global allocator that
 //! counts: the hand-written receiver, the careful one, and the layer in
-//! process (over its router called directly, and as a tower service), on the same
-//! signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
+//! process (over its router called directly, and as a tower service), on
+//! the same signed 1 KiB and 64 KiB deliveries as `benches/receiver.rs`.
 //!
 //! ```text
 //! cargo bench -p clink-webhooks-benches --bench allocations
@@ -74,18 +74,9 @@ fn main() {
     let key = keyed();
     let mut next_id = 0;
     println!("\nHeap allocations per delivery in process (allocations + reallocations; bytes):");
+    // The columns of the rows below, each as wide as its figures.
     println!(
-        "{:<6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>12} {:>12}",
-        "size",
-        "hmac",
-        "hand",
-        "careful",
-        "tower",
-        "layer",
-        "hand bytes",
-        "careful bytes",
-        "tower bytes",
-        "layer bytes"
+        "size     hmac     hand  careful    tower    layer   hand bytes careful bytes  tower bytes  layer bytes"
     );
     for (size, label) in SIZES {
         let body = receiver::body(0, size);
