@@ -458,7 +458,7 @@ impl RawEvent {
     /// not fit `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<Event<T>, DecodeError> {
         let data = self.decode_data::<T>()?;
-        Ok(self.event_with(data))
+        Ok(self.event_with(|| data))
     }
 
     /// As [`decode`](Self::decode), taking the resource decoded into `T`
@@ -471,7 +471,7 @@ impl RawEvent {
             Some(data) => {
                 #[cfg(test)]
                 PREDECODED_TAKEN.with(|taken| taken.set(taken.get() + 1));
-                Ok(self.event_with_boxed(data))
+                Ok(self.event_with(|| *data))
             }
             None => self.decode(),
         }
@@ -505,15 +505,11 @@ impl RawEvent {
         self.predecoded.as_ref().is_some_and(Predecoded::holds::<T>)
     }
 
-    /// This event with `data`, moved out of its box, as its resource: the
-    /// envelope's fields first, so that the resource is copied once, from
-    /// its box into the event.
+    /// This event with the resource `data` gives: the envelope's fields are
+    /// made first and the resource last, straight into its place, so that a
+    /// resource moved out of a box is copied once.
     #[inline(always)]
-    #[expect(
-        clippy::boxed_local,
-        reason = "the resource comes boxed, and is moved out of its box here"
-    )]
-    fn event_with_boxed<T>(&self, data: Box<T>) -> Event<T> {
+    fn event_with<T>(&self, data: impl FnOnce() -> T) -> Event<T> {
         let id = self.id().to_owned();
         let event_type = self.event_type.clone();
         let account = self.account.clone();
@@ -523,24 +519,10 @@ impl RawEvent {
             event_type,
             created: self.created,
             livemode: self.livemode,
-            data: *data,
+            data: data(),
             freshness: Freshness::Untracked,
             account,
             attempt,
-        }
-    }
-
-    /// This event with `data` as its resource.
-    fn event_with<T>(&self, data: T) -> Event<T> {
-        Event {
-            id: self.id().to_owned(),
-            event_type: self.event_type.clone(),
-            created: self.created,
-            livemode: self.livemode,
-            data,
-            freshness: Freshness::Untracked,
-            account: self.account.clone(),
-            attempt: self.attempt.clone(),
         }
     }
 
