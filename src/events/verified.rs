@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use super::RawEvent;
 use crate::signature::Verified;
@@ -39,7 +38,7 @@ use crate::Timestamp;
 pub struct VerifiedEvent {
     event: RawEvent,
     signed_at: Timestamp,
-    key_name: Arc<str>,
+    key_name: &'static str,
 }
 
 impl VerifiedEvent {
@@ -49,28 +48,21 @@ impl VerifiedEvent {
         Self {
             event,
             signed_at: verified.signed_at(),
-            key_name: Arc::clone(verified.key_name_shared()),
-        }
-    }
-
-    /// As [`new`](Self::new), taking `verified`'s key name rather than
-    /// sharing it once more.
-    pub(crate) fn from_verified(event: RawEvent, verified: Verified) -> Self {
-        Self {
-            event,
-            signed_at: verified.signed_at(),
-            key_name: verified.into_key_name(),
+            key_name: verified.key_label(),
         }
     }
 
     /// `event`, verified earlier (when it was received and kept), signed at
-    /// `signed_at` under the key named `key_name`.
+    /// `signed_at` under the key named `key_name`. Pass the name the event
+    /// was verified under: like a [`SigningKey`](crate::SigningKey)'s, it is
+    /// kept once for the life of the process, whatever number of events
+    /// carry it.
     #[must_use]
     pub fn earlier(event: RawEvent, signed_at: Timestamp, key_name: &str) -> Self {
         Self {
             event,
             signed_at,
-            key_name: key_name.into(),
+            key_name: crate::signature::intern(key_name),
         }
     }
 
@@ -103,7 +95,7 @@ impl VerifiedEvent {
     /// (its fingerprint when it has none), as metrics and logs say it.
     #[must_use]
     pub fn key_name(&self) -> &str {
-        &self.key_name
+        self.key_name
     }
 
     /// See [`RawEvent::forget_predecoded`].
@@ -117,14 +109,15 @@ impl VerifiedEvent {
         Self {
             event: self.event.lend(),
             signed_at: self.signed_at,
-            key_name: Arc::clone(&self.key_name),
+            key_name: self.key_name,
         }
     }
 
-    /// The key's name as a shared string, for a metric label.
+    /// The key's name as kept for the life of the process, for a metric
+    /// label.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn key_label(&self) -> &Arc<str> {
-        &self.key_name
+    pub(crate) fn key_label(&self) -> &'static str {
+        self.key_name
     }
 }
 
@@ -214,7 +207,7 @@ mod tests {
         let verified = VerifiedEvent::earlier(raw, signed_at, "previous");
         assert_eq!(verified.signed_at(), signed_at);
         assert_eq!(verified.key_name(), "previous");
-        assert_eq!(&**verified.key_label(), "previous");
+        assert_eq!(verified.key_label(), "previous");
         assert_eq!(verified.account(), Some("acct_1"));
         assert_eq!(verified.event().id(), "evt_1");
         assert_eq!(verified.into_event().id(), "evt_1");

@@ -319,30 +319,28 @@ pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f
     });
 }
 
-/// Counts a verified delivery under the name of the key that matched (the
-/// name is shared, not copied). The metric key of the last name counted on
-/// each thread is kept, so that deliveries verified by the same key (most
-/// of them: one key, or two while rotating) build no key and allocate
-/// nothing.
+/// Counts a verified delivery under the name of the key that matched (kept
+/// for the life of the process, so never copied). The metric key of the
+/// last name counted on each thread is kept, so that deliveries verified by
+/// the same key (most of them: one key, or two while rotating) build no key
+/// and allocate nothing.
 #[cfg(feature = "metrics")]
-pub(super) fn emit_key_match(key_name: &std::sync::Arc<str>) {
+pub(super) fn emit_key_match(key_name: &'static str) {
     use std::cell::RefCell;
-    use std::sync::Arc;
 
     thread_local! {
-        static LAST: RefCell<Option<(Arc<str>, metrics::Key)>> = const { RefCell::new(None) };
+        static LAST: RefCell<Option<(&'static str, metrics::Key)>> = const { RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| {
-        // The cache holds its name, so a name's address is never reused
-        // while it is cached.
+        // Names are kept once each (see `SigningKey`), so the same address
+        // is the same name; an equal name elsewhere only builds the key again.
         if !last
             .as_ref()
-            .is_some_and(|(name, _)| Arc::ptr_eq(name, key_name))
+            .is_some_and(|(name, _)| std::ptr::eq(*name, key_name))
         {
-            let name = metrics::SharedString::from(Arc::clone(key_name));
-            let labels = vec![metrics::Label::new("key", name)];
+            let labels = vec![metrics::Label::new("key", key_name)];
             let key = metrics::Key::from_parts("clink_webhook_key_matches_total", labels);
-            *last = Some((Arc::clone(key_name), key));
+            *last = Some((key_name, key));
         }
         if let Some((_, key)) = last.as_ref() {
             metrics::with_recorder(|recorder| {
@@ -644,13 +642,14 @@ mod tests {
     #[test]
     fn matches_of_alternating_keys_are_each_counted_under_their_own_name() {
         let (current, previous) = (
-            std::sync::Arc::from("current"),
-            std::sync::Arc::from("previous"),
+            crate::signature::intern("current"),
+            crate::signature::intern("previous"),
         );
-        // Another `Arc` of the same name counts under that name too.
-        let again: std::sync::Arc<str> = std::sync::Arc::from("current");
+        // The same name at another address counts under that name too.
+        let again: &'static str = String::from("current").leak();
+        assert!(!std::ptr::eq(again, current));
         let lines = recorded(|| {
-            for key in [&current, &current, &previous, &current, &again, &previous] {
+            for key in [current, current, previous, current, again, previous] {
                 emit_key_match(key);
             }
         });
@@ -670,7 +669,7 @@ mod tests {
     #[test]
     fn matches_are_counted_by_key_and_deliveries_in_flight_until_dropped() {
         let lines = recorded(|| {
-            emit_key_match(&std::sync::Arc::from("current"));
+            emit_key_match("current");
             let in_flight = InFlight::start();
             drop(in_flight);
         });

@@ -90,7 +90,7 @@ where
         return Err(Outcome::InvalidEventId);
     }
     event.set_account(account);
-    Ok(VerifiedEvent::from_verified(event, verified))
+    Ok(VerifiedEvent::new(event, &verified))
 }
 
 /// A delivery's verifier: the layer's own, lent, or one handed out by its

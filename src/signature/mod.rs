@@ -75,6 +75,7 @@ pub(crate) mod tag;
 mod verifier;
 
 pub use error::{VerifyError, VerifyErrorKind};
+pub(crate) use keys::intern;
 pub use keys::{sign, SigningKey};
 pub use live::LiveVerifier;
 pub(crate) use parse::SignatureHeaders;

@@ -66,7 +66,7 @@ const INLINE_KEYS: usize = 2;
 pub struct Verifier {
     keys: Vec<ActiveKey>,
     /// The keys' names in order, shared with every [`Verification`].
-    names: Arc<[Arc<str>]>,
+    names: Arc<[&'static str]>,
     max_age: Duration,
     max_future_skew: Duration,
 }
@@ -99,7 +99,7 @@ impl Verifier {
     pub fn from_key(key: &SigningKey) -> Self {
         let key = ActiveKey::new(key);
         Self {
-            names: Arc::new([Arc::clone(&key.name)]),
+            names: Arc::new([key.name]),
             keys: vec![key],
             max_age: DEFAULT_TOLERANCE,
             max_future_skew: DEFAULT_TOLERANCE,
@@ -113,7 +113,7 @@ impl Verifier {
     #[must_use]
     pub fn add_key(mut self, key: SigningKey) -> Self {
         self.keys.push(ActiveKey::from(key));
-        self.names = self.keys.iter().map(|key| Arc::clone(&key.name)).collect();
+        self.names = self.keys.iter().map(|key| key.name).collect();
         self
     }
 
@@ -160,7 +160,7 @@ impl Verifier {
                 }),
         );
         Self {
-            names: keys.iter().map(|key| Arc::clone(&key.name)).collect(),
+            names: keys.iter().map(|key| key.name).collect(),
             keys,
             max_age: self.max_age,
             max_future_skew: self.max_future_skew,
@@ -170,7 +170,7 @@ impl Verifier {
     /// The names of the keys, in the order they were given (see
     /// [`SigningKey::named`]).
     pub fn key_names(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.names.iter().map(|name| &**name)
+        self.names.iter().copied()
     }
 
     /// Sets both [`max_age`](Self::max_age) and
@@ -468,7 +468,7 @@ impl MacStates {
     /// Finalizes every started state and compares each tag with `expected`,
     /// all of them whatever matched, and reports the first key that matched.
     fn finish(
-        &mut self, expected: &[u8; SIGNATURE_LEN], signed_at: Timestamp, names: &[Arc<str>],
+        &mut self, expected: &[u8; SIGNATURE_LEN], signed_at: Timestamp, names: &[&'static str],
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
@@ -511,13 +511,15 @@ impl Matches {
         });
     }
 
-    fn verdict(self, signed_at: Timestamp, names: &[Arc<str>]) -> Result<Verified, VerifyError> {
+    fn verdict(
+        self, signed_at: Timestamp, names: &[&'static str],
+    ) -> Result<Verified, VerifyError> {
         if self.matched.is_some_and(bool::from) {
             let key_index = self.index as usize;
             Ok(Verified {
                 key_index,
                 signed_at,
-                key_name: names.get(key_index).map_or_else(|| "".into(), Arc::clone),
+                key_name: names.get(key_index).copied().unwrap_or(""),
             })
         } else {
             Err(VerifyError::new(VerifyErrorKind::SignatureMismatch))
@@ -560,7 +562,7 @@ fn tags_equal(tag: &[u8; SIGNATURE_LEN], expected: &[u8; SIGNATURE_LEN]) -> Choi
 pub struct Verification {
     states: MacStates,
     signed_at: Timestamp,
-    names: Arc<[Arc<str>]>,
+    names: Arc<[&'static str]>,
 }
 
 impl fmt::Debug for Verification {
@@ -611,7 +613,7 @@ impl Verification {
 pub struct Verified {
     key_index: usize,
     signed_at: Timestamp,
-    key_name: Arc<str>,
+    key_name: &'static str,
 }
 
 impl Verified {
@@ -627,16 +629,11 @@ impl Verified {
     /// the same name before and after a rotation.
     #[must_use]
     pub fn key_name(&self) -> &str {
-        &self.key_name
+        self.key_name
     }
 
-    /// The name, shared.
-    pub(crate) fn key_name_shared(&self) -> &Arc<str> {
-        &self.key_name
-    }
-
-    /// The name of the key that matched, owned.
-    pub(crate) fn into_key_name(self) -> Arc<str> {
+    /// The name, kept for the life of the process (see [`SigningKey`]).
+    pub(crate) fn key_label(&self) -> &'static str {
         self.key_name
     }
 
