@@ -326,7 +326,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         ));
         // The resource is decoded for its typed handler as the envelope is read.
         let typed = self.router.decodes_typed();
-        let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), &*typed) {
+        let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), typed) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
             Ok(raw) => {
                 let mut raw = match &kept.account {

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::config::Config;
-use super::service::{delivery, layer_response, Verified};
+use super::service::{decodes_nothing, delivery, layer_response, Verified};
 use super::{Metrics, Readiness, ResponseBody, ResponseFuture};
 use crate::store::{timed, Inbox, Inserted, NewEvent, SignatureHeaders, StoreErrorKind};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -100,12 +100,14 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inbox = Arc::clone(&self.inbox);
         delivery(
             Arc::clone(&self.config),
             request,
-            None,
-            move |config, parts, verified| async move { keep(&config, &*inbox, &parts, verified).await },
+            Arc::clone(&self.inbox),
+            decodes_nothing,
+            |config, parts, verified, inbox| async move {
+                keep(&config, &*inbox, &parts, verified).await
+            },
         )
     }
 }

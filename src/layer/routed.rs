@@ -128,13 +128,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let router = self.router.clone();
-        let typed = router.decodes_typed();
         delivery(
             Arc::clone(&self.config),
             request,
-            Some(typed),
-            move |config, parts, verified| {
+            self.router.clone(),
+            |router| Some(router.decodes_typed()),
+            move |config, parts, verified, router| {
                 // Emptied now, not when the answer is made: nothing of the
                 // request's headers is kept while the handler runs. The
                 // maps keep their room for the response's.

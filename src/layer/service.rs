@@ -95,12 +95,12 @@ where
         // The ready service goes with this call; the clone waits for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let typed = router_typed(&inner);
         delivery(
             Arc::clone(&self.config),
             request,
-            typed,
-            move |config, parts, verified| {
+            inner,
+            router_typed::<S>,
+            move |config, parts, verified, inner| {
                 handle(config, verified, move |verified, deadline| async move {
                     let body = Full::new(verified.event().body().clone());
                     let mut request = Request::from_parts(parts, body);
@@ -121,7 +121,7 @@ where
 /// decoded in the pass that reads the envelope, as a
 /// [`RoutedService`](super::RoutedService)'s do, instead of reading it
 /// again. Any other inner service reads what it needs itself.
-fn router_typed<S: 'static>(inner: &S) -> Option<Arc<dyn DecodesTyped>> {
+fn router_typed<S: 'static>(inner: &S) -> Option<&dyn DecodesTyped> {
     let inner: &dyn std::any::Any = inner;
     inner
         .downcast_ref::<crate::EventRouter>()
@@ -145,11 +145,14 @@ pub(super) type Verified<ResB> = (
 /// one response and the [`Outcome`] it stands for, which is also in the
 /// response's extensions, next to the [`VerifiedEvent`] once verified.
 ///
-/// `typed`, when the event goes to an [`EventRouter`](crate::EventRouter),
-/// says which types it decodes: their resources are decoded as the envelope
-/// is read, in the same pass over the body.
-pub(super) fn delivery<B, ResB, E, F, Fut>(
-    config: Arc<Config>, request: Request<B>, typed: Option<Arc<dyn DecodesTyped>>, then: F,
+/// `then` takes the verified event and `to`, what the delivery goes to (a
+/// router, the inner service, an inbox). `typed` says, from `to`, which
+/// types it decodes when it is an [`EventRouter`](crate::EventRouter): their
+/// resources are decoded as the envelope is read, in the same pass over the
+/// body. It borrows from `to`, so that a delivery takes one handle to the
+/// router, not two.
+pub(super) fn delivery<B, ResB, E, To, F, Fut>(
+    config: Arc<Config>, request: Request<B>, to: To, typed: Typed<To>, then: F,
 ) -> ResponseFuture<Response<ResponseBody<ResB>>, E>
 where
     B: Body + Send + 'static,
@@ -157,7 +160,8 @@ where
     B::Error: Into<BoxError>,
     ResB: Send + 'static,
     E: 'static,
-    F: FnOnce(Arc<Config>, Parts, VerifiedEvent) -> Fut + Send + 'static,
+    To: Send + 'static,
+    F: FnOnce(Arc<Config>, Parts, VerifiedEvent, To) -> Fut + Send + 'static,
     Fut: Future<Output = Verified<ResB>> + Send + 'static,
 {
     let span = tracing::info_span!(
@@ -175,11 +179,22 @@ where
     // poll nor fields to record. The future is made in its box, not copied
     // there (a few kilobytes a delivery).
     if span.is_disabled() {
-        boxed_in_place(|| run(config, parts, body, typed, None, then))
+        boxed_in_place(|| run(config, parts, body, (to, typed), None, then))
     } else {
         let fields = span.clone();
-        boxed_in_place(|| run(config, parts, body, typed, Some(fields), then).instrument(span))
+        boxed_in_place(|| {
+            run(config, parts, body, (to, typed), Some(fields), then).instrument(span)
+        })
     }
+}
+
+/// Which event types a delivery's recipient decodes into a typed handler's
+/// data, read from the recipient itself; `None` when it reads what it needs.
+pub(super) type Typed<To> = fn(&To) -> Option<&dyn DecodesTyped>;
+
+/// For a recipient that decodes nothing as the envelope is read.
+pub(super) fn decodes_nothing<To>(_: &To) -> Option<&dyn DecodesTyped> {
+    None
 }
 
 /// One delivery, timed, counted and logged; `span` is the delivery's span
@@ -188,15 +203,15 @@ where
     clippy::manual_async_fn,
     reason = "an async block keeps no second copy of the arguments"
 )]
-fn run<B, ResB, E, F, Fut>(
-    config: Arc<Config>, parts: Parts, body: B, typed: Option<Arc<dyn DecodesTyped>>,
-    span: Option<Span>, then: F,
+fn run<B, ResB, E, To, F, Fut>(
+    config: Arc<Config>, parts: Parts, body: B, (to, typed): (To, Typed<To>), span: Option<Span>,
+    then: F,
 ) -> impl Future<Output = Result<Response<ResponseBody<ResB>>, E>>
 where
     B: Body + Send,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    F: FnOnce(Arc<Config>, Parts, VerifiedEvent) -> Fut,
+    F: FnOnce(Arc<Config>, Parts, VerifiedEvent, To) -> Fut,
     Fut: Future<Output = Verified<ResB>>,
 {
     // A block, not an `async fn`: its captures are used where they are,
@@ -204,7 +219,7 @@ where
     async move {
         let started = Instant::now();
         let in_flight = InFlight::start();
-        let verified = verify(&config, &parts, body, typed.as_deref(), span.as_ref()).await;
+        let verified = verify(&config, &parts, body, typed(&to), span.as_ref()).await;
         let (response, outcome, settled_at) = match verified {
             Err(outcome) => {
                 cold();
@@ -217,7 +232,7 @@ where
                     span.record("signing_key", verified.key_name());
                 }
                 let (mut response, outcome, verified, settled_at) =
-                    then(Arc::clone(&config), parts, verified).await;
+                    then(Arc::clone(&config), parts, verified, to).await;
                 if Outcome::of(&response) != Some(&outcome) {
                     response.extensions_mut().insert(outcome.clone());
                 }

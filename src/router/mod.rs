@@ -433,8 +433,8 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
 
     /// Which event types this router decodes into a typed handler's data,
     /// for a reader that decodes them as it reads the envelope.
-    pub(crate) fn decodes_typed(&self) -> Arc<dyn DecodesTyped> {
-        Arc::clone(&self.routes) as Arc<dyn DecodesTyped>
+    pub(crate) fn decodes_typed(&self) -> &dyn DecodesTyped {
+        &*self.routes
     }
 
     /// Registers `handler` as the typed handler of every event type this
@@ -885,7 +885,7 @@ mod tests {
         let typed = router.decodes_typed();
         let body =
             r#"{"id":"evt_1","type":"order.succeeded","data":{"object":{"orderId":"ord_1"}}}"#;
-        let raw = RawEvent::from_bytes_for(Bytes::from(body), &*typed).unwrap();
+        let raw = RawEvent::from_bytes_for(Bytes::from(body), typed).unwrap();
         assert!(raw.holds_predecoded::<crate::data::Order>());
         let kept = raw.clone();
         assert!(!kept.holds_predecoded::<crate::data::Order>());
@@ -905,7 +905,7 @@ mod tests {
             Some("ord_1")
         );
         let refund = r#"{"id":"evt_2","type":"refund.succeeded","data":{"refundId":"re_1"}}"#;
-        let raw = RawEvent::from_bytes_for(Bytes::from(refund), &*typed).unwrap();
+        let raw = RawEvent::from_bytes_for(Bytes::from(refund), typed).unwrap();
         assert!(!raw.holds_predecoded::<crate::data::Refund>());
     }
 
