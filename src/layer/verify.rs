@@ -65,7 +65,7 @@ where
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification
-        .finish_parsed(&signature)
+        .finish_by(&signature, &verifier)
         // A signature by a key past its expiry is told from a forgery for
         // the operator (the sender gets the same answer): one more HMAC per
         // expired key, and only when no active key matched.

@@ -346,13 +346,17 @@ impl Verifier {
         &self, timestamp: &str, signed_at: Timestamp, now: SystemTime,
     ) -> Result<Verification, VerifyError> {
         self.check_parsed(signed_at, now)?;
-        Ok(self.begin_checked(timestamp, signed_at, now))
+        let mut verification = self.begin_checked(timestamp, signed_at, now);
+        verification.names = Some(Arc::clone(&self.names));
+        Ok(verification)
     }
 
     /// [`begin_parsed`](Self::begin_parsed) once its
     /// [`check_parsed`](Self::check_parsed) passed: apart, the states (some
     /// hundreds of bytes) can be made where they are kept, not in a
-    /// `Result` and moved out of it.
+    /// `Result` and moved out of it. It holds no share of the keys' names:
+    /// finish it with [`Verification::finish_by`] and this verifier, which
+    /// the caller holds until then.
     #[inline]
     pub(crate) fn begin_checked(
         &self, timestamp: &str, signed_at: Timestamp, now: SystemTime,
@@ -360,7 +364,7 @@ impl Verifier {
         let mut verification = Verification {
             states: MacStates::new(self.keys.len()),
             signed_at,
-            names: Arc::clone(&self.names),
+            names: None,
         };
         self.start(&mut verification.states, timestamp, now);
         verification
@@ -562,7 +566,9 @@ fn tags_equal(tag: &[u8; SIGNATURE_LEN], expected: &[u8; SIGNATURE_LEN]) -> Choi
 pub struct Verification {
     states: MacStates,
     signed_at: Timestamp,
-    names: Arc<[&'static str]>,
+    /// The keys' names, shared with the verifier that began it; `None` when
+    /// the crate began it and finishes it with that verifier at hand.
+    names: Option<Arc<[&'static str]>>,
 }
 
 impl fmt::Debug for Verification {
@@ -592,18 +598,20 @@ impl Verification {
     /// [`MalformedSignature`](VerifyErrorKind::MalformedSignature) unless it
     /// is 64 hex digits, [`SignatureMismatch`](VerifyErrorKind::SignatureMismatch)
     /// when no active key produced it.
-    pub fn finish(self, signature: &str) -> Result<Verified, VerifyError> {
+    pub fn finish(mut self, signature: &str) -> Result<Verified, VerifyError> {
         let signature = parse_signature(signature.as_bytes())?;
-        let mut verification = self;
-        verification.finish_parsed(&signature)
+        let names = self.names.as_deref().unwrap_or_default();
+        self.states.finish(&signature, self.signed_at, names)
     }
 
-    /// [`finish`](Self::finish) for a signature already decoded, in place:
-    /// the states are some hundreds of bytes, and not moved to be read.
-    pub(crate) fn finish_parsed(
-        &mut self, expected: &[u8; SIGNATURE_LEN],
+    /// [`finish`](Self::finish) for a signature already decoded, in place
+    /// (the states are some hundreds of bytes, and not moved to be read),
+    /// with the keys' names read from `verifier`, the one that began it.
+    pub(crate) fn finish_by(
+        &mut self, expected: &[u8; SIGNATURE_LEN], verifier: &Verifier,
     ) -> Result<Verified, VerifyError> {
-        self.states.finish(expected, self.signed_at, &self.names)
+        self.states
+            .finish(expected, self.signed_at, &verifier.names)
     }
 }
 
@@ -678,6 +686,35 @@ mod tests {
             let sig = sign(format!("k{i}"), ts, b"body");
             let verified = verifier.verify_at(ts, &sig, b"body", at_ms(1_700_000_000_000));
             assert_eq!(verified.unwrap().key_index(), i);
+        }
+    }
+
+    #[test]
+    fn every_way_of_verifying_names_the_key_that_matched() {
+        let named = |i: usize| {
+            SigningKey::new(format!("k{i}"))
+                .unwrap()
+                .named(&format!("name-{i}"))
+                .unwrap()
+        };
+        let verifier = (1..=3).fold(Verifier::from_key(&named(0)), |v, i| v.add_key(named(i)));
+        let (ts, now) = ("1700000000000", at_ms(1_700_000_000_000));
+        for i in 0..=3 {
+            let sig = sign(format!("k{i}"), ts, b"body");
+            let name = format!("name-{i}");
+            let whole = verifier.verify_at(ts, &sig, b"body", now).unwrap();
+            assert_eq!((whole.key_index(), whole.key_name()), (i, &*name));
+            let mut public = verifier.begin_at(ts, now).unwrap();
+            public.update(b"bo");
+            public.update(b"dy");
+            let public = public.finish(&sig).unwrap();
+            assert_eq!((public.key_index(), public.key_name()), (i, &*name));
+            let signed_at = parse_timestamp(ts).unwrap();
+            let mut crate_path = verifier.begin_checked(ts, signed_at, now);
+            crate_path.update(b"body");
+            let expected = parse_signature(sig.as_bytes()).unwrap();
+            let crate_path = crate_path.finish_by(&expected, &verifier).unwrap();
+            assert_eq!((crate_path.key_index(), crate_path.key_name()), (i, &*name));
         }
     }
 
