@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::RawEvent;
-use crate::signature::Verified;
+use crate::signature::{KeyName, Verified};
 use crate::Timestamp;
 
 /// A verified Clink event: the event (envelope read, data still raw JSON),
@@ -38,7 +38,7 @@ use crate::Timestamp;
 pub struct VerifiedEvent {
     event: RawEvent,
     signed_at: Timestamp,
-    key_name: &'static str,
+    key_name: KeyName,
 }
 
 impl VerifiedEvent {
@@ -48,21 +48,18 @@ impl VerifiedEvent {
         Self {
             event,
             signed_at: verified.signed_at(),
-            key_name: verified.key_label(),
+            key_name: verified.key_label().clone(),
         }
     }
 
     /// `event`, verified earlier (when it was received and kept), signed at
-    /// `signed_at` under the key named `key_name`. Pass the name the event
-    /// was verified under: like a [`SigningKey`](crate::SigningKey)'s, it is
-    /// kept once for the life of the process, whatever number of events
-    /// carry it.
+    /// `signed_at` under the key named `key_name`.
     #[must_use]
     pub fn earlier(event: RawEvent, signed_at: Timestamp, key_name: &str) -> Self {
         Self {
             event,
             signed_at,
-            key_name: crate::signature::intern(key_name),
+            key_name: KeyName::known(key_name),
         }
     }
 
@@ -95,7 +92,7 @@ impl VerifiedEvent {
     /// (its fingerprint when it has none), as metrics and logs say it.
     #[must_use]
     pub fn key_name(&self) -> &str {
-        self.key_name
+        self.key_name.as_str()
     }
 
     /// See [`RawEvent::forget_predecoded`].
@@ -109,15 +106,14 @@ impl VerifiedEvent {
         Self {
             event: self.event.lend(),
             signed_at: self.signed_at,
-            key_name: self.key_name,
+            key_name: self.key_name.clone(),
         }
     }
 
-    /// The key's name as kept for the life of the process, for a metric
-    /// label.
+    /// The key's name, for a metric label.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn key_label(&self) -> &'static str {
-        self.key_name
+    pub(crate) fn key_label(&self) -> &KeyName {
+        &self.key_name
     }
 }
 
@@ -207,7 +203,7 @@ mod tests {
         let verified = VerifiedEvent::earlier(raw, signed_at, "previous");
         assert_eq!(verified.signed_at(), signed_at);
         assert_eq!(verified.key_name(), "previous");
-        assert_eq!(verified.key_label(), "previous");
+        assert_eq!(verified.key_label().as_str(), "previous");
         assert_eq!(verified.account(), Some("acct_1"));
         assert_eq!(verified.event().id(), "evt_1");
         assert_eq!(verified.into_event().id(), "evt_1");

@@ -319,28 +319,27 @@ pub(super) fn emit(outcome: &Outcome, event_type: Option<&EventType>, seconds: f
     });
 }
 
-/// Counts a verified delivery under the name of the key that matched (kept
-/// for the life of the process, so never copied). The metric key of the
-/// last name counted on each thread is kept, so that deliveries verified by
-/// the same key (most of them: one key, or two while rotating) build no key
-/// and allocate nothing.
+/// Counts a verified delivery under the name of the key that matched
+/// (borrowed, or shared when it is not kept). The metric key of the last name
+/// counted on each thread is kept, so that deliveries verified by the same
+/// key (most of them: one key, or two while rotating) build no key and
+/// allocate nothing.
 #[cfg(feature = "metrics")]
-pub(super) fn emit_key_match(key_name: &'static str) {
+pub(super) fn emit_key_match(key_name: &crate::signature::KeyName) {
     use std::cell::RefCell;
 
+    use crate::signature::KeyName;
+
     thread_local! {
-        static LAST: RefCell<Option<(&'static str, metrics::Key)>> = const { RefCell::new(None) };
+        static LAST: RefCell<Option<(KeyName, metrics::Key)>> = const { RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| {
-        // Names are kept once each (see `SigningKey`), so the same address
-        // is the same name; an equal name elsewhere only builds the key again.
-        if !last
-            .as_ref()
-            .is_some_and(|(name, _)| std::ptr::eq(*name, key_name))
-        {
-            let labels = vec![metrics::Label::new("key", key_name)];
+        // The cache holds its name, so a name's address is never reused
+        // while it is cached; an equal name elsewhere builds the key again.
+        if !last.as_ref().is_some_and(|(name, _)| name.same(key_name)) {
+            let labels = vec![metrics::Label::new("key", key_name.label())];
             let key = metrics::Key::from_parts("clink_webhook_key_matches_total", labels);
-            *last = Some((key_name, key));
+            *last = Some((key_name.clone(), key));
         }
         if let Some((_, key)) = last.as_ref() {
             metrics::with_recorder(|recorder| {
@@ -641,15 +640,13 @@ mod tests {
 
     #[test]
     fn matches_of_alternating_keys_are_each_counted_under_their_own_name() {
-        let (current, previous) = (
-            crate::signature::intern("current"),
-            crate::signature::intern("previous"),
-        );
-        // The same name at another address counts under that name too.
-        let again: &'static str = String::from("current").leak();
-        assert!(!std::ptr::eq(again, current));
+        use crate::signature::KeyName;
+        let (current, previous) = (KeyName::new("current"), KeyName::new("previous"));
+        // The same name, shared at another address, counts under that name too.
+        let again = KeyName::Shared(std::sync::Arc::new("current".into()));
+        assert!(!again.same(&current));
         let lines = recorded(|| {
-            for key in [current, current, previous, current, again, previous] {
+            for key in [&current, &current, &previous, &current, &again, &previous] {
                 emit_key_match(key);
             }
         });
@@ -669,7 +666,7 @@ mod tests {
     #[test]
     fn matches_are_counted_by_key_and_deliveries_in_flight_until_dropped() {
         let lines = recorded(|| {
-            emit_key_match("current");
+            emit_key_match(&crate::signature::KeyName::new("current"));
             let in_flight = InFlight::start();
             drop(in_flight);
         });

@@ -70,14 +70,15 @@
 mod error;
 mod keys;
 mod live;
+mod name;
 mod parse;
 pub(crate) mod tag;
 mod verifier;
 
 pub use error::{VerifyError, VerifyErrorKind};
-pub(crate) use keys::intern;
 pub use keys::{sign, SigningKey};
 pub use live::LiveVerifier;
+pub(crate) use name::KeyName;
 pub(crate) use parse::SignatureHeaders;
 pub use parse::{SIGNATURE_HEADER, SIGN_TYPE_HEADER, TIMESTAMP_HEADER};
 pub use verifier::{Verification, Verified, Verifier, DEFAULT_TOLERANCE};

@@ -11,6 +11,7 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use super::error::{VerifyError, VerifyErrorKind};
 use super::keys::{feed_prefix, ActiveKey, SigningKey, SIGNATURE_LEN};
+use super::name::KeyName;
 use super::parse::{parse_signature, parse_timestamp, SignatureHeaders};
 use super::tag::Tagging;
 use crate::{ConfigError, Timestamp};
@@ -66,7 +67,7 @@ const INLINE_KEYS: usize = 2;
 pub struct Verifier {
     keys: Vec<ActiveKey>,
     /// The keys' names in order, shared with every [`Verification`].
-    names: Arc<[&'static str]>,
+    names: Arc<[KeyName]>,
     max_age: Duration,
     max_future_skew: Duration,
 }
@@ -99,7 +100,7 @@ impl Verifier {
     pub fn from_key(key: &SigningKey) -> Self {
         let key = ActiveKey::new(key);
         Self {
-            names: Arc::new([key.name]),
+            names: Arc::new([key.name.clone()]),
             keys: vec![key],
             max_age: DEFAULT_TOLERANCE,
             max_future_skew: DEFAULT_TOLERANCE,
@@ -113,7 +114,7 @@ impl Verifier {
     #[must_use]
     pub fn add_key(mut self, key: SigningKey) -> Self {
         self.keys.push(ActiveKey::from(key));
-        self.names = self.keys.iter().map(|key| key.name).collect();
+        self.names = self.keys.iter().map(|key| key.name.clone()).collect();
         self
     }
 
@@ -160,7 +161,7 @@ impl Verifier {
                 }),
         );
         Self {
-            names: keys.iter().map(|key| key.name).collect(),
+            names: keys.iter().map(|key| key.name.clone()).collect(),
             keys,
             max_age: self.max_age,
             max_future_skew: self.max_future_skew,
@@ -170,7 +171,7 @@ impl Verifier {
     /// The names of the keys, in the order they were given (see
     /// [`SigningKey::named`]).
     pub fn key_names(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.names.iter().copied()
+        self.names.iter().map(KeyName::as_str)
     }
 
     /// Sets both [`max_age`](Self::max_age) and
@@ -472,7 +473,7 @@ impl MacStates {
     /// Finalizes every started state and compares each tag with `expected`,
     /// all of them whatever matched, and reports the first key that matched.
     fn finish(
-        &mut self, expected: &[u8; SIGNATURE_LEN], signed_at: Timestamp, names: &[&'static str],
+        &mut self, expected: &[u8; SIGNATURE_LEN], signed_at: Timestamp, names: &[KeyName],
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, slot) in self.slots_mut().iter_mut().enumerate() {
@@ -515,15 +516,13 @@ impl Matches {
         });
     }
 
-    fn verdict(
-        self, signed_at: Timestamp, names: &[&'static str],
-    ) -> Result<Verified, VerifyError> {
+    fn verdict(self, signed_at: Timestamp, names: &[KeyName]) -> Result<Verified, VerifyError> {
         if self.matched.is_some_and(bool::from) {
             let key_index = self.index as usize;
             Ok(Verified {
                 key_index,
                 signed_at,
-                key_name: names.get(key_index).copied().unwrap_or(""),
+                key_name: names.get(key_index).cloned().unwrap_or(KeyName::none()),
             })
         } else {
             Err(VerifyError::new(VerifyErrorKind::SignatureMismatch))
@@ -568,7 +567,7 @@ pub struct Verification {
     signed_at: Timestamp,
     /// The keys' names, shared with the verifier that began it; `None` when
     /// the crate began it and finishes it with that verifier at hand.
-    names: Option<Arc<[&'static str]>>,
+    names: Option<Arc<[KeyName]>>,
 }
 
 impl fmt::Debug for Verification {
@@ -621,7 +620,7 @@ impl Verification {
 pub struct Verified {
     key_index: usize,
     signed_at: Timestamp,
-    key_name: &'static str,
+    key_name: KeyName,
 }
 
 impl Verified {
@@ -637,12 +636,12 @@ impl Verified {
     /// the same name before and after a rotation.
     #[must_use]
     pub fn key_name(&self) -> &str {
-        self.key_name
+        self.key_name.as_str()
     }
 
-    /// The name, kept for the life of the process (see [`SigningKey`]).
-    pub(crate) fn key_label(&self) -> &'static str {
-        self.key_name
+    /// The name, to hand on (see [`SigningKey`]).
+    pub(crate) fn key_label(&self) -> &KeyName {
+        &self.key_name
     }
 
     /// When the sender signed the delivery, from `X-Clink-Timestamp`

@@ -1,0 +1,142 @@
+//! [`KeyName`]: a signing key's name as verifications hand it on.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// How many distinct names a process keeps for its life (at most
+/// [`MAX_KEPT_LEN`] bytes each, so some 100 KiB in all): more than the keys
+/// of any fixed configuration, and a bound for a key source that makes a
+/// key per account.
+const KEPT_NAMES: usize = 1024;
+
+/// The longest name kept (the longest a [`SigningKey`](super::SigningKey)
+/// may be given).
+const MAX_KEPT_LEN: usize = 64;
+
+/// A key's name. The first [`KEPT_NAMES`] distinct names are kept once for
+/// the life of the process, so that a verification hands its key's name on
+/// without counting references; a name beyond those is shared, so that
+/// memory stays bounded however many keys a key source makes. Shared
+/// behind a thin pointer, the name takes 16 bytes either way, as a `&str`
+/// or an `Arc<str>` does alone.
+#[derive(Clone)]
+pub(crate) enum KeyName {
+    Kept(&'static str),
+    Shared(Arc<Box<str>>),
+}
+
+/// The names kept so far.
+static KEPT: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+
+impl KeyName {
+    /// `name`, kept when it already is or there is room to keep it.
+    pub(crate) fn new(name: &str) -> Self {
+        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = kept.get(name) {
+            return Self::Kept(name);
+        }
+        if kept.len() >= KEPT_NAMES || name.len() > MAX_KEPT_LEN {
+            return Self::shared(name);
+        }
+        let name: &'static str = Box::leak(Box::from(name));
+        kept.insert(name);
+        Self::Kept(name)
+    }
+
+    /// `name`, kept when a key was given it; never adds a name to those
+    /// kept (for names read back from storage).
+    pub(crate) fn known(name: &str) -> Self {
+        let kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        match kept.get(name) {
+            Some(name) => Self::Kept(name),
+            None => Self::shared(name),
+        }
+    }
+
+    fn shared(name: &str) -> Self {
+        Self::Shared(Arc::new(name.into()))
+    }
+
+    /// The name of no key (a verification with an index out of range,
+    /// which does not arise).
+    pub(crate) const fn none() -> Self {
+        Self::Kept("")
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Kept(name) => name,
+            Self::Shared(name) => name.as_ref(),
+        }
+    }
+
+    /// Whether `self` and `other` are the same text at the same address:
+    /// the same name, without comparing its bytes.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        std::ptr::eq(self.as_str(), other.as_str())
+    }
+
+    /// The name as a metric label's value: borrowed when kept.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(&self) -> metrics::SharedString {
+        match self {
+            Self::Kept(name) => metrics::SharedString::from(*name),
+            Self::Shared(_) => metrics::SharedString::from(self.as_str().to_owned()),
+        }
+    }
+}
+
+impl PartialEq for KeyName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for KeyName {}
+
+impl fmt::Debug for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_takes_sixteen_bytes_kept_or_shared() {
+        assert_eq!(std::mem::size_of::<KeyName>(), 16);
+    }
+
+    #[test]
+    fn a_name_is_kept_once_and_the_kept_names_are_bounded() {
+        let a = KeyName::new("kept-once");
+        let b = KeyName::new(&String::from("kept-once"));
+        assert!(matches!(a, KeyName::Kept(_)));
+        assert!(a.same(&b) && a == b);
+        assert!(KeyName::known("kept-once").same(&a));
+        // A name no key was given is shared, and not kept by being read.
+        let read = KeyName::known("read-back-only");
+        assert!(matches!(read, KeyName::Shared(_)));
+        assert_eq!(read.as_str(), "read-back-only");
+        assert!(matches!(
+            KeyName::known("read-back-only"),
+            KeyName::Shared(_)
+        ));
+        // Past the bound (whatever other tests kept), names are shared.
+        let many: Vec<_> = (0..=KEPT_NAMES)
+            .map(|i| KeyName::new(&format!("bounded-{i}")))
+            .collect();
+        let last = many.last().unwrap();
+        assert!(matches!(last, KeyName::Shared(_)), "{last:?}");
+        assert_eq!(last.as_str(), format!("bounded-{KEPT_NAMES}"));
+        assert!(KEPT.lock().unwrap().len() <= KEPT_NAMES);
+        // Equal text compares equal whichever form holds it.
+        assert_eq!(KeyName::shared("kept-once"), a);
+        assert!(!KeyName::shared("kept-once").same(&a));
+        assert!(matches!(KeyName::new(&"x".repeat(65)), KeyName::Shared(_)));
+    }
+}
