@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// How many distinct names a process keeps for its life (at most
 /// [`MAX_KEPT_LEN`] bytes each, so some 100 KiB in all): more than the keys
@@ -26,13 +26,14 @@ pub(crate) enum KeyName {
     Shared(Arc<Box<str>>),
 }
 
-/// The names kept so far.
-static KEPT: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+/// The names kept so far. Read far more often (a name read back from
+/// storage, per event) than added to (a key made).
+static KEPT: RwLock<BTreeSet<&'static str>> = RwLock::new(BTreeSet::new());
 
 impl KeyName {
     /// `name`, kept when it already is or there is room to keep it.
     pub(crate) fn new(name: &str) -> Self {
-        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = KEPT.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(name) = kept.get(name) {
             return Self::Kept(name);
         }
@@ -47,7 +48,7 @@ impl KeyName {
     /// `name`, kept when a key was given it; never adds a name to those
     /// kept (for names read back from storage).
     pub(crate) fn known(name: &str) -> Self {
-        let kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = KEPT.read().unwrap_or_else(PoisonError::into_inner);
         match kept.get(name) {
             Some(name) => Self::Kept(name),
             None => Self::shared(name),
@@ -133,7 +134,7 @@ mod tests {
         let last = many.last().unwrap();
         assert!(matches!(last, KeyName::Shared(_)), "{last:?}");
         assert_eq!(last.as_str(), format!("bounded-{KEPT_NAMES}"));
-        assert!(KEPT.lock().unwrap().len() <= KEPT_NAMES);
+        assert!(KEPT.read().unwrap().len() <= KEPT_NAMES);
         // Equal text compares equal whichever form holds it.
         assert_eq!(KeyName::shared("kept-once"), a);
         assert!(!KeyName::shared("kept-once").same(&a));

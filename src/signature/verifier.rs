@@ -66,7 +66,8 @@ const INLINE_KEYS: usize = 2;
 #[derive(Clone)]
 pub struct Verifier {
     keys: Vec<ActiveKey>,
-    /// The keys' names in order, shared with every [`Verification`].
+    /// The keys' names in order, shared with each [`Verification`] begun
+    /// through [`begin`](Self::begin) or [`begin_at`](Self::begin_at).
     names: Arc<[KeyName]>,
     max_age: Duration,
     max_future_skew: Duration,
@@ -599,6 +600,12 @@ impl Verification {
     /// when no active key produced it.
     pub fn finish(mut self, signature: &str) -> Result<Verified, VerifyError> {
         let signature = parse_signature(signature.as_bytes())?;
+        // Begun through the public API, which shares the names; the crate's
+        // own verifications finish with `finish_by`.
+        debug_assert!(
+            self.names.is_some(),
+            "a verification begun without its names"
+        );
         let names = self.names.as_deref().unwrap_or_default();
         self.states.finish(&signature, self.signed_at, names)
     }
