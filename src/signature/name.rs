@@ -34,15 +34,10 @@ impl KeyName {
     /// `name`, kept when it already is or there is room to keep it.
     pub(crate) fn new(name: &str) -> Self {
         let mut kept = KEPT.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(name) = kept.get(name) {
-            return Self::Kept(name);
+        match keep(&mut kept, name) {
+            Some(name) => Self::Kept(name),
+            None => Self::shared(name),
         }
-        if kept.len() >= KEPT_NAMES || name.len() > MAX_KEPT_LEN {
-            return Self::shared(name);
-        }
-        let name: &'static str = Box::leak(Box::from(name));
-        kept.insert(name);
-        Self::Kept(name)
     }
 
     /// `name`, kept when a key was given it; never adds a name to those
@@ -89,6 +84,20 @@ impl KeyName {
     }
 }
 
+/// `name` as `kept` holds it, added when there is room: `None` when `kept`
+/// is full or `name` too long to keep.
+fn keep(kept: &mut BTreeSet<&'static str>, name: &str) -> Option<&'static str> {
+    if let Some(name) = kept.get(name) {
+        return Some(name);
+    }
+    if kept.len() >= KEPT_NAMES || name.len() > MAX_KEPT_LEN {
+        return None;
+    }
+    let name: &'static str = Box::leak(Box::from(name));
+    kept.insert(name);
+    Some(name)
+}
+
 impl PartialEq for KeyName {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
@@ -114,30 +123,46 @@ mod tests {
 
     #[test]
     fn a_name_is_kept_once_and_the_kept_names_are_bounded() {
-        let a = KeyName::new("kept-once");
-        let b = KeyName::new(&String::from("kept-once"));
-        assert!(matches!(a, KeyName::Kept(_)));
-        assert!(a.same(&b) && a == b);
-        assert!(KeyName::known("kept-once").same(&a));
-        // A name no key was given is shared, and not kept by being read.
+        // A set of its own: the process's is shared with every other test.
+        let mut kept = BTreeSet::new();
+        let a = keep(&mut kept, "kept-once").unwrap();
+        assert!(std::ptr::eq(
+            a,
+            keep(&mut kept, &String::from("kept-once")).unwrap()
+        ));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(keep(&mut kept, &"x".repeat(MAX_KEPT_LEN + 1)), None);
+        assert_eq!(
+            keep(&mut kept, &"x".repeat(MAX_KEPT_LEN)).map(str::len),
+            Some(64)
+        );
+        for i in kept.len()..KEPT_NAMES {
+            assert!(keep(&mut kept, &format!("bounded-{i}")).is_some());
+        }
+        assert_eq!(kept.len(), KEPT_NAMES);
+        assert_eq!(keep(&mut kept, "one-too-many"), None);
+        assert_eq!(kept.len(), KEPT_NAMES);
+        // Names kept before the set filled are still found.
+        assert!(std::ptr::eq(a, keep(&mut kept, "kept-once").unwrap()));
+    }
+
+    #[test]
+    fn the_process_names_keep_their_text_and_reading_back_adds_none() {
+        let a = KeyName::new("process-name");
+        assert_eq!(a.as_str(), "process-name");
+        assert_eq!(KeyName::new(&String::from("process-name")), a);
+        // A name no key was given is shared when read back, never kept.
         let read = KeyName::known("read-back-only");
         assert!(matches!(read, KeyName::Shared(_)));
         assert_eq!(read.as_str(), "read-back-only");
-        assert!(matches!(
-            KeyName::known("read-back-only"),
-            KeyName::Shared(_)
-        ));
-        // Past the bound (whatever other tests kept), names are shared.
-        let many: Vec<_> = (0..=KEPT_NAMES)
-            .map(|i| KeyName::new(&format!("bounded-{i}")))
-            .collect();
-        let last = many.last().unwrap();
-        assert!(matches!(last, KeyName::Shared(_)), "{last:?}");
-        assert_eq!(last.as_str(), format!("bounded-{KEPT_NAMES}"));
-        assert!(KEPT.read().unwrap().len() <= KEPT_NAMES);
+        assert!(!KEPT.read().unwrap().contains("read-back-only"));
         // Equal text compares equal whichever form holds it.
-        assert_eq!(KeyName::shared("kept-once"), a);
-        assert!(!KeyName::shared("kept-once").same(&a));
-        assert!(matches!(KeyName::new(&"x".repeat(65)), KeyName::Shared(_)));
+        assert_eq!(KeyName::shared("process-name"), a);
+        assert!(!KeyName::shared("process-name").same(&KeyName::shared("process-name")));
+        // Found again by reading back, at the same address, when it was kept
+        // (the process's set may have been filled by other tests).
+        if matches!(a, KeyName::Kept(_)) {
+            assert!(KeyName::known("process-name").same(&a));
+        }
     }
 }
