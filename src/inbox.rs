@@ -355,8 +355,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 }
             }
         };
-        if attempt.is_completed() {
-            // The handler marked the event done in its own transaction.
+        // The handler marked the event done in its own transaction. When it
+        // then failed, that transaction may not have committed (its commit
+        // failed, or a statement after the completion did): the failure is
+        // recorded as any other, which changes nothing if it did commit,
+        // since the event is no longer running under this claim.
+        let completed_in_handler = attempt.is_completed();
+        if completed_in_handler && outcome.is_acknowledged() {
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
             guard.settled();
@@ -411,6 +416,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         guard.settled();
         match result {
             Ok(Settle::Applied) => {}
+            Ok(Settle::LeaseLost) if completed_in_handler => tracing::warn!(
+                event_id = ?kept.event_id,
+                "inbox: the handler failed after marking the event done in its own transaction, \
+                 which committed (or its lease ended first): the event stays as that left it"
+            ),
             Ok(Settle::LeaseLost) => tracing::warn!(
                 event_id = ?kept.event_id,
                 "inbox: the event's lease ended before it was settled; another worker may run it again"

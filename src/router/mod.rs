@@ -693,8 +693,9 @@ impl Dispatched {
         self.freshness.as_ref()
     }
 
-    /// Why the event failed, when it did: the handler's error, the panic, or
-    /// the store that could not be read. It can hold text from the event
+    /// Why the event failed, when it did: the handler's error (followed by
+    /// the errors it came from, each after a colon), the panic, or the
+    /// store that could not be read. It can hold text from the event
     /// (a handler's message may quote it); escape it where it is printed.
     #[must_use]
     pub fn failure(&self) -> Option<&str> {
@@ -727,13 +728,31 @@ impl Dispatched {
     }
 }
 
+/// `error` and the errors it came from, each after a colon (`db error:
+/// ERROR: ...`), as far as eight deep; a cause whose text the message
+/// already ends with is not repeated.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    for _ in 0..8 {
+        let Some(next) = cause else { break };
+        let shown = next.to_string();
+        if !shown.is_empty() && !text.ends_with(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// Logs a failed handler or hook with the event's id and type, escaped; the
 /// failure's outcome.
 #[cold]
 fn handler_failed(
-    raw: &RawEvent, what: &str, error: &(dyn std::error::Error + Send + Sync),
+    raw: &RawEvent, what: &str, error: &(dyn std::error::Error + Send + Sync + 'static),
 ) -> Dispatched {
-    let error = error.to_string();
+    let error = with_causes(error);
     tracing::error!(
         event_id = ?raw.id(),
         event_type = ?raw.event_type().as_str(),
@@ -1046,6 +1065,40 @@ mod tests {
         assert_eq!(dispatched.failure(), Some("no stock"));
         assert_eq!(dispatched.freshness(), Some(&Freshness::Untracked));
         assert_eq!(dispatched.into_outcome(), Outcome::HandlerFailed);
+    }
+
+    #[tokio::test]
+    async fn a_failure_says_what_the_handlers_error_came_from() {
+        /// An error with a cause, shown or not in its own message.
+        #[derive(Debug)]
+        struct Wrapped(&'static str, std::io::Error);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.1)
+            }
+        }
+        let cause = || std::io::Error::other("violates foreign key constraint");
+        let body = r#"{"id":"e1","type":"order.created","data":{"orderId":"o1"}}"#;
+        for (message, expected) in [
+            ("db error", "db error: violates foreign key constraint"),
+            // A message that already ends with its cause's is not repeated.
+            (
+                "commit: violates foreign key constraint",
+                "commit: violates foreign key constraint",
+            ),
+        ] {
+            let router = EventRouter::new().on::<events::OrderCreated, _>(move |_event| {
+                std::future::ready(Err::<(), _>(Wrapped(message, cause())))
+            });
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let dispatched = router.dispatch(verified(raw, body)).await;
+            assert_eq!(dispatched.failure(), Some(expected));
+        }
     }
 
     #[test]

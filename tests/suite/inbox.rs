@@ -1640,6 +1640,73 @@ async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
+async fn a_handler_whose_commit_fails_after_complete_in_has_its_attempts_counted_and_dies() {
+    let _servers = crate::support::servers::shared().await;
+    let inbox = postgres_inbox().await;
+    let pool = pg_pool();
+    let (parent, child) = (
+        format!("parent_{}", unique()),
+        format!("child_{}", unique()),
+    );
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE TABLE {parent} (id text PRIMARY KEY);
+             CREATE TABLE {child} (parent_id text NOT NULL
+                 REFERENCES {parent} (id) DEFERRABLE INITIALLY DEFERRED)"
+        ))
+        .await
+        .unwrap();
+    let (handler_inbox, handler_pool) = (inbox.clone(), pool.clone());
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |event| {
+        let (inbox, pool, child) = (handler_inbox.clone(), handler_pool.clone(), child.clone());
+        async move {
+            let attempt = event.inbox_attempt().expect("run by the workers");
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            // No parent row: the deferred key fails at the commit, after
+            // the completion was written in the same transaction.
+            tx.execute(
+                &format!("INSERT INTO {child} (parent_id) VALUES ('missing')"),
+                &[],
+            )
+            .await?;
+            assert_eq!(inbox.complete_in(&tx, attempt).await?, Settle::Applied);
+            tx.commit().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        }
+    });
+    let workers = Workers::new(inbox.clone(), router)
+        .reorder_window(NO_REORDER_WINDOW)
+        .and_then(|w| w.max_attempts(2))
+        .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
+        .unwrap()
+        .spawn();
+    inbox
+        .insert(&event("evt_fk", Some("ord_fk"), 1))
+        .await
+        .unwrap();
+    let seq = seq_of(&inbox, "evt_fk").await;
+    // Before, the failed commit was taken for a completion: the event sat
+    // `running` until its lease (30 s) ended, with no error, and ran again
+    // forever. `drained` returns once nothing is left to run.
+    workers.drained(DRAIN_PATIENCE).await.unwrap();
+    workers.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Dead, "{entry:?}");
+    assert_eq!(entry.attempts, 2, "{entry:?}");
+    let error = entry.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("foreign key"), "{error}");
+    let kinds: Vec<_> = outcomes(&entry)
+        .into_iter()
+        .map(|(n, outcome)| (n, matches!(outcome, InboxAttemptOutcome::Failed { .. })))
+        .collect();
+    assert_eq!(kinds, [(1, true), (2, true)], "{entry:?}");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
 async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_then_crashes() {
     let _servers = crate::support::servers::shared().await;
     let inbox = postgres_inbox().await;

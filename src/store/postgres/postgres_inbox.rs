@@ -504,23 +504,33 @@ impl PostgresInbox {
     /// that workers over this inbox run) done inside `tx`, the handler's own
     /// transaction, so that its writes and the event's completion commit
     /// together or not at all: the handler's effects happen exactly once.
-    /// If the transaction rolls back, the event stays claimed until its
-    /// lease ends and then runs again.
+    ///
+    /// Commit only on [`Settle::Applied`]. [`Settle::LeaseLost`] means the
+    /// event's lease ended and another worker may be running it: roll back
+    /// (drop the transaction) and return an error, or its effects would
+    /// commit twice. When the handler returns an error (a failed commit
+    /// included), the workers record the failed attempt as for any other
+    /// handler (its error, the next attempt's time, dead after the last);
+    /// if the completion did commit, that changes nothing. A handler that
+    /// returns `Ok` without committing leaves the event claimed until its
+    /// lease ends; it then runs again.
     ///
     /// ```no_run
     /// use clink_webhooks::data::Order;
-    /// use clink_webhooks::store::PostgresInbox;
+    /// use clink_webhooks::store::{PostgresInbox, Settle};
     /// use clink_webhooks::Event;
     ///
     /// # async fn handler(event: Event<Order>, inbox: PostgresInbox, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// // Inside a handler run by inbox::Workers over this inbox:
+    /// let attempt = event.inbox_attempt().ok_or("not run by the inbox's workers")?;
     /// let mut client = pool.get().await?;
+    /// // Dropped without a commit (any `?` below), it rolls back.
     /// let tx = client.transaction().await?;
     /// tx.execute("INSERT INTO paid_orders (order_id) VALUES ($1)", &[&event.data.order_id]).await?;
-    /// if let Some(attempt) = event.inbox_attempt() {
-    ///     inbox.complete_in(&tx, attempt).await?;
+    /// match inbox.complete_in(&tx, attempt).await? {
+    ///     Settle::Applied => tx.commit().await?,
+    ///     Settle::LeaseLost => return Err("the event's lease ended; rolled back".into()),
     /// }
-    /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
     ///
