@@ -21,7 +21,9 @@
 //!   [`replay`](Inbox::replay)ed;
 //! - **crash-safe**: a worker that dies mid-handler loses its lease and
 //!   another takes the event; on shutdown a pool finishes or gives back
-//!   what it holds.
+//!   what it holds. An attempt lost with its lease counts as an attempt:
+//!   an event whose last attempt ended that way (a handler that crashes
+//!   the process or blocks its thread every time) is dead, not run again;
 //! - **on record**: each attempt's start, duration and end (completed,
 //!   failed with its error, given back, or lost with its lease) is kept on
 //!   the event, the newest 20 of them, in
@@ -82,7 +84,9 @@ use crate::events::{InboxAttempt, RawEvent};
 use crate::guard::{handler_deadline, within};
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::router::EventRouter;
-use crate::store::{Inbox, InboxClaim, Settle, StoreError, StoreErrorKind, DEFAULT_LEASE};
+use crate::store::{
+    Inbox, InboxClaim, NewEvent, Settle, StoreError, StoreErrorKind, DEFAULT_LEASE,
+};
 use crate::{ConfigError, Outcome, Timestamp, VerifiedEvent};
 
 /// The default number of events handled at once: 4.
@@ -319,6 +323,29 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             claim: Some(claim.clone()),
         };
         let kept = &claim.entry.event;
+        if claim.entry.attempts > self.settings.max_attempts {
+            // Its last attempt ended with its lease, not settled: its worker
+            // stopped, crashed or hung (a handler blocking its thread). Run
+            // again, such an event would take the process down again.
+            let error = format!(
+                "dead: its last attempt ({} of {}) ended with its lease, not settled (its worker \
+                 stopped, crashed or hung past the lease); replay it once the cause is fixed",
+                self.settings.max_attempts, self.settings.max_attempts
+            );
+            tracing::error!(
+                seq = claim.entry.seq,
+                event_id = ?kept.event_id,
+                event_type = ?kept.event_type,
+                attempts = self.settings.max_attempts,
+                "inbox: the event is dead: its last attempt ended with its lease"
+            );
+            #[cfg(feature = "metrics")]
+            metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
+            let result = self.inbox.fail(&claim, &error, None).await;
+            guard.settled();
+            self.settled(kept, result, false);
+            return;
+        }
         let attempt = Arc::new(InboxAttempt::new(
             claim.entry.seq,
             claim.entry.attempts,
@@ -414,6 +441,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             self.inbox.fail(&claim, &error, retry_at).await
         };
         guard.settled();
+        self.settled(kept, result, completed_in_handler);
+    }
+
+    /// Logs what settling the event came to, unless it was applied.
+    fn settled(
+        &self, kept: &NewEvent, result: Result<Settle, StoreError>, completed_in_handler: bool,
+    ) {
         match result {
             Ok(Settle::Applied) => {}
             Ok(Settle::LeaseLost) if completed_in_handler => tracing::warn!(
