@@ -421,10 +421,52 @@ async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
     in_order(&entry.history, since);
 }
 
+/// NUL characters, which a verified body can carry in its type or its
+/// object's id (as `\u0000`) and a handler's error can quote: every inbox
+/// keeps such an event (answering 503 to every retry would lose it) and
+/// records such an error (failing to would leave the event running).
+async fn nul_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let mut kept = event(&format!("evt_{run}_nul"), Some(&format!("{run}\0o")), 1);
+    kept.event_type = "order.\0succeeded".to_owned();
+    assert_eq!(inbox.insert(&kept).await.unwrap(), Inserted::New);
+    let mut dead = event(&format!("evt_{run}_nul_dead"), None, 1);
+    dead.event_type = "order.\0succeeded".to_owned();
+    assert_eq!(
+        inbox
+            .insert_dead(&dead, "dead: \0 in its data")
+            .await
+            .unwrap(),
+        Inserted::New
+    );
+    let claim = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .expect("the event is due");
+    assert_eq!(claim.entry.event.event_id, kept.event_id);
+    assert_eq!(
+        inbox.fail(&claim, "refused: a\0b", None).await.unwrap(),
+        Settle::Applied
+    );
+    let entry = inbox.get(claim.entry.seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Dead);
+    let error = entry.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("refused: a") && error.ends_with('b'),
+        "{error:?}"
+    );
+    assert_eq!(
+        entry.event.body, kept.body,
+        "the body is kept byte for byte"
+    );
+}
+
 #[tokio::test]
 async fn the_memory_inbox_conforms() {
     conformance(Arc::new(MemoryInbox::new())).await;
     attempts_conformance(Arc::new(MemoryInbox::new())).await;
+    nul_conformance(Arc::new(MemoryInbox::new())).await;
 }
 
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -645,6 +687,7 @@ async fn the_postgres_inbox_conforms() {
     let _servers = crate::support::servers::shared().await;
     conformance(Arc::new(postgres_inbox().await)).await;
     attempts_conformance(Arc::new(postgres_inbox().await)).await;
+    nul_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 /// In a table of another schema, migrated again as every instance does at
@@ -802,6 +845,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     .await;
     attempts_conformance(Arc::new(
         clink_webhooks::store::SqliteInbox::open(dir.join("attempts.db")).unwrap(),
+    ))
+    .await;
+    nul_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("nul.db")).unwrap(),
     ))
     .await;
 

@@ -600,6 +600,15 @@ impl PostgresInbox {
     }
 }
 
+/// `text` with each NUL, which PostgreSQL's `text` refuses, as U+FFFD.
+fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 impl PostgresInbox {
     /// Keeps `event` as `pending`, or as `dead` with `error`.
     async fn keep(
@@ -607,6 +616,15 @@ impl PostgresInbox {
     ) -> Result<Inserted, StoreError> {
         {
             crate::store::check_text("the event id", &event.event_id)?;
+            // PostgreSQL's `text` takes no NUL: a verified body can still
+            // carry one in its type or its object's id (`\u0000`), and an
+            // error can quote it. Those columns are for lists, filters and
+            // the order per object; the body, which workers read, is kept
+            // byte for byte.
+            let event_type = without_nul(&event.event_type);
+            let object_key = event.object_key.as_deref().map(without_nul);
+            let signing_key = event.signing_key.as_deref().map(without_nul);
+            let dead_with = dead_with.map(without_nul);
             let account = event.account.clone().unwrap_or_default();
             let created = event.created.map(Timestamp::as_millis);
             let order = order_key(event).0;
@@ -624,15 +642,15 @@ impl PostgresInbox {
                             &[
                                 (&account, Type::TEXT),
                                 (&event.event_id, Type::TEXT),
-                                (&event.event_type, Type::TEXT),
+                                (&event_type, Type::TEXT),
                                 (&created, Type::INT8),
                                 (&order, Type::INT8),
-                                (&event.object_key, Type::TEXT),
+                                (&object_key, Type::TEXT),
                                 (&signed, Type::INT8),
                                 (&received, Type::INT8),
                                 (&body, Type::BYTEA),
                                 (&self.sql.channel, Type::TEXT),
-                                (&event.signing_key, Type::TEXT),
+                                (&signing_key, Type::TEXT),
                                 (&dead_with, Type::TEXT),
                                 (&header_timestamp, Type::TEXT),
                                 (&header_signature, Type::TEXT),
@@ -699,7 +717,8 @@ impl Inbox for PostgresInbox {
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
             let retry = retry_at.map(Timestamp::as_millis);
-            let kept = bounded_error(error);
+            let error = without_nul(error);
+            let kept = bounded_error(&error);
             self.settle(
                 &self.sql.fail,
                 claim,
