@@ -690,6 +690,43 @@ async fn the_postgres_inbox_conforms() {
     nul_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
+/// Migrated again, as every instance does at startup, while another session
+/// holds a transaction that read the table: the migration takes no lock on
+/// the table (which would wait for that transaction, and hold every insert
+/// and claim up behind it), so it and an insert after it go through.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_inbox_migrates_again_while_a_transaction_reads_its_table() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let open = || {
+        clink_webhooks::store::PostgresInbox::new(pg_pool())
+            .with_table(&table)
+            .unwrap()
+            .with_timeout(Duration::from_secs(2))
+            .unwrap()
+    };
+    let inbox = open();
+    inbox.migrate().await.unwrap();
+    let pool = pg_pool();
+    let mut reader = pool.get().await.unwrap();
+    let reading = reader.transaction().await.unwrap();
+    reading
+        .query(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap();
+    // The reader's transaction is open (holding its lock on the table)
+    // until the end of this test.
+    let again = open();
+    again
+        .migrate()
+        .await
+        .expect("a migration with nothing to change waits for no lock on the table");
+    again.insert(&event("evt_migrated", None, 1)).await.unwrap();
+    assert_eq!(seq_of(&again, "evt_migrated").await, 1);
+    reading.rollback().await.unwrap();
+}
+
 /// In a table of another schema, migrated again as every instance does at
 /// startup: the functions that claim and settle are created beside the
 /// table and replaced, take the events oldest first and settle only a claim

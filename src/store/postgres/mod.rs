@@ -162,7 +162,8 @@ impl PostgresStore {
     /// # Errors
     ///
     /// A [`StoreError`] when the database cannot be reached, the role may not
-    /// create the table, or it takes longer than 30 seconds.
+    /// create the table, a lock it needs is held by others past the per-call
+    /// timeout, or it takes longer than 30 seconds.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
@@ -174,7 +175,7 @@ impl PostgresStore {
             if exists {
                 return Ok(());
             }
-            create_tables(&mut client, &self.sql.table, &self.sql.schema).await
+            create_tables(&mut client, &self.sql.table, &self.sql.schema, self.timeout).await
         })
         .await
     }
@@ -441,11 +442,20 @@ impl IdempotencyStore for PostgresStore {
 
 /// Runs `schema` in one transaction under an advisory lock named after
 /// `table`, so that instances starting together create it once.
+/// Runs `schema` for `table` in one transaction, under a transaction-scoped
+/// advisory lock (so that instances starting together take turns), waiting
+/// for any lock on a table no longer than `lock_wait`: a change that waits
+/// for the table behind a long transaction would hold every statement on
+/// that table up behind it.
 async fn create_tables(
-    client: &mut deadpool_postgres::Object, table: &str, schema: &str,
+    client: &mut deadpool_postgres::Object, table: &str, schema: &str, lock_wait: Duration,
 ) -> Result<(), StoreError> {
     let tx = client
         .transaction()
+        .await
+        .map_err(|err| pg_error("cannot start the migration", &err))?;
+    let lock_wait = lock_wait.as_millis().clamp(1, i32::MAX as u128);
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = {lock_wait}"))
         .await
         .map_err(|err| pg_error("cannot start the migration", &err))?;
     tx.execute_typed(

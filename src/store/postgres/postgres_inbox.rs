@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::Row;
 
-use super::schema::{check_table_name, quote};
+use super::schema::{check_table_name, quote, Relation};
 use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
 use crate::store::inbox_history::bounded_error;
@@ -25,6 +25,20 @@ use crate::store::{
 };
 use crate::store::{InboxActivity, PageStart};
 use crate::{ConfigError, Timestamp};
+
+/// The columns added to the inbox's table since its first version (each
+/// by an `ALTER TABLE .. ADD COLUMN IF NOT EXISTS` of the schema).
+const ADDED_COLUMNS: [&str; 9] = [
+    "signing_key",
+    "handled_at_ms",
+    "replays",
+    "last_replay_ms",
+    "receipt",
+    "header_timestamp",
+    "header_signature",
+    "claimed_at_ms",
+    "history",
+];
 
 /// The inbox in a PostgreSQL table: the production backend.
 ///
@@ -71,7 +85,15 @@ impl fmt::Debug for PostgresInbox {
 struct Sql {
     table: String,
     channel: String,
+    /// The tables and indexes, created or brought up to date, and the
+    /// functions.
     schema: String,
+    /// The claim's and the settles' functions alone, replaced on every
+    /// migration.
+    functions: String,
+    /// Whether the tables, every column and the indexes exist, taking no
+    /// lock on the table.
+    current: String,
     insert: String,
     claim: String,
     complete: String,
@@ -242,6 +264,27 @@ impl Sql {
                 {fail_def}
                 {release_def}"
             ),
+            functions: format!("{claim_def}\n{complete_def}\n{fail_def}\n{release_def}"),
+            current: {
+                let columns = ADDED_COLUMNS
+                    .iter()
+                    .map(|column| format!("'{column}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let index = |suffix: &str| {
+                    Relation::new(table, suffix).qualified_index
+                };
+                format!(
+                    "SELECT to_regclass('{t}') IS NOT NULL AND to_regclass('{health}') IS NOT NULL
+                        AND to_regclass('{live_idx}') IS NOT NULL AND to_regclass('{object_idx}') IS NOT NULL
+                        AND (SELECT count(*) FROM pg_attribute
+                             WHERE attrelid = to_regclass('{t}') AND NOT attisdropped
+                               AND attname IN ({columns})) = {count}",
+                    live_idx = index("live_idx"),
+                    object_idx = index("object_idx"),
+                    count = ADDED_COLUMNS.len(),
+                )
+            },
             insert: format!(
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
@@ -437,18 +480,40 @@ impl PostgresInbox {
         &self.sql.schema
     }
 
-    /// Creates the table and its indexes if they do not exist, and creates
-    /// or replaces the functions that claim and settle events
-    /// ([`schema_sql`](Self::schema_sql)).
-    /// Run it again after upgrading this crate.
+    /// Creates the table and its indexes if they do not exist (or adds the
+    /// columns a newer version of this crate needs), and creates or replaces
+    /// the functions that claim and settle events
+    /// ([`schema_sql`](Self::schema_sql)). Run it again after upgrading this
+    /// crate.
+    ///
+    /// Safe to run from several instances at once, and while others use the
+    /// table, as every start of an instance does: when the table, its
+    /// columns and its indexes all exist it only looks them up and replaces
+    /// the functions, taking no lock on the table that would queue behind
+    /// open transactions (and every delivery behind it). When it must
+    /// change the table, it waits for the table's lock no longer than the
+    /// per-call timeout ([`with_timeout`](Self::with_timeout)), so that
+    /// deliveries are held up no longer than that, and fails if it cannot
+    /// take it by then.
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the database refuses or does not answer.
+    /// A [`StoreError`] when the database refuses or does not answer, or
+    /// the table stays locked by others past the per-call timeout.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
-            create_tables(&mut client, &self.sql.table, &self.sql.schema).await
+            let current: bool = client
+                .query_typed_one(&self.sql.current, &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|err| pg_error("cannot look the table up", &err))?;
+            let sql = if current {
+                &self.sql.functions
+            } else {
+                &self.sql.schema
+            };
+            create_tables(&mut client, &self.sql.table, sql, self.timeout).await
         })
         .await
     }
