@@ -10,7 +10,7 @@ use clink_webhooks::inbox::Workers;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
 use clink_webhooks::store::{
     InboxAttemptOutcome, InboxAttemptRecord, InboxClaim, InboxEntry, InboxFilter, InboxStatus,
-    Replayed,
+    Replayed, StoreErrorKind,
 };
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
@@ -725,6 +725,64 @@ async fn a_postgres_inbox_migrates_again_while_a_transaction_reads_its_table() {
     again.insert(&event("evt_migrated", None, 1)).await.unwrap();
     assert_eq!(seq_of(&again, "evt_migrated").await, 1);
     reading.rollback().await.unwrap();
+}
+
+/// A statement that times out is cancelled on the server, not left waiting
+/// to land later: an insert stuck behind a lock and given up on (answered
+/// 503, so Clink retries it) must not be written once the lock is gone, by
+/// a connection handed back to the pool with it still waiting.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_timed_out_postgres_inbox_statement_is_cancelled_not_left_to_land() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let patient = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap();
+    patient.migrate().await.unwrap();
+    let hasty = patient
+        .clone()
+        .with_timeout(Duration::from_millis(300))
+        .unwrap();
+    let pool = pg_pool();
+    let mut holder = pool.get().await.unwrap();
+    let locking = holder.transaction().await.unwrap();
+    locking
+        .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    for n in 0..2 {
+        let answer = hasty
+            .insert(&event(&format!("evt_stuck_{n}"), None, 1))
+            .await;
+        assert_eq!(answer.unwrap_err().kind(), StoreErrorKind::Timeout);
+    }
+    // The inserts given up on stop waiting on the server: cancelled. A
+    // bounded wait on what the server says, not on time.
+    let watcher = pool.get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} abandoned statements still wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    locking.rollback().await.unwrap();
+    let kept = patient.list(&InboxFilter::default(), 10).await.unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
 }
 
 /// In a table of another schema, migrated again as every instance does at

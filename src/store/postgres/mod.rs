@@ -364,33 +364,47 @@ impl PostgresStore {
     where
         F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let client = timed(
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
-            async { self.pool.get().await.map_err(pool_error) },
-        )
-        .await?;
-        let cancel = client.cancel_token();
-        let result = timed(
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
-            call(&client),
-        )
-        .await;
-        if result
-            .as_ref()
-            .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
-        {
-            drop(deadpool_postgres::Object::take(client));
-            tokio::spawn(async move {
-                if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
-                    tracing::warn!(
-                        "could not cancel a timed-out PostgreSQL statement; its connection is closed"
-                    );
-                }
-            });
-        }
-        result
+        pooled(&self.pool, self.timeout, call).await
     }
+}
+
+/// `call` on a connection from `pool`, the wait for the connection and the
+/// call together bounded by `timeout`. A call that times out is cancelled on
+/// the server and its connection closed, never returned to the pool: a
+/// statement the client gave up on must not go on to take locks or land
+/// later.
+async fn pooled<T, F>(
+    pool: &deadpool_postgres::Pool, timeout: Duration, call: F,
+) -> Result<T, StoreError>
+where
+    F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let client = timed(
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+        async { pool.get().await.map_err(pool_error) },
+    )
+    .await?;
+    let cancel = client.cancel_token();
+    let result = timed(
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+        call(&client),
+    )
+    .await;
+    if result
+        .as_ref()
+        .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
+    {
+        drop(deadpool_postgres::Object::take(client));
+        tokio::spawn(async move {
+            if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
+                tracing::warn!(
+                    "could not cancel a timed-out PostgreSQL statement; its connection is closed"
+                );
+            }
+        });
+    }
+    result
 }
 
 impl fmt::Debug for PostgresStore {

@@ -629,17 +629,7 @@ impl PostgresInbox {
     async fn call<T>(
         &self, call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let client = timed(
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
-            async { self.pool.get().await.map_err(pool_error) },
-        )
-        .await?;
-        timed(
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
-            call(&client),
-        )
-        .await
+        super::pooled(&self.pool, self.timeout, call).await
     }
 
     async fn settle(
@@ -1074,5 +1064,35 @@ impl Inbox for PostgresInbox {
             }
             Ok(activity)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Sql, ADDED_COLUMNS};
+
+    /// The look-up that lets a migration skip the table's changes names
+    /// every column the schema adds, and only those: a column added to the
+    /// schema but not to the list would never be added to an older table.
+    #[test]
+    fn the_current_check_names_every_added_column() {
+        let sql = Sql::new("inbox");
+        let added: Vec<&str> = sql
+            .schema
+            .lines()
+            .filter_map(|line| {
+                line.trim()
+                    .strip_prefix("ALTER TABLE \"inbox\" ADD COLUMN IF NOT EXISTS ")
+            })
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert_eq!(added, ADDED_COLUMNS);
+        for column in ADDED_COLUMNS {
+            assert!(sql.current.contains(&format!("'{column}'")), "{column}");
+        }
+        // The functions alone are the schema's, as `schema_sql` gives them.
+        for line in sql.functions.lines() {
+            assert!(sql.schema.contains(line.trim()), "{line}");
+        }
     }
 }
