@@ -1507,6 +1507,49 @@ fn kept(
     .with_signing_key("key_2025")
 }
 
+/// A dry run of `replay` by filter reads the matching events a page at a
+/// time (a dead backlog can be of any size) and still lists every one, in
+/// order, leaving a pending one out.
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+#[tokio::test]
+async fn the_cli_dry_run_of_a_replay_by_filter_lists_a_backlog_of_several_pages() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-pages-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    // Past two pages of the dry run's reading.
+    let dead = 2_345;
+    for n in 0..dead {
+        let kept = event(&format!("evt_{n:05}"), None, 1);
+        inbox.insert_dead(&kept, "provider down").await.unwrap();
+    }
+    inbox.insert(&event("evt_pending", None, 1)).await.unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+        .args(["inbox", "--sqlite"])
+        .arg(&path)
+        .args(["replay", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..dead).map(|n| format!("evt_{n:05}")).collect();
+    assert_eq!(listed, expected);
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.dead, stats.pending),
+        (dead as u64, 1),
+        "a dry run changes nothing"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[cfg(all(feature = "sqlite", feature = "cli"))]
 #[tokio::test]
 async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_runs_change_nothing(

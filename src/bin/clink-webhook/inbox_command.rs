@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use clink_webhooks::store::{Inbox, InboxEntry, InboxFilter, InboxStatus, Replayed};
+use clink_webhooks::store::{Inbox, InboxEntry, InboxFilter, InboxStatus, PageStart, Replayed};
 use clink_webhooks::Timestamp;
 use serde_json::json;
 
@@ -391,52 +391,77 @@ async fn replay_one(
 
 /// `replay` by filter: every matching event that is neither running nor,
 /// without `force`, handled; refused whole when it matches a handled event
-/// and `force` is not given.
+/// and `force` is not given. It counts rather than reads the matching
+/// events, and a dry run reads them a page at a time: a filter may match a
+/// backlog of any size.
 async fn replay_matching(
     out: &Output, inbox: &dyn Inbox, filter: &InboxFilter, force: bool, dry_run: bool,
 ) -> Result<Vec<i64>, CliError> {
-    let matched = inbox
-        .list(filter, usize::MAX)
-        .await
-        .map_err(|e| store_error(&e))?;
-    let handled: Vec<&InboxEntry> = matched
-        .iter()
-        .filter(|e| e.status == InboxStatus::Done)
-        .collect();
-    if let (false, Some(first)) = (force, handled.first()) {
-        let more = match handled.len() {
-            1 => String::new(),
-            n => format!(" (and {} more)", n - 1),
+    let may_be = |status| filter.status.is_none_or(|wanted| wanted == status);
+    if !force && may_be(InboxStatus::Done) {
+        let done = filter.clone().status(InboxStatus::Done);
+        let handled = inbox.count(&done).await.map_err(|e| store_error(&e))?;
+        let first = match handled {
+            0 => None,
+            _ => inbox
+                .list(&done, 1)
+                .await
+                .map_err(|e| store_error(&e))?
+                .into_iter()
+                .next(),
         };
-        return Err(CliError::new(
-            ErrorCode::Refused,
-            format!(
-                "event {}{more} was handled{}; replaying would run handlers again: add --force \
-                 to do that on purpose, or leave done events out (--status dead)",
-                first.seq,
-                first
-                    .handled_at
-                    .map(|at| format!(" at {at}"))
-                    .unwrap_or_default()
-            ),
-        ));
+        if let Some(first) = first {
+            let more = match handled {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Err(CliError::new(
+                ErrorCode::Refused,
+                format!(
+                    "event {}{more} was handled{}; replaying would run handlers again: add \
+                     --force to do that on purpose, or leave done events out (--status dead)",
+                    first.seq,
+                    first
+                        .handled_at
+                        .map(|at| format!(" at {at}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
     }
-    let running = matched
-        .iter()
-        .filter(|e| e.status == InboxStatus::Running)
-        .count();
+    let running = if may_be(InboxStatus::Running) {
+        inbox
+            .count(&filter.clone().status(InboxStatus::Running))
+            .await
+            .map_err(|e| store_error(&e))?
+    } else {
+        0
+    };
     if running > 0 && !out.json {
         out.hint(&format!(
             "{running} matching events are running now and are left alone; replay them once they are settled"
         ));
     }
     if dry_run {
-        let would: Vec<InboxEntry> = matched
-            .into_iter()
-            .filter(|e| e.status != InboxStatus::Running)
-            .collect();
-        print_entries(out, &would);
-        return Ok(would.iter().map(|e| e.seq).collect());
+        const PAGE: usize = 1_000;
+        let mut would = Vec::new();
+        let mut start = PageStart::After(i64::MIN);
+        loop {
+            // A page holds the events just after `start`, newest first.
+            let mut page = inbox
+                .page(filter, start, PAGE)
+                .await
+                .map_err(|e| store_error(&e))?;
+            let Some(newest) = page.first().map(|e| e.seq) else {
+                break;
+            };
+            page.retain(|e| e.status != InboxStatus::Running);
+            page.reverse();
+            print_entries(out, &page);
+            would.extend(page.iter().map(|e| e.seq));
+            start = PageStart::After(newest);
+        }
+        return Ok(would);
     }
     inbox
         .replay_matching(filter, force)
