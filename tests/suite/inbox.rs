@@ -1518,7 +1518,7 @@ async fn the_cli_dry_run_of_a_replay_by_filter_lists_a_backlog_of_several_pages(
     let path = dir.join("inbox.db");
     let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
     // Past two pages of the dry run's reading.
-    let dead = 2_345;
+    let dead: u64 = 2_345;
     for n in 0..dead {
         let kept = event(&format!("evt_{n:05}"), None, 1);
         inbox.insert_dead(&kept, "provider down").await.unwrap();
@@ -1544,7 +1544,7 @@ async fn the_cli_dry_run_of_a_replay_by_filter_lists_a_backlog_of_several_pages(
     let stats = inbox.stats().await.unwrap();
     assert_eq!(
         (stats.dead, stats.pending),
-        (dead as u64, 1),
+        (dead, 1),
         "a dry run changes nothing"
     );
     std::fs::remove_dir_all(&dir).unwrap();
