@@ -58,8 +58,12 @@ pub struct Rotated {
     /// The [name](SigningKey::name) of the new key in the verifier: its
     /// fingerprint, so metrics show when deliveries move to it.
     pub key_name: String,
-    /// Until when the keys in use before the rotation keep verifying.
-    pub previous_until: SystemTime,
+    /// Until when the keys in use before the rotation keep verifying (or
+    /// their own expiry, when sooner); `None` when the grace period is too
+    /// long to represent as a time ([`Duration::MAX`], say): they are then
+    /// kept with no end but their own expiry, as
+    /// [`Verifier::rotated`](crate::Verifier::rotated) keeps them.
+    pub previous_until: Option<SystemTime>,
 }
 
 /// A rotation that did not go through, or went through on Clink's side
@@ -116,7 +120,9 @@ impl Client {
     /// serve: calls `rotate-secret`, puts the new secret into `keys` at once
     /// (Clink signs with it from the moment it answers), keeps the keys in
     /// use before for `grace` more (deliveries signed before the rotation
-    /// are still being retried), then hands the new secret to `persist` to
+    /// are still being retried; a `grace` too long to represent as a time,
+    /// such as [`Duration::MAX`], keeps them with no end but their own
+    /// expiry), then hands the new secret to `persist` to
     /// store it where your process reads it at start-up. The secret is
     /// never logged or printed.
     ///
@@ -179,7 +185,9 @@ impl Client {
             let rotated = Rotated {
                 endpoint,
                 key_name,
-                previous_until: now + grace,
+                // As the verifier computes it: a grace past what a time can
+                // hold has no end, and must not panic after Clink rotated.
+                previous_until: now.checked_add(grace),
             };
             Ok::<_, RotationError>((rotated, secret))
         });

@@ -813,13 +813,13 @@ async fn a_rotated_secret_verifies_at_once_and_the_old_one_for_the_grace_period(
     assert_eq!(deliver_signed(addr, &new, "evt_new").await, 200);
     // A delivery signed before the rotation, retried: accepted in the grace period.
     assert_eq!(deliver_signed(addr, &old, "evt_retried").await, 200);
+    let previous_until = rotated.previous_until.expect("a grace period with an end");
     assert!(
-        SystemTime::now() < rotated.previous_until,
+        SystemTime::now() < previous_until,
         "the machine took the whole grace period of {grace:?}: the check above proves nothing"
     );
     // After it, refused.
-    let wait = rotated
-        .previous_until
+    let wait = previous_until
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
@@ -885,4 +885,40 @@ async fn a_rotation_into_a_key_map_needs_the_account_and_reports_a_failed_persis
         &format!("{error} {error:?}"),
         &[&new, &old],
     );
+}
+
+/// Whether `secret`, signing a delivery now, verifies with `verifier`.
+fn verifies(verifier: &Verifier, secret: &str) -> bool {
+    let ts = clink_webhooks::Timestamp::now().as_millis().to_string();
+    let signature = clink_webhooks::sign(secret, &ts, b"{}");
+    verifier.verify(&ts, &signature, b"{}").is_ok()
+}
+
+#[tokio::test]
+async fn a_grace_too_long_to_represent_keeps_the_old_key_and_persists_the_new_one() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let stored = Arc::new(Mutex::new(None));
+    let store = Arc::clone(&stored);
+    let rotated = client
+        .rotate_signing_secret(&id, live.clone(), Duration::MAX, |secret| async move {
+            *store.lock().unwrap() = Some(secret.expose().to_owned());
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(stored.lock().unwrap().as_deref(), Some(new.as_str()));
+    assert_eq!(rotated.previous_until, None, "no end to the grace period");
+    let verifier = live.current();
+    assert!(verifies(&verifier, &new), "the new key verifies");
+    assert!(verifies(&verifier, &old), "the old key is kept");
 }
