@@ -66,6 +66,14 @@ impl Serialize for WebhookSecret {
 }
 
 /// A webhook endpoint of the merchant's account.
+///
+/// The answers that carry a plain signing secret (create, rotation, and
+/// ensure) are read leniently, since Clink shows that secret only once and
+/// its sources describe the rest of an endpoint only loosely: the secret is
+/// taken first, and a field whose value does not fit its type is left at
+/// its default (`None`, empty, `false`) instead of failing the call. In a
+/// rotation's answer a missing id is the id rotated. Lists and reads, which
+/// lose nothing when they fail, decode strictly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -92,10 +100,13 @@ pub struct Endpoint {
     /// The merchant's description.
     #[serde(default)]
     pub description: Option<String>,
-    /// When it was created, as Clink gives it (the unit is not documented).
+    /// When it was created, as Clink gives it (the unit is not documented);
+    /// `None` also when an answer read leniently gives it as something other
+    /// than a whole number.
     #[serde(default)]
     pub created_at: Option<i64>,
-    /// When it last changed, as Clink gives it.
+    /// When it last changed, as Clink gives it (as
+    /// [`created_at`](Self::created_at)).
     #[serde(default)]
     pub updated_at: Option<i64>,
 }
@@ -385,11 +396,65 @@ pub(crate) struct EventNames {
 
 use bytes::Bytes;
 use http::Method;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use super::client::encode;
 use super::error::{ApiError, ApiErrorKind};
 use super::objects::Page;
 use super::Client;
+
+impl Endpoint {
+    /// The endpoint in `data`, an answer that carries a plain secret, read
+    /// leniently (see [`Endpoint`]); `id` stands in for a missing id.
+    fn lenient(mut data: Map<String, Value>, id: Option<&str>) -> Self {
+        // The secret first, whatever the rest holds.
+        let signing_secret = match data.remove("signingSecret") {
+            Some(Value::String(secret)) => Some(WebhookSecret::new(secret)),
+            _ => None,
+        };
+        Self {
+            id: take::<String>(&mut data, "id")
+                .filter(|given| !given.is_empty())
+                .or_else(|| id.map(str::to_owned))
+                .unwrap_or_default(),
+            url: take(&mut data, "url").unwrap_or_default(),
+            events: take(&mut data, "events").unwrap_or_default(),
+            enabled: take(&mut data, "enabled").unwrap_or_default(),
+            signing_secret,
+            masked_signing_secret: take(&mut data, "maskedSigningSecret"),
+            description: take(&mut data, "description"),
+            created_at: take(&mut data, "createdAt"),
+            updated_at: take(&mut data, "updatedAt"),
+        }
+    }
+}
+
+impl Ensured {
+    /// What ensure did, from `data`, read leniently as [`Endpoint`] says:
+    /// only the endpoint itself is required.
+    fn lenient(mut data: Map<String, Value>) -> Option<Self> {
+        let Some(Value::Object(endpoint)) = data.remove("endpoint") else {
+            return None;
+        };
+        let endpoint = Endpoint::lenient(endpoint, None);
+        Some(Self {
+            source: take(&mut data, "source"),
+            signing_secret_available: take(&mut data, "signingSecretAvailable")
+                .unwrap_or(endpoint.signing_secret.is_some()),
+            signing_secret_unavailable_reason: take(&mut data, "signingSecretUnavailableReason"),
+            next_action: take(&mut data, "nextAction"),
+            endpoint,
+        })
+    }
+}
+
+/// Field `name` of `data` as a `T`; `None` when it is missing, `null`, or
+/// does not fit.
+fn take<T: DeserializeOwned>(data: &mut Map<String, Value>, name: &str) -> Option<T> {
+    data.remove(name)
+        .and_then(|value| serde_json::from_value(value).ok())
+}
 
 impl Client {
     /// A page of the merchant's webhook endpoints (no plain secrets).
@@ -423,7 +488,8 @@ impl Client {
         let answer = self
             .call(Method::POST, "webhook/endpoints", &[], Some(body))
             .await?;
-        self.endpoint_data("POST /webhook/endpoints", &answer)
+        let data = self.data_object("POST /webhook/endpoints", &answer)?;
+        Ok(Endpoint::lenient(data, None))
     }
 
     /// Changes endpoint `id` as `update` says.
@@ -470,14 +536,19 @@ impl Client {
     /// new secret at once and the old one stops working at once. The
     /// answer holds the new plain secret. To rotate without refusing a
     /// delivery, use [`rotate_signing_secret`](Self::rotate_signing_secret),
-    /// which also puts the new secret into your verifier.
+    /// which also puts the new secret into your verifier. The answer is
+    /// read leniently (see [`Endpoint`]): a secret Clink sent is not lost to
+    /// a field in a shape the client does not expect.
     ///
     /// # Errors
     ///
     /// [`ApiError`].
     pub async fn rotate_endpoint_secret(&self, id: &str) -> Result<Endpoint, ApiError> {
-        self.endpoint_call(Method::POST, id, "/rotate-secret", None)
-            .await
+        let path = format!("{}/rotate-secret", endpoint_path(id)?);
+        let call = format!("POST /{path}");
+        let answer = self.call(Method::POST, &path, &[], None).await?;
+        let data = self.data_object(&call, &answer)?;
+        Ok(Endpoint::lenient(data, Some(id)))
     }
 
     /// Creates the endpoint `want` describes, or updates the one at its URL:
@@ -496,8 +567,9 @@ impl Client {
                 Some(json(want)),
             )
             .await?;
-        self.data(call, &answer)?
-            .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))
+        let data = self.data_object(call, &answer)?;
+        Ensured::lenient(data)
+            .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no endpoint"))
     }
 
     /// The event names endpoints can subscribe to.
@@ -526,6 +598,23 @@ impl Client {
     fn endpoint_data(&self, call: &str, answer: &[u8]) -> Result<Endpoint, ApiError> {
         self.data(call, answer)?
             .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))
+    }
+
+    /// The `data` of an answer as a JSON object, for the lenient reads.
+    fn data_object(&self, call: &str, answer: &[u8]) -> Result<Map<String, Value>, ApiError> {
+        match self.data::<Value>(call, answer)? {
+            Some(Value::Object(data)) => Ok(data),
+            None | Some(Value::Null) => Err(ApiError::new(
+                ApiErrorKind::Decode,
+                call,
+                "the answer has no data",
+            )),
+            Some(_) => Err(ApiError::new(
+                ApiErrorKind::Decode,
+                call,
+                "the answer's data is not an object",
+            )),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clink_webhooks::accounts::KeyMap;
 use clink_webhooks::api::{
     ApiErrorKind, ApiKey, Client, CurrentObject, EndpointQuery, EndpointUpdate, EnsureEndpoint,
-    Environment, LiveKeys, NewEndpoint, ObjectKind, OrderQuery, RotationError,
+    Environment, LiveKeys, NewEndpoint, ObjectKind, OrderQuery, RotationError, DEFAULT_GRACE,
 };
 use clink_webhooks::data::{Order, OrderStatus, Refund};
 use clink_webhooks::events::ObjectKey;
@@ -921,4 +921,125 @@ async fn a_grace_too_long_to_represent_keeps_the_old_key_and_persists_the_new_on
     let verifier = live.current();
     assert!(verifies(&verifier, &new), "the new key verifies");
     assert!(verifies(&verifier, &old), "the old key is kept");
+}
+
+/// Shapes of an endpoint Clink's sources do not promise against (its
+/// `createdAt` is "number|null, unit not stated"), merged into an answer.
+fn unexpected_shapes() -> [serde_json::Value; 5] {
+    [
+        json!({"createdAt": 1_754_819_711.5}),
+        json!({"createdAt": "2025-08-10T09:55:11Z", "updatedAt": "2025-08-10T09:55:11.382Z"}),
+        json!({"id": null}),
+        json!({"id": ""}),
+        json!({"url": null, "events": [1, 2], "enabled": "yes", "description": 7,
+               "maskedSigningSecret": false, "id": 12}),
+    ]
+}
+
+#[tokio::test]
+async fn a_rotation_answered_in_an_unexpected_shape_still_installs_and_persists_the_secret() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    for shape in unexpected_shapes() {
+        let id = fake.add_endpoint(
+            "https://shop.example.com/webhooks/clink",
+            &["order.succeeded"],
+        );
+        let old = fake.endpoint_secret(&id).unwrap();
+        let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+        fake.patch_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            shape.clone(),
+            1,
+        );
+        let stored = Arc::new(Mutex::new(None));
+        let store = Arc::clone(&stored);
+        let rotated = client
+            .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |secret| async move {
+                *store.lock().unwrap() = Some(secret.expose().to_owned());
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{shape}: {error}"));
+        let new = fake.endpoint_secret(&id).unwrap();
+        assert_ne!(new, old, "{shape}");
+        assert_eq!(
+            stored.lock().unwrap().as_deref(),
+            Some(new.as_str()),
+            "{shape}: persisted"
+        );
+        let verifier = live.current();
+        assert!(verifies(&verifier, &new), "{shape}: the new key verifies");
+        assert!(verifies(&verifier, &old), "{shape}: the old one too");
+        assert_eq!(rotated.endpoint.id, id, "{shape}: the id rotated");
+        let created_at_fits = shape.get("createdAt").is_none();
+        assert_eq!(
+            rotated.endpoint.created_at.is_some(),
+            created_at_fits,
+            "{shape}: a time that does not fit is left out"
+        );
+        assert!(rotated.endpoint.signing_secret.is_none(), "{shape}");
+    }
+}
+
+#[tokio::test]
+async fn answers_that_carry_a_new_secret_are_read_whatever_the_other_fields_hold() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    for (n, shape) in unexpected_shapes().into_iter().enumerate() {
+        // rotate-secret on its own: the secret, and the id asked for.
+        let url = format!("https://shop.example.com/{n}");
+        let id = fake.add_endpoint(&url, &["order.succeeded"]);
+        fake.patch_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            shape.clone(),
+            1,
+        );
+        let rotated = client
+            .rotate_endpoint_secret(&id)
+            .await
+            .unwrap_or_else(|error| panic!("{shape}: {error}"));
+        assert_eq!(
+            rotated.signing_secret.map(|s| s.expose().to_owned()),
+            fake.endpoint_secret(&id),
+            "{shape}"
+        );
+        assert_eq!(rotated.id, id, "{shape}");
+
+        // ensure that rotates: the endpoint inside the answer.
+        fake.patch_next(
+            "webhook/endpoints/ensure",
+            json!({ "endpoint": shape.clone(), "signingSecretAvailable": "yes" }),
+            1,
+        );
+        let ensured = client
+            .ensure_endpoint(&EnsureEndpoint::new(&url, ["order.succeeded"]).rotate_secret())
+            .await
+            .unwrap_or_else(|error| panic!("{shape}: {error}"));
+        assert_eq!(
+            ensured
+                .endpoint
+                .signing_secret
+                .map(|s| s.expose().to_owned()),
+            fake.endpoint_secret(&id),
+            "{shape}"
+        );
+        assert!(ensured.signing_secret_available, "{shape}");
+        assert_eq!(ensured.source.as_deref(), Some("rotated"), "{shape}");
+
+        // create: the secret Clink shows only once.
+        fake.patch_next("webhook/endpoints", shape.clone(), 1);
+        let created = client
+            .create_endpoint(&NewEndpoint::new(format!("{url}/new"), ["invoice.paid"]))
+            .await
+            .unwrap_or_else(|error| panic!("{shape}: {error}"));
+        let created_id = fake.endpoint_id(&format!("{url}/new")).unwrap();
+        assert_eq!(
+            created.signing_secret.map(|s| s.expose().to_owned()),
+            fake.endpoint_secret(&created_id),
+            "{shape}"
+        );
+    }
 }

@@ -13,13 +13,14 @@
 //! Every request must carry an `X-API-KEY` the test accepted with
 //! [`FakeApi::accept_key`]; the refusal takes either shape the reference
 //! allows ([`AuthFailure`]). A test can make the next requests to a path
-//! fail ([`FakeApi::fail_next`]), slow every answer down
+//! fail ([`FakeApi::fail_next`]), change the `data` of the next answers
+//! to a path ([`FakeApi::patch_next`]), slow every answer down
 //! ([`FakeApi::set_delay`]), and read every request afterwards
 //! ([`FakeApi::requests`], [`FakeApi::count`]).
 //!
 //! The order of checks for each request: it is recorded, then its key is
 //! checked, then a programmed failure is taken, then the route answers
-//! (after the delay). Answers the reference does not describe are plain
+//! (after the delay), then a programmed patch changes that answer. Answers the reference does not describe are plain
 //! text: `404 Not Found` for an unknown path or object, `405 Method Not
 //! Allowed` for a known path with another method, `400 Bad Request` for a
 //! body or query the fake cannot read.
@@ -191,6 +192,23 @@ impl FakeApi {
         }
     }
 
+    /// Changes the `data` of the next `times` answers of the routes whose
+    /// path (after `/api/`, as sent) starts with `path_prefix`, once the
+    /// route has done its work (a rotation has rotated): `patch` is merged
+    /// into `data` as a JSON merge patch (RFC 7386), so a `null` member
+    /// removes that field and any other value replaces it. For answers in
+    /// shapes the reference does not promise. Programmed failures are
+    /// taken first, and a failed request uses up no patch.
+    pub(crate) fn patch_next(&self, path_prefix: &str, patch: Value, times: usize) {
+        if times > 0 {
+            self.state.data().patches.push(Patch {
+                prefix: path_prefix.trim_start_matches('/').to_owned(),
+                patch,
+                remaining: times,
+            });
+        }
+    }
+
     /// Delays every answer of the routes (not refusals of a key, nor
     /// programmed failures) by `delay`: a slow server, so that concurrent
     /// callers overlap. [`Duration::ZERO`] turns it off.
@@ -220,6 +238,15 @@ impl FakeApi {
             .iter()
             .find(|endpoint| endpoint.id == id)
             .map(|endpoint| endpoint.secret.clone())
+    }
+
+    /// The id of the first endpoint at `url`, if there is one.
+    pub(crate) fn endpoint_id(&self, url: &str) -> Option<String> {
+        let data = self.state.data();
+        data.endpoints
+            .iter()
+            .find(|endpoint| endpoint.url == url)
+            .map(|endpoint| endpoint.id.clone())
     }
 
     /// Every request received so far (also refused ones), in arrival order.
@@ -318,6 +345,7 @@ struct Data {
     /// Stored objects by path (`order/ord_1`), in insertion order.
     objects: Vec<(String, Value)>,
     failures: Vec<Programmed>,
+    patches: Vec<Patch>,
     delay: Duration,
     /// Webhook endpoints in creation order.
     endpoints: Vec<Endpoint>,
@@ -363,6 +391,21 @@ impl Data {
         self.endpoints.iter_mut().find(|endpoint| endpoint.id == id)
     }
 
+    /// Takes one use of the first programmed patch for `path`.
+    fn take_patch(&mut self, path: &str) -> Option<Value> {
+        let index = self
+            .patches
+            .iter()
+            .position(|programmed| path.starts_with(&programmed.prefix))?;
+        let programmed = &mut self.patches[index];
+        programmed.remaining -= 1;
+        let patch = programmed.patch.clone();
+        if programmed.remaining == 0 {
+            self.patches.remove(index);
+        }
+        Some(patch)
+    }
+
     /// Takes one use of the first programmed failure for `path`.
     fn take_failure(&mut self, path: &str) -> Option<Failure> {
         let index = self
@@ -377,6 +420,14 @@ impl Data {
         }
         Some(failure)
     }
+}
+
+/// A patch [`FakeApi::patch_next`] programmed, with the uses left.
+#[derive(Debug)]
+struct Patch {
+    prefix: String,
+    patch: Value,
+    remaining: usize,
 }
 
 /// A failure [`FakeApi::fail_next`] programmed, with the uses left.
@@ -633,7 +684,48 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     if !full_path.starts_with(BASE_PATH) {
         return not_found();
     }
-    route(state, &parts.method, path, parts.uri.query(), &body)
+    let reply = route(state, &parts.method, path, parts.uri.query(), &body);
+    let patch = state.data().take_patch(path);
+    match patch {
+        Some(patch) => patched(reply, &patch).await,
+        None => reply,
+    }
+}
+
+/// `reply` with `patch` merged into its envelope's `data`; a reply that is
+/// not a JSON object is returned as it was.
+async fn patched(reply: Reply, patch: &Value) -> Reply {
+    let (parts, body) = reply.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Full::new(bytes));
+    };
+    merge_patch(object.entry("data").or_insert(Value::Null), patch);
+    let body = Bytes::from(Value::Object(object).to_string());
+    Response::from_parts(parts, Full::new(body))
+}
+
+/// Applies `patch` to `target` as a JSON merge patch (RFC 7386).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(object) = target {
+        for (name, value) in members {
+            if value.is_null() {
+                object.remove(name);
+            } else {
+                merge_patch(object.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
 }
 
 /// Answers an authenticated request for `path` (after `/api/`).
@@ -1282,6 +1374,33 @@ mod tests {
         assert_eq!(status, 404);
         let (status, _, body) = call(&api, "POST", "webhook/endpoints", Some(KEY), None).await;
         assert_eq!((status, body.as_str()), (400, "Bad Request"));
+    }
+
+    #[tokio::test]
+    async fn fake_api_patches_the_data_of_the_next_answers() {
+        let api = FakeApi::start().await;
+        api.accept_key(KEY);
+        api.put_object(
+            "refund/rfd_1",
+            json!({"refundId": "rfd_1", "status": "created"}),
+        );
+        api.fail_next("refund/", Failure::Status(503), 1);
+        api.patch_next(
+            "refund/",
+            json!({"status": null, "refundAmount": 1.5, "metadata": {"a": "b"}}),
+            1,
+        );
+        let (status, _, _) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!(status, 503, "a failure first, using up no patch");
+        let (status, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            parse(&body),
+            json!({"code": 200, "msg": "success",
+                   "data": {"refundId": "rfd_1", "refundAmount": 1.5, "metadata": {"a": "b"}}})
+        );
+        let (_, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!(parse(&body)["data"]["status"], json!("created"), "used up");
     }
 
     #[tokio::test]
