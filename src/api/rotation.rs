@@ -68,7 +68,11 @@ pub struct Rotated {
 
 /// A rotation that did not go through, or went through on Clink's side
 /// only in part.
-#[derive(Debug)]
+///
+/// When Clink rotated and the error holds the only copy of the new secret
+/// ([`Persist`](Self::Persist)), [`new_secret`](Self::new_secret) gives
+/// it, so that it can still be stored. `Debug` and `Display` never show
+/// it.
 #[non_exhaustive]
 pub enum RotationError {
     /// The account is not in the [`KeyMap`]; nothing was rotated.
@@ -80,8 +84,44 @@ pub enum RotationError {
     /// refused until you rotate again or set the secret by hand.
     NoSecret,
     /// The new secret is live in the verifier, but `persist` failed: store
-    /// it before the process restarts, or rotate again.
-    Persist(BoxError),
+    /// it, from [`new_secret`](Self::new_secret), before the process
+    /// restarts, or rotate again.
+    Persist {
+        /// Why `persist` failed.
+        error: BoxError,
+        /// The new secret `persist` was given.
+        secret: WebhookSecret,
+    },
+}
+
+impl RotationError {
+    /// The new signing secret, when Clink rotated and this error holds it
+    /// ([`Persist`](Self::Persist)); `None` for the others, where nobody
+    /// has a new secret.
+    #[must_use]
+    pub fn new_secret(&self) -> Option<&WebhookSecret> {
+        match self {
+            Self::Persist { secret, .. } => Some(secret),
+            Self::UnknownAccount | Self::Api(_) | Self::NoSecret => None,
+        }
+    }
+}
+
+impl fmt::Debug for RotationError {
+    /// The secret it may hold is shown as `[redacted]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = format_args!("[redacted]");
+        match self {
+            Self::UnknownAccount => f.write_str("UnknownAccount"),
+            Self::Api(error) => f.debug_tuple("Api").field(error).finish(),
+            Self::NoSecret => f.write_str("NoSecret"),
+            Self::Persist { error, .. } => f
+                .debug_struct("Persist")
+                .field("error", error)
+                .field("secret", &redacted)
+                .finish(),
+        }
+    }
 }
 
 impl fmt::Display for RotationError {
@@ -97,9 +137,10 @@ impl fmt::Display for RotationError {
             Self::NoSecret => f.write_str(
                 "signing secret rotation: Clink rotated the secret but returned none; rotate again",
             ),
-            Self::Persist(error) => write!(
+            Self::Persist { error, .. } => write!(
                 f,
-                "signing secret rotation: the new secret verifies now, but storing it failed: {error}"
+                "signing secret rotation: the new secret verifies now, but storing it failed: \
+                 {error}; the error holds it (new_secret): store it before the process restarts"
             ),
         }
     }
@@ -109,7 +150,7 @@ impl std::error::Error for RotationError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Api(error) => Some(error),
-            Self::Persist(error) => Some(&**error),
+            Self::Persist { error, .. } => Some(&**error),
             Self::UnknownAccount | Self::NoSecret => None,
         }
     }
@@ -124,7 +165,8 @@ impl Client {
     /// such as [`Duration::MAX`], keeps them with no end but their own
     /// expiry), then hands the new secret to `persist` to
     /// store it where your process reads it at start-up. The secret is
-    /// never logged or printed.
+    /// never logged or printed. If `persist` fails, the error holds the new
+    /// secret ([`RotationError::new_secret`]).
     ///
     /// The call and the install run in a task of their own, so a caller that
     /// gives up midway leaves the new secret verifying; `persist` runs in
@@ -196,9 +238,13 @@ impl Client {
             // The task is never aborted; a panic in it is passed on.
             Err(error) => std::panic::resume_unwind(error.into_panic()),
         };
-        persist(secret)
+        // A copy stays here: if `persist` fails, the error hands it back.
+        persist(secret.clone())
             .await
-            .map_err(|error| RotationError::Persist(error.into()))?;
+            .map_err(|error| RotationError::Persist {
+                error: error.into(),
+                secret,
+            })?;
         Ok(rotated)
     }
 }

@@ -870,7 +870,7 @@ async fn a_rotation_into_a_key_map_needs_the_account_and_reports_a_failed_persis
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, RotationError::Persist(_)), "{error}");
+    assert!(matches!(error, RotationError::Persist { .. }), "{error}");
     assert!(error.to_string().contains("disk full"), "{error}");
     // The new secret verifies anyway, and the old one still does.
     let new = fake.endpoint_secret(&id).unwrap();
@@ -1042,4 +1042,48 @@ async fn answers_that_carry_a_new_secret_are_read_whatever_the_other_fields_hold
             "{shape}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_failed_persist_hands_the_new_secret_back_in_the_error() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let given = Arc::new(Mutex::new(None));
+    let give = Arc::clone(&given);
+    let error = client
+        .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |secret| async move {
+            *give.lock().unwrap() = Some(secret.expose().to_owned());
+            Err::<(), _>(std::io::Error::other("disk full"))
+        })
+        .await
+        .unwrap_err();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(given.lock().unwrap().as_deref(), Some(new.as_str()));
+    assert!(matches!(error, RotationError::Persist { .. }), "{error}");
+
+    // The caller can store the secret from the error: it is Clink's.
+    let secret = error.new_secret().expect("the new secret in the error");
+    assert_eq!(secret.expose(), new);
+    let stored = Verifier::new(secret.expose()).unwrap();
+    assert!(verifies(&stored, &new), "it verifies Clink's deliveries");
+    assert!(!verifies(&stored, &old));
+
+    let text = format!(
+        "{error}\n{error:?}\n{:?}",
+        std::error::Error::source(&error)
+    );
+    assert_no_key("a failed persist's error", &text, &[&new, &old]);
+    assert!(
+        text.contains("disk full") && text.contains("new_secret"),
+        "{text}"
+    );
+    assert!(text.contains("[redacted]"), "{text}");
 }
