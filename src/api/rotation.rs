@@ -70,12 +70,13 @@ pub struct Rotated {
 /// only in part.
 ///
 /// When Clink rotated and the error holds the only copy of the new secret
-/// ([`Persist`](Self::Persist)), [`new_secret`](Self::new_secret) gives
-/// it, so that it can still be stored. `Debug` and `Display` never show
-/// it.
+/// ([`AccountRemoved`](Self::AccountRemoved), [`Persist`](Self::Persist)),
+/// [`new_secret`](Self::new_secret) gives it, so that it can still be
+/// stored. `Debug` and `Display` never show it.
 #[non_exhaustive]
 pub enum RotationError {
-    /// The account is not in the [`KeyMap`]; nothing was rotated.
+    /// The account is not in the [`KeyMap`] when the rotation starts;
+    /// nothing was rotated.
     UnknownAccount,
     /// The call failed. If it failed after Clink rotated (a lost answer),
     /// Clink signs with a secret you do not have: rotate again.
@@ -83,6 +84,17 @@ pub enum RotationError {
     /// Clink rotated but returned no usable secret; its deliveries will be
     /// refused until you rotate again or set the secret by hand.
     NoSecret,
+    /// Clink rotated, but the account was removed from the [`KeyMap`]
+    /// while the call was under way: the new secret verifies nothing, and
+    /// it was not handed to `persist` (storing it could bring back an
+    /// account that was removed on purpose). Clink signs the account's
+    /// deliveries with it from now on and the old secret no longer works:
+    /// store it from [`new_secret`](Self::new_secret) and put the account
+    /// back with it if it should still receive, or rotate again later.
+    AccountRemoved {
+        /// The new secret, Clink's only copy for you.
+        secret: WebhookSecret,
+    },
     /// The new secret is live in the verifier, but `persist` failed: store
     /// it, from [`new_secret`](Self::new_secret), before the process
     /// restarts, or rotate again.
@@ -96,12 +108,13 @@ pub enum RotationError {
 
 impl RotationError {
     /// The new signing secret, when Clink rotated and this error holds it
-    /// ([`Persist`](Self::Persist)); `None` for the others, where nobody
-    /// has a new secret.
+    /// ([`AccountRemoved`](Self::AccountRemoved),
+    /// [`Persist`](Self::Persist)); `None` for the others, where nobody has
+    /// a new secret.
     #[must_use]
     pub fn new_secret(&self) -> Option<&WebhookSecret> {
         match self {
-            Self::Persist { secret, .. } => Some(secret),
+            Self::AccountRemoved { secret } | Self::Persist { secret, .. } => Some(secret),
             Self::UnknownAccount | Self::Api(_) | Self::NoSecret => None,
         }
     }
@@ -115,6 +128,10 @@ impl fmt::Debug for RotationError {
             Self::UnknownAccount => f.write_str("UnknownAccount"),
             Self::Api(error) => f.debug_tuple("Api").field(error).finish(),
             Self::NoSecret => f.write_str("NoSecret"),
+            Self::AccountRemoved { .. } => f
+                .debug_struct("AccountRemoved")
+                .field("secret", &redacted)
+                .finish(),
             Self::Persist { error, .. } => f
                 .debug_struct("Persist")
                 .field("error", error)
@@ -137,6 +154,11 @@ impl fmt::Display for RotationError {
             Self::NoSecret => f.write_str(
                 "signing secret rotation: Clink rotated the secret but returned none; rotate again",
             ),
+            Self::AccountRemoved { .. } => f.write_str(
+                "signing secret rotation: Clink rotated the secret, but the account was removed \
+                 from the key map meanwhile, so the new secret verifies nothing here and was not \
+                 stored; the error holds it (new_secret): store it, or rotate again",
+            ),
             Self::Persist { error, .. } => write!(
                 f,
                 "signing secret rotation: the new secret verifies now, but storing it failed: \
@@ -151,7 +173,7 @@ impl std::error::Error for RotationError {
         match self {
             Self::Api(error) => Some(error),
             Self::Persist { error, .. } => Some(&**error),
-            Self::UnknownAccount | Self::NoSecret => None,
+            Self::UnknownAccount | Self::NoSecret | Self::AccountRemoved { .. } => None,
         }
     }
 }
@@ -165,7 +187,8 @@ impl Client {
     /// such as [`Duration::MAX`], keeps them with no end but their own
     /// expiry), then hands the new secret to `persist` to
     /// store it where your process reads it at start-up. The secret is
-    /// never logged or printed. If `persist` fails, the error holds the new
+    /// never logged or printed. If `persist` fails, or the account leaves
+    /// the [`KeyMap`] while the call is under way, the error holds the new
     /// secret ([`RotationError::new_secret`]).
     ///
     /// The call and the install run in a task of their own, so a caller that
@@ -212,8 +235,10 @@ impl Client {
                 LiveKeys::Verifier(live) => live.rotate_at(key, grace, now),
                 LiveKeys::Account { keys, account } => {
                     if !keys.rotate_at(account, key, grace, now) {
-                        // Removed while Clink rotated: the account is gone.
-                        return Err(RotationError::UnknownAccount);
+                        // Removed while Clink rotated: the old secret is
+                        // void and the new one verifies nothing; the
+                        // caller gets it, not `persist`.
+                        return Err(RotationError::AccountRemoved { secret });
                     }
                 }
             }

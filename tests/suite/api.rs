@@ -1087,3 +1087,63 @@ async fn a_failed_persist_hands_the_new_secret_back_in_the_error() {
     );
     assert!(text.contains("[redacted]"), "{text}");
 }
+
+#[tokio::test]
+async fn an_account_removed_while_clink_rotates_gets_an_error_that_holds_the_new_secret() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let map = KeyMap::new();
+    map.insert("acct_1", Verifier::new(&old).unwrap()).unwrap();
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+
+    // Clink rotates; its answer is held while the account is removed.
+    let held = fake.hold_next(&format!("webhook/endpoints/{id}/rotate-secret"));
+    let persisted = Arc::new(Mutex::new(0));
+    let rotation = {
+        let (client, map, id, persisted) = (
+            client.clone(),
+            map.clone(),
+            id.clone(),
+            Arc::clone(&persisted),
+        );
+        tokio::spawn(async move {
+            client
+                .rotate_signing_secret(
+                    &id,
+                    LiveKeys::account(map, "acct_1"),
+                    DEFAULT_GRACE,
+                    |_| async move {
+                        *persisted.lock().unwrap() += 1;
+                        Ok::<_, std::io::Error>(())
+                    },
+                )
+                .await
+        })
+    };
+    assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    assert!(map.remove("acct_1"));
+    held.release();
+    let error = rotation.await.unwrap().unwrap_err();
+
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(new, old, "Clink rotated");
+    assert!(
+        matches!(error, RotationError::AccountRemoved { .. }),
+        "{error}"
+    );
+    let secret = error.new_secret().expect("the new secret in the error");
+    assert_eq!(secret.expose(), new);
+    assert!(verifies(&Verifier::new(secret.expose()).unwrap(), &new));
+    assert_eq!(*persisted.lock().unwrap(), 0, "not handed to persist");
+    assert!(map.get("acct_1").is_none(), "the account stays removed");
+
+    let text = format!("{error}\n{error:?}");
+    assert!(!text.contains("nothing was rotated"), "{text}");
+    assert!(text.contains("Clink rotated"), "{text}");
+    assert_no_key("the error", &text, &[&new, &old]);
+}

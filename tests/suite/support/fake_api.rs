@@ -14,13 +14,15 @@
 //! [`FakeApi::accept_key`]; the refusal takes either shape the reference
 //! allows ([`AuthFailure`]). A test can make the next requests to a path
 //! fail ([`FakeApi::fail_next`]), change the `data` of the next answers
-//! to a path ([`FakeApi::patch_next`]), slow every answer down
-//! ([`FakeApi::set_delay`]), and read every request afterwards
+//! to a path ([`FakeApi::patch_next`]), hold the next answer to a path
+//! until the test releases it ([`FakeApi::hold_next`]), slow every answer
+//! down ([`FakeApi::set_delay`]), and read every request afterwards
 //! ([`FakeApi::requests`], [`FakeApi::count`]).
 //!
 //! The order of checks for each request: it is recorded, then its key is
 //! checked, then a programmed failure is taken, then the route answers
-//! (after the delay), then a programmed patch changes that answer. Answers the reference does not describe are plain
+//! (after the delay), then a programmed patch changes that answer, then a
+//! hold keeps it until released. Answers the reference does not describe are plain
 //! text: `404 Not Found` for an unknown path or object, `405 Method Not
 //! Allowed` for a known path with another method, `400 Bad Request` for a
 //! body or query the fake cannot read.
@@ -46,7 +48,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// The path every route is under.
 const BASE_PATH: &str = "/api/";
@@ -209,6 +211,21 @@ impl FakeApi {
         }
     }
 
+    /// Holds the answer of the next request whose path (after `/api/`, as
+    /// sent) starts with `path_prefix` until [`Held::release`] (or until the
+    /// [`Held`] is dropped): the route has done its work (a rotation has
+    /// rotated) and the answer is on its way, for a test to act in between.
+    /// The request is recorded before it is held, so
+    /// [`wait_for_requests`](Self::wait_for_requests) says when it is.
+    pub(crate) fn hold_next(&self, path_prefix: &str) -> Held {
+        let (release, held) = oneshot::channel();
+        self.state
+            .data()
+            .holds
+            .push((path_prefix.trim_start_matches('/').to_owned(), held));
+        Held(release)
+    }
+
     /// Delays every answer of the routes (not refusals of a key, nor
     /// programmed failures) by `delay`: a slow server, so that concurrent
     /// callers overlap. [`Duration::ZERO`] turns it off.
@@ -282,6 +299,17 @@ impl FakeApi {
     }
 }
 
+/// An answer [`FakeApi::hold_next`] holds back.
+#[derive(Debug)]
+pub(crate) struct Held(oneshot::Sender<()>);
+
+impl Held {
+    /// Lets the held answer go.
+    pub(crate) fn release(self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// What the server and the handles share.
 #[derive(Debug)]
 struct State {
@@ -346,6 +374,8 @@ struct Data {
     objects: Vec<(String, Value)>,
     failures: Vec<Programmed>,
     patches: Vec<Patch>,
+    /// Answers to hold, by path prefix, each until its sender is used.
+    holds: Vec<(String, oneshot::Receiver<()>)>,
     delay: Duration,
     /// Webhook endpoints in creation order.
     endpoints: Vec<Endpoint>,
@@ -389,6 +419,15 @@ impl Data {
 
     fn endpoint_mut(&mut self, id: &str) -> Option<&mut Endpoint> {
         self.endpoints.iter_mut().find(|endpoint| endpoint.id == id)
+    }
+
+    /// Takes the first hold for `path`.
+    fn take_hold(&mut self, path: &str) -> Option<oneshot::Receiver<()>> {
+        let index = self
+            .holds
+            .iter()
+            .position(|(prefix, _)| path.starts_with(prefix.as_str()))?;
+        Some(self.holds.remove(index).1)
     }
 
     /// Takes one use of the first programmed patch for `path`.
@@ -685,11 +724,19 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
         return not_found();
     }
     let reply = route(state, &parts.method, path, parts.uri.query(), &body);
-    let patch = state.data().take_patch(path);
-    match patch {
+    let (patch, hold) = {
+        let mut data = state.data();
+        (data.take_patch(path), data.take_hold(path))
+    };
+    let reply = match patch {
         Some(patch) => patched(reply, &patch).await,
         None => reply,
+    };
+    if let Some(hold) = hold {
+        // Released, or its `Held` dropped: either way the answer goes.
+        let _ = hold.await;
     }
+    reply
 }
 
 /// `reply` with `patch` merged into its envelope's `data`; a reply that is
@@ -1401,6 +1448,29 @@ mod tests {
         );
         let (_, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
         assert_eq!(parse(&body)["data"]["status"], json!("created"), "used up");
+    }
+
+    #[tokio::test]
+    async fn fake_api_holds_an_answer_until_released() {
+        let api = FakeApi::start().await;
+        api.accept_key(KEY);
+        api.put_object("refund/rfd_1", json!({"refundId": "rfd_1"}));
+        let held = api.hold_next("refund/");
+        let first = {
+            let api = api.clone();
+            tokio::spawn(async move { call(&api, "GET", "refund/rfd_1", Some(KEY), None).await })
+        };
+        assert!(api.wait_for_requests(1, Duration::from_secs(30)).await);
+        // Only that answer is held: the next request is answered meanwhile.
+        let (status, _, _) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!(status, 200);
+        assert!(!first.is_finished());
+        held.release();
+        let (status, _, body) = first.await.unwrap();
+        assert_eq!(
+            (status, parse(&body)["data"]["refundId"].clone()),
+            (200, json!("rfd_1"))
+        );
     }
 
     #[tokio::test]
