@@ -741,6 +741,19 @@ fn record(key: &str, result: &Result<Bytes, ApiError>) {
     let _ = (key, result);
 }
 
+/// `id` as one path segment, [percent-encoded](encode); `Err` with the
+/// reason for an id no segment can carry: an empty one, or `.` or `..`,
+/// which stay as they are when encoded and which a URL path reads as a step
+/// to this resource or its parent (RFC 3986 dot segments), so that
+/// `DELETE webhook/endpoints/..` would reach another resource.
+pub(crate) fn segment(id: &str) -> Result<String, &'static str> {
+    match id {
+        "" => Err("id is empty"),
+        "." | ".." => Err("id is `.` or `..`, which a URL path reads as another resource"),
+        id => Ok(encode(id)),
+    }
+}
+
 /// Percent-encodes `text` for a path segment or a query value: everything
 /// but `A-Z a-z 0-9 - . _ ~`.
 pub(crate) fn encode(text: &str) -> String {
@@ -898,6 +911,17 @@ mod tests {
         assert_eq!(encode("ord_1-a.b~c"), "ord_1-a.b~c");
         assert_eq!(encode("a/b?c d%"), "a%2Fb%3Fc%20d%25");
         assert_eq!(encode("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn a_segment_is_one_step_of_a_path() {
+        assert_eq!(segment("whk_1").unwrap(), "whk_1");
+        assert_eq!(segment("a/../b").unwrap(), "a%2F..%2Fb");
+        assert_eq!(segment("...").unwrap(), "...");
+        assert_eq!(segment("%2E%2E").unwrap(), "%252E%252E");
+        for refused in ["", ".", ".."] {
+            assert!(segment(refused).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

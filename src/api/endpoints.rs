@@ -399,7 +399,7 @@ use http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::client::encode;
+use super::client::segment;
 use super::error::{ApiError, ApiErrorKind};
 use super::objects::Page;
 use super::Client;
@@ -618,16 +618,17 @@ impl Client {
     }
 }
 
-/// The path of endpoint `id`.
+/// The path of endpoint `id`; an id that is not one path segment (empty,
+/// `.` or `..`) is [`Unsupported`](ApiErrorKind::Unsupported).
 fn endpoint_path(id: &str) -> Result<String, ApiError> {
-    if id.is_empty() {
-        return Err(ApiError::new(
+    let id = segment(id).map_err(|why| {
+        ApiError::new(
             ApiErrorKind::Unsupported,
             "webhook/endpoints",
-            "the endpoint id is empty",
-        ));
-    }
-    Ok(format!("webhook/endpoints/{}", encode(id)))
+            format!("the endpoint {why}"),
+        )
+    })?;
+    Ok(format!("webhook/endpoints/{id}"))
 }
 
 /// `value` as a JSON body.

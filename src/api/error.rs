@@ -36,7 +36,8 @@ pub enum ApiErrorKind {
     /// envelope, a `data` that does not fit its type, or too large.
     Decode,
     /// The call cannot be made: this family of events has no object to
-    /// read (disputes, customers, ...), or an id is empty.
+    /// read (disputes, customers, ...), or an id is empty, `.` or `..`
+    /// (which a URL path would read as another resource).
     Unsupported,
 }
 

@@ -59,17 +59,22 @@ impl ObjectKind {
         }
     }
 
-    /// The path of object `id`, relative to the base URL, its id
-    /// percent-encoded.
-    pub(crate) fn path(self, id: &str) -> String {
-        let prefix = match self {
+    /// The path of its objects, relative to the base URL, up to the id.
+    fn prefix(self) -> &'static str {
+        match self {
             Self::Order => "order/",
             Self::Refund => "refund/",
             Self::Subscription => "subscription/",
             Self::Invoice => "subscription/invoice/",
             Self::Session => "checkout/session/",
-        };
-        format!("{prefix}{}", super::client::encode(id))
+        }
+    }
+
+    /// The path of object `id`, relative to the base URL, its id
+    /// percent-encoded; the reason, for an id that is not one path segment
+    /// (empty, `.` or `..`).
+    pub(crate) fn path(self, id: &str) -> Result<String, &'static str> {
+        Ok(format!("{}{}", self.prefix(), super::client::segment(id)?))
     }
 }
 
@@ -325,15 +330,11 @@ impl Client {
     /// The answer of the read of object `id` of `kind`, shared with
     /// concurrent reads of the same object, and the call's name.
     async fn read(&self, kind: ObjectKind, id: &str) -> Result<(String, bytes::Bytes), ApiError> {
-        let path = kind.path(id);
+        let path = kind.path(id).map_err(|why| {
+            let call = format!("GET /{}", kind.prefix());
+            ApiError::new(ApiErrorKind::Unsupported, &call, format!("the {why}"))
+        })?;
         let call = format!("GET /{path}");
-        if id.is_empty() {
-            return Err(ApiError::new(
-                ApiErrorKind::Unsupported,
-                &call,
-                "the id is empty",
-            ));
-        }
         let body = self.get_shared(&path).await?;
         Ok((call, body))
     }

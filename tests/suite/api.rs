@@ -1147,3 +1147,61 @@ async fn an_account_removed_while_clink_rotates_gets_an_error_that_holds_the_new
     assert!(text.contains("Clink rotated"), "{text}");
     assert_no_key("the error", &text, &[&new, &old]);
 }
+
+#[tokio::test]
+async fn dot_segment_ids_are_refused_before_any_request() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    for dots in ["", ".", ".."] {
+        let kinds = [
+            client.endpoint(dots).await.map(drop),
+            client.delete_endpoint(dots).await,
+            client.enable_endpoint(dots).await.map(drop),
+            client.disable_endpoint(dots).await.map(drop),
+            client
+                .update_endpoint(dots, &EndpointUpdate::new().enabled(false))
+                .await
+                .map(drop),
+            client.rotate_endpoint_secret(dots).await.map(drop),
+            client.get::<Order>(dots).await.map(drop),
+            client.get_json(ObjectKind::Refund, dots).await.map(drop),
+            client
+                .current(&ObjectKey::new("order", dots))
+                .await
+                .map(drop),
+        ]
+        .map(|result| result.map_err(|error| error.kind()));
+        assert!(
+            kinds
+                .iter()
+                .all(|kind| *kind == Err(ApiErrorKind::Unsupported)),
+            "{dots:?}: {kinds:?}"
+        );
+        let error = client
+            .rotate_signing_secret(
+                dots,
+                LiveVerifier::new(Verifier::new("whsec_kept").unwrap()),
+                DEFAULT_GRACE,
+                |_| async { Ok::<_, std::io::Error>(()) },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, RotationError::Api(e) if e.kind() == ApiErrorKind::Unsupported),
+            "{dots:?}: {error}"
+        );
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "nothing sent: {:?}",
+        fake.requests()
+    );
+    // The endpoint and the order are untouched, and a dot inside an id is fine.
+    assert!(fake.endpoint_secret(&id).is_some());
+    fake.put_object("order/ord.1..x", order("ord.1..x", "success"));
+    let _: Order = client.get("ord.1..x").await.unwrap();
+    assert_eq!(fake.count("GET", "order/ord.1..x"), 1);
+}
