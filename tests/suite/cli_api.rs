@@ -541,17 +541,13 @@ fn last_ensure(api: &FakeApi) -> Value {
     serde_json::from_slice(&request.body).unwrap()
 }
 
-/// `whse...` and the last four characters: a secret masked.
-fn masked(secret: &str) -> String {
-    format!("{}...{}", &secret[..4], &secret[secret.len() - 4..])
-}
-
 #[tokio::test]
 async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     let api = fake().await;
     let url = "https://shop.example/hooks/clink";
 
-    // ensure creates it; the secret Clink returned is masked.
+    // ensure creates it; the secret Clink returned, shown only once, is
+    // printed in full.
     let created = cli(
         &api,
         &[
@@ -578,8 +574,12 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert!(lines[1].starts_with("whk_1  enabled"), "{created:?}");
     let id = "whk_1";
     let first = api.endpoint_secret(id).unwrap();
-    assert!(!created.stdout.contains(&first), "{created:?}");
-    assert!(created.stdout.contains(&masked(&first)), "{created:?}");
+    assert!(
+        created
+            .stdout
+            .contains(&format!("  secret       {first}\n")),
+        "{created:?}"
+    );
     assert!(created.stdout.contains(url) && created.stdout.contains("Shop"));
 
     // Again with every event: updated; Clink cannot show the old secret.
@@ -916,4 +916,56 @@ async fn endpoint_arguments_are_checked_before_any_request() {
         "{text:?}"
     );
     assert!(api.requests().is_empty(), "{:?}", api.requests());
+}
+
+#[tokio::test]
+async fn ensure_that_creates_an_endpoint_prints_its_secret_in_full() {
+    let api = fake().await;
+    // Without secret flags, in text: the new endpoint's secret, in full.
+    let url = "https://shop.example/hooks/new";
+    let text = cli(&api, &["endpoints", "ensure", url, "--events", "core"]).await;
+    assert_eq!(text.code, Some(0), "{text:?}");
+    let id = api.endpoint_id(url).unwrap();
+    let secret = api.endpoint_secret(&id).unwrap();
+    assert!(
+        text.stdout.contains(&format!("  secret       {secret}\n")),
+        "{text:?}"
+    );
+    assert!(text.stdout.contains("only once"), "{text:?}");
+
+    // Asked for the secret without a rotation, in JSON: the same.
+    let url = "https://shop.example/hooks/other";
+    let json = cli(
+        &api,
+        &[
+            "--json",
+            "endpoints",
+            "ensure",
+            url,
+            "--events",
+            "core",
+            "--return-secret",
+            "--no-rotate-secret-if-unavailable",
+        ],
+    )
+    .await;
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let ensured = json_out(&json);
+    assert_eq!(ensured["source"], "created", "{ensured}");
+    let id = api.endpoint_id(url).unwrap();
+    let secret = api.endpoint_secret(&id).unwrap();
+    assert_eq!(ensured["endpoint"]["signingSecret"], secret.as_str());
+
+    // The endpoint exists now: no secret, nothing in full.
+    let again = cli(&api, &["endpoints", "ensure", url, "--events", "core"]).await;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert!(!again.stdout.contains(&secret), "{again:?}");
+    assert!(!again.stdout.contains("only once"), "{again:?}");
+    assert!(
+        again.stdout.contains("no signing secret returned"),
+        "{again:?}"
+    );
+    // Nor does a read print one.
+    let get = cli(&api, &["endpoints", "get", &id]).await;
+    assert!(!get.stdout.contains(&secret), "{get:?}");
 }

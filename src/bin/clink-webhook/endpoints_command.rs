@@ -30,7 +30,9 @@ pub(crate) fn after_help() -> String {
 Signing secrets are masked (`whse...9f2a`) unless --show-secret is given;
 with --json the plain secret is then the `signingSecret` field. Clink returns
 the plain secret only when it creates an endpoint, rotates its secret, or
-ensure is asked for it (--return-secret); list and get never have it.
+ensure is asked for it (--return-secret); list and get never have it. A secret
+ensure gets back (that of an endpoint it created) is printed in full even
+without --show-secret: Clink never shows it again.
 
 `ensure URL --events NAMES` creates the endpoint at URL, or updates the one
 already there: the recommended, idempotent set-up. NAMES are event names
@@ -336,7 +338,13 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
                 .ensure_endpoint(&want)
                 .await
                 .map_err(|e| api_error(&e))?;
-            print_ensured(printer, &ensured, show);
+            // A plain secret in ensure's answer is new (an endpoint it
+            // created, or a rotation): Clink cannot show an existing one
+            // and never shows this one again. `must_show` refuses the
+            // rotations beforehand; a creation shows only in the answer,
+            // when refusing is too late, so its secret is printed in full.
+            let shown_once = !show && ensured.endpoint.signing_secret.is_some();
+            print_ensured(printer, &ensured, show || shown_once, shown_once);
         }
         Action::RotateSecret { id } => {
             must_show(show, "rotate-secret")?;
@@ -435,8 +443,9 @@ fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
 }
 
 /// Prints what ensure did: JSON, or what Clink did, the endpoint, and why
-/// there is no secret when there is none.
-fn print_ensured(printer: &Printer<'_>, ensured: &Ensured, show: bool) {
+/// there is no secret when there is none, or with `shown_once` why it is
+/// in full without `--show-secret`.
+fn print_ensured(printer: &Printer<'_>, ensured: &Ensured, show: bool, shown_once: bool) {
     if printer.out.json {
         printer.json(&ensured_json(ensured, show));
         return;
@@ -450,6 +459,12 @@ fn print_ensured(printer: &Printer<'_>, ensured: &Ensured, show: bool) {
         None => "found".to_owned(),
     };
     print_endpoint(printer, Some(&did), &ensured.endpoint, show);
+    if shown_once {
+        printer.line(
+            "  the signing secret is printed in full: Clink shows it only once, so a masked one \
+             would be lost; give it to the receiver and keep this output safe",
+        );
+    }
     if !ensured.signing_secret_available {
         let mut line = "  no signing secret returned".to_owned();
         if let Some(reason) = &ensured.signing_secret_unavailable_reason {
