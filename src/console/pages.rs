@@ -170,6 +170,8 @@ struct EventPage {
     history: Vec<(&'static str, String)>,
     attempts: Vec<AttemptRow>,
     body: String,
+    /// What the page says when it shows only the start of the body.
+    body_cut: Option<String>,
     object: Option<String>,
     timeline: Vec<Step>,
 }
@@ -447,6 +449,20 @@ fn missing(shared: &Shared, ctx: &Ctx) -> Response {
     )
 }
 
+/// What the page says when it shows only the start of a body or an error
+/// (`how` it shows it, after the count of bytes).
+fn cut_note(what: &str, how: &str, shown: &view::Shown, seq: i64) -> Option<String> {
+    shown.is_cut().then(|| {
+        format!(
+            "Cut: the {what} is {} bytes long; the page shows its first {} bytes{how}. \
+             To see all of it: clink-webhook inbox --sqlite FILE show {seq} --json \
+             (or --postgres) prints the event whole, the {what} included.",
+            view::thousands(shown.source_len),
+            view::thousands(shown.source_shown),
+        )
+    })
+}
+
 /// `GET /events/{seq}`: one event, its history and its object's timeline.
 pub(super) async fn event(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
@@ -536,6 +552,7 @@ pub(super) async fn event(
         ("last replayed at", when(entry.last_replayed_at)),
     ];
     let query = query.map(|q| q.0).unwrap_or_default();
+    let body = view::pretty_body(&event.body);
     html(
         StatusCode::OK,
         &EventPage {
@@ -549,7 +566,16 @@ pub(super) async fn event(
             envelope,
             history,
             attempts: entry.history.iter().map(AttemptRow::new).collect(),
-            body: view::pretty_body(&event.body),
+            body_cut: cut_note(
+                "body",
+                &format!(
+                    ", indented (at most {} KiB of text)",
+                    view::BODY_SHOWN / 1024
+                ),
+                &body,
+                seq,
+            ),
+            body: body.text,
             object: event.object_key.as_deref().map(view::shown),
             timeline,
         },

@@ -197,6 +197,19 @@ pub(super) fn ago(at: Timestamp, now: Timestamp) -> String {
     }
 }
 
+/// `n` with a comma between each group of three digits: `1,048,576`.
+pub(super) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// `text` cut to at most `max` characters, with `…` when cut.
 pub(super) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
@@ -205,20 +218,141 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// The body as text: JSON indented by two spaces, each value kept byte
+/// How much of a body the event page shows: 256 KiB of text, as shown
+/// (indented, invisible characters spelled out).
+pub(super) const BODY_SHOWN: usize = 256 * 1024;
+
+/// How many levels of a JSON body are indented; deeper levels are
+/// indented as much as this one, so that each byte of a body gives at
+/// most `2 + 2 * MAX_INDENT` bytes of text however deep it nests.
+pub(super) const MAX_INDENT: usize = 16;
+
+/// Text as a page shows it, cut to a size: every character that does not
+/// show as itself, but the line break, written as a `\uXXXX` escape
+/// ([`escape_invisible`](crate::events::escape_invisible)), and never a
+/// character or an escape cut in two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shown {
+    /// The text shown.
+    pub(super) text: String,
+    /// How many bytes of the source it shows, from the start.
+    pub(super) source_shown: usize,
+    /// How many bytes the source has.
+    pub(super) source_len: usize,
+}
+
+impl Shown {
+    /// Whether part of the source is left out.
+    pub(super) fn is_cut(&self) -> bool {
+        self.source_shown < self.source_len
+    }
+}
+
+/// Text written up to a size, each character as [`lines`] shows it.
+struct Limited {
+    out: String,
+    limit: usize,
+    full: bool,
+}
+
+impl Limited {
+    fn new(limit: usize, hint: usize) -> Self {
+        Self {
+            out: String::with_capacity(hint.min(limit)),
+            limit,
+            full: false,
+        }
+    }
+
+    /// Writes `c`, escaped if it does not show as itself; `false` (and
+    /// nothing written from then on) once it does not fit.
+    fn push(&mut self, c: char) -> bool {
+        if self.full {
+            return false;
+        }
+        let mut buf = [0u8; 4];
+        let shown = crate::events::escape_invisible(c.encode_utf8(&mut buf));
+        if self.out.len() + shown.len() > self.limit {
+            self.full = true;
+            return false;
+        }
+        self.out.push_str(&shown);
+        true
+    }
+
+    /// Writes `text`, printable ASCII, whole or not at all.
+    fn push_ascii(&mut self, text: &str) -> bool {
+        if self.full || self.out.len() + text.len() > self.limit {
+            self.full = true;
+            return false;
+        }
+        self.out.push_str(text);
+        true
+    }
+
+    /// A line break and the indentation of `depth` (at most [`MAX_INDENT`]).
+    fn newline(&mut self, depth: usize) -> bool {
+        self.push('\n') && (0..depth.min(MAX_INDENT)).all(|_| self.push_ascii("  "))
+    }
+
+    /// The text, and how many bytes of a source of `len` bytes it shows:
+    /// `shown` when it filled up, all of them when it did not.
+    fn finish(self, shown: usize, len: usize) -> (String, usize) {
+        let shown = if self.full { shown } else { len };
+        (self.out, shown)
+    }
+}
+
+/// The body as text, at most [`BODY_SHOWN`] bytes of it: see
+/// [`body_limited`].
+pub(super) fn pretty_body(body: &[u8]) -> Shown {
+    body_limited(body, BODY_SHOWN)
+}
+
+/// The body as text, cut to at most `limit` bytes: JSON indented by two
+/// spaces a level (at most [`MAX_INDENT`] levels), each value kept byte
 /// for byte (numbers are not reparsed, so `1.10` stays `1.10`); a body that
-/// is not JSON as it is (lossy UTF-8). Either way every character that does
-/// not show as itself, but the line break, is written as a `\uXXXX` escape
-/// ([`escape_invisible`](crate::events::escape_invisible)).
-pub(super) fn pretty_body(body: &[u8]) -> String {
-    let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
-    let text = String::from_utf8_lossy(body);
-    let text = if valid {
-        indent_json(&text)
-    } else {
-        text.into_owned()
+/// is not JSON as it is (lossy UTF-8). Either way every character that
+/// does not show as itself, but the line break, is written as a `\uXXXX`
+/// escape ([`escape_invisible`](crate::events::escape_invisible)). The
+/// work is linear in the body, and the text no longer than `limit`
+/// however deep the body nests.
+pub(super) fn body_limited(body: &[u8], limit: usize) -> Shown {
+    // `IgnoredAny` reads nested values with a stack of its own, not by
+    // recursion: any depth is read in linear time.
+    let json = serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .ok()
+        .and_then(|_| std::str::from_utf8(body).ok());
+    let (text, source_shown) = match json {
+        Some(json) => indent_json(json, limit),
+        None => lossy_limited(body, limit),
     };
-    lines(&text)
+    Shown {
+        text,
+        source_shown,
+        source_len: body.len(),
+    }
+}
+
+/// `bytes` as lossy UTF-8, cut to `limit`; and how many bytes it shows.
+fn lossy_limited(bytes: &[u8], limit: usize) -> (String, usize) {
+    let mut out = Limited::new(limit, bytes.len());
+    let mut shown = 0;
+    'chunks: for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if !out.push(c) {
+                break 'chunks;
+            }
+            shown += c.len_utf8();
+        }
+        if !chunk.invalid().is_empty() {
+            if !out.push(char::REPLACEMENT_CHARACTER) {
+                break;
+            }
+            shown += chunk.invalid().len();
+        }
+    }
+    out.finish(shown, bytes.len())
 }
 
 /// A value from a delivery, for one line of a page: every character that
@@ -235,63 +369,92 @@ pub(super) fn lines(text: &str) -> String {
     crate::events::escape_invisible(text).into_owned()
 }
 
-/// Re-indents valid JSON without parsing its values.
-fn indent_json(json: &str) -> String {
-    let mut out = String::with_capacity(json.len() * 2);
+/// Re-indents valid JSON without parsing its values, in one pass, cut to
+/// `limit` bytes; and how many bytes of `json` it shows.
+fn indent_json(json: &str, limit: usize) -> (String, usize) {
+    let mut out = Limited::new(limit, json.len().saturating_mul(2));
+    let mut shown = 0;
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
-    let mut chars = json.chars().peekable();
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        for _ in 0..depth {
-            out.push_str("  ");
-        }
-    };
-    while let Some(c) = chars.next() {
+    let mut chars = json.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        let end = at + c.len_utf8();
         if in_string {
-            out.push(c);
             match (escaped, c) {
                 (true, _) => escaped = false,
                 (false, '\\') => escaped = true,
                 (false, '"') => in_string = false,
                 _ => {}
             }
+            if !out.push(c) {
+                break;
+            }
+            shown = end;
             continue;
         }
         match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
             '{' | '[' => {
-                out.push(c);
                 // An empty object or array stays on one line.
-                while chars.peek().is_some_and(char::is_ascii_whitespace) {
+                while chars.peek().is_some_and(|(_, c)| c.is_ascii_whitespace()) {
                     chars.next();
                 }
-                if matches!(chars.peek(), Some('}' | ']')) {
-                    out.extend(chars.next());
+                if let Some(&(close_at, '}' | ']')) = chars.peek() {
+                    chars.next();
+                    if !out.push_ascii(if c == '{' { "{}" } else { "[]" }) {
+                        break;
+                    }
+                    shown = close_at + 1;
                 } else {
+                    if !out.push(c) {
+                        break;
+                    }
+                    shown = end;
                     depth += 1;
-                    newline(&mut out, depth);
+                    if !out.newline(depth) {
+                        break;
+                    }
                 }
             }
             '}' | ']' => {
                 depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
+                if !(out.newline(depth) && out.push(c)) {
+                    break;
+                }
+                shown = end;
             }
             ',' => {
-                out.push(c);
-                newline(&mut out, depth);
+                if !out.push(c) {
+                    break;
+                }
+                shown = end;
+                if !out.newline(depth) {
+                    break;
+                }
             }
-            ':' => out.push_str(": "),
+            ':' => {
+                if !out.push_ascii(": ") {
+                    break;
+                }
+                shown = end;
+            }
+            '"' => {
+                in_string = true;
+                if !out.push(c) {
+                    break;
+                }
+                shown = end;
+            }
             c if c.is_ascii_whitespace() => {}
-            c => out.push(c),
+            c => {
+                if !out.push(c) {
+                    break;
+                }
+                shown = end;
+            }
         }
     }
-    out
+    out.finish(shown, json.len())
 }
 
 /// The activity chart: for each interval a bar of events received and one
@@ -358,11 +521,87 @@ mod tests {
         let body = br#"{"id":"evt_1","amount":1.10,"big":12345678901234567890,"s":"a,{b}: \"c\"","e":{},"l":[1, 2]}"#;
         let pretty = pretty_body(body);
         assert_eq!(
-            pretty,
+            pretty.text,
             "{\n  \"id\": \"evt_1\",\n  \"amount\": 1.10,\n  \"big\": 12345678901234567890,\n  \
              \"s\": \"a,{b}: \\\"c\\\"\",\n  \"e\": {},\n  \"l\": [\n    1,\n    2\n  ]\n}"
         );
-        assert_eq!(pretty_body(b"not json {"), "not json {");
+        assert!(!pretty.is_cut());
+        assert_eq!(pretty_body(b"not json {").text, "not json {");
+        assert_eq!(pretty_body(b"[ ]\n").text, "[]");
+        assert!(!pretty_body(b"{\"a\": 1}\n\n").is_cut());
+    }
+
+    /// The body a deep nest gives: `depth` arrays around `values` numbers.
+    fn nested(depth: usize, values: usize) -> String {
+        let mut body = "[".repeat(depth);
+        body.push_str(&"1,".repeat(values));
+        body.push('1');
+        body.push_str(&"]".repeat(depth));
+        body
+    }
+
+    fn without_whitespace(text: &str) -> String {
+        text.chars().filter(|c| !c.is_ascii_whitespace()).collect()
+    }
+
+    #[test]
+    fn a_deep_body_gives_text_linear_in_its_size() {
+        let per_byte = 2 + 2 * MAX_INDENT;
+        for body in [
+            nested(120, 20_000),
+            nested(5_000, 0),
+            "{\"a\":".repeat(3_000) + "{}" + &"}".repeat(3_000),
+        ] {
+            let shown = body_limited(body.as_bytes(), usize::MAX);
+            assert!(!shown.is_cut());
+            assert!(
+                shown.text.len() <= per_byte * body.len(),
+                "{} bytes of text for a body of {}",
+                shown.text.len(),
+                body.len()
+            );
+            // Every value kept, and nothing indented deeper than the cap.
+            assert_eq!(without_whitespace(&shown.text), body);
+            let deepest = shown
+                .text
+                .lines()
+                .map(|line| line.len() - line.trim_start().len())
+                .max()
+                .unwrap();
+            assert_eq!(deepest, 2 * MAX_INDENT);
+        }
+    }
+
+    #[test]
+    fn a_large_body_is_cut_at_a_character_and_says_how_much_it_shows() {
+        let body = nested(200, 512 * 1024);
+        let whole = body_limited(body.as_bytes(), usize::MAX);
+        let shown = pretty_body(body.as_bytes());
+        assert!(shown.is_cut());
+        assert!(shown.text.len() <= BODY_SHOWN, "{}", shown.text.len());
+        assert!(shown.text.len() > BODY_SHOWN - 2 * MAX_INDENT - 2);
+        assert!(whole.text.starts_with(&shown.text));
+        assert_eq!(shown.source_len, body.len());
+        assert_eq!(
+            without_whitespace(&shown.text),
+            body[..shown.source_shown],
+            "the bytes said to be shown are the ones shown"
+        );
+
+        // Text that is not JSON, of characters of two to four bytes and
+        // invisible ones spelled out: cut between characters and escapes.
+        let text = "é日\u{202e}\u{e0041}".repeat(10_000);
+        for limit in 1..40 {
+            let shown = body_limited(text.as_bytes(), limit);
+            assert!(shown.text.len() <= limit);
+            assert!(text.is_char_boundary(shown.source_shown));
+            assert_eq!(shown.text, lines(&text[..shown.source_shown]), "{limit}");
+        }
+        // Bytes that are not UTF-8: shown as lossy UTF-8 shows them.
+        let bytes = b"ok \xff\xfe end \xe6\x97";
+        let shown = body_limited(bytes, 100);
+        assert_eq!(shown.text, String::from_utf8_lossy(bytes));
+        assert!(!shown.is_cut());
     }
 
     #[test]
@@ -406,6 +645,9 @@ mod tests {
         assert_eq!(ago(Timestamp::from_millis(12_000), now), "in 2 s");
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(thousands(1_048_576), "1,048,576");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(0), "0");
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! content type and security headers; who gets in; the CSRF token on every
 //! action; escaping; paging; and the browsing calls it makes of every
 //! backend (`page`, `count`, `activity`), with 10,000 events in SQLite and
-//! PostgreSQL answering within the store's timeout.
+//! PostgreSQL answering within the store's timeout. Most tests call the
+//! router in process; those about what an event page holds at most, and
+//! about the actions' confirmations and logs, serve it on a loopback port
+//! and send real requests (`over_http`).
 //!
 //! `console_browser.rs` drives the same pages in a real browser.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +22,11 @@ use clink_webhooks::store::{
 };
 use clink_webhooks::Timestamp;
 use http::{HeaderMap, Request};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
+
+use crate::support::loopback;
+use crate::support::process::PATIENCE;
 
 const TOKEN: &str = "console-test-token-0123456789";
 
@@ -130,6 +137,68 @@ async fn post(app: &Router, path: &str, form: &str) -> Page {
 
 fn mounted(console: Console) -> Router {
     Router::new().nest("/console", console.router())
+}
+
+/// Serves `console` at `/console` on a loopback port until the test ends.
+async fn serve(console: Console) -> SocketAddr {
+    loopback::serve(mounted(console)).await
+}
+
+/// Sends `method path` over a real connection to the console at `addr`,
+/// with the bearer token and, for a form, `form`.
+async fn over_http(addr: SocketAddr, method: &str, path: &str, form: Option<&str>) -> Page {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(loopback::endpoint(addr, path))
+        .header(BEARER.0, BEARER.1);
+    let body = match form {
+        Some(form) => {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+            Full::new(Bytes::from(form.to_owned()))
+        }
+        None => Full::default(),
+    };
+    let response = tokio::time::timeout(
+        PATIENCE,
+        loopback::client().request(request.body(body).unwrap()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the console did not answer within {PATIENCE:?}"))
+    .expect("the request reached the console");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).expect("a page is UTF-8"),
+    }
+}
+
+/// `n` as the pages write a count of bytes: `1,048,576`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// The text of the element with `id`, as the page sends it.
+fn element<'p>(page: &'p Page, id: &str) -> &'p str {
+    let marker = format!("id=\"{id}\"");
+    let at = page
+        .body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {}", page.body));
+    let rest = &page.body[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest.find("</").unwrap();
+    &rest[start..end]
 }
 
 /// An inbox with two events done (1 and 3), one dead (2), and one pending
@@ -712,6 +781,54 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         .unwrap();
     assert_eq!(bulk.fields["replayed"], "2");
     assert!(logged.iter().filter(|e| e.message.contains("CSRF")).count() >= 5);
+}
+
+#[tokio::test]
+async fn a_deeply_nested_body_gives_an_event_page_of_bounded_size() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    // About 1 MiB: 100 levels deep around half a million numbers, every one
+    // of which, indented as deep as it nests, would fill a line of its own.
+    let depth = 100;
+    let mut body = format!("{}{{\"id\":\"evt_deep\",\"data\":", "[".repeat(depth));
+    body.push_str(&"[7,".repeat(depth));
+    body.push_str(&"1,".repeat(512 * 1024));
+    body.push('2');
+    body.push_str(&"]".repeat(depth));
+    body.push('}');
+    body.push_str(&"]".repeat(depth));
+    let mut deep = event("evt_deep", "order.succeeded", None, None, now, now);
+    deep.body = Bytes::from(body.clone());
+    inbox.insert(&deep).await.unwrap();
+    let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+    let page = over_http(addr, "GET", "/console/events/1", None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.len() < 1024 * 1024,
+        "a page of {} bytes for a body of {}",
+        page.body.len(),
+        body.len()
+    );
+    let shown = element(&page, "body-cut");
+    assert!(
+        shown.contains(&format!("the body is {} bytes long", thousands(body.len()))),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("clink-webhook inbox --sqlite FILE show 1 --json"),
+        "{shown}"
+    );
+    // What it shows is the start of the body, every value as it is.
+    let pre = &page.body[page.body.find("<pre class=\"body\">").unwrap()..];
+    let pre = &pre["<pre class=\"body\">".len()..pre.find("</pre>").unwrap()];
+    let values: String = pre
+        .replace("&#34;", "\"")
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    assert!(values.len() > 1024, "{values}");
+    assert!(body.starts_with(&values), "{}", &values[..200]);
+    assert!(shown.contains(&format!("its first {} bytes", thousands(values.len()))));
 }
 
 #[tokio::test]
