@@ -27,8 +27,9 @@
 //!   attempts, last error and replays, and the timeline of its object (every
 //!   event about it in `created` order, with its status). The page shows at
 //!   most the first 256 KiB of the body's text (indented at most 16 levels
-//!   deep), and says so when it cuts it: `clink-webhook inbox --sqlite FILE
-//!   show SEQ --json` (or `--postgres`) prints the whole event.
+//!   deep) and the first 16 KiB of the last error, and says so when it cuts
+//!   one: `clink-webhook inbox --sqlite FILE show SEQ --json` (or
+//!   `--postgres`) prints the whole event.
 //!
 //! Pages are rendered on the server (askama templates, which escape every
 //! value) and work without JavaScript; one small script only offers an

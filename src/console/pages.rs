@@ -164,6 +164,8 @@ struct EventPage {
     status: &'static str,
     notice: Option<String>,
     last_error: Option<String>,
+    /// What the page says when it shows only the start of the last error.
+    last_error_cut: Option<String>,
     can_replay: bool,
     csrf: String,
     envelope: Vec<(&'static str, String)>,
@@ -552,6 +554,10 @@ pub(super) async fn event(
         ("last replayed at", when(entry.last_replayed_at)),
     ];
     let query = query.map(|q| q.0).unwrap_or_default();
+    let last_error = entry
+        .last_error
+        .as_deref()
+        .map(|error| view::lines_limited(error, view::ERROR_SHOWN));
     let body = view::pretty_body(&event.body);
     html(
         StatusCode::OK,
@@ -560,7 +566,10 @@ pub(super) async fn event(
             seq,
             status: entry.status.as_str(),
             notice: notice(&query),
-            last_error: entry.last_error.as_deref().map(view::lines),
+            last_error_cut: last_error
+                .as_ref()
+                .and_then(|error| cut_note("error", "", error, seq)),
+            last_error: last_error.map(|error| error.text),
             can_replay: !shared.read_only && entry.status != InboxStatus::Running,
             csrf: shared.keys.csrf(&ctx.who),
             envelope,

@@ -222,6 +222,9 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
 /// (indented, invisible characters spelled out).
 pub(super) const BODY_SHOWN: usize = 256 * 1024;
 
+/// How much of an error the event page shows: 16 KiB of text, as shown.
+pub(super) const ERROR_SHOWN: usize = 16 * 1024;
+
 /// How many levels of a JSON body are indented; deeper levels are
 /// indented as much as this one, so that each byte of a body gives at
 /// most `2 + 2 * MAX_INDENT` bytes of text however deep it nests.
@@ -300,6 +303,24 @@ impl Limited {
     fn finish(self, shown: usize, len: usize) -> (String, usize) {
         let shown = if self.full { shown } else { len };
         (self.out, shown)
+    }
+}
+
+/// `text` as [`lines`] shows it, cut to at most `limit` bytes.
+pub(super) fn lines_limited(text: &str, limit: usize) -> Shown {
+    let mut out = Limited::new(limit, text.len());
+    let mut shown = 0;
+    for (at, c) in text.char_indices() {
+        if !out.push(c) {
+            break;
+        }
+        shown = at + c.len_utf8();
+    }
+    let (text_shown, source_shown) = out.finish(shown, text.len());
+    Shown {
+        text: text_shown,
+        source_shown,
+        source_len: text.len(),
     }
 }
 
@@ -597,6 +618,14 @@ mod tests {
             assert!(text.is_char_boundary(shown.source_shown));
             assert_eq!(shown.text, lines(&text[..shown.source_shown]), "{limit}");
         }
+        let error = lines_limited(&text, 100);
+        assert_eq!(error.text, lines(&text[..error.source_shown]));
+        assert!(error.is_cut() && error.text.len() <= 100);
+        let whole = lines_limited("short\nerror", 100);
+        assert_eq!(
+            (whole.text.as_str(), whole.is_cut()),
+            ("short\nerror", false)
+        );
         // Bytes that are not UTF-8: shown as lossy UTF-8 shows them.
         let bytes = b"ok \xff\xfe end \xe6\x97";
         let shown = body_limited(bytes, 100);

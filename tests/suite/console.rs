@@ -832,6 +832,45 @@ async fn a_deeply_nested_body_gives_an_event_page_of_bounded_size() {
 }
 
 #[tokio::test]
+async fn a_huge_last_error_is_cut_on_the_event_page() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    // 20 MiB of three-byte characters after two bytes: no cut at a round
+    // number of bytes falls between characters.
+    let error = format!("ab{}", "日".repeat((20 * 1024 * 1024 - 2) / 3));
+    assert_eq!(error.len(), 20 * 1024 * 1024);
+    inbox
+        .insert_dead(
+            &event("evt_loud", "order.succeeded", None, None, now, now),
+            &error,
+        )
+        .await
+        .unwrap();
+    let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+    let page = over_http(addr, "GET", "/console/events/1", None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.len() < 1024 * 1024,
+        "a page of {} bytes",
+        page.body.len()
+    );
+    let shown = element(&page, "last-error");
+    assert!(shown.len() > 1024 && error.starts_with(shown), "{shown}");
+    let note = element(&page, "last-error-cut");
+    assert!(
+        note.contains(&format!(
+            "the error is {} bytes long; the page shows its first {} bytes",
+            thousands(error.len()),
+            thousands(shown.len())
+        )),
+        "{note}"
+    );
+    // The list's line of it is cut too.
+    let list = over_http(addr, "GET", "/console/events", None).await;
+    assert!(list.body.len() < 64 * 1024, "{}", list.body.len());
+}
+
+#[tokio::test]
 async fn a_read_only_console_shows_no_action_and_refuses_them() {
     let inbox = small_inbox().await;
     let app = mounted(
