@@ -24,12 +24,14 @@
 //! - `/events`: every event, newest first, filtered by status, type,
 //!   account, object and time of arrival, a page at a time.
 //! - `/events/{seq}`: one event: its envelope, the raw body indented, its
-//!   attempts, last error and replays, and the timeline of its object (every
-//!   event about it in `created` order, with its status). The page shows at
-//!   most the first 256 KiB of the body's text (indented at most 16 levels
-//!   deep) and the first 16 KiB of the last error, and says so when it cuts
-//!   one: `clink-webhook inbox --sqlite FILE show SEQ --json` (or
-//!   `--postgres`) prints the whole event.
+//!   attempts, last error and replays, and the timeline of its object: how
+//!   many events are about it, and up to 100 of them, those that arrived
+//!   nearest to this one (this one among them, marked), in `created` order
+//!   with their status, with a link to all of them in `/events`. The page
+//!   shows at most the first 256 KiB of the body's text (indented at most
+//!   16 levels deep) and the first 16 KiB of the last error, and says so
+//!   when it cuts one: `clink-webhook inbox --sqlite FILE show SEQ --json`
+//!   (or `--postgres`) prints the whole event.
 //!
 //! Pages are rendered on the server (askama templates, which escape every
 //! value) and work without JavaScript; one small script only offers an

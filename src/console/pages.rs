@@ -24,6 +24,9 @@ use crate::Timestamp;
 const STYLESHEET: &str = include_str!("assets/console.css");
 const SCRIPT: &str = include_str!("assets/console.js");
 
+/// How many events of its object an event's page shows at most.
+const TIMELINE_LEN: usize = 100;
+
 /// Every status, in the order the pages list them.
 const STATUSES: [InboxStatus; 5] = [
     InboxStatus::Pending,
@@ -156,6 +159,18 @@ impl AttemptRow {
     }
 }
 
+/// The timeline of an event's object: the events about it nearest to the
+/// event, and how many there are in all.
+struct Timeline {
+    /// The object, as shown.
+    object: String,
+    steps: Vec<Step>,
+    /// How many events are about the object.
+    total: u64,
+    /// The events list filtered by the object.
+    list: String,
+}
+
 #[derive(Template)]
 #[template(path = "console/event.html")]
 struct EventPage {
@@ -174,8 +189,7 @@ struct EventPage {
     body: String,
     /// What the page says when it shows only the start of the body.
     body_cut: Option<String>,
-    object: Option<String>,
-    timeline: Vec<Step>,
+    timeline: Option<Timeline>,
 }
 
 #[derive(Template)]
@@ -451,6 +465,81 @@ fn missing(shared: &Shared, ctx: &Ctx) -> Response {
     )
 }
 
+/// The timeline of `entry`'s object, if it has one: at most
+/// [`TIMELINE_LEN`] events about it, those that arrived nearest to it
+/// (`entry` among them), in `created` order, and how many there are.
+async fn timeline(
+    shared: &Shared, ctx: &Ctx, entry: &InboxEntry,
+) -> Result<Option<Timeline>, StoreError> {
+    let Some(object) = &entry.event.object_key else {
+        return Ok(None);
+    };
+    let inbox = &shared.inbox;
+    let filter = InboxFilter::default().object_key(object.clone());
+    let total = call(shared, inbox.count(&filter)).await?;
+    // Up to half after the event, the rest before it (the event itself
+    // the newest of those); what one side lacks, the other fills.
+    let mut newer = call(
+        shared,
+        inbox.page(&filter, PageStart::After(entry.seq), TIMELINE_LEN / 2),
+    )
+    .await?;
+    let older = call(
+        shared,
+        inbox.page(
+            &filter,
+            PageStart::Before(entry.seq.saturating_add(1)),
+            TIMELINE_LEN - newer.len(),
+        ),
+    )
+    .await?;
+    let room = TIMELINE_LEN - newer.len() - older.len();
+    if room > 0 && newer.len() == TIMELINE_LEN / 2 {
+        // Pages run newest first: the first of `newer` is its newest.
+        let newest = newer[0].seq;
+        newer.extend(call(shared, inbox.page(&filter, PageStart::After(newest), room)).await?);
+    }
+    let mut events = older;
+    events.append(&mut newer);
+    if !events.iter().any(|e| e.seq == entry.seq) {
+        events.push(entry.clone());
+    }
+    let key = |e: &InboxEntry| {
+        (
+            e.event.created.unwrap_or(e.event.received_at),
+            e.event.event_id.clone(),
+            e.seq,
+        )
+    };
+    events.sort_by_cached_key(key);
+    let steps: Vec<Step> = events
+        .iter()
+        .map(|e| Step {
+            seq: e.seq,
+            created: e.event.created.map_or_else(
+                || format!("{} (received)", view::time(e.event.received_at)),
+                view::time,
+            ),
+            event_type: view::shown(&e.event.event_type),
+            event_id: view::shown(&e.event.event_id),
+            status: e.status.as_str(),
+            received: view::time(e.event.received_at),
+            handled: e.handled_at.map(view::time).unwrap_or_default(),
+            current: e.seq == entry.seq,
+        })
+        .collect();
+    Ok(Some(Timeline {
+        object: view::shown(object),
+        total: total.max(steps.len() as u64),
+        steps,
+        list: format!(
+            "{}/events{}",
+            ctx.base,
+            view::query_string(&[("object", object.clone())])
+        ),
+    }))
+}
+
 /// What the page says when it shows only the start of a body or an error
 /// (`how` it shows it, after the count of bytes).
 fn cut_note(what: &str, how: &str, shown: &view::Shown, seq: i64) -> Option<String> {
@@ -480,41 +569,11 @@ pub(super) async fn event(
         Ok(None) => return missing(&shared, &ctx),
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
+    let timeline = match timeline(&shared, &ctx, &entry).await {
+        Ok(timeline) => timeline,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
     let event = &entry.event;
-    let mut timeline = Vec::new();
-    if let Some(object) = &event.object_key {
-        let filter = InboxFilter::default().object_key(object.clone());
-        match call(&shared, inbox.list(&filter, 500)).await {
-            Ok(mut events) => {
-                events.sort_by(|a, b| {
-                    let key = |e: &InboxEntry| {
-                        (
-                            e.event.created.unwrap_or(e.event.received_at),
-                            e.event.event_id.clone(),
-                        )
-                    };
-                    key(a).cmp(&key(b))
-                });
-                timeline = events
-                    .iter()
-                    .map(|e| Step {
-                        seq: e.seq,
-                        created: e.event.created.map_or_else(
-                            || format!("{} (received)", view::time(e.event.received_at)),
-                            view::time,
-                        ),
-                        event_type: view::shown(&e.event.event_type),
-                        event_id: view::shown(&e.event.event_id),
-                        status: e.status.as_str(),
-                        received: view::time(e.event.received_at),
-                        handled: e.handled_at.map(view::time).unwrap_or_default(),
-                        current: e.seq == entry.seq,
-                    })
-                    .collect();
-            }
-            Err(err) => return unavailable(&shared, &ctx, &err),
-        }
-    }
     let or_none = |value: Option<&str>| value.map_or_else(|| "(none)".to_owned(), view::shown);
     let when = |at: Option<Timestamp>| {
         at.map_or_else(
@@ -585,7 +644,6 @@ pub(super) async fn event(
                 seq,
             ),
             body: body.text,
-            object: event.object_key.as_deref().map(view::shown),
             timeline,
         },
     )

@@ -871,6 +871,93 @@ async fn a_huge_last_error_is_cut_on_the_event_page() {
 }
 
 #[tokio::test]
+async fn the_timeline_of_a_busy_object_shows_the_event_and_says_how_many_there_are() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    let total = 520i64;
+    for n in 0..total {
+        inbox
+            .insert(&event(
+                &format!("evt_{n:03}"),
+                "order.updated",
+                None,
+                Some("order:busy"),
+                now - 1_000_000 + n,
+                now,
+            ))
+            .await
+            .unwrap();
+    }
+    inbox
+        .insert(&event(
+            "evt_alone",
+            "order.created",
+            None,
+            Some("order:calm"),
+            now,
+            now,
+        ))
+        .await
+        .unwrap();
+    let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+    // The timeline's rows: the event each links to, and whether it is the
+    // one the page is about.
+    let rows = |page: &Page| -> Vec<(i64, bool)> {
+        let table = &page.body[page.body.find("<table class=\"timeline\">").unwrap()..];
+        let table = &table[..table.find("</table>").unwrap()];
+        table
+            .split("<tr class=\"status-")
+            .skip(1)
+            .map(|row| {
+                let link = &row[row.find("/events/").unwrap() + "/events/".len()..];
+                let seq = link[..link.find('"').unwrap()].parse().unwrap();
+                (seq, row[..row.find('>').unwrap()].contains(" current"))
+            })
+            .collect()
+    };
+    // The newest, the oldest and one between: each shown and marked, among
+    // the 100 that arrived nearest to it, in created order.
+    for (seq, window) in [(total, total - 99..=total), (1, 1..=100), (300, 251..=350)] {
+        let page = over_http(addr, "GET", &format!("/console/events/{seq}"), None).await;
+        assert_eq!(page.status, 200);
+        let rows = rows(&page);
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            window.collect::<Vec<_>>()
+        );
+        assert_eq!(
+            rows.iter().filter(|r| r.1).map(|r| r.0).collect::<Vec<_>>(),
+            [seq]
+        );
+        let said = element(&page, "timeline-cut");
+        assert!(
+            said.contains(&format!("{total} events are about this object"))
+                && said.contains("the 100 that arrived nearest to this one"),
+            "{said}"
+        );
+        assert_eq!(
+            page.link(&format!("All {total} in the events list"))
+                .as_deref(),
+            Some("/console/events?object=order%3Abusy")
+        );
+    }
+    let list = over_http(addr, "GET", "/console/events?object=order%3Abusy", None).await;
+    assert!(
+        list.body
+            .contains(&format!("<span id=\"matching\">{total}</span>")),
+        "{}",
+        list.body
+    );
+    assert_eq!(listed(&list)[0], total);
+
+    // An object with one event: all of it, said so.
+    let page = over_http(addr, "GET", &format!("/console/events/{}", total + 1), None).await;
+    assert_eq!(rows(&page), [(total + 1, true)]);
+    assert!(!page.body.contains("id=\"timeline-cut\""));
+    assert!(page.body.contains("Every event about this object (1)"));
+}
+
+#[tokio::test]
 async fn a_read_only_console_shows_no_action_and_refuses_them() {
     let inbox = small_inbox().await;
     let app = mounted(
