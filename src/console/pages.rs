@@ -27,6 +27,9 @@ const SCRIPT: &str = include_str!("assets/console.js");
 /// How many events of its object an event's page shows at most.
 const TIMELINE_LEN: usize = 100;
 
+/// How many event numbers the log line of a bulk replay names at most.
+const LOGGED_SEQS: usize = 20;
+
 /// Every status, in the order the pages list them.
 const STATUSES: [InboxStatus; 5] = [
     InboxStatus::Pending,
@@ -772,12 +775,15 @@ pub(super) async fn replay_dead(
         Ok(seqs) => seqs,
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
+    // The count, and a few numbers to find them by: never the whole list,
+    // which can run to hundreds of thousands.
     tracing::info!(
         target: "clink_webhooks::console",
         action = "replay-dead",
         filter = ?filter,
         replayed = seqs.len(),
-        seqs = ?seqs,
+        first_seqs = ?&seqs[..seqs.len().min(LOGGED_SEQS)],
+        last_seq = ?seqs.last(),
         via = ctx.who.via(),
         "console: replayed {} dead events",
         seqs.len()

@@ -784,6 +784,55 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
 }
 
 #[tokio::test]
+async fn a_bulk_replay_logs_how_many_and_a_few_of_their_numbers() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    let dead = 2_000;
+    for n in 0..dead {
+        inbox
+            .insert_dead(
+                &event(&format!("evt_{n}"), "order.succeeded", None, None, now, now),
+                "boom",
+            )
+            .await
+            .unwrap();
+    }
+    let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+    let list = over_http(addr, "GET", "/console/events?status=dead", None).await;
+    let bulk = over_http(
+        addr,
+        "POST",
+        "/console/events/replay-dead",
+        Some(&format!("csrf={}", list.csrf())),
+    )
+    .await;
+    assert_eq!(bulk.status, 303, "{}", bulk.body);
+    assert_eq!(
+        inbox
+            .count(&InboxFilter::default().status(InboxStatus::Pending))
+            .await
+            .unwrap(),
+        dead
+    );
+    let text = captured.text();
+    let line = text
+        .lines()
+        .find(|line| line.contains("action=\"replay-dead\""))
+        .unwrap_or_else(|| panic!("no replay-dead line in {text}"));
+    assert!(line.len() < 1024, "a line of {} bytes: {line}", line.len());
+    let logged = captured
+        .events()
+        .into_iter()
+        .find(|e| e.fields.get("action").map(String::as_str) == Some("replay-dead"))
+        .expect("the bulk replay is logged");
+    assert_eq!(logged.fields["replayed"], dead.to_string());
+    let first: Vec<i64> = serde_json::from_str(&logged.fields["first_seqs"]).unwrap();
+    assert_eq!(first, (1..=20).collect::<Vec<_>>());
+    assert_eq!(logged.fields["last_seq"], format!("Some({dead})"));
+}
+
+#[tokio::test]
 async fn a_deeply_nested_body_gives_an_event_page_of_bounded_size() {
     let inbox = Arc::new(MemoryInbox::new());
     let now = Timestamp::now().as_millis();
