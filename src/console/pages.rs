@@ -203,6 +203,14 @@ struct ConfirmPage {
     event_type: String,
     event_id: String,
     handled: String,
+    /// The replays counted on the event when it was shown, for the form.
+    replays: u32,
+    /// When it was handled, in epoch milliseconds (empty if never), for
+    /// the form.
+    handled_ms: String,
+    /// Whether this asks again: the event changed since the confirmation
+    /// that was sent.
+    again: bool,
     csrf: String,
 }
 
@@ -347,6 +355,11 @@ fn notice(query: &Query) -> Option<String> {
     match query.done.as_str() {
         "replayed" => Some("Replayed: the event is pending again.".to_owned()),
         "running" => Some("A worker holds this event now; it was left alone.".to_owned()),
+        "changed" => Some(
+            "The event changed since the replay was confirmed (replayed or handled again): \
+             it was left as it is."
+                .to_owned(),
+        ),
         "replayed-dead" => Some(format!(
             "Replayed {count} dead event{}: pending again.",
             if count == 1 { "" } else { "s" }
@@ -685,8 +698,62 @@ fn see_other(location: String) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
+/// When an event was handled, as a confirmation form carries it: epoch
+/// milliseconds, or empty for never.
+fn handled_mark(entry: &InboxEntry) -> String {
+    entry
+        .handled_at
+        .map(|at| at.as_millis().to_string())
+        .unwrap_or_default()
+}
+
+/// Logs what a replay of `entry` did.
+fn log_replay(ctx: &Ctx, entry: &InboxEntry, force: bool, outcome: &str) {
+    let seq = entry.seq;
+    tracing::info!(
+        target: "clink_webhooks::console",
+        action = "replay",
+        seq,
+        event_id = ?entry.event.event_id,
+        event_type = ?entry.event.event_type,
+        status_before = entry.status.as_str(),
+        replays_before = entry.replays,
+        force,
+        outcome,
+        via = ctx.who.via(),
+        "console: replay of event {seq}: {outcome}"
+    );
+}
+
+/// The page that asks to confirm the replay of `entry`, handled `at`; its
+/// form carries the replays and the handling it shows. `again` when it
+/// asks again.
+fn confirm(
+    shared: &Shared, ctx: &Ctx, entry: &InboxEntry, at: Option<Timestamp>, again: bool,
+) -> Response {
+    html(
+        StatusCode::OK,
+        &ConfirmPage {
+            frame: Frame::new(shared, ctx, false),
+            seq: entry.seq,
+            event_type: view::shown(&entry.event.event_type),
+            event_id: view::shown(&entry.event.event_id),
+            handled: at.map_or_else(
+                || "before".to_owned(),
+                |at| format!("at {}", view::time(at)),
+            ),
+            replays: entry.replays,
+            handled_ms: handled_mark(entry),
+            again,
+            csrf: shared.keys.csrf(&ctx.who),
+        },
+    )
+}
+
 /// `POST /events/{seq}/replay`: replays one event; a handled one only with
-/// `force=yes`, after the confirmation page.
+/// `force=yes`, after the confirmation page, and only while it is as that
+/// page showed it (the same replays and handling): the confirmation sent
+/// again once the event was replayed and handled anew asks again.
 pub(super) async fn replay(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
@@ -705,6 +772,23 @@ pub(super) async fn replay(
         Ok(None) => return missing(&shared, &ctx),
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
+    let page = format!("{}/events/{seq}", ctx.base);
+    // A confirmation holds for the state it was given for.
+    if force && (form.replays != entry.replays.to_string() || form.handled != handled_mark(&entry))
+    {
+        return if entry.status == InboxStatus::Done {
+            log_replay(&ctx, &entry, force, "asked to confirm again: handled since");
+            confirm(&shared, &ctx, &entry, entry.handled_at, true)
+        } else {
+            log_replay(
+                &ctx,
+                &entry,
+                force,
+                "left alone: changed since the confirmation",
+            );
+            see_other(format!("{page}?done=changed"))
+        };
+    }
     let replayed = match call(&shared, inbox.replay(seq, force)).await {
         Ok(replayed) => replayed,
         Err(err) => return unavailable(&shared, &ctx, &err),
@@ -715,36 +799,11 @@ pub(super) async fn replay(
         Replayed::Running => "left alone: running",
         Replayed::Missing => "missing",
     };
-    tracing::info!(
-        target: "clink_webhooks::console",
-        action = "replay",
-        seq,
-        event_id = ?entry.event.event_id,
-        event_type = ?entry.event.event_type,
-        status_before = entry.status.as_str(),
-        force,
-        outcome,
-        via = ctx.who.via(),
-        "console: replay of event {seq}: {outcome}"
-    );
-    let page = format!("{}/events/{seq}", ctx.base);
+    log_replay(&ctx, &entry, force, outcome);
     match replayed {
         Replayed::Replayed => see_other(format!("{page}?done=replayed")),
         Replayed::Running => see_other(format!("{page}?done=running")),
-        Replayed::Handled { at } => html(
-            StatusCode::OK,
-            &ConfirmPage {
-                frame: Frame::new(&shared, &ctx, false),
-                seq,
-                event_type: view::shown(&entry.event.event_type),
-                event_id: view::shown(&entry.event.event_id),
-                handled: at.map_or_else(
-                    || "before".to_owned(),
-                    |at| format!("at {}", view::time(at)),
-                ),
-                csrf: shared.keys.csrf(&ctx.who),
-            },
-        ),
+        Replayed::Handled { at } => confirm(&shared, &ctx, &entry, at, false),
         Replayed::Missing => missing(&shared, &ctx),
     }
 }

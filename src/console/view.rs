@@ -44,6 +44,14 @@ pub(super) struct Query {
     /// `yes` to replay a handled event again.
     #[serde(default)]
     pub(super) force: String,
+    /// With `force`: the replays the confirmed event had, as the
+    /// confirmation page showed them.
+    #[serde(default)]
+    pub(super) replays: String,
+    /// With `force`: when the confirmed event was handled, in epoch
+    /// milliseconds (empty for never), as the confirmation page showed it.
+    #[serde(default)]
+    pub(super) handled: String,
 }
 
 /// A filter field that could not be read, with what was wrong.

@@ -83,6 +83,36 @@ impl Page {
         rest[..rest.find('"').unwrap()].to_owned()
     }
 
+    /// The value of the first form field named `name`.
+    fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no field {name} in {}", self.body));
+        let rest = &self.body[at + marker.len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
+    /// The form of the first `form.action`, its fields as a form body.
+    fn action_form(&self) -> String {
+        let start = self
+            .body
+            .find("<form class=\"action\"")
+            .unwrap_or_else(|| panic!("no action form in {}", self.body));
+        let form = &self.body[start..];
+        let form = &form[..form.find("</form>").unwrap()];
+        form.match_indices("<input type=\"hidden\" name=\"")
+            .map(|(at, m)| {
+                let rest = &form[at + m.len()..];
+                let name = &rest[..rest.find('"').unwrap()];
+                let rest = &rest[rest.find("value=\"").unwrap() + "value=\"".len()..];
+                format!("{name}={}", &rest[..rest.find('"').unwrap()])
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     /// The `href` of the link whose text is `text`.
     fn link(&self, text: &str) -> Option<String> {
         let end = self.body.find(&format!("\">{text}</a>"))?;
@@ -688,12 +718,13 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         InboxStatus::Done
     );
     // ...then, confirmed, replayed.
+    assert!(ask.body.contains("name=\"replays\" value=\"0\""));
     let forced = send(
         &app,
         "POST",
         "/console/events/1/replay",
         &cookie,
-        Some(&format!("csrf={csrf}&force=yes")),
+        Some(&ask.action_form()),
     )
     .await;
     assert_eq!(forced.status, 303);
@@ -781,6 +812,108 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         .unwrap();
     assert_eq!(bulk.fields["replayed"], "2");
     assert!(logged.iter().filter(|e| e.message.contains("CSRF")).count() >= 5);
+}
+
+/// Claims the next due event and completes it.
+async fn run_next(inbox: &MemoryInbox) -> i64 {
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("an event is due");
+    inbox.complete(&claim).await.unwrap();
+    claim.entry.seq
+}
+
+#[tokio::test]
+async fn a_confirmation_sent_again_after_the_event_was_handled_anew_asks_again() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    inbox
+        .insert(&event("evt_once", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    assert_eq!(run_next(&inbox).await, 1);
+    let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+    let csrf = over_http(addr, "GET", "/console/events/1", None)
+        .await
+        .csrf();
+
+    // Handled: asked to confirm, and the form says which state it confirms.
+    let ask = over_http(
+        addr,
+        "POST",
+        "/console/events/1/replay",
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(ask.status, 200, "{}", ask.body);
+    let handled = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!(ask.field("replays"), handled.replays.to_string());
+    assert_eq!(
+        ask.field("handled"),
+        handled.handled_at.unwrap().as_millis().to_string()
+    );
+    assert!(!ask.body.contains("id=\"asked-again\""), "{}", ask.body);
+    let confirmed = ask.action_form();
+    let replayed = over_http(addr, "POST", "/console/events/1/replay", Some(&confirmed)).await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
+    assert_eq!(
+        replayed.header("location"),
+        "/console/events/1?done=replayed"
+    );
+    let entry = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 1));
+
+    // The same confirmation again while the replay waits: nothing done.
+    let twice = over_http(addr, "POST", "/console/events/1/replay", Some(&confirmed)).await;
+    assert_eq!(twice.status, 303, "{}", twice.body);
+    assert_eq!(twice.header("location"), "/console/events/1?done=changed");
+    let entry = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 1));
+    let page = over_http(addr, "GET", "/console/events/1?done=changed", None).await;
+    assert!(page.body.contains("it was left as it is"), "{}", page.body);
+
+    // A worker handles the replay; the first confirmation, sent once more,
+    // replays nothing and asks again, for the event as it is now.
+    assert_eq!(run_next(&inbox).await, 1);
+    let handled_again = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!(
+        (handled_again.status, handled_again.replays),
+        (InboxStatus::Done, 1)
+    );
+    let again = over_http(addr, "POST", "/console/events/1/replay", Some(&confirmed)).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(again.body.contains("id=\"asked-again\""), "{}", again.body);
+    assert!(again.body.contains("runs its handler a second time"));
+    assert_eq!(inbox.get(1).await.unwrap().unwrap(), handled_again);
+    assert_eq!(again.field("replays"), "1");
+    assert_eq!(
+        again.field("handled"),
+        handled_again.handled_at.unwrap().as_millis().to_string()
+    );
+    // A form without the state it confirms asks too.
+    let bare = over_http(
+        addr,
+        "POST",
+        "/console/events/1/replay",
+        Some(&format!("csrf={csrf}&force=yes")),
+    )
+    .await;
+    assert!(bare.body.contains("id=\"asked-again\""), "{}", bare.body);
+    assert_eq!(inbox.get(1).await.unwrap().unwrap(), handled_again);
+
+    // Confirmed for the state it is in: replayed.
+    let replayed = over_http(
+        addr,
+        "POST",
+        "/console/events/1/replay",
+        Some(&again.action_form()),
+    )
+    .await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
+    let entry = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 2));
 }
 
 #[tokio::test]
