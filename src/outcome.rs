@@ -45,7 +45,7 @@
 //! | [`InFlight`](Outcome::InFlight) | 409 + `Retry-After` | yes | no: another delivery runs it |
 //! | [`StoreUnavailable`](Outcome::StoreUnavailable) | 503 + `Retry-After` | yes | no |
 //! | [`HandlerFailed`](Outcome::HandlerFailed) | 500 | yes | yes, and failed |
-//! | [`HandlerRefused`](Outcome::HandlerRefused) | the handler's non-`2xx` | yes | yes, and refused |
+//! | [`HandlerRefused`](Outcome::HandlerRefused) | the handler's non-`2xx`; `500` in place of a `1xx`, `3xx`, `410` or `429` | yes | yes, and refused |
 //! | [`HandlerPanicked`](Outcome::HandlerPanicked) | 500 | yes | yes, and panicked |
 //! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
 //! | [`Undecodable`](Outcome::Undecodable) | 500 | yes | no: its data does not decode into the handler's type |
@@ -68,6 +68,16 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::events::EnvelopeError;
+
+/// Whether Clink could read `status` as "stop retrying" (a redirect, `410
+/// Gone`, `429 Too Many Requests`), or it is no final answer at all (a
+/// `1xx`): a handler's refusal with one is answered `500` instead.
+fn stops_retries(status: StatusCode) -> bool {
+    status.is_informational()
+        || status.is_redirection()
+        || status == StatusCode::GONE
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
 use crate::signature::{VerifyError, VerifyErrorKind};
 use crate::store::StoreErrorKind;
 
@@ -179,6 +189,9 @@ impl Outcome {
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::InFlight { .. } => StatusCode::CONFLICT,
             Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HandlerRefused(status) if stops_retries(*status) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::HandlerRefused(status) => *status,
             Self::HandlerFailed
             | Self::HandlerPanicked
@@ -430,6 +443,26 @@ impl std::error::Error for Outcome {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_clink_could_read_as_stop_retrying_is_a_500() {
+        for (handler, answered) in [
+            (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            (StatusCode::NOT_FOUND, 404),
+            (StatusCode::SERVICE_UNAVAILABLE, 503),
+            (StatusCode::CONTINUE, 500),
+            (StatusCode::MOVED_PERMANENTLY, 500),
+            (StatusCode::NOT_MODIFIED, 500),
+            (StatusCode::PERMANENT_REDIRECT, 500),
+            (StatusCode::GONE, 500),
+            (StatusCode::TOO_MANY_REQUESTS, 500),
+        ] {
+            let outcome = Outcome::HandlerRefused(handler);
+            assert_eq!(outcome.status().as_u16(), answered, "{handler}");
+            assert_eq!(outcome.to_response().status().as_u16(), answered);
+            assert!(outcome.to_string().contains(handler.as_str()), "{outcome}");
+        }
+    }
 
     #[test]
     fn statuses_follow_the_table() {

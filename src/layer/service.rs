@@ -106,6 +106,14 @@ where
                     let mut request = Request::from_parts(parts, body);
                     request.extensions_mut().insert(verified);
                     match run_inner(inner, request, deadline).await {
+                        // A refusal Clink could read as "stop retrying" (a
+                        // redirect, `410`, `429`) is answered as the
+                        // outcome says (`500`), not passed on.
+                        Ok((response, outcome @ Outcome::HandlerRefused(_)))
+                            if outcome.status() != response.status() =>
+                        {
+                            (layer_response(&outcome), outcome)
+                        }
                         Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
                         Err(outcome) => (layer_response(&outcome), outcome),
                     }

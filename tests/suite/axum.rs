@@ -148,3 +148,46 @@ async fn a_layer_on_the_whole_router() {
     );
     assert_eq!(*seen.lock().unwrap(), ["evt_router_layer"]);
 }
+
+/// A handler behind the layer that answers with a status Clink could read
+/// as "stop retrying" (a redirect, `410`, `429`) has its event answered
+/// `500`, so that Clink retries it, and the event runs again.
+#[tokio::test]
+async fn a_handler_answering_gone_too_many_or_a_redirect_is_answered_500() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&runs);
+    let app = Router::new()
+        .route(
+            "/webhooks/clink",
+            post(move |RawClinkEvent(event): RawClinkEvent| async move {
+                sink.lock().unwrap().push(event.id().to_owned());
+                match event.id() {
+                    "evt_gone" => StatusCode::GONE.into_response(),
+                    "evt_slow_down" => StatusCode::TOO_MANY_REQUESTS.into_response(),
+                    "evt_moved" => {
+                        axum::response::Redirect::permanent("/elsewhere").into_response()
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY.into_response(),
+                }
+            }),
+        )
+        .layer(ClinkLayer::new(Verifier::new(SECRET).unwrap()));
+    let addr = serve(app).await;
+    for (id, status) in [
+        ("evt_gone", 500),
+        ("evt_slow_down", 500),
+        ("evt_moved", 500),
+        ("evt_refused", 422),
+    ] {
+        let body = format!(r#"{{"id":"{id}","type":"invoice.paid","data":{{}}}}"#);
+        for _ in 0..2 {
+            let (answered, text) = post_event(addr, "/webhooks/clink", &body, SECRET).await;
+            assert_eq!(answered, status, "{id}: {text}");
+        }
+    }
+    // Each refused event was released, so the second delivery ran it again.
+    assert_eq!(runs.lock().unwrap().len(), 8);
+}
