@@ -353,7 +353,10 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   [`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited))
 ///   without calling your function, and Clink retries it later. Cached
 ///   accounts are never limited: a flood of made-up names delays only the
-///   first delivery of an account not yet cached.
+///   first delivery of an account not yet cached. A known account whose
+///   cached keys have just expired is asked about again without waiting
+///   for the rate; if every lookup slot is busy, its expired keys answer
+///   for up to one more [`ttl`](Self::ttl) instead of a `503`.
 /// - **An optional [`precheck`](Self::precheck)**: a cheap test of the name
 ///   (a set of your account ids, a prefix) run before the cache and any
 ///   lookup; a name it refuses is an unknown account (`404`).
@@ -523,7 +526,9 @@ where
     }
 
     /// How long a known account's keys are used before asking again
-    /// (default 5 minutes): the longest a rotated secret takes to be seen.
+    /// (default 5 minutes): the longest a rotated secret takes to be seen,
+    /// but while every lookup slot is busy, when the expired keys answer
+    /// for up to one `ttl` more ([`max_concurrent_lookups`](Self::max_concurrent_lookups)).
     /// Zero asks every time.
     ///
     /// # Errors
@@ -631,16 +636,35 @@ where
         flight
     }
 
+    /// The keys of a known account whose cache entry ended less than a
+    /// `ttl` ago: what it is answered with while its lookup cannot be made.
+    fn expired_keys(&self, account: &str, now: Instant) -> Option<Arc<Verifier>> {
+        let cached = self.cache.get(account)?;
+        let verifier = cached.verifier.as_ref()?;
+        (cached.until + self.ttl > now).then(|| Arc::clone(verifier))
+    }
+
     /// Looks `account` up, within the limits, and caches the answer.
+    ///
+    /// An account known until lately (its keys cached, expired less than a
+    /// `ttl` ago) is looked up again without a token of the rate, and,
+    /// while every lookup slot is taken, answered with its expired keys:
+    /// made-up names, which take tokens and slots, never lock a real
+    /// account out.
     async fn lookup(&self, account: &str) -> Answer {
+        let now = Instant::now();
         // Answered by a lookup that ended since this delivery missed the cache.
-        if let Some(cached) = self.cached(account, Instant::now()) {
+        if let Some(cached) = self.cached(account, now) {
             return Ok(cached.verifier);
         }
+        let expired = self.expired_keys(account, now);
         let Ok(_running) = self.lookups.try_acquire() else {
-            return Err(KeySourceError::limited());
+            return match expired {
+                Some(verifier) => Ok(Some(verifier)),
+                None => Err(KeySourceError::limited()),
+            };
         };
-        if !self.rate.take() {
+        if expired.is_none() && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
         let verifier = (self.fetch)(account.to_owned())
@@ -890,6 +914,67 @@ mod lookup_tests {
         }
         assert!(source.verifier("acct_13").await.unwrap_err().is_limited());
         assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    /// A flood of made-up names takes every token of the rate and every
+    /// lookup slot; an account known until lately is still answered once
+    /// its cache entry ends: looked up without a token, or, with every slot
+    /// taken, with its expired keys, for one ttl at most.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_made_up_names_never_locks_a_known_account_out() {
+        let (source, calls, gate) = gated();
+        let ttl = Duration::from_secs(60);
+        let source = Arc::new(
+            source
+                .ttl(ttl)
+                .unwrap()
+                .lookup_rate(1, 1)
+                .unwrap()
+                .max_concurrent_lookups(1)
+                .unwrap(),
+        );
+        gate.add_permits(1);
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        // A minute on, its entry has just ended, and a flood of made-up
+        // names spends the rate's one token.
+        tokio::time::advance(ttl + Duration::from_millis(1)).await;
+        gate.add_permits(1);
+        assert!(source.verifier("acct_made_up_0").await.is_ok());
+        assert!(source
+            .verifier("acct_made_up_1")
+            .await
+            .unwrap_err()
+            .is_limited());
+        // Known until lately: looked up again at once, with no token.
+        gate.add_permits(1);
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // Ended again, and every slot is taken by a made-up name's lookup,
+        // held open.
+        tokio::time::advance(ttl + Duration::from_millis(1)).await;
+        let holding = {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.verifier("acct_made_up_2").await.is_ok() })
+        };
+        until(|| calls.load(Ordering::SeqCst) == 4).await;
+        assert!(source
+            .verifier("acct_made_up_3")
+            .await
+            .unwrap_err()
+            .is_limited());
+        // The known account's expired keys answer, with no lookup.
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // But not past one ttl after they expired.
+        tokio::time::advance(ttl).await;
+        assert!(source
+            .verifier("acct_known")
+            .await
+            .unwrap_err()
+            .is_limited());
+        gate.add_permits(1);
+        assert!(holding.await.unwrap());
     }
 
     #[tokio::test]
