@@ -1374,3 +1374,231 @@ async fn events_reach_a_redis_cluster_once_and_in_order() {
     );
     gateway.stop();
 }
+
+/// `serve --check` with `env` alone (none of the gateway's variables from
+/// the test's own environment): what it printed.
+fn check_with(env: &[(&str, &str)]) -> crate::support::process::Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+    command.args(["serve", "--check"]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CLINK_") || name == "DATABASE_URL" {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Process::start(&mut command).finish()
+}
+
+/// Every password in every URL is masked in what `serve --check` prints,
+/// whatever it holds (`/`, `@`, `,`), in each URL of a list, and in the
+/// error about a URL that is refused.
+#[test]
+fn check_never_prints_a_password_of_any_url() {
+    let accepted = [
+        (
+            "DATABASE_URL",
+            "postgres://app:ab/cd+ef@127.0.0.1:5432/clink",
+            "postgres://app:***@127.0.0.1:5432/clink",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "nats://app:ab/cd+ef@127.0.0.1:4222",
+            "nats://app:***@127.0.0.1:4222",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "nats://app:ab/cd+ef@127.0.0.1:4222,nats://app:ab/cd+ef@127.0.0.2:4222",
+            "nats://app:***@127.0.0.1:4222,nats://app:***@127.0.0.2:4222",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "nats://ab/cd+ef@127.0.0.1:4222",
+            "nats://***@127.0.0.1:4222",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "redis://:ab/cd+ef@127.0.0.1:6379/0",
+            "redis://:***@127.0.0.1:6379/0",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "redis+cluster://app:ab/cd,ef@127.0.0.1:7000,127.0.0.1:7001",
+            "redis+cluster://app:***@127.0.0.1:7000,127.0.0.1:7001",
+        ),
+        (
+            "CLINK_DESTINATION",
+            "https://app:ab%2Fcd+ef@app.internal/hook?token=ab",
+            "https://app:***@app.internal/hook?***",
+        ),
+    ];
+    for (name, value, shown) in accepted {
+        let mut env = vec![
+            ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+            ("CLINK_INBOX", "postgres"),
+            ("DATABASE_URL", "postgres://127.0.0.1/clink"),
+            ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
+        ];
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
+        let ok = check_with(&env);
+        assert_eq!(ok.code, Some(0), "{name}={shown}: {ok:?}");
+        let printed = format!("{}{}", ok.stdout, ok.stderr);
+        for secret in ["ab/cd", "cd+ef", "cd,ef", "ab%2Fcd", "token=ab"] {
+            assert!(
+                !printed.contains(secret),
+                "{name}: {secret} printed:\n{printed}"
+            );
+        }
+        assert!(
+            printed.contains(shown),
+            "{name}: {shown} not in:\n{printed}"
+        );
+    }
+
+    for refused in [
+        "redis://:ab/cd+ef@127.0.0.1:notaport/",
+        "redis+cluster://app:ab/cd+ef@127.0.0.1:x,127.0.0.1:7001",
+        "nats://app:ab/cd+ef@127.0.0.1:4222/path",
+        "nats://app:ab/cd+ef@127.0.0.1:4222,nats://app:other@127.0.0.2:4222",
+        "https://app:ab/cd+ef@app.internal/hook",
+        "ftp://app:ab/cd+ef@host/",
+    ] {
+        let wrong = check_with(&[
+            ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+            ("CLINK_INBOX", "sqlite:/nonexistent/inbox.db"),
+            ("CLINK_DESTINATION", refused),
+        ]);
+        assert_eq!(wrong.code, Some(2), "{wrong:?}");
+        let printed = format!("{}{}", wrong.stdout, wrong.stderr);
+        assert!(
+            printed.contains("destination (from the environment variable CLINK_DESTINATION)"),
+            "{printed}"
+        );
+        for secret in ["ab/cd", "cd+ef", "other"] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+    }
+}
+
+/// A nats-server of the test's own that wants `user` and `password`, with
+/// JetStream in `dir`: the process (killed when dropped) and its port.
+fn nats_server_with_password(dir: &std::path::Path, user: &str, password: &str) -> (Process, u16) {
+    let mut command = Command::new("nats-server");
+    command.args(["-js", "-sd"]).arg(dir.join("nats-js")).args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        "-1",
+        "--user",
+        user,
+        "--pass",
+        password,
+    ]);
+    let server = Process::start(&mut command);
+    let deadline = Instant::now() + PHASE;
+    let mut port = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = server
+            .stderr
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("nats-server did not get ready: {e}"));
+        if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+            port = Some(
+                at.trim()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse::<u16>()
+                    .unwrap(),
+            );
+        }
+        if line.contains("Server is ready") {
+            return (server, port.expect("no client port before ready"));
+        }
+    }
+}
+
+/// A NATS URL whose password holds `/`, `,` and `@`: the gateway logs in
+/// with it (the server wants it) and `/health`, `/metrics` and its output
+/// never show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_password_with_a_slash_is_used_and_never_shown() {
+    const PASSWORD: &str = "pq/rs,t@u";
+    let dir = TempDir::new("natsauth");
+    let (_server, port) = nats_server_with_password(&dir.0, "app", PASSWORD);
+    let tag = unique("a");
+    let stream = format!("T{tag}");
+    let mut env = gateway_env(
+        &dir.0,
+        "natsauth",
+        &format!("nats://app:{PASSWORD}@127.0.0.1:{port}"),
+    );
+    env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+    env.push((
+        "CLINK_NATS_SUBJECT".into(),
+        format!("t{tag}.{{account}}.{{type}}"),
+    ));
+    let mut gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let nats = async_nats::ConnectOptions::with_user_and_password("app".into(), PASSWORD.into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    for event in &events(1, 2, &tag) {
+        deliver(&client, &url, event).await;
+    }
+    until("both events in the stream", PHASE, async || {
+        nats_count(&jetstream, &stream).await == 2 && drained(&client, &base).await
+    })
+    .await;
+
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["destination"]["name"],
+        format!("nats://app:***@127.0.0.1:{port}"),
+        "{body}"
+    );
+    let metrics = {
+        let request = Request::get(format!("{base}/metrics"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    assert!(
+        metrics.contains("clink_gateway_published_total{destination=\"nats://app:***@127.0.0.1:"),
+        "{metrics}"
+    );
+    let finished = tokio::task::spawn_blocking(move || gateway.process.take().unwrap().terminate())
+        .await
+        .unwrap();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    for text in [
+        &body.to_string(),
+        &metrics,
+        &finished.stdout,
+        &finished.stderr,
+    ] {
+        for secret in ["pq/rs", "rs,t", "t@u"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+    }
+    let _ = jetstream.delete_stream(&stream).await;
+}

@@ -14,6 +14,7 @@ use clink_webhooks::{SigningKey, Timestamp, Verifier};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::urls::{http_parts, masked_url, nats_servers, with_user_info_encoded, NatsServers};
 use crate::output::escaped;
 
 /// One setting: its name in the file, the environment variable that sets
@@ -364,38 +365,28 @@ pub(crate) enum InboxSpec {
     Postgres(Zeroizing<String>),
 }
 
-/// Where events go.
+/// Where events go: the destination as metrics, logs and `/health` name
+/// it (its URL with every password masked), and how to reach it.
 #[derive(Clone)]
-pub(crate) enum DestinationSpec {
-    Http(http::Uri),
-    Nats(String),
-    Redis(String),
-    /// A Redis Cluster: the URL as given (for its name), and one URL per
-    /// node it lists.
-    RedisCluster(String, Vec<String>),
+pub(crate) struct DestinationSpec {
+    pub(crate) name: String,
+    pub(crate) kind: DestinationKind,
 }
 
-/// `url` with the password of its user info, if any, masked.
-pub(crate) fn masked_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[redacted]".to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            // A bare token (redis://token@host) is a password too.
-            None => format!("***@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    // A query string may carry a token.
-    let tail = match tail.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => tail.to_owned(),
-    };
-    escaped(&format!("{scheme}://{authority}{tail}"))
+/// How to reach a destination.
+#[derive(Clone)]
+pub(crate) enum DestinationKind {
+    /// The URL without its user info, and the `Authorization` value its
+    /// user info makes, if it has one.
+    Http {
+        uri: http::Uri,
+        authorization: Option<Zeroizing<String>>,
+    },
+    Nats(NatsServers),
+    /// The URL with its user info percent-encoded for the Redis client.
+    Redis(Zeroizing<String>),
+    /// A Redis Cluster: one URL per node it lists.
+    RedisCluster(Vec<Zeroizing<String>>),
 }
 
 /// The gateway's configuration, read and checked.
@@ -639,9 +630,10 @@ impl Config {
                         .to_owned(),
                 )),
                 Some((url, origin)) => {
+                    let url = Zeroizing::new(url);
                     let spec =
                         parse_destination(&url).map_err(|m| problem("destination", &origin, m))?;
-                    r.note("destination", masked_url(&url), origin);
+                    r.note("destination", spec.name.clone(), origin);
                     spec
                 }
             };
@@ -680,7 +672,7 @@ impl Config {
         let reorder_window = r.millis("settle_ms", 0, 3_600_000)?;
         let concurrency = usize::try_from(r.number("concurrency", 1, 10_000)?).unwrap_or(1);
         let lease = r.millis("lease_ms", 1000, 3_600_000)?;
-        if matches!(destination, DestinationSpec::Nats(_)) && nats_duplicate_window <= lease {
+        if matches!(destination.kind, DestinationKind::Nats(_)) && nats_duplicate_window <= lease {
             return Err(ConfigProblem(format!(
                 "configuration: nats_duplicate_window_s ({} s) must be longer than lease_ms ({} ms): \
                  an event republished after a crash must still be inside the stream's duplicate window",
@@ -862,40 +854,68 @@ fn describe_keys(keys: &[KeySpec]) -> String {
     format!("{} key(s), newest first: {}", keys.len(), each.join(", "))
 }
 
+/// How a password that a URL parser would cut short is written.
+const ENCODE_HINT: &str =
+    "a password holding / ? # or @ is written percent-encoded (%2F %3F %23 %40)";
+
 fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     let has_host = url
         .split_once("://")
         .is_some_and(|(_, rest)| !rest.split(['/', '?']).next().unwrap_or("").is_empty());
-    match scheme.as_deref() {
-        Some("http" | "https") if has_host => url
-            .parse::<http::Uri>()
-            .ok()
-            .filter(|uri| uri.host().is_some())
-            .map(DestinationSpec::Http)
-            .ok_or_else(|| format!("{}: not a valid URL", masked_url(url))),
-        Some("nats") if has_host => Ok(DestinationSpec::Nats(url.to_owned())),
+    let kind = match scheme.as_deref() {
+        Some("http" | "https") if has_host => {
+            // A password holding `/` cuts the authority short: the rest of
+            // it reads as a port, or as a path with an `@` in it.
+            let uri = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|uri| {
+                    uri.host().is_some()
+                        && (uri.port().is_none() || uri.port_u16().is_some())
+                        && !uri.path().contains('@')
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{}: not a valid URL ({ENCODE_HINT}, an @ in the path as %40)",
+                        masked_url(url)
+                    )
+                })?;
+            let (uri, name, authorization) = http_parts(&uri)?;
+            return Ok(DestinationSpec {
+                name,
+                kind: DestinationKind::Http { uri, authorization },
+            });
+        }
+        Some("nats") if has_host => DestinationKind::Nats(nats_servers(url)?),
         Some("redis" | "rediss") if has_host => {
-            if redis::Client::open(url).is_err() {
+            let encoded = with_user_info_encoded(url);
+            if redis::Client::open(encoded.as_str()).is_err() {
                 return Err(format!("{}: not a valid Redis URL", masked_url(url)));
             }
-            Ok(DestinationSpec::Redis(url.to_owned()))
+            DestinationKind::Redis(encoded)
         }
         Some(scheme @ ("redis+cluster" | "rediss+cluster")) if has_host => {
-            cluster_nodes(url, scheme.trim_end_matches("+cluster"))
-                .map(|nodes| DestinationSpec::RedisCluster(url.to_owned(), nodes))
+            DestinationKind::RedisCluster(cluster_nodes(url, scheme.trim_end_matches("+cluster"))?)
         }
-        _ => Err(format!(
-            "{}: expected http://..., https://..., nats://host:port, redis://..., rediss://... \
-             or redis+cluster://host:port,host:port,...",
-            masked_url(url)
-        )),
-    }
+        _ => {
+            return Err(format!(
+                "{}: expected http://..., https://..., nats://host:port, redis://..., rediss://... \
+                 or redis+cluster://host:port,host:port,...",
+                masked_url(url)
+            ))
+        }
+    };
+    Ok(DestinationSpec {
+        name: masked_url(url),
+        kind,
+    })
 }
 
 /// The node URLs of `redis+cluster://[user:password@]host:port,host:port/`:
-/// one `scheme://[user:password@]host:port` per listed node.
-fn cluster_nodes(url: &str, scheme: &str) -> Result<Vec<String>, String> {
+/// one `scheme://[user:password@]host:port` per listed node, the user info
+/// (up to the last `@`) percent-encoded for the Redis client.
+fn cluster_nodes(url: &str, scheme: &str) -> Result<Vec<Zeroizing<String>>, String> {
     let invalid = || {
         format!(
             "{}: not a valid Redis Cluster URL (redis+cluster://[user:password@]host:port,host:port,...)",
@@ -903,22 +923,27 @@ fn cluster_nodes(url: &str, scheme: &str) -> Result<Vec<String>, String> {
         )
     };
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if rest.len() > authority.len() + 1
-        || (rest.len() == authority.len() + 1 && !rest.ends_with('/'))
-    {
+    let (user_info, after) = match rest.rsplit_once('@') {
+        Some((user_info, after)) => (Some(user_info), after),
+        None => (None, rest),
+    };
+    let hosts = after.split(['/', '?', '#']).next().unwrap_or("");
+    let tail = &after[hosts.len()..];
+    if !(tail.is_empty() || tail == "/") {
         // A path, a database or a query: a cluster has one database.
         return Err(invalid());
     }
-    let (user_info, hosts) = match authority.rsplit_once('@') {
-        Some((user_info, hosts)) => (format!("{user_info}@"), hosts),
-        None => (String::new(), authority),
-    };
-    let nodes: Vec<String> = hosts
+    let nodes: Vec<Zeroizing<String>> = hosts
         .split(',')
-        .map(|host| format!("{scheme}://{user_info}{}", host.trim()))
+        .map(|host| {
+            let node = Zeroizing::new(match user_info {
+                Some(user_info) => format!("{scheme}://{user_info}@{}", host.trim()),
+                None => format!("{scheme}://{}", host.trim()),
+            });
+            with_user_info_encoded(&node)
+        })
         .collect();
-    let valid = |node: &String| {
+    let valid = |node: &Zeroizing<String>| {
         !node.ends_with("://") && !node.ends_with('@') && redis::Client::open(node.as_str()).is_ok()
     };
     if nodes.is_empty() || !nodes.iter().all(valid) {
@@ -1003,26 +1028,50 @@ mod tests {
 
     #[test]
     fn cluster_urls_list_their_nodes_and_keep_secrets_masked() {
-        match parse_destination("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001/").unwrap() {
-            DestinationSpec::RedisCluster(_, nodes) => assert_eq!(
-                nodes,
-                ["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7001"]
-            ),
-            _ => panic!("not a cluster"),
-        }
-        match parse_destination("rediss+cluster://h1:1,h2:2").unwrap() {
-            DestinationSpec::RedisCluster(_, nodes) => {
-                assert_eq!(nodes, ["rediss://h1:1", "rediss://h2:2"]);
-            }
-            _ => panic!("not a cluster"),
-        }
+        let nodes = |url: &str| match parse_destination(url).ok().map(|spec| spec.kind) {
+            Some(DestinationKind::RedisCluster(nodes)) => nodes
+                .iter()
+                .map(|node| node.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            _ => panic!("{url}: not a cluster"),
+        };
+        assert_eq!(
+            nodes("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001/"),
+            ["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7001"]
+        );
+        assert_eq!(
+            nodes("rediss+cluster://h1:1,h2:2"),
+            ["rediss://h1:1", "rediss://h2:2"]
+        );
+        // A password holding / or , is read up to the last @.
+        assert_eq!(
+            nodes("redis+cluster://u:p/w,x@h1:1,h2:2"),
+            ["redis://u:p%2Fw%2Cx@h1:1", "redis://u:p%2Fw%2Cx@h2:2"]
+        );
         for bad in [
             "redis+cluster://u:pw@h1:1,,h2:2",
             "redis+cluster://u:pw@h1:1/2",
             "redis+cluster://u:pw@h1:1?x=1",
+            "redis+cluster://u:p/w@h1:x",
         ] {
             let error = parse_destination(bad).err().unwrap();
-            assert!(!error.contains("pw"), "{error}");
+            assert!(!error.contains("pw") && !error.contains("p/w"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_url_never_shows_its_password() {
+        for bad in [
+            "redis://:hunter/2@127.0.0.1:notaport/",
+            "rediss://u:hunter/2@/0",
+            "nats://app:hunter/2@127.0.0.1:notaport",
+            "https://app:hunter/2@h/hook",
+            "ftp://app:hunter/2@h/",
+        ] {
+            let error = parse_destination(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{} accepted", masked_url(bad)));
+            assert!(!error.contains("hunter"), "{error}");
         }
     }
 
@@ -1071,21 +1120,6 @@ mod tests {
             assert!(error.0.contains(expected), "{}", error.0);
             assert!(error.0.contains(&field_named(name).env()), "{}", error.0);
         }
-    }
-
-    #[test]
-    fn passwords_in_urls_are_masked() {
-        assert_eq!(
-            masked_url("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(
-            masked_url("rediss://:pw@h:6380/0"),
-            "rediss://:***@h:6380/0"
-        );
-        assert_eq!(masked_url("nats://token@h:4222"), "nats://***@h:4222");
-        assert_eq!(masked_url("https://h/hook?key=abc"), "https://h/hook?***");
-        assert_eq!(masked_url("http://h:1/a"), "http://h:1/a");
     }
 
     #[test]

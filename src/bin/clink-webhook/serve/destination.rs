@@ -15,7 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::config::{masked_url, stream_subject, Config, DestinationSpec};
+use super::config::{stream_subject, Config, DestinationKind};
+use super::urls::{Credentials, NatsServers};
 
 /// How much of an HTTP app's answer is read (and dropped).
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -49,10 +50,11 @@ pub(crate) struct Destination {
 enum Kind {
     Http {
         url: http::Uri,
+        authorization: Option<HeaderValue>,
         client: HttpsClient,
     },
     Nats {
-        url: String,
+        servers: NatsServers,
         stream: String,
         subject: String,
         duplicate_window: Duration,
@@ -193,8 +195,9 @@ fn header(value: &str) -> Result<HeaderValue, BoxError> {
 
 impl Destination {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
-        let (name, kind) = match &config.destination {
-            DestinationSpec::Http(url) => {
+        let name = config.destination.name.clone();
+        let kind = match &config.destination.kind {
+            DestinationKind::Http { uri, authorization } => {
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_native_roots()
                     .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
@@ -202,48 +205,47 @@ impl Destination {
                     .enable_http1()
                     .build();
                 let client = Client::builder(TokioExecutor::new()).build(connector);
-                (
-                    masked_url(&url.to_string()),
-                    Kind::Http {
-                        url: url.clone(),
-                        client,
-                    },
-                )
+                let authorization = authorization
+                    .as_ref()
+                    .map(|value| {
+                        let mut value = HeaderValue::from_str(value).map_err(|_| {
+                            format!("{name}: its user and password do not make a valid header")
+                        })?;
+                        value.set_sensitive(true);
+                        Ok::<_, String>(value)
+                    })
+                    .transpose()?;
+                Kind::Http {
+                    url: uri.clone(),
+                    authorization,
+                    client,
+                }
             }
-            DestinationSpec::Nats(url) => (
-                masked_url(url),
-                Kind::Nats {
-                    url: url.clone(),
-                    stream: config.nats_stream.clone(),
-                    subject: config.nats_subject.clone(),
-                    duplicate_window: config.nats_duplicate_window,
-                    context: AsyncMutex::new(None),
-                },
-            ),
-            DestinationSpec::Redis(url) => (
-                masked_url(url),
-                Kind::Redis {
-                    client: redis::Client::open(url.as_str())
-                        .map_err(|_| format!("{}: not a valid Redis URL", masked_url(url)))?,
-                    stream: Streams::new(config),
-                    connection: AsyncMutex::new(None),
-                },
-            ),
-            DestinationSpec::RedisCluster(url, nodes) => (
-                masked_url(url),
-                Kind::RedisCluster {
-                    client: redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                        .connection_timeout(config.destination_timeout)
-                        .response_timeout(config.destination_timeout)
-                        .retries(1)
-                        .build()
-                        .map_err(|_| {
-                            format!("{}: not a valid Redis Cluster URL", masked_url(url))
-                        })?,
-                    stream: Streams::new(config),
-                    connection: AsyncMutex::new(None),
-                },
-            ),
+            DestinationKind::Nats(servers) => Kind::Nats {
+                servers: servers.clone(),
+                stream: config.nats_stream.clone(),
+                subject: config.nats_subject.clone(),
+                duplicate_window: config.nats_duplicate_window,
+                context: AsyncMutex::new(None),
+            },
+            DestinationKind::Redis(url) => Kind::Redis {
+                client: redis::Client::open(url.as_str())
+                    .map_err(|_| format!("{name}: not a valid Redis URL"))?,
+                stream: Streams::new(config),
+                connection: AsyncMutex::new(None),
+            },
+            DestinationKind::RedisCluster(nodes) => Kind::RedisCluster {
+                client: redis::cluster::ClusterClientBuilder::new(
+                    nodes.iter().map(|node| node.as_str()).collect::<Vec<_>>(),
+                )
+                .connection_timeout(config.destination_timeout)
+                .response_timeout(config.destination_timeout)
+                .retries(1)
+                .build()
+                .map_err(|_| format!("{name}: not a valid Redis Cluster URL"))?,
+                stream: Streams::new(config),
+                connection: AsyncMutex::new(None),
+            },
         };
         Ok(Self {
             name,
@@ -277,7 +279,11 @@ impl Destination {
 
     async fn publish_now(&self, event: &NewEvent) -> Result<Option<String>, BoxError> {
         match &self.kind {
-            Kind::Http { url, client } => {
+            Kind::Http {
+                url,
+                authorization,
+                client,
+            } => {
                 let mut request = Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header("x-clink-event-id", header(&event.event_id)?);
@@ -288,6 +294,9 @@ impl Destination {
                 }
                 if let Some(account) = &event.account {
                     request = request.header("x-clink-account", header(account)?);
+                }
+                if let Some(authorization) = authorization {
+                    request = request.header(http::header::AUTHORIZATION, authorization.clone());
                 }
                 let request = request.body(Full::new(event.body.clone()))?;
                 let response = client
@@ -306,7 +315,7 @@ impl Destination {
                 }
             }
             Kind::Nats {
-                url,
+                servers,
                 stream,
                 subject: template,
                 duplicate_window,
@@ -316,7 +325,7 @@ impl Destination {
                     let mut held = context.lock().await;
                     if held.is_none() {
                         *held = Some(
-                            self.connect_nats(url, stream, template, *duplicate_window)
+                            self.connect_nats(servers, stream, template, *duplicate_window)
                                 .await?,
                         );
                     }
@@ -403,17 +412,31 @@ impl Destination {
     }
 
     async fn connect_nats(
-        &self, url: &str, stream: &str, template: &str, duplicate_window: Duration,
+        &self, servers: &NatsServers, stream: &str, template: &str, duplicate_window: Duration,
     ) -> Result<(async_nats::Client, async_nats::jetstream::Context), BoxError> {
+        // The NATS client takes no credentials from a URL: they are read
+        // from it here (a password up to the last `@`) and handed over.
+        let options = match &servers.credentials {
+            Some(Credentials::UserPassword(user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    user.clone(),
+                    password.as_str().to_owned(),
+                )
+            }
+            Some(Credentials::Token(token)) => {
+                async_nats::ConnectOptions::with_token(token.as_str().to_owned())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
         // One reconnect, at once, and no more: a client whose server went
         // away ends, dropping the publishes it still holds, instead of
         // sending them whenever the server comes back.
-        let client = async_nats::ConnectOptions::new()
+        let client = options
             .connection_timeout(self.timeout)
             .request_timeout(Some(self.timeout))
             .max_reconnects(1)
             .reconnect_delay_callback(|_| Duration::ZERO)
-            .connect(url)
+            .connect(servers.urls.as_slice())
             .await
             .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
         let mut context = async_nats::jetstream::new(client.clone());

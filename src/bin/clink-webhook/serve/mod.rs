@@ -5,6 +5,7 @@
 
 mod config;
 mod destination;
+mod urls;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -48,8 +49,10 @@ exponential backoff; after max_attempts the event is dead (see
 Destinations (CLINK_DESTINATION):
   http://..., https://...  POST the raw body with the original X-Clink-Timestamp
                            and X-Clink-Signature, plus X-Clink-Account and
-                           X-Clink-Event-Id; any 2xx completes the event
-  nats://host:port         JetStream: publish to nats_subject in nats_stream
+                           X-Clink-Event-Id (user:password@ in the URL is sent
+                           as Authorization: Basic); any 2xx completes the event
+  nats://[user:password@]host:port[,host:port...]
+                           JetStream: publish to nats_subject in nats_stream
                            (created if missing) with Nats-Msg-Id
                            ACCOUNT:EVENT_ID; completed on the server's ack
   redis://..., rediss://...  XADD to redis_stream with the fields event_id, type,
@@ -57,6 +60,10 @@ Destinations (CLINK_DESTINATION):
   redis+cluster://host:port,host:port,...  the same in a Redis Cluster
                            (rediss+cluster:// over TLS; user:password@ before
                            the first host applies to every node)
+
+A password in a postgres://, nats:// or redis:// URL runs up to the last @
+(it may hold / ? # @ or , as it is); in an http(s):// URL write those
+percent-encoded. Every password is masked wherever a URL is shown.
 
 Settings come from the TOML file CONFIG (names as below, lower case) and the
 environment (the variables below, which win). Durations are in the unit their
