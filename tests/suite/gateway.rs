@@ -1602,3 +1602,53 @@ async fn a_nats_password_with_a_slash_is_used_and_never_shown() {
     }
     let _ = jetstream.delete_stream(&stream).await;
 }
+
+/// How long an event on loopback may take to reach a destination that
+/// takes it: a bound on a hang only.
+const PROMPTLY: Duration = Duration::from_secs(60);
+
+/// Every subject template `--check` accepts publishes into the stream the
+/// gateway makes for it: one whose subject has no token left once the
+/// (empty, one key) account is dropped, and one with a `:` in its fixed
+/// first token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_subject_template_reaches_its_stream() {
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("subjects");
+    let nats_url = env_url("NATS_URL");
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let client = client();
+    for (template, published) in [
+        ("t{tag}.{account}", "t{tag}"),
+        ("t{tag}:v1.{account}.{type}", "t{tag}_v1.order.created"),
+    ] {
+        let tag = unique("u");
+        let stream = format!("T{tag}");
+        let mut env = gateway_env(&dir.0, &tag, &nats_url);
+        env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+        env.push(("CLINK_NATS_SUBJECT".into(), template.replace("{tag}", &tag)));
+        let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+            .await
+            .unwrap();
+        let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+        deliver(&client, &url, &events(1, 1, &tag)[0]).await;
+        until(&format!("{template}: the event in the stream"), PROMPTLY, async || {
+            nats_count(&jetstream, &stream).await == 1 && drained(&client, &base).await
+        })
+        .await;
+        let message = jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .get_raw_message(1)
+            .await
+            .unwrap();
+        assert_eq!(message.subject.as_str(), published.replace("{tag}", &tag));
+        let (status, body) = health(&client, &base).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::task::spawn_blocking(move || gateway.stop())
+            .await
+            .unwrap();
+        let _ = jetstream.delete_stream(&stream).await;
+    }
+}

@@ -401,6 +401,9 @@ pub(crate) struct Config {
     pub(crate) destination_timeout: Duration,
     pub(crate) nats_stream: String,
     pub(crate) nats_subject: String,
+    /// The subjects the stream must hold for every subject `nats_subject`
+    /// makes (see [`stream_subject`]).
+    pub(crate) nats_stream_subject: String,
     pub(crate) nats_duplicate_window: Duration,
     pub(crate) redis_stream: String,
     pub(crate) redis_dedup: Duration,
@@ -652,8 +655,10 @@ impl Config {
             ));
         }
         let (nats_subject, origin) = r.plain("nats_subject")?.unwrap_or_default();
-        check_template(&nats_subject, &["account", "type"])
-            .and_then(|()| stream_subject(&nats_subject).map(drop))
+        // With one key, the account is empty.
+        let account_empty = matches!(keys, Keys::One(_));
+        let nats_stream_subject = check_template(&nats_subject, &["account", "type"])
+            .and_then(|()| stream_subject(&nats_subject, account_empty))
             .map_err(|m| problem("nats_subject", &origin, m))?;
         let nats_duplicate_window =
             Duration::from_secs(r.number("nats_duplicate_window_s", 1, 7 * 86_400)?);
@@ -743,6 +748,7 @@ impl Config {
             destination_timeout,
             nats_stream,
             nats_subject,
+            nats_stream_subject,
             nats_duplicate_window,
             redis_stream,
             redis_dedup,
@@ -978,24 +984,52 @@ fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// The subjects a stream created for `template` covers: its fixed leading
-/// tokens, then `>`.
-pub(crate) fn stream_subject(template: &str) -> Result<String, String> {
-    let fixed: Vec<&str> = template
-        .split('.')
-        .take_while(|token| !token.contains('{'))
-        .collect();
-    let valid = |t: &&str| {
-        !t.is_empty() && !t.contains(['*', '>', ' ', '\t', '\r', '\n']) && !t.contains('}')
-    };
-    if fixed.is_empty() || !fixed.iter().all(valid) {
-        return Err(format!(
-            "{}: a subject template starts with a fixed token, as clink.{{account}}.{{type}}",
+/// The subjects a stream needs to hold every subject `template` makes, as
+/// [`subject`](super::destination::subject) makes them: the template with
+/// `:` as `_` and empty tokens dropped (the account is empty with one key,
+/// `account_empty`); its fixed leading tokens then `>`, or the one subject
+/// it makes when no placeholder is left.
+pub(crate) fn stream_subject(template: &str, account_empty: bool) -> Result<String, String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "{}: {why}; a subject template is tokens separated by dots, the first one fixed, as \
+             clink.{{account}}.{{type}}",
             escaped(template)
+        ))
+    };
+    // The fixed text, outside the placeholders.
+    let fixed_text = template.replace("{account}", "").replace("{type}", "");
+    if let Some(bad) = fixed_text
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '*' | '>' | '{' | '}'))
+    {
+        return refuse(&format!(
+            "{} cannot be in a subject (only printable ASCII without spaces, * and >)",
+            escaped(&bad.to_string())
         ));
     }
-    if fixed.len() == template.split('.').count() {
-        return Ok(template.to_owned());
+    let first = template.split('.').next().unwrap_or("");
+    if first.is_empty() || first.contains('{') {
+        return refuse("it does not start with a fixed token");
+    }
+    let filled = if account_empty {
+        template.replace("{account}", "")
+    } else {
+        template.to_owned()
+    };
+    let tokens: Vec<String> = filled
+        .replace(':', "_")
+        .split('.')
+        .filter(|token| !token.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let fixed: Vec<&str> = tokens
+        .iter()
+        .map(String::as_str)
+        .take_while(|token| !token.contains('{'))
+        .collect();
+    if fixed.len() == tokens.len() {
+        return Ok(fixed.join("."));
     }
     Ok(format!("{}.>", fixed.join(".")))
 }
@@ -1124,9 +1158,34 @@ mod tests {
 
     #[test]
     fn stream_subjects_cover_the_template() {
-        assert_eq!(stream_subject("clink.{account}.{type}").unwrap(), "clink.>");
-        assert_eq!(stream_subject("a.b").unwrap(), "a.b");
-        assert!(stream_subject("{account}.x").is_err());
+        for (template, account_empty, stream) in [
+            ("clink.{account}.{type}", true, "clink.>"),
+            ("clink.{account}.{type}", false, "clink.>"),
+            ("clink.{account}", true, "clink"),
+            ("clink.{account}", false, "clink.>"),
+            ("clink.{account}.x", true, "clink.x"),
+            ("clink:v1.{account}.{type}", true, "clink_v1.>"),
+            ("a:b.c", false, "a_b.c"),
+            ("a.b", false, "a.b"),
+            ("clink..{type}", true, "clink.>"),
+            ("clink.v{type}", true, "clink.>"),
+        ] {
+            assert_eq!(
+                stream_subject(template, account_empty).unwrap(),
+                stream,
+                "{template}"
+            );
+        }
+        for bad in [
+            "{account}.x",
+            ".x.{type}",
+            "a b.{type}",
+            "a.*.{type}",
+            "a.>",
+            "a.{type}}",
+        ] {
+            assert!(stream_subject(bad, true).is_err(), "{bad}");
+        }
     }
 
     #[test]

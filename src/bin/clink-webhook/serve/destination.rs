@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::config::{stream_subject, Config, DestinationKind};
+use super::config::{Config, DestinationKind};
 use super::urls::{Credentials, NatsServers};
 
 /// How much of an HTTP app's answer is read (and dropped).
@@ -57,6 +57,8 @@ enum Kind {
         servers: NatsServers,
         stream: String,
         subject: String,
+        /// The subjects the stream holds (see [`stream_subject`](super::config::stream_subject)).
+        stream_subjects: String,
         duplicate_window: Duration,
         /// The client and its JetStream context once connected and the
         /// stream exists; dropped after a failed publish.
@@ -169,10 +171,21 @@ fn fill(template: &str, event: &NewEvent) -> String {
         .replace("{type}", &token_text(&event.event_type))
 }
 
-/// The subject of `event`: the template filled, without empty tokens (the
-/// account is empty with one key).
+/// The subject of `event`: the template filled, `:` as `_`, without empty
+/// tokens (the account is empty with one key). The stream holds every such
+/// subject: see [`stream_subject`].
 pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
-    fill(template, event)
+    let mut event_type = token_text(&event.event_type);
+    if event_type.is_empty() {
+        // Never an empty type: the subject keeps its token count.
+        event_type.push('_');
+    }
+    template
+        .replace(
+            "{account}",
+            &token_text(event.account.as_deref().unwrap_or("")),
+        )
+        .replace("{type}", &event_type)
         .replace(':', "_")
         .split('.')
         .filter(|token| !token.is_empty())
@@ -225,6 +238,7 @@ impl Destination {
                 servers: servers.clone(),
                 stream: config.nats_stream.clone(),
                 subject: config.nats_subject.clone(),
+                stream_subjects: config.nats_stream_subject.clone(),
                 duplicate_window: config.nats_duplicate_window,
                 context: AsyncMutex::new(None),
             },
@@ -318,6 +332,7 @@ impl Destination {
                 servers,
                 stream,
                 subject: template,
+                stream_subjects,
                 duplicate_window,
                 context,
             } => {
@@ -325,7 +340,7 @@ impl Destination {
                     let mut held = context.lock().await;
                     if held.is_none() {
                         *held = Some(
-                            self.connect_nats(servers, stream, template, *duplicate_window)
+                            self.connect_nats(servers, stream, stream_subjects, *duplicate_window)
                                 .await?,
                         );
                     }
@@ -412,7 +427,7 @@ impl Destination {
     }
 
     async fn connect_nats(
-        &self, servers: &NatsServers, stream: &str, template: &str, duplicate_window: Duration,
+        &self, servers: &NatsServers, stream: &str, subjects: &str, duplicate_window: Duration,
     ) -> Result<(async_nats::Client, async_nats::jetstream::Context), BoxError> {
         // The NATS client takes no credentials from a URL: they are read
         // from it here (a password up to the last `@`) and handed over.
@@ -441,11 +456,10 @@ impl Destination {
             .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
         let mut context = async_nats::jetstream::new(client.clone());
         context.set_timeout(self.timeout);
-        let subjects = stream_subject(template)?;
         context
             .get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: stream.to_owned(),
-                subjects: vec![subjects],
+                subjects: vec![subjects.to_owned()],
                 duplicate_window,
                 ..Default::default()
             })
@@ -525,5 +539,47 @@ mod tests {
         assert_eq!(subject(template, &event(None, "a b*>")), "clink.a_b__");
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
         assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
+    }
+
+    /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
+    fn covers(pattern: &str, subject: &str) -> bool {
+        let (mut pattern, mut subject) = (pattern.split('.'), subject.split('.'));
+        loop {
+            match (pattern.next(), subject.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(p), Some(s)) if p == s => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_holds_every_subject_a_template_makes() {
+        use super::super::config::stream_subject;
+        for template in [
+            "clink.{account}.{type}",
+            "clink.{account}",
+            "clink:v1.{account}.{type}",
+            "clink.{type}.{account}",
+            "clink..{account}..{type}",
+            "c.v{account}",
+            "a:b.c",
+            "clink.{account}:{type}",
+        ] {
+            for (account_empty, account) in
+                [(true, None), (false, Some("acct_eu")), (false, Some("a.b"))]
+            {
+                let stream = stream_subject(template, account_empty).unwrap();
+                for event_type in ["order.succeeded", "x", "a:b", ""] {
+                    let subject = subject(template, &event(account, event_type));
+                    assert!(
+                        covers(&stream, &subject),
+                        "{template}: {subject} is not in the stream's {stream}"
+                    );
+                }
+            }
+        }
     }
 }
