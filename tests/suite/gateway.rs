@@ -1632,9 +1632,11 @@ async fn every_accepted_subject_template_reaches_its_stream() {
             .unwrap();
         let (url, base) = (Arc::clone(&gateway.url), gateway.base());
         deliver(&client, &url, &events(1, 1, &tag)[0]).await;
-        until(&format!("{template}: the event in the stream"), PROMPTLY, async || {
-            nats_count(&jetstream, &stream).await == 1 && drained(&client, &base).await
-        })
+        until(
+            &format!("{template}: the event in the stream"),
+            PROMPTLY,
+            async || nats_count(&jetstream, &stream).await == 1 && drained(&client, &base).await,
+        )
         .await;
         let message = jetstream
             .get_stream(&stream)
@@ -1651,4 +1653,67 @@ async fn every_accepted_subject_template_reaches_its_stream() {
             .unwrap();
         let _ = jetstream.delete_stream(&stream).await;
     }
+}
+
+/// An app that takes connections and never answers: its address.
+async fn silent_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A destination timeout that the workers' stop at nine tenths of the
+/// lease would cut short is refused, naming both settings; inside the
+/// lease, an app that never answers shows on `/health` by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_timeout_must_end_inside_the_lease() {
+    let refused = check_with(&[
+        ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+        ("CLINK_INBOX", "sqlite:/nonexistent/inbox.db"),
+        ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
+        ("CLINK_LEASE_MS", "2000"),
+        ("CLINK_DESTINATION_TIMEOUT_MS", "10000"),
+    ]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("destination_timeout_ms (10000 ms)")
+            && refused
+                .stderr
+                .contains("lease_ms (2000 ms, so under 1800 ms)"),
+        "{}",
+        refused.stderr
+    );
+
+    let dir = TempDir::new("silent");
+    let app = silent_app().await;
+    let mut env = gateway_env(&dir.0, "silent", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| {
+        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+    });
+    env.push(("CLINK_LEASE_MS".into(), "2000".into()));
+    env.push(("CLINK_DESTINATION_TIMEOUT_MS".into(), "1000".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    deliver(&client, &url, &events(1, 1, &unique("s"))[0]).await;
+    until("/health naming the silent app", PROMPTLY, async || {
+        let (status, body) = health(&client, &base).await;
+        status == 503
+            && body["destination"]["name"] == format!("http://{app}/hook").as_str()
+            && body["destination"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("did not acknowledge within 1000 ms"))
+    })
+    .await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
 }

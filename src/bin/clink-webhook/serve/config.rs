@@ -685,6 +685,20 @@ impl Config {
                 lease.as_millis()
             )));
         }
+        // The workers stop a handler at nine tenths of its lease: a forward
+        // must have its answer, or its timeout, before then.
+        let handler_time = lease - lease / 10;
+        if destination_timeout >= handler_time {
+            return Err(ConfigProblem(format!(
+                "configuration: destination_timeout_ms ({} ms) must be shorter than nine tenths of \
+                 lease_ms ({} ms, so under {} ms): a forward still waiting for the destination \
+                 then is stopped before it can record the failure; lower destination_timeout_ms \
+                 or raise lease_ms",
+                destination_timeout.as_millis(),
+                lease.as_millis(),
+                handler_time.as_millis()
+            )));
+        }
         let max_attempts = u32::try_from(r.number("max_attempts", 1, 1_000_000)?).unwrap_or(1);
         let backoff = r.millis("backoff_ms", 1, 86_400_000)?;
         let max_backoff = r.millis("max_backoff_ms", 1, 86_400_000)?;
@@ -829,6 +843,13 @@ impl Config {
             ));
         };
         Ok(keys)
+    }
+
+    /// A configuration from `pairs` (setting, value) alone, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&'static str, &str)]) -> Result<Self, ConfigProblem> {
+        let env = pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Self::read(Given { file: None, env })
     }
 
     /// The effective configuration, one `name = value (origin)` a line.
@@ -1110,8 +1131,7 @@ mod tests {
     }
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {
-        let env = pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        Config::read(Given { file: None, env })
+        Config::from_pairs(pairs)
     }
 
     fn minimal() -> Vec<(&'static str, &'static str)> {
@@ -1186,6 +1206,22 @@ mod tests {
         ] {
             assert!(stream_subject(bad, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_destination_timeout_must_end_inside_the_lease() {
+        let mut pairs = minimal();
+        pairs.push(("lease_ms", "2000"));
+        pairs.push(("destination_timeout_ms", "10000"));
+        let error = config(&pairs).err().unwrap().0;
+        assert!(
+            error.contains("destination_timeout_ms (10000 ms)")
+                && error.contains("lease_ms (2000 ms, so under 1800 ms)"),
+            "{error}"
+        );
+        pairs.retain(|(name, _)| *name != "destination_timeout_ms");
+        pairs.push(("destination_timeout_ms", "1799"));
+        assert!(config(&pairs).is_ok());
     }
 
     #[test]

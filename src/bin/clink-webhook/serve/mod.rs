@@ -104,11 +104,62 @@ struct Relay {
     max_attempts: u32,
 }
 
+/// Records a forward that was dropped before it ended (the workers stop a
+/// handler at the end of its time inside the lease, and at shutdown) as a
+/// failure of the destination, which it otherwise would not be.
+struct Unfinished<'a> {
+    relay: &'a Relay,
+    attempt: u32,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let error = format!(
+            "{}: no answer within {} ms, when the forward was stopped (its time inside \
+             lease_ms ran out, or the gateway is stopping)",
+            self.relay.destination.name,
+            self.started.elapsed().as_millis()
+        );
+        tracing::warn!(%error, "gateway: a forward was stopped unfinished");
+        self.relay.health.failed(&error);
+        self.relay.count_failure(self.attempt);
+    }
+}
+
 impl Relay {
+    /// Counts a failed attempt: retried, or dead after the last.
+    fn count_failure(&self, attempt: u32) {
+        let label = self.destination.name.clone();
+        if attempt >= self.max_attempts {
+            metrics::counter!("clink_gateway_dead_total", "destination" => label).increment(1);
+        } else {
+            metrics::counter!("clink_gateway_retried_total", "destination" => label).increment(1);
+        }
+    }
+
     async fn forward(&self, raw: RawEvent) -> Result<(), BoxError> {
         let attempt = raw
             .inbox_attempt()
             .ok_or("the gateway's handler runs under inbox workers only")?;
+        let mut unfinished = Unfinished {
+            relay: self,
+            attempt: attempt.attempt(),
+            started: std::time::Instant::now(),
+            finished: false,
+        };
+        let result = self.forward_attempt(attempt).await;
+        unfinished.finished = true;
+        result
+    }
+
+    async fn forward_attempt(
+        &self, attempt: &clink_webhooks::events::InboxAttempt,
+    ) -> Result<(), BoxError> {
         let entry = self
             .inbox
             .get(attempt.seq())
@@ -143,13 +194,7 @@ impl Relay {
             Err(error) => {
                 let text = error.to_string();
                 self.health.failed(&text);
-                if attempt.attempt() >= self.max_attempts {
-                    metrics::counter!("clink_gateway_dead_total", "destination" => label)
-                        .increment(1);
-                } else {
-                    metrics::counter!("clink_gateway_retried_total", "destination" => label)
-                        .increment(1);
-                }
+                self.count_failure(attempt.attempt());
                 Err(error)
             }
         }
@@ -614,5 +659,51 @@ impl Signals {
             _ = self.terminate.recv() => Signal::Stop,
             _ = self.hangup.recv() => Signal::Reload,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(destination: &str) -> Relay {
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", destination),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        Relay {
+            inbox: Arc::new(clink_webhooks::store::MemoryInbox::new()),
+            destination: Destination::new(&config).unwrap(),
+            health: Arc::new(Health::default()),
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn a_forward_stopped_unfinished_is_a_failure_of_the_destination() {
+        let relay = relay("http://app:s3cret@127.0.0.1:9/hook");
+        drop(Unfinished {
+            relay: &relay,
+            attempt: 1,
+            started: std::time::Instant::now(),
+            finished: false,
+        });
+        let (error, _) = relay.health.failing().expect("not failing");
+        assert!(
+            error.starts_with("http://app:***@127.0.0.1:9/hook: no answer within"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+
+        let relay = super::tests::relay("http://127.0.0.1:9/hook");
+        drop(Unfinished {
+            relay: &relay,
+            attempt: 1,
+            started: std::time::Instant::now(),
+            finished: true,
+        });
+        assert!(relay.health.failing().is_none());
     }
 }
