@@ -1717,3 +1717,100 @@ async fn a_destination_timeout_must_end_inside_the_lease() {
         .await
         .unwrap();
 }
+
+/// An HTTP app that answers 400 to events whose id starts with `evt_bad`
+/// and 200 to the others, counting each id's requests.
+async fn picky_app(seen: Arc<Mutex<HashMap<String, usize>>>) -> SocketAddr {
+    loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let id = request
+                .headers()
+                .get("x-clink-event-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let _ = request.into_body().collect().await;
+            *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
+            let mut response = Response::new(Full::new(Bytes::new()));
+            if id.starts_with("evt_bad") {
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+            }
+            Ok::<_, Infallible>(response)
+        }
+    }))
+    .await
+}
+
+/// One event with id `evt_{name}_{tag}`.
+fn one_event(name: &str, tag: &str) -> TestEvent {
+    let id = format!("evt_{name}_{tag}");
+    let body = serde_json::json!({
+        "id": id, "object": "event", "type": "order.succeeded",
+        "created": Timestamp::now().as_millis(),
+        "data": { "orderId": format!("ord_{name}_{tag}") },
+    });
+    TestEvent {
+        id,
+        object: 0,
+        index: 0,
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+/// `/health` tells how the destination is, not how one event fared: an
+/// app that answers one event 400 is up, and once the events that failed
+/// at a destination that was down are dead, nothing is failing any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_destination_not_one_event() {
+    let dir = TempDir::new("health");
+    let tag = unique("h");
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let app = picky_app(Arc::clone(&seen)).await;
+    let gate = Gate::new(app).await;
+    let mut env = gateway_env(&dir.0, "health", &gate.url("http", "/hook"));
+    env.push(("CLINK_MAX_ATTEMPTS".into(), "2".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let dead = async |count: u64| {
+        let (_, body) = health(&client, &base).await;
+        body["events"]["dead"] == count && drained(&client, &base).await
+    };
+
+    // The app answers one event 400, twice: that event is dead, and the
+    // app was up all along.
+    let bad = one_event("bad", &tag);
+    deliver(&client, &url, &bad).await;
+    until("the refused event dead", PROMPTLY, async || dead(1).await).await;
+    assert_eq!(seen.lock().unwrap().get(&bad.id), Some(&2));
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["destination"]["status"], "ok", "{body}");
+
+    // The app down while an event is tried: once that event is dead,
+    // nothing is failing any more.
+    gate.set(false);
+    deliver(&client, &url, &one_event("lost", &tag)).await;
+    until("the event tried while down dead", PROMPTLY, async || {
+        dead(2).await
+    })
+    .await;
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Back up: an event goes through.
+    gate.set(true);
+    let good = one_event("good", &tag);
+    deliver(&client, &url, &good).await;
+    until("the good event handled", PROMPTLY, async || {
+        seen.lock().unwrap().contains_key(&good.id) && drained(&client, &base).await
+    })
+    .await;
+    assert_eq!(health(&client, &base).await.0, 200);
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+}

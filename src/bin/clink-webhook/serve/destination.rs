@@ -114,6 +114,30 @@ impl Streams {
     }
 }
 
+/// A failure that is the event's, not the destination's: the destination
+/// answered, and refused this one event (an HTTP app's `400` or `422`), or
+/// the event cannot be sent as it is. The event is retried as any other;
+/// the destination is not failing for it.
+#[derive(Debug)]
+pub(crate) struct EventRefused(pub(crate) String);
+
+impl std::fmt::Display for EventRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EventRefused {}
+
+/// Whether an HTTP app's answer `status` (not a success) is about the
+/// event alone: a `4xx` that says the request itself is wrong (`400`,
+/// `409`, `413`, `422`, ...), not one that says every request would be
+/// (an unknown path or method, no access, a timeout, too many requests).
+fn refuses_the_event(status: http::StatusCode) -> bool {
+    status.is_client_error()
+        && ![401, 403, 404, 405, 407, 408, 410, 421, 426, 429].contains(&status.as_u16())
+}
+
 /// What happened to the destination lately, for `/health`.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
@@ -121,6 +145,8 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    /// The destination answered (took the event, or refused that event
+    /// alone): it is not failing.
     pub(crate) fn ok(&self) {
         *self
             .failing
@@ -128,6 +154,8 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
+    /// The destination failed: no answer, or one that says it cannot take
+    /// events now.
     pub(crate) fn failed(&self, error: &str) {
         let mut failing = self
             .failing
@@ -203,7 +231,8 @@ pub(crate) fn message_id(event: &NewEvent) -> String {
 }
 
 fn header(value: &str) -> Result<HeaderValue, BoxError> {
-    HeaderValue::from_str(value).map_err(|_| "a header value the event holds is not valid".into())
+    HeaderValue::from_str(value)
+        .map_err(|_| EventRefused("a header value the event holds is not valid".to_owned()).into())
 }
 
 impl Destination {
@@ -324,6 +353,11 @@ impl Destination {
                     .await;
                 if status.is_success() {
                     Ok(None)
+                } else if refuses_the_event(status) {
+                    Err(
+                        EventRefused(format!("{} answered {status} for this event", self.name))
+                            .into(),
+                    )
                 } else {
                     Err(format!("{} answered {status}", self.name).into())
                 }
@@ -539,6 +573,26 @@ mod tests {
         assert_eq!(subject(template, &event(None, "a b*>")), "clink.a_b__");
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
         assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
+    }
+
+    #[test]
+    fn a_4xx_about_the_request_refuses_the_event_alone() {
+        for (status, event_alone) in [
+            (400, true),
+            (409, true),
+            (413, true),
+            (422, true),
+            (401, false),
+            (403, false),
+            (404, false),
+            (408, false),
+            (429, false),
+            (500, false),
+            (503, false),
+        ] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            assert_eq!(refuses_the_event(status), event_alone, "{status}");
+        }
     }
 
     /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
-use self::destination::{Destination, Health};
+use self::destination::{Destination, EventRefused, Health};
 use crate::output::Output;
 use crate::CliError;
 
@@ -72,7 +72,9 @@ waits after arriving so that an older event of its object arriving late still
 goes first.
 
 Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
-(200, or 503 naming what fails: the inbox or the destination), GET /ready
+(200, or 503 naming what fails: the inbox, or the destination while an event
+waits for it; an HTTP app's 400, 409, 422 refuses one event, not the
+destination), GET /ready
 (whether the inbox takes deliveries) and GET /metrics (Prometheus).
 SIGTERM or Ctrl-C stops taking deliveries and lets publishes in flight finish
 within shutdown_timeout_ms; SIGHUP re-reads the accounts file.
@@ -192,8 +194,13 @@ impl Relay {
                 Ok(())
             }
             Err(error) => {
-                let text = error.to_string();
-                self.health.failed(&text);
+                if error.downcast_ref::<EventRefused>().is_some() {
+                    // The destination answered: it is up, and refused this
+                    // event alone.
+                    self.health.ok();
+                } else {
+                    self.health.failed(&error.to_string());
+                }
                 self.count_failure(attempt.attempt());
                 Err(error)
             }
@@ -262,7 +269,13 @@ impl Gateway {
                 "oldest_unhandled": stats.oldest_unhandled.map(|t| t.to_string()),
             })
         });
-        let destination = match self.health.failing() {
+        // The destination is failing while an event still waits for it:
+        // once every event is done or dead, nothing is failing any more.
+        let waiting = stats.as_ref().is_none_or(|stats| {
+            stats["pending"] != 0 || stats["retrying"] != 0 || stats["running"] != 0
+        });
+        let failing = self.health.failing().filter(|_| waiting);
+        let destination = match failing {
             None => json!({
                 "name": &*self.destination, "kind": self.destination_kind, "status": "ok",
             }),
