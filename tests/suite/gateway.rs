@@ -345,12 +345,14 @@ struct App {
 }
 
 async fn start_app(app: Arc<App>) -> SocketAddr {
-    // The original headers, signed when the event was sent: a wide tolerance.
-    let verifier = Arc::new(
-        Verifier::new(KEY)
-            .unwrap()
-            .tolerance(Duration::from_secs(3600)),
-    );
+    // Each forward is signed when it is sent, with the key that verified
+    // it: the default tolerance.
+    start_app_verifying(app, KEY, Duration::from_secs(300)).await
+}
+
+/// [`start_app`] verifying with `key` and `tolerance`.
+async fn start_app_verifying(app: Arc<App>, key: &str, tolerance: Duration) -> SocketAddr {
+    let verifier = Arc::new(Verifier::new(key).unwrap().tolerance(tolerance));
     loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
         let (app, verifier) = (Arc::clone(&app), Arc::clone(&verifier));
         async move {
@@ -1813,4 +1815,99 @@ async fn health_follows_the_destination_not_one_event() {
     tokio::task::spawn_blocking(move || gateway.stop())
         .await
         .unwrap();
+}
+
+/// POSTs `event` signed with `key` at `timestamp` (milliseconds) to `url`;
+/// the status.
+async fn post_signed_at(
+    client: &HttpClient, url: &str, key: &str, timestamp: i64, event: &TestEvent,
+) -> u16 {
+    let timestamp = timestamp.to_string();
+    let request = Request::post(url)
+        .header("x-clink-timestamp", &timestamp)
+        .header("x-clink-signature", sign(key, &timestamp, &event.body))
+        .body(Full::new(event.body.clone()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+/// Each forward to an HTTP app is signed when it is sent: an event relayed
+/// later than the app's tolerance after Clink signed it (a backlog, an app
+/// that was down) still verifies. Signed with the key that verified the
+/// event (one key, or the account's), or with destination_signing_key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_relayed_after_the_apps_tolerance_still_verifies() {
+    const APP_KEY: &str = "whsec_gateway_to_app_key";
+    const ACCOUNT_KEY: &str = "whsec_account_a_key";
+    const ACCOUNT_OLD_KEY: &str = "whsec_account_a_old";
+    let dir = TempDir::new("resign");
+    let accounts = dir.0.join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "[acct_a]\nsigning_keys = [{{ secret = \"{ACCOUNT_KEY}\", name = \"a-2026\" }}, \
+             {{ secret = \"{ACCOUNT_OLD_KEY}\", name = \"a-2025\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let client = client();
+    // Clink signed each delivery 10 s before it came: inside the gateway's
+    // tolerance (300 s), past the app's (2 s).
+    let signed = Timestamp::now().as_millis() - 10_000;
+    for (case, app_key, clink_key, extra) in [
+        ("one key", KEY, KEY, vec![]),
+        // Clink still signs with the account's older key: so does the
+        // gateway, for an app that has not the newer one yet.
+        (
+            "an account's older key",
+            ACCOUNT_OLD_KEY,
+            ACCOUNT_OLD_KEY,
+            vec![("CLINK_ACCOUNTS_FILE", accounts.display().to_string())],
+        ),
+        (
+            "destination_signing_key",
+            APP_KEY,
+            KEY,
+            vec![("CLINK_DESTINATION_SIGNING_KEY", APP_KEY.to_owned())],
+        ),
+    ] {
+        let app = Arc::new(App::default());
+        let addr = start_app_verifying(Arc::clone(&app), app_key, Duration::from_secs(2)).await;
+        let tag = unique("r");
+        let mut env = gateway_env(&dir.0, &tag, &format!("http://{addr}/hooks"));
+        if extra.iter().any(|(name, _)| *name == "CLINK_ACCOUNTS_FILE") {
+            env.retain(|(name, _)| name != "CLINK_WEBHOOK_SIGNING_KEY");
+        }
+        env.extend(
+            extra
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value)),
+        );
+        let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+            .await
+            .unwrap();
+        let event = &events(1, 1, &tag)[0];
+        let url = gateway.url().replace("{account}", "acct_a");
+        assert_eq!(
+            post_signed_at(&client, &url, clink_key, signed, event).await,
+            200,
+            "{case}"
+        );
+        let base = gateway.base();
+        until(
+            &format!("{case}: the event verified by the app"),
+            PROMPTLY,
+            async || {
+                app.handled.lock().unwrap().contains(&event.id) && drained(&client, &base).await
+            },
+        )
+        .await;
+        assert_eq!(app.refused.load(Ordering::SeqCst), 0, "{case}");
+        tokio::task::spawn_blocking(move || gateway.stop())
+            .await
+            .unwrap();
+    }
 }

@@ -57,6 +57,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("inbox_retention_hours", Some("168"), false),
     field("destination", None, true),
     field("destination_timeout_ms", Some("10000"), false),
+    field("destination_signing_key", None, true),
     field("nats_stream", Some("CLINK"), false),
     field("nats_subject", Some("clink.{account}.{type}"), false),
     field("nats_duplicate_window_s", Some("600"), false),
@@ -193,6 +194,22 @@ impl KeySpec {
             key = key.expires_at(expires.to_system_time());
         }
         Ok(key)
+    }
+
+    /// The secret, to sign a forward with.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The key's name as the layer records it on a verified event: its
+    /// name, or the fingerprint of its secret when it has none.
+    pub(crate) fn recorded_name(&self) -> Option<String> {
+        self.signing_key().ok().map(|key| key.name().to_owned())
+    }
+
+    /// Whether the key has expired at `now`.
+    pub(crate) fn expired(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|expires| expires <= now)
     }
 
     fn describe(&self) -> String {
@@ -399,6 +416,9 @@ pub(crate) struct Config {
     pub(crate) inbox_retention: Duration,
     pub(crate) destination: DestinationSpec,
     pub(crate) destination_timeout: Duration,
+    /// The key an HTTP destination's forwards are signed with, when not
+    /// the one that verified each event.
+    pub(crate) destination_key: Option<KeySpec>,
     pub(crate) nats_stream: String,
     pub(crate) nats_subject: String,
     /// The subjects the stream must hold for every subject `nats_subject`
@@ -641,6 +661,27 @@ impl Config {
                 }
             };
         let destination_timeout = r.millis("destination_timeout_ms", 1, 3_600_000)?;
+        let destination_key = match r.text("destination_signing_key")? {
+            None => None,
+            Some((secret, origin)) => {
+                if !matches!(destination.kind, DestinationKind::Http { .. }) {
+                    return Err(problem(
+                        "destination_signing_key",
+                        &origin,
+                        "only an http:// or https:// destination is signed",
+                    ));
+                }
+                let key = KeySpec {
+                    secret: Zeroizing::new(secret),
+                    name: None,
+                    expires: None,
+                };
+                key.signing_key()
+                    .map_err(|m| problem("destination_signing_key", &origin, m))?;
+                r.note("destination_signing_key", key.describe(), origin);
+                Some(key)
+            }
+        };
         let (nats_stream, origin) = r.plain("nats_stream")?.unwrap_or_default();
         if nats_stream.is_empty()
             || nats_stream.len() > 64
@@ -760,6 +801,7 @@ impl Config {
             inbox_retention,
             destination,
             destination_timeout,
+            destination_key,
             nats_stream,
             nats_subject,
             nats_stream_subject,

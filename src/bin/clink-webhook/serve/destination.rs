@@ -3,7 +3,8 @@
 //! acknowledged the event (and what it said it kept, when it says), or
 //! fails, and the inbox retries the event later.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +15,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex as AsyncMutex;
+use zeroize::Zeroizing;
 
-use super::config::{Config, DestinationKind};
+use super::config::{Config, DestinationKind, KeySpec};
 use super::urls::{Credentials, NatsServers};
+use crate::output::escaped;
 
 /// How much of an HTTP app's answer is read (and dropped).
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -51,6 +54,7 @@ enum Kind {
     Http {
         url: http::Uri,
         authorization: Option<HeaderValue>,
+        signers: Signers,
         client: HttpsClient,
     },
     Nats {
@@ -77,6 +81,46 @@ enum Kind {
         stream: Streams,
         connection: AsyncMutex<Option<redis::cluster_async::ClusterConnection>>,
     },
+}
+
+/// The keys forwards to an HTTP destination are signed with, at the time
+/// each is sent: the app verifies them with a tolerance as tight as Clink's
+/// own, however long an event waited in the inbox.
+#[derive(Clone)]
+pub(crate) enum Signers {
+    /// `destination_signing_key`: one key for every event.
+    Own(KeySpec),
+    /// The keys that verify deliveries, per account (`""` with one key),
+    /// newest first: each event is signed with the key that verified it
+    /// while that key has not expired, else the newest that has not.
+    Verifying(Arc<RwLock<BTreeMap<String, Vec<KeySpec>>>>),
+}
+
+impl Signers {
+    /// The secret to sign `event`'s forward with.
+    fn secret_for(&self, event: &NewEvent) -> Result<Zeroizing<String>, String> {
+        let keys = match self {
+            Self::Own(key) => return Ok(Zeroizing::new(key.secret().to_owned())),
+            Self::Verifying(keys) => keys.read().unwrap_or_else(PoisonError::into_inner),
+        };
+        let account = event.account.as_deref().unwrap_or("");
+        let Some(keys) = keys.get(account).or_else(|| keys.get("")) else {
+            return Err(format!(
+                "no key of the account {} to sign its forward with (it is no longer in \
+                 accounts_file); add it back, or set destination_signing_key",
+                escaped(account)
+            ));
+        };
+        let now = clink_webhooks::Timestamp::now();
+        let live = || keys.iter().filter(|key| !key.expired(now));
+        let verified_by = event.signing_key.as_deref();
+        let key = live()
+            .find(|key| verified_by.is_some() && key.recorded_name().as_deref() == verified_by)
+            .or_else(|| live().next())
+            .or_else(|| keys.first())
+            .ok_or("no key to sign the forward with")?;
+        Ok(Zeroizing::new(key.secret().to_owned()))
+    }
 }
 
 /// What a Redis destination adds events to, and how.
@@ -236,7 +280,8 @@ fn header(value: &str) -> Result<HeaderValue, BoxError> {
 }
 
 impl Destination {
-    pub(crate) fn new(config: &Config) -> Result<Self, String> {
+    /// The destination `config` names; an HTTP one signs with `signers`.
+    pub(crate) fn new(config: &Config, signers: Signers) -> Result<Self, String> {
         let name = config.destination.name.clone();
         let kind = match &config.destination.kind {
             DestinationKind::Http { uri, authorization } => {
@@ -260,6 +305,7 @@ impl Destination {
                 Kind::Http {
                     url: uri.clone(),
                     authorization,
+                    signers,
                     client,
                 }
             }
@@ -325,16 +371,21 @@ impl Destination {
             Kind::Http {
                 url,
                 authorization,
+                signers,
                 client,
             } => {
+                // Signed now: the gateway verified the delivery when it came,
+                // and the app checks this forward's time with its tolerance.
+                let secret = signers
+                    .secret_for(event)
+                    .map_err(|e| format!("{}: {e}", self.name))?;
+                let timestamp = clink_webhooks::Timestamp::now().as_millis().to_string();
+                let signature = clink_webhooks::sign(secret.as_bytes(), &timestamp, &event.body);
                 let mut request = Request::post(url.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
-                    .header("x-clink-event-id", header(&event.event_id)?);
-                if let Some(headers) = &event.signature_headers {
-                    request = request
-                        .header("x-clink-timestamp", header(&headers.timestamp)?)
-                        .header("x-clink-signature", header(&headers.signature)?);
-                }
+                    .header("x-clink-event-id", header(&event.event_id)?)
+                    .header("x-clink-timestamp", timestamp)
+                    .header("x-clink-signature", signature);
                 if let Some(account) = &event.account {
                     request = request.header("x-clink-account", header(account)?);
                 }

@@ -32,8 +32,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
-use self::destination::{Destination, EventRefused, Health};
+use self::config::{read_accounts, verifier, Config, InboxSpec, KeySpec, Keys};
+use self::destination::{Destination, EventRefused, Health, Signers};
 use crate::output::Output;
 use crate::CliError;
 
@@ -47,8 +47,10 @@ exponential backoff; after max_attempts the event is dead (see
 `clink-webhook inbox`).
 
 Destinations (CLINK_DESTINATION):
-  http://..., https://...  POST the raw body with the original X-Clink-Timestamp
-                           and X-Clink-Signature, plus X-Clink-Account and
+  http://..., https://...  POST the raw body signed when it is sent
+                           (X-Clink-Timestamp now, X-Clink-Signature with the
+                           key that verified the event, or with
+                           destination_signing_key), plus X-Clink-Account and
                            X-Clink-Event-Id (user:password@ in the URL is sent
                            as Authorization: Basic); any 2xx completes the event
   nats://[user:password@]host:port[,host:port...]
@@ -384,10 +386,15 @@ impl Service<Request<Incoming>> for Gateway {
     }
 }
 
-/// The accounts' keys, loaded into `map`; accounts gone from the file are
+/// The keys that verify deliveries, per account (`""` with one key): what
+/// forwards to an HTTP destination are signed with.
+type AccountKeys = Arc<std::sync::RwLock<std::collections::BTreeMap<String, Vec<KeySpec>>>>;
+
+/// The accounts' keys, loaded into `map` (and their secrets into `keys`); accounts gone from the file are
 /// removed. Returns how many accounts the file has.
 fn load_accounts(
     path: &std::path::Path, map: &KeyMap, known: &Mutex<BTreeSet<String>>, tolerance: Duration,
+    keys: &AccountKeys,
 ) -> Result<usize, String> {
     let accounts = read_accounts(path).map_err(|p| p.0)?;
     let mut verifiers = Vec::with_capacity(accounts.len());
@@ -410,7 +417,9 @@ fn load_accounts(
         map.remove(&account);
         known.remove(&account);
     }
-    Ok(accounts.len())
+    let count = accounts.len();
+    *keys.write().unwrap_or_else(PoisonError::into_inner) = accounts;
+    Ok(count)
 }
 
 async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
@@ -500,13 +509,21 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     let usage = |e: clink_webhooks::ConfigError| CliError::usage(format!("configuration: {e}"));
     let accounts = KeyMap::new();
     let known = Arc::new(Mutex::new(BTreeSet::new()));
+    let account_keys = AccountKeys::default();
     let layer = match &config.keys {
-        Keys::One(keys) => ClinkLayer::new(
-            verifier(keys, config.tolerance)
-                .map_err(|m| CliError::usage(format!("configuration: {m}")))?,
-        ),
+        Keys::One(keys) => {
+            account_keys
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(String::new(), keys.clone());
+            ClinkLayer::new(
+                verifier(keys, config.tolerance)
+                    .map_err(|m| CliError::usage(format!("configuration: {m}")))?,
+            )
+        }
         Keys::PerAccount(path) => {
-            load_accounts(path, &accounts, &known, config.tolerance).map_err(CliError::usage)?;
+            load_accounts(path, &accounts, &known, config.tolerance, &account_keys)
+                .map_err(CliError::usage)?;
             ClinkLayer::with_key_source(AccountFrom::LastPathSegment, accounts.clone())
         }
     };
@@ -518,7 +535,11 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         .map_err(usage)?;
     let intake = layer.intake(Arc::clone(&inbox));
 
-    let destination = Destination::new(&config).map_err(CliError::usage)?;
+    let signers = match &config.destination_key {
+        Some(key) => Signers::Own(key.clone()),
+        None => Signers::Verifying(Arc::clone(&account_keys)),
+    };
+    let destination = Destination::new(&config, signers).map_err(CliError::usage)?;
     let destination_name: Arc<str> = Arc::from(destination.name.as_str());
     let destination_kind = destination.kind();
     let health = Arc::new(Health::default());
@@ -607,7 +628,7 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
         .map_err(usage)?;
     let reload = match &config.keys {
-        Keys::PerAccount(path) => Some((path.clone(), accounts, known)),
+        Keys::PerAccount(path) => Some((path.clone(), accounts, known, account_keys)),
         Keys::One(_) => None,
     };
     let tolerance = config.tolerance;
@@ -616,11 +637,11 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             match signals.next().await {
                 Signal::Stop => return,
                 Signal::Reload => {
-                    let Some((path, accounts, known)) = &reload else {
+                    let Some((path, accounts, known, keys)) = &reload else {
                         eprintln!("SIGHUP: no accounts_file to re-read");
                         continue;
                     };
-                    match load_accounts(path, accounts, known, tolerance) {
+                    match load_accounts(path, accounts, known, tolerance, keys) {
                         Ok(count) => {
                             eprintln!("SIGHUP: re-read {}: {count} accounts", path.display());
                         }
@@ -688,7 +709,8 @@ mod tests {
         .unwrap_or_else(|problem| panic!("{}", problem.0));
         Relay {
             inbox: Arc::new(clink_webhooks::store::MemoryInbox::new()),
-            destination: Destination::new(&config).unwrap(),
+            destination: Destination::new(&config, Signers::Verifying(AccountKeys::default()))
+                .unwrap(),
             health: Arc::new(Health::default()),
             max_attempts: 3,
         }
