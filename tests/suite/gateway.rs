@@ -1911,3 +1911,251 @@ async fn an_event_relayed_after_the_apps_tolerance_still_verifies() {
             .unwrap();
     }
 }
+
+/// How a [`Proxy`] passes traffic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flow {
+    /// Both ways.
+    Open,
+    /// From the client to the server only: what the server says is lost
+    /// (a publish arrives and is kept; its acknowledgement never comes).
+    Deaf,
+    /// Not at all: new connections are dropped at once, open ones cut.
+    Closed,
+}
+
+/// A TCP proxy in front of a server whose [`Flow`] the test sets.
+struct Proxy {
+    port: u16,
+    flow: watch::Sender<Flow>,
+}
+
+impl Proxy {
+    async fn new(target: SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (flow, watching) = watch::channel(Flow::Open);
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut watching = watching.clone();
+                if *watching.borrow() == Flow::Closed {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let answers = watching.clone();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+                        () = async {
+                            let mut buffer = vec![0u8; 16 * 1024];
+                            loop {
+                                let Ok(read) = server_read.read(&mut buffer).await else { return };
+                                if read == 0 {
+                                    return;
+                                }
+                                if *answers.borrow() == Flow::Open
+                                    && client_write.write_all(&buffer[..read]).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        } => {}
+                        _ = watching.wait_for(|flow| *flow == Flow::Closed) => {}
+                    }
+                });
+            }
+        });
+        Self { port, flow }
+    }
+
+    fn set(&self, flow: Flow) {
+        self.flow.send_replace(flow);
+    }
+}
+
+/// A publish that JetStream kept but whose acknowledgement was lost, with
+/// NATS then out of reach for longer than the stream's duplicate window:
+/// the gateway finds the event in the stream before publishing it again,
+/// and the stream holds it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_kept_unacknowledged_is_not_kept_again_after_the_window() {
+    const WINDOW: Duration = Duration::from_secs(3);
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("lostack");
+    let tag = unique("l");
+    let nats_url = env_url("NATS_URL");
+    let proxy = Proxy::new(target(&nats_url)).await;
+    let stream = format!("T{tag}");
+    let mut env = gateway_env(
+        &dir.0,
+        "lostack",
+        &format!("nats://127.0.0.1:{}", proxy.port),
+    );
+    env.retain(|(name, _)| {
+        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+    });
+    env.extend(
+        [
+            ("CLINK_NATS_STREAM", stream.clone()),
+            ("CLINK_NATS_SUBJECT", format!("t{tag}.{{account}}.{{type}}")),
+            (
+                "CLINK_NATS_DUPLICATE_WINDOW_S",
+                WINDOW.as_secs().to_string(),
+            ),
+            ("CLINK_LEASE_MS", "2000".to_owned()),
+            ("CLINK_DESTINATION_TIMEOUT_MS", "1000".to_owned()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    let all = events(2, 1, &tag);
+
+    // The first event goes through: the gateway is connected.
+    deliver(&client, &url, &all[0]).await;
+    until("the first event in the stream", PROMPTLY, async || {
+        nats_count(&jetstream, &stream).await == 1 && drained(&client, &base).await
+    })
+    .await;
+
+    // The second is kept, and its acknowledgement lost.
+    proxy.set(Flow::Deaf);
+    deliver(&client, &url, &all[1]).await;
+    until(
+        "the second event kept unacknowledged",
+        PROMPTLY,
+        async || nats_count(&jetstream, &stream).await == 2,
+    )
+    .await;
+    until("the publish failed", PROMPTLY, async || {
+        health(&client, &base).await.1["destination"]["status"] == "failing"
+    })
+    .await;
+
+    // NATS out of reach until the duplicate window has passed since.
+    proxy.set(Flow::Closed);
+    let kept = jetstream
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_raw_message(2)
+        .await
+        .unwrap()
+        .time;
+    let window_passed = kept + WINDOW + Duration::from_secs(1);
+    until("the duplicate window passed", PROMPTLY, async || {
+        time::OffsetDateTime::now_utc() > window_passed
+    })
+    .await;
+
+    // Back: the event is done, and in the stream once.
+    proxy.set(Flow::Open);
+    until("the second event done", PROMPTLY, async || {
+        drained(&client, &base).await && health(&client, &base).await.0 == 200
+    })
+    .await;
+    let ids = nats_ids(&jetstream, &stream).await;
+    let expected: Vec<String> = all.iter().map(|event| event.id.clone()).collect();
+    assert_eq!(ids, expected, "each event once");
+    let _ = jetstream.delete_stream(&stream).await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+}
+
+/// `serve` with `env`: what it printed if it exited before it listened,
+/// or `None` once it listens (then it is stopped).
+fn serve_exit(env: Vec<(String, String)>) -> Option<crate::support::process::Finished> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+    command.arg("serve");
+    for (name, value) in &env {
+        command.env(name, value);
+    }
+    let process = Process::start(&mut command);
+    loop {
+        match process.stdout.recv_timeout(PROMPTLY) {
+            Ok(line) if line.starts_with("listening on ") => {
+                let finished = process.terminate();
+                assert_eq!(finished.code, Some(0), "{finished:?}");
+                return None;
+            }
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Some(process.finish()),
+            Err(error) => panic!("serve neither listened nor exited: {error}"),
+        }
+    }
+}
+
+/// A stream made before that does not hold the gateway's subjects, or
+/// drops repeated publishes for less time than nats_duplicate_window_s,
+/// stops the gateway at start with what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_keep_the_events_stops_the_start() {
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("stream");
+    let nats_url = env_url("NATS_URL");
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    for (case, subjects, window, expected) in [
+        (
+            "subjects",
+            "other{tag}.>",
+            600,
+            "which do not cover t{tag}.> that nats_subject publishes to",
+        ),
+        (
+            "window",
+            "t{tag}.>",
+            120,
+            "drops a repeated publish for 120 s (its duplicate window), less than \
+             nats_duplicate_window_s (600 s)",
+        ),
+        ("a stream that fits", "t{tag}.>", 900, ""),
+    ] {
+        let tag = unique("m");
+        let stream = format!("T{tag}");
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![subjects.replace("{tag}", &tag)],
+                duplicate_window: Duration::from_secs(window),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut env = gateway_env(&dir.0, &tag, &nats_url);
+        env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+        env.push((
+            "CLINK_NATS_SUBJECT".into(),
+            format!("t{tag}.{{account}}.{{type}}"),
+        ));
+        let exited = tokio::task::spawn_blocking(move || serve_exit(env))
+            .await
+            .unwrap();
+        match exited {
+            Some(finished) => {
+                assert!(!expected.is_empty(), "{case}: refused: {finished:?}");
+                assert_eq!(finished.code, Some(2), "{case}: {finished:?}");
+                assert!(
+                    finished.stderr.contains(&format!("the stream {stream}"))
+                        && finished.stderr.contains(&expected.replace("{tag}", &tag)),
+                    "{case}: {}",
+                    finished.stderr
+                );
+            }
+            None => assert!(expected.is_empty(), "{case}: the gateway started"),
+        }
+        let _ = jetstream.delete_stream(&stream).await;
+    }
+}

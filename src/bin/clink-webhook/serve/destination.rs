@@ -4,12 +4,13 @@
 //! fails, and the inbox retries the event later.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clink_webhooks::store::NewEvent;
-use clink_webhooks::BoxError;
+use clink_webhooks::{BoxError, Timestamp};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -180,6 +181,53 @@ impl std::error::Error for EventRefused {}
 fn refuses_the_event(status: http::StatusCode) -> bool {
     status.is_client_error()
         && ![401, 403, 404, 405, 407, 408, 410, 421, 426, 429].contains(&status.as_u16())
+}
+
+/// How long before the duplicate window ends, beyond the destination's
+/// timeout, a publish repeated after an unknown outcome looks for the
+/// earlier one first.
+const LOOKUP_MARGIN: Duration = Duration::from_secs(1);
+
+/// A publish that failed after the event was handed to the destination:
+/// the destination may have kept it.
+#[derive(Debug)]
+pub(crate) struct MaybeKept(pub(crate) String);
+
+impl std::fmt::Display for MaybeKept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MaybeKept {}
+
+/// A JetStream stream that exists and cannot take the events as
+/// configured: its subjects do not cover the gateway's, or its duplicate
+/// window is shorter than `nats_duplicate_window_s`.
+#[derive(Debug)]
+pub(crate) struct StreamMismatch(String);
+
+impl std::fmt::Display for StreamMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamMismatch {}
+
+/// Whether the stream subject `held` (with `*` and `>`) takes every
+/// subject that `wanted` (a subject, or one ending in `>`) stands for.
+pub(crate) fn subject_covers(held: &str, wanted: &str) -> bool {
+    let (mut held, mut wanted) = (held.split('.'), wanted.split('.'));
+    loop {
+        match (held.next(), wanted.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(h), Some(w)) if h == w && h != "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 /// What happened to the destination lately, for `/health`.
@@ -354,19 +402,89 @@ impl Destination {
     }
 
     /// Publishes `event`; what the destination said it kept, if it says.
-    pub(crate) async fn publish(&self, event: &NewEvent) -> Result<Option<String>, BoxError> {
-        match tokio::time::timeout(self.timeout, self.publish_now(event)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "{} did not acknowledge within {} ms",
-                self.name,
-                self.timeout.as_millis()
-            )
-            .into()),
+    /// `unconfirmed` is when an earlier publish of it, whose outcome is
+    /// not known, began, if one did: a NATS destination looks for the
+    /// event in the stream before publishing it again once the stream's
+    /// duplicate window may have passed since. A failure after the event
+    /// was handed to the destination is a [`MaybeKept`].
+    pub(crate) async fn publish(
+        &self, event: &NewEvent, unconfirmed: Option<Timestamp>,
+    ) -> Result<Option<String>, BoxError> {
+        let sent = AtomicBool::new(false);
+        let result =
+            match tokio::time::timeout(self.timeout, self.publish_now(event, unconfirmed, &sent))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "{} did not acknowledge within {} ms",
+                    self.name,
+                    self.timeout.as_millis()
+                )
+                .into()),
+            };
+        result.map_err(|error| {
+            if sent.load(Ordering::SeqCst) {
+                MaybeKept(error.to_string()).into()
+            } else {
+                error
+            }
+        })
+    }
+
+    /// Whether this destination is NATS JetStream, whose duplicate window
+    /// a publish repeated after an unknown outcome must stay within.
+    pub(crate) fn is_nats(&self) -> bool {
+        matches!(self.kind, Kind::Nats { .. })
+    }
+
+    /// At start: connects to a NATS destination and checks its stream, so
+    /// that a stream that cannot keep the events as configured stops the
+    /// gateway at once. `Err` only for such a stream; a destination that
+    /// cannot be reached now is told on stderr, and tried again with each
+    /// event.
+    pub(crate) async fn check_at_start(&self) -> Result<(), String> {
+        let Kind::Nats {
+            servers,
+            stream,
+            stream_subjects,
+            duplicate_window,
+            context,
+            ..
+        } = &self.kind
+        else {
+            return Ok(());
+        };
+        let connected = tokio::time::timeout(
+            self.timeout,
+            self.connect_nats(servers, stream, stream_subjects, *duplicate_window),
+        )
+        .await;
+        match connected {
+            Ok(Ok(connection)) => {
+                *context.lock().await = Some(connection);
+                Ok(())
+            }
+            Ok(Err(error)) if error.is::<StreamMismatch>() => Err(error.to_string()),
+            Ok(Err(error)) => {
+                eprintln!("gateway: {error}; events are kept and published once it answers");
+                Ok(())
+            }
+            Err(_) => {
+                eprintln!(
+                    "gateway: {} did not answer within {} ms; events are kept and published once \
+                     it answers",
+                    self.name,
+                    self.timeout.as_millis()
+                );
+                Ok(())
+            }
         }
     }
 
-    async fn publish_now(&self, event: &NewEvent) -> Result<Option<String>, BoxError> {
+    async fn publish_now(
+        &self, event: &NewEvent, unconfirmed: Option<Timestamp>, sent: &AtomicBool,
+    ) -> Result<Option<String>, BoxError> {
         match &self.kind {
             Kind::Http {
                 url,
@@ -439,22 +557,50 @@ impl Destination {
                     if client.connection_state() != async_nats::connection::State::Connected {
                         return Err(format!("{}: not connected", self.name));
                     }
+                    // An earlier publish may be in the stream already, and
+                    // older than the duplicate window by the time this one
+                    // would arrive: look for it first.
+                    if let Some(since) = unconfirmed {
+                        let margin = i64::try_from((self.timeout + LOOKUP_MARGIN).as_millis())
+                            .unwrap_or(i64::MAX);
+                        let window =
+                            i64::try_from(duplicate_window.as_millis()).unwrap_or(i64::MAX);
+                        let now = Timestamp::now().as_millis();
+                        if now.saturating_add(margin) >= since.as_millis().saturating_add(window) {
+                            if let Some(sequence) = self
+                                .find_kept(
+                                    &jetstream,
+                                    stream,
+                                    &subject(template, event),
+                                    event,
+                                    since,
+                                )
+                                .await?
+                            {
+                                return Ok(Err(sequence));
+                            }
+                        }
+                    }
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(
                         async_nats::header::NATS_MESSAGE_ID,
                         message_id(event).as_str(),
                     );
                     headers.insert("Clink-Event-Type", token_text(&event.event_type).as_str());
+                    sent.store(true, Ordering::SeqCst);
                     jetstream
                         .publish_with_headers(subject(template, event), headers, event.body.clone())
                         .await
                         .map_err(|e| format!("{}: cannot publish: {e}", self.name))?
                         .await
+                        .map(Ok)
                         .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
                 }
                 .await;
                 let ack = match published {
-                    Ok(ack) => ack,
+                    Ok(Ok(ack)) => ack,
+                    // Found in the stream: kept by an earlier publish.
+                    Ok(Err(sequence)) => return Ok(Some(format!("{stream}:{sequence}"))),
                     Err(error) => {
                         let mut held = context.lock().await;
                         if held.as_ref().is_some_and(|(held, _)| {
@@ -541,7 +687,7 @@ impl Destination {
             .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
         let mut context = async_nats::jetstream::new(client.clone());
         context.set_timeout(self.timeout);
-        context
+        let found = context
             .get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![subjects.to_owned()],
@@ -555,7 +701,93 @@ impl Destination {
                     self.name
                 )
             })?;
+        // A stream made before (by hand, or for another configuration) is
+        // used only if it holds every subject and deduplicates as long.
+        let config = &found.cached_info().config;
+        if !config
+            .subjects
+            .iter()
+            .any(|held| subject_covers(held, subjects))
+        {
+            let error = StreamMismatch(format!(
+                "{}: the stream {stream} holds the subjects {}, which do not cover {subjects} that \
+                 nats_subject publishes to: add {subjects} to the stream's subjects, or change \
+                 nats_subject or nats_stream",
+                self.name,
+                escaped(&config.subjects.join(", "))
+            ));
+            tracing::error!(%error, "gateway: the stream cannot take the events");
+            return Err(error.into());
+        }
+        if config.duplicate_window < duplicate_window {
+            let error = StreamMismatch(format!(
+                "{}: the stream {stream} drops a repeated publish for {} s (its duplicate window), \
+                 less than nats_duplicate_window_s ({} s): a publish repeated after a lost \
+                 acknowledgement could be kept twice; raise the stream's duplicate window to at \
+                 least {} s, or lower nats_duplicate_window_s",
+                self.name,
+                config.duplicate_window.as_secs(),
+                duplicate_window.as_secs(),
+                duplicate_window.as_secs()
+            ));
+            tracing::error!(%error, "gateway: the stream cannot take the events");
+            return Err(error.into());
+        }
         Ok((client, context))
+    }
+
+    /// Looks in the stream, among the messages on `subject` kept since a
+    /// minute before `since` (the clocks of the gateway and the server may
+    /// differ), for `event` by its `Nats-Msg-Id`: its sequence, if there.
+    async fn find_kept(
+        &self, jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str,
+        event: &NewEvent, since: Timestamp,
+    ) -> Result<Option<u64>, String> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let failed = |e: &dyn std::fmt::Display| {
+            format!(
+                "{}: cannot look for an earlier publish in the stream {stream}: {e}",
+                self.name
+            )
+        };
+        let id = message_id(event);
+        let mut found = jetstream.get_stream(stream).await.map_err(|e| failed(&e))?;
+        let state = found.info().await.map_err(|e| failed(&e))?.state.clone();
+        let start_ms = since.as_millis().saturating_sub(60_000);
+        let start =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        // The first sequence kept at or after `start`: the messages' times
+        // rise with their sequences.
+        let (mut low, mut high) = (state.first_sequence, state.last_sequence.saturating_add(1));
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match found.get_first_raw_message_by_subject(">", middle).await {
+                Ok(message) if message.time < start => low = message.sequence + 1,
+                Ok(_) => high = middle,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => high = middle,
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+        let mut next = low;
+        while next <= state.last_sequence {
+            match found.get_first_raw_message_by_subject(subject, next).await {
+                Ok(message) if message.sequence <= state.last_sequence => {
+                    let kept_id = message
+                        .headers
+                        .get(async_nats::header::NATS_MESSAGE_ID)
+                        .map(async_nats::HeaderValue::as_str);
+                    if kept_id == Some(id.as_str()) {
+                        return Ok(Some(message.sequence));
+                    }
+                    next = message.sequence + 1;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -624,6 +856,24 @@ mod tests {
         assert_eq!(subject(template, &event(None, "a b*>")), "clink.a_b__");
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
         assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
+    }
+
+    #[test]
+    fn a_stream_covers_the_subjects_it_holds() {
+        for (held, wanted, covered) in [
+            ("clink.>", "clink.>", true),
+            (">", "clink.>", true),
+            ("clink.>", "clink", false),
+            ("clink", "clink", true),
+            ("clink.*", "clink.>", false),
+            ("clink.*.>", "clink.>", false),
+            ("*.>", "clink.>", true),
+            ("clink.a", "clink.>", false),
+            ("other.>", "clink.>", false),
+            ("clink.>", "clink.x.y", true),
+        ] {
+            assert_eq!(subject_covers(held, wanted), covered, "{held} {wanted}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use self::config::{read_accounts, verifier, Config, InboxSpec, KeySpec, Keys};
-use self::destination::{Destination, EventRefused, Health, Signers};
+use self::destination::{Destination, EventRefused, Health, MaybeKept, Signers};
 use crate::output::Output;
 use crate::CliError;
 
@@ -55,8 +55,12 @@ Destinations (CLINK_DESTINATION):
                            as Authorization: Basic); any 2xx completes the event
   nats://[user:password@]host:port[,host:port...]
                            JetStream: publish to nats_subject in nats_stream
-                           (created if missing) with Nats-Msg-Id
-                           ACCOUNT:EVENT_ID; completed on the server's ack
+                           (created if missing; one made before must hold the
+                           subjects and drop repeats for nats_duplicate_window_s)
+                           with Nats-Msg-Id ACCOUNT:EVENT_ID; completed on the
+                           server's ack. A publish whose ack was lost is looked
+                           for in the stream before it is repeated past the
+                           duplicate window
   redis://..., rediss://...  XADD to redis_stream with the fields event_id, type,
                            account, object, created and body, once per event
   redis+cluster://host:port,host:port,...  the same in a Redis Cluster
@@ -175,7 +179,13 @@ impl Relay {
             metrics::counter!("clink_gateway_published_total", "destination" => label).increment(1);
             return Ok(());
         }
-        match self.destination.publish(&entry.event).await {
+        let started = Timestamp::now();
+        let unconfirmed = self
+            .destination
+            .is_nats()
+            .then(|| unconfirmed_since(&entry.history, entry.event.received_at, attempt.attempt()))
+            .flatten();
+        match self.destination.publish(&entry.event, unconfirmed).await {
             Ok(receipt) => {
                 self.health.ok();
                 if let Some(receipt) = receipt {
@@ -204,10 +214,79 @@ impl Relay {
                     self.health.failed(&error.to_string());
                 }
                 self.count_failure(attempt.attempt());
-                Err(error)
+                if !self.destination.is_nats() {
+                    return Err(error);
+                }
+                // The inbox keeps the error with the attempt: the next one
+                // reads from it whether a publish may be in the stream.
+                let since = if error.is::<MaybeKept>() {
+                    Some(unconfirmed.map_or(started, |since| since.min(started)))
+                } else {
+                    unconfirmed
+                };
+                Err(match since {
+                    Some(since) => format!("{UNCONFIRMED}{since}) {error}"),
+                    None => format!("{NONE_KEPT} {error}"),
+                }
+                .into())
             }
         }
     }
+}
+
+/// Starts the error of a failed NATS publish when a publish of the event
+/// (this one or an earlier one) may be in the stream unconfirmed: then the
+/// time the earliest such publish began, and `)`.
+const UNCONFIRMED: &str = "(unconfirmed publish since ";
+
+/// Starts the error of a failed NATS publish when no publish of the event
+/// can be in the stream.
+const NONE_KEPT: &str = "(nothing published)";
+
+/// When the earliest publish of an event whose outcome is not known began,
+/// if one may be in the stream: read from its attempts (`history`) since
+/// it was last completed, before this one, `attempt`. The newest failed publish's error says it for itself
+/// and every attempt before (see [`UNCONFIRMED`]); an attempt after it
+/// that ended otherwise (stopped at the end of its time, lost with its
+/// lease, given back at shutdown) may have published at its start. When
+/// the kept attempts do not reach back to the first, since the event
+/// arrived (`received_at`).
+fn unconfirmed_since(
+    history: &[clink_webhooks::store::InboxAttemptRecord], received_at: Timestamp, attempt: u32,
+) -> Option<Timestamp> {
+    use clink_webhooks::store::InboxAttemptOutcome;
+    let done = history
+        .iter()
+        .rposition(|record| record.outcome == InboxAttemptOutcome::Completed)
+        .map(|at| at + 1);
+    let records = &history[done.unwrap_or(0)..];
+    let said = |record: &clink_webhooks::store::InboxAttemptRecord| {
+        record
+            .outcome
+            .error()
+            .filter(|error| error.contains(UNCONFIRMED) || error.contains(NONE_KEPT))
+            .map(|error| {
+                error
+                    .split_once(UNCONFIRMED)
+                    .and_then(|(_, rest)| rest.split_once(')'))
+                    .and_then(|(since, _)| since.parse::<Timestamp>().ok())
+            })
+    };
+    let (mut earliest, after) = match records.iter().rposition(|record| said(record).is_some()) {
+        Some(at) => (said(&records[at]).flatten(), &records[at + 1..]),
+        None => {
+            let whole = done.is_some()
+                || records
+                    .first()
+                    .map_or(attempt <= 1, |first| first.attempt <= 1);
+            let since_arrival = (!whole).then_some(received_at);
+            (since_arrival, records)
+        }
+    };
+    for record in after {
+        earliest = Some(earliest.map_or(record.started_at, |e| e.min(record.started_at)));
+    }
+    earliest
 }
 
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -540,6 +619,11 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         None => Signers::Verifying(Arc::clone(&account_keys)),
     };
     let destination = Destination::new(&config, signers).map_err(CliError::usage)?;
+    // A stream that cannot take the events as configured stops the start.
+    destination
+        .check_at_start()
+        .await
+        .map_err(|e| CliError::usage(format!("configuration: {e}")))?;
     let destination_name: Arc<str> = Arc::from(destination.name.as_str());
     let destination_kind = destination.kind();
     let health = Arc::new(Health::default());
@@ -713,6 +797,85 @@ mod tests {
                 .unwrap(),
             health: Arc::new(Health::default()),
             max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_publish_is_read_from_the_attempts() {
+        use clink_webhooks::store::{InboxAttemptOutcome, InboxAttemptRecord};
+        let at = Timestamp::from_millis;
+        let failed = |attempt, started, error: &str| {
+            InboxAttemptRecord::new(
+                attempt,
+                at(started),
+                Duration::from_millis(10),
+                InboxAttemptOutcome::Failed {
+                    error: format!("attempt {attempt} of 9 failed; the next runs at ...: {error}"),
+                },
+            )
+        };
+        let other = |attempt, started, outcome| {
+            InboxAttemptRecord::new(attempt, at(started), Duration::from_millis(10), outcome)
+        };
+        let arrived = at(1_000);
+        let marked = format!("{UNCONFIRMED}{}) nats://h: no acknowledgement", at(2_000));
+        let none = format!("{NONE_KEPT} nats://h: cannot connect");
+        for (history, attempt, expected) in [
+            // The first attempt: nothing before it.
+            (vec![], 1, None),
+            // Attempts whose publish was never sent.
+            (
+                vec![failed(1, 1_500, &none), failed(2, 1_600, &none)],
+                3,
+                None,
+            ),
+            // One that was: its time carries on through later errors.
+            (vec![failed(1, 2_000, &marked)], 2, Some(2_000)),
+            (
+                vec![failed(1, 2_000, &marked), failed(2, 3_000, &marked)],
+                3,
+                Some(2_000),
+            ),
+            // An attempt that ended otherwise after it may have published.
+            (
+                vec![
+                    failed(1, 1_500, &none),
+                    other(2, 4_000, InboxAttemptOutcome::LeaseExpired),
+                ],
+                3,
+                Some(4_000),
+            ),
+            (
+                vec![
+                    failed(1, 1_500, &none),
+                    failed(2, 5_000, "handler timed out"),
+                ],
+                3,
+                Some(5_000),
+            ),
+            // Completed, then replayed: only what came after counts.
+            (
+                vec![
+                    failed(1, 2_000, &marked),
+                    other(2, 2_500, InboxAttemptOutcome::Completed),
+                    failed(1, 6_000, &none),
+                ],
+                2,
+                None,
+            ),
+            // Earlier attempts no longer kept and none that says: since it arrived.
+            (
+                vec![other(7, 8_000, InboxAttemptOutcome::Released)],
+                8,
+                Some(1_000),
+            ),
+            (vec![], 5, Some(1_000)),
+        ] {
+            assert_eq!(
+                unconfirmed_since(&history, arrived, attempt).map(Timestamp::as_millis),
+                expected,
+                "{history:?}"
+            );
         }
     }
 
