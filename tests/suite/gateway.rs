@@ -2077,10 +2077,10 @@ async fn a_publish_kept_unacknowledged_is_not_kept_again_after_the_window() {
 
 /// `serve` with `env`: what it printed if it exited before it listened,
 /// or `None` once it listens (then it is stopped).
-fn serve_exit(env: Vec<(String, String)>) -> Option<crate::support::process::Finished> {
+fn serve_exit(env: &[(String, String)]) -> Option<crate::support::process::Finished> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
     command.arg("serve");
-    for (name, value) in &env {
+    for (name, value) in env {
         command.env(name, value);
     }
     let process = Process::start(&mut command);
@@ -2140,7 +2140,7 @@ async fn a_stream_that_cannot_keep_the_events_stops_the_start() {
             "CLINK_NATS_SUBJECT".into(),
             format!("t{tag}.{{account}}.{{type}}"),
         ));
-        let exited = tokio::task::spawn_blocking(move || serve_exit(env))
+        let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await
             .unwrap();
         match exited {

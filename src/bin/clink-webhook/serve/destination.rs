@@ -293,7 +293,7 @@ fn fill(template: &str, event: &NewEvent) -> String {
 
 /// The subject of `event`: the template filled, `:` as `_`, without empty
 /// tokens (the account is empty with one key). The stream holds every such
-/// subject: see [`stream_subject`].
+/// subject: see [`stream_subject`](super::config::stream_subject).
 pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
     let mut event_type = token_text(&event.event_type);
     if event_type.is_empty() {
