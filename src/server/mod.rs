@@ -9,6 +9,9 @@
 //! - closes a connection that has not sent complete request headers within
 //!   the [header read timeout](Server::header_read_timeout) (default 10 s),
 //!   which also bounds how long an idle keep-alive connection stays open;
+//! - closes a connection whose answer the client does not read within the
+//!   [write timeout](Server::write_timeout) (default 10 s): pipelining
+//!   requests and never reading would otherwise hold a connection for ever;
 //! - answers `431` to request headers over
 //!   [`max_header_bytes`](Server::max_header_bytes) (default 16 KiB; a
 //!   webhook's are a few hundred bytes), and closes the connection: hyper's
@@ -63,6 +66,7 @@
 //! ```
 
 mod framing;
+mod stall;
 
 /// The framing scanner, for the fuzz targets only: it exists in builds
 /// made with `--cfg fuzzing` (as `cargo fuzz` makes them), never otherwise.
@@ -110,6 +114,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// The default time deliveries in progress get to finish on shutdown: 10 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default time a connection's answer may wait for the client to read
+/// it: 10 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The default limit of a request's head (its request line and headers):
 /// 16 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -126,6 +134,7 @@ pub struct Server {
     max_connections: usize,
     shutdown_timeout: Duration,
     max_header_bytes: usize,
+    write_timeout: Duration,
 }
 
 impl fmt::Debug for Server {
@@ -135,6 +144,7 @@ impl fmt::Debug for Server {
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_header_bytes", &self.max_header_bytes)
+            .field("write_timeout", &self.write_timeout)
             .finish()
     }
 }
@@ -147,7 +157,8 @@ impl Default for Server {
 
 impl Server {
     /// A server with the defaults: 10 s header read timeout, 512
-    /// connections, 10 s shutdown timeout, 16 KiB of request head.
+    /// connections, 10 s shutdown timeout, 16 KiB of request head, 10 s
+    /// write timeout.
     #[must_use]
     pub fn new() -> Self {
         Self {
@@ -155,6 +166,7 @@ impl Server {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 
@@ -193,6 +205,27 @@ impl Server {
             ));
         }
         self.header_read_timeout = timeout;
+        Ok(self)
+    }
+
+    /// How long an answer may wait for the client to read it: a connection
+    /// whose writes make no progress for this long is closed. A client
+    /// that pipelines requests and never reads the answers would otherwise
+    /// hold its connection, and one of the
+    /// [`max_connections`](Self::max_connections), for as long as it likes
+    /// (while hyper waits to write, it reads no further request, so the
+    /// header read timeout does not run).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] unless `timeout` is between 1 ms and 1 hour.
+    pub fn write_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "Server::write_timeout must be between 1 ms and 1 hour (the default is 10 s)",
+            ));
+        }
+        self.write_timeout = timeout;
         Ok(self)
     }
 
@@ -294,7 +327,10 @@ impl Server {
                 // parsed (a head that does not fit is answered 431), and
                 // body bytes on their way to the service.
                 .max_buf_size(self.max_header_bytes)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(stall::WriteDeadline::new(stream, self.write_timeout)),
+                    service,
+                );
             let connection = graceful.watch(connection);
             connections.spawn(async move {
                 if let Err(error) = connection.await {

@@ -912,3 +912,57 @@ async fn a_redis_outage_under_load_writes_a_handful_of_lines() {
         finished.stderr
     );
 }
+
+/// A client that pipelines requests and never reads the answers fills the
+/// socket's buffers: hyper waits to write and reads nothing more, so no
+/// header timeout runs. The write timeout closes it; before, it held its
+/// connection (here the only one) for as long as it stayed, and a real
+/// delivery waited behind it.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    use clink_webhooks::server::Server;
+    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
+
+    // Small buffers on both ends (an accepted socket takes its listener's),
+    // so that a few hundred answers fill them.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap()).route(EventRouter::new());
+    let server = Server::new()
+        .max_connections(1)
+        .and_then(|s| s.write_timeout(Duration::from_millis(500)))
+        .unwrap();
+    tokio::spawn(server.serve(listener, service, std::future::pending()));
+
+    let greedy = tokio::net::TcpSocket::new_v4().unwrap();
+    greedy.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = greedy.connect(addr).await.unwrap();
+    let request =
+        format!("POST /webhooks/clink HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+    let pipelined = request.repeat(20_000).into_bytes();
+    // Written from a task of its own (the writes stall once the server
+    // stops reading), and never read.
+    let writer = tokio::spawn(async move {
+        let _ = greedy.write_all(&pipelined).await;
+        greedy
+    });
+
+    // A real delivery, on a second connection: served once the first is
+    // closed. A bound far past the write timeout, to fail rather than hang
+    // on a server without one.
+    let body = r#"{"id":"evt_behind","type":"invoice.paid","data":{}}"#.to_owned();
+    let request = SignedRequest::new(KEY, body)
+        .uri(format!("http://{addr}/webhooks/clink"))
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let answer = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("a client that never reads held the only connection")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    writer.abort();
+}
