@@ -10,8 +10,17 @@
 //! event type has a typed handler, so an acknowledged delivery is one whose
 //! data decoded; an event older than one already handled about the same
 //! object gets a note on stderr.
-//! Without `CLINK_WEBHOOK_SIGNING_KEY` it uses a fixed development key and
-//! says so on stderr. It stops gracefully on Ctrl-C or SIGTERM.
+//! Without `CLINK_WEBHOOK_SIGNING_KEY` it does not start: it says on stderr
+//! how to set it and exits with status 1, so that a receiver deployed with
+//! the variable misspelt never accepts deliveries signed with a key anyone
+//! can read. To try it locally, any key works as long as the sender signs
+//! with the same one:
+//!
+//! ```text
+//! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
+//! ```
+//!
+//! It stops gracefully on Ctrl-C or SIGTERM.
 //!
 //! With `CLINK_INBOX=sqlite:<path>` (built with `--features sqlite`) or
 //! `CLINK_INBOX=postgres` (with `--features postgres` and `DATABASE_URL`) it
@@ -43,7 +52,8 @@
 //! that type fail, to watch one go dead and be replayed from the console:
 //!
 //! ```text
-//! CLINK_INBOX=sqlite:inbox.db CLINK_CONSOLE_TOKEN=change-me-0123456789 \
+//! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
+//!     CLINK_INBOX=sqlite:inbox.db CLINK_CONSOLE_TOKEN=change-me-0123456789 \
 //!     CLINK_INBOX_MAX_ATTEMPTS=1 CLINK_EXAMPLE_FAIL_ONCE=refund.failed \
 //!     cargo run --example axum_receiver --features console,sqlite
 //! ```
@@ -59,7 +69,7 @@
 //! `CLINK_SECRET_KEY` it does neither.
 //!
 //! ```text
-//! CLINK_SECRET_KEY=sk_test_... cargo run --example axum_receiver --features api
+//! CLINK_WEBHOOK_SIGNING_KEY=whsec_your_secret CLINK_SECRET_KEY=sk_test_... cargo run --example axum_receiver --features api
 //! ```
 //!
 //! `GET /health` answers `200 ok` while its store answers and `503` with
@@ -77,7 +87,7 @@
 //! instance agrees on which events are stale.
 //!
 //! ```text
-//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
+//! CLINK_WEBHOOK_SIGNING_KEY=whsec_your_secret REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,9 +109,6 @@ use clink_webhooks::store::{FreshnessStore, IdempotencyStore, Inbox, MemoryStore
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use clink_webhooks::{BoxError, BoxFuture};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-
-/// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in production.
-const DEV_KEY: &str = "whsec_clink_webhooks_development_only";
 
 /// What the handlers share: in a real app, the database pool and the
 /// clients they call. Cloned for every handler call, so keep it cheap to
@@ -420,6 +427,26 @@ fn heal_undecodable(
     })
 }
 
+/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, or
+/// what to tell the user. Without it the receiver does not start: one that
+/// fell back to a key anyone can read would accept deliveries anyone can
+/// sign.
+fn signing_key() -> Result<String, String> {
+    let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
+        Ok(key) if !key.trim().is_empty() => return Ok(key),
+        Ok(_) => "is empty",
+        Err(std::env::VarError::NotPresent) => "is not set",
+        Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+    };
+    Err(format!(
+        "CLINK_WEBHOOK_SIGNING_KEY {problem}: set it to your endpoint's signing secret \
+         from Clink. To try this example locally, any value works as long as the sender signs \
+         with the same one, such as the README's development key: \
+         CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
+         cargo run --example axum_receiver"
+    ))
+}
+
 /// The value of `var`, if set and not empty.
 fn env_value(var: &str) -> Option<String> {
     std::env::var(var)
@@ -487,14 +514,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let key = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.is_empty() => key,
-        _ => {
-            eprintln!(
-                "warning: CLINK_WEBHOOK_SIGNING_KEY is not set; using the development key {DEV_KEY:?}. \
-                 Set it to your endpoint's signing secret for real deliveries."
-            );
-            DEV_KEY.to_owned()
+    let key = match signing_key() {
+        Ok(key) => key,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
         }
     };
     let port: u16 = match std::env::var("PORT") {

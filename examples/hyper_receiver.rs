@@ -4,6 +4,11 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example hyper_receiver
 //! ```
 //!
+//! Without `CLINK_WEBHOOK_SIGNING_KEY` it does not start: it says on stderr
+//! how to set it and exits with status 1. To try it locally, any key works
+//! as long as the sender signs with the same one
+//! (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
+//!
 //! It listens on `127.0.0.1:$PORT` (default 3001): `POST /webhooks/clink`
 //! goes through the layer to an [`EventRouter`], `GET /health` answers `200`
 //! while the store answers (`503` with the reason otherwise), `GET /metrics`
@@ -43,6 +48,26 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
+/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, or
+/// what to tell the user. Without it the receiver does not start: one that
+/// fell back to a key anyone can read would accept deliveries anyone can
+/// sign.
+fn signing_key() -> Result<String, String> {
+    let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
+        Ok(key) if !key.trim().is_empty() => return Ok(key),
+        Ok(_) => "is empty",
+        Err(std::env::VarError::NotPresent) => "is not set",
+        Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+    };
+    Err(format!(
+        "CLINK_WEBHOOK_SIGNING_KEY {problem}: set it to your endpoint's signing secret \
+         from Clink. To try this example locally, any value works as long as the sender signs \
+         with the same one, such as the README's development key: \
+         CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
+         cargo run --example hyper_receiver"
+    ))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The crate logs through `tracing`: without a subscriber, a failed
@@ -55,8 +80,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let key = std::env::var("CLINK_WEBHOOK_SIGNING_KEY")
-        .unwrap_or_else(|_| "whsec_clink_webhooks_development_only".to_owned());
+    let key = match signing_key() {
+        Ok(key) => key,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()

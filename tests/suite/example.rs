@@ -3,7 +3,9 @@
 use clink_webhooks::testing::SignedRequest;
 
 use crate::support::loopback::client;
-use crate::support::process::{example_receiver, example_receiver_with_store, Process};
+use crate::support::process::{
+    example_path, example_receiver, example_receiver_with_store, Process, PATIENCE,
+};
 
 const KEY: &str = "whsec_example_test";
 
@@ -60,6 +62,64 @@ fn the_example_receiver_stops_gracefully_on_sigterm() {
     assert_eq!(finished.code, Some(0), "{finished:?}");
     // Nothing was handled, so nothing was printed.
     assert_eq!(finished.stdout, "");
+}
+
+/// Example `name` on a free port, with `key` as `CLINK_WEBHOOK_SIGNING_KEY`
+/// (`None`: not set) and none of this process's store variables.
+fn example(name: &str, key: Option<&str>) -> Process {
+    let mut command = std::process::Command::new(example_path(name));
+    command
+        .env("PORT", "0")
+        .env_remove("CLINK_WEBHOOK_SIGNING_KEY")
+        .env_remove("CLINK_INBOX")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL");
+    if let Some(key) = key {
+        command.env("CLINK_WEBHOOK_SIGNING_KEY", key);
+    }
+    Process::start(&mut command)
+}
+
+/// Without a signing key, neither example receiver starts: each exits 1
+/// before it listens, and says which variable to set and how to try it
+/// with a development key.
+#[test]
+fn the_example_receivers_refuse_to_start_without_a_signing_key() {
+    for name in ["axum_receiver", "hyper_receiver"] {
+        for (key, problem) in [(None, "is not set"), (Some(""), "is empty")] {
+            let process = example(name, key);
+            // The first line that says whether it started.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            let said = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let line = process
+                    .stderr
+                    .recv_timeout(left)
+                    .unwrap_or_else(|e| panic!("{name} said nothing within {PATIENCE:?}: {e}"));
+                if line.starts_with("error: ") || line.starts_with("listening on ") {
+                    break line;
+                }
+            };
+            assert!(
+                said.starts_with(&format!("error: CLINK_WEBHOOK_SIGNING_KEY {problem}: ")),
+                "{name} with the key {key:?}: {said}"
+            );
+            assert!(
+                said.contains(&format!(
+                    "CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
+                     cargo run --example {name}"
+                )),
+                "{said}"
+            );
+            let finished = process.finish();
+            assert_eq!(finished.code, Some(1), "{name}: {finished:?}");
+            assert_eq!(finished.stdout, "", "{name}: {finished:?}");
+            assert!(
+                !finished.stderr.contains("listening on"),
+                "{name}: {finished:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
