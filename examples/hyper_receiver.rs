@@ -18,7 +18,8 @@
 //! It is served with `clink_webhooks::server::Server`: connections that send
 //! no complete request headers within 10 s are closed, a failed `accept`
 //! (out of file descriptors, say) is logged and retried instead of stopping
-//! the server, and Ctrl-C waits at most 10 s for deliveries in progress.
+//! the server, and Ctrl-C or SIGTERM stops it gracefully: it waits at most
+//! 10 s for deliveries in progress, then prints `stopped` and exits 0.
 
 use std::convert::Infallible;
 
@@ -124,6 +125,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let webhook = layer.route(router);
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // Listen for signals before saying where we listen, so that a signal sent
+    // as soon as the address is known is not missed.
+    let shutdown = shutdown_signal();
     eprintln!(
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
@@ -136,9 +140,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             prometheus.clone(),
         )
     });
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
     Server::new().serve(listener, app, shutdown).await;
@@ -165,5 +166,33 @@ where
         }),
         (&Method::GET, "/metrics") => Ok(text(StatusCode::OK, prometheus.render())),
         _ => Ok(text(StatusCode::NOT_FOUND, "not found\n".to_owned())),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how docker, Kubernetes and systemd stop
+/// a process); the handlers are installed when it is called.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

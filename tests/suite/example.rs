@@ -122,6 +122,27 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
     }
 }
 
+/// The bare hyper receiver handles a delivery, and stops gracefully on
+/// SIGTERM (as docker, Kubernetes and systemd stop it), not only on Ctrl-C.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_hyper_receiver_handles_a_delivery_and_stops_gracefully_on_sigterm() {
+    let process = example("hyper_receiver", Some(KEY));
+    let line = Process::line_starting(&process.stderr, "listening on ");
+    let url = &line["listening on ".len()..];
+    let body = r#"{"id":"evt_hyper_1","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
+    assert_eq!(post(&delivery(url, body)).await, 200);
+    assert_eq!(
+        process.next_stdout(),
+        r#"handled order.succeeded evt_hyper_1 order=Some("ord_1")"#
+    );
+
+    let finished = process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert_eq!(finished.stdout, "", "{finished:?}");
+    assert!(finished.stderr.ends_with("stopped\n"), "{finished:?}");
+}
+
 #[tokio::test]
 async fn the_example_receiver_notes_a_stale_event_and_still_handles_it() {
     let receiver = start();
