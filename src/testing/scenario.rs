@@ -44,8 +44,10 @@ impl Step {
     }
 
     /// Also expects one of these [`Outcome`]s, read from the response
-    /// extensions: a first delivery is [`Handled`](Outcome::Handled), or
-    /// [`Unhandled`](Outcome::Unhandled) when the app has no handler for its type.
+    /// extensions: a first delivery is [`Handled`](Outcome::Handled),
+    /// [`Unhandled`](Outcome::Unhandled) when the app has no handler for its
+    /// type, or [`Queued`](Outcome::Queued) when the app keeps it in an
+    /// [inbox](crate::inbox) for workers to handle.
     #[must_use]
     pub fn outcome_any(mut self, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
         self.outcomes = outcomes.into_iter().collect();
@@ -78,9 +80,11 @@ impl Step {
 
     fn expected(&self) -> String {
         let outcomes: Vec<_> = self.outcomes.iter().map(Outcome::as_str).collect();
+        let status = self.status.as_u16();
         match outcomes.as_slice() {
-            [] => self.status.as_u16().to_string(),
-            codes => format!("{} {}", self.status.as_u16(), codes.join(" or ")),
+            [] => status.to_string(),
+            [only] => format!("{status} {only}"),
+            [first @ .., last] => format!("{status} {} or {last}", first.join(", ")),
         }
     }
 }
@@ -109,6 +113,17 @@ impl Step {
 /// store) without seeing each other's events. The built-in scenarios expect
 /// the layer's default 300 s tolerance and a handler that succeeds for
 /// `order.*` events.
+///
+/// A delivery the app must take passes when it is acknowledged `200` as
+/// [`Handled`](Outcome::Handled), [`Unhandled`](Outcome::Unhandled) (no
+/// handler for its type) or [`Queued`](Outcome::Queued) (an app behind
+/// [`ClinkLayer::intake`](crate::ClinkLayer::intake), whose workers run
+/// the handlers later); an event that arrives after a newer one about the
+/// same object may also be [`SkippedStale`](Outcome::SkippedStale) (a
+/// router with [`skip_stale`](crate::EventRouter::skip_stale)). A retry of
+/// an event taken must be a [`Duplicate`](Outcome::Duplicate), and a
+/// forgery refused: an app that takes a retry again, or refuses a valid
+/// delivery, fails.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     name: String,
@@ -162,7 +177,7 @@ impl Scenario {
     #[must_use]
     pub fn duplicates(secret: &str) -> Self {
         let events = Events::new(secret, "duplicates");
-        let succeeded = events.order(&EventType::OrderSucceeded, "paid", None);
+        let succeeded = events.order(&EventType::OrderSucceeded, "paid", "paid", None);
         Self::new("duplicates")
             .step(handled("the first delivery is handled", succeeded.clone()))
             .step(duplicate(
@@ -176,16 +191,20 @@ impl Scenario {
     }
 
     /// Clink does not deliver in order: `order.succeeded` arrives before the
-    /// `order.created` about the same order. Both are handled (the router
-    /// marks the older one [stale](crate::ordering) when it tracks
-    /// freshness); a retry of the first is still a duplicate.
+    /// `order.created` about the same order. Both are acknowledged: the
+    /// older one is handled (the router marks it [stale](crate::ordering)
+    /// when it tracks freshness), skipped as stale by a router that
+    /// [skips stale events](crate::EventRouter::skip_stale), or queued by an
+    /// inbox intake; a retry of the first is still a duplicate.
     #[must_use]
     pub fn reordering(secret: &str) -> Self {
         let events = Events::new(secret, "reordering");
-        let succeeded = events.order(&EventType::OrderSucceeded, "later", None);
+        // Two events about one order.
+        let succeeded = events.order(&EventType::OrderSucceeded, "later", "shared", None);
         let created = events.order(
             &EventType::OrderCreated,
             "earlier",
+            "shared",
             Some("2025-01-15T11:55:00.000Z"),
         );
         Self::new("reordering")
@@ -193,7 +212,7 @@ impl Scenario {
                 "order.succeeded, created at 12:00, arrives first and is handled",
                 succeeded.clone(),
             ))
-            .step(handled(
+            .step(taken_or_stale(
                 "order.created about the same order, created at 11:55, arrives after it and is still acknowledged",
                 created,
             ))
@@ -210,10 +229,10 @@ impl Scenario {
     #[must_use]
     pub fn clock_skew(secret: &str) -> Self {
         let events = Events::new(secret, "clock_skew");
-        let behind = events.order(&EventType::OrderSucceeded, "behind", None);
-        let ahead = events.order(&EventType::OrderSucceeded, "ahead", None);
-        let old = events.order(&EventType::OrderSucceeded, "old", None);
-        let future = events.order(&EventType::OrderSucceeded, "future", None);
+        let behind = events.order(&EventType::OrderSucceeded, "behind", "behind", None);
+        let ahead = events.order(&EventType::OrderSucceeded, "ahead", "ahead", None);
+        let old = events.order(&EventType::OrderSucceeded, "old", "old", None);
+        let future = events.order(&EventType::OrderSucceeded, "future", "future", None);
         Self::new("clock_skew")
             .step(handled(
                 "a timestamp 4 minutes behind, in milliseconds, is accepted",
@@ -245,7 +264,7 @@ impl Scenario {
     #[must_use]
     pub fn tampered_body(secret: &str) -> Self {
         let events = Events::new(secret, "tampered_body");
-        let succeeded = events.order(&EventType::OrderSucceeded, "paid", None);
+        let succeeded = events.order(&EventType::OrderSucceeded, "paid", "paid", None);
         Self::new("tampered_body")
             .step(refused(
                 "a body with one byte changed after signing is refused",
@@ -271,9 +290,14 @@ impl Scenario {
     #[must_use]
     pub fn key_rotation(current: &str, previous: &str) -> Self {
         let events = Events::new(current, "key_rotation");
-        let new_key = events.order(&EventType::OrderSucceeded, "new_key", None);
-        let old_key = events.order(&EventType::OrderSucceeded, "old_key", None);
-        let unknown = events.order(&EventType::OrderSucceeded, "unknown_key", None);
+        let new_key = events.order(&EventType::OrderSucceeded, "new_key", "new_key", None);
+        let old_key = events.order(&EventType::OrderSucceeded, "old_key", "old_key", None);
+        let unknown = events.order(
+            &EventType::OrderSucceeded,
+            "unknown_key",
+            "unknown_key",
+            None,
+        );
         Self::new("key_rotation")
             .step(handled(
                 "a delivery signed with the current key is handled",
@@ -468,9 +492,22 @@ impl fmt::Debug for ScenarioFailure {
 
 impl std::error::Error for ScenarioFailure {}
 
+/// The outcomes of a delivery the app took: it ran the handler, has none
+/// for the event's type, or kept the event in its inbox for a worker.
+fn taken() -> [Outcome; 3] {
+    [Outcome::Handled, Outcome::Unhandled, Outcome::Queued]
+}
+
+/// A delivery the app must take.
 fn handled(description: &str, request: SignedRequest) -> Step {
+    Step::new(description, request, StatusCode::OK).outcome_any(taken())
+}
+
+/// A delivery the app must take, or may skip as stale: one that arrives
+/// after a newer event about the same object was taken.
+fn taken_or_stale(description: &str, request: SignedRequest) -> Step {
     Step::new(description, request, StatusCode::OK)
-        .outcome_any([Outcome::Handled, Outcome::Unhandled])
+        .outcome_any(taken().into_iter().chain([Outcome::SkippedStale]))
 }
 
 fn duplicate(description: &str, request: SignedRequest) -> Step {
@@ -499,13 +536,17 @@ impl<'a> Events<'a> {
         Self { secret, tag }
     }
 
-    /// `event_type`'s fixture about this scenario's order, with the event id
-    /// `evt_<tag>_<name>` and, if given, the `created` time.
-    fn order(&self, event_type: &EventType, name: &str, created: Option<&str>) -> SignedRequest {
+    /// `event_type`'s fixture with the event id `evt_<tag>_<name>`, about
+    /// the order `ord_<tag>_<order>` and, if given, `created` then. Events
+    /// about one order are ordered by their `created` time, so only those
+    /// of a scenario about ordering share one.
+    fn order(
+        &self, event_type: &EventType, name: &str, order: &str, created: Option<&str>,
+    ) -> SignedRequest {
         let mut body: Value =
             serde_json::from_str(&fixture(event_type)).unwrap_or_else(|_| unreachable!());
         body["id"] = Value::from(format!("evt_{}_{name}", self.tag));
-        body["data"]["orderId"] = Value::from(format!("ord_{}", self.tag));
+        body["data"]["orderId"] = Value::from(format!("ord_{}_{order}", self.tag));
         if let Some(created) = created {
             body["created"] = Value::from(created);
         }

@@ -7,13 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use clink_webhooks::data::Order;
+use clink_webhooks::store::{Inbox, MemoryInbox};
 use clink_webhooks::testing::{fixture, Scenario, SignedRequest, Step, TimestampUnit};
 use clink_webhooks::MemoryStore;
 use clink_webhooks::{
     events, ClinkLayer, ClinkService, Event, EventRouter, EventType, Outcome, SigningKey,
     Timestamp, Verifier,
 };
-use http::StatusCode;
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
@@ -61,6 +62,152 @@ async fn every_single_key_scenario_passes_against_the_layer() {
     for scenario in Scenario::all(SECRET) {
         scenario.run(service.clone()).await.unwrap();
     }
+}
+
+/// The failed steps of `failure`, by number (from 1), with the outcome each got.
+fn failed_steps(failure: &clink_webhooks::testing::ScenarioFailure) -> Vec<(usize, String)> {
+    failure
+        .steps()
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| !step.passed())
+        .map(|(i, step)| {
+            (
+                i + 1,
+                step.outcome().map_or("none", Outcome::as_str).to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_router_that_skips_stale_events_passes_every_scenario() {
+    let seen = Seen::default();
+    let tomorrow = SystemTime::now() + Duration::from_secs(86_400);
+    let rotating = verifier().add_key(SigningKey::new(PREVIOUS).unwrap().expires_at(tomorrow));
+    let service = ClinkLayer::new(rotating).layer(router(&seen).skip_stale());
+    for scenario in Scenario::all(SECRET)
+        .into_iter()
+        .chain([Scenario::key_rotation(SECRET, PREVIOUS)])
+    {
+        scenario.run(service.clone()).await.unwrap();
+    }
+    // In `reordering`, the older event was acknowledged without its handler.
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.iter().any(|line| line.ends_with(" stale")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|line| line.starts_with("order.created ")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_behind_the_inbox_intake_passes_every_scenario() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let intake = ClinkLayer::new(verifier()).intake(Arc::clone(&inbox));
+    Scenario::duplicates(SECRET)
+        .run(intake.clone())
+        .await
+        .unwrap();
+    // Three deliveries of one event, kept once.
+    assert_eq!(inbox.stats().await.unwrap().pending, 1);
+    for scenario in Scenario::all(SECRET) {
+        scenario.run(intake.clone()).await.unwrap();
+    }
+}
+
+/// An app that takes every delivery as new (here, one whose store, or
+/// inbox, lives only as long as one request) fails `duplicates`: its
+/// retries are handled, or queued, again.
+#[tokio::test]
+async fn an_app_that_takes_a_retry_again_fails_duplicates() {
+    let seen = Seen::default();
+    let forgetful = tower::service_fn({
+        let seen = Arc::clone(&seen);
+        move |request: Request<Full<Bytes>>| {
+            ClinkLayer::new(verifier())
+                .layer(router(&seen))
+                .oneshot(request)
+        }
+    });
+    let failure = Scenario::duplicates(SECRET)
+        .run(forgetful)
+        .await
+        .unwrap_err();
+    let handled = String::from("handled");
+    assert_eq!(failed_steps(&failure), [(2, handled.clone()), (3, handled)]);
+    assert_eq!(seen.lock().unwrap().len(), 3, "the handler ran every time");
+
+    let forgetful_inbox = tower::service_fn(|request: Request<Full<Bytes>>| {
+        ClinkLayer::new(verifier())
+            .intake(MemoryInbox::new())
+            .oneshot(request)
+    });
+    let failure = Scenario::duplicates(SECRET)
+        .run(forgetful_inbox)
+        .await
+        .unwrap_err();
+    let queued = String::from("queued");
+    assert_eq!(failed_steps(&failure), [(2, queued.clone()), (3, queued)]);
+}
+
+/// An app that refuses a valid delivery fails every step that expects it
+/// taken.
+#[tokio::test]
+async fn an_app_that_refuses_valid_deliveries_fails() {
+    let failing = EventRouter::new().on::<events::OrderSucceeded, _>(|_event| async {
+        Err::<(), _>(std::io::Error::other("the database is down"))
+    });
+    let service = ClinkLayer::new(verifier()).layer(failing);
+    let failure = Scenario::duplicates(SECRET)
+        .run(service.clone())
+        .await
+        .unwrap_err();
+    let failed = String::from("handler_failed");
+    assert_eq!(
+        failed_steps(&failure),
+        [
+            (1, failed.clone()),
+            (2, failed.clone()),
+            (3, failed.clone())
+        ]
+    );
+    let failure = Scenario::tampered_body(SECRET)
+        .run(service)
+        .await
+        .unwrap_err();
+    assert_eq!(failed_steps(&failure), [(2, failed)]);
+}
+
+/// A delivery skipped as stale passes only where a newer event about its
+/// object was taken before it: an app that skips a first delivery fails.
+#[tokio::test]
+async fn skipping_as_stale_passes_only_for_the_older_event() {
+    let skipping = tower::service_fn(|_request: Request<Full<Bytes>>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(
+            Outcome::SkippedStale.to_response(),
+        ))
+    });
+    let failure = Scenario::reordering(SECRET)
+        .run(skipping)
+        .await
+        .unwrap_err();
+    let skipped = String::from("skipped_stale");
+    assert_eq!(
+        failed_steps(&failure),
+        [(1, skipped.clone()), (3, skipped.clone())]
+    );
+    let failure = Scenario::duplicates(SECRET)
+        .run(skipping)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed_steps(&failure),
+        [(1, skipped.clone()), (2, skipped.clone()), (3, skipped)]
+    );
 }
 
 #[tokio::test]
@@ -135,7 +282,7 @@ async fn a_layer_with_a_wide_tolerance_fails_clock_skew_and_says_where() {
     );
     // The event accepted early is a duplicate when sent again on time.
     assert!(
-        text.contains("5. FAIL the event refused as too old, sent again on time, is handled: expected 200 handled or unhandled, got 200 duplicate"),
+        text.contains("5. FAIL the event refused as too old, sent again on time, is handled: expected 200 handled, unhandled or queued, got 200 duplicate"),
         "{text}"
     );
 }
