@@ -108,9 +108,10 @@ impl Step {
 /// # Ok(()) }
 /// ```
 ///
-/// Every event id and object id carries a tag unique to the scenario value,
-/// so scenarios can run one after another against one service (and one
-/// store) without seeing each other's events. The built-in scenarios expect
+/// Every event id and object id carries a tag unique to the scenario value
+/// (random in part, so that test processes sharing a store do not collide
+/// either), so scenarios can run one after another against one service (and
+/// one store) without seeing each other's events. The built-in scenarios expect
 /// the layer's default 300 s tolerance and a handler that succeeds for
 /// `order.*` events.
 ///
@@ -518,6 +519,20 @@ fn refused(description: &str, request: SignedRequest, kind: VerifyErrorKind) -> 
     Step::new(description, request, StatusCode::UNAUTHORIZED).outcome(Outcome::Verify(kind))
 }
 
+/// The tag of the `n`th scenario value this process made, named `scenario`
+/// and made at `now`: those three, which tell this process's scenarios
+/// apart, and 64 random bits, which tell them from another process's (two
+/// test processes sharing a Redis or PostgreSQL store can make the same
+/// scenario in the same millisecond).
+fn tag(scenario: &str, now: Timestamp, n: u64) -> String {
+    let random = crate::store::LeaseToken::generate();
+    format!(
+        "{scenario}_{:x}{n:x}_{}",
+        now.as_millis().unsigned_abs(),
+        &random.as_str()[..16]
+    )
+}
+
 /// Makes a scenario's events: fixture bodies whose event and order ids carry
 /// a tag unique to this scenario value.
 struct Events<'a> {
@@ -529,10 +544,7 @@ impl<'a> Events<'a> {
     fn new(secret: &'a str, scenario: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!(
-            "{scenario}_{:x}{n:x}",
-            Timestamp::now().as_millis().unsigned_abs()
-        );
+        let tag = tag(scenario, Timestamp::now(), n);
         Self { secret, tag }
     }
 
@@ -593,6 +605,19 @@ mod tests {
         assert!(failure
             .to_string()
             .contains("got service error: connection reset"));
+    }
+
+    /// Two processes sharing a store (Redis, PostgreSQL) can make the same
+    /// scenario in the same millisecond, each as its first: their events
+    /// must still differ, or one process's run sees the other's as
+    /// duplicates.
+    #[test]
+    fn tags_differ_across_processes_in_one_millisecond() {
+        let now = Timestamp::from_millis(1_736_942_400_000);
+        let tags: std::collections::HashSet<_> =
+            (0..64).map(|_| tag("duplicates", now, 0)).collect();
+        assert_eq!(tags.len(), 64, "{tags:?}");
+        assert!(tags.iter().all(|tag| tag.starts_with("duplicates_")));
     }
 
     #[tokio::test]
