@@ -143,13 +143,51 @@ fn target(url: &str) -> Result<Uri, CliError> {
     };
     let uri: Uri = url.parse().map_err(|_| not_http())?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some() => Ok(uri),
+        Some("http") if uri.host().is_some() => {
+            check_port(&uri)?;
+            Ok(uri)
+        }
         Some("https") => Err(CliError::new(
             ErrorCode::BadUrl,
             "--to: https is not supported, TLS is not built in; send to the plain \
              http:// address of a local receiver, or through a TLS-terminating proxy or tunnel",
         )),
         _ => Err(not_http()),
+    }
+}
+
+/// Checks the port of `uri`, if it names one: http's parser takes any text
+/// after the host's colon, and a port the connector cannot read (`:99999`,
+/// `:3000x`) would send to port 80 instead.
+fn check_port(uri: &Uri) -> Result<(), CliError> {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    // After any `user:password@`, and after an IPv6 address's brackets.
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let after_host = match host_and_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_and_port
+            .find(':')
+            .map_or("", |colon| &host_and_port[colon..]),
+    };
+    if after_host.is_empty() {
+        return Ok(());
+    }
+    let valid = after_host.strip_prefix(':').is_some_and(|port| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|port| port != 0)
+    });
+    if valid {
+        Ok(())
+    } else {
+        // The URL is not repeated: it may carry `user:password@`.
+        Err(CliError::new(
+            ErrorCode::BadUrl,
+            "--to: the port must be a number from 1 to 65535, such as \
+             http://127.0.0.1:3000/webhooks/clink",
+        ))
     }
 }
 
@@ -561,6 +599,16 @@ mod tests {
         assert!(target("http://127.0.0.1:3000/webhooks/clink").is_ok());
         let https = target("https://example.com/hook").unwrap_err().message;
         assert!(https.contains("TLS is not built in"), "{https}");
+        for good in [
+            "http://localhost/hook",
+            "http://127.0.0.1:1/hook",
+            "http://127.0.0.1:65535/hook",
+            "http://[::1]:3000/hook",
+            "http://[::1]/hook",
+            "http://user:pass@127.0.0.1:3000/hook",
+        ] {
+            assert!(target(good).is_ok(), "{good}");
+        }
         for bad in [
             "127.0.0.1:3000/hook",
             "ftp://x/y",
@@ -569,6 +617,23 @@ mod tests {
             "/hook",
         ] {
             assert!(target(bad).is_err(), "{bad}");
+        }
+        // http's parser takes any port text, and a port it cannot read
+        // would be sent to port 80.
+        for bad_port in [
+            "http://127.0.0.1:99999/hook",
+            "http://127.0.0.1:65536/hook",
+            "http://127.0.0.1:3000x/hook",
+            "http://127.0.0.1:0/hook",
+            "http://127.0.0.1:/hook",
+            "http://127.0.0.1:-1/hook",
+            "http://[::1]:70000/hook",
+            "http://[::1]x/hook",
+            "http://user:pass@127.0.0.1:3000x/hook",
+        ] {
+            let error = target(bad_port).expect_err(bad_port);
+            assert_eq!(error.code, ErrorCode::BadUrl, "{bad_port}");
+            assert!(!error.message.contains("pass"), "{}", error.message);
         }
     }
 
