@@ -584,6 +584,56 @@ fn a_receivers_values_are_printed_escaped() {
     assert!(!text.stderr.contains('\u{1b}'), "{text:?}");
 }
 
+/// Whether `text` holds a character that does not show as itself, other
+/// than the line breaks between lines.
+fn has_invisible(text: &str) -> bool {
+    text.chars()
+        .any(|c| c != '\n' && clink_webhooks::events::is_invisible(c))
+}
+
+#[test]
+fn a_body_files_type_is_printed_escaped_in_errors() {
+    // A type that colours the terminal, reverses the text after it and
+    // breaks the line in some viewers, in JSON escapes.
+    let file = BodyFile::new(
+        "hostile-type",
+        br#"{"id":"evt_1","type":"\u001b[31morder.created\u202e\u2028x","data":{}}"#,
+    );
+    let hostile = "\u{1b}[31morder.created\u{202e}\u{2028}x";
+    let shown = clink_webhooks::events::printable(hostile);
+    let args = [
+        "send",
+        "order.succeeded",
+        "--body-file",
+        file.path(),
+        "--to",
+        "http://127.0.0.1:9/webhooks/clink",
+    ];
+
+    let text = cli(&args);
+    assert_eq!(text.code, Some(2), "{text:?}");
+    assert!(!has_invisible(&text.stderr), "{text:?}");
+    assert!(
+        text.stderr.starts_with(&format!(
+            "error: the body's type is {shown}, not order.succeeded"
+        )),
+        "{text:?}"
+    );
+
+    let json = cli(&[&["--json"], &args[..]].concat());
+    assert_eq!(json.code, Some(2), "{json:?}");
+    assert!(!has_invisible(&json.stderr), "{json:?}");
+    let error = json.json_error();
+    assert_eq!(error["error"], "usage", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("the body's type is {shown}, not order.succeeded")),
+        "{error}"
+    );
+}
+
 /// The rate on `send`'s progress bar, which shows on a terminal only: run
 /// under `script` for one.
 #[cfg(target_os = "linux")]

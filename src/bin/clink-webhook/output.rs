@@ -67,16 +67,30 @@ impl Output {
         self.line(&json_text(value, false));
     }
 
-    /// Prints an error on stderr: `error: MESSAGE`, or with `--json` one
-    /// object, `{"error": CODE, "message": MESSAGE}`.
+    /// Prints an error on stderr: [`error_text`](Self::error_text).
     pub(crate) fn error(&self, code: &str, message: &str) {
-        let text = if self.json {
-            serde_json::json!({ "error": code, "message": message }).to_string()
-        } else {
-            format!("error: {message}")
-        };
+        let text = self.error_text(code, message);
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "{text}");
+    }
+
+    /// An error as printed: `error: MESSAGE`, or with `--json` one object,
+    /// `{"error": CODE, "message": MESSAGE}` (through [`json_text`]). Values
+    /// in a message are escaped where it is made; any character left that
+    /// does not show as itself, but a line break, is written as a `\uXXXX`
+    /// escape all the same.
+    pub(crate) fn error_text(&self, code: &str, message: &str) -> String {
+        if self.json {
+            json_text(
+                &serde_json::json!({ "error": code, "message": message }),
+                false,
+            )
+        } else {
+            format!(
+                "error: {}",
+                clink_webhooks::events::escape_invisible(message)
+            )
+        }
     }
 
     /// Prints a hint on stderr, in text output (JSON puts hints in a field).
@@ -134,6 +148,29 @@ mod tests {
             "{text:?}"
         );
         assert!(!Output::new(true).color, "JSON is never coloured");
+    }
+
+    #[test]
+    fn errors_never_print_what_does_not_show() {
+        let message = "the body's type is \u{1b}[31mred\u{202e}x\u{2028}y";
+        for json in [false, true] {
+            let out = Output { json, color: false };
+            let text = out.error_text("usage", message);
+            assert!(
+                !text.chars().any(clink_webhooks::events::is_invisible),
+                "{text:?}"
+            );
+            if json {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(value["message"], message);
+                assert_eq!(value["error"], "usage");
+            } else {
+                assert_eq!(
+                    text,
+                    r"error: the body's type is \u001b[31mred\u202ex\u2028y"
+                );
+            }
+        }
     }
 
     #[test]

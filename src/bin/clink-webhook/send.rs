@@ -211,9 +211,10 @@ impl Bodies {
         };
         if let (Some(event_type), Ok(event)) = (&args.event_type, RawEvent::from_slice(&base)) {
             if event.event_type() != event_type {
+                // The type is the body's: data, printed escaped.
                 return Err(CliError::usage(format!(
                     "the body's type is {}, not {event_type}; leave TYPE out to send the body as it is",
-                    event.event_type()
+                    escaped(event.event_type().as_str())
                 )));
             }
         }
