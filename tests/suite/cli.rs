@@ -634,3 +634,52 @@ fn send_and_listen_speak_json_lines() {
     seen.sort();
     assert_eq!(seen, ids);
 }
+
+/// A request for another path is printed as a 404 line, its path escaped:
+/// in JSON too, where a right-to-left override is a `\u202e` escape, not
+/// the raw character.
+#[test]
+fn listen_prints_a_404_path_escaped_in_json_and_text() {
+    use std::io::{Read, Write};
+
+    for json in [true, false] {
+        let listener = Listener::start(if json { &["--json"] } else { &[] });
+        let addr = listener
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(crate::support::process::PATIENCE))
+            .unwrap();
+        stream
+            .write_all(
+                b"GET /\xe2\x80\xae HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 404"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+
+        let line = listener.process.next_stdout();
+        assert!(
+            !line.chars().any(clink_webhooks::events::is_invisible),
+            "{line:?}"
+        );
+        if json {
+            assert!(line.contains(r#""path":"/\u202e""#), "{line}");
+            let value: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(value["status"], 404, "{line}");
+            assert_eq!(value["path"], "/\u{202e}", "{line}");
+        } else {
+            assert_eq!(line, r#"404 not_found  GET "/\u{202e}""#);
+        }
+    }
+}

@@ -120,19 +120,19 @@ async fn serve(
 ) -> Result<Response<ResponseBody>, Infallible> {
     if request.uri().path() != &*path {
         let message = format!("deliveries go to {path}");
-        out.line(&match out.json {
-            true => {
-                json!({"status": 404, "outcome": "not_found", "method": request.method().as_str(),
-                           "path": request.uri().path()})
-                .to_string()
-            }
-            false => format!(
+        // The path is the sender's: printed escaped, in JSON too.
+        if out.json {
+            out.json_line(&json!({"status": 404, "outcome": "not_found",
+                                  "method": request.method().as_str(),
+                                  "path": request.uri().path()}));
+        } else {
+            out.line(&format!(
                 "{} not_found  {} {}",
                 out.paint(Tone::Bad, "404"),
-                request.method(),
+                escaped(request.method().as_str()),
                 escaped(request.uri().path())
-            ),
-        });
+            ));
+        }
         let body = json!({"error": "not_found", "message": message}).to_string();
         let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
         *response.status_mut() = StatusCode::NOT_FOUND;
