@@ -14,8 +14,11 @@
 //! Keys change without a restart: when `CLINK_TENANT_KEYS_FILE` names a file
 //! of `account=secret` lines, its accounts are added to those of
 //! `CLINK_TENANT_KEYS`, and on SIGHUP the file is read again (an account
-//! removed from it is refused from then on). An account nobody configured
-//! gets `404`; the same event id under two accounts is two events.
+//! removed from it is refused from then on, a rotated secret accepted). A
+//! reload is all or nothing: the whole file is read and checked first, and
+//! a mistake anywhere in it (a line without `=`, an empty secret) changes no
+//! key and is reported as `keys not reloaded: <why>`. An account nobody
+//! configured gets `404`; the same event id under two accounts is two events.
 //!
 //! A platform with many accounts keeps their secrets in a database, not in
 //! the environment: `CLINK_TENANT_LOOKUP_MS=<ms>` plays that, looking each
@@ -24,15 +27,21 @@
 //! lookup fail, as a database that is down. The source's defaults bound
 //! what a sender naming made-up accounts costs the database (one lookup per
 //! account at a time, 16 at once, 100 a second); on stop it prints
-//! `key lookups: <n>` to stderr.
+//! `key lookups: <n>` to stderr. The cache keeps what it looked up for 5
+//! minutes, so a reload also replaces it with an empty one: a rotated or
+//! removed account is seen on its next delivery, not when its cached keys
+//! expire.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use clink_webhooks::accounts::{AccountFrom, CachedKeySource, KeyMap};
+use clink_webhooks::accounts::{
+    is_valid_account, AccountFrom, CachedKeySource, KeyMap, KeySource, KeySourceError,
+    MAX_ACCOUNT_LEN,
+};
 use clink_webhooks::data::Resource;
 use clink_webhooks::router::EveryHandler;
 use clink_webhooks::server::Server;
@@ -67,28 +76,44 @@ impl EveryHandler for Handled {
     }
 }
 
-/// `account=secret` pairs, separated by commas or newlines, grouped by account.
+/// `account=secret` pairs, separated by commas or newlines, grouped by
+/// account, every account id checked.
 fn parse_pairs(text: &str, from: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut accounts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pair in text
+    for (n, pair) in text
         .split([',', '\n'])
         .map(str::trim)
         .filter(|p| !p.is_empty())
+        .enumerate()
     {
-        // The secret is never echoed back, only where the mistake is.
+        // Neither the secret nor the line is echoed back, only where the
+        // mistake is: a line without `=` may be a secret.
         let Some((account, secret)) = pair.split_once('=') else {
-            return Err(format!("{from}: expected account=secret pairs"));
+            return Err(format!(
+                "{from}, pair {}: expected account=secret pairs",
+                n + 1
+            ));
         };
+        let account = account.trim();
+        if !is_valid_account(account) {
+            return Err(format!(
+                "{from}, pair {}: an account id is 1 to {MAX_ACCOUNT_LEN} ASCII letters, digits, \
+                 `_`, `-` and `.`",
+                n + 1
+            ));
+        }
         accounts
-            .entry(account.trim().to_owned())
+            .entry(account.to_owned())
             .or_default()
             .push(secret.trim().to_owned());
     }
     Ok(accounts)
 }
 
-/// Builds the map's contents from the environment and the keys file.
-fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+/// Every account's verifier, from the environment and the keys file, all
+/// read and checked before any is used: a mistake anywhere is an error
+/// that leaves the keys in use as they are.
+fn read_keys() -> Result<BTreeMap<String, Verifier>, Box<dyn std::error::Error>> {
     let mut accounts = parse_pairs(
         &std::env::var("CLINK_TENANT_KEYS").unwrap_or_default(),
         "CLINK_TENANT_KEYS",
@@ -100,19 +125,63 @@ fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::
             accounts.entry(account).or_default().extend(secrets);
         }
     }
-    for (account, secrets) in &accounts {
+    let mut verifiers = BTreeMap::new();
+    for (account, secrets) in accounts {
+        // The account id was checked, so it prints as itself; the errors
+        // of a secret never quote it.
+        let key = |secret: &str| SigningKey::new(secret).map_err(|e| format!("{account}: {e}"));
         let mut secrets = secrets.iter();
         let first = secrets.next().ok_or("an account without a secret")?;
-        let mut verifier = Verifier::new(first)?;
+        let mut verifier = Verifier::from_key(&key(first)?);
         for secret in secrets {
-            verifier = verifier.add_key(SigningKey::new(secret)?);
+            verifier = verifier.add_key(key(secret)?);
         }
-        keys.insert(account.clone(), verifier)?;
+        verifiers.insert(account, verifier);
     }
-    for gone in previous.iter().filter(|a| !accounts.contains_key(*a)) {
+    Ok(verifiers)
+}
+
+/// Reads the keys ([`read_keys`]) and, only if all of them are right, makes
+/// `keys` hold them and nothing else: `previous` is what it held. The
+/// accounts it holds now.
+fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let verifiers = read_keys()?;
+    let accounts: Vec<String> = verifiers.keys().cloned().collect();
+    for (account, verifier) in verifiers {
+        // Cannot fail: `parse_pairs` checked the id with `is_valid_account`,
+        // the one check `insert` makes.
+        keys.insert(account, verifier)?;
+    }
+    for gone in previous.iter().filter(|a| !accounts.contains(a)) {
         keys.remove(gone);
     }
-    Ok(accounts.into_keys().collect())
+    Ok(accounts)
+}
+
+/// The layer's key source, which a reload can replace whole: the lookup
+/// cache in front of the "database" starts empty again, so that no key
+/// read before the reload is used after it.
+#[derive(Clone)]
+struct Replaceable(Arc<RwLock<Arc<dyn KeySource>>>);
+
+impl Replaceable {
+    fn new(source: Arc<dyn KeySource>) -> Self {
+        Self(Arc::new(RwLock::new(source)))
+    }
+
+    /// Deliveries from now on ask `source`.
+    fn replace(&self, source: Arc<dyn KeySource>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = source;
+    }
+}
+
+impl KeySource for Replaceable {
+    fn verifier<'a>(
+        &'a self, account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        let source = Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner));
+        Box::pin(async move { source.verifier(account).await })
+    }
 }
 
 #[tokio::main]
@@ -146,18 +215,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ordering(Arc::clone(&store))
         .on_every_type(Handled);
     let lookups = Arc::new(AtomicU64::new(0));
-    let layer = match std::env::var("CLINK_TENANT_LOOKUP_MS") {
+    // With CLINK_TENANT_LOOKUP_MS, how to make the cached "database" source.
+    let lookup = match std::env::var("CLINK_TENANT_LOOKUP_MS") {
         Ok(ms) => {
             let delay =
                 Duration::from_millis(ms.parse().map_err(|_| {
                     format!("CLINK_TENANT_LOOKUP_MS must be milliseconds, got {ms:?}")
                 })?);
             let fails = std::env::var("CLINK_TENANT_LOOKUP_FAILS").is_ok_and(|v| v == "1");
-            let source = database(keys.clone(), delay, fails, Arc::clone(&lookups));
-            ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source)
+            let (keys, lookups) = (keys.clone(), Arc::clone(&lookups));
+            Some(move || -> Arc<dyn KeySource> {
+                Arc::new(database(keys.clone(), delay, fails, Arc::clone(&lookups)))
+            })
         }
-        Err(_) => ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone()),
+        Err(_) => None,
     };
+    let source = Replaceable::new(match &lookup {
+        Some(cached) => cached(),
+        None => Arc::new(keys.clone()),
+    });
+    let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source.clone());
     let service = layer.store(store).route(router);
     let app = Router::new().route_service("/webhooks/clink/{account}", service);
 
@@ -173,6 +250,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match load(&keys, &loaded) {
                     Ok(now) => {
                         loaded = now;
+                        // An empty cache, so that nothing cached before the
+                        // reload is used after it.
+                        if let Some(cached) = &lookup {
+                            source.replace(cached());
+                        }
                         eprintln!("reloaded keys: {}", loaded.join(", "));
                     }
                     Err(error) => eprintln!("keys not reloaded: {error}"),

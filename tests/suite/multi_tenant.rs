@@ -18,11 +18,21 @@ struct Tenants {
 }
 
 fn start(keys: &str, keys_file: &std::path::Path) -> Tenants {
+    start_with(keys, keys_file, &[])
+}
+
+/// [`start`], with `env` set too.
+fn start_with(keys: &str, keys_file: &std::path::Path, env: &[(&str, &str)]) -> Tenants {
     let mut command = Command::new(example_path("multi_tenant"));
     command
         .env("PORT", "0")
         .env("CLINK_TENANT_KEYS", keys)
-        .env("CLINK_TENANT_KEYS_FILE", keys_file);
+        .env("CLINK_TENANT_KEYS_FILE", keys_file)
+        .env_remove("CLINK_TENANT_LOOKUP_MS")
+        .env_remove("CLINK_TENANT_LOOKUP_FAILS");
+    for (var, value) in env {
+        command.env(var, value);
+    }
     let process = Process::start(&mut command);
     let line = Process::line_starting(&process.stderr, "listening on ");
     let url = &line["listening on ".len()..];
@@ -123,5 +133,160 @@ async fn accounts_are_verified_and_deduplicated_apart_and_keys_change_at_run_tim
         !finished.stdout.contains("whsec") && !finished.stderr.contains("whsec"),
         "a secret was printed: {finished:?}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A directory of its own for a test's keys file.
+fn keys_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("clink-tenants-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Sends SIGHUP to the example, and returns the line it answers with:
+/// `reloaded keys: ...` or `keys not reloaded: ...`.
+fn reload(tenants: &Tenants) -> String {
+    let status = Command::new("kill")
+        .args(["-HUP", &tenants.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + crate::support::process::PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = tenants
+            .process
+            .stderr
+            .recv_timeout(left)
+            .expect("the example says whether it reloaded");
+        if line.starts_with("reloaded keys: ") || line.starts_with("keys not reloaded: ") {
+            return line;
+        }
+    }
+}
+
+/// A keys file with a mistake in it changes nothing: not the accounts
+/// before the mistake, nor the removals after it.
+#[tokio::test]
+async fn a_reload_with_a_mistake_changes_no_key() {
+    let dir = keys_dir("mistake");
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, "acct_b=whsec_b_old\nacct_d=whsec_d\n").unwrap();
+    let tenants = start("acct_a=whsec_a", &keys_file);
+    let base = tenants.base.as_str();
+
+    // acct_b rotated, acct_d removed, and acct_c, after acct_b, without a secret.
+    std::fs::write(&keys_file, "acct_b=whsec_b_new\nacct_c=\n").unwrap();
+    let said = reload(&tenants);
+    assert!(said.starts_with("keys not reloaded: "), "{said}");
+
+    let order = |id: &str| fixture_with_id(&EventType::OrderSucceeded, id);
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_old", &order("evt_m1")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_b order.succeeded evt_m1"
+    );
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_new", &order("evt_m2")).await,
+        401
+    );
+    assert_eq!(
+        deliver(base, "acct_d", "whsec_d", &order("evt_m3")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_d order.succeeded evt_m3"
+    );
+    assert_eq!(
+        deliver(base, "acct_c", "whsec_c", &order("evt_m4")).await,
+        404
+    );
+    // It says which account the mistake is in.
+    assert!(said.contains("acct_c"), "{said}");
+
+    // The file fixed, all of it applies.
+    std::fs::write(&keys_file, "acct_b=whsec_b_new\nacct_c=whsec_c\n").unwrap();
+    let said = reload(&tenants);
+    assert_eq!(said, "reloaded keys: acct_a, acct_b, acct_c");
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_old", &order("evt_m5")).await,
+        401
+    );
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_new", &order("evt_m5")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_b order.succeeded evt_m5"
+    );
+    assert_eq!(
+        deliver(base, "acct_d", "whsec_d", &order("evt_m6")).await,
+        404
+    );
+
+    let finished = tenants.process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        !finished.stdout.contains("whsec") && !finished.stderr.contains("whsec"),
+        "a secret was printed: {finished:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With keys looked up through a cache (`CLINK_TENANT_LOOKUP_MS`), a
+/// reload takes effect at once: a rotated account's new secret is accepted
+/// and its old one refused, a removed account is unknown.
+#[tokio::test]
+async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
+    let dir = keys_dir("cache");
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, "acct_b=whsec_b_old\n").unwrap();
+    let tenants = start_with(
+        "acct_a=whsec_a",
+        &keys_file,
+        &[("CLINK_TENANT_LOOKUP_MS", "1")],
+    );
+    let base = tenants.base.as_str();
+    let order = |id: &str| fixture_with_id(&EventType::OrderSucceeded, id);
+
+    // Looked up, and cached.
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_old", &order("evt_c1")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_b order.succeeded evt_c1"
+    );
+
+    std::fs::write(&keys_file, "acct_b=whsec_b_new\n").unwrap();
+    assert_eq!(reload(&tenants), "reloaded keys: acct_a, acct_b");
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_old", &order("evt_c2")).await,
+        401
+    );
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_new", &order("evt_c2")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_b order.succeeded evt_c2"
+    );
+
+    std::fs::write(&keys_file, "").unwrap();
+    assert_eq!(reload(&tenants), "reloaded keys: acct_a");
+    assert_eq!(
+        deliver(base, "acct_b", "whsec_b_new", &order("evt_c3")).await,
+        404
+    );
+
+    let finished = tenants.process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
