@@ -80,6 +80,16 @@ struct State {
     last_error: String,
     /// Whether a timer is summarising.
     timer: bool,
+    /// Whether a line said the outage going on now was going on (its first
+    /// line, or a summary): then its end is logged too.
+    announced: bool,
+    /// When the end of an outage was last logged.
+    end_logged: Option<Instant>,
+    /// Brief outages since the last line, begun and ended within an
+    /// interval of the last logged end: a dependency that fails and
+    /// answers by turns gets a summary per interval, not two lines per
+    /// failure.
+    brief: u64,
 }
 
 impl OutageLog {
@@ -105,17 +115,28 @@ impl OutageLog {
         let mut state = self.state();
         state.failures += 1;
         let started = state.since.is_none();
+        // An outage that starts within an interval of the last one's logged
+        // end is counted, and announced by the next summary if it lasts.
+        let quiet = started
+            && state
+                .end_logged
+                .is_some_and(|ended| ended.elapsed() < self.interval);
         if started {
             state.since = Some(Instant::now());
+            state.announced = !quiet;
             self.down.store(true, Ordering::Relaxed);
-        } else {
+        }
+        if !started || quiet {
             state.recent += 1;
+        }
+        if quiet {
+            state.brief += 1;
         }
         state.last_error = error;
         if !state.timer {
             state.timer = every_interval(self, self.interval, Self::tick);
         }
-        if started {
+        if started && !quiet {
             tracing::error!(
                 error = ?state.last_error,
                 "clink {} unavailable; {}. Further failures are summed up every {} s until it answers again",
@@ -136,8 +157,15 @@ impl OutageLog {
             return;
         };
         self.down.store(false, Ordering::Relaxed);
+        if !std::mem::take(&mut state.announced) {
+            // A brief outage no line announced: the next summary counts it.
+            state.failures = 0;
+            return;
+        }
         let failures = std::mem::take(&mut state.failures);
         state.recent = 0;
+        state.brief = 0;
+        state.end_logged = Some(Instant::now());
         tracing::warn!(
             failures,
             down_for_s = since.elapsed().as_secs(),
@@ -151,6 +179,20 @@ impl OutageLog {
     fn tick(&self) -> bool {
         let mut state = self.state();
         let Some(since) = state.since else {
+            let (recent, brief) = (
+                std::mem::take(&mut state.recent),
+                std::mem::take(&mut state.brief),
+            );
+            if recent > 0 {
+                tracing::warn!(
+                    failures = recent,
+                    brief_outages = brief,
+                    last_error = ?state.last_error,
+                    "clink {} failed {recent} calls in {brief} brief outages since the last line; it answers now",
+                    self.what
+                );
+                state.end_logged = Some(Instant::now());
+            }
             state.timer = false;
             return false;
         };
@@ -160,6 +202,9 @@ impl OutageLog {
             return false;
         }
         let recent = std::mem::take(&mut state.recent);
+        // Announced now, if it began as a brief one: its end is logged.
+        state.announced = true;
+        state.brief = 0;
         tracing::warn!(
             failures = recent,
             total = state.failures,
@@ -319,6 +364,78 @@ pub(crate) mod tests {
         }
         assert!(lines[0].starts_with("ERROR ") && lines[4].starts_with("WARN "));
         assert!(!lines.iter().any(|line| line.contains('\u{202e}')));
+    }
+
+    /// A dependency that fails and answers by turns (a store under lock
+    /// contention) gets its first outage's start and end, then a summary
+    /// per interval: never two lines per failure.
+    #[test]
+    fn an_outage_that_comes_and_goes_is_summed_up_not_logged_each_time() {
+        let lines = logged(|| async {
+            let log = OutageLog::new("test store", "deliveries are answered 503", 10 * SECOND);
+            for _ in 0..1000 {
+                log.failed(&"busy");
+                log.succeeded();
+            }
+            assert!(!log.is_down());
+            // The summary comes at the end of the interval.
+            tokio::time::sleep(11 * SECOND).await;
+            tokio::task::yield_now().await;
+            // Past an interval after the last logged line, an outage is
+            // logged as one again.
+            tokio::time::sleep(11 * SECOND).await;
+            log.failed(&"busy");
+            log.succeeded();
+        });
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("ERROR clink test store unavailable"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("WARN clink test store available again"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("failed 999 calls in 999 brief outages since the last line"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("ERROR clink test store unavailable"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with("WARN clink test store available again"),
+            "{}",
+            lines[4]
+        );
+    }
+
+    /// A brief outage that lasts to the next summary is announced by it,
+    /// and its end is logged.
+    #[test]
+    fn a_brief_outage_that_lasts_is_announced_and_its_end_logged() {
+        let lines = logged(|| async {
+            let log = OutageLog::new("test store", "nothing", 10 * SECOND);
+            log.failed(&"down");
+            log.succeeded();
+            log.failed(&"down again");
+            assert!(log.is_down());
+            tokio::time::sleep(11 * SECOND).await;
+            tokio::task::yield_now().await;
+            log.succeeded();
+        });
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[2].contains("still unavailable: 1 more calls failed"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].contains("available again"), "{}", lines[3]);
     }
 
     #[test]
