@@ -14,7 +14,10 @@
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
-//!   before either runs; events about no object run in arrival order;
+//!   before either runs; events about no object run in arrival order; a
+//!   dead event no longer holds the later ones of its object back (run
+//!   again by a replay, it comes late, and its handler is told it is
+//!   stale where the router tracks freshness);
 //! - **with retries**: a handler error, panic or timeout schedules the next
 //!   attempt with exponential backoff and jitter; after the last attempt
 //!   (10 by default) the event is dead, kept with its last error until
@@ -395,9 +398,14 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             return;
         }
         let result = if outcome.is_acknowledged() {
+            let completed = self.inbox.complete(&claim).await;
+            // Counted once it is done: a completion that did not apply runs
+            // the event again, to be counted then.
             #[cfg(feature = "metrics")]
-            metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
-            self.inbox.complete(&claim).await
+            if matches!(completed, Ok(Settle::Applied)) {
+                metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
+            }
+            completed
         } else {
             let failure = failure.unwrap_or_else(|| outcome.as_str().to_owned());
             let attempts = claim.entry.attempts;

@@ -42,9 +42,10 @@ The gateway verifies each delivery (signature, timestamp, envelope) with the
 crate's layer, keeps it in a durable inbox and answers 200 once it is written;
 workers then forward kept events to the destination, one object's events at
 a time, oldest `created` first, each published only once every older event
-of its object that the inbox holds was acknowledged there. A failed publish is retried with
+of its object still to publish was acknowledged there. A failed publish is retried with
 exponential backoff; after max_attempts the event is dead (see
-`clink-webhook inbox`).
+`clink-webhook inbox`), and no longer holds the later events of its object
+back: replayed, it arrives late.
 
 Destinations (CLINK_DESTINATION):
   http://..., https://...  POST the raw body signed when it is sent
@@ -306,6 +307,8 @@ struct Gateway {
     per_account: bool,
     readiness: Readiness,
     inbox: Arc<dyn Inbox>,
+    /// The longest `/health` waits for the inbox's counts.
+    store_timeout: Duration,
     destination: Arc<str>,
     destination_kind: &'static str,
     health: Arc<Health>,
@@ -341,7 +344,10 @@ impl Gateway {
             Ok(()) => json!({ "status": "ok" }),
             Err(error) => json!({ "status": "failing", "error": error.to_string() }),
         };
-        let stats = self.inbox.stats().await.ok().map(|stats| {
+        // Bounded as the readiness check is: an inbox held by a long call
+        // (or a stalled disk) must not keep the probe from answering.
+        let stats = tokio::time::timeout(self.store_timeout, self.inbox.stats()).await;
+        let stats = stats.ok().and_then(Result::ok).map(|stats| {
             json!({
                 "pending": stats.pending,
                 "retrying": stats.retrying,
@@ -659,6 +665,7 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         path: Arc::from(config.path.as_str()),
         per_account: matches!(config.keys, Keys::PerAccount(_)),
         inbox: Arc::clone(&inbox),
+        store_timeout: config.store_timeout,
         destination: Arc::clone(&destination_name),
         destination_kind,
         health,
