@@ -43,6 +43,7 @@
 //! ```
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -553,6 +554,15 @@ impl RawEvent {
         if let Ok(data) = read {
             return Ok(data);
         }
+        // No `data`, or `"data": null` (optional in Clink's schema, and
+        // "absent or null" alike): the resource with none of its fields, for
+        // a type that has one (every struct of `data`, whose fields are all
+        // optional); a type that needs fields keeps the first error.
+        if bytes.trim_ascii() == b"null" {
+            if let Ok(data) = whole(serde_json::Deserializer::from_str("{}")) {
+                return Ok(data);
+            }
+        }
         let error = |path: String, message: String| DecodeError {
             event_id: self.id().to_owned(),
             event_type: self.event_type.clone(),
@@ -647,14 +657,22 @@ impl DecodeError {
 }
 
 impl fmt::Display for DecodeError {
+    /// One line, whatever the body held: the message can quote a value
+    /// from it (an amount's text), so each character that does not show as
+    /// itself, a line break included, is written as a `\uXXXX` escape.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = escape_invisible(&self.message);
+        let message = if message.contains('\n') {
+            Cow::Owned(message.replace('\n', "\\u000a"))
+        } else {
+            message
+        };
         write!(
             f,
-            "event {:?} ({:?}): data field {:?} did not decode: {}",
+            "event {:?} ({:?}): data field {:?} did not decode: {message}",
             self.event_id,
             self.event_type.as_str(),
             self.path,
-            self.message
         )
     }
 }
@@ -665,6 +683,49 @@ impl std::error::Error for DecodeError {}
 mod tests {
     use super::*;
     use crate::data::Order;
+
+    /// `data` is optional in Clink's schema: absent or `null`, a typed
+    /// event decodes to its resource with no fields, as a `Value` one
+    /// decodes to `null`; a type that needs fields still refuses it.
+    #[test]
+    fn an_event_without_data_decodes_to_an_empty_resource() {
+        for body in [
+            r#"{"id":"e","type":"order.succeeded"}"#,
+            r#"{"id":"e","type":"order.succeeded","data":null}"#,
+            r#"{"id":"e","type":"order.succeeded","data": null }"#,
+        ] {
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            assert_eq!(
+                raw.decode::<Order>().unwrap().data,
+                Order::default(),
+                "{body}"
+            );
+            assert_eq!(
+                raw.decode::<crate::data::Dispute>().unwrap().data,
+                crate::data::Dispute::default()
+            );
+            assert!(raw.decode::<serde_json::Value>().unwrap().data.is_null());
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code, reason = "only decoded")]
+            struct Needs {
+                id: String,
+            }
+            let error = raw.decode::<Needs>().unwrap_err();
+            assert!(error.to_string().contains("null"), "{error}");
+        }
+    }
+
+    /// A decode error quotes what it could not read, and prints as one
+    /// line with nothing hidden in it.
+    #[test]
+    fn a_decode_error_prints_values_from_the_body_escaped() {
+        let body = r#"{"id":"e","type":"order.succeeded","data":{"amountTotal":"1\n\u001b[31mFAKE\u202e"}}"#;
+        let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+        let error = raw.decode::<Order>().unwrap_err();
+        let shown = error.to_string();
+        assert!(!has_invisible(&shown) && !shown.contains('\n'), "{shown:?}");
+        assert!(shown.contains("FAKE"), "{shown}");
+    }
 
     #[test]
     fn data_and_data_object_resolve_to_the_same_resource() {
