@@ -203,7 +203,9 @@ macro_rules! event_types {
             /// # Errors
             ///
             /// [`DecodeError`] when the data does not fit its type, naming the
-            /// field. Data typed as [`serde_json::Value`] always decodes.
+            /// field. Data typed as [`serde_json::Value`] decodes unless it
+            /// holds a number past `f64`'s range or nests deeper than 128
+            /// levels, which a `Value` cannot hold.
             pub fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
                 Ok(match raw.event_type() {
                     $( EventType::$variant => AnyEvent::$variant(raw.decode()?), )+

@@ -87,15 +87,77 @@ impl RawEvent {
     /// no id.
     #[must_use]
     pub fn object_key(&self) -> Option<ObjectKey> {
-        let data: Value = serde_json::from_str(self.data_json()).ok()?;
-        ObjectKey::for_data(self.event_type().family(), &data)
+        // Only the resource's own members that are strings or numbers: an id
+        // is one, and a member the key never reads (a number past `f64`'s
+        // range, nesting deeper than serde_json reads into a `Value`) must
+        // not hide it, as a typed decode, which skips such a member, would
+        // not.
+        let members: Vec<(String, &serde_json::value::RawValue)> =
+            serde_json::from_str::<MembersInOrder<'_>>(self.data_json())
+                .ok()?
+                .0;
+        let data: serde_json::Map<String, Value> = members
+            .into_iter()
+            .filter(|(_, raw)| {
+                matches!(
+                    raw.get().as_bytes().first(),
+                    Some(b'"' | b'-' | b'0'..=b'9')
+                )
+            })
+            .filter_map(|(name, raw)| Some((name, serde_json::from_str(raw.get()).ok()?)))
+            .collect();
+        ObjectKey::for_data(self.event_type().family(), &Value::Object(data))
+    }
+}
+
+/// An object's members in order, each value as its raw text (read without
+/// building it, so at any depth).
+struct MembersInOrder<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for MembersInOrder<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = MembersInOrder<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self, mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) =
+                    map.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
+                    members.push(member);
+                }
+                Ok(MembersInOrder(members))
+            }
+        }
+        deserializer.deserialize_map(Members(std::marker::PhantomData))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Dispute;
+    use crate::data::{Dispute, Order};
+
+    /// A member the key never reads, that a `Value` cannot hold, does not
+    /// hide the id: the raw key agrees with the typed one.
+    #[test]
+    fn a_member_a_value_cannot_hold_does_not_hide_the_id() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for extra in ["1e400".to_owned(), deep] {
+            let body = format!(
+                r#"{{"id":"e","type":"order.succeeded","data":{{"x":{extra},"orderId":"o1","y":{{"z":[1]}}}}}}"#
+            );
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let typed = raw.decode::<Order>().unwrap();
+            assert_eq!(typed.object_key().unwrap().to_string(), "order:o1");
+            assert_eq!(raw.object_key(), typed.object_key());
+        }
+    }
 
     #[test]
     fn raw_and_typed_keys_agree_and_empty_ids_are_none() {
