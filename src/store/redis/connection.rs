@@ -117,8 +117,12 @@ impl RedisStore {
     async fn connect_client(client: Client) -> Result<Self, StoreError> {
         #[cfg(feature = "redis-tls")]
         tls::ensure_crypto_provider();
+        // No response timeout of the client's own: the store bounds each
+        // call with its timeout (`with_timeout`), which the client's
+        // default (500 ms) would otherwise cut short.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+            .set_response_timeout(None)
             .set_number_of_retries(1);
         let connect = async {
             ConnectionManager::new_with_config(client, config)

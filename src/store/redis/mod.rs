@@ -223,6 +223,13 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store over an existing connection manager, with the default timeout.
+    ///
+    /// The store's timeout ([`with_timeout`](Self::with_timeout)) bounds
+    /// each call, but the connection manager's own response timeout still
+    /// applies: build it with
+    /// `ConnectionManagerConfig::set_response_timeout(None)` (as
+    /// [`connect`](Self::connect) does) for a store timeout longer than the
+    /// redis crate's default of 500 ms.
     #[must_use]
     pub fn new(connection: ConnectionManager) -> Self {
         Self::with_connection(Connection::Single(connection))

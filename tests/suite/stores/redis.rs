@@ -417,3 +417,36 @@ async fn connect_warns_when_the_server_may_evict_keys() {
         assert_eq!(eviction_warnings(&captured), Vec::<String>::new());
     }
 }
+
+#[tokio::test]
+async fn a_pause_shorter_than_the_store_timeout_is_waited_out() {
+    // The pause stalls every client of the server: no other test may use
+    // it meanwhile.
+    let _servers = exclusive().await;
+    let keys = Keys::new("redis_long_timeout");
+    let store = RedisStore::connect(&server_url("REDIS_URL"))
+        .await
+        .expect("connects")
+        .with_timeout(Duration::from_secs(5))
+        .expect("valid timeout");
+    // Load the script and open the connection before the pause.
+    claimed(store.claim(&keys.key("warm up"), DEFAULT_LEASE).await);
+
+    // Writes wait 1.5 s: longer than the redis crate's own default response
+    // timeout (500 ms), well within the store's 5 s.
+    let mut raw = raw_connection().await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT PAUSE");
+    let answer = store.claim(&keys.key("paused"), DEFAULT_LEASE).await;
+    let () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT UNPAUSE");
+    claimed(answer);
+}
