@@ -510,6 +510,11 @@ fn store_error(context: &str, err: &RedisError) -> StoreError {
             | Server::ClusterDown
             | Server::ReadOnly,
         ) => unavailable(err.category()),
+        // Refusals the server lifts by itself (memory freed, a script
+        // ended, a snapshot written, replicas back): worth another try.
+        ErrorKind::Extension if err.code().is_some_and(is_passing_refusal) => {
+            unavailable(&format!("server answered {}", err.code().unwrap_or("")))
+        }
         ErrorKind::Server(_) => StoreError::new(
             StoreErrorKind::Protocol,
             format!(
@@ -523,6 +528,13 @@ fn store_error(context: &str, err: &RedisError) -> StoreError {
             format!("{context}: {}", err.category()),
         ),
     }
+}
+
+/// Whether `code` is a server refusal that passes without the client's
+/// doing: out of memory, busy with a script, unable to persist, or short
+/// of replicas.
+fn is_passing_refusal(code: &str) -> bool {
+    matches!(code, "OOM" | "BUSY" | "MISCONF" | "NOREPLICAS")
 }
 
 /// A [`StoreError`] for a reply of the wrong shape from `source`.

@@ -329,52 +329,54 @@ async fn a_freshness_retention_out_of_range_is_refused() {
     }
 }
 
-/// Sets the server's `maxmemory-policy` until dropped, then puts back the
-/// one it had (also when the test fails).
-struct EvictionPolicy {
+/// Sets one of the server's parameters (`CONFIG SET`) until dropped, then
+/// puts back the value it had (also when the test fails).
+struct ServerSetting {
     url: String,
+    parameter: &'static str,
     previous: String,
 }
 
-impl EvictionPolicy {
-    fn set(url: &str, policy: &str) -> Self {
+impl ServerSetting {
+    fn set(url: &str, parameter: &'static str, value: &str) -> Self {
         let mut connection = redis::Client::open(url)
             .expect("REDIS_URL parses")
             .get_connection()
             .expect("a connection to REDIS_URL");
         let current: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
-            .arg("maxmemory-policy")
+            .arg(parameter)
             .query(&mut connection)
             .expect("CONFIG GET");
         let () = redis::cmd("CONFIG")
             .arg("SET")
-            .arg("maxmemory-policy")
-            .arg(policy)
+            .arg(parameter)
+            .arg(value)
             .query(&mut connection)
             .expect("CONFIG SET");
         Self {
             url: url.to_owned(),
+            parameter,
             previous: current[1].clone(),
         }
     }
 }
 
-impl Drop for EvictionPolicy {
+impl Drop for ServerSetting {
     fn drop(&mut self) {
         let restored = redis::Client::open(self.url.as_str())
             .and_then(|client| client.get_connection())
             .and_then(|mut connection| {
                 redis::cmd("CONFIG")
                     .arg("SET")
-                    .arg("maxmemory-policy")
+                    .arg(self.parameter)
                     .arg(&self.previous)
                     .query::<()>(&mut connection)
             });
         if let Err(error) = restored {
             eprintln!(
-                "could not restore maxmemory-policy {}: {error}",
-                self.previous
+                "could not restore {} {}: {error}",
+                self.parameter, self.previous
             );
         }
     }
@@ -401,7 +403,7 @@ async fn connect_warns_when_the_server_may_evict_keys() {
     let url = server_url("REDIS_URL");
     {
         let (captured, _guard) = crate::support::capture::capture();
-        let _policy = EvictionPolicy::set(&url, "allkeys-lru");
+        let _policy = ServerSetting::set(&url, "maxmemory-policy", "allkeys-lru");
         RedisStore::connect(&url).await.expect("connects");
         let warnings = eviction_warnings(&captured);
         assert_eq!(warnings.len(), 1, "{:#?}", captured.events());
@@ -412,7 +414,7 @@ async fn connect_warns_when_the_server_may_evict_keys() {
     }
     {
         let (captured, _guard) = crate::support::capture::capture();
-        let _policy = EvictionPolicy::set(&url, "noeviction");
+        let _policy = ServerSetting::set(&url, "maxmemory-policy", "noeviction");
         RedisStore::connect(&url).await.expect("connects");
         assert_eq!(eviction_warnings(&captured), Vec::<String>::new());
     }
@@ -449,4 +451,34 @@ async fn a_pause_shorter_than_the_store_timeout_is_waited_out() {
         .await
         .expect("CLIENT UNPAUSE");
     claimed(answer);
+}
+
+#[tokio::test]
+async fn a_server_out_of_memory_is_unavailable() {
+    // No other test may write to the server while it refuses writes.
+    let _servers = exclusive().await;
+    let url = server_url("REDIS_URL");
+    let keys = Keys::new("redis_oom");
+    let key = keys.key("completed under OOM");
+    let store = redis_store().await;
+    let token = claimed(store.claim(&key, DEFAULT_LEASE).await);
+    let err = {
+        let _policy = ServerSetting::set(&url, "maxmemory-policy", "noeviction");
+        let _limit = ServerSetting::set(&url, "maxmemory", "1");
+        store
+            .complete(&key, &token, DEFAULT_RETENTION)
+            .await
+            .expect_err("refused while out of memory")
+    };
+    // A refusal that passes: worth retrying, like a lost connection.
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("OOM"), "{err}");
+    // Once memory is back, the same completion goes through.
+    assert_eq!(
+        store
+            .complete(&key, &token, DEFAULT_RETENTION)
+            .await
+            .expect("completes"),
+        Settle::Applied
+    );
 }
