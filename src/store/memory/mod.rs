@@ -49,8 +49,12 @@ pub use memory_inbox::MemoryInbox;
 /// retry of that event runs its handler again, so size the capacity above
 /// the number of events received per retention window.
 ///
-/// Every call is O(log n) in the claims in flight and O(1) otherwise: no call
-/// scans the store.
+/// Every call is O(log n) in the claims in flight and amortised O(1)
+/// otherwise: no call scans the store. (A key claimed again after its
+/// retention ended leaves a stale entry in the completion order; once the
+/// stale entries outnumber the live ones, the claim that finds so compacts
+/// the order, in time proportional to it, which the stale entries that
+/// made it due pay for.)
 ///
 /// # Memory
 ///
@@ -63,7 +67,10 @@ pub use memory_inbox::MemoryInbox;
 /// key is 24 bytes in a ring in completion order (its 16-byte digest and the
 /// end of its retention) and a 4-byte position in a hash index (5 bytes a
 /// slot with its control byte, at 7/16 to 7/8 load). A unit test keeps this
-/// structural estimate below 64 bytes.
+/// structural estimate below 64 bytes. A key claimed again after its
+/// retention ended leaves its old 24-byte entry in the ring until that entry
+/// reaches the front or the ring is compacted: the ring never holds more
+/// stale entries than live ones (plus a few), so at worst it doubles.
 ///
 /// # Keys are kept as digests
 ///
@@ -138,8 +145,11 @@ impl Hasher for PassThrough {
 struct State {
     /// Completed keys in the order they completed, which is the eviction
     /// order. An entry whose key was claimed again since is stale: the index
-    /// no longer points at it, and it is dropped when it reaches the front.
+    /// no longer points at it, and it is dropped when it reaches the front
+    /// or when `done` is compacted.
     done: VecDeque<Done>,
+    /// How many entries of `done` are stale.
+    stale: usize,
     /// The sequence number of `done[0]`; each entry's number is its position
     /// plus this, wrapping.
     head: u32,
@@ -170,6 +180,11 @@ struct Lease {
 /// The most entries `done` holds, so that sequence numbers in `u32` never
 /// meet: past it the oldest entry goes, as if the store were full.
 const MAX_DONE: usize = 1 << 31;
+
+/// How many stale entries `done` may hold beyond as many as its live ones
+/// before it is compacted, so that a nearly empty store does not compact
+/// on every claim.
+const STALE_SLACK: usize = 16;
 
 /// Which record [`State::pop`] may take.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -393,7 +408,32 @@ impl State {
             Self::done_at(done, head, seq).is_some_and(|entry| entry.key == key)
         }) {
             entry.remove();
+            self.stale += 1;
+            if self.stale > self.index.len().max(STALE_SLACK) {
+                self.compact();
+            }
         }
+    }
+
+    /// Drops every stale entry of `done`, renumbering the live ones (which
+    /// keep their order) in the index. O(`done.len()`), run once the stale
+    /// entries outnumber the live ones: amortised O(1) per stale entry.
+    fn compact(&mut self) {
+        let (done, index) = (&mut self.done, &mut self.index);
+        let mut seq = self.head;
+        let mut next = self.head;
+        done.retain(|entry| {
+            // Live entries renumbered so far have numbers below `seq`, so
+            // the lookup finds this entry's own number or nothing.
+            let live = index.find_mut(entry.key.bucket(), |&at| at == seq);
+            seq = seq.wrapping_add(1);
+            live.map(|at| {
+                *at = next;
+                next = next.wrapping_add(1);
+            })
+            .is_some()
+        });
+        self.stale = 0;
     }
 
     /// Remembers `key` as completed until `until`.
@@ -494,11 +534,13 @@ impl State {
         let seq = self.head;
         self.head = self.head.wrapping_add(1);
         let current = self.index.find_entry(entry.key.bucket(), |&at| at == seq);
-        Some(
-            current
-                .map(hashbrown::hash_table::OccupiedEntry::remove)
-                .is_ok(),
-        )
+        let removed = current
+            .map(hashbrown::hash_table::OccupiedEntry::remove)
+            .is_ok();
+        if !removed {
+            self.stale = self.stale.saturating_sub(1);
+        }
+        Some(removed)
     }
 }
 
@@ -787,6 +829,36 @@ mod tests {
             text.contains("len: 2") && text.contains("capacity: 10"),
             "{text}"
         );
+    }
+
+    /// A key claimed again after its retention ended, over and over, behind
+    /// a key kept far longer (so no sweep reaches its old entries), leaves
+    /// the completion order bounded, and every key where it was.
+    #[tokio::test(start_paused = true)]
+    async fn stale_completions_behind_a_long_retention_stay_bounded() {
+        const CAPACITY: usize = 2;
+        let store = store(CAPACITY);
+        remember(&store, "kept", 3600 * SECOND).await;
+        let mut longest = 0;
+        for _ in 0..100_000 {
+            remember(&store, "k", Duration::from_millis(1)).await;
+            advance(Duration::from_millis(2)).await;
+            longest = longest.max(store.lock().done.len());
+        }
+        assert!(
+            longest <= 2 * CAPACITY + STALE_SLACK + 1,
+            "the completion order reached {longest} entries"
+        );
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            store.claim("kept", SECOND).await.ok(),
+            Some(Claim::Completed)
+        );
+        remember(&store, "k", 100 * SECOND).await;
+        assert_eq!(store.claim("k", SECOND).await.ok(), Some(Claim::Completed));
+        // The oldest completed key is still the first to go: "kept", not "k".
+        claimed(store.claim("new", SECOND).await);
+        assert_eq!(store.claim("k", SECOND).await.ok(), Some(Claim::Completed));
     }
 
     #[tokio::test]
