@@ -1,6 +1,8 @@
 //! The freshness half of [`MemoryStore`]: the newest handled version per
 //! object, bounded and expiring.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -21,11 +23,24 @@ struct Record {
     expires: Instant,
 }
 
+/// How long a full store waits between two sweeps for expired records at
+/// least, so that a full store does not scan its records on every record.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Freshness records: at most `capacity` objects, each kept `retention`
 /// after it was last written.
 #[derive(Debug)]
 pub(super) struct Records {
     newest: DashMap<ObjectKey, Record>,
+    /// The records held plus the places reserved for records being added:
+    /// never above `capacity`.
+    taken: AtomicUsize,
+    /// When a full store may next sweep for expired records (none before
+    /// the first sweep).
+    next_sweep: Mutex<Option<Instant>>,
+    /// How many sweeps ran.
+    #[cfg(test)]
+    sweeps: AtomicUsize,
     pub(super) capacity: usize,
     pub(super) retention: Duration,
 }
@@ -34,6 +49,10 @@ impl Default for Records {
     fn default() -> Self {
         Self {
             newest: DashMap::new(),
+            taken: AtomicUsize::new(0),
+            next_sweep: Mutex::new(None),
+            #[cfg(test)]
+            sweeps: AtomicUsize::new(0),
             capacity: DEFAULT_FRESHNESS_CAPACITY,
             retention: DEFAULT_FRESHNESS_RETENTION,
         }
@@ -77,20 +96,64 @@ impl Records {
             keep_newest(&mut held);
             return Ok(());
         }
-        if self.newest.len() >= self.capacity {
-            self.newest.retain(|_, record| record.expires > now);
-        }
-        if self.newest.len() >= self.capacity {
+        if !self.reserve() && !(self.sweep(now) && self.reserve()) {
             return Err(StoreError::new(
                 StoreErrorKind::Full,
                 "the in-memory freshness records are full of live objects; raise the store's freshness capacity or use a shared store",
             ));
         }
-        self.newest
-            .entry(object.clone())
-            .and_modify(keep_newest)
-            .or_insert_with(|| fresh.clone());
+        match self.newest.entry(object.clone()) {
+            dashmap::Entry::Occupied(mut held) => {
+                // Added meanwhile by another call: its place is not needed.
+                keep_newest(held.get_mut());
+                self.taken.fetch_sub(1, Ordering::Relaxed);
+            }
+            dashmap::Entry::Vacant(place) => {
+                place.insert(fresh);
+            }
+        }
         Ok(())
+    }
+
+    /// Reserves a place for a new record, unless the store is full.
+    fn reserve(&self) -> bool {
+        self.taken
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |taken| {
+                (taken < self.capacity).then_some(taken + 1)
+            })
+            .is_ok()
+    }
+
+    /// Drops the records expired at `now`, unless a sweep ran less than
+    /// [`SWEEP_INTERVAL`] ago, or no record can have expired since the last
+    /// one, or another call is sweeping: so a full store scans its records
+    /// at most once a second, not on every record. Whether it ran.
+    fn sweep(&self, now: Instant) -> bool {
+        let Ok(mut next) = self.next_sweep.try_lock() else {
+            return false;
+        };
+        if next.is_some_and(|next| now < next) {
+            return false;
+        }
+        #[cfg(test)]
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        let mut removed = 0;
+        let mut soonest: Option<Instant> = None;
+        self.newest.retain(|_, record| {
+            let live = record.expires > now;
+            if live {
+                soonest = Some(soonest.map_or(record.expires, |at| at.min(record.expires)));
+            } else {
+                removed += 1;
+            }
+            live
+        });
+        self.taken.fetch_sub(removed, Ordering::Relaxed);
+        // A record written later expires later than those kept: before the
+        // soonest expiry, a sweep would free nothing.
+        let interval = now.checked_add(SWEEP_INTERVAL).unwrap_or(now);
+        *next = Some(soonest.map_or(interval, |soonest| soonest.max(interval)));
+        true
     }
 }
 
@@ -217,6 +280,39 @@ mod tests {
         records.record(&third, &v(1, "y"), freed).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records.newest(&third, freed).unwrap(), Some(v(1, "y")));
+    }
+
+    /// A full store of live records refuses new objects without scanning
+    /// its records each time: one sweep, then none until a record can have
+    /// expired and a second has passed.
+    #[test]
+    fn a_full_store_does_not_sweep_on_every_record() {
+        let records = Records {
+            capacity: 2,
+            retention: Duration::from_secs(10),
+            ..Records::default()
+        };
+        let start = Instant::now();
+        for id in ["ord_1", "ord_2"] {
+            records
+                .record(&ObjectKey::new("order", id), &v(1, "e"), start)
+                .unwrap();
+        }
+        for i in 0..1000 {
+            let at = start + Duration::from_millis(i);
+            let object = ObjectKey::new("order", &format!("new_{i}"));
+            let full = records.record(&object, &v(1, "e"), at).unwrap_err();
+            assert_eq!(full.kind(), StoreErrorKind::Full);
+        }
+        assert_eq!(records.sweeps.load(Ordering::Relaxed), 1);
+        assert_eq!(records.len(), 2);
+        // Once the records have expired, the next new object sweeps them.
+        let later = start + Duration::from_secs(10);
+        let object = ObjectKey::new("order", "after");
+        records.record(&object, &v(1, "e"), later).unwrap();
+        assert_eq!(records.sweeps.load(Ordering::Relaxed), 2);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records.taken.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -237,9 +237,13 @@ impl MemoryStore {
     }
 
     /// Keeps freshness records for at most `capacity` objects. When full,
-    /// expired records are dropped first; if it is still full, a new object
-    /// is refused with [`StoreErrorKind::Full`] (answered `503`) rather than
-    /// silently forgetting what it knows.
+    /// expired records are dropped first (by a sweep that runs at most once
+    /// a second, and only once a record can have expired); if it is still
+    /// full, a new object's version is refused with
+    /// [`StoreErrorKind::Full`] rather than forgetting what the store
+    /// knows. The record is made after the handler ran, so the delivery is
+    /// still answered as handled: the refusal is logged, with the event's
+    /// id, and later events about that object are not found stale.
     ///
     /// # Errors
     ///
