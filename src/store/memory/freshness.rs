@@ -96,7 +96,8 @@ impl Records {
             keep_newest(&mut held);
             return Ok(());
         }
-        if !self.reserve() && !(self.sweep(now) && self.reserve()) {
+        let placed = self.reserve() || (self.sweep(now) && self.reserve());
+        if !placed {
             return Err(StoreError::new(
                 StoreErrorKind::Full,
                 "the in-memory freshness records are full of live objects; raise the store's freshness capacity or use a shared store",
@@ -300,7 +301,7 @@ mod tests {
         }
         for i in 0..1000 {
             let at = start + Duration::from_millis(i);
-            let object = ObjectKey::new("order", &format!("new_{i}"));
+            let object = ObjectKey::new("order", format!("new_{i}"));
             let full = records.record(&object, &v(1, "e"), at).unwrap_err();
             assert_eq!(full.kind(), StoreErrorKind::Full);
         }
