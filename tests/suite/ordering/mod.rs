@@ -149,3 +149,53 @@ async fn an_untrackable_object_id_is_handled_untracked() {
         [Freshness::Untracked, Freshness::Untracked]
     );
 }
+
+/// A memory freshness store that is full refuses a new object's version
+/// after its handler ran: the delivery is still answered as handled (a
+/// retry would run the handler again for nothing), and later events about
+/// that object, with no version known, are not found stale; an object it
+/// holds still is.
+#[tokio::test]
+async fn a_full_memory_freshness_store_answers_handled_and_leaves_new_objects_untold() {
+    use clink_webhooks::events::Freshness;
+    use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::MemoryStore;
+    use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+    use std::sync::{Arc, Mutex};
+    use tower::{Layer, ServiceExt};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let router = EventRouter::new()
+        .ordering(MemoryStore::new().with_freshness_capacity(1).unwrap())
+        .on::<events::OrderCreated, _>(move |event| {
+            let stale = matches!(event.freshness(), Freshness::Stale { .. });
+            sink.lock().unwrap().push((event.id, stale));
+            async { Ok::<_, std::io::Error>(()) }
+        });
+    let service = ClinkLayer::new(Verifier::new("whsec_o").unwrap()).layer(router);
+    for (id, order, created) in [
+        ("evt_a_new", "ord_a", 2_000),
+        ("evt_b_new", "ord_b", 2_000),
+        ("evt_b_old", "ord_b", 1_000),
+        ("evt_a_old", "ord_a", 1_000),
+    ] {
+        let body = format!(
+            r#"{{"id":"{id}","type":"order.created","created":{created},"data":{{"orderId":"{order}"}}}}"#
+        );
+        let request =
+            SignedRequest::new("whsec_o", body).build::<http_body_util::Full<bytes::Bytes>>();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{id}");
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("evt_a_new".to_owned(), false),
+            ("evt_b_new".to_owned(), false),
+            // No version of ord_b was kept: not found stale.
+            ("evt_b_old".to_owned(), false),
+            ("evt_a_old".to_owned(), true),
+        ]
+    );
+}
