@@ -46,8 +46,10 @@
 //! Replay one event; replay every dead event the current filter matches.
 //! Replaying a handled event asks again first (the CLI's `--force`), and
 //! the confirmation holds only for the event as that page showed it (its
-//! replays and when it was handled): sent again once the event was
-//! replayed or handled since, it replays nothing and asks again. Each
+//! replays and when it was handled), checked just before the replay:
+//! sent again once the event was replayed or handled since, it replays
+//! nothing and asks again (a worker that settles the event in the
+//! moment between that check and the replay is not caught). Each
 //! action is a form `POST` carrying a CSRF token derived from the session,
 //! checked in constant time, and is logged at `info` level under the
 //! target `clink_webhooks::console` with what was done (values from bodies

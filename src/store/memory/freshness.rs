@@ -96,7 +96,12 @@ impl Records {
             keep_newest(&mut held);
             return Ok(());
         }
-        let placed = self.reserve() || (self.sweep(now) && self.reserve());
+        // A place freed meanwhile (by a sweep of another call, or an object
+        // added twice) counts even when this call's own sweep did not run.
+        let placed = self.reserve() || {
+            self.sweep(now);
+            self.reserve()
+        };
         if !placed {
             return Err(StoreError::new(
                 StoreErrorKind::Full,
@@ -128,13 +133,13 @@ impl Records {
     /// Drops the records expired at `now`, unless a sweep ran less than
     /// [`SWEEP_INTERVAL`] ago, or no record can have expired since the last
     /// one, or another call is sweeping: so a full store scans its records
-    /// at most once a second, not on every record. Whether it ran.
-    fn sweep(&self, now: Instant) -> bool {
+    /// at most once a second, not on every record.
+    fn sweep(&self, now: Instant) {
         let Ok(mut next) = self.next_sweep.try_lock() else {
-            return false;
+            return;
         };
         if next.is_some_and(|next| now < next) {
-            return false;
+            return;
         }
         #[cfg(test)]
         self.sweeps.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +159,6 @@ impl Records {
         // soonest expiry, a sweep would free nothing.
         let interval = now.checked_add(SWEEP_INTERVAL).unwrap_or(now);
         *next = Some(soonest.map_or(interval, |soonest| soonest.max(interval)));
-        true
     }
 }
 
