@@ -624,7 +624,11 @@ impl Config {
                                 "postgres needs DATABASE_URL (or database_url in the file)",
                             ));
                         };
-                        if url.parse::<tokio_postgres::Config>().is_err() {
+                        // Read up to the last `@`, as the docs say: the
+                        // PostgreSQL client ends the user info at the first.
+                        let url = Zeroizing::new(url);
+                        let encoded = with_user_info_encoded(&url);
+                        if encoded.parse::<tokio_postgres::Config>().is_err() {
                             return Err(problem(
                             "database_url",
                             &url_origin,
@@ -632,7 +636,7 @@ impl Config {
                         ));
                         }
                         r.note("database_url", masked_url(&url), url_origin);
-                        InboxSpec::Postgres(Zeroizing::new(url))
+                        InboxSpec::Postgres(encoded)
                     } else {
                         return Err(problem(
                             "inbox",
@@ -1182,6 +1186,24 @@ mod tests {
             ("inbox", "sqlite:/tmp/x.db"),
             ("destination", "nats://127.0.0.1:4222"),
         ]
+    }
+
+    /// A password holding `@` or `/` is read up to the last `@`, as the docs
+    /// say, though the PostgreSQL client alone ends it at the first.
+    #[test]
+    fn a_database_password_runs_to_the_last_at() {
+        let mut pairs = minimal();
+        pairs.retain(|(name, _)| *name != "inbox");
+        pairs.push(("inbox", "postgres"));
+        pairs.push(("database_url", "postgres://app:p@s/s@db.example:5432/clink"));
+        let config = config(&pairs).unwrap();
+        let InboxSpec::Postgres(url) = &config.inbox else {
+            panic!("a PostgreSQL inbox")
+        };
+        let read: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(read.get_user(), Some("app"));
+        assert_eq!(read.get_password(), Some(&b"p@s/s"[..]));
+        assert!(!config.lines().join("\n").contains("p@s/s"));
     }
 
     #[test]

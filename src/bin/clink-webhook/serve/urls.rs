@@ -21,18 +21,35 @@ pub(crate) fn masked_url(text: &str) -> String {
     if !text.contains("://") {
         return "[redacted]".to_owned();
     }
-    let masked: Vec<String> = chunks(text).into_iter().map(masked_chunk).collect();
+    let masked: Vec<String> = chunks(text, Split::Cautious)
+        .into_iter()
+        .map(masked_chunk)
+        .collect();
     escaped(&masked.join(","))
+}
+
+/// How [`chunks`] splits a list of URLs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Before each `,scheme://`, as the clients read a list.
+    AsRead,
+    /// For masking: not before a `,scheme://` that may stand in a password
+    /// (no `@` yet in this URL, one further on), so that such a password
+    /// is masked whole with the URL it belongs to (more masked, never less).
+    Cautious,
 }
 
 /// `text` split before each `,` that starts another URL (`,scheme://`):
 /// one URL each, the hosts listed after the first one's `@` staying with
 /// it (`redis+cluster://u:p@h1:1,h2:2`).
-fn chunks(text: &str) -> Vec<&str> {
+fn chunks(text: &str, split: Split) -> Vec<&str> {
     let mut chunks = Vec::new();
     let mut start = 0;
     for (at, _) in text.match_indices(',') {
-        if at >= start && starts_with_scheme(&text[at + 1..]) {
+        let may_be_password = split == Split::Cautious
+            && !text[start..at].contains('@')
+            && text[at + 1..].contains('@');
+        if at >= start && starts_with_scheme(&text[at + 1..]) && !may_be_password {
             chunks.push(&text[start..at]);
             start = at + 1;
         }
@@ -208,7 +225,7 @@ pub(crate) fn nats_servers(text: &str) -> Result<NatsServers, String> {
     let invalid = |why: &str| format!("{}: not a valid NATS URL: {why}", masked_url(text));
     let mut urls = Vec::new();
     let mut credentials: Option<Credentials> = None;
-    for chunk in chunks(text) {
+    for chunk in chunks(text, Split::AsRead) {
         let parts = parts(chunk);
         let scheme = parts.scheme.to_ascii_lowercase();
         if !matches!(scheme.as_str(), "nats" | "tls" | "ws" | "wss") {
@@ -342,6 +359,12 @@ mod tests {
             (
                 "redis+cluster://u:p,w@h1:1,h2:2",
                 "redis+cluster://u:***@h1:1,h2:2",
+            ),
+            // `,a://` inside a password is not taken for another URL.
+            ("redis://u:p,a://b@h", "redis://u:***@h"),
+            (
+                "nats://h1:4222,nats://h2:4222",
+                "nats://h1:4222,nats://h2:4222",
             ),
             ("https://h/hook?key=abc", "https://h/hook?***"),
             ("https://h/hook#abc", "https://h/hook#***"),
