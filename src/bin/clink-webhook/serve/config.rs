@@ -947,10 +947,14 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
                     uri.host().is_some()
                         && (uri.port().is_none() || uri.port_u16().is_some())
                         && !uri.path().contains('@')
+                        && !uri.query().is_some_and(|query| query.contains('@'))
+                        && !url
+                            .split_once('#')
+                            .is_some_and(|(_, fragment)| fragment.contains('@'))
                 })
                 .ok_or_else(|| {
                     format!(
-                        "{}: not a valid URL ({ENCODE_HINT}, an @ in the path as %40)",
+                        "{}: not a valid URL ({ENCODE_HINT}, an @ in the path, query or fragment as %40)",
                         masked_url(url)
                     )
                 })?;
@@ -1167,6 +1171,9 @@ mod tests {
             "rediss://u:hunter/2@/0",
             "nats://app:hunter/2@127.0.0.1:notaport",
             "https://app:hunter/2@h/hook",
+            // A `?` or `#` in it ends the host early: read as another host.
+            "https://hunter?2@h/hook",
+            "https://hunter#2@h/hook",
             "ftp://app:hunter/2@h/",
         ] {
             let error = parse_destination(bad)
