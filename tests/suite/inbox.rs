@@ -653,6 +653,141 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     );
 }
 
+/// The handled counter, under a lost completion.
+#[cfg(feature = "metrics")]
+mod handled_counter {
+    use super::*;
+    use clink_webhooks::store::{InboxStats, StoreError};
+
+    /// A memory inbox that answers its first completion as one whose lease
+    /// ended first: the completion changes nothing and the event is free to
+    /// run again (given back at once, so that no test waits a lease out).
+    struct FirstCompletionLost {
+        inner: MemoryInbox,
+        lost: std::sync::atomic::AtomicBool,
+    }
+
+    impl Inbox for FirstCompletionLost {
+        fn insert<'a>(
+            &'a self, event: &'a NewEvent,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.inner.insert(event)
+        }
+        fn insert_dead<'a>(
+            &'a self, event: &'a NewEvent, error: &'a str,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.inner.insert_dead(event, error)
+        }
+        fn claim(
+            &self, lease: Duration, reorder_window: Duration,
+        ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+            self.inner.claim(lease, reorder_window)
+        }
+        fn complete<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
+            Box::pin(async move {
+                if self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return self.inner.complete(claim).await;
+                }
+                self.inner.release(claim).await?;
+                Ok(Settle::LeaseLost)
+            })
+        }
+        fn fail<'a>(
+            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.fail(claim, error, retry_at)
+        }
+        fn release<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.release(claim)
+        }
+        fn list<'a>(
+            &'a self, filter: &'a InboxFilter, limit: usize,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+            self.inner.list(filter, limit)
+        }
+        fn get(
+            &self, seq: i64,
+        ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+            self.inner.get(seq)
+        }
+        fn replay(
+            &self, seq: i64, force: bool,
+        ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, StoreError>> {
+            self.inner.replay(seq, force)
+        }
+        fn replay_matching<'a>(
+            &'a self, filter: &'a InboxFilter, force: bool,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+            self.inner.replay_matching(filter, force)
+        }
+        fn purge(
+            &self, before: Timestamp,
+        ) -> clink_webhooks::BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.purge(before)
+        }
+        fn stats(&self) -> clink_webhooks::BoxFuture<'_, Result<InboxStats, StoreError>> {
+            self.inner.stats()
+        }
+        fn check_writable(&self) -> clink_webhooks::BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.check_writable()
+        }
+        fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
+            self.inner.wait(timeout)
+        }
+    }
+
+    /// `clink_webhook_inbox_handled_total` counts each event once, when its
+    /// completion applied: an event whose first completion lost its lease runs
+    /// again and is counted then, not twice.
+    #[tokio::test]
+    async fn an_event_whose_completion_lost_its_lease_is_counted_handled_once() {
+        // A recorder of this thread's own: the test's runtime runs the workers
+        // on this thread.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let scrape = recorder.handle();
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let inbox = Arc::new(FirstCompletionLost {
+            inner: MemoryInbox::new(),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        let seen = Seen::default();
+        let ids = ["evt_counted_1", "evt_counted_2", "evt_counted_3"];
+        for (n, id) in (1..).zip(ids) {
+            inbox.insert(&event(id, None, n)).await.unwrap();
+        }
+        let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 0))
+            .reorder_window(NO_REORDER_WINDOW)
+            .unwrap()
+            .spawn();
+        pool.drained(DRAIN_PATIENCE).await.unwrap();
+        // Every worker has finished what it held: nothing is left to count.
+        pool.shutdown(DRAIN_PATIENCE).await;
+
+        // One event ran twice, its first completion lost; each is done once.
+        let mut ran = seen.lock().unwrap().clone();
+        assert_eq!(ran.len(), ids.len() + 1, "{ran:?}");
+        ran.sort();
+        ran.dedup();
+        assert_eq!(ran, ids);
+        let done = inbox
+            .list(&InboxFilter::default().status(InboxStatus::Done), 10)
+            .await
+            .unwrap();
+        assert_eq!(done.len(), ids.len());
+
+        let text = scrape.render();
+        let handled = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_handled_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(handled, Some(3.0), "{text}");
+    }
+}
+
 #[cfg(feature = "postgres")]
 fn pg_pool() -> deadpool_postgres::Pool {
     let url = std::env::var("DATABASE_URL")
