@@ -32,6 +32,7 @@ use crate::support::loopback;
 use crate::support::process::Process;
 use crate::support::seed::seed;
 use crate::support::servers;
+use crate::support::stores::PrivateDatabase;
 
 const KEY: &str = "whsec_gateway_suite_key";
 
@@ -1815,6 +1816,63 @@ async fn health_follows_the_destination_not_one_event() {
     tokio::task::spawn_blocking(move || gateway.stop())
         .await
         .unwrap();
+}
+
+/// `/health` waits for the inbox's counts no longer than the store
+/// timeout: with the inbox's table locked by another session, so that
+/// counting it waits for the lock, it answers with the counts unknown
+/// (`events` null), and counts again once the lock is released. (The
+/// PostgreSQL inbox bounds each call by the store timeout too; the
+/// gateway's unit tests hold the counts back for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_within_the_store_timeout_while_the_inbox_table_is_locked() {
+    // Far above the store timeout: it only stops a hang from hanging the run.
+    const GUARD: Duration = Duration::from_secs(60);
+    let _servers = servers::shared().await;
+    let database = PrivateDatabase::create("gateway_health").await;
+    let dir = TempDir::new("locked");
+    let app = silent_app().await;
+    let mut env = gateway_env(&dir.0, "locked", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| name != "CLINK_INBOX");
+    env.push(("CLINK_INBOX".into(), "postgres".into()));
+    env.push(("DATABASE_URL".into(), database.url.clone()));
+    env.push(("CLINK_STORE_TIMEOUT_MS".into(), "2000".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let base = gateway.base();
+    let client = client();
+    let counted = async || health(&client, &base).await.1["events"]["pending"] == 0;
+    until("/health counting the inbox", PHASE, counted).await;
+
+    let (locker, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE clink_webhook_inbox IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(GUARD, health(&client, &base)).await;
+    let (status, body) = answered.unwrap_or_else(|_| {
+        panic!("/health did not answer within {GUARD:?} while the inbox table was locked")
+    });
+    assert!(body["events"].is_null(), "{body}");
+    // Unknown counts fail nothing by themselves: the status follows the
+    // inbox's writes (to a table of their own, not locked) and the
+    // destination, which has had no event to fail.
+    assert_eq!(body["destination"]["status"], "ok", "{body}");
+    let writable = body["inbox"]["status"] == "ok";
+    assert_eq!(status, if writable { 200 } else { 503 }, "{body}");
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    until("/health counting the inbox again", PHASE, counted).await;
+    drop(locker);
+    let _ = connection.await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    database.drop_now().await;
 }
 
 /// POSTs `event` signed with `key` at `timestamp` (milliseconds) to `url`;

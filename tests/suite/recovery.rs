@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 use crate::support::loopback::client;
 use crate::support::process::{example_path, Process, PATIENCE};
+#[cfg(feature = "postgres")]
+use crate::support::stores::PrivateDatabase;
 
 const KEY: &str = "whsec_recovery";
 
@@ -237,62 +239,6 @@ impl Backend {
     }
 }
 
-/// A PostgreSQL database of its own on the `DATABASE_URL` server, so that
-/// the example's inbox, stores and effects (in their default tables) meet
-/// no other test's rows, and "nothing due" means this test's events.
-#[cfg(feature = "postgres")]
-struct PrivateDatabase {
-    name: String,
-    url: String,
-}
-
-#[cfg(feature = "postgres")]
-impl PrivateDatabase {
-    async fn admin() -> tokio_postgres::Client {
-        let url = crate::support::stores::server_url("DATABASE_URL");
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-    }
-
-    async fn create() -> Self {
-        let name = format!("clink_recovery_{}", unique().to_lowercase());
-        Self::admin()
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let url = crate::support::stores::server_url("DATABASE_URL");
-        let url = match url.split_once("://") {
-            // postgres://user@host:port/db?options: the path is the database.
-            Some((scheme, rest)) => {
-                let (rest, query) = rest
-                    .split_once('?')
-                    .map_or((rest, None), |(r, q)| (r, Some(q)));
-                let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
-                let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-                format!("{scheme}://{authority}/{name}{query}")
-            }
-            // key=value: a later dbname overrides the first.
-            None => format!("{url} dbname={name}"),
-        };
-        Self { name, url }
-    }
-
-    async fn drop_now(self) {
-        Self::admin()
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-}
-
 /// Waits until nothing in the inbox is due, pending, retrying or running.
 async fn settled(inbox: &dyn Inbox) -> InboxStats {
     let deadline = Instant::now() + PATIENCE;
@@ -456,7 +402,7 @@ async fn a_sqlite_receiver_killed_three_times_mid_delivery_has_each_effect_exact
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_receiver_killed_three_times_mid_delivery_has_each_effect_exactly_once() {
     let _servers = crate::support::servers::shared().await;
-    let database = PrivateDatabase::create().await;
+    let database = PrivateDatabase::create("recovery").await;
     let backend = Backend::Postgres(database);
     killed_three_times(&backend).await;
     let Backend::Postgres(database) = backend else {

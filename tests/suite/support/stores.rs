@@ -223,3 +223,64 @@ impl IdempotencyStore for HungStore {
         Box::pin(std::future::pending())
     }
 }
+
+/// A PostgreSQL database of its own on the `DATABASE_URL` server, so that
+/// a process's inbox and stores (in their default tables) meet no other
+/// test's rows, and a lock taken on them holds up no other test.
+#[cfg(feature = "postgres")]
+pub(crate) struct PrivateDatabase {
+    /// Its name.
+    pub(crate) name: String,
+    /// The server's URL, naming this database.
+    pub(crate) url: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PrivateDatabase {
+    async fn admin() -> tokio_postgres::Client {
+        let url = server_url("DATABASE_URL");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A new database, named after `test`.
+    pub(crate) async fn create(test: &str) -> Self {
+        let token = LeaseToken::generate();
+        let name = format!("clink_{test}_{}", token.as_str()[..12].to_lowercase());
+        Self::admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = server_url("DATABASE_URL");
+        let url = match url.split_once("://") {
+            // postgres://user@host:port/db?options: the path is the database.
+            Some((scheme, rest)) => {
+                let (rest, query) = rest
+                    .split_once('?')
+                    .map_or((rest, None), |(r, q)| (r, Some(q)));
+                let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+                let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+                format!("{scheme}://{authority}/{name}{query}")
+            }
+            // key=value: a later dbname overrides the first.
+            None => format!("{url} dbname={name}"),
+        };
+        Self { name, url }
+    }
+
+    /// Drops the database, closing whatever is still connected to it.
+    pub(crate) async fn drop_now(self) {
+        Self::admin()
+            .await
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}

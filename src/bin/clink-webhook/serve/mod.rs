@@ -911,4 +911,116 @@ mod tests {
         });
         assert!(relay.health.failing().is_none());
     }
+
+    use clink_webhooks::store::{
+        InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, NewEvent, Replayed, Settle,
+        StoreError,
+    };
+
+    /// A memory inbox whose counts never come, as an inbox held by a long
+    /// call (or a stalled disk) would keep them.
+    struct CountsNeverCome(clink_webhooks::store::MemoryInbox);
+
+    impl Inbox for CountsNeverCome {
+        fn insert<'a>(
+            &'a self, event: &'a NewEvent,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.0.insert(event)
+        }
+        fn insert_dead<'a>(
+            &'a self, event: &'a NewEvent, error: &'a str,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.0.insert_dead(event, error)
+        }
+        fn claim(
+            &self, lease: Duration, reorder_window: Duration,
+        ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+            self.0.claim(lease, reorder_window)
+        }
+        fn complete<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.complete(claim)
+        }
+        fn fail<'a>(
+            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.fail(claim, error, retry_at)
+        }
+        fn release<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.release(claim)
+        }
+        fn list<'a>(
+            &'a self, filter: &'a InboxFilter, limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+            self.0.list(filter, limit)
+        }
+        fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+            self.0.get(seq)
+        }
+        fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+            self.0.replay(seq, force)
+        }
+        fn replay_matching<'a>(
+            &'a self, filter: &'a InboxFilter, force: bool,
+        ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+            self.0.replay_matching(filter, force)
+        }
+        fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge(before)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            Box::pin(std::future::pending())
+        }
+        fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.0.check_writable()
+        }
+    }
+
+    /// `/health` waits for the inbox's counts no longer than the store
+    /// timeout: an inbox whose counts never come gets an answer with the
+    /// counts unknown (`events` null), not a probe that hangs. The clock is
+    /// paused, so the store timeout ends before the guard does, however
+    /// slow the machine.
+    #[tokio::test(start_paused = true)]
+    async fn health_answers_within_the_store_timeout_when_the_counts_never_come() {
+        let store_timeout = Duration::from_secs(1);
+        let inbox: Arc<dyn Inbox> =
+            Arc::new(CountsNeverCome(clink_webhooks::store::MemoryInbox::new()));
+        let layer = ClinkLayer::new(clink_webhooks::Verifier::new("whsec_a").unwrap())
+            .store_timeout(store_timeout)
+            .unwrap();
+        let intake = layer.intake(Arc::clone(&inbox));
+        let gateway = Gateway {
+            readiness: intake.readiness(),
+            intake,
+            path: Arc::from("/webhooks/clink"),
+            per_account: false,
+            inbox,
+            store_timeout,
+            destination: Arc::from("http://127.0.0.1:9/hook"),
+            destination_kind: "http",
+            health: Arc::new(Health::default()),
+            metrics: None,
+            #[cfg(feature = "console")]
+            console: None,
+        };
+        let started = tokio::time::Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(30), gateway.health())
+            .await
+            .expect("/health did not answer while the inbox's counts never came");
+        let waited = started.elapsed();
+        assert!(
+            waited >= store_timeout && waited < store_timeout * 2,
+            "{waited:?}"
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "ok", "{body}");
+        assert_eq!(body["inbox"]["status"], "ok", "{body}");
+        assert!(body["events"].is_null(), "{body}");
+    }
 }
