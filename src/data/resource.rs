@@ -17,9 +17,15 @@ use super::{CustomerVerify, Dispute, Invoice, Order, Refund, Session, Subscripti
 ///   field only (`orderId`, ..., `chargeBackId`, `customerId`), the field its
 ///   type reads. An `id` in such data is not the object's id;
 /// - any other family is keyed by `<family>Id` in camelCase
-///   (`paymentMethodId` for `payment_method`), then by `id`.
+///   (`paymentMethodId` for `payment_method`), then by `id`;
+/// - a customer (`customer.verify`) with no `customerId` is keyed by its
+///   `customerEmail`, as sent, as an object of its own kind,
+///   `customer_email` (see [`object_alias`](Self::object_alias)): the key
+///   `customer_email:a@example.com`, which never meets a `customer:<id>`
+///   key. A customer's events sent with its id and without are not
+///   ordered against each other.
 ///
-/// A non-string or empty id is no id.
+/// A non-string or empty id (or email) is no id.
 pub trait Resource {
     /// The id of the object this data is about, if it carries one.
     ///
@@ -29,7 +35,22 @@ pub trait Resource {
     /// families with a data type, else `<family>Id` in camelCase
     /// (`paymentMethodId` for `payment_method`), then `id`.
     fn object_id(&self, family: &str) -> Option<&str>;
+
+    /// What names the object when the data carries no
+    /// [id](Self::object_id): the kind of object it keys (in place of the
+    /// family) and its value. Only a customer has one: its `customerEmail`,
+    /// as the kind `customer_email`. The default, for data of any other
+    /// type, is none.
+    fn object_alias(&self, family: &str) -> Option<(&'static str, &str)> {
+        let _ = family;
+        None
+    }
 }
+
+/// The kind of object a customer known only by its email is keyed as: not
+/// the family of any event Clink sends, so that an email never meets a
+/// `customer:<id>` key.
+pub(crate) const CUSTOMER_EMAIL: &str = "customer_email";
 
 /// The field that identifies the object of `family`, as Clink names it.
 pub(crate) fn id_field(family: &str) -> Cow<'static, str> {
@@ -76,6 +97,14 @@ impl Resource for Value {
             .chain(fallback)
             .find_map(|field| object.get(field)?.as_str())
     }
+
+    fn object_alias(&self, family: &str) -> Option<(&'static str, &str)> {
+        if family != "customer" {
+            return None;
+        }
+        let email = self.as_object()?.get("customerEmail")?.as_str()?;
+        Some((CUSTOMER_EMAIL, email))
+    }
 }
 
 macro_rules! resource_by_field {
@@ -98,7 +127,18 @@ resource_by_field! {
     Subscription => subscription_id,
     Invoice => invoice_id,
     Dispute => charge_back_id,
-    CustomerVerify => customer_id,
+}
+
+impl Resource for CustomerVerify {
+    fn object_id(&self, _family: &str) -> Option<&str> {
+        self.customer_id.as_deref()
+    }
+
+    fn object_alias(&self, _family: &str) -> Option<(&'static str, &str)> {
+        self.customer_email
+            .as_deref()
+            .map(|email| (CUSTOMER_EMAIL, email))
+    }
 }
 
 #[cfg(test)]

@@ -26,11 +26,18 @@ use crate::data::Resource;
 
 /// Which object an event is about: its family and its id, e.g. `order` and
 /// `ord_123`. Displays as `family:id`.
+///
+/// A customer known only by its email (`customer.verify` with a
+/// `customerEmail` and no `customerId`) is keyed as an object of its own
+/// kind, `customer_email`, e.g. `customer_email:a@example.com`, so that an
+/// email never meets an id: see [`Resource`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    /// The event family, as [`EventType::family`](crate::EventType::family) gives it.
+    /// The event family, as [`EventType::family`](crate::EventType::family)
+    /// gives it; `customer_email` for a customer keyed by its email.
     pub family: String,
-    /// The object's id within the family.
+    /// The object's id within the family (a customer's email, for
+    /// `customer_email`).
     pub id: String,
 }
 
@@ -54,9 +61,12 @@ impl ObjectKey {
     }
 
     fn for_data(family: &str, data: &impl Resource) -> Option<Self> {
-        data.object_id(family)
-            .filter(|id| !id.is_empty())
-            .map(|id| Self::new(family, id))
+        if let Some(id) = data.object_id(family).filter(|id| !id.is_empty()) {
+            return Some(Self::new(family, id));
+        }
+        data.object_alias(family)
+            .filter(|(_, alias)| !alias.is_empty())
+            .map(|(kind, alias)| Self::new(kind, alias))
     }
 }
 
@@ -71,9 +81,10 @@ impl<T: Resource> Event<T> {
     ///
     /// The id is found by the rule of [`Resource`]: a family with a data
     /// type in this crate (`order`, ..., `customer`) is keyed by its own id
-    /// field alone, any other family by `<family>Id`, then `id`. For the
-    /// family's own data type (or [`serde_json::Value`]) this is the key
-    /// [`RawEvent::object_key`] gives.
+    /// field alone, any other family by `<family>Id`, then `id`; a customer
+    /// with no `customerId` is keyed by its `customerEmail`, as
+    /// `customer_email:<email>`. For the family's own data type (or
+    /// [`serde_json::Value`]) this is the key [`RawEvent::object_key`] gives.
     #[must_use]
     pub fn object_key(&self) -> Option<ObjectKey> {
         ObjectKey::for_data(self.event_type.family(), &self.data)

@@ -173,6 +173,18 @@ fn raw_and_typed_object_keys_agree_for_every_family() {
             "{}".to_owned(),
             "[]".to_owned(),
             "null".to_owned(),
+            // A customer's email keys it when it has no id; other families
+            // never read it.
+            r#"{"customerEmail":"a@example.com"}"#.to_owned(),
+            r#"{"customerEmail":"a@example.com","id":"x"}"#.to_owned(),
+            format!(r#"{{"customerEmail":"a@example.com","{own}":"own"}}"#),
+            format!(r#"{{"{own}":"own","customerEmail":"a@example.com"}}"#),
+            format!(r#"{{"{own}":"","customerEmail":"a@example.com"}}"#),
+            format!(r#"{{"{own}":null,"customerEmail":"a@example.com"}}"#),
+            r#"{"customerEmail":""}"#.to_owned(),
+            r#"{"customerEmail":7,"id":"x"}"#.to_owned(),
+            r#"{"object":{"customerEmail":"a@example.com"}}"#.to_owned(),
+            r#"{"customerEmail":"a@example.com","deep":[[{"customerId":"c"}]]}"#.to_owned(),
         ];
         for data in shapes {
             let body = format!(r#"{{"id":"evt_1","type":"{t}","data":{data}}}"#);
@@ -192,6 +204,22 @@ fn raw_and_typed_object_keys_agree_for_every_family() {
     // Families without a data type still fall back to `id`.
     let event = raw(r#"{"id":"evt_1","type":"agent_order.failed","data":{"id":"x"}}"#);
     assert_eq!(event.object_key(), Some(ObjectKey::new("agent_order", "x")));
+    // A customer known only by its email is keyed by it, as a kind of its
+    // own; an order's customer email keys nothing.
+    let data = r#"{"object":{"customerEmail":"a@example.com"}}"#;
+    let event = raw(&format!(
+        r#"{{"id":"evt_1","type":"customer.verify","data":{data}}}"#
+    ));
+    let key = ObjectKey::new("customer_email", "a@example.com");
+    assert_eq!(event.object_key(), Some(key.clone()));
+    assert_eq!(
+        event.decode::<CustomerVerify>().unwrap().object_key(),
+        Some(key)
+    );
+    let event = raw(&format!(
+        r#"{{"id":"evt_1","type":"order.succeeded","data":{data}}}"#
+    ));
+    assert_eq!(event.object_key(), None);
 }
 
 // ---------------------------------------------------------------------------

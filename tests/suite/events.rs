@@ -469,6 +469,31 @@ fn customer_verify_decodes_from_data_object() {
     );
 }
 
+/// A `customer.verify` with no `customerId` is keyed by its email, as a
+/// kind of its own: the raw and the typed event agree, an id still wins
+/// when both come, and an email never meets an id of the same text.
+#[test]
+fn customer_verify_without_an_id_is_keyed_by_its_email() {
+    let key = |data: serde_json::Value| {
+        let body = body("customer.verify", &data, true);
+        let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+        let typed = raw.decode::<CustomerVerify>().unwrap().object_key();
+        assert_eq!(raw.object_key(), typed, "{body}");
+        typed.map(|key| key.to_string())
+    };
+    let by_email = key(json!({"customerEmail": "a@example.com", "merchantId": "m_1"}));
+    assert_eq!(by_email.as_deref(), Some("customer_email:a@example.com"));
+    let both = key(json!({"customerEmail": "a@example.com", "customerId": "cus_1"}));
+    assert_eq!(both.as_deref(), Some("customer:cus_1"));
+    let empty_id = key(json!({"customerEmail": "a@example.com", "customerId": ""}));
+    assert_eq!(empty_id, by_email);
+    let id_like_the_email = key(json!({"customerId": "a@example.com"}));
+    assert_eq!(id_like_the_email.as_deref(), Some("customer:a@example.com"));
+    assert_ne!(id_like_the_email, by_email);
+    assert_eq!(key(json!({"customerEmail": ""})), None);
+    assert_eq!(key(json!({"merchantId": "m_1"})), None);
+}
+
 #[test]
 fn amounts_are_exact_decimals_and_serialize_back_unchanged() {
     for text in [
