@@ -739,55 +739,193 @@ impl Destination {
     /// Looks in the stream, among the messages on `subject` kept since a
     /// minute before `since` (the clocks of the gateway and the server may
     /// differ), for `event` by its `Nats-Msg-Id`: its sequence, if there.
+    /// See [`find_kept`].
     async fn find_kept(
         &self, jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str,
         event: &NewEvent, since: Timestamp,
     ) -> Result<Option<u64>, String> {
-        use async_nats::jetstream::stream::RawMessageErrorKind;
-        let failed = |e: &dyn std::fmt::Display| {
+        find_kept(
+            jetstream,
+            stream,
+            subject,
+            &message_id(event),
+            since,
+            self.timeout,
+        )
+        .await
+        .map_err(|e| {
             format!(
                 "{}: cannot look for an earlier publish in the stream {stream}: {e}",
                 self.name
             )
+        })
+    }
+}
+
+/// How many messages a lookup asks the server for at once (headers only:
+/// a few hundred bytes each).
+const LOOKUP_BATCH: usize = 1000;
+
+/// The least time the server keeps a lookup's consumer when nobody reads
+/// from it, should the lookup end without deleting it.
+const LOOKUP_INACTIVE_MIN: Duration = Duration::from_secs(5);
+
+/// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
+/// messages on `subject` kept since a minute before `since` and at the
+/// latest when the lookup begins: its sequence, if there.
+///
+/// One pass: an ephemeral pull consumer on the server (filtered on
+/// `subject`, from that time, headers only, no acknowledgements) streams
+/// the messages in batches, so the lookup costs a few requests however
+/// many messages the subject holds. It reads until it passes the stream's
+/// last sequence as the lookup began or the server has no message left
+/// for it. The consumer is deleted when the lookup ends, or, when it is
+/// stopped before (at the end of `timeout`), by a task of its own; the
+/// server removes one left behind once inactive for `timeout` (at least
+/// [`LOOKUP_INACTIVE_MIN`]). The caller bounds the lookup's time; each
+/// request is bounded by `jetstream`'s timeout.
+async fn find_kept(
+    jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
+    since: Timestamp, timeout: Duration,
+) -> Result<Option<u64>, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let found = jetstream
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = &found.cached_info().state;
+    if state.messages == 0 {
+        return Ok(None);
+    }
+    // A message kept after the lookup began is not an earlier publish's.
+    let last = state.last_sequence;
+    let start_ms = since.as_millis().saturating_sub(60_000);
+    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let inbox = jetstream.client().new_inbox();
+    let consumer = LookupConsumer {
+        jetstream: jetstream.clone(),
+        stream: stream.to_owned(),
+        name: format!(
+            "clink-lookup-{}",
+            inbox.rsplit('.').next().unwrap_or(&inbox)
+        ),
+        deleted: false,
+    };
+    let inactive = timeout.max(LOOKUP_INACTIVE_MIN);
+    let result = async {
+        let reader = found
+            .create_consumer(pull::Config {
+                name: Some(consumer.name.clone()),
+                description: Some("clink-webhook: looks for an earlier publish".to_owned()),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+                ack_policy: AckPolicy::None,
+                filter_subject: subject.to_owned(),
+                headers_only: true,
+                inactive_threshold: inactive,
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if reader.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        let mut messages = reader
+            .stream()
+            .max_messages_per_batch(LOOKUP_BATCH)
+            .expires(inactive)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut delivered = 0;
+        loop {
+            let message = next(&mut messages)
+                .await
+                .ok_or("the server stopped sending the stream's messages")?
+                .map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            // Without acknowledgements a message lost on the way is not
+            // sent again: it could be the one looked for.
+            if info.consumer_sequence != delivered + 1 {
+                return Err(format!(
+                    "message {} of the lookup came after {delivered}: one was lost",
+                    info.consumer_sequence
+                ));
+            }
+            delivered = info.consumer_sequence;
+            if info.stream_sequence > last {
+                return Ok(None);
+            }
+            let kept_id = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(async_nats::HeaderValue::as_str);
+            if kept_id == Some(id) {
+                return Ok(Some(info.stream_sequence));
+            }
+            if info.stream_sequence == last || info.pending == 0 {
+                return Ok(None);
+            }
+        }
+    }
+    .await;
+    consumer.delete().await;
+    result
+}
+
+/// The next item of `stream`.
+async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// The consumer a lookup reads the stream with, named before it is
+/// created: deleted by [`delete`](Self::delete) when the lookup ends, or,
+/// dropped before (the lookup stopped at the end of its time), by a task.
+struct LookupConsumer {
+    jetstream: async_nats::jetstream::Context,
+    stream: String,
+    name: String,
+    deleted: bool,
+}
+
+impl LookupConsumer {
+    /// Deletes the consumer; a failure leaves it to the server, which
+    /// removes it once inactive.
+    async fn delete(mut self) {
+        self.deleted = true;
+        if let Err(error) = self
+            .jetstream
+            .delete_consumer_from_stream(&self.name, &self.stream)
+            .await
+        {
+            tracing::debug!(
+                %error,
+                consumer = %self.name,
+                "gateway: could not delete a lookup's consumer"
+            );
+        }
+    }
+}
+
+impl Drop for LookupConsumer {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
         };
-        let id = message_id(event);
-        let mut found = jetstream.get_stream(stream).await.map_err(|e| failed(&e))?;
-        let state = found.info().await.map_err(|e| failed(&e))?.state.clone();
-        let start_ms = since.as_millis().saturating_sub(60_000);
-        let start =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        // The first sequence kept at or after `start`: the messages' times
-        // rise with their sequences.
-        let (mut low, mut high) = (state.first_sequence, state.last_sequence.saturating_add(1));
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match found.get_first_raw_message_by_subject(">", middle).await {
-                Ok(message) if message.time < start => low = message.sequence + 1,
-                Ok(_) => high = middle,
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => high = middle,
-                Err(e) => return Err(failed(&e)),
-            }
-        }
-        let mut next = low;
-        while next <= state.last_sequence {
-            match found.get_first_raw_message_by_subject(subject, next).await {
-                Ok(message) if message.sequence <= state.last_sequence => {
-                    let kept_id = message
-                        .headers
-                        .get(async_nats::header::NATS_MESSAGE_ID)
-                        .map(async_nats::HeaderValue::as_str);
-                    if kept_id == Some(id.as_str()) {
-                        return Ok(Some(message.sequence));
-                    }
-                    next = message.sequence + 1;
-                }
-                Ok(_) => break,
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(failed(&e)),
-            }
-        }
-        Ok(None)
+        let (jetstream, stream, name) = (
+            self.jetstream.clone(),
+            std::mem::take(&mut self.stream),
+            std::mem::take(&mut self.name),
+        );
+        runtime.spawn(async move {
+            let _ = jetstream.delete_consumer_from_stream(&name, &stream).await;
+        });
     }
 }
 
@@ -894,6 +1032,262 @@ mod tests {
             let status = http::StatusCode::from_u16(status).unwrap();
             assert_eq!(refuses_the_event(status), event_alone, "{status}");
         }
+    }
+
+    /// The nats-server with JetStream that `scripts/with-services` starts.
+    fn nats_url() -> String {
+        std::env::var("NATS_URL").unwrap_or_else(|_| {
+            panic!("NATS_URL is not set; run with scripts/with-services (it starts a nats-server)")
+        })
+    }
+
+    /// A stream of the test's own on the test's nats-server, holding
+    /// `PREFIX.>`: the client, its JetStream context, the stream's name and
+    /// `PREFIX`.
+    async fn test_stream(
+        test: &str,
+    ) -> (
+        async_nats::Client,
+        async_nats::jetstream::Context,
+        String,
+        String,
+    ) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = format!(
+            "{test}{}x{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            Timestamp::now().as_millis() % 1_000_000
+        );
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let mut jetstream = async_nats::jetstream::new(client.clone());
+        // A bound on a hang only.
+        jetstream.set_timeout(Duration::from_secs(60));
+        let stream = format!("T{tag}");
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("t{tag}.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (client, jetstream, stream, format!("t{tag}"))
+    }
+
+    /// Publishes one message with `body` on `subject` for each of `ids` (its
+    /// `Nats-Msg-Id`), 500 at a time: the sequence of each.
+    async fn publish_all(
+        jetstream: &async_nats::jetstream::Context, subject: &str, ids: &[String], body: &Bytes,
+    ) -> Vec<u64> {
+        let mut sequences = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                let ack = jetstream
+                    .publish_with_headers(subject.to_owned(), headers, body.clone())
+                    .await
+                    .unwrap();
+                acks.push(ack);
+            }
+            for ack in acks {
+                sequences.push(ack.await.unwrap().sequence);
+            }
+        }
+        sequences
+    }
+
+    /// How many consumers `stream` has.
+    async fn consumers(jetstream: &async_nats::jetstream::Context, stream: &str) -> usize {
+        let mut found = jetstream.get_stream(stream).await.unwrap();
+        found.info().await.unwrap().state.consumer_count
+    }
+
+    /// What the client sent (messages: its requests) and received (bytes)
+    /// so far.
+    fn traffic(client: &async_nats::Client) -> (u64, u64) {
+        let statistics = client.statistics();
+        (
+            statistics.out_messages.load(Ordering::SeqCst),
+            statistics.in_bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Looks for `id` on `subject` as a publish with the default
+    /// destination timeout does, bounded by a minute (a hang only).
+    async fn lookup(
+        jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
+        since: Timestamp,
+    ) -> Option<u64> {
+        let lookup = find_kept(
+            jetstream,
+            stream,
+            subject,
+            id,
+            since,
+            Duration::from_secs(10),
+        );
+        tokio::time::timeout(Duration::from_secs(60), lookup)
+            .await
+            .expect("the lookup ended")
+            .unwrap()
+    }
+
+    /// The most requests a lookup through the messages of these tests may
+    /// make: a few of its own and one per batch it reads. One per message
+    /// would be thousands.
+    const FEW_REQUESTS: u64 = 30;
+
+    /// A lookup finds the kept message among thousands of others on its
+    /// subject, and says none when it is not there, in a few requests and
+    /// without the messages' bodies: it reads the subject as one stream of
+    /// headers, not one request per message.
+    #[tokio::test]
+    async fn a_lookup_reads_thousands_of_messages_in_a_few_requests() {
+        const BODY: usize = 2048;
+        let (client, jetstream, stream, prefix) = test_stream("lookup").await;
+        let subject = format!("{prefix}.acct_eu.order_succeeded");
+        let since = Timestamp::now();
+        let body = Bytes::from(vec![b'x'; BODY]);
+        let others = |from: usize, to: usize| -> Vec<String> {
+            (from..to)
+                .map(|i| format!("acct_eu:evt_other_{i}"))
+                .collect()
+        };
+        publish_all(&jetstream, &subject, &others(0, 2000), &body).await;
+        let kept = publish_all(
+            &jetstream,
+            &subject,
+            &["acct_eu:evt_kept".to_owned()],
+            &body,
+        )
+        .await[0];
+        publish_all(&jetstream, &subject, &others(2000, 4000), &body).await;
+        // The stream's last messages are on another subject.
+        publish_all(
+            &jetstream,
+            &format!("{prefix}.acct_eu.refund_succeeded"),
+            &others(4000, 4100),
+            &body,
+        )
+        .await;
+
+        let before = traffic(&client);
+        let found = lookup(&jetstream, &stream, &subject, "acct_eu:evt_kept", since).await;
+        let after = traffic(&client);
+        assert_eq!(found, Some(kept));
+        let (requests, received) = (after.0 - before.0, after.1 - before.1);
+        assert!(
+            requests <= FEW_REQUESTS,
+            "{requests} requests to find the 2001st message"
+        );
+        // 2,000 bodies before the kept one: headers come alone.
+        let bodies = 2000 * BODY as u64;
+        assert!(
+            received < bodies / 2,
+            "{received} bytes received to find the 2001st message ({bodies} in bodies before it)"
+        );
+        assert_eq!(
+            consumers(&jetstream, &stream).await,
+            0,
+            "the lookup's consumer deleted"
+        );
+
+        let before = traffic(&client);
+        let found = lookup(&jetstream, &stream, &subject, "acct_eu:evt_absent", since).await;
+        let after = traffic(&client);
+        assert_eq!(found, None);
+        let requests = after.0 - before.0;
+        assert!(
+            requests <= FEW_REQUESTS,
+            "{requests} requests to read 4,000 messages"
+        );
+        assert_eq!(
+            consumers(&jetstream, &stream).await,
+            0,
+            "the lookup's consumer deleted"
+        );
+
+        // The same id under another account, or on another subject, is not it.
+        for (subject, id) in [
+            (subject.as_str(), "acct_us:evt_kept"),
+            (
+                &format!("{prefix}.acct_eu.refund_succeeded"),
+                "acct_eu:evt_kept",
+            ),
+            (
+                &format!("{prefix}.acct_eu.nothing_here"),
+                "acct_eu:evt_kept",
+            ),
+        ] {
+            let found = lookup(&jetstream, &stream, subject, id, since).await;
+            assert_eq!(found, None, "{subject} {id}");
+        }
+        assert_eq!(consumers(&jetstream, &stream).await, 0);
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// Only messages kept since a minute before the publish began are
+    /// looked at, and an empty stream is no trouble.
+    #[tokio::test]
+    async fn a_lookup_looks_from_a_minute_before_the_publish() {
+        let (_client, jetstream, stream, prefix) = test_stream("since").await;
+        let subject = format!("{prefix}.order_succeeded");
+        let now = Timestamp::now();
+        let found = lookup(&jetstream, &stream, &subject, ":evt_1", now).await;
+        assert_eq!(found, None, "an empty stream");
+        let kept =
+            publish_all(&jetstream, &subject, &[":evt_1".to_owned()], &Bytes::new()).await[0];
+        let at = |seconds: i64| Timestamp::from_millis(now.as_millis() + seconds * 1000);
+        for (since, expected) in [
+            (at(0), Some(kept)),
+            (at(50), Some(kept)),
+            // Kept more than a minute before the publish began.
+            (at(120), None),
+        ] {
+            let found = lookup(&jetstream, &stream, &subject, ":evt_1", since).await;
+            assert_eq!(found, expected, "since {since}");
+        }
+        assert_eq!(consumers(&jetstream, &stream).await, 0);
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A lookup stopped at the end of its time leaves no consumer behind:
+    /// dropped before it ends, its consumer is deleted by a task.
+    #[tokio::test]
+    async fn a_lookup_stopped_early_deletes_its_consumer() {
+        let (_client, jetstream, stream, prefix) = test_stream("drop").await;
+        let name = "clink-lookup-dropped".to_owned();
+        // Durable: the server would keep it, inactive or not.
+        jetstream
+            .create_consumer_on_stream(
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{prefix}.>"),
+                    ..Default::default()
+                },
+                &stream,
+            )
+            .await
+            .unwrap();
+        assert_eq!(consumers(&jetstream, &stream).await, 1);
+        drop(LookupConsumer {
+            jetstream: jetstream.clone(),
+            stream: stream.clone(),
+            name,
+            deleted: false,
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while consumers(&jetstream, &stream).await != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the consumer is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        jetstream.delete_stream(&stream).await.unwrap();
     }
 
     /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
