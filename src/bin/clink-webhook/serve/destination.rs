@@ -84,6 +84,33 @@ enum Kind {
     },
 }
 
+/// A key that verifies deliveries, with the name the layer records on the
+/// events it verifies (see [`KeySpec::recorded_name`]), worked out once when
+/// the keys are loaded instead of on every forward.
+#[derive(Clone)]
+pub(crate) struct VerifyingKey {
+    key: KeySpec,
+    name: Option<String>,
+}
+
+impl VerifyingKey {
+    /// `keys`, in their order, each with its recorded name.
+    pub(crate) fn named(keys: &[KeySpec]) -> Vec<Self> {
+        keys.iter()
+            .map(|key| Self {
+                name: key.recorded_name(),
+                key: key.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The keys that verify deliveries, per account (`""` with one key),
+/// newest first, with their recorded names: what forwards to an HTTP
+/// destination are signed with. Replaced whole when `accounts_file` is
+/// re-read.
+pub(crate) type AccountKeys = Arc<RwLock<BTreeMap<String, Vec<VerifyingKey>>>>;
+
 /// The keys forwards to an HTTP destination are signed with, at the time
 /// each is sent: the app verifies them with a tolerance as tight as Clink's
 /// own, however long an event waited in the inbox.
@@ -94,7 +121,7 @@ pub(crate) enum Signers {
     /// The keys that verify deliveries, per account (`""` with one key),
     /// newest first: each event is signed with the key that verified it
     /// while that key has not expired, else the newest that has not.
-    Verifying(Arc<RwLock<BTreeMap<String, Vec<KeySpec>>>>),
+    Verifying(AccountKeys),
 }
 
 impl Signers {
@@ -113,14 +140,14 @@ impl Signers {
             ));
         };
         let now = clink_webhooks::Timestamp::now();
-        let live = || keys.iter().filter(|key| !key.expired(now));
+        let live = || keys.iter().filter(|named| !named.key.expired(now));
         let verified_by = event.signing_key.as_deref();
-        let key = live()
-            .find(|key| verified_by.is_some() && key.recorded_name().as_deref() == verified_by)
+        let named = live()
+            .find(|named| verified_by.is_some() && named.name.as_deref() == verified_by)
             .or_else(|| live().next())
             .or_else(|| keys.first())
             .ok_or("no key to sign the forward with")?;
-        Ok(Zeroizing::new(key.secret().to_owned()))
+        Ok(Zeroizing::new(named.key.secret().to_owned()))
     }
 }
 
@@ -1032,6 +1059,120 @@ mod tests {
             let status = http::StatusCode::from_u16(status).unwrap();
             assert_eq!(refuses_the_event(status), event_alone, "{status}");
         }
+    }
+
+    /// The keys `setting` (`webhook_signing_key` or `signing_keys`) holds.
+    fn keys(setting: &'static str, value: &str) -> Vec<KeySpec> {
+        let config = Config::from_pairs(&[
+            (setting, value),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", "http://127.0.0.1:9/"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        match config.keys {
+            super::super::config::Keys::One(keys) => keys,
+            super::super::config::Keys::PerAccount(_) => unreachable!("one endpoint"),
+        }
+    }
+
+    /// `event` of `account`, verified by the key the layer records as `by`.
+    fn verified(account: Option<&str>, by: Option<&str>) -> NewEvent {
+        let mut event = event(account, "order.succeeded");
+        event.signing_key = by.map(str::to_owned);
+        event
+    }
+
+    /// A forward is signed with the key that verified its event while that
+    /// key is live, else with the newest live one, else with the newest;
+    /// the names it is matched by are the ones the layer records (a key's
+    /// name, or its fingerprint when it has none), worked out when the keys
+    /// are loaded.
+    #[test]
+    fn a_forward_is_signed_with_the_key_that_verified_its_event() {
+        let signers = |accounts: Vec<(&str, Vec<KeySpec>)>| {
+            let map = accounts
+                .into_iter()
+                .map(|(account, keys)| (account.to_owned(), VerifyingKey::named(&keys)))
+                .collect();
+            Signers::Verifying(Arc::new(RwLock::new(map)))
+        };
+        let secret = |signers: &Signers, event: &NewEvent| {
+            signers
+                .secret_for(event)
+                .map(|secret| secret.as_str().to_owned())
+        };
+        let named = keys(
+            "signing_keys",
+            r#"[{ secret = "whsec_new", name = "new" },
+                { secret = "whsec_old", name = "old" },
+                { secret = "whsec_gone", name = "gone", expires = "2020-01-01T00:00:00Z" }]"#,
+        );
+        let one = signers(vec![("", named.clone())]);
+        for (by, expected) in [
+            (Some("old"), "whsec_old"),
+            (Some("new"), "whsec_new"),
+            // Expired since it verified the event: the newest live key.
+            (Some("gone"), "whsec_new"),
+            // A key no longer there, or none recorded.
+            (Some("retired"), "whsec_new"),
+            (None, "whsec_new"),
+        ] {
+            assert_eq!(
+                secret(&one, &verified(None, by)).as_deref(),
+                Ok(expected),
+                "{by:?}"
+            );
+        }
+
+        // Keys without names are matched by their fingerprints.
+        let unnamed = keys("webhook_signing_key", "whsec_a,whsec_b");
+        let fingerprint = unnamed[1].recorded_name().unwrap();
+        assert!(!fingerprint.contains("whsec_b"), "a fingerprint");
+        let plain = signers(vec![("", unnamed)]);
+        assert_eq!(
+            secret(&plain, &verified(None, Some(&fingerprint))).as_deref(),
+            Ok("whsec_b")
+        );
+        assert_eq!(
+            secret(&plain, &verified(None, Some("whsec_b"))).as_deref(),
+            Ok("whsec_a")
+        );
+
+        // Every key expired: the newest.
+        let expired = keys(
+            "signing_keys",
+            r#"[{ secret = "whsec_x", name = "x", expires = "2020-01-02T00:00:00Z" },
+                { secret = "whsec_y", name = "y", expires = "2020-01-01T00:00:00Z" }]"#,
+        );
+        let expired = signers(vec![("", expired)]);
+        assert_eq!(
+            secret(&expired, &verified(None, Some("y"))).as_deref(),
+            Ok("whsec_x")
+        );
+
+        // Per account; an account gone from the file has no key.
+        let accounts = signers(vec![
+            ("acct_eu", keys("webhook_signing_key", "whsec_eu")),
+            ("acct_us", named),
+        ]);
+        assert_eq!(
+            secret(&accounts, &verified(Some("acct_eu"), Some("old"))).as_deref(),
+            Ok("whsec_eu")
+        );
+        assert_eq!(
+            secret(&accounts, &verified(Some("acct_us"), Some("old"))).as_deref(),
+            Ok("whsec_old")
+        );
+        let error = secret(&accounts, &verified(Some("acct_gone"), None)).unwrap_err();
+        assert!(error.contains("acct_gone"), "{error}");
+        assert_eq!(
+            secret(
+                &Signers::Own(keys("webhook_signing_key", "whsec_own").remove(0)),
+                &verified(Some("acct_eu"), Some("old"))
+            )
+            .as_deref(),
+            Ok("whsec_own")
+        );
     }
 
     /// The nats-server with JetStream that `scripts/with-services` starts.

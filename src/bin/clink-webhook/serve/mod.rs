@@ -32,8 +32,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use self::config::{read_accounts, verifier, Config, InboxSpec, KeySpec, Keys};
-use self::destination::{Destination, EventRefused, Health, MaybeKept, Signers};
+use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
+use self::destination::{
+    AccountKeys, Destination, EventRefused, Health, MaybeKept, Signers, VerifyingKey,
+};
 use crate::output::Output;
 use crate::CliError;
 
@@ -471,12 +473,9 @@ impl Service<Request<Incoming>> for Gateway {
     }
 }
 
-/// The keys that verify deliveries, per account (`""` with one key): what
-/// forwards to an HTTP destination are signed with.
-type AccountKeys = Arc<std::sync::RwLock<std::collections::BTreeMap<String, Vec<KeySpec>>>>;
-
-/// The accounts' keys, loaded into `map` (and their secrets into `keys`); accounts gone from the file are
-/// removed. Returns how many accounts the file has.
+/// The accounts' keys, loaded into `map` (and, with the names the layer
+/// records, into `keys`); accounts gone from the file are removed. Returns
+/// how many accounts the file has.
 fn load_accounts(
     path: &std::path::Path, map: &KeyMap, known: &Mutex<BTreeSet<String>>, tolerance: Duration,
     keys: &AccountKeys,
@@ -487,6 +486,11 @@ fn load_accounts(
         let verifier = verifier(keys, tolerance).map_err(|m| format!("account {account}: {m}"))?;
         verifiers.push((account.clone(), verifier));
     }
+    // Named once here, not on each forward.
+    let named = accounts
+        .iter()
+        .map(|(account, keys)| (account.clone(), VerifyingKey::named(keys)))
+        .collect();
     let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
     for (account, verifier) in verifiers {
         map.insert(account.clone(), verifier)
@@ -503,7 +507,7 @@ fn load_accounts(
         known.remove(&account);
     }
     let count = accounts.len();
-    *keys.write().unwrap_or_else(PoisonError::into_inner) = accounts;
+    *keys.write().unwrap_or_else(PoisonError::into_inner) = named;
     Ok(count)
 }
 
@@ -600,7 +604,7 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             account_keys
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(String::new(), keys.clone());
+                .insert(String::new(), VerifyingKey::named(keys));
             ClinkLayer::new(
                 verifier(keys, config.tolerance)
                     .map_err(|m| CliError::usage(format!("configuration: {m}")))?,
