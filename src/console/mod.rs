@@ -27,7 +27,8 @@
 //!   attempts, last error and replays, and the timeline of its object: how
 //!   many events are about it, and up to 100 of them, those that arrived
 //!   nearest to this one (this one among them, marked), in `created` order
-//!   with their status, with a link to all of them in `/events`. The page
+//!   with their status, with a link to all of them in `/events` (read with
+//!   [`Inbox::page_summaries`], without their bodies). The page
 //!   shows at most the first 256 KiB of the body's text (indented at most
 //!   16 levels deep) and the first 16 KiB of the last error, and says so
 //!   when it cuts one: `clink-webhook inbox --sqlite FILE show SEQ --json`

@@ -16,8 +16,8 @@ use http::StatusCode;
 use super::view::{self, Query};
 use super::{Ctx, Shared};
 use crate::store::{
-    timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, PageStart, Replayed,
-    StoreError,
+    timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart,
+    Replayed, StoreError,
 };
 use crate::Timestamp;
 
@@ -483,7 +483,8 @@ fn missing(shared: &Shared, ctx: &Ctx) -> Response {
 
 /// The timeline of `entry`'s object, if it has one: at most
 /// [`TIMELINE_LEN`] events about it, those that arrived nearest to it
-/// (`entry` among them), in `created` order, and how many there are.
+/// (`entry` among them), in `created` order, and how many there are. It
+/// reads their summaries, never their bodies.
 async fn timeline(
     shared: &Shared, ctx: &Ctx, entry: &InboxEntry,
 ) -> Result<Option<Timeline>, StoreError> {
@@ -497,12 +498,12 @@ async fn timeline(
     // the newest of those); what one side lacks, the other fills.
     let mut newer = call(
         shared,
-        inbox.page(&filter, PageStart::After(entry.seq), TIMELINE_LEN / 2),
+        inbox.page_summaries(&filter, PageStart::After(entry.seq), TIMELINE_LEN / 2),
     )
     .await?;
     let older = call(
         shared,
-        inbox.page(
+        inbox.page_summaries(
             &filter,
             PageStart::Before(entry.seq.saturating_add(1)),
             TIMELINE_LEN - newer.len(),
@@ -513,17 +514,23 @@ async fn timeline(
     if room > 0 && newer.len() == TIMELINE_LEN / 2 {
         // Pages run newest first: the first of `newer` is its newest.
         let newest = newer[0].seq;
-        newer.extend(call(shared, inbox.page(&filter, PageStart::After(newest), room)).await?);
+        newer.extend(
+            call(
+                shared,
+                inbox.page_summaries(&filter, PageStart::After(newest), room),
+            )
+            .await?,
+        );
     }
     let mut events = older;
     events.append(&mut newer);
     if !events.iter().any(|e| e.seq == entry.seq) {
-        events.push(entry.clone());
+        events.push(InboxSummary::from(entry));
     }
-    let key = |e: &InboxEntry| {
+    let key = |e: &InboxSummary| {
         (
-            e.event.created.unwrap_or(e.event.received_at),
-            e.event.event_id.clone(),
+            e.created.unwrap_or(e.received_at),
+            e.event_id.clone(),
             e.seq,
         )
     };
@@ -532,14 +539,14 @@ async fn timeline(
         .iter()
         .map(|e| Step {
             seq: e.seq,
-            created: e.event.created.map_or_else(
-                || format!("{} (received)", view::time(e.event.received_at)),
+            created: e.created.map_or_else(
+                || format!("{} (received)", view::time(e.received_at)),
                 view::time,
             ),
-            event_type: view::shown(&e.event.event_type),
-            event_id: view::shown(&e.event.event_id),
+            event_type: view::shown(&e.event_type),
+            event_id: view::shown(&e.event_id),
             status: e.status.as_str(),
-            received: view::time(e.event.received_at),
+            received: view::time(e.received_at),
             handled: e.handled_at.map(view::time).unwrap_or_default(),
             current: e.seq == entry.seq,
         })

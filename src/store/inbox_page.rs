@@ -1,15 +1,107 @@
 //! What a person browsing an [`Inbox`](super::Inbox) needs of it: pages of
-//! events newest first ([`Inbox::page`](super::Inbox::page)), counts
-//! ([`Inbox::count`](super::Inbox::count)) and events received and handled
-//! per interval ([`Inbox::activity`](super::Inbox::activity)). The console
-//! (feature `console`) is built on them; the trait's default methods derive
-//! them from [`list`](super::Inbox::list), and every backend in the crate
-//! answers them in one query.
+//! events newest first ([`Inbox::page`](super::Inbox::page)), the same
+//! pages without the bodies ([`Inbox::page_summaries`](super::Inbox::page_summaries)),
+//! counts ([`Inbox::count`](super::Inbox::count)) and events received and
+//! handled per interval ([`Inbox::activity`](super::Inbox::activity)). The
+//! console (feature `console`) is built on them; the trait's default
+//! methods derive them from [`list`](super::Inbox::list), and every backend
+//! in the crate answers them in one query.
 
 use std::time::Duration;
 
-use super::{InboxEntry, InboxFilter};
+use super::{InboxEntry, InboxFilter, InboxStatus};
 use crate::Timestamp;
+
+/// An event as a row of a list shows it: what the inbox holds of it less
+/// its body, its last error, its receipt, its signature and its attempts'
+/// history, so that a page of them costs a few hundred bytes an event
+/// however large the bodies are. What
+/// [`Inbox::page_summaries`](super::Inbox::page_summaries) returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxSummary {
+    /// Its number in the inbox, in arrival order.
+    pub seq: i64,
+    /// The merchant account, when the layer serves several.
+    pub account: Option<String>,
+    /// The event id.
+    pub event_id: String,
+    /// The event type, as sent.
+    pub event_type: String,
+    /// When the event occurred, if the envelope says.
+    pub created: Option<Timestamp>,
+    /// The object the event is about, as `family:id`, if it names one.
+    pub object_key: Option<String>,
+    /// When Clink signed the delivery.
+    pub signed_at: Timestamp,
+    /// When this receiver got it.
+    pub received_at: Timestamp,
+    /// Where it is now.
+    pub status: InboxStatus,
+    /// How many times a worker took it since it arrived or was last replayed.
+    pub attempts: u32,
+    /// When it may run next.
+    pub next_attempt_at: Timestamp,
+    /// When a worker last completed it.
+    pub handled_at: Option<Timestamp>,
+    /// How many times it was replayed.
+    pub replays: u32,
+    /// When it was last replayed.
+    pub last_replayed_at: Option<Timestamp>,
+}
+
+impl From<&InboxEntry> for InboxSummary {
+    fn from(entry: &InboxEntry) -> Self {
+        let event = &entry.event;
+        Self {
+            seq: entry.seq,
+            account: event.account.clone(),
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            created: event.created,
+            object_key: event.object_key.clone(),
+            signed_at: event.signed_at,
+            received_at: event.received_at,
+            status: entry.status,
+            attempts: entry.attempts,
+            next_attempt_at: entry.next_attempt_at,
+            handled_at: entry.handled_at,
+            replays: entry.replays,
+            last_replayed_at: entry.last_replayed_at,
+        }
+    }
+}
+
+/// The columns an [`InboxSummary`] is read from, in the order
+/// [`read_summary`] reads them: no body, error, receipt or history.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const SUMMARY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
+     object_key, signed_at_ms, received_at_ms, status, attempts, next_attempt_ms, \
+     handled_at_ms, replays, last_replay_ms";
+
+/// Reads an [`InboxSummary`] from a row selected with [`SUMMARY_COLUMNS`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn read_summary<R: super::inbox_trait::EntryRow>(
+    row: &R,
+) -> Result<InboxSummary, R::Error> {
+    let account = row.text(1)?;
+    Ok(InboxSummary {
+        seq: row.int(0)?,
+        account: (!account.is_empty()).then_some(account),
+        event_id: row.text(2)?,
+        event_type: row.text(3)?,
+        created: row.optional_int(4)?.map(Timestamp::from_millis),
+        object_key: row.optional_text(5)?,
+        signed_at: Timestamp::from_millis(row.int(6)?),
+        received_at: Timestamp::from_millis(row.int(7)?),
+        status: InboxStatus::parse(&row.text(8)?).unwrap_or(InboxStatus::Pending),
+        attempts: u32::try_from(row.int(9)?).unwrap_or(0),
+        next_attempt_at: Timestamp::from_millis(row.int(10)?),
+        handled_at: row.optional_int(11)?.map(Timestamp::from_millis),
+        replays: u32::try_from(row.int(12)?).unwrap_or(0),
+        last_replayed_at: row.optional_int(13)?.map(Timestamp::from_millis),
+    })
+}
 
 /// Where a page of [`Inbox::page`](super::Inbox::page) starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,16 +193,38 @@ impl InboxActivity {
     }
 }
 
+/// An event as [`page_of`] sorts it: whole or by reference.
+pub(crate) trait Numbered {
+    /// Its number in the inbox.
+    fn seq(&self) -> i64;
+}
+
+impl Numbered for InboxEntry {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
+impl Numbered for &InboxEntry {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
 /// The page of `entries` (all the matching events, oldest first) that
 /// `start` and `limit` select, newest first.
-pub(crate) fn page_of(
-    entries: impl DoubleEndedIterator<Item = InboxEntry>, start: PageStart, limit: usize,
-) -> Vec<InboxEntry> {
+pub(crate) fn page_of<E: Numbered>(
+    entries: impl DoubleEndedIterator<Item = E>, start: PageStart, limit: usize,
+) -> Vec<E> {
     match start {
         PageStart::Newest => entries.rev().take(limit).collect(),
-        PageStart::Before(seq) => entries.rev().filter(|e| e.seq < seq).take(limit).collect(),
+        PageStart::Before(seq) => entries
+            .rev()
+            .filter(|e| e.seq() < seq)
+            .take(limit)
+            .collect(),
         PageStart::After(seq) => {
-            let mut page: Vec<_> = entries.filter(|e| e.seq > seq).take(limit).collect();
+            let mut page: Vec<_> = entries.filter(|e| e.seq() > seq).take(limit).collect();
             page.reverse();
             page
         }
@@ -132,7 +246,7 @@ pub(crate) fn on_page(filter: &InboxFilter, start: PageStart, entry: &InboxEntry
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql {
     use super::super::inbox_trait::{filter_sql, ENTRY_COLUMNS};
-    use super::PageStart;
+    use super::{PageStart, SUMMARY_COLUMNS};
 
     fn param(mark: char, n: usize) -> String {
         if mark == '$' {
@@ -146,12 +260,21 @@ pub(crate) mod sql {
     /// the limit (8); rows come newest first, except for
     /// [`PageStart::After`], whose rows come oldest first (reverse them).
     pub(crate) fn page(table: &str, mark: char, start: PageStart) -> String {
+        page_of_columns(ENTRY_COLUMNS, table, mark, start)
+    }
+
+    /// As [`page`], of [`SUMMARY_COLUMNS`]: the body is not selected.
+    pub(crate) fn summary_page(table: &str, mark: char, start: PageStart) -> String {
+        page_of_columns(SUMMARY_COLUMNS, table, mark, start)
+    }
+
+    fn page_of_columns(columns: &str, table: &str, mark: char, start: PageStart) -> String {
         let (op, order) = match start {
             PageStart::After(_) => (">", "ASC"),
             PageStart::Newest | PageStart::Before(_) => ("<", "DESC"),
         };
         format!(
-            "SELECT {ENTRY_COLUMNS} FROM {table} WHERE {} AND seq {op} {} ORDER BY seq {order} LIMIT {}",
+            "SELECT {columns} FROM {table} WHERE {} AND seq {op} {} ORDER BY seq {order} LIMIT {}",
             filter_sql(mark, 1),
             param(mark, 7),
             param(mark, 8),

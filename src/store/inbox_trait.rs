@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::inbox_history::InboxAttemptRecord;
-use super::inbox_page::{InboxActivity, PageStart};
+use super::inbox_page::{InboxActivity, InboxSummary, PageStart};
 use super::{BoxFuture, LeaseToken, Settle, StoreError};
 use crate::events::InboxAttempt;
 use crate::{Timestamp, VerifiedEvent};
@@ -721,6 +721,24 @@ pub trait Inbox: Send + Sync + 'static {
         })
     }
 
+    /// The page [`page`](Self::page) returns, as summaries: each event
+    /// without its body, its last error or its attempts' history, for a
+    /// list that shows a row per event. The default reads the events whole
+    /// with [`page`](Self::page) and drops the rest; the crate's backends
+    /// never read the bodies (in SQL, they do not select them).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be read.
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        Box::pin(async move {
+            let page = self.page(filter, start, limit).await?;
+            Ok(page.iter().map(InboxSummary::from).collect())
+        })
+    }
+
     /// How many events `filter` matches. The default counts what
     /// [`list`](Self::list) returns.
     ///
@@ -791,6 +809,9 @@ macro_rules! forward {
             }
             fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
                 (**self).count(filter)
+            }
+            fn page_summaries<'a>(&'a self, filter: &'a InboxFilter, start: PageStart, limit: usize) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+                (**self).page_summaries(filter, start, limit)
             }
             $(
                 fn $method(&self, $($arg: $ty),*) -> BoxFuture<'_, $out> {

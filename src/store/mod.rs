@@ -103,7 +103,7 @@ pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
 pub use inbox_history::{InboxAttemptOutcome, InboxAttemptRecord};
-pub use inbox_page::{InboxActivity, PageStart};
+pub use inbox_page::{InboxActivity, InboxSummary, PageStart};
 pub use inbox_trait::{
     Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,
     Replayed, SignatureHeaders,

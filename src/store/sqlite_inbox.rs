@@ -11,13 +11,13 @@ use tokio::sync::Notify;
 
 use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
-use super::inbox_page::sql as browse;
+use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{filter_sql, order_key, read_entry, wait_for, EntryRow, ENTRY_COLUMNS};
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
     NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
 };
-use super::{InboxActivity, PageStart};
+use super::{InboxActivity, InboxSummary, PageStart};
 use crate::events::InboxAttempt;
 use crate::{BoxError, Timestamp};
 
@@ -734,6 +734,39 @@ impl Inbox for SqliteInbox {
             ];
             let mut page = statement
                 .query_map(values, |row| read_entry(row))
+                .map_err(failed)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed)?;
+            if matches!(start, PageStart::After(_)) {
+                page.reverse();
+            }
+            Ok(page)
+        })
+    }
+
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        let filter = filter.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |connection| {
+            let f = filter.params();
+            let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
+            let mut statement = connection
+                .prepare_cached(&browse::summary_page("clink_webhook_inbox", '?', start))
+                .map_err(failed)?;
+            let values = params![
+                f.status,
+                f.event_type,
+                f.account,
+                f.object_key,
+                f.from,
+                f.until,
+                browse::page_bound(start),
+                limit
+            ];
+            let mut page = statement
+                .query_map(values, |row| read_summary(row))
                 .map_err(failed)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(failed)?;

@@ -18,8 +18,10 @@ use axum::Router;
 use bytes::Bytes;
 use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
 use clink_webhooks::store::{
-    Inbox, InboxFilter, InboxStatus, MemoryInbox, NewEvent, PageStart, Replayed, DEFAULT_TIMEOUT,
+    Inbox, InboxEntry, InboxFilter, InboxStatus, InboxSummary, MemoryInbox, NewEvent, PageStart,
+    Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
+use clink_webhooks::BoxFuture;
 use clink_webhooks::Timestamp;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
@@ -1482,6 +1484,74 @@ async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
     assert_eq!(activity.handled.iter().sum::<u64>(), 1);
     assert_eq!(activity.handled[10], 1, "{activity:?}");
     assert_eq!(activity.since, since);
+
+    // Summaries: the same pages as whole events, less what a summary
+    // leaves out, for every filter and start; one event handled (above)
+    // and one replayed, so that every field has something to carry.
+    let replayed = inbox.page(&dead, PageStart::Newest, 1).await.unwrap()[0].seq;
+    assert_eq!(
+        inbox.replay(replayed, false).await.unwrap(),
+        Replayed::Replayed
+    );
+    let object = InboxFilter::default().object_key("order:o1");
+    let acct = InboxFilter::default().account("acct_x");
+    for (filter, start, limit) in [
+        (&all, PageStart::Newest, 3),
+        (&all, PageStart::Newest, 100),
+        (&all, PageStart::Before(first + 27), 3),
+        (&all, PageStart::After(first + 2), 3),
+        (&dead, PageStart::Newest, 10),
+        (&window, PageStart::Newest, 2),
+        (&acct, PageStart::Before(first + 20), 4),
+        (&object, PageStart::Before(first + 22), 3),
+        (&object, PageStart::After(first + 5), 50),
+        (&object, PageStart::After(first + 29), 50),
+    ] {
+        let whole = inbox.page(filter, start, limit).await.unwrap();
+        let summaries = inbox.page_summaries(filter, start, limit).await.unwrap();
+        assert_eq!(
+            summaries,
+            whole.iter().map(InboxSummary::from).collect::<Vec<_>>(),
+            "{filter:?} from {start:?}"
+        );
+    }
+    let summaries = inbox
+        .page_summaries(&all, PageStart::Newest, 100)
+        .await
+        .unwrap();
+    assert_eq!(summaries.len(), 30);
+    let handled = summaries.iter().find(|s| s.seq == claim.entry.seq).unwrap();
+    assert_eq!((handled.status, handled.attempts), (InboxStatus::Done, 1));
+    assert!(handled.handled_at.is_some());
+    let again = summaries.iter().find(|s| s.seq == replayed).unwrap();
+    assert_eq!((again.status, again.replays), (InboxStatus::Pending, 1));
+    assert!(again.last_replayed_at.is_some());
+    let oldest = summaries.last().unwrap();
+    assert_eq!(
+        (
+            oldest.event_id.as_str(),
+            oldest.account.as_deref(),
+            oldest.object_key.as_deref(),
+            oldest.created,
+            oldest.received_at
+        ),
+        (
+            "evt_0",
+            Some("acct_x"),
+            Some("order:o0"),
+            Some(Timestamp::from_millis(base)),
+            Timestamp::from_millis(base)
+        )
+    );
+    assert!(summaries.iter().any(|s| s.account.is_none()));
+    assert!(summaries.iter().all(|s| s.event_type == "order.succeeded"));
+    assert_eq!(
+        inbox
+            .page_summaries(&object, PageStart::After(first + 29), 50)
+            .await
+            .unwrap(),
+        []
+    );
 }
 
 #[tokio::test]
@@ -1594,6 +1664,137 @@ async fn an_inbox_with_only_the_required_methods_answers_the_console_by_default(
     browsing_conforms(Arc::new(Plain(MemoryInbox::new()))).await;
 }
 
+/// A memory inbox that refuses to read events whole but one at a time
+/// (`list` and `page` fail, so only `get` reads a body).
+struct Staged {
+    inner: MemoryInbox,
+}
+
+impl Staged {
+    fn new(inner: MemoryInbox) -> Self {
+        Self { inner }
+    }
+
+    fn refused<T>() -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+    {
+        Box::pin(std::future::ready(Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "this inbox reads no events whole but one at a time",
+        ))))
+    }
+}
+
+impl Inbox for Staged {
+    fn insert<'a>(
+        &'a self, event: &'a NewEvent,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
+        self.inner.insert(event)
+    }
+    fn insert_dead<'a>(
+        &'a self, event: &'a NewEvent, error: &'a str,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
+        self.inner.insert_dead(event, error)
+    }
+    fn claim(
+        &self, lease: Duration, window: Duration,
+    ) -> BoxFuture<'_, Result<Option<clink_webhooks::store::InboxClaim>, StoreError>> {
+        self.inner.claim(lease, window)
+    }
+    fn complete<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.complete(claim)
+    }
+    fn fail<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
+        retry_at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.fail(claim, error, retry_at)
+    }
+    fn release<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.release(claim)
+    }
+    fn list<'a>(
+        &'a self, _: &'a InboxFilter, _: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        Self::refused()
+    }
+    fn page<'a>(
+        &'a self, _: &'a InboxFilter, _: PageStart, _: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        Self::refused()
+    }
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        self.inner.page_summaries(filter, start, limit)
+    }
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.count(filter)
+    }
+    fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        self.inner.get(seq)
+    }
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+        self.inner.replay(seq, force)
+    }
+    fn replay_matching<'a>(
+        &'a self, filter: &'a InboxFilter, force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        self.inner.replay_matching(filter, force)
+    }
+    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.purge(before)
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>> {
+        self.inner.stats()
+    }
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.check_writable()
+    }
+}
+
+/// The timeline reads the summaries of its object's events, never their
+/// bodies: over an inbox that reads no page of whole events, the event
+/// page still shows it whole.
+#[tokio::test]
+async fn the_timeline_reads_summaries_not_bodies() {
+    let inbox = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    for n in 0..3 {
+        inbox
+            .insert(&event(
+                &format!("evt_<{n}>"),
+                "order.updated",
+                None,
+                Some("order:<o1>"),
+                now - 10_000 + n,
+                now,
+            ))
+            .await
+            .unwrap();
+    }
+    let inbox = Arc::new(Staged::new(inbox));
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let page = get(&app, "/console/events/2").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let table = &page.body[page.body.find("<table class=\"timeline\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    for n in 0..3 {
+        assert!(
+            table.contains(&format!("evt_&#60;{n}&#62;")),
+            "{n}, escaped: {table}"
+        );
+    }
+    assert!(!table.contains("evt_<"), "{table}");
+    assert_eq!(table.matches(" current\"").count(), 1, "{table}");
+    assert!(page.body.contains("Every event about this object (3)"));
+}
+
 /// A SQLite inbox in a directory of its own (in memory-backed `/dev/shm`
 /// where there is one: these tests time reads, not disk flushes).
 #[cfg(feature = "sqlite")]
@@ -1618,6 +1819,118 @@ async fn the_sqlite_inbox_answers_the_console() {
     let (inbox, dir) = sqlite_inbox();
     browsing_conforms(Arc::new(inbox)).await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Three events about one object, for the tests of what summaries read.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn three_events(inbox: &dyn Inbox) {
+    let now = Timestamp::now().as_millis();
+    for n in 0..3 {
+        inbox
+            .insert(&event(
+                &format!("evt_{n}"),
+                "order.updated",
+                None,
+                Some("order:o1"),
+                now + n,
+                now,
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+/// The SQLite inbox's summaries never read the body column: with every
+/// body turned into what cannot be read as one (an integer where a blob
+/// belongs), whole events no longer read, and their summaries do.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn the_sqlite_inbox_summarises_without_reading_bodies() {
+    let (inbox, dir) = sqlite_inbox();
+    three_events(&inbox).await;
+    let object = InboxFilter::default().object_key("order:o1");
+    let summaries = inbox
+        .page_summaries(&object, PageStart::Newest, 10)
+        .await
+        .unwrap();
+    assert_eq!(summaries.len(), 3);
+    let unreadable = rusqlite::Connection::open(dir.join("inbox.db"))
+        .unwrap()
+        .execute("UPDATE clink_webhook_inbox SET body = 0", [])
+        .unwrap();
+    assert_eq!(unreadable, 3);
+    assert!(inbox.page(&object, PageStart::Newest, 10).await.is_err());
+    assert_eq!(
+        inbox
+            .page_summaries(&object, PageStart::Newest, 10)
+            .await
+            .unwrap(),
+        summaries
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The PostgreSQL inbox's summaries do not select the body column: a role
+/// that may read every column of the table but the body reads the
+/// summaries, and cannot read whole events.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_postgres_inbox_summarises_without_selecting_bodies() {
+    let _servers = crate::support::servers::shared().await;
+    let url = crate::support::stores::server_url("DATABASE_URL");
+    let table = format!("console_{}", unique().to_lowercase());
+    let role = format!("no_bodies_{}", unique().to_lowercase());
+    let owner = clink_webhooks::store::PostgresInbox::new(crate::support::stores::pg_pool(&url))
+        .with_table(&table)
+        .unwrap();
+    owner.migrate().await.unwrap();
+    three_events(&owner).await;
+    let admin = crate::support::stores::pg_pool(&url).get().await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" NOLOGIN;
+             DO $$ BEGIN
+               EXECUTE (SELECT format('GRANT SELECT (%s) ON \"{table}\" TO \"{role}\"',
+                                      string_agg(quote_ident(column_name), ', '))
+                        FROM information_schema.columns
+                        WHERE table_name = '{table}' AND column_name <> 'body');
+             END $$;"
+        ))
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.options(format!("-c role={role}"));
+    let reader =
+        clink_webhooks::store::PostgresInbox::new(crate::support::stores::pg_pool_for(config))
+            .with_table(&table)
+            .unwrap();
+
+    let object = InboxFilter::default().object_key("order:o1");
+    let whole = owner.page(&object, PageStart::Newest, 10).await.unwrap();
+    assert_eq!(whole.len(), 3);
+    let refused = reader
+        .page(&object, PageStart::Newest, 10)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("cannot list"), "{refused}");
+    for start in [PageStart::Newest, PageStart::After(whole[2].seq)] {
+        assert_eq!(
+            reader.page_summaries(&object, start, 10).await.unwrap(),
+            owner
+                .page(&object, start, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(InboxSummary::from)
+                .collect::<Vec<_>>()
+        );
+    }
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON \"{table}\" FROM \"{role}\"; DROP ROLE \"{role}\";"
+        ))
+        .await
+        .unwrap();
 }
 
 #[cfg(feature = "postgres")]

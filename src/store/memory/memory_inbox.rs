@@ -14,7 +14,7 @@ use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
     LeaseToken, NewEvent, Replayed, Settle, StoreError,
 };
-use crate::store::{InboxActivity, PageStart};
+use crate::store::{InboxActivity, InboxSummary, PageStart};
 use crate::Timestamp;
 
 /// An [`Inbox`] in process memory: nothing survives a restart, so it is for
@@ -406,6 +406,23 @@ impl Inbox for MemoryInbox {
             .filter(|held| on_page(filter, start, &held.entry))
             .map(|held| held.entry.clone());
         ready(Ok(page_of(matching, start, limit)))
+    }
+
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        let state = self.state();
+        // By reference: no body is copied, not even its handle.
+        let matching = state
+            .entries
+            .values()
+            .filter(|held| on_page(filter, start, &held.entry))
+            .map(|held| &held.entry);
+        let page = page_of(matching, start, limit)
+            .into_iter()
+            .map(InboxSummary::from)
+            .collect();
+        ready(Ok(page))
     }
 
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {

@@ -15,7 +15,7 @@ use super::{create_tables, pg_error, pool_error, MIGRATE_TIMEOUT};
 use crate::events::InboxAttempt;
 use crate::store::inbox_history::bounded_error;
 use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
-use crate::store::inbox_page::sql as browse;
+use crate::store::inbox_page::{read_summary, sql as browse};
 use crate::store::inbox_trait::{
     filter_sql, order_key, read_entry, wait_for, EntryRow, FilterParams, ENTRY_COLUMNS,
 };
@@ -23,7 +23,7 @@ use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
     NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
-use crate::store::{InboxActivity, PageStart};
+use crate::store::{InboxActivity, InboxSummary, PageStart};
 use crate::{ConfigError, Timestamp};
 
 /// The columns added to the inbox's table since its first version (each
@@ -998,6 +998,37 @@ impl Inbox for PostgresInbox {
             let mut page = rows
                 .iter()
                 .map(read_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| pg_error("cannot read an event", &err))?;
+            if matches!(start, PageStart::After(_)) {
+                page.reverse();
+            }
+            Ok(page)
+        })
+    }
+
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        Box::pin(async move {
+            let f = filter.params();
+            let bound = browse::page_bound(start);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let sql = browse::summary_page(&quote(&self.sql.table), '$', start);
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &sql,
+                            &with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot list the inbox", &err))
+                })
+                .await?;
+            let mut page = rows
+                .iter()
+                .map(read_summary)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|err| pg_error("cannot read an event", &err))?;
             if matches!(start, PageStart::After(_)) {
