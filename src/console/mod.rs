@@ -47,10 +47,14 @@
 //! Replay one event; replay every dead event the current filter matches.
 //! Replaying a handled event asks again first (the CLI's `--force`), and
 //! the confirmation holds only for the event as that page showed it (its
-//! replays and when it was handled), checked just before the replay:
-//! sent again once the event was replayed or handled since, it replays
-//! nothing and asks again (a worker that settles the event in the
-//! moment between that check and the replay is not caught). Each
+//! replays and when it was handled), checked in the same step as the
+//! replay with [`Inbox::replay_if`]: sent again once the event was
+//! replayed or handled since, it replays nothing and asks again. The
+//! check is atomic in the crate's inboxes (in SQL, the replay's `UPDATE`
+//! holds the shown state in its `WHERE`; in memory, it runs under the
+//! inbox's lock), so a worker that settles the event between the page
+//! and the replay is caught too; an inbox of your own that keeps the
+//! trait's default `replay_if` checks just before the replay instead. Each
 //! action is a form `POST` carrying a CSRF token derived from the session,
 //! checked in constant time, and is logged at `info` level under the
 //! target `clink_webhooks::console` with what was done (values from bodies

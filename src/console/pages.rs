@@ -17,7 +17,7 @@ use super::view::{self, Query};
 use super::{Ctx, Shared};
 use crate::store::{
     timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart,
-    Replayed, StoreError,
+    ReplayPin, Replayed, StoreError,
 };
 use crate::Timestamp;
 
@@ -757,10 +757,24 @@ fn confirm(
     )
 }
 
+/// The state a confirmation form pins: the handled event as the
+/// confirmation page showed it (its replays, and when it was handled);
+/// `None` when the form does not say.
+fn pinned(form: &Query) -> Option<ReplayPin> {
+    let replays = form.replays.parse().ok()?;
+    let handled = match form.handled.as_str() {
+        "" => None,
+        millis => Some(Timestamp::from_millis(millis.parse().ok()?)),
+    };
+    Some(ReplayPin::new(InboxStatus::Done, replays, handled))
+}
+
 /// `POST /events/{seq}/replay`: replays one event; a handled one only with
 /// `force=yes`, after the confirmation page, and only while it is as that
-/// page showed it (the same replays and handling): the confirmation sent
-/// again once the event was replayed and handled anew asks again.
+/// page showed it (the same replays and handling), checked in the same
+/// step as the replay ([`Inbox::replay_if`](crate::store::Inbox::replay_if)):
+/// the confirmation sent again once the event was replayed and handled
+/// anew asks again.
 pub(super) async fn replay(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
@@ -780,38 +794,52 @@ pub(super) async fn replay(
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
     let page = format!("{}/events/{seq}", ctx.base);
-    // A confirmation holds for the state it was given for.
-    if force && (form.replays != entry.replays.to_string() || form.handled != handled_mark(&entry))
-    {
-        return if entry.status == InboxStatus::Done {
-            log_replay(&ctx, &entry, force, "asked to confirm again: handled since");
-            confirm(&shared, &ctx, &entry, entry.handled_at, true)
+    // A confirmation holds for the state it was given for: the inbox
+    // replays only while the event is still in it, checked as it replays.
+    let replayed = if force {
+        match pinned(&form) {
+            Some(pin) => call(&shared, inbox.replay_if(seq, &pin)).await,
+            None => Ok(Replayed::Changed),
+        }
+    } else {
+        call(&shared, inbox.replay(seq, false)).await
+    };
+    let replayed = match replayed {
+        Ok(replayed) => replayed,
+        Err(err) => return unavailable(&shared, &ctx, &err),
+    };
+    if replayed == Replayed::Changed {
+        // Shown as it is now, not as it was read before the replay.
+        let now = match call(&shared, inbox.get(seq)).await {
+            Ok(Some(now)) => now,
+            Ok(None) => return missing(&shared, &ctx),
+            Err(err) => return unavailable(&shared, &ctx, &err),
+        };
+        return if now.status == InboxStatus::Done {
+            log_replay(&ctx, &now, force, "asked to confirm again: handled since");
+            confirm(&shared, &ctx, &now, now.handled_at, true)
         } else {
             log_replay(
                 &ctx,
-                &entry,
+                &now,
                 force,
                 "left alone: changed since the confirmation",
             );
             see_other(format!("{page}?done=changed"))
         };
     }
-    let replayed = match call(&shared, inbox.replay(seq, force)).await {
-        Ok(replayed) => replayed,
-        Err(err) => return unavailable(&shared, &ctx, &err),
-    };
     let outcome = match replayed {
         Replayed::Replayed => "replayed",
         Replayed::Handled { .. } => "asked to confirm",
         Replayed::Running => "left alone: running",
-        Replayed::Missing => "missing",
+        Replayed::Missing | Replayed::Changed => "missing",
     };
     log_replay(&ctx, &entry, force, outcome);
     match replayed {
         Replayed::Replayed => see_other(format!("{page}?done=replayed")),
         Replayed::Running => see_other(format!("{page}?done=running")),
         Replayed::Handled { at } => confirm(&shared, &ctx, &entry, at, false),
-        Replayed::Missing => missing(&shared, &ctx),
+        Replayed::Missing | Replayed::Changed => missing(&shared, &ctx),
     }
 }
 

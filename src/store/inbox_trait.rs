@@ -431,6 +431,82 @@ pub enum Replayed {
     Running,
     /// No event has that number.
     Missing,
+    /// The event is no longer as the [`ReplayPin`] given to
+    /// [`Inbox::replay_if`] says (replayed, handled or failed since): it
+    /// was left as it is.
+    Changed,
+}
+
+/// The state of an event that a conditional replay
+/// ([`Inbox::replay_if`]) holds to: what a person was shown and confirmed.
+///
+/// ```
+/// use clink_webhooks::store::{InboxStatus, ReplayPin};
+/// use clink_webhooks::Timestamp;
+///
+/// // Handled at that time, and never replayed since it arrived.
+/// let shown = ReplayPin::new(InboxStatus::Done, 0, Some(Timestamp::from_millis(1_700_000_000_000)));
+/// # let _ = shown;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayPin {
+    /// Its status.
+    pub status: InboxStatus,
+    /// How many times it had been replayed ([`InboxEntry::replays`]).
+    pub replays: u32,
+    /// When a worker had last completed it ([`InboxEntry::handled_at`]),
+    /// to the millisecond.
+    pub handled_at: Option<Timestamp>,
+}
+
+impl ReplayPin {
+    /// An event with `status`, replayed `replays` times, last handled at
+    /// `handled_at` (`None`: never).
+    #[must_use]
+    pub fn new(status: InboxStatus, replays: u32, handled_at: Option<Timestamp>) -> Self {
+        Self {
+            status,
+            replays,
+            handled_at,
+        }
+    }
+
+    /// `entry` as it is now.
+    #[must_use]
+    pub fn of(entry: &InboxEntry) -> Self {
+        Self::new(entry.status, entry.replays, entry.handled_at)
+    }
+
+    /// Whether `entry` is still as pinned.
+    #[must_use]
+    pub fn holds_for(&self, entry: &InboxEntry) -> bool {
+        self.status == entry.status
+            && self.replays == entry.replays
+            && self.handled_at.map(Timestamp::as_millis)
+                == entry.handled_at.map(Timestamp::as_millis)
+    }
+
+    /// What [`Inbox::replay_if`] answers when its conditional update
+    /// changed nothing, from the event as read beside it (`None`:
+    /// missing): [`Replayed::Running`] when it is running as pinned, and
+    /// [`Replayed::Changed`] otherwise (an event read as pinned and not
+    /// running was no longer so when the update ran).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn unreplayed(&self, found: Option<(&str, i64, Option<i64>)>) -> Replayed {
+        match found {
+            None => Replayed::Missing,
+            Some((status, replays, handled))
+                if status == InboxStatus::Running.as_str()
+                    && self.status == InboxStatus::Running
+                    && i64::from(self.replays) == replays
+                    && self.handled_at.map(Timestamp::as_millis) == handled =>
+            {
+                Replayed::Running
+            }
+            Some(_) => Replayed::Changed,
+        }
+    }
 }
 
 /// What [`Inbox::insert`] did.
@@ -643,6 +719,41 @@ pub trait Inbox: Send + Sync + 'static {
     /// A [`StoreError`] when the inbox cannot be written.
     fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>>;
 
+    /// Replays event `seq` only if it is still as `pin` says (its status,
+    /// its replays and when it was handled): for the second confirmation a
+    /// person gives to replay a handled event, which holds for the event as
+    /// they were shown it. The pin stands for that confirmation: an event
+    /// still as pinned is replayed as [`replay`](Self::replay) with `force`
+    /// replays it, even a handled one. It answers [`Replayed::Changed`],
+    /// doing nothing, when the event is no longer as pinned;
+    /// [`Replayed::Running`] when it is, and a worker holds it (a running
+    /// event is always left alone); [`Replayed::Missing`]; or
+    /// [`Replayed::Replayed`].
+    ///
+    /// The crate's backends check and replay in one step (in SQL, one
+    /// `UPDATE` whose `WHERE` holds the pinned state; in memory, under the
+    /// inbox's lock), so a worker that settles the event, or another
+    /// replay, in the meantime is caught. **The default is not atomic**: it
+    /// reads the event with [`get`](Self::get), then replays it with
+    /// `force` if it was as pinned, so an event that changes between the
+    /// two calls is replayed all the same. Implement it in an inbox of
+    /// your own that can check and write in one step.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be read or written.
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        Box::pin(async move {
+            match self.get(seq).await? {
+                None => Ok(Replayed::Missing),
+                Some(entry) if !pin.holds_for(&entry) => Ok(Replayed::Changed),
+                Some(_) => self.replay(seq, true).await,
+            }
+        })
+    }
+
     /// As [`replay`](Self::replay) for every event `filter` matches; the
     /// numbers of the events replayed.
     ///
@@ -812,6 +923,9 @@ macro_rules! forward {
             }
             fn page_summaries<'a>(&'a self, filter: &'a InboxFilter, start: PageStart, limit: usize) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
                 (**self).page_summaries(filter, start, limit)
+            }
+            fn replay_if<'a>(&'a self, seq: i64, pin: &'a ReplayPin) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+                (**self).replay_if(seq, pin)
             }
             $(
                 fn $method(&self, $($arg: $ty),*) -> BoxFuture<'_, $out> {

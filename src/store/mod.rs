@@ -106,7 +106,7 @@ pub use inbox_history::{InboxAttemptOutcome, InboxAttemptRecord};
 pub use inbox_page::{InboxActivity, InboxSummary, PageStart};
 pub use inbox_trait::{
     Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,
-    Replayed, SignatureHeaders,
+    ReplayPin, Replayed, SignatureHeaders,
 };
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};

@@ -15,7 +15,7 @@ use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{filter_sql, order_key, read_entry, wait_for, EntryRow, ENTRY_COLUMNS};
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
-    NewEvent, Replayed, Settle, StoreError, StoreErrorKind,
+    NewEvent, ReplayPin, Replayed, Settle, StoreError, StoreErrorKind,
 };
 use super::{InboxActivity, InboxSummary, PageStart};
 use crate::events::InboxAttempt;
@@ -225,6 +225,18 @@ fn replay_set(now: usize) -> String {
          replays = replays + 1, last_replay_ms = ?{now}, receipt = NULL"
     )
 }
+
+/// Replays event `?1` at `?2`, the time now, only if it is still as
+/// pinned: status `?3` (not `running`), `?4` replays, handled at `?5`
+/// (`NULL`: never).
+static REPLAY_IF: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE clink_webhook_inbox SET {}
+         WHERE seq = ?1 AND status = ?3 AND status <> 'running'
+           AND replays = ?4 AND handled_at_ms IS ?5",
+        replay_set(2)
+    )
+});
 
 fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -585,6 +597,52 @@ impl Inbox for SqliteInbox {
             };
             tx.commit().map_err(failed)?;
             Ok(replayed)
+        });
+        self.waking(call)
+    }
+
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        let pin = *pin;
+        let call = self.with(move |connection| {
+            let failed = |err: rusqlite::Error| sqlite_error("cannot replay the event", &err);
+            // One statement checks the pinned state and replays.
+            let changed = connection
+                .prepare_cached(&REPLAY_IF)
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        seq,
+                        Timestamp::now().as_millis(),
+                        pin.status.as_str(),
+                        i64::from(pin.replays),
+                        pin.handled_at.map(Timestamp::as_millis),
+                    ])
+                })
+                .map_err(failed)?;
+            if changed == 1 {
+                return Ok(Replayed::Replayed);
+            }
+            // Nothing replayed: say why.
+            let found = connection
+                .query_row(
+                    "SELECT status, replays, handled_at_ms FROM clink_webhook_inbox WHERE seq = ?1",
+                    params![seq],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, Option<i64>>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(failed)?;
+            Ok(pin.unreplayed(
+                found
+                    .as_ref()
+                    .map(|(status, replays, handled)| (status.as_str(), *replays, *handled)),
+            ))
         });
         self.waking(call)
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
 use clink_webhooks::store::{
     Inbox, InboxEntry, InboxFilter, InboxStatus, InboxSummary, MemoryInbox, NewEvent, PageStart,
-    Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    ReplayPin, Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
 };
 use clink_webhooks::BoxFuture;
 use clink_webhooks::Timestamp;
@@ -1664,15 +1664,28 @@ async fn an_inbox_with_only_the_required_methods_answers_the_console_by_default(
     browsing_conforms(Arc::new(Plain(MemoryInbox::new()))).await;
 }
 
+#[tokio::test]
+async fn an_inbox_with_only_the_required_methods_replays_if_by_default() {
+    crate::inbox::replay_if_conformance(Arc::new(Plain(MemoryInbox::new()))).await;
+}
+
 /// A memory inbox that refuses to read events whole but one at a time
-/// (`list` and `page` fail, so only `get` reads a body).
+/// (`list` and `page` fail, so only `get` reads a body), and that can have
+/// a worker replay and handle an event again right after `get` read it: an
+/// inbox changing between the console's reads.
 struct Staged {
     inner: MemoryInbox,
+    /// The event that, once, is replayed and handled again just after `get`
+    /// read it.
+    handle_after_get: std::sync::Mutex<Option<i64>>,
 }
 
 impl Staged {
     fn new(inner: MemoryInbox) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            handle_after_get: std::sync::Mutex::new(None),
+        }
     }
 
     fn refused<T>() -> BoxFuture<'static, Result<T, StoreError>>
@@ -1737,10 +1750,26 @@ impl Inbox for Staged {
         self.inner.count(filter)
     }
     fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
-        self.inner.get(seq)
+        Box::pin(async move {
+            let read = self.inner.get(seq).await;
+            let staged = self.handle_after_get.lock().unwrap().take_if(|s| *s == seq);
+            if staged.is_some() {
+                assert_eq!(
+                    self.inner.replay(seq, true).await.unwrap(),
+                    Replayed::Replayed
+                );
+                run_next(&self.inner).await;
+            }
+            read
+        })
     }
     fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
         self.inner.replay(seq, force)
+    }
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        self.inner.replay_if(seq, pin)
     }
     fn replay_matching<'a>(
         &'a self, filter: &'a InboxFilter, force: bool,
@@ -1793,6 +1822,52 @@ async fn the_timeline_reads_summaries_not_bodies() {
     assert!(!table.contains("evt_<"), "{table}");
     assert_eq!(table.matches(" current\"").count(), 1, "{table}");
     assert!(page.body.contains("Every event about this object (3)"));
+}
+
+/// A worker that replays and handles the event again between the
+/// console's read of it and its replay: the confirmation, given for the
+/// event as it was before, replays nothing and asks again, since the
+/// inbox checks the pinned state in the same step as it replays.
+#[tokio::test]
+async fn a_confirmation_is_checked_in_the_same_step_as_the_replay() {
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    memory
+        .insert(&event("evt_race", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    assert_eq!(run_next(&memory).await, 1);
+    let inbox = Arc::new(Staged::new(memory));
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let csrf = get(&app, "/console/events/1").await.csrf();
+    let ask = post(&app, "/console/events/1/replay", &format!("csrf={csrf}")).await;
+    assert_eq!(ask.status, 200, "{}", ask.body);
+    assert_eq!(ask.field("replays"), "0");
+
+    // The console reads the event as confirmed; a worker then replays and
+    // handles it before the console replays.
+    *inbox.handle_after_get.lock().unwrap() = Some(1);
+    let again = post(&app, "/console/events/1/replay", &ask.action_form()).await;
+    assert!(inbox.handle_after_get.lock().unwrap().is_none(), "staged");
+    let now = inbox.inner.get(1).await.unwrap().unwrap();
+    assert_eq!(
+        (now.status, now.replays),
+        (InboxStatus::Done, 1),
+        "only the worker's replay: the confirmed one did nothing"
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(again.body.contains("id=\"asked-again\""), "{}", again.body);
+    assert_eq!(again.field("replays"), "1");
+    assert_eq!(
+        again.field("handled"),
+        now.handled_at.unwrap().as_millis().to_string()
+    );
+
+    // Confirmed for the event as it is now: replayed.
+    let replayed = post(&app, "/console/events/1/replay", &again.action_form()).await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
+    let entry = inbox.inner.get(1).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 2));
 }
 
 /// A SQLite inbox in a directory of its own (in memory-backed `/dev/shm`

@@ -10,7 +10,7 @@ use clink_webhooks::inbox::Workers;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
 use clink_webhooks::store::{
     InboxAttemptOutcome, InboxAttemptRecord, InboxClaim, InboxEntry, InboxFilter, InboxStatus,
-    Replayed, StoreErrorKind,
+    ReplayPin, Replayed, StoreErrorKind,
 };
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
@@ -462,11 +462,125 @@ async fn nul_conformance(inbox: Arc<dyn Inbox>) {
     );
 }
 
+/// The conformance suite's part about conditional replays
+/// ([`Inbox::replay_if`]): an event is replayed only while it is as
+/// pinned, and a pin that no longer holds changes nothing and says so.
+/// `inbox` must have no event due.
+pub(crate) async fn replay_if_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+
+    // Handled once: replays 0, handled at some time.
+    inbox.insert(&event(&id("pinned"), None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, &id("pinned")).await;
+    let claim = claim_only(&*inbox, seq).await;
+    inbox.complete(&claim).await.unwrap();
+    let handled = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(handled.status, InboxStatus::Done);
+    let at = handled.handled_at.expect("a completed event was handled");
+    let pin = ReplayPin::of(&handled);
+    assert_eq!(pin, ReplayPin::new(InboxStatus::Done, 0, Some(at)));
+
+    // A pin that differs in any part: nothing done, and said so.
+    let earlier = Timestamp::from_millis(at.as_millis() - 1);
+    for wrong in [
+        ReplayPin::new(InboxStatus::Done, 1, Some(at)),
+        ReplayPin::new(InboxStatus::Done, 0, Some(earlier)),
+        ReplayPin::new(InboxStatus::Done, 0, None),
+        ReplayPin::new(InboxStatus::Dead, 0, Some(at)),
+        ReplayPin::new(InboxStatus::Pending, 0, Some(at)),
+    ] {
+        assert_eq!(
+            inbox.replay_if(seq, &wrong).await.unwrap(),
+            Replayed::Changed,
+            "{wrong:?}"
+        );
+        assert_eq!(inbox.get(seq).await.unwrap().unwrap(), handled, "{wrong:?}");
+    }
+    assert_eq!(
+        inbox.replay_if(seq + 1_000_000, &pin).await.unwrap(),
+        Replayed::Missing
+    );
+
+    // The pin as it is: replayed, handled or not, as a forced replay is.
+    assert_eq!(
+        inbox.replay_if(seq, &pin).await.unwrap(),
+        Replayed::Replayed
+    );
+    let replayed = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            replayed.status,
+            replayed.replays,
+            replayed.attempts,
+            replayed.handled_at
+        ),
+        (InboxStatus::Pending, 1, 0, Some(at))
+    );
+    // The same confirmation again: the event changed, nothing more is done.
+    assert_eq!(inbox.replay_if(seq, &pin).await.unwrap(), Replayed::Changed);
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap(), replayed);
+
+    // Running as pinned: left alone, as every replay leaves it.
+    let claim = claim_only(&*inbox, seq).await;
+    let running = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        inbox
+            .replay_if(seq, &ReplayPin::of(&running))
+            .await
+            .unwrap(),
+        Replayed::Running
+    );
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap(), running);
+    // A worker handles it again: the first pin still replays nothing, the
+    // one of the event as it is now does.
+    inbox.complete(&claim).await.unwrap();
+    let again = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(inbox.replay_if(seq, &pin).await.unwrap(), Replayed::Changed);
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap(), again);
+    assert_eq!(
+        inbox.replay_if(seq, &ReplayPin::of(&again)).await.unwrap(),
+        Replayed::Replayed
+    );
+    assert_eq!(inbox.get(seq).await.unwrap().unwrap().replays, 2);
+    let claim = claim_only(&*inbox, seq).await;
+    inbox.complete(&claim).await.unwrap();
+
+    // Never handled: a pin without a handling time matches it.
+    inbox
+        .insert_dead(&event(&id("dead"), None, 1), "boom")
+        .await
+        .unwrap();
+    let dead_seq = seq_of(&*inbox, &id("dead")).await;
+    let dead = inbox.get(dead_seq).await.unwrap().unwrap();
+    assert_eq!(dead.handled_at, None);
+    assert_eq!(
+        inbox
+            .replay_if(dead_seq, &ReplayPin::new(InboxStatus::Dead, 0, Some(at)))
+            .await
+            .unwrap(),
+        Replayed::Changed
+    );
+    assert_eq!(inbox.get(dead_seq).await.unwrap().unwrap(), dead);
+    assert_eq!(
+        inbox
+            .replay_if(dead_seq, &ReplayPin::of(&dead))
+            .await
+            .unwrap(),
+        Replayed::Replayed
+    );
+    assert_eq!(
+        inbox.get(dead_seq).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+}
+
 #[tokio::test]
 async fn the_memory_inbox_conforms() {
     conformance(Arc::new(MemoryInbox::new())).await;
     attempts_conformance(Arc::new(MemoryInbox::new())).await;
     nul_conformance(Arc::new(MemoryInbox::new())).await;
+    replay_if_conformance(Arc::new(MemoryInbox::new())).await;
 }
 
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -823,6 +937,7 @@ async fn the_postgres_inbox_conforms() {
     conformance(Arc::new(postgres_inbox().await)).await;
     attempts_conformance(Arc::new(postgres_inbox().await)).await;
     nul_conformance(Arc::new(postgres_inbox().await)).await;
+    replay_if_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 /// Migrated again, as every instance does at startup, while another session
@@ -1079,6 +1194,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     .await;
     nul_conformance(Arc::new(
         clink_webhooks::store::SqliteInbox::open(dir.join("nul.db")).unwrap(),
+    ))
+    .await;
+    replay_if_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("replay_if.db")).unwrap(),
     ))
     .await;
 

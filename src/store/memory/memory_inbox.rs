@@ -12,7 +12,7 @@ use crate::store::inbox_page::{on_page, page_of};
 use crate::store::inbox_trait::{order_key, wait_for};
 use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
-    LeaseToken, NewEvent, Replayed, Settle, StoreError,
+    LeaseToken, NewEvent, ReplayPin, Replayed, Settle, StoreError,
 };
 use crate::store::{InboxActivity, InboxSummary, PageStart};
 use crate::Timestamp;
@@ -303,6 +303,22 @@ impl Inbox for MemoryInbox {
         let replayed = match state.entries.get_mut(&seq) {
             Some(held) => Self::replay_held(held, force, now),
             None => Replayed::Missing,
+        };
+        drop(state);
+        self.inserted.notify_waiters();
+        ready(Ok(replayed))
+    }
+
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        let now = Timestamp::now();
+        // Checked and replayed under one hold of the lock.
+        let mut state = self.state();
+        let replayed = match state.entries.get_mut(&seq) {
+            None => Replayed::Missing,
+            Some(held) if !pin.holds_for(&held.entry) => Replayed::Changed,
+            Some(held) => Self::replay_held(held, true, now),
         };
         drop(state);
         self.inserted.notify_waiters();

@@ -21,7 +21,7 @@ use crate::store::inbox_trait::{
 };
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
-    NewEvent, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
+    NewEvent, ReplayPin, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
 use crate::store::{InboxActivity, InboxSummary, PageStart};
 use crate::{ConfigError, Timestamp};
@@ -102,6 +102,7 @@ struct Sql {
     list: String,
     get: String,
     replay: String,
+    replay_if: String,
     replay_matching: String,
     writable: String,
     purge: String,
@@ -313,6 +314,20 @@ impl Sql {
                           AND (found.status <> 'done' OR $3::boolean)
                         RETURNING {t}.seq)
                  SELECT found.status, found.handled_at_ms, (SELECT count(*) FROM replayed) FROM found",
+                replay_set = replay_set(2)
+            ),
+            // One statement: the `UPDATE` checks the pinned state (against
+            // the row as committed, should it wait for another writer) and
+            // replays; `found`, the row as the statement began, says why
+            // when it did not.
+            replay_if: format!(
+                "WITH found AS (SELECT status, replays, handled_at_ms FROM {t} WHERE seq = $1),
+                      replayed AS (
+                        UPDATE {t} SET {replay_set}
+                        WHERE seq = $1 AND status = $3::text AND status <> 'running'
+                          AND replays = $4::bigint AND handled_at_ms IS NOT DISTINCT FROM $5::bigint
+                        RETURNING seq)
+                 SELECT (SELECT count(*) FROM replayed), status, replays, handled_at_ms FROM found",
                 replay_set = replay_set(2)
             ),
             replay_matching: format!(
@@ -857,6 +872,51 @@ impl Inbox for PostgresInbox {
                 _ => Replayed::Handled {
                     at: handled.map(Timestamp::from_millis),
                 },
+            })
+        })
+    }
+
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        Box::pin(async move {
+            let now = Timestamp::now().as_millis();
+            let (status, replays) = (pin.status.as_str(), i64::from(pin.replays));
+            let handled = pin.handled_at.map(Timestamp::as_millis);
+            let rows = self
+                .call(async |client| {
+                    client
+                        .query_typed(
+                            &self.sql.replay_if,
+                            &[
+                                (&seq, Type::INT8),
+                                (&now, Type::INT8),
+                                (&status, Type::TEXT),
+                                (&replays, Type::INT8),
+                                (&handled, Type::INT8),
+                            ],
+                        )
+                        .await
+                        .map_err(|err| pg_error("cannot replay the event", &err))
+                })
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(Replayed::Missing);
+            };
+            let read = || -> Result<(i64, String, i64, Option<i64>), tokio_postgres::Error> {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.int(2)?,
+                    row.try_get(3)?,
+                ))
+            };
+            let (replayed, status, replays, handled) =
+                read().map_err(|err| pg_error("cannot replay the event", &err))?;
+            Ok(if replayed == 1 {
+                Replayed::Replayed
+            } else {
+                pin.unreplayed(Some((&status, replays, handled)))
             })
         })
     }
