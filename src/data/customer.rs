@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 /// The customer a `customer.verify` event asks to verify (`CustomerVerifyDataVo.object`).
 ///
 /// Its [object key](crate::Event::object_key) is `customer:<customerId>`;
-/// without a `customerId`, `customer_email:<customerEmail>` (see
-/// [`Resource`](super::Resource)).
+/// without a `customerId`, `customer_email:` and the SHA-256 of its
+/// `customerEmail` in hex (see [`Resource`](super::Resource)).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]

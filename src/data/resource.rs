@@ -21,9 +21,10 @@ use super::{CustomerVerify, Dispute, Invoice, Order, Refund, Session, Subscripti
 /// - a customer (`customer.verify`) with no `customerId` is keyed by its
 ///   `customerEmail`, as sent, as an object of its own kind,
 ///   `customer_email` (see [`object_alias`](Self::object_alias)): the key
-///   `customer_email:a@example.com`, which never meets a `customer:<id>`
-///   key. A customer's events sent with its id and without are not
-///   ordered against each other.
+///   is `customer_email:` and the SHA-256 of the email in hex (so it does
+///   not hold the address), and never meets a `customer:<id>` key. A
+///   customer's events sent with its id and without are not ordered
+///   against each other.
 ///
 /// A non-string or empty id (or email) is no id.
 pub trait Resource {
@@ -38,9 +39,10 @@ pub trait Resource {
 
     /// What names the object when the data carries no
     /// [id](Self::object_id): the kind of object it keys (in place of the
-    /// family) and its value. Only a customer has one: its `customerEmail`,
-    /// as the kind `customer_email`. The default, for data of any other
-    /// type, is none.
+    /// family) and its value, which the [`ObjectKey`](crate::events::ObjectKey)
+    /// holds as its SHA-256 in hex. Only a customer has one: its
+    /// `customerEmail`, as the kind `customer_email`. The default, for data
+    /// of any other type, is none.
     fn object_alias(&self, family: &str) -> Option<(&'static str, &str)> {
         let _ = family;
         None

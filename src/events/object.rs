@@ -29,15 +29,18 @@ use crate::data::Resource;
 ///
 /// A customer known only by its email (`customer.verify` with a
 /// `customerEmail` and no `customerId`) is keyed as an object of its own
-/// kind, `customer_email`, e.g. `customer_email:a@example.com`, so that an
-/// email never meets an id: see [`Resource`].
+/// kind, `customer_email`, by the SHA-256 of the email as sent, in
+/// lowercase hex: `customer_email:` and 64 hex digits. So an email never
+/// meets an id, and the key (kept in a freshness store for its retention,
+/// in the inbox's object column, in logs) does not hold the address
+/// itself. See [`Resource`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     /// The event family, as [`EventType::family`](crate::EventType::family)
     /// gives it; `customer_email` for a customer keyed by its email.
     pub family: String,
-    /// The object's id within the family (a customer's email, for
-    /// `customer_email`).
+    /// The object's id within the family (for `customer_email`, the
+    /// SHA-256 of the customer's email, in hex).
     pub id: String,
 }
 
@@ -66,8 +69,15 @@ impl ObjectKey {
         }
         data.object_alias(family)
             .filter(|(_, alias)| !alias.is_empty())
-            .map(|(kind, alias)| Self::new(kind, alias))
+            .map(|(kind, alias)| Self::new(kind, alias_digest(alias)))
     }
+}
+
+/// An alias (a customer's email) as a key holds it: its SHA-256, in
+/// lowercase hex, so that the key does not carry the address.
+fn alias_digest(alias: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(alias.as_bytes()))
 }
 
 impl fmt::Display for ObjectKey {
@@ -83,8 +93,9 @@ impl<T: Resource> Event<T> {
     /// type in this crate (`order`, ..., `customer`) is keyed by its own id
     /// field alone, any other family by `<family>Id`, then `id`; a customer
     /// with no `customerId` is keyed by its `customerEmail`, as
-    /// `customer_email:<email>`. For the family's own data type (or
-    /// [`serde_json::Value`]) this is the key [`RawEvent::object_key`] gives.
+    /// `customer_email:` and the SHA-256 of the email in hex. For the
+    /// family's own data type (or [`serde_json::Value`]) this is the key
+    /// [`RawEvent::object_key`] gives.
     #[must_use]
     pub fn object_key(&self) -> Option<ObjectKey> {
         ObjectKey::for_data(self.event_type.family(), &self.data)

@@ -482,7 +482,17 @@ fn customer_verify_without_an_id_is_keyed_by_its_email() {
         typed.map(|key| key.to_string())
     };
     let by_email = key(json!({"customerEmail": "a@example.com", "merchantId": "m_1"}));
-    assert_eq!(by_email.as_deref(), Some("customer_email:a@example.com"));
+    // The key holds the email's SHA-256, not the address:
+    // `printf %s a@example.com | sha256sum`.
+    assert_eq!(
+        by_email.as_deref(),
+        Some("customer_email:08168cd80dfd534ab0f10af10f1303fe00af2d43ab5c1432360d137f8197e17a")
+    );
+    let other = key(json!({"customerEmail": "b@example.com"}));
+    assert!(other
+        .as_deref()
+        .is_some_and(|k| k.starts_with("customer_email:")));
+    assert_ne!(other, by_email);
     let both = key(json!({"customerEmail": "a@example.com", "customerId": "cus_1"}));
     assert_eq!(both.as_deref(), Some("customer:cus_1"));
     let empty_id = key(json!({"customerEmail": "a@example.com", "customerId": ""}));
