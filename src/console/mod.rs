@@ -23,6 +23,12 @@
 //!   the last hour, and the newest dead events with their errors.
 //! - `/events`: every event, newest first, filtered by status, type,
 //!   account, object and time of arrival, a page at a time.
+//!
+//!   The rows of both lists, this one and the dead events on `/`, show
+//!   the first 120 characters
+//!   ([`SUMMARY_ERROR_CHARS`](crate::store::SUMMARY_ERROR_CHARS)) of an
+//!   event's last error, with `…` when there is more, and are read with
+//!   [`Inbox::page_summaries`]: no body, and no long error whole.
 //! - `/events/{seq}`: one event: its envelope, the raw body indented, its
 //!   attempts, last error and replays, and the timeline of its object: how
 //!   many events are about it, and up to 100 of them, those that arrived

@@ -15,6 +15,7 @@ use http::StatusCode;
 
 use super::view::{self, Query};
 use super::{Ctx, Shared};
+use crate::store::inbox_page::cut_error;
 use crate::store::{
     timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart,
     ReplayPin, Replayed, StoreError,
@@ -77,22 +78,32 @@ struct Row {
 }
 
 impl Row {
-    fn new(entry: &InboxEntry, now: Timestamp) -> Self {
-        let event = &entry.event;
+    /// The row of `summary`: its last error as the summary carries it (its
+    /// first [`SUMMARY_ERROR_CHARS`](crate::store::SUMMARY_ERROR_CHARS)
+    /// characters), with `…` when it was cut; cut here too, the same way,
+    /// should an inbox of the app's own carry more.
+    fn new(summary: &InboxSummary, now: Timestamp) -> Self {
         Self {
-            seq: entry.seq,
-            status: entry.status.as_str(),
-            event_type: view::shown(&event.event_type),
-            event_id: view::shown(&event.event_id),
-            account: view::shown(event.account.as_deref().unwrap_or_default()),
-            object: view::shown(event.object_key.as_deref().unwrap_or_default()),
-            received: view::time(event.received_at),
-            received_ago: view::ago(event.received_at, now),
-            attempts: entry.attempts,
-            error: entry
+            seq: summary.seq,
+            status: summary.status.as_str(),
+            event_type: view::shown(&summary.event_type),
+            event_id: view::shown(&summary.event_id),
+            account: view::shown(summary.account.as_deref().unwrap_or_default()),
+            object: view::shown(summary.object_key.as_deref().unwrap_or_default()),
+            received: view::time(summary.received_at),
+            received_ago: view::ago(summary.received_at, now),
+            attempts: summary.attempts,
+            error: summary
                 .last_error
                 .as_deref()
-                .map(|e| view::shown(&view::truncate(e, 120)))
+                .map(|error| {
+                    let (start, cut) = cut_error(error);
+                    let mut shown = view::shown(start);
+                    if cut || summary.last_error_cut {
+                        shown.push('…');
+                    }
+                    shown
+                })
                 .unwrap_or_default(),
         }
     }
@@ -315,7 +326,7 @@ pub(super) async fn overview(
         Ok::<_, StoreError>((
             call(&shared, inbox.stats()).await?,
             call(&shared, inbox.count(&done)).await?,
-            call(&shared, inbox.page(&dead, PageStart::Newest, 10)).await?,
+            call(&shared, inbox.page_summaries(&dead, PageStart::Newest, 10)).await?,
             call(&shared, inbox.activity(since, Duration::from_secs(60), 60)).await?,
         ))
     };
@@ -395,7 +406,8 @@ pub(super) async fn events(
             }
         });
     let read = async {
-        let mut page = call(&shared, inbox.page(&filter, start, size + 1)).await?;
+        // Summaries: a row shows no body, and only the start of the error.
+        let mut page = call(&shared, inbox.page_summaries(&filter, start, size + 1)).await?;
         let more = page.len() > size;
         if more {
             // The extra event is the one past the page, on the side it ran to.
@@ -409,16 +421,22 @@ pub(super) async fn events(
             (_, None, _) | (_, _, None) => (false, false),
             (PageStart::Newest, _, _) => (false, more),
             (PageStart::Before(_), Some(first), _) => (
-                !call(&shared, inbox.page(&filter, PageStart::After(first.seq), 1))
-                    .await?
-                    .is_empty(),
+                !call(
+                    &shared,
+                    inbox.page_summaries(&filter, PageStart::After(first.seq), 1),
+                )
+                .await?
+                .is_empty(),
                 more,
             ),
             (PageStart::After(_), _, Some(last)) => (
                 more,
-                !call(&shared, inbox.page(&filter, PageStart::Before(last.seq), 1))
-                    .await?
-                    .is_empty(),
+                !call(
+                    &shared,
+                    inbox.page_summaries(&filter, PageStart::Before(last.seq), 1),
+                )
+                .await?
+                .is_empty(),
             ),
         };
         let matching = call(&shared, inbox.count(&filter)).await?;

@@ -218,14 +218,6 @@ pub(super) fn thousands(n: usize) -> String {
     out
 }
 
-/// `text` cut to at most `max` characters, with `…` when cut.
-pub(super) fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
 /// How much of a body the event page shows: 256 KiB of text, as shown
 /// (indented, invisible characters spelled out).
 pub(super) const BODY_SHOWN: usize = 256 * 1024;
@@ -680,8 +672,6 @@ mod tests {
         let now = Timestamp::from_millis(10_000);
         assert_eq!(ago(Timestamp::from_millis(8_000), now), "2 s ago");
         assert_eq!(ago(Timestamp::from_millis(12_000), now), "in 2 s");
-        assert_eq!(truncate("abcdef", 3), "abc…");
-        assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(thousands(1_048_576), "1,048,576");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(0), "0");

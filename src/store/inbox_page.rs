@@ -1,6 +1,7 @@
 //! What a person browsing an [`Inbox`](super::Inbox) needs of it: pages of
 //! events newest first ([`Inbox::page`](super::Inbox::page)), the same
-//! pages without the bodies ([`Inbox::page_summaries`](super::Inbox::page_summaries)),
+//! pages without the bodies and with only the start of each last error
+//! ([`Inbox::page_summaries`](super::Inbox::page_summaries)),
 //! counts ([`Inbox::count`](super::Inbox::count)) and events received and
 //! handled per interval ([`Inbox::activity`](super::Inbox::activity)). The
 //! console (feature `console`) is built on them; the trait's default
@@ -12,11 +13,19 @@ use std::time::Duration;
 use super::{InboxEntry, InboxFilter, InboxStatus};
 use crate::Timestamp;
 
+/// How much of an event's last error an [`InboxSummary`] carries: its
+/// first 120 characters (Unicode scalar values, so never a character cut
+/// in two), what a row of the console's lists shows of it.
+pub const SUMMARY_ERROR_CHARS: usize = 120;
+
 /// An event as a row of a list shows it: what the inbox holds of it less
-/// its body, its last error, its receipt, its signature and its attempts'
-/// history, so that a page of them costs a few hundred bytes an event
-/// however large the bodies are. What
-/// [`Inbox::page_summaries`](super::Inbox::page_summaries) returns.
+/// its body, its receipt, its signature and its attempts' history, with
+/// only the start of its last error (its first [`SUMMARY_ERROR_CHARS`]
+/// characters), so that a page of them costs a few hundred bytes an event
+/// however large the bodies and errors are. What
+/// [`Inbox::page_summaries`](super::Inbox::page_summaries) returns; the
+/// crate's SQL backends cut the error in SQL, so a long one is never read
+/// whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InboxSummary {
@@ -42,6 +51,13 @@ pub struct InboxSummary {
     pub attempts: u32,
     /// When it may run next.
     pub next_attempt_at: Timestamp,
+    /// The start of the error of its last failed attempt
+    /// ([`InboxEntry::last_error`]): its first [`SUMMARY_ERROR_CHARS`]
+    /// characters, all of it when it is no longer.
+    pub last_error: Option<String>,
+    /// Whether the last error is longer than [`last_error`](Self::last_error)
+    /// holds: it was cut.
+    pub last_error_cut: bool,
     /// When a worker last completed it.
     pub handled_at: Option<Timestamp>,
     /// How many times it was replayed.
@@ -51,8 +67,11 @@ pub struct InboxSummary {
 }
 
 impl From<&InboxEntry> for InboxSummary {
+    /// The summary of `entry`, its last error cut as
+    /// [`Inbox::page_summaries`](super::Inbox::page_summaries) cuts it.
     fn from(entry: &InboxEntry) -> Self {
         let event = &entry.event;
+        let error = entry.last_error.as_deref().map(cut_error);
         Self {
             seq: entry.seq,
             account: event.account.clone(),
@@ -65,6 +84,8 @@ impl From<&InboxEntry> for InboxSummary {
             status: entry.status,
             attempts: entry.attempts,
             next_attempt_at: entry.next_attempt_at,
+            last_error: error.map(|(start, _)| start.to_owned()),
+            last_error_cut: error.is_some_and(|(_, cut)| cut),
             handled_at: entry.handled_at,
             replays: entry.replays,
             last_replayed_at: entry.last_replayed_at,
@@ -72,14 +93,41 @@ impl From<&InboxEntry> for InboxSummary {
     }
 }
 
-/// The columns an [`InboxSummary`] is read from, in the order
-/// [`read_summary`] reads them: no body, error, receipt or history.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) const SUMMARY_COLUMNS: &str = "seq, account, event_id, event_type, created_ms, \
-     object_key, signed_at_ms, received_at_ms, status, attempts, next_attempt_ms, \
-     handled_at_ms, replays, last_replay_ms";
+/// The start of `error` a summary carries (its first
+/// [`SUMMARY_ERROR_CHARS`] characters), and whether `error` is longer.
+pub(crate) fn cut_error(error: &str) -> (&str, bool) {
+    match error.char_indices().nth(SUMMARY_ERROR_CHARS) {
+        Some((at, _)) => (&error[..at], true),
+        None => (error, false),
+    }
+}
 
-/// Reads an [`InboxSummary`] from a row selected with [`SUMMARY_COLUMNS`].
+/// The columns an [`InboxSummary`] is read from, in the order
+/// [`read_summary`] reads them: no body, receipt or history, and of the
+/// error only its start and whether there is more, cut in SQL (with
+/// `left` where `mark` is `$`, PostgreSQL, and `substr` where it is `?`,
+/// SQLite; both count characters). SQLite's text functions stop at a NUL
+/// character, so there an error holding one is summarised as what comes
+/// before it (PostgreSQL keeps a NUL as U+FFFD, the memory inbox as is).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn summary_columns(mark: char) -> String {
+    let start = |chars: usize| {
+        if mark == '$' {
+            format!("left(last_error, {chars})")
+        } else {
+            format!("substr(last_error, 1, {chars})")
+        }
+    };
+    format!(
+        "seq, account, event_id, event_type, created_ms, object_key, signed_at_ms, \
+         received_at_ms, status, attempts, next_attempt_ms, handled_at_ms, replays, \
+         last_replay_ms, {}, CASE WHEN length({}) > {SUMMARY_ERROR_CHARS} THEN 1 ELSE 0 END",
+        start(SUMMARY_ERROR_CHARS),
+        start(SUMMARY_ERROR_CHARS + 1),
+    )
+}
+
+/// Reads an [`InboxSummary`] from a row selected with [`summary_columns`].
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn read_summary<R: super::inbox_trait::EntryRow>(
     row: &R,
@@ -100,6 +148,8 @@ pub(crate) fn read_summary<R: super::inbox_trait::EntryRow>(
         handled_at: row.optional_int(11)?.map(Timestamp::from_millis),
         replays: u32::try_from(row.int(12)?).unwrap_or(0),
         last_replayed_at: row.optional_int(13)?.map(Timestamp::from_millis),
+        last_error: row.optional_text(14)?,
+        last_error_cut: row.int(15)? != 0,
     })
 }
 
@@ -246,7 +296,7 @@ pub(crate) fn on_page(filter: &InboxFilter, start: PageStart, entry: &InboxEntry
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql {
     use super::super::inbox_trait::{filter_sql, ENTRY_COLUMNS};
-    use super::{PageStart, SUMMARY_COLUMNS};
+    use super::{summary_columns, PageStart};
 
     fn param(mark: char, n: usize) -> String {
         if mark == '$' {
@@ -263,9 +313,10 @@ pub(crate) mod sql {
         page_of_columns(ENTRY_COLUMNS, table, mark, start)
     }
 
-    /// As [`page`], of [`SUMMARY_COLUMNS`]: the body is not selected.
+    /// As [`page`], of [`summary_columns`]: the body is not selected, and
+    /// the last error is cut.
     pub(crate) fn summary_page(table: &str, mark: char, start: PageStart) -> String {
-        page_of_columns(SUMMARY_COLUMNS, table, mark, start)
+        page_of_columns(&summary_columns(mark), table, mark, start)
     }
 
     fn page_of_columns(columns: &str, table: &str, mark: char, start: PageStart) -> String {
@@ -357,6 +408,25 @@ mod tests {
         assert_eq!(seqs(&page_of(all(), PageStart::After(4), 3)), [7, 6, 5]);
         assert_eq!(seqs(&page_of(all(), PageStart::Before(2), 3)), [1]);
         assert!(page_of(all(), PageStart::After(10), 3).is_empty());
+    }
+
+    #[test]
+    fn a_summary_carries_the_start_of_the_error_cut_between_characters() {
+        let exact = format!("{}é", "x".repeat(SUMMARY_ERROR_CHARS - 1));
+        assert_eq!(cut_error(&exact), (exact.as_str(), false));
+        let long = format!("{exact}🦀 and more");
+        assert_eq!(cut_error(&long), (exact.as_str(), true));
+        assert_eq!(cut_error(""), ("", false));
+
+        let mut failed = entry(1, 1, None);
+        failed.last_error = Some(long);
+        let summary = InboxSummary::from(&failed);
+        assert_eq!(
+            (summary.last_error.as_deref(), summary.last_error_cut),
+            (Some(exact.as_str()), true)
+        );
+        let summary = InboxSummary::from(&entry(2, 2, None));
+        assert_eq!((summary.last_error, summary.last_error_cut), (None, false));
     }
 
     #[test]

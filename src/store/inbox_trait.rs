@@ -833,10 +833,13 @@ pub trait Inbox: Send + Sync + 'static {
     }
 
     /// The page [`page`](Self::page) returns, as summaries: each event
-    /// without its body, its last error or its attempts' history, for a
-    /// list that shows a row per event. The default reads the events whole
-    /// with [`page`](Self::page) and drops the rest; the crate's backends
-    /// never read the bodies (in SQL, they do not select them).
+    /// without its body or its attempts' history, and with only the first
+    /// [`SUMMARY_ERROR_CHARS`](super::SUMMARY_ERROR_CHARS) characters of its
+    /// last error, for a list that shows a row per event. The default
+    /// reads the events whole with [`page`](Self::page) and keeps what
+    /// [`InboxSummary::from`] does; the crate's backends never read the
+    /// bodies, nor a long error whole (in SQL, they do not select the
+    /// bodies, and select only the start of the error).
     ///
     /// # Errors
     ///

@@ -103,7 +103,7 @@ pub(crate) use freshness::check_record;
 pub use freshness::{FreshnessStore, DEFAULT_FRESHNESS_RETENTION};
 pub use idempotency::{Claim, IdempotencyStore, LeaseToken, Settle};
 pub use inbox_history::{InboxAttemptOutcome, InboxAttemptRecord};
-pub use inbox_page::{InboxActivity, InboxSummary, PageStart};
+pub use inbox_page::{InboxActivity, InboxSummary, PageStart, SUMMARY_ERROR_CHARS};
 pub use inbox_trait::{
     Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,
     ReplayPin, Replayed, SignatureHeaders,

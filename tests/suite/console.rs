@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
 use clink_webhooks::store::{
     Inbox, InboxEntry, InboxFilter, InboxStatus, InboxSummary, MemoryInbox, NewEvent, PageStart,
-    ReplayPin, Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT,
+    ReplayPin, Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT, SUMMARY_ERROR_CHARS,
 };
 use clink_webhooks::BoxFuture;
 use clink_webhooks::Timestamp;
@@ -1383,8 +1383,28 @@ async fn the_list_runs_newest_first_a_page_at_a_time_both_ways() {
     assert!(back.link("older →").is_some() && back.link("← newer").is_some());
 }
 
+/// The errors of the dead events of [`browsing_conforms`], by the event's
+/// number: around the summaries' cut, characters of two, three and four
+/// bytes, so that a cut counting bytes, or one character off, shows.
+fn conformance_error(n: i64) -> String {
+    let start = "x".repeat(SUMMARY_ERROR_CHARS - 2);
+    match n {
+        // Longer than the cut: the last two characters kept are of two and
+        // three bytes, the first left out of four.
+        0 => format!("{start}é日🦀ü and <more>"),
+        // Exactly as long as the cut: whole, not cut.
+        5 => format!("{start}é日"),
+        // One character more.
+        10 => format!("{start}é日🦀"),
+        // Three-byte characters only, far longer.
+        15 => "日".repeat(SUMMARY_ERROR_CHARS * 40),
+        _ => "boom".to_owned(),
+    }
+}
+
 /// What every backend must answer for the console: pages both ways, counts
-/// under filters, activity per interval.
+/// under filters, activity per interval, summaries with the start of the
+/// error.
 async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
     let now = Timestamp::now().as_millis();
     let base = now - 10 * 60_000;
@@ -1399,7 +1419,7 @@ async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
             base + n * 10_000,
         );
         if n % 5 == 0 {
-            inbox.insert_dead(&e, "boom").await.unwrap();
+            inbox.insert_dead(&e, &conformance_error(n)).await.unwrap();
         } else {
             inbox.insert(&e).await.unwrap();
         }
@@ -1545,6 +1565,26 @@ async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
     );
     assert!(summaries.iter().any(|s| s.account.is_none()));
     assert!(summaries.iter().all(|s| s.event_type == "order.succeeded"));
+    // The error, cut after its first `SUMMARY_ERROR_CHARS` characters.
+    let error = |id: &str| {
+        let s = summaries.iter().find(|s| s.event_id == id).unwrap();
+        (s.last_error.clone(), s.last_error_cut)
+    };
+    let start = "x".repeat(SUMMARY_ERROR_CHARS - 2);
+    let kept = Some(format!("{start}é日"));
+    assert_eq!(error("evt_0"), (kept.clone(), true));
+    assert_eq!(error("evt_5"), (kept.clone(), false));
+    assert_eq!(error("evt_10"), (kept, true));
+    assert_eq!(
+        error("evt_15"),
+        (Some("日".repeat(SUMMARY_ERROR_CHARS)), true)
+    );
+    assert_eq!(error("evt_20"), (Some("boom".to_owned()), false));
+    assert_eq!(error("evt_1"), (None, false));
+    for n in [0, 5, 10, 15] {
+        let whole = inbox.get(first + n).await.unwrap().unwrap().last_error;
+        assert_eq!(whole, Some(conformance_error(n)), "kept whole");
+    }
     assert_eq!(
         inbox
             .page_summaries(&object, PageStart::After(first + 29), 50)
@@ -1670,11 +1710,14 @@ async fn an_inbox_with_only_the_required_methods_replays_if_by_default() {
 }
 
 /// A memory inbox that refuses to read events whole but one at a time
-/// (`list` and `page` fail, so only `get` reads a body), and that can have
-/// a worker replay and handle an event again right after `get` read it: an
-/// inbox changing between the console's reads.
+/// (`list` and `page` fail, so only `get` reads a body), or not at all
+/// ([`summaries_only`](Self::summaries_only): `get` fails too), and that
+/// can have a worker replay and handle an event again right after `get`
+/// read it: an inbox changing between the console's reads.
 struct Staged {
     inner: MemoryInbox,
+    /// Whether `get` fails too.
+    get_refused: bool,
     /// The event that, once, is replayed and handled again just after `get`
     /// read it.
     handle_after_get: std::sync::Mutex<Option<i64>>,
@@ -1684,7 +1727,17 @@ impl Staged {
     fn new(inner: MemoryInbox) -> Self {
         Self {
             inner,
+            get_refused: false,
             handle_after_get: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// An inbox that reads no event whole: only summaries, counts and
+    /// stats.
+    fn summaries_only(inner: MemoryInbox) -> Self {
+        Self {
+            get_refused: true,
+            ..Self::new(inner)
         }
     }
 
@@ -1749,7 +1802,15 @@ impl Inbox for Staged {
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
         self.inner.count(filter)
     }
+    fn activity(
+        &self, since: Timestamp, interval: Duration, intervals: usize,
+    ) -> BoxFuture<'_, Result<clink_webhooks::store::InboxActivity, StoreError>> {
+        self.inner.activity(since, interval, intervals)
+    }
     fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        if self.get_refused {
+            return Self::refused();
+        }
         Box::pin(async move {
             let read = self.inner.get(seq).await;
             let staged = self.handle_after_get.lock().unwrap().take_if(|s| *s == seq);
@@ -1822,6 +1883,80 @@ async fn the_timeline_reads_summaries_not_bodies() {
     assert!(!table.contains("evt_<"), "{table}");
     assert_eq!(table.matches(" current\"").count(), 1, "{table}");
     assert!(page.body.contains("Every event about this object (3)"));
+}
+
+/// The rows of the list and of the overview are read as summaries, never
+/// as whole events: over an inbox that reads no event whole (`page`,
+/// `list` and `get` fail), the list shows its pages both ways and the
+/// overview its dead events, each long error cut after its first
+/// `SUMMARY_ERROR_CHARS` characters with `…`, escaped.
+#[tokio::test]
+async fn the_list_and_the_overview_read_summaries_not_bodies() {
+    let inbox = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    // `<b>` and then enough to put characters of two, three and four bytes
+    // around the cut: the 120th kept is `日`, the 121st (`🦀`) is not.
+    let filler = "x".repeat(SUMMARY_ERROR_CHARS - 5);
+    let long = format!("<b>{filler}é日🦀 and <i>the rest</i>");
+    for n in 0..7 {
+        let e = event(
+            &format!("evt_<{n}>"),
+            "order.succeeded",
+            None,
+            Some("order:<o1>"),
+            now + n,
+            now,
+        );
+        if n % 2 == 0 {
+            inbox.insert_dead(&e, &long).await.unwrap();
+        } else {
+            inbox.insert(&e).await.unwrap();
+        }
+    }
+    let inbox = Arc::new(Staged::summaries_only(inbox));
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .page_size(3)
+            .unwrap(),
+    );
+    // The wrapper reads no event whole: the event page cannot be shown.
+    assert_eq!(get(&app, "/console/events/1").await.status, 503);
+
+    let cut = format!("<td class=\"error\">&#60;b&#62;{filler}é日…</td>");
+    let errors = |page: &Page| page.body.matches(cut.as_str()).count();
+    let overview = get(&app, "/console").await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    assert_eq!(listed(&overview), [7, 5, 3, 1], "{}", overview.body);
+    assert_eq!(errors(&overview), 4, "{}", overview.body);
+    assert!(
+        overview.body.contains("evt_&#60;6&#62;"),
+        "{}",
+        overview.body
+    );
+    assert!(!overview.body.contains("<b>") && !overview.body.contains("🦀"));
+
+    // Every page of the list, older then newer, each with the checks of
+    // whether there is more on either side.
+    let newest = get(&app, "/console/events").await;
+    assert_eq!(newest.status, 200, "{}", newest.body);
+    assert_eq!(listed(&newest), [7, 6, 5]);
+    assert_eq!(errors(&newest), 2, "{}", newest.body);
+    assert!(newest.body.contains("<td class=\"error\"></td>"));
+    assert!(newest.link("← newer").is_none());
+    let middle = get(&app, &newest.link("older →").unwrap()).await;
+    assert_eq!(middle.status, 200, "{}", middle.body);
+    assert_eq!(listed(&middle), [4, 3, 2]);
+    assert_eq!(errors(&middle), 1, "{}", middle.body);
+    let oldest = get(&app, &middle.link("older →").unwrap()).await;
+    assert_eq!(oldest.status, 200, "{}", oldest.body);
+    assert_eq!(listed(&oldest), [1]);
+    assert!(oldest.link("older →").is_none());
+    let back = get(&app, &oldest.link("← newer").unwrap()).await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(listed(&back), [4, 3, 2]);
+    assert!(back.link("older →").is_some() && back.link("← newer").is_some());
+    assert!(!back.body.contains("🦀") && !back.body.contains("<b>"));
 }
 
 /// A worker that replays and handles the event again between the

@@ -428,7 +428,8 @@ impl Inbox for MemoryInbox {
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
         let state = self.state();
-        // By reference: no body is copied, not even its handle.
+        // By reference: no body is copied, not even its handle, and of
+        // the last error only its start (`InboxSummary::from` cuts it).
         let matching = state
             .entries
             .values()
