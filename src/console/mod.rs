@@ -54,8 +54,9 @@
 //! Replaying a handled event asks again first (the CLI's `--force`), and
 //! the confirmation holds only for the event as that page showed it (its
 //! replays and when it was handled), checked in the same step as the
-//! replay with [`Inbox::replay_if`]: sent again once the event was
-//! replayed or handled since, it replays nothing and asks again. The
+//! replay with [`Inbox::replay_if`]: sent once the event was replayed or
+//! handled since, it replays nothing, and asks again if the event is
+//! handled now, or else leaves it as it is with a notice. The
 //! check is atomic in the crate's inboxes (in SQL, the replay's `UPDATE`
 //! holds the shown state in its `WHERE`; in memory, it runs under the
 //! inbox's lock), so a worker that settles the event between the page

@@ -779,10 +779,20 @@ fn confirm(
 /// confirmation page showed it (its replays, and when it was handled);
 /// `None` when the form does not say.
 fn pinned(form: &Query) -> Option<ReplayPin> {
-    let replays = form.replays.parse().ok()?;
+    // Only the numbers as the page writes them (`7`, not `+7` or `007`).
+    let replays: u32 = form.replays.parse().ok()?;
+    if replays.to_string() != form.replays {
+        return None;
+    }
     let handled = match form.handled.as_str() {
         "" => None,
-        millis => Some(Timestamp::from_millis(millis.parse().ok()?)),
+        millis => {
+            let parsed: i64 = millis.parse().ok()?;
+            if parsed.to_string() != millis {
+                return None;
+            }
+            Some(Timestamp::from_millis(parsed))
+        }
     };
     Some(ReplayPin::new(InboxStatus::Done, replays, handled))
 }
@@ -814,8 +824,9 @@ pub(super) async fn replay(
     let page = format!("{}/events/{seq}", ctx.base);
     // A confirmation holds for the state it was given for: the inbox
     // replays only while the event is still in it, checked as it replays.
-    let replayed = if force {
-        match pinned(&form) {
+    let pin = force.then(|| pinned(&form));
+    let replayed = if let Some(pin) = pin {
+        match pin {
             Some(pin) => call(&shared, inbox.replay_if(seq, &pin)).await,
             None => Ok(Replayed::Changed),
         }
@@ -834,7 +845,12 @@ pub(super) async fn replay(
             Err(err) => return unavailable(&shared, &ctx, &err),
         };
         return if now.status == InboxStatus::Done {
-            log_replay(&ctx, &now, force, "asked to confirm again: handled since");
+            let outcome = if pin == Some(None) {
+                "asked to confirm again: the form did not carry the state shown"
+            } else {
+                "asked to confirm again: handled since"
+            };
+            log_replay(&ctx, &now, force, outcome);
             confirm(&shared, &ctx, &now, now.handled_at, true)
         } else {
             log_replay(
@@ -856,7 +872,18 @@ pub(super) async fn replay(
     match replayed {
         Replayed::Replayed => see_other(format!("{page}?done=replayed")),
         Replayed::Running => see_other(format!("{page}?done=running")),
-        Replayed::Handled { at } => confirm(&shared, &ctx, &entry, at, false),
+        Replayed::Handled { .. } => {
+            // Shown and pinned as it is now: the event read before the
+            // replay may have been running then, and handled since.
+            match call(&shared, inbox.get(seq)).await {
+                Ok(Some(now)) if now.status == InboxStatus::Done => {
+                    confirm(&shared, &ctx, &now, now.handled_at, false)
+                }
+                Ok(Some(_)) => see_other(format!("{page}?done=changed")),
+                Ok(None) => missing(&shared, &ctx),
+                Err(err) => unavailable(&shared, &ctx, &err),
+            }
+        }
         Replayed::Missing | Replayed::Changed => missing(&shared, &ctx),
     }
 }

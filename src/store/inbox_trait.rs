@@ -414,7 +414,7 @@ pub(crate) fn filter_sql(mark: char, first: usize) -> String {
     )
 }
 
-/// What [`Inbox::replay`] did.
+/// What [`Inbox::replay`] or [`Inbox::replay_if`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Replayed {
@@ -833,7 +833,8 @@ pub trait Inbox: Send + Sync + 'static {
     }
 
     /// The page [`page`](Self::page) returns, as summaries: each event
-    /// without its body or its attempts' history, and with only the first
+    /// without its body, its attempts' history, its receipt or its
+    /// signature (see [`InboxSummary`]), and with only the first
     /// [`SUMMARY_ERROR_CHARS`](super::SUMMARY_ERROR_CHARS) characters of its
     /// last error, for a list that shows a row per event. The default
     /// reads the events whole with [`page`](Self::page) and keeps what

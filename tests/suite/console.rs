@@ -1721,6 +1721,9 @@ struct Staged {
     /// The event that, once, is replayed and handled again just after `get`
     /// read it.
     handle_after_get: std::sync::Mutex<Option<i64>>,
+    /// The claim that, once, a worker completes just after `get` read its
+    /// event running.
+    complete_after_get: std::sync::Mutex<Option<clink_webhooks::store::InboxClaim>>,
 }
 
 impl Staged {
@@ -1729,6 +1732,7 @@ impl Staged {
             inner,
             get_refused: false,
             handle_after_get: std::sync::Mutex::new(None),
+            complete_after_get: std::sync::Mutex::new(None),
         }
     }
 
@@ -1820,6 +1824,14 @@ impl Inbox for Staged {
                     Replayed::Replayed
                 );
                 run_next(&self.inner).await;
+            }
+            let claim = self
+                .complete_after_get
+                .lock()
+                .unwrap()
+                .take_if(|claim| claim.entry.seq == seq);
+            if let Some(claim) = claim {
+                self.inner.complete(&claim).await.unwrap();
             }
             read
         })
@@ -1962,9 +1974,12 @@ async fn the_list_and_the_overview_read_summaries_not_bodies() {
 /// A worker that replays and handles the event again between the
 /// console's read of it and its replay: the confirmation, given for the
 /// event as it was before, replays nothing and asks again, since the
-/// inbox checks the pinned state in the same step as it replays.
+/// console hands the inbox the state shown with the replay, not a check
+/// of its own before it (that the inbox checks it in the same step is
+/// `inbox::a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again`
+/// and the conformance cases).
 #[tokio::test]
-async fn a_confirmation_is_checked_in_the_same_step_as_the_replay() {
+async fn a_confirmation_hands_the_inbox_the_state_shown() {
     let memory = MemoryInbox::new();
     let now = Timestamp::now().as_millis();
     memory
@@ -2003,6 +2018,91 @@ async fn a_confirmation_is_checked_in_the_same_step_as_the_replay() {
     assert_eq!(replayed.status, 303, "{}", replayed.body);
     let entry = inbox.inner.get(1).await.unwrap().unwrap();
     assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 2));
+}
+
+/// An event read running by the console and handled by its worker before
+/// the console's replay: the page that asks to confirm shows the event as
+/// handled now, and its form pins that state, so confirming it replays
+/// the event (a form pinning the running event read before would never
+/// match again).
+#[tokio::test]
+async fn a_confirmation_page_pins_the_event_as_it_shows_it() {
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    // A handled event first, whose page carries a form (and so the
+    // session's CSRF token); a running event's page has none.
+    memory
+        .insert(&event("evt_other", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    assert_eq!(run_next(&memory).await, 1);
+    memory
+        .insert(&event("evt_late", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    let claim = memory
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("an event is due");
+    assert_eq!(claim.entry.seq, 2);
+    let inbox = Arc::new(Staged::new(memory));
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let csrf = get(&app, "/console/events/1").await.csrf();
+    *inbox.complete_after_get.lock().unwrap() = Some(claim);
+    let ask = post(&app, "/console/events/2/replay", &format!("csrf={csrf}")).await;
+    assert!(inbox.complete_after_get.lock().unwrap().is_none(), "staged");
+    assert_eq!(ask.status, 200, "{}", ask.body);
+    let handled = inbox.inner.get(2).await.unwrap().unwrap();
+    assert_eq!(handled.status, InboxStatus::Done);
+    assert_eq!(
+        ask.field("handled"),
+        handled.handled_at.unwrap().as_millis().to_string()
+    );
+    let replayed = post(&app, "/console/events/2/replay", &ask.action_form()).await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
+    let entry = inbox.inner.get(2).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 1));
+}
+
+/// A confirmation whose pinned numbers are not as the page writes them
+/// (`+0`, `00`) pins nothing: it replays nothing and asks again.
+#[tokio::test]
+async fn a_confirmation_with_numbers_not_as_written_replays_nothing() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    inbox
+        .insert(&event("evt_forms", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    assert_eq!(run_next(&inbox).await, 1);
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let csrf = get(&app, "/console/events/1").await.csrf();
+    let ask = post(&app, "/console/events/1/replay", &format!("csrf={csrf}")).await;
+    assert_eq!(ask.field("replays"), "0");
+    let form = ask.action_form();
+    let handled = ask.field("handled");
+    for bent in [
+        form.replace("replays=0", "replays=%2B0"),
+        form.replace("replays=0", "replays=00"),
+        form.replace(
+            &format!("handled={handled}"),
+            &format!("handled=0{handled}"),
+        ),
+    ] {
+        assert_ne!(bent, form);
+        let again = post(&app, "/console/events/1/replay", &bent).await;
+        assert_eq!(again.status, 200, "{bent}: {}", again.body);
+        assert!(again.body.contains("id=\"asked-again\""), "{}", again.body);
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(
+            (entry.status, entry.replays),
+            (InboxStatus::Done, 0),
+            "{bent}"
+        );
+    }
+    let replayed = post(&app, "/console/events/1/replay", &form).await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
 }
 
 /// A SQLite inbox in a directory of its own (in memory-backed `/dev/shm`

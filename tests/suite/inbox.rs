@@ -940,6 +940,74 @@ async fn the_postgres_inbox_conforms() {
     replay_if_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
+/// A conditional replay that waits on a row another transaction is
+/// changing checks the pinned state again against what that transaction
+/// committed: the event was replayed meanwhile, so the confirmation no
+/// longer holds and nothing more is done (PostgreSQL re-reads the row an
+/// `UPDATE` waited for, and its `WHERE` holds the pin).
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap()
+        .with_timeout(Duration::from_secs(60))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    let inbox = Arc::new(inbox);
+    inbox.insert(&event("evt_pinned", None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, "evt_pinned").await;
+    let claim = claim_only(&*inbox, seq).await;
+    inbox.complete(&claim).await.unwrap();
+    let shown = inbox.get(seq).await.unwrap().unwrap();
+    let pin = ReplayPin::of(&shown);
+
+    // Another session replays the event and has not committed yet.
+    let pool = pg_pool();
+    let mut other = pool.get().await.unwrap();
+    let changing = other.transaction().await.unwrap();
+    changing
+        .execute(
+            &format!("UPDATE {table} SET replays = replays + 1, status = 'pending' WHERE seq = $1"),
+            &[&seq],
+        )
+        .await
+        .unwrap();
+    let replaying = tokio::spawn({
+        let inbox = Arc::clone(&inbox);
+        async move { inbox.replay_if(seq, &pin).await }
+    });
+    // Until the replay waits on that row: a bounded wait on what the
+    // server says, not on time.
+    let watcher = pool.get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !replaying.is_finished() && Instant::now() < deadline,
+            "the conditional replay did not wait for the uncommitted change"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    changing.commit().await.unwrap();
+    assert_eq!(replaying.await.unwrap().unwrap(), Replayed::Changed);
+    let after = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!((after.status, after.replays), (InboxStatus::Pending, 1));
+}
+
 /// Migrated again, as every instance does at startup, while another session
 /// holds a transaction that read the table: the migration takes no lock on
 /// the table (which would wait for that transaction, and hold every insert
