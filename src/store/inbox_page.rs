@@ -106,9 +106,9 @@ pub(crate) fn cut_error(error: &str) -> (&str, bool) {
 /// [`read_summary`] reads them: no body, receipt or history, and of the
 /// error only its start and whether there is more, cut in SQL (with
 /// `left` where `mark` is `$`, PostgreSQL, and `substr` where it is `?`,
-/// SQLite; both count characters). SQLite's text functions stop at a NUL
-/// character, so there an error holding one is summarised as what comes
-/// before it (PostgreSQL keeps a NUL as U+FFFD, the memory inbox as is).
+/// SQLite; both count characters). Both keep a NUL in an error as U+FFFD
+/// (SQLite's text functions would stop at one); the memory inbox keeps it
+/// as is.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn summary_columns(mark: char) -> String {
     let start = |chars: usize| {

@@ -221,6 +221,17 @@ pub(crate) fn check_text(what: &str, text: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `text` with each NUL as U+FFFD: PostgreSQL's `text` refuses a NUL, and
+/// SQLite's text functions stop at one.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Checks a lease or retention and returns it in whole milliseconds, rounded up.
 pub(crate) fn ttl_millis(what: &str, ttl: Duration) -> Result<u64, StoreError> {
     if ttl.is_zero() || ttl > MAX_TTL {

@@ -426,7 +426,9 @@ impl SqliteInbox {
         &self, event: &NewEvent, dead_with: Option<&str>,
     ) -> BoxFuture<'static, Result<Inserted, StoreError>> {
         let event = event.clone();
-        let error = dead_with.map(str::to_owned);
+        // An error holding a NUL is kept with U+FFFD in its place, as in
+        // PostgreSQL: SQLite's text functions (the summaries' cut) stop at one.
+        let error = dead_with.map(|error| crate::store::without_nul(error).into_owned());
         let headers = event.signature_headers.clone();
         let call = self.with(move |connection| {
             let changed = connection
@@ -511,7 +513,10 @@ impl Inbox for SqliteInbox {
         self.settle(
             &FAIL,
             claim,
-            Some((retry_at.map(Timestamp::as_millis), error.to_owned())),
+            Some((
+                retry_at.map(Timestamp::as_millis),
+                crate::store::without_nul(error).into_owned(),
+            )),
         )
     }
 

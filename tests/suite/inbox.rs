@@ -451,11 +451,27 @@ async fn nul_conformance(inbox: Arc<dyn Inbox>) {
     );
     let entry = inbox.get(claim.entry.seq).await.unwrap().unwrap();
     assert_eq!(entry.status, InboxStatus::Dead);
-    let error = entry.last_error.unwrap_or_default();
+    let error = entry.last_error.clone().unwrap_or_default();
     assert!(
         error.starts_with("refused: a") && error.ends_with('b'),
         "{error:?}"
     );
+    // A summary carries the same error whole (it is short), not cut at the
+    // NUL.
+    let dead = inbox
+        .page_summaries(
+            &InboxFilter::default().status(InboxStatus::Dead),
+            clink_webhooks::store::PageStart::Newest,
+            10,
+        )
+        .await
+        .unwrap();
+    let summary = dead
+        .iter()
+        .find(|summary| summary.seq == claim.entry.seq)
+        .expect("the dead event is listed");
+    assert_eq!(summary.last_error, entry.last_error);
+    assert!(!summary.last_error_cut);
     assert_eq!(
         entry.event.body, kept.body,
         "the body is kept byte for byte"

@@ -23,7 +23,7 @@ use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
     NewEvent, ReplayPin, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
 };
-use crate::store::{InboxActivity, InboxSummary, PageStart};
+use crate::store::{without_nul, InboxActivity, InboxSummary, PageStart};
 use crate::{ConfigError, Timestamp};
 
 /// The columns added to the inbox's table since its first version (each
@@ -667,15 +667,6 @@ impl PostgresInbox {
             Ok(Settle::applied_if(changed == 1))
         })
         .await
-    }
-}
-
-/// `text` with each NUL, which PostgreSQL's `text` refuses, as U+FFFD.
-fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
-    } else {
-        std::borrow::Cow::Borrowed(text)
     }
 }
 
