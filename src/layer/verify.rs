@@ -213,7 +213,13 @@ where
             Some(buffer) => buffer,
             None => {
                 let head = first.take().unwrap_or_default();
-                let capacity = declared.unwrap_or(2 * total).clamp(total, limit);
+                // A declared length is believed only as far as the bytes
+                // sent so far bear it out: a sender without the key who
+                // declares a megabyte and sends a byte holds no megabyte of
+                // the budget.
+                let capacity = declared
+                    .map_or(2 * total, |d| d.min((2 * total).max(FIRST_HOLD)))
+                    .clamp(total, limit);
                 if !reading.hold(capacity) {
                     return Err(Outcome::Overloaded);
                 }
@@ -223,7 +229,9 @@ where
             }
         };
         if buffer.capacity() - buffer.len() < len {
-            let capacity = (2 * buffer.capacity()).clamp(buffer.len() + len, limit);
+            let capacity = (2 * buffer.capacity())
+                .min(declared.unwrap_or(usize::MAX))
+                .clamp(buffer.len() + len, limit);
             if !reading.hold(capacity) {
                 return Err(Outcome::Overloaded);
             }
@@ -245,6 +253,11 @@ where
         (None, None) => Bytes::new(),
     })
 }
+
+/// The most a body in several chunks holds of the budget at first,
+/// whatever length it declares, unless twice what it sent so far is more:
+/// past that it grows by doubling, up to the declared length.
+const FIRST_HOLD: usize = 16 * 1024;
 
 /// Moves `buffer` to one of exactly `capacity` bytes: what the budget holds
 /// for it is what it has. (`reserve` would round a growth cut short at the
@@ -407,6 +420,32 @@ mod tests {
         assert_eq!(held, 100);
         let (read, _) = read_under(&[50, 50], Some(100), 1000, 99).await;
         assert_eq!(read.unwrap_err(), Outcome::Overloaded);
+    }
+
+    /// A declared length is held only as far as the bytes sent bear it
+    /// out: a megabyte declared and a byte sent holds `FIRST_HOLD`, and a
+    /// body that does come grows by doubling, up to what it declared.
+    #[tokio::test]
+    async fn a_declared_length_is_held_as_far_as_the_bytes_sent_bear_it_out() {
+        const MIB: usize = 1024 * 1024;
+        let (read, held) = read_under(&[1], Some(MIB as u64), MIB, MIB).await;
+        assert_eq!(read.unwrap().len(), 1);
+        assert_eq!(held, super::FIRST_HOLD);
+        // Under a budget far below the declared length, it is still read.
+        let (read, _) = read_under(&[1], Some(MIB as u64), MIB, 64 * 1024).await;
+        assert_eq!(read.unwrap().len(), 1);
+        // 30 KiB, then twice that held (60 KiB), then grown to the 100 KiB
+        // declared, not to 120 KiB.
+        let kib = 1024;
+        let (read, held) = read_under(
+            &[30 * kib, 30 * kib, 30 * kib, 10 * kib],
+            Some(100 * 1024),
+            MIB,
+            MIB,
+        )
+        .await;
+        assert_eq!(read.unwrap().len(), 100 * kib);
+        assert_eq!(held, 100 * kib);
     }
 
     #[test]
