@@ -165,6 +165,9 @@ pub enum Outcome {
 /// Seconds a `503` asks the sender to wait.
 const STORE_RETRY_AFTER_SECS: u64 = 5;
 
+/// The longest `Retry-After` sent, in seconds: a day.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 impl Outcome {
     /// The status the sender gets.
     #[must_use]
@@ -281,10 +284,14 @@ impl Outcome {
         }
     }
 
-    /// Whole seconds for `Retry-After`, rounded up and at least one.
+    /// Whole seconds for `Retry-After`, rounded up, at least one and at
+    /// most a day (a store of an app's own may answer any duration).
     fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after()
-            .map(|d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1))
+        self.retry_after().map(|d| {
+            d.as_secs()
+                .saturating_add(u64::from(d.subsec_nanos() > 0))
+                .clamp(1, MAX_RETRY_AFTER_SECS)
+        })
     }
 
     /// The response the layer sends for this outcome: its status, a small
@@ -584,6 +591,20 @@ mod tests {
         let in_flight = |ms| Outcome::InFlight {
             retry_after: Duration::from_millis(ms),
         };
+        // However long a store of an app's own says: a day at most, and no
+        // overflow.
+        for long in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(86_401),
+        ] {
+            let outcome = Outcome::InFlight { retry_after: long };
+            assert_eq!(
+                outcome.to_response().headers()[header::RETRY_AFTER],
+                "86400",
+                "{long:?}"
+            );
+        }
         assert_eq!(
             in_flight(1500).to_response().headers()[header::RETRY_AFTER],
             "2"
