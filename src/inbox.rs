@@ -77,6 +77,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -368,10 +369,23 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 let key = kept.signing_key.as_deref().unwrap_or("unrecorded");
                 let event = VerifiedEvent::earlier(raw, kept.signed_at, key);
                 let deadline = handler_deadline(self.settings.lease, self.settings.handler_timeout);
-                match within(deadline, self.router.dispatch(event)).await {
+                // Set once a handler succeeded: stopped at the deadline
+                // after that (recording its version), it was handled.
+                let succeeded = AtomicBool::new(false);
+                let dispatching = self.router.dispatch_noting(event, Some(&succeeded));
+                match within(deadline, dispatching).await {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
                         (dispatched.into_outcome(), failure)
+                    }
+                    Err(_) if succeeded.load(Ordering::Relaxed) => {
+                        tracing::error!(
+                            seq = claim.entry.seq,
+                            event_id = ?kept.event_id,
+                            "inbox: the handler succeeded, but its version was not recorded by its \
+                             deadline; done, and later stale events may look fresh"
+                        );
+                        (Outcome::Handled, None)
                     }
                     Err(_) => {
                         tracing::error!(

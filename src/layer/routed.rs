@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -160,7 +161,14 @@ where
         // guard also covers what it does around them (the log of that
         // panic, say), as the layer's guard does around the router as a
         // service.
-        let dispatched = within(deadline, CatchUnwind::new(router.dispatch(verified))).await;
+        // Set once a handler succeeded: stopped at the deadline after that
+        // (recording its version, say), the event was handled all the same.
+        let succeeded = AtomicBool::new(false);
+        let dispatched = within(
+            deadline,
+            CatchUnwind::new(router.dispatch_noting(verified, Some(&succeeded))),
+        )
+        .await;
         let outcome = match dispatched {
             Ok(Ok(dispatched)) => {
                 let outcome = dispatched.outcome().clone();
@@ -174,6 +182,14 @@ where
                 cold();
                 tracing::error!(panic = ?panic, "clink handler panicked");
                 Outcome::HandlerPanicked
+            }
+            Err(_) if succeeded.load(Ordering::Relaxed) => {
+                cold();
+                tracing::error!(
+                    "clink handler succeeded, but its version was not recorded by its deadline; \
+                     acknowledged, and later stale events may look fresh"
+                );
+                Outcome::Handled
             }
             Err(timed_out) => {
                 cold();

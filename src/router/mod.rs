@@ -91,6 +91,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -545,6 +546,15 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// # Ok(()) }
     /// ```
     pub async fn dispatch(&self, event: VerifiedEvent) -> Dispatched {
+        self.dispatch_noting(event, None).await
+    }
+
+    /// [`dispatch`](Self::dispatch), setting `succeeded` once a handler
+    /// returned `Ok`, before its version is recorded: a caller that stops
+    /// the dispatch at its deadline then knows the handler's work was done.
+    pub(crate) async fn dispatch_noting(
+        &self, event: VerifiedEvent, succeeded: Option<&AtomicBool>,
+    ) -> Dispatched {
         // Lent to the steps, so that it is still here for the log of a panic;
         // the resource decoded with the envelope goes to the typed route.
         let mut raw = event.into_event();
@@ -552,7 +562,16 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         // The state's clone inside the guard too: an inbox worker calls
         // this with no guard of its own, and a panic that left the call
         // would end the worker.
-        let steps = async { Self::run(&self.routes, &raw, predecoded, self.state.clone()).await };
+        let steps = async {
+            Self::run(
+                &self.routes,
+                &raw,
+                predecoded,
+                self.state.clone(),
+                succeeded,
+            )
+            .await
+        };
         match CatchUnwind::new(steps).await {
             Ok(dispatched) => dispatched,
             Err(panic) => {
@@ -570,6 +589,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
 
     async fn run(
         routes: &Routes<S>, raw: &RawEvent, predecoded: Option<Predecoded>, state: S,
+        succeeded: Option<&AtomicBool>,
     ) -> Dispatched {
         if let Some(hook) = &routes.before_each {
             if let Err(error) = hook(raw.clone(), state.clone()).await {
@@ -643,6 +663,11 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             return Dispatched::new(Outcome::SkippedStale).with_freshness(freshness);
         }
         let result = run(freshness.clone()).await;
+        if result.is_ok() {
+            if let Some(succeeded) = succeeded {
+                succeeded.store(true, Ordering::Relaxed);
+            }
+        }
         finish(raw, result, tracked.map(|tracked| (tracked, outage)))
             .await
             .with_freshness(freshness)
@@ -762,7 +787,15 @@ fn handler_failed(
     Dispatched::new(Outcome::HandlerFailed).failed(error)
 }
 
-/// The outcome of a handler's result, recording its version once it succeeded.
+/// How long the version of a handled event may take to record: a
+/// freshness store that hangs must not hold the answer to a handled event
+/// past the handler's deadline (it would be answered as timed out, and its
+/// handler run again).
+const RECORD_TIMEOUT: std::time::Duration = crate::store::DEFAULT_TIMEOUT;
+
+/// The outcome of a handler's result, recording its version once it
+/// succeeded (for at most [`RECORD_TIMEOUT`]; one not recorded by then is
+/// logged, as a failed record is).
 async fn finish(
     raw: &RawEvent, result: Result<(), BoxError>,
     tracked: Option<(ordering::Tracked<'_>, &Arc<OutageLog>)>,
@@ -770,7 +803,17 @@ async fn finish(
     match result {
         Ok(()) => {
             if let Some((tracked, outage)) = tracked {
-                tracked.record(raw, outage).await;
+                if tokio::time::timeout(RECORD_TIMEOUT, tracked.record(raw, outage))
+                    .await
+                    .is_err()
+                {
+                    cold();
+                    tracing::error!(
+                        event_id = ?raw.id(),
+                        timeout_ms = u64::try_from(RECORD_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+                        "handled, but its version was not recorded in time; later stale events may look fresh"
+                    );
+                }
             }
             Dispatched::new(Outcome::Handled)
         }

@@ -199,3 +199,136 @@ async fn a_full_memory_freshness_store_answers_handled_and_leaves_new_objects_un
         ]
     );
 }
+
+/// A freshness store whose `newest` answers at once (nothing recorded) and
+/// whose `record` never answers, counting the records begun.
+struct NeverRecords(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl clink_webhooks::store::FreshnessStore for NeverRecords {
+    fn newest<'a>(
+        &'a self, _: &'a clink_webhooks::events::ObjectKey,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<Option<clink_webhooks::events::Version>, clink_webhooks::store::StoreError>,
+    > {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn record<'a>(
+        &'a self, _: &'a clink_webhooks::events::ObjectKey, _: &'a clink_webhooks::events::Version,
+    ) -> clink_webhooks::BoxFuture<'a, Result<(), clink_webhooks::store::StoreError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A router over `store` counting its handler's runs.
+fn counted_router(
+    store: NeverRecords,
+) -> (
+    clink_webhooks::EventRouter,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&runs);
+    let router = clink_webhooks::EventRouter::new()
+        .ordering(store)
+        .on::<clink_webhooks::events::OrderCreated, _>(move |_event| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<_, std::io::Error>(()) }
+    });
+    (router, runs)
+}
+
+/// A handled event whose version its freshness store never records is
+/// answered as handled, its claim completed, whichever ends first: the
+/// bound on the record (a long lease) or the handler's deadline (a short
+/// one, reached while recording). Before, the deadline turned the handled
+/// event into a timeout, and every retry ran its handler again.
+#[tokio::test]
+async fn a_handled_event_whose_version_never_records_is_answered_handled() {
+    use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::{ClinkLayer, Outcome, Verifier};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    // 30 s: the record's own bound (1 s) ends first. 1 s: the handler's
+    // deadline (a tenth less) ends first, while the record waits.
+    for lease in [Duration::from_secs(30), Duration::from_secs(1)] {
+        let records = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (router, runs) = counted_router(NeverRecords(std::sync::Arc::clone(&records)));
+        let service = ClinkLayer::new(Verifier::new("whsec_o").unwrap())
+            .lease(lease)
+            .unwrap()
+            .route(router);
+        let body = r#"{"id":"evt_hangs","type":"order.created","created":1000,"data":{"orderId":"ord_h"}}"#;
+        for attempt in 0..2 {
+            let request =
+                SignedRequest::new("whsec_o", body).build::<http_body_util::Full<bytes::Bytes>>();
+            let response = service.clone().oneshot(request).await.unwrap();
+            let expected = if attempt == 0 {
+                Outcome::Handled
+            } else {
+                Outcome::Duplicate
+            };
+            assert_eq!(
+                Outcome::of(&response),
+                Some(&expected),
+                "{lease:?} {attempt}"
+            );
+            assert_eq!(response.status(), 200, "{lease:?} {attempt}");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{lease:?}");
+        assert_eq!(records.load(Ordering::SeqCst), 1, "{lease:?}");
+    }
+}
+
+/// The same for inbox workers: the event is done after one run, not
+/// retried.
+#[tokio::test]
+async fn an_inbox_event_whose_version_never_records_is_done_after_one_run() {
+    use clink_webhooks::inbox::Workers;
+    use clink_webhooks::store::{Inbox, InboxStatus, MemoryInbox, NewEvent};
+    use clink_webhooks::Timestamp;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    for lease in [Duration::from_secs(30), Duration::from_secs(1)] {
+        let records = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (router, runs) = counted_router(NeverRecords(Arc::clone(&records)));
+        let inbox = Arc::new(MemoryInbox::new());
+        let pool = Workers::new(Arc::clone(&inbox), router)
+            .reorder_window(Duration::ZERO)
+            .unwrap()
+            .lease(lease)
+            .unwrap()
+            .spawn();
+        let body = r#"{"id":"evt_hangs","type":"order.created","created":1000,"data":{"orderId":"ord_h"}}"#;
+        let now = Timestamp::now();
+        let event = NewEvent::new(
+            None,
+            "evt_hangs".into(),
+            "order.created".into(),
+            None,
+            None,
+            now,
+            now,
+            body.into(),
+        );
+        inbox.insert(&event).await.unwrap();
+        pool.drained(Duration::from_secs(120)).await.unwrap();
+        let kept = inbox
+            .list(&Default::default(), 10)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(kept.status, InboxStatus::Done, "{lease:?}");
+        assert_eq!(kept.attempts, 1, "{lease:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{lease:?}");
+        assert_eq!(records.load(Ordering::SeqCst), 1, "{lease:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+}
