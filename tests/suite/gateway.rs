@@ -1499,7 +1499,13 @@ fn nats_server_with_password(dir: &std::path::Path, user: &str, password: &str) 
         "--pass",
         password,
     ]);
-    let server = Process::start(&mut command);
+    nats_server(&mut command)
+}
+
+/// A nats-server of the test's own started by `command`, once ready: the
+/// process (killed when dropped) and its client port.
+fn nats_server(command: &mut Command) -> (Process, u16) {
+    let server = Process::start(command);
     let deadline = Instant::now() + PHASE;
     let mut port = None;
     loop {
@@ -1521,6 +1527,165 @@ fn nats_server_with_password(dir: &std::path::Path, user: &str, password: &str) 
         if line.contains("Server is ready") {
             return (server, port.expect("no client port before ready"));
         }
+    }
+}
+
+/// The rights README lists for a NATS user are the ones the gateway needs,
+/// and lacking one a lookup after a lost acknowledgement would need stops
+/// the start, naming them, instead of failing that lookup: on a stream of
+/// limits the lookup reads the last message on the subject and creates,
+/// reads through and deletes a consumer; on a work-queue stream it reads
+/// messages alone, so the consumers' rights are not needed there. A start
+/// that passes leaves no consumer behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
+    use async_nats::jetstream::stream::RetentionPolicy;
+    let dir = TempDir::new("natsrights");
+    let tag = unique("r");
+    let (limits, queue) = (format!("L{tag}"), format!("Q{tag}"));
+    // What README lists, on the stream's own subjects besides.
+    let listed = |stream: &str, consumers: bool| {
+        let mut subjects = vec![
+            format!("{}.>", stream.to_lowercase()),
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        ];
+        if consumers {
+            for request in ["CREATE", "MSG.NEXT", "DELETE"] {
+                subjects.push(format!("$JS.API.CONSUMER.{request}.{stream}.>"));
+            }
+        }
+        subjects
+    };
+    let mut all = listed(&limits, true);
+    all.extend(listed(&queue, false));
+    let mut no_consumers = listed(&limits, false);
+    no_consumers.extend(listed(&queue, false));
+    let no_read: Vec<String> = listed(&limits, true)
+        .into_iter()
+        .filter(|subject| !subject.contains("MSG.GET"))
+        .collect();
+    let user = |name: &str, publish: &[String]| {
+        format!(
+            "{{ user: {name}, password: {name}, permissions: {{ publish: {{ allow: [{}] }}, \
+             subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}",
+            publish
+                .iter()
+                .map(|subject| format!("\"{subject}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let conf = dir.0.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{ APP {{ \
+             jetstream: enabled\n users: [\n {{ user: admin, password: admin }}\n {}\n {}\n \
+             {}\n ] }} }}\n",
+            dir.0.join("nats-js").display(),
+            user("all", &all),
+            user("noconsumers", &no_consumers),
+            user("noread", &no_read)
+        ),
+    )
+    .unwrap();
+    let (_server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(admin);
+    for (stream, retention) in [
+        (&limits, RetentionPolicy::Limits),
+        (&queue, RetentionPolicy::WorkQueue),
+    ] {
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("{}.>", stream.to_lowercase())],
+                retention,
+                duplicate_window: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The server's refusal, printed with its quotes escaped.
+    for (user, stream, refused) in [
+        ("all", &limits, None),
+        ("all", &queue, None),
+        ("noconsumers", &queue, None),
+        (
+            "noconsumers",
+            &limits,
+            Some(format!(
+                "Permissions Violation for Publish to \\\"$JS.API.CONSUMER.CREATE.{limits}."
+            )),
+        ),
+        (
+            "noread",
+            &limits,
+            Some(format!(
+                "Permissions Violation for Publish to \\\"$JS.API.STREAM.MSG.GET.{limits}\\\""
+            )),
+        ),
+    ] {
+        let case = format!("{user} on {stream}");
+        let mut env = gateway_env(
+            &dir.0,
+            &format!("{user}{stream}"),
+            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
+        );
+        env.retain(|(name, _)| {
+            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+        });
+        env.extend(
+            [
+                ("CLINK_NATS_STREAM", stream.clone()),
+                (
+                    "CLINK_NATS_SUBJECT",
+                    format!("{}.{{account}}.{{type}}", stream.to_lowercase()),
+                ),
+                // The server refuses at once: time for a slow machine.
+                ("CLINK_DESTINATION_TIMEOUT_MS", "30000".to_owned()),
+                ("CLINK_LEASE_MS", "120000".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
+        let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+            .await
+            .unwrap();
+        match (exited, refused) {
+            (None, None) => {}
+            (Some(finished), None) => panic!("{case}: refused: {finished:?}"),
+            (None, Some(_)) => panic!("{case}: the gateway started"),
+            (Some(finished), Some(refusal)) => {
+                assert_eq!(finished.code, Some(2), "{case}: {finished:?}");
+                let stderr = &finished.stderr;
+                for expected in [
+                    refusal.as_str(),
+                    &format!("the stream {limits}"),
+                    &format!(
+                        "needs the right to publish to $JS.API.STREAM.INFO.{limits}, \
+                         $JS.API.STREAM.MSG.GET.{limits}, $JS.API.CONSUMER.CREATE.{limits}.>, \
+                         $JS.API.CONSUMER.MSG.NEXT.{limits}.>, $JS.API.CONSUMER.DELETE.{limits}.>"
+                    ),
+                ] {
+                    assert!(stderr.contains(expected), "{case}: {expected}: {stderr}");
+                }
+                assert!(
+                    !stderr.contains(&format!("{user}:{user}@")),
+                    "{case}: {stderr}"
+                );
+            }
+        }
+        let mut found = jetstream.get_stream(stream.as_str()).await.unwrap();
+        assert_eq!(
+            found.info().await.unwrap().state.consumer_count,
+            0,
+            "{case}: a consumer left behind"
+        );
     }
 }
 

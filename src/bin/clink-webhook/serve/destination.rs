@@ -467,9 +467,10 @@ impl Destination {
 
     /// At start: connects to a NATS destination and checks its stream, so
     /// that a stream that cannot keep the events as configured stops the
-    /// gateway at once. `Err` only for such a stream; a destination that
-    /// cannot be reached now is told on stderr, and tried again with each
-    /// event.
+    /// gateway at once, and so does a NATS user that may not make the
+    /// requests a lookup for an earlier publish makes (see
+    /// [`check_lookup`]). `Err` only for these; a destination that cannot be
+    /// reached now is told on stderr, and tried again with each event.
     pub(crate) async fn check_at_start(&self) -> Result<(), String> {
         let Kind::Nats {
             servers,
@@ -489,7 +490,22 @@ impl Destination {
         .await;
         match connected {
             Ok(Ok(connection)) => {
-                *context.lock().await = Some(connection);
+                let checked = tokio::time::timeout(
+                    self.timeout,
+                    self.check_lookup_at_start(&connection, stream, stream_subjects),
+                )
+                .await;
+                match checked {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => eprintln!(
+                        "gateway: {} did not answer the requests of a lookup for an earlier \
+                         publish within {} ms; they are made again when one is needed",
+                        self.name,
+                        self.timeout.as_millis()
+                    ),
+                }
+                *context.lock().await = Some((connection.client, connection.jetstream));
                 Ok(())
             }
             Ok(Err(error)) if error.is::<StreamMismatch>() => Err(error.to_string()),
@@ -569,10 +585,10 @@ impl Destination {
                 let (client, jetstream) = {
                     let mut held = context.lock().await;
                     if held.is_none() {
-                        *held = Some(
-                            self.connect_nats(servers, stream, stream_subjects, *duplicate_window)
-                                .await?,
-                        );
+                        let connection = self
+                            .connect_nats(servers, stream, stream_subjects, *duplicate_window)
+                            .await?;
+                        *held = Some((connection.client, connection.jetstream));
                     }
                     held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
@@ -684,9 +700,12 @@ impl Destination {
         }
     }
 
+    /// Connects to the NATS servers and finds the stream (making it when
+    /// missing). A stream that cannot take the events as configured (see
+    /// [`StreamMismatch`]) is an `Err` of that type.
     async fn connect_nats(
         &self, servers: &NatsServers, stream: &str, subjects: &str, duplicate_window: Duration,
-    ) -> Result<(async_nats::Client, async_nats::jetstream::Context), BoxError> {
+    ) -> Result<NatsConnection, BoxError> {
         // The NATS client takes no credentials from a URL: they are read
         // from it here (a password up to the last `@`) and handed over.
         let options = match &servers.credentials {
@@ -701,6 +720,10 @@ impl Destination {
             }
             None => async_nats::ConnectOptions::new(),
         };
+        // The server does not answer a request its user may not make: it
+        // tells the client (an `-ERR`), which reports it here.
+        let (refused, refusals) = tokio::sync::watch::channel(None);
+        let refused = Arc::new(refused);
         // One reconnect, at once, and no more: a client whose server went
         // away ends, dropping the publishes it still holds, instead of
         // sending them whenever the server comes back.
@@ -709,6 +732,18 @@ impl Destination {
             .request_timeout(Some(self.timeout))
             .max_reconnects(1)
             .reconnect_delay_callback(|_| Duration::ZERO)
+            .event_callback(move |event| {
+                let refused = Arc::clone(&refused);
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) =
+                        event
+                    {
+                        if text.to_ascii_lowercase().contains("permissions violation") {
+                            refused.send_replace(Some(text));
+                        }
+                    }
+                }
+            })
             .connect(servers.urls.as_slice())
             .await
             .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
@@ -760,7 +795,57 @@ impl Destination {
             tracing::error!(%error, "gateway: the stream cannot take the events");
             return Err(error.into());
         }
-        Ok((client, context))
+        Ok(NatsConnection {
+            retention: config.retention,
+            client,
+            jetstream: context,
+            refusals,
+        })
+    }
+
+    /// At start: makes the requests a lookup for an earlier publish makes
+    /// (see [`check_lookup`]), so that a NATS user without the right to
+    /// make them stops the start, instead of failing the lookup once an
+    /// acknowledgement is lost. `Err` names the permissions a lookup needs.
+    /// The caller bounds its time: a server that does not answer is not
+    /// taken for a refusal, which the server tells the client at once.
+    async fn check_lookup_at_start(
+        &self, connection: &NatsConnection, stream: &str, stream_subjects: &str,
+    ) -> Result<(), String> {
+        let mut refusals = connection.refusals.clone();
+        // A refusal told before the check is not the check's.
+        refusals.borrow_and_update();
+        let refused = async {
+            match refusals.changed().await {
+                Ok(()) => refusals.borrow().clone().unwrap_or_default(),
+                // The client is gone: the check fails on its own.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let subject = check_subject(stream_subjects);
+        let error = tokio::select! {
+            checked = check_lookup(
+                &connection.jetstream,
+                stream,
+                &subject,
+                connection.retention,
+                self.timeout,
+            ) => match checked {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            },
+            refusal = refused => format!("the server refused: {refusal}"),
+        };
+        let error = format!(
+            "{}: cannot make the requests that look in the stream {stream} for a publish whose \
+             acknowledgement was lost ({}): the gateway's NATS user needs the right to publish \
+             to {} (and to subscribe to _INBOX.>)",
+            self.name,
+            escaped(&error),
+            lookup_subjects(stream, connection.retention)
+        );
+        tracing::error!(%error, "gateway: the stream cannot be looked in");
+        Err(error)
     }
 
     /// Looks in the stream, among the messages on `subject` kept since a
@@ -789,6 +874,18 @@ impl Destination {
     }
 }
 
+/// A connection to NATS whose stream can take the events, as
+/// [`Destination::connect_nats`] makes it.
+struct NatsConnection {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    /// The stream's retention, which decides how a lookup reads it.
+    retention: async_nats::jetstream::stream::RetentionPolicy,
+    /// The last request of the client's the server refused for want of a
+    /// permission (its `Permissions Violation` text), once there is one.
+    refusals: tokio::sync::watch::Receiver<Option<String>>,
+}
+
 /// How many messages a lookup asks the server for at once (headers only:
 /// a few hundred bytes each).
 const LOOKUP_BATCH: usize = 1000;
@@ -797,110 +894,277 @@ const LOOKUP_BATCH: usize = 1000;
 /// from it, should the lookup end without deleting it.
 const LOOKUP_INACTIVE_MIN: Duration = Duration::from_secs(5);
 
+/// The subjects a lookup in `stream`, of `retention`, publishes its
+/// requests to (see [`find_kept`]), as README lists them: what the
+/// gateway's NATS user must be allowed to publish to.
+fn lookup_subjects(
+    stream: &str, retention: async_nats::jetstream::stream::RetentionPolicy,
+) -> String {
+    let mut subjects = vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+    ];
+    if retention == async_nats::jetstream::stream::RetentionPolicy::Limits {
+        // The further tokens: the consumer's name, and for CREATE its
+        // filter subject.
+        subjects.extend(
+            ["CREATE", "MSG.NEXT", "DELETE"]
+                .map(|request| format!("$JS.API.CONSUMER.{request}.{stream}.>")),
+        );
+    }
+    subjects.join(", ")
+}
+
+/// A subject of the stream that holds `stream_subjects` (a subject, or
+/// fixed tokens then `>`) that the check at start reads: no event's, or
+/// the one subject all events go to.
+fn check_subject(stream_subjects: &str) -> String {
+    stream_subjects
+        .split('.')
+        .map(|token| match token {
+            "*" | ">" => "clink_lookup_check",
+            token => token,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The server's time `millis` after the Unix epoch.
+fn server_time(millis: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The `Nats-Msg-Id` in `headers`, if any.
+fn kept_id(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
+    headers
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(async_nats::HeaderValue::as_str)
+}
+
+/// The consumer a lookup named `name` reads `subject` with, from `start`:
+/// ephemeral, headers only, no acknowledgements (so no redelivery), one
+/// replica in memory; the server removes it once nobody has read from it
+/// for `inactive`.
+fn lookup_config(
+    name: &str, subject: &str, start: time::OffsetDateTime, inactive: Duration,
+) -> async_nats::jetstream::consumer::pull::Config {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    async_nats::jetstream::consumer::pull::Config {
+        name: Some(name.to_owned()),
+        description: Some("clink-webhook: looks for an earlier publish".to_owned()),
+        deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+        ack_policy: AckPolicy::None,
+        filter_subject: subject.to_owned(),
+        headers_only: true,
+        inactive_threshold: inactive,
+        num_replicas: 1,
+        memory_storage: true,
+        ..Default::default()
+    }
+}
+
 /// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
-/// messages on `subject` kept since a minute before `since` and at the
-/// latest when the lookup begins: its sequence, if there.
+/// messages on `subject` kept since a minute before `since`: its sequence,
+/// if there. A message kept after the lookup began is looked at only when
+/// it is the one.
 ///
-/// One pass: an ephemeral pull consumer on the server (filtered on
-/// `subject`, from that time, headers only, no acknowledgements) streams
-/// the messages in batches, so the lookup costs a few requests however
-/// many messages the subject holds. It reads until it passes the stream's
-/// last sequence as the lookup began or the server has no message left
-/// for it. The consumer is deleted when the lookup ends, or, when it is
-/// stopped before (at the end of `timeout`), by a task of its own; the
-/// server removes one left behind once inactive for `timeout` (at least
-/// [`LOOKUP_INACTIVE_MIN`]). The caller bounds the lookup's time; each
-/// request is bounded by `jetstream`'s timeout.
+/// How depends on the stream's retention. A [`RetentionPolicy::Limits`]
+/// stream is read in one pass (see [`find_kept_in_one_pass`]). On any
+/// other a consumer would change what the stream keeps (on an interest
+/// stream its deliveries without acknowledgements count as acknowledged;
+/// a work-queue stream refuses one that does not acknowledge, or that
+/// overlaps another): the messages are read one by one from the stream's
+/// leader (see [`find_kept_one_by_one`]).
+///
+/// [`RetentionPolicy::Limits`]: async_nats::jetstream::stream::RetentionPolicy::Limits
 async fn find_kept(
     jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
     since: Timestamp, timeout: Duration,
 ) -> Result<Option<u64>, String> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use async_nats::jetstream::stream::RetentionPolicy;
     let found = jetstream
         .get_stream(stream)
         .await
         .map_err(|e| e.to_string())?;
-    let state = &found.cached_info().state;
-    if state.messages == 0 {
+    let info = found.cached_info();
+    if info.state.messages == 0 {
         return Ok(None);
     }
-    // A message kept after the lookup began is not an earlier publish's.
-    let last = state.last_sequence;
-    let start_ms = since.as_millis().saturating_sub(60_000);
-    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let inbox = jetstream.client().new_inbox();
-    let consumer = LookupConsumer {
-        jetstream: jetstream.clone(),
-        stream: stream.to_owned(),
-        name: format!(
-            "clink-lookup-{}",
-            inbox.rsplit('.').next().unwrap_or(&inbox)
-        ),
-        deleted: false,
+    let start = server_time(since.as_millis().saturating_sub(60_000));
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if info.config.retention == RetentionPolicy::Limits {
+        find_kept_in_one_pass(jetstream, &found, subject, id, start, last, timeout).await
+    } else {
+        find_kept_one_by_one(&found, subject, id, start, first, last).await
+    }
+}
+
+/// [`find_kept`] on a stream of limits, `last` its last sequence as the
+/// lookup began, in one pass: an ephemeral pull consumer on the server
+/// (see [`lookup_config`]) streams the messages on `subject` since `start`
+/// in batches, so the lookup costs a few requests however many messages
+/// the subject holds.
+///
+/// The end comes from the stream's leader, before the consumer is made:
+/// the last message on the subject, read from the leader, says the event
+/// is absent (none, or kept before `start`) or found (it is the event's);
+/// else the lookup reads until it passes it (or `last`, the lower), and
+/// says absent only then. The server's count of the messages left for the
+/// consumer can fall short of that (a message deleted meanwhile, or a
+/// consumer on a replica behind the leader): its saying none is left before
+/// fails the lookup, and so does a delivery missing from the sequence.
+///
+/// The consumer is deleted by a task of its own once the lookup ends (its
+/// answer does not wait for that); the server removes one left behind
+/// once inactive for `timeout` (at least [`LOOKUP_INACTIVE_MIN`]). The
+/// caller bounds the lookup's time; each request is bounded by
+/// `jetstream`'s timeout.
+async fn find_kept_in_one_pass(
+    jetstream: &async_nats::jetstream::Context, found: &async_nats::jetstream::stream::Stream,
+    subject: &str, id: &str, start: time::OffsetDateTime, last: u64, timeout: Duration,
+) -> Result<Option<u64>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let bound = match found.get_last_raw_message_by_subject(subject).await {
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+        Ok(message) if message.time < start => return Ok(None),
+        Ok(message) if kept_id(Some(&message.headers)) == Some(id) => {
+            return Ok(Some(message.sequence))
+        }
+        Ok(message) => last.min(message.sequence),
     };
+    let consumer = LookupConsumer::new(jetstream, &found.cached_info().config.name);
     let inactive = timeout.max(LOOKUP_INACTIVE_MIN);
-    let result = async {
-        let reader = found
-            .create_consumer(pull::Config {
-                name: Some(consumer.name.clone()),
-                description: Some("clink-webhook: looks for an earlier publish".to_owned()),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
-                ack_policy: AckPolicy::None,
-                filter_subject: subject.to_owned(),
-                headers_only: true,
-                inactive_threshold: inactive,
-                num_replicas: 1,
-                memory_storage: true,
-                ..Default::default()
-            })
+    let reader = found
+        .create_consumer(lookup_config(&consumer.name, subject, start, inactive))
+        .await
+        .map_err(|e| e.to_string())?;
+    let short = |after: &str| {
+        format!(
+            "the server had no message left on the subject {after}, though its leader holds one \
+             at sequence {bound} or later"
+        )
+    };
+    if reader.cached_info().num_pending == 0 {
+        return Err(short("for the lookup"));
+    }
+    let mut messages = reader
+        .stream()
+        .max_messages_per_batch(LOOKUP_BATCH)
+        .expires(inactive)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut delivered = 0;
+    loop {
+        let message = next(&mut messages)
             .await
+            .ok_or("the server stopped sending the stream's messages")?
             .map_err(|e| e.to_string())?;
-        if reader.cached_info().num_pending == 0 {
+        let info = message.info().map_err(|e| e.to_string())?;
+        // Without acknowledgements a message lost on the way is not
+        // sent again: it could be the one looked for.
+        if info.consumer_sequence != delivered + 1 {
+            return Err(format!(
+                "message {} of the lookup came after {delivered}: one was lost",
+                info.consumer_sequence
+            ));
+        }
+        delivered = info.consumer_sequence;
+        if kept_id(message.headers.as_ref()) == Some(id) {
+            return Ok(Some(info.stream_sequence));
+        }
+        if info.stream_sequence >= bound {
             return Ok(None);
         }
-        let mut messages = reader
-            .stream()
-            .max_messages_per_batch(LOOKUP_BATCH)
-            .expires(inactive)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut delivered = 0;
-        loop {
-            let message = next(&mut messages)
-                .await
-                .ok_or("the server stopped sending the stream's messages")?
-                .map_err(|e| e.to_string())?;
-            let info = message.info().map_err(|e| e.to_string())?;
-            // Without acknowledgements a message lost on the way is not
-            // sent again: it could be the one looked for.
-            if info.consumer_sequence != delivered + 1 {
-                return Err(format!(
-                    "message {} of the lookup came after {delivered}: one was lost",
-                    info.consumer_sequence
-                ));
-            }
-            delivered = info.consumer_sequence;
-            if info.stream_sequence > last {
-                return Ok(None);
-            }
-            let kept_id = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(async_nats::HeaderValue::as_str);
-            if kept_id == Some(id) {
-                return Ok(Some(info.stream_sequence));
-            }
-            if info.stream_sequence == last || info.pending == 0 {
-                return Ok(None);
-            }
+        if info.pending == 0 {
+            return Err(short(&format!("after sequence {}", info.stream_sequence)));
         }
     }
-    .await;
-    consumer.delete().await;
-    result
+}
+
+/// [`find_kept`] on a stream of another retention, `first` and `last` its
+/// first and last sequences as the lookup began, without a consumer: the
+/// first message kept at or after `start` is found by halving (the
+/// messages' times rise with their sequences), then the messages on
+/// `subject` from there are read from the stream's leader one request
+/// each.
+async fn find_kept_one_by_one(
+    found: &async_nats::jetstream::stream::Stream, subject: &str, id: &str,
+    start: time::OffsetDateTime, first: u64, last: u64,
+) -> Result<Option<u64>, String> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let (mut low, mut high) = (first, last.saturating_add(1));
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match found.get_first_raw_message_by_subject(">", middle).await {
+            Ok(message) if message.time < start => low = message.sequence + 1,
+            Ok(_) => high = middle,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => high = middle,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut next = low;
+    while next <= last {
+        match found.get_first_raw_message_by_subject(subject, next).await {
+            Ok(message) if message.sequence <= last => {
+                if kept_id(Some(&message.headers)) == Some(id) {
+                    return Ok(Some(message.sequence));
+                }
+                next = message.sequence + 1;
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(None)
+}
+
+/// Makes, in `stream` of `retention`, the requests a lookup makes (see
+/// [`find_kept`]), on `subject`, one the stream holds: the stream's
+/// information, the last message on the subject read from the leader,
+/// and on a stream of limits a lookup's consumer (as [`lookup_config`]
+/// makes it, from now on) created, asked for a message (without waiting)
+/// and deleted, waiting for that.
+async fn check_lookup(
+    jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str,
+    retention: async_nats::jetstream::stream::RetentionPolicy, timeout: Duration,
+) -> Result<(), String> {
+    use async_nats::jetstream::stream::{LastRawMessageErrorKind, RetentionPolicy};
+    let found = jetstream
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    match found.get_last_raw_message_by_subject(subject).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    if retention != RetentionPolicy::Limits {
+        return Ok(());
+    }
+    let consumer = LookupConsumer::new(jetstream, stream);
+    let reader = found
+        .create_consumer(lookup_config(
+            &consumer.name,
+            subject,
+            server_time(Timestamp::now().as_millis()),
+            timeout.max(LOOKUP_INACTIVE_MIN),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = reader
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(message) = next(&mut messages).await {
+        message.map_err(|e| e.to_string())?;
+    }
+    consumer.delete_now().await
 }
 
 /// The next item of `stream`.
@@ -909,37 +1173,49 @@ async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item
 }
 
 /// The consumer a lookup reads the stream with, named before it is
-/// created: deleted by [`delete`](Self::delete) when the lookup ends, or,
-/// dropped before (the lookup stopped at the end of its time), by a task.
+/// created so that it is deleted whatever happens: when dropped (the
+/// lookup ended, or was stopped at the end of its time), a task of its own
+/// deletes it, so the lookup's answer never waits for the deletion. The
+/// server removes one left behind (the task failed, or the gateway stopped
+/// first) once it is inactive.
 struct LookupConsumer {
     jetstream: async_nats::jetstream::Context,
     stream: String,
     name: String,
-    deleted: bool,
+    /// Whether it is still to be deleted when dropped.
+    armed: bool,
 }
 
 impl LookupConsumer {
-    /// Deletes the consumer; a failure leaves it to the server, which
-    /// removes it once inactive.
-    async fn delete(mut self) {
-        self.deleted = true;
-        if let Err(error) = self
-            .jetstream
+    /// A new name for a consumer on `stream`.
+    fn new(jetstream: &async_nats::jetstream::Context, stream: &str) -> Self {
+        let inbox = jetstream.client().new_inbox();
+        Self {
+            jetstream: jetstream.clone(),
+            stream: stream.to_owned(),
+            name: format!(
+                "clink-lookup-{}",
+                inbox.rsplit('.').next().unwrap_or(&inbox)
+            ),
+            armed: true,
+        }
+    }
+
+    /// Deletes the consumer, waiting for the server's answer: for the check
+    /// at start, not a lookup. A failure is left to a task as on a drop.
+    async fn delete_now(mut self) -> Result<(), String> {
+        self.jetstream
             .delete_consumer_from_stream(&self.name, &self.stream)
             .await
-        {
-            tracing::debug!(
-                %error,
-                consumer = %self.name,
-                "gateway: could not delete a lookup's consumer"
-            );
-        }
+            .map_err(|e| e.to_string())?;
+        self.armed = false;
+        Ok(())
     }
 }
 
 impl Drop for LookupConsumer {
     fn drop(&mut self) {
-        if self.deleted {
+        if !self.armed {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -951,7 +1227,13 @@ impl Drop for LookupConsumer {
             std::mem::take(&mut self.name),
         );
         runtime.spawn(async move {
-            let _ = jetstream.delete_consumer_from_stream(&name, &stream).await;
+            if let Err(error) = jetstream.delete_consumer_from_stream(&name, &stream).await {
+                tracing::debug!(
+                    %error,
+                    consumer = %name,
+                    "gateway: could not delete a lookup's consumer"
+                );
+            }
         });
     }
 }
@@ -991,6 +1273,7 @@ impl KindText for redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_nats::jetstream::stream::RetentionPolicy;
     use clink_webhooks::Timestamp;
 
     fn event(account: Option<&str>, event_type: &str) -> NewEvent {
@@ -1183,10 +1466,23 @@ mod tests {
     }
 
     /// A stream of the test's own on the test's nats-server, holding
-    /// `PREFIX.>`: the client, its JetStream context, the stream's name and
-    /// `PREFIX`.
+    /// `PREFIX.>`, of limits: the client, its JetStream context, the
+    /// stream's name and `PREFIX`.
     async fn test_stream(
         test: &str,
+    ) -> (
+        async_nats::Client,
+        async_nats::jetstream::Context,
+        String,
+        String,
+    ) {
+        test_stream_of(test, RetentionPolicy::Limits).await
+    }
+
+    /// [`test_stream`] of `retention`, dropping a repeated publish for the
+    /// gateway's default 600 s.
+    async fn test_stream_of(
+        test: &str, retention: RetentionPolicy,
     ) -> (
         async_nats::Client,
         async_nats::jetstream::Context,
@@ -1209,6 +1505,8 @@ mod tests {
             .create_stream(async_nats::jetstream::stream::Config {
                 name: stream.clone(),
                 subjects: vec![format!("t{tag}.>")],
+                retention,
+                duplicate_window: Duration::from_secs(600),
                 ..Default::default()
             })
             .await
@@ -1244,6 +1542,19 @@ mod tests {
     async fn consumers(jetstream: &async_nats::jetstream::Context, stream: &str) -> usize {
         let mut found = jetstream.get_stream(stream).await.unwrap();
         found.info().await.unwrap().state.consumer_count
+    }
+
+    /// Waits until `stream` has no consumer left (a lookup's is deleted by
+    /// a task of its own, after the lookup answered), for a minute at most.
+    async fn no_consumers_left(jetstream: &async_nats::jetstream::Context, stream: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while consumers(jetstream, stream).await != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a lookup's consumer is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// What the client sent (messages: its requests) and received (bytes)
@@ -1330,11 +1641,7 @@ mod tests {
             received < bodies / 2,
             "{received} bytes received to find the 2001st message ({bodies} in bodies before it)"
         );
-        assert_eq!(
-            consumers(&jetstream, &stream).await,
-            0,
-            "the lookup's consumer deleted"
-        );
+        no_consumers_left(&jetstream, &stream).await;
 
         let before = traffic(&client);
         let found = lookup(&jetstream, &stream, &subject, "acct_eu:evt_absent", since).await;
@@ -1345,11 +1652,7 @@ mod tests {
             requests <= FEW_REQUESTS,
             "{requests} requests to read 4,000 messages"
         );
-        assert_eq!(
-            consumers(&jetstream, &stream).await,
-            0,
-            "the lookup's consumer deleted"
-        );
+        no_consumers_left(&jetstream, &stream).await;
 
         // The same id under another account, or on another subject, is not it.
         for (subject, id) in [
@@ -1366,12 +1669,14 @@ mod tests {
             let found = lookup(&jetstream, &stream, subject, id, since).await;
             assert_eq!(found, None, "{subject} {id}");
         }
-        assert_eq!(consumers(&jetstream, &stream).await, 0);
+        no_consumers_left(&jetstream, &stream).await;
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
     /// Only messages kept since a minute before the publish began are
-    /// looked at, and an empty stream is no trouble.
+    /// looked at, and an empty stream is no trouble. The message looked
+    /// for is found both as the last one on its subject (read from the
+    /// stream's leader) and before another (through a consumer).
     #[tokio::test]
     async fn a_lookup_looks_from_a_minute_before_the_publish() {
         let (_client, jetstream, stream, prefix) = test_stream("since").await;
@@ -1382,16 +1687,21 @@ mod tests {
         let kept =
             publish_all(&jetstream, &subject, &[":evt_1".to_owned()], &Bytes::new()).await[0];
         let at = |seconds: i64| Timestamp::from_millis(now.as_millis() + seconds * 1000);
-        for (since, expected) in [
-            (at(0), Some(kept)),
-            (at(50), Some(kept)),
-            // Kept more than a minute before the publish began.
-            (at(120), None),
-        ] {
-            let found = lookup(&jetstream, &stream, &subject, ":evt_1", since).await;
-            assert_eq!(found, expected, "since {since}");
+        for last in [true, false] {
+            if !last {
+                publish_all(&jetstream, &subject, &[":evt_2".to_owned()], &Bytes::new()).await;
+            }
+            for (since, expected) in [
+                (at(0), Some(kept)),
+                (at(50), Some(kept)),
+                // Kept more than a minute before the publish began.
+                (at(120), None),
+            ] {
+                let found = lookup(&jetstream, &stream, &subject, ":evt_1", since).await;
+                assert_eq!(found, expected, "since {since}, the last one: {last}");
+            }
         }
-        assert_eq!(consumers(&jetstream, &stream).await, 0);
+        no_consumers_left(&jetstream, &stream).await;
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
@@ -1418,7 +1728,7 @@ mod tests {
             jetstream: jetstream.clone(),
             stream: stream.clone(),
             name,
-            deleted: false,
+            armed: true,
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while consumers(&jetstream, &stream).await != 0 {
@@ -1429,6 +1739,317 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A relay between one client and the test's nats-server that, once
+    /// what the client sends holds `pattern`, holds it and all the client
+    /// sends after until released: the relay's port, a receiver told when it
+    /// holds, and a sender whose send (or drop) releases it.
+    async fn holding_relay(
+        pattern: &'static str,
+    ) -> (
+        u16,
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = nats_url()
+            .trim_start_matches("nats://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (holding, held) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let outbound = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let (mut client_read, mut client_write) = inbound.into_split();
+            let (mut server_read, mut server_write) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            let mut hold = Some((holding, released));
+            // What the client sent lately, enough to find `pattern` split
+            // between two reads.
+            let mut recent: Vec<u8> = Vec::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let read = match client_read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                if hold.is_some() {
+                    recent.extend_from_slice(&buffer[..read]);
+                    if recent
+                        .windows(pattern.len())
+                        .any(|window| window == pattern.as_bytes())
+                    {
+                        let (holding, released) = hold.take().unwrap();
+                        let _ = holding.send(());
+                        let _ = released.await;
+                    } else {
+                        let keep = recent.len().min(pattern.len());
+                        recent.drain(..recent.len() - keep);
+                    }
+                }
+                if server_write.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (port, held, release)
+    }
+
+    /// A JetStream context whose client goes through a [`holding_relay`]
+    /// at `port`, its requests bounded by ten minutes (a hang only): a
+    /// request held is not given up on first.
+    async fn relayed(port: u16) -> async_nats::jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(600)))
+            .connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut jetstream = async_nats::jetstream::new(client);
+        jetstream.set_timeout(Duration::from_secs(600));
+        jetstream
+    }
+
+    /// On a work-queue stream, or an interest one, a lookup reads the
+    /// messages from the stream's leader, without a consumer: the server
+    /// refuses one that does not acknowledge on a work queue, and its
+    /// deliveries would count as acknowledged on an interest stream. It
+    /// finds the kept message, says absent when it is not there or was
+    /// kept more than a minute before the publish, and leaves the stream's
+    /// messages and consumers as they were.
+    #[tokio::test]
+    async fn a_lookup_on_a_work_queue_or_interest_stream_reads_from_the_leader() {
+        use async_nats::jetstream::consumer::pull;
+        for retention in [RetentionPolicy::WorkQueue, RetentionPolicy::Interest] {
+            let (_client, jetstream, stream, prefix) = test_stream_of("leader", retention).await;
+            // The stream's own reader, which keeps the messages of an
+            // interest stream until it acknowledges them.
+            jetstream
+                .create_consumer_on_stream(
+                    pull::Config {
+                        durable_name: Some("app".to_owned()),
+                        filter_subject: format!("{prefix}.>"),
+                        ..Default::default()
+                    },
+                    &stream,
+                )
+                .await
+                .unwrap();
+            let subject = format!("{prefix}.acct_eu.order_succeeded");
+            let since = Timestamp::now();
+            let others = |from: usize, to: usize| -> Vec<String> {
+                (from..to)
+                    .map(|i| format!("acct_eu:evt_other_{i}"))
+                    .collect()
+            };
+            publish_all(&jetstream, &subject, &others(0, 30), &Bytes::new()).await;
+            let kept = publish_all(
+                &jetstream,
+                &subject,
+                &["acct_eu:evt_kept".to_owned()],
+                &Bytes::new(),
+            )
+            .await[0];
+            publish_all(&jetstream, &subject, &others(30, 60), &Bytes::new()).await;
+            publish_all(
+                &jetstream,
+                &format!("{prefix}.acct_eu.refund_succeeded"),
+                &others(60, 70),
+                &Bytes::new(),
+            )
+            .await;
+            let messages = |jetstream: async_nats::jetstream::Context, stream: String| async move {
+                let mut found = jetstream.get_stream(&stream).await.unwrap();
+                found.info().await.unwrap().state.messages
+            };
+            assert_eq!(messages(jetstream.clone(), stream.clone()).await, 71);
+
+            let at = |seconds: i64| Timestamp::from_millis(since.as_millis() + seconds * 1000);
+            for (id, since, expected) in [
+                ("acct_eu:evt_kept", since, Some(kept)),
+                ("acct_eu:evt_absent", since, None),
+                ("acct_us:evt_kept", since, None),
+                // Kept more than a minute before the publish began.
+                ("acct_eu:evt_kept", at(120), None),
+            ] {
+                let found = lookup(&jetstream, &stream, &subject, id, since).await;
+                assert_eq!(found, expected, "{retention:?}: {id} since {since}");
+            }
+            assert_eq!(
+                consumers(&jetstream, &stream).await,
+                1,
+                "{retention:?}: the stream's own consumer alone"
+            );
+            assert_eq!(
+                messages(jetstream.clone(), stream.clone()).await,
+                71,
+                "{retention:?}"
+            );
+            jetstream.delete_stream(&stream).await.unwrap();
+        }
+    }
+
+    /// A lookup answers without waiting for its consumer to be deleted: a
+    /// task of its own deletes it after. Held on its way to the server, the
+    /// deletion would otherwise keep the answer past the publish's time,
+    /// and a message found would be dropped.
+    #[tokio::test]
+    async fn a_lookup_answers_before_its_consumer_is_deleted() {
+        let (_client, jetstream, stream, prefix) = test_stream("slowdelete").await;
+        let subject = format!("{prefix}.order_succeeded");
+        let since = Timestamp::now();
+        let kept = publish_all(
+            &jetstream,
+            &subject,
+            &[":evt_kept".to_owned()],
+            &Bytes::new(),
+        )
+        .await[0];
+        // Not the last message on its subject: read through a consumer.
+        publish_all(
+            &jetstream,
+            &subject,
+            &[":evt_later".to_owned()],
+            &Bytes::new(),
+        )
+        .await;
+        let (port, held, release) = holding_relay("CONSUMER.DELETE").await;
+        let through = relayed(port).await;
+        // The server keeps the consumer, inactive, longer than the test.
+        let lookup = find_kept(
+            &through,
+            &stream,
+            &subject,
+            ":evt_kept",
+            since,
+            Duration::from_secs(600),
+        );
+        let found = tokio::time::timeout(Duration::from_secs(60), lookup)
+            .await
+            .expect("the lookup answered while its consumer's deletion was held")
+            .unwrap();
+        assert_eq!(found, Some(kept));
+        tokio::time::timeout(Duration::from_secs(60), held)
+            .await
+            .expect("the consumer's deletion was sent")
+            .unwrap();
+        assert_eq!(consumers(&jetstream, &stream).await, 1, "its deletion held");
+        release.send(()).unwrap();
+        no_consumers_left(&jetstream, &stream).await;
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A lookup that the server tells has nothing left for it before the
+    /// last message on the subject that the stream's leader holds fails
+    /// rather than say absent: the server's count of what is left can fall
+    /// short (here the last message is deleted between the read from the
+    /// leader and the consumer's making; a consumer on a replica behind the
+    /// leader likewise), and the message looked for could be among those it
+    /// did not count. The publish is then tried again later.
+    #[tokio::test]
+    async fn a_lookup_told_less_than_the_leader_holds_fails() {
+        let (_client, jetstream, stream, prefix) = test_stream("short").await;
+        let subject = format!("{prefix}.order_succeeded");
+        let since = Timestamp::now();
+        let ids: Vec<String> = (1..=3).map(|i| format!(":evt_{i}")).collect();
+        let sequences = publish_all(&jetstream, &subject, &ids, &Bytes::new()).await;
+        let (port, held, release) = holding_relay("CONSUMER.CREATE").await;
+        let through = relayed(port).await;
+        let (task_stream, task_subject) = (stream.clone(), subject.clone());
+        let lookup = tokio::spawn(async move {
+            find_kept(
+                &through,
+                &task_stream,
+                &task_subject,
+                ":evt_absent",
+                since,
+                Duration::from_secs(600),
+            )
+            .await
+        });
+        tokio::time::timeout(Duration::from_secs(60), held)
+            .await
+            .expect("the lookup made its consumer")
+            .unwrap();
+        assert!(jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .delete_message(sequences[2])
+            .await
+            .unwrap());
+        release.send(()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(60), lookup)
+            .await
+            .expect("the lookup ended")
+            .unwrap();
+        let error = result.expect_err("the lookup said absent");
+        assert!(
+            error.contains("no message left on the subject after sequence"),
+            "{error}"
+        );
+        no_consumers_left(&jetstream, &stream).await;
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// The check at start makes a lookup's requests: on a stream of limits
+    /// it creates a lookup's consumer and deletes it, leaving none; on a
+    /// work-queue stream, whose lookups need no consumer, it makes none
+    /// (the server would refuse it) and passes.
+    #[tokio::test]
+    async fn the_check_at_start_makes_a_lookups_requests() {
+        for retention in [RetentionPolicy::Limits, RetentionPolicy::WorkQueue] {
+            let (client, jetstream, stream, prefix) = test_stream_of("check", retention).await;
+            let mut created = client
+                .subscribe(format!("$JS.API.CONSUMER.CREATE.{stream}.>"))
+                .await
+                .unwrap();
+            let mut deleted = client
+                .subscribe(format!("$JS.API.CONSUMER.DELETE.{stream}.>"))
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            let url = nats_url();
+            let template = format!("{prefix}.{{account}}.{{type}}");
+            let config = Config::from_pairs(&[
+                ("webhook_signing_key", "whsec_a"),
+                ("inbox", "sqlite:/tmp/unused.db"),
+                ("destination", &url),
+                ("nats_stream", &stream),
+                ("nats_subject", &template),
+            ])
+            .unwrap();
+            let destination =
+                Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+            tokio::time::timeout(Duration::from_secs(60), destination.check_at_start())
+                .await
+                .expect("the check ended")
+                .unwrap();
+            assert_eq!(
+                consumers(&jetstream, &stream).await,
+                0,
+                "{retention:?}: the check waits for its consumer's deletion"
+            );
+            if retention == RetentionPolicy::Limits {
+                for (what, requests) in [("created", &mut created), ("deleted", &mut deleted)] {
+                    let request = tokio::time::timeout(Duration::from_secs(60), next(requests))
+                        .await
+                        .unwrap_or_else(|_| panic!("no consumer {what}"))
+                        .unwrap();
+                    assert!(
+                        request.subject.contains(".clink-lookup-"),
+                        "{what}: {}",
+                        request.subject
+                    );
+                }
+            }
+            jetstream.delete_stream(&stream).await.unwrap();
+        }
     }
 
     /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
