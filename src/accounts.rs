@@ -104,13 +104,17 @@ pub enum AccountFrom {
     PathSegment(usize),
     /// The value of this header (set by your proxy, say).
     Header(HeaderName),
-    /// The request's host, without the port: `acct-1.hooks.example.com`.
+    /// The request's host, without the port, in lowercase (a host name
+    /// is the same whatever its case): `acct-1.hooks.example.com`.
     Host,
 }
 
 impl AccountFrom {
-    /// The account `parts` names, if it names a valid one.
-    pub(crate) fn account<'a>(&self, parts: &'a http::request::Parts) -> Option<&'a str> {
+    /// The account `parts` names, if it names a valid one: as spelt in
+    /// the request, but a host in lowercase.
+    pub(crate) fn account<'a>(
+        &self, parts: &'a http::request::Parts,
+    ) -> Option<std::borrow::Cow<'a, str>> {
         let account = match self {
             Self::LastPathSegment => parts.uri.path().rsplit('/').next(),
             Self::PathSegment(index) => parts
@@ -125,7 +129,16 @@ impl AccountFrom {
                 Some(host.rsplit_once(':').map_or(host, |(host, _port)| host))
             }),
         }?;
-        is_valid_account(account).then_some(account)
+        if !is_valid_account(account) {
+            return None;
+        }
+        Some(
+            if matches!(self, Self::Host) && account.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(account.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(account)
+            },
+        )
     }
 }
 
@@ -205,6 +218,14 @@ impl std::error::Error for KeySourceError {
 pub trait KeySource: Send + Sync + 'static {
     /// The verifier of `account`, or `None` when there is no such account
     /// (answered `404`).
+    ///
+    /// `account` is as the request spells it (a [host](AccountFrom::Host)
+    /// in lowercase), and the layer keys its idempotency claims and
+    /// freshness records on that spelling. So answer only for the spelling
+    /// you keep: a lookup that also answers for another one (`ACCT-1` for
+    /// `acct-1`, matching without regard to case) makes each spelling an
+    /// account of its own, and one delivery sent again under another
+    /// spelling runs its handler again.
     ///
     /// # Errors
     ///
@@ -1207,22 +1228,39 @@ mod tests {
             "/webhooks/clink/acct_1",
             &[("x-account", "acct-2"), ("host", "acct.3:8080")],
         );
-        assert_eq!(AccountFrom::LastPathSegment.account(&p), Some("acct_1"));
-        assert_eq!(AccountFrom::PathSegment(1).account(&p), Some("clink"));
-        assert_eq!(AccountFrom::PathSegment(9).account(&p), None);
+        fn of(from: &AccountFrom, p: &http::request::Parts) -> Option<String> {
+            from.account(p).map(std::borrow::Cow::into_owned)
+        }
+        assert_eq!(
+            of(&AccountFrom::LastPathSegment, &p).as_deref(),
+            Some("acct_1")
+        );
+        assert_eq!(
+            of(&AccountFrom::PathSegment(1), &p).as_deref(),
+            Some("clink")
+        );
+        assert_eq!(of(&AccountFrom::PathSegment(9), &p), None);
         let header = AccountFrom::Header(HeaderName::from_static("x-account"));
-        assert_eq!(header.account(&p), Some("acct-2"));
-        assert_eq!(AccountFrom::Host.account(&p), Some("acct.3"));
+        assert_eq!(of(&header, &p).as_deref(), Some("acct-2"));
+        assert_eq!(of(&AccountFrom::Host, &p).as_deref(), Some("acct.3"));
+        // A host is one whatever its case; a path or a header keeps its own.
+        let upper = parts(
+            "/webhooks/clink/ACCT_1",
+            &[("x-account", "Acct-2"), ("host", "ACCT.3:8080")],
+        );
+        assert_eq!(of(&AccountFrom::Host, &upper).as_deref(), Some("acct.3"));
+        assert_eq!(
+            of(&AccountFrom::LastPathSegment, &upper).as_deref(),
+            Some("ACCT_1")
+        );
+        assert_eq!(of(&header, &upper).as_deref(), Some("Acct-2"));
         for bad in [
             "/webhooks/clink/",
             "/webhooks/clink/a%0Ab",
             "/webhooks/clink/a:b",
         ] {
-            assert_eq!(
-                AccountFrom::LastPathSegment.account(&parts(bad, &[])),
-                None,
-                "{bad}"
-            );
+            let bad_parts = parts(bad, &[]);
+            assert_eq!(of(&AccountFrom::LastPathSegment, &bad_parts), None, "{bad}");
         }
         assert!(!is_valid_account(&"a".repeat(MAX_ACCOUNT_LEN + 1)));
         assert!(KeyMap::new()

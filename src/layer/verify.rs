@@ -127,13 +127,13 @@ async fn keys<'a>(
     // summed up), never a line per delivery; a lookup the source would not
     // make is a refusal, counted with the others.
     let outage = &config.outages.keys;
-    match within(config.settings.store_timeout, source.verifier(account)).await {
+    match within(config.settings.store_timeout, source.verifier(&account)).await {
         Ok(Ok(Some(verifier))) => {
             outage.succeeded();
             if let Some(span) = span {
-                span.record("account", account);
+                span.record("account", &*account);
             }
-            Ok((Held::Shared(verifier), Some(Arc::from(account))))
+            Ok((Held::Shared(verifier), Some(Arc::from(&*account))))
         }
         Ok(Ok(None)) => {
             outage.succeeded();
