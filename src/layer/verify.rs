@@ -229,8 +229,12 @@ where
             }
         };
         if buffer.capacity() - buffer.len() < len {
-            let capacity = (2 * buffer.capacity())
-                .min(declared.unwrap_or(usize::MAX))
+            // Past its first hold, a body of a declared length grows to it
+            // in one step (one copy, one allocation of the whole body); one
+            // of unknown length doubles.
+            let capacity = declared
+                .filter(|&declared| declared >= buffer.len() + len)
+                .unwrap_or(2 * buffer.capacity())
                 .clamp(buffer.len() + len, limit);
             if !reading.hold(capacity) {
                 return Err(Outcome::Overloaded);
@@ -256,10 +260,9 @@ where
 
 /// The most a body in several chunks holds of the budget at first,
 /// whatever length it declares, unless twice what it sent so far is more:
-/// past that it grows by doubling, up to the declared length. 64 KiB: a
-/// body of that size or less is never copied to grow, and filling the
-/// default budget (64 MiB) this way takes as many connections (1,024) as
-/// the default count of bodies read at once allows anyway.
+/// past that it grows to its declared length in one step. So a sender
+/// without the key must send 64 KiB of a body before it holds more; a
+/// body of 64 KiB or less is never copied to grow.
 const FIRST_HOLD: usize = 64 * 1024;
 
 /// Moves `buffer` to one of exactly `capacity` bytes: what the budget holds
@@ -437,8 +440,8 @@ mod tests {
         // Under a budget far below the declared length, it is still read.
         let (read, _) = read_under(&[1], Some(MIB as u64), MIB, 64 * 1024).await;
         assert_eq!(read.unwrap().len(), 1);
-        // 30 KiB, then 64 KiB held, then grown to the 100 KiB declared, not
-        // to 128 KiB.
+        // 30 KiB, then 64 KiB held, then grown to the 100 KiB declared in
+        // one step, not to 128 KiB.
         let kib = 1024;
         let (read, held) = read_under(
             &[30 * kib, 30 * kib, 30 * kib, 10 * kib],
