@@ -23,8 +23,10 @@
 //!   (10 by default) the event is dead, kept with its last error until
 //!   [`replay`](Inbox::replay)ed;
 //! - **crash-safe**: a worker that dies mid-handler loses its lease and
-//!   another takes the event; on shutdown a pool finishes or gives back
-//!   what it holds. An attempt lost with its lease counts as an attempt:
+//!   another takes the event; on [shutdown](WorkerPool::shutdown) a pool
+//!   finishes or gives back what it holds, and has given it back when
+//!   `shutdown` returns (unless the inbox did not answer within 5 s). An
+//!   attempt lost with its lease counts as an attempt:
 //!   an event whose last attempt ended that way (a handler that crashes
 //!   the process or blocks its thread every time) is dead, not run again;
 //! - **on record**: each attempt's start, duration and end (completed,
@@ -78,7 +80,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -107,6 +109,10 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long an idle worker waits before looking again, when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How long [`WorkerPool::shutdown`] waits, after its deadline, for the
+/// inbox to take back the events of the handlers it stopped.
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A pool of workers to be spawned: runs an [`EventRouter`]'s handlers on
 /// the events an [`Inbox`] keeps. See the [module docs](self).
 pub struct Workers<S = ()> {
@@ -116,6 +122,8 @@ pub struct Workers<S = ()> {
     /// The inbox's outage log: a line when the workers' calls start to
     /// fail, a summary per interval, a line when one succeeds again.
     outage: Arc<OutageLog>,
+    /// Where a stopped worker leaves its claim during a shutdown.
+    given_back: Arc<GivenBack>,
 }
 
 impl<S> fmt::Debug for Workers<S> {
@@ -168,6 +176,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "no event is handled until it answers again",
                 DEFAULT_OUTAGE_LOG_INTERVAL,
             ),
+            given_back: Arc::default(),
         }
     }
 
@@ -273,6 +282,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             stop,
             tasks,
             inbox: Arc::clone(&shared.inbox),
+            given_back: Arc::clone(&shared.given_back),
         }
     }
 
@@ -324,6 +334,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     async fn handle(&self, claim: InboxClaim) {
         let guard = Held {
             inbox: Arc::clone(&self.inbox),
+            given_back: Arc::clone(&self.given_back),
             claim: Some(claim.clone()),
         };
         let kept = &claim.entry.event;
@@ -529,9 +540,29 @@ async fn record_stats(inbox: &dyn Inbox) {
     metrics::gauge!("clink_webhook_inbox_oldest_unhandled_seconds").set(waited);
 }
 
-/// Gives a claim back if its worker is stopped before settling it.
+/// The claims of workers stopped during a [`WorkerPool::shutdown`], which
+/// `shutdown` gives back itself: a release spawned as the worker is dropped
+/// would be cancelled with the runtime once `shutdown` returns.
+#[derive(Default)]
+struct GivenBack {
+    /// Set once the pool is shutting down.
+    stopping: AtomicBool,
+    /// The claims to give back.
+    claims: Mutex<Vec<InboxClaim>>,
+}
+
+impl GivenBack {
+    /// The claims left so far, taken.
+    fn take(&self) -> Vec<InboxClaim> {
+        std::mem::take(&mut *self.claims.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Gives a claim back if its worker is stopped before settling it: to the
+/// pool during a shutdown, else in a task of its own.
 struct Held {
     inbox: Arc<dyn Inbox>,
+    given_back: Arc<GivenBack>,
     claim: Option<InboxClaim>,
 }
 
@@ -546,6 +577,14 @@ impl Drop for Held {
         let Some(claim) = self.claim.take() else {
             return;
         };
+        if self.given_back.stopping.load(Ordering::SeqCst) {
+            self.given_back
+                .claims
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(claim);
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -564,6 +603,7 @@ pub struct WorkerPool {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     inbox: Arc<dyn Inbox>,
+    given_back: Arc<GivenBack>,
 }
 
 impl fmt::Debug for WorkerPool {
@@ -626,8 +666,18 @@ impl WorkerPool {
 
     /// Stops taking events, lets the handlers running now finish for at
     /// most `deadline`, then stops them and gives their events back (they
-    /// run again, from the start, on the next worker).
+    /// run again, from the start, on the next worker, and the stopped
+    /// attempt is not counted).
+    ///
+    /// When it returns, the events are given back: it waits for the inbox
+    /// to take them, for at most 5 s more than `deadline` (each event the
+    /// inbox did not take by then, or refused, is logged, and is taken over
+    /// when its lease ends, that attempt then counting as lost with its
+    /// lease). The runtime may be dropped as soon as it returns.
     pub async fn shutdown(mut self, deadline: Duration) {
+        // Set before the workers are told to stop: from here on, a worker
+        // stopped (or ended by a panic) leaves its claim to this call.
+        self.given_back.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let finished = tokio::time::timeout(deadline, async {
             while self.tasks.join_next().await.is_some() {}
@@ -637,7 +687,40 @@ impl WorkerPool {
             tracing::warn!(
                 "inbox: handlers still running at the shutdown deadline; giving their events back"
             );
+            // Every task has ended (and dropped its claim) when this returns.
             self.tasks.shutdown().await;
+        }
+        let claims = self.given_back.take();
+        if claims.is_empty() {
+            return;
+        }
+        // Given back side by side, each in a task awaited here, so that one
+        // slow call does not hold the others back.
+        let mut releases = JoinSet::new();
+        for claim in claims {
+            let inbox = Arc::clone(&self.inbox);
+            releases.spawn(async move {
+                if let Err(error) = inbox.release(&claim).await {
+                    tracing::warn!(
+                        %error,
+                        seq = claim.entry.seq,
+                        "inbox: could not give an event back at shutdown; it frees itself when \
+                         its lease ends"
+                    );
+                }
+            });
+        }
+        let released = tokio::time::timeout(GIVE_BACK_TIMEOUT, async {
+            while releases.join_next().await.is_some() {}
+        })
+        .await;
+        if released.is_err() {
+            tracing::warn!(
+                left = releases.len(),
+                "inbox: the inbox did not take events back within 5 s of the shutdown deadline; \
+                 they free themselves when their leases end"
+            );
+            releases.shutdown().await;
         }
     }
 }

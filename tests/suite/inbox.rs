@@ -754,6 +754,212 @@ async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
     }
 }
 
+/// An inbox whose [`release`](Inbox::release) answers only after
+/// [`SLOW_RELEASE`], as a store under load does; all else is `I`'s.
+#[derive(Clone)]
+struct SlowRelease<I>(I);
+
+/// How long [`SlowRelease`] takes to give an event back: long enough that a
+/// release nobody waits for is cancelled with its runtime, whatever the
+/// machine's load.
+const SLOW_RELEASE: Duration = Duration::from_millis(500);
+
+impl<I: Inbox> Inbox for SlowRelease<I> {
+    fn insert<'a>(
+        &'a self, event: &'a NewEvent,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
+        self.0.insert(event)
+    }
+    fn insert_dead<'a>(
+        &'a self, event: &'a NewEvent, error: &'a str,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
+        self.0.insert_dead(event, error)
+    }
+    fn claim(
+        &self, lease: Duration, reorder_window: Duration,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
+    {
+        self.0.claim(lease, reorder_window)
+    }
+    fn complete<'a>(
+        &'a self, claim: &'a InboxClaim,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        self.0.complete(claim)
+    }
+    fn fail<'a>(
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        self.0.fail(claim, error, retry_at)
+    }
+    fn release<'a>(
+        &'a self, claim: &'a InboxClaim,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        Box::pin(async move {
+            // A store slow to answer, not a wait for another task.
+            tokio::time::sleep(SLOW_RELEASE).await;
+            self.0.release(claim).await
+        })
+    }
+    fn list<'a>(
+        &'a self, filter: &'a InboxFilter, limit: usize,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, clink_webhooks::store::StoreError>>
+    {
+        self.0.list(filter, limit)
+    }
+    fn get(
+        &self, seq: i64,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, clink_webhooks::store::StoreError>>
+    {
+        self.0.get(seq)
+    }
+    fn replay(
+        &self, seq: i64, force: bool,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
+        self.0.replay(seq, force)
+    }
+    fn replay_matching<'a>(
+        &'a self, filter: &'a InboxFilter, force: bool,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
+        self.0.replay_matching(filter, force)
+    }
+    fn purge(
+        &self, before: Timestamp,
+    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
+        self.0.purge(before)
+    }
+    fn stats(
+        &self,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
+    > {
+        self.0.stats()
+    }
+    fn check_writable(
+        &self,
+    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
+        self.0.check_writable()
+    }
+    fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
+        self.0.wait(timeout)
+    }
+}
+
+/// Stops a pool at its shutdown deadline while its handler still runs the
+/// one event of the inbox `open` opens (which is [slow to give an event
+/// back](SlowRelease)), drops the runtime at once (as a process ends once
+/// `shutdown` returns), and checks in a new runtime that
+/// the event was given back: pending, its stopped attempt not counted, and
+/// run by a new pool allowing one attempt (not dead, as after an attempt
+/// lost with its lease). The pool runs on a runtime of two threads
+/// (`threads`) or on the test's own thread alone.
+fn shutdown_gives_back_before_it_returns<I, F, Fut>(threads: bool, open: F)
+where
+    I: Inbox + Clone,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = I>,
+{
+    let runtime = || {
+        let mut builder = if threads {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        builder.enable_all().build().unwrap()
+    };
+    let first = runtime();
+    let seq = first.block_on(async {
+        let inbox = open().await;
+        inbox.insert(&event("evt_stopped", None, 1)).await.unwrap();
+        let seq = seq_of(&inbox, "evt_stopped").await;
+        let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            let _ = started.send(());
+            async {
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(())
+            }
+        });
+        let pool = Workers::new(SlowRelease(inbox.clone()), router)
+            .reorder_window(NO_REORDER_WINDOW)
+            .and_then(|w| w.max_attempts(1))
+            .unwrap()
+            .spawn();
+        tokio::time::timeout(DRAIN_PATIENCE, running.recv())
+            .await
+            .expect("the handler started")
+            .unwrap();
+        pool.shutdown(Duration::from_millis(50)).await;
+        seq
+    });
+    drop(first);
+
+    runtime().block_on(async {
+        let inbox = open().await;
+        let entry = inbox.get(seq).await.unwrap().unwrap();
+        assert_eq!(entry.status, InboxStatus::Pending, "{entry:?}");
+        assert_eq!(entry.attempts, 0, "{entry:?}");
+        assert_eq!(
+            outcomes(&entry),
+            [(1, InboxAttemptOutcome::Released)],
+            "{entry:?}"
+        );
+        let (ran, mut handled) = tokio::sync::mpsc::unbounded_channel();
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            let _ = ran.send(());
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        });
+        let pool = Workers::new(inbox.clone(), router)
+            .reorder_window(NO_REORDER_WINDOW)
+            .and_then(|w| w.max_attempts(1))
+            .unwrap()
+            .spawn();
+        pool.drained(DRAIN_PATIENCE).await.unwrap();
+        pool.shutdown(Duration::from_secs(5)).await;
+        assert!(handled.try_recv().is_ok(), "the handler ran again");
+        let entry = inbox.get(seq).await.unwrap().unwrap();
+        assert_eq!(entry.status, InboxStatus::Done, "{entry:?}");
+    });
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn shutdown_gives_back_to_a_sqlite_inbox_before_it_returns() {
+    for threads in [true, false] {
+        let dir = temp_dir();
+        let path = dir.join("inbox.db");
+        shutdown_gives_back_before_it_returns(threads, || {
+            let path = path.clone();
+            async move { clink_webhooks::store::SqliteInbox::open(path).unwrap() }
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn shutdown_gives_back_to_a_postgres_inbox_before_it_returns() {
+    let _servers = crate::support::servers::shared_blocking();
+    for threads in [true, false] {
+        let table = format!("inbox_{}", unique());
+        // A pool of each runtime's own: its connections end with the runtime.
+        shutdown_gives_back_before_it_returns(threads, || {
+            let table = table.clone();
+            async move {
+                let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+                    .with_table(&table)
+                    .unwrap()
+                    .with_timeout(Duration::from_secs(10))
+                    .unwrap();
+                inbox.migrate().await.unwrap();
+                inbox
+            }
+        });
+    }
+}
+
 #[tokio::test]
 async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     const KEY: &str = "whsec_inbox";
