@@ -10,7 +10,10 @@
 //! [`EventRouter::dispatch`]:
 //!
 //! - **concurrently**, up to a set number at once, each inside a lease with
-//!   a fencing token and the handler's timeout inside the lease;
+//!   a fencing token and the handler's timeout inside the lease (nine
+//!   tenths of it, counted from when the worker asked for the event, so
+//!   that a claim slow to answer leaves its handler less time, not less
+//!   margin);
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
@@ -205,7 +208,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 
     /// Stops a handler after `timeout`, counting a failed attempt; never
-    /// later than nine tenths of the lease.
+    /// later than nine tenths of the lease, counted from when its worker
+    /// asked the inbox for the event (a claim slow to answer leaves the
+    /// handler that much less).
     ///
     /// # Errors
     ///
@@ -302,6 +307,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
+            // The lease starts inside the claim's call, after this.
+            let asked = tokio::time::Instant::now();
             let claimed = self
                 .inbox
                 .claim(self.settings.lease, self.settings.reorder_window)
@@ -310,7 +317,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 self.outage.succeeded();
             }
             match claimed {
-                Ok(Some(claim)) => self.handle(claim).await,
+                Ok(Some(claim)) => self.handle(claim, asked).await,
                 Ok(None) => {
                     tokio::select! {
                         () = self.inbox.wait(IDLE_POLL) => {}
@@ -330,8 +337,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 
     /// Runs the router on a claimed event, within the handler's deadline,
-    /// and settles the claim with what happened.
-    async fn handle(&self, claim: InboxClaim) {
+    /// and settles the claim with what happened; `asked` is when the claim
+    /// was asked for, before its lease started.
+    async fn handle(&self, claim: InboxClaim, asked: tokio::time::Instant) {
         let guard = Held {
             inbox: Arc::clone(&self.inbox),
             given_back: Arc::clone(&self.given_back),
@@ -379,12 +387,23 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 // Kept before the inbox recorded the key: the key is not known.
                 let key = kept.signing_key.as_deref().unwrap_or("unrecorded");
                 let event = VerifiedEvent::earlier(raw, kept.signed_at, key);
-                let deadline = handler_deadline(self.settings.lease, self.settings.handler_timeout);
+                let deadline = claimed_handler_deadline(
+                    self.settings.lease,
+                    self.settings.handler_timeout,
+                    asked.elapsed(),
+                );
                 // Set once a handler succeeded: stopped at the deadline
                 // after that (recording its version), it was handled.
                 let succeeded = AtomicBool::new(false);
                 let dispatching = self.router.dispatch_noting(event, Some(&succeeded));
-                match within(deadline, dispatching).await {
+                let dispatched = if deadline.is_zero() {
+                    // The claim took the handler's whole time: not started
+                    // so near the end of its lease.
+                    Err(())
+                } else {
+                    within(deadline, dispatching).await.map_err(drop)
+                };
+                match dispatched {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
                         (dispatched.into_outcome(), failure)
@@ -512,6 +531,19 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             ),
         }
     }
+}
+
+/// The time the handler of an event claimed `taken` ago gets:
+/// [`handler_deadline`] (the handler's timeout, at most nine tenths of the
+/// lease), and never past nine tenths of the lease counted from the claim,
+/// so that a claim slow to answer (waiting for a pool's connection or for
+/// SQLite's lock) still leaves a tenth of the lease before it ends. Zero
+/// when the claim took that long itself.
+fn claimed_handler_deadline(
+    lease: Duration, timeout: Option<Duration>, taken: Duration,
+) -> Duration {
+    let left = (lease - lease / 10).saturating_sub(taken);
+    handler_deadline(lease, timeout).min(left)
 }
 
 /// Publishes the inbox's counts as gauges.
@@ -768,8 +800,10 @@ mod tests {
     use super::*;
     use crate::data::Order;
     use crate::events::{self, PREDECODED_TAKEN};
-    use crate::store::{MemoryInbox, NewEvent};
-    use crate::Event;
+    use crate::store::{
+        InboxEntry, InboxFilter, InboxStats, Inserted, MemoryInbox, NewEvent, Replayed,
+    };
+    use crate::{BoxFuture, Event};
 
     /// Workers decode a claimed event's resource for its typed handler as
     /// they read its envelope, in one pass, and the handler's decode takes
@@ -809,5 +843,159 @@ mod tests {
         assert_eq!(ran, Some(Some("ord_1".to_owned())));
         assert_eq!(PREDECODED_TAKEN.with(std::cell::Cell::get), before + 1);
         pool.shutdown(Duration::from_secs(10)).await;
+    }
+
+    /// A claim that took most of the lease leaves its handler the rest of
+    /// nine tenths of the lease, down to none, whatever the timeout.
+    #[test]
+    fn a_slow_claim_shortens_the_handlers_deadline() {
+        let lease = Duration::from_secs(30);
+        let s = Duration::from_secs;
+        assert_eq!(claimed_handler_deadline(lease, None, Duration::ZERO), s(27));
+        assert_eq!(claimed_handler_deadline(lease, None, s(20)), s(7));
+        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(20)), s(5));
+        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(25)), s(2));
+        assert_eq!(claimed_handler_deadline(lease, None, s(27)), Duration::ZERO);
+        assert_eq!(
+            claimed_handler_deadline(lease, None, s(3600)),
+            Duration::ZERO
+        );
+    }
+
+    /// A memory inbox whose claims answer `delay` after they took their
+    /// event (its lease running meanwhile), and which reports each failed
+    /// attempt with the time it was recorded.
+    struct SlowClaims {
+        inner: MemoryInbox,
+        delay: Duration,
+        failed: tokio::sync::mpsc::UnboundedSender<tokio::time::Instant>,
+    }
+
+    impl Inbox for SlowClaims {
+        fn insert<'a>(
+            &'a self, event: &'a NewEvent,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.inner.insert(event)
+        }
+        fn insert_dead<'a>(
+            &'a self, event: &'a NewEvent, error: &'a str,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.inner.insert_dead(event, error)
+        }
+        fn claim(
+            &self, lease: Duration, window: Duration,
+        ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+            Box::pin(async move {
+                let claimed = self.inner.claim(lease, window).await?;
+                if claimed.is_some() {
+                    // A claim slow to answer (on the paused clock).
+                    tokio::time::sleep(self.delay).await;
+                }
+                Ok(claimed)
+            })
+        }
+        fn complete<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.complete(claim)
+        }
+        fn fail<'a>(
+            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            let _ = self.failed.send(tokio::time::Instant::now());
+            self.inner.fail(claim, error, retry_at)
+        }
+        fn release<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.release(claim)
+        }
+        fn list<'a>(
+            &'a self, filter: &'a InboxFilter, limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+            self.inner.list(filter, limit)
+        }
+        fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+            self.inner.get(seq)
+        }
+        fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+            self.inner.replay(seq, force)
+        }
+        fn replay_matching<'a>(
+            &'a self, filter: &'a InboxFilter, force: bool,
+        ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+            self.inner.replay_matching(filter, force)
+        }
+        fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.purge(before)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            self.inner.stats()
+        }
+        fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.check_writable()
+        }
+        fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+            self.inner.wait(timeout)
+        }
+    }
+
+    /// An event whose handler never finishes, claimed by `SlowClaims`
+    /// answering after `delay` of a 10 s lease: when its attempt is failed,
+    /// after the pool started (on the paused clock), and whether its
+    /// handler ran.
+    async fn timed_out_after_a_slow_claim(delay: Duration) -> (Duration, bool) {
+        let inbox = MemoryInbox::new();
+        let event = NewEvent::new(
+            None,
+            "evt_1".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from(r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#),
+        );
+        inbox.insert(&event).await.unwrap();
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let ran = Arc::new(AtomicBool::new(false));
+        let running = Arc::clone(&ran);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            running.store(true, Ordering::SeqCst);
+            async {
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(())
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: inbox,
+                delay,
+                failed,
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(10)))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        let at = failures.recv().await.expect("the attempt was failed");
+        pool.shutdown(Duration::from_secs(1)).await;
+        (at - started, ran.load(Ordering::SeqCst))
+    }
+
+    /// A handler is stopped nine tenths of the lease after its claim was
+    /// asked for, however long the claim took to answer; a claim that took
+    /// that long itself does not start the handler.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_stops_within_the_lease_counted_from_its_claim() {
+        let (at, ran) = timed_out_after_a_slow_claim(Duration::from_secs(7)).await;
+        assert_eq!(at, Duration::from_secs(9));
+        assert!(ran);
+        let (at, ran) = timed_out_after_a_slow_claim(Duration::from_millis(9500)).await;
+        assert_eq!(at, Duration::from_millis(9500));
+        assert!(!ran, "a handler started after its time inside the lease");
     }
 }
