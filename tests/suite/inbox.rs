@@ -1230,6 +1230,114 @@ async fn a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again() {
     assert_eq!((after.status, after.replays), (InboxStatus::Pending, 1));
 }
 
+/// Two claims of one object's events never run them side by side, even
+/// when the second began before the first committed: the first claim takes
+/// the newer event B (the older A being done) and has not committed when A
+/// is replayed, so the second, reading a snapshot where B is still pending,
+/// finds A the oldest of its object and not blocked. It waits for the
+/// first claim's turn on the object to end, sees B running then, and takes
+/// the next event due (of another object) instead of A.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_run_beside() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap()
+        .with_timeout(Duration::from_secs(60))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    let inbox = Arc::new(inbox);
+    inbox.insert(&event("evt_a", Some("o"), 1)).await.unwrap();
+    inbox.insert(&event("evt_b", Some("o"), 2)).await.unwrap();
+    inbox.insert(&event("evt_c", Some("p"), 3)).await.unwrap();
+    let (a, b, c) = (
+        seq_of(&*inbox, "evt_a").await,
+        seq_of(&*inbox, "evt_b").await,
+        seq_of(&*inbox, "evt_c").await,
+    );
+    let first = claim_only(&*inbox, a).await;
+    inbox.complete(&first).await.unwrap();
+
+    // Another instance claims B in a transaction it has not committed yet.
+    let pool = pg_pool();
+    let mut other = pool.get().await.unwrap();
+    let claiming_b = other.transaction().await.unwrap();
+    let lease_ms = i64::try_from(LEASE.as_millis()).unwrap();
+    let taken: i64 = claiming_b
+        .query_one(
+            &format!("SELECT seq FROM \"{table}_claim\"($1, $2, 0, 'held')"),
+            &[&Timestamp::now().as_millis(), &lease_ms],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, b);
+    // Meanwhile A is replayed, and that commits.
+    assert_eq!(inbox.replay(a, true).await.unwrap(), Replayed::Replayed);
+
+    let claiming = tokio::spawn({
+        let inbox = Arc::clone(&inbox);
+        async move { inbox.claim(LEASE, NO_REORDER_WINDOW).await }
+    });
+    // Until the second claim waits for the object's turn: a bounded wait on
+    // what the server says, not on time.
+    let watcher = pool.get().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
+                   AND query LIKE '%' || $1 || '%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        if claiming.is_finished() {
+            let took = claiming
+                .await
+                .unwrap()
+                .unwrap()
+                .map(|claim| claim.entry.seq);
+            panic!("the second claim did not wait for the first to commit: it took {took:?} (A is {a}, B {b})");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second claim did not wait for the first to commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    claiming_b.commit().await.unwrap();
+    let second = claiming
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the event of another object is due");
+    assert_eq!(second.entry.seq, c, "A ran beside B: {second:?}");
+    assert_eq!(
+        inbox.get(a).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+
+    // Once B is done, A is next.
+    let completed: i64 = other
+        .query_one(
+            &format!("SELECT \"{table}_complete\"($1, 'held', $2)"),
+            &[&b, &Timestamp::now().as_millis()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(completed, 1);
+    claim_only(&*inbox, a).await;
+}
+
 /// Migrated again, as every instance does at startup, while another session
 /// holds a transaction that read the table: the migration takes no lock on
 /// the table (which would wait for that transaction, and hold every insert

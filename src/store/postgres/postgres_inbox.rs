@@ -40,6 +40,11 @@ const ADDED_COLUMNS: [&str; 9] = [
     "history",
 ];
 
+/// How many candidates a claim tries, each found blocked by its object once
+/// the claims of that object before it committed, before it gives up and
+/// answers that none is due (the worker then tries again soon).
+const CLAIM_CANDIDATES: u32 = 4;
+
 /// The inbox in a PostgreSQL table: the production backend.
 ///
 /// - [`insert`](Inbox::insert) is one `INSERT .. ON CONFLICT (account,
@@ -47,7 +52,13 @@ const ADDED_COLUMNS: [&str; 9] = [
 /// - [`claim`](Inbox::claim) is one `UPDATE` of the row a `SELECT .. FOR
 ///   UPDATE SKIP LOCKED` picks by the claim order, so workers on any number
 ///   of instances never take the same event, and an event whose object has
-///   an older event to handle or one running is skipped. It runs in a
+///   an older event to handle or one running is skipped. The claims of one
+///   object take turns on an advisory lock (`pg_advisory_xact_lock`, keyed
+///   by a hash of the table's name and the object) and check the object
+///   again once they hold it, so that a claim which began before another
+///   committed its claim of the same object (an older event replayed or
+///   arriving late meanwhile) skips its event rather than running it
+///   beside that one. It runs in a
 ///   PL/pgSQL function beside the table (`<table>_claim`), with sorting
 ///   turned off, so that each claim walks the index of live events from the
 ///   oldest instead of sorting them all, whatever the planner's statistics
@@ -139,33 +150,73 @@ impl Sql {
         // planner whose statistics say few events are live (a new table, or
         // a backlog built since the last `ANALYZE`) sorts the whole backlog
         // on every claim, and draining it takes time quadratic in its size.
-        // A plpgsql function also keeps its statement prepared for the
+        // A plpgsql function also keeps its statements prepared for the
         // connection: PostgreSQL plans the first five calls anew and then
         // reuses a generic plan (as `EXPLAIN` through `auto_explain` shows).
+        //
+        // The candidate's search reads the statement's snapshot, and only
+        // the candidate is locked: a claim that began before another
+        // committed the claim of a newer event of the same object (while an
+        // older one was replayed or arrived late) would see that event still
+        // pending and take the older one beside it. So claims of an object
+        // take turns on an advisory lock of the table's and the object's,
+        // held to the end of the claim's transaction, and then check the
+        // object again in a statement of its own, which reads what the
+        // claims before them committed; a candidate now blocked is skipped
+        // for the next one, up to CLAIM_CANDIDATES of them. Only the first
+        // candidate holding no such lock yet waits for its lock; later ones
+        // are skipped when their lock is taken, so two claims never wait on
+        // each other's locks.
+        let blocker = format!(
+            "SELECT 1 FROM {t} o
+             WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
+               AND ((o.status = 'running' AND o.lease_until_ms > $1)
+                    OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))"
+        );
         let claim_fn = quote(&format!("{table}_claim"));
+        // A table's name is letters, digits, `_` and `.` (checked), so it
+        // goes in a literal as it is.
+        let object_lock = format!("hashtextextended('{table}:' || picked_key, 0)");
         let claim_def = format!(
             "CREATE OR REPLACE FUNCTION {claim_fn}(now_ms bigint, lease_ms bigint, window_ms bigint, new_token text)
              RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
+             DECLARE
+                picked_seq bigint;
+                picked_key text COLLATE \"C\";
+                past_seq bigint := 0;
+                locked boolean := false;
              BEGIN
-                RETURN QUERY
-                WITH candidate AS (
-                    SELECT e.seq FROM {t} e
-                    WHERE e.status IN {live}
+                FOR candidate IN 1..{CLAIM_CANDIDATES} LOOP
+                    SELECT e.seq, e.object_key INTO picked_seq, picked_key FROM {t} e
+                    WHERE e.seq > past_seq AND e.status IN {live}
                       AND ((e.status <> 'running' AND e.next_attempt_ms <= $1 AND e.received_at_ms <= $1 - $3)
                            OR (e.status = 'running' AND e.lease_until_ms <= $1))
-                      AND (e.object_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} o
-                            WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
-                              AND ((o.status = 'running' AND o.lease_until_ms > $1)
-                                   OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))))
+                      AND (e.object_key IS NULL OR NOT EXISTS ({blocker}))
                     ORDER BY e.seq
                     LIMIT 1
-                    FOR UPDATE SKIP LOCKED)
-                UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                               lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
-                               history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
-                FROM candidate WHERE {t}.seq = candidate.seq
-                RETURNING {t}.*;
+                    FOR UPDATE SKIP LOCKED;
+                    IF NOT FOUND THEN
+                        RETURN;
+                    END IF;
+                    past_seq := picked_seq;
+                    IF picked_key IS NOT NULL THEN
+                        IF NOT locked THEN
+                            PERFORM pg_advisory_xact_lock({object_lock});
+                            locked := true;
+                        ELSIF NOT pg_try_advisory_xact_lock({object_lock}) THEN
+                            CONTINUE;
+                        END IF;
+                        CONTINUE WHEN EXISTS (
+                            SELECT 1 FROM {t} e WHERE e.seq = picked_seq AND EXISTS ({blocker}));
+                    END IF;
+                    RETURN QUERY
+                    UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
+                                   lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
+                                   history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
+                    WHERE {t}.seq = picked_seq
+                    RETURNING {t}.*;
+                    RETURN;
+                END LOOP;
              END
              $claim$;"
         );
