@@ -764,7 +764,15 @@ pub trait Inbox: Send + Sync + 'static {
         &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
 
-    /// Deletes the done and dead events that arrived before `before`; how many.
+    /// Deletes the done and dead events that settled before `before`; how
+    /// many. An event is deleted only when it arrived, was last taken by a
+    /// worker, was last handled and was last replayed all before `before`,
+    /// so that purging everything older than a retention keeps each
+    /// finished event for the retention after it was last handled, failed
+    /// or replayed, however long ago it arrived (a failed attempt counts
+    /// from when it was taken, at most one lease before it failed; an event
+    /// kept dead at arrival, by [`insert_dead`](Self::insert_dead), from
+    /// its arrival). Events still to run are never deleted.
     ///
     /// # Errors
     ///

@@ -707,11 +707,17 @@ impl Inbox for SqliteInbox {
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // Settled before `before`: the latest of its arrival, last claim,
+        // handling and last replay (`max` of several values is NULL if one
+        // is, hence the COALESCEs). The status index finds the finished
+        // events, as it did when purge compared the arrival alone.
         self.with(move |connection| {
             connection
                 .execute(
                     "DELETE FROM clink_webhook_inbox
-                     WHERE status IN ('done', 'dead') AND received_at_ms < ?1",
+                     WHERE status IN ('done', 'dead')
+                       AND max(received_at_ms, COALESCE(claimed_at_ms, 0),
+                               COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
                     params![before.as_millis()],
                 )
                 .map(|changed| changed as u64)

@@ -478,6 +478,88 @@ async fn nul_conformance(inbox: Arc<dyn Inbox>) {
     );
 }
 
+/// The conformance suite's part about purging: a finished event is kept
+/// until it settled (was last handled, failed or replayed) before the
+/// time given, however long ago it arrived; an event still to run is
+/// never purged. `inbox` must have no event due.
+async fn purge_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+    let hours = |h: i64| h * 3_600_000;
+    let start = Timestamp::now();
+    // Arrived 300 h ago; the retention is 168 h.
+    let long_ago = Timestamp::from_millis(start.as_millis() - hours(300));
+    let retention_ago = Timestamp::from_millis(start.as_millis() - hours(168));
+    let old = |n: &str| {
+        let mut kept = event(&id(n), None, 1);
+        kept.received_at = long_ago;
+        kept.signed_at = long_ago;
+        kept
+    };
+
+    // Dead at arrival and left so: it settled when it arrived.
+    inbox
+        .insert_dead(&old("dead_long_ago"), "undecodable")
+        .await
+        .unwrap();
+    let dead_long_ago = seq_of(&*inbox, &id("dead_long_ago")).await;
+    // Dead at arrival, replayed now and dead again.
+    inbox
+        .insert_dead(&old("failed_again"), "undecodable")
+        .await
+        .unwrap();
+    let failed_again = seq_of(&*inbox, &id("failed_again")).await;
+    assert_eq!(
+        inbox.replay(failed_again, false).await.unwrap(),
+        Replayed::Replayed
+    );
+    let claim = claim_only(&*inbox, failed_again).await;
+    assert_eq!(
+        inbox.fail(&claim, "still broken", None).await.unwrap(),
+        Settle::Applied
+    );
+    // Waiting since long ago, handled now.
+    inbox.insert(&old("handled_now")).await.unwrap();
+    let handled_now = seq_of(&*inbox, &id("handled_now")).await;
+    let claim = claim_only(&*inbox, handled_now).await;
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    // Dead at arrival and replayed now: waiting to run again.
+    inbox
+        .insert_dead(&old("replayed_now"), "undecodable")
+        .await
+        .unwrap();
+    let replayed_now = seq_of(&*inbox, &id("replayed_now")).await;
+    assert_eq!(
+        inbox.replay(replayed_now, false).await.unwrap(),
+        Replayed::Replayed
+    );
+    // Waiting since long ago, never taken.
+    inbox.insert(&old("waiting")).await.unwrap();
+    let waiting = seq_of(&*inbox, &id("waiting")).await;
+    let status = async |seq: i64| inbox.get(seq).await.unwrap().map(|entry| entry.status);
+    assert_eq!(status(failed_again).await, Some(InboxStatus::Dead));
+    assert_eq!(status(handled_now).await, Some(InboxStatus::Done));
+
+    // The retention ago: after every arrival, before the settles of today.
+    assert_eq!(inbox.purge(retention_ago).await.unwrap(), 1);
+    assert_eq!(status(dead_long_ago).await, None);
+    assert_eq!(status(failed_again).await, Some(InboxStatus::Dead));
+    assert_eq!(status(handled_now).await, Some(InboxStatus::Done));
+    assert_eq!(status(replayed_now).await, Some(InboxStatus::Pending));
+    assert_eq!(status(waiting).await, Some(InboxStatus::Pending));
+
+    // Once they settled before it, the finished ones go; the waiting ones
+    // stay whatever the time.
+    let settled = Timestamp::from_millis(Timestamp::now().as_millis() + 1);
+    assert_eq!(inbox.purge(settled).await.unwrap(), 2);
+    assert_eq!(status(failed_again).await, None);
+    assert_eq!(status(handled_now).await, None);
+    let far = Timestamp::from_millis(start.as_millis() + hours(10_000));
+    assert_eq!(inbox.purge(far).await.unwrap(), 0);
+    assert_eq!(status(replayed_now).await, Some(InboxStatus::Pending));
+    assert_eq!(status(waiting).await, Some(InboxStatus::Pending));
+}
+
 /// The conformance suite's part about conditional replays
 /// ([`Inbox::replay_if`]): an event is replayed only while it is as
 /// pinned, and a pin that no longer holds changes nothing and says so.
@@ -597,6 +679,7 @@ async fn the_memory_inbox_conforms() {
     attempts_conformance(Arc::new(MemoryInbox::new())).await;
     nul_conformance(Arc::new(MemoryInbox::new())).await;
     replay_if_conformance(Arc::new(MemoryInbox::new())).await;
+    purge_conformance(Arc::new(MemoryInbox::new())).await;
 }
 
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -1160,6 +1243,7 @@ async fn the_postgres_inbox_conforms() {
     attempts_conformance(Arc::new(postgres_inbox().await)).await;
     nul_conformance(Arc::new(postgres_inbox().await)).await;
     replay_if_conformance(Arc::new(postgres_inbox().await)).await;
+    purge_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 /// A conditional replay that waits on a row another transaction is
@@ -1596,6 +1680,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     .await;
     replay_if_conformance(Arc::new(
         clink_webhooks::store::SqliteInbox::open(dir.join("replay_if.db")).unwrap(),
+    ))
+    .await;
+    purge_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("purge.db")).unwrap(),
     ))
     .await;
 

@@ -149,9 +149,12 @@ enum Action {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete done and dead events older than the retention.
+    /// Delete done and dead events last handled, failed or replayed more
+    /// than the retention ago, however long ago they arrived; events still
+    /// to run are never deleted.
     Purge {
-        /// Events that arrived more than this many hours ago.
+        /// The retention: events that settled (were last handled, failed
+        /// or replayed) more than this many hours ago.
         #[arg(long, value_name = "HOURS", default_value_t = 72)]
         older_than_hours: u64,
     },

@@ -59,6 +59,22 @@ impl Held {
     }
 }
 
+/// When the event in `held` last settled or changed, as
+/// [`Inbox::purge`] reads it: the latest of its arrival, its last claim,
+/// its handling and its last replay.
+fn settled_at(held: &Held) -> Timestamp {
+    [
+        Some(held.entry.event.received_at),
+        Some(held.claimed_at),
+        held.entry.handled_at,
+        held.entry.last_replayed_at,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(held.entry.event.received_at)
+}
+
 fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
     Box::pin(std::future::ready(value))
 }
@@ -354,7 +370,7 @@ impl Inbox for MemoryInbox {
             .values()
             .filter(|held| {
                 matches!(held.entry.status, InboxStatus::Done | InboxStatus::Dead)
-                    && held.entry.event.received_at < before
+                    && settled_at(held) < before
             })
             .map(|held| {
                 let event = &held.entry.event;
@@ -515,10 +531,11 @@ mod tests {
         assert_eq!(next(&other).await, None);
     }
 
-    /// Purging takes only finished events received strictly before the
-    /// given time; a waiting event stays whatever its age.
+    /// Purging takes only finished events settled strictly before the
+    /// given time, however long ago they arrived; a waiting event stays
+    /// whatever its age.
     #[tokio::test]
-    async fn purge_takes_only_finished_events_received_before() {
+    async fn purge_takes_only_finished_events_settled_before() {
         let inbox = MemoryInbox::new();
         let at = Timestamp::from_millis(1_000_000);
         let received = |id: &str| {
@@ -536,11 +553,26 @@ mod tests {
             .expect("two events wait");
         assert_eq!(claim.entry.event.event_id, "done");
         inbox.complete(&claim).await.unwrap();
+        let handled = inbox
+            .get(claim.entry.seq)
+            .await
+            .unwrap()
+            .and_then(|entry| entry.handled_at)
+            .expect("a completed event was handled");
 
         assert_eq!(inbox.purge(at).await.unwrap(), 0);
+        // Arrived before, handled since: kept.
         assert_eq!(
             inbox
                 .purge(Timestamp::from_millis(1_000_001))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(inbox.purge(handled).await.unwrap(), 0);
+        assert_eq!(
+            inbox
+                .purge(Timestamp::from_millis(handled.as_millis() + 1))
                 .await
                 .unwrap(),
             1

@@ -718,6 +718,26 @@ impl Config {
             ));
         }
         let redis_dedup = Duration::from_secs(3600 * r.number("redis_dedup_hours", 1, YEAR_HOURS)?);
+        // An event whose XADD landed and whose answer was lost can die
+        // (Redis unreachable for the whole retry span) and be replayed
+        // while the inbox keeps it: for the retention after it died. Its
+        // marker, set at the XADD, must still be there, or the replay adds
+        // it again. The retry span (at most max_attempts times
+        // max_backoff_ms) is not counted: the README asks for it on top.
+        if matches!(
+            destination.kind,
+            DestinationKind::Redis(_) | DestinationKind::RedisCluster(_)
+        ) && redis_dedup < inbox_retention
+        {
+            return Err(ConfigProblem(format!(
+                "configuration: redis_dedup_hours ({} h) must be at least inbox_retention_hours \
+                 ({} h): a dead event can be replayed as long as the inbox keeps it, and one \
+                 whose marker in Redis has expired by then is added to the stream again; raise \
+                 redis_dedup_hours or lower inbox_retention_hours",
+                redis_dedup.as_secs() / 3600,
+                inbox_retention.as_secs() / 3600
+            )));
+        }
 
         let reorder_window = r.millis("settle_ms", 0, 3_600_000)?;
         let concurrency = usize::try_from(r.number("concurrency", 1, 10_000)?).unwrap_or(1);
@@ -1293,6 +1313,36 @@ mod tests {
         pairs.retain(|(name, _)| *name != "destination_timeout_ms");
         pairs.push(("destination_timeout_ms", "1799"));
         assert!(config(&pairs).is_ok());
+    }
+
+    /// With a Redis destination, the dedup marker must outlive the time
+    /// the inbox keeps an event that could be replayed; other destinations
+    /// do not read `redis_dedup_hours`.
+    #[test]
+    fn a_redis_dedup_time_must_cover_the_inbox_retention() {
+        for destination in ["redis://127.0.0.1:6379", "redis+cluster://h1:1,h2:2"] {
+            let mut pairs = minimal();
+            pairs.retain(|(name, _)| *name != "destination");
+            pairs.push(("destination", destination));
+            pairs.push(("inbox_retention_hours", "200"));
+            let error = config(&pairs)
+                .err()
+                .unwrap_or_else(|| panic!("{destination}: accepted"))
+                .0;
+            assert!(
+                error.contains("redis_dedup_hours (168 h)")
+                    && error.contains("inbox_retention_hours (200 h)"),
+                "{error}"
+            );
+            pairs.push(("redis_dedup_hours", "200"));
+            assert!(config(&pairs).is_ok(), "{destination}");
+            pairs.retain(|(name, _)| *name != "inbox_retention_hours");
+            pairs.push(("inbox_retention_hours", "12"));
+            assert!(config(&pairs).is_ok(), "{destination}");
+        }
+        let mut pairs = minimal();
+        pairs.push(("inbox_retention_hours", "200"));
+        assert!(config(&pairs).is_ok(), "a NATS destination");
     }
 
     #[test]

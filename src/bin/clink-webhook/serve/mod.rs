@@ -78,7 +78,10 @@ Settings come from the TOML file CONFIG (names as below, lower case) and the
 environment (the variables below, which win). Durations are in the unit their
 name ends with. settle_ms is the inbox's reorder window: how long an event
 waits after arriving so that an older event of its object arriving late still
-goes first.
+goes first. Done and dead events are kept for inbox_retention_hours after they
+were last handled, failed or replayed (purged hourly); with a redis://
+destination, redis_dedup_hours (how long an event's marker keeps it from being
+added twice) must be at least inbox_retention_hours.
 
 Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
 (200, or 503 naming what fails: the inbox, or the destination while an event
@@ -699,8 +702,9 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         out.line(&format!("forwarding to {destination_name}"));
     }
 
-    // The inbox keeps done and dead events for inbox_retention_hours: as
-    // long as it keeps one, a redelivery of it is a duplicate.
+    // The inbox keeps done and dead events for inbox_retention_hours after
+    // they were last handled, failed or replayed (Inbox::purge): as long
+    // as it keeps one, a redelivery of it is a duplicate.
     let purger = {
         let inbox = Arc::clone(&inbox);
         let retention = config.inbox_retention;
