@@ -462,6 +462,42 @@ impl SqliteInbox {
     }
 }
 
+impl SqliteInbox {
+    /// A page of the events `filter` matches, by `sql` (a page statement of
+    /// [`browse`]), each row read by `read`, newest first.
+    fn paged<'a, T: Send + 'static>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize, sql: String,
+        read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> BoxFuture<'a, Result<Vec<T>, StoreError>> {
+        let filter = filter.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |connection| {
+            let f = filter.params();
+            let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
+            let mut statement = connection.prepare_cached(&sql).map_err(failed)?;
+            let values = params![
+                f.status,
+                f.event_type,
+                f.account,
+                f.object_key,
+                f.from,
+                f.until,
+                browse::page_bound(start),
+                limit
+            ];
+            let mut page = statement
+                .query_map(values, read)
+                .map_err(failed)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed)?;
+            if matches!(start, PageStart::After(_)) {
+                page.reverse();
+            }
+            Ok(page)
+        })
+    }
+}
+
 impl Inbox for SqliteInbox {
     fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
         self.keep(event, None)
@@ -783,67 +819,15 @@ impl Inbox for SqliteInbox {
     fn page<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-        let filter = filter.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |connection| {
-            let f = filter.params();
-            let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
-            let mut statement = connection
-                .prepare_cached(&browse::page("clink_webhook_inbox", '?', start))
-                .map_err(failed)?;
-            let values = params![
-                f.status,
-                f.event_type,
-                f.account,
-                f.object_key,
-                f.from,
-                f.until,
-                browse::page_bound(start),
-                limit
-            ];
-            let mut page = statement
-                .query_map(values, |row| read_entry(row))
-                .map_err(failed)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(failed)?;
-            if matches!(start, PageStart::After(_)) {
-                page.reverse();
-            }
-            Ok(page)
-        })
+        let sql = browse::page("clink_webhook_inbox", '?', start);
+        self.paged(filter, start, limit, sql, |row| read_entry(row))
     }
 
     fn page_summaries<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
-        let filter = filter.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |connection| {
-            let f = filter.params();
-            let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
-            let mut statement = connection
-                .prepare_cached(&browse::summary_page("clink_webhook_inbox", '?', start))
-                .map_err(failed)?;
-            let values = params![
-                f.status,
-                f.event_type,
-                f.account,
-                f.object_key,
-                f.from,
-                f.until,
-                browse::page_bound(start),
-                limit
-            ];
-            let mut page = statement
-                .query_map(values, |row| read_summary(row))
-                .map_err(failed)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(failed)?;
-            if matches!(start, PageStart::After(_)) {
-                page.reverse();
-            }
-            Ok(page)
-        })
+        let sql = browse::summary_page("clink_webhook_inbox", '?', start);
+        self.paged(filter, start, limit, sql, |row| read_summary(row))
     }
 
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {

@@ -784,6 +784,39 @@ impl PostgresInbox {
     }
 }
 
+impl PostgresInbox {
+    /// A page of the events `filter` matches, by `sql` (a page statement of
+    /// [`browse`]), each row read by `read`, newest first.
+    async fn paged<T>(
+        &self, filter: &InboxFilter, start: PageStart, limit: usize, sql: String,
+        read: fn(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<Vec<T>, StoreError> {
+        let f = filter.params();
+        let bound = browse::page_bound(start);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .call(async |client| {
+                client
+                    .query_typed(
+                        &sql,
+                        &with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
+                    )
+                    .await
+                    .map_err(|err| pg_error("cannot list the inbox", &err))
+            })
+            .await?;
+        let mut page = rows
+            .iter()
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| pg_error("cannot read an event", &err))?;
+        if matches!(start, PageStart::After(_)) {
+            page.reverse();
+        }
+        Ok(page)
+    }
+}
+
 impl Inbox for PostgresInbox {
     fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
         Box::pin(self.keep(event, None))
@@ -1088,63 +1121,15 @@ impl Inbox for PostgresInbox {
     fn page<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-        Box::pin(async move {
-            let f = filter.params();
-            let bound = browse::page_bound(start);
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let sql = browse::page(&quote(&self.sql.table), '$', start);
-            let rows = self
-                .call(async |client| {
-                    client
-                        .query_typed(
-                            &sql,
-                            &with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
-                        )
-                        .await
-                        .map_err(|err| pg_error("cannot list the inbox", &err))
-                })
-                .await?;
-            let mut page = rows
-                .iter()
-                .map(read_entry)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| pg_error("cannot read an event", &err))?;
-            if matches!(start, PageStart::After(_)) {
-                page.reverse();
-            }
-            Ok(page)
-        })
+        let sql = browse::page(&quote(&self.sql.table), '$', start);
+        Box::pin(self.paged(filter, start, limit, sql, read_entry))
     }
 
     fn page_summaries<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
-        Box::pin(async move {
-            let f = filter.params();
-            let bound = browse::page_bound(start);
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let sql = browse::summary_page(&quote(&self.sql.table), '$', start);
-            let rows = self
-                .call(async |client| {
-                    client
-                        .query_typed(
-                            &sql,
-                            &with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
-                        )
-                        .await
-                        .map_err(|err| pg_error("cannot list the inbox", &err))
-                })
-                .await?;
-            let mut page = rows
-                .iter()
-                .map(read_summary)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| pg_error("cannot read an event", &err))?;
-            if matches!(start, PageStart::After(_)) {
-                page.reverse();
-            }
-            Ok(page)
-        })
+        let sql = browse::summary_page(&quote(&self.sql.table), '$', start);
+        Box::pin(self.paged(filter, start, limit, sql, read_summary))
     }
 
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
