@@ -13,10 +13,20 @@ use pin_project_lite::pin_project;
 use tokio::task::coop;
 use tokio::time::{Instant, Sleep};
 
+use crate::Outcome;
+
 /// A time limit: a [`Duration`], or a function giving one, called only when
 /// the limit is needed (the step was not done in its first poll).
-pub(crate) trait Limit {
+pub(crate) trait Limit: Sized {
     fn duration(self) -> Duration;
+
+    /// When the limit ends for a step first polled at `started` (`None`
+    /// when that is too far to be an instant), and the limit as a
+    /// duration, for [`TimedOut`].
+    fn ends(self, started: Instant) -> (Option<Instant>, Duration) {
+        let after = self.duration();
+        (started.checked_add(after), after)
+    }
 }
 
 impl Limit for Duration {
@@ -29,6 +39,74 @@ impl<F: FnOnce() -> Duration> Limit for F {
     fn duration(self) -> Duration {
         self()
     }
+}
+
+/// The instant by which the layer stops the service behind it, in the
+/// request's extensions on the tower path (`ClinkLayer::layer`): an
+/// [`EventRouter`](crate::EventRouter) there reads it, so that a handler
+/// that succeeded before it is answered handled even when recording its
+/// version runs past it (see [`until`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandlerDeadline {
+    /// When the layer's deadline ends.
+    pub(crate) at: Instant,
+    /// The handler's time, as the layer reports it.
+    pub(crate) limit: Duration,
+}
+
+/// Awaits `future` until `deadline`: `Err(())` once the instant has
+/// passed and it is not done. It looks at the clock at every poll that
+/// finds the step not done, besides its timer, so that polled by a [`within`] ending at
+/// the same instant (the layer's, around the service it is in), it has
+/// ended whenever that one's timer has fired: the service behind the layer
+/// answers first.
+pub(crate) fn until<F: Future>(deadline: Instant, future: F) -> Until<F> {
+    Until {
+        future,
+        deadline,
+        timer: None,
+    }
+}
+
+pin_project! {
+    /// What [`until`] returns.
+    pub(crate) struct Until<F> {
+        #[pin]
+        future: F,
+        deadline: Instant,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Until<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut me = self.project();
+        if let Poll::Ready(output) = me.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if Instant::now() >= *me.deadline {
+            return Poll::Ready(Err(()));
+        }
+        if me.timer.is_none() {
+            me.timer.set(Some(tokio::time::sleep_until(*me.deadline)));
+        }
+        match me.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| Err(())),
+            None => Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// Logs a handler stopped at its deadline; its outcome.
+pub(crate) fn handler_timed_out(timed_out: TimedOut) -> Outcome {
+    tracing::error!(
+        timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
+        "clink handler timed out; releasing the event so a retry runs it"
+    );
+    Outcome::HandlerTimeout
 }
 
 /// A step that did not finish within its limit.
@@ -108,11 +186,12 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
                 Some(started) => {
                     cold();
                     if let Some(limit) = me.limit.take() {
-                        *me.after = limit.duration();
-                        me.timer.set(Some(match started.checked_add(*me.after) {
+                        let (ends, after) = limit.ends(started);
+                        *me.after = after;
+                        me.timer.set(Some(match ends {
                             Some(deadline) => tokio::time::sleep_until(deadline),
                             // Too far to be an instant: as long as `sleep` allows.
-                            None => tokio::time::sleep(*me.after),
+                            None => tokio::time::sleep(after),
                         }));
                     }
                 }

@@ -14,11 +14,12 @@
 //! A version is recorded only after its handler succeeds, so a failed
 //! handler never hides the event it failed on. Once the handler succeeded,
 //! the event is handled whatever the record does: a record that fails, or
-//! that has not answered after a second (or by the handler's deadline, on
-//! the layer's [`route`](crate::ClinkLayer::route) path and in
-//! [inbox workers](crate::inbox::Workers)), is logged and the event
-//! acknowledged, its handler not run again; later stale events about its
-//! object may then look fresh.
+//! that has not answered after a second (or by the handler's deadline,
+//! whichever comes first: through the layer's
+//! [`route`](crate::ClinkLayer::route), with the router as the layer's
+//! inner service, and in [inbox workers](crate::inbox::Workers)), is
+//! logged and the event acknowledged, its handler not run again; later
+//! stale events about its object may then look fresh.
 //!
 //! # What freshness can and cannot see
 //!

@@ -5,7 +5,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::VerifiedBody;
-use crate::guard::{catch_panic, within, CatchUnwind, Limit, TimedOut};
+use crate::guard::{catch_panic, handler_timed_out, within, CatchUnwind, Limit};
 use crate::{BoxError, Outcome};
 
 /// Calls `inner` within `deadline`, worked out only if the inner service
@@ -39,15 +39,6 @@ where
         }
         Err(timed_out) => Err(handler_timed_out(timed_out)),
     }
-}
-
-/// Logs a handler stopped at its deadline; its outcome.
-pub(super) fn handler_timed_out(timed_out: TimedOut) -> Outcome {
-    tracing::error!(
-        timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
-        "clink handler timed out; releasing the event so a retry runs it"
-    );
-    Outcome::HandlerTimeout
 }
 
 /// The outcome an inner service's response stands for: the one it carries

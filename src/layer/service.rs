@@ -25,7 +25,7 @@ use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::events::DecodesTyped;
-use crate::guard::{boxed_in_place, cold, Limit};
+use crate::guard::{boxed_in_place, cold, HandlerDeadline, Limit};
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -105,6 +105,12 @@ where
                     let body = Full::new(verified.event().body().clone());
                     let mut request = Request::from_parts(parts, body);
                     request.extensions_mut().insert(verified);
+                    if let Some(at) = deadline.instant() {
+                        let limit = deadline.handler;
+                        request
+                            .extensions_mut()
+                            .insert(HandlerDeadline { at, limit });
+                    }
                     match run_inner(inner, request, deadline).await {
                         // A refusal Clink could read as "stop retrying" (a
                         // redirect, `410`, `429`) is answered as the
@@ -363,9 +369,24 @@ pub(super) struct Deadline {
     claim_started: Instant,
 }
 
+impl Deadline {
+    /// The instant the handler's time ends (`None` when that is too far to
+    /// be an instant).
+    fn instant(self) -> Option<Instant> {
+        self.claim_started.checked_add(self.handler)
+    }
+}
+
 impl Limit for Deadline {
     fn duration(self) -> Duration {
         self.handler.saturating_sub(self.claim_started.elapsed())
+    }
+
+    /// The same instant however late the step was first polled, so that an
+    /// [`EventRouter`](crate::EventRouter) behind the layer, told it through
+    /// [`HandlerDeadline`], ends at the layer's instant, not after it.
+    fn ends(self, _started: Instant) -> (Option<Instant>, Duration) {
+        (self.instant(), self.handler)
     }
 }
 
@@ -540,7 +561,8 @@ mod tests {
         );
     }
 
-    /// The handler's time is counted from the start of the claim.
+    /// The handler's time is counted from the start of the claim, and
+    /// ends at one instant however late its step is first polled.
     #[test]
     fn the_deadline_counts_from_the_claim() {
         let now = Instant::now();
@@ -560,5 +582,10 @@ mod tests {
             };
             assert_eq!(spent.duration(), Duration::ZERO);
         }
+        let later = now + Duration::from_secs(5);
+        assert_eq!(
+            fresh.ends(later),
+            (Some(now + Duration::from_secs(60)), Duration::from_secs(60))
+        );
     }
 }

@@ -109,7 +109,9 @@ use crate::events::{
     for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
     ObjectKey, Predecoded, RawEvent, Version,
 };
-use crate::guard::{boxed_in_place, cold, CatchUnwind};
+use crate::guard::{
+    boxed_in_place, cold, handler_timed_out, until, CatchUnwind, HandlerDeadline, TimedOut,
+};
 use crate::ordering;
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::store::FreshnessStore;
@@ -860,12 +862,17 @@ where
     /// [`VerifiedEvent`]; the response carries the [`Outcome`], for typed
     /// events the [`Freshness`], and when the event failed the whole
     /// [`Dispatched`] (with its [`failure`](Dispatched::failure)) in its
-    /// extensions.
+    /// extensions. Behind a [`ClinkLayer`](crate::ClinkLayer) it ends at
+    /// the layer's deadline (the request carries it): answered
+    /// [`HandlerTimeout`](Outcome::HandlerTimeout), or
+    /// [`Handled`](Outcome::Handled) when the handler had succeeded and its
+    /// version was still recording.
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let router = self.clone();
         // The request is the router's own: take the event rather than copy it.
         let mut request = request;
         let verified = request.extensions_mut().remove::<VerifiedEvent>();
+        let deadline = request.extensions_mut().remove::<HandlerDeadline>();
         // The response's headers and extensions go into the request's maps,
         // emptied now (nothing of the request is kept while the handler
         // runs): they have room for what goes in, so no map is allocated.
@@ -880,8 +887,31 @@ where
                 );
                 return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
-            let dispatched = router.dispatch(verified).await;
-            Ok(dispatched.into_response(headers, extensions).map(Full::new))
+            let Some(HandlerDeadline { at, limit }) = deadline else {
+                let dispatched = router.dispatch(verified).await;
+                return Ok(dispatched.into_response(headers, extensions).map(Full::new));
+            };
+            // Behind the layer: a handler that succeeded is answered handled
+            // even when recording its version runs past the layer's
+            // deadline. This ends at the same instant and is polled first,
+            // so it answers, either way.
+            let succeeded = AtomicBool::new(false);
+            match until(at, router.dispatch_noting(verified, Some(&succeeded))).await {
+                Ok(dispatched) => Ok(dispatched.into_response(headers, extensions).map(Full::new)),
+                Err(()) if succeeded.load(Ordering::Relaxed) => {
+                    cold();
+                    tracing::error!(
+                        "clink handler succeeded, but its version was not recorded by its \
+                         deadline; acknowledged, and later stale events may look fresh"
+                    );
+                    Ok(Outcome::Handled.to_response().map(Full::new))
+                }
+                Err(()) => {
+                    cold();
+                    let outcome = handler_timed_out(TimedOut(limit));
+                    Ok(outcome.to_response().map(Full::new))
+                }
+            }
         })
     }
 }

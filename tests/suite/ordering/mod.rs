@@ -243,44 +243,59 @@ fn counted_router(
 /// A handled event whose version its freshness store never records is
 /// answered as handled, its claim completed, whichever ends first: the
 /// bound on the record (a long lease) or the handler's deadline (a short
-/// one, reached while recording). Before, the deadline turned the handled
-/// event into a timeout, and every retry ran its handler again.
+/// one, reached while recording); through `route` and with the router as
+/// the layer's inner service. Before, the deadline turned the handled
+/// event into a timeout, and every retry ran its handler again (on the
+/// tower path until the router was told the layer's deadline).
 #[tokio::test]
 async fn a_handled_event_whose_version_never_records_is_answered_handled() {
-    use clink_webhooks::testing::SignedRequest;
-    use clink_webhooks::{ClinkLayer, Outcome, Verifier};
+    use clink_webhooks::{ClinkLayer, Verifier};
     use std::sync::atomic::Ordering;
     use std::time::Duration;
-    use tower::ServiceExt;
+    use tower::Layer;
 
     // 30 s: the record's own bound (1 s) ends first. 1 s: the handler's
     // deadline (a tenth less) ends first, while the record waits.
     for lease in [Duration::from_secs(30), Duration::from_secs(1)] {
-        let records = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (router, runs) = counted_router(NeverRecords(std::sync::Arc::clone(&records)));
-        let service = ClinkLayer::new(Verifier::new("whsec_o").unwrap())
-            .lease(lease)
-            .unwrap()
-            .route(router);
-        let body = r#"{"id":"evt_hangs","type":"order.created","created":1000,"data":{"orderId":"ord_h"}}"#;
-        for attempt in 0..2 {
-            let request =
-                SignedRequest::new("whsec_o", body).build::<http_body_util::Full<bytes::Bytes>>();
-            let response = service.clone().oneshot(request).await.unwrap();
-            let expected = if attempt == 0 {
-                Outcome::Handled
+        for tower_path in [false, true] {
+            let what = format!("lease {lease:?}, tower path {tower_path}");
+            let records = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (router, runs) = counted_router(NeverRecords(std::sync::Arc::clone(&records)));
+            let layer = ClinkLayer::new(Verifier::new("whsec_o").unwrap())
+                .lease(lease)
+                .unwrap();
+            if tower_path {
+                deliver_twice(layer.layer(router), &what).await;
             } else {
-                Outcome::Duplicate
-            };
-            assert_eq!(
-                Outcome::of(&response),
-                Some(&expected),
-                "{lease:?} {attempt}"
-            );
-            assert_eq!(response.status(), 200, "{lease:?} {attempt}");
+                deliver_twice(layer.route(router), &what).await;
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "{what}");
+            assert_eq!(records.load(Ordering::SeqCst), 1, "{what}");
         }
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "{lease:?}");
-        assert_eq!(records.load(Ordering::SeqCst), 1, "{lease:?}");
+    }
+}
+
+/// Delivers one event twice through `service`: handled, then a duplicate.
+async fn deliver_twice<S, B>(service: S, what: &str)
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<B>,
+        > + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::Outcome;
+    use tower::ServiceExt;
+
+    let body =
+        r#"{"id":"evt_hangs","type":"order.created","created":1000,"data":{"orderId":"ord_h"}}"#;
+    for expected in [Outcome::Handled, Outcome::Duplicate] {
+        let request =
+            SignedRequest::new("whsec_o", body).build::<http_body_util::Full<bytes::Bytes>>();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&expected), "{what}");
+        assert_eq!(response.status(), 200, "{what}");
     }
 }
 
