@@ -390,6 +390,23 @@ pub(crate) struct FilterParams<'a> {
     pub(crate) until: Option<i64>,
 }
 
+/// How many consecutive sequence numbers one statement of a purge covers
+/// in the SQLite and PostgreSQL inboxes (see [`Inbox::purge`]).
+pub const PURGE_STEP: i64 = 5_000;
+
+/// The steps of a purge over the events numbered `oldest` to `newest`:
+/// ranges of [`PURGE_STEP`] numbers, first and last included, from the
+/// oldest.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn purge_steps(oldest: i64, newest: i64) -> impl Iterator<Item = (i64, i64)> {
+    let mut next = Some(oldest);
+    std::iter::from_fn(move || {
+        let from = next.filter(|&from| from <= newest)?;
+        next = from.checked_add(PURGE_STEP);
+        Some((from, from.saturating_add(PURGE_STEP - 1)))
+    })
+}
+
 /// The condition of an [`InboxFilter`] in SQL, its parameters numbered from
 /// `first` (`$n` for PostgreSQL with its type, `?n` for SQLite).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -774,9 +791,19 @@ pub trait Inbox: Send + Sync + 'static {
     /// kept dead at arrival, by [`insert_dead`](Self::insert_dead), from
     /// its arrival). Events still to run are never deleted.
     ///
+    /// The SQLite and PostgreSQL inboxes delete in steps of
+    /// [`PURGE_STEP`] consecutive sequence numbers, each a statement of
+    /// its own under the store's timeout, from the oldest event to the
+    /// newest there was when the purge began: however large the inbox, no
+    /// statement reads more than a step's rows (one over the whole table
+    /// ran past the timeout on a large inbox every time, and the inbox
+    /// grew for good), deliveries and claims run between the steps, and
+    /// what a step deleted stays deleted if a later one fails.
+    ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the inbox cannot be written.
+    /// A [`StoreError`] when the inbox cannot be written (the steps before
+    /// it kept their deletions).
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// How many events are where.
@@ -966,4 +993,31 @@ pub(crate) fn order_key(event: &NewEvent) -> (i64, &str) {
         event.created.unwrap_or(event.received_at).as_millis(),
         event.event_id.as_str(),
     )
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
+mod tests {
+    use super::{purge_steps, PURGE_STEP};
+
+    /// The steps cover every number from the oldest to the newest once,
+    /// in order, each at most `PURGE_STEP` long, up to the largest number.
+    #[test]
+    fn purge_steps_cover_the_span_once() {
+        let steps: Vec<_> = purge_steps(1, 2 * PURGE_STEP + 1).collect();
+        assert_eq!(
+            steps,
+            [
+                (1, PURGE_STEP),
+                (PURGE_STEP + 1, 2 * PURGE_STEP),
+                (2 * PURGE_STEP + 1, 3 * PURGE_STEP)
+            ]
+        );
+        assert_eq!(
+            purge_steps(7, 7).collect::<Vec<_>>(),
+            [(7, 7 + PURGE_STEP - 1)]
+        );
+        assert_eq!(purge_steps(8, 7).count(), 0);
+        let last: Vec<_> = purge_steps(i64::MAX - 3, i64::MAX).collect();
+        assert_eq!(last, [(i64::MAX - 3, i64::MAX)]);
+    }
 }

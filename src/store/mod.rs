@@ -106,7 +106,7 @@ pub use inbox_history::{InboxAttemptOutcome, InboxAttemptRecord};
 pub use inbox_page::{InboxActivity, InboxSummary, PageStart, SUMMARY_ERROR_CHARS};
 pub use inbox_trait::{
     Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted, NewEvent,
-    ReplayPin, Replayed, SignatureHeaders,
+    ReplayPin, Replayed, SignatureHeaders, PURGE_STEP,
 };
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};

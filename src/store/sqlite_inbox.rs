@@ -2,6 +2,7 @@
 //! instance (feature `sqlite`, SQLite bundled).
 
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
@@ -12,7 +13,9 @@ use tokio::sync::Notify;
 use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::{read_summary, sql as browse};
-use super::inbox_trait::{filter_sql, order_key, read_entry, wait_for, EntryRow, ENTRY_COLUMNS};
+use super::inbox_trait::{
+    filter_sql, order_key, purge_steps, read_entry, wait_for, EntryRow, ENTRY_COLUMNS,
+};
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
     NewEvent, ReplayPin, Replayed, Settle, StoreError, StoreErrorKind,
@@ -371,15 +374,7 @@ impl SqliteInbox {
     fn with<T: Send + 'static>(
         &self, call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let connection = Arc::clone(&self.connection);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-                call(&mut connection)
-            })
-            .await
-            .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "the inbox call stopped"))?
-        })
+        Box::pin(with_connection(&self.connection, call))
     }
 
     /// `call`, then a wake-up for idle workers: what it changed may have
@@ -495,6 +490,22 @@ impl SqliteInbox {
             }
             Ok(page)
         })
+    }
+}
+
+/// `call` on the inbox's connection, on a thread that may block.
+fn with_connection<T: Send + 'static>(
+    connection: &Arc<Mutex<Connection>>,
+    call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+    let connection = Arc::clone(connection);
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            call(&mut connection)
+        })
+        .await
+        .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "the inbox call stopped"))?
     }
 }
 
@@ -743,21 +754,50 @@ impl Inbox for SqliteInbox {
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        // Settled before `before`: the latest of its arrival, last claim,
-        // handling and last replay (`max` of several values is NULL if one
-        // is, hence the COALESCEs). The status index finds the finished
-        // events, as it did when purge compared the arrival alone.
-        self.with(move |connection| {
+        let span = self.with(|connection| {
             connection
-                .execute(
-                    "DELETE FROM clink_webhook_inbox
-                     WHERE status IN ('done', 'dead')
-                       AND max(received_at_ms, COALESCE(claimed_at_ms, 0),
-                               COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
-                    params![before.as_millis()],
+                .query_row(
+                    "SELECT min(seq), max(seq) FROM clink_webhook_inbox",
+                    [],
+                    |row| {
+                        Ok(row
+                            .get::<_, Option<i64>>(0)?
+                            .zip(row.get::<_, Option<i64>>(1)?))
+                    },
                 )
-                .map(|changed| changed as u64)
                 .map_err(|err| sqlite_error("cannot purge the inbox", &err))
+        });
+        let connection = Arc::clone(&self.connection);
+        Box::pin(async move {
+            let Some((oldest, newest)) = span.await? else {
+                return Ok(0);
+            };
+            let mut purged = 0;
+            // One step at a time, the connection given back between them:
+            // deliveries and claims wait for one step, not the whole purge.
+            for (from, to) in purge_steps(oldest, newest) {
+                purged += with_connection(&connection, move |connection| {
+                    // Settled before `before`: the latest of its arrival,
+                    // last claim, handling and last replay (`max` of several
+                    // values is NULL if one is, hence the COALESCEs), among
+                    // the events numbered `from` to `to`, read through the
+                    // primary key.
+                    connection
+                        .prepare_cached(
+                            "DELETE FROM clink_webhook_inbox
+                             WHERE seq BETWEEN ?2 AND ?3 AND status IN ('done', 'dead')
+                               AND max(received_at_ms, COALESCE(claimed_at_ms, 0),
+                                       COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![before.as_millis(), from, to])
+                        })
+                        .map(|changed| changed as u64)
+                        .map_err(|err| sqlite_error("cannot purge the inbox", &err))
+                })
+                .await?;
+            }
+            Ok(purged)
         })
     }
 

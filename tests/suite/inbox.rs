@@ -1246,6 +1246,170 @@ async fn the_postgres_inbox_conforms() {
     purge_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
+/// An old dead event, and `copies` more of it (new ids, numbered right
+/// after it) made in SQL by `copy`, which gets the statement's column list
+/// (every column but `seq` and `event_id`) and the number of copies; then
+/// one event still to run, numbered last. Returns the number of events.
+async fn old_events_and_one_to_run<F, Fut>(inbox: &dyn Inbox, copies: i64, copy: F) -> i64
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let run = unique();
+    let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 300 * 3_600_000);
+    let mut old = event(&format!("evt_{run}_old"), None, 1);
+    old.received_at = long_ago;
+    old.signed_at = long_ago;
+    inbox.insert_dead(&old, "undecodable").await.unwrap();
+    copy(copies).await;
+    inbox
+        .insert(&event(&format!("evt_{run}_waiting"), None, 2))
+        .await
+        .unwrap();
+    copies + 2
+}
+
+/// A PostgreSQL purge goes step by step, each step committed on its own:
+/// while another transaction holds an old event of its last step, the
+/// steps before it are purged already (in one statement over the table,
+/// nothing was until everything could be, and on a large inbox the
+/// statement ran past the store's timeout every time, so the inbox grew
+/// for good); once that transaction lets go, the purge ends with every
+/// old event gone and the one still to run kept.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_purge_goes_step_by_step() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap()
+        .with_timeout(Duration::from_secs(60))
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    let client = pg_pool().get().await.unwrap();
+    let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
+    let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
+        let columns: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_name = $1 AND column_name NOT IN ('seq', 'event_id')",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| format!("\"{}\"", row.get::<_, String>(0)))
+            .collect();
+        let columns = columns.join(", ");
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (event_id, {columns})
+                     SELECT 'copy_' || g, {columns} FROM \"{table}\", generate_series(1, $1::bigint) AS g
+                     WHERE seq = (SELECT min(seq) FROM \"{table}\")"
+                ),
+                &[&copies],
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    let count = async || -> i64 {
+        client
+            .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count().await, total);
+
+    // Another transaction holds the newest old event, in the last step.
+    let mut holder = pg_pool().get().await.unwrap();
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        &format!(
+            "SELECT seq FROM \"{table}\" WHERE event_id LIKE 'copy_%'
+             ORDER BY seq DESC LIMIT 1 FOR UPDATE"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let purging = tokio::spawn({
+        let inbox = inbox.clone();
+        async move { inbox.purge(Timestamp::now()).await }
+    });
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    while count().await > total - 2 * PURGE_STEP {
+        assert!(
+            Instant::now() < deadline && !purging.is_finished(),
+            "the steps before the held event were not purged while it was held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!purging.is_finished(), "the purge went past the held event");
+    held.rollback().await.unwrap();
+    assert_eq!(
+        purging.await.unwrap().unwrap(),
+        u64::try_from(total - 1).unwrap()
+    );
+    assert_eq!(count().await, 1, "the event still to run is kept");
+}
+
+/// A SQLite purge over more than two steps deletes every old event, at
+/// the steps' edges too, and keeps the one still to run.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let dir = temp_dir();
+    let path = dir.join("purge.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
+    let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let columns: Vec<String> = connection
+            .prepare("SELECT name FROM pragma_table_info('clink_webhook_inbox')")
+            .unwrap()
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|name| name != "seq" && name != "event_id")
+            .collect();
+        let columns = columns.join(", ");
+        connection
+            .execute(
+                &format!(
+                    "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?1)
+                     INSERT INTO clink_webhook_inbox (event_id, {columns})
+                     SELECT 'copy_' || n, {columns} FROM clink_webhook_inbox, g
+                     WHERE seq = (SELECT min(seq) FROM clink_webhook_inbox)"
+                ),
+                [copies],
+            )
+            .unwrap();
+    })
+    .await;
+    let all = InboxFilter::default();
+    assert_eq!(
+        inbox.count(&all).await.unwrap(),
+        u64::try_from(total).unwrap()
+    );
+    assert_eq!(
+        inbox.purge(Timestamp::now()).await.unwrap(),
+        u64::try_from(total - 1).unwrap()
+    );
+    let left = inbox.list(&all, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].status, InboxStatus::Pending);
+    drop(inbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A conditional replay that waits on a row another transaction is
 /// changing checks the pinned state again against what that transaction
 /// committed: the event was replayed meanwhile, so the confirmation no

@@ -17,7 +17,7 @@ use crate::store::inbox_history::bounded_error;
 use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::{read_summary, sql as browse};
 use crate::store::inbox_trait::{
-    filter_sql, order_key, read_entry, wait_for, EntryRow, FilterParams, ENTRY_COLUMNS,
+    filter_sql, order_key, purge_steps, read_entry, wait_for, EntryRow, FilterParams, ENTRY_COLUMNS,
 };
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -117,6 +117,7 @@ struct Sql {
     replay_matching: String,
     writable: String,
     purge: String,
+    purge_span: String,
     stats: String,
     receipt: String,
 }
@@ -394,14 +395,13 @@ impl Sql {
             ),
             // Settled before $1: the latest of its arrival, last claim,
             // handling and last replay (GREATEST skips NULLs, and the
-            // arrival is never NULL). No index holds finished events (the
-            // partial ones hold live events alone), so this reads the
-            // table once, as the purge by arrival did: the extra
-            // comparison costs nothing next to the scan.
+            // arrival is never NULL), among the events numbered $2 to $3:
+            // one step of a purge, read through the primary key.
             purge: format!(
-                "DELETE FROM {t} WHERE status IN ('done', 'dead')
+                "DELETE FROM {t} WHERE seq BETWEEN $2 AND $3 AND status IN ('done', 'dead')
                  AND GREATEST(received_at_ms, claimed_at_ms, handled_at_ms, last_replay_ms) < $1"
             ),
+            purge_span: format!("SELECT min(seq), max(seq) FROM {t}"),
             stats: format!(
                 "SELECT status, count(*), min(received_at_ms),
                         sum(CASE WHEN status = 'running' OR next_attempt_ms <= $1 THEN 1 ELSE 0 END)
@@ -1047,13 +1047,39 @@ impl Inbox for PostgresInbox {
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let before = before.as_millis();
-            self.call(async |client| {
-                client
-                    .execute_typed(&self.sql.purge, &[(&before, Type::INT8)])
-                    .await
-                    .map_err(|err| pg_error("cannot purge the inbox", &err))
-            })
-            .await
+            let span = self
+                .call(async |client| {
+                    let row = client
+                        .query_one(&self.sql.purge_span, &[])
+                        .await
+                        .map_err(|err| pg_error("cannot purge the inbox", &err))?;
+                    Ok(row
+                        .get::<_, Option<i64>>(0)
+                        .zip(row.get::<_, Option<i64>>(1)))
+                })
+                .await?;
+            let Some((oldest, newest)) = span else {
+                return Ok(0);
+            };
+            let mut purged = 0;
+            for (from, to) in purge_steps(oldest, newest) {
+                purged += self
+                    .call(async |client| {
+                        client
+                            .execute_typed(
+                                &self.sql.purge,
+                                &[
+                                    (&before, Type::INT8),
+                                    (&from, Type::INT8),
+                                    (&to, Type::INT8),
+                                ],
+                            )
+                            .await
+                            .map_err(|err| pg_error("cannot purge the inbox", &err))
+                    })
+                    .await?;
+            }
+            Ok(purged)
         })
     }
 
