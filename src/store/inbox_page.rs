@@ -295,7 +295,7 @@ pub(crate) fn on_page(filter: &InboxFilter, start: PageStart, entry: &InboxEntry
 /// parameters marked `mark` (`$` for PostgreSQL, `?` for SQLite).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql {
-    use super::super::inbox_trait::{filter_sql, ENTRY_COLUMNS};
+    use super::super::inbox_trait::{filter_sql, FilterParams, ENTRY_COLUMNS};
     use super::{summary_columns, PageStart};
 
     fn param(mark: char, n: usize) -> String {
@@ -306,27 +306,35 @@ pub(crate) mod sql {
         }
     }
 
-    /// A page: the filter's six parameters, then the bound on `seq` (7) and
-    /// the limit (8); rows come newest first, except for
+    /// A page: the filter's six parameters (written for the values in
+    /// `present`, when given: see [`filter_sql`]), then the bound on `seq`
+    /// (7) and the limit (8); rows come newest first, except for
     /// [`PageStart::After`], whose rows come oldest first (reverse them).
-    pub(crate) fn page(table: &str, mark: char, start: PageStart) -> String {
-        page_of_columns(ENTRY_COLUMNS, table, mark, start)
+    pub(crate) fn page(
+        table: &str, mark: char, start: PageStart, present: Option<&FilterParams<'_>>,
+    ) -> String {
+        page_of_columns(ENTRY_COLUMNS, table, mark, start, present)
     }
 
     /// As [`page`], of [`summary_columns`]: the body is not selected, and
     /// the last error is cut.
-    pub(crate) fn summary_page(table: &str, mark: char, start: PageStart) -> String {
-        page_of_columns(&summary_columns(mark), table, mark, start)
+    pub(crate) fn summary_page(
+        table: &str, mark: char, start: PageStart, present: Option<&FilterParams<'_>>,
+    ) -> String {
+        page_of_columns(&summary_columns(mark), table, mark, start, present)
     }
 
-    fn page_of_columns(columns: &str, table: &str, mark: char, start: PageStart) -> String {
+    fn page_of_columns(
+        columns: &str, table: &str, mark: char, start: PageStart,
+        present: Option<&FilterParams<'_>>,
+    ) -> String {
         let (op, order) = match start {
             PageStart::After(_) => (">", "ASC"),
             PageStart::Newest | PageStart::Before(_) => ("<", "DESC"),
         };
         format!(
             "SELECT {columns} FROM {table} WHERE {} AND seq {op} {} ORDER BY seq {order} LIMIT {}",
-            filter_sql(mark, 1),
+            filter_sql(mark, 1, present),
             param(mark, 7),
             param(mark, 8),
         )
@@ -341,8 +349,11 @@ pub(crate) mod sql {
     }
 
     /// How many events match: the filter's six parameters.
-    pub(crate) fn count(table: &str, mark: char) -> String {
-        format!("SELECT count(*) FROM {table} WHERE {}", filter_sql(mark, 1))
+    pub(crate) fn count(table: &str, mark: char, present: Option<&FilterParams<'_>>) -> String {
+        format!(
+            "SELECT count(*) FROM {table} WHERE {}",
+            filter_sql(mark, 1, present)
+        )
     }
 
     /// Events received (kind 0) and handled (kind 1) per interval: since

@@ -409,8 +409,17 @@ pub(crate) fn purge_steps(oldest: i64, newest: i64) -> impl Iterator<Item = (i64
 
 /// The condition of an [`InboxFilter`] in SQL, its parameters numbered from
 /// `first` (`$n` for PostgreSQL with its type, `?n` for SQLite).
+///
+/// Without `present`, each criterion is written `(p IS NULL OR col = p)`,
+/// for PostgreSQL, which plans each statement with the values it is given
+/// (what is `NULL` drops out). With the parameters it will be given, each
+/// criterion is written as its value says: `col = p` for one that is set,
+/// `p IS NULL` (always true, and it keeps every parameter in the statement)
+/// for one that is not. SQLite plans a statement once, before any value:
+/// the first form kept it from every index, and a filtered page or count
+/// read the whole table while it held the inbox's only connection.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn filter_sql(mark: char, first: usize) -> String {
+pub(crate) fn filter_sql(mark: char, first: usize, present: Option<&FilterParams<'_>>) -> String {
     let p = |n: usize, ty: &str| {
         if mark == '$' {
             format!("${}::{ty}", first + n)
@@ -418,17 +427,43 @@ pub(crate) fn filter_sql(mark: char, first: usize) -> String {
             format!("?{}", first + n)
         }
     };
-    format!(
-        "({s} IS NULL OR status = {s}) AND ({t} IS NULL OR event_type = {t}) \
-         AND ({a} IS NULL OR account = {a}) AND ({o} IS NULL OR object_key = {o}) \
-         AND ({f} IS NULL OR received_at_ms >= {f}) AND ({u} IS NULL OR received_at_ms < {u})",
-        s = p(0, "text"),
-        t = p(1, "text"),
-        a = p(2, "text"),
-        o = p(3, "text"),
-        f = p(4, "bigint"),
-        u = p(5, "bigint"),
-    )
+    let criteria = [
+        ("status =", "text", present.map(|f| f.status.is_some())),
+        (
+            "event_type =",
+            "text",
+            present.map(|f| f.event_type.is_some()),
+        ),
+        ("account =", "text", present.map(|f| f.account.is_some())),
+        (
+            "object_key =",
+            "text",
+            present.map(|f| f.object_key.is_some()),
+        ),
+        (
+            "received_at_ms >=",
+            "bigint",
+            present.map(|f| f.from.is_some()),
+        ),
+        (
+            "received_at_ms <",
+            "bigint",
+            present.map(|f| f.until.is_some()),
+        ),
+    ];
+    criteria
+        .iter()
+        .enumerate()
+        .map(|(n, (test, ty, set))| {
+            let p = p(n, ty);
+            match set {
+                None => format!("({p} IS NULL OR {test} {p})"),
+                Some(true) => format!("{test} {p}"),
+                Some(false) => format!("{p} IS NULL"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// What [`Inbox::replay`] or [`Inbox::replay_if`] did.

@@ -92,6 +92,16 @@ const SCHEMA: &str = "
     -- The counts of `stats` read the events not done, and only those.
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_status
         ON clink_webhook_inbox (status);
+    -- Pages and counts by type, account, object and time (the console's
+    -- filters), newest first within each: what they match, not the table.
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_type
+        ON clink_webhook_inbox (event_type, seq);
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_account
+        ON clink_webhook_inbox (account, seq);
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_object_all
+        ON clink_webhook_inbox (object_key, seq);
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_received
+        ON clink_webhook_inbox (received_at_ms);
 ";
 
 /// The event a claim takes: the first still to run, in `seq` order, read
@@ -582,7 +592,7 @@ impl Inbox for SqliteInbox {
                 .prepare_cached(&format!(
                     "SELECT {ENTRY_COLUMNS} FROM clink_webhook_inbox
                      WHERE {} ORDER BY seq LIMIT ?7",
-                    filter_sql('?', 1)
+                    filter_sql('?', 1, Some(&f))
                 ))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
             let values = params![
@@ -710,7 +720,7 @@ impl Inbox for SqliteInbox {
                  WHERE {} AND status <> 'running' AND (status <> 'done' OR ?8)
                  RETURNING seq",
                 replay_set(7),
-                filter_sql('?', 1)
+                filter_sql('?', 1, Some(&f))
             );
             let now = Timestamp::now().as_millis();
             let values = params![
@@ -859,14 +869,14 @@ impl Inbox for SqliteInbox {
     fn page<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-        let sql = browse::page("clink_webhook_inbox", '?', start);
+        let sql = browse::page("clink_webhook_inbox", '?', start, Some(&filter.params()));
         self.paged(filter, start, limit, sql, |row| read_entry(row))
     }
 
     fn page_summaries<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
-        let sql = browse::summary_page("clink_webhook_inbox", '?', start);
+        let sql = browse::summary_page("clink_webhook_inbox", '?', start, Some(&filter.params()));
         self.paged(filter, start, limit, sql, |row| read_summary(row))
     }
 
@@ -875,7 +885,7 @@ impl Inbox for SqliteInbox {
         self.with(move |connection| {
             let f = filter.params();
             connection
-                .prepare_cached(&browse::count("clink_webhook_inbox", '?'))
+                .prepare_cached(&browse::count("clink_webhook_inbox", '?', Some(&f)))
                 .and_then(|mut statement| {
                     statement.query_row(
                         params![
@@ -959,5 +969,63 @@ mod plan_tests {
             "{steps}"
         );
         assert!(steps.contains("clink_webhook_inbox_live"), "{steps}");
+    }
+
+    /// A page or a count filtered by one criterion reads the events it
+    /// matches through an index, never the whole table: the console's
+    /// filters ran over every event kept, holding the inbox's only
+    /// connection while deliveries waited.
+    #[test]
+    fn filtered_pages_and_counts_read_through_an_index() {
+        use super::super::inbox_page::{sql as browse, PageStart};
+        use crate::store::{InboxFilter, InboxStatus};
+
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA).unwrap();
+        add_missing_columns(&connection).unwrap();
+        let plan_of = |sql: &str, params: usize| {
+            let mut statement = connection
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let nulls = std::iter::repeat_n(rusqlite::types::Null, params);
+            let steps = statement
+                .query_map(rusqlite::params_from_iter(nulls), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap();
+            steps.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let filters = [
+            InboxFilter::default().status(InboxStatus::Dead),
+            InboxFilter::default().event_type("order.succeeded"),
+            InboxFilter::default().account("acct_1"),
+            InboxFilter::default().object_key("order:ord_1"),
+        ];
+        for filter in &filters {
+            let f = filter.params();
+            for start in [
+                PageStart::Newest,
+                PageStart::Before(10),
+                PageStart::After(10),
+            ] {
+                let steps = plan_of(
+                    &browse::page("clink_webhook_inbox", '?', start, Some(&f)),
+                    8,
+                );
+                assert!(
+                    steps.contains("USING INDEX"),
+                    "{filter:?} {start:?}: {steps}"
+                );
+                assert!(!steps.contains("SCAN"), "{filter:?} {start:?}: {steps}");
+            }
+            let steps = plan_of(&browse::count("clink_webhook_inbox", '?', Some(&f)), 6);
+            assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
+        }
+        let since = InboxFilter::default().received(Some(crate::Timestamp::from_millis(5)), None);
+        let steps = plan_of(
+            &browse::count("clink_webhook_inbox", '?', Some(&since.params())),
+            6,
+        );
+        assert!(steps.contains("clink_webhook_inbox_received"), "{steps}");
     }
 }

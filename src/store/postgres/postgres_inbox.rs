@@ -355,7 +355,7 @@ impl Sql {
             release,
             list: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {t} WHERE {} ORDER BY seq LIMIT $7",
-                filter_sql('$', 1)
+                filter_sql('$', 1, None)
             ),
             get: format!("SELECT {ENTRY_COLUMNS} FROM {t} WHERE seq = $1"),
             replay: format!(
@@ -387,7 +387,7 @@ impl Sql {
                  WHERE {} AND status <> 'running' AND (status <> 'done' OR $8::boolean)
                  RETURNING seq",
                 replay_set(7),
-                filter_sql('$', 1)
+                filter_sql('$', 1, None)
             ),
             writable: format!(
                 "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
@@ -1147,21 +1147,21 @@ impl Inbox for PostgresInbox {
     fn page<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-        let sql = browse::page(&quote(&self.sql.table), '$', start);
+        let sql = browse::page(&quote(&self.sql.table), '$', start, None);
         Box::pin(self.paged(filter, start, limit, sql, read_entry))
     }
 
     fn page_summaries<'a>(
         &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
-        let sql = browse::summary_page(&quote(&self.sql.table), '$', start);
+        let sql = browse::summary_page(&quote(&self.sql.table), '$', start, None);
         Box::pin(self.paged(filter, start, limit, sql, read_summary))
     }
 
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
-            let sql = browse::count(&quote(&self.sql.table), '$');
+            let sql = browse::count(&quote(&self.sql.table), '$', None);
             let rows = self
                 .call(async |client| {
                     client
