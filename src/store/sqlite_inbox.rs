@@ -1027,5 +1027,23 @@ mod plan_tests {
             6,
         );
         assert!(steps.contains("clink_webhook_inbox_received"), "{steps}");
+        let range = InboxFilter::default().received(
+            Some(crate::Timestamp::from_millis(5)),
+            Some(crate::Timestamp::from_millis(9)),
+        );
+        for start in [
+            PageStart::Newest,
+            PageStart::Before(10),
+            PageStart::After(10),
+        ] {
+            let steps = plan_of(
+                &browse::page("clink_webhook_inbox", '?', start, Some(&range.params())),
+                8,
+            );
+            assert!(
+                steps.contains("clink_webhook_inbox_received"),
+                "{start:?}: {steps}"
+            );
+        }
     }
 }
