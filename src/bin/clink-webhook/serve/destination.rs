@@ -65,9 +65,9 @@ enum Kind {
         /// The subjects the stream holds (see [`stream_subject`](super::config::stream_subject)).
         stream_subjects: String,
         duplicate_window: Duration,
-        /// The client and its JetStream context once connected and the
-        /// stream exists; dropped after a failed publish.
-        context: AsyncMutex<Option<(async_nats::Client, async_nats::jetstream::Context)>>,
+        /// The connection once made and the stream exists; replaced by a
+        /// new one after a publish on it failed or ran out of time.
+        context: AsyncMutex<Option<NatsLink>>,
     },
     Redis {
         client: redis::Client,
@@ -505,7 +505,7 @@ impl Destination {
                         self.timeout.as_millis()
                     ),
                 }
-                *context.lock().await = Some((connection.client, connection.jetstream));
+                *context.lock().await = Some(NatsLink::new(connection));
                 Ok(())
             }
             Ok(Err(error)) if error.is::<StreamMismatch>() => Err(error.to_string()),
@@ -582,20 +582,27 @@ impl Destination {
                 duplicate_window,
                 context,
             } => {
-                let (client, jetstream) = {
+                let link = {
                     let mut held = context.lock().await;
-                    if held.is_none() {
+                    if held.as_ref().is_none_or(NatsLink::is_stale) {
+                        // Let go of a stale connection before making another.
+                        *held = None;
                         let connection = self
                             .connect_nats(servers, stream, stream_subjects, *duplicate_window)
                             .await?;
-                        *held = Some((connection.client, connection.jetstream));
+                        *held = Some(NatsLink::new(connection));
                     }
                     held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
+                let (client, jetstream) = (&link.client, &link.jetstream);
                 // A publish handed to a client that is not connected waits in
                 // the client and goes out after it reconnects, perhaps after an
                 // older event of its object was published meanwhile: never
-                // hand one over then, and after any failure start afresh.
+                // hand one over then, and after any failure start afresh. A
+                // publish that fails, or is dropped unfinished (its time ran
+                // out: the connection may be stalled), leaves the connection
+                // stale, and the next publish makes a new one.
+                let unfinished = StaleUnlessFinished(Some(&link.stale));
                 let published = async {
                     if client.connection_state() != async_nats::connection::State::Connected {
                         return Err(format!("{}: not connected", self.name));
@@ -612,7 +619,7 @@ impl Destination {
                         if now.saturating_add(margin) >= since.as_millis().saturating_add(window) {
                             if let Some(sequence) = self
                                 .find_kept(
-                                    &jetstream,
+                                    jetstream,
                                     stream,
                                     &subject(template, event),
                                     event,
@@ -640,21 +647,19 @@ impl Destination {
                         .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
                 }
                 .await;
-                let ack = match published {
-                    Ok(Ok(ack)) => ack,
-                    // Found in the stream: kept by an earlier publish.
-                    Ok(Err(sequence)) => return Ok(Some(format!("{stream}:{sequence}"))),
-                    Err(error) => {
-                        let mut held = context.lock().await;
-                        if held.as_ref().is_some_and(|(held, _)| {
-                            held.server_info().client_id == client.server_info().client_id
-                        }) {
-                            *held = None;
-                        }
-                        return Err(error.into());
+                match published {
+                    Ok(Ok(ack)) => {
+                        unfinished.finished();
+                        Ok(Some(format!("{}:{}", ack.stream, ack.sequence)))
                     }
-                };
-                Ok(Some(format!("{}:{}", ack.stream, ack.sequence)))
+                    // Found in the stream: kept by an earlier publish.
+                    Ok(Err(sequence)) => {
+                        unfinished.finished();
+                        Ok(Some(format!("{stream}:{sequence}")))
+                    }
+                    // `unfinished`, dropped, leaves the connection stale.
+                    Err(error) => Err(error.into()),
+                }
             }
             Kind::Redis {
                 client,
@@ -884,6 +889,50 @@ struct NatsConnection {
     /// The last request of the client's the server refused for want of a
     /// permission (its `Permissions Violation` text), once there is one.
     refusals: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// A connection to NATS that publishes use, and whether it is stale: a
+/// publish on it failed or ran out of time, so that the next one connects
+/// anew instead of handing its event to a connection that may be stalled.
+#[derive(Clone)]
+struct NatsLink {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    stale: Arc<AtomicBool>,
+}
+
+impl NatsLink {
+    fn new(connection: NatsConnection) -> Self {
+        Self {
+            client: connection.client,
+            jetstream: connection.jetstream,
+            stale: Arc::default(),
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks a connection stale when dropped, unless the publish on it
+/// [finished](Self::finished) well: a publish that failed, or whose future
+/// was dropped before it ended (its destination timeout, the end of its
+/// time inside the lease, shutdown), leaves it so.
+struct StaleUnlessFinished<'a>(Option<&'a AtomicBool>);
+
+impl StaleUnlessFinished<'_> {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StaleUnlessFinished<'_> {
+    fn drop(&mut self) {
+        if let Some(stale) = self.0 {
+            stale.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// How many messages a lookup asks the server for at once (headers only:
@@ -1752,6 +1801,21 @@ mod tests {
         tokio::sync::oneshot::Receiver<()>,
         tokio::sync::oneshot::Sender<()>,
     ) {
+        let (port, held, release, _) = counting_relay(pattern.to_owned()).await;
+        (port, held, release)
+    }
+
+    /// [`holding_relay`] for any number of clients, of which the first to
+    /// send `pattern` is held (the others are relayed as they come), and
+    /// how many connections it has taken so far.
+    async fn counting_relay(
+        pattern: String,
+    ) -> (
+        u16,
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = nats_url()
             .trim_start_matches("nats://")
@@ -1761,44 +1825,53 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let (holding, held) = tokio::sync::oneshot::channel();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let hold = Arc::new(Mutex::new(Some((holding, released))));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
         tokio::spawn(async move {
-            let (inbound, _) = listener.accept().await.unwrap();
-            let outbound = tokio::net::TcpStream::connect(&target).await.unwrap();
-            let (mut client_read, mut client_write) = inbound.into_split();
-            let (mut server_read, mut server_write) = outbound.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-            });
-            let mut hold = Some((holding, released));
-            // What the client sent lately, enough to find `pattern` split
-            // between two reads.
-            let mut recent: Vec<u8> = Vec::new();
-            let mut buffer = vec![0u8; 64 * 1024];
             loop {
-                let read = match client_read.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => read,
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
                 };
-                if hold.is_some() {
-                    recent.extend_from_slice(&buffer[..read]);
-                    if recent
-                        .windows(pattern.len())
-                        .any(|window| window == pattern.as_bytes())
-                    {
-                        let (holding, released) = hold.take().unwrap();
-                        let _ = holding.send(());
-                        let _ = released.await;
-                    } else {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (target, hold, pattern) = (target.clone(), Arc::clone(&hold), pattern.clone());
+                tokio::spawn(async move {
+                    let outbound = tokio::net::TcpStream::connect(&target).await.unwrap();
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    // What the client sent lately, enough to find `pattern`
+                    // split between two reads.
+                    let mut recent: Vec<u8> = Vec::new();
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let read = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => read,
+                        };
+                        recent.extend_from_slice(&buffer[..read]);
+                        if recent
+                            .windows(pattern.len())
+                            .any(|window| window == pattern.as_bytes())
+                        {
+                            let taken = hold.lock().unwrap().take();
+                            if let Some((holding, released)) = taken {
+                                let _ = holding.send(());
+                                let _ = released.await;
+                            }
+                        }
                         let keep = recent.len().min(pattern.len());
                         recent.drain(..recent.len() - keep);
+                        if server_write.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
                     }
-                }
-                if server_write.write_all(&buffer[..read]).await.is_err() {
-                    break;
-                }
+                });
             }
         });
-        (port, held, release)
+        (port, held, release, connections)
     }
 
     /// A JetStream context whose client goes through a [`holding_relay`]
@@ -1994,6 +2067,55 @@ mod tests {
             "{error}"
         );
         no_consumers_left(&jetstream, &stream).await;
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A publish whose connection stalls (here a relay holds what the
+    /// client sends once the publish is among it) runs out of time, and the
+    /// next publish connects anew instead of handing its event to the
+    /// stalled connection: it is acknowledged, through a second connection.
+    #[tokio::test]
+    async fn a_publish_after_one_that_ran_out_of_time_connects_anew() {
+        let (_client, jetstream, stream, prefix) = test_stream("stall").await;
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let (port, held, _release, connections) = counting_relay(format!("HPUB {prefix}.")).await;
+        let url = format!("nats://127.0.0.1:{port}");
+        // Long enough for a connection and a publish on a slow machine;
+        // the first publish waits all of it.
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &url),
+            ("nats_stream", &stream),
+            ("nats_subject", &template),
+            ("destination_timeout_ms", "5000"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let event = event(None, "order.succeeded");
+
+        let first =
+            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
+                .await
+                .expect("the publish ended within its time");
+        let error = first.expect_err("the publish was held");
+        assert!(error.is::<MaybeKept>(), "{error}");
+        assert!(error.to_string().contains("did not acknowledge"), "{error}");
+        held.await.expect("the relay held the publish");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+        let second =
+            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
+                .await
+                .expect("the publish ended within its time")
+                .unwrap_or_else(|e| panic!("the publish after the stalled one: {e}"));
+        assert_eq!(second, Some(format!("{stream}:1")));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the second publish went through a new connection"
+        );
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
