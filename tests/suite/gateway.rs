@@ -2321,6 +2321,66 @@ fn serve_exit(env: &[(String, String)]) -> Option<crate::support::process::Finis
     }
 }
 
+/// A gateway whose port is taken (by another gateway on the same inbox,
+/// say) exits with the error before its workers start: it claims none of
+/// the events waiting in the inbox, and relays none. Started several times
+/// over, for a worker started before the port was bound would have to win
+/// a race to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_port_is_taken_claims_and_relays_nothing() {
+    use clink_webhooks::store::{Inbox as _, NewEvent};
+    const EVENTS: usize = 16;
+    const STARTS: usize = 10;
+    let dir = TempDir::new("taken");
+    let app = Arc::new(App::default());
+    let app_addr = start_app(Arc::clone(&app)).await;
+    let inbox = clink_webhooks::store::SqliteInbox::open(dir.0.join("taken.db")).unwrap();
+    let tag = unique("p");
+    let now = Timestamp::now();
+    for (n, event) in events(EVENTS, 1, &tag).iter().enumerate() {
+        let new = NewEvent::new(
+            None,
+            event.id.clone(),
+            "order.succeeded".to_owned(),
+            Some(now),
+            Some(format!("order:ord_{tag}_{n}")),
+            now,
+            now,
+            event.body.clone(),
+        );
+        inbox.insert(&new).await.unwrap();
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = taken.local_addr().unwrap();
+    let mut env = gateway_env(&dir.0, "taken", &format!("http://{app_addr}/hooks"));
+    env.retain(|(name, _)| !["CLINK_SERVE_LISTEN", "CLINK_SETTLE_MS"].contains(&name.as_str()));
+    env.push(("CLINK_SERVE_LISTEN".into(), address.to_string()));
+    env.push(("CLINK_SETTLE_MS".into(), "0".into()));
+    for start in 0..STARTS {
+        let env = env.clone();
+        let finished = tokio::task::spawn_blocking(move || serve_exit(&env))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("start {start}: the gateway listened on a taken port"));
+        assert_eq!(finished.code, Some(2), "start {start}: {finished:?}");
+        assert!(
+            finished
+                .stderr
+                .contains(&format!("cannot listen on {address}")),
+            "start {start}: {}",
+            finished.stderr
+        );
+        let stats = inbox.stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.running),
+            (EVENTS as u64, 0),
+            "start {start}: the gateway that did not start claimed events: {stats:?}"
+        );
+        assert_eq!(app.started.load(Ordering::SeqCst), 0, "start {start}");
+    }
+    drop(taken);
+}
+
 /// A stream made before that does not hold the gateway's subjects, or
 /// drops repeated publishes for less time than nats_duplicate_window_s,
 /// stops the gateway at start with what to change.

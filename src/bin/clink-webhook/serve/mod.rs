@@ -650,15 +650,17 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         let relay = Arc::clone(&relay);
         async move { relay.forward(raw).await }
     });
-    let pool = Workers::new(Arc::clone(&inbox), router)
+    let workers = Workers::new(Arc::clone(&inbox), router)
         .concurrency(config.concurrency)
         .and_then(|w| w.lease(config.lease))
         .and_then(|w| w.max_attempts(config.max_attempts))
         .and_then(|w| w.backoff(config.backoff, config.max_backoff))
         .and_then(|w| w.reorder_window(config.reorder_window))
-        .map_err(usage)?
-        .spawn();
+        .map_err(usage)?;
 
+    // The port first, and every other step that can fail: a gateway that
+    // does not start (its port taken by another on the same inbox, say)
+    // claims no event, and relays none.
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| CliError::io(&format!("cannot listen on {}", config.listen), &e))?;
@@ -694,6 +696,12 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             None => None,
         },
     };
+    let server = Server::new()
+        .header_read_timeout(config.header_read_timeout)
+        .and_then(|s| s.max_connections(config.max_connections))
+        .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
+        .map_err(usage)?;
+    let pool = workers.spawn();
     let url = format!("http://{address}{}", gateway.delivery_path());
     if out.json {
         out.json_line(&json!({ "listening": url, "destination": &*destination_name }));
@@ -721,11 +729,6 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         })
     };
 
-    let server = Server::new()
-        .header_read_timeout(config.header_read_timeout)
-        .and_then(|s| s.max_connections(config.max_connections))
-        .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
-        .map_err(usage)?;
     let reload = match &config.keys {
         Keys::PerAccount(path) => Some((path.clone(), accounts, known, account_keys)),
         Keys::One(_) => None,
