@@ -1304,6 +1304,92 @@ async fn sigterm_lets_the_publishes_in_flight_finish() {
     );
 }
 
+/// SIGTERM gives the deliveries in progress and the publishes in flight
+/// one shutdown_timeout_ms between them, not one each: with a delivery
+/// whose body never ends (it holds the HTTP drain to the end of the
+/// timeout) and a publish the app never answers, the gateway exits before
+/// twice the timeout (a generous bound: the rest is giving the event back),
+/// and the event is back in the inbox, to be published again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
+    use tokio::io::AsyncWriteExt;
+    const SHUTDOWN: Duration = Duration::from_secs(5);
+    let dir = TempDir::new("deadline");
+    let app = Arc::new(App::default());
+    // The app takes the publish and answers long after the test.
+    app.delay_ms.store(3_600_000, Ordering::SeqCst);
+    let app_addr = start_app(Arc::clone(&app)).await;
+    let mut env = gateway_env(&dir.0, "deadline", &format!("http://{app_addr}/hooks"));
+    let set = [
+        ("CLINK_SETTLE_MS", "0".to_owned()),
+        ("CLINK_LEASE_MS", "120000".to_owned()),
+        ("CLINK_DESTINATION_TIMEOUT_MS", "100000".to_owned()),
+        ("CLINK_BODY_TIMEOUT_MS", "120000".to_owned()),
+        (
+            "CLINK_SHUTDOWN_TIMEOUT_MS",
+            SHUTDOWN.as_millis().to_string(),
+        ),
+    ];
+    env.retain(|(name, _)| !set.iter().any(|(set, _)| set == name));
+    env.extend(set.map(|(name, value)| (name.to_owned(), value)));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let client = client();
+    deliver(&client, &gateway.url, &events(1, 1, &unique("t"))[0]).await;
+    until("the publish in flight", PHASE, async || {
+        app.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A delivery whose body never ends.
+    let address = target(&gateway.url());
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000\r\n\
+         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\nhalf",
+        Timestamp::now().as_millis(),
+        "0".repeat(64)
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let metrics = format!("{}/metrics", gateway.base());
+    until("the delivery in progress", PHASE, async || {
+        let request = Request::get(&metrics)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let Ok(response) = client.request(request).await else {
+            return false;
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|line| line.starts_with("clink_webhook_deliveries_in_flight"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+            >= 1.0
+    })
+    .await;
+
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= SHUTDOWN,
+        "the delivery in progress held it: {took:?}"
+    );
+    assert!(took < 2 * SHUTDOWN, "exit took {took:?}");
+    drop(slow);
+    let inbox = clink_webhooks::store::SqliteInbox::open(dir.0.join("deadline.db")).unwrap();
+    use clink_webhooks::store::Inbox as _;
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending + stats.retrying, stats.running, stats.dead),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+}
+
 /// The gateway relays to a Redis Cluster (`redis+cluster://` with the
 /// nodes of `REDIS_CLUSTER_URLS`): every event once, each object's events
 /// in order, also when Clink delivers them all again.

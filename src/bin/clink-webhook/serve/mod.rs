@@ -88,8 +88,11 @@ Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
 waits for it; an HTTP app's 400, 409, 422 refuses one event, not the
 destination), GET /ready
 (whether the inbox takes deliveries) and GET /metrics (Prometheus).
-SIGTERM or Ctrl-C stops taking deliveries and lets publishes in flight finish
-within shutdown_timeout_ms; SIGHUP re-reads the accounts file.
+SIGTERM or Ctrl-C stops taking deliveries and lets those in progress and the
+publishes in flight finish within shutdown_timeout_ms, one deadline for both;
+events still out then go back to the inbox in up to 5 s more. Give a container
+longer to stop than that: docker run --stop-timeout 20 with the default 10 s
+(Docker's own default grace is 10 s). SIGHUP re-reads the accounts file.
 
 Settings:
 ";
@@ -755,10 +758,21 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             }
         }
     };
+    // One deadline, shutdown_timeout_ms from the signal, for the whole
+    // stop: the deliveries in progress take what they need of it, and the
+    // publishes in flight get what is left.
+    let mut deadline = None;
+    let stop = async {
+        stop.await;
+        deadline = Some(tokio::time::Instant::now() + config.shutdown_timeout);
+    };
     server.serve(listener, gateway, stop).await;
     purger.abort();
+    let left = deadline.map_or(Duration::ZERO, |deadline| {
+        deadline.saturating_duration_since(tokio::time::Instant::now())
+    });
     // Publishes in flight finish, or their events go back to the inbox.
-    pool.shutdown(config.shutdown_timeout).await;
+    pool.shutdown(left).await;
     eprintln!("stopped");
     Ok(())
 }
