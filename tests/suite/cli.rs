@@ -247,6 +247,74 @@ fn an_unknown_event_type_is_a_usage_error_with_a_hint() {
     }
 }
 
+/// `sign`, `verify` and `send` read a body of at most the layer's default
+/// body limit (1 MiB), from a file or stdin: one byte more is refused with
+/// exit 2 and a message naming the limit, before anything is signed or sent.
+#[test]
+fn a_body_over_the_limit_is_refused() {
+    use std::io::Write;
+    const LIMIT: usize = clink_webhooks::layer::DEFAULT_BODY_LIMIT;
+    let refused = |finished: &Finished, what: &str| {
+        assert_eq!(finished.code, Some(2), "{what}: {finished:?}");
+        assert!(
+            finished
+                .stderr
+                .contains("the body is larger than 1048576 bytes"),
+            "{what}: {finished:?}"
+        );
+        assert!(finished.stdout.is_empty(), "{what}: {finished:?}");
+    };
+    let at = BodyFile::new("at-limit", &vec![b'x'; LIMIT]);
+    let over = BodyFile::new("over-limit", &vec![b'x'; LIMIT + 1]);
+    let signed = cli(&["sign", "--body-file", at.path()]);
+    assert_eq!(signed.code, Some(0), "{signed:?}");
+    for args in [
+        &["sign", "--body-file", over.path()][..],
+        &[
+            "verify",
+            "--body-file",
+            over.path(),
+            "--timestamp",
+            "1700000000000",
+            "--signature",
+            "00",
+        ][..],
+        &[
+            "send",
+            "--body-file",
+            over.path(),
+            "--to",
+            "http://127.0.0.1:9/",
+        ][..],
+    ] {
+        refused(&cli(args), &format!("{args:?}"));
+    }
+
+    // From stdin: one byte over, written by a thread of its own (the
+    // command stops reading once past the limit).
+    let mut child = clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .args(["sign", "--body-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&vec![b'x'; LIMIT + 1]);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let finished = Finished {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    refused(&finished, "stdin");
+    assert!(finished.stderr.contains("stdin: "), "{finished:?}");
+}
+
 #[test]
 fn usage_and_io_errors_exit_2_with_a_clear_message() {
     let file = BodyFile::new("errors", b"{}");

@@ -452,18 +452,40 @@ fn timestamp_text(text: &str) -> Result<String, String> {
     }
 }
 
-/// Reads a body file, or stdin for `-`.
+/// The largest body `sign`, `verify` and `send` read: the layer's default
+/// body limit (1 MiB), past which a receiver refuses a delivery.
+const BODY_LIMIT: usize = clink_webhooks::layer::DEFAULT_BODY_LIMIT;
+
+/// Reads a body file, or stdin for `-`: at most [`BODY_LIMIT`] bytes, and a
+/// larger body is refused (never read whole: `/dev/zero` has no end).
 fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
-    if path == Path::new("-") {
-        let mut body = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .map_err(|e| CliError::io("cannot read the body from stdin", &e))?;
-        Ok(body)
+    let (source, failed, reader): (_, _, Box<dyn Read>) = if path == Path::new("-") {
+        (
+            "stdin".to_owned(),
+            "cannot read the body from stdin".to_owned(),
+            Box::new(std::io::stdin().lock()),
+        )
     } else {
-        std::fs::read(path)
-            .map_err(|e| CliError::io(&format!("cannot read {}", path.display()), &e))
+        let failed = format!("cannot read {}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| CliError::io(&failed, &e))?;
+        (path.display().to_string(), failed, Box::new(file))
+    };
+    let mut body = Vec::new();
+    reader
+        .take(
+            u64::try_from(BODY_LIMIT)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1),
+        )
+        .read_to_end(&mut body)
+        .map_err(|e| CliError::io(&failed, &e))?;
+    if body.len() > BODY_LIMIT {
+        return Err(CliError::usage(format!(
+            "{source}: the body is larger than {BODY_LIMIT} bytes (1 MiB), the layer's default \
+             body limit: a receiver refuses it"
+        )));
     }
+    Ok(body)
 }
 
 fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {

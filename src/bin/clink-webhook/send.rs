@@ -84,7 +84,8 @@ pub(crate) struct SendArgs {
     /// The receiver's URL, e.g. http://127.0.0.1:3000/webhooks/clink.
     #[arg(long, value_name = "URL")]
     to: String,
-    /// Send this body instead of the type's fixture, byte for byte (`-` reads stdin).
+    /// Send this body instead of the type's fixture, byte for byte (`-`
+    /// reads stdin); at most 1 MiB.
     #[arg(long, value_name = "FILE")]
     body_file: Option<PathBuf>,
     /// How many deliveries to send.
