@@ -51,6 +51,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_LIMIT: usize = 64 * 1024;
 /// From how many deliveries on a progress bar is shown (on a terminal).
 const PROGRESS_FROM: u64 = 50;
+/// How many deliveries' results may wait to be counted and printed: the
+/// senders wait beyond that.
+const RESULTS_QUEUED: usize = 1024;
 
 /// The hint after a 401 for the signature: the usual cause is two keys.
 const SIGNATURE_HINT: &str = "the receiver refused the signature (401): its signing key \
@@ -269,6 +272,67 @@ struct Answer {
     detail: Option<String>,
 }
 
+/// A tenth of a millisecond, in nanoseconds: the precision the summary
+/// prints latencies to.
+const TICK_NANOS: u128 = 100_000;
+/// Ticks counted per page of [`Latencies`]: one second's.
+const TICKS_PER_PAGE: usize = 10_000;
+/// Pages of [`Latencies`]: latencies under 61 s, past twice
+/// [`DELIVERY_TIMEOUT`] (an answered delivery took less than it, unless the
+/// machine stalled), are counted apart; a longer one counts as the longest.
+const LATENCY_PAGES: usize = 61;
+
+/// The latencies of the answered deliveries, counted by the tenth of a
+/// millisecond each rounds to, which is the precision the summary prints:
+/// its percentiles are those of every latency, in memory bounded whatever
+/// `--repeat` is (a page of counts, 80 KiB, for each second of latency that
+/// occurs; at most [`LATENCY_PAGES`]).
+#[derive(Default)]
+struct Latencies {
+    pages: Vec<Option<Box<[u64]>>>,
+    count: u64,
+}
+
+impl Latencies {
+    fn add(&mut self, latency: Duration) {
+        let last = LATENCY_PAGES * TICKS_PER_PAGE - 1;
+        let tick = usize::try_from((latency.as_nanos() + TICK_NANOS / 2) / TICK_NANOS)
+            .unwrap_or(last)
+            .min(last);
+        let (page, slot) = (tick / TICKS_PER_PAGE, tick % TICKS_PER_PAGE);
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        let counts =
+            self.pages[page].get_or_insert_with(|| vec![0; TICKS_PER_PAGE].into_boxed_slice());
+        counts[slot] = counts[slot].saturating_add(1);
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The latency at `percent` (nearest rank), in milliseconds to the
+    /// tenth; `None` when none was counted.
+    fn percentile_ms(&self, percent: usize) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let percent = u128::try_from(percent).unwrap_or(u128::MAX);
+        let rank = (u128::from(self.count) * percent)
+            .div_ceil(100)
+            .clamp(1, u128::from(self.count));
+        let mut seen = 0u128;
+        for (page, counts) in self.pages.iter().enumerate() {
+            for (slot, &count) in counts.iter().flat_map(|counts| counts.iter()).enumerate() {
+                seen += u128::from(count);
+                if seen >= rank {
+                    let tick = u32::try_from(page * TICKS_PER_PAGE + slot).unwrap_or(u32::MAX);
+                    return Some(f64::from(tick) / 10.0);
+                }
+            }
+        }
+        None
+    }
+}
+
 #[derive(Default)]
 struct Summary {
     sent: u64,
@@ -278,7 +342,7 @@ struct Summary {
     server_error: u64,
     other: u64,
     failed: u64,
-    latencies: Vec<Duration>,
+    latencies: Latencies,
     /// Some delivery got 401 for its timestamp.
     timestamp_refused: bool,
     /// Some delivery got 401 for anything else: its signature, most likely.
@@ -290,7 +354,7 @@ impl Summary {
         self.sent += 1;
         match &delivery.answer {
             Ok(answer) => {
-                self.latencies.push(delivery.latency);
+                self.latencies.add(delivery.latency);
                 if answer.status == http::StatusCode::UNAUTHORIZED {
                     match answer.detail.as_deref() {
                         Some("timestamp_too_old" | "timestamp_in_future") => {
@@ -311,15 +375,10 @@ impl Summary {
         }
     }
 
-    /// The latency at `percent` (nearest rank), in milliseconds; `None`
-    /// when nothing was answered.
-    fn percentile_ms(&mut self, percent: usize) -> Option<f64> {
-        self.latencies.sort_unstable();
-        let last = self.latencies.len().checked_sub(1)?;
-        let rank = (self.latencies.len() * percent)
-            .div_ceil(100)
-            .saturating_sub(1);
-        Some(self.latencies[rank.min(last)].as_secs_f64() * 1000.0)
+    /// The latency at `percent` (nearest rank), in milliseconds to the
+    /// tenth printed; `None` when nothing was answered.
+    fn percentile_ms(&self, percent: usize) -> Option<f64> {
+        self.latencies.percentile_ms(percent)
     }
 
     /// What to check after a 401, unless the 401 is what `--tamper` or
@@ -387,7 +446,7 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
 
     let total = args.repeat;
     let next = Arc::new(AtomicU64::new(1));
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(RESULTS_QUEUED);
     for _ in 0..args.concurrency.min(total) {
         let (client, next, tx) = (client.clone(), Arc::clone(&next), tx.clone());
         let (secret, bodies, prepare) = (
@@ -414,7 +473,7 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
                     latency: started.elapsed(),
                     answer,
                 };
-                if tx.send(delivery).is_err() {
+                if tx.send(delivery).await.is_err() {
                     break;
                 }
             }
@@ -437,7 +496,7 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
     }
     progress.finish_and_clear();
     let hint = summary.hint(args);
-    print_summary(out, &mut summary, hint);
+    print_summary(out, &summary, hint);
     if let (Some(hint), false) = (hint, out.json) {
         out.hint(hint);
     }
@@ -556,7 +615,7 @@ fn print_delivery(out: &Output, total: u64, delivery: &Delivery) {
     }
 }
 
-fn print_summary(out: &Output, summary: &mut Summary, hint: Option<&str>) {
+fn print_summary(out: &Output, summary: &Summary, hint: Option<&str>) {
     let (p50, p99) = (summary.percentile_ms(50), summary.percentile_ms(99));
     if out.json {
         let mut line = json!({ "summary": {
@@ -639,15 +698,90 @@ mod tests {
         }
     }
 
+    /// A summary of deliveries answered in `latencies`, in that order.
+    fn summary_of(latencies: &[Duration]) -> Summary {
+        let mut summary = Summary::default();
+        for (n, &latency) in latencies.iter().enumerate() {
+            summary.add(&Delivery {
+                n: n as u64 + 1,
+                event_id: "evt_1".to_owned(),
+                latency,
+                answer: Ok(Answer {
+                    status: http::StatusCode::OK,
+                    detail: None,
+                }),
+            });
+        }
+        summary
+    }
+
+    /// The p50 and p99 the summary prints for `latencies`.
+    fn printed(latencies: &[Duration]) -> (String, String) {
+        let summary = summary_of(latencies);
+        let at = |percent| format!("{:.1}", summary.percentile_ms(percent).unwrap());
+        (at(50), at(99))
+    }
+
     #[test]
     fn percentiles_use_the_nearest_rank() {
-        let mut summary = Summary {
-            latencies: (1..=100).map(Duration::from_millis).collect(),
-            ..Summary::default()
-        };
-        assert_eq!(summary.percentile_ms(50), Some(50.0));
-        assert_eq!(summary.percentile_ms(99), Some(99.0));
+        let ms = Duration::from_millis;
+        let latencies: Vec<Duration> = (1..=100).rev().map(ms).collect();
+        assert_eq!(printed(&latencies), ("50.0".to_owned(), "99.0".to_owned()));
+        // The nearest rank, not an interpolation: of 1,000 deliveries the
+        // 500th and the 990th fastest.
+        let latencies: Vec<Duration> = (1..=1000)
+            .map(|i| Duration::from_micros(i * 1_237 % 977_000))
+            .collect();
+        let mut sorted = latencies.clone();
+        sorted.sort_unstable();
+        let exact = |rank: usize| format!("{:.1}", sorted[rank - 1].as_secs_f64() * 1000.0);
+        assert_eq!(printed(&latencies), (exact(500), exact(990)));
+        // Printed to the tenth of a millisecond, each latency rounded to it.
+        let latencies = [
+            Duration::from_micros(12_340),
+            Duration::from_micros(12_360),
+            Duration::from_micros(12_449),
+            Duration::from_nanos(12_450_001),
+        ];
+        assert_eq!(printed(&latencies), ("12.4".to_owned(), "12.5".to_owned()));
+        // Fast, slow and in between, one delivery each: p50 the second.
+        let latencies = [
+            Duration::from_micros(80),
+            Duration::from_millis(29_999),
+            Duration::from_micros(1_999_960),
+        ];
+        assert_eq!(
+            printed(&latencies),
+            ("2000.0".to_owned(), "29999.0".to_owned())
+        );
+        // Past twice the delivery timeout (the machine stalled): counted as that.
+        assert_eq!(printed(&[Duration::from_secs(3600)]).1, "60999.9");
         assert_eq!(Summary::default().percentile_ms(99), None);
+        // Failed deliveries have no latency.
+        let mut summary = summary_of(&[ms(5)]);
+        summary.add(&Delivery {
+            n: 2,
+            event_id: "evt_1".to_owned(),
+            latency: ms(30_000),
+            answer: Err("no answer".to_owned()),
+        });
+        assert_eq!(summary.percentile_ms(99), Some(5.0));
+    }
+
+    /// However many deliveries are answered, the latencies take a page of
+    /// counts per second of latency seen, and no more.
+    #[test]
+    fn latencies_take_bounded_memory() {
+        let mut latencies = Latencies::default();
+        for i in 0..1_000_000u64 {
+            latencies.add(Duration::from_micros(i % 3_000 * 7));
+        }
+        latencies.add(Duration::from_secs(u64::MAX));
+        assert_eq!(LATENCY_PAGES as u64, 2 * DELIVERY_TIMEOUT.as_secs() + 1);
+        let held = latencies.pages.iter().filter(|page| page.is_some()).count();
+        assert_eq!(held, 2);
+        assert_eq!(latencies.pages.len(), LATENCY_PAGES);
+        assert_eq!(latencies.count, 1_000_001);
     }
 
     #[test]
