@@ -1480,6 +1480,44 @@ fn check_with(env: &[(&str, &str)]) -> crate::support::process::Finished {
     Process::start(&mut command).finish()
 }
 
+/// An inbox_retention_hours under 48 h, shorter than Clink's retries of a
+/// delivery (about a day) with a margin, is warned about at start (here by
+/// `serve --check`); 48 h and the default are not.
+#[test]
+fn a_retention_shorter_than_clinks_retries_is_warned_about() {
+    for (retention, warned) in [
+        (Some("1"), true),
+        (Some("47"), true),
+        (Some("48"), false),
+        (None, false),
+    ] {
+        let mut env = vec![
+            ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+            ("CLINK_INBOX", "sqlite:/nonexistent/inbox.db"),
+            ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
+        ];
+        env.extend(retention.map(|hours| ("CLINK_INBOX_RETENTION_HOURS", hours)));
+        let checked = check_with(&env);
+        assert_eq!(checked.code, Some(0), "{retention:?}: {checked:?}");
+        let warning = format!(
+            "gateway: inbox_retention_hours ({} h) is shorter than 48 h",
+            retention.unwrap_or("168")
+        );
+        assert_eq!(
+            checked.stderr.contains(&warning),
+            warned,
+            "{retention:?}: {}",
+            checked.stderr
+        );
+        assert_eq!(
+            checked.stderr.contains("inbox_retention_hours"),
+            warned,
+            "{retention:?}: {}",
+            checked.stderr
+        );
+    }
+}
+
 /// Every password in every URL is masked in what `serve --check` prints,
 /// whatever it holds (`/`, `@`, `,`), in each URL of a list, and in the
 /// error about a URL that is refused.

@@ -79,9 +79,12 @@ environment (the variables below, which win). Durations are in the unit their
 name ends with. settle_ms is the inbox's reorder window: how long an event
 waits after arriving so that an older event of its object arriving late still
 goes first. Done and dead events are kept for inbox_retention_hours after they
-were last handled, failed or replayed (purged hourly); with a redis://
-destination, redis_dedup_hours (how long an event's marker keeps it from being
-added twice) must be at least inbox_retention_hours.
+were last handled, failed or replayed (purged hourly): below 48 h the gateway
+warns at start, for Clink retries a delivery for about a day, and a retry of
+one whose answer was lost, coming after its event was purged, is relayed
+again. With a redis:// destination, redis_dedup_hours (how long an event's
+marker keeps it from being added twice) must be at least
+inbox_retention_hours.
 
 Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
 (200, or 503 naming what fails: the inbox, or the destination while an event
@@ -517,6 +520,26 @@ fn load_accounts(
     Ok(count)
 }
 
+/// The least `inbox_retention_hours` without a warning: Clink retries a
+/// delivery for about a day, and two days cover that with a margin.
+const RETENTION_WARNED_BELOW: Duration = Duration::from_secs(48 * 3600);
+
+/// The warning at start when the inbox keeps settled events for less than
+/// [`RETENTION_WARNED_BELOW`]: an event purged while Clink still retries a
+/// delivery of it whose answer was lost is taken as new, and relayed again.
+fn retention_warning(retention: Duration) -> Option<String> {
+    (retention < RETENTION_WARNED_BELOW).then(|| {
+        format!(
+            "inbox_retention_hours ({} h) is shorter than {} h: Clink retries a delivery for \
+             about a day, and a retry of one whose answer was lost that comes after its event \
+             was purged is taken as new and relayed a second time; set it to {} or more",
+            retention.as_secs() / 3600,
+            RETENTION_WARNED_BELOW.as_secs() / 3600,
+            RETENTION_WARNED_BELOW.as_secs() / 3600
+        )
+    })
+}
+
 async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
     let failed = |what: &str, error: &dyn std::error::Error| CliError::io(what, error);
     match &config.inbox {
@@ -579,6 +602,9 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         for line in config.lines() {
             out.line(&line);
         }
+    }
+    if let Some(warning) = retention_warning(config.inbox_retention) {
+        eprintln!("gateway: {warning}");
     }
     if args.check {
         if out.json {
