@@ -13,8 +13,6 @@ use pin_project_lite::pin_project;
 use tokio::task::coop;
 use tokio::time::{Instant, Sleep};
 
-use crate::Outcome;
-
 /// A time limit: a [`Duration`], or a function giving one, called only when
 /// the limit is needed (the step was not done in its first poll).
 pub(crate) trait Limit: Sized {
@@ -98,15 +96,6 @@ impl<F: Future> Future for Until<F> {
             None => Poll::Ready(Err(())),
         }
     }
-}
-
-/// Logs a handler stopped at its deadline; its outcome.
-pub(crate) fn handler_timed_out(timed_out: TimedOut) -> Outcome {
-    tracing::error!(
-        timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
-        "clink handler timed out; releasing the event so a retry runs it"
-    );
-    Outcome::HandlerTimeout
 }
 
 /// A step that did not finish within its limit.

@@ -447,6 +447,15 @@ impl fmt::Display for Outcome {
 
 impl std::error::Error for Outcome {}
 
+/// Logs a handler stopped at its deadline; its outcome.
+pub(crate) fn handler_timed_out(timed_out: crate::guard::TimedOut) -> Outcome {
+    tracing::error!(
+        timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
+        "clink handler timed out; releasing the event so a retry runs it"
+    );
+    Outcome::HandlerTimeout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

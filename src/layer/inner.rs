@@ -5,7 +5,8 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::VerifiedBody;
-use crate::guard::{catch_panic, handler_timed_out, within, CatchUnwind, Limit};
+use crate::guard::{catch_panic, within, CatchUnwind, Limit};
+use crate::outcome::handler_timed_out;
 use crate::{BoxError, Outcome};
 
 /// Calls `inner` within `deadline`, worked out only if the inner service

@@ -17,7 +17,8 @@ use tower_service::Service;
 use super::config::Config;
 use super::service::{delivery, handle, layer_response, Verified};
 use super::{Metrics, ResponseBody, ResponseFuture};
-use crate::guard::{cold, handler_timed_out, within, CatchUnwind};
+use crate::guard::{cold, within, CatchUnwind};
+use crate::outcome::handler_timed_out;
 use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 
 /// A tower service that verifies, deduplicates and hands each delivery to an

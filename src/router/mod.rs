@@ -109,11 +109,10 @@ use crate::events::{
     for_each_kind, DecodeError, DecodesTyped, Event, EventKind, EventType, Freshness, KindVisitor,
     ObjectKey, Predecoded, RawEvent, Version,
 };
-use crate::guard::{
-    boxed_in_place, cold, handler_timed_out, until, CatchUnwind, HandlerDeadline, TimedOut,
-};
+use crate::guard::{boxed_in_place, cold, until, CatchUnwind, HandlerDeadline, TimedOut};
 use crate::ordering;
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
+use crate::outcome::handler_timed_out;
 use crate::store::FreshnessStore;
 use crate::BoxFuture;
 use crate::{BoxError, Outcome, VerifiedEvent};
