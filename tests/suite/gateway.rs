@@ -1609,6 +1609,34 @@ fn check_never_prints_a_password_of_any_url() {
     }
 }
 
+/// A wrong `inbox` is repeated in the error with its password masked, or
+/// not at all when it is not a URL but may hold one.
+#[test]
+fn a_wrong_inbox_never_prints_its_password() {
+    for (inbox, shown) in [
+        (
+            "postgres://app:hunter2@db/clink",
+            "postgres://app:***@db/clink",
+        ),
+        ("host=db password=hunter2", "[redacted]"),
+    ] {
+        let wrong = check_with(&[
+            ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+            ("CLINK_INBOX", inbox),
+            ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
+        ]);
+        assert_eq!(wrong.code, Some(2), "{wrong:?}");
+        let printed = format!("{}{}", wrong.stdout, wrong.stderr);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains(&format!(
+                "inbox (from the environment variable CLINK_INBOX): {shown}: expected"
+            )),
+            "{printed}"
+        );
+    }
+}
+
 /// A nats-server of the test's own that wants `user` and `password`, with
 /// JetStream in `dir`: the process (killed when dropped) and its port.
 fn nats_server_with_password(dir: &std::path::Path, user: &str, password: &str) -> (Process, u16) {

@@ -14,7 +14,9 @@ use clink_webhooks::{SigningKey, Timestamp, Verifier};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::urls::{http_parts, masked_url, nats_servers, with_user_info_encoded, NatsServers};
+use super::urls::{
+    http_parts, masked_url, nats_servers, shown_value, with_user_info_encoded, NatsServers,
+};
 use crate::output::escaped;
 
 /// One setting: its name in the file, the environment variable that sets
@@ -299,7 +301,7 @@ fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
                     text.parse::<Timestamp>().map_err(|_| {
                         at(format!(
                             "expires {}: not an RFC 3339 time such as 2026-03-01T00:00:00Z",
-                            escaped(&text)
+                            shown_value(&text)
                         ))
                     })
                 })
@@ -488,11 +490,11 @@ impl Reader {
         Ok(Some((text, origin)))
     }
 
-    /// A required string, shown as is (escaped) unless `shown` says otherwise.
+    /// A string, shown as is (escaped; a URL masked).
     fn plain(&mut self, name: &str) -> Result<Option<(String, Origin)>, ConfigProblem> {
         let found = self.text(name)?;
         if let Some((text, origin)) = &found {
-            self.note(name, escaped(text), origin.clone());
+            self.note(name, shown_value(text), origin.clone());
         }
         Ok(found)
     }
@@ -641,7 +643,16 @@ impl Config {
                         return Err(problem(
                             "inbox",
                             &origin,
-                            format!("{}: expected sqlite:<path> or postgres", escaped(&text)),
+                            format!(
+                                "{}: expected sqlite:<path> or postgres",
+                                // `user:password@host` or `password=...`
+                                // without a scheme: not repeated.
+                                if !text.contains("://") && text.contains(['@', '=']) {
+                                    "[redacted]".to_owned()
+                                } else {
+                                    shown_value(&text)
+                                }
+                            ),
                         ));
                     }
                 }
@@ -1056,12 +1067,12 @@ fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
         let after = &rest[open + 1..];
         let close = after
             .find('}')
-            .ok_or_else(|| format!("{}: a {{ without its }}", escaped(template)))?;
+            .ok_or_else(|| format!("{}: a {{ without its }}", shown_value(template)))?;
         let name = &after[..close];
         if !allowed.contains(&name) {
             return Err(format!(
                 "{}: unknown placeholder {{{}}}; the placeholders are {}",
-                escaped(template),
+                shown_value(template),
                 escaped(name),
                 allowed
                     .iter()
@@ -1085,7 +1096,7 @@ pub(crate) fn stream_subject(template: &str, account_empty: bool) -> Result<Stri
         Err(format!(
             "{}: {why}; a subject template is tokens separated by dots, the first one fixed, as \
              clink.{{account}}.{{type}}",
-            escaped(template)
+            shown_value(template)
         ))
     };
     // The fixed text, outside the placeholders.
@@ -1201,6 +1212,61 @@ mod tests {
                 .unwrap_or_else(|| panic!("{} accepted", masked_url(bad)));
             assert!(!error.contains("hunter"), "{error}");
         }
+    }
+
+    /// A wrong value that could be a URL or hold a password is repeated
+    /// masked, or not at all.
+    #[test]
+    fn a_wrong_value_never_shows_a_password() {
+        for (name, value, shown) in [
+            (
+                "inbox",
+                "postgres://app:hunter2@db/clink",
+                "postgres://app:***@db/clink",
+            ),
+            ("inbox", "postgres://app@db/clink?password=hunter2", "?***"),
+            ("inbox", "host=db password=hunter2", "[redacted]"),
+            ("inbox", "app:hunter2@db/clink", "[redacted]"),
+            ("inbox", "mysql", "mysql"),
+            (
+                "nats_subject",
+                "nats://app:hunter2@h:4222/{acount}",
+                "nats://app:***@h:4222/{acount}",
+            ),
+            (
+                "redis_stream",
+                "redis://:hunter2@h/{acount}",
+                "redis://:***@h/{acount}",
+            ),
+            (
+                "signing_keys",
+                r#"[{ secret = "whsec_a", expires = "https://u:hunter2@h/" }]"#,
+                "https://u:***@h/",
+            ),
+        ] {
+            let mut pairs = minimal();
+            pairs.retain(|(n, _)| {
+                *n != name && !(name == "signing_keys" && *n == "webhook_signing_key")
+            });
+            pairs.push((name, value));
+            let error = config(&pairs)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted"))
+                .0;
+            assert!(!error.contains("hunter2"), "{error}");
+            assert!(error.contains(shown), "{shown} not in {error}");
+            assert!(error.contains(name), "{error}");
+        }
+        // A subject that is a URL is taken (it is only text), and printed
+        // masked.
+        let mut pairs = minimal();
+        pairs.push(("nats_subject", "nats://app:hunter2@h:4222"));
+        let lines = config(&pairs).unwrap().lines().join("\n");
+        assert!(!lines.contains("hunter2"), "{lines}");
+        assert!(
+            lines.contains("nats_subject = nats://app:***@h:4222"),
+            "{lines}"
+        );
     }
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {

@@ -581,7 +581,11 @@ fn install_logging(filter: &str) -> Result<(), CliError> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
         CliError::usage(format!(
             "configuration: log ({}): not a log filter such as warn or warn,clink_webhooks=info: {e}",
-            crate::output::escaped(filter)
+            if filter.contains("://") {
+                urls::masked_url(filter)
+            } else {
+                crate::output::escaped(filter)
+            }
         ))
     })?;
     let _ = tracing_subscriber::fmt()

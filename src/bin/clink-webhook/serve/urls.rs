@@ -28,6 +28,17 @@ pub(crate) fn masked_url(text: &str) -> String {
     escaped(&masked.join(","))
 }
 
+/// A value that a message or the printed configuration repeats: a URL
+/// (or a list of them) through [`masked_url`], anything else as it is,
+/// escaped.
+pub(crate) fn shown_value(text: &str) -> String {
+    if text.contains("://") {
+        masked_url(text)
+    } else {
+        escaped(text)
+    }
+}
+
 /// How [`chunks`] splits a list of URLs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Split {
