@@ -1843,7 +1843,7 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
 
 /// A NATS URL whose password holds `/`, `,` and `@`: the gateway logs in
 /// with it (the server wants it) and `/health`, `/metrics` and its output
-/// never show it.
+/// never show it, its logs not even at `trace`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_password_with_a_slash_is_used_and_never_shown() {
     const PASSWORD: &str = "pq/rs,t@u";
@@ -1861,6 +1861,8 @@ async fn a_nats_password_with_a_slash_is_used_and_never_shown() {
         "CLINK_NATS_SUBJECT".into(),
         format!("t{tag}.{{account}}.{{type}}"),
     ));
+    env.retain(|(name, _)| name != "CLINK_LOG");
+    env.push(("CLINK_LOG".into(), "trace".into()));
     let mut gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
         .await
         .unwrap();
@@ -1910,6 +1912,12 @@ async fn a_nats_password_with_a_slash_is_used_and_never_shown() {
         .await
         .unwrap();
     assert_eq!(finished.code, Some(0), "{finished:?}");
+    // async-nats logged, at debug.
+    assert!(
+        finished.stderr.contains("DEBUG async_nats"),
+        "{}",
+        finished.stderr
+    );
     for text in [
         &body.to_string(),
         &metrics,

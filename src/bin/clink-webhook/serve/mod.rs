@@ -577,8 +577,20 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
     }
 }
 
-fn install_logging(filter: &str) -> Result<(), CliError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+/// Dependencies held at `debug` whatever the log filter says: at `trace`,
+/// async-nats logs its CONNECT with the user's password or token. (The
+/// Redis and PostgreSQL clients log through the `log` crate, which the
+/// gateway does not print.)
+const CAPPED_AT_DEBUG: &[&str] = &["async_nats"];
+
+/// The subscriber the gateway logs through: `filter` (the `log` setting)
+/// and the caps of [`CAPPED_AT_DEBUG`], writing to `writer`.
+fn log_subscriber<W>(filter: &str, writer: W) -> Result<impl tracing::Subscriber, CliError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
         CliError::usage(format!(
             "configuration: log ({}): not a log filter such as warn or warn,clink_webhooks=info: {e}",
             if filter.contains("://") {
@@ -588,11 +600,25 @@ fn install_logging(filter: &str) -> Result<(), CliError> {
             }
         ))
     })?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // A layer of its own, so that no directive of the filter (a narrower
+    // target, a span) can lift a cap.
+    let caps = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::TRACE)
+        .with_targets(
+            CAPPED_AT_DEBUG
+                .iter()
+                .map(|target| (*target, tracing::Level::DEBUG)),
+        );
+    Ok(tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(writer)
         .with_ansi(false)
-        .try_init();
+        .finish()
+        .with(caps))
+}
+
+fn install_logging(filter: &str) -> Result<(), CliError> {
+    let _ = tracing::subscriber::set_global_default(log_subscriber(filter, std::io::stderr)?);
     Ok(())
 }
 
@@ -845,6 +871,57 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever the filter, async-nats logs at `debug` at most (its
+    /// CONNECT at `trace` holds the password); other targets as it says.
+    #[test]
+    fn no_filter_lifts_the_cap_on_async_nats() {
+        for filter in [
+            "trace",
+            "async_nats=trace",
+            "async_nats::connection=trace",
+            "warn,async_nats[{pass}]=trace",
+        ] {
+            let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+            let writer = {
+                let written = Arc::clone(&written);
+                move || WrittenTo(Arc::clone(&written))
+            };
+            let subscriber = log_subscriber(filter, writer).unwrap();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(
+                    target: "async_nats::connection",
+                    pass = "hunter2",
+                    "write operation: CONNECT"
+                );
+                tracing::debug!(target: "async_nats::connector", "connecting to server");
+                tracing::trace!(target: "clink_webhooks::inbox", "a trace of the crate");
+            });
+            let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("hunter2"), "{filter}: {text}");
+            if ["trace", "async_nats=trace"].contains(&filter) {
+                assert!(text.contains("connecting to server"), "{filter}: {text}");
+            }
+            if filter == "trace" {
+                assert!(text.contains("a trace of the crate"), "{filter}: {text}");
+            }
+        }
+        assert!(log_subscriber("warn,=x=", std::io::sink).is_err());
+    }
+
+    /// A writer into a shared buffer.
+    struct WrittenTo(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WrittenTo {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     fn relay(destination: &str) -> Relay {
         let config = Config::from_pairs(&[
