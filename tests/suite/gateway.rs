@@ -1557,7 +1557,7 @@ fn check_never_prints_a_password_of_any_url() {
         (
             "CLINK_DESTINATION",
             "https://app:ab%2Fcd+ef@app.internal/hook?token=ab",
-            "https://app:***@app.internal/hook?***",
+            "https://app:***@app.internal:443/…",
         ),
     ];
     for (name, value, shown) in accepted {
@@ -2035,7 +2035,7 @@ async fn a_destination_timeout_must_end_inside_the_lease() {
     until("/health naming the silent app", PROMPTLY, async || {
         let (status, body) = health(&client, &base).await;
         status == 503
-            && body["destination"]["name"] == format!("http://{app}/hook").as_str()
+            && body["destination"]["name"] == format!("http://{app}/…").as_str()
             && body["destination"]["error"]
                 .as_str()
                 .is_some_and(|error| error.contains("did not acknowledge within 1000 ms"))
@@ -2083,6 +2083,89 @@ fn one_event(name: &str, tag: &str) -> TestEvent {
         object: 0,
         index: 0,
         body: Bytes::from(body.to_string()),
+    }
+}
+
+/// The Prometheus text of the gateway at `base`.
+async fn metrics_text(client: &HttpClient, base: &str) -> String {
+    let request = Request::get(format!("{base}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// An HTTP destination's path may be a secret (a Slack-style hook URL):
+/// the gateway names the destination by its scheme, host and port, and
+/// neither `/health`, `/metrics`, its output, its logs (at `trace`) nor
+/// the errors it records show the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_destinations_path_is_never_shown() {
+    const SECRET: &str = "B000SECRETPATH";
+    let dir = TempDir::new("hookpath");
+    let tag = unique("p");
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let app = picky_app(Arc::clone(&seen)).await;
+    let mut env = gateway_env(
+        &dir.0,
+        "hookpath",
+        &format!("http://{app}/services/T000/{SECRET}"),
+    );
+    env.retain(|(name, _)| name != "CLINK_LOG");
+    env.push(("CLINK_LOG".into(), "trace".into()));
+    env.push(("CLINK_MAX_ATTEMPTS".into(), "1".into()));
+    let mut gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    // One event the app takes, one it refuses: dead, its error recorded.
+    deliver(&client, &url, &one_event("good", &tag)).await;
+    deliver(&client, &url, &one_event("bad", &tag)).await;
+    until("one event done, one dead", PROMPTLY, async || {
+        let (_, body) = health(&client, &base).await;
+        body["events"]["dead"] == 1 && drained(&client, &base).await
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    let name = format!("http://{app}/…");
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["destination"]["name"], name.as_str(), "{body}");
+    let metrics = metrics_text(&client, &base).await;
+    assert!(
+        metrics.contains(&format!(
+            "clink_gateway_published_total{{destination=\"{name}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let finished = tokio::task::spawn_blocking(move || gateway.process.take().unwrap().terminate())
+        .await
+        .unwrap();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stdout.contains(&format!("forwarding to {name}")),
+        "{}",
+        finished.stdout
+    );
+    let mut inbox = Vec::new();
+    for entry in std::fs::read_dir(&dir.0).unwrap() {
+        inbox.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let inbox = String::from_utf8_lossy(&inbox);
+    assert!(
+        inbox.contains(&format!("evt_bad_{tag}")),
+        "the inbox was read"
+    );
+    for text in [
+        &body.to_string(),
+        &metrics,
+        &finished.stdout,
+        &finished.stderr,
+        &inbox.into_owned(),
+    ] {
+        assert!(!text.contains(SECRET), "the path shown in:\n{text}");
     }
 }
 

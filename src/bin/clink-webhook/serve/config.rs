@@ -15,7 +15,8 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::urls::{
-    http_parts, masked_url, nats_servers, shown_value, with_user_info_encoded, NatsServers,
+    http_parts, masked_url, nats_servers, refused_url, shown_value, with_user_info_encoded,
+    NatsServers,
 };
 use crate::output::escaped;
 
@@ -385,7 +386,8 @@ pub(crate) enum InboxSpec {
 }
 
 /// Where events go: the destination as metrics, logs and `/health` name
-/// it (its URL with every password masked), and how to reach it.
+/// it (its URL with every password masked; an HTTP one's path, which may
+/// be a secret, as `/…`), and how to reach it.
 #[derive(Clone)]
 pub(crate) struct DestinationSpec {
     pub(crate) name: String,
@@ -986,7 +988,7 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
                 .ok_or_else(|| {
                     format!(
                         "{}: not a valid URL ({ENCODE_HINT}, an @ in the path, query or fragment as %40)",
-                        masked_url(url)
+                        refused_url(url)
                     )
                 })?;
             let (uri, name, authorization) = http_parts(&uri)?;
@@ -1010,7 +1012,7 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
             return Err(format!(
                 "{}: expected http://..., https://..., nats://host:port, redis://..., rediss://... \
                  or redis+cluster://host:port,host:port,...",
-                masked_url(url)
+                refused_url(url)
             ))
         }
     };
@@ -1211,6 +1213,20 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{} accepted", masked_url(bad)));
             assert!(!error.contains("hunter"), "{error}");
+        }
+        // Nor its path, which may be a secret.
+        for (bad, shown) in [
+            (
+                "htps://hooks.example/services/SECRET",
+                "htps://hooks.example/…",
+            ),
+            ("https://h/services/SECRET#x@y", "https://***@y"),
+        ] {
+            let error = parse_destination(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(!error.contains("SECRET"), "{error}");
+            assert!(error.starts_with(shown), "{error}");
         }
     }
 

@@ -72,7 +72,9 @@ Destinations (CLINK_DESTINATION):
 
 A password in a postgres://, nats:// or redis:// URL runs up to the last @
 (it may hold / ? # @ or , as it is); in an http(s):// URL write those
-percent-encoded. Every password is masked wherever a URL is shown.
+percent-encoded. Every password is masked wherever a URL is shown, and an
+http(s):// destination is shown by its scheme, host and port, its path (which
+may be a secret) as /… (https://hooks.example:443/…).
 
 Settings come from the TOML file CONFIG (names as below, lower case) and the
 environment (the variables below, which win). Durations are in the unit their
@@ -1029,7 +1031,7 @@ mod tests {
         });
         let (error, _) = relay.health.failing().expect("not failing");
         assert!(
-            error.starts_with("http://app:***@127.0.0.1:9/hook: no answer within"),
+            error.starts_with("http://app:***@127.0.0.1:9/…: no answer within"),
             "{error}"
         );
         assert!(!error.contains("s3cret"), "{error}");

@@ -277,9 +277,19 @@ pub(crate) fn nats_servers(text: &str) -> Result<NatsServers, String> {
     Ok(NatsServers { urls, credentials })
 }
 
+/// What stands for an HTTP destination's path, query and fragment in its
+/// name.
+const ELIDED_PATH: &str = "/…";
+
 /// An HTTP destination's URL as the client sends to it (without user
-/// info), its name (user info masked) and the `Authorization: Basic` value
-/// its user info makes, if any.
+/// info), its name, and the `Authorization: Basic` value its user info
+/// makes, if any.
+///
+/// The name is the scheme, the user info masked, the host and the port
+/// (the scheme's default when the URL has none), and `/…` for the path
+/// and query: a path may be a secret (`https://hooks.example/services/
+/// T000/B000/SECRET`), and the name shows in `/health`, in the metrics'
+/// `destination` label, in the printed configuration and in logs.
 pub(crate) fn http_parts(
     uri: &http::Uri,
 ) -> Result<(http::Uri, String, Option<Zeroizing<String>>), String> {
@@ -288,27 +298,33 @@ pub(crate) fn http_parts(
         Some((user_info, host)) => (Some(user_info), host),
         None => (None, authority),
     };
-    let path = uri.path_and_query().map_or("/", |p| p.path());
-    let mut name = format!("{}://", uri.scheme_str().unwrap_or("http"));
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let mut name = format!("{scheme}://");
     if let Some(user_info) = user_info {
         name.push_str(&masked_user_info(user_info));
         name.push('@');
     }
-    name.push_str(host);
-    name.push_str(path);
-    if uri.query().is_some() {
-        name.push('?');
-        name.push_str(MASK);
-    }
+    name.push_str(uri.host().unwrap_or(""));
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        });
+    name.push_str(&format!(":{port}"));
+    name.push_str(
+        match uri.path_and_query().map(http::uri::PathAndQuery::as_str) {
+            None | Some("" | "/") => "/",
+            Some(_) => ELIDED_PATH,
+        },
+    );
+    let invalid = || format!("{}: not a valid URL", escaped(&name));
     let mut bare = http::uri::Parts::default();
     bare.scheme = uri.scheme().cloned();
-    bare.authority = Some(
-        host.parse()
-            .map_err(|_| format!("{}: not a valid URL", escaped(&name)))?,
-    );
+    bare.authority = Some(host.parse().map_err(|_| invalid())?);
     bare.path_and_query = uri.path_and_query().cloned();
-    let bare =
-        http::Uri::from_parts(bare).map_err(|_| format!("{}: not a valid URL", escaped(&name)))?;
+    let bare = http::Uri::from_parts(bare).map_err(|_| invalid())?;
     let basic = user_info.map(|user_info| {
         let (user, password) = match Credentials::read(user_info) {
             Credentials::UserPassword(user, password) => (user, password),
@@ -318,6 +334,33 @@ pub(crate) fn http_parts(
         Zeroizing::new(format!("Basic {}", base64(pair.as_bytes()).as_str()))
     });
     Ok((bare, escaped(&name), basic))
+}
+
+/// A URL that is refused, as its error shows it: through [`masked_url`],
+/// with everything after its hosts (path, query, fragment) as `/…`, since
+/// it may be an HTTP destination's secret path.
+pub(crate) fn refused_url(text: &str) -> String {
+    if !text.contains("://") {
+        return "[redacted]".to_owned();
+    }
+    let parts = parts(text);
+    let end = parts.rest.find(['/', '?', '#']).unwrap_or(parts.rest.len());
+    let (hosts, tail) = parts.rest.split_at(end);
+    let mut shown = String::new();
+    if !parts.scheme.is_empty() {
+        shown.push_str(parts.scheme);
+        shown.push_str("://");
+    }
+    if let Some(user_info) = parts.user_info {
+        shown.push_str(&masked_user_info(user_info));
+        shown.push('@');
+    }
+    shown.push_str(hosts);
+    shown.push_str(match tail {
+        "" | "/" => tail,
+        _ => ELIDED_PATH,
+    });
+    escaped(&shown)
 }
 
 /// Standard base64 with padding.
@@ -419,6 +462,46 @@ mod tests {
         }
     }
 
+    /// An HTTP destination is named by its scheme, host and port: its path
+    /// may be a secret.
+    #[test]
+    fn an_http_destination_is_named_without_its_path() {
+        for (url, name) in [
+            (
+                "https://hooks.example.invalid/services/T000/B000/SECRET",
+                "https://hooks.example.invalid:443/…",
+            ),
+            (
+                "http://hooks.example.invalid:8080/SECRET?x=1",
+                "http://hooks.example.invalid:8080/…",
+            ),
+            ("http://127.0.0.1:9/SECRET", "http://127.0.0.1:9/…"),
+            ("http://[::1]/SECRET", "http://[::1]:80/…"),
+            ("https://u:pw@h/SECRET", "https://u:***@h:443/…"),
+            ("http://h/?SECRET", "http://h:80/…"),
+            ("http://h/", "http://h:80/"),
+            ("http://h", "http://h:80/"),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            let (bare, shown, _) = http_parts(&uri).unwrap();
+            assert_eq!(shown, name, "{url}");
+            assert!(bare.to_string().contains("SECRET") == url.contains("SECRET"));
+        }
+        for (url, shown) in [
+            (
+                "https://u:pw@hooks.example/services/SECRET",
+                "https://u:***@hooks.example/…",
+            ),
+            ("htps://hooks.example/SECRET", "htps://hooks.example/…"),
+            ("ftp://h#SECRET", "ftp://h/…"),
+            ("redis://:pw@h:6379/", "redis://:***@h:6379/"),
+            ("nats://h1:1,h2:2", "nats://h1:1,h2:2"),
+            ("SECRET", "[redacted]"),
+        ] {
+            assert_eq!(refused_url(url), shown, "{url}");
+        }
+    }
+
     #[test]
     fn http_user_info_becomes_basic_auth() {
         let uri: http::Uri = "https://app:pa%40ss@h.example:8443/hook?k=v"
@@ -426,7 +509,7 @@ mod tests {
             .unwrap();
         let (bare, name, basic) = http_parts(&uri).unwrap();
         assert_eq!(bare.to_string(), "https://h.example:8443/hook?k=v");
-        assert_eq!(name, "https://app:***@h.example:8443/hook?***");
+        assert_eq!(name, "https://app:***@h.example:8443/…");
         // base64("app:pa@ss")
         assert_eq!(basic.unwrap().as_str(), "Basic YXBwOnBhQHNz");
         assert_eq!(base64(b"").as_str(), "");
