@@ -977,8 +977,17 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
                 .parse::<http::Uri>()
                 .ok()
                 .filter(|uri| {
-                    uri.host().is_some()
-                        && (uri.port().is_none() || uri.port_u16().is_some())
+                    // The http crate reads a port that is not a number up to
+                    // 65535 (`h:x`, `h:99999`, `h:`) as no port at all: the
+                    // client would send to the scheme's default port.
+                    let host_and_port = uri.authority().map_or("", |authority| {
+                        authority
+                            .as_str()
+                            .rsplit_once('@')
+                            .map_or(authority.as_str(), |(_, host)| host)
+                    });
+                    uri.host()
+                        .is_some_and(|host| host == host_and_port || uri.port_u16().is_some())
                         && !uri.path().contains('@')
                         && !uri.query().is_some_and(|query| query.contains('@'))
                         && !url
@@ -987,7 +996,8 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
                 })
                 .ok_or_else(|| {
                     format!(
-                        "{}: not a valid URL ({ENCODE_HINT}, an @ in the path, query or fragment as %40)",
+                        "{}: not a valid URL (a port is a number up to 65535; {ENCODE_HINT}, an @ in \
+                         the path, query or fragment as %40)",
                         refused_url(url)
                     )
                 })?;
@@ -1283,6 +1293,38 @@ mod tests {
             lines.contains("nats_subject = nats://app:***@h:4222"),
             "{lines}"
         );
+    }
+
+    /// An HTTP destination's port is a number up to 65535, or none (the
+    /// scheme's default); the http crate alone reads any other as none.
+    #[test]
+    fn an_http_port_that_is_not_a_number_is_refused() {
+        for bad in [
+            "https://h:notaport/hook",
+            "https://h:99999/hook",
+            "https://h:/hook",
+            "https://u:pw@h:x/hook",
+            "http://[::1]:x/hook",
+        ] {
+            let error = parse_destination(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(
+                error.contains("not a valid URL (a port is a number up to 65535"),
+                "{error}"
+            );
+        }
+        for (good, name) in [
+            ("https://h:8443/hook", "https://h:8443/…"),
+            ("https://h/hook", "https://h:443/…"),
+            ("https://u:pw@h:8443/hook", "https://u:***@h:8443/…"),
+            ("http://[::1]/hook", "http://[::1]:80/…"),
+            ("http://[::1]:8080/hook", "http://[::1]:8080/…"),
+        ] {
+            let spec =
+                parse_destination(good).unwrap_or_else(|error| panic!("{good} refused: {error}"));
+            assert_eq!(spec.name, name);
+        }
     }
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {
