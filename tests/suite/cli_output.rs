@@ -263,6 +263,126 @@ fn clap_errors_are_json_with_json() {
     assert!(version.stdout.starts_with("clink-webhook "), "{version:?}");
 }
 
+/// A clap error never quotes a key, in text or with `--json`: not a value
+/// of `--secret`, of the key variables (each comma-separated part) or of
+/// the variable `--secret env:NAME` names, nor anything that starts as a
+/// key does (`whsec_`), wherever the message repeats it.
+#[test]
+fn clap_errors_never_quote_a_key() {
+    const PLAIN_NEW: &str = "plain_new_key_5521";
+    const PLAIN_OLD: &str = "plain_old_key_7731";
+    const API_KEY: &str = "plain_api_key_6610";
+    let file = BodyFile::new("clap-keys", b"{}");
+    let body = file.path();
+    let both = format!("{PLAIN_NEW}, {PLAIN_OLD}");
+    let cases: [(&[(&str, &str)], &[&str]); 9] = [
+        // The key given after the one --secret takes.
+        (
+            &[],
+            &["sign", "--secret", KEY, OTHER_KEY, "--body-file", body],
+        ),
+        (
+            &[],
+            &["sign", "--secret", KEY, "--body-file", body, OTHER_KEY],
+        ),
+        (
+            &[("CLINK_WEBHOOK_SIGNING_KEY", KEY)],
+            &["sign", "--body-file", body, KEY],
+        ),
+        // Keys without the prefix: known from where they are given.
+        (
+            &[("CLINK_WEBHOOK_SIGNING_KEY", &both)],
+            &["sign", "--body-file", body, PLAIN_OLD],
+        ),
+        (
+            &[],
+            &[
+                "sign",
+                "--secret",
+                PLAIN_NEW,
+                "--body-file",
+                body,
+                PLAIN_NEW,
+            ],
+        ),
+        (
+            &[("CLINK_TEST_OUTPUT_KEY", &both)],
+            &["sign", "--secret", "env:CLINK_TEST_OUTPUT_KEY", PLAIN_NEW],
+        ),
+        (&[("CLINK_SECRET_KEY", API_KEY)], &["api", API_KEY]),
+        // An invalid value, an unknown subcommand, an unknown event type.
+        (
+            &[],
+            &[
+                "verify",
+                "--body-file",
+                body,
+                "--timestamp",
+                "1",
+                "--signature",
+                "s",
+                "--tolerance-seconds",
+                OTHER_KEY,
+            ],
+        ),
+        (&[], &[OTHER_KEY]),
+    ];
+    for (env, args) in cases {
+        for json in [false, true] {
+            let mut command = clink_webhook();
+            command.envs(env.iter().copied());
+            if json {
+                command.arg("--json");
+            }
+            let refused = run(command.args(args));
+            assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
+            assert_eq!(refused.stdout, "", "{args:?}: {refused:?}");
+            for secret in [PLAIN_NEW, PLAIN_OLD, API_KEY] {
+                assert!(
+                    !refused.stderr.contains(secret),
+                    "{secret} printed: {refused:?}"
+                );
+            }
+            let message = if json {
+                refused.json_error()["message"].as_str().unwrap().to_owned()
+            } else {
+                assert!(refused.stderr.starts_with("error: "), "{refused:?}");
+                refused.stderr.clone()
+            };
+            assert!(message.contains("[redacted]"), "{args:?}: {message}");
+        }
+    }
+    let unknown = run(clink_webhook().args(["fixture", OTHER_KEY]));
+    assert_eq!(unknown.code, Some(2), "{unknown:?}");
+
+    // Text errors keep clap's usage and pointer to --help.
+    let text = run(clink_webhook().args(["sign", "--secret", KEY, OTHER_KEY]));
+    assert!(
+        text.stderr
+            .starts_with("error: unexpected argument '[redacted]' found")
+            && text.stderr.contains("Usage: clink-webhook sign")
+            && text.stderr.contains("For more information, try '--help'."),
+        "{text:?}"
+    );
+    // Help and version print and exit 0; so does help with a key given.
+    for args in [
+        &["sign", "--secret", KEY, "--help"][..],
+        &["--help"][..],
+        &["--version"][..],
+    ] {
+        let shown = run(clink_webhook().args(args));
+        assert_eq!(shown.code, Some(0), "{args:?}: {shown:?}");
+        assert!(
+            shown.stdout.starts_with("clink-webhook ") || shown.stdout.contains("Usage:"),
+            "{shown:?}"
+        );
+    }
+    // No command: the help on stderr, exit 2, as before.
+    let bare = run(&mut clink_webhook());
+    assert_eq!(bare.code, Some(2), "{bare:?}");
+    assert!(bare.stderr.contains("Usage: clink-webhook"), "{bare:?}");
+}
+
 #[test]
 fn an_unknown_event_type_is_a_json_error() {
     for args in [

@@ -13,7 +13,7 @@ mod send;
 mod serve;
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -329,26 +329,100 @@ fn json_requested(args: &[OsString]) -> bool {
         .any(|arg| arg == "--json")
 }
 
-/// The secrets among the raw arguments and in the environment, to keep out
-/// of messages that quote an argument.
-fn secrets_in(args: &[OsString]) -> Vec<String> {
-    let mut secrets: Vec<String> = std::env::var(KEY_VARIABLE).ok().into_iter().collect();
-    let mut args = args.iter().filter_map(|arg| arg.to_str());
+/// The environment variables that hold keys: each comma-separated part of
+/// their values is kept out of messages that quote an argument.
+const KEY_VARIABLES: &[&str] = &[
+    KEY_VARIABLE,
+    api_command::API_KEY_VARIABLE,
+    "CLINK_DESTINATION_SIGNING_KEY",
+    "CLINK_CONSOLE_TOKEN",
+];
+
+/// How a key starts: a signing key, or a secret key of Clink's API. Text
+/// that starts so, up to a space, a quote or a comma, is kept out of a
+/// message, wherever it stands (after the escape that colours it, say).
+const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_prod_"];
+
+/// The secrets among the raw arguments (the values of `--secret`) and in
+/// the environment (the [`KEY_VARIABLES`], and a variable `--secret
+/// env:NAME` names), to keep out of messages that quote an argument.
+fn secrets_in(args: &[OsString]) -> Vec<Zeroizing<String>> {
+    let mut variables: Vec<String> = KEY_VARIABLES.iter().map(|&name| name.to_owned()).collect();
+    let mut secrets = Vec::new();
+    let mut args = args.iter().map(|arg| arg.to_string_lossy());
     while let Some(arg) = args.next() {
         let value = match arg.strip_prefix("--secret") {
             Some("") => args.next(),
-            Some(rest) => rest.strip_prefix('='),
+            Some(rest) => rest.strip_prefix('=').map(|value| value.to_owned().into()),
             None => None,
         };
-        secrets.extend(value.map(str::to_owned));
+        if let Some(value) = value {
+            match value.strip_prefix("env:") {
+                Some(name) => variables.push(name.to_owned()),
+                None => secrets.push(Zeroizing::new(value.into_owned())),
+            }
+        }
     }
-    secrets.retain(|secret| !secret.is_empty() && !secret.starts_with("env:"));
+    for name in variables {
+        if let Some(value) = std::env::var_os(&name) {
+            let value = Zeroizing::new(value.to_string_lossy().into_owned());
+            secrets.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .map(|part| Zeroizing::new(part.to_owned())),
+            );
+        }
+    }
+    secrets.retain(|secret| !secret.is_empty());
     secrets
+}
+
+/// `message` with every one of `secrets`, and all text that starts as a
+/// key does ([`KEY_PREFIXES`]), as `[redacted]`.
+fn redacted(message: &str, secrets: &[Zeroizing<String>]) -> String {
+    // The spans to hide, found in the message as given, so that no secret
+    // is looked for in the text that stands for another.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for secret in secrets {
+        spans.extend(
+            message
+                .match_indices(secret.as_str())
+                .map(|(at, found)| (at, at + found.len())),
+        );
+    }
+    for prefix in KEY_PREFIXES {
+        for (at, _) in message.match_indices(prefix) {
+            let key = message[at..]
+                .find(|c: char| {
+                    c.is_whitespace() || c.is_control() || matches!(c, '\'' | '"' | '`' | ',')
+                })
+                .unwrap_or(message.len() - at);
+            spans.push((at, at + key));
+        }
+    }
+    spans.sort_unstable();
+    let mut text = String::with_capacity(message.len());
+    let mut shown = 0;
+    for (start, end) in spans {
+        if end <= shown {
+            continue;
+        }
+        if start > shown {
+            text.push_str(&message[shown..start]);
+        }
+        if start >= shown {
+            text.push_str("[redacted]");
+        }
+        shown = end;
+    }
+    text.push_str(&message[shown..]);
+    text
 }
 
 /// A clap error as a [`CliError`]: its code, and its message on one line
 /// without the usage and the `--help` pointer.
-fn clap_error(error: &clap::Error, args: &[OsString]) -> CliError {
+fn clap_error(error: &clap::Error, args: &[OsString], secrets: &[Zeroizing<String>]) -> CliError {
     let unknown_type = error.kind() == ErrorKind::InvalidValue
         && matches!(
             error.get(ContextKind::InvalidArg),
@@ -397,29 +471,39 @@ fn clap_error(error: &clap::Error, args: &[OsString]) -> CliError {
     if unknown_type {
         message.push_str("; list them with `clink-webhook fixture --list`");
     }
-    for secret in secrets_in(args) {
-        message = message.replace(&secret, "[redacted]");
-    }
-    CliError::new(code, message)
+    CliError::new(code, redacted(&message, secrets))
 }
 
-/// The parsed command line. Help and version print as usual; with `--json`
-/// anywhere in the arguments, other clap errors print as JSON errors.
-fn parse() -> Result<Cli, CliError> {
+/// The parsed command line, or the exit code once its error is printed.
+/// Help and version print as usual; other clap errors print with every
+/// key they quote redacted ([`redacted`]): as clap renders them, or as
+/// JSON errors with `--json` anywhere in the arguments.
+fn parse() -> Result<Cli, ExitCode> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    match Cli::try_parse_from(&args) {
-        Ok(cli) => Ok(cli),
-        Err(error)
-            if json_requested(&args)
-                && !matches!(
-                    error.kind(),
-                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-                ) =>
-        {
-            Err(clap_error(&error, &args))
-        }
-        Err(error) => error.exit(),
+    let error = match Cli::try_parse_from(&args) {
+        Ok(cli) => return Ok(cli),
+        Err(error) => error,
+    };
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        error.exit();
     }
+    let secrets = secrets_in(&args);
+    if json_requested(&args) {
+        return Err(clap_error(&error, &args, &secrets).finish(&Output::new(true)));
+    }
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let rendered = if color {
+        error.render().ansi().to_string()
+    } else {
+        error.render().to_string()
+    };
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(stderr, "{}", redacted(&rendered, &secrets));
+    Err(ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2)))
 }
 
 /// An error and its sources, joined by `: ` and without repeats.
@@ -586,7 +670,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
-        Err(error) => return error.finish(&Output::new(true)),
+        Err(code) => return code,
     };
     let out = Output::new(cli.json);
     let result = match &cli.command {
@@ -611,5 +695,63 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => error.finish(&out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(list: &[&str]) -> Vec<Zeroizing<String>> {
+        list.iter()
+            .map(|s| Zeroizing::new((*s).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_key_in_a_message_is_redacted() {
+        for (message, given, shown) in [
+            (
+                "unexpected argument 'whsec_old' found",
+                &[][..],
+                "unexpected argument '[redacted]' found",
+            ),
+            (
+                "tip: to pass 'whsec_a,whsec_b' as a value, use '-- whsec_a,whsec_b'",
+                &[],
+                "tip: to pass '[redacted],[redacted]' as a value, use '-- [redacted],[redacted]'",
+            ),
+            (
+                "invalid value 'x=sk_test_abc' for '--to <URL>'",
+                &[],
+                "invalid value 'x=[redacted]' for '--to <URL>'",
+            ),
+            // Wherever it starts.
+            (
+                "unexpected argument '--key=whsec_x' found",
+                &[],
+                "unexpected argument '--key=[redacted]' found",
+            ),
+            (
+                "unexpected argument 'hunter2' found",
+                &["hunter2"],
+                "unexpected argument '[redacted]' found",
+            ),
+            // Overlapping secrets, and a short one that also stands in
+            // the word that replaces another: each hidden once.
+            ("x 'abcdef' y", &["abcd", "cdef", "bc"], "x '[redacted]' y"),
+            (
+                "'abc' or 'red'",
+                &["abc", "red"],
+                "'[redacted]' or '[redacted]'",
+            ),
+            (
+                "'\u{1b}[33mwhsec_colored\u{1b}[0m'",
+                &[],
+                "'\u{1b}[33m[redacted]\u{1b}[0m'",
+            ),
+        ] {
+            assert_eq!(redacted(message, &secrets(given)), shown, "{message}");
+        }
     }
 }
