@@ -1637,6 +1637,45 @@ fn a_wrong_inbox_never_prints_its_password() {
     }
 }
 
+/// A variable that is not valid UTF-8 is refused by name: before, it was
+/// skipped, and the file's value used instead.
+#[test]
+fn a_variable_that_is_not_utf8_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = TempDir::new("notutf8");
+    let file = dir.0.join("gateway.toml");
+    std::fs::write(
+        &file,
+        "inbox = \"sqlite:/nonexistent/inbox.db\"\n\
+         destination = \"http://127.0.0.1:9/hook\"\n\
+         settle_ms = 250\n",
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+    command.args(["serve", "--check"]).arg(&file);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CLINK_") || name == "DATABASE_URL" {
+            command.env_remove(name);
+        }
+    }
+    command.env("CLINK_WEBHOOK_SIGNING_KEY", KEY);
+    command.env(
+        "CLINK_SETTLE_MS",
+        std::ffi::OsStr::from_bytes(b"1\xff00hunter2"),
+    );
+    let refused = Process::start(&mut command).finish();
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "configuration: settle_ms (from the environment variable CLINK_SETTLE_MS): not \
+             valid UTF-8"
+        ),
+        "{refused:?}"
+    );
+    assert!(!refused.stderr.contains("hunter2"), "{refused:?}");
+    assert!(!refused.stdout.contains("hunter2"), "{refused:?}");
+}
+
 /// A nats-server of the test's own that wants `user` and `password`, with
 /// JetStream in `dir`: the process (killed when dropped) and its port.
 fn nats_server_with_password(dir: &std::path::Path, user: &str, password: &str) -> (Process, u16) {

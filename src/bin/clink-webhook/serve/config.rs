@@ -546,16 +546,36 @@ impl Reader {
     }
 }
 
+/// The settings given in the environment, `get` reading a variable; one
+/// that is not valid UTF-8 is refused, by name (its value is not shown).
+fn env_values(
+    get: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<BTreeMap<&'static str, String>, ConfigProblem> {
+    let mut env = BTreeMap::new();
+    for field in FIELDS {
+        let name = field.env();
+        let Some(value) = get(&name) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| {
+            problem(
+                field.name,
+                &Origin::Env(name.clone()),
+                "not valid UTF-8 (its value is not shown)",
+            )
+        })?;
+        env.insert(field.name, value);
+    }
+    Ok(env)
+}
+
 const DAY_HOURS: u64 = 24;
 const YEAR_HOURS: u64 = 366 * DAY_HOURS;
 
 impl Config {
     /// Reads the file at `path` (if any) and the environment.
     pub(crate) fn load(path: Option<&Path>) -> Result<Self, ConfigProblem> {
-        let env = FIELDS
-            .iter()
-            .filter_map(|field| std::env::var(field.env()).ok().map(|v| (field.name, v)))
-            .collect();
+        let env = env_values(|name| std::env::var_os(name))?;
         let file = path
             .map(|path| read_toml(path, "configuration file").map(|table| (path.to_owned(), table)))
             .transpose()?;
@@ -1325,6 +1345,29 @@ mod tests {
                 parse_destination(good).unwrap_or_else(|error| panic!("{good} refused: {error}"));
             assert_eq!(spec.name, name);
         }
+    }
+
+    /// A variable that is not valid UTF-8 is refused by name, not skipped
+    /// (the file's value, or the default, would be used instead).
+    #[test]
+    fn a_variable_that_is_not_utf8_is_refused() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let get = |name: &str| match name {
+            "CLINK_INBOX" => Some(std::ffi::OsString::from_vec(
+                b"sqlite:/tmp/\xffhunter2".to_vec(),
+            )),
+            "CLINK_SETTLE_MS" => Some("250".into()),
+            _ => None,
+        };
+        let error = env_values(get).expect_err("refused").0;
+        assert_eq!(
+            error,
+            "configuration: inbox (from the environment variable CLINK_INBOX): not valid UTF-8 \
+             (its value is not shown)"
+        );
+        let env = env_values(|name| (name == "CLINK_SETTLE_MS").then(|| "250".into())).unwrap();
+        assert_eq!(env.get("settle_ms").map(String::as_str), Some("250"));
+        assert_eq!(env.len(), 1);
     }
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigProblem> {
