@@ -2390,6 +2390,40 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `inbox --postgres` reads `DATABASE_URL` as the gateway does: a
+/// password holding `@` or `/` runs to the last `@`, so the command opens
+/// the inbox a gateway with that URL keeps (the PostgreSQL client alone
+/// would end the password at the first `@` and look for a host `ss`).
+#[cfg(all(feature = "postgres", feature = "cli"))]
+#[tokio::test]
+async fn the_cli_reads_a_database_password_up_to_the_last_at() {
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.insert(&event("evt_pg_cli", None, 1)).await.unwrap();
+    let url = std::env::var("DATABASE_URL").unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user_info, hosts) = rest.rsplit_once('@').unwrap();
+    let user = user_info.split(':').next().unwrap();
+    // The test servers trust their clients: any password is taken.
+    let with_password = format!("{scheme}://{user}:p@ss/word@{hosts}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+        .args(["inbox", "--postgres", "--table", &table, "stats"])
+        .env("DATABASE_URL", &with_password)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("pending 1, retrying 0, running 0, dead 0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("p@ss/word") && !stderr.contains("p@ss/word"));
+}
+
 /// An event of `event_type` for `account` about `object`, received at
 /// `received` and signed with the key named `key`, as the CLI filters see it.
 #[cfg(all(feature = "sqlite", feature = "cli"))]

@@ -15,7 +15,8 @@ pub(crate) const AFTER_HELP: &str = "\
 The inbox is the one a receiver keeps with ClinkLayer::intake: --sqlite FILE for
 SqliteInbox (feature sqlite), or --postgres for PostgresInbox in the database
 DATABASE_URL names (feature postgres; --table for another table than
-clink_webhook_inbox). Event bodies are data: every value from one is printed
+clink_webhook_inbox; a password in it runs up to the last @, as the gateway
+reads it, so it may hold / or @ as it is). Event bodies are data: every value from one is printed
 escaped, and `show` prints the body as JSON text only with --json.
 
 `list` and `replay` pick events with the same filters, every one given having
@@ -181,12 +182,7 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
     if args.postgres {
         #[cfg(feature = "postgres")]
         {
-            let url = std::env::var("DATABASE_URL")
-                .map_err(|_| CliError::usage("--postgres needs DATABASE_URL"))?;
-            // The parse error is not shown: it could quote the password.
-            let config: tokio_postgres::Config = url.parse().map_err(|_| {
-                CliError::usage("DATABASE_URL is not a valid PostgreSQL connection string")
-            })?;
+            let config = postgres_config(std::env::var_os("DATABASE_URL"))?;
             let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
                 config,
                 tokio_postgres::NoTls,
@@ -213,6 +209,24 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
     Err(CliError::usage(
         "name the inbox: --sqlite FILE or --postgres",
     ))
+}
+
+/// The PostgreSQL connection `DATABASE_URL` (`url`) names, read as the
+/// gateway reads it: the user info up to the last `@`, so that the inbox a
+/// gateway opens with a password holding `@` or `/` opens here too.
+#[cfg(feature = "postgres")]
+fn postgres_config(url: Option<std::ffi::OsString>) -> Result<tokio_postgres::Config, CliError> {
+    let url = url.ok_or_else(|| CliError::usage("--postgres needs DATABASE_URL"))?;
+    let url = zeroize::Zeroizing::new(
+        url.into_string()
+            .map_err(|_| CliError::usage("DATABASE_URL is not valid UTF-8"))?,
+    );
+    crate::urls::postgres_config(&url).ok_or_else(|| {
+        CliError::usage(
+            "DATABASE_URL is not a valid PostgreSQL connection string \
+             (postgres://user:password@host/db)",
+        )
+    })
 }
 
 fn store_error(error: &clink_webhooks::store::StoreError) -> CliError {
@@ -578,4 +592,45 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    /// `DATABASE_URL` is read as the gateway reads it: a password holding
+    /// `@` or `/` runs to the last `@`.
+    #[test]
+    fn database_url_is_read_as_the_gateway_reads_it() {
+        let read = postgres_config(Some("postgres://app:p@s/s@db.example:5432/clink".into()))
+            .unwrap_or_else(|error| panic!("{}", error.message));
+        assert_eq!(read.get_user(), Some("app"));
+        assert_eq!(read.get_password(), Some(&b"p@s/s"[..]));
+        assert_eq!(read.get_dbname(), Some("clink"));
+        assert!(matches!(
+            read.get_hosts(),
+            [tokio_postgres::config::Host::Tcp(host)] if host == "db.example"
+        ));
+
+        let message = |url| postgres_config(url).err().map(|error| error.message);
+        assert_eq!(
+            message(None).as_deref(),
+            Some("--postgres needs DATABASE_URL")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt as _;
+            let url = std::ffi::OsString::from_vec(b"postgres://app:\xff@db/clink".to_vec());
+            assert_eq!(
+                message(Some(url)).as_deref(),
+                Some("DATABASE_URL is not valid UTF-8")
+            );
+        }
+        let refused = message(Some("postgres://app:hunter2@db:notaport/clink".into())).unwrap();
+        assert!(
+            refused.contains("not a valid PostgreSQL connection string")
+                && !refused.contains("hunter2"),
+            "{refused}"
+        );
+    }
 }

@@ -11,6 +11,8 @@ mod output;
 mod send;
 #[cfg(all(feature = "gateway", unix))]
 mod serve;
+#[cfg(any(feature = "postgres", all(feature = "gateway", unix)))]
+mod urls;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};

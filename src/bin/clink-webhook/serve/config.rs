@@ -14,11 +14,11 @@ use clink_webhooks::{SigningKey, Timestamp, Verifier};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::urls::{
-    http_parts, masked_url, nats_servers, refused_url, shown_value, with_user_info_encoded,
-    NatsServers,
-};
 use crate::output::escaped;
+use crate::urls::{
+    http_parts, masked_url, nats_servers, postgres_config, refused_url, shown_value,
+    with_user_info_encoded, NatsServers,
+};
 
 /// One setting: its name in the file, the environment variable that sets
 /// it too, its default, and whether its value is a secret.
@@ -382,6 +382,7 @@ pub(crate) fn read_accounts(path: &Path) -> Result<BTreeMap<String, Vec<KeySpec>
 /// Where the inbox is.
 pub(crate) enum InboxSpec {
     Sqlite(PathBuf),
+    /// `database_url` as given (read with [`postgres_config`]).
     Postgres(Zeroizing<String>),
 }
 
@@ -651,8 +652,7 @@ impl Config {
                         // Read up to the last `@`, as the docs say: the
                         // PostgreSQL client ends the user info at the first.
                         let url = Zeroizing::new(url);
-                        let encoded = with_user_info_encoded(&url);
-                        if encoded.parse::<tokio_postgres::Config>().is_err() {
+                        if postgres_config(&url).is_none() {
                             return Err(problem(
                             "database_url",
                             &url_origin,
@@ -660,7 +660,7 @@ impl Config {
                         ));
                         }
                         r.note("database_url", masked_url(&url), url_origin);
-                        InboxSpec::Postgres(encoded)
+                        InboxSpec::Postgres(url)
                     } else {
                         return Err(problem(
                             "inbox",
@@ -1394,7 +1394,7 @@ mod tests {
         let InboxSpec::Postgres(url) = &config.inbox else {
             panic!("a PostgreSQL inbox")
         };
-        let read: tokio_postgres::Config = url.parse().unwrap();
+        let read = postgres_config(url).unwrap();
         assert_eq!(read.get_user(), Some("app"));
         assert_eq!(read.get_password(), Some(&b"p@s/s"[..]));
         assert!(!config.lines().join("\n").contains("p@s/s"));

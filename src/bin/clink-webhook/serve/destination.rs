@@ -19,8 +19,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use zeroize::Zeroizing;
 
 use super::config::{Config, DestinationKind, KeySpec};
-use super::urls::{Credentials, NatsServers};
 use crate::output::escaped;
+use crate::urls::{Credentials, NatsServers};
 
 /// How much of an HTTP app's answer is read (and dropped).
 const ANSWER_LIMIT: usize = 64 * 1024;

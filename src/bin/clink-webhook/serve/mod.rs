@@ -5,7 +5,6 @@
 
 mod config;
 mod destination;
-mod urls;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -553,9 +552,8 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
         InboxSpec::Postgres(url) => {
             // Checked when the configuration was read; the error is not shown:
             // it could quote the password.
-            let pg: tokio_postgres::Config = url
-                .parse()
-                .map_err(|_| CliError::usage("configuration: database_url is not valid"))?;
+            let pg = crate::urls::postgres_config(url)
+                .ok_or_else(|| CliError::usage("configuration: database_url is not valid"))?;
             let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
                 pg.clone(),
                 tokio_postgres::NoTls,
@@ -596,7 +594,7 @@ where
         CliError::usage(format!(
             "configuration: log ({}): not a log filter such as warn or warn,clink_webhooks=info: {e}",
             if filter.contains("://") {
-                urls::masked_url(filter)
+                crate::urls::masked_url(filter)
             } else {
                 crate::output::escaped(filter)
             }

@@ -1,7 +1,10 @@
 //! URLs with credentials in them: shown with every password masked, and
 //! their user info read the way the database's own client reads it (up to
 //! the last `@`), so that a password may hold `/`, `?`, `#`, `@` or `,`
-//! as it is.
+//! as it is. The gateway's (`serve`) and `inbox --postgres`'s.
+
+// Without the gateway, `inbox --postgres` uses a part of it only.
+#![cfg_attr(not(all(feature = "gateway", unix)), allow(dead_code))]
 
 use zeroize::Zeroizing;
 
@@ -221,7 +224,19 @@ pub(crate) fn with_user_info_encoded(url: &str) -> Zeroizing<String> {
     ))
 }
 
+/// A PostgreSQL connection string (`DATABASE_URL`) as the gateway's inbox
+/// and `inbox --postgres` read it: its user info up to the last `@`
+/// ([`with_user_info_encoded`]), so that a password may hold `@` or `/`
+/// as it is, though the PostgreSQL client alone ends it at the first.
+/// `None` when it is not one; the client's error is not given (it could
+/// quote the password).
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_config(url: &str) -> Option<tokio_postgres::Config> {
+    with_user_info_encoded(url).parse().ok()
+}
+
 /// The servers of a NATS destination and the credentials they share.
+#[cfg(feature = "gateway")]
 #[derive(Clone)]
 pub(crate) struct NatsServers {
     /// One `scheme://host:port` per server, without user info.
@@ -232,6 +247,7 @@ pub(crate) struct NatsServers {
 /// Reads `nats://[user:password@]host:port[,host:port...]` and lists of
 /// such URLs separated by commas; each server is checked as the NATS
 /// client will read it. Errors never quote a password.
+#[cfg(feature = "gateway")]
 pub(crate) fn nats_servers(text: &str) -> Result<NatsServers, String> {
     let invalid = |why: &str| format!("{}: not a valid NATS URL: {why}", masked_url(text));
     let mut urls = Vec::new();
@@ -440,6 +456,26 @@ mod tests {
             "redis://u:a%2Fb@h:6379/"
         );
         assert_eq!(percent_decoded("a%2Fb%zz%4"), "a/b%zz%4");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_database_password_runs_to_the_last_at() {
+        let read = postgres_config("postgres://app:p@s/s@db.example:5432/clink").unwrap();
+        assert_eq!(read.get_user(), Some("app"));
+        assert_eq!(read.get_password(), Some(&b"p@s/s"[..]));
+        assert_eq!(read.get_dbname(), Some("clink"));
+        assert!(matches!(
+            read.get_hosts(),
+            [tokio_postgres::config::Host::Tcp(host)] if host == "db.example"
+        ));
+        assert_eq!(read.get_ports(), [5432]);
+        assert!(postgres_config("postgres://app:pw@db:notaport/clink").is_none());
+    }
+
+    #[cfg(feature = "gateway")]
+    #[test]
+    fn nats_user_info_is_read_up_to_the_last_at() {
         let servers = nats_servers("nats://app:pq/rs@127.0.0.1:4222,nats://app:pq/rs@h2").unwrap();
         assert_eq!(servers.urls, ["nats://127.0.0.1:4222", "nats://h2"]);
         match servers.credentials {
