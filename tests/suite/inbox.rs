@@ -1225,11 +1225,16 @@ fn pg_pool() -> deadpool_postgres::Pool {
 /// A PostgreSQL inbox in a table of its own, so runs never meet.
 #[cfg(feature = "postgres")]
 async fn postgres_inbox() -> clink_webhooks::store::PostgresInbox {
-    let table = format!("inbox_{}", unique());
+    postgres_inbox_in(&format!("inbox_{}", unique()), Duration::from_secs(10)).await
+}
+
+/// A PostgreSQL inbox in `table`, each call bounded by `timeout`.
+#[cfg(feature = "postgres")]
+async fn postgres_inbox_in(table: &str, timeout: Duration) -> clink_webhooks::store::PostgresInbox {
     let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
-        .with_table(&table)
+        .with_table(table)
         .unwrap()
-        .with_timeout(Duration::from_secs(10))
+        .with_timeout(timeout)
         .unwrap();
     inbox.migrate().await.unwrap();
     inbox
@@ -1283,12 +1288,7 @@ async fn a_postgres_purge_goes_step_by_step() {
 
     let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
-    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
-        .with_table(&table)
-        .unwrap()
-        .with_timeout(Duration::from_secs(60))
-        .unwrap();
-    inbox.migrate().await.unwrap();
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
     let client = pg_pool().get().await.unwrap();
     let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
     let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
@@ -1420,12 +1420,7 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
 async fn a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again() {
     let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
-    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
-        .with_table(&table)
-        .unwrap()
-        .with_timeout(Duration::from_secs(60))
-        .unwrap();
-    inbox.migrate().await.unwrap();
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
     let inbox = Arc::new(inbox);
     inbox.insert(&event("evt_pinned", None, 1)).await.unwrap();
     let seq = seq_of(&*inbox, "evt_pinned").await;
@@ -1490,12 +1485,7 @@ async fn a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again() {
 async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_run_beside() {
     let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
-    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
-        .with_table(&table)
-        .unwrap()
-        .with_timeout(Duration::from_secs(60))
-        .unwrap();
-    inbox.migrate().await.unwrap();
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
     let inbox = Arc::new(inbox);
     inbox.insert(&event("evt_a", Some("o"), 1)).await.unwrap();
     inbox.insert(&event("evt_b", Some("o"), 2)).await.unwrap();
