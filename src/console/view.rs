@@ -129,12 +129,13 @@ impl Query {
     }
 }
 
-/// `?a=1&b=2`, each value percent-encoded; empty without pairs.
+/// `?a=1&b=2`, each name and each value percent-encoded; empty without
+/// pairs.
 pub(super) fn query_string(pairs: &[(&str, String)]) -> String {
     let mut query = String::new();
     for (i, (name, value)) in pairs.iter().enumerate() {
         query.push(if i == 0 { '?' } else { '&' });
-        query.push_str(name);
+        query.push_str(&percent_encode(name));
         query.push('=');
         query.push_str(&percent_encode(value));
     }

@@ -636,6 +636,27 @@ async fn without_the_token_it_is_401_and_nothing_of_the_inbox() {
     assert_eq!(page.status, 401);
 }
 
+/// The redirect after `?token=` keeps every other parameter as it came,
+/// its name percent-encoded as its value is: a name holding `=` or `&`
+/// stays one name, and adds no parameter of its own.
+#[tokio::test]
+async fn the_login_redirect_keeps_each_parameter_name_whole() {
+    let app = mounted(Console::with_token(MemoryInbox::new(), TOKEN).unwrap());
+    let login = send(
+        &app,
+        "GET",
+        &format!("/console/events?token={TOKEN}&x%3D1%26status=2&type=a%26b"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    assert_eq!(
+        login.header("location"),
+        "/console/events?x%3D1%26status=2&type=a%26b"
+    );
+}
+
 #[tokio::test]
 async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirmation() {
     let (captured, _guard) = crate::support::capture::capture();
