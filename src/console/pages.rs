@@ -513,32 +513,36 @@ async fn timeline(
     let filter = InboxFilter::default().object_key(object.clone());
     let total = call(shared, inbox.count(&filter)).await?;
     // Up to half after the event, the rest before it (the event itself
-    // the newest of those); what one side lacks, the other fills.
+    // the newest of those); what one side lacks, the other fills. Each
+    // read is cut to what was asked, should an inbox of the app's own
+    // return more.
+    let half = TIMELINE_LEN / 2;
     let mut newer = call(
         shared,
-        inbox.page_summaries(&filter, PageStart::After(entry.seq), TIMELINE_LEN / 2),
+        inbox.page_summaries(&filter, PageStart::After(entry.seq), half),
     )
     .await?;
-    let older = call(
+    keep_nearest_after(&mut newer, half);
+    let mut older = call(
         shared,
         inbox.page_summaries(
             &filter,
             PageStart::Before(entry.seq.saturating_add(1)),
-            TIMELINE_LEN - newer.len(),
+            TIMELINE_LEN.saturating_sub(newer.len()),
         ),
     )
     .await?;
-    let room = TIMELINE_LEN - newer.len() - older.len();
-    if room > 0 && newer.len() == TIMELINE_LEN / 2 {
-        // Pages run newest first: the first of `newer` is its newest.
-        let newest = newer[0].seq;
-        newer.extend(
-            call(
-                shared,
-                inbox.page_summaries(&filter, PageStart::After(newest), room),
-            )
-            .await?,
-        );
+    older.truncate(TIMELINE_LEN.saturating_sub(newer.len()));
+    let room = TIMELINE_LEN.saturating_sub(newer.len() + older.len());
+    if room > 0 && newer.len() == half {
+        let newest = newer.iter().map(|e| e.seq).max().unwrap_or(entry.seq);
+        let mut more = call(
+            shared,
+            inbox.page_summaries(&filter, PageStart::After(newest), room),
+        )
+        .await?;
+        keep_nearest_after(&mut more, room);
+        newer.append(&mut more);
     }
     let mut events = older;
     events.append(&mut newer);
@@ -579,6 +583,13 @@ async fn timeline(
             view::query_string(&[("object", object.clone())])
         ),
     }))
+}
+
+/// Cuts a page read after an event (newest first, so the nearest to the
+/// event last) to the `limit` nearest.
+fn keep_nearest_after(page: &mut Vec<InboxSummary>, limit: usize) {
+    let extra = page.len().saturating_sub(limit);
+    page.drain(..extra);
 }
 
 /// What the page says when it shows only the start of a body or an error

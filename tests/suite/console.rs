@@ -1881,6 +1881,183 @@ impl Inbox for Staged {
     }
 }
 
+/// A memory inbox of the app's own that misbehaves as told: every read
+/// takes `read_delay` (a slow store, in paused tokio time), a page of
+/// summaries holds `overfill` times the events asked for, and with
+/// `replays_hang` a replay is applied and then never answered (a store
+/// whose answer is lost, or that answers only after the console gave up).
+#[derive(Default)]
+struct Quirky {
+    inner: MemoryInbox,
+    read_delay: Duration,
+    overfill: usize,
+    replays_hang: bool,
+}
+
+impl Quirky {
+    fn new(inner: MemoryInbox) -> Self {
+        Self {
+            inner,
+            overfill: 1,
+            ..Self::default()
+        }
+    }
+
+    async fn read<T>(&self, read: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+        if !self.read_delay.is_zero() {
+            tokio::time::sleep(self.read_delay).await;
+        }
+        read.await
+    }
+
+    async fn write<T>(&self, write: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+        let done = write.await;
+        if self.replays_hang {
+            std::future::pending::<()>().await;
+        }
+        done
+    }
+}
+
+impl Inbox for Quirky {
+    fn insert<'a>(
+        &'a self, event: &'a NewEvent,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
+        self.inner.insert(event)
+    }
+    fn insert_dead<'a>(
+        &'a self, event: &'a NewEvent, error: &'a str,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
+        self.inner.insert_dead(event, error)
+    }
+    fn claim(
+        &self, lease: Duration, window: Duration,
+    ) -> BoxFuture<'_, Result<Option<clink_webhooks::store::InboxClaim>, StoreError>> {
+        self.inner.claim(lease, window)
+    }
+    fn complete<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.complete(claim)
+    }
+    fn fail<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
+        retry_at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.fail(claim, error, retry_at)
+    }
+    fn release<'a>(
+        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
+    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
+        self.inner.release(claim)
+    }
+    fn list<'a>(
+        &'a self, filter: &'a InboxFilter, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+        Box::pin(self.read(self.inner.list(filter, limit)))
+    }
+    fn page_summaries<'a>(
+        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
+        let limit = limit.saturating_mul(self.overfill);
+        Box::pin(self.read(self.inner.page_summaries(filter, start, limit)))
+    }
+    fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.read(self.inner.count(filter)))
+    }
+    fn activity(
+        &self, since: Timestamp, interval: Duration, intervals: usize,
+    ) -> BoxFuture<'_, Result<clink_webhooks::store::InboxActivity, StoreError>> {
+        Box::pin(self.read(self.inner.activity(since, interval, intervals)))
+    }
+    fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        Box::pin(self.read(self.inner.get(seq)))
+    }
+    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+        Box::pin(self.write(self.inner.replay(seq, force)))
+    }
+    fn replay_if<'a>(
+        &'a self, seq: i64, pin: &'a ReplayPin,
+    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
+        Box::pin(self.write(self.inner.replay_if(seq, pin)))
+    }
+    fn replay_matching<'a>(
+        &'a self, filter: &'a InboxFilter, force: bool,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(self.write(self.inner.replay_matching(filter, force)))
+    }
+    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.purge(before)
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>> {
+        Box::pin(self.read(self.inner.stats()))
+    }
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.check_writable()
+    }
+}
+
+/// The event numbers of a timeline's rows, and which one is marked as the
+/// page's own.
+fn timeline_rows(page: &Page) -> Vec<(i64, bool)> {
+    let table = &page.body[page.body.find("<table class=\"timeline\">").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    table
+        .split("<tr class=\"status-")
+        .skip(1)
+        .map(|row| {
+            let link = &row[row.find("/events/").unwrap() + "/events/".len()..];
+            let seq = link[..link.find('"').unwrap()].parse().unwrap();
+            (seq, row[..row.find('>').unwrap()].contains(" current"))
+        })
+        .collect()
+}
+
+/// An inbox of the app's own that returns more summaries than asked for:
+/// the timeline takes only as many as it asked for on each side, the
+/// nearest to the event, and still shows 100.
+#[tokio::test]
+async fn a_timeline_from_an_inbox_that_returns_too_much_keeps_what_it_asked_for() {
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    for n in 0..300 {
+        memory
+            .insert(&event(
+                &format!("evt_{n:03}"),
+                "order.updated",
+                None,
+                Some("order:busy"),
+                now - 1_000_000 + n,
+                now,
+            ))
+            .await
+            .unwrap();
+    }
+    let inbox = Arc::new(Quirky {
+        overfill: 4,
+        ..Quirky::new(memory)
+    });
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let page = get(&app, "/console/events/100").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let rows = timeline_rows(&page);
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (51..=150).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.1).map(|r| r.0).collect::<Vec<_>>(),
+        [100]
+    );
+    // Near the newest: what the newer side lacks, the older fills, cut too.
+    let page = get(&app, "/console/events/290").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        timeline_rows(&page).iter().map(|r| r.0).collect::<Vec<_>>(),
+        (201..=300).collect::<Vec<_>>()
+    );
+}
+
 /// The timeline reads the summaries of its object's events, never their
 /// bodies: over an inbox that reads no page of whole events, the event
 /// page still shows it whole.
