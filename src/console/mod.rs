@@ -123,7 +123,8 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// How many events a page lists unless set otherwise.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 
-/// How long a page waits for the inbox unless set otherwise (5 s).
+/// How long a page waits for the inbox unless set otherwise (5 s), all its
+/// inbox calls together.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The inbox console: build it with [`with_token`](Self::with_token) or
@@ -266,7 +267,9 @@ impl Console {
         Ok(self)
     }
 
-    /// How long a page waits for the inbox before answering `503` (default 5 s).
+    /// How long a page waits for the inbox before answering `503` (default
+    /// 5 s): the time all the inbox calls of one request have together,
+    /// from when it came in.
     ///
     /// # Errors
     ///
@@ -300,13 +303,39 @@ impl Console {
     }
 }
 
-/// What a page knows of its request: who made it and where the console is.
+/// What a page knows of its request: who made it, where the console is,
+/// and until when its inbox calls may run.
 #[derive(Debug, Clone)]
 struct Ctx {
     who: Who,
     /// The path the console is mounted at, without a trailing `/` (`""` at
     /// the root).
     base: String,
+    /// The request's deadline: every inbox call it makes shares it.
+    deadline: Deadline,
+}
+
+/// The time a request's inbox calls have, together: the console's
+/// [`timeout`](Console::timeout) from when the request came in, so that a
+/// page reading the inbox four times waits no longer than one reading it
+/// once.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn starting_now(timeout: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            // A timeout too long to be an instant is as long as a year.
+            at: now
+                .checked_add(timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600)),
+            timeout,
+        }
+    }
 }
 
 /// The path the console is mounted at: the original path less the part
@@ -401,7 +430,11 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             }
         }
     };
-    request.extensions_mut().insert(Ctx { who, base });
+    request.extensions_mut().insert(Ctx {
+        who,
+        base,
+        deadline: Deadline::starting_now(shared.timeout),
+    });
     let mut response = next.run(request).await;
     if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, cookie);

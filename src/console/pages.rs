@@ -17,8 +17,8 @@ use super::view::{self, Query};
 use super::{Ctx, Shared};
 use crate::store::inbox_page::cut_error;
 use crate::store::{
-    timed, InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart,
-    ReplayPin, Replayed, StoreError,
+    InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart, ReplayPin,
+    Replayed, StoreError, StoreErrorKind,
 };
 use crate::Timestamp;
 
@@ -295,11 +295,23 @@ fn unavailable(shared: &Shared, ctx: &Ctx, error: &StoreError) -> Response {
     )
 }
 
-/// Runs one inbox call under the console's timeout.
+/// Runs one inbox call of the request until its deadline: with what is
+/// left of the console's timeout after the calls before it.
 async fn call<T>(
-    shared: &Shared, future: impl Future<Output = Result<T, StoreError>>,
+    ctx: &Ctx, future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    timed(shared.timeout, future).await
+    let deadline = ctx.deadline;
+    crate::guard::until(deadline.at, future)
+        .await
+        .unwrap_or_else(|()| {
+            Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "no answer within the {:?} the console gives a page",
+                    deadline.timeout
+                ),
+            ))
+        })
 }
 
 /// The `400` page for a filter that could not be read.
@@ -324,10 +336,10 @@ pub(super) async fn overview(
     let since = Timestamp::from_millis(now.as_millis() - 59 * 60_000 - now.as_millis() % 60_000);
     let read = async {
         Ok::<_, StoreError>((
-            call(&shared, inbox.stats()).await?,
-            call(&shared, inbox.count(&done)).await?,
-            call(&shared, inbox.page_summaries(&dead, PageStart::Newest, 10)).await?,
-            call(&shared, inbox.activity(since, Duration::from_secs(60), 60)).await?,
+            call(&ctx, inbox.stats()).await?,
+            call(&ctx, inbox.count(&done)).await?,
+            call(&ctx, inbox.page_summaries(&dead, PageStart::Newest, 10)).await?,
+            call(&ctx, inbox.activity(since, Duration::from_secs(60), 60)).await?,
         ))
     };
     let (stats, done_count, dead_rows, activity) = match read.await {
@@ -407,7 +419,7 @@ pub(super) async fn events(
         });
     let read = async {
         // Summaries: a row shows no body, and only the start of the error.
-        let mut page = call(&shared, inbox.page_summaries(&filter, start, size + 1)).await?;
+        let mut page = call(&ctx, inbox.page_summaries(&filter, start, size + 1)).await?;
         let more = page.len() > size;
         if more {
             // The extra event is the one past the page, on the side it ran to.
@@ -422,7 +434,7 @@ pub(super) async fn events(
             (PageStart::Newest, _, _) => (false, more),
             (PageStart::Before(_), Some(first), _) => (
                 !call(
-                    &shared,
+                    &ctx,
                     inbox.page_summaries(&filter, PageStart::After(first.seq), 1),
                 )
                 .await?
@@ -432,16 +444,16 @@ pub(super) async fn events(
             (PageStart::After(_), _, Some(last)) => (
                 more,
                 !call(
-                    &shared,
+                    &ctx,
                     inbox.page_summaries(&filter, PageStart::Before(last.seq), 1),
                 )
                 .await?
                 .is_empty(),
             ),
         };
-        let matching = call(&shared, inbox.count(&filter)).await?;
+        let matching = call(&ctx, inbox.count(&filter)).await?;
         let dead_matching = match &dead_filter {
-            Some(dead) if !shared.read_only => call(&shared, inbox.count(dead)).await?,
+            Some(dead) if !shared.read_only => call(&ctx, inbox.count(dead)).await?,
             _ => 0,
         };
         Ok::<_, StoreError>((page, newer, older, matching, dead_matching))
@@ -511,20 +523,20 @@ async fn timeline(
     };
     let inbox = &shared.inbox;
     let filter = InboxFilter::default().object_key(object.clone());
-    let total = call(shared, inbox.count(&filter)).await?;
+    let total = call(ctx, inbox.count(&filter)).await?;
     // Up to half after the event, the rest before it (the event itself
     // the newest of those); what one side lacks, the other fills. Each
     // read is cut to what was asked, should an inbox of the app's own
     // return more.
     let half = TIMELINE_LEN / 2;
     let mut newer = call(
-        shared,
+        ctx,
         inbox.page_summaries(&filter, PageStart::After(entry.seq), half),
     )
     .await?;
     keep_nearest_after(&mut newer, half);
     let mut older = call(
-        shared,
+        ctx,
         inbox.page_summaries(
             &filter,
             PageStart::Before(entry.seq.saturating_add(1)),
@@ -537,7 +549,7 @@ async fn timeline(
     if room > 0 && newer.len() == half {
         let newest = newer.iter().map(|e| e.seq).max().unwrap_or(entry.seq);
         let mut more = call(
-            shared,
+            ctx,
             inbox.page_summaries(&filter, PageStart::After(newest), room),
         )
         .await?;
@@ -616,7 +628,7 @@ pub(super) async fn event(
     };
     let now = Timestamp::now();
     let inbox = &shared.inbox;
-    let entry = match call(&shared, inbox.get(seq)).await {
+    let entry = match call(&ctx, inbox.get(seq)).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return missing(&shared, &ctx),
         Err(err) => return unavailable(&shared, &ctx, &err),
@@ -827,7 +839,7 @@ pub(super) async fn replay(
     };
     let force = form.force == "yes";
     let inbox = &shared.inbox;
-    let entry = match call(&shared, inbox.get(seq)).await {
+    let entry = match call(&ctx, inbox.get(seq)).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return missing(&shared, &ctx),
         Err(err) => return unavailable(&shared, &ctx, &err),
@@ -838,11 +850,11 @@ pub(super) async fn replay(
     let pin = force.then(|| pinned(&form));
     let replayed = if let Some(pin) = pin {
         match pin {
-            Some(pin) => call(&shared, inbox.replay_if(seq, &pin)).await,
+            Some(pin) => call(&ctx, inbox.replay_if(seq, &pin)).await,
             None => Ok(Replayed::Changed),
         }
     } else {
-        call(&shared, inbox.replay(seq, false)).await
+        call(&ctx, inbox.replay(seq, false)).await
     };
     let replayed = match replayed {
         Ok(replayed) => replayed,
@@ -850,7 +862,7 @@ pub(super) async fn replay(
     };
     if replayed == Replayed::Changed {
         // Shown as it is now, not as it was read before the replay.
-        let now = match call(&shared, inbox.get(seq)).await {
+        let now = match call(&ctx, inbox.get(seq)).await {
             Ok(Some(now)) => now,
             Ok(None) => return missing(&shared, &ctx),
             Err(err) => return unavailable(&shared, &ctx, &err),
@@ -886,7 +898,7 @@ pub(super) async fn replay(
         Replayed::Handled { .. } => {
             // Shown and pinned as it is now: the event read before the
             // replay may have been running then, and handled since.
-            match call(&shared, inbox.get(seq)).await {
+            match call(&ctx, inbox.get(seq)).await {
                 Ok(Some(now)) if now.status == InboxStatus::Done => {
                     confirm(&shared, &ctx, &now, now.handled_at, false)
                 }
@@ -921,7 +933,7 @@ pub(super) async fn replay_dead(
         );
     }
     filter.status = Some(InboxStatus::Dead);
-    let seqs = match call(&shared, shared.inbox.replay_matching(&filter, false)).await {
+    let seqs = match call(&ctx, shared.inbox.replay_matching(&filter, false)).await {
         Ok(seqs) => seqs,
         Err(err) => return unavailable(&shared, &ctx, &err),
     };

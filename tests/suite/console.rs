@@ -2058,6 +2058,65 @@ async fn a_timeline_from_an_inbox_that_returns_too_much_keeps_what_it_asked_for(
     );
 }
 
+/// Every inbox call of a request shares one deadline, the console's
+/// timeout from when the request came in: over an inbox taking 0.6 s a
+/// read, with a timeout of 1 s, each page that reads it more than once
+/// answers `503` when its second read is cut at the 1 s, never later
+/// (paused tokio time: the clock moves only as the timers do). With
+/// reads of 0.15 s, the same pages fit in the second and answer.
+#[tokio::test(start_paused = true)]
+async fn the_inbox_calls_of_a_page_share_one_deadline() {
+    let timeout = Duration::from_secs(1);
+    for (read_delay, status) in [
+        (Duration::from_millis(600), 503),
+        (Duration::from_millis(150), 200),
+    ] {
+        let memory = MemoryInbox::new();
+        let now = Timestamp::now().as_millis();
+        memory
+            .insert_dead(
+                &event(
+                    "evt_slow",
+                    "order.succeeded",
+                    None,
+                    Some("order:o1"),
+                    now,
+                    now,
+                ),
+                "boom",
+            )
+            .await
+            .unwrap();
+        let inbox = Arc::new(Quirky {
+            read_delay,
+            ..Quirky::new(memory)
+        });
+        let app = mounted(
+            Console::with_token(Arc::clone(&inbox), TOKEN)
+                .unwrap()
+                .timeout(timeout)
+                .unwrap(),
+        );
+        for path in ["/console", "/console/events", "/console/events/1"] {
+            let started = tokio::time::Instant::now();
+            let page = get(&app, path).await;
+            let took = started.elapsed();
+            assert_eq!(
+                page.status, status,
+                "{path} after {read_delay:?} a read: {}",
+                page.body
+            );
+            assert!(
+                took <= timeout,
+                "{path} took {took:?}, past the page's {timeout:?}"
+            );
+            if status == 503 {
+                assert!(page.body.contains("did not answer"), "{}", page.body);
+            }
+        }
+    }
+}
+
 /// The timeline reads the summaries of its object's events, never their
 /// bodies: over an inbox that reads no page of whole events, the event
 /// page still shows it whole.
