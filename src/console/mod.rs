@@ -61,12 +61,28 @@
 //! holds the shown state in its `WHERE`; in memory, it runs under the
 //! inbox's lock), so a worker that settles the event between the page
 //! and the replay is caught too; an inbox of your own that keeps the
-//! trait's default `replay_if` checks just before the replay instead. Each
-//! action is a form `POST` carrying a CSRF token derived from the session,
-//! checked in constant time, and is logged at `info` level under the
-//! target `clink_webhooks::console` with what was done (values from bodies
-//! in their escaped `Debug` form). A read-only console
-//! ([`read_only`](Console::read_only)) shows no action and refuses them.
+//! trait's default `replay_if` checks just before the replay instead.
+//!
+//! The replay of the dead events holds for those its page counted: its
+//! form carries the newest of them and how many there were, and once an
+//! event matching the filter died since (newer than that one, or more of
+//! them than counted) it replays nothing and shows the dead events as they
+//! are now, to replay from there. That check is made just before the
+//! replay ([`Inbox::replay_matching`]), not in the same step: an event
+//! that dies in between is replayed with the others, and the log line
+//! counts those newer than the one pinned (`past_shown`).
+//!
+//! Each action is a form `POST` carrying a CSRF token derived from the
+//! session, checked in constant time, and is logged at `info` level under
+//! the target `clink_webhooks::console` when asked for, before it runs,
+//! and again with what was done (values from bodies in their escaped
+//! `Debug` form). A replay the inbox does not confirm, because it failed
+//! or did not answer within the console's [`timeout`](Console::timeout),
+//! may have been applied all the same (a store goes on with a write the
+//! console stopped waiting for): it is logged at `warn`, and answered
+//! `503` with a page that says so, and to look at the events before
+//! trying again. A read-only console ([`read_only`](Console::read_only))
+//! shows no action and refuses them.
 //!
 //! # Access
 //!

@@ -132,6 +132,9 @@ struct EventsPage {
     problem: Option<String>,
     matching: u64,
     dead_matching: u64,
+    /// The newest of the dead events counted in `dead_matching`: the bulk
+    /// replay's form pins it, with the count.
+    dead_newest: i64,
     csrf: String,
     pairs: Vec<(&'static str, String)>,
     rows: Vec<Row>,
@@ -295,6 +298,26 @@ fn unavailable(shared: &Shared, ctx: &Ctx, error: &StoreError) -> Response {
     )
 }
 
+/// The `503` page for a replay the inbox did not confirm: it failed, or
+/// did not answer in time, and may have been applied all the same (a
+/// store goes on with a write the console stopped waiting for).
+fn unconfirmed(shared: &Shared, ctx: &Ctx, what: &str, error: &StoreError) -> Response {
+    message(
+        shared,
+        ctx,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The replay may have been applied",
+        format!(
+            "{error}. The inbox did not confirm the {what}: it may have been applied, \
+             in full or in part. Look at the events before trying again."
+        ),
+    )
+}
+
+/// What the log says of a replay the inbox did not confirm.
+const UNCONFIRMED: &str = "not confirmed: may have been applied; look at the events before \
+     trying again";
+
 /// Runs one inbox call of the request until its deadline: with what is
 /// left of the console's timeout after the calls before it.
 async fn call<T>(
@@ -387,6 +410,12 @@ fn notice(query: &Query) -> Option<String> {
             "Replayed {count} dead event{}: pending again.",
             if count == 1 { "" } else { "s" }
         )),
+        "dead-changed" => Some(
+            "The dead events matching this filter changed since the page that asked for \
+             their replay was shown (more of them, or newer ones): nothing was replayed. \
+             Here they are now; replay them from this page if you still mean to."
+                .to_owned(),
+        ),
         _ => None,
     }
 }
@@ -452,13 +481,22 @@ pub(super) async fn events(
             ),
         };
         let matching = call(&ctx, inbox.count(&filter)).await?;
-        let dead_matching = match &dead_filter {
-            Some(dead) if !shared.read_only => call(&ctx, inbox.count(dead)).await?,
-            _ => 0,
+        let (dead_matching, dead_newest) = match &dead_filter {
+            Some(dead) if !shared.read_only => {
+                // The newest before the count: an event that dies between
+                // the two is counted, newer than the one pinned, and the
+                // replay asks again.
+                let newest = call(&ctx, inbox.page_summaries(dead, PageStart::Newest, 1))
+                    .await?
+                    .first()
+                    .map_or(0, |e| e.seq);
+                (call(&ctx, inbox.count(dead)).await?, newest)
+            }
+            _ => (0, 0),
         };
-        Ok::<_, StoreError>((page, newer, older, matching, dead_matching))
+        Ok::<_, StoreError>((page, newer, older, matching, dead_matching, dead_newest))
     };
-    let (page, newer, older, matching, dead_matching) = match read.await {
+    let (page, newer, older, matching, dead_matching, dead_newest) = match read.await {
         Ok(read) => read,
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
@@ -487,6 +525,7 @@ pub(super) async fn events(
             problem,
             matching,
             dead_matching,
+            dead_newest,
             csrf: shared.keys.csrf(&ctx.who),
             pairs: query.filter_pairs(),
             rows: page.iter().map(|e| Row::new(e, now)).collect(),
@@ -755,6 +794,41 @@ fn handled_mark(entry: &InboxEntry) -> String {
         .unwrap_or_default()
 }
 
+/// Logs a replay of `entry` asked for, before it runs: a replay the
+/// request is dropped in (its client gone) or that the inbox does not
+/// confirm may be applied all the same.
+fn log_replay_asked(ctx: &Ctx, entry: &InboxEntry, force: bool) {
+    let seq = entry.seq;
+    tracing::info!(
+        target: "clink_webhooks::console",
+        action = "replay",
+        seq,
+        event_id = ?entry.event.event_id,
+        event_type = ?entry.event.event_type,
+        status_before = entry.status.as_str(),
+        replays_before = entry.replays,
+        force,
+        via = ctx.who.via(),
+        "console: replay of event {seq} asked for"
+    );
+}
+
+/// Logs a replay of `entry` the inbox did not confirm.
+fn log_replay_unconfirmed(ctx: &Ctx, entry: &InboxEntry, force: bool, error: &StoreError) {
+    let seq = entry.seq;
+    tracing::warn!(
+        target: "clink_webhooks::console",
+        action = "replay",
+        seq,
+        event_id = ?entry.event.event_id,
+        force,
+        outcome = UNCONFIRMED,
+        error = %error,
+        via = ctx.who.via(),
+        "console: replay of event {seq}: {UNCONFIRMED}"
+    );
+}
+
 /// Logs what a replay of `entry` did.
 fn log_replay(ctx: &Ctx, entry: &InboxEntry, force: bool, outcome: &str) {
     let seq = entry.seq;
@@ -845,6 +919,7 @@ pub(super) async fn replay(
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
     let page = format!("{}/events/{seq}", ctx.base);
+    log_replay_asked(&ctx, &entry, force);
     // A confirmation holds for the state it was given for: the inbox
     // replays only while the event is still in it, checked as it replays.
     let pin = force.then(|| pinned(&form));
@@ -858,7 +933,10 @@ pub(super) async fn replay(
     };
     let replayed = match replayed {
         Ok(replayed) => replayed,
-        Err(err) => return unavailable(&shared, &ctx, &err),
+        Err(err) => {
+            log_replay_unconfirmed(&ctx, &entry, force, &err);
+            return unconfirmed(&shared, &ctx, "replay of the event", &err);
+        }
     };
     if replayed == Replayed::Changed {
         // Shown as it is now, not as it was read before the replay.
@@ -911,8 +989,19 @@ pub(super) async fn replay(
     }
 }
 
+/// The dead events a bulk replay's form pins: the newest the page counted,
+/// and how many; `None` when the form does not say, or not as the page
+/// writes them.
+fn dead_pinned(form: &Query) -> Option<(i64, u64)> {
+    let newest: i64 = form.upto.parse().ok().filter(|seq| *seq > 0)?;
+    let shown: u64 = form.shown.parse().ok()?;
+    (newest.to_string() == form.upto && shown.to_string() == form.shown).then_some((newest, shown))
+}
+
 /// `POST /events/replay-dead`: replays every dead event the form's filter
-/// matches.
+/// matches, if they are the dead events the page counted: none newer than
+/// the newest it counted, and no more than it counted. Logged before the
+/// replay, and again with its outcome.
 pub(super) async fn replay_dead(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
@@ -933,9 +1022,85 @@ pub(super) async fn replay_dead(
         );
     }
     filter.status = Some(InboxStatus::Dead);
-    let seqs = match call(&ctx, shared.inbox.replay_matching(&filter, false)).await {
+    let pin = dead_pinned(&form);
+    let (up_to, shown) = pin.unzip();
+    tracing::info!(
+        target: "clink_webhooks::console",
+        action = "replay-dead",
+        filter = ?filter,
+        up_to,
+        shown,
+        via = ctx.who.via(),
+        "console: replay of the dead events matching a filter asked for"
+    );
+    let log_outcome = |outcome: &str| {
+        tracing::info!(
+            target: "clink_webhooks::console",
+            action = "replay-dead",
+            filter = ?filter,
+            up_to,
+            shown,
+            outcome,
+            via = ctx.who.via(),
+            "console: replay of the dead events matching a filter: {outcome}"
+        );
+    };
+    let mut back = form.clone();
+    back.status = String::new();
+    // The events as they are now, and the form to replay them again.
+    let changed = || {
+        let mut dead = back.clone();
+        dead.status = InboxStatus::Dead.as_str().to_owned();
+        see_other(format!(
+            "{}/events{}",
+            ctx.base,
+            dead.query_string(&[("done", "dead-changed".to_owned())])
+        ))
+    };
+    let Some((newest, shown)) = pin else {
+        log_outcome("left alone: the form did not carry the dead events shown");
+        return changed();
+    };
+    // Not in one step with the replay: an event that dies between this
+    // check and the replay is replayed with the others (and counted in the
+    // log line below).
+    let inbox = &shared.inbox;
+    let check = async {
+        let newer = call(
+            &ctx,
+            inbox.page_summaries(&filter, PageStart::After(newest), 1),
+        )
+        .await?;
+        let count = call(&ctx, inbox.count(&filter)).await?;
+        Ok::<_, StoreError>(newer.is_empty() && count <= shown)
+    };
+    match check.await {
+        Ok(true) => {}
+        Ok(false) => {
+            log_outcome("left alone: the dead events changed since the page");
+            return changed();
+        }
+        Err(err) => {
+            log_outcome("nothing replayed: the inbox did not answer the check");
+            return unavailable(&shared, &ctx, &err);
+        }
+    }
+    let seqs = match call(&ctx, inbox.replay_matching(&filter, false)).await {
         Ok(seqs) => seqs,
-        Err(err) => return unavailable(&shared, &ctx, &err),
+        Err(err) => {
+            tracing::warn!(
+                target: "clink_webhooks::console",
+                action = "replay-dead",
+                filter = ?filter,
+                up_to,
+                shown,
+                outcome = UNCONFIRMED,
+                error = %err,
+                via = ctx.who.via(),
+                "console: replay of the dead events matching a filter: {UNCONFIRMED}"
+            );
+            return unconfirmed(&shared, &ctx, "replay of the dead events", &err);
+        }
     };
     // The count, and a few numbers to find them by: never the whole list,
     // which can run to hundreds of thousands.
@@ -943,15 +1108,17 @@ pub(super) async fn replay_dead(
         target: "clink_webhooks::console",
         action = "replay-dead",
         filter = ?filter,
+        up_to,
+        shown,
+        outcome = "replayed",
         replayed = seqs.len(),
+        past_shown = seqs.iter().filter(|seq| **seq > newest).count(),
         first_seqs = ?&seqs[..seqs.len().min(LOGGED_SEQS)],
         last_seq = ?seqs.last(),
         via = ctx.who.via(),
         "console: replayed {} dead events",
         seqs.len()
     );
-    let mut back = form.clone();
-    back.status = String::new();
     see_other(format!(
         "{}/events{}",
         ctx.base,

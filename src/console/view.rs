@@ -52,6 +52,12 @@ pub(super) struct Query {
     /// milliseconds (empty for never), as the confirmation page showed it.
     #[serde(default)]
     pub(super) handled: String,
+    /// On a bulk replay: the newest of the dead events the page counted.
+    #[serde(default)]
+    pub(super) upto: String,
+    /// On a bulk replay: how many dead events the page counted.
+    #[serde(default)]
+    pub(super) shown: String,
 }
 
 /// A filter field that could not be read, with what was wrong.

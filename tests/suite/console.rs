@@ -783,7 +783,7 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         "POST",
         "/console/events/replay-dead",
         &cookie,
-        Some(&format!("csrf={csrf}&account=acct_a")),
+        Some(&list.action_form()),
     )
     .await;
     assert_eq!(bulk.status, 303, "{}", bulk.body);
@@ -820,9 +820,17 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         .into_iter()
         .filter(|e| e.target == "clink_webhooks::console")
         .collect();
+    let asked = |e: &&crate::support::capture::EventSeen| {
+        e.fields.get("action").map(String::as_str) == Some("replay")
+            && !e.fields.contains_key("outcome")
+    };
+    assert_eq!(logged.iter().filter(asked).count(), 3, "{logged:?}");
     let replays: Vec<_> = logged
         .iter()
-        .filter(|e| e.fields.get("action").map(String::as_str) == Some("replay"))
+        .filter(|e| {
+            e.fields.get("action").map(String::as_str) == Some("replay")
+                && e.fields.contains_key("outcome")
+        })
         .collect();
     assert_eq!(replays.len(), 3, "{logged:?}");
     assert_eq!(replays[0].fields["outcome"], "replayed");
@@ -831,7 +839,10 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
     assert_eq!(replays[2].fields["force"], "true");
     let bulk = logged
         .iter()
-        .find(|e| e.fields.get("action").map(String::as_str) == Some("replay-dead"))
+        .find(|e| {
+            e.fields.get("action").map(String::as_str) == Some("replay-dead")
+                && e.fields.contains_key("replayed")
+        })
         .unwrap();
     assert_eq!(bulk.fields["replayed"], "2");
     assert!(logged.iter().filter(|e| e.message.contains("CSRF")).count() >= 5);
@@ -960,7 +971,7 @@ async fn a_bulk_replay_logs_how_many_and_a_few_of_their_numbers() {
         addr,
         "POST",
         "/console/events/replay-dead",
-        Some(&format!("csrf={}", list.csrf())),
+        Some(&list.action_form()),
     )
     .await;
     assert_eq!(bulk.status, 303, "{}", bulk.body);
@@ -974,18 +985,240 @@ async fn a_bulk_replay_logs_how_many_and_a_few_of_their_numbers() {
     let text = captured.text();
     let line = text
         .lines()
-        .find(|line| line.contains("action=\"replay-dead\""))
+        .find(|line| line.contains("action=\"replay-dead\"") && line.contains("replayed="))
         .unwrap_or_else(|| panic!("no replay-dead line in {text}"));
     assert!(line.len() < 1024, "a line of {} bytes: {line}", line.len());
     let logged = captured
         .events()
         .into_iter()
-        .find(|e| e.fields.get("action").map(String::as_str) == Some("replay-dead"))
+        .find(|e| {
+            e.fields.get("action").map(String::as_str) == Some("replay-dead")
+                && e.fields.get("outcome").map(String::as_str) == Some("replayed")
+        })
         .expect("the bulk replay is logged");
+    assert_eq!(logged.fields["up_to"], dead.to_string());
+    assert_eq!(logged.fields["past_shown"], "0");
     assert_eq!(logged.fields["replayed"], dead.to_string());
     let first: Vec<i64> = serde_json::from_str(&logged.fields["first_seqs"]).unwrap();
     assert_eq!(first, (1..=20).collect::<Vec<_>>());
     assert_eq!(logged.fields["last_seq"], format!("Some({dead})"));
+}
+
+/// A bulk replay the inbox applies but does not confirm within the
+/// console's timeout (paused tokio time): the page says it may have been
+/// applied, and to look before trying again; the log has the replay asked
+/// for before it ran, and its unconfirmed outcome after.
+#[tokio::test(start_paused = true)]
+async fn a_bulk_replay_that_times_out_says_it_may_have_been_applied_and_is_logged() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    for n in 0..20 {
+        memory
+            .insert_dead(
+                &event(&format!("evt_{n}"), "order.succeeded", None, None, now, now),
+                "boom",
+            )
+            .await
+            .unwrap();
+    }
+    let inbox = Arc::new(Quirky {
+        replays_hang: true,
+        ..Quirky::new(memory)
+    });
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .timeout(Duration::from_secs(1))
+            .unwrap(),
+    );
+    let list = get(&app, "/console/events?status=dead").await;
+    let bulk = post(&app, "/console/events/replay-dead", &list.action_form()).await;
+    assert_eq!(bulk.status, 503, "{}", bulk.body);
+    assert!(
+        bulk.body.contains("may have been applied")
+            && bulk.body.contains("Look at the events before trying again"),
+        "{}",
+        bulk.body
+    );
+    assert!(
+        !bulk.body.contains("Try again in a moment"),
+        "{}",
+        bulk.body
+    );
+    assert_eq!(
+        inbox
+            .inner
+            .count(&InboxFilter::default().status(InboxStatus::Pending))
+            .await
+            .unwrap(),
+        20,
+        "applied all the same"
+    );
+    let logged: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.fields.get("action").map(String::as_str) == Some("replay-dead"))
+        .collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(!logged[0].fields.contains_key("outcome"), "{logged:?}");
+    assert_eq!(logged[0].fields["up_to"], "20");
+    assert_eq!(logged[0].fields["shown"], "20");
+    assert_eq!(logged[1].level, tracing::Level::WARN);
+    assert!(
+        logged[1].fields["outcome"].contains("may have been applied; look at the events"),
+        "{logged:?}"
+    );
+    assert!(
+        logged[1].fields["error"].contains("no answer"),
+        "{logged:?}"
+    );
+}
+
+/// One event's replay that the inbox applies but does not confirm in time:
+/// the page says it may have been applied; the log has the replay asked
+/// for, then its unconfirmed outcome.
+#[tokio::test(start_paused = true)]
+async fn a_replay_that_times_out_says_it_may_have_been_applied_and_is_logged() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    memory
+        .insert_dead(
+            &event("evt_slow", "order.succeeded", None, None, now, now),
+            "boom",
+        )
+        .await
+        .unwrap();
+    let inbox = Arc::new(Quirky {
+        replays_hang: true,
+        ..Quirky::new(memory)
+    });
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .timeout(Duration::from_secs(1))
+            .unwrap(),
+    );
+    let page = get(&app, "/console/events/1").await;
+    let replay = post(&app, "/console/events/1/replay", &page.action_form()).await;
+    assert_eq!(replay.status, 503, "{}", replay.body);
+    assert!(
+        replay.body.contains("may have been applied"),
+        "{}",
+        replay.body
+    );
+    assert_eq!(
+        inbox.inner.get(1).await.unwrap().unwrap().status,
+        InboxStatus::Pending
+    );
+    let logged: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.fields.get("action").map(String::as_str) == Some("replay"))
+        .collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(!logged[0].fields.contains_key("outcome"), "{logged:?}");
+    assert_eq!(logged[1].level, tracing::Level::WARN);
+    assert!(
+        logged[1].fields["outcome"].contains("may have been applied"),
+        "{logged:?}"
+    );
+}
+
+/// The bulk replay's form pins the dead events its page counted: once an
+/// event died since (newer than those, or older), it replays nothing and
+/// shows the dead events as they are now, with a form pinning those; with
+/// fewer dead events than counted (one replayed since), it replays the
+/// rest.
+#[tokio::test]
+async fn a_bulk_replay_replays_only_the_dead_events_its_page_counted() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    let dead_count = || async {
+        inbox
+            .count(&InboxFilter::default().status(InboxStatus::Dead))
+            .await
+            .unwrap()
+    };
+    // Event 1 pending; 2 and 3 dead.
+    inbox
+        .insert(&event("evt_1", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    for id in ["evt_2", "evt_3"] {
+        inbox
+            .insert_dead(&event(id, "order.succeeded", None, None, now, now), "boom")
+            .await
+            .unwrap();
+    }
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let shown = get(&app, "/console/events").await;
+    assert_eq!(shown.field("upto"), "3");
+    assert_eq!(shown.field("shown"), "2");
+
+    // A newer event dies: nothing replayed, the dead events shown again.
+    inbox
+        .insert_dead(
+            &event("evt_4", "order.succeeded", None, None, now, now),
+            "boom",
+        )
+        .await
+        .unwrap();
+    let stale = post(&app, "/console/events/replay-dead", &shown.action_form()).await;
+    assert_eq!(stale.status, 303, "{}", stale.body);
+    assert_eq!(
+        stale.header("location"),
+        "/console/events?status=dead&done=dead-changed"
+    );
+    assert_eq!(dead_count().await, 3);
+    let again = get(&app, stale.header("location")).await;
+    assert!(
+        again.body.contains("nothing was replayed"),
+        "{}",
+        again.body
+    );
+    assert_eq!(again.field("upto"), "4");
+    assert_eq!(again.field("shown"), "3");
+
+    // An older event dies: the same.
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("event 1 is due");
+    inbox.fail(&claim, "boom", None).await.unwrap();
+    let stale = post(&app, "/console/events/replay-dead", &again.action_form()).await;
+    assert_eq!(stale.status, 303, "{}", stale.body);
+    assert!(stale.header("location").ends_with("done=dead-changed"));
+    assert_eq!(dead_count().await, 4);
+
+    // A form without the pin, or with numbers not as written: the same.
+    let current = get(&app, "/console/events?status=dead").await;
+    let form = current.action_form();
+    for bent in [
+        form.replace("&upto=4", ""),
+        form.replace("upto=4", "upto=04"),
+        form.replace("shown=4", "shown=%2B4"),
+    ] {
+        assert_ne!(bent, form);
+        let stale = post(&app, "/console/events/replay-dead", &bent).await;
+        assert!(
+            stale.header("location").ends_with("done=dead-changed"),
+            "{bent}"
+        );
+    }
+    assert_eq!(dead_count().await, 4);
+
+    // One replayed on its own since: the rest, as counted, replayed.
+    assert_eq!(inbox.replay(2, false).await.unwrap(), Replayed::Replayed);
+    let bulk = post(&app, "/console/events/replay-dead", &form).await;
+    assert_eq!(bulk.status, 303, "{}", bulk.body);
+    assert_eq!(
+        bulk.header("location"),
+        "/console/events?done=replayed-dead&count=3"
+    );
+    assert_eq!(dead_count().await, 0);
 }
 
 #[tokio::test]
