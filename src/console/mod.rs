@@ -51,17 +51,24 @@
 //! # Actions
 //!
 //! Replay one event; replay every dead event the current filter matches.
-//! Replaying a handled event asks again first (the CLI's `--force`), and
-//! the confirmation holds only for the event as that page showed it (its
-//! replays and when it was handled), checked in the same step as the
-//! replay with [`Inbox::replay_if`]: sent once the event was replayed or
-//! handled since, it replays nothing, and asks again if the event is
-//! handled now, or else leaves it as it is with a notice. The
-//! check is atomic in the crate's inboxes (in SQL, the replay's `UPDATE`
-//! holds the shown state in its `WHERE`; in memory, it runs under the
-//! inbox's lock), so a worker that settles the event between the page
-//! and the replay is caught too; an inbox of your own that keeps the
-//! trait's default `replay_if` checks just before the replay instead.
+//!
+//! An event's page offers a replay when the event is dead, or handled;
+//! not while it is pending or retrying (a worker runs it on its own, and a
+//! replay would only reset its attempts and skip its backoff) or running
+//! (a worker holds it). Every replay form holds only for the event as its
+//! page showed it (its status, its replays and when it was handled),
+//! checked in the same step as the replay with [`Inbox::replay_if`]: sent
+//! once the event was replayed, handled or failed since (a second click
+//! on the same button among them), it replays nothing and shows the event
+//! as it is now, with a notice. Replaying a handled event asks again first
+//! (the CLI's `--force`), and the confirmation pins the event as it shows
+//! it: sent once the event was replayed and handled since, it replays
+//! nothing and asks again. The check is atomic in the crate's inboxes (in
+//! SQL, the replay's `UPDATE` holds the shown state in its `WHERE`; in
+//! memory, it runs under the inbox's lock), so a worker that settles the
+//! event between the page and the replay is caught too; an inbox of your
+//! own that keeps the trait's default `replay_if` checks just before the
+//! replay instead.
 //!
 //! The replay of the dead events holds for those its page counted: its
 //! form carries the newest of them and how many there were, and once an

@@ -199,6 +199,13 @@ struct EventPage {
     /// What the page says when it shows only the start of the last error.
     last_error_cut: Option<String>,
     can_replay: bool,
+    /// Why the page offers no replay, when the console takes actions.
+    no_replay: Option<&'static str>,
+    /// The replays counted on the event, for the replay form's pin.
+    replays: u32,
+    /// When it was handled, in epoch milliseconds (empty if never), for
+    /// the replay form's pin.
+    handled_ms: String,
     csrf: String,
     envelope: Vec<(&'static str, String)>,
     history: Vec<(&'static str, String)>,
@@ -402,8 +409,9 @@ fn notice(query: &Query) -> Option<String> {
         "replayed" => Some("Replayed: the event is pending again.".to_owned()),
         "running" => Some("A worker holds this event now; it was left alone.".to_owned()),
         "changed" => Some(
-            "The event changed since the replay was confirmed (replayed or handled again): \
-             it was left as it is."
+            "The event changed since the page that asked for its replay showed it \
+             (replayed, handled or failed since): it was left as it is, and is shown here \
+             as it is now."
                 .to_owned(),
         ),
         "replayed-dead" => Some(format!(
@@ -732,7 +740,12 @@ pub(super) async fn event(
                 .as_ref()
                 .and_then(|error| cut_note("error", "", error, seq)),
             last_error: last_error.map(|error| error.text),
-            can_replay: !shared.read_only && entry.status != InboxStatus::Running,
+            can_replay: !shared.read_only && replayable(entry.status),
+            no_replay: (!shared.read_only)
+                .then(|| no_replay(entry.status))
+                .flatten(),
+            replays: entry.replays,
+            handled_ms: handled_mark(&entry),
             csrf: shared.keys.csrf(&ctx.who),
             envelope,
             history,
@@ -872,10 +885,40 @@ fn confirm(
     )
 }
 
-/// The state a confirmation form pins: the handled event as the
-/// confirmation page showed it (its replays, and when it was handled);
-/// `None` when the form does not say.
+/// Whether the console replays an event with `status`: a dead one, and a
+/// handled one after a confirmation. A pending or retrying event runs on
+/// its own (a replay would only reset its attempts and skip its backoff),
+/// and a running one is a worker's.
+fn replayable(status: InboxStatus) -> bool {
+    matches!(status, InboxStatus::Dead | InboxStatus::Done)
+}
+
+/// Why an event's page offers no replay.
+fn no_replay(status: InboxStatus) -> Option<&'static str> {
+    match status {
+        InboxStatus::Pending => Some(
+            "Pending: a worker runs it on its own. The console replays dead events, \
+             and handled ones.",
+        ),
+        InboxStatus::Retrying => Some(
+            "Retrying: a worker runs it again at its next attempt, and it is dead if \
+             that was its last. The console replays dead events, and handled ones.",
+        ),
+        InboxStatus::Running => Some("Running: a worker holds it now."),
+        InboxStatus::Dead | InboxStatus::Done => None,
+    }
+}
+
+/// The state a replay form pins: the event as its page showed it (its
+/// status, its replays, and when it was handled); the confirmation's form
+/// (`force=yes`) pins a handled event. `None` when the form does not say,
+/// or not as the pages write it.
 fn pinned(form: &Query) -> Option<ReplayPin> {
+    let status = match (form.force == "yes", form.status.as_str()) {
+        (true, "" | "done") => InboxStatus::Done,
+        (true, _) => return None,
+        (false, status) => InboxStatus::parse(status)?,
+    };
     // Only the numbers as the page writes them (`7`, not `+7` or `007`).
     let replays: u32 = form.replays.parse().ok()?;
     if replays.to_string() != form.replays {
@@ -891,15 +934,19 @@ fn pinned(form: &Query) -> Option<ReplayPin> {
             Some(Timestamp::from_millis(parsed))
         }
     };
-    Some(ReplayPin::new(InboxStatus::Done, replays, handled))
+    Some(ReplayPin::new(status, replays, handled))
 }
 
-/// `POST /events/{seq}/replay`: replays one event; a handled one only with
-/// `force=yes`, after the confirmation page, and only while it is as that
-/// page showed it (the same replays and handling), checked in the same
-/// step as the replay ([`Inbox::replay_if`](crate::store::Inbox::replay_if)):
-/// the confirmation sent again once the event was replayed and handled
-/// anew asks again.
+/// `POST /events/{seq}/replay`: replays one event, only while it is as the
+/// page the form came from showed it (its status, replays and handling),
+/// checked in the same step as the replay
+/// ([`Inbox::replay_if`](crate::store::Inbox::replay_if)): sent from a
+/// page that no longer shows the event as it is, or sent twice, it leaves
+/// the event as it is and shows it as it is now. A dead event is replayed
+/// at once; a handled one only with `force=yes`, after the confirmation
+/// page, whose form pins the event as that page showed it: sent again once
+/// the event was replayed and handled anew, it asks again. Pending,
+/// retrying and running events are not replayed here.
 pub(super) async fn replay(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
@@ -919,73 +966,91 @@ pub(super) async fn replay(
         Err(err) => return unavailable(&shared, &ctx, &err),
     };
     let page = format!("{}/events/{seq}", ctx.base);
+    let changed = || see_other(format!("{page}?done=changed"));
     log_replay_asked(&ctx, &entry, force);
-    // A confirmation holds for the state it was given for: the inbox
-    // replays only while the event is still in it, checked as it replays.
-    let pin = force.then(|| pinned(&form));
-    let replayed = if let Some(pin) = pin {
-        match pin {
-            Some(pin) => call(&ctx, inbox.replay_if(seq, &pin)).await,
-            None => Ok(Replayed::Changed),
-        }
-    } else {
-        call(&ctx, inbox.replay(seq, false)).await
+    let Some(pin) = pinned(&form) else {
+        // A form that does not say what it was shown for replays nothing.
+        return if force && entry.status == InboxStatus::Done {
+            log_replay(
+                &ctx,
+                &entry,
+                force,
+                "asked to confirm again: the form did not carry the state shown",
+            );
+            confirm(&shared, &ctx, &entry, entry.handled_at, true)
+        } else {
+            log_replay(
+                &ctx,
+                &entry,
+                force,
+                "left alone: the form did not carry the state shown",
+            );
+            changed()
+        };
     };
-    let replayed = match replayed {
+    if !replayable(pin.status) {
+        log_replay(
+            &ctx,
+            &entry,
+            force,
+            "refused: only dead and handled events are replayed",
+        );
+        return message(
+            &shared,
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            "Not replayed",
+            "The console replays dead events, and handled ones after a confirmation: \
+             a pending or retrying event runs on its own, and a running one is a worker's."
+                .to_owned(),
+        );
+    }
+    if pin.status == InboxStatus::Done && !force {
+        // The Replay of a handled event's page asks to confirm first, for
+        // the event as it is now: that page pins what it shows.
+        return if entry.status == InboxStatus::Done {
+            log_replay(&ctx, &entry, force, "asked to confirm");
+            confirm(&shared, &ctx, &entry, entry.handled_at, false)
+        } else {
+            log_replay(&ctx, &entry, force, "left alone: changed since the page");
+            changed()
+        };
+    }
+    let replayed = match call(&ctx, inbox.replay_if(seq, &pin)).await {
         Ok(replayed) => replayed,
         Err(err) => {
             log_replay_unconfirmed(&ctx, &entry, force, &err);
             return unconfirmed(&shared, &ctx, "replay of the event", &err);
         }
     };
-    if replayed == Replayed::Changed {
-        // Shown as it is now, not as it was read before the replay.
-        let now = match call(&ctx, inbox.get(seq)).await {
-            Ok(Some(now)) => now,
-            Ok(None) => return missing(&shared, &ctx),
-            Err(err) => return unavailable(&shared, &ctx, &err),
-        };
-        return if now.status == InboxStatus::Done {
-            let outcome = if pin == Some(None) {
-                "asked to confirm again: the form did not carry the state shown"
-            } else {
-                "asked to confirm again: handled since"
-            };
-            log_replay(&ctx, &now, force, outcome);
-            confirm(&shared, &ctx, &now, now.handled_at, true)
-        } else {
-            log_replay(
-                &ctx,
-                &now,
-                force,
-                "left alone: changed since the confirmation",
-            );
-            see_other(format!("{page}?done=changed"))
-        };
-    }
-    let outcome = match replayed {
-        Replayed::Replayed => "replayed",
-        Replayed::Handled { .. } => "asked to confirm",
-        Replayed::Running => "left alone: running",
-        Replayed::Missing | Replayed::Changed => "missing",
-    };
-    log_replay(&ctx, &entry, force, outcome);
     match replayed {
-        Replayed::Replayed => see_other(format!("{page}?done=replayed")),
-        Replayed::Running => see_other(format!("{page}?done=running")),
-        Replayed::Handled { .. } => {
-            // Shown and pinned as it is now: the event read before the
-            // replay may have been running then, and handled since.
-            match call(&ctx, inbox.get(seq)).await {
-                Ok(Some(now)) if now.status == InboxStatus::Done => {
-                    confirm(&shared, &ctx, &now, now.handled_at, false)
-                }
-                Ok(Some(_)) => see_other(format!("{page}?done=changed")),
-                Ok(None) => missing(&shared, &ctx),
-                Err(err) => unavailable(&shared, &ctx, &err),
+        Replayed::Replayed => {
+            log_replay(&ctx, &entry, force, "replayed");
+            see_other(format!("{page}?done=replayed"))
+        }
+        Replayed::Running => {
+            log_replay(&ctx, &entry, force, "left alone: running");
+            see_other(format!("{page}?done=running"))
+        }
+        Replayed::Missing => {
+            log_replay(&ctx, &entry, force, "missing");
+            missing(&shared, &ctx)
+        }
+        Replayed::Changed | Replayed::Handled { .. } => {
+            // Shown as it is now, not as it was read before the replay.
+            let now = match call(&ctx, inbox.get(seq)).await {
+                Ok(Some(now)) => now,
+                Ok(None) => return missing(&shared, &ctx),
+                Err(err) => return unavailable(&shared, &ctx, &err),
+            };
+            if force && now.status == InboxStatus::Done {
+                log_replay(&ctx, &now, force, "asked to confirm again: handled since");
+                confirm(&shared, &ctx, &now, now.handled_at, true)
+            } else {
+                log_replay(&ctx, &now, force, "left alone: changed since the page");
+                changed()
             }
         }
-        Replayed::Missing | Replayed::Changed => missing(&shared, &ctx),
     }
 }
 

@@ -703,7 +703,7 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         "POST",
         "/console/events/2/replay",
         &cookie,
-        Some(&format!("csrf={csrf}")),
+        Some(&page.action_form()),
     )
     .await;
     assert_eq!(done.status, 303, "{}", done.body);
@@ -721,12 +721,14 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
     assert!(page.body.contains("Replayed: the event is pending again."));
 
     // A handled event: a confirmation first, nothing replayed...
+    let handled = send(&app, "GET", "/console/events/1", &cookie, None).await;
+    assert_eq!(handled.csrf(), csrf);
     let ask = send(
         &app,
         "POST",
         "/console/events/1/replay",
         &cookie,
-        Some(&format!("csrf={csrf}")),
+        Some(&handled.action_form()),
     )
     .await;
     assert_eq!(ask.status, 200);
@@ -869,16 +871,15 @@ async fn a_confirmation_sent_again_after_the_event_was_handled_anew_asks_again()
         .unwrap();
     assert_eq!(run_next(&inbox).await, 1);
     let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
-    let csrf = over_http(addr, "GET", "/console/events/1", None)
-        .await
-        .csrf();
+    let shown = over_http(addr, "GET", "/console/events/1", None).await;
+    let csrf = shown.csrf();
 
     // Handled: asked to confirm, and the form says which state it confirms.
     let ask = over_http(
         addr,
         "POST",
         "/console/events/1/replay",
-        Some(&format!("csrf={csrf}")),
+        Some(&shown.action_form()),
     )
     .await;
     assert_eq!(ask.status, 200, "{}", ask.body);
@@ -1545,7 +1546,7 @@ async fn behind_the_apps_own_auth_it_checks_nothing_but_its_csrf_cookie() {
         "POST",
         "/console/events/2/replay",
         &[("cookie", &session)],
-        Some(&format!("csrf={csrf}")),
+        Some(&page.action_form()),
     )
     .await;
     assert_eq!(done.status, 303);
@@ -2479,8 +2480,8 @@ async fn a_confirmation_hands_the_inbox_the_state_shown() {
     assert_eq!(run_next(&memory).await, 1);
     let inbox = Arc::new(Staged::new(memory));
     let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
-    let csrf = get(&app, "/console/events/1").await.csrf();
-    let ask = post(&app, "/console/events/1/replay", &format!("csrf={csrf}")).await;
+    let shown = get(&app, "/console/events/1").await;
+    let ask = post(&app, "/console/events/1/replay", &shown.action_form()).await;
     assert_eq!(ask.status, 200, "{}", ask.body);
     assert_eq!(ask.field("replays"), "0");
 
@@ -2510,49 +2511,134 @@ async fn a_confirmation_hands_the_inbox_the_state_shown() {
     assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 2));
 }
 
-/// An event read running by the console and handled by its worker before
-/// the console's replay: the page that asks to confirm shows the event as
-/// handled now, and its form pins that state, so confirming it replays
-/// the event (a form pinning the running event read before would never
-/// match again).
+/// A handled event's page, sent after the event was replayed and handled
+/// again: the Replay asks to confirm for the event as it is now, and the
+/// confirmation pins what it shows (the new replays and handling), so
+/// confirming it replays the event.
 #[tokio::test]
 async fn a_confirmation_page_pins_the_event_as_it_shows_it() {
-    let memory = MemoryInbox::new();
+    let inbox = Arc::new(MemoryInbox::new());
     let now = Timestamp::now().as_millis();
-    // A handled event first, whose page carries a form (and so the
-    // session's CSRF token); a running event's page has none.
-    memory
-        .insert(&event("evt_other", "order.succeeded", None, None, now, now))
-        .await
-        .unwrap();
-    assert_eq!(run_next(&memory).await, 1);
-    memory
+    inbox
         .insert(&event("evt_late", "order.succeeded", None, None, now, now))
         .await
         .unwrap();
-    let claim = memory
-        .claim(Duration::from_secs(30), Duration::ZERO)
-        .await
-        .unwrap()
-        .expect("an event is due");
-    assert_eq!(claim.entry.seq, 2);
-    let inbox = Arc::new(Staged::new(memory));
+    assert_eq!(run_next(&inbox).await, 1);
     let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
-    let csrf = get(&app, "/console/events/1").await.csrf();
-    *inbox.complete_after_get.lock().unwrap() = Some(claim);
-    let ask = post(&app, "/console/events/2/replay", &format!("csrf={csrf}")).await;
-    assert!(inbox.complete_after_get.lock().unwrap().is_none(), "staged");
+    let shown = get(&app, "/console/events/1").await;
+    assert_eq!(shown.field("status"), "done");
+    assert_eq!(shown.field("replays"), "0");
+    assert_eq!(inbox.replay(1, true).await.unwrap(), Replayed::Replayed);
+    assert_eq!(run_next(&inbox).await, 1);
+    let handled = inbox.get(1).await.unwrap().unwrap();
+    let ask = post(&app, "/console/events/1/replay", &shown.action_form()).await;
     assert_eq!(ask.status, 200, "{}", ask.body);
-    let handled = inbox.inner.get(2).await.unwrap().unwrap();
-    assert_eq!(handled.status, InboxStatus::Done);
+    assert!(!ask.body.contains("id=\"asked-again\""), "{}", ask.body);
+    assert_eq!(ask.field("replays"), "1");
     assert_eq!(
         ask.field("handled"),
         handled.handled_at.unwrap().as_millis().to_string()
     );
-    let replayed = post(&app, "/console/events/2/replay", &ask.action_form()).await;
+    assert_eq!(inbox.get(1).await.unwrap().unwrap(), handled);
+    let replayed = post(&app, "/console/events/1/replay", &ask.action_form()).await;
     assert_eq!(replayed.status, 303, "{}", replayed.body);
-    let entry = inbox.inner.get(2).await.unwrap().unwrap();
-    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 1));
+    let entry = inbox.get(1).await.unwrap().unwrap();
+    assert_eq!((entry.status, entry.replays), (InboxStatus::Pending, 2));
+}
+
+/// Every replay form pins the event as its page showed it (status, replays,
+/// handling), and the console replays with that pin: a second click on a
+/// dead event's Replay, or a click from a page the event has moved on
+/// from, replays nothing and says the event changed. Pending, retrying and
+/// running events offer no replay (their page says why), and a form
+/// pinning one is refused.
+#[tokio::test]
+async fn a_replay_holds_for_the_event_as_its_page_showed_it() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let now = Timestamp::now().as_millis();
+    for id in ["evt_dead_1", "evt_dead_2"] {
+        inbox
+            .insert_dead(&event(id, "order.succeeded", None, None, now, now), "boom")
+            .await
+            .unwrap();
+    }
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let state = |seq: i64| {
+        let inbox = Arc::clone(&inbox);
+        async move {
+            let entry = inbox.get(seq).await.unwrap().unwrap();
+            (entry.status, entry.replays)
+        }
+    };
+
+    // A double click: the first replays, the second changes nothing.
+    let shown = get(&app, "/console/events/1").await;
+    assert_eq!(shown.field("status"), "dead");
+    let first = post(&app, "/console/events/1/replay", &shown.action_form()).await;
+    assert_eq!(first.header("location"), "/console/events/1?done=replayed");
+    let second = post(&app, "/console/events/1/replay", &shown.action_form()).await;
+    assert_eq!(second.status, 303, "{}", second.body);
+    assert_eq!(second.header("location"), "/console/events/1?done=changed");
+    assert_eq!(state(1).await, (InboxStatus::Pending, 1));
+    let page = get(&app, "/console/events/1?done=changed").await;
+    assert!(page.body.contains("it was left as it is"), "{}", page.body);
+
+    // A stale page: replayed elsewhere and dead again since.
+    let stale = get(&app, "/console/events/2").await;
+    assert_eq!(inbox.replay(2, false).await.unwrap(), Replayed::Replayed);
+    // Event 1 is due first: take it, then event 2, and fail that one.
+    assert_eq!(run_next(&inbox).await, 1);
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("event 2 is due");
+    inbox.fail(&claim, "boom again", None).await.unwrap();
+    assert_eq!(state(2).await, (InboxStatus::Dead, 1));
+    let sent = post(&app, "/console/events/2/replay", &stale.action_form()).await;
+    assert_eq!(sent.header("location"), "/console/events/2?done=changed");
+    assert_eq!(state(2).await, (InboxStatus::Dead, 1));
+    // A form without the pin replays nothing either.
+    let bare = post(
+        &app,
+        "/console/events/2/replay",
+        &format!("csrf={}", stale.csrf()),
+    )
+    .await;
+    assert_eq!(bare.header("location"), "/console/events/2?done=changed");
+    assert_eq!(state(2).await, (InboxStatus::Dead, 1));
+
+    // Pending, retrying, running: no replay offered, and none taken.
+    inbox
+        .insert(&event("evt_new", "order.succeeded", None, None, now, now))
+        .await
+        .unwrap();
+    let pending = get(&app, "/console/events/3").await;
+    assert!(
+        !pending.body.contains("<form class=\"action\""),
+        "{}",
+        pending.body
+    );
+    assert!(element(&pending, "no-replay").starts_with("Pending"));
+    let claim = inbox
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("event 3 is due");
+    assert_eq!(claim.entry.seq, 3);
+    let running = get(&app, "/console/events/3").await;
+    assert!(element(&running, "no-replay").starts_with("Running"));
+    let later = Timestamp::from_millis(now + 3_600_000);
+    inbox.fail(&claim, "later", Some(later)).await.unwrap();
+    let retrying = get(&app, "/console/events/3").await;
+    assert!(!retrying.body.contains("<form class=\"action\""));
+    assert!(element(&retrying, "no-replay").starts_with("Retrying"));
+    for status in ["pending", "retrying", "running"] {
+        let crafted = format!("csrf={}&status={status}&replays=0&handled=", stale.csrf());
+        let refused = post(&app, "/console/events/3/replay", &crafted).await;
+        assert_eq!(refused.status, 400, "{status}: {}", refused.body);
+    }
+    assert_eq!(state(3).await, (InboxStatus::Retrying, 0));
 }
 
 /// A confirmation whose pinned numbers are not as the page writes them
@@ -2567,8 +2653,8 @@ async fn a_confirmation_with_numbers_not_as_written_replays_nothing() {
         .unwrap();
     assert_eq!(run_next(&inbox).await, 1);
     let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
-    let csrf = get(&app, "/console/events/1").await.csrf();
-    let ask = post(&app, "/console/events/1/replay", &format!("csrf={csrf}")).await;
+    let shown = get(&app, "/console/events/1").await;
+    let ask = post(&app, "/console/events/1/replay", &shown.action_form()).await;
     assert_eq!(ask.field("replays"), "0");
     let form = ask.action_form();
     let handled = ask.field("handled");
