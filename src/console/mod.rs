@@ -102,7 +102,14 @@
 //!   `SameSite=Strict`, scoped to the mount path, `Secure` with
 //!   [`secure_cookie`](Console::secure_cookie), and lasts
 //!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
-//!   wrong token is answered `401` with nothing of the inbox.
+//!   wrong token is answered `401` with nothing of the inbox, and each
+//!   wrong one is logged at `warn` (how it came, in the query or the
+//!   header; nothing of it). After 10 wrong tokens in a row, every token
+//!   presented, the right one too, is answered `429` with `Retry-After`
+//!   until the wait is over, and one more is taken every 6 s while they go
+//!   on; session cookies still get in. The console keeps one such budget,
+//!   for every client: it does not see their addresses, so a client that
+//!   sends wrong tokens delays the logins of others while it goes on.
 //! - [`behind_app_auth`](Console::behind_app_auth): the console checks no
 //!   credentials; **the app must put its own authentication in front** (a
 //!   tower layer on the nested router, or its proxy's). The secret given
@@ -128,9 +135,11 @@ use crate::{ConfigError, Timestamp};
 
 mod auth;
 mod pages;
+mod throttle;
 mod view;
 
 use auth::{Keys, Who, CSRF_COOKIE, SESSION_COOKIE};
+use throttle::Throttle;
 
 /// The Content-Security-Policy every console response carries.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; \
@@ -167,6 +176,8 @@ struct Shared {
     session_ttl: Duration,
     page_size: usize,
     timeout: Duration,
+    /// The wrong tokens sent lately.
+    throttle: Arc<Throttle>,
 }
 
 impl fmt::Debug for Console {
@@ -204,6 +215,7 @@ impl Console {
                 session_ttl: DEFAULT_SESSION_TTL,
                 page_size: DEFAULT_PAGE_SIZE,
                 timeout: DEFAULT_TIMEOUT,
+                throttle: Arc::default(),
             },
         }
     }
@@ -376,7 +388,42 @@ fn base_path(original: Option<&OriginalUri>, uri: &Uri) -> String {
     base.to_owned()
 }
 
-/// Lets a request in, or answers `401`; records who it is for the page.
+/// `429` while the console's budget of wrong tokens is spent, so that the
+/// token presented is not checked; `None` otherwise.
+fn throttled(shared: &Shared) -> Option<Response> {
+    let wait = shared.throttle.refused_for(tokio::time::Instant::now())?;
+    Some(pages::too_many_wrong_tokens(throttle::retry_after_secs(
+        wait,
+    )))
+}
+
+/// Logs a wrong token, presented `via` the query or the header, counts it
+/// against the console's budget, and answers `401`. Nothing of the token
+/// is logged.
+fn wrong_token(shared: &Shared, via: &'static str) -> Response {
+    let refused_for = shared.throttle.failed(tokio::time::Instant::now());
+    tracing::warn!(
+        target: "clink_webhooks::console",
+        via,
+        "console: a wrong token was refused"
+    );
+    if let Some(wait) = refused_for {
+        let retry_after_s = throttle::retry_after_secs(wait);
+        tracing::warn!(
+            target: "clink_webhooks::console",
+            retry_after_s,
+            "console: {} wrong tokens in a row: every token presented is refused for \
+             {retry_after_s} s, and one is taken every {} s after that while they go on \
+             (session cookies still get in)",
+            throttle::BURST,
+            throttle::REFILL.as_secs()
+        );
+    }
+    pages::denied()
+}
+
+/// Lets a request in, or answers `401` (`429` for a token while too many
+/// wrong ones came); records who it is for the page.
 async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
     let now = Timestamp::now();
     let base = base_path(request.extensions().get::<OriginalUri>(), request.uri());
@@ -388,8 +435,11 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             .map(|q| q.0)
             .unwrap_or_default();
         if let Some((_, token)) = pairs.iter().find(|(name, _)| name == "token") {
+            if let Some(refused) = throttled(&shared) {
+                return refused;
+            }
             if !keys.is_token(token) {
-                return pages::denied();
+                return wrong_token(&shared, "query");
             }
             // A session from the token, and the same page without it.
             let (cookie, _) = keys.new_cookie("session", now);
@@ -422,8 +472,11 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 .into_response();
         }
         if let Some(token) = auth::bearer(request.headers()) {
+            if let Some(refused) = throttled(&shared) {
+                return refused;
+            }
             if !keys.is_token(token) {
-                return pages::denied();
+                return wrong_token(&shared, "bearer");
             }
             Who::Bearer
         } else {

@@ -280,6 +280,26 @@ pub(super) fn denied() -> Response {
     response
 }
 
+/// The `429` answer to a token while too many wrong ones came: nothing of
+/// the inbox, and when to try again.
+pub(super) fn too_many_wrong_tokens(retry_after_secs: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (header::RETRY_AFTER, HeaderValue::from(retry_after_secs)),
+        ],
+        format!(
+            "429 Too Many Requests: too many wrong tokens came; try again in \
+             {retry_after_secs} s\n"
+        ),
+    )
+        .into_response()
+}
+
 fn message(
     shared: &Shared, ctx: &Ctx, status: StatusCode, heading: &'static str, message: String,
 ) -> Response {

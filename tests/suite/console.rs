@@ -636,6 +636,101 @@ async fn without_the_token_it_is_401_and_nothing_of_the_inbox() {
     assert_eq!(page.status, 401);
 }
 
+/// Each wrong token is logged at `warn`, with nothing of it; after 10 in a
+/// row every token presented, the right one too, is answered `429` with
+/// `Retry-After` until the wait is over, and then one more is taken every
+/// 6 s; a session cookie still gets in meanwhile (paused tokio time).
+#[tokio::test(start_paused = true)]
+async fn wrong_tokens_are_logged_and_then_refused_for_a_while() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let inbox = small_inbox().await;
+    let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+    let login = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+    let session = login
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let wrong = |n: usize| format!("wrongwrong-guess-{n}-zyxwvutsrq");
+    for n in 0..10 {
+        let page = if n % 2 == 0 {
+            let bearer = format!("Bearer {}", wrong(n));
+            send(
+                &app,
+                "GET",
+                "/console/events",
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await
+        } else {
+            send(
+                &app,
+                "GET",
+                &format!("/console/events?token={}", wrong(n)),
+                &[],
+                None,
+            )
+            .await
+        };
+        assert_eq!(page.status, 401, "wrong token {n}: {}", page.body);
+    }
+    let refused: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.message.contains("a wrong token was refused"))
+        .collect();
+    assert_eq!(refused.len(), 10, "{refused:?}");
+    assert!(refused.iter().all(|e| e.level == tracing::Level::WARN));
+    assert_eq!(refused[0].fields["via"], "bearer");
+    assert_eq!(refused[1].fields["via"], "query");
+    let text = captured.text();
+    assert!(
+        text.contains("10 wrong tokens in a row") && text.contains("retry_after_s=6"),
+        "{text}"
+    );
+    for secret in ["wrongwrong", "guess", "zyxwvutsrq", "console-test-token"] {
+        assert!(!text.contains(secret), "{secret} logged: {text}");
+    }
+
+    // The right token, either way: refused for now, and nothing shown.
+    let bearer = send(&app, "GET", "/console/events", &[BEARER], None).await;
+    let query = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+    for page in [&bearer, &query] {
+        assert_eq!(page.status, 429, "{}", page.body);
+        assert_eq!(page.header("retry-after"), "6");
+        assert!(page.headers.get("set-cookie").is_none());
+        assert!(!page.body.contains("evt_"), "{}", page.body);
+    }
+    // A session already in is not refused.
+    let page = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // After the wait, the right token gets in; one more wrong one spends
+    // the budget again.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(get(&app, "/console/events").await.status, 200);
+    let bearer = format!("Bearer {}", wrong(10));
+    let page = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 401);
+    assert_eq!(get(&app, "/console/events").await.status, 429);
+}
+
 /// The redirect after `?token=` keeps every other parameter as it came,
 /// its name percent-encoded as its value is: a name holding `=` or `&`
 /// stays one name, and adds no parameter of its own.
