@@ -612,6 +612,12 @@ mod tests {
             [tokio_postgres::config::Host::Tcp(host)] if host == "db.example"
         ));
 
+        // A key=value string is read as it is, an `@` in a value too.
+        let read = postgres_config(Some("host=db.example user=app@corp dbname=clink".into()))
+            .unwrap_or_else(|error| panic!("{}", error.message));
+        assert_eq!(read.get_user(), Some("app@corp"));
+        assert_eq!(read.get_dbname(), Some("clink"));
+
         let message = |url| postgres_config(url).err().map(|error| error.message);
         assert_eq!(
             message(None).as_deref(),

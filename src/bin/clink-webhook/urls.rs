@@ -204,6 +204,11 @@ fn user_info_encoded(text: &str) -> String {
 /// parser that ends the user info at the first `/`, `?` or `#` (the `url`
 /// crate, which the Redis client uses) reads the same user and password.
 pub(crate) fn with_user_info_encoded(url: &str) -> Zeroizing<String> {
+    if !url.contains("://") {
+        // Not a URL (a `key=value` connection string, whose `@` may be in
+        // a user or password value): as it is.
+        return Zeroizing::new(url.to_owned());
+    }
     let parts = parts(url);
     let Some(user_info) = parts.user_info else {
         return Zeroizing::new(url.to_owned());
