@@ -431,18 +431,28 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     let keys = &shared.keys;
     let mut set_cookie = None;
     let who = if keys.checks_token() {
+        // A session already in is let in first: a token beside it (a
+        // bookmarked `?token=` link, a header a proxy in front adds) is
+        // neither throttled nor counted as a guess.
+        let session = auth::cookie(request.headers(), SESSION_COOKIE)
+            .and_then(|c| keys.check_cookie("session", c, shared.session_ttl, now));
         let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
             .map(|q| q.0)
             .unwrap_or_default();
         if let Some((_, token)) = pairs.iter().find(|(name, _)| name == "token") {
-            if let Some(refused) = throttled(&shared) {
-                return refused;
-            }
-            if !keys.is_token(token) {
-                return wrong_token(&shared, "query");
-            }
-            // A session from the token, and the same page without it.
-            let (cookie, _) = keys.new_cookie("session", now);
+            let right = if session.is_some() {
+                keys.is_token(token)
+            } else {
+                if let Some(refused) = throttled(&shared) {
+                    return refused;
+                }
+                if !keys.is_token(token) {
+                    return wrong_token(&shared, "query");
+                }
+                true
+            };
+            // The same page without the token: with a new session from it
+            // when it is right, with the session already in otherwise.
             let rest: Vec<(&str, String)> = pairs
                 .iter()
                 .filter(|(name, _)| name != "token")
@@ -453,6 +463,10 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 .get::<OriginalUri>()
                 .map_or_else(|| request.uri().path(), |original| original.path());
             let location = format!("{path}{}", view::query_string(&rest));
+            if !right {
+                return (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
+            }
+            let (cookie, _) = keys.new_cookie("session", now);
             return (
                 StatusCode::SEE_OTHER,
                 [
@@ -471,7 +485,9 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             )
                 .into_response();
         }
-        if let Some(token) = auth::bearer(request.headers()) {
+        if let Some(nonce) = session {
+            Who::Session(nonce)
+        } else if let Some(token) = auth::bearer(request.headers()) {
             if let Some(refused) = throttled(&shared) {
                 return refused;
             }
@@ -480,12 +496,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             }
             Who::Bearer
         } else {
-            match auth::cookie(request.headers(), SESSION_COOKIE)
-                .and_then(|c| keys.check_cookie("session", c, shared.session_ttl, now))
-            {
-                Some(nonce) => Who::Session(nonce),
-                None => return pages::denied(),
-            }
+            return pages::denied();
         }
     } else {
         let ttl = Duration::from_secs(400 * 24 * 3600);

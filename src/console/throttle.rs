@@ -6,7 +6,9 @@
 //! query or the header) is refused with `429` and `Retry-After`, the right
 //! one too (checking it would tell a guess from the token), until the
 //! budget has one again. Session cookies are never refused: they are
-//! signed, not guessed, so browsers already in keep working.
+//! signed, not guessed, so browsers already in keep working, and a token
+//! sent beside a session (a bookmarked `?token=` link, a header a proxy in
+//! front adds) is neither refused nor counted.
 //!
 //! One budget for every client: the console does not see their addresses
 //! (axum hands the connection's address to a handler only when built with

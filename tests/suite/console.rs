@@ -703,7 +703,8 @@ async fn wrong_tokens_are_logged_and_then_refused_for_a_while() {
         assert!(page.headers.get("set-cookie").is_none());
         assert!(!page.body.contains("evt_"), "{}", page.body);
     }
-    // A session already in is not refused.
+    // A session already in is not refused, nor counted, with a token
+    // beside it: a header a proxy in front adds, a bookmarked link.
     let page = send(
         &app,
         "GET",
@@ -713,6 +714,44 @@ async fn wrong_tokens_are_logged_and_then_refused_for_a_while() {
     )
     .await;
     assert_eq!(page.status, 200, "{}", page.body);
+    let proxied = format!("Bearer {}", wrong(99));
+    let page = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("cookie", &session), ("authorization", &proxied)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let bookmarked = send(
+        &app,
+        "GET",
+        &format!("/console/events?status=dead&token={TOKEN}"),
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(bookmarked.status, 303, "{}", bookmarked.body);
+    assert_eq!(bookmarked.header("location"), "/console/events?status=dead");
+    assert!(bookmarked.headers.get("set-cookie").is_some());
+    let mistyped = send(
+        &app,
+        "GET",
+        &format!("/console/events?token={}", wrong(98)),
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(mistyped.status, 303, "{}", mistyped.body);
+    assert_eq!(mistyped.header("location"), "/console/events");
+    assert!(mistyped.headers.get("set-cookie").is_none());
+    let counted = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.message.contains("a wrong token was refused"))
+        .count();
+    assert_eq!(counted, 10, "a session's tokens were counted as guesses");
 
     // After the wait, the right token gets in; one more wrong one spends
     // the budget again.

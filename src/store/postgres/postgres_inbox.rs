@@ -312,7 +312,11 @@ impl Sql {
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};
-                CREATE INDEX IF NOT EXISTS \"{bare}_dead_idx\" ON {t} (seq) WHERE status = 'dead';
+                DO $clink$ BEGIN
+                    IF NOT EXISTS (SELECT 1 FROM {t}) THEN
+                        CREATE INDEX IF NOT EXISTS \"{bare}_dead_idx\" ON {t} (seq) WHERE status = 'dead';
+                    END IF;
+                END $clink$;
                 {claim_def}
                 {complete_def}
                 {fail_def}
@@ -331,13 +335,11 @@ impl Sql {
                 format!(
                     "SELECT to_regclass('{t}') IS NOT NULL AND to_regclass('{health}') IS NOT NULL
                         AND to_regclass('{live_idx}') IS NOT NULL AND to_regclass('{object_idx}') IS NOT NULL
-                        AND to_regclass('{dead_idx}') IS NOT NULL
                         AND (SELECT count(*) FROM pg_attribute
                              WHERE attrelid = to_regclass('{t}') AND NOT attisdropped
                                AND attname IN ({columns})) = {count}",
                     live_idx = index("live_idx"),
                     object_idx = index("object_idx"),
-                    dead_idx = index("dead_idx"),
                     count = ADDED_COLUMNS.len(),
                 )
             },
@@ -580,12 +582,14 @@ impl PostgresInbox {
     /// deliveries are held up no longer than that, and fails if it cannot
     /// take it by then.
     ///
-    /// A table made before the index of dead events (`_dead_idx` after the
-    /// table's name) gains it at the first run after the upgrade:
-    /// PostgreSQL reads the table once to build it, holding writes back
-    /// meanwhile, and the whole migration must end within 30 s. On an inbox too large for that,
-    /// build the index beforehand without holding writes back (with the
-    /// table's name for `clink_webhook_inbox`):
+    /// The index of dead events (`_dead_idx` after the table's name), which
+    /// lets [`stats`](Inbox::stats) read only the events not done, is made
+    /// with the table, or by a migration that finds the table empty: never
+    /// by one that would read a table in use (building it holds writes
+    /// back while PostgreSQL reads the whole table). On a table made before
+    /// it, the counts read the whole table, as they did, until it is built
+    /// without holding writes back (with the table's name for
+    /// `clink_webhook_inbox`):
     ///
     /// ```sql
     /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_dead_idx"
@@ -1301,6 +1305,29 @@ mod tests {
             (4, 4, 0),
             "{stats:?}"
         );
+
+        // On a table in use without the index (made before it), a
+        // migration does not build it: that would hold writes back while
+        // PostgreSQL reads the whole table. Nor when the schema runs again.
+        let index_exists = async || -> bool {
+            client
+                .query_one(
+                    &format!("SELECT to_regclass('\"{table}_dead_idx\"') IS NOT NULL"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        };
+        assert!(index_exists().await, "a new table has the index");
+        client
+            .batch_execute(&format!("DROP INDEX \"{table}_dead_idx\""))
+            .await
+            .unwrap();
+        inbox.migrate().await.unwrap();
+        client.batch_execute(&inbox.sql.schema).await.unwrap();
+        assert!(!index_exists().await);
+        assert_eq!(inbox.stats().await.unwrap().dead, 4);
     }
 
     /// The look-up that lets a migration skip the table's changes names
