@@ -1390,6 +1390,95 @@ async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
     );
 }
 
+/// From SIGTERM on, the workers take no new event while the deliveries
+/// in progress finish: with a delivery whose body never ends holding the
+/// HTTP drain to the end of the timeout, the publish in flight finishes
+/// (the app answers it in 1 s) and the next event of its object, ready
+/// once it did, is not started, so no publish begins that the end of the
+/// deadline would cut off and publish again after the restart. (The
+/// workers went on through the drain, and took it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_the_workers_start_no_new_publish() {
+    use tokio::io::AsyncWriteExt;
+    const SHUTDOWN: Duration = Duration::from_secs(5);
+    let dir = TempDir::new("nonew");
+    let app = Arc::new(App::default());
+    app.delay_ms.store(1_000, Ordering::SeqCst);
+    let app_addr = start_app(Arc::clone(&app)).await;
+    let mut env = gateway_env(&dir.0, "nonew", &format!("http://{app_addr}/hooks"));
+    let set = [
+        ("CLINK_SETTLE_MS", "0".to_owned()),
+        ("CLINK_LEASE_MS", "120000".to_owned()),
+        ("CLINK_DESTINATION_TIMEOUT_MS", "100000".to_owned()),
+        ("CLINK_BODY_TIMEOUT_MS", "120000".to_owned()),
+        (
+            "CLINK_SHUTDOWN_TIMEOUT_MS",
+            SHUTDOWN.as_millis().to_string(),
+        ),
+    ];
+    env.retain(|(name, _)| !set.iter().any(|(set, _)| set == name));
+    env.extend(set.map(|(name, value)| (name.to_owned(), value)));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let client = client();
+    // Two events of one object: the second waits for the first.
+    for event in &events(1, 2, &unique("n")) {
+        deliver(&client, &gateway.url, event).await;
+    }
+    until("the first publish in flight", PHASE, async || {
+        app.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A delivery whose body never ends.
+    let address = target(&gateway.url());
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000\r\n\
+         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\nhalf",
+        Timestamp::now().as_millis(),
+        "0".repeat(64)
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let metrics = format!("{}/metrics", gateway.base());
+    until("the delivery in progress", PHASE, async || {
+        let request = Request::get(&metrics)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let Ok(response) = client.request(request).await else {
+            return false;
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|line| line.starts_with("clink_webhook_deliveries_in_flight"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+            >= 1.0
+    })
+    .await;
+    // Both events are in: the first is being published, the second waits.
+    assert_eq!(app.started.load(Ordering::SeqCst), 1);
+
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    drop(slow);
+    assert_eq!(
+        app.started.load(Ordering::SeqCst),
+        1,
+        "a publish began after the signal"
+    );
+    let inbox = clink_webhooks::store::SqliteInbox::open(dir.0.join("nonew.db")).unwrap();
+    use clink_webhooks::store::Inbox as _;
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending + stats.retrying, stats.running, stats.dead),
+        (1, 0, 0),
+        "the first done, the second waiting: {stats:?}"
+    );
+}
+
 /// The gateway relays to a Redis Cluster (`redis+cluster://` with the
 /// nodes of `REDIS_CLUSTER_URLS`): every event once, each object's events
 /// in order, also when Clink delivers them all again.

@@ -93,8 +93,9 @@ waits for it; an HTTP app's 400, 409, 422 refuses one event, not the
 destination), GET /ready
 (whether the inbox takes deliveries) and GET /metrics (Prometheus).
 SIGTERM or Ctrl-C stops taking deliveries and lets those in progress and the
-publishes in flight finish within shutdown_timeout_ms, one deadline for both;
-events still out then go back to the inbox in up to 5 s more. Give a container
+publishes in flight finish within shutdown_timeout_ms, one deadline for both
+(no new event is taken from the inbox after the signal); events still out then
+go back to the inbox in up to 5 s more. Give a container
 longer to stop than that: docker run --stop-timeout 20 with the default 10 s
 (Docker's own default grace is 10 s). SIGHUP re-reads the accounts file.
 
@@ -815,20 +816,26 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         }
     };
     // One deadline, shutdown_timeout_ms from the signal, for the whole
-    // stop: the deliveries in progress take what they need of it, and the
-    // publishes in flight get what is left.
-    let mut deadline = None;
-    let stop = async {
+    // stop, and the two halves side by side from the signal on: the
+    // deliveries in progress finish while the workers take no new event
+    // and the publishes in flight finish (or their events go back to the
+    // inbox). A long drain then takes nothing from the publishes.
+    let (signalled, signal) = tokio::sync::oneshot::channel();
+    let stop = async move {
         stop.await;
-        deadline = Some(tokio::time::Instant::now() + config.shutdown_timeout);
+        let _ = signalled.send(());
     };
-    server.serve(listener, gateway, stop).await;
+    let shutdown_timeout = config.shutdown_timeout;
+    let workers_stop = async move {
+        // Only the signal ends serving; without it (never), no time is left.
+        let left = match signal.await {
+            Ok(()) => shutdown_timeout,
+            Err(_) => Duration::ZERO,
+        };
+        pool.shutdown(left).await;
+    };
+    tokio::join!(server.serve(listener, gateway, stop), workers_stop);
     purger.abort();
-    let left = deadline.map_or(Duration::ZERO, |deadline| {
-        deadline.saturating_duration_since(tokio::time::Instant::now())
-    });
-    // Publishes in flight finish, or their events go back to the inbox.
-    pool.shutdown(left).await;
     eprintln!("stopped");
     Ok(())
 }
