@@ -511,9 +511,13 @@ pub(super) async fn events(
         let matching = call(&ctx, inbox.count(&filter)).await?;
         let (dead_matching, dead_newest) = match &dead_filter {
             Some(dead) if !shared.read_only => {
-                // The newest before the count: an event that dies between
-                // the two is counted, newer than the one pinned, and the
-                // replay asks again.
+                // The newest before the count: an event newer than it
+                // that dies between the two is counted, and the replay
+                // asks again. Events die in any order, though: one older
+                // than the pin that dies after the page, while as many
+                // others leave the dead (replayed or purged), keeps the
+                // count and is replayed with the rest (the pin is a check
+                // made before the replay, not a bound in its statement).
                 let newest = call(&ctx, inbox.page_summaries(dead, PageStart::Newest, 1))
                     .await?
                     .first()
