@@ -1304,6 +1304,39 @@ async fn sigterm_lets_the_publishes_in_flight_finish() {
     );
 }
 
+/// A delivery to `gateway` whose body never ends, once the gateway counts
+/// it in progress: it holds the HTTP drain of a shutdown to its end.
+async fn delivery_in_progress(gateway: &Gateway, client: &HttpClient) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = target(&gateway.url());
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000\r\n\
+         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\nhalf",
+        Timestamp::now().as_millis(),
+        "0".repeat(64)
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let metrics = format!("{}/metrics", gateway.base());
+    until("the delivery in progress", PHASE, async || {
+        let request = Request::get(&metrics)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let Ok(response) = client.request(request).await else {
+            return false;
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|line| line.starts_with("clink_webhook_deliveries_in_flight"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+            >= 1.0
+    })
+    .await;
+    slow
+}
+
 /// SIGTERM gives the deliveries in progress and the publishes in flight
 /// one shutdown_timeout_ms between them, not one each: with a delivery
 /// whose body never ends (it holds the HTTP drain to the end of the
@@ -1312,7 +1345,6 @@ async fn sigterm_lets_the_publishes_in_flight_finish() {
 /// and the event is back in the inbox, to be published again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
-    use tokio::io::AsyncWriteExt;
     const SHUTDOWN: Duration = Duration::from_secs(5);
     let dir = TempDir::new("deadline");
     let app = Arc::new(App::default());
@@ -1341,33 +1373,7 @@ async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
         app.started.load(Ordering::SeqCst) == 1
     })
     .await;
-    // A delivery whose body never ends.
-    let address = target(&gateway.url());
-    let mut slow = TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST /webhooks/clink HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000\r\n\
-         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\nhalf",
-        Timestamp::now().as_millis(),
-        "0".repeat(64)
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let metrics = format!("{}/metrics", gateway.base());
-    until("the delivery in progress", PHASE, async || {
-        let request = Request::get(&metrics)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let Ok(response) = client.request(request).await else {
-            return false;
-        };
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|line| line.starts_with("clink_webhook_deliveries_in_flight"))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>()
-            >= 1.0
-    })
-    .await;
+    let slow = delivery_in_progress(&gateway, &client).await;
 
     let started = Instant::now();
     tokio::task::spawn_blocking(move || gateway.stop())
@@ -1399,7 +1405,6 @@ async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
 /// workers went on through the drain, and took it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigterm_the_workers_start_no_new_publish() {
-    use tokio::io::AsyncWriteExt;
     const SHUTDOWN: Duration = Duration::from_secs(5);
     let dir = TempDir::new("nonew");
     let app = Arc::new(App::default());
@@ -1430,33 +1435,7 @@ async fn after_sigterm_the_workers_start_no_new_publish() {
         app.started.load(Ordering::SeqCst) == 1
     })
     .await;
-    // A delivery whose body never ends.
-    let address = target(&gateway.url());
-    let mut slow = TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "POST /webhooks/clink HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000\r\n\
-         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\nhalf",
-        Timestamp::now().as_millis(),
-        "0".repeat(64)
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let metrics = format!("{}/metrics", gateway.base());
-    until("the delivery in progress", PHASE, async || {
-        let request = Request::get(&metrics)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let Ok(response) = client.request(request).await else {
-            return false;
-        };
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|line| line.starts_with("clink_webhook_deliveries_in_flight"))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>()
-            >= 1.0
-    })
-    .await;
+    let slow = delivery_in_progress(&gateway, &client).await;
     // Both events are in: the first is being published, the second waits.
     assert_eq!(app.started.load(Ordering::SeqCst), 1);
 
