@@ -364,6 +364,29 @@ async fn call<T>(
         })
 }
 
+/// Whether a write (a replay) may start: at least a quarter of the
+/// console's timeout is left of the request's deadline. A write begun with
+/// less is likely cut off before the inbox confirms it, and then may have
+/// been applied or not; one not begun was not.
+fn time_for_a_write(ctx: &Ctx) -> bool {
+    let deadline = ctx.deadline;
+    deadline
+        .at
+        .saturating_duration_since(tokio::time::Instant::now())
+        >= deadline.timeout / 4
+}
+
+/// What a replay not begun for want of time answers with.
+fn no_time_for_a_write(ctx: &Ctx) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Timeout,
+        format!(
+            "the inbox's reads took most of the {:?} the console gives a page, too little              was left to replay: nothing was replayed",
+            ctx.deadline.timeout
+        ),
+    )
+}
+
 /// The `400` page for a filter that could not be read.
 fn bad_filter(shared: &Shared, ctx: &Ctx, what: &view::BadFilter) -> Response {
     message(
@@ -1040,6 +1063,15 @@ pub(super) async fn replay(
             changed()
         };
     }
+    if !time_for_a_write(&ctx) {
+        log_replay(
+            &ctx,
+            &entry,
+            force,
+            "nothing replayed: too little time left",
+        );
+        return unavailable(&shared, &ctx, &no_time_for_a_write(&ctx));
+    }
     let replayed = match call(&ctx, inbox.replay_if(seq, &pin)).await {
         Ok(replayed) => replayed,
         Err(err) => {
@@ -1173,6 +1205,10 @@ pub(super) async fn replay_dead(
             log_outcome("nothing replayed: the inbox did not answer the check");
             return unavailable(&shared, &ctx, &err);
         }
+    }
+    if !time_for_a_write(&ctx) {
+        log_outcome("nothing replayed: too little time left");
+        return unavailable(&shared, &ctx, &no_time_for_a_write(&ctx));
     }
     let seqs = match call(&ctx, inbox.replay_matching(&filter, false)).await {
         Ok(seqs) => seqs,

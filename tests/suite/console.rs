@@ -1261,6 +1261,59 @@ async fn a_replay_that_times_out_says_it_may_have_been_applied_and_is_logged() {
     );
 }
 
+/// A replay is not begun when the reads before it left less than a
+/// quarter of the page's time: it would likely be cut off before the inbox
+/// confirmed it (and then may have been applied or not). Answered `503`
+/// saying nothing was replayed, the event left dead, and logged. (With a
+/// second of time and a read of 0.8 s, the replay began with 0.2 s left.)
+#[tokio::test(start_paused = true)]
+async fn a_replay_is_not_begun_with_too_little_time_left() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let memory = MemoryInbox::new();
+    let now = Timestamp::now().as_millis();
+    memory
+        .insert_dead(
+            &event("evt_late", "order.succeeded", None, None, now, now),
+            "boom",
+        )
+        .await
+        .unwrap();
+    let inbox = Arc::new(Quirky {
+        read_delay: Duration::from_millis(800),
+        reads_fast: true.into(),
+        ..Quirky::new(memory)
+    });
+    let app = mounted(
+        Console::with_token(Arc::clone(&inbox), TOKEN)
+            .unwrap()
+            .timeout(Duration::from_secs(1))
+            .unwrap(),
+    );
+    let page = get(&app, "/console/events/1").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    inbox
+        .reads_fast
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let replay = post(&app, "/console/events/1/replay", &page.action_form()).await;
+    assert_eq!(replay.status, 503, "{}", replay.body);
+    assert!(
+        replay.body.contains("nothing was replayed"),
+        "{}",
+        replay.body
+    );
+    assert_eq!(
+        inbox.inner.get(1).await.unwrap().unwrap().status,
+        InboxStatus::Dead
+    );
+    assert!(
+        captured
+            .text()
+            .contains("nothing replayed: too little time left"),
+        "{}",
+        captured.text()
+    );
+}
+
 /// The bulk replay's form pins the dead events its page counted: once an
 /// event died since (newer than those, or older), it replays nothing and
 /// shows the dead events as they are now, with a form pinning those; with
@@ -2258,6 +2311,8 @@ impl Inbox for Staged {
 struct Quirky {
     inner: MemoryInbox,
     read_delay: Duration,
+    /// Set: reads answer at once, whatever `read_delay` says.
+    reads_fast: std::sync::atomic::AtomicBool,
     overfill: usize,
     replays_hang: bool,
 }
@@ -2272,7 +2327,8 @@ impl Quirky {
     }
 
     async fn read<T>(&self, read: BoxFuture<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
-        if !self.read_delay.is_zero() {
+        let fast = self.reads_fast.load(std::sync::atomic::Ordering::SeqCst);
+        if !self.read_delay.is_zero() && !fast {
             tokio::time::sleep(self.read_delay).await;
         }
         read.await
