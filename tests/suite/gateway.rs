@@ -1337,6 +1337,30 @@ async fn delivery_in_progress(gateway: &Gateway, client: &HttpClient) -> TcpStre
     slow
 }
 
+/// A gateway in `dir` (inbox `name`) relaying to the app at `app_addr`,
+/// stopping within `shutdown`, with leases, bodies and publishes given far
+/// longer than a test runs.
+async fn gateway_for_shutdown(
+    dir: &TempDir, name: &str, app_addr: SocketAddr, shutdown: Duration,
+) -> Gateway {
+    let mut env = gateway_env(&dir.0, name, &format!("http://{app_addr}/hooks"));
+    let set = [
+        ("CLINK_SETTLE_MS", "0".to_owned()),
+        ("CLINK_LEASE_MS", "120000".to_owned()),
+        ("CLINK_DESTINATION_TIMEOUT_MS", "100000".to_owned()),
+        ("CLINK_BODY_TIMEOUT_MS", "120000".to_owned()),
+        (
+            "CLINK_SHUTDOWN_TIMEOUT_MS",
+            shutdown.as_millis().to_string(),
+        ),
+    ];
+    env.retain(|(name, _)| !set.iter().any(|(set, _)| set == name));
+    env.extend(set.map(|(name, value)| (name.to_owned(), value)));
+    tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap()
+}
+
 /// SIGTERM gives the deliveries in progress and the publishes in flight
 /// one shutdown_timeout_ms between them, not one each: with a delivery
 /// whose body never ends (it holds the HTTP drain to the end of the
@@ -1351,22 +1375,7 @@ async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
     // The app takes the publish and answers long after the test.
     app.delay_ms.store(3_600_000, Ordering::SeqCst);
     let app_addr = start_app(Arc::clone(&app)).await;
-    let mut env = gateway_env(&dir.0, "deadline", &format!("http://{app_addr}/hooks"));
-    let set = [
-        ("CLINK_SETTLE_MS", "0".to_owned()),
-        ("CLINK_LEASE_MS", "120000".to_owned()),
-        ("CLINK_DESTINATION_TIMEOUT_MS", "100000".to_owned()),
-        ("CLINK_BODY_TIMEOUT_MS", "120000".to_owned()),
-        (
-            "CLINK_SHUTDOWN_TIMEOUT_MS",
-            SHUTDOWN.as_millis().to_string(),
-        ),
-    ];
-    env.retain(|(name, _)| !set.iter().any(|(set, _)| set == name));
-    env.extend(set.map(|(name, value)| (name.to_owned(), value)));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
-        .await
-        .unwrap();
+    let gateway = gateway_for_shutdown(&dir, "deadline", app_addr, SHUTDOWN).await;
     let client = client();
     deliver(&client, &gateway.url, &events(1, 1, &unique("t"))[0]).await;
     until("the publish in flight", PHASE, async || {
@@ -1410,22 +1419,7 @@ async fn after_sigterm_the_workers_start_no_new_publish() {
     let app = Arc::new(App::default());
     app.delay_ms.store(1_000, Ordering::SeqCst);
     let app_addr = start_app(Arc::clone(&app)).await;
-    let mut env = gateway_env(&dir.0, "nonew", &format!("http://{app_addr}/hooks"));
-    let set = [
-        ("CLINK_SETTLE_MS", "0".to_owned()),
-        ("CLINK_LEASE_MS", "120000".to_owned()),
-        ("CLINK_DESTINATION_TIMEOUT_MS", "100000".to_owned()),
-        ("CLINK_BODY_TIMEOUT_MS", "120000".to_owned()),
-        (
-            "CLINK_SHUTDOWN_TIMEOUT_MS",
-            SHUTDOWN.as_millis().to_string(),
-        ),
-    ];
-    env.retain(|(name, _)| !set.iter().any(|(set, _)| set == name));
-    env.extend(set.map(|(name, value)| (name.to_owned(), value)));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
-        .await
-        .unwrap();
+    let gateway = gateway_for_shutdown(&dir, "nonew", app_addr, SHUTDOWN).await;
     let client = client();
     // Two events of one object: the second waits for the first.
     for event in &events(1, 2, &unique("n")) {
