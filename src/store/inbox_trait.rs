@@ -2,6 +2,8 @@
 //! workers (see [`inbox`](crate::inbox)).
 
 use std::fmt;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -390,21 +392,38 @@ pub(crate) struct FilterParams<'a> {
     pub(crate) until: Option<i64>,
 }
 
-/// How many consecutive sequence numbers one statement of a purge covers
-/// in the SQLite and PostgreSQL inboxes (see [`Inbox::purge`]).
+/// How many events one statement of a purge reads in the SQLite and
+/// PostgreSQL inboxes (see [`Inbox::purge`]): the next this many, in
+/// order, whether they are deleted or kept.
 pub const PURGE_STEP: i64 = 5_000;
 
-/// The steps of a purge over the events numbered `oldest` to `newest`:
-/// ranges of [`PURGE_STEP`] numbers, first and last included, from the
-/// oldest.
+/// A purge over the events numbered `oldest` to `newest`, in steps:
+/// `step(from)` reads the next [`PURGE_STEP`] events numbered `from` to
+/// `newest` and deletes those to purge among them, and says the last number
+/// it read (`None`: none left) and how many it deleted. The next step starts
+/// after that number, so a step reads events, never runs of numbers none
+/// holds (PostgreSQL spends a number on every duplicate delivery). Logged at
+/// debug with the count of steps; how many were deleted.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn purge_steps(oldest: i64, newest: i64) -> impl Iterator<Item = (i64, i64)> {
-    let mut next = Some(oldest);
-    std::iter::from_fn(move || {
-        let from = next.filter(|&from| from <= newest)?;
-        next = from.checked_add(PURGE_STEP);
-        Some((from, from.saturating_add(PURGE_STEP - 1)))
-    })
+pub(crate) async fn purge_in_steps<F, Fut>(
+    oldest: i64, newest: i64, mut step: F,
+) -> Result<u64, StoreError>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: Future<Output = Result<(Option<i64>, u64), StoreError>>,
+{
+    let (mut from, mut purged, mut steps) = (oldest, 0, 0_u64);
+    while from <= newest {
+        let (last, deleted) = step(from).await?;
+        steps += 1;
+        purged += deleted;
+        match last.and_then(|last| last.checked_add(1)) {
+            Some(next) if next > from => from = next,
+            _ => break,
+        }
+    }
+    tracing::debug!(purged, steps, "inbox: purged the old events");
+    Ok(purged)
 }
 
 /// The condition of an [`InboxFilter`] in SQL, its parameters numbered from
@@ -827,10 +846,11 @@ pub trait Inbox: Send + Sync + 'static {
     /// its arrival). Events still to run are never deleted.
     ///
     /// The SQLite and PostgreSQL inboxes delete in steps of
-    /// [`PURGE_STEP`] consecutive sequence numbers, each a statement of
-    /// its own under the store's timeout, from the oldest event to the
-    /// newest there was when the purge began: however large the inbox, no
-    /// statement reads more than a step's rows (one over the whole table
+    /// [`PURGE_STEP`] events in order, each a statement of its own under
+    /// the store's timeout, from the oldest event to the newest there was
+    /// when the purge began: however large the inbox, no statement reads
+    /// more than a step's rows, and no step is spent on numbers no event
+    /// holds (one statement over the whole table
     /// ran past the timeout on a large inbox every time, and the inbox
     /// grew for good), deliveries and claims run between the steps, and
     /// what a step deleted stays deleted if a later one fails.
@@ -1032,27 +1052,47 @@ pub(crate) fn order_key(event: &NewEvent) -> (i64, &str) {
 
 #[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 mod tests {
-    use super::{purge_steps, PURGE_STEP};
+    use super::purge_in_steps;
 
-    /// The steps cover every number from the oldest to the newest once,
-    /// in order, each at most `PURGE_STEP` long, up to the largest number.
-    #[test]
-    fn purge_steps_cover_the_span_once() {
-        let steps: Vec<_> = purge_steps(1, 2 * PURGE_STEP + 1).collect();
+    /// Each step starts after the last number the one before read, and
+    /// the purge ends at the newest number, when a step reads none, or at
+    /// the largest number.
+    #[tokio::test]
+    async fn a_purge_steps_from_the_last_number_read() {
+        let mut asked = Vec::new();
+        let purged = purge_in_steps(3, 40, |from| {
+            asked.push(from);
+            // Events at every tenth number, two read per step, one deleted.
+            let last = (from..=40).filter(|n| n % 10 == 0).nth(1);
+            async move { Ok((last, 1)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(asked, [3, 21]);
+        assert_eq!(purged, 2);
+
+        let mut asked = Vec::new();
+        purge_in_steps(5, 100, |from| {
+            asked.push(from);
+            async move { Ok((None, 0)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(asked, [5], "a step that read nothing ends the purge");
+
+        let mut asked = Vec::new();
+        purge_in_steps(i64::MAX - 1, i64::MAX, |from| {
+            asked.push(from);
+            async move { Ok((Some(i64::MAX), 0)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(asked, [i64::MAX - 1]);
         assert_eq!(
-            steps,
-            [
-                (1, PURGE_STEP),
-                (PURGE_STEP + 1, 2 * PURGE_STEP),
-                (2 * PURGE_STEP + 1, 3 * PURGE_STEP)
-            ]
+            purge_in_steps(8, 7, |_| async { Ok((Some(8), 1)) })
+                .await
+                .unwrap(),
+            0
         );
-        assert_eq!(
-            purge_steps(7, 7).collect::<Vec<_>>(),
-            [(7, 7 + PURGE_STEP - 1)]
-        );
-        assert_eq!(purge_steps(8, 7).count(), 0);
-        let last: Vec<_> = purge_steps(i64::MAX - 3, i64::MAX).collect();
-        assert_eq!(last, [(i64::MAX - 3, i64::MAX)]);
     }
 }

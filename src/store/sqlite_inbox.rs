@@ -14,11 +14,11 @@ use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{
-    filter_sql, order_key, purge_steps, read_entry, wait_for, EntryRow, ENTRY_COLUMNS,
+    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, ENTRY_COLUMNS,
 };
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
-    NewEvent, ReplayPin, Replayed, Settle, StoreError, StoreErrorKind,
+    NewEvent, ReplayPin, Replayed, Settle, StoreError, StoreErrorKind, PURGE_STEP,
 };
 use super::{InboxActivity, InboxSummary, PageStart};
 use crate::events::InboxAttempt;
@@ -782,17 +782,30 @@ impl Inbox for SqliteInbox {
             let Some((oldest, newest)) = span.await? else {
                 return Ok(0);
             };
-            let mut purged = 0;
             // One step at a time, the connection given back between them:
             // deliveries and claims wait for one step, not the whole purge.
-            for (from, to) in purge_steps(oldest, newest) {
-                purged += with_connection(&connection, move |connection| {
-                    // Settled before `before`: the latest of its arrival,
-                    // last claim, handling and last replay (`max` of several
-                    // values is NULL if one is, hence the COALESCEs), among
-                    // the events numbered `from` to `to`, read through the
-                    // primary key.
-                    connection
+            purge_in_steps(oldest, newest, |from| {
+                with_connection(&connection, move |connection| {
+                    let failed = |err| sqlite_error("cannot purge the inbox", &err);
+                    // The next PURGE_STEP events, read through the primary
+                    // key: the last number among them.
+                    let last: Option<i64> = connection
+                        .prepare_cached(&format!(
+                            "SELECT max(seq) FROM (SELECT seq FROM clink_webhook_inbox
+                             WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT {PURGE_STEP})"
+                        ))
+                        .and_then(|mut statement| {
+                            statement.query_row(params![from, newest], |row| row.get(0))
+                        })
+                        .map_err(failed)?;
+                    let Some(last) = last else {
+                        return Ok((None, 0));
+                    };
+                    // Among them, those settled before `before`: the latest
+                    // of its arrival, last claim, handling and last replay
+                    // (`max` of several values is NULL if one is, hence the
+                    // COALESCEs).
+                    let deleted = connection
                         .prepare_cached(
                             "DELETE FROM clink_webhook_inbox
                              WHERE seq BETWEEN ?2 AND ?3 AND status IN ('done', 'dead')
@@ -800,14 +813,13 @@ impl Inbox for SqliteInbox {
                                        COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
                         )
                         .and_then(|mut statement| {
-                            statement.execute(params![before.as_millis(), from, to])
+                            statement.execute(params![before.as_millis(), from, last])
                         })
-                        .map(|changed| changed as u64)
-                        .map_err(|err| sqlite_error("cannot purge the inbox", &err))
+                        .map_err(failed)?;
+                    Ok((Some(last), deleted as u64))
                 })
-                .await?;
-            }
-            Ok(purged)
+            })
+            .await
         })
     }
 

@@ -1274,6 +1274,24 @@ where
     copies + 2
 }
 
+/// The columns of the PostgreSQL inbox's `table` but `seq` and
+/// `event_id`, quoted.
+#[cfg(feature = "postgres")]
+async fn postgres_columns(client: &tokio_postgres::Client, table: &str) -> String {
+    let columns: Vec<String> = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_name = $1 AND column_name NOT IN ('seq', 'event_id')",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| format!("\"{}\"", row.get::<_, String>(0)))
+        .collect();
+    columns.join(", ")
+}
+
 /// A PostgreSQL purge goes step by step, each step committed on its own:
 /// while another transaction holds an old event of its last step, the
 /// steps before it are purged already (in one statement over the table,
@@ -1292,18 +1310,7 @@ async fn a_postgres_purge_goes_step_by_step() {
     let client = pg_pool().get().await.unwrap();
     let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
     let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
-        let columns: Vec<String> = client
-            .query(
-                "SELECT column_name::text FROM information_schema.columns
-                 WHERE table_name = $1 AND column_name NOT IN ('seq', 'event_id')",
-                &[&table],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| format!("\"{}\"", row.get::<_, String>(0)))
-            .collect();
-        let columns = columns.join(", ");
+        let columns = postgres_columns(&client, &table).await;
         client
             .execute(
                 &format!(
@@ -1372,15 +1379,7 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
     let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
     let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
         let connection = rusqlite::Connection::open(&path).unwrap();
-        let columns: Vec<String> = connection
-            .prepare("SELECT name FROM pragma_table_info('clink_webhook_inbox')")
-            .unwrap()
-            .query_map([], |row| row.get::<_, String>(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .filter(|name| name != "seq" && name != "event_id")
-            .collect();
-        let columns = columns.join(", ");
+        let columns = sqlite_columns(&connection);
         connection
             .execute(
                 &format!(
@@ -1408,6 +1407,115 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
     assert_eq!(left[0].status, InboxStatus::Pending);
     drop(inbox);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A purge of `inbox`, holding `total` events numbered far apart (every
+/// one but the last still to run old and dead), reads them in one step:
+/// a step is so many events, not so many numbers (PostgreSQL spends a
+/// number on every duplicate delivery, so numbers can be sparse, and a
+/// purge stepping through them made one statement for each empty run).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn a_purge_over_sparse_numbers_takes_one_step(inbox: &dyn Inbox, total: i64) {
+    let (captured, _guard) = crate::support::capture::capture();
+    assert_eq!(
+        inbox.purge(Timestamp::now()).await.unwrap(),
+        u64::try_from(total - 1).unwrap()
+    );
+    let purged: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|event| event.message == "inbox: purged the old events")
+        .collect();
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert_eq!(purged[0].fields["steps"], "1", "{purged:?}");
+    assert_eq!(purged[0].fields["purged"], (total - 1).to_string());
+    let left = inbox.list(&InboxFilter::default(), 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].status, InboxStatus::Pending);
+}
+
+/// The columns of the SQLite inbox's table but `seq` and `event_id`.
+#[cfg(feature = "sqlite")]
+fn sqlite_columns(connection: &rusqlite::Connection) -> String {
+    let columns: Vec<String> = connection
+        .prepare("SELECT name FROM pragma_table_info('clink_webhook_inbox')")
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|name| name != "seq" && name != "event_id")
+        .collect();
+    columns.join(", ")
+}
+
+/// [`a_purge_over_sparse_numbers_takes_one_step`] on SQLite.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_purge_steps_over_events_not_numbers() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let dir = temp_dir();
+    let path = dir.join("sparse.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    let total = old_events_and_one_to_run(&inbox, 3, async |copies| {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let columns = sqlite_columns(&connection);
+        connection
+            .execute(
+                &format!(
+                    "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?1)
+                     INSERT INTO clink_webhook_inbox (seq, event_id, {columns})
+                     SELECT seq + n * 2 * ?2, 'copy_' || n, {columns} FROM clink_webhook_inbox, g
+                     WHERE seq = (SELECT min(seq) FROM clink_webhook_inbox)"
+                ),
+                [copies, PURGE_STEP],
+            )
+            .unwrap();
+    })
+    .await;
+    a_purge_over_sparse_numbers_takes_one_step(&inbox, total).await;
+    drop(inbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// [`a_purge_over_sparse_numbers_takes_one_step`] on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_purge_steps_over_events_not_numbers() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
+    let client = pg_pool().get().await.unwrap();
+    let total = old_events_and_one_to_run(&inbox, 3, async |copies| {
+        let columns = postgres_columns(&client, &table).await;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (seq, event_id, {columns})
+                     SELECT seq + g * 2 * $2::bigint, 'copy_' || g, {columns}
+                     FROM \"{table}\", generate_series(1, $1::bigint) AS g
+                     WHERE seq = (SELECT min(seq) FROM \"{table}\")"
+                ),
+                &[&copies, &PURGE_STEP],
+            )
+            .await
+            .unwrap();
+        // The next event numbered after them, as deliveries would be.
+        client
+            .execute(
+                &format!(
+                    "SELECT setval(pg_get_serial_sequence('\"{table}\"', 'seq'),
+                                   (SELECT max(seq) FROM \"{table}\"))"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    a_purge_over_sparse_numbers_takes_one_step(&inbox, total).await;
 }
 
 /// A conditional replay that waits on a row another transaction is

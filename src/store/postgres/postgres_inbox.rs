@@ -17,11 +17,12 @@ use crate::store::inbox_history::bounded_error;
 use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::{read_summary, sql as browse};
 use crate::store::inbox_trait::{
-    filter_sql, order_key, purge_steps, read_entry, wait_for, EntryRow, FilterParams, ENTRY_COLUMNS,
+    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, FilterParams,
+    ENTRY_COLUMNS,
 };
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
-    NewEvent, ReplayPin, Replayed, Settle, StoreError, DEFAULT_TIMEOUT,
+    NewEvent, ReplayPin, Replayed, Settle, StoreError, DEFAULT_TIMEOUT, PURGE_STEP,
 };
 use crate::store::{without_nul, InboxActivity, InboxSummary, PageStart};
 use crate::{ConfigError, Timestamp};
@@ -398,13 +399,22 @@ impl Sql {
                 "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
                  ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms"
             ),
-            // Settled before $1: the latest of its arrival, last claim,
-            // handling and last replay (GREATEST skips NULLs, and the
-            // arrival is never NULL), among the events numbered $2 to $3:
-            // one step of a purge, read through the primary key.
+            // One step of a purge: the next PURGE_STEP events numbered $2
+            // to $3, read through the primary key, and among them those
+            // settled before $1 deleted (the latest of its arrival, last
+            // claim, handling and last replay; GREATEST skips NULLs, and
+            // the arrival is never NULL). The last number read, and how
+            // many were deleted.
             purge: format!(
-                "DELETE FROM {t} WHERE seq BETWEEN $2 AND $3 AND status IN ('done', 'dead')
-                 AND GREATEST(received_at_ms, claimed_at_ms, handled_at_ms, last_replay_ms) < $1"
+                "WITH step AS (
+                     SELECT seq FROM {t} WHERE seq BETWEEN $2 AND $3 ORDER BY seq LIMIT {PURGE_STEP}
+                 ), gone AS (
+                     DELETE FROM {t} WHERE seq BETWEEN $2 AND (SELECT max(seq) FROM step)
+                       AND status IN ('done', 'dead')
+                       AND GREATEST(received_at_ms, claimed_at_ms, handled_at_ms, last_replay_ms) < $1
+                     RETURNING 1
+                 )
+                 SELECT (SELECT max(seq) FROM step), (SELECT count(*) FROM gone)"
             ),
             purge_span: format!("SELECT min(seq), max(seq) FROM {t}"),
             // The events still to run, through their index, and the dead
@@ -1088,25 +1098,30 @@ impl Inbox for PostgresInbox {
             let Some((oldest, newest)) = span else {
                 return Ok(0);
             };
-            let mut purged = 0;
-            for (from, to) in purge_steps(oldest, newest) {
-                purged += self
-                    .call(async |client| {
-                        client
-                            .execute_typed(
-                                &self.sql.purge,
-                                &[
-                                    (&before, Type::INT8),
-                                    (&from, Type::INT8),
-                                    (&to, Type::INT8),
-                                ],
-                            )
-                            .await
-                            .map_err(|err| pg_error("cannot purge the inbox", &err))
-                    })
-                    .await?;
-            }
-            Ok(purged)
+            purge_in_steps(oldest, newest, |from| {
+                self.call(async move |client| {
+                    let failed = |err| pg_error("cannot purge the inbox", &err);
+                    let rows = client
+                        .query_typed(
+                            &self.sql.purge,
+                            &[
+                                (&before, Type::INT8),
+                                (&from, Type::INT8),
+                                (&newest, Type::INT8),
+                            ],
+                        )
+                        .await
+                        .map_err(failed)?;
+                    // One row, always: two aggregates.
+                    let Some(row) = rows.first() else {
+                        return Ok((None, 0));
+                    };
+                    let last = row.try_get::<_, Option<i64>>(0).map_err(failed)?;
+                    let deleted = row.try_get::<_, i64>(1).map_err(failed)?;
+                    Ok((last, deleted.unsigned_abs()))
+                })
+            })
+            .await
         })
     }
 
