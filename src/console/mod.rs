@@ -107,9 +107,14 @@
 //!   header; nothing of it). After 10 wrong tokens in a row, every token
 //!   presented, the right one too, is answered `429` with `Retry-After`
 //!   until the wait is over, and one more is taken every 6 s while they go
-//!   on; session cookies still get in. The console keeps one such budget,
-//!   for every client: it does not see their addresses, so a client that
-//!   sends wrong tokens delays the logins of others while it goes on.
+//!   on; session cookies still get in. Each client has such a budget of
+//!   its own when the console knows the connections' addresses: served by
+//!   the crate's [`Server`](crate::server::Server), or by axum with
+//!   `into_make_service_with_connect_info::<SocketAddr>()` (an IPv6
+//!   client is its `/64`, and at most 1,024 clients are told apart at a
+//!   time). Otherwise, and behind a proxy (every client then has the
+//!   proxy's address), clients share one, and a client that sends wrong
+//!   tokens delays the logins of others while it goes on.
 //! - [`behind_app_auth`](Console::behind_app_auth): the console checks no
 //!   credentials; **the app must put its own authentication in front** (a
 //!   tower layer on the nested router, or its proxy's). The secret given
@@ -119,10 +124,11 @@
 //! on the port Clink's deliveries reach if you can avoid it.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -388,29 +394,52 @@ fn base_path(original: Option<&OriginalUri>, uri: &Uri) -> String {
     base.to_owned()
 }
 
-/// `429` while the console's budget of wrong tokens is spent, so that the
-/// token presented is not checked; `None` otherwise.
-fn throttled(shared: &Shared) -> Option<Response> {
-    let wait = shared.throttle.refused_for(tokio::time::Instant::now())?;
+/// The address of the client a request came from, as axum's
+/// [`ConnectInfo`] or the crate's [`Server`](crate::server::Server) put it
+/// in its extensions; `None` when neither did.
+fn client_address(extensions: &http::Extensions) -> Option<IpAddr> {
+    let from_axum = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    #[cfg(feature = "server")]
+    let from_axum = from_axum.or_else(|| {
+        extensions
+            .get::<crate::server::Peer>()
+            .map(|peer| peer.0.ip())
+    });
+    from_axum
+}
+
+/// `429` while the budget of wrong tokens of the client at `address` is
+/// spent, so that the token presented is not checked; `None` otherwise.
+fn throttled(shared: &Shared, address: Option<IpAddr>) -> Option<Response> {
+    let wait = shared
+        .throttle
+        .refused_for(throttle::client(address), tokio::time::Instant::now())?;
     Some(pages::too_many_wrong_tokens(throttle::retry_after_secs(
         wait,
     )))
 }
 
-/// Logs a wrong token, presented `via` the query or the header, counts it
-/// against the console's budget, and answers `401`. Nothing of the token
-/// is logged.
-fn wrong_token(shared: &Shared, via: &'static str) -> Response {
-    let refused_for = shared.throttle.failed(tokio::time::Instant::now());
+/// Logs a wrong token, presented `via` the query or the header by the
+/// client at `address`, counts it against that client's budget, and
+/// answers `401`. Nothing of the token is logged.
+fn wrong_token(shared: &Shared, address: Option<IpAddr>, via: &'static str) -> Response {
+    let refused_for = shared
+        .throttle
+        .failed(throttle::client(address), tokio::time::Instant::now());
+    let client = address.map(tracing::field::display);
     tracing::warn!(
         target: "clink_webhooks::console",
         via,
+        client,
         "console: a wrong token was refused"
     );
     if let Some(wait) = refused_for {
         let retry_after_s = throttle::retry_after_secs(wait);
         tracing::warn!(
             target: "clink_webhooks::console",
+            client,
             retry_after_s,
             "console: {} wrong tokens in a row: every token presented is refused for \
              {retry_after_s} s, and one is taken every {} s after that while they go on \
@@ -430,6 +459,9 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     let cookie_path = if base.is_empty() { "/" } else { &base }.to_owned();
     let keys = &shared.keys;
     let mut set_cookie = None;
+    // The client, when the app hands the console its connections'
+    // addresses: each has a budget of wrong tokens of its own.
+    let address = client_address(request.extensions());
     let who = if keys.checks_token() {
         // A session already in is let in first: a token beside it (a
         // bookmarked `?token=` link, a header a proxy in front adds) is
@@ -443,11 +475,11 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             let right = if session.is_some() {
                 keys.is_token(token)
             } else {
-                if let Some(refused) = throttled(&shared) {
+                if let Some(refused) = throttled(&shared, address) {
                     return refused;
                 }
                 if !keys.is_token(token) {
-                    return wrong_token(&shared, "query");
+                    return wrong_token(&shared, address, "query");
                 }
                 true
             };
@@ -488,11 +520,11 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         if let Some(nonce) = session {
             Who::Session(nonce)
         } else if let Some(token) = auth::bearer(request.headers()) {
-            if let Some(refused) = throttled(&shared) {
+            if let Some(refused) = throttled(&shared, address) {
                 return refused;
             }
             if !keys.is_token(token) {
-                return wrong_token(&shared, "bearer");
+                return wrong_token(&shared, address, "bearer");
             }
             Who::Bearer
         } else {

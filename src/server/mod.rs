@@ -29,6 +29,9 @@
 //!   most the [shutdown timeout](Server::shutdown_timeout) (default 10 s),
 //!   then closes what is left.
 //!
+//! Every request it serves carries the address of its connection's peer
+//! in its extensions, as a [`Peer`].
+//!
 //! Bodies are bounded by the layer itself ([`ClinkLayer::body_timeout`],
 //! [`ClinkLayer::body_budget`]).
 //!
@@ -88,6 +91,7 @@ pub mod fuzzing {
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -290,7 +294,7 @@ impl Server {
             };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors, say: let connections close
                         // rather than spin, and keep serving.
@@ -301,10 +305,12 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let (stream, peer) = stream;
             let stream = framing::Watched::new(stream);
             let verdicts = stream.verdicts();
             let service = service.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
                 let mut service = service.clone();
                 let refused = verdicts.next_is_refused();
                 async move {
@@ -352,6 +358,23 @@ impl Server {
         connections.shutdown().await;
     }
 }
+
+/// The address of the client a request came from: its connection's peer,
+/// which [`Server`] puts in every request's extensions (behind a proxy,
+/// the proxy's address). In axum, read it with `Extension<Peer>`; the
+/// [console](crate::console) counts each client's wrong tokens apart by
+/// it.
+///
+/// ```
+/// use clink_webhooks::server::Peer;
+///
+/// fn client(request: &http::Request<()>) -> Option<std::net::IpAddr> {
+///     request.extensions().get::<Peer>().map(|peer| peer.0.ip())
+/// }
+/// # assert_eq!(client(&http::Request::new(())), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer(pub SocketAddr);
 
 /// The answer to a request whose body could be framed two ways: `400`, and
 /// the connection closed.

@@ -770,6 +770,153 @@ async fn wrong_tokens_are_logged_and_then_refused_for_a_while() {
     assert_eq!(get(&app, "/console/events").await.status, 429);
 }
 
+/// `GET path` with the bearer `token`, sent from `from` as axum's
+/// `ConnectInfo` says (`None`: the app hands the console no address).
+async fn get_from(app: &Router, from: Option<&str>, path: &str, token: &str) -> Page {
+    let mut request = Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(from) = from {
+        let address: SocketAddr = format!("{from}:40000").parse().unwrap();
+        request = request.extension(axum::extract::ConnectInfo(address));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// Where the app hands the console its connections' addresses, each
+/// client has its own budget of wrong tokens: one that spent its budget
+/// is refused, another (an IPv6 client by its `/64`) still gets in with
+/// the token, and so do clients the console cannot tell apart. The wrong
+/// tokens' log lines name the client.
+#[tokio::test(start_paused = true)]
+async fn each_client_spends_its_own_budget_of_wrong_tokens() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let app = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
+    let guessing = Some("192.0.2.7");
+    for n in 0..10 {
+        let page = get_from(
+            &app,
+            guessing,
+            "/console/events",
+            &format!("wrong-{n}-guess-abcdefgh"),
+        )
+        .await;
+        assert_eq!(page.status, 401, "wrong token {n}");
+    }
+    assert_eq!(
+        get_from(&app, guessing, "/console/events", TOKEN)
+            .await
+            .status,
+        429
+    );
+    // The same /64 is the same client.
+    for n in 0..10 {
+        let page = get_from(
+            &app,
+            Some("[2001:db8:0:1::5]"),
+            "/console",
+            &format!("wrong-{n}-v6-abcdefgh"),
+        )
+        .await;
+        assert_eq!(page.status, 401, "wrong token {n} over IPv6");
+    }
+    assert_eq!(
+        get_from(
+            &app,
+            Some("[2001:db8:0:1:ffff::9]"),
+            "/console/events",
+            TOKEN
+        )
+        .await
+        .status,
+        429
+    );
+    for other in [Some("192.0.2.8"), Some("[2001:db8:0:2::5]"), None] {
+        let page = get_from(&app, other, "/console/events", TOKEN).await;
+        assert_eq!(page.status, 200, "{other:?}: {}", page.body);
+    }
+    let refused: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.message.contains("a wrong token was refused"))
+        .collect();
+    assert_eq!(refused.len(), 20);
+    assert_eq!(refused[0].fields["client"], "192.0.2.7");
+    assert_eq!(refused[10].fields["client"], "2001:db8:0:1::5");
+}
+
+/// Over a real connection, served by the crate's `Server` and by axum
+/// with its connection addresses: a client from 127.0.0.2 gets in with the
+/// token while one from 127.0.0.1 has spent its budget.
+#[tokio::test]
+async fn a_client_over_http_is_told_apart_by_its_address() {
+    for by_server in [true, false] {
+        let app = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            if by_server {
+                clink_webhooks::server::Server::new()
+                    .serve(listener, app, std::future::pending())
+                    .await;
+            } else {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+                .unwrap();
+            }
+        });
+        let from = |source: &'static str, token: String| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            let head = format!(
+                "GET /console/events HTTP/1.1\r\nhost: localhost\r\n\
+                 authorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(
+                PATIENCE,
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+            )
+            .await
+            .expect("the console answers")
+            .unwrap();
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            answer
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for n in 0..10 {
+            let status = from("127.0.0.1", format!("wrong-{n}-guess-abcdefgh")).await;
+            assert_eq!(status, "401", "server {by_server}: wrong token {n}");
+        }
+        let status = from("127.0.0.1", TOKEN.to_owned()).await;
+        assert_eq!(status, "429", "server {by_server}");
+        let status = from("127.0.0.2", TOKEN.to_owned()).await;
+        assert_eq!(status, "200", "server {by_server}");
+    }
+}
+
 /// The redirect after `?token=` keeps every other parameter as it came,
 /// its name percent-encoded as its value is: a name holding `=` or `&`
 /// stays one name, and adds no parameter of its own.
