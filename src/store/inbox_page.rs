@@ -295,7 +295,7 @@ pub(crate) fn on_page(filter: &InboxFilter, start: PageStart, entry: &InboxEntry
 /// parameters marked `mark` (`$` for PostgreSQL, `?` for SQLite).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql {
-    use super::super::inbox_trait::{filter_sql, FilterParams, ENTRY_COLUMNS};
+    use super::super::inbox_trait::{filter_sql, FilterParams, ENTRY_COLUMNS, FILTER_PARAMS};
     use super::{summary_columns, PageStart};
 
     fn param(mark: char, n: usize) -> String {
@@ -306,9 +306,10 @@ pub(crate) mod sql {
         }
     }
 
-    /// A page: the filter's six parameters (written for the values in
-    /// `present`, when given: see [`filter_sql`]), then the bound on `seq`
-    /// (7) and the limit (8); rows come newest first, except for
+    /// A page: the filter's [`FILTER_PARAMS`] parameters (written for the
+    /// values in `present`, when given: see [`filter_sql`]), then the
+    /// bound on `seq` of the page's start and the limit; rows come newest
+    /// first, except for
     /// [`PageStart::After`], whose rows come oldest first (reverse them).
     pub(crate) fn page(
         table: &str, mark: char, start: PageStart, present: Option<&FilterParams<'_>>,
@@ -335,8 +336,8 @@ pub(crate) mod sql {
         format!(
             "SELECT {columns} FROM {table} WHERE {} AND seq {op} {} ORDER BY seq {order} LIMIT {}",
             filter_sql(mark, 1, present),
-            param(mark, 7),
-            param(mark, 8),
+            param(mark, FILTER_PARAMS + 1),
+            param(mark, FILTER_PARAMS + 2),
         )
     }
 
@@ -348,7 +349,7 @@ pub(crate) mod sql {
         }
     }
 
-    /// How many events match: the filter's six parameters.
+    /// How many events match: the filter's [`FILTER_PARAMS`] parameters.
     pub(crate) fn count(table: &str, mark: char, present: Option<&FilterParams<'_>>) -> String {
         format!(
             "SELECT count(*) FROM {table} WHERE {}",

@@ -305,6 +305,11 @@ pub struct InboxFilter {
     pub received_from: Option<Timestamp>,
     /// Events received before this time.
     pub received_until: Option<Timestamp>,
+    /// Events numbered at most this ([`InboxEntry::seq`], given in order
+    /// of arrival): for an operation that holds for the events a page
+    /// showed, up to the newest of them (see [`Inbox::replay_matching`]
+    /// for what an inbox of your own does with it).
+    pub seq_through: Option<i64>,
 }
 
 impl InboxFilter {
@@ -344,6 +349,13 @@ impl InboxFilter {
         self
     }
 
+    /// Only events numbered at most `seq`.
+    #[must_use]
+    pub fn seq_through(mut self, seq: i64) -> Self {
+        self.seq_through = Some(seq);
+        self
+    }
+
     /// Whether `entry` matches.
     #[must_use]
     pub fn matches(&self, entry: &InboxEntry) -> bool {
@@ -364,10 +376,11 @@ impl InboxFilter {
                 .is_none_or(|o| Some(o.as_str()) == event.object_key.as_deref())
             && self.received_from.is_none_or(|from| received >= from)
             && self.received_until.is_none_or(|until| received < until)
+            && self.seq_through.is_none_or(|through| entry.seq <= through)
     }
 
-    /// The filter as SQL parameters, in the order of [`FILTER_SQL`]:
-    /// status, type, account, object, from, until.
+    /// The filter as SQL parameters, in the order of [`filter_sql`]:
+    /// status, type, account, object, from, until, through.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn params(&self) -> FilterParams<'_> {
         FilterParams {
@@ -377,6 +390,7 @@ impl InboxFilter {
             object_key: self.object_key.as_deref(),
             from: self.received_from.map(Timestamp::as_millis),
             until: self.received_until.map(Timestamp::as_millis),
+            through: self.seq_through,
         }
     }
 }
@@ -390,7 +404,13 @@ pub(crate) struct FilterParams<'a> {
     pub(crate) object_key: Option<&'a str>,
     pub(crate) from: Option<i64>,
     pub(crate) until: Option<i64>,
+    pub(crate) through: Option<i64>,
 }
+
+/// How many parameters [`filter_sql`] numbers: a statement's own come
+/// after them, from `FILTER_PARAMS + 1`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const FILTER_PARAMS: usize = 7;
 
 /// How many events one statement of a purge reads in the SQLite and
 /// PostgreSQL inboxes (see [`Inbox::purge`]): the next this many, in
@@ -446,7 +466,7 @@ pub(crate) fn filter_sql(mark: char, first: usize, present: Option<&FilterParams
             format!("?{}", first + n)
         }
     };
-    let criteria = [
+    let criteria: [_; FILTER_PARAMS] = [
         ("status =", "text", present.map(|f| f.status.is_some())),
         (
             "event_type =",
@@ -469,6 +489,7 @@ pub(crate) fn filter_sql(mark: char, first: usize, present: Option<&FilterParams
             "bigint",
             present.map(|f| f.until.is_some()),
         ),
+        ("seq <=", "bigint", present.map(|f| f.through.is_some())),
     ];
     criteria
         .iter()
@@ -827,6 +848,23 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// As [`replay`](Self::replay) for every event `filter` matches; the
     /// numbers of the events replayed.
+    ///
+    /// The crate's inboxes apply the whole filter in the replay's own step
+    /// (in SQL, the `WHERE` of its one `UPDATE`; in memory, under the
+    /// inbox's lock), [`seq_through`](InboxFilter::seq_through) included:
+    /// an event numbered past it is left as it is, even one that died an
+    /// instant before the replay. The console's replay of the dead events
+    /// bounds its filter so, to replay no event newer than its page showed.
+    ///
+    /// [`InboxFilter`] is `#[non_exhaustive]`, and an inbox of your own
+    /// reads only the fields it knows: one written before `seq_through`
+    /// existed ignores it, and replays the events past it too. Apply every
+    /// field, in the step that replays (with [`InboxFilter::matches`] on
+    /// each event, or in your statement's condition); an inbox that cannot
+    /// apply one should answer an error when the filter sets it, rather
+    /// than replay more than asked (a filter rebuilt with the builder
+    /// methods from the fields the inbox applies compares unequal to one
+    /// that sets another).
     ///
     /// # Errors
     ///

@@ -14,7 +14,8 @@ use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{
-    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, ENTRY_COLUMNS,
+    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, FilterParams,
+    ENTRY_COLUMNS, FILTER_PARAMS,
 };
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -236,6 +237,21 @@ fn replay_set(now: usize) -> String {
     format!(
         "status = 'pending', attempts = 0, next_attempt_ms = ?{now}, token = NULL, \
          replays = replays + 1, last_replay_ms = ?{now}, receipt = NULL"
+    )
+}
+
+/// Replays every event the filter of `f` matches (its parameters first,
+/// written for its values: see [`filter_sql`]), at the time now (the
+/// next parameter), done ones too if the one after is true, and returns
+/// their numbers: the whole filter is the `UPDATE`'s condition.
+fn replay_matching_sql(f: &FilterParams<'_>) -> String {
+    format!(
+        "UPDATE clink_webhook_inbox SET {}
+         WHERE {} AND status <> 'running' AND (status <> 'done' OR ?{})
+         RETURNING seq",
+        replay_set(FILTER_PARAMS + 1),
+        filter_sql('?', 1, Some(f)),
+        FILTER_PARAMS + 2
     )
 }
 
@@ -487,6 +503,7 @@ impl SqliteInbox {
                 f.object_key,
                 f.from,
                 f.until,
+                f.through,
                 browse::page_bound(start),
                 limit
             ];
@@ -591,8 +608,9 @@ impl Inbox for SqliteInbox {
             let mut statement = connection
                 .prepare_cached(&format!(
                     "SELECT {ENTRY_COLUMNS} FROM clink_webhook_inbox
-                     WHERE {} ORDER BY seq LIMIT ?7",
-                    filter_sql('?', 1, Some(&f))
+                     WHERE {} ORDER BY seq LIMIT ?{}",
+                    filter_sql('?', 1, Some(&f)),
+                    FILTER_PARAMS + 1
                 ))
                 .map_err(|err| sqlite_error("cannot list the inbox", &err))?;
             let values = params![
@@ -602,6 +620,7 @@ impl Inbox for SqliteInbox {
                 f.object_key,
                 f.from,
                 f.until,
+                f.through,
                 limit
             ];
             let rows = statement
@@ -715,13 +734,7 @@ impl Inbox for SqliteInbox {
         let filter = filter.clone();
         let call = self.with(move |connection| {
             let f = filter.params();
-            let sql = format!(
-                "UPDATE clink_webhook_inbox SET {}
-                 WHERE {} AND status <> 'running' AND (status <> 'done' OR ?8)
-                 RETURNING seq",
-                replay_set(7),
-                filter_sql('?', 1, Some(&f))
-            );
+            let sql = replay_matching_sql(&f);
             let now = Timestamp::now().as_millis();
             let values = params![
                 f.status,
@@ -730,6 +743,7 @@ impl Inbox for SqliteInbox {
                 f.object_key,
                 f.from,
                 f.until,
+                f.through,
                 now,
                 force
             ];
@@ -906,7 +920,8 @@ impl Inbox for SqliteInbox {
                             f.account,
                             f.object_key,
                             f.from,
-                            f.until
+                            f.until,
+                            f.through
                         ],
                         |row| row.get::<_, i64>(0),
                     )
@@ -954,7 +969,7 @@ impl Inbox for SqliteInbox {
 mod plan_tests {
     use rusqlite::Connection;
 
-    use super::{add_missing_columns, CANDIDATE, SCHEMA};
+    use super::{add_missing_columns, replay_matching_sql, CANDIDATE, FILTER_PARAMS, SCHEMA};
 
     /// The steps SQLite plans for `sql`, as `EXPLAIN QUERY PLAN` words them.
     fn plan(connection: &Connection, sql: &str) -> String {
@@ -986,7 +1001,8 @@ mod plan_tests {
     /// A page or a count filtered by one criterion reads the events it
     /// matches through an index, never the whole table: the console's
     /// filters ran over every event kept, holding the inbox's only
-    /// connection while deliveries waited.
+    /// connection while deliveries waited. So does a replay of what a
+    /// filter matches, and a bound on the number narrows the search.
     #[test]
     fn filtered_pages_and_counts_read_through_an_index() {
         use super::super::inbox_page::{sql as browse, PageStart};
@@ -1012,6 +1028,12 @@ mod plan_tests {
             InboxFilter::default().event_type("order.succeeded"),
             InboxFilter::default().account("acct_1"),
             InboxFilter::default().object_key("order:ord_1"),
+            InboxFilter::default()
+                .status(InboxStatus::Dead)
+                .seq_through(10),
+            InboxFilter::default()
+                .event_type("order.succeeded")
+                .seq_through(10),
         ];
         for filter in &filters {
             let f = filter.params();
@@ -1022,7 +1044,7 @@ mod plan_tests {
             ] {
                 let steps = plan_of(
                     &browse::page("clink_webhook_inbox", '?', start, Some(&f)),
-                    8,
+                    FILTER_PARAMS + 2,
                 );
                 assert!(
                     steps.contains("USING INDEX"),
@@ -1030,13 +1052,46 @@ mod plan_tests {
                 );
                 assert!(!steps.contains("SCAN"), "{filter:?} {start:?}: {steps}");
             }
-            let steps = plan_of(&browse::count("clink_webhook_inbox", '?', Some(&f)), 6);
+            let steps = plan_of(
+                &browse::count("clink_webhook_inbox", '?', Some(&f)),
+                FILTER_PARAMS,
+            );
             assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
+            // The replay of what the filter matches finds its events as
+            // the count does.
+            let steps = plan_of(&replay_matching_sql(&f), FILTER_PARAMS + 2);
+            assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
+            assert!(
+                filter.seq_through.is_none()
+                    || steps.contains("seq<?")
+                    || steps.contains("rowid<?"),
+                "the bound on the number narrows the search: {filter:?}: {steps}"
+            );
+        }
+        // Bounded by number alone: through the primary key, not the table.
+        let through = InboxFilter::default().seq_through(10);
+        let f = through.params();
+        for (sql, params) in [
+            (
+                browse::page("clink_webhook_inbox", '?', PageStart::Newest, Some(&f)),
+                FILTER_PARAMS + 2,
+            ),
+            (
+                browse::count("clink_webhook_inbox", '?', Some(&f)),
+                FILTER_PARAMS,
+            ),
+            (replay_matching_sql(&f), FILTER_PARAMS + 2),
+        ] {
+            let steps = plan_of(&sql, params);
+            assert!(
+                steps.contains("INTEGER PRIMARY KEY") && !steps.contains("SCAN"),
+                "{steps}"
+            );
         }
         let since = InboxFilter::default().received(Some(crate::Timestamp::from_millis(5)), None);
         let steps = plan_of(
             &browse::count("clink_webhook_inbox", '?', Some(&since.params())),
-            6,
+            FILTER_PARAMS,
         );
         assert!(steps.contains("clink_webhook_inbox_received"), "{steps}");
         let range = InboxFilter::default().received(
@@ -1050,7 +1105,7 @@ mod plan_tests {
         ] {
             let steps = plan_of(
                 &browse::page("clink_webhook_inbox", '?', start, Some(&range.params())),
-                8,
+                FILTER_PARAMS + 2,
             );
             assert!(
                 steps.contains("clink_webhook_inbox_received"),

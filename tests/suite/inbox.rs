@@ -10,7 +10,7 @@ use clink_webhooks::inbox::Workers;
 use clink_webhooks::store::{Inbox, Inserted, MemoryInbox, NewEvent, Settle};
 use clink_webhooks::store::{
     InboxAttemptOutcome, InboxAttemptRecord, InboxClaim, InboxEntry, InboxFilter, InboxStatus,
-    ReplayPin, Replayed, StoreErrorKind,
+    PageStart, ReplayPin, Replayed, StoreErrorKind,
 };
 use clink_webhooks::testing::SignedRequest;
 use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifier};
@@ -673,6 +673,105 @@ pub(crate) async fn replay_if_conformance(inbox: Arc<dyn Inbox>) {
     );
 }
 
+/// The conformance suite's part about a bound on the number
+/// ([`InboxFilter::seq_through`]): every read honours it, and a replay of
+/// what a filter matches leaves the events numbered past it as they are,
+/// dead ones too, and replays those at or below it.
+async fn replay_through_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+    let dead = |n: &'static str| {
+        let inbox = Arc::clone(&inbox);
+        let id = id(n);
+        async move {
+            inbox
+                .insert_dead(&event(&id, None, 1), "boom")
+                .await
+                .unwrap();
+            seq_of(&*inbox, &id).await
+        }
+    };
+    // Dead, pending, dead (the bound), dead past it, dead past it.
+    let first = dead("first").await;
+    inbox.insert(&event(&id("pending"), None, 1)).await.unwrap();
+    let pending = seq_of(&*inbox, &id("pending")).await;
+    let pinned = dead("pinned").await;
+    let past = dead("past").await;
+    let further = dead("further").await;
+    assert!(first < pending && pending < pinned && pinned < past && past < further);
+
+    let through = InboxFilter::default()
+        .status(InboxStatus::Dead)
+        .seq_through(pinned);
+    assert!(through.matches(&inbox.get(pinned).await.unwrap().unwrap()));
+    assert!(!through.matches(&inbox.get(past).await.unwrap().unwrap()));
+    assert_eq!(inbox.count(&through).await.unwrap(), 2);
+    let listed: Vec<i64> = inbox
+        .list(&through, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(listed, [first, pinned]);
+    let paged: Vec<i64> = inbox
+        .page_summaries(&through, PageStart::Newest, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(paged, [pinned, first]);
+    let paged: Vec<i64> = inbox
+        .page(&through, PageStart::Before(further), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(paged, [pinned, first]);
+    assert!(inbox
+        .page_summaries(&through, PageStart::After(pinned), 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Below every dead event: nothing replayed.
+    let none = InboxFilter::default()
+        .status(InboxStatus::Dead)
+        .seq_through(first - 1);
+    assert!(inbox
+        .replay_matching(&none, false)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Up to the bound: those at or below it replayed, those past it dead.
+    let mut replayed = inbox.replay_matching(&through, false).await.unwrap();
+    replayed.sort_unstable();
+    assert_eq!(replayed, [first, pinned]);
+    let status = |seq| {
+        let inbox = Arc::clone(&inbox);
+        async move {
+            let entry = inbox.get(seq).await.unwrap().unwrap();
+            (entry.status, entry.replays)
+        }
+    };
+    assert_eq!(status(first).await, (InboxStatus::Pending, 1));
+    assert_eq!(status(pending).await, (InboxStatus::Pending, 0));
+    assert_eq!(status(pinned).await, (InboxStatus::Pending, 1));
+    assert_eq!(status(past).await, (InboxStatus::Dead, 0));
+    assert_eq!(status(further).await, (InboxStatus::Dead, 0));
+
+    // A bound at the newest: the rest of the dead.
+    let rest = InboxFilter::default()
+        .status(InboxStatus::Dead)
+        .seq_through(further);
+    let mut replayed = inbox.replay_matching(&rest, false).await.unwrap();
+    replayed.sort_unstable();
+    assert_eq!(replayed, [past, further]);
+}
+
 #[tokio::test]
 async fn the_memory_inbox_conforms() {
     conformance(Arc::new(MemoryInbox::new())).await;
@@ -680,6 +779,7 @@ async fn the_memory_inbox_conforms() {
     nul_conformance(Arc::new(MemoryInbox::new())).await;
     replay_if_conformance(Arc::new(MemoryInbox::new())).await;
     purge_conformance(Arc::new(MemoryInbox::new())).await;
+    replay_through_conformance(Arc::new(MemoryInbox::new())).await;
 }
 
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -1249,6 +1349,7 @@ async fn the_postgres_inbox_conforms() {
     nul_conformance(Arc::new(postgres_inbox().await)).await;
     replay_if_conformance(Arc::new(postgres_inbox().await)).await;
     purge_conformance(Arc::new(postgres_inbox().await)).await;
+    replay_through_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 /// An old dead event, and `copies` more of it (new ids, numbered right
@@ -1946,6 +2047,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     .await;
     purge_conformance(Arc::new(
         clink_webhooks::store::SqliteInbox::open(dir.join("purge.db")).unwrap(),
+    ))
+    .await;
+    replay_through_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("replay_through.db")).unwrap(),
     ))
     .await;
 

@@ -18,7 +18,7 @@ use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::{read_summary, sql as browse};
 use crate::store::inbox_trait::{
     filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, FilterParams,
-    ENTRY_COLUMNS,
+    ENTRY_COLUMNS, FILTER_PARAMS,
 };
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -360,8 +360,9 @@ impl Sql {
             fail,
             release,
             list: format!(
-                "SELECT {ENTRY_COLUMNS} FROM {t} WHERE {} ORDER BY seq LIMIT $7",
-                filter_sql('$', 1, None)
+                "SELECT {ENTRY_COLUMNS} FROM {t} WHERE {} ORDER BY seq LIMIT ${}",
+                filter_sql('$', 1, None),
+                FILTER_PARAMS + 1
             ),
             get: format!("SELECT {ENTRY_COLUMNS} FROM {t} WHERE seq = $1"),
             replay: format!(
@@ -390,10 +391,11 @@ impl Sql {
             ),
             replay_matching: format!(
                 "UPDATE {t} SET {}
-                 WHERE {} AND status <> 'running' AND (status <> 'done' OR $8::boolean)
+                 WHERE {} AND status <> 'running' AND (status <> 'done' OR ${}::boolean)
                  RETURNING seq",
-                replay_set(7),
-                filter_sql('$', 1, None)
+                replay_set(FILTER_PARAMS + 1),
+                filter_sql('$', 1, None),
+                FILTER_PARAMS + 2
             ),
             writable: format!(
                 "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
@@ -439,7 +441,7 @@ impl Sql {
     }
 }
 
-/// A filter's parameters, `$1` to `$6`, then `more`.
+/// A filter's parameters, `$1` to `$FILTER_PARAMS`, then `more`.
 fn with_filter<'a, const N: usize>(
     f: &'a FilterParams<'a>, more: [(&'a (dyn ToSql + Sync), Type); N],
 ) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -450,7 +452,9 @@ fn with_filter<'a, const N: usize>(
         (&f.object_key, Type::TEXT),
         (&f.from, Type::INT8),
         (&f.until, Type::INT8),
+        (&f.through, Type::INT8),
     ];
+    debug_assert_eq!(params.len(), FILTER_PARAMS);
     params.extend(more);
     params
 }
