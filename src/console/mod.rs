@@ -75,9 +75,17 @@
 //! event matching the filter died since (newer than that one, or more of
 //! them than counted) it replays nothing and shows the dead events as they
 //! are now, to replay from there. That check is made just before the
-//! replay ([`Inbox::replay_matching`]), not in the same step: an event
-//! that dies in between is replayed with the others, and the log line
-//! counts those newer than the one pinned (`past_shown`).
+//! replay; the replay itself is bounded by the newest shown
+//! ([`InboxFilter::seq_through`](crate::store::InboxFilter::seq_through)),
+//! which the crate's inboxes apply in the replay's own step
+//! ([`Inbox::replay_matching`]: in its `UPDATE`, or under the lock in
+//! memory), so an event newer than the one pinned that dies after the
+//! check stays dead. What neither catches: an older event (numbered below
+//! the one pinned) that dies after the page while as many others leave the
+//! dead (replayed or purged) keeps the count as the page showed it, is
+//! within the bound, and is replayed with the others. An inbox of your own
+//! that does not apply `seq_through` replays newer ones too: the console
+//! logs it at `warn`, with how many (`past_shown`).
 //!
 //! Each action is a form `POST` carrying a CSRF token derived from the
 //! session, checked in constant time, and is logged at `info` level under

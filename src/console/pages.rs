@@ -536,11 +536,12 @@ pub(super) async fn events(
             Some(dead) if !shared.read_only => {
                 // The newest before the count: an event newer than it
                 // that dies between the two is counted, and the replay
-                // asks again. Events die in any order, though: one older
-                // than the pin that dies after the page, while as many
-                // others leave the dead (replayed or purged), keeps the
-                // count and is replayed with the rest (the pin is a check
-                // made before the replay, not a bound in its statement).
+                // asks again; one that dies later is past the bound the
+                // replay's own statement holds to, and stays dead. Events
+                // die in any order, though: one older than the pin that
+                // dies after the page, while as many others leave the dead
+                // (replayed or purged), keeps the count, is within the
+                // bound, and is replayed with the rest.
                 let newest = call(&ctx, inbox.page_summaries(dead, PageStart::Newest, 1))
                     .await?
                     .first()
@@ -1121,8 +1122,9 @@ fn dead_pinned(form: &Query) -> Option<(i64, u64)> {
 
 /// `POST /events/replay-dead`: replays every dead event the form's filter
 /// matches, if they are the dead events the page counted: none newer than
-/// the newest it counted, and no more than it counted. Logged before the
-/// replay, and again with its outcome.
+/// the newest it counted, and no more than it counted; and replays none
+/// numbered past that newest, whenever it died. Logged before the replay,
+/// and again with its outcome.
 pub(super) async fn replay_dead(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
@@ -1182,9 +1184,9 @@ pub(super) async fn replay_dead(
         log_outcome("left alone: the form did not carry the dead events shown");
         return changed();
     };
-    // Not in one step with the replay: an event that dies between this
-    // check and the replay is replayed with the others (and counted in the
-    // log line below).
+    // Checked before the replay, not in its step: what changed since the
+    // page, so that the person sees the dead events again. The replay then
+    // holds to the newest shown in its own statement (below).
     let inbox = &shared.inbox;
     let check = async {
         let newer = call(
@@ -1210,7 +1212,13 @@ pub(super) async fn replay_dead(
         log_outcome("nothing replayed: too little time left");
         return unavailable(&shared, &ctx, &no_time_for_a_write(&ctx));
     }
-    let seqs = match call(&ctx, inbox.replay_matching(&filter, false)).await {
+    // Bounded by the newest shown, in the replay's own step in the crate's
+    // inboxes: an event that dies newer than it after the check stays
+    // dead. An older one that dies after the page, while as many others
+    // leave the dead, passes the count and is within the bound: it is
+    // replayed.
+    let pinned = filter.clone().seq_through(newest);
+    let seqs = match call(&ctx, inbox.replay_matching(&pinned, false)).await {
         Ok(seqs) => seqs,
         Err(err) => {
             tracing::warn!(
@@ -1227,6 +1235,22 @@ pub(super) async fn replay_dead(
             return unconfirmed(&shared, &ctx, "replay of the dead events", &err);
         }
     };
+    // An inbox of the app's own that does not apply the bound replays
+    // newer events too: said, as the crate's inboxes never do it.
+    let past_shown = seqs.iter().filter(|seq| **seq > newest).count();
+    if past_shown > 0 {
+        tracing::warn!(
+            target: "clink_webhooks::console",
+            action = "replay-dead",
+            filter = ?filter,
+            up_to,
+            shown,
+            past_shown,
+            via = ctx.who.via(),
+            "console: the inbox replayed {past_shown} dead events numbered past the newest shown: \
+             it does not apply InboxFilter::seq_through"
+        );
+    }
     // The count, and a few numbers to find them by: never the whole list,
     // which can run to hundreds of thousands.
     tracing::info!(
@@ -1237,7 +1261,6 @@ pub(super) async fn replay_dead(
         shown,
         outcome = "replayed",
         replayed = seqs.len(),
-        past_shown = seqs.iter().filter(|seq| **seq > newest).count(),
         first_seqs = ?&seqs[..seqs.len().min(LOGGED_SEQS)],
         last_seq = ?seqs.last(),
         via = ctx.who.via(),

@@ -1279,7 +1279,14 @@ async fn a_bulk_replay_logs_how_many_and_a_few_of_their_numbers() {
         })
         .expect("the bulk replay is logged");
     assert_eq!(logged.fields["up_to"], dead.to_string());
-    assert_eq!(logged.fields["past_shown"], "0");
+    assert!(!logged.fields.contains_key("past_shown"), "{logged:?}");
+    assert!(
+        !captured
+            .events()
+            .iter()
+            .any(|e| e.level == tracing::Level::WARN),
+        "{text}"
+    );
     assert_eq!(logged.fields["replayed"], dead.to_string());
     let first: Vec<i64> = serde_json::from_str(&logged.fields["first_seqs"]).unwrap();
     assert_eq!(first, (1..=20).collect::<Vec<_>>());
@@ -1554,6 +1561,92 @@ async fn a_bulk_replay_replays_only_the_dead_events_its_page_counted() {
         "/console/events?done=replayed-dead&count=3"
     );
     assert_eq!(dead_count().await, 0);
+}
+
+/// The bulk replay holds to the newest dead event its page counted in the
+/// replay's own step: an event matching the filter that dies after the
+/// console's check (so the check passes), newer than the one pinned, stays
+/// dead while the others are replayed. An inbox of the app's own that
+/// does not apply the bound replays it too, and the console says so at
+/// `warn`.
+#[tokio::test]
+async fn a_bulk_replay_leaves_dead_a_newer_event_that_dies_after_its_check() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let warned = || {
+        captured
+            .events()
+            .into_iter()
+            .filter(|e| e.level == tracing::Level::WARN)
+            .collect::<Vec<_>>()
+    };
+    for ignores_seq_through in [false, true] {
+        let memory = MemoryInbox::new();
+        let now = Timestamp::now().as_millis();
+        for id in ["evt_1", "evt_2"] {
+            memory
+                .insert_dead(&event(id, "order.succeeded", None, None, now, now), "boom")
+                .await
+                .unwrap();
+        }
+        let inbox = Arc::new(Staged {
+            ignores_seq_through,
+            ..Staged::new(memory)
+        });
+        let addr = serve(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap()).await;
+        let shown = over_http(addr, "GET", "/console/events?status=dead", None).await;
+        assert_eq!(shown.status, 200, "{}", shown.body);
+        assert_eq!(
+            (shown.field("upto"), shown.field("shown")),
+            ("2".into(), "2".into())
+        );
+
+        // Event 3 dies once the console has counted the dead events
+        // before the replay.
+        *inbox.dies_after_count.lock().unwrap() =
+            Some(event("evt_3", "order.succeeded", None, None, now, now));
+        let bulk = over_http(
+            addr,
+            "POST",
+            "/console/events/replay-dead",
+            Some(&shown.action_form()),
+        )
+        .await;
+        assert_eq!(bulk.status, 303, "{}", bulk.body);
+        assert!(
+            inbox.dies_after_count.lock().unwrap().is_none(),
+            "event 3 died after the check"
+        );
+        let status = |seq| {
+            let inbox = Arc::clone(&inbox);
+            async move {
+                let entry = inbox.inner.get(seq).await.unwrap().unwrap();
+                (entry.status, entry.replays)
+            }
+        };
+        assert_eq!(status(1).await, (InboxStatus::Pending, 1));
+        assert_eq!(status(2).await, (InboxStatus::Pending, 1));
+        if ignores_seq_through {
+            assert_eq!(
+                bulk.header("location"),
+                "/console/events?done=replayed-dead&count=3"
+            );
+            assert_eq!(status(3).await, (InboxStatus::Pending, 1));
+            let warned = warned();
+            assert_eq!(warned.len(), 1, "{warned:?}");
+            assert_eq!(warned[0].fields["past_shown"], "1", "{warned:?}");
+            assert!(
+                warned[0].message.contains("InboxFilter::seq_through"),
+                "{warned:?}"
+            );
+        } else {
+            assert_eq!(
+                bulk.header("location"),
+                "/console/events?done=replayed-dead&count=2"
+            );
+            assert_eq!(status(3).await, (InboxStatus::Dead, 0));
+            assert!(warned().is_empty(), "{:?}", warned());
+        }
+    }
 }
 
 #[tokio::test]
@@ -2302,11 +2395,19 @@ async fn an_inbox_with_only_the_required_methods_replays_if_by_default() {
 /// (`list` and `page` fail, so only `get` reads a body), or not at all
 /// ([`summaries_only`](Self::summaries_only): `get` fails too), and that
 /// can have a worker replay and handle an event again right after `get`
-/// read it: an inbox changing between the console's reads.
+/// read it, or an event die right after `count` answered: an inbox
+/// changing between the console's reads. With `ignores_seq_through`, it
+/// replays as an inbox of the app's own that was written before
+/// [`InboxFilter::seq_through`] existed.
 struct Staged {
     inner: MemoryInbox,
     /// Whether `get` fails too.
     get_refused: bool,
+    /// Whether `replay_matching` leaves out the filter's bound on the
+    /// number.
+    ignores_seq_through: bool,
+    /// The event that, once, is kept dead just after `count` answered.
+    dies_after_count: std::sync::Mutex<Option<NewEvent>>,
     /// The event that, once, is replayed and handled again just after `get`
     /// read it.
     handle_after_get: std::sync::Mutex<Option<i64>>,
@@ -2320,6 +2421,8 @@ impl Staged {
         Self {
             inner,
             get_refused: false,
+            ignores_seq_through: false,
+            dies_after_count: std::sync::Mutex::new(None),
             handle_after_get: std::sync::Mutex::new(None),
             complete_after_get: std::sync::Mutex::new(None),
         }
@@ -2393,7 +2496,14 @@ impl Inbox for Staged {
         self.inner.page_summaries(filter, start, limit)
     }
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.count(filter)
+        Box::pin(async move {
+            let count = self.inner.count(filter).await;
+            let dies = self.dies_after_count.lock().unwrap().take();
+            if let Some(event) = dies {
+                self.inner.insert_dead(&event, "boom").await.unwrap();
+            }
+            count
+        })
     }
     fn activity(
         &self, since: Timestamp, interval: Duration, intervals: usize,
@@ -2436,7 +2546,14 @@ impl Inbox for Staged {
     fn replay_matching<'a>(
         &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
-        self.inner.replay_matching(filter, force)
+        if !self.ignores_seq_through {
+            return self.inner.replay_matching(filter, force);
+        }
+        Box::pin(async move {
+            let mut known = filter.clone();
+            known.seq_through = None;
+            self.inner.replay_matching(&known, force).await
+        })
     }
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.inner.purge(before)
