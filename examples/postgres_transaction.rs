@@ -7,15 +7,30 @@
 //!
 //! The handler below records a payment for an `order.succeeded` event. It
 //! claims the event id inside its own transaction, writes the payment, marks
-//! the event completed, and commits. A crash or error anywhere before the
-//! commit rolls back both, so Clink's retry runs the handler again; a retry
-//! after the commit finds the event completed and writes nothing.
+//! the event completed, and commits only if that mark was written. A crash
+//! or error anywhere before the commit rolls back both, so Clink's retry
+//! runs the handler again; a retry after the commit finds the event
+//! completed and writes nothing. A write that outlasts the claim's lease is
+//! rolled back too (the mark is not written once the lease ended), and a
+//! second delivery of the event while the first is still in its
+//! transaction waits for the row at most the store's timeout, then is
+//! answered `503` so that Clink retries it later.
+//!
+//! In a receiver, call `record_payment` from the typed handler
+//! (`EventRouter::on::<events::OrderSucceeded, _>`) with the event's
+//! account and id, and return an error for every outcome but `Recorded` and
+//! `AlreadyHandled`: the delivery is answered `500`, and Clink retries it.
+//! The key is the handler's own (`payments:` here), never the layer's claim
+//! key: the layer's claim is live while its handler runs, so claiming that
+//! key in here would always find it in flight.
 
 use std::error::Error;
 use std::time::{Duration, SystemTime};
 
-use clink_webhooks::store::{Claim, PostgresStore, DEFAULT_LEASE, DEFAULT_RETENTION};
-use deadpool_postgres::{Manager, Pool, Runtime};
+use clink_webhooks::store::{
+    Claim, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION,
+};
+use deadpool_postgres::{Manager, Pool, Runtime, Transaction};
 use tokio_postgres::NoTls;
 
 /// What became of one delivery, and the HTTP status a receiver would answer.
@@ -24,8 +39,16 @@ enum Outcome {
     Recorded,
     /// An earlier delivery already recorded it: 200, nothing written.
     AlreadyHandled,
-    /// Another delivery is recording it right now: 409, retry after this long.
+    /// A claim of this key made outside such a transaction is still live
+    /// (one made inside is never committed unfinished): 409, retry after
+    /// this long.
     InFlight(Duration),
+    /// Another delivery's transaction holds the event's row, and the store's
+    /// timeout passed: 503, nothing written; Clink retries later.
+    Busy,
+    /// The write took longer than the claim's lease, so the completed mark
+    /// was not written: rolled back, 503; Clink's retry runs it again.
+    TooSlow,
 }
 
 impl Outcome {
@@ -35,6 +58,8 @@ impl Outcome {
             Self::Recorded => "200, payment recorded".to_owned(),
             Self::AlreadyHandled => "200, already handled: nothing written".to_owned(),
             Self::InFlight(retry_after) => format!("409, retry after {retry_after:?}"),
+            Self::Busy => "503, another delivery holds the event: nothing written".to_owned(),
+            Self::TooSlow => "503, the write outlasted its lease: rolled back".to_owned(),
         }
     }
 }
@@ -50,34 +75,61 @@ fn reason(err: &(dyn Error + 'static)) -> String {
     }
 }
 
-/// Handles one `order.succeeded` delivery.
+/// Handles one `order.succeeded` delivery, its claim held for `lease`.
 async fn record_payment(
     pool: &Pool, store: &PostgresStore, event_id: &str, order_id: &str, amount_cents: i64,
+    lease: Duration,
+) -> Result<Outcome, Box<dyn Error>> {
+    // The handler's own key (with the account too, for events of several).
+    let key = format!("payments:{event_id}");
+    once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
+        tx.execute(
+            "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2)",
+            &[&order_id, &amount_cents],
+        )
+        .await
+        .map(drop)
+    })
+    .await
+}
+
+/// Runs `write` at most once for `key`: in one transaction with the claim
+/// of `key` (held for `lease`) and its completed mark, committed only if
+/// that mark was written.
+async fn once(
+    pool: &Pool, store: &PostgresStore, key: &str, lease: Duration,
+    write: impl AsyncFnOnce(&Transaction<'_>) -> Result<(), tokio_postgres::Error>,
 ) -> Result<Outcome, Box<dyn Error>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let key = format!("example:live:{event_id}");
-
-    let token = match store.claim_in(&tx, &key, DEFAULT_LEASE).await? {
-        Claim::Claimed(token) => token,
+    let token = match store.claim_in(&tx, key, lease).await {
+        Ok(Claim::Claimed(token)) => token,
         // Dropping `tx` rolls it back: nothing was written.
-        Claim::Completed => return Ok(Outcome::AlreadyHandled),
-        Claim::InFlight { retry_after } => return Ok(Outcome::InFlight(retry_after)),
+        Ok(Claim::Completed) => return Ok(Outcome::AlreadyHandled),
+        Ok(Claim::InFlight { retry_after }) => return Ok(Outcome::InFlight(retry_after)),
+        // The statement still waiting for the row was cancelled; dropping
+        // `tx` rolls back.
+        Err(err) if err.kind() == StoreErrorKind::Timeout => return Ok(Outcome::Busy),
+        Err(err) => return Err(err.into()),
     };
 
     // The business write. If it fails, `?` drops `tx`, which rolls back the
     // claim with it, and the next retry starts afresh.
-    tx.execute(
-        "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2)",
-        &[&order_id, &amount_cents],
-    )
-    .await?;
+    write(&tx).await?;
 
-    store
-        .complete_in(&tx, &key, &token, DEFAULT_RETENTION)
-        .await?;
-    tx.commit().await?;
-    Ok(Outcome::Recorded)
+    // Commit only if the completed mark was written: once the lease has
+    // ended it is not, and a commit would keep the write beside a claim
+    // that Clink's retry takes over, making the write a second time.
+    match store
+        .complete_in(&tx, key, &token, DEFAULT_RETENTION)
+        .await?
+    {
+        Settle::Applied => {
+            tx.commit().await?;
+            Ok(Outcome::Recorded)
+        }
+        Settle::LeaseLost => Ok(Outcome::TooSlow),
+    }
 }
 
 #[tokio::main]
@@ -114,31 +166,89 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let event = format!("evt_{run}");
     let order = format!("ord_{run}");
 
-    let first = record_payment(&pool, &store, &event, &order, 4200).await?;
+    let first = record_payment(&pool, &store, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("first delivery:  {}", first.answer());
-    let retry = record_payment(&pool, &store, &event, &order, 4200).await?;
+    let retry = record_payment(&pool, &store, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("Clink's retry:   {}", retry.answer());
 
     // A handler that fails after claiming (the CHECK constraint refuses the
     // amount): the whole transaction rolls back, claim included...
     let broken = format!("evt_{run}_broken");
     let broken_order = format!("ord_{run}_broken");
-    let failed = record_payment(&pool, &store, &broken, &broken_order, -1).await;
+    let failed = record_payment(&pool, &store, &broken, &broken_order, -1, DEFAULT_LEASE).await;
     let failed = failed.map_or_else(|err| format!("500, {}", reason(&*err)), |o| o.answer());
     println!("failing handler: {failed}");
     // ...so the retry, with the bug fixed, runs it again.
-    let fixed = record_payment(&pool, &store, &broken, &broken_order, 1999).await?;
+    let fixed = record_payment(&pool, &store, &broken, &broken_order, 1999, DEFAULT_LEASE).await?;
     println!("fixed retry:     {}", fixed.answer());
+
+    // A write slower than the claim's lease (a lock it waited for, say;
+    // here a lease of 100 ms and a write of 200 ms): the completed mark is
+    // not written, so nothing is kept...
+    let slow = format!("evt_{run}_slow");
+    let slow_order = format!("ord_{run}_slow");
+    let short_lease = Duration::from_millis(100);
+    let slow_key = format!("payments:{slow}");
+    let too_slow = once(
+        &pool,
+        &store,
+        &slow_key,
+        short_lease,
+        async |tx: &Transaction<'_>| {
+            tx.batch_execute("SELECT pg_sleep(0.2)").await?;
+            tx.execute(
+                "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, 2500)",
+                &[&slow_order],
+            )
+            .await
+            .map(drop)
+        },
+    )
+    .await?;
+    println!("slow handler:    {}", too_slow.answer());
+    // ...and the retry, given its time, records it once.
+    let retried = record_payment(&pool, &store, &slow, &slow_order, 2500, DEFAULT_LEASE).await?;
+    println!("its retry:       {}", retried.answer());
+
+    // A second delivery while the first is still in its transaction: it
+    // waits for the event's row at most the store's timeout, then is told
+    // to come back; nothing is written twice.
+    let busy = format!("evt_{run}_busy");
+    let busy_order = format!("ord_{run}_busy");
+    let mut holder = pool.get().await?;
+    let first_delivery = holder.transaction().await?;
+    let Claim::Claimed(_) = store
+        .claim_in(&first_delivery, &format!("payments:{busy}"), DEFAULT_LEASE)
+        .await?
+    else {
+        return Err("a fresh event was not claimed".into());
+    };
+    let quick = store.clone().with_timeout(Duration::from_millis(300))?;
+    let second = record_payment(&pool, &quick, &busy, &busy_order, 700, DEFAULT_LEASE).await?;
+    println!("while in flight: {}", second.answer());
+    first_delivery.rollback().await?;
+    drop(holder);
 
     let payments: i64 = pool
         .get()
         .await?
         .query_one(
             "SELECT count(*) FROM example_payments WHERE order_id = ANY($1)",
-            &[&vec![order, broken_order]],
+            &[&vec![order, broken_order, slow_order, busy_order]],
         )
         .await?
         .get(0);
-    println!("payments written: {payments} (one per order)");
-    Ok(())
+    println!("payments written: {payments} (one per order recorded)");
+    let expected = (&first, &retry, &fixed, &too_slow, &retried, &second);
+    match expected {
+        (
+            Outcome::Recorded,
+            Outcome::AlreadyHandled,
+            Outcome::Recorded,
+            Outcome::TooSlow,
+            Outcome::Recorded,
+            Outcome::Busy,
+        ) if payments == 3 => Ok(()),
+        _ => Err("the deliveries did not end as this example says they do".into()),
+    }
 }

@@ -27,6 +27,7 @@ pub enum Claim {
 /// What a settle call ([`complete`](IdempotencyStore::complete) or
 /// [`release`](IdempotencyStore::release)) found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a settle that found its lease lost changed nothing: the work under it must not be kept as done"]
 pub enum Settle {
     /// The caller still held the lease and the change was made.
     Applied,

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
 use clink_webhooks::store::{
     Inbox, InboxEntry, InboxFilter, InboxStatus, InboxSummary, MemoryInbox, NewEvent, PageStart,
-    ReplayPin, Replayed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT, SUMMARY_ERROR_CHARS,
+    ReplayPin, Replayed, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT, SUMMARY_ERROR_CHARS,
 };
 use clink_webhooks::BoxFuture;
 use clink_webhooks::Timestamp;
@@ -280,13 +280,13 @@ async fn small_inbox() -> Arc<MemoryInbox> {
         .unwrap()
         .unwrap();
     // The first due event is seq 1; run it to done, then take seq 3 too.
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let claim = inbox
         .claim(Duration::from_secs(30), Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     inbox
         .insert(&event(
             "evt_later",
@@ -457,23 +457,18 @@ async fn the_event_page_lists_each_attempt_with_its_error_escaped() {
     };
     let first = claim().await;
     let evil = "<script>document.title='pwned'</script>";
-    inbox
-        .fail(
-            &first,
-            &format!("handler said {evil}\nand\u{202e}more"),
-            Some(Timestamp::now()),
-        )
-        .await
-        .unwrap();
+    let error = format!("handler said {evil}\nand\u{202e}more");
+    let settled = inbox.fail(&first, &error, Some(Timestamp::now())).await;
+    assert_eq!(settled.unwrap(), Settle::Applied);
     let second = claim().await;
-    inbox.release(&second).await.unwrap();
+    assert_eq!(inbox.release(&second).await.unwrap(), Settle::Applied);
     let third = claim().await;
-    inbox
+    let settled = inbox
         .fail(&third, "the warehouse said no", Some(Timestamp::now()))
-        .await
-        .unwrap();
+        .await;
+    assert_eq!(settled.unwrap(), Settle::Applied);
     let fourth = claim().await;
-    inbox.complete(&fourth).await.unwrap();
+    assert_eq!(inbox.complete(&fourth).await.unwrap(), Settle::Applied);
     let history = inbox.get(1).await.unwrap().unwrap().history;
     assert_eq!(history.len(), 4);
 
@@ -1138,7 +1133,7 @@ async fn run_next(inbox: &MemoryInbox) -> i64 {
         .await
         .unwrap()
         .expect("an event is due");
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     claim.entry.seq
 }
 
@@ -1529,7 +1524,10 @@ async fn a_bulk_replay_replays_only_the_dead_events_its_page_counted() {
         .await
         .unwrap()
         .expect("event 1 is due");
-    inbox.fail(&claim, "boom", None).await.unwrap();
+    assert_eq!(
+        inbox.fail(&claim, "boom", None).await.unwrap(),
+        Settle::Applied
+    );
     let stale = post(&app, "/console/events/replay-dead", &again.action_form()).await;
     assert_eq!(stale.status, 303, "{}", stale.body);
     assert!(stale.header("location").ends_with("done=dead-changed"));
@@ -2176,7 +2174,7 @@ async fn browsing_conforms(inbox: Arc<dyn Inbox>) {
         .await
         .unwrap()
         .unwrap();
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let since = Timestamp::from_millis(base);
     let activity = inbox
         .activity(since, Duration::from_secs(60), 11)
@@ -2530,7 +2528,7 @@ impl Inbox for Staged {
                 .unwrap()
                 .take_if(|claim| claim.entry.seq == seq);
             if let Some(claim) = claim {
-                self.inner.complete(&claim).await.unwrap();
+                assert_eq!(self.inner.complete(&claim).await.unwrap(), Settle::Applied);
             }
             read
         })
@@ -3047,7 +3045,10 @@ async fn a_replay_holds_for_the_event_as_its_page_showed_it() {
         .await
         .unwrap()
         .expect("event 2 is due");
-    inbox.fail(&claim, "boom again", None).await.unwrap();
+    assert_eq!(
+        inbox.fail(&claim, "boom again", None).await.unwrap(),
+        Settle::Applied
+    );
     assert_eq!(state(2).await, (InboxStatus::Dead, 1));
     let sent = post(&app, "/console/events/2/replay", &stale.action_form()).await;
     assert_eq!(sent.header("location"), "/console/events/2?done=changed");
@@ -3083,7 +3084,10 @@ async fn a_replay_holds_for_the_event_as_its_page_showed_it() {
     let running = get(&app, "/console/events/3").await;
     assert!(element(&running, "no-replay").starts_with("Running"));
     let later = Timestamp::from_millis(now + 3_600_000);
-    inbox.fail(&claim, "later", Some(later)).await.unwrap();
+    assert_eq!(
+        inbox.fail(&claim, "later", Some(later)).await.unwrap(),
+        Settle::Applied
+    );
     let retrying = get(&app, "/console/events/3").await;
     assert!(!retrying.body.contains("<form class=\"action\""));
     assert!(element(&retrying, "no-replay").starts_with("Retrying"));

@@ -151,7 +151,10 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
         .unwrap();
     assert_eq!(again.entry.seq, taken.entry.seq);
     assert_eq!(again.entry.attempts, 1, "a replay starts the count again");
-    inbox.fail(&again, "still broken", None).await.unwrap();
+    assert_eq!(
+        inbox.fail(&again, "still broken", None).await.unwrap(),
+        Settle::Applied
+    );
     assert_eq!(
         inbox.get(again.entry.seq).await.unwrap().unwrap().status,
         InboxStatus::Dead
@@ -198,7 +201,7 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
         .await
         .unwrap()
         .unwrap();
-    inbox.complete(&replayed).await.unwrap();
+    assert_eq!(inbox.complete(&replayed).await.unwrap(), Settle::Applied);
     let stats = inbox.stats().await.unwrap();
     assert_eq!(stats.running, 0);
     let future = Timestamp::from_millis(Timestamp::now().as_millis() + 1);
@@ -267,17 +270,20 @@ async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
     let seq = seq_of(&*inbox, &id("flaky")).await;
     let first = claim_only(&*inbox, seq).await;
     assert!(first.entry.history.is_empty(), "no attempt ended yet");
-    inbox
+    let settled = inbox
         .fail(&first, "provider <down>\nfirst", retry_now())
-        .await
-        .unwrap();
+        .await;
+    assert_eq!(settled.unwrap(), Settle::Applied);
     let second = claim_only(&*inbox, seq).await;
     assert_eq!(
         outcomes(&second.entry),
         [(1, failed("provider <down>\nfirst"))],
         "a claim returns the history so far"
     );
-    inbox.fail(&second, "second", retry_now()).await.unwrap();
+    assert_eq!(
+        inbox.fail(&second, "second", retry_now()).await.unwrap(),
+        Settle::Applied
+    );
     let third = claim_only(&*inbox, seq).await;
     assert_eq!(inbox.complete(&third).await.unwrap(), Settle::Applied);
     let entry = inbox.get(seq).await.unwrap().unwrap();
@@ -299,7 +305,7 @@ async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
     let replayed = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!((replayed.replays, replayed.history.len()), (1, 3));
     let again = claim_only(&*inbox, seq).await;
-    inbox.complete(&again).await.unwrap();
+    assert_eq!(inbox.complete(&again).await.unwrap(), Settle::Applied);
     let entry = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!(entry.history.len(), 4);
     assert_eq!(
@@ -348,7 +354,7 @@ async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
         inbox.fail(&lost, "too late", retry_now()).await.unwrap(),
         Settle::LeaseLost
     );
-    inbox.complete(&taken_over).await.unwrap();
+    assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
     let entry = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!(
         outcomes(&entry),
@@ -371,7 +377,7 @@ async fn attempts_conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(entry.status, InboxStatus::Pending);
     assert_eq!(outcomes(&entry), [(1, InboxAttemptOutcome::Released)]);
     let claim = claim_only(&*inbox, seq).await;
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let entry = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!(
         outcomes(&entry),
@@ -572,7 +578,7 @@ pub(crate) async fn replay_if_conformance(inbox: Arc<dyn Inbox>) {
     inbox.insert(&event(&id("pinned"), None, 1)).await.unwrap();
     let seq = seq_of(&*inbox, &id("pinned")).await;
     let claim = claim_only(&*inbox, seq).await;
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let handled = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!(handled.status, InboxStatus::Done);
     let at = handled.handled_at.expect("a completed event was handled");
@@ -632,7 +638,7 @@ pub(crate) async fn replay_if_conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(inbox.get(seq).await.unwrap().unwrap(), running);
     // A worker handles it again: the first pin still replays nothing, the
     // one of the event as it is now does.
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let again = inbox.get(seq).await.unwrap().unwrap();
     assert_eq!(inbox.replay_if(seq, &pin).await.unwrap(), Replayed::Changed);
     assert_eq!(inbox.get(seq).await.unwrap().unwrap(), again);
@@ -642,7 +648,7 @@ pub(crate) async fn replay_if_conformance(inbox: Arc<dyn Inbox>) {
     );
     assert_eq!(inbox.get(seq).await.unwrap().unwrap().replays, 2);
     let claim = claim_only(&*inbox, seq).await;
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
 
     // Never handled: a pin without a handling time matches it.
     inbox
@@ -1209,7 +1215,8 @@ mod handled_counter {
                 if self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     return self.inner.complete(claim).await;
                 }
-                self.inner.release(claim).await?;
+                // Given back, and told as a lease that ended.
+                let _given_back = self.inner.release(claim).await?;
                 Ok(Settle::LeaseLost)
             })
         }
@@ -1634,7 +1641,7 @@ async fn a_postgres_replay_if_that_waits_on_a_change_checks_the_pin_again() {
     inbox.insert(&event("evt_pinned", None, 1)).await.unwrap();
     let seq = seq_of(&*inbox, "evt_pinned").await;
     let claim = claim_only(&*inbox, seq).await;
-    inbox.complete(&claim).await.unwrap();
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     let shown = inbox.get(seq).await.unwrap().unwrap();
     let pin = ReplayPin::of(&shown);
 
@@ -1705,7 +1712,7 @@ async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_
         seq_of(&*inbox, "evt_c").await,
     );
     let first = claim_only(&*inbox, a).await;
-    inbox.complete(&first).await.unwrap();
+    assert_eq!(inbox.complete(&first).await.unwrap(), Settle::Applied);
 
     // Another instance claims B in a transaction it has not committed yet.
     let pool = pg_pool();
@@ -2150,7 +2157,7 @@ async fn a_sqlite_inbox_made_before_attempts_were_recorded_opens_and_records_the
     assert_eq!(before.len(), 3);
     assert!(before.iter().all(|entry| entry.history.is_empty()));
     let pending = claim_only(&inbox, 2).await;
-    inbox.complete(&pending).await.unwrap();
+    assert_eq!(inbox.complete(&pending).await.unwrap(), Settle::Applied);
     assert_eq!(
         outcomes(&inbox.get(2).await.unwrap().unwrap()),
         [(1, InboxAttemptOutcome::Completed)]
@@ -2160,7 +2167,10 @@ async fn a_sqlite_inbox_made_before_attempts_were_recorded_opens_and_records_the
     let taken_over = claim_only(&inbox, 3).await;
     assert_eq!(taken_over.entry.attempts, 2);
     assert!(taken_over.entry.history.is_empty());
-    inbox.fail(&taken_over, "still down", None).await.unwrap();
+    assert_eq!(
+        inbox.fail(&taken_over, "still down", None).await.unwrap(),
+        Settle::Applied
+    );
     drop(inbox);
 
     // Opened again: nothing to add, everything kept.
@@ -2281,14 +2291,14 @@ async fn a_postgres_inbox_made_before_attempts_were_recorded_migrates_and_record
     assert_eq!(before.len(), 2);
     assert!(before.iter().all(|entry| entry.history.is_empty()));
     let pending = claim_only(&inbox, 1).await;
-    inbox.complete(&pending).await.unwrap();
+    assert_eq!(inbox.complete(&pending).await.unwrap(), Settle::Applied);
     assert_eq!(
         outcomes(&inbox.get(1).await.unwrap().unwrap()),
         [(1, InboxAttemptOutcome::Completed)]
     );
     let taken_over = claim_only(&inbox, 2).await;
     assert!(taken_over.entry.history.is_empty());
-    inbox.release(&taken_over).await.unwrap();
+    assert_eq!(inbox.release(&taken_over).await.unwrap(), Settle::Applied);
     assert_eq!(
         outcomes(&inbox.get(2).await.unwrap().unwrap()),
         [(2, InboxAttemptOutcome::Released)]
@@ -2525,13 +2535,16 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
         .await
         .unwrap()
         .unwrap();
-    inbox.complete(&first).await.unwrap();
+    assert_eq!(inbox.complete(&first).await.unwrap(), Settle::Applied);
     let second = inbox
         .claim(LEASE, NO_REORDER_WINDOW)
         .await
         .unwrap()
         .unwrap();
-    inbox.fail(&second, "provider\ndown", None).await.unwrap();
+    assert_eq!(
+        inbox.fail(&second, "provider\ndown", None).await.unwrap(),
+        Settle::Applied
+    );
 
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
@@ -3132,7 +3145,10 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
             .await
             .unwrap();
             let attempt = event.inbox_attempt().expect("run by the workers");
-            inbox.complete_in(&tx, attempt).await.unwrap();
+            assert_eq!(
+                inbox.complete_in(&tx, attempt).await.unwrap(),
+                Settle::Applied
+            );
             tx.commit().await.unwrap();
             // Committed, then the process "crashes" before answering.
             panic!("after the commit");

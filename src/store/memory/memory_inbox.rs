@@ -552,7 +552,7 @@ mod tests {
             .unwrap()
             .expect("two events wait");
         assert_eq!(claim.entry.event.event_id, "done");
-        inbox.complete(&claim).await.unwrap();
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
         let handled = inbox
             .get(claim.entry.seq)
             .await
@@ -673,7 +673,7 @@ mod tests {
             status_of(&inbox, claim.entry.seq).await.receipt.as_deref(),
             Some("r1")
         );
-        inbox.complete(&claim).await.unwrap();
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
         assert_eq!(
             inbox.record_receipt(&own, "r2").await.unwrap(),
             Settle::LeaseLost
@@ -705,7 +705,7 @@ mod tests {
             .await
             .unwrap();
         let done = claim_for(&inbox, Duration::from_secs(60)).await;
-        inbox.complete(&done).await.unwrap();
+        assert_eq!(inbox.complete(&done).await.unwrap(), Settle::Applied);
         let running = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(running.entry.event.event_id, "running");
         let handled_at = status_of(&inbox, done.entry.seq).await.handled_at;
@@ -767,10 +767,13 @@ mod tests {
             .await
             .unwrap();
         let done = claim_for(&inbox, Duration::from_secs(60)).await;
-        inbox.complete(&done).await.unwrap();
+        assert_eq!(inbox.complete(&done).await.unwrap(), Settle::Applied);
         let later = claim_for(&inbox, Duration::from_secs(60)).await;
         let tomorrow = Timestamp::from_millis(Timestamp::now().as_millis() + 86_400_000);
-        inbox.fail(&later, "busy", Some(tomorrow)).await.unwrap();
+        assert_eq!(
+            inbox.fail(&later, "busy", Some(tomorrow)).await.unwrap(),
+            Settle::Applied
+        );
         let running = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(running.entry.event.event_id, "running");
 
@@ -798,10 +801,8 @@ mod tests {
         assert_eq!(lost.entry.attempts, 1);
         let failed = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(failed.entry.attempts, 2);
-        inbox
-            .fail(&failed, "boom", Some(Timestamp::now()))
-            .await
-            .unwrap();
+        let settled = inbox.fail(&failed, "boom", Some(Timestamp::now())).await;
+        assert_eq!(settled.unwrap(), Settle::Applied);
         let released = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(inbox.release(&released).await.unwrap(), Settle::Applied);
         let entry = status_of(&inbox, released.entry.seq).await;
@@ -809,7 +810,7 @@ mod tests {
         assert_eq!((entry.status, entry.attempts), (InboxStatus::Retrying, 2));
         let completed = claim_for(&inbox, Duration::from_secs(60)).await;
         assert_eq!(completed.entry.attempts, 3);
-        inbox.complete(&completed).await.unwrap();
+        assert_eq!(inbox.complete(&completed).await.unwrap(), Settle::Applied);
 
         let history = status_of(&inbox, completed.entry.seq).await.history;
         let seen: Vec<_> = history
@@ -837,7 +838,7 @@ mod tests {
         // A first attempt given back leaves the event pending, as new.
         inbox.insert(&event("b", "p", 1_000)).await.unwrap();
         let first = claim_for(&inbox, Duration::from_secs(60)).await;
-        inbox.release(&first).await.unwrap();
+        assert_eq!(inbox.release(&first).await.unwrap(), Settle::Applied);
         let entry = status_of(&inbox, first.entry.seq).await;
         assert_eq!((entry.status, entry.attempts), (InboxStatus::Pending, 0));
     }
@@ -884,7 +885,10 @@ mod tests {
         assert_eq!(first.entry.event.account.as_deref(), Some("a"));
         // `a` waits for a retry far ahead; `b` runs, and its worker dies.
         let far = Timestamp::from_millis(Timestamp::now().as_millis() + 86_400_000);
-        inbox.fail(&first, "busy", Some(far)).await.unwrap();
+        assert_eq!(
+            inbox.fail(&first, "busy", Some(far)).await.unwrap(),
+            Settle::Applied
+        );
         let lapsed = claim_for(&inbox, Duration::ZERO).await;
         assert_eq!(lapsed.entry.event.account.as_deref(), Some("b"));
         // `a` replayed is due now and is not behind `b`.

@@ -68,7 +68,8 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// [`claim_in`](Self::claim_in) and [`complete_in`](Self::complete_in) run in
 /// the caller's transaction, so that a business write and the dedup mark
-/// commit together or not at all (see `examples/postgres_transaction.rs`).
+/// commit together or not at all: commit only when `complete_in` answers
+/// [`Settle::Applied`] (see `examples/postgres_transaction.rs`).
 ///
 /// # Example
 ///
@@ -262,30 +263,51 @@ impl PostgresStore {
     /// [`complete_in`](Self::complete_in) on the same transaction, the
     /// business write and the completed mark land together or not at all; to
     /// give the claim up, roll back. While `tx` is open it holds the key's row
-    /// lock, so another claim of the same key waits for it (or times out and
-    /// gets 503); keep such transactions short. A deadpool `Transaction`
-    /// derefs to the `tokio_postgres` one, so `&tx` works for both.
+    /// lock, so another claim of the same key waits for it and, at the
+    /// store's [timeout](Self::with_timeout), fails with
+    /// [`StoreErrorKind::Timeout`] (answer `503`: Clink retries); keep such
+    /// transactions short. A deadpool `Transaction` derefs to the
+    /// `tokio_postgres` one, so `&tx` works for both.
     ///
     /// # Errors
     ///
     /// As [`claim`](IdempotencyStore::claim). After an error the transaction
-    /// is aborted: roll it back.
+    /// is aborted: roll it back. After a timeout the statement still
+    /// waiting on the server is cancelled (a cancel request, sent without
+    /// TLS, as the store's own calls send it), so that what the
+    /// connection is sent next, the rollback first, does not queue behind
+    /// it until the other transaction ends.
     pub async fn claim_in(
         &self, tx: &Transaction<'_>, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError> {
-        timed(self.timeout, self.claim_with(tx, key, lease)).await
+        let result = timed(self.timeout, self.claim_with(tx, key, lease)).await;
+        if timed_out(&result) {
+            cancel_in_background(tx.cancel_token(), "roll the transaction back");
+        }
+        result
     }
 
-    /// [`complete`](IdempotencyStore::complete) inside the caller's transaction.
+    /// [`complete`](IdempotencyStore::complete) inside the caller's
+    /// transaction.
+    ///
+    /// Commit only on [`Settle::Applied`]. [`Settle::LeaseLost`] means the
+    /// completed mark was not written (the claim's lease ended while the
+    /// transaction ran): roll back, or the business write commits beside a
+    /// claim any retry takes over, and runs again.
     ///
     /// # Errors
     ///
     /// As [`complete`](IdempotencyStore::complete). After an error the
-    /// transaction is aborted: roll it back.
+    /// transaction is aborted: roll it back. A timeout cancels the
+    /// statement as [`claim_in`](Self::claim_in) does.
     pub async fn complete_in(
         &self, tx: &Transaction<'_>, key: &str, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError> {
-        timed(self.timeout, self.complete_with(tx, key, token, retention)).await
+        let result = timed(self.timeout, self.complete_with(tx, key, token, retention)).await;
+        if timed_out(&result) {
+            cancel_in_background(tx.cancel_token(), "roll the transaction back");
+        }
+        result
     }
 
     async fn claim_with<C>(
@@ -391,20 +413,31 @@ where
         call(&client),
     )
     .await;
-    if result
-        .as_ref()
-        .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
-    {
+    if timed_out(&result) {
         drop(deadpool_postgres::Object::take(client));
-        tokio::spawn(async move {
-            if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
-                tracing::warn!(
-                    "could not cancel a timed-out PostgreSQL statement; its connection is closed"
-                );
-            }
-        });
+        cancel_in_background(cancel, "its connection is closed");
     }
     result
+}
+
+/// Whether `result` is a call that ran out of time.
+fn timed_out<T>(result: &Result<T, StoreError>) -> bool {
+    result
+        .as_ref()
+        .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
+}
+
+/// Cancels, from a task of its own, the statement a call that ran out of
+/// time left running on the connection of `cancel` (it would otherwise go
+/// on waiting, on a row lock say, and hold up everything sent after it on
+/// that connection); `then` says what became of the connection, for the
+/// warning logged when the cancel cannot be sent.
+fn cancel_in_background(cancel: tokio_postgres::CancelToken, then: &'static str) {
+    tokio::spawn(async move {
+        if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
+            tracing::warn!("could not cancel a timed-out PostgreSQL statement; {then}");
+        }
+    });
 }
 
 impl fmt::Debug for PostgresStore {

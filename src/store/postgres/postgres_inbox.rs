@@ -716,6 +716,9 @@ impl PostgresInbox {
     /// # Errors
     ///
     /// A [`StoreError`] when the statement fails; roll the transaction back.
+    /// After a timeout the statement still waiting on the server (for a row
+    /// another transaction holds) is cancelled, so that the rollback does not
+    /// queue behind it.
     pub async fn complete_in(
         &self, tx: &tokio_postgres::Transaction<'_>, attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {
@@ -731,8 +734,11 @@ impl PostgresInbox {
             .and_then(|rows| settled(&rows))
             .map_err(|err| pg_error("cannot mark the event done", &err))
         })
-        .await?;
-        if changed == 1 {
+        .await;
+        if super::timed_out(&changed) {
+            super::cancel_in_background(tx.cancel_token(), "roll the transaction back");
+        }
+        if changed? == 1 {
             attempt.mark_completed();
             Ok(Settle::Applied)
         } else {

@@ -354,6 +354,62 @@ async fn bad_configuration_is_refused() {
     reaper.abort();
 }
 
+/// A claim made in the caller's transaction that times out behind another
+/// transaction's lock has its statement cancelled: the caller's rollback,
+/// and whatever the pool's next user sends on that connection, run at once
+/// rather than queue behind the waiting claim until the other transaction
+/// ends (the other transaction stays open all along).
+#[tokio::test]
+async fn a_claim_in_a_transaction_that_times_out_is_cancelled() {
+    let _servers = shared().await;
+    let keys = Keys::new("pg_claim_in_timeout");
+    let locked = keys.key("locked");
+    let url = server_url("DATABASE_URL");
+    // One connection: the next user of the pool gets the same one.
+    let one = {
+        let manager = deadpool_postgres::Manager::new(url.parse().unwrap(), tokio_postgres::NoTls);
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(1)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .unwrap()
+    };
+    let patient = postgres_store().await;
+    let quick = patient
+        .clone()
+        .with_timeout(Duration::from_millis(300))
+        .unwrap();
+
+    // Another delivery's transaction claims `locked` and stays open.
+    let mut holder = pg_pool(&url).get().await.unwrap();
+    let held = holder.transaction().await.unwrap();
+    claimed(patient.claim_in(&held, &locked, DEFAULT_LEASE).await);
+
+    {
+        let mut client = one.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let answer = quick.claim_in(&tx, &locked, DEFAULT_LEASE).await;
+        assert_eq!(answer.unwrap_err().kind(), StoreErrorKind::Timeout);
+        // Dropped: rolled back, and the connection goes back to the pool.
+    }
+    // A bound far above a cancel's round trip, well below forever.
+    let next = tokio::time::timeout(Duration::from_secs(60), async {
+        let client = one.get().await.unwrap();
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    })
+    .await;
+    assert_eq!(
+        next.ok(),
+        Some(1),
+        "the connection was stuck behind the claim that timed out"
+    );
+    held.rollback().await.unwrap();
+}
+
 /// A claim stuck behind another transaction's lock times out, and takes
 /// nothing down with it: its statement is cancelled and its connection is
 /// not handed to the next caller. The cancel races the lock's release: when
