@@ -142,11 +142,12 @@ async fn send(
         }
         None => Body::empty(),
     };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
+    page_of(app, request.body(body).unwrap()).await
+}
+
+/// What `app` answers to `request`.
+async fn page_of(app: &Router, request: Request<Body>) -> Page {
+    let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -775,19 +776,7 @@ async fn get_from(app: &Router, from: Option<&str>, path: &str, token: &str) -> 
         let address: SocketAddr = format!("{from}:40000").parse().unwrap();
         request = request.extension(axum::extract::ConnectInfo(address));
     }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Page {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    page_of(app, request.body(Body::empty()).unwrap()).await
 }
 
 /// Where the app hands the console its connections' addresses, each
