@@ -161,7 +161,8 @@ impl ClientBuilder {
     }
 
     /// The longest a call may take, retries, backoff and waits for the
-    /// rate budget included (default 30 s). A read whose retries the
+    /// rate budget included (default 30 s); one too long to represent
+    /// ([`Duration::MAX`]) means no deadline. A read whose retries the
     /// deadline ends fails with its last attempt's error (Clink's `500`,
     /// say), not with the retry that found no time left.
     #[must_use]
@@ -380,7 +381,7 @@ impl Client {
         let uri: Uri = url
             .parse()
             .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, &call, "invalid URL"))?;
-        let deadline = Instant::now() + self.inner.deadline;
+        let deadline = deadline_from(Instant::now(), self.inner.deadline);
         let retries = method == Method::GET;
         let mut attempt = 1;
         // The answer of the attempt before, while retrying.
@@ -689,6 +690,15 @@ struct Status {
     code: Option<i64>,
     #[serde(default)]
     msg: Option<String>,
+}
+
+/// The instant `deadline` after `now`; a deadline too long to represent as
+/// an instant ([`Duration::MAX`], say) is as good as none: about 30 years.
+fn deadline_from(now: Instant, deadline: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(deadline)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 /// `Retry-After` in seconds, when given so (a date is not honoured).

@@ -1205,3 +1205,20 @@ async fn dot_segment_ids_are_refused_before_any_request() {
     let _: Order = client.get("ord.1..x").await.unwrap();
     assert_eq!(fake.count("GET", "order/ord.1..x"), 1);
 }
+
+#[tokio::test]
+async fn a_deadline_or_timeout_too_long_to_represent_means_none() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    let client = client_for(&fake, &[NEW])
+        .deadline(Duration::MAX)
+        .request_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let got: Order = client.get("ord_1").await.unwrap();
+    assert_eq!(got.order_id.as_deref(), Some("ord_1"));
+    let disabled = client.disable_endpoint(&id).await.unwrap();
+    assert!(!disabled.enabled);
+}
