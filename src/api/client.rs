@@ -58,7 +58,9 @@ type Http = hyper_util::client::legacy::Client<Https, Full<Bytes>>;
 /// failures with backoff and jitter, within the call's
 /// [deadline](ClientBuilder::deadline); nothing else is retried, except a
 /// call refused for its key, which is made once more with the next active
-/// key (see [`ClientBuilder::key`]).
+/// key (see [`ClientBuilder::key`]). A write, once sent, always has its
+/// full [request timeout](ClientBuilder::request_timeout), however long it
+/// waited for the rate budget (see [`ClientBuilder::deadline`]).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -153,7 +155,8 @@ impl ClientBuilder {
     }
 
     /// The longest one request may take, from connecting to the last byte
-    /// of the answer (default 10 s).
+    /// of the answer (default 10 s). A read gets less when less is left of
+    /// its [deadline](Self::deadline); a write always gets all of it.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
@@ -165,6 +168,17 @@ impl ClientBuilder {
     /// ([`Duration::MAX`]) means no deadline. A read whose retries the
     /// deadline ends fails with its last attempt's error (Clink's `500`,
     /// say), not with the retry that found no time left.
+    ///
+    /// A write (POST, PUT, PATCH, DELETE) is bound by the deadline only
+    /// until it is sent: it waits for room in the rate budget within the
+    /// deadline, and once sent it has its full
+    /// [request timeout](Self::request_timeout), even past the deadline, so
+    /// a write can return up to one request timeout after it. A write cut
+    /// off after it left may have been applied with its answer lost (a
+    /// rotated signing secret nobody has), so one queued behind reads is
+    /// never sent with only what they left of the deadline. A write that
+    /// gets no room before its deadline fails as
+    /// [`RateLimited`](ApiErrorKind::RateLimited) with nothing sent.
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -183,7 +197,8 @@ impl ClientBuilder {
     /// every call of the client and its clones. A call waits for room
     /// within its deadline, so a burst of stale events is spread out
     /// instead of using up the merchant's API limits; one that cannot get
-    /// room in time fails as [`RateLimited`](ApiErrorKind::RateLimited).
+    /// room in time fails as [`RateLimited`](ApiErrorKind::RateLimited),
+    /// without sending its request.
     #[must_use]
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
         self.rate = per_second;
@@ -382,7 +397,8 @@ impl Client {
             .parse()
             .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, &call, "invalid URL"))?;
         let deadline = deadline_from(Instant::now(), self.inner.deadline);
-        let retries = method == Method::GET;
+        let write = method != Method::GET;
+        let retries = !write;
         let mut attempt = 1;
         // The answer of the attempt before, while retrying.
         let mut previous: Option<ApiError> = None;
@@ -393,6 +409,7 @@ impl Client {
                 uri: &uri,
                 body: body.as_ref(),
                 deadline,
+                write,
             };
             let error = match self.with_keys(&request).await {
                 Ok(body) => return Ok(body),
@@ -512,7 +529,8 @@ impl Client {
             ApiError::new(
                 ApiErrorKind::RateLimited,
                 call,
-                "the client's rate budget had no room before the call's deadline",
+                "the client's rate budget had no room before the call's deadline, so the \
+                 request was not sent",
             )
         })?;
         let result = self.exchange(request, key).await;
@@ -546,8 +564,15 @@ impl Client {
         let http_request = builder
             .body(Full::new(request.body.cloned().unwrap_or_default()))
             .map_err(|_| ApiError::new(ApiErrorKind::Unsupported, call, "invalid request"))?;
-        let left = request.deadline.saturating_duration_since(Instant::now());
-        let timeout = inner.request_timeout.min(left);
+        // A write has its whole timeout whatever it waited for the budget:
+        // one cut short after it left may have been applied, its answer
+        // lost. A read gets what its deadline leaves, and is retried.
+        let timeout = if request.write {
+            inner.request_timeout
+        } else {
+            let left = request.deadline.saturating_duration_since(Instant::now());
+            inner.request_timeout.min(left)
+        };
         let exchange = async {
             let response = inner.http.request(http_request).await.map_err(|error| {
                 ApiError::new(
@@ -574,11 +599,11 @@ impl Client {
         let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
             Ok(answer) => answer?,
             Err(_) => {
-                return Err(ApiError::new(
-                    ApiErrorKind::Timeout,
-                    call,
-                    format!("no answer within {} ms", timeout.as_millis()),
-                ))
+                let mut message = format!("no answer within {} ms", timeout.as_millis());
+                if request.write {
+                    message.push_str("; it may have reached Clink and been applied");
+                }
+                return Err(ApiError::new(ApiErrorKind::Timeout, call, message));
             }
         };
         self.judge(call, parts.status, &parts.headers, body)
@@ -680,7 +705,11 @@ struct Attempt<'a> {
     method: &'a Method,
     uri: &'a Uri,
     body: Option<&'a Bytes>,
+    /// When the call ends; a write, once sent, has its whole request
+    /// timeout even past it.
     deadline: Instant,
+    /// Not a GET: never retried, and never cut short once sent.
+    write: bool,
 }
 
 /// The envelope's status fields.

@@ -89,7 +89,10 @@
 //! says what to do. Reads (GET) are retried on 5xx, 429 (after its
 //! `Retry-After`) and transport failures, with backoff and jitter, within
 //! the call's [deadline](ClientBuilder::deadline); writes are not retried,
-//! since Clink documents no idempotency key for them.
+//! since Clink documents no idempotency key for them. A write is never
+//! sent with less than its whole request timeout, whatever it waited for
+//! the rate budget: one cut off after it left may have been applied with
+//! its answer lost.
 //!
 //! # Endpoints and signing secret rotation
 //!

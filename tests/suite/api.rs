@@ -1222,3 +1222,63 @@ async fn a_deadline_or_timeout_too_long_to_represent_means_none() {
     let disabled = client.disable_endpoint(&id).await.unwrap();
     assert!(!disabled.enabled);
 }
+
+#[tokio::test]
+async fn a_write_queued_behind_reads_is_sent_with_its_whole_timeout_or_not_at_all() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let rotations = format!("webhook/endpoints/{id}/rotate-secret");
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+
+    // One request a second: the read takes the budget's only slot, and the
+    // rotation waits about a second for the next, leaving it a tenth of a
+    // second of its deadline; Clink answers it after 200 ms.
+    let client = client_for(&fake, &[NEW])
+        .rate_limit(1, 1)
+        .deadline(Duration::from_millis(1100))
+        .build()
+        .unwrap();
+    let _: Order = client.get("ord_1").await.unwrap();
+    fake.set_delay(Duration::from_millis(200));
+    let result = client
+        .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |_| async {
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    match result {
+        Ok(_) => {
+            let new = fake.endpoint_secret(&id).unwrap();
+            assert_ne!(new, old);
+            assert!(verifies(&live.current(), &new), "the new key verifies");
+        }
+        // A machine so slow that the slot came after the deadline: then
+        // nothing may have been sent.
+        Err(error) => {
+            assert_eq!(fake.count("POST", &rotations), 0, "{error}");
+            assert_eq!(fake.endpoint_secret(&id).unwrap(), old, "{error}");
+        }
+    }
+
+    // No room before the deadline: nothing sent, and the error says so.
+    fake.set_delay(Duration::ZERO);
+    let client = client_for(&fake, &[NEW])
+        .rate_limit(1, 1)
+        .deadline(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    // Its slot is taken whatever it answers.
+    let _ = client.get::<Order>("ord_1").await;
+    let before = fake.endpoint_secret(&id).unwrap();
+    let posts = fake.count("POST", &rotations);
+    let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::RateLimited, "{error}");
+    assert!(error.to_string().contains("not sent"), "{error}");
+    assert_eq!(fake.count("POST", &rotations), posts, "nothing sent");
+    assert_eq!(fake.endpoint_secret(&id).unwrap(), before);
+}
