@@ -14,9 +14,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use super::endpoints::WebhookSecret;
 use super::error::{ApiError, ApiErrorKind};
 use super::keys::{scrub, ApiKey, Environment};
 use crate::ConfigError;
@@ -623,6 +625,7 @@ impl Client {
                 _ => ApiErrorKind::Envelope,
             };
             let envelope = serde_json::from_slice::<Status>(&body).ok();
+            let secret = secret_in(&body);
             let mut error = ApiError::new(
                 kind,
                 call,
@@ -636,13 +639,18 @@ impl Client {
             if let Some(code) = envelope.and_then(|e| e.code) {
                 error = error.with_code(code);
             }
-            return Err(error);
+            return Err(error.with_secret(secret));
         }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Bytes::from_static(b"{}"));
         }
         let envelope: Status = serde_json::from_slice(&body).map_err(|_| {
-            ApiError::new(ApiErrorKind::Decode, call, "the answer is not JSON").with_status(status)
+            ApiError::new(
+                ApiErrorKind::Decode,
+                call,
+                "the answer is not a JSON object",
+            )
+            .with_status(status)
         })?;
         match envelope.code {
             None | Some(200) => Ok(body),
@@ -657,7 +665,8 @@ impl Client {
                 let msg = envelope.msg.unwrap_or_default();
                 Err(ApiError::new(kind, call, scrub(&msg, &self.inner.keys))
                     .with_status(status)
-                    .with_code(code))
+                    .with_code(code)
+                    .with_secret(secret_in(&body)))
             }
         }
     }
@@ -712,13 +721,66 @@ struct Attempt<'a> {
     write: bool,
 }
 
-/// The envelope's status fields.
+/// The envelope's status fields, read leniently: they decide whether an
+/// answer that may carry a secret Clink shows once is taken, so a shape
+/// the reference does not promise must not turn a yes into an error.
 #[derive(Deserialize)]
 struct Status {
-    #[serde(default)]
+    /// A whole number, also as a string or a float (`"200"`, `200.0`);
+    /// anything else counts as no code, as Clink's own CLI counts a code
+    /// that is not a number.
+    #[serde(default, deserialize_with = "lenient_code")]
     code: Option<i64>,
-    #[serde(default)]
+    /// A string; anything else counts as no message.
+    #[serde(default, deserialize_with = "lenient_msg")]
     msg: Option<String>,
+}
+
+fn lenient_code<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let whole = |float: f64| {
+        // Within i64's range and with no fraction, the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        let whole = float as i64;
+        #[allow(clippy::cast_precision_loss)]
+        let exact = float.fract() == 0.0 && float.abs() < 9.0e18 && whole as f64 == float;
+        exact.then_some(whole)
+    };
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::Number(number)) => number.as_i64().or_else(|| number.as_f64().and_then(whole)),
+        Some(Value::String(text)) => {
+            let text = text.trim();
+            text.parse::<i64>()
+                .ok()
+                .or_else(|| text.parse::<f64>().ok().and_then(whole))
+        }
+        _ => None,
+    })
+}
+
+fn lenient_msg<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::String(msg)) => Some(msg),
+        _ => None,
+    })
+}
+
+/// The plain signing secret in an answer's `data` (`data.signingSecret`,
+/// or `data.endpoint.signingSecret` for ensure), if it holds one.
+pub(crate) fn secret_in(body: &[u8]) -> Option<WebhookSecret> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let data = value.get("data")?;
+    let secret = [Some(data), data.get("endpoint")]
+        .into_iter()
+        .flatten()
+        .find_map(|holder| match holder.get("signingSecret") {
+            Some(Value::String(secret)) if !secret.is_empty() => Some(secret.clone()),
+            _ => None,
+        });
+    secret.map(WebhookSecret::new)
 }
 
 /// The instant `deadline` after `now`; a deadline too long to represent as
@@ -981,6 +1043,58 @@ mod tests {
             "http://x/?q=1",
         ] {
             assert!(base_url(Some(bad), Environment::Sandbox).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_envelope_status_is_read_leniently() {
+        let status = |body: &str| {
+            let status: Status = serde_json::from_str(body).unwrap();
+            (status.code, status.msg)
+        };
+        let success = Some("success".to_owned());
+        assert_eq!(
+            status(r#"{"code":200,"msg":"success"}"#),
+            (Some(200), success.clone())
+        );
+        assert_eq!(
+            status(r#"{"code":"200","msg":"success"}"#),
+            (Some(200), success)
+        );
+        assert_eq!(status(r#"{"code":200.0,"msg":7}"#), (Some(200), None));
+        assert_eq!(status(r#"{"code":" 401 ","msg":null}"#), (Some(401), None));
+        assert_eq!(status(r#"{"code":"404.0"}"#), (Some(404), None));
+        for no_code in [
+            r#"{"code":"OK"}"#,
+            r#"{"code":200.5}"#,
+            r#"{"code":1e300}"#,
+            r#"{"code":true}"#,
+            r#"{"code":{"value":200}}"#,
+            r#"{"msg":["success"]}"#,
+            "{}",
+        ] {
+            assert_eq!(status(no_code), (None, None), "{no_code}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_found_in_data_or_its_endpoint() {
+        let found = |body: &str| secret_in(body.as_bytes()).map(|s| s.expose().to_owned());
+        assert_eq!(
+            found(r#"{"code":0,"data":{"signingSecret":"whsec_a"}}"#).as_deref(),
+            Some("whsec_a")
+        );
+        assert_eq!(
+            found(r#"{"data":{"endpoint":{"signingSecret":"whsec_b"}}}"#).as_deref(),
+            Some("whsec_b")
+        );
+        for none in [
+            r#"{"data":{"signingSecret":""}}"#,
+            r#"{"data":{"signingSecret":7}}"#,
+            r#"{"signingSecret":"whsec_c"}"#,
+            "not json",
+        ] {
+            assert_eq!(found(none), None, "{none}");
         }
     }
 

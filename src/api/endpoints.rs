@@ -399,7 +399,7 @@ use http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::client::segment;
+use super::client::{secret_in, segment};
 use super::error::{ApiError, ApiErrorKind};
 use super::objects::Page;
 use super::Client;
@@ -568,8 +568,10 @@ impl Client {
             )
             .await?;
         let data = self.data_object(call, &answer)?;
-        Ensured::lenient(data)
-            .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no endpoint"))
+        Ensured::lenient(data).ok_or_else(|| {
+            ApiError::new(ApiErrorKind::Decode, call, "the answer has no endpoint")
+                .with_secret(secret_in(&answer))
+        })
     }
 
     /// The event names endpoints can subscribe to.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::endpoints::WebhookSecret;
+
 /// What kind of failure an [`ApiError`] is: what to do about it follows
 /// from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,9 +76,11 @@ impl fmt::Display for ApiErrorKind {
 
 /// A call to Clink's API failed.
 ///
-/// It never holds a key or a signing secret: what the server said is
-/// shortened, escaped and scrubbed of anything shaped like a key before it
-/// is kept (Clink's own test fixtures echo the key in the message).
+/// It never holds a key, and shows no signing secret: what the server said
+/// is shortened, escaped and scrubbed of anything shaped like a key before
+/// it is kept (Clink's own test fixtures echo the key in the message). An
+/// answer that said no but carried a plain signing secret keeps it apart,
+/// for [`new_secret`](Self::new_secret), and out of the message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     kind: ApiErrorKind,
@@ -86,6 +90,8 @@ pub struct ApiError {
     code: Option<i64>,
     message: String,
     retry_after: Option<Duration>,
+    /// A plain signing secret the failed answer carried; `Debug` masks it.
+    secret: Option<WebhookSecret>,
 }
 
 impl ApiError {
@@ -97,6 +103,7 @@ impl ApiError {
             code: None,
             message: message.into(),
             retry_after: None,
+            secret: None,
         }
     }
 
@@ -112,6 +119,17 @@ impl ApiError {
 
     pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+
+    /// The error holding `secret`, which the message no longer shows.
+    pub(crate) fn with_secret(mut self, secret: Option<WebhookSecret>) -> Self {
+        if let Some(secret) = secret.filter(|secret| !secret.expose().is_empty()) {
+            if self.message.contains(secret.expose()) {
+                self.message = self.message.replace(secret.expose(), "[redacted]");
+            }
+            self.secret = Some(secret);
+        }
         self
     }
 
@@ -144,6 +162,17 @@ impl ApiError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// The plain signing secret the answer carried although the call
+    /// failed: an answer to rotate-secret, create or ensure that said no
+    /// (or came in a shape the client could not read) with a
+    /// `signingSecret` in its `data`. Clink may then have rotated or
+    /// created, and this may be the only copy of the secret it signs with:
+    /// store it or rotate again. `None` for every other error.
+    #[must_use]
+    pub fn new_secret(&self) -> Option<&WebhookSecret> {
+        self.secret.as_ref()
     }
 }
 

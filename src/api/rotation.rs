@@ -70,7 +70,8 @@ pub struct Rotated {
 /// only in part.
 ///
 /// When Clink rotated and the error holds the only copy of the new secret
-/// ([`AccountRemoved`](Self::AccountRemoved), [`Persist`](Self::Persist)),
+/// ([`AccountRemoved`](Self::AccountRemoved), [`Persist`](Self::Persist),
+/// or an [`Api`](Self::Api) error whose answer carried one),
 /// [`new_secret`](Self::new_secret) gives it, so that it can still be
 /// stored. `Debug` and `Display` never show it.
 #[non_exhaustive]
@@ -79,7 +80,10 @@ pub enum RotationError {
     /// nothing was rotated.
     UnknownAccount,
     /// The call failed. If it failed after Clink rotated (a lost answer),
-    /// Clink signs with a secret you do not have: rotate again.
+    /// Clink signs with a secret you do not have: rotate again. An answer
+    /// that said no but carried a secret ([`ApiError::new_secret`]) was
+    /// neither installed nor handed to `persist`; [`new_secret`](Self::new_secret)
+    /// gives it.
     Api(ApiError),
     /// Clink rotated but returned no usable secret; its deliveries will be
     /// refused until you rotate again or set the secret by hand.
@@ -109,13 +113,15 @@ pub enum RotationError {
 impl RotationError {
     /// The new signing secret, when Clink rotated and this error holds it
     /// ([`AccountRemoved`](Self::AccountRemoved),
-    /// [`Persist`](Self::Persist)); `None` for the others, where nobody has
-    /// a new secret.
+    /// [`Persist`](Self::Persist)), or when Clink's answer said no but
+    /// carried one ([`Api`](Self::Api), see [`ApiError::new_secret`]);
+    /// `None` for the others, where nobody has a new secret.
     #[must_use]
     pub fn new_secret(&self) -> Option<&WebhookSecret> {
         match self {
             Self::AccountRemoved { secret } | Self::Persist { secret, .. } => Some(secret),
-            Self::UnknownAccount | Self::Api(_) | Self::NoSecret => None,
+            Self::Api(error) => error.new_secret(),
+            Self::UnknownAccount | Self::NoSecret => None,
         }
     }
 }
@@ -146,6 +152,12 @@ impl fmt::Display for RotationError {
         match self {
             Self::UnknownAccount => f.write_str(
                 "signing secret rotation: the account is not in the key map; nothing was rotated",
+            ),
+            Self::Api(error) if error.new_secret().is_some() => write!(
+                f,
+                "signing secret rotation: {error} (the answer carried a signing secret, which \
+                 was not installed; the error holds it (new_secret): if Clink rotated, store it \
+                 or rotate again)"
             ),
             Self::Api(error) => write!(
                 f,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clink_webhooks::accounts::KeyMap;
 use clink_webhooks::api::{
     ApiErrorKind, ApiKey, Client, CurrentObject, EndpointQuery, EndpointUpdate, EnsureEndpoint,
-    Environment, LiveKeys, NewEndpoint, ObjectKind, OrderQuery, RotationError, DEFAULT_GRACE,
+    Environment, LiveKeys, NewEndpoint, ObjectKind, OrderQuery, RotationError, WebhookSecret,
+    DEFAULT_GRACE,
 };
 use clink_webhooks::data::{Order, OrderStatus, Refund};
 use clink_webhooks::events::ObjectKey;
@@ -1281,4 +1282,123 @@ async fn a_write_queued_behind_reads_is_sent_with_its_whole_timeout_or_not_at_al
     assert!(error.to_string().contains("not sent"), "{error}");
     assert_eq!(fake.count("POST", &rotations), posts, "nothing sent");
     assert_eq!(fake.endpoint_secret(&id).unwrap(), before);
+}
+
+#[tokio::test]
+async fn an_envelope_whose_code_or_msg_has_another_type_loses_no_new_secret() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    // A whole number in a string or a float, a code that is no number (as
+    // Clink's own CLI reads it: not an error), a msg that is no string.
+    let envelopes = [
+        json!({"code": "200"}),
+        json!({"code": 200.0}),
+        json!({"code": " 200 ", "msg": 7}),
+        json!({"msg": {"en": "success"}}),
+        json!({"code": "OK", "msg": ["success"]}),
+    ];
+    for (n, envelope) in envelopes.into_iter().enumerate() {
+        let url = format!("https://shop.example.com/{n}");
+        let id = fake.add_endpoint(&url, &["order.succeeded"]);
+        let old = fake.endpoint_secret(&id).unwrap();
+        let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+        fake.patch_answer_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            envelope.clone(),
+            1,
+        );
+        let stored = Arc::new(Mutex::new(None));
+        let store = Arc::clone(&stored);
+        client
+            .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |secret| async move {
+                *store.lock().unwrap() = Some(secret.expose().to_owned());
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{envelope}: {error}"));
+        let new = fake.endpoint_secret(&id).unwrap();
+        assert_ne!(new, old, "{envelope}");
+        assert_eq!(stored.lock().unwrap().as_deref(), Some(new.as_str()));
+        assert!(verifies(&live.current(), &new), "{envelope}");
+
+        fake.patch_answer_next("webhook/endpoints/ensure", envelope.clone(), 1);
+        let ensured = client
+            .ensure_endpoint(&EnsureEndpoint::new(&url, ["order.succeeded"]).rotate_secret())
+            .await
+            .unwrap_or_else(|error| panic!("{envelope}: {error}"));
+        assert_eq!(
+            ensured
+                .endpoint
+                .signing_secret
+                .map(|s| s.expose().to_owned()),
+            fake.endpoint_secret(&id),
+            "{envelope}"
+        );
+
+        fake.patch_answer_next("webhook/endpoints", envelope.clone(), 1);
+        let created = client
+            .create_endpoint(&NewEndpoint::new(format!("{url}/new"), ["invoice.paid"]))
+            .await
+            .unwrap_or_else(|error| panic!("{envelope}: {error}"));
+        let created_id = fake.endpoint_id(&format!("{url}/new")).unwrap();
+        assert_eq!(
+            created.signing_secret.map(|s| s.expose().to_owned()),
+            fake.endpoint_secret(&created_id),
+            "{envelope}"
+        );
+    }
+
+    // A code that is a number in a string still says no.
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    fake.patch_answer_next("order/", json!({"code": "404", "msg": "no such order"}), 1);
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::NotFound, "{error}");
+    assert_eq!(error.code(), Some(404));
+    assert!(error.new_secret().is_none());
+}
+
+#[tokio::test]
+async fn an_answer_that_says_no_but_carries_a_secret_keeps_it_in_the_error() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+
+    fake.patch_answer_next(&rotate, json!({"code": 0, "msg": "done"}), 1);
+    let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_eq!(error.kind(), ApiErrorKind::Envelope, "{error}");
+    assert_eq!(error.code(), Some(0));
+    assert_eq!(
+        error.new_secret().map(WebhookSecret::expose),
+        Some(new.as_str())
+    );
+    assert_no_key("the error", &format!("{error} {error:?}"), &[&new]);
+
+    // Through a rotation: neither installed nor persisted, but handed back.
+    let old = new;
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    fake.patch_answer_next(&rotate, json!({"code": 0, "msg": "done"}), 1);
+    let persisted = Arc::new(Mutex::new(0));
+    let count = Arc::clone(&persisted);
+    let error = client
+        .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |_| async move {
+            *count.lock().unwrap() += 1;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert!(matches!(error, RotationError::Api(_)), "{error}");
+    assert_eq!(
+        error.new_secret().map(WebhookSecret::expose),
+        Some(new.as_str())
+    );
+    assert_eq!(*persisted.lock().unwrap(), 0);
+    assert!(!verifies(&live.current(), &new), "not installed");
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("new_secret"), "{text}");
+    assert_no_key("the rotation error", &text, &[&new, &old]);
 }

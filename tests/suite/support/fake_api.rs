@@ -14,7 +14,8 @@
 //! [`FakeApi::accept_key`]; the refusal takes either shape the reference
 //! allows ([`AuthFailure`]). A test can make the next requests to a path
 //! fail ([`FakeApi::fail_next`]), change the `data` of the next answers
-//! to a path ([`FakeApi::patch_next`]), hold the next answer to a path
+//! to a path ([`FakeApi::patch_next`]) or the whole answer
+//! ([`FakeApi::patch_answer_next`]), hold the next answer to a path
 //! until the test releases it ([`FakeApi::hold_next`]), slow every answer
 //! down ([`FakeApi::set_delay`]), and read every request afterwards
 //! ([`FakeApi::requests`], [`FakeApi::count`]).
@@ -202,11 +203,23 @@ impl FakeApi {
     /// shapes the reference does not promise. Programmed failures are
     /// taken first, and a failed request uses up no patch.
     pub(crate) fn patch_next(&self, path_prefix: &str, patch: Value, times: usize) {
+        self.program_patch(path_prefix, patch, times, false);
+    }
+
+    /// As [`patch_next`](Self::patch_next), but `patch` is merged into the
+    /// whole answer: its envelope (`code`, `msg`), or a list's top-level
+    /// `total` and `rows`.
+    pub(crate) fn patch_answer_next(&self, path_prefix: &str, patch: Value, times: usize) {
+        self.program_patch(path_prefix, patch, times, true);
+    }
+
+    fn program_patch(&self, path_prefix: &str, patch: Value, times: usize, whole: bool) {
         if times > 0 {
             self.state.data().patches.push(Patch {
                 prefix: path_prefix.trim_start_matches('/').to_owned(),
                 patch,
                 remaining: times,
+                whole,
             });
         }
     }
@@ -430,15 +443,16 @@ impl Data {
         Some(self.holds.remove(index).1)
     }
 
-    /// Takes one use of the first programmed patch for `path`.
-    fn take_patch(&mut self, path: &str) -> Option<Value> {
+    /// Takes one use of the first programmed patch for `path`, and whether
+    /// it is for the whole answer.
+    fn take_patch(&mut self, path: &str) -> Option<(Value, bool)> {
         let index = self
             .patches
             .iter()
             .position(|programmed| path.starts_with(&programmed.prefix))?;
         let programmed = &mut self.patches[index];
         programmed.remaining -= 1;
-        let patch = programmed.patch.clone();
+        let patch = (programmed.patch.clone(), programmed.whole);
         if programmed.remaining == 0 {
             self.patches.remove(index);
         }
@@ -467,6 +481,8 @@ struct Patch {
     prefix: String,
     patch: Value,
     remaining: usize,
+    /// Merged into the whole answer, not its `data`.
+    whole: bool,
 }
 
 /// A failure [`FakeApi::fail_next`] programmed, with the uses left.
@@ -729,7 +745,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
         (data.take_patch(path), data.take_hold(path))
     };
     let reply = match patch {
-        Some(patch) => patched(reply, &patch).await,
+        Some((patch, whole)) => patched(reply, &patch, whole).await,
         None => reply,
     };
     if let Some(hold) = hold {
@@ -739,19 +755,25 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     reply
 }
 
-/// `reply` with `patch` merged into its envelope's `data`; a reply that is
-/// not a JSON object is returned as it was.
-async fn patched(reply: Reply, patch: &Value) -> Reply {
+/// `reply` with `patch` merged into its envelope's `data`, or with `whole`
+/// into the envelope itself; a reply that is not a JSON object is returned
+/// as it was.
+async fn patched(reply: Reply, patch: &Value, whole: bool) -> Reply {
     let (parts, body) = reply.into_parts();
     let bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(never) => match never {},
     };
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) else {
+    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Full::new(bytes));
     };
-    merge_patch(object.entry("data").or_insert(Value::Null), patch);
-    let body = Bytes::from(Value::Object(object).to_string());
+    let mut object = Value::Object(object);
+    if whole {
+        merge_patch(&mut object, patch);
+    } else if let Value::Object(members) = &mut object {
+        merge_patch(members.entry("data").or_insert(Value::Null), patch);
+    }
+    let body = Bytes::from(object.to_string());
     Response::from_parts(parts, Full::new(body))
 }
 
@@ -1448,6 +1470,15 @@ mod tests {
         );
         let (_, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
         assert_eq!(parse(&body)["data"]["status"], json!("created"), "used up");
+
+        // The whole answer: its envelope.
+        api.patch_answer_next("refund/", json!({"code": "200", "msg": null}), 1);
+        let (status, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            parse(&body),
+            json!({"code": "200", "data": {"refundId": "rfd_1", "status": "created"}})
+        );
     }
 
     #[tokio::test]
