@@ -72,8 +72,10 @@ impl Serialize for WebhookSecret {
 /// its sources describe the rest of an endpoint only loosely: the secret is
 /// taken first, and a field whose value does not fit its type is left at
 /// its default (`None`, empty, `false`) instead of failing the call. In a
-/// rotation's answer a missing id is the id rotated. Lists and reads, which
-/// lose nothing when they fail, decode strictly.
+/// rotation's answer a missing id is the id rotated. Other answers (lists,
+/// reads, and the answers of update, enable and disable) decode strictly,
+/// but for the two times, whose shape the sources do not settle: they are
+/// read as [`created_at`](Self::created_at) says in every answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -100,14 +102,15 @@ pub struct Endpoint {
     /// The merchant's description.
     #[serde(default)]
     pub description: Option<String>,
-    /// When it was created, as Clink gives it (the unit is not documented);
-    /// `None` also when an answer read leniently gives it as something other
-    /// than a whole number.
-    #[serde(default)]
+    /// When it was created, as Clink gives it (a number whose unit is not
+    /// documented): a number with a fraction is cut to its whole part, and
+    /// anything but a number (an ISO 8601 string, say) is `None`, in every
+    /// answer, rather than failing the call.
+    #[serde(default, deserialize_with = "lenient_time")]
     pub created_at: Option<i64>,
-    /// When it last changed, as Clink gives it (as
-    /// [`created_at`](Self::created_at)).
-    #[serde(default)]
+    /// When it last changed, as Clink gives it (read as
+    /// [`created_at`](Self::created_at) is).
+    #[serde(default, deserialize_with = "lenient_time")]
     pub updated_at: Option<i64>,
 }
 
@@ -424,8 +427,8 @@ impl Endpoint {
             signing_secret,
             masked_signing_secret: take(&mut data, "maskedSigningSecret"),
             description: take(&mut data, "description"),
-            created_at: take(&mut data, "createdAt"),
-            updated_at: take(&mut data, "updatedAt"),
+            created_at: data.remove("createdAt").and_then(time_of),
+            updated_at: data.remove("updatedAt").and_then(time_of),
         }
     }
 }
@@ -447,6 +450,27 @@ impl Ensured {
             endpoint,
         })
     }
+}
+
+/// A time of an endpoint: a whole number as it is, a number with a
+/// fraction cut to its whole part, `None` for anything else (a string, a
+/// number out of range).
+fn time_of(value: Value) -> Option<i64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    number.as_i64().or_else(|| {
+        let float = number.as_f64()?.trunc();
+        // Within i64's range the cast keeps the whole part.
+        #[allow(clippy::cast_possible_truncation)]
+        (float.is_finite() && float.abs() < 9.2e18).then_some(float as i64)
+    })
+}
+
+fn lenient_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<Value>::deserialize(deserializer)?.and_then(time_of))
 }
 
 /// Field `name` of `data` as a `T`; `None` when it is missing, `null`, or

@@ -974,11 +974,14 @@ async fn a_rotation_answered_in_an_unexpected_shape_still_installs_and_persists_
         assert!(verifies(&verifier, &new), "{shape}: the new key verifies");
         assert!(verifies(&verifier, &old), "{shape}: the old one too");
         assert_eq!(rotated.endpoint.id, id, "{shape}: the id rotated");
-        let created_at_fits = shape.get("createdAt").is_none();
+        // A number with a fraction is cut; a string is left out.
+        let created_at_fits = shape
+            .get("createdAt")
+            .is_none_or(serde_json::Value::is_number);
         assert_eq!(
             rotated.endpoint.created_at.is_some(),
             created_at_fits,
-            "{shape}: a time that does not fit is left out"
+            "{shape}: a time that is no number is left out"
         );
         assert!(rotated.endpoint.signing_secret.is_none(), "{shape}");
     }
@@ -1401,4 +1404,55 @@ async fn an_answer_that_says_no_but_carries_a_secret_keeps_it_in_the_error() {
     let text = format!("{error} {error:?}");
     assert!(text.contains("new_secret"), "{text}");
     assert_no_key("the rotation error", &text, &[&new, &old]);
+}
+
+#[tokio::test]
+async fn endpoint_times_that_are_not_whole_numbers_fail_no_read_or_change() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    let path = format!("webhook/endpoints/{id}");
+    // Seconds with a fraction, and an ISO 8601 time.
+    let times = json!({"createdAt": 1_754_819_711.5, "updatedAt": "2025-08-10T09:55:11Z"});
+    let check = |endpoint: &clink_webhooks::api::Endpoint, what: &str| {
+        assert_eq!(endpoint.id, id, "{what}");
+        assert_eq!(endpoint.created_at, Some(1_754_819_711), "{what}");
+        assert_eq!(endpoint.updated_at, None, "{what}");
+    };
+
+    fake.patch_next(&path, times.clone(), 1);
+    check(&client.endpoint(&id).await.unwrap(), "get");
+    fake.patch_next(&path, times.clone(), 1);
+    let updated = client
+        .update_endpoint(&id, &EndpointUpdate::new().description("shop"))
+        .await
+        .unwrap();
+    check(&updated, "update");
+    assert_eq!(updated.description.as_deref(), Some("shop"));
+    fake.patch_next(&path, times.clone(), 1);
+    check(&client.disable_endpoint(&id).await.unwrap(), "disable");
+    fake.patch_next(&path, times.clone(), 1);
+    check(&client.enable_endpoint(&id).await.unwrap(), "enable");
+
+    // A list: its rows are not in `data`.
+    let mut row = serde_json::to_value(client.endpoint(&id).await.unwrap()).unwrap();
+    row["createdAt"] = json!(1_754_819_711.5);
+    row["updatedAt"] = json!("2025-08-10T09:55:11Z");
+    fake.patch_answer_next("webhook/endpoints", json!({ "rows": [row] }), 1);
+    let page = client.list_endpoints(&EndpointQuery::new()).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    check(&page.rows[0], "list");
+
+    // Whole numbers are kept as they are, and null is none.
+    fake.patch_next(
+        &path,
+        json!({"createdAt": 1_754_819_711_382_i64, "updatedAt": null}),
+        1,
+    );
+    let got = client.endpoint(&id).await.unwrap();
+    assert_eq!(
+        (got.created_at, got.updated_at),
+        (Some(1_754_819_711_382), None)
+    );
 }
