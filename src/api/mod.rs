@@ -101,7 +101,8 @@
 //! there too. [`Client::rotate_signing_secret`] rotates an endpoint's
 //! signing secret, puts the new one into a live verifier or key map at
 //! once, keeps the old one for a grace period and hands the new one to
-//! your code to store.
+//! your code to store, all of it in a task of its own, so that a caller
+//! that gives up midway leaves none of it undone.
 
 mod client;
 mod endpoints;

@@ -203,10 +203,15 @@ impl Client {
     /// the [`KeyMap`] while the call is under way, the error holds the new
     /// secret ([`RotationError::new_secret`]).
     ///
-    /// The call and the install run in a task of their own, so a caller that
-    /// gives up midway leaves the new secret verifying; `persist` runs in
-    /// the caller's task. If the call times out after Clink rotated (an
-    /// answer lost on the way), nobody has the new secret: rotate again.
+    /// The call, the install and `persist` run in a task of their own, so
+    /// a caller that gives up midway (a request timeout, a dropped request)
+    /// stops none of them: the new secret is installed and handed to
+    /// `persist` all the same, which is why `persist` must be `Send` and
+    /// `'static`. When nobody waits any more for what happened, a failure
+    /// is logged at `error` (a failed `persist` among them: the new secret
+    /// then verifies only until the process stops), and a success at
+    /// `info`. If the call times out after Clink rotated (an answer lost on
+    /// the way), nobody has the new secret: rotate again.
     ///
     /// # Errors
     ///
@@ -215,8 +220,8 @@ impl Client {
         &self, endpoint_id: &str, keys: impl Into<LiveKeys>, grace: Duration, persist: F,
     ) -> Result<Rotated, RotationError>
     where
-        F: FnOnce(WebhookSecret) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
+        F: FnOnce(WebhookSecret) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
         let keys = keys.into();
@@ -225,55 +230,76 @@ impl Client {
                 return Err(RotationError::UnknownAccount);
             }
         }
-        // The call and the install run in a task of their own: a caller
-        // that gives up (a timeout, a dropped request) cannot stop between
-        // Clink rotating and the new secret verifying.
+        // Everything runs in a task of its own: a caller that gives up (a
+        // timeout, a dropped request) cannot stop between Clink rotating,
+        // the new secret verifying and `persist` storing it.
         let client = self.clone();
         let endpoint_id = endpoint_id.to_owned();
-        let installed = tokio::spawn(async move {
-            let mut endpoint = client
-                .rotate_endpoint_secret(&endpoint_id)
-                .await
-                .map_err(RotationError::Api)?;
-            let secret = endpoint
-                .signing_secret
-                .take()
-                .filter(|secret| !secret.expose().is_empty())
-                .ok_or(RotationError::NoSecret)?;
-            let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
-            let key_name = key.name().to_owned();
-            let now = SystemTime::now();
-            match &keys {
-                LiveKeys::Verifier(live) => live.rotate_at(key, grace, now),
-                LiveKeys::Account { keys, account } => {
-                    if !keys.rotate_at(account, key, grace, now) {
-                        // Removed while Clink rotated: the old secret is
-                        // void and the new one verifies nothing; the
-                        // caller gets it, not `persist`.
-                        return Err(RotationError::AccountRemoved { secret });
-                    }
+        let (tell, told) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let result = client
+                .rotate_install_persist(&endpoint_id, &keys, grace, persist)
+                .await;
+            if let Err(unheard) = tell.send(result) {
+                log_unheard(&endpoint_id, &unheard);
+            }
+        });
+        match told.await {
+            Ok(result) => result,
+            // The task ended without a word: it panicked (passed on here),
+            // or the runtime is shutting down and cancelled it.
+            Err(_) => match task.await {
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                _ => panic!("the signing secret rotation's task was cancelled"),
+            },
+        }
+    }
+
+    /// The rotation itself: the call, the install, then `persist`.
+    async fn rotate_install_persist<F, Fut, E>(
+        &self, endpoint_id: &str, keys: &LiveKeys, grace: Duration, persist: F,
+    ) -> Result<Rotated, RotationError>
+    where
+        F: FnOnce(WebhookSecret) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        let mut endpoint = self
+            .rotate_endpoint_secret(endpoint_id)
+            .await
+            .map_err(RotationError::Api)?;
+        let secret = endpoint
+            .signing_secret
+            .take()
+            .filter(|secret| !secret.expose().is_empty())
+            .ok_or(RotationError::NoSecret)?;
+        let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
+        let key_name = key.name().to_owned();
+        let now = SystemTime::now();
+        match keys {
+            LiveKeys::Verifier(live) => live.rotate_at(key, grace, now),
+            LiveKeys::Account { keys, account } => {
+                if !keys.rotate_at(account, key, grace, now) {
+                    // Removed while Clink rotated: the old secret is void
+                    // and the new one verifies nothing; the caller gets it,
+                    // not `persist`.
+                    return Err(RotationError::AccountRemoved { secret });
                 }
             }
-            tracing::info!(
-                endpoint = %crate::events::printable(&endpoint.id),
-                key = %key_name,
-                grace_secs = grace.as_secs(),
-                "rotated the endpoint's signing secret; the new key verifies now, the previous \
-                 ones for the grace period"
-            );
-            let rotated = Rotated {
-                endpoint,
-                key_name,
-                // As the verifier computes it: a grace past what a time can
-                // hold has no end, and must not panic after Clink rotated.
-                previous_until: now.checked_add(grace),
-            };
-            Ok::<_, RotationError>((rotated, secret))
-        });
-        let (rotated, secret) = match installed.await {
-            Ok(result) => result?,
-            // The task is never aborted; a panic in it is passed on.
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+        tracing::info!(
+            endpoint = %crate::events::printable(&endpoint.id),
+            key = %key_name,
+            grace_secs = grace.as_secs(),
+            "rotated the endpoint's signing secret; the new key verifies now, the previous \
+             ones for the grace period"
+        );
+        let rotated = Rotated {
+            endpoint,
+            key_name,
+            // As the verifier computes it: a grace past what a time can
+            // hold has no end, and must not panic after Clink rotated.
+            previous_until: now.checked_add(grace),
         };
         // A copy stays here: if `persist` fails, the error hands it back.
         persist(secret.clone())
@@ -283,5 +309,32 @@ impl Client {
                 secret,
             })?;
         Ok(rotated)
+    }
+}
+
+/// Logs what a rotation came to when its caller no longer waits for it:
+/// nobody else would learn of it. Never the secret.
+fn log_unheard(endpoint_id: &str, result: &Result<Rotated, RotationError>) {
+    let endpoint = crate::events::printable(endpoint_id);
+    match result {
+        Ok(rotated) => tracing::info!(
+            endpoint = %endpoint,
+            key = %rotated.key_name,
+            "the signing secret rotation finished after its caller gave up: the new secret \
+             verifies and was stored"
+        ),
+        Err(RotationError::Persist { error, .. }) => tracing::error!(
+            endpoint = %endpoint,
+            error = %error,
+            "storing the rotated signing secret failed after the rotation's caller gave up, so \
+             nobody has it: it verifies until the process stops, and after a restart every \
+             delivery is refused; rotate again"
+        ),
+        Err(error) => tracing::error!(
+            endpoint = %endpoint,
+            error = %error,
+            "a signing secret rotation failed after its caller gave up, and nobody else is \
+             told: if Clink rotated, its deliveries are refused until the secret is rotated again"
+        ),
     }
 }

@@ -1456,3 +1456,93 @@ async fn endpoint_times_that_are_not_whole_numbers_fail_no_read_or_change() {
         (Some(1_754_819_711_382), None)
     );
 }
+
+/// An error `persist` returns that says when it is dropped: once the
+/// rotation is done with it (has handed it on, or logged it).
+#[derive(Debug)]
+struct DiskFull(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+impl std::fmt::Display for DiskFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk full")
+    }
+}
+
+impl std::error::Error for DiskFull {}
+
+#[tokio::test]
+async fn a_rotation_whose_caller_gives_up_still_persists_or_logs_the_new_secret() {
+    let (logs, _guard) = capture();
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+
+    // Clink rotates; while its answer is held, the caller gives up (an
+    // admin endpoint's request timeout), then the answer comes.
+    let held = fake.hold_next(&rotate);
+    let (persisted, mut stored) = tokio::sync::mpsc::unbounded_channel();
+    let caller = {
+        let (client, id, live) = (client.clone(), id.clone(), live.clone());
+        tokio::spawn(async move {
+            client
+                .rotate_signing_secret(&id, live, DEFAULT_GRACE, move |secret| async move {
+                    persisted.send(secret.expose().to_owned()).unwrap();
+                    Ok::<_, std::io::Error>(())
+                })
+                .await
+        })
+    };
+    assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    held.release();
+    let stored = tokio::time::timeout(Duration::from_secs(30), stored.recv())
+        .await
+        .expect("persist was called within 30 s")
+        .expect("persist was called");
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(stored, new, "the new secret persisted");
+    assert!(verifies(&live.current(), &new), "and installed");
+
+    // A persist that fails with nobody left to tell is logged at error.
+    let held = fake.hold_next(&rotate);
+    let (dropped, error_dropped) = tokio::sync::oneshot::channel();
+    let caller = {
+        let (client, id, live) = (client.clone(), id.clone(), live.clone());
+        tokio::spawn(async move {
+            client
+                .rotate_signing_secret(&id, live, DEFAULT_GRACE, move |_| async move {
+                    Err::<(), _>(DiskFull(dropped))
+                })
+                .await
+        })
+    };
+    assert!(fake.wait_for_requests(2, Duration::from_secs(30)).await);
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    held.release();
+    let done = tokio::time::timeout(Duration::from_secs(30), error_dropped).await;
+    assert!(done.is_ok(), "the rotation was done with persist's error");
+    let newest = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(newest, new, "Clink rotated again");
+    let failed: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|event| event.level == tracing::Level::ERROR)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].message.contains("rotate again"), "{failed:?}");
+    assert_eq!(
+        failed[0].fields.get("error").map(String::as_str),
+        Some("disk full")
+    );
+    assert_no_key("the logs", &logs.text(), &[&old, &new, &newest, NEW]);
+}
