@@ -969,3 +969,106 @@ async fn ensure_that_creates_an_endpoint_prints_its_secret_in_full() {
     let get = cli(&api, &["endpoints", "get", &id]).await;
     assert!(!get.stdout.contains(&secret), "{get:?}");
 }
+
+#[tokio::test]
+async fn a_rotation_whose_answer_is_lost_says_the_secret_may_have_been_rotated() {
+    let api = fake().await;
+    let id = api.add_endpoint("https://shop.example/hooks/a", &["order.succeeded"]);
+    let ensured_url = "https://shop.example/hooks/b";
+    let ensured_id = api.add_endpoint(ensured_url, &["order.succeeded"]);
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+    let (old, ensured_old) = (
+        api.endpoint_secret(&id).unwrap(),
+        api.endpoint_secret(&ensured_id).unwrap(),
+    );
+
+    // Clink rotates, but its answers come only after the CLI's request
+    // timeout (10 s); both commands run side by side.
+    let held = [
+        api.hold_next(&rotate),
+        api.hold_next("webhook/endpoints/ensure"),
+    ];
+    let rotate_args = ["endpoints", "rotate-secret", &id, "--show-secret"];
+    let ensure_args = [
+        "--json",
+        "endpoints",
+        "ensure",
+        ensured_url,
+        "--events",
+        "core",
+        "--rotate-secret",
+        "--show-secret",
+    ];
+    let (rotated, ensured) = tokio::join!(cli(&api, &rotate_args), cli(&api, &ensure_args));
+    drop(held);
+    assert_ne!(api.endpoint_secret(&id).unwrap(), old, "Clink rotated");
+    assert_ne!(api.endpoint_secret(&ensured_id).unwrap(), ensured_old);
+    assert_eq!(rotated.code, Some(2), "{rotated:?}");
+    let message = text_error(&rotated);
+    assert!(message.contains("timed out"), "{rotated:?}");
+    assert!(message.contains("MAY have been rotated"), "{rotated:?}");
+    assert!(
+        message.contains(&format!("endpoints rotate-secret {id} --show-secret")),
+        "{rotated:?}"
+    );
+    assert_eq!(ensured.code, Some(2), "{ensured:?}");
+    let error = json_error(&ensured);
+    assert_eq!(error["error"], "timeout");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("MAY have created the endpoint or rotated its signing secret"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--rotate-secret --show-secret"),
+        "{message}"
+    );
+
+    // An answer that cannot be read, after Clink rotated; a server error.
+    api.patch_next(&rotate, json!("not an endpoint"), 1);
+    let unreadable = cli(&api, &["endpoints", "rotate-secret", &id, "--show-secret"]).await;
+    assert_eq!(unreadable.code, Some(2), "{unreadable:?}");
+    assert!(
+        text_error(&unreadable).contains("unexpected answer"),
+        "{unreadable:?}"
+    );
+    assert!(
+        text_error(&unreadable).contains("MAY have been rotated"),
+        "{unreadable:?}"
+    );
+    api.fail_next(&rotate, Failure::Status(502), 1);
+    let failed = cli(
+        &api,
+        &["--json", "endpoints", "rotate-secret", &id, "--show-secret"],
+    )
+    .await;
+    let error = json_error(&failed);
+    assert_eq!(error["error"], "server_error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("MAY have been rotated"),
+        "{error}"
+    );
+
+    // Clink saying no rotated nothing: the error says no more.
+    api.fail_next(
+        &rotate,
+        Failure::Envelope {
+            code: 400,
+            msg: "endpoint disabled".to_owned(),
+        },
+        1,
+    );
+    let refused = cli(&api, &["endpoints", "rotate-secret", &id, "--show-secret"]).await;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(!refused.stderr.contains("MAY"), "{refused:?}");
+    let missing = cli(
+        &api,
+        &["endpoints", "rotate-secret", "whk_none", "--show-secret"],
+    )
+    .await;
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(!missing.stderr.contains("MAY"), "{missing:?}");
+}

@@ -2,7 +2,9 @@
 //! get, ensure, rotate-secret, enable, disable, delete.
 
 use clap::{Args, Subcommand};
-use clink_webhooks::api::{Endpoint, EndpointQuery, EnsureEndpoint, Ensured, Page};
+use clink_webhooks::api::{
+    ApiError, ApiErrorKind, Endpoint, EndpointQuery, EnsureEndpoint, Ensured, Page,
+};
 use clink_webhooks::EventType;
 use http::Uri;
 use serde_json::{json, Value};
@@ -43,7 +45,10 @@ subscription.created and invoice.paid, `all` for the 44 event types
 signing secret; for an endpoint that exists already it can only do that by
 rotating the secret, which it does unless --no-rotate-secret-if-unavailable
 is given. Rotating (--rotate-secret, rotate-secret) stops the old secret at
-once: update the receiver's key straight away.
+once: update the receiver's key straight away. When rotate-secret or ensure
+gets no answer it can read (a timeout, a lost connection, a server error),
+Clink may have rotated or created all the same, and nobody has the new
+secret: the error says so, and how to rotate again with --show-secret.
 
 Values from the API are printed escaped when they hold control, format or
 separator characters.
@@ -334,10 +339,14 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
             {
                 must_show(show, "ensure with --rotate-secret or --return-secret")?;
             }
-            let ensured = client()?
-                .ensure_endpoint(&want)
-                .await
-                .map_err(|e| api_error(&e))?;
+            let ensured = client()?.ensure_endpoint(&want).await.map_err(|e| {
+                may_have_applied(
+                    &e,
+                    "Clink MAY have created the endpoint or rotated its signing secret with the \
+                     answer lost, and then nobody has the secret it signs with: run this ensure \
+                     again with --rotate-secret --show-secret to get a new one",
+                )
+            })?;
             // A plain secret in ensure's answer is new (an endpoint it
             // created, or a rotation): Clink cannot show an existing one
             // and never shows this one again. `must_show` refuses the
@@ -348,10 +357,17 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
         }
         Action::RotateSecret { id } => {
             must_show(show, "rotate-secret")?;
-            let endpoint = client()?
-                .rotate_endpoint_secret(id)
-                .await
-                .map_err(|e| api_error(&e))?;
+            let endpoint = client()?.rotate_endpoint_secret(id).await.map_err(|e| {
+                may_have_applied(
+                    &e,
+                    &format!(
+                        "the signing secret MAY have been rotated at Clink with the answer lost: \
+                         then the old one no longer verifies and nobody has the new one; rotate \
+                         it again with `clink-webhook endpoints rotate-secret {} --show-secret`",
+                        escaped(id)
+                    ),
+                )
+            })?;
             let heading = "rotated the signing secret: the old one no longer verifies; \
                            give the receiver the new one now";
             print_endpoint(printer, Some(heading), &endpoint, show);
@@ -410,6 +426,27 @@ fn print_list(printer: &Printer<'_>, endpoints: &Page<Endpoint>, page: u32, show
             endpoints.total
         ));
     }
+}
+
+/// A failed call that creates or rotates a secret Clink shows once, as a
+/// [`CliError`]: when the request may have been applied with its answer
+/// lost (no answer in time, a connection lost, a server error, an answer
+/// that could not be read), `then` is added to the message. When Clink
+/// said no, or nothing was sent, it is as [`api_error`] has it.
+fn may_have_applied(error: &ApiError, then: &str) -> CliError {
+    let mut cli_error = api_error(error);
+    let maybe = matches!(
+        error.kind(),
+        ApiErrorKind::Timeout
+            | ApiErrorKind::Transport
+            | ApiErrorKind::Server
+            | ApiErrorKind::Decode
+    ) || error.new_secret().is_some();
+    if maybe {
+        cli_error.message.push_str("; ");
+        cli_error.message.push_str(then);
+    }
+    cli_error
 }
 
 /// Refuses a command that can rotate the secret unless it prints the new
