@@ -254,7 +254,10 @@ impl Client {
     /// The current state of object `id` of type `T` (`Order`, `Refund`,
     /// `Subscription`, `Invoice`, `Session`), decoded as the events' data
     /// is. Callers asking for the same object at the same time share one
-    /// call.
+    /// call: one that asks while that call is under way gets its answer, to
+    /// a request sent before it asked, so a change Clink made in between
+    /// may not show. A finished call is never reused: the next read asks
+    /// Clink again.
     ///
     /// # Errors
     ///
