@@ -21,7 +21,7 @@ pub enum ApiErrorKind {
     /// Too many calls: Clink answered 429 (see
     /// [`retry_after`](ApiError::retry_after)), or the client's own
     /// [rate budget](super::ClientBuilder::rate_limit) had no room before the
-    /// deadline.
+    /// deadline (the request was then not sent).
     RateLimited,
     /// Clink answered 5xx (or an envelope `code` of 500 or more), after the
     /// retries a read gets.
