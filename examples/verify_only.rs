@@ -2,18 +2,18 @@
 //! any framework would do with a delivery's two header values and raw body.
 //!
 //! ```text
-//! cargo run --example verify_only
+//! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example verify_only
 //! ```
 //!
-//! The key comes from `CLINK_WEBHOOK_SIGNING_KEY`; without it a fixed
-//! development key is used, with a warning. The key is never printed.
+//! The key comes from `CLINK_WEBHOOK_SIGNING_KEY`, and signs the sample
+//! deliveries too. Without it the example does not run: it says on stderr
+//! how to set it and exits with status 1, as the receivers do, so that code
+//! copied from it never verifies with a key anyone can read. To try it, any
+//! key works (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
+//! The key is never printed.
 
 use clink_webhooks::events::AnyEvent;
 use clink_webhooks::{sign, Timestamp, Verifier};
-
-/// The key used when `CLINK_WEBHOOK_SIGNING_KEY` is not set. Never use it in
-/// production: anyone can read it here.
-const DEVELOPMENT_KEY: &str = "whsec_clink_webhooks_development_only";
 
 /// What a receiver does with one delivery: the status to answer and, for the
 /// log, what happened. In your framework, answer with the status (and the
@@ -59,15 +59,39 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
     }
 }
 
+/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
+/// the whitespace around it (a secret mounted from a file often ends with a
+/// newline), or what to tell the user. There is no fallback: code that
+/// verified with a key anyone can read would accept deliveries anyone can
+/// sign.
+fn signing_key() -> Result<String, String> {
+    let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
+        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        Ok(_) => "is empty",
+        Err(std::env::VarError::NotPresent) => "is not set",
+        Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+    };
+    Err(format!(
+        "CLINK_WEBHOOK_SIGNING_KEY {problem}: set it to your endpoint's signing secret \
+         from Clink. To try this example locally, any value works as long as the sender signs \
+         with the same one, such as the README's development key: \
+         CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
+         cargo run --example verify_only"
+    ))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let secret = std::env::var("CLINK_WEBHOOK_SIGNING_KEY").unwrap_or_else(|_| {
-        eprintln!("warning: CLINK_WEBHOOK_SIGNING_KEY is not set; using a development key");
-        DEVELOPMENT_KEY.to_owned()
-    });
+    let secret = match signing_key() {
+        Ok(key) => key,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
     let verifier = Verifier::new(&secret)?;
 
     // What arrives: two header values and the raw body bytes (signed here
-    // with the same key, as Clink would).
+    // with the same key, as Clink would: this example plays both sides).
     let body = br#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1","amountTotal":19.99,"paymentCurrency":"USD"}}"#;
     let timestamp = Timestamp::now().as_millis().to_string();
     let signature = sign(&secret, &timestamp, body);

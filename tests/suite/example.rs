@@ -80,12 +80,12 @@ fn example(name: &str, key: Option<&str>) -> Process {
     Process::start(&mut command)
 }
 
-/// Without a signing key, neither example receiver starts: each exits 1
-/// before it listens, and says which variable to set and how to try it
-/// with a development key.
+/// Without a signing key, no example that verifies deliveries starts: each
+/// exits 1 before it listens (or verifies anything), and says which
+/// variable to set and how to try it with a development key.
 #[test]
 fn the_example_receivers_refuse_to_start_without_a_signing_key() {
-    for name in ["axum_receiver", "hyper_receiver"] {
+    for name in ["axum_receiver", "hyper_receiver", "verify_only"] {
         for (key, problem) in [(None, "is not set"), (Some(""), "is empty")] {
             let process = example(name, key);
             // The first line that says whether it started.
@@ -120,6 +120,25 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
             );
         }
     }
+}
+
+/// `verify_only` verifies its sample deliveries with the key it is given,
+/// and prints what it verified.
+#[test]
+fn verify_only_verifies_with_the_key_it_is_given() {
+    let finished = example("verify_only", Some(KEY)).finish();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{finished:?}");
+    assert!(
+        lines[0].starts_with(r#"order Some("ord_1") paid Some(19.99) "#),
+        "{finished:?}"
+    );
+    assert_eq!(lines[1], r#"  event id "evt_1""#, "{finished:?}");
+    assert!(
+        finished.stderr.contains("refused: 401 signature_mismatch"),
+        "{finished:?}"
+    );
 }
 
 /// The bare hyper receiver handles a delivery, and stops gracefully on
