@@ -61,7 +61,17 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let service = ClinkLayer::new(Verifier::new("whsec_...")?).route(EventRouter::new());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! let shutdown = async {
+//! // Ctrl-C, or SIGTERM: how Docker, Kubernetes and systemd stop a process.
+//! #[cfg(unix)]
+//! let mut sigterm =
+//!     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+//! let shutdown = async move {
+//!     #[cfg(unix)]
+//!     tokio::select! {
+//!         _ = tokio::signal::ctrl_c() => {}
+//!         _ = sigterm.recv() => {}
+//!     }
+//!     #[cfg(not(unix))]
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
 //! Server::new().serve(listener, service, shutdown).await;
