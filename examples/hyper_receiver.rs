@@ -49,13 +49,15 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, or
+/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
+/// the whitespace around it (a secret mounted from a file, as Kubernetes
+/// does, often ends with a newline, which would fail every delivery), or
 /// what to tell the user. Without it the receiver does not start: one that
 /// fell back to a key anyone can read would accept deliveries anyone can
 /// sign.
 fn signing_key() -> Result<String, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key),
+        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",

@@ -60,8 +60,9 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
 }
 
 /// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file often ends with a
-/// newline), or what to tell the user. There is no fallback: code that
+/// the whitespace around it (a secret mounted from a file, as Kubernetes
+/// does, often ends with a newline, which would fail every delivery), or
+/// what to tell the user. There is no fallback: code that
 /// verified with a key anyone can read would accept deliveries anyone can
 /// sign.
 fn signing_key() -> Result<String, String> {

@@ -122,6 +122,32 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
     }
 }
 
+/// A key with whitespace around it (a secret mounted from a file, ending
+/// with a newline) is used without it: a delivery signed with the key
+/// itself is handled by each example receiver, and verify_only verifies
+/// its samples.
+#[tokio::test]
+async fn the_examples_use_the_signing_key_without_the_whitespace_around_it() {
+    let padded = format!(" {KEY}\n");
+    for name in ["axum_receiver", "hyper_receiver"] {
+        let process = example(name, Some(&padded));
+        let line = Process::line_starting(&process.stderr, "listening on ");
+        let url = &line["listening on ".len()..];
+        let body = format!(r#"{{"id":"evt_padded_{name}","type":"risk_rule.updated","data":{{}}}}"#);
+        assert_eq!(post(&delivery(url, &body)).await, 200, "{name}");
+        assert_eq!(
+            process.next_stdout(),
+            format!("handled risk_rule.updated evt_padded_{name}")
+        );
+    }
+    let finished = example("verify_only", Some(&padded)).finish();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stdout.contains(r#"event id "evt_1""#),
+        "{finished:?}"
+    );
+}
+
 /// `verify_only` verifies its sample deliveries with the key it is given,
 /// and prints what it verified.
 #[test]
