@@ -20,7 +20,9 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
 //! ```
 //!
-//! It stops gracefully on Ctrl-C or SIGTERM.
+//! It stops gracefully on Ctrl-C or SIGTERM. A setting it cannot use (a
+//! number below that is not one, say) stops it before it listens: it says
+//! `error: ` and the variable's name on stderr and exits with status 1.
 //!
 //! With `CLINK_INBOX=sqlite:<path>` (built with `--features sqlite`) or
 //! `CLINK_INBOX=postgres` (with `--features postgres` and `DATABASE_URL`) it
@@ -291,14 +293,12 @@ fn printable(text: &str) -> String {
 }
 
 /// How long each handler takes, from `CLINK_EXAMPLE_HANDLER_DELAY_MS`
-/// (default 0): a stand-in for a slow call, to watch the inbox and shutdown
-/// at work.
+/// (default 0), read when the receiver starts: a stand-in for a slow call,
+/// to watch the inbox and shutdown at work.
+static HANDLER_DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 fn handler_delay() -> Duration {
-    static DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        let millis = env_value("CLINK_EXAMPLE_HANDLER_DELAY_MS").and_then(|ms| ms.parse().ok());
-        Duration::from_millis(millis.unwrap_or(0))
-    })
+    HANDLER_DELAY.get().copied().unwrap_or_default()
 }
 
 /// Runs the "work" of a handler: its effect (with `CLINK_EXAMPLE_EFFECTS=1`),
@@ -456,6 +456,52 @@ fn env_value(var: &str) -> Option<String> {
         .filter(|value| !value.trim().is_empty())
 }
 
+/// The number in `var`, or `default` when it is not set (or empty). A value
+/// that is not `what` is an error naming the variable, with the value as it
+/// is (escaped): a mistyped setting stops the receiver rather than
+/// quietly becoming the default.
+fn env_number<T: std::str::FromStr>(var: &str, default: T, what: &str) -> Result<T, String> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
+        Ok(value) if value.trim().is_empty() => Ok(default),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{var} must be {what}, got {}", printable(&value))),
+    }
+}
+
+/// `var`'s milliseconds ([`env_number`]).
+fn env_millis(var: &str, default: u64) -> Result<Duration, String> {
+    env_number(var, default, "a number of milliseconds").map(Duration::from_millis)
+}
+
+/// What the environment sets, read and checked before anything starts.
+struct Settings {
+    port: u16,
+    reorder_window: Duration,
+    lease: Duration,
+    max_attempts: u32,
+    handler_delay: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            port: env_number("PORT", 3000, "a port number")?,
+            reorder_window: env_millis("CLINK_INBOX_REORDER_MS", 1000)?,
+            lease: env_millis("CLINK_INBOX_LEASE_MS", 30_000)?,
+            max_attempts: env_number(
+                "CLINK_INBOX_MAX_ATTEMPTS",
+                clink_webhooks::inbox::DEFAULT_MAX_ATTEMPTS,
+                "a number of attempts",
+            )?,
+            handler_delay: env_millis("CLINK_EXAMPLE_HANDLER_DELAY_MS", 0)?,
+        })
+    }
+}
+
 /// The idempotency and freshness stores, shared by every instance.
 type Stores = (Arc<dyn IdempotencyStore>, Arc<dyn FreshnessStore>);
 
@@ -504,7 +550,7 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     // The crate logs through `tracing`: without a subscriber, a failed
     // handler or a refused delivery prints nothing. Colour only on a
     // terminal: escape codes in a log file are noise.
@@ -515,20 +561,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-
-    let key = match signing_key() {
-        Ok(key) => key,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(1);
+    // Whatever stops it from starting is said on one line, and it exits 1.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
-        Err(_) => 3000,
-    };
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let key = signing_key()?;
+    let settings = Settings::from_env()?;
+    let _ = HANDLER_DELAY.set(settings.handler_delay);
+    let port = settings.port;
 
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
@@ -574,22 +621,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         console_inbox = Some(Arc::clone(&inbox));
         let readiness = intake.readiness();
         webhooks = webhooks.route_service("/webhooks/clink", intake);
-        let ms = |var: &str, default: u64| {
-            Duration::from_millis(
-                env_value(var)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(default),
-            )
-        };
+        // What the library refuses of each is said with its variable's name.
         workers = Some(
             Workers::new(inbox, router.clone())
-                .reorder_window(ms("CLINK_INBOX_REORDER_MS", 1000))?
-                .lease(ms("CLINK_INBOX_LEASE_MS", 30_000))?
-                .max_attempts(
-                    env_value("CLINK_INBOX_MAX_ATTEMPTS")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(clink_webhooks::inbox::DEFAULT_MAX_ATTEMPTS),
-                )?
+                .reorder_window(settings.reorder_window)
+                .map_err(|e| format!("CLINK_INBOX_REORDER_MS: {e}"))?
+                .lease(settings.lease)
+                .map_err(|e| format!("CLINK_INBOX_LEASE_MS: {e}"))?
+                .max_attempts(settings.max_attempts)
+                .map_err(|e| format!("CLINK_INBOX_MAX_ATTEMPTS: {e}"))?
                 .spawn(),
         );
         readiness

@@ -72,7 +72,7 @@ fn signing_key() -> Result<String, String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     // The crate logs through `tracing`: without a subscriber, a failed
     // handler or a refused delivery prints nothing. Colour only on a terminal.
     tracing_subscriber::fmt()
@@ -82,20 +82,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-
-    let key = match signing_key() {
-        Ok(key) => key,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(1);
+    // Whatever stops it from starting is said on one line, and it exits 1.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
         }
-    };
-    let port: u16 = match std::env::var("PORT") {
+    }
+}
+
+/// The port in `PORT` (default 3001, also when it is empty); a value that
+/// is not one is an error naming the variable, with the value as it is
+/// (escaped).
+fn port() -> Result<u16, String> {
+    match std::env::var("PORT") {
+        Err(std::env::VarError::NotPresent) => Ok(3001),
+        Err(std::env::VarError::NotUnicode(_)) => Err("PORT is not valid UTF-8".to_owned()),
+        Ok(port) if port.trim().is_empty() => Ok(3001),
         Ok(port) => port
+            .trim()
             .parse()
-            .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
-        Err(_) => 3001,
-    };
+            .map_err(|_| format!("PORT must be a port number, got {}", printable(&port))),
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let key = signing_key()?;
+    let port = port()?;
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
     let prometheus = PrometheusBuilder::new()

@@ -185,7 +185,7 @@ impl KeySource for Replaceable {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     // The crate logs through `tracing`: without a subscriber, a failed
     // handler or a refused delivery prints nothing. Colour only on a terminal.
     tracing_subscriber::fmt()
@@ -195,13 +195,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    // Whatever stops it from starting is said on one line, and it exits 1.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
+/// The number in `var`, `None` when it is not set (or empty); a value that
+/// is not `what` is an error naming the variable, with the value as it is
+/// (escaped).
+fn env_number<T: std::str::FromStr>(var: &str, what: &str) -> Result<Option<T>, String> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => value
+            .trim()
             .parse()
-            .map_err(|_| format!("PORT must be a port number, got {port:?}"))?,
-        Err(_) => 3000,
-    };
+            .map(Some)
+            .map_err(|_| format!("{var} must be {what}, got {}", printable(&value))),
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = env_number("PORT", "a port number")?.unwrap_or(3000);
     let keys = KeyMap::new();
     let mut loaded = load(&keys, &[])?;
     if loaded.is_empty() {
@@ -216,20 +237,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .on_every_type(Handled);
     let lookups = Arc::new(AtomicU64::new(0));
     // With CLINK_TENANT_LOOKUP_MS, how to make the cached "database" source.
-    let lookup = match std::env::var("CLINK_TENANT_LOOKUP_MS") {
-        Ok(ms) => {
-            let delay =
-                Duration::from_millis(ms.parse().map_err(|_| {
-                    format!("CLINK_TENANT_LOOKUP_MS must be milliseconds, got {ms:?}")
-                })?);
+    let lookup = match env_number("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
+        Some(ms) => {
+            let delay = Duration::from_millis(ms);
             let fails = std::env::var("CLINK_TENANT_LOOKUP_FAILS").is_ok_and(|v| v == "1");
             let (keys, lookups) = (keys.clone(), Arc::clone(&lookups));
             Some(move || -> Arc<dyn KeySource> {
                 Arc::new(database(keys.clone(), delay, fails, Arc::clone(&lookups)))
             })
         }
-        Err(_) => None,
+        None => None,
     };
+    let looked_up = lookup.is_some();
     let source = Replaceable::new(match &lookup {
         Some(cached) => cached(),
         None => Arc::new(keys.clone()),
@@ -269,7 +288,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
     Server::new().serve(listener, app, shutdown).await;
-    if std::env::var("CLINK_TENANT_LOOKUP_MS").is_ok() {
+    if looked_up {
         eprintln!("key lookups: {}", lookups.load(Ordering::Relaxed));
     }
     eprintln!("stopped");

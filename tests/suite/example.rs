@@ -80,6 +80,22 @@ fn example(name: &str, key: Option<&str>) -> Process {
     Process::start(&mut command)
 }
 
+/// The first line on `process`'s stderr that says whether it started:
+/// `error: ...` or `listening on ...`.
+fn first_line_on_starting(process: &Process, name: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = process
+            .stderr
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{name} said nothing within {PATIENCE:?}: {e}"));
+        if line.starts_with("error: ") || line.starts_with("listening on ") {
+            return line;
+        }
+    }
+}
+
 /// Without a signing key, no example that verifies deliveries starts: each
 /// exits 1 before it listens (or verifies anything), and says which
 /// variable to set and how to try it with a development key.
@@ -88,18 +104,7 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
     for name in ["axum_receiver", "hyper_receiver", "verify_only"] {
         for (key, problem) in [(None, "is not set"), (Some(""), "is empty")] {
             let process = example(name, key);
-            // The first line that says whether it started.
-            let deadline = std::time::Instant::now() + PATIENCE;
-            let said = loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let line = process
-                    .stderr
-                    .recv_timeout(left)
-                    .unwrap_or_else(|e| panic!("{name} said nothing within {PATIENCE:?}: {e}"));
-                if line.starts_with("error: ") || line.starts_with("listening on ") {
-                    break line;
-                }
-            };
+            let said = first_line_on_starting(&process, name);
             assert!(
                 said.starts_with(&format!("error: CLINK_WEBHOOK_SIGNING_KEY {problem}: ")),
                 "{name} with the key {key:?}: {said}"
@@ -122,6 +127,55 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
     }
 }
 
+/// A setting that is not the number it should be stops the example before
+/// it listens: it exits 1 with one line naming the variable and showing the
+/// value, escaped. Before, the receivers' inbox and handler settings
+/// quietly became their defaults.
+#[test]
+fn the_examples_refuse_to_start_with_a_number_that_is_not_one() {
+    let cases = [
+        ("axum_receiver", "CLINK_INBOX_REORDER_MS", "1s", "1s"),
+        ("axum_receiver", "CLINK_INBOX_LEASE_MS", "-30000", "-30000"),
+        ("axum_receiver", "CLINK_INBOX_MAX_ATTEMPTS", "ten", "ten"),
+        (
+            "axum_receiver",
+            "CLINK_EXAMPLE_HANDLER_DELAY_MS",
+            "2000\u{202e}",
+            r#""2000\u{202e}""#,
+        ),
+        ("axum_receiver", "PORT", "http", "http"),
+        ("hyper_receiver", "PORT", "30\n01", r#""30\n01""#),
+        ("multi_tenant", "PORT", "70000", "70000"),
+        ("multi_tenant", "CLINK_TENANT_LOOKUP_MS", "20ms", "20ms"),
+    ];
+    for (name, var, value, shown) in cases {
+        let mut command = std::process::Command::new(example_path(name));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("CLINK_TENANT_KEYS", "acct_a=whsec_a")
+            .env_remove("CLINK_TENANT_KEYS_FILE")
+            .env_remove("CLINK_TENANT_LOOKUP_MS")
+            .env_remove("CLINK_INBOX")
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env(var, value);
+        let process = Process::start(&mut command);
+        let said = first_line_on_starting(&process, name);
+        assert!(
+            said.starts_with(&format!("error: {var} must be a "))
+                && said.ends_with(&format!(", got {shown}")),
+            "{name} with {var}={value:?}: {said}"
+        );
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(1), "{name} {var}: {finished:?}");
+        assert!(
+            !finished.stderr.contains("listening on"),
+            "{name} {var}: {finished:?}"
+        );
+    }
+}
+
 /// A key with whitespace around it (a secret mounted from a file, ending
 /// with a newline) is used without it: a delivery signed with the key
 /// itself is handled by each example receiver, and verify_only verifies
@@ -133,7 +187,8 @@ async fn the_examples_use_the_signing_key_without_the_whitespace_around_it() {
         let process = example(name, Some(&padded));
         let line = Process::line_starting(&process.stderr, "listening on ");
         let url = &line["listening on ".len()..];
-        let body = format!(r#"{{"id":"evt_padded_{name}","type":"risk_rule.updated","data":{{}}}}"#);
+        let body =
+            format!(r#"{{"id":"evt_padded_{name}","type":"risk_rule.updated","data":{{}}}}"#);
         assert_eq!(post(&delivery(url, &body)).await, 200, "{name}");
         assert_eq!(
             process.next_stdout(),
