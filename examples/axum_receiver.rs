@@ -5,8 +5,10 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example axum_receiver
 //! ```
 //!
-//! It listens on `127.0.0.1:$PORT` (default 3000) at `POST /webhooks/clink`
-//! and prints one line `handled <type> <id>` to stdout per handler run. Every
+//! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3000`; set
+//! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts, as
+//! in a container) at `POST /webhooks/clink`, and serves nothing else there.
+//! It prints one line `handled <type> <id>` to stdout per handler run. Every
 //! event type has a typed handler, so an acknowledged delivery is one whose
 //! data decoded; an event older than one already handled about the same
 //! object gets a note on stderr.
@@ -45,7 +47,8 @@
 //! the process is killed, which `tests/suite/recovery.rs` checks.
 //!
 //! With an inbox, the `console` feature and `CLINK_CONSOLE_TOKEN` set (16
-//! characters at least), it serves the inbox console at `/console`: send the
+//! characters at least), it serves the inbox console at `/console` on the
+//! admin address (below): send the
 //! token as `Authorization: Bearer <token>`, or open
 //! `/console?token=<token>` once in a browser for a session cookie. Without
 //! `CLINK_CONSOLE_TOKEN` there is no console. `CLINK_INBOX_MAX_ATTEMPTS`
@@ -58,6 +61,7 @@
 //!     CLINK_INBOX=sqlite:inbox.db CLINK_CONSOLE_TOKEN=change-me-0123456789 \
 //!     CLINK_INBOX_MAX_ATTEMPTS=1 CLINK_EXAMPLE_FAIL_ONCE=refund.failed \
 //!     cargo run --example axum_receiver --features console,sqlite
+//! # then open http://127.0.0.1:3100/console?token=change-me-0123456789
 //! ```
 //!
 //! With `CLINK_SECRET_KEY` set (built with `--features api`; `CLINK_ENV`
@@ -74,11 +78,17 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_your_secret CLINK_SECRET_KEY=sk_test_... cargo run --example axum_receiver --features api
 //! ```
 //!
-//! `GET /health` answers `200 ok` while its store answers and `503` with
-//! the reason when it does not; `GET /metrics` serves the crate's metrics in
-//! Prometheus' text format (see `clink_webhooks::layer` for the names). In
-//! production, serve those two on an internal port or behind your proxy's
-//! access rules: anyone can reach the webhook route.
+//! Health, metrics and the console are for operators, so they are served on
+//! a second address, never next to the webhook route anyone can reach:
+//! `CLINK_ADMIN_ADDR` (default `127.0.0.1:3100`, or a free port when
+//! `PORT=0`; it says which on stderr, `admin listening on http://...`).
+//! There `GET /health` answers `200 ok` while its store answers and `503`
+//! with the reason when it does not (with an inbox, each check writes to
+//! it), and `GET /metrics` serves the crate's metrics in Prometheus' text
+//! format (see `clink_webhooks::layer` for the names; the labels name
+//! accounts and key fingerprints). Keep that address on a private network:
+//! set it to `0.0.0.0:3100`, say, for probes and scrapes from outside a
+//! container, and do not publish the port.
 //!
 //! Run several of them behind a load balancer and they must share one
 //! idempotency store, or two of them can each handle the same event. Built
@@ -456,11 +466,11 @@ fn env_value(var: &str) -> Option<String> {
         .filter(|value| !value.trim().is_empty())
 }
 
-/// The number in `var`, or `default` when it is not set (or empty). A value
-/// that is not `what` is an error naming the variable, with the value as it
-/// is (escaped): a mistyped setting stops the receiver rather than
-/// quietly becoming the default.
-fn env_number<T: std::str::FromStr>(var: &str, default: T, what: &str) -> Result<T, String> {
+/// The value of `var` (a number, an address), or `default` when it is not
+/// set (or empty). A value that is not `what` is an error naming the
+/// variable, with the value as it is (escaped): a mistyped setting stops
+/// the receiver rather than quietly becoming the default.
+fn env_parsed<T: std::str::FromStr>(var: &str, default: T, what: &str) -> Result<T, String> {
     match std::env::var(var) {
         Err(std::env::VarError::NotPresent) => Ok(default),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
@@ -472,14 +482,23 @@ fn env_number<T: std::str::FromStr>(var: &str, default: T, what: &str) -> Result
     }
 }
 
-/// `var`'s milliseconds ([`env_number`]).
+/// `var`'s milliseconds ([`env_parsed`]).
 fn env_millis(var: &str, default: u64) -> Result<Duration, String> {
-    env_number(var, default, "a number of milliseconds").map(Duration::from_millis)
+    env_parsed(var, default, "a number of milliseconds").map(Duration::from_millis)
 }
+
+/// The address of health, metrics and the console when `CLINK_ADMIN_ADDR`
+/// is not set: loopback, port 3100, or any free port when `PORT=0` asks
+/// for one for the webhook (as tests do).
+const ADMIN_PORT: u16 = 3100;
 
 /// What the environment sets, read and checked before anything starts.
 struct Settings {
+    /// The webhook's address: `CLINK_BIND` (default 127.0.0.1) and `PORT`.
+    bind: std::net::IpAddr,
     port: u16,
+    /// Health, metrics and the console: `CLINK_ADMIN_ADDR`.
+    admin: std::net::SocketAddr,
     reorder_window: Duration,
     lease: Duration,
     max_attempts: u32,
@@ -488,11 +507,24 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self, String> {
+        let port = env_parsed("PORT", 3000, "a port number")?;
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        let admin_port = if port == 0 { 0 } else { ADMIN_PORT };
         Ok(Self {
-            port: env_number("PORT", 3000, "a port number")?,
+            bind: env_parsed(
+                "CLINK_BIND",
+                loopback,
+                "an IP address to listen on (127.0.0.1, 0.0.0.0, ::)",
+            )?,
+            port,
+            admin: env_parsed(
+                "CLINK_ADMIN_ADDR",
+                (loopback, admin_port).into(),
+                "an address and port to listen on (127.0.0.1:3100, 0.0.0.0:9100)",
+            )?,
             reorder_window: env_millis("CLINK_INBOX_REORDER_MS", 1000)?,
             lease: env_millis("CLINK_INBOX_LEASE_MS", 30_000)?,
-            max_attempts: env_number(
+            max_attempts: env_parsed(
                 "CLINK_INBOX_MAX_ATTEMPTS",
                 clink_webhooks::inbox::DEFAULT_MAX_ATTEMPTS,
                 "a number of attempts",
@@ -575,7 +607,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let key = signing_key()?;
     let settings = Settings::from_env()?;
     let _ = HANDLER_DELAY.set(settings.handler_delay);
-    let port = settings.port;
 
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
@@ -638,25 +669,49 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         webhooks = webhooks.route_service("/webhooks/clink", layer.route(router));
         readiness
     };
-    let app = webhooks
+    // Health, metrics and the console are for operators, on an address of
+    // their own: the webhook's is reachable by anyone, and a health check
+    // of the inbox writes to it.
+    let admin = Router::new()
         .route("/health", get(move || health(readiness.clone())))
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
         );
-    let app = console(app, console_inbox)?;
+    let (admin, console_mounted) = console(admin, console_inbox)?;
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = listen((settings.bind, settings.port), "PORT, CLINK_BIND").await?;
+    let admin_listener = listen(settings.admin, "CLINK_ADMIN_ADDR").await?;
     // Listen for signals before saying where we listen, so that a signal sent
-    // as soon as the address is known is not missed.
-    let shutdown = shutdown_signal();
+    // as soon as the address is known is not missed. One signal stops both
+    // servers.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let shutdown = || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
     eprintln!(
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
     );
+    eprintln!(
+        "admin listening on http://{} (GET /health, GET /metrics{})",
+        admin_listener.local_addr()?,
+        if console_mounted { ", /console" } else { "" }
+    );
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
-    Server::new().serve(listener, app, shutdown).await;
+    tokio::join!(
+        Server::new().serve(listener, webhooks, shutdown()),
+        Server::new().serve(admin_listener, admin, shutdown()),
+    );
     if let Some(workers) = workers {
         // Handlers running now finish, or their events go back to the inbox.
         workers.shutdown(Duration::from_secs(10)).await;
@@ -692,12 +747,12 @@ fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<
 
 /// `app` with the inbox console nested at `/console` when
 /// `CLINK_CONSOLE_TOKEN` is set (it needs the `console` feature and an
-/// inbox); `app` as it is otherwise.
+/// inbox); `app` as it is otherwise. Whether the console is in it.
 fn console(
     app: Router, inbox: Option<Arc<dyn Inbox>>,
-) -> Result<Router, Box<dyn std::error::Error>> {
+) -> Result<(Router, bool), Box<dyn std::error::Error>> {
     let Some(token) = env_value("CLINK_CONSOLE_TOKEN") else {
-        return Ok(app);
+        return Ok((app, false));
     };
     #[cfg(feature = "console")]
     {
@@ -705,9 +760,10 @@ fn console(
         // On plain HTTP here; behind HTTPS, add `.secure_cookie(true)`.
         let console = clink_webhooks::console::Console::with_token(inbox, token)?;
         eprintln!(
-            "console: /console (Authorization: Bearer <CLINK_CONSOLE_TOKEN>, or ?token= once)"
+            "console: /console on the admin address \
+             (Authorization: Bearer <CLINK_CONSOLE_TOKEN>, or ?token= once)"
         );
-        Ok(app.nest("/console", console.router()))
+        Ok((app.nest("/console", console.router()), true))
     }
     #[cfg(not(feature = "console"))]
     {
@@ -819,6 +875,17 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
             .into());
     }
     Err("CLINK_INBOX must be sqlite:<path> or postgres".into())
+}
+
+/// A listener on `addr`, or an error that names the settings `from` which
+/// the address came.
+async fn listen(
+    addr: impl Into<std::net::SocketAddr>, from: &str,
+) -> Result<tokio::net::TcpListener, String> {
+    let addr = addr.into();
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({from}): {e}"))
 }
 
 /// `200 ok` when the layer's store answers, `503` with the reason otherwise.

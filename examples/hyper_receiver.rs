@@ -9,11 +9,17 @@
 //! as long as the sender signs with the same one
 //! (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
 //!
-//! It listens on `127.0.0.1:$PORT` (default 3001): `POST /webhooks/clink`
-//! goes through the layer to an [`EventRouter`], `GET /health` answers `200`
-//! while the store answers (`503` with the reason otherwise), `GET /metrics`
-//! serves the crate's metrics in Prometheus' text format, anything else is
-//! `404`. In production, serve health and metrics on an internal port.
+//! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3001`; set
+//! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts):
+//! `POST /webhooks/clink` goes through the layer to an [`EventRouter`],
+//! anything else is `404`. Health and metrics are for operators, so they are
+//! served on a second address, `CLINK_ADMIN_ADDR` (default `127.0.0.1:3101`,
+//! or a free port when `PORT=0`; it says which on stderr, `admin listening
+//! on http://...`): `GET /health` answers `200` while the store answers
+//! (`503` with the reason otherwise), `GET /metrics` serves the crate's
+//! metrics in Prometheus' text format. Keep that address on a private
+//! network. A setting it cannot use stops it before it listens, with
+//! `error: ` and the variable's name on stderr, and exit status 1.
 //!
 //! It is served with `clink_webhooks::server::Server`: connections that send
 //! no complete request headers within 10 s are closed, a failed `accept`
@@ -22,6 +28,7 @@
 //! 10 s for deliveries in progress, then prints `stopped` and exits 0.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
@@ -92,24 +99,51 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// The port in `PORT` (default 3001, also when it is empty); a value that
-/// is not one is an error naming the variable, with the value as it is
-/// (escaped).
-fn port() -> Result<u16, String> {
-    match std::env::var("PORT") {
-        Err(std::env::VarError::NotPresent) => Ok(3001),
-        Err(std::env::VarError::NotUnicode(_)) => Err("PORT is not valid UTF-8".to_owned()),
-        Ok(port) if port.trim().is_empty() => Ok(3001),
-        Ok(port) => port
+/// The value of `var`, or `default` when it is not set (or empty); a value
+/// that is not `what` is an error naming the variable, with the value as
+/// it is (escaped).
+fn env_parsed<T: std::str::FromStr>(var: &str, default: T, what: &str) -> Result<T, String> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
+        Ok(value) if value.trim().is_empty() => Ok(default),
+        Ok(value) => value
             .trim()
             .parse()
-            .map_err(|_| format!("PORT must be a port number, got {}", printable(&port))),
+            .map_err(|_| format!("{var} must be {what}, got {}", printable(&value))),
     }
+}
+
+/// The webhook's address (`CLINK_BIND`, `PORT`) and the admin address of
+/// health and metrics (`CLINK_ADMIN_ADDR`; port 3101 on loopback, or any
+/// free port when `PORT=0` asks for one for the webhook, as tests do).
+fn addresses() -> Result<(SocketAddr, SocketAddr), String> {
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    let port = env_parsed("PORT", 3001, "a port number")?;
+    let bind: std::net::IpAddr = env_parsed(
+        "CLINK_BIND",
+        loopback,
+        "an IP address to listen on (127.0.0.1, 0.0.0.0, ::)",
+    )?;
+    let admin = env_parsed(
+        "CLINK_ADMIN_ADDR",
+        (loopback, if port == 0 { 0 } else { 3101 }).into(),
+        "an address and port to listen on (127.0.0.1:3101, 0.0.0.0:9101)",
+    )?;
+    Ok(((bind, port).into(), admin))
+}
+
+/// A listener on `addr`, or an error that names the settings `from` which
+/// the address came.
+async fn listen(addr: SocketAddr, from: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({from}): {e}"))
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let key = signing_key()?;
-    let port = port()?;
+    let (addr, admin_addr) = addresses()?;
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
     let prometheus = PrometheusBuilder::new()
@@ -140,42 +174,63 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let readiness = layer.readiness();
     let webhook = layer.route(router);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = listen(addr, "PORT, CLINK_BIND").await?;
+    let admin_listener = listen(admin_addr, "CLINK_ADMIN_ADDR").await?;
     // Listen for signals before saying where we listen, so that a signal sent
-    // as soon as the address is known is not missed.
-    let shutdown = shutdown_signal();
+    // as soon as the address is known is not missed. One signal stops both
+    // servers.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let shutdown = || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
     eprintln!(
         "listening on http://{}/webhooks/clink",
         listener.local_addr()?
     );
-    let app = tower::service_fn(move |request| {
-        route(
-            request,
-            webhook.clone(),
-            readiness.clone(),
-            prometheus.clone(),
-        )
-    });
+    eprintln!(
+        "admin listening on http://{} (GET /health, GET /metrics)",
+        admin_listener.local_addr()?
+    );
+    let app = tower::service_fn(move |request| route(request, webhook.clone()));
+    let admin_app =
+        tower::service_fn(move |request| admin(request, readiness.clone(), prometheus.clone()));
     // Slow and idle clients are cut off, accept errors never stop it, and a
     // shutdown waits at most 10 s for deliveries in progress.
-    Server::new().serve(listener, app, shutdown).await;
+    tokio::join!(
+        Server::new().serve(listener, app, shutdown()),
+        Server::new().serve(admin_listener, admin_app, shutdown()),
+    );
     eprintln!("stopped");
     Ok(())
 }
 
-async fn route<S>(
-    request: Request<Incoming>, webhook: S, readiness: Readiness, prometheus: PrometheusHandle,
-) -> Result<Response<Body>, Infallible>
+/// The webhook's address: the webhook route, and nothing else.
+async fn route<S>(request: Request<Incoming>, webhook: S) -> Result<Response<Body>, Infallible>
 where
     S: tower::Service<Request<Incoming>, Error = Infallible> + Send,
     S::Response: Into<Response<clink_webhooks::layer::ResponseBody<Full<Bytes>>>>,
     S::Future: Send,
 {
+    if request.uri().path() == "/webhooks/clink" {
+        let response: Response<_> = webhook.oneshot(request).await?.into();
+        return Ok(response.map(BodyExt::boxed_unsync));
+    }
+    Ok(text(StatusCode::NOT_FOUND, "not found\n".to_owned()))
+}
+
+/// The admin address: health and metrics, for operators only.
+async fn admin(
+    request: Request<Incoming>, readiness: Readiness, prometheus: PrometheusHandle,
+) -> Result<Response<Body>, Infallible> {
     match (request.method(), request.uri().path()) {
-        (_, "/webhooks/clink") => {
-            let response: Response<_> = webhook.oneshot(request).await?.into();
-            Ok(response.map(BodyExt::boxed_unsync))
-        }
         (&Method::GET, "/health") => Ok(match readiness.check().await {
             Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
             Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),

@@ -5,9 +5,10 @@
 //! CLINK_TENANT_KEYS=acct_eu=whsec_eu,acct_us=whsec_us cargo run --example multi_tenant
 //! ```
 //!
-//! It serves `POST /webhooks/clink/{account}` on `127.0.0.1:$PORT` (default
-//! 3000) and prints one line `handled <account> <type> <id>` to stdout per
-//! handler run. `CLINK_TENANT_KEYS` holds `account=secret` pairs separated by
+//! It serves `POST /webhooks/clink/{account}` on `$CLINK_BIND:$PORT`
+//! (default `127.0.0.1:3000`; `CLINK_BIND=0.0.0.0`, or `::`, takes
+//! deliveries from other hosts) and prints one line
+//! `handled <account> <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds `account=secret` pairs separated by
 //! commas; an account may appear twice while its secret is rotated, and
 //! both secrets are then accepted.
 //!
@@ -205,10 +206,10 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// The number in `var`, `None` when it is not set (or empty); a value that
+/// The value of `var`, `None` when it is not set (or empty); a value that
 /// is not `what` is an error naming the variable, with the value as it is
 /// (escaped).
-fn env_number<T: std::str::FromStr>(var: &str, what: &str) -> Result<Option<T>, String> {
+fn env_parsed<T: std::str::FromStr>(var: &str, what: &str) -> Result<Option<T>, String> {
     match std::env::var(var) {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
@@ -222,7 +223,12 @@ fn env_number<T: std::str::FromStr>(var: &str, what: &str) -> Result<Option<T>, 
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = env_number("PORT", "a port number")?.unwrap_or(3000);
+    let port: u16 = env_parsed("PORT", "a port number")?.unwrap_or(3000);
+    let bind: std::net::IpAddr = env_parsed(
+        "CLINK_BIND",
+        "an IP address to listen on (127.0.0.1, 0.0.0.0, ::)",
+    )?
+    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let keys = KeyMap::new();
     let mut loaded = load(&keys, &[])?;
     if loaded.is_empty() {
@@ -237,7 +243,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .on_every_type(Handled);
     let lookups = Arc::new(AtomicU64::new(0));
     // With CLINK_TENANT_LOOKUP_MS, how to make the cached "database" source.
-    let lookup = match env_number("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
+    let lookup = match env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
         Some(ms) => {
             let delay = Duration::from_millis(ms);
             let fails = std::env::var("CLINK_TENANT_LOOKUP_FAILS").is_ok_and(|v| v == "1");
@@ -257,7 +263,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let service = layer.store(store).route(router);
     let app = Router::new().route_service("/webhooks/clink/{account}", service);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = std::net::SocketAddr::from((bind, port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (PORT, CLINK_BIND): {e}"))?;
     let shutdown = shutdown_signal();
     #[cfg(unix)]
     {

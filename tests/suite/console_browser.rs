@@ -22,7 +22,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::process::{example_receiver_with_env, PATIENCE};
+use crate::support::process::{admin_url, example_receiver_with_env, PATIENCE};
 
 mod cdp;
 
@@ -293,7 +293,7 @@ fn the_console_in_a_real_browser_lists_replays_and_runs_no_script() {
             ("RUST_LOG", "warn,clink_webhooks::console=info"),
         ],
     );
-    let console = url.replace("/webhooks/clink", "/console");
+    let console = format!("{}/console", admin_url(&receiver));
     let login = |path: &str| {
         let sep = if path.contains('?') { '&' } else { '?' };
         format!("{console}{path}{sep}token={TOKEN}")

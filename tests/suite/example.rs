@@ -4,7 +4,7 @@ use clink_webhooks::testing::SignedRequest;
 
 use crate::support::loopback::client;
 use crate::support::process::{
-    example_path, example_receiver, example_receiver_with_store, Process, PATIENCE,
+    admin_url, example_path, example_receiver, example_receiver_with_store, Process, PATIENCE,
 };
 
 const KEY: &str = "whsec_example_test";
@@ -127,10 +127,10 @@ fn the_example_receivers_refuse_to_start_without_a_signing_key() {
     }
 }
 
-/// A setting that is not the number it should be stops the example before
-/// it listens: it exits 1 with one line naming the variable and showing the
-/// value, escaped. Before, the receivers' inbox and handler settings
-/// quietly became their defaults.
+/// A setting that is not the number (or address) it should be stops the
+/// example before it listens: it exits 1 with one line naming the variable
+/// and showing the value, escaped. Before, the receivers' inbox and handler
+/// settings quietly became their defaults.
 #[test]
 fn the_examples_refuse_to_start_with_a_number_that_is_not_one() {
     let cases = [
@@ -147,6 +147,15 @@ fn the_examples_refuse_to_start_with_a_number_that_is_not_one() {
         ("hyper_receiver", "PORT", "30\n01", r#""30\n01""#),
         ("multi_tenant", "PORT", "70000", "70000"),
         ("multi_tenant", "CLINK_TENANT_LOOKUP_MS", "20ms", "20ms"),
+        ("axum_receiver", "CLINK_BIND", "localhost", "localhost"),
+        (
+            "axum_receiver",
+            "CLINK_ADMIN_ADDR",
+            "127.0.0.1",
+            "127.0.0.1",
+        ),
+        ("hyper_receiver", "CLINK_ADMIN_ADDR", "[::1]", "[::1]"),
+        ("multi_tenant", "CLINK_BIND", "0.0.0.0:3000", "0.0.0.0:3000"),
     ];
     for (name, var, value, shown) in cases {
         let mut command = std::process::Command::new(example_path(name));
@@ -163,7 +172,7 @@ fn the_examples_refuse_to_start_with_a_number_that_is_not_one() {
         let process = Process::start(&mut command);
         let said = first_line_on_starting(&process, name);
         assert!(
-            said.starts_with(&format!("error: {var} must be a "))
+            said.starts_with(&format!("error: {var} must be "))
                 && said.ends_with(&format!(", got {shown}")),
             "{name} with {var}={value:?}: {said}"
         );
@@ -201,6 +210,115 @@ async fn the_examples_use_the_signing_key_without_the_whitespace_around_it() {
         finished.stdout.contains(r#"event id "evt_1""#),
         "{finished:?}"
     );
+}
+
+/// `GET url`: the status and the body.
+async fn get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let request = http::Request::get(url).body(Default::default()).unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The example receivers serve the webhook route alone on the webhook's
+/// address, which anyone can reach; health, metrics and the console are on
+/// the admin address. Before, anyone could read the metrics (account ids,
+/// key fingerprints), open the console's login, and make each `GET
+/// /health` write to the inbox.
+#[tokio::test]
+async fn health_metrics_and_the_console_are_on_the_admin_address_only() {
+    let dir = std::env::temp_dir().join(format!("clink-example-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = format!("sqlite:{}", dir.join("inbox.db").display());
+    let axum = {
+        let mut command = std::process::Command::new(example_path("axum_receiver"));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("CLINK_INBOX", &inbox)
+            .env("CLINK_CONSOLE_TOKEN", "admin-test-token-0123456789")
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL");
+        Process::start(&mut command)
+    };
+    let hyper = example("hyper_receiver", Some(KEY));
+    for (name, process, admin_paths) in [
+        (
+            "axum_receiver",
+            &axum,
+            &["/health", "/metrics", "/console"][..],
+        ),
+        ("hyper_receiver", &hyper, &["/health", "/metrics"][..]),
+    ] {
+        let line = Process::line_starting(&process.stderr, "listening on ");
+        let url = &line["listening on ".len()..];
+        let public = url.strip_suffix("/webhooks/clink").unwrap();
+        for path in ["/health", "/metrics", "/console", "/console/events"] {
+            let (status, body) = get(&format!("{public}{path}")).await;
+            assert_eq!(
+                status, 404,
+                "{name}: {path} on the webhook's address: {body}"
+            );
+        }
+        let admin = admin_url(process);
+        assert_ne!(admin, public, "{name}");
+        let (status, body) = get(&format!("{admin}/health")).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "{name}");
+        let (status, body) = get(&format!("{admin}/metrics")).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        if admin_paths.contains(&"/console") {
+            // There, and asking for its token.
+            let (status, body) = get(&format!("{admin}/console")).await;
+            assert_eq!(status, 401, "{name}: {body}");
+        }
+        // The webhook's address still takes deliveries.
+        let body = format!(r#"{{"id":"evt_admin_{name}","type":"risk_rule.updated","data":{{}}}}"#);
+        assert_eq!(post(&delivery(url, &body)).await, 200, "{name}");
+        assert_eq!(
+            process.next_stdout(),
+            format!("handled risk_rule.updated evt_admin_{name}")
+        );
+    }
+    drop((axum, hyper));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `CLINK_BIND` sets the address the webhook is served on (loopback by
+/// default), `CLINK_ADMIN_ADDR` the admin address; each example says where
+/// it listens.
+#[tokio::test]
+async fn the_addresses_are_set_by_clink_bind_and_clink_admin_addr() {
+    for name in ["axum_receiver", "hyper_receiver"] {
+        let mut command = std::process::Command::new(example_path(name));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("CLINK_BIND", "0.0.0.0")
+            .env("CLINK_ADMIN_ADDR", "127.0.0.1:0")
+            .env_remove("CLINK_INBOX")
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL");
+        let process = Process::start(&mut command);
+        let line = Process::line_starting(&process.stderr, "listening on ");
+        let url = &line["listening on ".len()..];
+        let port = url
+            .strip_prefix("http://0.0.0.0:")
+            .and_then(|rest| rest.strip_suffix("/webhooks/clink"))
+            .unwrap_or_else(|| panic!("{name}: {line}"));
+        let admin = admin_url(&process);
+        assert!(admin.starts_with("http://127.0.0.1:"), "{name}: {admin}");
+        let (status, _) = get(&format!("{admin}/health")).await;
+        assert_eq!(status, 200, "{name}");
+        let local = format!("http://127.0.0.1:{port}/webhooks/clink");
+        let body = format!(r#"{{"id":"evt_bind_{name}","type":"risk_rule.updated","data":{{}}}}"#);
+        assert_eq!(post(&delivery(&local, &body)).await, 200, "{name}");
+        assert_eq!(
+            process.next_stdout(),
+            format!("handled risk_rule.updated evt_bind_{name}")
+        );
+    }
 }
 
 /// `verify_only` verifies its sample deliveries with the key it is given,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::process::example_receiver;
+use crate::support::process::{admin_url, example_receiver};
 use bytes::Bytes;
 use clink_webhooks::layer::DEFAULT_STORE_TIMEOUT;
 use clink_webhooks::testing::{fresh_fixture, SignedRequest};
@@ -48,10 +48,14 @@ fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|(_, value)| value.parse().ok())
 }
 
+/// Metrics and health are served on the example's admin address, and the
+/// webhook's address, which anyone can reach, serves neither.
 #[tokio::test]
 async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_health() {
     let (receiver, url) = example_receiver(KEY);
-    let base = url.strip_suffix("/webhooks/clink").unwrap().to_owned();
+    let base = admin_url(&receiver);
+    let public = url.strip_suffix("/webhooks/clink").unwrap();
+    assert_ne!(base, public);
     let deliver = |body: String| SignedRequest::new(KEY, body).uri(url.as_str());
 
     let order = fresh_fixture(&EventType::OrderSucceeded);
@@ -140,6 +144,10 @@ async fn the_example_receiver_serves_metrics_that_match_its_deliveries_and_healt
 
     let (status, body) = get(&format!("{base}/health")).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    for path in ["/health", "/metrics"] {
+        let (status, body) = get(&format!("{public}{path}")).await;
+        assert_eq!(status, 404, "{path} on the webhook's address: {body}");
+    }
     drop(receiver);
 }
 

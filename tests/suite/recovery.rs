@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::watch;
 
 use crate::support::loopback::client;
-use crate::support::process::{example_path, Process, PATIENCE};
+use crate::support::process::{admin_url, example_path, Process, PATIENCE};
 #[cfg(feature = "postgres")]
 use crate::support::stores::PrivateDatabase;
 
@@ -80,14 +80,6 @@ fn receiver(env: &[(&str, &str)]) -> (Process, String) {
     let process = Process::start(&mut command);
     let line = Process::line_starting(&process.stderr, "listening on ");
     (process, line["listening on ".len()..].to_owned())
-}
-
-/// The receiver's `/health` URL, from its webhook URL.
-fn health_url(webhook_url: &str) -> String {
-    let base = webhook_url
-        .strip_suffix("/webhooks/clink")
-        .expect("the example announces its webhook route");
-    format!("{base}/health")
 }
 
 /// Sends `body`, signed now, to `url`: the status and the answer's body, or
@@ -529,8 +521,8 @@ async fn health_is_503_while_the_sqlite_inbox_cannot_write_and_200_again_without
     let dir = temp_dir("health");
     let path = dir.join("inbox.db");
     let spec = format!("sqlite:{}", path.display());
-    let (process, url) = receiver(&[("CLINK_INBOX", spec.as_str())]);
-    let health = health_url(&url);
+    let (process, _url) = receiver(&[("CLINK_INBOX", spec.as_str())]);
+    let health = format!("{}/health", admin_url(&process));
     assert_eq!(get(&health).await, (200, "ok\n".to_owned()));
 
     // Another connection holds the write lock: the inbox cannot write.

@@ -77,6 +77,19 @@ pub(crate) fn example_receiver_with_env(
     (process, url, store)
 }
 
+/// The base URL (`http://127.0.0.1:PORT`) of an example receiver's admin
+/// address, where it serves `/health`, `/metrics` and the console: the line
+/// it prints right after `listening on ...`, which the functions above have
+/// read.
+pub(crate) fn admin_url(process: &Process) -> String {
+    let line = Process::line_starting(&process.stderr, "admin listening on ");
+    line["admin listening on ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Output kept for the key check: every line, and whether the stream ended.
 #[derive(Default)]
 struct Kept {
