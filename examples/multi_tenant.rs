@@ -25,15 +25,19 @@
 //! the environment: `CLINK_TENANT_LOOKUP_MS=<ms>` plays that, looking each
 //! account up (in the configured ones) through a `CachedKeySource`, each
 //! lookup taking that long, and `CLINK_TENANT_LOOKUP_FAILS=1` makes every
-//! lookup fail, as a database that is down. The source's defaults bound
-//! what a sender naming made-up accounts costs the database (one lookup per
-//! account at a time, 16 at once, 100 a second); on stop it prints
+//! lookup fail, as a database that is down. Anyone can name any account in
+//! a URL, so the source has a precheck, the set of configured account ids,
+//! as a platform would keep its ids at hand: a name not in it is answered
+//! `404` before the cache and any lookup, so made-up names cost the
+//! database nothing and use up none of the lookups real accounts need. The
+//! source's defaults bound what the configured accounts cost it (one lookup
+//! per account at a time, 16 at once, 100 a second); on stop it prints
 //! `key lookups: <n>` to stderr. The cache keeps what it looked up for 5
-//! minutes, so a reload also replaces it with an empty one: a rotated or
-//! removed account is seen on its next delivery, not when its cached keys
-//! expire.
+//! minutes, so a reload also replaces it with an empty one, with the
+//! reloaded set of ids as its precheck: a rotated or removed account is seen
+//! on its next delivery, not when its cached keys expire.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -246,17 +250,32 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let lookup = match env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
         Some(ms) => {
             let delay = Duration::from_millis(ms);
-            let fails = std::env::var("CLINK_TENANT_LOOKUP_FAILS").is_ok_and(|v| v == "1");
+            let fails = match env_parsed::<u8>("CLINK_TENANT_LOOKUP_FAILS", "1 or 0")? {
+                None | Some(0) => false,
+                Some(1) => true,
+                Some(other) => {
+                    return Err(
+                        format!("CLINK_TENANT_LOOKUP_FAILS must be 1 or 0, got {other}").into(),
+                    )
+                }
+            };
             let (keys, lookups) = (keys.clone(), Arc::clone(&lookups));
-            Some(move || -> Arc<dyn KeySource> {
-                Arc::new(database(keys.clone(), delay, fails, Arc::clone(&lookups)))
+            Some(move |accounts: &[String]| -> Arc<dyn KeySource> {
+                let known = accounts.iter().cloned().collect();
+                Arc::new(database(
+                    keys.clone(),
+                    known,
+                    delay,
+                    fails,
+                    Arc::clone(&lookups),
+                ))
             })
         }
         None => None,
     };
     let looked_up = lookup.is_some();
     let source = Replaceable::new(match &lookup {
-        Some(cached) => cached(),
+        Some(cached) => cached(&loaded),
         None => Arc::new(keys.clone()),
     });
     let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source.clone());
@@ -279,9 +298,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(now) => {
                         loaded = now;
                         // An empty cache, so that nothing cached before the
-                        // reload is used after it.
+                        // reload is used after it, and the accounts now
+                        // configured as its precheck.
                         if let Some(cached) = &lookup {
-                            source.replace(cached());
+                            source.replace(cached(&loaded));
                         }
                         eprintln!("reloaded keys: {}", loaded.join(", "));
                     }
@@ -306,9 +326,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The accounts' keys as a database would give them: each lookup takes
 /// `delay`, fails when `fails`, and is counted in `lookups`. In front of
-/// it, a `CachedKeySource` with its default limits.
+/// it, a `CachedKeySource` with its default limits, whose precheck lets
+/// through the account ids in `known` alone.
 fn database(
-    accounts: KeyMap, delay: Duration, fails: bool, lookups: Arc<AtomicU64>,
+    accounts: KeyMap, known: HashSet<String>, delay: Duration, fails: bool, lookups: Arc<AtomicU64>,
 ) -> impl clink_webhooks::accounts::KeySource {
     CachedKeySource::new(move |account: String| {
         lookups.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +344,8 @@ fn database(
             Ok(found)
         }
     })
+    // Any other name is refused before the cache and the lookup limits.
+    .precheck(move |account| known.contains(account))
 }
 
 /// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.

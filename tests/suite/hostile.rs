@@ -598,28 +598,49 @@ async fn a_refusal_summary_appears_within_the_interval_with_no_further_traffic()
 }
 
 /// The multi-tenant example with its keys looked up as from a database
-/// (`CLINK_TENANT_LOOKUP_MS`, see the example): one account, `acct_a`, and
-/// each lookup taking `lookup_ms`, or failing with `fails`. Its process and
-/// the base of its URLs (`http://addr/webhooks/clink/`).
-fn tenants_looked_up(lookup_ms: u64, fails: bool) -> (Process, String) {
+/// (`CLINK_TENANT_LOOKUP_MS`, see the example), each lookup taking
+/// `lookup_ms`, or failing with `fails`: one account, `acct_a`, and
+/// `accounts(n)` for each `n` below `more`, all with the secret
+/// `whsec_tenant_a`. Its process and the base of its URLs
+/// (`http://addr/webhooks/clink/`).
+fn tenants_looked_up(
+    lookup_ms: u64, fails: bool, more: usize, account: impl Fn(usize) -> String,
+) -> (Process, String) {
+    // The accounts past acct_a in a keys file: too many for a variable.
+    let dir = std::env::temp_dir().join(format!(
+        "clink-hostile-tenants-{}-{}",
+        std::process::id(),
+        KEYS_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_file = dir.join("keys");
+    let keys: String = (0..more)
+        .map(|n| format!("{}=whsec_tenant_a\n", account(n)))
+        .collect();
+    std::fs::write(&keys_file, keys).unwrap();
     let mut command = Command::new(example_path("multi_tenant"));
     command
         .env("PORT", "0")
         .env("CLINK_TENANT_KEYS", "acct_a=whsec_tenant_a")
+        .env("CLINK_TENANT_KEYS_FILE", &keys_file)
         .env("CLINK_TENANT_LOOKUP_MS", lookup_ms.to_string())
-        .env_remove("CLINK_TENANT_KEYS_FILE")
         .env_remove("RUST_LOG");
     if fails {
         command.env("CLINK_TENANT_LOOKUP_FAILS", "1");
     }
     let process = Process::start(&mut command);
     let line = Process::line_starting(&process.stderr, "listening on ");
+    // Read once at the start; a reload is not asked for.
+    std::fs::remove_dir_all(&dir).unwrap();
     let base = line["listening on ".len()..]
         .strip_suffix("{account}")
         .unwrap()
         .to_owned();
     (process, base)
 }
+
+/// Tells apart the keys files of the tests running at once.
+static KEYS_FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Sends `count` deliveries at `concurrency` at once, the `n`th to the
 /// account `account(n)` signed with `secret`; the statuses, by code.
@@ -684,18 +705,37 @@ fn lookups_made(finished: &crate::support::process::Finished) -> u64 {
 const LOOKUPS_PER_SECOND: u64 = 100;
 const LOOKUP_BURST: u64 = 100;
 
-/// 10,000 deliveries to made-up accounts, 64 at a time: the lookups made
-/// are within the key source's rate (a burst, then so many a second) and
-/// the rest are answered `503` without one. Without the caps, each made one
-/// (10,000 lookups).
+/// 10,000 deliveries to made-up accounts, 64 at a time: each is answered
+/// `404` by the key source's precheck (the configured account ids), with
+/// no lookup; and an account that is configured, and not looked up yet, is
+/// looked up and handled after them. Without the precheck, the made-up
+/// names took every lookup the source's rate allowed, and the real
+/// account's first delivery after them was answered `503`.
 #[tokio::test]
-async fn made_up_accounts_make_no_more_lookups_than_the_cap_allows() {
-    let (tenants, base) = tenants_looked_up(5, false);
-    let started = Instant::now();
+async fn made_up_accounts_make_no_lookup_and_leave_the_lookups_to_real_ones() {
+    let (tenants, base) = tenants_looked_up(5, false, 0, |_| unreachable!());
     let statuses = flood(&base, 10_000, 64, "whsec_anyone", |n| {
         format!("acct_x{n:05}")
     })
     .await;
+    assert_eq!(statuses.get(&404), Some(&10_000), "{statuses:?}");
+    let statuses = flood(&base, 1, 1, "whsec_tenant_a", |_| "acct_a".to_owned()).await;
+    assert_eq!(statuses.get(&200), Some(&1), "{statuses:?}");
+    let finished = tenants.terminate();
+    assert_eq!(lookups_made(&finished), 1, "{finished:?}");
+}
+
+/// 10,000 deliveries to as many configured accounts, none looked up yet,
+/// signed with a key none of them has, 64 at a time: the lookups made are
+/// within the key source's rate (a burst, then so many a second), each
+/// answered `401`, and the rest are answered `503` without one. Without
+/// the caps, each made one (10,000 lookups).
+#[tokio::test]
+async fn uncached_accounts_make_no_more_lookups_than_the_cap_allows() {
+    let account = |n: usize| format!("acct_x{n:05}");
+    let (tenants, base) = tenants_looked_up(5, false, 10_000, account);
+    let started = Instant::now();
+    let statuses = flood(&base, 10_000, 64, "whsec_anyone", account).await;
     let took = started.elapsed();
     let finished = tenants.terminate();
     let lookups = lookups_made(&finished);
@@ -703,7 +743,7 @@ async fn made_up_accounts_make_no_more_lookups_than_the_cap_allows() {
     eprintln!("{lookups} lookups in {took:?} (at most {allowed}); statuses {statuses:?}");
     assert!(lookups <= allowed, "{lookups} lookups in {took:?}");
     assert_eq!(
-        statuses.get(&404).copied().unwrap_or(0) as u64,
+        statuses.get(&401).copied().unwrap_or(0) as u64,
         lookups,
         "{statuses:?}"
     );
@@ -719,25 +759,23 @@ async fn made_up_accounts_make_no_more_lookups_than_the_cap_allows() {
 /// Without the single flight, each made its own.
 #[tokio::test]
 async fn deliveries_for_one_uncached_account_make_one_lookup() {
-    let (tenants, base) = tenants_looked_up(500, false);
+    let (tenants, base) = tenants_looked_up(500, false, 0, |_| unreachable!());
     let statuses = flood(&base, 64, 64, "whsec_tenant_a", |_| "acct_a".to_owned()).await;
     assert_eq!(statuses.get(&200), Some(&64), "{statuses:?}");
     let finished = tenants.terminate();
     assert_eq!(lookups_made(&finished), 1, "{finished:?}");
 }
 
-/// 5,000 deliveries to made-up accounts while every lookup fails: a
-/// handful of log lines (the outage once, the refusals summed up), none
-/// with a raw account name. Without the outage log, each failure wrote an
-/// `ERROR` line naming the account (5,000 requests, 5,002 lines).
+/// 5,000 deliveries to as many configured accounts while every lookup
+/// fails: a handful of log lines (the outage once, the refusals summed up),
+/// none with a raw account name. Without the outage log, each failure
+/// wrote an `ERROR` line naming the account (5,000 requests, 5,002 lines).
 #[tokio::test]
 async fn failing_lookups_write_a_handful_of_lines() {
-    let (tenants, base) = tenants_looked_up(0, true);
+    let account = |n: usize| format!("acct_y{n:05}");
+    let (tenants, base) = tenants_looked_up(0, true, 5_000, account);
     let started = Instant::now();
-    let statuses = flood(&base, 5_000, 64, "whsec_anyone", |n| {
-        format!("acct_y{n:05}")
-    })
-    .await;
+    let statuses = flood(&base, 5_000, 64, "whsec_anyone", account).await;
     assert_eq!(statuses.get(&503), Some(&5_000), "{statuses:?}");
     let finished = tenants.terminate();
     let took = started.elapsed();

@@ -240,7 +240,8 @@ async fn a_reload_with_a_mistake_changes_no_key() {
 
 /// With keys looked up through a cache (`CLINK_TENANT_LOOKUP_MS`), a
 /// reload takes effect at once: a rotated account's new secret is accepted
-/// and its old one refused, a removed account is unknown.
+/// and its old one refused, an added account is let through the source's
+/// precheck and looked up, a removed account is unknown.
 #[tokio::test]
 async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
     let dir = keys_dir("cache");
@@ -264,8 +265,8 @@ async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
         "handled acct_b order.succeeded evt_c1"
     );
 
-    std::fs::write(&keys_file, "acct_b=whsec_b_new\n").unwrap();
-    assert_eq!(reload(&tenants), "reloaded keys: acct_a, acct_b");
+    std::fs::write(&keys_file, "acct_b=whsec_b_new\nacct_c=whsec_c\n").unwrap();
+    assert_eq!(reload(&tenants), "reloaded keys: acct_a, acct_b, acct_c");
     assert_eq!(
         deliver(base, "acct_b", "whsec_b_old", &order("evt_c2")).await,
         401
@@ -278,13 +279,20 @@ async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
         tenants.process.next_stdout(),
         "handled acct_b order.succeeded evt_c2"
     );
+    assert_eq!(
+        deliver(base, "acct_c", "whsec_c", &order("evt_c2")).await,
+        200
+    );
+    assert_eq!(
+        tenants.process.next_stdout(),
+        "handled acct_c order.succeeded evt_c2"
+    );
 
     std::fs::write(&keys_file, "").unwrap();
     assert_eq!(reload(&tenants), "reloaded keys: acct_a");
-    assert_eq!(
-        deliver(base, "acct_b", "whsec_b_new", &order("evt_c3")).await,
-        404
-    );
+    for (account, secret) in [("acct_b", "whsec_b_new"), ("acct_c", "whsec_c")] {
+        assert_eq!(deliver(base, account, secret, &order("evt_c3")).await, 404);
+    }
 
     let finished = tenants.process.terminate();
     assert_eq!(finished.code, Some(0), "{finished:?}");
