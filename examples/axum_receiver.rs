@@ -22,9 +22,10 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
 //! ```
 //!
-//! It stops gracefully on Ctrl-C or SIGTERM. A setting it cannot use (a
-//! number below that is not one, say) stops it before it listens: it says
-//! `error: ` and the variable's name on stderr and exits with status 1.
+//! It stops gracefully on Ctrl-C or SIGTERM. A setting it cannot use (say
+//! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
+//! milliseconds) stops it before it listens: it says `error: ` and the
+//! variable's name on stderr and exits with status 1.
 //!
 //! With `CLINK_INBOX=sqlite:<path>` (built with `--features sqlite`) or
 //! `CLINK_INBOX=postgres` (with `--features postgres` and `DATABASE_URL`) it
@@ -487,9 +488,9 @@ fn env_millis(var: &str, default: u64) -> Result<Duration, String> {
     env_parsed(var, default, "a number of milliseconds").map(Duration::from_millis)
 }
 
-/// The address of health, metrics and the console when `CLINK_ADMIN_ADDR`
-/// is not set: loopback, port 3100, or any free port when `PORT=0` asks
-/// for one for the webhook (as tests do).
+/// The port of health, metrics and the console, on loopback, when
+/// `CLINK_ADMIN_ADDR` is not set; when `PORT=0` asks for any free port for
+/// the webhook (as tests do), any free port for them too.
 const ADMIN_PORT: u16 = 3100;
 
 /// What the environment sets, read and checked before anything starts.

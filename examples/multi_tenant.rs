@@ -7,10 +7,10 @@
 //!
 //! It serves `POST /webhooks/clink/{account}` on `$CLINK_BIND:$PORT`
 //! (default `127.0.0.1:3000`; `CLINK_BIND=0.0.0.0`, or `::`, takes
-//! deliveries from other hosts) and prints one line
-//! `handled <account> <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds `account=secret` pairs separated by
-//! commas; an account may appear twice while its secret is rotated, and
-//! both secrets are then accepted.
+//! deliveries from other hosts) and prints one line `handled <account>
+//! <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds
+//! `account=secret` pairs separated by commas; an account may appear twice
+//! while its secret is rotated, and both secrets are then accepted.
 //!
 //! Keys change without a restart: when `CLINK_TENANT_KEYS_FILE` names a file
 //! of `account=secret` lines, its accounts are added to those of
