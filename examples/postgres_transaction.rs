@@ -107,8 +107,8 @@ async fn once(
         // Dropping `tx` rolls it back: nothing was written.
         Ok(Claim::Completed) => return Ok(Outcome::AlreadyHandled),
         Ok(Claim::InFlight { retry_after }) => return Ok(Outcome::InFlight(retry_after)),
-        // The statement still waiting for the row was cancelled; dropping
-        // `tx` rolls back.
+        // The server ended the wait for the row at the store's timeout;
+        // dropping `tx` rolls back.
         Err(err) if err.kind() == StoreErrorKind::Timeout => return Ok(Outcome::Busy),
         Err(err) => return Err(err.into()),
     };

@@ -2,6 +2,7 @@
 //! that can also join the caller's own transaction.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,28 +264,31 @@ impl PostgresStore {
     /// [`complete_in`](Self::complete_in) on the same transaction, the
     /// business write and the completed mark land together or not at all; to
     /// give the claim up, roll back. While `tx` is open it holds the key's row
-    /// lock, so another claim of the same key waits for it and, at the
-    /// store's [timeout](Self::with_timeout), fails with
-    /// [`StoreErrorKind::Timeout`] (answer `503`: Clink retries); keep such
-    /// transactions short. A deadpool `Transaction` derefs to the
-    /// `tokio_postgres` one, so `&tx` works for both.
+    /// lock, so another claim of the same key waits for it, at most the
+    /// store's [timeout](Self::with_timeout): the server ends that wait
+    /// (`lock_timeout`, set for the claim's statement alone and put back
+    /// after it), and the claim fails with [`StoreErrorKind::Timeout`]
+    /// (answer `503`: Clink retries). Keep such transactions short. A
+    /// deadpool `Transaction` derefs to the `tokio_postgres` one, so `&tx`
+    /// works for both.
     ///
     /// # Errors
     ///
     /// As [`claim`](IdempotencyStore::claim). After an error the transaction
-    /// is aborted: roll it back. After a timeout the statement still
-    /// waiting on the server is cancelled (a cancel request, sent without
-    /// TLS, as the store's own calls send it), so that what the
-    /// connection is sent next, the rollback first, does not queue behind
-    /// it until the other transaction ends.
+    /// is aborted: roll it back. A claim whose answer does not come within
+    /// twice the timeout (the connection stalled, not a lock) fails with
+    /// [`StoreErrorKind::Timeout`] too, its statement perhaps still
+    /// running: drop that connection
+    /// (`deadpool_postgres::Object::take`) rather than hand it back to its
+    /// pool.
     pub async fn claim_in(
         &self, tx: &Transaction<'_>, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let result = timed(self.timeout, self.claim_with(tx, key, lease)).await;
-        if timed_out(&result) {
-            cancel_in_background(tx.cancel_token(), "roll the transaction back");
-        }
-        result
+        timed(
+            self.timeout.saturating_mul(2),
+            lock_wait_within(tx, self.timeout, self.claim_with(tx, key, lease)),
+        )
+        .await
     }
 
     /// [`complete`](IdempotencyStore::complete) inside the caller's
@@ -298,16 +302,21 @@ impl PostgresStore {
     /// # Errors
     ///
     /// As [`complete`](IdempotencyStore::complete). After an error the
-    /// transaction is aborted: roll it back. A timeout cancels the
-    /// statement as [`claim_in`](Self::claim_in) does.
+    /// transaction is aborted: roll it back. A wait for another
+    /// transaction's lock ends at the timeout as
+    /// [`claim_in`](Self::claim_in)'s does.
     pub async fn complete_in(
         &self, tx: &Transaction<'_>, key: &str, token: &LeaseToken, retention: Duration,
     ) -> Result<Settle, StoreError> {
-        let result = timed(self.timeout, self.complete_with(tx, key, token, retention)).await;
-        if timed_out(&result) {
-            cancel_in_background(tx.cancel_token(), "roll the transaction back");
-        }
-        result
+        timed(
+            self.timeout.saturating_mul(2),
+            lock_wait_within(
+                tx,
+                self.timeout,
+                self.complete_with(tx, key, token, retention),
+            ),
+        )
+        .await
     }
 
     async fn claim_with<C>(
@@ -431,13 +440,47 @@ fn timed_out<T>(result: &Result<T, StoreError>) -> bool {
 /// time left running on the connection of `cancel` (it would otherwise go
 /// on waiting, on a row lock say, and hold up everything sent after it on
 /// that connection); `then` says what became of the connection, for the
-/// warning logged when the cancel cannot be sent.
+/// warning logged when the cancel cannot be sent. Only for a connection
+/// nobody sends anything on again: a cancel reaches whatever its server
+/// runs when it arrives.
 fn cancel_in_background(cancel: tokio_postgres::CancelToken, then: &'static str) {
     tokio::spawn(async move {
         if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
             tracing::warn!("could not cancel a timed-out PostgreSQL statement; {then}");
         }
     });
+}
+
+/// Saves the transaction's `lock_timeout` and sets it to `$1`.
+const LOCK_WAIT_SET: &str = "WITH saved AS MATERIALIZED (
+         SELECT set_config('clink_webhooks.lock_timeout', current_setting('lock_timeout'), true)
+     )
+     SELECT set_config('lock_timeout', $1, true) FROM saved";
+
+/// Puts back the `lock_timeout` [`LOCK_WAIT_SET`] saved.
+const LOCK_WAIT_RESTORE: &str =
+    "SELECT set_config('lock_timeout', current_setting('clink_webhooks.lock_timeout'), true)";
+
+/// `statement`, run in the caller's transaction `tx` with its wait for
+/// another transaction's lock ended by the server after `limit` (SQLSTATE
+/// `55P03`, a [`StoreErrorKind::Timeout`]); the transaction's own
+/// `lock_timeout` is put back after it. The three statements are sent
+/// together, in order, in one round trip. The server ends the wait, not a
+/// cancel from here: a cancel sent when the wait is over would reach
+/// whatever the connection runs next.
+pub(crate) async fn lock_wait_within<T>(
+    tx: &Transaction<'_>, limit: Duration, statement: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let limit = format!("{}ms", limit.as_millis().max(1));
+    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&limit, Type::TEXT)];
+    let set = tx.query_typed(LOCK_WAIT_SET, &params);
+    let restore = tx.query_typed(LOCK_WAIT_RESTORE, &[]);
+    // Polled in this order, so sent in this order.
+    let (set, result, restored) = tokio::join!(set, statement, restore);
+    set.map_err(|err| pg_error("cannot bound the wait for a lock", &err))?;
+    let result = result?;
+    restored.map_err(|err| pg_error("cannot put back lock_timeout", &err))?;
+    Ok(result)
 }
 
 impl fmt::Debug for PostgresStore {
@@ -556,6 +599,8 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
         let (kind, hint) = match code {
             // Missing table: the schema was never applied.
             "42P01" => (StoreErrorKind::Protocol, "; run PostgresStore::migrate()"),
+            // A wait for another transaction's lock ended by lock_timeout.
+            "55P03" => (StoreErrorKind::Timeout, ""),
             // Connection trouble, shutdown, overload, and serialization
             // failures in the caller's transaction: all worth retrying.
             _ if ["08", "53", "57", "40"]

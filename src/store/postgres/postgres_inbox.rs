@@ -716,29 +716,32 @@ impl PostgresInbox {
     /// # Errors
     ///
     /// A [`StoreError`] when the statement fails; roll the transaction back.
-    /// After a timeout the statement still waiting on the server (for a row
-    /// another transaction holds) is cancelled, so that the rollback does not
-    /// queue behind it.
+    /// A wait for a row another transaction holds ends at the store's
+    /// timeout, ended by the server (`lock_timeout`, for this statement
+    /// alone), with [`StoreErrorKind::Timeout`](crate::store::StoreErrorKind::Timeout);
+    /// an answer that does not come within twice the timeout (the
+    /// connection stalled) is a timeout too, its statement perhaps still
+    /// running: drop that connection rather than hand it back to its pool.
     pub async fn complete_in(
         &self, tx: &tokio_postgres::Transaction<'_>, attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {
         let now = Timestamp::now().as_millis();
         let seq = attempt.seq();
         let token = attempt.token();
-        let changed = timed(self.timeout, async {
-            tx.query_typed(
-                &self.sql.complete,
-                &[(&seq, Type::INT8), (&token, Type::TEXT), (&now, Type::INT8)],
-            )
-            .await
-            .and_then(|rows| settled(&rows))
-            .map_err(|err| pg_error("cannot mark the event done", &err))
-        })
-        .await;
-        if super::timed_out(&changed) {
-            super::cancel_in_background(tx.cancel_token(), "roll the transaction back");
-        }
-        if changed? == 1 {
+        let changed = timed(
+            self.timeout.saturating_mul(2),
+            super::lock_wait_within(tx, self.timeout, async {
+                tx.query_typed(
+                    &self.sql.complete,
+                    &[(&seq, Type::INT8), (&token, Type::TEXT), (&now, Type::INT8)],
+                )
+                .await
+                .and_then(|rows| settled(&rows))
+                .map_err(|err| pg_error("cannot mark the event done", &err))
+            }),
+        )
+        .await?;
+        if changed == 1 {
             attempt.mark_completed();
             Ok(Settle::Applied)
         } else {

@@ -354,13 +354,16 @@ async fn bad_configuration_is_refused() {
     reaper.abort();
 }
 
-/// A claim made in the caller's transaction that times out behind another
-/// transaction's lock has its statement cancelled: the caller's rollback,
-/// and whatever the pool's next user sends on that connection, run at once
-/// rather than queue behind the waiting claim until the other transaction
-/// ends (the other transaction stays open all along).
+/// A claim made in the caller's transaction behind another transaction's
+/// lock waits at most the store's timeout, ended by the server: the claim
+/// fails as a timeout, the caller's rollback and what the pool's next user
+/// sends on that connection run at once (they queued behind the waiting
+/// claim until the other transaction ended), and nothing reaches a later
+/// statement once the lock is let go (a cancel sent from the client landed
+/// on whatever the connection ran when it arrived). The transaction's own
+/// `lock_timeout` is put back after each claim.
 #[tokio::test]
-async fn a_claim_in_a_transaction_that_times_out_is_cancelled() {
+async fn a_claim_in_a_transaction_waits_for_a_lock_at_most_the_timeout() {
     let _servers = shared().await;
     let keys = Keys::new("pg_claim_in_timeout");
     let locked = keys.key("locked");
@@ -380,11 +383,23 @@ async fn a_claim_in_a_transaction_that_times_out_is_cancelled() {
         .with_timeout(Duration::from_millis(300))
         .unwrap();
 
+    // The transaction's own lock_timeout is put back after a claim.
+    {
+        let mut client = one.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL lock_timeout = '7s'")
+            .await
+            .unwrap();
+        claimed(quick.claim_in(&tx, &keys.key("free"), DEFAULT_LEASE).await);
+        let setting: String = tx.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
+        assert_eq!(setting, "7s");
+        tx.rollback().await.unwrap();
+    }
+
     // Another delivery's transaction claims `locked` and stays open.
     let mut holder = pg_pool(&url).get().await.unwrap();
     let held = holder.transaction().await.unwrap();
     claimed(patient.claim_in(&held, &locked, DEFAULT_LEASE).await);
-
     {
         let mut client = one.get().await.unwrap();
         let tx = client.transaction().await.unwrap();
@@ -392,7 +407,7 @@ async fn a_claim_in_a_transaction_that_times_out_is_cancelled() {
         assert_eq!(answer.unwrap_err().kind(), StoreErrorKind::Timeout);
         // Dropped: rolled back, and the connection goes back to the pool.
     }
-    // A bound far above a cancel's round trip, well below forever.
+    // A bound far above a round trip, well below forever.
     let next = tokio::time::timeout(Duration::from_secs(60), async {
         let client = one.get().await.unwrap();
         client
@@ -407,7 +422,21 @@ async fn a_claim_in_a_transaction_that_times_out_is_cancelled() {
         Some(1),
         "the connection was stuck behind the claim that timed out"
     );
-    held.rollback().await.unwrap();
+
+    // Timed out again, and the lock let go right after: the statements sent
+    // next on that connection run to their end.
+    {
+        let mut client = one.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let answer = quick.claim_in(&tx, &locked, DEFAULT_LEASE).await;
+        assert_eq!(answer.unwrap_err().kind(), StoreErrorKind::Timeout);
+        held.rollback().await.unwrap();
+        tx.rollback().await.unwrap();
+        client.batch_execute("SELECT pg_sleep(0.3)").await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        claimed(quick.claim_in(&tx, &locked, DEFAULT_LEASE).await);
+        tx.rollback().await.unwrap();
+    }
 }
 
 /// A claim stuck behind another transaction's lock times out, and takes
