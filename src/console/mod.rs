@@ -122,7 +122,11 @@
 //!   client is its `/64`, and at most 1,024 clients are told apart at a
 //!   time). Otherwise, and behind a proxy (every client then has the
 //!   proxy's address), clients share one, and a client that sends wrong
-//!   tokens delays the logins of others while it goes on.
+//!   tokens delays the logins of others while it goes on. All clients
+//!   together take 100 wrong tokens in a row, then one every 0.6 s: past
+//!   that, only clients that presented the right token in the last 24 h
+//!   (and sessions) get in, so that many addresses guessing at once get no
+//!   more guesses, and cannot keep out those who logged in lately.
 //! - [`behind_app_auth`](Console::behind_app_auth): the console checks no
 //!   credentials; **the app must put its own authentication in front** (a
 //!   tower layer on the nested router, or its proxy's). The secret given
@@ -459,6 +463,14 @@ fn wrong_token(shared: &Shared, address: Option<IpAddr>, via: &'static str) -> R
     pages::denied()
 }
 
+/// Remembers that the client at `address` presented the right token: the
+/// budget of all clients' wrong tokens no longer refuses it.
+fn right_token(shared: &Shared, address: Option<IpAddr>) {
+    shared
+        .throttle
+        .succeeded(throttle::client(address), tokio::time::Instant::now());
+}
+
 /// Lets a request in, or answers `401` (`429` for a token while too many
 /// wrong ones came); records who it is for the page.
 async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
@@ -491,6 +503,9 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 }
                 true
             };
+            if right {
+                right_token(&shared, address);
+            }
             // The same page without the token: with a new session from it
             // when it is right, with the session already in otherwise.
             let rest: Vec<(&str, String)> = pairs
@@ -534,6 +549,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             if !keys.is_token(token) {
                 return wrong_token(&shared, address, "bearer");
             }
+            right_token(&shared, address);
             Who::Bearer
         } else {
             return pages::denied();

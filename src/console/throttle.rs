@@ -1,5 +1,5 @@
 //! How many wrong tokens a console takes: a few in a row, then one every
-//! few seconds, from each client.
+//! few seconds, from each client, and a bound on them all.
 //!
 //! Each client has a budget of [`BURST`] wrong tokens that refills at one
 //! every [`REFILL`]. Once its budget is spent, every token it presents (in
@@ -13,14 +13,27 @@
 //! A client is the address its connection came from, as the app hands it
 //! to the console (the crate's `Server` puts it on every request, and so
 //! does axum's `into_make_service_with_connect_info::<SocketAddr>()`, as
-//! [`ConnectInfo<SocketAddr>`]), an IPv6 address by its `/64` (one machine is usually given a
-//! whole one). Without it, every client shares one budget, and a client
-//! sending wrong tokens delays the logins of others until it stops;
-//! behind a proxy, every client has the proxy's address, and shares its
-//! budget the same way. At most [`CLIENTS`] clients are kept, each one
-//! instant: once that many have budgets not yet whole, the clients after
-//! them share one budget, so that a sender with many addresses cannot grow
-//! the table, nor get more than one more budget by it.
+//! [`ConnectInfo<SocketAddr>`]), an IPv6 address by its `/64` (one machine
+//! is usually given a whole one). Without it, every client shares one
+//! budget, and a client sending wrong tokens delays the logins of others
+//! until it stops; behind a proxy, every client has the proxy's address,
+//! and shares its budget the same way.
+//!
+//! Guesses from many addresses at once are bounded too: all clients
+//! together take [`BURST_ALL`] wrong tokens in a row, then one every
+//! [`REFILL_ALL`] (ten times one client's rate). Once that is spent, a
+//! token is refused from every client but those that presented the right
+//! one in the last [`KNOWN_FOR`] (at most [`KNOWN`] of them, the latest
+//! kept), which answer to their own budget alone: an attacker with many
+//! addresses can keep new clients from logging in with the token while it
+//! goes on, never one that logged in lately, nor a session.
+//!
+//! At most [`CLIENTS`] budgets are kept, one instant each (and one for
+//! each client known to have the token): once that many are not yet whole,
+//! the clients after them share one budget, so that a sender with many
+//! addresses cannot grow the table. Budgets whole again are looked for at
+//! most once every [`REFILL`], so that a full table costs no scan per
+//! request.
 //!
 //! [`ConnectInfo<SocketAddr>`]: axum::extract::ConnectInfo
 
@@ -38,8 +51,21 @@ pub(super) const BURST: u32 = 10;
 /// in a row, one more is taken every `REFILL`.
 pub(super) const REFILL: Duration = Duration::from_secs(6);
 
+/// How many wrong tokens all clients together take in a row.
+pub(super) const BURST_ALL: u32 = 100;
+
+/// How long each wrong token from any client takes to be made up for once
+/// [`BURST_ALL`] came.
+pub(super) const REFILL_ALL: Duration = Duration::from_millis(600);
+
 /// How many clients' budgets are kept apart at most.
 pub(super) const CLIENTS: usize = 1_024;
+
+/// How many clients that presented the right token are remembered.
+pub(super) const KNOWN: usize = 256;
+
+/// How long a client that presented the right token is remembered.
+pub(super) const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// Who a wrong token counts against: a client's address (an IPv6 address by
 /// its `/64`), or `None` for the budget shared by clients the console
@@ -54,66 +80,143 @@ pub(super) fn client(address: Option<IpAddr>) -> Client {
     })
 }
 
-/// The console's budgets of wrong tokens: for each client, until when its
-/// budget is spent, [`REFILL`] for each wrong token not yet made up for
-/// (absent, or a time past, when it is whole).
+/// A budget of wrong tokens: `burst` in a row, then one every `refill`.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    burst: u32,
+    refill: Duration,
+}
+
+const ONE: Rate = Rate {
+    burst: BURST,
+    refill: REFILL,
+};
+
+const ALL: Rate = Rate {
+    burst: BURST_ALL,
+    refill: REFILL_ALL,
+};
+
+impl Rate {
+    /// How long tokens are refused for when a budget is spent until
+    /// `until` (all of it but one wrong token may be spent ahead).
+    fn wait(self, until: Option<Instant>, now: Instant) -> Option<Duration> {
+        let ahead = until?.saturating_duration_since(now);
+        ahead
+            .checked_sub(self.refill * (self.burst - 1))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// A budget spent until `until`, charged one wrong token at `now`.
+    fn charge(self, until: Option<Instant>, now: Instant) -> Instant {
+        until.map_or(now, |until| until.max(now)) + self.refill
+    }
+}
+
+/// The console's budgets of wrong tokens.
 #[derive(Debug, Default)]
 pub(super) struct Throttle {
-    spent_until: Mutex<HashMap<Client, Instant>>,
+    budgets: Mutex<Budgets>,
 }
 
-/// How far ahead a budget may be spent before tokens are refused: all of
-/// it but one wrong token.
-fn allowance() -> Duration {
-    REFILL * (BURST - 1)
+#[derive(Debug, Default)]
+struct Budgets {
+    /// For each client, until when its budget is spent, a refill for each
+    /// wrong token not yet made up for (absent, or a time past, when whole).
+    clients: HashMap<Client, Instant>,
+    /// When budgets whole again were last forgotten.
+    swept_at: Option<Instant>,
+    /// Until when the budget of all clients together is spent.
+    all: Option<Instant>,
+    /// The clients that presented the right token, and when they last did.
+    known: HashMap<IpAddr, Instant>,
 }
 
-/// How long tokens are refused for when a budget is spent until `until`.
-fn wait(until: Instant, now: Instant) -> Option<Duration> {
-    let ahead = until.saturating_duration_since(now);
-    ahead
-        .checked_sub(allowance())
-        .filter(|wait| !wait.is_zero())
-}
-
-/// The budget `client` spends in `spent`: its own, or, when the table has
-/// no room for it once the budgets whole again are forgotten, the one
-/// shared with the clients it cannot tell apart.
-fn budget(spent: &mut HashMap<Client, Instant>, client: Client, now: Instant) -> Client {
-    if spent.contains_key(&client) || spent.len() < CLIENTS {
-        return client;
-    }
-    spent.retain(|_, until| *until > now);
-    if spent.len() < CLIENTS {
+impl Budgets {
+    /// Whether `client` presented the right token within [`KNOWN_FOR`].
+    fn is_known(&self, client: Client, now: Instant) -> bool {
         client
-    } else {
-        None
+            .and_then(|address| self.known.get(&address))
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR)
+    }
+
+    /// The budget `client` spends: its own, or, when the table has no room
+    /// for it even once the budgets whole again are forgotten, the one
+    /// shared with the clients it cannot tell apart. A client known to
+    /// have the token always has its own.
+    fn budget(&mut self, client: Client, now: Instant) -> Client {
+        if self.clients.contains_key(&client) || self.clients.len() < CLIENTS {
+            return client;
+        }
+        if self.is_known(client, now) {
+            return client;
+        }
+        let sweep = self
+            .swept_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFILL);
+        if sweep {
+            self.swept_at = Some(now);
+            self.clients.retain(|_, until| *until > now);
+        }
+        if self.clients.len() < CLIENTS {
+            client
+        } else {
+            None
+        }
+    }
+
+    /// How long tokens from `client` are refused for.
+    fn refused_for(&mut self, client: Client, now: Instant) -> Option<Duration> {
+        let own = self.budget(client, now);
+        let own = ONE.wait(self.clients.get(&own).copied(), now);
+        if self.is_known(client, now) {
+            return own;
+        }
+        own.max(ALL.wait(self.all, now))
     }
 }
 
 impl Throttle {
+    fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
+        self.budgets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// How long to wait before a token from `client` is taken again, if
-    /// its budget is spent.
+    /// its budget, or that of all clients, is spent.
     pub(super) fn refused_for(&self, client: Client, now: Instant) -> Option<Duration> {
-        let mut spent = self
-            .spent_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let client = budget(&mut spent, client, now);
-        wait(*spent.get(&client)?, now)
+        self.budgets().refused_for(client, now)
     }
 
     /// Counts a wrong token from `client`; how long its tokens are refused
-    /// for from now on, if this one spent its budget.
+    /// for from now on, if this one spent a budget.
     pub(super) fn failed(&self, client: Client, now: Instant) -> Option<Duration> {
-        let mut spent = self
-            .spent_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let client = budget(&mut spent, client, now);
-        let until = spent.get(&client).map_or(now, |until| (*until).max(now)) + REFILL;
-        spent.insert(client, until);
-        wait(until, now)
+        let mut budgets = self.budgets();
+        let own = budgets.budget(client, now);
+        let until = ONE.charge(budgets.clients.get(&own).copied(), now);
+        budgets.clients.insert(own, until);
+        budgets.all = Some(ALL.charge(budgets.all, now));
+        budgets.refused_for(client, now)
+    }
+
+    /// Remembers that `client` presented the right token: it is refused
+    /// for its own budget alone from now on, for [`KNOWN_FOR`].
+    pub(super) fn succeeded(&self, client: Client, now: Instant) {
+        let Some(address) = client else {
+            return;
+        };
+        let mut budgets = self.budgets();
+        if !budgets.known.contains_key(&address) && budgets.known.len() >= KNOWN {
+            // The one that presented it longest ago makes room.
+            let oldest = budgets
+                .known
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(address, _)| *address);
+            if let Some(oldest) = oldest {
+                budgets.known.remove(&oldest);
+            }
+        }
+        budgets.known.insert(address, now);
     }
 }
 
@@ -184,32 +287,109 @@ mod tests {
         assert_eq!(client(None), None);
     }
 
-    /// The table holds at most `CLIENTS` budgets: once it is full of
-    /// spent ones, new clients share one budget; budgets whole again make
-    /// room.
+    fn nth(n: usize) -> Client {
+        client(Some(IpAddr::V4(u32::try_from(n).unwrap().into())))
+    }
+
+    /// The table holds at most `CLIENTS` budgets: once it is full of spent
+    /// ones, new clients share one budget, but a client known to have the
+    /// token keeps its own; budgets whole again make room, looked for at
+    /// most once every `REFILL`.
     #[test]
     fn the_table_is_bounded_and_new_clients_then_share_a_budget() {
+        let now = Instant::now();
+        let mut budgets = Budgets::default();
+        for n in 0..CLIENTS {
+            budgets
+                .clients
+                .insert(nth(n), now + REFILL * u32::try_from(n % 2 + 1).unwrap());
+        }
+        assert_eq!(budgets.budget(nth(CLIENTS), now), None, "shares one");
+        assert_eq!(budgets.budget(nth(0), now), nth(0), "its own");
+        budgets.known.insert(nth(CLIENTS + 1).unwrap(), now);
+        assert_eq!(budgets.budget(nth(CLIENTS + 1), now), nth(CLIENTS + 1));
+        // Half the budgets are whole at `REFILL`, but the table was looked
+        // through at `now`: not again until `REFILL` after it.
+        let soon = now + REFILL;
+        budgets.swept_at = Some(now + Duration::from_millis(1));
+        assert_eq!(budgets.budget(nth(CLIENTS + 2), soon), None);
+        assert_eq!(budgets.clients.len(), CLIENTS);
+        let later = now + REFILL + Duration::from_millis(1);
+        assert_eq!(budgets.budget(nth(CLIENTS + 2), later), nth(CLIENTS + 2));
+        assert_eq!(budgets.clients.len(), CLIENTS / 2);
+    }
+
+    /// A sender with more addresses than the table holds cannot keep out a
+    /// client that logged in lately: with the table full and the shared
+    /// budget spent, a new client is refused, one known to have the token
+    /// is not; the table stays bounded.
+    #[test]
+    fn a_full_table_refuses_new_clients_but_not_known_ones() {
         let throttle = Throttle::default();
         let now = Instant::now();
-        let nth = |n: usize| client(Some(IpAddr::V4(u32::try_from(n).unwrap().into())));
-        for n in 0..CLIENTS {
+        let admin = client(Some("192.0.2.1".parse().unwrap()));
+        throttle.succeeded(admin, now);
+        let later = now + Duration::from_secs(60);
+        for n in 0..CLIENTS + BURST as usize {
+            throttle.failed(nth(1_000 + n), later);
+        }
+        assert!(throttle.refused_for(nth(5_000), later).is_some());
+        assert_eq!(throttle.refused_for(admin, later), None);
+        assert_eq!(throttle.failed(admin, later), None, "its own budget");
+        assert!(throttle.budgets().clients.len() <= CLIENTS + 2);
+    }
+
+    /// All clients together take `BURST_ALL` wrong tokens in a row: from
+    /// then on a token is refused from every client but those known to
+    /// have it, until one is made up for.
+    #[test]
+    fn all_clients_together_have_a_budget() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        let admin = client(Some("192.0.2.1".parse().unwrap()));
+        throttle.succeeded(admin, now);
+        let guessers = usize::try_from(BURST_ALL / BURST).unwrap();
+        for n in 0..guessers {
+            for _ in 0..BURST - 1 {
+                throttle.failed(nth(n), now);
+            }
+        }
+        let fresh = nth(9_999);
+        assert_eq!(throttle.refused_for(fresh, now), None);
+        for n in 0..guessers {
             throttle.failed(nth(n), now);
         }
-        assert_eq!(throttle.spent_until.lock().unwrap().len(), CLIENTS);
-        // Past the table: one budget between them all.
-        for n in CLIENTS..CLIENTS + BURST as usize - 1 {
-            assert_eq!(throttle.failed(nth(n), now), None);
+        assert_eq!(throttle.refused_for(fresh, now), Some(REFILL_ALL));
+        assert_eq!(throttle.refused_for(admin, now), None, "known to have it");
+        assert_eq!(throttle.refused_for(fresh, now + REFILL_ALL), None);
+        // Known for `KNOWN_FOR` only.
+        let next_day = now + KNOWN_FOR;
+        for n in 0..guessers {
+            for _ in 0..BURST {
+                throttle.failed(nth(n + 100), next_day);
+            }
         }
-        let last = nth(CLIENTS + 100);
-        assert_eq!(throttle.failed(last, now), Some(REFILL));
-        assert_eq!(throttle.refused_for(nth(CLIENTS + 200), now), Some(REFILL));
-        assert_eq!(throttle.refused_for(nth(0), now), None, "its own budget");
-        assert!(throttle.spent_until.lock().unwrap().len() <= CLIENTS + 1);
-        // Once the first ones are whole again, a new client has its own.
-        let later = now + REFILL * (BURST + 1);
-        assert_eq!(throttle.failed(nth(CLIENTS + 300), later), None);
-        assert_eq!(throttle.refused_for(nth(CLIENTS + 300), later), None);
-        assert!(throttle.spent_until.lock().unwrap().len() <= CLIENTS + 1);
+        assert!(throttle.refused_for(admin, next_day).is_some());
+    }
+
+    /// At most `KNOWN` clients are remembered, the latest kept.
+    #[test]
+    fn the_known_clients_are_bounded() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for n in 0..=KNOWN {
+            throttle.succeeded(nth(n), now + Duration::from_secs(u64::try_from(n).unwrap()));
+        }
+        let budgets = throttle.budgets();
+        assert_eq!(budgets.known.len(), KNOWN);
+        assert!(
+            !budgets.known.contains_key(&nth(0).unwrap()),
+            "the oldest went"
+        );
+        assert!(budgets.known.contains_key(&nth(KNOWN).unwrap()));
+        drop(budgets);
+        throttle.succeeded(None, now);
+        assert_eq!(throttle.budgets().known.len(), KNOWN);
     }
 
     #[test]

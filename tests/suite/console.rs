@@ -841,6 +841,36 @@ async fn each_client_spends_its_own_budget_of_wrong_tokens() {
     assert_eq!(refused[10].fields["client"], "2001:db8:0:1::5");
 }
 
+/// Many addresses guessing at once spend the budget of all clients: a
+/// client new to the console is then refused even with the token, while
+/// one that presented it before still gets in (paused tokio time).
+#[tokio::test(start_paused = true)]
+async fn many_guessing_addresses_do_not_keep_out_a_client_that_logged_in() {
+    let app = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
+    let admin = Some("198.51.100.4");
+    assert_eq!(
+        get_from(&app, admin, "/console/events", TOKEN).await.status,
+        200
+    );
+    for guesser in 0..10 {
+        let from = format!("203.0.113.{guesser}");
+        for n in 0..10 {
+            let page = get_from(
+                &app,
+                Some(&from),
+                "/console",
+                &format!("wrong-{n}-guess-abcdefgh"),
+            )
+            .await;
+            assert_eq!(page.status, 401, "{from}: wrong token {n}");
+        }
+    }
+    let newcomer = get_from(&app, Some("198.51.100.5"), "/console/events", TOKEN).await;
+    assert_eq!(newcomer.status, 429, "{}", newcomer.body);
+    let known = get_from(&app, admin, "/console/events", TOKEN).await;
+    assert_eq!(known.status, 200, "{}", known.body);
+}
+
 /// Over a real connection, served by the crate's `Server` and by axum
 /// with its connection addresses: a client from 127.0.0.2 gets in with the
 /// token while one from 127.0.0.1 has spent its budget.
