@@ -884,8 +884,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// its arrival). Events still to run are never deleted.
     ///
     /// The SQLite and PostgreSQL inboxes delete in steps of
-    /// [`PURGE_STEP`] events in order, each a statement of its own under
-    /// the store's timeout, from the oldest event to the newest there was
+    /// [`PURGE_STEP`] events in order, each step a statement of its own
+    /// (on SQLite two, on one held connection: where the step ends, then
+    /// the deletion) under the store's timeout, from the oldest event to
+    /// the newest there was
     /// when the purge began: however large the inbox, no statement reads
     /// more than a step's rows, and no step is spent on numbers no event
     /// holds (one statement over the whole table
