@@ -383,9 +383,27 @@ impl Client {
         result
     }
 
-    /// Makes a call and returns the body of an answer that says yes.
+    /// Makes a call and returns the body of an answer that says yes: an
+    /// envelope whose `code` is 200 or missing.
     pub(crate) async fn call(
         &self, method: Method, path: &str, query: &[(&str, String)], body: Option<Bytes>,
+    ) -> Result<Bytes, ApiError> {
+        self.call_as(method, path, query, body, Answer::Plain).await
+    }
+
+    /// [`call`](Self::call) for the calls whose answer carries a plain
+    /// signing secret Clink shows once (create, rotate-secret, ensure): an
+    /// answer whose `code` is no number is taken as a yes when it carries
+    /// that secret, the data the call is made for.
+    pub(crate) async fn call_for_secret(
+        &self, method: Method, path: &str, body: Option<Bytes>,
+    ) -> Result<Bytes, ApiError> {
+        self.call_as(method, path, &[], body, Answer::Secret).await
+    }
+
+    async fn call_as(
+        &self, method: Method, path: &str, query: &[(&str, String)], body: Option<Bytes>,
+        answer: Answer,
     ) -> Result<Bytes, ApiError> {
         let call = format!("{method} /{path}");
         let mut url = format!("{}{path}", self.inner.base);
@@ -412,6 +430,7 @@ impl Client {
                 body: body.as_ref(),
                 deadline,
                 write,
+                answer,
             };
             let error = match self.with_keys(&request).await {
                 Ok(body) => return Ok(body),
@@ -608,13 +627,14 @@ impl Client {
                 return Err(ApiError::new(ApiErrorKind::Timeout, call, message));
             }
         };
-        self.judge(call, parts.status, &parts.headers, body)
+        self.judge(request, parts.status, &parts.headers, body)
     }
 
     /// The body of an answer that says yes, or the error it says.
     fn judge(
-        &self, call: &str, status: StatusCode, headers: &http::HeaderMap, body: Bytes,
+        &self, request: &Attempt<'_>, status: StatusCode, headers: &http::HeaderMap, body: Bytes,
     ) -> Result<Bytes, ApiError> {
+        let call = request.call;
         let said = || scrub(&String::from_utf8_lossy(&body), &self.inner.keys);
         if !status.is_success() {
             let kind = match status {
@@ -636,7 +656,7 @@ impl Client {
             )
             .with_status(status)
             .with_retry_after(retry_after(headers));
-            if let Some(code) = envelope.and_then(|e| e.code) {
+            if let Some(Code::Number(code)) = envelope.map(|e| e.code) {
                 error = error.with_code(code);
             }
             return Err(error.with_secret(secret));
@@ -653,8 +673,31 @@ impl Client {
             .with_status(status)
         })?;
         match envelope.code {
-            None | Some(200) => Ok(body),
-            Some(code) => {
+            Code::None | Code::Number(200) => Ok(body),
+            // A code that is no number says neither yes nor no. Clink's CLI
+            // takes it for a yes, and so does a call made for the secret
+            // the answer carries: dropping a secret Clink has put into
+            // effect is worse. Elsewhere it is taken for a no, so that a
+            // refusal in words (`"FORBIDDEN"`) is not reported done.
+            Code::Unreadable(_)
+                if request.answer == Answer::Secret && secret_in(&body).is_some() =>
+            {
+                Ok(body)
+            }
+            Code::Unreadable(code) => {
+                // The message first, so that the cut at 200 characters
+                // takes the code's text rather than what Clink said.
+                let said = match envelope.msg {
+                    Some(msg) => format!("{msg} (the answer's code {code} is not a number)"),
+                    None => format!("the answer's code {code} is not a number"),
+                };
+                Err(
+                    ApiError::new(ApiErrorKind::Envelope, call, scrub(&said, &self.inner.keys))
+                        .with_status(status)
+                        .with_secret(secret_in(&body)),
+                )
+            }
+            Code::Number(code) => {
                 let kind = match code {
                     401 => ApiErrorKind::Unauthorized,
                     404 => ApiErrorKind::NotFound,
@@ -719,6 +762,20 @@ struct Attempt<'a> {
     deadline: Instant,
     /// Not a GET: never retried, and never cut short once sent.
     write: bool,
+    /// What the answer is for.
+    answer: Answer,
+}
+
+/// What a call's answer is for, which decides how an envelope `code` that
+/// is no number is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Its status, or data other than a new signing secret: such a code is
+    /// an [`Envelope`](ApiErrorKind::Envelope) error.
+    Plain,
+    /// A plain signing secret Clink shows once: such a code is a yes when
+    /// the answer carries the secret.
+    Secret,
 }
 
 /// The envelope's status fields, read leniently: they decide whether an
@@ -727,18 +784,28 @@ struct Attempt<'a> {
 #[derive(Deserialize)]
 struct Status {
     /// A whole number, also as a string or a float (`"200"`, `200.0`);
-    /// anything else counts as no code, as Clink's own CLI counts a code
-    /// that is not a number.
+    /// anything else is [`Code::Unreadable`], which the call judges.
     #[serde(default, deserialize_with = "lenient_code")]
-    code: Option<i64>,
+    code: Code,
     /// A string; anything else counts as no message.
     #[serde(default, deserialize_with = "lenient_msg")]
     msg: Option<String>,
 }
 
-fn lenient_code<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<i64>, D::Error> {
+/// An envelope's `code`, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Code {
+    /// Missing, or `null`.
+    #[default]
+    None,
+    /// A whole number.
+    Number(i64),
+    /// Anything else (`"FORBIDDEN"`, `true`, `200.5`, an object): its JSON
+    /// text.
+    Unreadable(String),
+}
+
+fn lenient_code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Code, D::Error> {
     let whole = |float: f64| {
         // Within i64's range and with no fraction, the cast is exact.
         #[allow(clippy::cast_possible_truncation)]
@@ -747,16 +814,20 @@ fn lenient_code<'de, D: serde::Deserializer<'de>>(
         let exact = float.fract() == 0.0 && float.abs() < 9.0e18 && whole as f64 == float;
         exact.then_some(whole)
     };
-    Ok(match Option::<Value>::deserialize(deserializer)? {
-        Some(Value::Number(number)) => number.as_i64().or_else(|| number.as_f64().and_then(whole)),
-        Some(Value::String(text)) => {
+    let Some(value) = Option::<Value>::deserialize(deserializer)? else {
+        return Ok(Code::None);
+    };
+    let number = match &value {
+        Value::Number(number) => number.as_i64().or_else(|| number.as_f64().and_then(whole)),
+        Value::String(text) => {
             let text = text.trim();
             text.parse::<i64>()
                 .ok()
                 .or_else(|| text.parse::<f64>().ok().and_then(whole))
         }
         _ => None,
-    })
+    };
+    Ok(number.map_or_else(|| Code::Unreadable(value.to_string()), Code::Number))
 }
 
 fn lenient_msg<'de, D: serde::Deserializer<'de>>(
@@ -1055,25 +1126,36 @@ mod tests {
         let success = Some("success".to_owned());
         assert_eq!(
             status(r#"{"code":200,"msg":"success"}"#),
-            (Some(200), success.clone())
+            (Code::Number(200), success.clone())
         );
         assert_eq!(
             status(r#"{"code":"200","msg":"success"}"#),
-            (Some(200), success)
+            (Code::Number(200), success)
         );
-        assert_eq!(status(r#"{"code":200.0,"msg":7}"#), (Some(200), None));
-        assert_eq!(status(r#"{"code":" 401 ","msg":null}"#), (Some(401), None));
-        assert_eq!(status(r#"{"code":"404.0"}"#), (Some(404), None));
-        for no_code in [
-            r#"{"code":"OK"}"#,
-            r#"{"code":200.5}"#,
-            r#"{"code":1e300}"#,
-            r#"{"code":true}"#,
-            r#"{"code":{"value":200}}"#,
-            r#"{"msg":["success"]}"#,
-            "{}",
+        assert_eq!(
+            status(r#"{"code":200.0,"msg":7}"#),
+            (Code::Number(200), None)
+        );
+        assert_eq!(
+            status(r#"{"code":" 401 ","msg":null}"#),
+            (Code::Number(401), None)
+        );
+        assert_eq!(status(r#"{"code":"404.0"}"#), (Code::Number(404), None));
+        for (unreadable, text) in [
+            (r#"{"code":"OK"}"#, r#""OK""#),
+            (r#"{"code":200.5}"#, "200.5"),
+            (r#"{"code":1e300}"#, "1e+300"),
+            (r#"{"code":true}"#, "true"),
+            (r#"{"code":{"value":200}}"#, r#"{"value":200}"#),
         ] {
-            assert_eq!(status(no_code), (None, None), "{no_code}");
+            assert_eq!(
+                status(unreadable),
+                (Code::Unreadable(text.to_owned()), None),
+                "{unreadable}"
+            );
+        }
+        for no_code in [r#"{"code":null}"#, r#"{"msg":["success"]}"#, "{}"] {
+            assert_eq!(status(no_code), (Code::None, None), "{no_code}");
         }
     }
 

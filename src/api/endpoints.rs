@@ -510,7 +510,7 @@ impl Client {
     pub async fn create_endpoint(&self, endpoint: &NewEndpoint) -> Result<Endpoint, ApiError> {
         let body = json(endpoint);
         let answer = self
-            .call(Method::POST, "webhook/endpoints", &[], Some(body))
+            .call_for_secret(Method::POST, "webhook/endpoints", Some(body))
             .await?;
         let data = self.data_object("POST /webhook/endpoints", &answer)?;
         Ok(Endpoint::lenient(data, None))
@@ -570,7 +570,7 @@ impl Client {
     pub async fn rotate_endpoint_secret(&self, id: &str) -> Result<Endpoint, ApiError> {
         let path = format!("{}/rotate-secret", endpoint_path(id)?);
         let call = format!("POST /{path}");
-        let answer = self.call(Method::POST, &path, &[], None).await?;
+        let answer = self.call_for_secret(Method::POST, &path, None).await?;
         let data = self.data_object(&call, &answer)?;
         Ok(Endpoint::lenient(data, Some(id)))
     }
@@ -584,12 +584,7 @@ impl Client {
     pub async fn ensure_endpoint(&self, want: &EnsureEndpoint) -> Result<Ensured, ApiError> {
         let call = "PUT /webhook/endpoints/ensure";
         let answer = self
-            .call(
-                Method::PUT,
-                "webhook/endpoints/ensure",
-                &[],
-                Some(json(want)),
-            )
+            .call_for_secret(Method::PUT, "webhook/endpoints/ensure", Some(json(want)))
             .await?;
         let data = self.data_object(call, &answer)?;
         Ensured::lenient(data).ok_or_else(|| {

@@ -28,7 +28,11 @@ pub enum ApiErrorKind {
     Server,
     /// Clink answered with an envelope whose `code` is not 200 and says no
     /// more than [`code`](ApiError::code) and [`message`](ApiError::message),
-    /// or with another 4xx status.
+    /// or with another 4xx status. A `code` that is no number
+    /// (`"FORBIDDEN"`, `true`) is one too, with no [`code`](ApiError::code)
+    /// and the message showing it, except in an answer to create,
+    /// rotate-secret or ensure that carries the new signing secret, which
+    /// is taken for a yes.
     Envelope,
     /// No answer within the per-request timeout or the call's deadline.
     Timeout,
@@ -145,7 +149,9 @@ impl ApiError {
         self.status
     }
 
-    /// The envelope's `code`, when the answer was an envelope that said no.
+    /// The envelope's `code`, when the answer was an envelope that said no
+    /// with a number (a `code` that is no number is in the
+    /// [message](Self::message)).
     #[must_use]
     pub fn code(&self) -> Option<i64> {
         self.code

@@ -1292,8 +1292,9 @@ async fn an_envelope_whose_code_or_msg_has_another_type_loses_no_new_secret() {
     let fake = FakeApi::start().await;
     fake.accept_key(NEW);
     let client = client_for(&fake, &[NEW]).build().unwrap();
-    // A whole number in a string or a float, a code that is no number (as
-    // Clink's own CLI reads it: not an error), a msg that is no string.
+    // A whole number in a string or a float, a code that is no number (in
+    // an answer that carries the new secret, taken for a yes as Clink's own
+    // CLI takes it), a msg that is no string.
     let envelopes = [
         json!({"code": "200"}),
         json!({"code": 200.0}),
@@ -1359,6 +1360,92 @@ async fn an_envelope_whose_code_or_msg_has_another_type_loses_no_new_secret() {
     assert_eq!(error.kind(), ApiErrorKind::NotFound, "{error}");
     assert_eq!(error.code(), Some(404));
     assert!(error.new_secret().is_none());
+}
+
+#[tokio::test]
+async fn a_code_that_is_no_number_says_no_unless_the_answer_carries_a_new_secret() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    let path = format!("webhook/endpoints/{id}");
+    let rotate = format!("{path}/rotate-secret");
+    let codes = [
+        json!("FORBIDDEN"),
+        json!(true),
+        json!({"value": 200}),
+        json!(200.5),
+        json!(1e300),
+    ];
+    for code in codes {
+        // Clink refuses a delete in words: nothing deleted, and the call
+        // says so.
+        let refusal = json!({"code": code, "msg": "not allowed"}).to_string();
+        fake.fail_next(
+            &path,
+            Failure::Json {
+                status: 200,
+                body: refusal.clone(),
+            },
+            1,
+        );
+        let error = client.delete_endpoint(&id).await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Envelope, "{code}: {error}");
+        assert_eq!(error.code(), None, "{code}");
+        assert_eq!(error.status(), Some(http::StatusCode::OK), "{code}");
+        let text = error.to_string();
+        assert!(text.contains("not allowed"), "{code}: {text}");
+        assert!(text.contains("not a number"), "{code}: {text}");
+        assert!(fake.endpoint_secret(&id).is_some(), "{code}: not deleted");
+
+        // Reads whose answers hold their data all the same.
+        fake.patch_answer_next("order/ord_1", json!({ "code": code }), 1);
+        let error = client.get::<Order>("ord_1").await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Envelope, "{code}: {error}");
+        fake.patch_answer_next(&path, json!({ "code": code }), 1);
+        let error = client.endpoint(&id).await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Envelope, "{code}: {error}");
+
+        // A rotation refused so, with no secret: a refusal too, not an
+        // answer that could not be read.
+        let old = fake.endpoint_secret(&id).unwrap();
+        fake.fail_next(
+            &rotate,
+            Failure::Json {
+                status: 200,
+                body: refusal,
+            },
+            1,
+        );
+        let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Envelope, "{code}: {error}");
+        assert!(error.new_secret().is_none());
+        assert_eq!(fake.endpoint_secret(&id).unwrap(), old, "{code}");
+
+        // One that carries the new secret keeps it.
+        fake.patch_answer_next(&rotate, json!({ "code": code }), 1);
+        let rotated = client.rotate_endpoint_secret(&id).await.unwrap();
+        let new = fake.endpoint_secret(&id).unwrap();
+        assert_ne!(new, old, "{code}");
+        assert_eq!(
+            rotated.signing_secret.as_ref().map(WebhookSecret::expose),
+            Some(new.as_str()),
+            "{code}"
+        );
+    }
+    // A whole number in a string is a yes as before.
+    fake.patch_answer_next(&rotate, json!({"code": "200"}), 1);
+    let rotated = client.rotate_endpoint_secret(&id).await.unwrap();
+    assert_eq!(
+        rotated.signing_secret.as_ref().map(WebhookSecret::expose),
+        fake.endpoint_secret(&id).as_deref()
+    );
+    fake.patch_answer_next("order/ord_1", json!({"code": "200"}), 1);
+    let got: Order = client.get("ord_1").await.unwrap();
+    assert_eq!(got.order_id.as_deref(), Some("ord_1"));
+    client.delete_endpoint(&id).await.unwrap();
+    assert!(fake.endpoint_secret(&id).is_none());
 }
 
 #[tokio::test]

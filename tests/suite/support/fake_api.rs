@@ -84,6 +84,17 @@ pub(crate) enum Failure {
         /// The envelope's `msg`.
         msg: String,
     },
+    /// That HTTP status (500 for a number that is not one) with `body` as
+    /// a JSON answer (`content-type: application/json`), in place of what
+    /// the route would do: nothing changes. For answers in shapes the
+    /// routes never give (a refusal whose `code` is no number, a refusal
+    /// that carries a secret).
+    Json {
+        /// The status.
+        status: u16,
+        /// The body, sent as it is.
+        body: String,
+    },
     /// No answer at all: the connection stays open until the server stops
     /// (its last handle is dropped, or the test's runtime ends). Other
     /// connections are served meanwhile.
@@ -726,6 +737,16 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
         }
         Some(Failure::Envelope { code, msg }) => {
             return envelope(&json!({"code": code, "msg": msg}));
+        }
+        Some(Failure::Json { status, body }) => {
+            let mut reply = Response::new(Full::new(Bytes::from(body)));
+            *reply.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            reply.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return reply;
         }
         Some(Failure::Hang) => std::future::pending().await,
     }
@@ -1531,13 +1552,24 @@ mod tests {
         assert_eq!((status, headers[RETRY_AFTER].to_str().unwrap()), (429, "7"));
         let (_, _, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
         assert_eq!(parse(&body), json!({"code": 500, "msg": "busy"}));
+        api.fail_next(
+            "refund/",
+            Failure::Json {
+                status: 409,
+                body: r#"{"code":"NO"}"#.to_owned(),
+            },
+            1,
+        );
+        let (status, headers, body) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
+        assert_eq!((status, body.as_str()), (409, r#"{"code":"NO"}"#));
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
 
         api.fail_next("refund/", Failure::Hang, 1);
         let hung = {
             let api = api.clone();
             tokio::spawn(async move { call(&api, "GET", "refund/rfd_1", Some(KEY), None).await })
         };
-        assert!(api.wait_for_requests(4, Duration::from_secs(30)).await);
+        assert!(api.wait_for_requests(5, Duration::from_secs(30)).await);
         api.set_delay(Duration::from_millis(20));
         let (status, _, _) = call(&api, "GET", "refund/rfd_1", Some(KEY), None).await;
         assert_eq!(status, 200);
