@@ -635,7 +635,17 @@ impl Client {
         &self, request: &Attempt<'_>, status: StatusCode, headers: &http::HeaderMap, body: Bytes,
     ) -> Result<Bytes, ApiError> {
         let call = request.call;
-        let said = || scrub(&String::from_utf8_lossy(&body), &self.inner.keys);
+        // What the answer says, for an error: without any signing secret it
+        // carries, taken out before `scrub` cuts and escapes the text, so
+        // that no piece of one is left (a secret across the cut, or one
+        // escaped in the JSON, is no longer an exact copy to find).
+        let json = serde_json::from_slice::<Value>(&body).ok();
+        let secrets = json.as_ref().map(signing_secrets).unwrap_or_default();
+        let told = |text: &str| scrub(&redact(text, &secrets), &self.inner.keys);
+        let said = || match &json {
+            Some(json) => told(&without_secrets(json).to_string()),
+            None => told(&String::from_utf8_lossy(&body)),
+        };
         if !status.is_success() {
             let kind = match status {
                 StatusCode::UNAUTHORIZED => ApiErrorKind::Unauthorized,
@@ -652,7 +662,7 @@ impl Client {
                 envelope
                     .as_ref()
                     .and_then(|e| e.msg.as_deref())
-                    .map_or_else(said, |msg| scrub(msg, &self.inner.keys)),
+                    .map_or_else(said, told),
             )
             .with_status(status)
             .with_retry_after(retry_after(headers));
@@ -691,11 +701,9 @@ impl Client {
                     Some(msg) => format!("{msg} (the answer's code {code} is not a number)"),
                     None => format!("the answer's code {code} is not a number"),
                 };
-                Err(
-                    ApiError::new(ApiErrorKind::Envelope, call, scrub(&said, &self.inner.keys))
-                        .with_status(status)
-                        .with_secret(secret_in(&body)),
-                )
+                Err(ApiError::new(ApiErrorKind::Envelope, call, told(&said))
+                    .with_status(status)
+                    .with_secret(secret_in(&body)))
             }
             Code::Number(code) => {
                 let kind = match code {
@@ -706,7 +714,7 @@ impl Client {
                     _ => ApiErrorKind::Envelope,
                 };
                 let msg = envelope.msg.unwrap_or_default();
-                Err(ApiError::new(kind, call, scrub(&msg, &self.inner.keys))
+                Err(ApiError::new(kind, call, told(&msg))
                     .with_status(status)
                     .with_code(code)
                     .with_secret(secret_in(&body)))
@@ -852,6 +860,74 @@ pub(crate) fn secret_in(body: &[u8]) -> Option<WebhookSecret> {
             _ => None,
         });
     secret.map(WebhookSecret::new)
+}
+
+/// The name of the member that holds a plain signing secret.
+const SIGNING_SECRET: &str = "signingSecret";
+
+/// Every plain signing secret in an answer: the strings of its
+/// `signingSecret` members, at any depth.
+fn signing_secrets(json: &Value) -> Vec<String> {
+    fn collect(json: &Value, found: &mut Vec<String>) {
+        match json {
+            Value::Object(members) => {
+                for (name, value) in members {
+                    match value {
+                        Value::String(secret) if name == SIGNING_SECRET && !secret.is_empty() => {
+                            found.push(secret.clone());
+                        }
+                        value => collect(value, found),
+                    }
+                }
+            }
+            Value::Array(values) => values.iter().for_each(|value| collect(value, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    collect(json, &mut found);
+    found
+}
+
+/// `json` with the value of every `signingSecret` member, at any depth,
+/// replaced by `"[redacted]"`.
+fn without_secrets(json: &Value) -> Value {
+    match json {
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(name, value)| {
+                    let value = if name == SIGNING_SECRET && !value.is_null() {
+                        Value::from("[redacted]")
+                    } else {
+                        without_secrets(value)
+                    };
+                    (name.clone(), value)
+                })
+                .collect(),
+        ),
+        Value::Array(values) => Value::Array(values.iter().map(without_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `text` with every copy of each of `secrets`, as it is and as JSON
+/// escapes it, replaced by `[redacted]`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    // The longest first, so that a secret holding another is taken whole.
+    let mut secrets: Vec<&String> = secrets.iter().collect();
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    let mut text = text.to_owned();
+    for secret in secrets {
+        let escaped = Value::from(secret.as_str()).to_string();
+        let escaped = &escaped[1..escaped.len() - 1];
+        for form in [secret.as_str(), escaped] {
+            if !form.is_empty() && text.contains(form) {
+                text = text.replace(form, "[redacted]");
+            }
+        }
+    }
+    text
 }
 
 /// The instant `deadline` after `now`; a deadline too long to represent as
@@ -1178,6 +1254,26 @@ mod tests {
         ] {
             assert_eq!(found(none), None, "{none}");
         }
+    }
+
+    #[test]
+    fn signing_secrets_are_found_and_taken_out_at_any_depth() {
+        let json = serde_json::json!({
+            "msg": "a \"q\" b",
+            "data": {"signingSecret": "s1", "endpoint": {"signingSecret": "s\"2"}},
+            "rows": [{"signingSecret": "s3"}, {"signingSecret": 7}, {"signingSecret": null}],
+        });
+        assert_eq!(signing_secrets(&json), ["s\"2", "s1", "s3"]);
+        let without = without_secrets(&json).to_string();
+        assert!(
+            !without.contains("s1") && !without.contains("s3") && !without.contains('7'),
+            "{without}"
+        );
+        assert!(without.contains(r#""signingSecret":null"#), "{without}");
+        assert_eq!(
+            redact(r#"x s1 "s\"2" s"2"#, &signing_secrets(&json)),
+            r#"x [redacted] "[redacted]" [redacted]"#
+        );
     }
 
     #[test]

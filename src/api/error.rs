@@ -82,9 +82,10 @@ impl fmt::Display for ApiErrorKind {
 ///
 /// It never holds a key, and shows no signing secret: what the server said
 /// is shortened, escaped and scrubbed of anything shaped like a key before
-/// it is kept (Clink's own test fixtures echo the key in the message). An
-/// answer that said no but carried a plain signing secret keeps it apart,
-/// for [`new_secret`](Self::new_secret), and out of the message.
+/// it is kept (Clink's own test fixtures echo the key in the message), and
+/// every `signingSecret` the answer holds is taken out of it before that,
+/// wherever it appears. An answer that said no but carried a plain signing
+/// secret keeps it apart, for [`new_secret`](Self::new_secret).
 #[derive(Debug, Clone)]
 pub struct ApiError {
     kind: ApiErrorKind,

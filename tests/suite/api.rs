@@ -1494,6 +1494,58 @@ async fn an_answer_that_says_no_but_carries_a_secret_keeps_it_in_the_error() {
 }
 
 #[tokio::test]
+async fn a_refusal_that_carries_a_secret_shows_no_piece_of_it() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let id = fake.add_endpoint("https://shop.example.com/hook", &["order.succeeded"]);
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+    // No prefix to know it by, and characters that end a word.
+    let secret = "abc+def/ghi+jkl/mno+pqr/stu+vwx/yz0+123/456+789/ABC+DEF/GHI+JKL";
+    let note = "n".repeat(135);
+    let answers = [
+        // No msg: the whole body is the text, the secret across its 200th
+        // character.
+        format!(
+            r#"{{"code":409,"msg":null,"data":{{"note":"{note}","signingSecret":"{secret}"}}}}"#
+        ),
+        // The msg holds it across its 200th character.
+        format!(
+            r#"{{"code":409,"msg":"{}{secret}","data":{{"signingSecret":"{secret}"}}}}"#,
+            "m".repeat(190)
+        ),
+        // Escaped in the JSON, in the endpoint.
+        format!(
+            r#"{{"data":{{"endpoint":{{"note":"{note}","signingSecret":"{}"}}}}}}"#,
+            secret.replace('/', "\\/")
+        ),
+    ];
+    for answer in answers {
+        fake.fail_next(
+            &rotate,
+            Failure::Json {
+                status: 409,
+                body: answer.clone(),
+            },
+            1,
+        );
+        let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Envelope, "{answer}: {error}");
+        assert_eq!(error.status(), Some(http::StatusCode::CONFLICT));
+        assert_eq!(
+            error.new_secret().map(WebhookSecret::expose),
+            Some(secret),
+            "{answer}: kept apart"
+        );
+        let text = format!("{error} {error:?}");
+        for piece in secret.as_bytes().windows(6) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            assert!(!text.contains(piece), "{piece:?} of the secret in {text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn endpoint_times_that_are_not_whole_numbers_fail_no_read_or_change() {
     let fake = FakeApi::start().await;
     fake.accept_key(NEW);
