@@ -129,7 +129,11 @@ impl ClientBuilder {
     /// Adds a secret key. Give the newest first: the client calls with the
     /// first key that has not [expired](ApiKey::expires_at), and when Clink
     /// refuses it (HTTP 401, or envelope `code` 401) makes the call once
-    /// more with the next active key. When an older key works where the
+    /// more with the next active key, when the
+    /// [rate budget](Self::rate_limit) has room for it before the call's
+    /// [deadline](Self::deadline) (else the call fails with Clink's
+    /// refusal, [`Unauthorized`](ApiErrorKind::Unauthorized), its message
+    /// saying that the next key was not tried). When an older key works where the
     /// newest did not, a warning and the metric
     /// `clink_api_requests_total{key}` say so, and the client keeps using
     /// the working key for a minute before trying the newest again.
@@ -518,7 +522,16 @@ impl Client {
         let Some(next) = next else {
             return Err(error);
         };
-        match self.send(request, next).await {
+        // With no room for the next key before the deadline, Clink's
+        // refusal of this one is the answer: a request was sent, and
+        // refused for its key, which a budget error ("not sent") would deny.
+        if inner.budget.acquire(request.deadline).await.is_err() {
+            return Err(error.noted(
+                "the next key was not tried: the client's rate budget had no room for it \
+                 before the call's deadline",
+            ));
+        }
+        match self.sent(request, next).await {
             Ok(body) => {
                 tracing::warn!(
                     refused = %inner.keys[first].name(),
@@ -543,17 +556,24 @@ impl Client {
 
     /// One request with key `key`, within the budget and the timeouts.
     async fn send(&self, request: &Attempt<'_>, key: usize) -> Result<Bytes, ApiError> {
-        let inner = &self.inner;
-        let key = &inner.keys[key];
-        let call = request.call;
-        inner.budget.acquire(request.deadline).await.map_err(|()| {
-            ApiError::new(
-                ApiErrorKind::RateLimited,
-                call,
-                "the client's rate budget had no room before the call's deadline, so the \
-                 request was not sent",
-            )
-        })?;
+        self.inner
+            .budget
+            .acquire(request.deadline)
+            .await
+            .map_err(|()| {
+                ApiError::new(
+                    ApiErrorKind::RateLimited,
+                    request.call,
+                    "the client's rate budget had no room before the call's deadline, so the \
+                     request was not sent",
+                )
+            })?;
+        self.sent(request, key).await
+    }
+
+    /// One request with key `key`, room in the budget taken.
+    async fn sent(&self, request: &Attempt<'_>, key: usize) -> Result<Bytes, ApiError> {
+        let key = &self.inner.keys[key];
         let result = self.exchange(request, key).await;
         record(key.name(), &result);
         result

@@ -127,6 +127,15 @@ impl ApiError {
         self
     }
 
+    /// The error with `note` after its message.
+    pub(crate) fn noted(mut self, note: &str) -> Self {
+        if !self.message.is_empty() {
+            self.message.push_str("; ");
+        }
+        self.message.push_str(note);
+        self
+    }
+
     /// The error holding `secret`, which the message no longer shows.
     pub(crate) fn with_secret(mut self, secret: Option<WebhookSecret>) -> Self {
         if let Some(secret) = secret.filter(|secret| !secret.expose().is_empty()) {

@@ -1288,6 +1288,34 @@ async fn a_write_queued_behind_reads_is_sent_with_its_whole_timeout_or_not_at_al
 }
 
 #[tokio::test]
+async fn a_refused_key_whose_next_key_gets_no_room_is_unauthorized_not_unsent() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(OLD);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    // One request a second, and a deadline under a second: the delete takes
+    // the budget's only slot, Clink refuses the newest key, and the next
+    // slot comes after the deadline, however fast or slow that went.
+    let client = client_for(&fake, &[NEW, OLD])
+        .rate_limit(1, 1)
+        .deadline(Duration::from_millis(900))
+        .build()
+        .unwrap();
+    let error = client.delete_endpoint(&id).await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unauthorized, "{error}");
+    assert_eq!(error.status(), Some(http::StatusCode::UNAUTHORIZED));
+    let text = error.to_string();
+    assert!(!text.contains("not sent"), "{text}");
+    assert!(text.contains("next key was not tried"), "{text}");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].headers["x-api-key"], NEW);
+    assert!(fake.endpoint_secret(&id).is_some(), "not deleted");
+}
+
+#[tokio::test]
 async fn an_envelope_whose_code_or_msg_has_another_type_loses_no_new_secret() {
     let fake = FakeApi::start().await;
     fake.accept_key(NEW);
