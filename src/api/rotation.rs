@@ -108,6 +108,12 @@ pub enum RotationError {
         /// The new secret `persist` was given.
         secret: WebhookSecret,
     },
+    /// The rotation's task was cancelled before it said how it went (the
+    /// runtime is shutting down): what it came to is not known. Clink may
+    /// have rotated, and the new secret may then verify here without having
+    /// been stored, or be nowhere at all: rotate again once the process
+    /// runs again.
+    Cancelled,
 }
 
 impl RotationError {
@@ -121,7 +127,7 @@ impl RotationError {
         match self {
             Self::AccountRemoved { secret } | Self::Persist { secret, .. } => Some(secret),
             Self::Api(error) => error.new_secret(),
-            Self::UnknownAccount | Self::NoSecret => None,
+            Self::UnknownAccount | Self::NoSecret | Self::Cancelled => None,
         }
     }
 }
@@ -134,6 +140,7 @@ impl fmt::Debug for RotationError {
             Self::UnknownAccount => f.write_str("UnknownAccount"),
             Self::Api(error) => f.debug_tuple("Api").field(error).finish(),
             Self::NoSecret => f.write_str("NoSecret"),
+            Self::Cancelled => f.write_str("Cancelled"),
             Self::AccountRemoved { .. } => f
                 .debug_struct("AccountRemoved")
                 .field("secret", &redacted)
@@ -176,6 +183,11 @@ impl fmt::Display for RotationError {
                 "signing secret rotation: the new secret verifies now, but storing it failed: \
                  {error}; the error holds it (new_secret): store it before the process restarts"
             ),
+            Self::Cancelled => f.write_str(
+                "signing secret rotation: its task was cancelled (the runtime is shutting down), \
+                 so what it came to is not known: Clink may have rotated the secret, and nobody \
+                 may have the new one; rotate again",
+            ),
         }
     }
 }
@@ -185,7 +197,10 @@ impl std::error::Error for RotationError {
         match self {
             Self::Api(error) => Some(error),
             Self::Persist { error, .. } => Some(&**error),
-            Self::UnknownAccount | Self::NoSecret | Self::AccountRemoved { .. } => None,
+            Self::UnknownAccount
+            | Self::NoSecret
+            | Self::AccountRemoved { .. }
+            | Self::Cancelled => None,
         }
     }
 }
@@ -215,7 +230,13 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`RotationError`], which says what state things are in.
+    /// [`RotationError`], which says what state things are in;
+    /// [`Cancelled`](RotationError::Cancelled) when the runtime shuts down
+    /// while the rotation runs, which leaves what it came to unknown.
+    ///
+    /// # Panics
+    ///
+    /// When the rotation's task panics (in `persist`, say), with its panic.
     pub async fn rotate_signing_secret<F, Fut, E>(
         &self, endpoint_id: &str, keys: impl Into<LiveKeys>, grace: Duration, persist: F,
     ) -> Result<Rotated, RotationError>
@@ -247,10 +268,11 @@ impl Client {
         match told.await {
             Ok(result) => result,
             // The task ended without a word: it panicked (passed on here),
-            // or the runtime is shutting down and cancelled it.
+            // or the runtime is shutting down and cancelled it, at a point
+            // nobody knows.
             Err(_) => match task.await {
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                _ => panic!("the signing secret rotation's task was cancelled"),
+                _ => Err(RotationError::Cancelled),
             },
         }
     }

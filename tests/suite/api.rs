@@ -1624,6 +1624,43 @@ async fn endpoint_times_that_are_not_whole_numbers_fail_no_read_or_change() {
     );
 }
 
+#[test]
+fn a_rotation_whose_task_the_runtime_cancels_says_what_it_came_to_is_unknown() {
+    let client = Client::builder()
+        .base_url("http://127.0.0.1:9/api/")
+        .key(ApiKey::new(NEW).unwrap())
+        .build()
+        .unwrap();
+    let live = LiveVerifier::new(Verifier::new("whsec_old_5e0c1a").unwrap());
+    let mut rotation = Box::pin(client.rotate_signing_secret(
+        "whk_1",
+        live,
+        DEFAULT_GRACE,
+        |_| async { Ok::<_, std::io::Error>(()) },
+    ));
+    // Its task is spawned on a runtime that never runs it, then shuts down.
+    let ending = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    {
+        let _entered = ending.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(rotation.as_mut().poll(&mut cx).is_pending());
+    }
+    drop(ending);
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = caller.block_on(rotation).unwrap_err();
+    assert!(matches!(error, RotationError::Cancelled), "{error:?}");
+    assert!(error.new_secret().is_none());
+    let text = error.to_string();
+    assert!(text.contains("not known"), "{text}");
+    assert!(text.contains("rotate again"), "{text}");
+}
+
 /// An error `persist` returns that says when it is dropped: once the
 /// rotation is done with it (has handed it on, or logged it).
 #[derive(Debug)]
