@@ -1072,3 +1072,121 @@ async fn a_rotation_whose_answer_is_lost_says_the_secret_may_have_been_rotated()
     assert_eq!(missing.code, Some(1), "{missing:?}");
     assert!(!missing.stderr.contains("MAY"), "{missing:?}");
 }
+
+#[tokio::test]
+async fn a_secret_that_comes_with_an_error_is_printed_and_the_command_fails() {
+    let api = fake().await;
+    let id = api.add_endpoint("https://shop.example/hooks/a", &["order.succeeded"]);
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+
+    // Clink rotates, but its answer says no, with the new secret in it.
+    api.patch_answer_next(&rotate, json!({"code": 0, "msg": "done"}), 1);
+    let text = cli(&api, &["endpoints", "rotate-secret", &id, "--show-secret"]).await;
+    let new = api.endpoint_secret(&id).unwrap();
+    assert_eq!(text.code, Some(1), "{text:?}");
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{text:?}");
+    assert!(lines[0].contains("was an error"), "{text:?}");
+    assert_eq!(lines[1], id);
+    assert_eq!(lines[2], format!("  secret       {new}"));
+    let message = text_error(&text);
+    assert!(
+        message.contains("refused (HTTP 200, code 0): done"),
+        "{text:?}"
+    );
+    assert!(
+        message.contains("carried a signing secret, printed in full on stdout"),
+        "{text:?}"
+    );
+    assert!(
+        message.contains(&format!("endpoints rotate-secret {id} --show-secret")),
+        "{text:?}"
+    );
+    assert!(
+        !message.contains("MAY") && !message.contains(&new),
+        "{text:?}"
+    );
+
+    // With --json: the field a rotation's success has it in.
+    api.patch_answer_next(&rotate, json!({"code": 0, "msg": "done"}), 1);
+    let json = cli(
+        &api,
+        &["--json", "endpoints", "rotate-secret", &id, "--show-secret"],
+    )
+    .await;
+    let new = api.endpoint_secret(&id).unwrap();
+    assert_eq!(json.code, Some(1), "{json:?}");
+    assert_eq!(
+        json_out(&json),
+        json!({"id": id, "signingSecret": new.as_str()})
+    );
+    let error = json_error(&json);
+    assert_eq!(error["error"], "envelope_error");
+    assert!(
+        !error["message"].as_str().unwrap().contains(&new),
+        "{error}"
+    );
+
+    // An ensure that creates, without --show-secret: the new endpoint's
+    // secret in full, as its success prints it.
+    let url = "https://shop.example/hooks/new";
+    api.patch_answer_next("webhook/endpoints/ensure", json!({"code": 0}), 1);
+    let ensured = cli(&api, &["endpoints", "ensure", url, "--events", "core"]).await;
+    let created = api.endpoint_secret(&api.endpoint_id(url).unwrap()).unwrap();
+    assert_eq!(ensured.code, Some(1), "{ensured:?}");
+    assert!(
+        ensured
+            .stdout
+            .contains(&format!("  url          {url}\n  secret       {created}\n")),
+        "{ensured:?}"
+    );
+    assert!(
+        text_error(&ensured)
+            .contains("if Clink created the endpoint or rotated its signing secret"),
+        "{ensured:?}"
+    );
+
+    // A server error that carries one: printed, and the exit code of a
+    // failure on the way.
+    let given = "whsec_given_with_a_server_error_0c4f";
+    api.fail_next(
+        "webhook/endpoints/ensure",
+        Failure::Json {
+            status: 500,
+            body: json!({"code": 500, "msg": "busy",
+                         "data": {"endpoint": {"signingSecret": given}}})
+            .to_string(),
+        },
+        1,
+    );
+    let failed = cli(
+        &api,
+        &[
+            "--json",
+            "endpoints",
+            "ensure",
+            url,
+            "--events",
+            "core",
+            "--rotate-secret",
+            "--show-secret",
+        ],
+    )
+    .await;
+    assert_eq!(failed.code, Some(2), "{failed:?}");
+    assert_eq!(
+        json_out(&failed),
+        json!({"endpoint": {"url": url, "signingSecret": given}})
+    );
+    let error = json_error(&failed);
+    assert_eq!(error["error"], "server_error");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("--rotate-secret --show-secret"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("MAY") && !message.contains(given),
+        "{message}"
+    );
+}

@@ -48,7 +48,10 @@ is given. Rotating (--rotate-secret, rotate-secret) stops the old secret at
 once: update the receiver's key straight away. When rotate-secret or ensure
 gets no answer it can read (a timeout, a lost connection, a server error),
 Clink may have rotated or created all the same, and nobody has the new
-secret: the error says so, and how to rotate again with --show-secret.
+secret: the error says so, and how to rotate again with --show-secret. An
+error whose answer carries a signing secret prints that secret on stdout, in
+full as on success, and the command still fails (exit 1 when the answer said
+no, 2 for a failure on the way): Clink may or may not sign with it.
 
 Values from the API are printed escaped when they hold control, format or
 separator characters.
@@ -340,12 +343,7 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
                 must_show(show, "ensure with --rotate-secret or --return-secret")?;
             }
             let ensured = client()?.ensure_endpoint(&want).await.map_err(|e| {
-                may_have_applied(
-                    &e,
-                    "Clink MAY have created the endpoint or rotated its signing secret with the \
-                     answer lost, and then nobody has the secret it signs with: run this ensure \
-                     again with --rotate-secret --show-secret to get a new one",
-                )
+                secret_call_failed(printer, &e, &SecretCall::Ensure { url: &ensure.url })
             })?;
             // A plain secret in ensure's answer is new (an endpoint it
             // created, or a rotation): Clink cannot show an existing one
@@ -357,17 +355,10 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
         }
         Action::RotateSecret { id } => {
             must_show(show, "rotate-secret")?;
-            let endpoint = client()?.rotate_endpoint_secret(id).await.map_err(|e| {
-                may_have_applied(
-                    &e,
-                    &format!(
-                        "the signing secret MAY have been rotated at Clink with the answer lost: \
-                         then the old one no longer verifies and nobody has the new one; rotate \
-                         it again with `clink-webhook endpoints rotate-secret {} --show-secret`",
-                        escaped(id)
-                    ),
-                )
-            })?;
+            let endpoint = client()?
+                .rotate_endpoint_secret(id)
+                .await
+                .map_err(|e| secret_call_failed(printer, &e, &SecretCall::Rotate { id }))?;
             let heading = "rotated the signing secret: the old one no longer verifies; \
                            give the receiver the new one now";
             print_endpoint(printer, Some(heading), &endpoint, show);
@@ -428,25 +419,126 @@ fn print_list(printer: &Printer<'_>, endpoints: &Page<Endpoint>, page: u32, show
     }
 }
 
+/// A call that can create or rotate a secret Clink shows once.
+enum SecretCall<'a> {
+    /// `rotate-secret ID`.
+    Rotate {
+        /// The endpoint's id, as given.
+        id: &'a str,
+    },
+    /// `ensure URL`.
+    Ensure {
+        /// The endpoint's URL, as given.
+        url: &'a str,
+    },
+}
+
+impl SecretCall<'_> {
+    /// What Clink may have done.
+    fn may_have(&self) -> &'static str {
+        match self {
+            Self::Rotate { .. } => "rotated the signing secret",
+            Self::Ensure { .. } => "created the endpoint or rotated its signing secret",
+        }
+    }
+
+    /// What an answer lost on the way may have left.
+    fn maybe_lost(&self) -> String {
+        match self {
+            Self::Rotate { .. } => format!(
+                "the signing secret MAY have been rotated at Clink with the answer lost: then \
+                 the old one no longer verifies and nobody has the new one; {}",
+                self.again()
+            ),
+            Self::Ensure { .. } => format!(
+                "Clink MAY have created the endpoint or rotated its signing secret with the \
+                 answer lost, and then nobody has the secret it signs with: {} to get a new one",
+                self.again()
+            ),
+        }
+    }
+
+    /// How to get a new secret for sure.
+    fn again(&self) -> String {
+        match self {
+            Self::Rotate { id } => format!(
+                "rotate it again with `clink-webhook endpoints rotate-secret {} --show-secret`",
+                escaped(id)
+            ),
+            Self::Ensure { .. } => {
+                "run this ensure again with --rotate-secret --show-secret".to_owned()
+            }
+        }
+    }
+}
+
 /// A failed call that creates or rotates a secret Clink shows once, as a
-/// [`CliError`]: when the request may have been applied with its answer
-/// lost (no answer in time, a connection lost, a server error, an answer
-/// that could not be read), `then` is added to the message. When Clink
-/// said no, or nothing was sent, it is as [`api_error`] has it.
-fn may_have_applied(error: &ApiError, then: &str) -> CliError {
+/// [`CliError`] that exits as [`api_error`] says (never 0).
+///
+/// When the answer carried a signing secret ([`ApiError::new_secret`]),
+/// it is printed on stdout as the call's success prints it, in full (the
+/// rotations need `--show-secret`, and ensure prints a secret it gets back
+/// in full anyway), after a line saying that it came with an error; the
+/// error says so too. Otherwise, when the request may have been applied
+/// with its answer lost (no answer in time, a connection lost, a server
+/// error, an answer that could not be read), the error says that nobody
+/// may have the new secret, and how to get one. When Clink said no, or
+/// nothing was sent, it is as [`api_error`] has it.
+fn secret_call_failed(printer: &Printer<'_>, error: &ApiError, call: &SecretCall<'_>) -> CliError {
     let mut cli_error = api_error(error);
+    if let Some(secret) = error.new_secret() {
+        print_secret_with_error(printer, secret.expose(), call);
+        cli_error.message.push_str(&format!(
+            "; the answer carried a signing secret, printed in full on stdout: if Clink {}, \
+             it signs with that one from now on{}, so give it to the receiver and keep the \
+             output safe; to be sure which secret Clink signs with, {}",
+            call.may_have(),
+            match call {
+                SecretCall::Rotate { .. } => " and the old one no longer verifies",
+                SecretCall::Ensure { .. } => "",
+            },
+            call.again()
+        ));
+        return cli_error;
+    }
     let maybe = matches!(
         error.kind(),
         ApiErrorKind::Timeout
             | ApiErrorKind::Transport
             | ApiErrorKind::Server
             | ApiErrorKind::Decode
-    ) || error.new_secret().is_some();
+    );
     if maybe {
         cli_error.message.push_str("; ");
-        cli_error.message.push_str(then);
+        cli_error.message.push_str(&call.maybe_lost());
     }
     cli_error
+}
+
+/// Prints a signing secret that came with an error, as the call's success
+/// prints it: with `--json` the field it would be in (`signingSecret`, or
+/// `endpoint.signingSecret` for ensure), else a line saying where it came
+/// from and the endpoint's lines that are known.
+fn print_secret_with_error(printer: &Printer<'_>, secret: &str, call: &SecretCall<'_>) {
+    if printer.out.json {
+        printer.json(&match call {
+            SecretCall::Rotate { id } => json!({ "id": id, "signingSecret": secret }),
+            SecretCall::Ensure { url } => {
+                json!({ "endpoint": { "url": url, "signingSecret": secret } })
+            }
+        });
+        return;
+    }
+    printer.line(&format!(
+        "the answer was an error (below), but it carried a signing secret: if Clink {}, it \
+         signs with this one",
+        call.may_have()
+    ));
+    match call {
+        SecretCall::Rotate { id } => printer.line(&escaped(id)),
+        SecretCall::Ensure { url } => printer.line(&format!("  url          {}", escaped(url))),
+    }
+    printer.line(&format!("  secret       {}", escaped(secret)));
 }
 
 /// Refuses a command that can rotate the secret unless it prints the new
