@@ -661,8 +661,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .lease(settings.lease)
                 .map_err(|e| format!("CLINK_INBOX_LEASE_MS: {e}"))?
                 .max_attempts(settings.max_attempts)
-                .map_err(|e| format!("CLINK_INBOX_MAX_ATTEMPTS: {e}"))?
-                .spawn(),
+                .map_err(|e| format!("CLINK_INBOX_MAX_ATTEMPTS: {e}"))?,
         );
         readiness
     } else {
@@ -683,6 +682,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = listen((settings.bind, settings.port), "PORT, CLINK_BIND").await?;
     let admin_listener = listen(settings.admin, "CLINK_ADMIN_ADDR").await?;
+    // Started once nothing else can fail: workers dropped without their
+    // shutdown would leave the events they had taken running until their
+    // lease ends, with an attempt spent.
+    let workers = workers.map(Workers::spawn);
     // Listen for signals before saying where we listen, so that a signal sent
     // as soon as the address is known is not missed. One signal stops both
     // servers.
@@ -752,7 +755,9 @@ fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<
 fn console(
     app: Router, inbox: Option<Arc<dyn Inbox>>,
 ) -> Result<(Router, bool), Box<dyn std::error::Error>> {
-    let Some(token) = env_value("CLINK_CONSOLE_TOKEN") else {
+    // Trimmed, as the signing key is: a token mounted from a file ends in a
+    // newline.
+    let Some(token) = env_value("CLINK_CONSOLE_TOKEN").map(|token| token.trim().to_owned()) else {
         return Ok((app, false));
     };
     #[cfg(feature = "console")]

@@ -247,18 +247,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .on_every_type(Handled);
     let lookups = Arc::new(AtomicU64::new(0));
     // With CLINK_TENANT_LOOKUP_MS, how to make the cached "database" source.
+    // Checked whether or not the lookup is on: a mistyped setting stops it.
+    let fails = match env_parsed::<u8>("CLINK_TENANT_LOOKUP_FAILS", "1 or 0")? {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(other) => {
+            return Err(format!("CLINK_TENANT_LOOKUP_FAILS must be 1 or 0, got {other}").into())
+        }
+    };
     let lookup = match env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
         Some(ms) => {
             let delay = Duration::from_millis(ms);
-            let fails = match env_parsed::<u8>("CLINK_TENANT_LOOKUP_FAILS", "1 or 0")? {
-                None | Some(0) => false,
-                Some(1) => true,
-                Some(other) => {
-                    return Err(
-                        format!("CLINK_TENANT_LOOKUP_FAILS must be 1 or 0, got {other}").into(),
-                    )
-                }
-            };
             let (keys, lookups) = (keys.clone(), Arc::clone(&lookups));
             Some(move |accounts: &[String]| -> Arc<dyn KeySource> {
                 let known = accounts.iter().cloned().collect();

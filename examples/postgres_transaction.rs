@@ -75,13 +75,15 @@ fn reason(err: &(dyn Error + 'static)) -> String {
     }
 }
 
-/// Handles one `order.succeeded` delivery, its claim held for `lease`.
+/// Handles one `order.succeeded` delivery of `account` (`""` for an
+/// event of no account), its claim held for `lease`.
 async fn record_payment(
-    pool: &Pool, store: &PostgresStore, event_id: &str, order_id: &str, amount_cents: i64,
-    lease: Duration,
+    pool: &Pool, store: &PostgresStore, account: &str, event_id: &str, order_id: &str,
+    amount_cents: i64, lease: Duration,
 ) -> Result<Outcome, Box<dyn Error>> {
-    // The handler's own key (with the account too, for events of several).
-    let key = format!("payments:{event_id}");
+    // The handler's own key, with the account: the same event id under two
+    // accounts is two events.
+    let key = format!("payments:{account}:{event_id}");
     once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
         tx.execute(
             "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2)",
@@ -95,7 +97,7 @@ async fn record_payment(
 
 /// Runs `write` at most once for `key`: in one transaction with the claim
 /// of `key` (held for `lease`) and its completed mark, committed only if
-/// that mark was written.
+/// that mark was written, and rolled back otherwise.
 async fn once(
     pool: &Pool, store: &PostgresStore, key: &str, lease: Duration,
     write: impl AsyncFnOnce(&Transaction<'_>) -> Result<(), tokio_postgres::Error>,
@@ -104,33 +106,61 @@ async fn once(
     let tx = client.transaction().await?;
     let token = match store.claim_in(&tx, key, lease).await {
         Ok(Claim::Claimed(token)) => token,
-        // Dropping `tx` rolls it back: nothing was written.
-        Ok(Claim::Completed) => return Ok(Outcome::AlreadyHandled),
-        Ok(Claim::InFlight { retry_after }) => return Ok(Outcome::InFlight(retry_after)),
-        // The server ended the wait for the row at the store's timeout;
-        // dropping `tx` rolls back.
-        Err(err) if err.kind() == StoreErrorKind::Timeout => return Ok(Outcome::Busy),
-        Err(err) => return Err(err.into()),
+        Ok(Claim::Completed) => {
+            tx.rollback().await?;
+            return Ok(Outcome::AlreadyHandled);
+        }
+        Ok(Claim::InFlight { retry_after }) => {
+            tx.rollback().await?;
+            return Ok(Outcome::InFlight(retry_after));
+        }
+        Err(err) => {
+            // The transaction is aborted. Most timeouts are the server
+            // ending the wait for the row, but one the client saw (a
+            // stalled connection) may leave the statement running: this
+            // connection is closed rather than handed back to the pool.
+            drop(tx);
+            drop(deadpool_postgres::Object::take(client));
+            return if err.kind() == StoreErrorKind::Timeout {
+                Ok(Outcome::Busy)
+            } else {
+                Err(err.into())
+            };
+        }
     };
 
-    // The business write. If it fails, `?` drops `tx`, which rolls back the
-    // claim with it, and the next retry starts afresh.
-    write(&tx).await?;
-
-    // Commit only if the completed mark was written: once the lease has
-    // ended it is not, and a commit would keep the write beside a claim
-    // that Clink's retry takes over, making the write a second time.
-    match store
-        .complete_in(&tx, key, &token, DEFAULT_RETENTION)
-        .await?
-    {
-        Settle::Applied => {
+    // The business write, then the completed mark: committed only if the
+    // mark was written. Once the lease has ended it is not, and a commit
+    // would keep the write beside a claim that Clink's retry takes over,
+    // making the write a second time.
+    let written = async {
+        write(&tx).await?;
+        let settled = store
+            .complete_in(&tx, key, &token, DEFAULT_RETENTION)
+            .await?;
+        Ok::<_, Box<dyn Error>>(settled)
+    }
+    .await;
+    match written {
+        Ok(Settle::Applied) => {
             tx.commit().await?;
             Ok(Outcome::Recorded)
         }
-        Settle::LeaseLost => Ok(Outcome::TooSlow),
+        Ok(Settle::LeaseLost) => {
+            tx.rollback().await?;
+            Ok(Outcome::TooSlow)
+        }
+        Err(err) => {
+            // Nothing was written, the claim with it: the retry starts
+            // afresh.
+            tx.rollback().await?;
+            Err(err)
+        }
     }
 }
+
+/// The account of this example's events.
+const ACCOUNT: &str = "acct_example";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -166,20 +196,38 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let event = format!("evt_{run}");
     let order = format!("ord_{run}");
 
-    let first = record_payment(&pool, &store, &event, &order, 4200, DEFAULT_LEASE).await?;
+    let first = record_payment(&pool, &store, ACCOUNT, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("first delivery:  {}", first.answer());
-    let retry = record_payment(&pool, &store, &event, &order, 4200, DEFAULT_LEASE).await?;
+    let retry = record_payment(&pool, &store, ACCOUNT, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("Clink's retry:   {}", retry.answer());
 
     // A handler that fails after claiming (the CHECK constraint refuses the
     // amount): the whole transaction rolls back, claim included...
     let broken = format!("evt_{run}_broken");
     let broken_order = format!("ord_{run}_broken");
-    let failed = record_payment(&pool, &store, &broken, &broken_order, -1, DEFAULT_LEASE).await;
+    let failed = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &broken,
+        &broken_order,
+        -1,
+        DEFAULT_LEASE,
+    )
+    .await;
     let failed = failed.map_or_else(|err| format!("500, {}", reason(&*err)), |o| o.answer());
     println!("failing handler: {failed}");
     // ...so the retry, with the bug fixed, runs it again.
-    let fixed = record_payment(&pool, &store, &broken, &broken_order, 1999, DEFAULT_LEASE).await?;
+    let fixed = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &broken,
+        &broken_order,
+        1999,
+        DEFAULT_LEASE,
+    )
+    .await?;
     println!("fixed retry:     {}", fixed.answer());
 
     // A write slower than the claim's lease (a lock it waited for, say;
@@ -188,7 +236,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let slow = format!("evt_{run}_slow");
     let slow_order = format!("ord_{run}_slow");
     let short_lease = Duration::from_millis(100);
-    let slow_key = format!("payments:{slow}");
+    let slow_key = format!("payments:{ACCOUNT}:{slow}");
     let too_slow = once(
         &pool,
         &store,
@@ -207,7 +255,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     .await?;
     println!("slow handler:    {}", too_slow.answer());
     // ...and the retry, given its time, records it once.
-    let retried = record_payment(&pool, &store, &slow, &slow_order, 2500, DEFAULT_LEASE).await?;
+    let retried = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &slow,
+        &slow_order,
+        2500,
+        DEFAULT_LEASE,
+    )
+    .await?;
     println!("its retry:       {}", retried.answer());
 
     // A second delivery while the first is still in its transaction: it
@@ -218,13 +275,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut holder = pool.get().await?;
     let first_delivery = holder.transaction().await?;
     let Claim::Claimed(_) = store
-        .claim_in(&first_delivery, &format!("payments:{busy}"), DEFAULT_LEASE)
+        .claim_in(
+            &first_delivery,
+            &format!("payments:{ACCOUNT}:{busy}"),
+            DEFAULT_LEASE,
+        )
         .await?
     else {
         return Err("a fresh event was not claimed".into());
     };
     let quick = store.clone().with_timeout(Duration::from_millis(300))?;
-    let second = record_payment(&pool, &quick, &busy, &busy_order, 700, DEFAULT_LEASE).await?;
+    let second = record_payment(
+        &pool,
+        &quick,
+        ACCOUNT,
+        &busy,
+        &busy_order,
+        700,
+        DEFAULT_LEASE,
+    )
+    .await?;
     println!("while in flight: {}", second.answer());
     first_delivery.rollback().await?;
     drop(holder);

@@ -147,6 +147,8 @@ fn the_examples_refuse_to_start_with_a_number_that_is_not_one() {
         ("hyper_receiver", "PORT", "30\n01", r#""30\n01""#),
         ("multi_tenant", "PORT", "70000", "70000"),
         ("multi_tenant", "CLINK_TENANT_LOOKUP_MS", "20ms", "20ms"),
+        // Checked when the lookup is off too.
+        ("multi_tenant", "CLINK_TENANT_LOOKUP_FAILS", "yes", "yes"),
         ("axum_receiver", "CLINK_BIND", "localhost", "localhost"),
         (
             "axum_receiver",
