@@ -390,7 +390,11 @@ async fn a_claim_in_a_transaction_waits_for_a_lock_at_most_the_timeout() {
         tx.batch_execute("SET LOCAL lock_timeout = '7s'")
             .await
             .unwrap();
-        claimed(quick.claim_in(&tx, &keys.key("free"), DEFAULT_LEASE).await);
+        claimed(
+            patient
+                .claim_in(&tx, &keys.key("free"), DEFAULT_LEASE)
+                .await,
+        );
         let setting: String = tx.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
         assert_eq!(setting, "7s");
         tx.rollback().await.unwrap();
@@ -434,7 +438,7 @@ async fn a_claim_in_a_transaction_waits_for_a_lock_at_most_the_timeout() {
         tx.rollback().await.unwrap();
         client.batch_execute("SELECT pg_sleep(0.3)").await.unwrap();
         let tx = client.transaction().await.unwrap();
-        claimed(quick.claim_in(&tx, &locked, DEFAULT_LEASE).await);
+        claimed(patient.claim_in(&tx, &locked, DEFAULT_LEASE).await);
         tx.rollback().await.unwrap();
     }
 }
