@@ -152,6 +152,8 @@ struct Gateway {
     env: Vec<(String, String)>,
     process: Option<Process>,
     url: Arc<RwLock<String>>,
+    /// The admin address's URL, with `CLINK_ADMIN_LISTEN`.
+    admin: Option<String>,
 }
 
 impl Gateway {
@@ -160,6 +162,7 @@ impl Gateway {
             env,
             process: None,
             url: Arc::default(),
+            admin: None,
         };
         gateway.launch();
         gateway
@@ -174,6 +177,18 @@ impl Gateway {
         let process = Process::start(&mut command);
         let line = Process::line_starting(&process.stdout, "listening on ");
         *self.url.write().unwrap() = line["listening on ".len()..].to_owned();
+        if self
+            .env
+            .iter()
+            .any(|(name, _)| name == "CLINK_ADMIN_LISTEN")
+        {
+            let line = Process::line_starting(&process.stdout, "admin listening on ");
+            let url = line["admin listening on ".len()..]
+                .split(' ')
+                .next()
+                .unwrap();
+            self.admin = Some(url.to_owned());
+        }
         self.process = Some(process);
     }
 
@@ -1529,8 +1544,14 @@ async fn events_reach_a_redis_cluster_once_and_in_order() {
 /// `serve --check` with `env` alone (none of the gateway's variables from
 /// the test's own environment): what it printed.
 fn check_with(env: &[(&str, &str)]) -> crate::support::process::Finished {
+    check_file_with(None, env)
+}
+
+/// `serve --check [FILE]` with `env` and no other `CLINK_` variable.
+fn check_file_with(file: Option<&str>, env: &[(&str, &str)]) -> crate::support::process::Finished {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
     command.args(["serve", "--check"]);
+    command.args(file);
     for (name, _) in std::env::vars() {
         if name.starts_with("CLINK_") || name == "DATABASE_URL" {
             command.env_remove(name);
@@ -2785,4 +2806,165 @@ async fn a_stream_that_cannot_keep_the_events_stops_the_start() {
         }
         let _ = jetstream.delete_stream(&stream).await;
     }
+}
+
+/// The status and body of a GET of `url`.
+async fn get(client: &HttpClient, url: &str) -> (u16, String) {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// With `admin_listen`, `/health`, `/ready`, `/metrics` and `/console`
+/// answer on that address only, and the delivery port takes deliveries
+/// only: each admin route there, and a delivery to the admin address, is
+/// a `404`. Both ports stop on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port() {
+    const TOKEN: &str = "gateway-console-token-0123456789";
+    let dir = TempDir::new("admin");
+    let tag = unique("a");
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let app = picky_app(Arc::clone(&seen)).await;
+    let mut env = gateway_env(&dir.0, "admin", &format!("http://{app}/hook"));
+    env.push(("CLINK_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+    env.push(("CLINK_CONSOLE_TOKEN".into(), TOKEN.into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let admin = gateway.admin.clone().expect("an admin address printed");
+    assert_ne!(admin, base);
+    let client = client();
+
+    let good = one_event("good", &tag);
+    deliver(&client, &url, &good).await;
+    until("the event handled", PROMPTLY, async || {
+        seen.lock().unwrap().contains_key(&good.id) && drained(&client, &admin).await
+    })
+    .await;
+
+    // The delivery port: every admin route is not there.
+    for route in [
+        "/health",
+        "/ready",
+        "/metrics",
+        "/console",
+        "/console/events",
+    ] {
+        let (status, body) = get(&client, &format!("{base}{route}")).await;
+        assert_eq!(status, 404, "{route} on the delivery port: {body}");
+        assert!(body.contains("admin address"), "{route}: {body}");
+    }
+    // The admin address: each of them answers.
+    let (status, body) = health(&client, &admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(get(&client, &format!("{admin}/ready")).await.0, 200);
+    let metrics = metrics_text(&client, &admin).await;
+    assert!(
+        metrics.contains("clink_gateway_published_total"),
+        "{metrics}"
+    );
+    if cfg!(feature = "console") {
+        let (status, body) = get(&client, &format!("{admin}/console")).await;
+        assert_eq!(status, 401, "the console without its token: {body}");
+        let (status, body) = get(&client, &format!("{admin}/console?token={TOKEN}")).await;
+        assert!(
+            (200..400).contains(&status),
+            "the console with its token: {status} {body}"
+        );
+    }
+    // A delivery to the admin address is refused, never acknowledged.
+    let path = &url.read().unwrap().clone()[base.len()..];
+    let stray = one_event("stray", &tag);
+    let body = std::str::from_utf8(&stray.body).unwrap();
+    let status = post_signed(&client, &format!("{admin}{path}"), KEY, body).await;
+    assert_eq!(status, 404, "a delivery to the admin address");
+
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    assert!(!seen.lock().unwrap().contains_key(&stray.id));
+}
+
+/// `admin_listen` is checked: an address it cannot be, or the delivery
+/// port's own, is refused by name; a delivery port open beyond loopback
+/// with the admin routes on it is warned about, and not once they have an
+/// address of their own.
+#[test]
+fn admin_listen_is_checked_and_a_shared_public_port_is_warned_about() {
+    let base = [
+        ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
+        ("CLINK_INBOX", "sqlite:/nonexistent/inbox.db"),
+        ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
+    ];
+    for (listen, admin, refused) in [
+        (
+            "127.0.0.1:3000",
+            "localhost:3001",
+            "expected an address and port",
+        ),
+        (
+            "127.0.0.1:3000",
+            "127.0.0.1:3000",
+            "the same address as serve_listen",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        env.extend([
+            ("CLINK_SERVE_LISTEN", listen),
+            ("CLINK_ADMIN_LISTEN", admin),
+        ]);
+        let checked = check_with(&env);
+        assert_eq!(checked.code, Some(2), "{admin}: {checked:?}");
+        assert!(
+            checked
+                .stderr
+                .contains("admin_listen (from the environment variable CLINK_ADMIN_LISTEN)")
+                && checked.stderr.contains(refused),
+            "{admin}: {}",
+            checked.stderr
+        );
+    }
+    for (listen, admin, warned) in [
+        ("0.0.0.0:3000", None, true),
+        ("[::]:3000", None, true),
+        ("0.0.0.0:3000", Some("127.0.0.1:3001"), false),
+        ("127.0.0.1:3000", None, false),
+        ("127.0.0.1:0", Some("127.0.0.1:0"), false),
+    ] {
+        let mut env = base.to_vec();
+        env.push(("CLINK_SERVE_LISTEN", listen));
+        env.extend(admin.map(|admin| ("CLINK_ADMIN_LISTEN", admin)));
+        let checked = check_with(&env);
+        assert_eq!(checked.code, Some(0), "{listen} {admin:?}: {checked:?}");
+        assert_eq!(
+            checked.stderr.contains("admin_listen is unset"),
+            warned,
+            "{listen} {admin:?}: {}",
+            checked.stderr
+        );
+    }
+}
+
+/// The example configuration in `deploy/` is one the gateway takes, its
+/// admin routes on an address of their own.
+#[test]
+fn the_deploy_configuration_checks() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gateway.toml");
+    let checked = check_file_with(Some(file), &[("CLINK_WEBHOOK_SIGNING_KEY", KEY)]);
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+    assert!(
+        checked.stdout.contains("admin_listen") && checked.stdout.contains("127.0.0.1:3001"),
+        "{}",
+        checked.stdout
+    );
+    assert!(
+        !checked.stderr.contains("admin_listen is unset"),
+        "{}",
+        checked.stderr
+    );
 }

@@ -51,6 +51,7 @@ const fn field(name: &'static str, default: Option<&'static str>, secret: bool) 
 pub(crate) const FIELDS: &[Field] = &[
     field("serve_listen", Some("127.0.0.1:3000"), false),
     field("serve_path", Some("/webhooks/clink"), false),
+    field("admin_listen", None, false),
     field("webhook_signing_key", None, true),
     field("signing_keys", None, true),
     field("accounts_file", None, false),
@@ -414,6 +415,9 @@ pub(crate) enum DestinationKind {
 /// The gateway's configuration, read and checked.
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
+    /// Where `/health`, `/ready`, `/metrics` and `/console` are served
+    /// instead of beside the deliveries, when set.
+    pub(crate) admin_listen: Option<SocketAddr>,
     pub(crate) path: String,
     pub(crate) keys: Keys,
     pub(crate) tolerance: Duration,
@@ -609,6 +613,26 @@ impl Config {
                 "expected an address and port such as 127.0.0.1:3000 or [::]:3000",
             )
         })?;
+        let admin_listen = match r.plain("admin_listen")? {
+            None => None,
+            Some((admin, origin)) => {
+                let admin: SocketAddr = admin.parse().map_err(|_| {
+                    problem(
+                        "admin_listen",
+                        &origin,
+                        "expected an address and port such as 127.0.0.1:3001",
+                    )
+                })?;
+                if admin == listen && admin.port() != 0 {
+                    return Err(problem(
+                        "admin_listen",
+                        &origin,
+                        "the same address as serve_listen: give the admin routes a port of their own",
+                    ));
+                }
+                Some(admin)
+            }
+        };
         let (path, origin) = r.plain("serve_path")?.unwrap_or_default();
         if !path.starts_with('/')
             || path.len() > 1 && path.ends_with('/')
@@ -851,6 +875,7 @@ impl Config {
         effective.sort_by_key(|(name, ..)| FIELDS.iter().position(|f| f.name == *name));
         Ok(Self {
             listen,
+            admin_listen,
             path,
             keys,
             tolerance,

@@ -91,7 +91,9 @@ Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
 (200, or 503 naming what fails: the inbox, or the destination while an event
 waits for it; an HTTP app's 400, 409, 422 refuses one event, not the
 destination), GET /ready
-(whether the inbox takes deliveries) and GET /metrics (Prometheus).
+(whether the inbox takes deliveries), GET /metrics (Prometheus) and, with
+console_token, /console: all on the delivery port, or with admin_listen on
+that address instead (the delivery port then answers 404 to them).
 SIGTERM or Ctrl-C stops taking deliveries and lets those in progress and the
 publishes in flight finish within shutdown_timeout_ms, one deadline for both
 (no new event is taken from the inbox after the signal); events still out then
@@ -311,10 +313,23 @@ fn full(text: String) -> Body {
         .boxed_unsync()
 }
 
+/// Which routes a port serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    /// The deliveries and the admin routes, on the one port.
+    All,
+    /// The deliveries only (the admin routes have a port of their own).
+    Deliveries,
+    /// `/health`, `/ready`, `/metrics` and `/console` only.
+    Admin,
+}
+
 /// The gateway's HTTP service: deliveries to the intake, `/health`,
-/// `/ready`, `/metrics`, 404 elsewhere.
+/// `/ready`, `/metrics`, `/console`, each where [`Routes`] says; 404
+/// elsewhere.
 #[derive(Clone)]
 struct Gateway {
+    routes: Routes,
     intake: InboxIntake,
     path: Arc<str>,
     per_account: bool,
@@ -403,12 +418,14 @@ impl Gateway {
 
     async fn route(mut self, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path().to_owned();
-        if self.is_delivery_path(&path) {
-            let response = match self.intake.call(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            return response.map(|body| body.map_err(Into::into).boxed_unsync());
+        if self.routes == Routes::Deliveries {
+            if self.is_delivery_path(&path) {
+                return self.deliver(request).await;
+            }
+            return self.not_found();
+        }
+        if self.routes == Routes::All && self.is_delivery_path(&path) {
+            return self.deliver(request).await;
         }
         #[cfg(feature = "console")]
         if path == "/console" || path.starts_with("/console/") {
@@ -448,14 +465,34 @@ impl Gateway {
                 );
                 response
             }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({
-                    "error": "not_found",
-                    "message": format!("deliveries go to {}", self.delivery_path()),
-                }),
-            ),
+            _ => self.not_found(),
         }
+    }
+
+    async fn deliver(&mut self, request: Request<Incoming>) -> Response<Body> {
+        let response = match self.intake.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        response.map(|body| body.map_err(Into::into).boxed_unsync())
+    }
+
+    fn not_found(&self) -> Response<Body> {
+        let message = match self.routes {
+            Routes::All => format!("deliveries go to {}", self.delivery_path()),
+            Routes::Deliveries => format!(
+                "deliveries go to {}; /health, /ready, /metrics and /console are on the admin \
+                 address",
+                self.delivery_path()
+            ),
+            Routes::Admin => "this is the admin address: /health, /ready, /metrics and /console; \
+                              deliveries go to the delivery address"
+                .to_owned(),
+        };
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "not_found", "message": message }),
+        )
     }
 
     fn delivery_path(&self) -> String {
@@ -521,6 +558,12 @@ fn load_accounts(
     *keys.write().unwrap_or_else(PoisonError::into_inner) = named;
     Ok(count)
 }
+
+/// The warning at start when the admin routes share a delivery port that
+/// is not on loopback.
+const SHARED_PORT_WARNING: &str = "serve_listen is not a loopback address and admin_listen is \
+    unset: /health, /ready, /metrics and /console answer on the delivery port; set admin_listen \
+    (127.0.0.1:3001, say), or let only the delivery path through from outside";
 
 /// The least `inbox_retention_hours` without a warning: Clink retries a
 /// delivery for about a day, and two days cover that with a margin.
@@ -637,6 +680,9 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     if let Some(warning) = retention_warning(config.inbox_retention) {
         eprintln!("gateway: {warning}");
     }
+    if config.admin_listen.is_none() && !config.listen.ip().is_loopback() {
+        eprintln!("gateway: {SHARED_PORT_WARNING}");
+    }
     if args.check {
         if out.json {
             out.json_line(&json!({ "check": "ok" }));
@@ -727,8 +773,25 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     let address = listener
         .local_addr()
         .map_err(|e| CliError::io("cannot read the listening address", &e))?;
+    let admin_listener = match config.admin_listen {
+        Some(admin) => {
+            let listener = TcpListener::bind(admin).await.map_err(|e| {
+                CliError::io(&format!("cannot listen on {admin} (admin_listen)"), &e)
+            })?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| CliError::io("cannot read the admin address", &e))?;
+            Some((listener, address))
+        }
+        None => None,
+    };
     let mut signals = Signals::new()?;
     let gateway = Gateway {
+        routes: if admin_listener.is_some() {
+            Routes::Deliveries
+        } else {
+            Routes::All
+        },
         readiness: intake.readiness(),
         intake,
         path: Arc::from(config.path.as_str()),
@@ -761,12 +824,29 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         .and_then(|s| s.max_connections(config.max_connections))
         .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
         .map_err(usage)?;
+    let admin = admin_listener.map(|(listener, address)| {
+        let gateway = Gateway {
+            routes: Routes::Admin,
+            ..gateway.clone()
+        };
+        (listener, address, gateway, server.clone())
+    });
     let pool = workers.spawn();
     let url = format!("http://{address}{}", gateway.delivery_path());
+    let admin_url = admin
+        .as_ref()
+        .map(|(_, address, ..)| format!("http://{address}"));
     if out.json {
-        out.json_line(&json!({ "listening": url, "destination": &*destination_name }));
+        out.json_line(&json!({
+            "listening": url, "admin": admin_url, "destination": &*destination_name,
+        }));
     } else {
         out.line(&format!("listening on {url}"));
+        if let Some(admin_url) = &admin_url {
+            out.line(&format!(
+                "admin listening on {admin_url} (/health, /ready, /metrics, /console)"
+            ));
+        }
         out.line(&format!("forwarding to {destination_name}"));
     }
 
@@ -821,9 +901,21 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     // and the publishes in flight finish (or their events go back to the
     // inbox). A long drain then takes nothing from the publishes.
     let (signalled, signal) = tokio::sync::oneshot::channel();
+    // The admin port, when there is one, stops with the delivery port.
+    let (stopped, mut admin_stop) = tokio::sync::watch::channel(false);
     let stop = async move {
         stop.await;
+        let _ = stopped.send(true);
         let _ = signalled.send(());
+    };
+    let admin_serving = async move {
+        if let Some((listener, _, gateway, server)) = admin {
+            let stop = async move {
+                // An error means the sender is gone: stopping too.
+                let _ = admin_stop.wait_for(|stopped| *stopped).await;
+            };
+            server.serve(listener, gateway, stop).await;
+        }
     };
     let shutdown_timeout = config.shutdown_timeout;
     let workers_stop = async move {
@@ -834,7 +926,11 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         };
         pool.shutdown(left).await;
     };
-    tokio::join!(server.serve(listener, gateway, stop), workers_stop);
+    tokio::join!(
+        server.serve(listener, gateway, stop),
+        admin_serving,
+        workers_stop
+    );
     purger.abort();
     eprintln!("stopped");
     Ok(())
@@ -1133,6 +1229,7 @@ mod tests {
             .unwrap();
         let intake = layer.intake(Arc::clone(&inbox));
         let gateway = Gateway {
+            routes: Routes::All,
             readiness: intake.readiness(),
             intake,
             path: Arc::from("/webhooks/clink"),
