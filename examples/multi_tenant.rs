@@ -33,9 +33,10 @@
 //! source's defaults bound what the configured accounts cost it (one lookup
 //! per account at a time, 16 at once, 100 a second); on stop it prints
 //! `key lookups: <n>` to stderr. The cache keeps what it looked up for 5
-//! minutes, so a reload also replaces it with an empty one, with the
-//! reloaded set of ids as its precheck: a rotated or removed account is seen
-//! on its next delivery, not when its cached keys expire.
+//! minutes, so a reload tells it to forget each account whose secrets
+//! changed, was added or was removed, and makes the reloaded set of ids its
+//! precheck: such an account is seen on its next delivery, not when its
+//! cached keys expire, and the accounts that did not change stay cached.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,8 +45,7 @@ use std::time::Duration;
 
 use axum::Router;
 use clink_webhooks::accounts::{
-    is_valid_account, AccountFrom, CachedKeySource, KeyMap, KeySource, KeySourceError,
-    MAX_ACCOUNT_LEN,
+    is_valid_account, AccountFrom, CachedKeySource, KeyMap, KeySource, MAX_ACCOUNT_LEN,
 };
 use clink_webhooks::data::Resource;
 use clink_webhooks::router::EveryHandler;
@@ -146,48 +146,43 @@ fn read_keys() -> Result<BTreeMap<String, Verifier>, Box<dyn std::error::Error>>
     Ok(verifiers)
 }
 
+/// What a load changed.
+struct Loaded {
+    /// The accounts `keys` holds now.
+    accounts: Vec<String>,
+    /// The accounts added, removed, or whose secrets changed.
+    changed: Vec<String>,
+}
+
 /// Reads the keys ([`read_keys`]) and, only if all of them are right, makes
-/// `keys` hold them and nothing else: `previous` is what it held. The
-/// accounts it holds now.
-fn load(keys: &KeyMap, previous: &[String]) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+/// `keys` hold them and nothing else: `previous` is what it held.
+fn load(keys: &KeyMap, previous: &[String]) -> Result<Loaded, Box<dyn std::error::Error>> {
     let verifiers = read_keys()?;
     let accounts: Vec<String> = verifiers.keys().cloned().collect();
+    let mut changed = Vec::new();
     for (account, verifier) in verifiers {
+        // A key's name is its fingerprint: the same names, the same secrets.
+        let same = keys
+            .get(&account)
+            .is_some_and(|before| before.key_names().eq(verifier.key_names()));
+        if !same {
+            changed.push(account.clone());
+        }
         // Cannot fail: `parse_pairs` checked the id with `is_valid_account`,
         // the one check `insert` makes.
         keys.insert(account, verifier)?;
     }
     for gone in previous.iter().filter(|a| !accounts.contains(a)) {
         keys.remove(gone);
+        changed.push(gone.clone());
     }
-    Ok(accounts)
+    Ok(Loaded { accounts, changed })
 }
 
-/// The layer's key source, which a reload can replace whole: the lookup
-/// cache in front of the "database" starts empty again, so that no key
-/// read before the reload is used after it.
-#[derive(Clone)]
-struct Replaceable(Arc<RwLock<Arc<dyn KeySource>>>);
-
-impl Replaceable {
-    fn new(source: Arc<dyn KeySource>) -> Self {
-        Self(Arc::new(RwLock::new(source)))
-    }
-
-    /// Deliveries from now on ask `source`.
-    fn replace(&self, source: Arc<dyn KeySource>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = source;
-    }
-}
-
-impl KeySource for Replaceable {
-    fn verifier<'a>(
-        &'a self, account: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
-        let source = Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner));
-        Box::pin(async move { source.verifier(account).await })
-    }
-}
+/// How the cached "database" source looks an account up.
+type Fetch = Box<
+    dyn Fn(String) -> BoxFuture<'static, Result<Option<Verifier>, std::io::Error>> + Send + Sync,
+>;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -234,7 +229,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )?
     .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let keys = KeyMap::new();
-    let mut loaded = load(&keys, &[])?;
+    let mut loaded = load(&keys, &[])?.accounts;
     if loaded.is_empty() {
         return Err("no accounts: set CLINK_TENANT_KEYS to account=secret pairs".into());
     }
@@ -255,29 +250,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("CLINK_TENANT_LOOKUP_FAILS must be 1 or 0, got {other}").into())
         }
     };
-    let lookup = match env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")? {
-        Some(ms) => {
-            let delay = Duration::from_millis(ms);
-            let (keys, lookups) = (keys.clone(), Arc::clone(&lookups));
-            Some(move |accounts: &[String]| -> Arc<dyn KeySource> {
-                let known = accounts.iter().cloned().collect();
-                Arc::new(database(
-                    keys.clone(),
-                    known,
-                    delay,
-                    fails,
-                    Arc::clone(&lookups),
-                ))
-            })
-        }
-        None => None,
-    };
-    let looked_up = lookup.is_some();
-    let source = Replaceable::new(match &lookup {
-        Some(cached) => cached(&loaded),
-        None => Arc::new(keys.clone()),
+    // The account ids the lookup's precheck lets through, replaced on reload.
+    let known = Arc::new(RwLock::new(loaded.iter().cloned().collect::<HashSet<_>>()));
+    let lookup = env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")?.map(|ms| {
+        let delay = Duration::from_millis(ms);
+        database(
+            keys.clone(),
+            Arc::clone(&known),
+            delay,
+            fails,
+            Arc::clone(&lookups),
+        )
     });
-    let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source.clone());
+    let looked_up = lookup.is_some();
+    let source: Arc<dyn KeySource> = match &lookup {
+        Some(cached) => cached.clone(),
+        None => Arc::new(keys.clone()),
+    };
+    let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source);
     let service = layer.store(store).route(router);
     let app = Router::new().route_service("/webhooks/clink/{account}", service);
 
@@ -295,12 +285,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             while hangup.recv().await.is_some() {
                 match load(&keys, &loaded) {
                     Ok(now) => {
-                        loaded = now;
-                        // An empty cache, so that nothing cached before the
-                        // reload is used after it, and the accounts now
-                        // configured as its precheck.
+                        loaded = now.accounts;
+                        // The accounts now configured as the precheck, then
+                        // each changed account forgotten, so that nothing
+                        // cached of it before the reload is used after it.
+                        *known.write().unwrap_or_else(PoisonError::into_inner) =
+                            loaded.iter().cloned().collect();
                         if let Some(cached) = &lookup {
-                            source.replace(cached(&loaded));
+                            for account in &now.changed {
+                                cached.forget(account);
+                            }
                         }
                         eprintln!("reloaded keys: {}", loaded.join(", "));
                     }
@@ -328,12 +322,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// it, a `CachedKeySource` with its default limits, whose precheck lets
 /// through the account ids in `known` alone.
 fn database(
-    accounts: KeyMap, known: HashSet<String>, delay: Duration, fails: bool, lookups: Arc<AtomicU64>,
-) -> impl clink_webhooks::accounts::KeySource {
-    CachedKeySource::new(move |account: String| {
+    accounts: KeyMap, known: Arc<RwLock<HashSet<String>>>, delay: Duration, fails: bool,
+    lookups: Arc<AtomicU64>,
+) -> Arc<CachedKeySource<Fetch>> {
+    let fetch: Fetch = Box::new(move |account: String| {
         lookups.fetch_add(1, Ordering::Relaxed);
         let found = accounts.get(&account).map(|verifier| (*verifier).clone());
-        async move {
+        Box::pin(async move {
             tokio::time::sleep(delay).await;
             if fails {
                 return Err(std::io::Error::other(format!(
@@ -341,10 +336,15 @@ fn database(
                 )));
             }
             Ok(found)
-        }
-    })
+        })
+    });
     // Any other name is refused before the cache and the lookup limits.
-    .precheck(move |account| known.contains(account))
+    Arc::new(CachedKeySource::new(fetch).precheck(move |account| {
+        known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(account)
+    }))
 }
 
 /// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.

@@ -53,6 +53,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -426,6 +427,9 @@ pub struct CachedKeySource<F> {
     lookups: Semaphore,
     max_lookups: usize,
     rate: TokenBucket,
+    /// How many times [`forget`](CachedKeySource::forget) was called: a
+    /// lookup begun before one caches nothing.
+    forgets: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -523,6 +527,36 @@ fn check_ttl(what: &str, ttl: Duration) -> Result<Duration, ConfigError> {
     Ok(ttl)
 }
 
+impl<F> CachedKeySource<F> {
+    /// Drops what the cache holds for `account`, its keys or its absence,
+    /// so that its next delivery looks it up again: call it when an
+    /// account's secrets change (rotated, added, removed) for the change
+    /// to be seen at once instead of when the entry expires. The other
+    /// accounts keep their entries. A lookup running when it is called
+    /// still answers the deliveries waiting on it, but caches nothing
+    /// (nor does any other lookup running then), and deliveries from then
+    /// on wait on a lookup of their own. Whether there was an entry.
+    pub fn forget(&self, account: &str) -> bool {
+        // Under the entry's lock, which a lookup takes to cache its answer
+        // after reading the count: it sees this call, or its answer is
+        // taken out here.
+        let entry = self.cache.entry(account.to_owned());
+        self.forgets.fetch_add(1, Ordering::AcqRel);
+        let had = match entry {
+            dashmap::Entry::Occupied(entry) => {
+                entry.remove();
+                true
+            }
+            dashmap::Entry::Vacant(_) => false,
+        };
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(account);
+        had
+    }
+}
+
 impl<F, Fut, E> CachedKeySource<F>
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
@@ -543,12 +577,14 @@ where
             lookups: Semaphore::new(DEFAULT_MAX_CONCURRENT_LOOKUPS),
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
+            forgets: AtomicU64::new(0),
         }
     }
 
     /// How long a known account's keys are used before asking again
-    /// (default 5 minutes): the longest a rotated secret takes to be seen,
-    /// but while every lookup slot is busy, when the expired keys answer
+    /// (default 5 minutes): the longest a rotated secret takes to be seen
+    /// (unless you [`forget`](CachedKeySource::forget) the account when it
+    /// changes), but while every lookup slot is busy, when the expired keys answer
     /// for up to one `ttl` more ([`max_concurrent_lookups`](Self::max_concurrent_lookups)).
     /// Zero asks every time.
     ///
@@ -688,6 +724,7 @@ where
         if expired.is_none() && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
+        let forgets = self.forgets.load(Ordering::Acquire);
         let verifier = (self.fetch)(account.to_owned())
             .await
             .map_err(KeySourceError::new)?
@@ -700,13 +737,15 @@ where
         let now = Instant::now();
         if !ttl.is_zero() {
             self.evict(now);
-            self.cache.insert(
-                account.to_owned(),
-                Cached {
+            let entry = self.cache.entry(account.to_owned());
+            // Not if `forget` was called since the lookup began: its
+            // answer may be of the keys from before.
+            if self.forgets.load(Ordering::Acquire) == forgets {
+                entry.insert(Cached {
                     verifier: verifier.clone(),
                     until: now + ttl,
-                },
-            );
+                });
+            }
         }
         Ok(verifier)
     }
@@ -844,6 +883,59 @@ mod lookup_tests {
         // Cached from now on.
         assert!(source.verifier("acct_one").await.unwrap().is_some());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_account_is_looked_up_again_and_the_others_stay_cached() {
+        let (source, calls, gate) = gated();
+        gate.add_permits(100);
+        for account in ["acct_a", "acct_b", "nobody"] {
+            source.verifier(account).await.unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(source.forget("acct_a"));
+        assert!(source.forget("nobody"), "an absence is forgotten too");
+        assert!(!source.forget("acct_never_asked"));
+        for account in ["acct_a", "acct_b", "nobody"] {
+            source.verifier(account).await.unwrap();
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            5,
+            "acct_b answered from the cache"
+        );
+        // Cached again after the new lookup.
+        source.verifier("acct_a").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    /// A lookup running when its account is forgotten answers those waiting
+    /// on it, but its answer (maybe of the keys from before) is not kept,
+    /// and a delivery arriving after the call does not wait on it.
+    #[tokio::test]
+    async fn a_lookup_running_when_its_account_is_forgotten_is_not_cached() {
+        let (source, calls, gate) = gated();
+        let source = Arc::new(source);
+        let before = {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.verifier("acct_r").await.map(|v| v.is_some()) })
+        };
+        until(|| waiting(&source, "acct_r") == 1).await;
+        assert!(!source.forget("acct_r"));
+        let after = {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.verifier("acct_r").await.map(|v| v.is_some()) })
+        };
+        until(|| waiting(&source, "acct_r") == 1 && calls.load(Ordering::SeqCst) == 2).await;
+        // The lookup from before the call ends first: not cached.
+        gate.add_permits(1);
+        assert!(before.await.unwrap().unwrap());
+        assert!(source.cache.get("acct_r").is_none());
+        gate.add_permits(1);
+        assert!(after.await.unwrap().unwrap());
+        assert!(source.cache.get("acct_r").is_some());
+        source.verifier("acct_r").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
