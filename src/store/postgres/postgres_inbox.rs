@@ -29,7 +29,7 @@ use crate::{ConfigError, Timestamp};
 
 /// The columns added to the inbox's table since its first version (each
 /// by an `ALTER TABLE .. ADD COLUMN IF NOT EXISTS` of the schema).
-const ADDED_COLUMNS: [&str; 9] = [
+const ADDED_COLUMNS: [&str; 10] = [
     "signing_key",
     "handled_at_ms",
     "replays",
@@ -39,6 +39,7 @@ const ADDED_COLUMNS: [&str; 9] = [
     "header_signature",
     "claimed_at_ms",
     "history",
+    "arrived_ms",
 ];
 
 /// How many candidates a claim tries, each found blocked by its object once
@@ -70,9 +71,18 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///   (`<table>_complete`, `<table>_fail`, `<table>_release`), so that its
 ///   plan too is reused on the connection instead of made on every call.
 ///
-/// Times are the app's clock in epoch milliseconds, as [`NewEvent`] carries
-/// them; keep the instances' clocks in sync (NTP), as Clink's timestamp
-/// tolerance needs anyway.
+/// Claims and settles follow the server's clock, in epoch milliseconds: a
+/// lease is taken, found ended and checked by every settle against the
+/// clock of the PostgreSQL server, never an app's, so instances whose
+/// clocks drift apart (by more than a lease, even) never take an event
+/// whose lease is still running. A time an app gives for a claim to read
+/// (an event's arrival, which the reorder window counts from; a retry it
+/// asks for) is kept as the same distance from the server's now as from
+/// the app's (`arrived_ms`, `next_attempt_ms`); the arrival is also kept
+/// as given, and read back as [`NewEvent::received_at`]. The bounds an app
+/// chooses (a purge's cutoff, a list's `received` range) read the
+/// arrivals as given, by the apps' clocks: keep them in sync (NTP) for
+/// those, as Clink's timestamp tolerance needs anyway.
 ///
 /// Create the table with [`migrate`](Self::migrate). Idle workers poll
 /// every 250 ms unless [`listen`](Self::listen) gives them a connection of
@@ -130,11 +140,14 @@ impl Sql {
         let bare = table.rsplit('.').next().unwrap_or(table);
         let channel = format!("{bare}_inserted");
         let live = "('pending', 'retrying', 'running')";
-        // A settle matches the row, its token and a lease still running now ($3).
-        let holds = "seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3";
+        // A settle matches the row, its token and a lease still running now
+        // by the server's clock (`srv_ms`, in the settles' functions).
+        let holds = |now: &str| {
+            format!("seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > {now}")
+        };
         // Each settle ends the claim's attempt now; a claim of an event still
         // running ends the attempt whose lease ended, at the lease's end.
-        let ended = |outcome, error| append_sql(Dialect::Postgres, "$3", outcome, error);
+        let ended = |outcome, error| append_sql(Dialect::Postgres, "srv_ms", outcome, error);
         let (completed, failed, released) = (
             ended(history::COMPLETED, "NULL::text"),
             ended(history::FAILED, "$6::text"),
@@ -172,7 +185,7 @@ impl Sql {
         let blocker = format!(
             "SELECT 1 FROM {t} o
              WHERE o.object_key = e.object_key AND o.seq <> e.seq AND o.status IN {live}
-               AND ((o.status = 'running' AND o.lease_until_ms > $1)
+               AND ((o.status = 'running' AND o.lease_until_ms > srv_ms)
                     OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))"
         );
         let claim_fn = quote(&format!("{table}_claim"));
@@ -183,6 +196,10 @@ impl Sql {
             "CREATE OR REPLACE FUNCTION {claim_fn}(now_ms bigint, lease_ms bigint, window_ms bigint, new_token text)
              RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
              DECLARE
+                -- The server's clock, so that every instance agrees when a
+                -- lease ends, an attempt is due and a reorder window ends;
+                -- now_ms, the app's, is not read.
+                srv_ms bigint := {SERVER_NOW_MS};
                 picked_seq bigint;
                 picked_key text COLLATE \"C\";
                 past_seq bigint := 0;
@@ -191,8 +208,9 @@ impl Sql {
                 FOR candidate IN 1..{CLAIM_CANDIDATES} LOOP
                     SELECT e.seq, e.object_key INTO picked_seq, picked_key FROM {t} e
                     WHERE e.seq > past_seq AND e.status IN {live}
-                      AND ((e.status <> 'running' AND e.next_attempt_ms <= $1 AND e.received_at_ms <= $1 - $3)
-                           OR (e.status = 'running' AND e.lease_until_ms <= $1))
+                      AND ((e.status <> 'running' AND e.next_attempt_ms <= srv_ms
+                                AND COALESCE(e.arrived_ms, e.received_at_ms) <= srv_ms - $3)
+                           OR (e.status = 'running' AND e.lease_until_ms <= srv_ms))
                       AND (e.object_key IS NULL OR NOT EXISTS ({blocker}))
                     ORDER BY e.seq
                     LIMIT 1
@@ -213,7 +231,7 @@ impl Sql {
                     END IF;
                     RETURN QUERY
                     UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                                   lease_until_ms = $1 + $2, token = $4, claimed_at_ms = $1,
+                                   lease_until_ms = srv_ms + $2, token = $4, claimed_at_ms = srv_ms,
                                    history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
                     WHERE {t}.seq = picked_seq
                     RETURNING {t}.*;
@@ -236,7 +254,11 @@ impl Sql {
             let definition = format!(
                 "CREATE OR REPLACE FUNCTION {function}({params})
                  RETURNS bigint LANGUAGE plpgsql AS $settle$
-                 DECLARE settled bigint;
+                 DECLARE
+                    settled bigint;
+                    -- The server's clock; $3, the app's, only translates
+                    -- a time the app gives.
+                    srv_ms bigint := {SERVER_NOW_MS};
                  BEGIN
                     {update};
                     GET DIAGNOSTICS settled = ROW_COUNT;
@@ -250,9 +272,10 @@ impl Sql {
             "complete",
             "bigint, text, bigint",
             format!(
-                "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = $3,
+                "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = srv_ms,
                                 history = {completed}
-                 WHERE {holds}"
+                 WHERE {holds}",
+                holds = holds("srv_ms")
             ),
         );
         let (fail_def, fail) = settle(
@@ -260,9 +283,10 @@ impl Sql {
             "bigint, text, bigint, bigint, text, text",
             format!(
                 "UPDATE {t} SET status = CASE WHEN $4::bigint IS NULL THEN 'dead' ELSE 'retrying' END,
-                                next_attempt_ms = COALESCE($4::bigint, next_attempt_ms),
+                                next_attempt_ms = COALESCE(srv_ms + ($4::bigint - $3::bigint), next_attempt_ms),
                                 last_error = $5, token = NULL, history = {failed}
-                 WHERE {holds}"
+                 WHERE {holds}",
+                holds = holds("srv_ms")
             ),
         );
         let (release_def, release) = settle(
@@ -272,7 +296,8 @@ impl Sql {
                 "UPDATE {t} SET status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END,
                                 attempts = attempts - 1, token = NULL, lease_until_ms = 0,
                                 history = {released}
-                 WHERE {holds}"
+                 WHERE {holds}",
+                holds = holds("srv_ms")
             ),
         );
         Self {
@@ -310,6 +335,7 @@ impl Sql {
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS header_signature text;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS claimed_at_ms bigint;
                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS history jsonb NOT NULL DEFAULT '[]'::jsonb;
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS arrived_ms bigint;
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};
@@ -348,12 +374,17 @@ impl Sql {
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
                                      signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key,
-                                     status, last_error, header_timestamp, header_signature)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8, $11,
-                            CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12, $13, $14)
+                                     status, last_error, header_timestamp, header_signature, arrived_ms)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {arrived}, $11,
+                            CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12, $13, $14,
+                            {arrived})
                     ON CONFLICT (account, event_id) DO NOTHING
                     RETURNING seq)
-                 SELECT seq, pg_notify($10, '') FROM kept"
+                 SELECT seq, pg_notify($10, '') FROM kept",
+                // The arrival ($8, kept as given) by the server's clock: as
+                // far from its now as from the app's ($15). The first
+                // attempt is due then, and the reorder window counts from it.
+                arrived = format!("{SERVER_NOW_MS} + ($8::bigint - $15::bigint)")
             ),
             claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3, $4)"),
             complete,
@@ -370,10 +401,10 @@ impl Sql {
                       replayed AS (
                         UPDATE {t} SET {replay_set} FROM found
                         WHERE {t}.seq = found.seq AND found.status <> 'running'
-                          AND (found.status <> 'done' OR $3::boolean)
+                          AND (found.status <> 'done' OR $2::boolean)
                         RETURNING {t}.seq)
                  SELECT found.status, found.handled_at_ms, (SELECT count(*) FROM replayed) FROM found",
-                replay_set = replay_set(2)
+                replay_set = replay_set()
             ),
             // One statement: the `UPDATE` checks the pinned state (against
             // the row as committed, should it wait for another writer) and
@@ -383,19 +414,19 @@ impl Sql {
                 "WITH found AS (SELECT status, replays, handled_at_ms FROM {t} WHERE seq = $1),
                       replayed AS (
                         UPDATE {t} SET {replay_set}
-                        WHERE seq = $1 AND status = $3::text AND status <> 'running'
-                          AND replays = $4::bigint AND handled_at_ms IS NOT DISTINCT FROM $5::bigint
+                        WHERE seq = $1 AND status = $2::text AND status <> 'running'
+                          AND replays = $3::bigint AND handled_at_ms IS NOT DISTINCT FROM $4::bigint
                         RETURNING seq)
                  SELECT (SELECT count(*) FROM replayed), status, replays, handled_at_ms FROM found",
-                replay_set = replay_set(2)
+                replay_set = replay_set()
             ),
             replay_matching: format!(
                 "UPDATE {t} SET {}
                  WHERE {} AND status <> 'running' AND (status <> 'done' OR ${}::boolean)
                  RETURNING seq",
-                replay_set(FILTER_PARAMS + 1),
+                replay_set(),
                 filter_sql('$', 1, None),
-                FILTER_PARAMS + 2
+                FILTER_PARAMS + 1
             ),
             writable: format!(
                 "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
@@ -424,8 +455,10 @@ impl Sql {
             // beside them (a count over the whole table ran every few
             // seconds, for the metrics and for each health probe).
             stats: {
-                let counts = "SELECT status, count(*), min(received_at_ms),
-                        sum(CASE WHEN status = 'running' OR next_attempt_ms <= $1 THEN 1 ELSE 0 END)";
+                let counts = format!(
+                    "SELECT status, count(*), min(received_at_ms),
+                        sum(CASE WHEN status = 'running' OR next_attempt_ms <= {SERVER_NOW_MS} THEN 1 ELSE 0 END)"
+                );
                 format!(
                     "{counts} FROM {t} WHERE status IN {live} GROUP BY status
                      UNION ALL
@@ -433,8 +466,8 @@ impl Sql {
                 )
             },
             receipt: format!(
-                "UPDATE {t} SET receipt = $4
-                 WHERE seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > $3"
+                "UPDATE {t} SET receipt = $3 WHERE {}",
+                holds(SERVER_NOW_MS)
             ),
             channel,
         }
@@ -459,13 +492,17 @@ fn with_filter<'a, const N: usize>(
     params
 }
 
-/// What a replay sets, `$N` being the time now.
-fn replay_set(now: usize) -> String {
+/// What a replay sets: due at the server's now.
+fn replay_set() -> String {
     format!(
-        "status = 'pending', attempts = 0, next_attempt_ms = ${now}::bigint, token = NULL, \
-         replays = replays + 1, last_replay_ms = ${now}::bigint, receipt = NULL"
+        "status = 'pending', attempts = 0, next_attempt_ms = {SERVER_NOW_MS}, token = NULL, \
+         replays = replays + 1, last_replay_ms = {SERVER_NOW_MS}, receipt = NULL"
     )
 }
+
+/// The server's clock now, in epoch milliseconds (its `clock_timestamp()`,
+/// not the transaction's start).
+const SERVER_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// How many rows a settle's function settled: its one row's one value.
 fn settled(rows: &[tokio_postgres::Row]) -> Result<i64, tokio_postgres::Error> {
@@ -799,6 +836,7 @@ impl PostgresInbox {
             let order = order_key(event).0;
             let signed = event.signed_at.as_millis();
             let received = event.received_at.as_millis();
+            let now = Timestamp::now().as_millis();
             let body: &[u8] = &event.body;
             let headers = event.signature_headers.as_ref();
             let header_timestamp = headers.map(|h| h.timestamp.as_str());
@@ -823,6 +861,7 @@ impl PostgresInbox {
                                 (&dead_with, Type::TEXT),
                                 (&header_timestamp, Type::TEXT),
                                 (&header_signature, Type::TEXT),
+                                (&now, Type::INT8),
                             ],
                         )
                         .await
@@ -978,13 +1017,12 @@ impl Inbox for PostgresInbox {
 
     fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
         Box::pin(async move {
-            let now = Timestamp::now().as_millis();
             let rows = self
                 .call(async |client| {
                     client
                         .query_typed(
                             &self.sql.replay,
-                            &[(&seq, Type::INT8), (&now, Type::INT8), (&force, Type::BOOL)],
+                            &[(&seq, Type::INT8), (&force, Type::BOOL)],
                         )
                         .await
                         .map_err(|err| pg_error("cannot replay the event", &err))
@@ -1012,7 +1050,6 @@ impl Inbox for PostgresInbox {
         &'a self, seq: i64, pin: &'a ReplayPin,
     ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
         Box::pin(async move {
-            let now = Timestamp::now().as_millis();
             let (status, replays) = (pin.status.as_str(), i64::from(pin.replays));
             let handled = pin.handled_at.map(Timestamp::as_millis);
             let rows = self
@@ -1022,7 +1059,6 @@ impl Inbox for PostgresInbox {
                             &self.sql.replay_if,
                             &[
                                 (&seq, Type::INT8),
-                                (&now, Type::INT8),
                                 (&status, Type::TEXT),
                                 (&replays, Type::INT8),
                                 (&handled, Type::INT8),
@@ -1058,13 +1094,12 @@ impl Inbox for PostgresInbox {
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
-            let now = Timestamp::now().as_millis();
             let rows = self
                 .call(async |client| {
                     client
                         .query_typed(
                             &self.sql.replay_matching,
-                            &with_filter(&f, [(&now, Type::INT8), (&force, Type::BOOL)]),
+                            &with_filter(&f, [(&force, Type::BOOL)]),
                         )
                         .await
                         .map_err(|err| pg_error("cannot replay the events", &err))
@@ -1143,10 +1178,7 @@ impl Inbox for PostgresInbox {
             let rows = self
                 .call(async |client| {
                     client
-                        .query_typed(
-                            &self.sql.stats,
-                            &[(&Timestamp::now().as_millis(), Type::INT8)],
-                        )
+                        .query_typed(&self.sql.stats, &[])
                         .await
                         .map_err(|err| pg_error("cannot count the inbox", &err))
                 })
@@ -1177,7 +1209,6 @@ impl Inbox for PostgresInbox {
         &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
-            let now = Timestamp::now().as_millis();
             let (seq, token) = (attempt.seq(), attempt.token());
             let changed = self
                 .call(async |client| {
@@ -1187,7 +1218,6 @@ impl Inbox for PostgresInbox {
                             &[
                                 (&seq, Type::INT8),
                                 (&token, Type::TEXT),
-                                (&now, Type::INT8),
                                 (&receipt, Type::TEXT),
                             ],
                         )
@@ -1282,10 +1312,11 @@ mod tests {
     /// through their indexes, never the done ones kept beside them: on an
     /// inbox of 20,000 done events and a few others, the plan has no
     /// sequential scan, and the counts are right.
-    #[tokio::test]
-    async fn stats_read_only_the_events_not_done() {
-        use crate::store::{Inbox, PostgresInbox};
-
+    /// An inbox in a table of its own named `{prefix}_<random>`, migrated,
+    /// on the suite's server; its pool, and the table's name.
+    async fn private_inbox(
+        prefix: &str,
+    ) -> (crate::store::PostgresInbox, deadpool_postgres::Pool, String) {
         let url = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL is not set: run scripts/test, which starts PostgreSQL");
         let config: tokio_postgres::Config = url.parse().unwrap();
@@ -1298,11 +1329,21 @@ mod tests {
         .build()
         .unwrap();
         let table = format!(
-            "stats_plan_{}",
+            "{prefix}_{}",
             &crate::store::LeaseToken::generate().as_str()[..12]
         );
-        let inbox = PostgresInbox::new(pool.clone()).with_table(&table).unwrap();
+        let inbox = crate::store::PostgresInbox::new(pool.clone())
+            .with_table(&table)
+            .unwrap();
         inbox.migrate().await.unwrap();
+        (inbox, pool, table)
+    }
+
+    #[tokio::test]
+    async fn stats_read_only_the_events_not_done() {
+        use crate::store::Inbox;
+
+        let (inbox, pool, table) = private_inbox("stats_plan").await;
         let client = pool.get().await.unwrap();
         client
             .batch_execute(&format!(
@@ -1316,10 +1357,7 @@ mod tests {
             .await
             .unwrap();
         let plan: Vec<String> = client
-            .query_typed(
-                &format!("EXPLAIN {}", inbox.sql.stats),
-                &[(&0_i64, tokio_postgres::types::Type::INT8)],
-            )
+            .query_typed(&format!("EXPLAIN {}", inbox.sql.stats), &[])
             .await
             .unwrap()
             .iter()
@@ -1356,6 +1394,169 @@ mod tests {
         client.batch_execute(&inbox.sql.schema).await.unwrap();
         assert!(!index_exists().await);
         assert_eq!(inbox.stats().await.unwrap().dead, 4);
+    }
+
+    /// Leases follow the server's clock, not the app's: an app whose clock
+    /// is an hour behind (it claims with its own `now`) takes a lease that
+    /// lasts as long as asked, which an app with the right clock cannot take
+    /// over, and that app can still settle it; a retry it asks for 5 s from
+    /// its now is due 5 s from the server's now, not an hour ago; a new
+    /// event's first attempt is due as far from the server's now as its
+    /// arrival is from the app's (the arrival itself kept as given).
+    #[tokio::test]
+    async fn leases_and_times_follow_the_servers_clock_not_the_apps() {
+        use tokio_postgres::types::Type;
+
+        use crate::store::{Inbox, NewEvent, Settle};
+        use crate::Timestamp;
+
+        const HOUR: i64 = 3_600_000;
+        const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+        let (inbox, pool, table) = private_inbox("server_clock").await;
+        let client = pool.get().await.unwrap();
+        let server_now = async || -> i64 {
+            client
+                .query_one(&format!("SELECT {}", super::SERVER_NOW_MS), &[])
+                .await
+                .unwrap()
+                .get(0)
+        };
+        let event = |id: &str| {
+            let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
+            NewEvent::new(
+                None,
+                id.to_owned(),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                Timestamp::now(),
+                Timestamp::now(),
+                bytes::Bytes::from(body),
+            )
+        };
+        inbox.insert(&event("evt_skew_1")).await.unwrap();
+
+        // Claimed by the app an hour behind.
+        let behind = Timestamp::now().as_millis() - HOUR;
+        let lease_ms = i64::try_from(LEASE.as_millis()).unwrap();
+        let before = server_now().await;
+        let rows = client
+            .query_typed(
+                &inbox.sql.claim,
+                &[
+                    (&behind, Type::INT8),
+                    (&lease_ms, Type::INT8),
+                    (&0_i64, Type::INT8),
+                    (&"token-behind", Type::TEXT),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "the app behind took the event");
+        let seq: i64 = rows[0].get("seq");
+        let lease_until = async || -> i64 {
+            client
+                .query_one(
+                    &format!("SELECT lease_until_ms FROM \"{table}\" WHERE seq = $1"),
+                    &[&seq],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        };
+        let until = lease_until().await;
+        assert!(
+            until >= before + lease_ms && until <= server_now().await + lease_ms,
+            "the lease ends {until}, the server's clock read {before}"
+        );
+        // Not taken over by an app with the right clock.
+        assert!(inbox
+            .claim(LEASE, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none());
+
+        // Failed by the app behind, to be retried 5 s from its now.
+        let retry = behind + 5_000;
+        let failed: i64 = client
+            .query_one(
+                &inbox.sql.fail,
+                &[&seq, &"token-behind", &behind, &retry, &"boom", &"boom"],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(failed, 1, "the app behind settled its claim");
+        let due: i64 = client
+            .query_one(
+                &format!("SELECT next_attempt_ms FROM \"{table}\" WHERE seq = $1"),
+                &[&seq],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let now = server_now().await;
+        assert!(
+            due > now && due <= now + 5_000,
+            "due at {due}, the server's clock at {now}"
+        );
+        assert!(inbox
+            .claim(LEASE, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none());
+
+        // An event the app behind kept as arrived 10 s before its now: its
+        // arrival kept as given, its first attempt due 10 s before the
+        // server's now.
+        let arrived = behind - 10_000;
+        let before = server_now().await;
+        let row = client
+            .query_one(
+                &inbox.sql.insert,
+                &[
+                    &"",
+                    &"evt_skew_2",
+                    &"order.succeeded",
+                    &None::<i64>,
+                    &0_i64,
+                    &None::<&str>,
+                    &0_i64,
+                    &arrived,
+                    &b"{}".as_slice(),
+                    &inbox.sql.channel,
+                    &None::<&str>,
+                    &None::<&str>,
+                    &None::<&str>,
+                    &None::<&str>,
+                    &behind,
+                ],
+            )
+            .await
+            .unwrap();
+        let second: i64 = row.get(0);
+        let row = client
+            .query_one(
+                &format!("SELECT received_at_ms, next_attempt_ms FROM \"{table}\" WHERE seq = $1"),
+                &[&second],
+            )
+            .await
+            .unwrap();
+        let (received, due): (i64, i64) = (row.get(0), row.get(1));
+        let after = server_now().await;
+        assert_eq!(received, arrived);
+        assert!(
+            due >= before - 10_000 && due <= after - 10_000,
+            "due at {due}, the server's clock from {before} to {after}"
+        );
+        // Completed through the API: the settles read the server's clock.
+        let claim = inbox
+            .claim(LEASE, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the second event is due");
+        assert_eq!(claim.entry.seq, second);
+        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
     }
 
     /// The look-up that lets a migration skip the table's changes names
