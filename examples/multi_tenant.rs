@@ -115,10 +115,13 @@ fn parse_pairs(text: &str, from: &str) -> Result<BTreeMap<String, Vec<String>>, 
     Ok(accounts)
 }
 
-/// Every account's verifier, from the environment and the keys file, all
-/// read and checked before any is used: a mistake anywhere is an error
-/// that leaves the keys in use as they are.
-fn read_keys() -> Result<BTreeMap<String, Verifier>, Box<dyn std::error::Error>> {
+/// An account's secrets, as configured, newest first.
+type Secrets = Vec<String>;
+
+/// Every account's secrets and verifier, from the environment and the keys
+/// file, all read and checked before any is used: a mistake anywhere is an
+/// error that leaves the keys in use as they are.
+fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::error::Error>> {
     let mut accounts = parse_pairs(
         &std::env::var("CLINK_TENANT_KEYS").unwrap_or_default(),
         "CLINK_TENANT_KEYS",
@@ -135,48 +138,54 @@ fn read_keys() -> Result<BTreeMap<String, Verifier>, Box<dyn std::error::Error>>
         // The account id was checked, so it prints as itself; the errors
         // of a secret never quote it.
         let key = |secret: &str| SigningKey::new(secret).map_err(|e| format!("{account}: {e}"));
-        let mut secrets = secrets.iter();
-        let first = secrets.next().ok_or("an account without a secret")?;
+        let mut each = secrets.iter();
+        let first = each.next().ok_or("an account without a secret")?;
         let mut verifier = Verifier::from_key(&key(first)?);
-        for secret in secrets {
+        for secret in each {
             verifier = verifier.add_key(key(secret)?);
         }
-        verifiers.insert(account, verifier);
+        verifiers.insert(account, (secrets, verifier));
     }
     Ok(verifiers)
 }
 
-/// What a load changed.
+/// What a load made `keys` hold, and what it changed.
 struct Loaded {
-    /// The accounts `keys` holds now.
-    accounts: Vec<String>,
+    /// Each account's secrets, as `keys` holds them now.
+    secrets: BTreeMap<String, Secrets>,
     /// The accounts added, removed, or whose secrets changed.
     changed: Vec<String>,
 }
 
+impl Loaded {
+    /// The accounts, in order.
+    fn accounts(&self) -> Vec<String> {
+        self.secrets.keys().cloned().collect()
+    }
+}
+
 /// Reads the keys ([`read_keys`]) and, only if all of them are right, makes
 /// `keys` hold them and nothing else: `previous` is what it held.
-fn load(keys: &KeyMap, previous: &[String]) -> Result<Loaded, Box<dyn std::error::Error>> {
-    let verifiers = read_keys()?;
-    let accounts: Vec<String> = verifiers.keys().cloned().collect();
+fn load(
+    keys: &KeyMap, previous: &BTreeMap<String, Secrets>,
+) -> Result<Loaded, Box<dyn std::error::Error>> {
+    let read = read_keys()?;
+    let mut secrets = BTreeMap::new();
     let mut changed = Vec::new();
-    for (account, verifier) in verifiers {
-        // A key's name is its fingerprint: the same names, the same secrets.
-        let same = keys
-            .get(&account)
-            .is_some_and(|before| before.key_names().eq(verifier.key_names()));
-        if !same {
+    for (account, (given, verifier)) in read {
+        if previous.get(&account) != Some(&given) {
             changed.push(account.clone());
         }
         // Cannot fail: `parse_pairs` checked the id with `is_valid_account`,
         // the one check `insert` makes.
-        keys.insert(account, verifier)?;
+        keys.insert(account.clone(), verifier)?;
+        secrets.insert(account, given);
     }
-    for gone in previous.iter().filter(|a| !accounts.contains(a)) {
+    for gone in previous.keys().filter(|a| !secrets.contains_key(*a)) {
         keys.remove(gone);
         changed.push(gone.clone());
     }
-    Ok(Loaded { accounts, changed })
+    Ok(Loaded { secrets, changed })
 }
 
 /// How the cached "database" source looks an account up.
@@ -229,11 +238,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )?
     .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let keys = KeyMap::new();
-    let mut loaded = load(&keys, &[])?.accounts;
+    let mut loaded = load(&keys, &BTreeMap::new())?.secrets;
     if loaded.is_empty() {
         return Err("no accounts: set CLINK_TENANT_KEYS to account=secret pairs".into());
     }
-    eprintln!("accounts: {}", loaded.join(", "));
+    eprintln!(
+        "accounts: {}",
+        loaded.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
 
     // One store for deduplication and freshness; keys include the account.
     let store = Arc::new(MemoryStore::new());
@@ -251,7 +263,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // The account ids the lookup's precheck lets through, replaced on reload.
-    let known = Arc::new(RwLock::new(loaded.iter().cloned().collect::<HashSet<_>>()));
+    let known = Arc::new(RwLock::new(loaded.keys().cloned().collect::<HashSet<_>>()));
     let lookup = env_parsed("CLINK_TENANT_LOOKUP_MS", "a number of milliseconds")?.map(|ms| {
         let delay = Duration::from_millis(ms);
         database(
@@ -285,18 +297,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             while hangup.recv().await.is_some() {
                 match load(&keys, &loaded) {
                     Ok(now) => {
-                        loaded = now.accounts;
-                        // The accounts now configured as the precheck, then
-                        // each changed account forgotten, so that nothing
-                        // cached of it before the reload is used after it.
+                        let accounts = now.accounts();
+                        // The accounts now configured as the precheck, then,
+                        // the "database" holding the new keys, each changed
+                        // account forgotten, so that nothing cached of it
+                        // before the reload is used after it.
                         *known.write().unwrap_or_else(PoisonError::into_inner) =
-                            loaded.iter().cloned().collect();
+                            accounts.iter().cloned().collect();
                         if let Some(cached) = &lookup {
                             for account in &now.changed {
                                 cached.forget(account);
                             }
                         }
-                        eprintln!("reloaded keys: {}", loaded.join(", "));
+                        loaded = now.secrets;
+                        eprintln!("reloaded keys: {}", accounts.join(", "));
                     }
                     Err(error) => eprintln!("keys not reloaded: {error}"),
                 }

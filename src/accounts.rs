@@ -53,7 +53,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -427,9 +427,6 @@ pub struct CachedKeySource<F> {
     lookups: Semaphore,
     max_lookups: usize,
     rate: TokenBucket,
-    /// How many times [`forget`](CachedKeySource::forget) was called: a
-    /// lookup begun before one caches nothing.
-    forgets: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -445,7 +442,12 @@ type Answer = Result<Option<Arc<Verifier>>, KeySourceError>;
 /// on. If the delivery running it is dropped (it timed out, the sender
 /// hung up), one of those waiting runs it again.
 #[derive(Default)]
-struct Flight(OnceCell<Answer>);
+struct Flight {
+    answer: OnceCell<Answer>,
+    /// Set by [`CachedKeySource::forget`] while the lookup may still run:
+    /// its answer, perhaps of the keys from before, is then not cached.
+    forgotten: AtomicBool,
+}
 
 /// Takes a delivery's flight out of the map when the delivery is done with
 /// it (answered or dropped), unless a newer flight has taken its place: a
@@ -531,29 +533,39 @@ impl<F> CachedKeySource<F> {
     /// Drops what the cache holds for `account`, its keys or its absence,
     /// so that its next delivery looks it up again: call it when an
     /// account's secrets change (rotated, added, removed) for the change
-    /// to be seen at once instead of when the entry expires. The other
-    /// accounts keep their entries. A lookup running when it is called
-    /// still answers the deliveries waiting on it, but caches nothing
-    /// (nor does any other lookup running then), and deliveries from then
-    /// on wait on a lookup of their own. Whether there was an entry.
+    /// to be seen at once instead of when the entry expires. Call it once
+    /// your lookup function gives the new keys (after the change is
+    /// committed): a lookup made before that would read the old ones and
+    /// cache them for another `ttl`. It forgets in this process only; each
+    /// instance of an app has its own cache.
+    ///
+    /// The other accounts keep their entries. A lookup of `account`
+    /// running when it is called still answers the deliveries waiting on
+    /// it, but caches nothing, and deliveries from then on wait on a lookup
+    /// of their own. Whether there was an entry.
     pub fn forget(&self, account: &str) -> bool {
         // Under the entry's lock, which a lookup takes to cache its answer
-        // after reading the count: it sees this call, or its answer is
-        // taken out here.
+        // after reading its flight's mark: the lookup sees the mark, or
+        // its answer is taken out here.
         let entry = self.cache.entry(account.to_owned());
-        self.forgets.fetch_add(1, Ordering::AcqRel);
-        let had = match entry {
+        if let Some(flight) = self
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(account)
+        {
+            flight.forgotten.store(true, Ordering::Release);
+        }
+        match entry {
             dashmap::Entry::Occupied(entry) => {
                 entry.remove();
                 true
             }
-            dashmap::Entry::Vacant(_) => false,
-        };
-        self.flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(account);
-        had
+            dashmap::Entry::Vacant(entry) => {
+                drop(entry);
+                false
+            }
+        }
     }
 }
 
@@ -577,7 +589,6 @@ where
             lookups: Semaphore::new(DEFAULT_MAX_CONCURRENT_LOOKUPS),
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
-            forgets: AtomicU64::new(0),
         }
     }
 
@@ -708,7 +719,7 @@ where
     /// while every lookup slot is taken, answered with its expired keys:
     /// made-up names, which take tokens and slots, never lock a real
     /// account out.
-    async fn lookup(&self, account: &str) -> Answer {
+    async fn lookup(&self, account: &str, flight: &Flight) -> Answer {
         let now = Instant::now();
         // Answered by a lookup that ended since this delivery missed the cache.
         if let Some(cached) = self.cached(account, now) {
@@ -724,7 +735,6 @@ where
         if expired.is_none() && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
-        let forgets = self.forgets.load(Ordering::Acquire);
         let verifier = (self.fetch)(account.to_owned())
             .await
             .map_err(KeySourceError::new)?
@@ -738,9 +748,9 @@ where
         if !ttl.is_zero() {
             self.evict(now);
             let entry = self.cache.entry(account.to_owned());
-            // Not if `forget` was called since the lookup began: its
+            // Not if the account was forgotten since the lookup began: its
             // answer may be of the keys from before.
-            if self.forgets.load(Ordering::Acquire) == forgets {
+            if !flight.forgotten.load(Ordering::Acquire) {
                 entry.insert(Cached {
                     verifier: verifier.clone(),
                     until: now + ttl,
@@ -801,8 +811,8 @@ where
         Box::pin(async move {
             leave
                 .flight
-                .0
-                .get_or_init(|| self.lookup(account))
+                .answer
+                .get_or_init(|| self.lookup(account, &leave.flight))
                 .await
                 .clone()
         })
@@ -936,6 +946,23 @@ mod lookup_tests {
         assert!(source.cache.get("acct_r").is_some());
         source.verifier("acct_r").await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Forgetting one account leaves a lookup of another, running then,
+    /// to cache its answer.
+    #[tokio::test]
+    async fn forgetting_one_account_leaves_the_lookups_of_others_alone() {
+        let (source, calls, gate) = gated();
+        let source = Arc::new(source);
+        let other = {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.verifier("acct_other").await.map(|v| v.is_some()) })
+        };
+        until(|| waiting(&source, "acct_other") == 1 && calls.load(Ordering::SeqCst) == 1).await;
+        assert!(!source.forget("acct_changed"));
+        gate.add_permits(1);
+        assert!(other.await.unwrap().unwrap());
+        assert!(source.cache.get("acct_other").is_some());
     }
 
     #[tokio::test]
