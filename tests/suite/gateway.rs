@@ -2846,7 +2846,8 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
     })
     .await;
 
-    // The delivery port: every admin route is not there.
+    // The delivery port: every admin route is not there, and its 404
+    // tells nothing of the other port or of the delivery path.
     for route in [
         "/health",
         "/ready",
@@ -2856,7 +2857,7 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
     ] {
         let (status, body) = get(&client, &format!("{base}{route}")).await;
         assert_eq!(status, 404, "{route} on the delivery port: {body}");
-        assert!(body.contains("admin address"), "{route}: {body}");
+        assert_eq!(body, r#"{"error":"not_found"}"#, "{route}");
     }
     // The admin address: each of them answers.
     let (status, body) = health(&client, &admin).await;
@@ -2910,8 +2911,14 @@ fn admin_listen_is_checked_and_a_shared_public_port_is_warned_about() {
         (
             "127.0.0.1:3000",
             "127.0.0.1:3000",
-            "the same address as serve_listen",
+            "port 3000 is serve_listen's",
         ),
+        (
+            "0.0.0.0:3000",
+            "127.0.0.1:3000",
+            "port 3000 is serve_listen's",
+        ),
+        ("127.0.0.1:3000", "[::]:3000", "port 3000 is serve_listen's"),
     ] {
         let mut env = base.to_vec();
         env.extend([
@@ -2934,7 +2941,10 @@ fn admin_listen_is_checked_and_a_shared_public_port_is_warned_about() {
         ("[::]:3000", None, true),
         ("0.0.0.0:3000", Some("127.0.0.1:3001"), false),
         ("127.0.0.1:3000", None, false),
+        ("[::ffff:127.0.0.1]:3000", None, false),
+        ("0.0.0.0:3000", Some(""), true),
         ("127.0.0.1:0", Some("127.0.0.1:0"), false),
+        ("127.0.0.2:3000", Some("127.0.0.1:3000"), false),
     ] {
         let mut env = base.to_vec();
         env.push(("CLINK_SERVE_LISTEN", listen));
@@ -2966,5 +2976,35 @@ fn the_deploy_configuration_checks() {
         !checked.stderr.contains("admin_listen is unset"),
         "{}",
         checked.stderr
+    );
+}
+
+/// A gateway whose admin address is taken does not start: it says which
+/// setting, and exits before taking any event.
+#[test]
+fn an_admin_address_in_use_stops_the_start() {
+    let dir = TempDir::new("admintaken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut env = gateway_env(&dir.0, "admintaken", "http://127.0.0.1:9/hook");
+    env.push(("CLINK_ADMIN_LISTEN".into(), address.clone()));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+    command.arg("serve");
+    for (name, value) in &env {
+        command.env(name, value);
+    }
+    let finished = Process::start(&mut command).finish();
+    assert_ne!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("cannot listen on {address} (admin_listen)")),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stdout.contains("listening on"),
+        "{}",
+        finished.stdout
     );
 }

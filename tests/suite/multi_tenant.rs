@@ -288,7 +288,10 @@ async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
         tenants.process.next_stdout(),
         "handled acct_c order.succeeded evt_c2"
     );
-    assert_eq!(deliver(base, "acct_a", "whsec_a", &order("evt_c2")).await, 200);
+    assert_eq!(
+        deliver(base, "acct_a", "whsec_a", &order("evt_c2")).await,
+        200
+    );
     assert_eq!(
         tenants.process.next_stdout(),
         "handled acct_a order.succeeded evt_c2"
@@ -299,7 +302,10 @@ async fn a_reload_takes_effect_at_once_through_the_lookup_cache() {
     for (account, secret) in [("acct_b", "whsec_b_new"), ("acct_c", "whsec_c")] {
         assert_eq!(deliver(base, account, secret, &order("evt_c3")).await, 404);
     }
-    assert_eq!(deliver(base, "acct_a", "whsec_a", &order("evt_c3")).await, 200);
+    assert_eq!(
+        deliver(base, "acct_a", "whsec_a", &order("evt_c3")).await,
+        200
+    );
     assert_eq!(
         tenants.process.next_stdout(),
         "handled acct_a order.succeeded evt_c3"

@@ -87,6 +87,17 @@ pub(crate) const FIELDS: &[Field] = &[
     field("log", Some("warn"), false),
 ];
 
+/// Whether two listening addresses take the same port: the same port (not
+/// 0, which picks a free one) on the same address, or either of them on
+/// every address (`0.0.0.0`, `[::]`).
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip().to_canonical() == b.ip().to_canonical()
+            || a.ip().is_unspecified()
+            || b.ip().is_unspecified())
+}
+
 /// Where a value came from.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Origin {
@@ -613,21 +624,27 @@ impl Config {
                 "expected an address and port such as 127.0.0.1:3000 or [::]:3000",
             )
         })?;
+        // Empty is unset: the admin routes share the delivery port.
         let admin_listen = match r.plain("admin_listen")? {
+            Some((admin, _)) if admin.trim().is_empty() => None,
             None => None,
             Some((admin, origin)) => {
-                let admin: SocketAddr = admin.parse().map_err(|_| {
+                let admin: SocketAddr = admin.trim().parse().map_err(|_| {
                     problem(
                         "admin_listen",
                         &origin,
                         "expected an address and port such as 127.0.0.1:3001",
                     )
                 })?;
-                if admin == listen && admin.port() != 0 {
+                if clashes(admin, listen) {
                     return Err(problem(
                         "admin_listen",
                         &origin,
-                        "the same address as serve_listen: give the admin routes a port of their own",
+                        format!(
+                            "port {} is serve_listen's ({listen}): give the admin routes a port \
+                             of their own",
+                            admin.port()
+                        ),
                     ));
                 }
                 Some(admin)

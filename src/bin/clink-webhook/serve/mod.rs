@@ -477,22 +477,18 @@ impl Gateway {
         response.map(|body| body.map_err(Into::into).boxed_unsync())
     }
 
+    /// A `404`. With the admin routes on a port of their own, it says
+    /// nothing more: neither port tells a stranger what the other serves,
+    /// nor the delivery path.
     fn not_found(&self) -> Response<Body> {
-        let message = match self.routes {
-            Routes::All => format!("deliveries go to {}", self.delivery_path()),
-            Routes::Deliveries => format!(
-                "deliveries go to {}; /health, /ready, /metrics and /console are on the admin \
-                 address",
-                self.delivery_path()
-            ),
-            Routes::Admin => "this is the admin address: /health, /ready, /metrics and /console; \
-                              deliveries go to the delivery address"
-                .to_owned(),
+        let body = match self.routes {
+            Routes::All => json!({
+                "error": "not_found",
+                "message": format!("deliveries go to {}", self.delivery_path()),
+            }),
+            Routes::Deliveries | Routes::Admin => json!({ "error": "not_found" }),
         };
-        json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": "not_found", "message": message }),
-        )
+        json_response(StatusCode::NOT_FOUND, &body)
     }
 
     fn delivery_path(&self) -> String {
@@ -559,11 +555,20 @@ fn load_accounts(
     Ok(count)
 }
 
-/// The warning at start when the admin routes share a delivery port that
-/// is not on loopback.
-const SHARED_PORT_WARNING: &str = "serve_listen is not a loopback address and admin_listen is \
-    unset: /health, /ready, /metrics and /console answer on the delivery port; set admin_listen \
-    (127.0.0.1:3001, say), or let only the delivery path through from outside";
+/// The most connections the admin address serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// The admin routes `config` serves.
+fn admin_routes(config: &Config) -> Vec<&'static str> {
+    let mut routes = vec!["/health", "/ready"];
+    if config.metrics {
+        routes.push("/metrics");
+    }
+    if config.console.is_some() {
+        routes.push("/console");
+    }
+    routes
+}
 
 /// The least `inbox_retention_hours` without a warning: Clink retries a
 /// delivery for about a day, and two days cover that with a margin.
@@ -680,8 +685,13 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     if let Some(warning) = retention_warning(config.inbox_retention) {
         eprintln!("gateway: {warning}");
     }
-    if config.admin_listen.is_none() && !config.listen.ip().is_loopback() {
-        eprintln!("gateway: {SHARED_PORT_WARNING}");
+    if config.admin_listen.is_none() && !config.listen.ip().to_canonical().is_loopback() {
+        eprintln!(
+            "gateway: serve_listen is not a loopback address and admin_listen is unset: {} \
+             answer on the delivery port; set admin_listen (127.0.0.1:3001, say), or let only \
+             the delivery path through from outside",
+            admin_routes(&config).join(", ")
+        );
     }
     if args.check {
         if out.json {
@@ -824,13 +834,21 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         .and_then(|s| s.max_connections(config.max_connections))
         .and_then(|s| s.shutdown_timeout(config.shutdown_timeout))
         .map_err(usage)?;
-    let admin = admin_listener.map(|(listener, address)| {
-        let gateway = Gateway {
-            routes: Routes::Admin,
-            ..gateway.clone()
-        };
-        (listener, address, gateway, server.clone())
-    });
+    let admin = match admin_listener {
+        Some((listener, address)) => {
+            let gateway = Gateway {
+                routes: Routes::Admin,
+                ..gateway.clone()
+            };
+            // Few connections: probes, a scraper and an operator's browser.
+            let server = server
+                .clone()
+                .max_connections(ADMIN_CONNECTIONS)
+                .map_err(usage)?;
+            Some((listener, address, gateway, server))
+        }
+        None => None,
+    };
     let pool = workers.spawn();
     let url = format!("http://{address}{}", gateway.delivery_path());
     let admin_url = admin
@@ -844,7 +862,8 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         out.line(&format!("listening on {url}"));
         if let Some(admin_url) = &admin_url {
             out.line(&format!(
-                "admin listening on {admin_url} (/health, /ready, /metrics, /console)"
+                "admin listening on {admin_url} ({})",
+                admin_routes(&config).join(", ")
             ));
         }
         out.line(&format!("forwarding to {destination_name}"));
