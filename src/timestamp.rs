@@ -61,7 +61,13 @@ impl Timestamp {
     /// The current time, truncated to the millisecond.
     #[must_use]
     pub fn now() -> Self {
-        Self::from_system_time(SystemTime::now())
+        let now = Self::from_system_time(SystemTime::now());
+        #[cfg(test)]
+        let now = Self(
+            now.0
+                .saturating_add(test_clock::SKEW_MS.with(std::cell::Cell::get)),
+        );
+        now
     }
 
     /// Converts a [`SystemTime`], truncating to the millisecond and saturating
@@ -351,5 +357,19 @@ mod tests {
             let t = Timestamp::from_millis(ms);
             assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
         }
+    }
+}
+
+/// The crate's own tests play an app whose clock is off: on this thread,
+/// [`Timestamp::now`] is `SKEW_MS` from the system's clock.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    thread_local! {
+        pub(crate) static SKEW_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// From now on, on this thread, the clock is `skew_ms` off.
+    pub(crate) fn skew(skew_ms: i64) {
+        SKEW_MS.with(|skew| skew.set(skew_ms));
     }
 }

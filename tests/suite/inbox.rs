@@ -1721,8 +1721,8 @@ async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_
     let lease_ms = i64::try_from(LEASE.as_millis()).unwrap();
     let taken: i64 = claiming_b
         .query_one(
-            &format!("SELECT seq FROM \"{table}_claim\"($1, $2, 0, 'held')"),
-            &[&Timestamp::now().as_millis(), &lease_ms],
+            &format!("SELECT seq FROM \"{table}_claim\"($1, 0, 'held')"),
+            &[&lease_ms],
         )
         .await
         .unwrap()
@@ -1781,10 +1781,7 @@ async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_
 
     // Once B is done, A is next.
     let completed: i64 = other
-        .query_one(
-            &format!("SELECT \"{table}_complete\"($1, 'held', $2)"),
-            &[&b, &Timestamp::now().as_millis()],
-        )
+        .query_one(&format!("SELECT \"{table}_complete\"($1, 'held')"), &[&b])
         .await
         .unwrap()
         .get(0);

@@ -77,12 +77,16 @@ const CLAIM_CANDIDATES: u32 = 4;
 /// clocks drift apart (by more than a lease, even) never take an event
 /// whose lease is still running. A time an app gives for a claim to read
 /// (an event's arrival, which the reorder window counts from; a retry it
-/// asks for) is kept as the same distance from the server's now as from
-/// the app's (`arrived_ms`, `next_attempt_ms`); the arrival is also kept
-/// as given, and read back as [`NewEvent::received_at`]. The bounds an app
-/// chooses (a purge's cutoff, a list's `received` range) read the
-/// arrivals as given, by the apps' clocks: keep them in sync (NTP) for
-/// those, as Clink's timestamp tolerance needs anyway.
+/// asks for; a purge's cutoff) is taken as the same distance from the
+/// server's now as from the app's (the arrival as `arrived_ms`); the
+/// arrival is also kept as given, read back as [`NewEvent::received_at`]
+/// and by a list's `received` range. So the one clock that must be right
+/// is the database server's (NTP there, and on a replica that can take
+/// over). The claim and the settles take no time of the app's: instances
+/// from before this took theirs, and, while any of them still runs beside
+/// this version, leases are only as safe as the apps' clocks are in sync
+/// (an older instance starting makes its functions beside these, under
+/// the same names with their older arguments, and does not replace them).
 ///
 /// Create the table with [`migrate`](Self::migrate). Idle workers poll
 /// every 250 ms unless [`listen`](Self::listen) gives them a connection of
@@ -150,7 +154,7 @@ impl Sql {
         let ended = |outcome, error| append_sql(Dialect::Postgres, "srv_ms", outcome, error);
         let (completed, failed, released) = (
             ended(history::COMPLETED, "NULL::text"),
-            ended(history::FAILED, "$6::text"),
+            ended(history::FAILED, "$5::text"),
             ended(history::RELEASED, "NULL::text"),
         );
         let lost = append_sql(
@@ -192,13 +196,17 @@ impl Sql {
         // A table's name is letters, digits, `_` and `.` (checked), so it
         // goes in a literal as it is.
         let object_lock = format!("hashtextextended('{table}:' || picked_key, 0)");
+        // The claim and the settles take no time of the app's: each reads
+        // the server's clock. Their signatures differ from those of the
+        // versions before, which took the app's now, so that an older
+        // instance starting (a rollback, a restart during an upgrade) makes
+        // its own functions beside these instead of replacing them.
         let claim_def = format!(
-            "CREATE OR REPLACE FUNCTION {claim_fn}(now_ms bigint, lease_ms bigint, window_ms bigint, new_token text)
+            "CREATE OR REPLACE FUNCTION {claim_fn}(lease_ms bigint, window_ms bigint, new_token text)
              RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
              DECLARE
                 -- The server's clock, so that every instance agrees when a
-                -- lease ends, an attempt is due and a reorder window ends;
-                -- now_ms, the app's, is not read.
+                -- lease ends, an attempt is due and a reorder window ends.
                 srv_ms bigint := {SERVER_NOW_MS};
                 picked_seq bigint;
                 picked_key text COLLATE \"C\";
@@ -209,7 +217,7 @@ impl Sql {
                     SELECT e.seq, e.object_key INTO picked_seq, picked_key FROM {t} e
                     WHERE e.seq > past_seq AND e.status IN {live}
                       AND ((e.status <> 'running' AND e.next_attempt_ms <= srv_ms
-                                AND COALESCE(e.arrived_ms, e.received_at_ms) <= srv_ms - $3)
+                                AND COALESCE(e.arrived_ms, e.received_at_ms) <= srv_ms - $2)
                            OR (e.status = 'running' AND e.lease_until_ms <= srv_ms))
                       AND (e.object_key IS NULL OR NOT EXISTS ({blocker}))
                     ORDER BY e.seq
@@ -231,7 +239,7 @@ impl Sql {
                     END IF;
                     RETURN QUERY
                     UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                                   lease_until_ms = srv_ms + $2, token = $4, claimed_at_ms = srv_ms,
+                                   lease_until_ms = srv_ms + $1, token = $3, claimed_at_ms = srv_ms,
                                    history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
                     WHERE {t}.seq = picked_seq
                     RETURNING {t}.*;
@@ -256,8 +264,6 @@ impl Sql {
                  RETURNS bigint LANGUAGE plpgsql AS $settle$
                  DECLARE
                     settled bigint;
-                    -- The server's clock; $3, the app's, only translates
-                    -- a time the app gives.
                     srv_ms bigint := {SERVER_NOW_MS};
                  BEGIN
                     {update};
@@ -270,7 +276,7 @@ impl Sql {
         };
         let (complete_def, complete) = settle(
             "complete",
-            "bigint, text, bigint",
+            "bigint, text",
             format!(
                 "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = srv_ms,
                                 history = {completed}
@@ -278,20 +284,21 @@ impl Sql {
                 holds = holds("srv_ms")
             ),
         );
+        // $3: in how many milliseconds the retry is due, or NULL for dead.
         let (fail_def, fail) = settle(
             "fail",
-            "bigint, text, bigint, bigint, text, text",
+            "bigint, text, bigint, text, text",
             format!(
-                "UPDATE {t} SET status = CASE WHEN $4::bigint IS NULL THEN 'dead' ELSE 'retrying' END,
-                                next_attempt_ms = COALESCE(srv_ms + ($4::bigint - $3::bigint), next_attempt_ms),
-                                last_error = $5, token = NULL, history = {failed}
+                "UPDATE {t} SET status = CASE WHEN $3::bigint IS NULL THEN 'dead' ELSE 'retrying' END,
+                                next_attempt_ms = COALESCE(srv_ms + $3::bigint, next_attempt_ms),
+                                last_error = $4, token = NULL, history = {failed}
                  WHERE {holds}",
                 holds = holds("srv_ms")
             ),
         );
         let (release_def, release) = settle(
             "release",
-            "bigint, text, bigint",
+            "bigint, text",
             format!(
                 "UPDATE {t} SET status = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retrying' END,
                                 attempts = attempts - 1, token = NULL, lease_until_ms = 0,
@@ -382,11 +389,12 @@ impl Sql {
                     RETURNING seq)
                  SELECT seq, pg_notify($10, '') FROM kept",
                 // The arrival ($8, kept as given) by the server's clock: as
-                // far from its now as from the app's ($15). The first
-                // attempt is due then, and the reorder window counts from it.
-                arrived = format!("{SERVER_NOW_MS} + ($8::bigint - $15::bigint)")
+                // far from its now as from the app's ($15, that distance).
+                // The first attempt is due then, and the reorder window
+                // counts from it.
+                arrived = format!("{SERVER_NOW_MS} + $15::bigint")
             ),
-            claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3, $4)"),
+            claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3)"),
             complete,
             fail,
             release,
@@ -434,17 +442,19 @@ impl Sql {
             ),
             // One step of a purge: the next PURGE_STEP events numbered $2
             // to $3, read through the primary key, and among them those
-            // settled before $1 deleted (the latest of its arrival, last
-            // claim, handling and last replay; GREATEST skips NULLs, and
-            // the arrival is never NULL). The last number read, and how
-            // many were deleted.
+            // settled before the cutoff deleted (the latest of its arrival,
+            // last claim, handling and last replay; GREATEST skips NULLs,
+            // and the arrival is never NULL), all by the server's clock, the
+            // cutoff $1 milliseconds from its now. The last number read, and
+            // how many were deleted.
             purge: format!(
                 "WITH step AS (
                      SELECT seq FROM {t} WHERE seq BETWEEN $2 AND $3 ORDER BY seq LIMIT {PURGE_STEP}
                  ), gone AS (
                      DELETE FROM {t} WHERE seq BETWEEN $2 AND (SELECT max(seq) FROM step)
                        AND status IN ('done', 'dead')
-                       AND GREATEST(received_at_ms, claimed_at_ms, handled_at_ms, last_replay_ms) < $1
+                       AND GREATEST(COALESCE(arrived_ms, received_at_ms), claimed_at_ms, handled_at_ms,
+                                    last_replay_ms) < {SERVER_NOW_MS} + $1
                      RETURNING 1
                  )
                  SELECT (SELECT max(seq) FROM step), (SELECT count(*) FROM gone)"
@@ -502,7 +512,22 @@ fn replay_set() -> String {
 
 /// The server's clock now, in epoch milliseconds (its `clock_timestamp()`,
 /// not the transaction's start).
-const SERVER_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+///
+/// A subquery, so that a statement over many rows reads it once, not once
+/// a row; rounded down, as the app's [`Timestamp::now`] is.
+const SERVER_NOW_MS: &str = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)";
+
+/// The most a time an app gives is taken to be from its now, either way
+/// (10 years): what the statements add to the server's now stays far from
+/// `bigint`'s ends.
+const MAX_OFFSET_MS: i64 = 10 * 365 * 24 * 3_600_000;
+
+/// How far `at` is from the app's now, bounded by [`MAX_OFFSET_MS`].
+fn offset_from_now(at: Timestamp) -> i64 {
+    at.as_millis()
+        .saturating_sub(Timestamp::now().as_millis())
+        .clamp(-MAX_OFFSET_MS, MAX_OFFSET_MS)
+}
 
 /// How many rows a settle's function settled: its one row's one value.
 fn settled(rows: &[tokio_postgres::Row]) -> Result<i64, tokio_postgres::Error> {
@@ -762,7 +787,6 @@ impl PostgresInbox {
     pub async fn complete_in(
         &self, tx: &tokio_postgres::Transaction<'_>, attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {
-        let now = Timestamp::now().as_millis();
         let seq = attempt.seq();
         let token = attempt.token();
         let changed = timed(
@@ -770,7 +794,7 @@ impl PostgresInbox {
             super::lock_wait_within(tx, self.timeout, async {
                 tx.query_typed(
                     &self.sql.complete,
-                    &[(&seq, Type::INT8), (&token, Type::TEXT), (&now, Type::INT8)],
+                    &[(&seq, Type::INT8), (&token, Type::TEXT)],
                 )
                 .await
                 .and_then(|rows| settled(&rows))
@@ -795,13 +819,9 @@ impl PostgresInbox {
     async fn settle(
         &self, sql: &str, claim: &InboxClaim, extra: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Settle, StoreError> {
-        let now = Timestamp::now().as_millis();
         let token = claim.token.as_str();
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
-            (&claim.entry.seq, Type::INT8),
-            (&token, Type::TEXT),
-            (&now, Type::INT8),
-        ];
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&claim.entry.seq, Type::INT8), (&token, Type::TEXT)];
         params.extend_from_slice(extra);
         self.call(async |client| {
             let changed = client
@@ -836,7 +856,7 @@ impl PostgresInbox {
             let order = order_key(event).0;
             let signed = event.signed_at.as_millis();
             let received = event.received_at.as_millis();
-            let now = Timestamp::now().as_millis();
+            let arrived = offset_from_now(event.received_at);
             let body: &[u8] = &event.body;
             let headers = event.signature_headers.as_ref();
             let header_timestamp = headers.map(|h| h.timestamp.as_str());
@@ -861,7 +881,7 @@ impl PostgresInbox {
                                 (&dead_with, Type::TEXT),
                                 (&header_timestamp, Type::TEXT),
                                 (&header_signature, Type::TEXT),
-                                (&now, Type::INT8),
+                                (&arrived, Type::INT8),
                             ],
                         )
                         .await
@@ -921,7 +941,6 @@ impl Inbox for PostgresInbox {
         &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         Box::pin(async move {
-            let now = Timestamp::now().as_millis();
             let (lease_ms, window_ms) = (ms(lease), ms(reorder_window));
             let token = LeaseToken::generate();
             let token_text = token.as_str().to_owned();
@@ -931,7 +950,6 @@ impl Inbox for PostgresInbox {
                         .query_typed(
                             &self.sql.claim,
                             &[
-                                (&now, Type::INT8),
                                 (&lease_ms, Type::INT8),
                                 (&window_ms, Type::INT8),
                                 (&token_text, Type::TEXT),
@@ -957,7 +975,7 @@ impl Inbox for PostgresInbox {
         &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
         Box::pin(async move {
-            let retry = retry_at.map(Timestamp::as_millis);
+            let retry = retry_at.map(offset_from_now);
             let error = without_nul(error);
             let kept = bounded_error(&error);
             self.settle(
@@ -1131,7 +1149,7 @@ impl Inbox for PostgresInbox {
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let before = before.as_millis();
+            let before = offset_from_now(before);
             let span = self
                 .call(async |client| {
                     let row = client
@@ -1396,27 +1414,42 @@ mod tests {
         assert_eq!(inbox.stats().await.unwrap().dead, 4);
     }
 
-    /// Leases follow the server's clock, not the app's: an app whose clock
-    /// is an hour behind (it claims with its own `now`) takes a lease that
-    /// lasts as long as asked, which an app with the right clock cannot take
-    /// over, and that app can still settle it; a retry it asks for 5 s from
-    /// its now is due 5 s from the server's now, not an hour ago; a new
-    /// event's first attempt is due as far from the server's now as its
-    /// arrival is from the app's (the arrival itself kept as given).
+    /// Claims and settles follow the server's clock, not the app's (played
+    /// here by a clock an hour off on the test's thread): a lease an app an
+    /// hour behind takes lasts as long as asked by the server's clock, an
+    /// app with the right clock cannot take it over, and an app an hour
+    /// ahead can still complete it; a lease ended by the server's clock is
+    /// lost whatever the app's says; a retry asked for 10 minutes from the
+    /// app's now, and a replay, are due 10 minutes from and at the server's
+    /// now; a purge by an app an hour ahead keeps what was handled after its
+    /// cutoff by the server's clock; a row from before `arrived_ms` existed
+    /// is taken by its arrival.
     #[tokio::test]
-    async fn leases_and_times_follow_the_servers_clock_not_the_apps() {
-        use tokio_postgres::types::Type;
+    async fn claims_and_settles_follow_the_servers_clock_not_the_apps() {
+        use std::time::Duration;
 
-        use crate::store::{Inbox, NewEvent, Settle};
+        use crate::store::{Inbox, NewEvent, Replayed, Settle};
+        use crate::timestamp::test_clock::skew;
         use crate::Timestamp;
 
         const HOUR: i64 = 3_600_000;
-        const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+        const LEASE: Duration = Duration::from_secs(600);
+        const RETRY: i64 = 600_000;
         let (inbox, pool, table) = private_inbox("server_clock").await;
         let client = pool.get().await.unwrap();
         let server_now = async || -> i64 {
             client
                 .query_one(&format!("SELECT {}", super::SERVER_NOW_MS), &[])
+                .await
+                .unwrap()
+                .get(0)
+        };
+        let column = async |name: &str, seq: i64| -> i64 {
+            client
+                .query_one(
+                    &format!("SELECT {name} FROM \"{table}\" WHERE seq = $1"),
+                    &[&seq],
+                )
                 .await
                 .unwrap()
                 .get(0)
@@ -1434,129 +1467,116 @@ mod tests {
                 bytes::Bytes::from(body),
             )
         };
-        inbox.insert(&event("evt_skew_1")).await.unwrap();
-
-        // Claimed by the app an hour behind.
-        let behind = Timestamp::now().as_millis() - HOUR;
+        let claim = async || inbox.claim(LEASE, Duration::ZERO).await.unwrap();
         let lease_ms = i64::try_from(LEASE.as_millis()).unwrap();
-        let before = server_now().await;
-        let rows = client
-            .query_typed(
-                &inbox.sql.claim,
-                &[
-                    (&behind, Type::INT8),
-                    (&lease_ms, Type::INT8),
-                    (&0_i64, Type::INT8),
-                    (&"token-behind", Type::TEXT),
-                ],
-            )
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), 1, "the app behind took the event");
-        let seq: i64 = rows[0].get("seq");
-        let lease_until = async || -> i64 {
-            client
-                .query_one(
-                    &format!("SELECT lease_until_ms FROM \"{table}\" WHERE seq = $1"),
-                    &[&seq],
-                )
-                .await
-                .unwrap()
-                .get(0)
-        };
-        let until = lease_until().await;
-        assert!(
-            until >= before + lease_ms && until <= server_now().await + lease_ms,
-            "the lease ends {until}, the server's clock read {before}"
-        );
-        // Not taken over by an app with the right clock.
-        assert!(inbox
-            .claim(LEASE, std::time::Duration::ZERO)
-            .await
-            .unwrap()
-            .is_none());
 
-        // Failed by the app behind, to be retried 5 s from its now.
-        let retry = behind + 5_000;
-        let failed: i64 = client
-            .query_one(
-                &inbox.sql.fail,
-                &[&seq, &"token-behind", &behind, &retry, &"boom", &"boom"],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(failed, 1, "the app behind settled its claim");
-        let due: i64 = client
-            .query_one(
-                &format!("SELECT next_attempt_ms FROM \"{table}\" WHERE seq = $1"),
-                &[&seq],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let now = server_now().await;
-        assert!(
-            due > now && due <= now + 5_000,
-            "due at {due}, the server's clock at {now}"
-        );
-        assert!(inbox
-            .claim(LEASE, std::time::Duration::ZERO)
-            .await
-            .unwrap()
-            .is_none());
-
-        // An event the app behind kept as arrived 10 s before its now: its
-        // arrival kept as given, its first attempt due 10 s before the
-        // server's now.
-        let arrived = behind - 10_000;
+        // Taken by an app an hour behind.
+        inbox.insert(&event("evt_clock_a")).await.unwrap();
+        skew(-HOUR);
         let before = server_now().await;
-        let row = client
-            .query_one(
-                &inbox.sql.insert,
-                &[
-                    &"",
-                    &"evt_skew_2",
-                    &"order.succeeded",
-                    &None::<i64>,
-                    &0_i64,
-                    &None::<&str>,
-                    &0_i64,
-                    &arrived,
-                    &b"{}".as_slice(),
-                    &inbox.sql.channel,
-                    &None::<&str>,
-                    &None::<&str>,
-                    &None::<&str>,
-                    &None::<&str>,
-                    &behind,
-                ],
-            )
-            .await
-            .unwrap();
-        let second: i64 = row.get(0);
-        let row = client
-            .query_one(
-                &format!("SELECT received_at_ms, next_attempt_ms FROM \"{table}\" WHERE seq = $1"),
-                &[&second],
-            )
-            .await
-            .unwrap();
-        let (received, due): (i64, i64) = (row.get(0), row.get(1));
+        let a = claim().await.expect("the event is due");
         let after = server_now().await;
-        assert_eq!(received, arrived);
+        let until = column("lease_until_ms", a.entry.seq).await;
         assert!(
-            due >= before - 10_000 && due <= after - 10_000,
-            "due at {due}, the server's clock from {before} to {after}"
+            until >= before + lease_ms && until <= after + lease_ms,
+            "the lease ends at {until}, the server's clock read {before} to {after}"
         );
-        // Completed through the API: the settles read the server's clock.
-        let claim = inbox
-            .claim(LEASE, std::time::Duration::ZERO)
+        skew(0);
+        assert!(
+            claim().await.is_none(),
+            "taken over by an app with the right clock"
+        );
+        skew(HOUR);
+        assert_eq!(inbox.complete(&a).await.unwrap(), Settle::Applied);
+
+        // A lease ended by the server's clock is lost, whatever the app's says.
+        skew(0);
+        inbox.insert(&event("evt_clock_b")).await.unwrap();
+        skew(-HOUR);
+        let b = claim().await.expect("the event is due");
+        client
+            .execute(
+                &format!(
+                    "UPDATE \"{table}\" SET lease_until_ms = {} - 1 WHERE seq = $1",
+                    super::SERVER_NOW_MS
+                ),
+                &[&b.entry.seq],
+            )
             .await
-            .unwrap()
-            .expect("the second event is due");
-        assert_eq!(claim.entry.seq, second);
-        assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+            .unwrap();
+        assert_eq!(inbox.complete(&b).await.unwrap(), Settle::LeaseLost);
+
+        // A retry the app behind asks for 10 minutes from its now.
+        let b = claim().await.expect("the lease ended");
+        let before = server_now().await;
+        let retry_at = Timestamp::from_millis(Timestamp::now().as_millis() + RETRY);
+        let failed = inbox.fail(&b, "boom", Some(retry_at)).await.unwrap();
+        assert_eq!(failed, Settle::Applied);
+        let after = server_now().await;
+        let due = column("next_attempt_ms", b.entry.seq).await;
+        assert!(
+            due >= before + RETRY && due <= after + RETRY,
+            "due at {due}, the server's clock read {before} to {after}"
+        );
+        skew(0);
+        assert!(claim().await.is_none(), "the retry is not due yet");
+
+        // Replayed by an app an hour ahead: due now.
+        skew(HOUR);
+        assert_eq!(
+            inbox.replay(b.entry.seq, false).await.unwrap(),
+            Replayed::Replayed
+        );
+        skew(0);
+        let b = claim().await.expect("the replay is due");
+        assert_eq!(inbox.complete(&b).await.unwrap(), Settle::Applied);
+
+        // A purge by an app an hour ahead, of what was settled more than
+        // half an hour ago by its clock, deletes neither (both were
+        // handled just now by the server's).
+        skew(HOUR);
+        let cutoff = Timestamp::from_millis(Timestamp::now().as_millis() - HOUR / 2);
+        assert_eq!(inbox.purge(cutoff).await.unwrap(), 0);
+        skew(0);
+
+        // A row kept without `arrived_ms` (by an instance from before it)
+        // is taken by its arrival.
+        let now = Timestamp::now().as_millis();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, signed_at_ms,
+                                              received_at_ms, body, next_attempt_ms)
+                     VALUES ('', 'evt_clock_old', 'order.succeeded', 0, $1, $1, '\\x7b7d', $1)"
+                ),
+                &[&now],
+            )
+            .await
+            .unwrap();
+        let old = claim().await.expect("the older instance's row is due");
+        assert_eq!(old.entry.event.event_id, "evt_clock_old");
+        assert_eq!(inbox.complete(&old).await.unwrap(), Settle::Applied);
+
+        // An older instance starting makes its own claim and settles, which
+        // took the app's now, beside these (here ones that never take or
+        // settle anything): the claims and settles of this one still run
+        // through its own, and a migration again leaves both.
+        client
+            .batch_execute(&format!(
+                "CREATE FUNCTION \"{table}_claim\"(now_ms bigint, lease_ms bigint, window_ms bigint,
+                                                   new_token text)
+                 RETURNS SETOF \"{table}\" LANGUAGE sql AS $$ SELECT * FROM \"{table}\" WHERE false $$;
+                 CREATE FUNCTION \"{table}_complete\"(bigint, text, bigint)
+                 RETURNS bigint LANGUAGE sql AS $$ SELECT 0::bigint $$;"
+            ))
+            .await
+            .unwrap();
+        inbox.migrate().await.unwrap();
+        inbox.insert(&event("evt_clock_c")).await.unwrap();
+        let c = claim()
+            .await
+            .expect("claimed through this version's function");
+        assert_eq!(inbox.complete(&c).await.unwrap(), Settle::Applied);
     }
 
     /// The look-up that lets a migration skip the table's changes names
