@@ -22,7 +22,11 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
 //! ```
 //!
-//! It stops gracefully on Ctrl-C or SIGTERM. A setting it cannot use (say
+//! It stops gracefully on Ctrl-C or SIGTERM: from the signal, the deliveries
+//! in progress and (with an inbox) the handlers running finish side by side
+//! within one deadline of 6 s, and the events of handlers still running then
+//! go back to the inbox (at once, or within 5 s more should the inbox be
+//! slow), inside the 10 s Docker and Kubernetes give by default. A setting it cannot use (say
 //! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
 //! milliseconds) stops it before it listens: it says `error: ` and the
 //! variable's name on stderr and exits with status 1.
@@ -682,6 +686,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = listen((settings.bind, settings.port), "PORT, CLINK_BIND").await?;
     let admin_listener = listen(settings.admin, "CLINK_ADMIN_ADDR").await?;
+    // Slow and idle clients are cut off, accept errors never stop them, and
+    // a stop waits at most STOP_WITHIN for the deliveries in progress.
+    let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
     // Started once nothing else can fail: workers dropped without their
     // shutdown would leave the events they had taken running until their
     // lease ends, with an attempt spent.
@@ -710,19 +718,29 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         admin_listener.local_addr()?,
         if console_mounted { ", /console" } else { "" }
     );
-    // Slow and idle clients are cut off, accept errors never stop it, and a
-    // shutdown waits at most 10 s for deliveries in progress.
+    // From the signal the deliveries in progress and the handlers running
+    // finish side by side within one deadline: handlers still running then
+    // are stopped and their events go back to the inbox.
+    let workers_stop = async {
+        if let Some(workers) = workers {
+            shutdown().await;
+            workers.shutdown(STOP_WITHIN).await;
+        }
+    };
     tokio::join!(
-        Server::new().serve(listener, webhooks, shutdown()),
-        Server::new().serve(admin_listener, admin, shutdown()),
+        webhook_server.serve(listener, webhooks, shutdown()),
+        admin_server.serve(admin_listener, admin, shutdown()),
+        workers_stop,
     );
-    if let Some(workers) = workers {
-        // Handlers running now finish, or their events go back to the inbox.
-        workers.shutdown(Duration::from_secs(10)).await;
-    }
     eprintln!("stopped");
     Ok(())
 }
+
+/// How long a stop waits for deliveries in progress and handlers running,
+/// from the signal: with the at most 5 s the inbox may take to get the
+/// stopped handlers' events back, inside the 10 s Docker and Kubernetes
+/// give a process after SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(6);
 
 /// With `CLINK_EXAMPLE_FAIL_ONCE=<type>`, the first run of each event of
 /// that type in this process fails (the router's `before_each` hook), to

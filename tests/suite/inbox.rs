@@ -2416,6 +2416,60 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// SIGTERM while a handler runs past the example's stop deadline: it stops
+/// inside the 10 s Docker and Kubernetes give a process, and the handler's
+/// event is given back to the inbox (pending, the stopped attempt not
+/// counted), not left to wait out its lease; the next receiver on the
+/// inbox runs it.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sigterm_mid_handler_stops_within_ten_seconds_and_gives_the_event_back() {
+    use crate::support::process::Process;
+    let dir = std::env::temp_dir().join(format!("clink-inbox-term-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let spec = format!("sqlite:{}", path.display());
+    let (first, url) = receiver_with_inbox(
+        &spec,
+        &[
+            ("CLINK_INBOX_REORDER_MS", "0"),
+            ("CLINK_INBOX_LEASE_MS", "600000"),
+            ("CLINK_EXAMPLE_HANDLER_DELAY_MS", "600000"),
+        ],
+    );
+    let id = format!("evt_{}_term", unique());
+    assert_eq!(post(&url, order(&id, "ord_term", 1)).await.0, 200);
+    let handling = Process::line_starting(&first.stderr, "handling ");
+    assert_eq!(handling, format!("handling order.succeeded {id}"));
+    let signalled = Instant::now();
+    let finished = tokio::task::spawn_blocking(move || first.terminate())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped {took:?} after SIGTERM: {}",
+        finished.stderr
+    );
+    let (status, attempts): (String, i64) = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT status, attempts FROM clink_webhook_inbox WHERE event_id = ?1",
+            [&id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+
+    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
+    assert_eq!(
+        second.next_stdout(),
+        format!("handled order.succeeded {id}")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn one_object_sent_in_reverse_created_order_within_the_reorder_window_is_handled_oldest_first(
