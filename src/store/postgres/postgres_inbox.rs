@@ -207,7 +207,7 @@ impl Sql {
              DECLARE
                 -- The server's clock, so that every instance agrees when a
                 -- lease ends, an attempt is due and a reorder window ends.
-                srv_ms bigint := {SERVER_NOW_MS};
+                srv_ms bigint := {SERVER_NOW};
                 picked_seq bigint;
                 picked_key text COLLATE \"C\";
                 past_seq bigint := 0;
@@ -264,7 +264,7 @@ impl Sql {
                  RETURNS bigint LANGUAGE plpgsql AS $settle$
                  DECLARE
                     settled bigint;
-                    srv_ms bigint := {SERVER_NOW_MS};
+                    srv_ms bigint := {SERVER_NOW};
                  BEGIN
                     {update};
                     GET DIAGNOSTICS settled = ROW_COUNT;
@@ -392,7 +392,7 @@ impl Sql {
                 // far from its now as from the app's ($15, that distance).
                 // The first attempt is due then, and the reorder window
                 // counts from it.
-                arrived = format!("{SERVER_NOW_MS} + $15::bigint")
+                arrived = format!("{SERVER_NOW} + $15::bigint")
             ),
             claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3)"),
             complete,
@@ -477,7 +477,7 @@ impl Sql {
             },
             receipt: format!(
                 "UPDATE {t} SET receipt = $3 WHERE {}",
-                holds(SERVER_NOW_MS)
+                holds(SERVER_NOW)
             ),
             channel,
         }
@@ -511,10 +511,14 @@ fn replay_set() -> String {
 }
 
 /// The server's clock now, in epoch milliseconds (its `clock_timestamp()`,
-/// not the transaction's start).
-///
-/// A subquery, so that a statement over many rows reads it once, not once
-/// a row; rounded down, as the app's [`Timestamp::now`] is.
+/// not the transaction's start), rounded down as the app's
+/// [`Timestamp::now`] is: for a statement of one row, and in a PL/pgSQL
+/// function, where an expression without a subquery runs without the
+/// executor's full path.
+const SERVER_NOW: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// [`SERVER_NOW`] as a subquery, so that a statement over many rows reads
+/// it once, not once a row.
 const SERVER_NOW_MS: &str = "(SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)";
 
 /// The most a time an app gives is taken to be from its now, either way
