@@ -120,9 +120,11 @@
 //!   the crate's [`Server`](crate::server::Server), or by axum with
 //!   `into_make_service_with_connect_info::<SocketAddr>()` (an IPv6
 //!   client is its `/64`, and at most 1,024 clients are told apart at a
-//!   time). Otherwise, and behind a proxy (every client then has the
-//!   proxy's address), clients share one, and a client that sends wrong
-//!   tokens delays the logins of others while it goes on. All clients
+//!   time). Behind a proxy every connection is the proxy's: tell the
+//!   console the header the proxy puts the client's address in with
+//!   [`client_address_header`](Console::client_address_header). Otherwise
+//!   clients share one budget, and a client that sends wrong tokens delays
+//!   the logins of others while it goes on. All clients
 //!   together take 100 wrong tokens in a row, then one every 0.6 s: past
 //!   that, only clients that presented the right token in the last 24 h
 //!   (and sessions) get in, so that many addresses guessing at once get no
@@ -196,6 +198,9 @@ struct Shared {
     timeout: Duration,
     /// The wrong tokens sent lately.
     throttle: Arc<Throttle>,
+    /// The header the proxy in front puts the client's address in, when
+    /// the console is told to read it.
+    client_header: Option<http::HeaderName>,
 }
 
 impl fmt::Debug for Console {
@@ -208,6 +213,7 @@ impl fmt::Debug for Console {
             .field("session_ttl", &s.session_ttl)
             .field("page_size", &s.page_size)
             .field("timeout", &s.timeout)
+            .field("client_header", &s.client_header)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +240,7 @@ impl Console {
                 page_size: DEFAULT_PAGE_SIZE,
                 timeout: DEFAULT_TIMEOUT,
                 throttle: Arc::default(),
+                client_header: None,
             },
         }
     }
@@ -337,6 +344,35 @@ impl Console {
         Ok(self)
     }
 
+    /// Tells clients apart by the address the proxy in front of the
+    /// console puts in `header` (`x-forwarded-for`, `x-real-ip`, ...)
+    /// instead of the connection's, which behind a proxy is the proxy's
+    /// for every client: each client then has a budget of wrong tokens of
+    /// its own (see [Access](self#access)). The console reads the last
+    /// address the header lists (of its last line), the one the proxy
+    /// nearest the console put there; a request without one, or with one
+    /// that is not an address, counts as the connection's.
+    ///
+    /// **Set it only when every request reaches the console through a
+    /// proxy you run that sets or appends that header**: a client that
+    /// reaches the console directly could name any address in it, and so
+    /// have a fresh budget for each guess (the budget of all clients
+    /// together still holds them).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `header` is not a header name.
+    pub fn client_address_header(mut self, header: &str) -> Result<Self, ConfigError> {
+        let name = http::HeaderName::from_bytes(header.trim().as_bytes()).map_err(|_| {
+            ConfigError::new(
+                "the console's client address header must be a header name, such as \
+                 x-forwarded-for",
+            )
+        })?;
+        self.shared.client_header = Some(name);
+        Ok(self)
+    }
+
     /// The console's router: mount it with `Router::nest("/console", ...)`
     /// (any path), or serve it as it is.
     pub fn router(self) -> Router {
@@ -406,10 +442,32 @@ fn base_path(original: Option<&OriginalUri>, uri: &Uri) -> String {
     base.to_owned()
 }
 
-/// The address of the client a request came from, as axum's
+/// The address of the client a request came from: the one the proxy in
+/// front put last in the header [`Console::client_address_header`] names,
+/// or else the connection's.
+fn client_address(shared: &Shared, request: &Request) -> Option<IpAddr> {
+    shared
+        .client_header
+        .as_ref()
+        .and_then(|name| forwarded_address(request.headers(), name))
+        .or_else(|| connection_address(request.extensions()))
+}
+
+/// The last address the last `name` header lists: an IP address, or one
+/// with a port (`192.0.2.7:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<IpAddr> {
+    let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|address| address.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The address of the connection a request came on, as axum's
 /// [`ConnectInfo`] or the crate's [`Server`](crate::server::Server) put it
 /// in its extensions; `None` when neither did.
-fn client_address(extensions: &http::Extensions) -> Option<IpAddr> {
+fn connection_address(extensions: &http::Extensions) -> Option<IpAddr> {
     let from_axum = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
@@ -481,7 +539,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     let mut set_cookie = None;
     // The client, when the app hands the console its connections'
     // addresses: each has a budget of wrong tokens of its own.
-    let address = client_address(request.extensions());
+    let address = client_address(&shared, &request);
     let who = if keys.checks_token() {
         // A session already in is let in first: a token beside it (a
         // bookmarked `?token=` link, a header a proxy in front adds) is
@@ -644,5 +702,32 @@ mod tests {
         );
         assert_eq!(base_path(Some(&original("/events")), &uri("/events")), "");
         assert_eq!(base_path(None, &uri("/events")), "");
+    }
+
+    #[test]
+    fn the_forwarded_address_is_the_last_one_the_last_header_lists() {
+        let name = http::HeaderName::from_static("x-forwarded-for");
+        let read = |lines: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for line in lines {
+                headers.append(&name, HeaderValue::from_str(line).unwrap());
+            }
+            forwarded_address(&headers, &name).map(|ip| ip.to_string())
+        };
+        let some = |ip: &str| Some(ip.to_owned());
+        assert_eq!(read(&["203.0.113.5"]), some("203.0.113.5"));
+        assert_eq!(read(&["198.51.100.9, 203.0.113.5"]), some("203.0.113.5"));
+        assert_eq!(read(&["198.51.100.9", "203.0.113.5 "]), some("203.0.113.5"));
+        assert_eq!(read(&["203.0.113.5:4711"]), some("203.0.113.5"));
+        assert_eq!(read(&["[2001:db8::1]:4711"]), some("2001:db8::1"));
+        assert_eq!(read(&["2001:db8::1"]), some("2001:db8::1"));
+        assert_eq!(read(&["::ffff:203.0.113.5"]), some("203.0.113.5"));
+        assert_eq!(read(&["203.0.113.5, unknown"]), None);
+        assert_eq!(read(&[""]), None);
+        assert_eq!(read(&[]), None);
+        assert!(Console::with_token(MemoryInbox::new(), "0123456789abcdef")
+            .unwrap()
+            .client_address_header("not a header")
+            .is_err());
     }
 }

@@ -841,6 +841,83 @@ async fn each_client_spends_its_own_budget_of_wrong_tokens() {
     assert_eq!(refused[10].fields["client"], "2001:db8:0:1::5");
 }
 
+/// `GET path` with the bearer `token`, through a proxy at 10.0.0.1 that
+/// sends `forwarded` as `X-Forwarded-For` (`None`: no such header).
+async fn get_via_proxy(app: &Router, forwarded: Option<&str>, path: &str, token: &str) -> Page {
+    let mut request = Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .extension(axum::extract::ConnectInfo(SocketAddr::from((
+            [10, 0, 0, 1],
+            40000,
+        ))));
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    page_of(app, request.body(Body::empty()).unwrap()).await
+}
+
+/// Behind a proxy, with `client_address_header`, each client the proxy
+/// names has its own budget: one that spent it is refused, another gets in,
+/// an address a client puts before the proxy's own entry changes nothing,
+/// and a request without the header is the proxy's. Without the setting
+/// the header is not believed: every client is the proxy.
+#[tokio::test(start_paused = true)]
+async fn clients_behind_a_proxy_are_told_apart_by_the_header_it_sets() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let app = mounted(
+        Console::with_token(small_inbox().await, TOKEN)
+            .unwrap()
+            .client_address_header("X-Forwarded-For")
+            .unwrap(),
+    );
+    let guessing = Some("203.0.113.5");
+    for n in 0..10 {
+        let token = format!("wrong-{n}-guess-abcdefgh");
+        let page = get_via_proxy(&app, guessing, "/console/events", &token).await;
+        assert_eq!(page.status, 401, "wrong token {n}");
+    }
+    for (forwarded, status) in [
+        (guessing, 429),
+        (Some("198.51.100.1, 203.0.113.5"), 429),
+        (Some("203.0.113.6"), 200),
+        (Some("203.0.113.5, 203.0.113.6"), 200),
+        (None, 200),
+    ] {
+        let page = get_via_proxy(&app, forwarded, "/console/events", TOKEN).await;
+        assert_eq!(page.status, status, "{forwarded:?}: {}", page.body);
+    }
+    let refused: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.message.contains("a wrong token was refused"))
+        .collect();
+    assert_eq!(refused.len(), 10);
+    assert_eq!(refused[0].fields["client"], "203.0.113.5");
+
+    let believing_nobody = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
+    for n in 0..10 {
+        let forwarded = format!("203.0.113.{n}");
+        let token = format!("wrong-{n}-guess-abcdefgh");
+        let page = get_via_proxy(
+            &believing_nobody,
+            Some(&forwarded),
+            "/console/events",
+            &token,
+        )
+        .await;
+        assert_eq!(page.status, 401, "wrong token {n}");
+    }
+    let page = get_via_proxy(
+        &believing_nobody,
+        Some("203.0.113.99"),
+        "/console/events",
+        TOKEN,
+    )
+    .await;
+    assert_eq!(page.status, 429, "{}", page.body);
+}
+
 /// Many addresses guessing at once spend the budget of all clients: a
 /// client new to the console is then refused even with the token, while
 /// one that presented it before still gets in (paused tokio time).

@@ -2831,6 +2831,10 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
     let mut env = gateway_env(&dir.0, "admin", &format!("http://{app}/hook"));
     env.push(("CLINK_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
     env.push(("CLINK_CONSOLE_TOKEN".into(), TOKEN.into()));
+    env.push((
+        "CLINK_CONSOLE_CLIENT_HEADER".into(),
+        "x-forwarded-for".into(),
+    ));
     let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
         .await
         .unwrap();
@@ -2877,6 +2881,25 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
             (200..400).contains(&status),
             "the console with its token: {status} {body}"
         );
+        // console_client_header: the clients the proxy names have budgets
+        // of their own.
+        let from = async |forwarded: &str, token: &str| -> u16 {
+            let request = Request::get(format!("{admin}/console/events"))
+                .header("x-forwarded-for", forwarded)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let _ = response.into_body().collect().await;
+            status
+        };
+        for n in 0..10 {
+            let wrong = format!("wrong-{n}-guess-abcdefghij");
+            assert_eq!(from("203.0.113.5", &wrong).await, 401, "wrong token {n}");
+        }
+        assert_eq!(from("203.0.113.5", TOKEN).await, 429);
+        assert_eq!(from("203.0.113.6", TOKEN).await, 200);
     }
     // A delivery to the admin address is refused, never acknowledged.
     let path = &url.read().unwrap().clone()[base.len()..];
@@ -2902,6 +2925,16 @@ fn admin_listen_is_checked_and_a_shared_public_port_is_warned_about() {
         ("CLINK_INBOX", "sqlite:/nonexistent/inbox.db"),
         ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
     ];
+    let mut env = base.to_vec();
+    env.push(("CLINK_CONSOLE_CLIENT_HEADER", "x forwarded for"));
+    let checked = check_with(&env);
+    assert_eq!(checked.code, Some(2), "{checked:?}");
+    assert!(
+        checked.stderr.contains("console_client_header")
+            && checked.stderr.contains("a header name"),
+        "{}",
+        checked.stderr
+    );
     for (listen, admin, refused) in [
         (
             "127.0.0.1:3000",

@@ -84,6 +84,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("metrics", Some("true"), false),
     field("console_token", None, true),
     field("console_secure_cookie", Some("true"), false),
+    field("console_client_header", None, false),
     field("log", Some("warn"), false),
 ];
 
@@ -423,6 +424,14 @@ pub(crate) enum DestinationKind {
     RedisCluster(Vec<Zeroizing<String>>),
 }
 
+/// The console, when `console_token` is set.
+pub(crate) struct ConsoleSpec {
+    pub(crate) token: Zeroizing<String>,
+    pub(crate) secure_cookie: bool,
+    /// The header the proxy in front puts the client's address in.
+    pub(crate) client_header: Option<String>,
+}
+
 /// The gateway's configuration, read and checked.
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
@@ -462,7 +471,7 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) metrics: bool,
     #[cfg_attr(not(feature = "console"), allow(dead_code))]
-    pub(crate) console: Option<(Zeroizing<String>, bool)>,
+    pub(crate) console: Option<ConsoleSpec>,
     pub(crate) log: String,
     /// Each setting's shown value and where it came from, in [`FIELDS`] order.
     pub(crate) effective: Vec<(&'static str, String, Origin)>,
@@ -865,6 +874,20 @@ impl Config {
         let shutdown_timeout = r.millis("shutdown_timeout_ms", 0, 3_600_000)?;
         let metrics = r.flag("metrics")?;
         let secure_cookie = r.flag("console_secure_cookie")?;
+        let client_header = match r.plain("console_client_header")? {
+            Some((header, _)) if header.trim().is_empty() => None,
+            None => None,
+            Some((header, origin)) => {
+                if http::HeaderName::from_bytes(header.trim().as_bytes()).is_err() {
+                    return Err(problem(
+                        "console_client_header",
+                        &origin,
+                        "expected a header name, such as x-forwarded-for",
+                    ));
+                }
+                Some(header.trim().to_owned())
+            }
+        };
         let console = match r.text("console_token")? {
             None => None,
             Some((token, origin)) => {
@@ -883,7 +906,11 @@ impl Config {
                     ));
                 }
                 r.note("console_token", "[redacted]".to_owned(), origin);
-                Some((Zeroizing::new(token), secure_cookie))
+                Some(ConsoleSpec {
+                    token: Zeroizing::new(token),
+                    secure_cookie,
+                    client_header,
+                })
             }
         };
         let (log, _) = r.plain("log")?.unwrap_or_default();

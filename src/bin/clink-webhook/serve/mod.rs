@@ -814,18 +814,18 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         metrics,
         #[cfg(feature = "console")]
         console: match &config.console {
-            Some((token, secure)) => Some(
-                axum::Router::new().nest(
-                    "/console",
-                    clink_webhooks::console::Console::with_token(
-                        Arc::clone(&inbox),
-                        token.as_str(),
-                    )
-                    .map_err(usage)?
-                    .secure_cookie(*secure)
-                    .router(),
-                ),
-            ),
+            Some(spec) => {
+                let mut console = clink_webhooks::console::Console::with_token(
+                    Arc::clone(&inbox),
+                    spec.token.as_str(),
+                )
+                .map_err(usage)?
+                .secure_cookie(spec.secure_cookie);
+                if let Some(header) = &spec.client_header {
+                    console = console.client_address_header(header).map_err(usage)?;
+                }
+                Some(axum::Router::new().nest("/console", console.router()))
+            }
             None => None,
         },
     };
