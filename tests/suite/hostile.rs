@@ -22,8 +22,8 @@ const KEY: &str = "whsec_hostile_test";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the example's server lets deliveries in progress finish once
-/// told to stop (`Server`'s default).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// told to stop (the example's `STOP_WITHIN`).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The example receiver, started through `sh` so that `limits` (shell
 /// `ulimit` options) apply to it; its process, URL and address.
