@@ -20,7 +20,11 @@
 //!   before either runs; events about no object run in arrival order; a
 //!   dead event no longer holds the later ones of its object back (run
 //!   again by a replay, it comes late, and its handler is told it is
-//!   stale where the router tracks freshness);
+//!   stale where the router tracks freshness, as long as the store keeps
+//!   the newer event's record ([`DEFAULT_FRESHNESS_RETENTION`](crate::store::DEFAULT_FRESHNESS_RETENTION),
+//!   72 h, unless set otherwise), after which an event with
+//!   no record looks fresh, so a handler replayed later should compare
+//!   versions with its own state);
 //! - **with retries**: a handler error, panic or timeout schedules the next
 //!   attempt with exponential backoff and jitter; after the last attempt
 //!   (10 by default) the event is dead, kept with its last error until

@@ -501,6 +501,11 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// count: see [what freshness can and cannot see](crate::ordering#what-freshness-can-and-cannot-see). Needs
     /// [`ordering`](Self::ordering); events where every one matters (refunds,
     /// disputes) want a handler that sees them all instead.
+    ///
+    /// It applies to every typed route of this router. To skip only some
+    /// kinds, leave it off and return early from those handlers when
+    /// [`event.freshness().is_stale()`](crate::Event::freshness), or route
+    /// those kinds through a router of their own.
     #[must_use]
     pub fn skip_stale(mut self) -> Self {
         self.routes_mut().skip_stale = true;

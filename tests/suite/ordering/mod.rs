@@ -3,7 +3,7 @@
 //!
 //! The same properties hold with every freshness store: in memory for every
 //! one of the 720 arrival orders of six events (two pairs of which share a
-//! `created` time, so that the event id breaks the tie), and with their
+//! `created` time, neither stale for the other), and with their
 //! features `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
 //! `DATABASE_URL`) on real servers for a sample of them. A test whose server
 //! URL is missing fails; it never passes without its server. Tests on a
@@ -346,4 +346,73 @@ async fn an_inbox_event_whose_version_never_records_is_done_after_one_run() {
         assert_eq!(records.load(Ordering::SeqCst), 1, "{lease:?}");
         pool.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// Freshness records are kept per account: the same order id under two
+/// accounts is two objects, so a newer event handled under one account
+/// leaves an older event under the other fresh (and run, with
+/// `skip_stale`), while under the same account it is stale.
+#[tokio::test]
+async fn freshness_is_kept_apart_by_account() {
+    use clink_webhooks::accounts::{AccountFrom, KeyMap};
+    use clink_webhooks::events::Freshness;
+    use clink_webhooks::testing::SignedRequest;
+    use clink_webhooks::MemoryStore;
+    use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+    use std::sync::{Arc, Mutex};
+    use tower::{Layer, ServiceExt};
+
+    type Seen = Arc<Mutex<Vec<(String, String, Freshness)>>>;
+    let seen: Seen = Arc::default();
+    let note = |seen: &Seen| {
+        let sink = Arc::clone(seen);
+        move |event: clink_webhooks::Event<clink_webhooks::data::Order>| {
+            let account = event.account().unwrap_or("").to_owned();
+            sink.lock()
+                .unwrap()
+                .push((account, event.id.clone(), event.freshness().clone()));
+            async { Ok::<_, std::io::Error>(()) }
+        }
+    };
+    let router = EventRouter::new()
+        .ordering(MemoryStore::new())
+        .skip_stale()
+        .on::<events::OrderSucceeded, _>(note(&seen))
+        .on::<events::OrderCreated, _>(note(&seen));
+    let keys = KeyMap::new();
+    keys.insert("acct_a", Verifier::new("whsec_a").unwrap())
+        .unwrap();
+    keys.insert("acct_b", Verifier::new("whsec_b").unwrap())
+        .unwrap();
+    let service = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys).layer(router);
+    let deliver = async |account: &str, id: &str, event_type: &str, created: u64| {
+        let body = format!(
+            r#"{{"id":"{id}","type":"{event_type}","created":{created},"data":{{"orderId":"ord_shared"}}}}"#
+        );
+        let request = SignedRequest::new(format!("whsec_{}", &account[5..]), body)
+            .uri(format!("/webhooks/clink/{account}"))
+            .build::<http_body_util::Full<bytes::Bytes>>();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{account} {id}");
+    };
+    deliver("acct_a", "evt_a_new", "order.succeeded", 1_736_942_460_000).await;
+    deliver("acct_b", "evt_b_old", "order.created", 1_736_942_400_000).await;
+    deliver("acct_a", "evt_a_old", "order.created", 1_736_942_400_000).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (
+                "acct_a".to_owned(),
+                "evt_a_new".to_owned(),
+                Freshness::Fresh
+            ),
+            (
+                "acct_b".to_owned(),
+                "evt_b_old".to_owned(),
+                Freshness::Fresh
+            ),
+        ],
+        "the older event under acct_a was skipped as stale, the one under acct_b ran fresh"
+    );
 }
