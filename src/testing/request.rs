@@ -54,8 +54,10 @@ pub enum TimestampUnit {
 /// ```
 ///
 /// The request is built anew by every [`build`](Self::build), so one
-/// `SignedRequest` sent twice is a retry of the same event, signed afresh
-/// each time as Clink's retries are.
+/// `SignedRequest` sent twice is a retry of the same event, signed again
+/// at each send (whether Clink's retries carry a new timestamp is not in
+/// its docs; a retry hours later could not pass the timestamp check
+/// otherwise).
 #[derive(Clone)]
 pub struct SignedRequest {
     secret: Zeroizing<Vec<u8>>,

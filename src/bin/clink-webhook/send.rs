@@ -57,8 +57,9 @@ const RESULTS_QUEUED: usize = 1024;
 
 /// The hint after a 401 for the signature: the usual cause is two keys.
 const SIGNATURE_HINT: &str = "the receiver refused the signature (401): its signing key \
-     must be the same secret this command signs with; pass that secret with --secret SECRET, \
-     --secret env:NAME or CLINK_WEBHOOK_SIGNING_KEY";
+     must be the same secret this command signs with; pass that secret in \
+     CLINK_WEBHOOK_SIGNING_KEY or with --secret env:NAME (--secret SECRET leaves it in your \
+     shell's history)";
 /// The hint after a 401 for the timestamp.
 const TIMESTAMP_HINT: &str = "the receiver refused the timestamp (401): its clock and this \
      machine's differ by more than its tolerance; check both clocks";
@@ -114,12 +115,14 @@ pub(crate) struct SendArgs {
     /// Change one byte of the body after signing (the receiver must refuse it with 401).
     #[arg(long)]
     tamper: bool,
-    /// Give every delivery its own event id.
+    /// Give every delivery its own event id (the body is then written anew
+    /// as compact JSON, keys sorted: not byte for byte).
     #[arg(long)]
     unique: bool,
     /// Set the event's `created` time: RFC 3339 (2025-01-15T11:00:00Z) or
     /// epoch milliseconds. An event created before one already handled about
-    /// the same object is stale.
+    /// the same object is stale. The body is then written anew as compact
+    /// JSON, keys sorted.
     #[arg(long, value_name = "TIME", value_parser = created_time)]
     created: Option<Timestamp>,
     /// Print only the summary: no line per delivery, no progress bar (for a
@@ -234,7 +237,13 @@ impl Bodies {
         } else {
             None
         };
-        let run = format!("{:x}", Timestamp::now().as_millis().unsigned_abs());
+        // The time, and random bits: two runs started in the same
+        // millisecond still give their deliveries ids of their own.
+        let run = format!(
+            "{:x}{}",
+            Timestamp::now().as_millis().unsigned_abs(),
+            &clink_webhooks::store::LeaseToken::generate().as_str()[..8]
+        );
         Ok(Self {
             base,
             envelope,
