@@ -8,7 +8,9 @@
 //!   (the `clink-webhook` CLI sends the same ones).
 //! - [`Scenario`]s replay what Clink does to a receiver (duplicates,
 //!   out-of-order events, clock skew, a key mid-rotation, a tampered body)
-//!   against any tower service, and say which step got which answer.
+//!   in process against any tower service with
+//!   [`ClinkLayer`](crate::ClinkLayer) in front (the steps read the outcome
+//!   it puts on each response), and say which step got which answer.
 //!
 //! Testing an axum app end to end, through the layer and your handlers:
 //!
