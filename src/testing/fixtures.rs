@@ -27,8 +27,13 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 /// - Families Clink publishes no schema for (`payment_method`, `risk_rule`,
 ///   `agent_order`, `agent_refund`, `purchase_instruction`, `vic_device`)
 ///   get a small plausible object with a `<family>Id` field, so their
-///   [`ObjectKey`](crate::events::ObjectKey) is known. So does a name this
-///   crate does not know.
+///   [`ObjectKey`](crate::events::ObjectKey) is known: its other fields
+///   are made up, not Clink's, so do not write code against them. So does
+///   a name this crate does not know.
+/// - Other shapes Clink's integrations report (an integer-millisecond
+///   `created`, an order wrapped as `data.object`) are not among these
+///   fixtures; the crate reads them, and a test of yours that needs them
+///   builds them by hand.
 /// - Every fixture is about the same few objects (`ord_test_123`,
 ///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
 ///   `invoice.open`, `payment_method.added`) was created five minutes before

@@ -279,6 +279,43 @@ mod tests {
         );
     }
 
+    /// Vectors 2 (a timestamp in seconds) and 3 (UTF-8 and a trailing
+    /// newline, in milliseconds) of the wire format's signing vectors: the
+    /// body is sent and signed byte for byte.
+    #[tokio::test]
+    async fn reference_vectors_two_and_three() {
+        use http_body_util::BodyExt;
+
+        let order = r#"{"id":"evt_order_succeeded_test","object":"event","created":"2025-01-15T12:00:00.000Z","type":"order.succeeded","data":{"orderId":"ord_test_123","status":"success","amountTotal":19.99}}"#;
+        let session = "{\"id\":\"evt_2\",\"object\":\"event\",\"type\":\"session.complete\",\"data\":{\"sessionId\":\"sess_test_123\",\"customer\":{\"email\":\"jos\u{e9}@example.com\"}}}\n";
+        assert_eq!((order.len(), session.len()), (185, 136));
+        for (body, unit, timestamp, signature) in [
+            (
+                order,
+                TimestampUnit::Seconds,
+                "1736942400",
+                "d61addcde690be84473aedd0abdefe1c3a5bfc070ddc3323253106b6384c75b0",
+            ),
+            (
+                session,
+                TimestampUnit::Millis,
+                "1736942400000",
+                "f7688e1969c9e3a8faeb9245a3b94cdd9c64ad3fca8f8ac328153267c48fbdb2",
+            ),
+        ] {
+            let request = SignedRequest::new("whsec_test_123", body)
+                .timestamp(Timestamp::from_millis(AT))
+                .unit(unit)
+                .build::<Full<Bytes>>();
+            assert_eq!(
+                headers(&request),
+                (timestamp.to_owned(), signature.to_owned())
+            );
+            let sent = request.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(sent, body.as_bytes());
+        }
+    }
+
     #[test]
     fn units_and_skew_move_the_timestamp() {
         let base = SignedRequest::new("k", "{}").timestamp(Timestamp::from_millis(AT + 999));
