@@ -2385,25 +2385,45 @@ async fn events_acknowledged_before_a_sigkill_are_handled_once_after_the_restart
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An example receiver on a SQLite inbox of its own in a new directory,
+/// with a lease of `lease_ms`, whose handler (600 s long) has started on one
+/// delivered event: the receiver, the directory, the inbox's spec and the
+/// event's id.
 #[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
+async fn receiver_mid_handler(
+    name: &str, lease_ms: &str,
+) -> (
+    crate::support::process::Process,
+    std::path::PathBuf,
+    String,
+    String,
+) {
     use crate::support::process::Process;
-    let dir = std::env::temp_dir().join(format!("clink-inbox-mid-{}", unique()));
+    let dir = std::env::temp_dir().join(format!("clink-inbox-{name}-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = format!("sqlite:{}", dir.join("inbox.db").display());
-    let (first, url) = receiver_with_inbox(
+    let (receiver, url) = receiver_with_inbox(
         &spec,
         &[
             ("CLINK_INBOX_REORDER_MS", "0"),
-            ("CLINK_INBOX_LEASE_MS", "1000"),
+            ("CLINK_INBOX_LEASE_MS", lease_ms),
             ("CLINK_EXAMPLE_HANDLER_DELAY_MS", "600000"),
         ],
     );
-    let id = format!("evt_{}_mid", unique());
-    assert_eq!(post(&url, order(&id, "ord_mid", 1)).await.0, 200);
-    let handling = Process::line_starting(&first.stderr, "handling ");
+    let id = format!("evt_{}_{name}", unique());
+    assert_eq!(
+        post(&url, order(&id, &format!("ord_{name}"), 1)).await.0,
+        200
+    );
+    let handling = Process::line_starting(&receiver.stderr, "handling ");
     assert_eq!(handling, format!("handling order.succeeded {id}"));
+    (receiver, dir, spec, id)
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
+    let (first, dir, spec, id) = receiver_mid_handler("mid", "1000").await;
     drop(first); // SIGKILL, mid-handler
 
     // Another receiver on the same inbox takes the event over once the
@@ -2424,23 +2444,7 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sigterm_mid_handler_stops_within_ten_seconds_and_gives_the_event_back() {
-    use crate::support::process::Process;
-    let dir = std::env::temp_dir().join(format!("clink-inbox-term-{}", unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("inbox.db");
-    let spec = format!("sqlite:{}", path.display());
-    let (first, url) = receiver_with_inbox(
-        &spec,
-        &[
-            ("CLINK_INBOX_REORDER_MS", "0"),
-            ("CLINK_INBOX_LEASE_MS", "600000"),
-            ("CLINK_EXAMPLE_HANDLER_DELAY_MS", "600000"),
-        ],
-    );
-    let id = format!("evt_{}_term", unique());
-    assert_eq!(post(&url, order(&id, "ord_term", 1)).await.0, 200);
-    let handling = Process::line_starting(&first.stderr, "handling ");
-    assert_eq!(handling, format!("handling order.succeeded {id}"));
+    let (first, dir, spec, id) = receiver_mid_handler("term", "600000").await;
     let signalled = Instant::now();
     let finished = tokio::task::spawn_blocking(move || first.terminate())
         .await
@@ -2452,7 +2456,7 @@ async fn sigterm_mid_handler_stops_within_ten_seconds_and_gives_the_event_back()
         "stopped {took:?} after SIGTERM: {}",
         finished.stderr
     );
-    let (status, attempts): (String, i64) = rusqlite::Connection::open(&path)
+    let (status, attempts): (String, i64) = rusqlite::Connection::open(dir.join("inbox.db"))
         .unwrap()
         .query_row(
             "SELECT status, attempts FROM clink_webhook_inbox WHERE event_id = ?1",
