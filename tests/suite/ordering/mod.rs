@@ -3,7 +3,7 @@
 //!
 //! The same properties hold with every freshness store: in memory for every
 //! one of the 720 arrival orders of six events (two pairs of which share a
-//! `created` time, neither stale for the other), and with their
+//! `created` time, so that the event id breaks the tie), and with their
 //! features `RedisStore` (needs `REDIS_URL`) and `PostgresStore` (needs
 //! `DATABASE_URL`) on real servers for a sample of them. A test whose server
 //! URL is missing fails; it never passes without its server. Tests on a
