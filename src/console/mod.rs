@@ -354,10 +354,12 @@ impl Console {
     /// that is not an address, counts as the connection's.
     ///
     /// **Set it only when every request reaches the console through a
-    /// proxy you run that sets or appends that header**: a client that
-    /// reaches the console directly could name any address in it, and so
-    /// have a fresh budget for each guess (the budget of all clients
-    /// together still holds them).
+    /// proxy you run that sets or appends that header**, the console's own
+    /// address out of anyone else's reach: a client that reaches it
+    /// directly names any address it likes, a fresh budget for each guess,
+    /// or the address of a client that presented the token lately, which
+    /// lets its guesses past the budget of all clients together and spends
+    /// that client's own budget.
     ///
     /// # Errors
     ///
@@ -454,11 +456,18 @@ fn client_address(shared: &Shared, request: &Request) -> Option<IpAddr> {
 }
 
 /// The last address the last `name` header lists: an IP address, or one
-/// with a port (`192.0.2.7:4711`, `[2001:db8::1]:4711`).
+/// with a port (`192.0.2.7:4711`, `[2001:db8::1]:4711`), or in brackets
+/// (`[2001:db8::1]`). Only that last entry is read as text: what a client
+/// put before it (bytes that are not text, say) does not hide it.
 fn forwarded_address(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<IpAddr> {
-    let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
-    let last = value.rsplit(',').next()?.trim();
-    last.parse::<IpAddr>()
+    let value = headers.get_all(name).iter().next_back()?.as_bytes();
+    let last = value.rsplit(|byte| *byte == b',').next()?;
+    let last = std::str::from_utf8(last).ok()?.trim();
+    let bare = last
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(last);
+    bare.parse::<IpAddr>()
         .ok()
         .or_else(|| last.parse::<SocketAddr>().ok().map(|address| address.ip()))
         .map(|ip| ip.to_canonical())
@@ -720,9 +729,20 @@ mod tests {
         assert_eq!(read(&["198.51.100.9", "203.0.113.5 "]), some("203.0.113.5"));
         assert_eq!(read(&["203.0.113.5:4711"]), some("203.0.113.5"));
         assert_eq!(read(&["[2001:db8::1]:4711"]), some("2001:db8::1"));
+        assert_eq!(read(&["[2001:db8::1]"]), some("2001:db8::1"));
         assert_eq!(read(&["2001:db8::1"]), some("2001:db8::1"));
         assert_eq!(read(&["::ffff:203.0.113.5"]), some("203.0.113.5"));
         assert_eq!(read(&["203.0.113.5, unknown"]), None);
+        // Bytes that are not text before the proxy's entry do not hide it.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            &name,
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.5").unwrap(),
+        );
+        assert_eq!(
+            forwarded_address(&headers, &name).map(|ip| ip.to_string()),
+            some("203.0.113.5")
+        );
         assert_eq!(read(&[""]), None);
         assert_eq!(read(&[]), None);
         assert!(Console::with_token(MemoryInbox::new(), "0123456789abcdef")

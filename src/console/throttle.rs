@@ -17,7 +17,9 @@
 //! is usually given a whole one). Without it, every client shares one
 //! budget, and a client sending wrong tokens delays the logins of others
 //! until it stops; behind a proxy, every client has the proxy's address,
-//! and shares its budget the same way.
+//! and shares its budget the same way, unless the console is told the
+//! header the proxy puts the client's address in
+//! (`Console::client_address_header`), which then names the client.
 //!
 //! Guesses from many addresses at once are bounded too: all clients
 //! together take [`BURST_ALL`] wrong tokens in a row, then one every
