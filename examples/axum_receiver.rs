@@ -24,9 +24,10 @@
 //!
 //! It stops gracefully on Ctrl-C or SIGTERM: from the signal, the deliveries
 //! in progress and (with an inbox) the handlers running finish side by side
-//! within one deadline of 6 s, and the events of handlers still running then
+//! within one deadline of 4 s, and the events of handlers still running then
 //! go back to the inbox (at once, or within 5 s more should the inbox be
-//! slow), inside the 10 s Docker and Kubernetes give by default. A setting it cannot use (say
+//! slow): inside the 10 s Docker gives a container by default (Kubernetes
+//! gives 30 s). A setting it cannot use (say
 //! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
 //! milliseconds) stops it before it listens: it says `error: ` and the
 //! variable's name on stderr and exits with status 1.
@@ -738,9 +739,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// How long a stop waits for deliveries in progress and handlers running,
 /// from the signal: with the at most 5 s the inbox may take to get the
-/// stopped handlers' events back, inside the 10 s Docker and Kubernetes
-/// give a process after SIGTERM.
-const STOP_WITHIN: Duration = Duration::from_secs(6);
+/// stopped handlers' events back, inside the 10 s Docker gives a container
+/// after SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(4);
 
 /// With `CLINK_EXAMPLE_FAIL_ONCE=<type>`, the first run of each event of
 /// that type in this process fails (the router's `before_each` hook), to

@@ -239,8 +239,8 @@ impl Scenario {
     /// Senders' clocks drift, and a captured delivery must not be
     /// replayable later: timestamps within 300 s either way are accepted, in
     /// seconds or milliseconds (here 290 s); 320 s off either way is refused
-    /// `401`, so a tolerance wider than the default fails; and a refused
-    /// delivery does not use up its event id.
+    /// `401`, so a tolerance of 320 s or more fails; and a refused delivery
+    /// does not use up its event id.
     #[must_use]
     pub fn clock_skew(secret: &str) -> Self {
         let events = Events::new(secret, "clock_skew");

@@ -485,7 +485,7 @@ mod shutdown {
     /// SIGTERM to two example receivers sharing a Redis, each with a delivery
     /// whose handler is running: one handler (2 s) ends within the shutdown
     /// deadline, the other (60 s) does not. The first process exits within
-    /// the deadline (6 s), the second once the deadline has passed and long
+    /// the deadline (4 s), the second once the deadline has passed and long
     /// before its handler could have finished; the first delivery is
     /// acknowledged and handled, the second gets no `2xx`; a receiver started
     /// again on the same store handles the second exactly once when Clink
@@ -493,7 +493,7 @@ mod shutdown {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigterm_while_handlers_run_exits_within_the_deadline_and_loses_nothing() {
         // The example's stop deadline (`STOP_WITHIN`).
-        const DEADLINE: Duration = Duration::from_secs(6);
+        const DEADLINE: Duration = Duration::from_secs(4);
         let _server = crate::support::servers::durable_redis().await;
         let redis = crate::support::stores::server_url("REDIS_DURABLE_URL");
         let store = Some(("REDIS_URL", redis.as_str()));

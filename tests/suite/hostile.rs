@@ -23,7 +23,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the example's server lets deliveries in progress finish once
 /// told to stop (the example's `STOP_WITHIN`).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(6);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The example receiver, started through `sh` so that `limits` (shell
 /// `ulimit` options) apply to it; its process, URL and address.

@@ -2437,7 +2437,7 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
 }
 
 /// SIGTERM while a handler runs past the example's stop deadline: it stops
-/// inside the 10 s Docker and Kubernetes give a process, and the handler's
+/// inside the 10 s Docker gives a container, and the handler's
 /// event is given back to the inbox (pending, the stopped attempt not
 /// counted), not left to wait out its lease; the next receiver on the
 /// inbox runs it.
