@@ -129,15 +129,16 @@ pub(crate) async fn check<'a>(
 impl Tracked<'_> {
     /// Records the handled version; a failure is logged, with the event's
     /// id, since the event itself was handled and later stale events about
-    /// its object may look fresh (a record follows a read of the same store
-    /// that succeeded, so only deliveries in flight when a store goes down
-    /// get here).
+    /// its object may look fresh, and counted in `outage`, the log of the
+    /// store's records (a store that reads but refuses writes, full or
+    /// read-only, fails every record while it lasts).
     pub(crate) async fn record(self, raw: &RawEvent, outage: &std::sync::Arc<OutageLog>) {
         let recorded = self.store.record(&self.object, &self.version).await;
         if recorded.is_ok() {
             outage.succeeded();
         }
         if let Err(error) = recorded {
+            outage.failed(&error);
             tracing::error!(
                 event_id = ?raw.id(),
                 object = ?self.object.to_string(),

@@ -192,8 +192,10 @@ struct Routes<S> {
     before_each: Option<RawRoute<S>>,
     undecodable: Option<Undecodable>,
     ordering: Option<Arc<dyn FreshnessStore>>,
-    /// The freshness store's outage log.
+    /// The freshness store's outage log, for its reads.
     ordering_outage: Arc<OutageLog>,
+    /// The same for its records, whose failure refuses nothing.
+    recording_outage: Arc<OutageLog>,
     skip_stale: bool,
 }
 
@@ -206,6 +208,7 @@ impl<S> Clone for Routes<S> {
             undecodable: self.undecodable.clone(),
             ordering: self.ordering.clone(),
             ordering_outage: Arc::clone(&self.ordering_outage),
+            recording_outage: Arc::clone(&self.recording_outage),
             skip_stale: self.skip_stale,
         }
     }
@@ -222,6 +225,12 @@ impl<S> Default for Routes<S> {
             ordering_outage: OutageLog::new(
                 "freshness store",
                 "deliveries are answered 503 and Clink retries them",
+                DEFAULT_OUTAGE_LOG_INTERVAL,
+            ),
+            recording_outage: OutageLog::new(
+                "freshness store (recording versions)",
+                "events are handled, but their versions are not kept, so later stale events \
+                 about their objects may look fresh",
                 DEFAULT_OUTAGE_LOG_INTERVAL,
             ),
             skip_stale: false,
@@ -674,9 +683,13 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 succeeded.store(true, Ordering::Relaxed);
             }
         }
-        finish(raw, result, tracked.map(|tracked| (tracked, outage)))
-            .await
-            .with_freshness(freshness)
+        finish(
+            raw,
+            result,
+            tracked.map(|tracked| (tracked, &routes.recording_outage)),
+        )
+        .await
+        .with_freshness(freshness)
     }
 }
 
@@ -814,11 +827,13 @@ async fn finish(
                     .is_err()
                 {
                     cold();
+                    let timeout_ms = u64::try_from(RECORD_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
                     tracing::error!(
                         event_id = ?raw.id(),
-                        timeout_ms = u64::try_from(RECORD_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+                        timeout_ms,
                         "handled, but its version was not recorded in time; later stale events may look fresh"
                     );
+                    outage.failed(&format_args!("no answer within {timeout_ms} ms"));
                 }
             }
             Dispatched::new(Outcome::Handled)

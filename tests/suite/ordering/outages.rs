@@ -154,6 +154,23 @@ async fn a_failed_freshness_record_is_logged_and_the_event_stays_handled() {
         .collect();
     assert_eq!(logged.len(), 1, "{:#?}", captured.events());
     assert_eq!(logged[0].fields["event_id"], "\"evt_newer\"");
+    // And counted as an outage of the store's records: one line when it
+    // starts, whatever follows (a second record failing here).
+    let other = r#"{"id":"evt_other","type":"order.succeeded","created":"2025-01-15T12:00:03.000Z","data":{"orderId":"ord_outage_2"}}"#;
+    assert_eq!(deliver(addr, other).await.status, 200);
+    let outages = |captured: &crate::support::capture::Captured| {
+        captured
+            .events()
+            .into_iter()
+            .filter(|event| {
+                event.level == Level::ERROR
+                    && event
+                        .message
+                        .contains("freshness store (recording versions) unavailable")
+            })
+            .count()
+    };
+    assert_eq!(outages(&captured), 1, "{:#?}", captured.events());
 
     // Not lost, not run again: the event is marked handled.
     assert_eq!(deliver(addr, &newer).await.json["outcome"], "duplicate");
@@ -163,6 +180,6 @@ async fn a_failed_freshness_record_is_logged_and_the_event_stays_handled() {
     assert_eq!(deliver(addr, &order("evt_older", 1)).await.status, 200);
     assert_eq!(
         *runs.lock().unwrap(),
-        ["evt_newer fresh", "evt_older fresh"]
+        ["evt_newer fresh", "evt_other fresh", "evt_older fresh"]
     );
 }
