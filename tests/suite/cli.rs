@@ -465,10 +465,10 @@ fn the_readme_walkthrough_against_the_example_receiver() {
         ],
     );
 
-    // 3. A tampered copy is refused.
+    // 3. A tampered copy is refused (what --tamper expects: exit 0).
     let sent = send(
         &["order.succeeded", "--to", to, "--tamper"],
-        1,
+        0,
         &["1/1  401 Unauthorized (signature_mismatch)  evt_order_succeeded_test"],
     );
     assert!(
@@ -568,7 +568,7 @@ fn listen_prints_each_delivery_send_sends() {
 
     assert_eq!(
         cli(&["send", "order.succeeded", "--to", to, "--tamper"]).code,
-        Some(1)
+        Some(0)
     );
     // Nothing from an unverified body is printed.
     assert_eq!(

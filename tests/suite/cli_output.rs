@@ -639,9 +639,9 @@ fn a_401_gets_one_hint() {
     assert_eq!(lines.len(), 1, "{quiet:?}");
     assert!(lines[0]["hint"].is_string(), "{quiet:?}");
 
-    // A 401 that --tamper asked for needs no hint.
+    // A 401 that --tamper asked for is success, and needs no hint.
     let tampered = cli(&["send", "order.succeeded", "--to", to, "--tamper"]);
-    assert_eq!(tampered.code, Some(1), "{tampered:?}");
+    assert_eq!(tampered.code, Some(0), "{tampered:?}");
     assert!(
         !tampered.stdout.contains("hint") && !tampered.stderr.contains("hint"),
         "{tampered:?}"
@@ -650,6 +650,19 @@ fn a_401_gets_one_hint() {
     let handled = cli(&["send", "order.failed", "--to", to]);
     assert_eq!(handled.code, Some(0), "{handled:?}");
     assert_eq!(handled.stderr, "", "{handled:?}");
+}
+
+/// `send --tamper` fails (exit 1, `tamper_accepted`) against a receiver
+/// that takes the tampered delivery, or answers it anything but `401`.
+#[test]
+fn a_receiver_that_takes_a_tampered_body_fails_send_tamper() {
+    for status in ["200 OK", "400 Bad Request"] {
+        let to = fixed_receiver(status, "none");
+        let sent = cli(&["send", "--json", "order.succeeded", "--to", &to, "--tamper"]);
+        assert_eq!(sent.code, Some(1), "{status}: {sent:?}");
+        let error = sent.json_error();
+        assert_eq!(error["error"], "tamper_accepted", "{status}: {error}");
+    }
 }
 
 #[test]

@@ -61,6 +61,7 @@ text). CODE is one of these, shown with its exit code:
   io                  a file, stdin, the port or the runtime failed           2
   invalid_signature   verify: the signature did not verify                    1
   non_2xx             send: a delivery got a status other than 2xx            1
+  tamper_accepted     send --tamper: a tampered delivery got no 401           1
   unreachable         send: a delivery got no answer (refused, timeout)       2
   refused             inbox replay: the event was handled or is running       1
   no_api_key          api, endpoints: CLINK_SECRET_KEY is not set             2
@@ -232,6 +233,9 @@ enum ErrorCode {
     InvalidSignature,
     /// `send`: a delivery got a status other than 2xx.
     Non2xx,
+    /// `send --tamper`: a tampered delivery was answered other than `401`
+    /// (a `2xx`: the receiver took a forgery).
+    TamperAccepted,
     /// `send`: a delivery got no answer at all.
     Unreachable,
     /// `inbox replay`: the event was handled (replay it with --force) or is running.
@@ -256,6 +260,7 @@ impl ErrorCode {
             Self::Io => "io",
             Self::InvalidSignature => "invalid_signature",
             Self::Non2xx => "non_2xx",
+            Self::TamperAccepted => "tamper_accepted",
             Self::Unreachable => "unreachable",
             Self::Refused => "refused",
             Self::NoApiKey => "no_api_key",
@@ -266,7 +271,9 @@ impl ErrorCode {
 
     fn exit_code(self) -> ExitCode {
         match self {
-            Self::InvalidSignature | Self::Non2xx | Self::Refused => ExitCode::from(1),
+            Self::InvalidSignature | Self::Non2xx | Self::TamperAccepted | Self::Refused => {
+                ExitCode::from(1)
+            }
             Self::Api(kind) if kind.is_refusal() => ExitCode::from(1),
             _ => ExitCode::from(2),
         }

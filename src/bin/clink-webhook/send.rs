@@ -29,9 +29,10 @@ endpoint, run a local receiver, or send through a TLS-terminating proxy or
 tunnel that listens on http://.
 
 Each delivery is signed when it is sent, so --repeat N sends the same event
-(same id) N times, each signed afresh, as Clink's retries are; --unique gives
-every delivery its own event id instead, for load; --quiet prints only the
-summary.
+(same id) N times, each signed again (whether Clink's retries carry a new
+timestamp is not in its docs); --unique gives every delivery its own event id
+instead, for load (the body is then written anew as compact JSON); --quiet
+prints only the summary.
 
 When the receiver answers 401, a hint about the signing key (or the clock)
 follows the summary, once, on stderr; with --json it is the `hint` field of
@@ -40,8 +41,9 @@ the summary's line.
 Values from the receiver's answers are printed escaped when they hold
 control characters or quotes.
 
-Exit code: 0 when every delivery got a 2xx, 1 when any got another status,
-2 when any could not be delivered at all (connection refused, timeout).";
+Exit code: 0 when every delivery got a 2xx (with --tamper: a 401), 1 when any
+got another status, 2 when any could not be delivered at all (connection
+refused, timeout).";
 
 /// How long one delivery may take, from connecting to the last byte of the answer.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,7 +114,8 @@ pub(crate) struct SendArgs {
         allow_negative_numbers = true
     )]
     skew: i64,
-    /// Change one byte of the body after signing (the receiver must refuse it with 401).
+    /// Change one byte of the body after signing: the receiver must refuse
+    /// it with 401 (exit 0 when every delivery got 401, 1 otherwise).
     #[arg(long)]
     tamper: bool,
     /// Give every delivery its own event id (the body is then written anew
@@ -356,6 +359,8 @@ struct Summary {
     timestamp_refused: bool,
     /// Some delivery got 401 for anything else: its signature, most likely.
     signature_refused: bool,
+    /// How many deliveries got 401.
+    unauthorized: u64,
 }
 
 impl Summary {
@@ -365,6 +370,7 @@ impl Summary {
             Ok(answer) => {
                 self.latencies.add(delivery.latency);
                 if answer.status == http::StatusCode::UNAUTHORIZED {
+                    self.unauthorized += 1;
                     match answer.detail.as_deref() {
                         Some("timestamp_too_old" | "timestamp_in_future") => {
                             self.timestamp_refused = true;
@@ -403,8 +409,9 @@ impl Summary {
     }
 
     /// Why the run failed, if it did: any delivery without an answer
-    /// (exit 2), else any answer other than 2xx (exit 1).
-    fn failure(&self) -> Option<CliError> {
+    /// (exit 2), else any answer other than 2xx (exit 1); with `--tamper`,
+    /// any answer other than the `401` a tampered delivery must get.
+    fn failure(&self, tamper: bool) -> Option<CliError> {
         if self.failed > 0 {
             Some(CliError::reported(
                 ErrorCode::Unreachable,
@@ -413,6 +420,19 @@ impl Summary {
                     self.failed, self.sent
                 ),
             ))
+        } else if tamper {
+            (self.unauthorized < self.sent).then(|| {
+                CliError::reported(
+                    ErrorCode::TamperAccepted,
+                    format!(
+                        "{} of {} tampered deliveries got a status other than 401 ({} of them \
+                         2xx): the receiver must refuse a body changed after signing",
+                        self.sent - self.unauthorized,
+                        self.sent,
+                        self.ok
+                    ),
+                )
+            })
         } else if self.ok < self.sent {
             Some(CliError::reported(
                 ErrorCode::Non2xx,
@@ -509,7 +529,7 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
     if let (Some(hint), false) = (hint, out.json) {
         out.hint(hint);
     }
-    summary.failure().map_or(Ok(()), Err)
+    summary.failure(args.tamper).map_or(Ok(()), Err)
 }
 
 async fn deliver(
