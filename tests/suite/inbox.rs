@@ -2420,6 +2420,17 @@ async fn receiver_mid_handler(
     (receiver, dir, spec, id)
 }
 
+/// Another example receiver on the inbox `spec` runs the event `id` to
+/// its end.
+#[cfg(feature = "sqlite")]
+fn another_receiver_runs_it(spec: &str, id: &str) {
+    let (receiver, _url) = receiver_with_inbox(spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
+    assert_eq!(
+        receiver.next_stdout(),
+        format!("handled order.succeeded {id}")
+    );
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
@@ -2428,11 +2439,7 @@ async fn a_worker_killed_mid_handler_means_the_event_runs_again() {
 
     // Another receiver on the same inbox takes the event over once the
     // dead worker's lease has ended, and runs it to the end.
-    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
-    assert_eq!(
-        second.next_stdout(),
-        format!("handled order.succeeded {id}")
-    );
+    another_receiver_runs_it(&spec, &id);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -2466,11 +2473,7 @@ async fn sigterm_mid_handler_stops_within_ten_seconds_and_gives_the_event_back()
         .unwrap();
     assert_eq!((status.as_str(), attempts), ("pending", 0));
 
-    let (second, _url) = receiver_with_inbox(&spec, &[("CLINK_INBOX_REORDER_MS", "0")]);
-    assert_eq!(
-        second.next_stdout(),
-        format!("handled order.succeeded {id}")
-    );
+    another_receiver_runs_it(&spec, &id);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
