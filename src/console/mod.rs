@@ -122,7 +122,9 @@
 //!   client is its `/64`, and at most 1,024 clients are told apart at a
 //!   time). Behind a proxy every connection is the proxy's: tell the
 //!   console the header the proxy puts the client's address in with
-//!   [`client_address_header`](Console::client_address_header). Otherwise
+//!   [`client_address_header`](Console::client_address_header), and the
+//!   proxies' addresses with
+//!   [`trusted_proxies`](Console::trusted_proxies). Otherwise
 //!   clients share one budget, and a client that sends wrong tokens delays
 //!   the logins of others while it goes on. All clients
 //!   together take 100 wrong tokens in a row, then one every 0.6 s: past
@@ -201,6 +203,9 @@ struct Shared {
     /// The header the proxy in front puts the client's address in, when
     /// the console is told to read it.
     client_header: Option<http::HeaderName>,
+    /// The proxies whose header is believed; every connection's when
+    /// empty.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl fmt::Debug for Console {
@@ -214,6 +219,7 @@ impl fmt::Debug for Console {
             .field("page_size", &s.page_size)
             .field("timeout", &s.timeout)
             .field("client_header", &s.client_header)
+            .field("trusted_proxies", &s.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -241,6 +247,7 @@ impl Console {
                 timeout: DEFAULT_TIMEOUT,
                 throttle: Arc::default(),
                 client_header: None,
+                trusted_proxies: Vec::new(),
             },
         }
     }
@@ -353,13 +360,15 @@ impl Console {
     /// nearest the console put there; a request without one, or with one
     /// that is not an address, counts as the connection's.
     ///
-    /// **Set it only when every request reaches the console through a
+    /// **Name your proxies with [`trusted_proxies`](Self::trusted_proxies),
+    /// or set this only when every request reaches the console through a
     /// proxy you run that sets or appends that header**, the console's own
     /// address out of anyone else's reach: a client that reaches it
     /// directly names any address it likes, a fresh budget for each guess,
     /// or the address of a client that presented the token lately, which
     /// lets its guesses past the budget of all clients together and spends
-    /// that client's own budget.
+    /// that client's own budget. With `trusted_proxies` the header is read
+    /// only on connections from those proxies.
     ///
     /// # Errors
     ///
@@ -372,6 +381,36 @@ impl Console {
             )
         })?;
         self.shared.client_header = Some(name);
+        Ok(self)
+    }
+
+    /// The proxies in front of the console, by address (`10.0.0.7`,
+    /// `::1`) or range (`10.0.0.0/8`, `fd00::/8`), whose
+    /// [`client_address_header`](Self::client_address_header) is believed.
+    /// A request on a connection from anywhere else counts as that
+    /// connection's address, whatever header it carries. On a
+    /// connection from one of them the console reads the header's
+    /// addresses from the last back, past every address in these ranges
+    /// (the proxies' own, where there are several in a row), and the first
+    /// one outside them is the client's; an entry that is not an address
+    /// ends the search at the nearest proxy's address, and a list of
+    /// proxies only is the first of them. A connection whose address the
+    /// console is not told (see [Access](self#access)) has no header
+    /// believed either.
+    ///
+    /// Without it (or with no entry) the header is read on every
+    /// connection, and only its last address counts.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first entry that is neither an IP
+    /// address nor a range.
+    pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.shared.trusted_proxies = parse_proxies(proxies)?;
         Ok(self)
     }
 
@@ -448,11 +487,76 @@ fn base_path(original: Option<&OriginalUri>, uri: &Uri) -> String {
 /// front put last in the header [`Console::client_address_header`] names,
 /// or else the connection's.
 fn client_address(shared: &Shared, request: &Request) -> Option<IpAddr> {
-    shared
-        .client_header
-        .as_ref()
-        .and_then(|name| forwarded_address(request.headers(), name))
-        .or_else(|| connection_address(request.extensions()))
+    let connection = connection_address(request.extensions());
+    let Some(name) = shared.client_header.as_ref() else {
+        return connection;
+    };
+    if shared.trusted_proxies.is_empty() {
+        return forwarded_address(request.headers(), name).or(connection);
+    }
+    let proxy = connection?.to_canonical();
+    if !trusted(&shared.trusted_proxies, proxy) {
+        return Some(proxy);
+    }
+    Some(forwarded_client(
+        request.headers(),
+        name,
+        &shared.trusted_proxies,
+        proxy,
+    ))
+}
+
+/// The proxies given to [`Console::trusted_proxies`], read.
+pub(crate) fn parse_proxies<I, S>(proxies: I) -> Result<Vec<ipnet::IpNet>, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    proxies
+        .into_iter()
+        .map(|entry| {
+            let entry = entry.as_ref().trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(format!(
+                        "a trusted proxy is an IP address or a range such as 10.0.0.0/8, not {:?}",
+                        entry.chars().take(64).collect::<String>()
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Whether `address` is one of the trusted proxies'.
+fn trusted(proxies: &[ipnet::IpNet], address: IpAddr) -> bool {
+    let address = address.to_canonical();
+    proxies.iter().any(|net| net.contains(&address))
+}
+
+/// The client a request from the trusted proxy at `proxy` came from: the
+/// first address outside the trusted ranges, reading the `name` headers'
+/// entries from the last back; the nearest proxy's when an entry is not an
+/// address, the first of them when all are proxies.
+fn forwarded_client(
+    headers: &http::HeaderMap, name: &http::HeaderName, proxies: &[ipnet::IpNet], proxy: IpAddr,
+) -> IpAddr {
+    let mut nearest = proxy;
+    let entries = headers
+        .get_all(name)
+        .iter()
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|byte| *byte == b','));
+    for entry in entries {
+        match address_entry(entry) {
+            Some(address) if trusted(proxies, address) => nearest = address,
+            Some(address) => return address,
+            None => return nearest,
+        }
+    }
+    nearest
 }
 
 /// The last address the last `name` header lists: an IP address, or one
@@ -461,15 +565,20 @@ fn client_address(shared: &Shared, request: &Request) -> Option<IpAddr> {
 /// put before it (bytes that are not text, say) does not hide it.
 fn forwarded_address(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<IpAddr> {
     let value = headers.get_all(name).iter().next_back()?.as_bytes();
-    let last = value.rsplit(|byte| *byte == b',').next()?;
-    let last = std::str::from_utf8(last).ok()?.trim();
-    let bare = last
+    address_entry(value.rsplit(|byte| *byte == b',').next()?)
+}
+
+/// One entry of a forwarded header as an address: an IP address, or one
+/// with a port, or in brackets.
+fn address_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
+    let bare = entry
         .strip_prefix('[')
         .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(last);
+        .unwrap_or(entry);
     bare.parse::<IpAddr>()
         .ok()
-        .or_else(|| last.parse::<SocketAddr>().ok().map(|address| address.ip()))
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|address| address.ip()))
         .map(|ip| ip.to_canonical())
 }
 

@@ -844,13 +844,19 @@ async fn each_client_spends_its_own_budget_of_wrong_tokens() {
 /// `GET path` with the bearer `token`, through a proxy at 10.0.0.1 that
 /// sends `forwarded` as `X-Forwarded-For` (`None`: no such header).
 async fn get_via_proxy(app: &Router, forwarded: Option<&str>, path: &str, token: &str) -> Page {
+    get_on(app, "10.0.0.1", forwarded, path, token).await
+}
+
+/// `GET path` with the bearer `token` on a connection from `connection`
+/// that sends `forwarded` as `X-Forwarded-For` (`None`: no such header).
+async fn get_on(
+    app: &Router, connection: &str, forwarded: Option<&str>, path: &str, token: &str,
+) -> Page {
+    let address: SocketAddr = format!("{connection}:40000").parse().unwrap();
     let mut request = Request::builder()
         .uri(path)
         .header("authorization", format!("Bearer {token}"))
-        .extension(axum::extract::ConnectInfo(SocketAddr::from((
-            [10, 0, 0, 1],
-            40000,
-        ))));
+        .extension(axum::extract::ConnectInfo(address));
     if let Some(forwarded) = forwarded {
         request = request.header("x-forwarded-for", forwarded);
     }
@@ -916,6 +922,92 @@ async fn clients_behind_a_proxy_are_told_apart_by_the_header_it_sets() {
     )
     .await;
     assert_eq!(page.status, 429, "{}", page.body);
+}
+
+/// With `trusted_proxies`, the header is believed only on a proxy's
+/// connection, and read from the last address back past the proxies': a
+/// client reaching the console directly spends its own connection's budget
+/// whatever address it names (the client it names still gets in), a client
+/// behind two proxies is itself, an address a client puts before its own
+/// changes nothing, and a list of proxies only is the first of them.
+#[tokio::test(start_paused = true)]
+async fn only_trusted_proxies_name_the_client() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let app = mounted(
+        Console::with_token(small_inbox().await, TOKEN)
+            .unwrap()
+            .client_address_header("X-Forwarded-For")
+            .unwrap()
+            .trusted_proxies(["10.0.0.0/24", "192.0.2.200"])
+            .unwrap(),
+    );
+    // Straight to the console, naming a client that logs in later.
+    for n in 0..10 {
+        let token = format!("wrong-{n}-guess-abcdefgh");
+        let named = format!("203.0.113.{}", 100 + n);
+        let page = get_on(&app, "192.0.2.50", Some(&named), "/console/events", &token).await;
+        assert_eq!(page.status, 401, "wrong token {n}");
+    }
+    let page = get_on(
+        &app,
+        "192.0.2.50",
+        Some("203.0.113.77"),
+        "/console/events",
+        TOKEN,
+    )
+    .await;
+    assert_eq!(page.status, 429, "{}", page.body);
+    let page = get_via_proxy(&app, Some("203.0.113.100"), "/console/events", TOKEN).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // Behind two proxies, the second one's address in the header.
+    for n in 0..10 {
+        let token = format!("wrong-{n}-guess-abcdefgh");
+        let page = get_on(
+            &app,
+            "10.0.0.1",
+            Some("203.0.113.5, 192.0.2.200"),
+            "/console/events",
+            &token,
+        )
+        .await;
+        assert_eq!(page.status, 401, "wrong token {n}");
+    }
+    for (forwarded, status) in [
+        ("203.0.113.5", 429),
+        ("198.51.100.1, 203.0.113.5, 10.0.0.9", 429),
+        ("203.0.113.6, 10.0.0.9", 200),
+        ("203.0.113.5, 203.0.113.6", 200),
+        // Not an address: the nearest proxy's budget, not the client's.
+        ("203.0.113.5, unknown, 10.0.0.9", 200),
+        ("10.0.0.3, 10.0.0.9", 200),
+    ] {
+        let page = get_via_proxy(&app, Some(forwarded), "/console/events", TOKEN).await;
+        assert_eq!(page.status, status, "{forwarded}: {}", page.body);
+    }
+    let clients: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.message.contains("a wrong token was refused"))
+        .map(|e| e.fields["client"].clone())
+        .collect();
+    assert_eq!(clients.len(), 20);
+    assert!(
+        clients[..10].iter().all(|c| c == "192.0.2.50"),
+        "{clients:?}"
+    );
+    assert!(
+        clients[10..].iter().all(|c| c == "203.0.113.5"),
+        "{clients:?}"
+    );
+
+    for wrong in ["10.0.0.0/33", "proxy.internal", ""] {
+        let error = Console::with_token(small_inbox().await, TOKEN)
+            .unwrap()
+            .trusted_proxies([wrong])
+            .unwrap_err();
+        assert!(error.to_string().contains("trusted proxy"), "{error}");
+    }
 }
 
 /// Many addresses guessing at once spend the budget of all clients: a

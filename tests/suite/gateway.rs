@@ -2835,6 +2835,10 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
         "CLINK_CONSOLE_CLIENT_HEADER".into(),
         "x-forwarded-for".into(),
     ));
+    env.push((
+        "CLINK_CONSOLE_TRUSTED_PROXIES".into(),
+        "127.0.0.1, ::1".into(),
+    ));
     let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
         .await
         .unwrap();
@@ -2882,7 +2886,8 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
             "the console with its token: {status} {body}"
         );
         // console_client_header: the clients the proxy names have budgets
-        // of their own.
+        // of their own; console_trusted_proxies: the header is read past a
+        // second proxy on loopback.
         let from = async |forwarded: &str, token: &str| -> u16 {
             let request = Request::get(format!("{admin}/console/events"))
                 .header("x-forwarded-for", forwarded)
@@ -2896,7 +2901,8 @@ async fn admin_listen_moves_health_metrics_and_the_console_off_the_delivery_port
         };
         for n in 0..10 {
             let wrong = format!("wrong-{n}-guess-abcdefghij");
-            assert_eq!(from("203.0.113.5", &wrong).await, 401, "wrong token {n}");
+            let forwarded = "203.0.113.5, 127.0.0.1";
+            assert_eq!(from(forwarded, &wrong).await, 401, "wrong token {n}");
         }
         assert_eq!(from("203.0.113.5", TOKEN).await, 429);
         assert_eq!(from("203.0.113.6", TOKEN).await, 200);
@@ -2935,6 +2941,48 @@ fn admin_listen_is_checked_and_a_shared_public_port_is_warned_about() {
         "{}",
         checked.stderr
     );
+    // console_trusted_proxies: addresses or ranges, and only beside the
+    // header it is about.
+    for (header, proxies, refused) in [
+        (
+            "x-forwarded-for",
+            "10.0.0.0/33",
+            "\"10.0.0.0/33\" is neither",
+        ),
+        (
+            "x-forwarded-for",
+            "10.0.0.1, proxy.lan",
+            "\"proxy.lan\" is neither",
+        ),
+        ("", "10.0.0.1", "set console_client_header too"),
+    ] {
+        let mut env = base.to_vec();
+        env.push(("CLINK_CONSOLE_CLIENT_HEADER", header));
+        env.push(("CLINK_CONSOLE_TRUSTED_PROXIES", proxies));
+        let checked = check_with(&env);
+        assert_eq!(checked.code, Some(2), "{proxies}: {checked:?}");
+        assert!(
+            checked.stderr.contains("console_trusted_proxies") && checked.stderr.contains(refused),
+            "{proxies}: {}",
+            checked.stderr
+        );
+    }
+    // The header believed from every connection is warned about, when
+    // the gateway serves the console.
+    for (proxies, warned) in [(None, true), (Some("127.0.0.1"), false)] {
+        let mut env = base.to_vec();
+        env.push(("CLINK_CONSOLE_TOKEN", "0123456789abcdef-console"));
+        env.push(("CLINK_CONSOLE_CLIENT_HEADER", "x-forwarded-for"));
+        env.extend(proxies.map(|proxies| ("CLINK_CONSOLE_TRUSTED_PROXIES", proxies)));
+        let checked = check_with(&env);
+        assert_eq!(checked.code, Some(0), "{proxies:?}: {checked:?}");
+        assert_eq!(
+            checked.stderr.contains("set console_trusted_proxies"),
+            warned,
+            "{proxies:?}: {}",
+            checked.stderr
+        );
+    }
     for (listen, admin, refused) in [
         (
             "127.0.0.1:3000",

@@ -85,6 +85,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("console_token", None, true),
     field("console_secure_cookie", Some("true"), false),
     field("console_client_header", None, false),
+    field("console_trusted_proxies", None, false),
     field("log", Some("warn"), false),
 ];
 
@@ -249,6 +250,17 @@ pub(crate) fn verifier(keys: &[KeySpec], tolerance: Duration) -> Result<Verifier
         verifier = verifier.add_key(key.signing_key()?);
     }
     Ok(verifier.tolerance(tolerance))
+}
+
+/// Whether `entry` is an IP address or a range of them (`10.0.0.0/8`,
+/// `fd00::/8`), as `Console::trusted_proxies` takes them.
+fn proxy_entry(entry: &str) -> bool {
+    let (address, bits) = entry.split_once('/').unwrap_or((entry, ""));
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let most = if address.is_ipv4() { 32 } else { 128 };
+    bits.is_empty() || bits.parse::<u8>().is_ok_and(|bits| bits <= most)
 }
 
 /// Keys from a comma-separated list of secrets, newest first.
@@ -430,6 +442,9 @@ pub(crate) struct ConsoleSpec {
     pub(crate) secure_cookie: bool,
     /// The header the proxy in front puts the client's address in.
     pub(crate) client_header: Option<String>,
+    /// The proxies whose header is believed (every connection's when
+    /// empty).
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 /// The gateway's configuration, read and checked.
@@ -888,6 +903,36 @@ impl Config {
                 Some(header.trim().to_owned())
             }
         };
+        let trusted_proxies: Vec<String> = match r.plain("console_trusted_proxies")? {
+            None => Vec::new(),
+            Some((list, origin)) => {
+                let proxies: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(wrong) = proxies.iter().find(|entry| !proxy_entry(entry)) {
+                    return Err(problem(
+                        "console_trusted_proxies",
+                        &origin,
+                        format!(
+                            "expected IP addresses or ranges such as 10.0.0.0/8, separated by \
+                             commas; {wrong:?} is neither"
+                        ),
+                    ));
+                }
+                if !proxies.is_empty() && client_header.is_none() {
+                    return Err(problem(
+                        "console_trusted_proxies",
+                        &origin,
+                        "it names the proxies whose console_client_header is believed; set \
+                         console_client_header too",
+                    ));
+                }
+                proxies
+            }
+        };
         let console = match r.text("console_token")? {
             None => None,
             Some((token, origin)) => {
@@ -910,6 +955,7 @@ impl Config {
                     token: Zeroizing::new(token),
                     secure_cookie,
                     client_header,
+                    trusted_proxies,
                 })
             }
         };

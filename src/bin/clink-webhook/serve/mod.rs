@@ -693,6 +693,15 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             admin_routes(&config).join(", ")
         );
     }
+    if let Some(spec) = config.console.as_ref() {
+        if spec.client_header.is_some() && spec.trusted_proxies.is_empty() {
+            eprintln!(
+                "gateway: console_client_header is believed on every connection: a client that \
+                 reaches the console without your proxy names any address it likes; set \
+                 console_trusted_proxies to the proxies' addresses"
+            );
+        }
+    }
     if args.check {
         if out.json {
             out.json_line(&json!({ "check": "ok" }));
@@ -822,7 +831,10 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
                 .map_err(usage)?
                 .secure_cookie(spec.secure_cookie);
                 if let Some(header) = &spec.client_header {
-                    console = console.client_address_header(header).map_err(usage)?;
+                    console = console
+                        .client_address_header(header)
+                        .and_then(|c| c.trusted_proxies(&spec.trusted_proxies))
+                        .map_err(usage)?;
                 }
                 Some(axum::Router::new().nest("/console", console.router()))
             }
