@@ -103,6 +103,7 @@ pub struct ClientBuilder {
     keys: Vec<ApiKey>,
     environment: Environment,
     base_url: Option<String>,
+    plain_http: bool,
     request_timeout: Duration,
     deadline: Duration,
     attempts: u32,
@@ -116,6 +117,7 @@ impl Default for ClientBuilder {
             keys: Vec::new(),
             environment: Environment::Sandbox,
             base_url: None,
+            plain_http: false,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             deadline: DEFAULT_DEADLINE,
             attempts: DEFAULT_ATTEMPTS,
@@ -152,11 +154,23 @@ impl ClientBuilder {
     }
 
     /// Calls `url` instead of the environment's base URL: a proxy, or a
-    /// fake API in tests. `http://` and `https://` are accepted; the keys
-    /// are still checked against the [environment](Self::environment).
+    /// fake API in tests. `https://` to any host, and `http://` to this
+    /// machine (`localhost`, a loopback address); the keys are still
+    /// checked against the [environment](Self::environment). A URL with a
+    /// user, a query or a fragment is refused.
     #[must_use]
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = Some(url.into());
+        self
+    }
+
+    /// Lets the [base URL](Self::base_url) be plain `http://` to a host
+    /// other than this machine (default: refused), for a proxy on a
+    /// network of your own that adds TLS on its way out: the key then
+    /// crosses that network unencrypted.
+    #[must_use]
+    pub fn plain_http_beyond_this_machine(mut self, allow: bool) -> Self {
+        self.plain_http = allow;
         self
     }
 
@@ -230,7 +244,7 @@ impl ClientBuilder {
         for key in &self.keys {
             key.check_environment(self.environment)?;
         }
-        let base = base_url(self.base_url.as_deref(), self.environment)?;
+        let base = base_url(self.base_url.as_deref(), self.environment, self.plain_http)?;
         if self.request_timeout.is_zero() || self.deadline.is_zero() {
             return Err(ConfigError::new(
                 "the Clink API client's request timeout and deadline must be more than zero",
@@ -261,41 +275,62 @@ impl ClientBuilder {
     }
 }
 
-/// The base URL, checked, ending in `/`.
-fn base_url(url: Option<&str>, environment: Environment) -> Result<String, ConfigError> {
+/// The base URL, checked, ending in `/`. Its errors do not show it: a
+/// URL refused may hold a password or a token.
+fn base_url(
+    url: Option<&str>, environment: Environment, plain_http: bool,
+) -> Result<String, ConfigError> {
     let Some(url) = url.map(str::trim).filter(|url| !url.is_empty()) else {
         return Ok(environment.base_url().to_owned());
     };
-    let invalid = || {
-        ConfigError::new(format!(
-            "the Clink API base URL {} is not an http:// or https:// URL with a host",
-            super::keys::scrub(url, &[])
-        ))
-    };
-    let uri: Uri = url.parse().map_err(|_| invalid())?;
-    if !matches!(uri.scheme_str(), Some("http" | "https"))
-        || uri.host().is_none_or(str::is_empty)
-        || uri.query().is_some()
-    {
-        return Err(invalid());
+    let refused = |why: &str| ConfigError::new(format!("the Clink API base URL is refused: {why}"));
+    if url.contains('#') {
+        return Err(refused("it holds a fragment (#...)"));
     }
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(ConfigError::new(
-            "the Clink API base URL must not hold a user or password",
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| refused("it is not a URL such as https://api.example/clink/api"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(refused(
+            "it must start with https:// (or http:// to this machine)",
         ));
     }
-    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
-    if uri.scheme_str() == Some("http") && !loopback {
-        tracing::warn!(
-            "the Clink API base URL is plain http:// to a host other than this machine: the \
-             API key crosses the network unencrypted unless a proxy there adds TLS"
-        );
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(refused("it names no host"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(refused("it must not hold a user or password"));
+    }
+    if uri.query().is_some() {
+        return Err(refused("it must not hold a query (?...)"));
+    }
+    if uri.scheme_str() == Some("http") && !plain_http && !this_machine(uri.host()) {
+        return Err(refused(
+            "plain http:// to a host other than this machine would send the API key \
+             unencrypted; use https://, or allow it for a proxy of your own that adds TLS \
+             (ClientBuilder::plain_http_beyond_this_machine, CLINK_API_PLAIN_HTTP=1)",
+        ));
     }
     let mut base = url.to_owned();
     if !base.ends_with('/') {
         base.push('/');
     }
     Ok(base)
+}
+
+/// Whether `host` is this machine: `localhost` or a loopback address.
+fn this_machine(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// HTTPS with the system's roots, and plain HTTP for proxies and tests.
@@ -336,14 +371,18 @@ impl Client {
 
     /// A client from the environment: keys from `CLINK_SECRET_KEY` (one, or
     /// several separated by commas, newest first), the environment from
-    /// `CLINK_ENV` (`sandbox` when unset) and the base URL from
-    /// `CLINK_API_BASE_URL` (the environment's when unset). `None` when
-    /// `CLINK_SECRET_KEY` is unset or empty.
+    /// `CLINK_ENV` (`sandbox` when unset), the base URL from
+    /// `CLINK_API_BASE_URL` (the environment's when unset) and
+    /// `CLINK_API_PLAIN_HTTP=1` to allow it plain `http://` beyond this
+    /// machine ([`ClientBuilder::plain_http_beyond_this_machine`]). `None`
+    /// when `CLINK_SECRET_KEY` is unset or empty.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] as [`ClientBuilder::build`] and [`ApiKey::new`] give,
-    /// or for an unknown `CLINK_ENV`.
+    /// for an unknown `CLINK_ENV`, and when `CLINK_BASE_URL` (the name
+    /// another tool reads) is set and `CLINK_API_BASE_URL` is not: the
+    /// client would call Clink itself where a mock or a proxy was meant.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let Some(keys) = var("CLINK_SECRET_KEY").map(zeroize::Zeroizing::new) else {
@@ -353,8 +392,27 @@ impl Client {
         if let Some(env) = var("CLINK_ENV") {
             builder = builder.environment(env.parse()?);
         }
-        if let Some(url) = var("CLINK_API_BASE_URL") {
-            builder = builder.base_url(url);
+        match (var("CLINK_API_BASE_URL"), var("CLINK_BASE_URL")) {
+            (Some(url), _) => builder = builder.base_url(url),
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "CLINK_BASE_URL is set, but this client reads its base URL from \
+                     CLINK_API_BASE_URL and would call Clink itself: set CLINK_API_BASE_URL \
+                     (or unset CLINK_BASE_URL)",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(allow) = var("CLINK_API_PLAIN_HTTP") {
+            builder = builder.plain_http_beyond_this_machine(match allow.trim() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        "CLINK_API_PLAIN_HTTP must be 1 or 0 (true or false)",
+                    ))
+                }
+            });
         }
         for key in keys.split(',').filter(|key| !key.trim().is_empty()) {
             builder = builder.key(ApiKey::new(key)?);
@@ -505,7 +563,14 @@ impl Client {
         };
         let error = match self.send(request, first).await {
             Ok(body) => return Ok(body),
-            Err(error) if error.kind() == ApiErrorKind::Unauthorized => error,
+            // A refusal that carries a new signing secret may have rotated
+            // or created all the same: sending it again with the next key
+            // could do that twice, and would lose this secret.
+            Err(error)
+                if error.kind() == ApiErrorKind::Unauthorized && error.new_secret().is_none() =>
+            {
+                error
+            }
             Err(error) => return Err(error),
         };
         // The next key: the newest when an older one was refused (and is
@@ -1195,21 +1260,38 @@ mod tests {
     #[test]
     fn base_urls_are_checked() {
         assert_eq!(
-            base_url(None, Environment::Production).unwrap(),
+            base_url(None, Environment::Production, false).unwrap(),
             "https://api.clinkbill.com/api/"
         );
-        assert_eq!(
-            base_url(Some("http://127.0.0.1:9/api"), Environment::Sandbox).unwrap(),
-            "http://127.0.0.1:9/api/"
-        );
-        for bad in [
-            "ftp://x/",
-            "not a url",
-            "http:///x",
-            "http://u:p@x/",
-            "http://x/?q=1",
+        for (url, plain_http, base) in [
+            ("http://127.0.0.1:9/api", false, "http://127.0.0.1:9/api/"),
+            ("http://127.0.0.2:9/api/", false, "http://127.0.0.2:9/api/"),
+            ("http://[::1]:9/api", false, "http://[::1]:9/api/"),
+            ("http://LocalHost:9/api", false, "http://LocalHost:9/api/"),
+            ("https://proxy.lan/api", false, "https://proxy.lan/api/"),
+            ("http://proxy.lan/api", true, "http://proxy.lan/api/"),
         ] {
-            assert!(base_url(Some(bad), Environment::Sandbox).is_err(), "{bad}");
+            assert_eq!(
+                base_url(Some(url), Environment::Sandbox, plain_http).unwrap(),
+                base
+            );
+        }
+        for (bad, why) in [
+            ("ftp://x/", "must start with https://"),
+            ("not a url", "not a URL"),
+            ("http:///x", "not a URL"),
+            ("http://u:hunter2@x/", "user or password"),
+            ("https://x/?token=s3cr3t", "query"),
+            ("http://127.0.0.1/api#x", "fragment"),
+            ("http://proxy.lan/api", "unencrypted"),
+            ("http://10.0.0.1/api", "unencrypted"),
+        ] {
+            let error = base_url(Some(bad), Environment::Sandbox, false).unwrap_err();
+            let said = error.to_string();
+            assert!(said.contains(why), "{bad}: {said}");
+            for secret in ["hunter2", "s3cr3t"] {
+                assert!(!said.contains(secret), "{bad}: {said}");
+            }
         }
     }
 

@@ -285,6 +285,34 @@ async fn an_expired_newest_key_is_skipped_and_never_sent() {
     assert_eq!(requests[0].headers["x-api-key"], OLD);
 }
 
+/// A refusal of the key that carries a new signing secret (Clink may have
+/// created all the same) is not sent again with the next key: one
+/// endpoint, and the error holds the secret Clink made.
+#[tokio::test]
+async fn a_refusal_that_carries_a_new_secret_is_not_sent_again_with_the_next_key() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.accept_key(OLD);
+    let client = client_for(&fake, &[NEW, OLD]).build().unwrap();
+    let url = "https://shop.example.com/hooks";
+    fake.patch_answer_next(
+        "webhook/endpoints",
+        json!({"code": 401, "msg": "Unauthorized"}),
+        1,
+    );
+    let error = client
+        .create_endpoint(&NewEndpoint::new(url, ["invoice.paid"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unauthorized, "{error}");
+    assert_eq!(fake.requests().len(), 1, "sent once, with the newest key");
+    let id = fake.endpoint_id(url).expect("the endpoint Clink made");
+    assert_eq!(
+        error.new_secret().map(|s| s.expose().to_owned()),
+        fake.endpoint_secret(&id)
+    );
+}
+
 #[tokio::test]
 async fn every_key_refused_is_unauthorized_after_one_try_each() {
     for style in [AuthFailure::HttpText, AuthFailure::Envelope] {

@@ -37,6 +37,8 @@ fn clink_webhook(base_url: &str, keys: Option<&str>) -> Command {
         "CLINK_API_KEY",
         "CLINK_ENV",
         "CLINK_API_BASE_URL",
+        "CLINK_BASE_URL",
+        "CLINK_API_PLAIN_HTTP",
         "CLINK_WEBHOOK_SIGNING_KEY",
         "NO_COLOR",
     ] {
@@ -308,6 +310,13 @@ async fn several_keys_are_tried_newest_first() {
         .map(|r| r.headers["x-api-key"].to_str().unwrap().to_owned())
         .collect();
     assert_eq!(keys, ["sk_test_newest_not_yet_live_0b1c", KEY]);
+    // The refused newest key is said on stderr, by name, never the key.
+    let warned: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(warned.len(), 1, "{finished:?}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("Clink refused the API key"),
+        "{finished:?}"
+    );
 }
 
 #[tokio::test]
@@ -379,6 +388,47 @@ async fn bad_configuration_exits_2_before_any_request() {
     assert_eq!(json_error(&finished)["error"], "api_config");
 
     assert!(api.requests().is_empty(), "{:?}", api.requests());
+}
+
+/// A base URL that would send the key unencrypted beyond this machine, or
+/// another tool's variable for it set alone, stops the call before
+/// anything is sent (exit 2), and says why.
+#[tokio::test]
+async fn a_base_url_that_would_expose_the_key_or_is_misnamed_is_refused() {
+    for (vars, removed, said) in [
+        (
+            &[("CLINK_API_BASE_URL", "http://10.255.255.1/api/")][..],
+            None,
+            "unencrypted",
+        ),
+        (
+            &[("CLINK_BASE_URL", "http://127.0.0.1:9/api/")],
+            Some("CLINK_API_BASE_URL"),
+            "CLINK_API_BASE_URL",
+        ),
+        (
+            &[("CLINK_API_PLAIN_HTTP", "maybe")],
+            None,
+            "CLINK_API_PLAIN_HTTP",
+        ),
+        (
+            &[("CLINK_API_BASE_URL", "https://u:hunter2@api.example/api/")],
+            None,
+            "user or password",
+        ),
+    ] {
+        let mut command = clink_webhook("http://127.0.0.1:9/api/", Some(KEY));
+        command.envs(vars.iter().copied());
+        if let Some(removed) = removed {
+            command.env_remove(removed);
+        }
+        command.args(["api", "get", "order", "ord_1"]);
+        let finished = run(command).await;
+        assert_eq!(finished.code, Some(2), "{vars:?}: {finished:?}");
+        let error = text_error(&finished);
+        assert!(error.contains(said), "{vars:?}: {error}");
+        assert!(!error.contains("hunter2"), "{vars:?}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -598,6 +648,22 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(ensured["endpoint"]["signingSecret"], Value::Null);
     assert_eq!(ensured["signingSecretAvailable"], false);
     assert_eq!(ensured["nextAction"], "rotate-secret");
+    // The same URL typed otherwise is sent as Clink's own CLI writes it:
+    // the same endpoint, updated, not a second one.
+    for spelling in [
+        "HTTPS://Shop.Example:443/hooks/clink",
+        " https://SHOP.example/hooks/clink",
+    ] {
+        let again = cli(
+            &api,
+            &["--json", "endpoints", "ensure", spelling, "--events", "all"],
+        )
+        .await;
+        assert_eq!(again.code, Some(0), "{again:?}");
+        assert_eq!(last_ensure(&api)["url"], url, "{spelling}");
+        assert_eq!(json_out(&again)["source"], "updated", "{spelling}");
+        assert_eq!(json_out(&again)["endpoint"]["id"], id, "{spelling}");
+    }
     let text = cli(
         &api,
         &[

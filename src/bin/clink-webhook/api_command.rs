@@ -28,7 +28,10 @@ Configuration comes from the environment:
   CLINK_ENV           sandbox (the default) or production. A key of the other
                       environment (sk_prod_ in the sandbox) is refused before
                       anything is sent.
-  CLINK_API_BASE_URL  another base URL than the environment's (a proxy).";
+  CLINK_API_BASE_URL  another base URL than the environment's (a proxy): https://,
+                      or http:// to this machine only
+  CLINK_API_PLAIN_HTTP  1 allows CLINK_API_BASE_URL plain http:// to another host
+                      (a proxy of your own that adds TLS).";
 
 /// What `api`'s failures exit with.
 const EXIT_HELP: &str = "\

@@ -179,26 +179,41 @@ fn event_names(given: &[String]) -> Result<Vec<String>, CliError> {
     Ok(names)
 }
 
-/// Checks that an endpoint's URL is an `https://` URL with a host, as
-/// Clink requires.
-fn check_url(url: &str) -> Result<(), CliError> {
-    let https = url
-        .parse::<Uri>()
-        .ok()
-        .filter(|uri| uri.scheme_str() == Some("https"))
-        .and_then(|uri| uri.host().map(|host| !host.is_empty()))
-        .unwrap_or(false);
-    if https {
-        Ok(())
-    } else {
-        Err(CliError::new(
+/// An endpoint's URL checked to be an `https://` URL with a host, as Clink
+/// requires, and written as Clink's own CLI sends it (a WHATWG URL's
+/// text), so that `ensure` and `list --url` find the endpoint however it
+/// was typed: the scheme and host in lower case, no default port, `/` for
+/// an empty path.
+fn endpoint_url(url: &str) -> Result<String, CliError> {
+    let bad = || {
+        CliError::new(
             ErrorCode::BadUrl,
             format!(
                 "{}: an endpoint's URL must be an https:// URL with a host",
                 escaped(url)
             ),
-        ))
+        )
+    };
+    let uri = url.trim().parse::<Uri>().map_err(|_| bad())?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(bad());
+    };
+    let host = authority.host();
+    if !scheme.eq_ignore_ascii_case("https") || host.is_empty() || authority.as_str().contains('@')
+    {
+        return Err(bad());
     }
+    let port = match authority.port_u16() {
+        Some(443) | None => String::new(),
+        Some(port) => format!(":{port}"),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.is_empty() || path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    Ok(format!("https://{}{port}{path}", host.to_ascii_lowercase()))
 }
 
 /// An endpoint as JSON: the secret masked, or with `show_secret` in full.
@@ -322,7 +337,7 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
                 query = query.enabled(*enabled);
             }
             if let Some(url) = url {
-                query = query.url(url.clone());
+                query = query.url(endpoint_url(url)?);
             }
             let endpoints = client()?
                 .list_endpoints(&query)
@@ -556,9 +571,8 @@ fn must_show(show: bool, command: &str) -> Result<(), CliError> {
 
 /// The request `ensure`'s arguments make, checked.
 fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
-    check_url(&args.url)?;
-    let mut want =
-        EnsureEndpoint::new(args.url.clone(), event_names(&args.events)?).enabled(!args.disabled);
+    let url = endpoint_url(&args.url)?;
+    let mut want = EnsureEndpoint::new(url, event_names(&args.events)?).enabled(!args.disabled);
     if let Some(description) = &args.description {
         want = want.description(description.clone());
     }
@@ -607,5 +621,38 @@ fn print_ensured(printer: &Printer<'_>, ensured: &Ensured, show: bool, shown_onc
             ),
         }
         printer.line(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_url;
+
+    #[test]
+    fn endpoint_urls_are_written_as_clinks_cli_writes_them() {
+        for (typed, sent) in [
+            ("https://shop.example", "https://shop.example/"),
+            (
+                "HTTPS://Shop.Example:443/Hooks",
+                "https://shop.example/Hooks",
+            ),
+            (
+                "https://shop.example:8443/h?x=1",
+                "https://shop.example:8443/h?x=1",
+            ),
+            ("https://shop.example?x=1", "https://shop.example/?x=1"),
+            ("https://[2001:DB8::1]/h", "https://[2001:db8::1]/h"),
+        ] {
+            assert_eq!(endpoint_url(typed).unwrap(), sent, "{typed}");
+        }
+        for refused in [
+            "http://shop.example/h",
+            "shop.example/h",
+            "https:///h",
+            "https://u:p@shop.example/h",
+            "not a url",
+        ] {
+            assert!(endpoint_url(refused).is_err(), "{refused}");
+        }
     }
 }

@@ -676,6 +676,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::io("cannot start the async runtime", &e))
 }
 
+/// The API client's warnings (a key Clink refused while an older one
+/// works, say) on stderr, one line each.
+fn api_warnings() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .finish();
+    // Only the one command runs: nothing set one before.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
 fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
@@ -696,8 +710,12 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "gateway", unix))]
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(&out, args))),
-        Command::Api(args) => runtime().and_then(|rt| rt.block_on(api_command::run(&out, args))),
+        Command::Api(args) => {
+            api_warnings();
+            runtime().and_then(|rt| rt.block_on(api_command::run(&out, args)))
+        }
         Command::Endpoints(args) => {
+            api_warnings();
             runtime().and_then(|rt| rt.block_on(endpoints_command::run(&out, args)))
         }
     };
