@@ -933,6 +933,9 @@ mod tests {
         fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
             self.inner.purge(before)
         }
+        fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.purge_dead(before)
+        }
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
             self.inner.stats()
         }

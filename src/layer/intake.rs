@@ -216,6 +216,9 @@ mod tests {
         fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
             self.0.purge(before)
         }
+        fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge_dead(before)
+        }
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
             self.0.stats()
         }

@@ -873,8 +873,11 @@ pub trait Inbox: Send + Sync + 'static {
         &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
 
-    /// Deletes the done and dead events that settled before `before`; how
-    /// many. An event is deleted only when it arrived, was last taken by a
+    /// Deletes the done events that settled before `before`; how many.
+    /// Dead events are kept until they are replayed (and then handled), or
+    /// deleted on purpose by [`purge_dead`](Self::purge_dead): an event
+    /// that never ran to the end is never deleted by a retention alone.
+    /// An event is deleted only when it arrived, was last taken by a
     /// worker, was last handled and was last replayed all before `before`,
     /// so that purging everything older than a retention keeps each
     /// finished event for the retention after it was last handled, failed
@@ -900,6 +903,25 @@ pub trait Inbox: Send + Sync + 'static {
     /// A [`StoreError`] when the inbox cannot be written (the steps before
     /// it kept their deletions).
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Deletes the dead events that settled before `before` (by the same
+    /// rule as [`purge`](Self::purge)); how many. Nothing calls it but an
+    /// operator's decision: each of them is an event acknowledged to Clink
+    /// that no handler finished.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the inbox cannot be written; by default
+    /// (an inbox of your own that does not have it), one of kind
+    /// [`InvalidInput`](crate::store::StoreErrorKind::InvalidInput) that
+    /// says so.
+    fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let _ = before;
+        Box::pin(std::future::ready(Err(StoreError::new(
+            crate::store::StoreErrorKind::InvalidInput,
+            "this inbox cannot delete its dead events",
+        ))))
+    }
 
     /// How many events are where.
     ///
@@ -1072,6 +1094,7 @@ macro_rules! forward {
 
 forward! {
     claim(lease: Duration, reorder_window: Duration) -> Result<Option<InboxClaim>, StoreError>;
+    purge_dead(before: Timestamp) -> Result<u64, StoreError>;
     get(seq: i64) -> Result<Option<InboxEntry>, StoreError>;
     replay(seq: i64, force: bool) -> Result<Replayed, StoreError>;
     check_writable() -> Result<(), StoreError>;

@@ -518,6 +518,70 @@ impl SqliteInbox {
             Ok(page)
         })
     }
+
+    /// Deletes the events in `status` that settled before `before`, in
+    /// steps (see [`Inbox::purge`]); how many.
+    fn purge_status(
+        &self, before: Timestamp, status: &'static str,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let span = self.with(|connection| {
+            connection
+                .query_row(
+                    "SELECT min(seq), max(seq) FROM clink_webhook_inbox",
+                    [],
+                    |row| {
+                        Ok(row
+                            .get::<_, Option<i64>>(0)?
+                            .zip(row.get::<_, Option<i64>>(1)?))
+                    },
+                )
+                .map_err(|err| sqlite_error("cannot purge the inbox", &err))
+        });
+        let connection = Arc::clone(&self.connection);
+        Box::pin(async move {
+            let Some((oldest, newest)) = span.await? else {
+                return Ok(0);
+            };
+            // One step at a time, the connection given back between them:
+            // deliveries and claims wait for one step, not the whole purge.
+            purge_in_steps(oldest, newest, |from| {
+                with_connection(&connection, move |connection| {
+                    let failed = |err| sqlite_error("cannot purge the inbox", &err);
+                    // The next PURGE_STEP events, read through the primary
+                    // key: the last number among them.
+                    let last: Option<i64> = connection
+                        .prepare_cached(&format!(
+                            "SELECT max(seq) FROM (SELECT seq FROM clink_webhook_inbox
+                             WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT {PURGE_STEP})"
+                        ))
+                        .and_then(|mut statement| {
+                            statement.query_row(params![from, newest], |row| row.get(0))
+                        })
+                        .map_err(failed)?;
+                    let Some(last) = last else {
+                        return Ok((None, 0));
+                    };
+                    // Among them, those settled before `before`: the latest
+                    // of its arrival, last claim, handling and last replay
+                    // (`max` of several values is NULL if one is, hence the
+                    // COALESCEs).
+                    let deleted = connection
+                        .prepare_cached(
+                            "DELETE FROM clink_webhook_inbox
+                             WHERE seq BETWEEN ?2 AND ?3 AND status = ?4
+                               AND max(received_at_ms, COALESCE(claimed_at_ms, 0),
+                                       COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![before.as_millis(), from, last, status])
+                        })
+                        .map_err(failed)?;
+                    Ok((Some(last), deleted as u64))
+                })
+            })
+            .await
+        })
+    }
 }
 
 /// `call` on the inbox's connection, on a thread that may block.
@@ -778,63 +842,11 @@ impl Inbox for SqliteInbox {
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        let span = self.with(|connection| {
-            connection
-                .query_row(
-                    "SELECT min(seq), max(seq) FROM clink_webhook_inbox",
-                    [],
-                    |row| {
-                        Ok(row
-                            .get::<_, Option<i64>>(0)?
-                            .zip(row.get::<_, Option<i64>>(1)?))
-                    },
-                )
-                .map_err(|err| sqlite_error("cannot purge the inbox", &err))
-        });
-        let connection = Arc::clone(&self.connection);
-        Box::pin(async move {
-            let Some((oldest, newest)) = span.await? else {
-                return Ok(0);
-            };
-            // One step at a time, the connection given back between them:
-            // deliveries and claims wait for one step, not the whole purge.
-            purge_in_steps(oldest, newest, |from| {
-                with_connection(&connection, move |connection| {
-                    let failed = |err| sqlite_error("cannot purge the inbox", &err);
-                    // The next PURGE_STEP events, read through the primary
-                    // key: the last number among them.
-                    let last: Option<i64> = connection
-                        .prepare_cached(&format!(
-                            "SELECT max(seq) FROM (SELECT seq FROM clink_webhook_inbox
-                             WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT {PURGE_STEP})"
-                        ))
-                        .and_then(|mut statement| {
-                            statement.query_row(params![from, newest], |row| row.get(0))
-                        })
-                        .map_err(failed)?;
-                    let Some(last) = last else {
-                        return Ok((None, 0));
-                    };
-                    // Among them, those settled before `before`: the latest
-                    // of its arrival, last claim, handling and last replay
-                    // (`max` of several values is NULL if one is, hence the
-                    // COALESCEs).
-                    let deleted = connection
-                        .prepare_cached(
-                            "DELETE FROM clink_webhook_inbox
-                             WHERE seq BETWEEN ?2 AND ?3 AND status IN ('done', 'dead')
-                               AND max(received_at_ms, COALESCE(claimed_at_ms, 0),
-                                       COALESCE(handled_at_ms, 0), COALESCE(last_replay_ms, 0)) < ?1",
-                        )
-                        .and_then(|mut statement| {
-                            statement.execute(params![before.as_millis(), from, last])
-                        })
-                        .map_err(failed)?;
-                    Ok((Some(last), deleted as u64))
-                })
-            })
-            .await
-        })
+        self.purge_status(before, "done")
+    }
+
+    fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.purge_status(before, "dead")
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {

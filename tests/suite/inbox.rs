@@ -190,7 +190,7 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(inbox.complete(&short).await.unwrap(), Settle::LeaseLost);
     assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
 
-    // Dead events are replayed together; done and dead ones are purged.
+    // Dead events are replayed together; done ones are purged.
     assert!(!inbox
         .replay_matching(&InboxFilter::default().status(InboxStatus::Dead), false)
         .await
@@ -547,21 +547,27 @@ async fn purge_conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(status(handled_now).await, Some(InboxStatus::Done));
 
     // The retention ago: after every arrival, before the settles of today.
-    assert_eq!(inbox.purge(retention_ago).await.unwrap(), 1);
+    // A purge keeps the dead: only purge_dead deletes them.
+    assert_eq!(inbox.purge(retention_ago).await.unwrap(), 0);
+    assert_eq!(status(dead_long_ago).await, Some(InboxStatus::Dead));
+    assert_eq!(inbox.purge_dead(retention_ago).await.unwrap(), 1);
     assert_eq!(status(dead_long_ago).await, None);
     assert_eq!(status(failed_again).await, Some(InboxStatus::Dead));
     assert_eq!(status(handled_now).await, Some(InboxStatus::Done));
     assert_eq!(status(replayed_now).await, Some(InboxStatus::Pending));
     assert_eq!(status(waiting).await, Some(InboxStatus::Pending));
 
-    // Once they settled before it, the finished ones go; the waiting ones
-    // stay whatever the time.
+    // Once they settled before it, the done ones go, and the dead ones
+    // with purge_dead; the waiting ones stay whatever the time.
     let settled = Timestamp::from_millis(Timestamp::now().as_millis() + 1);
-    assert_eq!(inbox.purge(settled).await.unwrap(), 2);
-    assert_eq!(status(failed_again).await, None);
+    assert_eq!(inbox.purge(settled).await.unwrap(), 1);
     assert_eq!(status(handled_now).await, None);
+    assert_eq!(status(failed_again).await, Some(InboxStatus::Dead));
+    assert_eq!(inbox.purge_dead(settled).await.unwrap(), 1);
+    assert_eq!(status(failed_again).await, None);
     let far = Timestamp::from_millis(start.as_millis() + hours(10_000));
     assert_eq!(inbox.purge(far).await.unwrap(), 0);
+    assert_eq!(inbox.purge_dead(far).await.unwrap(), 0);
     assert_eq!(status(replayed_now).await, Some(InboxStatus::Pending));
     assert_eq!(status(waiting).await, Some(InboxStatus::Pending));
 }
@@ -1400,7 +1406,8 @@ async fn postgres_columns(client: &tokio_postgres::Client, table: &str) -> Strin
     columns.join(", ")
 }
 
-/// A PostgreSQL purge goes step by step, each step committed on its own:
+/// A PostgreSQL purge (here of the dead events, which goes in the same
+/// steps as the done ones') goes step by step, each step committed on its own:
 /// while another transaction holds an old event of its last step, the
 /// steps before it are purged already (in one statement over the table,
 /// nothing was until everything could be, and on a large inbox the
@@ -1455,7 +1462,7 @@ async fn a_postgres_purge_goes_step_by_step() {
     .unwrap();
     let purging = tokio::spawn({
         let inbox = inbox.clone();
-        async move { inbox.purge(Timestamp::now()).await }
+        async move { inbox.purge_dead(Timestamp::now()).await }
     });
     let deadline = Instant::now() + DRAIN_PATIENCE;
     while count().await > total - 2 * PURGE_STEP {
@@ -1474,7 +1481,8 @@ async fn a_postgres_purge_goes_step_by_step() {
     assert_eq!(count().await, 1, "the event still to run is kept");
 }
 
-/// A SQLite purge over more than two steps deletes every old event, at
+/// A SQLite purge (here of the dead events, in the same steps as the done
+/// ones') over more than two steps deletes every old event, at
 /// the steps' edges too, and keeps the one still to run.
 #[cfg(feature = "sqlite")]
 #[tokio::test]
@@ -1507,7 +1515,7 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
         u64::try_from(total).unwrap()
     );
     assert_eq!(
-        inbox.purge(Timestamp::now()).await.unwrap(),
+        inbox.purge_dead(Timestamp::now()).await.unwrap(),
         u64::try_from(total - 1).unwrap()
     );
     let left = inbox.list(&all, 10).await.unwrap();
@@ -1517,8 +1525,9 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A purge of `inbox`, holding `total` events numbered far apart (every
-/// one but the last still to run old and dead), reads them in one step:
+/// A purge of `inbox`'s dead events (which goes in the same steps as a
+/// purge of the done ones), holding `total` events numbered far apart
+/// (every one but the last still to run old and dead), reads them in one step:
 /// a step is so many events, not so many numbers (PostgreSQL spends a
 /// number on every duplicate delivery, so numbers can be sparse, and a
 /// purge stepping through them made one statement for each empty run).
@@ -1526,7 +1535,7 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
 async fn a_purge_over_sparse_numbers_takes_one_step(inbox: &dyn Inbox, total: i64) {
     let (captured, _guard) = crate::support::capture::capture();
     assert_eq!(
-        inbox.purge(Timestamp::now()).await.unwrap(),
+        inbox.purge_dead(Timestamp::now()).await.unwrap(),
         u64::try_from(total - 1).unwrap()
     );
     let purged: Vec<_> = captured
@@ -2661,6 +2670,21 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
         cli(&["purge", "--older-than-hours", "0"]).trim(),
         "purged 1"
     );
+    // A dead event is kept by a purge, and deleted by one with --dead.
+    inbox
+        .insert_dead(&event("evt_dead", None, 3), "undecodable")
+        .await
+        .unwrap();
+    assert_eq!(
+        cli(&["purge", "--older-than-hours", "0"]).trim(),
+        "purged 0"
+    );
+    assert!(cli(&["stats"]).contains("dead 1"));
+    assert_eq!(
+        cli(&["purge", "--older-than-hours", "0", "--dead"]).trim(),
+        "purged 0, dead 1"
+    );
+    assert!(cli(&["stats"]).contains("dead 0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -150,14 +150,19 @@ enum Action {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete done and dead events last handled, failed or replayed more
-    /// than the retention ago, however long ago they arrived; events still
-    /// to run are never deleted.
+    /// Delete done events last handled or replayed more than the retention
+    /// ago, however long ago they arrived; dead events only with --dead,
+    /// and events still to run never.
     Purge {
         /// The retention: events that settled (were last handled, failed
         /// or replayed) more than this many hours ago.
         #[arg(long, value_name = "HOURS", default_value_t = 72)]
         older_than_hours: u64,
+        /// Delete the dead events that settled before the retention too:
+        /// events acknowledged to Clink that no handler finished, kept
+        /// until replayed otherwise.
+        #[arg(long)]
+        dead: bool,
     },
     /// How many events are where, and how long the oldest has waited.
     Stats,
@@ -550,16 +555,30 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
                 out.line(&format!("replayed {}", seqs.len()));
             }
         }
-        Action::Purge { older_than_hours } => {
+        Action::Purge {
+            older_than_hours,
+            dead,
+        } => {
             let millis =
                 i64::try_from(older_than_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
             let before =
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_sub(millis));
             let purged = inbox.purge(before).await.map_err(|e| store_error(&e))?;
-            if out.json {
-                out.json_line(&json!({ "purged": purged }));
+            let dead = if *dead {
+                Some(
+                    inbox
+                        .purge_dead(before)
+                        .await
+                        .map_err(|e| store_error(&e))?,
+                )
             } else {
-                out.line(&format!("purged {purged}"));
+                None
+            };
+            match (out.json, dead) {
+                (true, None) => out.json_line(&json!({ "purged": purged })),
+                (true, Some(dead)) => out.json_line(&json!({ "purged": purged, "dead": dead })),
+                (false, None) => out.line(&format!("purged {purged}")),
+                (false, Some(dead)) => out.line(&format!("purged {purged}, dead {dead}")),
             }
         }
         Action::Stats => {

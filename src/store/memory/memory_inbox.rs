@@ -115,6 +115,32 @@ impl MemoryInbox {
         held.token = None;
         Ok(Settle::Applied)
     }
+
+    /// Deletes the events in `status` that settled before `before`; how
+    /// many.
+    fn purge_status(&self, before: Timestamp, status: InboxStatus) -> u64 {
+        let mut state = self.state();
+        let gone: Vec<_> = state
+            .entries
+            .values()
+            .filter(|held| held.entry.status == status && settled_at(held) < before)
+            .map(|held| {
+                let event = &held.entry.event;
+                (
+                    held.entry.seq,
+                    (
+                        event.account.clone().unwrap_or_default(),
+                        event.event_id.clone(),
+                    ),
+                )
+            })
+            .collect();
+        for (seq, key) in &gone {
+            state.entries.remove(seq);
+            state.by_id.remove(key);
+        }
+        gone.len() as u64
+    }
 }
 
 impl MemoryInbox {
@@ -364,30 +390,11 @@ impl Inbox for MemoryInbox {
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        let mut state = self.state();
-        let gone: Vec<_> = state
-            .entries
-            .values()
-            .filter(|held| {
-                matches!(held.entry.status, InboxStatus::Done | InboxStatus::Dead)
-                    && settled_at(held) < before
-            })
-            .map(|held| {
-                let event = &held.entry.event;
-                (
-                    held.entry.seq,
-                    (
-                        event.account.clone().unwrap_or_default(),
-                        event.event_id.clone(),
-                    ),
-                )
-            })
-            .collect();
-        for (seq, key) in &gone {
-            state.entries.remove(seq);
-            state.by_id.remove(key);
-        }
-        ready(Ok(gone.len() as u64))
+        ready(Ok(self.purge_status(before, InboxStatus::Done)))
+    }
+
+    fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        ready(Ok(self.purge_status(before, InboxStatus::Dead)))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {

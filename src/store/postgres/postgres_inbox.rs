@@ -452,7 +452,7 @@ impl Sql {
                      SELECT seq FROM {t} WHERE seq BETWEEN $2 AND $3 ORDER BY seq LIMIT {PURGE_STEP}
                  ), gone AS (
                      DELETE FROM {t} WHERE seq BETWEEN $2 AND (SELECT max(seq) FROM step)
-                       AND status IN ('done', 'dead')
+                       AND status = $4::text
                        AND GREATEST(COALESCE(arrived_ms, received_at_ms), claimed_at_ms, handled_at_ms,
                                     last_replay_ms) < {SERVER_NOW_MS} + $1
                      RETURNING 1
@@ -928,6 +928,55 @@ impl PostgresInbox {
         }
         Ok(page)
     }
+
+    /// Deletes the events in `status` that settled before `before`, in
+    /// steps (see [`Inbox::purge`]); how many.
+    fn purge_status(
+        &self, before: Timestamp, status: &'static str,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let before = offset_from_now(before);
+            let span = self
+                .call(async |client| {
+                    let row = client
+                        .query_one(&self.sql.purge_span, &[])
+                        .await
+                        .map_err(|err| pg_error("cannot purge the inbox", &err))?;
+                    Ok(row
+                        .get::<_, Option<i64>>(0)
+                        .zip(row.get::<_, Option<i64>>(1)))
+                })
+                .await?;
+            let Some((oldest, newest)) = span else {
+                return Ok(0);
+            };
+            purge_in_steps(oldest, newest, |from| {
+                self.call(async move |client| {
+                    let failed = |err| pg_error("cannot purge the inbox", &err);
+                    let rows = client
+                        .query_typed(
+                            &self.sql.purge,
+                            &[
+                                (&before, Type::INT8),
+                                (&from, Type::INT8),
+                                (&newest, Type::INT8),
+                                (&status, Type::TEXT),
+                            ],
+                        )
+                        .await
+                        .map_err(failed)?;
+                    // One row, always: two aggregates.
+                    let Some(row) = rows.first() else {
+                        return Ok((None, 0));
+                    };
+                    let last = row.try_get::<_, Option<i64>>(0).map_err(failed)?;
+                    let deleted = row.try_get::<_, i64>(1).map_err(failed)?;
+                    Ok((last, deleted.unsigned_abs()))
+                })
+            })
+            .await
+        })
+    }
 }
 
 impl Inbox for PostgresInbox {
@@ -1152,47 +1201,11 @@ impl Inbox for PostgresInbox {
     }
 
     fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let before = offset_from_now(before);
-            let span = self
-                .call(async |client| {
-                    let row = client
-                        .query_one(&self.sql.purge_span, &[])
-                        .await
-                        .map_err(|err| pg_error("cannot purge the inbox", &err))?;
-                    Ok(row
-                        .get::<_, Option<i64>>(0)
-                        .zip(row.get::<_, Option<i64>>(1)))
-                })
-                .await?;
-            let Some((oldest, newest)) = span else {
-                return Ok(0);
-            };
-            purge_in_steps(oldest, newest, |from| {
-                self.call(async move |client| {
-                    let failed = |err| pg_error("cannot purge the inbox", &err);
-                    let rows = client
-                        .query_typed(
-                            &self.sql.purge,
-                            &[
-                                (&before, Type::INT8),
-                                (&from, Type::INT8),
-                                (&newest, Type::INT8),
-                            ],
-                        )
-                        .await
-                        .map_err(failed)?;
-                    // One row, always: two aggregates.
-                    let Some(row) = rows.first() else {
-                        return Ok((None, 0));
-                    };
-                    let last = row.try_get::<_, Option<i64>>(0).map_err(failed)?;
-                    let deleted = row.try_get::<_, i64>(1).map_err(failed)?;
-                    Ok((last, deleted.unsigned_abs()))
-                })
-            })
-            .await
-        })
+        self.purge_status(before, "done")
+    }
+
+    fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.purge_status(before, "dead")
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {

@@ -79,8 +79,9 @@ Settings come from the TOML file CONFIG (names as below, lower case) and the
 environment (the variables below, which win). Durations are in the unit their
 name ends with. settle_ms is the inbox's reorder window: how long an event
 waits after arriving so that an older event of its object arriving late still
-goes first. Done and dead events are kept for inbox_retention_hours after they
-were last handled, failed or replayed (purged hourly): below 48 h the gateway
+goes first. Done events are kept for inbox_retention_hours after they were
+last handled or replayed (purged hourly), dead ones until replayed or purged
+with `inbox purge --dead`: below 48 h the gateway
 warns at start, for Clink retries a delivery for about a day, and a retry of
 one whose answer was lost, coming after its event was purged, is relayed
 again. With a redis:// destination, redis_dedup_hours (how long an event's
@@ -881,9 +882,10 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         out.line(&format!("forwarding to {destination_name}"));
     }
 
-    // The inbox keeps done and dead events for inbox_retention_hours after
-    // they were last handled, failed or replayed (Inbox::purge): as long
-    // as it keeps one, a redelivery of it is a duplicate.
+    // The inbox keeps done events for inbox_retention_hours after they were
+    // last handled or replayed (Inbox::purge), and dead ones until they are
+    // replayed or purged on purpose: as long as it keeps one, a redelivery
+    // of it is a duplicate.
     let purger = {
         let inbox = Arc::clone(&inbox);
         let retention = config.inbox_retention;
@@ -1236,6 +1238,9 @@ mod tests {
         }
         fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
             self.0.purge(before)
+        }
+        fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge_dead(before)
         }
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
             Box::pin(std::future::pending())
