@@ -58,7 +58,7 @@
 //! token as `Authorization: Bearer <token>`, or open
 //! `/console?token=<token>` once in a browser for a session cookie. Without
 //! `CLINK_CONSOLE_TOKEN` there is no console. `CLINK_INBOX_MAX_ATTEMPTS`
-//! (default 10) sets how many attempts an event gets before it is dead, and
+//! (default 36, about a day) sets how many attempts an event gets before it is dead, and
 //! `CLINK_EXAMPLE_FAIL_ONCE=<type>` makes the first run of every event of
 //! that type fail, to watch one go dead and be replayed from the console:
 //!

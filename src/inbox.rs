@@ -27,7 +27,8 @@
 //!   versions with its own state);
 //! - **with retries**: a handler error, panic or timeout schedules the next
 //!   attempt with exponential backoff and jitter; after the last attempt
-//!   (10 by default) the event is dead, kept with its last error until
+//!   (36 by default, about a day of retries) the event is dead, kept
+//!   with its last error until
 //!   [`replay`](Inbox::replay)ed;
 //! - **crash-safe**: a worker that dies mid-handler loses its lease and
 //!   another takes the event; on [shutdown](WorkerPool::shutdown) a pool
@@ -104,8 +105,11 @@ use crate::{ConfigError, Outcome, Timestamp, VerifiedEvent};
 
 /// The default number of events handled at once: 4.
 pub const DEFAULT_CONCURRENCY: usize = 4;
-/// The default number of attempts before an event is dead: 10.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// The default number of attempts before an event is dead: 36, which
+/// with the default backoff (1 s doubling to at most 1 h, give or take a
+/// fifth) go on for about a day, as Clink's own retries of a delivery do:
+/// an outage of a few hours downstream leaves no event dead.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 36;
 /// The default delay after arrival before an event may run: 1 s.
 pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(1);
 /// The default wait before the second attempt: 1 s, doubling each time.
@@ -153,6 +157,22 @@ struct Settings {
     reorder_window: Duration,
 }
 
+impl Settings {
+    /// The wait before attempt `attempt + 1`, with jitter.
+    fn backoff_after(&self, attempt: u32) -> Duration {
+        let doubled = self.backoff.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        let wait = doubled.min(self.max_backoff);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        // A factor in [0.8, 1.2).
+        let factor = 0.8 + (hasher.finish() % 4000) as f64 / 10_000.0;
+        wait.mul_f64(factor)
+    }
+}
+
 fn check(what: &str, value: Duration, low: Duration) -> Result<Duration, ConfigError> {
     if value < low || value > crate::store::MAX_TTL {
         return Err(ConfigError::new(format!(
@@ -164,7 +184,8 @@ fn check(what: &str, value: Duration, low: Duration) -> Result<Duration, ConfigE
 
 impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// Workers for `inbox` running `router`, with the defaults: 4 at once,
-    /// a 30 s lease, 10 attempts, backoff from 1 s to 1 h, a 1 s reorder window.
+    /// a 30 s lease, 36 attempts (about a day), backoff from 1 s to 1 h, a
+    /// 1 s reorder window.
     pub fn new(inbox: impl Inbox, router: EventRouter<S>) -> Self {
         Self {
             inbox: Arc::new(inbox),
@@ -293,20 +314,6 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             inbox: Arc::clone(&shared.inbox),
             given_back: Arc::clone(&shared.given_back),
         }
-    }
-
-    /// The wait before attempt `attempt + 1`, with jitter.
-    fn backoff_after(&self, attempt: u32) -> Duration {
-        let doubled = self.settings.backoff.saturating_mul(
-            1u32.checked_shl(attempt.saturating_sub(1))
-                .unwrap_or(u32::MAX),
-        );
-        let wait = doubled.min(self.settings.max_backoff);
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u32(attempt);
-        // A factor in [0.8, 1.2).
-        let factor = 0.8 + (hasher.finish() % 4000) as f64 / 10_000.0;
-        wait.mul_f64(factor)
     }
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) {
@@ -461,7 +468,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // fails the same way every time: dead at once.
             let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
             let retry_at = (!hopeless && attempts < self.settings.max_attempts).then(|| {
-                let wait = self.backoff_after(attempts);
+                let wait = self.settings.backoff_after(attempts);
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
             });
@@ -808,6 +815,19 @@ mod tests {
         InboxEntry, InboxFilter, InboxStats, Inserted, MemoryInbox, NewEvent, Replayed,
     };
     use crate::{BoxFuture, Event};
+
+    /// The default attempts, with the default backoff, retry an event for
+    /// about a day (as Clink retries a delivery), whatever the jitter: an
+    /// outage downstream of some hours leaves nothing dead.
+    #[test]
+    fn the_default_retries_last_about_a_day() {
+        let workers = Workers::new(MemoryInbox::new(), EventRouter::new());
+        let span: Duration = (1..workers.settings.max_attempts)
+            .map(|attempt| workers.settings.backoff_after(attempt))
+            .sum();
+        let hours = span.as_secs_f64() / 3600.0;
+        assert!((19.0..=29.0).contains(&hours), "{hours} h");
+    }
 
     /// Workers decode a claimed event's resource for its typed handler as
     /// they read its envelope, in one pass, and the handler's decode takes
