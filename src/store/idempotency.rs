@@ -31,8 +31,9 @@ pub enum Claim {
 pub enum Settle {
     /// The caller still held the lease and the change was made.
     Applied,
-    /// The lease had ended (and perhaps been taken over), or the key was
-    /// gone, so nothing changed: the token was stale.
+    /// The lease had ended (and perhaps been taken over; an inbox's
+    /// claim is lost only once another took the event over), or the key
+    /// was gone, so nothing changed: the token was stale.
     LeaseLost,
 }
 

@@ -757,6 +757,11 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Marks a claimed event handled, if the claim still holds, and records
     /// the attempt as [`Completed`](super::InboxAttemptOutcome::Completed).
+    /// A claim holds until it is settled or another claim takes the event
+    /// over (after its lease ended): its token fences, not the clock, so a
+    /// handler that outlived its lease while nobody took the event still
+    /// settles it, and the event does not run again. This and the other
+    /// settles answer [`Settle::LeaseLost`] when the claim no longer holds.
     ///
     /// # Errors
     ///

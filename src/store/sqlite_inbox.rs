@@ -169,9 +169,11 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// What a settle matches: the row (`?1`), its token (`?2`) and a lease
-/// still running at `?3`, the time now.
-const HOLDS: &str = "seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3";
+/// What a settle matches: the row (`?1`) still running with its token
+/// (`?2`); `?3` is the time now. The token alone fences: every claim makes a
+/// new one, so a claim whose lease ended that nobody took over still
+/// settles (its handler ran; running it again would repeat its effects).
+const HOLDS: &str = "seq = ?1 AND token = ?2 AND status = 'running'";
 
 /// A settle that sets `set`, ending the claim's attempt with `outcome` and
 /// `error` at `?3`.
@@ -895,9 +897,9 @@ impl Inbox for SqliteInbox {
         self.with(move |connection| {
             let changed = connection
                 .execute(
-                    "UPDATE clink_webhook_inbox SET receipt = ?4
-                     WHERE seq = ?1 AND token = ?2 AND status = 'running' AND lease_until_ms > ?3",
-                    params![seq, token, Timestamp::now().as_millis(), receipt],
+                    "UPDATE clink_webhook_inbox SET receipt = ?3
+                     WHERE seq = ?1 AND token = ?2 AND status = 'running'",
+                    params![seq, token, receipt],
                 )
                 .map_err(|err| sqlite_error("cannot record the receipt", &err))?;
             Ok(Settle::applied_if(changed == 1))

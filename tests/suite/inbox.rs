@@ -190,6 +190,34 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     assert_eq!(inbox.complete(&short).await.unwrap(), Settle::LeaseLost);
     assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
 
+    // A handler that outlived its lease while nobody took the event over:
+    // the token fences, not the clock, so its completion counts and the
+    // event does not run (and repeat its effects) a second time.
+    inbox
+        .insert(&event(&id("outlived"), None, 1_000))
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(20);
+    let outlived = inbox
+        .claim(lease, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .expect("the event is due");
+    // The lease has ended by any clock of this machine once this much
+    // more than it has passed since the claim.
+    let ended = Instant::now() + lease * 5;
+    while Instant::now() < ended {
+        tokio::time::sleep(lease).await;
+    }
+    assert_eq!(inbox.complete(&outlived).await.unwrap(), Settle::Applied);
+    let entry = inbox.get(outlived.entry.seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Done);
+    assert!(inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .is_none());
+
     // Dead events are replayed together; done ones are purged.
     assert!(!inbox
         .replay_matching(&InboxFilter::default().status(InboxStatus::Dead), false)

@@ -104,9 +104,10 @@ impl MemoryInbox {
         let Some(held) = state.entries.get_mut(&claim.entry.seq) else {
             return Ok(Settle::LeaseLost);
         };
-        let holds = held.entry.status == InboxStatus::Running
-            && held.token.as_ref() == Some(&claim.token)
-            && held.lease_until > now;
+        // The token alone fences: every claim makes a new one, so a claim
+        // whose lease ended that nobody took over still settles.
+        let holds =
+            held.entry.status == InboxStatus::Running && held.token.as_ref() == Some(&claim.token);
         if !holds {
             return Ok(Settle::LeaseLost);
         }
@@ -418,12 +419,10 @@ impl Inbox for MemoryInbox {
     fn record_receipt<'a>(
         &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-        let now = Timestamp::now();
         let mut state = self.state();
         let holds = state.entries.get_mut(&attempt.seq()).filter(|held| {
             held.entry.status == InboxStatus::Running
                 && held.token.as_ref().map(LeaseToken::as_str) == Some(attempt.token())
-                && held.lease_until > now
         });
         let settled = match holds {
             Some(held) => {
@@ -609,7 +608,7 @@ mod tests {
     /// A claim settles only while it holds: its own token, the event still
     /// running, and its lease not yet over (the lease's end is exclusive).
     #[tokio::test]
-    async fn a_claim_settles_only_with_its_token_and_a_live_lease() {
+    async fn a_claim_settles_only_with_its_token_until_taken_over() {
         let inbox = MemoryInbox::new();
         inbox.insert(&event("a", "o", 1_000)).await.unwrap();
         let claim = claim_for(&inbox, Duration::from_secs(60)).await;
@@ -634,19 +633,27 @@ mod tests {
             InboxStatus::Done
         );
 
-        // A lease of zero ends as it is taken: nothing settles under it.
+        // A lease of zero ends as it is taken: the claim still settles
+        // while nobody took the event over (its handler ran: running it
+        // again would repeat its effects), and nothing once another did.
         inbox.insert(&event("b", "p", 1_000)).await.unwrap();
         let expired = claim_for(&inbox, Duration::ZERO).await;
         assert_eq!(expired.entry.event.event_id, "b");
+        assert_eq!(inbox.release(&expired).await.unwrap(), Settle::Applied);
+        let expired = claim_for(&inbox, Duration::ZERO).await;
+        let taken_over = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(taken_over.entry.seq, expired.entry.seq);
         assert_eq!(inbox.complete(&expired).await.unwrap(), Settle::LeaseLost);
         assert_eq!(
             inbox.fail(&expired, "x", None).await.unwrap(),
             Settle::LeaseLost
         );
+        assert_eq!(inbox.release(&expired).await.unwrap(), Settle::LeaseLost);
         assert_eq!(
             status_of(&inbox, expired.entry.seq).await.status,
             InboxStatus::Running
         );
+        assert_eq!(inbox.complete(&taken_over).await.unwrap(), Settle::Applied);
         // An event missing altogether settles nothing either.
         let mut gone = expired.clone();
         gone.entry.seq += 100;
@@ -690,14 +697,28 @@ mod tests {
             Some("r1")
         );
 
+        // A claim whose lease ended keeps its receipt until another takes
+        // the event over.
         inbox.insert(&event("b", "p", 1_000)).await.unwrap();
         let expired = claim_for(&inbox, Duration::ZERO).await;
         let own = attempt(&expired, expired.token.as_str());
         assert_eq!(
             inbox.record_receipt(&own, "r3").await.unwrap(),
+            Settle::Applied
+        );
+        let taken_over = claim_for(&inbox, Duration::from_secs(60)).await;
+        assert_eq!(taken_over.entry.seq, expired.entry.seq);
+        assert_eq!(
+            inbox.record_receipt(&own, "r4").await.unwrap(),
             Settle::LeaseLost
         );
-        assert_eq!(status_of(&inbox, expired.entry.seq).await.receipt, None);
+        assert_eq!(
+            status_of(&inbox, expired.entry.seq)
+                .await
+                .receipt
+                .as_deref(),
+            Some("r3")
+        );
     }
 
     /// Replaying leaves a running event alone, a handled one unless forced,

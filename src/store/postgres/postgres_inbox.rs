@@ -144,11 +144,10 @@ impl Sql {
         let bare = table.rsplit('.').next().unwrap_or(table);
         let channel = format!("{bare}_inserted");
         let live = "('pending', 'retrying', 'running')";
-        // A settle matches the row, its token and a lease still running now
-        // by the server's clock (`srv_ms`, in the settles' functions).
-        let holds = |now: &str| {
-            format!("seq = $1 AND token = $2 AND status = 'running' AND lease_until_ms > {now}")
-        };
+        // A settle matches the row still running with its token. The token
+        // alone fences: every claim makes a new one, so a claim whose lease
+        // ended that nobody took over still settles (its handler ran).
+        let holds = "seq = $1 AND token = $2 AND status = 'running'";
         // Each settle ends the claim's attempt now; a claim of an event still
         // running ends the attempt whose lease ended, at the lease's end.
         let ended = |outcome, error| append_sql(Dialect::Postgres, "srv_ms", outcome, error);
@@ -281,7 +280,6 @@ impl Sql {
                 "UPDATE {t} SET status = 'done', token = NULL, handled_at_ms = srv_ms,
                                 history = {completed}
                  WHERE {holds}",
-                holds = holds("srv_ms")
             ),
         );
         // $3: in how many milliseconds the retry is due, or NULL for dead.
@@ -293,7 +291,6 @@ impl Sql {
                                 next_attempt_ms = COALESCE(srv_ms + $3::bigint, next_attempt_ms),
                                 last_error = $4, token = NULL, history = {failed}
                  WHERE {holds}",
-                holds = holds("srv_ms")
             ),
         );
         let (release_def, release) = settle(
@@ -304,7 +301,6 @@ impl Sql {
                                 attempts = attempts - 1, token = NULL, lease_until_ms = 0,
                                 history = {released}
                  WHERE {holds}",
-                holds = holds("srv_ms")
             ),
         );
         Self {
@@ -476,8 +472,7 @@ impl Sql {
                 )
             },
             receipt: format!(
-                "UPDATE {t} SET receipt = $3 WHERE {}",
-                holds(SERVER_NOW)
+                "UPDATE {t} SET receipt = $3 WHERE {holds}"
             ),
             channel,
         }
@@ -1506,7 +1501,8 @@ mod tests {
         skew(HOUR);
         assert_eq!(inbox.complete(&a).await.unwrap(), Settle::Applied);
 
-        // A lease ended by the server's clock is lost, whatever the app's says.
+        // A lease ended by the server's clock is taken over, whatever the
+        // app's says, and the claim that held it settles nothing after.
         skew(0);
         inbox.insert(&event("evt_clock_b")).await.unwrap();
         skew(-HOUR);
@@ -1521,10 +1517,11 @@ mod tests {
             )
             .await
             .unwrap();
+        let taken_over = claim().await.expect("the lease ended");
         assert_eq!(inbox.complete(&b).await.unwrap(), Settle::LeaseLost);
 
         // A retry the app behind asks for 10 minutes from its now.
-        let b = claim().await.expect("the lease ended");
+        let b = taken_over;
         let before = server_now().await;
         let retry_at = Timestamp::from_millis(Timestamp::now().as_millis() + RETRY);
         let failed = inbox.fail(&b, "boom", Some(retry_at)).await.unwrap();
