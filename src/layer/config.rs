@@ -305,7 +305,8 @@ impl ClinkLayer {
     pub fn body_limit(mut self, bytes: usize) -> Result<Self, ConfigError> {
         if bytes == 0 || bytes > self.config.budget.max_bytes() {
             return Err(ConfigError::new(
-                "ClinkLayer::body_limit must be at least one byte and at most the body budget (the default is 1 MiB)",
+                "ClinkLayer::body_limit must be at least one byte and at most the body budget \
+                 (64 MiB unless set: set body_budget first to allow more)",
             ));
         }
         self.config_mut().settings.body_limit = bytes;

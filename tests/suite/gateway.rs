@@ -2168,6 +2168,85 @@ async fn a_destination_timeout_must_end_inside_the_lease() {
         .unwrap();
 }
 
+/// An app that answers each request `200` with a body it announces and
+/// never sends, holding the connection: its address, and how many
+/// requests it has read.
+async fn stalling_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            // The request's head, then as many bytes as it says follow.
+            let mut read = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(end + 4);
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => read.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&read[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            while read.len() < head_end + length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read.extend_from_slice(&chunk[..n]),
+                }
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+                .await;
+            held.push(stream);
+        }
+    });
+    (addr, requests)
+}
+
+/// A `2xx` is the app's answer, whatever its body does: an app whose
+/// `200` is followed by a body that never comes has the event once, and
+/// the event is done (the body was read inside the publish's timeout,
+/// which then failed the publish and sent the event again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_whose_body_never_comes_completes_the_event_once() {
+    let dir = TempDir::new("stalling");
+    let (app, requests) = stalling_app().await;
+    let mut env = gateway_env(&dir.0, "stalling", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| {
+        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+    });
+    env.push(("CLINK_LEASE_MS".into(), "2000".into()));
+    env.push(("CLINK_DESTINATION_TIMEOUT_MS".into(), "1000".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    deliver(&client, &url, &events(1, 1, &unique("stall"))[0]).await;
+    until("the event done", PROMPTLY, async || {
+        drained(&client, &base).await
+    })
+    .await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "relayed once");
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+}
+
 /// An HTTP app that answers 400 to events whose id starts with `evt_bad`
 /// and 200 to the others, counting each id's requests.
 async fn picky_app(seen: Arc<Mutex<HashMap<String, usize>>>) -> SocketAddr {
@@ -2684,6 +2763,22 @@ fn serve_exit(env: &[(String, String)]) -> Option<crate::support::process::Finis
             Err(error) => panic!("serve neither listened nor exited: {error}"),
         }
     }
+}
+
+/// A body limit above the budget's default, with a budget that holds it,
+/// is taken at start as `--check` takes it (the limit was checked against
+/// the default budget before the budget given was set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_limit_above_the_default_budget_starts_with_its_budget() {
+    let dir = TempDir::new("large-bodies");
+    let app = silent_app().await;
+    let mut env = gateway_env(&dir.0, "large-bodies", &format!("http://{app}/hook"));
+    env.push(("CLINK_BODY_LIMIT_BYTES".into(), "104857600".into()));
+    env.push(("CLINK_BODY_BUDGET_BYTES".into(), "209715200".into()));
+    let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+        .await
+        .unwrap();
+    assert!(exited.is_none(), "{exited:?}");
 }
 
 /// A gateway whose port is taken (by another gateway on the same inbox,

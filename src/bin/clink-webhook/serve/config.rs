@@ -688,6 +688,29 @@ impl Config {
 
         let tolerance = Duration::from_secs(r.number("tolerance_s", 1, 86_400)?);
         let keys = Self::read_keys(&mut r, tolerance)?;
+        // The admin routes on the delivery port come after the delivery
+        // path: a path that is one of them, or holds one, would hide it.
+        let admin_route = ["/health", "/ready", "/metrics", "/console"]
+            .into_iter()
+            .find(|route| path == *route || path.starts_with(&format!("{route}/")));
+        if let (None, Some(route)) = (admin_listen, admin_route) {
+            return Err(problem(
+                "serve_path",
+                &origin,
+                format!(
+                    "{route} is an admin route on this port: choose another path, or move the \
+                     admin routes with admin_listen"
+                ),
+            ));
+        }
+        if path == "/" && matches!(keys, Keys::PerAccount(_)) {
+            return Err(problem(
+                "serve_path",
+                &origin,
+                "with accounts_file the account follows the path (/webhooks/clink/{account}): \
+                 choose a path other than /",
+            ));
+        }
 
         let inbox =
             match r.plain("inbox")? {
@@ -808,17 +831,19 @@ impl Config {
         let (redis_stream, origin) = r.plain("redis_stream")?.unwrap_or_default();
         check_template(&redis_stream, &["account", "type"])
             .map_err(|m| problem("redis_stream", &origin, m))?;
-        if redis_stream.is_empty() {
+        if redis_stream.is_empty()
+            || account_empty && redis_stream.replace("{account}", "").is_empty()
+        {
             return Err(problem(
                 "redis_stream",
                 &origin,
-                "a stream name is not empty",
+                "a stream name is not empty (with one key, {account} is empty)",
             ));
         }
         let redis_dedup = Duration::from_secs(3600 * r.number("redis_dedup_hours", 1, YEAR_HOURS)?);
         // An event whose XADD landed and whose answer was lost can die
         // (Redis unreachable for the whole retry span) and be replayed
-        // while the inbox keeps it: for the retention after it died. Its
+        // later (the inbox keeps dead events until then). Its
         // marker, set at the XADD, must still be there, or the replay adds
         // it again. The retry span (at most max_attempts times
         // max_backoff_ms) is not counted: the README asks for it on top.
@@ -959,7 +984,14 @@ impl Config {
                 })
             }
         };
-        let (log, _) = r.plain("log")?.unwrap_or_default();
+        let (log, origin) = r.plain("log")?.unwrap_or_default();
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(problem(
+                "log",
+                &origin,
+                "not a log filter such as warn or warn,clink_webhooks=info",
+            ));
+        }
 
         let mut effective = r.effective;
         effective.sort_by_key(|(name, ..)| FIELDS.iter().position(|f| f.name == *name));
@@ -1210,7 +1242,11 @@ fn cluster_nodes(url: &str, scheme: &str) -> Result<Vec<Zeroizing<String>>, Stri
 /// Checks that `template` names only `allowed` placeholders.
 fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
     let mut rest = template;
+    let stray = || format!("{}: a }} without its {{", shown_value(template));
     while let Some(open) = rest.find('{') {
+        if rest[..open].contains('}') {
+            return Err(stray());
+        }
         let after = &rest[open + 1..];
         let close = after
             .find('}')
@@ -1229,6 +1265,9 @@ fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
             ));
         }
         rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(stray());
     }
     Ok(())
 }
@@ -1536,7 +1575,15 @@ mod tests {
             ("inbox", "mysql", "inbox"),
             ("nats_subject", "{type}.x", "nats_subject"),
             ("redis_stream", "clink:{acount}", "redis_stream"),
+            ("redis_stream", "clink}{account}", "a } without its {"),
+            ("redis_stream", "{account}", "not empty"),
+            ("redis_stream", "{account}{account}", "not empty"),
+            ("nats_subject", "clink.{type}}", "a } without its {"),
             ("webhook_signing_key", "a,,b", "webhook_signing_key"),
+            ("serve_path", "/health", "/health is an admin route"),
+            ("serve_path", "/console/hooks", "/console is an admin route"),
+            ("serve_path", "/metrics", "admin_listen"),
+            ("log", "warn,=x=", "not a log filter"),
         ] {
             let mut pairs = minimal();
             pairs.retain(|(n, _)| *n != name);
@@ -1547,6 +1594,58 @@ mod tests {
             assert!(error.0.contains(expected), "{}", error.0);
             assert!(error.0.contains(&field_named(name).env()), "{}", error.0);
         }
+    }
+
+    /// The paths the admin routes take are free for deliveries once the
+    /// admin routes have an address of their own; names that only begin
+    /// the same are free anyway.
+    #[test]
+    fn a_delivery_path_may_not_hide_the_admin_routes() {
+        for (path, admin) in [
+            ("/health", Some("127.0.0.1:3001")),
+            ("/healthz", None),
+            ("/webhooks/health", None),
+            ("/consoles", None),
+        ] {
+            let mut pairs = minimal();
+            pairs.push(("serve_path", path));
+            pairs.extend(admin.map(|admin| ("admin_listen", admin)));
+            let read = config(&pairs);
+            assert!(read.is_ok(), "{path}: {:?}", read.err().map(|e| e.0));
+        }
+    }
+
+    /// With accounts, the account follows the delivery path: `/` would
+    /// make `//{account}`, which nothing serves.
+    #[test]
+    fn accounts_need_a_delivery_path_other_than_the_root() {
+        let file = std::env::temp_dir().join(format!(
+            "clink-accounts-root-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&file, "[acct_a]\nsigning_key = \"whsec_a\"\n").unwrap();
+        let path = file.to_str().unwrap().to_owned();
+        for (serve_path, refused) in [("/", true), ("/hooks", false)] {
+            let pairs = vec![
+                ("accounts_file", path.as_str()),
+                ("inbox", "sqlite:/tmp/x.db"),
+                ("destination", "nats://127.0.0.1:4222"),
+                ("serve_path", serve_path),
+            ];
+            match config(&pairs) {
+                Ok(_) => assert!(!refused, "{serve_path} accepted"),
+                Err(error) => {
+                    assert!(refused, "{serve_path}: {}", error.0);
+                    assert!(
+                        error.0.contains("choose a path other than /"),
+                        "{}",
+                        error.0
+                    );
+                }
+            }
+        }
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

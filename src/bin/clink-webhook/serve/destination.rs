@@ -25,6 +25,10 @@ use crate::urls::{Credentials, NatsServers};
 /// How much of an HTTP app's answer is read (and dropped).
 const ANSWER_LIMIT: usize = 64 * 1024;
 
+/// How long the body of an HTTP destination's answer is read on the side
+/// after its status decided the publish.
+const ANSWER_DRAIN: Duration = Duration::from_secs(5);
+
 /// The Lua script that adds an event to a stream once: it keeps the entry
 /// id under a marker key next to the stream and, when the marker is there
 /// already (an `XADD` before a crash), returns that id without adding.
@@ -212,8 +216,10 @@ fn refuses_the_event(status: http::StatusCode) -> bool {
 
 /// How long before the duplicate window ends, beyond the destination's
 /// timeout, a publish repeated after an unknown outcome looks for the
-/// earlier one first.
-const LOOKUP_MARGIN: Duration = Duration::from_secs(1);
+/// earlier one first: a minute, since the earlier publish's start was
+/// read on the clock of whichever gateway made it, which may be ahead of
+/// this one's (the README asks for clocks within a minute).
+const LOOKUP_MARGIN: Duration = Duration::from_secs(60);
 
 /// A publish that failed after the event was handed to the destination:
 /// the destination may have kept it.
@@ -559,10 +565,18 @@ impl Destination {
                     .await
                     .map_err(|e| format!("{}: {}", self.name, crate::error_chain(&e)))?;
                 let status = response.status();
-                // Read the answer so the connection can be kept; its text is not used.
-                let _ = Limited::new(response.into_body(), ANSWER_LIMIT)
-                    .collect()
+                // The status is the answer: the body is read on the side,
+                // for a while, so that the connection can be kept (its text
+                // is not used). A body that never comes does not turn a 2xx
+                // into a timeout, and the event into a second delivery.
+                let body = response.into_body();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        ANSWER_DRAIN,
+                        Limited::new(body, ANSWER_LIMIT).collect(),
+                    )
                     .await;
+                });
                 if status.is_success() {
                     Ok(None)
                 } else if refuses_the_event(status) {

@@ -745,9 +745,20 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             ClinkLayer::with_key_source(AccountFrom::LastPathSegment, accounts.clone())
         }
     };
-    let layer = layer
-        .body_limit(config.body_limit)
-        .and_then(|l| l.body_budget(config.body_budget.0, config.body_budget.1))
+    // Each of the limit and the budget is checked against the other as it
+    // is set: the one that grows past the other's default goes second (the
+    // configuration has checked that the budget holds the limit).
+    let (budget_bytes, budget_bodies) = config.body_budget;
+    let sized = if config.body_limit > clink_webhooks::layer::DEFAULT_BODY_BUDGET {
+        layer
+            .body_budget(budget_bytes, budget_bodies)
+            .and_then(|l| l.body_limit(config.body_limit))
+    } else {
+        layer
+            .body_limit(config.body_limit)
+            .and_then(|l| l.body_budget(budget_bytes, budget_bodies))
+    };
+    let layer = sized
         .and_then(|l| l.body_timeout(config.body_timeout))
         .and_then(|l| l.store_timeout(config.store_timeout))
         .map_err(usage)?;
