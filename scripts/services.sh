@@ -13,6 +13,8 @@
 #                                  does not name)
 #   REDIS_TLS_CA                   PEM file of the test CA, made with openssl at start, that
 #                                  signed the servers' certificate (SAN IP:127.0.0.1, DNS:localhost)
+#   DATABASE_TLS_CA                the same CA's file: the PostgreSQL server at DATABASE_URL
+#                                  also takes TLS connections (sslmode=require), with its certificate
 #   REDIS_CLUSTER_URLS             redis://127.0.0.1:P1/,redis://127.0.0.1:P2/,redis://127.0.0.1:P3/
 #   REDIS_CLUSTER_TLS_URLS         the same three nodes' TLS ports as rediss:// URLs (the
 #                                  cluster runs with tls-cluster yes and serves both kinds)
@@ -456,10 +458,21 @@ services_new_pg_cluster() {
 
 services_start_postgres() {
     services_need_postgres
+    # TLS as well as plain connections, with the test CA's server
+    # certificate: a copy of it and its key the cluster's user owns (the
+    # server refuses a key others can read).
+    local tls
+    tls=$(mktemp -d /tmp/clink-pg-tls.XXXXXX) || services_die "mktemp failed"
+    SERVICES_PG_DIRS+=("$tls")
+    cp "$SERVICES_DIR/tls/server.pem" "$SERVICES_DIR/tls/server.key" "$tls/"
+    chmod 600 "$tls/server.key"
+    [ -z "$SERVICES_PG_AS" ] || chown -R postgres: "$tls"
     # Durability is not under test here: skip the disk flushes.
-    services_new_pg_cluster PostgreSQL "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    services_new_pg_cluster PostgreSQL "-c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+-c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
     local dir=$SERVICES_PG_SETUP_DIR
     export DATABASE_URL="postgres://postgres@127.0.0.1:$SERVICES_PORT/postgres"
+    export DATABASE_TLS_CA="$SERVICES_DIR/tls/ca.pem"
     export CLINK_TEST_PG_KILL="$dir/kill" CLINK_TEST_PG_START="$dir/start"
     export CLINK_TEST_PG_RESTART="$dir/restart"
     services_say "PostgreSQL $("$SERVICES_PG_BIN/pg_ctl" --version | awk '{print $3}') on" \

@@ -2765,6 +2765,81 @@ fn serve_exit(env: &[(String, String)]) -> Option<crate::support::process::Finis
     }
 }
 
+/// With `sslmode=require` in `database_url`, the gateway reaches its
+/// PostgreSQL inbox over TLS, the server's certificate verified: against
+/// `database_ca_file`, every connection it holds is TLS by the server's own
+/// account (`pg_stat_ssl`), the LISTEN connection too, and an event goes
+/// through; without the CA file the private CA's certificate is refused
+/// and the start stops, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_database_is_reached_over_verified_tls() {
+    let _servers = servers::shared().await;
+    let ca = std::env::var("DATABASE_TLS_CA")
+        .expect("DATABASE_TLS_CA is not set: run scripts/test, which starts PostgreSQL");
+    let database = PrivateDatabase::create("gateway_tls").await;
+    let application = format!("clink_tls_{}", unique("a").replace('-', "_"));
+    let joined = if database.url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{joined}sslmode=require&application_name={application}",
+        database.url
+    );
+    let dir = TempDir::new("pg-tls");
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let app = picky_app(Arc::clone(&seen)).await;
+    let mut env = gateway_env(&dir.0, "pg-tls", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| name != "CLINK_INBOX");
+    env.push(("CLINK_INBOX".into(), "postgres".into()));
+    env.push(("DATABASE_URL".into(), url));
+
+    let unverified = env.clone();
+    let exited = tokio::task::spawn_blocking(move || serve_exit(&unverified))
+        .await
+        .unwrap()
+        .expect("the start stops without the CA");
+    assert_ne!(exited.code, Some(0), "{exited:?}");
+    assert!(
+        exited.stderr.to_ascii_lowercase().contains("certificate"),
+        "{exited:?}"
+    );
+
+    env.push(("CLINK_DATABASE_CA_FILE".into(), ca));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let event = one_event("tls", &unique("t"));
+    deliver(&client, &url, &event).await;
+    until("the event relayed", PROMPTLY, async || {
+        seen.lock().unwrap().contains_key(&event.id) && drained(&client, &base).await
+    })
+    .await;
+    let (admin, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let rows = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+            &[&application],
+        )
+        .await
+        .unwrap();
+    let ssl: Vec<bool> = rows.iter().map(|row| row.get(0)).collect();
+    assert!(
+        ssl.len() >= 2,
+        "the pool's and the LISTEN connections: {ssl:?}"
+    );
+    assert!(ssl.iter().all(|ssl| *ssl), "{ssl:?}");
+    drop(admin);
+    let _ = connection.await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    database.drop_now().await;
+}
+
 /// A body limit above the budget's default, with a budget that holds it,
 /// is taken at start as `--check` takes it (the limit was checked against
 /// the default budget before the budget given was set).

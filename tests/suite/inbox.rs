@@ -2750,6 +2750,46 @@ async fn the_cli_reads_a_database_password_up_to_the_last_at() {
     assert!(!stdout.contains("p@ss/word") && !stderr.contains("p@ss/word"));
 }
 
+/// `inbox --postgres` with `sslmode=require` reaches the server over TLS,
+/// its certificate verified against `CLINK_DATABASE_CA_FILE`; without that
+/// file the test CA's certificate is refused, and the command says so.
+#[cfg(all(feature = "postgres-tls", feature = "cli"))]
+#[tokio::test]
+async fn the_cli_reaches_the_database_over_verified_tls() {
+    let table = format!("inbox_{}", unique());
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
+        .with_table(&table)
+        .unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.insert(&event("evt_pg_tls", None, 1)).await.unwrap();
+    let url = std::env::var("DATABASE_URL").unwrap();
+    let joined = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{joined}sslmode=require");
+    let ca = std::env::var("DATABASE_TLS_CA").expect("DATABASE_TLS_CA: run scripts/test");
+    let stats = |ca: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+        command
+            .args(["inbox", "--postgres", "--table", &table, "stats"])
+            .env("DATABASE_URL", &url)
+            .env_remove("CLINK_DATABASE_CA_FILE");
+        if let Some(ca) = ca {
+            command.env("CLINK_DATABASE_CA_FILE", ca);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, said) = stats(Some(&ca));
+    assert!(ok, "{said}");
+    assert!(said.starts_with("pending 1,"), "{said}");
+    let (ok, said) = stats(None);
+    assert!(!ok, "{said}");
+    assert!(said.to_ascii_lowercase().contains("certificate"), "{said}");
+}
+
 /// An event of `event_type` for `account` about `object`, received at
 /// `received` and signed with the key named `key`, as the CLI filters see it.
 #[cfg(all(feature = "sqlite", feature = "cli"))]

@@ -187,15 +187,35 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
     if args.postgres {
         #[cfg(feature = "postgres")]
         {
-            let config = postgres_config(std::env::var_os("DATABASE_URL"))?;
-            let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-                config,
-                tokio_postgres::NoTls,
-            ))
-            .max_size(2)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| CliError::new(ErrorCode::Io, e.to_string()))?;
+            #[allow(unused_mut)]
+            let mut config = postgres_config(std::env::var_os("DATABASE_URL"))?;
+            let ca_file = std::env::var_os("CLINK_DATABASE_CA_FILE")
+                .filter(|file| !file.is_empty())
+                .map(std::path::PathBuf::from);
+            #[cfg(feature = "postgres-tls")]
+            let manager = match crate::pg_tls::connector(&mut config, ca_file.as_deref())
+                .map_err(CliError::usage)?
+            {
+                Some(tls) => deadpool_postgres::Manager::new(config, tls),
+                None => deadpool_postgres::Manager::new(config, tokio_postgres::NoTls),
+            };
+            #[cfg(not(feature = "postgres-tls"))]
+            let manager = {
+                if ca_file.is_some()
+                    || config.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+                {
+                    return Err(CliError::usage(
+                        "TLS to PostgreSQL (sslmode=require, CLINK_DATABASE_CA_FILE) needs a \
+                         clink-webhook built with the postgres-tls feature",
+                    ));
+                }
+                deadpool_postgres::Manager::new(config, tokio_postgres::NoTls)
+            };
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(2)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| CliError::new(ErrorCode::Io, e.to_string()))?;
             let mut inbox = clink_webhooks::store::PostgresInbox::new(pool)
                 .with_timeout(std::time::Duration::from_secs(10))
                 .map_err(|e| CliError::usage(e.to_string()))?;

@@ -693,18 +693,38 @@ impl PostgresInbox {
         .await
     }
 
-    /// Opens a connection of its own with `config` and `LISTEN`s on the
-    /// inbox's channel, so idle workers wake on every insert instead of
-    /// polling. If that connection drops, workers fall back to polling.
-    /// Call it inside a Tokio runtime.
+    /// Opens a connection of its own with `config`, without TLS, and
+    /// `LISTEN`s on the inbox's channel, so idle workers wake on every
+    /// insert instead of polling. If that connection drops, workers fall
+    /// back to polling. Call it inside a Tokio runtime. A pool that reaches
+    /// the database over TLS listens with
+    /// [`listen_with`](Self::listen_with) and the same connector.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the connection or `LISTEN` fails.
     pub async fn listen(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
+        self.listen_with(config, tokio_postgres::NoTls).await
+    }
+
+    /// As [`listen`](Self::listen), connecting with `tls` (the connector
+    /// the inbox's pool uses, say), as `config`'s `sslmode` asks.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the connection or `LISTEN` fails.
+    pub async fn listen_with<T>(
+        &self, config: tokio_postgres::Config, tls: T,
+    ) -> Result<(), StoreError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
         let (client, mut connection) = timed(self.timeout, async {
             config
-                .connect(tokio_postgres::NoTls)
+                .connect(tls)
                 .await
                 .map_err(|err| pg_error("cannot connect to listen", &err))
         })
@@ -746,7 +766,7 @@ impl PostgresInbox {
     /// together or not at all: the handler's effects happen exactly once.
     ///
     /// Commit only on [`Settle::Applied`]. [`Settle::LeaseLost`] means the
-    /// event's lease ended and another worker may be running it: roll back
+    /// event's lease ended and another worker took it over: roll back
     /// (drop the transaction) and return an error, or its effects would
     /// commit twice. When the handler returns an error (a failed commit
     /// included), the workers record the failed attempt as for any other

@@ -58,6 +58,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("tolerance_s", Some("300"), false),
     field("inbox", None, false),
     field("database_url", None, true),
+    field("database_ca_file", None, false),
     field("inbox_retention_hours", Some("168"), false),
     field("destination", None, true),
     field("destination_timeout_ms", Some("10000"), false),
@@ -457,6 +458,9 @@ pub(crate) struct Config {
     pub(crate) keys: Keys,
     pub(crate) tolerance: Duration,
     pub(crate) inbox: InboxSpec,
+    /// The CA file TLS to the inbox's PostgreSQL trusts beside the
+    /// system's roots (TLS is then required).
+    pub(crate) database_ca_file: Option<PathBuf>,
     pub(crate) inbox_retention: Duration,
     pub(crate) destination: DestinationSpec,
     pub(crate) destination_timeout: Duration,
@@ -767,6 +771,24 @@ impl Config {
                     }
                 }
             };
+        let database_ca_file = match r.plain("database_ca_file")? {
+            Some((file, _)) if file.trim().is_empty() => None,
+            None => None,
+            Some((file, origin)) => {
+                if !matches!(inbox, InboxSpec::Postgres(_)) {
+                    return Err(problem(
+                        "database_ca_file",
+                        &origin,
+                        "it is for a PostgreSQL inbox (inbox = postgres)",
+                    ));
+                }
+                let file = PathBuf::from(file.trim());
+                let mut probe = tokio_postgres::Config::new();
+                crate::pg_tls::connector(&mut probe, Some(&file))
+                    .map_err(|m| problem("database_ca_file", &origin, m))?;
+                Some(file)
+            }
+        };
         let inbox_retention =
             Duration::from_secs(3600 * r.number("inbox_retention_hours", 1, 10 * YEAR_HOURS)?);
 
@@ -1002,6 +1024,7 @@ impl Config {
             keys,
             tolerance,
             inbox,
+            database_ca_file,
             inbox_retention,
             destination,
             destination_timeout,

@@ -602,16 +602,26 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
         InboxSpec::Postgres(url) => {
             // Checked when the configuration was read; the error is not shown:
             // it could quote the password.
-            let pg = crate::urls::postgres_config(url)
+            let mut pg = crate::urls::postgres_config(url)
                 .ok_or_else(|| CliError::usage("configuration: database_url is not valid"))?;
-            let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-                pg.clone(),
-                tokio_postgres::NoTls,
-            ))
-            .max_size(config.concurrency + 4)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| failed("cannot make the PostgreSQL pool", &e))?;
+            let tls = crate::pg_tls::connector(&mut pg, config.database_ca_file.as_deref())
+                .map_err(|e| CliError::usage(format!("configuration: database_ca_file: {e}")))?;
+            if tls.is_none() && !crate::pg_tls::on_this_machine(&pg) {
+                eprintln!(
+                    "gateway: the inbox's database is on another machine and reached without \
+                     TLS: the events' bodies cross the network unencrypted; add \
+                     sslmode=require to database_url (and database_ca_file for a private CA)"
+                );
+            }
+            let manager = match &tls {
+                Some(tls) => deadpool_postgres::Manager::new(pg.clone(), tls.clone()),
+                None => deadpool_postgres::Manager::new(pg.clone(), tokio_postgres::NoTls),
+            };
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(config.concurrency + 4)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| failed("cannot make the PostgreSQL pool", &e))?;
             let inbox = clink_webhooks::store::PostgresInbox::new(pool)
                 .with_timeout(config.store_timeout)
                 .map_err(|e| CliError::usage(e.to_string()))?;
@@ -619,7 +629,11 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
                 .migrate()
                 .await
                 .map_err(|e| failed("cannot create the inbox table", &e))?;
-            if let Err(error) = inbox.listen(pg).await {
+            let listening = match tls {
+                Some(tls) => inbox.listen_with(pg, tls).await,
+                None => inbox.listen(pg).await,
+            };
+            if let Err(error) = listening {
                 tracing::warn!(%error, "gateway: no LISTEN connection; idle workers poll instead");
             }
             Ok(Arc::new(inbox))

@@ -1,0 +1,133 @@
+//! TLS to PostgreSQL, for the gateway's inbox and `inbox --postgres`: asked
+//! for by `sslmode=require` in the connection string or by a CA file, and
+//! then always verified (the server's certificate against the system's
+//! roots and the CA file, for the host the string names), which is
+//! libpq's `verify-full` rather than its `require`. Without either, the
+//! connection is plain, as PostgreSQL's own default (`prefer`) is when the
+//! client has no TLS.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The TLS connector `config` asks for, `None` for a plain connection;
+/// with `ca_file`, TLS is required (`config` is set so) and the file's
+/// certificates are trusted beside the system's. Errors name the file,
+/// never the connection string.
+pub(crate) fn connector(
+    config: &mut tokio_postgres::Config, ca_file: Option<&Path>,
+) -> Result<Option<MakeRustlsConnect>, String> {
+    if ca_file.is_none() && config.get_ssl_mode() != SslMode::Require {
+        return Ok(None);
+    }
+    config.ssl_mode(SslMode::Require);
+    let mut roots = rustls::RootCertStore::empty();
+    // A certificate of the system's that rustls cannot read is skipped.
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(certificate);
+    }
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::CertificateDer;
+        let unreadable = |why: String| {
+            format!(
+                "the database CA file {}: {why}",
+                crate::output::escaped(&path.display().to_string())
+            )
+        };
+        let mut added = 0;
+        for certificate in
+            CertificateDer::pem_file_iter(path).map_err(|e| unreadable(e.to_string()))?
+        {
+            let certificate = certificate.map_err(|e| unreadable(e.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|e| unreadable(format!("not a CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(unreadable("no PEM certificate in it".to_owned()));
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "TLS to PostgreSQL needs root certificates: the system has none; give a CA file"
+                .to_owned(),
+        );
+    }
+    // The process's default provider when one is set, else *ring*: never
+    // rustls' automatic choice, which panics when two are enabled.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings for PostgreSQL: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(tls)))
+}
+
+/// Whether every host `config` names is this machine (a loopback address,
+/// `localhost` or a Unix socket), where a plain connection crosses no
+/// network.
+pub(crate) fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> tokio_postgres::Config {
+        url.parse().unwrap()
+    }
+
+    #[test]
+    fn tls_is_asked_for_by_sslmode_require_or_a_ca_file() {
+        let mut plain = config("postgres://app@db.example/clink");
+        assert!(connector(&mut plain, None).unwrap().is_none());
+        let mut prefer = config("postgres://app@db.example/clink?sslmode=prefer");
+        assert!(connector(&mut prefer, None).unwrap().is_none());
+
+        let dir = std::env::temp_dir().join(format!("clink-pg-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let mut with_file = config("postgres://app@db.example/clink");
+        let error = connector(&mut with_file, Some(&empty)).err().unwrap();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let missing = dir.join("missing.pem");
+        let error = connector(&mut with_file, Some(&missing)).err().unwrap();
+        assert!(error.contains("missing.pem"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hosts_on_this_machine_are_told_from_others() {
+        for (url, here) in [
+            ("postgres://app@127.0.0.1/clink", true),
+            ("postgres://app@localhost:5433/clink", true),
+            ("postgres://app@[::1]/clink", true),
+            ("host=/var/run/postgresql user=app", true),
+            ("postgres://app@db.example/clink", false),
+            ("postgres://app@10.0.0.5/clink", false),
+            ("host=127.0.0.1,db.example user=app", false),
+        ] {
+            assert_eq!(on_this_machine(&config(url)), here, "{url}");
+        }
+    }
+}
