@@ -2916,48 +2916,64 @@ async fn a_gateway_whose_port_is_taken_claims_and_relays_nothing() {
     drop(taken);
 }
 
-/// A stream made before that does not hold the gateway's subjects, or
-/// drops repeated publishes for less time than nats_duplicate_window_s,
-/// stops the gateway at start with what to change.
+/// A stream made before that does not hold the gateway's subjects, drops
+/// repeated publishes for less time than nats_duplicate_window_s, or is
+/// kept by fewer servers than nats_replicas, stops the gateway at start
+/// with what to change; a stream the gateway would make with more
+/// replicas than the server can keep stops it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_cannot_keep_the_events_stops_the_start() {
     let _servers = servers::shared().await;
     let dir = TempDir::new("stream");
     let nats_url = env_url("NATS_URL");
     let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
-    for (case, subjects, window, expected) in [
+    for (case, subjects, window, replicas, expected) in [
         (
             "subjects",
-            "other{tag}.>",
+            Some("other{tag}.>"),
             600,
+            "1",
             "which do not cover t{tag}.> that nats_subject publishes to",
         ),
         (
             "window",
-            "t{tag}.>",
+            Some("t{tag}.>"),
             120,
+            "1",
             "drops a repeated publish for 120 s (its duplicate window), less than \
              nats_duplicate_window_s (600 s)",
         ),
-        ("a stream that fits", "t{tag}.>", 900, ""),
+        (
+            "replicas",
+            Some("t{tag}.>"),
+            900,
+            "3",
+            "is kept by 1 server(s), fewer than nats_replicas (3)",
+        ),
+        // The test server is one server: it makes no stream for three.
+        ("replicas to make", None, 900, "3", "(nats_replicas is 3)"),
+        ("a stream that fits", Some("t{tag}.>"), 900, "1", ""),
     ] {
         let tag = unique("m");
         let stream = format!("T{tag}");
-        jetstream
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: stream.clone(),
-                subjects: vec![subjects.replace("{tag}", &tag)],
-                duplicate_window: Duration::from_secs(window),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        if let Some(subjects) = subjects {
+            jetstream
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![subjects.replace("{tag}", &tag)],
+                    duplicate_window: Duration::from_secs(window),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
         let mut env = gateway_env(&dir.0, &tag, &nats_url);
         env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
         env.push((
             "CLINK_NATS_SUBJECT".into(),
             format!("t{tag}.{{account}}.{{type}}"),
         ));
+        env.push(("CLINK_NATS_REPLICAS".into(), replicas.into()));
         let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await
             .unwrap();

@@ -66,6 +66,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("nats_stream", Some("CLINK"), false),
     field("nats_subject", Some("clink.{account}.{type}"), false),
     field("nats_duplicate_window_s", Some("600"), false),
+    field("nats_replicas", Some("1"), false),
     field("redis_stream", Some("clink:{account}"), false),
     field("redis_dedup_hours", Some("168"), false),
     field("settle_ms", Some("1000"), false),
@@ -473,6 +474,9 @@ pub(crate) struct Config {
     /// makes (see [`stream_subject`]).
     pub(crate) nats_stream_subject: String,
     pub(crate) nats_duplicate_window: Duration,
+    /// How many servers keep the stream the gateway makes, and the least
+    /// an existing one must have.
+    pub(crate) nats_replicas: usize,
     pub(crate) redis_stream: String,
     pub(crate) redis_dedup: Duration,
     pub(crate) reorder_window: Duration,
@@ -850,6 +854,7 @@ impl Config {
             .map_err(|m| problem("nats_subject", &origin, m))?;
         let nats_duplicate_window =
             Duration::from_secs(r.number("nats_duplicate_window_s", 1, 7 * 86_400)?);
+        let nats_replicas = usize::try_from(r.number("nats_replicas", 1, 5)?).unwrap_or(1);
         let (redis_stream, origin) = r.plain("redis_stream")?.unwrap_or_default();
         check_template(&redis_stream, &["account", "type"])
             .map_err(|m| problem("redis_stream", &origin, m))?;
@@ -1033,6 +1038,7 @@ impl Config {
             nats_subject,
             nats_stream_subject,
             nats_duplicate_window,
+            nats_replicas,
             redis_stream,
             redis_dedup,
             reorder_window,

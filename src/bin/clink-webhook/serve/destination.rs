@@ -69,6 +69,9 @@ enum Kind {
         /// The subjects the stream holds (see [`stream_subject`](super::config::stream_subject)).
         stream_subjects: String,
         duplicate_window: Duration,
+        /// How many servers keep the stream, when the gateway makes it;
+        /// the least an existing stream must have.
+        replicas: usize,
         /// The connection once made and the stream exists; replaced by a
         /// new one after a publish on it failed or ran out of time.
         context: AsyncMutex<Option<NatsLink>>,
@@ -396,6 +399,7 @@ impl Destination {
                 subject: config.nats_subject.clone(),
                 stream_subjects: config.nats_stream_subject.clone(),
                 duplicate_window: config.nats_duplicate_window,
+                replicas: config.nats_replicas,
                 context: AsyncMutex::new(None),
             },
             DestinationKind::Redis(url) => Kind::Redis {
@@ -483,6 +487,7 @@ impl Destination {
             stream,
             stream_subjects,
             duplicate_window,
+            replicas,
             context,
             ..
         } = &self.kind
@@ -491,7 +496,13 @@ impl Destination {
         };
         let connected = tokio::time::timeout(
             self.timeout,
-            self.connect_nats(servers, stream, stream_subjects, *duplicate_window),
+            self.connect_nats(
+                servers,
+                stream,
+                stream_subjects,
+                *duplicate_window,
+                *replicas,
+            ),
         )
         .await;
         match connected {
@@ -594,6 +605,7 @@ impl Destination {
                 subject: template,
                 stream_subjects,
                 duplicate_window,
+                replicas,
                 context,
             } => {
                 let link = {
@@ -602,7 +614,13 @@ impl Destination {
                         // Let go of a stale connection before making another.
                         *held = None;
                         let connection = self
-                            .connect_nats(servers, stream, stream_subjects, *duplicate_window)
+                            .connect_nats(
+                                servers,
+                                stream,
+                                stream_subjects,
+                                *duplicate_window,
+                                *replicas,
+                            )
                             .await?;
                         *held = Some(NatsLink::new(connection));
                     }
@@ -724,6 +742,7 @@ impl Destination {
     /// [`StreamMismatch`]) is an `Err` of that type.
     async fn connect_nats(
         &self, servers: &NatsServers, stream: &str, subjects: &str, duplicate_window: Duration,
+        replicas: usize,
     ) -> Result<NatsConnection, BoxError> {
         // The NATS client takes no credentials from a URL: they are read
         // from it here (a password up to the last `@`) and handed over.
@@ -773,14 +792,28 @@ impl Destination {
                 name: stream.to_owned(),
                 subjects: vec![subjects.to_owned()],
                 duplicate_window,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| {
-                format!(
+            .map_err(|e| -> BoxError {
+                let said = format!(
                     "{}: cannot find or create the stream {stream}: {e}",
                     self.name
-                )
+                );
+                // A server on its own keeps no stream on several servers:
+                // that is the configuration, not an outage.
+                let alone = matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(ref error)
+                        if error.error_code()
+                            == async_nats::jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
+                );
+                if alone {
+                    StreamMismatch(format!("{said} (nats_replicas is {replicas})")).into()
+                } else {
+                    said.into()
+                }
             })?;
         // A stream made before (by hand, or for another configuration) is
         // used only if it holds every subject and deduplicates as long.
@@ -796,6 +829,25 @@ impl Destination {
                  nats_subject or nats_stream",
                 self.name,
                 escaped(&config.subjects.join(", "))
+            ));
+            tracing::error!(%error, "gateway: the stream cannot take the events");
+            return Err(error.into());
+        }
+        // The servers that keep it: its leader and the other members of its
+        // group (a server on its own keeps one copy whatever the stream's
+        // configuration asks).
+        let kept_by = found
+            .cached_info()
+            .cluster
+            .as_ref()
+            .map_or(1, |cluster| 1 + cluster.replicas.len());
+        if kept_by < replicas {
+            let error = StreamMismatch(format!(
+                "{}: the stream {stream} is kept by {kept_by} server(s), fewer than nats_replicas \
+                 ({replicas}): an event acknowledged to the gateway is lost with the server that \
+                 holds it; raise the stream's replicas (on a cluster of as many servers), or \
+                 lower nats_replicas",
+                self.name,
             ));
             tracing::error!(%error, "gateway: the stream cannot take the events");
             return Err(error.into());
