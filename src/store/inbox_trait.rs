@@ -855,11 +855,15 @@ pub trait Inbox: Send + Sync + 'static {
     /// numbers of the events replayed.
     ///
     /// The crate's inboxes apply the whole filter in the replay's own step
-    /// (in SQL, the `WHERE` of its one `UPDATE`; in memory, under the
-    /// inbox's lock), [`seq_through`](InboxFilter::seq_through) included:
-    /// an event numbered past it is left as it is, even one that died an
-    /// instant before the replay. The console's replay of the dead events
-    /// bounds its filter so, to replay no event newer than its page showed.
+    /// (in SQL, the `WHERE` of its `UPDATE`; in memory, under the inbox's
+    /// lock), [`seq_through`](InboxFilter::seq_through) included: an event
+    /// numbered past it is left as it is, even one that died an instant
+    /// before the replay. The console's replay of the dead events bounds
+    /// its filter so, to replay no event newer than its page showed. The
+    /// PostgreSQL inbox replays in steps of [`PURGE_STEP`] events in
+    /// order, each a statement of its own under the store's timeout, as a
+    /// purge goes (what a step replayed stays replayed if a later one
+    /// fails); the others in one step.
     ///
     /// [`InboxFilter`] is `#[non_exhaustive]`, and an inbox of your own
     /// reads only the fields it knows: one written before `seq_through`

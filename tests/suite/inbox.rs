@@ -1509,6 +1509,67 @@ async fn a_postgres_purge_goes_step_by_step() {
     assert_eq!(count().await, 1, "the event still to run is kept");
 }
 
+/// A PostgreSQL replay by filter of more dead events than one step holds
+/// replays every one of them, at the steps' edges too, once each, and
+/// leaves the event still to run as it was: it goes in steps of its own
+/// statements, as a purge does (one statement over a large backlog ran
+/// past the store's timeout every time).
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
+    let client = pg_pool().get().await.unwrap();
+    let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
+    let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
+        let columns = postgres_columns(&client, &table).await;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (event_id, {columns})
+                     SELECT 'copy_' || g, {columns} FROM \"{table}\", generate_series(1, $1::bigint) AS g
+                     WHERE seq = (SELECT min(seq) FROM \"{table}\")"
+                ),
+                &[&copies],
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    let dead = InboxFilter::default().status(InboxStatus::Dead);
+    let (captured, _guard) = crate::support::capture::capture();
+    let replayed = inbox.replay_matching(&dead, false).await.unwrap();
+    assert_eq!(replayed.len(), usize::try_from(total - 1).unwrap());
+    let steps: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|event| event.message == "inbox: replayed the events a filter matches")
+        .map(|event| event.fields["steps"].clone())
+        .collect();
+    assert_eq!(steps, ["3"], "three steps of at most {PURGE_STEP} events");
+    let mut distinct = replayed.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), replayed.len(), "each replayed once");
+    assert_eq!(inbox.count(&dead).await.unwrap(), 0);
+    let pending = InboxFilter::default().status(InboxStatus::Pending);
+    assert_eq!(
+        inbox.count(&pending).await.unwrap(),
+        u64::try_from(total).unwrap()
+    );
+    let replays: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{table}\" WHERE replays = 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replays, total - 1, "the waiting event was not replayed");
+}
+
 /// A SQLite purge (here of the dead events, in the same steps as the done
 /// ones') over more than two steps deletes every old event, at
 /// the steps' edges too, and keeps the one still to run.

@@ -424,14 +424,29 @@ impl Sql {
                  SELECT (SELECT count(*) FROM replayed), status, replays, handled_at_ms FROM found",
                 replay_set = replay_set()
             ),
-            replay_matching: format!(
-                "UPDATE {t} SET {}
-                 WHERE {} AND status <> 'running' AND (status <> 'done' OR ${}::boolean)
-                 RETURNING seq",
-                replay_set(),
-                filter_sql('$', 1, None),
-                FILTER_PARAMS + 1
-            ),
+            // One step of a replay by filter: the next PURGE_STEP events the
+            // filter matches numbered after $9, replayed (each checked again
+            // as the UPDATE takes it: another statement may have changed it
+            // since); the last number the step read, and those replayed.
+            replay_matching: {
+                let matches = format!(
+                    "{} AND status <> 'running' AND (status <> 'done' OR ${}::boolean)",
+                    filter_sql('$', 1, None),
+                    FILTER_PARAMS + 1
+                );
+                format!(
+                    "WITH step AS (
+                         SELECT seq FROM {t} WHERE {matches} AND seq > ${after}::bigint
+                         ORDER BY seq LIMIT {PURGE_STEP}
+                     ), replayed AS (
+                         UPDATE {t} SET {set} WHERE seq IN (SELECT seq FROM step) AND {matches}
+                         RETURNING seq
+                     )
+                     SELECT (SELECT max(seq) FROM step), (SELECT array_agg(seq) FROM replayed)",
+                    after = FILTER_PARAMS + 2,
+                    set = replay_set(),
+                )
+            },
             writable: format!(
                 "INSERT INTO {health} (id, at_ms) VALUES (1, $1)
                  ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms"
@@ -1180,23 +1195,45 @@ impl Inbox for PostgresInbox {
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
             let f = filter.params();
-            let rows = self
-                .call(async |client| {
-                    client
-                        .query_typed(
-                            &self.sql.replay_matching,
-                            &with_filter(&f, [(&force, Type::BOOL)]),
-                        )
-                        .await
-                        .map_err(|err| pg_error("cannot replay the events", &err))
-                })
-                .await?;
-            let mut seqs = rows
-                .iter()
-                .map(|row| row.try_get::<_, i64>(0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| pg_error("cannot replay the events", &err))?;
+            let failed = |err| pg_error("cannot replay the events", &err);
+            // In steps of PURGE_STEP events, each a statement of its own
+            // under the store's timeout, as a purge goes: one statement over
+            // a large backlog ran past the timeout, and was rolled back,
+            // every time.
+            let mut seqs = Vec::new();
+            let mut after = i64::MIN;
+            let mut steps = 0_u32;
+            loop {
+                let row = self
+                    .call(async |client| {
+                        client
+                            .query_typed(
+                                &self.sql.replay_matching,
+                                &with_filter(&f, [(&force, Type::BOOL), (&after, Type::INT8)]),
+                            )
+                            .await
+                            .map_err(failed)
+                    })
+                    .await?;
+                // One row, always: two aggregates.
+                let Some(row) = row.first() else { break };
+                let last = row.try_get::<_, Option<i64>>(0).map_err(failed)?;
+                let replayed = row.try_get::<_, Option<Vec<i64>>>(1).map_err(failed)?;
+                seqs.extend(replayed.unwrap_or_default());
+                match last {
+                    Some(last) => {
+                        after = last;
+                        steps += 1;
+                    }
+                    None => break,
+                }
+            }
             seqs.sort_unstable();
+            tracing::debug!(
+                replayed = seqs.len(),
+                steps,
+                "inbox: replayed the events a filter matches"
+            );
             Ok(seqs)
         })
     }
