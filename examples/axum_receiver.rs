@@ -37,7 +37,11 @@
 //! acknowledges each delivery after writing it to that durable inbox, and
 //! workers in the same process run the handlers, printing the same line;
 //! `CLINK_INBOX_REORDER_MS` (default 1000) and `CLINK_INBOX_LEASE_MS`
-//! (default 30000) set the reorder window and the workers' lease.
+//! (default 30000) set the reorder window and the workers' lease. Built
+//! with `postgres-tls`, PostgreSQL is reached over TLS, the server's
+//! certificate verified, when `DATABASE_URL` has `sslmode=require` or
+//! `CLINK_DATABASE_CA_FILE` names the CA that signed it (without the
+//! feature, a URL that asks for TLS is refused rather than sent plain).
 //! `CLINK_EXAMPLE_HANDLER_DELAY_MS` makes every handler take that long (it
 //! prints `handling <type> <id>` on stderr first), to watch a slow handler
 //! with and without the inbox; with effects (below), the delay comes after
@@ -466,6 +470,69 @@ fn signing_key() -> Result<String, String> {
 }
 
 /// The value of `var`, if set and not empty.
+/// The connection pool's manager for `config`, and how the inbox listens
+/// for new events: over TLS, the server's certificate verified, when
+/// `DATABASE_URL` says `sslmode=require` or `CLINK_DATABASE_CA_FILE` names a
+/// CA (built with `postgres-tls`), plain otherwise (and refused then if
+/// TLS was asked for: a connection string that asks for it is not sent in
+/// the clear).
+#[cfg(feature = "postgres")]
+fn pg_manager(
+    #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
+    mut config: tokio_postgres::Config,
+) -> Result<(deadpool_postgres::Manager, PgListen), Box<dyn std::error::Error>> {
+    let ca_file = env_value("CLINK_DATABASE_CA_FILE").map(std::path::PathBuf::from);
+    #[cfg(feature = "postgres-tls")]
+    if let Some(tls) = clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())? {
+        let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
+        return Ok((
+            manager,
+            PgListen {
+                config,
+                tls: Some(tls),
+            },
+        ));
+    }
+    #[cfg(not(feature = "postgres-tls"))]
+    if ca_file.is_some() || config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(
+            "TLS to PostgreSQL (sslmode=require, CLINK_DATABASE_CA_FILE) needs \
+                    --features postgres-tls"
+                .into(),
+        );
+    }
+    let manager = deadpool_postgres::Manager::new(config.clone(), tokio_postgres::NoTls);
+    Ok((
+        manager,
+        PgListen {
+            config,
+            #[cfg(feature = "postgres-tls")]
+            tls: None,
+        },
+    ))
+}
+
+/// How the inbox's LISTEN connection is made: as the pool's are.
+#[cfg(feature = "postgres")]
+struct PgListen {
+    config: tokio_postgres::Config,
+    #[cfg(feature = "postgres-tls")]
+    tls: Option<clink_webhooks::store::MakeRustlsConnect>,
+}
+
+#[cfg(feature = "postgres")]
+impl PgListen {
+    async fn start(
+        self, inbox: &clink_webhooks::store::PostgresInbox,
+    ) -> Result<(), clink_webhooks::store::StoreError> {
+        #[cfg(feature = "postgres-tls")]
+        if let Some(tls) = self.tls {
+            return inbox.listen_with(self.config, tls).await;
+        }
+        inbox.listen(self.config).await
+    }
+}
+
 fn env_value(var: &str) -> Option<String> {
     std::env::var(var)
         .ok()
@@ -555,13 +622,14 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
     #[cfg(feature = "postgres")]
     if let Some(url) = env_value("DATABASE_URL") {
         use clink_webhooks::store::PostgresStore;
-        use deadpool_postgres::{Manager, Pool, Runtime};
+        use deadpool_postgres::{Pool, Runtime};
 
         // The parse error is not shown: it could quote the password.
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-        let pool = Pool::builder(Manager::new(config, tokio_postgres::NoTls))
+        let (manager, _) = pg_manager(config)?;
+        let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
             .build()?;
@@ -857,16 +925,14 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
             let config: tokio_postgres::Config = url
                 .parse()
                 .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-            let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-                config.clone(),
-                tokio_postgres::NoTls,
-            ))
-            .max_size(16)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()?;
+            let (manager, listen) = pg_manager(config)?;
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(16)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()?;
             let inbox = clink_webhooks::store::PostgresInbox::new(pool.clone());
             inbox.migrate().await?;
-            inbox.listen(config).await?;
+            listen.start(&inbox).await?;
             eprintln!("inbox: PostgreSQL (DATABASE_URL)");
             let effects = if effects {
                 let mut client = pool.get().await?;

@@ -110,6 +110,9 @@ pub use inbox_trait::{
 };
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
+#[cfg(feature = "postgres-tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
+pub use postgres::{postgres_on_this_machine, postgres_tls, MakeRustlsConnect};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresInbox, PostgresStore};
 #[cfg(feature = "redis")]

@@ -433,6 +433,73 @@ async fn example_receivers_sharing_postgres_handle_an_event_once() {
     receivers_sharing_a_store_handle_an_event_once("DATABASE_URL", "PostgreSQL").await;
 }
 
+/// With `sslmode=require` and `CLINK_DATABASE_CA_FILE`, the example reaches
+/// its PostgreSQL idempotency store over verified TLS (by the server's own
+/// account) and handles an event; without the CA file it refuses the
+/// private CA's certificate and does not start.
+#[cfg(feature = "postgres-tls")]
+#[tokio::test]
+async fn the_example_reaches_postgres_over_verified_tls() {
+    let _servers = crate::support::servers::shared().await;
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    let ca = std::env::var("DATABASE_TLS_CA").expect("DATABASE_TLS_CA: run scripts/test");
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let application = format!("clink_example_tls_{run}");
+    let joined = if url.contains('?') { '&' } else { '?' };
+    let tls_url = format!("{url}{joined}sslmode=require&application_name={application}");
+
+    let mut refused =
+        std::process::Command::new(crate::support::process::example_path("axum_receiver"));
+    refused
+        .env("PORT", "0")
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .env_remove("REDIS_URL")
+        .env_remove("CLINK_DATABASE_CA_FILE")
+        .env("DATABASE_URL", &tls_url);
+    let output = refused.output().unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr).to_ascii_lowercase();
+    assert!(said.contains("certificate"), "{said}");
+
+    let (process, receiver, store) = crate::support::process::example_receiver_with_env(
+        KEY,
+        Some(("DATABASE_URL", &tls_url)),
+        &[("CLINK_DATABASE_CA_FILE", &ca)],
+    );
+    assert!(
+        store.starts_with("idempotency store: PostgreSQL"),
+        "{store}"
+    );
+    let id = format!("evt_tls_{run}");
+    let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#);
+    assert_eq!(post(&delivery(&receiver, &body)).await, 200);
+    assert_eq!(
+        process.next_stdout(),
+        format!("handled order.succeeded {id}")
+    );
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let ssl: Vec<bool> = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+            &[&application],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!ssl.is_empty() && ssl.iter().all(|ssl| *ssl), "{ssl:?}");
+    drop(admin);
+    let _ = connection.await;
+}
+
 #[test]
 fn the_example_receiver_keeps_its_store_in_memory_by_default() {
     let (_process, _url, store) = example_receiver_with_store(KEY, None);

@@ -193,8 +193,8 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
                 .filter(|file| !file.is_empty())
                 .map(std::path::PathBuf::from);
             #[cfg(feature = "postgres-tls")]
-            let manager = match crate::pg_tls::connector(&mut config, ca_file.as_deref())
-                .map_err(CliError::usage)?
+            let manager = match clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())
+                .map_err(|e| CliError::usage(e.to_string()))?
             {
                 Some(tls) => deadpool_postgres::Manager::new(config, tls),
                 None => deadpool_postgres::Manager::new(config, tokio_postgres::NoTls),

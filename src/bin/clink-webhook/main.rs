@@ -8,8 +8,6 @@ mod endpoints_command;
 mod inbox_command;
 mod listen;
 mod output;
-#[cfg(feature = "postgres-tls")]
-mod pg_tls;
 mod send;
 #[cfg(all(feature = "gateway", unix))]
 mod serve;

@@ -788,7 +788,7 @@ impl Config {
                 }
                 let file = PathBuf::from(file.trim());
                 let mut probe = tokio_postgres::Config::new();
-                crate::pg_tls::connector(&mut probe, Some(&file))
+                clink_webhooks::store::postgres_tls(&mut probe, Some(&file))
                     .map_err(|m| problem("database_ca_file", &origin, m))?;
                 Some(file)
             }

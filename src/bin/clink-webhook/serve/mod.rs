@@ -604,9 +604,12 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
             // it could quote the password.
             let mut pg = crate::urls::postgres_config(url)
                 .ok_or_else(|| CliError::usage("configuration: database_url is not valid"))?;
-            let tls = crate::pg_tls::connector(&mut pg, config.database_ca_file.as_deref())
-                .map_err(|e| CliError::usage(format!("configuration: database_ca_file: {e}")))?;
-            if tls.is_none() && !crate::pg_tls::on_this_machine(&pg) {
+            let tls =
+                clink_webhooks::store::postgres_tls(&mut pg, config.database_ca_file.as_deref())
+                    .map_err(|e| {
+                        CliError::usage(format!("configuration: database_ca_file: {e}"))
+                    })?;
+            if tls.is_none() && !clink_webhooks::store::postgres_on_this_machine(&pg) {
                 eprintln!(
                     "gateway: the inbox's database is on another machine and reached without \
                      TLS: the events' bodies cross the network unencrypted; add \

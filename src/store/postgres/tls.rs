@@ -1,24 +1,48 @@
-//! TLS to PostgreSQL, for the gateway's inbox and `inbox --postgres`: asked
-//! for by `sslmode=require` in the connection string or by a CA file, and
-//! then always verified (the server's certificate against the system's
-//! roots and the CA file, for the host the string names), which is
-//! libpq's `verify-full` rather than its `require`. Without either, the
-//! connection is plain, as PostgreSQL's own default (`prefer`) is when the
-//! client has no TLS.
+//! TLS to PostgreSQL (feature `postgres-tls`): the connector the gateway,
+//! `clink-webhook inbox --postgres` and the example use, asked for by
+//! `sslmode=require` in the connection string or by a CA file, and then
+//! always verified (the server's certificate against the system's roots
+//! and the CA file, for the host the string names): libpq's `verify-full`
+//! rather than its `require`. Without either, the connection is plain, as
+//! PostgreSQL's own default (`prefer`) is when the client has no TLS.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres_rustls::MakeRustlsConnect;
+pub use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// The TLS connector `config` asks for, `None` for a plain connection;
-/// with `ca_file`, TLS is required (`config` is set so) and the file's
-/// certificates are trusted beside the system's. Errors name the file,
-/// never the connection string.
-pub(crate) fn connector(
+use crate::ConfigError;
+
+/// The TLS connector `config` asks for, `None` for a plain connection:
+/// TLS when `config`'s `sslmode` is `require` or `ca_file` is given (then
+/// `config` is set to require it), the server's certificate verified
+/// against the system's roots and the certificates in `ca_file` (PEM).
+/// Hand it to the pool's manager, and to
+/// [`PostgresInbox::listen_with`](crate::store::PostgresInbox::listen_with).
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use clink_webhooks::store::postgres_tls;
+///
+/// let mut config: tokio_postgres::Config =
+///     "postgres://app@db.example/clink?sslmode=require".parse()?;
+/// let manager = match postgres_tls(&mut config, None)? {
+///     Some(tls) => deadpool_postgres::Manager::new(config, tls),
+///     None => deadpool_postgres::Manager::new(config, tokio_postgres::NoTls),
+/// };
+/// let pool = deadpool_postgres::Pool::builder(manager).build()?;
+/// # let _ = pool; Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the CA file (never the connection string)
+/// when it cannot be read or holds no certificate, or when there is no
+/// root certificate at all.
+pub fn postgres_tls(
     config: &mut tokio_postgres::Config, ca_file: Option<&Path>,
-) -> Result<Option<MakeRustlsConnect>, String> {
+) -> Result<Option<MakeRustlsConnect>, ConfigError> {
     if ca_file.is_none() && config.get_ssl_mode() != SslMode::Require {
         return Ok(None);
     }
@@ -32,10 +56,10 @@ pub(crate) fn connector(
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::CertificateDer;
         let unreadable = |why: String| {
-            format!(
-                "the database CA file {}: {why}",
-                crate::output::escaped(&path.display().to_string())
-            )
+            ConfigError::new(format!(
+                "the database CA file {:?}: {why}",
+                path.display().to_string()
+            ))
         };
         let mut added = 0;
         for certificate in
@@ -52,10 +76,9 @@ pub(crate) fn connector(
         }
     }
     if roots.is_empty() {
-        return Err(
-            "TLS to PostgreSQL needs root certificates: the system has none; give a CA file"
-                .to_owned(),
-        );
+        return Err(ConfigError::new(
+            "TLS to PostgreSQL needs root certificates: the system has none; give a CA file",
+        ));
     }
     // The process's default provider when one is set, else *ring*: never
     // rustls' automatic choice, which panics when two are enabled.
@@ -64,7 +87,7 @@ pub(crate) fn connector(
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS settings for PostgreSQL: {e}"))?
+        .map_err(|e| ConfigError::new(format!("TLS settings for PostgreSQL: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Some(MakeRustlsConnect::new(tls)))
@@ -72,8 +95,17 @@ pub(crate) fn connector(
 
 /// Whether every host `config` names is this machine (a loopback address,
 /// `localhost` or a Unix socket), where a plain connection crosses no
-/// network.
-pub(crate) fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+/// network: a plain connection to anywhere else is worth a warning.
+///
+/// ```
+/// use clink_webhooks::store::postgres_on_this_machine;
+///
+/// let here: tokio_postgres::Config = "postgres://app@127.0.0.1/clink".parse().unwrap();
+/// let there: tokio_postgres::Config = "postgres://app@db.example/clink".parse().unwrap();
+/// assert!(postgres_on_this_machine(&here));
+/// assert!(!postgres_on_this_machine(&there));
+/// ```
+pub fn postgres_on_this_machine(config: &tokio_postgres::Config) -> bool {
     config.get_hosts().iter().all(|host| match host {
         Host::Tcp(name) => {
             name.eq_ignore_ascii_case("localhost")
@@ -99,20 +131,20 @@ mod tests {
     #[test]
     fn tls_is_asked_for_by_sslmode_require_or_a_ca_file() {
         let mut plain = config("postgres://app@db.example/clink");
-        assert!(connector(&mut plain, None).unwrap().is_none());
+        assert!(postgres_tls(&mut plain, None).unwrap().is_none());
         let mut prefer = config("postgres://app@db.example/clink?sslmode=prefer");
-        assert!(connector(&mut prefer, None).unwrap().is_none());
+        assert!(postgres_tls(&mut prefer, None).unwrap().is_none());
 
         let dir = std::env::temp_dir().join(format!("clink-pg-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let mut with_file = config("postgres://app@db.example/clink");
-        let error = connector(&mut with_file, Some(&empty)).err().unwrap();
-        assert!(error.contains("no PEM certificate"), "{error}");
+        let error = postgres_tls(&mut with_file, Some(&empty)).err().unwrap();
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
         let missing = dir.join("missing.pem");
-        let error = connector(&mut with_file, Some(&missing)).err().unwrap();
-        assert!(error.contains("missing.pem"), "{error}");
+        let error = postgres_tls(&mut with_file, Some(&missing)).err().unwrap();
+        assert!(error.to_string().contains("missing.pem"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -127,7 +159,7 @@ mod tests {
             ("postgres://app@10.0.0.5/clink", false),
             ("host=127.0.0.1,db.example user=app", false),
         ] {
-            assert_eq!(on_this_machine(&config(url)), here, "{url}");
+            assert_eq!(postgres_on_this_machine(&config(url)), here, "{url}");
         }
     }
 }
