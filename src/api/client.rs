@@ -275,6 +275,28 @@ impl ClientBuilder {
     }
 }
 
+/// Whether an answer with `code` (the HTTP status, or the envelope's) and
+/// the words `msg` refuses the key: a `401`, or a `403` or `422` that says
+/// so. Clink's proposed contract answers a revoked key `403` and an expired
+/// one `422`, and its own CLI takes a message naming the API key,
+/// "unauthorized" or "authentication" for a refused key; a `403` about
+/// anything else (an account's rights, say) is not one.
+fn refuses_the_key(code: i64, msg: &str) -> bool {
+    let msg = msg.to_ascii_lowercase();
+    code == 401
+        || matches!(code, 403 | 422)
+            && [
+                "api key",
+                "apikey",
+                "api-key",
+                "secret key",
+                "unauthorized",
+                "authentication",
+            ]
+            .iter()
+            .any(|words| msg.contains(words))
+}
+
 /// The base URL, checked, ending in `/`. Its errors do not show it: a
 /// URL refused may hold a password or a token.
 fn base_url(
@@ -732,14 +754,18 @@ impl Client {
             None => told(&String::from_utf8_lossy(&body)),
         };
         if !status.is_success() {
+            let envelope = serde_json::from_slice::<Status>(&body).ok();
+            let words = envelope
+                .as_ref()
+                .and_then(|e| e.msg.clone())
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             let kind = match status {
-                StatusCode::UNAUTHORIZED => ApiErrorKind::Unauthorized,
+                s if refuses_the_key(s.as_u16().into(), &words) => ApiErrorKind::Unauthorized,
                 StatusCode::NOT_FOUND => ApiErrorKind::NotFound,
                 StatusCode::TOO_MANY_REQUESTS => ApiErrorKind::RateLimited,
                 s if s.is_server_error() => ApiErrorKind::Server,
                 _ => ApiErrorKind::Envelope,
             };
-            let envelope = serde_json::from_slice::<Status>(&body).ok();
             let secret = secret_in(&body);
             let mut error = ApiError::new(
                 kind,
@@ -791,14 +817,14 @@ impl Client {
                     .with_secret(secret_in(&body)))
             }
             Code::Number(code) => {
+                let msg = envelope.msg.unwrap_or_default();
                 let kind = match code {
-                    401 => ApiErrorKind::Unauthorized,
+                    code if refuses_the_key(code, &msg) => ApiErrorKind::Unauthorized,
                     404 => ApiErrorKind::NotFound,
                     429 => ApiErrorKind::RateLimited,
                     500..=599 => ApiErrorKind::Server,
                     _ => ApiErrorKind::Envelope,
                 };
-                let msg = envelope.msg.unwrap_or_default();
                 Err(ApiError::new(kind, call, told(&msg))
                     .with_status(status)
                     .with_code(code)

@@ -242,6 +242,50 @@ async fn an_envelope_code_401_moves_to_the_next_key() {
     rotates_to_the_next_key(AuthFailure::Envelope).await;
 }
 
+/// A revoked (`403`) or expired (`422`) key, as Clink's proposed contract
+/// words them, in the envelope or as the HTTP status, is a refused key:
+/// the next key is tried. A `403` that says nothing of the key is not.
+#[tokio::test]
+async fn a_revoked_or_expired_key_moves_to_the_next_key() {
+    let envelope = |code: i64, msg: &str| Failure::Envelope {
+        code,
+        msg: msg.to_owned(),
+    };
+    let http = |status: u16, msg: &str| Failure::Json {
+        status,
+        body: json!({"code": status, "msg": msg, "data": null}).to_string(),
+    };
+    for (failure, moves) in [
+        (envelope(403, "API key has been revoked"), true),
+        (envelope(422, "Secret key is expired"), true),
+        (http(403, "API key has been revoked"), true),
+        (http(422, "Secret key is expired"), true),
+        (envelope(403, "the account may not refund"), false),
+        (http(422, "amount must be positive"), false),
+    ] {
+        let fake = FakeApi::start().await;
+        fake.accept_key(NEW);
+        fake.accept_key(OLD);
+        fake.put_object("order/ord_1", order("ord_1", "success"));
+        fake.fail_next("order/ord_1", failure.clone(), 1);
+        let client = client_for(&fake, &[NEW, OLD]).build().unwrap();
+        let answer = client.get::<Order>("ord_1").await;
+        let keys: Vec<_> = fake
+            .requests()
+            .iter()
+            .map(|r| r.headers["x-api-key"].to_str().unwrap().to_owned())
+            .collect();
+        if moves {
+            assert!(answer.is_ok(), "{failure:?}: {answer:?}");
+            assert_eq!(keys, [NEW, OLD], "{failure:?}");
+        } else {
+            let error = answer.unwrap_err();
+            assert_ne!(error.kind(), ApiErrorKind::Unauthorized, "{failure:?}");
+            assert_eq!(keys, [NEW], "{failure:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn with_three_keys_a_refused_older_key_goes_back_to_the_newest() {
     const OLDER: &str = "sk_test_older_0c5e11";
