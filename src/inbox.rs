@@ -516,11 +516,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             Ok(Settle::LeaseLost) if completed_in_handler => tracing::warn!(
                 event_id = ?kept.event_id,
                 "inbox: the handler failed after marking the event done in its own transaction, \
-                 which committed (or its lease ended first): the event stays as that left it"
+                 which committed (or another worker took it over): the event stays as that left it"
             ),
             Ok(Settle::LeaseLost) => tracing::warn!(
                 event_id = ?kept.event_id,
-                "inbox: the event's lease ended before it was settled; another worker may run it again"
+                "inbox: another worker took the event over (its lease had ended) before it was settled"
             ),
             Err(error)
                 if matches!(

@@ -398,13 +398,14 @@ impl Console {
     /// console is not told (see [Access](self#access)) has no header
     /// believed either.
     ///
-    /// Without it (or with no entry) the header is read on every
-    /// connection, and only its last address counts.
+    /// Without it the header is read on every connection, and only its
+    /// last address counts. An IPv4 address may be given IPv4-mapped
+    /// (`::ffff:10.0.0.7`), as a dual-stack listener logs it.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first entry that is neither an IP
-    /// address nor a range.
+    /// address nor a range, or when there is none.
     pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = S>,
@@ -512,14 +513,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    proxies
+    let proxies: Vec<ipnet::IpNet> = proxies
         .into_iter()
         .map(|entry| {
             let entry = entry.as_ref().trim();
             entry
                 .parse::<ipnet::IpNet>()
-                .map(|net| net.trunc())
-                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| canonical_net(net.trunc()))
+                .or_else(|_| {
+                    entry
+                        .parse::<IpAddr>()
+                        .map(|ip| ipnet::IpNet::from(ip.to_canonical()))
+                })
                 .map_err(|_| {
                     ConfigError::new(format!(
                         "a trusted proxy is an IP address or a range such as 10.0.0.0/8, not {:?}",
@@ -527,7 +532,27 @@ where
                     ))
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if proxies.is_empty() {
+        // No proxy would believe none, where an empty list read as "every
+        // connection" would believe everyone.
+        return Err(ConfigError::new(
+            "Console::trusted_proxies needs at least one address or range",
+        ));
+    }
+    Ok(proxies)
+}
+
+/// `net` with an IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the
+/// IPv4 range it maps, as the connections' addresses are compared.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 /// Whether `address` is one of the trusted proxies'.

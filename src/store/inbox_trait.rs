@@ -958,7 +958,8 @@ pub trait Inbox: Send + Sync + 'static {
     /// Records on the event of `attempt` (from
     /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
     /// that workers over this inbox run) what the destination it was
-    /// forwarded to said it kept, if the attempt's lease still holds: a
+    /// forwarded to said it kept, if the attempt's claim still holds (no
+    /// other worker took the event over): a
     /// retry after a crash reads it in [`InboxEntry::receipt`] and need not
     /// forward the event again. The crate's backends record it; the default
     /// says the inbox cannot.

@@ -153,7 +153,8 @@ pub enum StoreErrorKind {
     /// A key, object id or duration was out of range (see [Keys](self#keys)).
     InvalidInput,
     /// A claim's lease ended before the work under it was settled: another
-    /// worker or delivery may hold the event now.
+    /// worker or delivery may hold the event now (an inbox's claim: one
+    /// does).
     LeaseLost,
 }
 

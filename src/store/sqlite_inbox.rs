@@ -322,10 +322,10 @@ impl SqliteInbox {
     /// (tables of your own next to the inbox's).
     ///
     /// `effects` runs on a blocking thread while the inbox waits for it:
-    /// keep it to the writes. When it fails, or the event's lease ended
-    /// before the commit (another worker may run the event now), the
-    /// transaction is rolled back and the error returned; return it from
-    /// the handler and the event runs again.
+    /// keep it to the writes. When it fails, or another worker took the
+    /// event over before the commit (its lease had ended), the transaction
+    /// is rolled back and the error returned; return it from the handler
+    /// (the event runs, or already ran, on that other worker).
     ///
     /// ```no_run
     /// use clink_webhooks::data::Order;
@@ -347,7 +347,7 @@ impl SqliteInbox {
     /// # Errors
     ///
     /// The error of `effects`, or a [`StoreError`] when the transaction
-    /// cannot be written or the lease ended; nothing was committed.
+    /// cannot be written or the event was taken over; nothing was committed.
     pub async fn complete_with<T, F>(
         &self, attempt: &InboxAttempt, effects: F,
     ) -> Result<T, BoxError>
@@ -372,8 +372,8 @@ impl SqliteInbox {
             if changed != 1 {
                 return Err(Box::new(StoreError::new(
                     StoreErrorKind::LeaseLost,
-                    "the event's lease ended before its effects were committed; they were \
-                     rolled back and the event runs again",
+                    "the event was taken over by another worker (its lease had ended) before \
+                     its effects were committed; they were rolled back and it runs there",
                 )));
             }
             tx.commit().map_err(failed)?;
@@ -1126,5 +1126,111 @@ mod plan_tests {
                 "{start:?}: {steps}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::SqliteInbox;
+    use crate::events::InboxAttempt;
+    use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, StoreError, StoreErrorKind};
+    use crate::Timestamp;
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent::new(
+            None,
+            id.to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from_static(b"{}"),
+        )
+    }
+
+    fn attempt(claim: &InboxClaim) -> InboxAttempt {
+        InboxAttempt::new(
+            claim.entry.seq,
+            claim.entry.attempts,
+            claim.token.as_str().to_owned(),
+        )
+    }
+
+    /// Until `lease` has surely ended by this machine's clock.
+    async fn outlive(lease: Duration) {
+        let ended = Instant::now() + lease * 5;
+        while Instant::now() < ended {
+            tokio::time::sleep(lease).await;
+        }
+    }
+
+    /// A transactional completion after the claim's lease ended commits
+    /// while no other worker took the event over (the token fences, not
+    /// the clock), and rolls back once one did.
+    #[tokio::test]
+    async fn a_transaction_that_outlived_its_lease_commits_unless_taken_over() {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-settle-{}-{}",
+            std::process::id(),
+            crate::store::LeaseToken::generate().as_str()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.db");
+        let inbox = SqliteInbox::open(&path).unwrap();
+        let lease = Duration::from_millis(20);
+
+        inbox.insert(&event("evt_a")).await.unwrap();
+        let claim = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+        outlive(lease).await;
+        inbox
+            .complete_with(&attempt(&claim), |tx| {
+                tx.execute_batch(
+                    "CREATE TABLE effects (id TEXT); INSERT INTO effects VALUES ('evt_a')",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let done = inbox.get(claim.entry.seq).await.unwrap().unwrap();
+        assert_eq!(done.status, InboxStatus::Done);
+
+        inbox.insert(&event("evt_b")).await.unwrap();
+        let lost = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+        outlive(lease).await;
+        let taken_over = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the lease ended");
+        assert_eq!(taken_over.entry.seq, lost.entry.seq);
+        let error = inbox
+            .complete_with(&attempt(&lost), |tx| {
+                tx.execute("INSERT INTO effects VALUES ('evt_b')", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        let kind = error.downcast_ref::<StoreError>().map(StoreError::kind);
+        assert_eq!(kind, Some(StoreErrorKind::LeaseLost), "{error}");
+        let effects: Vec<String> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT id FROM effects")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            effects,
+            ["evt_a"],
+            "the taken-over claim's effects rolled back"
+        );
+        drop(inbox);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

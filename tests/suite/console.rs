@@ -938,7 +938,7 @@ async fn only_trusted_proxies_name_the_client() {
             .unwrap()
             .client_address_header("X-Forwarded-For")
             .unwrap()
-            .trusted_proxies(["10.0.0.0/24", "192.0.2.200"])
+            .trusted_proxies(["::ffff:10.0.0.0/120", "192.0.2.200"])
             .unwrap(),
     );
     // Straight to the console, naming a client that logs in later.
@@ -1008,6 +1008,12 @@ async fn only_trusted_proxies_name_the_client() {
             .unwrap_err();
         assert!(error.to_string().contains("trusted proxy"), "{error}");
     }
+    let none: [&str; 0] = [];
+    let error = Console::with_token(small_inbox().await, TOKEN)
+        .unwrap()
+        .trusted_proxies(none)
+        .unwrap_err();
+    assert!(error.to_string().contains("at least one"), "{error}");
 }
 
 /// Many addresses guessing at once spend the budget of all clients: a

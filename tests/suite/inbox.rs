@@ -1879,7 +1879,10 @@ async fn a_postgres_claim_racing_another_of_its_object_skips_the_event_it_would_
 
     // Once B is done, A is next.
     let completed: i64 = other
-        .query_one(&format!("SELECT \"{table}_complete\"($1, 'held')"), &[&b])
+        .query_one(
+            &format!("SELECT \"{table}_settle_complete\"($1, 'held')"),
+            &[&b],
+        )
         .await
         .unwrap()
         .get(0);
@@ -2065,9 +2068,9 @@ async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_fir
         functions,
         [
             "inbox_claim",
-            "inbox_complete",
-            "inbox_fail",
-            "inbox_release"
+            "inbox_settle_complete",
+            "inbox_settle_fail",
+            "inbox_settle_release"
         ]
     );
 }

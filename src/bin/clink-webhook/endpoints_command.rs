@@ -194,7 +194,28 @@ fn endpoint_url(url: &str) -> Result<String, CliError> {
             ),
         )
     };
-    let uri = url.trim().parse::<Uri>().map_err(|_| bad())?;
+    let url_text = url.trim();
+    // A fragment (which the parse would drop) or a `.`/`..` segment (which
+    // Clink's CLI would resolve) would make the URL sent differ from the
+    // one typed.
+    let path_part = url_text.split_once("://").map_or("", |(_, rest)| {
+        rest.split_once('/').map_or("", |(_, path)| path)
+    });
+    let path_only = path_part.split(['?', '#']).next().unwrap_or("");
+    if url_text.contains('#')
+        || path_only
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(CliError::new(
+            ErrorCode::BadUrl,
+            format!(
+                "{}: an endpoint's URL must not hold a fragment (#...) or a . or .. segment",
+                escaped(url)
+            ),
+        ));
+    }
+    let uri = url_text.parse::<Uri>().map_err(|_| bad())?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(bad());
     };
@@ -646,6 +667,10 @@ mod tests {
             assert_eq!(endpoint_url(typed).unwrap(), sent, "{typed}");
         }
         for refused in [
+            "https://shop.example/h#frag",
+            "https://shop.example/a/../b",
+            "https://shop.example/a/./b",
+            "https://shop.example/..",
             "http://shop.example/h",
             "shop.example/h",
             "https:///h",

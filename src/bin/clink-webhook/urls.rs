@@ -234,10 +234,17 @@ pub(crate) fn with_user_info_encoded(url: &str) -> Zeroizing<String> {
 /// ([`with_user_info_encoded`]), so that a password may hold `@` or `/`
 /// as it is, though the PostgreSQL client alone ends it at the first.
 /// `None` when it is not one; the client's error is not given (it could
-/// quote the password).
+/// quote the password). libpq's `sslmode=verify-full` and `verify-ca`,
+/// which the client does not read, are read as `require`: TLS here is
+/// always verified in full (see `clink_webhooks::store::postgres_tls`).
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres_config(url: &str) -> Option<tokio_postgres::Config> {
-    with_user_info_encoded(url).parse().ok()
+    let url = zeroize::Zeroizing::new(
+        with_user_info_encoded(url)
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require"),
+    );
+    url.parse().ok()
 }
 
 /// The servers of a NATS destination and the credentials they share.
@@ -476,6 +483,20 @@ mod tests {
         ));
         assert_eq!(read.get_ports(), [5432]);
         assert!(postgres_config("postgres://app:pw@db:notaport/clink").is_none());
+        for mode in ["verify-full", "verify-ca", "require"] {
+            let read = postgres_config(&format!("postgres://app@db/clink?sslmode={mode}")).unwrap();
+            assert_eq!(
+                read.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require,
+                "{mode}"
+            );
+            let read = postgres_config(&format!("host=db user=app sslmode={mode}")).unwrap();
+            assert_eq!(
+                read.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require,
+                "{mode}"
+            );
+        }
     }
 
     #[cfg(feature = "gateway")]

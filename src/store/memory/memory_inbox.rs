@@ -606,7 +606,8 @@ mod tests {
     }
 
     /// A claim settles only while it holds: its own token, the event still
-    /// running, and its lease not yet over (the lease's end is exclusive).
+    /// running and not taken over by another claim, whether or not its
+    /// lease is over.
     #[tokio::test]
     async fn a_claim_settles_only_with_its_token_until_taken_over() {
         let inbox = MemoryInbox::new();

@@ -86,7 +86,9 @@ const CLAIM_CANDIDATES: u32 = 4;
 /// from before this took theirs, and, while any of them still runs beside
 /// this version, leases are only as safe as the apps' clocks are in sync
 /// (an older instance starting makes its functions beside these, under
-/// the same names with their older arguments, and does not replace them).
+/// other names or with other arguments, and does not replace them). The
+/// settles are fenced by the claim's token alone: a handler that outlived
+/// its lease while no other worker took the event still settles it.
 ///
 /// Create the table with [`migrate`](Self::migrate). Idle workers poll
 /// every 250 ms unless [`listen`](Self::listen) gives them a connection of
@@ -252,8 +254,11 @@ impl Sql {
         // reused, where a statement sent on its own is planned on every call
         // (about a third of a completion's time on the server). It answers
         // how many rows it settled: 1, or 0 when the claim no longer holds.
+        // Named `settle_*`: the settles of the versions before (`complete`,
+        // `fail`, `release`) also asked that the lease had not ended, and
+        // an older instance starting replaces its own functions, not these.
         let settle = |name: &str, params: &str, update: String| {
-            let function = quote(&format!("{table}_{name}"));
+            let function = quote(&format!("{table}_settle_{name}"));
             let args = (1..=params.split(',').count())
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
@@ -1426,6 +1431,73 @@ mod tests {
         (inbox, pool, table)
     }
 
+    /// A completion inside the handler's transaction after the claim's
+    /// lease ended applies while no other worker took the event over (the
+    /// token fences, not the clock), and settles nothing once one did.
+    #[tokio::test]
+    async fn a_transaction_that_outlived_its_lease_commits_unless_taken_over() {
+        use std::time::{Duration, Instant};
+
+        use crate::events::InboxAttempt;
+        use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, Settle};
+        use crate::Timestamp;
+
+        let (inbox, pool, _table) = private_inbox("outlived").await;
+        let event = |id: &str| {
+            NewEvent::new(
+                None,
+                id.to_owned(),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                Timestamp::now(),
+                Timestamp::now(),
+                bytes::Bytes::from_static(b"{}"),
+            )
+        };
+        let attempt = |claim: &InboxClaim| {
+            InboxAttempt::new(
+                claim.entry.seq,
+                claim.entry.attempts,
+                claim.token.as_str().to_owned(),
+            )
+        };
+        let lease = Duration::from_millis(20);
+        let outlive = async || {
+            let ended = Instant::now() + lease * 5;
+            while Instant::now() < ended {
+                tokio::time::sleep(lease).await;
+            }
+        };
+        let mut client = pool.get().await.unwrap();
+
+        inbox.insert(&event("evt_a")).await.unwrap();
+        let claim = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+        outlive().await;
+        let tx = client.transaction().await.unwrap();
+        let settled = inbox.complete_in(&tx, &attempt(&claim)).await.unwrap();
+        assert_eq!(settled, Settle::Applied);
+        tx.commit().await.unwrap();
+        let done = inbox.get(claim.entry.seq).await.unwrap().unwrap();
+        assert_eq!(done.status, InboxStatus::Done);
+
+        inbox.insert(&event("evt_b")).await.unwrap();
+        let lost = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+        outlive().await;
+        let taken_over = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the lease ended");
+        assert_eq!(taken_over.entry.seq, lost.entry.seq);
+        let tx = client.transaction().await.unwrap();
+        let settled = inbox.complete_in(&tx, &attempt(&lost)).await.unwrap();
+        assert_eq!(settled, Settle::LeaseLost);
+        drop(tx);
+        let running = inbox.get(lost.entry.seq).await.unwrap().unwrap();
+        assert_eq!(running.status, InboxStatus::Running);
+    }
+
     #[tokio::test]
     async fn stats_read_only_the_events_not_done() {
         use crate::store::Inbox;
@@ -1488,7 +1560,8 @@ mod tests {
     /// hour behind takes lasts as long as asked by the server's clock, an
     /// app with the right clock cannot take it over, and an app an hour
     /// ahead can still complete it; a lease ended by the server's clock is
-    /// lost whatever the app's says; a retry asked for 10 minutes from the
+    /// taken over whatever the app's says, and its claim then settles
+    /// nothing; a retry asked for 10 minutes from the
     /// app's now, and a replay, are due 10 minutes from and at the server's
     /// now; a purge by an app an hour ahead keeps what was handled after its
     /// cutoff by the server's clock; a row from before `arrived_ms` existed
@@ -1629,15 +1702,18 @@ mod tests {
         assert_eq!(inbox.complete(&old).await.unwrap(), Settle::Applied);
 
         // An older instance starting makes its own claim and settles, which
-        // took the app's now, beside these (here ones that never take or
-        // settle anything): the claims and settles of this one still run
-        // through its own, and a migration again leaves both.
+        // took the app's now (or asked that the lease had not ended), beside
+        // these (here ones that never take or settle anything): the claims
+        // and settles of this one still run through its own, and a
+        // migration again leaves both.
         client
             .batch_execute(&format!(
                 "CREATE FUNCTION \"{table}_claim\"(now_ms bigint, lease_ms bigint, window_ms bigint,
                                                    new_token text)
                  RETURNS SETOF \"{table}\" LANGUAGE sql AS $$ SELECT * FROM \"{table}\" WHERE false $$;
                  CREATE FUNCTION \"{table}_complete\"(bigint, text, bigint)
+                 RETURNS bigint LANGUAGE sql AS $$ SELECT 0::bigint $$;
+                 CREATE OR REPLACE FUNCTION \"{table}_complete\"(bigint, text)
                  RETURNS bigint LANGUAGE sql AS $$ SELECT 0::bigint $$;"
             ))
             .await

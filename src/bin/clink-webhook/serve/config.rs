@@ -683,6 +683,7 @@ impl Config {
             }
         };
         let (path, origin) = r.plain("serve_path")?.unwrap_or_default();
+        let path_origin = origin.clone();
         if !path.starts_with('/')
             || path.len() > 1 && path.ends_with('/')
             || path.contains(['?', '#', ' '])
@@ -696,25 +697,10 @@ impl Config {
 
         let tolerance = Duration::from_secs(r.number("tolerance_s", 1, 86_400)?);
         let keys = Self::read_keys(&mut r, tolerance)?;
-        // The admin routes on the delivery port come after the delivery
-        // path: a path that is one of them, or holds one, would hide it.
-        let admin_route = ["/health", "/ready", "/metrics", "/console"]
-            .into_iter()
-            .find(|route| path == *route || path.starts_with(&format!("{route}/")));
-        if let (None, Some(route)) = (admin_listen, admin_route) {
-            return Err(problem(
-                "serve_path",
-                &origin,
-                format!(
-                    "{route} is an admin route on this port: choose another path, or move the \
-                     admin routes with admin_listen"
-                ),
-            ));
-        }
         if path == "/" && matches!(keys, Keys::PerAccount(_)) {
             return Err(problem(
                 "serve_path",
-                &origin,
+                &path_origin,
                 "with accounts_file the account follows the path (/webhooks/clink/{account}): \
                  choose a path other than /",
             ));
@@ -881,9 +867,10 @@ impl Config {
         {
             return Err(ConfigProblem(format!(
                 "configuration: redis_dedup_hours ({} h) must be at least inbox_retention_hours \
-                 ({} h): a dead event can be replayed as long as the inbox keeps it, and one \
-                 whose marker in Redis has expired by then is added to the stream again; raise \
-                 redis_dedup_hours or lower inbox_retention_hours",
+                 ({} h): a handled event can be replayed (with force) as long as the inbox keeps \
+                 it, and one whose marker in Redis has expired by then is added to the stream \
+                 again; raise redis_dedup_hours or lower inbox_retention_hours (and replay a dead \
+                 event, which is kept until then, within redis_dedup_hours of its death)",
                 redis_dedup.as_secs() / 3600,
                 inbox_retention.as_secs() / 3600
             )));
@@ -1011,6 +998,25 @@ impl Config {
                 })
             }
         };
+        // The admin routes on the delivery port come after the delivery
+        // path: a path that is one of them, or holds one, would hide it.
+        let served = ["/health", "/ready"]
+            .into_iter()
+            .chain(metrics.then_some("/metrics"))
+            .chain(console.as_ref().map(|_| "/console"));
+        let hidden = served
+            .into_iter()
+            .find(|route| path == *route || path.starts_with(&format!("{route}/")));
+        if let (None, Some(route)) = (admin_listen, hidden) {
+            return Err(problem(
+                "serve_path",
+                &path_origin,
+                format!(
+                    "{route} is an admin route on this port: choose another path, or move the \
+                     admin routes with admin_listen"
+                ),
+            ));
+        }
         let (log, origin) = r.plain("log")?.unwrap_or_default();
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(problem(
@@ -1610,7 +1616,6 @@ mod tests {
             ("nats_subject", "clink.{type}}", "a } without its {"),
             ("webhook_signing_key", "a,,b", "webhook_signing_key"),
             ("serve_path", "/health", "/health is an admin route"),
-            ("serve_path", "/console/hooks", "/console is an admin route"),
             ("serve_path", "/metrics", "admin_listen"),
             ("log", "warn,=x=", "not a log filter"),
         ] {
@@ -1635,13 +1640,26 @@ mod tests {
             ("/healthz", None),
             ("/webhooks/health", None),
             ("/consoles", None),
+            // No console served, no metrics: nothing hidden.
+            ("/console/hooks", None),
         ] {
             let mut pairs = minimal();
             pairs.push(("serve_path", path));
+            pairs.push(("metrics", "false"));
             pairs.extend(admin.map(|admin| ("admin_listen", admin)));
             let read = config(&pairs);
             assert!(read.is_ok(), "{path}: {:?}", read.err().map(|e| e.0));
         }
+        // With the console served, its path is taken.
+        let mut pairs = minimal();
+        pairs.push(("serve_path", "/console/hooks"));
+        pairs.push(("console_token", "0123456789abcdef-console"));
+        let error = config(&pairs).err().expect("refused");
+        assert!(
+            error.0.contains("/console is an admin route"),
+            "{}",
+            error.0
+        );
     }
 
     /// With accounts, the account follows the delivery path: `/` would

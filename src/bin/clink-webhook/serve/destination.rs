@@ -61,6 +61,10 @@ enum Kind {
         authorization: Option<HeaderValue>,
         signers: Signers,
         client: HttpsClient,
+        /// Room for the answers' bodies read on the side: as many as
+        /// publishes run at once. A body without room is dropped, and its
+        /// connection with it, rather than holding one open per forward.
+        drains: Arc<tokio::sync::Semaphore>,
     },
     Nats {
         servers: NatsServers,
@@ -391,6 +395,7 @@ impl Destination {
                     authorization,
                     signers,
                     client,
+                    drains: Arc::new(tokio::sync::Semaphore::new(config.concurrency)),
                 }
             }
             DestinationKind::Nats(servers) => Kind::Nats {
@@ -551,6 +556,7 @@ impl Destination {
                 authorization,
                 signers,
                 client,
+                drains,
             } => {
                 // Signed now: the gateway verified the delivery when it came,
                 // and the app checks this forward's time with its tolerance.
@@ -581,13 +587,16 @@ impl Destination {
                 // is not used). A body that never comes does not turn a 2xx
                 // into a timeout, and the event into a second delivery.
                 let body = response.into_body();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        ANSWER_DRAIN,
-                        Limited::new(body, ANSWER_LIMIT).collect(),
-                    )
-                    .await;
-                });
+                if let Ok(room) = Arc::clone(drains).try_acquire_owned() {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            ANSWER_DRAIN,
+                            Limited::new(body, ANSWER_LIMIT).collect(),
+                        )
+                        .await;
+                        drop(room);
+                    });
+                }
                 if status.is_success() {
                     Ok(None)
                 } else if refuses_the_event(status) {

@@ -860,10 +860,12 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
                 .map_err(usage)?
                 .secure_cookie(spec.secure_cookie);
                 if let Some(header) = &spec.client_header {
-                    console = console
-                        .client_address_header(header)
-                        .and_then(|c| c.trusted_proxies(&spec.trusted_proxies))
-                        .map_err(usage)?;
+                    console = console.client_address_header(header).map_err(usage)?;
+                    if !spec.trusted_proxies.is_empty() {
+                        console = console
+                            .trusted_proxies(&spec.trusted_proxies)
+                            .map_err(usage)?;
+                    }
                 }
                 Some(axum::Router::new().nest("/console", console.router()))
             }
