@@ -68,6 +68,25 @@ impl SignatureHeaders {
     }
 }
 
+#[cfg(test)]
+impl NewEvent {
+    /// An `order.succeeded` with id `id`, about no object, arrived and
+    /// signed now, for the stores' own tests.
+    pub(crate) fn order_succeeded(id: &str) -> Self {
+        let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
+        Self::new(
+            None,
+            id.to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from(body),
+        )
+    }
+}
+
 impl NewEvent {
     /// A new event to keep; the fields are public to read.
     #[allow(clippy::too_many_arguments)]

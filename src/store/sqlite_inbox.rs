@@ -1133,24 +1133,12 @@ mod plan_tests {
 mod settle_tests {
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
-
     use super::SqliteInbox;
     use crate::events::InboxAttempt;
     use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, StoreError, StoreErrorKind};
-    use crate::Timestamp;
 
     fn event(id: &str) -> NewEvent {
-        NewEvent::new(
-            None,
-            id.to_owned(),
-            "order.succeeded".to_owned(),
-            None,
-            None,
-            Timestamp::now(),
-            Timestamp::now(),
-            Bytes::from_static(b"{}"),
-        )
+        NewEvent::order_succeeded(id)
     }
 
     fn attempt(claim: &InboxClaim) -> InboxAttempt {

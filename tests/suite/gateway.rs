@@ -2118,6 +2118,20 @@ async fn silent_app() -> SocketAddr {
     addr
 }
 
+/// A gateway relaying to the HTTP app at `app` with a 1 s destination
+/// timeout and a 2 s lease.
+async fn gateway_with_a_1_s_timeout(dir: &TempDir, name: &str, app: SocketAddr) -> Gateway {
+    let mut env = gateway_env(&dir.0, name, &format!("http://{app}/hook"));
+    env.retain(|(name, _)| {
+        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+    });
+    env.push(("CLINK_LEASE_MS".into(), "2000".into()));
+    env.push(("CLINK_DESTINATION_TIMEOUT_MS".into(), "1000".into()));
+    tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap()
+}
+
 /// A destination timeout that the workers' stop at nine tenths of the
 /// lease would cut short is refused, naming both settings; inside the
 /// lease, an app that never answers shows on `/health` by name.
@@ -2142,15 +2156,7 @@ async fn a_destination_timeout_must_end_inside_the_lease() {
 
     let dir = TempDir::new("silent");
     let app = silent_app().await;
-    let mut env = gateway_env(&dir.0, "silent", &format!("http://{app}/hook"));
-    env.retain(|(name, _)| {
-        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
-    });
-    env.push(("CLINK_LEASE_MS".into(), "2000".into()));
-    env.push(("CLINK_DESTINATION_TIMEOUT_MS".into(), "1000".into()));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
-        .await
-        .unwrap();
+    let gateway = gateway_with_a_1_s_timeout(&dir, "silent", app).await;
     let (url, base) = (Arc::clone(&gateway.url), gateway.base());
     let client = client();
     deliver(&client, &url, &events(1, 1, &unique("s"))[0]).await;
@@ -2223,15 +2229,7 @@ async fn stalling_app() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn a_2xx_whose_body_never_comes_completes_the_event_once() {
     let dir = TempDir::new("stalling");
     let (app, requests) = stalling_app().await;
-    let mut env = gateway_env(&dir.0, "stalling", &format!("http://{app}/hook"));
-    env.retain(|(name, _)| {
-        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
-    });
-    env.push(("CLINK_LEASE_MS".into(), "2000".into()));
-    env.push(("CLINK_DESTINATION_TIMEOUT_MS".into(), "1000".into()));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
-        .await
-        .unwrap();
+    let gateway = gateway_with_a_1_s_timeout(&dir, "stalling", app).await;
     let (url, base) = (Arc::clone(&gateway.url), gateway.base());
     let client = client();
     deliver(&client, &url, &events(1, 1, &unique("stall"))[0]).await;

@@ -1434,20 +1434,19 @@ async fn postgres_columns(client: &tokio_postgres::Client, table: &str) -> Strin
     columns.join(", ")
 }
 
-/// A PostgreSQL purge (here of the dead events, which goes in the same
-/// steps as the done ones') goes step by step, each step committed on its own:
-/// while another transaction holds an old event of its last step, the
-/// steps before it are purged already (in one statement over the table,
-/// nothing was until everything could be, and on a large inbox the
-/// statement ran past the store's timeout every time, so the inbox grew
-/// for good); once that transaction lets go, the purge ends with every
-/// old event gone and the one still to run kept.
+/// A PostgreSQL inbox in a table of its own holding two and a half steps
+/// ([`PURGE_STEP`](clink_webhooks::store::PURGE_STEP)) of old dead events
+/// and one still to run (see [`old_events_and_one_to_run`]); a client of
+/// the suite's pool, the table, and the number of events.
 #[cfg(feature = "postgres")]
-#[tokio::test]
-async fn a_postgres_purge_goes_step_by_step() {
+async fn postgres_dead_backlog() -> (
+    clink_webhooks::store::PostgresInbox,
+    deadpool_postgres::Object,
+    String,
+    i64,
+) {
     use clink_webhooks::store::PURGE_STEP;
 
-    let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
     let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
     let client = pg_pool().get().await.unwrap();
@@ -1467,6 +1466,24 @@ async fn a_postgres_purge_goes_step_by_step() {
             .unwrap();
     })
     .await;
+    (inbox, client, table, total)
+}
+
+/// A PostgreSQL purge (here of the dead events, which goes in the same
+/// steps as the done ones') goes step by step, each step committed on its own:
+/// while another transaction holds an old event of its last step, the
+/// steps before it are purged already (in one statement over the table,
+/// nothing was until everything could be, and on a large inbox the
+/// statement ran past the store's timeout every time, so the inbox grew
+/// for good); once that transaction lets go, the purge ends with every
+/// old event gone and the one still to run kept.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_purge_goes_step_by_step() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let _servers = crate::support::servers::shared().await;
+    let (inbox, client, table, total) = postgres_dead_backlog().await;
     let count = async || -> i64 {
         client
             .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
@@ -1520,25 +1537,7 @@ async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
     use clink_webhooks::store::PURGE_STEP;
 
     let _servers = crate::support::servers::shared().await;
-    let table = format!("inbox_{}", unique());
-    let inbox = postgres_inbox_in(&table, Duration::from_secs(60)).await;
-    let client = pg_pool().get().await.unwrap();
-    let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
-    let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
-        let columns = postgres_columns(&client, &table).await;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO \"{table}\" (event_id, {columns})
-                     SELECT 'copy_' || g, {columns} FROM \"{table}\", generate_series(1, $1::bigint) AS g
-                     WHERE seq = (SELECT min(seq) FROM \"{table}\")"
-                ),
-                &[&copies],
-            )
-            .await
-            .unwrap();
-    })
-    .await;
+    let (inbox, client, table, total) = postgres_dead_backlog().await;
     let dead = InboxFilter::default().status(InboxStatus::Dead);
     let (captured, _guard) = crate::support::capture::capture();
     let replayed = inbox.replay_matching(&dead, false).await.unwrap();

@@ -1440,21 +1440,9 @@ mod tests {
 
         use crate::events::InboxAttempt;
         use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, Settle};
-        use crate::Timestamp;
 
         let (inbox, pool, _table) = private_inbox("outlived").await;
-        let event = |id: &str| {
-            NewEvent::new(
-                None,
-                id.to_owned(),
-                "order.succeeded".to_owned(),
-                None,
-                None,
-                Timestamp::now(),
-                Timestamp::now(),
-                bytes::Bytes::from_static(b"{}"),
-            )
-        };
+        let event = NewEvent::order_succeeded;
         let attempt = |claim: &InboxClaim| {
             InboxAttempt::new(
                 claim.entry.seq,
@@ -1596,19 +1584,7 @@ mod tests {
                 .unwrap()
                 .get(0)
         };
-        let event = |id: &str| {
-            let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
-            NewEvent::new(
-                None,
-                id.to_owned(),
-                "order.succeeded".to_owned(),
-                None,
-                None,
-                Timestamp::now(),
-                Timestamp::now(),
-                bytes::Bytes::from(body),
-            )
-        };
+        let event = NewEvent::order_succeeded;
         let claim = async || inbox.claim(LEASE, Duration::ZERO).await.unwrap();
         let lease_ms = i64::try_from(LEASE.as_millis()).unwrap();
 
