@@ -28,7 +28,8 @@ use crate::{BoxError, EventRouter, Outcome, VerifiedEvent};
 /// does (`ClinkLayer::layer(router)`), with the same steps, statuses,
 /// outcomes, metrics and logs, the same response extensions (the
 /// [`Outcome`], the [`VerifiedEvent`], the [`Freshness`](crate::events::Freshness)
-/// of a typed event and, when it failed, the [`Dispatched`](crate::router::Dispatched)),
+/// of a typed event whose freshness is tracked and, when it failed, the
+/// [`Dispatched`](crate::router::Dispatched)),
 /// and the same response type as an [`InboxIntake`](super::InboxIntake).
 /// What it leaves out is the HTTP request built for the router and the
 /// response read back from it: the router's

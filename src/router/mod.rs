@@ -754,13 +754,20 @@ impl Dispatched {
 
     /// The answer to a delivery that ran this way, in `headers` and
     /// `extensions` (the request's, emptied here if they are not yet, for
-    /// their room): the outcome's response, carrying the [`Freshness`] for
-    /// typed events and, when the event failed, this whole `Dispatched`.
+    /// their room): the outcome's response, carrying the [`Freshness`] of
+    /// a typed event whose freshness is tracked (none for
+    /// [`Untracked`](Freshness::Untracked), which says nothing: one
+    /// allocation less for every event of a router without a freshness
+    /// store) and, when the event failed, this whole `Dispatched`.
     pub(crate) fn into_response(
         self, headers: http::HeaderMap, extensions: http::Extensions,
     ) -> Response<Bytes> {
         let mut response = self.outcome.to_response_with(headers, extensions);
-        if let Some(freshness) = &self.freshness {
+        if let Some(freshness) = self
+            .freshness
+            .as_ref()
+            .filter(|freshness| **freshness != Freshness::Untracked)
+        {
             response.extensions_mut().insert(freshness.clone());
         }
         // The rest of it is only news when something failed: one
@@ -879,7 +886,8 @@ where
 
     /// [`dispatch`](EventRouter::dispatch) of the request's
     /// [`VerifiedEvent`]; the response carries the [`Outcome`], for typed
-    /// events the [`Freshness`], and when the event failed the whole
+    /// events whose freshness is tracked (a router with a
+    /// [`FreshnessStore`]) the [`Freshness`], and when the event failed the whole
     /// [`Dispatched`] (with its [`failure`](Dispatched::failure)) in its
     /// extensions. Behind a [`ClinkLayer`](crate::ClinkLayer) it ends at
     /// the layer's deadline (the request carries it): answered
@@ -1234,10 +1242,16 @@ mod tests {
     }
 
     /// The answer for a dispatched event is its outcome's response, with
-    /// the freshness a typed handler was told and, only when it failed, the
-    /// whole `Dispatched`; an untyped event carries no freshness.
+    /// the freshness a typed handler was told (when tracked) and, only when
+    /// it failed, the whole `Dispatched`; an untyped event, or one whose
+    /// freshness is untracked, carries no freshness.
     #[test]
     fn a_dispatched_event_answers_with_its_outcome_and_what_it_knows() {
+        let untracked = Dispatched::new(Outcome::Handled).with_freshness(Freshness::Untracked);
+        assert_eq!(untracked.freshness(), Some(&Freshness::Untracked));
+        let response = untracked.into_response(http::HeaderMap::new(), http::Extensions::new());
+        assert!(response.extensions().get::<Freshness>().is_none());
+
         let handled = Dispatched::new(Outcome::Handled).with_freshness(Freshness::Fresh);
         assert_eq!(handled.freshness(), Some(&Freshness::Fresh));
         let response = handled.into_response(http::HeaderMap::new(), http::Extensions::new());
