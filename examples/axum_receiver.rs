@@ -480,14 +480,14 @@ fn signing_key() -> Result<String, String> {
 fn pg_manager(
     #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
     mut config: tokio_postgres::Config,
-) -> Result<(deadpool_postgres::Manager, PgListen), Box<dyn std::error::Error>> {
+) -> Result<(deadpool_postgres::Manager, PgTls), Box<dyn std::error::Error>> {
     let ca_file = env_value("CLINK_DATABASE_CA_FILE").map(std::path::PathBuf::from);
     #[cfg(feature = "postgres-tls")]
     if let Some(tls) = clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())? {
         let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
         return Ok((
             manager,
-            PgListen {
+            PgTls {
                 config,
                 tls: Some(tls),
             },
@@ -504,7 +504,7 @@ fn pg_manager(
     let manager = deadpool_postgres::Manager::new(config.clone(), tokio_postgres::NoTls);
     Ok((
         manager,
-        PgListen {
+        PgTls {
             config,
             #[cfg(feature = "postgres-tls")]
             tls: None,
@@ -512,16 +512,40 @@ fn pg_manager(
     ))
 }
 
-/// How the inbox's LISTEN connection is made: as the pool's are.
+/// How the connections made beside the pool's (the inbox's LISTEN, a
+/// timed-out statement's cancel) reach the database: as the pool's do.
 #[cfg(feature = "postgres")]
-struct PgListen {
+struct PgTls {
     config: tokio_postgres::Config,
     #[cfg(feature = "postgres-tls")]
     tls: Option<clink_webhooks::store::MakeRustlsConnect>,
 }
 
 #[cfg(feature = "postgres")]
-impl PgListen {
+impl PgTls {
+    /// `store`, cancelling a timed-out statement as the pool connects.
+    fn store(
+        &self, store: clink_webhooks::store::PostgresStore,
+    ) -> clink_webhooks::store::PostgresStore {
+        #[cfg(feature = "postgres-tls")]
+        if let Some(tls) = &self.tls {
+            return store.cancel_with(tls.clone());
+        }
+        store
+    }
+
+    /// `inbox`, cancelling a timed-out statement as the pool connects.
+    fn inbox(
+        &self, inbox: clink_webhooks::store::PostgresInbox,
+    ) -> clink_webhooks::store::PostgresInbox {
+        #[cfg(feature = "postgres-tls")]
+        if let Some(tls) = &self.tls {
+            return inbox.cancel_with(tls.clone());
+        }
+        inbox
+    }
+
+    /// Gives `inbox` its LISTEN connection.
     async fn start(
         self, inbox: &clink_webhooks::store::PostgresInbox,
     ) -> Result<(), clink_webhooks::store::StoreError> {
@@ -628,12 +652,12 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-        let (manager, _) = pg_manager(config)?;
+        let (manager, tls) = pg_manager(config)?;
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
             .build()?;
-        let store = Arc::new(PostgresStore::new(pool));
+        let store = Arc::new(tls.store(PostgresStore::new(pool)));
         store.migrate().await?;
         store.spawn_reaper(std::time::Duration::from_secs(600))?;
         eprintln!("idempotency store: PostgreSQL (DATABASE_URL)");
@@ -925,14 +949,14 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
             let config: tokio_postgres::Config = url
                 .parse()
                 .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-            let (manager, listen) = pg_manager(config)?;
+            let (manager, tls) = pg_manager(config)?;
             let pool = deadpool_postgres::Pool::builder(manager)
                 .max_size(16)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .build()?;
-            let inbox = clink_webhooks::store::PostgresInbox::new(pool.clone());
+            let inbox = tls.inbox(clink_webhooks::store::PostgresInbox::new(pool.clone()));
             inbox.migrate().await?;
-            listen.start(&inbox).await?;
+            tls.start(&inbox).await?;
             eprintln!("inbox: PostgreSQL (DATABASE_URL)");
             let effects = if effects {
                 let mut client = pool.get().await?;

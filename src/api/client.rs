@@ -276,25 +276,20 @@ impl ClientBuilder {
 }
 
 /// Whether an answer with `code` (the HTTP status, or the envelope's) and
-/// the words `msg` refuses the key: a `401`, or a `403` or `422` that says
-/// so. Clink's proposed contract answers a revoked key `403` and an expired
-/// one `422`, and its own CLI takes a message naming the API key,
-/// "unauthorized" or "authentication" for a refused key; a `403` about
-/// anything else (an account's rights, say) is not one.
+/// the words `msg` refuses the key: a `401`, or a `403` or `422` whose
+/// short message names the key and says it is revoked, expired or invalid
+/// (Clink's proposed contract answers `403 API key has been revoked` and
+/// `422 Secret key is expired`); a `403` about anything else (an account's
+/// rights, a proxy's page) is not one.
 fn refuses_the_key(code: i64, msg: &str) -> bool {
     let msg = msg.to_ascii_lowercase();
-    code == 401
-        || matches!(code, 403 | 422)
-            && [
-                "api key",
-                "apikey",
-                "api-key",
-                "secret key",
-                "unauthorized",
-                "authentication",
-            ]
-            .iter()
-            .any(|words| msg.contains(words))
+    let about_the_key = ["api key", "apikey", "api-key", "secret key"]
+        .iter()
+        .any(|words| msg.contains(words));
+    let refused = ["revoked", "expired", "invalid"]
+        .iter()
+        .any(|words| msg.contains(words));
+    code == 401 || matches!(code, 403 | 422) && about_the_key && refused && msg.len() <= 200
 }
 
 /// The base URL, checked, ending in `/`. Its errors do not show it: a

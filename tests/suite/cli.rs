@@ -624,6 +624,25 @@ fn listen_prints_each_delivery_send_sends() {
         "200 handled  order.failed evt_order_failed_test  order:ord_test_123  fresh"
     );
 
+    // A typed event whose freshness is not tracked (no `created`) says so.
+    let body = BodyFile::new(
+        "listen-untracked",
+        br#"{"id":"evt_untracked","type":"order.succeeded","data":{"orderId":"ord_u"}}"#,
+    );
+    let sent = cli(&[
+        "send",
+        "order.succeeded",
+        "--to",
+        to,
+        "--body-file",
+        body.path(),
+    ]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.succeeded evt_untracked  order:ord_u  untracked"
+    );
+
     // Another path is not the endpoint.
     let elsewhere = to.replace("/webhooks/clink", "/other");
     assert_eq!(

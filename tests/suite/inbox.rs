@@ -1934,10 +1934,41 @@ async fn a_postgres_inbox_migrates_again_while_a_transaction_reads_its_table() {
 #[tokio::test]
 async fn a_timed_out_postgres_inbox_statement_is_cancelled_not_left_to_land() {
     let _servers = crate::support::servers::shared().await;
+    let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool());
+    a_timed_out_statement_is_cancelled(inbox).await;
+}
+
+/// The same over TLS: the cancel goes with the pool's connector
+/// (`cancel_with`), where one sent plain to a connection that requires
+/// TLS fails and leaves the statement waiting.
+#[cfg(feature = "postgres-tls")]
+#[tokio::test]
+async fn a_timed_out_statement_over_tls_is_cancelled_too() {
+    let _servers = crate::support::servers::shared().await;
+    let url = std::env::var("DATABASE_URL").unwrap();
+    let joined = if url.contains('?') { '&' } else { '?' };
+    let mut config: tokio_postgres::Config =
+        format!("{url}{joined}sslmode=require").parse().unwrap();
+    let ca = std::env::var("DATABASE_TLS_CA").expect("DATABASE_TLS_CA: run scripts/test");
+    let tls = clink_webhooks::store::postgres_tls(&mut config, Some(std::path::Path::new(&ca)))
+        .unwrap()
+        .expect("TLS asked for");
+    let pool =
+        deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(config, tls.clone()))
+            .max_size(4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .unwrap();
+    let inbox = clink_webhooks::store::PostgresInbox::new(pool).cancel_with(tls);
+    a_timed_out_statement_is_cancelled(inbox).await;
+}
+
+/// Inserts into `inbox`, given up on behind a lock, are cancelled on the
+/// server and never land.
+#[cfg(feature = "postgres")]
+async fn a_timed_out_statement_is_cancelled(inbox: clink_webhooks::store::PostgresInbox) {
     let table = format!("inbox_{}", unique());
-    let patient = clink_webhooks::store::PostgresInbox::new(pg_pool())
-        .with_table(&table)
-        .unwrap();
+    let patient = inbox.with_table(&table).unwrap();
     patient.migrate().await.unwrap();
     let hasty = patient
         .clone()

@@ -202,15 +202,17 @@ fn endpoint_url(url: &str) -> Result<String, CliError> {
         rest.split_once('/').map_or("", |(_, path)| path)
     });
     let path_only = path_part.split(['?', '#']).next().unwrap_or("");
-    if url_text.contains('#')
-        || path_only
-            .split('/')
-            .any(|segment| segment == "." || segment == "..")
-    {
+    // As WHATWG reads them: `%2e` is a dot, and a backslash a slash.
+    let dot_segment = |segment: &str| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    };
+    if url_text.contains(['#', '\\']) || path_only.split('/').any(dot_segment) {
         return Err(CliError::new(
             ErrorCode::BadUrl,
             format!(
-                "{}: an endpoint's URL must not hold a fragment (#...) or a . or .. segment",
+                "{}: an endpoint's URL must not hold a fragment (#...), a backslash or a . or .. \
+                 segment",
                 escaped(url)
             ),
         ));
@@ -671,6 +673,9 @@ mod tests {
             "https://shop.example/a/../b",
             "https://shop.example/a/./b",
             "https://shop.example/..",
+            "https://shop.example/a/%2e%2E/b",
+            "https://shop.example/a/.%2e",
+            "https://shop.example/a\\..\\b",
             "http://shop.example/h",
             "shop.example/h",
             "https:///h",

@@ -193,10 +193,11 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
                 .filter(|file| !file.is_empty())
                 .map(std::path::PathBuf::from);
             #[cfg(feature = "postgres-tls")]
-            let manager = match clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())
-                .map_err(|e| CliError::usage(e.to_string()))?
-            {
-                Some(tls) => deadpool_postgres::Manager::new(config, tls),
+            let tls = clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())
+                .map_err(|e| CliError::usage(e.to_string()))?;
+            #[cfg(feature = "postgres-tls")]
+            let manager = match &tls {
+                Some(tls) => deadpool_postgres::Manager::new(config, tls.clone()),
                 None => deadpool_postgres::Manager::new(config, tokio_postgres::NoTls),
             };
             #[cfg(not(feature = "postgres-tls"))]
@@ -219,6 +220,10 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
             let mut inbox = clink_webhooks::store::PostgresInbox::new(pool)
                 .with_timeout(std::time::Duration::from_secs(10))
                 .map_err(|e| CliError::usage(e.to_string()))?;
+            #[cfg(feature = "postgres-tls")]
+            if let Some(tls) = tls {
+                inbox = inbox.cancel_with(tls);
+            }
             if let Some(table) = &args.table {
                 inbox = inbox
                     .with_table(table)

@@ -163,7 +163,21 @@ fn print_delivery<B>(out: &Output, response: &Response<B>) {
         .get::<VerifiedEvent>()
         .map(VerifiedEvent::event);
     let object = event.and_then(RawEvent::object_key);
-    let freshness = freshness_text(response.extensions().get::<Freshness>());
+    // The router puts no freshness in the response of a typed event it
+    // does not track (one about no object, or without `created`).
+    let typed = event.is_some_and(|e| e.event_type().is_known())
+        && matches!(
+            outcome,
+            Some(
+                Outcome::Handled
+                    | Outcome::HandlerFailed
+                    | Outcome::HandlerTimeout
+                    | Outcome::HandlerPanicked
+                    | Outcome::HandlerRefused(_)
+            )
+        );
+    let freshness = freshness_text(response.extensions().get::<Freshness>())
+        .or_else(|| typed.then(|| "untracked".to_owned()));
     if out.json {
         out.json_line(&json!({
             "status": status,

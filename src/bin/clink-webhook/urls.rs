@@ -239,11 +239,43 @@ pub(crate) fn with_user_info_encoded(url: &str) -> Zeroizing<String> {
 /// always verified in full (see `clink_webhooks::store::postgres_tls`).
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres_config(url: &str) -> Option<tokio_postgres::Config> {
-    let url = zeroize::Zeroizing::new(
-        with_user_info_encoded(url)
-            .replace("sslmode=verify-full", "sslmode=require")
-            .replace("sslmode=verify-ca", "sslmode=require"),
-    );
+    let url = with_user_info_encoded(url);
+    let verified = |mode: &str| matches!(mode, "sslmode=verify-full" | "sslmode=verify-ca");
+    let url: zeroize::Zeroizing<String> = if let Some(at) = url.find("://") {
+        // Only in the query, after the user info (a password may hold
+        // the same text).
+        let authority_end = url[at + 3..].rfind('@').map_or(at + 3, |i| at + 3 + i + 1);
+        match url[authority_end..].find('?') {
+            Some(query) => {
+                let (head, tail) = url.split_at(authority_end + query + 1);
+                let tail: Vec<&str> = tail
+                    .split('&')
+                    .map(|pair| {
+                        if verified(pair) {
+                            "sslmode=require"
+                        } else {
+                            pair
+                        }
+                    })
+                    .collect();
+                zeroize::Zeroizing::new(format!("{head}{}", tail.join("&")))
+            }
+            None => url,
+        }
+    } else {
+        // `key=value` words: only a word that is that whole setting.
+        let words: Vec<&str> = url
+            .split(' ')
+            .map(|word| {
+                if verified(word) {
+                    "sslmode=require"
+                } else {
+                    word
+                }
+            })
+            .collect();
+        zeroize::Zeroizing::new(words.join(" "))
+    };
     url.parse().ok()
 }
 
@@ -483,6 +515,9 @@ mod tests {
         ));
         assert_eq!(read.get_ports(), [5432]);
         assert!(postgres_config("postgres://app:pw@db:notaport/clink").is_none());
+        // The same text in a password is left as it is.
+        let read = postgres_config("postgres://app:pw-sslmode=verify-full@db/clink").unwrap();
+        assert_eq!(read.get_password(), Some(&b"pw-sslmode=verify-full"[..]));
         for mode in ["verify-full", "verify-ca", "require"] {
             let read = postgres_config(&format!("postgres://app@db/clink?sslmode={mode}")).unwrap();
             assert_eq!(

@@ -97,6 +97,7 @@ pub struct PostgresStore {
     sql: Arc<Statements>,
     timeout: Duration,
     freshness_retention: Duration,
+    cancel: Canceller,
 }
 
 impl PostgresStore {
@@ -112,7 +113,29 @@ impl PostgresStore {
             sql: Arc::new(Statements::new(Self::DEFAULT_TABLE)),
             timeout: DEFAULT_TIMEOUT,
             freshness_retention: DEFAULT_FRESHNESS_RETENTION,
+            cancel: Canceller::plain(),
         }
+    }
+
+    /// Sends the cancel of a statement that ran out of time with `tls`,
+    /// the connector the pool reaches the database with: a cancel sent
+    /// plain where the pool's connections require TLS fails, and the
+    /// statement then goes on, and may commit after its caller was told
+    /// it timed out. Without it, cancels are sent plain.
+    #[must_use]
+    pub fn cancel_with<T>(mut self, tls: T) -> Self
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Stream: Send,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
+        self.cancel = Canceller::with(tls);
+        self
     }
 
     /// Uses the table `name`, optionally schema-qualified (`schema.table`),
@@ -400,7 +423,41 @@ impl PostgresStore {
     where
         F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     {
-        pooled(&self.pool, self.timeout, call).await
+        pooled(&self.pool, self.timeout, &self.cancel, call).await
+    }
+}
+
+/// How the cancel of a statement that ran out of time is sent: with the
+/// TLS connector the pool uses, or plain.
+#[derive(Clone)]
+pub(crate) struct Canceller(
+    Arc<dyn Fn(tokio_postgres::CancelToken) -> crate::BoxFuture<'static, bool> + Send + Sync>,
+);
+
+impl Canceller {
+    /// Cancels sent without TLS.
+    pub(crate) fn plain() -> Self {
+        Self(Arc::new(|token: tokio_postgres::CancelToken| {
+            Box::pin(async move { token.cancel_query(tokio_postgres::NoTls).await.is_ok() })
+        }))
+    }
+
+    /// Cancels sent with `tls`.
+    pub(crate) fn with<T>(tls: T) -> Self
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Stream: Send,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
+        Self(Arc::new(move |token: tokio_postgres::CancelToken| {
+            let tls = tls.clone();
+            Box::pin(async move { token.cancel_query(tls).await.is_ok() })
+        }))
     }
 }
 
@@ -410,7 +467,7 @@ impl PostgresStore {
 /// statement the client gave up on must not go on to take locks or land
 /// later.
 async fn pooled<T, F>(
-    pool: &deadpool_postgres::Pool, timeout: Duration, call: F,
+    pool: &deadpool_postgres::Pool, timeout: Duration, canceller: &Canceller, call: F,
 ) -> Result<T, StoreError>
 where
     F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
@@ -429,7 +486,7 @@ where
     .await;
     if timed_out(&result) {
         drop(deadpool_postgres::Object::take(client));
-        cancel_in_background(cancel, "its connection is closed");
+        cancel_in_background(canceller, cancel, "its connection is closed");
     }
     result
 }
@@ -448,9 +505,12 @@ fn timed_out<T>(result: &Result<T, StoreError>) -> bool {
 /// warning logged when the cancel cannot be sent. Only for a connection
 /// nobody sends anything on again: a cancel reaches whatever its server
 /// runs when it arrives.
-fn cancel_in_background(cancel: tokio_postgres::CancelToken, then: &'static str) {
+fn cancel_in_background(
+    canceller: &Canceller, cancel: tokio_postgres::CancelToken, then: &'static str,
+) {
+    let sent = (canceller.0)(cancel);
     tokio::spawn(async move {
-        if cancel.cancel_query(tokio_postgres::NoTls).await.is_err() {
+        if !sent.await {
             tracing::warn!("could not cancel a timed-out PostgreSQL statement; {then}");
         }
     });

@@ -66,10 +66,11 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///   oldest instead of sorting them all, whatever the planner's statistics
 ///   say of the table; its statement stays prepared for the connection, so
 ///   after the first few claims the plan is reused instead of made again.
-/// - Every settle is one `UPDATE` matching the row, its token and a live
-///   lease, each in a PL/pgSQL function beside the table as well
-///   (`<table>_complete`, `<table>_fail`, `<table>_release`), so that its
-///   plan too is reused on the connection instead of made on every call.
+/// - Every settle is one `UPDATE` matching the row still running with its
+///   claim's token, each in a PL/pgSQL function beside the table as well
+///   (`<table>_settle_complete`, `<table>_settle_fail`,
+///   `<table>_settle_release`), so that its plan too is reused on the
+///   connection instead of made on every call.
 ///
 /// Claims and settles follow the server's clock, in epoch milliseconds: a
 /// lease is taken, found ended and checked by every settle against the
@@ -99,6 +100,7 @@ pub struct PostgresInbox {
     timeout: Duration,
     sql: Arc<Sql>,
     notified: Arc<Notify>,
+    cancel: super::Canceller,
 }
 
 impl fmt::Debug for PostgresInbox {
@@ -627,7 +629,30 @@ impl PostgresInbox {
             timeout: DEFAULT_TIMEOUT,
             sql: Arc::new(Sql::new(Self::DEFAULT_TABLE)),
             notified: Arc::new(Notify::new()),
+            cancel: super::Canceller::plain(),
         }
+    }
+
+    /// Sends the cancel of a statement that ran out of time with `tls`,
+    /// the connector the pool reaches the database with: a cancel sent
+    /// plain where the pool's connections require TLS fails, and the
+    /// statement then goes on, and may commit after its caller was told
+    /// it timed out (a claim, say, whose lease then holds the event until
+    /// it ends). Without it, cancels are sent plain.
+    #[must_use]
+    pub fn cancel_with<T>(mut self, tls: T) -> Self
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Stream: Send,
+        T::TlsConnect: Send,
+        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    {
+        self.cancel = super::Canceller::with(tls);
+        self
     }
 
     /// Keeps the inbox in table `name` (`table` or `schema.table`).
@@ -655,7 +680,10 @@ impl PostgresInbox {
     /// The SQL that creates the table, its indexes and the functions that
     /// claim and settle events (`<table>_claim`, which returns the table's
     /// rows, so drop the table `CASCADE` or that function first; and
-    /// `<table>_complete`, `<table>_fail`, `<table>_release`).
+    /// `<table>_settle_complete`, `<table>_settle_fail`,
+    /// `<table>_settle_release`; versions before these made
+    /// `<table>_complete`, `<table>_fail` and `<table>_release`, which none
+    /// calls once every instance runs these).
     #[must_use]
     pub fn schema_sql(&self) -> &str {
         &self.sql.schema
@@ -852,7 +880,7 @@ impl PostgresInbox {
     async fn call<T>(
         &self, call: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        super::pooled(&self.pool, self.timeout, call).await
+        super::pooled(&self.pool, self.timeout, &self.cancel, call).await
     }
 
     async fn settle(

@@ -16,7 +16,8 @@ use crate::ConfigError;
 
 /// The TLS connector `config` asks for, `None` for a plain connection:
 /// TLS when `config`'s `sslmode` is `require` or `ca_file` is given (then
-/// `config` is set to require it), the server's certificate verified
+/// `config` is set to require it), except over Unix sockets alone (which
+/// take no TLS, as libpq has it), the server's certificate verified
 /// against the system's roots and the certificates in `ca_file` (PEM).
 /// Hand it to the pool's manager, and to
 /// [`PostgresInbox::listen_with`](crate::store::PostgresInbox::listen_with).
@@ -44,6 +45,17 @@ pub fn postgres_tls(
     config: &mut tokio_postgres::Config, ca_file: Option<&Path>,
 ) -> Result<Option<MakeRustlsConnect>, ConfigError> {
     if ca_file.is_none() && config.get_ssl_mode() != SslMode::Require {
+        return Ok(None);
+    }
+    // A Unix socket is this machine's, and takes no TLS: libpq ignores
+    // `sslmode` there too.
+    #[cfg(unix)]
+    if !config.get_hosts().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|host| matches!(host, Host::Unix(_)))
+    {
         return Ok(None);
     }
     config.ssl_mode(SslMode::Require);
@@ -134,6 +146,10 @@ mod tests {
         assert!(postgres_tls(&mut plain, None).unwrap().is_none());
         let mut prefer = config("postgres://app@db.example/clink?sslmode=prefer");
         assert!(postgres_tls(&mut prefer, None).unwrap().is_none());
+        let mut socket = config("host=/var/run/postgresql user=app sslmode=require");
+        assert!(postgres_tls(&mut socket, None).unwrap().is_none());
+        let mut tcp = config("postgres://app@db.example/clink?sslmode=require");
+        assert!(postgres_tls(&mut tcp, None).unwrap().is_some());
 
         let dir = std::env::temp_dir().join(format!("clink-pg-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

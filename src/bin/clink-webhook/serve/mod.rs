@@ -625,9 +625,12 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .build()
                 .map_err(|e| failed("cannot make the PostgreSQL pool", &e))?;
-            let inbox = clink_webhooks::store::PostgresInbox::new(pool)
+            let mut inbox = clink_webhooks::store::PostgresInbox::new(pool)
                 .with_timeout(config.store_timeout)
                 .map_err(|e| CliError::usage(e.to_string()))?;
+            if let Some(tls) = &tls {
+                inbox = inbox.cancel_with(tls.clone());
+            }
             inbox
                 .migrate()
                 .await
