@@ -1188,3 +1188,46 @@ mod tests {
         );
     }
 }
+
+/// Claims for the stores' tests of a settle after the lease ended.
+#[cfg(test)]
+pub(crate) mod outlived {
+    use std::time::{Duration, Instant};
+
+    use super::{Inbox, InboxClaim, NewEvent};
+    use crate::events::InboxAttempt;
+
+    /// The attempt a handler run for `claim` is given.
+    pub(crate) fn attempt(claim: &InboxClaim) -> InboxAttempt {
+        InboxAttempt::new(
+            claim.entry.seq,
+            claim.entry.attempts,
+            claim.token.as_str().to_owned(),
+        )
+    }
+
+    /// An event `id` put in `inbox` and claimed for `lease`, returned once
+    /// that lease has surely ended by this machine's clock (nobody took it
+    /// over).
+    pub(crate) async fn claim(inbox: &dyn Inbox, id: &str, lease: Duration) -> InboxClaim {
+        inbox.insert(&NewEvent::order_succeeded(id)).await.unwrap();
+        let claim = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
+        let ended = Instant::now() + lease * 5;
+        while Instant::now() < ended {
+            tokio::time::sleep(lease).await;
+        }
+        claim
+    }
+
+    /// As [`claim`], then taken over by another claim: the first claim.
+    pub(crate) async fn taken_over(inbox: &dyn Inbox, id: &str, lease: Duration) -> InboxClaim {
+        let lost = claim(inbox, id, lease).await;
+        let taken_over = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the lease ended");
+        assert_eq!(taken_over.entry.seq, lost.entry.seq);
+        lost
+    }
+}

@@ -114,7 +114,7 @@ pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
 pub use postgres::{postgres_on_this_machine, postgres_tls, MakeRustlsConnect};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresInbox, PostgresStore};
+pub use postgres::{PostgresConnector, PostgresInbox, PostgresStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 #[cfg(feature = "sqlite")]

@@ -1131,31 +1131,11 @@ mod plan_tests {
 
 #[cfg(test)]
 mod settle_tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::SqliteInbox;
-    use crate::events::InboxAttempt;
-    use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, StoreError, StoreErrorKind};
-
-    fn event(id: &str) -> NewEvent {
-        NewEvent::order_succeeded(id)
-    }
-
-    fn attempt(claim: &InboxClaim) -> InboxAttempt {
-        InboxAttempt::new(
-            claim.entry.seq,
-            claim.entry.attempts,
-            claim.token.as_str().to_owned(),
-        )
-    }
-
-    /// Until `lease` has surely ended by this machine's clock.
-    async fn outlive(lease: Duration) {
-        let ended = Instant::now() + lease * 5;
-        while Instant::now() < ended {
-            tokio::time::sleep(lease).await;
-        }
-    }
+    use crate::store::inbox_trait::outlived::{attempt, claim, taken_over};
+    use crate::store::{Inbox, InboxStatus, StoreError, StoreErrorKind};
 
     /// A transactional completion after the claim's lease ended commits
     /// while no other worker took the event over (the token fences, not
@@ -1172,11 +1152,9 @@ mod settle_tests {
         let inbox = SqliteInbox::open(&path).unwrap();
         let lease = Duration::from_millis(20);
 
-        inbox.insert(&event("evt_a")).await.unwrap();
-        let claim = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
-        outlive(lease).await;
+        let outlived = claim(&inbox, "evt_a", lease).await;
         inbox
-            .complete_with(&attempt(&claim), |tx| {
+            .complete_with(&attempt(&outlived), |tx| {
                 tx.execute_batch(
                     "CREATE TABLE effects (id TEXT); INSERT INTO effects VALUES ('evt_a')",
                 )?;
@@ -1184,18 +1162,10 @@ mod settle_tests {
             })
             .await
             .unwrap();
-        let done = inbox.get(claim.entry.seq).await.unwrap().unwrap();
+        let done = inbox.get(outlived.entry.seq).await.unwrap().unwrap();
         assert_eq!(done.status, InboxStatus::Done);
 
-        inbox.insert(&event("evt_b")).await.unwrap();
-        let lost = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
-        outlive(lease).await;
-        let taken_over = inbox
-            .claim(Duration::from_secs(60), Duration::ZERO)
-            .await
-            .unwrap()
-            .expect("the lease ended");
-        assert_eq!(taken_over.entry.seq, lost.entry.seq);
+        let lost = taken_over(&inbox, "evt_b", lease).await;
         let error = inbox
             .complete_with(&attempt(&lost), |tx| {
                 tx.execute("INSERT INTO effects VALUES ('evt_b')", [])?;

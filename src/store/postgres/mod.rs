@@ -123,17 +123,7 @@ impl PostgresStore {
     /// statement then goes on, and may commit after its caller was told
     /// it timed out. Without it, cancels are sent plain.
     #[must_use]
-    pub fn cancel_with<T>(mut self, tls: T) -> Self
-    where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        T::Stream: Send,
-        T::TlsConnect: Send,
-        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
-    {
+    pub fn cancel_with(mut self, tls: impl PostgresConnector) -> Self {
         self.cancel = Canceller::with(tls);
         self
     }
@@ -427,6 +417,37 @@ impl PostgresStore {
     }
 }
 
+/// A connector for the connections a PostgreSQL store or inbox makes
+/// beside its pool's (the inbox's `LISTEN`, a timed-out statement's
+/// cancel): [`NoTls`](tokio_postgres::NoTls), the
+/// [`postgres_tls`](crate::store::postgres_tls) connector (feature
+/// `postgres-tls`), or any other `MakeTlsConnect` that can be cloned and
+/// sent between threads. Implemented for every such type.
+pub trait PostgresConnector:
+    tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+        Stream: Send + 'static,
+        TlsConnect: Send + tokio_postgres::tls::TlsConnect<tokio_postgres::Socket, Future: Send>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> PostgresConnector for T where
+    T: tokio_postgres::tls::MakeTlsConnect<
+            tokio_postgres::Socket,
+            Stream: Send + 'static,
+            TlsConnect: Send
+                            + tokio_postgres::tls::TlsConnect<tokio_postgres::Socket, Future: Send>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// How the cancel of a statement that ran out of time is sent: with the
 /// TLS connector the pool uses, or plain.
 #[derive(Clone)]
@@ -443,17 +464,7 @@ impl Canceller {
     }
 
     /// Cancels sent with `tls`.
-    pub(crate) fn with<T>(tls: T) -> Self
-    where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        T::Stream: Send,
-        T::TlsConnect: Send,
-        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
-    {
+    pub(crate) fn with(tls: impl PostgresConnector) -> Self {
         Self(Arc::new(move |token: tokio_postgres::CancelToken| {
             let tls = tls.clone();
             Box::pin(async move { token.cancel_query(tls).await.is_ok() })

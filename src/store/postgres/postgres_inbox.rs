@@ -640,17 +640,7 @@ impl PostgresInbox {
     /// it timed out (a claim, say, whose lease then holds the event until
     /// it ends). Without it, cancels are sent plain.
     #[must_use]
-    pub fn cancel_with<T>(mut self, tls: T) -> Self
-    where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        T::Stream: Send,
-        T::TlsConnect: Send,
-        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
-    {
+    pub fn cancel_with(mut self, tls: impl super::PostgresConnector) -> Self {
         self.cancel = super::Canceller::with(tls);
         self
     }
@@ -761,15 +751,9 @@ impl PostgresInbox {
     /// # Errors
     ///
     /// A [`StoreError`] when the connection or `LISTEN` fails.
-    pub async fn listen_with<T>(
-        &self, config: tokio_postgres::Config, tls: T,
-    ) -> Result<(), StoreError>
-    where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send,
-        T::Stream: Send + 'static,
-        T::TlsConnect: Send,
-        <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
-    {
+    pub async fn listen_with(
+        &self, config: tokio_postgres::Config, tls: impl super::PostgresConnector,
+    ) -> Result<(), StoreError> {
         let (client, mut connection) = timed(self.timeout, async {
             config
                 .connect(tls)
@@ -1464,48 +1448,24 @@ mod tests {
     /// token fences, not the clock), and settles nothing once one did.
     #[tokio::test]
     async fn a_transaction_that_outlived_its_lease_commits_unless_taken_over() {
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
 
-        use crate::events::InboxAttempt;
-        use crate::store::{Inbox, InboxClaim, InboxStatus, NewEvent, Settle};
+        use crate::store::inbox_trait::outlived::{attempt, claim, taken_over};
+        use crate::store::{Inbox, InboxStatus, Settle};
 
         let (inbox, pool, _table) = private_inbox("outlived").await;
-        let event = NewEvent::order_succeeded;
-        let attempt = |claim: &InboxClaim| {
-            InboxAttempt::new(
-                claim.entry.seq,
-                claim.entry.attempts,
-                claim.token.as_str().to_owned(),
-            )
-        };
         let lease = Duration::from_millis(20);
-        let outlive = async || {
-            let ended = Instant::now() + lease * 5;
-            while Instant::now() < ended {
-                tokio::time::sleep(lease).await;
-            }
-        };
         let mut client = pool.get().await.unwrap();
 
-        inbox.insert(&event("evt_a")).await.unwrap();
-        let claim = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
-        outlive().await;
+        let outlived = claim(&inbox, "evt_a", lease).await;
         let tx = client.transaction().await.unwrap();
-        let settled = inbox.complete_in(&tx, &attempt(&claim)).await.unwrap();
+        let settled = inbox.complete_in(&tx, &attempt(&outlived)).await.unwrap();
         assert_eq!(settled, Settle::Applied);
         tx.commit().await.unwrap();
-        let done = inbox.get(claim.entry.seq).await.unwrap().unwrap();
+        let done = inbox.get(outlived.entry.seq).await.unwrap().unwrap();
         assert_eq!(done.status, InboxStatus::Done);
 
-        inbox.insert(&event("evt_b")).await.unwrap();
-        let lost = inbox.claim(lease, Duration::ZERO).await.unwrap().unwrap();
-        outlive().await;
-        let taken_over = inbox
-            .claim(Duration::from_secs(60), Duration::ZERO)
-            .await
-            .unwrap()
-            .expect("the lease ended");
-        assert_eq!(taken_over.entry.seq, lost.entry.seq);
+        let lost = taken_over(&inbox, "evt_b", lease).await;
         let tx = client.transaction().await.unwrap();
         let settled = inbox.complete_in(&tx, &attempt(&lost)).await.unwrap();
         assert_eq!(settled, Settle::LeaseLost);
