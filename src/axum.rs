@@ -54,6 +54,7 @@ use http::request::Parts;
 use http::StatusCode;
 
 use crate::events::{DecodeError, Event, EventKind, EventType, RawEvent};
+use crate::router::Dispatched;
 use crate::Outcome;
 use crate::VerifiedEvent;
 
@@ -96,8 +97,11 @@ pub enum ClinkEventRejection {
     /// No [`ClinkLayer`](crate::ClinkLayer) ran before the handler: a
     /// configuration mistake, answered `500`.
     MissingLayer,
-    /// The event's data does not fit the requested type: answered `500`, so
-    /// the delivery is retried once the handler is fixed.
+    /// The event's data does not fit the requested type: a poison event,
+    /// answered [`Outcome::Undecodable`] (`500`) with the decode error as
+    /// its [`failure`](crate::router::Dispatched::failure), so a layer with
+    /// [`dead_letters`](crate::ClinkLayer::dead_letters) keeps it dead,
+    /// and one without has it retried once the handler is fixed.
     Undecodable(DecodeError),
     /// The event is of another type than the requested one (a
     /// `refund.created` event for `ClinkEvent<events::OrderSucceeded>`):
@@ -155,12 +159,23 @@ impl std::error::Error for ClinkEventRejection {
 
 impl IntoResponse for ClinkEventRejection {
     fn into_response(self) -> Response {
-        let outcome = if let Self::OtherType(_) = self {
-            tracing::warn!(error = ?self.to_string(), "clink event not handled");
-            Outcome::Unhandled
-        } else {
-            tracing::error!(error = ?self.to_string(), "clink event extraction failed");
-            Outcome::HandlerFailed
+        let outcome = match &self {
+            Self::OtherType(_) => {
+                tracing::warn!(error = ?self.to_string(), "clink event not handled");
+                Outcome::Unhandled
+            }
+            Self::Undecodable(error) => {
+                tracing::error!(error = ?self.to_string(), "clink event extraction failed");
+                // The layer reads why from the response: what it keeps dead
+                // says what did not decode.
+                return Dispatched::undecodable(error)
+                    .into_response(http::HeaderMap::new(), http::Extensions::new())
+                    .map(axum::body::Body::from);
+            }
+            Self::MissingLayer => {
+                tracing::error!(error = ?self.to_string(), "clink event extraction failed");
+                Outcome::HandlerFailed
+            }
         };
         outcome.into_response()
     }

@@ -721,6 +721,11 @@ impl Dispatched {
         self
     }
 
+    /// A poison event: its data did not decode, for `error`.
+    pub(crate) fn undecodable(error: &DecodeError) -> Self {
+        Self::new(Outcome::Undecodable).failed(error.to_string())
+    }
+
     /// The outcome: [`Handled`](Outcome::Handled),
     /// [`Unhandled`](Outcome::Unhandled), [`SkippedStale`](Outcome::SkippedStale),
     /// [`HandlerFailed`](Outcome::HandlerFailed), ...; acknowledge the event
@@ -863,7 +868,7 @@ async fn undecodable<S>(routes: &Routes<S>, raw: RawEvent, error: DecodeError) -
             .increment(1);
     }
     let Some(hook) = &routes.undecodable else {
-        return Dispatched::new(Outcome::Undecodable).failed(error.to_string());
+        return Dispatched::undecodable(&error);
     };
     let event = raw.clone();
     match hook(raw, error).await {

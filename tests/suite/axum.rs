@@ -191,3 +191,46 @@ async fn a_handler_answering_gone_too_many_or_a_redirect_is_answered_500() {
     // Each refused event was released, so the second delivery ran it again.
     assert_eq!(runs.lock().unwrap().len(), 8);
 }
+
+/// A poison event through the typed extractor is kept dead by a layer with a
+/// dead-letter inbox, with the decode error, as through a router: answered
+/// `200` and never lost after Clink's retries end.
+#[tokio::test]
+async fn an_undecodable_event_through_the_extractor_is_kept_dead() {
+    use clink_webhooks::store::{Inbox, InboxStatus, MemoryInbox};
+
+    let inbox = Arc::new(MemoryInbox::new());
+    let ran = Arc::new(Mutex::new(0));
+    let runs = Arc::clone(&ran);
+    let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+    let app = Router::new().route(
+        "/refunds",
+        post(
+            move |ClinkEvent(_event): ClinkEvent<events::RefundFailed>| async move {
+                *runs.lock().unwrap() += 1;
+                "ok"
+            },
+        )
+        .layer(layer),
+    );
+    let addr = serve(app).await;
+
+    let bad = r#"{"id":"evt_x1","type":"refund.failed","data":{"refundAmount":[1]}}"#;
+    let (status, body) = post_event(addr, "/refunds", bad, SECRET).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("dead_lettered"), "{body}");
+    assert_eq!(*ran.lock().unwrap(), 0);
+
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!(stats.dead, 1);
+    let entry = inbox.get(1).await.unwrap().expect("the dead event");
+    assert_eq!(entry.status, InboxStatus::Dead);
+    assert_eq!(entry.event.event_id, "evt_x1");
+    let error = entry.last_error.expect("the decode error");
+    assert!(error.contains("refundAmount"), "{error}");
+
+    // Again: a duplicate of an event kept dead, not a second dead event.
+    let (status, _) = post_event(addr, "/refunds", bad, SECRET).await;
+    assert_eq!(status, 200);
+    assert_eq!(inbox.stats().await.unwrap().dead, 1);
+}
