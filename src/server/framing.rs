@@ -58,8 +58,12 @@ enum State {
     ChunkEnd,
     /// In the trailers after the last chunk, at the start of a line.
     TrailerStart,
+    /// After a `\r` at the start of a trailer line: a `\n` ends the body.
+    TrailerEnd,
     /// In a trailer line.
     Trailer,
+    /// After a `\r` in a trailer line: a `\n` ends the line.
+    TrailerLf,
     /// Framing that cannot be followed: every later request is refused.
     Lost,
 }
@@ -309,15 +313,25 @@ impl Framing {
                 b'\r' => State::ChunkEnd,
                 _ => return self.refuse_from_here(),
             },
-            // Trailers, until an empty line ends the body.
+            // Trailers, until an empty line ends the body, as hyper reads
+            // them: only `\r\n` ends a line or the body; a bare `\n` at the
+            // start of a line is a trailer's first byte, and within one a
+            // byte like any other.
             State::TrailerStart => match byte {
-                b'\r' => State::TrailerStart,
-                b'\n' => self.next_head(),
+                b'\r' => State::TrailerEnd,
                 _ => State::Trailer,
             },
+            State::TrailerEnd => match byte {
+                b'\n' => self.next_head(),
+                _ => return self.refuse_from_here(),
+            },
             State::Trailer => match byte {
-                b'\n' => State::TrailerStart,
+                b'\r' => State::TrailerLf,
                 _ => State::Trailer,
+            },
+            State::TrailerLf => match byte {
+                b'\n' => State::TrailerStart,
+                _ => return self.refuse_from_here(),
             },
             State::Body(_) | State::ChunkData(_) | State::Lost => self.state,
         };
@@ -539,6 +553,26 @@ mod tests {
             &format!("{POST}X-Content-Length-And-Transfer-Encoding: 5\r\n\r\n"),
             None,
         );
+    }
+
+    #[test]
+    fn trailers_end_as_hyper_ends_them() {
+        // A bare `\n` after the last chunk starts a trailer in hyper, not a
+        // new request: the two lines after it are trailers, and the request
+        // after them is the connection's second, refused for its framing.
+        let trailers = "0\r\n\nPOST /p HTTP/1.1\r\nHost: a\r\n\r\n";
+        let first = format!("{POST}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n{trailers}");
+        check(&first, None);
+        let smuggled =
+            format!("{POST}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        check(&format!("{first}{smuggled}"), Some(1));
+        // A trailer line or the empty line ending with `\r` and something
+        // other than `\n`: hyper stops reading; nothing after is served.
+        for end in ["0\r\n\rX", "0\r\nX-T: 1\rX\r\n\r\n"] {
+            let stream =
+                format!("{POST}Transfer-Encoding: chunked\r\n\r\n{end}GET / HTTP/1.1\r\n\r\n");
+            check(&stream, Some(1));
+        }
     }
 
     /// The randomised tests (`seeded` in their path); `CLINK_TEST_SEED` repeats a run.
