@@ -35,7 +35,7 @@
 //! | [`UnknownAccount`](Outcome::UnknownAccount) | 404 | no | no |
 //! | [`KeysUnavailable`](Outcome::KeysUnavailable) | 503 + `Retry-After` | no | no |
 //! | [`KeyLookupsLimited`](Outcome::KeyLookupsLimited) | 503 + `Retry-After` | no | no |
-//! | [`Verify`](Outcome::Verify) | 400 (malformed) or 401 | no | no |
+//! | [`Verify`](Outcome::Verify) | 400 (malformed), 401, or 503 + `Retry-After` when every key has expired | no | no |
 //! | [`BodyTooLarge`](Outcome::BodyTooLarge) | 413 | no | no |
 //! | [`BodyUnreadable`](Outcome::BodyUnreadable) | 400 | no | no |
 //! | [`BodyTimeout`](Outcome::BodyTimeout) | 408 | no | no |
@@ -183,6 +183,7 @@ impl Outcome {
             Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::KeysUnavailable | Self::KeyLookupsLimited => StatusCode::SERVICE_UNAVAILABLE,
             Self::Verify(kind) if kind.is_malformed_request() => StatusCode::BAD_REQUEST,
+            Self::Verify(kind) if kind.is_receiver_fault() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyUnreadable | Self::InvalidEnvelope(_) | Self::InvalidEventId => {
@@ -280,6 +281,9 @@ impl Outcome {
             | Self::KeysUnavailable
             | Self::KeyLookupsLimited
             | Self::Overloaded => Some(Duration::from_secs(STORE_RETRY_AFTER_SECS)),
+            Self::Verify(kind) if kind.is_receiver_fault() => {
+                Some(Duration::from_secs(STORE_RETRY_AFTER_SECS))
+            }
             _ => None,
         }
     }
@@ -509,7 +513,7 @@ mod tests {
                 false,
             ),
             (Outcome::Verify(VerifyErrorKind::TooOld), 401, false),
-            (Outcome::Verify(VerifyErrorKind::NoActiveKey), 401, false),
+            (Outcome::Verify(VerifyErrorKind::NoActiveKey), 503, false),
             (Outcome::BodyTooLarge { limit: 1 }, 413, false),
             (Outcome::BodyUnreadable, 400, false),
             (Outcome::BodyTimeout, 408, false),

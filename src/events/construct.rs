@@ -143,12 +143,17 @@ impl EventError {
 
     /// The status to answer Clink with, as the layer does: `400` for a
     /// malformed request, envelope or id (a retry sends the same), `401` for
-    /// a delivery that is not authentic, `500` for data that did not decode
-    /// (retried, so that a fixed receiver handles it).
+    /// a delivery that is not authentic, `503` when every key has expired
+    /// (the receiver's configuration: retried once a current key is set),
+    /// `500` for data that did not decode (retried, so that a fixed
+    /// receiver handles it).
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Verify(error) if error.kind().is_malformed_request() => StatusCode::BAD_REQUEST,
+            Self::Verify(error) if error.kind().is_receiver_fault() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::Envelope(_) | Self::InvalidEventId => StatusCode::BAD_REQUEST,
             Self::Decode(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use crate::outage::every_interval;
 use crate::Outcome;
 
+/// The code of the refusal that is the receiver's own fault.
+const NO_ACTIVE_KEY: &str = "no_active_key";
+
 /// The default time between two summary lines: 10 s.
 pub const DEFAULT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -101,6 +104,17 @@ impl RefusalLog {
                 "{}{code}={count}",
                 if by_outcome.is_empty() { "" } else { " " }
             );
+        }
+        // Every key expired is this receiver's fault, and refuses every
+        // delivery until a current key is configured: an error, not noise.
+        if counts.contains_key(NO_ACTIVE_KEY) {
+            tracing::error!(
+                refused = total,
+                by_outcome = by_outcome.as_str(),
+                "clink deliveries refused: every signing key has expired, so no delivery can be verified until the endpoint's current signing secret is configured (summed up every {} s while they go on; each at debug)",
+                self.interval.as_secs_f64()
+            );
+            return;
         }
         tracing::warn!(
             refused = total,
@@ -187,6 +201,29 @@ mod tests {
         assert!(lines[1].contains("refused=1004 "), "{lines:#?}");
         assert!(
             lines[1].contains("malformed_signature=5 signature_mismatch=999"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn every_key_expired_is_logged_as_an_error() {
+        assert_eq!(VerifyErrorKind::NoActiveKey.code(), NO_ACTIVE_KEY);
+        let lines = crate::outage::tests::logged(|| async {
+            let log = RefusalLog::new(Duration::from_secs(10));
+            for _ in 0..3 {
+                log.note(&MISMATCH, 401);
+                log.note(&Outcome::Verify(VerifyErrorKind::NoActiveKey), 503);
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        // The first line is the first refusal, a mismatch: a warning.
+        assert!(lines[0].starts_with("WARN"), "{lines:#?}");
+        assert!(
+            lines[1].starts_with("ERROR")
+                && lines[1].contains("every signing key has expired")
+                && lines[1].contains("no_active_key=3 signature_mismatch=2"),
             "{lines:#?}"
         );
     }

@@ -23,7 +23,10 @@ pub enum VerifyErrorKind {
     InFuture,
     /// No active key produced this signature over this body.
     SignatureMismatch,
-    /// Every configured key has expired.
+    /// Every configured key has expired: the receiver's own configuration,
+    /// not the delivery, is at fault, so the layer answers `503` (with
+    /// `Retry-After`) and logs it at `error`; see
+    /// [`is_receiver_fault`](Self::is_receiver_fault).
     NoActiveKey,
     /// No active key produced this signature, but a key past its expiry
     /// did: the sender still signs with a secret this endpoint has retired
@@ -67,6 +70,21 @@ impl VerifyErrorKind {
             Self::NoActiveKey => "no_active_key",
             Self::ExpiredKey => "expired_key",
         }
+    }
+
+    /// Whether the receiver's keys, not the delivery, are at fault
+    /// ([`NoActiveKey`](Self::NoActiveKey): every key has expired): answer
+    /// `503`, so that the sender retries once a current key is configured.
+    ///
+    /// ```
+    /// use clink_webhooks::signature::VerifyErrorKind;
+    ///
+    /// assert!(VerifyErrorKind::NoActiveKey.is_receiver_fault());
+    /// assert!(!VerifyErrorKind::SignatureMismatch.is_receiver_fault());
+    /// ```
+    #[must_use]
+    pub fn is_receiver_fault(self) -> bool {
+        matches!(self, Self::NoActiveKey)
     }
 
     /// Whether the request itself is malformed (HTTP 400) rather than not

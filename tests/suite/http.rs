@@ -217,13 +217,16 @@ async fn refusals_follow_the_status_table() {
 }
 
 #[tokio::test]
-async fn a_verifier_whose_keys_all_expired_answers_401() {
+async fn a_verifier_whose_keys_all_expired_answers_503_to_be_retried() {
     let expired = SigningKey::new(SECRET)
         .unwrap()
         .expires_at(SystemTime::now() - Duration::from_secs(1));
     let addr = serve(ClinkLayer::new(Verifier::from_key(&expired)).layer(EventRouter::new())).await;
     let reply = deliver(addr, &fixture(&EventType::OrderSucceeded)).await;
-    assert_eq!((reply.status, reply.error_code()), (401, "no_active_key"));
+    // The receiver's keys, not the delivery, are at fault: retried once a
+    // current key is configured.
+    assert_eq!((reply.status, reply.error_code()), (503, "no_active_key"));
+    assert!(reply.headers.contains_key("retry-after"));
 }
 
 #[tokio::test]
