@@ -4,13 +4,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::data::id_field;
-use crate::EventType;
+use crate::{EventType, Timestamp};
 
-/// When every fixture event occurred, except the first of each lifecycle.
-const CREATED: &str = "2025-01-15T12:00:00.000Z";
 /// When the first event of each lifecycle (`*.created`, `invoice.open`,
-/// `payment_method.added`) occurred: five minutes earlier, so that one sent
-/// after a later event about the same object is stale.
+/// `payment_method.added`) occurred: five minutes before the others, so
+/// that one sent after a later event about the same object is stale.
 const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 
 /// A realistic delivery body for `event_type`: pretty-printed JSON in the
@@ -38,7 +36,14 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 ///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
 ///   `invoice.open`, `payment_method.added`) was created five minutes before
 ///   the others, so sending `order.created` after `order.succeeded` is an
-///   out-of-order (stale) delivery, as it would be from Clink.
+///   out-of-order (stale) delivery, as it would be from Clink. The others
+///   were created up to noon, a second apart in the order their
+///   lifecycle has them (`order.next_action` before `order.succeeded` or
+///   `order.failed`; `dispute.updated`, then `dispute.won` or
+///   `dispute.lost`, then `dispute.closed`; a subscription trialing,
+///   activated, changed, renewed, past due, then cancelled; ...), so that
+///   sending a lifecycle in its order is fresh at every step, and each
+///   step sent after a later one is stale.
 ///
 /// ```
 /// use clink_webhooks::data::{Order, OrderStatus};
@@ -75,7 +80,7 @@ pub fn fixture_with_id(event_type: &EventType, id: &str) -> String {
     struct Envelope<'a> {
         id: String,
         object: &'static str,
-        created: &'static str,
+        created: String,
         #[serde(rename = "type")]
         event_type: &'a str,
         livemode: bool,
@@ -87,9 +92,9 @@ pub fn fixture_with_id(event_type: &EventType, id: &str) -> String {
         id: id.to_owned(),
         object: "event",
         created: if is_first_of_lifecycle(name) {
-            CREATED_FIRST
+            CREATED_FIRST.to_owned()
         } else {
-            CREATED
+            Timestamp::from_millis(ms::NOON - 1_000 * seconds_before_noon(event_type)).to_string()
         },
         event_type: name,
         livemode: false,
@@ -119,6 +124,30 @@ pub fn fresh_fixture(event_type: &EventType) -> String {
         event_type,
         &format!("evt_{name}_{}", &unique.as_str()[..16]),
     )
+}
+
+/// Where an event that is not the first of its lifecycle comes in it: the
+/// seconds before noon it was created at (the last steps at noon, as in
+/// Clink's own examples).
+fn seconds_before_noon(event_type: &EventType) -> i64 {
+    use EventType as T;
+    match event_type {
+        T::OrderNextAction => 1,
+        T::SubscriptionTrialing => 8,
+        T::SubscriptionActivated => 7,
+        T::SubscriptionPlanChanged => 6,
+        T::SubscriptionPlanChangeCanceled => 5,
+        T::SubscriptionRenewed => 4,
+        T::SubscriptionCancelAtPeriodEndSet => 3,
+        T::SubscriptionCancelAtPeriodEndRevoked => 2,
+        T::SubscriptionPastDue | T::SubscriptionIncompleteExpired => 1,
+        T::DisputeUpdated => 2,
+        T::DisputeWon | T::DisputeLost => 1,
+        T::AgentRefundApproved | T::AgentRefundRejected => 1,
+        T::PurchaseInstructionActivated => 2,
+        T::PurchaseInstructionUpdated => 1,
+        _ => 0,
+    }
 }
 
 fn is_first_of_lifecycle(name: &str) -> bool {
@@ -459,7 +488,7 @@ mod tests {
     use crate::data::{
         CustomerVerify, Dispute, Invoice, Order, Refund, Resource, Session, Subscription,
     };
-    use crate::events::{ObjectKey, RawEvent};
+    use crate::events::{ObjectKey, RawEvent, Version};
     use crate::Event;
     use serde::de::DeserializeOwned;
 
@@ -502,6 +531,59 @@ mod tests {
             RawEvent::from_slice(fixture(&EventType::OrderSucceeded).as_bytes()).unwrap();
         assert!(created.created() < succeeded.created());
         assert_eq!(created.object_key(), succeeded.object_key());
+    }
+
+    #[test]
+    fn a_lifecycle_sent_in_its_order_is_fresh_at_every_step() {
+        use EventType as T;
+        for lifecycle in [
+            &[T::OrderCreated, T::OrderNextAction, T::OrderSucceeded][..],
+            &[T::OrderNextAction, T::OrderFailed],
+            &[
+                T::DisputeCreated,
+                T::DisputeUpdated,
+                T::DisputeWon,
+                T::DisputeClosed,
+            ],
+            &[T::DisputeUpdated, T::DisputeLost, T::DisputeClosed],
+            &[
+                T::SubscriptionCreated,
+                T::SubscriptionTrialing,
+                T::SubscriptionActivated,
+                T::SubscriptionPlanChanged,
+                T::SubscriptionPlanChangeCanceled,
+                T::SubscriptionRenewed,
+                T::SubscriptionCancelAtPeriodEndSet,
+                T::SubscriptionCancelAtPeriodEndRevoked,
+                T::SubscriptionPastDue,
+                T::SubscriptionCancelled,
+            ],
+            &[T::RefundCreated, T::RefundSucceeded],
+            &[T::InvoiceOpen, T::InvoicePaid],
+            &[T::AgentRefundApproved, T::AgentRefundSucceeded],
+            &[
+                T::PurchaseInstructionCreated,
+                T::PurchaseInstructionActivated,
+                T::PurchaseInstructionUpdated,
+                T::PurchaseInstructionCancelled,
+            ],
+        ] {
+            let events: Vec<RawEvent> = lifecycle
+                .iter()
+                .map(|t| RawEvent::from_slice(fixture(t).as_bytes()).unwrap())
+                .collect();
+            let version =
+                |event: &RawEvent| Version::new(event.created().expect("created"), event.id());
+            for pair in events.windows(2) {
+                assert_eq!(pair[0].object_key(), pair[1].object_key());
+                assert!(
+                    version(&pair[0]) < version(&pair[1]),
+                    "{} is not older than {}",
+                    pair[0].event_type(),
+                    pair[1].event_type()
+                );
+            }
+        }
     }
 
     #[test]
