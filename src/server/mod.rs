@@ -22,7 +22,14 @@
 //!   `Transfer-Encoding` (and closes the connection), which a proxy in
 //!   front might frame differently from this server: request smuggling;
 //! - serves at most [`max_connections`](Server::max_connections) at once
-//!   (default 512), leaving the rest in the kernel's backlog;
+//!   (default 512); when every one is taken and another client connects,
+//!   the connection idle longest (between requests, or still sending its
+//!   first head) is closed to make room, so that clients holding
+//!   connections open without using them keep no one out (a request in
+//!   progress is never cut: a connection in the middle of one is not
+//!   idle). While every connection is in the middle of a request, the one
+//!   accepted waits for the first to finish, and the rest wait in the
+//!   kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -38,17 +45,19 @@
 //! # Memory a stranger can make it hold
 //!
 //! With the defaults, request heads and bodies not yet verified take at
-//! most the layer's body budget (64 MiB) plus a margin of 16 MiB, counted
+//! most the layer's body budget (64 MiB) plus a margin of 24 MiB, counted
 //! as resident memory (the allocator's and hyper's buffers included): each
 //! connection holds at most `max_header_bytes` (16 KiB) of hyper's read
-//! buffer for a head or for body bytes in transit, plus its state (about
-//! 13 KiB for an idle connection in a debug build, less in a release one),
-//! so at most about 30 KiB, and the connection limit (512) caps how many
-//! do: 15 MiB. `tests/suite/hostile.rs` measures the peak with 400
-//! connections stalled in bodies with wrong signatures, 400 stalled just
-//! short of the header limit and 400 sending heads far over it. A larger
-//! `max_header_bytes` or `max_connections` raises the margin in proportion
-//! (about 30 KiB per connection at the default header limit).
+//! buffer for a head, kept while its body is read, and as much again for
+//! body bytes in transit, plus its state (about 13 KiB for an idle
+//! connection in a debug build, less in a release one), so at most about
+//! 45 KiB, and the connection limit (512) caps how many do: 23 MiB.
+//! `tests/suite/hostile.rs` measures the peak with 400 connections stalled
+//! in bodies with wrong signatures, 400 stalled just short of the header
+//! limit or just after it in a chunked body, and 400 sending heads far
+//! over it. A larger `max_header_bytes` or `max_connections` raises the
+//! margin in proportion (about 45 KiB per connection at the default
+//! header limit).
 //!
 //! [`ClinkLayer::body_timeout`]: crate::ClinkLayer::body_timeout
 //! [`ClinkLayer::body_budget`]: crate::ClinkLayer::body_budget
@@ -110,9 +119,12 @@ use http_body::Body;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tower_service::Service;
 
@@ -138,6 +150,103 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The pause after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a connection accepted while every slot is taken waits for the
+/// one closed for it before another idle one is closed.
+const EVICT_AGAIN: Duration = Duration::from_millis(100);
+
+/// The connections being served, as a full server picks the one to close.
+#[derive(Default)]
+struct Open {
+    connections: Mutex<HashMap<u64, Arc<Served>>>,
+    next_id: AtomicU64,
+}
+
+/// One connection being served.
+struct Served {
+    /// Requests it is in the middle of (0: between requests, or sending
+    /// its first head).
+    requests: AtomicUsize,
+    /// When it last started or finished a request, or opened: a tick of
+    /// [`Open::next_id`]'s clock, which only counts.
+    last_active: AtomicU64,
+    /// Told to close once idle.
+    close: Notify,
+}
+
+impl Open {
+    /// A tick of the order in which things happen.
+    fn tick(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Served>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection.
+    fn add(&self) -> (u64, Arc<Served>) {
+        let id = self.tick();
+        let served = Arc::new(Served {
+            requests: AtomicUsize::new(0),
+            last_active: AtomicU64::new(id),
+            close: Notify::new(),
+        });
+        self.connections().insert(id, Arc::clone(&served));
+        (id, served)
+    }
+
+    fn remove(&self, id: u64) {
+        self.connections().remove(&id);
+    }
+
+    /// Tells the connection idle longest to close; whether there was one.
+    fn close_idlest(&self) -> bool {
+        let connections = self.connections();
+        let idlest = connections
+            .values()
+            .filter(|served| served.requests.load(Ordering::Relaxed) == 0)
+            .min_by_key(|served| served.last_active.load(Ordering::Relaxed));
+        match idlest {
+            Some(served) => {
+                // `notify_one` keeps the permit when the connection's task
+                // is not waiting yet.
+                served.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A request in progress on its connection: the connection is not idle
+/// until it is dropped.
+struct InProgress {
+    served: Arc<Served>,
+    open: Arc<Open>,
+}
+
+impl InProgress {
+    fn new(served: &Arc<Served>, open: &Arc<Open>) -> Self {
+        served.requests.fetch_add(1, Ordering::Relaxed);
+        served.last_active.store(open.tick(), Ordering::Relaxed);
+        Self {
+            served: Arc::clone(served),
+            open: Arc::clone(open),
+        }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.served
+            .last_active
+            .store(self.open.tick(), Ordering::Relaxed);
+        self.served.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Serves a tower service on a listener with the protections in the
 /// [module docs](self). Built with validated setters, then
@@ -243,8 +352,10 @@ impl Server {
         Ok(self)
     }
 
-    /// How many connections are served at once; more wait in the kernel's
-    /// backlog until one closes.
+    /// How many connections are served at once. When every one is taken
+    /// and another client connects, the connection idle longest is closed
+    /// for it; when none is idle, the newcomer waits for one to close, and
+    /// more wait in the kernel's backlog.
     ///
     /// # Errors
     ///
@@ -289,19 +400,17 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let slots = Arc::new(Semaphore::new(self.max_connections));
-        let graceful = GracefulShutdown::new();
+        let open = Arc::new(Open::default());
+        // Told once shutdown is asked for: every connection finishes the
+        // request it is in the middle of, then closes.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        loop {
+        'accept: loop {
             // Reap finished connections so the set does not grow.
             while connections.try_join_next().is_some() {}
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
+            // Accepted before a slot is sure, so that a full server knows a
+            // client is waiting and closes an idle connection for it.
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -315,15 +424,38 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let slot = loop {
+                if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                    break slot;
+                }
+                if open.close_idlest() {
+                    tracing::debug!(
+                        "every connection is taken: closing the one idle longest for a new client"
+                    );
+                }
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => break slot,
+                        Err(_) => break 'accept,
+                    },
+                    // The one told to close was busy by then: another.
+                    () = tokio::time::sleep(EVICT_AGAIN) => {}
+                    () = &mut shutdown => break 'accept,
+                }
+            };
             let (stream, peer) = stream;
             let stream = framing::Watched::new(stream);
             let verdicts = stream.verdicts();
             let service = service.clone();
+            let (id, served) = open.add();
+            let (open_here, served_here) = (Arc::clone(&open), Arc::clone(&served));
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(Peer(peer));
                 let mut service = service.clone();
                 let refused = verdicts.next_is_refused();
+                let in_progress = InProgress::new(&served_here, &open_here);
                 async move {
+                    let _in_progress = in_progress;
                     if refused {
                         tracing::debug!(
                             "request with both Content-Length and Transfer-Encoding (or framing \
@@ -347,16 +479,34 @@ impl Server {
                     TokioIo::new(stall::WriteDeadline::new(stream, self.write_timeout)),
                     service,
                 );
-            let connection = graceful.watch(connection);
+            let open = Arc::clone(&open);
+            let mut stopping = stopping.clone();
             connections.spawn(async move {
-                if let Err(error) = connection.await {
+                let mut connection = std::pin::pin!(connection);
+                let closed = tokio::select! {
+                    closed = connection.as_mut() => closed,
+                    // Closed for a new client, or the server stops: a
+                    // request begun meanwhile is finished first.
+                    () = served.close.notified() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                    () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = closed {
                     tracing::debug!(%error, "connection closed with an error");
                 }
+                open.remove(id);
                 drop(slot);
             });
         }
         drop(listener);
-        if tokio::time::timeout(self.shutdown_timeout, graceful.shutdown())
+        let _ = stop.send(true);
+        let finished = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.shutdown_timeout, finished)
             .await
             .is_err()
         {
