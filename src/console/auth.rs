@@ -14,6 +14,10 @@
 //!   request with the bearer header: browsers never send that header on
 //!   their own, so a forged form cannot carry it).
 //!
+//! A request may carry several cookies of the console's name (one planted
+//! for a longer path, or for a parent domain by a sibling subdomain, comes
+//! first): each is checked, and the first that holds counts.
+//!
 //! Every comparison of a presented secret is of two HMAC digests of equal
 //! length, with `subtle`.
 
@@ -175,15 +179,23 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The value of cookie `name`, if the request sent it.
-pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The values of every cookie named `name` the request sent, in the order
+/// it sent them.
+///
+/// A browser may send several: with longer paths first, and one set for a
+/// parent domain (`Domain=.example.com`, by a sibling subdomain) among
+/// them. Each is checked, never only the first, so that a cookie planted
+/// with a longer path cannot hide the console's own.
+pub(super) fn cookies<'h>(
+    headers: &'h HeaderMap, name: &'h str,
+) -> impl Iterator<Item = &'h str> + 'h {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(move |(key, _)| *key == name)
         .map(|(_, value)| value.trim_matches('"'))
 }
 
@@ -256,12 +268,40 @@ mod tests {
         headers.insert(AUTHORIZATION, "Bearer  abc ".parse().unwrap());
         headers.append(COOKIE, "a=1; clink_console=v.w.x".parse().unwrap());
         assert_eq!(bearer(&headers), Some("abc"));
-        assert_eq!(cookie(&headers, "clink_console"), Some("v.w.x"));
-        assert_eq!(cookie(&headers, "b"), None);
+        assert_eq!(
+            cookies(&headers, "clink_console").collect::<Vec<_>>(),
+            ["v.w.x"]
+        );
+        assert_eq!(cookies(&headers, "b").next(), None);
         let set = set_cookie("n", "v", "/console", HOUR, true);
         assert_eq!(
             set,
             "n=v; Path=/console; Max-Age=3600; HttpOnly; SameSite=Strict; Secure"
         );
+    }
+
+    /// A cookie of the same name planted before the console's own (a
+    /// longer path, a parent domain) does not hide it: every one is
+    /// listed, and the first that holds is the session.
+    #[test]
+    fn every_cookie_of_the_name_is_read_the_planted_one_too() {
+        let keys = Keys::for_token("console-token-0123456789");
+        let now = Timestamp::from_millis(1_000_000);
+        let (good, nonce) = keys.new_cookie("session", now);
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            format!("clink_console=x; a=1; clink_console={good}")
+                .parse()
+                .unwrap(),
+        );
+        headers.append(COOKIE, "clink_console=\"y\"".parse().unwrap());
+        assert_eq!(
+            cookies(&headers, SESSION_COOKIE).collect::<Vec<_>>(),
+            ["x", good.as_str(), "y"]
+        );
+        let session = cookies(&headers, SESSION_COOKIE)
+            .find_map(|value| keys.check_cookie("session", value, HOUR, now));
+        assert_eq!(session, Some(nonce));
     }
 }

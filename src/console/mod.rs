@@ -88,7 +88,14 @@
 //! logs it at `warn`, with how many (`past_shown`).
 //!
 //! Each action is a form `POST` carrying a CSRF token derived from the
-//! session, checked in constant time, and is logged at `info` level under
+//! session, checked in constant time. Before that, and before any
+//! credential is looked at, a `POST` the browser says another site sent
+//! (`Sec-Fetch-Site: cross-site`) is refused with `403`, whatever it
+//! carries: with a bearer token every form has the same CSRF token, and a
+//! proxy in front that adds the `Authorization` header would let a form
+//! from another site in with it. Browsers set that header on their own; a
+//! request without it (curl, a script) is not refused for want of it. Each
+//! action is logged at `info` level under
 //! the target `clink_webhooks::console` when asked for, before it runs,
 //! and again with what was done (values from bodies in their escaped
 //! `Debug` form). A replay the inbox does not confirm, because it failed
@@ -106,8 +113,11 @@
 //! - [`with_token`](Console::with_token): each request carries
 //!   `Authorization: Bearer <token>`, or the session cookie the console sets
 //!   when a page is opened once with `?token=<token>` (it then redirects to
-//!   the same page without the token). The cookie is `HttpOnly`,
-//!   `SameSite=Strict`, scoped to the mount path, `Secure` with
+//!   the same page without the token). A browser that already has a
+//!   session and opens a `?token=` link (a bookmark) is sent to the page
+//!   without the token, its session kept, and the token is not checked at
+//!   all: a session cannot tell a right token from a wrong one. The cookie
+//!   is `HttpOnly`, `SameSite=Strict`, scoped to the mount path, `Secure` with
 //!   [`secure_cookie`](Console::secure_cookie), and lasts
 //!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
 //!   wrong token is answered `401` with nothing of the inbox, and each
@@ -161,7 +171,7 @@ mod throttle;
 mod view;
 
 use auth::{Keys, Who, CSRF_COOKIE, SESSION_COOKIE};
-use throttle::Throttle;
+use throttle::{Spent, Throttle};
 
 /// The Content-Security-Policy every console response carries.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; \
@@ -648,20 +658,48 @@ fn wrong_token(shared: &Shared, address: Option<IpAddr>, via: &'static str) -> R
         client,
         "console: a wrong token was refused"
     );
-    if let Some(wait) = refused_for {
+    if let Some((wait, spent)) = refused_for {
         let retry_after_s = throttle::retry_after_secs(wait);
+        let budget = match spent {
+            Spent::Own => "client",
+            Spent::All => "all clients",
+        };
         tracing::warn!(
             target: "clink_webhooks::console",
             client,
+            budget,
             retry_after_s,
-            "console: {} wrong tokens in a row: every token presented is refused for \
-             {retry_after_s} s, and one is taken every {} s after that while they go on \
-             (session cookies still get in)",
-            throttle::BURST,
-            throttle::REFILL.as_secs()
+            "{}",
+            lockout(spent, retry_after_s)
         );
     }
     pages::denied()
+}
+
+/// What the log says when a wrong token spent the budget `spent`, its
+/// tokens refused for `retry_after_s` seconds: that budget's numbers.
+fn lockout(spent: Spent, retry_after_s: u64) -> String {
+    let (burst, refill) = (spent.burst(), seconds(spent.refill()));
+    match spent {
+        Spent::Own => format!(
+            "console: {burst} wrong tokens in a row from this client: every token it \
+             presents is refused for {retry_after_s} s, and one is taken every {refill} s \
+             after that while they go on (session cookies still get in)"
+        ),
+        Spent::All => format!(
+            "console: {burst} wrong tokens in a row from all clients together: every token \
+             presented is refused for {retry_after_s} s, but from clients that presented \
+             the right one in the last {} h, and one is taken every {refill} s after that \
+             while they go on (session cookies still get in)",
+            throttle::KNOWN_FOR.as_secs() / 3600
+        ),
+    }
+}
+
+/// A duration in seconds, with decimals when it has a part of a second
+/// (`6`, `0.6`).
+fn seconds(span: Duration) -> String {
+    span.as_secs_f64().to_string()
 }
 
 /// Remembers that the client at `address` presented the right token: the
@@ -673,8 +711,21 @@ fn right_token(shared: &Shared, address: Option<IpAddr>) {
 }
 
 /// Lets a request in, or answers `401` (`429` for a token while too many
-/// wrong ones came); records who it is for the page.
+/// wrong ones came, `403` for a form sent from another site); records who
+/// it is for the page.
 async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
+    // A form another site made the browser send is refused before anything
+    // else: whatever credentials came with it (a session cookie, or an
+    // `Authorization` header a proxy in front adds), it is no action of
+    // the person at the console.
+    if request.method() == http::Method::POST && cross_site(request.headers()) {
+        tracing::warn!(
+            target: "clink_webhooks::console",
+            path = request.uri().path(),
+            "console: a form sent from another site was refused"
+        );
+        return pages::cross_site();
+    }
     let now = Timestamp::now();
     let base = base_path(request.extensions().get::<OriginalUri>(), request.uri());
     let cookie_path = if base.is_empty() { "/" } else { &base }.to_owned();
@@ -684,31 +735,16 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     // addresses: each has a budget of wrong tokens of its own.
     let address = client_address(&shared, &request);
     let who = if keys.checks_token() {
-        // A session already in is let in first: a token beside it (a
-        // bookmarked `?token=` link, a header a proxy in front adds) is
-        // neither throttled nor counted as a guess.
-        let session = auth::cookie(request.headers(), SESSION_COOKIE)
-            .and_then(|c| keys.check_cookie("session", c, shared.session_ttl, now));
+        // Every session cookie sent is tried, not only the first: a cookie
+        // of the same name planted for a longer path (sent first) does not
+        // hide the console's own.
+        let session = auth::cookies(request.headers(), SESSION_COOKIE)
+            .find_map(|c| keys.check_cookie("session", c, shared.session_ttl, now));
         let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
             .map(|q| q.0)
             .unwrap_or_default();
         if let Some((_, token)) = pairs.iter().find(|(name, _)| name == "token") {
-            let right = if session.is_some() {
-                keys.is_token(token)
-            } else {
-                if let Some(refused) = throttled(&shared, address) {
-                    return refused;
-                }
-                if !keys.is_token(token) {
-                    return wrong_token(&shared, address, "query");
-                }
-                true
-            };
-            if right {
-                right_token(&shared, address);
-            }
-            // The same page without the token: with a new session from it
-            // when it is right, with the session already in otherwise.
+            // The same page without the token.
             let rest: Vec<(&str, String)> = pairs
                 .iter()
                 .filter(|(name, _)| name != "token")
@@ -719,9 +755,21 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 .get::<OriginalUri>()
                 .map_or_else(|| request.uri().path(), |original| original.path());
             let location = format!("{path}{}", view::query_string(&rest));
-            if !right {
+            if session.is_some() {
+                // A session already in (a bookmarked `?token=` link) keeps
+                // its cookie, and the token is not checked at all: told
+                // apart, a right one from a wrong one would let a stolen
+                // session guess the token without limit.
                 return (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
             }
+            if let Some(refused) = throttled(&shared, address) {
+                return refused;
+            }
+            if !keys.is_token(token) {
+                return wrong_token(&shared, address, "query");
+            }
+            right_token(&shared, address);
+            // A new session from the token.
             let (cookie, _) = keys.new_cookie("session", now);
             return (
                 StatusCode::SEE_OTHER,
@@ -741,6 +789,8 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             )
                 .into_response();
         }
+        // A session already in is let in first: a bearer header beside it
+        // (one a proxy in front adds) is neither checked nor counted.
         if let Some(nonce) = session {
             Who::Session(nonce)
         } else if let Some(token) = auth::bearer(request.headers()) {
@@ -757,8 +807,8 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         }
     } else {
         let ttl = Duration::from_secs(400 * 24 * 3600);
-        match auth::cookie(request.headers(), CSRF_COOKIE)
-            .and_then(|c| keys.check_cookie("csrf", c, ttl, now))
+        match auth::cookies(request.headers(), CSRF_COOKIE)
+            .find_map(|c| keys.check_cookie("csrf", c, ttl, now))
         {
             Some(nonce) => Who::App(nonce),
             None => {
@@ -784,6 +834,16 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Whether the browser says the request came from another site
+/// (`Sec-Fetch-Site: cross-site`). A request without the header (curl, a
+/// script, an older browser) is not.
+fn cross_site(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"))
 }
 
 /// The headers every console response carries.
@@ -812,8 +872,237 @@ async fn security_headers(mut response: Response) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use bytes::Bytes;
+    use tower::ServiceExt;
+
     use super::*;
-    use crate::store::MemoryInbox;
+    use crate::store::{MemoryInbox, NewEvent};
+
+    const TOKEN: &str = "console-test-token-0123456789";
+
+    /// An inbox with one event, dead (seq 1).
+    async fn one_dead() -> Arc<MemoryInbox> {
+        let inbox = Arc::new(MemoryInbox::new());
+        let now = Timestamp::now();
+        let event = NewEvent::new(
+            None,
+            "evt_dead".to_owned(),
+            "order.succeeded".to_owned(),
+            Some(now),
+            None,
+            now,
+            now,
+            Bytes::from_static(b"{}"),
+        );
+        inbox
+            .insert_dead(&event, "the warehouse said no")
+            .await
+            .unwrap();
+        inbox
+    }
+
+    /// What the console mounted at `/console` answers to `method path` with
+    /// `headers` and, for a form, `form`.
+    async fn send(
+        app: &Router, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>,
+    ) -> Response {
+        let mut request = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match form {
+            Some(form) => {
+                request = request.header("content-type", "application/x-www-form-urlencoded");
+                Body::from(form.to_owned())
+            }
+            None => Body::empty(),
+        };
+        app.clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn mounted(console: Console) -> Router {
+        Router::new().nest("/console", console.router())
+    }
+
+    fn header(response: &Response, name: header::HeaderName) -> Option<&str> {
+        response.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The replay form of event 1, dead and never replayed, with `csrf`.
+    fn replay_form(csrf: &str) -> String {
+        format!("csrf={csrf}&status=dead&replays=0&handled=")
+    }
+
+    /// A cookie of the console's name planted before its own (a longer
+    /// path, a parent domain: sent first) does not keep a session out,
+    /// nor, behind the app's auth, its actions.
+    #[tokio::test]
+    async fn a_planted_cookie_before_the_consoles_own_does_not_hide_it() {
+        let inbox = one_dead().await;
+        let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+        let keys = Keys::for_token(TOKEN);
+        let (session, _) = keys.new_cookie("session", Timestamp::now());
+        let cookies = format!("{SESSION_COOKIE}=x; {SESSION_COOKIE}={session}");
+        let page = send(
+            &app,
+            "GET",
+            "/console/events",
+            &[("cookie", &cookies)],
+            None,
+        )
+        .await;
+        assert_eq!(page.status(), StatusCode::OK);
+
+        let secret = [7u8; 32];
+        let app = mounted(Console::behind_app_auth(Arc::clone(&inbox), secret).unwrap());
+        let keys = Keys::for_app(&secret);
+        let (csrf_cookie, nonce_app) = keys.new_cookie("csrf", Timestamp::now());
+        let cookies = format!("{CSRF_COOKIE}=1.2.3; {CSRF_COOKIE}={csrf_cookie}");
+        let csrf = keys.csrf(&Who::App(nonce_app));
+        let done = send(
+            &app,
+            "POST",
+            "/console/events/1/replay",
+            &[("cookie", &cookies)],
+            Some(&replay_form(&csrf)),
+        )
+        .await;
+        assert_eq!(done.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            header(&done, header::LOCATION),
+            Some("/console/events/1?done=replayed")
+        );
+        assert!(done.headers().get(header::SET_COOKIE).is_none());
+    }
+
+    /// With a session in, a `?token=` is not checked: a right and a wrong
+    /// one get the same answer (the page without it, the session kept, no
+    /// new cookie), and no wrong one is counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_beside_a_session_is_not_checked() {
+        let app = mounted(Console::with_token(one_dead().await, TOKEN).unwrap());
+        let (session, _) = Keys::for_token(TOKEN).new_cookie("session", Timestamp::now());
+        let cookie = format!("{SESSION_COOKIE}={session}");
+        let wrong = "wrongwrong-guess-zyxwvutsrq";
+        for token in [TOKEN, wrong].into_iter().chain([wrong; 20]) {
+            let page = send(
+                &app,
+                "GET",
+                &format!("/console/events?status=dead&token={token}"),
+                &[("cookie", &cookie)],
+                None,
+            )
+            .await;
+            assert_eq!(page.status(), StatusCode::SEE_OTHER);
+            assert_eq!(
+                header(&page, header::LOCATION),
+                Some("/console/events?status=dead")
+            );
+            assert!(page.headers().get(header::SET_COOKIE).is_none());
+        }
+        // Twenty wrong ones beside the session, none counted: the token
+        // still gets in, in the query or the header.
+        let login = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+        assert_eq!(login.status(), StatusCode::SEE_OTHER);
+        assert!(login.headers().get(header::SET_COOKIE).is_some());
+        let bearer = format!("Bearer {TOKEN}");
+        let page = send(&app, "GET", "/console", &[("authorization", &bearer)], None).await;
+        assert_eq!(page.status(), StatusCode::OK);
+    }
+
+    /// A form another site made the browser send is refused, with every
+    /// kind of login, before it does anything; from the console's own
+    /// pages, or without the header, it goes through.
+    #[tokio::test]
+    async fn a_form_from_another_site_is_refused() {
+        let inbox = one_dead().await;
+        let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+        let keys = Keys::for_token(TOKEN);
+        let bearer = format!("Bearer {TOKEN}");
+        let form = replay_form(&keys.csrf(&Who::Bearer));
+        let (session, nonce) = keys.new_cookie("session", Timestamp::now());
+        let cookie = format!("{SESSION_COOKIE}={session}");
+        let session_form = replay_form(&keys.csrf(&Who::Session(nonce)));
+        let secret = [7u8; 32];
+        let app_auth = mounted(Console::behind_app_auth(Arc::clone(&inbox), secret).unwrap());
+        let app_keys = Keys::for_app(&secret);
+        let (csrf_cookie, app_nonce) = app_keys.new_cookie("csrf", Timestamp::now());
+        let csrf_cookie = format!("{CSRF_COOKIE}={csrf_cookie}");
+        let app_form = replay_form(&app_keys.csrf(&Who::App(app_nonce)));
+        for site in ["cross-site", "Cross-Site"] {
+            for (app, credentials, form) in [
+                (&app, ("authorization", bearer.as_str()), &form),
+                (&app, ("cookie", cookie.as_str()), &session_form),
+                (&app_auth, ("cookie", csrf_cookie.as_str()), &app_form),
+            ] {
+                let refused = send(
+                    app,
+                    "POST",
+                    "/console/events/1/replay",
+                    &[credentials, ("sec-fetch-site", site)],
+                    Some(form),
+                )
+                .await;
+                assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{credentials:?}");
+                assert!(refused.headers().get(header::SET_COOKIE).is_none());
+                let entry = inbox.get(1).await.unwrap().unwrap();
+                assert_eq!(entry.status, crate::store::InboxStatus::Dead);
+                assert_eq!(entry.replays, 0);
+            }
+        }
+        let done = send(
+            &app,
+            "POST",
+            "/console/events/1/replay",
+            &[
+                ("authorization", &bearer),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            Some(&form),
+        )
+        .await;
+        assert_eq!(done.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            header(&done, header::LOCATION),
+            Some("/console/events/1?done=replayed")
+        );
+        assert_eq!(inbox.get(1).await.unwrap().unwrap().replays, 1);
+        // A page from another site's link is still shown.
+        let page = send(
+            &app,
+            "GET",
+            "/console/events/1",
+            &[("authorization", &bearer), ("sec-fetch-site", "cross-site")],
+            None,
+        )
+        .await;
+        assert_eq!(page.status(), StatusCode::OK);
+    }
+
+    /// The log of a spent budget names that budget's numbers.
+    #[test]
+    fn the_lockout_log_names_the_budget_spent() {
+        let own = lockout(Spent::Own, 6);
+        assert!(
+            own.contains("10 wrong tokens in a row from this client"),
+            "{own}"
+        );
+        assert!(own.contains("one is taken every 6 s"), "{own}");
+        let all = lockout(Spent::All, 1);
+        assert!(
+            all.contains("100 wrong tokens in a row from all clients together"),
+            "{all}"
+        );
+        assert!(all.contains("one is taken every 0.6 s"), "{all}");
+        assert!(all.contains("in the last 24 h"), "{all}");
+        for text in [own, all] {
+            assert!(!text.contains("  "), "{text}");
+        }
+    }
 
     #[test]
     fn short_or_spaced_secrets_are_refused() {

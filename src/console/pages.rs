@@ -15,6 +15,7 @@ use http::StatusCode;
 
 use super::view::{self, Query};
 use super::{Ctx, Shared};
+use crate::store::inbox_history::{HISTORY_ERROR_LEN, HISTORY_LEN};
 use crate::store::inbox_page::cut_error;
 use crate::store::{
     InboxAttemptRecord, InboxEntry, InboxFilter, InboxStatus, InboxSummary, PageStart, ReplayPin,
@@ -165,14 +166,34 @@ struct AttemptRow {
 }
 
 impl AttemptRow {
+    /// The row of `record`: its error cut to its first
+    /// [`HISTORY_ERROR_LEN`] bytes as shown, with `…` when it was cut, as
+    /// the crate's inboxes keep it; should an inbox of the app's own keep
+    /// more, the page shows no more.
     fn new(record: &InboxAttemptRecord) -> Self {
         Self {
             attempt: record.attempt,
             started: view::time(record.started_at),
             duration: view::duration(record.duration),
             outcome: record.outcome.as_str(),
-            error: record.outcome.error().map(view::lines),
+            error: record.outcome.error().map(|error| {
+                let shown = view::lines_limited(error, HISTORY_ERROR_LEN);
+                let cut = shown.is_cut();
+                let mut text = shown.text;
+                if cut {
+                    text.push('…');
+                }
+                text
+            }),
         }
+    }
+
+    /// The rows of an event's `history` (oldest first): its newest
+    /// [`HISTORY_LEN`] attempts, as the crate's inboxes keep them, the
+    /// newest last; an inbox of the app's own may keep more.
+    fn of(history: &[InboxAttemptRecord]) -> Vec<Self> {
+        let newest = &history[history.len().saturating_sub(HISTORY_LEN)..];
+        newest.iter().map(Self::new).collect()
     }
 }
 
@@ -300,6 +321,21 @@ pub(super) fn too_many_wrong_tokens(retry_after_secs: u64) -> Response {
         .into_response()
 }
 
+/// The `403` answer to a form another site made the browser send
+/// (`Sec-Fetch-Site: cross-site`): nothing done, nothing of the inbox.
+pub(super) fn cross_site() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        "403 Forbidden: the console takes no form sent from another site; open the \
+         console and repeat the action from there\n",
+    )
+        .into_response()
+}
+
 fn message(
     shared: &Shared, ctx: &Ctx, status: StatusCode, heading: &'static str, message: String,
 ) -> Response {
@@ -381,7 +417,8 @@ fn no_time_for_a_write(ctx: &Ctx) -> StoreError {
     StoreError::new(
         StoreErrorKind::Timeout,
         format!(
-            "the inbox's reads took most of the {:?} the console gives a page, too little              was left to replay: nothing was replayed",
+            "the inbox's reads took most of the {:?} the console gives a page, too little \
+             was left to replay: nothing was replayed",
             ctx.deadline.timeout
         ),
     )
@@ -797,7 +834,7 @@ pub(super) async fn event(
             csrf: shared.keys.csrf(&ctx.who),
             envelope,
             history,
-            attempts: entry.history.iter().map(AttemptRow::new).collect(),
+            attempts: AttemptRow::of(&entry.history),
             body_cut: cut_note(
                 "body",
                 &format!(
@@ -1312,4 +1349,74 @@ pub(super) async fn not_found() -> Response {
         "not found\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::auth::Who;
+    use crate::console::Deadline;
+    use crate::store::InboxAttemptOutcome;
+
+    /// The message of a replay not begun for want of time reads as one
+    /// sentence: no run of spaces from the line it is written on.
+    #[test]
+    fn the_no_time_message_has_no_run_of_spaces() {
+        let ctx = Ctx {
+            who: Who::Bearer,
+            base: String::new(),
+            deadline: Deadline::starting_now(Duration::from_secs(5)),
+        };
+        let message = no_time_for_a_write(&ctx).to_string();
+        assert!(
+            message.contains("too little was left to replay"),
+            "{message}"
+        );
+        assert!(!message.contains("  "), "{message}");
+    }
+
+    /// An inbox of the app's own that keeps more attempts, or longer
+    /// errors, than the crate's: the page shows the newest 20, the newest
+    /// last, each error cut to 2 KiB with `…`.
+    #[test]
+    fn the_attempts_shown_are_the_newest_20_each_error_bounded() {
+        let history: Vec<InboxAttemptRecord> = (1..=50u32)
+            .map(|n| {
+                InboxAttemptRecord::new(
+                    n,
+                    Timestamp::from_millis(i64::from(n) * 1_000),
+                    Duration::from_millis(5),
+                    InboxAttemptOutcome::Failed {
+                        error: format!("attempt {n}: {}", "é".repeat(100_000)),
+                    },
+                )
+            })
+            .collect();
+        let rows = AttemptRow::of(&history);
+        assert_eq!(rows.len(), HISTORY_LEN);
+        let numbers: Vec<u32> = rows.iter().map(|row| row.attempt).collect();
+        assert_eq!(numbers, (31..=50).collect::<Vec<_>>());
+        for row in &rows {
+            let error = row.error.as_deref().unwrap();
+            assert!(
+                error.len() <= HISTORY_ERROR_LEN + '…'.len_utf8(),
+                "{} bytes",
+                error.len()
+            );
+            assert!(error.starts_with(&format!("attempt {}: é", row.attempt)));
+            assert!(error.ends_with('…'));
+        }
+        // A short error, and fewer attempts, whole.
+        let short = [InboxAttemptRecord::new(
+            1,
+            Timestamp::from_millis(0),
+            Duration::ZERO,
+            InboxAttemptOutcome::Failed {
+                error: "no\nway".to_owned(),
+            },
+        )];
+        let rows = AttemptRow::of(&short);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].error.as_deref(), Some("no\nway"));
+    }
 }

@@ -8,7 +8,8 @@
 //! budget has one again. Session cookies are never refused: they are
 //! signed, not guessed, so browsers already in keep working, and a token
 //! sent beside a session (a bookmarked `?token=` link, a header a proxy in
-//! front adds) is neither refused nor counted.
+//! front adds) is not even checked: neither refused nor counted, nor told
+//! apart from a wrong one.
 //!
 //! A client is the address its connection came from, as the app hands it
 //! to the console (the crate's `Server` puts it on every request, and so
@@ -80,6 +81,35 @@ pub(super) fn client(address: Option<IpAddr>) -> Client {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
     })
+}
+
+/// Which budget of wrong tokens a refusal comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spent {
+    /// The client's own: [`BURST`] in a row, then one every [`REFILL`].
+    Own,
+    /// That of all clients together: [`BURST_ALL`] in a row, then one
+    /// every [`REFILL_ALL`].
+    All,
+}
+
+impl Spent {
+    /// How many wrong tokens the budget takes in a row.
+    pub(super) fn burst(self) -> u32 {
+        self.rate().burst
+    }
+
+    /// How long each wrong token takes to be made up for.
+    pub(super) fn refill(self) -> Duration {
+        self.rate().refill
+    }
+
+    fn rate(self) -> Rate {
+        match self {
+            Self::Own => ONE,
+            Self::All => ALL,
+        }
+    }
 }
 
 /// A budget of wrong tokens: `burst` in a row, then one every `refill`.
@@ -167,14 +197,23 @@ impl Budgets {
         }
     }
 
-    /// How long tokens from `client` are refused for.
-    fn refused_for(&mut self, client: Client, now: Instant) -> Option<Duration> {
+    /// How long tokens from `client` are refused for, and the budget
+    /// spent: of the two, the one that refuses them longer (its own on a
+    /// tie).
+    fn refused_for(&mut self, client: Client, now: Instant) -> Option<(Duration, Spent)> {
         let own = self.budget(client, now);
-        let own = ONE.wait(self.clients.get(&own).copied(), now);
+        let own = ONE
+            .wait(self.clients.get(&own).copied(), now)
+            .map(|wait| (wait, Spent::Own));
         if self.is_known(client, now) {
             return own;
         }
-        own.max(ALL.wait(self.all, now))
+        let all = ALL.wait(self.all, now).map(|wait| (wait, Spent::All));
+        match (own, all) {
+            (Some(own), Some(all)) if all.0 > own.0 => Some(all),
+            (own @ Some(_), _) => own,
+            (None, all) => all,
+        }
     }
 }
 
@@ -186,12 +225,15 @@ impl Throttle {
     /// How long to wait before a token from `client` is taken again, if
     /// its budget, or that of all clients, is spent.
     pub(super) fn refused_for(&self, client: Client, now: Instant) -> Option<Duration> {
-        self.budgets().refused_for(client, now)
+        self.budgets()
+            .refused_for(client, now)
+            .map(|(wait, _)| wait)
     }
 
     /// Counts a wrong token from `client`; how long its tokens are refused
-    /// for from now on, if this one spent a budget.
-    pub(super) fn failed(&self, client: Client, now: Instant) -> Option<Duration> {
+    /// for from now on, and which budget is spent (the client's own, or
+    /// that of all clients), if this one spent one.
+    pub(super) fn failed(&self, client: Client, now: Instant) -> Option<(Duration, Spent)> {
         let mut budgets = self.budgets();
         let own = budgets.budget(client, now);
         let until = ONE.charge(budgets.clients.get(&own).copied(), now);
@@ -242,7 +284,7 @@ mod tests {
             assert_eq!(throttle.failed(HERE, now), None, "wrong token {n}");
             assert_eq!(throttle.refused_for(HERE, now), None);
         }
-        assert_eq!(throttle.failed(HERE, now), Some(REFILL));
+        assert_eq!(throttle.failed(HERE, now), Some((REFILL, Spent::Own)));
         assert_eq!(throttle.refused_for(HERE, now), Some(REFILL));
         assert_eq!(
             throttle.refused_for(HERE, now + REFILL / 2),
@@ -251,13 +293,16 @@ mod tests {
         // Once the wait is over, one more; then a wait again.
         let later = now + REFILL;
         assert_eq!(throttle.refused_for(HERE, later), None);
-        assert_eq!(throttle.failed(HERE, later), Some(REFILL));
+        assert_eq!(throttle.failed(HERE, later), Some((REFILL, Spent::Own)));
         // Long after, the whole budget again.
         let much_later = later + REFILL * BURST;
         for _ in 1..BURST {
             assert_eq!(throttle.failed(HERE, much_later), None);
         }
-        assert_eq!(throttle.failed(HERE, much_later), Some(REFILL));
+        assert_eq!(
+            throttle.failed(HERE, much_later),
+            Some((REFILL, Spent::Own))
+        );
     }
 
     /// Each client spends its own budget; a client the console cannot
@@ -372,6 +417,34 @@ mod tests {
             }
         }
         assert!(throttle.refused_for(admin, next_day).is_some());
+    }
+
+    /// A refusal says which budget is spent: the 100th client's first
+    /// wrong token spends no budget of its own, but the one of all clients
+    /// together; a client's tenth, its own.
+    #[test]
+    fn a_refusal_says_which_budget_is_spent() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for n in 1..BURST_ALL {
+            let n = usize::try_from(n).unwrap();
+            assert_eq!(throttle.failed(nth(n), now), None, "client {n}");
+        }
+        let hundredth = nth(usize::try_from(BURST_ALL).unwrap());
+        assert_eq!(
+            throttle.failed(hundredth, now),
+            Some((REFILL_ALL, Spent::All))
+        );
+        assert_eq!(Spent::All.burst(), BURST_ALL);
+        assert_eq!(Spent::All.refill(), REFILL_ALL);
+        // Much later, both budgets whole: a client's tenth in a row spends
+        // its own.
+        let later = now + REFILL * BURST;
+        for _ in 1..BURST {
+            assert_eq!(throttle.failed(HERE, later), None);
+        }
+        assert_eq!(throttle.failed(HERE, later), Some((REFILL, Spent::Own)));
+        assert_eq!((Spent::Own.burst(), Spent::Own.refill()), (BURST, REFILL));
     }
 
     /// At most `KNOWN` clients are remembered, the latest kept.

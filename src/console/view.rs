@@ -258,7 +258,8 @@ impl Shown {
     }
 }
 
-/// Text written up to a size, each character as [`lines`] shows it.
+/// Text written up to a size, each character as [`lines_limited`] shows
+/// it.
 struct Limited {
     out: String,
     limit: usize,
@@ -313,7 +314,8 @@ impl Limited {
     }
 }
 
-/// `text` as [`lines`] shows it, cut to at most `limit` bytes.
+/// Text shown on several lines (an error, a body), cut to at most `limit`
+/// bytes: as [`shown`], line breaks kept.
 pub(super) fn lines_limited(text: &str, limit: usize) -> Shown {
     let mut out = Limited::new(limit, text.len());
     let mut shown = 0;
@@ -391,9 +393,10 @@ pub(super) fn shown(text: &str) -> String {
     crate::events::escape_invisible(text).replace('\n', "\\u000a")
 }
 
-/// Text shown on several lines (an error, a body): as [`shown`], line
-/// breaks kept.
-pub(super) fn lines(text: &str) -> String {
+/// `text` whole as [`lines_limited`] shows it: as [`shown`], line breaks
+/// kept.
+#[cfg(test)]
+fn lines(text: &str) -> String {
     crate::events::escape_invisible(text).into_owned()
 }
 
