@@ -159,6 +159,40 @@ impl Scenario {
         self
     }
 
+    /// Sends every step added so far to `uri` (by default
+    /// [`DEFAULT_PATH`](crate::testing::DEFAULT_PATH), `/webhooks/clink`), for
+    /// an app whose webhook is mounted elsewhere (`/api/clink`, an
+    /// account's `/webhooks/clink/acct_1`); call it after the last
+    /// [`step`](Self::step) (the built-in scenarios have all theirs).
+    ///
+    /// ```
+    /// use clink_webhooks::testing::Scenario;
+    ///
+    /// let scenario = Scenario::duplicates("whsec_test").uri("/api/clink");
+    /// assert!(scenario
+    ///     .steps()
+    ///     .iter()
+    ///     .all(|step| step.request().build::<bytes::Bytes>().uri() == "/api/clink"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `uri` is not a valid URI: a mistake in the test itself.
+    #[must_use]
+    pub fn uri<U>(mut self, uri: U) -> Self
+    where
+        U: TryInto<http::Uri>,
+        U::Error: fmt::Display,
+    {
+        let uri: http::Uri = uri
+            .try_into()
+            .unwrap_or_else(|error| panic!("Scenario::uri: not a valid URI: {error}"));
+        for step in &mut self.steps {
+            step.request = step.request.clone().uri(uri.clone());
+        }
+        self
+    }
+
     /// The scenario's name.
     #[must_use]
     pub fn name(&self) -> &str {

@@ -397,3 +397,24 @@ async fn an_app_that_rewrites_the_body_before_the_layer_fails() {
         "{failure}"
     );
 }
+
+/// An app whose webhook is mounted at another path runs the scenarios
+/// there; sent to the default path, they reach nothing and fail.
+#[tokio::test]
+async fn scenarios_run_against_an_app_mounted_at_another_path() {
+    let layer = ClinkLayer::new(verifier());
+    let app = axum::Router::new().route_service("/api/clink", layer.route(EventRouter::new()));
+    for scenario in Scenario::all(SECRET) {
+        let name = scenario.name().to_owned();
+        scenario
+            .uri("/api/clink")
+            .run_with_body::<axum::body::Body, _, _>(app.clone())
+            .await
+            .unwrap_or_else(|failure| panic!("{name}: {failure:?}"));
+    }
+    let failure = Scenario::duplicates(SECRET)
+        .run_with_body::<axum::body::Body, _, _>(app)
+        .await
+        .unwrap_err();
+    assert!(format!("{failure:?}").contains("got 404"), "{failure:?}");
+}
