@@ -42,6 +42,6 @@ mod fixtures;
 mod request;
 mod scenario;
 
-pub use fixtures::{fixture, fixture_with_id, fresh_fixture};
+pub use fixtures::{fixture, fixture_with_id, fresh_fixture, Shape};
 pub use request::{SignedRequest, TimestampUnit, DEFAULT_PATH};
 pub use scenario::{Scenario, ScenarioFailure, Step, StepResult};

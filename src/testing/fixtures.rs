@@ -29,9 +29,9 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 ///   are made up, not Clink's, so do not write code against them. So does
 ///   a name this crate does not know.
 /// - Other shapes Clink's integrations report (an integer-millisecond
-///   `created`, an order wrapped as `data.object`) are not among these
-///   fixtures; the crate reads them, and a test of yours that needs them
-///   builds them by hand.
+///   `created`, an order wrapped as `data.object`) are made from these by
+///   [`Shape`]: the crate reads them all, and so should an app that reads
+///   a body's JSON itself.
 /// - Every fixture is about the same few objects (`ord_test_123`,
 ///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
 ///   `invoice.open`, `payment_method.added`) was created five minutes before
@@ -102,6 +102,93 @@ pub fn fixture_with_id(event_type: &EventType, id: &str) -> String {
     };
     // A struct of strings and a JSON value always serializes.
     serde_json::to_string_pretty(&envelope).unwrap_or_else(|_| unreachable!())
+}
+
+/// Another shape of a fixture's body, as Clink's integrations report them
+/// beside the one of its schema: `created` as an integer of epoch
+/// milliseconds rather than an RFC 3339 string, and `data` wrapped as
+/// `data.object` for the types whose `data` is the resource itself.
+/// Typed events read every shape alike; a handler that reads the raw
+/// JSON must too.
+///
+/// ```
+/// use clink_webhooks::data::Order;
+/// use clink_webhooks::testing::{fixture, Shape};
+/// use clink_webhooks::{EventType, RawEvent};
+///
+/// let plain = fixture(&EventType::OrderSucceeded);
+/// let shaped = Shape::new().created_in_millis().data_wrapped().apply(&plain);
+/// assert!(shaped.contains(r#""created": 1736942400000"#));
+/// let (a, b) = (RawEvent::from_slice(plain.as_bytes())?, RawEvent::from_slice(shaped.as_bytes())?);
+/// assert_eq!(a.created(), b.created());
+/// assert_eq!(a.decode::<Order>()?.data, b.decode::<Order>()?.data);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    created_in_millis: bool,
+    data_wrapped: bool,
+}
+
+impl Shape {
+    /// The shape of Clink's schema: [`apply`](Self::apply) changes nothing.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `created` as an integer of epoch milliseconds.
+    #[must_use]
+    pub fn created_in_millis(mut self) -> Self {
+        self.created_in_millis = true;
+        self
+    }
+
+    /// `data` wrapped as `{"object": ...}` (a body whose `data` is wrapped
+    /// already, as for disputes, is left as it is).
+    #[must_use]
+    pub fn data_wrapped(mut self) -> Self {
+        self.data_wrapped = true;
+        self
+    }
+
+    /// `body`, a fixture (of any id), in this shape: pretty-printed as the
+    /// fixtures are, with its keys in alphabetical order when anything
+    /// changed (unchanged in the shape of Clink's schema).
+    ///
+    /// # Panics
+    ///
+    /// When `body` is not a JSON object, or its `created` not a time: a
+    /// mistake in the test itself.
+    #[must_use]
+    pub fn apply(self, body: &str) -> String {
+        if self == Self::new() {
+            return body.to_owned();
+        }
+        let mut envelope: Value = serde_json::from_str(body)
+            .unwrap_or_else(|error| panic!("Shape::apply: not a JSON body: {error}"));
+        let Some(object) = envelope.as_object_mut() else {
+            panic!("Shape::apply: not a JSON object");
+        };
+        if self.created_in_millis {
+            if let Some(created) = object.get_mut("created") {
+                let at: Timestamp = serde_json::from_value(created.take())
+                    .unwrap_or_else(|error| panic!("Shape::apply: `created` is no time: {error}"));
+                *created = Value::from(at.as_millis());
+            }
+        }
+        if self.data_wrapped {
+            if let Some(data) = object.get_mut("data") {
+                let wrapped = data.as_object().is_some_and(|data| {
+                    data.len() == 1 && data.get("object").is_some_and(Value::is_object)
+                });
+                if !wrapped {
+                    *data = json!({ "object": data.take() });
+                }
+            }
+        }
+        serde_json::to_string_pretty(&envelope).unwrap_or_else(|_| unreachable!())
+    }
 }
 
 /// [`fixture`] with a fresh event id, unique within the process and across
@@ -582,6 +669,34 @@ mod tests {
                     pair[0].event_type(),
                     pair[1].event_type()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_shape_of_every_fixture_reads_as_its_plain_one() {
+        let shapes = [
+            Shape::new().created_in_millis(),
+            Shape::new().data_wrapped(),
+            Shape::new().created_in_millis().data_wrapped(),
+        ];
+        for t in EventType::ALL {
+            let plain = fixture(t);
+            assert_eq!(Shape::new().apply(&plain), plain);
+            let plain = RawEvent::from_slice(plain.as_bytes()).unwrap();
+            for shape in shapes {
+                let body = shape.apply(&fixture(t));
+                let shaped = RawEvent::from_slice(body.as_bytes()).unwrap();
+                assert_eq!(shaped.created(), plain.created(), "{t} {shape:?}");
+                assert_eq!(shaped.object_key(), plain.object_key(), "{t} {shape:?}");
+                let value: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(value["created"].is_i64(), shape.created_in_millis, "{t}");
+                assert!(
+                    value["data"]["object"].is_object() || !shape.data_wrapped,
+                    "{t}"
+                );
+                let data = shaped.decode::<Value>().unwrap().data;
+                assert_eq!(data, plain.decode::<Value>().unwrap().data, "{t} {shape:?}");
             }
         }
     }
