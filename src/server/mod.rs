@@ -167,19 +167,20 @@ struct Served {
     /// Requests it is in the middle of (0: between requests, or sending
     /// its first head).
     requests: AtomicUsize,
-    /// When it last started or finished a request, or opened: a tick of
-    /// [`Open::next_id`]'s clock, which only counts.
+    /// When it last started or finished a request, or opened: a [`tick`].
     last_active: AtomicU64,
     /// Told to close once idle.
     close: Notify,
 }
 
-impl Open {
-    /// A tick of the order in which things happen.
-    fn tick(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
+/// A count of the order in which connections open and requests start and
+/// end: a clock that only counts, shared by every server of the process.
+fn tick() -> u64 {
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    TICKS.fetch_add(1, Ordering::Relaxed)
+}
 
+impl Open {
     fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Served>>> {
         self.connections
             .lock()
@@ -188,10 +189,10 @@ impl Open {
 
     /// Registers a new connection.
     fn add(&self) -> (u64, Arc<Served>) {
-        let id = self.tick();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let served = Arc::new(Served {
             requests: AtomicUsize::new(0),
-            last_active: AtomicU64::new(id),
+            last_active: AtomicU64::new(tick()),
             close: Notify::new(),
         });
         self.connections().insert(id, Arc::clone(&served));
@@ -223,28 +224,20 @@ impl Open {
 
 /// A request in progress on its connection: the connection is not idle
 /// until it is dropped.
-struct InProgress {
-    served: Arc<Served>,
-    open: Arc<Open>,
-}
+struct InProgress(Arc<Served>);
 
 impl InProgress {
-    fn new(served: &Arc<Served>, open: &Arc<Open>) -> Self {
+    fn new(served: &Arc<Served>) -> Self {
         served.requests.fetch_add(1, Ordering::Relaxed);
-        served.last_active.store(open.tick(), Ordering::Relaxed);
-        Self {
-            served: Arc::clone(served),
-            open: Arc::clone(open),
-        }
+        served.last_active.store(tick(), Ordering::Relaxed);
+        Self(Arc::clone(served))
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.served
-            .last_active
-            .store(self.open.tick(), Ordering::Relaxed);
-        self.served.requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.last_active.store(tick(), Ordering::Relaxed);
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -448,12 +441,12 @@ impl Server {
             let verdicts = stream.verdicts();
             let service = service.clone();
             let (id, served) = open.add();
-            let (open_here, served_here) = (Arc::clone(&open), Arc::clone(&served));
+            let served_here = Arc::clone(&served);
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(Peer(peer));
                 let mut service = service.clone();
                 let refused = verdicts.next_is_refused();
-                let in_progress = InProgress::new(&served_here, &open_here);
+                let in_progress = InProgress::new(&served_here);
                 async move {
                     let _in_progress = in_progress;
                     if refused {
