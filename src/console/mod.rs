@@ -89,11 +89,12 @@
 //!
 //! Each action is a form `POST` carrying a CSRF token derived from the
 //! session, checked in constant time. Before that, and before any
-//! credential is looked at, a `POST` the browser says another site sent
-//! (`Sec-Fetch-Site: cross-site`) is refused with `403`, whatever it
-//! carries: with a bearer token every form has the same CSRF token, and a
+//! credential is looked at, a `POST` the browser says another origin sent
+//! (`Sec-Fetch-Site` other than `same-origin` or `none`: `cross-site`, or
+//! `same-site` from a sibling subdomain) is refused with `403`, whatever
+//! it carries: with a bearer token every form has the same CSRF token, and a
 //! proxy in front that adds the `Authorization` header would let a form
-//! from another site in with it. Browsers set that header on their own; a
+//! from another origin in with it. Browsers set that header on their own; a
 //! request without it (curl, a script) is not refused for want of it. Each
 //! action is logged at `info` level under
 //! the target `clink_webhooks::console` when asked for, before it runs,
@@ -711,10 +712,10 @@ fn right_token(shared: &Shared, address: Option<IpAddr>) {
 }
 
 /// Lets a request in, or answers `401` (`429` for a token while too many
-/// wrong ones came, `403` for a form sent from another site); records who
+/// wrong ones came, `403` for a form sent from another origin); records who
 /// it is for the page.
 async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
-    // A form another site made the browser send is refused before anything
+    // A form another origin made the browser send is refused before anything
     // else: whatever credentials came with it (a session cookie, or an
     // `Authorization` header a proxy in front adds), it is no action of
     // the person at the console.
@@ -722,7 +723,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         tracing::warn!(
             target: "clink_webhooks::console",
             path = request.uri().path(),
-            "console: a form sent from another site was refused"
+            "console: a form sent from another origin was refused"
         );
         return pages::cross_site();
     }
@@ -836,14 +837,15 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     response
 }
 
-/// Whether the browser says the request came from another site
-/// (`Sec-Fetch-Site: cross-site`). A request without the header (curl, a
-/// script, an older browser) is not.
+/// Whether the browser says the request came from another origin
+/// (`Sec-Fetch-Site` other than `same-origin` or `none`: `cross-site`,
+/// `same-site`). A request without the header (curl, a script, an older
+/// browser) is not.
 fn cross_site(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all("sec-fetch-site")
-        .iter()
-        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    headers.get_all("sec-fetch-site").iter().any(|value| {
+        let value = value.as_bytes();
+        !(value.eq_ignore_ascii_case(b"same-origin") || value.eq_ignore_ascii_case(b"none"))
+    })
 }
 
 /// The headers every console response carries.
@@ -1033,7 +1035,7 @@ mod tests {
         let (csrf_cookie, app_nonce) = app_keys.new_cookie("csrf", Timestamp::now());
         let csrf_cookie = format!("{CSRF_COOKIE}={csrf_cookie}");
         let app_form = replay_form(&app_keys.csrf(&Who::App(app_nonce)));
-        for site in ["cross-site", "Cross-Site"] {
+        for site in ["cross-site", "Cross-Site", "same-site"] {
             for (app, credentials, form) in [
                 (&app, ("authorization", bearer.as_str()), &form),
                 (&app, ("cookie", cookie.as_str()), &session_form),

@@ -321,8 +321,9 @@ pub(super) fn too_many_wrong_tokens(retry_after_secs: u64) -> Response {
         .into_response()
 }
 
-/// The `403` answer to a form another site made the browser send
-/// (`Sec-Fetch-Site: cross-site`): nothing done, nothing of the inbox.
+/// The `403` answer to a form another origin made the browser send
+/// (`Sec-Fetch-Site: cross-site` or `same-site`): nothing done, nothing of
+/// the inbox.
 pub(super) fn cross_site() -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -330,7 +331,7 @@ pub(super) fn cross_site() -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         )],
-        "403 Forbidden: the console takes no form sent from another site; open the \
+        "403 Forbidden: the console takes no form sent from another origin; open the \
          console and repeat the action from there\n",
     )
         .into_response()

@@ -4,7 +4,9 @@
 //! refused thousands of times a second. Each refusal is logged at `debug`;
 //! at `warn` there is one line for the first refusal after a quiet spell,
 //! then one summary line at the end of each interval in which there were
-//! more, with the count of each outcome. The summaries are written by a
+//! more, with the count of each outcome (at `error` when one of them is
+//! `no_active_key`: every key has expired, and nothing can be verified
+//! until a current one is configured). The summaries are written by a
 //! timer, so the last one comes at the end of its interval even when no
 //! request follows; the timer stops after an interval without refusals and
 //! when the layer is dropped.

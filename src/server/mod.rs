@@ -23,13 +23,15 @@
 //!   front might frame differently from this server: request smuggling;
 //! - serves at most [`max_connections`](Server::max_connections) at once
 //!   (default 512); when every one is taken and another client connects,
-//!   the connection idle longest (between requests, or still sending its
-//!   first head) is closed to make room, so that clients holding
-//!   connections open without using them keep no one out (a request in
-//!   progress is never cut: a connection in the middle of one is not
-//!   idle). While every connection is in the middle of a request, the one
-//!   accepted waits for the first to finish, and the rest wait in the
-//!   kernel's backlog;
+//!   the connection idle longest is closed to make room (one open for at
+//!   least a second without a request, between requests or still sending
+//!   its first head), so that clients holding connections open without
+//!   using them keep no one out. A request in progress is never cut: a
+//!   connection in the middle of one is not idle, and one told to close
+//!   finishes a request it began meanwhile; only an answer already made
+//!   that its client has not read a second later is. While no connection
+//!   has been idle that long, the one accepted waits for a slot, and the
+//!   rest wait in the kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -120,8 +122,9 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 use tokio::net::TcpListener;
 
 use tokio::sync::{Notify, Semaphore};
@@ -155,6 +158,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one closed for it before another idle one is closed.
 const EVICT_AGAIN: Duration = Duration::from_millis(100);
 
+/// How long a connection must have been idle (open without a request, or
+/// since its last answer was made) before a full server closes it for a
+/// new client: a client that just connected, or just had its answer, is
+/// about to send its request.
+const IDLE_BEFORE_CLOSED: Duration = Duration::from_secs(1);
+
+/// How long a connection told to close for a new client has to close, for
+/// as long as it is in the middle of no request: an answer being written
+/// to a client that reads it, say.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// The connections being served, as a full server picks the one to close.
 #[derive(Default)]
 struct Open {
@@ -167,17 +181,21 @@ struct Served {
     /// Requests it is in the middle of (0: between requests, or sending
     /// its first head).
     requests: AtomicUsize,
-    /// When it last started or finished a request, or opened: a [`tick`].
+    /// When it last opened, started a request or had its answer made: a
+    /// [`now_ms`].
     last_active: AtomicU64,
-    /// Told to close once idle.
+    /// Whether it was told to close.
+    told: AtomicBool,
+    /// Told to close.
     close: Notify,
 }
 
-/// A count of the order in which connections open and requests start and
-/// end: a clock that only counts, shared by every server of the process.
-fn tick() -> u64 {
-    static TICKS: AtomicU64 = AtomicU64::new(0);
-    TICKS.fetch_add(1, Ordering::Relaxed)
+/// Milliseconds on a clock of the process's own, for how long connections
+/// have been idle.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Open {
@@ -187,31 +205,43 @@ impl Open {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a new connection.
-    fn add(&self) -> (u64, Arc<Served>) {
+    /// Registers a new connection, until the guard returned is dropped.
+    fn add(self: &Arc<Self>) -> (Registered, Arc<Served>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let served = Arc::new(Served {
             requests: AtomicUsize::new(0),
-            last_active: AtomicU64::new(tick()),
+            last_active: AtomicU64::new(now_ms()),
+            told: AtomicBool::new(false),
             close: Notify::new(),
         });
         self.connections().insert(id, Arc::clone(&served));
-        (id, served)
+        (
+            Registered {
+                open: Arc::clone(self),
+                id,
+            },
+            served,
+        )
     }
 
-    fn remove(&self, id: u64) {
-        self.connections().remove(&id);
-    }
-
-    /// Tells the connection idle longest to close; whether there was one.
+    /// Tells the connection idle longest, if one has been idle for
+    /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; whether
+    /// there was one.
     fn close_idlest(&self) -> bool {
+        let idle_since = now_ms()
+            .saturating_sub(u64::try_from(IDLE_BEFORE_CLOSED.as_millis()).unwrap_or(u64::MAX));
         let connections = self.connections();
         let idlest = connections
             .values()
-            .filter(|served| served.requests.load(Ordering::Relaxed) == 0)
+            .filter(|served| {
+                served.requests.load(Ordering::Relaxed) == 0
+                    && !served.told.load(Ordering::Relaxed)
+                    && served.last_active.load(Ordering::Relaxed) <= idle_since
+            })
             .min_by_key(|served| served.last_active.load(Ordering::Relaxed));
         match idlest {
             Some(served) => {
+                served.told.store(true, Ordering::Relaxed);
                 // `notify_one` keeps the permit when the connection's task
                 // is not waiting yet.
                 served.close.notify_one();
@@ -222,6 +252,18 @@ impl Open {
     }
 }
 
+/// A connection in [`Open`]'s map until dropped, however its task ends.
+struct Registered {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.connections().remove(&self.id);
+    }
+}
+
 /// A request in progress on its connection: the connection is not idle
 /// until it is dropped.
 struct InProgress(Arc<Served>);
@@ -229,14 +271,14 @@ struct InProgress(Arc<Served>);
 impl InProgress {
     fn new(served: &Arc<Served>) -> Self {
         served.requests.fetch_add(1, Ordering::Relaxed);
-        served.last_active.store(tick(), Ordering::Relaxed);
+        served.last_active.store(now_ms(), Ordering::Relaxed);
         Self(Arc::clone(served))
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.last_active.store(tick(), Ordering::Relaxed);
+        self.0.last_active.store(now_ms(), Ordering::Relaxed);
         self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -346,9 +388,10 @@ impl Server {
     }
 
     /// How many connections are served at once. When every one is taken
-    /// and another client connects, the connection idle longest is closed
-    /// for it; when none is idle, the newcomer waits for one to close, and
-    /// more wait in the kernel's backlog.
+    /// and another client connects, the connection idle longest (for a
+    /// second at least) is closed for it; when none is, the newcomer waits
+    /// for one to close, and more wait in the kernel's backlog (see the
+    /// [module docs](self)).
     ///
     /// # Errors
     ///
@@ -440,7 +483,7 @@ impl Server {
             let stream = framing::Watched::new(stream);
             let verdicts = stream.verdicts();
             let service = service.clone();
-            let (id, served) = open.add();
+            let (registered, served) = open.add();
             let served_here = Arc::clone(&served);
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(Peer(peer));
@@ -472,18 +515,30 @@ impl Server {
                     TokioIo::new(stall::WriteDeadline::new(stream, self.write_timeout)),
                     service,
                 );
-            let open = Arc::clone(&open);
             let mut stopping = stopping.clone();
             connections.spawn(async move {
+                let _registered = registered;
                 let mut connection = std::pin::pin!(connection);
                 let closed = tokio::select! {
                     closed = connection.as_mut() => closed,
-                    // Closed for a new client, or the server stops: a
-                    // request begun meanwhile is finished first.
+                    // Closed for a new client: hyper closes an idle
+                    // connection at once, and finishes a request begun and
+                    // the answer it is writing; a head it is still reading
+                    // it would read until the header timeout, so a
+                    // connection in no request after a grace is dropped.
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
-                        connection.await
+                        loop {
+                            match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                                Ok(closed) => break closed,
+                                Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
+                                    break Ok(());
+                                }
+                                Err(_) => {}
+                            }
+                        }
                     }
+                    // The server stops: a request begun is finished first.
                     () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
                         connection.as_mut().graceful_shutdown();
                         connection.await
@@ -492,7 +547,6 @@ impl Server {
                 if let Err(error) = closed {
                     tracing::debug!(%error, "connection closed with an error");
                 }
-                open.remove(id);
                 drop(slot);
             });
         }

@@ -415,14 +415,16 @@ fetch("{login}", {{mode: "no-cors", credentials: "include"}})
     assert!(page.contains("simulated failure: the first run of every refund.failed event fails"));
     assert!(page.contains(">Replay</button>"), "{page}");
 
-    // A page elsewhere that posts the replay form with the browser's
-    // session cookie, but without the CSRF token: refused.
+    // A page elsewhere (another port of this host: the same site, another
+    // origin) that posts the replay form with the browser's session
+    // cookie, but without the CSRF token: refused for where it came from,
+    // as the browser says (`Sec-Fetch-Site: same-site`).
     let attack = Elsewhere::start(attack_form().replace("REPLACE_SEQ", &dead_seq.to_string()));
     let attacked = browser.dom(&format!("http://127.0.0.1:{}/attack", attack.port));
     assert!(attacked.contains("<title>posted</title>"), "{attacked}");
     line_containing(
         &receiver.stderr,
-        "console: an action without its CSRF token was refused via=\"session\"",
+        "console: a form sent from another origin was refused",
     );
     let page = browser.dom(&login(&format!("/events/{dead_seq}")));
     assert!(page.contains("class=\"status status-dead\""), "{page}");

@@ -241,7 +241,8 @@ async fn held_headers_and_bodies_without_the_key_stay_within_the_budget_plus_the
     .await;
 
     // Heads that stall just under the limit, held until the header timeout
-    // (or closed for a newer connection); and complete heads as long, with
+    // (or closed for a newer connection once a second idle); and complete
+    // heads as long, with
     // the first byte of a chunked body after them: hyper keeps such a head
     // while its body is read, and reads the body into a buffer of its own.
     let stalled = endless_head(&addr, STALLED_HEAD);
@@ -1040,10 +1041,12 @@ async fn answer_head(stream: &mut TcpStream) -> String {
 }
 
 /// Connections held open without a request keep no one out: with every
-/// connection taken, a new client gets the one idle longest, closed for
-/// it, while a connection in the middle of a request is left to finish.
-/// Before, the new client waited in the backlog until an idle connection's
-/// header timeout or the delivery's body timeout (here an hour) ran out.
+/// connection taken, a new client gets the one idle longest (a second at
+/// least), closed for it, whether it is between requests or still sending
+/// a head, while a connection in the middle of a request is left to
+/// finish. Before, the new client waited in the backlog until an idle
+/// connection's header timeout or the delivery's body timeout (here an
+/// hour) ran out.
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
@@ -1058,7 +1061,7 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
         .unwrap()
         .route(EventRouter::new());
     let server = Server::new()
-        .max_connections(2)
+        .max_connections(3)
         .and_then(|s| s.header_read_timeout(Duration::from_secs(3600)))
         .unwrap();
     tokio::spawn(server.serve(listener, service, std::future::pending()));
@@ -1069,6 +1072,12 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
         .await
         .unwrap();
     assert!(answer_head(&mut idle).await.starts_with("HTTP/1.1 405"));
+    // One sending a head it never ends.
+    let mut trickling = TcpStream::connect(addr).await.unwrap();
+    trickling
+        .write_all(format!("POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
     // One in the middle of a delivery: its head and half its body sent.
     let body = r#"{"id":"evt_half","type":"invoice.paid","data":{}}"#;
     let (first, rest) = body.split_at(body.len() / 2);
@@ -1082,20 +1091,24 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
         .await
         .unwrap();
 
-    // A third client, with both connections taken: served.
-    let request = SignedRequest::new(KEY, fresh_fixture(&EventType::InvoicePaid))
-        .uri(format!("http://{addr}/webhooks/clink"))
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let answer = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("a new client waited behind an idle connection")
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    // The idle connection was the one closed: what is left to read is the
-    // body of its answer, then the end.
+    // Two more clients, each on a connection of its own, with every
+    // connection taken: both served.
+    for n in 0..2 {
+        let request = SignedRequest::new(KEY, fresh_fixture(&EventType::InvoicePaid))
+            .uri(format!("http://{addr}/webhooks/clink"))
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let answer = tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("new client {n} waited behind an idle connection"))
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    // The idle connection was closed: what is left to read is the body of
+    // its answer, then the end. And the one trickling its head, unanswered.
     let left = answer_until_closed(&mut idle).await;
     assert!(left.ends_with("POST requests\"}"), "{left}");
+    assert_eq!(answer_until_closed(&mut trickling).await, "");
     // The delivery in progress was left to finish.
     busy.write_all(rest.as_bytes()).await.unwrap();
     assert!(answer_head(&mut busy).await.starts_with("HTTP/1.1 200"));
