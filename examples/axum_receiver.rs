@@ -22,6 +22,10 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
 //! ```
 //!
+//! While the endpoint's secret is rotated, give the secrets newest first,
+//! separated by commas (`CLINK_WEBHOOK_SIGNING_KEY=whsec_new,whsec_old`):
+//! deliveries signed with either are accepted.
+//!
 //! It stops gracefully on Ctrl-C or SIGTERM: from the signal, the deliveries
 //! in progress and (with an inbox) the handlers running finish side by side
 //! within one deadline of 4 s, and the events of handlers still running then
@@ -447,15 +451,22 @@ fn heal_undecodable(
     })
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file, as Kubernetes
-/// does, often ends with a newline, which would fail every delivery), or
-/// what to tell the user. Without it the receiver does not start: one that
-/// fell back to a key anyone can read would accept deliveries anyone can
-/// sign.
-fn signing_key() -> Result<String, String> {
+/// The verifier of the endpoint's signing secret, from
+/// `CLINK_WEBHOOK_SIGNING_KEY`, or what to tell the user. During a rotation
+/// the variable holds the secrets newest first, separated by commas
+/// (`whsec_new,whsec_old`), and a delivery signed with any of them is
+/// accepted. Each is used without the whitespace around it: a secret mounted
+/// from a file, as Kubernetes does, often ends with a newline, and one from
+/// a `.env` file with CRLF line ends with `\r\n`, which would fail every
+/// delivery. Without it the receiver does not start: one that fell back to
+/// a key anyone can read would accept deliveries anyone can sign.
+fn verifier() -> Result<Verifier, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        // The error says which secret of the list is wrong, never what it is.
+        Ok(keys) if !keys.trim().is_empty() => {
+            return Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()));
+        }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
@@ -702,7 +713,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let key = signing_key()?;
+    let verifier = verifier()?;
     let settings = Settings::from_env()?;
     let _ = HANDLER_DELAY.set(settings.handler_delay);
 
@@ -739,7 +750,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..AppState::default()
     };
     let router = fail_once(router(state, freshness));
-    let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let layer = ClinkLayer::new(verifier).store(idempotency);
     let mut console_inbox = None;
     let mut workers = None;
     let mut webhooks = Router::new();

@@ -8,6 +8,9 @@
 //! how to set it and exits with status 1. To try it locally, any key works
 //! as long as the sender signs with the same one
 //! (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
+//! While the endpoint's secret is rotated, give the secrets newest first,
+//! separated by commas (`whsec_new,whsec_old`): deliveries signed with
+//! either are accepted.
 //!
 //! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3001`; set
 //! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts):
@@ -56,15 +59,22 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file, as Kubernetes
-/// does, often ends with a newline, which would fail every delivery), or
-/// what to tell the user. Without it the receiver does not start: one that
-/// fell back to a key anyone can read would accept deliveries anyone can
-/// sign.
-fn signing_key() -> Result<String, String> {
+/// The verifier of the endpoint's signing secret, from
+/// `CLINK_WEBHOOK_SIGNING_KEY`, or what to tell the user. During a rotation
+/// the variable holds the secrets newest first, separated by commas
+/// (`whsec_new,whsec_old`), and a delivery signed with any of them is
+/// accepted. Each is used without the whitespace around it: a secret mounted
+/// from a file, as Kubernetes does, often ends with a newline, and one from
+/// a `.env` file with CRLF line ends with `\r\n`, which would fail every
+/// delivery. Without it the receiver does not start: one that fell back to
+/// a key anyone can read would accept deliveries anyone can sign.
+fn verifier() -> Result<Verifier, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        // The error says which secret of the list is wrong, never what it is.
+        Ok(keys) if !keys.trim().is_empty() => {
+            return Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()));
+        }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
@@ -142,7 +152,7 @@ async fn listen(addr: SocketAddr, from: &str) -> Result<tokio::net::TcpListener,
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let key = signing_key()?;
+    let verifier = verifier()?;
     let (addr, admin_addr) = addresses()?;
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
@@ -170,7 +180,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok::<_, std::io::Error>(())
         });
-    let layer = ClinkLayer::new(Verifier::new(key)?);
+    let layer = ClinkLayer::new(verifier);
     let readiness = layer.readiness();
     let webhook = layer.route(router);
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::support::process::{example_receiver, Finished, Process};
 use clink_webhooks::testing::fixture;
-use clink_webhooks::EventType;
+use clink_webhooks::{sign, EventType};
 use serde_json::Value;
 
 /// The key every receiver in these tests uses; it must never be printed.
@@ -516,6 +516,11 @@ struct Listener {
 
 impl Listener {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_key(KEY, extra)
+    }
+
+    /// `listen` verifying with `key` (`--secret env:NAME`).
+    fn start_with_key(key: &str, extra: &[&str]) -> Self {
         let process = Process::start(
             clink_webhook()
                 .args([
@@ -526,7 +531,7 @@ impl Listener {
                     "env:CLINK_TEST_LISTEN_KEY",
                 ])
                 .args(extra)
-                .env("CLINK_TEST_LISTEN_KEY", KEY),
+                .env("CLINK_TEST_LISTEN_KEY", key),
         );
         let first = process.next_stdout();
         let url = match first.strip_prefix("listening on ") {
@@ -769,4 +774,114 @@ fn listen_prints_a_404_path_escaped_in_json_and_text() {
             assert_eq!(line, r#"404 not_found  GET "/\u{202e}""#);
         }
     }
+}
+
+/// The signing key is read as `serve` reads it: several secrets, newest
+/// first, separated by commas (during a rotation), each without the
+/// whitespace around it (a secret file's newline, a CRLF `.env` file).
+/// `verify` and `listen` accept a delivery signed with any of them; `sign`
+/// and `send` sign with the newest; an empty one is refused without a
+/// secret in the message. Before, a list was one secret, and a trailing
+/// `\r\n` part of it: every delivery failed.
+#[test]
+fn a_key_list_is_read_as_the_gateway_reads_it() {
+    const NEWEST: &str = "whsec_cli_newest_8e21";
+    let body = b"{}";
+    let file = BodyFile::new("key-list", body);
+    let timestamp = "1700000000000";
+    let list = format!(" {NEWEST} , {KEY}\r\n");
+    let no_newest = |finished: &Finished| {
+        assert!(
+            !finished.stdout.contains(NEWEST) && !finished.stderr.contains(NEWEST),
+            "a secret was printed: {finished:?}"
+        );
+    };
+    let verify_with = |key: &str, signed_by: &str| {
+        let finished = run(clink_webhook()
+            .env("CLINK_WEBHOOK_SIGNING_KEY", key)
+            .args(["verify", "--body-file", file.path()])
+            .args(["--timestamp", timestamp, "--now-ms", timestamp])
+            .args(["--signature", &sign(signed_by, timestamp, body)]));
+        no_newest(&finished);
+        finished
+    };
+
+    // The second secret of the list, and the first.
+    for signed_by in [KEY, NEWEST] {
+        let verified = verify_with(&list, signed_by);
+        assert_eq!(verified.code, Some(0), "{verified:?}");
+        assert!(verified.stdout.starts_with("valid: "), "{verified:?}");
+    }
+    // One secret with a CRLF after it, as a `.env` file written on Windows
+    // gives it, and with a newline, as a secret file does.
+    for padded in [format!("{KEY}\r\n"), format!("{KEY}\n")] {
+        let verified = verify_with(&padded, KEY);
+        assert_eq!(verified.code, Some(0), "{padded:?}: {verified:?}");
+    }
+    // A secret that is not in the list is still refused.
+    let refused = verify_with(&list, "whsec_cli_not_in_the_list");
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+
+    // `sign` signs with the newest secret, without its whitespace.
+    let signed = run(clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", &list)
+        .args(["sign", "--body-file", file.path(), "--timestamp", timestamp]));
+    no_newest(&signed);
+    assert_eq!(signed.code, Some(0), "{signed:?}");
+    assert_eq!(
+        signed.stdout,
+        format!(
+            "X-Clink-Timestamp: {timestamp}\nX-Clink-Signature: {}\n",
+            sign(NEWEST, timestamp, body)
+        )
+    );
+
+    // A stray comma is refused by every command, naming no secret.
+    let path = file.path();
+    for args in [
+        &["sign", "--body-file", path][..],
+        &[
+            "verify",
+            "--body-file",
+            path,
+            "--timestamp",
+            timestamp,
+            "--signature",
+            "00",
+        ],
+        &["send", "order.succeeded", "--to", "http://127.0.0.1:9/"],
+        &["listen", "--port", "0"],
+    ] {
+        let refused = run(clink_webhook()
+            .env("CLINK_WEBHOOK_SIGNING_KEY", format!("{NEWEST},,{KEY}"))
+            .args(args));
+        no_newest(&refused);
+        assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
+        assert!(
+            refused.stderr.contains(
+                "CLINK_WEBHOOK_SIGNING_KEY: signing secret 2 of the 3 in the list is empty \
+                 (a stray comma?)"
+            ),
+            "{args:?}: {refused:?}"
+        );
+    }
+
+    // `listen` accepts each secret of the list; `send` signs with the newest.
+    let listener = Listener::start_with_key(&list, &[]);
+    let sent = cli(&["send", "order.succeeded", "--to", &listener.url]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.succeeded evt_order_succeeded_test  order:ord_test_123  fresh"
+    );
+    let receiver = Listener::start_with_key(NEWEST, &[]);
+    let sent = run(clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", &list)
+        .args(["send", "order.created", "--to", &receiver.url]));
+    no_newest(&sent);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        receiver.process.next_stdout(),
+        "200 handled  order.created evt_order_created_test  order:ord_test_123  fresh"
+    );
 }

@@ -214,6 +214,52 @@ async fn the_examples_use_the_signing_key_without_the_whitespace_around_it() {
     );
 }
 
+/// During a rotation `CLINK_WEBHOOK_SIGNING_KEY` holds the secrets newest
+/// first, separated by commas, as the gateway reads it: each example
+/// receiver accepts a delivery signed with the old secret and one signed
+/// with the new, each secret without the whitespace around it, and
+/// verify_only verifies its samples. A stray comma stops them before they
+/// listen, naming no secret. Before, the list was one secret, and every
+/// delivery got 401.
+#[tokio::test]
+async fn the_examples_accept_every_secret_of_a_rotation() {
+    const NEW_KEY: &str = "whsec_example_rotated_in";
+    let list = format!(" {NEW_KEY} ,{KEY}\r\n");
+    for name in ["axum_receiver", "hyper_receiver"] {
+        let process = example(name, Some(&list));
+        let line = Process::line_starting(&process.stderr, "listening on ");
+        let url = &line["listening on ".len()..];
+        for (secret, id) in [(KEY, "old"), (NEW_KEY, "new")] {
+            let body = format!(
+                r#"{{"id":"evt_rotation_{id}_{name}","type":"risk_rule.updated","data":{{}}}}"#
+            );
+            let signed = SignedRequest::new(secret, body).uri(url);
+            assert_eq!(post(&signed).await, 200, "{name}, the {id} secret");
+            assert_eq!(
+                process.next_stdout(),
+                format!("handled risk_rule.updated evt_rotation_{id}_{name}")
+            );
+        }
+        let forged = SignedRequest::new("whsec_example_never_given", "{}".to_owned()).uri(url);
+        assert_eq!(post(&forged).await, 401, "{name}");
+    }
+    let finished = example("verify_only", Some(&list)).finish();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+
+    for name in ["axum_receiver", "hyper_receiver", "verify_only"] {
+        let process = example(name, Some(&format!("{NEW_KEY},,{KEY}")));
+        let said = first_line_on_starting(&process, name);
+        assert_eq!(
+            said,
+            "error: CLINK_WEBHOOK_SIGNING_KEY: signing secret 2 of the 3 in the list is empty \
+             (a stray comma?): give the secrets newest first, separated by single commas",
+            "{name}"
+        );
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(1), "{name}: {finished:?}");
+    }
+}
+
 /// `GET url`: the status and the body.
 async fn get(url: &str) -> (u16, String) {
     use http_body_util::BodyExt;

@@ -15,7 +15,7 @@ use clink_webhooks::server::Server;
 use clink_webhooks::BoxFuture;
 use clink_webhooks::{
     ClinkLayer, ClinkService, Event, EventRouter, Layer, MemoryStore, Outcome, RawEvent,
-    VerifiedEvent, Verifier,
+    VerifiedEvent,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -265,9 +265,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
             args.path
         )));
     }
-    let secret = args.key.secret()?;
-    let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::no_key(e.to_string()))?;
-    drop(secret);
+    let verifier = args.key.verifier()?;
     let pipeline: Pipeline = ClinkLayer::new(verifier).layer(router());
 
     let listener = TcpListener::bind(("127.0.0.1", args.port))

@@ -37,6 +37,9 @@ const KEY_VARIABLE: &str = "CLINK_WEBHOOK_SIGNING_KEY";
 const AFTER_HELP: &str = "\
 The signing key comes from --secret (the secret itself, or env:NAME to read the
 environment variable NAME) or else from CLINK_WEBHOOK_SIGNING_KEY. It is never printed.
+During a rotation it may hold several secrets, newest first, separated by commas:
+verify and listen accept each, sign and send sign with the first. The whitespace
+around each secret (a file's trailing newline, a CRLF) is not part of it.
 
 Output is text, coloured when stdout is a terminal (NO_COLOR turns colour off).
 With --json every command prints JSON Lines instead: one JSON object per line
@@ -140,8 +143,9 @@ impl std::fmt::Debug for KeyArgs {
 }
 
 impl KeyArgs {
-    /// The secret, from `--secret` or else the environment.
-    fn secret(&self) -> Result<Zeroizing<String>, CliError> {
+    /// The key as given, from `--secret` or else the environment, and where
+    /// it came from (for messages).
+    fn given(&self) -> Result<(String, Zeroizing<String>), CliError> {
         let (source, value) = match &self.secret {
             Some(given) => match given.strip_prefix("env:") {
                 Some(name) => (format!("--secret env:{name}"), std::env::var(name).ok()),
@@ -149,8 +153,8 @@ impl KeyArgs {
             },
             None => (KEY_VARIABLE.to_owned(), std::env::var(KEY_VARIABLE).ok()),
         };
-        match value {
-            Some(secret) if !secret.is_empty() => Ok(Zeroizing::new(secret)),
+        match value.map(Zeroizing::new) {
+            Some(secret) if !secret.trim().is_empty() => Ok((source, secret)),
             Some(_) => Err(CliError::no_key(format!(
                 "{source}: the signing key is empty"
             ))),
@@ -161,6 +165,32 @@ impl KeyArgs {
                 "no signing key: pass --secret SECRET (or --secret env:NAME), or set {KEY_VARIABLE}"
             ))),
         }
+    }
+
+    /// A verifier of every secret the key holds: one, or several separated
+    /// by commas, newest first (during a rotation, as `serve` reads them),
+    /// each without the whitespace around it (a secret from a file ends in
+    /// `\n`, one from a CRLF `.env` file in `\r\n`); and the key as given.
+    fn read(&self) -> Result<(Verifier, Zeroizing<String>), CliError> {
+        let (source, secrets) = self.given()?;
+        // The message says which secret is wrong, never what it is.
+        let verifier = Verifier::from_secret_list(&secrets)
+            .map_err(|e| CliError::no_key(format!("{source}: {}", e.message())))?;
+        Ok((verifier, secrets))
+    }
+
+    /// The verifier of the key's secrets ([`read`](Self::read)).
+    fn verifier(&self) -> Result<Verifier, CliError> {
+        self.read().map(|(verifier, _)| verifier)
+    }
+
+    /// The secret to sign with: the newest of the key's secrets (the first),
+    /// without the whitespace around it; the list is checked as
+    /// [`read`](Self::read) checks it.
+    fn signing_secret(&self) -> Result<Zeroizing<String>, CliError> {
+        let (_, secrets) = self.read()?;
+        let newest = secrets.split(',').next().unwrap_or_default().trim();
+        Ok(Zeroizing::new(newest.to_owned()))
     }
 }
 
@@ -368,7 +398,17 @@ fn secrets_in(args: &[OsString]) -> Vec<Zeroizing<String>> {
         if let Some(value) = value {
             match value.strip_prefix("env:") {
                 Some(name) => variables.push(name.to_owned()),
-                None => secrets.push(Zeroizing::new(value.into_owned())),
+                None => {
+                    // Each secret of a list too, as it is read.
+                    let value = Zeroizing::new(value.into_owned());
+                    secrets.extend(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .map(|part| Zeroizing::new(part.to_owned())),
+                    );
+                    secrets.push(value);
+                }
             }
         }
     }
@@ -582,7 +622,7 @@ fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {
-    let secret = args.key.secret()?;
+    let secret = args.key.signing_secret()?;
     let body = read_body(&args.body_file)?;
     let timestamp = args
         .timestamp
@@ -599,11 +639,11 @@ fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {
 }
 
 fn run_verify(out: &Output, args: &VerifyArgs) -> Result<(), CliError> {
-    let secret = args.key.secret()?;
-    let body = read_body(&args.body_file)?;
-    let verifier = Verifier::new(secret.as_bytes())
-        .map_err(|e| CliError::no_key(e.to_string()))?
+    let verifier = args
+        .key
+        .verifier()?
         .tolerance(Duration::from_secs(args.tolerance_seconds));
+    let body = read_body(&args.body_file)?;
     let now = args
         .now_ms
         .map_or_else(Timestamp::now, Timestamp::from_millis);

@@ -127,8 +127,14 @@ fn keys_given(command: &Command) -> Vec<String> {
             .and_then(|(_, value)| value)
             .map(|value| value.to_string_lossy().into_owned())
     };
+    // Each secret of a list, as it is read, and the list as given.
+    let each = |list: String| {
+        let mut keys: Vec<String> = list.split(',').map(|key| key.trim().to_owned()).collect();
+        keys.push(list);
+        keys
+    };
     let mut keys = Vec::new();
-    keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY"));
+    keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY").into_iter().flat_map(each));
     if let Some(api_keys) = env("CLINK_SECRET_KEY") {
         keys.extend(api_keys.split(',').map(|key| key.trim().to_owned()));
     }
@@ -142,8 +148,8 @@ fn keys_given(command: &Command) -> Vec<String> {
     let args: Vec<_> = command.get_args().map(OsStr::to_string_lossy).collect();
     for pair in args.windows(2).filter(|pair| pair[0] == "--secret") {
         match pair[1].strip_prefix("env:") {
-            Some(var) => keys.extend(env(var)),
-            None => keys.push(pair[1].clone().into_owned()),
+            Some(var) => keys.extend(env(var).into_iter().flat_map(each)),
+            None => keys.extend(each(pair[1].clone().into_owned())),
         }
     }
     keys.retain(|key| !key.is_empty());
