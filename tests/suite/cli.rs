@@ -885,3 +885,39 @@ fn a_key_list_is_read_as_the_gateway_reads_it() {
         "200 handled  order.created evt_order_created_test  order:ord_test_123  fresh"
     );
 }
+
+/// A key of Clink's API typed where it does not belong is not echoed in the
+/// error, whatever its environment's prefix: `sk_uat_` and `sk_live_` keys
+/// (the sandbox's and production's other prefixes) as `sk_test_` and
+/// `sk_prod_` ones are, though no variable holds it. Before, an `sk_uat_`
+/// key was printed in the usage error.
+#[test]
+fn a_mistyped_api_key_is_redacted_from_the_usage_error_whatever_its_prefix() {
+    let file = BodyFile::new("mistyped-key", b"{}");
+    for key in [
+        "sk_uat_mistyped_3b7e",
+        "sk_live_mistyped_3b7e",
+        "sk_test_mistyped_3b7e",
+        "sk_prod_mistyped_3b7e",
+    ] {
+        for json in [false, true] {
+            let mut command = clink_webhook();
+            command.env_remove("CLINK_SECRET_KEY");
+            if json {
+                command.arg("--json");
+            }
+            let refused = run(command.args(["sign", "--body-file", file.path(), key]));
+            assert_eq!(refused.code, Some(2), "{key}: {refused:?}");
+            assert!(
+                !refused.stderr.contains(key) && !refused.stdout.contains(key),
+                "{key} printed: {refused:?}"
+            );
+            assert!(
+                refused
+                    .stderr
+                    .contains("unexpected argument '[redacted]' found"),
+                "{key}: {refused:?}"
+            );
+        }
+    }
+}

@@ -377,10 +377,12 @@ const KEY_VARIABLES: &[&str] = &[
     "CLINK_CONSOLE_TOKEN",
 ];
 
-/// How a key starts: a signing key, or a secret key of Clink's API. Text
-/// that starts so, up to a space, a quote or a comma, is kept out of a
-/// message, wherever it stands (after the escape that colours it, say).
-const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_prod_"];
+/// How a key starts: a signing key, or a secret key of Clink's API (a
+/// sandbox key starts `sk_test_` or `sk_uat_`, a production one `sk_prod_`
+/// or `sk_live_`). Text that starts so, up to a space, a quote or a comma,
+/// is kept out of a message, wherever it stands (after the escape that
+/// colours it, say).
+const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk_live_"];
 
 /// The secrets among the raw arguments (the values of `--secret`) and in
 /// the environment (the [`KEY_VARIABLES`], and a variable `--secret
@@ -792,6 +794,12 @@ mod tests {
                 "invalid value 'x=sk_test_abc' for '--to <URL>'",
                 &[],
                 "invalid value 'x=[redacted]' for '--to <URL>'",
+            ),
+            // Every prefix of Clink's API keys, the sandbox's and production's.
+            (
+                "unexpected argument 'sk_uat_abc' found; 'sk_prod_d', 'sk_live_e'",
+                &[],
+                "unexpected argument '[redacted]' found; '[redacted]', '[redacted]'",
             ),
             // Wherever it starts.
             (
