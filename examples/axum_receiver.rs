@@ -31,7 +31,11 @@
 //! within one deadline of 4 s, and the events of handlers still running then
 //! go back to the inbox (at once, or within 5 s more should the inbox be
 //! slow): inside the 10 s Docker gives a container by default (Kubernetes
-//! gives 30 s). A setting it cannot use (say
+//! gives 30 s). It says `stopping (Ctrl-C again to stop at once)` on stderr
+//! when the stop begins; a second Ctrl-C or SIGTERM stops it at once, with
+//! status 130: the deliveries in progress get no answer (Clink retries
+//! them), and the events of handlers still running run again once their
+//! lease ends. A setting it cannot use (say
 //! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
 //! milliseconds) stops it before it listens: it says `error: ` and the
 //! variable's name on stderr and exits with status 1.
@@ -704,7 +708,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
     match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
@@ -712,7 +716,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the receiver until it is stopped; the status to exit with.
+async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let verifier = verifier()?;
     let settings = Settings::from_env()?;
     let _ = HANDLER_DELAY.set(settings.handler_delay);
@@ -794,19 +799,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // a stop waits at most STOP_WITHIN for the deliveries in progress.
     let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
     let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    // Listen for signals before saying where we listen, so that a signal sent
+    // as soon as the address is known is not missed. One signal stops both
+    // servers and the workers; a second stops the process at once.
+    let (graceful, at_once) =
+        stop_signals().map_err(|e| format!("cannot listen for Ctrl-C and SIGTERM: {e}"))?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        graceful.await;
+        let _ = stop.send(true);
+    });
     // Started once nothing else can fail: workers dropped without their
     // shutdown would leave the events they had taken running until their
     // lease ends, with an attempt spent.
     let workers = workers.map(Workers::spawn);
-    // Listen for signals before saying where we listen, so that a signal sent
-    // as soon as the address is known is not missed. One signal stops both
-    // servers.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let signal = shutdown_signal();
-    tokio::spawn(async move {
-        signal.await;
-        let _ = stop.send(true);
-    });
     let shutdown = || {
         let mut stopping = stopping.clone();
         async move {
@@ -831,13 +837,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             workers.shutdown(STOP_WITHIN).await;
         }
     };
-    tokio::join!(
-        webhook_server.serve(listener, webhooks, shutdown()),
-        admin_server.serve(admin_listener, admin, shutdown()),
-        workers_stop,
-    );
-    eprintln!("stopped");
-    Ok(())
+    let stopped = async {
+        tokio::join!(
+            webhook_server.serve(listener, webhooks, shutdown()),
+            admin_server.serve(admin_listener, admin, shutdown()),
+            workers_stop,
+        );
+    };
+    tokio::select! {
+        () = stopped => {
+            eprintln!("stopped");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        // The deliveries in progress get no answer, and Clink retries them;
+        // the events of handlers still running run again once their lease
+        // ends. 130, as a shell reports a command Ctrl-C ended.
+        () = at_once => {
+            eprintln!("stopped at once");
+            Ok(std::process::ExitCode::from(130))
+        }
+    }
 }
 
 /// How long a stop waits for deliveries in progress and handlers running,
@@ -1022,29 +1041,70 @@ async fn health(readiness: Readiness) -> (StatusCode, String) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+/// Ctrl-C and SIGTERM (how Docker, Kubernetes and systemd stop a
+/// process), listened for from when this is called, so that a signal sent
+/// as soon as the address is printed is not missed. The first resolves the
+/// first future returned, a graceful stop, and says so on stderr; a second,
+/// for whoever will not wait for that, resolves the second: a stop at once.
+/// (The runtime's handlers replace the default one, which would have ended
+/// the process on Ctrl-C; without the second, nothing would.)
+fn stop_signals() -> std::io::Result<(
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    let mut signals = Signals::new()?;
+    let (first, graceful) = tokio::sync::oneshot::channel::<()>();
+    let (second, at_once) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("stopping (Ctrl-C again to stop at once)");
+        let _ = first.send(());
+        signals.next().await;
+        let _ = second.send(());
+    });
+    // A channel closed without a signal (the runtime is shutting down)
+    // stops nothing.
+    let on = |signal: tokio::sync::oneshot::Receiver<()>| async move {
+        if signal.await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    Ok((on(graceful), on(at_once)))
+}
+
+/// Ctrl-C and SIGTERM, received one at a time.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Never a stop the user did not ask for.
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[cfg(unix)]
+use crate::support::process::delivery_in_progress;
 use crate::support::process::{example_receiver, Finished, Process};
 use clink_webhooks::testing::fixture;
 use clink_webhooks::{sign, EventType};
@@ -919,5 +921,37 @@ fn a_mistyped_api_key_is_redacted_from_the_usage_error_whatever_its_prefix() {
                 "{key}: {refused:?}"
             );
         }
+    }
+}
+
+/// A second Ctrl-C while `listen` stops gracefully, a delivery in progress,
+/// ends it at once: exit 130 and the error `interrupted`, in text and in
+/// JSON; the first said how. Before, the second signal was ignored and
+/// `listen` waited out its 10 s for the delivery.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_stops_listen_at_once() {
+    for json in [false, true] {
+        let listener = Listener::start(if json { &["--json"] } else { &[] });
+        let held = delivery_in_progress(&listener.url, KEY);
+        listener.process.signal("INT");
+        Process::line_starting(
+            &listener.process.stderr,
+            "stopping (Ctrl-C again to stop at once)",
+        );
+        listener.process.signal("INT");
+        let finished = listener.process.finish();
+        assert_eq!(finished.code, Some(130), "{finished:?}");
+        let error = finished.stderr.lines().last().unwrap_or_default();
+        if json {
+            let error: Value = serde_json::from_str(error).unwrap();
+            assert_eq!(error["error"], "interrupted", "{finished:?}");
+        } else {
+            assert!(
+                error.starts_with("error: stopped at once by a second Ctrl-C or SIGTERM"),
+                "{finished:?}"
+            );
+        }
+        drop(held);
     }
 }

@@ -3,6 +3,8 @@
 use clink_webhooks::testing::SignedRequest;
 
 use crate::support::loopback::client;
+#[cfg(unix)]
+use crate::support::process::delivery_in_progress;
 use crate::support::process::{
     admin_url, example_path, example_receiver, example_receiver_with_store, Process, PATIENCE,
 };
@@ -257,6 +259,94 @@ async fn the_examples_accept_every_secret_of_a_rotation() {
         );
         let finished = process.finish();
         assert_eq!(finished.code, Some(1), "{name}: {finished:?}");
+    }
+}
+
+/// An example receiver on a free port that verifies with [`KEY`] (for
+/// `multi_tenant`, the key of the account `acct_held`), and the URL of its
+/// webhook.
+#[cfg(unix)]
+fn receiver_at_work(name: &str) -> (Process, String) {
+    let mut command = std::process::Command::new(example_path(name));
+    command
+        .env("PORT", "0")
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .env("CLINK_TENANT_KEYS", format!("acct_held={KEY}"))
+        .env_remove("CLINK_TENANT_KEYS_FILE")
+        .env_remove("CLINK_TENANT_LOOKUP_MS")
+        .env_remove("CLINK_INBOX")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL");
+    let process = Process::start(&mut command);
+    let line = Process::line_starting(&process.stderr, "listening on ");
+    let url = line["listening on ".len()..].replace("{account}", "acct_held");
+    (process, url)
+}
+
+/// The receivers that stop gracefully on Ctrl-C and SIGTERM.
+#[cfg(unix)]
+const STOPPING_RECEIVERS: [&str; 3] = ["axum_receiver", "hyper_receiver", "multi_tenant"];
+
+/// A second Ctrl-C during the graceful stop of an example receiver, a
+/// delivery in progress, ends it at once with status 130; the first said
+/// how. Before, the runtime's handlers had replaced the default one, and
+/// nothing listened after the first signal: the second was ignored, and the
+/// process waited out its deadline.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_stops_the_example_receivers_at_once() {
+    for name in STOPPING_RECEIVERS {
+        let (process, url) = receiver_at_work(name);
+        let held = delivery_in_progress(&url, KEY);
+        process.signal("INT");
+        Process::line_starting(&process.stderr, "stopping (Ctrl-C again to stop at once)");
+        process.signal("INT");
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(130), "{name}: {finished:?}");
+        assert_eq!(finished.stdout, "", "{name}: {finished:?}");
+        assert!(
+            finished.stderr.ends_with("stopped at once\n"),
+            "{name}: {finished:?}"
+        );
+        drop(held);
+    }
+}
+
+/// One SIGTERM with a delivery in progress that never ends: each example
+/// receiver waits for it until its 4 s deadline, inside the 10 s Docker
+/// gives a container, and then exits 0. Before, hyper_receiver and
+/// multi_tenant waited 10 s, and Docker killed them mid-stop.
+#[cfg(unix)]
+#[test]
+fn one_sigterm_stops_the_example_receivers_within_their_4_s_deadline() {
+    // The examples' `STOP_WITHIN`.
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+    let waits: Vec<_> = STOPPING_RECEIVERS
+        .into_iter()
+        .map(|name| {
+            let (process, url) = receiver_at_work(name);
+            let held = delivery_in_progress(&url, KEY);
+            let sent = std::time::Instant::now();
+            process.signal("TERM");
+            std::thread::spawn(move || {
+                let finished = process.finish();
+                let took = sent.elapsed();
+                drop(held);
+                (name, took, finished)
+            })
+        })
+        .collect();
+    for wait in waits {
+        let (name, took, finished) = wait.join().unwrap();
+        assert_eq!(finished.code, Some(0), "{name}: {finished:?}");
+        assert!(
+            finished.stderr.ends_with("stopped\n"),
+            "{name}: {finished:?}"
+        );
+        // It waited for the delivery, up to the deadline and not long past
+        // it (a generous bound, for a busy machine, well short of 10 s).
+        assert!(took >= DEADLINE, "{name} exited {took:?} after SIGTERM");
+        assert!(took < 2 * DEADLINE, "{name} exited {took:?} after SIGTERM");
     }
 }
 

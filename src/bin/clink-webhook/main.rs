@@ -52,6 +52,8 @@ Exit codes:
   2  usage or I/O error: bad arguments, unknown event type, unreadable file,
      bad URL, unreachable host, port in use, no or bad API key, a call to
      Clink's API that failed on the way
+  130  listen: a second Ctrl-C or SIGTERM stopped it at once, during the
+       graceful stop the first began
 
 Errors: in text, `error: MESSAGE` on stderr. With --json, one JSON object on
 stderr, {\"error\": CODE, \"message\": TEXT}, whenever the exit code is not 0
@@ -67,6 +69,8 @@ text). CODE is one of these, shown with its exit code:
   tamper_accepted     send --tamper: a tampered delivery got no 401           1
   unreachable         send: a delivery got no answer (refused, timeout)       2
   refused             inbox replay: the event was handled or is running       1
+  interrupted         listen: a second Ctrl-C or SIGTERM stopped it at
+                      once                                                  130
   no_api_key          api, endpoints: CLINK_SECRET_KEY is not set             2
   api_config          api, endpoints: a key Clink would refuse (pk_, the
                       other environment's), bad CLINK_ENV or base URL         2
@@ -270,6 +274,9 @@ enum ErrorCode {
     Unreachable,
     /// `inbox replay`: the event was handled (replay it with --force) or is running.
     Refused,
+    /// `listen`: a second Ctrl-C or SIGTERM stopped it at once, without
+    /// waiting for the deliveries in progress.
+    Interrupted,
     /// `api`, `endpoints`: `CLINK_SECRET_KEY` is not set, or empty.
     NoApiKey,
     /// `api`, `endpoints`: a key Clink would refuse, an unknown
@@ -293,6 +300,7 @@ impl ErrorCode {
             Self::TamperAccepted => "tamper_accepted",
             Self::Unreachable => "unreachable",
             Self::Refused => "refused",
+            Self::Interrupted => "interrupted",
             Self::NoApiKey => "no_api_key",
             Self::ApiConfig => "api_config",
             Self::Api(kind) => kind.as_str(),
@@ -305,6 +313,8 @@ impl ErrorCode {
                 ExitCode::from(1)
             }
             Self::Api(kind) if kind.is_refusal() => ExitCode::from(1),
+            // As a shell reports a command that Ctrl-C ended (128 + SIGINT).
+            Self::Interrupted => ExitCode::from(130),
             _ => ExitCode::from(2),
         }
     }
