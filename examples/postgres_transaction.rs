@@ -16,10 +16,16 @@
 //! transaction waits for the row at most the store's timeout, then is
 //! answered `503` so that Clink retries it later.
 //!
+//! A second event about the same order, under an event id of its own,
+//! finds the order's payment recorded: nothing is written, and the event is
+//! marked handled and acknowledged rather than failing on the table's key
+//! at every retry.
+//!
 //! In a receiver, call `record_payment` from the typed handler
 //! (`EventRouter::on::<events::OrderSucceeded, _>`) with the event's
-//! account and id, and return an error for every outcome but `Recorded` and
-//! `AlreadyHandled`: the delivery is answered `500`, and Clink retries it.
+//! account and id, and return an error for every outcome but `Recorded`,
+//! `OrderAlreadyPaid` and `AlreadyHandled`: the delivery is answered `500`,
+//! and Clink retries it.
 //! The key is the handler's own (`payments:` here), never the layer's claim
 //! key: the layer's claim is live while its handler runs, so claiming that
 //! key in here would always find it in flight.
@@ -37,6 +43,9 @@ use tokio_postgres::NoTls;
 enum Outcome {
     /// The payment was written and the event marked completed: 200.
     Recorded,
+    /// The order's payment was already recorded, by another event about
+    /// it: nothing written, the event marked completed: 200.
+    OrderAlreadyPaid,
     /// An earlier delivery already recorded it: 200, nothing written.
     AlreadyHandled,
     /// A claim of this key made outside such a transaction is still live
@@ -56,6 +65,9 @@ impl Outcome {
     fn answer(&self) -> String {
         match self {
             Self::Recorded => "200, payment recorded".to_owned(),
+            Self::OrderAlreadyPaid => {
+                "200, the order's payment was already recorded: nothing written".to_owned()
+            }
             Self::AlreadyHandled => "200, already handled: nothing written".to_owned(),
             Self::InFlight(retry_after) => format!("409, retry after {retry_after:?}"),
             Self::Busy => "503, another delivery holds the event: nothing written".to_owned(),
@@ -84,15 +96,27 @@ async fn record_payment(
     // The handler's own key, with the account: the same event id under two
     // accounts is two events.
     let key = format!("payments:{account}:{event_id}");
-    once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
-        tx.execute(
-            "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2)",
-            &[&order_id, &amount_cents],
-        )
-        .await
-        .map(drop)
+    let mut inserted = 0;
+    let outcome = once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
+        // An order is paid once: another event about it (a new event id,
+        // so its claim is its own) finds the payment there. A plain INSERT
+        // would fail on the key at every retry, and the event would never
+        // be acknowledged; this one writes nothing, and the event is
+        // completed as handled.
+        inserted = tx
+            .execute(
+                "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2) \
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[&order_id, &amount_cents],
+            )
+            .await?;
+        Ok(())
     })
-    .await
+    .await?;
+    Ok(match outcome {
+        Outcome::Recorded if inserted == 0 => Outcome::OrderAlreadyPaid,
+        outcome => outcome,
+    })
 }
 
 /// Runs `write` at most once for `key`: in one transaction with the claim
@@ -200,6 +224,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("first delivery:  {}", first.answer());
     let retry = record_payment(&pool, &store, ACCOUNT, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("Clink's retry:   {}", retry.answer());
+    // Another event about the same order, under an id of its own: the
+    // order's payment is there, so nothing is written, and the event is
+    // acknowledged rather than refused at every retry.
+    let same_order = format!("evt_{run}_same_order");
+    let again = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &same_order,
+        &order,
+        4200,
+        DEFAULT_LEASE,
+    )
+    .await?;
+    println!("same order:      {}", again.answer());
 
     // A handler that fails after claiming (the CHECK constraint refuses the
     // amount): the whole transaction rolls back, claim included...
@@ -309,11 +348,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .await?
         .get(0);
     println!("payments written: {payments} (one per order recorded)");
-    let expected = (&first, &retry, &fixed, &too_slow, &retried, &second);
+    let expected = (&first, &retry, &again, &fixed, &too_slow, &retried, &second);
     match expected {
         (
             Outcome::Recorded,
             Outcome::AlreadyHandled,
+            Outcome::OrderAlreadyPaid,
             Outcome::Recorded,
             Outcome::TooSlow,
             Outcome::Recorded,

@@ -636,6 +636,42 @@ async fn the_example_reaches_postgres_over_verified_tls() {
     let _ = connection.await;
 }
 
+/// The postgres_transaction example, run to its end with `url` as
+/// `DATABASE_URL` and `env` set.
+#[cfg(feature = "postgres")]
+fn postgres_transaction(url: &str, env: &[(&str, &str)]) -> crate::support::process::Finished {
+    let mut command = std::process::Command::new(example_path("postgres_transaction"));
+    command
+        .env("DATABASE_URL", url)
+        .env_remove("CLINK_DATABASE_CA_FILE")
+        .envs(env.iter().copied());
+    Process::start(&mut command).finish()
+}
+
+/// postgres_transaction acknowledges a second event about an order
+/// already paid, under an event id of its own, and writes nothing: every
+/// delivery ends as the example says, three payments for three orders.
+/// Before, the table's key refused the second event at every retry, and it
+/// was never acknowledged.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_transaction_acknowledges_another_event_about_a_paid_order() {
+    let _servers = crate::support::servers::shared_blocking();
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    let finished = postgres_transaction(&url, &[]);
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stdout.contains(
+            "\nsame order:      200, the order's payment was already recorded: nothing written\n"
+        ),
+        "{finished:?}"
+    );
+    assert!(
+        finished.stdout.contains("\npayments written: 3 "),
+        "{finished:?}"
+    );
+}
+
 #[test]
 fn the_example_receiver_keeps_its_store_in_memory_by_default() {
     let (_process, _url, store) = example_receiver_with_store(KEY, None);
