@@ -484,13 +484,64 @@ fn verifier() -> Result<Verifier, String> {
     ))
 }
 
-/// The value of `var`, if set and not empty.
+/// `DATABASE_URL` as the PostgreSQL client reads it, with libpq's
+/// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
+/// read as `sslmode=require`: TLS here always verifies the server's
+/// certificate and the host it names ([`pg_manager`]). Only a setting of
+/// the URL's query, or a whole `key=value` word, is read so: never the same
+/// text in a password. The client's own error is not shown: it could quote
+/// the password.
+#[cfg(feature = "postgres")]
+fn postgres_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
+    let read = if url.contains("://") {
+        // The query starts at the first `?` after the user info, which
+        // ends at the last `@`.
+        let after_user_info = url.rfind('@').unwrap_or(0);
+        match url[after_user_info..].find('?') {
+            Some(at) => {
+                let (head, query) = url.split_at(after_user_info + at + 1);
+                let query: Vec<&str> = query
+                    .split('&')
+                    .map(|setting| {
+                        if verified(setting) {
+                            "sslmode=require"
+                        } else {
+                            setting
+                        }
+                    })
+                    .collect();
+                format!("{head}{}", query.join("&"))
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        let words: Vec<&str> = url
+            .split(' ')
+            .map(|word| {
+                if verified(word) {
+                    "sslmode=require"
+                } else {
+                    word
+                }
+            })
+            .collect();
+        words.join(" ")
+    };
+    read.parse().map_err(|_| {
+        "DATABASE_URL is not a valid PostgreSQL connection string: \
+         postgres://user:password@host:port/database?sslmode=require, or key=value settings"
+            .to_owned()
+    })
+}
+
 /// The connection pool's manager for `config`, and how the inbox listens
 /// for new events: over TLS, the server's certificate verified, when
-/// `DATABASE_URL` says `sslmode=require` or `CLINK_DATABASE_CA_FILE` names a
-/// CA (built with `postgres-tls`), plain otherwise (and refused then if
-/// TLS was asked for: a connection string that asks for it is not sent in
-/// the clear).
+/// `DATABASE_URL` says `sslmode=require` (or `verify-full`, `verify-ca`) or
+/// `CLINK_DATABASE_CA_FILE` names a CA (built with `postgres-tls`), plain
+/// otherwise (and refused then if TLS was asked for: a connection string
+/// that asks for it is not sent in the clear). A plain connection to
+/// another machine is allowed, with a warning on stderr.
 #[cfg(feature = "postgres")]
 fn pg_manager(
     #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
@@ -516,6 +567,7 @@ fn pg_manager(
                 .into(),
         );
     }
+    warn_if_plain_to_another_machine(&config);
     let manager = deadpool_postgres::Manager::new(config.clone(), tokio_postgres::NoTls);
     Ok((
         manager,
@@ -525,6 +577,53 @@ fn pg_manager(
             tls: None,
         },
     ))
+}
+
+/// Says on stderr, once, that the database `config` names is reached
+/// without TLS from another machine: what the receiver stores (event ids,
+/// with an inbox whole deliveries) then crosses the network in the clear,
+/// and anyone on the path could read or change it.
+#[cfg(feature = "postgres")]
+fn warn_if_plain_to_another_machine(config: &tokio_postgres::Config) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if on_this_machine(config) {
+        return;
+    }
+    let how = if cfg!(feature = "postgres-tls") {
+        "add sslmode=require to DATABASE_URL (and CLINK_DATABASE_CA_FILE for a private CA)"
+    } else {
+        "build with --features postgres-tls and add sslmode=require to DATABASE_URL"
+    };
+    WARNED.call_once(|| {
+        eprintln!(
+            "warning: the database in DATABASE_URL is on another machine and is reached \
+             without TLS: what is stored there crosses the network unencrypted; {how}"
+        );
+    });
+}
+
+/// Whether every host `config` names is this machine (a loopback address,
+/// `localhost` or a Unix socket), where a plain connection crosses no
+/// network.
+#[cfg(feature = "postgres")]
+fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+    #[cfg(feature = "postgres-tls")]
+    return clink_webhooks::store::postgres_on_this_machine(config);
+    // The same rule, where the crate's function (feature `postgres-tls`)
+    // is not built.
+    #[cfg(not(feature = "postgres-tls"))]
+    config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
 }
 
 /// How the connections made beside the pool's (the inbox's LISTEN, a
@@ -539,6 +638,7 @@ struct PgTls {
 #[cfg(feature = "postgres")]
 impl PgTls {
     /// `store`, cancelling a timed-out statement as the pool connects.
+    #[cfg_attr(not(feature = "postgres-tls"), allow(clippy::unused_self))]
     fn store(
         &self, store: clink_webhooks::store::PostgresStore,
     ) -> clink_webhooks::store::PostgresStore {
@@ -550,6 +650,7 @@ impl PgTls {
     }
 
     /// `inbox`, cancelling a timed-out statement as the pool connects.
+    #[cfg_attr(not(feature = "postgres-tls"), allow(clippy::unused_self))]
     fn inbox(
         &self, inbox: clink_webhooks::store::PostgresInbox,
     ) -> clink_webhooks::store::PostgresInbox {
@@ -572,6 +673,7 @@ impl PgTls {
     }
 }
 
+/// The value of `var`, if set and not empty.
 fn env_value(var: &str) -> Option<String> {
     std::env::var(var)
         .ok()
@@ -663,11 +765,7 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
         use clink_webhooks::store::PostgresStore;
         use deadpool_postgres::{Pool, Runtime};
 
-        // The parse error is not shown: it could quote the password.
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-        let (manager, tls) = pg_manager(config)?;
+        let (manager, tls) = pg_manager(postgres_config(&url)?)?;
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -976,10 +1074,7 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
         #[cfg(feature = "postgres")]
         {
             let url = env_value("DATABASE_URL").ok_or("CLINK_INBOX=postgres needs DATABASE_URL")?;
-            let config: tokio_postgres::Config = url
-                .parse()
-                .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-            let (manager, tls) = pg_manager(config)?;
+            let (manager, tls) = pg_manager(postgres_config(&url)?)?;
             let pool = deadpool_postgres::Pool::builder(manager)
                 .max_size(16)
                 .runtime(deadpool_postgres::Runtime::Tokio1)

@@ -572,7 +572,8 @@ async fn example_receivers_sharing_postgres_handle_an_event_once() {
 /// With `sslmode=require` and `CLINK_DATABASE_CA_FILE`, the example reaches
 /// its PostgreSQL idempotency store over verified TLS (by the server's own
 /// account) and handles an event; without the CA file it refuses the
-/// private CA's certificate and does not start.
+/// private CA's certificate and does not start. `sslmode=verify-full` and
+/// `verify-ca` are read as `require`, where the URL was refused.
 #[cfg(feature = "postgres-tls")]
 #[tokio::test]
 async fn the_example_reaches_postgres_over_verified_tls() {
@@ -634,6 +635,21 @@ async fn the_example_reaches_postgres_over_verified_tls() {
     assert!(!ssl.is_empty() && ssl.iter().all(|ssl| *ssl), "{ssl:?}");
     drop(admin);
     let _ = connection.await;
+
+    // libpq's verify-full and verify-ca, which the PostgreSQL client alone
+    // refuses, are read as require (verified in full all the same).
+    for mode in ["verify-full", "verify-ca"] {
+        let url = format!("{url}{joined}sslmode={mode}");
+        let (_process, _, store) = crate::support::process::example_receiver_with_env(
+            KEY,
+            Some(("DATABASE_URL", &url)),
+            &[("CLINK_DATABASE_CA_FILE", &ca)],
+        );
+        assert!(
+            store.starts_with("idempotency store: PostgreSQL"),
+            "{mode}: {store}"
+        );
+    }
 }
 
 /// The postgres_transaction example, run to its end with `url` as
@@ -646,6 +662,14 @@ fn postgres_transaction(url: &str, env: &[(&str, &str)]) -> crate::support::proc
         .env_remove("CLINK_DATABASE_CA_FILE")
         .envs(env.iter().copied());
     Process::start(&mut command).finish()
+}
+
+/// `DATABASE_URL` with `setting` added to its query.
+#[cfg(feature = "postgres")]
+fn database_url_with(setting: &str) -> String {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    let joined = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joined}{setting}")
 }
 
 /// postgres_transaction acknowledges a second event about an order
@@ -670,6 +694,85 @@ fn postgres_transaction_acknowledges_another_event_about_a_paid_order() {
         finished.stdout.contains("\npayments written: 3 "),
         "{finished:?}"
     );
+}
+
+/// postgres_transaction reaches PostgreSQL over verified TLS when
+/// `DATABASE_URL` says libpq's `sslmode=verify-full`, which the client
+/// alone refuses to read: without the CA file it refuses the private CA's
+/// certificate, with it it runs to its end, and says nothing of a plain
+/// connection. Before, it refused the URL, and always connected plainly.
+#[cfg(feature = "postgres-tls")]
+#[test]
+fn postgres_transaction_reaches_postgres_over_verified_tls() {
+    let _servers = crate::support::servers::shared_blocking();
+    let ca = std::env::var("DATABASE_TLS_CA").expect("DATABASE_TLS_CA: run scripts/test");
+    let url = database_url_with("sslmode=verify-full");
+
+    let refused = postgres_transaction(&url, &[]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.to_ascii_lowercase().contains("certificate"),
+        "{refused:?}"
+    );
+
+    let finished = postgres_transaction(&url, &[("CLINK_DATABASE_CA_FILE", &ca)]);
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(!finished.stderr.contains("warning"), "{finished:?}");
+}
+
+/// A plain connection to a database on another machine (named
+/// `db.example` here, reached at 127.0.0.1 through `hostaddr`) is made
+/// with a warning on stderr, once, before the receiver listens; one to
+/// this machine without. Before, nothing said that the events crossed the
+/// network in the clear.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_examples_warn_of_a_plain_connection_to_another_machine() {
+    let _servers = crate::support::servers::shared().await;
+    let local = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    assert!(local.contains("@127.0.0.1:"), "{local}");
+    let remote = database_url_with("hostaddr=127.0.0.1").replacen("@127.0.0.1:", "@db.example:", 1);
+    const WARNING: &str = "warning: the database in DATABASE_URL is on another machine and is \
+                           reached without TLS";
+
+    for (url, warned) in [(&remote, true), (&local, false)] {
+        let finished = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || postgres_transaction(&url, &[])
+        })
+        .await
+        .unwrap();
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+        assert_eq!(
+            finished.stderr.matches(WARNING).count(),
+            usize::from(warned),
+            "{url}: {finished:?}"
+        );
+
+        let mut command = std::process::Command::new(example_path("axum_receiver"));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("CLINK_INBOX", "postgres")
+            .env("DATABASE_URL", url)
+            .env_remove("CLINK_DATABASE_CA_FILE")
+            .env_remove("REDIS_URL");
+        let process = Process::start(&mut command);
+        let mut before_listening = Vec::new();
+        loop {
+            let line = process.stderr.recv_timeout(PATIENCE).unwrap();
+            if line.starts_with("listening on ") {
+                break;
+            }
+            before_listening.push(line);
+        }
+        // The store and the inbox each connect; it is said once.
+        let warnings = before_listening
+            .iter()
+            .filter(|line| line.starts_with(WARNING))
+            .count();
+        assert_eq!(warnings, usize::from(warned), "{url}: {before_listening:?}");
+    }
 }
 
 #[test]
