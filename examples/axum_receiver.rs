@@ -22,12 +22,20 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only cargo run --example axum_receiver
 //! ```
 //!
+//! While the endpoint's secret is rotated, give the secrets newest first,
+//! separated by commas (`CLINK_WEBHOOK_SIGNING_KEY=whsec_new,whsec_old`):
+//! deliveries signed with either are accepted.
+//!
 //! It stops gracefully on Ctrl-C or SIGTERM: from the signal, the deliveries
 //! in progress and (with an inbox) the handlers running finish side by side
 //! within one deadline of 4 s, and the events of handlers still running then
 //! go back to the inbox (at once, or within 5 s more should the inbox be
 //! slow): inside the 10 s Docker gives a container by default (Kubernetes
-//! gives 30 s). A setting it cannot use (say
+//! gives 30 s). It says `stopping (Ctrl-C again to stop at once)` on stderr
+//! when the stop begins; a second Ctrl-C or SIGTERM stops it at once, with
+//! status 130: the deliveries in progress get no answer (Clink retries
+//! them), and the events of handlers still running run again once their
+//! lease ends. A setting it cannot use (say
 //! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
 //! milliseconds) stops it before it listens: it says `error: ` and the
 //! variable's name on stderr and exits with status 1.
@@ -447,15 +455,22 @@ fn heal_undecodable(
     })
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file, as Kubernetes
-/// does, often ends with a newline, which would fail every delivery), or
-/// what to tell the user. Without it the receiver does not start: one that
-/// fell back to a key anyone can read would accept deliveries anyone can
-/// sign.
-fn signing_key() -> Result<String, String> {
+/// The verifier of the endpoint's signing secret, from
+/// `CLINK_WEBHOOK_SIGNING_KEY`, or what to tell the user. During a rotation
+/// the variable holds the secrets newest first, separated by commas
+/// (`whsec_new,whsec_old`), and a delivery signed with any of them is
+/// accepted. Each is used without the whitespace around it: a secret mounted
+/// from a file, as Kubernetes does, often ends with a newline, and one from
+/// a `.env` file with CRLF line ends with `\r\n`, which would fail every
+/// delivery. Without it the receiver does not start: one that fell back to
+/// a key anyone can read would accept deliveries anyone can sign.
+fn verifier() -> Result<Verifier, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        // The error says which secret of the list is wrong, never what it is.
+        Ok(keys) if !keys.trim().is_empty() => {
+            return Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()));
+        }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
@@ -469,13 +484,64 @@ fn signing_key() -> Result<String, String> {
     ))
 }
 
-/// The value of `var`, if set and not empty.
+/// `DATABASE_URL` as the PostgreSQL client reads it, with libpq's
+/// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
+/// read as `sslmode=require`: TLS here always verifies the server's
+/// certificate and the host it names ([`pg_manager`]). Only a setting of
+/// the URL's query, or a whole `key=value` word, is read so: never the same
+/// text in a password. The client's own error is not shown: it could quote
+/// the password.
+#[cfg(feature = "postgres")]
+fn postgres_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
+    let read = if url.contains("://") {
+        // The query starts at the first `?` after the user info, which
+        // ends at the last `@`.
+        let after_user_info = url.rfind('@').unwrap_or(0);
+        match url[after_user_info..].find('?') {
+            Some(at) => {
+                let (head, query) = url.split_at(after_user_info + at + 1);
+                let query: Vec<&str> = query
+                    .split('&')
+                    .map(|setting| {
+                        if verified(setting) {
+                            "sslmode=require"
+                        } else {
+                            setting
+                        }
+                    })
+                    .collect();
+                format!("{head}{}", query.join("&"))
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        let words: Vec<&str> = url
+            .split(' ')
+            .map(|word| {
+                if verified(word) {
+                    "sslmode=require"
+                } else {
+                    word
+                }
+            })
+            .collect();
+        words.join(" ")
+    };
+    read.parse().map_err(|_| {
+        "DATABASE_URL is not a valid PostgreSQL connection string: \
+         postgres://user:password@host:port/database?sslmode=require, or key=value settings"
+            .to_owned()
+    })
+}
+
 /// The connection pool's manager for `config`, and how the inbox listens
 /// for new events: over TLS, the server's certificate verified, when
-/// `DATABASE_URL` says `sslmode=require` or `CLINK_DATABASE_CA_FILE` names a
-/// CA (built with `postgres-tls`), plain otherwise (and refused then if
-/// TLS was asked for: a connection string that asks for it is not sent in
-/// the clear).
+/// `DATABASE_URL` says `sslmode=require` (or `verify-full`, `verify-ca`) or
+/// `CLINK_DATABASE_CA_FILE` names a CA (built with `postgres-tls`), plain
+/// otherwise (and refused then if TLS was asked for: a connection string
+/// that asks for it is not sent in the clear). A plain connection to
+/// another machine is allowed, with a warning on stderr.
 #[cfg(feature = "postgres")]
 fn pg_manager(
     #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
@@ -501,6 +567,7 @@ fn pg_manager(
                 .into(),
         );
     }
+    warn_if_plain_to_another_machine(&config);
     let manager = deadpool_postgres::Manager::new(config.clone(), tokio_postgres::NoTls);
     Ok((
         manager,
@@ -510,6 +577,53 @@ fn pg_manager(
             tls: None,
         },
     ))
+}
+
+/// Says on stderr, once, that the database `config` names is reached
+/// without TLS from another machine: what the receiver stores (event ids,
+/// with an inbox whole deliveries) then crosses the network in the clear,
+/// and anyone on the path could read or change it.
+#[cfg(feature = "postgres")]
+fn warn_if_plain_to_another_machine(config: &tokio_postgres::Config) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if on_this_machine(config) {
+        return;
+    }
+    let how = if cfg!(feature = "postgres-tls") {
+        "add sslmode=require to DATABASE_URL (and CLINK_DATABASE_CA_FILE for a private CA)"
+    } else {
+        "build with --features postgres-tls and add sslmode=require to DATABASE_URL"
+    };
+    WARNED.call_once(|| {
+        eprintln!(
+            "warning: the database in DATABASE_URL is on another machine and is reached \
+             without TLS: what is stored there crosses the network unencrypted; {how}"
+        );
+    });
+}
+
+/// Whether every host `config` names is this machine (a loopback address,
+/// `localhost` or a Unix socket), where a plain connection crosses no
+/// network.
+#[cfg(feature = "postgres")]
+fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+    #[cfg(feature = "postgres-tls")]
+    return clink_webhooks::store::postgres_on_this_machine(config);
+    // The same rule, where the crate's function (feature `postgres-tls`)
+    // is not built.
+    #[cfg(not(feature = "postgres-tls"))]
+    config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
 }
 
 /// How the connections made beside the pool's (the inbox's LISTEN, a
@@ -524,6 +638,7 @@ struct PgTls {
 #[cfg(feature = "postgres")]
 impl PgTls {
     /// `store`, cancelling a timed-out statement as the pool connects.
+    #[cfg_attr(not(feature = "postgres-tls"), allow(clippy::unused_self))]
     fn store(
         &self, store: clink_webhooks::store::PostgresStore,
     ) -> clink_webhooks::store::PostgresStore {
@@ -535,6 +650,7 @@ impl PgTls {
     }
 
     /// `inbox`, cancelling a timed-out statement as the pool connects.
+    #[cfg_attr(not(feature = "postgres-tls"), allow(clippy::unused_self))]
     fn inbox(
         &self, inbox: clink_webhooks::store::PostgresInbox,
     ) -> clink_webhooks::store::PostgresInbox {
@@ -557,6 +673,7 @@ impl PgTls {
     }
 }
 
+/// The value of `var`, if set and not empty.
 fn env_value(var: &str) -> Option<String> {
     std::env::var(var)
         .ok()
@@ -648,11 +765,7 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
         use clink_webhooks::store::PostgresStore;
         use deadpool_postgres::{Pool, Runtime};
 
-        // The parse error is not shown: it could quote the password.
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-        let (manager, tls) = pg_manager(config)?;
+        let (manager, tls) = pg_manager(postgres_config(&url)?)?;
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -693,7 +806,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
     match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
@@ -701,8 +814,9 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let key = signing_key()?;
+/// Runs the receiver until it is stopped; the status to exit with.
+async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    let verifier = verifier()?;
     let settings = Settings::from_env()?;
     let _ = HANDLER_DELAY.set(settings.handler_delay);
 
@@ -739,7 +853,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..AppState::default()
     };
     let router = fail_once(router(state, freshness));
-    let layer = ClinkLayer::new(Verifier::new(key)?).store(idempotency);
+    let layer = ClinkLayer::new(verifier).store(idempotency);
     let mut console_inbox = None;
     let mut workers = None;
     let mut webhooks = Router::new();
@@ -783,19 +897,20 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // a stop waits at most STOP_WITHIN for the deliveries in progress.
     let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
     let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    // Listen for signals before saying where we listen, so that a signal sent
+    // as soon as the address is known is not missed. One signal stops both
+    // servers and the workers; a second stops the process at once.
+    let (graceful, at_once) =
+        stop_signals().map_err(|e| format!("cannot listen for Ctrl-C and SIGTERM: {e}"))?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        graceful.await;
+        let _ = stop.send(true);
+    });
     // Started once nothing else can fail: workers dropped without their
     // shutdown would leave the events they had taken running until their
     // lease ends, with an attempt spent.
     let workers = workers.map(Workers::spawn);
-    // Listen for signals before saying where we listen, so that a signal sent
-    // as soon as the address is known is not missed. One signal stops both
-    // servers.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let signal = shutdown_signal();
-    tokio::spawn(async move {
-        signal.await;
-        let _ = stop.send(true);
-    });
     let shutdown = || {
         let mut stopping = stopping.clone();
         async move {
@@ -820,13 +935,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             workers.shutdown(STOP_WITHIN).await;
         }
     };
-    tokio::join!(
-        webhook_server.serve(listener, webhooks, shutdown()),
-        admin_server.serve(admin_listener, admin, shutdown()),
-        workers_stop,
-    );
-    eprintln!("stopped");
-    Ok(())
+    let stopped = async {
+        tokio::join!(
+            webhook_server.serve(listener, webhooks, shutdown()),
+            admin_server.serve(admin_listener, admin, shutdown()),
+            workers_stop,
+        );
+    };
+    tokio::select! {
+        () = stopped => {
+            eprintln!("stopped");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        // The deliveries in progress get no answer, and Clink retries them;
+        // the events of handlers still running run again once their lease
+        // ends. 130, as a shell reports a command Ctrl-C ended.
+        () = at_once => {
+            eprintln!("stopped at once");
+            Ok(std::process::ExitCode::from(130))
+        }
+    }
 }
 
 /// How long a stop waits for deliveries in progress and handlers running,
@@ -946,10 +1074,7 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
         #[cfg(feature = "postgres")]
         {
             let url = env_value("DATABASE_URL").ok_or("CLINK_INBOX=postgres needs DATABASE_URL")?;
-            let config: tokio_postgres::Config = url
-                .parse()
-                .map_err(|_| "DATABASE_URL is not a valid PostgreSQL connection string")?;
-            let (manager, tls) = pg_manager(config)?;
+            let (manager, tls) = pg_manager(postgres_config(&url)?)?;
             let pool = deadpool_postgres::Pool::builder(manager)
                 .max_size(16)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -1011,29 +1136,70 @@ async fn health(readiness: Readiness) -> (StatusCode, String) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+/// Ctrl-C and SIGTERM (how Docker, Kubernetes and systemd stop a
+/// process), listened for from when this is called, so that a signal sent
+/// as soon as the address is printed is not missed. The first resolves the
+/// first future returned, a graceful stop, and says so on stderr; a second,
+/// for whoever will not wait for that, resolves the second: a stop at once.
+/// (The runtime's handlers replace the default one, which would have ended
+/// the process on Ctrl-C; without the second, nothing would.)
+fn stop_signals() -> std::io::Result<(
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    let mut signals = Signals::new()?;
+    let (first, graceful) = tokio::sync::oneshot::channel::<()>();
+    let (second, at_once) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("stopping (Ctrl-C again to stop at once)");
+        let _ = first.send(());
+        signals.next().await;
+        let _ = second.send(());
+    });
+    // A channel closed without a signal (the runtime is shutting down)
+    // stops nothing.
+    let on = |signal: tokio::sync::oneshot::Receiver<()>| async move {
+        if signal.await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    Ok((on(graceful), on(at_once)))
+}
+
+/// Ctrl-C and SIGTERM, received one at a time.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Never a stop the user did not ask for.
+            std::future::pending::<()>().await;
+        }
     }
 }

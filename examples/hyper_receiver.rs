@@ -8,6 +8,9 @@
 //! how to set it and exits with status 1. To try it locally, any key works
 //! as long as the sender signs with the same one
 //! (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
+//! While the endpoint's secret is rotated, give the secrets newest first,
+//! separated by commas (`whsec_new,whsec_old`): deliveries signed with
+//! either are accepted.
 //!
 //! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3001`; set
 //! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts):
@@ -24,11 +27,16 @@
 //! It is served with `clink_webhooks::server::Server`: connections that send
 //! no complete request headers within 10 s are closed, a failed `accept`
 //! (out of file descriptors, say) is logged and retried instead of stopping
-//! the server, and Ctrl-C or SIGTERM stops it gracefully: it waits at most
-//! 10 s for deliveries in progress, then prints `stopped` and exits 0.
+//! the server, and Ctrl-C or SIGTERM stops it gracefully: it says `stopping
+//! (Ctrl-C again to stop at once)` on stderr, waits at most 4 s for
+//! deliveries in progress (inside the 10 s Docker gives a container), then
+//! prints `stopped` and exits 0. A second Ctrl-C or SIGTERM stops it at
+//! once, with status 130: the deliveries in progress get no answer, and
+//! Clink retries them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clink_webhooks::layer::{Readiness, DURATION_BUCKETS};
@@ -56,15 +64,22 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file, as Kubernetes
-/// does, often ends with a newline, which would fail every delivery), or
-/// what to tell the user. Without it the receiver does not start: one that
-/// fell back to a key anyone can read would accept deliveries anyone can
-/// sign.
-fn signing_key() -> Result<String, String> {
+/// The verifier of the endpoint's signing secret, from
+/// `CLINK_WEBHOOK_SIGNING_KEY`, or what to tell the user. During a rotation
+/// the variable holds the secrets newest first, separated by commas
+/// (`whsec_new,whsec_old`), and a delivery signed with any of them is
+/// accepted. Each is used without the whitespace around it: a secret mounted
+/// from a file, as Kubernetes does, often ends with a newline, and one from
+/// a `.env` file with CRLF line ends with `\r\n`, which would fail every
+/// delivery. Without it the receiver does not start: one that fell back to
+/// a key anyone can read would accept deliveries anyone can sign.
+fn verifier() -> Result<Verifier, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        // The error says which secret of the list is wrong, never what it is.
+        Ok(keys) if !keys.trim().is_empty() => {
+            return Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()));
+        }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
@@ -91,7 +106,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
     match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
@@ -141,8 +156,9 @@ async fn listen(addr: SocketAddr, from: &str) -> Result<tokio::net::TcpListener,
         .map_err(|e| format!("cannot listen on {addr} ({from}): {e}"))
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let key = signing_key()?;
+/// Runs the receiver until it is stopped; the status to exit with.
+async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    let verifier = verifier()?;
     let (addr, admin_addr) = addresses()?;
     // Durations as a histogram with buckets, which can be summed across
     // instances (without buckets they render as a summary, which cannot).
@@ -170,19 +186,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok::<_, std::io::Error>(())
         });
-    let layer = ClinkLayer::new(Verifier::new(key)?);
+    let layer = ClinkLayer::new(verifier);
     let readiness = layer.readiness();
     let webhook = layer.route(router);
 
     let listener = listen(addr, "PORT, CLINK_BIND").await?;
     let admin_listener = listen(admin_addr, "CLINK_ADMIN_ADDR").await?;
+    let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
     // Listen for signals before saying where we listen, so that a signal sent
     // as soon as the address is known is not missed. One signal stops both
-    // servers.
+    // servers; a second stops the process at once.
+    let (graceful, at_once) =
+        stop_signals().map_err(|e| format!("cannot listen for Ctrl-C and SIGTERM: {e}"))?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let signal = shutdown_signal();
     tokio::spawn(async move {
-        signal.await;
+        graceful.await;
         let _ = stop.send(true);
     });
     let shutdown = || {
@@ -203,14 +222,31 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let admin_app =
         tower::service_fn(move |request| admin(request, readiness.clone(), prometheus.clone()));
     // Slow and idle clients are cut off, accept errors never stop it, and a
-    // shutdown waits at most 10 s for deliveries in progress.
-    tokio::join!(
-        Server::new().serve(listener, app, shutdown()),
-        Server::new().serve(admin_listener, admin_app, shutdown()),
-    );
-    eprintln!("stopped");
-    Ok(())
+    // stop waits at most STOP_WITHIN for deliveries in progress.
+    let stopped = async {
+        tokio::join!(
+            webhook_server.serve(listener, app, shutdown()),
+            admin_server.serve(admin_listener, admin_app, shutdown()),
+        );
+    };
+    tokio::select! {
+        () = stopped => {
+            eprintln!("stopped");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        // The deliveries in progress get no answer, and Clink retries them.
+        // 130, as a shell reports a command Ctrl-C ended.
+        () = at_once => {
+            eprintln!("stopped at once");
+            Ok(std::process::ExitCode::from(130))
+        }
+    }
 }
+
+/// How long a stop waits for the deliveries in progress, from the signal:
+/// well inside the 10 s Docker gives a container after SIGTERM before it
+/// kills it (Kubernetes gives 30 s).
+const STOP_WITHIN: Duration = Duration::from_secs(4);
 
 /// The webhook's address: the webhook route, and nothing else.
 async fn route<S>(request: Request<Incoming>, webhook: S) -> Result<Response<Body>, Infallible>
@@ -240,30 +276,70 @@ async fn admin(
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM (how docker, Kubernetes and systemd stop
-/// a process); the handlers are installed when it is called.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+/// Ctrl-C and SIGTERM (how Docker, Kubernetes and systemd stop a
+/// process), listened for from when this is called, so that a signal sent
+/// as soon as the address is printed is not missed. The first resolves the
+/// first future returned, a graceful stop, and says so on stderr; a second,
+/// for whoever will not wait for that, resolves the second: a stop at once.
+/// (The runtime's handlers replace the default one, which would have ended
+/// the process on Ctrl-C; without the second, nothing would.)
+fn stop_signals() -> std::io::Result<(
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    let mut signals = Signals::new()?;
+    let (first, graceful) = tokio::sync::oneshot::channel::<()>();
+    let (second, at_once) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("stopping (Ctrl-C again to stop at once)");
+        let _ = first.send(());
+        signals.next().await;
+        let _ = second.send(());
+    });
+    // A channel closed without a signal (the runtime is shutting down)
+    // stops nothing.
+    let on = |signal: tokio::sync::oneshot::Receiver<()>| async move {
+        if signal.await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    Ok((on(graceful), on(at_once)))
+}
+
+/// Ctrl-C and SIGTERM, received one at a time.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Never a stop the user did not ask for.
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -37,6 +37,12 @@
 //! changed, was added or was removed, and makes the reloaded set of ids its
 //! precheck: such an account is seen on its next delivery, not when its
 //! cached keys expire, and the accounts that did not change stay cached.
+//!
+//! Ctrl-C or SIGTERM stops it gracefully: it says `stopping (Ctrl-C again to
+//! stop at once)` on stderr, waits at most 4 s for the deliveries in
+//! progress (inside the 10 s Docker gives a container), then prints
+//! `stopped` and exits 0. A second one stops it at once, with status 130:
+//! the deliveries in progress get no answer, and Clink retries them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,7 +212,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
     match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
@@ -230,7 +236,8 @@ fn env_parsed<T: std::str::FromStr>(var: &str, what: &str) -> Result<Option<T>, 
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the receiver until it is stopped; the status to exit with.
+async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let port: u16 = env_parsed("PORT", "a port number")?.unwrap_or(3000);
     let bind: std::net::IpAddr = env_parsed(
         "CLINK_BIND",
@@ -287,7 +294,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} (PORT, CLINK_BIND): {e}"))?;
-    let shutdown = shutdown_signal();
+    let server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    // Listened for before saying where it listens: the first stops it
+    // gracefully, a second at once.
+    let (graceful, at_once) =
+        stop_signals().map_err(|e| format!("cannot listen for Ctrl-C and SIGTERM: {e}"))?;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -322,14 +333,28 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?
     );
     // Slow and idle clients are cut off, accept errors never stop it, and a
-    // shutdown waits at most 10 s for deliveries in progress.
-    Server::new().serve(listener, app, shutdown).await;
+    // stop waits at most STOP_WITHIN for deliveries in progress.
+    let stopped_at_once = tokio::select! {
+        () = server.serve(listener, app, graceful) => false,
+        // The deliveries in progress get no answer, and Clink retries them.
+        () = at_once => true,
+    };
     if looked_up {
         eprintln!("key lookups: {}", lookups.load(Ordering::Relaxed));
     }
+    if stopped_at_once {
+        // 130, as a shell reports a command Ctrl-C ended.
+        eprintln!("stopped at once");
+        return Ok(std::process::ExitCode::from(130));
+    }
     eprintln!("stopped");
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// How long a stop waits for the deliveries in progress, from the signal:
+/// well inside the 10 s Docker gives a container after SIGTERM before it
+/// kills it (Kubernetes gives 30 s).
+const STOP_WITHIN: Duration = Duration::from_secs(4);
 
 /// The accounts' keys as a database would give them: each lookup takes
 /// `delay`, fails when `fails`, and is counted in `lookups`. In front of
@@ -361,29 +386,70 @@ fn database(
     }))
 }
 
-/// Resolves on Ctrl-C or SIGTERM; the handlers are installed when it is called.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
+/// Ctrl-C and SIGTERM (how Docker, Kubernetes and systemd stop a
+/// process), listened for from when this is called, so that a signal sent
+/// as soon as the address is printed is not missed. The first resolves the
+/// first future returned, a graceful stop, and says so on stderr; a second,
+/// for whoever will not wait for that, resolves the second: a stop at once.
+/// (The runtime's handlers replace the default one, which would have ended
+/// the process on Ctrl-C; without the second, nothing would.)
+fn stop_signals() -> std::io::Result<(
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    let mut signals = Signals::new()?;
+    let (first, graceful) = tokio::sync::oneshot::channel::<()>();
+    let (second, at_once) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("stopping (Ctrl-C again to stop at once)");
+        let _ = first.send(());
+        signals.next().await;
+        let _ = second.send(());
+    });
+    // A channel closed without a signal (the runtime is shutting down)
+    // stops nothing.
+    let on = |signal: tokio::sync::oneshot::Receiver<()>| async move {
+        if signal.await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    Ok((on(graceful), on(at_once)))
+}
+
+/// Ctrl-C and SIGTERM, received one at a time.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Never a stop the user did not ask for.
+            std::future::pending::<()>().await;
+        }
     }
 }

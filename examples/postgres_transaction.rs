@@ -16,10 +16,27 @@
 //! transaction waits for the row at most the store's timeout, then is
 //! answered `503` so that Clink retries it later.
 //!
+//! A second event about the same order, under an event id of its own,
+//! finds the order's payment recorded: nothing is written, and the event is
+//! marked handled and acknowledged rather than failing on the table's key
+//! at every retry.
+//!
+//! Built with `postgres-tls`, it reaches PostgreSQL over TLS, the server's
+//! certificate verified, when `DATABASE_URL` has `sslmode=require` (libpq's
+//! `verify-full` and `verify-ca` are read the same) or
+//! `CLINK_DATABASE_CA_FILE` names the CA that signed it; without the
+//! feature, a URL that asks for TLS is refused rather than sent plain. A
+//! plain connection to another machine is made with a warning on stderr:
+//!
+//! ```text
+//! DATABASE_URL='postgres://user@db.example/db?sslmode=require' cargo run --example postgres_transaction --features postgres-tls
+//! ```
+//!
 //! In a receiver, call `record_payment` from the typed handler
 //! (`EventRouter::on::<events::OrderSucceeded, _>`) with the event's
-//! account and id, and return an error for every outcome but `Recorded` and
-//! `AlreadyHandled`: the delivery is answered `500`, and Clink retries it.
+//! account and id, and return an error for every outcome but `Recorded`,
+//! `OrderAlreadyPaid` and `AlreadyHandled`: the delivery is answered `500`,
+//! and Clink retries it.
 //! The key is the handler's own (`payments:` here), never the layer's claim
 //! key: the layer's claim is live while its handler runs, so claiming that
 //! key in here would always find it in flight.
@@ -31,12 +48,14 @@ use clink_webhooks::store::{
     Claim, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE, DEFAULT_RETENTION,
 };
 use deadpool_postgres::{Manager, Pool, Runtime, Transaction};
-use tokio_postgres::NoTls;
 
 /// What became of one delivery, and the HTTP status a receiver would answer.
 enum Outcome {
     /// The payment was written and the event marked completed: 200.
     Recorded,
+    /// The order's payment was already recorded, by another event about
+    /// it: nothing written, the event marked completed: 200.
+    OrderAlreadyPaid,
     /// An earlier delivery already recorded it: 200, nothing written.
     AlreadyHandled,
     /// A claim of this key made outside such a transaction is still live
@@ -56,6 +75,9 @@ impl Outcome {
     fn answer(&self) -> String {
         match self {
             Self::Recorded => "200, payment recorded".to_owned(),
+            Self::OrderAlreadyPaid => {
+                "200, the order's payment was already recorded: nothing written".to_owned()
+            }
             Self::AlreadyHandled => "200, already handled: nothing written".to_owned(),
             Self::InFlight(retry_after) => format!("409, retry after {retry_after:?}"),
             Self::Busy => "503, another delivery holds the event: nothing written".to_owned(),
@@ -84,15 +106,27 @@ async fn record_payment(
     // The handler's own key, with the account: the same event id under two
     // accounts is two events.
     let key = format!("payments:{account}:{event_id}");
-    once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
-        tx.execute(
-            "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2)",
-            &[&order_id, &amount_cents],
-        )
-        .await
-        .map(drop)
+    let mut inserted = 0;
+    let outcome = once(pool, store, &key, lease, async |tx: &Transaction<'_>| {
+        // An order is paid once: another event about it (a new event id,
+        // so its claim is its own) finds the payment there. A plain INSERT
+        // would fail on the key at every retry, and the event would never
+        // be acknowledged; this one writes nothing, and the event is
+        // completed as handled.
+        inserted = tx
+            .execute(
+                "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, $2) \
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[&order_id, &amount_cents],
+            )
+            .await?;
+        Ok(())
     })
-    .await
+    .await?;
+    Ok(match outcome {
+        Outcome::Recorded if inserted == 0 => Outcome::OrderAlreadyPaid,
+        outcome => outcome,
+    })
 }
 
 /// Runs `write` at most once for `key`: in one transaction with the claim
@@ -159,6 +193,128 @@ async fn once(
     }
 }
 
+/// `DATABASE_URL` as the PostgreSQL client reads it, with libpq's
+/// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
+/// read as `sslmode=require`: TLS here always verifies the server's
+/// certificate and the host it names ([`connect`]). Only a setting of the
+/// URL's query, or a whole `key=value` word, is read so: never the same
+/// text in a password. The client's own error is not shown: it could quote
+/// the password.
+fn postgres_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
+    let read = if url.contains("://") {
+        // The query starts at the first `?` after the user info, which
+        // ends at the last `@`.
+        let after_user_info = url.rfind('@').unwrap_or(0);
+        match url[after_user_info..].find('?') {
+            Some(at) => {
+                let (head, query) = url.split_at(after_user_info + at + 1);
+                let query: Vec<&str> = query
+                    .split('&')
+                    .map(|setting| {
+                        if verified(setting) {
+                            "sslmode=require"
+                        } else {
+                            setting
+                        }
+                    })
+                    .collect();
+                format!("{head}{}", query.join("&"))
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        let words: Vec<&str> = url
+            .split(' ')
+            .map(|word| {
+                if verified(word) {
+                    "sslmode=require"
+                } else {
+                    word
+                }
+            })
+            .collect();
+        words.join(" ")
+    };
+    read.parse().map_err(|_| {
+        "DATABASE_URL is not a valid PostgreSQL connection string: \
+         postgres://user:password@host:port/database?sslmode=require, or key=value settings"
+            .to_owned()
+    })
+}
+
+/// The pool for `config`, and the store on it, which sends the cancel of a
+/// statement that ran out of time the way the pool connects: over TLS, the
+/// server's certificate verified, when `DATABASE_URL` says `sslmode=require`
+/// or `CLINK_DATABASE_CA_FILE` names a CA (built with `postgres-tls`), plain
+/// otherwise (and refused then if TLS was asked for: a connection string
+/// that asks for it is not sent in the clear). A plain connection to
+/// another machine is made with a warning on stderr.
+fn connect(
+    #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
+    mut config: tokio_postgres::Config,
+) -> Result<(Pool, PostgresStore), Box<dyn Error>> {
+    let ca_file = std::env::var_os("CLINK_DATABASE_CA_FILE")
+        .filter(|path| !path.is_empty())
+        .map(std::path::PathBuf::from);
+    let pool = |manager| {
+        Pool::builder(manager)
+            .max_size(4)
+            .runtime(Runtime::Tokio1)
+            .build()
+    };
+    #[cfg(feature = "postgres-tls")]
+    if let Some(tls) = clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())? {
+        let pool = pool(Manager::new(config, tls.clone()))?;
+        let store = PostgresStore::new(pool.clone()).cancel_with(tls);
+        return Ok((pool, store));
+    }
+    #[cfg(not(feature = "postgres-tls"))]
+    if ca_file.is_some() || config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(
+            "TLS to PostgreSQL (sslmode=require, CLINK_DATABASE_CA_FILE) needs \
+                    --features postgres-tls"
+                .into(),
+        );
+    }
+    if !on_this_machine(&config) {
+        let how = if cfg!(feature = "postgres-tls") {
+            "add sslmode=require to DATABASE_URL (and CLINK_DATABASE_CA_FILE for a private CA)"
+        } else {
+            "build with --features postgres-tls and add sslmode=require to DATABASE_URL"
+        };
+        eprintln!(
+            "warning: the database in DATABASE_URL is on another machine and is reached \
+             without TLS: what is stored there crosses the network unencrypted; {how}"
+        );
+    }
+    let pool = pool(Manager::new(config, tokio_postgres::NoTls))?;
+    Ok((pool.clone(), PostgresStore::new(pool)))
+}
+
+/// Whether every host `config` names is this machine (a loopback address,
+/// `localhost` or a Unix socket), where a plain connection crosses no
+/// network.
+fn on_this_machine(config: &tokio_postgres::Config) -> bool {
+    #[cfg(feature = "postgres-tls")]
+    return clink_webhooks::store::postgres_on_this_machine(config);
+    // The same rule, where the crate's function (feature `postgres-tls`)
+    // is not built.
+    #[cfg(not(feature = "postgres-tls"))]
+    config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// The account of this example's events.
 const ACCOUNT: &str = "acct_example";
 
@@ -171,13 +327,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         );
         std::process::exit(2);
     };
-    let manager = Manager::new(url.parse::<tokio_postgres::Config>()?, NoTls);
-    let pool = Pool::builder(manager)
-        .max_size(4)
-        .runtime(Runtime::Tokio1)
-        .build()?;
-
-    let store = PostgresStore::new(pool.clone());
+    let (pool, store) = connect(postgres_config(&url)?)?;
     store.migrate().await?;
     pool.get()
         .await?
@@ -200,6 +350,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("first delivery:  {}", first.answer());
     let retry = record_payment(&pool, &store, ACCOUNT, &event, &order, 4200, DEFAULT_LEASE).await?;
     println!("Clink's retry:   {}", retry.answer());
+    // Another event about the same order, under an id of its own: the
+    // order's payment is there, so nothing is written, and the event is
+    // acknowledged rather than refused at every retry.
+    let same_order = format!("evt_{run}_same_order");
+    let again = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &same_order,
+        &order,
+        4200,
+        DEFAULT_LEASE,
+    )
+    .await?;
+    println!("same order:      {}", again.answer());
 
     // A handler that fails after claiming (the CHECK constraint refuses the
     // amount): the whole transaction rolls back, claim included...
@@ -309,11 +474,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .await?
         .get(0);
     println!("payments written: {payments} (one per order recorded)");
-    let expected = (&first, &retry, &fixed, &too_slow, &retried, &second);
+    let expected = (&first, &retry, &again, &fixed, &too_slow, &retried, &second);
     match expected {
         (
             Outcome::Recorded,
             Outcome::AlreadyHandled,
+            Outcome::OrderAlreadyPaid,
             Outcome::Recorded,
             Outcome::TooSlow,
             Outcome::Recorded,

@@ -5,8 +5,9 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example verify_only
 //! ```
 //!
-//! The key comes from `CLINK_WEBHOOK_SIGNING_KEY`, and signs the sample
-//! deliveries too. Without it the example does not run: it says on stderr
+//! The key comes from `CLINK_WEBHOOK_SIGNING_KEY` (during a rotation, the
+//! secrets newest first, separated by commas: `whsec_new,whsec_old`, each
+//! accepted), and its newest secret signs the sample deliveries too. Without it the example does not run: it says on stderr
 //! how to set it and exits with status 1, as the receivers do, so that code
 //! copied from it never verifies with a key anyone can read. To try it, any
 //! key works (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
@@ -59,15 +60,24 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
     }
 }
 
-/// The endpoint's signing secret, from `CLINK_WEBHOOK_SIGNING_KEY`, without
-/// the whitespace around it (a secret mounted from a file, as Kubernetes
-/// does, often ends with a newline, which would fail every delivery), or
-/// what to tell the user. There is no fallback: code that
-/// verified with a key anyone can read would accept deliveries anyone can
-/// sign.
-fn signing_key() -> Result<String, String> {
+/// The verifier of the endpoint's signing secret, from
+/// `CLINK_WEBHOOK_SIGNING_KEY`, and the secret Clink signs with, or what to
+/// tell the user. During a rotation the variable holds the secrets newest
+/// first, separated by commas (`whsec_new,whsec_old`): a delivery signed
+/// with any of them is accepted, and Clink signs with the newest, the
+/// first. Each is used without the whitespace around it (a secret mounted
+/// from a file, as Kubernetes does, often ends with a newline, which would
+/// fail every delivery). There is no fallback: code that verified with a
+/// key anyone can read would accept deliveries anyone can sign.
+fn signing_keys() -> Result<(Verifier, String), String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
-        Ok(key) if !key.trim().is_empty() => return Ok(key.trim().to_owned()),
+        // The error says which secret of the list is wrong, never what it is.
+        Ok(keys) if !keys.trim().is_empty() => {
+            let verifier = Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()))?;
+            let newest = keys.split(',').next().unwrap_or_default().trim().to_owned();
+            return Ok((verifier, newest));
+        }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
         Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
@@ -82,17 +92,16 @@ fn signing_key() -> Result<String, String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let secret = match signing_key() {
-        Ok(key) => key,
+    let (verifier, secret) = match signing_keys() {
+        Ok(keys) => keys,
         Err(message) => {
             eprintln!("error: {message}");
             std::process::exit(1);
         }
     };
-    let verifier = Verifier::new(&secret)?;
 
     // What arrives: two header values and the raw body bytes (signed here
-    // with the same key, as Clink would: this example plays both sides).
+    // with the newest key, as Clink would: this example plays both sides).
     let body = br#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1","amountTotal":19.99,"paymentCurrency":"USD"}}"#;
     let timestamp = Timestamp::now().as_millis().to_string();
     let signature = sign(&secret, &timestamp, body);

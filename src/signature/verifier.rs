@@ -96,6 +96,56 @@ impl Verifier {
         Ok(Self::from_key(&SigningKey::new(secret)?))
     }
 
+    /// A verifier for the signing secrets in `text`, separated by commas,
+    /// newest first: the form of `CLINK_WEBHOOK_SIGNING_KEY` during a
+    /// rotation (`whsec_new,whsec_old`), as `clink-webhook serve` reads it.
+    /// Each secret is used without the whitespace around it, so a value
+    /// mounted from a file (ending in `\n`) or read from a `.env` file with
+    /// CRLF line ends (`\r\n`) verifies as the secret itself. Every secret
+    /// is accepted, none expires; [`Verified::key_index`] is a secret's
+    /// place in the list (the newest is 0), and the default 300 s tolerance
+    /// applies both ways.
+    ///
+    /// ```
+    /// use clink_webhooks::signature::{sign, Verifier};
+    ///
+    /// let verifier = Verifier::from_secret_list(" whsec_new , whsec_old\r\n")?;
+    /// assert_eq!(verifier.key_count(), 2);
+    /// let ts = clink_webhooks::Timestamp::now().as_millis().to_string();
+    /// let verified = verifier.verify(&ts, &sign("whsec_old", &ts, b"{}"), b"{}")?;
+    /// assert_eq!(verified.key_index(), 1);
+    /// assert!(Verifier::from_secret_list("whsec_new,,whsec_old").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `text` holds no secret, or when one of its
+    /// secrets is empty (a stray comma): the message says where, and never
+    /// quotes a secret.
+    pub fn from_secret_list(text: &str) -> Result<Self, ConfigError> {
+        let secrets: Vec<&str> = text.split(',').map(str::trim).collect();
+        let (newest, older) = match secrets.split_first() {
+            // One secret: empty, it gets the message of an empty secret.
+            Some((only, [])) => return Self::new(only),
+            Some(split) => split,
+            None => return Self::new(""),
+        };
+        if let Some(empty) = secrets.iter().position(|secret| secret.is_empty()) {
+            return Err(ConfigError::new(format!(
+                "signing secret {} of the {} in the list is empty (a stray comma?): give the \
+                 secrets newest first, separated by single commas",
+                empty + 1,
+                secrets.len()
+            )));
+        }
+        older
+            .iter()
+            .try_fold(Self::new(newest)?, |verifier, secret| {
+                Ok(verifier.add_key(SigningKey::new(secret)?))
+            })
+    }
+
     /// A verifier for one [`SigningKey`].
     #[must_use]
     pub fn from_key(key: &SigningKey) -> Self {
@@ -810,6 +860,57 @@ mod tests {
                 .kind(),
             VerifyErrorKind::TooOld
         );
+    }
+
+    /// A list of secrets is read as the gateway reads one: split on
+    /// commas, newest first, each trimmed; an empty one is refused, and the
+    /// refusal quotes no secret.
+    #[test]
+    fn a_secret_list_is_split_trimmed_and_checked() {
+        let now = at_ms(1_700_000_000_000);
+        let ts = "1700000000000";
+        let verifier =
+            Verifier::from_secret_list(" whsec_new \t,whsec_mid,\nwhsec_old\r\n").unwrap();
+        assert_eq!(verifier.key_count(), 3);
+        for (index, secret) in ["whsec_new", "whsec_mid", "whsec_old"].iter().enumerate() {
+            let verified = verifier
+                .verify_at(ts, &sign(secret, ts, b"{}"), b"{}", now)
+                .unwrap();
+            assert_eq!(verified.key_index(), index, "{secret}");
+        }
+        // The whitespace is not part of any secret.
+        for padded in [" whsec_new ", "whsec_old\r\n", "whsec_old\r"] {
+            assert!(verifier
+                .verify_at(ts, &sign(padded, ts, b"{}"), b"{}", now)
+                .is_err());
+        }
+        // One secret, trimmed: the same as `new` with the secret itself.
+        let one = Verifier::from_secret_list("whsec_only\r\n").unwrap();
+        assert_eq!(one.key_count(), 1);
+        assert!(one
+            .verify_at(ts, &sign("whsec_only", ts, b"{}"), b"{}", now)
+            .is_ok());
+
+        for (text, said) in [
+            ("", "empty signing secret"),
+            (" \r\n", "empty signing secret"),
+            (
+                ", ,",
+                "signing secret 1 of the 3 in the list is empty (a stray comma?)",
+            ),
+            (
+                "whsec_keep_a,",
+                "signing secret 2 of the 2 in the list is empty",
+            ),
+            (
+                "whsec_keep_a, ,whsec_keep_b",
+                "signing secret 2 of the 3 in the list is empty",
+            ),
+        ] {
+            let error = Verifier::from_secret_list(text).unwrap_err().to_string();
+            assert!(error.contains(said), "{text:?}: {error}");
+            assert!(!error.contains("keep"), "a secret quoted: {error}");
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[cfg(unix)]
+use crate::support::process::delivery_in_progress;
 use crate::support::process::{example_receiver, Finished, Process};
 use clink_webhooks::testing::fixture;
-use clink_webhooks::EventType;
+use clink_webhooks::{sign, EventType};
 use serde_json::Value;
 
 /// The key every receiver in these tests uses; it must never be printed.
@@ -516,6 +518,11 @@ struct Listener {
 
 impl Listener {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_key(KEY, extra)
+    }
+
+    /// `listen` verifying with `key` (`--secret env:NAME`).
+    fn start_with_key(key: &str, extra: &[&str]) -> Self {
         let process = Process::start(
             clink_webhook()
                 .args([
@@ -526,7 +533,7 @@ impl Listener {
                     "env:CLINK_TEST_LISTEN_KEY",
                 ])
                 .args(extra)
-                .env("CLINK_TEST_LISTEN_KEY", KEY),
+                .env("CLINK_TEST_LISTEN_KEY", key),
         );
         let first = process.next_stdout();
         let url = match first.strip_prefix("listening on ") {
@@ -768,5 +775,183 @@ fn listen_prints_a_404_path_escaped_in_json_and_text() {
         } else {
             assert_eq!(line, r#"404 not_found  GET "/\u{202e}""#);
         }
+    }
+}
+
+/// The signing key is read as `serve` reads it: several secrets, newest
+/// first, separated by commas (during a rotation), each without the
+/// whitespace around it (a secret file's newline, a CRLF `.env` file).
+/// `verify` and `listen` accept a delivery signed with any of them; `sign`
+/// and `send` sign with the newest; an empty one is refused without a
+/// secret in the message. Before, a list was one secret, and a trailing
+/// `\r\n` part of it: every delivery failed.
+#[test]
+fn a_key_list_is_read_as_the_gateway_reads_it() {
+    const NEWEST: &str = "whsec_cli_newest_8e21";
+    let body = b"{}";
+    let file = BodyFile::new("key-list", body);
+    let timestamp = "1700000000000";
+    let list = format!(" {NEWEST} , {KEY}\r\n");
+    let no_newest = |finished: &Finished| {
+        assert!(
+            !finished.stdout.contains(NEWEST) && !finished.stderr.contains(NEWEST),
+            "a secret was printed: {finished:?}"
+        );
+    };
+    let verify_with = |key: &str, signed_by: &str| {
+        let finished = run(clink_webhook()
+            .env("CLINK_WEBHOOK_SIGNING_KEY", key)
+            .args(["verify", "--body-file", file.path()])
+            .args(["--timestamp", timestamp, "--now-ms", timestamp])
+            .args(["--signature", &sign(signed_by, timestamp, body)]));
+        no_newest(&finished);
+        finished
+    };
+
+    // The second secret of the list, and the first.
+    for signed_by in [KEY, NEWEST] {
+        let verified = verify_with(&list, signed_by);
+        assert_eq!(verified.code, Some(0), "{verified:?}");
+        assert!(verified.stdout.starts_with("valid: "), "{verified:?}");
+    }
+    // One secret with a CRLF after it, as a `.env` file written on Windows
+    // gives it, and with a newline, as a secret file does.
+    for padded in [format!("{KEY}\r\n"), format!("{KEY}\n")] {
+        let verified = verify_with(&padded, KEY);
+        assert_eq!(verified.code, Some(0), "{padded:?}: {verified:?}");
+    }
+    // A secret that is not in the list is still refused.
+    let refused = verify_with(&list, "whsec_cli_not_in_the_list");
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+
+    // `sign` signs with the newest secret, without its whitespace.
+    let signed = run(clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", &list)
+        .args(["sign", "--body-file", file.path(), "--timestamp", timestamp]));
+    no_newest(&signed);
+    assert_eq!(signed.code, Some(0), "{signed:?}");
+    assert_eq!(
+        signed.stdout,
+        format!(
+            "X-Clink-Timestamp: {timestamp}\nX-Clink-Signature: {}\n",
+            sign(NEWEST, timestamp, body)
+        )
+    );
+
+    // A stray comma is refused by every command, naming no secret.
+    let path = file.path();
+    for args in [
+        &["sign", "--body-file", path][..],
+        &[
+            "verify",
+            "--body-file",
+            path,
+            "--timestamp",
+            timestamp,
+            "--signature",
+            "00",
+        ],
+        &["send", "order.succeeded", "--to", "http://127.0.0.1:9/"],
+        &["listen", "--port", "0"],
+    ] {
+        let refused = run(clink_webhook()
+            .env("CLINK_WEBHOOK_SIGNING_KEY", format!("{NEWEST},,{KEY}"))
+            .args(args));
+        no_newest(&refused);
+        assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
+        assert!(
+            refused.stderr.contains(
+                "CLINK_WEBHOOK_SIGNING_KEY: signing secret 2 of the 3 in the list is empty \
+                 (a stray comma?)"
+            ),
+            "{args:?}: {refused:?}"
+        );
+    }
+
+    // `listen` accepts each secret of the list; `send` signs with the newest.
+    let listener = Listener::start_with_key(&list, &[]);
+    let sent = cli(&["send", "order.succeeded", "--to", &listener.url]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.succeeded evt_order_succeeded_test  order:ord_test_123  fresh"
+    );
+    let receiver = Listener::start_with_key(NEWEST, &[]);
+    let sent = run(clink_webhook()
+        .env("CLINK_WEBHOOK_SIGNING_KEY", &list)
+        .args(["send", "order.created", "--to", &receiver.url]));
+    no_newest(&sent);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        receiver.process.next_stdout(),
+        "200 handled  order.created evt_order_created_test  order:ord_test_123  fresh"
+    );
+}
+
+/// A key of Clink's API typed where it does not belong is not echoed in the
+/// error, whatever its environment's prefix: `sk_uat_` and `sk_live_` keys
+/// (the sandbox's and production's other prefixes) as `sk_test_` and
+/// `sk_prod_` ones are, though no variable holds it. Before, an `sk_uat_`
+/// key was printed in the usage error.
+#[test]
+fn a_mistyped_api_key_is_redacted_from_the_usage_error_whatever_its_prefix() {
+    let file = BodyFile::new("mistyped-key", b"{}");
+    for key in [
+        "sk_uat_mistyped_3b7e",
+        "sk_live_mistyped_3b7e",
+        "sk_test_mistyped_3b7e",
+        "sk_prod_mistyped_3b7e",
+    ] {
+        for json in [false, true] {
+            let mut command = clink_webhook();
+            command.env_remove("CLINK_SECRET_KEY");
+            if json {
+                command.arg("--json");
+            }
+            let refused = run(command.args(["sign", "--body-file", file.path(), key]));
+            assert_eq!(refused.code, Some(2), "{key}: {refused:?}");
+            assert!(
+                !refused.stderr.contains(key) && !refused.stdout.contains(key),
+                "{key} printed: {refused:?}"
+            );
+            assert!(
+                refused
+                    .stderr
+                    .contains("unexpected argument '[redacted]' found"),
+                "{key}: {refused:?}"
+            );
+        }
+    }
+}
+
+/// A second Ctrl-C while `listen` stops gracefully, a delivery in progress,
+/// ends it at once: exit 130 and the error `interrupted`, in text and in
+/// JSON; the first said how. Before, the second signal was ignored and
+/// `listen` waited out its 10 s for the delivery.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_stops_listen_at_once() {
+    for json in [false, true] {
+        let listener = Listener::start(if json { &["--json"] } else { &[] });
+        let held = delivery_in_progress(&listener.url, KEY);
+        listener.process.signal("INT");
+        Process::line_starting(
+            &listener.process.stderr,
+            "stopping (Ctrl-C again to stop at once)",
+        );
+        listener.process.signal("INT");
+        let finished = listener.process.finish();
+        assert_eq!(finished.code, Some(130), "{finished:?}");
+        let error = finished.stderr.lines().last().unwrap_or_default();
+        if json {
+            let error: Value = serde_json::from_str(error).unwrap();
+            assert_eq!(error["error"], "interrupted", "{finished:?}");
+        } else {
+            assert!(
+                error.starts_with("error: stopped at once by a second Ctrl-C or SIGTERM"),
+                "{finished:?}"
+            );
+        }
+        drop(held);
     }
 }

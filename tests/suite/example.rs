@@ -3,6 +3,8 @@
 use clink_webhooks::testing::SignedRequest;
 
 use crate::support::loopback::client;
+#[cfg(unix)]
+use crate::support::process::delivery_in_progress;
 use crate::support::process::{
     admin_url, example_path, example_receiver, example_receiver_with_store, Process, PATIENCE,
 };
@@ -212,6 +214,140 @@ async fn the_examples_use_the_signing_key_without_the_whitespace_around_it() {
         finished.stdout.contains(r#"event id "evt_1""#),
         "{finished:?}"
     );
+}
+
+/// During a rotation `CLINK_WEBHOOK_SIGNING_KEY` holds the secrets newest
+/// first, separated by commas, as the gateway reads it: each example
+/// receiver accepts a delivery signed with the old secret and one signed
+/// with the new, each secret without the whitespace around it, and
+/// verify_only verifies its samples. A stray comma stops them before they
+/// listen, naming no secret. Before, the list was one secret, and every
+/// delivery got 401.
+#[tokio::test]
+async fn the_examples_accept_every_secret_of_a_rotation() {
+    const NEW_KEY: &str = "whsec_example_rotated_in";
+    let list = format!(" {NEW_KEY} ,{KEY}\r\n");
+    for name in ["axum_receiver", "hyper_receiver"] {
+        let process = example(name, Some(&list));
+        let line = Process::line_starting(&process.stderr, "listening on ");
+        let url = &line["listening on ".len()..];
+        for (secret, id) in [(KEY, "old"), (NEW_KEY, "new")] {
+            let body = format!(
+                r#"{{"id":"evt_rotation_{id}_{name}","type":"risk_rule.updated","data":{{}}}}"#
+            );
+            let signed = SignedRequest::new(secret, body).uri(url);
+            assert_eq!(post(&signed).await, 200, "{name}, the {id} secret");
+            assert_eq!(
+                process.next_stdout(),
+                format!("handled risk_rule.updated evt_rotation_{id}_{name}")
+            );
+        }
+        let forged = SignedRequest::new("whsec_example_never_given", "{}".to_owned()).uri(url);
+        assert_eq!(post(&forged).await, 401, "{name}");
+    }
+    let finished = example("verify_only", Some(&list)).finish();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+
+    for name in ["axum_receiver", "hyper_receiver", "verify_only"] {
+        let process = example(name, Some(&format!("{NEW_KEY},,{KEY}")));
+        let said = first_line_on_starting(&process, name);
+        assert_eq!(
+            said,
+            "error: CLINK_WEBHOOK_SIGNING_KEY: signing secret 2 of the 3 in the list is empty \
+             (a stray comma?): give the secrets newest first, separated by single commas",
+            "{name}"
+        );
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(1), "{name}: {finished:?}");
+    }
+}
+
+/// An example receiver on a free port that verifies with [`KEY`] (for
+/// `multi_tenant`, the key of the account `acct_held`), and the URL of its
+/// webhook.
+#[cfg(unix)]
+fn receiver_at_work(name: &str) -> (Process, String) {
+    let mut command = std::process::Command::new(example_path(name));
+    command
+        .env("PORT", "0")
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .env("CLINK_TENANT_KEYS", format!("acct_held={KEY}"))
+        .env_remove("CLINK_TENANT_KEYS_FILE")
+        .env_remove("CLINK_TENANT_LOOKUP_MS")
+        .env_remove("CLINK_INBOX")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL");
+    let process = Process::start(&mut command);
+    let line = Process::line_starting(&process.stderr, "listening on ");
+    let url = line["listening on ".len()..].replace("{account}", "acct_held");
+    (process, url)
+}
+
+/// The receivers that stop gracefully on Ctrl-C and SIGTERM.
+#[cfg(unix)]
+const STOPPING_RECEIVERS: [&str; 3] = ["axum_receiver", "hyper_receiver", "multi_tenant"];
+
+/// A second Ctrl-C during the graceful stop of an example receiver, a
+/// delivery in progress, ends it at once with status 130; the first said
+/// how. Before, the runtime's handlers had replaced the default one, and
+/// nothing listened after the first signal: the second was ignored, and the
+/// process waited out its deadline.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_stops_the_example_receivers_at_once() {
+    for name in STOPPING_RECEIVERS {
+        let (process, url) = receiver_at_work(name);
+        let held = delivery_in_progress(&url, KEY);
+        process.signal("INT");
+        Process::line_starting(&process.stderr, "stopping (Ctrl-C again to stop at once)");
+        process.signal("INT");
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(130), "{name}: {finished:?}");
+        assert_eq!(finished.stdout, "", "{name}: {finished:?}");
+        assert!(
+            finished.stderr.ends_with("stopped at once\n"),
+            "{name}: {finished:?}"
+        );
+        drop(held);
+    }
+}
+
+/// One SIGTERM with a delivery in progress that never ends: each example
+/// receiver waits for it until its 4 s deadline, inside the 10 s Docker
+/// gives a container, and then exits 0. Before, hyper_receiver and
+/// multi_tenant waited 10 s, and Docker killed them mid-stop.
+#[cfg(unix)]
+#[test]
+fn one_sigterm_stops_the_example_receivers_within_their_4_s_deadline() {
+    // The examples' `STOP_WITHIN`.
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+    let waits: Vec<_> = STOPPING_RECEIVERS
+        .into_iter()
+        .map(|name| {
+            let (process, url) = receiver_at_work(name);
+            let held = delivery_in_progress(&url, KEY);
+            let sent = std::time::Instant::now();
+            process.signal("TERM");
+            std::thread::spawn(move || {
+                let finished = process.finish();
+                let took = sent.elapsed();
+                drop(held);
+                (name, took, finished)
+            })
+        })
+        .collect();
+    for wait in waits {
+        let (name, took, finished) = wait.join().unwrap();
+        assert_eq!(finished.code, Some(0), "{name}: {finished:?}");
+        assert!(
+            finished.stderr.ends_with("stopped\n"),
+            "{name}: {finished:?}"
+        );
+        // It waited for the delivery, up to the deadline and not long past
+        // it (a generous bound, for a busy machine, well short of 10 s).
+        assert!(took >= DEADLINE, "{name} exited {took:?} after SIGTERM");
+        assert!(took < 2 * DEADLINE, "{name} exited {took:?} after SIGTERM");
+    }
 }
 
 /// `GET url`: the status and the body.
@@ -436,7 +572,8 @@ async fn example_receivers_sharing_postgres_handle_an_event_once() {
 /// With `sslmode=require` and `CLINK_DATABASE_CA_FILE`, the example reaches
 /// its PostgreSQL idempotency store over verified TLS (by the server's own
 /// account) and handles an event; without the CA file it refuses the
-/// private CA's certificate and does not start.
+/// private CA's certificate and does not start. `sslmode=verify-full` and
+/// `verify-ca` are read as `require`, where the URL was refused.
 #[cfg(feature = "postgres-tls")]
 #[tokio::test]
 async fn the_example_reaches_postgres_over_verified_tls() {
@@ -498,6 +635,144 @@ async fn the_example_reaches_postgres_over_verified_tls() {
     assert!(!ssl.is_empty() && ssl.iter().all(|ssl| *ssl), "{ssl:?}");
     drop(admin);
     let _ = connection.await;
+
+    // libpq's verify-full and verify-ca, which the PostgreSQL client alone
+    // refuses, are read as require (verified in full all the same).
+    for mode in ["verify-full", "verify-ca"] {
+        let url = format!("{url}{joined}sslmode={mode}");
+        let (_process, _, store) = crate::support::process::example_receiver_with_env(
+            KEY,
+            Some(("DATABASE_URL", &url)),
+            &[("CLINK_DATABASE_CA_FILE", &ca)],
+        );
+        assert!(
+            store.starts_with("idempotency store: PostgreSQL"),
+            "{mode}: {store}"
+        );
+    }
+}
+
+/// The postgres_transaction example, run to its end with `url` as
+/// `DATABASE_URL` and `env` set.
+#[cfg(feature = "postgres")]
+fn postgres_transaction(url: &str, env: &[(&str, &str)]) -> crate::support::process::Finished {
+    let mut command = std::process::Command::new(example_path("postgres_transaction"));
+    command
+        .env("DATABASE_URL", url)
+        .env_remove("CLINK_DATABASE_CA_FILE")
+        .envs(env.iter().copied());
+    Process::start(&mut command).finish()
+}
+
+/// `DATABASE_URL` with `setting` added to its query.
+#[cfg(feature = "postgres")]
+fn database_url_with(setting: &str) -> String {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    let joined = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joined}{setting}")
+}
+
+/// postgres_transaction acknowledges a second event about an order
+/// already paid, under an event id of its own, and writes nothing: every
+/// delivery ends as the example says, three payments for three orders.
+/// Before, the table's key refused the second event at every retry, and it
+/// was never acknowledged.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_transaction_acknowledges_another_event_about_a_paid_order() {
+    let _servers = crate::support::servers::shared_blocking();
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    let finished = postgres_transaction(&url, &[]);
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stdout.contains(
+            "\nsame order:      200, the order's payment was already recorded: nothing written\n"
+        ),
+        "{finished:?}"
+    );
+    assert!(
+        finished.stdout.contains("\npayments written: 3 "),
+        "{finished:?}"
+    );
+}
+
+/// postgres_transaction reaches PostgreSQL over verified TLS when
+/// `DATABASE_URL` says libpq's `sslmode=verify-full`, which the client
+/// alone refuses to read: without the CA file it refuses the private CA's
+/// certificate, with it it runs to its end, and says nothing of a plain
+/// connection. Before, it refused the URL, and always connected plainly.
+#[cfg(feature = "postgres-tls")]
+#[test]
+fn postgres_transaction_reaches_postgres_over_verified_tls() {
+    let _servers = crate::support::servers::shared_blocking();
+    let ca = std::env::var("DATABASE_TLS_CA").expect("DATABASE_TLS_CA: run scripts/test");
+    let url = database_url_with("sslmode=verify-full");
+
+    let refused = postgres_transaction(&url, &[]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.to_ascii_lowercase().contains("certificate"),
+        "{refused:?}"
+    );
+
+    let finished = postgres_transaction(&url, &[("CLINK_DATABASE_CA_FILE", &ca)]);
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(!finished.stderr.contains("warning"), "{finished:?}");
+}
+
+/// A plain connection to a database on another machine (named
+/// `db.example` here, reached at 127.0.0.1 through `hostaddr`) is made
+/// with a warning on stderr, once, before the receiver listens; one to
+/// this machine without. Before, nothing said that the events crossed the
+/// network in the clear.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_examples_warn_of_a_plain_connection_to_another_machine() {
+    let _servers = crate::support::servers::shared().await;
+    let local = std::env::var("DATABASE_URL").expect("DATABASE_URL: run scripts/test");
+    assert!(local.contains("@127.0.0.1:"), "{local}");
+    let remote = database_url_with("hostaddr=127.0.0.1").replacen("@127.0.0.1:", "@db.example:", 1);
+    const WARNING: &str = "warning: the database in DATABASE_URL is on another machine and is \
+                           reached without TLS";
+
+    for (url, warned) in [(&remote, true), (&local, false)] {
+        let finished = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || postgres_transaction(&url, &[])
+        })
+        .await
+        .unwrap();
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+        assert_eq!(
+            finished.stderr.matches(WARNING).count(),
+            usize::from(warned),
+            "{url}: {finished:?}"
+        );
+
+        let mut command = std::process::Command::new(example_path("axum_receiver"));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("CLINK_INBOX", "postgres")
+            .env("DATABASE_URL", url)
+            .env_remove("CLINK_DATABASE_CA_FILE")
+            .env_remove("REDIS_URL");
+        let process = Process::start(&mut command);
+        let mut before_listening = Vec::new();
+        loop {
+            let line = process.stderr.recv_timeout(PATIENCE).unwrap();
+            if line.starts_with("listening on ") {
+                break;
+            }
+            before_listening.push(line);
+        }
+        // The store and the inbox each connect; it is said once.
+        let warnings = before_listening
+            .iter()
+            .filter(|line| line.starts_with(WARNING))
+            .count();
+        assert_eq!(warnings, usize::from(warned), "{url}: {before_listening:?}");
+    }
 }
 
 #[test]

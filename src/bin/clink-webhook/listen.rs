@@ -15,7 +15,7 @@ use clink_webhooks::server::Server;
 use clink_webhooks::BoxFuture;
 use clink_webhooks::{
     ClinkLayer, ClinkService, Event, EventRouter, Layer, MemoryStore, Outcome, RawEvent,
-    VerifiedEvent, Verifier,
+    VerifiedEvent,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -30,7 +30,7 @@ use crate::output::{escaped, Output, Tone};
 /// How long a connection may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-use crate::{CliError, KeyArgs};
+use crate::{CliError, ErrorCode, KeyArgs};
 
 pub(crate) const AFTER_HELP: &str = "\
 Deliveries go through the same ClinkLayer and EventRouter an app uses, with
@@ -42,7 +42,11 @@ about its object.
 It listens on 127.0.0.1 only, prints `listening on http://127.0.0.1:PORT/PATH`
 first (--port 0 picks a free port and prints it), then one line per delivery:
 status, outcome, type, id, object, freshness. A refusal before the signature
-checked out is marked unverified, and nothing from its body is printed. Ctrl-C or SIGTERM stops it gracefully (exit 0).";
+checked out is marked unverified, and nothing from its body is printed.
+
+Ctrl-C or SIGTERM stops it gracefully (exit 0): it says `stopping (Ctrl-C again
+to stop at once)` on stderr and waits at most 10 s for the deliveries in
+progress. A second one stops it at once (exit 130, error `interrupted`).";
 
 /// How long open connections get to finish after Ctrl-C or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -265,9 +269,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
             args.path
         )));
     }
-    let secret = args.key.secret()?;
-    let verifier = Verifier::new(secret.as_bytes()).map_err(|e| CliError::no_key(e.to_string()))?;
-    drop(secret);
+    let verifier = args.key.verifier()?;
     let pipeline: Pipeline = ClinkLayer::new(verifier).layer(router());
 
     let listener = TcpListener::bind(("127.0.0.1", args.port))
@@ -293,9 +295,26 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .and_then(|server| server.shutdown_timeout(SHUTDOWN_GRACE))
         .map_err(|e| CliError::usage(e.to_string()))?;
-    server
-        .serve(listener, service, async move { shutdown.requested().await })
-        .await;
-    eprintln!("stopped");
-    Ok(())
+    // The first signal begins the graceful stop; a second, for whoever
+    // will not wait for it, ends the command at once.
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let at_once = async move {
+        shutdown.requested().await;
+        eprintln!("stopping (Ctrl-C again to stop at once)");
+        let _ = stop.send(());
+        shutdown.requested().await;
+    };
+    let serving = server.serve(listener, service, async move {
+        let _ = stopping.await;
+    });
+    tokio::select! {
+        () = serving => {
+            eprintln!("stopped");
+            Ok(())
+        }
+        () = at_once => Err(CliError::new(
+            ErrorCode::Interrupted,
+            "stopped at once by a second Ctrl-C or SIGTERM: the deliveries in progress got no answer",
+        )),
+    }
 }

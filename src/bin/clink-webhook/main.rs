@@ -37,6 +37,9 @@ const KEY_VARIABLE: &str = "CLINK_WEBHOOK_SIGNING_KEY";
 const AFTER_HELP: &str = "\
 The signing key comes from --secret (the secret itself, or env:NAME to read the
 environment variable NAME) or else from CLINK_WEBHOOK_SIGNING_KEY. It is never printed.
+During a rotation it may hold several secrets, newest first, separated by commas:
+verify and listen accept each, sign and send sign with the first. The whitespace
+around each secret (a file's trailing newline, a CRLF) is not part of it.
 
 Output is text, coloured when stdout is a terminal (NO_COLOR turns colour off).
 With --json every command prints JSON Lines instead: one JSON object per line
@@ -49,6 +52,8 @@ Exit codes:
   2  usage or I/O error: bad arguments, unknown event type, unreadable file,
      bad URL, unreachable host, port in use, no or bad API key, a call to
      Clink's API that failed on the way
+  130  listen: a second Ctrl-C or SIGTERM stopped it at once, during the
+       graceful stop the first began
 
 Errors: in text, `error: MESSAGE` on stderr. With --json, one JSON object on
 stderr, {\"error\": CODE, \"message\": TEXT}, whenever the exit code is not 0
@@ -64,6 +69,8 @@ text). CODE is one of these, shown with its exit code:
   tamper_accepted     send --tamper: a tampered delivery got no 401           1
   unreachable         send: a delivery got no answer (refused, timeout)       2
   refused             inbox replay: the event was handled or is running       1
+  interrupted         listen: a second Ctrl-C or SIGTERM stopped it at
+                      once                                                  130
   no_api_key          api, endpoints: CLINK_SECRET_KEY is not set             2
   api_config          api, endpoints: a key Clink would refuse (pk_, the
                       other environment's), bad CLINK_ENV or base URL         2
@@ -140,8 +147,9 @@ impl std::fmt::Debug for KeyArgs {
 }
 
 impl KeyArgs {
-    /// The secret, from `--secret` or else the environment.
-    fn secret(&self) -> Result<Zeroizing<String>, CliError> {
+    /// The key as given, from `--secret` or else the environment, and where
+    /// it came from (for messages).
+    fn given(&self) -> Result<(String, Zeroizing<String>), CliError> {
         let (source, value) = match &self.secret {
             Some(given) => match given.strip_prefix("env:") {
                 Some(name) => (format!("--secret env:{name}"), std::env::var(name).ok()),
@@ -149,8 +157,8 @@ impl KeyArgs {
             },
             None => (KEY_VARIABLE.to_owned(), std::env::var(KEY_VARIABLE).ok()),
         };
-        match value {
-            Some(secret) if !secret.is_empty() => Ok(Zeroizing::new(secret)),
+        match value.map(Zeroizing::new) {
+            Some(secret) if !secret.trim().is_empty() => Ok((source, secret)),
             Some(_) => Err(CliError::no_key(format!(
                 "{source}: the signing key is empty"
             ))),
@@ -161,6 +169,32 @@ impl KeyArgs {
                 "no signing key: pass --secret SECRET (or --secret env:NAME), or set {KEY_VARIABLE}"
             ))),
         }
+    }
+
+    /// A verifier of every secret the key holds: one, or several separated
+    /// by commas, newest first (during a rotation, as `serve` reads them),
+    /// each without the whitespace around it (a secret from a file ends in
+    /// `\n`, one from a CRLF `.env` file in `\r\n`); and the key as given.
+    fn read(&self) -> Result<(Verifier, Zeroizing<String>), CliError> {
+        let (source, secrets) = self.given()?;
+        // The message says which secret is wrong, never what it is.
+        let verifier = Verifier::from_secret_list(&secrets)
+            .map_err(|e| CliError::no_key(format!("{source}: {}", e.message())))?;
+        Ok((verifier, secrets))
+    }
+
+    /// The verifier of the key's secrets ([`read`](Self::read)).
+    fn verifier(&self) -> Result<Verifier, CliError> {
+        self.read().map(|(verifier, _)| verifier)
+    }
+
+    /// The secret to sign with: the newest of the key's secrets (the first),
+    /// without the whitespace around it; the list is checked as
+    /// [`read`](Self::read) checks it.
+    fn signing_secret(&self) -> Result<Zeroizing<String>, CliError> {
+        let (_, secrets) = self.read()?;
+        let newest = secrets.split(',').next().unwrap_or_default().trim();
+        Ok(Zeroizing::new(newest.to_owned()))
     }
 }
 
@@ -240,6 +274,9 @@ enum ErrorCode {
     Unreachable,
     /// `inbox replay`: the event was handled (replay it with --force) or is running.
     Refused,
+    /// `listen`: a second Ctrl-C or SIGTERM stopped it at once, without
+    /// waiting for the deliveries in progress.
+    Interrupted,
     /// `api`, `endpoints`: `CLINK_SECRET_KEY` is not set, or empty.
     NoApiKey,
     /// `api`, `endpoints`: a key Clink would refuse, an unknown
@@ -263,6 +300,7 @@ impl ErrorCode {
             Self::TamperAccepted => "tamper_accepted",
             Self::Unreachable => "unreachable",
             Self::Refused => "refused",
+            Self::Interrupted => "interrupted",
             Self::NoApiKey => "no_api_key",
             Self::ApiConfig => "api_config",
             Self::Api(kind) => kind.as_str(),
@@ -275,6 +313,8 @@ impl ErrorCode {
                 ExitCode::from(1)
             }
             Self::Api(kind) if kind.is_refusal() => ExitCode::from(1),
+            // As a shell reports a command that Ctrl-C ended (128 + SIGINT).
+            Self::Interrupted => ExitCode::from(130),
             _ => ExitCode::from(2),
         }
     }
@@ -347,10 +387,12 @@ const KEY_VARIABLES: &[&str] = &[
     "CLINK_CONSOLE_TOKEN",
 ];
 
-/// How a key starts: a signing key, or a secret key of Clink's API. Text
-/// that starts so, up to a space, a quote or a comma, is kept out of a
-/// message, wherever it stands (after the escape that colours it, say).
-const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_prod_"];
+/// How a key starts: a signing key, or a secret key of Clink's API (a
+/// sandbox key starts `sk_test_` or `sk_uat_`, a production one `sk_prod_`
+/// or `sk_live_`). Text that starts so, up to a space, a quote or a comma,
+/// is kept out of a message, wherever it stands (after the escape that
+/// colours it, say).
+const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk_live_"];
 
 /// The secrets among the raw arguments (the values of `--secret`) and in
 /// the environment (the [`KEY_VARIABLES`], and a variable `--secret
@@ -368,7 +410,17 @@ fn secrets_in(args: &[OsString]) -> Vec<Zeroizing<String>> {
         if let Some(value) = value {
             match value.strip_prefix("env:") {
                 Some(name) => variables.push(name.to_owned()),
-                None => secrets.push(Zeroizing::new(value.into_owned())),
+                None => {
+                    // Each secret of a list too, as it is read.
+                    let value = Zeroizing::new(value.into_owned());
+                    secrets.extend(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .map(|part| Zeroizing::new(part.to_owned())),
+                    );
+                    secrets.push(value);
+                }
             }
         }
     }
@@ -582,7 +634,7 @@ fn read_body(path: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {
-    let secret = args.key.secret()?;
+    let secret = args.key.signing_secret()?;
     let body = read_body(&args.body_file)?;
     let timestamp = args
         .timestamp
@@ -599,11 +651,11 @@ fn run_sign(out: &Output, args: &SignArgs) -> Result<(), CliError> {
 }
 
 fn run_verify(out: &Output, args: &VerifyArgs) -> Result<(), CliError> {
-    let secret = args.key.secret()?;
-    let body = read_body(&args.body_file)?;
-    let verifier = Verifier::new(secret.as_bytes())
-        .map_err(|e| CliError::no_key(e.to_string()))?
+    let verifier = args
+        .key
+        .verifier()?
         .tolerance(Duration::from_secs(args.tolerance_seconds));
+    let body = read_body(&args.body_file)?;
     let now = args
         .now_ms
         .map_or_else(Timestamp::now, Timestamp::from_millis);
@@ -752,6 +804,12 @@ mod tests {
                 "invalid value 'x=sk_test_abc' for '--to <URL>'",
                 &[],
                 "invalid value 'x=[redacted]' for '--to <URL>'",
+            ),
+            // Every prefix of Clink's API keys, the sandbox's and production's.
+            (
+                "unexpected argument 'sk_uat_abc' found; 'sk_prod_d', 'sk_live_e'",
+                &[],
+                "unexpected argument '[redacted]' found; '[redacted]', '[redacted]'",
             ),
             // Wherever it starts.
             (

@@ -449,7 +449,7 @@ impl Summary {
 }
 
 pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
-    let secret = Arc::new(args.key.secret()?);
+    let secret = Arc::new(args.key.signing_secret()?);
     let uri = target(&args.to)?;
     let bodies = Arc::new(Bodies::new(args)?);
     let unit = match args.timestamp_unit {

@@ -127,8 +127,14 @@ fn keys_given(command: &Command) -> Vec<String> {
             .and_then(|(_, value)| value)
             .map(|value| value.to_string_lossy().into_owned())
     };
+    // Each secret of a list, as it is read, and the list as given.
+    let each = |list: String| {
+        let mut keys: Vec<String> = list.split(',').map(|key| key.trim().to_owned()).collect();
+        keys.push(list);
+        keys
+    };
     let mut keys = Vec::new();
-    keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY"));
+    keys.extend(env("CLINK_WEBHOOK_SIGNING_KEY").into_iter().flat_map(each));
     if let Some(api_keys) = env("CLINK_SECRET_KEY") {
         keys.extend(api_keys.split(',').map(|key| key.trim().to_owned()));
     }
@@ -142,8 +148,8 @@ fn keys_given(command: &Command) -> Vec<String> {
     let args: Vec<_> = command.get_args().map(OsStr::to_string_lossy).collect();
     for pair in args.windows(2).filter(|pair| pair[0] == "--secret") {
         match pair[1].strip_prefix("env:") {
-            Some(var) => keys.extend(env(var)),
-            None => keys.push(pair[1].clone().into_owned()),
+            Some(var) => keys.extend(env(var).into_iter().flat_map(each)),
+            None => keys.extend(each(pair[1].clone().into_owned())),
         }
     }
     keys.retain(|key| !key.is_empty());
@@ -235,12 +241,18 @@ impl Process {
     /// Sends SIGTERM, then waits for the process to exit.
     #[cfg(unix)]
     pub(crate) fn terminate(self) -> Finished {
+        self.signal("TERM");
+        self.finish()
+    }
+
+    /// Sends the signal `name` (`INT`, `TERM`, `HUP`).
+    #[cfg(unix)]
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
+            .args([&format!("-{name}"), &self.id().to_string()])
             .status()
             .unwrap();
-        assert!(status.success(), "kill -TERM failed: {status:?}");
-        self.finish()
+        assert!(status.success(), "kill -{name} failed: {status:?}");
     }
 
     /// Waits for the process to exit and collects what it printed.
@@ -291,4 +303,54 @@ impl Drop for Process {
             self.check_output_for_keys();
         }
     }
+}
+
+/// A delivery in progress at `url` (`http://127.0.0.1:PORT/PATH`), signed
+/// with `key`: its head, with `Expect: 100-continue`, and the first half of
+/// its body are sent, and it is returned once the receiver's `100 Continue`
+/// says that it has the request and is reading its body. The delivery stays
+/// in progress while the connection is held.
+pub(crate) fn delivery_in_progress(url: &str, key: &str) -> std::net::TcpStream {
+    use std::io::Write;
+
+    let body = r#"{"id":"evt_held","type":"risk_rule.updated","data":{}}"#;
+    let request = clink_webhooks::testing::SignedRequest::new(key, body.to_owned())
+        .build::<http_body_util::Full<bytes::Bytes>>();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n",
+        body.len()
+    );
+    for (name, value) in request.headers() {
+        if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
+            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+        }
+    }
+    head.push_str("\r\n");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let read = stream.read(&mut byte).unwrap();
+        assert_eq!(
+            read,
+            1,
+            "the connection closed: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.push(byte[0]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 100 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    stream
 }
