@@ -631,6 +631,24 @@ fn listen_prints_each_delivery_send_sends() {
         "200 handled  order.failed evt_order_failed_test  order:ord_test_123  fresh"
     );
 
+    // The other shapes of Clink's payloads are read alike: `created` in
+    // milliseconds, `data` wrapped as `data.object` (its object found, its
+    // time compared: older than the order.failed above).
+    let sent = cli(&[
+        "send",
+        "order.next_action",
+        "--to",
+        to,
+        "--created-ms",
+        "--wrap-data",
+    ]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        listener.process.next_stdout(),
+        "200 handled  order.next_action evt_order_next_action_test  order:ord_test_123  \
+         stale (newer: 2025-01-15T13:00:00.000Z (evt_order_failed_test))"
+    );
+
     // A typed event whose freshness is not tracked (no `created`) says so.
     let body = BodyFile::new(
         "listen-untracked",
@@ -649,6 +667,20 @@ fn listen_prints_each_delivery_send_sends() {
         listener.process.next_stdout(),
         "200 handled  order.succeeded evt_untracked  order:ord_u  untracked"
     );
+    // No `created` to write in milliseconds: refused before anything is sent.
+    let refused = cli(&[
+        "send",
+        "order.succeeded",
+        "--to",
+        to,
+        "--body-file",
+        body.path(),
+        "--created-ms",
+    ]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused
+        .stderr
+        .contains("--created-ms needs a body whose `created` is a time"));
 
     // Another path is not the endpoint.
     let elsewhere = to.replace("/webhooks/clink", "/other");

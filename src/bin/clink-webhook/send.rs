@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use clink_webhooks::testing::{fixture, SignedRequest, TimestampUnit};
+use clink_webhooks::testing::{fixture, Shape, SignedRequest, TimestampUnit};
 use clink_webhooks::{EventType, RawEvent, Timestamp};
 use http::Uri;
 use http_body_util::{BodyExt, Full, Limited};
@@ -128,6 +128,15 @@ pub(crate) struct SendArgs {
     /// JSON, keys sorted.
     #[arg(long, value_name = "TIME", value_parser = created_time)]
     created: Option<Timestamp>,
+    /// Write `created` as an integer of epoch milliseconds, as Clink's newer
+    /// payloads do, rather than an RFC 3339 string (the body is then
+    /// written anew, keys sorted).
+    #[arg(long)]
+    created_ms: bool,
+    /// Wrap `data` as `data.object`, as some of Clink's payloads come (the
+    /// body is then written anew, keys sorted).
+    #[arg(long)]
+    wrap_data: bool,
     /// Print only the summary: no line per delivery, no progress bar (for a
     /// large --repeat).
     #[arg(long, short)]
@@ -228,13 +237,46 @@ impl Bodies {
                 )));
             }
         }
+        // With --created, the time it gives is written in milliseconds
+        // below; without it, the body's own.
+        let created_ms = args.created_ms && args.created.is_none();
+        let base = if created_ms || args.wrap_data {
+            let object = serde_json::from_slice::<serde_json::Map<String, Value>>(&base)
+                .ok()
+                .and_then(|_| std::str::from_utf8(&base).ok())
+                .ok_or_else(|| {
+                    CliError::usage(
+                        "--created-ms and --wrap-data need a body that is a JSON object",
+                    )
+                })?;
+            let mut shape = Shape::new();
+            if created_ms {
+                if !RawEvent::from_slice(&base).is_ok_and(|event| event.created().is_some()) {
+                    return Err(CliError::usage(
+                        "--created-ms needs a body whose `created` is a time, or --created",
+                    ));
+                }
+                shape = shape.created_in_millis();
+            }
+            if args.wrap_data {
+                shape = shape.data_wrapped();
+            }
+            Bytes::from(shape.apply(object))
+        } else {
+            base
+        };
         let envelope = if args.unique || args.created.is_some() {
             let mut envelope: serde_json::Map<String, Value> = serde_json::from_slice(&base)
                 .map_err(|_| {
                     CliError::usage("--unique and --created need a body that is a JSON object")
                 })?;
             if let Some(created) = args.created {
-                envelope.insert("created".into(), Value::from(created.to_string()));
+                let created = if args.created_ms {
+                    Value::from(created.as_millis())
+                } else {
+                    Value::from(created.to_string())
+                };
+                envelope.insert("created".into(), created);
             }
             Some(envelope)
         } else {
