@@ -36,7 +36,9 @@
 //! (`EventRouter::on::<events::OrderSucceeded, _>`) with the event's
 //! account and id, and return an error for every outcome but `Recorded`,
 //! `OrderAlreadyPaid` and `AlreadyHandled`: the delivery is answered `500`,
-//! and Clink retries it.
+//! and Clink retries it. Another event about an order already paid is
+//! `OrderAlreadyPaid` only when it says the same amount; another amount is
+//! an error, for a person to look at.
 //! The key is the handler's own (`payments:` here), never the layer's claim
 //! key: the layer's claim is live while its handler runs, so claiming that
 //! key in here would always find it in flight.
@@ -120,6 +122,25 @@ async fn record_payment(
                 &[&order_id, &amount_cents],
             )
             .await?;
+        if inserted == 0 {
+            // ...unless it says another amount: never acknowledged as the
+            // same payment. Refused (500, rolled back), it stays for a
+            // person to look at, retried and then dead in an inbox.
+            let recorded: i64 = tx
+                .query_one(
+                    "SELECT amount_cents FROM example_payments WHERE order_id = $1 FOR SHARE",
+                    &[&order_id],
+                )
+                .await?
+                .get(0);
+            if recorded != amount_cents {
+                return Err(format!(
+                    "order {order_id:?} is recorded as paid {recorded} cents, and this event \
+                     says {amount_cents}: not acknowledged"
+                )
+                .into());
+            }
+        }
         Ok(())
     })
     .await?;
@@ -134,7 +155,7 @@ async fn record_payment(
 /// that mark was written, and rolled back otherwise.
 async fn once(
     pool: &Pool, store: &PostgresStore, key: &str, lease: Duration,
-    write: impl AsyncFnOnce(&Transaction<'_>) -> Result<(), tokio_postgres::Error>,
+    write: impl AsyncFnOnce(&Transaction<'_>) -> Result<(), Box<dyn Error>>,
 ) -> Result<Outcome, Box<dyn Error>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -365,6 +386,23 @@ async fn main() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     println!("same order:      {}", again.answer());
+    // Another event about it with another amount is not the same payment:
+    // refused, nothing written.
+    let other_amount = format!("evt_{run}_other_amount");
+    let conflicting = record_payment(
+        &pool,
+        &store,
+        ACCOUNT,
+        &other_amount,
+        &order,
+        4300,
+        DEFAULT_LEASE,
+    )
+    .await;
+    let conflicting_answer = conflicting
+        .as_ref()
+        .map_or_else(|err| format!("500, {}", reason(&**err)), Outcome::answer);
+    println!("other amount:    {conflicting_answer}");
 
     // A handler that fails after claiming (the CHECK constraint refuses the
     // amount): the whole transaction rolls back, claim included...
@@ -413,8 +451,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 "INSERT INTO example_payments (order_id, amount_cents) VALUES ($1, 2500)",
                 &[&slow_order],
             )
-            .await
-            .map(drop)
+            .await?;
+            Ok(())
         },
     )
     .await?;
@@ -484,7 +522,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             Outcome::TooSlow,
             Outcome::Recorded,
             Outcome::Busy,
-        ) if payments == 3 => Ok(()),
+        ) if payments == 3 && conflicting.is_err() => Ok(()),
         _ => Err("the deliveries did not end as this example says they do".into()),
     }
 }

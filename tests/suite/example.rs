@@ -690,6 +690,16 @@ fn postgres_transaction_acknowledges_another_event_about_a_paid_order() {
         ),
         "{finished:?}"
     );
+    // Another amount for the same order is not the same payment: refused.
+    assert!(
+        finished
+            .stdout
+            .contains("\nother amount:    500, order \"ord_")
+            && finished.stdout.contains(
+                "is recorded as paid 4200 cents, and this event says 4300: not acknowledged\n"
+            ),
+        "{finished:?}"
+    );
     assert!(
         finished.stdout.contains("\npayments written: 3 "),
         "{finished:?}"

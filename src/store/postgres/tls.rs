@@ -1,8 +1,9 @@
 //! TLS to PostgreSQL (feature `postgres-tls`): the connector the gateway,
 //! `clink-webhook inbox --postgres` and the example use, asked for by
 //! `sslmode=require` in the connection string or by a CA file, and then
-//! always verified (the server's certificate against the system's roots
-//! and the CA file, for the host the string names): libpq's `verify-full`
+//! always verified (the server's certificate against the CA file when one
+//! is given, as libpq's `sslrootcert` replaces its default, else the
+//! system's roots, for the host the string names): libpq's `verify-full`
 //! rather than its `require`. Without either, the connection is plain, as
 //! PostgreSQL's own default (`prefer`) is when the client has no TLS.
 
@@ -18,7 +19,8 @@ use crate::ConfigError;
 /// TLS when `config`'s `sslmode` is `require` or `ca_file` is given (then
 /// `config` is set to require it), except over Unix sockets alone (which
 /// take no TLS, as libpq has it), the server's certificate verified
-/// against the system's roots and the certificates in `ca_file` (PEM).
+/// against the certificates in `ca_file` (PEM) when it is given, else
+/// against the system's roots.
 /// Hand it to the pool's manager, and to
 /// [`PostgresInbox::listen_with`](crate::store::PostgresInbox::listen_with).
 ///
@@ -60,9 +62,11 @@ pub fn postgres_tls(
     }
     config.ssl_mode(SslMode::Require);
     let mut roots = rustls::RootCertStore::empty();
-    // A certificate of the system's that rustls cannot read is skipped.
-    for certificate in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(certificate);
+    if ca_file.is_none() {
+        // A certificate of the system's that rustls cannot read is skipped.
+        for certificate in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(certificate);
+        }
     }
     if let Some(path) = ca_file {
         use rustls::pki_types::pem::PemObject as _;
@@ -106,8 +110,10 @@ pub fn postgres_tls(
 }
 
 /// Whether every host `config` names is this machine (a loopback address,
-/// `localhost` or a Unix socket), where a plain connection crosses no
-/// network: a plain connection to anywhere else is worth a warning.
+/// `localhost` or a Unix socket), and every `hostaddr` it gives (the
+/// addresses connected to in their place) a loopback address, where a
+/// plain connection crosses no network: a plain connection to anywhere
+/// else is worth a warning. A configuration that names neither is not.
 ///
 /// ```
 /// use clink_webhooks::store::postgres_on_this_machine;
@@ -118,18 +124,24 @@ pub fn postgres_tls(
 /// assert!(!postgres_on_this_machine(&there));
 /// ```
 pub fn postgres_on_this_machine(config: &tokio_postgres::Config) -> bool {
-    config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => {
-            name.eq_ignore_ascii_case("localhost")
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
-        }
-        #[cfg(unix)]
-        Host::Unix(_) => true,
-    })
+    let (hosts, addresses) = (config.get_hosts(), config.get_hostaddrs());
+    if hosts.is_empty() && addresses.is_empty() {
+        return false;
+    }
+    let loopback = |ip: &std::net::IpAddr| ip.to_canonical().is_loopback();
+    addresses.iter().all(loopback)
+        && hosts.iter().all(|host| match host {
+            Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+            }
+            #[cfg(unix)]
+            Host::Unix(_) => true,
+        })
 }
 
 #[cfg(test)]
@@ -174,6 +186,14 @@ mod tests {
             ("postgres://app@db.example/clink", false),
             ("postgres://app@10.0.0.5/clink", false),
             ("host=127.0.0.1,db.example user=app", false),
+            // The address connected to is the hostaddr's, whatever the
+            // host; a host named elsewhere is not taken for this machine.
+            ("host=localhost hostaddr=10.0.0.5 user=app", false),
+            ("host=localhost hostaddr=127.0.0.1 user=app", true),
+            ("host=db.example hostaddr=127.0.0.1 user=app", false),
+            ("hostaddr=10.0.0.5 user=app", false),
+            ("hostaddr=127.0.0.1 user=app", true),
+            ("user=app", false),
         ] {
             assert_eq!(postgres_on_this_machine(&config(url)), here, "{url}");
         }
