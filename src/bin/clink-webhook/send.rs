@@ -726,6 +726,78 @@ fn print_summary(out: &Output, summary: &Summary, hint: Option<&str>) {
 mod tests {
     use super::*;
 
+    /// `send`'s arguments as the command line gives them.
+    fn send_args(args: &[&str]) -> SendArgs {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            send: SendArgs,
+        }
+        let mut line = vec!["send", "--to", "http://127.0.0.1:1/webhooks/clink"];
+        line.extend_from_slice(args);
+        <Command as clap::Parser>::try_parse_from(line)
+            .expect("arguments")
+            .send
+    }
+
+    fn sent(args: &[&str]) -> Value {
+        let bodies = Bodies::new(&send_args(args)).expect("bodies");
+        serde_json::from_slice(&bodies.body(1)).expect("JSON")
+    }
+
+    #[test]
+    fn the_other_shapes_are_the_bodies_sent() {
+        let plain = sent(&["order.succeeded"]);
+        assert!(plain["created"].is_string());
+        assert!(plain["data"]["orderId"].is_string());
+        let shaped = sent(&["order.succeeded", "--created-ms", "--wrap-data"]);
+        assert_eq!(shaped["created"], Value::from(1_736_942_400_000_i64));
+        assert_eq!(shaped["data"]["object"], plain["data"]);
+        // The time --created gives, in milliseconds.
+        let given = sent(&[
+            "order.succeeded",
+            "--created",
+            "2025-01-15T13:00:00Z",
+            "--created-ms",
+            "--unique",
+        ]);
+        assert_eq!(given["created"], Value::from(1_736_946_000_000_i64));
+        assert_ne!(given["id"], plain["id"]);
+    }
+
+    #[test]
+    fn shapes_of_a_body_that_cannot_take_them_are_refused() {
+        let dir = std::env::temp_dir().join(format!("clink-send-shapes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body, flag, says) in [
+            (
+                "array.json",
+                "[1]",
+                "--wrap-data",
+                "need a body that is a JSON object",
+            ),
+            (
+                "no-created.json",
+                r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#,
+                "--created-ms",
+                "needs a body whose `created` is a time",
+            ),
+            (
+                "bad-created.json",
+                r#"{"id":"evt_1","type":"order.succeeded","created":"soon","data":{}}"#,
+                "--created-ms",
+                "needs a body whose `created` is a time",
+            ),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, body).unwrap();
+            let args = send_args(&["--body-file", path.to_str().unwrap(), flag]);
+            let error = Bodies::new(&args).err().expect("refused");
+            assert!(error.message.contains(says), "{name}: {error:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn only_plain_http_urls_with_a_host_are_targets() {
         assert!(target("http://127.0.0.1:3000/webhooks/clink").is_ok());
