@@ -942,7 +942,9 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             workers_stop,
         );
     };
+    // A graceful stop that ends as a second signal comes is still one.
     tokio::select! {
+        biased;
         () = stopped => {
             eprintln!("stopped");
             Ok(std::process::ExitCode::SUCCESS)
@@ -952,7 +954,10 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         // ends. 130, as a shell reports a command Ctrl-C ended.
         () = at_once => {
             eprintln!("stopped at once");
-            Ok(std::process::ExitCode::from(130))
+            // Now: returning would wait for the runtime's blocking calls
+            // (a SQLite inbox's, up to its busy timeout of 5 s).
+            #[allow(clippy::exit, reason = "a stop at once waits for nothing")]
+            std::process::exit(130)
         }
     }
 }
@@ -1152,8 +1157,19 @@ fn stop_signals() -> std::io::Result<(
     let (second, at_once) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         signals.next().await;
-        eprintln!("stopping (Ctrl-C again to stop at once)");
         let _ = first.send(());
+        // Signals sent with the first (a Ctrl-C to the process group, and
+        // a SIGTERM a supervisor passes on) are the same stop: a second
+        // one is one sent after the line that says it can be.
+        let window = tokio::time::sleep(SAME_STOP_WITHIN);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = &mut window => break,
+                () = signals.next() => {}
+            }
+        }
+        eprintln!("stopping (Ctrl-C again to stop at once)");
         signals.next().await;
         let _ = second.send(());
     });
@@ -1166,6 +1182,9 @@ fn stop_signals() -> std::io::Result<(
     };
     Ok((on(graceful), on(at_once)))
 }
+
+/// Signals within this long of the first are the same stop, not a second.
+const SAME_STOP_WITHIN: Duration = Duration::from_millis(500);
 
 /// Ctrl-C and SIGTERM, received one at a time.
 struct Signals {

@@ -987,3 +987,25 @@ fn a_second_ctrl_c_stops_listen_at_once() {
         drop(held);
     }
 }
+
+/// Ctrl-C and SIGTERM sent together (a Ctrl-C to the process group, and a
+/// supervisor passing a SIGTERM on) are one graceful stop, not a stop at
+/// once: the delivery in progress is waited for. Before, the second one
+/// stopped `listen` at once, with 130.
+#[cfg(unix)]
+#[test]
+fn signals_sent_together_are_one_graceful_stop() {
+    let listener = Listener::start(&[]);
+    let held = delivery_in_progress(&listener.url, KEY);
+    listener.process.signal("INT");
+    listener.process.signal("TERM");
+    Process::line_starting(
+        &listener.process.stderr,
+        "stopping (Ctrl-C again to stop at once)",
+    );
+    // The delivery in progress ends: the graceful stop has nothing left.
+    drop(held);
+    let finished = listener.process.finish();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(finished.stderr.contains("stopped"), "{finished:?}");
+}

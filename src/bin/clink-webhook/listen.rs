@@ -262,6 +262,9 @@ impl Shutdown {
     }
 }
 
+/// Signals within this long of the first are the same stop, not a second.
+const SAME_STOP_WITHIN: Duration = Duration::from_millis(500);
+
 pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError> {
     if !args.path.starts_with('/') {
         return Err(CliError::usage(format!(
@@ -300,14 +303,27 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
     let at_once = async move {
         shutdown.requested().await;
-        eprintln!("stopping (Ctrl-C again to stop at once)");
         let _ = stop.send(());
+        // Signals sent with the first (a Ctrl-C to the process group, and
+        // a SIGTERM a supervisor passes on) are the same stop: a second
+        // one is one sent after the line that says it can be.
+        let window = tokio::time::sleep(SAME_STOP_WITHIN);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = &mut window => break,
+                () = shutdown.requested() => {}
+            }
+        }
+        eprintln!("stopping (Ctrl-C again to stop at once)");
         shutdown.requested().await;
     };
     let serving = server.serve(listener, service, async move {
         let _ = stopping.await;
     });
+    // A graceful stop that ends as a second signal comes is still one.
     tokio::select! {
+        biased;
         () = serving => {
             eprintln!("stopped");
             Ok(())
