@@ -459,7 +459,7 @@ pub(crate) struct Config {
     pub(crate) keys: Keys,
     pub(crate) tolerance: Duration,
     pub(crate) inbox: InboxSpec,
-    /// The CA file TLS to the inbox's PostgreSQL trusts beside the
+    /// The CA file TLS to the inbox's PostgreSQL trusts in place of the
     /// system's roots (TLS is then required).
     pub(crate) database_ca_file: Option<PathBuf>,
     pub(crate) inbox_retention: Duration,
