@@ -31,9 +31,10 @@
 //! within one deadline of 4 s, and the events of handlers still running then
 //! go back to the inbox (at once, or within 5 s more should the inbox be
 //! slow): inside the 10 s Docker gives a container by default (Kubernetes
-//! gives 30 s). It says `stopping (Ctrl-C again to stop at once)` on stderr
-//! when the stop begins; a second Ctrl-C or SIGTERM stops it at once, with
-//! status 130: the deliveries in progress get no answer (Clink retries
+//! gives 30 s). It says `stopping` on stderr when the stop begins, and
+//! `Ctrl-C again to stop at once` half a second later: a second Ctrl-C or
+//! SIGTERM sent after that (one sent with the first is the same stop) stops
+//! it at once, with status 130: the deliveries in progress get no answer (Clink retries
 //! them), and the events of handlers still running run again once their
 //! lease ends. A setting it cannot use (say
 //! `CLINK_INBOX_LEASE_MS=30s`, below, which is not a number of
@@ -1145,7 +1146,9 @@ async fn health(readiness: Readiness) -> (StatusCode, String) {
 /// process), listened for from when this is called, so that a signal sent
 /// as soon as the address is printed is not missed. The first resolves the
 /// first future returned, a graceful stop, and says so on stderr; a second,
-/// for whoever will not wait for that, resolves the second: a stop at once.
+/// for whoever will not wait for that, sent once the line saying it can be
+/// is printed half a second later ([`SAME_STOP_WITHIN`]; one sent with the
+/// first is the same stop), resolves the second: a stop at once.
 /// (The runtime's handlers replace the default one, which would have ended
 /// the process on Ctrl-C; without the second, nothing would.)
 fn stop_signals() -> std::io::Result<(
@@ -1157,6 +1160,7 @@ fn stop_signals() -> std::io::Result<(
     let (second, at_once) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         signals.next().await;
+        eprintln!("stopping");
         let _ = first.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -1169,7 +1173,7 @@ fn stop_signals() -> std::io::Result<(
                 () = signals.next() => {}
             }
         }
-        eprintln!("stopping (Ctrl-C again to stop at once)");
+        eprintln!("Ctrl-C again to stop at once");
         signals.next().await;
         let _ = second.send(());
     });

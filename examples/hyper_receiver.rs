@@ -27,12 +27,13 @@
 //! It is served with `clink_webhooks::server::Server`: connections that send
 //! no complete request headers within 10 s are closed, a failed `accept`
 //! (out of file descriptors, say) is logged and retried instead of stopping
-//! the server, and Ctrl-C or SIGTERM stops it gracefully: it says `stopping
-//! (Ctrl-C again to stop at once)` on stderr, waits at most 4 s for
-//! deliveries in progress (inside the 10 s Docker gives a container), then
-//! prints `stopped` and exits 0. A second Ctrl-C or SIGTERM stops it at
-//! once, with status 130: the deliveries in progress get no answer, and
-//! Clink retries them.
+//! the server, and Ctrl-C or SIGTERM stops it gracefully: it says `stopping`
+//! on stderr, waits at most 4 s for deliveries in progress (inside the 10 s
+//! Docker gives a container), then prints `stopped` and exits 0. Half a
+//! second after the first it says `Ctrl-C again to stop at once`: a second
+//! Ctrl-C or SIGTERM sent after that stops it at once, with status 130 (the
+//! deliveries in progress get no answer, and Clink retries them); one sent
+//! with the first is the same stop.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -282,7 +283,9 @@ async fn admin(
 /// process), listened for from when this is called, so that a signal sent
 /// as soon as the address is printed is not missed. The first resolves the
 /// first future returned, a graceful stop, and says so on stderr; a second,
-/// for whoever will not wait for that, resolves the second: a stop at once.
+/// for whoever will not wait for that, sent once the line saying it can be
+/// is printed half a second later ([`SAME_STOP_WITHIN`]; one sent with the
+/// first is the same stop), resolves the second: a stop at once.
 /// (The runtime's handlers replace the default one, which would have ended
 /// the process on Ctrl-C; without the second, nothing would.)
 fn stop_signals() -> std::io::Result<(
@@ -294,6 +297,7 @@ fn stop_signals() -> std::io::Result<(
     let (second, at_once) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         signals.next().await;
+        eprintln!("stopping");
         let _ = first.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -306,7 +310,7 @@ fn stop_signals() -> std::io::Result<(
                 () = signals.next() => {}
             }
         }
-        eprintln!("stopping (Ctrl-C again to stop at once)");
+        eprintln!("Ctrl-C again to stop at once");
         signals.next().await;
         let _ = second.send(());
     });

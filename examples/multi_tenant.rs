@@ -38,11 +38,13 @@
 //! precheck: such an account is seen on its next delivery, not when its
 //! cached keys expire, and the accounts that did not change stay cached.
 //!
-//! Ctrl-C or SIGTERM stops it gracefully: it says `stopping (Ctrl-C again to
-//! stop at once)` on stderr, waits at most 4 s for the deliveries in
-//! progress (inside the 10 s Docker gives a container), then prints
-//! `stopped` and exits 0. A second one stops it at once, with status 130:
-//! the deliveries in progress get no answer, and Clink retries them.
+//! Ctrl-C or SIGTERM stops it gracefully: it says `stopping` on stderr,
+//! waits at most 4 s for the deliveries in progress (inside the 10 s Docker
+//! gives a container), then prints `stopped` and exits 0. Half a second
+//! after the first it says `Ctrl-C again to stop at once`: a second one
+//! sent after that stops it at once, with status 130 (the deliveries in
+//! progress get no answer, and Clink retries them); one sent with the first
+//! is the same stop.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -392,7 +394,9 @@ fn database(
 /// process), listened for from when this is called, so that a signal sent
 /// as soon as the address is printed is not missed. The first resolves the
 /// first future returned, a graceful stop, and says so on stderr; a second,
-/// for whoever will not wait for that, resolves the second: a stop at once.
+/// for whoever will not wait for that, sent once the line saying it can be
+/// is printed half a second later ([`SAME_STOP_WITHIN`]; one sent with the
+/// first is the same stop), resolves the second: a stop at once.
 /// (The runtime's handlers replace the default one, which would have ended
 /// the process on Ctrl-C; without the second, nothing would.)
 fn stop_signals() -> std::io::Result<(
@@ -404,6 +408,7 @@ fn stop_signals() -> std::io::Result<(
     let (second, at_once) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         signals.next().await;
+        eprintln!("stopping");
         let _ = first.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -416,7 +421,7 @@ fn stop_signals() -> std::io::Result<(
                 () = signals.next() => {}
             }
         }
-        eprintln!("stopping (Ctrl-C again to stop at once)");
+        eprintln!("Ctrl-C again to stop at once");
         signals.next().await;
         let _ = second.send(());
     });

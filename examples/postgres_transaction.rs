@@ -17,9 +17,10 @@
 //! answered `503` so that Clink retries it later.
 //!
 //! A second event about the same order, under an event id of its own,
-//! finds the order's payment recorded: nothing is written, and the event is
-//! marked handled and acknowledged rather than failing on the table's key
-//! at every retry.
+//! finds the order's payment recorded: when it says the same amount,
+//! nothing is written, and the event is marked handled and acknowledged
+//! rather than failing on the table's key at every retry; when it says
+//! another, it is refused (`500`), for a person to look at.
 //!
 //! Built with `postgres-tls`, it reaches PostgreSQL over TLS, the server's
 //! certificate verified, when `DATABASE_URL` has `sslmode=require` (libpq's
@@ -55,8 +56,9 @@ use deadpool_postgres::{Manager, Pool, Runtime, Transaction};
 enum Outcome {
     /// The payment was written and the event marked completed: 200.
     Recorded,
-    /// The order's payment was already recorded, by another event about
-    /// it: nothing written, the event marked completed: 200.
+    /// The order's payment was already recorded, for the same amount, by
+    /// another event about it: nothing written, the event marked completed:
+    /// 200.
     OrderAlreadyPaid,
     /// An earlier delivery already recorded it: 200, nothing written.
     AlreadyHandled,

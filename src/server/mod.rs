@@ -154,8 +154,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The pause after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long a connection accepted while every slot is taken waits for the
-/// one closed for it before another idle one is closed.
+/// How often a connection accepted while every slot is taken looks again
+/// for one idle long enough to close, while none is (after one is told to
+/// close, it waits this long beyond that one's [`CLOSE_GRACE`]).
 const EVICT_AGAIN: Duration = Duration::from_millis(100);
 
 /// How long a connection must have been idle (open without a request, or
@@ -228,8 +229,12 @@ impl Open {
     /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; whether
     /// there was one.
     fn close_idlest(&self) -> bool {
-        let idle_since = now_ms()
-            .saturating_sub(u64::try_from(IDLE_BEFORE_CLOSED.as_millis()).unwrap_or(u64::MAX));
+        // In the clock's first second, nothing has been idle that long.
+        let Some(idle_since) =
+            now_ms().checked_sub(u64::try_from(IDLE_BEFORE_CLOSED.as_millis()).unwrap_or(u64::MAX))
+        else {
+            return false;
+        };
         let connections = self.connections();
         let idlest = connections
             .values()
@@ -464,18 +469,22 @@ impl Server {
                 if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
                     break slot;
                 }
-                if open.close_idlest() {
+                // One told to close has its grace to do it before another
+                // is told; with none idle long enough, a look again soon.
+                let wait = if open.close_idlest() {
                     tracing::debug!(
                         "every connection is taken: closing the one idle longest for a new client"
                     );
-                }
+                    CLOSE_GRACE + EVICT_AGAIN
+                } else {
+                    EVICT_AGAIN
+                };
                 tokio::select! {
                     slot = Arc::clone(&slots).acquire_owned() => match slot {
                         Ok(slot) => break slot,
                         Err(_) => break 'accept,
                     },
-                    // The one told to close was busy by then: another.
-                    () = tokio::time::sleep(EVICT_AGAIN) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = &mut shutdown => break 'accept,
                 }
             };
@@ -520,6 +529,9 @@ impl Server {
                 let _registered = registered;
                 let mut connection = std::pin::pin!(connection);
                 let closed = tokio::select! {
+                    // The connection first: a request whose head is in
+                    // already is dispatched, and finished, before a close.
+                    biased;
                     closed = connection.as_mut() => closed,
                     // Closed for a new client: hyper closes an idle
                     // connection at once, and finishes a request begun and

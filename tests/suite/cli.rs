@@ -967,10 +967,7 @@ fn a_second_ctrl_c_stops_listen_at_once() {
         let listener = Listener::start(if json { &["--json"] } else { &[] });
         let held = delivery_in_progress(&listener.url, KEY);
         listener.process.signal("INT");
-        Process::line_starting(
-            &listener.process.stderr,
-            "stopping (Ctrl-C again to stop at once)",
-        );
+        Process::line_starting(&listener.process.stderr, "Ctrl-C again to stop at once");
         listener.process.signal("INT");
         let finished = listener.process.finish();
         assert_eq!(finished.code, Some(130), "{finished:?}");
@@ -999,10 +996,7 @@ fn signals_sent_together_are_one_graceful_stop() {
     let held = delivery_in_progress(&listener.url, KEY);
     listener.process.signal("INT");
     listener.process.signal("TERM");
-    Process::line_starting(
-        &listener.process.stderr,
-        "stopping (Ctrl-C again to stop at once)",
-    );
+    Process::line_starting(&listener.process.stderr, "Ctrl-C again to stop at once");
     // The delivery in progress ends: the graceful stop has nothing left.
     drop(held);
     let finished = listener.process.finish();

@@ -299,7 +299,7 @@ fn a_second_ctrl_c_stops_the_example_receivers_at_once() {
         let (process, url) = receiver_at_work(name);
         let held = delivery_in_progress(&url, KEY);
         process.signal("INT");
-        Process::line_starting(&process.stderr, "stopping (Ctrl-C again to stop at once)");
+        Process::line_starting(&process.stderr, "Ctrl-C again to stop at once");
         process.signal("INT");
         let finished = process.finish();
         assert_eq!(finished.code, Some(130), "{name}: {finished:?}");

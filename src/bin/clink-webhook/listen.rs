@@ -44,9 +44,11 @@ first (--port 0 picks a free port and prints it), then one line per delivery:
 status, outcome, type, id, object, freshness. A refusal before the signature
 checked out is marked unverified, and nothing from its body is printed.
 
-Ctrl-C or SIGTERM stops it gracefully (exit 0): it says `stopping (Ctrl-C again
-to stop at once)` on stderr and waits at most 10 s for the deliveries in
-progress. A second one stops it at once (exit 130, error `interrupted`).";
+Ctrl-C or SIGTERM stops it gracefully (exit 0): it says `stopping` on stderr and
+waits at most 10 s for the deliveries in progress. Half a second later it says
+`Ctrl-C again to stop at once`: a second one sent after that stops it at once
+(exit 130, error `interrupted`); one sent with the first (a supervisor passing
+a SIGTERM on) is the same stop.";
 
 /// How long open connections get to finish after Ctrl-C or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -303,6 +305,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
     let at_once = async move {
         shutdown.requested().await;
+        eprintln!("stopping");
         let _ = stop.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -315,7 +318,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
                 () = shutdown.requested() => {}
             }
         }
-        eprintln!("stopping (Ctrl-C again to stop at once)");
+        eprintln!("Ctrl-C again to stop at once");
         shutdown.requested().await;
     };
     let serving = server.serve(listener, service, async move {

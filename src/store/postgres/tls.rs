@@ -50,9 +50,10 @@ pub fn postgres_tls(
         return Ok(None);
     }
     // A Unix socket is this machine's, and takes no TLS: libpq ignores
-    // `sslmode` there too.
+    // `sslmode` there too (unless a `hostaddr` sends it over TCP).
     #[cfg(unix)]
     if !config.get_hosts().is_empty()
+        && config.get_hostaddrs().is_empty()
         && config
             .get_hosts()
             .iter()
@@ -160,6 +161,10 @@ mod tests {
         assert!(postgres_tls(&mut prefer, None).unwrap().is_none());
         let mut socket = config("host=/var/run/postgresql user=app sslmode=require");
         assert!(postgres_tls(&mut socket, None).unwrap().is_none());
+        // A hostaddr connects over TCP whatever the host: TLS as asked.
+        let mut over_tcp =
+            config("host=/var/run/postgresql hostaddr=10.0.0.5 user=app sslmode=require");
+        assert!(postgres_tls(&mut over_tcp, None).unwrap().is_some());
         let mut tcp = config("postgres://app@db.example/clink?sslmode=require");
         assert!(postgres_tls(&mut tcp, None).unwrap().is_some());
 
@@ -187,7 +192,7 @@ mod tests {
             ("postgres://app@10.0.0.5/clink", false),
             ("host=127.0.0.1,db.example user=app", false),
             // The address connected to is the hostaddr's, whatever the
-            // host; a host named elsewhere is not taken for this machine.
+            // host; a host named elsewhere is still warned about.
             ("host=localhost hostaddr=10.0.0.5 user=app", false),
             ("host=localhost hostaddr=127.0.0.1 user=app", true),
             ("host=db.example hostaddr=127.0.0.1 user=app", false),
