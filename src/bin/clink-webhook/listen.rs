@@ -258,8 +258,9 @@ impl Shutdown {
             }
         }
         #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Never a stop nobody asked for.
+            std::future::pending::<()>().await;
         }
     }
 }
