@@ -587,7 +587,7 @@ fn pg_manager(
 #[cfg(feature = "postgres")]
 fn warn_if_plain_to_another_machine(config: &tokio_postgres::Config) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    if on_this_machine(config) {
+    if clink_webhooks::store::postgres_on_this_machine(config) {
         return;
     }
     let how = if cfg!(feature = "postgres-tls") {
@@ -601,30 +601,6 @@ fn warn_if_plain_to_another_machine(config: &tokio_postgres::Config) {
              without TLS: what is stored there crosses the network unencrypted; {how}"
         );
     });
-}
-
-/// Whether every host `config` names is this machine (a loopback address,
-/// `localhost` or a Unix socket), where a plain connection crosses no
-/// network.
-#[cfg(feature = "postgres")]
-fn on_this_machine(config: &tokio_postgres::Config) -> bool {
-    #[cfg(feature = "postgres-tls")]
-    return clink_webhooks::store::postgres_on_this_machine(config);
-    // The same rule, where the crate's function (feature `postgres-tls`)
-    // is not built.
-    #[cfg(not(feature = "postgres-tls"))]
-    config.get_hosts().iter().all(|host| match host {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name.eq_ignore_ascii_case("localhost")
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
-        }
-        #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(_) => true,
-    })
 }
 
 /// How the connections made beside the pool's (the inbox's LISTEN, a

@@ -300,7 +300,7 @@ fn connect(
                 .into(),
         );
     }
-    if !on_this_machine(&config) {
+    if !clink_webhooks::store::postgres_on_this_machine(&config) {
         let how = if cfg!(feature = "postgres-tls") {
             "add sslmode=require to DATABASE_URL (and CLINK_DATABASE_CA_FILE for a private CA)"
         } else {
@@ -313,29 +313,6 @@ fn connect(
     }
     let pool = pool(Manager::new(config, tokio_postgres::NoTls))?;
     Ok((pool.clone(), PostgresStore::new(pool)))
-}
-
-/// Whether every host `config` names is this machine (a loopback address,
-/// `localhost` or a Unix socket), where a plain connection crosses no
-/// network.
-fn on_this_machine(config: &tokio_postgres::Config) -> bool {
-    #[cfg(feature = "postgres-tls")]
-    return clink_webhooks::store::postgres_on_this_machine(config);
-    // The same rule, where the crate's function (feature `postgres-tls`)
-    // is not built.
-    #[cfg(not(feature = "postgres-tls"))]
-    config.get_hosts().iter().all(|host| match host {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name.eq_ignore_ascii_case("localhost")
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
-        }
-        #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(_) => true,
-    })
 }
 
 /// The account of this example's events.

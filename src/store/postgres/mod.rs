@@ -19,15 +19,17 @@ use super::{
 use crate::ConfigError;
 
 mod freshness;
+mod host;
 mod postgres_inbox;
 mod schema;
 #[cfg(feature = "postgres-tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
 mod tls;
 
+pub use host::postgres_on_this_machine;
 pub use postgres_inbox::PostgresInbox;
 #[cfg(feature = "postgres-tls")]
-pub use tls::{postgres_on_this_machine, postgres_tls, MakeRustlsConnect};
+pub use tls::{postgres_tls, MakeRustlsConnect};
 
 use schema::{check_table_name, Statements};
 
