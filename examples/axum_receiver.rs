@@ -485,7 +485,8 @@ fn verifier() -> Result<Verifier, String> {
     ))
 }
 
-/// `DATABASE_URL` as the PostgreSQL client reads it, with libpq's
+/// `DATABASE_URL` as `store::postgres_config` reads it: as the PostgreSQL
+/// client does, with libpq's
 /// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
 /// read as `sslmode=require`: TLS here always verifies the server's
 /// certificate and the host it names ([`pg_manager`]). Only a setting of
@@ -494,42 +495,7 @@ fn verifier() -> Result<Verifier, String> {
 /// the password.
 #[cfg(feature = "postgres")]
 fn postgres_config(url: &str) -> Result<tokio_postgres::Config, String> {
-    let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
-    let read = if url.contains("://") {
-        // The query starts at the first `?` after the user info, which
-        // ends at the last `@`.
-        let after_user_info = url.rfind('@').unwrap_or(0);
-        match url[after_user_info..].find('?') {
-            Some(at) => {
-                let (head, query) = url.split_at(after_user_info + at + 1);
-                let query: Vec<&str> = query
-                    .split('&')
-                    .map(|setting| {
-                        if verified(setting) {
-                            "sslmode=require"
-                        } else {
-                            setting
-                        }
-                    })
-                    .collect();
-                format!("{head}{}", query.join("&"))
-            }
-            None => url.to_owned(),
-        }
-    } else {
-        let words: Vec<&str> = url
-            .split(' ')
-            .map(|word| {
-                if verified(word) {
-                    "sslmode=require"
-                } else {
-                    word
-                }
-            })
-            .collect();
-        words.join(" ")
-    };
-    read.parse().map_err(|_| {
+    clink_webhooks::store::postgres_config(url).map_err(|_| {
         "DATABASE_URL is not a valid PostgreSQL connection string: \
          postgres://user:password@host:port/database?sslmode=require, or key=value settings"
             .to_owned()

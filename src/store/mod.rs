@@ -111,7 +111,9 @@ pub use inbox_trait::{
 pub(crate) use memory::MemoryKey;
 pub use memory::{MemoryInbox, MemoryStore, DEFAULT_FRESHNESS_CAPACITY};
 #[cfg(feature = "postgres")]
-pub use postgres::{postgres_on_this_machine, PostgresConnector, PostgresInbox, PostgresStore};
+pub use postgres::{
+    postgres_config, postgres_on_this_machine, PostgresConnector, PostgresInbox, PostgresStore,
+};
 #[cfg(feature = "postgres-tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
 pub use postgres::{postgres_tls, MakeRustlsConnect};

@@ -239,44 +239,7 @@ pub(crate) fn with_user_info_encoded(url: &str) -> Zeroizing<String> {
 /// always verified in full (see `clink_webhooks::store::postgres_tls`).
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres_config(url: &str) -> Option<tokio_postgres::Config> {
-    let url = with_user_info_encoded(url);
-    let verified = |mode: &str| matches!(mode, "sslmode=verify-full" | "sslmode=verify-ca");
-    let url: zeroize::Zeroizing<String> = if let Some(at) = url.find("://") {
-        // Only in the query, after the user info (a password may hold
-        // the same text).
-        let authority_end = url[at + 3..].rfind('@').map_or(at + 3, |i| at + 3 + i + 1);
-        match url[authority_end..].find('?') {
-            Some(query) => {
-                let (head, tail) = url.split_at(authority_end + query + 1);
-                let tail: Vec<&str> = tail
-                    .split('&')
-                    .map(|pair| {
-                        if verified(pair) {
-                            "sslmode=require"
-                        } else {
-                            pair
-                        }
-                    })
-                    .collect();
-                zeroize::Zeroizing::new(format!("{head}{}", tail.join("&")))
-            }
-            None => url,
-        }
-    } else {
-        // `key=value` words: only a word that is that whole setting.
-        let words: Vec<&str> = url
-            .split(' ')
-            .map(|word| {
-                if verified(word) {
-                    "sslmode=require"
-                } else {
-                    word
-                }
-            })
-            .collect();
-        zeroize::Zeroizing::new(words.join(" "))
-    };
-    url.parse().ok()
+    clink_webhooks::store::postgres_config(&with_user_info_encoded(url)).ok()
 }
 
 /// The servers of a NATS destination and the credentials they share.

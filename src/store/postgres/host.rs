@@ -1,6 +1,75 @@
-//! Whether a PostgreSQL connection stays on this machine.
+//! Reading a PostgreSQL connection string as libpq does, and whether the
+//! connection stays on this machine.
 
 use tokio_postgres::config::Host;
+use zeroize::Zeroizing;
+
+use crate::ConfigError;
+
+/// A connection string (`DATABASE_URL`: `postgres://...` or `key=value`
+/// settings) as the PostgreSQL client reads it, with libpq's
+/// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
+/// read as `sslmode=require`: [`postgres_tls`](crate::store::postgres_tls)
+/// always verifies the server's certificate for the host it names. Only a
+/// setting of the URL's query (after the user info, which ends at its last
+/// `@`), or a whole `key=value` word, is read so: never the same text in a
+/// password.
+///
+/// ```
+/// use clink_webhooks::store::postgres_config;
+/// use tokio_postgres::config::SslMode;
+///
+/// let config = postgres_config("postgres://app:pw@db.example/clink?sslmode=verify-full")?;
+/// assert_eq!(config.get_ssl_mode(), SslMode::Require);
+/// let error = postgres_config("postgres://app:secret@db.example:port/clink").unwrap_err();
+/// assert!(!error.to_string().contains("secret"));
+/// # Ok::<(), clink_webhooks::ConfigError>(())
+/// ```
+///
+/// # Errors
+///
+/// A [`ConfigError`] when the client cannot read it, which never quotes
+/// it (nor the client's own error, which could quote the password).
+pub fn postgres_config(text: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
+    let read: Zeroizing<String> = if text.contains("://") {
+        let after_user_info = text.rfind('@').unwrap_or(0);
+        match text[after_user_info..].find('?') {
+            Some(at) => {
+                let (head, query) = text.split_at(after_user_info + at + 1);
+                let query: Vec<&str> = query
+                    .split('&')
+                    .map(|setting| {
+                        if verified(setting) {
+                            "sslmode=require"
+                        } else {
+                            setting
+                        }
+                    })
+                    .collect();
+                Zeroizing::new(format!("{head}{}", query.join("&")))
+            }
+            None => Zeroizing::new(text.to_owned()),
+        }
+    } else {
+        let words: Vec<&str> = text
+            .split(' ')
+            .map(|word| {
+                if verified(word) {
+                    "sslmode=require"
+                } else {
+                    word
+                }
+            })
+            .collect();
+        Zeroizing::new(words.join(" "))
+    };
+    read.parse().map_err(|_| {
+        ConfigError::new(
+            "not a valid PostgreSQL connection string (postgres://user:password@host:port/database?sslmode=require, or key=value settings); it is not shown, as it may hold a password",
+        )
+    })
+}
 
 /// Whether every host `config` names is this machine (a loopback address,
 /// `localhost` or a Unix socket), and every `hostaddr` it gives (the
@@ -43,6 +112,42 @@ mod tests {
 
     fn config(url: &str) -> tokio_postgres::Config {
         url.parse().unwrap()
+    }
+
+    #[test]
+    fn libpq_verify_modes_are_read_as_require_where_they_are_settings() {
+        use tokio_postgres::config::SslMode;
+        for (text, mode) in [
+            (
+                "postgres://app@db.example/clink?sslmode=verify-full",
+                SslMode::Require,
+            ),
+            (
+                "postgres://app@db.example/clink?application_name=a&sslmode=verify-ca",
+                SslMode::Require,
+            ),
+            (
+                "host=db.example user=app sslmode=verify-full",
+                SslMode::Require,
+            ),
+            ("postgres://app@db.example/clink", SslMode::Prefer),
+            (
+                "postgres://app@db.example/clink?sslmode=disable",
+                SslMode::Disable,
+            ),
+        ] {
+            assert_eq!(
+                postgres_config(text).unwrap().get_ssl_mode(),
+                mode,
+                "{text}"
+            );
+        }
+        // The same text in a password is the password's.
+        let config =
+            postgres_config("postgres://app:sslmode=verify-full@db.example/clink").unwrap();
+        assert_eq!(config.get_password(), Some(&b"sslmode=verify-full"[..]));
+        let error = postgres_config("host=db.example password=hunter2 port=x").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]

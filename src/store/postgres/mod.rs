@@ -26,7 +26,7 @@ mod schema;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-tls")))]
 mod tls;
 
-pub use host::postgres_on_this_machine;
+pub use host::{postgres_config, postgres_on_this_machine};
 pub use postgres_inbox::PostgresInbox;
 #[cfg(feature = "postgres-tls")]
 pub use tls::{postgres_tls, MakeRustlsConnect};
