@@ -879,10 +879,13 @@ pub trait Inbox: Send + Sync + 'static {
     /// numbered past it is left as it is, even one that died an instant
     /// before the replay. The console's replay of the dead events bounds
     /// its filter so, to replay no event newer than its page showed. The
-    /// PostgreSQL inbox replays in steps of [`PURGE_STEP`] events in
-    /// order, each a statement of its own under the store's timeout, as a
-    /// purge goes (what a step replayed stays replayed if a later one
-    /// fails); the others in one step.
+    /// SQLite and PostgreSQL inboxes replay in steps of [`PURGE_STEP`]
+    /// events in order, each a statement of its own under the store's
+    /// timeout (on SQLite two, on one held connection: where the step ends,
+    /// then the `UPDATE`), as a purge goes: what a step replayed stays
+    /// replayed if a later one fails, and a caller that stops waiting (the
+    /// console at its deadline) stops the replay after the step under way.
+    /// The memory inbox replays in one step.
     ///
     /// [`InboxFilter`] is `#[non_exhaustive]`, and an inbox of your own
     /// reads only the fields it knows: one written before `seq_through`

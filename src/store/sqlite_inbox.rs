@@ -242,16 +242,42 @@ fn replay_set(now: usize) -> String {
     )
 }
 
-/// Replays every event the filter of `f` matches (its parameters first,
-/// written for its values: see [`filter_sql`]), at the time now (the
-/// next parameter), done ones too if the one after is true, and returns
-/// their numbers: the whole filter is the `UPDATE`'s condition.
+/// One step of a replay by filter: the last number among the next
+/// [`PURGE_STEP`] events the filter of `f` matches (its parameters first,
+/// written for its values: see [`filter_sql`]) numbered after `?N` (the
+/// parameter after the filter's), done ones too if the one after that is
+/// true.
+fn replay_step_sql(f: &FilterParams<'_>) -> String {
+    format!(
+        "SELECT max(seq) FROM (SELECT seq FROM clink_webhook_inbox
+         WHERE {} AND seq > ?{} ORDER BY seq LIMIT {PURGE_STEP})",
+        replay_matches(f),
+        FILTER_PARAMS + 1
+    )
+}
+
+/// Replays the events of one step, numbered after `?N` (the parameter
+/// after the filter's) up to the step's last, `?N+3`, at the time now,
+/// `?N+2`; each is checked against the filter again as the `UPDATE` takes
+/// it. Returns their numbers.
 fn replay_matching_sql(f: &FilterParams<'_>) -> String {
     format!(
         "UPDATE clink_webhook_inbox SET {}
-         WHERE {} AND status <> 'running' AND (status <> 'done' OR ?{})
+         WHERE {} AND seq > ?{} AND seq <= ?{}
          RETURNING seq",
-        replay_set(FILTER_PARAMS + 1),
+        replay_set(FILTER_PARAMS + 3),
+        replay_matches(f),
+        FILTER_PARAMS + 1,
+        FILTER_PARAMS + 4
+    )
+}
+
+/// The events a replay by the filter of `f` takes: those it matches but
+/// the running ones, and the done ones only if `?N+2` (the second
+/// parameter after the filter's) is true.
+fn replay_matches(f: &FilterParams<'_>) -> String {
+    format!(
+        "{} AND status <> 'running' AND (status <> 'done' OR ?{})",
         filter_sql('?', 1, Some(f)),
         FILTER_PARAMS + 2
     )
@@ -797,35 +823,81 @@ impl Inbox for SqliteInbox {
     fn replay_matching<'a>(
         &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
-        let filter = filter.clone();
-        let call = self.with(move |connection| {
-            let f = filter.params();
-            let sql = replay_matching_sql(&f);
-            let now = Timestamp::now().as_millis();
-            let values = params![
-                f.status,
-                f.event_type,
-                f.account,
-                f.object_key,
-                f.from,
-                f.until,
-                f.through,
-                now,
-                force
-            ];
-            let failed = |err: rusqlite::Error| sqlite_error("cannot replay the events", &err);
-            let mut statement = connection.prepare(&sql).map_err(failed)?;
-            let seqs = statement
-                .query_map(values, |row| row.get::<_, i64>(0))
-                .map_err(failed)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(failed)?;
-            Ok(seqs)
-        });
-        let call = self.waking(call);
         Box::pin(async move {
-            let mut seqs = call.await?;
+            // In steps of PURGE_STEP events, each a call of its own, as a
+            // purge goes: deliveries and claims wait for one step, not the
+            // whole replay, and a caller that gives up (the console at its
+            // deadline) stops it after the step under way, where one
+            // statement over a large backlog ran on to its end.
+            let mut seqs = Vec::new();
+            let mut after = i64::MIN;
+            let mut steps = 0_u32;
+            loop {
+                let filter = filter.clone();
+                let step = self.with(move |connection| {
+                    let f = filter.params();
+                    let failed =
+                        |err: rusqlite::Error| sqlite_error("cannot replay the events", &err);
+                    let filtered = params![
+                        f.status,
+                        f.event_type,
+                        f.account,
+                        f.object_key,
+                        f.from,
+                        f.until,
+                        f.through,
+                    ];
+                    let last: Option<i64> = connection
+                        .prepare_cached(&replay_step_sql(&f))
+                        .and_then(|mut statement| {
+                            let values = filtered
+                                .iter()
+                                .copied()
+                                .chain([&after as &dyn rusqlite::ToSql, &force]);
+                            statement
+                                .query_row(rusqlite::params_from_iter(values), |row| row.get(0))
+                        })
+                        .map_err(failed)?;
+                    let Some(last) = last else {
+                        return Ok((None, Vec::new()));
+                    };
+                    let now = Timestamp::now().as_millis();
+                    let mut statement = connection
+                        .prepare_cached(&replay_matching_sql(&f))
+                        .map_err(failed)?;
+                    let values = filtered.iter().copied().chain([
+                        &after as &dyn rusqlite::ToSql,
+                        &force,
+                        &now,
+                        &last,
+                    ]);
+                    let replayed = statement
+                        .query_map(rusqlite::params_from_iter(values), |row| {
+                            row.get::<_, i64>(0)
+                        })
+                        .map_err(failed)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(failed)?;
+                    Ok((Some(last), replayed))
+                });
+                // Idle workers are woken after each step: its events are
+                // ready now, whatever the steps after it do.
+                let (last, replayed) = self.waking(step).await?;
+                seqs.extend(replayed);
+                match last {
+                    Some(last) => {
+                        after = last;
+                        steps += 1;
+                    }
+                    None => break,
+                }
+            }
             seqs.sort_unstable();
+            tracing::debug!(
+                replayed = seqs.len(),
+                steps,
+                "inbox: replayed the events a filter matches"
+            );
             Ok(seqs)
         })
     }
@@ -983,7 +1055,9 @@ impl Inbox for SqliteInbox {
 mod plan_tests {
     use rusqlite::Connection;
 
-    use super::{add_missing_columns, replay_matching_sql, CANDIDATE, FILTER_PARAMS, SCHEMA};
+    use super::{
+        add_missing_columns, replay_matching_sql, replay_step_sql, CANDIDATE, FILTER_PARAMS, SCHEMA,
+    };
 
     /// The steps SQLite plans for `sql`, as `EXPLAIN QUERY PLAN` words them.
     fn plan(connection: &Connection, sql: &str) -> String {
@@ -1071,16 +1145,21 @@ mod plan_tests {
                 FILTER_PARAMS,
             );
             assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
-            // The replay of what the filter matches finds its events as
-            // the count does.
-            let steps = plan_of(&replay_matching_sql(&f), FILTER_PARAMS + 2);
-            assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
-            assert!(
-                filter.seq_through.is_none()
-                    || steps.contains("seq<?")
-                    || steps.contains("rowid<?"),
-                "the bound on the number narrows the search: {filter:?}: {steps}"
-            );
+            // Each step of the replay of what the filter matches finds its
+            // events as the count does.
+            for (sql, params) in [
+                (replay_step_sql(&f), FILTER_PARAMS + 2),
+                (replay_matching_sql(&f), FILTER_PARAMS + 4),
+            ] {
+                let steps = plan_of(&sql, params);
+                assert!(!steps.contains("SCAN"), "{filter:?}: {steps}");
+                assert!(
+                    filter.seq_through.is_none()
+                        || steps.contains("seq<?")
+                        || steps.contains("rowid<?"),
+                    "the bound on the number narrows the search: {filter:?}: {steps}"
+                );
+            }
         }
         // Bounded by number alone: through the primary key, not the table.
         let through = InboxFilter::default().seq_through(10);
@@ -1094,7 +1173,8 @@ mod plan_tests {
                 browse::count("clink_webhook_inbox", '?', Some(&f)),
                 FILTER_PARAMS,
             ),
-            (replay_matching_sql(&f), FILTER_PARAMS + 2),
+            (replay_step_sql(&f), FILTER_PARAMS + 2),
+            (replay_matching_sql(&f), FILTER_PARAMS + 4),
         ] {
             let steps = plan_of(&sql, params);
             assert!(

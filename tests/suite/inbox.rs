@@ -1569,20 +1569,18 @@ async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
     assert_eq!(replays, total - 1, "the waiting event was not replayed");
 }
 
-/// A SQLite purge (here of the dead events, in the same steps as the done
-/// ones') over more than two steps deletes every old event, at
-/// the steps' edges too, and keeps the one still to run.
+/// A SQLite inbox at `path` holding two and a half steps
+/// ([`PURGE_STEP`](clink_webhooks::store::PURGE_STEP)) of old dead events
+/// and one still to run (see [`old_events_and_one_to_run`]); the number
+/// of events.
 #[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
+async fn sqlite_dead_backlog(path: &std::path::Path) -> (clink_webhooks::store::SqliteInbox, i64) {
     use clink_webhooks::store::PURGE_STEP;
 
-    let dir = temp_dir();
-    let path = dir.join("purge.db");
-    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    let inbox = clink_webhooks::store::SqliteInbox::open(path).unwrap();
     let copies = 2 * PURGE_STEP + PURGE_STEP / 2;
     let total = old_events_and_one_to_run(&inbox, copies, async |copies| {
-        let connection = rusqlite::Connection::open(&path).unwrap();
+        let connection = rusqlite::Connection::open(path).unwrap();
         let columns = sqlite_columns(&connection);
         connection
             .execute(
@@ -1602,14 +1600,86 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
         inbox.count(&all).await.unwrap(),
         u64::try_from(total).unwrap()
     );
+    (inbox, total)
+}
+
+/// A SQLite purge (here of the dead events, in the same steps as the done
+/// ones') over more than two steps deletes every old event, at
+/// the steps' edges too, and keeps the one still to run.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
+    let dir = temp_dir();
+    let (inbox, total) = sqlite_dead_backlog(&dir.join("purge.db")).await;
     assert_eq!(
         inbox.purge_dead(Timestamp::now()).await.unwrap(),
         u64::try_from(total - 1).unwrap()
     );
-    let left = inbox.list(&all, 10).await.unwrap();
+    let left = inbox.list(&InboxFilter::default(), 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].status, InboxStatus::Pending);
     drop(inbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A SQLite replay by filter of more dead events than one step holds
+/// replays every one of them, at the steps' edges too, once each, and
+/// leaves the event still to run as it was: it goes in steps of its own,
+/// as a purge does, so that a caller that stops waiting (the console at
+/// its deadline) stops it after the step under way, where one `UPDATE`
+/// over the whole backlog ran on to its end.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_replay_of_a_large_dead_backlog_goes_in_steps() {
+    use clink_webhooks::store::PURGE_STEP;
+
+    let dir = temp_dir();
+    let path = dir.join("replay.db");
+    let (inbox, total) = sqlite_dead_backlog(&path).await;
+    let dead = InboxFilter::default().status(InboxStatus::Dead);
+    let (captured, _guard) = crate::support::capture::capture();
+    let replayed = inbox.replay_matching(&dead, false).await.unwrap();
+    assert_eq!(replayed.len(), usize::try_from(total - 1).unwrap());
+    let steps: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|event| event.message == "inbox: replayed the events a filter matches")
+        .map(|event| event.fields["steps"].clone())
+        .collect();
+    assert_eq!(steps, ["3"], "three steps of at most {PURGE_STEP} events");
+    let mut distinct = replayed.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), replayed.len(), "each replayed once");
+    assert_eq!(inbox.count(&dead).await.unwrap(), 0);
+    let pending = InboxFilter::default().status(InboxStatus::Pending);
+    assert_eq!(
+        inbox.count(&pending).await.unwrap(),
+        u64::try_from(total).unwrap()
+    );
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let replays: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM clink_webhook_inbox WHERE replays = 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(replays, total - 1, "the waiting event was not replayed");
+    // A filter that matches nothing takes no step.
+    let (captured, _guard) = crate::support::capture::capture();
+    assert!(inbox
+        .replay_matching(&dead, false)
+        .await
+        .unwrap()
+        .is_empty());
+    let steps: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|event| event.message == "inbox: replayed the events a filter matches")
+        .map(|event| event.fields["steps"].clone())
+        .collect();
+    assert_eq!(steps, ["0"]);
+    drop((inbox, connection));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
