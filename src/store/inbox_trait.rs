@@ -740,6 +740,14 @@ impl InboxStats {
 /// Among those it takes the one that arrived first. So the events of one
 /// object run one at a time, oldest first, and events about no object run
 /// in arrival order without waiting on each other.
+///
+/// The SQLite inbox takes the one due first (a new event is due as it
+/// arrives, a retry when its backoff ends, one whose worker's lease ended
+/// when it ended), of those due at once the one that arrived first: it
+/// reads the waiting events by when they are due, so that a
+/// claim never reads the retries not due yet (a destination down for a
+/// day leaves thousands of them, and each claim read them all). New events
+/// still run in arrival order, and the events of one object oldest first.
 pub trait Inbox: Send + Sync + 'static {
     /// Keeps `event` unless its account already has an event with its id.
     ///

@@ -33,6 +33,11 @@ use crate::{BoxError, Timestamp};
 ///
 /// Calls run on Tokio's blocking threads, one at a time per inbox.
 ///
+/// Opening a file an earlier version made adds what this one reads: its
+/// columns, and the indexes of the waiting events by when they are due and
+/// of the running ones by their lease (built once, as it opens: on a file
+/// of a million events, a few seconds).
+///
 /// ```no_run
 /// use clink_webhooks::store::SqliteInbox;
 ///
@@ -85,11 +90,21 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_object
         ON clink_webhook_inbox (object_key, order_ms, event_id)
         WHERE status IN ('pending', 'retrying', 'running');
-    -- The events still to run, in order: a claim reads these, never the
-    -- done and dead ones kept for days beside them.
+    -- The events still to run, in order (a claim of the versions before
+    -- read these; kept for one still running on the same file).
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_live
         ON clink_webhook_inbox (seq)
         WHERE status IN ('pending', 'retrying', 'running');
+    -- The events waiting to run, by when each is due: a claim finds the
+    -- first due without reading the retries not due yet (a destination
+    -- down for a day leaves thousands of them).
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_due
+        ON clink_webhook_inbox (next_attempt_ms, seq)
+        WHERE status IN ('pending', 'retrying');
+    -- The events running, by when their lease ends.
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_leased
+        ON clink_webhook_inbox (lease_until_ms, seq)
+        WHERE status = 'running';
     -- The counts of `stats` read the events not done, and only those.
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_status
         ON clink_webhook_inbox (status);
@@ -105,22 +120,49 @@ const SCHEMA: &str = "
         ON clink_webhook_inbox (received_at_ms);
 ";
 
-/// The event a claim takes: the first still to run, in `seq` order, read
-/// from the index of those (named, so that the planner never prefers one
-/// that would sort the whole backlog on every claim).
-const CANDIDATE: &str = "
-    SELECT e.seq FROM clink_webhook_inbox e INDEXED BY clink_webhook_inbox_live
-    WHERE e.status IN ('pending', 'retrying', 'running')
-      AND ((e.status <> 'running' AND e.next_attempt_ms <= ?1 AND e.received_at_ms <= ?1 - ?2)
-           OR (e.status = 'running' AND e.lease_until_ms <= ?1))
-      AND (e.object_key IS NULL OR NOT EXISTS (
+/// The condition a claim's candidate `e` meets when it names no object,
+/// or no other event about its object is running with its lease, and none
+/// older (by `created`, then event id) is still to handle; `?1` is the
+/// time now.
+macro_rules! unblocked {
+    () => {
+        "(e.object_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM clink_webhook_inbox o
             WHERE o.object_key = e.object_key AND o.seq <> e.seq
               AND o.status IN ('pending', 'retrying', 'running')
               AND ((o.status = 'running' AND o.lease_until_ms > ?1)
-                   OR (o.order_ms, o.event_id) < (e.order_ms, e.event_id))))
-    ORDER BY e.seq
-    LIMIT 1";
+                   OR (o.order_ms, o.event_id) < (e.order_ms, e.event_id))))"
+    };
+}
+
+/// The running event a claim would take over: the first whose worker's
+/// lease ended before the time now, `?1` (due since it ended), read from
+/// the index of running events by their lease (named, as the others: so
+/// that the planner never prefers one that would read more); when it was
+/// due, and its number.
+const TAKEN_OVER: &str = concat!(
+    "SELECT e.lease_until_ms, e.seq FROM clink_webhook_inbox e
+         INDEXED BY clink_webhook_inbox_leased
+     WHERE e.status = 'running' AND e.lease_until_ms <= ?1 AND ",
+    unblocked!(),
+    " ORDER BY e.lease_until_ms, e.seq LIMIT 1"
+);
+
+/// The waiting event a claim would take: the first due at `?1`, the time
+/// now (a new event is due as it arrives, a retry when its backoff ends),
+/// of those due at once the first to arrive, that arrived `?2`
+/// milliseconds (the reorder window) or more ago; read from the index of
+/// waiting events by when they are due, which ends at the first not due
+/// yet, so that a claim never reads the retries still waiting. When it was
+/// due, and its number.
+const CANDIDATE: &str = concat!(
+    "SELECT e.next_attempt_ms, e.seq FROM clink_webhook_inbox e
+         INDEXED BY clink_webhook_inbox_due
+     WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= ?1
+       AND e.received_at_ms <= ?1 - ?2 AND ",
+    unblocked!(),
+    " ORDER BY e.next_attempt_ms, e.seq LIMIT 1"
+);
 
 fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
     let kind = match error {
@@ -649,10 +691,23 @@ impl Inbox for SqliteInbox {
             let tx = connection
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|err| sqlite_error("cannot start a claim", &err))?;
-            let seq: Option<i64> = tx
-                .query_row(CANDIDATE, params![now, window], |row| row.get(0))
-                .optional()
-                .map_err(|err| sqlite_error("cannot take an event", &err))?;
+            // The one due first of the running event to take over and the
+            // waiting one; of two due at once, the first to arrive.
+            let first = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+                tx.prepare_cached(sql)
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row(values, |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(|err| sqlite_error("cannot take an event", &err))
+            };
+            let taken_over: Option<(i64, i64)> = first(TAKEN_OVER, params![now])?;
+            let waiting = first(CANDIDATE, params![now, window])?;
+            let seq = match (taken_over, waiting) {
+                (Some(a), Some(b)) => Some(a.min(b).1),
+                (a, b) => a.or(b).map(|(_, seq)| seq),
+            };
             let Some(seq) = seq else {
                 return Ok(None);
             };
@@ -1053,10 +1108,11 @@ impl Inbox for SqliteInbox {
 
 #[cfg(test)]
 mod plan_tests {
-    use rusqlite::Connection;
+    use rusqlite::{Connection, OptionalExtension};
 
     use super::{
-        add_missing_columns, replay_matching_sql, replay_step_sql, CANDIDATE, FILTER_PARAMS, SCHEMA,
+        add_missing_columns, replay_matching_sql, replay_step_sql, CANDIDATE, FILTER_PARAMS,
+        SCHEMA, TAKEN_OVER,
     };
 
     /// The steps SQLite plans for `sql`, as `EXPLAIN QUERY PLAN` words them.
@@ -1065,12 +1121,15 @@ mod plan_tests {
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap();
         let steps = statement
-            .query_map([0_i64, 0], |row| row.get::<_, String>(3))
+            .query_map(
+                rusqlite::params_from_iter(std::iter::repeat_n(0_i64, statement.parameter_count())),
+                |row| row.get::<_, String>(3),
+            )
             .unwrap();
         steps.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     }
 
-    /// A claim reads the events still to run through their index, never
+    /// A claim reads the events still to run through their indexes, never
     /// the whole table: done and dead events are kept for days beside them,
     /// and a claim that read them all held the inbox for a long time.
     #[test]
@@ -1078,12 +1137,68 @@ mod plan_tests {
         let connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA).unwrap();
         add_missing_columns(&connection).unwrap();
-        let steps = plan(&connection, CANDIDATE);
-        assert!(
-            !steps.contains("SCAN e;") && !steps.ends_with("SCAN e"),
-            "{steps}"
-        );
-        assert!(steps.contains("clink_webhook_inbox_live"), "{steps}");
+        for (sql, index) in [
+            (TAKEN_OVER, "clink_webhook_inbox_leased"),
+            (CANDIDATE, "clink_webhook_inbox_due"),
+        ] {
+            let steps = plan(&connection, sql);
+            assert!(
+                !steps.contains("SCAN e;") && !steps.ends_with("SCAN e"),
+                "{steps}"
+            );
+            assert!(steps.contains(index), "{steps}");
+        }
+    }
+
+    /// A claim reads no retry that is not due yet: with a destination down
+    /// for a day, thousands wait, and a claim that walked them all on every
+    /// new event held the inbox's one connection for milliseconds each
+    /// (counted in SQLite's steps, not timed). With none due, it reads
+    /// next to nothing; with one new event behind them, it takes that one
+    /// as cheaply.
+    #[test]
+    fn a_claim_reads_no_retry_not_due_yet() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA).unwrap();
+        add_missing_columns(&connection).unwrap();
+        let now: i64 = 1_700_000_000_000;
+        let waiting = 20_000;
+        connection
+            .execute(
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?1)
+                 INSERT INTO clink_webhook_inbox (account, event_id, event_type, order_ms,
+                     object_key, signed_at_ms, received_at_ms, body, status, attempts,
+                     next_attempt_ms)
+                 SELECT '', 'evt_' || n, 'order.succeeded', ?2, 'order:ord_' || n, ?2, ?2,
+                        X'7B7D', 'retrying', 3, ?2 + 3600000 + n
+                 FROM g",
+                rusqlite::params![waiting, now],
+            )
+            .unwrap();
+        let steps = |sql: &str| {
+            let mut statement = connection.prepare(sql).unwrap();
+            let found: Option<i64> = statement
+                .query_row(rusqlite::params![now, 0], |row| row.get(1))
+                .optional()
+                .unwrap();
+            let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
+            (found, steps)
+        };
+        let (none, read) = steps(CANDIDATE);
+        assert_eq!(none, None);
+        assert!(read < 1_000, "{read} steps to find that nothing is due");
+        connection
+            .execute(
+                "INSERT INTO clink_webhook_inbox (account, event_id, event_type, order_ms,
+                     object_key, signed_at_ms, received_at_ms, body, next_attempt_ms)
+                 VALUES ('', 'evt_new', 'order.succeeded', ?1, 'order:ord_new', ?1, ?1,
+                         X'7B7D', ?1)",
+                [now],
+            )
+            .unwrap();
+        let (new, read) = steps(CANDIDATE);
+        assert_eq!(new, Some(waiting + 1));
+        assert!(read < 1_000, "{read} steps to find the one new event");
     }
 
     /// A page or a count filtered by one criterion reads the events it
