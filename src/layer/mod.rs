@@ -22,7 +22,10 @@
 //! 6. **Claim**: the account and event id are claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
-//!    with `Retry-After`, and the inner service is not called.
+//!    with `Retry-After`, and the inner service is not called. A claim the
+//!    store answered after the handler's time was spent (its lease may have
+//!    ended meanwhile, and another delivery taken the event) is let go
+//!    unused and answered as the handler timeout is (`500`).
 //! 7. **Inner service**: called with a [`VerifiedEvent`](crate::VerifiedEvent) in the request
 //!    extensions and the body as [`VerifiedBody`]. In front of an
 //!    [`EventRouter`](crate::EventRouter), [`ClinkLayer::route`] makes a

@@ -339,6 +339,22 @@ where
             handler: config.handler_deadline(),
             claim_started,
         };
+        // A store that answered the claim after the handler's time was
+        // spent (slow, under the store's timeout) may have let the lease end
+        // too, and another delivery run the handler meanwhile: this one
+        // runs nothing, and the claim is let go for a retry. A memory store
+        // claims at once.
+        if config.memory.is_none() && deadline.duration().is_zero() {
+            cold();
+            tracing::error!(
+                "clink claim answered after the handler's time was spent; \
+                 releasing the event so a retry runs it"
+            );
+            let outcome = Outcome::HandlerTimeout;
+            let settled_at = guard.settle(&outcome).await;
+            verified.forget_predecoded();
+            return (layer_response(&outcome), outcome, verified, settled_at);
+        }
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
         let (mut response, mut outcome) = run(verified.lend(), deadline).await;
@@ -543,6 +559,84 @@ mod tests {
         let response = tower.call(request("evt_3")).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
         assert_eq!(taken(), before + 2);
+    }
+
+    /// A store that answers each claim `delay_ms` late (by Tokio's clock),
+    /// and otherwise as a memory store.
+    struct Late {
+        inner: crate::store::MemoryStore,
+        delay_ms: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::store::IdempotencyStore for Late {
+        fn claim<'a>(
+            &'a self, key: &'a str, lease: Duration,
+        ) -> crate::BoxFuture<'a, Result<crate::store::Claim, crate::store::StoreError>> {
+            let delay = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                self.inner.claim(key, lease).await
+            })
+        }
+
+        fn complete<'a>(
+            &'a self, key: &'a str, token: &'a crate::store::LeaseToken, retention: Duration,
+        ) -> crate::BoxFuture<'a, Result<crate::store::Settle, crate::store::StoreError>> {
+            self.inner.complete(key, token, retention)
+        }
+
+        fn release<'a>(
+            &'a self, key: &'a str, token: &'a crate::store::LeaseToken,
+        ) -> crate::BoxFuture<'a, Result<crate::store::Settle, crate::store::StoreError>> {
+            self.inner.release(key, token)
+        }
+    }
+
+    /// A claim the store answered after the handler's time was spent (3 s
+    /// for a lease of 2 s, under the store's timeout of 5 s) runs no
+    /// handler: its lease may have ended, and another delivery may be
+    /// running it. It is answered as timed out and let go, so that the
+    /// retry runs the handler, once.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_answered_after_the_handlers_time_runs_no_handler() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+        let store = Arc::new(Late {
+            inner: crate::store::MemoryStore::new(),
+            delay_ms: AtomicU64::new(3_000),
+        });
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&ran);
+        let router = EventRouter::new().on::<crate::events::OrderSucceeded, _>(move |_event| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let mut service = layer()
+            .store(Arc::clone(&store))
+            .lease(Duration::from_secs(2))
+            .unwrap()
+            .route(router);
+        let body = r#"{"id":"evt_late","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
+        let request = || {
+            let timestamp = Timestamp::now().as_millis().to_string();
+            Request::post("/webhooks/clink")
+                .header("x-clink-timestamp", &timestamp)
+                .header(
+                    "x-clink-signature",
+                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
+                )
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        };
+        let response = service.call(request()).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerTimeout));
+        assert_eq!(response.status(), Outcome::HandlerTimeout.status());
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "no handler ran");
+        // Let go: the retry, answered in time, runs the handler.
+        store.delay_ms.store(0, Ordering::Relaxed);
+        let response = service.call(request()).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 
     /// `Debug` names the service and shows its inner service; a routed
