@@ -6,6 +6,8 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,12 +46,36 @@ impl<F: FnOnce() -> Duration> Limit for F {
 /// [`EventRouter`](crate::EventRouter) there reads it, so that a handler
 /// that succeeded before it is answered handled even when recording its
 /// version runs past it (see [`until`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct HandlerDeadline {
     /// When the layer's deadline ends.
     pub(crate) at: Instant,
     /// The handler's time, as the layer reports it.
     pub(crate) limit: Duration,
+    /// Set by the router once a handler succeeded, when the layer asks
+    /// (a router that records versions, whose record can outlast the
+    /// delivery): a delivery dropped after that completes its claim.
+    pub(crate) succeeded: Option<Arc<AtomicBool>>,
+}
+
+/// Passes on, when dropped, that the handler behind the tower path
+/// succeeded (`shared`, set by the router) to the delivery's own flag
+/// (`local`, which its claim reads when it is dropped unsettled).
+pub(crate) struct PassOnSuccess<'a> {
+    pub(crate) shared: Option<Arc<AtomicBool>>,
+    pub(crate) local: &'a AtomicBool,
+}
+
+impl Drop for PassOnSuccess<'_> {
+    fn drop(&mut self) {
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|shared| shared.load(Ordering::Relaxed))
+        {
+            self.local.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Awaits `future` until `deadline`: `Err(())` once the instant has

@@ -12,6 +12,7 @@
 //! [`OutageLog`]): a line when it starts, a summary per interval, a line
 //! when a call succeeds again; never a line per delivery.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +127,7 @@ pub(super) async fn claim<'a>(
             token: Some(token),
             completes_with: None,
             lease_ends,
+            succeeded: None,
         }),
         Ok(Claim::Completed) => {
             cold();
@@ -168,9 +170,21 @@ pub(super) struct ClaimGuard<'a> {
     /// When the lease ends at the latest, by this process's clock (counted
     /// from before the claim call, so never later than the store's).
     lease_ends: Instant,
+    /// Set once the handler succeeded: a drop before the settle then
+    /// completes the claim, as `completes_with` does.
+    succeeded: Option<&'a AtomicBool>,
 }
 
-impl ClaimGuard<'_> {
+impl<'a> ClaimGuard<'a> {
+    /// The guard, completing the claim when dropped unsettled once
+    /// `succeeded` is set (a handler succeeded, and the delivery was dropped
+    /// before it settled: while the handler's version was being recorded,
+    /// say), so that no retry runs the handler again.
+    pub(super) fn completing_once(mut self, succeeded: &'a AtomicBool) -> Self {
+        self.succeeded = Some(succeeded);
+        self
+    }
+
     /// Settles the claim as `outcome` says: completed when acknowledged,
     /// released otherwise. A memory store settles at once, and the reading
     /// of the clock it settled as of is returned: the delivery's end, for
@@ -387,7 +401,13 @@ impl Drop for ClaimGuard<'_> {
         let key = self.key.take();
         let timeout = config.settings.store_timeout;
         let outage = Arc::clone(&config.outages.store);
-        match self.completes_with {
+        let succeeded = self
+            .succeeded
+            .is_some_and(|succeeded| succeeded.load(Ordering::Relaxed));
+        let completes_with = self
+            .completes_with
+            .or_else(|| succeeded.then_some(config.settings.retention));
+        match completes_with {
             Some(retention) => {
                 let metrics = Arc::clone(&config.metrics);
                 let lease_ends = self.lease_ends;
@@ -448,6 +468,7 @@ mod tests {
             token: Some(token),
             completes_with: None,
             lease_ends,
+            succeeded: None,
         }
     }
 

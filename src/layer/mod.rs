@@ -36,7 +36,11 @@
 //!    error or a panic (answered `500`), or the handler timeout (`500`)
 //!    releases the claim, so Clink's retry runs the handler again. Every store
 //!    call is bounded by [`ClinkLayer::store_timeout`]; a delivery dropped
-//!    mid-way (the sender hung up) still settles its claim in the background.
+//!    mid-way (the sender hung up) still settles its claim in the background:
+//!    released while its handler runs, completed once a handler succeeded
+//!    (an [`EventRouter`](crate::EventRouter) recording the event's version
+//!    then, through [`ClinkLayer::route`] or as the inner service of
+//!    `layer` when it has no state), so that no retry runs it again.
 //!    A completion the store could not take (down, or not answering) is tried
 //!    again in the background until the lease ends, so a store that comes
 //!    back within the lease still learns that the event was handled.

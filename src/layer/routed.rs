@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -157,46 +157,51 @@ fn route<T>(
 where
     T: Clone + Send + Sync + 'static,
 {
-    handle(config, verified, move |verified, deadline| async move {
-        // The router turns a panic in its steps into an outcome; this
-        // guard also covers what it does around them (the log of that
-        // panic, say), as the layer's guard does around the router as a
-        // service.
-        // Set once a handler succeeded: stopped at the deadline after that
-        // (recording its version, say), the event was handled all the same.
-        let succeeded = AtomicBool::new(false);
-        let dispatched = within(
-            deadline,
-            CatchUnwind::new(router.dispatch_noting(verified, Some(&succeeded))),
-        )
-        .await;
-        let outcome = match dispatched {
-            Ok(Ok(dispatched)) => {
-                let outcome = dispatched.outcome().clone();
-                // The request's header map has room for the response's
-                // headers, and its extension map (when an app's router made
-                // one) for the response's extensions: no map to allocate.
-                let response = dispatched.into_response(headers, extensions);
-                return (response.map(ResponseBody::layer), outcome);
-            }
-            Ok(Err(panic)) => {
-                cold();
-                tracing::error!(panic = ?panic, "clink handler panicked");
-                Outcome::HandlerPanicked
-            }
-            Err(_) if succeeded.load(Ordering::Relaxed) => {
-                cold();
-                tracing::error!(
+    handle(
+        config,
+        verified,
+        async move |verified, deadline, succeeded| {
+            // The router turns a panic in its steps into an outcome; this
+            // guard also covers what it does around them (the log of that
+            // panic, say), as the layer's guard does around the router as a
+            // service.
+            // `succeeded` is set once a handler succeeded: stopped at the
+            // deadline after that (recording its version, say), the event was
+            // handled all the same, and a delivery dropped then completes its
+            // claim.
+            let dispatched = within(
+                deadline,
+                CatchUnwind::new(router.dispatch_noting(verified, Some(succeeded))),
+            )
+            .await;
+            let outcome = match dispatched {
+                Ok(Ok(dispatched)) => {
+                    let outcome = dispatched.outcome().clone();
+                    // The request's header map has room for the response's
+                    // headers, and its extension map (when an app's router made
+                    // one) for the response's extensions: no map to allocate.
+                    let response = dispatched.into_response(headers, extensions);
+                    return (response.map(ResponseBody::layer), outcome);
+                }
+                Ok(Err(panic)) => {
+                    cold();
+                    tracing::error!(panic = ?panic, "clink handler panicked");
+                    Outcome::HandlerPanicked
+                }
+                Err(_) if succeeded.load(Ordering::Relaxed) => {
+                    cold();
+                    tracing::error!(
                     "clink handler succeeded, but its version was not recorded by its deadline; \
                      acknowledged, and later stale events may look fresh"
                 );
-                Outcome::Handled
-            }
-            Err(timed_out) => {
-                cold();
-                handler_timed_out(timed_out)
-            }
-        };
-        (layer_response(&outcome), outcome)
-    })
+                    Outcome::Handled
+                }
+                Err(timed_out) => {
+                    cold();
+                    handler_timed_out(timed_out)
+                }
+            };
+            (layer_response(&outcome), outcome)
+        },
+    )
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use super::metrics::InFlight;
 use super::verify::verify;
 use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::events::DecodesTyped;
-use crate::guard::{boxed_in_place, cold, HandlerDeadline, Limit};
+use crate::guard::{boxed_in_place, cold, HandlerDeadline, Limit, PassOnSuccess};
 use crate::router::Dispatched;
 use crate::store::{timed, Inbox, NewEvent};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
@@ -101,29 +102,42 @@ where
             inner,
             router_typed::<S>,
             move |config, parts, verified, inner| {
-                handle(config, verified, move |verified, deadline| async move {
-                    let body = Full::new(verified.event().body().clone());
-                    let mut request = Request::from_parts(parts, body);
-                    request.extensions_mut().insert(verified);
-                    if let Some(at) = deadline.instant() {
-                        let limit = deadline.handler;
-                        request
-                            .extensions_mut()
-                            .insert(HandlerDeadline { at, limit });
-                    }
-                    match run_inner(inner, request, deadline).await {
-                        // A refusal Clink could read as "stop retrying" (a
-                        // redirect, `410`, `429`) is answered as the
-                        // outcome says (`500`), not passed on.
-                        Ok((response, outcome @ Outcome::HandlerRefused(_)))
-                            if outcome.status() != response.status() =>
-                        {
-                            (layer_response(&outcome), outcome)
+                handle(
+                    config,
+                    verified,
+                    async move |verified, deadline, succeeded| {
+                        let body = Full::new(verified.event().body().clone());
+                        let mut request = Request::from_parts(parts, body);
+                        request.extensions_mut().insert(verified);
+                        // A router that records versions after a handler
+                        // succeeded says so in a flag of its own, passed on to
+                        // the delivery's when this step ends or is dropped.
+                        let _pass_on = PassOnSuccess {
+                            shared: records_versions(&inner).then(Arc::default),
+                            local: succeeded,
+                        };
+                        if let Some(at) = deadline.instant() {
+                            let limit = deadline.handler;
+                            request.extensions_mut().insert(HandlerDeadline {
+                                at,
+                                limit,
+                                succeeded: _pass_on.shared.clone(),
+                            });
                         }
-                        Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
-                        Err(outcome) => (layer_response(&outcome), outcome),
-                    }
-                })
+                        match run_inner(inner, request, deadline).await {
+                            // A refusal Clink could read as "stop retrying" (a
+                            // redirect, `410`, `429`) is answered as the
+                            // outcome says (`500`), not passed on.
+                            Ok((response, outcome @ Outcome::HandlerRefused(_)))
+                                if outcome.status() != response.status() =>
+                            {
+                                (layer_response(&outcome), outcome)
+                            }
+                            Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
+                            Err(outcome) => (layer_response(&outcome), outcome),
+                        }
+                    },
+                )
             },
         )
     }
@@ -140,6 +154,16 @@ fn router_typed<S: 'static>(inner: &S) -> Option<&dyn DecodesTyped> {
     inner
         .downcast_ref::<crate::EventRouter>()
         .map(crate::EventRouter::decodes_typed)
+}
+
+/// Whether `inner` is an [`EventRouter`](crate::EventRouter) without state
+/// that records the versions of the events it handles: one whose handler
+/// can succeed before the call ends (see [`PassOnSuccess`]).
+fn records_versions<S: 'static>(inner: &S) -> bool {
+    let inner: &dyn std::any::Any = inner;
+    inner
+        .downcast_ref::<crate::EventRouter>()
+        .is_some_and(crate::EventRouter::records_versions)
 }
 
 /// What a delivery does once it is verified: its response, its outcome,
@@ -314,16 +338,20 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
     clippy::manual_async_fn,
     reason = "an async block keeps no second copy of the arguments"
 )]
-pub(super) fn handle<ResB, F, Fut>(
+pub(super) fn handle<ResB, F>(
     config: Arc<Config>, mut verified: VerifiedEvent, run: F,
 ) -> impl Future<Output = Verified<ResB>>
 where
-    F: FnOnce(VerifiedEvent, Deadline) -> Fut,
-    Fut: Future<Output = (Response<ResponseBody<ResB>>, Outcome)>,
+    F: AsyncFnOnce(VerifiedEvent, Deadline, &AtomicBool) -> (Response<ResponseBody<ResB>>, Outcome),
 {
     // A block, not an `async fn`: its captures are used where they are,
     // not copied again into locals when it starts.
     async move {
+        // Set by `run` once a handler succeeded: a delivery dropped after
+        // that (the sender hung up while the handler's version was being
+        // recorded, say) completes its claim instead of letting it go, so
+        // that no retry runs the handler again.
+        let succeeded = AtomicBool::new(false);
         // The lease starts somewhere during the claim call; count the handler's
         // deadline from before it, so that a slow claim does not eat the margin.
         let claim_started = Instant::now();
@@ -333,7 +361,7 @@ where
                 verified.forget_predecoded();
                 return (layer_response(&outcome), outcome, verified, None);
             }
-            Ok(guard) => guard,
+            Ok(guard) => guard.completing_once(&succeeded),
         };
         let deadline = Deadline {
             handler: config.handler_deadline(),
@@ -357,7 +385,7 @@ where
         }
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
-        let (mut response, mut outcome) = run(verified.lend(), deadline).await;
+        let (mut response, mut outcome) = run(verified.lend(), deadline, &succeeded).await;
         if outcome == Outcome::Undecodable {
             cold();
             if let Some(inbox) = &config.dead_letters {
@@ -637,6 +665,102 @@ mod tests {
         let response = service.call(request()).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
         assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
+    /// A freshness store that never records: each record waits for good.
+    struct NeverRecords;
+
+    impl crate::store::FreshnessStore for NeverRecords {
+        fn newest<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey,
+        ) -> crate::BoxFuture<'a, Result<Option<crate::events::Version>, crate::store::StoreError>>
+        {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+
+        fn record<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey, _version: &'a crate::events::Version,
+        ) -> crate::BoxFuture<'a, Result<(), crate::store::StoreError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A delivery dropped after its handler succeeded, while the handler's
+    /// version was being recorded (the sender hung up, the server shut
+    /// down), completes its claim rather than letting it go: the retry is
+    /// a duplicate, and the handler ran once. Through `route` and through
+    /// the tower path over a router without state.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_dropped_after_its_handler_succeeded_is_not_handled_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let ran = Arc::new(AtomicUsize::new(0));
+        let router = || {
+            let counted = Arc::clone(&ran);
+            EventRouter::new()
+                .ordering(NeverRecords)
+                .on::<crate::events::OrderSucceeded, _>(move |_event| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(Ok::<_, Infallible>(()))
+                })
+        };
+        let request = |id: &str| {
+            let body = format!(
+                r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
+            );
+            let timestamp = Timestamp::now().as_millis().to_string();
+            Request::post("/webhooks/clink")
+                .header("x-clink-timestamp", &timestamp)
+                .header(
+                    "x-clink-signature",
+                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
+                )
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        };
+        let routed = layer().route(router());
+        let tower = layer().layer(router());
+        for (n, id) in ["evt_routed", "evt_tower"].into_iter().enumerate() {
+            let call = |service_request| async {
+                if id == "evt_routed" {
+                    routed
+                        .clone()
+                        .call(service_request)
+                        .await
+                        .unwrap()
+                        .into_parts()
+                        .0
+                        .extensions
+                } else {
+                    tower
+                        .clone()
+                        .call(service_request)
+                        .await
+                        .unwrap()
+                        .into_parts()
+                        .0
+                        .extensions
+                }
+            };
+            // The record never ends (its bound is 5 s): dropped at 100 ms,
+            // after the handler ran.
+            let dropped = tokio::time::timeout(Duration::from_millis(100), call(request(id))).await;
+            assert!(dropped.is_err(), "the delivery waits on the record");
+            assert_eq!(ran.load(Ordering::SeqCst), n + 1, "the handler ran");
+            // The dropped delivery's settle runs in a task of its own.
+            let mut answered = None;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+                let extensions = call(request(id)).await;
+                let outcome = extensions.get::<Outcome>().cloned();
+                if !matches!(outcome, Some(Outcome::InFlight { .. })) {
+                    answered = outcome;
+                    break;
+                }
+            }
+            assert_eq!(answered, Some(Outcome::Duplicate), "{id}");
+            assert_eq!(ran.load(Ordering::SeqCst), n + 1, "{id}: run once");
+        }
     }
 
     /// `Debug` names the service and shows its inner service; a routed

@@ -444,6 +444,13 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
 
     /// Which event types this router decodes into a typed handler's data,
     /// for a reader that decodes them as it reads the envelope.
+    /// Whether this router records the versions of the events it handles
+    /// (it has a [`FreshnessStore`]): a record that runs after a handler
+    /// succeeded, which a delivery can be dropped during.
+    pub(crate) fn records_versions(&self) -> bool {
+        self.routes.ordering.is_some()
+    }
+
     pub(crate) fn decodes_typed(&self) -> &dyn DecodesTyped {
         &*self.routes
     }
@@ -919,7 +926,12 @@ where
                 );
                 return Ok(Outcome::HandlerFailed.to_response().map(Full::new));
             };
-            let Some(HandlerDeadline { at, limit }) = deadline else {
+            let Some(HandlerDeadline {
+                at,
+                limit,
+                succeeded: shared,
+            }) = deadline
+            else {
                 let dispatched = router.dispatch(verified).await;
                 return Ok(dispatched.into_response(headers, extensions).map(Full::new));
             };
@@ -927,8 +939,11 @@ where
             // even when recording its version runs past the layer's
             // deadline. This ends at the same instant and is polled first,
             // so it answers, either way.
-            let succeeded = AtomicBool::new(false);
-            match until(at, router.dispatch_noting(verified, Some(&succeeded))).await {
+            // The layer's flag when it asked for one: it reads it if the
+            // delivery is dropped before it settles.
+            let own = AtomicBool::new(false);
+            let succeeded = shared.as_deref().unwrap_or(&own);
+            match until(at, router.dispatch_noting(verified, Some(succeeded))).await {
                 Ok(dispatched) => Ok(dispatched.into_response(headers, extensions).map(Full::new)),
                 Err(()) if succeeded.load(Ordering::Relaxed) => {
                     cold();
