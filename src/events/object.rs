@@ -118,16 +118,24 @@ impl RawEvent {
             serde_json::from_str::<MembersInOrder<'_>>(self.data_json())
                 .ok()?
                 .0;
-        let data: serde_json::Map<String, Value> = members
-            .into_iter()
-            .filter(|(_, raw)| {
-                matches!(
-                    raw.get().as_bytes().first(),
-                    Some(b'"' | b'-' | b'0'..=b'9')
-                )
-            })
-            .filter_map(|(name, raw)| Some((name, serde_json::from_str(raw.get()).ok()?)))
-            .collect();
+        // A name given twice means its last value, as in a typed decode
+        // into a `Value`: a member that is not a string or a number (or
+        // that no `Value` holds) takes out an earlier one of its name.
+        let mut data = serde_json::Map::new();
+        for (name, raw) in members {
+            let scalar = matches!(
+                raw.get().as_bytes().first(),
+                Some(b'"' | b'-' | b'0'..=b'9')
+            );
+            match scalar.then(|| serde_json::from_str::<Value>(raw.get()).ok()) {
+                Some(Some(value)) => {
+                    data.insert(name, value);
+                }
+                _ => {
+                    data.remove(&name);
+                }
+            }
+        }
         ObjectKey::for_data(self.event_type().family(), &Value::Object(data))
     }
 }
@@ -178,6 +186,30 @@ mod tests {
             let typed = raw.decode::<Order>().unwrap();
             assert_eq!(typed.object_key().unwrap().to_string(), "order:o1");
             assert_eq!(raw.object_key(), typed.object_key());
+        }
+    }
+
+    /// An id given twice is its last value, as a typed decode into a
+    /// `Value` reads it, also when that value is not a string: the raw key
+    /// then falls back to the next id as the typed one does.
+    #[test]
+    fn an_id_given_twice_is_its_last_value_in_both_keys() {
+        for (data, key) in [
+            (
+                r#"{"riskRuleId":"a","riskRuleId":{"x":1},"id":"b"}"#,
+                "risk_rule:b",
+            ),
+            (
+                r#"{"riskRuleId":{"x":1},"riskRuleId":"a","id":"b"}"#,
+                "risk_rule:a",
+            ),
+            (r#"{"riskRuleId":"a","riskRuleId":"c"}"#, "risk_rule:c"),
+        ] {
+            let body = format!(r#"{{"id":"e","type":"risk_rule.updated","data":{data}}}"#);
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let typed = raw.decode::<Value>().unwrap();
+            assert_eq!(typed.object_key().unwrap().to_string(), key, "{data}");
+            assert_eq!(raw.object_key(), typed.object_key(), "{data}");
         }
     }
 
