@@ -541,8 +541,11 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// behind a request and a response.
     ///
     /// A panic in a handler, a hook or the state's `clone` is
-    /// [`Outcome::HandlerPanicked`]; the call sets no time limit of its own
-    /// (the layer and the workers bound it).
+    /// [`Outcome::HandlerPanicked`]. The call sets no time limit on the
+    /// handlers (the layer and the workers bound it); with a
+    /// [`FreshnessStore`], recording a handled event's version is bounded
+    /// by 5 s, on Tokio's timer, so it runs inside a Tokio runtime with
+    /// its time driver on (`enable_time`, or `enable_all`).
     ///
     /// ```
     /// use clink_webhooks::{events, sign, EventRouter, Outcome, RawEvent, Timestamp, Verifier, VerifiedEvent};
