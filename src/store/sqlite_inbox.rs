@@ -35,8 +35,8 @@ use crate::{BoxError, Timestamp};
 ///
 /// Opening a file an earlier version made adds what this one reads: its
 /// columns, and the indexes of the waiting events by when they are due and
-/// of the running ones by their lease (built once, as it opens: on a file
-/// of a million events, a few seconds).
+/// of the running ones by their lease (built once, as it opens: about a
+/// second for a file of a million events).
 ///
 /// ```no_run
 /// use clink_webhooks::store::SqliteInbox;
