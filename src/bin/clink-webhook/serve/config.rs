@@ -857,9 +857,12 @@ impl Config {
         // An event whose XADD landed and whose answer was lost can die
         // (Redis unreachable for the whole retry span) and be replayed
         // later (the inbox keeps dead events until then). Its
-        // marker, set at the XADD, must still be there, or the replay adds
-        // it again. The retry span (at most max_attempts times
-        // max_backoff_ms) is not counted: the README asks for it on top.
+        // marker, set at the XADD (and set again to the whole dedup time by
+        // each run that finds it, so that a replay, which keeps a handled
+        // event for another retention, keeps its marker as long), must
+        // still be there, or the replay adds it again. The retry span (at
+        // most max_attempts times max_backoff_ms) is not counted: the
+        // README asks for it on top.
         if matches!(
             destination.kind,
             DestinationKind::Redis(_) | DestinationKind::RedisCluster(_)

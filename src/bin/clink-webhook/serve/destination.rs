@@ -31,10 +31,20 @@ const ANSWER_DRAIN: Duration = Duration::from_secs(5);
 
 /// The Lua script that adds an event to a stream once: it keeps the entry
 /// id under a marker key next to the stream and, when the marker is there
-/// already (an `XADD` before a crash), returns that id without adding.
+/// already (an `XADD` before a crash, or an earlier run of a replayed
+/// event), returns that id without adding.
+///
+/// Every run that finds the marker sets its expiry again to the whole
+/// dedup time (`ARGV[7]` seconds), as the run that adds it does: a replay
+/// keeps the event in the inbox for another `inbox_retention_hours` from
+/// then, and its marker must last as long, or a later replay, after the
+/// marker expired, would add the event again.
 const XADD_ONCE: &str = r"
 local kept = redis.call('GET', KEYS[2])
-if kept then return {0, kept} end
+if kept then
+    redis.call('EXPIRE', KEYS[2], ARGV[7])
+    return {0, kept}
+end
 local id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'type', ARGV[2],
     'account', ARGV[3], 'object', ARGV[4], 'created', ARGV[5], 'body', ARGV[6])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[7])
@@ -166,7 +176,8 @@ impl Signers {
 struct Streams {
     /// The stream name template.
     template: String,
-    /// How long an event's marker keeps it from being added twice.
+    /// How long an event's marker keeps it from being added twice, from
+    /// the last run of [`XADD_ONCE`] that added or found it.
     dedup: Duration,
     script: redis::Script,
 }
@@ -2251,6 +2262,99 @@ mod tests {
             }
             jetstream.delete_stream(&stream).await.unwrap();
         }
+    }
+
+    /// The redis-server that `scripts/with-services` starts.
+    fn redis_url() -> String {
+        std::env::var("REDIS_URL").unwrap_or_else(|_| {
+            panic!(
+                "REDIS_URL is not set; run with scripts/with-services (it starts a redis-server)"
+            )
+        })
+    }
+
+    /// A publish that finds the event's marker (a retry, or a replay, which
+    /// keeps the event in the inbox for another retention from then) adds
+    /// nothing and sets the marker's expiry again to the whole
+    /// `redis_dedup_hours`: here the marker is left a minute, as if nearly
+    /// all of that time had passed since the `XADD`, and the publish gives
+    /// it back the whole time.
+    #[tokio::test]
+    async fn a_publish_that_finds_the_marker_keeps_it_for_the_whole_dedup_time() {
+        let url = redis_url();
+        let stream = format!(
+            "clink-test:marker:{}:{}",
+            std::process::id(),
+            Timestamp::now().as_millis()
+        );
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &url),
+            ("redis_stream", &stream),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let event = event(None, "order.succeeded");
+        let publish = || async {
+            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
+                .await
+                .expect("the publish ended")
+                .unwrap_or_else(|e| panic!("the publish: {e}"))
+        };
+        let mut redis = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let marker = format!("clink-webhook:xadd:{{{stream}}}:{}", message_id(&event));
+        let dedup = i64::try_from(config.redis_dedup.as_millis()).unwrap();
+        let left = |redis: &mut redis::aio::MultiplexedConnection| {
+            let mut redis = redis.clone();
+            let marker = marker.clone();
+            async move {
+                redis::cmd("PTTL")
+                    .arg(&marker)
+                    .query_async::<i64>(&mut redis)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        let first = publish().await;
+        assert!(first.is_some());
+        let after_add = left(&mut redis).await;
+        assert!(
+            after_add > dedup - 600_000 && after_add <= dedup,
+            "{after_add} ms"
+        );
+
+        let () = redis::cmd("PEXPIRE")
+            .arg(&marker)
+            .arg(60_000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let second = publish().await;
+        assert_eq!(second, first, "the second publish returns the kept id");
+        let after_found = left(&mut redis).await;
+        assert!(
+            after_found > dedup - 600_000 && after_found <= dedup,
+            "the marker was left {after_found} ms, not the whole {dedup} ms again"
+        );
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(entries, 1, "the event was added once");
+        let _: u64 = redis::cmd("DEL")
+            .arg(&stream)
+            .arg(&marker)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
     }
 
     /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.
