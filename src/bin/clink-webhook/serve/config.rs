@@ -265,21 +265,30 @@ fn proxy_entry(entry: &str) -> bool {
     bits.is_empty() || bits.parse::<u8>().is_ok_and(|bits| bits <= most)
 }
 
-/// Keys from a comma-separated list of secrets, newest first.
-fn key_list(text: &str) -> Result<Vec<KeySpec>, String> {
-    let keys: Vec<KeySpec> = text
-        .split(',')
-        .map(str::trim)
-        .map(|secret| KeySpec {
-            secret: Zeroizing::new(secret.to_owned()),
-            name: None,
-            expires: None,
-        })
-        .collect();
-    if keys.iter().any(|key| key.secret.is_empty()) {
-        return Err("an empty signing key (a stray comma?)".to_owned());
+/// A key from one secret as given, without the whitespace around it: a
+/// secret read from a file (`CLINK_..._KEY=$(cat file)`, a mounted
+/// secret) often ends in a newline, which would otherwise be part of the
+/// key. An empty secret is refused; the error never quotes the secret.
+fn one_key(text: &str) -> Result<KeySpec, String> {
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err("an empty signing key".to_owned());
     }
-    Ok(keys)
+    Ok(KeySpec {
+        secret: Zeroizing::new(secret.to_owned()),
+        name: None,
+        expires: None,
+    })
+}
+
+/// Keys from a comma-separated list of secrets, newest first, each read
+/// as [`one_key`] reads it.
+fn key_list(text: &str) -> Result<Vec<KeySpec>, String> {
+    text.split(',')
+        .map(|secret| {
+            one_key(secret).map_err(|_| "an empty signing key (a stray comma?)".to_owned())
+        })
+        .collect()
 }
 
 /// Keys from a TOML array of tables `{ secret, name, expires }`.
@@ -801,6 +810,7 @@ impl Config {
         let destination_key = match r.text("destination_signing_key")? {
             None => None,
             Some((secret, origin)) => {
+                let secret = Zeroizing::new(secret);
                 if !matches!(destination.kind, DestinationKind::Http { .. }) {
                     return Err(problem(
                         "destination_signing_key",
@@ -808,11 +818,9 @@ impl Config {
                         "only an http:// or https:// destination is signed",
                     ));
                 }
-                let key = KeySpec {
-                    secret: Zeroizing::new(secret),
-                    name: None,
-                    expires: None,
-                };
+                // Read as the other keys are: trimmed, and not empty.
+                let key =
+                    one_key(&secret).map_err(|m| problem("destination_signing_key", &origin, m))?;
                 key.signing_key()
                     .map_err(|m| problem("destination_signing_key", &origin, m))?;
                 r.note("destination_signing_key", key.describe(), origin);
@@ -1774,6 +1782,50 @@ mod tests {
         let mut pairs = minimal();
         pairs.push(("inbox_retention_hours", "200"));
         assert!(config(&pairs).is_ok(), "a NATS destination");
+    }
+
+    /// `destination_signing_key` is read as the other keys are: the
+    /// newline a secret read from a file ends in (and any whitespace
+    /// around it) is not part of the key the forwards are signed with, and
+    /// a key that is empty once trimmed is refused by name, without its
+    /// value in the error.
+    #[test]
+    fn a_destination_signing_key_is_trimmed_and_never_empty() {
+        let with_key = |destination: &'static str, key: &'static str| {
+            let mut pairs = minimal();
+            pairs.retain(|(name, _)| *name != "destination");
+            pairs.push(("destination", destination));
+            pairs.push(("destination_signing_key", key));
+            config(&pairs)
+        };
+        let http = "http://127.0.0.1:8080/hook";
+        for given in ["whsec_own\n", "whsec_own\r\n", "  whsec_own\t"] {
+            let config = with_key(http, given).unwrap_or_else(|problem| panic!("{}", problem.0));
+            assert_eq!(
+                config.destination_key.as_ref().map(KeySpec::secret),
+                Some("whsec_own"),
+                "{given:?}"
+            );
+        }
+        for empty in ["", "\n", " \r\n "] {
+            let error = with_key(http, empty)
+                .err()
+                .expect("an empty key is refused")
+                .0;
+            assert!(
+                error.starts_with(
+                    "configuration: destination_signing_key (from the environment variable \
+                     CLINK_DESTINATION_SIGNING_KEY): an empty signing key"
+                ),
+                "{empty:?}: {error}"
+            );
+        }
+        let error = with_key("nats://127.0.0.1:4222", "whsec_own\n")
+            .err()
+            .expect("a NATS destination is not signed")
+            .0;
+        assert!(error.contains("destination_signing_key"), "{error}");
+        assert!(!error.contains("whsec_own"), "{error}");
     }
 
     #[test]
