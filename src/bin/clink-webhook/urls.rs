@@ -253,7 +253,8 @@ pub(crate) struct NatsServers {
 
 /// Reads `nats://[user:password@]host:port[,host:port...]` and lists of
 /// such URLs separated by commas; each server is checked as the NATS
-/// client will read it. Errors never quote a password.
+/// client will read it, and is `nats://` or `tls://` (the client is built
+/// without WebSocket support). Errors never quote a password.
 #[cfg(feature = "gateway")]
 pub(crate) fn nats_servers(text: &str) -> Result<NatsServers, String> {
     let invalid = |why: &str| format!("{}: not a valid NATS URL: {why}", masked_url(text));
@@ -262,9 +263,18 @@ pub(crate) fn nats_servers(text: &str) -> Result<NatsServers, String> {
     for chunk in chunks(text, Split::AsRead) {
         let parts = parts(chunk);
         let scheme = parts.scheme.to_ascii_lowercase();
-        if !matches!(scheme.as_str(), "nats" | "tls" | "ws" | "wss") {
+        // The NATS client is built without its `websockets` feature: it
+        // would take a ws:// or wss:// server for a plain TCP one and never
+        // connect, so such a server is refused here, at start.
+        if matches!(scheme.as_str(), "ws" | "wss") {
             return Err(invalid(
-                "each server is nats://, tls://, ws:// or wss://host:port",
+                "NATS over WebSocket (ws://, wss://) is not supported; each server is \
+                 nats://host:port or tls://host:port",
+            ));
+        }
+        if !matches!(scheme.as_str(), "nats" | "tls") {
+            return Err(invalid(
+                "each server is nats://host:port or tls://host:port",
             ));
         }
         if let Some(user_info) = parts.user_info {
@@ -520,6 +530,38 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    /// A NATS server over WebSocket (`ws://`, `wss://`), which the client
+    /// as built cannot reach, is refused by a configuration error naming
+    /// the schemes it takes, whichever server of the list it is; `nats://`
+    /// and `tls://` are taken.
+    #[cfg(feature = "gateway")]
+    #[test]
+    fn nats_over_websocket_is_refused() {
+        for bad in [
+            "ws://127.0.0.1:8080",
+            "wss://app:pq/rs@nats.example:443",
+            "nats://h1:4222,ws://h2:8080",
+            "WSS://h:443",
+        ] {
+            let error = nats_servers(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was taken"));
+            assert!(
+                error.contains("NATS over WebSocket (ws://, wss://) is not supported")
+                    && error.contains("nats://host:port or tls://host:port"),
+                "{bad}: {error}"
+            );
+            assert!(!error.contains("pq/rs"), "{error}");
+        }
+        let servers = nats_servers("nats://h1:4222,tls://h2:4222").unwrap();
+        assert_eq!(servers.urls, ["nats://h1:4222", "tls://h2:4222"]);
+        let error = nats_servers("nats://h1:4222,http://h2:80").err().unwrap();
+        assert!(
+            error.contains("nats://host:port or tls://host:port"),
+            "{error}"
+        );
     }
 
     /// An HTTP destination is named by its scheme, host and port: its path

@@ -1220,7 +1220,9 @@ fn parse_destination(url: &str) -> Result<DestinationSpec, String> {
                 kind: DestinationKind::Http { uri, authorization },
             });
         }
-        Some("nats") if has_host => DestinationKind::Nats(nats_servers(url)?),
+        // ws:// and wss:// too, for nats_servers to say they are not
+        // supported rather than that the destination is not a URL at all.
+        Some("nats" | "ws" | "wss") if has_host => DestinationKind::Nats(nats_servers(url)?),
         Some("redis" | "rediss") if has_host => {
             let encoded = with_user_info_encoded(url);
             if redis::Client::open(encoded.as_str()).is_err() {
@@ -1826,6 +1828,27 @@ mod tests {
             .0;
         assert!(error.contains("destination_signing_key"), "{error}");
         assert!(!error.contains("whsec_own"), "{error}");
+    }
+
+    /// A NATS destination over WebSocket, alone or in the list of
+    /// servers, stops the start with an error that names the setting and
+    /// the schemes a NATS server may have.
+    #[test]
+    fn a_nats_destination_over_websocket_is_refused() {
+        for url in ["ws://127.0.0.1:8080", "nats://127.0.0.1:4222,wss://n2:443"] {
+            let mut pairs = minimal();
+            pairs.retain(|(name, _)| *name != "destination");
+            pairs.push(("destination", url));
+            let error = config(&pairs).err().expect("refused").0;
+            assert!(
+                error.starts_with(
+                    "configuration: destination (from the environment variable \
+                     CLINK_DESTINATION): "
+                ) && error.contains("NATS over WebSocket (ws://, wss://) is not supported")
+                    && error.contains("nats://host:port or tls://host:port"),
+                "{url}: {error}"
+            );
+        }
     }
 
     #[test]
