@@ -2992,6 +2992,107 @@ async fn a_stream_that_cannot_keep_the_events_stops_the_start() {
     }
 }
 
+/// A stream JetStream refuses to make for a reason that lasts stops the
+/// gateway at start, saying what to change, instead of failing every event
+/// until it is dead: one whose subjects a stream of another name already
+/// holds (JetStream's error 10065: subjects overlap), and any stream for a
+/// NATS user whose account has no JetStream (error 10039). The server is
+/// the test's own, with an account of each kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_jetstream_refuses_to_make_stops_the_start() {
+    let dir = TempDir::new("refused");
+    let tag = unique("o");
+    let conf = dir.0.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{\n APP {{ \
+             jetstream: enabled, users: [ {{ user: app, password: app }} ] }}\n PLAIN {{ users: \
+             [ {{ user: plain, password: plain }} ] }}\n}}\n",
+            dir.0.join("nats-js").display()
+        ),
+    )
+    .unwrap();
+    let (_server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
+    let app = async_nats::ConnectOptions::with_user_and_password("app".into(), "app".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(app);
+    // The stream that holds the gateway's subjects first, by another name.
+    let (holder, stream, subjects) = (format!("H{tag}"), format!("T{tag}"), format!("t{tag}.>"));
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: holder.clone(),
+            subjects: vec![subjects.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (case, user, expected) in [
+        (
+            "overlap",
+            "app",
+            vec![
+                "error code 10065".to_owned(),
+                format!(
+                    "another stream holds subjects that overlap {subjects}: set nats_stream to \
+                     that stream"
+                ),
+            ],
+        ),
+        (
+            "no JetStream",
+            "plain",
+            vec![
+                "error code 10039".to_owned(),
+                "JetStream is not enabled for the account of the gateway's NATS user".to_owned(),
+            ],
+        ),
+    ] {
+        let mut env = gateway_env(
+            &dir.0,
+            user,
+            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
+        );
+        env.retain(|(name, _)| {
+            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+        });
+        env.extend(
+            [
+                ("CLINK_NATS_STREAM", stream.clone()),
+                ("CLINK_NATS_SUBJECT", format!("t{tag}.{{account}}.{{type}}")),
+                // The server refuses at once: time for a slow machine.
+                ("CLINK_DESTINATION_TIMEOUT_MS", "30000".to_owned()),
+                ("CLINK_LEASE_MS", "120000".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
+        let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{case}: the gateway started"));
+        assert_eq!(exited.code, Some(2), "{case}: {exited:?}");
+        for expected in
+            std::iter::once(format!("cannot find or create the stream {stream}")).chain(expected)
+        {
+            assert!(
+                exited.stderr.contains(&expected),
+                "{case}: {expected}: {}",
+                exited.stderr
+            );
+        }
+        assert!(
+            !exited.stderr.contains(&format!("{user}:{user}@")),
+            "{case}"
+        );
+    }
+    assert!(
+        jetstream.get_stream(&stream).await.is_err(),
+        "the gateway's stream was not made"
+    );
+}
+
 /// The status and body of a GET of `url`.
 async fn get(client: &HttpClient, url: &str) -> (u16, String) {
     let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();

@@ -253,10 +253,49 @@ impl std::fmt::Display for MaybeKept {
 impl std::error::Error for MaybeKept {}
 
 /// A JetStream stream that exists and cannot take the events as
-/// configured: its subjects do not cover the gateway's, or its duplicate
-/// window is shorter than `nats_duplicate_window_s`.
+/// configured (its subjects do not cover the gateway's, its duplicate
+/// window is shorter than `nats_duplicate_window_s`, it is kept by fewer
+/// servers than `nats_replicas`), or one that JetStream refuses to find or
+/// make for a reason that lasts (see [`lasting_refusal`]): at start, the
+/// gateway does not start.
 #[derive(Debug)]
 pub(crate) struct StreamMismatch(String);
+
+/// What to change, when the JetStream API refused to find or make the
+/// stream with `code` for a reason that stays until someone changes the
+/// configuration, the gateway's or the server's: every publish would fail
+/// alike, and every event be retried until dead. `None` for a refusal that
+/// may pass by itself (a cluster without a leader for now, resources
+/// short), which is told and tried again with each event.
+fn lasting_refusal(
+    code: async_nats::jetstream::ErrorCode, subjects: &str, replicas: usize,
+) -> Option<String> {
+    use async_nats::jetstream::ErrorCode;
+    Some(match code {
+        ErrorCode::STREAM_SUBJECT_OVERLAP => format!(
+            "another stream holds subjects that overlap {subjects}: set nats_stream to that \
+             stream, once it holds {subjects}, or set nats_subject to subjects no other stream \
+             holds"
+        ),
+        ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT | ErrorCode::JETSTREAM_NOT_ENABLED => {
+            "JetStream is not enabled for the account of the gateway's NATS user: enable it for \
+             that account on the server, or connect as a user of an account that has it"
+                .to_owned()
+        }
+        // A server on its own keeps no stream on several servers.
+        ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED => format!("nats_replicas is {replicas}"),
+        ErrorCode::MAXIMUM_STREAMS_LIMIT => "the account of the gateway's NATS user may make no \
+             more streams: raise its limit on the server, or set nats_stream to a stream that \
+             exists"
+            .to_owned(),
+        ErrorCode::STREAM_INVALID_CONFIG | ErrorCode::BAD_REQUEST | ErrorCode::NO_ACCOUNT => {
+            "the server refuses the stream as configured: change nats_stream, nats_subject, \
+             nats_duplicate_window_s or nats_replicas, or make the stream on the server"
+                .to_owned()
+        }
+        _ => return None,
+    })
+}
 
 impl std::fmt::Display for StreamMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -492,8 +531,10 @@ impl Destination {
     }
 
     /// At start: connects to a NATS destination and checks its stream, so
-    /// that a stream that cannot keep the events as configured stops the
-    /// gateway at once, and so does a NATS user that may not make the
+    /// that a stream that cannot keep the events as configured, or that
+    /// JetStream refuses to make for a reason that lasts (see
+    /// [`StreamMismatch`]), stops the gateway at once, and so does a NATS
+    /// user that may not make the
     /// requests a lookup for an earlier publish makes (see
     /// [`check_lookup`]). `Err` only for these; a destination that cannot be
     /// reached now is told on stderr, and tried again with each event.
@@ -758,8 +799,9 @@ impl Destination {
     }
 
     /// Connects to the NATS servers and finds the stream (making it when
-    /// missing). A stream that cannot take the events as configured (see
-    /// [`StreamMismatch`]) is an `Err` of that type.
+    /// missing). A stream that cannot take the events as configured, or
+    /// that JetStream refuses to find or make for a reason that lasts (see
+    /// [`StreamMismatch`]), is an `Err` of that type.
     async fn connect_nats(
         &self, servers: &NatsServers, stream: &str, subjects: &str, duplicate_window: Duration,
         replicas: usize,
@@ -821,18 +863,17 @@ impl Destination {
                     "{}: cannot find or create the stream {stream}: {e}",
                     self.name
                 );
-                // A server on its own keeps no stream on several servers:
-                // that is the configuration, not an outage.
-                let alone = matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(ref error)
-                        if error.error_code()
-                            == async_nats::jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
-                );
-                if alone {
-                    StreamMismatch(format!("{said} (nats_replicas is {replicas})")).into()
-                } else {
-                    said.into()
+                // A refusal that stays until the configuration (the
+                // gateway's or the server's) changes is not an outage.
+                let refusal = match e.kind() {
+                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(error) => {
+                        lasting_refusal(error.error_code(), subjects, replicas)
+                    }
+                    _ => None,
+                };
+                match refusal {
+                    Some(what_to_do) => StreamMismatch(format!("{said} ({what_to_do})")).into(),
+                    None => said.into(),
                 }
             })?;
         // A stream made before (by hand, or for another configuration) is
