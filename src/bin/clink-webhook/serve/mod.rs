@@ -129,29 +129,62 @@ struct Relay {
     max_attempts: u32,
 }
 
+/// Where a forward is, for [`Unfinished`] to tell whose part a stop cut
+/// off: the destination's, or the inbox's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Reading the event from the inbox, before the publish.
+    Reading,
+    /// The destination has the event and has not answered.
+    Publishing,
+    /// The destination answered; what follows (recording its receipt) is
+    /// the inbox's part.
+    Answered,
+    /// The forward ended, and counted its outcome itself.
+    Finished,
+}
+
 /// Records a forward that was dropped before it ended (the workers stop a
 /// handler at the end of its time inside the lease, and at shutdown) as a
-/// failure of the destination, which it otherwise would not be.
+/// failed attempt, which it otherwise would not be, and, when the
+/// destination had the event and had not answered, as a failure of the
+/// destination. A stop while the inbox was being read or written (before
+/// the publish, or recording the receipt of one the destination already
+/// acknowledged) says nothing against the destination.
 struct Unfinished<'a> {
     relay: &'a Relay,
     attempt: u32,
     started: std::time::Instant,
-    finished: bool,
+    stage: Stage,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if self.finished {
-            return;
+        let elapsed = self.started.elapsed().as_millis();
+        let name = &self.relay.destination.name;
+        match self.stage {
+            Stage::Finished => return,
+            Stage::Publishing => {
+                let error = format!(
+                    "{name}: no answer within {elapsed} ms, when the forward was stopped (its \
+                     time inside lease_ms ran out, or the gateway is stopping)"
+                );
+                tracing::warn!(%error, "gateway: a forward was stopped unfinished");
+                self.relay.health.failed(&error);
+            }
+            Stage::Reading | Stage::Answered => {
+                let part = if self.stage == Stage::Reading {
+                    "reading the event"
+                } else {
+                    "recording the receipt of a publish the destination acknowledged"
+                };
+                tracing::warn!(
+                    destination = %name,
+                    "gateway: a forward was stopped after {elapsed} ms while the inbox was \
+                     {part} (its time inside lease_ms ran out, or the gateway is stopping)"
+                );
+            }
         }
-        let error = format!(
-            "{}: no answer within {} ms, when the forward was stopped (its time inside \
-             lease_ms ran out, or the gateway is stopping)",
-            self.relay.destination.name,
-            self.started.elapsed().as_millis()
-        );
-        tracing::warn!(%error, "gateway: a forward was stopped unfinished");
-        self.relay.health.failed(&error);
         self.relay.count_failure(self.attempt);
     }
 }
@@ -175,15 +208,17 @@ impl Relay {
             relay: self,
             attempt: attempt.attempt(),
             started: std::time::Instant::now(),
-            finished: false,
+            stage: Stage::Reading,
         };
-        let result = self.forward_attempt(attempt).await;
-        unfinished.finished = true;
+        let result = self.forward_attempt(attempt, &mut unfinished.stage).await;
+        unfinished.stage = Stage::Finished;
         result
     }
 
+    /// Forwards the event of `attempt`, keeping `stage` up to date for
+    /// the [`Unfinished`] that watches it.
     async fn forward_attempt(
-        &self, attempt: &clink_webhooks::events::InboxAttempt,
+        &self, attempt: &clink_webhooks::events::InboxAttempt, stage: &mut Stage,
     ) -> Result<(), BoxError> {
         let entry = self
             .inbox
@@ -202,7 +237,12 @@ impl Relay {
             .is_nats()
             .then(|| unconfirmed_since(&entry.history, entry.event.received_at, attempt.attempt()))
             .flatten();
-        match self.destination.publish(&entry.event, unconfirmed).await {
+        *stage = Stage::Publishing;
+        let published = self.destination.publish(&entry.event, unconfirmed).await;
+        // The destination answered: a stop from here on cuts off the inbox,
+        // not the destination.
+        *stage = Stage::Answered;
+        match published {
             Ok(receipt) => {
                 self.health.ok();
                 if let Some(receipt) = receipt {
@@ -1194,7 +1234,7 @@ mod tests {
             relay: &relay,
             attempt: 1,
             started: std::time::Instant::now(),
-            finished: false,
+            stage: Stage::Publishing,
         });
         let (error, _) = relay.health.failing().expect("not failing");
         assert!(
@@ -1203,14 +1243,18 @@ mod tests {
         );
         assert!(!error.contains("s3cret"), "{error}");
 
-        let relay = super::tests::relay("http://127.0.0.1:9/hook");
-        drop(Unfinished {
-            relay: &relay,
-            attempt: 1,
-            started: std::time::Instant::now(),
-            finished: true,
-        });
-        assert!(relay.health.failing().is_none());
+        // Stopped while the inbox, not the destination, had its turn, or
+        // after it ended: nothing against the destination.
+        for stage in [Stage::Reading, Stage::Answered, Stage::Finished] {
+            let relay = super::tests::relay("http://127.0.0.1:9/hook");
+            drop(Unfinished {
+                relay: &relay,
+                attempt: 1,
+                started: std::time::Instant::now(),
+                stage,
+            });
+            assert!(relay.health.failing().is_none(), "{stage:?}");
+        }
     }
 
     use clink_webhooks::store::{
@@ -1218,68 +1262,113 @@ mod tests {
         StoreError,
     };
 
-    /// A memory inbox whose counts never come, as an inbox held by a long
-    /// call (or a stalled disk) would keep them.
-    struct CountsNeverCome(clink_webhooks::store::MemoryInbox);
+    /// A memory inbox that never answers some calls, as an inbox held by a
+    /// long call (or a stalled disk) would not: its counts, with `counts`,
+    /// and the recording of a receipt, with `receipts`, which is notified
+    /// when that call comes.
+    struct Stalling {
+        inner: clink_webhooks::store::MemoryInbox,
+        counts: bool,
+        receipts: Option<Arc<tokio::sync::Notify>>,
+    }
 
-    impl Inbox for CountsNeverCome {
+    impl Stalling {
+        /// A memory inbox whose counts never come.
+        fn counts() -> Self {
+            Self {
+                inner: clink_webhooks::store::MemoryInbox::new(),
+                counts: true,
+                receipts: None,
+            }
+        }
+
+        /// A memory inbox that never records a receipt, notifying `asked`
+        /// when asked to.
+        fn receipts(asked: &Arc<tokio::sync::Notify>) -> Self {
+            Self {
+                inner: clink_webhooks::store::MemoryInbox::new(),
+                counts: false,
+                receipts: Some(Arc::clone(asked)),
+            }
+        }
+    }
+
+    impl Inbox for Stalling {
         fn insert<'a>(
             &'a self, event: &'a NewEvent,
         ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
-            self.0.insert(event)
+            self.inner.insert(event)
         }
         fn insert_dead<'a>(
             &'a self, event: &'a NewEvent, error: &'a str,
         ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
-            self.0.insert_dead(event, error)
+            self.inner.insert_dead(event, error)
         }
         fn claim(
             &self, lease: Duration, reorder_window: Duration,
         ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
-            self.0.claim(lease, reorder_window)
+            self.inner.claim(lease, reorder_window)
         }
         fn complete<'a>(
             &'a self, claim: &'a InboxClaim,
         ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-            self.0.complete(claim)
+            self.inner.complete(claim)
         }
         fn fail<'a>(
             &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
         ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-            self.0.fail(claim, error, retry_at)
+            self.inner.fail(claim, error, retry_at)
         }
         fn release<'a>(
             &'a self, claim: &'a InboxClaim,
         ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-            self.0.release(claim)
+            self.inner.release(claim)
         }
         fn list<'a>(
             &'a self, filter: &'a InboxFilter, limit: usize,
         ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-            self.0.list(filter, limit)
+            self.inner.list(filter, limit)
         }
         fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
-            self.0.get(seq)
+            self.inner.get(seq)
         }
         fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
-            self.0.replay(seq, force)
+            self.inner.replay(seq, force)
         }
         fn replay_matching<'a>(
             &'a self, filter: &'a InboxFilter, force: bool,
         ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
-            self.0.replay_matching(filter, force)
+            self.inner.replay_matching(filter, force)
         }
         fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-            self.0.purge(before)
+            self.inner.purge(before)
         }
         fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-            self.0.purge_dead(before)
+            self.inner.purge_dead(before)
         }
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
-            Box::pin(std::future::pending())
+            if self.counts {
+                Box::pin(std::future::pending())
+            } else {
+                self.inner.stats()
+            }
         }
         fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.0.check_writable()
+            self.inner.check_writable()
+        }
+        fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+            self.inner.wait(timeout)
+        }
+        fn record_receipt<'a>(
+            &'a self, attempt: &'a clink_webhooks::events::InboxAttempt, receipt: &'a str,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            match &self.receipts {
+                Some(asked) => {
+                    asked.notify_one();
+                    Box::pin(std::future::pending())
+                }
+                None => self.inner.record_receipt(attempt, receipt),
+            }
         }
     }
 
@@ -1291,8 +1380,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn health_answers_within_the_store_timeout_when_the_counts_never_come() {
         let store_timeout = Duration::from_secs(1);
-        let inbox: Arc<dyn Inbox> =
-            Arc::new(CountsNeverCome(clink_webhooks::store::MemoryInbox::new()));
+        let inbox: Arc<dyn Inbox> = Arc::new(Stalling::counts());
         let layer = ClinkLayer::new(clink_webhooks::Verifier::new("whsec_a").unwrap())
             .store_timeout(store_timeout)
             .unwrap();
@@ -1327,5 +1415,120 @@ mod tests {
         assert_eq!(body["status"], "ok", "{body}");
         assert_eq!(body["inbox"]["status"], "ok", "{body}");
         assert!(body["events"].is_null(), "{body}");
+    }
+
+    /// A forward stopped (as the workers stop one at the end of its time
+    /// inside the lease) after the destination acknowledged its publish,
+    /// while the inbox was recording the receipt, leaves the destination
+    /// healthy in `/health`: the receipt is the inbox's part. Here the
+    /// inbox never records it, and the forward is dropped once it asked;
+    /// the destination is the redis-server of `scripts/with-services`,
+    /// which holds the event.
+    #[tokio::test]
+    async fn a_forward_stopped_recording_its_receipt_leaves_the_destination_healthy() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| {
+            panic!(
+                "REDIS_URL is not set; run with scripts/with-services (it starts a redis-server)"
+            )
+        });
+        let stream = format!(
+            "clink-test:receipt:{}:{}",
+            std::process::id(),
+            Timestamp::now().as_millis()
+        );
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &url),
+            ("redis_stream", &stream),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let inbox: Arc<dyn Inbox> = Arc::new(Stalling::receipts(&asked));
+        let relay = Relay {
+            inbox: Arc::clone(&inbox),
+            destination: Destination::new(&config, Signers::Verifying(AccountKeys::default()))
+                .unwrap(),
+            health: Arc::new(Health::default()),
+            max_attempts: 3,
+        };
+        let now = Timestamp::now();
+        let event = NewEvent::new(
+            None,
+            "evt_receipt".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from(
+                json!({
+                    "id": "evt_receipt",
+                    "object": "event",
+                    "created": now.as_millis(),
+                    "type": "order.succeeded",
+                    "data": { "orderId": "ord_receipt" },
+                })
+                .to_string(),
+            ),
+        );
+        inbox.insert(&event).await.unwrap();
+        // The event as the workers hand it to their handler, with its
+        // attempt; the handler itself waits for ever.
+        let (taken, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let router = EventRouter::new().on_unhandled(move |raw| {
+            let taken = taken.clone();
+            async move {
+                let _ = taken.send(raw);
+                std::future::pending::<Result<(), BoxError>>().await
+            }
+        });
+        let pool = Workers::new(Arc::clone(&inbox), router)
+            .reorder_window(Duration::ZERO)
+            .unwrap()
+            .spawn();
+        let raw = tokio::time::timeout(Duration::from_secs(60), handed.recv())
+            .await
+            .expect("the workers took the event")
+            .unwrap();
+
+        let mut forward = Box::pin(relay.forward(raw));
+        let reached = async {
+            tokio::select! {
+                result = &mut forward => {
+                    panic!("the forward ended ({result:?}) though no receipt was recorded")
+                }
+                () = asked.notified() => {}
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), reached)
+            .await
+            .expect("the forward asked the inbox to record the receipt");
+        // Stopped there, as at the end of its time inside the lease.
+        drop(forward);
+        assert_eq!(relay.health.failing(), None);
+
+        let mut redis = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(entries, 1, "the destination holds the event");
+        let marker = format!(
+            "clink-webhook:xadd:{{{stream}}}:{}",
+            destination::message_id(&event)
+        );
+        let _: u64 = redis::cmd("DEL")
+            .arg(&stream)
+            .arg(&marker)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        drop(pool);
     }
 }
