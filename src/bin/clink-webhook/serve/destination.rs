@@ -385,16 +385,25 @@ fn fill(template: &str, event: &NewEvent) -> String {
 /// tokens (the account is empty with one key). The stream holds every such
 /// subject: see [`stream_subject`](super::config::stream_subject).
 pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
-    let mut event_type = token_text(&event.event_type);
+    // A value of dots alone (an account named `...`, say) would leave only
+    // empty tokens, dropped, and the subject without the tokens the stream
+    // holds after its fixed ones (`clink.{account}` would make `clink`,
+    // outside `clink.>`): `_` in its place, as for an empty type.
+    let token = |value: &str| {
+        let text = token_text(value);
+        if !text.is_empty() && text.bytes().all(|b| b == b'.') {
+            "_".to_owned()
+        } else {
+            text
+        }
+    };
+    let mut event_type = token(&event.event_type);
     if event_type.is_empty() {
         // Never an empty type: the subject keeps its token count.
         event_type.push('_');
     }
     template
-        .replace(
-            "{account}",
-            &token_text(event.account.as_deref().unwrap_or("")),
-        )
+        .replace("{account}", &token(event.account.as_deref().unwrap_or("")))
         .replace("{type}", &event_type)
         .replace(':', "_")
         .split('.')
@@ -1478,6 +1487,20 @@ mod tests {
             "clink.acct_eu.order.succeeded"
         );
         assert_eq!(subject(template, &event(None, "a b*>")), "clink.a_b__");
+        // An account or a type of dots alone is one `_` token.
+        assert_eq!(
+            subject(template, &event(Some("..."), "order.succeeded")),
+            "clink._.order.succeeded"
+        );
+        assert_eq!(
+            subject(template, &event(Some("acct"), "..")),
+            "clink.acct._"
+        );
+        assert_eq!(
+            subject("clink.{account}", &event(Some("."), "x")),
+            "clink._"
+        );
+        assert_eq!(subject("clink.{type}", &event(None, "...")), "clink._");
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
         assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
     }
@@ -2425,11 +2448,14 @@ mod tests {
             "a:b.c",
             "clink.{account}:{type}",
         ] {
-            for (account_empty, account) in
-                [(true, None), (false, Some("acct_eu")), (false, Some("a.b"))]
-            {
+            for (account_empty, account) in [
+                (true, None),
+                (false, Some("acct_eu")),
+                (false, Some("a.b")),
+                (false, Some("...")),
+            ] {
                 let stream = stream_subject(template, account_empty).unwrap();
-                for event_type in ["order.succeeded", "x", "a:b", ""] {
+                for event_type in ["order.succeeded", "x", "a:b", "", "..."] {
                     let subject = subject(template, &event(account, event_type));
                     assert!(
                         covers(&stream, &subject),
