@@ -503,6 +503,20 @@ mod tests {
         ClinkLayer::new(Verifier::new("whsec_test").unwrap())
     }
 
+    /// A delivery of `body`, signed now with the layer's key.
+    fn signed(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+        let body = body.into();
+        let timestamp = Timestamp::now().as_millis().to_string();
+        Request::post("/webhooks/clink")
+            .header("x-clink-timestamp", &timestamp)
+            .header(
+                "x-clink-signature",
+                crate::sign("whsec_test", &timestamp, &body),
+            )
+            .body(Full::new(body))
+            .unwrap()
+    }
+
     /// The service is ready when its inner service is, and not before.
     #[test]
     fn readiness_is_the_inner_services() {
@@ -520,16 +534,7 @@ mod tests {
     #[tokio::test]
     async fn a_plain_inner_services_response_carries_its_outcome() {
         let mut service = layer().layer(Gate(true));
-        let body = r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
-        let timestamp = Timestamp::now().as_millis().to_string();
-        let request = Request::post("/webhooks/clink")
-            .header("x-clink-timestamp", &timestamp)
-            .header(
-                "x-clink-signature",
-                crate::sign("whsec_test", &timestamp, body.as_bytes()),
-            )
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap();
+        let request = signed(&br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#[..]);
         let response = service.call(request).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
@@ -549,17 +554,9 @@ mod tests {
             })
         };
         let request = |id: &str| {
-            let body =
-                format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#);
-            let timestamp = Timestamp::now().as_millis().to_string();
-            Request::post("/webhooks/clink")
-                .header("x-clink-timestamp", &timestamp)
-                .header(
-                    "x-clink-signature",
-                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
-                )
-                .body(Full::new(Bytes::from(body)))
-                .unwrap()
+            signed(format!(
+                r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_1"}}}}"#
+            ))
         };
         let taken = || crate::events::PREDECODED_TAKEN.with(std::cell::Cell::get);
         let mut routed = layer().route(router());
@@ -644,17 +641,8 @@ mod tests {
             .lease(Duration::from_secs(2))
             .unwrap()
             .route(router);
-        let body = r#"{"id":"evt_late","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
         let request = || {
-            let timestamp = Timestamp::now().as_millis().to_string();
-            Request::post("/webhooks/clink")
-                .header("x-clink-timestamp", &timestamp)
-                .header(
-                    "x-clink-signature",
-                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
-                )
-                .body(Full::new(Bytes::from_static(body.as_bytes())))
-                .unwrap()
+            signed(&br#"{"id":"evt_late","type":"order.succeeded","data":{"orderId":"ord_1"}}"#[..])
         };
         let response = service.call(request()).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerTimeout));
@@ -705,18 +693,9 @@ mod tests {
                 })
         };
         let request = |id: &str| {
-            let body = format!(
+            signed(format!(
                 r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
-            );
-            let timestamp = Timestamp::now().as_millis().to_string();
-            Request::post("/webhooks/clink")
-                .header("x-clink-timestamp", &timestamp)
-                .header(
-                    "x-clink-signature",
-                    crate::sign("whsec_test", &timestamp, body.as_bytes()),
-                )
-                .body(Full::new(Bytes::from(body)))
-                .unwrap()
+            ))
         };
         let routed = layer().route(router());
         let tower = layer().layer(router());

@@ -1526,29 +1526,23 @@ async fn a_postgres_purge_goes_step_by_step() {
     assert_eq!(count().await, 1, "the event still to run is kept");
 }
 
-/// A PostgreSQL replay by filter of more dead events than one step holds
-/// replays every one of them, at the steps' edges too, once each, and
-/// leaves the event still to run as it was: it goes in steps of its own
-/// statements, as a purge does (one statement over a large backlog ran
-/// past the store's timeout every time).
-#[cfg(feature = "postgres")]
-#[tokio::test]
-async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
+/// Replays the dead events of `inbox`, `total` events of which all but
+/// the last (still to run) are dead, two and a half steps of them (see
+/// [`old_events_and_one_to_run`]): each is replayed once, in three steps,
+/// and every event is then pending.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn replay_backlog_in_three_steps(inbox: &dyn Inbox, total: i64) {
     use clink_webhooks::store::PURGE_STEP;
 
-    let _servers = crate::support::servers::shared().await;
-    let (inbox, client, table, total) = postgres_dead_backlog().await;
     let dead = InboxFilter::default().status(InboxStatus::Dead);
     let (captured, _guard) = crate::support::capture::capture();
     let replayed = inbox.replay_matching(&dead, false).await.unwrap();
     assert_eq!(replayed.len(), usize::try_from(total - 1).unwrap());
-    let steps: Vec<_> = captured
-        .events()
-        .into_iter()
-        .filter(|event| event.message == "inbox: replayed the events a filter matches")
-        .map(|event| event.fields["steps"].clone())
-        .collect();
-    assert_eq!(steps, ["3"], "three steps of at most {PURGE_STEP} events");
+    assert_eq!(
+        replay_steps(&captured),
+        ["3"],
+        "three steps of at most {PURGE_STEP} events"
+    );
     let mut distinct = replayed.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), replayed.len(), "each replayed once");
@@ -1558,6 +1552,30 @@ async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
         inbox.count(&pending).await.unwrap(),
         u64::try_from(total).unwrap()
     );
+}
+
+/// The count of steps of each replay by filter `captured` logged.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn replay_steps(captured: &crate::support::capture::Captured) -> Vec<String> {
+    captured
+        .events()
+        .into_iter()
+        .filter(|event| event.message == "inbox: replayed the events a filter matches")
+        .map(|event| event.fields["steps"].clone())
+        .collect()
+}
+
+/// A PostgreSQL replay by filter of more dead events than one step holds
+/// replays every one of them, at the steps' edges too, once each, and
+/// leaves the event still to run as it was: it goes in steps of its own
+/// statements, as a purge does (one statement over a large backlog ran
+/// past the store's timeout every time).
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_replay_of_a_large_dead_backlog_replays_every_event() {
+    let _servers = crate::support::servers::shared().await;
+    let (inbox, client, table, total) = postgres_dead_backlog().await;
+    replay_backlog_in_three_steps(&inbox, total).await;
     let replays: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM \"{table}\" WHERE replays = 1"),
@@ -1631,31 +1649,10 @@ async fn a_sqlite_purge_over_several_steps_deletes_every_old_event() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn a_sqlite_replay_of_a_large_dead_backlog_goes_in_steps() {
-    use clink_webhooks::store::PURGE_STEP;
-
     let dir = temp_dir();
     let path = dir.join("replay.db");
     let (inbox, total) = sqlite_dead_backlog(&path).await;
-    let dead = InboxFilter::default().status(InboxStatus::Dead);
-    let (captured, _guard) = crate::support::capture::capture();
-    let replayed = inbox.replay_matching(&dead, false).await.unwrap();
-    assert_eq!(replayed.len(), usize::try_from(total - 1).unwrap());
-    let steps: Vec<_> = captured
-        .events()
-        .into_iter()
-        .filter(|event| event.message == "inbox: replayed the events a filter matches")
-        .map(|event| event.fields["steps"].clone())
-        .collect();
-    assert_eq!(steps, ["3"], "three steps of at most {PURGE_STEP} events");
-    let mut distinct = replayed.clone();
-    distinct.dedup();
-    assert_eq!(distinct.len(), replayed.len(), "each replayed once");
-    assert_eq!(inbox.count(&dead).await.unwrap(), 0);
-    let pending = InboxFilter::default().status(InboxStatus::Pending);
-    assert_eq!(
-        inbox.count(&pending).await.unwrap(),
-        u64::try_from(total).unwrap()
-    );
+    replay_backlog_in_three_steps(&inbox, total).await;
     let connection = rusqlite::Connection::open(&path).unwrap();
     let replays: i64 = connection
         .query_row(
@@ -1666,19 +1663,14 @@ async fn a_sqlite_replay_of_a_large_dead_backlog_goes_in_steps() {
         .unwrap();
     assert_eq!(replays, total - 1, "the waiting event was not replayed");
     // A filter that matches nothing takes no step.
+    let dead = InboxFilter::default().status(InboxStatus::Dead);
     let (captured, _guard) = crate::support::capture::capture();
     assert!(inbox
         .replay_matching(&dead, false)
         .await
         .unwrap()
         .is_empty());
-    let steps: Vec<_> = captured
-        .events()
-        .into_iter()
-        .filter(|event| event.message == "inbox: replayed the events a filter matches")
-        .map(|event| event.fields["steps"].clone())
-        .collect();
-    assert_eq!(steps, ["0"]);
+    assert_eq!(replay_steps(&captured), ["0"]);
     drop((inbox, connection));
     std::fs::remove_dir_all(&dir).unwrap();
 }
