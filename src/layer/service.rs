@@ -701,25 +701,12 @@ mod tests {
         let tower = layer().layer(router());
         for (n, id) in ["evt_routed", "evt_tower"].into_iter().enumerate() {
             let call = |service_request| async {
-                if id == "evt_routed" {
-                    routed
-                        .clone()
-                        .call(service_request)
-                        .await
-                        .unwrap()
-                        .into_parts()
-                        .0
-                        .extensions
+                let response = if id == "evt_routed" {
+                    routed.clone().call(service_request).await
                 } else {
-                    tower
-                        .clone()
-                        .call(service_request)
-                        .await
-                        .unwrap()
-                        .into_parts()
-                        .0
-                        .extensions
-                }
+                    tower.clone().call(service_request).await
+                };
+                response.unwrap().into_parts().0.extensions
             };
             // The record never ends (its bound is 5 s): dropped at 100 ms,
             // after the handler ran.

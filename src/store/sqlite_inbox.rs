@@ -284,6 +284,19 @@ fn replay_set(now: usize) -> String {
     )
 }
 
+/// The values of the parameters [`filter_sql`] writes for `f`, in order.
+fn filter_values<'a>(f: &'a FilterParams<'a>) -> [&'a dyn rusqlite::ToSql; FILTER_PARAMS] {
+    [
+        &f.status,
+        &f.event_type,
+        &f.account,
+        &f.object_key,
+        &f.from,
+        &f.until,
+        &f.through,
+    ]
+}
+
 /// One step of a replay by filter: the last number among the next
 /// [`PURGE_STEP`] events the filter of `f` matches (its parameters first,
 /// written for its values: see [`filter_sql`]) numbered after `?N` (the
@@ -566,19 +579,12 @@ impl SqliteInbox {
             let f = filter.params();
             let failed = |err: rusqlite::Error| sqlite_error("cannot list the inbox", &err);
             let mut statement = connection.prepare_cached(&sql).map_err(failed)?;
-            let values = params![
-                f.status,
-                f.event_type,
-                f.account,
-                f.object_key,
-                f.from,
-                f.until,
-                f.through,
-                browse::page_bound(start),
-                limit
-            ];
+            let bound = browse::page_bound(start);
+            let values = filter_values(&f)
+                .into_iter()
+                .chain([&bound as &dyn rusqlite::ToSql, &limit]);
             let mut page = statement
-                .query_map(values, read)
+                .query_map(rusqlite::params_from_iter(values), read)
                 .map_err(failed)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(failed)?;
@@ -893,15 +899,7 @@ impl Inbox for SqliteInbox {
                     let f = filter.params();
                     let failed =
                         |err: rusqlite::Error| sqlite_error("cannot replay the events", &err);
-                    let filtered = params![
-                        f.status,
-                        f.event_type,
-                        f.account,
-                        f.object_key,
-                        f.from,
-                        f.until,
-                        f.through,
-                    ];
+                    let filtered = filter_values(&f);
                     let last: Option<i64> = connection
                         .prepare_cached(&replay_step_sql(&f))
                         .and_then(|mut statement| {
