@@ -1426,23 +1426,7 @@ mod tests {
     /// which holds the event.
     #[tokio::test]
     async fn a_forward_stopped_recording_its_receipt_leaves_the_destination_healthy() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| {
-            panic!(
-                "REDIS_URL is not set; run with scripts/with-services (it starts a redis-server)"
-            )
-        });
-        let stream = format!(
-            "clink-test:receipt:{}:{}",
-            std::process::id(),
-            Timestamp::now().as_millis()
-        );
-        let config = Config::from_pairs(&[
-            ("webhook_signing_key", "whsec_a"),
-            ("inbox", "sqlite:/tmp/unused.db"),
-            ("destination", &url),
-            ("redis_stream", &stream),
-        ])
-        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let (config, url, stream) = super::destination::redis_test_config("receipt");
         let asked = Arc::new(tokio::sync::Notify::new());
         let inbox: Arc<dyn Inbox> = Arc::new(Stalling::receipts(&asked));
         let relay = Relay {
