@@ -33,7 +33,9 @@
 //! - **crash-safe**: a worker that dies mid-handler loses its lease and
 //!   another takes the event; on [shutdown](WorkerPool::shutdown) a pool
 //!   finishes or gives back what it holds, and has given it back when
-//!   `shutdown` returns (unless the inbox did not answer within 5 s). An
+//!   `shutdown` returns (unless the inbox did not answer within 5 s, or a
+//!   handler blocks its thread: that one is left running, and its event
+//!   frees itself when its lease ends). An
 //!   attempt lost with its lease counts as an attempt:
 //!   an event whose last attempt ended that way (a handler that crashes
 //!   the process or blocks its thread every time) is dead, not run again;
@@ -717,43 +719,65 @@ impl WorkerPool {
     /// inbox did not take by then, or refused, is logged, and is taken over
     /// when its lease ends, that attempt then counting as lost with its
     /// lease). The runtime may be dropped as soon as it returns.
-    pub async fn shutdown(mut self, deadline: Duration) {
+    ///
+    /// A handler that blocks its thread (a synchronous call that does not
+    /// return) cannot be stopped: a stopped handler ends only at its next
+    /// `.await`. One still running 5 s after `deadline` is logged as an
+    /// error and left running, detached, and `shutdown` returns all the
+    /// same; its event, never settled, is taken over when its lease ends
+    /// (that attempt counting as lost with its lease). Dropping the runtime
+    /// then waits for that thread, as Tokio always does. On a
+    /// current-thread runtime such a handler blocks the only thread, and
+    /// `shutdown` with it.
+    pub async fn shutdown(self, deadline: Duration) {
+        let Self {
+            stop,
+            mut tasks,
+            inbox,
+            given_back,
+        } = self;
         // Set before the workers are told to stop: from here on, a worker
         // stopped (or ended by a panic) leaves its claim to this call.
-        self.given_back.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop.send(true);
+        given_back.stopping.store(true, Ordering::SeqCst);
+        let _ = stop.send(true);
         let finished = tokio::time::timeout(deadline, async {
-            while self.tasks.join_next().await.is_some() {}
+            while tasks.join_next().await.is_some() {}
         })
         .await;
+        // One bound, from the deadline, for stopping the handlers still
+        // running and for giving their events back.
+        let until = tokio::time::Instant::now() + GIVE_BACK_TIMEOUT;
+        // Given back side by side, each in a task awaited here, so that one
+        // slow call does not hold the others back.
+        let mut releases = JoinSet::new();
         if finished.is_err() {
             tracing::warn!(
                 "inbox: handlers still running at the shutdown deadline; giving their events back"
             );
-            // Every task has ended (and dropped its claim) when this returns.
-            self.tasks.shutdown().await;
+            tasks.abort_all();
+            // A stopped task has left its claim here once it has ended; its
+            // event is given back while the others end.
+            let stopped = tokio::time::timeout_at(until, async {
+                while tasks.join_next().await.is_some() {
+                    give_back(&mut releases, &inbox, given_back.take());
+                }
+            })
+            .await;
+            if stopped.is_err() {
+                tracing::error!(
+                    left = tasks.len(),
+                    "inbox: handlers blocking their threads were still running 5 s after the \
+                     shutdown deadline; left running, their events free themselves when their \
+                     leases end"
+                );
+                tasks.detach_all();
+            }
         }
-        let claims = self.given_back.take();
-        if claims.is_empty() {
+        give_back(&mut releases, &inbox, given_back.take());
+        if releases.is_empty() {
             return;
         }
-        // Given back side by side, each in a task awaited here, so that one
-        // slow call does not hold the others back.
-        let mut releases = JoinSet::new();
-        for claim in claims {
-            let inbox = Arc::clone(&self.inbox);
-            releases.spawn(async move {
-                if let Err(error) = inbox.release(&claim).await {
-                    tracing::warn!(
-                        %error,
-                        seq = claim.entry.seq,
-                        "inbox: could not give an event back at shutdown; it frees itself when \
-                         its lease ends"
-                    );
-                }
-            });
-        }
-        let released = tokio::time::timeout(GIVE_BACK_TIMEOUT, async {
+        let released = tokio::time::timeout_at(until, async {
             while releases.join_next().await.is_some() {}
         })
         .await;
@@ -765,6 +789,23 @@ impl WorkerPool {
             );
             releases.shutdown().await;
         }
+    }
+}
+
+/// Gives `claims` back to `inbox`, each in a task of `releases`.
+fn give_back(releases: &mut JoinSet<()>, inbox: &Arc<dyn Inbox>, claims: Vec<InboxClaim>) {
+    for claim in claims {
+        let inbox = Arc::clone(inbox);
+        releases.spawn(async move {
+            if let Err(error) = inbox.release(&claim).await {
+                tracing::warn!(
+                    %error,
+                    seq = claim.entry.seq,
+                    "inbox: could not give an event back at shutdown; it frees itself when \
+                     its lease ends"
+                );
+            }
+        });
     }
 }
 

@@ -977,6 +977,47 @@ async fn a_panicking_handler_is_retried_and_shutdown_gives_events_back() {
     }
 }
 
+/// A handler that blocks its thread cannot be stopped: `shutdown` stops
+/// waiting for it 5 s after its deadline, leaves it running, detached, and
+/// returns; its event is not done (it frees itself when its lease ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_while_a_handler_blocks_its_thread() {
+    let inbox = Arc::new(MemoryInbox::new());
+    // The handler waits on this until the test ends: dropped at the end of
+    // the test, or as a failed assert unwinds, it frees the handler's thread.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(Mutex::new(blocked));
+    let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let _ = started.send(());
+        // Blocks this worker's thread, not at an `.await`.
+        let _ = blocked.lock().unwrap().recv();
+        std::future::ready(Ok::<_, std::io::Error>(()))
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    inbox.insert(&event("evt_blocking", None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, "evt_blocking").await;
+    tokio::time::timeout(DRAIN_PATIENCE, running.recv())
+        .await
+        .expect("the handler started")
+        .unwrap();
+    // Returns after the deadline and the 5 s given to stopped handlers; the
+    // guard only bounds a hang (it used to wait for ever).
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        pool.shutdown(Duration::from_millis(100)),
+    )
+    .await
+    .expect("shutdown returned while a handler blocked its thread");
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Running, "{entry:?}");
+    drop(release);
+}
+
 /// An inbox whose [`release`](Inbox::release) answers only after
 /// [`SLOW_RELEASE`], as a store under load does; all else is `I`'s.
 #[derive(Clone)]
