@@ -97,7 +97,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::events::{InboxAttempt, RawEvent};
-use crate::guard::{handler_deadline, within};
+use crate::guard::{handler_deadline, within, CatchUnwind};
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::router::EventRouter;
 use crate::store::{
@@ -322,15 +322,25 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         while !*stopped.borrow() {
             // The lease starts inside the claim's call, after this.
             let asked = tokio::time::Instant::now();
-            let claimed = self
-                .inbox
-                .claim(self.settings.lease, self.settings.reorder_window)
-                .await;
+            // A panic in an inbox of the caller's own is an error like
+            // another, not the end of this worker.
+            let claimed = CatchUnwind::new(
+                self.inbox
+                    .claim(self.settings.lease, self.settings.reorder_window),
+            )
+            .await
+            .unwrap_or_else(|panic| {
+                tracing::error!(panic, "inbox: taking an event panicked");
+                Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    format!("the inbox's claim panicked: {panic}"),
+                ))
+            });
             if claimed.is_ok() {
                 self.outage.succeeded();
             }
             match claimed {
-                Ok(Some(claim)) => self.handle(claim, asked).await,
+                Ok(Some(claim)) => self.handle_guarded(claim, asked).await,
                 Ok(None) => {
                     tokio::select! {
                         () = self.inbox.wait(IDLE_POLL) => {}
@@ -349,15 +359,48 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         }
     }
 
-    /// Runs the router on a claimed event, within the handler's deadline,
-    /// and settles the claim with what happened; `asked` is when the claim
-    /// was asked for, before its lease started.
-    async fn handle(&self, claim: InboxClaim, asked: tokio::time::Instant) {
+    /// [`handle`](Self::handle)s a claimed event, giving it back if this
+    /// worker is stopped before it is settled. A panic in the handling
+    /// outside the handlers (in an inbox of the caller's own, say) is
+    /// logged and recorded as a failed attempt, counted, so that an event
+    /// that panics every time ends dead, and this worker goes on.
+    async fn handle_guarded(&self, claim: InboxClaim, asked: tokio::time::Instant) {
         let guard = Held {
             inbox: Arc::clone(&self.inbox),
             given_back: Arc::clone(&self.given_back),
             claim: Some(claim.clone()),
         };
+        let Err(panic) = CatchUnwind::new(self.handle(&claim, asked)).await else {
+            guard.settled();
+            return;
+        };
+        // Recorded as failed, not given back: a given-back attempt is not
+        // counted, and the event would panic again for ever.
+        guard.settled();
+        let kept = &claim.entry.event;
+        tracing::error!(
+            seq = claim.entry.seq,
+            event_id = ?kept.event_id,
+            event_type = ?kept.event_type,
+            panic,
+            "inbox: handling the event panicked; the attempt counts as failed"
+        );
+        let failure = format!("handling the event panicked: {panic}");
+        let result = CatchUnwind::new(self.fail_attempt(&claim, &failure, false))
+            .await
+            .unwrap_or_else(|panic| {
+                Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    format!("recording the failed attempt panicked too: {panic}"),
+                ))
+            });
+        self.settled(kept, result, false);
+    }
+
+    /// Runs the router on a claimed event, within the handler's deadline,
+    /// and settles the claim with what happened; `asked` is when the claim
+    /// was asked for, before its lease started.
+    async fn handle(&self, claim: &InboxClaim, asked: tokio::time::Instant) {
         let kept = &claim.entry.event;
         if claim.entry.attempts > self.settings.max_attempts {
             // Its last attempt ended with its lease, not settled: its worker
@@ -377,8 +420,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             );
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
-            let result = self.inbox.fail(&claim, &error, None).await;
-            guard.settled();
+            let result = self.inbox.fail(claim, &error, None).await;
             self.settled(kept, result, false);
             return;
         }
@@ -451,11 +493,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         if completed_in_handler && outcome.is_acknowledged() {
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
-            guard.settled();
             return;
         }
         let result = if outcome.is_acknowledged() {
-            let completed = self.inbox.complete(&claim).await;
+            let completed = self.inbox.complete(claim).await;
             // Counted once it is done: a completion that did not apply runs
             // the event again, to be counted then.
             #[cfg(feature = "metrics")]
@@ -465,48 +506,57 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             completed
         } else {
             let failure = failure.unwrap_or_else(|| outcome.as_str().to_owned());
-            let attempts = claim.entry.attempts;
             // Data that does not decode (or an envelope that does not read)
             // fails the same way every time: dead at once.
             let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
-            let retry_at = (!hopeless && attempts < self.settings.max_attempts).then(|| {
-                let wait = self.settings.backoff_after(attempts);
-                let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
-            });
-            #[cfg(feature = "metrics")]
-            match retry_at {
-                Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
-                None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
-            }
-            let error = match retry_at {
-                Some(at) => format!(
-                    "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
-                    self.settings.max_attempts
-                ),
-                None if hopeless => format!(
-                    "dead: its data does not decode, so no retry can help; replay it after an \
-                     upgrade that decodes it: {failure}"
-                ),
-                None => format!(
-                    "dead after {attempts} attempts; the last failed: {failure}; replay it once \
-                     the cause is fixed"
-                ),
-            };
-            if retry_at.is_none() {
-                tracing::error!(
-                    seq = claim.entry.seq,
-                    event_id = ?kept.event_id,
-                    event_type = ?kept.event_type,
-                    attempts,
-                    error = ?error,
-                    "inbox: the event is dead"
-                );
-            }
-            self.inbox.fail(&claim, &error, retry_at).await
+            self.fail_attempt(claim, &failure, hopeless).await
         };
-        guard.settled();
         self.settled(kept, result, completed_in_handler);
+    }
+
+    /// Records the claimed attempt as failed with `failure`: retried after
+    /// a backoff, or dead after the last attempt (or at once when
+    /// `hopeless`).
+    async fn fail_attempt(
+        &self, claim: &InboxClaim, failure: &str, hopeless: bool,
+    ) -> Result<Settle, StoreError> {
+        let kept = &claim.entry.event;
+        let attempts = claim.entry.attempts;
+        let retry_at = (!hopeless && attempts < self.settings.max_attempts).then(|| {
+            let wait = self.settings.backoff_after(attempts);
+            let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
+        });
+        #[cfg(feature = "metrics")]
+        match retry_at {
+            Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
+            None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
+        }
+        let error = match retry_at {
+            Some(at) => format!(
+                "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
+                self.settings.max_attempts
+            ),
+            None if hopeless => format!(
+                "dead: its data does not decode, so no retry can help; replay it after an \
+                 upgrade that decodes it: {failure}"
+            ),
+            None => format!(
+                "dead after {attempts} attempts; the last failed: {failure}; replay it once \
+                 the cause is fixed"
+            ),
+        };
+        if retry_at.is_none() {
+            tracing::error!(
+                seq = claim.entry.seq,
+                event_id = ?kept.event_id,
+                event_type = ?kept.event_type,
+                attempts,
+                error = ?error,
+                "inbox: the event is dead"
+            );
+        }
+        self.inbox.fail(claim, &error, retry_at).await
     }
 
     /// Logs what settling the event came to, unless it was applied.

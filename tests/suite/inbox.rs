@@ -1109,6 +1109,149 @@ impl<I: Inbox> Inbox for SlowRelease<I> {
     }
 }
 
+/// An inbox of a caller's own, a [`MemoryInbox`] whose `complete` panics
+/// for the event `poisoned`.
+struct PanicsOnComplete {
+    inner: MemoryInbox,
+    poisoned: String,
+}
+
+impl Inbox for PanicsOnComplete {
+    fn insert<'a>(
+        &'a self, event: &'a NewEvent,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
+        self.inner.insert(event)
+    }
+    fn insert_dead<'a>(
+        &'a self, event: &'a NewEvent, error: &'a str,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
+        self.inner.insert_dead(event, error)
+    }
+    fn claim(
+        &self, lease: Duration, reorder_window: Duration,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
+    {
+        self.inner.claim(lease, reorder_window)
+    }
+    fn complete<'a>(
+        &'a self, claim: &'a InboxClaim,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        if claim.entry.event.event_id == self.poisoned {
+            panic!("an inbox bug completing {}", self.poisoned);
+        }
+        self.inner.complete(claim)
+    }
+    fn fail<'a>(
+        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        self.inner.fail(claim, error, retry_at)
+    }
+    fn release<'a>(
+        &'a self, claim: &'a InboxClaim,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
+        self.inner.release(claim)
+    }
+    fn list<'a>(
+        &'a self, filter: &'a InboxFilter, limit: usize,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, clink_webhooks::store::StoreError>>
+    {
+        self.inner.list(filter, limit)
+    }
+    fn get(
+        &self, seq: i64,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, clink_webhooks::store::StoreError>>
+    {
+        self.inner.get(seq)
+    }
+    fn replay(
+        &self, seq: i64, force: bool,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
+        self.inner.replay(seq, force)
+    }
+    fn replay_matching<'a>(
+        &'a self, filter: &'a InboxFilter, force: bool,
+    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
+        self.inner.replay_matching(filter, force)
+    }
+    fn purge(
+        &self, before: Timestamp,
+    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
+        self.inner.purge(before)
+    }
+    fn stats(
+        &self,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
+    > {
+        self.inner.stats()
+    }
+    fn check_writable(
+        &self,
+    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
+        self.inner.check_writable()
+    }
+    fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
+        self.inner.wait(timeout)
+    }
+}
+
+/// A panic in a worker outside the handlers (here in the inbox's
+/// `complete`) neither ends the worker nor gives the event back: with one
+/// worker, the events after it are handled, and each of its attempts is
+/// counted as failed until it is dead.
+#[tokio::test]
+async fn a_panic_settling_an_event_counts_its_attempts_and_the_worker_goes_on() {
+    let inbox = Arc::new(PanicsOnComplete {
+        inner: MemoryInbox::new(),
+        poisoned: "evt_poisoned".to_owned(),
+    });
+    inbox.insert(&event("evt_poisoned", None, 1)).await.unwrap();
+    for n in 2..5 {
+        inbox
+            .insert(&event(&format!("evt_{n}"), None, n))
+            .await
+            .unwrap();
+    }
+    let router = EventRouter::new()
+        .on::<events::OrderSucceeded, _>(|_event| std::future::ready(Ok::<_, std::io::Error>(())));
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.max_attempts(3))
+        .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    let poisoned = seq_of(&*inbox, "evt_poisoned").await;
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    loop {
+        let dead = inbox.get(poisoned).await.unwrap().unwrap().status == InboxStatus::Dead;
+        let done = inbox
+            .list(&InboxFilter::default().status(InboxStatus::Done), 10)
+            .await
+            .unwrap()
+            .len();
+        if dead && done == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not handled: dead {dead}, {done} of 3 others done"
+        );
+        inbox.wait(Duration::from_millis(100)).await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox.get(poisoned).await.unwrap().unwrap();
+    assert_eq!(entry.attempts, 3, "{entry:?}");
+    assert!(
+        entry
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked")),
+        "{entry:?}"
+    );
+}
+
 /// Stops a pool at its shutdown deadline while its handler still runs the
 /// one event of the inbox `open` opens (which is [slow to give an event
 /// back](SlowRelease)), drops the runtime at once (as a process ends once
