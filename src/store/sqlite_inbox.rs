@@ -4,11 +4,12 @@
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
@@ -31,7 +32,17 @@ use crate::{BoxError, Timestamp};
 /// share the file (SQLite locks it), but only PostgreSQL spreads an inbox
 /// over machines: see `PostgresInbox`.
 ///
-/// Calls run on Tokio's blocking threads, one at a time per inbox.
+/// Calls run on Tokio's blocking threads, one at a time per inbox. At most
+/// 64 calls (those of all the clones of one inbox together) wait for the
+/// connection or run at once: while SQLite is stalled (a slow `fsync`,
+/// another process holding the write lock), a call over that is refused at
+/// once with [`StoreErrorKind::Unavailable`] (a delivery answered `503`,
+/// to be sent again), so that memory stays bounded however fast deliveries
+/// arrive (each waiting insert holds its event's body). A call whose caller
+/// stopped waiting (its timeout passed, its delivery was answered `503`)
+/// before it reached the connection is skipped, not run late. Workers
+/// over one SQLite inbox gain nothing past a few at once (their calls run
+/// one at a time); past some 60, their claims would meet that bound.
 ///
 /// Opening a file an earlier version made adds what this one reads: its
 /// columns, and the indexes of the waiting events by when they are due and
@@ -48,8 +59,15 @@ use crate::{BoxError, Timestamp};
 #[derive(Clone)]
 pub struct SqliteInbox {
     connection: Arc<Mutex<Connection>>,
+    /// A permit per call waiting for the connection or running: see
+    /// [`MAX_CALLS`].
+    calls: Arc<Semaphore>,
     inserted: Arc<Notify>,
 }
+
+/// How many calls may wait for an inbox's connection or run at once; one
+/// over that is refused at once (see [`SqliteInbox`]).
+const MAX_CALLS: usize = 64;
 
 impl fmt::Debug for SqliteInbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -403,7 +421,9 @@ impl SqliteInbox {
     /// (tables of your own next to the inbox's).
     ///
     /// `effects` runs on a blocking thread while the inbox waits for it:
-    /// keep it to the writes. When it fails, or another worker took the
+    /// keep it to the writes. It counts as one of the inbox's calls (see
+    /// [`SqliteInbox`]): refused at once when too many wait, and not run at
+    /// all when this future is dropped before it has the connection. When it fails, or another worker took the
     /// event over before the commit (its lease had ended), the transaction
     /// is rolled back and the error returned; return it from the handler
     /// (the event runs, or already ran, on that other worker).
@@ -437,31 +457,32 @@ impl SqliteInbox {
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, BoxError> + Send + 'static,
     {
         let (seq, token) = (attempt.seq(), attempt.token().to_owned());
-        let connection = Arc::clone(&self.connection);
-        let done = tokio::task::spawn_blocking(move || -> Result<T, BoxError> {
-            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-            let failed = |err: rusqlite::Error| sqlite_error("cannot complete the event", &err);
-            let tx = connection
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(failed)?;
-            // An error drops `tx`, which rolls it back.
-            let value = effects(&tx)?;
-            let now = Timestamp::now().as_millis();
-            let changed = tx
-                .execute(&COMPLETE, params![seq, token, now])
-                .map_err(failed)?;
-            if changed != 1 {
-                return Err(Box::new(StoreError::new(
-                    StoreErrorKind::LeaseLost,
-                    "the event was taken over by another worker (its lease had ended) before \
+        let done = on_connection(
+            &self.connection,
+            &self.calls,
+            move |connection| -> Result<T, BoxError> {
+                let failed = |err: rusqlite::Error| sqlite_error("cannot complete the event", &err);
+                let tx = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(failed)?;
+                // An error drops `tx`, which rolls it back.
+                let value = effects(&tx)?;
+                let now = Timestamp::now().as_millis();
+                let changed = tx
+                    .execute(&COMPLETE, params![seq, token, now])
+                    .map_err(failed)?;
+                if changed != 1 {
+                    return Err(Box::new(StoreError::new(
+                        StoreErrorKind::LeaseLost,
+                        "the event was taken over by another worker (its lease had ended) before \
                      its effects were committed; they were rolled back and it runs there",
-                )));
-            }
-            tx.commit().map_err(failed)?;
-            Ok(value)
-        })
-        .await
-        .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "the inbox call stopped"))??;
+                    )));
+                }
+                tx.commit().map_err(failed)?;
+                Ok(value)
+            },
+        )
+        .await??;
         attempt.mark_completed();
         self.inserted.notify_waiters();
         Ok(done)
@@ -475,6 +496,7 @@ impl SqliteInbox {
             .map_err(|err| sqlite_error("cannot create the inbox table", &err))?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
             inserted: Arc::new(Notify::new()),
         })
     }
@@ -483,7 +505,7 @@ impl SqliteInbox {
     fn with<T: Send + 'static>(
         &self, call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        Box::pin(with_connection(&self.connection, call))
+        Box::pin(with_connection(&self.connection, &self.calls, call))
     }
 
     /// `call`, then a wake-up for idle workers: what it changed may have
@@ -613,7 +635,7 @@ impl SqliteInbox {
                 )
                 .map_err(|err| sqlite_error("cannot purge the inbox", &err))
         });
-        let connection = Arc::clone(&self.connection);
+        let (connection, calls) = (Arc::clone(&self.connection), Arc::clone(&self.calls));
         Box::pin(async move {
             let Some((oldest, newest)) = span.await? else {
                 return Ok(0);
@@ -621,7 +643,7 @@ impl SqliteInbox {
             // One step at a time, the connection given back between them:
             // deliveries and claims wait for one step, not the whole purge.
             purge_in_steps(oldest, newest, |from| {
-                with_connection(&connection, move |connection| {
+                with_connection(&connection, &calls, move |connection| {
                     let failed = |err| sqlite_error("cannot purge the inbox", &err);
                     // The next PURGE_STEP events, read through the primary
                     // key: the last number among them.
@@ -662,17 +684,64 @@ impl SqliteInbox {
 
 /// `call` on the inbox's connection, on a thread that may block.
 fn with_connection<T: Send + 'static>(
-    connection: &Arc<Mutex<Connection>>,
+    connection: &Arc<Mutex<Connection>>, calls: &Arc<Semaphore>,
     call: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
-    let connection = Arc::clone(connection);
+    let called = on_connection(connection, calls, call);
+    async move { called.await? }
+}
+
+/// `call` on the inbox's connection, on a thread that may block, holding
+/// one of `calls`' permits from its first poll until it has run: refused
+/// at once when there is none left. Dropped before `call` has the
+/// connection, the future leaves `call` skipped, not run: its caller no
+/// longer waits for it.
+fn on_connection<R: Send + 'static>(
+    connection: &Arc<Mutex<Connection>>, calls: &Arc<Semaphore>,
+    call: impl FnOnce(&mut Connection) -> R + Send + 'static,
+) -> impl Future<Output = Result<R, StoreError>> + Send + 'static {
+    let (connection, calls) = (Arc::clone(connection), Arc::clone(calls));
     async move {
-        tokio::task::spawn_blocking(move || {
+        let permit = calls.try_acquire_owned().map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "the SQLite inbox already has {MAX_CALLS} calls waiting for its file (a slow \
+                     disk, or another process holding its write lock); refused at once rather \
+                     than queued"
+                ),
+            )
+        })?;
+        let waiting = Waiting(Arc::new(AtomicBool::new(true)));
+        let still_waiting = Arc::clone(&waiting.0);
+        let ran = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-            call(&mut connection)
+            // Its caller gone, the call is not made: nothing waits for it
+            // (a delivery was answered 503 and is sent again).
+            still_waiting
+                .load(Ordering::SeqCst)
+                .then(|| call(&mut connection))
         })
-        .await
-        .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "the inbox call stopped"))?
+        .await;
+        drop(waiting);
+        match ran {
+            Ok(Some(answer)) => Ok(answer),
+            // Skipped only once `waiting` is dropped, which this is not yet.
+            Ok(None) | Err(_) => Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the inbox call stopped",
+            )),
+        }
+    }
+}
+
+/// Clears its flag when dropped: the caller of a call no longer waits.
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -1383,5 +1452,105 @@ mod settle_tests {
         );
         drop(inbox);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::{SqliteInbox, MAX_CALLS};
+    use crate::store::{Inbox, InboxFilter, NewEvent, StoreErrorKind};
+    use crate::Timestamp;
+
+    fn event(id: &str) -> NewEvent {
+        let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
+        let now = Timestamp::now();
+        NewEvent::new(
+            None,
+            id.to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from(body),
+        )
+    }
+
+    /// While the connection is held, inserts whose callers stop waiting
+    /// are not applied once it is free, and a call over the bound is
+    /// refused at its first poll rather than queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_given_up_on_are_skipped_and_a_call_over_the_bound_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-queue-{}-{}",
+            std::process::id(),
+            crate::store::LeaseToken::generate().as_str()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let inbox = SqliteInbox::open(dir.join("inbox.db")).unwrap();
+
+        // A call holding the connection until released: dropped at the
+        // test's end, or as a failed assert unwinds, the sender frees it.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (entered, holding) = tokio::sync::oneshot::channel();
+        let busy = tokio::spawn(inbox.with(move |_connection| {
+            let _ = entered.send(());
+            let _ = blocked.recv();
+            Ok(())
+        }));
+        holding.await.unwrap();
+
+        // Every other permit taken by an insert whose caller gives up: it
+        // cannot finish while the connection is held.
+        let given_up: Vec<String> = (1..MAX_CALLS).map(|n| format!("evt_{n}")).collect();
+        for id in &given_up {
+            let event = event(id);
+            let insert = inbox.insert(&event);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), insert)
+                    .await
+                    .is_err(),
+                "{id} was inserted while the connection was held"
+            );
+        }
+        // One more is refused at its first poll.
+        let over = event("evt_over");
+        let refused =
+            futures_now(inbox.insert(&over)).expect("a call over the bound answers at once");
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(StoreErrorKind::Unavailable),
+            "a call over the bound"
+        );
+
+        drop(release);
+        busy.await.unwrap().unwrap();
+        // Every call queued has run or been skipped once its permit is back.
+        let all = u32::try_from(MAX_CALLS).unwrap();
+        drop(inbox.calls.acquire_many(all).await.unwrap());
+        let kept = inbox.list(&InboxFilter::default(), 1000).await.unwrap();
+        let ids: Vec<&str> = kept.iter().map(|e| e.event.event_id.as_str()).collect();
+        assert_eq!(ids, Vec::<&str>::new(), "inserts given up on were applied");
+        // The inbox works as before.
+        inbox.insert(&event("evt_after")).await.unwrap();
+        assert_eq!(
+            inbox.list(&InboxFilter::default(), 10).await.unwrap().len(),
+            1
+        );
+        drop(inbox);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What `future` answers at its first poll, if it does.
+    fn futures_now<F: std::future::Future + Unpin>(mut future: F) -> Option<F::Output> {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut future).poll(&mut context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
     }
 }
