@@ -34,6 +34,17 @@ use crate::data::Resource;
 /// meets an id, and the key (kept in a freshness store for its retention,
 /// in the inbox's object column, in logs) does not hold the address
 /// itself. See [`Resource`].
+///
+/// In an inbox's object column (the key that orders an object's events,
+/// which [`NewEvent::from_verified`](crate::store::NewEvent::from_verified)
+/// writes), an id longer than 256 bytes is held as `sha256:` and its
+/// SHA-256 in lowercase hex (`order:sha256:` and 64 hex digits), so that
+/// the key fits every inbox's index (a PostgreSQL B-tree entry holds at
+/// most about 2.7 KB). An id that itself starts with `sha256:` is held the
+/// same way there, so such a key never meets an id as sent; every other id
+/// of 256 bytes or fewer is held as it is. [`Event::object_key`] and
+/// [`RawEvent::object_key`] give the id as sent (a freshness store that
+/// cannot hold a key leaves its object untracked).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     /// The event family, as [`EventType::family`](crate::EventType::family)
@@ -63,6 +74,17 @@ impl ObjectKey {
         self
     }
 
+    /// This key as an inbox holds it: an id over 256 bytes, or one
+    /// starting with `sha256:`, as `sha256:` and its SHA-256 in lowercase
+    /// hex; any other as it is.
+    #[must_use]
+    pub(crate) fn bounded(mut self) -> Self {
+        if self.id.len() > MAX_ID_LEN || self.id.starts_with(DIGEST_PREFIX) {
+            self.id = format!("{DIGEST_PREFIX}{}", alias_digest(&self.id));
+        }
+        self
+    }
+
     fn for_data(family: &str, data: &impl Resource) -> Option<Self> {
         if let Some(id) = data.object_id(family).filter(|id| !id.is_empty()) {
             return Some(Self::new(family, id));
@@ -72,6 +94,13 @@ impl ObjectKey {
             .map(|(kind, alias)| Self::new(kind, alias_digest(alias)))
     }
 }
+
+/// The longest object id an inbox's key holds as it is, in bytes (see
+/// [`ObjectKey::bounded`]).
+const MAX_ID_LEN: usize = 256;
+
+/// What starts the id of an inbox's key that is the digest of the id.
+const DIGEST_PREFIX: &str = "sha256:";
 
 /// An alias (a customer's email) as a key holds it: its SHA-256, in
 /// lowercase hex, so that the key does not carry the address.
@@ -211,6 +240,44 @@ mod tests {
             assert_eq!(typed.object_key().unwrap().to_string(), key, "{data}");
             assert_eq!(raw.object_key(), typed.object_key(), "{data}");
         }
+    }
+
+    /// As an inbox holds it, an id over 256 bytes is keyed by its digest;
+    /// one of 256 bytes is kept as it is; one that looks like a digest key
+    /// is keyed by its own digest, so never meets a long id's key. The
+    /// event's own key keeps the id as sent.
+    #[test]
+    fn an_inbox_holds_a_long_object_id_by_its_digest() {
+        let key_of = |id: &str| {
+            let body =
+                format!(r#"{{"id":"e","type":"order.succeeded","data":{{"orderId":"{id}"}}}}"#);
+            let raw = RawEvent::from_slice(body.as_bytes()).unwrap();
+            let key = raw.object_key().unwrap();
+            assert_eq!(
+                Some(&key),
+                raw.decode::<Order>().unwrap().object_key().as_ref()
+            );
+            assert_eq!(key.id, id, "the event's own key");
+            key.bounded()
+        };
+        let long = "o".repeat(5_000);
+        let key = key_of(&long);
+        assert_eq!(
+            key.to_string(),
+            format!("order:sha256:{}", alias_digest(&long))
+        );
+        assert_eq!(key.id.len(), 71);
+        assert_ne!(key_of(&"o".repeat(5_001)), key);
+        let edge = "o".repeat(256);
+        assert_eq!(key_of(&edge).id, edge);
+        assert_eq!(key_of(&"o".repeat(257)).id.len(), 71);
+        let lookalike = key.id.clone();
+        let other = key_of(&lookalike);
+        assert!(other.id.starts_with("sha256:"));
+        assert_ne!(other, key);
+        assert_eq!(key_of("ord_1").to_string(), "order:ord_1");
+        let email = ObjectKey::new("customer_email", alias_digest("a@example.com"));
+        assert_eq!(email.clone().bounded(), email);
     }
 
     #[test]

@@ -124,12 +124,16 @@ impl NewEvent {
 
     /// The event to keep for `verified`, received at `received_at`; its
     /// object key names the account too, so that two accounts' objects
-    /// never share an order.
+    /// never share an order, and holds an object id over 256 bytes (or one
+    /// starting with `sha256:`) as `sha256:` and its SHA-256 in hex, so
+    /// that it fits every inbox's index (see
+    /// [`ObjectKey`](crate::events::ObjectKey)).
     #[must_use]
     pub fn from_verified(verified: &VerifiedEvent, received_at: Timestamp) -> Self {
         let event = verified.event();
         let object_key = event
             .object_key()
+            .map(crate::events::ObjectKey::bounded)
             .map(|key| match event.account() {
                 Some(account) => key.within(account),
                 None => key,

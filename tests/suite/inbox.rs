@@ -1565,6 +1565,41 @@ async fn postgres_inbox_in(table: &str, timeout: Duration) -> clink_webhooks::st
     inbox
 }
 
+/// A delivery about an object whose id is 5,000 bytes (past what a
+/// PostgreSQL B-tree index entry holds) is kept, keyed by the id's digest,
+/// and claimed.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_inbox_keeps_and_claims_an_event_with_a_very_long_object_id() {
+    const KEY: &str = "whsec_inbox";
+    let _servers = crate::support::servers::shared().await;
+    let inbox = Arc::new(postgres_inbox().await);
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap()).intake(Arc::clone(&inbox));
+    // Random, so that PostgreSQL cannot compress it into an index entry.
+    let mut long = String::new();
+    while long.len() < 5_000 {
+        long.push_str(clink_webhooks::store::LeaseToken::generate().as_str());
+    }
+    long.truncate(5_000);
+    let body = format!(
+        r#"{{"id":"evt_long","type":"order.succeeded","created":5,"data":{{"orderId":"{long}"}}}}"#
+    );
+    let request = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", Outcome::of(&response));
+    assert_eq!(Outcome::of(&response), Some(&Outcome::Queued));
+    let claim = inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .expect("the event was kept");
+    assert_eq!(claim.entry.event.event_id, "evt_long");
+    let key = claim.entry.event.object_key.clone().unwrap();
+    assert!(key.starts_with("order:sha256:"), "{key}");
+    assert_eq!(key.len(), "order:sha256:".len() + 64, "{key}");
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn the_postgres_inbox_conforms() {
