@@ -340,6 +340,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 self.outage.succeeded();
             }
             match claimed {
+                // Stopped while the claim was under way: its event is
+                // given back (by `shutdown`, which asked) and not started.
+                Ok(Some(claim)) if *stopped.borrow() => drop(Held {
+                    inbox: Arc::clone(&self.inbox),
+                    given_back: Arc::clone(&self.given_back),
+                    claim: Some(claim),
+                }),
                 Ok(Some(claim)) => self.handle_guarded(claim, asked).await,
                 Ok(None) => {
                     tokio::select! {
@@ -981,9 +988,15 @@ mod tests {
     /// event (its lease running meanwhile), and which reports each failed
     /// attempt with the time it was recorded.
     struct SlowClaims {
-        inner: MemoryInbox,
+        inner: Arc<MemoryInbox>,
         delay: Duration,
         failed: tokio::sync::mpsc::UnboundedSender<tokio::time::Instant>,
+        /// When set, a claim that took an event says so on the sender,
+        /// then waits for the `Notify` before answering.
+        gate: Option<(
+            tokio::sync::mpsc::UnboundedSender<()>,
+            Arc<tokio::sync::Notify>,
+        )>,
     }
 
     impl Inbox for SlowClaims {
@@ -1003,6 +1016,10 @@ mod tests {
             Box::pin(async move {
                 let claimed = self.inner.claim(lease, window).await?;
                 if claimed.is_some() {
+                    if let Some((taken, go)) = &self.gate {
+                        let _ = taken.send(());
+                        go.notified().await;
+                    }
                     // A claim slow to answer (on the paused clock).
                     tokio::time::sleep(self.delay).await;
                 }
@@ -1088,9 +1105,10 @@ mod tests {
         let started = tokio::time::Instant::now();
         let pool = Workers::new(
             SlowClaims {
-                inner: inbox,
+                inner: Arc::new(inbox),
                 delay,
                 failed,
+                gate: None,
             },
             router,
         )
@@ -1115,5 +1133,70 @@ mod tests {
         let (at, ran) = timed_out_after_a_slow_claim(Duration::from_millis(9500)).await;
         assert_eq!(at, Duration::from_millis(9500));
         assert!(!ran, "a handler started after its time inside the lease");
+    }
+
+    /// A claim that answers after `shutdown` asked the workers to stop
+    /// does not start its handler: its event is given back, its attempt
+    /// not counted.
+    #[tokio::test]
+    async fn a_claim_answered_once_stopping_is_given_back_unrun() {
+        let inbox = Arc::new(MemoryInbox::new());
+        let event = NewEvent::new(
+            None,
+            "evt_1".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from(r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#),
+        );
+        inbox.insert(&event).await.unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let running = Arc::clone(&ran);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            running.store(true, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let (taken, mut claimed) = tokio::sync::mpsc::unbounded_channel();
+        let go = Arc::new(tokio::sync::Notify::new());
+        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::clone(&inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: Some((taken, Arc::clone(&go))),
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        // A guard against a hang on a broken tree only.
+        tokio::time::timeout(Duration::from_secs(120), claimed.recv())
+            .await
+            .expect("the worker took the event")
+            .unwrap();
+        // Its first poll asks the workers to stop; the claim answers after.
+        let mut shutdown = Box::pin(pool.shutdown(Duration::from_secs(60)));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(shutdown.as_mut(), &mut context).is_pending());
+        go.notify_one();
+        tokio::time::timeout(Duration::from_secs(120), shutdown)
+            .await
+            .expect("shutdown returned");
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the handler started after stop"
+        );
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(
+            entry.status,
+            crate::store::InboxStatus::Pending,
+            "{entry:?}"
+        );
+        assert_eq!(entry.attempts, 0, "{entry:?}");
     }
 }
