@@ -2359,8 +2359,6 @@ mod tests {
         }
     }
 
-    /// The redis-server that `scripts/with-services` starts.
-
     /// A publish that finds the event's marker (a retry, or a replay, which
     /// keeps the event in the inbox for another retention from then) adds
     /// nothing and sets the marker's expiry again to the whole
