@@ -1075,13 +1075,9 @@ mod tests {
         }
     }
 
-    /// An event whose handler never finishes, claimed by `SlowClaims`
-    /// answering after `delay` of a 10 s lease: when its attempt is failed,
-    /// after the pool started (on the paused clock), and whether its
-    /// handler ran.
-    async fn timed_out_after_a_slow_claim(delay: Duration) -> (Duration, bool) {
-        let inbox = MemoryInbox::new();
-        let event = NewEvent::new(
+    /// An `order.succeeded` event `evt_1` about no object, received now.
+    fn evt_1() -> NewEvent {
+        NewEvent::new(
             None,
             "evt_1".to_owned(),
             "order.succeeded".to_owned(),
@@ -1090,7 +1086,16 @@ mod tests {
             Timestamp::now(),
             Timestamp::now(),
             Bytes::from(r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#),
-        );
+        )
+    }
+
+    /// An event whose handler never finishes, claimed by `SlowClaims`
+    /// answering after `delay` of a 10 s lease: when its attempt is failed,
+    /// after the pool started (on the paused clock), and whether its
+    /// handler ran.
+    async fn timed_out_after_a_slow_claim(delay: Duration) -> (Duration, bool) {
+        let inbox = MemoryInbox::new();
+        let event = evt_1();
         inbox.insert(&event).await.unwrap();
         let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
         let ran = Arc::new(AtomicBool::new(false));
@@ -1141,16 +1146,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_answered_once_stopping_is_given_back_unrun() {
         let inbox = Arc::new(MemoryInbox::new());
-        let event = NewEvent::new(
-            None,
-            "evt_1".to_owned(),
-            "order.succeeded".to_owned(),
-            None,
-            None,
-            Timestamp::now(),
-            Timestamp::now(),
-            Bytes::from(r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#),
-        );
+        let event = evt_1();
         inbox.insert(&event).await.unwrap();
         let ran = Arc::new(AtomicBool::new(false));
         let running = Arc::clone(&ran);
