@@ -182,6 +182,35 @@ struct Streams {
     script: redis::Script,
 }
 
+/// The key of the marker that keeps `event` from being added twice to the
+/// stream `stream_name` (in the stream's hash slot, by its braces).
+pub(crate) fn xadd_marker(stream_name: &str, event: &NewEvent) -> String {
+    format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event))
+}
+
+/// For tests: how many entries the stream `stream` on the Redis server at
+/// `url` holds; the stream and `event`'s marker are then deleted.
+#[cfg(test)]
+pub(crate) async fn stream_entries_then_delete(url: &str, stream: &str, event: &NewEvent) -> u64 {
+    let mut redis = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entries: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("DEL")
+        .arg(stream)
+        .arg(xadd_marker(stream, event))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    entries
+}
+
 impl Streams {
     /// Adds `event` to its stream once (see [`XADD_ONCE`]) over `connection`;
     /// the entry's id.
@@ -189,7 +218,7 @@ impl Streams {
         &self, connection: &mut C, event: &NewEvent, name: &str,
     ) -> Result<String, BoxError> {
         let stream_name = fill(&self.template, event);
-        let marker = format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event));
+        let marker = xadd_marker(&stream_name, event);
         let (_added, id): (i64, String) = self
             .script
             .key(&stream_name)
@@ -2382,7 +2411,7 @@ mod tests {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let marker = format!("clink-webhook:xadd:{{{stream}}}:{}", message_id(&event));
+        let marker = xadd_marker(&stream, &event);
         let dedup = i64::try_from(config.redis_dedup.as_millis()).unwrap();
         let left = |redis: &mut redis::aio::MultiplexedConnection| {
             let mut redis = redis.clone();
@@ -2417,18 +2446,8 @@ mod tests {
             after_found > dedup - 600_000 && after_found <= dedup,
             "the marker was left {after_found} ms, not the whole {dedup} ms again"
         );
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let entries = stream_entries_then_delete(&url, &stream, &event).await;
         assert_eq!(entries, 1, "the event was added once");
-        let _: u64 = redis::cmd("DEL")
-            .arg(&stream)
-            .arg(&marker)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
     }
 
     /// Whether NATS subject `pattern` (with `*` and `>`) matches `subject`.

@@ -1492,27 +1492,8 @@ mod tests {
         drop(forward);
         assert_eq!(relay.health.failing(), None);
 
-        let mut redis = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let entries = destination::stream_entries_then_delete(&url, &stream, &event).await;
         assert_eq!(entries, 1, "the destination holds the event");
-        let marker = format!(
-            "clink-webhook:xadd:{{{stream}}}:{}",
-            destination::message_id(&event)
-        );
-        let _: u64 = redis::cmd("DEL")
-            .arg(&stream)
-            .arg(&marker)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
         drop(pool);
     }
 }
