@@ -962,7 +962,7 @@ mod tests {
         let ran = tokio::time::timeout(Duration::from_secs(120), handled.recv())
             .await
             .expect("the workers ran the event's handler");
-        assert_eq!(ran, Some(Some("ord_1".to_owned())));
+        assert_eq!(ran, Some(Some("ord_1".into())));
         assert_eq!(PREDECODED_TAKEN.with(std::cell::Cell::get), before + 1);
         pool.shutdown(Duration::from_secs(10)).await;
     }

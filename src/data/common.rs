@@ -8,6 +8,8 @@ use std::marker::PhantomData;
 use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use super::Text;
 use serde_json::{Map, Value};
 
 /// Defines a string enum whose unknown values decode into `Unknown(String)`
@@ -883,7 +885,7 @@ impl<'de> Deserialize<'de> for Metadata {
 #[non_exhaustive]
 pub struct PriceData {
     /// Display name of the item. Always sent by Clink (required in its schema).
-    pub name: Option<String>,
+    pub name: Option<Text>,
     /// How many units; at least 1.
     pub quantity: Option<i32>,
     /// Price per unit, greater than 0. Always sent by Clink (required in its schema).
@@ -892,7 +894,7 @@ pub struct PriceData {
     /// The currency of `unit_amount`.
     pub currency: Option<Currency>,
     /// Image of the item.
-    pub image_url: Option<String>,
+    pub image_url: Option<Text>,
 }
 
 string_enum! {

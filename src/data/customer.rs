@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 /// The customer a `customer.verify` event asks to verify (`CustomerVerifyDataVo.object`).
 ///
 /// Its [object key](crate::Event::object_key) is `customer:<customerId>`;
@@ -23,9 +25,9 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub struct CustomerVerify {
     /// The email to verify.
-    pub customer_email: Option<String>,
+    pub customer_email: Option<Text>,
     /// The merchant.
-    pub merchant_id: Option<String>,
+    pub merchant_id: Option<Text>,
     /// The customer.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
 }

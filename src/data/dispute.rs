@@ -18,6 +18,8 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::Text;
+
 use super::common::{amount, Currency};
 use crate::Timestamp;
 
@@ -27,15 +29,15 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Dispute {
     /// Identifies the dispute (there is no `disputeId`).
-    pub charge_back_id: Option<String>,
+    pub charge_back_id: Option<Text>,
     /// The disputed order.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// The merchant.
-    pub merchant_id: Option<String>,
+    pub merchant_id: Option<Text>,
     /// The customer.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The payment channel.
-    pub channel_code: Option<String>,
+    pub channel_code: Option<Text>,
     /// The amount disputed.
     #[serde(default, with = "amount")]
     pub dispute_amount: Option<Decimal>,
@@ -47,11 +49,11 @@ pub struct Dispute {
     /// The currency of `original_amount`.
     pub original_currency: Option<Currency>,
     /// The reason code.
-    pub reason_code: Option<String>,
+    pub reason_code: Option<Text>,
     /// The reason, in words.
-    pub reason_description: Option<String>,
+    pub reason_description: Option<Text>,
     /// The card network's reason code.
-    pub network_reason_code: Option<String>,
+    pub network_reason_code: Option<Text>,
     /// The dispute's state (sent as an integer).
     pub status: Option<DisputeStatus>,
     /// The deadline for submitting evidence.

@@ -18,6 +18,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{amount, string_enum, Billing, Currency, Interval};
 use crate::Timestamp;
 
@@ -28,15 +30,15 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Invoice {
     /// Identifies the invoice.
-    pub invoice_id: Option<String>,
+    pub invoice_id: Option<Text>,
     /// The subscription billed.
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<Text>,
     /// The related order.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// The customer billed.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The merchant.
-    pub merchant_id: Option<String>,
+    pub merchant_id: Option<Text>,
     /// The invoice's state.
     pub status: Option<InvoiceStatus>,
     /// When the invoice was created.
@@ -74,14 +76,14 @@ string_enum! {
 #[non_exhaustive]
 pub struct InvoiceItem {
     /// Identifies the line.
-    pub invoice_item_id: Option<String>,
+    pub invoice_item_id: Option<Text>,
     /// The line total.
     #[serde(default, with = "amount")]
     pub amount: Option<Decimal>,
     /// The currency of `amount`.
     pub currency: Option<Currency>,
     /// The line's description.
-    pub description: Option<String>,
+    pub description: Option<Text>,
     /// Start of the period the line covers.
     pub period_start: Option<Timestamp>,
     /// End of the period the line covers.
@@ -98,13 +100,13 @@ pub struct InvoiceItem {
 #[non_exhaustive]
 pub struct InvoiceItemPrice {
     /// The product billed.
-    pub product_id: Option<String>,
+    pub product_id: Option<Text>,
     /// The product's name.
-    pub product_name: Option<String>,
+    pub product_name: Option<Text>,
     /// The price billed.
-    pub price_id: Option<String>,
+    pub price_id: Option<Text>,
     /// The price snapshot at the time of invoicing.
-    pub price_snapshot_id: Option<String>,
+    pub price_snapshot_id: Option<Text>,
     /// The price per unit.
     #[serde(default, with = "amount")]
     pub unit_amount: Option<Decimal>,

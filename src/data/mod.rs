@@ -28,6 +28,9 @@
 //! - **String enums** (statuses, reasons, intervals, ...) have an `Unknown`
 //!   variant that keeps a value this crate does not know yet. The dispute
 //!   status is an integer, and [`DisputeStatus::Unknown`] keeps unknown codes.
+//! - **Texts** (ids, emails, codes, messages) are a [`Text`]: it reads as
+//!   a `&str` and converts from and into a `String`, and a text of up to 24
+//!   bytes is held without an allocation.
 //! - **Currencies** are a [`Currency`]: the code as sent, with constants for
 //!   the codes Clink lists, since a code Clink adds later is an ordinary value.
 //! - **`metadata`** is a [`Metadata`], decoded alike from an object or from a
@@ -56,6 +59,7 @@ mod refund;
 mod resource;
 mod session;
 mod subscription;
+mod text;
 
 pub use common::{amount, Billing, Currency, Interval, Metadata, PriceData};
 pub use customer::*;
@@ -68,3 +72,4 @@ pub(crate) use resource::id_field;
 pub use resource::Resource;
 pub use session::*;
 pub use subscription::*;
+pub use text::Text;

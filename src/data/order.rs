@@ -19,6 +19,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{amount, string_enum, Currency, Metadata, PriceData};
 use crate::Timestamp;
 
@@ -28,30 +30,30 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Order {
     /// Identifies the order.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// Whether the order belongs to a subscription or is a single payment.
     #[serde(rename = "type")]
     pub order_type: Option<OrderType>,
     /// The order's current state.
     pub status: Option<OrderStatus>,
     /// The merchant's own reference; neither unique nor an idempotency key.
-    pub merchant_reference_id: Option<String>,
+    pub merchant_reference_id: Option<Text>,
     /// The checkout session that produced the order.
-    pub session_id: Option<String>,
+    pub session_id: Option<Text>,
     /// The related invoice, if any.
-    pub invoice_id: Option<String>,
+    pub invoice_id: Option<Text>,
     /// The paying customer.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The paying customer's email.
-    pub customer_email: Option<String>,
+    pub customer_email: Option<Text>,
     /// When the order was created.
     pub create_time: Option<Timestamp>,
     /// When the payment reached a final `success` or `failed` state.
     pub payment_time: Option<Timestamp>,
     /// The product bought, when it is a registered product.
-    pub product_id: Option<String>,
+    pub product_id: Option<Text>,
     /// The price used, when it is a registered price.
-    pub price_id: Option<String>,
+    pub price_id: Option<Text>,
     /// Items priced inline.
     pub price_data_list: Option<Vec<PriceData>>,
     /// How the customer paid.
@@ -71,7 +73,7 @@ pub struct Order {
     /// Merchant key/value pairs.
     pub metadata: Option<Metadata>,
     /// The detected risk level, e.g. `low`.
-    pub risk_level: Option<String>,
+    pub risk_level: Option<Text>,
 }
 
 string_enum! {
@@ -108,9 +110,9 @@ string_enum! {
 #[non_exhaustive]
 pub struct PaymentMethod {
     /// The kind of payment method, e.g. `CARD`.
-    pub payment_method_type: Option<String>,
+    pub payment_method_type: Option<Text>,
     /// The stored payment instrument.
-    pub payment_instrument_id: Option<String>,
+    pub payment_instrument_id: Option<Text>,
 }
 
 /// One payment attempt made through a channel (`PaymentExecutionDetailApiVo`).
@@ -119,11 +121,11 @@ pub struct PaymentMethod {
 #[non_exhaustive]
 pub struct PaymentExecutionDetail {
     /// The payment channel.
-    pub channel_code: Option<String>,
+    pub channel_code: Option<Text>,
     /// The transaction id the channel assigned.
-    pub channel_transaction_id: Option<String>,
+    pub channel_transaction_id: Option<Text>,
     /// The channel's failure code, passed through unchanged.
-    pub original_failure_code: Option<String>,
+    pub original_failure_code: Option<Text>,
     /// The channel's failure message, passed through unchanged.
-    pub original_failure_message: Option<String>,
+    pub original_failure_message: Option<Text>,
 }

@@ -19,6 +19,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{amount, string_enum, Currency, Metadata};
 use crate::Timestamp;
 
@@ -28,11 +30,11 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Refund {
     /// Identifies the refund.
-    pub refund_id: Option<String>,
+    pub refund_id: Option<Text>,
     /// The order being refunded.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// The customer refunded.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The refund's state.
     pub status: Option<RefundStatus>,
     /// The amount refunded.
@@ -48,7 +50,7 @@ pub struct Refund {
     /// object or as a JSON-encoded string.
     pub metadata: Option<Metadata>,
     /// The payment instrument refunded to.
-    pub payment_instrument_id: Option<String>,
+    pub payment_instrument_id: Option<Text>,
 }
 
 string_enum! {

@@ -18,6 +18,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{amount, string_enum, Currency, Interval, Metadata, PriceData};
 use crate::Timestamp;
 
@@ -27,9 +29,9 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Session {
     /// Identifies the checkout session.
-    pub session_id: Option<String>,
+    pub session_id: Option<Text>,
     /// The time-limited session token.
-    pub token: Option<String>,
+    pub token: Option<Text>,
     /// The session's state.
     pub status: Option<SessionStatus>,
     /// How far the payment has got.
@@ -45,23 +47,23 @@ pub struct Session {
     /// The currency the customer chose.
     pub payment_currency: Option<Currency>,
     /// The order the session created.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// The subscription, for subscription checkouts.
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<Text>,
     /// The invoice generated, if any.
-    pub invoice_id: Option<String>,
+    pub invoice_id: Option<Text>,
     /// The merchant's reference, echoed.
-    pub merchant_reference_id: Option<String>,
+    pub merchant_reference_id: Option<Text>,
     /// The checkout locale, e.g. `en-US`.
-    pub locale: Option<String>,
+    pub locale: Option<Text>,
     /// How the checkout is shown.
     pub ui_mode: Option<UiMode>,
     /// Where an embedded (`elements`) checkout returns to.
-    pub return_url: Option<String>,
+    pub return_url: Option<Text>,
     /// Where the customer goes on cancelling.
-    pub cancel_url: Option<String>,
+    pub cancel_url: Option<Text>,
     /// Where the customer goes on success.
-    pub success_url: Option<String>,
+    pub success_url: Option<Text>,
     /// When the session was created (sent as an RFC 3339 string).
     pub created: Option<Timestamp>,
     /// When the session expires (sent as an RFC 3339 string).
@@ -118,7 +120,7 @@ string_enum! {
 #[non_exhaustive]
 pub struct Price {
     /// Identifies the price.
-    pub price_id: Option<String>,
+    pub price_id: Option<Text>,
     /// The price in each location's currency.
     pub price_list: Option<Vec<LocalPrice>>,
     /// The billing cycle, for recurring prices.
@@ -157,11 +159,11 @@ pub struct PriceRecurring {
 #[non_exhaustive]
 pub struct Customer {
     /// Identifies the customer.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The customer's email.
-    pub email: Option<String>,
+    pub email: Option<Text>,
     /// The customer's name (not in Clink's schema; sent by its CLI fixtures).
-    pub name: Option<String>,
+    pub name: Option<Text>,
 }
 
 /// A registered product (`ProductApiVo`).
@@ -170,7 +172,7 @@ pub struct Customer {
 #[non_exhaustive]
 pub struct Product {
     /// Identifies the product.
-    pub product_id: Option<String>,
+    pub product_id: Option<Text>,
     /// The product's name.
-    pub product_name: Option<String>,
+    pub product_name: Option<Text>,
 }

@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{string_enum, Billing, Currency, Metadata};
 use super::InvoiceItem;
 use crate::Timestamp;
@@ -29,31 +31,31 @@ use crate::Timestamp;
 #[non_exhaustive]
 pub struct Subscription {
     /// Identifies the subscription. Always sent by Clink (required in its schema).
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<Text>,
     /// The subscriber. Always sent by Clink (required in its schema).
-    pub customer_id: Option<String>,
+    pub customer_id: Option<Text>,
     /// The product subscribed to. Always sent by Clink (required in its schema).
-    pub product_id: Option<String>,
+    pub product_id: Option<Text>,
     /// The price subscribed at. Always sent by Clink (required in its schema).
-    pub price_id: Option<String>,
+    pub price_id: Option<Text>,
     /// The immutable price snapshot taken at creation. Always sent by Clink
     /// (required in its schema).
-    pub price_snapshot_id: Option<String>,
+    pub price_snapshot_id: Option<Text>,
     /// When the subscription was created. Always sent by Clink (required in its schema).
     pub create_time: Option<Timestamp>,
     /// Units subscribed. Always sent by Clink (required in its schema).
     pub quantity: Option<i32>,
     /// The kind of payment method, e.g. `CARD`. Always sent by Clink
     /// (required in its schema).
-    pub payment_method_type: Option<String>,
+    pub payment_method_type: Option<Text>,
     /// The payment instrument charged. Always sent by Clink (required in its schema).
-    pub payment_instrument_id: Option<String>,
+    pub payment_instrument_id: Option<Text>,
     /// The subscription's state. Always sent by Clink (required in its schema).
     pub status: Option<SubscriptionStatus>,
     /// How the subscription is collected. Always sent by Clink (required in its schema).
     pub billing: Option<Billing>,
     /// The merchant's reference (named `merchantReference`, not `merchantReferenceId`).
-    pub merchant_reference: Option<String>,
+    pub merchant_reference: Option<Text>,
     /// The subscription's currency.
     pub currency: Option<Currency>,
     /// Start of the trial.
@@ -71,7 +73,7 @@ pub struct Subscription {
     /// When cancellation was requested.
     pub canceled_at: Option<Timestamp>,
     /// Why it was cancelled.
-    pub cancel_reason: Option<String>,
+    pub cancel_reason: Option<Text>,
     /// The current recurring price and cycle.
     pub recurring_invoice_item: Option<InvoiceItem>,
     /// A preview of the next cycle; only present while activation or a plan
@@ -83,7 +85,7 @@ pub struct Subscription {
     /// [`ScheduledPhase::effective_cycle`].
     pub elapsed_cycles: Option<i32>,
     /// The checkout session the subscription came from.
-    pub session_id: Option<String>,
+    pub session_id: Option<Text>,
     /// Merchant key/value pairs.
     pub metadata: Option<Metadata>,
 }
@@ -120,7 +122,7 @@ pub struct ScheduledPhase {
     /// effect; strictly increasing. Always sent by Clink (required in its schema).
     pub effective_cycle: Option<i32>,
     /// The target price snapshot. Always sent by Clink (required in its schema).
-    pub price_snapshot_id: Option<String>,
+    pub price_snapshot_id: Option<Text>,
     /// Units from then on. Always sent by Clink (required in its schema).
     pub quantity: Option<i32>,
     /// Merchant key/value pairs (at most 10 keys).

@@ -1035,7 +1035,7 @@ mod tests {
         let before = taken();
         let dispatched = router.dispatch(verified(raw, body)).await;
         assert_eq!(dispatched.outcome(), &Outcome::Handled);
-        assert_eq!(*seen.lock().unwrap(), [Some("ord_1".to_owned())]);
+        assert_eq!(*seen.lock().unwrap(), [Some("ord_1".into())]);
         assert_eq!(taken(), before + 1);
         // Decoded again from the body when asked again.
         assert_eq!(
