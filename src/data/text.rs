@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 ///
 /// It reads as a `&str` (it dereferences to one), compares equal to `str`
 /// and `String`, prints as the text itself, and converts from and into a
-/// `String`. A text of up to 24 bytes (every id Clink sends, most emails
+/// `String`. A text of up to 24 bytes (ids such as `ord_test_123`, most emails
 /// and codes) is held inline, so decoding an event allocates nothing for
 /// it; a longer one is held on the heap, as a `String` would be. With the
 /// `postgres` or `sqlite` feature it is a parameter of `tokio-postgres`'s
