@@ -741,17 +741,19 @@ impl InboxStats {
 /// - it names no object, or no other event about its object is running, and
 ///   none older (by `created`, then event id) is still to handle.
 ///
-/// Among those it takes the one that arrived first. So the events of one
-/// object run one at a time, oldest first, and events about no object run
-/// in arrival order without waiting on each other.
-///
-/// The SQLite inbox takes the one due first (a new event is due as it
+/// Among those it takes the one due first (a new event is due as it
 /// arrives, a retry when its backoff ends, one whose worker's lease ended
-/// when it ended), of those due at once the one that arrived first: it
-/// reads the waiting events by when they are due, so that a
-/// claim never reads the retries not due yet (a destination down for a
-/// day leaves thousands of them, and each claim read them all). New events
-/// still run in arrival order, and the events of one object oldest first.
+/// when it ended), of those due at once the one that arrived first. So the
+/// events of one object run one at a time, oldest first, and new events
+/// about no object run in arrival order without waiting on each other.
+///
+/// The SQLite and PostgreSQL inboxes read the waiting events by when they
+/// are due, so that a claim never reads the retries not due yet (a
+/// destination down for a day leaves thousands of them, and each claim
+/// read them all). Two take the first to arrive instead, whenever it was
+/// due: the [`MemoryInbox`](super::MemoryInbox), and a PostgreSQL table
+/// made by an earlier version and in use, as before, until the indexes by
+/// due time are built on it (see `PostgresInbox::migrate`).
 pub trait Inbox: Send + Sync + 'static {
     /// Keeps `event` unless its account already has an event with its id.
     ///

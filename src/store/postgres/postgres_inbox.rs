@@ -62,10 +62,16 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///   arriving late meanwhile) skips its event rather than running it
 ///   beside that one. It runs in a
 ///   PL/pgSQL function beside the table (`<table>_claim`), with sorting
-///   turned off, so that each claim walks the index of live events from the
-///   oldest instead of sorting them all, whatever the planner's statistics
-///   say of the table; its statement stays prepared for the connection, so
-///   after the first few claims the plan is reused instead of made again.
+///   turned off, so that each claim reads its indexes from their first
+///   entry instead of sorting the live events, whatever the planner's
+///   statistics say of the table: the index of the waiting events by when
+///   they are due and that of the running ones by when their lease ends,
+///   each read up to the first event not due yet, so that a claim never
+///   reads the retries still waiting (on a table made before those
+///   indexes, until they are built, the index of live events in arrival
+///   order: see [`migrate`](Self::migrate)). Its statements stay prepared
+///   for the connection, so after the first few claims their plans are
+///   reused instead of made again.
 /// - Every settle is one `UPDATE` matching the row still running with its
 ///   claim's token, each in a PL/pgSQL function beside the table as well
 ///   (`<table>_settle_complete`, `<table>_settle_fail`,
@@ -167,8 +173,8 @@ impl Sql {
             "NULL::text",
         );
         // The claim runs in a function of the table's, planned with sorting
-        // turned off: the event to take is the first of the live index in
-        // `seq` order, never a sort of every live event. Without that, a
+        // turned off: the event to take is the first of an index in the
+        // claim's order, never a sort of every live event. Without that, a
         // planner whose statistics say few events are live (a new table, or
         // a backlog built since the last `ANALYZE`) sorts the whole backlog
         // on every claim, and draining it takes time quadratic in its size.
@@ -195,6 +201,8 @@ impl Sql {
                AND ((o.status = 'running' AND o.lease_until_ms > srv_ms)
                     OR (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\"))"
         );
+        let unblocked = format!("(e.object_key IS NULL OR NOT EXISTS ({blocker}))");
+        let arrived = "COALESCE(e.arrived_ms, e.received_at_ms) <= srv_ms - $2";
         let claim_fn = quote(&format!("{table}_claim"));
         // A table's name is letters, digits, `_` and `.` (checked), so it
         // goes in a literal as it is.
@@ -204,52 +212,174 @@ impl Sql {
         // versions before, which took the app's now, so that an older
         // instance starting (a rollback, a restart during an upgrade) makes
         // its own functions beside these instead of replacing them.
-        let claim_def = format!(
-            "CREATE OR REPLACE FUNCTION {claim_fn}(lease_ms bigint, window_ms bigint, new_token text)
-             RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
-             DECLARE
-                -- The server's clock, so that every instance agrees when a
-                -- lease ends, an attempt is due and a reorder window ends.
-                srv_ms bigint := {SERVER_NOW};
-                picked_seq bigint;
-                picked_key text COLLATE \"C\";
-                past_seq bigint := 0;
-                locked boolean := false;
-             BEGIN
-                FOR candidate IN 1..{CLAIM_CANDIDATES} LOOP
-                    SELECT e.seq, e.object_key INTO picked_seq, picked_key FROM {t} e
-                    WHERE e.seq > past_seq AND e.status IN {live}
-                      AND ((e.status <> 'running' AND e.next_attempt_ms <= srv_ms
-                                AND COALESCE(e.arrived_ms, e.received_at_ms) <= srv_ms - $2)
-                           OR (e.status = 'running' AND e.lease_until_ms <= srv_ms))
-                      AND (e.object_key IS NULL OR NOT EXISTS ({blocker}))
-                    ORDER BY e.seq
-                    LIMIT 1
-                    FOR UPDATE SKIP LOCKED;
-                    IF NOT FOUND THEN
-                        RETURN;
-                    END IF;
-                    past_seq := picked_seq;
-                    IF picked_key IS NOT NULL THEN
-                        IF NOT locked THEN
-                            PERFORM pg_advisory_xact_lock({object_lock});
-                            locked := true;
-                        ELSIF NOT pg_try_advisory_xact_lock({object_lock}) THEN
-                            CONTINUE;
+        //
+        // `declare` and `find` (the variables and statements that put the
+        // next candidate in `picked_seq` and `picked_key`, or return when
+        // there is none) differ by the order the claim reads; the rest, the
+        // object's lock and check and the claim itself, is the same.
+        let claim_with = |declare: &str, find: &str| {
+            format!(
+                "CREATE OR REPLACE FUNCTION {claim_fn}(lease_ms bigint, window_ms bigint, new_token text)
+                 RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off AS $claim$
+                 DECLARE
+                    -- The server's clock, so that every instance agrees when a
+                    -- lease ends, an attempt is due and a reorder window ends.
+                    srv_ms bigint := {SERVER_NOW};
+                    picked_seq bigint;
+                    picked_key text COLLATE \"C\";
+                    locked boolean := false;{declare}
+                 BEGIN
+                    FOR candidate IN 1..{CLAIM_CANDIDATES} LOOP{find}
+                        IF picked_key IS NOT NULL THEN
+                            IF NOT locked THEN
+                                PERFORM pg_advisory_xact_lock({object_lock});
+                                locked := true;
+                            ELSIF NOT pg_try_advisory_xact_lock({object_lock}) THEN
+                                CONTINUE;
+                            END IF;
+                            CONTINUE WHEN EXISTS (
+                                SELECT 1 FROM {t} e WHERE e.seq = picked_seq AND EXISTS ({blocker}));
                         END IF;
-                        CONTINUE WHEN EXISTS (
-                            SELECT 1 FROM {t} e WHERE e.seq = picked_seq AND EXISTS ({blocker}));
+                        RETURN QUERY
+                        UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
+                                       lease_until_ms = srv_ms + $1, token = $3, claimed_at_ms = srv_ms,
+                                       history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
+                        WHERE {t}.seq = picked_seq
+                        RETURNING {t}.*;
+                        RETURN;
+                    END LOOP;
+                 END
+                 $claim$;"
+            )
+        };
+        // By arrival: the live events in `seq` order, from the live index,
+        // skipping the retries not due yet (all of them, on every claim).
+        // The claim of a table without the indexes by due time.
+        let claim_by_arrival = claim_with(
+            "
+                    past_seq bigint := 0;",
+            &format!(
+                "
+                        SELECT e.seq, e.object_key INTO picked_seq, picked_key FROM {t} e
+                        WHERE e.seq > past_seq AND e.status IN {live}
+                          AND ((e.status <> 'running' AND e.next_attempt_ms <= srv_ms AND {arrived})
+                               OR (e.status = 'running' AND e.lease_until_ms <= srv_ms))
+                          AND {unblocked}
+                        ORDER BY e.seq
+                        LIMIT 1
+                        FOR UPDATE SKIP LOCKED;
+                        IF NOT FOUND THEN
+                            RETURN;
+                        END IF;
+                        past_seq := picked_seq;"
+            ),
+        );
+        // By due time: a new event is due as it is kept, a retry when its
+        // backoff ends, a running event when its worker's lease ended; of
+        // those due at once, the first kept. Two searches, each from
+        // its index, which ends at the first event not due yet: the running
+        // event whose lease ended first (`r_`, from `_leased_idx`), and the
+        // waiting event due first before it (`w_`, from `_due_idx`). The
+        // first of the two is the candidate; a candidate found blocked is
+        // passed by its search's cursor (its due time and number), and that
+        // search alone is made again. A running event whose lease ended is
+        // rare (its worker died): when there is one, it is locked first, and
+        // stays locked to the end of the claim's transaction should a
+        // waiting event due before it be taken instead.
+        let claim_by_due = claim_with(
+            "
+                    r_seq bigint;
+                    r_key text COLLATE \"C\";
+                    r_due bigint;
+                    r_past_due bigint := -9223372036854775808;
+                    r_past_seq bigint := 0;
+                    r_none boolean := false;
+                    w_seq bigint;
+                    w_key text COLLATE \"C\";
+                    w_due bigint;
+                    w_past_due bigint := -9223372036854775808;
+                    w_past_seq bigint := 0;",
+            &format!(
+                "
+                        IF r_seq IS NULL AND NOT r_none THEN
+                            SELECT e.seq, e.object_key, e.lease_until_ms INTO r_seq, r_key, r_due FROM {t} e
+                            WHERE e.status = 'running' AND e.lease_until_ms <= srv_ms
+                              AND (e.lease_until_ms, e.seq) > (r_past_due, r_past_seq)
+                              AND {unblocked}
+                            ORDER BY e.lease_until_ms, e.seq
+                            LIMIT 1
+                            FOR UPDATE SKIP LOCKED;
+                            r_none := NOT FOUND;
+                        END IF;
+                        IF w_seq IS NULL THEN
+                            SELECT e.seq, e.object_key, e.next_attempt_ms INTO w_seq, w_key, w_due FROM {t} e
+                            WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= srv_ms
+                              AND (e.next_attempt_ms, e.seq) > (w_past_due, w_past_seq)
+                              AND (e.next_attempt_ms, e.seq)
+                                  < (COALESCE(r_due, srv_ms), COALESCE(r_seq, 9223372036854775807))
+                              AND {arrived}
+                              AND {unblocked}
+                            ORDER BY e.next_attempt_ms, e.seq
+                            LIMIT 1
+                            FOR UPDATE SKIP LOCKED;
+                        END IF;
+                        IF w_seq IS NOT NULL THEN
+                            picked_seq := w_seq;
+                            picked_key := w_key;
+                            w_past_due := w_due;
+                            w_past_seq := w_seq;
+                            w_seq := NULL;
+                        ELSIF r_seq IS NOT NULL THEN
+                            picked_seq := r_seq;
+                            picked_key := r_key;
+                            r_past_due := r_due;
+                            r_past_seq := r_seq;
+                            r_seq := NULL;
+                            r_due := NULL;
+                        ELSE
+                            RETURN;
+                        END IF;"
+            ),
+        );
+        let index = |suffix: &str| Relation::new(table, suffix).qualified_index;
+        let (dead_idx, due_idx, leased_idx) =
+            (index("dead_idx"), index("due_idx"), index("leased_idx"));
+        // The indexes made only with the table or on an empty one: building
+        // one on a table in use holds writes back while PostgreSQL reads the
+        // whole table. A table already made is taken as empty only under a
+        // lock that no write holds (asked for without waiting, so that no
+        // write waits behind it either), and only when it looked empty.
+        let empty_table_indexes = format!(
+            "DO $clink$ BEGIN
+                IF to_regclass('{dead_idx}') IS NULL OR to_regclass('{due_idx}') IS NULL
+                   OR to_regclass('{leased_idx}') IS NULL THEN
+                    IF NOT EXISTS (SELECT 1 FROM {t}) THEN
+                        BEGIN
+                            LOCK TABLE {t} IN SHARE MODE NOWAIT;
+                            IF NOT EXISTS (SELECT 1 FROM {t}) THEN
+                                CREATE INDEX IF NOT EXISTS \"{bare}_dead_idx\" ON {t} (seq) WHERE status = 'dead';
+                                CREATE INDEX IF NOT EXISTS \"{bare}_due_idx\" ON {t} (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying');
+                                CREATE INDEX IF NOT EXISTS \"{bare}_leased_idx\" ON {t} (lease_until_ms, seq) WHERE status = 'running';
+                            END IF;
+                        EXCEPTION WHEN lock_not_available THEN NULL;
+                        END;
                     END IF;
-                    RETURN QUERY
-                    UPDATE {t} SET status = 'running', attempts = {t}.attempts + 1,
-                                   lease_until_ms = srv_ms + $1, token = $3, claimed_at_ms = srv_ms,
-                                   history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
-                    WHERE {t}.seq = picked_seq
-                    RETURNING {t}.*;
-                    RETURN;
-                END LOOP;
-             END
-             $claim$;"
+                END IF;
+            END $clink$;"
+        );
+        // The claim by due time where both its indexes exist and are
+        // usable (one being built `CONCURRENTLY`, or whose build failed, is
+        // not), by arrival otherwise: without them, reading by due time
+        // would read the whole table.
+        let claim_def = format!(
+            "DO $clink$ BEGIN
+                IF (SELECT count(*) FROM pg_index
+                    WHERE indisvalid AND indexrelid IN (to_regclass('{due_idx}'), to_regclass('{leased_idx}'))) = 2 THEN
+                    EXECUTE $by_due$ {claim_by_due} $by_due$;
+                ELSE
+                    EXECUTE $by_arrival$ {claim_by_arrival} $by_arrival$;
+                END IF;
+            END $clink$;"
         );
         // Each settle is a function of the table's too, for the same reason
         // as the claim's: its `UPDATE` is planned once per connection and then
@@ -349,26 +479,21 @@ impl Sql {
                 CREATE TABLE IF NOT EXISTS {health} (id integer PRIMARY KEY CHECK (id = 1), at_ms bigint NOT NULL);
                 CREATE INDEX IF NOT EXISTS \"{bare}_live_idx\" ON {t} (seq) WHERE status IN {live};
                 CREATE INDEX IF NOT EXISTS \"{bare}_object_idx\" ON {t} (object_key, order_ms, event_id COLLATE \"C\") WHERE status IN {live};
-                DO $clink$ BEGIN
-                    IF NOT EXISTS (SELECT 1 FROM {t}) THEN
-                        CREATE INDEX IF NOT EXISTS \"{bare}_dead_idx\" ON {t} (seq) WHERE status = 'dead';
-                    END IF;
-                END $clink$;
+                {empty_table_indexes}
                 {claim_def}
                 {complete_def}
                 {fail_def}
                 {release_def}"
             ),
-            functions: format!("{claim_def}\n{complete_def}\n{fail_def}\n{release_def}"),
+            functions: format!(
+                "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}"
+            ),
             current: {
                 let columns = ADDED_COLUMNS
                     .iter()
                     .map(|column| format!("'{column}'"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let index = |suffix: &str| {
-                    Relation::new(table, suffix).qualified_index
-                };
                 format!(
                     "SELECT to_regclass('{t}') IS NOT NULL AND to_regclass('{health}') IS NOT NULL
                         AND to_regclass('{live_idx}') IS NOT NULL AND to_regclass('{object_idx}') IS NOT NULL
@@ -380,22 +505,24 @@ impl Sql {
                     count = ADDED_COLUMNS.len(),
                 )
             },
+            // The arrival ($8, kept as given) by the server's clock: as far
+            // from its now as from the app's ($15, that distance). The
+            // reorder window counts from it. The first attempt is due as the
+            // event is kept, by the server's clock alone: so events kept one
+            // after another are due in that order (the claim reads by due
+            // time), where the arrivals' two clock readings each could put
+            // one a millisecond off.
             insert: format!(
                 "WITH kept AS (
                     INSERT INTO {t} (account, event_id, event_type, created_ms, order_ms, object_key,
                                      signed_at_ms, received_at_ms, body, next_attempt_ms, signing_key,
                                      status, last_error, header_timestamp, header_signature, arrived_ms)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {arrived}, $11,
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {SERVER_NOW}, $11,
                             CASE WHEN $12::text IS NULL THEN 'pending' ELSE 'dead' END, $12, $13, $14,
-                            {arrived})
+                            {SERVER_NOW} + $15::bigint)
                     ON CONFLICT (account, event_id) DO NOTHING
                     RETURNING seq)
-                 SELECT seq, pg_notify($10, '') FROM kept",
-                // The arrival ($8, kept as given) by the server's clock: as
-                // far from its now as from the app's ($15, that distance).
-                // The first attempt is due then, and the reorder window
-                // counts from it.
-                arrived = format!("{SERVER_NOW} + $15::bigint")
+                 SELECT seq, pg_notify($10, '') FROM kept"
             ),
             claim: format!("SELECT {ENTRY_COLUMNS} FROM {claim_fn}($1, $2, $3)"),
             complete,
@@ -673,7 +800,9 @@ impl PostgresInbox {
     /// `<table>_settle_complete`, `<table>_settle_fail`,
     /// `<table>_settle_release`; versions before these made
     /// `<table>_complete`, `<table>_fail` and `<table>_release`, which none
-    /// calls once every instance runs these).
+    /// calls once every instance runs these). The claim's function it makes
+    /// reads by due time or in arrival order as the indexes by due time
+    /// exist or not when it runs (see [`migrate`](Self::migrate)).
     #[must_use]
     pub fn schema_sql(&self) -> &str {
         &self.sql.schema
@@ -689,25 +818,46 @@ impl PostgresInbox {
     /// table, as every start of an instance does: when the table, its
     /// columns and its indexes all exist it only looks them up and replaces
     /// the functions, taking no lock on the table that would queue behind
-    /// open transactions (and every delivery behind it). When it must
-    /// change the table, it waits for the table's lock no longer than the
-    /// per-call timeout ([`with_timeout`](Self::with_timeout)), so that
-    /// deliveries are held up no longer than that, and fails if it cannot
-    /// take it by then.
+    /// open transactions (and every delivery behind it); when one of the
+    /// indexes below is missing, it also reads whether the table is empty.
+    /// When it must change the table, it waits for the table's lock no
+    /// longer than the per-call timeout ([`with_timeout`](Self::with_timeout)),
+    /// so that deliveries are held up no longer than that, and fails if it
+    /// cannot take it by then.
     ///
-    /// The index of dead events (`_dead_idx` after the table's name), which
-    /// lets [`stats`](Inbox::stats) read only the events not done, is made
-    /// with the table, or by a migration that finds the table empty: never
-    /// by one that would read a table in use (building it holds writes
-    /// back while PostgreSQL reads the whole table). On a table made before
-    /// it, the counts read the whole table, as they did, until it is built
-    /// without holding writes back (with the table's name for
+    /// Three indexes are made with the table, or by a migration that finds
+    /// the table empty (and no write under way: it asks for the lock
+    /// without waiting), never by one that would read a table in use
+    /// (building an index holds writes back while PostgreSQL reads the
+    /// whole table): the index of dead events (`_dead_idx` after the
+    /// table's name), which lets [`stats`](Inbox::stats) read only the
+    /// events not done, and the indexes of the waiting events by when they
+    /// are due (`_due_idx`) and of the running ones by when their lease
+    /// ends (`_leased_idx`), which let a claim read only the events due
+    /// (see [Claim order](Inbox#claim-order)). On a table made before them,
+    /// the counts read the whole table and a claim reads the live events
+    /// in arrival order, reading every retry not due yet on every claim,
+    /// as they did, until they are built without holding writes back, each
+    /// statement on its own (with the table's name for
     /// `clink_webhook_inbox`):
     ///
     /// ```sql
     /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_dead_idx"
     ///     ON clink_webhook_inbox (seq) WHERE status = 'dead';
+    /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_due_idx"
+    ///     ON clink_webhook_inbox (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying');
+    /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_leased_idx"
+    ///     ON clink_webhook_inbox (lease_until_ms, seq) WHERE status = 'running';
     /// ```
+    ///
+    /// The claim reads by due time from the next migration after both
+    /// indexes by due time are built (every instance migrates as it
+    /// starts): each migration makes the claim's function read by due time
+    /// when both exist and are valid as it runs, and in arrival order
+    /// otherwise. A build `CONCURRENTLY` that failed leaves an invalid
+    /// index, which `IF NOT EXISTS` keeps: drop it and build it again. An
+    /// instance of an earlier version that starts may make the claim read
+    /// in arrival order again, until an instance of this one starts.
     ///
     /// # Errors
     ///
@@ -1688,6 +1838,290 @@ mod tests {
             .await
             .expect("claimed through this version's function");
         assert_eq!(inbox.complete(&c).await.unwrap(), Settle::Applied);
+    }
+
+    /// Rows as the tests below put them in an inbox's table `table`:
+    /// `(event id, object, status, arrived, due)`, the two times in
+    /// milliseconds from the server's now (a running row's lease ends at
+    /// its due time); in this order, so numbered in it. An object's events
+    /// are created in the order they are given.
+    async fn put(
+        client: &tokio_postgres::Client, table: &str, rows: &[(&str, Option<&str>, &str, i64, i64)],
+    ) {
+        for (created, (id, object, status, arrived, due)) in (1_i64..).zip(rows) {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, object_key,
+                                                  signed_at_ms, received_at_ms, arrived_ms, body,
+                                                  status, attempts, next_attempt_ms, lease_until_ms, token)
+                         SELECT '', $1, 'order.succeeded', $2, $3, now_ms + $4, now_ms + $4, now_ms + $4,
+                                '\\x7b7d', $5::text,
+                                CASE WHEN $5::text = 'pending' THEN 0 ELSE 1 END,
+                                CASE WHEN $5::text = 'running' THEN now_ms + $4 ELSE now_ms + $6 END,
+                                CASE WHEN $5::text = 'running' THEN now_ms + $6 ELSE 0 END,
+                                CASE WHEN $5::text = 'running' THEN 'lost' END
+                         FROM (SELECT {} AS now_ms) AS server",
+                        super::SERVER_NOW_MS
+                    ),
+                    &[id, &created, object, arrived, status, due],
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The event ids of `inbox`'s claims, each completed before the next,
+    /// until none is due.
+    async fn claimed_in_turn(inbox: &crate::store::PostgresInbox) -> Vec<String> {
+        use crate::store::{Inbox, Settle};
+
+        let mut ids = Vec::new();
+        while let Some(claim) = inbox
+            .claim(
+                std::time::Duration::from_secs(60),
+                std::time::Duration::ZERO,
+            )
+            .await
+            .unwrap()
+        {
+            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+            ids.push(claim.entry.event.event_id);
+        }
+        ids
+    }
+
+    /// Whether index `name` of the tests' tables exists.
+    async fn index_exists(client: &tokio_postgres::Client, name: &str) -> bool {
+        client
+            .query_one(
+                &format!("SELECT to_regclass('\"{name}\"') IS NOT NULL"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// The indexes by due time of a table made before them, built as
+    /// `migrate`'s docs and the README say.
+    async fn build_due_indexes(client: &tokio_postgres::Client, table: &str) {
+        for sql in [
+            format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{table}_due_idx\"
+                     ON {table} (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying')"
+            ),
+            format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{table}_leased_idx\"
+                     ON {table} (lease_until_ms, seq) WHERE status = 'running'"
+            ),
+        ] {
+            client.batch_execute(&sql).await.unwrap();
+        }
+    }
+
+    /// Calls the claim's function of table `table` on `client`, in a
+    /// transaction of its own: the event it took, if any, and how many rows
+    /// of the table it read, in a sequential scan or through any of its
+    /// indexes (as PostgreSQL counts them for the transaction, within which
+    /// the counts only grow).
+    async fn counted_claim(
+        client: &mut deadpool_postgres::Object, table: &str,
+    ) -> (Option<String>, i64) {
+        let read = format!(
+            "SELECT COALESCE((SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)
+                              FROM pg_stat_xact_user_tables WHERE relid = '\"{table}\"'::regclass), 0)"
+        );
+        let tx = client.transaction().await.unwrap();
+        let before: i64 = tx.query_one(&read, &[]).await.unwrap().get(0);
+        let claimed = tx
+            .query_opt(
+                &format!("SELECT event_id FROM \"{table}_claim\"(60000, 0, 'counted')"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0));
+        let after: i64 = tx.query_one(&read, &[]).await.unwrap().get(0);
+        tx.commit().await.unwrap();
+        (claimed, after - before)
+    }
+
+    /// A claim reads no retry that is not due yet: with 20,000 of them
+    /// waiting, a claim that finds nothing due, one that takes a new
+    /// event and one that takes over an event whose lease ended each read
+    /// a few rows of the table (counted by PostgreSQL's statistics of the
+    /// claim's transaction, not timed), where walking the live events in
+    /// arrival order read all 20,000.
+    #[tokio::test]
+    async fn a_claim_reads_no_retry_not_due_yet() {
+        use crate::store::{Inbox, NewEvent};
+
+        let (inbox, pool, table) = private_inbox("due_reads").await;
+        let mut client = pool.get().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, signed_at_ms,
+                                          received_at_ms, arrived_ms, body, status, attempts,
+                                          next_attempt_ms)
+                 SELECT '', 'evt_' || g, 'order.succeeded', 0, now_ms, now_ms, now_ms - 60000, '\\x7b7d',
+                        'retrying', 1, now_ms + 3600000
+                 FROM generate_series(1, 20000) AS g, (SELECT {} AS now_ms) AS server;
+                 ANALYZE \"{table}\";",
+                super::SERVER_NOW_MS
+            ))
+            .await
+            .unwrap();
+        let (claimed, read) = counted_claim(&mut client, &table).await;
+        assert_eq!(claimed, None);
+        assert!(read < 100, "{read} rows read to find that nothing is due");
+
+        inbox
+            .insert(&NewEvent::order_succeeded("evt_new"))
+            .await
+            .unwrap();
+        let (claimed, read) = counted_claim(&mut client, &table).await;
+        assert_eq!(claimed.as_deref(), Some("evt_new"));
+        assert!(read < 100, "{read} rows read to take a new event");
+
+        client
+            .execute(
+                &format!(
+                    "UPDATE \"{table}\" SET lease_until_ms = {} - 1 WHERE event_id = 'evt_new'",
+                    super::SERVER_NOW_MS
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (claimed, read) = counted_claim(&mut client, &table).await;
+        assert_eq!(claimed.as_deref(), Some("evt_new"), "taken over");
+        assert!(read < 100, "{read} rows read to take an event over");
+    }
+
+    /// A claim takes the event due first (a new event as it arrives, a
+    /// retry when its backoff ends, a running event when its worker's
+    /// lease ended), not the first to arrive: a retry whose backoff ended
+    /// before a newer event arrived goes before it, one whose backoff ended
+    /// after goes after it. An object's events still run oldest first,
+    /// whichever is due first.
+    #[tokio::test]
+    async fn a_claim_takes_the_event_due_first_and_an_objects_oldest_first() {
+        let (inbox, pool, table) = private_inbox("due_order").await;
+        let client = pool.get().await.unwrap();
+        put(
+            &client,
+            &table,
+            &[
+                ("evt_a", None, "retrying", -10_000, -1_000),
+                ("evt_b", None, "pending", -8_000, -8_000),
+                ("evt_d", None, "retrying", -7_000, -2_000),
+                ("evt_r", None, "running", -6_000, -1_500),
+                ("evt_o1", Some("obj"), "retrying", -5_000, -100),
+                ("evt_c", None, "pending", -500, -500),
+                ("evt_o2", Some("obj"), "pending", -300, -300),
+                ("evt_later", None, "retrying", -9_000, 600_000),
+            ],
+        )
+        .await;
+        assert_eq!(
+            claimed_in_turn(&inbox).await,
+            ["evt_b", "evt_d", "evt_r", "evt_a", "evt_c", "evt_o1", "evt_o2"]
+        );
+    }
+
+    /// New events are due as they are kept, by the server's clock alone,
+    /// so events kept one after another are claimed in that order: here the
+    /// second was received (by the app's clock) 20 ms before the first, as
+    /// deliveries handled side by side can be, and still goes second. The
+    /// arrival, which the reorder window counts from, is the one received.
+    #[tokio::test]
+    async fn new_events_are_due_in_the_order_they_are_kept() {
+        use crate::store::{Inbox, NewEvent};
+        use crate::Timestamp;
+
+        let (inbox, _pool, _table) = private_inbox("kept_order").await;
+        let first = NewEvent::order_succeeded("evt_first");
+        let mut second = NewEvent::order_succeeded("evt_second");
+        second.received_at = Timestamp::from_millis(first.received_at.as_millis() - 20);
+        inbox.insert(&first).await.unwrap();
+        inbox.insert(&second).await.unwrap();
+        assert_eq!(claimed_in_turn(&inbox).await, ["evt_first", "evt_second"]);
+        assert_eq!(
+            inbox.get(2).await.unwrap().unwrap().event.received_at,
+            second.received_at
+        );
+    }
+
+    /// A table made before the indexes by due time, in use (not empty),
+    /// does not get them from a migration, and its claim then reads the
+    /// live events in arrival order as before; once they are built
+    /// `CONCURRENTLY`, the next migration makes the claim read by due time.
+    /// An empty table without them gets them from a migration.
+    #[tokio::test]
+    async fn a_table_without_the_due_indexes_is_claimed_by_arrival_until_they_are_built() {
+        let (inbox, pool, table) = private_inbox("due_upgrade").await;
+        let client = pool.get().await.unwrap();
+        let indexes = [
+            format!("{table}_due_idx"),
+            format!("{table}_leased_idx"),
+            format!("{table}_dead_idx"),
+        ];
+        let exist = async || {
+            let mut exist = Vec::new();
+            for index in &indexes {
+                exist.push(index_exists(&client, index).await);
+            }
+            exist
+        };
+        assert_eq!(exist().await, [true; 3], "made with the table");
+        let drop_all = indexes
+            .iter()
+            .map(|index| format!("DROP INDEX \"{index}\";"))
+            .collect::<String>();
+        client.batch_execute(&drop_all).await.unwrap();
+        inbox.migrate().await.unwrap();
+        assert_eq!(exist().await, [true; 3], "made on the empty table");
+
+        client.batch_execute(&drop_all).await.unwrap();
+        let rows = [
+            ("evt_a", None, "retrying", -10_000, -1_000),
+            ("evt_r", Some("obj"), "running", -9_000, -1_500),
+            ("evt_b", Some("obj"), "pending", -8_000, -8_000),
+            ("evt_c", None, "pending", -500, -500),
+        ];
+        put(&client, &table, &rows).await;
+        inbox.migrate().await.unwrap();
+        client.batch_execute(&inbox.sql.schema).await.unwrap();
+        assert_eq!(exist().await, [false; 3], "never built on a table in use");
+        assert_eq!(
+            claimed_in_turn(&inbox).await,
+            ["evt_a", "evt_r", "evt_b", "evt_c"],
+            "by arrival"
+        );
+
+        build_due_indexes(&client, &table).await;
+        client
+            .execute(&format!("DELETE FROM \"{table}\""), &[])
+            .await
+            .unwrap();
+        put(&client, &table, &rows).await;
+        assert_eq!(
+            claimed_in_turn(&inbox).await,
+            ["evt_a", "evt_r", "evt_b", "evt_c"],
+            "still by arrival until the next migration"
+        );
+        client
+            .execute(&format!("DELETE FROM \"{table}\""), &[])
+            .await
+            .unwrap();
+        put(&client, &table, &rows).await;
+        inbox.migrate().await.unwrap();
+        assert_eq!(
+            claimed_in_turn(&inbox).await,
+            ["evt_r", "evt_b", "evt_a", "evt_c"],
+            "by due time"
+        );
     }
 
     /// The look-up that lets a migration skip the table's changes names
