@@ -62,16 +62,15 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///   arriving late meanwhile) skips its event rather than running it
 ///   beside that one. It runs in a
 ///   PL/pgSQL function beside the table (`<table>_claim`), with sorting
-///   turned off, so that each claim reads its indexes from their first
-///   entry instead of sorting the live events, whatever the planner's
-///   statistics say of the table: the index of the waiting events by when
-///   they are due and that of the running ones by when their lease ends,
-///   each read up to the first event not due yet, so that a claim never
-///   reads the retries still waiting (on a table made before those
-///   indexes, until they are built, the index of live events in arrival
-///   order: see [`migrate`](Self::migrate)). Its statements stay prepared
-///   for the connection, so after the first few claims their plans are
-///   reused instead of made again.
+///   turned off, so that each claim reads an index from its first entry
+///   instead of sorting the live events, whatever the planner's statistics
+///   say of the table: the index of the live events by when each is due (a
+///   waiting one's next attempt, a running one's lease end), read up to the
+///   first event not due yet, so that a claim never reads the retries still
+///   waiting (on a table made before that index, until it is built, the
+///   index of live events in arrival order: see [`migrate`](Self::migrate)).
+///   Its statement stays prepared for the connection, so after the first
+///   few claims the plan is reused instead of made again.
 /// - Every settle is one `UPDATE` matching the row still running with its
 ///   claim's token, each in a PL/pgSQL function beside the table as well
 ///   (`<table>_settle_complete`, `<table>_settle_fail`,
@@ -275,75 +274,41 @@ impl Sql {
             ),
         );
         // By due time: a new event is due as it is kept, a retry when its
-        // backoff ends, a running event when its worker's lease ended; of
-        // those due at once, the first kept. Two searches, each from
-        // its index, which ends at the first event not due yet: the running
-        // event whose lease ended first (`r_`, from `_leased_idx`), and the
-        // waiting event due first before it (`w_`, from `_due_idx`). The
-        // first of the two is the candidate; a candidate found blocked is
-        // passed by its search's cursor (its due time and number), and that
-        // search alone is made again. A running event whose lease ended is
-        // rare (its worker died): when there is one, it is locked first, and
-        // stays locked to the end of the claim's transaction should a
-        // waiting event due before it be taken instead.
+        // backoff ends, a running event when its worker's lease ends (the
+        // index's key, `due`); of those due at once, the first kept. Read
+        // from the index of live events by that key, which ends at the first
+        // event not due yet; a candidate found blocked is passed by its key.
+        let due = |e: &str| {
+            format!(
+                "(CASE WHEN {e}status = 'running' THEN {e}lease_until_ms ELSE {e}next_attempt_ms END)"
+            )
+        };
         let claim_by_due = claim_with(
             "
-                    r_seq bigint;
-                    r_key text COLLATE \"C\";
-                    r_due bigint;
-                    r_past_due bigint := -9223372036854775808;
-                    r_past_seq bigint := 0;
-                    r_none boolean := false;
-                    w_seq bigint;
-                    w_key text COLLATE \"C\";
-                    w_due bigint;
-                    w_past_due bigint := -9223372036854775808;
-                    w_past_seq bigint := 0;",
+                    picked_due bigint;
+                    past_due bigint := -9223372036854775808;
+                    past_seq bigint := 0;",
             &format!(
                 "
-                        IF r_seq IS NULL AND NOT r_none THEN
-                            SELECT e.seq, e.object_key, e.lease_until_ms INTO r_seq, r_key, r_due FROM {t} e
-                            WHERE e.status = 'running' AND e.lease_until_ms <= srv_ms
-                              AND (e.lease_until_ms, e.seq) > (r_past_due, r_past_seq)
-                              AND {unblocked}
-                            ORDER BY e.lease_until_ms, e.seq
-                            LIMIT 1
-                            FOR UPDATE SKIP LOCKED;
-                            r_none := NOT FOUND;
-                        END IF;
-                        IF w_seq IS NULL THEN
-                            SELECT e.seq, e.object_key, e.next_attempt_ms INTO w_seq, w_key, w_due FROM {t} e
-                            WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= srv_ms
-                              AND (e.next_attempt_ms, e.seq) > (w_past_due, w_past_seq)
-                              AND (e.next_attempt_ms, e.seq)
-                                  < (COALESCE(r_due, srv_ms), COALESCE(r_seq, 9223372036854775807))
-                              AND {arrived}
-                              AND {unblocked}
-                            ORDER BY e.next_attempt_ms, e.seq
-                            LIMIT 1
-                            FOR UPDATE SKIP LOCKED;
-                        END IF;
-                        IF w_seq IS NOT NULL THEN
-                            picked_seq := w_seq;
-                            picked_key := w_key;
-                            w_past_due := w_due;
-                            w_past_seq := w_seq;
-                            w_seq := NULL;
-                        ELSIF r_seq IS NOT NULL THEN
-                            picked_seq := r_seq;
-                            picked_key := r_key;
-                            r_past_due := r_due;
-                            r_past_seq := r_seq;
-                            r_seq := NULL;
-                            r_due := NULL;
-                        ELSE
+                        SELECT e.seq, e.object_key, {due_e} INTO picked_seq, picked_key, picked_due
+                        FROM {t} e
+                        WHERE e.status IN {live} AND {due_e} <= srv_ms
+                          AND ({due_e}, e.seq) > (past_due, past_seq)
+                          AND (e.status = 'running' OR {arrived})
+                          AND {unblocked}
+                        ORDER BY {due_e}, e.seq
+                        LIMIT 1
+                        FOR UPDATE SKIP LOCKED;
+                        IF NOT FOUND THEN
                             RETURN;
-                        END IF;"
+                        END IF;
+                        past_due := picked_due;
+                        past_seq := picked_seq;",
+                due_e = due("e.")
             ),
         );
         let index = |suffix: &str| Relation::new(table, suffix).qualified_index;
-        let (dead_idx, due_idx, leased_idx) =
-            (index("dead_idx"), index("due_idx"), index("leased_idx"));
+        let (dead_idx, due_idx) = (index("dead_idx"), index("due_idx"));
         // The indexes made only with the table or on an empty one: building
         // one on a table in use holds writes back while PostgreSQL reads the
         // whole table. A table already made is taken as empty only under a
@@ -351,30 +316,28 @@ impl Sql {
         // write waits behind it either), and only when it looked empty.
         let empty_table_indexes = format!(
             "DO $clink$ BEGIN
-                IF to_regclass('{dead_idx}') IS NULL OR to_regclass('{due_idx}') IS NULL
-                   OR to_regclass('{leased_idx}') IS NULL THEN
+                IF to_regclass('{dead_idx}') IS NULL OR to_regclass('{due_idx}') IS NULL THEN
                     IF NOT EXISTS (SELECT 1 FROM {t}) THEN
                         BEGIN
                             LOCK TABLE {t} IN SHARE MODE NOWAIT;
                             IF NOT EXISTS (SELECT 1 FROM {t}) THEN
                                 CREATE INDEX IF NOT EXISTS \"{bare}_dead_idx\" ON {t} (seq) WHERE status = 'dead';
-                                CREATE INDEX IF NOT EXISTS \"{bare}_due_idx\" ON {t} (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying');
-                                CREATE INDEX IF NOT EXISTS \"{bare}_leased_idx\" ON {t} (lease_until_ms, seq) WHERE status = 'running';
+                                CREATE INDEX IF NOT EXISTS \"{bare}_due_idx\" ON {t} ({due}, seq) WHERE status IN {live};
                             END IF;
                         EXCEPTION WHEN lock_not_available THEN NULL;
                         END;
                     END IF;
                 END IF;
-            END $clink$;"
+            END $clink$;",
+            due = due("")
         );
-        // The claim by due time where both its indexes exist and are
-        // usable (one being built `CONCURRENTLY`, or whose build failed, is
-        // not), by arrival otherwise: without them, reading by due time
-        // would read the whole table.
+        // The claim by due time where its index exists and is usable (one
+        // being built `CONCURRENTLY`, or whose build failed, is not), by
+        // arrival otherwise: without it, reading by due time would read the
+        // whole table.
         let claim_def = format!(
             "DO $clink$ BEGIN
-                IF (SELECT count(*) FROM pg_index
-                    WHERE indisvalid AND indexrelid IN (to_regclass('{due_idx}'), to_regclass('{leased_idx}'))) = 2 THEN
+                IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{due_idx}') AND indisvalid) THEN
                     EXECUTE $by_due$ {claim_by_due} $by_due$;
                 ELSE
                     EXECUTE $by_arrival$ {claim_by_arrival} $by_arrival$;
@@ -801,8 +764,8 @@ impl PostgresInbox {
     /// `<table>_settle_release`; versions before these made
     /// `<table>_complete`, `<table>_fail` and `<table>_release`, which none
     /// calls once every instance runs these). The claim's function it makes
-    /// reads by due time or in arrival order as the indexes by due time
-    /// exist or not when it runs (see [`migrate`](Self::migrate)).
+    /// reads by due time or in arrival order as the index by due time
+    /// exists or not when it runs (see [`migrate`](Self::migrate)).
     #[must_use]
     pub fn schema_sql(&self) -> &str {
         &self.sql.schema
@@ -818,26 +781,26 @@ impl PostgresInbox {
     /// table, as every start of an instance does: when the table, its
     /// columns and its indexes all exist it only looks them up and replaces
     /// the functions, taking no lock on the table that would queue behind
-    /// open transactions (and every delivery behind it); when one of the
+    /// open transactions (and every delivery behind it); when one of the two
     /// indexes below is missing, it also reads whether the table is empty.
     /// When it must change the table, it waits for the table's lock no
     /// longer than the per-call timeout ([`with_timeout`](Self::with_timeout)),
     /// so that deliveries are held up no longer than that, and fails if it
     /// cannot take it by then.
     ///
-    /// Three indexes are made with the table, or by a migration that finds
+    /// Two indexes are made with the table, or by a migration that finds
     /// the table empty (and no write under way: it asks for the lock
     /// without waiting), never by one that would read a table in use
     /// (building an index holds writes back while PostgreSQL reads the
     /// whole table): the index of dead events (`_dead_idx` after the
     /// table's name), which lets [`stats`](Inbox::stats) read only the
-    /// events not done, and the indexes of the waiting events by when they
-    /// are due (`_due_idx`) and of the running ones by when their lease
-    /// ends (`_leased_idx`), which let a claim read only the events due
-    /// (see [Claim order](Inbox#claim-order)). On a table made before them,
-    /// the counts read the whole table and a claim reads the live events
-    /// in arrival order, reading every retry not due yet on every claim,
-    /// as they did, until they are built without holding writes back, each
+    /// events not done, and the index of the live events by when each is
+    /// due (`_due_idx`: a waiting event's next attempt, a running one's
+    /// lease end), which lets a claim read only the events due (see
+    /// [Claim order](Inbox#claim-order)). On a table made before them, the
+    /// counts read the whole table and a claim reads the live events in
+    /// arrival order, reading every retry not due yet on every claim, as
+    /// they did, until they are built without holding writes back, each
     /// statement on its own (with the table's name for
     /// `clink_webhook_inbox`):
     ///
@@ -845,15 +808,15 @@ impl PostgresInbox {
     /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_dead_idx"
     ///     ON clink_webhook_inbox (seq) WHERE status = 'dead';
     /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_due_idx"
-    ///     ON clink_webhook_inbox (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying');
-    /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_leased_idx"
-    ///     ON clink_webhook_inbox (lease_until_ms, seq) WHERE status = 'running';
+    ///     ON clink_webhook_inbox
+    ///     ((CASE WHEN status = 'running' THEN lease_until_ms ELSE next_attempt_ms END), seq)
+    ///     WHERE status IN ('pending', 'retrying', 'running');
     /// ```
     ///
-    /// The claim reads by due time from the next migration after both
-    /// indexes by due time are built (every instance migrates as it
-    /// starts): each migration makes the claim's function read by due time
-    /// when both exist and are valid as it runs, and in arrival order
+    /// The claim reads by due time from the next migration after the index
+    /// by due time is built (every instance migrates as it starts): each
+    /// migration makes the claim's function read by due time when that
+    /// index exists and is valid as it runs, and in arrival order
     /// otherwise. A build `CONCURRENTLY` that failed leaves an invalid
     /// index, which `IF NOT EXISTS` keeps: drop it and build it again. An
     /// instance of an earlier version that starts may make the claim read
@@ -1903,21 +1866,37 @@ mod tests {
             .get(0)
     }
 
-    /// The indexes by due time of a table made before them, built as
+    /// `count` retries not due for an hour, about no object, in table
+    /// `table`.
+    async fn put_retries_not_due(client: &tokio_postgres::Client, table: &str, count: i64) {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, signed_at_ms,
+                                              received_at_ms, arrived_ms, body, status, attempts,
+                                              next_attempt_ms)
+                     SELECT '', 'evt_waiting_' || g, 'order.succeeded', 0, now_ms, now_ms,
+                            now_ms - 60000, '\\x7b7d', 'retrying', 1, now_ms + 3600000
+                     FROM generate_series(1, $1::bigint) AS g, (SELECT {} AS now_ms) AS server",
+                    super::SERVER_NOW_MS
+                ),
+                &[&count],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The index by due time of a table made before it, built as
     /// `migrate`'s docs and the README say.
-    async fn build_due_indexes(client: &tokio_postgres::Client, table: &str) {
-        for sql in [
-            format!(
+    async fn build_due_index(client: &tokio_postgres::Client, table: &str) {
+        client
+            .batch_execute(&format!(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{table}_due_idx\"
-                     ON {table} (next_attempt_ms, seq) WHERE status IN ('pending', 'retrying')"
-            ),
-            format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{table}_leased_idx\"
-                     ON {table} (lease_until_ms, seq) WHERE status = 'running'"
-            ),
-        ] {
-            client.batch_execute(&sql).await.unwrap();
-        }
+                     ON {table} ((CASE WHEN status = 'running' THEN lease_until_ms ELSE next_attempt_ms END), seq)
+                     WHERE status IN ('pending', 'retrying', 'running')"
+            ))
+            .await
+            .unwrap();
     }
 
     /// Calls the claim's function of table `table` on `client`, in a
@@ -1959,17 +1938,9 @@ mod tests {
 
         let (inbox, pool, table) = private_inbox("due_reads").await;
         let mut client = pool.get().await.unwrap();
+        put_retries_not_due(&client, &table, 20_000).await;
         client
-            .batch_execute(&format!(
-                "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, signed_at_ms,
-                                          received_at_ms, arrived_ms, body, status, attempts,
-                                          next_attempt_ms)
-                 SELECT '', 'evt_' || g, 'order.succeeded', 0, now_ms, now_ms, now_ms - 60000, '\\x7b7d',
-                        'retrying', 1, now_ms + 3600000
-                 FROM generate_series(1, 20000) AS g, (SELECT {} AS now_ms) AS server;
-                 ANALYZE \"{table}\";",
-                super::SERVER_NOW_MS
-            ))
+            .batch_execute(&format!("ANALYZE \"{table}\""))
             .await
             .unwrap();
         let (claimed, read) = counted_claim(&mut client, &table).await;
@@ -2053,20 +2024,16 @@ mod tests {
         );
     }
 
-    /// A table made before the indexes by due time, in use (not empty),
-    /// does not get them from a migration, and its claim then reads the
-    /// live events in arrival order as before; once they are built
-    /// `CONCURRENTLY`, the next migration makes the claim read by due time.
-    /// An empty table without them gets them from a migration.
+    /// A table made before the index by due time, in use (not empty), does
+    /// not get it from a migration (nor the dead events' index), and its
+    /// claim then reads the live events in arrival order as before; once it
+    /// is built `CONCURRENTLY`, the next migration makes the claim read by
+    /// due time. An empty table without them gets them from a migration.
     #[tokio::test]
-    async fn a_table_without_the_due_indexes_is_claimed_by_arrival_until_they_are_built() {
+    async fn a_table_without_the_due_index_is_claimed_by_arrival_until_it_is_built() {
         let (inbox, pool, table) = private_inbox("due_upgrade").await;
-        let client = pool.get().await.unwrap();
-        let indexes = [
-            format!("{table}_due_idx"),
-            format!("{table}_leased_idx"),
-            format!("{table}_dead_idx"),
-        ];
+        let mut client = pool.get().await.unwrap();
+        let indexes = [format!("{table}_due_idx"), format!("{table}_dead_idx")];
         let exist = async || {
             let mut exist = Vec::new();
             for index in &indexes {
@@ -2074,14 +2041,14 @@ mod tests {
             }
             exist
         };
-        assert_eq!(exist().await, [true; 3], "made with the table");
+        assert_eq!(exist().await, [true; 2], "made with the table");
         let drop_all = indexes
             .iter()
             .map(|index| format!("DROP INDEX \"{index}\";"))
             .collect::<String>();
         client.batch_execute(&drop_all).await.unwrap();
         inbox.migrate().await.unwrap();
-        assert_eq!(exist().await, [true; 3], "made on the empty table");
+        assert_eq!(exist().await, [true; 2], "made on the empty table");
 
         client.batch_execute(&drop_all).await.unwrap();
         let rows = [
@@ -2093,14 +2060,14 @@ mod tests {
         put(&client, &table, &rows).await;
         inbox.migrate().await.unwrap();
         client.batch_execute(&inbox.sql.schema).await.unwrap();
-        assert_eq!(exist().await, [false; 3], "never built on a table in use");
+        assert_eq!(exist().await, [false; 2], "never built on a table in use");
         assert_eq!(
             claimed_in_turn(&inbox).await,
             ["evt_a", "evt_r", "evt_b", "evt_c"],
             "by arrival"
         );
 
-        build_due_indexes(&client, &table).await;
+        build_due_index(&client, &table).await;
         client
             .execute(&format!("DELETE FROM \"{table}\""), &[])
             .await
@@ -2122,6 +2089,12 @@ mod tests {
             ["evt_r", "evt_b", "evt_a", "evt_c"],
             "by due time"
         );
+        // From the index built as documented: the retries not due yet are
+        // not read.
+        put_retries_not_due(&client, &table, 2_000).await;
+        let (claimed, read) = counted_claim(&mut client, &table).await;
+        assert_eq!(claimed, None);
+        assert!(read < 100, "{read} rows read to find that nothing is due");
     }
 
     /// The look-up that lets a migration skip the table's changes names
