@@ -741,19 +741,21 @@ impl InboxStats {
 /// - it names no object, or no other event about its object is running, and
 ///   none older (by `created`, then event id) is still to handle.
 ///
-/// Among those it takes the one due first (a new event is due as it
-/// arrives, a retry when its backoff ends, one whose worker's lease ended
-/// when it ended), of those due at once the one that arrived first. So the
-/// events of one object run one at a time, oldest first, and new events
-/// about no object run in arrival order without waiting on each other.
+/// Among those it takes the one due first (a new event is due as it is
+/// kept, a retry when its backoff ends, a replayed event as it is replayed,
+/// one whose worker's lease ended when it ended), of those due at once the
+/// one kept first. So the events of one object run one at a time, oldest
+/// first, and new events about no object run in the order they were kept
+/// without waiting on each other.
 ///
 /// The SQLite and PostgreSQL inboxes read the waiting events by when they
 /// are due, so that a claim never reads the retries not due yet (a
 /// destination down for a day leaves thousands of them, and each claim
-/// read them all). Two take the first to arrive instead, whenever it was
+/// read them all). Two take the first kept instead, whenever it was
 /// due: the [`MemoryInbox`](super::MemoryInbox), and a PostgreSQL table
-/// made by an earlier version and in use, as before, until the indexes by
-/// due time are built on it (see `PostgresInbox::migrate`).
+/// made by an earlier version and in use, as before, until its index by
+/// due time is built and the inbox migrated again (see
+/// `PostgresInbox::migrate`).
 pub trait Inbox: Send + Sync + 'static {
     /// Keeps `event` unless its account already has an event with its id.
     ///

@@ -129,6 +129,8 @@ struct Sql {
     /// Whether the tables, every column and the indexes exist, taking no
     /// lock on the table.
     current: String,
+    /// Whether the claim's function the migration makes reads by due time.
+    reads_by_due: String,
     insert: String,
     claim: String,
     complete: String,
@@ -258,7 +260,7 @@ impl Sql {
         };
         // By arrival: the live events in `seq` order, from the live index,
         // skipping the retries not due yet (all of them, on every claim).
-        // The claim of a table without the indexes by due time.
+        // The claim of a table without the index by due time.
         let claim_by_arrival = claim_with(
             "
                     past_seq bigint := 0;",
@@ -336,13 +338,21 @@ impl Sql {
             END $clink$;",
             due = due("")
         );
-        // The claim by due time where its index exists and is usable (one
-        // being built `CONCURRENTLY`, or whose build failed, is not), by
-        // arrival otherwise: without it, reading by due time would read the
-        // whole table.
+        // The claim by due time where its index exists, on this table, is
+        // usable (one being built `CONCURRENTLY`, or whose build failed, is
+        // not) and has the shape the claim reads (an index of that name
+        // built otherwise, by hand, is not), by arrival otherwise: without
+        // it, reading by due time would read and sort every live event.
+        let due_index_usable = format!(
+            "EXISTS (SELECT 1 FROM pg_index
+                     WHERE indexrelid = to_regclass('{due_idx}') AND indrelid = to_regclass('{t}')
+                       AND indisvalid AND indexprs IS NOT NULL AND indpred IS NOT NULL
+                       AND pg_get_expr(indexprs, indrelid) LIKE '%running%lease_until_ms%next_attempt_ms%'
+                       AND pg_get_expr(indpred, indrelid) LIKE '%pending%retrying%running%')"
+        );
         let claim_def = format!(
             "DO $clink$ BEGIN
-                IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{due_idx}') AND indisvalid) THEN
+                IF {due_index_usable} THEN
                     EXECUTE $by_due$ {claim_by_due} $by_due$;
                 ELSE
                     EXECUTE $by_arrival$ {claim_by_arrival} $by_arrival$;
@@ -456,6 +466,7 @@ impl Sql {
             functions: format!(
                 "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}"
             ),
+            reads_by_due: format!("SELECT {due_index_usable}"),
             current: {
                 let columns = ADDED_COLUMNS
                     .iter()
@@ -806,8 +817,9 @@ impl PostgresInbox {
     /// counts read the whole table and a claim reads the live events in
     /// arrival order, reading every retry not due yet on every claim, as
     /// they did, until they are built without holding writes back, each
-    /// statement on its own (with the table's name for
-    /// `clink_webhook_inbox`):
+    /// statement on its own (for a table of another name, each index is
+    /// named after the table's name without its schema, and goes `ON` the
+    /// table as configured: for `app.inbox`, `"inbox_due_idx" ON app.inbox`):
     ///
     /// ```sql
     /// CREATE INDEX CONCURRENTLY IF NOT EXISTS "clink_webhook_inbox_dead_idx"
@@ -821,8 +833,8 @@ impl PostgresInbox {
     /// The claim reads by due time from the next migration after the index
     /// by due time is built (every instance migrates as it starts): each
     /// migration makes the claim's function read by due time when that
-    /// index exists and is valid as it runs, and in arrival order
-    /// otherwise. A build `CONCURRENTLY` that failed leaves an invalid
+    /// index exists in this shape and is valid as it runs, and in arrival
+    /// order otherwise, logging a warning then. A build `CONCURRENTLY` that failed leaves an invalid
     /// index, which `IF NOT EXISTS` keeps: drop it and build it again. An
     /// instance of an earlier version that starts may make the claim read
     /// in arrival order again, until an instance of this one starts.
@@ -844,7 +856,21 @@ impl PostgresInbox {
             } else {
                 &self.sql.schema
             };
-            create_tables(&mut client, &self.sql.table, sql, self.timeout).await
+            create_tables(&mut client, &self.sql.table, sql, self.timeout).await?;
+            let by_due: bool = client
+                .query_typed_one(&self.sql.reads_by_due, &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|err| pg_error("cannot look the claim's index up", &err))?;
+            if !by_due {
+                tracing::warn!(
+                    table = %self.sql.table,
+                    "inbox: the claim reads the events in arrival order, passing over every \
+                     retry not due yet on each claim, until the table's index by due time is \
+                     built (see PostgresInbox::migrate) and the inbox migrated again"
+                );
+            }
+            Ok(())
         })
         .await
     }
@@ -1965,9 +1991,17 @@ mod tests {
             .batch_execute(&format!("ANALYZE \"{table}\""))
             .await
             .unwrap();
-        let (claimed, read) = counted_claim(&mut client, &table).await;
-        assert_eq!(claimed, None);
-        assert!(read < 100, "{read} rows read to find that nothing is due");
+        // Eight claims on one connection: PL/pgSQL plans the first five
+        // calls for their values and may then keep a generic plan, which
+        // must read the index as well.
+        for call in 1..=8 {
+            let (claimed, read) = counted_claim(&mut client, &table).await;
+            assert_eq!(claimed, None);
+            assert!(
+                read < 100,
+                "call {call}: {read} rows read to find that nothing is due"
+            );
+        }
 
         inbox
             .insert(&NewEvent::order_succeeded("evt_new"))
@@ -1990,6 +2024,63 @@ mod tests {
         let (claimed, read) = counted_claim(&mut client, &table).await;
         assert_eq!(claimed.as_deref(), Some("evt_new"), "taken over");
         assert!(read < 100, "{read} rows read to take an event over");
+    }
+
+    /// An index of the due index's name in another shape (built by hand
+    /// from a wrong statement, say), which the claim by due time could not
+    /// read in its order, leaves the claim reading in arrival order.
+    #[tokio::test]
+    async fn an_index_of_the_due_name_in_another_shape_leaves_the_claim_by_arrival() {
+        let (inbox, pool, table) = private_inbox("due_shape").await;
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP INDEX \"{table}_due_idx\";
+                 CREATE INDEX \"{table}_due_idx\" ON \"{table}\" (next_attempt_ms, seq)
+                     WHERE status IN ('pending', 'retrying');"
+            ))
+            .await
+            .unwrap();
+        inbox.migrate().await.unwrap();
+        put(
+            &client,
+            &table,
+            &[
+                ("evt_a", None, "retrying", -10_000, -1_000),
+                ("evt_b", None, "pending", -8_000, -8_000),
+            ],
+        )
+        .await;
+        assert_eq!(claimed_in_turn(&inbox).await, ["evt_a", "evt_b"]);
+    }
+
+    /// A new event inside the reorder window is passed over, and a retry
+    /// due after it is taken: the window holds back what arrived lately,
+    /// not what is due.
+    #[tokio::test]
+    async fn the_reorder_window_passes_over_a_new_event_not_a_retry_due_after_it() {
+        use crate::store::Inbox;
+
+        let (inbox, pool, table) = private_inbox("due_window").await;
+        let client = pool.get().await.unwrap();
+        put(
+            &client,
+            &table,
+            &[
+                ("evt_new", None, "pending", -100, -100),
+                ("evt_retry", None, "retrying", -60_000, -50),
+            ],
+        )
+        .await;
+        let window = std::time::Duration::from_secs(30);
+        let lease = std::time::Duration::from_secs(60);
+        let claim = inbox
+            .claim(lease, window)
+            .await
+            .unwrap()
+            .expect("the retry");
+        assert_eq!(claim.entry.event.event_id, "evt_retry");
+        assert!(inbox.claim(lease, window).await.unwrap().is_none());
     }
 
     /// A claim takes the event due first (a new event as it arrives, a
