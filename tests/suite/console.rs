@@ -27,6 +27,7 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 
+use crate::support::inbox_delegate::delegate_inbox;
 use crate::support::loopback;
 use crate::support::process::PATIENCE;
 
@@ -2479,99 +2480,7 @@ async fn the_memory_inbox_answers_the_console() {
 struct Plain(MemoryInbox);
 
 impl Inbox for Plain {
-    fn insert<'a>(
-        &'a self, event: &'a NewEvent,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
-    > {
-        self.0.insert(event)
-    }
-    fn insert_dead<'a>(
-        &'a self, event: &'a NewEvent, error: &'a str,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
-    > {
-        self.0.insert_dead(event, error)
-    }
-    fn claim(
-        &self, lease: Duration, window: Duration,
-    ) -> clink_webhooks::BoxFuture<
-        '_,
-        Result<Option<clink_webhooks::store::InboxClaim>, clink_webhooks::store::StoreError>,
-    > {
-        self.0.claim(lease, window)
-    }
-    fn complete<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
-    > {
-        self.0.complete(claim)
-    }
-    fn fail<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
-        retry_at: Option<Timestamp>,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
-    > {
-        self.0.fail(claim, error, retry_at)
-    }
-    fn release<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
-    > {
-        self.0.release(claim)
-    }
-    fn list<'a>(
-        &'a self, filter: &'a InboxFilter, limit: usize,
-    ) -> clink_webhooks::BoxFuture<
-        'a,
-        Result<Vec<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
-    > {
-        self.0.list(filter, limit)
-    }
-    fn get(
-        &self, seq: i64,
-    ) -> clink_webhooks::BoxFuture<
-        '_,
-        Result<Option<clink_webhooks::store::InboxEntry>, clink_webhooks::store::StoreError>,
-    > {
-        self.0.get(seq)
-    }
-    fn replay(
-        &self, seq: i64, force: bool,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
-        self.0.replay(seq, force)
-    }
-    fn replay_matching<'a>(
-        &'a self, filter: &'a InboxFilter, force: bool,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
-        self.0.replay_matching(filter, force)
-    }
-    fn purge(
-        &self, before: Timestamp,
-    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
-        self.0.purge(before)
-    }
-    fn stats(
-        &self,
-    ) -> clink_webhooks::BoxFuture<
-        '_,
-        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
-    > {
-        self.0.stats()
-    }
-    fn check_writable(
-        &self,
-    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
-        self.0.check_writable()
-    }
+    delegate_inbox!(0: insert, insert_dead, claim, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable);
 }
 
 #[tokio::test]
@@ -2642,37 +2551,7 @@ impl Staged {
 }
 
 impl Inbox for Staged {
-    fn insert<'a>(
-        &'a self, event: &'a NewEvent,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
-        self.inner.insert(event)
-    }
-    fn insert_dead<'a>(
-        &'a self, event: &'a NewEvent, error: &'a str,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
-        self.inner.insert_dead(event, error)
-    }
-    fn claim(
-        &self, lease: Duration, window: Duration,
-    ) -> BoxFuture<'_, Result<Option<clink_webhooks::store::InboxClaim>, StoreError>> {
-        self.inner.claim(lease, window)
-    }
-    fn complete<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.complete(claim)
-    }
-    fn fail<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
-        retry_at: Option<Timestamp>,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.fail(claim, error, retry_at)
-    }
-    fn release<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.release(claim)
-    }
+    delegate_inbox!(inner: insert, insert_dead, claim, complete, fail, release, page_summaries, activity, replay, replay_if, purge, stats, check_writable);
     fn list<'a>(
         &'a self, _: &'a InboxFilter, _: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
@@ -2683,11 +2562,6 @@ impl Inbox for Staged {
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
         Self::refused()
     }
-    fn page_summaries<'a>(
-        &'a self, filter: &'a InboxFilter, start: PageStart, limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<InboxSummary>, StoreError>> {
-        self.inner.page_summaries(filter, start, limit)
-    }
     fn count<'a>(&'a self, filter: &'a InboxFilter) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let count = self.inner.count(filter).await;
@@ -2697,11 +2571,6 @@ impl Inbox for Staged {
             }
             count
         })
-    }
-    fn activity(
-        &self, since: Timestamp, interval: Duration, intervals: usize,
-    ) -> BoxFuture<'_, Result<clink_webhooks::store::InboxActivity, StoreError>> {
-        self.inner.activity(since, interval, intervals)
     }
     fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
         if self.get_refused {
@@ -2728,14 +2597,6 @@ impl Inbox for Staged {
             read
         })
     }
-    fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
-        self.inner.replay(seq, force)
-    }
-    fn replay_if<'a>(
-        &'a self, seq: i64, pin: &'a ReplayPin,
-    ) -> BoxFuture<'a, Result<Replayed, StoreError>> {
-        self.inner.replay_if(seq, pin)
-    }
     fn replay_matching<'a>(
         &'a self, filter: &'a InboxFilter, force: bool,
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
@@ -2747,15 +2608,6 @@ impl Inbox for Staged {
             known.seq_through = None;
             self.inner.replay_matching(&known, force).await
         })
-    }
-    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.inner.purge(before)
-    }
-    fn stats(&self) -> BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>> {
-        self.inner.stats()
-    }
-    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.check_writable()
     }
 }
 
@@ -2801,37 +2653,7 @@ impl Quirky {
 }
 
 impl Inbox for Quirky {
-    fn insert<'a>(
-        &'a self, event: &'a NewEvent,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
-        self.inner.insert(event)
-    }
-    fn insert_dead<'a>(
-        &'a self, event: &'a NewEvent, error: &'a str,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Inserted, StoreError>> {
-        self.inner.insert_dead(event, error)
-    }
-    fn claim(
-        &self, lease: Duration, window: Duration,
-    ) -> BoxFuture<'_, Result<Option<clink_webhooks::store::InboxClaim>, StoreError>> {
-        self.inner.claim(lease, window)
-    }
-    fn complete<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.complete(claim)
-    }
-    fn fail<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim, error: &'a str,
-        retry_at: Option<Timestamp>,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.fail(claim, error, retry_at)
-    }
-    fn release<'a>(
-        &'a self, claim: &'a clink_webhooks::store::InboxClaim,
-    ) -> BoxFuture<'a, Result<clink_webhooks::store::Settle, StoreError>> {
-        self.inner.release(claim)
-    }
+    delegate_inbox!(inner: insert, insert_dead, claim, complete, fail, release, purge, check_writable);
     fn list<'a>(
         &'a self, filter: &'a InboxFilter, limit: usize,
     ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
@@ -2867,14 +2689,8 @@ impl Inbox for Quirky {
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         Box::pin(self.write(self.inner.replay_matching(filter, force)))
     }
-    fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.inner.purge(before)
-    }
     fn stats(&self) -> BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>> {
         Box::pin(self.read(self.inner.stats()))
-    }
-    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.check_writable()
     }
 }
 

@@ -17,6 +17,8 @@ use clink_webhooks::{events, ClinkLayer, EventRouter, Outcome, Timestamp, Verifi
 use http_body_util::Full;
 use tower::ServiceExt;
 
+use crate::support::inbox_delegate::delegate_inbox;
+
 const NO_REORDER_WINDOW: Duration = Duration::ZERO;
 const LEASE: Duration = Duration::from_secs(30);
 /// How long workers may take to drain what a test gave them: it only bounds
@@ -1029,32 +1031,7 @@ struct SlowRelease<I>(I);
 const SLOW_RELEASE: Duration = Duration::from_millis(500);
 
 impl<I: Inbox> Inbox for SlowRelease<I> {
-    fn insert<'a>(
-        &'a self, event: &'a NewEvent,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
-        self.0.insert(event)
-    }
-    fn insert_dead<'a>(
-        &'a self, event: &'a NewEvent, error: &'a str,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
-        self.0.insert_dead(event, error)
-    }
-    fn claim(
-        &self, lease: Duration, reorder_window: Duration,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
-    {
-        self.0.claim(lease, reorder_window)
-    }
-    fn complete<'a>(
-        &'a self, claim: &'a InboxClaim,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
-        self.0.complete(claim)
-    }
-    fn fail<'a>(
-        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
-        self.0.fail(claim, error, retry_at)
-    }
+    delegate_inbox!(0: insert, insert_dead, claim, complete, fail, list, get, replay, replay_matching, purge, stats, check_writable, wait);
     fn release<'a>(
         &'a self, claim: &'a InboxClaim,
     ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
@@ -1063,49 +1040,6 @@ impl<I: Inbox> Inbox for SlowRelease<I> {
             tokio::time::sleep(SLOW_RELEASE).await;
             self.0.release(claim).await
         })
-    }
-    fn list<'a>(
-        &'a self, filter: &'a InboxFilter, limit: usize,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, clink_webhooks::store::StoreError>>
-    {
-        self.0.list(filter, limit)
-    }
-    fn get(
-        &self, seq: i64,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, clink_webhooks::store::StoreError>>
-    {
-        self.0.get(seq)
-    }
-    fn replay(
-        &self, seq: i64, force: bool,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
-        self.0.replay(seq, force)
-    }
-    fn replay_matching<'a>(
-        &'a self, filter: &'a InboxFilter, force: bool,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
-        self.0.replay_matching(filter, force)
-    }
-    fn purge(
-        &self, before: Timestamp,
-    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
-        self.0.purge(before)
-    }
-    fn stats(
-        &self,
-    ) -> clink_webhooks::BoxFuture<
-        '_,
-        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
-    > {
-        self.0.stats()
-    }
-    fn check_writable(
-        &self,
-    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
-        self.0.check_writable()
-    }
-    fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
-        self.0.wait(timeout)
     }
 }
 
@@ -1117,22 +1051,7 @@ struct PanicsOnComplete {
 }
 
 impl Inbox for PanicsOnComplete {
-    fn insert<'a>(
-        &'a self, event: &'a NewEvent,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
-        self.inner.insert(event)
-    }
-    fn insert_dead<'a>(
-        &'a self, event: &'a NewEvent, error: &'a str,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, clink_webhooks::store::StoreError>> {
-        self.inner.insert_dead(event, error)
-    }
-    fn claim(
-        &self, lease: Duration, reorder_window: Duration,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
-    {
-        self.inner.claim(lease, reorder_window)
-    }
+    delegate_inbox!(inner: insert, insert_dead, claim, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
     fn complete<'a>(
         &'a self, claim: &'a InboxClaim,
     ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
@@ -1140,59 +1059,6 @@ impl Inbox for PanicsOnComplete {
             panic!("an inbox bug completing {}", self.poisoned);
         }
         self.inner.complete(claim)
-    }
-    fn fail<'a>(
-        &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
-        self.inner.fail(claim, error, retry_at)
-    }
-    fn release<'a>(
-        &'a self, claim: &'a InboxClaim,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
-        self.inner.release(claim)
-    }
-    fn list<'a>(
-        &'a self, filter: &'a InboxFilter, limit: usize,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, clink_webhooks::store::StoreError>>
-    {
-        self.inner.list(filter, limit)
-    }
-    fn get(
-        &self, seq: i64,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, clink_webhooks::store::StoreError>>
-    {
-        self.inner.get(seq)
-    }
-    fn replay(
-        &self, seq: i64, force: bool,
-    ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, clink_webhooks::store::StoreError>> {
-        self.inner.replay(seq, force)
-    }
-    fn replay_matching<'a>(
-        &'a self, filter: &'a InboxFilter, force: bool,
-    ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, clink_webhooks::store::StoreError>> {
-        self.inner.replay_matching(filter, force)
-    }
-    fn purge(
-        &self, before: Timestamp,
-    ) -> clink_webhooks::BoxFuture<'_, Result<u64, clink_webhooks::store::StoreError>> {
-        self.inner.purge(before)
-    }
-    fn stats(
-        &self,
-    ) -> clink_webhooks::BoxFuture<
-        '_,
-        Result<clink_webhooks::store::InboxStats, clink_webhooks::store::StoreError>,
-    > {
-        self.inner.stats()
-    }
-    fn check_writable(
-        &self,
-    ) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
-        self.inner.check_writable()
-    }
-    fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
-        self.inner.wait(timeout)
     }
 }
 
@@ -1400,7 +1266,7 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
 #[cfg(feature = "metrics")]
 mod handled_counter {
     use super::*;
-    use clink_webhooks::store::{InboxStats, StoreError};
+    use clink_webhooks::store::StoreError;
 
     /// A memory inbox that answers its first completion as one whose lease
     /// ended first: the completion changes nothing and the event is free to
@@ -1411,21 +1277,7 @@ mod handled_counter {
     }
 
     impl Inbox for FirstCompletionLost {
-        fn insert<'a>(
-            &'a self, event: &'a NewEvent,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, StoreError>> {
-            self.inner.insert(event)
-        }
-        fn insert_dead<'a>(
-            &'a self, event: &'a NewEvent, error: &'a str,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Inserted, StoreError>> {
-            self.inner.insert_dead(event, error)
-        }
-        fn claim(
-            &self, lease: Duration, reorder_window: Duration,
-        ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
-            self.inner.claim(lease, reorder_window)
-        }
+        delegate_inbox!(inner: insert, insert_dead, claim, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
         fn complete<'a>(
             &'a self, claim: &'a InboxClaim,
         ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
@@ -1437,50 +1289,6 @@ mod handled_counter {
                 let _given_back = self.inner.release(claim).await?;
                 Ok(Settle::LeaseLost)
             })
-        }
-        fn fail<'a>(
-            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
-            self.inner.fail(claim, error, retry_at)
-        }
-        fn release<'a>(
-            &'a self, claim: &'a InboxClaim,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
-            self.inner.release(claim)
-        }
-        fn list<'a>(
-            &'a self, filter: &'a InboxFilter, limit: usize,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
-            self.inner.list(filter, limit)
-        }
-        fn get(
-            &self, seq: i64,
-        ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
-            self.inner.get(seq)
-        }
-        fn replay(
-            &self, seq: i64, force: bool,
-        ) -> clink_webhooks::BoxFuture<'_, Result<Replayed, StoreError>> {
-            self.inner.replay(seq, force)
-        }
-        fn replay_matching<'a>(
-            &'a self, filter: &'a InboxFilter, force: bool,
-        ) -> clink_webhooks::BoxFuture<'a, Result<Vec<i64>, StoreError>> {
-            self.inner.replay_matching(filter, force)
-        }
-        fn purge(
-            &self, before: Timestamp,
-        ) -> clink_webhooks::BoxFuture<'_, Result<u64, StoreError>> {
-            self.inner.purge(before)
-        }
-        fn stats(&self) -> clink_webhooks::BoxFuture<'_, Result<InboxStats, StoreError>> {
-            self.inner.stats()
-        }
-        fn check_writable(&self) -> clink_webhooks::BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.check_writable()
-        }
-        fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
-            self.inner.wait(timeout)
         }
     }
 

@@ -4,6 +4,7 @@
 pub(crate) mod capture;
 #[cfg(feature = "api")]
 pub(crate) mod fake_api;
+pub(crate) mod inbox_delegate;
 #[cfg(feature = "test-util")]
 pub(crate) mod loopback;
 #[cfg(feature = "test-util")]
