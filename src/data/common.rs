@@ -8,9 +8,9 @@ use std::marker::PhantomData;
 use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use super::Text;
-use serde_json::{Map, Value};
 
 /// Defines a string enum whose unknown values decode into `Unknown(String)`
 /// instead of failing, with `as_str`, `Display`, `From<&str>` and serde

@@ -18,9 +18,8 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Text;
-
 use super::common::{amount, Currency};
+use super::Text;
 use crate::Timestamp;
 
 /// The charge-back a `dispute.*` event is about (`ChargeBackWebhookVo`).

@@ -18,9 +18,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::Text;
-
 use super::common::{amount, string_enum, Billing, Currency, Interval};
+use super::Text;
 use crate::Timestamp;
 
 /// The invoice an `invoice.*` event is about (`InvoiceApiVo`). One invoice

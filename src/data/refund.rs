@@ -19,9 +19,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::Text;
-
 use super::common::{amount, string_enum, Currency, Metadata};
+use super::Text;
 use crate::Timestamp;
 
 /// The refund a `refund.*` event is about (`RefundApiVo`).

@@ -18,9 +18,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::Text;
-
 use super::common::{amount, string_enum, Currency, Interval, Metadata, PriceData};
+use super::Text;
 use crate::Timestamp;
 
 /// The checkout session a `session.*` event is about (`SessionApiVo`).

@@ -16,10 +16,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Text;
-
 use super::common::{string_enum, Billing, Currency, Metadata};
 use super::InvoiceItem;
+use super::Text;
 use crate::Timestamp;
 
 /// The subscription a `subscription.*` event is about (`SubApiVo`).
