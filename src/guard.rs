@@ -236,7 +236,21 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
 /// its lease ends and another delivery or worker can take the event over
 /// and run it at the same time.
 pub(crate) fn handler_deadline(lease: Duration, timeout: Option<Duration>) -> Duration {
-    let inside_lease = lease - lease / 10;
+    handler_deadline_settled_within(lease, timeout, Duration::ZERO)
+}
+
+/// [`handler_deadline`] for a claim whose settle may take up to `settle`
+/// (a networked store's call timeout): the spare part of the lease is the
+/// longer of a tenth of it and `settle`, so that a completion sent at the
+/// deadline and answered in time has landed before the lease ends, and no
+/// other delivery can have claimed the event and run its handler again.
+/// The spare part never takes more than half the lease: the handler keeps
+/// at least the other half, however long the settle may take.
+pub(crate) fn handler_deadline_settled_within(
+    lease: Duration, timeout: Option<Duration>, settle: Duration,
+) -> Duration {
+    let spare = (lease / 10).max(settle.min(lease / 2));
+    let inside_lease = lease - spare;
     timeout.map_or(inside_lease, |t| t.min(inside_lease))
 }
 
@@ -388,6 +402,22 @@ mod tests {
             handler_deadline(lease, Some(Duration::from_secs(60))),
             Duration::from_secs(27)
         );
+    }
+
+    /// A settle that may take longer than a tenth of the lease is given
+    /// its whole time before the lease ends, up to half the lease.
+    #[test]
+    fn the_handler_deadline_leaves_the_settle_its_time() {
+        let s = Duration::from_secs;
+        let lease = s(30);
+        let deadline = handler_deadline_settled_within;
+        assert_eq!(deadline(lease, None, Duration::ZERO), s(27));
+        assert_eq!(deadline(lease, None, s(1)), s(27));
+        assert_eq!(deadline(lease, None, s(5)), s(25));
+        assert_eq!(deadline(lease, Some(s(26)), s(5)), s(25));
+        assert_eq!(deadline(lease, Some(s(20)), s(5)), s(20));
+        assert_eq!(deadline(lease, None, s(20)), s(15));
+        assert_eq!(deadline(lease, None, s(3600)), s(15));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use super::budget::{BodyBudget, DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING}
 use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
 use super::{ClinkService, InboxIntake, Metrics, RoutedService};
 use crate::accounts::{AccountFrom, KeySource};
-use crate::guard::handler_deadline;
+use crate::guard::handler_deadline_settled_within;
 use crate::outage::OutageLog;
 use crate::signature::{LiveVerifier, Verifier};
 use crate::store::{
@@ -108,9 +108,16 @@ impl Outages {
 }
 
 impl Config {
-    /// The handler's deadline: see [`handler_deadline`].
+    /// The handler's deadline: see [`handler_deadline_settled_within`]. A
+    /// networked store's completion may take the store timeout, and lands
+    /// inside the lease; a memory store settles at once.
     pub(super) fn handler_deadline(&self) -> Duration {
-        handler_deadline(self.settings.lease, self.settings.handler_timeout)
+        let settle = if self.memory.is_some() {
+            Duration::ZERO
+        } else {
+            self.settings.store_timeout
+        };
+        handler_deadline_settled_within(self.settings.lease, self.settings.handler_timeout, settle)
     }
 }
 
@@ -375,12 +382,19 @@ impl ClinkLayer {
     /// Stops a handler after `timeout` (answered `500` and released, so it
     /// runs again on retry).
     ///
-    /// The timeout never exceeds nine tenths of the [`lease`](Self::lease),
-    /// whatever is set here, and without this call it is exactly that: a
-    /// handler is always stopped before its lease can run out, so two
-    /// deliveries of one event never run their handlers at the same time.
-    /// The time the claim itself took is taken off, since the lease starts
-    /// during the claim.
+    /// The timeout never exceeds the [`lease`](Self::lease) less a spare
+    /// part, whatever is set here, and without this call it is exactly
+    /// that: a handler is always stopped before its lease can run out, so
+    /// two deliveries of one event never run their handlers at the same
+    /// time. The spare part is a tenth of the lease with a [`MemoryStore`],
+    /// which settles at once. With any other store it is the longer of a
+    /// tenth of the lease and the [store timeout](Self::store_timeout) (at
+    /// most half the lease), so that the completion sent when the handler
+    /// succeeds, answered within the store timeout, has landed before the
+    /// lease ends and no other delivery can have run the handler again.
+    /// With the defaults that is 27 s of the 30 s lease with a memory store,
+    /// and 25 s with another store. The time the claim itself took is taken
+    /// off, since the lease starts during the claim.
     ///
     /// # Errors
     ///
@@ -389,7 +403,7 @@ impl ClinkLayer {
         self.config_mut().settings.handler_timeout = Some(check_duration(
             "handler_timeout",
             timeout,
-            "9/10 of the lease",
+            "the lease less its spare part",
         )?);
         Ok(self)
     }
@@ -397,6 +411,12 @@ impl ClinkLayer {
     /// How long the layer waits for any one store call (default
     /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`; a
     /// settle that times out is logged, and the lease frees the claim.
+    ///
+    /// With a store other than the [`MemoryStore`], a handler is stopped
+    /// at least this long (up to half the lease) before its lease ends, so
+    /// that its completion lands inside the lease: see
+    /// [`handler_timeout`](Self::handler_timeout). Keep it at most half the
+    /// [`lease`](Self::lease).
     ///
     /// # Errors
     ///
@@ -491,6 +511,32 @@ mod tests {
             .unwrap()
             .config;
         assert_eq!(config.handler_deadline(), Duration::from_secs(2));
+    }
+
+    /// With a store other than the memory store, the handler stops the
+    /// store timeout before its lease ends (at most half the lease), so
+    /// that its completion lands inside the lease.
+    #[test]
+    fn the_handler_deadline_leaves_a_networked_settle_its_store_timeout() {
+        let s = Duration::from_secs;
+        let other = || {
+            let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+            layer().store(store)
+        };
+        assert_eq!(layer().config.handler_deadline(), s(27));
+        assert_eq!(other().config.handler_deadline(), s(25));
+        let config = other().lease(s(20)).unwrap().config;
+        assert_eq!(config.handler_deadline(), s(15));
+        let config = other()
+            .store_timeout(s(1))
+            .and_then(|l| l.lease(s(20)))
+            .unwrap()
+            .config;
+        assert_eq!(config.handler_deadline(), s(18));
+        let config = other().lease(s(2)).unwrap().config;
+        assert_eq!(config.handler_deadline(), s(1));
+        let config = layer().lease(s(2)).unwrap().config;
+        assert_eq!(config.handler_deadline(), Duration::from_millis(1800));
     }
 
     #[test]

@@ -655,6 +655,40 @@ mod tests {
         assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 
+    /// With a store other than the memory store, a handler is stopped the
+    /// store timeout before its lease ends, so that its completion, given
+    /// up to the store timeout, lands inside the lease: with a lease of
+    /// 10 s and the store timeout of 5 s, a handler of 6 s is stopped, and
+    /// the same handler in front of a memory store (which settles at once)
+    /// runs to its end, nine tenths of the lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_before_a_networked_store_leaves_its_completion_the_store_timeout() {
+        let router = || {
+            EventRouter::new().on::<crate::events::OrderSucceeded, _>(|_event| async {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                Ok::<_, Infallible>(())
+            })
+        };
+        let request = || {
+            signed(&br#"{"id":"evt_slow","type":"order.succeeded","data":{"orderId":"ord_1"}}"#[..])
+        };
+        let networked = Arc::new(Late {
+            inner: crate::store::MemoryStore::new(),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
+        });
+        let lease = Duration::from_secs(10);
+        let mut service = layer()
+            .store(networked)
+            .lease(lease)
+            .unwrap()
+            .route(router());
+        let response = service.call(request()).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerTimeout));
+        let mut service = layer().lease(lease).unwrap().route(router());
+        let response = service.call(request()).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+    }
+
     /// A freshness store that never records: each record waits for good.
     struct NeverRecords;
 
