@@ -404,6 +404,9 @@ impl Drop for ClaimGuard<'_> {
         let succeeded = self
             .succeeded
             .is_some_and(|succeeded| succeeded.load(Ordering::Relaxed));
+        // A completion of its own was sent and dropped on the way: it may
+        // have been applied, and this one then finds the claim gone.
+        let sent_before = self.completes_with.is_some();
         let completes_with = self
             .completes_with
             .or_else(|| succeeded.then_some(config.settings.retention));
@@ -415,7 +418,7 @@ impl Drop for ClaimGuard<'_> {
                     match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
                         Ok(settle) => {
                             outage.succeeded();
-                            completed(&metrics, settle, false);
+                            completed(&metrics, settle, sent_before);
                         }
                         Err(error) if worth_retrying(&error) => {
                             outage.failed(&error);

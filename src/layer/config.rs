@@ -119,6 +119,25 @@ impl Config {
         };
         handler_deadline_settled_within(self.settings.lease, self.settings.handler_timeout, settle)
     }
+
+    /// Logs, as a service is made, a store timeout too long for the lease
+    /// to leave a completion its time (see [`ClinkLayer::store_timeout`]).
+    fn warn_of_a_settle_past_the_lease(&self) {
+        let Settings {
+            lease,
+            store_timeout,
+            ..
+        } = self.settings;
+        if self.memory.is_none() && store_timeout > lease / 2 {
+            tracing::warn!(
+                lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                store_timeout_ms = u64::try_from(store_timeout.as_millis()).unwrap_or(u64::MAX),
+                "clink layer: the store timeout is longer than half the lease, so a completion \
+                 sent as a handler's time ends may land after its lease, when another delivery \
+                 may have run the handler again; set a lease of at least twice the store timeout"
+            );
+        }
+    }
 }
 
 /// The tower [`Layer`] that puts a [`ClinkService`] in front of a service.
@@ -292,6 +311,7 @@ impl ClinkLayer {
     /// read back from it. See [`RoutedService`].
     #[must_use]
     pub fn route<T>(&self, router: EventRouter<T>) -> RoutedService<T> {
+        self.config.warn_of_a_settle_past_the_lease();
         RoutedService::new(router, Arc::clone(&self.config))
     }
 
@@ -386,14 +406,16 @@ impl ClinkLayer {
     /// part, whatever is set here, and without this call it is exactly
     /// that: a handler is always stopped before its lease can run out, so
     /// two deliveries of one event never run their handlers at the same
-    /// time. The spare part is a tenth of the lease with a [`MemoryStore`],
-    /// which settles at once. With any other store it is the longer of a
-    /// tenth of the lease and the [store timeout](Self::store_timeout) (at
-    /// most half the lease), so that the completion sent when the handler
-    /// succeeds, answered within the store timeout, has landed before the
-    /// lease ends and no other delivery can have run the handler again.
-    /// With the defaults that is 27 s of the 30 s lease with a memory store,
-    /// and 25 s with another store. The time the claim itself took is taken
+    /// time. The spare part is a tenth of the lease with a [`MemoryStore`]
+    /// given by value or as an `Arc<MemoryStore>`, which settles at once.
+    /// With any other store it is the longer of a tenth of the lease and
+    /// the [store timeout](Self::store_timeout), so that the completion
+    /// sent when the handler succeeds, answered within the store timeout,
+    /// has landed before the lease ends and no other delivery can have run
+    /// the handler again; but never more than half the lease (keep the
+    /// store timeout at most half the lease for that to hold). With the
+    /// defaults that is 27 s of the 30 s lease with a memory store, and
+    /// 25 s with another store. The time the claim itself took is taken
     /// off, since the lease starts during the claim.
     ///
     /// # Errors
@@ -413,10 +435,12 @@ impl ClinkLayer {
     /// settle that times out is logged, and the lease frees the claim.
     ///
     /// With a store other than the [`MemoryStore`], a handler is stopped
-    /// at least this long (up to half the lease) before its lease ends, so
-    /// that its completion lands inside the lease: see
-    /// [`handler_timeout`](Self::handler_timeout). Keep it at most half the
-    /// [`lease`](Self::lease).
+    /// this long before its lease ends, so that its completion lands inside
+    /// the lease: see [`handler_timeout`](Self::handler_timeout). Keep it
+    /// at most half the [`lease`](Self::lease): a handler always keeps half
+    /// the lease, so a longer store timeout leaves a completion less time
+    /// than it may take, and the layer logs a warning when it makes a
+    /// service with such settings.
     ///
     /// # Errors
     ///
@@ -484,6 +508,7 @@ impl<S> Layer<S> for ClinkLayer {
     type Service = ClinkService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.config.warn_of_a_settle_past_the_lease();
         ClinkService::new(inner, Arc::clone(&self.config))
     }
 }

@@ -156,14 +156,16 @@ fn router_typed<S: 'static>(inner: &S) -> Option<&dyn DecodesTyped> {
         .map(crate::EventRouter::decodes_typed)
 }
 
-/// Whether `inner` is an [`EventRouter`](crate::EventRouter) without state
-/// that records the versions of the events it handles: one whose handler
-/// can succeed before the call ends (see [`PassOnSuccess`]).
+/// Whether a handler behind `inner` may succeed before the call ends (see
+/// [`PassOnSuccess`]): unless `inner` is an
+/// [`EventRouter`](crate::EventRouter) without state that records no
+/// versions, it may (a router with state, or one inside another service,
+/// such as an axum `Router`, is not recognised, and may record them).
 fn records_versions<S: 'static>(inner: &S) -> bool {
     let inner: &dyn std::any::Any = inner;
     inner
         .downcast_ref::<crate::EventRouter>()
-        .is_some_and(crate::EventRouter::records_versions)
+        .is_none_or(crate::EventRouter::records_versions)
 }
 
 /// What a delivery does once it is verified: its response, its outcome,
@@ -761,6 +763,124 @@ mod tests {
             assert_eq!(answered, Some(Outcome::Duplicate), "{id}");
             assert_eq!(ran.load(Ordering::SeqCst), n + 1, "{id}: run once");
         }
+    }
+
+    /// A freshness store whose every record panics.
+    struct PanicsRecording;
+
+    impl crate::store::FreshnessStore for PanicsRecording {
+        fn newest<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey,
+        ) -> crate::BoxFuture<'a, Result<Option<crate::events::Version>, crate::store::StoreError>>
+        {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+
+        fn record<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey, _version: &'a crate::events::Version,
+        ) -> crate::BoxFuture<'a, Result<(), crate::store::StoreError>> {
+            panic!("the freshness store fell over")
+        }
+    }
+
+    /// A panic after the handler succeeded (in recording its version)
+    /// does not undo the success: the delivery is handled, its claim
+    /// completed, and the retry is a duplicate; the handler ran once.
+    /// Through `route`, through the tower path, and in `dispatch` alone.
+    #[tokio::test]
+    async fn a_panic_after_the_handler_succeeded_leaves_the_event_handled() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let ran = Arc::new(AtomicUsize::new(0));
+        let router = || {
+            let counted = Arc::clone(&ran);
+            EventRouter::new()
+                .ordering(PanicsRecording)
+                .on::<crate::events::OrderSucceeded, _>(move |_event| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(Ok::<_, Infallible>(()))
+                })
+        };
+        let body = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
+            )
+        };
+        let routed = layer().route(router());
+        let tower = layer().layer(router());
+        for (n, id) in ["evt_routed", "evt_tower"].into_iter().enumerate() {
+            for expected in [Outcome::Handled, Outcome::Duplicate] {
+                let response = if id == "evt_routed" {
+                    routed.clone().call(signed(body(id))).await
+                } else {
+                    tower.clone().call(signed(body(id))).await
+                };
+                let response = response.unwrap();
+                assert_eq!(Outcome::of(&response), Some(&expected), "{id}");
+                assert_eq!(response.status(), 200, "{id}");
+            }
+            assert_eq!(ran.load(Ordering::SeqCst), n + 1, "{id}: run once");
+        }
+        let verifier = crate::Verifier::new("whsec_test").unwrap();
+        let bytes = body("evt_dispatched");
+        let ts = crate::Timestamp::now().as_millis().to_string();
+        let verified = verifier
+            .verify(
+                &ts,
+                &crate::sign("whsec_test", &ts, bytes.as_bytes()),
+                bytes.as_bytes(),
+            )
+            .unwrap();
+        let event = VerifiedEvent::new(
+            crate::events::RawEvent::from_slice(bytes.as_bytes()).unwrap(),
+            &verified,
+        );
+        let dispatched = router().dispatch(event).await;
+        assert_eq!(dispatched.outcome(), &Outcome::Handled);
+        assert_eq!(ran.load(Ordering::SeqCst), 3);
+    }
+
+    /// A router the layer does not recognise (one with state, here) hears
+    /// of the delivery's success flag too: a delivery dropped after its
+    /// handler succeeded, while its version was being recorded, completes
+    /// its claim, and the retry is a duplicate.
+    #[tokio::test(start_paused = true)]
+    async fn a_router_with_state_dropped_after_its_handler_succeeded_is_not_handled_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&ran);
+        let router = EventRouter::with_state(7_u32)
+            .ordering(NeverRecords)
+            .on::<crate::events::OrderSucceeded, _>(move |_event, _state| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let tower = layer().layer(router);
+        let request = || {
+            signed(
+                &br#"{"id":"evt_state","type":"order.succeeded","created":1000,"data":{"orderId":"ord_1"}}"#[..],
+            )
+        };
+        let call = |service_request| async {
+            let response = tower.clone().call(service_request).await;
+            response.unwrap().into_parts().0.extensions
+        };
+        let dropped = tokio::time::timeout(Duration::from_millis(100), call(request())).await;
+        assert!(dropped.is_err(), "the delivery waits on the record");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the handler ran");
+        // The dropped delivery's settle runs in a task of its own.
+        let mut answered = None;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            let outcome = call(request()).await.get::<Outcome>().cloned();
+            if !matches!(outcome, Some(Outcome::InFlight { .. })) {
+                answered = outcome;
+                break;
+            }
+        }
+        assert_eq!(answered, Some(Outcome::Duplicate));
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "run once");
     }
 
     /// `Debug` names the service and shows its inner service; a routed

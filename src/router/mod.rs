@@ -584,6 +584,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         // the resource decoded with the envelope goes to the typed route.
         let mut raw = event.into_event();
         let predecoded = raw.take_predecoded();
+        // A flag of its own when the caller gave none: a panic after the
+        // handler succeeded (recording its version) must not undo it.
+        let own = AtomicBool::new(false);
+        let noted = succeeded.unwrap_or(&own);
         // The state's clone inside the guard too: an inbox worker calls
         // this with no guard of its own, and a panic that left the call
         // would end the worker.
@@ -593,12 +597,25 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 &raw,
                 predecoded,
                 self.state.clone(),
-                succeeded,
+                Some(noted),
             )
             .await
         };
         match CatchUnwind::new(steps).await {
             Ok(dispatched) => dispatched,
+            // The handler's work is done: answered handled, so that its
+            // claim completes and no retry runs it again.
+            Err(panic) if noted.load(Ordering::Relaxed) => {
+                cold();
+                tracing::error!(
+                    event_id = ?raw.id(),
+                    event_type = ?raw.event_type().as_str(),
+                    panic = ?panic,
+                    "clink handler succeeded, but recording its version panicked; \
+                     acknowledged, and later stale events may look fresh"
+                );
+                Dispatched::new(Outcome::Handled)
+            }
             Err(panic) => {
                 cold();
                 tracing::error!(

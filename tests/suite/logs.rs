@@ -230,3 +230,44 @@ async fn no_log_line_or_response_holds_a_signing_key() {
     assert_no_key("the responses", &bodies.join("\n"), &keys);
     assert_no_key("the layer's Debug output", &debug, &keys);
 }
+
+/// A store other than the memory store with a store timeout longer than
+/// half the lease is warned of once for each service made: a completion
+/// sent as a handler's time ends could land after its lease. Neither the
+/// memory store (which settles at once) nor a lease of twice the store
+/// timeout is.
+#[test]
+fn a_store_timeout_longer_than_half_the_lease_is_warned_of() {
+    let (captured, _guard) = capture();
+    let warnings = || {
+        captured
+            .events()
+            .into_iter()
+            .filter(|event| {
+                event.level == tracing::Level::WARN
+                    && event.message.contains("longer than half the lease")
+            })
+            .collect::<Vec<_>>()
+    };
+    let layer = || ClinkLayer::new(Verifier::new(SECRET).unwrap());
+    let networked = || -> Arc<dyn IdempotencyStore> { Arc::new(MemoryStore::new()) };
+    let lease = |layer: ClinkLayer, secs| layer.lease(Duration::from_secs(secs)).unwrap();
+
+    let _memory = lease(layer(), 4).route(EventRouter::new());
+    let _long_lease = lease(layer().store(networked()), 10).route(EventRouter::new());
+    assert!(warnings().is_empty(), "{:#?}", warnings());
+
+    let short = lease(layer().store(networked()), 4);
+    let _routed = short.route(EventRouter::new());
+    let _tower = short.layer(EventRouter::new());
+    let seen = warnings();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(
+        seen[0].fields.get("lease_ms").map(String::as_str),
+        Some("4000")
+    );
+    assert_eq!(
+        seen[0].fields.get("store_timeout_ms").map(String::as_str),
+        Some("5000")
+    );
+}
