@@ -80,6 +80,15 @@ struct Inner {
     flights: Flights,
     /// The key to start with, and until when, after the newest was refused.
     preferred: Mutex<Option<(usize, Instant)>>,
+    /// The rotations under way, one at a time for each endpoint.
+    rotations: super::rotation::Rotations,
+}
+
+impl Client {
+    /// The rotations under way through this client and its clones.
+    pub(super) fn rotations(&self) -> &super::rotation::Rotations {
+        &self.inner.rotations
+    }
 }
 
 impl fmt::Debug for Client {
@@ -270,6 +279,7 @@ impl ClientBuilder {
                 budget: RateBudget::new(self.rate, self.burst),
                 flights: Flights::default(),
                 preferred: Mutex::new(None),
+                rotations: super::rotation::Rotations::default(),
             }),
         })
     }

@@ -558,9 +558,11 @@ impl Client {
 
     /// Rotates the signing secret of endpoint `id`: Clink signs with the
     /// new secret at once and the old one stops working at once. The
-    /// answer holds the new plain secret. To rotate without refusing a
-    /// delivery, use [`rotate_signing_secret`](Self::rotate_signing_secret),
-    /// which also puts the new secret into your verifier. The answer is
+    /// answer holds the new plain secret. To rotate while deliveries go
+    /// on, use [`rotate_signing_secret`](Self::rotate_signing_secret),
+    /// which also puts the new secret into your verifier as soon as Clink
+    /// answers, keeps the old one for a grace period, and runs one rotation
+    /// of an endpoint at a time. The answer is
     /// read leniently (see [`Endpoint`]): a secret Clink sent is not lost to
     /// a field in a shape the client does not expect.
     ///

@@ -1,9 +1,15 @@
-//! Rotating an endpoint's signing secret without refusing a delivery:
-//! [`Client::rotate_signing_secret`].
+//! Rotating an endpoint's signing secret while deliveries go on:
+//! [`Client::rotate_signing_secret`] installs the new secret as soon as
+//! Clink answers and keeps the old one for a grace period, so that only a
+//! delivery signed in between is refused (and retried by Clink).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Mutex as TurnLock, OwnedMutexGuard};
 
 use super::endpoints::{Endpoint, WebhookSecret};
 use super::error::ApiError;
@@ -228,6 +234,18 @@ impl Client {
     /// `info`. If the call times out after Clink rotated (an answer lost on
     /// the way), nobody has the new secret: rotate again.
     ///
+    /// Rotations of one endpoint through one [`Client`] (or its clones)
+    /// run one at a time, each from the call to the end of `persist`: a
+    /// second waits for the first, so that the secret installed and stored
+    /// last is the one Clink signs with. A caller that gives up while it
+    /// waits has started nothing. Another process rotating the same
+    /// endpoint is not held back: let one process rotate each endpoint.
+    ///
+    /// Between Clink rotating and its answer arriving, a delivery signed
+    /// with the new secret is refused (`401`, and Clink retries it); other
+    /// processes serving the endpoint refuse them until they read the
+    /// secret `persist` stored.
+    ///
     /// # Errors
     ///
     /// [`RotationError`], which says what state things are in;
@@ -251,6 +269,11 @@ impl Client {
                 return Err(RotationError::UnknownAccount);
             }
         }
+        // One rotation of an endpoint at a time: two at once could install
+        // and store their secrets in another order than Clink rotated, and
+        // leave the one Clink signs with to expire. A caller that gives up
+        // while it waits has started nothing.
+        let turn = self.rotations().turn(endpoint_id).await;
         // Everything runs in a task of its own: a caller that gives up (a
         // timeout, a dropped request) cannot stop between Clink rotating,
         // the new secret verifying and `persist` storing it.
@@ -261,6 +284,7 @@ impl Client {
             let result = client
                 .rotate_install_persist(&endpoint_id, &keys, grace, persist)
                 .await;
+            drop(turn);
             if let Err(unheard) = tell.send(result) {
                 log_unheard(&endpoint_id, &unheard);
             }
@@ -334,6 +358,61 @@ impl Client {
     }
 }
 
+/// The rotations under way through one [`Client`] and its clones: a lock
+/// for each endpoint being rotated, dropped with its last turn.
+#[derive(Default)]
+pub(super) struct Rotations {
+    locks: Arc<Mutex<HashMap<String, Arc<TurnLock<()>>>>>,
+}
+
+impl Rotations {
+    /// Waits until no other rotation of `endpoint_id` is under way here,
+    /// and holds its turn until the result is dropped.
+    async fn turn(&self, endpoint_id: &str) -> Turn {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(locks.entry(endpoint_id.to_owned()).or_default())
+        };
+        let guard = match Arc::clone(&lock).try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::info!(
+                    endpoint = %crate::events::printable(endpoint_id),
+                    "waiting for the rotation of this endpoint already under way"
+                );
+                Arc::clone(&lock).lock_owned().await
+            }
+        };
+        drop(lock);
+        Turn {
+            guard: Some(guard),
+            locks: Arc::clone(&self.locks),
+            endpoint_id: endpoint_id.to_owned(),
+        }
+    }
+}
+
+/// An endpoint's turn to rotate; the next waits until it is dropped.
+struct Turn {
+    guard: Option<OwnedMutexGuard<()>>,
+    locks: Arc<Mutex<HashMap<String, Arc<TurnLock<()>>>>>,
+    endpoint_id: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // The lock goes when nobody else holds or waits for it.
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if locks
+            .get(&self.endpoint_id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.endpoint_id);
+        }
+    }
+}
+
 /// Logs what a rotation came to when its caller no longer waits for it:
 /// nobody else would learn of it. Never the secret.
 fn log_unheard(endpoint_id: &str, result: &Result<Rotated, RotationError>) {
@@ -358,5 +437,37 @@ fn log_unheard(endpoint_id: &str, result: &Result<Rotated, RotationError>) {
             "a signing secret rotation failed after its caller gave up, and nobody else is \
              told: if Clink rotated, its deliveries are refused until the secret is rotated again"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(rotations: &Rotations) -> usize {
+        rotations.locks.lock().unwrap().len()
+    }
+
+    /// A turn holds its endpoint, not others; the next turn of the same
+    /// endpoint comes once it is dropped; and the lock goes with the last
+    /// turn, so the map holds only the endpoints under way.
+    #[tokio::test]
+    async fn turns_of_one_endpoint_follow_each_other_and_leave_nothing_behind() {
+        let rotations = Rotations::default();
+        let first = rotations.turn("whk_1").await;
+        let other = rotations.turn("whk_2").await;
+        assert_eq!(held(&rotations), 2);
+        let mut second = std::pin::pin!(rotations.turn("whk_1"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            second.as_mut().poll(&mut cx).is_pending(),
+            "waits for the first"
+        );
+        drop(first);
+        let second = second.await;
+        drop(other);
+        assert_eq!(held(&rotations), 1);
+        drop(second);
+        assert_eq!(held(&rotations), 0);
     }
 }

@@ -906,6 +906,99 @@ async fn a_rotated_secret_verifies_at_once_and_the_old_one_for_the_grace_period(
     assert_no_key("the logs", &logs, &[&new, &old, NEW]);
 }
 
+/// Two rotations of one endpoint through one client (and its clones) run
+/// one after the other, each from its call to the end of its `persist`:
+/// the second says it waits, and calls Clink only once the first has
+/// stored its secret, so that the secret stored last, and the newest in
+/// the verifier, is the one Clink signs with.
+#[tokio::test]
+async fn two_rotations_of_one_endpoint_run_one_after_the_other() {
+    let (logs, _guard) = capture();
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let (persisting, mut first_persisting) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let (client, live, id, store) = (
+            client.clone(),
+            live.clone(),
+            id.clone(),
+            Arc::clone(&stored),
+        );
+        async move {
+            client
+                .rotate_signing_secret(&id, live, DEFAULT_GRACE, move |secret| async move {
+                    persisting.send(()).unwrap();
+                    released.await.unwrap();
+                    store.lock().unwrap().push(secret.expose().to_owned());
+                    Ok::<_, std::io::Error>(())
+                })
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string())
+        }
+    });
+    first_persisting.recv().await.unwrap();
+    let first_secret = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(first_secret, old);
+    let second = tokio::spawn({
+        let (client, live, id, store) = (
+            client.clone(),
+            live.clone(),
+            id.clone(),
+            Arc::clone(&stored),
+        );
+        async move {
+            client
+                .rotate_signing_secret(&id, live, DEFAULT_GRACE, move |secret| async move {
+                    store.lock().unwrap().push(secret.expose().to_owned());
+                    Ok::<_, std::io::Error>(())
+                })
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string())
+        }
+    });
+    // The second waits for the first, and says so; or, were it not held
+    // back, it ends.
+    let waits_or_ends = async {
+        while !logs
+            .text()
+            .contains("waiting for the rotation of this endpoint")
+            && !second.is_finished()
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), waits_or_ends)
+        .await
+        .expect("the second rotation neither waited nor ended");
+    assert!(
+        !second.is_finished(),
+        "the second rotation ran while the first was storing its secret"
+    );
+    assert_eq!(
+        fake.endpoint_secret(&id).unwrap(),
+        first_secret,
+        "Clink was not called again meanwhile"
+    );
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let last = fake.endpoint_secret(&id).unwrap();
+    assert_ne!(last, first_secret);
+    assert_eq!(*stored.lock().unwrap(), [first_secret, last.clone()]);
+    assert!(verifies(&live.current(), &last), "the last secret verifies");
+}
+
 #[tokio::test]
 async fn a_rotation_into_a_key_map_needs_the_account_and_reports_a_failed_persist() {
     let fake = FakeApi::start().await;
