@@ -87,6 +87,17 @@ fn check_refusal(data: &[u8], error: EnvelopeError) {
             let t = value.as_ref().ok().and_then(|v| v.get("type"));
             assert!(!matches!(t, Some(Value::String(s)) if !s.is_empty()));
         }
+        EnvelopeError::InvalidType => {
+            // No Clink type: too long, or with a character that hides.
+            let t = value.as_ref().ok().and_then(|v| v.get("type"));
+            if let Some(Value::String(t)) = t {
+                assert!(
+                    t.len() > clink_webhooks::events::MAX_EVENT_TYPE_LEN
+                        || clink_webhooks::events::has_invisible(t),
+                    "{t:?}"
+                );
+            }
+        }
         // `Value` keeps the last copy of a key, so it cannot confirm this one;
         // it also refuses numbers beyond `f64` that the envelope reader only
         // scans. The body is JSON all the same.

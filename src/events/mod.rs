@@ -355,6 +355,15 @@ impl RawEvent {
             Some(typed) => envelope::read_decoding(text, &|t| typed.decodes_typed(t))?,
             None => (envelope::read(text)?, None),
         };
+        // A type is printed in logs, metrics and the console: one that no
+        // Clink event has, too long or with characters that hide or
+        // reorder text, is refused as the id is.
+        if let EventType::Unknown(name) = &envelope.event_type {
+            if name.len() > MAX_EVENT_TYPE_LEN || has_invisible(name) {
+                crate::guard::cold();
+                return Err(EnvelopeError::InvalidType);
+            }
+        }
         Ok(Self {
             predecoded,
             id: envelope.id,
@@ -582,7 +591,8 @@ impl RawEvent {
 ///
 /// A body with several faults gets the first in this order, whichever way it
 /// is read: [`NotJson`](Self::NotJson), [`DuplicateKey`](Self::DuplicateKey),
-/// [`MissingId`](Self::MissingId), [`MissingType`](Self::MissingType).
+/// [`MissingId`](Self::MissingId), [`MissingType`](Self::MissingType),
+/// [`InvalidType`](Self::InvalidType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
@@ -596,7 +606,16 @@ pub enum EnvelopeError {
     /// `livemode`, `data`) or of the `data` wrapper (`object`), so which
     /// copy counts is ambiguous.
     DuplicateKey,
+    /// The `type` is longer than [`MAX_EVENT_TYPE_LEN`] bytes or holds a
+    /// character that does not print as itself (see
+    /// [`is_invisible`]): no event type Clink sends, and a name that could
+    /// not be logged, counted or shown safely.
+    InvalidType,
 }
+
+/// The longest event type a delivery may name, in bytes: Clink's longest
+/// is some 30; an unknown type up to this long is taken as any other.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
 
 impl EnvelopeError {
     /// A short stable code, e.g. `missing_event_id`.
@@ -607,6 +626,7 @@ impl EnvelopeError {
             Self::MissingId => "missing_event_id",
             Self::MissingType => "missing_event_type",
             Self::DuplicateKey => "duplicate_key",
+            Self::InvalidType => "invalid_event_type",
         }
     }
 }
@@ -619,6 +639,9 @@ impl fmt::Display for EnvelopeError {
             Self::MissingType => "the event envelope has no string `type`",
             Self::DuplicateKey => {
                 "the event envelope repeats a key (`id`, `type`, `created`, `livemode`, `data`, or `object` in `data`), so its meaning is ambiguous"
+            }
+            Self::InvalidType => {
+                "the event type is longer than 128 bytes or contains a control, format or separator character, so it is no Clink event type and cannot be printed safely"
             }
         })
     }
@@ -895,10 +918,47 @@ mod tests {
                 "duplicate_key",
                 "repeats a key",
             ),
+            (
+                EnvelopeError::InvalidType,
+                "invalid_event_type",
+                "longer than 128 bytes",
+            ),
         ];
         for (error, code, message) in all {
             assert_eq!(error.code(), code);
             assert!(error.to_string().contains(message), "{error}");
+        }
+    }
+
+    /// An unknown type up to 128 printable bytes is taken as any other; a
+    /// longer one, or one with a character that does not print as itself,
+    /// is refused, whichever way the envelope is read (the one pass, or the
+    /// slow reading a key spelled with escapes sends it to).
+    #[test]
+    fn an_unknown_type_too_long_or_unprintable_is_refused() {
+        let body = |event_type: &str, key: &str| {
+            format!(r#"{{"id":"evt_1","{key}":"{event_type}","data":{{}}}}"#)
+        };
+        let longest = format!("x.{}", "y".repeat(MAX_EVENT_TYPE_LEN - 2));
+        for key in ["type", r"\u0074ype"] {
+            let raw = RawEvent::from_slice(body(&longest, key).as_bytes());
+            assert_eq!(
+                raw.map(|raw| raw.event_type().clone()),
+                Ok(EventType::Unknown(longest.clone())),
+                "{key}"
+            );
+            for event_type in [
+                format!("{longest}y"),
+                r"order.\u202esucceeded".to_owned(),
+                r"order.created\n".to_owned(),
+                "order.\u{200b}created".to_owned(),
+            ] {
+                assert_eq!(
+                    RawEvent::from_slice(body(&event_type, key).as_bytes()).map(drop),
+                    Err(EnvelopeError::InvalidType),
+                    "{event_type:?} {key}"
+                );
+            }
         }
     }
 

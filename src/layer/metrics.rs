@@ -146,7 +146,7 @@ fn bump(counter: &AtomicU64) {
 /// Every outcome code, as [`Outcome::as_str`] gives them; [`outcome_slot`]
 /// says where each outcome's is.
 #[cfg(feature = "metrics")]
-const OUTCOME_CODES: [&str; 36] = [
+const OUTCOME_CODES: [&str; 37] = [
     "handled",
     "unhandled",
     "queued",
@@ -183,6 +183,7 @@ const OUTCOME_CODES: [&str; 36] = [
     "dead_lettered",
     "key_lookups_limited",
     "expired_key",
+    "invalid_event_type",
 ];
 
 /// Where `outcome`'s code is in [`OUTCOME_CODES`].
@@ -220,6 +221,7 @@ fn outcome_slot(outcome: &Outcome) -> usize {
             EnvelopeError::MissingId => 22,
             EnvelopeError::MissingType => 23,
             EnvelopeError::DuplicateKey => 31,
+            EnvelopeError::InvalidType => 36,
         },
         Outcome::InvalidEventId => 24,
         Outcome::InFlight { .. } => 25,
@@ -489,6 +491,7 @@ mod tests {
                 EnvelopeError::MissingId,
                 EnvelopeError::MissingType,
                 EnvelopeError::DuplicateKey,
+                EnvelopeError::InvalidType,
             ]
             .map(Outcome::InvalidEnvelope),
         );

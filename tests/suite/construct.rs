@@ -264,6 +264,13 @@ async fn every_refusal_has_the_layers_status_and_code() {
             Some("duplicate_key"),
         ),
         (
+            "a terminal escape in the type",
+            ts.clone(),
+            signed(&ts, br#"{"id":"evt_t","type":"order.\u001b[2J"}"#),
+            br#"{"id":"evt_t","type":"order.\u001b[2J"}"#.to_vec(),
+            Some("invalid_event_type"),
+        ),
+        (
             "a terminal escape in the id",
             ts.clone(),
             signed(&ts, br#"{"id":"evt_\u001b[2J","type":"order.succeeded"}"#),
