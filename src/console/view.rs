@@ -67,6 +67,20 @@ pub(super) struct BadFilter(pub(super) String);
 impl Query {
     /// The inbox filter the query names.
     pub(super) fn filter(&self) -> Result<InboxFilter, BadFilter> {
+        // No stored field holds one (PostgreSQL cannot, and its inserts
+        // put U+FFFD in its place), and PostgreSQL refuses it as a
+        // parameter: a filter with it is the query's mistake, not the inbox's.
+        for (what, text) in [
+            ("type", &self.event_type),
+            ("account", &self.account),
+            ("object", &self.object),
+        ] {
+            if text.contains('\0') {
+                return Err(BadFilter(format!(
+                    "the {what} filter holds a NUL character, which no event's {what} holds"
+                )));
+            }
+        }
         let mut filter = InboxFilter::default();
         if !self.status.is_empty() {
             filter = filter.status(

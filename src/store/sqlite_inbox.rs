@@ -138,6 +138,16 @@ const SCHEMA: &str = "
         ON clink_webhook_inbox (received_at_ms);
 ";
 
+/// Indexes on columns a file made by an older version gains in
+/// [`add_missing_columns`], made once they are there.
+const INDEXES_OF_ADDED_COLUMNS: &str = "
+    -- The console's count of the events handled in each minute of its
+    -- window reads those, not the table.
+    CREATE INDEX IF NOT EXISTS clink_webhook_inbox_handled
+        ON clink_webhook_inbox (handled_at_ms)
+        WHERE handled_at_ms IS NOT NULL;
+";
+
 /// The condition a claim's candidate `e` meets when it names no object,
 /// or no other event about its object is running with its lease, and none
 /// older (by `created`, then event id) is still to handle; `?1` is the
@@ -226,6 +236,7 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
+    tx.execute_batch(INDEXES_OF_ADDED_COLUMNS)?;
     tx.commit()
 }
 
@@ -1388,6 +1399,15 @@ mod plan_tests {
                 "{start:?}: {steps}"
             );
         }
+        // The overview's activity: the events received and handled in its
+        // window, each through its index.
+        let steps = plan_of(&browse::activity("clink_webhook_inbox", '?'), 3);
+        assert!(!steps.contains("SCAN"), "{steps}");
+        assert!(
+            steps.contains("clink_webhook_inbox_received")
+                && steps.contains("clink_webhook_inbox_handled"),
+            "{steps}"
+        );
     }
 }
 

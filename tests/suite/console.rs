@@ -335,6 +335,12 @@ async fn every_page_answers_html_under_the_content_security_policy() {
             400,
             "text/html; charset=utf-8",
         ),
+        // No event's field holds a NUL (PostgreSQL would refuse the query).
+        (
+            "/console/events?type=order.succeeded%00",
+            400,
+            "text/html; charset=utf-8",
+        ),
         (
             "/console/assets/console.css",
             200,
