@@ -55,7 +55,8 @@ type Http = hyper_util::client::legacy::Client<Https, Full<Bytes>>;
 /// connections, the rate budget and the calls in flight), so keep it in
 /// your app's state.
 ///
-/// Every call sends `X-API-KEY` (the newest active key) and `X-Timestamp`
+/// Every call sends `X-API-KEY` (the newest active key, or for a minute
+/// after it was refused, the older one that worked) and `X-Timestamp`
 /// (epoch milliseconds). Reads are retried on 5xx, 429 and transport
 /// failures with backoff and jitter, within the call's
 /// [deadline](ClientBuilder::deadline); nothing else is retried, except a
@@ -758,6 +759,21 @@ impl Client {
             Some(json) => told(&without_secrets(json).to_string()),
             None => told(&String::from_utf8_lossy(&body)),
         };
+        if status.is_redirection() {
+            // Not followed (the key would go along to wherever it points):
+            // a base URL to correct, not Clink saying no.
+            let to = headers
+                .get(http::header::LOCATION)
+                .and_then(|to| to.to_str().ok())
+                .map(|to| format!(" to {}", told(to)))
+                .unwrap_or_default();
+            return Err(ApiError::new(
+                ApiErrorKind::Decode,
+                call,
+                format!("the answer is a redirect{to}, which is not followed: check the base URL"),
+            )
+            .with_status(status));
+        }
         if !status.is_success() {
             let envelope = serde_json::from_slice::<Status>(&body).ok();
             let words = envelope
@@ -963,18 +979,32 @@ fn lenient_msg<'de, D: serde::Deserializer<'de>>(
     })
 }
 
-/// The plain signing secret in an answer's `data` (`data.signingSecret`,
-/// or `data.endpoint.signingSecret` for ensure), if it holds one.
+/// The plain signing secret in an answer: in its `data`
+/// (`data.signingSecret`, or `data.endpoint.signingSecret` for ensure), or
+/// else the one secret the answer holds anywhere else (at its top level,
+/// say: Clink shows a new secret once, and a shape the client does not
+/// expect must not lose it); `None` when it holds none, or several other
+/// than those two, which could not be told apart.
 pub(crate) fn secret_in(body: &[u8]) -> Option<WebhookSecret> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    let data = value.get("data")?;
-    let secret = [Some(data), data.get("endpoint")]
-        .into_iter()
-        .flatten()
-        .find_map(|holder| match holder.get("signingSecret") {
-            Some(Value::String(secret)) if !secret.is_empty() => Some(secret.clone()),
-            _ => None,
-        });
+    let in_data = value.get("data").and_then(|data| {
+        [Some(data), data.get("endpoint")]
+            .into_iter()
+            .flatten()
+            .find_map(|holder| match holder.get(SIGNING_SECRET) {
+                Some(Value::String(secret)) if !secret.is_empty() => Some(secret.clone()),
+                _ => None,
+            })
+    });
+    let secret = in_data.or_else(|| {
+        let mut found = signing_secrets(&value);
+        found.sort_unstable();
+        found.dedup();
+        match <[String; 1]>::try_from(found) {
+            Ok([only]) => Some(only),
+            Err(_) => None,
+        }
+    });
     secret.map(WebhookSecret::new)
 }
 
@@ -1379,10 +1409,20 @@ mod tests {
             found(r#"{"data":{"endpoint":{"signingSecret":"whsec_b"}}}"#).as_deref(),
             Some("whsec_b")
         );
+        // Elsewhere, when it is the only one: a shape not expected loses
+        // no secret.
+        assert_eq!(
+            found(r#"{"code":200,"signingSecret":"whsec_c"}"#).as_deref(),
+            Some("whsec_c")
+        );
+        assert_eq!(
+            found(r#"{"data":{"endpoint":{"id":"e"}},"signingSecret":"whsec_d"}"#).as_deref(),
+            Some("whsec_d")
+        );
         for none in [
             r#"{"data":{"signingSecret":""}}"#,
             r#"{"data":{"signingSecret":7}}"#,
-            r#"{"signingSecret":"whsec_c"}"#,
+            r#"{"signingSecret":"whsec_c","other":{"signingSecret":"whsec_e"}}"#,
             "not json",
         ] {
             assert_eq!(found(none), None, "{none}");

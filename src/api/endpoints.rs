@@ -574,7 +574,11 @@ impl Client {
         let call = format!("POST /{path}");
         let answer = self.call_for_secret(Method::POST, &path, None).await?;
         let data = self.data_object(&call, &answer)?;
-        Ok(Endpoint::lenient(data, Some(id)))
+        let mut endpoint = Endpoint::lenient(data, Some(id));
+        if endpoint.signing_secret.is_none() {
+            endpoint.signing_secret = secret_in(&answer);
+        }
+        Ok(endpoint)
     }
 
     /// Creates the endpoint `want` describes, or updates the one at its URL:
@@ -589,10 +593,14 @@ impl Client {
             .call_for_secret(Method::PUT, "webhook/endpoints/ensure", Some(json(want)))
             .await?;
         let data = self.data_object(call, &answer)?;
-        Ensured::lenient(data).ok_or_else(|| {
+        let mut ensured = Ensured::lenient(data).ok_or_else(|| {
             ApiError::new(ApiErrorKind::Decode, call, "the answer has no endpoint")
                 .with_secret(secret_in(&answer))
-        })
+        })?;
+        if ensured.endpoint.signing_secret.is_none() {
+            ensured.endpoint.signing_secret = secret_in(&answer);
+        }
+        Ok(ensured)
     }
 
     /// The event names endpoints can subscribe to.
@@ -623,20 +631,19 @@ impl Client {
             .ok_or_else(|| ApiError::new(ApiErrorKind::Decode, call, "the answer has no data"))
     }
 
-    /// The `data` of an answer as a JSON object, for the lenient reads.
+    /// The `data` of an answer as a JSON object, for the lenient reads. An
+    /// answer without one keeps the secret it may hold elsewhere in its
+    /// error ([`ApiError::new_secret`]).
     fn data_object(&self, call: &str, answer: &[u8]) -> Result<Map<String, Value>, ApiError> {
-        match self.data::<Value>(call, answer)? {
-            Some(Value::Object(data)) => Ok(data),
-            None | Some(Value::Null) => Err(ApiError::new(
-                ApiErrorKind::Decode,
-                call,
-                "the answer has no data",
-            )),
-            Some(_) => Err(ApiError::new(
-                ApiErrorKind::Decode,
-                call,
-                "the answer's data is not an object",
-            )),
+        let refused = |why: &str| {
+            ApiError::new(ApiErrorKind::Decode, call, why).with_secret(secret_in(answer))
+        };
+        match self.data::<Value>(call, answer) {
+            Ok(Some(Value::Object(data))) => Ok(data),
+            Ok(None | Some(Value::Null)) => Err(refused("the answer has no data")),
+            Ok(Some(_)) => Err(refused("the answer's data is not an object")),
+            Err(error) if error.new_secret().is_none() => Err(error.with_secret(secret_in(answer))),
+            Err(error) => Err(error),
         }
     }
 }

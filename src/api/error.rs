@@ -12,8 +12,12 @@ use super::endpoints::WebhookSecret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ApiErrorKind {
-    /// Every key the client holds was refused (HTTP 401, or envelope
-    /// `code` 401), or none is active: check the keys and their expiries.
+    /// The key the call was made with was refused (HTTP 401, or envelope
+    /// `code` 401), and so was the next active key it was made with once
+    /// more (or there was none, or no room to try it: the message says
+    /// which); or no key is active. A call tries two keys at most (see
+    /// [`ClientBuilder::key`](super::ClientBuilder::key)): check the keys
+    /// and their expiries.
     Unauthorized,
     /// The object or endpoint does not exist (HTTP 404, or envelope
     /// `code` 404), in this environment at least.
@@ -39,7 +43,8 @@ pub enum ApiErrorKind {
     /// The connection failed: DNS, TCP, TLS, or the connection closed.
     Transport,
     /// The answer was not what the API documents: not JSON, not the
-    /// envelope, a `data` that does not fit its type, or too large.
+    /// envelope, a `data` that does not fit its type, too large, or a
+    /// redirect (never followed: check the base URL).
     Decode,
     /// The call cannot be made: this family of events has no object to
     /// read (disputes, customers, ...), or an id is empty, `.` or `..`

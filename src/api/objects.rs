@@ -241,8 +241,10 @@ pub struct Page<T> {
     /// How many items match, on every page.
     #[serde(default)]
     pub total: u64,
-    /// The items of this page.
-    #[serde(default = "Vec::new")]
+    /// The items of this page. An answer without them (an empty body, a
+    /// list in another shape) is a [`Decode`](ApiErrorKind::Decode) error,
+    /// never an empty page: "no endpoints" read from a proxy's empty answer
+    /// could have one made twice.
     pub rows: Vec<T>,
 }
 

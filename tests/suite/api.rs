@@ -744,6 +744,58 @@ async fn current_reads_each_family_and_the_order_list_filters_and_pages() {
     );
 }
 
+/// A list answer without its `rows` (an empty body from a proxy, a list
+/// in another shape) is an error that says so, never an empty page: "no
+/// endpoint for this URL" could have one made twice.
+#[tokio::test]
+async fn a_list_answer_without_rows_is_an_error_not_an_empty_page() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    assert_eq!(
+        client
+            .list_endpoints(&EndpointQuery::new())
+            .await
+            .unwrap()
+            .rows
+            .len(),
+        1
+    );
+    for patch in [json!({"rows": null}), json!({"rows": null, "total": null})] {
+        fake.patch_answer_next("webhook/endpoints", patch.clone(), 1);
+        let error = client
+            .list_endpoints(&EndpointQuery::new())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Decode, "{patch}: {error}");
+        assert!(error.to_string().contains("rows"), "{patch}: {error}");
+        fake.patch_answer_next("order", patch.clone(), 1);
+        let error = client.orders(&OrderQuery::new()).await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Decode, "{patch}: {error}");
+    }
+}
+
+/// A redirect is not followed (the key would go along) and is no refusal
+/// of Clink's: a base URL to correct, which the error says.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_says_to_check_the_base_url() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.fail_next("order", Failure::Status(301), 1);
+    let error = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Decode, "{error}");
+    assert!(!error.kind().is_refusal(), "{error}");
+    assert!(error.to_string().contains("check the base URL"), "{error}");
+    assert_eq!(fake.count("GET", "order/ord_1"), 1, "not retried");
+}
+
 #[tokio::test]
 async fn endpoints_are_managed_and_their_secrets_masked() {
     let fake = FakeApi::start().await;
@@ -1211,6 +1263,59 @@ async fn answers_that_carry_a_new_secret_are_read_whatever_the_other_fields_hold
             "{shape}"
         );
     }
+}
+
+/// A rotation answered with its new secret outside `data` (at the top
+/// level, with no `data`; or beside a `data` without one) loses no secret:
+/// the error holds it, or the rotation goes through with it.
+#[tokio::test]
+async fn a_new_secret_outside_data_is_kept() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let id = fake.add_endpoint("https://shop.example.com/top", &["order.succeeded"]);
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    fake.fail_next(
+        &format!("webhook/endpoints/{id}/rotate-secret"),
+        Failure::Json {
+            status: 200,
+            body: r#"{"code":200,"msg":"ok","id":"x","signingSecret":"whsec_top_level"}"#.into(),
+        },
+        1,
+    );
+    let error = client
+        .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |_secret| async {
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.new_secret().map(WebhookSecret::expose),
+        Some("whsec_top_level"),
+        "{error}"
+    );
+    assert_no_key(
+        "the error",
+        &format!("{error} {error:?}"),
+        &["whsec_top_level"],
+    );
+
+    fake.fail_next(
+        &format!("webhook/endpoints/{id}/rotate-secret"),
+        Failure::Json {
+            status: 200,
+            body: format!(
+                r#"{{"code":200,"data":{{"id":"{id}","url":"https://shop.example.com/top"}},"signingSecret":"whsec_beside_data"}}"#
+            ),
+        },
+        1,
+    );
+    let endpoint = client.rotate_endpoint_secret(&id).await.unwrap();
+    assert_eq!(
+        endpoint.signing_secret.as_ref().map(WebhookSecret::expose),
+        Some("whsec_beside_data")
+    );
 }
 
 #[tokio::test]
