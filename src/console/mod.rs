@@ -117,7 +117,13 @@
 //!   the same page without the token). A browser that already has a
 //!   session and opens a `?token=` link (a bookmark) is sent to the page
 //!   without the token, its session kept, and the token is not checked at
-//!   all: a session cannot tell a right token from a wrong one. The cookie
+//!   all: a session cannot tell a right token from a wrong one. A
+//!   `?token=` on a request the browser says is no page load (an image, a
+//!   script or a fetch another page makes: `Sec-Fetch-Mode` other than
+//!   `navigate`) is answered `403` and neither checked nor counted, so no
+//!   page can spend the operator's budget of wrong tokens by being opened.
+//!   A token in the address can reach the logs of a proxy in front: prefer
+//!   the bearer header where a client can send one. The cookie
 //!   is `HttpOnly`, `SameSite=Strict`, scoped to the mount path, `Secure` with
 //!   [`secure_cookie`](Console::secure_cookie), and lasts
 //!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
@@ -763,6 +769,13 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 // session guess the token without limit.
                 return (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
             }
+            // Another page can make the browser load the console with a
+            // `?token=` (an image, a script): never a login, and not
+            // counted, so that no page spends the operator's budget of
+            // wrong tokens by being opened.
+            if !page_load(request.headers()) {
+                return pages::token_not_from_a_page();
+            }
             if let Some(refused) = throttled(&shared, address) {
                 return refused;
             }
@@ -846,6 +859,16 @@ fn cross_site(headers: &http::HeaderMap) -> bool {
         let value = value.as_bytes();
         !(value.eq_ignore_ascii_case(b"same-origin") || value.eq_ignore_ascii_case(b"none"))
     })
+}
+
+/// Whether the browser says the request loads a page (`Sec-Fetch-Mode:
+/// navigate`), rather than an image, a script or a fetch. A request
+/// without the header (curl, a script, an older browser) is taken for one.
+fn page_load(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("sec-fetch-mode")
+        .iter()
+        .all(|value| value.as_bytes().eq_ignore_ascii_case(b"navigate"))
 }
 
 /// The headers every console response carries.

@@ -337,6 +337,20 @@ pub(super) fn cross_site() -> Response {
         .into_response()
 }
 
+/// A `?token=` on a request that is no page opened in the browser (an
+/// image, a script or a fetch another page makes): not checked.
+pub(super) fn token_not_from_a_page() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        "403 Forbidden: a token in the address logs in only as a page opened in the browser\n",
+    )
+        .into_response()
+}
+
 fn message(
     shared: &Shared, ctx: &Ctx, status: StatusCode, heading: &'static str, message: String,
 ) -> Response {
