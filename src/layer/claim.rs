@@ -394,6 +394,13 @@ impl Drop for ClaimGuard<'_> {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Dropped outside a runtime (as one shuts down): nothing can
+            // settle the claim, which frees itself when its lease ends.
+            self.config.metrics.settle_failed();
+            tracing::warn!(
+                "clink claim dropped outside a Tokio runtime, unsettled; it frees itself when \
+                 the lease ends, and a delivery after that runs the handler again"
+            );
             return;
         };
         let config = self.config;
@@ -504,6 +511,21 @@ mod tests {
             StoreKey::Inline { .. }
         ));
         assert_eq!(StoreKey::concat(&[&exact]).as_str(), exact);
+    }
+
+    /// A guard dropped outside a runtime (as one shuts down) cannot settle
+    /// its claim: it says so, in the settle errors and the log.
+    #[test]
+    fn a_guard_dropped_outside_a_runtime_counts_a_settle_error() {
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap());
+        let guard = held(
+            &layer.config,
+            LeaseToken::from_halves(1, 2),
+            Instant::now() + DEFAULT_LEASE,
+        );
+        assert_eq!(layer.config.metrics.settle_errors(), 0);
+        drop(guard);
+        assert_eq!(layer.config.metrics.settle_errors(), 1);
     }
 
     #[tokio::test]

@@ -375,8 +375,9 @@ impl ClinkLayer {
     }
 
     /// How long a claim holds before another delivery may take the event
-    /// over (default 30 s). Handlers must finish within it: see
-    /// [`handler_timeout`](Self::handler_timeout).
+    /// over (default 30 s). Handlers must finish within it, less a spare
+    /// part for the completion (27 s of the default with a memory store,
+    /// 25 s with another store): see [`handler_timeout`](Self::handler_timeout).
     ///
     /// # Errors
     ///
@@ -431,8 +432,10 @@ impl ClinkLayer {
     }
 
     /// How long the layer waits for any one store call (default
-    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`; a
-    /// settle that times out is logged, and the lease frees the claim.
+    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`. A
+    /// completion that times out or fails on the way is tried again in the
+    /// background until the lease ends, and logged; a release that does is
+    /// logged, and the lease frees the claim.
     ///
     /// With a store other than the [`MemoryStore`], a handler is stopped
     /// this long before its lease ends, so that its completion lands inside
