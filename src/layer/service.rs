@@ -709,6 +709,27 @@ mod tests {
         }
     }
 
+    /// A router whose `order.succeeded` handler counts its runs in `ran`,
+    /// recording the versions of the events it handles in `freshness`.
+    fn counting_router(
+        ran: &Arc<std::sync::atomic::AtomicUsize>, freshness: impl crate::store::FreshnessStore,
+    ) -> EventRouter {
+        let counted = Arc::clone(ran);
+        EventRouter::new()
+            .ordering(freshness)
+            .on::<crate::events::OrderSucceeded, _>(move |_event| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::ready(Ok::<_, Infallible>(()))
+            })
+    }
+
+    /// An `order.succeeded` with the event id `id`, with a `created`.
+    fn order_event(id: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
+        )
+    }
+
     /// A delivery dropped after its handler succeeded, while the handler's
     /// version was being recorded (the sender hung up, the server shut
     /// down), completes its claim rather than letting it go: the retry is
@@ -719,20 +740,8 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let ran = Arc::new(AtomicUsize::new(0));
-        let router = || {
-            let counted = Arc::clone(&ran);
-            EventRouter::new()
-                .ordering(NeverRecords)
-                .on::<crate::events::OrderSucceeded, _>(move |_event| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    std::future::ready(Ok::<_, Infallible>(()))
-                })
-        };
-        let request = |id: &str| {
-            signed(format!(
-                r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
-            ))
-        };
+        let router = || counting_router(&ran, NeverRecords);
+        let request = |id: &str| signed(order_event(id));
         let routed = layer().route(router());
         let tower = layer().layer(router());
         for (n, id) in ["evt_routed", "evt_tower"].into_iter().enumerate() {
@@ -792,20 +801,8 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let ran = Arc::new(AtomicUsize::new(0));
-        let router = || {
-            let counted = Arc::clone(&ran);
-            EventRouter::new()
-                .ordering(PanicsRecording)
-                .on::<crate::events::OrderSucceeded, _>(move |_event| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    std::future::ready(Ok::<_, Infallible>(()))
-                })
-        };
-        let body = |id: &str| {
-            format!(
-                r#"{{"id":"{id}","type":"order.succeeded","created":1000,"data":{{"orderId":"ord_1"}}}}"#
-            )
-        };
+        let router = || counting_router(&ran, PanicsRecording);
+        let body = order_event;
         let routed = layer().route(router());
         let tower = layer().layer(router());
         for (n, id) in ["evt_routed", "evt_tower"].into_iter().enumerate() {
