@@ -40,6 +40,12 @@
 //!   when it cuts one: `clink-webhook inbox --sqlite FILE show SEQ --json`
 //!   (or `--postgres`) prints the whole event.
 //!
+//! The filters, counts and the chart read the inbox's indexes: a
+//! [`SqliteInbox`](crate::store::SqliteInbox) makes them with its table; a
+//! [`PostgresInbox`](crate::store::PostgresInbox) builds them with
+//! `build_console_indexes` (the gateway does, when its console is on),
+//! without which each of those reads the whole table.
+//!
 //! Pages are rendered on the server (askama templates, which escape every
 //! value) and work without JavaScript; one small script only offers an
 //! auto-refresh. The stylesheet and the script are served by the router

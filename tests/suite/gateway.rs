@@ -2482,6 +2482,60 @@ async fn health_answers_within_the_store_timeout_while_the_inbox_table_is_locked
     database.drop_now().await;
 }
 
+/// With its console on and a PostgreSQL inbox, the gateway builds the
+/// console's indexes beside the deliveries, so that the console's filters,
+/// counts and chart do not read the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_console_builds_its_postgres_indexes() {
+    let _servers = servers::shared().await;
+    let database = PrivateDatabase::create("gateway_console_idx").await;
+    let dir = TempDir::new("console_idx");
+    let app = silent_app().await;
+    let mut env = gateway_env(&dir.0, "console_idx", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| name != "CLINK_INBOX");
+    env.push(("CLINK_INBOX".into(), "postgres".into()));
+    env.push(("DATABASE_URL".into(), database.url.clone()));
+    env.push((
+        "CLINK_CONSOLE_TOKEN".into(),
+        "gateway-console-token-0123456789".into(),
+    ));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let built = async || {
+        let mut all = true;
+        for index in [
+            "clink_webhook_inbox_type_idx",
+            "clink_webhook_inbox_account_idx",
+            "clink_webhook_inbox_object_all_idx",
+            "clink_webhook_inbox_received_idx",
+            "clink_webhook_inbox_handled_idx",
+        ] {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                     WHERE c.relname = $1 AND i.indisvalid",
+                    &[&index],
+                )
+                .await
+                .unwrap();
+            all &= row.get::<_, i64>(0) == 1;
+        }
+        all
+    };
+    until("the console's indexes built", PHASE, built).await;
+    drop(client);
+    let _ = connection.await;
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+    database.drop_now().await;
+}
+
 /// POSTs `event` signed with `key` at `timestamp` (milliseconds) to `url`;
 /// the status.
 async fn post_signed_at(

@@ -787,6 +787,68 @@ impl PostgresInbox {
         &self.sql.schema
     }
 
+    /// The statements that build the indexes the console's pages, counts
+    /// and activity chart read, one each: the events by type, account and
+    /// object, each with `seq` (a page is newest first), and by the times
+    /// they arrived and were handled. Without them each of those reads
+    /// reads the whole table: right for thousands of events, slow for
+    /// millions. (The events by status are read through the indexes
+    /// [`migrate`](Self::migrate) makes, but for the count of those done,
+    /// which are most of the table.) [`migrate`](Self::migrate) does not make them, since each
+    /// index costs every insert a little and a receiver without the
+    /// console reads none of them.
+    ///
+    /// Each is `CREATE INDEX CONCURRENTLY IF NOT EXISTS`, which holds no
+    /// write back while it reads the table, and must run on its own, not
+    /// in a transaction: run them so, or call
+    /// [`build_console_indexes`](Self::build_console_indexes). A build that
+    /// failed leaves an invalid index, which `IF NOT EXISTS` keeps: drop it
+    /// and build it again. Each index is named after the table's name
+    /// without its schema, as [`migrate`](Self::migrate) names its own.
+    #[must_use]
+    pub fn console_indexes_sql(&self) -> Vec<String> {
+        let table = &self.sql.table;
+        let t = quote(table);
+        [
+            ("type_idx", "(event_type, seq)", ""),
+            ("account_idx", "(account, seq)", ""),
+            ("object_all_idx", "(object_key, seq)", ""),
+            ("received_idx", "(received_at_ms)", ""),
+            (
+                "handled_idx",
+                "(handled_at_ms)",
+                " WHERE handled_at_ms IS NOT NULL",
+            ),
+        ]
+        .into_iter()
+        .map(|(suffix, columns, partial)| {
+            let index = Relation::new(table, suffix).index;
+            format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {t} {columns}{partial}")
+        })
+        .collect()
+    }
+
+    /// Builds the indexes of [`console_indexes_sql`](Self::console_indexes_sql),
+    /// one statement after the other, each for as long as it takes (a
+    /// build reads the whole table, and holds no write back meanwhile):
+    /// call it once, from one instance, after [`migrate`](Self::migrate),
+    /// or on every start (an index there is only looked up).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the database refuses a statement (the indexes
+    /// before it are built) or cannot be reached.
+    pub async fn build_console_indexes(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        for statement in self.console_indexes_sql() {
+            client
+                .batch_execute(&statement)
+                .await
+                .map_err(|err| pg_error("cannot build an index of the console's", &err))?;
+        }
+        Ok(())
+    }
+
     /// Creates the table and its indexes if they do not exist (or adds the
     /// columns a newer version of this crate needs), and creates or replaces
     /// the functions that claim and settle events
@@ -1616,6 +1678,104 @@ mod tests {
         drop(tx);
         let running = inbox.get(lost.entry.seq).await.unwrap().unwrap();
         assert_eq!(running.status, InboxStatus::Running);
+    }
+
+    /// The console's reads, filtered by one criterion (type, account,
+    /// object, status, a time range) and its activity chart, read the
+    /// whole table until the console's indexes are built, and only the
+    /// rows they match through an index after.
+    #[tokio::test]
+    async fn the_console_reads_through_its_indexes_once_built() {
+        use tokio_postgres::types::Type;
+
+        use super::super::schema::quote;
+        use super::{browse, with_filter};
+        use crate::store::{InboxFilter, PageStart};
+        use crate::Timestamp;
+
+        let (inbox, pool, table) = private_inbox("console_plan").await;
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO \"{table}\" (account, event_id, event_type, object_key, order_ms,
+                                          signed_at_ms, received_at_ms, handled_at_ms, body,
+                                          next_attempt_ms, status)
+                 SELECT 'acct_' || (g % 500), 'evt_' || g, 'type_' || (g % 500),
+                        'order:o' || g, 0, 0, g, g, '\\x', 0,
+                        CASE g % 5000 WHEN 0 THEN 'dead' WHEN 1 THEN 'pending' ELSE 'done' END
+                 FROM generate_series(1, 20000) AS g;
+                 ANALYZE \"{table}\";"
+            ))
+            .await
+            .unwrap();
+        let t = quote(&inbox.sql.table);
+        let filters = [
+            InboxFilter::default().event_type("type_7"),
+            InboxFilter::default().account("acct_7"),
+            InboxFilter::default().object_key("order:o7"),
+            InboxFilter::default().received(
+                Some(Timestamp::from_millis(100)),
+                Some(Timestamp::from_millis(110)),
+            ),
+        ];
+        let (bound, limit) = (i64::MAX, 50_i64);
+        let (from, step, until) = (100_i64, 1_i64, 110_i64);
+        let plans = async || {
+            let mut plans = Vec::new();
+            for filter in &filters {
+                let f = filter.params();
+                let explain = |sql: String| format!("EXPLAIN {sql}");
+                for (sql, params) in [
+                    (
+                        explain(browse::summary_page(&t, '$', PageStart::Newest, None)),
+                        with_filter(&f, [(&bound, Type::INT8), (&limit, Type::INT8)]),
+                    ),
+                    (explain(browse::count(&t, '$', None)), with_filter(&f, [])),
+                ] {
+                    let rows = client.query_typed(&sql, &params).await.unwrap();
+                    let plan: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+                    let what = if sql.contains("count(*)") {
+                        "count"
+                    } else {
+                        "page"
+                    };
+                    plans.push((format!("{what} {filter:?}"), plan.join("\n")));
+                }
+            }
+            let rows = client
+                .query_typed(
+                    &format!("EXPLAIN {}", browse::activity(&t, '$')),
+                    &[
+                        (&from, Type::INT8),
+                        (&step, Type::INT8),
+                        (&until, Type::INT8),
+                    ],
+                )
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+            plans.push(("activity".to_owned(), plan.join("\n")));
+            plans
+        };
+        // Before, each count reads the whole table (but by account, which
+        // the table's own unique index on account and event id finds);
+        // a page may read the table newest first until it has enough.
+        let before = plans().await;
+        for (what, plan) in &before {
+            if !what.starts_with("page") && !what.contains("acct_7") {
+                assert!(plan.contains("Seq Scan"), "{what}, before: {plan}");
+            }
+        }
+        inbox.build_console_indexes().await.unwrap();
+        client
+            .batch_execute(&format!("ANALYZE \"{table}\""))
+            .await
+            .unwrap();
+        // Built again, each is only looked up.
+        inbox.build_console_indexes().await.unwrap();
+        for (what, plan) in plans().await {
+            assert!(!plan.contains("Seq Scan"), "{what}, after: {plan}");
+        }
     }
 
     #[tokio::test]

@@ -682,6 +682,22 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
             if let Err(error) = listening {
                 tracing::warn!(%error, "gateway: no LISTEN connection; idle workers poll instead");
             }
+            // The console's pages read through indexes of their own, built
+            // beside the deliveries (a build holds no write back); an index
+            // already there is only looked up.
+            #[cfg(feature = "console")]
+            if config.console.is_some() {
+                let building = inbox.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = building.build_console_indexes().await {
+                        tracing::warn!(
+                            %error,
+                            "gateway: the console's indexes are not built; its pages and counts \
+                             read the whole inbox table (see PostgresInbox::console_indexes_sql)"
+                        );
+                    }
+                });
+            }
             Ok(Arc::new(inbox))
         }
     }
