@@ -433,6 +433,17 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// This endpoint, holding the secret `answer` carries outside its
+    /// `data` when none was found in it (see [`secret_in`]).
+    fn with_secret_from(mut self, answer: &[u8]) -> Self {
+        if self.signing_secret.is_none() {
+            self.signing_secret = secret_in(answer);
+        }
+        self
+    }
+}
+
 impl Ensured {
     /// What ensure did, from `data`, read leniently as [`Endpoint`] says:
     /// only the endpoint itself is required.
@@ -513,7 +524,7 @@ impl Client {
             .call_for_secret(Method::POST, "webhook/endpoints", Some(body))
             .await?;
         let data = self.data_object("POST /webhook/endpoints", &answer)?;
-        Ok(Endpoint::lenient(data, None))
+        Ok(Endpoint::lenient(data, None).with_secret_from(&answer))
     }
 
     /// Changes endpoint `id` as `update` says.
@@ -574,11 +585,7 @@ impl Client {
         let call = format!("POST /{path}");
         let answer = self.call_for_secret(Method::POST, &path, None).await?;
         let data = self.data_object(&call, &answer)?;
-        let mut endpoint = Endpoint::lenient(data, Some(id));
-        if endpoint.signing_secret.is_none() {
-            endpoint.signing_secret = secret_in(&answer);
-        }
-        Ok(endpoint)
+        Ok(Endpoint::lenient(data, Some(id)).with_secret_from(&answer))
     }
 
     /// Creates the endpoint `want` describes, or updates the one at its URL:
@@ -593,12 +600,17 @@ impl Client {
             .call_for_secret(Method::PUT, "webhook/endpoints/ensure", Some(json(want)))
             .await?;
         let data = self.data_object(call, &answer)?;
+        let flagged = data.contains_key("signingSecretAvailable");
         let mut ensured = Ensured::lenient(data).ok_or_else(|| {
             ApiError::new(ApiErrorKind::Decode, call, "the answer has no endpoint")
                 .with_secret(secret_in(&answer))
         })?;
         if ensured.endpoint.signing_secret.is_none() {
-            ensured.endpoint.signing_secret = secret_in(&answer);
+            ensured.endpoint = ensured.endpoint.with_secret_from(&answer);
+            // Clink's flag when it sent one; else whether a secret came.
+            if !flagged {
+                ensured.signing_secret_available = ensured.endpoint.signing_secret.is_some();
+            }
         }
         Ok(ensured)
     }

@@ -124,10 +124,12 @@
 //!   session and opens a `?token=` link (a bookmark) is sent to the page
 //!   without the token, its session kept, and the token is not checked at
 //!   all: a session cannot tell a right token from a wrong one. A
-//!   `?token=` on a request the browser says is no page load (an image, a
-//!   script or a fetch another page makes: `Sec-Fetch-Mode` other than
-//!   `navigate`) is answered `403` and neither checked nor counted, so no
-//!   page can spend the operator's budget of wrong tokens by being opened.
+//!   `?token=` on a request the browser says loads no page of its own (an
+//!   image, a script, a fetch or a frame another page holds:
+//!   `Sec-Fetch-Mode` other than `navigate`, or `Sec-Fetch-Dest` other
+//!   than `document`) is answered `403` and neither checked nor counted,
+//!   so no page can spend the operator's budget of wrong tokens by
+//!   holding the console's address.
 //!   A token in the address can reach the logs of a proxy in front: prefer
 //!   the bearer header where a client can send one. The cookie
 //!   is `HttpOnly`, `SameSite=Strict`, scoped to the mount path, `Secure` with
@@ -867,14 +869,19 @@ fn cross_site(headers: &http::HeaderMap) -> bool {
     })
 }
 
-/// Whether the browser says the request loads a page (`Sec-Fetch-Mode:
-/// navigate`), rather than an image, a script or a fetch. A request
-/// without the header (curl, a script, an older browser) is taken for one.
+/// Whether the browser says the request loads a page in its own window
+/// or tab (`Sec-Fetch-Mode: navigate` and `Sec-Fetch-Dest: document`),
+/// rather than an image, a script, a fetch or a frame another page holds.
+/// A request without the headers (curl, a script, an older browser) is
+/// taken for one.
 fn page_load(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all("sec-fetch-mode")
-        .iter()
-        .all(|value| value.as_bytes().eq_ignore_ascii_case(b"navigate"))
+    let only = |name: &str, expected: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .all(|value| value.as_bytes().eq_ignore_ascii_case(expected))
+    };
+    only("sec-fetch-mode", b"navigate") && only("sec-fetch-dest", b"document")
 }
 
 /// The headers every console response carries.

@@ -393,21 +393,7 @@ impl Drop for ClaimGuard<'_> {
         let Some(token) = self.token.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Dropped outside a runtime (as one shuts down): nothing can
-            // settle the claim, which frees itself when its lease ends.
-            self.config.metrics.settle_failed();
-            tracing::warn!(
-                "clink claim dropped outside a Tokio runtime, unsettled; it frees itself when \
-                 the lease ends, and a delivery after that runs the handler again"
-            );
-            return;
-        };
         let config = self.config;
-        let store = Arc::clone(&config.store);
-        let key = self.key.take();
-        let timeout = config.settings.store_timeout;
-        let outage = Arc::clone(&config.outages.store);
         let succeeded = self
             .succeeded
             .is_some_and(|succeeded| succeeded.load(Ordering::Relaxed));
@@ -417,6 +403,33 @@ impl Drop for ClaimGuard<'_> {
         let completes_with = self
             .completes_with
             .or_else(|| succeeded.then_some(config.settings.retention));
+        // A memory store settles here and now, runtime or not.
+        if let (Some(memory), Some(key)) = (&config.memory, &self.memory_key) {
+            match completes_with {
+                Some(retention) => match memory.complete_now(key, &token, retention) {
+                    Ok(settle) => completed(&config.metrics, settle, sent_before),
+                    Err(error) => completion_failed(&config.metrics, &config.outages.store, &error),
+                },
+                None => {
+                    logged(memory.release_now(key, &token), &config.outages.store);
+                }
+            }
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Dropped where no runtime runs: nothing can settle the claim
+            // with this store, and it frees itself when its lease ends.
+            config.metrics.settle_failed();
+            tracing::warn!(
+                "clink claim dropped outside a Tokio runtime, unsettled; it frees itself when \
+                 the lease ends, and a delivery after that runs the handler again"
+            );
+            return;
+        };
+        let store = Arc::clone(&config.store);
+        let key = self.key.take();
+        let timeout = config.settings.store_timeout;
+        let outage = Arc::clone(&config.outages.store);
         match completes_with {
             Some(retention) => {
                 let metrics = Arc::clone(&config.metrics);
@@ -513,8 +526,39 @@ mod tests {
         assert_eq!(StoreKey::concat(&[&exact]).as_str(), exact);
     }
 
-    /// A guard dropped outside a runtime (as one shuts down) cannot settle
-    /// its claim: it says so, in the settle errors and the log.
+    /// A guard of a memory store's claim dropped where no runtime runs
+    /// settles it all the same, there and then: released, or completed
+    /// once its handler succeeded.
+    #[test]
+    fn a_memory_claim_dropped_outside_a_runtime_is_settled_at_once() {
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap());
+        let config = &layer.config;
+        let memory = config.memory.as_ref().expect("a memory store by default");
+        let key = MemoryStore::key("k").unwrap();
+        for succeeded in [false, true] {
+            let Claim::Claimed(token) = memory.claim_now(&key, DEFAULT_LEASE).unwrap() else {
+                panic!("a free key is claimed");
+            };
+            let flag = std::sync::atomic::AtomicBool::new(succeeded);
+            let mut guard = held(config, token, Instant::now() + DEFAULT_LEASE);
+            guard.memory_key = Some(key);
+            guard.succeeded = Some(&flag);
+            drop(guard);
+            let again = memory.claim_now(&key, DEFAULT_LEASE).unwrap();
+            if succeeded {
+                assert!(matches!(again, Claim::Completed), "{again:?}");
+            } else {
+                let Claim::Claimed(token) = again else {
+                    panic!("released: {again:?}");
+                };
+                assert_eq!(memory.release_now(&key, &token).unwrap(), Settle::Applied);
+            }
+        }
+        assert_eq!(config.metrics.settle_errors(), 0);
+    }
+
+    /// A guard of another store's claim dropped where no runtime runs
+    /// cannot settle it: it says so, in the settle errors and the log.
     #[test]
     fn a_guard_dropped_outside_a_runtime_counts_a_settle_error() {
         let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap());

@@ -1316,6 +1316,43 @@ async fn a_new_secret_outside_data_is_kept() {
         endpoint.signing_secret.as_ref().map(WebhookSecret::expose),
         Some("whsec_beside_data")
     );
+
+    // A create, and an ensure that does not say whether it sent one.
+    let beside = |secret: &str| Failure::Json {
+        status: 200,
+        body: format!(
+            r#"{{"code":200,"data":{{"endpoint":{{"id":"whk_9","url":"https://shop.example.com/new"}},"id":"whk_9"}},"signingSecret":"{secret}"}}"#
+        ),
+    };
+    fake.fail_next("webhook/endpoints/ensure", beside("whsec_ensured"), 1);
+    let ensured = client
+        .ensure_endpoint(&EnsureEndpoint::new(
+            "https://shop.example.com/new",
+            ["order.succeeded"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ensured
+            .endpoint
+            .signing_secret
+            .as_ref()
+            .map(WebhookSecret::expose),
+        Some("whsec_ensured")
+    );
+    assert!(ensured.signing_secret_available, "the secret came");
+    fake.fail_next("webhook/endpoints", beside("whsec_created"), 1);
+    let created = client
+        .create_endpoint(&NewEndpoint::new(
+            "https://shop.example.com/new",
+            ["order.succeeded"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.signing_secret.as_ref().map(WebhookSecret::expose),
+        Some("whsec_created")
+    );
 }
 
 #[tokio::test]

@@ -724,6 +724,32 @@ fn has_invisible(text: &str) -> bool {
         .any(|c| c != '\n' && clink_webhooks::events::is_invisible(c))
 }
 
+/// A body whose type is too long to be an event's is still told apart
+/// from the type asked for, not sent as that type.
+#[test]
+fn a_body_files_type_too_long_for_an_event_is_told_apart_too() {
+    let long = format!("x.{}", "y".repeat(200));
+    let file = BodyFile::new(
+        "long-type",
+        format!(r#"{{"id":"evt_1","type":"{long}","data":{{}}}}"#).as_bytes(),
+    );
+    let text = cli(&[
+        "send",
+        "order.succeeded",
+        "--body-file",
+        file.path(),
+        "--to",
+        "http://127.0.0.1:9/webhooks/clink",
+    ]);
+    assert_eq!(text.code, Some(2), "{text:?}");
+    assert!(
+        text.stderr.starts_with(&format!(
+            "error: the body's type is {long}, not order.succeeded"
+        )),
+        "{text:?}"
+    );
+}
+
 #[test]
 fn a_body_files_type_is_printed_escaped_in_errors() {
     // A type that colours the terminal, reverses the text after it and

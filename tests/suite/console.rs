@@ -774,30 +774,33 @@ async fn wrong_tokens_are_logged_and_then_refused_for_a_while() {
     assert_eq!(get(&app, "/console/events").await.status, 429);
 }
 
-/// A `?token=` on a request that is no page load (an image another page
-/// puts on itself, a fetch) is refused `403`, neither checked nor
-/// counted: any number of them spends nothing of the client's budget, and
+/// A `?token=` on a request that loads no page of its own (an image or a
+/// frame another page puts on itself, a fetch) is refused `403`, neither
+/// checked nor counted: any number of them spends nothing of the client's budget, and
 /// the right token, opened as a page, still logs in.
 #[tokio::test(start_paused = true)]
 async fn a_token_in_the_address_of_an_image_is_neither_checked_nor_counted() {
     let app = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
-    let from = |mode: &str, token: &str| {
+    let from = |(mode, dest): (&str, &str), token: &str| {
         let address: SocketAddr = "192.0.2.9:40000".parse().unwrap();
         Request::builder()
             .uri(format!("/console?token={token}"))
             .header("sec-fetch-mode", mode)
+            .header("sec-fetch-dest", dest)
             .header("sec-fetch-site", "cross-site")
             .extension(axum::extract::ConnectInfo(address))
             .body(Body::empty())
             .unwrap()
     };
+    let (image, frame) = (("no-cors", "image"), ("navigate", "iframe"));
     for n in 0..30 {
-        let page = page_of(&app, from("no-cors", &format!("wrong-{n}-image-abcdefgh"))).await;
-        assert_eq!(page.status, 403, "image {n}: {}", page.body);
+        let kind = if n % 2 == 0 { image } else { frame };
+        let page = page_of(&app, from(kind, &format!("wrong-{n}-image-abcdefgh"))).await;
+        assert_eq!(page.status, 403, "{kind:?} {n}: {}", page.body);
     }
-    let page = page_of(&app, from("cors", TOKEN)).await;
+    let page = page_of(&app, from(("cors", "empty"), TOKEN)).await;
     assert_eq!(page.status, 403, "a fetch does not log in either");
-    let page = page_of(&app, from("navigate", TOKEN)).await;
+    let page = page_of(&app, from(("navigate", "document"), TOKEN)).await;
     assert_eq!(page.status, 303, "{}", page.body);
     assert!(
         page.header("set-cookie").starts_with("clink_console"),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use clink_webhooks::events::EnvelopeError;
 use clink_webhooks::testing::{fixture, Shape, SignedRequest, TimestampUnit};
 use clink_webhooks::{EventType, RawEvent, Timestamp};
 use http::Uri;
@@ -228,12 +229,20 @@ impl Bodies {
                 None => return Err(CliError::usage("name an event type or give --body-file")),
             },
         };
-        if let (Some(event_type), Ok(event)) = (&args.event_type, RawEvent::from_slice(&base)) {
-            if event.event_type() != event_type {
+        if let Some(event_type) = &args.event_type {
+            // A type too long to be an event's is read from the JSON.
+            let body_type = match RawEvent::from_slice(&base) {
+                Ok(event) => Some(event.event_type().as_str().to_owned()),
+                Err(EnvelopeError::InvalidType) => serde_json::from_slice::<Value>(&base)
+                    .ok()
+                    .and_then(|body| body.get("type")?.as_str().map(str::to_owned)),
+                Err(_) => None,
+            };
+            if let Some(body_type) = body_type.filter(|t| t != event_type.as_str()) {
                 // The type is the body's: data, printed escaped.
                 return Err(CliError::usage(format!(
                     "the body's type is {}, not {event_type}; leave TYPE out to send the body as it is",
-                    escaped(event.event_type().as_str())
+                    escaped(&body_type)
                 )));
             }
         }

@@ -794,19 +794,30 @@ impl PostgresInbox {
     /// reads the whole table: right for thousands of events, slow for
     /// millions. (The events by status are read through the indexes
     /// [`migrate`](Self::migrate) makes, but for the count of those done,
-    /// which are most of the table.) [`migrate`](Self::migrate) does not make them, since each
-    /// index costs every insert a little and a receiver without the
-    /// console reads none of them.
+    /// which are most of the table.) [`migrate`](Self::migrate) does not
+    /// make them: each index is written at every insert and at every
+    /// change of an event's status, and a receiver without the console
+    /// reads none of them.
     ///
     /// Each is `CREATE INDEX CONCURRENTLY IF NOT EXISTS`, which holds no
     /// write back while it reads the table, and must run on its own, not
     /// in a transaction: run them so, or call
     /// [`build_console_indexes`](Self::build_console_indexes). A build that
-    /// failed leaves an invalid index, which `IF NOT EXISTS` keeps: drop it
-    /// and build it again. Each index is named after the table's name
+    /// failed leaves an invalid index, which `IF NOT EXISTS` keeps:
+    /// [`build_console_indexes`](Self::build_console_indexes) drops it and
+    /// builds it again; by hand, drop it and run its statement again. Each index is named after the table's name
     /// without its schema, as [`migrate`](Self::migrate) names its own.
     #[must_use]
     pub fn console_indexes_sql(&self) -> Vec<String> {
+        self.console_indexes()
+            .into_iter()
+            .map(|(_, statement)| statement)
+            .collect()
+    }
+
+    /// Each console index's name (schema-qualified as the table is) and
+    /// the statement that builds it.
+    fn console_indexes(&self) -> Vec<(String, String)> {
         let table = &self.sql.table;
         let t = quote(table);
         [
@@ -822,29 +833,81 @@ impl PostgresInbox {
         ]
         .into_iter()
         .map(|(suffix, columns, partial)| {
-            let index = Relation::new(table, suffix).index;
-            format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {t} {columns}{partial}")
+            let relation = Relation::new(table, suffix);
+            let index = relation.index;
+            (
+                relation.qualified_index,
+                format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {t} {columns}{partial}"
+                ),
+            )
         })
         .collect()
     }
 
     /// Builds the indexes of [`console_indexes_sql`](Self::console_indexes_sql),
-    /// one statement after the other, each for as long as it takes (a
-    /// build reads the whole table, and holds no write back meanwhile):
-    /// call it once, from one instance, after [`migrate`](Self::migrate),
-    /// or on every start (an index there is only looked up).
+    /// one after the other, each for as long as it takes (a build reads
+    /// the whole table, and holds no write back meanwhile), on a
+    /// connection of its own taken out of the pool, with its statement
+    /// timeout off. An index already built is only looked up, and one
+    /// another session is building is left to it; one whose build failed
+    /// (invalid, and built by none) is dropped and built again. Call it
+    /// after [`migrate`](Self::migrate), once or on every start.
+    ///
+    /// While a build runs, a [`migrate`](Self::migrate) that must change
+    /// the table (a newer version's, adding a column) waits for it, past
+    /// its timeout: upgrade once no build is under way.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when the database refuses a statement (the indexes
-    /// before it are built) or cannot be reached.
+    /// before it are built) or cannot be reached, or an index is left
+    /// invalid.
     pub async fn build_console_indexes(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        for statement in self.console_indexes_sql() {
+        let failed = |what: &'static str| move |err: tokio_postgres::Error| pg_error(what, &err);
+        let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(pool_error)?);
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(failed("cannot lift the statement timeout"))?;
+        let state = async |index: &str| -> Result<Option<(bool, bool)>, StoreError> {
+            let row = client
+                .query_opt(
+                    "SELECT i.indisvalid, EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
+                                                  WHERE p.index_relid = i.indexrelid)
+                     FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+                    &[&index],
+                )
+                .await
+                .map_err(failed("cannot look an index of the console's up"))?;
+            Ok(row.map(|row| (row.get(0), row.get(1))))
+        };
+        for (index, statement) in self.console_indexes() {
+            match state(&index).await? {
+                Some((true, _) | (false, true)) => continue,
+                Some((false, false)) => {
+                    tracing::warn!(
+                        index = %index,
+                        "inbox: an index of the console's was left invalid by a build that \
+                         failed; dropping it and building it again"
+                    );
+                    client
+                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+                        .await
+                        .map_err(failed("cannot drop an invalid index of the console's"))?;
+                }
+                None => {}
+            }
             client
                 .batch_execute(&statement)
                 .await
-                .map_err(|err| pg_error("cannot build an index of the console's", &err))?;
+                .map_err(failed("cannot build an index of the console's"))?;
+            if state(&index).await? == Some((false, false)) {
+                return Err(StoreError::new(
+                    crate::store::StoreErrorKind::Unavailable,
+                    format!("the console's index {index} was left invalid"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1776,6 +1839,35 @@ mod tests {
         for (what, plan) in plans().await {
             assert!(!plan.contains("Seq Scan"), "{what}, after: {plan}");
         }
+        // One left invalid (as a build that failed leaves it) is dropped
+        // and built again; the others are left as they are.
+        let valid = async |suffix: &str| -> (bool, u32) {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT i.indisvalid, c.oid FROM pg_index i JOIN pg_class c
+                         ON c.oid = i.indexrelid WHERE c.relname = '{table}_{suffix}'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        client
+            .batch_execute(&format!(
+                "UPDATE pg_index SET indisvalid = false
+                 WHERE indexrelid = '\"{table}_type_idx\"'::regclass"
+            ))
+            .await
+            .unwrap();
+        let (type_before, account_before) = (valid("type_idx").await, valid("account_idx").await);
+        assert!(!type_before.0);
+        inbox.build_console_indexes().await.unwrap();
+        let (type_after, account_after) = (valid("type_idx").await, valid("account_idx").await);
+        assert!(type_after.0, "built again");
+        assert_ne!(type_after.1, type_before.1, "a new index");
+        assert_eq!(account_after, account_before, "left as it was");
     }
 
     #[tokio::test]
