@@ -120,7 +120,8 @@ impl Config {
         handler_deadline_settled_within(self.settings.lease, self.settings.handler_timeout, settle)
     }
 
-    /// Logs, as a service is made, a store timeout too long for the lease
+    /// Logs, as a service is made, a handler timeout longer than the
+    /// lease leaves a handler, and a store timeout too long for the lease
     /// to leave a completion its time (see [`ClinkLayer::store_timeout`]).
     fn warn_of_a_settle_past_the_lease(&self) {
         let Settings {
@@ -128,6 +129,17 @@ impl Config {
             store_timeout,
             ..
         } = self.settings;
+        if let Some(asked) = self.settings.handler_timeout {
+            let given = self.handler_deadline();
+            if asked > given {
+                tracing::warn!(
+                    handler_timeout_ms = u64::try_from(asked.as_millis()).unwrap_or(u64::MAX),
+                    given_ms = u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
+                    "clink layer: the handler timeout is cut to the lease less its spare part \
+                     (see ClinkLayer::handler_timeout); set a longer lease for more"
+                );
+            }
+        }
         if self.memory.is_none() && store_timeout > lease / 2 {
             tracing::warn!(
                 lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),

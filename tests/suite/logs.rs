@@ -271,3 +271,37 @@ fn a_store_timeout_longer_than_half_the_lease_is_warned_of() {
         Some("5000")
     );
 }
+
+/// A handler timeout longer than the lease leaves a handler is warned of
+/// as a service is made, with what it is cut to: the default lease of
+/// 30 s leaves 25 s in front of a store other than the memory store.
+#[test]
+fn a_handler_timeout_cut_by_the_lease_is_warned_of() {
+    let (captured, _guard) = capture();
+    let cut = || {
+        captured
+            .events()
+            .into_iter()
+            .filter(|event| event.message.contains("handler timeout is cut"))
+            .collect::<Vec<_>>()
+    };
+    let networked: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+    let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap()).store(networked);
+    let _fits = layer
+        .clone()
+        .handler_timeout(Duration::from_secs(25))
+        .unwrap()
+        .route(EventRouter::new());
+    assert!(cut().is_empty(), "{:#?}", cut());
+    let _cut = layer
+        .handler_timeout(Duration::from_secs(27))
+        .unwrap()
+        .route(EventRouter::new());
+    let seen = cut();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].level, tracing::Level::WARN);
+    assert_eq!(
+        seen[0].fields.get("given_ms").map(String::as_str),
+        Some("25000")
+    );
+}
