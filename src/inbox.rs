@@ -11,9 +11,11 @@
 //!
 //! - **concurrently**, up to a set number at once, each inside a lease with
 //!   a fencing token and the handler's timeout inside the lease (nine
-//!   tenths of it, counted from when the worker asked for the event, so
-//!   that a claim slow to answer leaves its handler less time, not less
-//!   margin);
+//!   tenths of it, or the lease less the inbox's
+//!   [call timeout](Inbox::call_timeout) when that is longer than a tenth,
+//!   up to half the lease; counted from when the worker asked for the
+//!   event, so that a claim slow to answer leaves its handler less time,
+//!   not less margin);
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
@@ -235,9 +237,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 
     /// Stops a handler after `timeout`, counting a failed attempt; never
-    /// later than nine tenths of the lease, counted from when its worker
-    /// asked the inbox for the event (a claim slow to answer leaves the
-    /// handler that much less).
+    /// later than nine tenths of the lease (or the lease less the inbox's
+    /// [call timeout](Inbox::call_timeout), when that is longer than a
+    /// tenth, up to half the lease, so that the settle lands inside it),
+    /// counted from when its worker asked the inbox for the event (a claim
+    /// slow to answer leaves the handler that much less).
     ///
     /// # Errors
     ///
@@ -452,6 +456,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 let deadline = claimed_handler_deadline(
                     self.settings.lease,
                     self.settings.handler_timeout,
+                    self.inbox.call_timeout().unwrap_or_default(),
                     asked.elapsed(),
                 );
                 // Set once a handler succeeded: stopped at the deadline
@@ -603,17 +608,19 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 }
 
-/// The time the handler of an event claimed `taken` ago gets:
-/// [`handler_deadline`] (the handler's timeout, at most nine tenths of the
-/// lease), and never past nine tenths of the lease counted from the claim,
-/// so that a claim slow to answer (waiting for a pool's connection or for
-/// SQLite's lock) still leaves a tenth of the lease before it ends. Zero
-/// when the claim took that long itself.
+/// The time the handler of an event claimed `taken` ago gets, from an
+/// inbox whose settle may take up to `settle`:
+/// [`handler_deadline`] (the handler's timeout, inside the
+/// lease less its spare part: a tenth of it, or `settle` when longer, up
+/// to half the lease), and never past that counted from the claim, so that
+/// a claim slow to answer (waiting for a pool's connection or for SQLite's
+/// lock) still leaves the spare part before the lease ends. Zero when the
+/// claim took that long itself.
 fn claimed_handler_deadline(
-    lease: Duration, timeout: Option<Duration>, taken: Duration,
+    lease: Duration, timeout: Option<Duration>, settle: Duration, taken: Duration,
 ) -> Duration {
-    let left = (lease - lease / 10).saturating_sub(taken);
-    handler_deadline(lease, timeout).min(left)
+    let inside_lease = handler_deadline(lease, None, settle);
+    handler_deadline(lease, timeout, settle).min(inside_lease.saturating_sub(taken))
 }
 
 /// Publishes the inbox's counts as gauges.
@@ -973,15 +980,37 @@ mod tests {
     fn a_slow_claim_shortens_the_handlers_deadline() {
         let lease = Duration::from_secs(30);
         let s = Duration::from_secs;
-        assert_eq!(claimed_handler_deadline(lease, None, Duration::ZERO), s(27));
-        assert_eq!(claimed_handler_deadline(lease, None, s(20)), s(7));
-        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(20)), s(5));
-        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(25)), s(2));
-        assert_eq!(claimed_handler_deadline(lease, None, s(27)), Duration::ZERO);
+        let zero = Duration::ZERO;
+        assert_eq!(claimed_handler_deadline(lease, None, zero, zero), s(27));
+        assert_eq!(claimed_handler_deadline(lease, None, zero, s(20)), s(7));
         assert_eq!(
-            claimed_handler_deadline(lease, None, s(3600)),
-            Duration::ZERO
+            claimed_handler_deadline(lease, Some(s(5)), zero, s(20)),
+            s(5)
         );
+        assert_eq!(
+            claimed_handler_deadline(lease, Some(s(5)), zero, s(25)),
+            s(2)
+        );
+        assert_eq!(claimed_handler_deadline(lease, None, zero, s(27)), zero);
+        assert_eq!(claimed_handler_deadline(lease, None, zero, s(3600)), zero);
+    }
+
+    /// An inbox whose calls may take longer than a tenth of the lease
+    /// (a PostgreSQL inbox with a long call timeout) leaves its settle that
+    /// long before the lease ends, up to half the lease.
+    #[test]
+    fn an_inbox_slow_to_settle_gets_its_settles_time_before_the_lease_ends() {
+        let lease = Duration::from_secs(30);
+        let s = Duration::from_secs;
+        let zero = Duration::ZERO;
+        assert_eq!(claimed_handler_deadline(lease, None, s(1), zero), s(27));
+        assert_eq!(claimed_handler_deadline(lease, None, s(5), zero), s(25));
+        assert_eq!(claimed_handler_deadline(lease, None, s(5), s(20)), s(5));
+        assert_eq!(
+            claimed_handler_deadline(lease, Some(s(26)), s(5), zero),
+            s(25)
+        );
+        assert_eq!(claimed_handler_deadline(lease, None, s(3600), zero), s(15));
     }
 
     /// A memory inbox whose claims answer `delay` after they took their
@@ -997,9 +1026,14 @@ mod tests {
             tokio::sync::mpsc::UnboundedSender<()>,
             Arc<tokio::sync::Notify>,
         )>,
+        /// The call timeout it says it has.
+        call_timeout: Option<Duration>,
     }
 
     impl Inbox for SlowClaims {
+        fn call_timeout(&self) -> Option<Duration> {
+            self.call_timeout
+        }
         fn insert<'a>(
             &'a self, event: &'a NewEvent,
         ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
@@ -1114,6 +1148,7 @@ mod tests {
                 delay,
                 failed,
                 gate: None,
+                call_timeout: None,
             },
             router,
         )
@@ -1140,6 +1175,39 @@ mod tests {
         assert!(!ran, "a handler started after its time inside the lease");
     }
 
+    /// An inbox whose calls take up to 5 s has its handler stopped 5 s
+    /// before a lease of 10 s ends (not at nine tenths of it), so that the
+    /// settle sent then lands inside the lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_leaves_an_inbox_slow_to_settle_its_call_timeout() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&evt_1()).await.unwrap();
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(|_event| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(())
+        });
+        let started = tokio::time::Instant::now();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::new(inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: None,
+                call_timeout: Some(Duration::from_secs(5)),
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(10)))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        let at = failures.recv().await.expect("the attempt was failed");
+        pool.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(at - started, Duration::from_secs(5));
+    }
+
     /// A claim that answers after `shutdown` asked the workers to stop
     /// does not start its handler: its event is given back, its attempt
     /// not counted.
@@ -1163,6 +1231,7 @@ mod tests {
                 delay: Duration::ZERO,
                 failed,
                 gate: Some((taken, Arc::clone(&go))),
+                call_timeout: None,
             },
             router,
         )
