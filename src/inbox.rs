@@ -1128,6 +1128,12 @@ mod tests {
     /// after the pool started (on the paused clock), and whether its
     /// handler ran.
     async fn timed_out_after_a_slow_claim(delay: Duration) -> (Duration, bool) {
+        timed_out_with(delay, None).await
+    }
+
+    /// As [`timed_out_after_a_slow_claim`], from an inbox that says its
+    /// calls take up to `call_timeout`.
+    async fn timed_out_with(delay: Duration, call_timeout: Option<Duration>) -> (Duration, bool) {
         let inbox = MemoryInbox::new();
         let event = evt_1();
         inbox.insert(&event).await.unwrap();
@@ -1148,7 +1154,7 @@ mod tests {
                 delay,
                 failed,
                 gate: None,
-                call_timeout: None,
+                call_timeout,
             },
             router,
         )
@@ -1180,32 +1186,9 @@ mod tests {
     /// settle sent then lands inside the lease.
     #[tokio::test(start_paused = true)]
     async fn a_handler_leaves_an_inbox_slow_to_settle_its_call_timeout() {
-        let inbox = MemoryInbox::new();
-        inbox.insert(&evt_1()).await.unwrap();
-        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
-        let router = EventRouter::new().on::<events::OrderSucceeded, _>(|_event| async {
-            std::future::pending::<()>().await;
-            Ok::<_, Infallible>(())
-        });
-        let started = tokio::time::Instant::now();
-        let pool = Workers::new(
-            SlowClaims {
-                inner: Arc::new(inbox),
-                delay: Duration::ZERO,
-                failed,
-                gate: None,
-                call_timeout: Some(Duration::from_secs(5)),
-            },
-            router,
-        )
-        .concurrency(1)
-        .and_then(|w| w.lease(Duration::from_secs(10)))
-        .and_then(|w| w.reorder_window(Duration::ZERO))
-        .unwrap()
-        .spawn();
-        let at = failures.recv().await.expect("the attempt was failed");
-        pool.shutdown(Duration::from_secs(1)).await;
-        assert_eq!(at - started, Duration::from_secs(5));
+        let (at, ran) = timed_out_with(Duration::ZERO, Some(Duration::from_secs(5))).await;
+        assert_eq!(at, Duration::from_secs(5));
+        assert!(ran);
     }
 
     /// A claim that answers after `shutdown` asked the workers to stop

@@ -691,10 +691,15 @@ mod tests {
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
     }
 
-    /// A freshness store that never records: each record waits for good.
-    struct NeverRecords;
+    /// A freshness store whose records never end (each waits for good),
+    /// or panic.
+    #[derive(Clone, Copy)]
+    enum Records {
+        Never,
+        Panicking,
+    }
 
-    impl crate::store::FreshnessStore for NeverRecords {
+    impl crate::store::FreshnessStore for Records {
         fn newest<'a>(
             &'a self, _object: &'a crate::events::ObjectKey,
         ) -> crate::BoxFuture<'a, Result<Option<crate::events::Version>, crate::store::StoreError>>
@@ -705,7 +710,10 @@ mod tests {
         fn record<'a>(
             &'a self, _object: &'a crate::events::ObjectKey, _version: &'a crate::events::Version,
         ) -> crate::BoxFuture<'a, Result<(), crate::store::StoreError>> {
-            Box::pin(std::future::pending())
+            match self {
+                Self::Never => Box::pin(std::future::pending()),
+                Self::Panicking => panic!("the freshness store fell over"),
+            }
         }
     }
 
@@ -740,7 +748,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let ran = Arc::new(AtomicUsize::new(0));
-        let router = || counting_router(&ran, NeverRecords);
+        let router = || counting_router(&ran, Records::Never);
         let request = |id: &str| signed(order_event(id));
         let routed = layer().route(router());
         let tower = layer().layer(router());
@@ -774,24 +782,6 @@ mod tests {
         }
     }
 
-    /// A freshness store whose every record panics.
-    struct PanicsRecording;
-
-    impl crate::store::FreshnessStore for PanicsRecording {
-        fn newest<'a>(
-            &'a self, _object: &'a crate::events::ObjectKey,
-        ) -> crate::BoxFuture<'a, Result<Option<crate::events::Version>, crate::store::StoreError>>
-        {
-            Box::pin(std::future::ready(Ok(None)))
-        }
-
-        fn record<'a>(
-            &'a self, _object: &'a crate::events::ObjectKey, _version: &'a crate::events::Version,
-        ) -> crate::BoxFuture<'a, Result<(), crate::store::StoreError>> {
-            panic!("the freshness store fell over")
-        }
-    }
-
     /// A panic after the handler succeeded (in recording its version)
     /// does not undo the success: the delivery is handled, its claim
     /// completed, and the retry is a duplicate; the handler ran once.
@@ -801,7 +791,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let ran = Arc::new(AtomicUsize::new(0));
-        let router = || counting_router(&ran, PanicsRecording);
+        let router = || counting_router(&ran, Records::Panicking);
         let body = order_event;
         let routed = layer().route(router());
         let tower = layer().layer(router());
@@ -848,7 +838,7 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&ran);
         let router = EventRouter::with_state(7_u32)
-            .ordering(NeverRecords)
+            .ordering(Records::Never)
             .on::<crate::events::OrderSucceeded, _>(move |_event, _state| {
             counted.fetch_add(1, Ordering::SeqCst);
             std::future::ready(Ok::<_, Infallible>(()))
