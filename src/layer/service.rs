@@ -396,7 +396,7 @@ where
                     .get::<Dispatched>()
                     .and_then(Dispatched::failure)
                     .unwrap_or("the event's data does not decode into its handler's type");
-                if dead_letter(&config, &**inbox, &verified, failure).await {
+                if dead_letter(&config, &**inbox, &verified, failure, deadline.duration()).await {
                     outcome = Outcome::DeadLettered;
                     response = layer_response(&outcome);
                 }
@@ -439,12 +439,16 @@ impl Limit for Deadline {
 /// Keeps an event whose data does not decode as dead in `inbox`; whether
 /// it is kept (a copy kept before counts).
 async fn dead_letter(
-    config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, failure: &str,
+    config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, failure: &str, left: Duration,
 ) -> bool {
     let event = NewEvent::from_verified(verified, Timestamp::now());
     let error = format!("dead: its data does not decode, so no retry can help: {failure}");
+    // Within the handler's time: the completion after it must still land
+    // inside the lease. One cut short is answered 500 and released; the
+    // retry keeps the event then (an insert that landed meanwhile finds it
+    // kept already).
     match timed(
-        config.settings.store_timeout,
+        config.settings.store_timeout.min(left),
         inbox.insert_dead(&event, &error),
     )
     .await

@@ -287,3 +287,89 @@ async fn a_routed_service_serves_over_http() {
         (1, 1)
     );
 }
+
+/// A store that answers each claim 4 s late (by Tokio's clock), and
+/// otherwise as a memory store: a networked store slow to claim.
+struct SlowClaims(MemoryStore);
+
+impl clink_webhooks::store::IdempotencyStore for SlowClaims {
+    fn claim<'a>(
+        &'a self, key: &'a str, lease: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Claim, clink_webhooks::store::StoreError>,
+    > {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            self.0.claim(key, lease).await
+        })
+    }
+
+    fn complete<'a>(
+        &'a self, key: &'a str, token: &'a clink_webhooks::store::LeaseToken, retention: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.0.complete(key, token, retention)
+    }
+
+    fn release<'a>(
+        &'a self, key: &'a str, token: &'a clink_webhooks::store::LeaseToken,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.0.release(key, token)
+    }
+}
+
+/// A memory inbox whose dead-letter inserts take 4 s (by Tokio's clock).
+struct SlowDeadLetters(MemoryInbox);
+
+impl clink_webhooks::store::Inbox for SlowDeadLetters {
+    crate::support::inbox_delegate::delegate_inbox!(0: insert, claim, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable);
+
+    fn insert_dead<'a>(
+        &'a self, event: &'a clink_webhooks::store::NewEvent, error: &'a str,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
+    > {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            self.0.insert_dead(event, error).await
+        })
+    }
+}
+
+/// The dead-letter insert of an undecodable event is bounded by the
+/// handler's time, so that the completion after it still lands inside
+/// the lease: with a lease of 12 s in front of a networked store (7 s of
+/// handler's time), a claim answered after 4 s leaves 3 s, and an insert
+/// that takes 4 s (under the store timeout of 5 s) is cut short there and
+/// answered `500` for Clink to retry, its claim released; in time, the
+/// event is dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_insert_is_bounded_by_the_handlers_time() {
+    let router = || {
+        EventRouter::new().on::<events::OrderCreated, _>(|_event| async { Ok::<_, Infallible>(()) })
+    };
+    let body = r#"{"id":"evt_undecodable","type":"order.created","data":{"orderId":5}}"#;
+    let request = || SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+    let layer = |store: Arc<dyn clink_webhooks::store::IdempotencyStore>| {
+        ClinkLayer::new(Verifier::new(SECRET).unwrap())
+            .store(store)
+            .lease(Duration::from_secs(12))
+            .unwrap()
+            .dead_letters(SlowDeadLetters(MemoryInbox::new()))
+            .route(router())
+    };
+    let slow = layer(Arc::new(SlowClaims(MemoryStore::new())));
+    let response = slow.clone().oneshot(request()).await.unwrap();
+    assert_eq!(Outcome::of(&response), Some(&Outcome::Undecodable));
+    assert_eq!(response.status(), 500);
+    let in_time = layer(Arc::new(MemoryStore::new()) as Arc<_>);
+    let response = in_time.oneshot(request()).await.unwrap();
+    assert_eq!(Outcome::of(&response), Some(&Outcome::DeadLettered));
+}
