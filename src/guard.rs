@@ -232,16 +232,21 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
 }
 
 /// The time a handler gets: `timeout` when set, and always inside `lease`
-/// with a spare part, so that a slow handler is stopped before its lease
-/// ends and another delivery or worker can take the event over and run it
-/// at the same time. The spare part is a tenth of the lease, or, for a
-/// claim whose settle may take up to `settle` (a networked store's call
-/// timeout), `settle` when that is longer, so that a completion sent at
-/// the deadline and answered in time has landed before the lease ends and
-/// no other delivery can have claimed the event and run its handler again.
-/// It never takes more than half the lease: the handler keeps at least the
-/// other half, however long the settle may take.
-pub(crate) fn handler_deadline(
+/// with a tenth of it to spare, so that a slow handler is stopped before
+/// its lease ends and another delivery or worker can take the event over
+/// and run it at the same time.
+pub(crate) fn handler_deadline(lease: Duration, timeout: Option<Duration>) -> Duration {
+    handler_deadline_settled_within(lease, timeout, Duration::ZERO)
+}
+
+/// [`handler_deadline`] for a claim whose settle may take up to `settle`
+/// (a networked store's call timeout): the spare part of the lease is the
+/// longer of a tenth of it and `settle`, so that a completion sent at the
+/// deadline and answered in time has landed before the lease ends, and no
+/// other delivery can have claimed the event and run its handler again.
+/// The spare part never takes more than half the lease: the handler keeps
+/// at least the other half, however long the settle may take.
+pub(crate) fn handler_deadline_settled_within(
     lease: Duration, timeout: Option<Duration>, settle: Duration,
 ) -> Duration {
     let spare = (lease / 10).max(settle.min(lease / 2));
@@ -390,12 +395,11 @@ mod tests {
     #[test]
     fn the_handler_deadline_stays_inside_the_lease() {
         let lease = Duration::from_secs(30);
-        let zero = Duration::ZERO;
-        assert_eq!(handler_deadline(lease, None, zero), Duration::from_secs(27));
+        assert_eq!(handler_deadline(lease, None), Duration::from_secs(27));
         let short = Duration::from_secs(5);
-        assert_eq!(handler_deadline(lease, Some(short), zero), short);
+        assert_eq!(handler_deadline(lease, Some(short)), short);
         assert_eq!(
-            handler_deadline(lease, Some(Duration::from_secs(60)), zero),
+            handler_deadline(lease, Some(Duration::from_secs(60))),
             Duration::from_secs(27)
         );
     }
@@ -406,7 +410,7 @@ mod tests {
     fn the_handler_deadline_leaves_the_settle_its_time() {
         let s = Duration::from_secs;
         let lease = s(30);
-        let deadline = handler_deadline;
+        let deadline = handler_deadline_settled_within;
         assert_eq!(deadline(lease, None, Duration::ZERO), s(27));
         assert_eq!(deadline(lease, None, s(1)), s(27));
         assert_eq!(deadline(lease, None, s(5)), s(25));

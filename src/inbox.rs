@@ -11,11 +11,9 @@
 //!
 //! - **concurrently**, up to a set number at once, each inside a lease with
 //!   a fencing token and the handler's timeout inside the lease (nine
-//!   tenths of it, or the lease less the inbox's
-//!   [call timeout](Inbox::call_timeout) when that is longer than a tenth,
-//!   up to half the lease; counted from when the worker asked for the
-//!   event, so that a claim slow to answer leaves its handler less time,
-//!   not less margin);
+//!   tenths of it, counted from when the worker asked for the event, so
+//!   that a claim slow to answer leaves its handler less time, not less
+//!   margin);
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
@@ -237,11 +235,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 
     /// Stops a handler after `timeout`, counting a failed attempt; never
-    /// later than nine tenths of the lease (or the lease less the inbox's
-    /// [call timeout](Inbox::call_timeout), when that is longer than a
-    /// tenth, up to half the lease, so that the settle lands inside it),
-    /// counted from when its worker asked the inbox for the event (a claim
-    /// slow to answer leaves the handler that much less).
+    /// later than nine tenths of the lease, counted from when its worker
+    /// asked the inbox for the event (a claim slow to answer leaves the
+    /// handler that much less).
     ///
     /// # Errors
     ///
@@ -456,7 +452,6 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 let deadline = claimed_handler_deadline(
                     self.settings.lease,
                     self.settings.handler_timeout,
-                    self.inbox.call_timeout().unwrap_or_default(),
                     asked.elapsed(),
                 );
                 // Set once a handler succeeded: stopped at the deadline
@@ -608,19 +603,17 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 }
 
-/// The time the handler of an event claimed `taken` ago gets, from an
-/// inbox whose settle may take up to `settle`:
-/// [`handler_deadline`] (the handler's timeout, inside the
-/// lease less its spare part: a tenth of it, or `settle` when longer, up
-/// to half the lease), and never past that counted from the claim, so that
-/// a claim slow to answer (waiting for a pool's connection or for SQLite's
-/// lock) still leaves the spare part before the lease ends. Zero when the
-/// claim took that long itself.
+/// The time the handler of an event claimed `taken` ago gets:
+/// [`handler_deadline`] (the handler's timeout, at most nine tenths of the
+/// lease), and never past nine tenths of the lease counted from the claim,
+/// so that a claim slow to answer (waiting for a pool's connection or for
+/// SQLite's lock) still leaves a tenth of the lease before it ends. Zero
+/// when the claim took that long itself.
 fn claimed_handler_deadline(
-    lease: Duration, timeout: Option<Duration>, settle: Duration, taken: Duration,
+    lease: Duration, timeout: Option<Duration>, taken: Duration,
 ) -> Duration {
-    let inside_lease = handler_deadline(lease, None, settle);
-    handler_deadline(lease, timeout, settle).min(inside_lease.saturating_sub(taken))
+    let left = (lease - lease / 10).saturating_sub(taken);
+    handler_deadline(lease, timeout).min(left)
 }
 
 /// Publishes the inbox's counts as gauges.
@@ -980,37 +973,15 @@ mod tests {
     fn a_slow_claim_shortens_the_handlers_deadline() {
         let lease = Duration::from_secs(30);
         let s = Duration::from_secs;
-        let zero = Duration::ZERO;
-        assert_eq!(claimed_handler_deadline(lease, None, zero, zero), s(27));
-        assert_eq!(claimed_handler_deadline(lease, None, zero, s(20)), s(7));
+        assert_eq!(claimed_handler_deadline(lease, None, Duration::ZERO), s(27));
+        assert_eq!(claimed_handler_deadline(lease, None, s(20)), s(7));
+        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(20)), s(5));
+        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(25)), s(2));
+        assert_eq!(claimed_handler_deadline(lease, None, s(27)), Duration::ZERO);
         assert_eq!(
-            claimed_handler_deadline(lease, Some(s(5)), zero, s(20)),
-            s(5)
+            claimed_handler_deadline(lease, None, s(3600)),
+            Duration::ZERO
         );
-        assert_eq!(
-            claimed_handler_deadline(lease, Some(s(5)), zero, s(25)),
-            s(2)
-        );
-        assert_eq!(claimed_handler_deadline(lease, None, zero, s(27)), zero);
-        assert_eq!(claimed_handler_deadline(lease, None, zero, s(3600)), zero);
-    }
-
-    /// An inbox whose calls may take longer than a tenth of the lease
-    /// (a PostgreSQL inbox with a long call timeout) leaves its settle that
-    /// long before the lease ends, up to half the lease.
-    #[test]
-    fn an_inbox_slow_to_settle_gets_its_settles_time_before_the_lease_ends() {
-        let lease = Duration::from_secs(30);
-        let s = Duration::from_secs;
-        let zero = Duration::ZERO;
-        assert_eq!(claimed_handler_deadline(lease, None, s(1), zero), s(27));
-        assert_eq!(claimed_handler_deadline(lease, None, s(5), zero), s(25));
-        assert_eq!(claimed_handler_deadline(lease, None, s(5), s(20)), s(5));
-        assert_eq!(
-            claimed_handler_deadline(lease, Some(s(26)), s(5), zero),
-            s(25)
-        );
-        assert_eq!(claimed_handler_deadline(lease, None, s(3600), zero), s(15));
     }
 
     /// A memory inbox whose claims answer `delay` after they took their
@@ -1026,14 +997,9 @@ mod tests {
             tokio::sync::mpsc::UnboundedSender<()>,
             Arc<tokio::sync::Notify>,
         )>,
-        /// The call timeout it says it has.
-        call_timeout: Option<Duration>,
     }
 
     impl Inbox for SlowClaims {
-        fn call_timeout(&self) -> Option<Duration> {
-            self.call_timeout
-        }
         fn insert<'a>(
             &'a self, event: &'a NewEvent,
         ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
@@ -1128,12 +1094,6 @@ mod tests {
     /// after the pool started (on the paused clock), and whether its
     /// handler ran.
     async fn timed_out_after_a_slow_claim(delay: Duration) -> (Duration, bool) {
-        timed_out_with(delay, None).await
-    }
-
-    /// As [`timed_out_after_a_slow_claim`], from an inbox that says its
-    /// calls take up to `call_timeout`.
-    async fn timed_out_with(delay: Duration, call_timeout: Option<Duration>) -> (Duration, bool) {
         let inbox = MemoryInbox::new();
         let event = evt_1();
         inbox.insert(&event).await.unwrap();
@@ -1154,7 +1114,6 @@ mod tests {
                 delay,
                 failed,
                 gate: None,
-                call_timeout,
             },
             router,
         )
@@ -1181,16 +1140,6 @@ mod tests {
         assert!(!ran, "a handler started after its time inside the lease");
     }
 
-    /// An inbox whose calls take up to 5 s has its handler stopped 5 s
-    /// before a lease of 10 s ends (not at nine tenths of it), so that the
-    /// settle sent then lands inside the lease.
-    #[tokio::test(start_paused = true)]
-    async fn a_handler_leaves_an_inbox_slow_to_settle_its_call_timeout() {
-        let (at, ran) = timed_out_with(Duration::ZERO, Some(Duration::from_secs(5))).await;
-        assert_eq!(at, Duration::from_secs(5));
-        assert!(ran);
-    }
-
     /// A claim that answers after `shutdown` asked the workers to stop
     /// does not start its handler: its event is given back, its attempt
     /// not counted.
@@ -1214,7 +1163,6 @@ mod tests {
                 delay: Duration::ZERO,
                 failed,
                 gate: Some((taken, Arc::clone(&go))),
-                call_timeout: None,
             },
             router,
         )

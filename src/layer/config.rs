@@ -11,7 +11,7 @@ use super::budget::{BodyBudget, DEFAULT_BODY_BUDGET, DEFAULT_MAX_BODIES_READING}
 use super::refusals::{RefusalLog, DEFAULT_REFUSAL_LOG_INTERVAL};
 use super::{ClinkService, InboxIntake, Metrics, RoutedService};
 use crate::accounts::{AccountFrom, KeySource};
-use crate::guard::handler_deadline;
+use crate::guard::handler_deadline_settled_within;
 use crate::outage::OutageLog;
 use crate::signature::{LiveVerifier, Verifier};
 use crate::store::{
@@ -108,7 +108,7 @@ impl Outages {
 }
 
 impl Config {
-    /// The handler's deadline: see [`handler_deadline`]. A
+    /// The handler's deadline: see [`handler_deadline_settled_within`]. A
     /// networked store's completion may take the store timeout, and lands
     /// inside the lease; a memory store settles at once.
     pub(super) fn handler_deadline(&self) -> Duration {
@@ -117,7 +117,7 @@ impl Config {
         } else {
             self.settings.store_timeout
         };
-        handler_deadline(self.settings.lease, self.settings.handler_timeout, settle)
+        handler_deadline_settled_within(self.settings.lease, self.settings.handler_timeout, settle)
     }
 
     /// Logs, as a service is made, a handler timeout longer than the

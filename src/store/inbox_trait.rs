@@ -993,17 +993,6 @@ pub trait Inbox: Send + Sync + 'static {
         Box::pin(tokio::time::sleep(timeout))
     }
 
-    /// The longest one call may take before the inbox gives up on it,
-    /// when it bounds its calls itself (as
-    /// [`PostgresInbox::with_timeout`](crate::store::PostgresInbox::with_timeout)
-    /// does): workers stop a handler at least this long before its lease
-    /// ends (at most half the lease, and never less than a tenth), so that
-    /// the settle sent then, answered in time, lands inside the lease. The
-    /// default, `None`, leaves a tenth of the lease.
-    fn call_timeout(&self) -> Option<Duration> {
-        None
-    }
-
     /// Records on the event of `attempt` (from
     /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
     /// that workers over this inbox run) what the destination it was
@@ -1101,9 +1090,6 @@ pub trait Inbox: Send + Sync + 'static {
 macro_rules! forward {
     ($($method:ident($($arg:ident: $ty:ty),*) -> $out:ty;)+) => {
         impl<I: Inbox + ?Sized> Inbox for Arc<I> {
-            fn call_timeout(&self) -> Option<Duration> {
-                (**self).call_timeout()
-            }
             fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
                 (**self).insert(event)
             }

@@ -2132,37 +2132,6 @@ async fn gateway_with_a_1_s_timeout(dir: &TempDir, name: &str, app: SocketAddr) 
         .unwrap()
 }
 
-/// With a PostgreSQL inbox, whose calls take up to the store timeout, the
-/// workers stop a forward the store timeout before its lease ends (when
-/// that is longer than a tenth of it): a destination timeout past that is
-/// refused; one inside it is taken.
-#[test]
-fn with_a_postgres_inbox_a_destination_timeout_must_leave_the_settle_its_time() {
-    let env = |destination_timeout: &'static str| {
-        check_with(&[
-            ("CLINK_WEBHOOK_SIGNING_KEY", KEY),
-            ("CLINK_INBOX", "postgres"),
-            ("DATABASE_URL", "postgres://app@127.0.0.1:9/clink"),
-            ("CLINK_DESTINATION", "http://127.0.0.1:9/hook"),
-            ("CLINK_LEASE_MS", "10000"),
-            ("CLINK_STORE_TIMEOUT_MS", "3000"),
-            ("CLINK_DESTINATION_TIMEOUT_MS", destination_timeout),
-        ])
-    };
-    let refused = env("8000");
-    assert_eq!(refused.code, Some(2), "{refused:?}");
-    assert!(
-        refused.stderr.contains("destination_timeout_ms (8000 ms)")
-            && refused
-                .stderr
-                .contains("lease_ms (10000 ms, so under 7000 ms)"),
-        "{}",
-        refused.stderr
-    );
-    let taken = env("6000");
-    assert_eq!(taken.code, Some(0), "{taken:?}");
-}
-
 /// A destination timeout that the workers' stop at nine tenths of the
 /// lease would cut short is refused, naming both settings; inside the
 /// lease, an app that never answers shows on `/health` by name.

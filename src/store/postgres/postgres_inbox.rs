@@ -1524,10 +1524,6 @@ impl Inbox for PostgresInbox {
         })
     }
 
-    fn call_timeout(&self) -> Option<Duration> {
-        Some(self.timeout)
-    }
-
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let now = Timestamp::now().as_millis();

@@ -898,24 +898,15 @@ impl Config {
                 lease.as_millis()
             )));
         }
-        // The workers stop a handler at nine tenths of its lease, or, with
-        // a PostgreSQL inbox (whose calls take up to the store timeout),
-        // the store timeout before it ends when that is longer, up to half
-        // the lease: a forward must have its answer, or its timeout,
-        // before then.
-        let store_timeout = r.millis("store_timeout_ms", 1, 3_600_000)?;
-        let settle = match &inbox {
-            InboxSpec::Postgres(_) => store_timeout.min(lease / 2),
-            InboxSpec::Sqlite(_) => Duration::ZERO,
-        };
-        let handler_time = lease - (lease / 10).max(settle);
+        // The workers stop a handler at nine tenths of its lease: a forward
+        // must have its answer, or its timeout, before then.
+        let handler_time = lease - lease / 10;
         if destination_timeout >= handler_time {
             return Err(ConfigProblem(format!(
-                "configuration: destination_timeout_ms ({} ms) must be shorter than what \
-                 lease_ms ({} ms, so under {} ms) leaves a forward (nine tenths of it, or with a \
-                 PostgreSQL inbox the lease less store_timeout_ms when that is longer, up to \
-                 half): a forward still waiting for the destination then is stopped before it \
-                 can record the failure; lower destination_timeout_ms or raise lease_ms",
+                "configuration: destination_timeout_ms ({} ms) must be shorter than nine tenths of \
+                 lease_ms ({} ms, so under {} ms): a forward still waiting for the destination \
+                 then is stopped before it can record the failure; lower destination_timeout_ms \
+                 or raise lease_ms",
                 destination_timeout.as_millis(),
                 lease.as_millis(),
                 handler_time.as_millis()
@@ -941,6 +932,7 @@ impl Config {
             )));
         }
         let body_timeout = r.millis("body_timeout_ms", 1, 3_600_000)?;
+        let store_timeout = r.millis("store_timeout_ms", 1, 3_600_000)?;
         let header_read_timeout = r.millis("header_read_timeout_ms", 1, 3_600_000)?;
         let max_connections =
             usize::try_from(r.number("max_connections", 1, 1 << 20)?).unwrap_or(1);
