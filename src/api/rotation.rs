@@ -238,8 +238,11 @@ impl Client {
     /// run one at a time, each from the call to the end of `persist`: a
     /// second waits for the first, so that the secret installed and stored
     /// last is the one Clink signs with. A caller that gives up while it
-    /// waits has started nothing. Another process rotating the same
-    /// endpoint is not held back: let one process rotate each endpoint.
+    /// waits has started nothing, and a `persist` that never returns holds
+    /// every later rotation of that endpoint through this client (bound
+    /// your store's call by a timeout of its own). Another process rotating
+    /// the same endpoint is not held back: let one process rotate each
+    /// endpoint.
     ///
     /// Between Clink rotating and its answer arriving, a delivery signed
     /// with the new secret is refused (`401`, and Clink retries it); other
