@@ -123,7 +123,7 @@ impl Config {
     /// Logs, as a service is made, a handler timeout longer than the
     /// lease leaves a handler, and a store timeout too long for the lease
     /// to leave a completion its time (see [`ClinkLayer::store_timeout`]).
-    fn warn_of_a_settle_past_the_lease(&self) {
+    fn warn_of_what_the_lease_cuts(&self) {
         let Settings {
             lease,
             store_timeout,
@@ -323,7 +323,7 @@ impl ClinkLayer {
     /// read back from it. See [`RoutedService`].
     #[must_use]
     pub fn route<T>(&self, router: EventRouter<T>) -> RoutedService<T> {
-        self.config.warn_of_a_settle_past_the_lease();
+        self.config.warn_of_what_the_lease_cuts();
         RoutedService::new(router, Arc::clone(&self.config))
     }
 
@@ -523,7 +523,7 @@ impl<S> Layer<S> for ClinkLayer {
     type Service = ClinkService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.config.warn_of_a_settle_past_the_lease();
+        self.config.warn_of_what_the_lease_cuts();
         ClinkService::new(inner, Arc::clone(&self.config))
     }
 }
