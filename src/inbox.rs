@@ -760,9 +760,9 @@ impl WorkerPool {
             if tokio::time::Instant::now() >= until {
                 return Err(NotDrained { deadline, due });
             }
-            // Woken by the next insert or settle where the inbox can tell,
-            // and never later than a short poll.
-            let _ = tokio::time::timeout(IDLE_POLL / 10, self.inbox.wait(IDLE_POLL)).await;
+            // A short poll, not the inbox's wait: a wake-up goes to one
+            // waiter, and is for a worker.
+            tokio::time::sleep(IDLE_POLL / 10).await;
         }
     }
 
@@ -903,6 +903,7 @@ impl std::error::Error for NotDrained {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
 
     use bytes::Bytes;
 
@@ -997,6 +998,8 @@ mod tests {
             tokio::sync::mpsc::UnboundedSender<()>,
             Arc<tokio::sync::Notify>,
         )>,
+        /// Counts every claim asked for.
+        claims: Arc<AtomicUsize>,
     }
 
     impl Inbox for SlowClaims {
@@ -1014,6 +1017,7 @@ mod tests {
             &self, lease: Duration, window: Duration,
         ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
             Box::pin(async move {
+                self.claims.fetch_add(1, Ordering::SeqCst);
                 let claimed = self.inner.claim(lease, window).await?;
                 if claimed.is_some() {
                     if let Some((taken, go)) = &self.gate {
@@ -1114,6 +1118,7 @@ mod tests {
                 delay,
                 failed,
                 gate: None,
+                claims: Arc::default(),
             },
             router,
         )
@@ -1140,6 +1145,53 @@ mod tests {
         assert!(!ran, "a handler started after its time inside the lease");
     }
 
+    /// An insert wakes one idle worker, not every one: the worker that
+    /// takes the event wakes one more, in case another is due, and the
+    /// event's completion one, for the event it may have held back.
+    #[tokio::test(start_paused = true)]
+    async fn an_insert_wakes_one_idle_worker_not_all() {
+        const WORKERS: usize = 8;
+        let inbox = Arc::new(MemoryInbox::new());
+        let claims = Arc::new(AtomicUsize::new(0));
+        let (handled, mut handling) = tokio::sync::mpsc::unbounded_channel();
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            let _ = handled.send(());
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::clone(&inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: None,
+                claims: Arc::clone(&claims),
+            },
+            router,
+        )
+        .concurrency(WORKERS)
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        // On the paused clock, a sleep shorter than the idle poll ends once
+        // every task has run as far as it can without the clock.
+        let settle = || tokio::time::sleep(Duration::from_millis(1));
+        settle().await;
+        let idle = claims.load(Ordering::SeqCst);
+        assert_eq!(idle, WORKERS, "each worker looked once, found nothing");
+        inbox.insert(&evt_1()).await.unwrap();
+        handling.recv().await.expect("the event was handled");
+        settle().await;
+        let woken = claims.load(Ordering::SeqCst) - idle;
+        // The worker woken, the one it woke, the one the completion woke,
+        // and the first worker looking again once done.
+        assert!(
+            woken <= 4,
+            "{woken} claims for one event with {WORKERS} idle workers"
+        );
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
     /// A claim that answers after `shutdown` asked the workers to stop
     /// does not start its handler: its event is given back, its attempt
     /// not counted.
@@ -1163,6 +1215,7 @@ mod tests {
                 delay: Duration::ZERO,
                 failed,
                 gate: Some((taken, Arc::clone(&go))),
+                claims: Arc::default(),
             },
             router,
         )

@@ -665,11 +665,21 @@ pub struct InboxStats {
 }
 
 /// An [`Inbox::wait`] for a backend that is told of new events by `notify`:
-/// until it is, or `timeout` has passed.
+/// until it is, or `timeout` has passed. The backend wakes one waiter with
+/// [`Notify::notify_one`](tokio::sync::Notify::notify_one) when an event may
+/// be due, and one more with [`wake_another`] after each claim that took one.
 pub(crate) fn wait_for(notify: &tokio::sync::Notify, timeout: Duration) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let _ = tokio::time::timeout(timeout, notify.notified()).await;
     })
+}
+
+/// After a claim that took an event: wakes one more idle worker, since the
+/// wake-up that brought this one may stand for more events than one (a
+/// batch inserted at once, a replay of many, `NOTIFY`s of one transaction
+/// folded into one). A worker that then finds nothing waits again.
+pub(crate) fn wake_another(notify: &tokio::sync::Notify) {
+    notify.notify_one();
 }
 
 impl InboxStats {
@@ -988,7 +998,10 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Waits until an event may have arrived, or `timeout` passed. The
     /// default just waits `timeout`; backends that can be told of inserts
-    /// (in memory, PostgreSQL's `LISTEN`) wake idle workers at once.
+    /// (in memory, SQLite, PostgreSQL's `LISTEN`) wake an idle worker at
+    /// once. They wake one, not all: a claim that takes an event wakes one
+    /// more, in case another is due too, so that a wake-up standing for
+    /// several events reaches as many workers as it needs and no more.
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(timeout))
     }

@@ -15,8 +15,8 @@ use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{
-    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, FilterParams,
-    ENTRY_COLUMNS, FILTER_PARAMS,
+    filter_sql, order_key, purge_in_steps, read_entry, wait_for, wake_another, EntryRow,
+    FilterParams, ENTRY_COLUMNS, FILTER_PARAMS,
 };
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -495,7 +495,7 @@ impl SqliteInbox {
         )
         .await??;
         attempt.mark_completed();
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         Ok(done)
     }
 
@@ -527,7 +527,7 @@ impl SqliteInbox {
         let inserted = Arc::clone(&self.inserted);
         Box::pin(async move {
             let result = call.await;
-            inserted.notify_waiters();
+            inserted.notify_one();
             result
         })
     }
@@ -771,6 +771,7 @@ impl Inbox for SqliteInbox {
         &self, lease: Duration, reorder_window: Duration,
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         let (lease, window) = (ms(lease), ms(reorder_window));
+        let inserted = Arc::clone(&self.inserted);
         self.with(move |connection| {
             let now = Timestamp::now().as_millis();
             let token = LeaseToken::generate();
@@ -806,6 +807,7 @@ impl Inbox for SqliteInbox {
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
             tx.commit()
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
+            wake_another(&inserted);
             Ok(Some(InboxClaim { entry, token }))
         })
     }

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use crate::events::InboxAttempt;
 use crate::store::inbox_history::{self, InboxAttemptOutcome, InboxAttemptRecord};
 use crate::store::inbox_page::{on_page, page_of};
-use crate::store::inbox_trait::{order_key, wait_for};
+use crate::store::inbox_trait::{order_key, wait_for, wake_another};
 use crate::store::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, InboxStatus, Inserted,
     LeaseToken, NewEvent, ReplayPin, Replayed, Settle, StoreError,
@@ -180,7 +180,7 @@ impl MemoryInbox {
             },
         );
         drop(state);
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         Inserted::New
     }
 
@@ -273,6 +273,7 @@ impl Inbox for MemoryInbox {
         held.entry.attempts += 1;
         held.token = Some(token.clone());
         held.lease_until = Timestamp::from_millis(now.as_millis().saturating_add(millis(lease)));
+        wake_another(&self.inserted);
         ready(Ok(Some(InboxClaim {
             entry: held.entry.clone(),
             token,
@@ -313,7 +314,7 @@ impl Inbox for MemoryInbox {
                 InboxStatus::Retrying
             };
         });
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         ready(settled)
     }
 
@@ -348,7 +349,7 @@ impl Inbox for MemoryInbox {
             None => Replayed::Missing,
         };
         drop(state);
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         ready(Ok(replayed))
     }
 
@@ -364,7 +365,7 @@ impl Inbox for MemoryInbox {
             Some(held) => Self::replay_held(held, true, now),
         };
         drop(state);
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         ready(Ok(replayed))
     }
 
@@ -382,7 +383,7 @@ impl Inbox for MemoryInbox {
             }
         }
         drop(state);
-        self.inserted.notify_waiters();
+        self.inserted.notify_one();
         ready(Ok(replayed))
     }
 

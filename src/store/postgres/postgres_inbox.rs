@@ -17,8 +17,8 @@ use crate::store::inbox_history::bounded_error;
 use crate::store::inbox_history::sql::{self as history, append_sql, Dialect};
 use crate::store::inbox_page::{read_summary, sql as browse};
 use crate::store::inbox_trait::{
-    filter_sql, order_key, purge_in_steps, read_entry, wait_for, EntryRow, FilterParams,
-    ENTRY_COLUMNS, FILTER_PARAMS,
+    filter_sql, order_key, purge_in_steps, read_entry, wait_for, wake_another, EntryRow,
+    FilterParams, ENTRY_COLUMNS, FILTER_PARAMS,
 };
 use crate::store::{
     timed, BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -50,7 +50,7 @@ const CLAIM_CANDIDATES: u32 = 4;
 /// The inbox in a PostgreSQL table: the production backend.
 ///
 /// - [`insert`](Inbox::insert) is one `INSERT .. ON CONFLICT (account,
-///   event_id) DO NOTHING`, with a `pg_notify` that wakes idle workers.
+///   event_id) DO NOTHING`, with a `pg_notify` that wakes an idle worker.
 /// - [`claim`](Inbox::claim) is one `UPDATE` of the row a `SELECT .. FOR
 ///   UPDATE SKIP LOCKED` picks by the claim order, so workers on any number
 ///   of instances never take the same event, and an event whose object has
@@ -98,7 +98,8 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///
 /// Create the table with [`migrate`](Self::migrate). Idle workers poll
 /// every 250 ms unless [`listen`](Self::listen) gives them a connection of
-/// their own for `LISTEN`, which wakes them on every insert.
+/// their own for `LISTEN`, which wakes one idle worker on each insert (and
+/// a worker that takes an event wakes one more).
 #[derive(Clone)]
 pub struct PostgresInbox {
     pool: Pool,
@@ -1001,8 +1002,8 @@ impl PostgresInbox {
     }
 
     /// Opens a connection of its own with `config`, without TLS, and
-    /// `LISTEN`s on the inbox's channel, so idle workers wake on every
-    /// insert instead of polling. If that connection drops, workers fall
+    /// `LISTEN`s on the inbox's channel, so that an idle worker wakes at
+    /// each insert instead of polling. If that connection drops, workers fall
     /// back to polling. Call it inside a Tokio runtime. A pool that reaches
     /// the database over TLS listens with
     /// [`listen_with`](Self::listen_with) and the same connector.
@@ -1036,7 +1037,7 @@ impl PostgresInbox {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                        notified.notify_waiters();
+                        notified.notify_one();
                     }
                     Some(Ok(_)) => {}
                     None | Some(Err(_)) => break,
@@ -1332,6 +1333,7 @@ impl Inbox for PostgresInbox {
                 return Ok(None);
             };
             let entry = read_entry(row).map_err(|err| pg_error("cannot read the event", &err))?;
+            wake_another(&self.notified);
             Ok(Some(InboxClaim { entry, token }))
         })
     }
