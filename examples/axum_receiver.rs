@@ -90,7 +90,9 @@
 //! for the object's current state and print `current <family> <object id>
 //! <status>` to stdout before answering 200: a handler that applies the
 //! current state instead of an old event. If the API cannot answer, the
-//! delivery is answered 500 and Clink retries it. Without
+//! delivery is answered 500 and Clink retries it; with an inbox, where the
+//! delivery was answered 200 as it was kept, the inbox's workers retry the
+//! event (the read comes before the event's completion commits). Without
 //! `CLINK_SECRET_KEY` it does neither.
 //!
 //! ```text
@@ -201,22 +203,33 @@ impl Clink {
     async fn print_current(
         &self, key: Option<clink_webhooks::events::ObjectKey>,
     ) -> Result<bool, BoxError> {
+        let current = self.current(key).await?;
+        if let Some(line) = &current {
+            println!("{line}");
+        }
+        Ok(current.is_some())
+    }
+
+    /// Reads the current state of the object `key` names, when there is a
+    /// client and Clink can read objects of its family: the line to print.
+    async fn current(
+        &self, key: Option<clink_webhooks::events::ObjectKey>,
+    ) -> Result<Option<String>, BoxError> {
         #[cfg(feature = "api")]
         if let (Some(client), Some(key)) = (&self.client, key) {
             let family = key.family.rsplit('/').next().unwrap_or_default();
             if clink_webhooks::api::ObjectKind::for_family(family).is_some() {
                 let current = client.current(&key).await?;
-                println!(
+                return Ok(Some(format!(
                     "current {} {} {}",
                     current.kind(),
                     printable(current.id().unwrap_or(&key.id)),
                     printable(current.status().unwrap_or("none"))
-                );
-                return Ok(true);
+                )));
             }
         }
         let _ = key;
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -330,9 +343,13 @@ fn handler_delay() -> Duration {
     HANDLER_DELAY.get().copied().unwrap_or_default()
 }
 
-/// Runs the "work" of a handler: its effect (with `CLINK_EXAMPLE_EFFECTS=1`),
-/// committed with the event's completion; then the optional delay, a slow
-/// call made once the writes are safe (an email, a request); then the line.
+/// Runs the "work" of a handler: for a stale event, the read of what is
+/// true now; then its effect (with `CLINK_EXAMPLE_EFFECTS=1`), committed
+/// with the event's completion; then the optional delay, a slow call made
+/// once the writes are safe (an email, a request); then the lines.
+///
+/// Whatever may fail and must be retried comes before the commit: once
+/// the event is complete, nothing retries it, and a failure after is lost.
 async fn handle<T: Resource>(
     event: Event<T>, effects: &Effects, clink: &Clink,
 ) -> Result<(), BoxError> {
@@ -344,6 +361,13 @@ async fn handle<T: Resource>(
             printable(&event.id)
         );
     }
+    // A newer event was handled: what is true now is Clink's to say. If
+    // its API cannot answer, the event is retried.
+    let current = if event.freshness().is_stale() {
+        clink.current(event.object_key()).await?
+    } else {
+        None
+    };
     effects
         .record(
             event.inbox_attempt(),
@@ -356,9 +380,8 @@ async fn handle<T: Resource>(
         tokio::time::sleep(delay).await;
     }
     report(&event);
-    if event.freshness().is_stale() {
-        // A newer event was handled: what is true now is Clink's to say.
-        clink.print_current(event.object_key()).await?;
+    if let Some(line) = current {
+        println!("{line}");
     }
     Ok(())
 }

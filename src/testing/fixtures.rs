@@ -21,7 +21,9 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 ///   subscriptions and invoices, and is wrapped as `data.object` for disputes
 ///   and `customer.verify`, as Clink's schema has them. Statuses follow the
 ///   event (`order.failed` has `"status": "failed"`, `dispute.won` has
-///   status `3`, ...).
+///   status `3`, ...). Clink sends `dispute.closed` once a dispute is won
+///   or lost; its fixture closes a won one (status `3`), so that a test of
+///   the lost path sets status `4` in it.
 /// - Families Clink publishes no schema for (`payment_method`, `risk_rule`,
 ///   `agent_order`, `agent_refund`, `purchase_instruction`, `vic_device`)
 ///   get a small plausible object with a `<family>Id` field, so their
@@ -64,7 +66,10 @@ pub fn fixture(event_type: &EventType) -> String {
 }
 
 /// [`fixture`] with the event id `id`, for tests that send one type several
-/// times as different events, or share a store with other tests.
+/// times as different events. Its objects keep their ids (`ord_test_123`,
+/// ...), as the steps of one lifecycle do: a store shared with other tests
+/// may hold a later version of them, which makes this event stale there.
+/// Tests sharing a store send [`fresh_fixture`]s.
 ///
 /// ```
 /// use clink_webhooks::testing::fixture_with_id;
@@ -192,25 +197,57 @@ impl Shape {
 }
 
 /// [`fixture`] with a fresh event id, unique within the process and across
-/// runs (`evt_<name>_<unique>`), so that tests sharing a store never collide.
+/// runs (`evt_<name>_<unique>`), and fresh ids of its objects (the order,
+/// its customer, ...: `ord_test_123_<unique>`), so that tests sharing a
+/// store never collide: neither as one event delivered twice nor as an
+/// older version of another test's object, which a freshness store would
+/// call stale. For the steps of one object's lifecycle, send
+/// [`fixture_with_id`]s, which keep the objects' ids.
 ///
 /// ```
+/// use clink_webhooks::data::Order;
 /// use clink_webhooks::testing::fresh_fixture;
 /// use clink_webhooks::{EventType, RawEvent};
 ///
-/// let a = fresh_fixture(&EventType::OrderSucceeded);
-/// let b = fresh_fixture(&EventType::OrderSucceeded);
-/// assert_ne!(RawEvent::from_slice(a.as_bytes())?.id(), RawEvent::from_slice(b.as_bytes())?.id());
+/// let a = RawEvent::from_slice(fresh_fixture(&EventType::OrderSucceeded).as_bytes())?;
+/// let b = RawEvent::from_slice(fresh_fixture(&EventType::OrderSucceeded).as_bytes())?;
+/// assert_ne!(a.id(), b.id());
+/// assert_ne!(a.object_key(), b.object_key());
+/// assert!(a.decode::<Order>()?.data.order_id.unwrap().starts_with("ord_test_123_"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use]
 pub fn fresh_fixture(event_type: &EventType) -> String {
     let unique = crate::store::LeaseToken::generate();
+    let unique = &unique.as_str()[..16];
     let name = event_type.as_str().replace('.', "_");
-    fixture_with_id(
-        event_type,
-        &format!("evt_{name}_{}", &unique.as_str()[..16]),
-    )
+    let body = fixture_with_id(event_type, &format!("evt_{name}_{unique}"));
+    let Ok(mut envelope) = serde_json::from_str::<Value>(&body) else {
+        unreachable!("a fixture is JSON")
+    };
+    if let Some(data) = envelope.get_mut("data") {
+        make_ids_unique(data, unique);
+    }
+    serde_json::to_string_pretty(&envelope).unwrap_or_else(|_| unreachable!())
+}
+
+/// Gives every test id in `value` (a text of the form `<prefix>_test_<n>`)
+/// the suffix `_<unique>`, so that distinct ids stay distinct.
+fn make_ids_unique(value: &mut Value, unique: &str) {
+    match value {
+        Value::String(text) => {
+            let is_test_id = text.rsplit_once("_test_").is_some_and(|(prefix, n)| {
+                !prefix.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            if is_test_id {
+                text.push('_');
+                text.push_str(unique);
+            }
+        }
+        Value::Array(values) => values.iter_mut().for_each(|v| make_ids_unique(v, unique)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| make_ids_unique(v, unique)),
+        _ => {}
+    }
 }
 
 /// Where an event that is not the first of its lifecycle comes in it: the
@@ -608,6 +645,39 @@ mod tests {
             };
             assert_eq!(key, raw.object_key(), "{t}");
             assert!(key.is_some(), "{t} has no object key");
+        }
+    }
+
+    /// Two fresh fixtures of a type are two events about two objects, each
+    /// of every type decoding as its `fixture` does.
+    #[test]
+    fn fresh_fixtures_share_neither_event_nor_object() {
+        for t in EventType::ALL {
+            let [a, b] = [fresh_fixture(t), fresh_fixture(t)]
+                .map(|body| RawEvent::from_slice(body.as_bytes()).unwrap());
+            let plain = RawEvent::from_slice(fixture(t).as_bytes()).unwrap();
+            assert_eq!(a.event_type(), t);
+            assert_eq!(a.created(), plain.created(), "{t}");
+            assert_ne!(a.id(), b.id(), "{t}");
+            assert!(a.object_key().is_some(), "{t}");
+            assert_ne!(a.object_key(), b.object_key(), "{t}");
+            assert_ne!(a.object_key(), plain.object_key(), "{t}");
+        }
+        let order: Event<Order> =
+            RawEvent::from_slice(fresh_fixture(&EventType::OrderSucceeded).as_bytes())
+                .unwrap()
+                .decode()
+                .unwrap();
+        let ids = [
+            order.data.order_id,
+            order.data.customer_id,
+            order.data.session_id,
+        ];
+        for id in ids {
+            let id = id.expect("the fixture has the id");
+            let (kept, unique) = id.rsplit_once('_').unwrap();
+            assert!(kept.ends_with("_test_123"), "{id}");
+            assert_eq!(unique.len(), 16, "{id}");
         }
     }
 

@@ -102,6 +102,17 @@ impl SignedRequest {
     /// A delivery of `event` serialized as JSON (`created` as RFC 3339),
     /// signed under `secret`.
     ///
+    /// The body is this crate's serialization of `event`, which its typed
+    /// events read back alike, not the body Clink sends: its times are RFC
+    /// 3339 texts where Clink sends epoch milliseconds (`createTime`,
+    /// `paymentTime`, ...), a dispute's data is not wrapped as
+    /// `data.object`, a field without a value is `null`, and there is no
+    /// `"object": "event"`. To test code that reads a body's JSON itself (a
+    /// struct of its own, an `on_unhandled` handler, an audit of raw
+    /// bodies), sign a [`fixture`](super::fixture) instead, shaped by
+    /// [`Shape`](super::Shape) for the other shapes Clink's integrations
+    /// report.
+    ///
     /// # Errors
     ///
     /// When `T`'s `Serialize` implementation fails.

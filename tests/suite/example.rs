@@ -955,7 +955,7 @@ mod current_state {
 
     use super::{delivery, post, KEY};
     use crate::support::fake_api::FakeApi;
-    use crate::support::process::example_receiver_with_env;
+    use crate::support::process::{example_receiver_with_env, PATIENCE};
 
     const API_KEY: &str = "sk_test_example_5d1e";
 
@@ -1004,5 +1004,60 @@ mod current_state {
         let lost =
             r#"{"id":"evt_lost","type":"refund.failed","data":{"refundId":"rfd_gone","status":7}}"#;
         assert_eq!(post(&delivery(&url, lost)).await, 500);
+    }
+
+    /// With an inbox and the effects committed with each event's
+    /// completion, a stale event's read of the current state comes before
+    /// the commit: when Clink's API cannot answer, the event is not marked
+    /// done with its read lost, but retried, and read again. Before, the
+    /// commit came first, and the failed read was never made again.
+    #[cfg(feature = "sqlite")]
+    // The fake API answers the retry while this test's thread blocks on the
+    // example's output.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_an_inbox_a_stale_events_failed_read_is_retried() {
+        let fake = FakeApi::start().await;
+        fake.accept_key(API_KEY);
+        let base = fake.base_url();
+        let dir =
+            std::env::temp_dir().join(format!("clink-example-stale-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let inbox = format!("sqlite:{}", dir.join("inbox.db").display());
+        let (process, url, _) = example_receiver_with_env(
+            KEY,
+            None,
+            &[
+                ("CLINK_SECRET_KEY", API_KEY),
+                ("CLINK_API_BASE_URL", &base),
+                ("CLINK_INBOX", &inbox),
+                ("CLINK_INBOX_REORDER_MS", "0"),
+                ("CLINK_EXAMPLE_EFFECTS", "1"),
+            ],
+        );
+        let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_r"}}"#;
+        let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_r"}}"#;
+        assert_eq!(post(&delivery(&url, newer)).await, 200);
+        assert_eq!(process.next_stdout(), "handled order.succeeded evt_new");
+        // Kept, and answered 200; the order is not known to Clink yet, so
+        // the first read fails.
+        assert_eq!(post(&delivery(&url, older)).await, 200);
+        assert!(
+            fake.wait_for_requests(1, PATIENCE).await,
+            "the stale event's handler read the order"
+        );
+        fake.put_object(
+            "order/ord_r",
+            json!({"orderId": "ord_r", "status": "refunded"}),
+        );
+        // The retry reads it, then commits and prints.
+        assert_eq!(process.next_stdout(), "handled order.created evt_old");
+        assert_eq!(process.next_stdout(), "current order ord_r refunded");
+        assert!(
+            fake.count("GET", "order/ord_r") >= 2,
+            "{:?}",
+            fake.requests()
+        );
+        drop(process);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
