@@ -985,6 +985,75 @@ fn a_second_ctrl_c_stops_listen_at_once() {
     }
 }
 
+/// A key variable that is set, but not to UTF-8, is said to be so, not
+/// "not set", whether `--secret env:NAME` names it or it is the default.
+#[cfg(unix)]
+#[test]
+fn a_key_variable_not_in_utf8_is_said_to_be_so() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let file = BodyFile::new("not-utf8-key.json", br#"{"id":"evt_1"}"#);
+    let bad = std::ffi::OsStr::from_bytes(b"whsec_\xff");
+    for (variable, secret) in [
+        ("CLINK_TEST_NOT_UTF8", Some("env:CLINK_TEST_NOT_UTF8")),
+        ("CLINK_WEBHOOK_SIGNING_KEY", None),
+    ] {
+        let mut command = clink_webhook();
+        command
+            .env(variable, bad)
+            .args(["sign", "--body-file", file.path()]);
+        if let Some(secret) = secret {
+            command.args(["--secret", secret]);
+        }
+        let finished = run(&mut command);
+        assert_eq!(finished.code, Some(2), "{finished:?}");
+        assert!(
+            finished.stderr.contains(&format!(
+                "{variable}: that environment variable is not valid UTF-8"
+            )),
+            "{finished:?}"
+        );
+    }
+}
+
+/// `listen` whose stderr is closed (piped into a reader that has exited)
+/// still stops gracefully on SIGTERM, exit 0. Before, the line saying it
+/// stops panicked on the closed pipe: exit 101, the graceful stop cut short.
+#[cfg(unix)]
+#[test]
+fn listen_with_stderr_closed_stops_gracefully() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = clink_webhook()
+        .args([
+            "listen",
+            "--port",
+            "0",
+            "--secret",
+            "env:CLINK_TEST_LISTEN_KEY",
+        ])
+        .env("CLINK_TEST_LISTEN_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader of stderr is gone before anything is written there.
+    drop(child.stderr.take());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("listening on "), "{first:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let exited = child.wait().unwrap();
+    assert_eq!(exited.code(), Some(0), "{exited:?}");
+}
+
 /// Ctrl-C and SIGTERM sent together (a Ctrl-C to the process group, and a
 /// supervisor passing a SIGTERM on) are one graceful stop, not a stop at
 /// once: the delivery in progress is waited for. Before, the second one

@@ -2996,6 +2996,31 @@ fn kept(
     .with_signing_key("key_2025")
 }
 
+/// `inbox --sqlite` given a path where no file is refuses it and leaves
+/// nothing there: it does not make an empty inbox of a mistyped path.
+/// Before, every command made the file and its table, and `list` and
+/// `stats` answered as for an empty inbox.
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+#[test]
+fn the_cli_refuses_an_sqlite_inbox_that_is_not_there() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-missing-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbxo.db");
+    for args in [&["stats"][..], &["list"], &["replay", "5"]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+            .args(["inbox", "--sqlite"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no such file"), "{args:?}: {stderr}");
+        assert!(!path.exists(), "{args:?} made the file");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A dry run of `replay` by filter reads the matching events a page at a
 /// time (a dead backlog can be of any size) and still lists every one, in
 /// order, leaving a pending one out.

@@ -184,14 +184,13 @@ fn event_names(given: &[String]) -> Result<Vec<String>, CliError> {
 /// text), so that `ensure` and `list --url` find the endpoint however it
 /// was typed: the scheme and host in lower case, no default port, `/` for
 /// an empty path.
+///
+/// A message never repeats the URL: it may hold a password or a token.
 fn endpoint_url(url: &str) -> Result<String, CliError> {
     let bad = || {
         CliError::new(
             ErrorCode::BadUrl,
-            format!(
-                "{}: an endpoint's URL must be an https:// URL with a host",
-                escaped(url)
-            ),
+            "an endpoint's URL must be an https:// URL with a host",
         )
     };
     let url_text = url.trim();
@@ -210,20 +209,21 @@ fn endpoint_url(url: &str) -> Result<String, CliError> {
     if url_text.contains(['#', '\\']) || path_only.split('/').any(dot_segment) {
         return Err(CliError::new(
             ErrorCode::BadUrl,
-            format!(
-                "{}: an endpoint's URL must not hold a fragment (#...), a backslash or a . or .. \
-                 segment",
-                escaped(url)
-            ),
+            "an endpoint's URL must not hold a fragment (#...), a backslash or a . or .. segment",
         ));
     }
     let uri = url_text.parse::<Uri>().map_err(|_| bad())?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(bad());
     };
+    if authority.as_str().contains('@') {
+        return Err(CliError::new(
+            ErrorCode::BadUrl,
+            "an endpoint's URL must not hold a user or a password (user:password@)",
+        ));
+    }
     let host = authority.host();
-    if !scheme.eq_ignore_ascii_case("https") || host.is_empty() || authority.as_str().contains('@')
-    {
+    if !scheme.eq_ignore_ascii_case("https") || host.is_empty() {
         return Err(bad());
     }
     let port = match authority.port_u16() {
@@ -683,6 +683,25 @@ mod tests {
             "not a url",
         ] {
             assert!(endpoint_url(refused).is_err(), "{refused}");
+        }
+    }
+
+    /// A refused URL is not repeated: it may hold a password or a token.
+    /// One with a user says so.
+    #[test]
+    fn a_refused_url_is_not_repeated() {
+        for (refused, said) in [
+            (
+                "https://deploy:hunter2@shop.example/h",
+                "user or a password",
+            ),
+            ("https://shop.example/h#hunter2", "fragment"),
+            ("http://deploy:hunter2@shop.example/h", "user or a password"),
+            ("ftp://hunter2.example/h", "https:// URL"),
+        ] {
+            let error = endpoint_url(refused).unwrap_err().message;
+            assert!(error.contains(said), "{refused}: {error}");
+            assert!(!error.contains("hunter2"), "{refused}: {error}");
         }
     }
 }

@@ -172,6 +172,18 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
     if let Some(path) = &args.sqlite {
         #[cfg(feature = "sqlite")]
         {
+            // Opening makes the file, and the inbox's table in it: a
+            // mistyped path would be an empty inbox left behind, and
+            // another database given a table.
+            if !path.is_file() {
+                return Err(CliError::new(
+                    ErrorCode::Io,
+                    format!(
+                        "--sqlite {}: no such file; give the inbox file the receiver writes",
+                        escaped(&path.to_string_lossy())
+                    ),
+                ));
+            }
             let inbox = clink_webhooks::store::SqliteInbox::open(path)
                 .map_err(|e| CliError::new(ErrorCode::Io, e.to_string()))?;
             return Ok(Arc::new(inbox));

@@ -306,7 +306,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
     let at_once = async move {
         shutdown.requested().await;
-        eprintln!("stopping");
+        Output::note("stopping");
         let _ = stop.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -319,7 +319,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
                 () = shutdown.requested() => {}
             }
         }
-        eprintln!("Ctrl-C again to stop at once");
+        Output::note("Ctrl-C again to stop at once");
         shutdown.requested().await;
     };
     let serving = server.serve(listener, service, async move {
@@ -329,7 +329,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     tokio::select! {
         biased;
         () = serving => {
-            eprintln!("stopped");
+            Output::note("stopped");
             Ok(())
         }
         () = at_once => Err(CliError::new(

@@ -150,12 +150,24 @@ impl KeyArgs {
     /// The key as given, from `--secret` or else the environment, and where
     /// it came from (for messages).
     fn given(&self) -> Result<(String, Zeroizing<String>), CliError> {
+        // A variable that is set, but not to UTF-8, is not "not set".
+        let read = |source: &str, name: &str| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(CliError::no_key(format!(
+                "{source}: that environment variable is not valid UTF-8"
+            ))),
+        };
         let (source, value) = match &self.secret {
             Some(given) => match given.strip_prefix("env:") {
-                Some(name) => (format!("--secret env:{name}"), std::env::var(name).ok()),
+                Some(name) => {
+                    let source = format!("--secret env:{name}");
+                    let value = read(&source, name)?;
+                    (source, value)
+                }
                 None => ("--secret".to_owned(), Some(given.clone())),
             },
-            None => (KEY_VARIABLE.to_owned(), std::env::var(KEY_VARIABLE).ok()),
+            None => (KEY_VARIABLE.to_owned(), read(KEY_VARIABLE, KEY_VARIABLE)?),
         };
         match value.map(Zeroizing::new) {
             Some(secret) if !secret.trim().is_empty() => Ok((source, secret)),
@@ -268,7 +280,8 @@ enum ErrorCode {
     /// `send`: a delivery got a status other than 2xx.
     Non2xx,
     /// `send --tamper`: a tampered delivery was answered other than `401`
-    /// (a `2xx`: the receiver took a forgery).
+    /// (a `2xx`: the receiver took a forgery), or `401` for its timestamp,
+    /// before the receiver checked its body.
     TamperAccepted,
     /// `send`: a delivery got no answer at all.
     Unreachable,
@@ -439,8 +452,9 @@ fn secrets_in(args: &[OsString]) -> Vec<Zeroizing<String>> {
     secrets
 }
 
-/// `message` with every one of `secrets`, and all text that starts as a
-/// key does ([`KEY_PREFIXES`]), as `[redacted]`.
+/// `message` with every one of `secrets`, all text that starts as a key
+/// does ([`KEY_PREFIXES`]), and the user info of every URL in it (a
+/// password: `https://[redacted]@host`), as `[redacted]`.
 fn redacted(message: &str, secrets: &[Zeroizing<String>]) -> String {
     // The spans to hide, found in the message as given, so that no secret
     // is looked for in the text that stands for another.
@@ -460,6 +474,18 @@ fn redacted(message: &str, secrets: &[Zeroizing<String>]) -> String {
                 })
                 .unwrap_or(message.len() - at);
             spans.push((at, at + key));
+        }
+    }
+    // A URL's user info runs up to its last `@` before the URL ends, as
+    // a password may hold `@` or `/`.
+    for (at, scheme) in message.match_indices("://") {
+        let start = at + scheme.len();
+        let url = &message[start..];
+        let end = url
+            .find(|c: char| c.is_whitespace() || c.is_control() || matches!(c, '\'' | '"' | '`'))
+            .unwrap_or(url.len());
+        if let Some(user_info) = url[..end].rfind('@') {
+            spans.push((start, start + user_info));
         }
     }
     spans.sort_unstable();
@@ -834,6 +860,18 @@ mod tests {
                 "'\u{1b}[33mwhsec_colored\u{1b}[0m'",
                 &[],
                 "'\u{1b}[33m[redacted]\u{1b}[0m'",
+            ),
+            // A URL's user info, up to its last `@`; a URL without any, and
+            // an `@` past the URL's end, as they are.
+            (
+                "invalid value 'http://alice:s3cr@t@hooks.example:8080/clink' for '[TYPE]'",
+                &[],
+                "invalid value 'http://[redacted]@hooks.example:8080/clink' for '[TYPE]'",
+            ),
+            (
+                "'https://hooks.example/a' and 'x@y' and 'redis://:pw@h'",
+                &[],
+                "'https://hooks.example/a' and 'x@y' and 'redis://[redacted]@h'",
             ),
         ] {
             assert_eq!(redacted(message, &secrets(given)), shown, "{message}");

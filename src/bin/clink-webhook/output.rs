@@ -93,6 +93,13 @@ impl Output {
         }
     }
 
+    /// Prints `text` on stderr, as a note beside the output (whatever the
+    /// format), and goes on if stderr is closed.
+    pub(crate) fn note(text: &str) {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "{text}");
+    }
+
     /// Prints a hint on stderr, in text output (JSON puts hints in a field).
     #[allow(clippy::unused_self)] // every print goes through `Output`
     pub(crate) fn hint(&self, text: &str) {

@@ -162,6 +162,18 @@ fn target(url: &str) -> Result<Uri, CliError> {
         )
     };
     let uri: Uri = url.parse().map_err(|_| not_http())?;
+    // Clink sends none, and nothing here would: a receiver or a proxy in
+    // front asking for one would answer 401, read as a wrong signing key.
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(CliError::new(
+            ErrorCode::BadUrl,
+            "--to: the URL's user info (what comes before an @ in its host) would not be \
+             sent, as Clink sends none; send to an address that needs none",
+        ));
+    }
     match uri.scheme_str() {
         Some("http") if uri.host().is_some() => {
             check_port(&uri)?;
@@ -412,6 +424,9 @@ struct Summary {
     signature_refused: bool,
     /// How many deliveries got 401.
     unauthorized: u64,
+    /// How many of those were for the timestamp, refused before the
+    /// receiver checked the body.
+    unauthorized_for_timestamp: u64,
 }
 
 impl Summary {
@@ -425,6 +440,7 @@ impl Summary {
                     match answer.detail.as_deref() {
                         Some("timestamp_too_old" | "timestamp_in_future") => {
                             self.timestamp_refused = true;
+                            self.unauthorized_for_timestamp += 1;
                         }
                         _ => self.signature_refused = true,
                     }
@@ -472,17 +488,31 @@ impl Summary {
                 ),
             ))
         } else if tamper {
-            (self.unauthorized < self.sent).then(|| {
-                CliError::reported(
-                    ErrorCode::TamperAccepted,
+            // A 401 for the timestamp came before the body was checked: it
+            // shows nothing of the check of a tampered body.
+            let for_signature = self.unauthorized - self.unauthorized_for_timestamp;
+            (for_signature < self.sent).then(|| {
+                let message = if self.unauthorized_for_timestamp > 0 {
                     format!(
-                        "{} of {} tampered deliveries got a status other than 401 ({} of them \
-                         2xx): the receiver must refuse a body changed after signing",
+                        "{} of {} tampered deliveries got 401 for their timestamp, refused \
+                         before the receiver checked the body, and {} a status other than \
+                         401 ({} of them 2xx): send with the receiver's clock and no --skew \
+                         to see it refuse a body changed after signing",
+                        self.unauthorized_for_timestamp,
+                        self.sent,
+                        self.sent - self.unauthorized,
+                        self.ok
+                    )
+                } else {
+                    format!(
+                        "{} of {} tampered deliveries got a status other than 401 ({} of \
+                         them 2xx): the receiver must refuse a body changed after signing",
                         self.sent - self.unauthorized,
                         self.sent,
                         self.ok
-                    ),
-                )
+                    )
+                };
+                CliError::reported(ErrorCode::TamperAccepted, message)
             })
         } else if self.ok < self.sent {
             Some(CliError::reported(
@@ -818,10 +848,16 @@ mod tests {
             "http://127.0.0.1:65535/hook",
             "http://[::1]:3000/hook",
             "http://[::1]/hook",
-            "http://user:pass@127.0.0.1:3000/hook",
         ] {
             assert!(target(good).is_ok(), "{good}");
         }
+        // A user and password would not be sent (Clink sends none either):
+        // refused, and not repeated.
+        let user = target("http://user:hunter2@127.0.0.1:3000/hook")
+            .unwrap_err()
+            .message;
+        assert!(user.contains("user info"), "{user}");
+        assert!(!user.contains("hunter2"), "{user}");
         for bad in [
             "127.0.0.1:3000/hook",
             "ftp://x/y",
@@ -865,6 +901,41 @@ mod tests {
             });
         }
         summary
+    }
+
+    /// With `--tamper`, a 401 for the signature is what is checked for; a
+    /// 401 for the timestamp, given before the body was checked, shows
+    /// nothing of that check and fails it. Before, any 401 passed.
+    #[test]
+    fn a_tampered_delivery_refused_for_its_timestamp_is_not_a_pass() {
+        let answered = |details: &[&str]| {
+            let mut summary = Summary::default();
+            for (n, detail) in details.iter().enumerate() {
+                summary.add(&Delivery {
+                    n: n as u64 + 1,
+                    event_id: "evt_1".to_owned(),
+                    latency: Duration::from_millis(1),
+                    answer: Ok(Answer {
+                        status: http::StatusCode::UNAUTHORIZED,
+                        detail: Some((*detail).to_owned()),
+                    }),
+                });
+            }
+            summary.failure(true)
+        };
+        assert!(answered(&["signature_mismatch", "signature_mismatch"]).is_none());
+        for details in [
+            &["timestamp_too_old", "signature_mismatch"][..],
+            &["timestamp_in_future"],
+        ] {
+            let error = answered(details).expect("not a pass");
+            assert_eq!(error.code, ErrorCode::TamperAccepted, "{details:?}");
+            assert!(
+                error.message.contains("for their timestamp"),
+                "{}",
+                error.message
+            );
+        }
     }
 
     /// The p50 and p99 the summary prints for `latencies`.
