@@ -86,6 +86,8 @@ enum Kind {
         /// How many servers keep the stream, when the gateway makes it;
         /// the least an existing stream must have.
         replicas: usize,
+        /// The largest body the gateway takes (`body_limit_bytes`).
+        body_limit: usize,
         /// The connection once made and the stream exists; replaced by a
         /// new one after a publish on it failed or ran out of time.
         context: AsyncMutex<Option<NatsLink>>,
@@ -261,6 +263,16 @@ fn refuses_the_event(status: http::StatusCode) -> bool {
         && ![401, 403, 404, 405, 407, 408, 410, 421, 426, 429].contains(&status.as_u16())
 }
 
+/// The bytes of a NATS message's headers beside their names and values:
+/// `NATS/1.0\r\n`, `: ` and `\r\n` on each of the two lines, and the
+/// blank line that ends them.
+const NATS_HEADER_LINES: usize = 10 + 2 * 4 + 2;
+
+/// Room for the headers of a message beside its body, at most: the lines,
+/// `Nats-Msg-Id` with an account and an event id, `Clink-Event-Type` with
+/// a type, each as long as the intake takes them.
+const NATS_HEADER_ROOM: usize = 1024;
+
 /// How long before the duplicate window ends, beyond the destination's
 /// timeout, a publish repeated after an unknown outcome looks for the
 /// earlier one first: a minute, since the earlier publish's start was
@@ -410,8 +422,9 @@ fn fill(template: &str, event: &NewEvent) -> String {
         .replace("{type}", &token_text(&event.event_type))
 }
 
-/// The subject of `event`: the template filled, `:` as `_`, without empty
-/// tokens (the account is empty with one key). The stream holds every such
+/// The subject of `event`: the template filled, `:` as `_`, the account's
+/// `.` as `_` (it is one token), without empty tokens (the account is
+/// empty with one key). The stream holds every such
 /// subject: see [`stream_subject`](super::config::stream_subject).
 pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
     // A value of dots alone (an account named `...`, say) would leave only
@@ -431,8 +444,11 @@ pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
         // Never an empty type: the subject keeps its token count.
         event_type.push('_');
     }
+    // An account is one token: its dots would split it into several, and
+    // `clink.shop.>` would take the events of the account `shop.eu`.
+    let account = token(event.account.as_deref().unwrap_or("")).replace('.', "_");
     template
-        .replace("{account}", &token(event.account.as_deref().unwrap_or("")))
+        .replace("{account}", &account)
         .replace("{type}", &event_type)
         .replace(':', "_")
         .split('.')
@@ -493,6 +509,7 @@ impl Destination {
                 stream_subjects: config.nats_stream_subject.clone(),
                 duplicate_window: config.nats_duplicate_window,
                 replicas: config.nats_replicas,
+                body_limit: config.body_limit,
                 context: AsyncMutex::new(None),
             },
             DestinationKind::Redis(url) => Kind::Redis {
@@ -583,6 +600,7 @@ impl Destination {
             stream_subjects,
             duplicate_window,
             replicas,
+            body_limit,
             context,
             ..
         } = &self.kind
@@ -602,6 +620,25 @@ impl Destination {
         .await;
         match connected {
             Ok(Ok(connection)) => {
+                if connection.in_memory {
+                    eprintln!(
+                        "gateway: the stream {stream} keeps its messages in memory only: an event \
+                         it acknowledged, and the inbox then let go of, is lost when the servers \
+                         that keep it all restart; a stream with file storage keeps it"
+                    );
+                }
+                if connection.largest < body_limit.saturating_add(NATS_HEADER_ROOM) {
+                    eprintln!(
+                        "gateway: {} takes messages of at most {} bytes (the servers' max_payload, \
+                         or the stream's max_msg_size), less than body_limit_bytes ({body_limit}) \
+                         and room for the headers ({NATS_HEADER_ROOM}): a body that does not fit \
+                         is kept in the inbox and retried until dead, never published; raise \
+                         that limit, or lower body_limit_bytes to {}",
+                        self.name,
+                        connection.largest,
+                        connection.largest.saturating_sub(NATS_HEADER_ROOM)
+                    );
+                }
                 let checked = tokio::time::timeout(
                     self.timeout,
                     self.check_lookup_at_start(&connection, stream, stream_subjects),
@@ -706,6 +743,7 @@ impl Destination {
                 duplicate_window,
                 replicas,
                 context,
+                ..
             } => {
                 let link = {
                     let mut held = context.lock().await;
@@ -726,6 +764,25 @@ impl Destination {
                     held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
                 let (client, jetstream) = (&link.client, &link.jetstream);
+                let message_id = message_id(event);
+                let event_type = token_text(&event.event_type);
+                // What the server counts against its limit: the body and the
+                // headers' lines. One too large is refused before it is
+                // handed over, so it is not taken for one that may be kept.
+                let size = event.body.len()
+                    + NATS_HEADER_LINES
+                    + "Nats-Msg-Id".len()
+                    + message_id.len()
+                    + "Clink-Event-Type".len()
+                    + event_type.len();
+                if size > link.largest {
+                    return Err(EventRefused(format!(
+                        "{}: the event is {size} bytes with its headers, more than the {} the \
+                         servers or the stream take (max_payload, max_msg_size)",
+                        self.name, link.largest
+                    ))
+                    .into());
+                }
                 // A publish handed to a client that is not connected waits in
                 // the client and goes out after it reconnects, perhaps after an
                 // older event of its object was published meanwhile: never
@@ -763,11 +820,8 @@ impl Destination {
                         }
                     }
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(
-                        async_nats::header::NATS_MESSAGE_ID,
-                        message_id(event).as_str(),
-                    );
-                    headers.insert("Clink-Event-Type", token_text(&event.event_type).as_str());
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+                    headers.insert("Clink-Event-Type", event_type.as_str());
                     sent.store(true, Ordering::SeqCst);
                     jetstream
                         .publish_with_headers(subject(template, event), headers, event.body.clone())
@@ -965,8 +1019,30 @@ impl Destination {
             tracing::error!(%error, "gateway: the stream cannot take the events");
             return Err(error.into());
         }
+        // A stream that acknowledges nothing, a sealed one and a mirror
+        // take no publish the gateway can count as kept.
+        let unfit = if config.no_ack {
+            Some("acknowledges no publish (no_ack): use a stream that acknowledges")
+        } else if config.sealed {
+            Some("is sealed and takes no publish: use another stream")
+        } else if config.mirror.is_some() {
+            Some("is a mirror and takes no publish: name the stream it mirrors")
+        } else {
+            None
+        };
+        if let Some(unfit) = unfit {
+            let error = StreamMismatch(format!("{}: the stream {stream} {unfit}", self.name));
+            tracing::error!(%error, "gateway: the stream cannot take the events");
+            return Err(error.into());
+        }
+        let largest = match usize::try_from(config.max_message_size) {
+            Ok(stream_limit) if stream_limit > 0 => stream_limit.min(client.max_payload()),
+            _ => client.max_payload(),
+        };
         Ok(NatsConnection {
             retention: config.retention,
+            in_memory: config.storage == async_nats::jetstream::stream::StorageType::Memory,
+            largest,
             client,
             jetstream: context,
             refusals,
@@ -1051,6 +1127,11 @@ struct NatsConnection {
     jetstream: async_nats::jetstream::Context,
     /// The stream's retention, which decides how a lookup reads it.
     retention: async_nats::jetstream::stream::RetentionPolicy,
+    /// Whether the stream keeps its messages in memory only.
+    in_memory: bool,
+    /// The largest message, headers and body, the servers and the stream
+    /// take.
+    largest: usize,
     /// The last request of the client's the server refused for want of a
     /// permission (its `Permissions Violation` text), once there is one.
     refusals: tokio::sync::watch::Receiver<Option<String>>,
@@ -1063,6 +1144,8 @@ struct NatsConnection {
 struct NatsLink {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
+    /// See [`NatsConnection::largest`].
+    largest: usize,
     stale: Arc<AtomicBool>,
 }
 
@@ -1071,6 +1154,7 @@ impl NatsLink {
         Self {
             client: connection.client,
             jetstream: connection.jetstream,
+            largest: connection.largest,
             stale: Arc::default(),
         }
     }
@@ -1553,6 +1637,12 @@ mod tests {
             "clink._"
         );
         assert_eq!(subject("clink.{type}", &event(None, "...")), "clink._");
+        // An account is one token, whatever dots it holds: `clink.shop.>`
+        // does not take the events of `shop.eu`.
+        assert_eq!(
+            subject(template, &event(Some("shop.eu"), "order.succeeded")),
+            "clink.shop_eu.order.succeeded"
+        );
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
         assert_eq!(message_id(&event(Some("a"), "x")), "a:evt_1");
     }
@@ -2330,6 +2420,135 @@ mod tests {
             2,
             "the second publish went through a new connection"
         );
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A stream of the test's own holding `PREFIX.>`, kept in memory, as
+    /// `config` makes it (its name and subjects set here): its name and
+    /// `PREFIX`.
+    async fn stream_made_as(
+        jetstream: &async_nats::jetstream::Context, test: &str,
+        config: async_nats::jetstream::stream::Config,
+    ) -> (String, String) {
+        let tag = format!(
+            "{test}{}x{}",
+            std::process::id(),
+            Timestamp::now().as_millis() % 1_000_000
+        );
+        let stream = format!("T{tag}");
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("t{tag}.>")],
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                duplicate_window: Duration::from_secs(600),
+                ..config
+            })
+            .await
+            .unwrap();
+        (stream, format!("t{tag}"))
+    }
+
+    /// A NATS destination publishing to `stream` on `PREFIX.{account}.{type}`.
+    fn nats_destination(stream: &str, prefix: &str) -> Destination {
+        let url = nats_url();
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &url),
+            ("nats_stream", stream),
+            ("nats_subject", &template),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap()
+    }
+
+    /// An event larger than the stream takes (its `max_msg_size`; the
+    /// servers' `max_payload` alike) is refused before it is handed over:
+    /// the event's own failure, not one that may have been kept, nor the
+    /// destination's. Before, it was handed over, refused by the server,
+    /// and taken for a publish that may have landed, its connection made
+    /// anew each time. One that fits is published.
+    #[tokio::test]
+    async fn an_event_larger_than_the_stream_takes_is_refused_unsent() {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let (stream, prefix) = stream_made_as(
+            &jetstream,
+            "size",
+            async_nats::jetstream::stream::Config {
+                max_message_size: 2048,
+                ..Default::default()
+            },
+        )
+        .await;
+        let destination = nats_destination(&stream, &prefix);
+        let now = Timestamp::now();
+        let large = NewEvent::new(
+            None,
+            "evt_large".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from(vec![b' '; 2048]),
+        );
+        let error =
+            tokio::time::timeout(Duration::from_secs(60), destination.publish(&large, None))
+                .await
+                .expect("the publish ended within its time")
+                .expect_err("the event is larger than the stream takes");
+        assert!(error.is::<EventRefused>(), "{error}");
+        assert!(error.to_string().contains("more than the 2048"), "{error}");
+        let small = event(None, "order.succeeded");
+        let kept = tokio::time::timeout(Duration::from_secs(60), destination.publish(&small, None))
+            .await
+            .expect("the publish ended within its time")
+            .unwrap_or_else(|e| panic!("the event that fits: {e}"));
+        assert_eq!(kept, Some(format!("{stream}:1")));
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A stream that acknowledges no publish, or is sealed, stops the start:
+    /// no publish to it could be counted as kept.
+    #[tokio::test]
+    async fn a_stream_that_acknowledges_nothing_or_is_sealed_stops_the_start() {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let (stream, prefix) = stream_made_as(
+            &jetstream,
+            "noack",
+            async_nats::jetstream::stream::Config {
+                no_ack: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let refused = nats_destination(&stream, &prefix).check_at_start().await;
+        let error = refused.expect_err("a stream that acknowledges nothing");
+        assert!(error.contains("acknowledges no publish"), "{error}");
+        jetstream.delete_stream(&stream).await.unwrap();
+
+        let (stream, prefix) = stream_made_as(
+            &jetstream,
+            "sealed",
+            async_nats::jetstream::stream::Config::default(),
+        )
+        .await;
+        let mut sealed = jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        sealed.sealed = true;
+        jetstream.update_stream(&sealed).await.unwrap();
+        let refused = nats_destination(&stream, &prefix).check_at_start().await;
+        let error = refused.expect_err("a sealed stream");
+        assert!(error.contains("is sealed"), "{error}");
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
