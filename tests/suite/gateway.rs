@@ -1963,6 +1963,138 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
     }
 }
 
+/// A NATS user that may not find the stream stops the start at once,
+/// saying which rights it needs; one that may find it but not publish to
+/// its subjects has each publish refused at once, and `/health` says
+/// which right is missing. Before, the server's refusal went unseen: the
+/// stream's request waited out the whole destination timeout and the
+/// gateway started anyway, and each publish timed out as one that may
+/// have been kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_user_refused_the_stream_or_the_publish_is_told_so() {
+    let dir = TempDir::new("natsrefused");
+    let tag = unique("p");
+    let stream = format!("T{tag}");
+    let subjects = format!("t{tag}.>");
+    let lookups = [
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+    ];
+    let user = |name: &str, publish: &[String]| {
+        format!(
+            "{{ user: {name}, password: {name}, permissions: {{ publish: {{ allow: [{}] }}, \
+             subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}",
+            publish
+                .iter()
+                .map(|subject| format!("\"{subject}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut no_stream = vec![subjects.clone()];
+    no_stream.extend(lookups.iter().cloned());
+    let mut no_publish = vec![format!("$JS.API.STREAM.INFO.{stream}")];
+    no_publish.extend(lookups.iter().cloned());
+    let conf = dir.0.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{ APP {{ \
+             jetstream: enabled\n users: [\n {{ user: admin, password: admin }}\n {}\n {}\n \
+             ] }} }}\n",
+            dir.0.join("nats-js").display(),
+            user("nostream", &no_stream),
+            user("nopublish", &no_publish),
+        ),
+    )
+    .unwrap();
+    let (_server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let jetstream = async_nats::jetstream::new(admin);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subjects.clone()],
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let env_for = |user: &str| {
+        let mut env = gateway_env(
+            &dir.0,
+            &format!("{user}{tag}"),
+            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
+        );
+        env.retain(|(name, _)| {
+            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+        });
+        env.extend(
+            [
+                ("CLINK_NATS_STREAM", stream.clone()),
+                ("CLINK_NATS_SUBJECT", format!("t{tag}.{{account}}.{{type}}")),
+                // Far longer than a refusal takes, which is at once: a
+                // refusal waited out instead would fail the test.
+                ("CLINK_DESTINATION_TIMEOUT_MS", "120000".to_owned()),
+                ("CLINK_LEASE_MS", "300000".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
+        env
+    };
+
+    let env = env_for("nostream");
+    let started = std::time::Instant::now();
+    let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+        .await
+        .unwrap();
+    let finished = exited.expect("the gateway refused to start");
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    for expected in [
+        format!("the server refused to find or make the stream {stream}"),
+        "Permissions Violation".to_owned(),
+        format!("needs the right to publish to $JS.API.STREAM.INFO.{stream}"),
+    ] {
+        assert!(
+            finished.stderr.contains(&expected),
+            "{expected}: {finished:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the start waited out the destination timeout"
+    );
+
+    let env = env_for("nopublish");
+    let mut gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    for event in &events(1, 1, &tag) {
+        deliver(&client, &url, event).await;
+    }
+    until("/health naming the missing right", PHASE, async || {
+        let (status, body) = health(&client, &base).await;
+        status == 503
+            && body["destination"]["error"].as_str().is_some_and(|error| {
+                error.contains(&format!("needs the right to publish to {subjects}"))
+            })
+    })
+    .await;
+    assert_eq!(nats_count(&jetstream, &stream).await, 0);
+    let finished = tokio::task::spawn_blocking(move || gateway.process.take().unwrap().terminate())
+        .await
+        .unwrap();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let _ = jetstream.delete_stream(&stream).await;
+}
+
 /// A NATS URL whose password holds `/`, `,` and `@`: the gateway logs in
 /// with it (the server wants it) and `/health`, `/metrics` and its output
 /// never show it, its logs not even at `trace`.

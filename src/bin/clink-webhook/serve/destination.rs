@@ -822,14 +822,34 @@ impl Destination {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
                     headers.insert("Clink-Event-Type", event_type.as_str());
+                    let subject = subject(template, event);
+                    let refused = next_refusal(link.refusals.clone());
                     sent.store(true, Ordering::SeqCst);
-                    jetstream
-                        .publish_with_headers(subject(template, event), headers, event.body.clone())
-                        .await
-                        .map_err(|e| format!("{}: cannot publish: {e}", self.name))?
-                        .await
-                        .map(Ok)
-                        .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
+                    let publish = async {
+                        jetstream
+                            .publish_with_headers(subject.clone(), headers, event.body.clone())
+                            .await
+                            .map_err(|e| format!("{}: cannot publish: {e}", self.name))?
+                            .await
+                            .map(Ok)
+                            .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
+                    };
+                    tokio::select! {
+                        published = publish => published,
+                        refusal = refused => {
+                            // Refused a publish to its subject, the server
+                            // kept nothing: not a publish that may be kept.
+                            if refusal.contains(&format!("Publish to \"{subject}\"")) {
+                                sent.store(false, Ordering::SeqCst);
+                            }
+                            Err(format!(
+                                "{}: the server refused ({}): the gateway's NATS user needs \
+                                 the right to publish to {stream_subjects}",
+                                self.name,
+                                escaped(&refusal)
+                            ))
+                        }
+                    }
                 }
                 .await;
                 match published {
@@ -941,33 +961,48 @@ impl Destination {
             .map_err(|e| format!("{}: cannot connect: {e}", self.name))?;
         let mut context = async_nats::jetstream::new(client.clone());
         context.set_timeout(self.timeout);
-        let found = context
-            .get_or_create_stream(async_nats::jetstream::stream::Config {
+        // The server does not answer a request its user may not make: a
+        // refusal ends the wait at once, and lasts until the server's
+        // configuration changes.
+        let refused = next_refusal(refusals.clone());
+        let found = tokio::select! {
+            found = context.get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![subjects.to_owned()],
                 duplicate_window,
                 num_replicas: replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| -> BoxError {
-                let said = format!(
-                    "{}: cannot find or create the stream {stream}: {e}",
-                    self.name
-                );
-                // A refusal that stays until the configuration (the
-                // gateway's or the server's) changes is not an outage.
-                let refusal = match e.kind() {
-                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(error) => {
-                        lasting_refusal(error.error_code(), subjects, replicas)
-                    }
-                    _ => None,
-                };
-                match refusal {
-                    Some(what_to_do) => StreamMismatch(format!("{said} ({what_to_do})")).into(),
-                    None => said.into(),
+            }) => found,
+            refusal = refused => {
+                let error = StreamMismatch(format!(
+                    "{}: the server refused to find or make the stream {stream} ({}): the \
+                     gateway's NATS user needs the right to publish to $JS.API.STREAM.INFO.{stream} \
+                     and $JS.API.STREAM.CREATE.{stream}, and to subscribe to _INBOX.>",
+                    self.name,
+                    escaped(&refusal)
+                ));
+                tracing::error!(%error, "gateway: the stream cannot be found");
+                return Err(error.into());
+            }
+        };
+        let found = found.map_err(|e| -> BoxError {
+            let said = format!(
+                "{}: cannot find or create the stream {stream}: {e}",
+                self.name
+            );
+            // A refusal that stays until the configuration (the
+            // gateway's or the server's) changes is not an outage.
+            let refusal = match e.kind() {
+                async_nats::jetstream::context::CreateStreamErrorKind::JetStream(error) => {
+                    lasting_refusal(error.error_code(), subjects, replicas)
                 }
-            })?;
+                _ => None,
+            };
+            match refusal {
+                Some(what_to_do) => StreamMismatch(format!("{said} ({what_to_do})")).into(),
+                None => said.into(),
+            }
+        })?;
         // A stream made before (by hand, or for another configuration) is
         // used only if it holds every subject and deduplicates as long.
         let config = &found.cached_info().config;
@@ -1058,16 +1093,7 @@ impl Destination {
     async fn check_lookup_at_start(
         &self, connection: &NatsConnection, stream: &str, stream_subjects: &str,
     ) -> Result<(), String> {
-        let mut refusals = connection.refusals.clone();
-        // A refusal told before the check is not the check's.
-        refusals.borrow_and_update();
-        let refused = async {
-            match refusals.changed().await {
-                Ok(()) => refusals.borrow().clone().unwrap_or_default(),
-                // The client is gone: the check fails on its own.
-                Err(_) => std::future::pending().await,
-            }
-        };
+        let refused = next_refusal(connection.refusals.clone());
         let subject = check_subject(stream_subjects);
         let error = tokio::select! {
             checked = check_lookup(
@@ -1137,6 +1163,18 @@ struct NatsConnection {
     refusals: tokio::sync::watch::Receiver<Option<String>>,
 }
 
+/// The next request of the client's that the server refuses for want of a
+/// permission (its `Permissions Violation` text), told after this is
+/// called; never, if the client is gone first.
+async fn next_refusal(mut refusals: tokio::sync::watch::Receiver<Option<String>>) -> String {
+    // A refusal told before is not the one waited for.
+    refusals.borrow_and_update();
+    match refusals.changed().await {
+        Ok(()) => refusals.borrow().clone().unwrap_or_default(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// A connection to NATS that publishes use, and whether it is stale: a
 /// publish on it failed or ran out of time, so that the next one connects
 /// anew instead of handing its event to a connection that may be stalled.
@@ -1146,6 +1184,8 @@ struct NatsLink {
     jetstream: async_nats::jetstream::Context,
     /// See [`NatsConnection::largest`].
     largest: usize,
+    /// See [`NatsConnection::refusals`].
+    refusals: tokio::sync::watch::Receiver<Option<String>>,
     stale: Arc<AtomicBool>,
 }
 
@@ -1155,6 +1195,7 @@ impl NatsLink {
             client: connection.client,
             jetstream: connection.jetstream,
             largest: connection.largest,
+            refusals: connection.refusals,
             stale: Arc::default(),
         }
     }
