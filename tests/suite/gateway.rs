@@ -1547,6 +1547,47 @@ fn check_with(env: &[(&str, &str)]) -> crate::support::process::Finished {
     check_file_with(None, env)
 }
 
+/// A Redis URL the gateway can never write to stops its start, saying
+/// why: a node of a Redis Cluster given as `redis://` (it holds only some
+/// streams), and a password the server refuses. Before, the gateway
+/// started, answered Clink 200, and retried each event until dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_the_gateway_cannot_write_to_stops_the_start() {
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("redisstart");
+    let node = env_url("REDIS_CLUSTER_URLS")
+        .split(',')
+        .map(|url| url.trim().to_owned())
+        .find(|url| !url.is_empty())
+        .expect("a cluster node");
+    let redis = env_url("REDIS_URL");
+    let with_password = redis.replacen("redis://", "redis://:not-the-password@", 1);
+    for (case, destination, expected) in [
+        (
+            "a cluster node",
+            node.as_str(),
+            "a node of a Redis Cluster, which holds only some of the streams",
+        ),
+        (
+            "a wrong password",
+            with_password.as_str(),
+            "the server refused the gateway",
+        ),
+    ] {
+        let env = gateway_env(&dir.0, &unique("redisstart"), destination);
+        let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+            .await
+            .unwrap();
+        let finished = exited.unwrap_or_else(|| panic!("{case}: the gateway started"));
+        assert_eq!(finished.code, Some(2), "{case}: {finished:?}");
+        assert!(finished.stderr.contains(expected), "{case}: {finished:?}");
+        assert!(
+            !finished.stderr.contains("not-the-password"),
+            "{case}: {finished:?}"
+        );
+    }
+}
+
 /// `serve --check [FILE]` with `env` and no other `CLINK_` variable.
 fn check_file_with(file: Option<&str>, env: &[(&str, &str)]) -> crate::support::process::Finished {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));

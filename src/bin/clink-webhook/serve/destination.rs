@@ -591,9 +591,14 @@ impl Destination {
     /// [`StreamMismatch`]), stops the gateway at once, and so does a NATS
     /// user that may not make the
     /// requests a lookup for an earlier publish makes (see
-    /// [`check_lookup`]). `Err` only for these; a destination that cannot be
-    /// reached now is told on stderr, and tried again with each event.
+    /// [`check_lookup`]); for a single Redis server, see
+    /// [`check_redis_at_start`](Self::check_redis_at_start). `Err` only for
+    /// these; a destination that cannot be reached now is told on stderr,
+    /// and tried again with each event.
     pub(crate) async fn check_at_start(&self) -> Result<(), String> {
+        if let Kind::Redis { client, .. } = &self.kind {
+            return self.check_redis_at_start(client).await;
+        }
         let Kind::Nats {
             servers,
             stream,
@@ -672,6 +677,88 @@ impl Destination {
                 Ok(())
             }
         }
+    }
+
+    /// At start, for a single Redis server: that it lets the gateway in,
+    /// is a primary (a replica refuses every write), is not a node of a
+    /// Redis Cluster (which holds only some streams: the others would be
+    /// refused with `MOVED`; `redis+cluster://` reaches them all), and lets
+    /// its user run the script that adds an event once. `Err` for each of
+    /// these, which last until the configuration changes; a server that
+    /// cannot be reached now is told on stderr, and tried with each event.
+    async fn check_redis_at_start(&self, client: &redis::Client) -> Result<(), String> {
+        let checked = tokio::time::timeout(self.timeout, async {
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
+            let cluster: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut connection)
+                .await?;
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(XADD_ONCE)
+                .query_async(&mut connection)
+                .await?;
+            Ok::<_, redis::RedisError>((role, cluster))
+        })
+        .await;
+        let (role, cluster) = match checked {
+            Ok(Ok(found)) => found,
+            Ok(Err(error))
+                if error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_refusal()
+                    || error.is_connection_dropped() =>
+            {
+                eprintln!(
+                    "gateway: {}: cannot connect: {}; events are kept and published once it \
+                     answers",
+                    self.name,
+                    error.kind_text()
+                );
+                return Ok(());
+            }
+            Ok(Err(error)) => {
+                return Err(format!(
+                    "{}: the server refused the gateway ({}): check the user and password in the \
+                     URL, and that the user may run EVALSHA, SCRIPT, XADD, GET and SET on the \
+                     streams' keys",
+                    self.name,
+                    error.kind_text()
+                ));
+            }
+            Err(_) => {
+                eprintln!(
+                    "gateway: {} did not answer within {} ms; events are kept and published once \
+                     it answers",
+                    self.name,
+                    self.timeout.as_millis()
+                );
+                return Ok(());
+            }
+        };
+        let primary = matches!(
+            role.first(),
+            Some(redis::Value::BulkString(role)) if role == b"master"
+        ) || matches!(role.first(), Some(redis::Value::SimpleString(role)) if role == "master");
+        if !primary {
+            return Err(format!(
+                "{}: the server is a replica, which refuses every write: give the URL of the \
+                 primary",
+                self.name
+            ));
+        }
+        if cluster
+            .lines()
+            .any(|line| line.trim() == "cluster_enabled:1")
+        {
+            return Err(format!(
+                "{}: the server is a node of a Redis Cluster, which holds only some of the \
+                 streams: give its nodes as redis+cluster://host:port,host:port",
+                self.name
+            ));
+        }
+        Ok(())
     }
 
     async fn publish_now(
