@@ -1947,26 +1947,16 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
         ),
     ] {
         let case = format!("{user} on {stream}");
-        let mut env = gateway_env(
+        // The server refuses at once: time for a slow machine.
+        let env = nats_user_env(
             &dir.0,
             &format!("{user}{stream}"),
-            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
-        );
-        env.retain(|(name, _)| {
-            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
-        });
-        env.extend(
-            [
-                ("CLINK_NATS_STREAM", stream.clone()),
-                (
-                    "CLINK_NATS_SUBJECT",
-                    format!("{}.{{account}}.{{type}}", stream.to_lowercase()),
-                ),
-                // The server refuses at once: time for a slow machine.
-                ("CLINK_DESTINATION_TIMEOUT_MS", "30000".to_owned()),
-                ("CLINK_LEASE_MS", "120000".to_owned()),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
+            user,
+            port,
+            stream,
+            format!("{}.{{account}}.{{type}}", stream.to_lowercase()),
+            "30000",
+            "120000",
         );
         let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await
@@ -2002,6 +1992,30 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
             "{case}: a consumer left behind"
         );
     }
+}
+
+/// [`gateway_env`] named `name` for the NATS user `user` (its password the
+/// same) of the server on `port`, publishing to `stream` on `subject`, with
+/// the destination's timeout and the lease given in milliseconds: longer
+/// than the defaults, for a server that refuses at once.
+fn nats_user_env(
+    dir: &std::path::Path, name: &str, user: &str, port: u16, stream: &str, subject: String,
+    timeout_ms: &str, lease_ms: &str,
+) -> Vec<(String, String)> {
+    let mut env = gateway_env(dir, name, &format!("nats://{user}:{user}@127.0.0.1:{port}"));
+    env.retain(|(name, _)| {
+        !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
+    });
+    env.extend(
+        [
+            ("CLINK_NATS_STREAM", stream.to_owned()),
+            ("CLINK_NATS_SUBJECT", subject),
+            ("CLINK_DESTINATION_TIMEOUT_MS", timeout_ms.to_owned()),
+            ("CLINK_LEASE_MS", lease_ms.to_owned()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    env
 }
 
 /// A NATS user that may not find the stream stops the start at once,
@@ -2066,27 +2080,19 @@ async fn a_nats_user_refused_the_stream_or_the_publish_is_told_so() {
         })
         .await
         .unwrap();
+    // A destination timeout far longer than a refusal takes, which is at
+    // once: a refusal waited out instead fails the test.
     let env_for = |user: &str| {
-        let mut env = gateway_env(
+        nats_user_env(
             &dir.0,
             &format!("{user}{tag}"),
-            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
-        );
-        env.retain(|(name, _)| {
-            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
-        });
-        env.extend(
-            [
-                ("CLINK_NATS_STREAM", stream.clone()),
-                ("CLINK_NATS_SUBJECT", format!("t{tag}.{{account}}.{{type}}")),
-                // Far longer than a refusal takes, which is at once: a
-                // refusal waited out instead would fail the test.
-                ("CLINK_DESTINATION_TIMEOUT_MS", "120000".to_owned()),
-                ("CLINK_LEASE_MS", "300000".to_owned()),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
-        );
-        env
+            user,
+            port,
+            &stream,
+            format!("t{tag}.{{account}}.{{type}}"),
+            "120000",
+            "300000",
+        )
     };
 
     let env = env_for("nostream");
@@ -3277,23 +3283,16 @@ async fn a_stream_jetstream_refuses_to_make_stops_the_start() {
             ],
         ),
     ] {
-        let mut env = gateway_env(
+        // The server refuses at once: time for a slow machine.
+        let env = nats_user_env(
             &dir.0,
             user,
-            &format!("nats://{user}:{user}@127.0.0.1:{port}"),
-        );
-        env.retain(|(name, _)| {
-            !["CLINK_LEASE_MS", "CLINK_DESTINATION_TIMEOUT_MS"].contains(&name.as_str())
-        });
-        env.extend(
-            [
-                ("CLINK_NATS_STREAM", stream.clone()),
-                ("CLINK_NATS_SUBJECT", format!("t{tag}.{{account}}.{{type}}")),
-                // The server refuses at once: time for a slow machine.
-                ("CLINK_DESTINATION_TIMEOUT_MS", "30000".to_owned()),
-                ("CLINK_LEASE_MS", "120000".to_owned()),
-            ]
-            .map(|(name, value)| (name.to_owned(), value)),
+            user,
+            port,
+            &stream,
+            format!("t{tag}.{{account}}.{{type}}"),
+            "30000",
+            "120000",
         );
         let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await

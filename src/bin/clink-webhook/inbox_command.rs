@@ -502,7 +502,9 @@ async fn replay_matching(
         ));
     }
     if dry_run {
-        const PAGE: usize = 1_000;
+        // Whole events, bodies of up to the layer's limit each: a page of
+        // them stays within some hundred MiB.
+        const PAGE: usize = 100;
         let mut would = Vec::new();
         let mut start = PageStart::After(i64::MIN);
         loop {
