@@ -1001,7 +1001,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// (in memory, SQLite, PostgreSQL's `LISTEN`) wake an idle worker at
     /// once. They wake one, not all: a claim that takes an event wakes one
     /// more, in case another is due too, so that a wake-up standing for
-    /// several events reaches as many workers as it needs and no more.
+    /// several events reaches as many workers as it needs and no more. A
+    /// caller that is not a worker takes a worker's wake-up when it waits
+    /// here (the worker then looks at its next poll, within 250 ms): one
+    /// that watches the inbox polls [`stats`](Self::stats) instead.
     fn wait(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(timeout))
     }

@@ -1019,8 +1019,10 @@ mod current_state {
         let fake = FakeApi::start().await;
         fake.accept_key(API_KEY);
         let base = fake.base_url();
-        let dir =
-            std::env::temp_dir().join(format!("clink-example-stale-read-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "clink-example-stale-read-{}",
+            &clink_webhooks::store::LeaseToken::generate().as_str()[..12]
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let inbox = format!("sqlite:{}", dir.join("inbox.db").display());
         let (process, url, _) = example_receiver_with_env(

@@ -1550,7 +1550,8 @@ fn check_with(env: &[(&str, &str)]) -> crate::support::process::Finished {
 /// A Redis URL the gateway can never write to stops its start, saying
 /// why: a node of a Redis Cluster given as `redis://` (it holds only some
 /// streams), and a password the server refuses. Before, the gateway
-/// started, answered Clink 200, and retried each event until dead.
+/// started, answered Clink 200, and retried each event until dead. A user
+/// who may write but not run ROLE or INFO starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_the_gateway_cannot_write_to_stops_the_start() {
     let _servers = servers::shared().await;
@@ -1586,6 +1587,38 @@ async fn a_redis_the_gateway_cannot_write_to_stops_the_start() {
             "{case}: {finished:?}"
         );
     }
+
+    // A user of least privilege, who may not run ROLE or INFO (Redis's
+    // `@dangerous`), can write all the same: the gateway starts.
+    let user = unique("gw");
+    let mut admin = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">least-privilege")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-@dangerous")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let least = redis.replacen("redis://", &format!("redis://{user}:least-privilege@"), 1);
+    let env = gateway_env(&dir.0, &unique("redisleast"), &least);
+    let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
+        .await
+        .unwrap();
+    assert!(exited.is_none(), "a user without ROLE or INFO: {exited:?}");
+    redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
 }
 
 /// `serve --check [FILE]` with `env` and no other `CLINK_` variable.
@@ -1955,8 +1988,7 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
             port,
             stream,
             format!("{}.{{account}}.{{type}}", stream.to_lowercase()),
-            "30000",
-            "120000",
+            ["30000", "120000"],
         );
         let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await
@@ -1996,11 +2028,12 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
 
 /// [`gateway_env`] named `name` for the NATS user `user` (its password the
 /// same) of the server on `port`, publishing to `stream` on `subject`, with
-/// the destination's timeout and the lease given in milliseconds: longer
-/// than the defaults, for a server that refuses at once.
+/// the destination's timeout and the lease given in milliseconds
+/// (`[timeout_ms, lease_ms]`): longer than the defaults, for a server that
+/// refuses at once.
 fn nats_user_env(
     dir: &std::path::Path, name: &str, user: &str, port: u16, stream: &str, subject: String,
-    timeout_ms: &str, lease_ms: &str,
+    [timeout_ms, lease_ms]: [&str; 2],
 ) -> Vec<(String, String)> {
     let mut env = gateway_env(dir, name, &format!("nats://{user}:{user}@127.0.0.1:{port}"));
     env.retain(|(name, _)| {
@@ -2090,8 +2123,7 @@ async fn a_nats_user_refused_the_stream_or_the_publish_is_told_so() {
             port,
             &stream,
             format!("t{tag}.{{account}}.{{type}}"),
-            "120000",
-            "300000",
+            ["120000", "300000"],
         )
     };
 
@@ -3291,8 +3323,7 @@ async fn a_stream_jetstream_refuses_to_make_stops_the_start() {
             port,
             &stream,
             format!("t{tag}.{{account}}.{{type}}"),
-            "30000",
-            "120000",
+            ["30000", "120000"],
         );
         let exited = tokio::task::spawn_blocking(move || serve_exit(&env))
             .await

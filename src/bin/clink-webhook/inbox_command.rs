@@ -173,8 +173,7 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
         #[cfg(feature = "sqlite")]
         {
             // Opening makes the file, and the inbox's table in it: a
-            // mistyped path would be an empty inbox left behind, and
-            // another database given a table.
+            // mistyped path would be an empty inbox left behind.
             if !path.is_file() {
                 return Err(CliError::new(
                     ErrorCode::Io,

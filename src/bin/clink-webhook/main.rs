@@ -476,13 +476,15 @@ fn redacted(message: &str, secrets: &[Zeroizing<String>]) -> String {
             spans.push((at, at + key));
         }
     }
-    // A URL's user info runs up to its last `@` before the URL ends, as
-    // a password may hold `@` or `/`.
+    // A URL's user info runs up to its last `@` before the URL ends (at a
+    // space), as a password may hold `@`, `/` or a quote; when an `@`
+    // stands past a URL's closing quote instead, more is hidden than
+    // needed, never less.
     for (at, scheme) in message.match_indices("://") {
         let start = at + scheme.len();
         let url = &message[start..];
         let end = url
-            .find(|c: char| c.is_whitespace() || c.is_control() || matches!(c, '\'' | '"' | '`'))
+            .find(|c: char| c.is_whitespace() || c.is_control())
             .unwrap_or(url.len());
         if let Some(user_info) = url[..end].rfind('@') {
             spans.push((start, start + user_info));
@@ -872,6 +874,12 @@ mod tests {
                 "'https://hooks.example/a' and 'x@y' and 'redis://:pw@h'",
                 &[],
                 "'https://hooks.example/a' and 'x@y' and 'redis://[redacted]@h'",
+            ),
+            // A quote in the password is hidden with it.
+            (
+                "invalid value 'redis://:pa'ss@h' for '[TYPE]'",
+                &[],
+                "invalid value 'redis://[redacted]@h' for '[TYPE]'",
             ),
         ] {
             assert_eq!(redacted(message, &secrets(given)), shown, "{message}");

@@ -263,6 +263,30 @@ fn refuses_the_event(status: http::StatusCode) -> bool {
         && ![401, 403, 404, 405, 407, 408, 410, 421, 426, 429].contains(&status.as_u16())
 }
 
+/// Whether a Redis error at start may pass by itself: the server out of
+/// reach, loading its data after a restart, a cluster without a primary for
+/// now, or every client slot taken. Any other lasts until the
+/// configuration changes.
+fn passes(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+        )
+        || error
+            .detail()
+            .is_some_and(|detail| detail.contains("max number of clients"))
+}
+
 /// The bytes of a NATS message's headers beside their names and values:
 /// `NATS/1.0\r\n`, `: ` and `\r\n` on each of the two lines, and the
 /// blank line that ends them.
@@ -423,7 +447,7 @@ fn fill(template: &str, event: &NewEvent) -> String {
 }
 
 /// The subject of `event`: the template filled, `:` as `_`, the account's
-/// `.` as `_` (it is one token), without empty tokens (the account is
+/// `.` as `~` (it is one token), without empty tokens (the account is
 /// empty with one key). The stream holds every such
 /// subject: see [`stream_subject`](super::config::stream_subject).
 pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
@@ -445,8 +469,9 @@ pub(crate) fn subject(template: &str, event: &NewEvent) -> String {
         event_type.push('_');
     }
     // An account is one token: its dots would split it into several, and
-    // `clink.shop.>` would take the events of the account `shop.eu`.
-    let account = token(event.account.as_deref().unwrap_or("")).replace('.', "_");
+    // `clink.shop.>` would take the events of the account `shop.eu`. A
+    // `~`, which no account holds, keeps two accounts two tokens.
+    let account = token(event.account.as_deref().unwrap_or("")).replace('.', "~");
     template
         .replace("{account}", &account)
         .replace("{type}", &event_type)
@@ -689,76 +714,84 @@ impl Destination {
     async fn check_redis_at_start(&self, client: &redis::Client) -> Result<(), String> {
         let checked = tokio::time::timeout(self.timeout, async {
             let mut connection = client.get_multiplexed_async_connection().await?;
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
-            let cluster: String = redis::cmd("INFO")
+            // What the server tells of itself. ROLE and INFO are in Redis's
+            // `@dangerous` category, which a user of least privilege may
+            // not run: then it is not told, and not held against it.
+            let role: Option<Vec<redis::Value>> =
+                redis::cmd("ROLE").query_async(&mut connection).await.ok();
+            let cluster: Option<String> = redis::cmd("INFO")
                 .arg("cluster")
                 .query_async(&mut connection)
-                .await?;
-            let _: String = redis::cmd("SCRIPT")
+                .await
+                .ok();
+            let loaded: Result<String, _> = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(XADD_ONCE)
                 .query_async(&mut connection)
-                .await?;
-            Ok::<_, redis::RedisError>((role, cluster))
+                .await;
+            Ok::<_, redis::RedisError>((role, cluster, loaded))
         })
         .await;
-        let (role, cluster) = match checked {
+        let told_later = |what: &str| {
+            eprintln!(
+                "gateway: {}: {what}; events are kept and published once it answers",
+                self.name
+            );
+            Ok(())
+        };
+        let (role, cluster, loaded) = match checked {
             Ok(Ok(found)) => found,
-            Ok(Err(error))
-                if error.is_io_error()
-                    || error.is_timeout()
-                    || error.is_connection_refusal()
-                    || error.is_connection_dropped() =>
-            {
-                eprintln!(
-                    "gateway: {}: cannot connect: {}; events are kept and published once it \
-                     answers",
-                    self.name,
-                    error.kind_text()
-                );
-                return Ok(());
+            Ok(Err(error)) if passes(&error) => {
+                return told_later(&format!("cannot connect: {}", error.kind_text()));
             }
-            Ok(Err(error)) => {
-                return Err(format!(
-                    "{}: the server refused the gateway ({}): check the user and password in the \
-                     URL, and that the user may run EVALSHA, SCRIPT, XADD, GET and SET on the \
-                     streams' keys",
-                    self.name,
-                    error.kind_text()
+            Ok(Err(error)) => return Err(self.redis_refused(&error)),
+            Err(_) => {
+                return told_later(&format!(
+                    "did not answer within {} ms",
+                    self.timeout.as_millis()
                 ));
             }
-            Err(_) => {
-                eprintln!(
-                    "gateway: {} did not answer within {} ms; events are kept and published once \
-                     it answers",
-                    self.name,
-                    self.timeout.as_millis()
-                );
-                return Ok(());
-            }
         };
-        let primary = matches!(
-            role.first(),
-            Some(redis::Value::BulkString(role)) if role == b"master"
-        ) || matches!(role.first(), Some(redis::Value::SimpleString(role)) if role == "master");
-        if !primary {
+        let replica = role
+            .as_deref()
+            .and_then(<[redis::Value]>::first)
+            .is_some_and(|role| {
+                matches!(role, redis::Value::BulkString(role) if role == b"slave")
+                    || matches!(role, redis::Value::SimpleString(role) if role == "slave")
+            });
+        if replica {
             return Err(format!(
                 "{}: the server is a replica, which refuses every write: give the URL of the \
                  primary",
                 self.name
             ));
         }
-        if cluster
-            .lines()
-            .any(|line| line.trim() == "cluster_enabled:1")
-        {
+        if cluster.is_some_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1")) {
             return Err(format!(
                 "{}: the server is a node of a Redis Cluster, which holds only some of the \
                  streams: give its nodes as redis+cluster://host:port,host:port",
                 self.name
             ));
         }
-        Ok(())
+        match loaded {
+            Ok(_) => Ok(()),
+            Err(error) if passes(&error) => told_later(&format!(
+                "cannot load the script now: {}",
+                error.kind_text()
+            )),
+            Err(error) => Err(self.redis_refused(&error)),
+        }
+    }
+
+    /// What a Redis server's lasting refusal at start says.
+    fn redis_refused(&self, error: &redis::RedisError) -> String {
+        format!(
+            "{}: the server refused the gateway ({}): check the user and password in the URL, \
+             and that the user may run EVALSHA, SCRIPT LOAD, XADD, GET and SET on the streams' \
+             keys",
+            self.name,
+            error.kind_text()
+        )
     }
 
     async fn publish_now(
@@ -910,7 +943,23 @@ impl Destination {
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
                     headers.insert("Clink-Event-Type", event_type.as_str());
                     let subject = subject(template, event);
-                    let refused = next_refusal(link.refusals.clone());
+                    // A refusal of a publish to this subject: one of
+                    // another subject is another publish's, on the same
+                    // connection, and this one goes on.
+                    let refused = async {
+                        let named = format!("Publish to \"{subject}\"");
+                        let mut refusals = link.refusals.clone();
+                        refusals.borrow_and_update();
+                        loop {
+                            if refusals.changed().await.is_err() {
+                                return std::future::pending().await;
+                            }
+                            let refusal = refusals.borrow_and_update().clone().unwrap_or_default();
+                            if refusal.contains(&named) {
+                                return refusal;
+                            }
+                        }
+                    };
                     sent.store(true, Ordering::SeqCst);
                     let publish = async {
                         jetstream
@@ -921,21 +970,17 @@ impl Destination {
                             .map(Ok)
                             .map_err(|e| format!("{}: no acknowledgement: {e}", self.name))
                     };
+                    // Still taken for a publish that may be kept (`sent`
+                    // stays): the refusal may be that of another publish of
+                    // the subject, told late.
                     tokio::select! {
                         published = publish => published,
-                        refusal = refused => {
-                            // Refused a publish to its subject, the server
-                            // kept nothing: not a publish that may be kept.
-                            if refusal.contains(&format!("Publish to \"{subject}\"")) {
-                                sent.store(false, Ordering::SeqCst);
-                            }
-                            Err(format!(
-                                "{}: the server refused ({}): the gateway's NATS user needs \
-                                 the right to publish to {stream_subjects}",
-                                self.name,
-                                escaped(&refusal)
-                            ))
-                        }
+                        refusal = refused => Err(format!(
+                            "{}: the server refused ({}): the gateway's NATS user needs the \
+                             right to publish to {stream_subjects}",
+                            self.name,
+                            escaped(&refusal)
+                        )),
                     }
                 }
                 .await;
@@ -1766,9 +1811,14 @@ mod tests {
         );
         assert_eq!(subject("clink.{type}", &event(None, "...")), "clink._");
         // An account is one token, whatever dots it holds: `clink.shop.>`
-        // does not take the events of `shop.eu`.
+        // does not take the events of `shop.eu`, nor share a subject with
+        // `shop_eu`.
         assert_eq!(
             subject(template, &event(Some("shop.eu"), "order.succeeded")),
+            "clink.shop~eu.order.succeeded"
+        );
+        assert_eq!(
+            subject(template, &event(Some("shop_eu"), "order.succeeded")),
             "clink.shop_eu.order.succeeded"
         );
         assert_eq!(fill("clink:{account}", &event(None, "x")), "clink:");
