@@ -1913,37 +1913,15 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
         .into_iter()
         .filter(|subject| !subject.contains("MSG.GET"))
         .collect();
-    let user = |name: &str, publish: &[String]| {
-        format!(
-            "{{ user: {name}, password: {name}, permissions: {{ publish: {{ allow: [{}] }}, \
-             subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}",
-            publish
-                .iter()
-                .map(|subject| format!("\"{subject}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let conf = dir.0.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{ APP {{ \
-             jetstream: enabled\n users: [\n {{ user: admin, password: admin }}\n {}\n {}\n \
-             {}\n ] }} }}\n",
-            dir.0.join("nats-js").display(),
-            user("all", &all),
-            user("noconsumers", &no_consumers),
-            user("noread", &no_read)
-        ),
+    let (_server, port, jetstream) = nats_server_with_users(
+        &dir.0,
+        &[
+            nats_user("all", &all),
+            nats_user("noconsumers", &no_consumers),
+            nats_user("noread", &no_read),
+        ],
     )
-    .unwrap();
-    let (_server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
-        .connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let jetstream = async_nats::jetstream::new(admin);
+    .await;
     for (stream, retention) in [
         (&limits, RetentionPolicy::Limits),
         (&queue, RetentionPolicy::WorkQueue),
@@ -2026,6 +2004,46 @@ async fn a_nats_user_without_the_rights_of_a_lookup_stops_the_start() {
     }
 }
 
+/// A nats-server of the test's own with JetStream, its files in `dir`, with
+/// one account holding `users` (see [`nats_user`]) and `admin` (password
+/// `admin`), who may do anything: the server, its port, and a JetStream
+/// context of `admin`'s.
+async fn nats_server_with_users(
+    dir: &std::path::Path, users: &[String],
+) -> (Process, u16, async_nats::jetstream::Context) {
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{ APP {{ \
+             jetstream: enabled\n users: [\n {{ user: admin, password: admin }}\n {}\n ] }} }}\n",
+            dir.join("nats-js").display(),
+            users.join("\n ")
+        ),
+    )
+    .unwrap();
+    let (server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    (server, port, async_nats::jetstream::new(admin))
+}
+
+/// A user of a nats-server's configuration, its password its name, who may
+/// publish to `publish` and subscribe to replies only.
+fn nats_user(name: &str, publish: &[String]) -> String {
+    format!(
+        "{{ user: {name}, password: {name}, permissions: {{ publish: {{ allow: [{}] }}, \
+         subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}",
+        publish
+            .iter()
+            .map(|subject| format!("\"{subject}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// [`gateway_env`] named `name` for the NATS user `user` (its password the
 /// same) of the server on `port`, publishing to `stream` on `subject`, with
 /// the destination's timeout and the lease given in milliseconds
@@ -2070,40 +2088,18 @@ async fn a_nats_user_refused_the_stream_or_the_publish_is_told_so() {
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
     ];
-    let user = |name: &str, publish: &[String]| {
-        format!(
-            "{{ user: {name}, password: {name}, permissions: {{ publish: {{ allow: [{}] }}, \
-             subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}",
-            publish
-                .iter()
-                .map(|subject| format!("\"{subject}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
     let mut no_stream = vec![subjects.clone()];
     no_stream.extend(lookups.iter().cloned());
     let mut no_publish = vec![format!("$JS.API.STREAM.INFO.{stream}")];
     no_publish.extend(lookups.iter().cloned());
-    let conf = dir.0.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "host: 127.0.0.1\nport: -1\njetstream {{ store_dir: \"{}\" }}\naccounts {{ APP {{ \
-             jetstream: enabled\n users: [\n {{ user: admin, password: admin }}\n {}\n {}\n \
-             ] }} }}\n",
-            dir.0.join("nats-js").display(),
-            user("nostream", &no_stream),
-            user("nopublish", &no_publish),
-        ),
+    let (_server, port, jetstream) = nats_server_with_users(
+        &dir.0,
+        &[
+            nats_user("nostream", &no_stream),
+            nats_user("nopublish", &no_publish),
+        ],
     )
-    .unwrap();
-    let (_server, port) = nats_server(Command::new("nats-server").arg("-c").arg(&conf));
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
-        .connect(format!("nats://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let jetstream = async_nats::jetstream::new(admin);
+    .await;
     jetstream
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream.clone(),
