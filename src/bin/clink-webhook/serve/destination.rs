@@ -304,6 +304,27 @@ const NATS_HEADER_ROOM: usize = 1024;
 /// this one's (the README asks for clocks within a minute).
 const LOOKUP_MARGIN: Duration = Duration::from_secs(60);
 
+/// How long after the latest publish of an event whose outcome is not
+/// known, beyond twice the destination's timeout, the stream may still
+/// keep it: its client hands it over within one timeout, reconnects at
+/// most once within another, and ends; but the system may still be
+/// sending bytes already written, for as long as TCP retransmits them
+/// (about a quarter of an hour at Linux's defaults), and a server's clock
+/// may be a minute ahead. A lookup reads no further.
+const LATE_ARRIVAL: Duration = Duration::from_secs(20 * 60);
+
+/// Earlier publishes of an event whose outcome is not known, as a NATS
+/// publish looks for them in the stream before publishing again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unconfirmed {
+    /// When the earliest may have been kept from: when it began, or when
+    /// a lookup last found none.
+    pub(crate) since: Timestamp,
+    /// When the latest began; `None` when not known, and a lookup then
+    /// reads to the stream's end.
+    pub(crate) latest: Option<Timestamp>,
+}
+
 /// A publish that failed after the event was handed to the destination:
 /// the destination may have kept it.
 #[derive(Debug)]
@@ -574,13 +595,15 @@ impl Destination {
     }
 
     /// Publishes `event`; what the destination said it kept, if it says.
-    /// `unconfirmed` is when an earlier publish of it, whose outcome is
-    /// not known, began, if one did: a NATS destination looks for the
-    /// event in the stream before publishing it again once the stream's
-    /// duplicate window may have passed since. A failure after the event
-    /// was handed to the destination is a [`MaybeKept`].
+    /// `unconfirmed` says the earlier publishes of it whose outcome is not
+    /// known, if there were: a NATS destination looks for the event in the
+    /// stream before publishing it again once the stream's duplicate window
+    /// may have passed since, and a lookup that finds none moves
+    /// `unconfirmed`'s `since` to when it began, so that the next one reads
+    /// from there. A failure after the event was handed to the destination
+    /// is a [`MaybeKept`].
     pub(crate) async fn publish(
-        &self, event: &NewEvent, unconfirmed: Option<Timestamp>,
+        &self, event: &NewEvent, unconfirmed: &mut Option<Unconfirmed>,
     ) -> Result<Option<String>, BoxError> {
         let sent = AtomicBool::new(false);
         let result =
@@ -795,7 +818,7 @@ impl Destination {
     }
 
     async fn publish_now(
-        &self, event: &NewEvent, unconfirmed: Option<Timestamp>, sent: &AtomicBool,
+        &self, event: &NewEvent, unconfirmed: &mut Option<Unconfirmed>, sent: &AtomicBool,
     ) -> Result<Option<String>, BoxError> {
         match &self.kind {
             Kind::Http {
@@ -918,25 +941,31 @@ impl Destination {
                     // An earlier publish may be in the stream already, and
                     // older than the duplicate window by the time this one
                     // would arrive: look for it first.
-                    if let Some(since) = unconfirmed {
+                    if let Some(earlier) = unconfirmed.as_mut() {
                         let margin = i64::try_from((self.timeout + LOOKUP_MARGIN).as_millis())
                             .unwrap_or(i64::MAX);
                         let window =
                             i64::try_from(duplicate_window.as_millis()).unwrap_or(i64::MAX);
-                        let now = Timestamp::now().as_millis();
-                        if now.saturating_add(margin) >= since.as_millis().saturating_add(window) {
+                        let now = Timestamp::now();
+                        if now.as_millis().saturating_add(margin)
+                            >= earlier.since.as_millis().saturating_add(window)
+                        {
                             if let Some(sequence) = self
                                 .find_kept(
                                     jetstream,
                                     stream,
                                     &subject(template, event),
                                     event,
-                                    since,
+                                    earlier,
                                 )
                                 .await?
                             {
                                 return Ok(Err(sequence));
                             }
+                            // None kept before the lookup began, nor after
+                            // (within a minute of clocks' difference): the
+                            // next lookup reads from there.
+                            earlier.since = earlier.since.max(now);
                         }
                     }
                     let mut headers = async_nats::HeaderMap::new();
@@ -1258,14 +1287,14 @@ impl Destination {
     /// See [`find_kept`].
     async fn find_kept(
         &self, jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str,
-        event: &NewEvent, since: Timestamp,
+        event: &NewEvent, earlier: &Unconfirmed,
     ) -> Result<Option<u64>, String> {
         find_kept(
             jetstream,
             stream,
             subject,
             &message_id(event),
-            since,
+            earlier,
             self.timeout,
         )
         .await
@@ -1451,9 +1480,19 @@ fn lookup_config(
 /// [`RetentionPolicy::Limits`]: async_nats::jetstream::stream::RetentionPolicy::Limits
 async fn find_kept(
     jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
-    since: Timestamp, timeout: Duration,
+    earlier: &Unconfirmed, timeout: Duration,
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::RetentionPolicy;
+    let margin = i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap_or(i64::MAX);
+    let start = server_time(earlier.since.as_millis().saturating_sub(margin));
+    let end = earlier.latest.map(|latest| {
+        let late = i64::try_from((2 * timeout + LATE_ARRIVAL).as_millis()).unwrap_or(i64::MAX);
+        server_time(latest.as_millis().saturating_add(late))
+    });
+    let within = Within { start, end };
+    if end.is_some_and(|end| end < start) {
+        return Ok(None);
+    }
     let found = jetstream
         .get_stream(stream)
         .await
@@ -1462,20 +1501,35 @@ async fn find_kept(
     if info.state.messages == 0 {
         return Ok(None);
     }
-    let start = server_time(since.as_millis().saturating_sub(60_000));
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if info.config.retention == RetentionPolicy::Limits {
-        find_kept_in_one_pass(jetstream, &found, subject, id, start, last, timeout).await
+        find_kept_in_one_pass(jetstream, &found, subject, id, within, last, timeout).await
     } else {
-        find_kept_one_by_one(&found, subject, id, start, first, last).await
+        find_kept_one_by_one(&found, subject, id, within, first, last).await
+    }
+}
+
+/// The times, on the servers' clock, a lookup reads the messages of: kept
+/// from `start`, and up to `end` when that is known.
+#[derive(Clone, Copy)]
+struct Within {
+    start: time::OffsetDateTime,
+    end: Option<time::OffsetDateTime>,
+}
+
+impl Within {
+    /// Whether a message kept at `time` comes after the times read.
+    fn past(&self, time: time::OffsetDateTime) -> bool {
+        self.end.is_some_and(|end| time > end)
     }
 }
 
 /// [`find_kept`] on a stream of limits, `last` its last sequence as the
 /// lookup began, in one pass: an ephemeral pull consumer on the server
-/// (see [`lookup_config`]) streams the messages on `subject` since `start`
-/// in batches, so the lookup costs a few requests however many messages
-/// the subject holds.
+/// (see [`lookup_config`]) streams the messages on `subject` since
+/// `within.start` in batches, so the lookup costs a few requests however
+/// many messages the subject holds, and it stops at the first kept after
+/// `within.end`.
 ///
 /// The end comes from the stream's leader, before the consumer is made:
 /// the last message on the subject, read from the leader, says the event
@@ -1493,13 +1547,13 @@ async fn find_kept(
 /// `jetstream`'s timeout.
 async fn find_kept_in_one_pass(
     jetstream: &async_nats::jetstream::Context, found: &async_nats::jetstream::stream::Stream,
-    subject: &str, id: &str, start: time::OffsetDateTime, last: u64, timeout: Duration,
+    subject: &str, id: &str, within: Within, last: u64, timeout: Duration,
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let bound = match found.get_last_raw_message_by_subject(subject).await {
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
-        Ok(message) if message.time < start => return Ok(None),
+        Ok(message) if message.time < within.start => return Ok(None),
         Ok(message) if kept_id(Some(&message.headers)) == Some(id) => {
             return Ok(Some(message.sequence))
         }
@@ -1508,7 +1562,12 @@ async fn find_kept_in_one_pass(
     let consumer = LookupConsumer::new(jetstream, &found.cached_info().config.name);
     let inactive = timeout.max(LOOKUP_INACTIVE_MIN);
     let reader = found
-        .create_consumer(lookup_config(&consumer.name, subject, start, inactive))
+        .create_consumer(lookup_config(
+            &consumer.name,
+            subject,
+            within.start,
+            inactive,
+        ))
         .await
         .map_err(|e| e.to_string())?;
     let short = |after: &str| {
@@ -1546,7 +1605,7 @@ async fn find_kept_in_one_pass(
         if kept_id(message.headers.as_ref()) == Some(id) {
             return Ok(Some(info.stream_sequence));
         }
-        if info.stream_sequence >= bound {
+        if info.stream_sequence >= bound || within.past(info.published) {
             return Ok(None);
         }
         if info.pending == 0 {
@@ -1557,14 +1616,15 @@ async fn find_kept_in_one_pass(
 
 /// [`find_kept`] on a stream of another retention, `first` and `last` its
 /// first and last sequences as the lookup began, without a consumer: the
-/// first message kept at or after `start` is found by halving (the
+/// first message kept at or after `within.start` is found by halving (the
 /// messages' times rise with their sequences), then the messages on
 /// `subject` from there are read from the stream's leader one request
-/// each.
+/// each, up to the first kept after `within.end`.
 async fn find_kept_one_by_one(
-    found: &async_nats::jetstream::stream::Stream, subject: &str, id: &str,
-    start: time::OffsetDateTime, first: u64, last: u64,
+    found: &async_nats::jetstream::stream::Stream, subject: &str, id: &str, within: Within,
+    first: u64, last: u64,
 ) -> Result<Option<u64>, String> {
+    let start = within.start;
     use async_nats::jetstream::stream::RawMessageErrorKind;
     let (mut low, mut high) = (first, last.saturating_add(1));
     while low < high {
@@ -1582,6 +1642,9 @@ async fn find_kept_one_by_one(
             Ok(message) if message.sequence <= last => {
                 if kept_id(Some(&message.headers)) == Some(id) {
                     return Ok(Some(message.sequence));
+                }
+                if within.past(message.time) {
+                    break;
                 }
                 next = message.sequence + 1;
             }
@@ -2090,18 +2153,34 @@ mod tests {
         )
     }
 
+    /// Earlier publishes from `since` on, the latest of which is not known.
+    fn unbounded(since: Timestamp) -> Unconfirmed {
+        Unconfirmed {
+            since,
+            latest: None,
+        }
+    }
+
     /// Looks for `id` on `subject` as a publish with the default
     /// destination timeout does, bounded by a minute (a hang only).
     async fn lookup(
         jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
         since: Timestamp,
     ) -> Option<u64> {
+        lookup_within(jetstream, stream, subject, id, &unbounded(since)).await
+    }
+
+    /// [`lookup`] for the publishes `earlier` says.
+    async fn lookup_within(
+        jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
+        earlier: &Unconfirmed,
+    ) -> Option<u64> {
         let lookup = find_kept(
             jetstream,
             stream,
             subject,
             id,
-            since,
+            earlier,
             Duration::from_secs(10),
         );
         tokio::time::timeout(Duration::from_secs(60), lookup)
@@ -2226,6 +2305,43 @@ mod tests {
         }
         no_consumers_left(&jetstream, &stream).await;
         jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A lookup reads no further than the latest earlier publish could have
+    /// been kept: twice the destination's timeout and [`LATE_ARRIVAL`]
+    /// after it began. Here every message on the subject is kept after
+    /// that, the event's among others: a lookup that knows when the latest
+    /// publish began stops at the first, through a consumer and from the
+    /// stream's leader alike, so that its cost is bounded however much the
+    /// subject holds; one whose latest began later, or is not known, reads
+    /// on and finds the event's.
+    #[tokio::test]
+    async fn a_lookup_reads_no_further_than_the_latest_publish_could_be_kept() {
+        for retention in [RetentionPolicy::Limits, RetentionPolicy::WorkQueue] {
+            let (_client, jetstream, stream, prefix) = test_stream_of("until", retention).await;
+            let subject = format!("{prefix}.order_succeeded");
+            let now = Timestamp::now();
+            let mut ids: Vec<String> = (2..=50).map(|i| format!(":evt_{i}")).collect();
+            ids.insert(20, ":evt_1".to_owned());
+            let kept = publish_all(&jetstream, &subject, &ids, &Bytes::new()).await[20];
+            let reach = 2 * Duration::from_secs(10) + LATE_ARRIVAL;
+            let ago = |by: Duration| {
+                Timestamp::from_millis(now.as_millis() - i64::try_from(by.as_millis()).unwrap())
+            };
+            let since = ago(reach + Duration::from_secs(3600));
+            for (latest, expected) in [
+                (Some(ago(reach + Duration::from_secs(120))), None),
+                (Some(ago(reach - Duration::from_secs(120))), Some(kept)),
+                (Some(now), Some(kept)),
+                (None, Some(kept)),
+            ] {
+                let earlier = Unconfirmed { since, latest };
+                let found = lookup_within(&jetstream, &stream, &subject, ":evt_1", &earlier).await;
+                assert_eq!(found, expected, "{retention:?}, latest {latest:?}");
+            }
+            no_consumers_left(&jetstream, &stream).await;
+            jetstream.delete_stream(&stream).await.unwrap();
+        }
     }
 
     /// A lookup stopped at the end of its time leaves no consumer behind:
@@ -2468,12 +2584,13 @@ mod tests {
         let (port, held, release) = holding_relay("CONSUMER.DELETE").await;
         let through = relayed(port).await;
         // The server keeps the consumer, inactive, longer than the test.
+        let earlier = unbounded(since);
         let lookup = find_kept(
             &through,
             &stream,
             &subject,
             ":evt_kept",
-            since,
+            &earlier,
             Duration::from_secs(600),
         );
         let found = tokio::time::timeout(Duration::from_secs(60), lookup)
@@ -2514,7 +2631,7 @@ mod tests {
                 &task_stream,
                 &task_subject,
                 ":evt_absent",
-                since,
+                &unbounded(since),
                 Duration::from_secs(600),
             )
             .await
@@ -2544,6 +2661,65 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
+    /// A publish after one whose outcome is not known, older than the
+    /// duplicate window, looks for it first; a lookup that finds none
+    /// moves the earlier publishes' start to when it began, so that the
+    /// next lookup does not read again what this one read. The event is
+    /// then published, and a publish repeated within the window is dropped
+    /// by the stream.
+    #[tokio::test]
+    async fn a_lookup_that_finds_nothing_moves_the_next_ones_start() {
+        let (_client, jetstream, stream, prefix) = test_stream("moves").await;
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &nats_url()),
+            ("nats_stream", &stream),
+            ("nats_subject", &template),
+            ("destination_timeout_ms", "5000"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let event = event(None, "order.succeeded");
+        let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
+        let mut unconfirmed = Some(Unconfirmed {
+            since: long_ago,
+            latest: Some(long_ago),
+        });
+        let before = Timestamp::now();
+        let publish = destination.publish(&event, &mut unconfirmed);
+        let first = tokio::time::timeout(Duration::from_secs(60), publish)
+            .await
+            .expect("the publish ended")
+            .unwrap()
+            .expect("a receipt");
+        let moved = unconfirmed.expect("still unconfirmed before this publish");
+        assert!(
+            moved.since >= before,
+            "the next lookup reads from {} though this one found nothing from {long_ago} to              {before}",
+            moved.since
+        );
+        assert_eq!(moved.latest, Some(long_ago));
+
+        let publish = destination.publish(&event, &mut unconfirmed);
+        let second = tokio::time::timeout(Duration::from_secs(60), publish)
+            .await
+            .expect("the publish ended")
+            .unwrap()
+            .expect("a receipt");
+        assert_eq!(second, first, "the repeat is the first publish");
+        let info = jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .cached_info()
+            .clone();
+        assert_eq!(info.state.messages, 1);
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
     /// A publish whose connection stalls (here a relay holds what the
     /// client sends once the publish is among it) runs out of time, and the
     /// next publish connects anew instead of handing its event to the
@@ -2569,10 +2745,12 @@ mod tests {
             Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
         let event = event(None, "order.succeeded");
 
-        let first =
-            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
-                .await
-                .expect("the publish ended within its time");
+        let first = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time");
         let error = first.expect_err("the publish was held");
         assert!(error.is::<MaybeKept>(), "{error}");
         // The publish's time and JetStream's wait for the acknowledgement
@@ -2587,11 +2765,13 @@ mod tests {
         held.await.expect("the relay held the publish");
         assert_eq!(connections.load(Ordering::SeqCst), 1);
 
-        let second =
-            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
-                .await
-                .expect("the publish ended within its time")
-                .unwrap_or_else(|e| panic!("the publish after the stalled one: {e}"));
+        let second = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .unwrap_or_else(|e| panic!("the publish after the stalled one: {e}"));
         assert_eq!(second, Some(format!("{stream}:1")));
         assert_eq!(
             connections.load(Ordering::SeqCst),
@@ -2673,18 +2853,23 @@ mod tests {
             now,
             Bytes::from(vec![b' '; 2048]),
         );
-        let error =
-            tokio::time::timeout(Duration::from_secs(60), destination.publish(&large, None))
-                .await
-                .expect("the publish ended within its time")
-                .expect_err("the event is larger than the stream takes");
+        let error = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&large, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .expect_err("the event is larger than the stream takes");
         assert!(error.is::<EventRefused>(), "{error}");
         assert!(error.to_string().contains("more than the 2048"), "{error}");
         let small = event(None, "order.succeeded");
-        let kept = tokio::time::timeout(Duration::from_secs(60), destination.publish(&small, None))
-            .await
-            .expect("the publish ended within its time")
-            .unwrap_or_else(|e| panic!("the event that fits: {e}"));
+        let kept = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&small, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .unwrap_or_else(|e| panic!("the event that fits: {e}"));
         assert_eq!(kept, Some(format!("{stream}:1")));
         jetstream.delete_stream(&stream).await.unwrap();
     }
@@ -2798,10 +2983,13 @@ mod tests {
             Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
         let event = event(None, "order.succeeded");
         let publish = || async {
-            tokio::time::timeout(Duration::from_secs(60), destination.publish(&event, None))
-                .await
-                .expect("the publish ended")
-                .unwrap_or_else(|e| panic!("the publish: {e}"))
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                destination.publish(&event, &mut None),
+            )
+            .await
+            .expect("the publish ended")
+            .unwrap_or_else(|e| panic!("the publish: {e}"))
         };
         let mut redis = redis::Client::open(url.as_str())
             .unwrap()

@@ -33,7 +33,7 @@ use tower_service::Service;
 
 use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
 use self::destination::{
-    AccountKeys, Destination, EventRefused, Health, MaybeKept, Signers, VerifyingKey,
+    AccountKeys, Destination, EventRefused, Health, MaybeKept, Signers, Unconfirmed, VerifyingKey,
 };
 use crate::output::Output;
 use crate::CliError;
@@ -232,13 +232,17 @@ impl Relay {
             return Ok(());
         }
         let started = Timestamp::now();
-        let unconfirmed = self
+        let mut unconfirmed = self
             .destination
             .is_nats()
             .then(|| unconfirmed_since(&entry.history, entry.event.received_at, attempt.attempt()))
             .flatten();
         *stage = Stage::Publishing;
-        let published = self.destination.publish(&entry.event, unconfirmed).await;
+        // A lookup that finds nothing narrows `unconfirmed` as it goes.
+        let published = self
+            .destination
+            .publish(&entry.event, &mut unconfirmed)
+            .await;
         // The destination answered: a stop from here on cuts off the inbox,
         // not the destination.
         *stage = Stage::Answered;
@@ -277,9 +281,9 @@ impl Relay {
                 // The inbox keeps the error with the attempt: the next one
                 // reads from it whether a publish may be in the stream.
                 let since = if error.is::<MaybeKept>() {
-                    Some(unconfirmed.map_or(started, |since| since.min(started)))
+                    Some(unconfirmed.map_or(started, |earlier| earlier.since.min(started)))
                 } else {
-                    unconfirmed
+                    unconfirmed.map(|earlier| earlier.since)
                 };
                 Err(match since {
                     Some(since) => format!("{UNCONFIRMED}{since}) {error}"),
@@ -300,50 +304,75 @@ const UNCONFIRMED: &str = "(unconfirmed publish since ";
 /// can be in the stream.
 const NONE_KEPT: &str = "(nothing published)";
 
-/// When the earliest publish of an event whose outcome is not known began,
-/// if one may be in the stream: read from its attempts (`history`) since
-/// it was last completed, before this one, `attempt`. The newest failed publish's error says it for itself
-/// and every attempt before (see [`UNCONFIRMED`]); an attempt after it
-/// that ended otherwise (stopped at the end of its time, lost with its
-/// lease, given back at shutdown) may have published at its start. When
-/// the kept attempts do not reach back to the first, since the event
-/// arrived (`received_at`).
+/// The publishes of an event whose outcome is not known, if one may be in
+/// the stream: read from its attempts (`history`) since it was last
+/// completed, before this one, `attempt`.
+///
+/// - **Since when** one may have been kept: the newest failed publish's
+///   error says it for itself and every attempt before (see
+///   [`UNCONFIRMED`]); an attempt after it that ended otherwise (stopped
+///   at the end of its time, lost with its lease, given back at shutdown)
+///   may have published at its start. When the kept attempts do not reach
+///   back to the first, or an error's time cannot be read, since the event
+///   arrived (`received_at`).
+/// - **When the latest began**: the start of the newest attempt that may
+///   have published (the one whose error says so counts, though its
+///   publish may not have been sent); `None` when no kept attempt says,
+///   and the lookup then reads to the stream's end.
 fn unconfirmed_since(
     history: &[clink_webhooks::store::InboxAttemptRecord], received_at: Timestamp, attempt: u32,
-) -> Option<Timestamp> {
+) -> Option<Unconfirmed> {
     use clink_webhooks::store::InboxAttemptOutcome;
     let done = history
         .iter()
         .rposition(|record| record.outcome == InboxAttemptOutcome::Completed)
         .map(|at| at + 1);
     let records = &history[done.unwrap_or(0)..];
+    // What an attempt's error says: nothing kept (`Some(None)`), or
+    // unconfirmed since a time (`Some(Some(..))`); an unreadable time
+    // counts from the arrival.
     let said = |record: &clink_webhooks::store::InboxAttemptRecord| {
-        record
-            .outcome
-            .error()
-            .filter(|error| error.contains(UNCONFIRMED) || error.contains(NONE_KEPT))
-            .map(|error| {
-                error
-                    .split_once(UNCONFIRMED)
-                    .and_then(|(_, rest)| rest.split_once(')'))
-                    .and_then(|(since, _)| since.parse::<Timestamp>().ok())
-            })
+        let error = record.outcome.error()?;
+        if let Some((_, rest)) = error.split_once(UNCONFIRMED) {
+            let since = rest
+                .split_once(')')
+                .and_then(|(since, _)| since.parse::<Timestamp>().ok())
+                .unwrap_or(received_at);
+            return Some(Some(Unconfirmed {
+                since,
+                latest: Some(record.started_at),
+            }));
+        }
+        error.contains(NONE_KEPT).then_some(None)
     };
-    let (mut earliest, after) = match records.iter().rposition(|record| said(record).is_some()) {
+    let (mut unconfirmed, after) = match records.iter().rposition(|record| said(record).is_some()) {
         Some(at) => (said(&records[at]).flatten(), &records[at + 1..]),
         None => {
             let whole = done.is_some()
                 || records
                     .first()
                     .map_or(attempt <= 1, |first| first.attempt <= 1);
-            let since_arrival = (!whole).then_some(received_at);
+            let since_arrival = (!whole).then_some(Unconfirmed {
+                since: received_at,
+                latest: None,
+            });
             (since_arrival, records)
         }
     };
     for record in after {
-        earliest = Some(earliest.map_or(record.started_at, |e| e.min(record.started_at)));
+        let started = record.started_at;
+        unconfirmed = Some(match unconfirmed {
+            None => Unconfirmed {
+                since: started,
+                latest: Some(started),
+            },
+            Some(earlier) => Unconfirmed {
+                since: earlier.since.min(started),
+                latest: Some(earlier.latest.map_or(started, |latest| latest.max(started))),
+            },
+        });
     }
-    earliest
+    unconfirmed
 }
 
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -1184,6 +1213,9 @@ mod tests {
         let arrived = at(1_000);
         let marked = format!("{UNCONFIRMED}{}) nats://h: no acknowledgement", at(2_000));
         let none = format!("{NONE_KEPT} nats://h: cannot connect");
+        let moved = format!("{UNCONFIRMED}{}) nats://h: no acknowledgement", at(9_000));
+        let unreadable = format!("{UNCONFIRMED}soon) nats://h: no acknowledgement");
+        // Since when, and the latest begun (`None`: not known).
         for (history, attempt, expected) in [
             // The first attempt: nothing before it.
             (vec![], 1, None),
@@ -1193,12 +1225,29 @@ mod tests {
                 3,
                 None,
             ),
-            // One that was: its time carries on through later errors.
-            (vec![failed(1, 2_000, &marked)], 2, Some(2_000)),
+            // One that was: its time carries on through later errors, and
+            // the latest is the newest that says so.
+            (
+                vec![failed(1, 2_000, &marked)],
+                2,
+                Some((2_000, Some(2_000))),
+            ),
             (
                 vec![failed(1, 2_000, &marked), failed(2, 3_000, &marked)],
                 3,
-                Some(2_000),
+                Some((2_000, Some(3_000))),
+            ),
+            // A lookup found none until later than the latest began.
+            (
+                vec![failed(1, 3_000, &moved)],
+                2,
+                Some((9_000, Some(3_000))),
+            ),
+            // A time that cannot be read: since the event arrived.
+            (
+                vec![failed(1, 2_500, &unreadable)],
+                2,
+                Some((1_000, Some(2_500))),
             ),
             // An attempt that ended otherwise after it may have published.
             (
@@ -1207,7 +1256,7 @@ mod tests {
                     other(2, 4_000, InboxAttemptOutcome::LeaseExpired),
                 ],
                 3,
-                Some(4_000),
+                Some((4_000, Some(4_000))),
             ),
             (
                 vec![
@@ -1215,7 +1264,15 @@ mod tests {
                     failed(2, 5_000, "handler timed out"),
                 ],
                 3,
-                Some(5_000),
+                Some((5_000, Some(5_000))),
+            ),
+            (
+                vec![
+                    failed(1, 2_000, &marked),
+                    other(2, 4_000, InboxAttemptOutcome::LeaseExpired),
+                ],
+                3,
+                Some((2_000, Some(4_000))),
             ),
             // Completed, then replayed: only what came after counts.
             (
@@ -1227,19 +1284,22 @@ mod tests {
                 2,
                 None,
             ),
-            // Earlier attempts no longer kept and none that says: since it arrived.
+            // Earlier attempts no longer kept and none that says: since it
+            // arrived, the latest begun before the newest kept one at most.
             (
                 vec![other(7, 8_000, InboxAttemptOutcome::Released)],
                 8,
-                Some(1_000),
+                Some((1_000, Some(8_000))),
             ),
-            (vec![], 5, Some(1_000)),
+            (vec![], 5, Some((1_000, None))),
         ] {
-            assert_eq!(
-                unconfirmed_since(&history, arrived, attempt).map(Timestamp::as_millis),
-                expected,
-                "{history:?}"
-            );
+            let unconfirmed = unconfirmed_since(&history, arrived, attempt).map(|unconfirmed| {
+                (
+                    unconfirmed.since.as_millis(),
+                    unconfirmed.latest.map(Timestamp::as_millis),
+                )
+            });
+            assert_eq!(unconfirmed, expected, "{history:?}");
         }
     }
 
