@@ -108,7 +108,7 @@ impl fmt::Debug for Client {
 }
 
 /// Settings for a [`Client`]; [`build`](Self::build) checks them all.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     keys: Vec<ApiKey>,
     environment: Environment,
@@ -119,6 +119,38 @@ pub struct ClientBuilder {
     attempts: u32,
     rate: u32,
     burst: u32,
+}
+
+impl fmt::Debug for ClientBuilder {
+    /// As derived, but a base URL's user info (which
+    /// [`build`](Self::build) refuses) is not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base_url = self.base_url.as_deref().map(without_user_info);
+        f.debug_struct("ClientBuilder")
+            .field("keys", &self.keys)
+            .field("environment", &self.environment)
+            .field("base_url", &base_url)
+            .field("plain_http", &self.plain_http)
+            .field("request_timeout", &self.request_timeout)
+            .field("deadline", &self.deadline)
+            .field("attempts", &self.attempts)
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .finish()
+    }
+}
+
+/// `url` with what its authority holds before an `@` (a user and a
+/// password) replaced by `[redacted]`.
+fn without_user_info(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}[redacted]{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
 }
 
 impl Default for ClientBuilder {
@@ -228,7 +260,9 @@ impl ClientBuilder {
     /// within its deadline, so a burst of stale events is spread out
     /// instead of using up the merchant's API limits; one that cannot get
     /// room in time fails as [`RateLimited`](ApiErrorKind::RateLimited),
-    /// without sending its request.
+    /// without sending its request. When Clink answers `429`, every call
+    /// waits out its `Retry-After` (seconds or an HTTP date; without one,
+    /// the retry's backoff), not the refused one only.
     #[must_use]
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
         self.rate = per_second;
@@ -549,6 +583,11 @@ impl Client {
                 return Err(error);
             }
             let wait = error.retry_after().unwrap_or_else(|| backoff(attempt));
+            if error.kind() == ApiErrorKind::RateLimited && error.status().is_some() {
+                // Clink's limit is the account's: every call of this
+                // client and its clones waits, not this one only.
+                self.inner.budget.pause_for(wait);
+            }
             if Instant::now() + wait >= deadline {
                 return Err(error);
             }
@@ -858,12 +897,33 @@ impl Client {
     pub(crate) fn data<T: DeserializeOwned>(
         &self, call: &str, body: &[u8],
     ) -> Result<Option<T>, ApiError> {
+        Ok(match self.data_said(call, body)? {
+            Said::Data(data) => Some(data),
+            Said::Null | Said::Absent => None,
+        })
+    }
+
+    /// As [`data`](Self::data), telling an answer with `"data": null` from
+    /// one with no `data` at all (an empty body, or `{}`).
+    pub(crate) fn data_said<T: DeserializeOwned>(
+        &self, call: &str, body: &[u8],
+    ) -> Result<Said<T>, ApiError> {
         #[derive(Deserialize)]
-        struct Data<T> {
-            data: Option<T>,
+        #[serde(bound(deserialize = "T: DeserializeOwned"))]
+        struct Envelope<T> {
+            #[serde(default = "absent", deserialize_with = "present")]
+            data: Said<T>,
+        }
+        fn absent<T>() -> Said<T> {
+            Said::Absent
+        }
+        fn present<'de, D: serde::Deserializer<'de>, T: DeserializeOwned>(
+            deserializer: D,
+        ) -> Result<Said<T>, D::Error> {
+            Ok(Option::<T>::deserialize(deserializer)?.map_or(Said::Null, Said::Data))
         }
         let deserializer = &mut serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize::<_, Data<T>>(deserializer)
+        serde_path_to_error::deserialize::<_, Envelope<T>>(deserializer)
             .map(|envelope| envelope.data)
             .map_err(|error| self.decode_error(call, &error))
     }
@@ -1085,14 +1145,32 @@ fn deadline_from(now: Instant, deadline: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// `Retry-After` in seconds, when given so (a date is not honoured).
+/// What an answer says its `data` is.
+pub(crate) enum Said<T> {
+    /// No `data` at all.
+    Absent,
+    /// `"data": null`.
+    Null,
+    /// `data` itself.
+    Data(T),
+}
+
+/// `Retry-After`, in seconds or as an HTTP date (read on this machine's
+/// clock), at most a day.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value
-        .parse::<u64>()
-        .ok()
-        .map(|secs| Duration::from_secs(secs.min(86_400)))
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
+
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// The wait after failed attempt `attempt`: doubling from 200 ms up to 5 s,
 /// with up to a fifth of jitter either way.
@@ -1168,7 +1246,10 @@ pub(crate) fn encode(text: &str) -> String {
 struct RateBudget {
     rate: u32,
     burst: f64,
+    /// The tokens and when they were counted.
     state: Mutex<(f64, Instant)>,
+    /// Until when Clink asked for no request (a `429`'s `Retry-After`).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl RateBudget {
@@ -1177,12 +1258,29 @@ impl RateBudget {
             rate,
             burst: f64::from(burst),
             state: Mutex::new((f64::from(burst), Instant::now())),
+            paused_until: Mutex::new(None),
         }
     }
 
-    /// Waits for room for one request; `Err` when there is none before
-    /// `deadline` (nothing is reserved then).
+    /// Sends no request for `wait` from now (or until a later end already
+    /// set): Clink answered `429`.
+    fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *paused = Some(paused.map_or(until, |own| own.max(until)));
+    }
+
+    /// Waits for room for one request, and for the end of a pause Clink
+    /// asked for; `Err` when there is none before `deadline` (nothing is
+    /// reserved then).
     async fn acquire(&self, deadline: Instant) -> Result<(), ()> {
+        let paused = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let wait = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
@@ -1197,6 +1295,7 @@ impl RateBudget {
             } else {
                 Duration::from_secs_f64(-tokens / f64::from(self.rate))
             };
+            let wait = paused.map_or(wait, |until| wait.max(until.saturating_duration_since(now)));
             if now + wait > deadline {
                 *state = (tokens + 1.0, now);
                 return Err(());
@@ -1315,6 +1414,29 @@ mod tests {
         assert_eq!(segment("%2E%2E").unwrap(), "%252E%252E");
         for refused in ["", ".", ".."] {
             assert!(segment(refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_builders_debug_shows_no_user_info_of_its_base_url() {
+        for (url, shown) in [
+            (
+                "https://u:hunter2@proxy/api",
+                "https://[redacted]@proxy/api",
+            ),
+            (
+                "https://u:a@b@proxy:9?x=@",
+                "https://[redacted]@proxy:9?x=@",
+            ),
+            ("hunter2@proxy", "[redacted]@proxy"),
+            ("https://proxy/a@b", "https://proxy/a@b"),
+        ] {
+            let debug = format!("{:?}", Client::builder().base_url(url));
+            assert!(debug.contains(shown), "{debug}");
+            assert!(
+                !debug.contains("hunter2") && !debug.contains("u:a"),
+                "{debug}"
+            );
         }
     }
 
@@ -1461,6 +1583,53 @@ mod tests {
                 "{attempt}: {wait:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_clink_asked_for_holds_every_request() {
+        let budget = RateBudget::new(10, 10);
+        let far = Instant::now() + Duration::from_secs(60);
+        budget.pause_for(Duration::from_secs(2));
+        budget.pause_for(Duration::from_secs(1));
+        let before = Instant::now();
+        budget.acquire(far).await.unwrap();
+        assert_eq!(
+            Instant::now() - before,
+            Duration::from_secs(2),
+            "the later end holds"
+        );
+        // A request whose deadline comes first is not sent.
+        budget.pause_for(Duration::from_secs(5));
+        assert!(budget
+            .acquire(Instant::now() + Duration::from_secs(4))
+            .await
+            .is_err());
+        budget.acquire(far).await.unwrap();
+        assert_eq!(Instant::now() - before, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        assert_eq!(retry_after(&headers(" 30 ")), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(&headers("9999999")), Some(MAX_RETRY_AFTER));
+        let in_a_minute =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        let wait = retry_after(&headers(&in_a_minute)).unwrap();
+        assert!(
+            wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Some(Duration::ZERO),
+            "a date passed"
+        );
+        assert_eq!(retry_after(&headers("soon")), None);
     }
 
     #[tokio::test(start_paused = true)]

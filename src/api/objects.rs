@@ -248,6 +248,7 @@ pub struct Page<T> {
     pub rows: Vec<T>,
 }
 
+use super::client::Said;
 use super::error::{ApiError, ApiErrorKind};
 use super::Client;
 use crate::events::ObjectKey;
@@ -264,11 +265,16 @@ impl Client {
     /// # Errors
     ///
     /// [`ApiError`]: [`NotFound`](ApiErrorKind::NotFound) also when Clink
-    /// answers with no `data`.
+    /// answers `"data": null`; [`Decode`](ApiErrorKind::Decode), not a
+    /// refusal, for a success with no `data` at all (an empty body, `{}`),
+    /// which says nothing of the object (a proxy's empty answer, say).
     pub async fn get<T: ApiObject>(&self, id: &str) -> Result<T, ApiError> {
         let (call, body) = self.read(T::KIND, id).await?;
-        self.data(&call, &body)?
-            .ok_or_else(|| ApiError::new(ApiErrorKind::NotFound, &call, "the answer has no data"))
+        match self.data_said(&call, &body)? {
+            Said::Data(object) => Ok(object),
+            Said::Null => Err(not_found(&call)),
+            Said::Absent => Err(no_data(&call)),
+        }
     }
 
     /// The current state of object `id` of `kind` as Clink's JSON `data`,
@@ -281,13 +287,10 @@ impl Client {
         &self, kind: ObjectKind, id: &str,
     ) -> Result<serde_json::Value, ApiError> {
         let (call, body) = self.read(kind, id).await?;
-        match self.data::<serde_json::Value>(&call, &body)? {
-            Some(serde_json::Value::Null) | None => Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                &call,
-                "the answer has no data",
-            )),
-            Some(data) => Ok(data),
+        match self.data_said::<serde_json::Value>(&call, &body)? {
+            Said::Data(serde_json::Value::Null) | Said::Null => Err(not_found(&call)),
+            Said::Data(data) => Ok(data),
+            Said::Absent => Err(no_data(&call)),
         }
     }
 
@@ -343,4 +346,18 @@ impl Client {
         let body = self.get_shared(&path).await?;
         Ok((call, body))
     }
+}
+
+/// Clink's answer of `"data": null` to a read of one object.
+fn not_found(call: &str) -> ApiError {
+    ApiError::new(ApiErrorKind::NotFound, call, "the answer's data is null")
+}
+
+/// A success with no `data` at all, which says nothing of the object.
+fn no_data(call: &str) -> ApiError {
+    ApiError::new(
+        ApiErrorKind::Decode,
+        call,
+        "the answer has no data field (an empty answer, or one from a proxy?)",
+    )
 }

@@ -19,7 +19,8 @@ use crate::signature::{LiveVerifier, SigningKey};
 use crate::BoxError;
 
 /// The default grace period: how long the keys in use before a rotation
-/// keep verifying after it.
+/// keep verifying after it; only deliveries stamped before the rotation
+/// (see [`Verifier::rotated`](crate::signature::Verifier::rotated)).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
 /// Where a rotation puts the new signing secret: the keys a layer or your
@@ -151,9 +152,9 @@ impl fmt::Debug for RotationError {
                 .debug_struct("AccountRemoved")
                 .field("secret", &redacted)
                 .finish(),
-            Self::Persist { error, .. } => f
+            Self::Persist { error, secret } => f
                 .debug_struct("Persist")
-                .field("error", error)
+                .field("error", &without_secret(error, secret))
                 .field("secret", &redacted)
                 .finish(),
         }
@@ -184,10 +185,11 @@ impl fmt::Display for RotationError {
                  from the key map meanwhile, so the new secret verifies nothing here and was not \
                  stored; the error holds it (new_secret): store it, or rotate again",
             ),
-            Self::Persist { error, .. } => write!(
+            Self::Persist { error, secret } => write!(
                 f,
                 "signing secret rotation: the new secret verifies now, but storing it failed: \
-                 {error}; the error holds it (new_secret): store it before the process restarts"
+                 {}; the error holds it (new_secret): store it before the process restarts",
+                without_secret(error, secret)
             ),
             Self::Cancelled => f.write_str(
                 "signing secret rotation: its task was cancelled (the runtime is shutting down), \
@@ -277,6 +279,14 @@ impl Client {
         // leave the one Clink signs with to expire. A caller that gives up
         // while it waits has started nothing.
         let turn = self.rotations().turn(endpoint_id).await;
+        // Looked at again once it is this rotation's turn: the account may
+        // have been removed while another rotation of the endpoint ran, and
+        // then nothing is rotated.
+        if let LiveKeys::Account { keys, account } = &keys {
+            if keys.get(account).is_none() {
+                return Err(RotationError::UnknownAccount);
+            }
+        }
         // Everything runs in a task of its own: a caller that gives up (a
         // timeout, a dropped request) cannot stop between Clink rotating,
         // the new secret verifying and `persist` storing it.
@@ -416,6 +426,24 @@ impl Drop for Turn {
     }
 }
 
+/// What `persist` said when it failed, without the secret it was given: a
+/// store's error can repeat the value it could not store (PostgreSQL's
+/// `DETAIL` of a unique violation does), and this text is printed and
+/// logged.
+fn without_secret(error: &BoxError, secret: &WebhookSecret) -> String {
+    let secret = secret.expose();
+    let mut text = error.to_string();
+    // The secret whole, then what follows its `whsec_` prefix, which a
+    // store may keep apart.
+    let bare = secret.strip_prefix("whsec_").unwrap_or(secret);
+    for part in [secret, bare] {
+        if part.len() >= 8 {
+            text = text.replace(part, "[the new secret]");
+        }
+    }
+    text
+}
+
 /// Logs what a rotation came to when its caller no longer waits for it:
 /// nobody else would learn of it. Never the secret.
 fn log_unheard(endpoint_id: &str, result: &Result<Rotated, RotationError>) {
@@ -427,9 +455,9 @@ fn log_unheard(endpoint_id: &str, result: &Result<Rotated, RotationError>) {
             "the signing secret rotation finished after its caller gave up: the new secret \
              verifies and was stored"
         ),
-        Err(RotationError::Persist { error, .. }) => tracing::error!(
+        Err(RotationError::Persist { error, secret }) => tracing::error!(
             endpoint = %endpoint,
-            error = %error,
+            error = %without_secret(error, secret),
             "storing the rotated signing secret failed after the rotation's caller gave up, so \
              nobody has it: it verifies until the process stops, and after a restart every \
              delivery is refused; rotate again"

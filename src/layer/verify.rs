@@ -69,7 +69,7 @@ where
         // A signature by a key past its expiry is told from a forgery for
         // the operator (the sender gets the same answer): one more HMAC per
         // expired key, and only when no active key matched.
-        .map_err(|error| verifier.expired_or(error, timestamp, &signature, &bytes, now))
+        .map_err(|error| verifier.expired_or(error, timestamp, signed_at, &signature, &bytes, now))
         .map_err(log_verify)?;
     drop(verifier);
     // Verified: the body no longer counts against the budget.

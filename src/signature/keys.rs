@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::name::KeyName;
 use super::tag::{HmacKey, Tagging};
 use crate::ConfigError;
+use crate::Timestamp;
 
 /// Length of an HMAC-SHA256 tag, in bytes.
 pub(super) const SIGNATURE_LEN: usize = 32;
@@ -164,6 +165,9 @@ fn fingerprint(secret: &[u8]) -> String {
 pub(super) struct ActiveKey {
     pub(super) mac: HmacKey,
     pub(super) expires_at: Option<SystemTime>,
+    /// The latest timestamp a delivery signed with it may carry: set for a
+    /// key rotated out, which the sender stopped signing with at once.
+    pub(super) signed_until: Option<Timestamp>,
     pub(super) name: KeyName,
 }
 
@@ -174,12 +178,19 @@ impl ActiveKey {
         Self {
             mac: HmacKey::new(&key.secret),
             expires_at: key.expires_at,
+            signed_until: None,
             name: key.name.clone(),
         }
     }
 
     pub(super) fn is_active_at(&self, now: SystemTime) -> bool {
         self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// Whether it may have signed a delivery stamped `signed_at`, at `now`:
+    /// active, and not rotated out before `signed_at`.
+    pub(super) fn may_sign(&self, now: SystemTime, signed_at: Timestamp) -> bool {
+        self.is_active_at(now) && self.signed_until.is_none_or(|until| signed_at <= until)
     }
 }
 

@@ -175,6 +175,15 @@ impl Verifier {
     /// already expired are dropped, so rotations do not pile keys up. The
     /// tolerance settings are kept.
     ///
+    /// Clink signs with the new secret from the rotation on, so a key
+    /// rotated out verifies only deliveries stamped (`X-Clink-Timestamp`)
+    /// no later than now plus [`max_future_skew`](Self::max_future_skew):
+    /// those sent before, still on their way or retried. One stamped later
+    /// under an old key is a forgery by whoever holds the old secret, and
+    /// is refused as [`ExpiredKey`](VerifyErrorKind::ExpiredKey); so the
+    /// old secret stops working once the window has passed since the
+    /// rotation, whatever `grace` is.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use clink_webhooks::signature::{sign, SigningKey, Verifier};
@@ -197,6 +206,9 @@ impl Verifier {
     #[must_use]
     pub fn rotated_at(&self, key: SigningKey, grace: Duration, now: SystemTime) -> Self {
         let until = now.checked_add(grace);
+        // The sender's clock may be ahead of this one by what the window
+        // allows.
+        let last_signed = Timestamp::from(now.checked_add(self.max_future_skew).unwrap_or(now));
         let mut keys = vec![ActiveKey::from(key)];
         keys.extend(
             self.keys
@@ -208,6 +220,10 @@ impl Verifier {
                         (Some(own), Some(until)) => Some(own.min(until)),
                         (own, until) => until.or(own),
                     };
+                    old.signed_until = Some(
+                        old.signed_until
+                            .map_or(last_signed, |own| own.min(last_signed)),
+                    );
                     old
                 }),
         );
@@ -331,13 +347,13 @@ impl Verifier {
     ) -> Result<Verified, VerifyError> {
         let mut matches = Matches::default();
         for (i, key) in self.keys.iter().enumerate() {
-            if key.is_active_at(now) {
+            if key.may_sign(now, signed_at) {
                 matches.record(i, &key.mac.tag_dotted(timestamp.as_bytes(), body), expected);
             }
         }
         matches
             .verdict(signed_at, &self.names)
-            .map_err(|error| self.expired_or(error, timestamp, expected, body, now))
+            .map_err(|error| self.expired_or(error, timestamp, signed_at, expected, body, now))
     }
 
     /// `error` (a mismatch), or [`ExpiredKey`](VerifyErrorKind::ExpiredKey)
@@ -346,15 +362,15 @@ impl Verifier {
     /// ones were, so how long this takes depends on how many keys have
     /// expired, never on the secrets or on which one matched.
     pub(crate) fn expired_or(
-        &self, error: VerifyError, timestamp: &str, expected: &[u8; SIGNATURE_LEN], body: &[u8],
-        now: SystemTime,
+        &self, error: VerifyError, timestamp: &str, signed_at: Timestamp,
+        expected: &[u8; SIGNATURE_LEN], body: &[u8], now: SystemTime,
     ) -> VerifyError {
         if error.kind() != VerifyErrorKind::SignatureMismatch {
             return error;
         }
         let mut matches = Matches::default();
         for (i, key) in self.keys.iter().enumerate() {
-            if !key.is_active_at(now) {
+            if !key.may_sign(now, signed_at) {
                 matches.record(i, &key.mac.tag_dotted(timestamp.as_bytes(), body), expected);
             }
         }
@@ -418,7 +434,7 @@ impl Verifier {
             signed_at,
             names: None,
         };
-        self.start(&mut verification.states, timestamp, now);
+        self.start(&mut verification.states, timestamp, signed_at, now);
         verification
     }
 
@@ -432,11 +448,15 @@ impl Verifier {
         self.check_tolerance(signed_at, now)
     }
 
-    /// Clones each active key's HMAC state into its slot, already fed
-    /// `timestamp + "."`; expired keys leave their slot empty.
-    fn start(&self, states: &mut MacStates, timestamp: &str, now: SystemTime) {
+    /// Clones the HMAC state of each key that may have signed a delivery
+    /// stamped `signed_at` into its slot, already fed `timestamp + "."`;
+    /// the others (expired, or rotated out before `signed_at`) leave their
+    /// slot empty.
+    fn start(
+        &self, states: &mut MacStates, timestamp: &str, signed_at: Timestamp, now: SystemTime,
+    ) {
         for (slot, key) in states.slots_mut().iter_mut().zip(&self.keys) {
-            if key.is_active_at(now) {
+            if key.may_sign(now, signed_at) {
                 feed_prefix(slot.insert(key.mac.start()), timestamp);
             }
         }
@@ -812,9 +832,91 @@ mod tests {
         assert_eq!(again.key_names().collect::<Vec<_>>(), ["newer", "new"]);
     }
 
+    /// The sender stops signing with a rotated secret at once: through the
+    /// grace period, a key rotated out verifies only deliveries stamped no
+    /// later than the rotation (and the skew the window allows the
+    /// sender's clock), which can be in flight or retried; one stamped
+    /// after is a forgery by whoever holds the old secret, refused as
+    /// signed by an expired key, whole or streamed.
+    #[test]
+    fn a_rotated_out_key_verifies_only_what_was_signed_before_the_rotation() {
+        let rotation = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let skew = Duration::from_secs(30);
+        let before = Verifier::new("whsec_old")
+            .unwrap()
+            .max_age(Duration::from_secs(300))
+            .max_future_skew(skew);
+        let after = before.rotated_at(
+            SigningKey::new("whsec_new").unwrap(),
+            Duration::from_secs(3600),
+            rotation,
+        );
+        let stamp = |at: SystemTime| Timestamp::from(at).as_millis().to_string();
+        let verify = |secret: &str, signed: SystemTime, now: SystemTime| {
+            let ts = stamp(signed);
+            let whole = after
+                .verify_at(&ts, &sign(secret, &ts, b"{}"), b"{}", now)
+                .map(|verified| verified.key_index())
+                .map_err(|error| error.kind());
+            let mut streamed = after.begin_at(&ts, now).unwrap();
+            streamed.update(b"{}");
+            let streamed = streamed
+                .finish(&sign(secret, &ts, b"{}"))
+                .map(|verified| verified.key_index());
+            assert_eq!(whole.is_ok(), streamed.is_ok(), "{secret} at {ts}");
+            whole
+        };
+        let minute = Duration::from_secs(60);
+        // Signed before the rotation, or within the skew after: kept.
+        assert_eq!(
+            verify("whsec_old", rotation - minute, rotation + minute),
+            Ok(1)
+        );
+        assert_eq!(verify("whsec_old", rotation + skew, rotation + skew), Ok(1));
+        // Signed later: a forgery with the old secret.
+        for (signed, now) in [
+            (
+                rotation + skew + Duration::from_millis(1),
+                rotation + skew + minute,
+            ),
+            (rotation + 10 * minute, rotation + 10 * minute),
+        ] {
+            assert_eq!(
+                verify("whsec_old", signed, now),
+                Err(VerifyErrorKind::ExpiredKey)
+            );
+            assert_eq!(verify("whsec_new", signed, now), Ok(0));
+        }
+        // A second rotation keeps the earlier limit of a key rotated out before.
+        let again = after.rotated_at(
+            SigningKey::new("whsec_newer").unwrap(),
+            Duration::from_secs(3600),
+            rotation + 5 * minute,
+        );
+        let ts = stamp(rotation + 2 * minute);
+        let old = again.verify_at(
+            &ts,
+            &sign("whsec_old", &ts, b"{}"),
+            b"{}",
+            rotation + 2 * minute,
+        );
+        assert_eq!(
+            old.map_err(|error| error.kind()).err(),
+            Some(VerifyErrorKind::ExpiredKey)
+        );
+        let new = again.verify_at(
+            &ts,
+            &sign("whsec_new", &ts, b"{}"),
+            b"{}",
+            rotation + 2 * minute,
+        );
+        assert_eq!(new.map(|verified| verified.key_index()), Ok(1));
+    }
+
     #[test]
     fn a_signature_by_an_expired_key_is_told_from_a_forgery() {
         let ts = "1700000000000";
+        let signed_at = Timestamp::from_millis(1_700_000_000_000);
         let now = at_ms(1_700_000_000_000);
         let verifier = Verifier::new("current")
             .unwrap()
@@ -848,7 +950,7 @@ mod tests {
             super::super::parse::parse_signature(sign("retired", ts, b"body").as_bytes()).unwrap();
         assert_eq!(
             verifier
-                .expired_or(error, ts, &expected, b"body", now)
+                .expired_or(error, ts, signed_at, &expected, b"body", now)
                 .kind(),
             VerifyErrorKind::ExpiredKey
         );
@@ -856,7 +958,7 @@ mod tests {
         let too_old = VerifyError::new(VerifyErrorKind::TooOld);
         assert_eq!(
             verifier
-                .expired_or(too_old, ts, &expected, b"body", now)
+                .expired_or(too_old, ts, signed_at, &expected, b"body", now)
                 .kind(),
             VerifyErrorKind::TooOld
         );

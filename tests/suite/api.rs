@@ -414,6 +414,44 @@ async fn a_key_echoed_by_the_server_is_scrubbed_from_errors_and_logs() {
     assert!(!error.to_string().contains(['\n', '\u{1b}']), "{error}");
 }
 
+/// A success with no `data` at all (an empty body, `{}`) says nothing of
+/// the object, and is not taken for Clink's "not found" (`"data": null`),
+/// which is a refusal that nothing retries.
+#[tokio::test]
+async fn a_success_without_data_is_not_taken_for_not_found() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let answer = |body: &str| Failure::Json {
+        status: 200,
+        body: body.to_owned(),
+    };
+    for body in ["", "  ", "{}", r#"{"code":200,"msg":"ok"}"#] {
+        fake.fail_next("order/", answer(body), 2);
+        let typed = client.get::<Order>("ord_1").await.unwrap_err();
+        let json = client
+            .get_json(ObjectKind::Order, "ord_1")
+            .await
+            .unwrap_err();
+        for error in [typed, json] {
+            assert_eq!(error.kind(), ApiErrorKind::Decode, "{body:?}: {error}");
+            assert!(!error.kind().is_refusal(), "{body:?}: {error}");
+        }
+    }
+    fake.fail_next("order/", answer(r#"{"code":200,"data":null}"#), 2);
+    let typed = client.get::<Order>("ord_1").await.unwrap_err();
+    let json = client
+        .get_json(ObjectKind::Order, "ord_1")
+        .await
+        .unwrap_err();
+    for error in [typed, json] {
+        assert_eq!(error.kind(), ApiErrorKind::NotFound, "{error}");
+    }
+    let order = client.get::<Order>("ord_1").await.unwrap();
+    assert_eq!(order.order_id.as_deref(), Some("ord_1"));
+}
+
 #[tokio::test]
 async fn not_found_and_envelope_errors_are_told_apart() {
     let fake = FakeApi::start().await;
@@ -1457,6 +1495,97 @@ async fn an_account_removed_while_clink_rotates_gets_an_error_that_holds_the_new
     assert!(!text.contains("nothing was rotated"), "{text}");
     assert!(text.contains("Clink rotated"), "{text}");
     assert_no_key("the error", &text, &[&new, &old]);
+}
+
+/// A rotation waiting for another of the same endpoint looks at the key
+/// map again once it is its turn: an account removed meanwhile is not
+/// rotated at Clink (which would void the secret the first one stored).
+#[tokio::test]
+async fn an_account_removed_while_a_rotation_waits_its_turn_is_not_rotated() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+    let map = KeyMap::new();
+    map.insert(
+        "acct_1",
+        Verifier::new(fake.endpoint_secret(&id).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let rotation = |client: &Client| {
+        let (client, map, id) = (client.clone(), map.clone(), id.clone());
+        async move {
+            client
+                .rotate_signing_secret(
+                    &id,
+                    LiveKeys::account(map, "acct_1"),
+                    DEFAULT_GRACE,
+                    |_| async { Ok::<_, std::io::Error>(()) },
+                )
+                .await
+        }
+    };
+    // The first rotation's call to Clink is held.
+    let held = fake.hold_next(&rotate);
+    let first = tokio::spawn(rotation(&client));
+    assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    // The second has found the account and waits for its turn.
+    let mut second = Box::pin(rotation(&client));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    assert!(map.remove("acct_1"));
+    held.release();
+    let first = first.await.unwrap().unwrap_err();
+    assert!(
+        matches!(first, RotationError::AccountRemoved { .. }),
+        "{first}"
+    );
+    let second = second.await.unwrap_err();
+    assert!(matches!(second, RotationError::UnknownAccount), "{second}");
+    assert_eq!(fake.count("POST", &rotate), 1, "Clink rotated once");
+}
+
+/// `persist`'s error may repeat the value it could not store (a
+/// database's unique violation does): the rotation's error shows it
+/// without the new secret, printed or debugged.
+#[tokio::test]
+async fn a_persist_error_that_repeats_the_secret_is_shown_without_it() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    let old = fake.endpoint_secret(&id).unwrap();
+    let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    let error = client
+        .rotate_signing_secret(&id, live, DEFAULT_GRACE, |secret| async move {
+            let bare = secret.expose().trim_start_matches("whsec_").to_owned();
+            Err::<(), _>(std::io::Error::other(format!(
+                "duplicate key value violates unique constraint: Key (secret)=({}) already \
+                 exists; (bare: {bare})",
+                secret.expose()
+            )))
+        })
+        .await
+        .unwrap_err();
+    let new = fake.endpoint_secret(&id).unwrap();
+    assert_eq!(
+        error.new_secret().map(WebhookSecret::expose),
+        Some(new.as_str())
+    );
+    let text = format!("{error}\n{error:?}");
+    assert!(text.contains("duplicate key value"), "{text}");
+    assert_no_key(
+        "the error",
+        &text,
+        &[&new, new.trim_start_matches("whsec_"), &old],
+    );
 }
 
 #[tokio::test]
