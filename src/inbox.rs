@@ -126,6 +126,13 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 /// inbox to take back the events of the handlers it stopped.
 const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The first wait before a settle the inbox refused for a moment is tried
+/// again; it doubles up to [`SETTLE_RETRY_MAX`].
+const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(20);
+
+/// The longest wait between two tries of a settle.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// A pool of workers to be spawned: runs an [`EventRouter`]'s handlers on
 /// the events an [`Inbox`] keeps. See the [module docs](self).
 pub struct Workers<S = ()> {
@@ -346,6 +353,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     inbox: Arc::clone(&self.inbox),
                     given_back: Arc::clone(&self.given_back),
                     claim: Some(claim),
+                    settling: Mutex::default(),
                 }),
                 Ok(Some(claim)) => self.handle_guarded(claim, asked).await,
                 Ok(None) => {
@@ -376,8 +384,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             inbox: Arc::clone(&self.inbox),
             given_back: Arc::clone(&self.given_back),
             claim: Some(claim.clone()),
+            settling: Mutex::default(),
         };
-        let Err(panic) = CatchUnwind::new(self.handle(&claim, asked)).await else {
+        let handled = CatchUnwind::new(self.handle(&claim, asked, &guard.settling)).await;
+        let Err(panic) = handled else {
             guard.settled();
             return;
         };
@@ -393,21 +403,26 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             "inbox: handling the event panicked; the attempt counts as failed"
         );
         let failure = format!("handling the event panicked: {panic}");
-        let result = CatchUnwind::new(self.fail_attempt(&claim, &failure, false))
-            .await
-            .unwrap_or_else(|panic| {
-                Err(StoreError::new(
-                    StoreErrorKind::Protocol,
-                    format!("recording the failed attempt panicked too: {panic}"),
-                ))
-            });
+        let settling = Mutex::default();
+        let failed = self.fail_attempt(&claim, &failure, false, asked, &settling);
+        let result = CatchUnwind::new(failed).await.unwrap_or_else(|panic| {
+            Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                format!("recording the failed attempt panicked too: {panic}"),
+            ))
+        });
         self.settled(kept, result, false);
     }
 
     /// Runs the router on a claimed event, within the handler's deadline,
     /// and settles the claim with what happened; `asked` is when the claim
-    /// was asked for, before its lease started.
-    async fn handle(&self, claim: &InboxClaim, asked: tokio::time::Instant) {
+    /// was asked for, before its lease started. What the claim is being
+    /// settled as is noted in `settling` first, so that a worker stopped
+    /// while the inbox settles it (at shutdown) leaves it to be settled so,
+    /// not given back: a handler that succeeded must not run again.
+    async fn handle(
+        &self, claim: &InboxClaim, asked: tokio::time::Instant, settling: &Mutex<Option<Settling>>,
+    ) {
         let kept = &claim.entry.event;
         if claim.entry.attempts > self.settings.max_attempts {
             // Its last attempt ended with its lease, not settled: its worker
@@ -427,7 +442,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             );
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
-            let result = self.inbox.fail(claim, &error, None).await;
+            let result = self
+                .settle(claim, Settling::fail(error, None), asked, settling)
+                .await;
             self.settled(kept, result, false);
             return;
         }
@@ -503,7 +520,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             return;
         }
         let result = if outcome.is_acknowledged() {
-            let completed = self.inbox.complete(claim).await;
+            let completed = self
+                .settle(claim, Settling::Complete, asked, settling)
+                .await;
             // Counted once it is done: a completion that did not apply runs
             // the event again, to be counted then.
             #[cfg(feature = "metrics")]
@@ -516,16 +535,18 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // Data that does not decode (or an envelope that does not read)
             // fails the same way every time: dead at once.
             let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
-            self.fail_attempt(claim, &failure, hopeless).await
+            self.fail_attempt(claim, &failure, hopeless, asked, settling)
+                .await
         };
         self.settled(kept, result, completed_in_handler);
     }
 
     /// Records the claimed attempt as failed with `failure`: retried after
     /// a backoff, or dead after the last attempt (or at once when
-    /// `hopeless`).
+    /// `hopeless`); as [`settle`](Self::settle) does.
     async fn fail_attempt(
-        &self, claim: &InboxClaim, failure: &str, hopeless: bool,
+        &self, claim: &InboxClaim, failure: &str, hopeless: bool, asked: tokio::time::Instant,
+        settling: &Mutex<Option<Settling>>,
     ) -> Result<Settle, StoreError> {
         let kept = &claim.entry.event;
         let attempts = claim.entry.attempts;
@@ -563,7 +584,37 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "inbox: the event is dead"
             );
         }
-        self.inbox.fail(claim, &error, retry_at).await
+        self.settle(claim, Settling::fail(error, retry_at), asked, settling)
+            .await
+    }
+
+    /// Settles `claim` as `how`, noted in `settling` first (see
+    /// [`handle`](Self::handle)). A settle the inbox refuses for a moment
+    /// (unavailable: all of SQLite's calls busy, a pool's connection lost;
+    /// or not answering in time) is tried again after a short wait while
+    /// the lease, counted from `asked`, lasts: given up at once, its event
+    /// would run again, its handler's effects twice, when the lease ends.
+    async fn settle(
+        &self, claim: &InboxClaim, how: Settling, asked: tokio::time::Instant,
+        settling: &Mutex<Option<Settling>>,
+    ) -> Result<Settle, StoreError> {
+        *settling.lock().unwrap_or_else(PoisonError::into_inner) = Some(how.clone());
+        let lease_end = asked + self.settings.lease;
+        let mut wait = SETTLE_RETRY_FIRST;
+        loop {
+            let result = how.apply(&*self.inbox, claim).await;
+            let passing = result.as_ref().is_err_and(|error| {
+                matches!(
+                    error.kind(),
+                    StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+                )
+            });
+            if !passing || tokio::time::Instant::now() + wait >= lease_end {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SETTLE_RETRY_MAX);
+        }
     }
 
     /// Logs what settling the event came to, unless it was applied.
@@ -649,23 +700,65 @@ async fn record_stats(inbox: &dyn Inbox) {
 struct GivenBack {
     /// Set once the pool is shutting down.
     stopping: AtomicBool,
-    /// The claims to give back.
-    claims: Mutex<Vec<InboxClaim>>,
+    /// The claims to give back, or to settle as their workers were
+    /// settling them when stopped.
+    claims: Mutex<Vec<(InboxClaim, Option<Settling>)>>,
 }
 
 impl GivenBack {
     /// The claims left so far, taken.
-    fn take(&self) -> Vec<InboxClaim> {
+    fn take(&self) -> Vec<(InboxClaim, Option<Settling>)> {
         std::mem::take(&mut *self.claims.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 /// Gives a claim back if its worker is stopped before settling it: to the
-/// pool during a shutdown, else in a task of its own.
+/// pool during a shutdown, else in a task of its own; or, stopped while it
+/// was being settled, settles it so (see [`Settling`]).
 struct Held {
     inbox: Arc<dyn Inbox>,
     given_back: Arc<GivenBack>,
     claim: Option<InboxClaim>,
+    /// What the claim was being settled as, once the handling decided.
+    settling: Mutex<Option<Settling>>,
+}
+
+/// What a worker settles its claim as once its handling is over.
+#[derive(Clone, Debug)]
+enum Settling {
+    /// The handler succeeded (or was not needed): the event is done.
+    Complete,
+    /// The attempt failed, recorded with `error`: run again at `retry_at`,
+    /// or dead.
+    Fail {
+        error: String,
+        retry_at: Option<Timestamp>,
+    },
+}
+
+impl Settling {
+    fn fail(error: String, retry_at: Option<Timestamp>) -> Self {
+        Self::Fail { error, retry_at }
+    }
+
+    /// Settles `claim` so in `inbox`.
+    async fn apply(&self, inbox: &dyn Inbox, claim: &InboxClaim) -> Result<Settle, StoreError> {
+        match self {
+            Self::Complete => inbox.complete(claim).await,
+            Self::Fail { error, retry_at } => inbox.fail(claim, error, *retry_at).await,
+        }
+    }
+}
+
+/// Settles `claim` as `settling` says, or gives it back when the worker
+/// stopped before its handling decided.
+async fn settle_or_give_back(
+    inbox: &dyn Inbox, claim: &InboxClaim, settling: Option<&Settling>,
+) -> Result<Settle, StoreError> {
+    match settling {
+        Some(how) => how.apply(inbox, claim).await,
+        None => inbox.release(claim).await,
+    }
 }
 
 impl Held {
@@ -679,12 +772,17 @@ impl Drop for Held {
         let Some(claim) = self.claim.take() else {
             return;
         };
+        let settling = self
+            .settling
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if self.given_back.stopping.load(Ordering::SeqCst) {
             self.given_back
                 .claims
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(claim);
+                .push((claim, settling));
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -692,9 +790,9 @@ impl Drop for Held {
         };
         let inbox = Arc::clone(&self.inbox);
         runtime.spawn(async move {
-            let released: Result<_, StoreError> = inbox.release(&claim).await;
-            if let Err(error) = released {
-                tracing::warn!(%error, "inbox: could not give an event back; it frees itself when its lease ends");
+            let settled = settle_or_give_back(&*inbox, &claim, settling.as_ref()).await;
+            if let Err(error) = settled {
+                tracing::warn!(%error, "inbox: could not settle or give back an event; it frees itself when its lease ends");
             }
         });
     }
@@ -769,7 +867,10 @@ impl WorkerPool {
     /// Stops taking events, lets the handlers running now finish for at
     /// most `deadline`, then stops them and gives their events back (they
     /// run again, from the start, on the next worker, and the stopped
-    /// attempt is not counted).
+    /// attempt is not counted). A worker stopped once its handler had
+    /// finished, while the inbox recorded how (a slow completion), has its
+    /// event settled as it was: completed after a success, never given
+    /// back to run again.
     ///
     /// When it returns, the events are given back: it waits for the inbox
     /// to take them, for at most 5 s more than `deadline` (each event the
@@ -849,17 +950,21 @@ impl WorkerPool {
     }
 }
 
-/// Gives `claims` back to `inbox`, each in a task of `releases`.
-fn give_back(releases: &mut JoinSet<()>, inbox: &Arc<dyn Inbox>, claims: Vec<InboxClaim>) {
-    for claim in claims {
+/// Gives `claims` back to `inbox`, or settles those whose workers were
+/// settling them, each in a task of `releases`.
+fn give_back(
+    releases: &mut JoinSet<()>, inbox: &Arc<dyn Inbox>, claims: Vec<(InboxClaim, Option<Settling>)>,
+) {
+    for (claim, settling) in claims {
         let inbox = Arc::clone(inbox);
         releases.spawn(async move {
-            if let Err(error) = inbox.release(&claim).await {
+            let settled = settle_or_give_back(&*inbox, &claim, settling.as_ref()).await;
+            if let Err(error) = settled {
                 tracing::warn!(
                     %error,
                     seq = claim.entry.seq,
-                    "inbox: could not give an event back at shutdown; it frees itself when \
-                     its lease ends"
+                    "inbox: could not settle or give back an event at shutdown; it frees itself \
+                     when its lease ends"
                 );
             }
         });
@@ -1000,6 +1105,40 @@ mod tests {
         )>,
         /// Counts every claim asked for.
         claims: Arc<AtomicUsize>,
+        /// How completions and failures are slowed or refused.
+        settles: Arc<Settles>,
+    }
+
+    /// What [`SlowClaims`] does to completions and failures.
+    #[derive(Default)]
+    struct Settles {
+        /// The first waits this long (on the paused clock) before it is
+        /// made.
+        delay: Duration,
+        /// This many are refused as unavailable first.
+        refusals: AtomicUsize,
+        /// Counts those asked for.
+        asked: AtomicUsize,
+    }
+
+    impl Settles {
+        /// Waits, or refuses, as set.
+        async fn hold(&self) -> Result<(), StoreError> {
+            if self.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(self.delay).await;
+            }
+            let refused = self
+                .refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refused {
+                return Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "every call is busy",
+                ));
+            }
+            Ok(())
+        }
     }
 
     impl Inbox for SlowClaims {
@@ -1033,13 +1172,19 @@ mod tests {
         fn complete<'a>(
             &'a self, claim: &'a InboxClaim,
         ) -> BoxFuture<'a, Result<Settle, StoreError>> {
-            self.inner.complete(claim)
+            Box::pin(async move {
+                self.settles.hold().await?;
+                self.inner.complete(claim).await
+            })
         }
         fn fail<'a>(
             &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
         ) -> BoxFuture<'a, Result<Settle, StoreError>> {
             let _ = self.failed.send(tokio::time::Instant::now());
-            self.inner.fail(claim, error, retry_at)
+            Box::pin(async move {
+                self.settles.hold().await?;
+                self.inner.fail(claim, error, retry_at).await
+            })
         }
         fn release<'a>(
             &'a self, claim: &'a InboxClaim,
@@ -1119,6 +1264,7 @@ mod tests {
                 failed,
                 gate: None,
                 claims: Arc::default(),
+                settles: Arc::default(),
             },
             router,
         )
@@ -1166,6 +1312,7 @@ mod tests {
                 failed,
                 gate: None,
                 claims: Arc::clone(&claims),
+                settles: Arc::default(),
             },
             router,
         )
@@ -1216,6 +1363,7 @@ mod tests {
                 failed,
                 gate: Some((taken, Arc::clone(&go))),
                 claims: Arc::default(),
+                settles: Arc::default(),
             },
             router,
         )
@@ -1247,5 +1395,76 @@ mod tests {
             "{entry:?}"
         );
         assert_eq!(entry.attempts, 0, "{entry:?}");
+    }
+
+    /// A pool of one worker on `settles`, running `evt_1` with a handler
+    /// that counts its runs and succeeds, under a lease of `lease`.
+    async fn counting_pool(
+        settles: &Arc<Settles>, lease: Duration,
+    ) -> (Arc<MemoryInbox>, Arc<AtomicUsize>, WorkerPool) {
+        let inbox = Arc::new(MemoryInbox::new());
+        inbox.insert(&evt_1()).await.unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let running = Arc::clone(&runs);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            running.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::clone(&inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: None,
+                claims: Arc::default(),
+                settles: Arc::clone(settles),
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.lease(lease))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        (inbox, runs, pool)
+    }
+
+    /// A shutdown whose deadline comes while a handler's success is being
+    /// recorded completes the event rather than giving it back: given
+    /// back, it would run again, its effects twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_during_a_completion_completes_the_event() {
+        let settles = Arc::new(Settles {
+            delay: Duration::from_secs(60),
+            ..Settles::default()
+        });
+        let (inbox, runs, pool) = counting_pool(&settles, Duration::from_secs(300)).await;
+        // On the paused clock, the worker runs until its completion waits.
+        while settles.asked.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        pool.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
+    }
+
+    /// A completion the inbox refuses for a moment is tried again within
+    /// the lease, so the handler does not run again when the lease ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_refused_for_a_moment_is_tried_again() {
+        let settles = Arc::new(Settles {
+            refusals: AtomicUsize::new(3),
+            ..Settles::default()
+        });
+        let (inbox, runs, pool) = counting_pool(&settles, Duration::from_secs(2)).await;
+        // Past several leases on the paused clock.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
+        assert_eq!(settles.asked.load(Ordering::SeqCst), 4);
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
     }
 }

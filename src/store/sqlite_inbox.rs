@@ -277,6 +277,10 @@ static FAIL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Makes event `?1`, whose row cannot be read, dead with the error `?2`.
+const UNREADABLE: &str = "UPDATE clink_webhook_inbox SET status = 'dead', lease_until_ms = 0, \
+     token = NULL, last_error = ?2 WHERE seq = ?1";
+
 /// Gives the event back: `?1` to `?3` as [`HOLDS`] says.
 static RELEASE: LazyLock<String> = LazyLock::new(|| {
     settle_sql(
@@ -403,7 +407,12 @@ impl EntryRow for Row<'_> {
     }
 
     fn blob(&self, column: usize) -> rusqlite::Result<Vec<u8>> {
-        self.get(column)
+        // A body set by hand as text (an operator mending a dead event in
+        // the sqlite3 shell) is its bytes all the same.
+        match self.get_ref(column)? {
+            rusqlite::types::ValueRef::Text(bytes) => Ok(bytes.to_vec()),
+            _ => self.get(column),
+        }
     }
 
     fn json(&self, column: usize) -> rusqlite::Result<Option<String>> {
@@ -798,13 +807,36 @@ impl Inbox for SqliteInbox {
             let Some(seq) = seq else {
                 return Ok(None);
             };
-            let entry = tx
-                .query_row(
-                    &CLAIM,
-                    params![seq, now.saturating_add(lease), token.as_str(), now],
-                    |row| read_entry(row),
-                )
-                .map_err(|err| sqlite_error("cannot take an event", &err))?;
+            let entry = tx.query_row(
+                &CLAIM,
+                params![seq, now.saturating_add(lease), token.as_str(), now],
+                |row| read_entry(row),
+            );
+            let entry = match entry {
+                Ok(entry) => entry,
+                // A row no worker can read (a value of the wrong type, set
+                // by hand) would be taken first by every claim, and hold
+                // back every event behind it: it is dead, saying why.
+                Err(
+                    err @ (rusqlite::Error::InvalidColumnType(..)
+                    | rusqlite::Error::FromSqlConversionFailure(..)
+                    | rusqlite::Error::IntegralValueOutOfRange(..)),
+                ) => {
+                    let error = format!(
+                        "dead: its stored row cannot be read ({err}); mend it, then replay it"
+                    );
+                    tx.execute(UNREADABLE, params![seq, error])
+                        .and_then(|_| tx.commit())
+                        .map_err(|err| sqlite_error("cannot take an event", &err))?;
+                    tracing::error!(
+                        seq,
+                        "inbox: an event's stored row cannot be read; it is dead"
+                    );
+                    wake_another(&inserted);
+                    return Ok(None);
+                }
+                Err(err) => return Err(sqlite_error("cannot take an event", &err)),
+            };
             tx.commit()
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
             wake_another(&inserted);

@@ -2249,6 +2249,67 @@ async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
     assert_eq!(handled, ids, "each event exactly once");
 }
 
+/// A row of the SQLite inbox that no worker can read (a value of the wrong
+/// type, set by hand in the sqlite3 shell) does not hold back every event
+/// behind it: the claim that meets it makes it dead, saying why, and the
+/// next claim takes the next event. A body set as text is read as its
+/// bytes.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    for id in ["evt_a", "evt_b", "evt_c"] {
+        inbox.insert(&event(id, None, 1)).await.unwrap();
+    }
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute(
+            "UPDATE clink_webhook_inbox SET signed_at_ms = 'yesterday' WHERE event_id = 'evt_a'",
+            [],
+        )
+        .unwrap();
+    let mended = r#"{"id":"evt_b","type":"order.succeeded","data":{"mended":true}}"#;
+    connection
+        .execute(
+            "UPDATE clink_webhook_inbox SET body = ?1 WHERE event_id = 'evt_b'",
+            [mended],
+        )
+        .unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        if let Some(claim) = inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            claimed.push((
+                claim.entry.event.event_id.clone(),
+                claim.entry.event.body.clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        claimed,
+        [
+            ("evt_b".to_owned(), bytes::Bytes::from(mended)),
+            ("evt_c".to_owned(), event("evt_c", None, 1).body),
+        ]
+    );
+    let (status, error): (String, String) = connection
+        .query_row(
+            "SELECT status, coalesce(last_error, '') FROM clink_webhook_inbox WHERE event_id = 'evt_a'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "dead");
+    assert!(error.contains("cannot be read"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
