@@ -199,14 +199,29 @@ pub(super) fn cookies<'h>(
         .map(|(_, value)| value.trim_matches('"'))
 }
 
-/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, for `path`, for
-/// `max_age`, and Secure when `secure`.
+/// Which requests from other sites a cookie goes with.
+#[derive(Clone, Copy)]
+pub(super) enum SameSite {
+    /// None: a credential (the session).
+    Strict,
+    /// Top-level navigations too: a nonce that is no credential (the
+    /// CSRF cookie behind the app's auth), which a link from another site
+    /// must not replace, voiding the forms of every console tab open.
+    Lax,
+}
+
+/// A `Set-Cookie` value: HttpOnly, `same_site`, for `path`, for `max_age`,
+/// and Secure when `secure`.
 pub(super) fn set_cookie(
-    name: &str, value: &str, path: &str, max_age: Duration, secure: bool,
+    name: &str, value: &str, path: &str, max_age: Duration, secure: bool, same_site: SameSite,
 ) -> String {
     let secure = if secure { "; Secure" } else { "" };
+    let same_site = match same_site {
+        SameSite::Strict => "Strict",
+        SameSite::Lax => "Lax",
+    };
     format!(
-        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{secure}",
         max_age.as_secs()
     )
 }
@@ -273,10 +288,15 @@ mod tests {
             ["v.w.x"]
         );
         assert_eq!(cookies(&headers, "b").next(), None);
-        let set = set_cookie("n", "v", "/console", HOUR, true);
+        let set = set_cookie("n", "v", "/console", HOUR, true, SameSite::Strict);
         assert_eq!(
             set,
             "n=v; Path=/console; Max-Age=3600; HttpOnly; SameSite=Strict; Secure"
+        );
+        let set = set_cookie("n", "v", "/console", HOUR, false, SameSite::Lax);
+        assert_eq!(
+            set,
+            "n=v; Path=/console; Max-Age=3600; HttpOnly; SameSite=Lax"
         );
     }
 

@@ -164,9 +164,10 @@
 //! Mount it on a path of its own, served over HTTPS in production, and not
 //! on the port Clink's deliveries reach if you can avoid it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, OriginalUri, Request, State};
@@ -231,6 +232,33 @@ struct Shared {
     /// The proxies whose header is believed; every connection's when
     /// empty.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// The sessions logged out, by nonce, with when they were: refused
+    /// until their cookies would have expired anyway.
+    logged_out: Arc<Mutex<HashMap<String, Timestamp>>>,
+}
+
+impl Shared {
+    /// Ends the session `nonce` in this process.
+    fn log_out(&self, nonce: &str, now: Timestamp) {
+        let ttl = i64::try_from(self.session_ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut logged_out = self
+            .logged_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Those whose cookies have expired since are forgotten: only a
+        // session, which only the token opens, can be logged out, so the
+        // table holds no more than the logins of one session's time.
+        logged_out.retain(|_, at| now.as_millis().saturating_sub(at.as_millis()) < ttl);
+        logged_out.insert(nonce.to_owned(), now);
+    }
+
+    /// Whether session `nonce` was logged out.
+    fn is_logged_out(&self, nonce: &str) -> bool {
+        self.logged_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(nonce)
+    }
 }
 
 impl fmt::Debug for Console {
@@ -273,6 +301,7 @@ impl Console {
                 throttle: Arc::default(),
                 client_header: None,
                 trusted_proxies: Vec::new(),
+                logged_out: Arc::default(),
             },
         }
     }
@@ -450,6 +479,7 @@ impl Console {
             .route("/events/replay-dead", post(pages::replay_dead))
             .route("/events/{seq}", get(pages::event))
             .route("/events/{seq}/replay", post(pages::replay))
+            .route("/logout", post(pages::logout))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
             .route("/assets/console.css", get(pages::stylesheet))
             .route("/assets/console.js", get(pages::script))
@@ -754,7 +784,8 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         // of the same name planted for a longer path (sent first) does not
         // hide the console's own.
         let session = auth::cookies(request.headers(), SESSION_COOKIE)
-            .find_map(|c| keys.check_cookie("session", c, shared.session_ttl, now));
+            .find_map(|c| keys.check_cookie("session", c, shared.session_ttl, now))
+            .filter(|nonce| !shared.is_logged_out(nonce));
         let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
             .map(|q| q.0)
             .unwrap_or_default();
@@ -778,10 +809,12 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                 return (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
             }
             // Another page can make the browser load the console with a
-            // `?token=` (an image, a script): never a login, and not
-            // counted, so that no page spends the operator's budget of
-            // wrong tokens by being opened.
-            if !page_load(request.headers()) {
+            // `?token=` (an image, a script, or a navigation it starts):
+            // never a login, and not counted, so that no page spends the
+            // operator's budget of wrong tokens by being opened. (Its
+            // session cookie would not come with the page it leads to
+            // either.)
+            if !page_load(request.headers()) || cross_site(request.headers()) {
                 return pages::token_not_from_a_page();
             }
             if let Some(refused) = throttled(&shared, address) {
@@ -805,6 +838,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                             &cookie_path,
                             shared.session_ttl,
                             shared.secure_cookie,
+                            auth::SameSite::Strict,
                         ),
                     ),
                 ],
@@ -841,6 +875,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
                     &cookie_path,
                     ttl,
                     shared.secure_cookie,
+                    auth::SameSite::Lax,
                 ));
                 Who::App(nonce)
             }

@@ -47,6 +47,8 @@ struct Frame {
     home: String,
     read_only: bool,
     refresh: bool,
+    /// The CSRF token of the log-out form, shown to a session only.
+    logout: Option<String>,
 }
 
 impl Frame {
@@ -60,6 +62,8 @@ impl Frame {
             base: ctx.base.clone(),
             read_only: shared.read_only,
             refresh,
+            logout: matches!(ctx.who, super::auth::Who::Session(_))
+                .then(|| shared.keys.csrf(&ctx.who)),
         }
     }
 }
@@ -346,7 +350,8 @@ pub(super) fn token_not_from_a_page() -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         )],
-        "403 Forbidden: a token in the address logs in only as a page opened in the browser\n",
+        "403 Forbidden: a token in the address logs in only as a page opened in the browser, \
+         typed, pasted or bookmarked, not from another site's link or page\n",
     )
         .into_response()
 }
@@ -865,6 +870,47 @@ pub(super) async fn event(
     )
 }
 
+/// `POST /logout`: ends the session of the request (a read-only console's
+/// too): its cookie is cleared, and refused by this process until it
+/// would have expired. The token and the bearer header are not sessions,
+/// and log nothing out.
+pub(super) async fn logout(
+    State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
+    form: Result<Form<Query>, FormRejection>,
+) -> Response {
+    let form = form.map(|f| f.0).unwrap_or_default();
+    let super::auth::Who::Session(nonce) = &ctx.who else {
+        return message(
+            &shared,
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            "No session to log out of",
+            "Only a session opened with the token in the address ends here.".to_owned(),
+        );
+    };
+    if let Some(refused) = refuse_without_csrf(&shared, &ctx, &form) {
+        return refused;
+    }
+    shared.log_out(nonce, Timestamp::now());
+    tracing::info!(target: "clink_webhooks::console", "console: a session logged out");
+    let path = if ctx.base.is_empty() { "/" } else { &ctx.base };
+    let cleared = format!(
+        "{}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        super::auth::SESSION_COOKIE,
+        if shared.secure_cookie { "; Secure" } else { "" }
+    );
+    let home = if ctx.base.is_empty() {
+        "/".to_owned()
+    } else {
+        ctx.base.clone()
+    };
+    let mut response = see_other(home);
+    if let Ok(cleared) = HeaderValue::try_from(cleared) {
+        response.headers_mut().insert(header::SET_COOKIE, cleared);
+    }
+    response
+}
+
 /// Refuses an action unless the console takes them and the form carries
 /// the request's CSRF token.
 fn refuse_action(shared: &Shared, ctx: &Ctx, form: &Query) -> Option<Response> {
@@ -877,6 +923,11 @@ fn refuse_action(shared: &Shared, ctx: &Ctx, form: &Query) -> Option<Response> {
             "It shows the inbox and changes nothing.".to_owned(),
         ));
     }
+    refuse_without_csrf(shared, ctx, form)
+}
+
+/// Refuses a form without the request's CSRF token.
+fn refuse_without_csrf(shared: &Shared, ctx: &Ctx, form: &Query) -> Option<Response> {
     if !shared.keys.is_csrf(&ctx.who, &form.csrf) {
         tracing::warn!(
             target: "clink_webhooks::console",

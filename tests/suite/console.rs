@@ -800,7 +800,22 @@ async fn a_token_in_the_address_of_an_image_is_neither_checked_nor_counted() {
     }
     let page = page_of(&app, from(("cors", "empty"), TOKEN)).await;
     assert_eq!(page.status, 403, "a fetch does not log in either");
+    // Nor a page another site opens: it could spend the budget as well,
+    // and a session cookie would not come with the page it leads to.
+    for n in 0..30 {
+        let token = format!("wrong-{n}-navigated-abcdefgh");
+        let page = page_of(&app, from(("navigate", "document"), &token)).await;
+        assert_eq!(page.status, 403, "{n}: {}", page.body);
+    }
     let page = page_of(&app, from(("navigate", "document"), TOKEN)).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("not from another site"), "{}", page.body);
+    // Typed, pasted or bookmarked: in, with the budget whole.
+    let mut typed = from(("navigate", "document"), TOKEN);
+    typed
+        .headers_mut()
+        .insert("sec-fetch-site", "none".parse().unwrap());
+    let page = page_of(&app, typed).await;
     assert_eq!(page.status, 303, "{}", page.body);
     assert!(
         page.header("set-cookie").starts_with("clink_console"),
@@ -2170,6 +2185,105 @@ async fn invisible_characters_from_a_body_are_spelled_out() {
     }
 }
 
+/// A session ends with the page's "Log out" form: its cookie is cleared,
+/// and the cookie, sent again, no longer gets in (here or once stolen).
+/// The form needs the session's CSRF token; the bearer header has no
+/// session to end; the token opens a new one.
+#[tokio::test]
+async fn a_session_logs_out_and_its_cookie_no_longer_gets_in() {
+    let app = mounted(Console::with_token(small_inbox().await, TOKEN).unwrap());
+    let login = send(&app, "GET", &format!("/console?token={TOKEN}"), &[], None).await;
+    assert_eq!(login.status, 303);
+    let session = login
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("action=\"/console/logout\""),
+        "{}",
+        page.body
+    );
+    let csrf = page.csrf();
+
+    let refused = send(
+        &app,
+        "POST",
+        "/console/logout",
+        &[("cookie", &session)],
+        Some("csrf="),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    let bearer = format!("Bearer {TOKEN}");
+    let none = send(
+        &app,
+        "POST",
+        "/console/logout",
+        &[("authorization", &bearer)],
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(none.status, 400, "{}", none.body);
+    let still = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(still.status, 200, "not logged out by a refused form");
+
+    let out = send(
+        &app,
+        "POST",
+        "/console/logout",
+        &[("cookie", &session)],
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(out.header("location"), "/console");
+    let cleared = out.header("set-cookie");
+    assert!(
+        cleared.starts_with("clink_console=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let after = send(
+        &app,
+        "GET",
+        "/console/events",
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(after.status, 401, "{}", after.body);
+    let again = send(
+        &app,
+        "GET",
+        &format!("/console?token={TOKEN}"),
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 303);
+    assert!(
+        again.header("set-cookie").starts_with("clink_console="),
+        "a new session"
+    );
+}
+
 #[tokio::test]
 async fn behind_the_apps_own_auth_it_checks_nothing_but_its_csrf_cookie() {
     let inbox = small_inbox().await;
@@ -2181,6 +2295,9 @@ async fn behind_the_apps_own_auth_it_checks_nothing_but_its_csrf_cookie() {
         cookie.starts_with("clink_console_csrf=") && cookie.contains("HttpOnly"),
         "{cookie}"
     );
+    // A nonce, no credential: it comes with a link from another site, and
+    // is not replaced then, voiding the forms of the tabs already open.
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
     let csrf = page.csrf();
     // Without the cookie the form's token is not enough, and the reverse.
