@@ -271,8 +271,11 @@ impl KeyMap {
     }
 
     /// Sets the verifier of `account`, replacing any it had. To rotate a
-    /// secret, insert a verifier holding both keys, the old one with an
-    /// expiry ([`Verifier::add_key`]).
+    /// secret, use [`rotate`](Self::rotate), or insert a verifier holding
+    /// both keys, the old one with an expiry and the rotation's time as
+    /// its last stamp ([`SigningKey::expires_at`],
+    /// [`SigningKey::signed_until`], [`Verifier::add_key`]): Clink signs
+    /// nothing with a secret after rotating it.
     ///
     /// # Errors
     ///

@@ -354,6 +354,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     given_back: Arc::clone(&self.given_back),
                     claim: Some(claim),
                     settling: Mutex::default(),
+                    succeeded: AtomicBool::new(false),
                 }),
                 Ok(Some(claim)) => self.handle_guarded(claim, asked).await,
                 Ok(None) => {
@@ -385,8 +386,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             given_back: Arc::clone(&self.given_back),
             claim: Some(claim.clone()),
             settling: Mutex::default(),
+            succeeded: AtomicBool::new(false),
         };
-        let handled = CatchUnwind::new(self.handle(&claim, asked, &guard.settling)).await;
+        let handling = self.handle(&claim, asked, &guard.settling, &guard.succeeded);
+        let handled = CatchUnwind::new(handling).await;
         let Err(panic) = handled else {
             guard.settled();
             return;
@@ -419,9 +422,12 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// was asked for, before its lease started. What the claim is being
     /// settled as is noted in `settling` first, so that a worker stopped
     /// while the inbox settles it (at shutdown) leaves it to be settled so,
-    /// not given back: a handler that succeeded must not run again.
+    /// not given back: a handler that succeeded must not run again. For
+    /// the same reason `succeeded` is set once a handler succeeded, before
+    /// its version is recorded.
     async fn handle(
         &self, claim: &InboxClaim, asked: tokio::time::Instant, settling: &Mutex<Option<Settling>>,
+        succeeded: &AtomicBool,
     ) {
         let kept = &claim.entry.event;
         if claim.entry.attempts > self.settings.max_attempts {
@@ -473,8 +479,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 );
                 // Set once a handler succeeded: stopped at the deadline
                 // after that (recording its version), it was handled.
-                let succeeded = AtomicBool::new(false);
-                let dispatching = self.router.dispatch_noting(event, Some(&succeeded));
+                let dispatching = self.router.dispatch_noting(event, Some(succeeded));
                 let dispatched = if deadline.is_zero() {
                     // The claim took the handler's whole time: not started
                     // so near the end of its lease.
@@ -721,6 +726,10 @@ struct Held {
     claim: Option<InboxClaim>,
     /// What the claim was being settled as, once the handling decided.
     settling: Mutex<Option<Settling>>,
+    /// Set once a handler succeeded: stopped after that, before its
+    /// settling was noted (its version being recorded), the claim is
+    /// completed.
+    succeeded: AtomicBool,
 }
 
 /// What a worker settles its claim as once its handling is over.
@@ -776,7 +785,12 @@ impl Drop for Held {
             .settling
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .take()
+            .or_else(|| {
+                self.succeeded
+                    .load(Ordering::SeqCst)
+                    .then_some(Settling::Complete)
+            });
         if self.given_back.stopping.load(Ordering::SeqCst) {
             self.given_back
                 .claims
@@ -1466,5 +1480,76 @@ mod tests {
         let entry = inbox.get(1).await.unwrap().unwrap();
         assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
         pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A freshness store whose records never end.
+    struct NeverRecords;
+
+    impl crate::store::FreshnessStore for NeverRecords {
+        fn newest<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey,
+        ) -> BoxFuture<'a, Result<Option<crate::events::Version>, StoreError>> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+
+        fn record<'a>(
+            &'a self, _object: &'a crate::events::ObjectKey, _version: &'a crate::events::Version,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A shutdown whose deadline comes after a handler succeeded, while
+    /// its version is being recorded, completes the event rather than
+    /// giving it back to run again.
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_while_a_success_is_recorded_completes_the_event() {
+        let inbox = Arc::new(MemoryInbox::new());
+        let body =
+            r#"{"id":"evt_1","type":"order.succeeded","created":1000,"data":{"orderId":"ord_1"}}"#;
+        let event = NewEvent::new(
+            None,
+            "evt_1".to_owned(),
+            "order.succeeded".to_owned(),
+            Some(Timestamp::from_millis(1000)),
+            Some("order:ord_1".to_owned()),
+            Timestamp::now(),
+            Timestamp::now(),
+            Bytes::from(body),
+        );
+        inbox.insert(&event).await.unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let running = Arc::clone(&runs);
+        let router = EventRouter::new()
+            .ordering(NeverRecords)
+            .on::<events::OrderSucceeded, _>(move |_event| {
+                running.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok::<_, Infallible>(()))
+            });
+        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::clone(&inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: None,
+                claims: Arc::default(),
+                settles: Arc::default(),
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(300)))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Stopped before the record's own bound (a second) ends.
+        pool.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
     }
 }

@@ -579,14 +579,15 @@ impl Client {
                     | ApiErrorKind::Transport
                     | ApiErrorKind::Timeout
             );
-            if !retries || !retryable || attempt >= self.inner.attempts {
-                return Err(error);
-            }
             let wait = error.retry_after().unwrap_or_else(|| backoff(attempt));
             if error.kind() == ApiErrorKind::RateLimited && error.status().is_some() {
                 // Clink's limit is the account's: every call of this
-                // client and its clones waits, not this one only.
-                self.inner.budget.pause_for(wait);
+                // client and its clones waits, not this one only, whether
+                // this one is retried or not (a write is not).
+                self.inner.budget.pause_for(wait.min(MAX_SHARED_PAUSE));
+            }
+            if !retries || !retryable || attempt >= self.inner.attempts {
+                return Err(error);
             }
             if Instant::now() + wait >= deadline {
                 return Err(error);
@@ -1171,6 +1172,11 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// The longest a `429` holds every call of the client: a longer
+/// `Retry-After` (from a proxy, say, or read through a skewed clock) holds
+/// only the call that got it, and the next call asks again after this.
+const MAX_SHARED_PAUSE: Duration = Duration::from_secs(60);
 
 /// The wait after failed attempt `attempt`: doubling from 200 ms up to 5 s,
 /// with up to a fifth of jitter either way.

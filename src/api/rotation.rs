@@ -71,6 +71,12 @@ pub struct Rotated {
     /// kept with no end but their own expiry, as
     /// [`Verifier::rotated`](crate::Verifier::rotated) keeps them.
     pub previous_until: Option<SystemTime>,
+    /// The latest `X-Clink-Timestamp` a delivery signed with the keys in
+    /// use before the rotation is accepted with (the rotation, and the
+    /// skew the window allows the sender's clock): to load them again
+    /// with, through [`SigningKey::signed_until`], if the process restarts
+    /// within the grace period.
+    pub previous_signed_until: SystemTime,
 }
 
 /// A rotation that did not go through, or went through on Clink's side
@@ -204,8 +210,11 @@ impl std::error::Error for RotationError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Api(error) => Some(error),
-            Self::Persist { error, .. } => Some(&**error),
-            Self::UnknownAccount
+            // Its text may repeat the secret (see `without_secret`): the
+            // error itself is in the variant's field, not in a chain that
+            // reports print whole.
+            Self::Persist { .. }
+            | Self::UnknownAccount
             | Self::NoSecret
             | Self::AccountRemoved { .. }
             | Self::Cancelled => None,
@@ -335,6 +344,12 @@ impl Client {
         let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
         let key_name = key.name().to_owned();
         let now = SystemTime::now();
+        let previous_signed_until = match keys {
+            LiveKeys::Verifier(live) => live.current().last_signed_at_rotation(now),
+            LiveKeys::Account { keys, account } => keys
+                .get(account)
+                .map_or(now, |verifier| verifier.last_signed_at_rotation(now)),
+        };
         match keys {
             LiveKeys::Verifier(live) => live.rotate_at(key, grace, now),
             LiveKeys::Account { keys, account } => {
@@ -359,6 +374,7 @@ impl Client {
             // As the verifier computes it: a grace past what a time can
             // hold has no end, and must not panic after Clink rotated.
             previous_until: now.checked_add(grace),
+            previous_signed_until,
         };
         // A copy stays here: if `persist` fails, the error hands it back.
         persist(secret.clone())

@@ -544,7 +544,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// [`Outcome::HandlerPanicked`]. The call sets no time limit on the
     /// handlers (the layer and the workers bound it); with a
     /// [`FreshnessStore`], recording a handled event's version is bounded
-    /// by 5 s, on Tokio's timer, so it runs inside a Tokio runtime with
+    /// by 1 s ([`store::DEFAULT_TIMEOUT`](crate::store::DEFAULT_TIMEOUT)), on Tokio's timer, so it runs inside a Tokio runtime with
     /// its time driver on (`enable_time`, or `enable_all`).
     ///
     /// ```

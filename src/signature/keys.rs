@@ -75,6 +75,7 @@ const MAX_NAME_LEN: usize = 64;
 pub struct SigningKey {
     secret: Zeroizing<Vec<u8>>,
     expires_at: Option<SystemTime>,
+    signed_until: Option<Timestamp>,
     name: KeyName,
 }
 
@@ -94,6 +95,7 @@ impl SigningKey {
             name: KeyName::new(&fingerprint(secret)),
             secret: Zeroizing::new(secret.to_vec()),
             expires_at: None,
+            signed_until: None,
         })
     }
 
@@ -137,6 +139,28 @@ impl SigningKey {
     pub fn expiry(&self) -> Option<SystemTime> {
         self.expires_at
     }
+
+    /// Accepts this key only for deliveries stamped (`X-Clink-Timestamp`)
+    /// at or before `at`: a secret Clink rotated out signs nothing after
+    /// the rotation, so a delivery it signed later is a forgery. Set it on
+    /// the old key when you load keys yourself during a rotation's grace
+    /// period (a restart, a [`KeyMap`](crate::accounts::KeyMap) entry), to
+    /// [`Rotated::previous_signed_until`](crate::api::Rotated::previous_signed_until)
+    /// when the crate rotated; [`Verifier::rotated`](super::Verifier::rotated)
+    /// sets it itself. A delivery it refuses is refused as signed by an
+    /// expired key.
+    #[must_use]
+    pub fn signed_until(mut self, at: SystemTime) -> Self {
+        self.signed_until = Some(Timestamp::from(at));
+        self
+    }
+
+    /// The latest stamp of a delivery this key is accepted for, if set
+    /// (see [`signed_until`](Self::signed_until)).
+    #[must_use]
+    pub fn signed_limit(&self) -> Option<SystemTime> {
+        self.signed_until.map(SystemTime::from)
+    }
 }
 
 impl fmt::Debug for SigningKey {
@@ -178,7 +202,7 @@ impl ActiveKey {
         Self {
             mac: HmacKey::new(&key.secret),
             expires_at: key.expires_at,
-            signed_until: None,
+            signed_until: key.signed_until,
             name: key.name.clone(),
         }
     }

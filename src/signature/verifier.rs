@@ -206,9 +206,7 @@ impl Verifier {
     #[must_use]
     pub fn rotated_at(&self, key: SigningKey, grace: Duration, now: SystemTime) -> Self {
         let until = now.checked_add(grace);
-        // The sender's clock may be ahead of this one by what the window
-        // allows.
-        let last_signed = Timestamp::from(now.checked_add(self.max_future_skew).unwrap_or(now));
+        let last_signed = Timestamp::from(self.last_signed_at_rotation(now));
         let mut keys = vec![ActiveKey::from(key)];
         keys.extend(
             self.keys
@@ -233,6 +231,13 @@ impl Verifier {
             max_age: self.max_age,
             max_future_skew: self.max_future_skew,
         }
+    }
+
+    /// The latest stamp a delivery signed with a key rotated out at `now`
+    /// may carry: the sender's clock may be ahead of this one by what the
+    /// window allows.
+    pub(crate) fn last_signed_at_rotation(&self, now: SystemTime) -> SystemTime {
+        now.checked_add(self.max_future_skew).unwrap_or(now)
     }
 
     /// The names of the keys, in the order they were given (see
@@ -911,6 +916,32 @@ mod tests {
             rotation + 2 * minute,
         );
         assert_eq!(new.map(|verified| verified.key_index()), Ok(1));
+        // Loaded again after a restart, with the limit the rotation gave.
+        let reloaded = Verifier::new("whsec_new").unwrap().add_key(
+            SigningKey::new("whsec_old")
+                .unwrap()
+                .expires_at(rotation + 60 * minute)
+                .signed_until(after.last_signed_at_rotation(rotation)),
+        );
+        let ts = stamp(rotation + 10 * minute);
+        let forged = reloaded.verify_at(
+            &ts,
+            &sign("whsec_old", &ts, b"{}"),
+            b"{}",
+            rotation + 10 * minute,
+        );
+        assert_eq!(
+            forged.map_err(|error| error.kind()).err(),
+            Some(VerifyErrorKind::ExpiredKey)
+        );
+        let ts = stamp(rotation);
+        let sent_before = reloaded.verify_at(
+            &ts,
+            &sign("whsec_old", &ts, b"{}"),
+            b"{}",
+            rotation + minute,
+        );
+        assert_eq!(sent_before.map(|verified| verified.key_index()), Ok(1));
     }
 
     #[test]

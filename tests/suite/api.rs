@@ -1579,13 +1579,53 @@ async fn a_persist_error_that_repeats_the_secret_is_shown_without_it() {
         error.new_secret().map(WebhookSecret::expose),
         Some(new.as_str())
     );
-    let text = format!("{error}\n{error:?}");
+    let mut text = format!("{error}\n{error:?}");
     assert!(text.contains("duplicate key value"), "{text}");
+    // Nor through the chain of sources a report prints.
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!("\n{cause}\n{cause:?}"));
+        source = cause.source();
+    }
     assert_no_key(
         "the error",
         &text,
         &[&new, new.trim_start_matches("whsec_"), &old],
     );
+}
+
+/// A `429` holds every call of the client for its `Retry-After`, also
+/// when it answered a write (which is not retried): a read asked for
+/// meanwhile, with less time than the pause, fails at once, unsent.
+#[tokio::test]
+async fn a_429_to_a_write_holds_the_reads_after_it() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW])
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    fake.fail_next(
+        "webhook/endpoints",
+        Failure::RateLimited {
+            retry_after_secs: 30,
+        },
+        1,
+    );
+    let error = client
+        .create_endpoint(&NewEndpoint::new(
+            "https://shop.example.com/hook",
+            ["order.succeeded"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::RateLimited);
+    assert_eq!(fake.count("POST", "webhook/endpoints"), 1, "not retried");
+    let read = client.get::<Order>("ord_1").await.unwrap_err();
+    assert_eq!(read.kind(), ApiErrorKind::RateLimited, "{read}");
+    assert_eq!(read.status(), None, "{read}");
+    assert_eq!(fake.count("GET", "order/ord_1"), 0, "the read was not sent");
 }
 
 #[tokio::test]

@@ -236,7 +236,13 @@ impl MemoryStore {
         Ok(self)
     }
 
-    /// Keeps freshness records for at most `capacity` objects. When full,
+    /// Keeps freshness records for at most `capacity` objects. Each record
+    /// holds the object's key and the id of the newest event about it, so
+    /// its size follows theirs: a few hundred bytes with ids the size of
+    /// Clink's, and about 1.5 KiB with the longest the envelope takes (an
+    /// object id of 256 bytes, an event id of 1 KiB). Size `capacity` to
+    /// the memory you give it: a sender with the key can fill it with the
+    /// longest. When full,
     /// expired records are dropped first (by a sweep that runs at most once
     /// a second, and only once a record can have expired); if it is still
     /// full, a new object's version is refused with

@@ -49,7 +49,8 @@ const DONE: &str = "done";
 /// What a claimed key holds, before the holder's token.
 const CLAIMED: &str = "claimed:";
 
-/// Claims `KEYS[1]` for the token `ARGV[1]` for `ARGV[2]` ms.
+/// Claims `KEYS[1]` for the token `ARGV[1]` for `ARGV[2]` ms (a key held
+/// by that token's claim already, sent again, is claimed anew).
 /// Answers `{0}` claimed, `{1, pttl}` in flight, `{2}` completed. Run when
 /// the native claim found the key held by a claim (or by a value this store
 /// does not write).
@@ -57,7 +58,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     one_key_script(&format!(
         r"
 local value = redis.call('GET', KEYS[1])
-if not value then
+if not value or value == '{CLAIMED}' .. ARGV[1] then
     redis.call('SET', KEYS[1], '{CLAIMED}' .. ARGV[1], 'PX', ARGV[2])
     return {{0}}
 end
@@ -313,9 +314,19 @@ impl RedisStore {
     }
 
     async fn claim_key(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
+        self.claim_key_as(key, lease, LeaseToken::generate()).await
+    }
+
+    /// [`claim_key`](Self::claim_key) with `token`. A claim sent again with
+    /// the same token (a Redis Cluster connection sends a command again
+    /// after a reconnect, though the first may have been applied) finds
+    /// the key held by its own claim, and has it.
+    async fn claim_key_as(
+        &self, key: &str, lease: Duration, token: LeaseToken,
+    ) -> Result<Claim, StoreError> {
         check_key(key)?;
         let lease = ttl_millis("lease", lease)?.to_string();
-        let token = LeaseToken::generate();
+        let own = format!("{CLAIMED}{}", token.as_str());
         // A new key (most deliveries) or a completed one (a retry of a
         // handled event) takes one native command, cheaper for the server
         // than a script: set the claim unless the key exists, and say what
@@ -324,7 +335,7 @@ impl RedisStore {
         // did not write goes on to the script.
         let mut set = ::redis::cmd("SET");
         set.arg(key)
-            .arg(format!("{CLAIMED}{}", token.as_str()))
+            .arg(&own)
             .arg("NX")
             .arg("PX")
             .arg(&lease)
@@ -334,6 +345,9 @@ impl RedisStore {
             .await?;
         match held {
             Value::Nil => return Ok(Claim::Claimed(token)),
+            Value::BulkString(value) if value == own.as_bytes() => {
+                return Ok(Claim::Claimed(token))
+            }
             Value::BulkString(value) if value == DONE.as_bytes() => return Ok(Claim::Completed),
             _ => {}
         }
@@ -566,5 +580,36 @@ mod tests {
         for script in [&CLAIM, &COMPLETE, &RELEASE, &freshness::RECORD] {
             LazyLock::force(script);
         }
+    }
+
+    /// A claim sent again with its token, after the first was applied (as a
+    /// Redis Cluster connection does after a reconnect), has the key, and
+    /// another delivery's claim finds it in flight; through the native
+    /// command and through the script alike.
+    #[tokio::test]
+    async fn a_claim_sent_again_has_its_own_key() {
+        let url = std::env::var("REDIS_URL")
+            .expect("REDIS_URL is not set: run scripts/test, which starts Redis");
+        let store = RedisStore::connect(&url).await.unwrap();
+        let key = format!("clink-test-resent-{}", LeaseToken::generate().as_str());
+        let lease = Duration::from_secs(30);
+        let token = LeaseToken::generate();
+        for _ in 0..2 {
+            let claim = store
+                .claim_key_as(&key, lease, token.clone())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&claim, Claim::Claimed(t) if t == &token),
+                "{claim:?}"
+            );
+        }
+        let reply = store
+            .run(&CLAIM, &key, &[token.as_str(), "30000"])
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Array(vec![Value::Int(0)]));
+        let other = store.claim_key(&key, lease).await.unwrap();
+        assert!(matches!(other, Claim::InFlight { .. }), "{other:?}");
     }
 }
