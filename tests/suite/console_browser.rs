@@ -491,7 +491,8 @@ fetch("{login}", {{mode: "no-cors", credentials: "include"}})
         String::new(),
     ] {
         chrome.open(&format!("{console}{path}"));
-        std::thread::sleep(Duration::from_millis(500));
+        // The injected script sets the title before anything else, as
+        // the page is parsed: read once the page has loaded.
         let title = chrome.eval("document.title");
         assert!(
             title

@@ -602,13 +602,14 @@ async fn a_refusal_summary_appears_within_the_interval_with_no_further_traffic()
     // interval that began with it.
     let first = line_containing(&receiver.stderr, "refused=1 ", first_sent + PATIENCE);
     assert!(first.contains("missing_timestamp=1"), "{first}");
-    let due = first_sent + INTERVAL + Duration::from_secs(1);
-    let summary = line_containing(&receiver.stderr, "refused=99 ", due);
-    let came = first_sent.elapsed();
+    // No request follows: a summary that waited for the next refusal
+    // would never come. It is not held to its interval to the second,
+    // which a busy machine's timer may overrun.
+    let summary = line_containing(&receiver.stderr, "refused=99 ", first_sent + PATIENCE);
     assert!(summary.contains("missing_timestamp=99"), "{summary}");
     assert!(
-        came <= INTERVAL + Duration::from_secs(1),
-        "the summary came {came:?} after the first refusal"
+        first_sent.elapsed() >= INTERVAL - Duration::from_secs(1),
+        "the summary came before the interval ended"
     );
 }
 

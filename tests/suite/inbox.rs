@@ -2969,6 +2969,7 @@ async fn the_cli_lists_shows_replays_and_purges_an_inbox() {
 #[cfg(all(feature = "postgres", feature = "cli"))]
 #[tokio::test]
 async fn the_cli_reads_a_database_password_up_to_the_last_at() {
+    let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
     let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
         .with_table(&table)
@@ -3002,6 +3003,7 @@ async fn the_cli_reads_a_database_password_up_to_the_last_at() {
 #[cfg(all(feature = "postgres-tls", feature = "cli"))]
 #[tokio::test]
 async fn the_cli_reaches_the_database_over_verified_tls() {
+    let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
     let inbox = clink_webhooks::store::PostgresInbox::new(pg_pool())
         .with_table(&table)

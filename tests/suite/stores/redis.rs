@@ -125,7 +125,9 @@ async fn unreachable_server_is_unavailable_and_the_password_stays_secret() {
 
 #[tokio::test]
 async fn a_stalled_server_times_out() {
-    let _servers = shared().await;
+    // The pause stalls every client of the server: no other test may use
+    // it meanwhile.
+    let _servers = exclusive().await;
     let keys = Keys::new("redis_timeout");
     let key = keys.key("stalled");
     // The calls that must answer go through `patient` (the tests' generous
