@@ -377,11 +377,18 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   `503` with `Retry-After` ([`KeySourceError::limited`],
 ///   [`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited))
 ///   without calling your function, and Clink retries it later. Cached
-///   accounts are never limited: a flood of made-up names delays only the
-///   first delivery of an account not yet cached. A known account whose
-///   cached keys have just expired is asked about again without waiting
-///   for the rate; if every lookup slot is busy, its expired keys answer
-///   for up to one more [`ttl`](Self::ttl) instead of a `503`.
+///   accounts are never limited. A known account whose cached keys have
+///   expired less than a [`ttl`](Self::ttl) ago is asked about again
+///   without waiting for the rate; if every lookup slot is busy, its
+///   expired keys answer for up to one more `ttl` instead of a `503`; and
+///   a full cache drops unknown accounts before such keys. Any other
+///   account (new, or idle for more than two `ttl`s, or pushed out of a
+///   full cache) waits for the rate: while a flood of made-up names takes
+///   every token, each of its deliveries, retries included, is likely to
+///   be refused for as long as the flood lasts. Where names can be told
+///   apart cheaply, a [`precheck`](Self::precheck) refuses made-up ones
+///   before they take a token; a longer `ttl` keeps idle accounts known
+///   longer.
 /// - **An optional [`precheck`](Self::precheck)**: a cheap test of the name
 ///   (a set of your account ids, a prefix) run before the cache and any
 ///   lookup; a name it refuses is an unknown account (`404`).
@@ -763,12 +770,22 @@ where
         Ok(verifier)
     }
 
-    /// Makes room for one more entry.
+    /// Makes room for one more entry: first what helps no one (unknown
+    /// accounts' answers that ended, known accounts' keys that ended more
+    /// than a `ttl` ago), then every unknown account's answer, then the
+    /// entry that ends soonest. A known account's keys that ended lately
+    /// are what lets it through a flood of made-up names (see
+    /// [`lookup`](Self::lookup)), so made-up names, which fill the cache
+    /// with unknown accounts, never push them out first.
     fn evict(&self, now: Instant) {
         if self.cache.len() < self.capacity {
             return;
         }
-        self.cache.retain(|_, cached| cached.until > now);
+        let ttl = self.ttl;
+        self.cache.retain(|_, cached| match cached.verifier {
+            Some(_) => cached.until + ttl > now,
+            None => cached.until > now,
+        });
         if self.cache.len() < self.capacity {
             return;
         }
@@ -1582,8 +1599,13 @@ mod tests {
             .is_err());
     }
 
+    /// A full cache drops what helps no one first (an unknown account's
+    /// answer that ended, a known one's keys that ended more than a ttl
+    /// ago), then unknown accounts, and only then known accounts, the one
+    /// that ends soonest first: a known account's keys that ended lately
+    /// outlast made-up names, whose flood they let it through.
     #[tokio::test(start_paused = true)]
-    async fn a_full_cache_drops_expired_answers_then_unknown_accounts_then_the_soonest_to_expire() {
+    async fn a_full_cache_drops_unknown_accounts_before_known_ones() {
         let (source, asked) = counting(3);
         ask(&source, &asked, "known_a").await; // expires at 10 s
         ask(&source, &asked, "unknown_u").await; // at 20 s
@@ -1591,21 +1613,22 @@ mod tests {
         ask(&source, &asked, "known_b").await; // at 11 s
         assert_eq!(cached(&source), ["known_a", "known_b", "unknown_u"]);
 
-        // At 10 s exactly, known_a has expired: it goes, nothing else does.
+        // At 10 s exactly, known_a has expired, lately: the unknown account
+        // goes, not known_a.
         tokio::time::advance(Duration::from_secs(9)).await;
         ask(&source, &asked, "known_c").await; // at 20 s
-        assert_eq!(cached(&source), ["known_b", "known_c", "unknown_u"]);
+        assert_eq!(cached(&source), ["known_a", "known_b", "known_c"]);
 
-        // Nothing expired: the unknown account goes.
+        // Only known accounts: the one that ends soonest goes, each time.
         tokio::time::advance(MS).await;
         ask(&source, &asked, "known_d").await; // at 20.001 s
         assert_eq!(cached(&source), ["known_b", "known_c", "known_d"]);
-
-        // Only known accounts: the one that expires soonest goes, each time.
         tokio::time::advance(MS).await;
         ask(&source, &asked, "known_e").await; // at 20.002 s
         assert_eq!(cached(&source), ["known_c", "known_d", "known_e"]);
-        tokio::time::advance(MS).await;
+
+        // An unknown account's answer goes before any known account's keys.
+        ask(&source, &asked, "unknown_v").await;
         ask(&source, &asked, "known_f").await;
         assert_eq!(cached(&source), ["known_d", "known_e", "known_f"]);
 
@@ -1617,6 +1640,11 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), before);
         assert!(ask(&source, &asked, "known_c").await);
         assert_eq!(cached(&source), ["known_c", "known_e", "known_f"]);
+
+        // Keys that ended more than a ttl ago help no one: they go first.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        ask(&source, &asked, "unknown_w").await;
+        assert_eq!(cached(&source), ["unknown_w"]);
     }
 
     #[tokio::test(start_paused = true)]
