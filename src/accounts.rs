@@ -459,21 +459,43 @@ struct Flight {
     forgotten: AtomicBool,
 }
 
-/// Takes a delivery's flight out of the map when the delivery is done with
-/// it (answered or dropped), unless a newer flight has taken its place: a
-/// flight is never kept longer than a delivery waits on it.
+/// Takes a delivery's flight out of the map when the last delivery waiting
+/// on it is done with it (answered or dropped), unless a newer flight has
+/// taken its place: a flight is never kept longer than a delivery waits on
+/// it, and stays findable (by [`CachedKeySource::forget`], by the next
+/// delivery) while one does, though the delivery that began its lookup
+/// was dropped and another runs it again.
 struct Leave<'a> {
     flights: &'a Mutex<HashMap<String, Arc<Flight>>>,
     account: &'a str,
-    flight: Arc<Flight>,
+    /// Taken when the delivery leaves, under the map's lock.
+    flight: Option<Arc<Flight>>,
+}
+
+impl Leave<'_> {
+    fn flight(&self) -> &Flight {
+        self.flight
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
 }
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if flights
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        let in_map = flights
             .get(self.account)
-            .is_some_and(|flight| Arc::ptr_eq(flight, &self.flight))
+            .is_some_and(|held| Arc::ptr_eq(held, &flight));
+        // Every delivery's share is dropped under this lock: the map's is
+        // the last one when no other delivery waits on it.
+        drop(flight);
+        if in_map
+            && flights
+                .get(self.account)
+                .is_some_and(|held| Arc::strong_count(held) == 1)
         {
             flights.remove(self.account);
         }
@@ -826,13 +848,13 @@ where
         let leave = Leave {
             flights: &self.flights,
             account,
-            flight: self.flight(account),
+            flight: Some(self.flight(account)),
         };
         Box::pin(async move {
-            leave
-                .flight
+            let flight = leave.flight();
+            flight
                 .answer
-                .get_or_init(|| self.lookup(account, &leave.flight))
+                .get_or_init(|| self.lookup(account, flight))
                 .await
                 .clone()
         })
@@ -1166,12 +1188,27 @@ mod lookup_tests {
         assert!(second.as_mut().poll(&mut cx).is_pending());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         drop(first);
+        // The one waiting runs the lookup again, in the same flight, still
+        // in the map: a delivery now joins it, and forgetting the account
+        // marks it, so that its answer, perhaps of the keys from before,
+        // is not cached.
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(waiting(&source, "acct_a"), 1);
+        let mut third = source.verifier("acct_a");
+        assert!(third.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(waiting(&source, "acct_a"), 2);
+        source.forget("acct_a");
         gate.add_permits(2);
         assert!(second.await.unwrap().is_some());
+        assert!(third.await.unwrap().is_some());
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,
-            "the waiting one looked up again"
+            "the waiting one looked up again, once for both"
+        );
+        assert!(
+            source.cache.get("acct_a").is_none(),
+            "forgotten, not cached"
         );
         assert!(source.flights.lock().unwrap().is_empty());
         // Defaults as documented.
