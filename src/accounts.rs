@@ -381,7 +381,8 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   expired less than a [`ttl`](Self::ttl) ago is asked about again
 ///   without waiting for the rate; if every lookup slot is busy, its
 ///   expired keys answer for up to one more `ttl` instead of a `503`; and
-///   a full cache drops unknown accounts before such keys. Any other
+///   in a full cache, an unknown account's answer never takes the place of
+///   a known account's keys. Any other
 ///   account (new, or idle for more than two `ttl`s, or pushed out of a
 ///   full cache) waits for the rate: while a flood of made-up names takes
 ///   every token, each of its deliveries, retries included, is likely to
@@ -777,8 +778,9 @@ where
             self.negative_ttl
         };
         let now = Instant::now();
-        if !ttl.is_zero() {
-            self.evict(now);
+        // An unknown account's answer never takes a known account's place:
+        // without room, it is not cached.
+        if !ttl.is_zero() && self.make_room(now, verifier.is_some()) {
             let entry = self.cache.entry(account.to_owned());
             // Not if the account was forgotten since the lookup began: its
             // answer may be of the keys from before.
@@ -792,16 +794,17 @@ where
         Ok(verifier)
     }
 
-    /// Makes room for one more entry: first what helps no one (unknown
-    /// accounts' answers that ended, known accounts' keys that ended more
-    /// than a `ttl` ago), then every unknown account's answer, then the
-    /// entry that ends soonest. A known account's keys that ended lately
-    /// are what lets it through a flood of made-up names (see
-    /// [`lookup`](Self::lookup)), so made-up names, which fill the cache
-    /// with unknown accounts, never push them out first.
-    fn evict(&self, now: Instant) {
+    /// Makes room for one more entry, for a known account's keys when
+    /// `known`: first what helps no one (unknown accounts' answers that
+    /// ended, known accounts' keys that ended more than a `ttl` ago), then
+    /// every unknown account's answer, then, for a known account only, the
+    /// known one that ends soonest. Whether there is room. A known
+    /// account's keys that ended lately are what lets it through a flood
+    /// of made-up names (see [`lookup`](Self::lookup)), so made-up names,
+    /// which fill the cache with unknown accounts, never push them out.
+    fn make_room(&self, now: Instant, known: bool) -> bool {
         if self.cache.len() < self.capacity {
-            return;
+            return true;
         }
         let ttl = self.ttl;
         self.cache.retain(|_, cached| match cached.verifier {
@@ -809,9 +812,12 @@ where
             None => cached.until > now,
         });
         if self.cache.len() < self.capacity {
-            return;
+            return true;
         }
         self.cache.retain(|_, cached| cached.verifier.is_some());
+        if !known {
+            return self.cache.len() < self.capacity;
+        }
         while self.cache.len() >= self.capacity {
             let soonest = self
                 .cache
@@ -822,9 +828,10 @@ where
                 Some(account) => {
                     self.cache.remove(&account);
                 }
-                None => return,
+                None => return true,
             }
         }
+        true
     }
 }
 
@@ -1638,8 +1645,9 @@ mod tests {
 
     /// A full cache drops what helps no one first (an unknown account's
     /// answer that ended, a known one's keys that ended more than a ttl
-    /// ago), then unknown accounts, and only then known accounts, the one
-    /// that ends soonest first: a known account's keys that ended lately
+    /// ago), then unknown accounts, and only then, for a known account,
+    /// the known one that ends soonest; an unknown account's answer takes
+    /// no known account's place: a known account's keys that ended lately
     /// outlast made-up names, whose flood they let it through.
     #[tokio::test(start_paused = true)]
     async fn a_full_cache_drops_unknown_accounts_before_known_ones() {
@@ -1664,8 +1672,11 @@ mod tests {
         ask(&source, &asked, "known_e").await; // at 20.002 s
         assert_eq!(cached(&source), ["known_c", "known_d", "known_e"]);
 
-        // An unknown account's answer goes before any known account's keys.
-        ask(&source, &asked, "unknown_v").await;
+        // An unknown account's answer takes no known account's place: with
+        // no room, it is not cached (and asked again next time).
+        assert!(ask(&source, &asked, "unknown_v").await);
+        assert_eq!(cached(&source), ["known_c", "known_d", "known_e"]);
+        assert!(ask(&source, &asked, "unknown_v").await);
         ask(&source, &asked, "known_f").await;
         assert_eq!(cached(&source), ["known_d", "known_e", "known_f"]);
 
@@ -1694,13 +1705,18 @@ mod tests {
                 } else {
                     format!("known_{i}")
                 };
+                let only_known = source.cache.len() == capacity
+                    && source.cache.iter().all(|entry| entry.verifier.is_some());
                 assert!(ask(&source, &asked, &account).await);
                 assert_eq!(
                     source.cache.len(),
                     (i + 1).min(capacity),
                     "capacity {capacity}"
                 );
-                assert!(source.cache.contains_key(&account), "the newest is kept");
+                // The newest is kept, but an unknown account's answer takes
+                // no known account's place.
+                let kept = !(only_known && account.starts_with("unknown"));
+                assert_eq!(source.cache.contains_key(&account), kept, "{account}");
                 tokio::time::advance(MS).await;
             }
             // Once every answer has expired, a new one makes room by dropping them all.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -388,19 +388,6 @@ where
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
         let (mut response, mut outcome) = run(verified.lend(), deadline, &succeeded).await;
-        if outcome == Outcome::HandlerTimeout && succeeded.load(Ordering::Relaxed) {
-            // The router answered that a handler succeeded, and what the
-            // app put around it went on until the deadline (a middleware
-            // awaiting after the router, another task): handled, never run
-            // again by a retry.
-            cold();
-            tracing::error!(
-                "clink handler succeeded, but the service around the router did not answer by \
-                 its deadline; acknowledged"
-            );
-            outcome = Outcome::Handled;
-            response = layer_response(&outcome);
-        }
         if outcome == Outcome::Undecodable {
             cold();
             if let Some(inbox) = &config.dead_letters {
@@ -797,39 +784,6 @@ mod tests {
             assert_eq!(answered, Some(Outcome::Duplicate), "{id}");
             assert_eq!(ran.load(Ordering::SeqCst), n + 1, "{id}: run once");
         }
-    }
-
-    /// A handler that succeeded behind a service that goes on after the
-    /// router answered (a middleware that awaits something of its own),
-    /// past the handler's deadline, leaves the event handled: answered
-    /// `200`, its claim completed, and the retry is a duplicate, not a
-    /// second run.
-    #[tokio::test(start_paused = true)]
-    async fn a_handler_that_succeeded_behind_a_slow_service_is_not_run_again() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        let ran = Arc::new(AtomicUsize::new(0));
-        let router = counting_router(&ran, Records::Never);
-        let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let mut router = router.clone();
-            async move {
-                let response = router.call(request).await?;
-                // Past the handler's deadline (27 s of the default lease).
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let service = layer().layer(inner);
-        for expected in [Outcome::Handled, Outcome::Duplicate] {
-            let response = service
-                .clone()
-                .call(signed(order_event("evt_slow_around")))
-                .await
-                .unwrap();
-            assert_eq!(Outcome::of(&response), Some(&expected));
-            assert_eq!(response.status(), 200);
-        }
-        assert_eq!(ran.load(Ordering::SeqCst), 1, "run once");
     }
 
     /// A panic after the handler succeeded (in recording its version)

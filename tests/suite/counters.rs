@@ -472,38 +472,33 @@ async fn lease_lost_counts_a_completion_that_came_after_the_lease() {
     let mut watch = Watch::new(&layer);
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let runs_in = Arc::clone(&runs);
+    let id = format!("evt_lease_lost_{}", std::process::id());
+    // The claim's key (`{prefix}:{account}:{id}`, no account here), and a
+    // connection to delete it with, made before the delivery.
+    let key: Arc<str> = Arc::from(format!("{prefix}::{id}"));
+    let raw = redis::Client::open(url.as_str())
+        .expect("REDIS_URL parses")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to REDIS_URL");
     let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
         let first = runs_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-        let (url, prefix) = (url.clone(), prefix.clone());
+        let (key, mut raw) = (Arc::clone(&key), raw.clone());
         async move {
             if first {
                 // The lease ends: its key is gone before the completion.
-                let mut raw = redis::Client::open(url.as_str())
-                    .expect("REDIS_URL parses")
-                    .get_multiplexed_async_connection()
-                    .await
-                    .expect("a connection to REDIS_URL");
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query_async(&mut raw)
-                    .await
-                    .expect("KEYS");
-                assert_eq!(keys.len(), 1, "the claim's key: {keys:?}");
                 let deleted: i64 = redis::cmd("DEL")
-                    .arg(&keys)
+                    .arg(&*key)
                     .query_async(&mut raw)
                     .await
                     .expect("DEL");
-                assert_eq!(deleted, 1);
+                assert_eq!(deleted, 1, "the claim's key {key}");
             }
             Ok::<_, std::io::Error>(())
         }
     });
     let addr = serve(layer.layer(router)).await;
-    let body = order(
-        &format!("evt_lease_lost_{}", std::process::id()),
-        "2025-01-15T12:00:00.000Z",
-    );
+    let body = order(&id, "2025-01-15T12:00:00.000Z");
     let reply = deliver(addr, &body).await;
     assert_eq!(
         (reply.status, reply.json["outcome"].as_str()),
