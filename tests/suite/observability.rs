@@ -221,33 +221,40 @@ async fn redis_readiness_follows_the_server() {
     use clink_webhooks::store::RedisStore;
 
     // A server of this test's own, so stopping it disturbs no other test.
-    let port = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap().port()
-    };
-    let mut server = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server is installed by scripts/test");
-    let url = format!("redis://127.0.0.1:{port}/");
+    // Its port is one that was free a moment ago: should another process
+    // take it first, the server exits, and another port is tried.
     let deadline = Instant::now() + crate::support::process::PATIENCE;
-    let store = loop {
-        match RedisStore::connect(&url).await {
-            Ok(store) => break store,
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the server never answered: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let (mut server, store) = 'started: loop {
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap().port()
+        };
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test");
+        let url = format!("redis://127.0.0.1:{port}/");
+        loop {
+            if server.try_wait().unwrap().is_some() {
+                continue 'started;
+            }
+            match RedisStore::connect(&url).await {
+                Ok(store) => break 'started (server, store),
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the server never answered: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
     };
