@@ -187,6 +187,21 @@ impl Serialize for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// What a JSON string holding a time reads as: epoch milliseconds in
+    /// digits, or an RFC 3339 date-time.
+    pub(crate) fn from_json_str<E: de::Error>(v: &str) -> Result<Self, E> {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return v
+                .parse::<i64>()
+                .map(Timestamp)
+                .map_err(|_| E::custom("epoch milliseconds out of range"));
+        }
+        Timestamp::parse_rfc3339(v).map_err(E::custom)
+    }
+}
+
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct TimestampVisitor;
@@ -218,14 +233,7 @@ impl<'de> Deserialize<'de> for Timestamp {
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                let digits = v.strip_prefix('-').unwrap_or(v);
-                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return v
-                        .parse::<i64>()
-                        .map(Timestamp)
-                        .map_err(|_| E::custom("epoch milliseconds out of range"));
-                }
-                Timestamp::parse_rfc3339(v).map_err(E::custom)
+                Timestamp::from_json_str(v)
             }
         }
 

@@ -106,6 +106,94 @@ where
     deserializer.deserialize_str(StrVisitor(PhantomData))
 }
 
+/// Serde helpers for an optional time in an event's data, for
+/// `#[serde(default, with = "time")]`: epoch milliseconds (a number, or
+/// digits in a string), an RFC 3339 date-time, `null`, or an empty string,
+/// which Clink's optional fields may carry for "absent" (as amounts read
+/// it), read as `None` rather than refusing the whole event. Written as
+/// [`Timestamp`](crate::Timestamp) writes itself.
+///
+/// ```
+/// use clink_webhooks::data::Order;
+///
+/// let order: Order = serde_json::from_str(r#"{"createTime":1736942400000,"paymentTime":""}"#)?;
+/// assert!(order.create_time.is_some());
+/// assert_eq!(order.payment_time, None);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub mod time {
+    use std::fmt;
+
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    use crate::Timestamp;
+
+    /// Reads an optional time; see the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// When the value is neither a time, `null` nor an empty string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
+        struct OptionalTime;
+
+        impl Visitor<'_> for OptionalTime {
+            type Value = Option<Timestamp>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds, an RFC 3339 date-time, null or \"\"")
+            }
+
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Some(Timestamp::from_millis(v)))
+            }
+
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(|v| Some(Timestamp::from_millis(v)))
+                    .map_err(|_| E::custom("epoch milliseconds out of range"))
+            }
+
+            fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+                Err(E::custom(
+                    "epoch milliseconds must be written as an integer, without a fraction or exponent",
+                ))
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                Timestamp::from_json_str(v).map(Some)
+            }
+        }
+
+        deserializer.deserialize_any(OptionalTime)
+    }
+
+    /// Writes an optional time as [`Timestamp`] does.
+    ///
+    /// # Errors
+    ///
+    /// When the serializer fails.
+    #[allow(clippy::ref_option)]
+    pub fn serialize<S: Serializer>(
+        value: &Option<Timestamp>, serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.serialize(serializer)
+    }
+}
+
 /// Serde helpers for amounts: `Option<Decimal>` read from the JSON number's
 /// own text, so no amount ever passes through `f64`.
 ///
@@ -930,6 +1018,44 @@ string_enum! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An optional time reads as `None` from `null`, from an empty string
+    /// (as Clink's optional fields may carry) and when absent, and every
+    /// other form as the envelope's times read: a dispute whose evidence
+    /// deadline is `""` decodes.
+    #[test]
+    fn an_empty_time_is_absent_not_an_error() {
+        use crate::data::Dispute;
+        let dispute: Dispute = serde_json::from_str(
+            r#"{"chargeBackId":"cb","evidenceDeadline":"","channelDisputeTime":null}"#,
+        )
+        .unwrap();
+        assert_eq!(dispute.evidence_deadline, None);
+        assert_eq!(dispute.channel_dispute_time, None);
+        for (text, millis) in [
+            ("1736942400000", Some(1_736_942_400_000)),
+            (r#""1736942400000""#, Some(1_736_942_400_000)),
+            (r#""2025-01-15T12:00:00.000Z""#, Some(1_736_942_400_000)),
+            (r#""""#, None),
+            ("null", None),
+        ] {
+            let dispute: Dispute =
+                serde_json::from_str(&format!(r#"{{"evidenceDeadline":{text}}}"#)).unwrap();
+            assert_eq!(
+                dispute.evidence_deadline.map(crate::Timestamp::as_millis),
+                millis,
+                "{text}"
+            );
+        }
+        for refused in [r#"" ""#, r#""soon""#, "1.5", "[]", "true"] {
+            let text = format!(r#"{{"evidenceDeadline":{refused}}}"#);
+            assert!(serde_json::from_str::<Dispute>(&text).is_err(), "{refused}");
+        }
+        let written = serde_json::to_value(&dispute).unwrap();
+        assert!(written
+            .get("evidenceDeadline")
+            .is_some_and(serde_json::Value::is_null));
+    }
 
     #[test]
     fn amounts_parse_exactly_or_not_at_all() {

@@ -18,7 +18,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::common::{amount, Currency};
+use super::common::{amount, time, Currency};
 use super::Text;
 use crate::Timestamp;
 
@@ -56,8 +56,10 @@ pub struct Dispute {
     /// The dispute's state (sent as an integer).
     pub status: Option<DisputeStatus>,
     /// The deadline for submitting evidence.
+    #[serde(default, with = "time")]
     pub evidence_deadline: Option<Timestamp>,
     /// When the channel opened the dispute.
+    #[serde(default, with = "time")]
     pub channel_dispute_time: Option<Timestamp>,
 }
 

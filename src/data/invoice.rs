@@ -18,7 +18,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::common::{amount, string_enum, Billing, Currency, Interval};
+use super::common::{amount, string_enum, time, Billing, Currency, Interval};
 use super::Text;
 use crate::Timestamp;
 
@@ -41,10 +41,13 @@ pub struct Invoice {
     /// The invoice's state.
     pub status: Option<InvoiceStatus>,
     /// When the invoice was created.
+    #[serde(default, with = "time")]
     pub create_time: Option<Timestamp>,
     /// Start of the billed period.
+    #[serde(default, with = "time")]
     pub current_period_start: Option<Timestamp>,
     /// End of the billed period.
+    #[serde(default, with = "time")]
     pub current_period_end: Option<Timestamp>,
     /// The invoice total.
     #[serde(default, with = "amount")]
@@ -84,8 +87,10 @@ pub struct InvoiceItem {
     /// The line's description.
     pub description: Option<Text>,
     /// Start of the period the line covers.
+    #[serde(default, with = "time")]
     pub period_start: Option<Timestamp>,
     /// End of the period the line covers.
+    #[serde(default, with = "time")]
     pub period_end: Option<Timestamp>,
     /// `true` for a prorated line.
     pub proration: Option<bool>,

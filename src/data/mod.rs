@@ -61,7 +61,7 @@ mod session;
 mod subscription;
 mod text;
 
-pub use common::{amount, Billing, Currency, Interval, Metadata, PriceData};
+pub use common::{amount, time, Billing, Currency, Interval, Metadata, PriceData};
 pub use customer::*;
 pub use dispute::*;
 pub use invoice::*;

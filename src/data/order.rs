@@ -19,7 +19,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::common::{amount, string_enum, Currency, Metadata, PriceData};
+use super::common::{amount, string_enum, time, Currency, Metadata, PriceData};
 use super::Text;
 use crate::Timestamp;
 
@@ -46,8 +46,10 @@ pub struct Order {
     /// The paying customer's email.
     pub customer_email: Option<Text>,
     /// When the order was created.
+    #[serde(default, with = "time")]
     pub create_time: Option<Timestamp>,
     /// When the payment reached a final `success` or `failed` state.
+    #[serde(default, with = "time")]
     pub payment_time: Option<Timestamp>,
     /// The product bought, when it is a registered product.
     pub product_id: Option<Text>,

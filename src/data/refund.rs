@@ -19,7 +19,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::common::{amount, string_enum, Currency, Metadata};
+use super::common::{amount, string_enum, time, Currency, Metadata};
 use super::Text;
 use crate::Timestamp;
 
@@ -44,6 +44,7 @@ pub struct Refund {
     /// Why the refund was made.
     pub refund_reason: Option<RefundReason>,
     /// When the refund was created.
+    #[serde(default, with = "time")]
     pub create_time: Option<Timestamp>,
     /// Key/value pairs such as `arn` and `merchantReferenceId`; sent as an
     /// object or as a JSON-encoded string.

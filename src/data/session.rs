@@ -18,7 +18,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::common::{amount, string_enum, Currency, Interval, Metadata, PriceData};
+use super::common::{amount, string_enum, time, Currency, Interval, Metadata, PriceData};
 use super::Text;
 use crate::Timestamp;
 
@@ -64,8 +64,10 @@ pub struct Session {
     /// Where the customer goes on success.
     pub success_url: Option<Text>,
     /// When the session was created (sent as an RFC 3339 string).
+    #[serde(default, with = "time")]
     pub created: Option<Timestamp>,
     /// When the session expires (sent as an RFC 3339 string).
+    #[serde(default, with = "time")]
     pub expire: Option<Timestamp>,
     /// The registered price, when one is used.
     pub price: Option<Price>,

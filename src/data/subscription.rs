@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{string_enum, Billing, Currency, Metadata};
+use super::common::{string_enum, time, Billing, Currency, Metadata};
 use super::InvoiceItem;
 use super::Text;
 use crate::Timestamp;
@@ -41,6 +41,7 @@ pub struct Subscription {
     /// (required in its schema).
     pub price_snapshot_id: Option<Text>,
     /// When the subscription was created. Always sent by Clink (required in its schema).
+    #[serde(default, with = "time")]
     pub create_time: Option<Timestamp>,
     /// Units subscribed. Always sent by Clink (required in its schema).
     pub quantity: Option<i32>,
@@ -58,18 +59,24 @@ pub struct Subscription {
     /// The subscription's currency.
     pub currency: Option<Currency>,
     /// Start of the trial.
+    #[serde(default, with = "time")]
     pub trial_start: Option<Timestamp>,
     /// End of the trial.
+    #[serde(default, with = "time")]
     pub trial_end: Option<Timestamp>,
     /// Start of the current period.
+    #[serde(default, with = "time")]
     pub current_period_start: Option<Timestamp>,
     /// End of the current period.
+    #[serde(default, with = "time")]
     pub current_period_end: Option<Timestamp>,
     /// When the subscription is scheduled to cancel itself.
+    #[serde(default, with = "time")]
     pub cancel_at: Option<Timestamp>,
     /// Whether it cancels at the end of the current period.
     pub cancel_at_period_end: Option<bool>,
     /// When cancellation was requested.
+    #[serde(default, with = "time")]
     pub canceled_at: Option<Timestamp>,
     /// Why it was cancelled.
     pub cancel_reason: Option<Text>,

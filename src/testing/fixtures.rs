@@ -7,9 +7,11 @@ use crate::data::id_field;
 use crate::{EventType, Timestamp};
 
 /// When the first event of each lifecycle (`*.created`, `invoice.open`,
-/// `payment_method.added`) occurred: five minutes before the others, so
-/// that one sent after a later event about the same object is stale.
-const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
+/// `payment_method.added`) occurred: a minute before the others, so that
+/// one sent after a later event about the same object is stale, and after
+/// the times its object was created at (the order at 11:50, the invoice
+/// and the refund at 11:58), as Clink would send it.
+const CREATED_FIRST: &str = "2025-01-15T11:59:00.000Z";
 
 /// A realistic delivery body for `event_type`: pretty-printed JSON in the
 /// shape of Clink's schema, the same body every time.
@@ -36,7 +38,7 @@ const CREATED_FIRST: &str = "2025-01-15T11:55:00.000Z";
 ///   a body's JSON itself.
 /// - Every fixture is about the same few objects (`ord_test_123`,
 ///   `sub_test_123`, ...). The first event of each lifecycle (`*.created`,
-///   `invoice.open`, `payment_method.added`) was created five minutes before
+///   `invoice.open`, `payment_method.added`) was created a minute before
 ///   the others, so sending `order.created` after `order.succeeded` is an
 ///   out-of-order (stale) delivery, as it would be from Clink. The others
 ///   were created up to noon, a second apart in the order their
@@ -329,7 +331,11 @@ fn data(event_type: &EventType) -> Value {
         T::SubscriptionRenewed => subscription("active", json!({"elapsedCycles": 1})),
         T::SubscriptionCancelAtPeriodEndSet => subscription(
             "active",
-            json!({"cancelAtPeriodEnd": true, "cancelAt": ms::PERIOD_END, "canceledAt": ms::NOON}),
+            json!({
+                "cancelAtPeriodEnd": true,
+                "cancelAt": ms::PERIOD_END,
+                "canceledAt": ms::NOON - 3_000,
+            }),
         ),
         T::SubscriptionCancelAtPeriodEndRevoked => subscription("active", json!({})),
         T::InvoiceOpen => invoice("open"),
@@ -441,7 +447,8 @@ fn session(completed: bool) -> Value {
         "successUrl": "https://merchant.example/success",
         "cancelUrl": "https://merchant.example/cancel",
         "created": "2025-01-15T11:45:00.000Z",
-        "expire": "2025-01-15T12:45:00.000Z",
+        // An expired session expired when its event says, at noon.
+        "expire": if completed { "2025-01-15T12:45:00.000Z" } else { "2025-01-15T12:00:00.000Z" },
         "customer": { "customerId": "cus_test_123", "email": "test@example.com" },
         "product": { "productId": "prd_test_123", "productName": "Pro plan" },
         "priceDataList": price_data_list(),
@@ -645,6 +652,36 @@ mod tests {
             };
             assert_eq!(key, raw.object_key(), "{t}");
             assert!(key.is_some(), "{t} has no object key");
+        }
+    }
+
+    /// Every fixture is an event Clink could send: none is older than the
+    /// object it reports was created, a session it reports expired had
+    /// expired by then, and a cancellation it reports had happened.
+    #[test]
+    fn no_fixture_reports_what_had_not_happened_yet() {
+        for t in EventType::ALL {
+            let raw = RawEvent::from_slice(fixture(t).as_bytes()).unwrap();
+            let created = raw.created().unwrap();
+            let data: Value = serde_json::from_str(raw.data_json()).unwrap();
+            let object = data.get("object").unwrap_or(&data);
+            let mut fields = vec!["createTime", "canceledAt"];
+            if t.family() == "session" {
+                fields.push("created");
+            }
+            if *t == EventType::SessionExpired {
+                fields.push("expire");
+            }
+            for field in fields {
+                let Some(value) = object.get(field) else {
+                    continue;
+                };
+                let at: Timestamp = serde_json::from_value(value.clone()).unwrap();
+                assert!(
+                    at <= created,
+                    "{t}: {field} {at} after the event, {created}"
+                );
+            }
         }
     }
 
