@@ -11,7 +11,10 @@
 //! that [`skip_stale`](crate::EventRouter::skip_stale) leaves the same state
 //! whatever order they come in (the other one's, should it have been the
 //! later, is lost: where a tie matters, do not skip, and compare the
-//! events' data with your own state).
+//! events' data with your own state). Such a tie is likely for
+//! `dispute.closed`, which Clink sends together with `dispute.won` or
+//! `dispute.lost`: a handler of the closing event should not skip it as
+//! stale.
 //!
 //! Give the [`EventRouter`](crate::EventRouter) a [`FreshnessStore`] with
 //! [`ordering`](crate::EventRouter::ordering) and it tells every handler
