@@ -1416,11 +1416,19 @@ mod tests {
     async fn counting_pool(
         settles: &Arc<Settles>, lease: Duration,
     ) -> (Arc<MemoryInbox>, Arc<AtomicUsize>, WorkerPool) {
+        counting_pool_of(&evt_1(), EventRouter::new(), settles, lease).await
+    }
+
+    /// [`counting_pool`] running `event` with `router` (its settings, its
+    /// handler added).
+    async fn counting_pool_of(
+        event: &NewEvent, router: EventRouter, settles: &Arc<Settles>, lease: Duration,
+    ) -> (Arc<MemoryInbox>, Arc<AtomicUsize>, WorkerPool) {
         let inbox = Arc::new(MemoryInbox::new());
-        inbox.insert(&evt_1()).await.unwrap();
+        inbox.insert(event).await.unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         let running = Arc::clone(&runs);
-        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let router = router.on::<events::OrderSucceeded, _>(move |_event| {
             running.fetch_add(1, Ordering::SeqCst);
             std::future::ready(Ok::<_, Infallible>(()))
         });
@@ -1504,7 +1512,6 @@ mod tests {
     /// giving it back to run again.
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_while_a_success_is_recorded_completes_the_event() {
-        let inbox = Arc::new(MemoryInbox::new());
         let body =
             r#"{"id":"evt_1","type":"order.succeeded","created":1000,"data":{"orderId":"ord_1"}}"#;
         let event = NewEvent::new(
@@ -1517,32 +1524,10 @@ mod tests {
             Timestamp::now(),
             Bytes::from(body),
         );
-        inbox.insert(&event).await.unwrap();
-        let runs = Arc::new(AtomicUsize::new(0));
-        let running = Arc::clone(&runs);
-        let router = EventRouter::new()
-            .ordering(NeverRecords)
-            .on::<events::OrderSucceeded, _>(move |_event| {
-                running.fetch_add(1, Ordering::SeqCst);
-                std::future::ready(Ok::<_, Infallible>(()))
-            });
-        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
-        let pool = Workers::new(
-            SlowClaims {
-                inner: Arc::clone(&inbox),
-                delay: Duration::ZERO,
-                failed,
-                gate: None,
-                claims: Arc::default(),
-                settles: Arc::default(),
-            },
-            router,
-        )
-        .concurrency(1)
-        .and_then(|w| w.lease(Duration::from_secs(300)))
-        .and_then(|w| w.reorder_window(Duration::ZERO))
-        .unwrap()
-        .spawn();
+        let router = EventRouter::new().ordering(NeverRecords);
+        let settles = Arc::default();
+        let (inbox, runs, pool) =
+            counting_pool_of(&event, router, &settles, Duration::from_secs(300)).await;
         while runs.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -921,6 +921,18 @@ async fn endpoints_are_managed_and_their_secrets_masked() {
 }
 
 /// A delivery signed with `secret` to the layer at `addr`; its status.
+/// A fake API that takes the key `NEW`, with one endpoint for
+/// `order.succeeded`: the fake and the endpoint's id.
+async fn one_endpoint() -> (FakeApi, String) {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let id = fake.add_endpoint(
+        "https://shop.example.com/webhooks/clink",
+        &["order.succeeded"],
+    );
+    (fake, id)
+}
+
 async fn deliver_signed(addr: std::net::SocketAddr, secret: &str, id: &str) -> u16 {
     let body =
         format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{"orderId":"ord_{id}"}}}}"#);
@@ -933,12 +945,7 @@ async fn deliver_signed(addr: std::net::SocketAddr, secret: &str, id: &str) -> u
 #[tokio::test]
 async fn a_rotated_secret_verifies_at_once_and_the_old_one_for_the_grace_period() {
     let (logs, _guard) = capture();
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
     let addr = serve(ClinkLayer::live(live.clone()).layer(EventRouter::new())).await;
@@ -1004,12 +1011,7 @@ async fn a_rotated_secret_verifies_at_once_and_the_old_one_for_the_grace_period(
 #[tokio::test]
 async fn two_rotations_of_one_endpoint_run_one_after_the_other() {
     let (logs, _guard) = capture();
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
     let client = client_for(&fake, &[NEW]).build().unwrap();
@@ -1091,12 +1093,7 @@ async fn two_rotations_of_one_endpoint_run_one_after_the_other() {
 
 #[tokio::test]
 async fn a_rotation_into_a_key_map_needs_the_account_and_reports_a_failed_persist() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let map = KeyMap::new();
     let client = client_for(&fake, &[NEW]).build().unwrap();
@@ -1152,12 +1149,7 @@ fn verifies(verifier: &Verifier, secret: &str) -> bool {
 
 #[tokio::test]
 async fn a_grace_too_long_to_represent_keeps_the_old_key_and_persists_the_new_one() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
     let client = client_for(&fake, &[NEW]).build().unwrap();
@@ -1395,12 +1387,7 @@ async fn a_new_secret_outside_data_is_kept() {
 
 #[tokio::test]
 async fn a_failed_persist_hands_the_new_secret_back_in_the_error() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
     let client = client_for(&fake, &[NEW]).build().unwrap();
@@ -1439,12 +1426,7 @@ async fn a_failed_persist_hands_the_new_secret_back_in_the_error() {
 
 #[tokio::test]
 async fn an_account_removed_while_clink_rotates_gets_an_error_that_holds_the_new_secret() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let map = KeyMap::new();
     map.insert("acct_1", Verifier::new(&old).unwrap()).unwrap();
@@ -1502,12 +1484,7 @@ async fn an_account_removed_while_clink_rotates_gets_an_error_that_holds_the_new
 /// rotated at Clink (which would void the secret the first one stored).
 #[tokio::test]
 async fn an_account_removed_while_a_rotation_waits_its_turn_is_not_rotated() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let rotate = format!("webhook/endpoints/{id}/rotate-secret");
     let map = KeyMap::new();
     map.insert(
@@ -1554,12 +1531,7 @@ async fn an_account_removed_while_a_rotation_waits_its_turn_is_not_rotated() {
 /// without the new secret, printed or debugged.
 #[tokio::test]
 async fn a_persist_error_that_repeats_the_secret_is_shown_without_it() {
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
     let client = client_for(&fake, &[NEW]).build().unwrap();
@@ -2153,12 +2125,7 @@ impl std::error::Error for DiskFull {}
 #[tokio::test]
 async fn a_rotation_whose_caller_gives_up_still_persists_or_logs_the_new_secret() {
     let (logs, _guard) = capture();
-    let fake = FakeApi::start().await;
-    fake.accept_key(NEW);
-    let id = fake.add_endpoint(
-        "https://shop.example.com/webhooks/clink",
-        &["order.succeeded"],
-    );
+    let (fake, id) = one_endpoint().await;
     let rotate = format!("webhook/endpoints/{id}/rotate-secret");
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());

@@ -220,41 +220,46 @@ async fn postgres_readiness_follows_the_server() {
 async fn redis_readiness_follows_the_server() {
     use clink_webhooks::store::RedisStore;
 
-    // A server of this test's own, so stopping it disturbs no other test.
-    // Its port is one that was free a moment ago: should another process
-    // take it first, the server exits, and another port is tried.
-    let deadline = Instant::now() + crate::support::process::PATIENCE;
-    let (mut server, store) = 'started: loop {
-        let port = {
-            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            free.local_addr().unwrap().port()
-        };
-        let mut server = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+    // A server of this test's own, so stopping it disturbs no other test,
+    // on a socket file of its own: no port another process could take.
+    let dir = std::env::temp_dir().join(format!(
+        "clink-readiness-{}-{}",
+        std::process::id(),
+        clink_webhooks::Timestamp::now().as_millis()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("redis.sock");
+    /// Kills the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("redis-server is installed by scripts/test");
-        let url = format!("redis://127.0.0.1:{port}/");
-        loop {
-            if server.try_wait().unwrap().is_some() {
-                continue 'started;
-            }
-            match RedisStore::connect(&url).await {
-                Ok(store) => break 'started (server, store),
-                Err(error) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the server never answered: {error}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            .expect("redis-server is installed by scripts/test"),
+    );
+    let url = format!("redis+unix://{}", socket.display());
+    let deadline = Instant::now() + crate::support::process::PATIENCE;
+    let store = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("redis-server exited: {status}");
+        }
+        match RedisStore::connect(&url).await {
+            Ok(store) => break store,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the server never answered: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
@@ -262,8 +267,8 @@ async fn redis_readiness_follows_the_server() {
     let layer = ClinkLayer::new(Verifier::new(KEY).unwrap()).store(store);
     layer.readiness().check().await.unwrap();
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
     let started = Instant::now();
     let error = layer.readiness().check().await.unwrap_err();
     // The store's own answer (an error, or its 500 ms timeout), not the
@@ -274,4 +279,5 @@ async fn redis_readiness_follows_the_server() {
         started.elapsed()
     );
     assert!(error.to_string().starts_with("not ready: "), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
