@@ -377,19 +377,18 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   `503` with `Retry-After` ([`KeySourceError::limited`],
 ///   [`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited))
 ///   without calling your function, and Clink retries it later. Cached
-///   accounts are never limited. A known account whose cached keys have
-///   expired less than a [`ttl`](Self::ttl) ago is asked about again
-///   without waiting for the rate; if every lookup slot is busy, its
-///   expired keys answer for up to one more `ttl` instead of a `503`; and
-///   in a full cache, an unknown account's answer never takes the place of
-///   a known account's keys. Any other
-///   account (new, or idle for more than two `ttl`s, or pushed out of a
-///   full cache) waits for the rate: while a flood of made-up names takes
-///   every token, each of its deliveries, retries included, is likely to
-///   be refused for as long as the flood lasts. Where names can be told
-///   apart cheaply, a [`precheck`](Self::precheck) refuses made-up ones
-///   before they take a token; a longer `ttl` keeps idle accounts known
-///   longer.
+///   accounts are never limited. An account a lookup has found (the last
+///   [`capacity`](Self::capacity) of them, however long idle) is asked
+///   about again without waiting for the rate; while its cached keys have
+///   expired less than a [`ttl`](Self::ttl) ago and every lookup slot is
+///   busy, they answer for it instead of a `503`; and in a full cache, an
+///   unknown account's answer never takes the place of a known account's
+///   keys. An account never found before waits for the rate: while a
+///   flood of made-up names takes every token, each of its deliveries,
+///   retries included, is likely to be refused for as long as the flood
+///   lasts. Where names can be told apart cheaply, a
+///   [`precheck`](Self::precheck) refuses made-up ones before they take a
+///   token.
 /// - **An optional [`precheck`](Self::precheck)**: a cheap test of the name
 ///   (a set of your account ids, a prefix) run before the cache and any
 ///   lookup; a name it refuses is an unknown account (`404`).
@@ -438,6 +437,12 @@ pub struct CachedKeySource<F> {
     lookups: Semaphore,
     max_lookups: usize,
     rate: TokenBucket,
+    /// The accounts a lookup found, with when it last did: at most
+    /// `capacity`, the longest unseen dropped first. Only a lookup that
+    /// found the account adds it, so made-up names never get in; one in it
+    /// is looked up without a token of the rate, however long ago its keys
+    /// were cached.
+    known: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Clone)]
@@ -622,6 +627,7 @@ where
             lookups: Semaphore::new(DEFAULT_MAX_CONCURRENT_LOOKUPS),
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
+            known: Mutex::default(),
         }
     }
 
@@ -737,6 +743,34 @@ where
         flight
     }
 
+    /// Whether a lookup found `account` lately (see `known`).
+    fn is_known(&self, account: &str) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(account)
+    }
+
+    /// Remembers that a lookup found `account`, or forgets it when one did
+    /// not (the account was removed).
+    fn note_known(&self, account: &str, found: bool) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if !found {
+            known.remove(account);
+            return;
+        }
+        if !known.contains_key(account) && known.len() >= self.capacity {
+            let unseen_longest = known
+                .iter()
+                .min_by_key(|(_, seen)| **seen)
+                .map(|(name, _)| name.clone());
+            if let Some(name) = unseen_longest {
+                known.remove(&name);
+            }
+        }
+        known.insert(account.to_owned(), Instant::now());
+    }
+
     /// The keys of a known account whose cache entry ended less than a
     /// `ttl` ago: what it is answered with while its lookup cannot be made.
     fn expired_keys(&self, account: &str, now: Instant) -> Option<Arc<Verifier>> {
@@ -765,13 +799,14 @@ where
                 None => Err(KeySourceError::limited()),
             };
         };
-        if expired.is_none() && !self.rate.take() {
+        if expired.is_none() && !self.is_known(account) && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
         let verifier = (self.fetch)(account.to_owned())
             .await
             .map_err(KeySourceError::new)?
             .map(Arc::new);
+        self.note_known(account, verifier.is_some());
         let ttl = if verifier.is_some() {
             self.ttl
         } else {
@@ -1164,6 +1199,35 @@ mod lookup_tests {
             .is_limited());
         gate.add_permits(1);
         assert!(holding.await.unwrap());
+    }
+
+    /// An account a lookup found is looked up again without a token of the
+    /// rate however long it was idle (its keys long expired): a flood of
+    /// made-up names, which never get known, does not lock it out. One
+    /// that a lookup then no longer finds is forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn an_account_found_once_is_not_held_to_the_rate() {
+        let (source, calls, gate) = gated();
+        let ttl = Duration::from_secs(60);
+        let source = source.ttl(ttl).unwrap().lookup_rate(1, 1).unwrap();
+        gate.add_permits(1);
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        // Idle far longer than its keys and the ttl after them.
+        tokio::time::advance(10 * ttl).await;
+        gate.add_permits(1);
+        assert!(source.verifier("acct_made_up_0").await.is_ok());
+        assert!(source
+            .verifier("acct_made_up_1")
+            .await
+            .unwrap_err()
+            .is_limited());
+        gate.add_permits(1);
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // A name a lookup did not find is not known.
+        assert!(!source.is_known("someone_else"));
+        source.note_known("acct_known", false);
+        assert!(!source.is_known("acct_known"));
     }
 
     #[tokio::test]
