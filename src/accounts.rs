@@ -371,7 +371,8 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 /// - **Lookups capped.** At most
 ///   [`max_concurrent_lookups`](Self::max_concurrent_lookups) run at once
 ///   (default [`DEFAULT_MAX_CONCURRENT_LOOKUPS`], 16), and at most
-///   [`lookup_rate`](Self::lookup_rate) start per second (a token bucket:
+///   [`lookup_rate`](Self::lookup_rate) start per second, but for accounts
+///   a lookup found (see below), each looked up once a `ttl` at most (a token bucket:
 ///   default [`DEFAULT_LOOKUPS_PER_SECOND`], 100 a second, in bursts of up to
 ///   [`DEFAULT_LOOKUP_BURST`], 100). Past either, the delivery is answered
 ///   `503` with `Retry-After` ([`KeySourceError::limited`],
@@ -697,7 +698,8 @@ where
     /// [`DEFAULT_LOOKUPS_PER_SECOND`] and [`DEFAULT_LOOKUP_BURST`], 100 and
     /// 100). Past it a lookup is not made, and its delivery is answered
     /// `503` ([`KeySourceError::limited`]). Answers from the cache do not
-    /// count.
+    /// count, and neither do the lookups of accounts a lookup found before
+    /// (with a `ttl` above zero: each is looked up once a `ttl` at most).
     ///
     /// # Errors
     ///
@@ -781,11 +783,13 @@ where
 
     /// Looks `account` up, within the limits, and caches the answer.
     ///
-    /// An account known until lately (its keys cached, expired less than a
-    /// `ttl` ago) is looked up again without a token of the rate, and,
-    /// while every lookup slot is taken, answered with its expired keys:
-    /// made-up names, which take tokens and slots, never lock a real
-    /// account out.
+    /// An account a lookup found (see `known`), or known until lately
+    /// (its keys cached, expired less than a `ttl` ago), is looked up again
+    /// without a token of the rate when the `ttl` is above zero (its
+    /// lookups are then one a `ttl` at most), and, while every lookup slot
+    /// is taken, answered with its expired keys for a `ttl`: made-up
+    /// names, which take tokens and slots, never lock a real account out.
+    /// A lookup that fails, or does not find the account, forgets it.
     async fn lookup(&self, account: &str, flight: &Flight) -> Answer {
         let now = Instant::now();
         // Answered by a lookup that ended since this delivery missed the cache.
@@ -799,13 +803,20 @@ where
                 None => Err(KeySourceError::limited()),
             };
         };
-        if expired.is_none() && !self.is_known(account) && !self.rate.take() {
+        let exempt = expired.is_some() || (!self.ttl.is_zero() && self.is_known(account));
+        if !exempt && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
-        let verifier = (self.fetch)(account.to_owned())
-            .await
-            .map_err(KeySourceError::new)?
-            .map(Arc::new);
+        let verifier = match (self.fetch)(account.to_owned()).await {
+            Ok(verifier) => verifier.map(Arc::new),
+            Err(error) => {
+                // Failing, it may fail again: the next lookup waits for
+                // the rate, so that a flood of its name cannot make one
+                // lookup after another of a struggling source.
+                self.note_known(account, false);
+                return Err(KeySourceError::new(error));
+            }
+        };
         self.note_known(account, verifier.is_some());
         let ttl = if verifier.is_some() {
             self.ttl
@@ -1203,31 +1214,69 @@ mod lookup_tests {
 
     /// An account a lookup found is looked up again without a token of the
     /// rate however long it was idle (its keys long expired): a flood of
-    /// made-up names, which never get known, does not lock it out. One
-    /// that a lookup then no longer finds is forgotten.
+    /// names the source does not know, which never get known, does not
+    /// lock it out. With a ttl of zero (a lookup every time) every lookup
+    /// takes a token.
     #[tokio::test(start_paused = true)]
     async fn an_account_found_once_is_not_held_to_the_rate() {
-        let (source, calls, gate) = gated();
-        let ttl = Duration::from_secs(60);
-        let source = source.ttl(ttl).unwrap().lookup_rate(1, 1).unwrap();
-        gate.add_permits(1);
-        assert!(source.verifier("acct_known").await.unwrap().is_some());
-        // Idle far longer than its keys and the ttl after them.
-        tokio::time::advance(10 * ttl).await;
-        gate.add_permits(1);
-        assert!(source.verifier("acct_made_up_0").await.is_ok());
-        assert!(source
-            .verifier("acct_made_up_1")
-            .await
-            .unwrap_err()
-            .is_limited());
-        gate.add_permits(1);
-        assert!(source.verifier("acct_known").await.unwrap().is_some());
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-        // A name a lookup did not find is not known.
-        assert!(!source.is_known("someone_else"));
-        source.note_known("acct_known", false);
-        assert!(!source.is_known("acct_known"));
+        for ttl in [Duration::from_secs(60), Duration::ZERO] {
+            let (source, calls, gate) = gated();
+            let source = source.ttl(ttl).unwrap().lookup_rate(1, 1).unwrap();
+            gate.add_permits(1);
+            assert!(source.verifier("acct_known").await.unwrap().is_some());
+            // Idle far longer than its keys and the ttl after them; a name
+            // the source does not know spends the rate's one token.
+            tokio::time::advance(Duration::from_secs(600)).await;
+            gate.add_permits(1);
+            assert!(source.verifier("made_up_0").await.unwrap().is_none());
+            assert!(!source.is_known("made_up_0"));
+            assert!(source.verifier("made_up_1").await.unwrap_err().is_limited());
+            gate.add_permits(1);
+            let again = source.verifier("acct_known").await;
+            if ttl.is_zero() {
+                assert!(again.unwrap_err().is_limited(), "ttl 0: a token each time");
+                assert_eq!(calls.load(Ordering::SeqCst), 2);
+            } else {
+                assert!(again.unwrap().is_some());
+                assert_eq!(calls.load(Ordering::SeqCst), 3);
+            }
+        }
+    }
+
+    /// A lookup that fails forgets the account: the next one waits for the
+    /// rate, so a flood of its name cannot make one lookup after another of
+    /// a struggling source.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_forgets_the_account() {
+        let fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failing = Arc::clone(&fails);
+        let source = CachedKeySource::new(move |_account: String| {
+            let fail = failing.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err(std::io::Error::other("the database is down"))
+                } else {
+                    Ok(Some(Verifier::new("k").unwrap()))
+                }
+            }
+        })
+        .ttl(Duration::from_secs(60))
+        .unwrap()
+        .lookup_rate(1, 1)
+        .unwrap();
+        assert!(source.verifier("acct_a").await.unwrap().is_some());
+        assert!(source.is_known("acct_a"));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        fails.store(true, Ordering::SeqCst);
+        assert!(
+            source.verifier("acct_a").await.is_err(),
+            "failed, without a token"
+        );
+        assert!(!source.is_known("acct_a"));
+        // The token refilled meanwhile is taken by the next failure, and
+        // the one after waits for the rate.
+        assert!(source.verifier("acct_a").await.is_err());
+        assert!(source.verifier("acct_a").await.unwrap_err().is_limited());
     }
 
     #[tokio::test]
