@@ -524,6 +524,17 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
             return;
         }
+        if outcome == Outcome::Unhandled {
+            // Acknowledged to Clink when it was queued, and done now with no
+            // handler run: said where an operator looks, not at debug, so
+            // that a handler missing from the workers' router shows.
+            tracing::info!(
+                seq = claim.entry.seq,
+                event_id = ?kept.event_id,
+                event_type = ?kept.event_type,
+                "inbox: no handler takes this event type; done without running one"
+            );
+        }
         let result = if outcome.is_acknowledged() {
             let completed = self
                 .settle(claim, Settling::Complete, asked, settling)

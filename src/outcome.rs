@@ -72,7 +72,7 @@ use crate::events::EnvelopeError;
 /// Whether Clink could read `status` as "stop retrying" (a redirect, `410
 /// Gone`, `429 Too Many Requests`), or it is no final answer at all (a
 /// `1xx`): a handler's refusal with one is answered `500` instead.
-fn stops_retries(status: StatusCode) -> bool {
+pub(crate) fn stops_retries(status: StatusCode) -> bool {
     status.is_informational()
         || status.is_redirection()
         || status == StatusCode::GONE

@@ -125,11 +125,18 @@ where
                             });
                         }
                         match run_inner(inner, request, deadline).await {
-                            // A refusal Clink could read as "stop retrying" (a
-                            // redirect, `410`, `429`) is answered as the
-                            // outcome says (`500`), not passed on.
-                            Ok((response, outcome @ Outcome::HandlerRefused(_)))
-                                if outcome.status() != response.status() =>
+                            // An outcome that releases the claim is never
+                            // answered with a status Clink could read as done
+                            // or as "stop retrying" (a `2xx`, a redirect,
+                            // `410`, `429`): a refusal with one, or a service
+                            // between the layer and the router that rewrote
+                            // the router's answer, is answered as the outcome
+                            // says, so that the retry comes.
+                            Ok((response, outcome))
+                                if !outcome.is_acknowledged()
+                                    && outcome.status() != response.status()
+                                    && (response.status().is_success()
+                                        || crate::outcome::stops_retries(response.status())) =>
                             {
                                 (layer_response(&outcome), outcome)
                             }
@@ -545,6 +552,46 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
         assert!(response.extensions().get::<VerifiedEvent>().is_some());
+    }
+
+    /// A service between the layer and the router that rewrites the
+    /// router's answer to a failed handler (`500`) into one Clink could
+    /// read as done or as "stop retrying" (`200`, `410`) is not passed on:
+    /// the claim is released, and the answer is the outcome's own, so
+    /// that the retry comes and runs the handler again.
+    #[tokio::test]
+    async fn a_failure_rewritten_into_a_final_status_is_answered_as_the_failure() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        for rewritten in [http::StatusCode::OK, http::StatusCode::GONE] {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&ran);
+            let router = EventRouter::new().on::<crate::events::OrderSucceeded, _>(move |_event| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Err::<(), _>(std::io::Error::other("down")))
+            });
+            let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let mut router = router.clone();
+                async move {
+                    let mut response = router.call(request).await?;
+                    *response.status_mut() = rewritten;
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let service = layer().layer(inner);
+            for run in 1..=2 {
+                let response = service
+                    .clone()
+                    .call(signed(
+                        r#"{"id":"evt_rw","type":"order.succeeded","data":{}}"#,
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 500, "{rewritten}");
+                assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
+                assert_eq!(ran.load(Ordering::SeqCst), run, "{rewritten}: released");
+            }
+        }
     }
 
     /// A routed delivery's resource is decoded with its envelope, in one

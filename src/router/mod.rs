@@ -156,12 +156,22 @@ impl<S> Typed<S> {
     }
 
     fn insert(&mut self, event_type: &EventType, route: Route<S>) {
-        if let Some(slot) = event_type
-            .known_index()
-            .and_then(|index| self.0.get_mut(index))
-        {
+        if let Some(slot) = self.slot(event_type) {
             *slot = Some(route);
         }
+    }
+
+    /// As [`insert`](Self::insert), unless `event_type` has a route already.
+    fn insert_if_empty(&mut self, event_type: &EventType, route: Route<S>) {
+        if let Some(slot @ None) = self.slot(event_type) {
+            *slot = Some(route);
+        }
+    }
+
+    fn slot(&mut self, event_type: &EventType) -> Option<&mut Option<Route<S>>> {
+        event_type
+            .known_index()
+            .and_then(|index| self.0.get_mut(index))
     }
 
     /// The names of the types with a route.
@@ -462,8 +472,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// the router has [`ordering`](Self::ordering). A handler that needs the
     /// app's state holds it in its own fields.
     ///
-    /// An `on` registered after it replaces it for that kind; names this
-    /// crate does not know still go to `on_unhandled`.
+    /// It takes only the kinds without a handler: an `on` registered
+    /// before it keeps its kind, and one registered after it replaces it
+    /// for that kind; names this crate does not know still go to
+    /// `on_unhandled`.
     #[must_use]
     pub fn on_every_type<H: EveryHandler>(mut self, handler: H) -> Self {
         struct Register<'a, S, H> {
@@ -476,7 +488,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
                 let handler = Arc::clone(&self.handler);
                 let route =
                     typed_route::<K, S, _>(move |event, _state| boxed(|| handler.handle(event)));
-                self.routes.typed.insert(&K::TYPE, route);
+                self.routes.typed.insert_if_empty(&K::TYPE, route);
             }
         }
 
@@ -1279,6 +1291,34 @@ mod tests {
             ]
         );
         assert_eq!(*specific.lock().unwrap(), 1);
+    }
+
+    /// An `on` registered before `on_every_type` keeps its kind: the
+    /// generic handler takes only the kinds without one.
+    #[tokio::test]
+    async fn an_on_registered_before_on_every_type_keeps_its_handler() {
+        let record = Record::default();
+        let specific = Arc::new(Mutex::new(0));
+        let counter = Arc::clone(&specific);
+        let router = EventRouter::new()
+            .on::<events::RefundSucceeded, _>(move |_event| {
+                *counter.lock().unwrap() += 1;
+                std::future::ready(Ok::<_, Infallible>(()))
+            })
+            .on_every_type(record.clone());
+        deliver(
+            router,
+            &[
+                r#"{"id":"e4","type":"refund.succeeded","data":{"refundId":"rf_1"}}"#,
+                r#"{"id":"e3","type":"dispute.won","created":1000,"data":{"object":{"chargeBackId":"cb_1"}}}"#,
+            ],
+        )
+        .await;
+        assert_eq!(*specific.lock().unwrap(), 1, "the earlier on ran");
+        assert_eq!(
+            *record.0.lock().unwrap(),
+            ["dispute.won e3 dispute:cb_1 false"]
+        );
     }
 
     /// The answer for a dispatched event is its outcome's response, with

@@ -2249,6 +2249,35 @@ async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {
     assert_eq!(handled, ids, "each event exactly once");
 }
 
+/// An event no handler of the workers' router takes is done without a
+/// handler run (Clink had its `200` when it was queued), and said so at
+/// `info`, with its id: a handler missing from the router shows.
+#[tokio::test]
+async fn an_event_no_handler_takes_is_done_and_said_so() {
+    let (logs, _guard) = crate::support::capture::capture();
+    let inbox = Arc::new(MemoryInbox::new());
+    inbox.insert(&event("evt_nobody", None, 1)).await.unwrap();
+    let pool = Workers::new(Arc::clone(&inbox), EventRouter::new())
+        .reorder_window(Duration::ZERO)
+        .unwrap()
+        .spawn();
+    pool.drained(DRAIN_PATIENCE).await.unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        inbox.get(1).await.unwrap().unwrap().status,
+        InboxStatus::Done
+    );
+    let said = logs.events().into_iter().any(|seen| {
+        seen.level == tracing::Level::INFO
+            && seen.message.contains("no handler takes this event type")
+            && seen
+                .fields
+                .get("event_id")
+                .is_some_and(|id| id.contains("evt_nobody"))
+    });
+    assert!(said, "{}", logs.text());
+}
+
 /// A row of the SQLite inbox that no worker can read (a value of the wrong
 /// type, set by hand in the sqlite3 shell) does not hold back every event
 /// behind it: the claim that meets it makes it dead, saying why, and the
