@@ -187,10 +187,14 @@ impl IntoResponse for Outcome {
     }
 }
 
+/// The event the layer verified for this request: one that another
+/// middleware put there, said to have been verified earlier
+/// ([`VerifiedEvent::earlier`]), is not taken for it.
 fn verified(parts: &Parts) -> Result<&VerifiedEvent, ClinkEventRejection> {
     parts
         .extensions
         .get::<VerifiedEvent>()
+        .filter(|verified| verified.checked_now())
         .ok_or(ClinkEventRejection::MissingLayer)
 }
 

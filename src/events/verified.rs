@@ -39,6 +39,10 @@ pub struct VerifiedEvent {
     event: RawEvent,
     signed_at: Timestamp,
     key_name: KeyName,
+    /// Made from a signature checked just now ([`new`](Self::new)), not
+    /// said to have been checked before ([`earlier`](Self::earlier)): what
+    /// the axum extractors take from a request.
+    checked_now: bool,
 }
 
 impl VerifiedEvent {
@@ -49,18 +53,28 @@ impl VerifiedEvent {
             event,
             signed_at: verified.signed_at(),
             key_name: verified.key_label().clone(),
+            checked_now: true,
         }
     }
 
     /// `event`, verified earlier (when it was received and kept), signed at
-    /// `signed_at` under the key named `key_name`.
+    /// `signed_at` under the key named `key_name`. The axum extractors do
+    /// not take one from a request: only one made from a signature checked
+    /// for that request (as the layer makes it).
     #[must_use]
     pub fn earlier(event: RawEvent, signed_at: Timestamp, key_name: &str) -> Self {
         Self {
             event,
             signed_at,
             key_name: KeyName::known(key_name),
+            checked_now: false,
         }
+    }
+
+    /// Whether it was made from a signature checked just now (see
+    /// [`earlier`](Self::earlier)).
+    pub(crate) fn checked_now(&self) -> bool {
+        self.checked_now
     }
 
     /// The merchant account the delivery was for, when the layer has a
@@ -107,6 +121,7 @@ impl VerifiedEvent {
             event: self.event.lend(),
             signed_at: self.signed_at,
             key_name: self.key_name.clone(),
+            checked_now: self.checked_now,
         }
     }
 

@@ -97,6 +97,49 @@ async fn typed_and_raw_extractors_behind_a_route_layer() {
     assert_eq!(*seen.lock().unwrap(), ["typed ord_9", "raw refund.created"]);
 }
 
+/// A route without the layer, behind a middleware of the app's own that
+/// puts an event said to have been verified earlier into the request: the
+/// extractor does not take it (`500`, as for a route without the layer),
+/// and the handler does not run.
+#[tokio::test]
+async fn an_event_put_in_the_request_by_another_middleware_is_not_taken() {
+    let ran = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&ran);
+    let app = Router::new()
+        .route(
+            "/forged",
+            post(
+                move |ClinkEvent(_event): ClinkEvent<events::OrderSucceeded>| async move {
+                    *counted.lock().unwrap() += 1;
+                    "ok"
+                },
+            ),
+        )
+        .layer(axum::middleware::from_fn(
+            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let raw = clink_webhooks::RawEvent::from_slice(
+                    br#"{"id":"evt_forged","type":"order.succeeded","data":{}}"#,
+                )
+                .unwrap();
+                let forged = clink_webhooks::VerifiedEvent::earlier(
+                    raw,
+                    clink_webhooks::Timestamp::now(),
+                    "current",
+                );
+                request.extensions_mut().insert(forged);
+                next.run(request).await
+            },
+        ));
+    let addr = serve(app).await;
+    let (status, _) = post_event(addr, "/forged", "{}", "whsec_anyone").await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        0,
+        "the handler ran on an unverified event"
+    );
+}
+
 #[tokio::test]
 async fn an_event_router_mounted_with_route_service() {
     let seen = Arc::new(Mutex::new(Vec::new()));
