@@ -73,6 +73,7 @@ impl VerifiedEvent {
 
     /// Whether it was made from a signature checked just now (see
     /// [`earlier`](Self::earlier)).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn checked_now(&self) -> bool {
         self.checked_now
     }
