@@ -2671,17 +2671,7 @@ mod tests {
     async fn a_lookup_that_finds_nothing_moves_the_next_ones_start() {
         let (_client, jetstream, stream, prefix) = test_stream("moves").await;
         let template = format!("{prefix}.{{account}}.{{type}}");
-        let config = Config::from_pairs(&[
-            ("webhook_signing_key", "whsec_a"),
-            ("inbox", "sqlite:/tmp/unused.db"),
-            ("destination", &nats_url()),
-            ("nats_stream", &stream),
-            ("nats_subject", &template),
-            ("destination_timeout_ms", "5000"),
-        ])
-        .unwrap_or_else(|problem| panic!("{}", problem.0));
-        let destination =
-            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let destination = nats_destination_with(&nats_url(), &stream, &template, TIMEOUT_5_S);
         let event = event(None, "order.succeeded");
         let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
         let mut unconfirmed = Some(Unconfirmed {
@@ -2732,17 +2722,7 @@ mod tests {
         let url = format!("nats://127.0.0.1:{port}");
         // Long enough for a connection and a publish on a slow machine;
         // the first publish waits all of it.
-        let config = Config::from_pairs(&[
-            ("webhook_signing_key", "whsec_a"),
-            ("inbox", "sqlite:/tmp/unused.db"),
-            ("destination", &url),
-            ("nats_stream", &stream),
-            ("nats_subject", &template),
-            ("destination_timeout_ms", "5000"),
-        ])
-        .unwrap_or_else(|problem| panic!("{}", problem.0));
-        let destination =
-            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let destination = nats_destination_with(&url, &stream, &template, TIMEOUT_5_S);
         let event = event(None, "order.succeeded");
 
         let first = tokio::time::timeout(
@@ -2809,16 +2789,28 @@ mod tests {
 
     /// A NATS destination publishing to `stream` on `PREFIX.{account}.{type}`.
     fn nats_destination(stream: &str, prefix: &str) -> Destination {
-        let url = nats_url();
         let template = format!("{prefix}.{{account}}.{{type}}");
-        let config = Config::from_pairs(&[
+        nats_destination_with(&nats_url(), stream, &template, &[])
+    }
+
+    /// A destination timeout long enough for a connection and a publish on
+    /// a slow machine.
+    const TIMEOUT_5_S: &[(&str, &str)] = &[("destination_timeout_ms", "5000")];
+
+    /// A NATS destination at `url` publishing to `stream` on subjects made
+    /// from `template`, with the settings `more` besides.
+    fn nats_destination_with(
+        url: &str, stream: &str, template: &str, more: &[(&'static str, &'static str)],
+    ) -> Destination {
+        let mut pairs: Vec<(&'static str, &str)> = vec![
             ("webhook_signing_key", "whsec_a"),
             ("inbox", "sqlite:/tmp/unused.db"),
-            ("destination", &url),
+            ("destination", url),
             ("nats_stream", stream),
-            ("nats_subject", &template),
-        ])
-        .unwrap_or_else(|problem| panic!("{}", problem.0));
+            ("nats_subject", template),
+        ];
+        pairs.extend(more.iter().copied());
+        let config = Config::from_pairs(&pairs).unwrap_or_else(|problem| panic!("{}", problem.0));
         Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap()
     }
 
