@@ -954,8 +954,8 @@ mod current_state {
     use serde_json::json;
 
     use super::{delivery, post, KEY};
-    use crate::support::fake_api::FakeApi;
-    use crate::support::process::{example_receiver_with_env, PATIENCE};
+    use crate::support::fake_api::{Failure, FakeApi};
+    use crate::support::process::example_receiver_with_env;
 
     const API_KEY: &str = "sk_test_example_5d1e";
 
@@ -1036,29 +1036,24 @@ mod current_state {
                 ("CLINK_EXAMPLE_EFFECTS", "1"),
             ],
         );
-        let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_r"}}"#;
-        let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_r"}}"#;
-        assert_eq!(post(&delivery(&url, newer)).await, 200);
-        assert_eq!(process.next_stdout(), "handled order.succeeded evt_new");
-        // Kept, and answered 200; the order is not known to Clink yet, so
-        // the first read fails.
-        assert_eq!(post(&delivery(&url, older)).await, 200);
-        assert!(
-            fake.wait_for_requests(1, PATIENCE).await,
-            "the stale event's handler read the order"
-        );
+        // The order is known to Clink, but its first read fails (the
+        // failure is programmed before any request, so no read can race it).
         fake.put_object(
             "order/ord_r",
             json!({"orderId": "ord_r", "status": "refunded"}),
         );
-        // The retry reads it, then commits and prints.
+        fake.fail_next("order/ord_r", Failure::Status(404), 1);
+        let newer = r#"{"id":"evt_new","type":"order.succeeded","created":1736942500000,"data":{"orderId":"ord_r"}}"#;
+        let older = r#"{"id":"evt_old","type":"order.created","created":1736942400000,"data":{"orderId":"ord_r"}}"#;
+        assert_eq!(post(&delivery(&url, newer)).await, 200);
+        assert_eq!(process.next_stdout(), "handled order.succeeded evt_new");
+        assert_eq!(fake.requests().len(), 0, "a fresh event needs no read");
+        // Kept, and answered 200; the first read fails, the retry reads the
+        // order, then commits and prints.
+        assert_eq!(post(&delivery(&url, older)).await, 200);
         assert_eq!(process.next_stdout(), "handled order.created evt_old");
         assert_eq!(process.next_stdout(), "current order ord_r refunded");
-        assert!(
-            fake.count("GET", "order/ord_r") >= 2,
-            "{:?}",
-            fake.requests()
-        );
+        assert_eq!(fake.count("GET", "order/ord_r"), 2, "{:?}", fake.requests());
         drop(process);
         std::fs::remove_dir_all(&dir).unwrap();
     }
