@@ -360,15 +360,6 @@ impl ClinkLayer {
     /// read; a verified body no longer counts. Memory for unverified bodies
     /// then stays under `bytes` whatever a sender without the key does.
     ///
-    /// A body holds what its buffer can take, but never more than twice
-    /// what it has sent: a body of a declared length gets its buffer of
-    /// that length in one allocation once it has sent 16 KiB, and the
-    /// pages it has not written yet are address space, not memory. So a
-    /// sender without the key who sends a little of each of many bodies
-    /// declared a megabyte holds little of the budget. (Under
-    /// `vm.overcommit_memory=2`, where address space is charged as memory,
-    /// bound it with `bodies` times the body limit.)
-    ///
     /// # Errors
     ///
     /// A [`ConfigError`] when `bytes` is below the [body
