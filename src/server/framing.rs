@@ -112,6 +112,11 @@ pub(super) struct Verdicts {
     refused_from: AtomicU64,
     /// Requests the service has been called for.
     calls: AtomicU64,
+    /// When the body being read began to arrive, on the server's clock
+    /// (`now_ms`, at least 1); 0 while no body is being read.
+    body_since: AtomicU64,
+    /// Request heads the scanner has read to their end.
+    heads: AtomicU64,
 }
 
 impl Verdicts {
@@ -121,6 +126,17 @@ impl Verdicts {
     pub(super) fn next_is_refused(&self) -> bool {
         let index = self.calls.fetch_add(1, Ordering::Relaxed);
         index >= self.refused_from.load(Ordering::Relaxed)
+    }
+
+    /// Since when (`now_ms`) the connection has been in the middle of the
+    /// body of the request its service was last called for: its head read,
+    /// and not all of its body. `None` when it is not, and while a request
+    /// sent before it (pipelined) may still be handled: hyper calls the
+    /// service for a request only once the one before is answered.
+    pub(super) fn in_body_since(&self) -> Option<u64> {
+        let since = self.body_since.load(Ordering::Relaxed);
+        let served = self.calls.load(Ordering::Relaxed) >= self.heads.load(Ordering::Relaxed);
+        (since != 0 && served).then_some(since)
     }
 }
 
@@ -133,6 +149,8 @@ impl Framing {
             verdicts: Arc::new(Verdicts {
                 refused_from: AtomicU64::new(u64::MAX),
                 calls: AtomicU64::new(0),
+                body_since: AtomicU64::new(0),
+                heads: AtomicU64::new(0),
             }),
         }
     }
@@ -155,6 +173,32 @@ impl Framing {
             .refused_from
             .store(from.min(self.requests), Ordering::Relaxed);
         self.state = State::Lost;
+    }
+
+    /// Whether the bytes so far end in the middle of a request's body.
+    fn in_body(&self) -> bool {
+        matches!(
+            self.state,
+            State::Body(_)
+                | State::ChunkSize { .. }
+                | State::ChunkData(_)
+                | State::ChunkEnd
+                | State::TrailerStart
+                | State::TrailerEnd
+                | State::Trailer
+                | State::TrailerLf
+        )
+    }
+
+    /// Notes, after a read, whether the connection is in the middle of a
+    /// body now, and since when: `now` is read only when a body begins.
+    fn note_body(&self, now: impl FnOnce() -> u64) {
+        let since = &self.verdicts.body_since;
+        match (self.in_body(), since.load(Ordering::Relaxed)) {
+            (true, 0) => since.store(now().max(1), Ordering::Relaxed),
+            (false, at) if at != 0 => since.store(0, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
     /// Reads the next bytes of the connection, as hyper will.
@@ -379,6 +423,7 @@ impl Framing {
             return self.refuse_from_here();
         }
         self.requests += 1;
+        self.verdicts.heads.store(self.requests, Ordering::Relaxed);
         self.head = Head::default();
         self.state = match head.content_length {
             _ if head.transfer_encoding => State::ChunkSize {
@@ -421,6 +466,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) {
             this.framing.scan(&buf.filled()[before..]);
+            this.framing.note_body(super::now_ms);
         }
         polled
     }
@@ -478,6 +524,78 @@ mod tests {
     }
 
     const POST: &str = "POST /webhooks/clink HTTP/1.1\r\nHost: a\r\n";
+
+    /// A connection is in a body from the end of a head that frames one
+    /// until the body's last byte, whole or chunked, and not otherwise;
+    /// the time is read when a body begins, and kept while it lasts.
+    #[test]
+    fn a_body_in_progress_is_noted_with_when_it_began() {
+        let cases: [(&str, &[&str]); 3] = [
+            (
+                "length",
+                &[POST, "Content-Length: 5\r\n", "\r\n", "he", "llo"],
+            ),
+            (
+                "chunked",
+                &[
+                    POST,
+                    "Transfer-Encoding: chunked\r\n\r\n",
+                    "5\r\nhel",
+                    "lo\r\n0\r\n",
+                    "\r\n",
+                ],
+            ),
+            ("no body", &[POST, "Content-Length: 0\r\n\r\n", POST]),
+        ];
+        let expected: [&[Option<u64>]; 3] = [
+            &[None, None, Some(7), Some(7), None],
+            &[None, Some(7), Some(7), Some(7), None],
+            &[None, None, None],
+        ];
+        for ((name, pieces), expected) in cases.iter().zip(expected) {
+            let mut framing = Framing::new();
+            let verdicts = framing.verdicts();
+            let mut clock = 7;
+            for (piece, expected) in pieces.iter().zip(expected) {
+                framing.scan(piece.as_bytes());
+                // hyper calls the service once it has a head.
+                while verdicts.calls.load(Ordering::Relaxed) < framing.requests {
+                    verdicts.next_is_refused();
+                }
+                framing.note_body(|| {
+                    let now = clock;
+                    clock += 1;
+                    now
+                });
+                assert_eq!(
+                    verdicts.in_body_since(),
+                    *expected,
+                    "{name}: after {piece:?}"
+                );
+            }
+            assert!(clock <= 8, "{name}: the clock read once per body");
+        }
+    }
+
+    /// A body sent after a request not yet answered (pipelined) is not the
+    /// body of the request being served: not noted until it is.
+    #[test]
+    fn a_pipelined_body_counts_once_its_request_is_served() {
+        let mut framing = Framing::new();
+        let verdicts = framing.verdicts();
+        framing.scan(
+            format!("{POST}Content-Length: 1\r\n\r\nx{POST}Content-Length: 5\r\n\r\nhe").as_bytes(),
+        );
+        framing.note_body(|| 3);
+        verdicts.next_is_refused();
+        assert_eq!(
+            verdicts.in_body_since(),
+            None,
+            "the first request is served"
+        );
+        verdicts.next_is_refused();
+        assert_eq!(verdicts.in_body_since(), Some(3), "the second one is");
+    }
 
     #[test]
     fn plain_requests_are_followed_through_their_bodies() {

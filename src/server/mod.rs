@@ -26,12 +26,16 @@
 //!   the connection idle longest is closed to make room (one open for at
 //!   least a second without a request, between requests or still sending
 //!   its first head), so that clients holding connections open without
-//!   using them keep no one out. A request in progress is never cut: a
-//!   connection in the middle of one is not idle, and one told to close
-//!   finishes a request it began meanwhile; only an answer already made
-//!   that its client has not read a second later is. While no connection
-//!   has been idle that long, the one accepted waits for a slot, and the
-//!   rest wait in the kernel's backlog;
+//!   using them keep no one out. With none idle, the one that began sending
+//!   a request's body longest ago, a second ago at least, is closed
+//!   unanswered: a delivery's body arrives in milliseconds, and no handler
+//!   runs before it is all in, so only a body trickled or stalled is cut
+//!   (a client sending a large body over a slow link too, while every slot
+//!   is taken). A request whose body is all in is never cut: it is
+//!   handled, and a connection told to close finishes a request it began
+//!   meanwhile (unless its body stalls for a second); only an answer
+//!   already made that its client has not read a second later is cut. While no connection qualifies, the one accepted
+//!   waits for a slot, and the rest wait in the kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -187,8 +191,16 @@ struct Served {
     last_active: AtomicU64,
     /// Whether it was told to close.
     told: AtomicBool,
+    /// What its bytes say: whether it is in the middle of a body.
+    framing: Arc<framing::Verdicts>,
     /// Told to close.
     close: Notify,
+}
+
+/// The time on [`now_ms`]'s clock [`IDLE_BEFORE_CLOSED`] ago; `None` in
+/// the clock's first second.
+fn since_before_closed() -> Option<u64> {
+    now_ms().checked_sub(u64::try_from(IDLE_BEFORE_CLOSED.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds on a clock of the process's own, for how long connections
@@ -207,13 +219,14 @@ impl Open {
     }
 
     /// Registers a new connection, until the guard returned is dropped.
-    fn add(self: &Arc<Self>) -> (Registered, Arc<Served>) {
+    fn add(self: &Arc<Self>, framing: Arc<framing::Verdicts>) -> (Registered, Arc<Served>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let served = Arc::new(Served {
             requests: AtomicUsize::new(0),
             last_active: AtomicU64::new(now_ms()),
             told: AtomicBool::new(false),
             close: Notify::new(),
+            framing,
         });
         self.connections().insert(id, Arc::clone(&served));
         (
@@ -226,24 +239,36 @@ impl Open {
     }
 
     /// Tells the connection idle longest, if one has been idle for
-    /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; whether
-    /// there was one.
+    /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; failing
+    /// that, the one longest in the middle of a body, if it has been for
+    /// as long. Whether there was one.
     fn close_idlest(&self) -> bool {
         // In the clock's first second, nothing has been idle that long.
-        let Some(idle_since) =
-            now_ms().checked_sub(u64::try_from(IDLE_BEFORE_CLOSED.as_millis()).unwrap_or(u64::MAX))
-        else {
+        let Some(idle_since) = since_before_closed() else {
             return false;
         };
         let connections = self.connections();
-        let idlest = connections
-            .values()
+        let untold = || {
+            connections
+                .values()
+                .filter(|served| !served.told.load(Ordering::Relaxed))
+        };
+        let idlest = untold()
             .filter(|served| {
                 served.requests.load(Ordering::Relaxed) == 0
-                    && !served.told.load(Ordering::Relaxed)
                     && served.last_active.load(Ordering::Relaxed) <= idle_since
             })
-            .min_by_key(|served| served.last_active.load(Ordering::Relaxed));
+            .min_by_key(|served| served.last_active.load(Ordering::Relaxed))
+            .or_else(|| {
+                // A body a client has been sending for a second: a
+                // delivery's takes milliseconds, so this one is trickled
+                // or stalled, and holds a slot while it lasts.
+                untold()
+                    .filter_map(|served| Some((served.framing.in_body_since()?, served)))
+                    .filter(|&(since, _)| since <= idle_since)
+                    .min_by_key(|&(since, _)| since)
+                    .map(|(_, served)| served)
+            });
         match idlest {
             Some(served) => {
                 served.told.store(true, Ordering::Relaxed);
@@ -394,7 +419,8 @@ impl Server {
 
     /// How many connections are served at once. When every one is taken
     /// and another client connects, the connection idle longest (for a
-    /// second at least) is closed for it; when none is, the newcomer waits
+    /// second at least) is closed for it, or else the one sending a body
+    /// longest (for a second at least); when none is, the newcomer waits
     /// for one to close, and more wait in the kernel's backlog (see the
     /// [module docs](self)).
     ///
@@ -492,7 +518,7 @@ impl Server {
             let stream = framing::Watched::new(stream);
             let verdicts = stream.verdicts();
             let service = service.clone();
-            let (registered, served) = open.add();
+            let (registered, served) = open.add(verdicts.clone());
             let served_here = Arc::clone(&served);
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(Peer(peer));
@@ -536,14 +562,26 @@ impl Server {
                     // Closed for a new client: hyper closes an idle
                     // connection at once, and finishes a request begun and
                     // the answer it is writing; a head it is still reading
-                    // it would read until the header timeout, so a
-                    // connection in no request after a grace is dropped.
+                    // it would read until the header timeout, and a body
+                    // until the body timeout, so a connection in no request,
+                    // or in a body it has been sending for a second, is
+                    // dropped after a grace. (No handler runs before the
+                    // body is all in.)
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
                         loop {
                             match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
                                 Ok(closed) => break closed,
                                 Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
+                                    break Ok(());
+                                }
+                                Err(_) if served.framing.in_body_since().is_some_and(|since| {
+                                    since_before_closed().is_some_and(|limit| since <= limit)
+                                }) => {
+                                    tracing::debug!(
+                                        "closing a connection in the middle of a body it has \
+                                         been sending for a second, for a new client"
+                                    );
                                     break Ok(());
                                 }
                                 Err(_) => {}

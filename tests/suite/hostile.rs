@@ -1117,3 +1117,62 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
     busy.write_all(rest.as_bytes()).await.unwrap();
     assert!(answer_head(&mut busy).await.starts_with("HTTP/1.1 200"));
 }
+
+/// With every connection taken by a client in the middle of a body it
+/// stopped sending, a new client is served: the connection whose body
+/// began first, a second ago or more, is closed for it, unanswered (no
+/// handler ran: its body never came). Before, bodies held every slot until
+/// the body timeout (an hour here), and the new client waited as long.
+#[tokio::test]
+async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
+    use clink_webhooks::server::Server;
+    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .body_timeout(Duration::from_secs(3600))
+        .unwrap()
+        .route(EventRouter::new());
+    let server = Server::new()
+        .max_connections(2)
+        .and_then(|s| s.header_read_timeout(Duration::from_secs(3600)))
+        .unwrap();
+    tokio::spawn(server.serve(listener, service, std::future::pending()));
+
+    // Two deliveries, each with its head and half its body sent.
+    let mut stalled = Vec::new();
+    for n in 0..2 {
+        let body = format!(r#"{{"id":"evt_stalled_{n}","type":"invoice.paid","data":{{}}}}"#);
+        let (first, rest) = body.split_at(body.len() / 2);
+        let head = signed_head(
+            &addr.to_string(),
+            &body,
+            &format!("content-length: {}\r\n", body.len()),
+        );
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("{head}{first}").as_bytes())
+            .await
+            .unwrap();
+        stalled.push((stream, rest.to_owned()));
+    }
+
+    let request = SignedRequest::new(KEY, fresh_fixture(&EventType::InvoicePaid))
+        .uri(format!("http://{addr}/webhooks/clink"))
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let answer = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("the new client waited behind the stalled bodies")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // The first stalled body's connection was closed, unanswered; the
+    // other one is still served.
+    let (mut first, _) = stalled.remove(0);
+    assert_eq!(answer_until_closed(&mut first).await, "");
+    let (mut second, rest) = stalled.remove(0);
+    second.write_all(rest.as_bytes()).await.unwrap();
+    assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
+}
