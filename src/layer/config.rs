@@ -310,7 +310,11 @@ impl ClinkLayer {
     /// upgrade that decodes them (`clink-webhook inbox replay`, or
     /// [`Inbox::replay`](crate::store::Inbox::replay) with
     /// [`Workers`](crate::inbox::Workers) running). If the inbox cannot take
-    /// the event, the delivery is answered `500` as without one.
+    /// the event, the delivery is answered `500` as without one. Each is
+    /// kept with the delivery's signature headers as received
+    /// ([`NewEvent::signature_headers`](crate::store::NewEvent::signature_headers)),
+    /// as the [intake](Self::intake) keeps events: forwarded later, it
+    /// verifies with its recipient's key.
     #[must_use]
     pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
         self.config_mut().dead_letters = Some(Arc::new(inbox));

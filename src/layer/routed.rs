@@ -15,7 +15,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::config::Config;
-use super::service::{delivery, handle, layer_response, Verified};
+use super::service::{delivery, handle, layer_response, Received, Verified};
 use super::{Metrics, ResponseBody, ResponseFuture};
 use crate::guard::{cold, within, CatchUnwind};
 use crate::outcome::handler_timed_out;
@@ -139,10 +139,11 @@ where
                 // Emptied now, not when the answer is made: nothing of the
                 // request's headers is kept while the handler runs. The
                 // maps keep their room for the response's.
+                let received = Received::for_dead_letters(&config, &parts.headers);
                 let (mut headers, mut extensions) = (parts.headers, parts.extensions);
                 headers.clear();
                 extensions.clear();
-                route(config, router, headers, extensions, verified)
+                route(config, router, headers, extensions, verified, received)
             },
         )
     }
@@ -152,7 +153,7 @@ where
 /// `extensions`, the request's maps emptied, take the response's.
 fn route<T>(
     config: Arc<Config>, router: EventRouter<T>, headers: http::HeaderMap,
-    extensions: http::Extensions, verified: VerifiedEvent,
+    extensions: http::Extensions, verified: VerifiedEvent, received: Received,
 ) -> impl Future<Output = Verified<Full<Bytes>>>
 where
     T: Clone + Send + Sync + 'static,
@@ -160,6 +161,7 @@ where
     handle(
         config,
         verified,
+        received,
         async move |verified, deadline, succeeded| {
             // The router turns a panic in its steps into an outcome; this
             // guard also covers what it does around them (the log of that

@@ -28,7 +28,8 @@ use super::{Metrics, ResponseBody, ResponseFuture, VerifiedBody};
 use crate::events::DecodesTyped;
 use crate::guard::{boxed_in_place, cold, HandlerDeadline, Limit, PassOnSuccess};
 use crate::router::Dispatched;
-use crate::store::{timed, Inbox, NewEvent};
+use crate::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::store::{timed, Inbox, NewEvent, SignatureHeaders};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 
 /// The service made by [`ClinkLayer`](super::ClinkLayer): verifies,
@@ -102,9 +103,11 @@ where
             inner,
             router_typed::<S>,
             move |config, parts, verified, inner| {
+                let received = Received::for_dead_letters(&config, &parts.headers);
                 handle(
                     config,
                     verified,
+                    received,
                     async move |verified, deadline, succeeded| {
                         let body = Full::new(verified.event().body().clone());
                         let mut request = Request::from_parts(parts, body);
@@ -348,7 +351,7 @@ pub(super) fn layer_response<B>(outcome: &Outcome) -> Response<ResponseBody<B>> 
     reason = "an async block keeps no second copy of the arguments"
 )]
 pub(super) fn handle<ResB, F>(
-    config: Arc<Config>, mut verified: VerifiedEvent, run: F,
+    config: Arc<Config>, mut verified: VerifiedEvent, received: Received, run: F,
 ) -> impl Future<Output = Verified<ResB>>
 where
     F: AsyncFnOnce(VerifiedEvent, Deadline, &AtomicBool) -> (Response<ResponseBody<ResB>>, Outcome),
@@ -403,7 +406,15 @@ where
                     .get::<Dispatched>()
                     .and_then(Dispatched::failure)
                     .unwrap_or("the event's data does not decode into its handler's type");
-                if dead_letter(&config, &**inbox, &verified, failure, deadline.duration()).await {
+                let kept = dead_letter(
+                    &config,
+                    &**inbox,
+                    &verified,
+                    &received,
+                    failure,
+                    deadline.duration(),
+                );
+                if kept.await {
                     outcome = Outcome::DeadLettered;
                     response = layer_response(&outcome);
                 }
@@ -443,12 +454,48 @@ impl Limit for Deadline {
     }
 }
 
-/// Keeps an event whose data does not decode as dead in `inbox`; whether
-/// it is kept (a copy kept before counts).
+/// A delivery's signature headers as received, kept only when the layer
+/// has a dead-letter inbox (a box of two shared handles, no copy): a dead
+/// letter is kept with them, as the intake keeps every event, so that one
+/// forwarded later can be verified by its recipient.
+#[derive(Debug, Default)]
+pub(super) struct Received(Option<Box<(http::HeaderValue, http::HeaderValue)>>);
+
+impl Received {
+    /// The signature headers in `headers` if `config` has a dead-letter
+    /// inbox; nothing otherwise.
+    pub(super) fn for_dead_letters(config: &Config, headers: &http::HeaderMap) -> Self {
+        if config.dead_letters.is_none() {
+            return Self(None);
+        }
+        let header = |name| headers.get(name).cloned();
+        Self(
+            header(TIMESTAMP_HEADER)
+                .zip(header(SIGNATURE_HEADER))
+                .map(Box::new),
+        )
+    }
+
+    fn signature_headers(&self) -> Option<SignatureHeaders> {
+        let (timestamp, signature) = &**self.0.as_ref()?;
+        Some(SignatureHeaders::new(
+            timestamp.to_str().ok()?,
+            signature.to_str().ok()?,
+        ))
+    }
+}
+
+/// Keeps an event whose data does not decode as dead in `inbox`, with the
+/// signature headers it was `received` with; whether it is kept (a copy
+/// kept before counts).
 async fn dead_letter(
-    config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, failure: &str, left: Duration,
+    config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, received: &Received,
+    failure: &str, left: Duration,
 ) -> bool {
-    let event = NewEvent::from_verified(verified, Timestamp::now());
+    let mut event = NewEvent::from_verified(verified, Timestamp::now());
+    if let Some(headers) = received.signature_headers() {
+        event = event.with_signature_headers(headers);
+    }
     let error = format!("dead: its data does not decode, so no retry can help: {failure}");
     // Within the handler's time: the completion after it must still land
     // inside the lease. One cut short is answered 500 and released; the

@@ -373,3 +373,48 @@ async fn a_dead_letter_insert_is_bounded_by_the_handlers_time() {
     let response = in_time.oneshot(request()).await.unwrap();
     assert_eq!(Outcome::of(&response), Some(&Outcome::DeadLettered));
 }
+
+/// A dead letter is kept with the delivery's signature headers, byte for
+/// byte, through `route` and through `layer` alike: forwarded later, its
+/// recipient verifies it with its own key, as it does an event the intake
+/// kept.
+#[tokio::test]
+async fn a_dead_letter_keeps_the_signature_headers_it_came_with() {
+    use clink_webhooks::store::Inbox;
+
+    let router = || {
+        EventRouter::new().on::<events::OrderCreated, _>(|_event| async { Ok::<_, Infallible>(()) })
+    };
+    let body = r#"{"id":"evt_poison","type":"order.created","data":{"orderId":5}}"#;
+    for routed in [true, false] {
+        let inbox = Arc::new(MemoryInbox::new());
+        let layer =
+            ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+        let sent = (
+            request.headers()["x-clink-timestamp"].clone(),
+            request.headers()["x-clink-signature"].clone(),
+        );
+        let response = if routed {
+            layer.route(router()).oneshot(request).await.unwrap()
+        } else {
+            layer.layer(router()).oneshot(request).await.unwrap()
+        };
+        assert_eq!(
+            Outcome::of(&response),
+            Some(&Outcome::DeadLettered),
+            "routed: {routed}"
+        );
+        let entry = inbox.get(1).await.unwrap().expect("the dead letter");
+        let headers = entry
+            .event
+            .signature_headers
+            .unwrap_or_else(|| panic!("kept without its signature headers (routed: {routed})"));
+        assert_eq!(headers.timestamp.as_bytes(), sent.0.as_bytes());
+        assert_eq!(headers.signature.as_bytes(), sent.1.as_bytes());
+        Verifier::new(SECRET)
+            .unwrap()
+            .verify(&headers.timestamp, &headers.signature, &entry.event.body)
+            .expect("the dead letter verifies with the headers kept");
+    }
+}
