@@ -19,7 +19,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -103,6 +103,8 @@ pub(super) struct Framing {
     requests: u64,
     /// Shared with the connection's service: see [`Verdicts`].
     verdicts: Arc<Verdicts>,
+    /// The request (its count of heads) whose body `body_since` is of.
+    body_of: u64,
 }
 
 /// What the scanner found, read by the connection's service: the index (0
@@ -112,9 +114,15 @@ pub(super) struct Verdicts {
     refused_from: AtomicU64,
     /// Requests the service has been called for.
     calls: AtomicU64,
-    /// When the body being read began to arrive, on the server's clock
-    /// (`now_ms`, at least 1); 0 while no body is being read.
+    /// When the connection first waited on its client for bytes of the
+    /// body being read, once the service had been called for its request,
+    /// on the server's clock (`now_ms`, at least 1); 0 until then, and once
+    /// no body is being read.
     body_since: AtomicU64,
+    /// Whether the last read of the connection found nothing to read in
+    /// the middle of a body: the server wants bytes the client has not
+    /// sent.
+    waiting: AtomicBool,
     /// Request heads the scanner has read to their end.
     heads: AtomicU64,
 }
@@ -128,15 +136,23 @@ impl Verdicts {
         index >= self.refused_from.load(Ordering::Relaxed)
     }
 
-    /// Since when (`now_ms`) the connection has been in the middle of the
-    /// body of the request its service was last called for: its head read,
-    /// and not all of its body. `None` when it is not, and while a request
-    /// sent before it (pipelined) may still be handled: hyper calls the
-    /// service for a request only once the one before is answered.
-    pub(super) fn in_body_since(&self) -> Option<u64> {
+    /// Since when (`now_ms`) the connection has been waiting on its client
+    /// for the body of the request its service was last called for: from
+    /// the first read that found none of it yet, once the service wanted
+    /// it. `None` when the last read found bytes, when the service does not
+    /// read the body (a lookup before it, an `Expect: 100-continue` not yet
+    /// answered), when no body is being read, and while a request sent
+    /// before it (pipelined) may still be handled: hyper calls the service
+    /// for a request only once the one before is answered.
+    pub(super) fn waiting_for_body_since(&self) -> Option<u64> {
         let since = self.body_since.load(Ordering::Relaxed);
-        let served = self.calls.load(Ordering::Relaxed) >= self.heads.load(Ordering::Relaxed);
-        (since != 0 && served).then_some(since)
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        (since != 0 && waiting && self.served()).then_some(since)
+    }
+
+    /// Whether the service has been called for every request head read.
+    fn served(&self) -> bool {
+        self.calls.load(Ordering::Relaxed) >= self.heads.load(Ordering::Relaxed)
     }
 }
 
@@ -150,8 +166,10 @@ impl Framing {
                 refused_from: AtomicU64::new(u64::MAX),
                 calls: AtomicU64::new(0),
                 body_since: AtomicU64::new(0),
+                waiting: AtomicBool::new(false),
                 heads: AtomicU64::new(0),
             }),
+            body_of: 0,
         }
     }
 
@@ -190,14 +208,35 @@ impl Framing {
         )
     }
 
-    /// Notes, after a read, whether the connection is in the middle of a
-    /// body now, and since when: `now` is read only when a body begins.
-    fn note_body(&self, now: impl FnOnce() -> u64) {
-        let since = &self.verdicts.body_since;
-        match (self.in_body(), since.load(Ordering::Relaxed)) {
-            (true, 0) => since.store(now().max(1), Ordering::Relaxed),
-            (false, at) if at != 0 => since.store(0, Ordering::Relaxed),
-            _ => {}
+    /// Notes a read that found bytes (scanned already): the connection is
+    /// not waiting on its client now, and a body that ended, or a new one
+    /// that began, is not waited on since before.
+    fn note_bytes(&mut self) {
+        let verdicts = &self.verdicts;
+        if verdicts.waiting.load(Ordering::Relaxed) {
+            verdicts.waiting.store(false, Ordering::Relaxed);
+        }
+        if (!self.in_body() || self.body_of != self.requests)
+            && verdicts.body_since.load(Ordering::Relaxed) != 0
+        {
+            verdicts.body_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a read that found nothing: in the middle of a body its service
+    /// wants, the connection waits on its client, since the first such
+    /// read of that body (`now` is read then only).
+    fn note_nothing(&mut self, now: impl FnOnce() -> u64) {
+        let verdicts = &self.verdicts;
+        if !self.in_body() || !verdicts.served() {
+            return;
+        }
+        if verdicts.body_since.load(Ordering::Relaxed) == 0 {
+            verdicts.body_since.store(now().max(1), Ordering::Relaxed);
+            self.body_of = self.requests;
+        }
+        if !verdicts.waiting.load(Ordering::Relaxed) {
+            verdicts.waiting.store(true, Ordering::Relaxed);
         }
     }
 
@@ -464,9 +503,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) {
-            this.framing.scan(&buf.filled()[before..]);
-            this.framing.note_body(super::now_ms);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                this.framing.scan(&buf.filled()[before..]);
+                this.framing.note_bytes();
+            }
+            Poll::Pending => this.framing.note_nothing(super::now_ms),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
@@ -525,76 +568,108 @@ mod tests {
 
     const POST: &str = "POST /webhooks/clink HTTP/1.1\r\nHost: a\r\n";
 
-    /// A connection is in a body from the end of a head that frames one
-    /// until the body's last byte, whole or chunked, and not otherwise;
-    /// the time is read when a body begins, and kept while it lasts.
+    /// Scans `piece` as one read that found it, then a read that found
+    /// nothing, at `now`; what `waiting_for_body_since` says then.
+    fn read_then_wait(framing: &mut Framing, piece: &str, now: u64) -> Option<u64> {
+        framing.scan(piece.as_bytes());
+        framing.note_bytes();
+        // hyper calls the service once it has a head.
+        let verdicts = framing.verdicts();
+        while verdicts.calls.load(Ordering::Relaxed) < framing.requests {
+            verdicts.next_is_refused();
+        }
+        framing.note_nothing(|| now);
+        verdicts.waiting_for_body_since()
+    }
+
+    /// A connection waits on its client for a body from the first read
+    /// that finds none of it, whole or chunked, until the body's last byte;
+    /// a read that finds bytes stops the wait, the time it began is kept
+    /// for that body, and another body starts afresh.
     #[test]
-    fn a_body_in_progress_is_noted_with_when_it_began() {
-        let cases: [(&str, &[&str]); 3] = [
+    fn a_body_waited_on_is_noted_with_when_the_wait_began() {
+        let next = format!("i{POST}Content-Length: 2\r\n\r\n");
+        let cases: [(&str, Vec<&str>, &[Option<u64>]); 4] = [
             (
                 "length",
-                &[POST, "Content-Length: 5\r\n", "\r\n", "he", "llo"],
+                vec![POST, "Content-Length: 5\r\n", "\r\n", "he", "llo"],
+                &[None, None, Some(3), Some(3), None],
             ),
             (
                 "chunked",
-                &[
+                vec![
                     POST,
                     "Transfer-Encoding: chunked\r\n\r\n",
                     "5\r\nhel",
                     "lo\r\n0\r\n",
                     "\r\n",
                 ],
+                &[None, Some(2), Some(2), Some(2), None],
             ),
-            ("no body", &[POST, "Content-Length: 0\r\n\r\n", POST]),
+            (
+                "no body",
+                vec![POST, "Content-Length: 0\r\n\r\n", POST],
+                &[None, None, None],
+            ),
+            (
+                // One read ends a body and begins the next: that one is
+                // waited on from its own first wait.
+                "two bodies",
+                vec![POST, "Content-Length: 2\r\n\r\nh", &next, "ok"],
+                &[None, Some(2), Some(3), None],
+            ),
         ];
-        let expected: [&[Option<u64>]; 3] = [
-            &[None, None, Some(7), Some(7), None],
-            &[None, Some(7), Some(7), Some(7), None],
-            &[None, None, None],
-        ];
-        for ((name, pieces), expected) in cases.iter().zip(expected) {
+        for (name, pieces, expected) in cases {
             let mut framing = Framing::new();
-            let verdicts = framing.verdicts();
-            let mut clock = 7;
-            for (piece, expected) in pieces.iter().zip(expected) {
-                framing.scan(piece.as_bytes());
-                // hyper calls the service once it has a head.
-                while verdicts.calls.load(Ordering::Relaxed) < framing.requests {
-                    verdicts.next_is_refused();
-                }
-                framing.note_body(|| {
-                    let now = clock;
-                    clock += 1;
-                    now
-                });
+            for (now, (piece, expected)) in (1..).zip(pieces.iter().zip(expected)) {
                 assert_eq!(
-                    verdicts.in_body_since(),
+                    read_then_wait(&mut framing, piece, now),
                     *expected,
                     "{name}: after {piece:?}"
                 );
             }
-            assert!(clock <= 8, "{name}: the clock read once per body");
         }
+        // Bytes stop the wait; the time it began is kept for the body.
+        let mut framing = Framing::new();
+        let verdicts = framing.verdicts();
+        read_then_wait(&mut framing, &format!("{POST}Content-Length: 5\r\n\r\n"), 4);
+        framing.scan(b"he");
+        framing.note_bytes();
+        assert_eq!(verdicts.waiting_for_body_since(), None);
+        framing.note_nothing(|| 9);
+        assert_eq!(verdicts.waiting_for_body_since(), Some(4));
     }
 
-    /// A body sent after a request not yet answered (pipelined) is not the
-    /// body of the request being served: not noted until it is.
+    /// A body sent after a request not yet answered (pipelined) is not
+    /// waited on for the request being served: its wait begins once its
+    /// own request is served, not when hyper read ahead.
     #[test]
-    fn a_pipelined_body_counts_once_its_request_is_served() {
+    fn a_pipelined_body_is_waited_on_once_its_request_is_served() {
         let mut framing = Framing::new();
         let verdicts = framing.verdicts();
         framing.scan(
             format!("{POST}Content-Length: 1\r\n\r\nx{POST}Content-Length: 5\r\n\r\nhe").as_bytes(),
         );
-        framing.note_body(|| 3);
+        framing.note_bytes();
         verdicts.next_is_refused();
+        framing.note_nothing(|| 3);
         assert_eq!(
-            verdicts.in_body_since(),
+            verdicts.waiting_for_body_since(),
             None,
             "the first request is served"
         );
         verdicts.next_is_refused();
-        assert_eq!(verdicts.in_body_since(), Some(3), "the second one is");
+        assert_eq!(
+            verdicts.waiting_for_body_since(),
+            None,
+            "read ahead, not waited on"
+        );
+        framing.note_nothing(|| 5);
+        assert_eq!(
+            verdicts.waiting_for_body_since(),
+            Some(5),
+            "the second one is"
+        );
     }
 
     #[test]

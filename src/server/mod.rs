@@ -26,16 +26,21 @@
 //!   the connection idle longest is closed to make room (one open for at
 //!   least a second without a request, between requests or still sending
 //!   its first head), so that clients holding connections open without
-//!   using them keep no one out. With none idle, the one that began sending
-//!   a request's body longest ago, a second ago at least, is closed
-//!   unanswered: a delivery's body arrives in milliseconds, and no handler
-//!   runs before it is all in, so only a body trickled or stalled is cut
-//!   (a client sending a large body over a slow link too, while every slot
-//!   is taken). A request whose body is all in is never cut: it is
-//!   handled, and a connection told to close finishes a request it began
-//!   meanwhile (unless its body stalls for a second); only an answer
-//!   already made that its client has not read a second later is cut. While no connection qualifies, the one accepted
-//!   waits for a slot, and the rest wait in the kernel's backlog;
+//!   using them keep no one out. With none idle, the one waiting longest
+//!   on its client for the rest of a body it began sending a second ago
+//!   or more (the service wants the bytes, the client has not sent them)
+//!   is closed unanswered: a delivery's body arrives in milliseconds, and
+//!   the layer runs no handler before it is all in, so what is cut is a
+//!   body trickled or stalled (or, while every slot is taken, a large one
+//!   sent over a slow link). A request whose body is all in is never cut,
+//!   nor one whose service is not reading its body (looking up keys, or
+//!   yet to answer `Expect: 100-continue`); a connection told to close
+//!   finishes a request it began meanwhile, but for a body it then keeps
+//!   the server waiting on for a second; and an answer already made that
+//!   its client has not read a second later is cut. A service of your own
+//!   that reads a body as it runs (streaming it) is cut with it. While no
+//!   connection qualifies, the one accepted waits for a slot, and the rest
+//!   wait in the kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -240,8 +245,9 @@ impl Open {
 
     /// Tells the connection idle longest, if one has been idle for
     /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; failing
-    /// that, the one longest in the middle of a body, if it has been for
-    /// as long. Whether there was one.
+    /// that, the one waiting longest on its client for a body, if it has
+    /// waited as long. Whether there was one. Of two alike, the one opened
+    /// first.
     fn close_idlest(&self) -> bool {
         // In the clock's first second, nothing has been idle that long.
         let Some(idle_since) = since_before_closed() else {
@@ -250,25 +256,29 @@ impl Open {
         let connections = self.connections();
         let untold = || {
             connections
-                .values()
-                .filter(|served| !served.told.load(Ordering::Relaxed))
+                .iter()
+                .filter(|(_, served)| !served.told.load(Ordering::Relaxed))
         };
         let idlest = untold()
-            .filter(|served| {
-                served.requests.load(Ordering::Relaxed) == 0
-                    && served.last_active.load(Ordering::Relaxed) <= idle_since
+            .filter_map(|(&id, served)| {
+                let idle = served.requests.load(Ordering::Relaxed) == 0;
+                Some((served.last_active.load(Ordering::Relaxed), id, served)).filter(|_| idle)
             })
-            .min_by_key(|served| served.last_active.load(Ordering::Relaxed))
+            .filter(|&(since, ..)| since <= idle_since)
+            .min_by_key(|&(since, id, _)| (since, id))
             .or_else(|| {
-                // A body a client has been sending for a second: a
-                // delivery's takes milliseconds, so this one is trickled
-                // or stalled, and holds a slot while it lasts.
+                // A body its client has been sending for a second, and
+                // has not sent the next bytes of: a delivery's takes
+                // milliseconds, so this one is trickled or stalled, and
+                // holds a slot while it lasts.
                 untold()
-                    .filter_map(|served| Some((served.framing.in_body_since()?, served)))
-                    .filter(|&(since, _)| since <= idle_since)
-                    .min_by_key(|&(since, _)| since)
-                    .map(|(_, served)| served)
-            });
+                    .filter_map(|(&id, served)| {
+                        Some((served.framing.waiting_for_body_since()?, id, served))
+                    })
+                    .filter(|&(since, ..)| since <= idle_since)
+                    .min_by_key(|&(since, id, _)| (since, id))
+            })
+            .map(|(.., served)| served);
         match idlest {
             Some(served) => {
                 served.told.store(true, Ordering::Relaxed);
@@ -419,10 +429,10 @@ impl Server {
 
     /// How many connections are served at once. When every one is taken
     /// and another client connects, the connection idle longest (for a
-    /// second at least) is closed for it, or else the one sending a body
-    /// longest (for a second at least); when none is, the newcomer waits
-    /// for one to close, and more wait in the kernel's backlog (see the
-    /// [module docs](self)).
+    /// second at least) is closed for it, or else the one waiting longest
+    /// on its client for a body (for a second at least); when none is, the
+    /// newcomer waits for one to close, and more wait in the kernel's
+    /// backlog (see the [module docs](self)).
     ///
     /// # Errors
     ///
@@ -499,7 +509,7 @@ impl Server {
                 // is told; with none idle long enough, a look again soon.
                 let wait = if open.close_idlest() {
                     tracing::debug!(
-                        "every connection is taken: closing the one idle longest for a new client"
+                        "every connection is taken: closing one idle, or waiting on a body, for a new client"
                     );
                     CLOSE_GRACE + EVICT_AGAIN
                 } else {
@@ -564,9 +574,9 @@ impl Server {
                     // the answer it is writing; a head it is still reading
                     // it would read until the header timeout, and a body
                     // until the body timeout, so a connection in no request,
-                    // or in a body it has been sending for a second, is
-                    // dropped after a grace. (No handler runs before the
-                    // body is all in.)
+                    // or waiting a second or more on its client for a body,
+                    // is dropped after a grace. (The layer runs no handler
+                    // before the body is all in.)
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
                         loop {
@@ -575,12 +585,12 @@ impl Server {
                                 Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
                                     break Ok(());
                                 }
-                                Err(_) if served.framing.in_body_since().is_some_and(|since| {
-                                    since_before_closed().is_some_and(|limit| since <= limit)
-                                }) => {
+                                Err(_) if served.framing.waiting_for_body_since().is_some_and(
+                                    |since| since_before_closed().is_some_and(|limit| since <= limit),
+                                ) => {
                                     tracing::debug!(
-                                        "closing a connection in the middle of a body it has \
-                                         been sending for a second, for a new client"
+                                        "closing a connection whose client has been sending a \
+                                         body for a second, for a new client"
                                     );
                                     break Ok(());
                                 }
