@@ -49,7 +49,7 @@
 //! | [`HandlerPanicked`](Outcome::HandlerPanicked) | 500 | yes | yes, and panicked |
 //! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
 //! | [`Undecodable`](Outcome::Undecodable) | 500 | yes | no: its data does not decode into the handler's type |
-//! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode; kept as dead in the dead-letter inbox |
+//! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode, or its body is no event envelope; kept as dead in the dead-letter inbox |
 //!
 //! A `2xx` outcome marks the event completed; any other releases its claim
 //! so that Clink's retry runs the handler again. No status is ever a `3xx`,
@@ -155,10 +155,11 @@ pub enum Outcome {
     /// and no hook or dead-letter inbox took it (`500`). Decoding is
     /// deterministic: retries fail the same way until the code changes.
     Undecodable,
-    /// The event's data does not decode into the type its handler takes;
-    /// it was kept as dead in the layer's
-    /// [dead-letter inbox](crate::ClinkLayer::dead_letters) and acknowledged
-    /// (`200`), to be replayed after an upgrade that decodes it.
+    /// The event's data does not decode into the type its handler takes,
+    /// or the verified body is no event envelope (what is otherwise
+    /// [`InvalidEnvelope`](Self::InvalidEnvelope)); it was kept as dead in
+    /// the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) and
+    /// acknowledged (`200`), to be replayed after an upgrade that reads it.
     DeadLettered,
 }
 
@@ -442,8 +443,9 @@ impl fmt::Display for Outcome {
                  the same way until the receiver is upgraded",
             ),
             Self::DeadLettered => f.write_str(
-                "the event's data does not decode into the type its handler takes; it was kept \
-                 as dead in the dead-letter inbox, to replay after an upgrade",
+                "the event's data does not decode into the type its handler takes, or the body \
+                 is no event envelope; it was kept as dead in the dead-letter inbox, to replay \
+                 after an upgrade",
             ),
         }
     }

@@ -315,6 +315,15 @@ impl ClinkLayer {
     /// ([`NewEvent::signature_headers`](crate::store::NewEvent::signature_headers)),
     /// as the [intake](Self::intake) keeps events: forwarded later, it
     /// verifies with its recipient's key.
+    ///
+    /// A verified body that is no event envelope (not a JSON object, no
+    /// `id` or `type`, a key of the envelope repeated:
+    /// [`Outcome::InvalidEnvelope`](crate::Outcome::InvalidEnvelope),
+    /// `400` without a dead-letter inbox) is kept there as dead too, and
+    /// acknowledged: it has no id, so it is kept under `not-an-envelope:`
+    /// and the SHA-256 of its body in hex, and a retry of it is kept once.
+    /// An [`InboxIntake`] made from this layer keeps such bodies in this
+    /// inbox, not in its own.
     #[must_use]
     pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
         self.config_mut().dead_letters = Some(Arc::new(inbox));

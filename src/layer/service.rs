@@ -501,18 +501,74 @@ async fn dead_letter(
     // inside the lease. One cut short is answered 500 and released; the
     // retry keeps the event then (an insert that landed meanwhile finds it
     // kept already).
-    match timed(
+    keep_dead(
+        config,
+        inbox,
+        &event,
+        &error,
         config.settings.store_timeout.min(left),
-        inbox.insert_dead(&event, &error),
+        "undecodable data",
     )
     .await
-    {
+}
+
+/// Keeps a verified body that is no Clink event envelope (`error` says
+/// why) as dead in the layer's dead-letter inbox, if it has one; the
+/// outcome to answer: [`Outcome::DeadLettered`] once kept, the refusal
+/// (`400`, which Clink retries) otherwise. It has no event id to claim or
+/// to be kept under, so it is kept under `not-an-envelope:` and the
+/// SHA-256 of the body in hex: a retry of the same body is kept once.
+/// Nothing reads it but the dead-letter inbox's readers; replayed, it goes
+/// dead again until an upgrade of the crate reads it.
+pub(super) async fn dead_letter_not_an_envelope(
+    config: &Config, headers: &http::HeaderMap, body: Bytes, verified: &crate::Verified,
+    account: Option<&str>, error: crate::events::EnvelopeError,
+) -> Outcome {
+    let refused = Outcome::InvalidEnvelope(error);
+    let Some(inbox) = &config.dead_letters else {
+        return refused;
+    };
+    use sha2::{Digest as _, Sha256};
+    let id = format!("not-an-envelope:{}", hex::encode(Sha256::digest(&body)));
+    let mut event = NewEvent::new(
+        account.map(str::to_owned),
+        id,
+        String::new(),
+        None,
+        None,
+        verified.signed_at(),
+        Timestamp::now(),
+        body,
+    )
+    .with_signing_key(verified.key_name());
+    if let Some(headers) = Received::for_dead_letters(config, headers).signature_headers() {
+        event = event.with_signature_headers(headers);
+    }
+    let reason = format!(
+        "dead: the verified body is not a Clink event envelope ({error}), so no retry can help"
+    );
+    let what = "a verified body that is not an event envelope";
+    let timeout = config.settings.store_timeout;
+    if keep_dead(config, &**inbox, &event, &reason, timeout, what).await {
+        Outcome::DeadLettered
+    } else {
+        refused
+    }
+}
+
+/// Inserts `event` as dead with `error` into `inbox` within `timeout`,
+/// logging `what` was kept; whether it was (a copy kept before counts).
+async fn keep_dead(
+    config: &Config, inbox: &dyn Inbox, event: &NewEvent, error: &str, timeout: Duration,
+    what: &str,
+) -> bool {
+    match timed(timeout, inbox.insert_dead(event, error)).await {
         Ok(_) => {
             config.outages.dead_letters.succeeded();
             tracing::warn!(
                 event_id = ?event.event_id,
                 event_type = ?event.event_type,
-                "clink delivery: undecodable data kept as dead in the dead-letter inbox"
+                "clink delivery: {what} kept as dead in the dead-letter inbox"
             );
             true
         }
@@ -520,7 +576,7 @@ async fn dead_letter(
             tracing::debug!(
                 %error,
                 event_id = ?event.event_id,
-                "clink delivery: could not keep undecodable data in the dead-letter inbox; answering 500"
+                "clink delivery: could not keep {what} in the dead-letter inbox; answering it as without one"
             );
             config.outages.dead_letters.failed(&error);
             false

@@ -1,5 +1,6 @@
 //! Steps 1 to 5: method, signature headers, body (bounded, hashed as it
-//! streams), signature, envelope. Nothing here touches a store.
+//! streams), signature, envelope. Nothing here touches a store but the
+//! dead-letter inbox, for a verified body that is no envelope.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -74,14 +75,33 @@ where
     drop(verifier);
     // Verified: the body no longer counts against the budget.
     drop(reading);
+    // Kept for the dead-letter inbox, if the layer has one (a shared
+    // handle, no copy), should the body be no envelope.
+    let kept = config.dead_letters.as_ref().map(|_| bytes.clone());
     let event = match typed {
         Some(typed) => RawEvent::from_bytes_for(bytes, typed),
         None => RawEvent::from_bytes(bytes),
     };
-    let mut event = event.map_err(|error| {
-        cold();
-        Outcome::InvalidEnvelope(error)
-    })?;
+    let mut event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            cold();
+            let Some(body) = kept else {
+                return Err(Outcome::InvalidEnvelope(error));
+            };
+            // Boxed: the delivery's future stays the size it is without it.
+            return Err(Box::pin(super::service::dead_letter_not_an_envelope(
+                config,
+                &parts.headers,
+                body,
+                &verified,
+                account.as_deref(),
+                error,
+            ))
+            .await);
+        }
+    };
+    drop(kept);
     // An id is data, never text to print: one with a line break, a
     // terminal escape or a character that hides or reorders text in it is
     // refused rather than carried into logs.

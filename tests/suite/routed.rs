@@ -418,3 +418,74 @@ async fn a_dead_letter_keeps_the_signature_headers_it_came_with() {
             .expect("the dead letter verifies with the headers kept");
     }
 }
+
+/// A verified body that is no event envelope (no id, here) is kept as dead
+/// in the dead-letter inbox, under the SHA-256 of the body, with its
+/// signature headers, and answered `200`: Clink's retries could not help.
+/// Sent again, it is kept once. Without a dead-letter inbox it is refused
+/// `400`, as before, for Clink to retry.
+#[tokio::test]
+async fn a_verified_body_that_is_no_envelope_is_kept_as_dead() {
+    use clink_webhooks::events::EnvelopeError;
+    use clink_webhooks::store::{Inbox, InboxStatus};
+
+    let router = || {
+        EventRouter::new().on::<events::OrderCreated, _>(|_event| async { Ok::<_, Infallible>(()) })
+    };
+    let body = r#"{"type":"order.created","data":{"orderId":"ord_1"}}"#;
+    for routed in [true, false] {
+        let inbox = Arc::new(MemoryInbox::new());
+        let layer =
+            ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+        let service = |layer: ClinkLayer| {
+            let routed_service = layer.route(router());
+            let layered = layer.layer(router());
+            move |request: Request<Full<Bytes>>| {
+                let (routed_service, layered) = (routed_service.clone(), layered.clone());
+                async move {
+                    if routed {
+                        routed_service.oneshot(request).await.unwrap()
+                    } else {
+                        layered.oneshot(request).await.unwrap()
+                    }
+                }
+            }
+        };
+        let send = service(layer);
+        for _ in 0..2 {
+            let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+            let response = send(request).await;
+            assert_eq!(response.status(), 200, "routed: {routed}");
+            assert_eq!(Outcome::of(&response), Some(&Outcome::DeadLettered));
+            let stats = inbox.stats().await.unwrap();
+            assert_eq!(stats.dead, 1, "kept once (routed: {routed})");
+            let entry = inbox.get(1).await.unwrap().expect("the dead letter");
+            assert_eq!(entry.status, InboxStatus::Dead);
+            assert!(
+                entry.event.event_id.starts_with("not-an-envelope:"),
+                "{}",
+                entry.event.event_id
+            );
+            assert_eq!(&entry.event.body[..], body.as_bytes());
+            let error = entry.last_error.expect("why");
+            assert!(error.contains("not a Clink event envelope"), "{error}");
+            let headers = entry
+                .event
+                .signature_headers
+                .expect("its signature headers");
+            Verifier::new(SECRET)
+                .unwrap()
+                .verify(&headers.timestamp, &headers.signature, &entry.event.body)
+                .expect("verifies with the headers kept");
+        }
+
+        // Without a dead-letter inbox: refused, for Clink to retry.
+        let send = service(ClinkLayer::new(Verifier::new(SECRET).unwrap()));
+        let response = send(SignedRequest::new(SECRET, body).build::<Full<Bytes>>()).await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            Outcome::of(&response),
+            Some(&Outcome::InvalidEnvelope(EnvelopeError::MissingId))
+        );
+    }
+}
