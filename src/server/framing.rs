@@ -105,7 +105,14 @@ pub(super) struct Framing {
     verdicts: Arc<Verdicts>,
     /// The request (its count of heads) whose body `body_since` is of.
     body_of: u64,
+    /// Bytes read since `body_since` was stamped.
+    progress: u64,
 }
+
+/// The bytes of a body that, read since the server began to wait on it,
+/// make the wait start again: a body that arrives this fast is flowing,
+/// not trickled or stalled.
+pub(super) const FLOWING: u64 = 16 * 1024;
 
 /// What the scanner found, read by the connection's service: the index (0
 /// for the connection's first request) from which requests are refused.
@@ -114,10 +121,11 @@ pub(super) struct Verdicts {
     refused_from: AtomicU64,
     /// Requests the service has been called for.
     calls: AtomicU64,
-    /// When the connection first waited on its client for bytes of the
+    /// When the connection began to wait on its client for bytes of the
     /// body being read, once the service had been called for its request,
-    /// on the server's clock (`now_ms`, at least 1); 0 until then, and once
-    /// no body is being read.
+    /// on the server's clock (`now_ms`, at least 1): its first read that
+    /// found nothing, and again after [`FLOWING`] bytes came. 0 until
+    /// then, and once no body is being read.
     body_since: AtomicU64,
     /// Whether the last read of the connection found nothing to read in
     /// the middle of a body: the server wants bytes the client has not
@@ -137,13 +145,12 @@ impl Verdicts {
     }
 
     /// Since when (`now_ms`) the connection has been waiting on its client
-    /// for the body of the request its service was last called for: from
-    /// the first read that found none of it yet, once the service wanted
-    /// it. `None` when the last read found bytes, when the service does not
-    /// read the body (a lookup before it, an `Expect: 100-continue` not yet
-    /// answered), when no body is being read, and while a request sent
-    /// before it (pipelined) may still be handled: hyper calls the service
-    /// for a request only once the one before is answered.
+    /// for the body of the request its service was last called for, with
+    /// less than [`FLOWING`] bytes of it come since: from the first read
+    /// (after the service was called) that found none of it. `None` when
+    /// the last read found bytes, when no body is being read, and while a
+    /// request sent before it (pipelined) may still be handled: hyper calls
+    /// the service for a request only once the one before is answered.
     pub(super) fn waiting_for_body_since(&self) -> Option<u64> {
         let since = self.body_since.load(Ordering::Relaxed);
         let waiting = self.waiting.load(Ordering::Relaxed);
@@ -170,6 +177,7 @@ impl Framing {
                 heads: AtomicU64::new(0),
             }),
             body_of: 0,
+            progress: 0,
         }
     }
 
@@ -208,17 +216,22 @@ impl Framing {
         )
     }
 
-    /// Notes a read that found bytes (scanned already): the connection is
-    /// not waiting on its client now, and a body that ended, or a new one
-    /// that began, is not waited on since before.
-    fn note_bytes(&mut self) {
+    /// Notes a read that found `read` bytes (scanned already): the
+    /// connection is not waiting on its client now; a body that ended, a new
+    /// one that began, or one that brought [`FLOWING`] bytes since the wait
+    /// began, is not waited on since before.
+    fn note_bytes(&mut self, read: usize) {
         let verdicts = &self.verdicts;
         if verdicts.waiting.load(Ordering::Relaxed) {
             verdicts.waiting.store(false, Ordering::Relaxed);
         }
-        if (!self.in_body() || self.body_of != self.requests)
-            && verdicts.body_since.load(Ordering::Relaxed) != 0
-        {
+        if verdicts.body_since.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.progress = self
+            .progress
+            .saturating_add(u64::try_from(read).unwrap_or(u64::MAX));
+        if !self.in_body() || self.body_of != self.requests || self.progress >= FLOWING {
             verdicts.body_since.store(0, Ordering::Relaxed);
         }
     }
@@ -234,6 +247,7 @@ impl Framing {
         if verdicts.body_since.load(Ordering::Relaxed) == 0 {
             verdicts.body_since.store(now().max(1), Ordering::Relaxed);
             self.body_of = self.requests;
+            self.progress = 0;
         }
         if !verdicts.waiting.load(Ordering::Relaxed) {
             verdicts.waiting.store(true, Ordering::Relaxed);
@@ -505,8 +519,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         match polled {
             Poll::Ready(Ok(())) => {
-                this.framing.scan(&buf.filled()[before..]);
-                this.framing.note_bytes();
+                let read = &buf.filled()[before..];
+                this.framing.scan(read);
+                this.framing.note_bytes(read.len());
             }
             Poll::Pending => this.framing.note_nothing(super::now_ms),
             Poll::Ready(Err(_)) => {}
@@ -572,7 +587,7 @@ mod tests {
     /// nothing, at `now`; what `waiting_for_body_since` says then.
     fn read_then_wait(framing: &mut Framing, piece: &str, now: u64) -> Option<u64> {
         framing.scan(piece.as_bytes());
-        framing.note_bytes();
+        framing.note_bytes(piece.len());
         // hyper calls the service once it has a head.
         let verdicts = framing.verdicts();
         while verdicts.calls.load(Ordering::Relaxed) < framing.requests {
@@ -634,10 +649,31 @@ mod tests {
         let verdicts = framing.verdicts();
         read_then_wait(&mut framing, &format!("{POST}Content-Length: 5\r\n\r\n"), 4);
         framing.scan(b"he");
-        framing.note_bytes();
+        framing.note_bytes(2);
         assert_eq!(verdicts.waiting_for_body_since(), None);
         framing.note_nothing(|| 9);
         assert_eq!(verdicts.waiting_for_body_since(), Some(4));
+    }
+
+    /// A body that brings [`FLOWING`] bytes since its wait began is waited
+    /// on afresh: only one arriving slower ages. (A head that waited on a
+    /// key lookup before its body was read does not count against it once
+    /// the body flows.)
+    #[test]
+    fn a_flowing_body_is_waited_on_afresh() {
+        let mut framing = Framing::new();
+        let body = 3 * FLOWING;
+        let head = format!("{POST}Content-Length: {body}\r\n\r\n");
+        assert_eq!(read_then_wait(&mut framing, &head, 1), Some(1));
+        let piece = "x".repeat(usize::try_from(FLOWING / 2).unwrap());
+        // Half of FLOWING: still the wait that began at 1.
+        assert_eq!(read_then_wait(&mut framing, &piece, 2), Some(1));
+        // The other half: a wait that begins now.
+        assert_eq!(read_then_wait(&mut framing, &piece, 3), Some(3));
+        // A trickle ages from there.
+        for now in 4..10 {
+            assert_eq!(read_then_wait(&mut framing, "x", now), Some(3));
+        }
     }
 
     /// A body sent after a request not yet answered (pipelined) is not
@@ -650,7 +686,7 @@ mod tests {
         framing.scan(
             format!("{POST}Content-Length: 1\r\n\r\nx{POST}Content-Length: 5\r\n\r\nhe").as_bytes(),
         );
-        framing.note_bytes();
+        framing.note_bytes(1);
         verdicts.next_is_refused();
         framing.note_nothing(|| 3);
         assert_eq!(

@@ -26,21 +26,20 @@
 //!   the connection idle longest is closed to make room (one open for at
 //!   least a second without a request, between requests or still sending
 //!   its first head), so that clients holding connections open without
-//!   using them keep no one out. With none idle, the one waiting longest
-//!   on its client for the rest of a body it began sending a second ago
-//!   or more (the service wants the bytes, the client has not sent them)
-//!   is closed unanswered: a delivery's body arrives in milliseconds, and
-//!   the layer runs no handler before it is all in, so what is cut is a
-//!   body trickled or stalled (or, while every slot is taken, a large one
-//!   sent over a slow link). A request whose body is all in is never cut,
-//!   nor one whose service is not reading its body (looking up keys, or
-//!   yet to answer `Expect: 100-continue`); a connection told to close
-//!   finishes a request it began meanwhile, but for a body it then keeps
-//!   the server waiting on for a second; and an answer already made that
-//!   its client has not read a second later is cut. A service of your own
-//!   that reads a body as it runs (streaming it) is cut with it. While no
-//!   connection qualifies, the one accepted waits for a slot, and the rest
-//!   wait in the kernel's backlog;
+//!   using them keep no one out. With none idle, the one whose client has
+//!   kept it waiting longest, a second or more, for a body that arrives
+//!   slower than 16 KiB in that time is closed unanswered: a delivery's
+//!   body arrives in milliseconds, and the layer runs no handler before
+//!   it is all in, so what is cut is a body trickled or stalled (or, while
+//!   every slot is taken, one sent that slowly over a poor link). A
+//!   request whose body is all in is never cut when the layer serves it,
+//!   and a connection told to close finishes a request it began meanwhile
+//!   unless it stalls its body so; an answer already made that its client
+//!   has not read a second later is cut. A service of your own that leaves
+//!   a body unread while it runs (or streams it) may be cut with it when
+//!   its client sends the body that slowly. While no connection
+//!   qualifies, the one accepted waits for a slot, and the rest wait in the
+//!   kernel's backlog;
 //! - logs a failed `accept` (out of file descriptors, say) and tries again
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
@@ -245,9 +244,9 @@ impl Open {
 
     /// Tells the connection idle longest, if one has been idle for
     /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; failing
-    /// that, the one waiting longest on its client for a body, if it has
-    /// waited as long. Whether there was one. Of two alike, the one opened
-    /// first.
+    /// that, the one whose client has kept it waiting longest for a body
+    /// that is not flowing ([`Served::body_stalled`]). Whether there was
+    /// one. Of two alike, the one opened first.
     fn close_idlest(&self) -> bool {
         // In the clock's first second, nothing has been idle that long.
         let Some(idle_since) = since_before_closed() else {
@@ -267,10 +266,10 @@ impl Open {
             .filter(|&(since, ..)| since <= idle_since)
             .min_by_key(|&(since, id, _)| (since, id))
             .or_else(|| {
-                // A body its client has been sending for a second, and
-                // has not sent the next bytes of: a delivery's takes
-                // milliseconds, so this one is trickled or stalled, and
-                // holds a slot while it lasts.
+                // A body its client has kept the server waiting on for a
+                // second, sending less than 16 KiB of it: a delivery's
+                // takes milliseconds, so this one is trickled or stalled,
+                // and holds a slot while it lasts.
                 untold()
                     .filter_map(|(&id, served)| {
                         Some((served.framing.waiting_for_body_since()?, id, served))
@@ -289,6 +288,17 @@ impl Open {
             }
             None => false,
         }
+    }
+}
+
+impl Served {
+    /// Whether the server has been waiting a second or more on this
+    /// connection's client for a body arriving slower than
+    /// [`framing::FLOWING`] bytes in that time.
+    fn body_stalled(&self) -> bool {
+        self.framing
+            .waiting_for_body_since()
+            .is_some_and(|since| since_before_closed().is_some_and(|limit| since <= limit))
     }
 }
 
@@ -430,7 +440,7 @@ impl Server {
     /// How many connections are served at once. When every one is taken
     /// and another client connects, the connection idle longest (for a
     /// second at least) is closed for it, or else the one waiting longest
-    /// on its client for a body (for a second at least); when none is, the
+    /// on its client for a stalled body (for a second at least); when none is, the
     /// newcomer waits for one to close, and more wait in the kernel's
     /// backlog (see the [module docs](self)).
     ///
@@ -573,25 +583,23 @@ impl Server {
                     // connection at once, and finishes a request begun and
                     // the answer it is writing; a head it is still reading
                     // it would read until the header timeout, and a body
-                    // until the body timeout, so a connection in no request,
-                    // or waiting a second or more on its client for a body,
-                    // is dropped after a grace. (The layer runs no handler
+                    // until the body timeout, so a connection in no request
+                    // is dropped after a grace, and one whose client has
+                    // stalled its body at once. (The layer runs no handler
                     // before the body is all in.)
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
                         loop {
+                            if served.body_stalled() {
+                                tracing::debug!(
+                                    "closing a connection whose client has stalled its body, \
+                                     for a new client"
+                                );
+                                break Ok(());
+                            }
                             match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
                                 Ok(closed) => break closed,
                                 Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
-                                    break Ok(());
-                                }
-                                Err(_) if served.framing.waiting_for_body_since().is_some_and(
-                                    |since| since_before_closed().is_some_and(|limit| since <= limit),
-                                ) => {
-                                    tracing::debug!(
-                                        "closing a connection whose client has been sending a \
-                                         body for a second, for a new client"
-                                    );
                                     break Ok(());
                                 }
                                 Err(_) => {}

@@ -1170,11 +1170,17 @@ async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
         .unwrap();
     assert_eq!(answer.status(), 200);
 
-    // The first stalled body's connection was closed, unanswered; the
-    // other one is still served.
+    // The first stalled body's connection was closed, unanswered (no
+    // handler ran). The other one, if it was not closed too (on a machine
+    // so slow that the first took over a second to close), is served once
+    // its body comes.
     let (mut first, _) = stalled.remove(0);
     assert_eq!(answer_until_closed(&mut first).await, "");
     let (mut second, rest) = stalled.remove(0);
-    second.write_all(rest.as_bytes()).await.unwrap();
-    assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
+    let _ = second.write_all(rest.as_bytes()).await;
+    let answer = answer_head(&mut second).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
 }
