@@ -16,8 +16,9 @@
 //! `livemode`, `data`) or of the `data` wrapper (`object`) is not an
 //! envelope: [`RawEvent::from_slice`] returns
 //! [`EnvelopeError::DuplicateKey`] (code `duplicate_key`), which the layer
-//! answers with `400` ([`Outcome::InvalidEnvelope`](crate::Outcome::InvalidEnvelope)),
-//! so the handler never runs on a guess. Keys repeated elsewhere (another
+//! answers with `400` ([`Outcome::InvalidEnvelope`](crate::Outcome::InvalidEnvelope);
+//! kept as dead in its [dead-letter inbox](crate::ClinkLayer::dead_letters)
+//! if it has one), so the handler never runs on a guess. Keys repeated elsewhere (another
 //! envelope key such as `object`, or inside the resource) are the business of
 //! whatever reads them: the family types refuse a repeated field of theirs
 //! when decoding, and a [`serde_json::Value`] keeps the last copy.

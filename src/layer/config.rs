@@ -99,7 +99,7 @@ impl Outages {
             inbox: OutageLog::new("inbox", RETRIED, interval),
             dead_letters: OutageLog::new(
                 "dead-letter inbox",
-                "undecodable events are answered 500 and Clink retries them",
+                "undecodable events are answered 500 (bodies that are no envelope 400) and Clink retries them",
                 interval,
             ),
             keys: OutageLog::new("key source", RETRIED, interval),

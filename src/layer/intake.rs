@@ -30,6 +30,7 @@ use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 /// | a new event | `200` | [`Queued`](Outcome::Queued) |
 /// | an event the inbox already holds (same account and event id) | `200`, nothing written | [`Duplicate`](Outcome::Duplicate) |
 /// | an id the inbox cannot keep | `400` | [`InvalidEventId`](Outcome::InvalidEventId) |
+/// | a verified body that is no event envelope, with the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) | `200`, kept as dead there | [`DeadLettered`](Outcome::DeadLettered) |
 /// | the inbox down or not answering within the store timeout | `503`, nothing acknowledged | [`StoreUnavailable`](Outcome::StoreUnavailable) |
 ///
 /// [Workers](crate::inbox::Workers) run the handlers later.

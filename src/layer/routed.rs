@@ -137,7 +137,8 @@ where
             |router| Some(router.decodes_typed()),
             move |config, parts, verified, router| {
                 // Emptied now, not when the answer is made: nothing of the
-                // request's headers is kept while the handler runs. The
+                // request's headers is kept while the handler runs (but
+                // the two signature headers, for a dead-letter inbox). The
                 // maps keep their room for the response's.
                 let received = Received::for_dead_letters(&config, &parts.headers);
                 let (mut headers, mut extensions) = (parts.headers, parts.extensions);
