@@ -107,7 +107,16 @@ pub(super) struct Framing {
     body_of: u64,
     /// Bytes read since `body_since` was stamped.
     progress: u64,
+    /// Bytes of the current body's trailers so far.
+    trailer_bytes: usize,
 }
+
+/// The most bytes a chunked body's trailers may take, the final empty line
+/// included: a webhook sends none, and hyper would keep up to 16 KiB of
+/// them per connection in a buffer of its own, beyond what the server's
+/// documented margin counts. A connection whose trailers run longer is
+/// closed as they arrive.
+pub(super) const MAX_TRAILER_BYTES: usize = 1024;
 
 /// The bytes of a body that, read since the server began to wait on it,
 /// make the wait start again: a body that arrives this fast is flowing,
@@ -178,6 +187,7 @@ impl Framing {
             }),
             body_of: 0,
             progress: 0,
+            trailer_bytes: 0,
         }
     }
 
@@ -254,6 +264,11 @@ impl Framing {
         }
     }
 
+    /// Whether the current body's trailers run past [`MAX_TRAILER_BYTES`].
+    fn trailers_too_long(&self) -> bool {
+        self.trailer_bytes > MAX_TRAILER_BYTES
+    }
+
     /// Reads the next bytes of the connection, as hyper will.
     pub(super) fn scan(&mut self, mut bytes: &[u8]) {
         while let Some((&byte, rest)) = bytes.split_first() {
@@ -285,6 +300,12 @@ impl Framing {
     }
 
     fn byte(&mut self, byte: u8) {
+        if matches!(
+            self.state,
+            State::TrailerStart | State::TrailerEnd | State::Trailer | State::TrailerLf
+        ) {
+            self.trailer_bytes += 1;
+        }
         let head = &mut self.head;
         self.state = match self.state {
             State::LineStart
@@ -380,7 +401,10 @@ impl Framing {
                 ended,
             } => match byte {
                 b'\n' if !digits => return self.refuse_from_here(),
-                b'\n' if size == 0 => State::TrailerStart,
+                b'\n' if size == 0 => {
+                    self.trailer_bytes = 0;
+                    State::TrailerStart
+                }
                 b'\n' => State::ChunkData(size),
                 _ if ended => self.state,
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
@@ -521,6 +545,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 this.framing.scan(read);
+                if this.framing.trailers_too_long() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a chunked body's trailers over 1 KiB",
+                    )));
+                }
                 this.framing.note_bytes(read.len());
             }
             Poll::Pending => this.framing.note_nothing(super::now_ms),
@@ -653,6 +683,30 @@ mod tests {
         assert_eq!(verdicts.waiting_for_body_since(), None);
         framing.note_nothing(|| 9);
         assert_eq!(verdicts.waiting_for_body_since(), Some(4));
+    }
+
+    /// Trailers of up to [`MAX_TRAILER_BYTES`] in all, the final empty line
+    /// included, pass; a byte more is too long; each body counts its own.
+    #[test]
+    fn trailers_are_held_to_their_limit_per_body() {
+        let chunked = |trailer: &str| {
+            format!("{POST}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n{trailer}\r\n")
+        };
+        // "x-t: " and the value and "\r\n", then the final "\r\n".
+        let line = |len: usize| format!("x-t: {}\r\n", "a".repeat(len - 7));
+        let fits = line(MAX_TRAILER_BYTES - 2);
+        let over = line(MAX_TRAILER_BYTES - 1);
+        let mut framing = Framing::new();
+        for _ in 0..3 {
+            framing.scan(chunked(&fits).as_bytes());
+            assert!(!framing.trailers_too_long());
+        }
+        framing.scan(chunked(&over).as_bytes());
+        assert!(framing.trailers_too_long());
+        let mut framing = Framing::new();
+        framing.scan(chunked("").as_bytes());
+        assert!(!framing.trailers_too_long());
+        assert_eq!(framing.refused_from(), None);
     }
 
     /// A body that brings [`FLOWING`] bytes since its wait began is waited

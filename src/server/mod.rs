@@ -18,6 +18,8 @@
 //!   read buffer, which holds a request's head and the body bytes in
 //!   transit, is bounded by it too, so what a connection makes the server
 //!   hold before the layer's budget counts is at most that;
+//! - closes a connection whose chunked body's trailers run past 1 KiB (a
+//!   webhook sends none; hyper would keep up to 16 KiB of them);
 //! - answers `400` to a request with both `Content-Length` and
 //!   `Transfer-Encoding` (and closes the connection), which a proxy in
 //!   front might frame differently from this server: request smuggling;

@@ -1184,3 +1184,46 @@ async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
         "{answer}"
     );
 }
+
+/// A chunked body whose trailers run past 1 KiB has its connection closed
+/// as they arrive: hyper would keep up to 16 KiB of them per connection,
+/// beyond the memory the server's margin counts, until the body timeout (an
+/// hour here). Short trailers pass, and the delivery is handled.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn trailers_over_1_kib_close_their_connection() {
+    use clink_webhooks::server::Server;
+    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .body_timeout(Duration::from_secs(3600))
+        .unwrap()
+        .route(EventRouter::new());
+    let server = Server::new()
+        .header_read_timeout(Duration::from_secs(3600))
+        .unwrap();
+    tokio::spawn(server.serve(listener, service, std::future::pending()));
+
+    let body = r#"{"id":"evt_trailers","type":"invoice.paid","data":{}}"#;
+    let chunked = |trailers: &str| {
+        format!(
+            "{}{:x}\r\n{body}\r\n0\r\n{trailers}",
+            signed_head(&addr.to_string(), body, "transfer-encoding: chunked\r\n"),
+            body.len()
+        )
+    };
+    let mut long = TcpStream::connect(addr).await.unwrap();
+    let trailers = format!("x-pad: {}", "a".repeat(2000));
+    long.write_all(chunked(&trailers).as_bytes()).await.unwrap();
+    let answer = answer_until_closed(&mut long).await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+
+    let mut short = TcpStream::connect(addr).await.unwrap();
+    short
+        .write_all(chunked("x-pad: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(answer_head(&mut short).await.starts_with("HTTP/1.1 200"));
+}
