@@ -109,6 +109,9 @@ pub(super) struct Framing {
     progress: u64,
     /// Bytes of the current body's trailers so far.
     trailer_bytes: usize,
+    /// Whether a body's trailers ran past [`MAX_TRAILER_BYTES`]: the
+    /// connection is closed, whatever follows in the same read.
+    trailers_too_long: bool,
 }
 
 /// The most bytes a chunked body's trailers may take, the final empty line
@@ -188,6 +191,7 @@ impl Framing {
             body_of: 0,
             progress: 0,
             trailer_bytes: 0,
+            trailers_too_long: false,
         }
     }
 
@@ -264,9 +268,9 @@ impl Framing {
         }
     }
 
-    /// Whether the current body's trailers run past [`MAX_TRAILER_BYTES`].
+    /// Whether a body's trailers ran past [`MAX_TRAILER_BYTES`].
     fn trailers_too_long(&self) -> bool {
-        self.trailer_bytes > MAX_TRAILER_BYTES
+        self.trailers_too_long
     }
 
     /// Reads the next bytes of the connection, as hyper will.
@@ -305,6 +309,9 @@ impl Framing {
             State::TrailerStart | State::TrailerEnd | State::Trailer | State::TrailerLf
         ) {
             self.trailer_bytes += 1;
+            if self.trailer_bytes > MAX_TRAILER_BYTES {
+                self.trailers_too_long = true;
+            }
         }
         let head = &mut self.head;
         self.state = match self.state {
@@ -546,6 +553,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 let read = &buf.filled()[before..];
                 this.framing.scan(read);
                 if this.framing.trailers_too_long() {
+                    // None of the read is handed on.
+                    buf.set_filled(before);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "a chunked body's trailers over 1 KiB",
@@ -702,6 +711,10 @@ mod tests {
             assert!(!framing.trailers_too_long());
         }
         framing.scan(chunked(&over).as_bytes());
+        assert!(framing.trailers_too_long());
+        // Found in one read with the next body's last chunk after it too.
+        let mut framing = Framing::new();
+        framing.scan(format!("{}{}", chunked(&over), chunked("")).as_bytes());
         assert!(framing.trailers_too_long());
         let mut framing = Framing::new();
         framing.scan(chunked("").as_bytes());

@@ -62,8 +62,9 @@
 //! connection holds at most `max_header_bytes` (16 KiB) of hyper's read
 //! buffer for a head, kept while its body is read, and as much again for
 //! body bytes in transit, plus its state (about 13 KiB for an idle
-//! connection in a debug build, less in a release one), so at most about
-//! 45 KiB, and the connection limit (512) caps how many do: 23 MiB.
+//! connection in a debug build, less in a release one) and at most 1 KiB
+//! of a chunked body's trailers, so at most about 46 KiB, and the
+//! connection limit (512) caps how many do: 23 MiB.
 //! `tests/suite/hostile.rs` measures the peak with 400 connections stalled
 //! in bodies with wrong signatures, 400 stalled just short of the header
 //! limit or just after it in a chunked body, and 400 sending heads far
