@@ -507,6 +507,46 @@ fn signed_head(addr: &str, body: &str, framing: &str) -> String {
     head
 }
 
+/// A `Server` over the layer and an empty router, served in this test's
+/// runtime on a loopback port of its own, with at most `max_connections`;
+/// no timeout (an hour) frees a connection while the test runs. Its
+/// address.
+#[cfg(feature = "server")]
+async fn served_without_timeouts(max_connections: usize) -> std::net::SocketAddr {
+    use clink_webhooks::server::Server;
+    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
+        .body_timeout(Duration::from_secs(3600))
+        .unwrap()
+        .route(EventRouter::new());
+    let server = Server::new()
+        .max_connections(max_connections)
+        .and_then(|s| s.header_read_timeout(Duration::from_secs(3600)))
+        .unwrap();
+    tokio::spawn(server.serve(listener, service, std::future::pending()));
+    addr
+}
+
+/// Delivers `body`, signed, to the server at `addr` on a connection of its
+/// own; the status. Fails saying `waited` if no answer comes within
+/// [`PATIENCE`].
+#[cfg(feature = "server")]
+async fn delivered_to(addr: std::net::SocketAddr, body: String, waited: &str) -> u16 {
+    let request = SignedRequest::new(KEY, body)
+        .uri(format!("http://{addr}/webhooks/clink"))
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{waited}"))
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// A request with both `Content-Length` and `Transfer-Encoding` is answered
 /// `400` by the server and its connection closed: a proxy in front that
 /// frames it by length would see another body (and another request after
@@ -1014,15 +1054,12 @@ async fn a_client_that_never_reads_its_answers_loses_its_connection() {
     // closed. A bound far past the write timeout, to fail rather than hang
     // on a server without one.
     let body = r#"{"id":"evt_behind","type":"invoice.paid","data":{}}"#.to_owned();
-    let request = SignedRequest::new(KEY, body)
-        .uri(format!("http://{addr}/webhooks/clink"))
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let answer = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("a client that never reads held the only connection")
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    let status = delivered_to(
+        addr,
+        body,
+        "a client that never reads held the only connection",
+    );
+    assert_eq!(status.await, 200);
     writer.abort();
 }
 
@@ -1054,21 +1091,7 @@ async fn answer_head(stream: &mut TcpStream) -> String {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
-    use clink_webhooks::server::Server;
-    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // No timeout frees a connection while the test runs.
-    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
-        .body_timeout(Duration::from_secs(3600))
-        .unwrap()
-        .route(EventRouter::new());
-    let server = Server::new()
-        .max_connections(3)
-        .and_then(|s| s.header_read_timeout(Duration::from_secs(3600)))
-        .unwrap();
-    tokio::spawn(server.serve(listener, service, std::future::pending()));
+    let addr = served_without_timeouts(3).await;
 
     // One connection idle after a request it made.
     let mut idle = TcpStream::connect(addr).await.unwrap();
@@ -1098,15 +1121,9 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
     // Two more clients, each on a connection of its own, with every
     // connection taken: both served.
     for n in 0..2 {
-        let request = SignedRequest::new(KEY, fresh_fixture(&EventType::InvoicePaid))
-            .uri(format!("http://{addr}/webhooks/clink"))
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let answer = tokio::time::timeout(PATIENCE, client.request(request))
-            .await
-            .unwrap_or_else(|_| panic!("new client {n} waited behind an idle connection"))
-            .unwrap();
-        assert_eq!(answer.status(), 200);
+        let body = fresh_fixture(&EventType::InvoicePaid);
+        let waited = format!("new client {n} waited behind an idle connection");
+        assert_eq!(delivered_to(addr, body, &waited).await, 200);
     }
     // The idle connection was closed: what is left to read is the body of
     // its answer, then the end. And the one trickling its head, unanswered.
@@ -1127,20 +1144,7 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
-    use clink_webhooks::server::Server;
-    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
-        .body_timeout(Duration::from_secs(3600))
-        .unwrap()
-        .route(EventRouter::new());
-    let server = Server::new()
-        .max_connections(2)
-        .and_then(|s| s.header_read_timeout(Duration::from_secs(3600)))
-        .unwrap();
-    tokio::spawn(server.serve(listener, service, std::future::pending()));
+    let addr = served_without_timeouts(2).await;
 
     // Two deliveries, each with its head and half its body sent.
     let mut stalled = Vec::new();
@@ -1160,15 +1164,9 @@ async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
         stalled.push((stream, rest.to_owned()));
     }
 
-    let request = SignedRequest::new(KEY, fresh_fixture(&EventType::InvoicePaid))
-        .uri(format!("http://{addr}/webhooks/clink"))
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let answer = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("the new client waited behind the stalled bodies")
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let waited = "the new client waited behind the stalled bodies";
+    assert_eq!(delivered_to(addr, body, waited).await, 200);
 
     // The first stalled body's connection was closed, unanswered (no
     // handler ran). The other one, if it was not closed too (on a machine
@@ -1192,19 +1190,7 @@ async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn trailers_over_1_kib_close_their_connection() {
-    use clink_webhooks::server::Server;
-    use clink_webhooks::{ClinkLayer, EventRouter, Verifier};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
-        .body_timeout(Duration::from_secs(3600))
-        .unwrap()
-        .route(EventRouter::new());
-    let server = Server::new()
-        .header_read_timeout(Duration::from_secs(3600))
-        .unwrap();
-    tokio::spawn(server.serve(listener, service, std::future::pending()));
+    let addr = served_without_timeouts(512).await;
 
     let body = r#"{"id":"evt_trailers","type":"invoice.paid","data":{}}"#;
     let chunked = |trailers: &str| {
