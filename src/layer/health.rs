@@ -2,15 +2,18 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use super::config::Config;
+use super::config::{Config, Keys};
 use crate::store::{timed, Inbox, StoreError};
 
 /// Whether a [`ClinkLayer`](super::ClinkLayer) can take deliveries now:
-/// its idempotency store answers within the layer's store timeout (for an
-/// [`InboxIntake`](super::InboxIntake), its inbox does). Serve it on a
-/// health route so that a load balancer stops sending deliveries to an
-/// instance that would answer every one `503`.
+/// one of its signing keys is active (for a layer with one set of keys,
+/// fixed or live; a [key source](crate::accounts::KeySource)'s accounts
+/// are not looked at), and its idempotency store answers within the
+/// layer's store timeout (for an [`InboxIntake`](super::InboxIntake), its
+/// inbox does). Serve it on a health route so that a load balancer stops
+/// sending deliveries to an instance that would answer every one `503`.
 ///
 /// Cheap to clone; made by [`ClinkLayer::readiness`](super::ClinkLayer::readiness)
 /// and [`InboxIntake::readiness`](super::InboxIntake::readiness).
@@ -43,7 +46,8 @@ impl Readiness {
         Self { config, inbox }
     }
 
-    /// Pings the idempotency store (or, for an
+    /// Looks at the layer's keys (every delivery is answered `503` when
+    /// each has expired), then pings the idempotency store (or, for an
     /// [`InboxIntake`](super::InboxIntake), writes to the inbox as a
     /// delivery would: a full disk, a read-only file or a lost connection
     /// is not ready), within the layer's store timeout.
@@ -51,40 +55,72 @@ impl Readiness {
     /// # Errors
     ///
     /// [`NotReady`] with the reason (it never contains a connection string
-    /// or a secret) when the store does not answer.
+    /// or a secret) when every key has expired or the store does not
+    /// answer.
     pub async fn check(&self) -> Result<(), NotReady> {
         let config = &self.config;
-        match &self.inbox {
-            Some(inbox) => timed(config.settings.store_timeout, inbox.check_writable())
-                .await
-                .map_err(NotReady),
-            None => timed(config.settings.store_timeout, config.store.ping())
-                .await
-                .map_err(NotReady),
+        let verifier = match &config.keys {
+            Keys::One(verifier) => Some(Arc::clone(verifier)),
+            Keys::Live(live) => Some(live.current()),
+            Keys::PerAccount { .. } => None,
+        };
+        if verifier.is_some_and(|verifier| !verifier.has_active_key_at(SystemTime::now())) {
+            return Err(NotReady(Reason::NoActiveKey));
         }
+        let checked = match &self.inbox {
+            Some(inbox) => timed(config.settings.store_timeout, inbox.check_writable()).await,
+            None => timed(config.settings.store_timeout, config.store.ping()).await,
+        };
+        checked.map_err(|error| NotReady(Reason::Store(error)))
     }
 }
 
-/// Why the layer is not ready: its store did not answer.
+/// Why the layer is not ready: every signing key has expired, or its
+/// store did not answer.
 #[derive(Debug)]
-pub struct NotReady(StoreError);
+pub struct NotReady(Reason);
+
+#[derive(Debug)]
+enum Reason {
+    NoActiveKey,
+    Store(StoreError),
+}
 
 impl NotReady {
-    /// The store's error.
+    /// The store's error, when the store did not answer (`None` when every
+    /// key has expired).
     #[must_use]
-    pub fn store_error(&self) -> &StoreError {
-        &self.0
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match &self.0 {
+            Reason::Store(error) => Some(error),
+            Reason::NoActiveKey => None,
+        }
+    }
+
+    /// Whether every signing key of the layer has expired: the
+    /// configuration is at fault (`no_active_key`), and a restart with the
+    /// endpoint's current secret mends it.
+    #[must_use]
+    pub fn no_active_key(&self) -> bool {
+        matches!(self.0, Reason::NoActiveKey)
     }
 }
 
 impl fmt::Display for NotReady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not ready: {}", self.0)
+        match &self.0 {
+            Reason::Store(error) => write!(f, "not ready: {error}"),
+            Reason::NoActiveKey => f.write_str(
+                "not ready: every signing key has expired (no_active_key); configure the \
+                 endpoint's current signing secret",
+            ),
+        }
     }
 }
 
 impl std::error::Error for NotReady {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        self.store_error()
+            .map(|error| error as &(dyn std::error::Error + 'static))
     }
 }

@@ -447,10 +447,15 @@ impl Verifier {
     pub(crate) fn check_parsed(
         &self, signed_at: Timestamp, now: SystemTime,
     ) -> Result<(), VerifyError> {
-        if !self.keys.iter().any(|key| key.is_active_at(now)) {
+        if !self.has_active_key_at(now) {
             return Err(VerifyError::new(VerifyErrorKind::NoActiveKey));
         }
         self.check_tolerance(signed_at, now)
+    }
+
+    /// Whether a key of this verifier is active at `now` (has not expired).
+    pub(crate) fn has_active_key_at(&self, now: SystemTime) -> bool {
+        self.keys.iter().any(|key| key.is_active_at(now))
     }
 
     /// Clones the HMAC state of each key that may have signed a delivery

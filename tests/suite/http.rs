@@ -229,6 +229,35 @@ async fn a_verifier_whose_keys_all_expired_answers_503_to_be_retried() {
     assert!(reply.headers.contains_key("retry-after"));
 }
 
+/// Such a layer is not ready: a load balancer stops sending it deliveries
+/// it would answer `503`, and the reason says the keys, not the store. Its
+/// live keys replaced with a current one, it is ready again.
+#[tokio::test]
+async fn a_layer_whose_keys_all_expired_is_not_ready_until_one_is_current() {
+    use clink_webhooks::LiveVerifier;
+
+    let expired = SigningKey::new(SECRET)
+        .unwrap()
+        .expires_at(SystemTime::now() - Duration::from_secs(1));
+    let not_ready = ClinkLayer::new(Verifier::from_key(&expired))
+        .readiness()
+        .check()
+        .await
+        .unwrap_err();
+    assert!(not_ready.no_active_key());
+    assert!(not_ready.store_error().is_none());
+    assert!(
+        not_ready.to_string().contains("no_active_key"),
+        "{not_ready}"
+    );
+
+    let live = LiveVerifier::new(Verifier::from_key(&expired));
+    let readiness = ClinkLayer::live(live.clone()).readiness();
+    assert!(readiness.check().await.unwrap_err().no_active_key());
+    live.replace(Verifier::new(SECRET).unwrap());
+    assert!(readiness.check().await.is_ok());
+}
+
 #[tokio::test]
 async fn an_old_key_is_accepted_during_rotation() {
     let layer = ClinkLayer::new(

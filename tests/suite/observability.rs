@@ -167,11 +167,14 @@ async fn readiness_fails_within_the_store_timeout_when_the_store_does_not_answer
     assert!(error.to_string().starts_with("not ready: "), "{error}");
     assert!(error.to_string().contains("timed out"), "{error}");
     assert_eq!(
-        error.store_error().kind(),
+        error.store_error().expect("the store's error").kind(),
         clink_webhooks::store::StoreErrorKind::Timeout
     );
     let source = std::error::Error::source(&error).expect("the store's error");
-    assert_eq!(source.to_string(), error.store_error().to_string());
+    assert_eq!(
+        source.to_string(),
+        error.store_error().expect("the store's error").to_string()
+    );
     assert_eq!(
         format!("{:?}", layer.readiness()),
         "Readiness { .. }",
