@@ -1099,7 +1099,8 @@ async fn listen(
         .map_err(|e| format!("cannot listen on {addr} ({from}): {e}"))
 }
 
-/// `200 ok` when the layer's store answers, `503` with the reason otherwise.
+/// `200 ok` when a signing key is active and the layer's store (or inbox)
+/// answers, `503` with the reason otherwise.
 async fn health(readiness: Readiness) -> (StatusCode, String) {
     match readiness.check().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),

@@ -518,8 +518,9 @@ impl ClinkLayer {
         self
     }
 
-    /// A readiness check for a health route: whether the layer's store
-    /// answers now. See [`Readiness`](super::Readiness).
+    /// A readiness check for a health route: whether a signing key is
+    /// active and the layer's store answers now. See
+    /// [`Readiness`](super::Readiness).
     #[must_use]
     pub fn readiness(&self) -> super::Readiness {
         super::Readiness::new(Arc::clone(&self.config), None)

@@ -98,8 +98,9 @@ impl NotReady {
     }
 
     /// Whether every signing key of the layer has expired: the
-    /// configuration is at fault (`no_active_key`), and a restart with the
-    /// endpoint's current secret mends it.
+    /// configuration is at fault (`no_active_key`); the endpoint's current
+    /// secret mends it (a restart with it, or
+    /// [`LiveVerifier::replace`](crate::LiveVerifier::replace)).
     #[must_use]
     pub fn no_active_key(&self) -> bool {
         matches!(self.0, Reason::NoActiveKey)

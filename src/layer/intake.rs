@@ -70,7 +70,8 @@ impl InboxIntake {
         Self { config, inbox }
     }
 
-    /// A readiness check for a health route: whether the inbox answers now.
+    /// A readiness check for a health route: whether a signing key is
+    /// active and the inbox takes a write now. See [`Readiness`].
     #[must_use]
     pub fn readiness(&self) -> Readiness {
         Readiness::new(Arc::clone(&self.config), Some(Arc::clone(&self.inbox)))

@@ -89,10 +89,10 @@ marker keeps it from being added twice) must be at least
 inbox_retention_hours.
 
 Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
-(200, or 503 naming what fails: the inbox, or the destination while an event
-waits for it; an HTTP app's 400, 409, 422 refuses one event, not the
-destination), GET /ready
-(whether the inbox takes deliveries), GET /metrics (Prometheus) and, with
+(200, or 503 naming what fails: the inbox, the keys (every one expired), or
+the destination while an event waits for it; an HTTP app's 400, 409, 422
+refuses one event, not the destination), GET /ready
+(whether the inbox takes deliveries and a key is active), GET /metrics (Prometheus) and, with
 console_token, /console: all on the delivery port, or with admin_listen on
 that address instead (the delivery port then answers 404 to them).
 SIGTERM or Ctrl-C stops taking deliveries and lets those in progress and the
@@ -438,9 +438,18 @@ impl Gateway {
     }
 
     async fn health(&self) -> Response<Body> {
-        let inbox = match self.readiness.check().await {
-            Ok(()) => json!({ "status": "ok" }),
-            Err(error) => json!({ "status": "failing", "error": error.to_string() }),
+        // Every key expired is the keys' failure, not the inbox's (which
+        // is then not looked at).
+        let (inbox, keys) = match self.readiness.check().await {
+            Ok(()) => (json!({ "status": "ok" }), json!({ "status": "ok" })),
+            Err(error) if error.no_active_key() => (
+                json!({ "status": "not checked" }),
+                json!({ "status": "failing", "error": error.to_string() }),
+            ),
+            Err(error) => (
+                json!({ "status": "failing", "error": error.to_string() }),
+                json!({ "status": "ok" }),
+            ),
         };
         // Bounded as the readiness check is: an inbox held by a long call
         // (or a stalled disk) must not keep the probe from answering.
@@ -469,7 +478,8 @@ impl Gateway {
                 "error": error, "since": since.to_string(),
             }),
         };
-        let failing = inbox["status"] != "ok" || destination["status"] != "ok";
+        let failing =
+            inbox["status"] != "ok" || keys["status"] != "ok" || destination["status"] != "ok";
         let status = if failing {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -480,6 +490,7 @@ impl Gateway {
             &json!({
                 "status": if failing { "failing" } else { "ok" },
                 "inbox": inbox,
+                "keys": keys,
                 "events": stats,
                 "destination": destination,
             }),
@@ -1457,25 +1468,11 @@ mod tests {
     async fn health_answers_within_the_store_timeout_when_the_counts_never_come() {
         let store_timeout = Duration::from_secs(1);
         let inbox: Arc<dyn Inbox> = Arc::new(Stalling::counts());
-        let layer = ClinkLayer::new(clink_webhooks::Verifier::new("whsec_a").unwrap())
-            .store_timeout(store_timeout)
-            .unwrap();
-        let intake = layer.intake(Arc::clone(&inbox));
-        let gateway = Gateway {
-            routes: Routes::All,
-            readiness: intake.readiness(),
-            intake,
-            path: Arc::from("/webhooks/clink"),
-            per_account: false,
+        let gateway = gateway_over(
+            clink_webhooks::Verifier::new("whsec_a").unwrap(),
             inbox,
             store_timeout,
-            destination: Arc::from("http://127.0.0.1:9/hook"),
-            destination_kind: "http",
-            health: Arc::new(Health::default()),
-            metrics: None,
-            #[cfg(feature = "console")]
-            console: None,
-        };
+        );
         let started = tokio::time::Instant::now();
         let response = tokio::time::timeout(Duration::from_secs(30), gateway.health())
             .await
@@ -1491,6 +1488,60 @@ mod tests {
         assert_eq!(body["status"], "ok", "{body}");
         assert_eq!(body["inbox"]["status"], "ok", "{body}");
         assert!(body["events"].is_null(), "{body}");
+    }
+
+    /// A gateway to an HTTP destination over `inbox`, verifying with
+    /// `verifier`.
+    fn gateway_over(
+        verifier: clink_webhooks::Verifier, inbox: Arc<dyn Inbox>, store_timeout: Duration,
+    ) -> Gateway {
+        let layer = ClinkLayer::new(verifier)
+            .store_timeout(store_timeout)
+            .unwrap();
+        let intake = layer.intake(Arc::clone(&inbox));
+        Gateway {
+            routes: Routes::All,
+            readiness: intake.readiness(),
+            intake,
+            path: Arc::from("/webhooks/clink"),
+            per_account: false,
+            inbox,
+            store_timeout,
+            destination: Arc::from("http://127.0.0.1:9/hook"),
+            destination_kind: "http",
+            health: Arc::new(Health::default()),
+            metrics: None,
+            #[cfg(feature = "console")]
+            console: None,
+        }
+    }
+
+    /// Every key expired is told in `/health` as the keys' failure, not
+    /// the inbox's, and `/ready` fails with it.
+    #[tokio::test]
+    async fn health_names_the_keys_when_every_one_has_expired() {
+        let expired = clink_webhooks::SigningKey::new("whsec_a")
+            .unwrap()
+            .expires_at(std::time::SystemTime::now() - Duration::from_secs(1));
+        let inbox: Arc<dyn Inbox> = Arc::new(clink_webhooks::store::MemoryInbox::new());
+        let gateway = gateway_over(
+            clink_webhooks::Verifier::from_key(&expired),
+            inbox,
+            Duration::from_secs(5),
+        );
+        let response = gateway.health().await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "failing", "{body}");
+        assert_eq!(body["keys"]["status"], "failing", "{body}");
+        assert!(
+            body["keys"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("no_active_key")),
+            "{body}"
+        );
+        assert_eq!(body["inbox"]["status"], "not checked", "{body}");
     }
 
     /// A forward stopped (as the workers stop one at the end of its time
