@@ -336,11 +336,18 @@ fn history_lines(entry: &InboxEntry) -> Vec<String> {
 
 fn entry_line(entry: &InboxEntry) -> String {
     let event = &entry.event;
+    // An event kept with no type (a verified body that is no envelope,
+    // kept as a dead letter) shows `-`: the line keeps its columns.
+    let event_type = if event.event_type.is_empty() {
+        "-".to_owned()
+    } else {
+        escaped(&event.event_type)
+    };
     let mut line = format!(
         "{:>6}  {:<8}  {}  {}  attempts {}",
         entry.seq,
         entry.status.as_str(),
-        escaped(&event.event_type),
+        event_type,
         escaped(&event.event_id),
         entry.attempts
     );
@@ -654,6 +661,38 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
+
+    /// A line of an event kept with no type keeps its columns: `-` stands
+    /// for the type.
+    #[tokio::test]
+    async fn a_line_of_an_event_without_a_type_keeps_its_columns() {
+        use clink_webhooks::store::{Inbox as _, MemoryInbox, NewEvent};
+        use clink_webhooks::Timestamp;
+
+        let inbox = MemoryInbox::new();
+        let event = NewEvent::new(
+            None,
+            "not-an-envelope:ab12".to_owned(),
+            String::new(),
+            None,
+            None,
+            Timestamp::now(),
+            Timestamp::now(),
+            bytes::Bytes::from_static(b"[]"),
+        );
+        inbox
+            .insert_dead(&event, "dead: no envelope")
+            .await
+            .unwrap();
+        let entry = inbox.get(1).await.unwrap().expect("the dead letter");
+        let line = entry_line(&entry);
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            columns[..5],
+            ["1", "dead", "-", "not-an-envelope:ab12", "attempts"],
+            "{line}"
+        );
+    }
 
     /// `DATABASE_URL` is read as the gateway reads it: a password holding
     /// `@` or `/` runs to the last `@`.
