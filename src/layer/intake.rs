@@ -13,9 +13,9 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::config::Config;
-use super::service::{decodes_nothing, delivery, layer_response, Verified};
+use super::service::{decodes_nothing, delivery, layer_response, signature_headers, Verified};
 use super::{Metrics, Readiness, ResponseBody, ResponseFuture};
-use crate::store::{timed, Inbox, Inserted, NewEvent, SignatureHeaders, StoreErrorKind};
+use crate::store::{timed, Inbox, Inserted, NewEvent, StoreErrorKind};
 use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 
 /// A tower service that takes Clink deliveries into an [`Inbox`]: made by
@@ -121,11 +121,8 @@ async fn keep(
     let mut new = NewEvent::from_verified(&verified, Timestamp::now());
     // Kept as received, so that the event can be forwarded for its
     // recipient to verify with its own key.
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let (Some(timestamp), Some(signature)) =
-        (header("x-clink-timestamp"), header("x-clink-signature"))
-    {
-        new = new.with_signature_headers(SignatureHeaders::new(timestamp, signature));
+    if let Some(headers) = signature_headers(&parts.headers) {
+        new = new.with_signature_headers(headers);
     }
     let inserted = timed(config.settings.store_timeout, inbox.insert(&new)).await;
     if inserted.is_ok() {

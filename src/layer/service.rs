@@ -478,11 +478,26 @@ impl Received {
 
     fn signature_headers(&self) -> Option<SignatureHeaders> {
         let (timestamp, signature) = &**self.0.as_ref()?;
-        Some(SignatureHeaders::new(
-            timestamp.to_str().ok()?,
-            signature.to_str().ok()?,
-        ))
+        signature_headers_from(timestamp, signature)
     }
+}
+
+/// A delivery's signature headers in `headers`, as received, to keep with
+/// its event.
+pub(super) fn signature_headers(headers: &http::HeaderMap) -> Option<SignatureHeaders> {
+    signature_headers_from(
+        headers.get(TIMESTAMP_HEADER)?,
+        headers.get(SIGNATURE_HEADER)?,
+    )
+}
+
+fn signature_headers_from(
+    timestamp: &http::HeaderValue, signature: &http::HeaderValue,
+) -> Option<SignatureHeaders> {
+    Some(SignatureHeaders::new(
+        timestamp.to_str().ok()?,
+        signature.to_str().ok()?,
+    ))
 }
 
 /// Keeps an event whose data does not decode as dead in `inbox`, with the
@@ -541,7 +556,7 @@ pub(super) async fn dead_letter_not_an_envelope(
         body,
     )
     .with_signing_key(verified.key_name());
-    if let Some(headers) = Received::for_dead_letters(config, headers).signature_headers() {
+    if let Some(headers) = signature_headers(headers) {
         event = event.with_signature_headers(headers);
     }
     let reason = format!(
