@@ -373,6 +373,13 @@ impl ClinkLayer {
     /// read; a verified body no longer counts. Memory for unverified bodies
     /// then stays under `bytes` whatever a sender without the key does.
     ///
+    /// A body holds what its sender has sent, not the length it declares:
+    /// never more than 16 KiB or twice what came (rounded up to a page).
+    /// One that declares 128 KiB or less is gathered on the heap, its
+    /// buffer held whole as it doubles; a larger one, in a memory mapping
+    /// of its own whose pages are resident only once written and go back
+    /// to the system when the body is dropped, holding the pages written.
+    ///
     /// # Errors
     ///
     /// A [`ConfigError`] when `bytes` is below the [body

@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method};
 use http_body::Body;
 use http_body_util::BodyExt;
+use memmap2::{MmapMut, MmapOptions};
 use tracing::Span;
 
 use super::budget::Reading;
@@ -186,11 +187,18 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 
 /// Reads the body up to `limit` bytes, feeding the HMAC as chunks arrive.
 ///
-/// Every byte of buffer it allocates is first taken from the layer's
-/// [budget](super::ClinkLayer::body_budget): a body with a declared
-/// `Content-Length` gets one buffer of exactly that size (and a body that
-/// arrives in one chunk is kept without a copy); a body of unknown length
-/// grows its buffer by doubling, each growth taken from the budget first.
+/// Every byte of memory it fills is first taken from the layer's
+/// [budget](super::ClinkLayer::body_budget), and a body never holds more
+/// than `FIRST_HOLD` or twice what came of it (rounded up to a page),
+/// whatever length it declares. A body that arrives in one chunk is kept as it is (no copy)
+/// and holds its length. A body in several chunks that declares `MAP_FROM`
+/// or less is gathered on the heap, its buffer's whole capacity held: at
+/// first `FIRST_HOLD` (or twice what came so far, if more), then twice
+/// what it needs, up to its declared length. A body that declares more, or whose buffer
+/// would grow past `MAP_FROM`, is gathered in a mapping of its own, as long
+/// as the length it declares (or the limit): pages never written are never
+/// resident, and the mapping goes back to the system whole when the body
+/// is dropped, so the budget holds the pages written.
 async fn read_body<B>(
     body: B, limit: usize, declared: Option<u64>, verification: &mut Verification,
     reading: &mut Reading<'_>,
@@ -202,7 +210,7 @@ where
     let mut body = pin!(body);
     let declared = declared.and_then(|d| usize::try_from(d).ok());
     let mut first: Option<Bytes> = None;
-    let mut buf: Option<BytesMut> = None;
+    let mut buf: Option<Gathered> = None;
     let mut total: usize = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
@@ -229,6 +237,16 @@ where
             first = Some(chunk);
             continue;
         }
+        // A body that declares more than `MAP_FROM`, or would grow a heap
+        // buffer past it, is gathered in a mapping as long as the length
+        // it declares (if it is within it) or the limit.
+        let place = |capacity: usize, needed: usize| {
+            if capacity > MAP_FROM || declared.is_some_and(|d| d > MAP_FROM) {
+                Place::Mapped(declared.filter(|&d| d >= needed).unwrap_or(limit))
+            } else {
+                Place::Heap(capacity)
+            }
+        };
         let buffer = match &mut buf {
             Some(buffer) => buffer,
             None => {
@@ -240,33 +258,27 @@ where
                 let capacity = declared
                     .map_or(2 * total, |d| d.min((2 * total).max(FIRST_HOLD)))
                     .clamp(total, limit);
-                if !reading.hold(capacity) {
-                    return Err(Outcome::Overloaded);
-                }
-                let mut buffer = BytesMut::with_capacity(capacity);
-                buffer.extend_from_slice(&head);
-                buf.insert(buffer)
+                buf.insert(Gathered::new(place(capacity, total), &head, reading)?)
             }
         };
-        if buffer.capacity() - buffer.len() < len {
-            // Past its first hold, a body of a declared length grows to it
-            // in one step (one copy, one allocation of the whole body); one
-            // of unknown length doubles.
+        if buffer.spare() < len {
+            // Past its first hold, a body's buffer grows to twice what it
+            // needs, up to what it declared (doubles, if it declared
+            // nothing): it never holds more than twice what came.
+            let needed = buffer.len() + len;
             let capacity = declared
-                .filter(|&declared| declared >= buffer.len() + len)
-                .unwrap_or(2 * buffer.capacity())
-                .clamp(buffer.len() + len, limit);
-            if !reading.hold(capacity) {
-                return Err(Outcome::Overloaded);
-            }
-            grow(buffer, capacity);
+                .filter(|&declared| declared >= needed)
+                .map_or(2 * buffer.capacity(), |declared| declared.min(2 * needed))
+                .clamp(needed, limit);
+            *buffer = Gathered::new(place(capacity, needed), buffer.filled(), reading)?;
         }
+        buffer.hold(len, reading)?;
         // Each piece is hashed and copied into the body's buffer straight
         // from the frame: one copy, whatever the frame's buffer type.
         while data.has_remaining() {
             let piece = data.chunk();
             verification.update(piece);
-            buffer.extend_from_slice(piece);
+            buffer.extend(piece);
             let taken = piece.len();
             data.advance(taken);
         }
@@ -280,8 +292,9 @@ where
 
 /// The most a body in several chunks holds of the budget at first,
 /// whatever length it declares, unless twice what it sent so far is more:
-/// past that it grows to its declared length in one step. So a sender
-/// without the key must send 16 KiB of a body before it holds more.
+/// past that it grows to twice what it needs, up to its declared length.
+/// So a sender without the key must send 8 KiB of a body before it holds
+/// more, and half of anything it holds past that.
 ///
 /// It is the size of the server's read buffer, and small on purpose:
 /// every body a stranger starts allocates its first hold, and once the
@@ -290,17 +303,158 @@ where
 /// reused by the next connection's read buffer and first hold, where
 /// larger ones (64 KiB) were left between the blocks of connections still
 /// open, 20 MiB of them under 1,200 hostile connections
-/// (`tests/suite/hostile.rs`). A body over 16 KiB in several chunks is
-/// copied once to grow, a body of 16 KiB or less never.
+/// (`tests/suite/hostile.rs`). A body of 16 KiB or less in several chunks
+/// is never copied to grow; a larger one is copied as its buffer doubles
+/// on the heap, and once into its mapping.
 const FIRST_HOLD: usize = 16 * 1024;
 
-/// Moves `buffer` to one of exactly `capacity` bytes: what the budget holds
-/// for it is what it has. (`reserve` would round a growth cut short at the
-/// body limit up to double; it copies on growth all the same.)
-fn grow(buffer: &mut BytesMut, capacity: usize) {
-    let mut exact = BytesMut::with_capacity(capacity);
-    exact.extend_from_slice(buffer);
-    *buffer = exact;
+/// The largest buffer a body in several chunks is gathered in on the heap:
+/// one that would grow past it moves to a mapping of its own.
+///
+/// On the heap a buffer is held whole against the budget, however little
+/// of it was written: the allocator may hand back a block whose pages an
+/// earlier body touched, so what a sender only declared could be resident.
+/// A mapping's pages are resident only once written, and it goes back to
+/// the system whole when the body is dropped, never left to the allocator
+/// for the next body. A sender who declares a megabyte and sends 32 KiB
+/// holds 32 KiB.
+const MAP_FROM: usize = 128 * 1024;
+
+/// Where a body in several chunks is to be gathered.
+#[derive(Clone, Copy)]
+enum Place {
+    /// A heap buffer of this capacity.
+    Heap(usize),
+    /// A mapping of this length.
+    Mapped(usize),
+}
+
+/// Where a body in several chunks is gathered.
+enum Gathered {
+    /// On the heap: its whole capacity is held.
+    Heap(BytesMut),
+    /// In an anonymous mapping of its own: what was written is held.
+    Mapped(Mapped),
+}
+
+/// A mapping, how much of it is the body, and the system's page size.
+struct Mapped {
+    map: MmapMut,
+    len: usize,
+    page: usize,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+impl Gathered {
+    /// A buffer at `place` holding `head`, its hold taken first;
+    /// `Overloaded` when it does not fit in the budget or the system will
+    /// not map it.
+    fn new(place: Place, head: &[u8], reading: &mut Reading<'_>) -> Result<Self, Outcome> {
+        let whole = match place {
+            Place::Heap(capacity) => {
+                if !reading.hold(capacity) {
+                    return Err(Outcome::Overloaded);
+                }
+                let mut buffer = BytesMut::with_capacity(capacity);
+                buffer.extend_from_slice(head);
+                return Ok(Self::Heap(buffer));
+            }
+            Place::Mapped(whole) => whole,
+        };
+        let page = page_size::get();
+        if !reading.hold(mapped_hold(head.len(), whole, page)) {
+            return Err(Outcome::Overloaded);
+        }
+        let mut map = MmapOptions::new().len(whole).map_anon().map_err(|error| {
+            cold();
+            tracing::debug!(%error, bytes = whole, "clink delivery: could not map a body's buffer");
+            Outcome::Overloaded
+        })?;
+        // A huge page would make a byte written resident as two megabytes
+        // (a mapping shorter than that holds none).
+        #[cfg(target_os = "linux")]
+        if whole >= 2 * 1024 * 1024 {
+            let _ = map.advise(memmap2::Advice::NoHugePage);
+        }
+        map[..head.len()].copy_from_slice(head);
+        Ok(Self::Mapped(Mapped {
+            map,
+            len: head.len(),
+            page,
+        }))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Heap(buffer) => buffer.len(),
+            Self::Mapped(mapped) => mapped.len,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Self::Heap(buffer) => buffer.capacity(),
+            Self::Mapped(mapped) => mapped.map.len(),
+        }
+    }
+
+    fn spare(&self) -> usize {
+        self.capacity() - self.len()
+    }
+
+    fn filled(&self) -> &[u8] {
+        match self {
+            Self::Heap(buffer) => buffer,
+            Self::Mapped(mapped) => mapped.as_ref(),
+        }
+    }
+
+    /// Holds what `more` bytes written next make resident (nothing more on
+    /// the heap, held whole already).
+    fn hold(&self, more: usize, reading: &mut Reading<'_>) -> Result<(), Outcome> {
+        match self {
+            Self::Heap(_) => Ok(()),
+            Self::Mapped(mapped) => reading
+                .hold(mapped_hold(
+                    mapped.len + more,
+                    mapped.map.len(),
+                    mapped.page,
+                ))
+                .then_some(())
+                .ok_or(Outcome::Overloaded),
+        }
+    }
+
+    /// Appends `piece`, for which there is room.
+    fn extend(&mut self, piece: &[u8]) {
+        match self {
+            Self::Heap(buffer) => buffer.extend_from_slice(piece),
+            Self::Mapped(mapped) => {
+                let end = mapped.len + piece.len();
+                mapped.map[mapped.len..end].copy_from_slice(piece);
+                mapped.len = end;
+            }
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Heap(buffer) => buffer.freeze(),
+            Self::Mapped(mapped) => Bytes::from_owner(mapped),
+        }
+    }
+}
+
+/// What a mapping of `whole` bytes with `written` of them written holds:
+/// the pages written to (never more than the mapping, so that a body at
+/// the limit fits a budget of the limit).
+fn mapped_hold(written: usize, whole: usize, page: usize) -> usize {
+    written.div_ceil(page).saturating_mul(page).min(whole)
 }
 
 #[cfg(test)]
@@ -315,7 +469,7 @@ mod tests {
     use http_body::Frame;
 
     use super::super::budget::BodyBudget;
-    use super::{grow, has_invisible, read_body};
+    use super::{has_invisible, read_body, Gathered, Place, MAP_FROM};
     use crate::signature::{sign, Verifier};
     use crate::Outcome;
 
@@ -388,22 +542,34 @@ mod tests {
         }
     }
 
-    /// A grown buffer has the capacity the budget holds for it: doubled, or
-    /// what the next chunk needs, or cut at the limit.
+    /// A heap buffer has the capacity the budget holds for it, and what it
+    /// was handed; a mapping is as long as it was asked to be, and holds
+    /// the pages written.
     #[test]
-    fn a_buffer_grows_to_exactly_the_capacity_held() {
-        for (capacity, len, to) in [
-            (40, 20, 80),
-            (40, 40, 80),
-            (40, 20, 60),
-            (40, 40, 100),
-            (8, 8, 9),
+    fn a_buffer_has_exactly_the_capacity_held() {
+        let budget = BodyBudget::new(usize::MAX, 4);
+        for (capacity, len) in [(40, 20), (80, 40), (9, 8), (MAP_FROM, 7)] {
+            let mut reading = budget.start().unwrap();
+            let head = vec![7; len];
+            let buffer = Gathered::new(Place::Heap(capacity), &head, &mut reading).unwrap();
+            assert!(matches!(buffer, Gathered::Heap(_)), "{capacity} {len}");
+            assert_eq!(buffer.capacity(), capacity, "{capacity} {len}");
+            assert_eq!(budget.bytes_held(), capacity);
+            assert_eq!(buffer.filled(), &head[..]);
+        }
+        let page = page_size::get();
+        for (whole, len, held) in [
+            (1 << 20, 100, page),
+            (1 << 20, page + 1, 2 * page),
+            (10, 7, 10),
         ] {
-            let mut buffer = bytes::BytesMut::with_capacity(capacity);
-            buffer.extend_from_slice(&vec![7; len]);
-            grow(&mut buffer, to);
-            assert_eq!(buffer.capacity(), to, "{capacity} {len} {to}");
-            assert_eq!(&buffer[..], &vec![7; len][..]);
+            let mut reading = budget.start().unwrap();
+            let head = vec![7; len];
+            let buffer = Gathered::new(Place::Mapped(whole), &head, &mut reading).unwrap();
+            assert!(matches!(buffer, Gathered::Mapped(_)));
+            assert_eq!(buffer.capacity(), whole);
+            assert_eq!(budget.bytes_held(), held, "{whole} {len}");
+            assert_eq!(buffer.filled(), &head[..]);
         }
     }
 
@@ -458,14 +624,18 @@ mod tests {
     }
 
     /// A declared length is held only as far as the bytes sent bear it
-    /// out: a megabyte declared and a byte sent holds `FIRST_HOLD`, and a
-    /// body that does come grows by doubling, up to what it declared.
+    /// out: 100 KiB declared and a byte sent holds `FIRST_HOLD` (a
+    /// megabyte, the page the byte is in), and a body that does come grows
+    /// by doubling, up to what it declared.
     #[tokio::test]
     async fn a_declared_length_is_held_as_far_as_the_bytes_sent_bear_it_out() {
         const MIB: usize = 1024 * 1024;
-        let (read, held) = read_under(&[1], Some(MIB as u64), MIB, MIB).await;
+        let (read, held) = read_under(&[1], Some(100 * 1024), MIB, MIB).await;
         assert_eq!(read.unwrap().len(), 1);
         assert_eq!(held, super::FIRST_HOLD);
+        let (read, held) = read_under(&[1], Some(MIB as u64), MIB, MIB).await;
+        assert_eq!(read.unwrap().len(), 1);
+        assert_eq!(held, page_size::get());
         // Under a budget far below the declared length, it is still read.
         let (read, _) = read_under(&[1], Some(MIB as u64), MIB, 64 * 1024).await;
         assert_eq!(read.unwrap().len(), 1);
@@ -481,6 +651,68 @@ mod tests {
         .await;
         assert_eq!(read.unwrap().len(), 100 * kib);
         assert_eq!(held, 100 * kib);
+    }
+
+    /// A body never holds more than `FIRST_HOLD` or twice what came of it,
+    /// whatever it declares: a sender who declares a megabyte and sends 32
+    /// KiB holds 32 KiB (and the page it ends in), where a buffer of the
+    /// declared length held it all. Declaring 128 KiB or less, it doubles
+    /// on the heap.
+    #[tokio::test]
+    async fn a_body_holds_at_most_twice_what_came() {
+        const MIB: usize = 1024 * 1024;
+        let kib = 1024;
+        let page = page_size::get();
+        let pages = |bytes: usize| bytes.div_ceil(page) * page;
+        for declared in [MIB, MAP_FROM, 100 * kib] {
+            for sizes in [
+                &[1][..],
+                &[16 * kib, 16 * kib + 1],
+                &[16 * kib, 16 * kib, 40 * kib],
+                &[8 * kib; 12],
+                &[1, 30 * kib, 30 * kib, 30 * kib],
+            ] {
+                let sent: usize = sizes.iter().sum();
+                let (read, held) = read_under(sizes, Some(declared as u64), MIB, MIB).await;
+                assert_eq!(read.unwrap().len(), sent);
+                assert!(
+                    held <= super::FIRST_HOLD.max(2 * sent).min(pages(declared)),
+                    "{held} held for {sent} sent in {} chunks of {declared}",
+                    sizes.len()
+                );
+            }
+        }
+        // Mapped: the pages written.
+        let (_, held) = read_under(&[16 * kib, 16 * kib + 1], Some(MIB as u64), MIB, MIB).await;
+        assert_eq!(held, pages(32 * kib + 1));
+        // On the heap: 16 KiB, then twice the 24 KiB needed, then the 100
+        // KiB declared.
+        let (_, held) = read_under(&[8 * kib; 7], Some(100 * 1024), MIB, MIB).await;
+        assert_eq!(held, 100 * kib);
+        // Sent whole, it holds its length, and is read as sent.
+        let (read, held) = read_under(&[64 * kib; 16], Some(MIB as u64), MIB, MIB).await;
+        assert_eq!(read.unwrap().len(), MIB);
+        assert_eq!(held, MIB);
+        // A budget it outgrows refuses it on the way.
+        let (read, _) = read_under(&[64 * kib; 16], Some(MIB as u64), MIB, MIB / 2).await;
+        assert_eq!(read.unwrap_err(), Outcome::Overloaded);
+        // Of unknown length: mapped as long as the limit once doubling
+        // would pass `MAP_FROM`.
+        let (read, held) = read_under(&[100 * kib, 100 * kib], None, MIB, MIB).await;
+        assert_eq!(read.unwrap().len(), 200 * kib);
+        assert_eq!(held, pages(200 * kib));
+        // A body that outruns the length it declared moves to a mapping
+        // as long as the limit, and is still read whole.
+        let (read, held) = read_under(&[100 * kib; 3], Some(200 * 1024), MIB, MIB).await;
+        assert_eq!(read.unwrap().len(), 300 * kib);
+        assert_eq!(held, pages(300 * kib));
+        // A body at a limit that is not a whole number of pages fits a
+        // budget of exactly the limit.
+        let odd = MIB - 1;
+        let (read, held) =
+            read_under(&[64 * kib, odd - 64 * kib], Some(odd as u64), odd, odd).await;
+        assert_eq!(read.unwrap().len(), odd);
+        assert_eq!(held, odd);
     }
 
     #[test]

@@ -307,6 +307,64 @@ async fn held_headers_and_bodies_without_the_key_stay_within_the_budget_plus_the
         .starts_with("handled order.succeeded "));
 }
 
+/// 200 connections without the key each declare a body of a megabyte and
+/// send 48 KiB of it, then stall: together they hold about a third of the
+/// body budget (what they sent, and a page's margin each), nothing is
+/// refused for the budget, and a good delivery is handled. When a body was
+/// held at its declared length once it passed its first hold, 64 of them
+/// filled the budget (64 MiB): the other 136 were refused `503`, and so was
+/// every real delivery until the body timeout.
+#[tokio::test]
+async fn bodies_without_the_key_hold_what_they_sent_not_what_they_declared() {
+    const CONNECTIONS: usize = 200;
+    const DECLARED: usize = 1024 * 1024 - 1;
+    const SENT: usize = 48 * 1024;
+    let (receiver, url, addr) = receiver("");
+    let base = admin_url(&receiver);
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    let sent = vec![b'x'; SENT];
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {DECLARED}\r\n\
+             x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\n",
+            clink_webhooks::Timestamp::now().as_millis(),
+            "0".repeat(64)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Refused and closed before all of it is sent: counted below.
+        let _ = stream.write_all(&sent).await;
+        held.push(stream);
+    }
+    within(PATIENCE, "the stalled bodies read", || {
+        std::future::ready(all_read(port))
+    })
+    .await;
+
+    let body = fresh_fixture(&EventType::OrderSucceeded);
+    assert_eq!(
+        deliver(&url, body).await,
+        200,
+        "a good delivery beside them"
+    );
+    assert!(receiver
+        .next_stdout()
+        .starts_with("handled order.succeeded "));
+    let scrape = get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "clink_webhook_deliveries_total",
+            r#"outcome="overloaded""#
+        ),
+        0.0,
+        "stalled bodies refused for the budget"
+    );
+    drop(held);
+}
+
 /// A head over 16 KiB is answered `431` and its connection closed; one
 /// under it is served.
 #[tokio::test]
