@@ -24,6 +24,9 @@ pub(super) struct BodyBudget {
     max_reading: usize,
     bytes: AtomicUsize,
     reading: AtomicUsize,
+    /// The most bytes held at once so far.
+    #[cfg(test)]
+    peak: AtomicUsize,
 }
 
 impl BodyBudget {
@@ -33,6 +36,8 @@ impl BodyBudget {
             max_reading,
             bytes: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
+            #[cfg(test)]
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -44,6 +49,12 @@ impl BodyBudget {
     #[cfg(test)]
     pub(super) fn bytes_held(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The most bytes held at once so far.
+    #[cfg(test)]
+    pub(super) fn peak_held(&self) -> usize {
+        self.peak.load(Ordering::Acquire)
     }
 
     /// A place for one more body being read, if there is one.
@@ -95,6 +106,10 @@ impl Reading<'_> {
             });
         if taken.is_ok() {
             self.held = bytes;
+            #[cfg(test)]
+            self.budget
+                .peak
+                .fetch_max(self.budget.bytes.load(Ordering::Acquire), Ordering::AcqRel);
         }
         taken.is_ok()
     }

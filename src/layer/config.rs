@@ -374,11 +374,14 @@ impl ClinkLayer {
     /// then stays under `bytes` whatever a sender without the key does.
     ///
     /// A body holds what its sender has sent, not the length it declares:
-    /// never more than 16 KiB or twice what came (rounded up to a page).
+    /// never more than twice what came and 16 KiB (rounded up to a page).
     /// One that declares 128 KiB or less is gathered on the heap, its
-    /// buffer held whole as it doubles; a larger one, in a memory mapping
-    /// of its own whose pages are resident only once written and go back
-    /// to the system when the body is dropped, holding the pages written.
+    /// buffer held whole as it grows. A larger one, or one of unknown
+    /// length past 128 KiB, is gathered in memory mappings of its own,
+    /// whose pages are resident only once written and go back to the
+    /// system when the body grows out of them or is dropped: it holds the
+    /// pages written. A buffer a body grows out of is not held while it is
+    /// copied (one at a time per thread, in a single poll).
     ///
     /// # Errors
     ///
