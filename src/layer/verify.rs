@@ -63,7 +63,7 @@ where
         &mut verification,
         &mut reading,
     );
-    let bytes = within(config.settings.body_timeout, read)
+    let (bytes, mapped) = within(config.settings.body_timeout, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification
@@ -74,7 +74,15 @@ where
         .map_err(|error| verifier.expired_or(error, timestamp, signed_at, &signature, &bytes, now))
         .map_err(log_verify)?;
     drop(verifier);
-    // Verified: the body no longer counts against the budget.
+    // Verified: a body gathered in a mapping moves to the heap (one copy, of
+    // a body over 64 KiB), so that no event the app keeps holds a mapping
+    // of its own; and the body no longer counts against the budget.
+    let bytes = if mapped {
+        cold();
+        Bytes::copy_from_slice(&bytes)
+    } else {
+        bytes
+    };
     drop(reading);
     // Kept for the dead-letter inbox, if the layer has one (a shared
     // handle, no copy), should the body be no envelope.
@@ -185,24 +193,27 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads the body up to `limit` bytes, feeding the HMAC as chunks arrive.
+/// Reads the body up to `limit` bytes, feeding the HMAC as chunks arrive;
+/// the body, and whether it was gathered in a mapping.
 ///
 /// Every byte of memory it fills is first taken from the layer's
 /// [budget](super::ClinkLayer::body_budget), and a body never holds more
-/// than twice what came of it and `FIRST_HOLD` (rounded up to a page),
-/// whatever length it declares. A body that arrives in one chunk is kept as
-/// it is (no copy) and holds its length. A body in several chunks is
-/// gathered in a buffer of `FIRST_HOLD` at first (or twice what came so
-/// far, if more), then of twice what it needs and `FIRST_HOLD`, up to its
-/// declared length (doubled, if it declares none). Up to `MAP_FROM`, and
-/// declaring no more, it is on the heap, its whole capacity held. Past
-/// that, each buffer is a mapping of its own: pages never written are never
-/// resident, and a mapping goes back to the system whole when the body
-/// grows out of it or is dropped, so the budget holds the pages written.
+/// than `FIRST_HOLD` or four times what came of it, whatever length it
+/// declares; past `MAP_FROM`, the pages written. A body that arrives in one
+/// chunk is kept as it is (no copy) and holds its length. A body in several
+/// chunks that declares `MAP_FROM` or less is gathered on the heap, its
+/// buffer's whole capacity held: at first `FIRST_HOLD` (twice what came so
+/// far, if more), then its declared length, in one step. One of unknown
+/// length starts at twice its first chunk and doubles. A body that declares
+/// more than `MAP_FROM`, or grows past it, is gathered in mappings of its
+/// own, each twice what it needs and `FIRST_HOLD` (up to its declared
+/// length): pages never written are never resident, and a mapping goes back
+/// to the system whole when the body grows out of it or is dropped, so the
+/// budget holds the pages written.
 async fn read_body<B>(
     body: B, limit: usize, declared: Option<u64>, verification: &mut Verification,
     reading: &mut Reading<'_>,
-) -> Result<Bytes, Outcome>
+) -> Result<(Bytes, bool), Outcome>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -254,20 +265,22 @@ where
                 // sent so far bear it out: a sender without the key who
                 // declares a megabyte and sends a byte holds no megabyte of
                 // the budget.
+                let twice = total.saturating_mul(2);
                 let capacity = declared
-                    .map_or(2 * total, |d| d.min((2 * total).max(FIRST_HOLD)))
+                    .map_or(twice, |d| d.min(twice.max(FIRST_HOLD)))
                     .clamp(total, limit);
                 buf.insert(Gathered::new(place(capacity), &head, reading)?)
             }
         };
         if buffer.spare() < len {
             let needed = buffer.len() + len;
-            let capacity = declared
-                .filter(|&declared| declared >= needed)
-                .map_or(2 * buffer.capacity(), |declared| {
-                    declared.min(2 * needed + FIRST_HOLD)
-                })
-                .clamp(needed, limit);
+            let capacity = match declared.filter(|&declared| declared >= needed) {
+                // On the heap: to the length declared, in one step.
+                Some(declared) if declared <= MAP_FROM => declared,
+                Some(declared) => declared.min(needed.saturating_mul(2).saturating_add(FIRST_HOLD)),
+                None => buffer.capacity().saturating_mul(2),
+            }
+            .clamp(needed, limit);
             // The buffer grown out of is dropped once copied, in this
             // poll: held no longer, as the budget would otherwise have to
             // fit two buffers of a body at the limit.
@@ -285,17 +298,19 @@ where
         }
     }
     Ok(match (buf, first) {
-        (Some(buffer), _) => buffer.freeze(),
-        (None, Some(chunk)) => chunk,
-        (None, None) => Bytes::new(),
+        (Some(buffer), _) => {
+            let mapped = matches!(buffer, Gathered::Mapped(_));
+            (buffer.freeze(), mapped)
+        }
+        (None, Some(chunk)) => (chunk, false),
+        (None, None) => (Bytes::new(), false),
     })
 }
 
 /// The most a body in several chunks holds of the budget at first,
-/// whatever length it declares, unless twice what it sent so far is more:
-/// past that it grows to twice what it needs and this, up to its declared
-/// length. So a sender without the key must send 8 KiB of a body before it
-/// holds more, and half of anything it holds past 16 KiB more.
+/// whatever length it declares, unless twice what it sent so far is more.
+/// So a sender without the key must send 8 KiB of a body before it holds
+/// more.
 ///
 /// It is the size of the server's read buffer, and small on purpose:
 /// every body a stranger starts allocates its first hold, and once the
@@ -305,9 +320,7 @@ where
 /// larger ones (64 KiB) were left between the blocks of connections still
 /// open, 20 MiB of them under 1,200 hostile connections
 /// (`tests/suite/hostile.rs`). A body that declares 16 KiB or less is never
-/// copied to grow; a larger one is copied each time its buffer grows (from
-/// 16 KiB to 64 KiB in one step for a 64 KiB body that comes 16 KiB at a
-/// time).
+/// copied to grow; one that declares up to `MAP_FROM` is copied once.
 const FIRST_HOLD: usize = 16 * 1024;
 
 /// The largest buffer a body in several chunks is gathered in on the heap;
@@ -315,14 +328,15 @@ const FIRST_HOLD: usize = 16 * 1024;
 ///
 /// On the heap a buffer is held whole against the budget, however little
 /// of it was written: the allocator may hand back a block whose pages an
-/// earlier body touched. And a body that grows leaves the blocks it grew
-/// out of to the allocator, resident, between the blocks of bodies still
-/// open: under the hostile test's 1 MiB bodies, several MiB past the
-/// budget's margin. A mapping's pages are resident only once written, and
-/// a mapping goes back to the system whole when the body grows out of it
-/// or is dropped. A sender who declares a megabyte and sends 32 KiB holds
-/// 32 KiB.
-const MAP_FROM: usize = 128 * 1024;
+/// earlier body touched. So a body that declares at most this holds at most
+/// four times what it sent (16 KiB and a byte sent, 64 KiB held), and a
+/// body that grows leaves the blocks it grew out of to the allocator,
+/// resident, between the blocks of bodies still open. A mapping's pages
+/// are resident only once written, and a mapping goes back to the system
+/// whole when the body grows out of it or is dropped: a sender who declares
+/// a megabyte and sends 32 KiB holds 32 KiB. 64 KiB bodies, the usual
+/// largest, stay on the heap.
+const MAP_FROM: usize = 64 * 1024;
 
 /// Where a body in several chunks is to be gathered.
 #[derive(Clone, Copy)]
@@ -371,11 +385,19 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The buffers made on this thread: a test's count of a body's growths.
+    static BUFFERS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Gathered {
     /// A buffer at `place` holding `head`, its hold taken first;
     /// `Overloaded` when it does not fit in the budget or the system will
     /// not map it.
     fn new(place: Place, head: &[u8], reading: &mut Reading<'_>) -> Result<Self, Outcome> {
+        #[cfg(test)]
+        BUFFERS_MADE.with(|made| made.set(made.get() + 1));
         if !place.mapped {
             if !reading.hold(place.capacity) {
                 return Err(Outcome::Overloaded);
@@ -399,7 +421,7 @@ impl Gathered {
         // A huge page would make a page written resident as many: the
         // system may back a mapping (or several side by side, merged) with
         // them.
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::NoHugePage);
         map[..head.len()].copy_from_slice(head);
         Ok(Self::Mapped(Mapped {
@@ -511,6 +533,15 @@ mod tests {
 
     const TS: &str = "1700000000000";
 
+    thread_local! {
+        /// Whether the last body `read_under` read was gathered in a mapping.
+        static MAPPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    fn was_mapped() -> bool {
+        MAPPED.with(std::cell::Cell::get)
+    }
+
     /// Reads a body of `sizes` chunks (`declared` as its `Content-Length`)
     /// under a limit of `limit` bytes and a budget of `budget` bytes; the
     /// result, and the most bytes the budget held for it at once.
@@ -523,7 +554,10 @@ mod tests {
         let mut reading = budget.start().unwrap();
         let body = Chunks::of(sizes);
         let expected: Vec<u8> = body.0.iter().flat_map(|c| c.to_vec()).collect();
+        super::BUFFERS_MADE.with(|made| made.set(0));
         let read = read_body(body, limit, declared, &mut verification, &mut reading).await;
+        MAPPED.with(|last| last.set(read.as_ref().is_ok_and(|(_, mapped)| *mapped)));
+        let read = read.map(|(bytes, _)| bytes);
         let held = budget.peak_held();
         if read.is_ok() {
             assert_eq!(budget.bytes_held(), held, "a body's hold only grows");
@@ -596,9 +630,10 @@ mod tests {
             let mut reading = budget.start().unwrap();
             let body = Chunks::of(&[100]);
             let sent = body.0[0].as_ptr();
-            let read = read_body(body, 1000, declared, &mut verification, &mut reading)
+            let (read, mapped) = read_body(body, 1000, declared, &mut verification, &mut reading)
                 .await
                 .unwrap();
+            assert!(!mapped);
             assert_eq!(read.len(), 100);
             assert_eq!(read.as_ptr(), sent, "copied with {declared:?}");
         }
@@ -636,60 +671,70 @@ mod tests {
     }
 
     /// A declared length is held only as far as the bytes sent bear it
-    /// out: 100 KiB declared and a byte sent holds `FIRST_HOLD` (a
+    /// out: 60 KiB declared and a byte sent holds `FIRST_HOLD` (declaring a
     /// megabyte, the page the byte is in), and a body that does come grows
-    /// by doubling, up to what it declared.
+    /// to what it declared in one step.
     #[tokio::test]
     async fn a_declared_length_is_held_as_far_as_the_bytes_sent_bear_it_out() {
         const MIB: usize = 1024 * 1024;
-        let (read, held) = read_under(&[1], Some(100 * 1024), MIB, MIB).await;
+        let (read, held) = read_under(&[1], Some(60 * 1024), MIB, MIB).await;
         assert_eq!(read.unwrap().len(), 1);
-        assert_eq!(held, super::FIRST_HOLD);
+        assert_eq!(held, FIRST_HOLD);
         let (read, held) = read_under(&[1], Some(MIB as u64), MIB, MIB).await;
         assert_eq!(read.unwrap().len(), 1);
         assert_eq!(held, page_size::get());
         // Under a budget far below the declared length, it is still read.
         let (read, _) = read_under(&[1], Some(MIB as u64), MIB, 64 * 1024).await;
         assert_eq!(read.unwrap().len(), 1);
-        // 30 KiB, then 60 KiB held (twice what was sent), then grown to
-        // the 100 KiB declared in one step, not to 120 KiB.
+        // 20 KiB, then 40 KiB held (twice what was sent), then grown to
+        // the 60 KiB declared in one step, not to 80 KiB.
         let kib = 1024;
         let (read, held) = read_under(
-            &[30 * kib, 30 * kib, 30 * kib, 10 * kib],
-            Some(100 * 1024),
+            &[20 * kib, 20 * kib, 15 * kib, 5 * kib],
+            Some(60 * 1024),
             MIB,
             MIB,
         )
         .await;
-        assert_eq!(read.unwrap().len(), 100 * kib);
-        assert_eq!(held, 100 * kib);
+        assert_eq!(read.unwrap().len(), 60 * kib);
+        assert_eq!(held, 60 * kib);
+        assert_eq!(super::BUFFERS_MADE.with(std::cell::Cell::get), 2);
     }
 
-    /// A body never holds more than twice what came of it and
-    /// `FIRST_HOLD`, whatever it declares: a sender who declares a megabyte
-    /// and sends 32 KiB holds 32 KiB (and the page it ends in), where a
-    /// buffer of the declared length held it all. Declaring 128 KiB or
-    /// less, it grows on the heap.
+    /// A body never holds more than `FIRST_HOLD` or four times what came
+    /// of it, whatever it declares, and declaring more than `MAP_FROM`, the
+    /// pages written: a sender who declares a megabyte and sends 32 KiB
+    /// holds 32 KiB (and the page it ends in), where a buffer of the
+    /// declared length held it all.
     #[tokio::test]
-    async fn a_body_holds_at_most_twice_what_came() {
+    async fn a_body_holds_what_came_not_what_it_declared() {
         const MIB: usize = 1024 * 1024;
         let kib = 1024;
         let page = page_size::get();
         let pages = |bytes: usize| bytes.div_ceil(page) * page;
-        for declared in [MIB, MAP_FROM, 100 * kib] {
+        for declared in [MIB, 100 * kib, MAP_FROM, 48 * kib] {
             for sizes in [
                 &[1][..],
                 &[16 * kib, 16 * kib + 1],
+                &[16 * kib, 16 * kib, 10 * kib],
                 &[16 * kib, 16 * kib, 40 * kib],
                 &[8 * kib; 12],
                 &[1, 30 * kib, 30 * kib, 30 * kib],
                 &[7 * kib, 20 * kib, 1, 9 * kib, 30 * kib],
             ] {
                 let sent: usize = sizes.iter().sum();
+                if sent > declared {
+                    continue;
+                }
                 let (read, held) = read_under(sizes, Some(declared as u64), MIB, MIB).await;
                 assert_eq!(read.unwrap().len(), sent);
+                let bound = if declared > MAP_FROM {
+                    pages(sent)
+                } else {
+                    FIRST_HOLD.max(4 * sent).min(declared)
+                };
                 assert!(
-                    held <= pages(2 * sent + FIRST_HOLD).min(pages(declared)),
+                    held <= bound,
                     "{held} held for {sent} sent in {} chunks of {declared}",
                     sizes.len()
                 );
@@ -698,20 +743,25 @@ mod tests {
         // Mapped: the pages written.
         let (_, held) = read_under(&[16 * kib, 16 * kib + 1], Some(MIB as u64), MIB, MIB).await;
         assert_eq!(held, pages(32 * kib + 1));
-        // On the heap: 16 KiB, then twice the 24 KiB needed and 16 KiB.
-        let (_, held) = read_under(&[8 * kib; 7], Some(100 * 1024), MIB, MIB).await;
-        assert_eq!(held, 64 * kib);
+        assert!(was_mapped());
         // A 64 KiB body that comes 16 KiB at a time, after a first chunk
         // of what the server read with the head: 16 KiB, then the 64 KiB
-        // declared in one step.
-        let (_, held) = read_under(
-            &[7 * kib, 16 * kib, 16 * kib, 16 * kib, 9 * kib],
-            Some(64 * 1024),
-            MIB,
-            MIB,
-        )
-        .await;
-        assert_eq!(held, 64 * kib);
+        // declared, one buffer after the first.
+        for sizes in [
+            &[7 * kib + 512, 16 * kib, 16 * kib, 16 * kib, 8 * kib + 512][..],
+            &[16 * kib; 4],
+            &[kib; 64],
+        ] {
+            let (read, held) = read_under(sizes, Some(64 * 1024), MIB, MIB).await;
+            assert_eq!(read.unwrap().len(), 64 * kib);
+            assert_eq!(held, 64 * kib);
+            assert!(!was_mapped());
+            assert_eq!(
+                super::BUFFERS_MADE.with(std::cell::Cell::get),
+                2,
+                "{sizes:?}"
+            );
+        }
         // Sent whole, it holds its length, and is read as sent.
         let (read, held) = read_under(&[64 * kib; 16], Some(MIB as u64), MIB, MIB).await;
         assert_eq!(read.unwrap().len(), MIB);
@@ -723,6 +773,10 @@ mod tests {
         let (read, held) = read_under(&[100 * kib, 100 * kib], None, MIB, MIB).await;
         assert_eq!(read.unwrap().len(), 200 * kib);
         assert_eq!(held, pages(200 * kib));
+        assert!(was_mapped());
+        let (_, held) = read_under(&[10 * kib, 20 * kib], None, MIB, MIB).await;
+        assert_eq!(held, 60 * kib);
+        assert!(!was_mapped());
         // A body that outruns the length it declared grows on, and is
         // still read whole.
         let (read, held) = read_under(&[100 * kib; 3], Some(200 * 1024), MIB, MIB).await;

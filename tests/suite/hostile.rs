@@ -354,7 +354,11 @@ async fn bodies_without_the_key_hold_what_they_sent_not_what_they_declared() {
     .await;
 
     let body = fresh_fixture(&EventType::OrderSucceeded);
-    assert_eq!(deliver(&url, body).await, 200, "a good delivery beside them");
+    assert_eq!(
+        deliver(&url, body).await,
+        200,
+        "a good delivery beside them"
+    );
     assert!(receiver
         .next_stdout()
         .starts_with("handled order.succeeded "));
