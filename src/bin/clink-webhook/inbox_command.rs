@@ -415,6 +415,33 @@ fn running_refusal(seq: i64) -> CliError {
 }
 
 /// Prints the events `entries`, one a line, as `list` does.
+/// Reads the events `filter` matches, oldest first, at most `limit`, a
+/// page at a time, handing each page to `each`, oldest first: whole
+/// events, bodies of up to the layer's limit each, so only a page of them
+/// (some hundred MiB at most) is held at once, however many are listed.
+async fn oldest_first(
+    inbox: &dyn Inbox, filter: &InboxFilter, limit: usize, mut each: impl FnMut(Vec<InboxEntry>),
+) -> Result<(), CliError> {
+    const PAGE: usize = 100;
+    let mut left = limit;
+    let mut start = PageStart::After(i64::MIN);
+    while left > 0 {
+        // A page holds the events just after `start`, newest first.
+        let mut page = inbox
+            .page(filter, start, PAGE.min(left))
+            .await
+            .map_err(|e| store_error(&e))?;
+        let Some(newest) = page.first().map(|e| e.seq) else {
+            break;
+        };
+        left = left.saturating_sub(page.len());
+        start = PageStart::After(newest);
+        page.reverse();
+        each(page);
+    }
+    Ok(())
+}
+
 fn print_entries(out: &Output, entries: &[InboxEntry]) {
     for entry in entries {
         if out.json {
@@ -508,26 +535,13 @@ async fn replay_matching(
         ));
     }
     if dry_run {
-        // Whole events, bodies of up to the layer's limit each: a page of
-        // them stays within some hundred MiB.
-        const PAGE: usize = 100;
         let mut would = Vec::new();
-        let mut start = PageStart::After(i64::MIN);
-        loop {
-            // A page holds the events just after `start`, newest first.
-            let mut page = inbox
-                .page(filter, start, PAGE)
-                .await
-                .map_err(|e| store_error(&e))?;
-            let Some(newest) = page.first().map(|e| e.seq) else {
-                break;
-            };
+        oldest_first(inbox, filter, usize::MAX, |mut page| {
             page.retain(|e| e.status != InboxStatus::Running);
-            page.reverse();
             print_entries(out, &page);
             would.extend(page.iter().map(|e| e.seq));
-            start = PageStart::After(newest);
-        }
+        })
+        .await?;
         return Ok(would);
     }
     inbox
@@ -540,11 +554,10 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
     let inbox = open(args).await?;
     match &args.action {
         Action::List { filter, limit } => {
-            let entries = inbox
-                .list(&filter.filter(None), *limit)
-                .await
-                .map_err(|e| store_error(&e))?;
-            print_entries(out, &entries);
+            oldest_first(&*inbox, &filter.filter(None), *limit, |page| {
+                print_entries(out, &page);
+            })
+            .await?;
         }
         Action::Show { seq } => {
             let entry = inbox.get(*seq).await.map_err(|e| store_error(&e))?;
@@ -661,6 +674,47 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
+
+    /// `list` reads a page of at most 100 events at a time, oldest first,
+    /// and stops at its limit: the events and their order are those one
+    /// read of them all gives.
+    #[tokio::test]
+    async fn events_are_listed_a_page_at_a_time_oldest_first() {
+        use clink_webhooks::store::{Inbox as _, MemoryInbox, NewEvent};
+
+        let inbox = MemoryInbox::new();
+        for n in 0..250 {
+            let event = NewEvent::new(
+                None,
+                format!("evt_{n}"),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                Timestamp::now(),
+                Timestamp::now(),
+                bytes::Bytes::from_static(b"{}"),
+            );
+            inbox.insert(&event).await.unwrap();
+        }
+        let filter = InboxFilter::default();
+        for limit in [0, 1, 99, 100, 101, 230, 250, usize::MAX] {
+            let mut pages = Vec::new();
+            oldest_first(&inbox, &filter, limit, |page| pages.push(page))
+                .await
+                .unwrap();
+            assert!(pages.iter().all(|page| page.len() <= 100), "{limit}");
+            let listed: Vec<i64> = pages.iter().flatten().map(|e| e.seq).collect();
+            let all: Vec<i64> = inbox
+                .list(&filter, limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(listed.len(), limit.min(250), "{limit}");
+            assert_eq!(listed, all, "{limit}");
+        }
+    }
 
     /// A line of an event kept with no type keeps its columns: `-` stands
     /// for the type.
