@@ -372,19 +372,21 @@ impl ClinkLayer {
     /// a delivery is answered `503` with `Retry-After` before more of it is
     /// read; a verified body no longer counts. Memory for unverified bodies
     /// then stays under `bytes` whatever a sender without the key does, but
-    /// for two small margins: a buffer a body grows out of is not held while
-    /// it is copied (one at a time per thread, within a single poll), and a
-    /// body within a page of a limit that is not a whole number of pages
-    /// holds up to a page less than it has.
+    /// for small margins: a buffer a body grows out of is not held while it
+    /// is copied (one at a time per thread, within a single poll), and once
+    /// freed stays with the allocator for its next allocations (up to 64
+    /// KiB, on the heap); and a body within a page of a limit that is not a
+    /// whole number of pages holds up to a page less than it has.
     ///
     /// A body holds what its sender has sent, not the length it declares:
-    /// never more than 16 KiB or four times what came. One that declares
-    /// 64 KiB or less is gathered on the heap, its buffer held whole (16
-    /// KiB at first, then its declared length). A larger one, or one of
-    /// unknown length past 64 KiB, is gathered in memory mappings of its
-    /// own, whose pages are resident only once written and go back to the
-    /// system when the body grows out of them or is dropped: it holds the
-    /// pages written. Once verified, such a body is copied to the heap.
+    /// never more than 16 KiB or four times what came (in a mapping, the
+    /// pages written). One that declares 64 KiB or less is gathered on the
+    /// heap, its buffer held whole: at first 16 KiB (twice what came, if
+    /// more), then its declared length. A larger one, or one of unknown
+    /// length past 64 KiB, is gathered in memory mappings of its own, whose
+    /// pages are resident only once written and go back to the system when
+    /// the body grows out of them or is dropped: it holds the pages written.
+    /// Once verified, such a body is copied to the heap.
     ///
     /// # Errors
     ///

@@ -79,7 +79,12 @@ where
     // of its own; and the body no longer counts against the budget.
     let bytes = if mapped {
         cold();
-        Bytes::copy_from_slice(&bytes)
+        #[cfg(test)]
+        MOVED_TO_HEAP.with(|moved| moved.set(moved.get() + 1));
+        let heap = Bytes::copy_from_slice(&bytes);
+        // The mapping goes back to the system now, not when this returns.
+        drop(bytes);
+        heap
     } else {
         bytes
     };
@@ -199,12 +204,13 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// Every byte of memory it fills is first taken from the layer's
 /// [budget](super::ClinkLayer::body_budget), and a body never holds more
 /// than `FIRST_HOLD` or four times what came of it, whatever length it
-/// declares; past `MAP_FROM`, the pages written. A body that arrives in one
+/// declares (in a mapping, the pages written). A body that arrives in one
 /// chunk is kept as it is (no copy) and holds its length. A body in several
 /// chunks that declares `MAP_FROM` or less is gathered on the heap, its
 /// buffer's whole capacity held: at first `FIRST_HOLD` (twice what came so
 /// far, if more), then its declared length, in one step. One of unknown
-/// length starts at twice its first chunk and doubles. A body that declares
+/// length keeps its first chunk as it came, then gathers in a buffer of
+/// twice what came, doubling. A body that declares
 /// more than `MAP_FROM`, or grows past it, is gathered in mappings of its
 /// own, each twice what it needs and `FIRST_HOLD` (up to its declared
 /// length): pages never written are never resident, and a mapping goes back
@@ -320,7 +326,8 @@ where
 /// larger ones (64 KiB) were left between the blocks of connections still
 /// open, 20 MiB of them under 1,200 hostile connections
 /// (`tests/suite/hostile.rs`). A body that declares 16 KiB or less is never
-/// copied to grow; one that declares up to `MAP_FROM` is copied once.
+/// copied to grow; one that declares up to `MAP_FROM` is copied at most
+/// once.
 const FIRST_HOLD: usize = 16 * 1024;
 
 /// The largest buffer a body in several chunks is gathered in on the heap;
@@ -389,6 +396,8 @@ impl AsRef<[u8]> for Mapped {
 thread_local! {
     /// The buffers made on this thread: a test's count of a body's growths.
     static BUFFERS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The verified bodies moved from a mapping to the heap on this thread.
+    static MOVED_TO_HEAP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Gathered {
@@ -723,15 +732,15 @@ mod tests {
                 &[7 * kib, 20 * kib, 1, 9 * kib, 30 * kib],
             ] {
                 let sent: usize = sizes.iter().sum();
-                if sent > declared {
-                    continue;
-                }
                 let (read, held) = read_under(sizes, Some(declared as u64), MIB, MIB).await;
                 assert_eq!(read.unwrap().len(), sent);
                 let bound = if declared > MAP_FROM {
                     pages(sent)
-                } else {
+                } else if sent <= declared {
                     FIRST_HOLD.max(4 * sent).min(declared)
+                } else {
+                    // Outgrown: mapped, once past the length declared.
+                    pages(FIRST_HOLD.max(4 * sent))
                 };
                 assert!(
                     held <= bound,
@@ -789,6 +798,42 @@ mod tests {
             read_under(&[64 * kib, odd - 64 * kib], Some(odd as u64), odd, odd).await;
         assert_eq!(read.unwrap().len(), odd);
         assert_eq!(held, odd);
+    }
+
+    /// A verified body gathered in a mapping is copied to the heap before
+    /// it is handed on, and is the body that was sent.
+    #[tokio::test]
+    async fn a_mapped_body_moves_to_the_heap_once_verified() {
+        use http_body_util::Full;
+
+        let note = "x".repeat(100 * 1024);
+        let body = format!(
+            r#"{{"id":"evt_large","type":"order.succeeded","created":1700000000,"data":{{"object":{{"note":"{note}"}}}}}}"#
+        );
+        let request = crate::testing::SignedRequest::new("k", body.clone()).build::<Full<Bytes>>();
+        let (parts, _) = request.into_parts();
+        let layer = crate::ClinkLayer::new(Verifier::new("k").unwrap());
+        for (chunked, moved) in [(false, 0), (true, 1)] {
+            let chunks = if chunked {
+                body.as_bytes()
+                    .chunks(16 * 1024)
+                    .map(Bytes::copy_from_slice)
+                    .collect()
+            } else {
+                VecDeque::from([Bytes::from(body.clone())])
+            };
+            super::MOVED_TO_HEAP.with(|n| n.set(0));
+            let event = super::verify(&layer.config, &parts, Chunks(chunks), None, None)
+                .await
+                .unwrap();
+            assert_eq!(event.event().id(), "evt_large");
+            assert_eq!(&event.event().body()[..], body.as_bytes());
+            assert_eq!(
+                super::MOVED_TO_HEAP.with(std::cell::Cell::get),
+                moved,
+                "chunked: {chunked}"
+            );
+        }
     }
 
     #[test]
