@@ -414,15 +414,27 @@ fn running_refusal(seq: i64) -> CliError {
     )
 }
 
-/// Prints the events `entries`, one a line, as `list` does.
 /// Reads the events `filter` matches, oldest first, at most `limit`, a
 /// page at a time, handing each page to `each`, oldest first: whole
 /// events, bodies of up to the layer's limit each, so only a page of them
-/// (some hundred MiB at most) is held at once, however many are listed.
+/// (a hundred bodies) is held at once, however many are listed. Events
+/// that arrive while it reads are left out; one whose status changes while
+/// it reads is listed as it is when its page is read.
 async fn oldest_first(
     inbox: &dyn Inbox, filter: &InboxFilter, limit: usize, mut each: impl FnMut(Vec<InboxEntry>),
 ) -> Result<(), CliError> {
     const PAGE: usize = 100;
+    let newest = inbox
+        .page(&InboxFilter::default(), PageStart::Newest, 1)
+        .await
+        .map_err(|e| store_error(&e))?;
+    let Some(newest) = newest.first().map(|e| e.seq) else {
+        return Ok(());
+    };
+    let through = filter
+        .seq_through
+        .map_or(newest, |through| through.min(newest));
+    let filter = &filter.clone().seq_through(through);
     let mut left = limit;
     let mut start = PageStart::After(i64::MIN);
     while left > 0 {
@@ -442,6 +454,7 @@ async fn oldest_first(
     Ok(())
 }
 
+/// Prints the events `entries`, one a line, as `list` does.
 fn print_entries(out: &Output, entries: &[InboxEntry]) {
     for entry in entries {
         if out.json {
@@ -694,8 +707,20 @@ mod tests {
                 Timestamp::now(),
                 bytes::Bytes::from_static(b"{}"),
             );
-            inbox.insert(&event).await.unwrap();
+            if n % 10 == 0 {
+                inbox.insert_dead(&event, "dead").await.unwrap();
+            } else {
+                inbox.insert(&event).await.unwrap();
+            }
         }
+        // Every tenth is dead; a filter by status pages as it lists.
+        let dead = InboxFilter::default().status(InboxStatus::Dead);
+        let mut pages = Vec::new();
+        oldest_first(&inbox, &dead, usize::MAX, |page| pages.push(page))
+            .await
+            .unwrap();
+        let listed: Vec<i64> = pages.iter().flatten().map(|e| e.seq).collect();
+        assert_eq!(listed, (1..=250).step_by(10).collect::<Vec<i64>>());
         let filter = InboxFilter::default();
         for limit in [0, 1, 99, 100, 101, 230, 250, usize::MAX] {
             let mut pages = Vec::new();
