@@ -201,6 +201,9 @@ pub(crate) struct KeySpec {
     secret: Zeroizing<String>,
     name: Option<String>,
     expires: Option<Timestamp>,
+    /// The latest delivery stamp it is accepted for: a key Clink rotated
+    /// out signs nothing after the rotation.
+    signed_until: Option<Timestamp>,
 }
 
 impl KeySpec {
@@ -211,6 +214,9 @@ impl KeySpec {
         }
         if let Some(expires) = self.expires {
             key = key.expires_at(expires.to_system_time());
+        }
+        if let Some(signed_until) = self.signed_until {
+            key = key.signed_until(signed_until.to_system_time());
         }
         Ok(key)
     }
@@ -238,6 +244,9 @@ impl KeySpec {
         };
         if let Some(expires) = self.expires {
             let _ = write!(text, " expires {expires}");
+        }
+        if let Some(signed_until) = self.signed_until {
+            let _ = write!(text, " signed until {signed_until}");
         }
         text
     }
@@ -278,6 +287,7 @@ fn one_key(text: &str) -> Result<KeySpec, String> {
         secret: Zeroizing::new(secret.to_owned()),
         name: None,
         expires: None,
+        signed_until: None,
     })
 }
 
@@ -291,11 +301,12 @@ fn key_list(text: &str) -> Result<Vec<KeySpec>, String> {
         .collect()
 }
 
-/// Keys from a TOML array of tables `{ secret, name, expires }`.
+/// Keys from a TOML array of tables `{ secret, name, expires, signed_until }`.
 fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
     let toml::Value::Array(items) = value else {
         return Err(
-            "expected an array of tables { secret = \"...\", name = \"...\", expires = \"RFC 3339\" }"
+            "expected an array of tables { secret = \"...\", name = \"...\", expires = \"RFC 3339\", \
+             signed_until = \"RFC 3339\" }"
                 .to_owned(),
         );
     };
@@ -308,14 +319,16 @@ fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
         .map(|(index, item)| {
             let at = |message: String| format!("key {}: {message}", index + 1);
             let toml::Value::Table(table) = item else {
-                return Err(at("expected a table { secret, name, expires }".to_owned()));
+                return Err(at(
+                    "expected a table { secret, name, expires, signed_until }".to_owned(),
+                ));
             };
             if let Some(unknown) = table
                 .keys()
-                .find(|k| !["secret", "name", "expires"].contains(&k.as_str()))
+                .find(|k| !["secret", "name", "expires", "signed_until"].contains(&k.as_str()))
             {
                 return Err(at(format!(
-                    "unknown field {}; a key has secret, name and expires",
+                    "unknown field {}; a key has secret, name, expires and signed_until",
                     escaped(unknown)
                 )));
             }
@@ -327,26 +340,25 @@ fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
             let secret = text("secret")?
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| at("secret is missing or empty".to_owned()))?;
-            let expires = match table.get("expires") {
-                None => None,
-                Some(toml::Value::Datetime(datetime)) => Some(datetime.to_string()),
-                Some(toml::Value::String(text)) => Some(text.clone()),
-                Some(_) => return Err(at("expires must be an RFC 3339 time".to_owned())),
-            };
-            let expires = expires
-                .map(|text| {
-                    text.parse::<Timestamp>().map_err(|_| {
-                        at(format!(
-                            "expires {}: not an RFC 3339 time such as 2026-03-01T00:00:00Z",
-                            shown_value(&text)
-                        ))
-                    })
+            let time = |field: &str| {
+                let text = match table.get(field) {
+                    None => return Ok(None),
+                    Some(toml::Value::Datetime(datetime)) => datetime.to_string(),
+                    Some(toml::Value::String(text)) => text.clone(),
+                    Some(_) => return Err(at(format!("{field} must be an RFC 3339 time"))),
+                };
+                text.parse::<Timestamp>().map(Some).map_err(|_| {
+                    at(format!(
+                        "{field} {}: not an RFC 3339 time such as 2026-03-01T00:00:00Z",
+                        shown_value(&text)
+                    ))
                 })
-                .transpose()?;
+            };
             let key = KeySpec {
                 secret: Zeroizing::new(secret),
                 name: text("name")?,
-                expires,
+                expires: time("expires")?,
+                signed_until: time("signed_until")?,
             };
             key.signing_key().map_err(at)?;
             Ok(key)
@@ -1870,5 +1882,60 @@ mod tests {
             "{lines}"
         );
         assert!(!lines.contains("whsec_"), "{lines}");
+    }
+
+    /// A key rotated out with `signed_until` verifies deliveries stamped up
+    /// to then and refuses later ones (as signed by an expired key); the
+    /// configuration says so, and a time that is no time is refused.
+    #[test]
+    fn a_rotated_out_key_verifies_only_deliveries_stamped_until_its_limit() {
+        use clink_webhooks::signature::sign;
+
+        let mut pairs = minimal();
+        pairs.retain(|(n, _)| *n != "webhook_signing_key");
+        pairs.push((
+            "signing_keys",
+            r#"[{ secret = "whsec_new", name = "new" }, { secret = "whsec_old", name = "old", signed_until = 2026-03-01T00:00:00Z }]"#,
+        ));
+        let rotated = config(&pairs).unwrap();
+        let Keys::One(keys) = &rotated.keys else {
+            panic!()
+        };
+        let lines = rotated.lines().join("\n");
+        assert!(
+            lines.contains("old ([redacted]) signed until 2026-03-01T00:00:00"),
+            "{lines}"
+        );
+        let verifier = verifier(keys, Duration::from_secs(300)).unwrap();
+        let limit = "2026-03-01T00:00:00Z".parse::<Timestamp>().unwrap();
+        for (stamped, old_accepted) in [
+            (limit.as_millis() - 1000, true),
+            (limit.as_millis(), true),
+            (limit.as_millis() + 1000, false),
+        ] {
+            let stamp = stamped.to_string();
+            let now = Timestamp::from_millis(stamped).to_system_time();
+            let body = br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+            let old = verifier.verify_at(&stamp, &sign("whsec_old", &stamp, body), body, now);
+            assert_eq!(
+                old.is_ok(),
+                old_accepted,
+                "old key, stamped {stamp}: {old:?}"
+            );
+            let new = verifier.verify_at(&stamp, &sign("whsec_new", &stamp, body), body, now);
+            assert!(new.is_ok(), "new key, stamped {stamp}: {new:?}");
+        }
+
+        let mut pairs = minimal();
+        pairs.retain(|(n, _)| *n != "webhook_signing_key");
+        pairs.push((
+            "signing_keys",
+            r#"[{ secret = "whsec_old", signed_until = "soon" }]"#,
+        ));
+        let error = config(&pairs).err().expect("refused").0;
+        assert!(
+            error.contains("key 1: signed_until soon: not an RFC 3339 time"),
+            "{error}"
+        );
     }
 }
