@@ -739,6 +739,45 @@ mod tests {
             assert_eq!(listed.len(), limit.min(250), "{limit}");
             assert_eq!(listed, all, "{limit}");
         }
+
+        // An event that arrives while it lists is left out: listing ends at
+        // the newest there was when it started.
+        let inbox = std::sync::Arc::new(inbox);
+        let mut listed = 0;
+        oldest_first(&*inbox, &filter, usize::MAX, |page| {
+            listed += page.len();
+            if listed > 200 {
+                return;
+            }
+            // One arrives after each of the first two pages.
+            let arrived = format!("evt_arrived_{listed}");
+            let inbox = std::sync::Arc::clone(&inbox);
+            // Another runtime on a thread of its own: this one is busy
+            // listing, and `each` cannot await.
+            std::thread::spawn(move || {
+                let arrived = NewEvent::new(
+                    None,
+                    arrived,
+                    "order.succeeded".to_owned(),
+                    None,
+                    None,
+                    Timestamp::now(),
+                    Timestamp::now(),
+                    bytes::Bytes::from_static(b"{}"),
+                );
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(inbox.insert(&arrived))
+                    .unwrap();
+            })
+            .join()
+            .unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(listed, 250, "events that arrived while it listed");
+        assert_eq!(inbox.list(&filter, usize::MAX).await.unwrap().len(), 252);
     }
 
     /// A line of an event kept with no type keeps its columns: `-` stands
