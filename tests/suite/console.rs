@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clink_webhooks::console::{Console, CONTENT_SECURITY_POLICY};
 use clink_webhooks::store::{
     Inbox, InboxEntry, InboxFilter, InboxStatus, InboxSummary, MemoryInbox, NewEvent, PageStart,
-    ReplayPin, Replayed, Settle, StoreError, StoreErrorKind, DEFAULT_TIMEOUT, SUMMARY_ERROR_CHARS,
+    ReplayPin, Replayed, Settle, StoreError, StoreErrorKind, SUMMARY_ERROR_CHARS,
 };
 use clink_webhooks::BoxFuture;
 use clink_webhooks::Timestamp;
@@ -3513,7 +3513,9 @@ async fn ten_thousand(inbox: &dyn Inbox) -> Timestamp {
 }
 
 /// Every filter and a walk through the pages, each answered within the
-/// store's default timeout.
+/// console's default timeout for the inbox: a page whose reads take longer
+/// is answered `503`, so a `200` is the check (the time is printed, never
+/// asserted).
 async fn pages_answer_in_time(inbox: Arc<dyn Inbox>, filled_at: Timestamp) {
     let app = mounted(Console::with_token(inbox, TOKEN).unwrap());
     let mut slowest = Duration::ZERO;
@@ -3521,8 +3523,7 @@ async fn pages_answer_in_time(inbox: Arc<dyn Inbox>, filled_at: Timestamp) {
         let start = Instant::now();
         let page = get(&app, path).await;
         let took = start.elapsed();
-        assert_eq!(page.status, 200, "{path}: {}", page.body);
-        assert!(took < DEFAULT_TIMEOUT, "{path} took {took:?}");
+        assert_eq!(page.status, 200, "{path} (in {took:?}): {}", page.body);
         slowest = slowest.max(took);
         page
     };
