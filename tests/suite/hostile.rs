@@ -170,6 +170,17 @@ fn all_read(port: u16) -> bool {
     })
 }
 
+/// The head of a delivery to `addr` declaring a body of `length` bytes,
+/// stamped now, with a signature nobody made.
+fn forged_head(addr: &str, length: usize) -> String {
+    format!(
+        "POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {length}\r\n\
+         x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\n",
+        clink_webhooks::Timestamp::now().as_millis(),
+        "0".repeat(64)
+    )
+}
+
 /// 400 connections send unverified bodies of 1 MiB, stalled one byte short
 /// with a signature nobody made, 400 more send 15 KiB of headers and stall
 /// (half of them after the head, in a chunked body),
@@ -206,12 +217,7 @@ async fn held_headers_and_bodies_without_the_key_stay_within_the_budget_plus_the
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {BODY}\r\n\
-             x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\n",
-            clink_webhooks::Timestamp::now().as_millis(),
-            "0".repeat(64)
-        );
+        let head = forged_head(&addr, BODY);
         stream.write_all(head.as_bytes()).await.unwrap();
         // All but the last byte: the signature is never checked, the body held.
         let mut left = BODY - 1;
@@ -337,12 +343,7 @@ async fn bodies_without_the_key_hold_what_they_sent_not_what_they_declared() {
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {DECLARED}\r\n\
-             x-clink-timestamp: {}\r\nx-clink-signature: {}\r\n\r\n",
-            clink_webhooks::Timestamp::now().as_millis(),
-            "0".repeat(64)
-        );
+        let head = forged_head(&addr, DECLARED);
         stream.write_all(head.as_bytes()).await.unwrap();
         // Refused and closed before all of it is sent: counted below.
         let _ = stream.write_all(&sent).await;

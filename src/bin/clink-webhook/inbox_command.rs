@@ -695,18 +695,21 @@ mod tests {
     async fn events_are_listed_a_page_at_a_time_oldest_first() {
         use clink_webhooks::store::{Inbox as _, MemoryInbox, NewEvent};
 
-        let inbox = MemoryInbox::new();
-        for n in 0..250 {
-            let event = NewEvent::new(
+        let event = |id: String| {
+            NewEvent::new(
                 None,
-                format!("evt_{n}"),
+                id,
                 "order.succeeded".to_owned(),
                 None,
                 None,
                 Timestamp::now(),
                 Timestamp::now(),
                 bytes::Bytes::from_static(b"{}"),
-            );
+            )
+        };
+        let inbox = MemoryInbox::new();
+        for n in 0..250 {
+            let event = event(format!("evt_{n}"));
             if n % 10 == 0 {
                 inbox.insert_dead(&event, "dead").await.unwrap();
             } else {
@@ -755,16 +758,7 @@ mod tests {
             // Another runtime on a thread of its own: this one is busy
             // listing, and `each` cannot await.
             std::thread::spawn(move || {
-                let arrived = NewEvent::new(
-                    None,
-                    arrived,
-                    "order.succeeded".to_owned(),
-                    None,
-                    None,
-                    Timestamp::now(),
-                    Timestamp::now(),
-                    bytes::Bytes::from_static(b"{}"),
-                );
+                let arrived = event(arrived);
                 tokio::runtime::Builder::new_current_thread()
                     .build()
                     .unwrap()
