@@ -232,9 +232,12 @@ impl KeySpec {
         self.signing_key().ok().map(|key| key.name().to_owned())
     }
 
-    /// Whether the key has expired at `now`.
-    pub(crate) fn expired(&self, now: Timestamp) -> bool {
-        self.expires.is_some_and(|expires| expires <= now)
+    /// Whether a delivery stamped `now` may be signed with the key: it has
+    /// not expired, and a key rotated out is within its `signed_until`
+    /// (what its verifier accepts).
+    pub(crate) fn signs_at(&self, now: Timestamp) -> bool {
+        self.expires.is_none_or(|expires| now < expires)
+            && self.signed_until.is_none_or(|until| now <= until)
     }
 
     fn describe(&self) -> String {
@@ -1922,6 +1925,13 @@ mod tests {
                 old_accepted,
                 "old key, stamped {stamp}: {old:?}"
             );
+            if let Err(refused) = old {
+                assert_eq!(
+                    refused.kind(),
+                    clink_webhooks::VerifyErrorKind::ExpiredKey,
+                    "refused as signed by an expired key"
+                );
+            }
             let new = verifier.verify_at(&stamp, &sign("whsec_new", &stamp, body), body, now);
             assert!(new.is_ok(), "new key, stamped {stamp}: {new:?}");
         }

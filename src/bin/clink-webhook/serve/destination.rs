@@ -143,7 +143,8 @@ pub(crate) enum Signers {
     Own(KeySpec),
     /// The keys that verify deliveries, per account (`""` with one key),
     /// newest first: each event is signed with the key that verified it
-    /// while that key has not expired, else the newest that has not.
+    /// while that key signs (not expired, and within its `signed_until`
+    /// when it was rotated out), else the newest that does.
     Verifying(AccountKeys),
 }
 
@@ -163,7 +164,7 @@ impl Signers {
             ));
         };
         let now = clink_webhooks::Timestamp::now();
-        let live = || keys.iter().filter(|named| !named.key.expired(now));
+        let live = || keys.iter().filter(|named| named.key.signs_at(now));
         let verified_by = event.signing_key.as_deref();
         let named = live()
             .find(|named| verified_by.is_some() && named.name.as_deref() == verified_by)
@@ -1970,7 +1971,8 @@ mod tests {
             "signing_keys",
             r#"[{ secret = "whsec_new", name = "new" },
                 { secret = "whsec_old", name = "old" },
-                { secret = "whsec_gone", name = "gone", expires = "2020-01-01T00:00:00Z" }]"#,
+                { secret = "whsec_gone", name = "gone", expires = "2020-01-01T00:00:00Z" },
+                { secret = "whsec_rotated", name = "rotated", signed_until = "2020-01-01T00:00:00Z" }]"#,
         );
         let one = signers(vec![("", named.clone())]);
         for (by, expected) in [
@@ -1978,6 +1980,9 @@ mod tests {
             (Some("new"), "whsec_new"),
             // Expired since it verified the event: the newest live key.
             (Some("gone"), "whsec_new"),
+            // Rotated out, past its signed_until: a forward stamped now
+            // signed with it would be refused.
+            (Some("rotated"), "whsec_new"),
             // A key no longer there, or none recorded.
             (Some("retired"), "whsec_new"),
             (None, "whsec_new"),
