@@ -3512,12 +3512,16 @@ async fn ten_thousand(inbox: &dyn Inbox) -> Timestamp {
     Timestamp::from_millis(now)
 }
 
-/// Every filter and a walk through the pages, each answered within the
-/// console's default timeout for the inbox: a page whose reads take longer
-/// is answered `503`, so a `200` is the check (the time is printed, never
-/// asserted).
+/// Every filter and a walk through the pages, each with its inbox reads
+/// done within the stores' default timeout (1 s): the console, given that
+/// timeout, answers `503` to a page whose reads take longer, so a `200` is
+/// the check (the time is printed, never asserted).
 async fn pages_answer_in_time(inbox: Arc<dyn Inbox>, filled_at: Timestamp) {
-    let app = mounted(Console::with_token(inbox, TOKEN).unwrap());
+    let console = Console::with_token(inbox, TOKEN)
+        .unwrap()
+        .timeout(clink_webhooks::store::DEFAULT_TIMEOUT)
+        .unwrap();
+    let app = mounted(console);
     let mut slowest = Duration::ZERO;
     let mut timed = async |path: &str| {
         let start = Instant::now();
