@@ -839,6 +839,67 @@ mod tests {
         }
     }
 
+    mod generated {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::{read_under, FIRST_HOLD};
+        use crate::Outcome;
+
+        /// A declared length: the body's own, none, more than what comes
+        /// (a sender that stalls: what it sent is read as the whole here),
+        /// or any (a body that is not hyper's may not keep to it).
+        fn declared(sum: usize) -> impl Strategy<Value = Option<u64>> {
+            prop_oneof![
+                2 => Just(Some(sum as u64)),
+                1 => Just(None),
+                2 => (1u64..300_000).prop_map(move |more| Some(sum as u64 + more)),
+                1 => (0u64..300_000).prop_map(Some),
+            ]
+        }
+
+        /// A chunk's size: a few bytes, a few KiB, or up to 40 KB.
+        fn size() -> impl Strategy<Value = usize> {
+            prop_oneof![0usize..64, 0usize..8_192, 0usize..40_000]
+        }
+
+        proptest! {
+            #![proptest_config(crate::test_seed::config())]
+
+            /// Whatever its chunks, its declared length and the limit, a body
+            /// within the limit is read as sent (every byte hashed once), one
+            /// past it is refused as too large, a budget of at least the
+            /// limit never refuses it, and it never holds more than the limit
+            /// or `FIRST_HOLD` and four times what came (in whole pages).
+            #[test]
+            fn a_body_is_read_as_sent_and_held_as_it_came(
+                (sizes, declared) in vec(size(), 0..12)
+                    .prop_flat_map(|sizes| {
+                        let sum = sizes.iter().sum();
+                        (Just(sizes), declared(sum))
+                    }),
+                limit in 1usize..400_000,
+                spare in 0usize..100_000,
+            ) {
+                let sum: usize = sizes.iter().sum();
+                let declared = declared.filter(|&d| d <= limit as u64);
+                let (read, held) = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(read_under(&sizes, declared, limit, limit + spare));
+                if sum > limit {
+                    prop_assert_eq!(read.unwrap_err(), Outcome::BodyTooLarge { limit });
+                } else {
+                    prop_assert_eq!(read.unwrap().len(), sum);
+                    let page = page_size::get();
+                    let bound = FIRST_HOLD.max(4 * sum).next_multiple_of(page);
+                    prop_assert!(held <= limit, "{} held, limit {}", held, limit);
+                    prop_assert!(held <= bound, "{} held for {} sent", held, sum);
+                }
+            }
+        }
+    }
+
     #[test]
     fn control_format_and_separator_characters_are_found() {
         for c in [
