@@ -170,6 +170,47 @@ fn all_read(port: u16) -> bool {
     })
 }
 
+/// `server`'s documented margin: what connections hold beyond the body
+/// budget, in MiB.
+const MARGIN_MIB: u64 = 24;
+
+/// The example receiver, with what a memory test needs of it.
+struct Measured {
+    receiver: Process,
+    url: String,
+    addr: String,
+    /// Its admin listener's URL.
+    base: String,
+    port: u16,
+    /// Its resident memory, in KiB, once a delivery was handled and its
+    /// metrics scraped: what the first requests allocate once (the metrics
+    /// recorder's keys, the runtime's buffers) is in it.
+    before: u64,
+}
+
+/// The example receiver started and measured (see [`Measured`]); the
+/// handled line of its first delivery read.
+async fn measured() -> Measured {
+    let (receiver, url, addr) = receiver("");
+    let base = admin_url(&receiver);
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let body = fresh_fixture(&EventType::OrderSucceeded);
+    assert_eq!(deliver(&url, body).await, 200);
+    assert!(receiver
+        .next_stdout()
+        .starts_with("handled order.succeeded "));
+    let _ = get(&format!("{base}/metrics")).await;
+    let before = resident_kib(receiver.id());
+    Measured {
+        receiver,
+        url,
+        addr,
+        base,
+        port,
+        before,
+    }
+}
+
 /// The head of a delivery to `addr` declaring a body of `length` bytes,
 /// stamped now, with a signature nobody made.
 fn forged_head(addr: &str, length: usize) -> String {
@@ -201,17 +242,14 @@ async fn held_headers_and_bodies_without_the_key_stay_within_the_budget_plus_the
     const STALLED_HEAD: usize = 15 * 1024;
     const LONG_HEAD: usize = 390 * 1000;
     const BUDGET_MIB: u64 = 64;
-    // `server`'s documented margin: what connections hold beyond the budget.
-    const MARGIN_MIB: u64 = 24;
-    let (receiver, url, addr) = receiver("");
-    let base = admin_url(&receiver);
-    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    // What the first requests allocate once (the metrics recorder's keys,
-    // the runtime's buffers) is in the baseline.
-    let body = fresh_fixture(&EventType::OrderSucceeded);
-    assert_eq!(deliver(&url, body).await, 200);
-    let _ = get(&format!("{base}/metrics")).await;
-    let before = resident_kib(receiver.id());
+    let Measured {
+        receiver,
+        url,
+        addr,
+        base,
+        port,
+        before,
+    } = measured().await;
 
     let chunk = vec![b'x'; 64 * 1024];
     let mut held = Vec::new();
@@ -326,18 +364,14 @@ async fn bodies_without_the_key_hold_what_they_sent_not_what_they_declared() {
     const CONNECTIONS: usize = 200;
     const DECLARED: usize = 1024 * 1024 - 1;
     const SENT: usize = 48 * 1024;
-    // `server`'s documented margin: what connections hold beyond the budget.
-    const MARGIN_MIB: u64 = 24;
-    let (receiver, url, addr) = receiver("");
-    let base = admin_url(&receiver);
-    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let body = fresh_fixture(&EventType::OrderSucceeded);
-    assert_eq!(deliver(&url, body).await, 200);
-    assert!(receiver
-        .next_stdout()
-        .starts_with("handled order.succeeded "));
-    let _ = get(&format!("{base}/metrics")).await;
-    let before = resident_kib(receiver.id());
+    let Measured {
+        receiver,
+        url,
+        addr,
+        base,
+        port,
+        before,
+    } = measured().await;
 
     let sent = vec![b'x'; SENT];
     let mut held = Vec::new();
