@@ -909,6 +909,16 @@ impl Destination {
                 };
                 let (client, jetstream) = (&link.client, &link.jetstream);
                 let message_id = message_id(event);
+                // A NATS header value cannot hold a line break (the client
+                // would panic on one): an id the layer would refuse, but an
+                // inbox can hold one written another way.
+                if message_id.contains(['\r', '\n']) {
+                    return Err(EventRefused(format!(
+                        "{}: the event's id holds a line break, which a NATS header cannot",
+                        self.name
+                    ))
+                    .into());
+                }
                 let event_type = token_text(&event.event_type);
                 // What the server counts against its limit: the body and the
                 // headers' lines. One too large is refused before it is
@@ -2817,6 +2827,42 @@ mod tests {
         pairs.extend(more.iter().copied());
         let config = Config::from_pairs(&pairs).unwrap_or_else(|problem| panic!("{}", problem.0));
         Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap()
+    }
+
+    /// An event whose id holds a line break (the layer refuses one, but an
+    /// inbox can hold one written another way) is refused as the event's
+    /// own failure, unsent: the NATS client panics on such a header value.
+    #[tokio::test]
+    async fn an_event_id_with_a_line_break_is_refused_unsent() {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let (stream, prefix) = stream_made_as(
+            &jetstream,
+            "breaks",
+            async_nats::jetstream::stream::Config::default(),
+        )
+        .await;
+        let destination = nats_destination(&stream, &prefix);
+        for id in ["evt_1\n", "evt_\r1"] {
+            let mut broken = event(None, "order.succeeded");
+            broken.event_id = id.to_owned();
+            let error = tokio::time::timeout(
+                Duration::from_secs(60),
+                destination.publish(&broken, &mut None),
+            )
+            .await
+            .expect("the publish ended within its time")
+            .expect_err("an id with a line break cannot be a header");
+            assert!(error.is::<EventRefused>(), "{id:?}: {error}");
+        }
+        let kept = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event(None, "order.succeeded"), &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .unwrap_or_else(|e| panic!("an id without one: {e}"));
+        assert_eq!(kept, Some(format!("{stream}:1")));
     }
 
     /// An event larger than the stream takes (its `max_msg_size`; the
