@@ -33,7 +33,12 @@
 //!   slower than 16 KiB in that time is closed unanswered: a delivery's
 //!   body arrives in milliseconds, and the layer runs no handler before
 //!   it is all in, so what is cut is a body trickled or stalled (or, while
-//!   every slot is taken, one sent that slowly over a poor link). A
+//!   every slot is taken, one sent that slowly over a poor link). With
+//!   neither, the connection between two requests idle longest, however
+//!   briefly, is closed: clients that keep every connection busy with
+//!   requests answered at once (refused ones need no key) keep no one out
+//!   either, and a connection still sending its first head is never taken
+//!   so. A
 //!   request whose body is all in is never cut when the layer serves it,
 //!   and a connection told to close finishes a request it began meanwhile
 //!   unless it stalls its body so; an answer already made that its client
@@ -196,6 +201,9 @@ struct Served {
     /// When it last opened, started a request or had its answer made: a
     /// [`now_ms`].
     last_active: AtomicU64,
+    /// Whether it has had an answer made: between two requests once idle,
+    /// not sending its first head.
+    answered: AtomicBool,
     /// Whether it was told to close.
     told: AtomicBool,
     /// What its bytes say: whether it is in the middle of a body.
@@ -231,6 +239,7 @@ impl Open {
         let served = Arc::new(Served {
             requests: AtomicUsize::new(0),
             last_active: AtomicU64::new(now_ms()),
+            answered: AtomicBool::new(false),
             told: AtomicBool::new(false),
             close: Notify::new(),
             framing,
@@ -248,36 +257,51 @@ impl Open {
     /// Tells the connection idle longest, if one has been idle for
     /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; failing
     /// that, the one whose client has kept it waiting longest for a body
-    /// that is not flowing ([`Served::body_stalled`]). Whether there was
-    /// one. Of two alike, the one opened first.
+    /// that is not flowing ([`Served::body_stalled`]); failing that, the
+    /// one between two requests idle longest, however briefly. Whether
+    /// there was one. Of two alike, the one opened first.
     fn close_idlest(&self) -> bool {
-        // In the clock's first second, nothing has been idle that long.
-        let Some(idle_since) = since_before_closed() else {
-            return false;
-        };
         let connections = self.connections();
         let untold = || {
             connections
                 .iter()
                 .filter(|(_, served)| !served.told.load(Ordering::Relaxed))
         };
-        let idlest = untold()
-            .filter_map(|(&id, served)| {
+        let idle = || {
+            untold().filter_map(|(&id, served)| {
                 let idle = served.requests.load(Ordering::Relaxed) == 0;
                 Some((served.last_active.load(Ordering::Relaxed), id, served)).filter(|_| idle)
             })
-            .filter(|&(since, ..)| since <= idle_since)
-            .min_by_key(|&(since, id, _)| (since, id))
-            .or_else(|| {
-                // A body its client has kept the server waiting on for a
-                // second, sending less than 16 KiB of it: a delivery's
-                // takes milliseconds, so this one is trickled or stalled,
-                // and holds a slot while it lasts.
-                untold()
-                    .filter_map(|(&id, served)| {
-                        Some((served.framing.waiting_for_body_since()?, id, served))
-                    })
+        };
+        // In the clock's first second, nothing has been idle that long.
+        let idlest = since_before_closed()
+            .and_then(|idle_since| {
+                idle()
                     .filter(|&(since, ..)| since <= idle_since)
+                    .min_by_key(|&(since, id, _)| (since, id))
+                    .or_else(|| {
+                        // A body its client has kept the server waiting on
+                        // for a second, sending less than 16 KiB of it: a
+                        // delivery's takes milliseconds, so this one is
+                        // trickled or stalled, and holds a slot while it
+                        // lasts.
+                        untold()
+                            .filter_map(|(&id, served)| {
+                                Some((served.framing.waiting_for_body_since()?, id, served))
+                            })
+                            .filter(|&(since, ..)| since <= idle_since)
+                            .min_by_key(|&(since, id, _)| (since, id))
+                    })
+            })
+            .or_else(|| {
+                // Clients that keep every connection busy with requests
+                // answered at once (refused ones: they need no key) would
+                // keep a new client out for as long as they go on. Between
+                // two requests a connection may be closed (RFC 9112), and
+                // one still sending its first head is not taken: a new
+                // client's delivery is not cut for the next.
+                idle()
+                    .filter(|(.., served)| served.answered.load(Ordering::Relaxed))
                     .min_by_key(|&(since, id, _)| (since, id))
             })
             .map(|(.., served)| served);
@@ -332,6 +356,7 @@ impl InProgress {
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.last_active.store(now_ms(), Ordering::Relaxed);
+        self.0.answered.store(true, Ordering::Relaxed);
         self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -443,7 +468,8 @@ impl Server {
     /// How many connections are served at once. When every one is taken
     /// and another client connects, the connection idle longest (for a
     /// second at least) is closed for it, or else the one waiting longest
-    /// on its client for a stalled body (for a second at least); when none is, the
+    /// on its client for a stalled body (for a second at least), or else
+    /// the one between two requests idle longest; when none is, the
     /// newcomer waits for one to close, and more wait in the kernel's
     /// backlog (see the [module docs](self)).
     ///

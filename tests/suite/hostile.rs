@@ -1192,9 +1192,9 @@ async fn answer_head(stream: &mut TcpStream) -> String {
 }
 
 /// Connections held open without a request keep no one out: with every
-/// connection taken, a new client gets the one idle longest (a second at
-/// least), closed for it, whether it is between requests or still sending
-/// a head, while a connection in the middle of a request is left to
+/// connection taken, a new client gets one closed for it, the one between
+/// requests at once, the one still sending its first head once a second
+/// has passed, while a connection in the middle of a request is left to
 /// finish. Before, the new client waited in the backlog until an idle
 /// connection's header timeout or the delivery's body timeout (here an
 /// hour) ran out.
@@ -1228,13 +1228,36 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
         .await
         .unwrap();
 
-    // Two more clients, each on a connection of its own, with every
-    // connection taken: both served.
-    for n in 0..2 {
+    // A new client, with every connection taken: served, on a connection
+    // it closes once answered.
+    let deliver_closing = |n: usize| async move {
         let body = fresh_fixture(&EventType::InvoicePaid);
-        let waited = format!("new client {n} waited behind an idle connection");
-        assert_eq!(delivered_to(addr, body, &waited).await, 200);
-    }
+        let head = signed_head(
+            &addr.to_string(),
+            &body,
+            &format!("content-length: {}\r\nconnection: close\r\n", body.len()),
+        );
+        let mut new = TcpStream::connect(addr).await.unwrap();
+        new.write_all(format!("{head}{body}").as_bytes())
+            .await
+            .unwrap();
+        let answer = answer_until_closed(&mut new).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "new client {n}: {answer}"
+        );
+    };
+    deliver_closing(0).await;
+    // Its slot taken again by another client starting a head, accepted
+    // before the next new client: connections still sending a first head
+    // are closed oldest first, once idle a second (one between two
+    // requests would go first, however briefly idle).
+    let mut trickling_later = TcpStream::connect(addr).await.unwrap();
+    trickling_later
+        .write_all(format!("POST /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    deliver_closing(1).await;
     // The idle connection was closed: what is left to read is the body of
     // its answer, then the end. And the one trickling its head, unanswered.
     let left = answer_until_closed(&mut idle).await;
@@ -1291,6 +1314,62 @@ async fn a_full_server_closes_a_stalled_body_for_a_new_client() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 200"),
         "{answer}"
     );
+}
+
+/// Connections kept busy with requests answered at once keep no one out:
+/// with every connection taken by a client sending one request after
+/// another (refused ones: no key needed), none idle a second nor waiting
+/// on a body, a new client is served: the connection between two requests
+/// idle longest is closed for it. Before, the new client waited in the
+/// backlog for as long as the requests went on.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_full_server_closes_a_connection_between_requests_for_a_new_client() {
+    let addr = served_without_timeouts(2).await;
+    let request = format!("GET /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let mut busy = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let first = tokio::time::timeout(PATIENCE, refused_answer(&mut stream)).await;
+        assert_eq!(
+            first,
+            Ok(true),
+            "the first request on a connection is answered"
+        );
+        let request = request.clone();
+        // One request after another until the server closes the connection.
+        busy.spawn(async move {
+            while stream.write_all(request.as_bytes()).await.is_ok()
+                && refused_answer(&mut stream).await
+            {}
+        });
+    }
+
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let waited = "the new client waited behind connections busy with requests";
+    assert_eq!(delivered_to(addr, body, waited).await, 200);
+    // A busy connection was closed for it.
+    tokio::time::timeout(PATIENCE, busy.join_next())
+        .await
+        .expect("a busy connection closed within the patience")
+        .expect("a task")
+        .expect("the task ran to its end");
+    busy.abort_all();
+}
+
+/// Reads the server's `405` answer to one `GET` on `stream`: whether it
+/// came whole (else the connection was closed).
+async fn refused_answer(stream: &mut TcpStream) -> bool {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"POST requests\"}") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }
 
 /// A chunked body whose trailers run past 1 KiB has its connection closed
