@@ -529,6 +529,14 @@ fn store_error(context: &str, err: &RedisError) -> StoreError {
         ErrorKind::Extension if err.code().is_some_and(is_passing_refusal) => {
             unavailable(&format!("server answered {}", err.code().unwrap_or("")))
         }
+        // No connection to the node a key lives on (a Cluster failing over
+        // or cut off), a reply that could not be read (the connection is
+        // made anew), no primary or replica known yet: passing, as a lost
+        // connection is, so that a completion is tried again.
+        ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::Parse
+        | ErrorKind::MasterNameNotFoundBySentinel
+        | ErrorKind::NoValidReplicasFoundBySentinel => unavailable(err.category()),
         ErrorKind::Server(_) => StoreError::new(
             StoreErrorKind::Protocol,
             format!(
@@ -569,6 +577,26 @@ fn unexpected(source: &str, reply: &Value) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Errors the client recovers from by connecting again are passing
+    /// (`Unavailable`, which a completion is tried again on); a wrong
+    /// reply or a refused command is not.
+    #[test]
+    fn errors_a_new_connection_lifts_are_passing() {
+        for kind in [
+            ErrorKind::ClusterConnectionNotFound,
+            ErrorKind::Parse,
+            ErrorKind::MasterNameNotFoundBySentinel,
+            ErrorKind::NoValidReplicasFoundBySentinel,
+        ] {
+            let error = store_error("call", &RedisError::from((kind, "what")));
+            assert_eq!(error.kind(), StoreErrorKind::Unavailable, "{kind:?}");
+        }
+        for kind in [ErrorKind::UnexpectedReturnType, ErrorKind::Client] {
+            let error = store_error("call", &RedisError::from((kind, "what")));
+            assert_eq!(error.kind(), StoreErrorKind::Protocol, "{kind:?}");
+        }
+    }
 
     #[test]
     fn scripts_touch_one_key() {
