@@ -380,7 +380,10 @@ impl ClinkLayer {
     ///
     /// A body holds what its sender has sent, not the length it declares:
     /// never more than 16 KiB or four times what came (in a mapping, the
-    /// pages written). One that declares 64 KiB or less is gathered on the
+    /// pages written). A body known to have come whole in one chunk is
+    /// kept as it came; any other is copied as it comes, so that no chunk
+    /// it waits beside holds the larger buffer a server read it into. One
+    /// that declares 64 KiB or less is gathered on the
     /// heap, its buffer held whole: at first 16 KiB (twice what came, if
     /// more), then its declared length. A larger one, or one of unknown
     /// length past 64 KiB, is gathered in memory mappings of its own, whose

@@ -209,8 +209,8 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// chunks that declares `MAP_FROM` or less is gathered on the heap, its
 /// buffer's whole capacity held: at first `FIRST_HOLD` (twice what came so
 /// far, if more), then its declared length, in one step. One of unknown
-/// length keeps its first chunk as it came, then gathers in a buffer of
-/// twice what came, doubling. A body that declares more than `MAP_FROM`,
+/// length gathers in a buffer of twice what came, doubling. A body that
+/// declares more than `MAP_FROM`,
 /// or grows past it, is gathered in mappings of its own, each twice what it
 /// needs and `FIRST_HOLD` (up to its declared length): pages never written
 /// are never resident, and a mapping goes back to the system whole when the
@@ -247,9 +247,17 @@ where
         if total > limit {
             return Err(Outcome::BodyTooLarge { limit });
         }
-        if first.is_none() && buf.is_none() && declared.is_none_or(|d| d == len) {
-            // The whole body in one chunk (or the first of an unknown
-            // length): kept as it is, no copy (`Bytes` hands itself over).
+        let whole = match declared {
+            Some(declared) => declared == len,
+            // A chunk kept holds the whole buffer it was read into (a
+            // server's read buffer: 16 KiB, or far more), which the budget
+            // would not see while the body stalls: kept only when the body
+            // is known to end with it.
+            None => body.is_end_stream(),
+        };
+        if first.is_none() && buf.is_none() && whole {
+            // The whole body in one chunk: kept as it is, no copy (`Bytes`
+            // hands itself over).
             if !reading.hold(len) {
                 return Err(Outcome::Overloaded);
             }
@@ -538,6 +546,10 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
         }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
     }
 
     const TS: &str = "1700000000000";
@@ -648,25 +660,86 @@ mod tests {
         }
     }
 
+    /// A body of unknown length whose first chunk is not known to be its
+    /// last is gathered from that chunk on: kept, the chunk would hold the
+    /// whole buffer it was read into (a server's read buffer), which the
+    /// budget does not see, for as long as the body stalls.
+    #[tokio::test]
+    async fn a_first_chunk_of_unknown_length_keeps_no_larger_buffer() {
+        /// A first chunk, then nothing until the rest is sent.
+        struct Stalling {
+            first: Option<Bytes>,
+            rest: tokio::sync::oneshot::Receiver<Bytes>,
+            done: bool,
+        }
+        impl http_body::Body for Stalling {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>, cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                if let Some(first) = self.first.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                }
+                if self.done {
+                    return Poll::Ready(None);
+                }
+                let rest =
+                    std::task::ready!(std::future::Future::poll(Pin::new(&mut self.rest), cx))
+                        .unwrap();
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(rest))))
+            }
+        }
+        let read_buffer = Bytes::from(vec![b'a'; 16 * 1024]);
+        let (send, rest) = tokio::sync::oneshot::channel();
+        let body = Stalling {
+            first: Some(read_buffer.slice(..100)),
+            rest,
+            done: false,
+        };
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+        let budget = BodyBudget::new(1000, 4);
+        let mut reading = budget.start().unwrap();
+        let mut read = std::pin::pin!(read_body(body, 1000, None, &mut verification, &mut reading));
+        let stalled = std::future::poll_fn(|cx| {
+            Poll::Ready(std::future::Future::poll(read.as_mut(), cx).is_pending())
+        });
+        assert!(stalled.await, "the body waits for the rest");
+        assert!(
+            read_buffer.is_unique(),
+            "the first chunk's buffer is kept while the body stalls"
+        );
+        assert_eq!(budget.bytes_held(), 200, "twice what came is held");
+        send.send(Bytes::from_static(b"bb")).unwrap();
+        let (bytes, _) = read.await.unwrap();
+        assert_eq!(bytes.len(), 102);
+    }
+
     #[tokio::test]
     async fn a_growing_buffer_is_held_against_the_budget_once() {
-        // Unknown length: 10 bytes kept as they came, then a buffer of twice
-        // the 20 bytes so far (40), then doubled to 80 for the last 30: 80
-        // held in all, not 40 + 80.
-        let (read, held) = read_under(&[10, 10, 30], None, 1000, 80).await;
-        assert_eq!(read.unwrap().len(), 50);
+        // Unknown length: a buffer of twice the first 10 bytes (20), then
+        // doubled to 40 for the next 15, then to 80 for the last 20: 80
+        // held in all, not 20 + 40 + 80.
+        let (read, held) = read_under(&[10, 10, 15, 20], None, 1000, 80).await;
+        assert_eq!(read.unwrap().len(), 55);
         assert_eq!(held, 80);
-        let (read, _) = read_under(&[10, 10, 30], None, 1000, 79).await;
+        let (read, _) = read_under(&[10, 10, 15, 20], None, 1000, 79).await;
         assert_eq!(read.unwrap_err(), Outcome::Overloaded);
         // The buffer before the growth did fit.
-        let (read, held) = read_under(&[10, 10, 20], None, 1000, 40).await;
-        assert_eq!(read.unwrap().len(), 40);
+        let (read, held) = read_under(&[10, 10, 15], None, 1000, 40).await;
+        assert_eq!(read.unwrap().len(), 35);
         assert_eq!(held, 40);
-        let (read, _) = read_under(&[10, 10], None, 1000, 39).await;
+        let (read, _) = read_under(&[10, 10, 15], None, 1000, 39).await;
         assert_eq!(read.unwrap_err(), Outcome::Overloaded);
-        // Growth stops at the limit.
-        let (read, held) = read_under(&[10, 10, 30], None, 60, 60).await;
+        // Doubling short of what a chunk needs grows to that.
+        let (read, held) = read_under(&[10, 10, 30], None, 1000, 50).await;
         assert_eq!(read.unwrap().len(), 50);
+        assert_eq!(held, 50);
+        // Growth stops at the limit.
+        let (read, held) = read_under(&[10, 10, 15, 20], None, 60, 60).await;
+        assert_eq!(read.unwrap().len(), 55);
         assert_eq!(held, 60);
     }
 
@@ -784,7 +857,7 @@ mod tests {
         assert_eq!(held, pages(200 * kib));
         assert!(was_mapped());
         let (_, held) = read_under(&[10 * kib, 20 * kib], None, MIB, MIB).await;
-        assert_eq!(held, 60 * kib);
+        assert_eq!(held, 40 * kib);
         assert!(!was_mapped());
         // A body that outruns the length it declared grows on, and is
         // still read whole.
