@@ -133,6 +133,10 @@ const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(20);
 /// The longest wait between two tries of a settle.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// For how many leases, counted from the claim, a settle the inbox refused
+/// for a moment is tried again.
+const SETTLE_RETRY_LEASES: u32 = 4;
+
 /// A pool of workers to be spawned: runs an [`EventRouter`]'s handlers on
 /// the events an [`Inbox`] keeps. See the [module docs](self).
 pub struct Workers<S = ()> {
@@ -607,15 +611,21 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// Settles `claim` as `how`, noted in `settling` first (see
     /// [`handle`](Self::handle)). A settle the inbox refuses for a moment
     /// (unavailable: all of SQLite's calls busy, a pool's connection lost;
-    /// or not answering in time) is tried again after a short wait while
-    /// the lease, counted from `asked`, lasts: given up at once, its event
-    /// would run again, its handler's effects twice, when the lease ends.
+    /// or not answering in time) is tried again after a short wait, for
+    /// [`SETTLE_RETRY_LEASES`] leases counted from `asked`: given up, its
+    /// event would run again, its handler's effects twice, once its lease
+    /// ended. Past the lease's end too: the claim's token fences a settle,
+    /// so one that lands after another worker took the event over is
+    /// refused (`LeaseLost`), and one that lands before saves the second
+    /// run.
     async fn settle(
         &self, claim: &InboxClaim, how: Settling, asked: tokio::time::Instant,
         settling: &Mutex<Option<Settling>>,
     ) -> Result<Settle, StoreError> {
         *settling.lock().unwrap_or_else(PoisonError::into_inner) = Some(how.clone());
-        let lease_end = asked + self.settings.lease;
+        let lease_end = asked
+            .checked_add(self.settings.lease.saturating_mul(SETTLE_RETRY_LEASES))
+            .unwrap_or_else(|| asked + self.settings.lease);
         let mut wait = SETTLE_RETRY_FIRST;
         loop {
             let result = how.apply(&*self.inbox, claim).await;
@@ -1483,8 +1493,8 @@ mod tests {
         assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
     }
 
-    /// A completion the inbox refuses for a moment is tried again within
-    /// the lease, so the handler does not run again when the lease ends.
+    /// A completion the inbox refuses for a moment is tried again, so the
+    /// handler does not run again when the lease ends.
     #[tokio::test(start_paused = true)]
     async fn a_completion_refused_for_a_moment_is_tried_again() {
         let settles = Arc::new(Settles {
@@ -1496,6 +1506,27 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
         assert_eq!(settles.asked.load(Ordering::SeqCst), 4);
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A completion the inbox refuses for longer than the lease is still
+    /// tried again past its end (the token fences it), and lands: the
+    /// handler ran once. Before, it was given up when the lease ended, and
+    /// the event ran again once another worker took it over.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_refused_past_the_lease_is_still_tried_again() {
+        // Eight refusals take 3.26 s of waits, past the 2 s lease.
+        let settles = Arc::new(Settles {
+            refusals: AtomicUsize::new(8),
+            ..Settles::default()
+        });
+        let (inbox, runs, pool) = counting_pool(&settles, Duration::from_secs(2)).await;
+        // Past several leases on the paused clock.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
+        assert_eq!(settles.asked.load(Ordering::SeqCst), 9);
         let entry = inbox.get(1).await.unwrap().unwrap();
         assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
         pool.shutdown(Duration::from_secs(1)).await;
