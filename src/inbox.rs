@@ -885,7 +885,11 @@ impl WorkerPool {
     pub async fn drained(&self, deadline: Duration) -> Result<(), NotDrained> {
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            let due = match self.inbox.stats().await {
+            // An inbox that does not answer (a disk that stalls) does not
+            // hold this past its deadline.
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let stats = crate::store::timed(left, self.inbox.stats()).await;
+            let due = match stats {
                 Ok(stats) if stats.due == 0 => return Ok(()),
                 Ok(stats) => Ok(stats.due),
                 Err(error) => Err(error),
@@ -1154,6 +1158,8 @@ mod tests {
         refusals: AtomicUsize,
         /// Counts those asked for.
         asked: AtomicUsize,
+        /// Whether the inbox's `stats` never answers (a disk that stalls).
+        stats_stalled: bool,
     }
 
     impl Settles {
@@ -1249,6 +1255,9 @@ mod tests {
             self.inner.purge_dead(before)
         }
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            if self.settles.stats_stalled {
+                return Box::pin(std::future::pending());
+            }
             self.inner.stats()
         }
         fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1529,6 +1538,28 @@ mod tests {
         assert_eq!(settles.asked.load(Ordering::SeqCst), 9);
         let entry = inbox.get(1).await.unwrap().unwrap();
         assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// `drained` ends at its deadline when the inbox does not answer (a
+    /// disk that stalls). Before, it waited for the answer, for ever.
+    #[tokio::test(start_paused = true)]
+    async fn drained_ends_at_its_deadline_when_the_inbox_does_not_answer() {
+        let settles = Arc::new(Settles {
+            stats_stalled: true,
+            ..Settles::default()
+        });
+        let (_inbox, _runs, pool) = counting_pool(&settles, Duration::from_secs(2)).await;
+        let started = tokio::time::Instant::now();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(60),
+            pool.drained(Duration::from_secs(1)),
+        )
+        .await
+        .expect("drained ended within a minute");
+        let error = drained.expect_err("the inbox never said how many were due");
+        assert_eq!(error.due(), None);
+        assert!(started.elapsed() >= Duration::from_secs(1));
         pool.shutdown(Duration::from_secs(1)).await;
     }
 
