@@ -145,6 +145,8 @@ pub(super) struct Verdicts {
     waiting: AtomicBool,
     /// Request heads the scanner has read to their end.
     heads: AtomicU64,
+    /// Whether the scanner is in the middle of a request's head.
+    in_head: AtomicBool,
 }
 
 impl Verdicts {
@@ -169,6 +171,13 @@ impl Verdicts {
         (since != 0 && waiting && self.served()).then_some(since)
     }
 
+    /// Whether bytes of a request the service has not been called for
+    /// have come: a head begun, or one read whole (pipelined). Closing the
+    /// connection now would drop that request unanswered.
+    pub(super) fn next_begun(&self) -> bool {
+        self.in_head.load(Ordering::Relaxed) || !self.served()
+    }
+
     /// Whether the service has been called for every request head read.
     fn served(&self) -> bool {
         self.calls.load(Ordering::Relaxed) >= self.heads.load(Ordering::Relaxed)
@@ -187,6 +196,7 @@ impl Framing {
                 body_since: AtomicU64::new(0),
                 waiting: AtomicBool::new(false),
                 heads: AtomicU64::new(0),
+                in_head: AtomicBool::new(false),
             }),
             body_of: 0,
             progress: 0,
@@ -197,6 +207,16 @@ impl Framing {
 
     pub(super) fn verdicts(&self) -> Arc<Verdicts> {
         Arc::clone(&self.verdicts)
+    }
+
+    /// Notes, for [`Verdicts::next_begun`], whether a head is begun and
+    /// not yet ended.
+    fn note_head(&self) {
+        let in_head = matches!(
+            self.state,
+            State::LineStart | State::Name { .. } | State::Skip | State::Length | State::Encoding
+        ) && (self.head.lines > 0 || self.head.line_has_text);
+        self.verdicts.in_head.store(in_head, Ordering::Relaxed);
     }
 
     /// Whether a request has been found to refuse.
@@ -552,6 +572,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 this.framing.scan(read);
+                this.framing.note_head();
                 if this.framing.trailers_too_long() {
                     // None of the read is handed on.
                     buf.set_filled(before);

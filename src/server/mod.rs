@@ -35,11 +35,16 @@
 //!   it is all in, so what is cut is a body trickled or stalled (or, while
 //!   every slot is taken, one sent that slowly over a poor link). With
 //!   neither, the connection between two requests idle longest, however
-//!   briefly, is closed: clients that keep every connection busy with
-//!   requests answered at once (refused ones need no key) keep no one out
-//!   either, and a connection still sending its first head is never taken
-//!   so. A
-//!   request whose body is all in is never cut when the layer serves it,
+//!   briefly, whose last answer was a refusal (`4xx`) is closed, so that
+//!   clients that keep every connection busy with requests refused at once
+//!   (they need no key) keep no one out either; once the new client has
+//!   waited a second, one whose last answer was not a refusal is taken so
+//!   too (one a second at most, whoever keeps the server that busy). Of
+//!   those, one whose client has not begun its next request goes first:
+//!   closed, a connection drops a request not yet handed on (a head still
+//!   arriving, or one sent ahead behind the last) unanswered, and nothing
+//!   of it ran. A connection still sending its first head is never taken
+//!   so. A request whose body is all in is never cut when the layer serves it,
 //!   and a connection told to close finishes a request it began meanwhile
 //!   unless it stalls its body so; an answer already made that its client
 //!   has not read a second later is cut. A service of your own that leaves
@@ -178,7 +183,10 @@ const EVICT_AGAIN: Duration = Duration::from_millis(100);
 /// How long a connection must have been idle (open without a request, or
 /// since its last answer was made) before a full server closes it for a
 /// new client: a client that just connected, or just had its answer, is
-/// about to send its request.
+/// about to send its request. (A connection between two requests whose
+/// last answer was a refusal is closed however briefly idle, and one
+/// served once the new client has waited this long: see
+/// [`Open::close_idlest`].)
 const IDLE_BEFORE_CLOSED: Duration = Duration::from_secs(1);
 
 /// How long a connection told to close for a new client has to close, for
@@ -204,6 +212,8 @@ struct Served {
     /// Whether it has had an answer made: between two requests once idle,
     /// not sending its first head.
     answered: AtomicBool,
+    /// Whether its last answer was a refusal (`4xx`).
+    refused: AtomicBool,
     /// Whether it was told to close.
     told: AtomicBool,
     /// What its bytes say: whether it is in the middle of a body.
@@ -240,6 +250,7 @@ impl Open {
             requests: AtomicUsize::new(0),
             last_active: AtomicU64::new(now_ms()),
             answered: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             told: AtomicBool::new(false),
             close: Notify::new(),
             framing,
@@ -258,9 +269,12 @@ impl Open {
     /// [`IDLE_BEFORE_CLOSED`] and was not told yet, to close; failing
     /// that, the one whose client has kept it waiting longest for a body
     /// that is not flowing ([`Served::body_stalled`]); failing that, the
-    /// one between two requests idle longest, however briefly. Whether
-    /// there was one. Of two alike, the one opened first.
-    fn close_idlest(&self) -> bool {
+    /// one between two requests idle longest, however briefly, whose last
+    /// answer was a refusal, or, once the new client has `waited` for
+    /// `IDLE_BEFORE_CLOSED`, any. Between two requests, one whose client
+    /// has not begun its next goes first. Whether there was one. Of two
+    /// alike, the one opened first.
+    fn close_idlest(&self, waited: bool) -> bool {
         let connections = self.connections();
         let untold = || {
             connections
@@ -297,12 +311,20 @@ impl Open {
                 // Clients that keep every connection busy with requests
                 // answered at once (refused ones: they need no key) would
                 // keep a new client out for as long as they go on. Between
-                // two requests a connection may be closed (RFC 9112), and
-                // one still sending its first head is not taken: a new
-                // client's delivery is not cut for the next.
+                // two requests a connection may be closed (RFC 9112); one
+                // whose last answer was a refusal at once, one served
+                // once the new client has waited as long as a connection
+                // must be idle, so that clients busy being served are
+                // closed one a second at most. One still sending its first
+                // head is never taken so: a new client's delivery is not
+                // cut for the next. One whose next request has begun to
+                // come goes last: closed, it drops that request unanswered.
                 idle()
-                    .filter(|(.., served)| served.answered.load(Ordering::Relaxed))
-                    .min_by_key(|&(since, id, _)| (since, id))
+                    .filter(|(.., served)| {
+                        served.answered.load(Ordering::Relaxed)
+                            && (waited || served.refused.load(Ordering::Relaxed))
+                    })
+                    .min_by_key(|&(since, id, served)| (served.framing.next_begun(), since, id))
             })
             .map(|(.., served)| served);
         match idlest {
@@ -350,6 +372,13 @@ impl InProgress {
         served.requests.fetch_add(1, Ordering::Relaxed);
         served.last_active.store(now_ms(), Ordering::Relaxed);
         Self(Arc::clone(served))
+    }
+
+    /// Notes the status its answer was made with.
+    fn answered_with(&self, status: http::StatusCode) {
+        self.0
+            .refused
+            .store(status.is_client_error(), Ordering::Relaxed);
     }
 }
 
@@ -469,7 +498,9 @@ impl Server {
     /// and another client connects, the connection idle longest (for a
     /// second at least) is closed for it, or else the one waiting longest
     /// on its client for a stalled body (for a second at least), or else
-    /// the one between two requests idle longest; when none is, the
+    /// one between two requests (at once when its last answer was a
+    /// refusal, once the newcomer has waited a second otherwise); when
+    /// none is, the
     /// newcomer waits for one to close, and more wait in the kernel's
     /// backlog (see the [module docs](self)).
     ///
@@ -540,13 +571,15 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let accepted = tokio::time::Instant::now();
             let slot = loop {
                 if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
                     break slot;
                 }
                 // One told to close has its grace to do it before another
                 // is told; with none idle long enough, a look again soon.
-                let wait = if open.close_idlest() {
+                let waited = accepted.elapsed() >= IDLE_BEFORE_CLOSED;
+                let wait = if open.close_idlest(waited) {
                     tracing::debug!(
                         "every connection is taken: closing one idle, or waiting on a body, for a new client"
                     );
@@ -585,6 +618,7 @@ impl Server {
                     }
                     poll_fn(|cx| service.poll_ready(cx)).await?;
                     let response = service.call(request).await?;
+                    _in_progress.answered_with(response.status());
                     Ok(response.map(Either::Left))
                 }
             });
@@ -609,13 +643,15 @@ impl Server {
                     biased;
                     closed = connection.as_mut() => closed,
                     // Closed for a new client: hyper closes an idle
-                    // connection at once, and finishes a request begun and
-                    // the answer it is writing; a head it is still reading
-                    // it would read until the header timeout, and a body
-                    // until the body timeout, so a connection in no request
-                    // is dropped after a grace, and one whose client has
-                    // stalled its body at once. (The layer runs no handler
-                    // before the body is all in.)
+                    // connection at once (dropping the part of a next head
+                    // it holds, or one read ahead), and finishes a request
+                    // begun and the answer it is writing; a first head it
+                    // is still reading it would read until the header
+                    // timeout, and a body until the body timeout, so a
+                    // connection in no request is dropped after a grace,
+                    // and one whose client has stalled its body at once.
+                    // (The layer runs no handler before the body is all
+                    // in.)
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
                         loop {

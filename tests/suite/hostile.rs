@@ -1358,6 +1358,73 @@ async fn a_full_server_closes_a_connection_between_requests_for_a_new_client() {
     busy.abort_all();
 }
 
+/// Of two connections between requests, both last refused, the one whose
+/// client has not begun its next request is closed for a new client, though
+/// the other has been idle longer: closed, that one would drop its request
+/// unanswered. Before, the one idle longest was closed.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_full_server_closes_a_connection_whose_next_request_has_not_begun() {
+    let addr = served_without_timeouts(2).await;
+    let request = format!("GET /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let mut begun = TcpStream::connect(addr).await.unwrap();
+    begun.write_all(request.as_bytes()).await.unwrap();
+    assert!(refused_answer(&mut begun).await);
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    quiet.write_all(request.as_bytes()).await.unwrap();
+    assert!(refused_answer(&mut quiet).await);
+    // The connection idle longest begins its next request, and the server
+    // reads that much of it.
+    let (first, rest) = request.split_at(20);
+    begun.write_all(first.as_bytes()).await.unwrap();
+    within(PATIENCE, "the server read the head begun", || {
+        std::future::ready(all_read(addr.port()))
+    })
+    .await;
+
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let waited = "the new client waited behind connections between requests";
+    assert_eq!(delivered_to(addr, body, waited).await, 200);
+    assert_eq!(answer_until_closed(&mut quiet).await, "");
+    // The request begun is answered.
+    begun.write_all(rest.as_bytes()).await.unwrap();
+    assert!(refused_answer(&mut begun).await);
+}
+
+/// A connection between requests whose last answer was not a refusal is
+/// not closed for a new client at once, but once the new client has waited
+/// a second (or it has been idle that long): clients busy being served are
+/// closed one a second at most. Before, it was closed at once.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_full_server_closes_a_connection_just_served_only_after_a_second() {
+    let addr = served_without_timeouts(1).await;
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let head = signed_head(
+        &addr.to_string(),
+        &body,
+        &format!("content-length: {}\r\n", body.len()),
+    );
+    let mut served = TcpStream::connect(addr).await.unwrap();
+    served
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    assert!(answer_head(&mut served).await.starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let waited = "the new client waited behind a connection just served";
+    assert_eq!(delivered_to(addr, body, waited).await, 200);
+    let took = answered.elapsed();
+    // A lower bound: a slow machine only makes it longer. (Half the
+    // second, for the time the answer took to be read after it was made.)
+    assert!(
+        took >= Duration::from_millis(500),
+        "the connection just served was closed after {took:?}"
+    );
+}
+
 /// Reads the server's `405` answer to one `GET` on `stream`: whether it
 /// came whole (else the connection was closed).
 async fn refused_answer(stream: &mut TcpStream) -> bool {
