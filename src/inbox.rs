@@ -888,7 +888,7 @@ impl WorkerPool {
             // An inbox that does not answer (a disk that stalls) does not
             // hold this past its deadline.
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let stats = crate::store::timed(left, self.inbox.stats()).await;
+            let stats = crate::store::timed(left, async { self.inbox.stats().await }).await;
             let due = match stats {
                 Ok(stats) if stats.due == 0 => return Ok(()),
                 Ok(stats) => Ok(stats.due),

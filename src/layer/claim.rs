@@ -112,7 +112,12 @@ pub(super) async fn claim<'a>(
             memory.claim_at(&checked, config.settings.lease, now)
         }),
         None => {
-            let call = config.store.claim(key.as_str(), config.settings.lease);
+            let call = async {
+                config
+                    .store
+                    .claim(key.as_str(), config.settings.lease)
+                    .await
+            };
             timed(config.settings.store_timeout, call).await
         }
     };
@@ -212,7 +217,12 @@ impl<'a> ClaimGuard<'a> {
         let result = match (&config.memory, &self.memory_key, at) {
             (Some(memory), Some(key), Some(at)) => memory.complete_at(key, token, retention, at),
             _ => {
-                let call = config.store.complete(self.key.as_str(), token, retention);
+                let call = async {
+                    config
+                        .store
+                        .complete(self.key.as_str(), token, retention)
+                        .await
+                };
                 timed(config.settings.store_timeout, call).await
             }
         };
@@ -264,7 +274,7 @@ impl<'a> ClaimGuard<'a> {
                 logged(memory.release_at(key, token, at), outage)
             }
             _ => {
-                let call = config.store.release(self.key.as_str(), token);
+                let call = async { config.store.release(self.key.as_str(), token).await };
                 logged(timed(config.settings.store_timeout, call).await, outage)
             }
         };
@@ -350,7 +360,11 @@ async fn complete_until_lease_ends(
         }
         tokio::time::sleep(pause.min(left / 2)).await;
         let timeout = timeout.min(lease_ends.saturating_duration_since(Instant::now()));
-        match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
+        match timed(timeout, async {
+            store.complete(key.as_str(), &token, retention).await
+        })
+        .await
+        {
             Ok(settle) => {
                 outage.succeeded();
                 return completed(&metrics, settle, true);
@@ -435,7 +449,11 @@ impl Drop for ClaimGuard<'_> {
                 let metrics = Arc::clone(&config.metrics);
                 let lease_ends = self.lease_ends;
                 runtime.spawn(async move {
-                    match timed(timeout, store.complete(key.as_str(), &token, retention)).await {
+                    match timed(timeout, async {
+                        store.complete(key.as_str(), &token, retention).await
+                    })
+                    .await
+                    {
                         Ok(settle) => {
                             outage.succeeded();
                             completed(&metrics, settle, sent_before);
@@ -454,7 +472,7 @@ impl Drop for ClaimGuard<'_> {
             None => {
                 runtime.spawn(async move {
                     logged(
-                        timed(timeout, store.release(key.as_str(), &token)).await,
+                        timed(timeout, async { store.release(key.as_str(), &token).await }).await,
                         &outage,
                     );
                 });

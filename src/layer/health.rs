@@ -68,8 +68,18 @@ impl Readiness {
             return Err(NotReady(Reason::NoActiveKey));
         }
         let checked = match &self.inbox {
-            Some(inbox) => timed(config.settings.store_timeout, inbox.check_writable()).await,
-            None => timed(config.settings.store_timeout, config.store.ping()).await,
+            Some(inbox) => {
+                timed(config.settings.store_timeout, async {
+                    inbox.check_writable().await
+                })
+                .await
+            }
+            None => {
+                timed(config.settings.store_timeout, async {
+                    config.store.ping().await
+                })
+                .await
+            }
         };
         checked.map_err(|error| NotReady(Reason::Store(error)))
     }

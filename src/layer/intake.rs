@@ -124,7 +124,10 @@ async fn keep(
     if let Some(headers) = signature_headers(&parts.headers) {
         new = new.with_signature_headers(headers);
     }
-    let inserted = timed(config.settings.store_timeout, inbox.insert(&new)).await;
+    let inserted = timed(config.settings.store_timeout, async {
+        inbox.insert(&new).await
+    })
+    .await;
     if inserted.is_ok() {
         config.outages.inbox.succeeded();
     }

@@ -577,7 +577,7 @@ async fn keep_dead(
     config: &Config, inbox: &dyn Inbox, event: &NewEvent, error: &str, timeout: Duration,
     what: &str,
 ) -> bool {
-    match timed(timeout, inbox.insert_dead(event, error)).await {
+    match timed(timeout, async { inbox.insert_dead(event, error).await }).await {
         Ok(_) => {
             config.outages.dead_letters.succeeded();
             tracing::warn!(

@@ -180,6 +180,11 @@ impl fmt::Debug for LeaseToken {
 /// | completed, retention ended | `claim` | claimed by the new token | [`Claim::Claimed`] |
 /// | any | `claim` fails ([`StoreError`]) | unchanged | 503, handler not run: fail closed, Clink retries |
 ///
+/// A call that panics (in the method or in the future it returns) is taken
+/// for one that failed with [`StoreErrorKind::Protocol`](super::StoreErrorKind::Protocol),
+/// and the delivery is answered as for any such failure, never left
+/// without an answer.
+///
 /// The token returned with [`Claim::Claimed`] is a fencing token: only its
 /// holder can settle the claim, and only while the lease is live. Once a lease
 /// has ended the token is stale even if nobody took the key over yet, so every

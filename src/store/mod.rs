@@ -271,18 +271,27 @@ pub(crate) fn check_retention(retention: Duration) -> Result<Duration, ConfigErr
 }
 
 /// Runs one store call under the per-call timeout, arming no timer for a
-/// call that answers at once (an in-process store always does).
+/// call that answers at once (an in-process store always does). A store
+/// of the app's own that panics while it answers is a failed call, not the
+/// end of the delivery's task (build its call inside `call`, an `async`
+/// block, for a panic in the call itself to be caught too).
 pub(crate) async fn timed<T>(
     timeout: Duration, call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    crate::guard::within(timeout, call)
-        .await
-        .unwrap_or_else(|TimedOut(after)| {
+    match crate::guard::within(timeout, crate::guard::CatchUnwind::new(call)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(panic)) => {
+            crate::guard::cold();
             Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("no answer within {after:?}"),
+                StoreErrorKind::Protocol,
+                format!("the store panicked: {panic}"),
             ))
-        })
+        }
+        Err(TimedOut(after)) => Err(StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("no answer within {after:?}"),
+        )),
+    }
 }
 
 #[cfg(test)]

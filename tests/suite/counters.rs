@@ -334,6 +334,72 @@ impl IdempotencyStore for Failing {
     }
 }
 
+/// A store of the app's own that panics: in its claim's future, or in the
+/// call that makes its completion's.
+struct Panicking {
+    inner: MemoryStore,
+    claim: bool,
+    complete: bool,
+}
+
+impl IdempotencyStore for Panicking {
+    fn claim<'a>(
+        &'a self, key: &'a str, lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        if self.claim {
+            return Box::pin(async { panic!("the test's store panics in a claim") });
+        }
+        self.inner.claim(key, lease)
+    }
+
+    fn complete<'a>(
+        &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        assert!(!self.complete, "the test's store panics in a completion");
+        self.inner.complete(key, token, retention)
+    }
+
+    fn release<'a>(
+        &'a self, key: &'a str, token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+        self.inner.release(key, token)
+    }
+}
+
+/// A store of the app's own that panics is a store that failed: a claim
+/// that panics is answered `503` (Clink retries) and counted, a completion
+/// that panics after the handler succeeded still answers `200`, counted as
+/// a settle error. Before, the panic ended the delivery's task, and the
+/// sender's connection closed unanswered.
+#[tokio::test]
+async fn a_store_that_panics_is_a_store_that_failed() {
+    let router = EventRouter::new()
+        .on::<events::OrderSucceeded, _>(|_event| async { Ok::<_, std::io::Error>(()) });
+    for (claim, complete) in [(true, false), (false, true)] {
+        let store = Panicking {
+            inner: MemoryStore::new(),
+            claim,
+            complete,
+        };
+        let layer = ClinkLayer::new(verifier()).store(store);
+        let mut watch = Watch::new(&layer);
+        let addr = serve(layer.layer(router.clone())).await;
+        let body = order("evt_panics", "2025-01-15T12:00:00.000Z");
+        let answer = deliver(addr, &body).await;
+        if claim {
+            assert_eq!(answer.status, 503);
+            assert_eq!(answer.error_code(), "store_unavailable");
+            watch.moved("a claim that panicked", &[("store_errors", 1)]);
+        } else {
+            assert_eq!(answer.status, 200);
+            watch.moved(
+                "a completion that panicked",
+                &[("handled", 1), ("settle_errors", 1)],
+            );
+        }
+    }
+}
+
 /// A key source whose lookups fail.
 struct KeysDown;
 
