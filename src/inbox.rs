@@ -656,7 +656,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             ),
             Ok(Settle::LeaseLost) => tracing::warn!(
                 event_id = ?kept.event_id,
-                "inbox: another worker took the event over (its lease had ended) before it was settled"
+                "inbox: the event was not settled by this call: another worker took it over (its \
+                 lease had ended), or an earlier try of this settle landed unanswered"
             ),
             Err(error)
                 if matches!(
@@ -884,6 +885,7 @@ impl WorkerPool {
     /// inbox cannot be read.
     pub async fn drained(&self, deadline: Duration) -> Result<(), NotDrained> {
         let until = tokio::time::Instant::now() + deadline;
+        let mut last_due = None;
         loop {
             // An inbox that does not answer (a disk that stalls) does not
             // hold this past its deadline.
@@ -891,7 +893,13 @@ impl WorkerPool {
             let stats = crate::store::timed(left, async { self.inbox.stats().await }).await;
             let due = match stats {
                 Ok(stats) if stats.due == 0 => return Ok(()),
-                Ok(stats) => Ok(stats.due),
+                Ok(stats) => {
+                    last_due = Some(stats.due);
+                    Ok(stats.due)
+                }
+                // The deadline came during the call: what the last answer
+                // said.
+                Err(error) if error.kind() == StoreErrorKind::Timeout => last_due.ok_or(error),
                 Err(error) => Err(error),
             };
             if tokio::time::Instant::now() >= until {
@@ -1160,6 +1168,11 @@ mod tests {
         asked: AtomicUsize,
         /// Whether the inbox's `stats` never answers (a disk that stalls).
         stats_stalled: bool,
+        /// When set, `stats` answers this many due the first time, then
+        /// never again.
+        stats_due_then_stalled: Option<u64>,
+        /// Counts the `stats` asked for.
+        stats_asked: AtomicUsize,
     }
 
     impl Settles {
@@ -1257,6 +1270,16 @@ mod tests {
         fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
             if self.settles.stats_stalled {
                 return Box::pin(std::future::pending());
+            }
+            if let Some(due) = self.settles.stats_due_then_stalled {
+                if self.settles.stats_asked.fetch_add(1, Ordering::SeqCst) > 0 {
+                    return Box::pin(std::future::pending());
+                }
+                let stats = InboxStats {
+                    due,
+                    ..InboxStats::default()
+                };
+                return Box::pin(std::future::ready(Ok(stats)));
             }
             self.inner.stats()
         }
@@ -1560,6 +1583,20 @@ mod tests {
         let error = drained.expect_err("the inbox never said how many were due");
         assert_eq!(error.due(), None);
         assert!(started.elapsed() >= Duration::from_secs(1));
+        pool.shutdown(Duration::from_secs(1)).await;
+        // An inbox that answered once before it stalled: its last answer.
+        let settles = Arc::new(Settles {
+            stats_due_then_stalled: Some(3),
+            ..Settles::default()
+        });
+        let (_inbox, _runs, pool) = counting_pool(&settles, Duration::from_secs(2)).await;
+        let drained = tokio::time::timeout(
+            Duration::from_secs(60),
+            pool.drained(Duration::from_secs(1)),
+        )
+        .await
+        .expect("drained ended within a minute");
+        assert_eq!(drained.expect_err("3 were due").due(), Some(3));
         pool.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -204,8 +204,10 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// Every byte of memory it fills is first taken from the layer's
 /// [budget](super::ClinkLayer::body_budget), and a body never holds more
 /// than `FIRST_HOLD` or four times what came of it, whatever length it
-/// declares (in a mapping, the pages written). A body that arrives in one
-/// chunk is kept as it is (no copy) and holds its length. A body in several
+/// declares (in a mapping, the pages written). A body known to have come
+/// whole in one chunk (its declared length, or `is_end_stream` after it:
+/// never for a chunked body over hyper's HTTP/1) is kept as it is (no copy)
+/// and holds its length. A body in several
 /// chunks that declares `MAP_FROM` or less is gathered on the heap, its
 /// buffer's whole capacity held: at first `FIRST_HOLD` (twice what came so
 /// far, if more), then its declared length, in one step. One of unknown

@@ -35,10 +35,11 @@
 //!   it is all in, so what is cut is a body trickled or stalled (or, while
 //!   every slot is taken, one sent that slowly over a poor link). With
 //!   neither, the connection between two requests idle longest, however
-//!   briefly, whose last answer was a refusal (`4xx`) is closed, so that
-//!   clients that keep every connection busy with requests refused at once
-//!   (they need no key) keep no one out either; once the new client has
-//!   waited a second, one whose last answer was not a refusal is taken so
+//!   briefly, whose last answer was not to a delivery the layer verified
+//!   (a refusal, or an answer from any route that needs no key) is
+//!   closed, so that clients that keep every connection busy with such
+//!   requests keep no one out either; once the new client has waited a
+//!   second, one whose last answer was to a verified delivery is taken so
 //!   too (one a second at most, whoever keeps the server that busy). Of
 //!   those, one whose client has not begun its next request goes first:
 //!   closed, a connection drops a request not yet handed on (a head still
@@ -184,8 +185,8 @@ const EVICT_AGAIN: Duration = Duration::from_millis(100);
 /// since its last answer was made) before a full server closes it for a
 /// new client: a client that just connected, or just had its answer, is
 /// about to send its request. (A connection between two requests whose
-/// last answer was a refusal is closed however briefly idle, and one
-/// served once the new client has waited this long: see
+/// last answer was not to a verified delivery is closed however briefly
+/// idle, and one that was once the new client has waited this long: see
 /// [`Open::close_idlest`].)
 const IDLE_BEFORE_CLOSED: Duration = Duration::from_secs(1);
 
@@ -212,8 +213,9 @@ struct Served {
     /// Whether it has had an answer made: between two requests once idle,
     /// not sending its first head.
     answered: AtomicBool,
-    /// Whether its last answer was a refusal (`4xx`).
-    refused: AtomicBool,
+    /// Whether its last answer was to a delivery the layer verified (it
+    /// carries a [`VerifiedEvent`](crate::VerifiedEvent)).
+    verified: AtomicBool,
     /// Whether it was told to close.
     told: AtomicBool,
     /// What its bytes say: whether it is in the middle of a body.
@@ -250,7 +252,7 @@ impl Open {
             requests: AtomicUsize::new(0),
             last_active: AtomicU64::new(now_ms()),
             answered: AtomicBool::new(false),
-            refused: AtomicBool::new(false),
+            verified: AtomicBool::new(false),
             told: AtomicBool::new(false),
             close: Notify::new(),
             framing,
@@ -270,7 +272,8 @@ impl Open {
     /// that, the one whose client has kept it waiting longest for a body
     /// that is not flowing ([`Served::body_stalled`]); failing that, the
     /// one between two requests idle longest, however briefly, whose last
-    /// answer was a refusal, or, once the new client has `waited` for
+    /// answer was not to a verified delivery, or, once the new client has
+    /// `waited` for
     /// `IDLE_BEFORE_CLOSED`, any. Between two requests, one whose client
     /// has not begun its next goes first. Whether there was one. Of two
     /// alike, the one opened first.
@@ -292,7 +295,7 @@ impl Open {
             .and_then(|idle_since| {
                 idle()
                     .filter(|&(since, ..)| since <= idle_since)
-                    .min_by_key(|&(since, id, _)| (since, id))
+                    .min_by_key(|&(since, id, served)| (served.framing.next_begun(), since, id))
                     .or_else(|| {
                         // A body its client has kept the server waiting on
                         // for a second, sending less than 16 KiB of it: a
@@ -309,20 +312,21 @@ impl Open {
             })
             .or_else(|| {
                 // Clients that keep every connection busy with requests
-                // answered at once (refused ones: they need no key) would
-                // keep a new client out for as long as they go on. Between
-                // two requests a connection may be closed (RFC 9112); one
-                // whose last answer was a refusal at once, one served
-                // once the new client has waited as long as a connection
-                // must be idle, so that clients busy being served are
-                // closed one a second at most. One still sending its first
+                // answered at once (refused ones, or to any route that
+                // needs no key) would keep a new client out for as long as
+                // they go on. Between two requests a connection may be
+                // closed (RFC 9112); one whose last answer was not to a
+                // verified delivery at once, one whose was once the new
+                // client has waited as long as a connection must be idle,
+                // so that clients busy with deliveries are closed one a
+                // second at most. One still sending its first
                 // head is never taken so: a new client's delivery is not
                 // cut for the next. One whose next request has begun to
                 // come goes last: closed, it drops that request unanswered.
                 idle()
                     .filter(|(.., served)| {
                         served.answered.load(Ordering::Relaxed)
-                            && (waited || served.refused.load(Ordering::Relaxed))
+                            && (waited || !served.verified.load(Ordering::Relaxed))
                     })
                     .min_by_key(|&(since, id, served)| (served.framing.next_begun(), since, id))
             })
@@ -374,11 +378,13 @@ impl InProgress {
         Self(Arc::clone(served))
     }
 
-    /// Notes the status its answer was made with.
-    fn answered_with(&self, status: http::StatusCode) {
-        self.0
-            .refused
-            .store(status.is_client_error(), Ordering::Relaxed);
+    /// Notes whether its answer was to a delivery the layer verified.
+    fn answered<B>(&self, response: &http::Response<B>) {
+        let verified = response
+            .extensions()
+            .get::<crate::VerifiedEvent>()
+            .is_some();
+        self.0.verified.store(verified, Ordering::Relaxed);
     }
 }
 
@@ -498,8 +504,9 @@ impl Server {
     /// and another client connects, the connection idle longest (for a
     /// second at least) is closed for it, or else the one waiting longest
     /// on its client for a stalled body (for a second at least), or else
-    /// one between two requests (at once when its last answer was a
-    /// refusal, once the newcomer has waited a second otherwise); when
+    /// one between two requests (at once when its last answer was not to
+    /// a delivery the layer verified, once the newcomer has waited a
+    /// second otherwise); when
     /// none is, the
     /// newcomer waits for one to close, and more wait in the kernel's
     /// backlog (see the [module docs](self)).
@@ -618,7 +625,7 @@ impl Server {
                     }
                     poll_fn(|cx| service.poll_ready(cx)).await?;
                     let response = service.call(request).await?;
-                    _in_progress.answered_with(response.status());
+                    _in_progress.answered(&response);
                     Ok(response.map(Either::Left))
                 }
             });

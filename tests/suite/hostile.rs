@@ -1367,20 +1367,19 @@ async fn a_full_server_closes_a_connection_between_requests_for_a_new_client() {
 async fn a_full_server_closes_a_connection_whose_next_request_has_not_begun() {
     let addr = served_without_timeouts(2).await;
     let request = format!("GET /webhooks/clink HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    // The connection idle longest has begun its next request: sent in the
+    // same write as the one answered, so the server has read it (in the
+    // same read) once that one is answered.
+    let (first, rest) = request.split_at(20);
     let mut begun = TcpStream::connect(addr).await.unwrap();
-    begun.write_all(request.as_bytes()).await.unwrap();
+    begun
+        .write_all(format!("{request}{first}").as_bytes())
+        .await
+        .unwrap();
     assert!(refused_answer(&mut begun).await);
     let mut quiet = TcpStream::connect(addr).await.unwrap();
     quiet.write_all(request.as_bytes()).await.unwrap();
     assert!(refused_answer(&mut quiet).await);
-    // The connection idle longest begins its next request, and the server
-    // reads that much of it.
-    let (first, rest) = request.split_at(20);
-    begun.write_all(first.as_bytes()).await.unwrap();
-    within(PATIENCE, "the server read the head begun", || {
-        std::future::ready(all_read(addr.port()))
-    })
-    .await;
 
     let body = fresh_fixture(&EventType::InvoicePaid);
     let waited = "the new client waited behind connections between requests";
@@ -1423,6 +1422,72 @@ async fn a_full_server_closes_a_connection_just_served_only_after_a_second() {
         took >= Duration::from_millis(500),
         "the connection just served was closed after {took:?}"
     );
+}
+
+/// Connections kept busy with deliveries, one after another, keep no one
+/// out for long: once a new client has waited a second, the connection
+/// between two deliveries idle longest is closed for it, though none is
+/// idle a second. (Here the same signed delivery again and again, each a
+/// verified duplicate after the first.)
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_full_server_closes_a_connection_busy_with_deliveries_once_a_client_waited() {
+    let addr = served_without_timeouts(1).await;
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let head = signed_head(
+        &addr.to_string(),
+        &body,
+        &format!("content-length: {}\r\n", body.len()),
+    );
+    let delivery = format!("{head}{body}");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(delivery.as_bytes()).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, whole_answer(&mut stream)).await;
+    assert!(
+        first
+            .as_ref()
+            .is_ok_and(|answer| answer.starts_with("HTTP/1.1 200")),
+        "{first:?}"
+    );
+    // One delivery after another until the server closes the connection.
+    let busy = tokio::spawn(async move {
+        while stream.write_all(delivery.as_bytes()).await.is_ok()
+            && whole_answer(&mut stream).await.starts_with("HTTP/1.1 200")
+        {}
+    });
+
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let waited = "the new client waited behind a connection busy with deliveries";
+    assert_eq!(delivered_to(addr, body, waited).await, 200);
+    tokio::time::timeout(PATIENCE, busy)
+        .await
+        .expect("the busy connection closed within the patience")
+        .expect("the task ran to its end");
+}
+
+/// Reads one whole answer (its head and its `content-length` of body) from
+/// `stream`; what came of it, shorter if the connection closed.
+async fn whole_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                break;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Reads the server's `405` answer to one `GET` on `stream`: whether it
