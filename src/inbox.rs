@@ -130,6 +130,18 @@ const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// again; it doubles up to [`SETTLE_RETRY_MAX`].
 const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(20);
 
+/// Whether a failed attempt can be mended by another.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hopeless {
+    /// It may: retried, up to `max_attempts`.
+    No,
+    /// Its data does not decode: dead at once.
+    Undecodable,
+    /// Its handler said no retry can mend it ([`Permanent`](crate::router::Permanent)):
+    /// dead at once.
+    Permanent,
+}
+
 /// The longest wait between two tries of a settle.
 const SETTLE_RETRY_MAX: Duration = Duration::from_secs(1);
 
@@ -411,7 +423,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         );
         let failure = format!("handling the event panicked: {panic}");
         let settling = Mutex::default();
-        let failed = self.fail_attempt(&claim, &failure, false, asked, &settling);
+        let failed = self.fail_attempt(&claim, &failure, Hopeless::No, asked, &settling);
         let result = CatchUnwind::new(failed).await.unwrap_or_else(|panic| {
             Err(StoreError::new(
                 StoreErrorKind::Protocol,
@@ -465,6 +477,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         ));
         // The resource is decoded for its typed handler as the envelope is read.
         let typed = self.router.decodes_typed();
+        let mut permanent = false;
         let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), typed) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
             Ok(raw) => {
@@ -494,6 +507,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 match dispatched {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
+                        permanent = dispatched.is_permanent();
                         (dispatched.into_outcome(), failure)
                     }
                     Err(_) if succeeded.load(Ordering::Relaxed) => {
@@ -553,8 +567,16 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         } else {
             let failure = failure.unwrap_or_else(|| outcome.as_str().to_owned());
             // Data that does not decode (or an envelope that does not read)
-            // fails the same way every time: dead at once.
-            let hopeless = matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_));
+            // fails the same way every time, and a handler's permanent
+            // error says it will: dead at once.
+            let hopeless = if matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_))
+            {
+                Hopeless::Undecodable
+            } else if permanent {
+                Hopeless::Permanent
+            } else {
+                Hopeless::No
+            };
             self.fail_attempt(claim, &failure, hopeless, asked, settling)
                 .await
         };
@@ -565,16 +587,17 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// a backoff, or dead after the last attempt (or at once when
     /// `hopeless`); as [`settle`](Self::settle) does.
     async fn fail_attempt(
-        &self, claim: &InboxClaim, failure: &str, hopeless: bool, asked: tokio::time::Instant,
+        &self, claim: &InboxClaim, failure: &str, hopeless: Hopeless, asked: tokio::time::Instant,
         settling: &Mutex<Option<Settling>>,
     ) -> Result<Settle, StoreError> {
         let kept = &claim.entry.event;
         let attempts = claim.entry.attempts;
-        let retry_at = (!hopeless && attempts < self.settings.max_attempts).then(|| {
-            let wait = self.settings.backoff_after(attempts);
-            let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-            Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
-        });
+        let retry_at =
+            (hopeless == Hopeless::No && attempts < self.settings.max_attempts).then(|| {
+                let wait = self.settings.backoff_after(attempts);
+                let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
+            });
         #[cfg(feature = "metrics")]
         match retry_at {
             Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
@@ -585,9 +608,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
                 self.settings.max_attempts
             ),
-            None if hopeless => format!(
+            None if hopeless == Hopeless::Undecodable => format!(
                 "dead: its data does not decode, so no retry can help; replay it after an \
                  upgrade that decodes it: {failure}"
+            ),
+            None if hopeless == Hopeless::Permanent => format!(
+                "dead: its handler failed with a permanent error, so no retry can help; replay \
+                 it once the cause is fixed: {failure}"
             ),
             None => format!(
                 "dead after {attempts} attempts; the last failed: {failure}; replay it once \
@@ -1598,6 +1625,65 @@ mod tests {
         .expect("drained ended within a minute");
         assert_eq!(drained.expect_err("3 were due").due(), Some(3));
         pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A handler's `Permanent` error keeps its event dead at once, where
+    /// another error is retried: no retry can mend it, and retried it would
+    /// hold back its object's later events for every attempt.
+    #[tokio::test]
+    async fn a_permanent_error_keeps_the_event_dead_at_once() {
+        let inbox = Arc::new(MemoryInbox::new());
+        let now = Timestamp::now();
+        for (id, event_type) in [("evt_p", "order.succeeded"), ("evt_r", "order.failed")] {
+            let body = format!(r#"{{"id":"{id}","type":"{event_type}","data":{{}}}}"#);
+            let event = NewEvent::new(
+                None,
+                id.to_owned(),
+                event_type.to_owned(),
+                None,
+                None,
+                now,
+                now,
+                Bytes::from(body),
+            );
+            inbox.insert(&event).await.unwrap();
+        }
+        let router = EventRouter::new()
+            .on::<events::OrderSucceeded, _>(|_event| async {
+                Err(crate::router::Permanent::new(
+                    "the table takes no such order",
+                ))
+            })
+            .on::<events::OrderFailed, _>(|_event| async {
+                Err(std::io::Error::other("the database is down"))
+            });
+        let pool = Workers::new(Arc::clone(&inbox), router)
+            .reorder_window(Duration::ZERO)
+            .and_then(|w| w.backoff(Duration::from_secs(3600), Duration::from_secs(3600)))
+            .unwrap()
+            .spawn();
+        // Nothing due once the first attempt of each is settled (the other
+        // waits an hour for its retry).
+        pool.drained(Duration::from_secs(120)).await.unwrap();
+        pool.shutdown(Duration::from_secs(10)).await;
+        let permanent = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(
+            permanent.status,
+            crate::store::InboxStatus::Dead,
+            "{permanent:?}"
+        );
+        assert_eq!(permanent.attempts, 1);
+        let error = permanent.last_error.unwrap_or_default();
+        assert!(
+            error.contains("permanent error") && error.contains("no such order"),
+            "{error}"
+        );
+        let retried = inbox.get(2).await.unwrap().unwrap();
+        assert_eq!(
+            retried.status,
+            crate::store::InboxStatus::Retrying,
+            "{retried:?}"
+        );
     }
 
     /// A freshness store whose records never end.

@@ -739,6 +739,7 @@ pub struct Dispatched {
     outcome: Outcome,
     freshness: Option<Freshness>,
     failure: Option<String>,
+    permanent: bool,
 }
 
 impl Dispatched {
@@ -747,6 +748,7 @@ impl Dispatched {
             outcome,
             freshness: None,
             failure: None,
+            permanent: false,
         }
     }
 
@@ -788,6 +790,13 @@ impl Dispatched {
     #[must_use]
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// Whether the handler failed with a [`Permanent`] error: one no
+    /// retry can mend, which an inbox's workers keep dead at once.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 
     /// The outcome, owned.
@@ -841,20 +850,93 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A handler's error that no retry can mend: the event is poison (a body
+/// the destination will never take, a record that can never be written).
+///
+/// Returned by a handler (or found among the causes of its error, up to
+/// eight deep), it fails the event as any error does, with
+/// [`Outcome::HandlerFailed`], and [`Dispatched::is_permanent`] says so.
+/// The [inbox](crate::inbox)'s workers then keep the event dead at once,
+/// for an operator to look at and replay, rather than retrying it for
+/// `max_attempts` while it holds back the later events of its object.
+/// Served by the layer without an inbox, it is answered as any failed
+/// handler (`500`: Clink retries the delivery).
+///
+/// ```
+/// use clink_webhooks::router::Permanent;
+/// use clink_webhooks::{events, EventRouter};
+///
+/// let router = EventRouter::new().on::<events::OrderSucceeded, _>(|event| async move {
+///     if event.data.order_id.as_deref().is_some_and(|id| id.len() > 64) {
+///         // The order table's key holds 64 characters: no retry fits it.
+///         return Err(Permanent::new("the order id is longer than the table takes"));
+///     }
+///     Ok(())
+/// });
+/// # drop(router);
+/// ```
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// `error`, marked as one no retry can mend.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+
+    /// The error it marks.
+    #[must_use]
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The marked error's own causes: its text is this one's.
+        self.0.source()
+    }
+}
+
+/// Whether `error`, or one of its causes up to eight deep, is [`Permanent`].
+fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |error| error.source())
+        .take(9)
+        .any(<dyn std::error::Error>::is::<Permanent>)
+}
+
 /// Logs a failed handler or hook with the event's id and type, escaped; the
 /// failure's outcome.
 #[cold]
 fn handler_failed(
     raw: &RawEvent, what: &str, error: &(dyn std::error::Error + Send + Sync + 'static),
 ) -> Dispatched {
-    let error = with_causes(error);
-    tracing::error!(
-        event_id = ?raw.id(),
-        event_type = ?raw.event_type().as_str(),
-        error = ?error,
-        "clink {what} failed; the event will be retried"
-    );
-    Dispatched::new(Outcome::HandlerFailed).failed(error)
+    let permanent = is_permanent(error);
+    let text = with_causes(error);
+    if permanent {
+        tracing::error!(
+            event_id = ?raw.id(),
+            event_type = ?raw.event_type().as_str(),
+            error = ?text,
+            "clink {what} failed for good (a permanent error)"
+        );
+    } else {
+        tracing::error!(
+            event_id = ?raw.id(),
+            event_type = ?raw.event_type().as_str(),
+            error = ?text,
+            "clink {what} failed; the event will be retried"
+        );
+    }
+    let mut dispatched = Dispatched::new(Outcome::HandlerFailed).failed(text);
+    dispatched.permanent = permanent;
+    dispatched
 }
 
 /// How long the version of a handled event may take to record: a

@@ -245,11 +245,35 @@ impl Streams {
 /// the event cannot be sent as it is. The event is retried as any other;
 /// the destination is not failing for it.
 #[derive(Debug)]
-pub(crate) struct EventRefused(pub(crate) String);
+pub(crate) struct EventRefused {
+    message: String,
+    /// Whether it will be refused the same way however often it is sent
+    /// (it cannot be sent as it is): then it is dead at once, for an
+    /// operator to replay once the cause is fixed.
+    pub(crate) permanent: bool,
+}
+
+impl EventRefused {
+    /// Refused this time: retried as any failure.
+    pub(crate) fn retried(message: String) -> Self {
+        Self {
+            message,
+            permanent: false,
+        }
+    }
+
+    /// Refused however often it is sent.
+    pub(crate) fn permanent(message: String) -> Self {
+        Self {
+            message,
+            permanent: true,
+        }
+    }
+}
 
 impl std::fmt::Display for EventRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -514,8 +538,9 @@ pub(crate) fn message_id(event: &NewEvent) -> String {
 }
 
 fn header(value: &str) -> Result<HeaderValue, BoxError> {
-    HeaderValue::from_str(value)
-        .map_err(|_| EventRefused("a header value the event holds is not valid".to_owned()).into())
+    HeaderValue::from_str(value).map_err(|_| {
+        EventRefused::permanent("a header value the event holds is not valid".to_owned()).into()
+    })
 }
 
 impl Destination {
@@ -871,10 +896,11 @@ impl Destination {
                 if status.is_success() {
                     Ok(None)
                 } else if refuses_the_event(status) {
-                    Err(
-                        EventRefused(format!("{} answered {status} for this event", self.name))
-                            .into(),
-                    )
+                    Err(EventRefused::retried(format!(
+                        "{} answered {status} for this event",
+                        self.name
+                    ))
+                    .into())
                 } else {
                     Err(format!("{} answered {status}", self.name).into())
                 }
@@ -913,7 +939,7 @@ impl Destination {
                 // would panic on one): an id the layer would refuse, but an
                 // inbox can hold one written another way.
                 if message_id.contains(['\r', '\n']) {
-                    return Err(EventRefused(format!(
+                    return Err(EventRefused::permanent(format!(
                         "{}: the event's id holds a line break, which a NATS header cannot",
                         self.name
                     ))
@@ -930,7 +956,7 @@ impl Destination {
                     + "Clink-Event-Type".len()
                     + event_type.len();
                 if size > link.largest {
-                    return Err(EventRefused(format!(
+                    return Err(EventRefused::permanent(format!(
                         "{}: the event is {size} bytes with its headers, more than the {} the \
                          servers or the stream take (max_payload, max_msg_size)",
                         self.name, link.largest
@@ -2853,7 +2879,8 @@ mod tests {
             .await
             .expect("the publish ended within its time")
             .expect_err("an id with a line break cannot be a header");
-            assert!(error.is::<EventRefused>(), "{id:?}: {error}");
+            let refused = error.downcast_ref::<EventRefused>();
+            assert!(refused.is_some_and(|r| r.permanent), "{id:?}: {error}");
         }
         let kept = tokio::time::timeout(
             Duration::from_secs(60),
@@ -2903,7 +2930,8 @@ mod tests {
         .await
         .expect("the publish ended within its time")
         .expect_err("the event is larger than the stream takes");
-        assert!(error.is::<EventRefused>(), "{error}");
+        let refused = error.downcast_ref::<EventRefused>();
+        assert!(refused.is_some_and(|r| r.permanent), "{error}");
         assert!(error.to_string().contains("more than the 2048"), "{error}");
         let small = event(None, "order.succeeded");
         let kept = tokio::time::timeout(

@@ -17,6 +17,7 @@ use clap::Args;
 use clink_webhooks::accounts::{AccountFrom, KeyMap};
 use clink_webhooks::inbox::Workers;
 use clink_webhooks::layer::Readiness;
+use clink_webhooks::router::Permanent;
 use clink_webhooks::server::Server;
 use clink_webhooks::store::Inbox;
 use clink_webhooks::{
@@ -185,15 +186,15 @@ impl Drop for Unfinished<'_> {
                 );
             }
         }
-        self.relay.count_failure(self.attempt);
+        self.relay.count_failure(self.attempt, false);
     }
 }
 
 impl Relay {
     /// Counts a failed attempt: retried, or dead after the last.
-    fn count_failure(&self, attempt: u32) {
+    fn count_failure(&self, attempt: u32, permanent: bool) {
         let label = self.destination.name.clone();
-        if attempt >= self.max_attempts {
+        if permanent || attempt >= self.max_attempts {
             metrics::counter!("clink_gateway_dead_total", "destination" => label).increment(1);
         } else {
             metrics::counter!("clink_gateway_retried_total", "destination" => label).increment(1);
@@ -267,16 +268,18 @@ impl Relay {
                 Ok(())
             }
             Err(error) => {
-                if error.downcast_ref::<EventRefused>().is_some() {
+                let refused = error.downcast_ref::<EventRefused>();
+                let permanent = refused.is_some_and(|refused| refused.permanent);
+                if refused.is_some() {
                     // The destination answered: it is up, and refused this
                     // event alone.
                     self.health.ok();
                 } else {
                     self.health.failed(&error.to_string());
                 }
-                self.count_failure(attempt.attempt());
+                self.count_failure(attempt.attempt(), permanent);
                 if !self.destination.is_nats() {
-                    return Err(error);
+                    return Err(for_the_workers(error, permanent));
                 }
                 // The inbox keeps the error with the attempt: the next one
                 // reads from it whether a publish may be in the stream.
@@ -285,13 +288,25 @@ impl Relay {
                 } else {
                     unconfirmed.map(|earlier| earlier.since)
                 };
-                Err(match since {
+                let error = match since {
                     Some(since) => format!("{UNCONFIRMED}{since}) {error}"),
                     None => format!("{NONE_KEPT} {error}"),
-                }
-                .into())
+                };
+                Err(for_the_workers(error.into(), permanent))
             }
         }
+    }
+}
+
+/// A failed forward's `error` as the inbox's workers take it: marked
+/// [`Permanent`] when the event was refused for good (it cannot be sent as
+/// it is), so that it is dead at once rather than retried for
+/// `max_attempts` while it holds back the later events of its object.
+fn for_the_workers(error: BoxError, permanent: bool) -> BoxError {
+    if permanent {
+        Box::new(Permanent::new(error))
+    } else {
+        error
     }
 }
 
@@ -1202,6 +1217,31 @@ mod tests {
             health: Arc::new(Health::default()),
             max_attempts: 3,
         }
+    }
+
+    /// A forward refused for good reaches the workers marked permanent
+    /// (dead at once), through the NATS error's prefix too; one refused
+    /// this time, or failing otherwise, does not.
+    #[test]
+    fn an_event_refused_for_good_is_permanent_for_the_workers() {
+        let marked = |error: BoxError| {
+            std::iter::successors(Some(&*error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(<dyn std::error::Error>::is::<Permanent>)
+        };
+        let refused = |permanent| -> BoxError {
+            Box::new(if permanent {
+                EventRefused::permanent("too large".to_owned())
+            } else {
+                EventRefused::retried("answered 409".to_owned())
+            })
+        };
+        assert!(marked(for_the_workers(refused(true), true)));
+        let nats = format!("{NONE_KEPT} too large");
+        assert!(marked(for_the_workers(nats.into(), true)));
+        assert!(!marked(for_the_workers(refused(false), false)));
+        assert!(!marked(for_the_workers("cannot connect".into(), false)));
     }
 
     #[test]
