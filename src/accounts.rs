@@ -734,10 +734,16 @@ where
             .map(|cached| cached.clone())
     }
 
-    /// The lookup of `account` running now, or a new one.
+    /// The lookup of `account` running now, or a new one. A lookup that
+    /// has answered is not joined, though a delivery still holds it: its
+    /// answer, had it been one to keep, is in the cache, and one not kept
+    /// (a failure, or any with a `ttl` of zero) is not handed on.
     fn flight(&self, account: &str) -> Arc<Flight> {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = flights.get(account) {
+        if let Some(flight) = flights
+            .get(account)
+            .filter(|flight| !flight.answer.initialized())
+        {
             return Arc::clone(flight);
         }
         let flight = Arc::<Flight>::default();
@@ -824,6 +830,12 @@ where
             self.negative_ttl
         };
         let now = Instant::now();
+        if verifier.is_none() {
+            // Keys of before (the account removed) are not answered with
+            // again, whether or not there is room for this answer.
+            self.cache
+                .remove_if(account, |_, cached| cached.verifier.is_some());
+        }
         // An unknown account's answer never takes a known account's place:
         // without room, it is not cached.
         if !ttl.is_zero() && self.make_room(now, verifier.is_some()) {
@@ -988,6 +1000,52 @@ mod lookup_tests {
         // Cached from now on.
         assert!(source.verifier("acct_one").await.unwrap().is_some());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// An account the source no longer finds is not answered with its
+    /// keys of before, though the cache, full of found accounts, has no
+    /// room for the answer that it is gone. Before, those keys stayed, and
+    /// answered for it while every lookup slot was taken.
+    #[tokio::test(start_paused = true)]
+    async fn an_account_no_longer_found_loses_its_keys_in_a_full_cache() {
+        let exists = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let seen = Arc::clone(&exists);
+        let fetch: GatedFetch = Box::new(move |_account: String| {
+            let found = seen.load(Ordering::SeqCst);
+            Box::pin(async move { Ok(found.then(|| Verifier::new("k").unwrap())) })
+        });
+        let source = CachedKeySource::new(fetch)
+            .capacity(1)
+            .and_then(|source| source.ttl(Duration::from_secs(60)))
+            .unwrap();
+        assert!(source.verifier("acct_a").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        exists.store(false, Ordering::SeqCst);
+        assert!(source.verifier("acct_a").await.unwrap().is_none());
+        assert!(
+            source.expired_keys("acct_a", Instant::now()).is_none(),
+            "the keys of before are gone"
+        );
+    }
+
+    /// A delivery that comes once a lookup has answered asks again when
+    /// that answer was not cached (here a `ttl` of zero), though another
+    /// delivery still holds the lookup. Before, it took the old answer
+    /// (a failure, or keys since revoked) for as long as deliveries for the
+    /// account overlapped.
+    #[tokio::test]
+    async fn a_lookup_that_answered_is_not_joined() {
+        let (source, calls, gate) = gated();
+        let source = source.ttl(Duration::ZERO).unwrap();
+        gate.add_permits(100);
+        let first = source.verifier("acct_a");
+        // A delivery waiting on the same lookup, not polled until the end.
+        let held = source.verifier("acct_a");
+        assert!(first.await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(source.verifier("acct_a").await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "asked again");
+        assert!(held.await.unwrap().is_some());
     }
 
     #[tokio::test]
