@@ -1282,39 +1282,61 @@ impl RateBudget {
     /// Waits for room for one request, and for the end of a pause Clink
     /// asked for; `Err` when there is none before `deadline` (nothing is
     /// reserved then).
+    ///
+    /// During a pause the budget does not refill: slots are counted from
+    /// its end, so that the callers who came meanwhile go out at the rate
+    /// after it, `burst` at once, not all together. A caller whose slot
+    /// comes inside a pause begun while it waited reserves again.
     async fn acquire(&self, deadline: Instant) -> Result<(), ()> {
+        loop {
+            let wait = self.reserve(deadline)?;
+            if wait.is_zero() {
+                return Ok(());
+            }
+            let mut slot = Reserved(Some(self));
+            tokio::time::sleep(wait).await;
+            let paused = *self
+                .paused_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if paused.is_some_and(|until| until > Instant::now()) {
+                // Clink asked for a pause while this waited: its slot goes
+                // back (the drop), and it takes one after the pause.
+                continue;
+            }
+            slot.0 = None;
+            return Ok(());
+        }
+    }
+
+    /// Reserves a slot; how long until it comes, or `Err` when it does not
+    /// come before `deadline` (nothing reserved).
+    fn reserve(&self, deadline: Instant) -> Result<Duration, ()> {
         let paused = *self
             .paused_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let wait = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = Instant::now();
-            let (tokens, last) = *state;
-            let refilled = now
-                .saturating_duration_since(last)
-                .as_secs_f64()
-                .mul_add(f64::from(self.rate), tokens);
-            let tokens = refilled.min(self.burst) - 1.0;
-            let wait = if tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-tokens / f64::from(self.rate))
-            };
-            let wait = paused.map_or(wait, |until| wait.max(until.saturating_duration_since(now)));
-            if now + wait > deadline {
-                *state = (tokens + 1.0, now);
-                return Err(());
-            }
-            *state = (tokens, now);
-            wait
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Counted from the pause's end when there is one.
+        let from = paused.map_or(now, |until| until.max(now));
+        let (tokens, last) = *state;
+        let refilled = from
+            .saturating_duration_since(last)
+            .as_secs_f64()
+            .mul_add(f64::from(self.rate), tokens);
+        let tokens = refilled.min(self.burst) - 1.0;
+        let after = if tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-tokens / f64::from(self.rate))
         };
-        if !wait.is_zero() {
-            let mut slot = Reserved(Some(self));
-            tokio::time::sleep(wait).await;
-            slot.0 = None;
+        let wait = (from - now) + after;
+        if now + wait > deadline {
+            return Err(());
         }
-        Ok(())
+        *state = (tokens, from.max(last));
+        Ok(wait)
     }
 
     /// Gives a reserved slot back.
@@ -1612,6 +1634,58 @@ mod tests {
             .is_err());
         budget.acquire(far).await.unwrap();
         assert_eq!(Instant::now() - before, Duration::from_secs(7));
+    }
+
+    /// Callers that come during a pause go out after it at the rate,
+    /// `burst` at once, not all together; and a caller already waiting for
+    /// its slot when the pause is asked for waits for the pause too.
+    /// Before, the budget refilled during the pause and every caller went
+    /// out at its end, and one waiting went out inside it.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_waiting_callers_and_does_not_refill_the_budget() {
+        let budget = Arc::new(RateBudget::new(10, 10));
+        let start = Instant::now();
+        let far = start + Duration::from_secs(60);
+        budget.pause_for(Duration::from_secs(2));
+        let mut callers = tokio::task::JoinSet::new();
+        for n in 0..30u64 {
+            let budget = Arc::clone(&budget);
+            callers.spawn(async move {
+                // One caller every 60 ms during the pause.
+                tokio::time::sleep(Duration::from_millis(n * 60)).await;
+                budget.acquire(far).await.unwrap();
+                Instant::now() - start
+            });
+        }
+        let mut sent: Vec<Duration> = callers.join_all().await;
+        sent.sort();
+        let at_the_end = sent
+            .iter()
+            .filter(|t| **t <= Duration::from_secs(2))
+            .count();
+        assert_eq!(at_the_end, 10, "the burst at the pause's end: {sent:?}");
+        assert!(
+            sent[29] >= Duration::from_millis(3_990),
+            "twenty more at ten a second: {sent:?}"
+        );
+        assert!(sent[0] >= Duration::from_secs(2), "{sent:?}");
+
+        // A caller waiting for its slot when a pause is asked for.
+        let budget = Arc::new(RateBudget::new(1, 1));
+        let far = Instant::now() + Duration::from_secs(60);
+        budget.acquire(far).await.unwrap();
+        let waiting = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move {
+                let before = Instant::now();
+                budget.acquire(far).await.unwrap();
+                Instant::now() - before
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        budget.pause_for(Duration::from_secs(5));
+        let waited = waiting.await.unwrap();
+        assert!(waited >= Duration::from_millis(5_100), "{waited:?}");
     }
 
     #[test]
