@@ -356,6 +356,19 @@ pub(super) fn token_not_from_a_page() -> Response {
         .into_response()
 }
 
+/// The page that says why the form of an action could not be read (a
+/// field twice, a body that is not a form, one too large), with the status
+/// that says so: not taken for a form without its CSRF token.
+fn unreadable_form(shared: &Shared, ctx: &Ctx, rejection: &FormRejection) -> Response {
+    message(
+        shared,
+        ctx,
+        rejection.status(),
+        "The form could not be read",
+        rejection.body_text(),
+    )
+}
+
 fn message(
     shared: &Shared, ctx: &Ctx, status: StatusCode, heading: &'static str, message: String,
 ) -> Response {
@@ -878,7 +891,10 @@ pub(super) async fn logout(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
-    let form = form.map(|f| f.0).unwrap_or_default();
+    let form = match form {
+        Ok(form) => form.0,
+        Err(rejection) => return unreadable_form(&shared, &ctx, &rejection),
+    };
     let super::auth::Who::Session(nonce) = &ctx.who else {
         return message(
             &shared,
@@ -1102,7 +1118,10 @@ pub(super) async fn replay(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
-    let form = form.map(|f| f.0).unwrap_or_default();
+    let form = match form {
+        Ok(form) => form.0,
+        Err(rejection) => return unreadable_form(&shared, &ctx, &rejection),
+    };
     if let Some(refused) = refuse_action(&shared, &ctx, &form) {
         return refused;
     }
@@ -1232,7 +1251,10 @@ pub(super) async fn replay_dead(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
-    let form = form.map(|f| f.0).unwrap_or_default();
+    let form = match form {
+        Ok(form) => form.0,
+        Err(rejection) => return unreadable_form(&shared, &ctx, &rejection),
+    };
     if let Some(refused) = refuse_action(&shared, &ctx, &form) {
         return refused;
     }

@@ -1235,6 +1235,28 @@ async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirma
         assert_eq!(refused.status, 403, "{form}: {}", refused.body);
         assert!(refused.body.contains("CSRF"), "{}", refused.body);
     }
+    // A form that cannot be read (a field twice), with the right token:
+    // answered for what it is, not as a form without its token.
+    let twice = format!("{}&status=dead&status=dead", page.action_form());
+    let unreadable = send(
+        &app,
+        "POST",
+        "/console/events/2/replay",
+        &cookie,
+        Some(&twice),
+    )
+    .await;
+    assert!(
+        (400..500).contains(&unreadable.status) && unreadable.status != 403,
+        "{}: {}",
+        unreadable.status,
+        unreadable.body
+    );
+    assert!(
+        unreadable.body.contains("could not be read"),
+        "{}",
+        unreadable.body
+    );
     assert_eq!(
         inbox.get(2).await.unwrap().unwrap().status,
         InboxStatus::Dead
