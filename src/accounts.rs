@@ -830,9 +830,11 @@ where
             self.negative_ttl
         };
         let now = Instant::now();
-        if verifier.is_none() {
+        if verifier.is_none() && !flight.forgotten.load(Ordering::Acquire) {
             // Keys of before (the account removed) are not answered with
-            // again, whether or not there is room for this answer.
+            // again, whether or not there is room for this answer. (Not if
+            // the account was forgotten since the lookup began: what the
+            // cache holds may be newer than this answer.)
             self.cache
                 .remove_if(account, |_, cached| cached.verifier.is_some());
         }

@@ -1300,8 +1300,12 @@ impl RateBudget {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if paused.is_some_and(|until| until > Instant::now()) {
-                // Clink asked for a pause while this waited: its slot goes
-                // back (the drop), and it takes one after the pause.
+                // Clink asked for a pause while this waited: it takes a
+                // slot after the pause. The one it held is not given back:
+                // the budget, counted from the pause's end, refills once
+                // for all who waited, so they go out `burst` at once and
+                // then at the rate.
+                slot.0 = None;
                 continue;
             }
             slot.0 = None;
@@ -1319,8 +1323,8 @@ impl RateBudget {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         // Counted from the pause's end when there is one.
-        let from = paused.map_or(now, |until| until.max(now));
         let (tokens, last) = *state;
+        let from = paused.map_or(now, |until| until.max(now)).max(last);
         let refilled = from
             .saturating_duration_since(last)
             .as_secs_f64()
@@ -1335,7 +1339,7 @@ impl RateBudget {
         if now + wait > deadline {
             return Err(());
         }
-        *state = (tokens, from.max(last));
+        *state = (tokens, from);
         Ok(wait)
     }
 
@@ -1686,6 +1690,30 @@ mod tests {
         budget.pause_for(Duration::from_secs(5));
         let waited = waiting.await.unwrap();
         assert!(waited >= Duration::from_millis(5_100), "{waited:?}");
+
+        // Several callers waiting for their slots when a pause is asked
+        // for: after it, one at a time at the rate (a burst of one), not
+        // all at its end.
+        let budget = Arc::new(RateBudget::new(1, 1));
+        let start = Instant::now();
+        let far = start + Duration::from_secs(60);
+        budget.acquire(far).await.unwrap();
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let budget = Arc::clone(&budget);
+            waiting.spawn(async move {
+                budget.acquire(far).await.unwrap();
+                Instant::now() - start
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        budget.pause_for(Duration::from_secs(5));
+        let mut sent: Vec<Duration> = waiting.join_all().await;
+        sent.sort();
+        for (n, at) in sent.iter().enumerate() {
+            let due = Duration::from_millis(5_500) + Duration::from_secs(n as u64);
+            assert!(*at >= due - Duration::from_millis(1), "{n}: {sent:?}");
+        }
     }
 
     #[test]

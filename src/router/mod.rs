@@ -854,13 +854,19 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 /// the destination will never take, a record that can never be written).
 ///
 /// Returned by a handler (or found among the causes of its error, up to
-/// eight deep), it fails the event as any error does, with
-/// [`Outcome::HandlerFailed`], and [`Dispatched::is_permanent`] says so.
-/// The [inbox](crate::inbox)'s workers then keep the event dead at once,
-/// for an operator to look at and replay, rather than retrying it for
-/// `max_attempts` while it holds back the later events of its object.
-/// Served by the layer without an inbox, it is answered as any failed
-/// handler (`500`: Clink retries the delivery).
+/// eight deep, or inside a [`std::io::Error`]), it fails the event as any
+/// error does, with [`Outcome::HandlerFailed`], and
+/// [`Dispatched::is_permanent`] says so. The [inbox](crate::inbox)'s
+/// workers then keep the event dead at once, for an operator to look at
+/// and replay, rather than retrying it for `max_attempts` while it holds
+/// back the later events of its object. Served by the layer, it is kept
+/// dead in the [dead-letter inbox](crate::ClinkLayer::dead_letters) when
+/// there is one (answered `200`), and answered as any failed handler
+/// otherwise (`500`: Clink retries the delivery).
+///
+/// A wrapper that does not give its inner error as its `source` hides the
+/// mark: an `anyhow::Error` made from it and then boxed, say. Wrap the
+/// outer error in `Permanent` instead (`Permanent::new(anyhow_error)`).
 ///
 /// ```
 /// use clink_webhooks::router::Permanent;
@@ -899,16 +905,24 @@ impl fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The marked error's own causes: its text is this one's.
-        self.0.source()
+        // The marked error, for those who walk the causes (its text, this
+        // one's, is not repeated in a failure's text).
+        Some(&*self.0)
     }
 }
 
-/// Whether `error`, or one of its causes up to eight deep, is [`Permanent`].
+/// Whether `error`, or one of its causes up to eight deep (or the error an
+/// `io::Error` of them holds), is [`Permanent`].
 fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |error| error.source())
         .take(9)
-        .any(<dyn std::error::Error>::is::<Permanent>)
+        .any(|error| {
+            error.is::<Permanent>()
+                || error
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(<dyn std::error::Error + Send + Sync>::is::<Permanent>)
+        })
 }
 
 /// Logs a failed handler or hook with the event's id and type, escaped; the
@@ -924,7 +938,7 @@ fn handler_failed(
             event_id = ?raw.id(),
             event_type = ?raw.event_type().as_str(),
             error = ?text,
-            "clink {what} failed for good (a permanent error)"
+            "clink {what} failed with a permanent error"
         );
     } else {
         tracing::error!(

@@ -419,6 +419,75 @@ async fn a_dead_letter_keeps_the_signature_headers_it_came_with() {
     }
 }
 
+/// A handler's `Permanent` error, returned as it is, as the cause of
+/// another error, or inside an `io::Error`, is kept dead in the dead-letter
+/// inbox and answered `200` (no retry of Clink's can mend it); without a
+/// dead-letter inbox it is answered as any failure, for Clink to retry. A
+/// plain error is not kept.
+#[tokio::test]
+async fn a_permanent_error_is_kept_as_a_dead_letter() {
+    use clink_webhooks::router::Permanent;
+    use clink_webhooks::store::{Inbox, InboxStatus};
+
+    /// An error whose cause is `Permanent`.
+    #[derive(Debug)]
+    struct Caused(Permanent);
+    impl std::fmt::Display for Caused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not write the order")
+        }
+    }
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    let router = |how: u8| {
+        EventRouter::new().on::<events::OrderCreated, _>(move |_event| async move {
+            let no = || Permanent::new("the table takes no such order");
+            Err::<(), clink_webhooks::BoxError>(match how {
+                0 => Box::new(no()),
+                1 => Box::new(Caused(no())),
+                2 => Box::new(std::io::Error::other(no())),
+                _ => "the database is down".into(),
+            })
+        })
+    };
+    let body = r#"{"id":"evt_permanent","type":"order.created","data":{"orderId":"ord_1"}}"#;
+    for how in 0..4u8 {
+        let inbox = Arc::new(MemoryInbox::new());
+        let layer =
+            ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+        let response = layer.route(router(how)).oneshot(request).await.unwrap();
+        let kept = inbox.get(1).await.unwrap();
+        if how == 3 {
+            assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
+            assert!(kept.is_none(), "a plain error is not kept");
+            continue;
+        }
+        assert_eq!(
+            Outcome::of(&response),
+            Some(&Outcome::DeadLettered),
+            "{how}"
+        );
+        let entry = kept.expect("the dead letter");
+        assert_eq!(entry.status, InboxStatus::Dead);
+        let error = entry.last_error.unwrap_or_default();
+        assert!(
+            error.contains("permanent error") && error.contains("no such order"),
+            "{how}: {error}"
+        );
+        // Without a dead-letter inbox: a failure, retried by Clink.
+        let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap());
+        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+        let response = layer.route(router(how)).oneshot(request).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
+        assert_eq!(response.status(), 500);
+    }
+}
+
 /// A verified body that is no event envelope (no id, here) is kept as dead
 /// in the dead-letter inbox, under the SHA-256 of the body, with its
 /// signature headers, and answered `200`: Clink's retries could not help.

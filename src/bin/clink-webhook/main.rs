@@ -753,16 +753,28 @@ fn run_fixture(out: &Output, args: &FixtureArgs) {
 /// Runs `command` on a runtime of its own. Once it has returned, what it
 /// left running in the runtime's blocking threads (a name lookup the system
 /// resolver has not given up on, past the command's own timeout) is waited
-/// for a second at most, so that the command exits on time.
-fn on_runtime(command: impl Future<Output = Result<(), CliError>>) -> Result<(), CliError> {
+/// for `leftovers` at most, so that the command exits on time.
+fn on_runtime(
+    leftovers: Duration, command: impl Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::io("cannot start the async runtime", &e))?;
     let result = runtime.block_on(command);
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    runtime.shutdown_timeout(leftovers);
     result
 }
+
+/// How long a command that reaches only the network waits for what it
+/// left blocking (a name lookup) once done.
+const NETWORK_LEFTOVERS: Duration = Duration::from_secs(1);
+
+/// How long a command that writes an inbox waits for what it left
+/// blocking once done: an SQLite write under way (which waits up to its
+/// 5 s busy timeout for the file's lock) is let land rather than rolled
+/// back by the exit.
+const INBOX_LEFTOVERS: Duration = Duration::from_secs(10);
 
 /// The API client's warnings (a key Clink refused while an older one
 /// works, say) on stderr, one line each.
@@ -791,18 +803,18 @@ fn main() -> ExitCode {
             run_fixture(&out, args);
             Ok(())
         }
-        Command::Send(args) => on_runtime(send::run(&out, args)),
-        Command::Listen(args) => on_runtime(listen::run(&out, args)),
-        Command::Inbox(args) => on_runtime(inbox_command::run(&out, args)),
+        Command::Send(args) => on_runtime(NETWORK_LEFTOVERS, send::run(&out, args)),
+        Command::Listen(args) => on_runtime(NETWORK_LEFTOVERS, listen::run(&out, args)),
+        Command::Inbox(args) => on_runtime(INBOX_LEFTOVERS, inbox_command::run(&out, args)),
         #[cfg(all(feature = "gateway", unix))]
-        Command::Serve(args) => on_runtime(serve::run(&out, args)),
+        Command::Serve(args) => on_runtime(INBOX_LEFTOVERS, serve::run(&out, args)),
         Command::Api(args) => {
             api_warnings();
-            on_runtime(api_command::run(&out, args))
+            on_runtime(NETWORK_LEFTOVERS, api_command::run(&out, args))
         }
         Command::Endpoints(args) => {
             api_warnings();
-            on_runtime(endpoints_command::run(&out, args))
+            on_runtime(NETWORK_LEFTOVERS, endpoints_command::run(&out, args))
         }
     };
     match result {
@@ -821,7 +833,7 @@ mod tests {
     #[test]
     fn a_command_returns_without_waiting_for_what_it_left_blocking() {
         let started = std::time::Instant::now();
-        let result = on_runtime(async {
+        let result = on_runtime(NETWORK_LEFTOVERS, async {
             drop(tokio::task::spawn_blocking(|| {
                 std::thread::sleep(Duration::from_secs(600));
             }));

@@ -241,9 +241,10 @@ impl Streams {
 }
 
 /// A failure that is the event's, not the destination's: the destination
-/// answered, and refused this one event (an HTTP app's `400` or `422`), or
-/// the event cannot be sent as it is. The event is retried as any other;
-/// the destination is not failing for it.
+/// answered, and refused this one event (an HTTP app's `400` or `422`),
+/// and the event is retried as any other; or the event cannot be sent as
+/// it is ([`permanent`](Self::permanent)), and it is dead at once. The
+/// destination is not failing for it.
 #[derive(Debug)]
 pub(crate) struct EventRefused {
     message: String,
@@ -711,7 +712,7 @@ impl Destination {
                         "gateway: {} takes messages of at most {} bytes (the servers' max_payload, \
                          or the stream's max_msg_size), less than body_limit_bytes ({body_limit}) \
                          and room for the headers ({NATS_HEADER_ROOM}): a body that does not fit \
-                         is kept in the inbox and retried until dead, never published; raise \
+                         is kept in the inbox as dead at once, never published; raise \
                          that limit, or lower body_limit_bytes to {}",
                         self.name,
                         connection.largest,
