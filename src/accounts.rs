@@ -830,13 +830,15 @@ where
             self.negative_ttl
         };
         let now = Instant::now();
-        if verifier.is_none() && !flight.forgotten.load(Ordering::Acquire) {
+        if verifier.is_none() {
             // Keys of before (the account removed) are not answered with
             // again, whether or not there is room for this answer. (Not if
             // the account was forgotten since the lookup began: what the
-            // cache holds may be newer than this answer.)
-            self.cache
-                .remove_if(account, |_, cached| cached.verifier.is_some());
+            // cache holds may be newer than this answer. Looked at under
+            // the entry's lock, as `forget` removes under it.)
+            self.cache.remove_if(account, |_, cached| {
+                cached.verifier.is_some() && !flight.forgotten.load(Ordering::Acquire)
+            });
         }
         // An unknown account's answer never takes a known account's place:
         // without room, it is not cached.

@@ -1357,7 +1357,15 @@ struct Reserved<'a>(Option<&'a RateBudget>);
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         if let Some(budget) = self.0 {
-            budget.refund();
+            // Inside a pause, not given back: the budget, counted from the
+            // pause's end, pays for it already.
+            let paused = *budget
+                .paused_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if paused.is_none_or(|until| until <= Instant::now()) {
+                budget.refund();
+            }
         }
     }
 }

@@ -398,13 +398,7 @@ where
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
         let (mut response, mut outcome) = run(verified.lend(), deadline, &succeeded).await;
-        // A handler's permanent error: no retry of Clink's can mend it.
-        let permanent = outcome == Outcome::HandlerFailed
-            && response
-                .extensions()
-                .get::<Dispatched>()
-                .is_some_and(Dispatched::is_permanent);
-        if outcome == Outcome::Undecodable || permanent {
+        if outcome == Outcome::Undecodable {
             cold();
             if let Some(inbox) = &config.dead_letters {
                 let failure = response
@@ -412,18 +406,12 @@ where
                     .get::<Dispatched>()
                     .and_then(Dispatched::failure)
                     .unwrap_or("the event's data does not decode into its handler's type");
-                let why = if permanent {
-                    "its handler failed with a permanent error"
-                } else {
-                    "its data does not decode"
-                };
-                let failure = format!("{why}, so no retry can help: {failure}");
                 let kept = dead_letter(
                     &config,
                     &**inbox,
                     &verified,
                     &received,
-                    &failure,
+                    failure,
                     deadline.duration(),
                 );
                 if kept.await {
@@ -512,10 +500,9 @@ fn signature_headers_from(
     ))
 }
 
-/// Keeps an event no retry can help (its data does not decode, or its
-/// handler failed with a permanent error) as dead in `inbox`, `failure`
-/// saying why, with the signature headers it was `received` with; whether
-/// it is kept (a copy kept before counts).
+/// Keeps an event whose data does not decode as dead in `inbox`, with the
+/// signature headers it was `received` with; whether it is kept (a copy
+/// kept before counts).
 async fn dead_letter(
     config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, received: &Received,
     failure: &str, left: Duration,
@@ -524,7 +511,7 @@ async fn dead_letter(
     if let Some(headers) = received.signature_headers() {
         event = event.with_signature_headers(headers);
     }
-    let error = format!("dead: {failure}");
+    let error = format!("dead: its data does not decode, so no retry can help: {failure}");
     // Within the handler's time: the completion after it must still land
     // inside the lease. One cut short is answered 500 and released; the
     // retry keeps the event then (an insert that landed meanwhile finds it

@@ -859,10 +859,9 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 /// [`Dispatched::is_permanent`] says so. The [inbox](crate::inbox)'s
 /// workers then keep the event dead at once, for an operator to look at
 /// and replay, rather than retrying it for `max_attempts` while it holds
-/// back the later events of its object. Served by the layer, it is kept
-/// dead in the [dead-letter inbox](crate::ClinkLayer::dead_letters) when
-/// there is one (answered `200`), and answered as any failed handler
-/// otherwise (`500`: Clink retries the delivery).
+/// back the later events of its object. Served by the layer without an
+/// inbox's workers, it is answered as any failed handler (`500`: Clink
+/// retries the delivery).
 ///
 /// A wrapper that does not give its inner error as its `source` hides the
 /// mark: an `anyhow::Error` made from it and then boxed, say. Wrap the
@@ -905,9 +904,9 @@ impl fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The marked error, for those who walk the causes (its text, this
-        // one's, is not repeated in a failure's text).
-        Some(&*self.0)
+        // The marked error's own causes: its text is this one's, and a
+        // report of the chain would print it twice.
+        self.0.source()
     }
 }
 

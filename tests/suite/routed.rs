@@ -419,15 +419,15 @@ async fn a_dead_letter_keeps_the_signature_headers_it_came_with() {
     }
 }
 
-/// A handler's `Permanent` error, returned as it is, as the cause of
-/// another error, or inside an `io::Error`, is kept dead in the dead-letter
-/// inbox and answered `200` (no retry of Clink's can mend it); without a
-/// dead-letter inbox it is answered as any failure, for Clink to retry. A
-/// plain error is not kept.
+/// A handler's `Permanent` error is found returned as it is, as the cause
+/// of another error, and inside an `io::Error` (`Dispatched::is_permanent`,
+/// which an inbox's workers read to keep the event dead at once); a plain
+/// error is not. Served by the layer, either is a failure, for Clink to
+/// retry, and nothing is kept in a dead-letter inbox.
 #[tokio::test]
-async fn a_permanent_error_is_kept_as_a_dead_letter() {
+async fn a_permanent_error_is_found_however_it_is_wrapped() {
     use clink_webhooks::router::Permanent;
-    use clink_webhooks::store::{Inbox, InboxStatus};
+    use clink_webhooks::store::Inbox;
 
     /// An error whose cause is `Permanent`.
     #[derive(Debug)]
@@ -461,30 +461,18 @@ async fn a_permanent_error_is_kept_as_a_dead_letter() {
             ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
         let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
         let response = layer.route(router(how)).oneshot(request).await.unwrap();
-        let kept = inbox.get(1).await.unwrap();
-        if how == 3 {
-            assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
-            assert!(kept.is_none(), "a plain error is not kept");
-            continue;
-        }
-        assert_eq!(
-            Outcome::of(&response),
-            Some(&Outcome::DeadLettered),
-            "{how}"
-        );
-        let entry = kept.expect("the dead letter");
-        assert_eq!(entry.status, InboxStatus::Dead);
-        let error = entry.last_error.unwrap_or_default();
-        assert!(
-            error.contains("permanent error") && error.contains("no such order"),
-            "{how}: {error}"
-        );
-        // Without a dead-letter inbox: a failure, retried by Clink.
-        let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap());
-        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
-        let response = layer.route(router(how)).oneshot(request).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
         assert_eq!(response.status(), 500);
+        let dispatched = response
+            .extensions()
+            .get::<Dispatched>()
+            .expect("the router's account of the event");
+        assert_eq!(dispatched.is_permanent(), how < 3, "{how}");
+        if how == 0 {
+            // Its text once, not repeated as its own cause.
+            assert_eq!(dispatched.failure(), Some("the table takes no such order"));
+        }
+        assert!(inbox.get(1).await.unwrap().is_none(), "nothing kept");
     }
 }
 
