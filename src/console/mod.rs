@@ -680,6 +680,33 @@ fn connection_address(extensions: &http::Extensions) -> Option<IpAddr> {
 
 /// `429` while the budget of wrong tokens of the client at `address` is
 /// spent, so that the token presented is not checked; `None` otherwise.
+/// The first value of `name` in `query`, percent-decoded with each `+`
+/// kept as it is (a form's reading makes it a space); `None` when absent
+/// or not UTF-8 once decoded.
+fn query_value_keeping_plus(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[at], bytes.get(at + 1), bytes.get(at + 2)) {
+            (b'%', Some(&high), Some(&low)) if hex(high).is_some() && hex(low).is_some() => {
+                let value = hex(high).unwrap_or(0) * 16 + hex(low).unwrap_or(0);
+                decoded.push(u8::try_from(value).unwrap_or(b'%'));
+                at += 3;
+            }
+            (byte, ..) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
 fn throttled(shared: &Shared, address: Option<IpAddr>) -> Option<Response> {
     let wait = shared
         .throttle
@@ -820,7 +847,14 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             if let Some(refused) = throttled(&shared, address) {
                 return refused;
             }
-            if !keys.is_token(token) {
+            // Read as a form, a `+` in the address is a space, which no
+            // token holds: a token with a `+` (base64's) pasted as it is
+            // is also tried with its `+` kept.
+            let pasted = token
+                .contains(' ')
+                .then(|| query_value_keeping_plus(request.uri().query().unwrap_or(""), "token"))
+                .flatten();
+            if !keys.is_token(token) && !pasted.is_some_and(|pasted| keys.is_token(&pasted)) {
                 return wrong_token(&shared, address, "query");
             }
             right_token(&shared, address);

@@ -1200,6 +1200,34 @@ async fn the_login_redirect_keeps_each_parameter_name_whole() {
     );
 }
 
+/// A token with a `+` (as base64 makes them) logs in pasted into the
+/// address as it is, and percent-encoded; one with the `+` made a space is
+/// no token. Before, a form's reading made the `+` a space, and the right
+/// token pasted as it is was a wrong one, counted against the budget.
+#[tokio::test]
+async fn a_token_with_a_plus_logs_in_pasted_as_it_is() {
+    let inbox = small_inbox().await;
+    let token = "Zm9v+YmFy/YmF6+cXV4=0123456789";
+    let app = mounted(Console::with_token(Arc::clone(&inbox), token).unwrap());
+    for query in [
+        token.to_owned(),
+        token
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D"),
+    ] {
+        let login = send(&app, "GET", &format!("/console?token={query}"), &[], None).await;
+        assert_eq!(login.status, 303, "{query}: {}", login.body);
+        assert!(
+            login.header("set-cookie").starts_with("clink_console="),
+            "{query}"
+        );
+    }
+    let spaced = token.replace('+', "%20");
+    let refused = send(&app, "GET", &format!("/console?token={spaced}"), &[], None).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+}
+
 #[tokio::test]
 async fn every_action_needs_its_csrf_token_and_a_handled_event_a_second_confirmation() {
     let (captured, _guard) = crate::support::capture::capture();
