@@ -617,6 +617,13 @@ fn signed_head(addr: &str, body: &str, framing: &str) -> String {
     head
 }
 
+/// A whole delivery of `body`, signed with [`KEY`], framed by its length,
+/// with the header lines `more` besides: its bytes, for a raw connection.
+fn signed_delivery(addr: &str, body: &str, more: &str) -> String {
+    let framing = format!("content-length: {}\r\n{more}", body.len());
+    format!("{}{body}", signed_head(addr, body, &framing))
+}
+
 /// A `Server` over the layer and an empty router, served in this test's
 /// runtime on a loopback port of its own, with at most `max_connections`;
 /// no timeout (an hour) frees a connection while the test runs. Its
@@ -1232,15 +1239,9 @@ async fn a_full_server_closes_an_idle_connection_for_a_new_client() {
     // it closes once answered.
     let deliver_closing = |n: usize| async move {
         let body = fresh_fixture(&EventType::InvoicePaid);
-        let head = signed_head(
-            &addr.to_string(),
-            &body,
-            &format!("content-length: {}\r\nconnection: close\r\n", body.len()),
-        );
+        let delivery = signed_delivery(&addr.to_string(), &body, "connection: close\r\n");
         let mut new = TcpStream::connect(addr).await.unwrap();
-        new.write_all(format!("{head}{body}").as_bytes())
-            .await
-            .unwrap();
+        new.write_all(delivery.as_bytes()).await.unwrap();
         let answer = answer_until_closed(&mut new).await;
         assert!(
             answer.starts_with("HTTP/1.1 200"),
@@ -1399,16 +1400,9 @@ async fn a_full_server_closes_a_connection_whose_next_request_has_not_begun() {
 async fn a_full_server_closes_a_connection_just_served_only_after_a_second() {
     let addr = served_without_timeouts(1).await;
     let body = fresh_fixture(&EventType::InvoicePaid);
-    let head = signed_head(
-        &addr.to_string(),
-        &body,
-        &format!("content-length: {}\r\n", body.len()),
-    );
+    let delivery = signed_delivery(&addr.to_string(), &body, "");
     let mut served = TcpStream::connect(addr).await.unwrap();
-    served
-        .write_all(format!("{head}{body}").as_bytes())
-        .await
-        .unwrap();
+    served.write_all(delivery.as_bytes()).await.unwrap();
     assert!(answer_head(&mut served).await.starts_with("HTTP/1.1 200"));
     let answered = Instant::now();
 
@@ -1434,12 +1428,7 @@ async fn a_full_server_closes_a_connection_just_served_only_after_a_second() {
 async fn a_full_server_closes_a_connection_busy_with_deliveries_once_a_client_waited() {
     let addr = served_without_timeouts(1).await;
     let body = fresh_fixture(&EventType::InvoicePaid);
-    let head = signed_head(
-        &addr.to_string(),
-        &body,
-        &format!("content-length: {}\r\n", body.len()),
-    );
-    let delivery = format!("{head}{body}");
+    let delivery = signed_delivery(&addr.to_string(), &body, "");
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(delivery.as_bytes()).await.unwrap();
     let first = tokio::time::timeout(PATIENCE, whole_answer(&mut stream)).await;
