@@ -920,7 +920,12 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
         base,
         deadline: Deadline::starting_now(shared.timeout),
     });
-    let mut response = next.run(request).await;
+    // A page that panics (an inbox of the app's own that panics as it is
+    // called) is answered, not its connection closed.
+    let mut response = match crate::guard::CatchUnwind::new(next.run(request)).await {
+        Ok(response) => response,
+        Err(panic) => pages::panicked(&panic),
+    };
     if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }

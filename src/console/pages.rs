@@ -341,6 +341,26 @@ pub(super) fn cross_site() -> Response {
         .into_response()
 }
 
+/// The `500` answer to a page that panicked (an inbox of the app's own
+/// that panicked as it was called): logged, its message kept out of the
+/// page.
+pub(super) fn panicked(panic: &str) -> Response {
+    tracing::error!(
+        target: "clink_webhooks::console",
+        panic = ?panic,
+        "console: a page panicked"
+    );
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        "500 Internal Server Error: the page failed; the app's log says why\n",
+    )
+        .into_response()
+}
+
 /// A `?token=` on a request that is no page opened in the browser (an
 /// image, a script or a fetch another page makes): not checked.
 pub(super) fn token_not_from_a_page() -> Response {
@@ -420,6 +440,23 @@ async fn call<T>(
     ctx: &Ctx, future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let deadline = ctx.deadline;
+    // An inbox of the app's own that panics while it answers has failed:
+    // the page says so, as for any failure.
+    let future = async {
+        crate::guard::CatchUnwind::new(future)
+            .await
+            .unwrap_or_else(|panic| {
+                tracing::error!(
+                    target: "clink_webhooks::console",
+                    panic = ?panic,
+                    "console: the inbox panicked"
+                );
+                Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "the inbox failed (it panicked; the app's log says why)",
+                ))
+            })
+    };
     crate::guard::until(deadline.at, future)
         .await
         .unwrap_or_else(|()| {

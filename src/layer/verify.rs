@@ -16,7 +16,7 @@ use tracing::Span;
 use super::budget::Reading;
 use super::config::{Config, Keys};
 use crate::events::{has_invisible, DecodesTyped, RawEvent, VerifiedEvent};
-use crate::guard::{cold, within};
+use crate::guard::{cold, within, CatchUnwind};
 use crate::signature::{SignatureHeaders, Verification, Verifier};
 use crate::{BoxError, Outcome};
 
@@ -161,20 +161,29 @@ async fn keys<'a>(
     // summed up), never a line per delivery; a lookup the source would not
     // make is a refusal, counted with the others.
     let outage = &config.outages.keys;
-    match within(config.settings.store_timeout, source.verifier(&account)).await {
-        Ok(Ok(Some(verifier))) => {
+    // A key source of the app's own that panics (in its lookup's future, or
+    // in the call that makes it) has failed: the delivery is answered, not
+    // its task ended with the sender's connection.
+    let lookup = CatchUnwind::new(async { source.verifier(&account).await });
+    match within(config.settings.store_timeout, lookup).await {
+        Ok(Err(panic)) => {
+            cold();
+            outage.failed(&format_args!("the key source panicked: {panic}"));
+            Err(Outcome::KeysUnavailable)
+        }
+        Ok(Ok(Ok(Some(verifier)))) => {
             outage.succeeded();
             if let Some(span) = span {
                 span.record("account", &*account);
             }
             Ok((Held::Shared(verifier), Some(Arc::from(&*account))))
         }
-        Ok(Ok(None)) => {
+        Ok(Ok(Ok(None))) => {
             outage.succeeded();
             Err(Outcome::UnknownAccount)
         }
-        Ok(Err(error)) if error.is_limited() => Err(Outcome::KeyLookupsLimited),
-        Ok(Err(error)) => {
+        Ok(Ok(Err(error))) if error.is_limited() => Err(Outcome::KeyLookupsLimited),
+        Ok(Ok(Err(error))) => {
             outage.failed(&error);
             Err(Outcome::KeysUnavailable)
         }

@@ -3653,3 +3653,37 @@ async fn ten_thousand_events_in_postgres_page_within_the_store_timeout() {
     let filled_at = ten_thousand(&inbox).await;
     pages_answer_in_time(Arc::new(inbox), filled_at).await;
 }
+
+/// An inbox of the app's own that panics: in the future of `get`, or in
+/// the call of `stats` itself.
+struct PanickingInbox(MemoryInbox);
+
+impl Inbox for PanickingInbox {
+    delegate_inbox!(0: insert, insert_dead, claim, complete, fail, release, list, replay, replay_matching, purge, check_writable);
+    fn get(&self, _: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        Box::pin(async { panic!("the test's inbox panics in get") })
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>> {
+        panic!("the test's inbox panics in stats")
+    }
+}
+
+/// A page whose inbox panics is answered: `503` for a call that panicked
+/// while it answered (as for an inbox that failed), `500` for one that
+/// panicked as it was called, the panic's message in neither. Before, the
+/// panic ended the request's task and the connection closed unanswered.
+#[tokio::test]
+async fn a_page_whose_inbox_panics_is_answered() {
+    let inbox = Arc::new(PanickingInbox(MemoryInbox::new()));
+    let addr = serve(Console::with_token(inbox, TOKEN).unwrap()).await;
+    for (path, status) in [("/console/events/1", 503), ("/console", 500)] {
+        let page = over_http(addr, "GET", path, None).await;
+        assert_eq!(page.status, status, "{path}: {}", page.body);
+        assert!(page.body.contains("failed"), "{path}: {}", page.body);
+        assert!(
+            !page.body.contains("the test's inbox"),
+            "{path}: {}",
+            page.body
+        );
+    }
+}

@@ -400,6 +400,45 @@ async fn a_store_that_panics_is_a_store_that_failed() {
     }
 }
 
+/// A key source of the app's own that panics: in its lookup's future, or
+/// in the call that makes it.
+struct KeysPanic {
+    in_call: bool,
+}
+
+impl KeySource for KeysPanic {
+    fn verifier<'a>(
+        &'a self, _account: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
+        assert!(!self.in_call, "the test's key source panics in its call");
+        Box::pin(async { panic!("the test's key source panics in its lookup") })
+    }
+}
+
+/// A key source that panics is a key source that failed: the delivery is
+/// answered `503` (Clink retries it) and counted. Before, the panic ended
+/// the delivery's task, and the sender's connection closed unanswered.
+#[tokio::test]
+async fn a_key_source_that_panics_is_a_key_source_that_failed() {
+    let body = order("evt_keys_panic", "2025-01-15T12:00:00.000Z");
+    for in_call in [false, true] {
+        let layer =
+            ClinkLayer::with_key_source(AccountFrom::LastPathSegment, KeysPanic { in_call });
+        let mut watch = Watch::new(&layer);
+        let addr = serve(layer.layer(EventRouter::new())).await;
+        let request = signed(addr, &body)
+            .uri(crate::support::loopback::endpoint(
+                addr,
+                "/webhooks/clink/acct_1",
+            ))
+            .build();
+        let answer = send(request).await;
+        assert_eq!(answer.status, 503, "panicking in its call: {in_call}");
+        assert_eq!(answer.error_code(), "keys_unavailable");
+        watch.moved("a key source that panicked", &[("store_errors", 1)]);
+    }
+}
+
 /// A key source whose lookups fail.
 struct KeysDown;
 
