@@ -50,6 +50,7 @@
 //! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
 //! | [`Undecodable`](Outcome::Undecodable) | 500 | yes | no: its data does not decode into the handler's type |
 //! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode, or its body is no event envelope; kept as dead in the dead-letter inbox |
+//! | [`FailedKeptDead`](Outcome::FailedKeptDead) | 200 | yes | yes, and failed for good ([`Permanent`](crate::router::Permanent)); kept as dead in the dead-letter inbox |
 //!
 //! A `2xx` outcome marks the event completed; any other releases its claim
 //! so that Clink's retry runs the handler again. No status is ever a `3xx`,
@@ -161,6 +162,14 @@ pub enum Outcome {
     /// the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) and
     /// acknowledged (`200`), to be replayed after an upgrade that reads it.
     DeadLettered,
+    /// The handler failed with an error no retry can mend (a
+    /// [`Permanent`](crate::router::Permanent) one), and the event was kept
+    /// as dead, with that error, in the layer's
+    /// [dead-letter inbox](crate::ClinkLayer::dead_letters) and acknowledged
+    /// (`200`), to be replayed once what it needs is mended. Without a
+    /// dead-letter inbox (or when it could not keep the event), such a
+    /// failure is [`HandlerFailed`](Self::HandlerFailed), and Clink retries.
+    FailedKeptDead,
 }
 
 /// Seconds a `503` asks the sender to wait.
@@ -179,7 +188,8 @@ impl Outcome {
             | Self::Queued
             | Self::SkippedStale
             | Self::Duplicate
-            | Self::DeadLettered => StatusCode::OK,
+            | Self::DeadLettered
+            | Self::FailedKeptDead => StatusCode::OK,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::KeysUnavailable | Self::KeyLookupsLimited => StatusCode::SERVICE_UNAVAILABLE,
@@ -234,6 +244,7 @@ impl Outcome {
             Self::HandlerTimeout => "handler_timeout",
             Self::Undecodable => "undecodable",
             Self::DeadLettered => "dead_lettered",
+            Self::FailedKeptDead => "failed_kept_dead",
         }
     }
 
@@ -270,6 +281,7 @@ impl Outcome {
                 | Self::HandlerRefused(_)
                 | Self::HandlerPanicked
                 | Self::HandlerTimeout
+                | Self::FailedKeptDead
         )
     }
 
@@ -375,6 +387,7 @@ impl Outcome {
             Self::SkippedStale => Some(r#"{"ok":true,"outcome":"skipped_stale"}"#),
             Self::Duplicate => Some(r#"{"ok":true,"outcome":"duplicate"}"#),
             Self::DeadLettered => Some(r#"{"ok":true,"outcome":"dead_lettered"}"#),
+            Self::FailedKeptDead => Some(r#"{"ok":true,"outcome":"failed_kept_dead"}"#),
             _ => None,
         }
     }
@@ -446,6 +459,10 @@ impl fmt::Display for Outcome {
                 "the event's data does not decode into the type its handler takes, or the body \
                  is no event envelope; it was kept as dead in the dead-letter inbox, to replay \
                  after an upgrade",
+            ),
+            Self::FailedKeptDead => f.write_str(
+                "the handler for this event failed with an error no retry can mend; the event \
+                 was kept as dead in the dead-letter inbox, to replay once that is mended",
             ),
         }
     }
@@ -548,6 +565,7 @@ mod tests {
             (Outcome::HandlerTimeout, 500, true),
             (Outcome::Undecodable, 500, true),
             (Outcome::DeadLettered, 200, true),
+            (Outcome::FailedKeptDead, 200, true),
         ];
         let mut messages = std::collections::HashSet::new();
         let count = cases.len();
@@ -558,6 +576,7 @@ mod tests {
                 Outcome::HandlerRefused(StatusCode::UNPROCESSABLE_ENTITY),
                 Outcome::HandlerPanicked,
                 Outcome::HandlerTimeout,
+                Outcome::FailedKeptDead,
             ]
             .contains(&outcome);
             assert_eq!(outcome.handler_ran(), ran, "{outcome:?}");

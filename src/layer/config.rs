@@ -324,6 +324,13 @@ impl ClinkLayer {
     /// and the SHA-256 of its body in hex, and a retry of it is kept once.
     /// An [`InboxIntake`] made from this layer keeps such bodies in this
     /// inbox, not in its own.
+    ///
+    /// An event whose handler failed with an error no retry can mend (a
+    /// [`Permanent`](crate::router::Permanent) one: `500` without a
+    /// dead-letter inbox) is kept there as dead too, with the handler's
+    /// error, and acknowledged
+    /// ([`Outcome::FailedKeptDead`](crate::Outcome::FailedKeptDead)):
+    /// replay it once what it needs is mended.
     #[must_use]
     pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
         self.config_mut().dead_letters = Some(Arc::new(inbox));

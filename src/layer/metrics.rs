@@ -94,7 +94,8 @@ counters! {
     /// Deliveries refused before the store was asked (method, headers,
     /// signature, body, envelope, event id).
     rejected,
-    /// Handler errors, non-`2xx` answers, panics and timeouts.
+    /// Handler errors, non-`2xx` answers, panics and timeouts (and failures
+    /// kept dead, [`Outcome::FailedKeptDead`]).
     handler_failures,
     /// Verified events whose data does not decode into their handler's
     /// type ([`Outcome::Undecodable`], [`Outcome::DeadLettered`]).
@@ -146,7 +147,7 @@ fn bump(counter: &AtomicU64) {
 /// Every outcome code, as [`Outcome::as_str`] gives them; [`outcome_slot`]
 /// says where each outcome's is.
 #[cfg(feature = "metrics")]
-const OUTCOME_CODES: [&str; 37] = [
+const OUTCOME_CODES: [&str; 38] = [
     "handled",
     "unhandled",
     "queued",
@@ -184,6 +185,7 @@ const OUTCOME_CODES: [&str; 37] = [
     "key_lookups_limited",
     "expired_key",
     "invalid_event_type",
+    "failed_kept_dead",
 ];
 
 /// Where `outcome`'s code is in [`OUTCOME_CODES`].
@@ -233,6 +235,7 @@ fn outcome_slot(outcome: &Outcome) -> usize {
         Outcome::Undecodable => 32,
         Outcome::DeadLettered => 33,
         Outcome::KeyLookupsLimited => 34,
+        Outcome::FailedKeptDead => 37,
     }
 }
 
@@ -412,6 +415,7 @@ mod counts {
             ),
             (Outcome::HandlerPanicked, "handler_failures"),
             (Outcome::HandlerTimeout, "handler_failures"),
+            (Outcome::FailedKeptDead, "handler_failures"),
             (Outcome::MethodNotAllowed, "rejected"),
             (Outcome::UnknownAccount, "rejected"),
             (
@@ -483,6 +487,7 @@ mod tests {
             Outcome::HandlerTimeout,
             Outcome::Undecodable,
             Outcome::DeadLettered,
+            Outcome::FailedKeptDead,
         ];
         outcomes.extend(VerifyErrorKind::ALL.map(Outcome::Verify));
         outcomes.extend(

@@ -398,26 +398,40 @@ where
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
         let (mut response, mut outcome) = run(verified.lend(), deadline, &succeeded).await;
-        if outcome == Outcome::Undecodable {
+        // An event no retry can help (its data does not decode, or its
+        // handler failed for good) is kept dead in the dead-letter inbox,
+        // if the layer has one, and acknowledged.
+        let dispatched = response.extensions().get::<Dispatched>();
+        let dead = match &outcome {
+            Outcome::Undecodable => Some((
+                Outcome::DeadLettered,
+                "its data does not decode",
+                "undecodable data",
+                "the event's data does not decode into its handler's type",
+            )),
+            Outcome::HandlerFailed if dispatched.is_some_and(Dispatched::is_permanent) => Some((
+                Outcome::FailedKeptDead,
+                "its handler failed with an error marked permanent",
+                "an event whose handler failed for good",
+                "the handler failed for good",
+            )),
+            _ => None,
+        };
+        if let (Some((kept_as, why, what, failed)), Some(inbox)) = (dead, &config.dead_letters) {
             cold();
-            if let Some(inbox) = &config.dead_letters {
-                let failure = response
-                    .extensions()
-                    .get::<Dispatched>()
-                    .and_then(Dispatched::failure)
-                    .unwrap_or("the event's data does not decode into its handler's type");
-                let kept = dead_letter(
-                    &config,
-                    &**inbox,
-                    &verified,
-                    &received,
-                    failure,
-                    deadline.duration(),
-                );
-                if kept.await {
-                    outcome = Outcome::DeadLettered;
-                    response = layer_response(&outcome);
-                }
+            let failure = dispatched.and_then(Dispatched::failure).unwrap_or(failed);
+            let error = format!("dead: {why}, so no retry can help: {failure}");
+            let kept = dead_letter(
+                &config,
+                &**inbox,
+                &verified,
+                &received,
+                (&error, what),
+                deadline.duration(),
+            );
+            if kept.await {
+                outcome = kept_as;
+                response = layer_response(&outcome);
             }
         }
         let settled_at = guard.settle(&outcome).await;
@@ -500,18 +514,17 @@ fn signature_headers_from(
     ))
 }
 
-/// Keeps an event whose data does not decode as dead in `inbox`, with the
-/// signature headers it was `received` with; whether it is kept (a copy
-/// kept before counts).
+/// Keeps an event no retry can help as dead in `inbox` with `error`, with
+/// the signature headers it was `received` with, logging `what` was kept;
+/// whether it is kept (a copy kept before counts).
 async fn dead_letter(
     config: &Config, inbox: &dyn Inbox, verified: &VerifiedEvent, received: &Received,
-    failure: &str, left: Duration,
+    (error, what): (&str, &str), left: Duration,
 ) -> bool {
     let mut event = NewEvent::from_verified(verified, Timestamp::now());
     if let Some(headers) = received.signature_headers() {
         event = event.with_signature_headers(headers);
     }
-    let error = format!("dead: its data does not decode, so no retry can help: {failure}");
     // Within the handler's time: the completion after it must still land
     // inside the lease. One cut short is answered 500 and released; the
     // retry keeps the event then (an insert that landed meanwhile finds it
@@ -520,9 +533,9 @@ async fn dead_letter(
         config,
         inbox,
         &event,
-        &error,
+        error,
         config.settings.store_timeout.min(left),
-        "undecodable data",
+        what,
     )
     .await
 }

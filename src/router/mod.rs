@@ -860,8 +860,11 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 /// workers then keep the event dead at once, for an operator to look at
 /// and replay, rather than retrying it for `max_attempts` while it holds
 /// back the later events of its object. Served by the layer without an
-/// inbox's workers, it is answered as any failed handler (`500`: Clink
-/// retries the delivery).
+/// inbox's workers, the event is kept dead in the layer's
+/// [dead-letter inbox](crate::ClinkLayer::dead_letters) and acknowledged
+/// ([`Outcome::FailedKeptDead`]); without one (or when it cannot keep the
+/// event) it is answered as any failed handler (`500`: Clink retries the
+/// delivery).
 ///
 /// A wrapper that does not give its inner error as its `source` hides the
 /// mark: an `anyhow::Error` made from it and then boxed, say. Wrap the

@@ -343,6 +343,27 @@ impl clink_webhooks::store::Inbox for SlowDeadLetters {
     }
 }
 
+/// A dead-letter inbox that keeps nothing: every insert fails.
+struct RefusingDeadLetters(MemoryInbox);
+
+impl clink_webhooks::store::Inbox for RefusingDeadLetters {
+    crate::support::inbox_delegate::delegate_inbox!(0: insert, claim, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable);
+
+    fn insert_dead<'a>(
+        &'a self, _: &'a clink_webhooks::store::NewEvent, _: &'a str,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Inserted, clink_webhooks::store::StoreError>,
+    > {
+        Box::pin(std::future::ready(Err(
+            clink_webhooks::store::StoreError::new(
+                clink_webhooks::store::StoreErrorKind::Unavailable,
+                "the dead-letter inbox is down",
+            ),
+        )))
+    }
+}
+
 /// The dead-letter insert of an undecodable event is bounded by the
 /// handler's time, so that the completion after it still lands inside
 /// the lease: with a lease of 12 s in front of a networked store (7 s of
@@ -419,15 +440,19 @@ async fn a_dead_letter_keeps_the_signature_headers_it_came_with() {
     }
 }
 
-/// A handler's `Permanent` error is found returned as it is, as the cause
+/// A handler's `Permanent` error is found as the error itself, as a cause
 /// of another error, and inside an `io::Error` (`Dispatched::is_permanent`,
 /// which an inbox's workers read to keep the event dead at once); a plain
-/// error is not. Served by the layer, either is a failure, for Clink to
-/// retry, and nothing is kept in a dead-letter inbox.
+/// error is not. Served by a layer without a dead-letter inbox, either is a
+/// failure (`500`), for Clink to retry. With one, through `route` and
+/// `layer` alike, a permanent failure is kept there as dead with the
+/// handler's error and acknowledged (`failed_kept_dead`): Clink's retry is
+/// a duplicate, and the handler does not run again. A plain failure is
+/// kept nowhere, and a permanent one the inbox cannot keep is a `500`.
 #[tokio::test]
 async fn a_permanent_error_is_found_however_it_is_wrapped() {
     use clink_webhooks::router::Permanent;
-    use clink_webhooks::store::Inbox;
+    use clink_webhooks::store::{Inbox, InboxStatus};
 
     /// An error whose cause is `Permanent`.
     #[derive(Debug)]
@@ -443,37 +468,96 @@ async fn a_permanent_error_is_found_however_it_is_wrapped() {
         }
     }
 
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let router = |how: u8| {
-        EventRouter::new().on::<events::OrderCreated, _>(move |_event| async move {
-            let no = || Permanent::new("the table takes no such order");
-            Err::<(), clink_webhooks::BoxError>(match how {
-                0 => Box::new(no()),
-                1 => Box::new(Caused(no())),
-                2 => Box::new(std::io::Error::other(no())),
-                _ => "the database is down".into(),
-            })
+        let runs = Arc::clone(&runs);
+        EventRouter::new().on::<events::OrderCreated, _>(move |_event| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let no = || Permanent::new("the table takes no such order");
+                Err::<(), clink_webhooks::BoxError>(match how {
+                    0 => Box::new(no()),
+                    1 => Box::new(Caused(no())),
+                    2 => Box::new(std::io::Error::other(no())),
+                    _ => "the database is down".into(),
+                })
+            }
         })
     };
     let body = r#"{"id":"evt_permanent","type":"order.created","data":{"orderId":"ord_1"}}"#;
+    let request = || SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
     for how in 0..4u8 {
-        let inbox = Arc::new(MemoryInbox::new());
-        let layer =
-            ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
-        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
-        let response = layer.route(router(how)).oneshot(request).await.unwrap();
+        let permanent = how < 3;
+        let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap());
+        let response = layer.route(router(how)).oneshot(request()).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
         assert_eq!(response.status(), 500);
         let dispatched = response
             .extensions()
             .get::<Dispatched>()
             .expect("the router's account of the event");
-        assert_eq!(dispatched.is_permanent(), how < 3, "{how}");
+        assert_eq!(dispatched.is_permanent(), permanent, "{how}");
         if how == 0 {
             // Its text once, not repeated as its own cause.
             assert_eq!(dispatched.failure(), Some("the table takes no such order"));
         }
-        assert!(inbox.get(1).await.unwrap().is_none(), "nothing kept");
+
+        for routed in [true, false] {
+            let inbox = Arc::new(MemoryInbox::new());
+            let layer =
+                ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+            let (routed_service, layered) = (layer.route(router(how)), layer.layer(router(how)));
+            let send = async |request| {
+                if routed {
+                    routed_service.clone().oneshot(request).await.unwrap()
+                } else {
+                    layered.clone().oneshot(request).await.unwrap()
+                }
+            };
+            let ran = runs.load(std::sync::atomic::Ordering::SeqCst);
+            let response = send(request()).await;
+            let case = format!("how {how}, routed {routed}");
+            let retried = send(request()).await;
+            let runs_now = runs.load(std::sync::atomic::Ordering::SeqCst) - ran;
+            let kept = inbox.get(1).await.unwrap();
+            if !permanent {
+                assert_eq!(
+                    Outcome::of(&response),
+                    Some(&Outcome::HandlerFailed),
+                    "{case}"
+                );
+                assert_eq!(response.status(), 500, "{case}");
+                assert_eq!(runs_now, 2, "a plain failure runs again on retry ({case})");
+                assert!(kept.is_none(), "nothing kept ({case})");
+                continue;
+            }
+            assert_eq!(
+                Outcome::of(&response),
+                Some(&Outcome::FailedKeptDead),
+                "{case}"
+            );
+            assert_eq!(response.status(), 200, "{case}");
+            assert_eq!(Outcome::of(&retried), Some(&Outcome::Duplicate), "{case}");
+            assert_eq!(runs_now, 1, "the handler ran once ({case})");
+            let entry = kept.unwrap_or_else(|| panic!("kept as dead ({case})"));
+            assert_eq!(entry.status, InboxStatus::Dead, "{case}");
+            assert_eq!(&entry.event.body[..], body.as_bytes(), "{case}");
+            assert!(entry.event.signature_headers.is_some(), "{case}");
+            let error = entry.last_error.unwrap_or_default();
+            assert!(error.contains("marked permanent"), "{case}: {error}");
+            assert!(
+                error.contains("the table takes no such order"),
+                "{case}: {error}"
+            );
+        }
     }
+
+    // A dead-letter inbox that cannot keep it: answered as without one.
+    let layer = ClinkLayer::new(Verifier::new(SECRET).unwrap())
+        .dead_letters(RefusingDeadLetters(MemoryInbox::new()));
+    let response = layer.route(router(0)).oneshot(request()).await.unwrap();
+    assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerFailed));
+    assert_eq!(response.status(), 500);
 }
 
 /// A verified body that is no event envelope (no id, here) is kept as dead
