@@ -813,14 +813,21 @@ where
         if !exempt && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
-        let verifier = match (self.fetch)(account.to_owned()).await {
-            Ok(verifier) => verifier.map(Arc::new),
-            Err(error) => {
+        // Your function panicking is its lookup failing: the answer every
+        // delivery waiting on it shares, not one lookup after another.
+        let fetched =
+            crate::guard::CatchUnwind::new(async { (self.fetch)(account.to_owned()).await }).await;
+        let verifier = match fetched {
+            Ok(Ok(verifier)) => verifier.map(Arc::new),
+            failed => {
                 // Failing, it may fail again: the next lookup waits for
                 // the rate, so that a flood of its name cannot make one
                 // lookup after another of a struggling source.
                 self.note_known(account, false);
-                return Err(KeySourceError::new(error));
+                return Err(match failed {
+                    Ok(Err(error)) => KeySourceError::new(error),
+                    _ => KeySourceError::new("the key lookup panicked"),
+                });
             }
         };
         self.note_known(account, verifier.is_some());
@@ -1122,45 +1129,55 @@ mod lookup_tests {
         assert!(source.cache.get("acct_other").is_some());
     }
 
+    /// Deliveries waiting on a lookup that fails share its error, and the
+    /// next delivery asks again. A lookup function that panics fails so
+    /// too: one lookup, its error shared (before, each waiting delivery
+    /// ran the lookup again in turn, and the account stayed exempt from
+    /// the rate).
     #[tokio::test]
     async fn deliveries_waiting_on_a_failed_lookup_share_its_error_and_the_next_asks_again() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&calls);
-        let gate = Arc::new(Gate::new(0));
-        let opened = Arc::clone(&gate);
-        let source = Arc::new(CachedKeySource::new(move |_account: String| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let opened = Arc::clone(&opened);
-            async move {
-                opened.acquire().await.unwrap().forget();
-                Err::<Option<Verifier>, _>("database down")
-            }
-        }));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let source = Arc::clone(&source);
-            tasks.push(tokio::spawn(async move {
-                source.verifier("acct_x").await.map(|v| v.is_some())
+        for panics in [false, true] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&calls);
+            let gate = Arc::new(Gate::new(0));
+            let opened = Arc::clone(&gate);
+            let source = Arc::new(CachedKeySource::new(move |_account: String| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let opened = Arc::clone(&opened);
+                async move {
+                    opened.acquire().await.unwrap().forget();
+                    assert!(!panics, "the lookup function panics");
+                    Err::<Option<Verifier>, _>("database down")
+                }
             }));
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let source = Arc::clone(&source);
+                tasks.push(tokio::spawn(async move {
+                    source.verifier("acct_x").await.map(|v| v.is_some())
+                }));
+            }
+            until(|| {
+                source
+                    .flights
+                    .lock()
+                    .unwrap()
+                    .get("acct_x")
+                    .is_some_and(|f| Arc::strong_count(f) == 9)
+            })
+            .await;
+            gate.add_permits(100);
+            let expected = if panics { "panicked" } else { "database down" };
+            for task in tasks {
+                let error = task.await.unwrap().unwrap_err();
+                assert!(!error.is_limited());
+                assert!(error.to_string().contains(expected), "{error}");
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "panics: {panics}");
+            assert!(!source.is_known("acct_x"));
+            assert!(source.verifier("acct_x").await.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "a failure is not cached");
         }
-        until(|| {
-            source
-                .flights
-                .lock()
-                .unwrap()
-                .get("acct_x")
-                .is_some_and(|f| Arc::strong_count(f) == 9)
-        })
-        .await;
-        gate.add_permits(100);
-        for task in tasks {
-            let error = task.await.unwrap().unwrap_err();
-            assert!(!error.is_limited());
-            assert!(error.to_string().contains("database down"), "{error}");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(source.verifier("acct_x").await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "a failure is not cached");
     }
 
     #[tokio::test]

@@ -9,8 +9,23 @@
 //! ([`Outcome::Overloaded`](crate::Outcome::Overloaded)) before reading
 //! more. A body stops counting the moment its signature checks out, so a
 //! verified delivery is never refused for the budget.
+//!
+//! A sender without the key could keep the budget full with bodies it
+//! never finishes, each sent slowly enough to last the body timeout. So a
+//! body that does not fit first makes room: the body that has waited
+//! longest for its next bytes, [`EVICT_AFTER`] or more, is ended
+//! (`Overloaded`, which Clink retries) and its bytes given back. A real
+//! delivery's body comes in milliseconds; only bodies that stall for a
+//! second are ever ended so, and the registry of waiting bodies is
+//! touched only by a body that waits for its bytes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The default bytes held for unverified bodies across all deliveries: 64 MiB.
 pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
@@ -18,15 +33,37 @@ pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// The default number of bodies being read at once: 1,024.
 pub const DEFAULT_MAX_BODIES_READING: usize = 1024;
 
+/// How long a body must have waited for its bytes before it is ended to
+/// make room for another.
+pub(super) const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest a body making room waits for the body it ended to give its
+/// bytes back (its task to run), before it looks again.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub(super) struct BodyBudget {
     max_bytes: usize,
     max_reading: usize,
     bytes: AtomicUsize,
     reading: AtomicUsize,
+    /// The bodies waiting for their bytes, oldest first (by the number
+    /// each took when it first waited).
+    waiting: Mutex<BTreeMap<u64, Arc<Waiting>>>,
+    next_waiting: AtomicU64,
     /// The most bytes held at once so far.
     #[cfg(test)]
     peak: AtomicUsize,
+}
+
+/// A body that waited for its bytes: when it first did, whether it was
+/// ended to make room, how to wake it, and how it says it let go.
+#[derive(Debug)]
+struct Waiting {
+    since: Instant,
+    evicted: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    released: tokio::sync::Notify,
 }
 
 impl BodyBudget {
@@ -36,6 +73,8 @@ impl BodyBudget {
             max_reading,
             bytes: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
+            next_waiting: AtomicU64::new(0),
             #[cfg(test)]
             peak: AtomicUsize::new(0),
         }
@@ -49,6 +88,15 @@ impl BodyBudget {
     #[cfg(test)]
     pub(super) fn bytes_held(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether no body is among the waiting ones.
+    #[cfg(test)]
+    pub(super) fn nothing_waits(&self) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
     /// The most bytes held at once so far.
@@ -67,7 +115,58 @@ impl BodyBudget {
         taken.ok().map(|_| Reading {
             budget: self,
             held: 0,
+            waiting: None,
         })
+    }
+
+    /// A place for one more body being read, made by ending bodies that
+    /// stalled (see [`make_room`](Self::make_room)) when there is none.
+    pub(super) async fn start_making_room(&self) -> Option<Reading<'_>> {
+        loop {
+            if let Some(reading) = self.start() {
+                return Some(reading);
+            }
+            if !self.make_room(None).await {
+                return None;
+            }
+        }
+    }
+
+    /// Ends the body that has waited longest for its bytes, if it has
+    /// waited [`EVICT_AFTER`] or more (and is not `except`), and waits
+    /// (up to `RELEASE_WAIT`) for it to give its bytes and its place
+    /// back; whether one was ended.
+    async fn make_room(&self, except: Option<u64>) -> bool {
+        let ended = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let oldest = waiting
+                .iter()
+                .find(|(&number, _)| Some(number) != except)
+                .filter(|(_, body)| body.since.elapsed() >= EVICT_AFTER)
+                .map(|(&number, _)| number);
+            let Some(body) = oldest.and_then(|number| waiting.remove(&number)) else {
+                return false;
+            };
+            // Under the lock: a body dropped from now on finds itself out
+            // of the map, and says it let go.
+            body.evicted.store(true, Ordering::Release);
+            body
+        };
+        let waker = ended
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        tracing::debug!(
+            waited_ms = u64::try_from(ended.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "clink delivery: a body stalled while the body budget was full; ended to make room"
+        );
+        // `notify_one` keeps its permit for a wait begun after it.
+        let _ = tokio::time::timeout(RELEASE_WAIT, ended.released.notified()).await;
+        true
     }
 }
 
@@ -76,6 +175,8 @@ impl BodyBudget {
 pub(super) struct Reading<'a> {
     budget: &'a BodyBudget,
     held: usize,
+    /// Its place among the bodies waiting for their bytes, once it waited.
+    waiting: Option<(u64, Arc<Waiting>)>,
 }
 
 impl Reading<'_> {
@@ -113,12 +214,67 @@ impl Reading<'_> {
         }
         taken.is_ok()
     }
+
+    /// Notes that this body waits for its bytes, to be woken by `waker`
+    /// if it is ended to make room: the first time, it takes its place
+    /// among the waiting bodies.
+    pub(super) fn waits(&mut self, waker: &Waker) {
+        let budget = self.budget;
+        let (_, waiting) = self.waiting.get_or_insert_with(|| {
+            let number = budget.next_waiting.fetch_add(1, Ordering::Relaxed);
+            let waiting = Arc::new(Waiting {
+                since: Instant::now(),
+                evicted: AtomicBool::new(false),
+                waker: Mutex::new(None),
+                released: tokio::sync::Notify::new(),
+            });
+            budget
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(number, Arc::clone(&waiting));
+            (number, waiting)
+        });
+        let mut held = waiting.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if !held.as_ref().is_some_and(|held| held.will_wake(waker)) {
+            *held = Some(waker.clone());
+        }
+    }
+
+    /// Whether this body was ended to make room for another.
+    pub(super) fn evicted(&self) -> bool {
+        self.waiting
+            .as_ref()
+            .is_some_and(|(_, waiting)| waiting.evicted.load(Ordering::Acquire))
+    }
+
+    /// Ends the body that has waited longest for its bytes, a second or
+    /// more (never this one), and waits for it to give its bytes back;
+    /// whether one was ended (then try again).
+    pub(super) async fn make_room(&self) -> bool {
+        let this = self.waiting.as_ref().map(|(number, _)| *number);
+        self.budget.make_room(this).await
+    }
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.budget.bytes.fetch_sub(self.held, Ordering::AcqRel);
         self.budget.reading.fetch_sub(1, Ordering::AcqRel);
+        if let Some((number, waiting)) = self.waiting.take() {
+            let ended = self
+                .budget
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&number)
+                .is_none();
+            if ended {
+                // Taken out of the map by the body that ended it, which
+                // waits for its bytes: they are back.
+                waiting.released.notify_one();
+            }
+        }
     }
 }
 

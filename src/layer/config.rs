@@ -325,12 +325,17 @@ impl ClinkLayer {
     /// An [`InboxIntake`] made from this layer keeps such bodies in this
     /// inbox, not in its own.
     ///
-    /// An event whose handler failed with an error no retry can mend (a
-    /// [`Permanent`](crate::router::Permanent) one: `500` without a
-    /// dead-letter inbox) is kept there as dead too, with the handler's
-    /// error, and acknowledged
+    /// An event an [`EventRouter`](crate::EventRouter) failed with an error
+    /// no retry can mend (a handler's or hook's
+    /// [`Permanent`](crate::router::Permanent) error: `500` without a
+    /// dead-letter inbox) is kept there as dead too, with that error, and
+    /// acknowledged
     /// ([`Outcome::FailedKeptDead`](crate::Outcome::FailedKeptDead)):
-    /// replay it once what it needs is mended.
+    /// replay it once what it needs is mended. (An axum handler's error
+    /// behind the layer is a `500` whatever it holds.) A keep the inbox
+    /// does not confirm in time is answered `500` as without one; had it
+    /// landed all the same, and Clink's retry then succeeds, the event is
+    /// both handled and dead there: look before replaying it.
     #[must_use]
     pub fn dead_letters(mut self, inbox: impl Inbox) -> Self {
         self.config_mut().dead_letters = Some(Arc::new(inbox));
@@ -397,6 +402,15 @@ impl ClinkLayer {
     /// pages are resident only once written and go back to the system when
     /// the body grows out of them or is dropped: it holds the pages written.
     /// Once verified, such a body is copied to the heap.
+    ///
+    /// A sender without the key could otherwise keep the budget full with
+    /// bodies it never finishes, and every real delivery refused until the
+    /// body timeout. So a body that does not fit (or finds every place
+    /// taken) first makes room: the body that has waited longest for its
+    /// bytes, if it has waited a second or more, is ended (answered `503`,
+    /// [`Outcome::Overloaded`](crate::Outcome::Overloaded), which Clink
+    /// retries) and its bytes given back. A real delivery's body arrives in
+    /// milliseconds; only a body that stalls is ever ended so.
     ///
     /// # Errors
     ///

@@ -411,8 +411,8 @@ where
             )),
             Outcome::HandlerFailed if dispatched.is_some_and(Dispatched::is_permanent) => Some((
                 Outcome::FailedKeptDead,
-                "its handler failed with an error marked permanent",
-                "an event whose handler failed for good",
+                "it failed with an error marked permanent",
+                "an event that failed for good",
                 "the handler failed for good",
             )),
             _ => None,

@@ -4,12 +4,12 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method};
 use http_body::Body;
-use http_body_util::BodyExt;
 use memmap2::{MmapMut, MmapOptions};
 use tracing::Span;
 
@@ -55,7 +55,18 @@ where
             limit: config.settings.body_limit,
         });
     }
-    let mut reading = config.budget.start().ok_or(Outcome::Overloaded)?;
+    let mut reading = match config.budget.start() {
+        Some(reading) => reading,
+        // Every place taken: one whose body stalled a second is ended for it.
+        None => within(
+            config.settings.body_timeout,
+            config.budget.start_making_room(),
+        )
+        .await
+        .ok()
+        .flatten()
+        .ok_or(Outcome::Overloaded)?,
+    };
     let read = read_body(
         body,
         config.settings.body_limit,
@@ -244,7 +255,10 @@ where
     // buffer: the heap buffers it would grow out of are never left to the
     // allocator.
     let map_all = declared.is_some_and(|d| d > MAP_FROM);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Some(frame) = next_frame(body.as_mut(), reading).await? else {
+            break;
+        };
         let frame = frame.map_err(|error| {
             let error: BoxError = error.into();
             tracing::debug!(%error, "clink delivery: could not read the body");
@@ -266,52 +280,34 @@ where
             // is known to end with it.
             None => body.is_end_stream(),
         };
-        if first.is_none() && buf.is_none() && whole {
+        let frame = Frame {
+            len,
+            total,
+            declared,
+            limit,
+            map_all,
+            whole: first.is_none() && buf.is_none() && whole,
+        };
+        // Room for the frame's bytes: when the budget has none, a body that
+        // stalled a second or more is ended for it.
+        loop {
+            match frame.make_place(&mut first, &mut buf, reading) {
+                Ok(()) => break,
+                Err(Outcome::Overloaded) if reading.make_room().await => {}
+                Err(refused) => return Err(refused),
+            }
+        }
+        if frame.whole {
             // The whole body in one chunk: kept as it is, no copy (`Bytes`
             // hands itself over).
-            if !reading.hold(len) {
-                return Err(Outcome::Overloaded);
-            }
             let chunk = data.copy_to_bytes(len);
             verification.update(&chunk);
             first = Some(chunk);
             continue;
         }
-        let place = |capacity: usize| Place {
-            capacity,
-            mapped: map_all || capacity > MAP_FROM,
-            limit,
+        let Some(buffer) = &mut buf else {
+            unreachable!("placed in a buffer")
         };
-        let buffer = match &mut buf {
-            Some(buffer) => buffer,
-            None => {
-                let head = first.take().unwrap_or_default();
-                // A declared length is believed only as far as the bytes
-                // sent so far bear it out: a sender without the key who
-                // declares a megabyte and sends a byte holds no megabyte of
-                // the budget.
-                let twice = total.saturating_mul(2);
-                let capacity = declared
-                    .map_or(twice, |d| d.min(twice.max(FIRST_HOLD)))
-                    .clamp(total, limit);
-                buf.insert(Gathered::new(place(capacity), &head, reading)?)
-            }
-        };
-        if buffer.spare() < len {
-            let needed = buffer.len() + len;
-            let capacity = match declared.filter(|&declared| declared >= needed) {
-                // On the heap: to the length declared, in one step.
-                Some(declared) if declared <= MAP_FROM => declared,
-                Some(declared) => declared.min(needed.saturating_mul(2).saturating_add(FIRST_HOLD)),
-                None => buffer.capacity().saturating_mul(2),
-            }
-            .clamp(needed, limit);
-            // The buffer grown out of is dropped once copied, in this
-            // poll: held no longer, as the budget would otherwise have to
-            // fit two buffers of a body at the limit.
-            *buffer = Gathered::new(place(capacity), buffer.filled(), reading)?;
-        }
-        buffer.hold(len, reading)?;
         // Each piece is hashed and copied into the body's buffer straight
         // from the frame: one copy, whatever the frame's buffer type.
         while data.has_remaining() {
@@ -330,6 +326,105 @@ where
         (None, Some(chunk)) => (chunk, false),
         (None, None) => (Bytes::new(), false),
     })
+}
+
+/// The body's next frame; `Overloaded` once the body was ended to make
+/// room for another (see [`Reading::make_room`]). A body that waits for
+/// its bytes says so to the budget, which may end it.
+async fn next_frame<B: Body>(
+    mut body: std::pin::Pin<&mut B>, reading: &mut Reading<'_>,
+) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, Outcome> {
+    std::future::poll_fn(|cx| {
+        if reading.evicted() {
+            cold();
+            return Poll::Ready(Err(Outcome::Overloaded));
+        }
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Ok(frame)),
+            Poll::Pending => {
+                reading.waits(cx.waker());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// One frame's bytes, and where the body stands with them.
+struct Frame {
+    len: usize,
+    /// The body's bytes so far, this frame's among them.
+    total: usize,
+    declared: Option<usize>,
+    limit: usize,
+    /// Whether the body is gathered in mappings whatever its size.
+    map_all: bool,
+    /// Whether this frame is the whole body, kept as it is.
+    whole: bool,
+}
+
+impl Frame {
+    /// Takes the budget for this frame's bytes, and the buffer to copy
+    /// them into (made, or grown) unless the frame is the whole body;
+    /// `Overloaded` when the budget has no room. Done again after a
+    /// refusal, it takes up where it stopped: nothing of the frame is
+    /// copied until it succeeds.
+    fn make_place(
+        &self, first: &mut Option<Bytes>, buf: &mut Option<Gathered>, reading: &mut Reading<'_>,
+    ) -> Result<(), Outcome> {
+        let Self {
+            len,
+            total,
+            declared,
+            limit,
+            map_all,
+            whole,
+        } = *self;
+        if whole {
+            return if reading.hold(len) {
+                Ok(())
+            } else {
+                Err(Outcome::Overloaded)
+            };
+        }
+        let place = |capacity: usize| Place {
+            capacity,
+            mapped: map_all || capacity > MAP_FROM,
+            limit,
+        };
+        let buffer = match buf {
+            Some(buffer) => buffer,
+            None => {
+                let head = first.as_deref().unwrap_or_default();
+                // A declared length is believed only as far as the bytes
+                // sent so far bear it out: a sender without the key who
+                // declares a megabyte and sends a byte holds no megabyte of
+                // the budget.
+                let twice = total.saturating_mul(2);
+                let capacity = declared
+                    .map_or(twice, |d| d.min(twice.max(FIRST_HOLD)))
+                    .clamp(total, limit);
+                let made = Gathered::new(place(capacity), head, reading)?;
+                *first = None;
+                buf.insert(made)
+            }
+        };
+        if buffer.spare() < len {
+            let needed = buffer.len() + len;
+            let capacity = match declared.filter(|&declared| declared >= needed) {
+                // On the heap: to the length declared, in one step.
+                Some(declared) if declared <= MAP_FROM => declared,
+                Some(declared) => declared.min(needed.saturating_mul(2).saturating_add(FIRST_HOLD)),
+                None => buffer.capacity().saturating_mul(2),
+            }
+            .clamp(needed, limit);
+            // The buffer grown out of is dropped once copied, in this
+            // poll: held no longer, as the budget would otherwise have to
+            // fit two buffers of a body at the limit.
+            *buffer = Gathered::new(place(capacity), buffer.filled(), reading)?;
+        }
+        buffer.hold(len, reading)
+    }
 }
 
 /// The most a body in several chunks holds of the budget at first,
@@ -997,5 +1092,155 @@ mod tests {
         for c in (0..=0xac).filter_map(char::from_u32) {
             assert_eq!(has_invisible(&c.to_string()), c.is_control(), "{c:?}");
         }
+    }
+
+    /// A body that sends `first`, then nothing for as long as it lives.
+    struct Stalled(Option<Bytes>);
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>, _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads, on a task of its own, a body that declares 64 KiB, sends 40
+    /// KiB and stalls (it holds 64 KiB of `budget`, its buffer); its
+    /// result once it ends.
+    async fn stalled_reading(
+        budget: &std::sync::Arc<BodyBudget>,
+    ) -> tokio::task::JoinHandle<Result<(), Outcome>> {
+        let held = budget.bytes_held();
+        let task = tokio::spawn({
+            let budget = std::sync::Arc::clone(budget);
+            async move {
+                let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+                let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+                let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
+                let body = Stalled(Some(Bytes::from(vec![b'x'; 40 * 1024])));
+                let declared = Some(64 * 1024);
+                read_body(body, MAP_FROM, declared, &mut verification, &mut reading)
+                    .await
+                    .map(drop)
+            }
+        });
+        // Until it has read what came and waits for more.
+        while budget.bytes_held() < held + MAP_FROM {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    /// A body in one chunk of 1 KiB, read under `budget`.
+    async fn one_kib(budget: &BodyBudget) -> Result<usize, Outcome> {
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+        let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
+        let read = read_body(
+            Chunks::of(&[1024]),
+            MAP_FROM,
+            Some(1024),
+            &mut verification,
+            &mut reading,
+        );
+        read.await.map(|(bytes, _)| bytes.len())
+    }
+
+    /// With the budget full of a body that stalled, a body that does not
+    /// fit is refused while the stalled one has waited less than a second
+    /// for its bytes; from then on, the stalled body is ended
+    /// (`Overloaded`, which Clink retries), its bytes given back, and the
+    /// new body read. Before, a sender without the key who kept the budget
+    /// full of bodies it never finished had every real delivery refused
+    /// until the body timeout. A body that never waited (the new one, in
+    /// one chunk) never takes a place among the waiting bodies.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalled_a_second_is_ended_to_make_room() {
+        let budget = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 4));
+        let stalled = stalled_reading(&budget).await;
+        assert_eq!(one_kib(&budget).await, Err(Outcome::Overloaded));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(
+            one_kib(&budget).await,
+            Err(Outcome::Overloaded),
+            "the stalled body waited less than a second"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(one_kib(&budget).await, Ok(1024));
+        assert_eq!(stalled.await.unwrap(), Err(Outcome::Overloaded));
+        assert_eq!(budget.bytes_held(), 0);
+        assert!(budget.nothing_waits());
+    }
+
+    /// With every place for a body taken by one that stalled, a place is
+    /// made the same way: none while it has waited less than a second,
+    /// then by ending it.
+    #[tokio::test(start_paused = true)]
+    async fn a_place_taken_by_a_body_that_stalled_a_second_is_made_free() {
+        let budget = std::sync::Arc::new(BodyBudget::new(4 * MAP_FROM, 1));
+        let stalled = stalled_reading(&budget).await;
+        assert!(budget.start().is_none());
+        assert!(budget.start_making_room().await.is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let reading = budget.start_making_room().await;
+        assert!(reading.is_some(), "a place made");
+        assert_eq!(stalled.await.unwrap(), Err(Outcome::Overloaded));
+        drop(reading);
+        assert!(budget.nothing_waits());
+    }
+
+    /// A body that waits for its bytes is never ended to make room for
+    /// itself: with only its own bytes in the budget, it is refused at once
+    /// (not after waiting for itself to let go).
+    #[tokio::test(start_paused = true)]
+    async fn a_body_never_ends_itself_to_make_room() {
+        let budget = BodyBudget::new(FIRST_HOLD, 4);
+        let (send, rest) = tokio::sync::oneshot::channel::<Bytes>();
+        struct ThenMore(Option<Bytes>, tokio::sync::oneshot::Receiver<Bytes>, bool);
+        impl http_body::Body for ThenMore {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>, cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                if let Some(first) = self.0.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                }
+                if self.2 {
+                    return Poll::Ready(None);
+                }
+                let more = std::task::ready!(std::future::Future::poll(Pin::new(&mut self.1), cx))
+                    .unwrap();
+                self.2 = true;
+                Poll::Ready(Some(Ok(Frame::data(more))))
+            }
+        }
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+        let mut reading = budget.start().unwrap();
+        let body = ThenMore(Some(Bytes::from(vec![b'x'; 100])), rest, false);
+        let mut read = std::pin::pin!(read_body(
+            body,
+            4 * FIRST_HOLD,
+            None,
+            &mut verification,
+            &mut reading
+        ));
+        let waits = std::future::poll_fn(|cx| {
+            Poll::Ready(std::future::Future::poll(read.as_mut(), cx).is_pending())
+        });
+        assert!(waits.await);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        send.send(Bytes::from(vec![b'y'; FIRST_HOLD])).unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(read.await.unwrap_err(), Outcome::Overloaded);
+        assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
     }
 }

@@ -56,6 +56,12 @@
 //! | [`on_unhandled`](EventRouter::on_unhandled) | types no typed handler takes, including names added later | `500` |
 //! | [`on_undecodable`](EventRouter::on_undecodable) | typed events whose data does not decode | `500` |
 //!
+//! A failure with a [`Permanent`] error, one no retry can mend, is kept
+//! as dead and answered `200` instead when the layer has a
+//! [dead-letter inbox](crate::ClinkLayer::dead_letters)
+//! ([`Outcome::FailedKeptDead`]), and kept dead at once by an
+//! [inbox](crate::inbox)'s workers.
+//!
 //! Without `on_unhandled`, an event no handler takes is acknowledged
 //! ([`Outcome::Unhandled`]); nothing is dropped silently, since the outcome
 //! is counted and logged.
