@@ -124,7 +124,9 @@ pub enum Outcome {
     /// The body could not be read from the connection (`400`).
     BodyUnreadable,
     /// The layer already holds as many unverified bodies (or bytes of
-    /// them) as its [budget](crate::ClinkLayer::body_budget) allows (`503`).
+    /// them) as its [budget](crate::ClinkLayer::body_budget) allows, or
+    /// this body, still arriving a second after its first bytes, was ended
+    /// to make room for another while the budget was full (`503`).
     Overloaded,
     /// The body did not arrive within the layer's body timeout (`408`).
     BodyTimeout,

@@ -442,19 +442,28 @@ impl Client {
     /// # Errors
     ///
     /// [`ConfigError`] as [`ClientBuilder::build`] and [`ApiKey::new`] give,
-    /// for an unknown `CLINK_ENV`, and when `CLINK_BASE_URL` (the name
+    /// for an unknown `CLINK_ENV`, for a variable set to bytes that are not
+    /// UTF-8, and when `CLINK_BASE_URL` (the name
     /// another tool reads) is set and `CLINK_API_BASE_URL` is not: the
     /// client would call Clink itself where a mock or a proxy was meant.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let Some(keys) = var("CLINK_SECRET_KEY").map(zeroize::Zeroizing::new) else {
+        // A variable set to bytes that are not UTF-8 is an error, not an
+        // unset one (its value, a key perhaps, is never printed).
+        let var = |name: &str| match std::env::var(name) {
+            Ok(value) => Ok(Some(value).filter(|v| !v.trim().is_empty())),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(format!(
+                "{name} is set, but not to valid UTF-8 text"
+            ))),
+        };
+        let Some(keys) = var("CLINK_SECRET_KEY")?.map(zeroize::Zeroizing::new) else {
             return Ok(None);
         };
         let mut builder = Self::builder();
-        if let Some(env) = var("CLINK_ENV") {
+        if let Some(env) = var("CLINK_ENV")? {
             builder = builder.environment(env.parse()?);
         }
-        match (var("CLINK_API_BASE_URL"), var("CLINK_BASE_URL")) {
+        match (var("CLINK_API_BASE_URL")?, var("CLINK_BASE_URL")?) {
             (Some(url), _) => builder = builder.base_url(url),
             (None, Some(_)) => {
                 return Err(ConfigError::new(
@@ -465,7 +474,7 @@ impl Client {
             }
             (None, None) => {}
         }
-        if let Some(allow) = var("CLINK_API_PLAIN_HTTP") {
+        if let Some(allow) = var("CLINK_API_PLAIN_HTTP")? {
             builder = builder.plain_http_beyond_this_machine(match allow.trim() {
                 "1" | "true" => true,
                 "0" | "false" => false,

@@ -12,14 +12,16 @@
 //!
 //! A sender without the key could keep the budget full with bodies it
 //! never finishes, each sent slowly enough to last the body timeout. So a
-//! body that does not fit first makes room: the body that has waited
-//! longest for its next bytes, [`EVICT_AFTER`] or more, is ended
-//! (`Overloaded`, which Clink retries) and its bytes given back. A real
-//! delivery's body comes in milliseconds; only bodies that stall for a
-//! second are ever ended so, and the registry of waiting bodies is
-//! touched only by a body that waits for its bytes.
+//! body that does not fit first makes room: the body read longest, since
+//! its first bytes came, [`EVICT_AFTER`] or more, is ended (`Overloaded`,
+//! which Clink retries) and its bytes given back. A real delivery's body
+//! comes whole in milliseconds; only a body still arriving a second after
+//! its first bytes is ever ended so. The registry of bodies being read is
+//! touched only by a body that came in several pieces (it waited for more
+//! after its first bytes): never by one that came whole.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
@@ -33,8 +35,8 @@ pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// The default number of bodies being read at once: 1,024.
 pub const DEFAULT_MAX_BODIES_READING: usize = 1024;
 
-/// How long a body must have waited for its bytes before it is ended to
-/// make room for another.
+/// How long a body must have been read, since its first bytes came,
+/// before it is ended to make room for another.
 pub(super) const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// The longest a body making room waits for the body it ended to give its
@@ -47,8 +49,8 @@ pub(super) struct BodyBudget {
     max_reading: usize,
     bytes: AtomicUsize,
     reading: AtomicUsize,
-    /// The bodies waiting for their bytes, oldest first (by the number
-    /// each took when it first waited).
+    /// The bodies that waited for more after their first bytes, oldest
+    /// first (by the number each took when it first waited).
     waiting: Mutex<BTreeMap<u64, Arc<Waiting>>>,
     next_waiting: AtomicU64,
     /// The most bytes held at once so far.
@@ -56,8 +58,9 @@ pub(super) struct BodyBudget {
     peak: AtomicUsize,
 }
 
-/// A body that waited for its bytes: when it first did, whether it was
-/// ended to make room, how to wake it, and how it says it let go.
+/// A body that waited for more after its first bytes: when it first did,
+/// whether it was ended to make room, how to wake it, and how it says it
+/// let go.
 #[derive(Debug)]
 struct Waiting {
     since: Instant,
@@ -126,17 +129,17 @@ impl BodyBudget {
             if let Some(reading) = self.start() {
                 return Some(reading);
             }
-            if !self.make_room(None).await {
+            if !self.make_room(None, || false).await {
                 return None;
             }
         }
     }
 
-    /// Ends the body that has waited longest for its bytes, if it has
-    /// waited [`EVICT_AFTER`] or more (and is not `except`), and waits
-    /// (up to `RELEASE_WAIT`) for it to give its bytes and its place
-    /// back; whether one was ended.
-    async fn make_room(&self, except: Option<u64>) -> bool {
+    /// Ends the body read longest, if it has been read [`EVICT_AFTER`] or
+    /// more since it first waited (and is not `except`), and waits (up to
+    /// `RELEASE_WAIT`, and only while `until` is false) for it to give its
+    /// bytes and its place back; whether one was ended.
+    async fn make_room(&self, except: Option<u64>, until: impl Fn() -> bool) -> bool {
         let ended = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             let oldest = waiting
@@ -165,7 +168,14 @@ impl BodyBudget {
             "clink delivery: a body stalled while the body budget was full; ended to make room"
         );
         // `notify_one` keeps its permit for a wait begun after it.
-        let _ = tokio::time::timeout(RELEASE_WAIT, ended.released.notified()).await;
+        let mut released = std::pin::pin!(ended.released.notified());
+        let released = std::future::poll_fn(|cx| {
+            if until() {
+                return std::task::Poll::Ready(());
+            }
+            released.as_mut().poll(cx)
+        });
+        let _ = tokio::time::timeout(RELEASE_WAIT, released).await;
         true
     }
 }
@@ -215,9 +225,9 @@ impl Reading<'_> {
         taken.is_ok()
     }
 
-    /// Notes that this body waits for its bytes, to be woken by `waker`
-    /// if it is ended to make room: the first time, it takes its place
-    /// among the waiting bodies.
+    /// Notes that this body, its first bytes come, waits for more, to be
+    /// woken by `waker` if it is ended to make room: the first time, it
+    /// takes its place among the bodies being read.
     pub(super) fn waits(&mut self, waker: &Waker) {
         let budget = self.budget;
         let (_, waiting) = self.waiting.get_or_insert_with(|| {
@@ -248,12 +258,13 @@ impl Reading<'_> {
             .is_some_and(|(_, waiting)| waiting.evicted.load(Ordering::Acquire))
     }
 
-    /// Ends the body that has waited longest for its bytes, a second or
-    /// more (never this one), and waits for it to give its bytes back;
-    /// whether one was ended (then try again).
+    /// Ends the body read longest, a second or more (never this one), and
+    /// waits for it to give its bytes back, unless this body is ended
+    /// meanwhile; whether one was ended (then try again, unless this body
+    /// was ended).
     pub(super) async fn make_room(&self) -> bool {
         let this = self.waiting.as_ref().map(|(number, _)| *number);
-        self.budget.make_room(this).await
+        self.budget.make_room(this, || self.evicted()).await
     }
 }
 

@@ -406,11 +406,13 @@ impl ClinkLayer {
     /// A sender without the key could otherwise keep the budget full with
     /// bodies it never finishes, and every real delivery refused until the
     /// body timeout. So a body that does not fit (or finds every place
-    /// taken) first makes room: the body that has waited longest for its
-    /// bytes, if it has waited a second or more, is ended (answered `503`,
-    /// [`Outcome::Overloaded`](crate::Outcome::Overloaded), which Clink
-    /// retries) and its bytes given back. A real delivery's body arrives in
-    /// milliseconds; only a body that stalls is ever ended so.
+    /// taken) first makes room: the body read longest, if it has been read
+    /// a second or more since its first bytes came, is ended (answered
+    /// `503`, [`Outcome::Overloaded`](crate::Outcome::Overloaded), which
+    /// Clink retries) and its bytes given back. A real delivery's body
+    /// arrives whole in milliseconds, and a body that comes whole is never
+    /// ended so; only one still arriving a second after its first bytes,
+    /// while the budget is full.
     ///
     /// # Errors
     ///

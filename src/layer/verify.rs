@@ -55,17 +55,20 @@ where
             limit: config.settings.body_limit,
         });
     }
-    let mut reading = match config.budget.start() {
-        Some(reading) => reading,
-        // Every place taken: one whose body stalled a second is ended for it.
-        None => within(
-            config.settings.body_timeout,
-            config.budget.start_making_room(),
-        )
-        .await
-        .ok()
-        .flatten()
-        .ok_or(Outcome::Overloaded)?,
+    let body_timeout = config.settings.body_timeout;
+    let (mut reading, waited) = match config.budget.start() {
+        Some(reading) => (reading, None),
+        // Every place taken: the body read longest, a second or more, is
+        // ended for this one, within the body's time.
+        None => {
+            cold();
+            let started = tokio::time::Instant::now();
+            let reading = within(body_timeout, config.budget.start_making_room()).await;
+            (
+                reading.ok().flatten().ok_or(Outcome::Overloaded)?,
+                Some(started),
+            )
+        }
     };
     let read = read_body(
         body,
@@ -74,7 +77,12 @@ where
         &mut verification,
         &mut reading,
     );
-    let (bytes, mapped) = within(config.settings.body_timeout, read)
+    let left = || {
+        waited.map_or(body_timeout, |started| {
+            body_timeout.saturating_sub(started.elapsed())
+        })
+    };
+    let (bytes, mapped) = within(left, read)
         .await
         .map_err(|_| Outcome::BodyTimeout)??;
     let verified = verification
@@ -256,7 +264,7 @@ where
     // allocator.
     let map_all = declared.is_some_and(|d| d > MAP_FROM);
     loop {
-        let Some(frame) = next_frame(body.as_mut(), reading).await? else {
+        let Some(frame) = next_frame(body.as_mut(), reading, total > 0).await? else {
             break;
         };
         let frame = frame.map_err(|error| {
@@ -288,13 +296,15 @@ where
             map_all,
             whole: first.is_none() && buf.is_none() && whole,
         };
-        // Room for the frame's bytes: when the budget has none, a body that
-        // stalled a second or more is ended for it.
+        // Room for the frame's bytes: when the budget has none, the body
+        // read longest, a second or more, is ended for it (unless this one
+        // is ended meanwhile).
         loop {
             match frame.make_place(&mut first, &mut buf, reading) {
                 Ok(()) => break,
-                Err(Outcome::Overloaded) if reading.make_room().await => {}
-                Err(refused) => return Err(refused),
+                Err(None) if !reading.evicted() && reading.make_room().await => {}
+                Err(None) => return Err(Outcome::Overloaded),
+                Err(Some(refused)) => return Err(refused),
             }
         }
         if frame.whole {
@@ -330,9 +340,11 @@ where
 
 /// The body's next frame; `Overloaded` once the body was ended to make
 /// room for another (see [`Reading::make_room`]). A body that waits for
-/// its bytes says so to the budget, which may end it.
+/// more once its first bytes came (`begun`) says so to the budget, which
+/// may end it: a body that comes whole (even after a wait for its first
+/// bytes, as over hyper) never does.
 async fn next_frame<B: Body>(
-    mut body: std::pin::Pin<&mut B>, reading: &mut Reading<'_>,
+    mut body: std::pin::Pin<&mut B>, reading: &mut Reading<'_>, begun: bool,
 ) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, Outcome> {
     std::future::poll_fn(|cx| {
         if reading.evicted() {
@@ -342,7 +354,9 @@ async fn next_frame<B: Body>(
         match body.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Ok(frame)),
             Poll::Pending => {
-                reading.waits(cx.waker());
+                if begun {
+                    reading.waits(cx.waker());
+                }
                 Poll::Pending
             }
         }
@@ -366,12 +380,13 @@ struct Frame {
 impl Frame {
     /// Takes the budget for this frame's bytes, and the buffer to copy
     /// them into (made, or grown) unless the frame is the whole body;
-    /// `Overloaded` when the budget has no room. Done again after a
-    /// refusal, it takes up where it stopped: nothing of the frame is
-    /// copied until it succeeds.
+    /// `Err(None)` when the budget has no room (and nothing changed), the
+    /// refusal when the body cannot go on. Done again after `Err(None)`,
+    /// it takes up where it stopped: nothing of the frame is copied until
+    /// it succeeds.
     fn make_place(
         &self, first: &mut Option<Bytes>, buf: &mut Option<Gathered>, reading: &mut Reading<'_>,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Option<Outcome>> {
         let Self {
             len,
             total,
@@ -381,11 +396,7 @@ impl Frame {
             whole,
         } = *self;
         if whole {
-            return if reading.hold(len) {
-                Ok(())
-            } else {
-                Err(Outcome::Overloaded)
-            };
+            return if reading.hold(len) { Ok(()) } else { Err(None) };
         }
         let place = |capacity: usize| Place {
             capacity,
@@ -516,14 +527,14 @@ thread_local! {
 
 impl Gathered {
     /// A buffer at `place` holding `head`, its hold taken first;
-    /// `Overloaded` when it does not fit in the budget or the system will
-    /// not map it.
-    fn new(place: Place, head: &[u8], reading: &mut Reading<'_>) -> Result<Self, Outcome> {
+    /// `Err(None)` when it does not fit in the budget (nothing changed),
+    /// `Overloaded` when the system will not map it.
+    fn new(place: Place, head: &[u8], reading: &mut Reading<'_>) -> Result<Self, Option<Outcome>> {
         #[cfg(test)]
         BUFFERS_MADE.with(|made| made.set(made.get() + 1));
         if !place.mapped {
             if !reading.hold(place.capacity) {
-                return Err(Outcome::Overloaded);
+                return Err(None);
             }
             let mut buffer = BytesMut::with_capacity(place.capacity);
             buffer.extend_from_slice(head);
@@ -531,7 +542,7 @@ impl Gathered {
         }
         let page = page_size::get();
         if !reading.hold(pages_held(head.len(), page, place.limit)) {
-            return Err(Outcome::Overloaded);
+            return Err(None);
         }
         let mut map = MmapOptions::new()
             .len(place.capacity)
@@ -539,7 +550,7 @@ impl Gathered {
             .map_err(|error| {
                 cold();
                 tracing::debug!(%error, bytes = place.capacity, "clink delivery: could not map a body's buffer");
-                Outcome::Overloaded
+                Some(Outcome::Overloaded)
             })?;
         // A huge page would make a page written resident as many: the
         // system may back a mapping (or several side by side, merged) with
@@ -581,14 +592,14 @@ impl Gathered {
     }
 
     /// Holds what `more` bytes written next make resident (nothing more on
-    /// the heap, held whole already).
-    fn hold(&self, more: usize, reading: &mut Reading<'_>) -> Result<(), Outcome> {
+    /// the heap, held whole already); `Err(None)` when that does not fit.
+    fn hold(&self, more: usize, reading: &mut Reading<'_>) -> Result<(), Option<Outcome>> {
         match self {
             Self::Heap(_) => Ok(()),
             Self::Mapped(mapped) => reading
                 .hold(mapped.hold(mapped.len + more))
                 .then_some(())
-                .ok_or(Outcome::Overloaded),
+                .ok_or(None),
         }
     }
 
@@ -1151,6 +1162,47 @@ mod tests {
             &mut reading,
         );
         read.await.map(|(bytes, _)| bytes.len())
+    }
+
+    /// A body that waits for its first bytes and then comes whole (as
+    /// every body over hyper does) never takes a place among the bodies
+    /// being read: it cannot be ended to make room, and costs the registry
+    /// nothing. One that waits after its first bytes does.
+    #[tokio::test]
+    async fn a_body_that_comes_whole_after_a_wait_is_never_registered() {
+        /// Nothing at its first poll, then `body` whole.
+        struct Later(Option<Bytes>, bool);
+        impl http_body::Body for Later {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>, cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                if !self.1 {
+                    self.1 = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(self.0.take().map(|body| Ok(Frame::data(body))))
+            }
+            fn is_end_stream(&self) -> bool {
+                self.1 && self.0.is_none()
+            }
+        }
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let budget = BodyBudget::new(MAP_FROM, 4);
+        for declared in [Some(1024), None] {
+            let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+            let mut reading = budget.start().unwrap();
+            let body = Later(Some(Bytes::from(vec![b'x'; 1024])), false);
+            let read = read_body(body, MAP_FROM, declared, &mut verification, &mut reading);
+            assert_eq!(read.await.unwrap().0.len(), 1024);
+            assert!(budget.nothing_waits(), "{declared:?}");
+        }
+        let stalled = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 4));
+        let task = stalled_reading(&stalled).await;
+        assert!(!stalled.nothing_waits());
+        task.abort();
     }
 
     /// With the budget full of a body that stalled, a body that does not

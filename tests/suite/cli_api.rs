@@ -319,6 +319,33 @@ async fn several_keys_are_tried_newest_first() {
     );
 }
 
+/// A key set to bytes that are not UTF-8 is said to be so (`api_config`,
+/// exit 2), not reported missing, and nothing of it is printed. Before,
+/// it was read as unset (`no_api_key`: "set CLINK_SECRET_KEY", which it
+/// was).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_key_that_is_not_utf8_is_said_to_be_so() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let api = fake().await;
+    let key = std::ffi::OsStr::from_bytes(b"sk_test_\xff\xfe_latin1_\xe9t\xe9");
+    let mut json = clink_webhook(&api.base_url(), None);
+    json.env("CLINK_SECRET_KEY", key)
+        .args(["--json", "api", "orders"]);
+    let json = run(json).await;
+    assert_eq!(json.code, Some(2), "{json:?}");
+    let error = json_error(&json);
+    assert_eq!(error["error"], "api_config", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("CLINK_SECRET_KEY is set, but not to valid UTF-8"),
+        "{message}"
+    );
+    assert!(!json.stderr.contains("latin1"), "{json:?}");
+    assert!(api.requests().is_empty(), "nothing sent");
+}
+
 #[tokio::test]
 async fn bad_configuration_exits_2_before_any_request() {
     let api = fake().await;
