@@ -123,6 +123,7 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_your_secret REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
 //! ```
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,7 +180,7 @@ impl Clink {
         }
         #[cfg(not(feature = "api"))]
         {
-            if env_value("CLINK_SECRET_KEY").is_some() {
+            if env_value("CLINK_SECRET_KEY")?.is_some() {
                 return Err("CLINK_SECRET_KEY needs the api feature \
                      (cargo run --example axum_receiver --features api)"
                     .into());
@@ -390,7 +391,9 @@ async fn handle<T: Resource>(
 /// newer event about the same object was already handled.
 fn report<T>(event: &Event<T>) {
     let (event_type, id) = (printable(event.event_type.as_str()), printable(&event.id));
-    println!("handled {event_type} {id}");
+    // Not `println!`, which panics when stdout is closed: every handler run
+    // would fail.
+    let _ = writeln!(std::io::stdout().lock(), "handled {event_type} {id}");
     if let Freshness::Stale { newest_seen } = event.freshness() {
         let newest_seen = printable(&newest_seen.to_string());
         eprintln!("note: {event_type} {id} is stale: {newest_seen} was already handled");
@@ -444,7 +447,7 @@ fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<Wi
                 printable(event.event_type().as_str()),
                 printable(event.id()),
             );
-            println!("handled {event_type} {id}");
+            let _ = writeln!(std::io::stdout().lock(), "handled {event_type} {id}");
             Ok::<_, BoxError>(())
         });
     heal_undecodable(router, clink)
@@ -537,7 +540,7 @@ fn pg_manager(
     #[cfg_attr(not(feature = "postgres-tls"), allow(unused_mut))]
     mut config: tokio_postgres::Config,
 ) -> Result<(deadpool_postgres::Manager, PgTls), Box<dyn std::error::Error>> {
-    let ca_file = env_value("CLINK_DATABASE_CA_FILE").map(std::path::PathBuf::from);
+    let ca_file = env_value("CLINK_DATABASE_CA_FILE")?.map(std::path::PathBuf::from);
     #[cfg(feature = "postgres-tls")]
     if let Some(tls) = clink_webhooks::store::postgres_tls(&mut config, ca_file.as_deref())? {
         let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
@@ -639,11 +642,16 @@ impl PgTls {
     }
 }
 
-/// The value of `var`, if set and not empty.
-fn env_value(var: &str) -> Option<String> {
-    std::env::var(var)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
+/// The value of `var`, if set and not empty; an error naming the variable
+/// when it is set to bytes that are not UTF-8 (read as unset, a mistyped
+/// `CLINK_INBOX` or `DATABASE_URL` would quietly mean no inbox, or a store
+/// in memory).
+fn env_value(var: &str) -> Result<Option<String>, String> {
+    match std::env::var(var) {
+        Ok(value) => Ok(Some(value).filter(|value| !value.trim().is_empty())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{var} is not valid UTF-8")),
+    }
 }
 
 /// The value of `var` (a number, an address), or `default` when it is not
@@ -721,13 +729,13 @@ type Stores = (Arc<dyn IdempotencyStore>, Arc<dyn FreshnessStore>);
 /// and the enabled features say.
 async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
     #[cfg(feature = "redis")]
-    if let Some(url) = env_value("REDIS_URL") {
+    if let Some(url) = env_value("REDIS_URL")? {
         let store = Arc::new(clink_webhooks::store::RedisStore::connect(&url).await?);
         eprintln!("idempotency store: Redis (REDIS_URL)");
         return Ok((store.clone(), store));
     }
     #[cfg(feature = "postgres")]
-    if let Some(url) = env_value("DATABASE_URL") {
+    if let Some(url) = env_value("DATABASE_URL")? {
         use clink_webhooks::store::PostgresStore;
         use deadpool_postgres::{Pool, Runtime};
 
@@ -743,7 +751,7 @@ async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
         return Ok((store.clone(), store));
     }
     for (var, feature) in [("REDIS_URL", "redis"), ("DATABASE_URL", "postgres")] {
-        if env_value(var).is_some() {
+        if env_value(var)?.is_some() {
             eprintln!(
                 "warning: {var} is set, but this build lacks the {feature} feature \
                  (cargo run --example axum_receiver --features {feature})"
@@ -795,7 +803,7 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         )?
         .install_recorder()?;
     let (idempotency, freshness) = stores().await?;
-    let effects = match env_value("CLINK_EXAMPLE_EFFECTS").as_deref() {
+    let effects = match env_value("CLINK_EXAMPLE_EFFECTS")?.as_deref() {
         None | Some("0") => false,
         Some("1") => true,
         Some(other) => {
@@ -818,7 +826,7 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             .unwrap_or_default(),
         ..AppState::default()
     };
-    let router = fail_once(router(state, freshness));
+    let router = fail_once(router(state, freshness))?;
     let layer = ClinkLayer::new(verifier).store(idempotency);
     let mut console_inbox = None;
     let mut workers = None;
@@ -937,12 +945,14 @@ const STOP_WITHIN: Duration = Duration::from_secs(4);
 /// With `CLINK_EXAMPLE_FAIL_ONCE=<type>`, the first run of each event of
 /// that type in this process fails (the router's `before_each` hook), to
 /// watch an event retry, or go dead and be replayed; later runs succeed.
-fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<AppState>> {
-    let Some(failing) = env_value("CLINK_EXAMPLE_FAIL_ONCE") else {
-        return router;
+fn fail_once(
+    router: EventRouter<WithState<AppState>>,
+) -> Result<EventRouter<WithState<AppState>>, String> {
+    let Some(failing) = env_value("CLINK_EXAMPLE_FAIL_ONCE")? else {
+        return Ok(router);
     };
     let failed = std::sync::Mutex::new(std::collections::HashSet::new());
-    router.before_each(move |event: clink_webhooks::RawEvent, _state: AppState| {
+    Ok(router.before_each(move |event: clink_webhooks::RawEvent, _state: AppState| {
         let first = event.event_type().as_str() == failing
             && failed
                 .lock()
@@ -956,7 +966,7 @@ fn fail_once(router: EventRouter<WithState<AppState>>) -> EventRouter<WithState<
         } else {
             Ok(())
         })
-    })
+    }))
 }
 
 /// `app` with the inbox console nested at `/console` when
@@ -967,7 +977,7 @@ fn console(
 ) -> Result<(Router, bool), Box<dyn std::error::Error>> {
     // Trimmed, as the signing key is: a token mounted from a file ends in a
     // newline.
-    let Some(token) = env_value("CLINK_CONSOLE_TOKEN").map(|token| token.trim().to_owned()) else {
+    let Some(token) = env_value("CLINK_CONSOLE_TOKEN")?.map(|token| token.trim().to_owned()) else {
         return Ok((app, false));
     };
     #[cfg(feature = "console")]
@@ -1003,7 +1013,7 @@ struct Durable {
 /// without it. With `effects`, the effects table is created in the inbox's
 /// database and handlers write to it.
 async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Error>> {
-    let Some(spec) = env_value("CLINK_INBOX") else {
+    let Some(spec) = env_value("CLINK_INBOX")? else {
         return Ok(None);
     };
     if let Some(path) = spec.strip_prefix("sqlite:") {
@@ -1044,7 +1054,8 @@ async fn inbox(effects: bool) -> Result<Option<Durable>, Box<dyn std::error::Err
     if spec == "postgres" {
         #[cfg(feature = "postgres")]
         {
-            let url = env_value("DATABASE_URL").ok_or("CLINK_INBOX=postgres needs DATABASE_URL")?;
+            let url =
+                env_value("DATABASE_URL")?.ok_or("CLINK_INBOX=postgres needs DATABASE_URL")?;
             let (manager, tls) = pg_manager(postgres_config(&url)?)?;
             let pool = deadpool_postgres::Pool::builder(manager)
                 .max_size(16)

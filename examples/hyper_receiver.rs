@@ -36,6 +36,7 @@
 //! with the first is the same stop.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -172,7 +173,10 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let router = EventRouter::new()
         .on::<events::OrderSucceeded, _>(|event| async move {
             let order = event.data.order_id.as_deref().map(printable);
-            println!(
+            // Not `println!`, which panics when stdout is closed: every
+            // handler run would fail.
+            let _ = writeln!(
+                std::io::stdout().lock(),
                 "handled {} {} order={order:?}",
                 printable(event.event_type.as_str()),
                 printable(&event.id)
@@ -180,7 +184,8 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             Ok::<_, std::io::Error>(())
         })
         .on_unhandled(|event| async move {
-            println!(
+            let _ = writeln!(
+                std::io::stdout().lock(),
                 "handled {} {}",
                 printable(event.event_type().as_str()),
                 printable(event.id())

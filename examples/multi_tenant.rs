@@ -47,6 +47,7 @@
 //! is the same stop.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -80,7 +81,10 @@ impl EveryHandler for Handled {
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
         // Account ids are checked by the layer: letters, digits, `_-.` only.
         let account = event.account().unwrap_or("-");
-        println!(
+        // Not `println!`, which panics when stdout is closed: every handler
+        // run would fail.
+        let _ = writeln!(
+            std::io::stdout().lock(),
             "handled {account} {} {}",
             printable(event.event_type.as_str()),
             printable(&event.id)
@@ -130,11 +134,16 @@ type Secrets = Vec<String>;
 /// file, all read and checked before any is used: a mistake anywhere is an
 /// error that leaves the keys in use as they are.
 fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::error::Error>> {
-    let mut accounts = parse_pairs(
-        &std::env::var("CLINK_TENANT_KEYS").unwrap_or_default(),
-        "CLINK_TENANT_KEYS",
-    )?;
-    if let Ok(path) = std::env::var("CLINK_TENANT_KEYS_FILE") {
+    // Set but not UTF-8 is a mistake to say, not an empty list.
+    let keys = match std::env::var("CLINK_TENANT_KEYS") {
+        Ok(keys) => keys,
+        Err(std::env::VarError::NotPresent) => String::new(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("CLINK_TENANT_KEYS is not valid UTF-8".into())
+        }
+    };
+    let mut accounts = parse_pairs(&keys, "CLINK_TENANT_KEYS")?;
+    if let Some(path) = std::env::var_os("CLINK_TENANT_KEYS_FILE") {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read CLINK_TENANT_KEYS_FILE: {e}"))?;
         for (account, secrets) in parse_pairs(&text, "CLINK_TENANT_KEYS_FILE")? {

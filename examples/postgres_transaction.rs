@@ -209,8 +209,10 @@ async fn once(
         }
         Err(err) => {
             // Nothing was written, the claim with it: the retry starts
-            // afresh.
-            tx.rollback().await?;
+            // afresh. The transaction is rolled back as it is dropped: a
+            // rollback that fails (the connection broke) must not replace
+            // the reason the write was refused.
+            drop(tx);
             Err(err)
         }
     }

@@ -271,7 +271,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         Ok(self)
     }
 
-    /// How many attempts an event gets before it is dead (default 10).
+    /// How many attempts an event gets before it is dead (default
+    /// [`DEFAULT_MAX_ATTEMPTS`], 36: about a day with the default backoff).
     ///
     /// # Errors
     ///

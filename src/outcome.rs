@@ -125,8 +125,9 @@ pub enum Outcome {
     BodyUnreadable,
     /// The layer already holds as many unverified bodies (or bytes of
     /// them) as its [budget](crate::ClinkLayer::body_budget) allows, or
-    /// this body, still arriving a second after its first bytes, was ended
-    /// to make room for another while the budget was full (`503`).
+    /// this body, still arriving a second after it began waiting for its
+    /// bytes, was ended to make room for another while the budget was full
+    /// (`503`).
     Overloaded,
     /// The body did not arrive within the layer's body timeout (`408`).
     BodyTimeout,

@@ -463,7 +463,13 @@ impl Client {
         if let Some(env) = var("CLINK_ENV")? {
             builder = builder.environment(env.parse()?);
         }
-        match (var("CLINK_API_BASE_URL")?, var("CLINK_BASE_URL")?) {
+        let base_url = var("CLINK_API_BASE_URL")?;
+        // The other tool's name matters only when this one is unset.
+        let other = match base_url {
+            Some(_) => None,
+            None => var("CLINK_BASE_URL")?,
+        };
+        match (base_url, other) {
             (Some(url), _) => builder = builder.base_url(url),
             (None, Some(_)) => {
                 return Err(ConfigError::new(

@@ -13,12 +13,16 @@
 //! A sender without the key could keep the budget full with bodies it
 //! never finishes, each sent slowly enough to last the body timeout. So a
 //! body that does not fit first makes room: the body read longest, since
-//! its first bytes came, [`EVICT_AFTER`] or more, is ended (`Overloaded`,
-//! which Clink retries) and its bytes given back. A real delivery's body
+//! it first waited for its bytes, [`EVICT_AFTER`] or more, is ended
+//! (`Overloaded`, which Clink retries) and its bytes given back. A real delivery's body
 //! comes whole in milliseconds; only a body still arriving a second after
-//! its first bytes is ever ended so. The registry of bodies being read is
-//! touched only by a body that came in several pieces (it waited for more
-//! after its first bytes): never by one that came whole.
+//! it first waited is ever ended so. The registry of bodies being read is
+//! touched by a body that waited for more after its first bytes (never by
+//! one that came whole with its declared length; a chunked one may), and
+//! by a body still waiting for its first bytes while more than half the
+//! places for bodies are taken (so that bodies that never send a byte
+//! cannot hold every place): not by a delivery on a receiver under no
+//! flood.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -142,6 +146,11 @@ impl BodyBudget {
     async fn make_room(&self, except: Option<u64>, until: impl Fn() -> bool) -> bool {
         let ended = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            // A body ended meanwhile makes no more room: two bodies ending
+            // each other would both be refused.
+            if except.is_some_and(|number| !waiting.contains_key(&number)) {
+                return false;
+            }
             let oldest = waiting
                 .iter()
                 .find(|(&number, _)| Some(number) != except)
@@ -249,6 +258,18 @@ impl Reading<'_> {
         if !held.as_ref().is_some_and(|held| held.will_wake(waker)) {
             *held = Some(waker.clone());
         }
+    }
+
+    /// Whether more than half the places for bodies are taken: a body
+    /// still waiting for its first bytes then takes its place among the
+    /// bodies being read, so that bodies that never send a byte cannot
+    /// hold every place.
+    pub(super) fn places_scarce(&self) -> bool {
+        self.budget
+            .reading
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            > self.budget.max_reading
     }
 
     /// Whether this body was ended to make room for another.

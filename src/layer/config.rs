@@ -406,13 +406,14 @@ impl ClinkLayer {
     /// A sender without the key could otherwise keep the budget full with
     /// bodies it never finishes, and every real delivery refused until the
     /// body timeout. So a body that does not fit (or finds every place
-    /// taken) first makes room: the body read longest, if it has been read
-    /// a second or more since its first bytes came, is ended (answered
-    /// `503`, [`Outcome::Overloaded`](crate::Outcome::Overloaded), which
-    /// Clink retries) and its bytes given back. A real delivery's body
-    /// arrives whole in milliseconds, and a body that comes whole is never
-    /// ended so; only one still arriving a second after its first bytes,
-    /// while the budget is full.
+    /// taken) first makes room: the body read longest, if it has waited
+    /// for its bytes a second or more (since its first bytes came; or,
+    /// while more than half the places are taken, since it began waiting
+    /// for its first), is ended (answered `503`,
+    /// [`Outcome::Overloaded`](crate::Outcome::Overloaded), which Clink
+    /// retries) and its bytes and its place given back. A real delivery's
+    /// body arrives whole in milliseconds, and one that comes whole with
+    /// its declared length is never ended so.
     ///
     /// # Errors
     ///

@@ -313,6 +313,11 @@ where
             let chunk = data.copy_to_bytes(len);
             verification.update(&chunk);
             first = Some(chunk);
+            // Not polled again, to wait (and perhaps be taken for a body
+            // that stalled) for an end that is known.
+            if body.is_end_stream() {
+                break;
+            }
             continue;
         }
         let Some(buffer) = &mut buf else {
@@ -327,6 +332,11 @@ where
             let taken = piece.len();
             data.advance(taken);
         }
+        // Its end known (all it declared came, over hyper): not polled
+        // again to wait for it.
+        if body.is_end_stream() {
+            break;
+        }
     }
     Ok(match (buf, first) {
         (Some(buffer), _) => {
@@ -340,9 +350,10 @@ where
 
 /// The body's next frame; `Overloaded` once the body was ended to make
 /// room for another (see [`Reading::make_room`]). A body that waits for
-/// more once its first bytes came (`begun`) says so to the budget, which
-/// may end it: a body that comes whole (even after a wait for its first
-/// bytes, as over hyper) never does.
+/// more once its first bytes came (`begun`), or for its first bytes while
+/// places for bodies are scarce, says so to the budget, which may end it.
+/// A body that comes whole after a wait for its first bytes (as every body
+/// over hyper does) on a receiver under no flood never does.
 async fn next_frame<B: Body>(
     mut body: std::pin::Pin<&mut B>, reading: &mut Reading<'_>, begun: bool,
 ) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, Outcome> {
@@ -354,7 +365,7 @@ async fn next_frame<B: Body>(
         match body.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Ok(frame)),
             Poll::Pending => {
-                if begun {
+                if begun || reading.places_scarce() {
                     reading.waits(cx.waker());
                 }
                 Poll::Pending
@@ -1142,10 +1153,16 @@ mod tests {
                     .map(drop)
             }
         });
-        // Until it has read what came and waits for more.
-        while budget.bytes_held() < held + MAP_FROM {
+        // Until it has read what came and waits for more (a few turns of
+        // this one-thread runtime).
+        for _ in 0..100 {
             tokio::task::yield_now().await;
         }
+        assert_eq!(
+            budget.bytes_held(),
+            held + MAP_FROM,
+            "the stalled body read"
+        );
         task
     }
 
@@ -1229,6 +1246,56 @@ mod tests {
         assert_eq!(stalled.await.unwrap(), Err(Outcome::Overloaded));
         assert_eq!(budget.bytes_held(), 0);
         assert!(budget.nothing_waits());
+    }
+
+    /// Bodies that never send a byte cannot hold every place: while more
+    /// than half the places are taken, a body still waiting for its first
+    /// bytes takes its place among the bodies being read, and one that has
+    /// waited a second is ended for a new body. With places to spare, a
+    /// body waiting for its first bytes does not (every body over hyper
+    /// waits so).
+    #[tokio::test(start_paused = true)]
+    async fn bodies_that_never_send_a_byte_cannot_hold_every_place() {
+        let budget = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 2));
+        let silent = |budget: &std::sync::Arc<BodyBudget>| {
+            let budget = std::sync::Arc::clone(budget);
+            tokio::spawn(async move {
+                let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+                let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+                let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
+                let read = read_body(
+                    Stalled(None),
+                    MAP_FROM,
+                    Some(100),
+                    &mut verification,
+                    &mut reading,
+                );
+                read.await.map(drop)
+            })
+        };
+        let first = silent(&budget);
+        tokio::task::yield_now().await;
+        assert!(budget.nothing_waits(), "one place of two taken: not scarce");
+        let second = silent(&budget);
+        // Its task polled (a few turns of this one-thread runtime).
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !budget.nothing_waits(),
+            "every place taken: the body waiting for its first bytes is among the bodies read"
+        );
+        assert!(budget.start().is_none(), "every place taken");
+        assert!(
+            budget.start_making_room().await.is_none(),
+            "not a second yet"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let reading = budget.start_making_room().await;
+        assert!(reading.is_some(), "a place made");
+        assert_eq!(second.await.unwrap(), Err(Outcome::Overloaded));
+        drop(reading);
+        first.abort();
     }
 
     /// With every place for a body taken by one that stalled, a place is
