@@ -10,7 +10,10 @@
 //!   out-of-order events, clock skew, a key mid-rotation, a tampered body)
 //!   in process against any tower service with
 //!   [`ClinkLayer`](crate::ClinkLayer) in front (the steps read the outcome
-//!   it puts on each response), and say which step got which answer.
+//!   it puts on each response), and say which step got which answer. Out
+//!   of order, they check that an older event arriving late is
+//!   acknowledged and not lost; what your handler does with a stale one
+//!   (see [`Freshness`](crate::events::Freshness)) is a test of your own.
 //!
 //! Testing an axum app end to end, through the layer and your handlers:
 //!

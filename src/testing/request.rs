@@ -153,7 +153,11 @@ impl SignedRequest {
 
     /// Moves the timestamp by `seconds`, as a sender whose clock is that far
     /// off would: positive is ahead of the receiver, negative behind. A
-    /// receiver with the default 300 s tolerance refuses a skew beyond ±300.
+    /// receiver with the default 300 s tolerance refuses a skew beyond ±300;
+    /// test near the edge with a margin, as time passes between
+    /// [`build`](Self::build) and verification (`-300` is refused already),
+    /// and in [seconds](TimestampUnit::Seconds) the timestamp is cut to the
+    /// second below (up to 999 ms older).
     #[must_use]
     pub fn skew_secs(mut self, seconds: i64) -> Self {
         self.skew_ms = seconds.saturating_mul(1000);
@@ -203,7 +207,9 @@ impl SignedRequest {
         &self.body
     }
 
-    /// The `X-Clink-Timestamp` value the next [`build`](Self::build) would send.
+    /// The `X-Clink-Timestamp` value the next [`build`](Self::build) would
+    /// send: with a [fixed timestamp](Self::timestamp), exactly; otherwise
+    /// as of now (the build reads the clock again).
     #[must_use]
     pub fn timestamp_header(&self) -> String {
         let at = self.timestamp.unwrap_or_else(Timestamp::now);

@@ -272,9 +272,9 @@ impl Scenario {
 
     /// Senders' clocks drift, and a captured delivery must not be
     /// replayable later: timestamps within 300 s either way are accepted, in
-    /// seconds or milliseconds (here 290 s); 320 s off either way is refused
-    /// `401`, so a tolerance of 320 s or more fails; and a refused delivery
-    /// does not use up its event id.
+    /// seconds or milliseconds (here 290 s); 305 s old and 320 s off either
+    /// way are refused `401`, so a tolerance over 305 s fails; and a
+    /// refused delivery does not use up its event id.
     #[must_use]
     pub fn clock_skew(secret: &str) -> Self {
         let events = Events::new(secret, "clock_skew");
@@ -290,6 +290,11 @@ impl Scenario {
             .step(handled(
                 "a timestamp 290 s ahead, in seconds, is accepted",
                 ahead.skew_secs(290).unit(TimestampUnit::Seconds),
+            ))
+            .step(refused(
+                "a timestamp 305 s old is refused as a possible replay",
+                old.clone().skew_secs(-305),
+                VerifyErrorKind::TooOld,
             ))
             .step(refused(
                 "a timestamp 320 s old is refused as a possible replay",

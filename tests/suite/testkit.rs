@@ -269,21 +269,47 @@ async fn a_layer_with_a_wide_tolerance_fails_clock_skew_and_says_where() {
     let failure = Scenario::clock_skew(SECRET).run(service).await.unwrap_err();
     let text = failure.to_string();
     assert!(
-        text.starts_with("scenario `clock_skew`: 3 of 5 steps failed"),
+        text.starts_with("scenario `clock_skew`: 4 of 6 steps failed"),
         "{text}"
     );
     assert!(
-        text.contains("3. FAIL a timestamp 320 s old is refused as a possible replay: expected 401 timestamp_too_old, got 200 handled"),
+        text.contains("3. FAIL a timestamp 305 s old is refused as a possible replay: expected 401 timestamp_too_old, got 200 handled"),
+        "{text}"
+    );
+    // The same event, accepted at 305 s, is a duplicate from then on.
+    assert!(
+        text.contains("4. FAIL a timestamp 320 s old is refused as a possible replay: expected 401 timestamp_too_old, got 200 duplicate"),
         "{text}"
     );
     assert!(
-        text.contains("4. FAIL a timestamp 320 s ahead is refused: expected 401 timestamp_in_future, got 200 handled"),
+        text.contains("5. FAIL a timestamp 320 s ahead is refused: expected 401 timestamp_in_future, got 200 handled"),
         "{text}"
     );
-    // The event accepted early is a duplicate when sent again on time.
     assert!(
-        text.contains("5. FAIL the event refused as too old, sent again on time, is handled: expected 200 handled, unhandled or queued, got 200 duplicate"),
+        text.contains("6. FAIL the event refused as too old, sent again on time, is handled: expected 200 handled, unhandled or queued, got 200 duplicate"),
         "{text}"
+    );
+}
+
+/// A tolerance only a little over the default, 310 s, fails too: at the
+/// step 305 s old (a scenario that tried only 290 s and 320 s passed it).
+#[tokio::test]
+async fn a_layer_with_a_tolerance_just_over_the_default_fails_clock_skew() {
+    let (service, _) = app(verifier().tolerance(Duration::from_secs(310)));
+    let failure = Scenario::clock_skew(SECRET).run(service).await.unwrap_err();
+    let failed: Vec<_> = failure
+        .steps()
+        .iter()
+        .filter(|s| !s.passed())
+        .map(|s| s.description().to_owned())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "a timestamp 305 s old is refused as a possible replay",
+            // Taken at 305 s: a duplicate on time.
+            "the event refused as too old, sent again on time, is handled",
+        ]
     );
 }
 
