@@ -595,6 +595,40 @@ fn warn_if_plain_to_another_machine(config: &tokio_postgres::Config) {
     });
 }
 
+/// Says on stderr that the Redis server `url` names is reached without TLS
+/// from another machine (`redis://` to a host that is not this one): its
+/// password, and the claims and completions deduplication rests on, then
+/// cross the network in the clear, and anyone on the path could write a
+/// completion that makes a real delivery a duplicate, never handled.
+#[cfg(feature = "redis")]
+fn warn_if_redis_in_the_clear(url: &str) {
+    use redis::IntoConnectionInfo as _;
+    let Ok(info) = url.into_connection_info() else {
+        return; // Refused by the connect that follows, with its reason.
+    };
+    let redis::ConnectionAddr::Tcp(host, _) = info.addr() else {
+        return; // TLS, or a Unix socket.
+    };
+    let here = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    if !here {
+        let how = if cfg!(feature = "redis-tls") {
+            "use a rediss:// URL"
+        } else {
+            "build with --features redis-tls and use a rediss:// URL"
+        };
+        eprintln!(
+            "warning: the Redis server in REDIS_URL is on another machine and is reached \
+             without TLS: its password and the claims deduplication rests on cross the network \
+             unencrypted; {how}"
+        );
+    }
+}
+
 /// How the connections made beside the pool's (the inbox's LISTEN, a
 /// timed-out statement's cancel) reach the database: as the pool's do.
 #[cfg(feature = "postgres")]
@@ -730,6 +764,7 @@ type Stores = (Arc<dyn IdempotencyStore>, Arc<dyn FreshnessStore>);
 async fn stores() -> Result<Stores, Box<dyn std::error::Error>> {
     #[cfg(feature = "redis")]
     if let Some(url) = env_value("REDIS_URL")? {
+        warn_if_redis_in_the_clear(&url);
         let store = Arc::new(clink_webhooks::store::RedisStore::connect(&url).await?);
         eprintln!("idempotency store: Redis (REDIS_URL)");
         return Ok((store.clone(), store));

@@ -785,6 +785,44 @@ async fn the_examples_warn_of_a_plain_connection_to_another_machine() {
     }
 }
 
+/// A `redis://` URL to another machine is warned of before the example
+/// receiver connects (`rediss://` and this machine are not).
+#[cfg(feature = "redis")]
+#[test]
+fn the_example_warns_of_a_plain_redis_connection_to_another_machine() {
+    const WARNING: &str = "warning: the Redis server in REDIS_URL is on another machine and is \
+                           reached without TLS";
+    // 192.0.2.1 is for documentation: nothing answers there, and the
+    // warning comes before the connection is tried.
+    for (url, warned) in [
+        ("redis://:secret@192.0.2.1:6379/", true),
+        ("rediss://:secret@192.0.2.1:6380/", false),
+        ("redis://127.0.0.1:1/", false),
+    ] {
+        let mut command = std::process::Command::new(example_path("axum_receiver"));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+            .env("REDIS_URL", url)
+            .env_remove("CLINK_INBOX")
+            .env_remove("DATABASE_URL");
+        let process = Process::start(&mut command);
+        // Up to the first line that names neither the signing key nor the
+        // metrics: the warning, or the store's failure to connect.
+        let first = loop {
+            let line = process.stderr.recv_timeout(PATIENCE).unwrap();
+            if line.starts_with(WARNING)
+                || line.starts_with("error")
+                || line.starts_with("listening on ")
+            {
+                break line;
+            }
+        };
+        assert_eq!(first.starts_with(WARNING), warned, "{url}: {first}");
+        assert!(!first.contains("secret"), "{first}");
+    }
+}
+
 #[test]
 fn the_example_receiver_keeps_its_store_in_memory_by_default() {
     let (_process, _url, store) = example_receiver_with_store(KEY, None);
