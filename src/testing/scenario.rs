@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::{fixture, SignedRequest, TimestampUnit};
 use crate::signature::VerifyErrorKind;
-use crate::{EventType, Outcome, Timestamp};
+use crate::{EventType, Outcome, RawEvent, Timestamp};
 
 /// One delivery of a [`Scenario`] and the answer expected for it.
 #[derive(Debug, Clone)]
@@ -417,8 +417,14 @@ impl Scenario {
                             .as_ref()
                             .is_some_and(|o| step.outcomes.contains(o)))
             });
+            // The id the step's body carries (random per scenario), so
+            // that a failure can be found in the app's logs and stores.
+            let event_id = RawEvent::from_bytes(step.request.body().clone())
+                .ok()
+                .map(|event| event.id().to_owned());
             results.push(StepResult {
                 description: step.description.clone(),
+                event_id,
                 expected: step.expected(),
                 got,
                 passed,
@@ -446,6 +452,7 @@ struct Got {
 #[derive(Debug, Clone)]
 pub struct StepResult {
     description: String,
+    event_id: Option<String>,
     expected: String,
     got: Result<Got, String>,
     passed: bool,
@@ -456,6 +463,14 @@ impl StepResult {
     #[must_use]
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The id of the event the step delivered, when its body is an event
+    /// envelope: the scenarios' ids are random, so this is how to find the
+    /// step's delivery in the app's logs and stores.
+    #[must_use]
+    pub fn event_id(&self) -> Option<&str> {
+        self.event_id.as_deref()
     }
 
     /// Whether it got what it expected.
@@ -492,8 +507,12 @@ impl fmt::Display for StepResult {
                 "{} {}",
                 got.status.as_u16(),
                 got.outcome.as_ref().map_or("(no outcome)", Outcome::as_str)
-            ),
-            Err(error) => f.write_str(error),
+            )?,
+            Err(error) => f.write_str(error)?,
+        }
+        match &self.event_id {
+            Some(id) => write!(f, " (event {})", crate::events::printable(id)),
+            None => Ok(()),
         }
     }
 }

@@ -289,6 +289,15 @@ async fn a_layer_with_a_wide_tolerance_fails_clock_skew_and_says_where() {
         text.contains("6. FAIL the event refused as too old, sent again on time, is handled: expected 200 handled, unhandled or queued, got 200 duplicate"),
         "{text}"
     );
+    // Each step names the event it delivered (its id random), to find it
+    // in the app's logs.
+    for (n, step) in failure.steps().iter().enumerate() {
+        let id = step.event_id().expect("an event's id");
+        assert!(id.starts_with("evt_"), "{id}");
+        assert!(text.contains(&format!("{}. ", n + 1)), "{text}");
+        assert!(text.contains(&format!(" (event {id})")), "{text}");
+    }
+    assert_eq!(failure.steps()[2].event_id(), failure.steps()[3].event_id());
 }
 
 /// A tolerance only a little over the default, 310 s, fails too: at the
