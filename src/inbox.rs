@@ -450,18 +450,28 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         if claim.entry.attempts > self.settings.max_attempts {
             // Its last attempt ended with its lease, not settled: its worker
             // stopped, crashed or hung (a handler blocking its thread). Run
-            // again, such an event would take the process down again.
-            let error = format!(
-                "dead: its last attempt ({} of {}) ended with its lease, not settled (its worker \
-                 stopped, crashed or hung past the lease); replay it once the cause is fixed",
-                self.settings.max_attempts, self.settings.max_attempts
-            );
+            // again, such an event would take the process down again. (Or
+            // `max_attempts` was lowered below the attempts it had.)
+            let had = claim.entry.attempts - 1;
+            let max = self.settings.max_attempts;
+            let error = if had == max {
+                format!(
+                    "dead: its last attempt ({max} of {max}) ended with its lease, not settled \
+                     (its worker stopped, crashed or hung past the lease), or max_attempts was \
+                     lowered to {max} since; replay it once the cause is fixed"
+                )
+            } else {
+                format!(
+                    "dead: it had {had} attempts, more than max_attempts ({max}), lowered since; \
+                     replay it to run it again"
+                )
+            };
             tracing::error!(
                 seq = claim.entry.seq,
                 event_id = ?kept.event_id,
                 event_type = ?kept.event_type,
                 attempts = self.settings.max_attempts,
-                "inbox: the event is dead: its last attempt ended with its lease"
+                "inbox: the event is dead: past max_attempts, its last attempt unsettled (or max_attempts lowered)"
             );
             #[cfg(feature = "metrics")]
             metrics::counter!("clink_webhook_inbox_dead_total").increment(1);

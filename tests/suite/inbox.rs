@@ -3431,52 +3431,62 @@ async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_
 
 /// An event whose every attempt ends with its lease (its worker crashed,
 /// or its handler blocked the thread past the lease) is dead after the last
-/// one, not run again and again.
+/// one, not run again and again; one that had more attempts than
+/// `max_attempts` allows (it was lowered since) is dead too, and says so.
 async fn attempts_lost_with_their_lease_count(inbox: impl Inbox + Clone) {
-    inbox.insert(&event("evt_lost", None, 1)).await.unwrap();
-    let seq = seq_of(&inbox, "evt_lost").await;
-    // Two attempts whose workers "crash": each claim lapses unsettled.
-    let lease = Duration::from_millis(20);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut lost = 0;
-    while lost < 2 {
-        if inbox
-            .claim(lease, NO_REORDER_WINDOW)
-            .await
-            .unwrap()
-            .is_some()
-        {
-            lost += 1;
+    for (id, lost_leases, says) in [
+        ("evt_lost", 2, "ended with its lease"),
+        (
+            "evt_lowered",
+            3,
+            "it had 3 attempts, more than max_attempts (2)",
+        ),
+    ] {
+        inbox.insert(&event(id, None, 1)).await.unwrap();
+        let seq = seq_of(&inbox, id).await;
+        // Attempts whose workers "crash": each claim lapses unsettled.
+        let lease = Duration::from_millis(20);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lost = 0;
+        while lost < lost_leases {
+            if inbox
+                .claim(lease, NO_REORDER_WINDOW)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                lost += 1;
+            }
+            assert!(Instant::now() < deadline, "the lease never ended");
+            // Waiting for the lease's deadline to pass: time, not another task.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(Instant::now() < deadline, "the lease never ended");
-        // Waiting for the lease's deadline to pass: time, not another task.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let runs = Arc::new(Mutex::new(0));
+        let seen = Arc::clone(&runs);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            *seen.lock().unwrap() += 1;
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        });
+        let workers = Workers::new(inbox.clone(), router)
+            .reorder_window(NO_REORDER_WINDOW)
+            .and_then(|w| w.max_attempts(2))
+            .unwrap()
+            .spawn();
+        workers.drained(DRAIN_PATIENCE).await.unwrap();
+        workers.shutdown(Duration::from_secs(5)).await;
+        let entry = inbox.get(seq).await.unwrap().unwrap();
+        assert_eq!(entry.status, InboxStatus::Dead, "{entry:?}");
+        assert_eq!(*runs.lock().unwrap(), 0, "not run after its last attempt");
+        let error = entry.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains(says), "{error}");
+        assert_eq!(
+            outcomes(&entry)[..2],
+            [
+                (1, InboxAttemptOutcome::LeaseExpired),
+                (2, InboxAttemptOutcome::LeaseExpired)
+            ]
+        );
     }
-    let runs = Arc::new(Mutex::new(0));
-    let seen = Arc::clone(&runs);
-    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
-        *seen.lock().unwrap() += 1;
-        std::future::ready(Ok::<_, std::io::Error>(()))
-    });
-    let workers = Workers::new(inbox.clone(), router)
-        .reorder_window(NO_REORDER_WINDOW)
-        .and_then(|w| w.max_attempts(2))
-        .unwrap()
-        .spawn();
-    workers.drained(DRAIN_PATIENCE).await.unwrap();
-    workers.shutdown(Duration::from_secs(5)).await;
-    let entry = inbox.get(seq).await.unwrap().unwrap();
-    assert_eq!(entry.status, InboxStatus::Dead, "{entry:?}");
-    assert_eq!(*runs.lock().unwrap(), 0, "not run after its last attempt");
-    let error = entry.last_error.as_deref().unwrap_or_default();
-    assert!(error.contains("ended with its lease"), "{error}");
-    assert_eq!(
-        outcomes(&entry)[..2],
-        [
-            (1, InboxAttemptOutcome::LeaseExpired),
-            (2, InboxAttemptOutcome::LeaseExpired)
-        ]
-    );
 }
 
 #[tokio::test]
