@@ -180,12 +180,17 @@ async fn keys<'a>(
     // summed up), never a line per delivery; a lookup the source would not
     // make is a refusal, counted with the others.
     let outage = &config.outages.keys;
-    // A key source of the app's own that panics (in its lookup's future, or
-    // in the call that makes it) has failed: the delivery is answered, not
-    // its task ended with the sender's connection.
-    let lookup = CatchUnwind::new(async { source.verifier(&account).await });
-    match within(config.settings.store_timeout, lookup).await {
-        Ok(Err(panic)) => {
+    // A key source of the app's own that panics (in its lookup's future, in
+    // the call that makes it, or as its future is dropped at the timeout)
+    // has failed: the delivery is answered, not its task ended with the
+    // sender's connection.
+    let timeout = config.settings.store_timeout;
+    let looked_up = CatchUnwind::new(async {
+        within(timeout, async { source.verifier(&account).await }).await
+    })
+    .await;
+    match looked_up {
+        Err(panic) => {
             cold();
             outage.failed(&format_args!("the key source panicked: {panic}"));
             Err(Outcome::KeysUnavailable)
@@ -206,7 +211,7 @@ async fn keys<'a>(
             outage.failed(&error);
             Err(Outcome::KeysUnavailable)
         }
-        Err(timed_out) => {
+        Ok(Err(timed_out)) => {
             outage.failed(&format_args!(
                 "the key source did not answer within {} ms",
                 timed_out.0.as_millis()

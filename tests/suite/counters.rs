@@ -489,15 +489,50 @@ async fn a_store_that_panics_is_a_store_that_failed() {
 /// A key source of the app's own that panics: in its lookup's future, or
 /// in the call that makes it.
 struct KeysPanic {
-    in_call: bool,
+    how: Panics,
+}
+
+/// Where the test's key source panics.
+#[derive(Debug, Clone, Copy)]
+enum Panics {
+    /// In the lookup's future.
+    InLookup,
+    /// In the call that makes it.
+    InCall,
+    /// As its future, which never answers, is dropped at the timeout.
+    OnDrop,
+}
+
+/// A future that never answers, and panics as it is dropped.
+struct PanicsOnDrop;
+
+impl std::future::Future for PanicsOnDrop {
+    type Output = Result<Option<Arc<Verifier>>, KeySourceError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("the test's key source panics as its lookup is dropped");
+    }
 }
 
 impl KeySource for KeysPanic {
     fn verifier<'a>(
         &'a self, _account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
-        assert!(!self.in_call, "the test's key source panics in its call");
-        Box::pin(async { panic!("the test's key source panics in its lookup") })
+        match self.how {
+            Panics::InLookup => {
+                Box::pin(async { panic!("the test's key source panics in its lookup") })
+            }
+            Panics::InCall => panic!("the test's key source panics in its call"),
+            Panics::OnDrop => Box::pin(PanicsOnDrop),
+        }
     }
 }
 
@@ -507,9 +542,10 @@ impl KeySource for KeysPanic {
 #[tokio::test]
 async fn a_key_source_that_panics_is_a_key_source_that_failed() {
     let body = order("evt_keys_panic", "2025-01-15T12:00:00.000Z");
-    for in_call in [false, true] {
-        let layer =
-            ClinkLayer::with_key_source(AccountFrom::LastPathSegment, KeysPanic { in_call });
+    for how in [Panics::InLookup, Panics::InCall, Panics::OnDrop] {
+        let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, KeysPanic { how })
+            .store_timeout(Duration::from_millis(50))
+            .unwrap();
         let mut watch = Watch::new(&layer);
         let addr = serve(layer.layer(EventRouter::new())).await;
         let request = signed(addr, &body)
@@ -519,7 +555,7 @@ async fn a_key_source_that_panics_is_a_key_source_that_failed() {
             ))
             .build();
         let answer = send(request).await;
-        assert_eq!(answer.status, 503, "panicking in its call: {in_call}");
+        assert_eq!(answer.status, 503, "panicking {how:?}");
         assert_eq!(answer.error_code(), "keys_unavailable");
         watch.moved("a key source that panicked", &[("store_errors", 1)]);
     }
