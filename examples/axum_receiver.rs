@@ -206,7 +206,7 @@ impl Clink {
     ) -> Result<bool, BoxError> {
         let current = self.current(key).await?;
         if let Some(line) = &current {
-            println!("{line}");
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
         }
         Ok(current.is_some())
     }
@@ -382,7 +382,7 @@ async fn handle<T: Resource>(
     }
     report(&event);
     if let Some(line) = current {
-        println!("{line}");
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
     }
     Ok(())
 }
@@ -396,7 +396,10 @@ fn report<T>(event: &Event<T>) {
     let _ = writeln!(std::io::stdout().lock(), "handled {event_type} {id}");
     if let Freshness::Stale { newest_seen } = event.freshness() {
         let newest_seen = printable(&newest_seen.to_string());
-        eprintln!("note: {event_type} {id} is stale: {newest_seen} was already handled");
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "note: {event_type} {id} is stale: {newest_seen} was already handled"
+        );
     }
 }
 

@@ -462,15 +462,16 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 )
             } else {
                 format!(
-                    "dead: it had {had} attempts, more than max_attempts ({max}), lowered since; \
-                     replay it to run it again"
+                    "dead: it had {had} attempts, more than max_attempts ({max}): lowered since, \
+                     or the settle that kept it dead at its last attempt was lost; replay it to \
+                     run it again"
                 )
             };
             tracing::error!(
                 seq = claim.entry.seq,
                 event_id = ?kept.event_id,
                 event_type = ?kept.event_type,
-                attempts = self.settings.max_attempts,
+                attempts = had,
                 "inbox: the event is dead: past max_attempts, its last attempt unsettled (or max_attempts lowered)"
             );
             #[cfg(feature = "metrics")]

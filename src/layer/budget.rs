@@ -21,8 +21,9 @@
 //! one that came whole with its declared length; a chunked one may), and
 //! by a body still waiting for its first bytes while more than half the
 //! places for bodies are taken (so that bodies that never send a byte
-//! cannot hold every place): not by a delivery on a receiver under no
-//! flood.
+//! hold at most half the places for good: one that registered can be
+//! ended for a place, never for bytes, which it does not hold): not by a
+//! delivery on a receiver under no flood.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,8 +40,8 @@ pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// The default number of bodies being read at once: 1,024.
 pub const DEFAULT_MAX_BODIES_READING: usize = 1024;
 
-/// How long a body must have been read, since its first bytes came,
-/// before it is ended to make room for another.
+/// How long a body must have waited for its bytes, since it first waited
+/// (registered), before it is ended to make room for another.
 pub(super) const EVICT_AFTER: Duration = Duration::from_secs(1);
 
 /// The longest a body making room waits for the body it ended to give its
@@ -53,7 +54,7 @@ pub(super) struct BodyBudget {
     max_reading: usize,
     bytes: AtomicUsize,
     reading: AtomicUsize,
-    /// The bodies that waited for more after their first bytes, oldest
+    /// The bodies registered as they waited (see `Reading::waits`), oldest
     /// first (by the number each took when it first waited).
     waiting: Mutex<BTreeMap<u64, Arc<Waiting>>>,
     next_waiting: AtomicU64,
@@ -68,6 +69,9 @@ pub(super) struct BodyBudget {
 #[derive(Debug)]
 struct Waiting {
     since: Instant,
+    /// The bytes the body holds (it gives none back, ended, while this is
+    /// zero: a body still waiting for its first bytes).
+    held: AtomicUsize,
     evicted: AtomicBool,
     waker: Mutex<Option<Waker>>,
     released: tokio::sync::Notify,
@@ -133,17 +137,18 @@ impl BodyBudget {
             if let Some(reading) = self.start() {
                 return Some(reading);
             }
-            if !self.make_room(None, || false).await {
+            if !self.make_room(None, false, || false).await {
                 return None;
             }
         }
     }
 
-    /// Ends the body read longest, if it has been read [`EVICT_AFTER`] or
-    /// more since it first waited (and is not `except`), and waits (up to
-    /// `RELEASE_WAIT`, and only while `until` is false) for it to give its
-    /// bytes and its place back; whether one was ended.
-    async fn make_room(&self, except: Option<u64>, until: impl Fn() -> bool) -> bool {
+    /// Ends the body read longest (of those holding bytes, when `bytes`),
+    /// if it has waited [`EVICT_AFTER`] or more since it first waited (and
+    /// is not `except`), and waits (up to `RELEASE_WAIT`, and only while
+    /// `until` is false) for it to give its bytes and its place back;
+    /// whether one was ended.
+    async fn make_room(&self, except: Option<u64>, bytes: bool, until: impl Fn() -> bool) -> bool {
         let ended = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             // A body ended meanwhile makes no more room: two bodies ending
@@ -153,7 +158,9 @@ impl BodyBudget {
             }
             let oldest = waiting
                 .iter()
-                .find(|(&number, _)| Some(number) != except)
+                .find(|(&number, body)| {
+                    Some(number) != except && (!bytes || body.held.load(Ordering::Relaxed) > 0)
+                })
                 .filter(|(_, body)| body.since.elapsed() >= EVICT_AFTER)
                 .map(|(&number, _)| number);
             let Some(body) = oldest.and_then(|number| waiting.remove(&number)) else {
@@ -214,6 +221,9 @@ impl Reading<'_> {
                 .bytes
                 .fetch_sub(self.held - bytes, Ordering::AcqRel);
             self.held = bytes;
+            if let Some((_, waiting)) = &self.waiting {
+                waiting.held.store(bytes, Ordering::Relaxed);
+            }
             return true;
         }
         let more = bytes - self.held;
@@ -226,6 +236,9 @@ impl Reading<'_> {
             });
         if taken.is_ok() {
             self.held = bytes;
+            if let Some((_, waiting)) = &self.waiting {
+                waiting.held.store(bytes, Ordering::Relaxed);
+            }
             #[cfg(test)]
             self.budget
                 .peak
@@ -238,11 +251,12 @@ impl Reading<'_> {
     /// woken by `waker` if it is ended to make room: the first time, it
     /// takes its place among the bodies being read.
     pub(super) fn waits(&mut self, waker: &Waker) {
-        let budget = self.budget;
+        let (budget, held) = (self.budget, self.held);
         let (_, waiting) = self.waiting.get_or_insert_with(|| {
             let number = budget.next_waiting.fetch_add(1, Ordering::Relaxed);
             let waiting = Arc::new(Waiting {
                 since: Instant::now(),
+                held: AtomicUsize::new(held),
                 evicted: AtomicBool::new(false),
                 waker: Mutex::new(None),
                 released: tokio::sync::Notify::new(),
@@ -279,13 +293,13 @@ impl Reading<'_> {
             .is_some_and(|(_, waiting)| waiting.evicted.load(Ordering::Acquire))
     }
 
-    /// Ends the body read longest, a second or more (never this one), and
-    /// waits for it to give its bytes back, unless this body is ended
-    /// meanwhile; whether one was ended (then try again, unless this body
-    /// was ended).
+    /// Ends the body read longest of those holding bytes, a second or more
+    /// (never this one), and waits for it to give its bytes back, unless
+    /// this body is ended meanwhile; whether one was ended (then try
+    /// again, unless this body was ended).
     pub(super) async fn make_room(&self) -> bool {
         let this = self.waiting.as_ref().map(|(number, _)| *number);
-        self.budget.make_room(this, || self.evicted()).await
+        self.budget.make_room(this, true, || self.evicted()).await
     }
 }
 

@@ -411,9 +411,14 @@ impl ClinkLayer {
     /// while more than half the places are taken, since it began waiting
     /// for its first), is ended (answered `503`,
     /// [`Outcome::Overloaded`](crate::Outcome::Overloaded), which Clink
-    /// retries) and its bytes and its place given back. A real delivery's
-    /// body arrives whole in milliseconds, and one that comes whole with
-    /// its declared length is never ended so.
+    /// retries) and its bytes and its place given back (for bytes, only a
+    /// body that holds some is ended). A real delivery's body arrives whole
+    /// in milliseconds, and one that comes whole with its declared length
+    /// is never ended so. Bodies that never send a byte, begun while half
+    /// the places or fewer were taken, keep their places until the body
+    /// timeout: at most half of them (the crate's
+    /// [`Server`](crate::server::Server) closes such connections for new
+    /// clients, and takes fewer connections than there are places).
     ///
     /// # Errors
     ///

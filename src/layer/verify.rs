@@ -1303,6 +1303,48 @@ mod tests {
         first.abort();
     }
 
+    /// A body short of bytes ends a body that holds bytes, never one still
+    /// waiting for its first (registered because places were scarce): that
+    /// would give nothing back.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_short_of_bytes_ends_only_a_body_that_holds_bytes() {
+        let budget = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 3));
+        let busy = budget.start().unwrap();
+        let silent = {
+            let budget = std::sync::Arc::clone(&budget);
+            tokio::spawn(async move {
+                let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+                let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+                let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
+                let read = read_body(
+                    Stalled(None),
+                    MAP_FROM,
+                    Some(100),
+                    &mut verification,
+                    &mut reading,
+                );
+                read.await.map(drop)
+            })
+        };
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!budget.nothing_waits(), "the silent body registered");
+        let stalled = stalled_reading(&budget).await;
+        drop(busy);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(one_kib(&budget).await, Ok(1024));
+        assert_eq!(stalled.await.unwrap(), Err(Outcome::Overloaded));
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !silent.is_finished(),
+            "the silent body was ended for nothing"
+        );
+        silent.abort();
+    }
+
     /// With every place for a body taken by one that stalled, a place is
     /// made the same way: none while it has waited less than a second,
     /// then by ending it.
