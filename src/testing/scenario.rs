@@ -372,6 +372,11 @@ impl Scenario {
     /// `http_body_util::Full<Bytes>` request bodies, which
     /// [`ClinkService`](crate::ClinkService) and axum's `Router` accept.
     ///
+    /// The events' ids are drawn when the scenario is built: a second run
+    /// sends the same events, which an app that kept the first run's (in
+    /// a store shared with it) takes for duplicates. Build the scenario
+    /// again for each app.
+    ///
     /// # Errors
     ///
     /// [`ScenarioFailure`] when any step got another status or outcome than
