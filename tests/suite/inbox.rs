@@ -3657,3 +3657,63 @@ async fn a_handler_committing_with_the_event_has_its_effects_once_even_if_it_the
         .get(0);
     assert_eq!(rows, 1);
 }
+
+/// A replay (one event, a pinned one, or a filter's) wakes a worker of
+/// this process waiting for work: the event runs at once, not at the
+/// worker's next look. PostgreSQL's did not (memory's and SQLite's did).
+async fn a_replay_wakes_a_waiting_worker(inbox: impl Inbox + Clone + 'static) {
+    let dead = |id: &str| event(id, Some(id), 1);
+    for (n, id) in ["evt_wake_one", "evt_wake_pinned", "evt_wake_filter"]
+        .into_iter()
+        .enumerate()
+    {
+        inbox.insert_dead(&dead(id), "dead: a test").await.unwrap();
+        let seq = seq_of(&inbox, id).await;
+        // A wake-up left by the insert is taken first.
+        inbox.wait(Duration::ZERO).await;
+        let waiting = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.wait(Duration::from_secs(3600)).await }
+        });
+        match n {
+            0 => assert_eq!(inbox.replay(seq, false).await.unwrap(), Replayed::Replayed),
+            1 => {
+                let entry = inbox.get(seq).await.unwrap().unwrap();
+                let pin = ReplayPin::of(&entry);
+                assert_eq!(
+                    inbox.replay_if(seq, &pin).await.unwrap(),
+                    Replayed::Replayed
+                );
+            }
+            _ => {
+                let filter = InboxFilter::default().status(InboxStatus::Dead);
+                assert_eq!(inbox.replay_matching(&filter, false).await.unwrap(), [seq]);
+            }
+        }
+        tokio::time::timeout(crate::support::process::PATIENCE, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{id}: the replay woke no waiting worker"))
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_replay_wakes_a_waiting_worker_in_memory() {
+    a_replay_wakes_a_waiting_worker(Arc::new(MemoryInbox::new())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_replay_wakes_a_waiting_worker_in_sqlite() {
+    let dir = temp_dir();
+    let inbox = clink_webhooks::store::SqliteInbox::open(dir.join("inbox.db")).unwrap();
+    a_replay_wakes_a_waiting_worker(inbox).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_replay_wakes_a_waiting_worker_on_postgres() {
+    let _servers = crate::support::servers::shared().await;
+    a_replay_wakes_a_waiting_worker(postgres_inbox().await).await;
+}

@@ -1425,6 +1425,11 @@ impl Inbox for PostgresInbox {
             };
             let (status, handled, replayed) =
                 read().map_err(|err| pg_error("cannot replay the event", &err))?;
+            if replayed == 1 {
+                // A worker of this process waiting for work runs it now;
+                // another process's, at its next look.
+                wake_another(&self.notified);
+            }
             Ok(match status.as_str() {
                 _ if replayed == 1 => Replayed::Replayed,
                 "running" => Replayed::Running,
@@ -1471,6 +1476,7 @@ impl Inbox for PostgresInbox {
             let (replayed, status, replays, handled) =
                 read().map_err(|err| pg_error("cannot replay the event", &err))?;
             Ok(if replayed == 1 {
+                wake_another(&self.notified);
                 Replayed::Replayed
             } else {
                 pin.unreplayed(Some((&status, replays, handled)))
@@ -1522,6 +1528,9 @@ impl Inbox for PostgresInbox {
                 steps,
                 "inbox: replayed the events a filter matches"
             );
+            if !seqs.is_empty() {
+                wake_another(&self.notified);
+            }
             Ok(seqs)
         })
     }
