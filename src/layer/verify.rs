@@ -1171,6 +1171,27 @@ mod tests {
         task
     }
 
+    /// Reads, on a task of its own, a body that declares 100 bytes and
+    /// sends none; its result once it ends.
+    fn silent_reading(
+        budget: &std::sync::Arc<BodyBudget>,
+    ) -> tokio::task::JoinHandle<Result<(), Outcome>> {
+        let budget = std::sync::Arc::clone(budget);
+        tokio::spawn(async move {
+            let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+            let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
+            let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
+            let read = read_body(
+                Stalled(None),
+                MAP_FROM,
+                Some(100),
+                &mut verification,
+                &mut reading,
+            );
+            read.await.map(drop)
+        })
+    }
+
     /// A body in one chunk of 1 KiB, read under `budget`.
     async fn one_kib(budget: &BodyBudget) -> Result<usize, Outcome> {
         let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
@@ -1262,26 +1283,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bodies_that_never_send_a_byte_cannot_hold_every_place() {
         let budget = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 2));
-        let silent = |budget: &std::sync::Arc<BodyBudget>| {
-            let budget = std::sync::Arc::clone(budget);
-            tokio::spawn(async move {
-                let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-                let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
-                let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
-                let read = read_body(
-                    Stalled(None),
-                    MAP_FROM,
-                    Some(100),
-                    &mut verification,
-                    &mut reading,
-                );
-                read.await.map(drop)
-            })
-        };
-        let first = silent(&budget);
+        let first = silent_reading(&budget);
         tokio::task::yield_now().await;
         assert!(budget.nothing_waits(), "one place of two taken: not scarce");
-        let second = silent(&budget);
+        let second = silent_reading(&budget);
         // Its task polled (a few turns of this one-thread runtime).
         for _ in 0..100 {
             tokio::task::yield_now().await;
@@ -1310,22 +1315,7 @@ mod tests {
     async fn a_body_short_of_bytes_ends_only_a_body_that_holds_bytes() {
         let budget = std::sync::Arc::new(BodyBudget::new(MAP_FROM, 3));
         let busy = budget.start().unwrap();
-        let silent = {
-            let budget = std::sync::Arc::clone(&budget);
-            tokio::spawn(async move {
-                let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-                let mut verification = Verifier::new("k").unwrap().begin_at(TS, now).unwrap();
-                let mut reading = budget.start().ok_or(Outcome::Overloaded)?;
-                let read = read_body(
-                    Stalled(None),
-                    MAP_FROM,
-                    Some(100),
-                    &mut verification,
-                    &mut reading,
-                );
-                read.await.map(drop)
-            })
-        };
+        let silent = silent_reading(&budget);
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
