@@ -262,7 +262,8 @@ impl ClientBuilder {
     /// room in time fails as [`RateLimited`](ApiErrorKind::RateLimited),
     /// without sending its request. When Clink answers `429`, every call
     /// waits out its `Retry-After` (seconds or an HTTP date; without one,
-    /// the retry's backoff), not the refused one only.
+    /// the retry's backoff; for the other calls at most 60 s), not the
+    /// refused one only.
     #[must_use]
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
         self.rate = per_second;
@@ -868,6 +869,9 @@ impl Client {
                 "the answer is not a JSON object",
             )
             .with_status(status)
+            // A `code` or `msg` twice fails the envelope's read, not the
+            // secret's, which a lenient read may still find.
+            .with_secret(secret_in(&body))
         })?;
         match envelope.code {
             Code::None | Code::Number(200) => Ok(body),

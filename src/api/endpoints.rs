@@ -271,10 +271,14 @@ impl EnsureEndpoint {
         self
     }
 
-    /// Rotates the secret whatever Clink finds.
+    /// Rotates the secret whatever Clink finds, and asks for the new one
+    /// back (as [`return_secret`](Self::return_secret) does): the old secret
+    /// stops working at once, and a rotation whose secret Clink withheld
+    /// would leave nobody with the one it signs with.
     #[must_use]
     pub fn rotate_secret(mut self) -> Self {
         self.rotate_secret = true;
+        self.return_signing_secret = true;
         self
     }
 }
@@ -569,7 +573,10 @@ impl Client {
 
     /// Rotates the signing secret of endpoint `id`: Clink signs with the
     /// new secret at once and the old one stops working at once. The
-    /// answer holds the new plain secret. To rotate while deliveries go
+    /// answer holds the new plain secret in
+    /// [`signing_secret`](Endpoint::signing_secret); should it come without
+    /// one (`None`), nobody has the secret Clink now signs with: rotate
+    /// again (as the CLI says, exiting non-zero). To rotate while deliveries go
     /// on, use [`rotate_signing_secret`](Self::rotate_signing_secret),
     /// which also puts the new secret into your verifier as soon as Clink
     /// answers, keeps the old one for a grace period, and runs one rotation
@@ -584,7 +591,16 @@ impl Client {
         let path = format!("{}/rotate-secret", endpoint_path(id)?);
         let call = format!("POST /{path}");
         let answer = self.call_for_secret(Method::POST, &path, None).await?;
-        let data = self.data_object(&call, &answer)?;
+        let data = match self.data_object(&call, &answer) {
+            Ok(data) => data,
+            // A yes whose secret is outside a `data` object (none, `null`,
+            // not an object): Clink rotated all the same, so the secret is
+            // the endpoint's, whose id is known.
+            Err(error) if error.kind() == ApiErrorKind::Decode && error.new_secret().is_some() => {
+                Map::new()
+            }
+            Err(error) => return Err(error),
+        };
         Ok(Endpoint::lenient(data, Some(id)).with_secret_from(&answer))
     }
 

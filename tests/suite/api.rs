@@ -1296,8 +1296,9 @@ async fn answers_that_carry_a_new_secret_are_read_whatever_the_other_fields_hold
 }
 
 /// A rotation answered with its new secret outside `data` (at the top
-/// level, with no `data`; or beside a `data` without one) loses no secret:
-/// the error holds it, or the rotation goes through with it.
+/// level, with no `data` or a `null` one; or beside a `data` without one)
+/// loses no secret: the rotation goes through with it (the answer says
+/// yes, so Clink signs with it), or the error holds it.
 #[tokio::test]
 async fn a_new_secret_outside_data_is_kept() {
     let fake = FakeApi::start().await;
@@ -1306,30 +1307,50 @@ async fn a_new_secret_outside_data_is_kept() {
     let id = fake.add_endpoint("https://shop.example.com/top", &["order.succeeded"]);
     let old = fake.endpoint_secret(&id).unwrap();
     let live = LiveVerifier::new(Verifier::new(&old).unwrap());
+    for (data, secret) in [
+        ("", "whsec_top_level"),
+        (r#""data":null,"#, "whsec_beside_null_data"),
+    ] {
+        fake.fail_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            Failure::Json {
+                status: 200,
+                body: format!(r#"{{"code":200,"msg":"ok",{data}"signingSecret":"{secret}"}}"#),
+            },
+            1,
+        );
+        let stored = Arc::new(Mutex::new(None));
+        let store = Arc::clone(&stored);
+        let rotated = client
+            .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |new| async move {
+                *store.lock().unwrap() = Some(new.expose().to_owned());
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{secret}: {error}"));
+        assert_eq!(rotated.endpoint.id, id);
+        assert_eq!(stored.lock().unwrap().as_deref(), Some(secret));
+        assert!(verifies(&live.current(), secret), "{secret}");
+        assert!(verifies(&live.current(), &old), "{secret}: the grace");
+    }
+
+    // A 2xx answer whose envelope cannot be read (`code` twice) fails,
+    // holding the secret it carries.
     fake.fail_next(
         &format!("webhook/endpoints/{id}/rotate-secret"),
         Failure::Json {
             status: 200,
-            body: r#"{"code":200,"msg":"ok","id":"x","signingSecret":"whsec_top_level"}"#.into(),
+            body: r#"{"code":200,"code":200,"data":{"signingSecret":"whsec_twice"}}"#.into(),
         },
         1,
     );
-    let error = client
-        .rotate_signing_secret(&id, live.clone(), DEFAULT_GRACE, |_secret| async {
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .unwrap_err();
+    let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
     assert_eq!(
         error.new_secret().map(WebhookSecret::expose),
-        Some("whsec_top_level"),
+        Some("whsec_twice"),
         "{error}"
     );
-    assert_no_key(
-        "the error",
-        &format!("{error} {error:?}"),
-        &["whsec_top_level"],
-    );
+    assert_no_key("the error", &format!("{error} {error:?}"), &["whsec_twice"]);
 
     fake.fail_next(
         &format!("webhook/endpoints/{id}/rotate-secret"),

@@ -807,6 +807,8 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     .await;
     assert_eq!(rotated.code, Some(0), "{rotated:?}");
     assert_eq!(last_ensure(&api)["rotateSecret"], true);
+    // A rotation asks for its secret back, or Clink may withhold it.
+    assert_eq!(last_ensure(&api)["returnSigningSecret"], true);
     let third = api.endpoint_secret(id).unwrap();
     assert_ne!(third, second);
     assert_eq!(
@@ -926,6 +928,89 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(gone.code, Some(1), "{gone:?}");
     assert!(text_error(&gone).contains("not found"), "{gone:?}");
     assert_eq!(api.count("DELETE", "webhook/endpoints/whk_1"), 2);
+}
+
+/// A rotation answered without its new secret fails (the old secret no
+/// longer verifies and nobody has the new one), saying how to get one;
+/// `--show-secret` on an ensure asks for the secret without rotating.
+#[tokio::test]
+async fn a_rotation_answered_without_its_secret_fails() {
+    let api = fake().await;
+    let url = "https://shop.example/hooks/clink";
+    let id = api.add_endpoint(url, &["order.succeeded"]);
+    let rotate = format!("webhook/endpoints/{id}/rotate-secret");
+
+    api.patch_next(&rotate, json!({ "signingSecret": null }), 2);
+    let before = api.endpoint_secret(&id).unwrap();
+    let rotated = cli(&api, &["endpoints", "--show-secret", "rotate-secret", &id]).await;
+    assert_ne!(api.endpoint_secret(&id).unwrap(), before, "it rotated");
+    assert_eq!(rotated.code, Some(2), "{rotated:?}");
+    let error = text_error(&rotated);
+    assert!(error.contains("holds no new secret"), "{rotated:?}");
+    assert!(
+        error.contains(&format!("rotate-secret {id} --show-secret")),
+        "{rotated:?}"
+    );
+    let rotated = cli(
+        &api,
+        &["--json", "endpoints", "--show-secret", "rotate-secret", &id],
+    )
+    .await;
+    assert_eq!(rotated.code, Some(2), "{rotated:?}");
+    assert_eq!(json_error(&rotated)["error"], "decode", "{rotated:?}");
+
+    for json_flag in [false, true] {
+        api.patch_next(
+            "webhook/endpoints/ensure",
+            json!({ "endpoint": { "signingSecret": null }, "signingSecretAvailable": false }),
+            1,
+        );
+        let mut args = vec![
+            "endpoints",
+            "--show-secret",
+            "ensure",
+            url,
+            "--events",
+            "core",
+            "--rotate-secret",
+        ];
+        if json_flag {
+            args.insert(0, "--json");
+        }
+        let ensured = cli(&api, &args).await;
+        assert_eq!(ensured.code, Some(2), "{ensured:?}");
+        assert!(
+            ensured.stderr.contains("holds no new secret")
+                && ensured.stderr.contains("--rotate-secret --show-secret"),
+            "{ensured:?}"
+        );
+    }
+
+    // --show-secret alone asks for the secret, and does not rotate for it.
+    let kept = api.endpoint_secret(&id).unwrap();
+    let shown = cli(
+        &api,
+        &[
+            "endpoints",
+            "--show-secret",
+            "ensure",
+            url,
+            "--events",
+            "core",
+        ],
+    )
+    .await;
+    assert_eq!(shown.code, Some(0), "{shown:?}");
+    let body = last_ensure(&api);
+    assert_eq!(
+        (
+            body["returnSigningSecret"].clone(),
+            body["rotateSecretIfUnavailable"].clone(),
+            body["rotateSecret"].clone()
+        ),
+        (json!(true), json!(false), json!(false))
+    );
+    assert_eq!(api.endpoint_secret(&id).unwrap(), kept, "not rotated");
 }
 
 #[tokio::test]

@@ -374,7 +374,7 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
         }
         Action::Ensure(ensure) => {
             // The arguments are checked before the configuration.
-            let want = ensure_request(ensure)?;
+            let want = ensure_request(ensure, show)?;
             if ensure.rotate_secret
                 || (ensure.return_secret && !ensure.no_rotate_secret_if_unavailable)
             {
@@ -390,6 +390,16 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
             // when refusing is too late, so its secret is printed in full.
             let shown_once = !show && ensured.endpoint.signing_secret.is_some();
             print_ensured(printer, &ensured, show || shown_once, shown_once);
+            let rotated = ensure.rotate_secret
+                || matches!(
+                    ensured.source.as_deref(),
+                    Some("rotated" | "updated_rotated")
+                );
+            if rotated && ensured.endpoint.signing_secret.is_none() {
+                return Err(rotated_without_secret(&SecretCall::Ensure {
+                    url: &ensure.url,
+                }));
+            }
         }
         Action::RotateSecret { id } => {
             must_show(show, "rotate-secret")?;
@@ -400,6 +410,9 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
             let heading = "rotated the signing secret: the old one no longer verifies; \
                            give the receiver the new one now";
             print_endpoint(printer, Some(heading), &endpoint, show);
+            if endpoint.signing_secret.is_none() {
+                return Err(rotated_without_secret(&SecretCall::Rotate { id }));
+            }
         }
         Action::Enable { id } => {
             let endpoint = client()?
@@ -579,6 +592,20 @@ fn print_secret_with_error(printer: &Printer<'_>, secret: &str, call: &SecretCal
     printer.line(&format!("  secret       {}", escaped(secret)));
 }
 
+/// A rotation Clink answered without the new secret, as a [`CliError`]
+/// (`decode`, exit 2): the old secret no longer verifies and nobody has the new
+/// one, so the command did not do what it was run for.
+fn rotated_without_secret(call: &SecretCall<'_>) -> CliError {
+    CliError::new(
+        ErrorCode::Api(ApiErrorKind::Decode),
+        format!(
+            "Clink rotated the signing secret but its answer holds no new secret: the old one \
+             no longer verifies and nobody has the one Clink signs with; {}",
+            call.again()
+        ),
+    )
+}
+
 /// Refuses a command that can rotate the secret unless it prints the new
 /// one: the old secret stops working at once, and Clink never shows the
 /// new one again, so a masked one would be lost.
@@ -592,8 +619,11 @@ fn must_show(show: bool, command: &str) -> Result<(), CliError> {
     )))
 }
 
-/// The request `ensure`'s arguments make, checked.
-fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
+/// The request `ensure`'s arguments make, checked. With `show`
+/// (`--show-secret`) it asks for the plain secret (without rotating for
+/// one unless `--return-secret` says so), so that an endpoint it creates
+/// comes with its secret; a rotation always asks for it.
+fn ensure_request(args: &EnsureArgs, show: bool) -> Result<EnsureEndpoint, CliError> {
     let url = endpoint_url(&args.url)?;
     let mut want = EnsureEndpoint::new(url, event_names(&args.events)?).enabled(!args.disabled);
     if let Some(description) = &args.description {
@@ -601,6 +631,8 @@ fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
     }
     if args.return_secret {
         want = want.return_secret(!args.no_rotate_secret_if_unavailable);
+    } else if show {
+        want = want.return_secret(false);
     }
     if args.rotate_secret {
         want = want.rotate_secret();

@@ -988,7 +988,8 @@ fn update_endpoint(state: &State, id: &str, body: &[u8]) -> Reply {
 }
 
 /// `PUT webhook/endpoints/ensure`: creates the endpoint for `url`, or
-/// updates the first with that url (rotating its secret if asked).
+/// updates the first with that url (rotating its secret if asked, and
+/// showing the new one only with `returnSigningSecret`).
 fn ensure_endpoint(state: &State, body: &[u8]) -> Reply {
     let Some(object) = json_object(body) else {
         return bad_request();
@@ -1036,7 +1037,9 @@ fn ensure_endpoint(state: &State, body: &[u8]) -> Reply {
                     } else {
                         "rotated"
                     };
-                    (source, endpoint.json(true))
+                    // A rotation shows its secret only when asked to
+                    // (`returnSigningSecret`), as Clink's CLI asks for it.
+                    (source, endpoint.json(return_secret))
                 }
                 None => ("updated", endpoint.json(false)),
             }
@@ -1426,8 +1429,30 @@ mod tests {
             Some(ensure),
         )
         .await;
+        // Rotated, but not asked for the secret: withheld.
         let ensured = parse(&body)["data"].clone();
         assert_eq!(ensured["source"], json!("updated_rotated"));
+        assert_eq!(ensured["endpoint"]["signingSecret"], Value::Null);
+        assert_eq!(ensured["signingSecretAvailable"], false);
+        let ensure = json!({
+            "url": "https://a.example/hook",
+            "events": [],
+            "enabled": true,
+            "rotateSecret": true,
+            "returnSigningSecret": true,
+        });
+        let before = api.endpoint_secret(&seeded);
+        let (_, _, body) = call(
+            &api,
+            "PUT",
+            "webhook/endpoints/ensure",
+            Some(KEY),
+            Some(ensure),
+        )
+        .await;
+        let ensured = parse(&body)["data"].clone();
+        assert_eq!(ensured["source"], json!("rotated"));
+        assert_ne!(api.endpoint_secret(&seeded), before);
         assert_eq!(
             ensured["endpoint"]["signingSecret"].as_str(),
             api.endpoint_secret(&seeded).as_deref()
