@@ -22,7 +22,9 @@
 //! 6. **Claim**: the account and event id are claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
-//!    with `Retry-After`, and the inner service is not called. A claim the
+//!    with `Retry-After`, and the inner service is not called. An id the
+//!    store cannot take as a key (over 1,024 bytes with the account and the
+//!    key prefix): `400`, as an id too long for the envelope is. A claim the
 //!    store answered after the handler's time was spent (its lease may have
 //!    ended meanwhile, and another delivery taken the event) is let go
 //!    unused and answered as the handler timeout is (`500`).
@@ -34,7 +36,12 @@
 //!    answers and no request built for it.
 //! 8. **Settle**: a `2xx` marks the event completed; any other status, an
 //!    error or a panic (answered `500`), or the handler timeout (`500`)
-//!    releases the claim, so Clink's retry runs the handler again. Every store
+//!    releases the claim, so Clink's retry runs the handler again; but once
+//!    an [`EventRouter`](crate::EventRouter) behind the layer said its
+//!    handler succeeded, a service around it that fails afterwards (a
+//!    timeout while the event's version was recorded, say) has the event
+//!    completed and answered `200` (`handled`), so that no retry runs the
+//!    handler again. Every store
 //!    call is bounded by [`ClinkLayer::store_timeout`]; a delivery dropped
 //!    mid-way (the sender hung up) still settles its claim in the background:
 //!    released while its handler runs, completed once a handler succeeded

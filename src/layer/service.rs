@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -398,6 +398,19 @@ where
         // A clone shares the body and the id's bytes: no copy. The resource
         // decoded with the envelope goes with it, to the handler.
         let (mut response, mut outcome) = run(verified.lend(), deadline, &succeeded).await;
+        // A handler that succeeded is never run again: a service around the
+        // router that failed after it (a timeout while its version was
+        // recorded, a middleware's own error) does not release the claim.
+        if !outcome.is_acknowledged() && succeeded.load(Ordering::Relaxed) {
+            cold();
+            tracing::error!(
+                outcome = outcome.as_str(),
+                "clink handler succeeded, but the service around it did not answer so; \
+                 acknowledged, so that no retry runs it again"
+            );
+            outcome = Outcome::Handled;
+            response = layer_response(&outcome);
+        }
         // An event no retry can help (its data does not decode, or its
         // handler failed for good) is kept dead in the dead-letter inbox,
         // if the layer has one, and acknowledged.

@@ -160,7 +160,9 @@ pub enum StoreErrorKind {
     LeaseLost,
 }
 
-/// The store could not answer; the delivery is refused with 503 so Clink retries.
+/// The store could not answer; the delivery is refused with 503 so Clink
+/// retries (a claim refused as [`InvalidInput`](StoreErrorKind::InvalidInput),
+/// a key no store can take, with 400: retrying cannot help).
 ///
 /// Messages never contain connection strings or passwords.
 #[derive(Debug, Clone)]

@@ -213,6 +213,33 @@ where
     seen(service.clone().oneshot(request).await.unwrap()).await
 }
 
+/// What a service around the router does with the router's answer: fails.
+fn fails_after<R>(_: Result<R, Infallible>) -> Result<R, tower::BoxError> {
+    Err("the service around the router failed".into())
+}
+
+/// A handler that succeeded is not run again when a service between the
+/// layer and the router fails after it (a timeout while the handler's
+/// version was recorded, a middleware's own error): the claim is completed
+/// and the delivery acknowledged, and Clink's retry is a duplicate.
+#[tokio::test]
+async fn a_service_failing_after_its_handler_succeeded_runs_it_once() {
+    let runs = Runs::default();
+    let around = ServiceExt::<Request<Full<Bytes>>>::map_result(router(&runs), fails_after);
+    let service = layer(false).layer(around);
+    for expected in [Outcome::Handled, Outcome::Duplicate] {
+        let request =
+            SignedRequest::new(SECRET, order("evt_once", 2_000, "ord_1")).build::<Full<Bytes>>();
+        let response = service.clone().oneshot(request).await.unwrap();
+        let outcome = response.extensions().get::<Outcome>().cloned();
+        assert_eq!(
+            (response.status(), outcome),
+            (http::StatusCode::OK, Some(expected))
+        );
+    }
+    assert_eq!(*runs.lock().unwrap(), ["order evt_once"]);
+}
+
 #[tokio::test]
 async fn a_routed_service_answers_as_the_layer_over_the_same_router() {
     for dead_letters in [false, true] {
