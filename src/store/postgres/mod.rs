@@ -406,7 +406,8 @@ impl PostgresStore {
 
     /// Runs `call` with a pooled connection, all under the per-call timeout.
     ///
-    /// A statement that runs out of time is cancelled on the server, and its
+    /// A statement that runs out of time, or whose caller stops waiting for
+    /// it (drops the call's future), is cancelled on the server, and its
     /// connection is closed rather than returned to the pool, so the next
     /// caller is never handed a connection busy with it. The cancel is sent
     /// at once but races the statement: if the server finishes first, an
@@ -475,10 +476,10 @@ impl Canceller {
 }
 
 /// `call` on a connection from `pool`, the wait for the connection and the
-/// call together bounded by `timeout`. A call that times out is cancelled on
-/// the server and its connection closed, never returned to the pool: a
-/// statement the client gave up on must not go on to take locks or land
-/// later.
+/// call together bounded by `timeout`. A call that times out, or whose
+/// future is dropped before it answers, is cancelled on the server and its
+/// connection closed, never returned to the pool: a statement the client
+/// gave up on must not go on to take locks or land later.
 async fn pooled<T, F>(
     pool: &deadpool_postgres::Pool, timeout: Duration, canceller: &Canceller, call: F,
 ) -> Result<T, StoreError>
@@ -491,17 +492,56 @@ where
         async { pool.get().await.map_err(pool_error) },
     )
     .await?;
-    let cancel = client.cancel_token();
-    let result = timed(
-        deadline.saturating_duration_since(tokio::time::Instant::now()),
-        call(&client),
-    )
-    .await;
-    if timed_out(&result) {
-        drop(deadpool_postgres::Object::take(client));
-        cancel_in_background(canceller, cancel, "its connection is closed");
+    // Armed until the call has answered: a call that runs out of time, or
+    // whose caller stops waiting for it (a dropped future: the sender hung
+    // up, or a shorter timeout around this one ended first), leaves its
+    // statement running, so its connection is closed and the statement
+    // cancelled rather than the connection handed to the next caller.
+    let mut abandoned = Abandoned {
+        cancel: Some(client.cancel_token()),
+        client: Some(client),
+        canceller,
+    };
+    let result = match abandoned.client.as_deref() {
+        Some(client) => {
+            timed(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                call(client),
+            )
+            .await
+        }
+        None => Err(StoreError::new(
+            StoreErrorKind::Protocol,
+            "no pooled connection",
+        )),
+    };
+    if !timed_out(&result) {
+        abandoned.cancel = None;
     }
     result
+}
+
+/// A pooled connection whose call may still run on it: while `cancel` is
+/// set, dropping this closes the connection (rather than handing it back
+/// to the pool) and cancels the statement on the server.
+struct Abandoned<'a> {
+    client: Option<deadpool_postgres::Object>,
+    cancel: Option<tokio_postgres::CancelToken>,
+    canceller: &'a Canceller,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let (Some(client), Some(cancel)) = (self.client.take(), self.cancel.take()) else {
+            return;
+        };
+        drop(deadpool_postgres::Object::take(client));
+        // Outside a runtime (one shutting down) nothing can be spawned: the
+        // connection, closed, is at least never handed out again.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            cancel_in_background(self.canceller, cancel, "its connection is closed");
+        }
+    }
 }
 
 /// Whether `result` is a call that ran out of time.

@@ -507,3 +507,88 @@ async fn a_timed_out_statement_is_cancelled_and_its_connection_dropped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A claim whose caller stops waiting (its future dropped: the sender hung
+/// up, or a shorter timeout around the store's ended first) while it waits
+/// behind another transaction's lock is cancelled on the server, and its
+/// connection is not handed to the next caller: with every pooled
+/// connection given up on so, an unrelated claim still answers while the
+/// lock is held.
+#[tokio::test]
+async fn a_dropped_call_is_cancelled_and_its_connection_dropped() {
+    let _servers = shared().await;
+    let keys = Keys::new("pg_dropped");
+    let (locked, other) = (keys.key("locked"), keys.key("other"));
+    let url = server_url("DATABASE_URL");
+    let table = format!("clink_dropped_{}", std::process::id());
+    let small_pool = {
+        let manager = deadpool_postgres::Manager::new(url.parse().unwrap(), tokio_postgres::NoTls);
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(2)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .unwrap()
+    };
+    let store = PostgresStore::new(small_pool)
+        .with_table(&table)
+        .and_then(|store| store.with_timeout(Duration::from_secs(10)))
+        .unwrap();
+    store.migrate().await.unwrap();
+
+    // Another transaction claims `locked` and stays open, holding the row lock.
+    let mut holder = pg_pool(&url).get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    claimed(store.claim_in(&tx, &locked, DEFAULT_LEASE).await);
+
+    // Both pooled connections wait behind it, as the server says (a bounded
+    // wait on the server's word, not on time); then their callers give up.
+    let watcher = pg_pool(&url).get().await.unwrap();
+    let waiting = async || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let short_lease = Duration::from_secs(2);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, locked) = (store.clone(), locked.clone());
+            tokio::spawn(async move { store.claim(&locked, short_lease).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting().await < 2 {
+        assert!(
+            Instant::now() < deadline && calls.iter().all(|call| !call.is_finished()),
+            "the claims did not wait behind the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for call in calls {
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+
+    // Their statements are cancelled: none waits on the lock any more.
+    while waiting().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a statement whose caller gave up still waits on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // An unrelated key is not stuck behind them: a connection handed on
+    // with its statement still waiting would hold this claim until the
+    // store's timeout.
+    claimed(store.claim(&other, DEFAULT_LEASE).await);
+    tx.rollback().await.unwrap();
+    watcher
+        .execute(&format!("DROP TABLE IF EXISTS \"{table}\""), &[])
+        .await
+        .unwrap();
+}
