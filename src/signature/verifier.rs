@@ -453,8 +453,14 @@ impl Verifier {
         self.check_tolerance(signed_at, now)
     }
 
-    /// Whether a key of this verifier is active at `now` (has not expired).
-    pub(crate) fn has_active_key_at(&self, now: SystemTime) -> bool {
+    /// Whether a key of this verifier is active at `now` (has not expired):
+    /// with none, every delivery is refused
+    /// ([`NoActiveKey`](VerifyErrorKind::NoActiveKey)). The layer's
+    /// readiness checks this for its own verifier; an app whose keys come
+    /// from a [`KeySource`](crate::accounts::KeySource) can check its
+    /// accounts' verifiers with it.
+    #[must_use]
+    pub fn has_active_key_at(&self, now: SystemTime) -> bool {
         self.keys.iter().any(|key| key.is_active_at(now))
     }
 

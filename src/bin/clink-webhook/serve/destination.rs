@@ -95,7 +95,10 @@ enum Kind {
     Redis {
         client: redis::Client,
         stream: Streams,
-        connection: AsyncMutex<Option<redis::aio::ConnectionManager>>,
+        /// The connection once made; replaced by a new one after a
+        /// publish on it failed or ran out of time (the client itself
+        /// reconnects only when the server closes it, not when it stalls).
+        connection: AsyncMutex<Option<Staling<redis::aio::ConnectionManager>>>,
     },
     /// A Redis Cluster: the stream and its marker share a hash slot (the
     /// marker's key tags the stream's name), so the script runs on the
@@ -103,7 +106,8 @@ enum Kind {
     RedisCluster {
         client: redis::cluster::ClusterClient,
         stream: Streams,
-        connection: AsyncMutex<Option<redis::cluster_async::ClusterConnection>>,
+        /// As a single server's.
+        connection: AsyncMutex<Option<Staling<redis::cluster_async::ClusterConnection>>>,
     },
 }
 
@@ -978,7 +982,28 @@ impl Destination {
                     }
                     // An earlier publish may be in the stream already, and
                     // older than the duplicate window by the time this one
-                    // would arrive: look for it first.
+                    // would arrive: look for it first. What follows leans on
+                    // the stream's duplicate window, which may have changed
+                    // since this connection was made (another gateway's
+                    // publish, say, failed): the stream is checked again.
+                    if unconfirmed.is_some() {
+                        let info = jetstream
+                            .get_stream(stream)
+                            .await
+                            .map_err(|e| {
+                                format!("{}: cannot read the stream {stream}: {e}", self.name)
+                            })?
+                            .cached_info()
+                            .clone();
+                        self.check_stream(
+                            &info,
+                            stream,
+                            stream_subjects,
+                            *duplicate_window,
+                            *replicas,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    }
                     if let Some(earlier) = unconfirmed.as_mut() {
                         let margin = i64::try_from((self.timeout + LOOKUP_MARGIN).as_millis())
                             .unwrap_or(i64::MAX);
@@ -1070,41 +1095,58 @@ impl Destination {
                 stream,
                 connection,
             } => {
-                let mut manager = {
+                let mut link = {
                     let mut held = connection.lock().await;
-                    if held.is_none() {
-                        let config = redis::aio::ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout))
-                            .set_number_of_retries(1);
-                        *held = Some(
-                            client
+                    match &*held {
+                        Some(link) if !link.is_stale() => link.clone(),
+                        _ => {
+                            // Let go of a stale connection before making another.
+                            *held = None;
+                            let config = redis::aio::ConnectionManagerConfig::new()
+                                .set_connection_timeout(Some(self.timeout))
+                                .set_response_timeout(Some(self.timeout))
+                                .set_number_of_retries(1);
+                            let manager = client
                                 .get_connection_manager_with_config(config)
                                 .await
                                 .map_err(|e| {
-                                    format!("{}: cannot connect: {}", self.name, e.kind_text())
-                                })?,
-                        );
+                                format!("{}: cannot connect: {}", self.name, e.kind_text())
+                            })?;
+                            held.insert(Staling::new(manager)).clone()
+                        }
                     }
-                    held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
-                stream.add(&mut manager, event, &self.name).await.map(Some)
+                let unfinished = StaleUnlessFinished(Some(&link.stale));
+                let added = stream.add(&mut link.connection, event, &self.name).await;
+                if added.is_ok() {
+                    unfinished.finished();
+                }
+                added.map(Some)
             }
             Kind::RedisCluster {
                 client,
                 stream,
                 connection,
             } => {
-                let mut cluster = {
+                let mut link = {
                     let mut held = connection.lock().await;
-                    if held.is_none() {
-                        *held = Some(client.get_async_connection().await.map_err(|e| {
-                            format!("{}: cannot connect: {}", self.name, e.kind_text())
-                        })?);
+                    match &*held {
+                        Some(link) if !link.is_stale() => link.clone(),
+                        _ => {
+                            *held = None;
+                            let cluster = client.get_async_connection().await.map_err(|e| {
+                                format!("{}: cannot connect: {}", self.name, e.kind_text())
+                            })?;
+                            held.insert(Staling::new(cluster)).clone()
+                        }
                     }
-                    held.clone().unwrap_or_else(|| unreachable!("just set"))
                 };
-                stream.add(&mut cluster, event, &self.name).await.map(Some)
+                let unfinished = StaleUnlessFinished(Some(&link.stale));
+                let added = stream.add(&mut link.connection, event, &self.name).await;
+                if added.is_ok() {
+                    unfinished.finished();
+                }
+                added.map(Some)
             }
         }
     }
@@ -1202,9 +1244,39 @@ impl Destination {
                 None => said.into(),
             }
         })?;
-        // A stream made before (by hand, or for another configuration) is
-        // used only if it holds every subject and deduplicates as long.
+        self.check_stream(
+            found.cached_info(),
+            stream,
+            subjects,
+            duplicate_window,
+            replicas,
+        )?;
         let config = &found.cached_info().config;
+        let largest = match usize::try_from(config.max_message_size) {
+            Ok(stream_limit) if stream_limit > 0 => stream_limit.min(client.max_payload()),
+            _ => client.max_payload(),
+        };
+        Ok(NatsConnection {
+            retention: config.retention,
+            in_memory: config.storage == async_nats::jetstream::stream::StorageType::Memory,
+            largest,
+            client,
+            jetstream: context,
+            refusals,
+        })
+    }
+
+    /// Whether the stream `info` describes can take the events: it holds
+    /// every subject, deduplicates as long, is kept by as many servers, and
+    /// acknowledges publishes. A stream made before (by hand, or for
+    /// another configuration) is used only so; one changed since the
+    /// connection was made is checked again before a publish that may
+    /// repeat an earlier one.
+    fn check_stream(
+        &self, info: &async_nats::jetstream::stream::Info, stream: &str, subjects: &str,
+        duplicate_window: Duration, replicas: usize,
+    ) -> Result<(), BoxError> {
+        let config = &info.config;
         if !config
             .subjects
             .iter()
@@ -1223,8 +1295,7 @@ impl Destination {
         // The servers that keep it: its leader and the other members of its
         // group (a server on its own keeps one copy whatever the stream's
         // configuration asks).
-        let kept_by = found
-            .cached_info()
+        let kept_by = info
             .cluster
             .as_ref()
             .map_or(1, |cluster| 1 + cluster.replicas.len());
@@ -1269,18 +1340,7 @@ impl Destination {
             tracing::error!(%error, "gateway: the stream cannot take the events");
             return Err(error.into());
         }
-        let largest = match usize::try_from(config.max_message_size) {
-            Ok(stream_limit) if stream_limit > 0 => stream_limit.min(client.max_payload()),
-            _ => client.max_payload(),
-        };
-        Ok(NatsConnection {
-            retention: config.retention,
-            in_memory: config.storage == async_nats::jetstream::stream::StorageType::Memory,
-            largest,
-            client,
-            jetstream: context,
-            refusals,
-        })
+        Ok(())
     }
 
     /// At start: makes the requests a lookup for an earlier publish makes
@@ -1395,6 +1455,27 @@ impl NatsLink {
             jetstream: connection.jetstream,
             largest: connection.largest,
             refusals: connection.refusals,
+            stale: Arc::default(),
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
+    }
+}
+
+/// A Redis connection that publishes use, and whether it is stale, as
+/// [`NatsLink`]'s.
+#[derive(Clone)]
+struct Staling<C> {
+    connection: C,
+    stale: Arc<AtomicBool>,
+}
+
+impl<C> Staling<C> {
+    fn new(connection: C) -> Self {
+        Self {
+            connection,
             stale: Arc::default(),
         }
     }
@@ -2422,6 +2503,22 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
+    /// [`counting_relay_to`] the test's nats-server.
+    async fn counting_relay(
+        pattern: String,
+    ) -> (
+        u16,
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let target = nats_url()
+            .trim_start_matches("nats://")
+            .trim_end_matches('/')
+            .to_owned();
+        counting_relay_to(target, pattern).await
+    }
+
     /// A relay between one client and the test's nats-server that, once
     /// what the client sends holds `pattern`, holds it and all the client
     /// sends after until released: the relay's port, a receiver told when it
@@ -2437,11 +2534,12 @@ mod tests {
         (port, held, release)
     }
 
-    /// [`holding_relay`] for any number of clients, of which the first to
-    /// send `pattern` is held (the others are relayed as they come), and
-    /// how many connections it has taken so far.
-    async fn counting_relay(
-        pattern: String,
+    /// [`holding_relay`] for any number of clients, to `target`
+    /// (`host:port`), of which the first to send `pattern` is held (the
+    /// others are relayed as they come), and how many connections it has
+    /// taken so far.
+    async fn counting_relay_to(
+        target: String, pattern: String,
     ) -> (
         u16,
         tokio::sync::oneshot::Receiver<()>,
@@ -2449,10 +2547,6 @@ mod tests {
         Arc<std::sync::atomic::AtomicUsize>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let target = nats_url()
-            .trim_start_matches("nats://")
-            .trim_end_matches('/')
-            .to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (holding, held) = tokio::sync::oneshot::channel();
@@ -2700,6 +2794,61 @@ mod tests {
             "{error}"
         );
         no_consumers_left(&jetstream, &stream).await;
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A publish that may repeat an earlier one (whose outcome is not
+    /// known) checks the stream again first: its duplicate window, cut
+    /// since the connection was made, no longer drops the repeat, and the
+    /// publish fails saying what to change, publishing nothing.
+    #[tokio::test]
+    async fn a_publish_that_may_repeat_one_checks_the_stream_again() {
+        let (_client, jetstream, stream, prefix) = test_stream("recheck").await;
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let destination = nats_destination_with(&nats_url(), &stream, &template, TIMEOUT_5_S);
+        let first = event(None, "order.succeeded");
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&first, &mut None),
+        )
+        .await
+        .expect("the publish ended")
+        .unwrap()
+        .expect("a receipt");
+
+        let mut config = jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        config.duplicate_window = Duration::from_secs(10);
+        jetstream.update_stream(config).await.unwrap();
+        let mut second = event(None, "order.succeeded");
+        second.event_id = "evt_2".to_owned();
+        let now = Timestamp::now();
+        let mut unconfirmed = Some(Unconfirmed {
+            since: now,
+            latest: Some(now),
+        });
+        let publish = destination.publish(&second, &mut unconfirmed);
+        let error = tokio::time::timeout(Duration::from_secs(60), publish)
+            .await
+            .expect("the publish ended")
+            .expect_err("the stream no longer drops the repeat")
+            .to_string();
+        assert!(
+            error.contains("duplicate window") && error.contains("nats_duplicate_window_s"),
+            "{error}"
+        );
+        let info = jetstream
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .cached_info()
+            .clone();
+        assert_eq!(info.state.messages, 1, "nothing more was published");
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
@@ -3102,6 +3251,70 @@ mod tests {
         assert!(
             after_found > dedup - 600_000 && after_found <= dedup,
             "the marker was left {after_found} ms, not the whole {dedup} ms again"
+        );
+        let entries = stream_entries_then_delete(&url, &stream, &event).await;
+        assert_eq!(entries, 1, "the event was added once");
+    }
+
+    /// A publish whose Redis connection stalls (a relay holds what the
+    /// client sends once the publish is among it: a server that stopped
+    /// answering without closing the connection) runs out of time, and the
+    /// next publish connects anew instead of sending its event down the
+    /// stalled connection, which the Redis client does not replace on a
+    /// timeout: it is added, through a second connection.
+    #[tokio::test]
+    async fn a_redis_publish_after_one_that_ran_out_of_time_connects_anew() {
+        let (_, url, stream) = redis_test_config("stall");
+        let target = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let (port, held, _release, connections) = counting_relay_to(target, stream.clone()).await;
+        let relayed = format!("redis://127.0.0.1:{port}/");
+        // Long enough for a connection and a publish on a slow machine;
+        // the first publish waits all of it.
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &relayed),
+            ("redis_stream", &stream),
+            ("destination_timeout_ms", "5000"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let event = event(None, "order.succeeded");
+
+        let first = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time");
+        let error = first.expect_err("the publish was held").to_string();
+        held.await.expect("the relay held the publish");
+        // The publish's time and the client's response timeout end
+        // together: either says the same.
+        assert!(
+            error.contains("did not acknowledge") || error.contains("timed out"),
+            "{error}"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+        let second = tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event, &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .unwrap_or_else(|e| panic!("the publish after the stalled one: {e}"));
+        assert!(second.is_some());
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the second publish connected anew"
         );
         let entries = stream_entries_then_delete(&url, &stream, &event).await;
         assert_eq!(entries, 1, "the event was added once");

@@ -9,6 +9,7 @@ mod destination;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -128,6 +129,10 @@ struct Relay {
     destination: Destination,
     health: Arc<Health>,
     max_attempts: u32,
+    /// Set once the gateway is stopping: a forward stopped from then on
+    /// goes back to the inbox (released, not an attempt that failed), so
+    /// it is counted neither retried nor dead.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Where a forward is, for [`Unfinished`] to tell whose part a stop cut
@@ -147,7 +152,8 @@ enum Stage {
 
 /// Records a forward that was dropped before it ended (the workers stop a
 /// handler at the end of its time inside the lease, and at shutdown) as a
-/// failed attempt, which it otherwise would not be, and, when the
+/// failed attempt, which it otherwise would not be (not at shutdown, when
+/// the workers give its event back to the inbox), and, when the
 /// destination had the event and had not answered, as a failure of the
 /// destination. A stop while the inbox was being read or written (before
 /// the publish, or recording the receipt of one the destination already
@@ -186,7 +192,9 @@ impl Drop for Unfinished<'_> {
                 );
             }
         }
-        self.relay.count_failure(self.attempt, false);
+        if !self.relay.stopping.load(Ordering::SeqCst) {
+            self.relay.count_failure(self.attempt, false);
+        }
     }
 }
 
@@ -425,6 +433,10 @@ struct Gateway {
     destination: Arc<str>,
     destination_kind: &'static str,
     health: Arc<Health>,
+    /// With `accounts_file`: the accounts' keys and the accounts' names,
+    /// for `/health` and `/ready` to tell when no account has a key active
+    /// (the layer's readiness cannot see into a key source).
+    accounts: Option<(KeyMap, Arc<Mutex<BTreeSet<String>>>)>,
     metrics: Option<PrometheusHandle>,
     /// The inbox console at `/console`, when configured.
     #[cfg(feature = "console")]
@@ -452,17 +464,41 @@ impl Gateway {
         }
     }
 
+    /// With `accounts_file`, when no account has a key active now: the
+    /// error, as the layer's readiness words every key expired.
+    fn accounts_without_keys(&self) -> Option<&'static str> {
+        let (map, known) = self.accounts.as_ref()?;
+        let now = std::time::SystemTime::now();
+        let active = known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|account| map.get(account).is_some_and(|v| v.has_active_key_at(now)));
+        (!active).then_some(
+            "not ready: every signing key of every account has expired (no_active_key); \
+             configure the endpoints' current signing secrets in accounts_file and send SIGHUP",
+        )
+    }
+
     async fn health(&self) -> Response<Body> {
         // Every key expired is the keys' failure, not the inbox's (which
         // is then not looked at).
-        let (inbox, keys) = match self.readiness.check().await {
+        let checked = match self.accounts_without_keys() {
+            Some(error) => Err((true, error.to_owned())),
+            None => self
+                .readiness
+                .check()
+                .await
+                .map_err(|error| (error.no_active_key(), error.to_string())),
+        };
+        let (inbox, keys) = match checked {
             Ok(()) => (json!({ "status": "ok" }), json!({ "status": "ok" })),
-            Err(error) if error.no_active_key() => (
+            Err((true, error)) => (
                 json!({ "status": "not checked" }),
-                json!({ "status": "failing", "error": error.to_string() }),
+                json!({ "status": "failing", "error": error }),
             ),
-            Err(error) => (
-                json!({ "status": "failing", "error": error.to_string() }),
+            Err((false, error)) => (
+                json!({ "status": "failing", "error": error }),
                 json!({ "status": "ok" }),
             ),
         };
@@ -542,13 +578,19 @@ impl Gateway {
         }
         match (request.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health().await,
-            (&Method::GET, "/ready") => match self.readiness.check().await {
-                Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
-                Err(error) => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({ "status": "failing", "error": error.to_string() }),
-                ),
-            },
+            (&Method::GET, "/ready") => {
+                let checked = match self.accounts_without_keys() {
+                    Some(error) => Err(error.to_owned()),
+                    None => self.readiness.check().await.map_err(|e| e.to_string()),
+                };
+                match checked {
+                    Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+                    Err(error) => json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({ "status": "failing", "error": error }),
+                    ),
+                }
+            }
             (&Method::GET, "/metrics") if self.metrics.is_some() => {
                 let text = self.metrics.as_ref().map(|handle| {
                     handle.run_upkeep();
@@ -908,11 +950,13 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
     let destination_name: Arc<str> = Arc::from(destination.name.as_str());
     let destination_kind = destination.kind();
     let health = Arc::new(Health::default());
+    let stopping = Arc::new(AtomicBool::new(false));
     let relay = Arc::new(Relay {
         inbox: Arc::clone(&inbox),
         destination,
         health: Arc::clone(&health),
         max_attempts: config.max_attempts,
+        stopping: Arc::clone(&stopping),
     });
     let router = EventRouter::new().on_unhandled(move |raw| {
         let relay = Arc::clone(&relay);
@@ -963,6 +1007,8 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         destination: Arc::clone(&destination_name),
         destination_kind,
         health,
+        accounts: matches!(config.keys, Keys::PerAccount(_))
+            .then(|| (accounts.clone(), Arc::clone(&known))),
         metrics,
         #[cfg(feature = "console")]
         console: match &config.console {
@@ -1101,6 +1147,7 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
             Ok(()) => shutdown_timeout,
             Err(_) => Duration::ZERO,
         };
+        stopping.store(true, Ordering::SeqCst);
         pool.shutdown(left).await;
     };
     tokio::join!(
@@ -1216,6 +1263,39 @@ mod tests {
                 .unwrap(),
             health: Arc::new(Health::default()),
             max_attempts: 3,
+            stopping: Arc::default(),
+        }
+    }
+
+    /// A forward stopped on its last attempt counts the event dead when its
+    /// time ran out (the workers keep it dead), and neither dead nor
+    /// retried once the gateway is stopping (the workers give the event
+    /// back to the inbox, to be tried again).
+    #[test]
+    fn a_forward_stopped_at_shutdown_is_counted_neither_dead_nor_retried() {
+        for stopping in [false, true] {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let relay = relay("http://127.0.0.1:9/");
+            relay.stopping.store(stopping, Ordering::SeqCst);
+            metrics::with_local_recorder(&recorder, || {
+                drop(Unfinished {
+                    relay: &relay,
+                    attempt: relay.max_attempts,
+                    started: std::time::Instant::now(),
+                    stage: Stage::Publishing,
+                });
+            });
+            let counted = handle.render();
+            assert_eq!(
+                counted.contains("clink_gateway_dead_total"),
+                !stopping,
+                "stopping: {stopping}: {counted}"
+            );
+            assert!(
+                !counted.contains("clink_gateway_retried_total"),
+                "{counted}"
+            );
         }
     }
 
@@ -1550,6 +1630,7 @@ mod tests {
             destination: Arc::from("http://127.0.0.1:9/hook"),
             destination_kind: "http",
             health: Arc::new(Health::default()),
+            accounts: None,
             metrics: None,
             #[cfg(feature = "console")]
             console: None,
@@ -1584,6 +1665,55 @@ mod tests {
         assert_eq!(body["inbox"]["status"], "not checked", "{body}");
     }
 
+    /// With `accounts_file`, `/health` (and `/ready`, through the same
+    /// check) fails naming the keys once every key of every account has
+    /// expired, and not while one account has a key active.
+    #[tokio::test]
+    async fn health_names_the_keys_when_every_account_s_key_has_expired() {
+        let expired = clink_webhooks::SigningKey::new("whsec_a")
+            .unwrap()
+            .expires_at(std::time::SystemTime::now() - Duration::from_secs(1));
+        let inbox: Arc<dyn Inbox> = Arc::new(clink_webhooks::store::MemoryInbox::new());
+        let mut gateway = gateway_over(
+            clink_webhooks::Verifier::new("whsec_unused").unwrap(),
+            inbox,
+            Duration::from_secs(5),
+        );
+        let map = KeyMap::new();
+        let known = Arc::new(Mutex::new(BTreeSet::new()));
+        for account in ["acct_eu", "acct_us"] {
+            map.insert(account, clink_webhooks::Verifier::from_key(&expired))
+                .unwrap();
+            known.lock().unwrap().insert(account.to_owned());
+        }
+        gateway.accounts = Some((map.clone(), Arc::clone(&known)));
+        let health = async |gateway: &Gateway| {
+            let response = gateway.health().await;
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (status, body)
+        };
+
+        let (status, body) = health(&gateway).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["keys"]["status"], "failing", "{body}");
+        assert!(
+            body["keys"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("no_active_key")),
+            "{body}"
+        );
+        assert!(gateway.accounts_without_keys().is_some());
+
+        map.insert("acct_us", clink_webhooks::Verifier::new("whsec_b").unwrap())
+            .unwrap();
+        let (status, body) = health(&gateway).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["keys"]["status"], "ok", "{body}");
+        assert!(gateway.accounts_without_keys().is_none());
+    }
+
     /// A forward stopped (as the workers stop one at the end of its time
     /// inside the lease) after the destination acknowledged its publish,
     /// while the inbox was recording the receipt, leaves the destination
@@ -1602,6 +1732,7 @@ mod tests {
                 .unwrap(),
             health: Arc::new(Health::default()),
             max_attempts: 3,
+            stopping: Arc::default(),
         };
         let now = Timestamp::now();
         let event = NewEvent::new(
