@@ -315,16 +315,21 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(self);
         let mut tasks = JoinSet::new();
+        let mut claiming = Vec::with_capacity(shared.settings.concurrency);
         for _ in 0..shared.settings.concurrency {
             let worker = Arc::clone(&shared);
             let stopped = stopped.clone();
-            tasks.spawn(async move { worker.run(stopped).await });
+            let flag = Arc::new(AtomicBool::new(false));
+            let claims = Arc::clone(&flag);
+            let task = tasks.spawn(async move { worker.run(stopped, &claims).await });
+            claiming.push((task, flag));
         }
         #[cfg(feature = "metrics")]
         {
             let inbox = Arc::clone(&shared.inbox);
             let mut stopped = stopped;
-            tasks.spawn(async move {
+            let never = Arc::new(AtomicBool::new(false));
+            let task = tasks.spawn(async move {
                 while !*stopped.borrow() {
                     record_stats(&*inbox).await;
                     tokio::select! {
@@ -333,19 +338,24 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     }
                 }
             });
+            claiming.push((task, never));
         }
         WorkerPool {
             stop,
             tasks,
+            claiming,
             inbox: Arc::clone(&shared.inbox),
             given_back: Arc::clone(&shared.given_back),
         }
     }
 
-    async fn run(&self, mut stopped: watch::Receiver<bool>) {
+    /// A worker's loop; `claiming` is set while it waits for a claim's
+    /// answer, for [`WorkerPool::shutdown`] to let that answer come.
+    async fn run(&self, mut stopped: watch::Receiver<bool>, claiming: &AtomicBool) {
         while !*stopped.borrow() {
             // The lease starts inside the claim's call, after this.
             let asked = tokio::time::Instant::now();
+            claiming.store(true, Ordering::SeqCst);
             // A panic in an inbox of the caller's own is an error like
             // another, not the end of this worker.
             let claimed = CatchUnwind::new(
@@ -360,6 +370,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                     format!("the inbox's claim panicked: {panic}"),
                 ))
             });
+            claiming.store(false, Ordering::SeqCst);
             if claimed.is_ok() {
                 self.outage.succeeded();
             }
@@ -395,8 +406,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// [`handle`](Self::handle)s a claimed event, giving it back if this
     /// worker is stopped before it is settled. A panic in the handling
     /// outside the handlers (in an inbox of the caller's own, say) is
-    /// logged and recorded as a failed attempt, counted, so that an event
-    /// that panics every time ends dead, and this worker goes on.
+    /// logged; when the handling had decided how to settle the event (the
+    /// panic came from settling it), it is settled so once more, and
+    /// otherwise (or when that panics too) the attempt is recorded as
+    /// failed, counted, so that an event that panics every time ends dead,
+    /// and this worker goes on.
     async fn handle_guarded(&self, claim: InboxClaim, asked: tokio::time::Instant) {
         let guard = Held {
             inbox: Arc::clone(&self.inbox),
@@ -411,10 +425,43 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             guard.settled();
             return;
         };
-        // Recorded as failed, not given back: a given-back attempt is not
-        // counted, and the event would panic again for ever.
-        guard.settled();
         let kept = &claim.entry.event;
+        // What the handling had decided, if it got that far (the panic came
+        // from settling it): settled so once more, since a handler that
+        // succeeded must not run again, nor an event kept dead be retried.
+        let noted = guard
+            .settling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .or_else(|| {
+                guard
+                    .succeeded
+                    .load(Ordering::SeqCst)
+                    .then_some(Settling::Complete)
+            });
+        if let Some(how) = noted {
+            tracing::error!(
+                seq = claim.entry.seq,
+                event_id = ?kept.event_id,
+                event_type = ?kept.event_type,
+                panic,
+                "inbox: settling the event panicked; settling it again as decided"
+            );
+            *guard
+                .settling
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(how.clone());
+            if let Ok(result) = CatchUnwind::new(how.apply(&*self.inbox, &claim)).await {
+                guard.settled();
+                self.settled(kept, result, false);
+                return;
+            }
+        }
+        // Recorded as failed, not given back: a given-back attempt is not
+        // counted, and an event whose handling (or whose settle, twice)
+        // panics every time would panic again for ever. The claim stays
+        // held until then, so that a shutdown meanwhile settles it as noted.
         tracing::error!(
             seq = claim.entry.seq,
             event_id = ?kept.event_id,
@@ -423,14 +470,18 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             "inbox: handling the event panicked; the attempt counts as failed"
         );
         let failure = format!("handling the event panicked: {panic}");
-        let settling = Mutex::default();
-        let failed = self.fail_attempt(&claim, &failure, Hopeless::No, asked, &settling);
+        *guard
+            .settling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        let failed = self.fail_attempt(&claim, &failure, Hopeless::No, asked, &guard.settling);
         let result = CatchUnwind::new(failed).await.unwrap_or_else(|panic| {
             Err(StoreError::new(
                 StoreErrorKind::Protocol,
                 format!("recording the failed attempt panicked too: {panic}"),
             ))
         });
+        guard.settled();
         self.settled(kept, result, false);
     }
 
@@ -877,6 +928,9 @@ impl Drop for Held {
 pub struct WorkerPool {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Each task, and whether it waits for a claim's answer (the pool's
+    /// metrics task never does).
+    claiming: Vec<(tokio::task::AbortHandle, Arc<AtomicBool>)>,
     inbox: Arc<dyn Inbox>,
     given_back: Arc<GivenBack>,
 }
@@ -923,12 +977,15 @@ impl WorkerPool {
     /// [`NotDrained`] when events are still due at `deadline`, or the
     /// inbox cannot be read.
     pub async fn drained(&self, deadline: Duration) -> Result<(), NotDrained> {
-        let until = tokio::time::Instant::now() + deadline;
+        // A deadline too far to be an instant (`Duration::MAX`) is none.
+        let until = tokio::time::Instant::now().checked_add(deadline);
         let mut last_due = None;
         loop {
             // An inbox that does not answer (a disk that stalls) does not
             // hold this past its deadline.
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let left = until.map_or(Duration::MAX, |until| {
+                until.saturating_duration_since(tokio::time::Instant::now())
+            });
             let stats = crate::store::timed(left, async { self.inbox.stats().await }).await;
             let due = match stats {
                 Ok(stats) if stats.due == 0 => return Ok(()),
@@ -941,7 +998,7 @@ impl WorkerPool {
                 Err(error) if error.kind() == StoreErrorKind::Timeout => last_due.ok_or(error),
                 Err(error) => Err(error),
             };
-            if tokio::time::Instant::now() >= until {
+            if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
                 return Err(NotDrained { deadline, due });
             }
             // A short poll, not the inbox's wait: a wake-up goes to one
@@ -956,7 +1013,10 @@ impl WorkerPool {
     /// attempt is not counted). A worker stopped once its handler had
     /// finished, while the inbox recorded how (a slow completion), has its
     /// event settled as it was: completed after a success, never given
-    /// back to run again.
+    /// back to run again. A worker still waiting for the inbox to answer
+    /// its claim at `deadline` (a claim that may have landed: a database
+    /// lock waited for, say) is let have the answer, within the same 5 s
+    /// as below, and gives its event back.
     ///
     /// When it returns, the events are given back: it waits for the inbox
     /// to take them, for at most 5 s more than `deadline` (each event the
@@ -977,6 +1037,7 @@ impl WorkerPool {
         let Self {
             stop,
             mut tasks,
+            claiming,
             inbox,
             given_back,
         } = self;
@@ -998,7 +1059,16 @@ impl WorkerPool {
             tracing::warn!(
                 "inbox: handlers still running at the shutdown deadline; giving their events back"
             );
-            tasks.abort_all();
+            // A worker waiting for a claim's answer is let have it (within
+            // the same 5 s): the inbox may have given it an event already
+            // (a claim that commits, then answers late), which it then gives
+            // back, rather than leave it held, its attempt counted, until
+            // its lease ends.
+            for (task, waiting) in &claiming {
+                if !waiting.load(Ordering::SeqCst) {
+                    task.abort();
+                }
+            }
             // A stopped task has left its claim here once it has ended; its
             // event is given back while the others end.
             let stopped = tokio::time::timeout_at(until, async {
@@ -1010,10 +1080,11 @@ impl WorkerPool {
             if stopped.is_err() {
                 tracing::error!(
                     left = tasks.len(),
-                    "inbox: handlers blocking their threads were still running 5 s after the \
-                     shutdown deadline; left running, their events free themselves when their \
-                     leases end"
+                    "inbox: handlers blocking their threads, or claims unanswered, were still \
+                     running 5 s after the shutdown deadline; left running, their events free \
+                     themselves when their leases end"
                 );
+                tasks.abort_all();
                 tasks.detach_all();
             }
         }

@@ -591,15 +591,14 @@ impl Client {
         let path = format!("{}/rotate-secret", endpoint_path(id)?);
         let call = format!("POST /{path}");
         let answer = self.call_for_secret(Method::POST, &path, None).await?;
-        let data = match self.data_object(&call, &answer) {
-            Ok(data) => data,
-            // A yes whose secret is outside a `data` object (none, `null`,
-            // not an object): Clink rotated all the same, so the secret is
-            // the endpoint's, whose id is known.
-            Err(error) if error.kind() == ApiErrorKind::Decode && error.new_secret().is_some() => {
-                Map::new()
-            }
-            Err(error) => return Err(error),
+        let data = match self.data::<Value>(&call, &answer) {
+            // A yes with no `data` (or a `null` one) whose secret is
+            // elsewhere: Clink rotated all the same, so the secret is the
+            // endpoint's, whose id is known. Any other `data` that is not
+            // an object (or one that cannot be read: twice, say) fails,
+            // holding the secret it may carry.
+            Ok(None | Some(Value::Null)) if secret_in(&answer).is_some() => Map::new(),
+            _ => self.data_object(&call, &answer)?,
         };
         Ok(Endpoint::lenient(data, Some(id)).with_secret_from(&answer))
     }

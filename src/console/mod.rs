@@ -137,7 +137,8 @@
 //!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
 //!   wrong token is answered `401` with nothing of the inbox, and each
 //!   wrong one is logged at `warn` (how it came, in the query or the
-//!   header; nothing of it). After 10 wrong tokens in a row, every token
+//!   header; nothing of it). After 10 wrong tokens in a row (the right one
+//!   from a client's address starts its count again), every token
 //!   presented, the right one too, is answered `429` with `Retry-After`
 //!   until the wait is over, and one more is taken every 6 s while they go
 //!   on; session cookies still get in. Each client has such a budget of

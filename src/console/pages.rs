@@ -967,16 +967,20 @@ pub(super) async fn logout(
 /// Refuses an action unless the console takes them and the form carries
 /// the request's CSRF token.
 fn refuse_action(shared: &Shared, ctx: &Ctx, form: &Query) -> Option<Response> {
-    if shared.read_only {
-        return Some(message(
+    refuse_read_only(shared, ctx).or_else(|| refuse_without_csrf(shared, ctx, form))
+}
+
+/// Refuses any action of a read-only console (`403`).
+fn refuse_read_only(shared: &Shared, ctx: &Ctx) -> Option<Response> {
+    shared.read_only.then(|| {
+        message(
             shared,
             ctx,
             StatusCode::FORBIDDEN,
             "This console is read-only",
             "It shows the inbox and changes nothing.".to_owned(),
-        ));
-    }
-    refuse_without_csrf(shared, ctx, form)
+        )
+    })
 }
 
 /// Refuses a form without the request's CSRF token.
@@ -1155,6 +1159,10 @@ pub(super) async fn replay(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>, Path(seq): Path<String>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
+    // A read-only console refuses every action, readable or not.
+    if let Some(refused) = refuse_read_only(&shared, &ctx) {
+        return refused;
+    }
     let form = match form {
         Ok(form) => form.0,
         Err(rejection) => return unreadable_form(&shared, &ctx, &rejection),
@@ -1288,6 +1296,10 @@ pub(super) async fn replay_dead(
     State(shared): State<Arc<Shared>>, Extension(ctx): Extension<Ctx>,
     form: Result<Form<Query>, FormRejection>,
 ) -> Response {
+    // A read-only console refuses every action, readable or not.
+    if let Some(refused) = refuse_read_only(&shared, &ctx) {
+        return refused;
+    }
     let form = match form {
         Ok(form) => form.0,
         Err(rejection) => return unreadable_form(&shared, &ctx, &rejection),

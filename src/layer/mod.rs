@@ -41,7 +41,8 @@
 //!    handler succeeded, a service around it that fails afterwards (a
 //!    timeout while the event's version was recorded, say) has the event
 //!    completed and answered `200` (`handled`), so that no retry runs the
-//!    handler again. Every store
+//!    handler again (work of that service's own that must be retried on
+//!    failure belongs before the router, or in a handler). Every store
 //!    call is bounded by [`ClinkLayer::store_timeout`]; a delivery dropped
 //!    mid-way (the sender hung up) still settles its claim in the background:
 //!    released while its handler runs, completed once a handler succeeded

@@ -1334,23 +1334,35 @@ async fn a_new_secret_outside_data_is_kept() {
         assert!(verifies(&live.current(), &old), "{secret}: the grace");
     }
 
-    // A 2xx answer whose envelope cannot be read (`code` twice) fails,
-    // holding the secret it carries.
-    fake.fail_next(
-        &format!("webhook/endpoints/{id}/rotate-secret"),
-        Failure::Json {
-            status: 200,
-            body: r#"{"code":200,"code":200,"data":{"signingSecret":"whsec_twice"}}"#.into(),
-        },
-        1,
-    );
-    let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
-    assert_eq!(
-        error.new_secret().map(WebhookSecret::expose),
-        Some("whsec_twice"),
-        "{error}"
-    );
-    assert_no_key("the error", &format!("{error} {error:?}"), &["whsec_twice"]);
+    // A 2xx answer whose envelope cannot be read (`code` twice), or whose
+    // `data` cannot (twice, with two secrets: which one Clink signs with
+    // is not known), fails, holding a secret it carries.
+    for (body, secret) in [
+        (
+            r#"{"code":200,"code":200,"data":{"signingSecret":"whsec_twice"}}"#,
+            "whsec_twice",
+        ),
+        (
+            r#"{"code":200,"data":{"signingSecret":"whsec_one"},"data":{"signingSecret":"whsec_two"}}"#,
+            "whsec_two",
+        ),
+    ] {
+        fake.fail_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            Failure::Json {
+                status: 200,
+                body: body.into(),
+            },
+            1,
+        );
+        let error = client.rotate_endpoint_secret(&id).await.unwrap_err();
+        assert_eq!(
+            error.new_secret().map(WebhookSecret::expose),
+            Some(secret),
+            "{error}"
+        );
+        assert_no_key("the error", &format!("{error} {error:?}"), &[secret]);
+    }
 
     fake.fail_next(
         &format!("webhook/endpoints/{id}/rotate-secret"),

@@ -2162,6 +2162,19 @@ async fn a_read_only_console_shows_no_action_and_refuses_them() {
     assert!(refused.body.contains("read-only"));
     let refused = post(&app, "/console/events/replay-dead", &format!("csrf={csrf}")).await;
     assert_eq!(refused.status, 403);
+    // A form it cannot read is refused as read-only too, not as unreadable.
+    for path in ["/console/events/2/replay", "/console/events/replay-dead"] {
+        let request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header(BEARER.0, BEARER.1)
+            .header("content-type", "text/plain")
+            .body(Body::from("replay"))
+            .unwrap();
+        let refused = page_of(&app, request).await;
+        assert_eq!(refused.status, 403, "{path}");
+        assert!(refused.body.contains("read-only"), "{path}");
+    }
     assert_eq!(
         inbox.get(2).await.unwrap().unwrap().status,
         InboxStatus::Dead

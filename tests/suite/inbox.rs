@@ -1044,10 +1044,21 @@ impl<I: Inbox> Inbox for SlowRelease<I> {
 }
 
 /// An inbox of a caller's own, a [`MemoryInbox`] whose `complete` panics
-/// for the event `poisoned`.
+/// for the event `poisoned`, the first `panics` times.
 struct PanicsOnComplete {
     inner: MemoryInbox,
     poisoned: String,
+    panics: std::sync::atomic::AtomicUsize,
+}
+
+impl PanicsOnComplete {
+    fn new(poisoned: &str, panics: usize) -> Self {
+        Self {
+            inner: MemoryInbox::new(),
+            poisoned: poisoned.to_owned(),
+            panics: std::sync::atomic::AtomicUsize::new(panics),
+        }
+    }
 }
 
 impl Inbox for PanicsOnComplete {
@@ -1055,11 +1066,112 @@ impl Inbox for PanicsOnComplete {
     fn complete<'a>(
         &'a self, claim: &'a InboxClaim,
     ) -> clink_webhooks::BoxFuture<'a, Result<Settle, clink_webhooks::store::StoreError>> {
-        if claim.entry.event.event_id == self.poisoned {
+        let poisoned = claim.entry.event.event_id == self.poisoned
+            && self
+                .panics
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+        if poisoned {
             panic!("an inbox bug completing {}", self.poisoned);
         }
         self.inner.complete(claim)
     }
+}
+
+/// A [`MemoryInbox`] whose claim lands at once and answers a second later
+/// (a claim that commits, then waits: a database's lock, say).
+struct LateClaimAnswer(MemoryInbox);
+
+impl Inbox for LateClaimAnswer {
+    delegate_inbox!(0: insert, insert_dead, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
+    fn claim(
+        &self, lease: Duration, reorder_window: Duration,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
+    {
+        Box::pin(async move {
+            let claimed = self.0.claim(lease, reorder_window).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            claimed
+        })
+    }
+}
+
+/// A worker whose claim has landed and not yet answered at the shutdown
+/// deadline is let have the answer (within the 5 s that follow), and gives
+/// the event back: pending, the attempt not counted, rather than held
+/// until its lease ends with the attempt counted. On Tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_claim_answering_after_the_shutdown_deadline_gives_its_event_back() {
+    let inbox = Arc::new(LateClaimAnswer(MemoryInbox::new()));
+    inbox.insert(&event("evt_late", None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, "evt_late").await;
+    let router = EventRouter::new()
+        .on::<events::OrderSucceeded, _>(|_event| std::future::ready(Ok::<_, std::io::Error>(())));
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    // Until the claim has landed (its answer then waits a second).
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    while inbox.get(seq).await.unwrap().unwrap().status != InboxStatus::Running {
+        assert!(Instant::now() < deadline, "the claim did not land");
+        tokio::task::yield_now().await;
+    }
+    pool.shutdown(Duration::from_millis(100)).await;
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.status, entry.attempts),
+        (InboxStatus::Pending, 0),
+        "{entry:?}"
+    );
+    assert_eq!(
+        outcomes(&entry),
+        [(1, InboxAttemptOutcome::Released)],
+        "{entry:?}"
+    );
+}
+
+/// A panic completing an event whose handler succeeded (a bug in an inbox
+/// of the caller's own that strikes once) does not run the handler again:
+/// the event is completed once more, done after one attempt.
+#[tokio::test]
+async fn a_panic_completing_a_handled_event_does_not_run_it_again() {
+    let inbox = Arc::new(PanicsOnComplete::new("evt_once", 1));
+    inbox.insert(&event("evt_once", None, 1)).await.unwrap();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok::<_, std::io::Error>(()))
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    // No deadline (one too far to be an instant) waits as long as it takes.
+    tokio::time::timeout(DRAIN_PATIENCE, pool.drained(Duration::MAX))
+        .await
+        .expect("drained")
+        .unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox
+        .get(seq_of(&*inbox, "evt_once").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entry.status, entry.attempts),
+        (InboxStatus::Done, 1),
+        "{entry:?}"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// A panic in a worker outside the handlers (here in the inbox's
@@ -1068,10 +1180,7 @@ impl Inbox for PanicsOnComplete {
 /// counted as failed until it is dead.
 #[tokio::test]
 async fn a_panic_settling_an_event_counts_its_attempts_and_the_worker_goes_on() {
-    let inbox = Arc::new(PanicsOnComplete {
-        inner: MemoryInbox::new(),
-        poisoned: "evt_poisoned".to_owned(),
-    });
+    let inbox = Arc::new(PanicsOnComplete::new("evt_poisoned", usize::MAX));
     inbox.insert(&event("evt_poisoned", None, 1)).await.unwrap();
     for n in 2..5 {
         inbox
