@@ -53,8 +53,8 @@
 //! |---|---|---|---|
 //! | `clink_webhook_inbox_events` | gauge | `status` (`pending`, `retrying`, `running`, `dead`) | events in the inbox, refreshed every 5 s |
 //! | `clink_webhook_inbox_oldest_unhandled_seconds` | gauge | | how long the oldest event still to handle has waited |
-//! | `clink_webhook_inbox_retries_total` | counter | | failed attempts that will be retried |
-//! | `clink_webhook_inbox_dead_total` | counter | | events that failed their last attempt |
+//! | `clink_webhook_inbox_retries_total` | counter | | failed attempts recorded to be retried |
+//! | `clink_webhook_inbox_dead_total` | counter | | events recorded dead after their last attempt (or at once, for no retry can help) |
 //! | `clink_webhook_inbox_handled_total` | counter | | events handled |
 //!
 //! Direct handling (no inbox) answers after the handler has run: simpler,
@@ -525,11 +525,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 attempts = had,
                 "inbox: the event is dead: past max_attempts, its last attempt unsettled (or max_attempts lowered)"
             );
-            #[cfg(feature = "metrics")]
-            metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
             let result = self
                 .settle(claim, Settling::fail(error, None), asked, settling)
                 .await;
+            #[cfg(feature = "metrics")]
+            if matches!(result, Ok(Settle::Applied)) {
+                metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
+            }
             self.settled(kept, result, false);
             return;
         }
@@ -661,11 +663,6 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 let millis = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
                 Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(millis))
             });
-        #[cfg(feature = "metrics")]
-        match retry_at {
-            Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
-            None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
-        }
         let error = match retry_at {
             Some(at) => format!(
                 "attempt {attempts} of {} failed; the next runs at {at}: {failure}",
@@ -694,8 +691,19 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "inbox: the event is dead"
             );
         }
-        self.settle(claim, Settling::fail(error, retry_at), asked, settling)
-            .await
+        let settled = self
+            .settle(claim, Settling::fail(error, retry_at), asked, settling)
+            .await;
+        // Counted once recorded: a settle that finds the event taken over
+        // (or marked done by the handler's own transaction) retried nothing.
+        #[cfg(feature = "metrics")]
+        if matches!(settled, Ok(Settle::Applied)) {
+            match retry_at {
+                Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
+                None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
+            }
+        }
+        settled
     }
 
     /// Settles `claim` as `how`, noted in `settling` first (see

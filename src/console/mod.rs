@@ -127,7 +127,9 @@
 //!   `?token=` on a request the browser says loads no page of its own (an
 //!   image, a script, a fetch or a frame another page holds:
 //!   `Sec-Fetch-Mode` other than `navigate`, or `Sec-Fetch-Dest` other
-//!   than `document`) is answered `403` and neither checked nor counted,
+//!   than `document`), or comes from another site's page
+//!   (`Sec-Fetch-Site` `cross-site` or `same-site`), is answered `403` and
+//!   neither checked nor counted,
 //!   so no page can spend the operator's budget of wrong tokens by
 //!   holding the console's address.
 //!   A token in the address can reach the logs of a proxy in front: prefer

@@ -1371,7 +1371,7 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     );
 }
 
-/// The handled counter, under a lost completion.
+/// The handled and retried counters, under a lost settle.
 #[cfg(feature = "metrics")]
 mod handled_counter {
     use super::*;
@@ -1399,6 +1399,70 @@ mod handled_counter {
                 Ok(Settle::LeaseLost)
             })
         }
+    }
+
+    /// A memory inbox that answers its first failed attempt as one whose
+    /// lease ended first: nothing is recorded, and the event is free to run
+    /// again (given back at once).
+    struct FirstFailureLost {
+        inner: MemoryInbox,
+        lost: std::sync::atomic::AtomicBool,
+    }
+
+    impl Inbox for FirstFailureLost {
+        delegate_inbox!(inner: insert, insert_dead, claim, complete, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
+        fn fail<'a>(
+            &'a self, claim: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
+            Box::pin(async move {
+                if self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return self.inner.fail(claim, error, retry_at).await;
+                }
+                let _given_back = self.inner.release(claim).await?;
+                Ok(Settle::LeaseLost)
+            })
+        }
+    }
+
+    /// `clink_webhook_inbox_retries_total` counts a failed attempt once it
+    /// is recorded: one whose record found the lease lost retried nothing.
+    /// Here the first attempt fails and is not recorded, the second fails
+    /// and is, the third succeeds: one retry counted.
+    #[tokio::test]
+    async fn a_failed_attempt_whose_lease_was_lost_is_not_counted_retried() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let scrape = recorder.handle();
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let inbox = Arc::new(FirstFailureLost {
+            inner: MemoryInbox::new(),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        inbox.insert(&event("evt_retried", None, 1)).await.unwrap();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            let run = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(if run < 2 {
+                Err(std::io::Error::other("not yet"))
+            } else {
+                Ok(())
+            })
+        });
+        let pool = Workers::new(Arc::clone(&inbox), router)
+            .reorder_window(NO_REORDER_WINDOW)
+            .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
+            .unwrap()
+            .spawn();
+        pool.drained(DRAIN_PATIENCE).await.unwrap();
+        pool.shutdown(DRAIN_PATIENCE).await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let text = scrape.render();
+        let retried = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_retries_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(retried, Some(1.0), "{text}");
     }
 
     /// `clink_webhook_inbox_handled_total` counts each event once, when its

@@ -131,7 +131,9 @@ struct Relay {
     max_attempts: u32,
     /// Set once the gateway is stopping: a forward stopped from then on
     /// goes back to the inbox (released, not an attempt that failed), so
-    /// it is counted neither retried nor dead.
+    /// it is counted neither retried nor dead. (One stopped meanwhile at
+    /// the end of its time inside the lease is a failed attempt the inbox
+    /// records, which these counters then miss.)
     stopping: Arc<AtomicBool>,
 }
 
