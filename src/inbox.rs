@@ -448,11 +448,26 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 panic,
                 "inbox: settling the event panicked; settling it again as decided"
             );
-            *guard
-                .settling
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(how.clone());
-            if let Ok(result) = CatchUnwind::new(how.apply(&*self.inbox, &claim)).await {
+            // As the first try was: retried while the inbox is out, within
+            // the lease, and counted once applied.
+            let retried = self.settle(&claim, how.clone(), asked, &guard.settling);
+            if let Ok(result) = CatchUnwind::new(retried).await {
+                #[cfg(feature = "metrics")]
+                if matches!(result, Ok(Settle::Applied)) {
+                    match &how {
+                        Settling::Complete => {
+                            metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
+                        }
+                        Settling::Fail {
+                            retry_at: Some(_), ..
+                        } => {
+                            metrics::counter!("clink_webhook_inbox_retries_total").increment(1);
+                        }
+                        Settling::Fail { retry_at: None, .. } => {
+                            metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
+                        }
+                    }
+                }
                 guard.settled();
                 self.settled(kept, result, false);
                 return;
@@ -1089,8 +1104,9 @@ impl WorkerPool {
                 tracing::error!(
                     left = tasks.len(),
                     "inbox: handlers blocking their threads, or claims unanswered, were still \
-                     running 5 s after the shutdown deadline; left running, their events free \
-                     themselves when their leases end"
+                     running 5 s after the shutdown deadline; the claims are stopped, the \
+                     handlers left running, and their events free themselves when their leases \
+                     end"
                 );
                 tasks.abort_all();
                 tasks.detach_all();

@@ -139,8 +139,9 @@
 //!   [`session_ttl`](Console::session_ttl) (12 h by default). A missing or
 //!   wrong token is answered `401` with nothing of the inbox, and each
 //!   wrong one is logged at `warn` (how it came, in the query or the
-//!   header; nothing of it). After 10 wrong tokens in a row (the right one
-//!   from a client's address starts its count again), every token
+//!   header; nothing of it). After 10 wrong tokens (each made up for
+//!   6 s after it; a right one between them does not start the count
+//!   again, since clients behind one proxy share it), every token
 //!   presented, the right one too, is answered `429` with `Retry-After`
 //!   until the wait is over, and one more is taken every 6 s while they go
 //!   on; session cookies still get in. Each client has such a budget of

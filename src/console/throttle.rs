@@ -243,15 +243,14 @@ impl Throttle {
     }
 
     /// Remembers that `client` presented the right token: it is refused
-    /// for its own budget alone from now on, for [`KNOWN_FOR`], and that
-    /// budget is whole again (its wrong tokens before were not in a row).
-    /// A client without an address shares its budget, which stays as it is.
+    /// for its own budget alone from now on, for [`KNOWN_FOR`]. The budget
+    /// stays as it is: clients behind one address (a proxy) share it, and
+    /// one of them holding the token must not give the others more tries.
     pub(super) fn succeeded(&self, client: Client, now: Instant) {
         let Some(address) = client else {
             return;
         };
         let mut budgets = self.budgets();
-        budgets.clients.remove(&client);
         if !budgets.known.contains_key(&address) && budgets.known.len() >= KNOWN {
             // The one that presented it longest ago makes room.
             let oldest = budgets
@@ -277,26 +276,6 @@ mod tests {
     use super::*;
 
     const HERE: Client = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-
-    /// The right token makes the client's own budget whole again: ten
-    /// wrong tokens refused are ten in a row.
-    #[test]
-    fn the_right_token_starts_the_count_again() {
-        let throttle = Throttle::default();
-        let now = Instant::now();
-        for _ in 1..BURST {
-            assert_eq!(throttle.failed(HERE, now), None);
-        }
-        throttle.succeeded(HERE, now);
-        for n in 1..BURST {
-            assert_eq!(
-                throttle.failed(HERE, now),
-                None,
-                "wrong token {n} after the right one"
-            );
-        }
-        assert_eq!(throttle.failed(HERE, now), Some((REFILL, Spent::Own)));
-    }
 
     #[test]
     fn a_burst_then_one_every_refill() {

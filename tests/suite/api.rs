@@ -1336,7 +1336,8 @@ async fn a_new_secret_outside_data_is_kept() {
 
     // A 2xx answer whose envelope cannot be read (`code` twice), or whose
     // `data` cannot (twice, with two secrets: which one Clink signs with
-    // is not known), fails, holding a secret it carries.
+    // is not known), fails, holding a secret it carries (of two, the
+    // last, as a JSON reader keeps it).
     for (body, secret) in [
         (
             r#"{"code":200,"code":200,"data":{"signingSecret":"whsec_twice"}}"#,

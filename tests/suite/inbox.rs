@@ -1141,6 +1141,12 @@ async fn a_claim_answering_after_the_shutdown_deadline_gives_its_event_back() {
 /// the event is completed once more, done after one attempt.
 #[tokio::test]
 async fn a_panic_completing_a_handled_event_does_not_run_it_again() {
+    // A recorder of this thread's own: the test's runtime runs the workers
+    // on this thread.
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics::set_default_local_recorder(&recorder);
     let inbox = Arc::new(PanicsOnComplete::new("evt_once", 1));
     inbox.insert(&event("evt_once", None, 1)).await.unwrap();
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1172,6 +1178,16 @@ async fn a_panic_completing_a_handled_event_does_not_run_it_again() {
         "{entry:?}"
     );
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Counted handled once, by the settle that applied.
+    #[cfg(feature = "metrics")]
+    {
+        let text = recorder.handle().render();
+        let handled = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_handled_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(handled, Some(1.0), "{text}");
+    }
 }
 
 /// A panic in a worker outside the handlers (here in the inbox's
@@ -1453,7 +1469,14 @@ mod handled_counter {
             .and_then(|w| w.backoff(Duration::from_millis(1), Duration::from_millis(1)))
             .unwrap()
             .spawn();
-        pool.drained(DRAIN_PATIENCE).await.unwrap();
+        // Until the event is done (a retry not yet due is not waited for by
+        // `drained`): a bounded wait on what the inbox says.
+        let seq = seq_of(&*inbox, "evt_retried").await;
+        let deadline = Instant::now() + DRAIN_PATIENCE;
+        while inbox.get(seq).await.unwrap().unwrap().status != InboxStatus::Done {
+            assert!(Instant::now() < deadline, "the event was not handled");
+            inbox.wait(Duration::from_millis(10)).await;
+        }
         pool.shutdown(DRAIN_PATIENCE).await;
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
 
