@@ -980,9 +980,14 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
 /// after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(4);
 
+/// How many events [`fail_once`] remembers having failed.
+const FAILED_ONCE_KEPT: usize = 10_000;
+
 /// With `CLINK_EXAMPLE_FAIL_ONCE=<type>`, the first run of each event of
 /// that type in this process fails (the router's `before_each` hook), to
 /// watch an event retry, or go dead and be replayed; later runs succeed.
+/// The events that failed are remembered up to [`FAILED_ONCE_KEPT`], then
+/// forgotten all at once: memory stays bounded whatever arrives.
 fn fail_once(
     router: EventRouter<WithState<AppState>>,
 ) -> Result<EventRouter<WithState<AppState>>, String> {
@@ -991,11 +996,15 @@ fn fail_once(
     };
     let failed = std::sync::Mutex::new(std::collections::HashSet::new());
     Ok(router.before_each(move |event: clink_webhooks::RawEvent, _state: AppState| {
-        let first = event.event_type().as_str() == failing
-            && failed
+        let first = event.event_type().as_str() == failing && {
+            let mut failed = failed
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(event.id().to_owned());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failed.len() >= FAILED_ONCE_KEPT {
+                failed.clear();
+            }
+            failed.insert(event.id().to_owned())
+        };
         std::future::ready(if first {
             Err(format!(
                 "simulated failure: the first run of every {} event fails (CLINK_EXAMPLE_FAIL_ONCE)",

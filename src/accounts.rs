@@ -101,12 +101,16 @@ pub enum AccountFrom {
     /// The last segment of the path: `/webhooks/clink/{account}`.
     LastPathSegment,
     /// The segment at this index, counting from 0 after the leading `/`:
-    /// `1` reads `acct_1` from `/clink/acct_1/webhooks`.
+    /// `1` reads `acct_1` from `/clink/acct_1/webhooks`. The path is the
+    /// one the layer sees: behind axum's `Router::nest("/clink", ..)`,
+    /// which takes its prefix off, that is `/acct_1/webhooks` (index 0).
     PathSegment(usize),
     /// The value of this header (set by your proxy, say).
     Header(HeaderName),
     /// The request's host, without the port, in lowercase (a host name
-    /// is the same whatever its case): `acct-1.hooks.example.com`.
+    /// is the same whatever its case): `acct-1.hooks.example.com`. Keep
+    /// such accounts in lowercase, as the host is read (an account in
+    /// capitals is never found), and under 128 bytes, as every account.
     Host,
 }
 
@@ -685,7 +689,8 @@ where
     pub fn max_concurrent_lookups(mut self, lookups: usize) -> Result<Self, ConfigError> {
         if lookups == 0 || lookups > Semaphore::MAX_PERMITS {
             return Err(ConfigError::new(
-                "CachedKeySource::max_concurrent_lookups must be at least 1 (the default is 16)",
+                "CachedKeySource::max_concurrent_lookups must be at least 1 and at most tokio's \
+                 Semaphore::MAX_PERMITS (the default is 16)",
             ));
         }
         self.lookups = Semaphore::new(lookups);

@@ -325,7 +325,7 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
         "errors-succeeded",
         fixture(&EventType::OrderSucceeded).as_bytes(),
     );
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &[
                 "send",
@@ -352,6 +352,21 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
                 file.path(),
             ],
             "--secret env:CLINK_TEST_UNSET_VARIABLE: that environment variable is not set",
+        ),
+        // The secret itself after `env:`, by mistake: not repeated.
+        (
+            &[
+                "sign",
+                "--secret",
+                "env:whsec_MfKQ9r8GKYqrTwjUPD8I",
+                "--body-file",
+                file.path(),
+            ],
+            "--secret env:NAME: NAME is not an environment variable's name",
+        ),
+        (
+            &["sign", "--secret", "env:a+b/c=", "--body-file", file.path()],
+            "--secret env:NAME: NAME is not an environment variable's name",
         ),
         (
             &[
@@ -381,6 +396,10 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
         let refused = cli(args);
         assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
         assert!(refused.stderr.contains(message), "{args:?}: {refused:?}");
+        assert!(
+            !refused.stderr.contains("MfKQ9r8GKYqrTwjUPD8I") && !refused.stderr.contains("a+b/c="),
+            "{args:?}: {refused:?}"
+        );
     }
     // A URL with credentials is refused without being repeated.
     let refused = cli(&[

@@ -48,8 +48,9 @@ on stdout. Errors go to stderr.
 
 Exit codes:
   0  success: the signature verified, every delivery got a 2xx
-  1  a signature did not verify, a delivery got a status other than 2xx, or
-     Clink's API said no (not found, unauthorized, refused)
+  1  a signature did not verify, a delivery got a status other than 2xx (with
+     send --tamper, other than 401 for its signature), an inbox replay was
+     refused, or Clink's API said no (not found, unauthorized, refused)
   2  usage or I/O error: bad arguments, unknown event type, unreadable file,
      bad URL, unreachable host, port in use, no or bad API key, a call to
      Clink's API that failed on the way
@@ -161,6 +162,16 @@ impl KeyArgs {
         };
         let (source, value) = match &self.secret {
             Some(given) => match given.strip_prefix("env:") {
+                // A name no variable has, or one that looks like a key (the
+                // secret itself, put after `env:` by mistake), is not
+                // repeated: it may be the secret.
+                Some(name) if !is_variable_name(name) => {
+                    return Err(CliError::no_key(
+                        "--secret env:NAME: NAME is not an environment variable's name \
+                         (letters, digits and _, not a key: to pass the secret itself, leave out \
+                         env:)",
+                    ));
+                }
                 Some(name) => {
                     let source = format!("--secret env:{name}");
                     let value = read(&source, name)?;
@@ -407,6 +418,19 @@ const KEY_VARIABLES: &[&str] = &[
 /// is kept out of a message, wherever it stands (after the escape that
 /// colours it, say).
 const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk_live_"];
+
+/// Whether `name` can be an environment variable's name (a letter or `_`,
+/// then letters, digits and `_`) and does not look like a key.
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !KEY_PREFIXES
+            .iter()
+            .any(|prefix| name.to_ascii_lowercase().starts_with(prefix))
+}
 
 /// The secrets among the raw arguments (the values of `--secret`) and in
 /// the environment (the [`KEY_VARIABLES`], and a variable `--secret

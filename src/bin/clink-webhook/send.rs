@@ -42,9 +42,9 @@ the summary's line.
 Values from the receiver's answers are printed escaped when they hold
 control characters or quotes.
 
-Exit code: 0 when every delivery got a 2xx (with --tamper: a 401), 1 when any
-got another status, 2 when any could not be delivered at all (connection
-refused, timeout).";
+Exit code: 0 when every delivery got a 2xx (with --tamper: a 401 for its
+signature), 1 when any got another status, 2 when any could not be
+delivered at all (connection refused, timeout).";
 
 /// How long one delivery may take, from connecting to the last byte of the answer.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,7 +116,10 @@ pub(crate) struct SendArgs {
     )]
     skew: i64,
     /// Change one byte of the body after signing: the receiver must refuse
-    /// it with 401 (exit 0 when every delivery got 401, 1 otherwise).
+    /// it with 401 for its signature (exit 0 when every delivery got that
+    /// 401, 1 when any got another answer or a 401 for its timestamp, 2
+    /// when any got none). A receiver with another key refuses it alike:
+    /// check first that the same delivery untampered gets 2xx.
     #[arg(long)]
     tamper: bool,
     /// Give every delivery its own event id (the body is then written anew
