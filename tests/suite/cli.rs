@@ -986,12 +986,22 @@ fn a_second_ctrl_c_stops_listen_at_once() {
         let listener = Listener::start(if json { &["--json"] } else { &[] });
         let held = delivery_in_progress(&listener.url, KEY);
         listener.process.signal("INT");
-        Process::line_starting(&listener.process.stderr, "Ctrl-C again to stop at once");
+        let again = if json {
+            r#"{"note":"Ctrl-C again to stop at once"}"#
+        } else {
+            "Ctrl-C again to stop at once"
+        };
+        Process::line_starting(&listener.process.stderr, again);
         listener.process.signal("INT");
         let finished = listener.process.finish();
         assert_eq!(finished.code, Some(130), "{finished:?}");
         let error = finished.stderr.lines().last().unwrap_or_default();
         if json {
+            // Every line on stderr is a JSON object, the notes too.
+            for line in finished.stderr.lines() {
+                let _: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{e}: {line:?} in {finished:?}"));
+            }
             let error: Value = serde_json::from_str(error).unwrap();
             assert_eq!(error["error"], "interrupted", "{finished:?}");
         } else {

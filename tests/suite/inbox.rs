@@ -3309,6 +3309,53 @@ fn the_cli_refuses_an_sqlite_inbox_that_is_not_there() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `inbox --sqlite` given another app's SQLite file (or a file that is no
+/// database) refuses it and leaves it as it was: no inbox table added, its
+/// journal mode not switched to WAL.
+#[cfg(all(feature = "sqlite", feature = "cli"))]
+#[test]
+fn the_cli_leaves_an_sqlite_file_that_is_no_inbox_as_it_was() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-other-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.db");
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY);")
+            .unwrap();
+    }
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a database").unwrap();
+    for file in [&path, &text] {
+        for args in [&["stats"][..], &["list"], &["replay", "5"]] {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_clink-webhook"))
+                .args(["inbox", "--sqlite"])
+                .arg(file)
+                .args(args)
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains("not an inbox file"), "{args:?}: {stderr}");
+        }
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["orders"]);
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database");
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A dry run of `replay` by filter reads the matching events a page at a
 /// time (a dead backlog can be of any size) and still lists every one, in
 /// order, leaving a pending one out.

@@ -168,6 +168,23 @@ enum Action {
     Stats,
 }
 
+/// Whether the SQLite file at `path`, opened read-only, holds the inbox's
+/// table.
+#[cfg(feature = "sqlite")]
+fn holds_an_inbox(path: &std::path::Path) -> bool {
+    let Ok(db) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clink_webhook_inbox'",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .is_ok_and(|count| count == 1)
+}
+
 async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
     if let Some(path) = &args.sqlite {
         #[cfg(feature = "sqlite")]
@@ -179,6 +196,19 @@ async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
                     ErrorCode::Io,
                     format!(
                         "--sqlite {}: no such file; give the inbox file the receiver writes",
+                        escaped(&path.to_string_lossy())
+                    ),
+                ));
+            }
+            // Nor is any other SQLite file (another app's database, given
+            // by mistake) changed: opening would set it to WAL and add the
+            // inbox's tables. It is read first, read-only.
+            if !holds_an_inbox(path) {
+                return Err(CliError::new(
+                    ErrorCode::Io,
+                    format!(
+                        "--sqlite {}: not an inbox file (no clink_webhook_inbox table in it, or \
+                         not SQLite); give the inbox file the receiver writes",
                         escaped(&path.to_string_lossy())
                     ),
                 ));

@@ -304,9 +304,19 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     // The first signal begins the graceful stop; a second, for whoever
     // will not wait for it, ends the command at once.
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    // Notes on stderr: with --json, as JSON objects too (`{"note": ...}`),
+    // as every line there then is.
+    let json = out.json;
+    let note = move |text: &str| {
+        if json {
+            Output::note(&json!({ "note": text }).to_string());
+        } else {
+            Output::note(text);
+        }
+    };
     let at_once = async move {
         shutdown.requested().await;
-        Output::note("stopping");
+        note("stopping");
         let _ = stop.send(());
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
@@ -319,7 +329,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
                 () = shutdown.requested() => {}
             }
         }
-        Output::note("Ctrl-C again to stop at once");
+        note("Ctrl-C again to stop at once");
         shutdown.requested().await;
     };
     let serving = server.serve(listener, service, async move {
@@ -329,7 +339,7 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     tokio::select! {
         biased;
         () = serving => {
-            Output::note("stopped");
+            note("stopped");
             Ok(())
         }
         () = at_once => Err(CliError::new(
