@@ -1000,10 +1000,14 @@ fn fail_once(
             let mut failed = failed
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if failed.len() >= FAILED_ONCE_KEPT {
-                failed.clear();
+            // An event that failed once runs on; room is made for others
+            // only after that check.
+            !failed.contains(event.id()) && {
+                if failed.len() >= FAILED_ONCE_KEPT {
+                    failed.clear();
+                }
+                failed.insert(event.id().to_owned())
             }
-            failed.insert(event.id().to_owned())
         };
         std::future::ready(if first {
             Err(format!(

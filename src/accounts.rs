@@ -110,7 +110,7 @@ pub enum AccountFrom {
     /// The request's host, without the port, in lowercase (a host name
     /// is the same whatever its case): `acct-1.hooks.example.com`. Keep
     /// such accounts in lowercase, as the host is read (an account in
-    /// capitals is never found), and under 128 bytes, as every account.
+    /// capitals is never found), and of at most 128 bytes, as every account.
     Host,
 }
 

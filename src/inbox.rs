@@ -449,7 +449,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "inbox: settling the event panicked; settling it again as decided"
             );
             // As the first try was: retried while the inbox is out, within
-            // the lease, and counted once applied.
+            // the settle's bound, and counted once applied.
             let retried = self.settle(&claim, how.clone(), asked, &guard.settling);
             if let Ok(result) = CatchUnwind::new(retried).await {
                 #[cfg(feature = "metrics")]

@@ -126,6 +126,18 @@ fn sign_prints_the_reference_signatures() {
             format!("X-Clink-Timestamp: {timestamp}\nX-Clink-Signature: {signature}\n")
         );
     }
+    // `--secret env:NAME` takes any variable's name, in capitals or not,
+    // one that begins as a key's prefix in capitals too.
+    let (secret, timestamp, body, signature) = VECTORS[0];
+    let file = BodyFile::new("sign-env", body);
+    for name in ["WHSEC_PROD_KEY", "clink_key", "_K1"] {
+        let signed = run(clink_webhook()
+            .env(name, secret)
+            .args(["sign", "--secret", &format!("env:{name}")])
+            .args(["--body-file", file.path(), "--timestamp", timestamp]));
+        assert_eq!(signed.code, Some(0), "{name}: {signed:?}");
+        assert!(signed.stdout.contains(signature), "{name}: {signed:?}");
+    }
     // The key from the environment, the timestamp now, JSON out.
     let file = BodyFile::new("sign-now", b"{}");
     let signed = cli(&["sign", "--json", "--body-file", file.path()]);
@@ -986,18 +998,23 @@ fn a_second_ctrl_c_stops_listen_at_once() {
         let listener = Listener::start(if json { &["--json"] } else { &[] });
         let held = delivery_in_progress(&listener.url, KEY);
         listener.process.signal("INT");
-        let again = if json {
-            r#"{"note":"Ctrl-C again to stop at once"}"#
+        let (stopping, again) = if json {
+            (
+                r#"{"note":"stopping"}"#,
+                r#"{"note":"Ctrl-C again to stop at once"}"#,
+            )
         } else {
-            "Ctrl-C again to stop at once"
+            ("stopping", "Ctrl-C again to stop at once")
         };
+        // Each note read in turn (a note printed otherwise is never found).
+        Process::line_starting(&listener.process.stderr, stopping);
         Process::line_starting(&listener.process.stderr, again);
         listener.process.signal("INT");
         let finished = listener.process.finish();
         assert_eq!(finished.code, Some(130), "{finished:?}");
         let error = finished.stderr.lines().last().unwrap_or_default();
         if json {
-            // Every line on stderr is a JSON object, the notes too.
+            // Every line on stderr after the notes is a JSON object too.
             for line in finished.stderr.lines() {
                 let _: Value = serde_json::from_str(line)
                     .unwrap_or_else(|e| panic!("{e}: {line:?} in {finished:?}"));

@@ -169,20 +169,29 @@ enum Action {
 }
 
 /// Whether the SQLite file at `path`, opened read-only, holds the inbox's
-/// table.
+/// table: `false` for a database without it, or a file that is no
+/// database; `true` when it cannot tell otherwise (a file it may not read,
+/// a lock held), so that opening it says why.
 #[cfg(feature = "sqlite")]
 fn holds_an_inbox(path: &std::path::Path) -> bool {
-    let Ok(db) =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return false;
+    let not_a_database = |error: &rusqlite::Error| {
+        error.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase)
     };
-    db.query_row(
+    let db = match rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) {
+        Ok(db) => db,
+        Err(error) => return !not_a_database(&error),
+    };
+    match db.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clink_webhook_inbox'",
         [],
         |row| row.get::<_, i64>(0),
-    )
-    .is_ok_and(|count| count == 1)
+    ) {
+        Ok(count) => count == 1,
+        Err(error) => !not_a_database(&error),
+    }
 }
 
 async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {

@@ -420,16 +420,15 @@ const KEY_VARIABLES: &[&str] = &[
 const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk_live_"];
 
 /// Whether `name` can be an environment variable's name (a letter or `_`,
-/// then letters, digits and `_`) and does not look like a key.
+/// then letters, digits and `_`) and does not look like a key (one starts
+/// with a lowercase prefix, `whsec_`: `WHSEC_PROD` is a name).
 fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !KEY_PREFIXES
-            .iter()
-            .any(|prefix| name.to_ascii_lowercase().starts_with(prefix))
+        && !KEY_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
 /// The secrets among the raw arguments (the values of `--secret`) and in

@@ -1095,60 +1095,58 @@ impl Destination {
                 stream,
                 connection,
             } => {
-                let mut link = {
-                    let mut held = connection.lock().await;
-                    match &*held {
-                        Some(link) if !link.is_stale() => link.clone(),
-                        _ => {
-                            // Let go of a stale connection before making another.
-                            *held = None;
-                            let config = redis::aio::ConnectionManagerConfig::new()
-                                .set_connection_timeout(Some(self.timeout))
-                                .set_response_timeout(Some(self.timeout))
-                                .set_number_of_retries(1);
-                            let manager = client
-                                .get_connection_manager_with_config(config)
-                                .await
-                                .map_err(|e| {
-                                format!("{}: cannot connect: {}", self.name, e.kind_text())
-                            })?;
-                            held.insert(Staling::new(manager)).clone()
-                        }
-                    }
+                let connect = async {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    client.get_connection_manager_with_config(config).await
                 };
-                let unfinished = StaleUnlessFinished(Some(&link.stale));
-                let added = stream.add(&mut link.connection, event, &self.name).await;
-                if added.is_ok() {
-                    unfinished.finished();
-                }
-                added.map(Some)
+                self.add_on(connection, connect, stream, event).await
             }
             Kind::RedisCluster {
                 client,
                 stream,
                 connection,
             } => {
-                let mut link = {
-                    let mut held = connection.lock().await;
-                    match &*held {
-                        Some(link) if !link.is_stale() => link.clone(),
-                        _ => {
-                            *held = None;
-                            let cluster = client.get_async_connection().await.map_err(|e| {
-                                format!("{}: cannot connect: {}", self.name, e.kind_text())
-                            })?;
-                            held.insert(Staling::new(cluster)).clone()
-                        }
-                    }
-                };
-                let unfinished = StaleUnlessFinished(Some(&link.stale));
-                let added = stream.add(&mut link.connection, event, &self.name).await;
-                if added.is_ok() {
-                    unfinished.finished();
-                }
-                added.map(Some)
+                self.add_on(connection, client.get_async_connection(), stream, event)
+                    .await
             }
         }
+    }
+
+    /// Adds `event` to `stream` on the connection `held`, made with
+    /// `connect` when there is none or it is stale; a publish that fails or
+    /// is dropped unfinished leaves the connection stale, and the next one
+    /// connects anew.
+    async fn add_on<C>(
+        &self, held: &AsyncMutex<Option<Staling<C>>>,
+        connect: impl std::future::Future<Output = redis::RedisResult<C>>, stream: &Streams,
+        event: &NewEvent,
+    ) -> Result<Option<String>, BoxError>
+    where
+        C: redis::aio::ConnectionLike + Clone + Send,
+    {
+        let mut link = {
+            let mut held = held.lock().await;
+            match &*held {
+                Some(link) if !link.is_stale() => link.clone(),
+                _ => {
+                    // Let go of a stale connection before making another.
+                    *held = None;
+                    let connection = connect
+                        .await
+                        .map_err(|e| format!("{}: cannot connect: {}", self.name, e.kind_text()))?;
+                    held.insert(Staling::new(connection)).clone()
+                }
+            }
+        };
+        let unfinished = StaleUnlessFinished(Some(&link.stale));
+        let added = stream.add(&mut link.connection, event, &self.name).await;
+        if added.is_ok() {
+            unfinished.finished();
+        }
+        added.map(Some)
     }
 
     /// Connects to the NATS servers and finds the stream (making it when
