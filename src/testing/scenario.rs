@@ -193,6 +193,32 @@ impl Scenario {
         self
     }
 
+    /// Adds the header `name: value` to every step added so far, for an
+    /// app that reads something of its own from one (the account, with
+    /// [`AccountFrom::Header`](crate::accounts::AccountFrom::Header)); call
+    /// it after the last [`step`](Self::step), as [`uri`](Self::uri). The
+    /// header is not signed, as no header is.
+    ///
+    /// ```
+    /// use clink_webhooks::testing::Scenario;
+    /// use http::{HeaderName, HeaderValue};
+    ///
+    /// let scenario = Scenario::duplicates("whsec_test").header(
+    ///     HeaderName::from_static("x-clink-account"),
+    ///     HeaderValue::from_static("acct_eu"),
+    /// );
+    /// assert!(scenario.steps().iter().all(|step| {
+    ///     step.request().build::<bytes::Bytes>().headers()["x-clink-account"] == "acct_eu"
+    /// }));
+    /// ```
+    #[must_use]
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        for step in &mut self.steps {
+            step.request = step.request.clone().header(name.clone(), value.clone());
+        }
+        self
+    }
+
     /// The scenario's name.
     #[must_use]
     pub fn name(&self) -> &str {

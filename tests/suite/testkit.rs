@@ -453,3 +453,26 @@ async fn scenarios_run_against_an_app_mounted_at_another_path() {
         .unwrap_err();
     assert!(format!("{failure:?}").contains("got 404"), "{failure:?}");
 }
+
+/// An app taking each delivery's account from a header runs the scenarios
+/// with that header on every step; without it, they reach no account and
+/// fail.
+#[tokio::test]
+async fn scenarios_run_against_an_app_reading_its_account_from_a_header() {
+    use clink_webhooks::accounts::{AccountFrom, KeyMap};
+    let keys = KeyMap::new();
+    keys.insert("acct_eu", verifier()).unwrap();
+    let header = http::HeaderName::from_static("x-clink-account");
+    let layer = ClinkLayer::with_key_source(AccountFrom::Header(header.clone()), keys);
+    let service = layer.route(EventRouter::new());
+    for scenario in Scenario::all(SECRET) {
+        let name = scenario.name().to_owned();
+        scenario
+            .header(header.clone(), http::HeaderValue::from_static("acct_eu"))
+            .run(service.clone())
+            .await
+            .unwrap_or_else(|failure| panic!("{name}: {failure:?}"));
+    }
+    let failure = Scenario::duplicates(SECRET).run(service).await.unwrap_err();
+    assert!(format!("{failure:?}").contains("got 404"), "{failure:?}");
+}
