@@ -212,6 +212,10 @@ impl Scenario {
     /// }));
     /// ```
     #[must_use]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "taken as SignedRequest::header takes them, and cloned for each step"
+    )]
     pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
         for step in &mut self.steps {
             step.request = step.request.clone().header(name.clone(), value.clone());
