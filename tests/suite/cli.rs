@@ -448,6 +448,40 @@ fn an_unreachable_receiver_is_an_io_error() {
     assert!(sent.stdout.contains("not delivered 1"), "{sent:?}");
 }
 
+/// A receiver that answers `200` and then never sends the rest of its
+/// answer's body: the status that came is the delivery's answer (exit 0),
+/// not "no answer"; the body, which only adds detail, is given up on.
+#[test]
+fn a_status_that_came_stands_when_the_answer_s_body_stalls() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut connection, _) = listener.accept().unwrap();
+        // The request's head and body come in one or two reads; one is
+        // enough to answer.
+        let mut request = [0u8; 64 * 1024];
+        let _ = connection.read(&mut request).unwrap();
+        connection
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+            .unwrap();
+        connection.flush().unwrap();
+        // Held open, the rest never sent, until the test is over.
+        let _ = finished.recv();
+    });
+    let url = format!("http://127.0.0.1:{port}/webhooks/clink");
+    let sent = cli(&["send", "order.succeeded", "--to", &url]);
+    drop(done);
+    server.join().unwrap();
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        deliveries(&sent),
+        ["1/1  200 OK  evt_order_succeeded_test"],
+        "{sent:?}"
+    );
+}
+
 /// The deliveries `send` printed (every line but the summary), each without
 /// its latency: `n/total  status  event id`.
 fn deliveries(finished: &Finished) -> Vec<&str> {

@@ -46,8 +46,12 @@ Exit code: 0 when every delivery got a 2xx (with --tamper: a 401 for its
 signature), 1 when any got another status, 2 when any could not be
 delivered at all (connection refused, timeout).";
 
-/// How long one delivery may take, from connecting to the last byte of the answer.
+/// How long one delivery may take, from connecting to the answer's status.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the answer's body, read for its detail, may take after its
+/// status: one that stalls adds no detail, and the status stands.
+const DETAIL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of an answer's body read, to find its error code.
@@ -356,8 +360,9 @@ const TICK_NANOS: u128 = 100_000;
 /// Ticks counted per page of [`Latencies`]: one second's.
 const TICKS_PER_PAGE: usize = 10_000;
 /// Pages of [`Latencies`]: latencies under 61 s, past twice
-/// [`DELIVERY_TIMEOUT`] (an answered delivery took less than it, unless the
-/// machine stalled), are counted apart; a longer one counts as the longest.
+/// [`DELIVERY_TIMEOUT`] (an answered delivery took less than it and
+/// [`DETAIL_TIMEOUT`], unless the machine stalled), are counted apart; a
+/// longer one counts as the longest.
 const LATENCY_PAGES: usize = 61;
 
 /// The latencies of the answered deliveries, counted by the tenth of a
@@ -619,26 +624,26 @@ pub(crate) async fn run(out: &Output, args: &SendArgs) -> Result<(), CliError> {
 async fn deliver(
     client: &Client<HttpConnector, Full<Bytes>>, request: &SignedRequest,
 ) -> Result<Answer, String> {
-    let exchange = async {
-        let response = client
-            .request(request.build())
-            .await
-            .map_err(|e| error_chain(&e))?;
-        let status = response.status();
-        // The answer's body only adds detail; a body that cannot be read does not.
-        let body = Limited::new(response.into_body(), ANSWER_LIMIT)
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        Ok(Answer {
-            status,
-            detail: detail(&body),
-        })
-    };
-    tokio::time::timeout(DELIVERY_TIMEOUT, exchange)
+    let response = tokio::time::timeout(DELIVERY_TIMEOUT, client.request(request.build()))
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())))
+        .map_err(|_| format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs()))?
+        .map_err(|e| error_chain(&e))?;
+    let status = response.status();
+    // The answer's body only adds detail; a body that cannot be read, or
+    // does not come, does not, and the status stands.
+    let body = tokio::time::timeout(
+        DETAIL_TIMEOUT,
+        Limited::new(response.into_body(), ANSWER_LIMIT).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(http_body_util::Collected::to_bytes)
+    .unwrap_or_default();
+    Ok(Answer {
+        status,
+        detail: detail(&body),
+    })
 }
 
 /// `duplicate` or the `error` code of a receiver's JSON answer.
