@@ -205,7 +205,14 @@ fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(..) => StoreErrorKind::Unavailable,
         _ => StoreErrorKind::Protocol,
     };
-    StoreError::new(kind, format!("{context}: {error}"))
+    match error {
+        // SQLite's own words, without the statement it quotes (the whole
+        // schema, for the inbox's creation).
+        rusqlite::Error::SqlInputError { msg, .. } => {
+            StoreError::new(kind, format!("{context}: {msg}"))
+        }
+        _ => StoreError::new(kind, format!("{context}: {error}")),
+    }
 }
 
 /// Adds the columns later versions added to a table an earlier one made,
@@ -1226,6 +1233,24 @@ mod plan_tests {
         add_missing_columns, replay_matching_sql, replay_step_sql, CANDIDATE, FILTER_PARAMS,
         SCHEMA, TAKEN_OVER,
     };
+
+    /// An error in a statement is told in SQLite's words, without the
+    /// statement (the inbox's whole schema, when a file holds a table of
+    /// that name made otherwise).
+    #[test]
+    fn an_error_in_a_statement_is_told_without_the_statement() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection
+            .execute_batch("CREATE TABLE clink_webhook_inbox (seq INTEGER PRIMARY KEY);")
+            .unwrap();
+        let error = connection.execute_batch(SCHEMA).unwrap_err();
+        let told = super::sqlite_error("cannot create the inbox table", &error).to_string();
+        assert!(
+            told.contains("cannot create the inbox table: no such column"),
+            "{told}"
+        );
+        assert!(!told.contains("CREATE INDEX"), "{told}");
+    }
 
     /// The steps SQLite plans for `sql`, as `EXPLAIN QUERY PLAN` words them.
     fn plan(connection: &Connection, sql: &str) -> String {
