@@ -452,22 +452,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // the settle's bound, and counted once applied.
             let retried = self.settle(&claim, how.clone(), asked, &guard.settling);
             if let Ok(result) = CatchUnwind::new(retried).await {
-                #[cfg(feature = "metrics")]
-                if matches!(result, Ok(Settle::Applied)) {
-                    match &how {
-                        Settling::Complete => {
-                            metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
-                        }
-                        Settling::Fail {
-                            retry_at: Some(_), ..
-                        } => {
-                            metrics::counter!("clink_webhook_inbox_retries_total").increment(1);
-                        }
-                        Settling::Fail { retry_at: None, .. } => {
-                            metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
-                        }
-                    }
-                }
+                how.count_if_applied(&result);
                 guard.settled();
                 self.settled(kept, result, false);
                 return;
@@ -540,13 +525,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 attempts = had,
                 "inbox: the event is dead: past max_attempts, its last attempt unsettled (or max_attempts lowered)"
             );
-            let result = self
-                .settle(claim, Settling::fail(error, None), asked, settling)
-                .await;
-            #[cfg(feature = "metrics")]
-            if matches!(result, Ok(Settle::Applied)) {
-                metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
-            }
+            let how = Settling::fail(error, None);
+            let result = self.settle(claim, how.clone(), asked, settling).await;
+            how.count_if_applied(&result);
             self.settled(kept, result, false);
             return;
         }
@@ -639,10 +620,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 .await;
             // Counted once it is done: a completion that did not apply runs
             // the event again, to be counted then.
-            #[cfg(feature = "metrics")]
-            if matches!(completed, Ok(Settle::Applied)) {
-                metrics::counter!("clink_webhook_inbox_handled_total").increment(1);
-            }
+            Settling::Complete.count_if_applied(&completed);
             completed
         } else {
             let failure = failure.unwrap_or_else(|| outcome.as_str().to_owned());
@@ -706,18 +684,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "inbox: the event is dead"
             );
         }
-        let settled = self
-            .settle(claim, Settling::fail(error, retry_at), asked, settling)
-            .await;
-        // Counted once recorded: a settle that finds the event taken over
-        // (or marked done by the handler's own transaction) retried nothing.
-        #[cfg(feature = "metrics")]
-        if matches!(settled, Ok(Settle::Applied)) {
-            match retry_at {
-                Some(_) => metrics::counter!("clink_webhook_inbox_retries_total").increment(1),
-                None => metrics::counter!("clink_webhook_inbox_dead_total").increment(1),
-            }
-        }
+        let how = Settling::fail(error, retry_at);
+        let settled = self.settle(claim, how.clone(), asked, settling).await;
+        how.count_if_applied(&settled);
         settled
     }
 
@@ -883,6 +852,30 @@ enum Settling {
 impl Settling {
     fn fail(error: String, retry_at: Option<Timestamp>) -> Self {
         Self::Fail { error, retry_at }
+    }
+
+    /// Counts the settle in the inbox's metrics once `result` says it
+    /// applied (handled, retried or dead): a settle that finds the event
+    /// taken over, or marked done by the handler's own transaction,
+    /// recorded nothing.
+    #[cfg_attr(
+        not(feature = "metrics"),
+        expect(clippy::unused_self, unused_variables)
+    )]
+    fn count_if_applied(&self, result: &Result<Settle, StoreError>) {
+        #[cfg(feature = "metrics")]
+        if matches!(result, Ok(Settle::Applied)) {
+            match self {
+                Self::Complete => metrics::counter!("clink_webhook_inbox_handled_total"),
+                Self::Fail {
+                    retry_at: Some(_), ..
+                } => metrics::counter!("clink_webhook_inbox_retries_total"),
+                Self::Fail { retry_at: None, .. } => {
+                    metrics::counter!("clink_webhook_inbox_dead_total")
+                }
+            }
+            .increment(1);
+        }
     }
 
     /// Settles `claim` so in `inbox`.
