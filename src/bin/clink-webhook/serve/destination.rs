@@ -987,16 +987,11 @@ impl Destination {
                     // since this connection was made (another gateway's
                     // publish, say, failed): the stream is checked again.
                     if unconfirmed.is_some() {
-                        let info = jetstream
-                            .get_stream(stream)
-                            .await
-                            .map_err(|e| {
-                                format!("{}: cannot read the stream {stream}: {e}", self.name)
-                            })?
-                            .cached_info()
-                            .clone();
+                        let found = jetstream.get_stream(stream).await.map_err(|e| {
+                            format!("{}: cannot read the stream {stream}: {e}", self.name)
+                        })?;
                         self.check_stream(
-                            &info,
+                            found.cached_info(),
                             stream,
                             stream_subjects,
                             *duplicate_window,

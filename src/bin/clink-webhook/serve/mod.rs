@@ -482,18 +482,23 @@ impl Gateway {
         )
     }
 
+    /// Whether the gateway takes deliveries: a key active (for each key
+    /// set, or some account's), then the inbox writable. `Err` says why,
+    /// and whether it is the keys.
+    async fn ready(&self) -> Result<(), (bool, String)> {
+        if let Some(error) = self.accounts_without_keys() {
+            return Err((true, error.to_owned()));
+        }
+        self.readiness
+            .check()
+            .await
+            .map_err(|error| (error.no_active_key(), error.to_string()))
+    }
+
     async fn health(&self) -> Response<Body> {
         // Every key expired is the keys' failure, not the inbox's (which
         // is then not looked at).
-        let checked = match self.accounts_without_keys() {
-            Some(error) => Err((true, error.to_owned())),
-            None => self
-                .readiness
-                .check()
-                .await
-                .map_err(|error| (error.no_active_key(), error.to_string())),
-        };
-        let (inbox, keys) = match checked {
+        let (inbox, keys) = match self.ready().await {
             Ok(()) => (json!({ "status": "ok" }), json!({ "status": "ok" })),
             Err((true, error)) => (
                 json!({ "status": "not checked" }),
@@ -580,19 +585,13 @@ impl Gateway {
         }
         match (request.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health().await,
-            (&Method::GET, "/ready") => {
-                let checked = match self.accounts_without_keys() {
-                    Some(error) => Err(error.to_owned()),
-                    None => self.readiness.check().await.map_err(|e| e.to_string()),
-                };
-                match checked {
-                    Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
-                    Err(error) => json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({ "status": "failing", "error": error }),
-                    ),
-                }
-            }
+            (&Method::GET, "/ready") => match self.ready().await {
+                Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+                Err((_, error)) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "status": "failing", "error": error }),
+                ),
+            },
             (&Method::GET, "/metrics") if self.metrics.is_some() => {
                 let text = self.metrics.as_ref().map(|handle| {
                     handle.run_upkeep();
