@@ -596,7 +596,9 @@ impl Client {
             // elsewhere: Clink rotated all the same, so the secret is the
             // endpoint's, whose id is known. Any other `data` that is not
             // an object (or one that cannot be read: twice, say) fails,
-            // holding the secret it may carry.
+            // holding the secret it may carry (the answer read again, as
+            // `data_object` words its errors).
+            Ok(Some(Value::Object(data))) => data,
             Ok(None | Some(Value::Null)) if secret_in(&answer).is_some() => Map::new(),
             _ => self.data_object(&call, &answer)?,
         };
