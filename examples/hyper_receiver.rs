@@ -10,7 +10,9 @@
 //! (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
 //! While the endpoint's secret is rotated, give the secrets newest first,
 //! separated by commas (`whsec_new,whsec_old`): deliveries signed with
-//! either are accepted.
+//! either are accepted, and with `CLINK_WEBHOOK_OLD_KEYS_EXPIRE` (an RFC
+//! 3339 time, the end of the rotation's grace) the older ones only until
+//! then.
 //!
 //! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3001`; set
 //! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts):
@@ -79,8 +81,9 @@ fn verifier() -> Result<Verifier, String> {
     let problem = match std::env::var("CLINK_WEBHOOK_SIGNING_KEY") {
         // The error says which secret of the list is wrong, never what it is.
         Ok(keys) if !keys.trim().is_empty() => {
-            return Verifier::from_secret_list(&keys)
-                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()));
+            let verifier = Verifier::from_secret_list(&keys)
+                .map_err(|e| format!("CLINK_WEBHOOK_SIGNING_KEY: {}", e.message()))?;
+            return expiring_older_keys(verifier);
         }
         Ok(_) => "is empty",
         Err(std::env::VarError::NotPresent) => "is not set",
@@ -93,6 +96,41 @@ fn verifier() -> Result<Verifier, String> {
          CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only \
          cargo run --example hyper_receiver"
     ))
+}
+
+/// `verifier` with its older secrets (all but the first) accepted until
+/// `CLINK_WEBHOOK_OLD_KEYS_EXPIRE`, an RFC 3339 time: the end of the
+/// rotation's grace, after which a secret rotated out stops working even if
+/// nobody takes it out of the list. A value that is no such time stops the
+/// receiver; without one, a list of several secrets is accepted with a
+/// warning on stderr that the older ones never expire.
+fn expiring_older_keys(verifier: Verifier) -> Result<Verifier, String> {
+    const VAR: &str = "CLINK_WEBHOOK_OLD_KEYS_EXPIRE";
+    let value = match std::env::var(VAR) {
+        Ok(value) if !value.trim().is_empty() => value,
+        Err(std::env::VarError::NotUnicode(_)) => return Err(format!("{VAR} is not valid UTF-8")),
+        _ => {
+            if verifier.key_count() > 1 {
+                eprintln!(
+                    "warning: the older signing secrets never expire: set {VAR} to the end of \
+                     the rotation's grace (an RFC 3339 time, such as 2026-12-31T00:00:00Z)"
+                );
+            }
+            return Ok(verifier);
+        }
+    };
+    let at = clink_webhooks::Timestamp::parse_rfc3339(value.trim())
+        .map_err(|_| {
+            format!(
+                "{VAR} must be an RFC 3339 time (2026-12-31T00:00:00Z), got {}",
+                printable(&value)
+            )
+        })?
+        .to_system_time();
+    if verifier.key_count() > 1 && at <= std::time::SystemTime::now() {
+        eprintln!("warning: {VAR} has passed: only the newest signing secret is accepted");
+    }
+    Ok(verifier.expire_older_keys_at(at))
 }
 
 #[tokio::main]

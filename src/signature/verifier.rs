@@ -169,6 +169,41 @@ impl Verifier {
         self
     }
 
+    /// Every key but the first (the newest, as
+    /// [`from_secret_list`](Self::from_secret_list) takes them) stops being
+    /// accepted at `at`, or at its own expiry when sooner: the end of a
+    /// rotation's grace, for secrets given as a list. A delivery signed with
+    /// one of them after that is refused as
+    /// [`ExpiredKey`](VerifyErrorKind::ExpiredKey), so a secret rotated out
+    /// stops working without anyone having to remove it.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use clink_webhooks::signature::{sign, Verifier, VerifyErrorKind};
+    ///
+    /// let now = SystemTime::now();
+    /// let verifier = Verifier::from_secret_list("whsec_new,whsec_old")?
+    ///     .expire_older_keys_at(now + Duration::from_secs(3600));
+    /// let ts = clink_webhooks::Timestamp::from_system_time(now).as_millis().to_string();
+    /// let old = sign("whsec_old", &ts, b"{}");
+    /// assert!(verifier.verify_at(&ts, &old, b"{}", now).is_ok());
+    /// let later = now + Duration::from_secs(3601);
+    /// let ts = clink_webhooks::Timestamp::from_system_time(later).as_millis().to_string();
+    /// let old = sign("whsec_old", &ts, b"{}");
+    /// let refused = verifier.verify_at(&ts, &old, b"{}", later).unwrap_err();
+    /// assert_eq!(refused.kind(), VerifyErrorKind::ExpiredKey);
+    /// let new = sign("whsec_new", &ts, b"{}");
+    /// assert!(verifier.verify_at(&ts, &new, b"{}", later).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn expire_older_keys_at(mut self, at: SystemTime) -> Self {
+        for key in self.keys.iter_mut().skip(1) {
+            key.expires_at = Some(key.expires_at.map_or(at, |own| own.min(at)));
+        }
+        self
+    }
+
     /// This verifier after a rotation of the endpoint's signing secret:
     /// `key` first, and every key of this one that is still active kept
     /// until `grace` from now (or its own expiry, when sooner). Keys
@@ -765,6 +800,20 @@ mod tests {
                 assert!(!bool::from(tags_equal(&tag, &other)), "{byte}/{bit}");
             }
         }
+    }
+
+    #[test]
+    fn older_keys_expire_at_the_sooner_of_their_own_expiry_and_the_one_given() {
+        let verifier = Verifier::new("k0")
+            .unwrap()
+            .add_key(SigningKey::new("k1").unwrap().expires_at(at_ms(5_000)))
+            .add_key(SigningKey::new("k2").unwrap())
+            .expire_older_keys_at(at_ms(10_000));
+        let expiries: Vec<_> = verifier.keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(at_ms(5_000)), Some(at_ms(10_000))]);
+        let later = verifier.expire_older_keys_at(at_ms(2_000));
+        let expiries: Vec<_> = later.keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(at_ms(2_000)), Some(at_ms(2_000))]);
     }
 
     #[test]

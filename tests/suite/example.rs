@@ -262,6 +262,95 @@ async fn the_examples_accept_every_secret_of_a_rotation() {
     }
 }
 
+/// With `CLINK_WEBHOOK_OLD_KEYS_EXPIRE`, the older secrets of a rotation's
+/// list are accepted until that time only: once it has passed, a delivery
+/// signed with the old secret is refused `401` while the new one's is
+/// handled, and the receiver says on stderr that it has passed. A time to
+/// come keeps the old secret working; without one, a list of several
+/// secrets starts with a warning that they never expire; a value that is no
+/// time stops the receiver before it listens. Before, a secret rotated out
+/// stayed valid until someone took it out of the list and restarted.
+#[tokio::test]
+async fn the_example_receivers_stop_accepting_an_old_secret_when_the_rotation_ends() {
+    const NEW_KEY: &str = "whsec_example_rotated_in";
+    const VAR: &str = "CLINK_WEBHOOK_OLD_KEYS_EXPIRE";
+    let list = format!("{NEW_KEY},{KEY}");
+    let start = |name: &str, expires: Option<&str>| {
+        let mut command = std::process::Command::new(example_path(name));
+        command
+            .env("PORT", "0")
+            .env("CLINK_WEBHOOK_SIGNING_KEY", &list)
+            .env_remove(VAR)
+            .env_remove("CLINK_INBOX")
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL");
+        if let Some(expires) = expires {
+            command.env(VAR, expires);
+        }
+        Process::start(&mut command)
+    };
+    for name in ["axum_receiver", "hyper_receiver"] {
+        for (expires, old_status, warning) in [
+            (
+                Some("2020-01-01T00:00:00Z"),
+                401,
+                Some(format!(
+                    "warning: {VAR} has passed: only the newest signing secret is accepted"
+                )),
+            ),
+            (Some("2999-01-01T00:00:00Z"), 200, None),
+            (
+                None,
+                200,
+                Some(format!(
+                    "warning: the older signing secrets never expire: set {VAR} to the end of \
+                     the rotation's grace (an RFC 3339 time, such as 2026-12-31T00:00:00Z)"
+                )),
+            ),
+        ] {
+            let process = start(name, expires);
+            let mut said = Vec::new();
+            let line = loop {
+                let line = Process::line_starting(&process.stderr, "");
+                if line.starts_with("listening on ") {
+                    break line;
+                }
+                said.push(line);
+            };
+            let url = &line["listening on ".len()..];
+            let warned: Vec<_> = said.iter().filter(|l| l.starts_with("warning: ")).collect();
+            assert_eq!(
+                warned.first().map(|l| l.as_str()),
+                warning.as_deref(),
+                "{name} with {expires:?}: {said:?}"
+            );
+            for (secret, id, status) in [(KEY, "old", old_status), (NEW_KEY, "new", 200)] {
+                let expiry = expires.unwrap_or("none").replace(':', "");
+                let body = format!(
+                    r#"{{"id":"evt_expiry_{id}_{name}_{expiry}","type":"risk_rule.updated","data":{{}}}}"#
+                );
+                let signed = SignedRequest::new(secret, body).uri(url);
+                assert_eq!(post(&signed).await, status, "{name}, {expires:?}, {id}");
+                if status == 200 {
+                    assert_eq!(
+                        process.next_stdout(),
+                        format!("handled risk_rule.updated evt_expiry_{id}_{name}_{expiry}")
+                    );
+                }
+            }
+        }
+        let process = start(name, Some("tomorrow"));
+        let said = first_line_on_starting(&process, name);
+        assert_eq!(
+            said,
+            format!("error: {VAR} must be an RFC 3339 time (2026-12-31T00:00:00Z), got tomorrow"),
+            "{name}"
+        );
+        let finished = process.finish();
+        assert_eq!(finished.code, Some(1), "{name}: {finished:?}");
+    }
+}
+
 /// An example receiver on a free port that verifies with [`KEY`] (for
 /// `multi_tenant`, the key of the account `acct_held`), and the URL of its
 /// webhook.
