@@ -180,6 +180,9 @@ impl PostgresStore {
     /// tables: when all exist it only looks them up (no lock that would queue
     /// behind open transactions); otherwise it runs
     /// [`schema_sql`](Self::schema_sql) under a transaction-scoped advisory lock.
+    /// A migration that runs out of time, or whose caller stops waiting for
+    /// it, is cancelled on the server and its connection closed, as every
+    /// call of the store's is: nothing it left running waits on a lock.
     ///
     /// # Errors
     ///
@@ -188,16 +191,19 @@ impl PostgresStore {
     /// timeout, or it takes longer than 30 seconds.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let exists: bool = client
-                .query_typed_one(&self.sql.exists, &[])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(|err| pg_error("cannot look the table up", &err))?;
-            if exists {
-                return Ok(());
-            }
-            create_tables(&mut client, &self.sql.table, &self.sql.schema, self.timeout).await
+            let client = self.pool.get().await.map_err(pool_error)?;
+            guarded(client, &self.cancel, async |client| {
+                let exists: bool = client
+                    .query_typed_one(&self.sql.exists, &[])
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|err| pg_error("cannot look the table up", &err))?;
+                if exists {
+                    return Ok(());
+                }
+                create_tables(client, &self.sql.table, &self.sql.schema, self.timeout).await
+            })
+            .await
         })
         .await
     }
@@ -492,24 +498,36 @@ where
         async { pool.get().await.map_err(pool_error) },
     )
     .await?;
-    // Armed until the call has answered: a call that runs out of time, or
-    // whose caller stops waiting for it (a dropped future: the sender hung
-    // up, or a shorter timeout around this one ended first), leaves its
-    // statement running, so its connection is closed and the statement
-    // cancelled rather than the connection handed to the next caller.
+    guarded(client, canceller, async |client| {
+        timed(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            call(client),
+        )
+        .await
+    })
+    .await
+}
+
+/// `call` on `client`, which is closed (never handed back to the pool) and
+/// its statement cancelled on the server should the call run out of time
+/// or its future be dropped before it answers (the sender hung up, or a
+/// shorter timeout around this one ended first): a statement the client
+/// gave up on must not go on to take locks or land later, nor hold up the
+/// next caller handed its connection.
+async fn guarded<T, F>(
+    client: deadpool_postgres::Object, canceller: &Canceller, call: F,
+) -> Result<T, StoreError>
+where
+    F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
+{
+    // Armed until the call has answered.
     let mut abandoned = Abandoned {
         cancel: Some(client.cancel_token()),
         client: Some(client),
         canceller,
     };
-    let result = match abandoned.client.as_deref() {
-        Some(client) => {
-            timed(
-                deadline.saturating_duration_since(tokio::time::Instant::now()),
-                call(client),
-            )
-            .await
-        }
+    let result = match abandoned.client.as_mut() {
+        Some(client) => call(client).await,
         None => Err(StoreError::new(
             StoreErrorKind::Protocol,
             "no pooled connection",

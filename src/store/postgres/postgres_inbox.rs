@@ -965,38 +965,45 @@ impl PostgresInbox {
     /// instance of an earlier version that starts may make the claim read
     /// in arrival order again, until an instance of this one starts.
     ///
+    /// A migration that runs out of time, or whose caller stops waiting for
+    /// it, is cancelled on the server and its connection closed, as every
+    /// call of the inbox's is: nothing it left running waits on a lock.
+    ///
     /// # Errors
     ///
     /// A [`StoreError`] when the database refuses or does not answer, or
     /// the table stays locked by others past the per-call timeout.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let current: bool = client
-                .query_typed_one(&self.sql.current, &[])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(|err| pg_error("cannot look the table up", &err))?;
-            let sql = if current {
-                &self.sql.functions
-            } else {
-                &self.sql.schema
-            };
-            create_tables(&mut client, &self.sql.table, sql, self.timeout).await?;
-            let by_due: bool = client
-                .query_typed_one(&self.sql.reads_by_due, &[])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(|err| pg_error("cannot look the claim's index up", &err))?;
-            if !by_due {
-                tracing::warn!(
-                    table = %self.sql.table,
-                    "inbox: the claim reads the events in arrival order, passing over every \
-                     retry not due yet on each claim, until the table's index by due time is \
-                     built (see PostgresInbox::migrate) and the inbox migrated again"
-                );
-            }
-            Ok(())
+            let client = self.pool.get().await.map_err(pool_error)?;
+            super::guarded(client, &self.cancel, async |client| {
+                let current: bool = client
+                    .query_typed_one(&self.sql.current, &[])
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|err| pg_error("cannot look the table up", &err))?;
+                let sql = if current {
+                    &self.sql.functions
+                } else {
+                    &self.sql.schema
+                };
+                create_tables(client, &self.sql.table, sql, self.timeout).await?;
+                let by_due: bool = client
+                    .query_typed_one(&self.sql.reads_by_due, &[])
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|err| pg_error("cannot look the claim's index up", &err))?;
+                if !by_due {
+                    tracing::warn!(
+                        table = %self.sql.table,
+                        "inbox: the claim reads the events in arrival order, passing over every \
+                         retry not due yet on each claim, until the table's index by due time is \
+                         built (see PostgresInbox::migrate) and the inbox migrated again"
+                    );
+                }
+                Ok(())
+            })
+            .await
         })
         .await
     }

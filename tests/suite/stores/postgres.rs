@@ -592,3 +592,82 @@ async fn a_dropped_call_is_cancelled_and_its_connection_dropped() {
         .await
         .unwrap();
 }
+
+/// A migration whose caller gives up on it (the future dropped, as a start
+/// that times out drops it) while it waits for the migration lock another
+/// instance holds is cancelled on the server, for the store and for the
+/// inbox: its statement stops waiting at once, not when its lock timeout
+/// (a minute here) ends, and the connection that ran it is never handed
+/// out again in the middle of its transaction. Before, the migration took
+/// its connection outside the guard every other call has.
+#[tokio::test]
+async fn a_migration_given_up_on_is_cancelled_and_its_connection_dropped() {
+    let _servers = shared().await;
+    let url = server_url("DATABASE_URL");
+    let watcher = pg_pool(&url).get().await.unwrap();
+    let waiting = async |table: &str| -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'
+                   AND backend_type = 'client backend' AND datname = current_database()
+                   AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or_else(|e| panic!("{table}: {e}"))
+    };
+    let minute = Duration::from_secs(60);
+    for kind in ["store", "inbox"] {
+        let table = format!("clink_migrate_dropped_{kind}_{}", std::process::id());
+        // Another instance holds the migration's lock.
+        let holder = pg_pool(&url).get().await.unwrap();
+        holder
+            .execute("SELECT pg_advisory_lock(hashtext($1))", &[&table])
+            .await
+            .unwrap();
+        let pool = pg_pool(&url);
+        let migration = match kind {
+            "store" => {
+                let store = PostgresStore::new(pool)
+                    .with_table(&table)
+                    .and_then(|store| store.with_timeout(minute))
+                    .unwrap();
+                tokio::spawn(async move { store.migrate().await })
+            }
+            _ => {
+                let inbox = clink_webhooks::store::PostgresInbox::new(pool)
+                    .with_table(&table)
+                    .and_then(|inbox| inbox.with_timeout(minute))
+                    .unwrap();
+                tokio::spawn(async move { inbox.migrate().await })
+            }
+        };
+        // It waits for the lock, as the server says (a bounded wait on the
+        // server's word, not on time); then its caller gives up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while waiting(&table).await < 1 {
+            assert!(
+                Instant::now() < deadline && !migration.is_finished(),
+                "{kind}: the migration did not wait for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        migration.abort();
+        assert!(migration.await.unwrap_err().is_cancelled(), "{kind}");
+        // Well inside the minute its lock timeout would take.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while waiting(&table).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: a migration whose caller gave up still waits for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        holder
+            .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&table])
+            .await
+            .unwrap();
+    }
+}
