@@ -593,7 +593,8 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     }
 
     /// [`dispatch`](Self::dispatch), setting `succeeded` once a handler
-    /// returned `Ok`, before its version is recorded: a caller that stops
+    /// (or an `on_unhandled` or `on_undecodable` hook) returned `Ok`, its
+    /// freshness tracked or not, before its version is recorded: a caller that stops
     /// the dispatch at its deadline then knows the handler's work was done.
     pub(crate) async fn dispatch_noting(
         &self, event: VerifiedEvent, succeeded: Option<&AtomicBool>,
@@ -660,7 +661,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         let Some(route) = routes.typed.get(raw.event_type()) else {
             return match &routes.unhandled {
                 Some(handler) => {
-                    let result = handler(raw.clone(), state).await;
+                    let result = noted(handler(raw.clone(), state).await, succeeded);
                     finish(raw, result, None).await
                 }
                 None => {
@@ -676,7 +677,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         let store = routes.ordering.as_deref();
         let (object, version, run) = match route(raw, predecoded, state, store.is_some()) {
             Ok(Prepared::Untracked(run)) => {
-                let result = run.await;
+                let result = noted(run.await, succeeded);
                 return finish(raw, result, None)
                     .await
                     .with_freshness(Freshness::Untracked);
@@ -688,7 +689,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             }) => (object, version, run),
             Err(error) => {
                 cold();
-                return undecodable(routes, raw.clone(), error).await;
+                return undecodable(routes, raw.clone(), error, succeeded).await;
             }
         };
         let object = match raw.account() {
@@ -722,12 +723,7 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
             );
             return Dispatched::new(Outcome::SkippedStale).with_freshness(freshness);
         }
-        let result = run(freshness.clone()).await;
-        if result.is_ok() {
-            if let Some(succeeded) = succeeded {
-                succeeded.store(true, Ordering::Relaxed);
-            }
-        }
+        let result = noted(run(freshness.clone()).await, succeeded);
         finish(
             raw,
             result,
@@ -970,6 +966,16 @@ const RECORD_TIMEOUT: std::time::Duration = crate::store::DEFAULT_TIMEOUT;
 /// The outcome of a handler's result, recording its version once it
 /// succeeded (for at most [`RECORD_TIMEOUT`]; one not recorded by then is
 /// logged, as a failed record is).
+/// `result`, a handler's (or a hook's that stands for one), with
+/// `succeeded` set when it is `Ok`: whatever happens after (its version
+/// recorded, a service around the router failing), its work is done.
+fn noted(result: Result<(), BoxError>, succeeded: Option<&AtomicBool>) -> Result<(), BoxError> {
+    if let (Ok(()), Some(succeeded)) = (&result, succeeded) {
+        succeeded.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
 async fn finish(
     raw: &RawEvent, result: Result<(), BoxError>,
     tracked: Option<(ordering::Tracked<'_>, &Arc<OutageLog>)>,
@@ -997,7 +1003,9 @@ async fn finish(
     }
 }
 
-async fn undecodable<S>(routes: &Routes<S>, raw: RawEvent, error: DecodeError) -> Dispatched {
+async fn undecodable<S>(
+    routes: &Routes<S>, raw: RawEvent, error: DecodeError, succeeded: Option<&AtomicBool>,
+) -> Dispatched {
     tracing::error!(
         event_id = ?raw.id(),
         event_type = ?raw.event_type().as_str(),
@@ -1014,7 +1022,7 @@ async fn undecodable<S>(routes: &Routes<S>, raw: RawEvent, error: DecodeError) -
         return Dispatched::undecodable(&error);
     };
     let event = raw.clone();
-    match hook(raw, error).await {
+    match noted(hook(raw, error).await, succeeded) {
         Ok(()) => Dispatched::new(Outcome::Handled),
         Err(error) => handler_failed(&event, "on_undecodable hook", &*error),
     }

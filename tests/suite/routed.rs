@@ -240,6 +240,65 @@ async fn a_service_failing_after_its_handler_succeeded_runs_it_once() {
     assert_eq!(*runs.lock().unwrap(), ["order evt_once"]);
 }
 
+/// The same for every kind of handler the router runs: a typed one whose
+/// freshness is not tracked (a router with no ordering), the
+/// `on_unhandled` hook for a type no route takes, and the `on_undecodable`
+/// hook that took an event whose data did not decode. Before, only a typed
+/// handler with its freshness tracked was seen to succeed, and each of
+/// these ran again on Clink's retry.
+#[tokio::test]
+async fn a_service_failing_after_any_handler_succeeded_runs_it_once() {
+    let runs = Runs::default();
+    let (typed, unhandled, undecodable) = (Arc::clone(&runs), Arc::clone(&runs), Arc::clone(&runs));
+    let untracked = EventRouter::new()
+        .on::<events::OrderCreated, _>(move |event| {
+            typed.lock().unwrap().push(format!("order {}", event.id));
+            async { Ok::<_, Infallible>(()) }
+        })
+        .on_unhandled(move |event| {
+            unhandled
+                .lock()
+                .unwrap()
+                .push(format!("unhandled {}", event.id()));
+            async { Ok::<_, Infallible>(()) }
+        })
+        .on_undecodable(move |event, _| {
+            undecodable
+                .lock()
+                .unwrap()
+                .push(format!("undecodable {}", event.id()));
+            async { Ok::<_, Infallible>(()) }
+        });
+    let around = ServiceExt::<Request<Full<Bytes>>>::map_result(untracked, fails_after);
+    let service = layer(false).layer(around);
+    let bodies = [
+        order("evt_untracked", 2_000, "ord_1"),
+        r#"{"id":"evt_unhandled","type":"risk_rule.updated","data":{}}"#.to_owned(),
+        r#"{"id":"evt_undecodable","type":"order.created","data":{"amountTotal":"lots"}}"#
+            .to_owned(),
+    ];
+    for body in bodies {
+        for expected in [Outcome::Handled, Outcome::Duplicate] {
+            let request = SignedRequest::new(SECRET, body.clone()).build::<Full<Bytes>>();
+            let response = service.clone().oneshot(request).await.unwrap();
+            let outcome = response.extensions().get::<Outcome>().cloned();
+            assert_eq!(
+                (response.status(), outcome),
+                (http::StatusCode::OK, Some(expected)),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        *runs.lock().unwrap(),
+        [
+            "order evt_untracked",
+            "unhandled evt_unhandled",
+            "undecodable evt_undecodable"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_routed_service_answers_as_the_layer_over_the_same_router() {
     for dead_letters in [false, true] {
