@@ -32,8 +32,9 @@
 //! in progress and (with an inbox) the handlers running finish side by side
 //! within one deadline of 4 s, and the events of handlers still running then
 //! go back to the inbox (at once, or within 5 s more should the inbox be
-//! slow): inside the 10 s Docker gives a container by default (Kubernetes
-//! gives 30 s). It says `stopping` on stderr when the stop begins, and
+//! slow), as the claims of the deliveries cut off are settled with a
+//! shared store (within 2 s more): inside the 10 s Docker gives a container
+//! by default (Kubernetes gives 30 s). It says `stopping` on stderr when the stop begins, and
 //! `Ctrl-C again to stop at once` half a second later: a second Ctrl-C or
 //! SIGTERM sent after that (one sent with the first is the same stop) stops
 //! it at once, with status 130: the deliveries in progress get no answer (Clink retries

@@ -30,8 +30,9 @@
 //! no complete request headers within 10 s are closed, a failed `accept`
 //! (out of file descriptors, say) is logged and retried instead of stopping
 //! the server, and Ctrl-C or SIGTERM stops it gracefully: it says `stopping`
-//! on stderr, waits at most 4 s for deliveries in progress (inside the 10 s
-//! Docker gives a container), then prints `stopped` and exits 0. Half a
+//! on stderr, waits at most 4 s for deliveries in progress (and at most 2 s
+//! more for the claims of those it cut off to be settled with a shared
+//! store: inside the 10 s Docker gives a container), then prints `stopped` and exits 0. Half a
 //! second after the first it says `Ctrl-C again to stop at once`: a second
 //! Ctrl-C or SIGTERM sent after that stops it at once, with status 130 (the
 //! deliveries in progress get no answer, and Clink retries them); one sent

@@ -39,8 +39,9 @@
 //! cached keys expire, and the accounts that did not change stay cached.
 //!
 //! Ctrl-C or SIGTERM stops it gracefully: it says `stopping` on stderr,
-//! waits at most 4 s for the deliveries in progress (inside the 10 s Docker
-//! gives a container), then prints `stopped` and exits 0. Half a second
+//! waits at most 4 s for the deliveries in progress (and at most 2 s more
+//! for the claims of those it cut off to be settled with a shared store:
+//! inside the 10 s Docker gives a container), then prints `stopped` and exits 0. Half a second
 //! after the first it says `Ctrl-C again to stop at once`: a second one
 //! sent after that stops it at once, with status 130 (the deliveries in
 //! progress get no answer, and Clink retries them); one sent with the first

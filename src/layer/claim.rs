@@ -12,10 +12,12 @@
 //! [`OutageLog`]): a line when it starts, a summary per interval, a line
 //! when a call succeeds again; never a line per delivery.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::config::Config;
@@ -248,16 +250,19 @@ impl<'a> ClaimGuard<'a> {
                     config.metrics.settle_failed();
                     return;
                 };
-                runtime.spawn(complete_until_lease_ends(
-                    Arc::clone(&config.store),
-                    self.key.take(),
-                    token,
-                    retention,
-                    config.settings.store_timeout,
-                    self.lease_ends,
-                    Arc::clone(&config.metrics),
-                    Arc::clone(&config.outages.store),
-                ));
+                settle_in_background(
+                    &runtime,
+                    complete_until_lease_ends(
+                        Arc::clone(&config.store),
+                        self.key.take(),
+                        token,
+                        retention,
+                        config.settings.store_timeout,
+                        self.lease_ends,
+                        Arc::clone(&config.metrics),
+                        Arc::clone(&config.outages.store),
+                    ),
+                );
             }
             Err(error) => completion_failed(&config.metrics, &config.outages.store, &error),
         }
@@ -402,6 +407,60 @@ fn logged(released: Result<Settle, StoreError>, outage: &Arc<OutageLog>) -> bool
     }
 }
 
+/// How many claims are being settled on tasks of their own (a delivery
+/// dropped, a completion tried again), and a wake-up when none is.
+struct Settling {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+static SETTLING: Settling = Settling {
+    pending: AtomicUsize::new(0),
+    idle: Notify::const_new(),
+};
+
+/// One settle counted in [`SETTLING`] until dropped (its task ended, or
+/// was dropped with its runtime).
+struct Pending;
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if SETTLING.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            SETTLING.idle.notify_waiters();
+        }
+    }
+}
+
+/// Settles a claim on a task of its own on `runtime`, counted until it
+/// ends, so that [`settled`] can wait for it.
+fn settle_in_background(
+    runtime: &tokio::runtime::Handle, settle: impl Future<Output = ()> + Send + 'static,
+) {
+    SETTLING.pending.fetch_add(1, Ordering::AcqRel);
+    let pending = Pending;
+    runtime.spawn(async move {
+        let _pending = pending;
+        settle.await;
+    });
+}
+
+/// Waits until no claim is being settled on a task of its own in this
+/// process, at most `within`: whether none is.
+pub(crate) async fn settled(within: Duration) -> bool {
+    let none = async {
+        loop {
+            let idle = SETTLING.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if SETTLING.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    };
+    tokio::time::timeout(within, none).await.is_ok()
+}
+
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         let Some(token) = self.token.take() else {
@@ -448,7 +507,7 @@ impl Drop for ClaimGuard<'_> {
             Some(retention) => {
                 let metrics = Arc::clone(&config.metrics);
                 let lease_ends = self.lease_ends;
-                runtime.spawn(async move {
+                settle_in_background(&runtime, async move {
                     match timed(timeout, async {
                         store.complete(key.as_str(), &token, retention).await
                     })
@@ -470,7 +529,7 @@ impl Drop for ClaimGuard<'_> {
                 });
             }
             None => {
-                runtime.spawn(async move {
+                settle_in_background(&runtime, async move {
                     logged(
                         timed(timeout, async { store.release(key.as_str(), &token).await }).await,
                         &outage,

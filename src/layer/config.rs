@@ -578,6 +578,39 @@ impl ClinkLayer {
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.config.metrics)
     }
+
+    /// Waits until the claims of every delivery cut off in this process
+    /// have been settled with their stores, at most `within`; whether they
+    /// all were.
+    ///
+    /// A delivery whose future is dropped (its client hung up, or a
+    /// server's shutdown deadline ended it) has its claim completed, once a
+    /// handler succeeded, or released otherwise, on a task of its own, as
+    /// is a completion the store refused and that is tried again. A process
+    /// that ends meanwhile (`main` returning after its server stopped)
+    /// drops those tasks: a completion lost so lets Clink's retry run a
+    /// handler that succeeded again once the claim's lease ends, and a
+    /// release lost answers its retries `409` until then.
+    /// [`Server::serve`](crate::server::Server::serve) waits for them (up
+    /// to 2 s) before it returns; an app served otherwise (`axum::serve`,
+    /// a hyper loop of its own) awaits this after its server has stopped.
+    /// A [`MemoryStore`](crate::store::MemoryStore) settles at once, so
+    /// there is nothing to wait for with it.
+    ///
+    /// ```
+    /// # async fn example() {
+    /// use std::time::Duration;
+    /// use clink_webhooks::ClinkLayer;
+    ///
+    /// // After the server's graceful shutdown, before `main` returns:
+    /// if !ClinkLayer::settled(Duration::from_secs(2)).await {
+    ///     eprintln!("some claims were left to their leases");
+    /// }
+    /// # }
+    /// ```
+    pub async fn settled(within: Duration) -> bool {
+        super::claim::settled(within).await
+    }
 }
 
 impl<S> Layer<S> for ClinkLayer {

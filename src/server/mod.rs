@@ -57,7 +57,9 @@
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
 //!   most the [shutdown timeout](Server::shutdown_timeout) (default 10 s),
-//!   then closes what is left.
+//!   then closes what is left, and waits at most 2 s more while the claims
+//!   of the deliveries it cut off are settled with their store (see
+//!   [`ClinkLayer::settled`](crate::ClinkLayer::settled)).
 //!
 //! Every request it serves carries the address of its connection's peer
 //! in its extensions, as a [`Peer`].
@@ -99,13 +101,16 @@
 //! let mut sigterm =
 //!     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 //! let shutdown = async move {
+//!     // A Ctrl-C handler that cannot be installed stops nothing.
 //!     #[cfg(unix)]
 //!     tokio::select! {
-//!         _ = tokio::signal::ctrl_c() => {}
+//!         Ok(()) = tokio::signal::ctrl_c() => {}
 //!         _ = sigterm.recv() => {}
 //!     }
 //!     #[cfg(not(unix))]
-//!     let _ = tokio::signal::ctrl_c().await;
+//!     if tokio::signal::ctrl_c().await.is_err() {
+//!         std::future::pending::<()>().await;
+//!     }
 //! };
 //! Server::new().serve(listener, service, shutdown).await;
 //! # Ok(()) }
@@ -189,6 +194,10 @@ const EVICT_AGAIN: Duration = Duration::from_millis(100);
 /// idle, and one that was once the new client has waited this long: see
 /// [`Open::close_idlest`].)
 const IDLE_BEFORE_CLOSED: Duration = Duration::from_secs(1);
+
+/// How long a server that stopped waits, after closing the connections
+/// left, for the claims of the deliveries it cut off to be settled.
+const SETTLE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a connection told to close for a new client has to close, for
 /// as long as it is in the middle of no request: an answer being written
@@ -542,7 +551,8 @@ impl Server {
 
     /// Serves `service` on `listener` until `shutdown` resolves, then shuts
     /// down as the [module docs](self) say. Returns once every connection
-    /// is closed.
+    /// is closed and the claims of the deliveries it cut off are settled
+    /// (or 2 s have passed since it closed them).
     pub async fn serve<S, B>(
         self, listener: TcpListener, service: S, shutdown: impl Future<Output = ()>,
     ) where
@@ -703,6 +713,16 @@ impl Server {
             );
         }
         connections.shutdown().await;
+        // The deliveries cut off settle their claims on tasks of their own:
+        // a completion lost as the process ends would let a retry run a
+        // handler that succeeded again.
+        if !crate::ClinkLayer::settled(SETTLE_GRACE).await {
+            tracing::warn!(
+                "claims of deliveries cut off at shutdown still settling after {} s; they \
+                 free themselves when their leases end",
+                SETTLE_GRACE.as_secs()
+            );
+        }
     }
 }
 

@@ -1523,3 +1523,136 @@ async fn trailers_over_1_kib_close_their_connection() {
         .unwrap();
     assert!(answer_head(&mut short).await.starts_with("HTTP/1.1 200"));
 }
+
+/// A store whose completions take [`SlowCompletion::DELAY`] to land (a
+/// store far away, or busy), saying when one is asked for and when one
+/// lands.
+#[cfg(feature = "server")]
+struct SlowCompletion {
+    inner: clink_webhooks::store::MemoryStore,
+    asked: tokio::sync::mpsc::UnboundedSender<()>,
+    landed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "server")]
+impl SlowCompletion {
+    const DELAY: Duration = Duration::from_secs(1);
+}
+
+#[cfg(feature = "server")]
+impl clink_webhooks::store::IdempotencyStore for SlowCompletion {
+    fn claim<'a>(
+        &'a self, key: &'a str, lease: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Claim, clink_webhooks::store::StoreError>,
+    > {
+        self.inner.claim(key, lease)
+    }
+
+    fn complete<'a>(
+        &'a self, key: &'a str, token: &'a clink_webhooks::store::LeaseToken, retention: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        Box::pin(async move {
+            let _ = self.asked.send(());
+            tokio::time::sleep(Self::DELAY).await;
+            let settled = self.inner.complete(key, token, retention).await;
+            if settled.is_ok() {
+                self.landed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            settled
+        })
+    }
+
+    fn release<'a>(
+        &'a self, key: &'a str, token: &'a clink_webhooks::store::LeaseToken,
+    ) -> clink_webhooks::BoxFuture<
+        'a,
+        Result<clink_webhooks::store::Settle, clink_webhooks::store::StoreError>,
+    > {
+        self.inner.release(key, token)
+    }
+
+    fn ping(&self) -> clink_webhooks::BoxFuture<'_, Result<(), clink_webhooks::store::StoreError>> {
+        self.inner.ping()
+    }
+}
+
+/// A delivery whose handler succeeded and whose completion was on its way
+/// to the store when the server's shutdown deadline cut it off has its
+/// claim completed before `Server::serve` returns, though the process ends
+/// right after (its runtime dropped, as when `main` returns): Clink's retry
+/// is then a duplicate. Before, `serve` returned as it closed the
+/// connections, the completion handed to a task of its own was dropped
+/// with the runtime, and once the lease ended the retry ran the handler
+/// that had succeeded a second time.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_completion_cut_off_at_shutdown_lands_before_the_server_returns() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use clink_webhooks::server::Server;
+    use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
+
+    let (asked, mut asked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let landed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let store = SlowCompletion {
+        inner: clink_webhooks::store::MemoryStore::new(),
+        asked,
+        landed: Arc::clone(&landed),
+    };
+    // The server in a process of its own, as far as its runtime goes: the
+    // runtime ends as soon as `serve` returns.
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let router = EventRouter::new().on::<events::OrderSucceeded, _>(|_| async {
+                Ok::<_, std::convert::Infallible>(())
+            });
+            let service = ClinkLayer::new(Verifier::new(KEY).unwrap())
+                .store(store)
+                .route(router);
+            let server = Server::new().shutdown_timeout(Duration::ZERO).unwrap();
+            server
+                .serve(listener, service, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        drop(runtime);
+    });
+    let addr = addr_rx.recv_timeout(PATIENCE).unwrap();
+    let delivery = tokio::spawn(async move {
+        let request = SignedRequest::new(KEY, fresh_fixture(&EventType::OrderSucceeded))
+            .uri(format!("http://{addr}/webhooks/clink"))
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let _ = client.request(request).await;
+    });
+    // The handler succeeded and its completion is on its way: stop now.
+    tokio::time::timeout(PATIENCE, asked_rx.recv())
+        .await
+        .expect("the completion was never asked for")
+        .unwrap();
+    assert!(!landed.load(Ordering::SeqCst));
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        landed.load(Ordering::SeqCst),
+        "the server returned before the claim of the delivery it cut off was completed"
+    );
+    let _ = delivery.await;
+}
