@@ -93,14 +93,19 @@ pub(crate) struct Tracked<'a> {
     version: Version,
 }
 
+/// How long the read of an object's newest version may take: a store that
+/// does not answer (one of the app's own that hangs) is an outage, answered
+/// `503`, not a delivery that waits for ever.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How fresh an event about `object` at `version` is, and what to record
 /// after its handler succeeds. An object id no store can hold (over-long,
 /// NUL) is handled untracked: retrying would not help.
 ///
 /// # Errors
 ///
-/// The store's error when it cannot be read; the delivery is then refused
-/// with `503` and retried.
+/// The store's error when it cannot be read, or does not answer within
+/// [`READ_TIMEOUT`]; the delivery is then refused with `503` and retried.
 pub(crate) async fn check<'a>(
     store: Option<&'a dyn FreshnessStore>, object: Option<ObjectKey>, version: Option<Version>,
     raw: &RawEvent,
@@ -108,7 +113,14 @@ pub(crate) async fn check<'a>(
     let (Some(store), Some(object), Some(version)) = (store, object, version) else {
         return Ok((Freshness::Untracked, None));
     };
-    match store.newest(&object).await {
+    let newest = match tokio::time::timeout(READ_TIMEOUT, store.newest(&object)).await {
+        Ok(newest) => newest,
+        Err(_) => Err(StoreError::new(
+            StoreErrorKind::Timeout,
+            "the freshness store did not answer within 5 s",
+        )),
+    };
+    match newest {
         Ok(newest) => Ok((
             Freshness::of(&version, newest),
             Some(Tracked {

@@ -145,7 +145,9 @@ pub enum Outcome {
         /// When to try again.
         retry_after: Duration,
     },
-    /// A store could not be asked (`503`); the handler did not run.
+    /// A store could not be asked (`503`); the handler did not run (a
+    /// [`before_each`](crate::EventRouter::before_each) hook did, before the
+    /// freshness store was read, and runs again on the retry).
     StoreUnavailable(StoreErrorKind),
     /// The handler returned an error, or the inner service failed (`500`).
     HandlerFailed,

@@ -97,7 +97,7 @@ impl Resource for Value {
         let fallback = (!TYPED_FAMILIES.contains(&family)).then_some("id");
         std::iter::once(own.as_ref())
             .chain(fallback)
-            .find_map(|field| object.get(field)?.as_str())
+            .find_map(|field| object.get(field)?.as_str().filter(|id| !id.is_empty()))
     }
 
     fn object_alias(&self, family: &str) -> Option<(&'static str, &str)> {
@@ -162,6 +162,10 @@ mod tests {
         let v = serde_json::json!({"riskRuleId": "rr_1", "id": "x"});
         assert_eq!(v.object_id("risk_rule"), Some("rr_1"));
         assert_eq!(serde_json::json!([1]).object_id("order"), None);
+        // An empty id is no id either: the fallback is read.
+        let v = serde_json::json!({"paymentMethodId": "", "id": "pm_1"});
+        assert_eq!(v.object_id("payment_method"), Some("pm_1"));
+        assert_eq!(serde_json::json!({"orderId": ""}).object_id("order"), None);
     }
 
     #[test]

@@ -204,8 +204,9 @@ macro_rules! event_types {
             ///
             /// [`DecodeError`] when the data does not fit its type, naming the
             /// field. Data typed as [`serde_json::Value`] decodes unless it
-            /// holds a number past `f64`'s range or nests deeper than 128
-            /// levels, which a `Value` cannot hold.
+            /// holds a number past `f64`'s range, nests deeper than 128
+            /// levels, or holds a string with a lone surrogate escape
+            /// (`"\ud800"`, no character), which a `Value` cannot hold.
             pub fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
                 Ok(match raw.event_type() {
                     $( EventType::$variant => AnyEvent::$variant(raw.decode()?), )+
@@ -316,7 +317,8 @@ struct Head<'a> {
 }
 
 impl AnyEvent {
-    /// The event id, unique per event and the same on every retry of it.
+    /// The event id, unique per event, and taken to be the same on every
+    /// retry of it (see [`Event::id`](crate::events::Event::id)).
     #[must_use]
     pub fn id(&self) -> &str {
         self.head().id

@@ -80,7 +80,9 @@ pub use version::{Freshness, Version};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Event<T = serde_json::Value> {
-    /// The event id, unique per event and the same on every retry of it.
+    /// The event id, unique per event, and taken to be the same on every
+    /// retry of it: the idempotency store deduplicates by it (Clink's
+    /// sources do not say otherwise, nor that it is).
     pub id: String,
     /// The event type, e.g. `order.succeeded`.
     #[serde(rename = "type")]

@@ -63,8 +63,11 @@
 //! [inbox](crate::inbox)'s workers.
 //!
 //! Without `on_unhandled`, an event no handler takes is acknowledged
-//! ([`Outcome::Unhandled`]); nothing is dropped silently, since the outcome
-//! is counted and logged.
+//! ([`Outcome::Unhandled`]); nothing is dropped silently: the
+//! [layer](crate::ClinkLayer) counts and logs the outcome, as an
+//! [inbox](crate::inbox)'s workers log it (the router itself logs it at
+//! `debug` only, so code calling [`EventRouter::dispatch`] itself looks at
+//! the outcome it returns).
 //!
 //! An event whose `data` does not decode into the registered type goes to the
 //! [`on_undecodable`](EventRouter::on_undecodable) hook with the raw verified
@@ -561,9 +564,13 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// A panic in a handler, a hook or the state's `clone` is
     /// [`Outcome::HandlerPanicked`]. The call sets no time limit on the
     /// handlers (the layer and the workers bound it); with a
-    /// [`FreshnessStore`], recording a handled event's version is bounded
-    /// by 1 s ([`store::DEFAULT_TIMEOUT`](crate::store::DEFAULT_TIMEOUT)), on Tokio's timer, so it runs inside a Tokio runtime with
-    /// its time driver on (`enable_time`, or `enable_all`).
+    /// [`FreshnessStore`], reading an object's newest version is bounded by
+    /// 5 s (a store that does not answer then is
+    /// [`StoreUnavailable`](Outcome::StoreUnavailable), `503`), and
+    /// recording a handled event's version by 1 s
+    /// ([`store::DEFAULT_TIMEOUT`](crate::store::DEFAULT_TIMEOUT)), on
+    /// Tokio's timer, so it runs inside a Tokio runtime with its time driver
+    /// on (`enable_time`, or `enable_all`).
     ///
     /// ```
     /// use clink_webhooks::{events, sign, EventRouter, Outcome, RawEvent, Timestamp, Verifier, VerifiedEvent};
@@ -699,7 +706,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
         let outage = &routes.ordering_outage;
         let (freshness, tracked) = match ordering::check(store, object, version, raw).await {
             Ok(checked) => {
-                outage.succeeded();
+                // Only a store that was asked says it is back.
+                if checked.1.is_some() {
+                    outage.succeeded();
+                }
                 checked
             }
             Err(error) => {

@@ -283,8 +283,10 @@ impl Verifier {
 
     /// Sets both [`max_age`](Self::max_age) and
     /// [`max_future_skew`](Self::max_future_skew). Zero means the timestamp
-    /// must equal the clock to the millisecond; there is no way to turn the
-    /// check off.
+    /// must equal the clock to the millisecond (the clock is read in whole
+    /// milliseconds, as the timestamp is). A tolerance so large that the
+    /// window's edge is past what the clock can hold (`Duration::MAX`)
+    /// accepts every timestamp on that side.
     #[must_use]
     pub fn tolerance(self, tolerance: Duration) -> Self {
         self.max_age(tolerance).max_future_skew(tolerance)
@@ -518,6 +520,16 @@ impl Verifier {
     /// `checked_add` (about 9 ns against 1.5 ns on x86-64 Linux) and is only
     /// needed for the message of a refusal.
     fn check_tolerance(&self, signed_at: Timestamp, now: SystemTime) -> Result<(), VerifyError> {
+        // The clock in whole milliseconds, as the stamp is: a stamp exactly
+        // at the window's edge is in it whatever the clock's microseconds.
+        let now = match now.duration_since(UNIX_EPOCH) {
+            Ok(since) => now
+                .checked_sub(Duration::from_nanos(u64::from(
+                    since.subsec_nanos() % 1_000_000,
+                )))
+                .unwrap_or(now),
+            Err(_) => now,
+        };
         let millis = signed_at.as_millis();
         let offset = Duration::from_millis(millis.unsigned_abs());
         let signed = if millis >= 0 {
@@ -800,6 +812,30 @@ mod tests {
                 assert!(!bool::from(tags_equal(&tag, &other)), "{byte}/{bit}");
             }
         }
+    }
+
+    /// The window's edges are in whole milliseconds whatever the clock's
+    /// microseconds: a stamp of the clock's millisecond passes a zero
+    /// tolerance, and one exactly 300 s old the default window, with the
+    /// clock 0.5 ms into its millisecond. Before, both were refused.
+    #[test]
+    fn the_window_s_edges_hold_whatever_the_clock_s_microseconds() {
+        let now = at_ms(1_700_000_000_000) + Duration::from_micros(500);
+        let sig = |ts: &str| sign("k", ts, b"body");
+        let exact = Verifier::new("k").unwrap().tolerance(Duration::ZERO);
+        let ts = "1700000000000";
+        assert!(exact.verify_at(ts, &sig(ts), b"body", now).is_ok());
+        let ts = "1699999999999";
+        let refused = exact.verify_at(ts, &sig(ts), b"body", now).unwrap_err();
+        assert_eq!(refused.kind(), VerifyErrorKind::TooOld);
+        let default = Verifier::new("k").unwrap();
+        let ts = "1699999700000";
+        assert!(default.verify_at(ts, &sig(ts), b"body", now).is_ok());
+        let ts = "1699999699999";
+        let refused = default.verify_at(ts, &sig(ts), b"body", now).unwrap_err();
+        assert_eq!(refused.kind(), VerifyErrorKind::TooOld);
+        let ts = "1700000300000";
+        assert!(default.verify_at(ts, &sig(ts), b"body", now).is_ok());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::support::loopback::{deliver, serve, SECRET};
 struct Switchable {
     inner: MemoryStore,
     reads_fail: AtomicBool,
+    reads_hang: AtomicBool,
     records_fail: AtomicBool,
 }
 
@@ -40,6 +41,9 @@ impl FreshnessStore for Switchable {
     ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
         if self.reads_fail.load(Ordering::SeqCst) {
             return unavailable();
+        }
+        if self.reads_hang.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
         }
         self.inner.newest(object)
     }
@@ -83,8 +87,20 @@ fn order(id: &str, at: u32) -> String {
     )
 }
 
+/// Also: an event the store is not asked about (no `created`) while the
+/// store is down is handled untracked and ends no outage in the log; the
+/// read that succeeds once the store is back does. Before, the untracked
+/// event logged the store "available again" while it was still down.
 #[tokio::test]
 async fn a_freshness_store_that_cannot_be_read_is_a_503_and_the_retry_handles_the_event() {
+    let (captured, _guard) = capture();
+    let back = |captured: &crate::support::capture::Captured| {
+        captured
+            .events()
+            .into_iter()
+            .filter(|event| event.message.contains("available again"))
+            .count()
+    };
     let store = Arc::new(Switchable::default());
     store.reads_fail.store(true, Ordering::SeqCst);
     let (addr, runs) = receiver(Arc::clone(&store)).await;
@@ -97,6 +113,15 @@ async fn a_freshness_store_that_cannot_be_read_is_a_503_and_the_retry_handles_th
     );
     assert!(reply.headers.contains_key("retry-after"));
     assert!(runs.lock().unwrap().is_empty(), "the handler ran");
+    let untracked =
+        r#"{"id":"evt_untracked","type":"order.succeeded","data":{"orderId":"ord_outage"}}"#;
+    let reply = deliver(addr, untracked).await;
+    assert_eq!(
+        (reply.status, reply.json["outcome"].as_str()),
+        (200, Some("handled"))
+    );
+    assert_eq!(back(&captured), 0, "{:#?}", captured.events());
+    runs.lock().unwrap().clear();
 
     // The store is back: the retry is handled (the claim was released, so
     // it is neither a 409 nor a duplicate).
@@ -107,6 +132,45 @@ async fn a_freshness_store_that_cannot_be_read_is_a_503_and_the_retry_handles_th
         (200, Some("handled"))
     );
     assert_eq!(*runs.lock().unwrap(), ["evt_unread fresh"]);
+    assert_eq!(back(&captured), 1, "{:#?}", captured.events());
+}
+
+/// A freshness store that never answers a read (one of the app's own that
+/// hangs) is an outage too: `dispatch`, which bounds no handler, answers
+/// `StoreUnavailable` within its 5 s read bound (on Tokio's paused clock),
+/// and the handler does not run. Before, the dispatch waited for ever.
+#[tokio::test(start_paused = true)]
+async fn a_freshness_store_that_never_answers_a_read_is_unavailable() {
+    use clink_webhooks::{sign, Outcome, RawEvent, Timestamp, VerifiedEvent};
+
+    let store = Arc::new(Switchable::default());
+    store.reads_hang.store(true, Ordering::SeqCst);
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran_in = Arc::clone(&ran);
+    let router = EventRouter::new()
+        .ordering(Arc::clone(&store))
+        .on::<events::OrderSucceeded, _>(move |_| {
+            ran_in.store(true, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(()) }
+        });
+    let body = order("evt_hung", 1);
+    let ts = Timestamp::now().as_millis().to_string();
+    let verified = Verifier::new(SECRET)
+        .unwrap()
+        .verify(&ts, &sign(SECRET, &ts, body.as_bytes()), body.as_bytes())
+        .unwrap();
+    let event = VerifiedEvent::new(RawEvent::from_slice(body.as_bytes()).unwrap(), &verified);
+    let started = tokio::time::Instant::now();
+    let dispatched =
+        tokio::time::timeout(std::time::Duration::from_secs(60), router.dispatch(event))
+            .await
+            .expect("the dispatch waited for the store for ever");
+    assert_eq!(
+        dispatched.outcome(),
+        &Outcome::StoreUnavailable(StoreErrorKind::Timeout)
+    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));
+    assert!(!ran.load(Ordering::SeqCst), "the handler ran");
 }
 
 /// The same with a real store whose server cannot be reached: a
