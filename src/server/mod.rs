@@ -665,26 +665,41 @@ impl Server {
                     // begun and the answer it is writing; a first head it
                     // is still reading it would read until the header
                     // timeout, and a body until the body timeout, so a
-                    // connection in no request is dropped after a grace,
-                    // and one whose client has stalled its body at once.
+                    // connection still sending its first head is dropped
+                    // at once, one in no request after a grace (an answer
+                    // may still be on its way out), and one whose client
+                    // has stalled its body at once.
                     // (The layer runs no handler before the body is all
                     // in.)
                     () = served.close.notified() => {
                         connection.as_mut().graceful_shutdown();
-                        loop {
-                            if served.body_stalled() {
-                                tracing::debug!(
-                                    "closing a connection whose client has stalled its body, \
-                                     for a new client"
-                                );
-                                break Ok(());
-                            }
-                            match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
-                                Ok(closed) => break closed,
-                                Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
+                        // Still sending its first head: no answer to
+                        // write, and nothing of its request ran; hyper
+                        // would read the head on, so it is closed now,
+                        // not after the grace.
+                        if !served.answered.load(Ordering::Relaxed)
+                            && served.requests.load(Ordering::Relaxed) == 0
+                        {
+                            tracing::debug!(
+                                "closing a connection still sending its first head, for a new client"
+                            );
+                            Ok(())
+                        } else {
+                            loop {
+                                if served.body_stalled() {
+                                    tracing::debug!(
+                                        "closing a connection whose client has stalled its body, \
+                                         for a new client"
+                                    );
                                     break Ok(());
                                 }
-                                Err(_) => {}
+                                match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                                    Ok(closed) => break closed,
+                                    Err(_) if served.requests.load(Ordering::Relaxed) == 0 => {
+                                        break Ok(());
+                                    }
+                                    Err(_) => {}
+                                }
                             }
                         }
                     }

@@ -1656,3 +1656,36 @@ async fn a_completion_cut_off_at_shutdown_lands_before_the_server_returns() {
     );
     let _ = delivery.await;
 }
+
+/// A connection still sending its first head, told to close for a new
+/// client, is closed at once, unanswered: nothing of its request ran and
+/// there is no answer to finish writing, so the new client does not wait
+/// out a grace behind it (a server full of such connections let one client
+/// in a second). Before, hyper read the head on, and the connection was
+/// dropped only after the grace.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn a_connection_still_sending_its_first_head_is_closed_at_once_for_a_new_client() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let addr = served_without_timeouts(1).await;
+    let mut trickling = TcpStream::connect(addr).await.unwrap();
+    trickling.write_all(b"POST /webhooks/cl").await.unwrap();
+
+    let body = fresh_fixture(&EventType::InvoicePaid);
+    let delivery = signed_delivery(&addr.to_string(), &body, "connection: close\r\n");
+    let mut new = TcpStream::connect(addr).await.unwrap();
+    new.write_all(delivery.as_bytes()).await.unwrap();
+    let answer = answer_until_closed(&mut new).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer_until_closed(&mut trickling).await, "");
+    let closed_at_once = captured
+        .events()
+        .into_iter()
+        .filter(|event| {
+            event
+                .message
+                .contains("closing a connection still sending its first head")
+        })
+        .count();
+    assert_eq!(closed_at_once, 1, "{:#?}", captured.events());
+}
