@@ -586,7 +586,9 @@ impl ClinkLayer {
     /// A delivery whose future is dropped (its client hung up, or a
     /// server's shutdown deadline ended it) has its claim completed, once a
     /// handler succeeded, or released otherwise, on a task of its own, as
-    /// is a completion the store refused and that is tried again. A process
+    /// is a completion tried again after the store could not take it
+    /// (unavailable, or out of time). This waits for every such task of
+    /// the process, whichever layer began it. A process
     /// that ends meanwhile (`main` returning after its server stopped)
     /// drops those tasks: a completion lost so lets Clink's retry run a
     /// handler that succeeded again once the claim's lease ends, and a
@@ -595,7 +597,9 @@ impl ClinkLayer {
     /// to 2 s) before it returns; an app served otherwise (`axum::serve`,
     /// a hyper loop of its own) awaits this after its server has stopped.
     /// A [`MemoryStore`](crate::store::MemoryStore) settles at once, so
-    /// there is nothing to wait for with it.
+    /// there is nothing to wait for with it. The wait is on Tokio's timer:
+    /// call it inside a runtime with its time driver on (`enable_time`, or
+    /// `enable_all`).
     ///
     /// ```
     /// # async fn example() {

@@ -525,8 +525,10 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
     /// [`store`](crate::store) is a [`FreshnessStore`], and an `Arc` of one
     /// is too, so the layer's idempotency store can serve here as well.
     ///
-    /// A version is recorded only after its handler succeeds. If the store
-    /// cannot be read, the delivery is answered `503` and retried.
+    /// A version is recorded only after its handler succeeds (waiting at
+    /// most 1 s for the store). If the store cannot be read, or does not
+    /// answer within 5 s (whatever its own timeout), the delivery is
+    /// answered `503` and retried.
     #[must_use]
     pub fn ordering(mut self, store: impl FreshnessStore) -> Self {
         self.routes_mut().ordering = Some(Arc::new(store));
@@ -973,9 +975,6 @@ fn handler_failed(
 /// handler run again).
 const RECORD_TIMEOUT: std::time::Duration = crate::store::DEFAULT_TIMEOUT;
 
-/// The outcome of a handler's result, recording its version once it
-/// succeeded (for at most [`RECORD_TIMEOUT`]; one not recorded by then is
-/// logged, as a failed record is).
 /// `result`, a handler's (or a hook's that stands for one), with
 /// `succeeded` set when it is `Ok`: whatever happens after (its version
 /// recorded, a service around the router failing), its work is done.
@@ -986,6 +985,9 @@ fn noted(result: Result<(), BoxError>, succeeded: Option<&AtomicBool>) -> Result
     result
 }
 
+/// The outcome of a handler's result, recording its version once it
+/// succeeded (for at most [`RECORD_TIMEOUT`]; one not recorded by then is
+/// logged, as a failed record is).
 async fn finish(
     raw: &RawEvent, result: Result<(), BoxError>,
     tracked: Option<(ordering::Tracked<'_>, &Arc<OutageLog>)>,

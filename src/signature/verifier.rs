@@ -19,6 +19,9 @@ use crate::{ConfigError, Timestamp};
 /// The default tolerance, in both directions: 300 seconds, as Clink's tools use.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// The nanoseconds of a millisecond after its first.
+const LAST_NANOS_OF_A_MILLISECOND: Duration = Duration::from_nanos(999_999);
+
 /// Keys held inline per verification before spilling to the heap.
 const INLINE_KEYS: usize = 2;
 
@@ -170,7 +173,9 @@ impl Verifier {
     }
 
     /// Every key but the first (the newest, as
-    /// [`from_secret_list`](Self::from_secret_list) takes them) stops being
+    /// [`from_secret_list`](Self::from_secret_list) takes them; a verifier
+    /// built with [`add_key`](Self::add_key) has its first key first, so add
+    /// the new key to it with [`rotated`](Self::rotated) instead) stops being
     /// accepted at `at`, or at its own expiry when sooner: the end of a
     /// rotation's grace, for secrets given as a list. A delivery signed with
     /// one of them after that is refused as
@@ -286,7 +291,7 @@ impl Verifier {
     /// must equal the clock to the millisecond (the clock is read in whole
     /// milliseconds, as the timestamp is). A tolerance so large that the
     /// window's edge is past what the clock can hold (`Duration::MAX`)
-    /// accepts every timestamp on that side.
+    /// accepts every timestamp on that side that the clock can hold.
     #[must_use]
     pub fn tolerance(self, tolerance: Duration) -> Self {
         self.max_age(tolerance).max_future_skew(tolerance)
@@ -520,16 +525,6 @@ impl Verifier {
     /// `checked_add` (about 9 ns against 1.5 ns on x86-64 Linux) and is only
     /// needed for the message of a refusal.
     fn check_tolerance(&self, signed_at: Timestamp, now: SystemTime) -> Result<(), VerifyError> {
-        // The clock in whole milliseconds, as the stamp is: a stamp exactly
-        // at the window's edge is in it whatever the clock's microseconds.
-        let now = match now.duration_since(UNIX_EPOCH) {
-            Ok(since) => now
-                .checked_sub(Duration::from_nanos(u64::from(
-                    since.subsec_nanos() % 1_000_000,
-                )))
-                .unwrap_or(now),
-            Err(_) => now,
-        };
         let millis = signed_at.as_millis();
         let offset = Duration::from_millis(millis.unsigned_abs());
         let signed = if millis >= 0 {
@@ -546,9 +541,15 @@ impl Verifier {
             };
             return Err(VerifyError::new(kind));
         };
-        // A bound that overflows the clock's range is never crossed.
+        // A bound that overflows the clock's range is never crossed. The
+        // clock counts in whole milliseconds, as the stamp does: a stamp
+        // exactly at the window's edge is in it whatever the clock's
+        // microseconds (`now > latest + 999,999 ns`, where the clock cut
+        // to its millisecond is past `latest`; the bound in the future
+        // needs nothing, a stamp being whole milliseconds).
         if signed
             .checked_add(self.max_age)
+            .and_then(|latest| latest.checked_add(LAST_NANOS_OF_A_MILLISECOND))
             .is_some_and(|latest| now > latest)
         {
             return Err(VerifyError::with_offset(

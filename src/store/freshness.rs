@@ -26,6 +26,9 @@ use crate::events::{ObjectKey, Version};
 /// event cannot arrive much later than that. Stores therefore forget a record
 /// [`DEFAULT_FRESHNESS_RETENTION`] (72 h) after it was last written, unless
 /// configured otherwise.
+///
+/// The [router](crate::EventRouter::ordering) waits at most 5 s for a read
+/// and 1 s for a record, whatever the store's own timeout.
 pub trait FreshnessStore: Send + Sync + 'static {
     /// The newest version recorded for `object`, if any.
     fn newest<'a>(

@@ -748,8 +748,10 @@ impl InboxStats {
 ///   ended (its worker is presumed dead);
 /// - it arrived at least `reorder_window` ago, so that deliveries arriving close
 ///   together are sorted before either runs;
-/// - it names no object, or no other event about its object is running, and
-///   none older (by `created`, then event id) is still to handle.
+/// - it names no object, or no other event about its object is running
+///   within its lease (a handler run past its lease no longer holds its
+///   object back: its event is presumed abandoned, as above), and none
+///   older (by `created`, then event id) is still to handle.
 ///
 /// Among those it takes the one due first (a new event is due as it is
 /// kept, a retry when its backoff ends, a replayed event as it is replayed,
@@ -939,7 +941,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// so that purging everything older than a retention keeps each
     /// finished event for the retention after it was last handled, failed
     /// or replayed, however long ago it arrived (a failed attempt counts
-    /// from when it was taken, at most one lease before it failed; an event
+    /// from when it was taken: usually within one lease before it failed,
+    /// up to a few leases for a failure whose settle the inbox refused for
+    /// a while and the worker retried; an event
     /// kept dead at arrival, by [`insert_dead`](Self::insert_dead), from
     /// its arrival). Events still to run are never deleted.
     ///

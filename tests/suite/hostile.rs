@@ -1536,7 +1536,11 @@ struct SlowCompletion {
 
 #[cfg(feature = "server")]
 impl SlowCompletion {
-    const DELAY: Duration = Duration::from_secs(1);
+    /// Long enough that a server returning without waiting for the
+    /// completion has ended its runtime before it lands (that takes
+    /// microseconds), short enough to land well inside the server's 2 s
+    /// wait on a busy machine.
+    const DELAY: Duration = Duration::from_millis(250);
 }
 
 #[cfg(feature = "server")]

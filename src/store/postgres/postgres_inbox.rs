@@ -570,8 +570,10 @@ impl Sql {
             // settled before the cutoff deleted (the latest of its arrival,
             // last claim, handling and last replay; GREATEST skips NULLs,
             // and the arrival is never NULL), all by the server's clock, the
-            // cutoff $1 milliseconds from its now. The last number read, and
-            // how many were deleted.
+            // cutoff $1 (the server's now plus the offset the app gave, read
+            // once by `purge_span` for every step: a cutoff that moved with
+            // a long purge would delete events settled after it). The last
+            // number read, and how many were deleted.
             purge: format!(
                 "WITH step AS (
                      SELECT seq FROM {t} WHERE seq BETWEEN $2 AND $3 ORDER BY seq LIMIT {PURGE_STEP}
@@ -579,12 +581,14 @@ impl Sql {
                      DELETE FROM {t} WHERE seq BETWEEN $2 AND (SELECT max(seq) FROM step)
                        AND status = $4::text
                        AND GREATEST(COALESCE(arrived_ms, received_at_ms), claimed_at_ms, handled_at_ms,
-                                    last_replay_ms) < {SERVER_NOW_MS} + $1
+                                    last_replay_ms) < $1
                      RETURNING 1
                  )
                  SELECT (SELECT max(seq) FROM step), (SELECT count(*) FROM gone)"
             ),
-            purge_span: format!("SELECT min(seq), max(seq) FROM {t}"),
+            // The numbers to purge between, and the cutoff: $1 milliseconds
+            // from the server's now.
+            purge_span: format!("SELECT min(seq), max(seq), {SERVER_NOW_MS} + $1 FROM {t}"),
             // The events still to run, through their index, and the dead
             // ones, through theirs: never the done ones, kept for days
             // beside them (a count over the whole table ran every few
@@ -1259,19 +1263,22 @@ impl PostgresInbox {
         &self, before: Timestamp, status: &'static str,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let before = offset_from_now(before);
+            let offset = offset_from_now(before);
             let span = self
                 .call(async |client| {
+                    let failed = |err| pg_error("cannot purge the inbox", &err);
                     let row = client
-                        .query_one(&self.sql.purge_span, &[])
+                        .query_typed_one(&self.sql.purge_span, &[(&offset, Type::INT8)])
                         .await
-                        .map_err(|err| pg_error("cannot purge the inbox", &err))?;
-                    Ok(row
-                        .get::<_, Option<i64>>(0)
-                        .zip(row.get::<_, Option<i64>>(1)))
+                        .map_err(failed)?;
+                    let span = row
+                        .try_get::<_, Option<i64>>(0)
+                        .map_err(failed)?
+                        .zip(row.try_get::<_, Option<i64>>(1).map_err(failed)?);
+                    Ok(span.zip(row.try_get::<_, Option<i64>>(2).map_err(failed)?))
                 })
                 .await?;
-            let Some((oldest, newest)) = span else {
+            let Some(((oldest, newest), before)) = span else {
                 return Ok(0);
             };
             purge_in_steps(oldest, newest, |from| {

@@ -605,14 +605,15 @@ async fn a_migration_given_up_on_is_cancelled_and_its_connection_dropped() {
     let _servers = shared().await;
     let url = server_url("DATABASE_URL");
     let watcher = pg_pool(&url).get().await.unwrap();
+    // Waiting for this table's migration lock (an advisory lock on the
+    // hash of its name), not another test's.
     let waiting = async |table: &str| -> i64 {
         watcher
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'
-                   AND backend_type = 'client backend' AND datname = current_database()
-                   AND pid <> pg_backend_pid()",
-                &[],
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+                   AND ((classid::int8 << 32) | objid::int8) = hashtext($1)::int8",
+                &[&table],
             )
             .await
             .map(|row| row.get(0))
