@@ -1158,3 +1158,122 @@ fn signals_sent_together_are_one_graceful_stop() {
     assert_eq!(finished.code, Some(0), "{finished:?}");
     assert!(finished.stderr.contains("stopped"), "{finished:?}");
 }
+
+/// Kills the process when dropped (a test that failed half way).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `listen` whose stdout nobody reads (a pipe whose reader stopped) goes
+/// on answering: 400 requests whose lines (each over 4 KiB, an escaped
+/// path) fill the pipe, then the 1 MiB its queue holds, are all answered
+/// `404`; the lines past the queue are dropped, said once on stderr, and
+/// counted when it stops, and SIGTERM stops it gracefully (exit 0) though
+/// stdout still takes nothing. Before, it wrote each line from the
+/// delivery itself: once the pipe was full, the next delivery waited on
+/// stdout for ever, and so did the stop.
+#[cfg(unix)]
+#[test]
+fn listen_answers_and_stops_while_nobody_reads_its_stdout() {
+    use std::io::{BufRead, Read, Write};
+    use std::process::Stdio;
+
+    let patience = crate::support::process::PATIENCE;
+    let mut child = clink_webhook()
+        .args([
+            "listen",
+            "--port",
+            "0",
+            "--secret",
+            "env:CLINK_TEST_LISTEN_KEY",
+        ])
+        .env("CLINK_TEST_LISTEN_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let child = Killed(child);
+    // The first line, and then nothing more is read from stdout.
+    let mut stdout = std::io::BufReader::new(stdout);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr = first
+        .trim_end()
+        .strip_prefix("listening on http://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(addr, _)| addr.to_owned())
+        .unwrap_or_else(|| panic!("{first:?}"));
+    let (said, notes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if said.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    let path = format!("/{}", "x".repeat(4096));
+    for n in 0..400 {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(patience)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("request {n} got no answer within {patience:?}: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 404"), "request {n}: {answer}");
+    }
+    let dropped_note = "stdout is not being read: lines are dropped while 1 MiB of them \
+                        waits to be written";
+    let next_note = || {
+        notes
+            .recv_timeout(patience)
+            .unwrap_or_else(|e| panic!("no note on stderr within {patience:?}: {e}"))
+    };
+    assert_eq!(next_note(), dropped_note);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(next_note(), "stopping");
+    let mut rest = Vec::new();
+    loop {
+        let note = next_note();
+        if note == "stopped" {
+            break;
+        }
+        rest.push(note);
+    }
+    let unprinted = rest
+        .iter()
+        .find_map(|note| note.strip_suffix(" lines were not printed: stdout was not being read"))
+        .unwrap_or_else(|| panic!("no count of the lines not printed in {rest:?}"));
+    let unprinted: u64 = unprinted.parse().unwrap();
+    // At least the lines past the queue, at most all but the first.
+    assert!((100..=400).contains(&unprinted), "{unprinted}");
+    let mut child = child;
+    let deadline = std::time::Instant::now() + patience;
+    let code = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "listen did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(0));
+    drop(stdout);
+}

@@ -25,7 +25,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::output::{escaped, Output, Tone};
+use crate::lines::Lines;
+use crate::output::{escaped, json_text, Output, Tone};
 
 /// How long a connection may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +44,8 @@ It listens on 127.0.0.1 only, prints `listening on http://127.0.0.1:PORT/PATH`
 first (--port 0 picks a free port and prints it), then one line per delivery:
 status, outcome, type, id, object, freshness. A refusal before the signature
 checked out is marked unverified, and nothing from its body is printed.
+Deliveries never wait on stdout: when nobody reads it, up to 1 MiB of lines
+wait, and lines past that are dropped (said on stderr, and counted at the end).
 
 Ctrl-C or SIGTERM stops it gracefully (exit 0): it says `stopping` on stderr and
 waits at most 10 s for the deliveries in progress. Half a second later it says
@@ -52,6 +55,10 @@ a SIGTERM on) is the same stop.";
 
 /// How long open connections get to finish after Ctrl-C or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the lines still queued for stdout get to be written once the
+/// deliveries are done.
+const LINES_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
@@ -95,6 +102,7 @@ type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Clone)]
 struct Listen {
     out: Output,
+    lines: Lines,
     path: Arc<str>,
     pipeline: Pipeline,
 }
@@ -113,6 +121,7 @@ impl Service<Request<Incoming>> for Listen {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         Box::pin(serve(
             self.out,
+            self.lines.clone(),
             Arc::clone(&self.path),
             self.pipeline.clone(),
             request,
@@ -122,23 +131,26 @@ impl Service<Request<Incoming>> for Listen {
 
 /// Serves one delivery through the pipeline and prints what happened to it.
 async fn serve(
-    out: Output, path: Arc<str>, mut pipeline: Pipeline, request: Request<Incoming>,
+    out: Output, lines: Lines, path: Arc<str>, mut pipeline: Pipeline, request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if request.uri().path() != &*path {
         let message = format!("deliveries go to {path}");
         // The path is the sender's: printed escaped, in JSON too.
-        if out.json {
-            out.json_line(&json!({"status": 404, "outcome": "not_found",
-                                  "method": request.method().as_str(),
-                                  "path": request.uri().path()}));
+        lines.print(if out.json {
+            json_text(
+                &json!({"status": 404, "outcome": "not_found",
+                        "method": request.method().as_str(),
+                        "path": request.uri().path()}),
+                false,
+            )
         } else {
-            out.line(&format!(
+            format!(
                 "{} not_found  {} {}",
                 out.paint(Tone::Bad, "404"),
                 escaped(request.method().as_str()),
                 escaped(request.uri().path())
-            ));
-        }
+            )
+        });
         let body = json!({"error": "not_found", "message": message}).to_string();
         let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
         *response.status_mut() = StatusCode::NOT_FOUND;
@@ -146,7 +158,7 @@ async fn serve(
     }
     poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut pipeline, cx)).await?;
     let response = pipeline.call(request).await?;
-    print_delivery(&out, &response);
+    lines.print(delivery_line(&out, &response));
     Ok(response.map(BodyExt::boxed_unsync))
 }
 
@@ -158,9 +170,9 @@ fn freshness_text(freshness: Option<&Freshness>) -> Option<String> {
     })
 }
 
-/// One line for a delivery, from what the layer put in the response: its
+/// The line for a delivery, from what the layer put in the response: its
 /// outcome, the verified event, and the freshness the router found.
-fn print_delivery<B>(out: &Output, response: &Response<B>) {
+fn delivery_line<B>(out: &Output, response: &Response<B>) -> String {
     let status = response.status().as_u16();
     let outcome = Outcome::of(response);
     let code = outcome.map_or("unknown", Outcome::as_str);
@@ -185,16 +197,18 @@ fn print_delivery<B>(out: &Output, response: &Response<B>) {
     let freshness = freshness_text(response.extensions().get::<Freshness>())
         .or_else(|| typed.then(|| "untracked".to_owned()));
     if out.json {
-        out.json_line(&json!({
-            "status": status,
-            "outcome": code,
-            "verified": event.is_some(),
-            "event_type": event.map(|e| e.event_type().as_str()),
-            "event_id": event.map(RawEvent::id),
-            "object": object.as_ref().map(ToString::to_string),
-            "freshness": freshness,
-        }));
-        return;
+        return json_text(
+            &json!({
+                "status": status,
+                "outcome": code,
+                "verified": event.is_some(),
+                "event_type": event.map(|e| e.event_type().as_str()),
+                "event_id": event.map(RawEvent::id),
+                "object": object.as_ref().map(ToString::to_string),
+                "freshness": freshness,
+            }),
+            false,
+        );
     }
     let tone = if outcome == Some(&Outcome::Duplicate)
         || freshness.as_deref().is_some_and(|f| f.starts_with("stale"))
@@ -219,7 +233,7 @@ fn print_delivery<B>(out: &Output, response: &Response<B>) {
     if let Some(freshness) = freshness {
         line.push_str(&format!("  {}", escaped(&freshness)));
     }
-    out.line(&line);
+    line
 }
 
 /// Ctrl-C and SIGTERM, listened for from the moment it is made, so that a
@@ -292,8 +306,10 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
         out.line(&format!("listening on {url}"));
     }
 
+    let lines = Lines::start(out.json);
     let service = Listen {
         out: *out,
+        lines: lines.clone(),
         path: Arc::from(args.path.as_str()),
         pipeline,
     };
@@ -339,6 +355,15 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     tokio::select! {
         biased;
         () = serving => {
+            // The lines still queued, written if stdout takes them.
+            let unwritten = tokio::task::spawn_blocking(move || lines.finish(LINES_GRACE))
+                .await
+                .unwrap_or_default();
+            if unwritten > 0 {
+                note(&format!(
+                    "{unwritten} lines were not printed: stdout was not being read"
+                ));
+            }
             note("stopped");
             Ok(())
         }

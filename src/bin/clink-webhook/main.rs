@@ -6,6 +6,7 @@
 mod api_command;
 mod endpoints_command;
 mod inbox_command;
+mod lines;
 mod listen;
 mod output;
 mod send;
