@@ -57,9 +57,9 @@
 //!   after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
 //!   most the [shutdown timeout](Server::shutdown_timeout) (default 10 s),
-//!   then closes what is left and, when that cut deliveries off, waits at
-//!   most 2 s more while the claims being settled in the process (theirs
-//!   among them) are settled with their stores (see
+//!   then closes what is left, and waits at most 2 s more while the claims
+//!   being settled in the process on tasks of their own (those of the
+//!   deliveries it cut off among them) are settled with their stores (see
 //!   [`ClinkLayer::settled`](crate::ClinkLayer::settled)).
 //!
 //! Every request it serves carries the address of its connection's peer
@@ -552,9 +552,9 @@ impl Server {
 
     /// Serves `service` on `listener` until `shutdown` resolves, then shuts
     /// down as the [module docs](self) say. Returns once every connection
-    /// is closed and, when its shutdown timeout cut deliveries off, the
-    /// claims being settled in the process are (or 2 s have passed since
-    /// it closed them).
+    /// is closed and the claims being settled in the process on tasks of
+    /// their own (those of the deliveries it cut off among them) are (or 2
+    /// s have passed since it closed them).
     pub async fn serve<S, B>(
         self, listener: TcpListener, service: S, shutdown: impl Future<Output = ()>,
     ) where
@@ -720,23 +720,24 @@ impl Server {
         drop(listener);
         let _ = stop.send(true);
         let finished = async { while connections.join_next().await.is_some() {} };
-        let cut_off = tokio::time::timeout(self.shutdown_timeout, finished)
+        if tokio::time::timeout(self.shutdown_timeout, finished)
             .await
-            .is_err();
-        if cut_off {
+            .is_err()
+        {
             tracing::warn!(
                 open = connections.len(),
                 "connections still open after the shutdown timeout; closing them"
             );
         }
         connections.shutdown().await;
-        // The deliveries cut off settle their claims on tasks of their own:
-        // a completion lost as the process ends would let a retry run a
-        // handler that succeeded again.
-        if cut_off && !crate::ClinkLayer::settled(SETTLE_GRACE).await {
+        // Deliveries cut off (here, or by their clients hanging up) settle
+        // their claims on tasks of their own, as do completions tried
+        // again: a completion lost as the process ends would let a retry
+        // run a handler that succeeded again. With none, no wait.
+        if !crate::ClinkLayer::settled(SETTLE_GRACE).await {
             tracing::warn!(
-                "claims still settling in this process {} s after the shutdown timeout cut \
-                 deliveries off; they free themselves when their leases end",
+                "claims still settling in this process {} s after the server closed its \
+                 connections; they free themselves when their leases end",
                 SETTLE_GRACE.as_secs()
             );
         }

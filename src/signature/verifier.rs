@@ -19,6 +19,13 @@ use crate::{ConfigError, Timestamp};
 /// The default tolerance, in both directions: 300 seconds, as Clink's tools use.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// `duration` without its part of a millisecond.
+fn whole_millis(duration: Duration) -> Duration {
+    duration.saturating_sub(Duration::from_nanos(u64::from(
+        duration.subsec_nanos() % 1_000_000,
+    )))
+}
+
 /// The nanoseconds of a millisecond after its first.
 const LAST_NANOS_OF_A_MILLISECOND: Duration = Duration::from_nanos(999_999);
 
@@ -297,18 +304,20 @@ impl Verifier {
         self.max_age(tolerance).max_future_skew(tolerance)
     }
 
-    /// How far in the past a timestamp may be (default 300 s, inclusive).
+    /// How far in the past a timestamp may be (default 300 s, inclusive),
+    /// in whole milliseconds, as timestamps are (a part of one is dropped).
     #[must_use]
     pub fn max_age(mut self, max_age: Duration) -> Self {
-        self.max_age = max_age;
+        self.max_age = whole_millis(max_age);
         self
     }
 
     /// How far in the future a timestamp may be, for senders whose clock runs
-    /// ahead (default 300 s, inclusive).
+    /// ahead (default 300 s, inclusive), in whole milliseconds, as
+    /// timestamps are (a part of one is dropped).
     #[must_use]
     pub fn max_future_skew(mut self, skew: Duration) -> Self {
-        self.max_future_skew = skew;
+        self.max_future_skew = whole_millis(skew);
         self
     }
 
@@ -837,6 +846,21 @@ mod tests {
         assert_eq!(refused.kind(), VerifyErrorKind::TooOld);
         let ts = "1700000300000";
         assert!(default.verify_at(ts, &sig(ts), b"body", now).is_ok());
+        // A tolerance's part of a millisecond is dropped: the edges stay
+        // where whole milliseconds put them.
+        let fractional = Verifier::new("k")
+            .unwrap()
+            .tolerance(Duration::from_micros(1_900));
+        let ts = "1699999999999";
+        assert!(fractional.verify_at(ts, &sig(ts), b"body", now).is_ok());
+        let ts = "1699999999998";
+        assert!(fractional.verify_at(ts, &sig(ts), b"body", now).is_err());
+        let ts = "1700000000002";
+        assert!(fractional.verify_at(ts, &sig(ts), b"body", now).is_err());
+        assert_eq!(
+            whole_millis(Duration::MAX),
+            Duration::MAX - Duration::from_nanos(999_999_999 % 1_000_000)
+        );
     }
 
     #[test]

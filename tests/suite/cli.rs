@@ -1260,7 +1260,9 @@ fn listen_answers_and_stops_while_nobody_reads_its_stdout() {
     }
     let unprinted = rest
         .iter()
-        .find_map(|note| note.strip_suffix(" lines were not printed: stdout was not being read"))
+        .find_map(|note| {
+            note.strip_suffix(" lines were not printed: stdout did not take them in time")
+        })
         .unwrap_or_else(|| panic!("no count of the lines not printed in {rest:?}"));
     let unprinted: u64 = unprinted.parse().unwrap();
     // At least the lines past the queue, at most all but the first.

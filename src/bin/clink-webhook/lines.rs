@@ -1,6 +1,7 @@
-//! `listen`'s lines on stdout, written by a thread of their own: a stdout
-//! nobody reads (a pipe whose reader stopped, a terminal on hold) never
-//! holds up a delivery, nor the runtime that answers Ctrl-C.
+//! `listen`'s lines on stdout and its notes on stderr, each stream written
+//! by a thread of its own: a stream nobody reads (a pipe whose reader
+//! stopped, a terminal on hold) never holds up a delivery, nor the runtime
+//! that answers Ctrl-C.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -9,16 +10,25 @@ use std::time::{Duration, Instant};
 
 use crate::output::Output;
 
-/// The most text queued for stdout; lines past it are dropped, and counted.
+/// The most memory the lines queued for one stream take (their text and
+/// what holds it); lines past it are dropped, and counted.
 pub(crate) const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 
-/// Lines for stdout, queued up to [`MAX_QUEUED_BYTES`] and written in order
-/// by a thread of their own. Clones share the queue.
+/// Where a [`Lines`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Lines for one stream, queued up to [`MAX_QUEUED_BYTES`] and written in
+/// order by a thread of their own. Clones share the queue.
 #[derive(Clone)]
 pub(crate) struct Lines {
     shared: Arc<Shared>,
-    /// Whether notes on stderr are JSON objects.
-    json: bool,
+    /// Where the first line dropped is said (stdout's lines, on the
+    /// notes'), as a JSON object when `json`.
+    dropped_noted_in: Option<(Box<Lines>, bool)>,
 }
 
 struct Shared {
@@ -44,9 +54,8 @@ struct Queue {
 }
 
 impl Lines {
-    /// A queue and its writer thread; `json` for the note on stderr when
-    /// lines are first dropped.
-    pub(crate) fn start(json: bool) -> Self {
+    /// A queue for `stream` and its writer thread.
+    pub(crate) fn start(stream: Stream) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
@@ -54,37 +63,45 @@ impl Lines {
         });
         let writer = Arc::clone(&shared);
         let started = std::thread::Builder::new()
-            .name("listen-stdout".to_owned())
-            .spawn(move || writer.write_all());
+            .name("listen-output".to_owned())
+            .spawn(move || writer.write_all(stream));
         if started.is_err() {
             // No thread: every line is dropped, and counted.
+            Output::note("cannot start the thread that writes the output: it is dropped");
             let mut queue = shared.lock();
             queue.gone = true;
             queue.closed = true;
         }
-        Self { shared, json }
+        Self {
+            shared,
+            dropped_noted_in: None,
+        }
+    }
+
+    /// These lines, the first of them dropped said in `notes` (as a JSON
+    /// object when `json`).
+    pub(crate) fn dropped_noted_in(mut self, notes: &Lines, json: bool) -> Self {
+        self.dropped_noted_in = Some((Box::new(notes.clone()), json));
+        self
     }
 
     /// Queues `line` (without its newline), or drops it when the queue is
     /// full or closed.
     pub(crate) fn print(&self, line: String) {
+        let size = held(&line);
         let mut queue = self.shared.lock();
-        if queue.closed || queue.bytes + line.len() > MAX_QUEUED_BYTES {
+        if queue.closed || queue.bytes + size > MAX_QUEUED_BYTES {
             queue.dropped += 1;
             let first = queue.dropped == 1 && !queue.closed;
             drop(queue);
-            if first {
+            if let (true, Some((notes, json))) = (first, &self.dropped_noted_in) {
                 let note = "stdout is not being read: lines are dropped while 1 MiB of them \
                             waits to be written";
-                if self.json {
-                    Output::note(&serde_json::json!({ "note": note }).to_string());
-                } else {
-                    Output::note(note);
-                }
+                notes.print(crate::listen::note_line(*json, note));
             }
             return;
         }
-        queue.bytes += line.len();
+        queue.bytes += size;
         queue.lines.push_back(line);
         drop(queue);
         self.shared.queued.notify_one();
@@ -114,14 +131,20 @@ impl Lines {
     }
 }
 
+/// The memory `line` takes in the queue: its text and its `String`.
+fn held(line: &String) -> usize {
+    line.capacity() + std::mem::size_of::<String>()
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The writer: each line in turn, until the queue is closed and empty,
-    /// or stdout refuses a write (its reader gone).
-    fn write_all(&self) {
+    /// or the stream is closed (its reader gone); a line the stream
+    /// refuses otherwise is dropped, and counted.
+    fn write_all(&self, stream: Stream) {
         loop {
             let mut queue = self.lock();
             while queue.lines.is_empty() && !queue.closed {
@@ -137,17 +160,24 @@ impl Shared {
                 self.written.notify_all();
                 return;
             };
-            queue.bytes -= line.len();
+            queue.bytes -= held(&line);
             queue.writing = true;
             drop(queue);
-            let mut stdout = std::io::stdout().lock();
-            let wrote = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-            drop(stdout);
+            let wrote = match stream {
+                Stream::Stdout => {
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+                }
+                Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+            };
             let mut queue = self.lock();
             queue.writing = false;
             if wrote.is_err() {
+                queue.dropped += 1;
+            }
+            if wrote.is_err_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) {
                 // Nobody reads it any more: what is left is dropped.
-                queue.dropped += 1 + queue.lines.len() as u64;
+                queue.dropped += queue.lines.len() as u64;
                 queue.lines.clear();
                 queue.bytes = 0;
                 queue.closed = true;
@@ -174,20 +204,21 @@ mod tests {
                 queued: Condvar::new(),
                 written: Condvar::new(),
             }),
-            json: false,
+            dropped_noted_in: None,
         };
         // No writer: the queue fills.
         let line = "x".repeat(1024);
-        for _ in 0..MAX_QUEUED_BYTES / 1024 + 3 {
+        let fit = MAX_QUEUED_BYTES / held(&line);
+        for _ in 0..fit + 3 {
             lines.print(line.clone());
         }
         let queue = lines.shared.lock();
-        assert_eq!(queue.lines.len(), MAX_QUEUED_BYTES / 1024);
+        assert_eq!(queue.lines.len(), fit);
         assert_eq!(queue.dropped, 3);
         drop(queue);
         // Nothing written within the bound: all of it counted.
         let unwritten = lines.finish(Duration::ZERO);
-        assert_eq!(unwritten, MAX_QUEUED_BYTES as u64 / 1024 + 3);
+        assert_eq!(unwritten, fit as u64 + 3);
         // Closed: a line after is dropped too.
         lines.print("late".to_owned());
         assert_eq!(lines.shared.lock().dropped, 4);

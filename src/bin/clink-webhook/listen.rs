@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::lines::Lines;
+use crate::lines::{Lines, Stream};
 use crate::output::{escaped, json_text, Output, Tone};
 
 /// How long a connection may take to send its request headers.
@@ -59,6 +59,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long the lines still queued for stdout get to be written once the
 /// deliveries are done.
 const LINES_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the notes still queued for stderr get to be written before
+/// the command ends.
+const NOTES_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
@@ -279,6 +283,16 @@ impl Shutdown {
     }
 }
 
+/// A note for stderr: with --json a JSON object (`{"note": ...}`), as
+/// every line there then is.
+pub(crate) fn note_line(json: bool, text: &str) -> String {
+    if json {
+        json!({ "note": text }).to_string()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Signals within this long of the first are the same stop, not a second.
 const SAME_STOP_WITHIN: Duration = Duration::from_millis(500);
 
@@ -306,7 +320,12 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
         out.line(&format!("listening on {url}"));
     }
 
-    let lines = Lines::start(out.json);
+    // Notes on stderr, with --json as JSON objects too (`{"note": ...}`),
+    // as every line there then is; both streams written by threads of
+    // their own, so that neither, unread, holds up a delivery or a stop.
+    let json = out.json;
+    let notes = Lines::start(Stream::Stderr);
+    let lines = Lines::start(Stream::Stdout).dropped_noted_in(&notes, json);
     let service = Listen {
         out: *out,
         lines: lines.clone(),
@@ -320,20 +339,14 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
     // The first signal begins the graceful stop; a second, for whoever
     // will not wait for it, ends the command at once.
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
-    // Notes on stderr: with --json, as JSON objects too (`{"note": ...}`),
-    // as every line there then is.
-    let json = out.json;
-    let note = move |text: &str| {
-        if json {
-            Output::note(&json!({ "note": text }).to_string());
-        } else {
-            Output::note(text);
-        }
+    let note = {
+        let notes = notes.clone();
+        move |text: &str| notes.print(note_line(json, text))
     };
     let at_once = async move {
         shutdown.requested().await;
-        note("stopping");
         let _ = stop.send(());
+        note("stopping");
         // Signals sent with the first (a Ctrl-C to the process group, and
         // a SIGTERM a supervisor passes on) are the same stop: a second
         // one is one sent after the line that says it can be.
@@ -348,28 +361,38 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
         note("Ctrl-C again to stop at once");
         shutdown.requested().await;
     };
-    let serving = server.serve(listener, service, async move {
-        let _ = stopping.await;
-    });
+    let serving = async {
+        server
+            .serve(listener, service, async move {
+                let _ = stopping.await;
+            })
+            .await;
+        // The lines still queued, written if stdout takes them (a second
+        // signal meanwhile still stops it at once).
+        tokio::task::spawn_blocking(move || lines.finish(LINES_GRACE))
+            .await
+            .unwrap_or_default()
+    };
     // A graceful stop that ends as a second signal comes is still one.
-    tokio::select! {
+    let stopped = tokio::select! {
         biased;
-        () = serving => {
-            // The lines still queued, written if stdout takes them.
-            let unwritten = tokio::task::spawn_blocking(move || lines.finish(LINES_GRACE))
-                .await
-                .unwrap_or_default();
+        unwritten = serving => {
             if unwritten > 0 {
-                note(&format!(
-                    "{unwritten} lines were not printed: stdout was not being read"
-                ));
+                notes.print(note_line(json, &format!(
+                    "{unwritten} lines were not printed: stdout did not take them in time"
+                )));
             }
-            note("stopped");
+            notes.print(note_line(json, "stopped"));
             Ok(())
         }
         () = at_once => Err(CliError::new(
             ErrorCode::Interrupted,
             "stopped at once by a second Ctrl-C or SIGTERM: the deliveries in progress got no answer",
         )),
-    }
+    };
+    // The notes written before the error that may follow them, if stderr
+    // takes them.
+    let notes_left = notes.clone();
+    let _ = tokio::task::spawn_blocking(move || notes_left.finish(NOTES_GRACE)).await;
+    stopped
 }
