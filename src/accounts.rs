@@ -362,9 +362,14 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 /// answers: known accounts for a [`ttl`](Self::ttl) (default 5 minutes),
 /// unknown ones for a shorter [`negative_ttl`](Self::negative_ttl) (default
 /// 30 s), so a sender probing made-up accounts does not reach your backend
-/// on every request. At most [`capacity`](Self::capacity) accounts are
-/// cached (default 10,000); when full, expired answers go first, then
-/// unknown accounts, then the one that expires soonest.
+/// on every request (while there is room: a cache full of known accounts
+/// keeps no unknown one, whose lookups the rate then bounds). About
+/// [`capacity`](Self::capacity) accounts are cached (default 10,000; past
+/// it by at most the lookups running at once); when full, what helps no
+/// one goes first (unknown accounts' answers that ended, known accounts'
+/// keys that ended more than a `ttl` ago), then every unknown account's
+/// answer, then, for a known account's keys, the known one that expires
+/// soonest.
 ///
 /// Anyone can name any account in a request, so what reaches your function
 /// is bounded, whatever a sender does:
@@ -382,9 +387,11 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   `503` with `Retry-After` ([`KeySourceError::limited`],
 ///   [`Outcome::KeyLookupsLimited`](crate::Outcome::KeyLookupsLimited))
 ///   without calling your function, and Clink retries it later. Cached
-///   accounts are never limited. An account a lookup has found (the last
-///   [`capacity`](Self::capacity) of them, however long idle) is asked
-///   about again without waiting for the rate; while its cached keys have
+///   accounts are never limited. An account its last lookup found (the
+///   last [`capacity`](Self::capacity) of them, however long idle) is
+///   asked about again without waiting for the rate (a lookup that failed,
+///   or was given up on when its delivery's time ran out, forgets it, so
+///   a struggling source is asked at the rate); while its cached keys have
 ///   expired less than a [`ttl`](Self::ttl) ago and every lookup slot is
 ///   busy, they answer for it instead of a `503`; and in a full cache, an
 ///   unknown account's answer never takes the place of a known account's
@@ -544,6 +551,20 @@ impl TokenBucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// Runs `forget` when dropped still holding it: a lookup dropped before
+/// its answer came.
+struct ForgetUnlessDisarmed<G: FnOnce()> {
+    forget: Option<G>,
+}
+
+impl<G: FnOnce()> Drop for ForgetUnlessDisarmed<G> {
+    fn drop(&mut self) {
+        if let Some(forget) = self.forget.take() {
+            forget();
         }
     }
 }
@@ -794,13 +815,14 @@ where
 
     /// Looks `account` up, within the limits, and caches the answer.
     ///
-    /// An account a lookup found (see `known`), or known until lately
-    /// (its keys cached, expired less than a `ttl` ago), is looked up again
+    /// An account its last lookup found (see `known`) is looked up again
     /// without a token of the rate when the `ttl` is above zero (its
     /// lookups are then one a `ttl` at most), and, while every lookup slot
-    /// is taken, answered with its expired keys for a `ttl`: made-up
-    /// names, which take tokens and slots, never lock a real account out.
-    /// A lookup that fails, or does not find the account, forgets it.
+    /// is taken, a known account's keys that expired less than a `ttl` ago
+    /// answer for it: made-up names, which take tokens and slots, never
+    /// lock a real account out. A lookup that fails, or does not find the
+    /// account, forgets it: its next lookup takes a token, its expired keys
+    /// cached or not.
     async fn lookup(&self, account: &str, flight: &Flight) -> Answer {
         let now = Instant::now();
         // Answered by a lookup that ended since this delivery missed the cache.
@@ -814,14 +836,24 @@ where
                 None => Err(KeySourceError::limited()),
             };
         };
-        let exempt = expired.is_some() || (!self.ttl.is_zero() && self.is_known(account));
+        // Known: found by its last lookup (one that failed since forgot it,
+        // though its keys may still be cached).
+        let exempt = !self.ttl.is_zero() && self.is_known(account);
         if !exempt && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
+        // A lookup given up on (the delivery's store timeout ended it while
+        // the source was slow) forgets the account, as one that failed
+        // does: the next waits for the rate, rather than each delivery
+        // starting a lookup of its own against a struggling source.
+        let mut given_up = ForgetUnlessDisarmed {
+            forget: Some(|| self.note_known(account, false)),
+        };
         // Your function panicking is its lookup failing: the answer every
         // delivery waiting on it shares, not one lookup after another.
         let fetched =
             crate::guard::CatchUnwind::new(async { (self.fetch)(account.to_owned()).await }).await;
+        given_up.forget = None;
         let verifier = match fetched {
             Ok(Ok(verifier)) => verifier.map(Arc::new),
             failed => {
@@ -1330,8 +1362,64 @@ mod lookup_tests {
     /// A lookup that fails forgets the account: the next one waits for the
     /// rate, so a flood of its name cannot make one lookup after another of
     /// a struggling source.
+    ///
+    /// So too while its keys, expired less than a `ttl` ago, are still
+    /// cached (61 s after a lookup with a `ttl` of 60 s): before, those
+    /// keys let every lookup of its name skip the rate, each failing
+    /// against the struggling source.
     #[tokio::test(start_paused = true)]
     async fn a_failed_lookup_forgets_the_account() {
+        for since in [Duration::from_secs(61), Duration::from_secs(600)] {
+            failing_lookups_wait_for_the_rate(since).await;
+        }
+    }
+
+    /// A lookup given up on (its delivery's time ran out while the source
+    /// was slow) forgets the account too: the next lookup waits for the
+    /// rate. Before, the account stayed known, and every delivery naming
+    /// it started a lookup of its own, without a token, against the slow
+    /// source.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_given_up_on_forgets_the_account() {
+        let hangs = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hanging = Arc::clone(&hangs);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let source = CachedKeySource::new(move |_account: String| {
+            let hang = hanging.load(Ordering::SeqCst);
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::io::Error>(Some(Verifier::new("k").unwrap()))
+            }
+        })
+        .ttl(Duration::from_secs(60))
+        .unwrap()
+        .lookup_rate(1, 1)
+        .unwrap();
+        assert!(source.verifier("acct_a").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        hangs.store(true, Ordering::SeqCst);
+        // A tenth of a second each: less than the rate's second.
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), source.verifier("acct_a"));
+        assert!(gave_up.await.is_err(), "the lookup hangs");
+        assert!(!source.is_known("acct_a"));
+        // The next takes the refilled token (and is given up on too); the
+        // one after waits for the rate, starting no lookup.
+        let again = tokio::time::timeout(Duration::from_millis(100), source.verifier("acct_a"));
+        assert!(again.await.is_err());
+        let limited = tokio::time::timeout(Duration::from_millis(100), source.verifier("acct_a"))
+            .await
+            .expect("a lookup started, without a token");
+        assert!(limited.unwrap_err().is_limited());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// [`a_failed_lookup_forgets_the_account`], its lookups failing `since`
+    /// after the one that found it.
+    async fn failing_lookups_wait_for_the_rate(since: Duration) {
         let fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failing = Arc::clone(&fails);
         let source = CachedKeySource::new(move |_account: String| {
@@ -1350,17 +1438,17 @@ mod lookup_tests {
         .unwrap();
         assert!(source.verifier("acct_a").await.unwrap().is_some());
         assert!(source.is_known("acct_a"));
-        tokio::time::advance(Duration::from_secs(600)).await;
+        tokio::time::advance(since).await;
         fails.store(true, Ordering::SeqCst);
-        assert!(
-            source.verifier("acct_a").await.is_err(),
-            "failed, without a token"
-        );
+        let first = source.verifier("acct_a").await.unwrap_err();
+        assert!(!first.is_limited(), "failed, without a token ({since:?})");
         assert!(!source.is_known("acct_a"));
         // The token refilled meanwhile is taken by the next failure, and
         // the one after waits for the rate.
-        assert!(source.verifier("acct_a").await.is_err());
-        assert!(source.verifier("acct_a").await.unwrap_err().is_limited());
+        let second = source.verifier("acct_a").await.unwrap_err();
+        assert!(!second.is_limited(), "{since:?}");
+        let third = source.verifier("acct_a").await.unwrap_err();
+        assert!(third.is_limited(), "{since:?}");
     }
 
     #[tokio::test]

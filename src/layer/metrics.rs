@@ -92,7 +92,7 @@ counters! {
     /// on lookups were reached ([`Outcome::KeyLookupsLimited`]).
     overloaded,
     /// Deliveries refused before the store was asked (method, headers,
-    /// signature, body, envelope, event id).
+    /// an unknown account, signature, body, envelope, event id).
     rejected,
     /// Handler errors, non-`2xx` answers, panics and timeouts (and failures
     /// kept dead, [`Outcome::FailedKeptDead`]).
