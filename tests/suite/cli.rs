@@ -1096,16 +1096,12 @@ fn a_key_variable_not_in_utf8_is_said_to_be_so() {
     }
 }
 
-/// `listen` whose stderr is closed (piped into a reader that has exited)
-/// still stops gracefully on SIGTERM, exit 0. Before, the line saying it
-/// stops panicked on the closed pipe: exit 101, the graceful stop cut short.
+/// `listen` on a free port, its stdout and stderr pipes left to the test.
 #[cfg(unix)]
-#[test]
-fn listen_with_stderr_closed_stops_gracefully() {
-    use std::io::{BufRead, BufReader};
+fn listen_with_pipes() -> std::process::Child {
     use std::process::Stdio;
 
-    let mut child = clink_webhook()
+    clink_webhook()
         .args([
             "listen",
             "--port",
@@ -1118,7 +1114,18 @@ fn listen_with_stderr_closed_stops_gracefully() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// `listen` whose stderr is closed (piped into a reader that has exited)
+/// still stops gracefully on SIGTERM, exit 0. Before, the line saying it
+/// stops panicked on the closed pipe: exit 101, the graceful stop cut short.
+#[cfg(unix)]
+#[test]
+fn listen_with_stderr_closed_stops_gracefully() {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = listen_with_pipes();
     // The reader of stderr is gone before anything is written there.
     drop(child.stderr.take());
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -1181,23 +1188,9 @@ impl Drop for Killed {
 #[test]
 fn listen_answers_and_stops_while_nobody_reads_its_stdout() {
     use std::io::{BufRead, Read, Write};
-    use std::process::Stdio;
 
     let patience = crate::support::process::PATIENCE;
-    let mut child = clink_webhook()
-        .args([
-            "listen",
-            "--port",
-            "0",
-            "--secret",
-            "env:CLINK_TEST_LISTEN_KEY",
-        ])
-        .env("CLINK_TEST_LISTEN_KEY", KEY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = listen_with_pipes();
     let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let child = Killed(child);
     // The first line, and then nothing more is read from stdout.
