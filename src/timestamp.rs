@@ -83,14 +83,23 @@ impl Timestamp {
         Self(millis)
     }
 
-    /// This timestamp as a [`SystemTime`].
+    /// This timestamp as a [`SystemTime`], held to what the platform's
+    /// clock can hold (every `i64` of milliseconds on Linux and macOS; on
+    /// Windows, a time past the year 9999 reads as its end, one before 1601
+    /// as 1601), never a panic.
     #[must_use]
     pub fn to_system_time(self) -> SystemTime {
         let offset = Duration::from_millis(self.0.unsigned_abs());
         if self.0 >= 0 {
-            UNIX_EPOCH + offset
+            UNIX_EPOCH
+                .checked_add(offset)
+                .or_else(|| UNIX_EPOCH.checked_add(Duration::from_secs(253_402_300_799)))
+                .unwrap_or(UNIX_EPOCH)
         } else {
-            UNIX_EPOCH - offset
+            UNIX_EPOCH
+                .checked_sub(offset)
+                .or_else(|| UNIX_EPOCH.checked_sub(Duration::from_secs(11_644_473_600)))
+                .unwrap_or(UNIX_EPOCH)
         }
     }
 

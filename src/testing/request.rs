@@ -23,7 +23,11 @@ pub const DEFAULT_PATH: &str = "/webhooks/clink";
 pub enum TimestampUnit {
     /// Epoch seconds, e.g. `1736942400`.
     Seconds,
-    /// Epoch milliseconds, e.g. `1736942400000` (the default).
+    /// Epoch milliseconds, e.g. `1736942400000` (the default). A
+    /// receiver tells the units apart by size, as Clink's own tools do (a
+    /// value under 10^12 is seconds), so a time in milliseconds before
+    /// 2001-09-09 reads as seconds far in the future: sign an old delivery
+    /// with [`skew_secs`](SignedRequest::skew_secs) from now instead.
     #[default]
     Millis,
 }

@@ -662,6 +662,14 @@ fn a_receiver_that_takes_a_tampered_body_fails_send_tamper() {
         assert_eq!(sent.code, Some(1), "{status}: {sent:?}");
         let error = sent.json_error();
         assert_eq!(error["error"], "tamper_accepted", "{status}: {error}");
+        // In text too, it says why it failed, not only the statuses.
+        let text = cli(&["send", "order.succeeded", "--to", &to, "--tamper"]);
+        assert_eq!(text.code, Some(1), "{status}: {text:?}");
+        assert!(
+            text.stderr
+                .starts_with("error: 1 of 1 tampered deliveries got a status other than 401 ("),
+            "{status}: {text:?}"
+        );
     }
 }
 

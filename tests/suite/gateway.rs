@@ -2632,6 +2632,80 @@ async fn health_follows_the_destination_not_one_event() {
         .unwrap();
 }
 
+/// A destination failing stays failing when it refuses one event (a
+/// `400`) in the meantime: the refusal says nothing of it either way.
+/// Here the app answers `503` to one event, whose next attempt is a
+/// minute away, then `400` to another: `/health` still names the
+/// destination failing, since the first. Before, the refusal marked it
+/// up until the next `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_does_not_mark_a_failing_destination_up() {
+    let dir = TempDir::new("refusedup");
+    let tag = unique("r");
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let seen_in = Arc::clone(&seen);
+    let app = loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
+        let seen = Arc::clone(&seen_in);
+        async move {
+            let id = request
+                .headers()
+                .get("x-clink-event-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let _ = request.into_body().collect().await;
+            *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = if id.starts_with("evt_down") {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Ok::<_, Infallible>(response)
+        }
+    }))
+    .await;
+    let mut env = gateway_env(&dir.0, "refusedup", &format!("http://{app}/hook"));
+    env.retain(|(name, _)| !name.ends_with("BACKOFF_MS"));
+    env.push(("CLINK_BACKOFF_MS".into(), "60000".into()));
+    env.push(("CLINK_MAX_BACKOFF_MS".into(), "60000".into()));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start(env))
+        .await
+        .unwrap();
+    let (url, base) = (Arc::clone(&gateway.url), gateway.base());
+    let client = client();
+    let down = one_event("down", &tag);
+    deliver(&client, &url, &down).await;
+    until("the destination failing", PROMPTLY, async || {
+        health(&client, &base).await.0 == 503
+    })
+    .await;
+    let (_, failing) = health(&client, &base).await;
+    let bad = one_event("bad", &tag);
+    deliver(&client, &url, &bad).await;
+    until("the event refused", PROMPTLY, async || {
+        seen.lock().unwrap().contains_key(&bad.id)
+    })
+    .await;
+    // Its refusal recorded: the attempt's error is kept once settled.
+    until("the refusal settled", PROMPTLY, async || {
+        let (_, body) = health(&client, &base).await;
+        body["events"]["retrying"] == 2
+    })
+    .await;
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["destination"]["status"], "failing", "{body}");
+    assert_eq!(
+        body["destination"]["since"], failing["destination"]["since"],
+        "{body}"
+    );
+    assert_eq!(seen.lock().unwrap().get(&down.id), Some(&1), "one attempt");
+    tokio::task::spawn_blocking(move || gateway.stop())
+        .await
+        .unwrap();
+}
+
 /// `/health` waits for the inbox's counts no longer than the store
 /// timeout: with the inbox's table locked by another session, so that
 /// counting it waits for the lock, it answers with the counts unknown
@@ -3626,4 +3700,38 @@ fn an_admin_address_in_use_stops_the_start() {
         "{}",
         finished.stdout
     );
+}
+
+/// A plain `http://` destination starts on a machine without the system's
+/// root certificates (an image without `ca-certificates`: here, every
+/// place they are read from points nowhere), since it makes no TLS
+/// connection; an `https://` one does not, saying why. Before, both
+/// stopped the start.
+#[cfg(unix)]
+#[test]
+fn a_plain_http_destination_starts_without_root_certificates() {
+    let dir = TempDir::new("noroots");
+    for (destination, starts) in [
+        ("http://127.0.0.1:9/hook", true),
+        ("https://127.0.0.1:9/hook", false),
+    ] {
+        let mut env = gateway_env(&dir.0, &unique("noroots"), destination);
+        env.push((
+            "SSL_CERT_FILE".to_owned(),
+            "/nonexistent/roots.pem".to_owned(),
+        ));
+        env.push(("SSL_CERT_DIR".to_owned(), "/nonexistent/certs".to_owned()));
+        let exited = serve_exit(&env);
+        if starts {
+            assert!(exited.is_none(), "{destination}: {exited:?}");
+        } else {
+            let finished = exited.unwrap_or_else(|| panic!("{destination} started"));
+            assert!(
+                finished
+                    .stderr
+                    .contains("cannot load the system's root certificates"),
+                "{destination}: {finished:?}"
+            );
+        }
+    }
 }

@@ -163,9 +163,11 @@ impl KeyArgs {
         };
         let (source, value) = match &self.secret {
             Some(given) => match given.strip_prefix("env:") {
-                // A name no variable has, or one that looks like a key (the
-                // secret itself, put after `env:` by mistake), is not
-                // repeated: it may be the secret.
+                // A name no variable can have (not letters, digits and _),
+                // or one that begins as a key does (the secret itself, put
+                // after `env:` by mistake), is not repeated: it may be the
+                // secret. A name that can be a variable's is repeated, to
+                // say which is not set.
                 Some(name) if !is_variable_name(name) => {
                     return Err(CliError::no_key(
                         "--secret env:NAME: NAME is not an environment variable's name \
@@ -641,12 +643,16 @@ fn event_type() -> impl TypedValueParser<Value = EventType> {
         .map(|name| EventType::from(name.as_str()))
 }
 
-/// Checks that a timestamp to sign with is epoch seconds or milliseconds.
+/// Checks that a timestamp to sign with is epoch seconds or milliseconds,
+/// as a verifier reads them: digits, at most `i64::MAX`.
 fn timestamp_text(text: &str) -> Result<String, String> {
-    if !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit()) {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<i64>().is_ok() {
         Ok(text.to_owned())
     } else {
-        Err("expected epoch seconds or milliseconds, as digits".to_owned())
+        Err(
+            "expected epoch seconds or milliseconds, as digits (at most 9223372036854775807)"
+                .to_owned(),
+        )
     }
 }
 
@@ -850,6 +856,27 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timestamp to sign with is one a verifier reads: digits, at most
+    /// `i64::MAX`. Before, 19 digits of any value passed, and the headers
+    /// printed were refused as malformed by every receiver.
+    #[test]
+    fn a_timestamp_to_sign_with_is_one_a_verifier_reads() {
+        for good in ["0", "1736942400", "1736942400000", "9223372036854775807"] {
+            assert_eq!(timestamp_text(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "9223372036854775808",
+            "9999999999999999999",
+            "+1",
+            "-1",
+            "1e3",
+            "12a",
+        ] {
+            assert!(timestamp_text(bad).is_err(), "{bad:?}");
+        }
+    }
 
     /// A command returns on time though it left a blocking call running (a
     /// name lookup the system resolver goes on with past the command's own

@@ -708,14 +708,18 @@ impl Config {
         };
         let (path, origin) = r.plain("serve_path")?.unwrap_or_default();
         let path_origin = origin.clone();
+        // Compared with the request's path as sent (percent-encoded), so
+        // only visible ASCII without `%` can ever match one.
         if !path.starts_with('/')
             || path.len() > 1 && path.ends_with('/')
-            || path.contains(['?', '#', ' '])
+            || path.contains(['?', '#', '%'])
+            || !path.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(problem(
                 "serve_path",
                 &origin,
-                "expected a path such as /webhooks/clink: starting with /, without a trailing /",
+                "expected a path such as /webhooks/clink: starting with /, without a trailing /, \
+                 in visible ASCII without ? # or %",
             ));
         }
 
@@ -896,7 +900,8 @@ impl Config {
                  ({} h): a handled event can be replayed (with force) as long as the inbox keeps \
                  it, and one whose marker in Redis has expired by then is added to the stream \
                  again; raise redis_dedup_hours or lower inbox_retention_hours (and replay a dead \
-                 event, which is kept until then, within redis_dedup_hours of its death)",
+                 event, which is kept until then, within redis_dedup_hours of its first attempt: \
+                 its death can come the retry span later)",
                 redis_dedup.as_secs() / 3600,
                 inbox_retention.as_secs() / 3600
             )));
@@ -1645,6 +1650,9 @@ mod tests {
             ("webhook_signing_key", "a,,b", "webhook_signing_key"),
             ("serve_path", "/health", "/health is an admin route"),
             ("serve_path", "/metrics", "admin_listen"),
+            ("serve_path", "/hooks/ä", "visible ASCII"),
+            ("serve_path", "/hooks/%C3%A4", "visible ASCII"),
+            ("serve_path", "/hooks/a b", "visible ASCII"),
             ("log", "warn,=x=", "not a log filter"),
         ] {
             let mut pairs = minimal();

@@ -548,18 +548,36 @@ fn header(value: &str) -> Result<HeaderValue, BoxError> {
     })
 }
 
+/// The connector of an HTTP destination: with the system's root
+/// certificates for `https`; a plain `http://` one starts without them (an
+/// image without `ca-certificates`), since it makes no TLS connection.
+fn https_or_http(
+    https: bool,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(builder) => builder,
+        Err(e) if https => return Err(format!("cannot load the system's root certificates: {e}")),
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        ),
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
 impl Destination {
     /// The destination `config` names; an HTTP one signs with `signers`.
     pub(crate) fn new(config: &Config, signers: Signers) -> Result<Self, String> {
         let name = config.destination.name.clone();
         let kind = match &config.destination.kind {
             DestinationKind::Http { uri, authorization } => {
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_native_roots()
-                    .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
-                    .https_or_http()
-                    .enable_http1()
-                    .build();
+                let connector = https_or_http(uri.scheme_str() == Some("https"))?;
                 let client = Client::builder(TokioExecutor::new()).build(connector);
                 let authorization = authorization
                     .as_ref()

@@ -280,11 +280,10 @@ impl Relay {
             Err(error) => {
                 let refused = error.downcast_ref::<EventRefused>();
                 let permanent = refused.is_some_and(|refused| refused.permanent);
-                if refused.is_some() {
-                    // The destination answered: it is up, and refused this
-                    // event alone.
-                    self.health.ok();
-                } else {
+                // A refusal of this event alone says nothing of the
+                // destination either way: one failing stays failing until
+                // it takes an event again.
+                if refused.is_none() {
                     self.health.failed(&error.to_string());
                 }
                 self.count_failure(attempt.attempt(), permanent);
