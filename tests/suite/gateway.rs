@@ -2455,6 +2455,21 @@ async fn a_2xx_whose_body_never_comes_completes_the_event_once() {
 /// An HTTP app that answers 400 to events whose id starts with `evt_bad`
 /// and 200 to the others, counting each id's requests.
 async fn picky_app(seen: Arc<Mutex<HashMap<String, usize>>>) -> SocketAddr {
+    app_answering(seen, |id| {
+        if id.starts_with("evt_bad") {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await
+}
+
+/// An HTTP app that answers each event the status `status` gives its id,
+/// counting each id's requests.
+async fn app_answering(
+    seen: Arc<Mutex<HashMap<String, usize>>>, status: fn(&str) -> StatusCode,
+) -> SocketAddr {
     loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
         let seen = Arc::clone(&seen);
         async move {
@@ -2467,9 +2482,7 @@ async fn picky_app(seen: Arc<Mutex<HashMap<String, usize>>>) -> SocketAddr {
             let _ = request.into_body().collect().await;
             *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
             let mut response = Response::new(Full::new(Bytes::new()));
-            if id.starts_with("evt_bad") {
-                *response.status_mut() = StatusCode::BAD_REQUEST;
-            }
+            *response.status_mut() = status(&id);
             Ok::<_, Infallible>(response)
         }
     }))
@@ -2643,27 +2656,13 @@ async fn a_refused_event_does_not_mark_a_failing_destination_up() {
     let dir = TempDir::new("refusedup");
     let tag = unique("r");
     let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let seen_in = Arc::clone(&seen);
-    let app = loopback::serve(tower::service_fn(move |request: Request<Incoming>| {
-        let seen = Arc::clone(&seen_in);
-        async move {
-            let id = request
-                .headers()
-                .get("x-clink-event-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let _ = request.into_body().collect().await;
-            *seen.lock().unwrap().entry(id.clone()).or_default() += 1;
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = if id.starts_with("evt_down") {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            Ok::<_, Infallible>(response)
+    let app = app_answering(Arc::clone(&seen), |id| {
+        if id.starts_with("evt_down") {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
         }
-    }))
+    })
     .await;
     let mut env = gateway_env(&dir.0, "refusedup", &format!("http://{app}/hook"));
     env.retain(|(name, _)| !name.ends_with("BACKOFF_MS"));
