@@ -235,6 +235,18 @@ fn fixture_prints_the_test_kit_body_of_every_type() {
         assert_eq!(printed.code, Some(0));
         assert_eq!(printed.stdout, format!("{}\n", fixture(event_type)));
     }
+    // With --json, JSON Lines: one object per type (it was one array).
+    let listed = cli(&["fixture", "--list", "--json"]);
+    let types: Vec<Value> = listed
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let expected_json: Vec<Value> = expected
+        .iter()
+        .map(|name| serde_json::json!({ "type": name }))
+        .collect();
+    assert_eq!(types, expected_json);
     let json = cli(&["fixture", "--json", "invoice.paid"]);
     assert_eq!(json.stdout.lines().count(), 1);
     let body: Value = serde_json::from_str(&json.stdout).unwrap();

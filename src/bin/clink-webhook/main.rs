@@ -768,9 +768,11 @@ fn run_fixture(out: &Output, args: &FixtureArgs) {
             out.json_line(&body);
         }
         Some(event_type) => out.line(&fixture(event_type)),
+        // JSON Lines, as every --json output: one object per type.
         None if out.json => {
-            let names: Vec<_> = EventType::ALL.iter().map(EventType::as_str).collect();
-            out.json_line(&json!(names));
+            for name in EventType::ALL {
+                out.json_line(&json!({ "type": name.as_str() }));
+            }
         }
         None => {
             for name in EventType::ALL {
