@@ -3734,3 +3734,44 @@ fn a_plain_http_destination_starts_without_root_certificates() {
         }
     }
 }
+
+/// A Redis destination whose server can lose what it acknowledged is
+/// warned about at start: one without an append-only file (the test
+/// servers' `REDIS_URL`, `appendonly no`) is, the durable one
+/// (`appendonly yes`) is not. Before, nothing was said, and a restart of
+/// the server lost the entries of events the inbox had done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_destination_without_an_append_only_file_is_warned_about() {
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("redisaof");
+    for (url, warned) in [
+        (env_url("REDIS_URL"), true),
+        (env_url("REDIS_DURABLE_URL"), false),
+    ] {
+        let env = gateway_env(&dir.0, &unique("redisaof"), &url);
+        let finished = tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+            command.arg("serve");
+            for (name, value) in &env {
+                command.env(name, value);
+            }
+            let process = Process::start(&mut command);
+            Process::line_starting(&process.stdout, "listening on ");
+            process.terminate()
+        })
+        .await
+        .unwrap();
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+        assert_eq!(
+            finished
+                .stderr
+                .contains("warning: the server keeps no append-only file (appendonly no)"),
+            warned,
+            "{url}: {finished:?}"
+        );
+        assert!(
+            !finished.stderr.contains("maxmemory-policy"),
+            "{finished:?}"
+        );
+    }
+}

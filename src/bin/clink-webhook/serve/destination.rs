@@ -571,6 +571,45 @@ fn https_or_http(
     Ok(builder.https_or_http().enable_http1().build())
 }
 
+/// What a Redis server's `INFO` (its `persistence` and `memory` sections)
+/// tells that can lose what the gateway counts as kept (an `XADD` answered
+/// is an event done in the inbox): no append-only file (an entry written
+/// since the last snapshot is gone when the server restarts), or an
+/// eviction policy under a memory limit (a marker evicted lets a retry or
+/// a replay add its event again; `allkeys-*` can evict a stream). A
+/// section not told (a user who may not run `INFO`) says nothing.
+fn what_redis_may_lose(persistence: Option<&str>, memory: Option<&str>) -> Vec<String> {
+    let field = |info: Option<&str>, name: &str| {
+        info?.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(str::to_owned)
+        })
+    };
+    let mut warnings = Vec::new();
+    if field(persistence, "aof_enabled").as_deref() == Some("0") {
+        warnings.push(
+            "the server keeps no append-only file (appendonly no): an event it acknowledged \
+             since its last snapshot is lost if it restarts, while the inbox has it done; set \
+             appendonly yes (appendfsync everysec, or always)"
+                .to_owned(),
+        );
+    }
+    let limited = field(memory, "maxmemory").is_some_and(|bytes| bytes != "0");
+    if let Some(policy) =
+        field(memory, "maxmemory_policy").filter(|policy| limited && policy != "noeviction")
+    {
+        warnings.push(format!(
+            "the server evicts keys when its memory is full (maxmemory-policy {}): an evicted \
+             marker lets a retry or a replay add its event again, and a stream can be evicted \
+             whole; set maxmemory-policy noeviction",
+            crate::output::escaped(&policy)
+        ));
+    }
+    warnings
+}
+
 impl Destination {
     /// The destination `config` names; an HTTP one signs with `signers`.
     pub(crate) fn new(config: &Config, signers: Signers) -> Result<Self, String> {
@@ -791,17 +830,22 @@ impl Destination {
             // not run: then it is not told, and not held against it.
             let role: Option<Vec<redis::Value>> =
                 redis::cmd("ROLE").query_async(&mut connection).await.ok();
-            let cluster: Option<String> = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(&mut connection)
-                .await
-                .ok();
+            let mut info = Vec::new();
+            for section in ["cluster", "persistence", "memory"] {
+                info.push(
+                    redis::cmd("INFO")
+                        .arg(section)
+                        .query_async::<String>(&mut connection)
+                        .await
+                        .ok(),
+                );
+            }
             let loaded: Result<String, _> = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(XADD_ONCE)
                 .query_async(&mut connection)
                 .await;
-            Ok::<_, redis::RedisError>((role, cluster, loaded))
+            Ok::<_, redis::RedisError>((role, info, loaded))
         })
         .await;
         let told_later = |what: &str| {
@@ -811,7 +855,7 @@ impl Destination {
             );
             Ok(())
         };
-        let (role, cluster, loaded) = match checked {
+        let (role, mut info, loaded) = match checked {
             Ok(Ok(found)) => found,
             Ok(Err(error)) if passes(&error) => {
                 return told_later(&format!("cannot connect: {}", error.kind_text()));
@@ -837,6 +881,14 @@ impl Destination {
                  primary",
                 self.name
             ));
+        }
+        let (memory, persistence, cluster) = (
+            info.pop().flatten(),
+            info.pop().flatten(),
+            info.pop().flatten(),
+        );
+        for warning in what_redis_may_lose(persistence.as_deref(), memory.as_deref()) {
+            eprintln!("gateway: {}: warning: {warning}", self.name);
         }
         if cluster.is_some_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1")) {
             return Err(format!(
@@ -1960,6 +2012,44 @@ pub(crate) fn redis_test_config(what: &str) -> (Config, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a Redis server's INFO tells that can lose an acknowledged
+    /// event: no append-only file, or eviction under a memory limit; a
+    /// durable server without a limit (or a policy that evicts nothing)
+    /// and a user who may not run INFO say nothing.
+    #[test]
+    fn what_a_redis_server_may_lose_is_read_from_its_info() {
+        let persistence = |aof: u8| format!("# Persistence\r\nloading:0\r\naof_enabled:{aof}\r\n");
+        let memory = |limit: u64, policy: &str| {
+            format!("# Memory\r\nmaxmemory:{limit}\r\nmaxmemory_policy:{policy}\r\n")
+        };
+        let durable = persistence(1);
+        let said = |persistence: Option<&str>, memory: Option<&str>| {
+            what_redis_may_lose(persistence, memory)
+                .iter()
+                .map(|w| w.split(' ').take(5).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            said(Some(&durable), Some(&memory(0, "allkeys-lru"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            said(Some(&durable), Some(&memory(1 << 30, "noeviction"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            said(
+                Some(&persistence(0)),
+                Some(&memory(1 << 30, "volatile-lru"))
+            ),
+            [
+                "the server keeps no append-only",
+                "the server evicts keys when"
+            ]
+        );
+        assert_eq!(said(None, None), Vec::<String>::new());
+    }
     use async_nats::jetstream::stream::RetentionPolicy;
     use clink_webhooks::Timestamp;
 
