@@ -197,7 +197,8 @@ const EVICT_AGAIN: Duration = Duration::from_millis(100);
 const IDLE_BEFORE_CLOSED: Duration = Duration::from_secs(1);
 
 /// How long a server that stopped waits, after closing the connections
-/// left, for the claims of the deliveries it cut off to be settled.
+/// left, for the claims being settled in the process on tasks of their
+/// own (those of the deliveries it cut off among them).
 const SETTLE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a connection told to close for a new client has to close, for
