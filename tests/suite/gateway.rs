@@ -3775,3 +3775,71 @@ async fn a_redis_destination_without_an_append_only_file_is_warned_about() {
         );
     }
 }
+
+/// A stream made before whose limits can remove a message nobody has read
+/// (an age, or a count whose oldest messages go) is warned about at start,
+/// naming the limit: the inbox has each event it acknowledged done. A
+/// stream that refuses a publish when full (`discard: new`) loses nothing
+/// and is not warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_limits_remove_unread_messages_is_warned_about() {
+    let _servers = servers::shared().await;
+    let dir = TempDir::new("limits");
+    let nats_url = env_url("NATS_URL");
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    for (discard, warned) in [
+        (async_nats::jetstream::stream::DiscardPolicy::Old, true),
+        (async_nats::jetstream::stream::DiscardPolicy::New, false),
+    ] {
+        let tag = unique("l");
+        let stream = format!("T{tag}");
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("t{tag}.>")],
+                duplicate_window: Duration::from_secs(900),
+                max_age: if warned {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::ZERO
+                },
+                max_messages: 1000,
+                discard,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut env = gateway_env(&dir.0, &tag, &nats_url);
+        env.push(("CLINK_NATS_STREAM".into(), stream.clone()));
+        env.push((
+            "CLINK_NATS_SUBJECT".into(),
+            format!("t{tag}.{{account}}.{{type}}"),
+        ));
+        let finished = tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+            command.arg("serve");
+            for (name, value) in &env {
+                command.env(name, value);
+            }
+            let process = Process::start(&mut command);
+            Process::line_starting(&process.stdout, "listening on ");
+            process.terminate()
+        })
+        .await
+        .unwrap();
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+        for said in [
+            "warning: it removes every message 3600 s after it is kept, read or not (max_age)",
+            "warning: it removes its oldest messages, read or not, once it is full (max_msgs 1000)",
+        ] {
+            assert_eq!(
+                finished
+                    .stderr
+                    .contains(&format!("the stream {stream}: {said}")),
+                warned,
+                "{discard:?}: {said}: {finished:?}"
+            );
+        }
+        let _ = jetstream.delete_stream(&stream).await;
+    }
+}

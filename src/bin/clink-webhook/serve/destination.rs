@@ -610,6 +610,53 @@ fn what_redis_may_lose(persistence: Option<&str>, memory: Option<&str>) -> Vec<S
     warnings
 }
 
+/// What a JetStream stream's limits can remove before anyone reads it (an
+/// event it acknowledged is done in the inbox, so a message removed unread
+/// is an event lost): an age after which every message goes (`max_age`),
+/// and a count or size past which the oldest go (`max_msgs`, `max_bytes`
+/// with `discard: old`; `max_msgs_per_subject` unless the stream refuses a
+/// subject's new message instead). A limit that refuses a new message
+/// (`discard: new`) loses nothing: the publish is refused, the event kept in
+/// the inbox and tried again.
+fn what_stream_may_drop(config: &async_nats::jetstream::stream::Config) -> Vec<String> {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let mut warnings = Vec::new();
+    if !config.max_age.is_zero() {
+        warnings.push(format!(
+            "it removes every message {} s after it is kept, read or not (max_age): an event not \
+             read by then is lost, while the inbox has it done; set max_age 0, or longer than \
+             the readers can be stopped",
+            config.max_age.as_secs()
+        ));
+    }
+    let discards_old = config.discard == DiscardPolicy::Old;
+    let mut oldest_go = Vec::new();
+    if discards_old && config.max_messages > 0 {
+        oldest_go.push(format!("max_msgs {}", config.max_messages));
+    }
+    if discards_old && config.max_bytes > 0 {
+        oldest_go.push(format!("max_bytes {}", config.max_bytes));
+    }
+    if config.max_messages_per_subject > 0
+        && !(config.discard == DiscardPolicy::New && config.discard_new_per_subject)
+    {
+        oldest_go.push(format!(
+            "max_msgs_per_subject {}",
+            config.max_messages_per_subject
+        ));
+    }
+    if !oldest_go.is_empty() {
+        warnings.push(format!(
+            "it removes its oldest messages, read or not, once it is full ({}): an event not \
+             read by then is lost, while the inbox has it done; remove the limit, or \
+             set discard new (and discard_new_per_subject) so that a full stream refuses the \
+             publish and the inbox keeps the event",
+            oldest_go.join(", ")
+        ));
+    }
+    warnings
+}
+
 impl Destination {
     /// The destination `config` names; an HTTP one signs with `signers`.
     pub(crate) fn new(config: &Config, signers: Signers) -> Result<Self, String> {
@@ -767,6 +814,9 @@ impl Destination {
                          it acknowledged, and the inbox then let go of, is lost when the servers \
                          that keep it all restart; a stream with file storage keeps it"
                     );
+                }
+                for warning in &connection.may_drop {
+                    eprintln!("gateway: the stream {stream}: warning: {warning}");
                 }
                 if connection.largest < body_limit.saturating_add(NATS_HEADER_ROOM) {
                     eprintln!(
@@ -1322,6 +1372,7 @@ impl Destination {
         Ok(NatsConnection {
             retention: config.retention,
             in_memory: config.storage == async_nats::jetstream::stream::StorageType::Memory,
+            may_drop: what_stream_may_drop(config),
             largest,
             client,
             jetstream: context,
@@ -1477,6 +1528,9 @@ struct NatsConnection {
     retention: async_nats::jetstream::stream::RetentionPolicy,
     /// Whether the stream keeps its messages in memory only.
     in_memory: bool,
+    /// What the stream's limits can remove unread (see
+    /// [`what_stream_may_drop`]).
+    may_drop: Vec<String>,
     /// The largest message, headers and body, the servers and the stream
     /// take.
     largest: usize,
@@ -2012,6 +2066,66 @@ pub(crate) fn redis_test_config(what: &str) -> (Config, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a stream's limits can remove unread: an age, and a count or a
+    /// size whose oldest messages go; a stream that refuses a publish when
+    /// full, or has no limit, says nothing.
+    #[test]
+    fn what_a_stream_may_drop_is_read_from_its_limits() {
+        use async_nats::jetstream::stream::{Config, DiscardPolicy};
+        let said = |config: Config| {
+            what_stream_may_drop(&config)
+                .iter()
+                .map(|w| w.split(':').next().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        };
+        // As the server tells an unlimited stream: -1 for each count.
+        let unlimited = Config {
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        };
+        assert_eq!(said(unlimited.clone()), Vec::<String>::new());
+        assert_eq!(
+            said(Config {
+                max_age: Duration::from_secs(3600),
+                max_messages: 1000,
+                max_bytes: 1 << 20,
+                ..unlimited.clone()
+            }),
+            [
+                "it removes every message 3600 s after it is kept, read or not (max_age)",
+                "it removes its oldest messages, read or not, once it is full (max_msgs 1000, \
+                 max_bytes 1048576)"
+            ]
+        );
+        let refusing = Config {
+            discard: DiscardPolicy::New,
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            max_messages_per_subject: 10,
+            ..unlimited.clone()
+        };
+        assert_eq!(
+            said(refusing.clone()),
+            ["it removes its oldest messages, read or not, once it is full (max_msgs_per_subject 10)"]
+        );
+        assert_eq!(
+            said(Config {
+                discard_new_per_subject: true,
+                ..refusing
+            }),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            said(Config {
+                max_messages_per_subject: 1,
+                ..unlimited
+            }),
+            ["it removes its oldest messages, read or not, once it is full (max_msgs_per_subject 1)"]
+        );
+    }
 
     /// What a Redis server's INFO tells that can lose an acknowledged
     /// event: no append-only file, or eviction under a memory limit; a
