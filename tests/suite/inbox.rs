@@ -2535,6 +2535,64 @@ async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A PostgreSQL row a claim takes that cannot be read (a value where the
+/// schema had none, after a hand edit) is dead at that claim, saying why,
+/// instead of being taken over at each lease's end for ever; the next
+/// claims take the events of its object behind it.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn an_unreadable_postgres_row_is_dead_and_holds_nothing_back() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(10)).await;
+    for (i, id) in ["evt_a", "evt_b", "evt_c"].into_iter().enumerate() {
+        let created = i64::try_from(i).unwrap() + 1;
+        inbox
+            .insert(&event(id, Some("ord_1"), created))
+            .await
+            .unwrap();
+    }
+    let url = std::env::var("DATABASE_URL").unwrap();
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN event_type DROP NOT NULL;
+             UPDATE {table} SET event_type = NULL WHERE event_id = 'evt_a'"
+        ))
+        .await
+        .unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        if let Some(claim) = inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            claimed.push(claim.entry.event.event_id.clone());
+            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+        }
+    }
+    assert_eq!(claimed, ["evt_b", "evt_c"]);
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT status, coalesce(last_error, ''), token IS NULL, attempts FROM {table} \
+                 WHERE event_id = 'evt_a'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, error, no_token, attempts): (String, String, bool, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((status.as_str(), no_token, attempts), ("dead", true, 1));
+    assert!(error.contains("cannot be read"), "{error}");
+    let _ = admin.batch_execute(&format!("DROP TABLE {table}")).await;
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {

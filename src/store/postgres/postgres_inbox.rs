@@ -137,6 +137,9 @@ struct Sql {
     complete: String,
     fail: String,
     release: String,
+    /// Makes the event claimed with token `$1`, whose row cannot be read,
+    /// dead with the error `$2`.
+    unreadable: String,
     list: String,
     get: String,
     replay: String,
@@ -589,6 +592,12 @@ impl Sql {
             // The numbers to purge between, and the cutoff: $1 milliseconds
             // from the server's now.
             purge_span: format!("SELECT min(seq), max(seq), {SERVER_NOW_MS} + $1 FROM {t}"),
+            unreadable: format!(
+                "UPDATE {t} SET status = 'dead', token = NULL, lease_until_ms = 0, last_error = $2,
+                                history = {}
+                 WHERE token = $1 AND status = 'running'",
+                append_sql(Dialect::Postgres, SERVER_NOW, history::FAILED, "$2::text")
+            ),
             // The events still to run, through their index, and the dead
             // ones, through theirs: never the done ones, kept for days
             // beside them (a count over the whole table ran every few
@@ -1346,7 +1355,37 @@ impl Inbox for PostgresInbox {
             let Some(row) = row.first() else {
                 return Ok(None);
             };
-            let entry = read_entry(row).map_err(|err| pg_error("cannot read the event", &err))?;
+            let entry = match read_entry(row) {
+                Ok(entry) => entry,
+                // The claim has committed: a row no worker can read (a
+                // column's type changed by hand, text not UTF-8 in a
+                // `SQL_ASCII` database) would be taken over at each lease's
+                // end, for ever, and hold back every later event of its
+                // object: it is dead, saying why, found by its token.
+                Err(err) => {
+                    let seq = row.try_get::<_, i64>(0).ok();
+                    let error = without_nul(&format!(
+                        "dead: its stored row cannot be read ({err}); mend it, then replay it"
+                    ))
+                    .into_owned();
+                    self.call(async |client| {
+                        client
+                            .query_typed(
+                                &self.sql.unreadable,
+                                &[(&token_text, Type::TEXT), (&error, Type::TEXT)],
+                            )
+                            .await
+                            .map_err(|err| pg_error("cannot take an event", &err))
+                    })
+                    .await?;
+                    tracing::error!(
+                        seq,
+                        "inbox: an event's stored row cannot be read; it is dead"
+                    );
+                    wake_another(&self.notified);
+                    return Ok(None);
+                }
+            };
             wake_another(&self.notified);
             Ok(Some(InboxClaim { entry, token }))
         })
