@@ -235,13 +235,18 @@ pub struct EnsureEndpoint {
 }
 
 impl EnsureEndpoint {
-    /// An enabled endpoint at `url` for `events`, asking for no secret.
+    /// An enabled endpoint at `url` for `events`, asking for the plain
+    /// secret without rotating for it: an endpoint Clink creates comes with
+    /// its secret in [`Ensured`]'s `endpoint.signing_secret`, which Clink
+    /// shows only then (keep it, or the endpoint's deliveries verify with
+    /// nothing you have); an existing endpoint's secret stays as it is, and
+    /// unshown.
     pub fn new(
         url: impl Into<String>, events: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
         Self {
             endpoint: NewEndpoint::new(url, events),
-            return_signing_secret: false,
+            return_signing_secret: true,
             rotate_secret_if_unavailable: false,
             rotate_secret: false,
         }
@@ -606,7 +611,10 @@ impl Client {
     }
 
     /// Creates the endpoint `want` describes, or updates the one at its URL:
-    /// idempotent, for start-up.
+    /// idempotent, for start-up. An endpoint it creates comes with its
+    /// plain secret in `endpoint.signing_secret` when asked for (as
+    /// [`EnsureEndpoint::new`] does): Clink never shows it again, so keep
+    /// it before anything else.
     ///
     /// # Errors
     ///

@@ -644,7 +644,10 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(body["events"], json!(CORE));
     assert_eq!(body["description"], "Shop");
     assert_eq!(body["enabled"], true);
-    assert_eq!(body["returnSigningSecret"], false);
+    // It asks for the secret, which Clink shows only on creation, and
+    // rotates nothing for it.
+    assert_eq!(body["returnSigningSecret"], true);
+    assert_eq!(body["rotateSecretIfUnavailable"], false);
     assert_eq!(body["rotateSecret"], false);
     let lines: Vec<&str> = created.stdout.lines().collect();
     assert_eq!(lines[0], "created", "{created:?}");
@@ -928,6 +931,58 @@ async fn endpoints_from_ensure_to_delete_with_secrets_masked() {
     assert_eq!(gone.code, Some(1), "{gone:?}");
     assert!(text_error(&gone).contains("not found"), "{gone:?}");
     assert_eq!(api.count("DELETE", "webhook/endpoints/whk_1"), 2);
+}
+
+/// An endpoint `ensure` created whose answer holds no secret fails, in
+/// text and in JSON: Clink signs its deliveries with a secret nobody has
+/// and never shows it again, so the error says how to rotate it. Without
+/// any flag, `ensure` asks for the secret (and the fake, as Clink may,
+/// shows a new endpoint's secret only when asked).
+#[tokio::test]
+async fn an_endpoint_created_without_its_secret_fails() {
+    let api = fake().await;
+    for (json_flag, url) in [
+        (false, "https://shop.example/hooks/a"),
+        (true, "https://shop.example/hooks/b"),
+    ] {
+        api.patch_next(
+            "webhook/endpoints/ensure",
+            json!({ "endpoint": { "signingSecret": null }, "signingSecretAvailable": false }),
+            1,
+        );
+        let mut args = vec!["endpoints", "ensure", url, "--events", "core"];
+        if json_flag {
+            args.insert(0, "--json");
+        }
+        let ensured = cli(&api, &args).await;
+        assert_eq!(ensured.code, Some(2), "{ensured:?}");
+        assert!(
+            ensured
+                .stderr
+                .contains("created the endpoint but its answer holds no signing secret")
+                && ensured.stderr.contains("rotate-secret whk_"),
+            "{ensured:?}"
+        );
+    }
+    // Unpatched, the same command gets the secret and prints it in full.
+    let url = "https://shop.example/hooks/c";
+    let created = cli(&api, &["endpoints", "ensure", url, "--events", "core"]).await;
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let id = created
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let secret = api.endpoint_secret(id).unwrap();
+    assert!(
+        created
+            .stdout
+            .contains(&format!("  secret       {secret}\n")),
+        "{created:?}"
+    );
 }
 
 /// A rotation answered without its new secret fails (the old secret no

@@ -374,7 +374,7 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
         }
         Action::Ensure(ensure) => {
             // The arguments are checked before the configuration.
-            let want = ensure_request(ensure, show)?;
+            let want = ensure_request(ensure)?;
             if ensure.rotate_secret
                 || (ensure.return_secret && !ensure.no_rotate_secret_if_unavailable)
             {
@@ -399,6 +399,11 @@ async fn run_action(printer: &Printer<'_>, args: &EndpointsArgs) -> Result<(), C
                 return Err(rotated_without_secret(&SecretCall::Ensure {
                     url: &ensure.url,
                 }));
+            }
+            if ensured.source.as_deref() == Some("created")
+                && ensured.endpoint.signing_secret.is_none()
+            {
+                return Err(created_without_secret(&ensured.endpoint.id));
             }
         }
         Action::RotateSecret { id } => {
@@ -606,6 +611,21 @@ fn rotated_without_secret(call: &SecretCall<'_>) -> CliError {
     )
 }
 
+/// The error of an endpoint `ensure` created whose answer holds no secret,
+/// asked for as it was: Clink signs its deliveries with a secret nobody
+/// has, and never shows it again.
+fn created_without_secret(id: &str) -> CliError {
+    CliError::new(
+        ErrorCode::Api(ApiErrorKind::Decode),
+        format!(
+            "Clink created the endpoint but its answer holds no signing secret: nobody has the \
+             one Clink signs its deliveries with, and Clink never shows it again; rotate it with \
+             `clink-webhook endpoints rotate-secret {} --show-secret`",
+            escaped(id)
+        ),
+    )
+}
+
 /// Refuses a command that can rotate the secret unless it prints the new
 /// one: the old secret stops working at once, and Clink never shows the
 /// new one again, so a masked one would be lost.
@@ -619,21 +639,18 @@ fn must_show(show: bool, command: &str) -> Result<(), CliError> {
     )))
 }
 
-/// The request `ensure`'s arguments make, checked. With `show`
-/// (`--show-secret`) it asks for the plain secret (without rotating for
-/// one unless `--return-secret` says so), so that an endpoint it creates
-/// comes with its secret; a rotation always asks for it.
-fn ensure_request(args: &EnsureArgs, show: bool) -> Result<EnsureEndpoint, CliError> {
+/// The request `ensure`'s arguments make, checked. It always asks for the
+/// plain secret, so that an endpoint it creates comes with its secret
+/// (which Clink shows only then); it rotates for one only with
+/// `--return-secret` (unless `--no-rotate-secret-if-unavailable`) or
+/// `--rotate-secret`.
+fn ensure_request(args: &EnsureArgs) -> Result<EnsureEndpoint, CliError> {
     let url = endpoint_url(&args.url)?;
     let mut want = EnsureEndpoint::new(url, event_names(&args.events)?).enabled(!args.disabled);
     if let Some(description) = &args.description {
         want = want.description(description.clone());
     }
-    if args.return_secret {
-        want = want.return_secret(!args.no_rotate_secret_if_unavailable);
-    } else if show {
-        want = want.return_secret(false);
-    }
+    want = want.return_secret(args.return_secret && !args.no_rotate_secret_if_unavailable);
     if args.rotate_secret {
         want = want.rotate_secret();
     }

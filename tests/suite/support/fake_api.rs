@@ -988,8 +988,8 @@ fn update_endpoint(state: &State, id: &str, body: &[u8]) -> Reply {
 }
 
 /// `PUT webhook/endpoints/ensure`: creates the endpoint for `url`, or
-/// updates the first with that url (rotating its secret if asked, and
-/// showing the new one only with `returnSigningSecret`).
+/// updates the first with that url (rotating its secret if asked); a new
+/// secret (created or rotated) is shown only with `returnSigningSecret`.
 fn ensure_endpoint(state: &State, body: &[u8]) -> Reply {
     let Some(object) = json_object(body) else {
         return bad_request();
@@ -1023,7 +1023,9 @@ fn ensure_endpoint(state: &State, body: &[u8]) -> Reply {
             let Some(endpoint) = fields.create(&mut data) else {
                 return bad_request();
             };
-            ("created", endpoint.json(true))
+            // Its secret, shown only here, only when asked for (as
+            // Clink's CLI asks for it).
+            ("created", endpoint.json(return_secret))
         }
         Some(index) => {
             let secret = rotate.then(|| data.new_secret());
@@ -1466,7 +1468,12 @@ mod tests {
             Some(ensure),
         )
         .await;
+        // Created, but not asked for the secret: withheld.
         assert_eq!(parse(&body)["data"]["source"], json!("created"));
+        assert_eq!(
+            parse(&body)["data"]["endpoint"]["signingSecret"],
+            Value::Null
+        );
 
         let (status, _, body) = call(
             &api,
