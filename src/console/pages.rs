@@ -1222,10 +1222,12 @@ pub(super) async fn replay(
     }
     if pin.status == InboxStatus::Done && !force {
         // The Replay of a handled event's page asks to confirm first, for
-        // the event as it is now: that page pins what it shows.
+        // the event as it is now: that page pins what it shows, and a page
+        // from before the event was replayed and handled again says so.
         return if entry.status == InboxStatus::Done {
+            let again = !pin.holds_for(&entry);
             log_replay(&ctx, &entry, force, "asked to confirm");
-            confirm(&shared, &ctx, &entry, entry.handled_at, false)
+            confirm(&shared, &ctx, &entry, entry.handled_at, again)
         } else {
             log_replay(&ctx, &entry, force, "left alone: changed since the page");
             changed()

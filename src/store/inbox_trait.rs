@@ -878,9 +878,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// `UPDATE` whose `WHERE` holds the pinned state; in memory, under the
     /// inbox's lock), so a worker that settles the event, or another
     /// replay, in the meantime is caught. **The default is not atomic**: it
-    /// reads the event with [`get`](Self::get), then replays it with
-    /// `force` if it was as pinned, so an event that changes between the
-    /// two calls is replayed all the same. Implement it in an inbox of
+    /// reads the event with [`get`](Self::get), then replays it if it was
+    /// as pinned (with `force` when pinned `done`), so an event that
+    /// changes between the two calls is replayed all the same (a handled
+    /// one only when pinned as handled). Implement it in an inbox of
     /// your own that can check and write in one step.
     ///
     /// # Errors
@@ -893,7 +894,9 @@ pub trait Inbox: Send + Sync + 'static {
             match self.get(seq).await? {
                 None => Ok(Replayed::Missing),
                 Some(entry) if !pin.holds_for(&entry) => Ok(Replayed::Changed),
-                Some(_) => self.replay(seq, true).await,
+                // Forced only for a pin of a handled event: one pinned
+                // dead and handled since its read is left as it is.
+                Some(_) => self.replay(seq, pin.status == InboxStatus::Done).await,
             }
         })
     }

@@ -1530,6 +1530,18 @@ async fn a_confirmation_sent_again_after_the_event_was_handled_anew_asks_again()
     .await;
     assert!(bare.body.contains("id=\"asked-again\""), "{}", bare.body);
     assert_eq!(inbox.get(1).await.unwrap().unwrap(), handled_again);
+    // The page's own Replay, from before the event was handled again, asks
+    // too, saying that it changed since.
+    let stale = over_http(
+        addr,
+        "POST",
+        "/console/events/1/replay",
+        Some(&shown.action_form()),
+    )
+    .await;
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    assert!(stale.body.contains("id=\"asked-again\""), "{}", stale.body);
+    assert_eq!(inbox.get(1).await.unwrap().unwrap(), handled_again);
 
     // Confirmed for the state it is in: replayed.
     let replayed = over_http(
@@ -2729,6 +2741,70 @@ async fn an_inbox_with_only_the_required_methods_replays_if_by_default() {
     crate::inbox::replay_if_conformance(Arc::new(Plain(MemoryInbox::new()))).await;
 }
 
+/// An inbox with only the required methods whose `get` answers the event
+/// as it was first read: the default `replay_if` reading an event that
+/// changes before its replay.
+struct StaleGet {
+    inner: MemoryInbox,
+    first_read: std::sync::Mutex<Option<InboxEntry>>,
+}
+
+impl Inbox for StaleGet {
+    delegate_inbox!(inner: insert, insert_dead, claim, complete, fail, release, list, replay, replay_matching, purge, stats, check_writable);
+    fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+        Box::pin(async move {
+            let first = self.first_read.lock().unwrap().clone();
+            match first {
+                Some(entry) => Ok(Some(entry)),
+                None => {
+                    let entry = self.inner.get(seq).await?;
+                    self.first_read.lock().unwrap().clone_from(&entry);
+                    Ok(entry)
+                }
+            }
+        })
+    }
+}
+
+/// The default `replay_if` is not atomic, but an event pinned dead that
+/// was replayed and handled between its read and its replay is left as it
+/// is (only a pin of a handled event forces the replay of one).
+#[tokio::test]
+async fn the_default_replay_if_forces_only_a_replay_pinned_as_handled() {
+    let inbox = StaleGet {
+        inner: MemoryInbox::new(),
+        first_read: std::sync::Mutex::new(None),
+    };
+    let now = Timestamp::now().as_millis();
+    inbox
+        .insert_dead(
+            &event("evt_stale", "order.succeeded", None, None, now, now),
+            "boom",
+        )
+        .await
+        .unwrap();
+    let seq = inbox.inner.list(&InboxFilter::default(), 1).await.unwrap()[0].seq;
+    let dead = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(dead.status, InboxStatus::Dead);
+    // Another operator replays it, and a worker handles it.
+    assert_eq!(
+        inbox.inner.replay(seq, false).await.unwrap(),
+        Replayed::Replayed
+    );
+    let claim = inbox
+        .inner
+        .claim(Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inbox.inner.complete(&claim).await.unwrap(), Settle::Applied);
+    let pin = ReplayPin::new(InboxStatus::Dead, dead.replays, dead.handled_at);
+    let answer = inbox.replay_if(seq, &pin).await.unwrap();
+    assert!(matches!(answer, Replayed::Handled { .. }), "{answer:?}");
+    let now = inbox.inner.get(seq).await.unwrap().unwrap();
+    assert_eq!((now.status, now.replays), (InboxStatus::Done, 1));
+}
+
 /// A memory inbox that refuses to read events whole but one at a time
 /// (`list` and `page` fail, so only `get` reads a body), or not at all
 /// ([`summaries_only`](Self::summaries_only): `get` fails too), and that
@@ -3211,7 +3287,8 @@ async fn a_confirmation_hands_the_inbox_the_state_shown() {
 }
 
 /// A handled event's page, sent after the event was replayed and handled
-/// again: the Replay asks to confirm for the event as it is now, and the
+/// again: the Replay asks to confirm for the event as it is now, saying
+/// that it changed since the page, and the
 /// confirmation pins what it shows (the new replays and handling), so
 /// confirming it replays the event.
 #[tokio::test]
@@ -3232,7 +3309,8 @@ async fn a_confirmation_page_pins_the_event_as_it_shows_it() {
     let handled = inbox.get(1).await.unwrap().unwrap();
     let ask = post(&app, "/console/events/1/replay", &shown.action_form()).await;
     assert_eq!(ask.status, 200, "{}", ask.body);
-    assert!(!ask.body.contains("id=\"asked-again\""), "{}", ask.body);
+    // Saying that the event changed since the page.
+    assert!(ask.body.contains("id=\"asked-again\""), "{}", ask.body);
     assert_eq!(ask.field("replays"), "1");
     assert_eq!(
         ask.field("handled"),
