@@ -167,9 +167,10 @@ macro_rules! unblocked {
 /// lease ended before the time now, `?1` (due since it ended), read from
 /// the index of running events by their lease (named, as the others: so
 /// that the planner never prefers one that would read more); when it was
-/// due, and its number.
+/// due (an integer, even from a time set by hand as a real number), and its
+/// number.
 const TAKEN_OVER: &str = concat!(
-    "SELECT e.lease_until_ms, e.seq FROM clink_webhook_inbox e
+    "SELECT CAST(e.lease_until_ms AS INTEGER), e.seq FROM clink_webhook_inbox e
          INDEXED BY clink_webhook_inbox_leased
      WHERE e.status = 'running' AND e.lease_until_ms <= ?1 AND ",
     unblocked!(),
@@ -182,9 +183,9 @@ const TAKEN_OVER: &str = concat!(
 /// milliseconds (the reorder window) or more ago; read from the index of
 /// waiting events by when they are due, which ends at the first not due
 /// yet, so that a claim never reads the retries still waiting. When it was
-/// due, and its number.
+/// due (an integer, as for [`TAKEN_OVER`]), and its number.
 const CANDIDATE: &str = concat!(
-    "SELECT e.next_attempt_ms, e.seq FROM clink_webhook_inbox e
+    "SELECT CAST(e.next_attempt_ms AS INTEGER), e.seq FROM clink_webhook_inbox e
          INDEXED BY clink_webhook_inbox_due
      WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= ?1
        AND e.received_at_ms <= ?1 - ?2 AND ",
@@ -398,11 +399,26 @@ impl EntryRow for Row<'_> {
     type Error = rusqlite::Error;
 
     fn int(&self, column: usize) -> rusqlite::Result<i64> {
-        self.get(column)
+        self.optional_int(column)?
+            .ok_or(rusqlite::Error::InvalidColumnType(
+                column,
+                String::new(),
+                rusqlite::types::Type::Null,
+            ))
     }
 
     fn optional_int(&self, column: usize) -> rusqlite::Result<Option<i64>> {
-        self.get(column)
+        // A time set by hand as a real number (`unixepoch('subsec') * 1000`
+        // in the sqlite3 shell, which an INTEGER column keeps as REAL when
+        // it has a fraction) is read to the millisecond below it.
+        match self.get_ref(column)? {
+            rusqlite::types::ValueRef::Real(real) if real.is_finite() && real.abs() < 9.0e18 =>
+            {
+                #[allow(clippy::cast_possible_truncation)]
+                Ok(Some(real.floor() as i64))
+            }
+            _ => self.get(column),
+        }
     }
 
     fn text(&self, column: usize) -> rusqlite::Result<String> {

@@ -2535,6 +2535,50 @@ async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A due time set by hand as a real number (`unixepoch('subsec') * 1000`,
+/// "retry now" in the sqlite3 shell) is read to the millisecond below: the
+/// event is claimed, and every claim after it goes on; a lease's end set so
+/// on a running event is taken over the same way.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_time_set_as_a_real_number_is_read_and_claimed() {
+    let dir = std::env::temp_dir().join(format!("clink-inbox-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = clink_webhooks::store::SqliteInbox::open(&path).unwrap();
+    for id in ["evt_a", "evt_b", "evt_c"] {
+        inbox.insert(&event(id, None, 1)).await.unwrap();
+    }
+    let running = inbox
+        .claim(Duration::from_secs(3600), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.entry.event.event_id, "evt_a");
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch(
+            "UPDATE clink_webhook_inbox SET next_attempt_ms = next_attempt_ms - 1000.5 \
+             WHERE event_id = 'evt_c';
+             UPDATE clink_webhook_inbox SET lease_until_ms = unixepoch('subsec') * 1000 - 0.5 \
+             WHERE event_id = 'evt_a';",
+        )
+        .unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        if let Some(claim) = inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            claimed.push(claim.entry.event.event_id.clone());
+            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+        }
+    }
+    assert_eq!(claimed, ["evt_c", "evt_b", "evt_a"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A PostgreSQL row a claim takes that cannot be read (a value where the
 /// schema had none, after a hand edit) is dead at that claim, saying why,
 /// instead of being taken over at each lease's end for ever; the next
