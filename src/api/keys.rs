@@ -240,12 +240,28 @@ const SECRET_PREFIXES: [&str; 4] = ["sk_", "pk_", "ck_", "whsec_"];
 /// characters, escaped as [`printable`](crate::events::printable) does.
 pub(crate) fn scrub(text: &str, keys: &[ApiKey]) -> String {
     // Only the start is kept, so only the start is read: a 4 MiB error page
-    // costs no more than a short one. A key cut by the end is a prefix run
-    // at worst, which the word pass below redacts.
+    // costs no more than a short one. A key the end would cut is read
+    // whole, so that it is replaced whatever its prefix (the words before
+    // it can shrink to `[redacted]`, bringing what follows them into the
+    // 200 characters kept).
     let longest = keys.iter().map(|key| key.expose().len()).max().unwrap_or(0);
-    let mut end = text.len().min(SCRUB_WINDOW + longest);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    let boundary = |mut at: usize| {
+        at = at.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    };
+    let mut end = boundary(SCRUB_WINDOW + longest);
+    let around = &text[..boundary(SCRUB_WINDOW + 2 * longest)];
+    for key in keys {
+        let key = key.expose();
+        if let Some((at, _)) = around
+            .match_indices(key)
+            .find(|(at, _)| *at < end && at + key.len() > end)
+        {
+            end = at + key.len();
+        }
     }
     let mut text = text[..end].to_owned();
     for key in keys {
@@ -368,5 +384,16 @@ mod tests {
         let said = scrub(&page, &[]);
         assert!(said.starts_with("task_ task_"), "{said}");
         assert_eq!(scrub("é".repeat(2000).as_str(), &[]).chars().count(), 200);
+        // A key the window's end would cut, behind words that shrink to
+        // `[redacted]`, at every offset around the end.
+        for before in 1000..1060 {
+            let text = format!("sk_{} {}", "a".repeat(before), key_text());
+            let said = scrub(&text, &[ApiKey::new(key_text()).unwrap()]);
+            assert!(!said.contains("zz_custom"), "{before}: {said}");
+        }
+    }
+
+    fn key_text() -> &'static str {
+        "zz_custom_key_123"
     }
 }
