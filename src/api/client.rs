@@ -512,13 +512,36 @@ impl Client {
 
     /// Reads the answer of a GET at `path`, sharing one call among the
     /// callers that ask for the same path at the same time.
+    ///
+    /// The shared call runs while its first caller is polled: a caller that
+    /// joined it waits at most the deadline and one request's timeout, so
+    /// that a first caller kept but no longer polled (a future parked in a
+    /// `select!` loop, a stream nobody reads) holds nobody else for ever.
     pub(crate) async fn get_shared(&self, path: &str) -> Result<Bytes, ApiError> {
         let flight = self.inner.flights.join(path);
-        let result = flight
-            .cell
-            .get_or_init(|| self.call(Method::GET, path, &[], None))
-            .await
-            .clone();
+        let bound = self
+            .inner
+            .deadline
+            .saturating_add(self.inner.request_timeout);
+        let shared = tokio::time::timeout(
+            bound,
+            flight
+                .cell
+                .get_or_init(|| self.call(Method::GET, path, &[], None)),
+        )
+        .await;
+        let result = match shared {
+            Ok(result) => result.clone(),
+            Err(_) => Err(ApiError::new(
+                ApiErrorKind::Timeout,
+                &format!("GET /{path}"),
+                format!(
+                    "no answer within {} ms: the same read, made first by another caller, did \
+                     not end",
+                    bound.as_millis()
+                ),
+            )),
+        };
         drop(flight);
         result
     }

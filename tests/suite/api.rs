@@ -662,6 +662,38 @@ async fn sixty_four_concurrent_reads_of_one_object_make_one_call() {
     assert!(client.get::<Order>("ord_1").await.is_ok());
 }
 
+/// A read that joined one made first by another caller waits at most the
+/// deadline and a request's timeout, even when that caller keeps its
+/// future without polling it (parked in a `select!` loop): it fails as a
+/// timeout instead of waiting for ever, and once the first caller lets go a
+/// read goes through.
+#[tokio::test]
+async fn a_read_joining_one_nobody_drives_fails_in_time() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW])
+        .deadline(Duration::from_millis(300))
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut first = Box::pin(client.get::<Order>("ord_1"));
+    let polled = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(first.as_mut(), cx))
+    })
+    .await;
+    assert!(polled.is_pending(), "the first read is under way");
+    let joined = tokio::time::timeout(Duration::from_secs(60), client.get::<Order>("ord_1"))
+        .await
+        .expect("the joined read waited on a call nobody drives");
+    let error = joined.unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Timeout, "{error}");
+    assert!(error.to_string().contains("another caller"), "{error}");
+    drop(first);
+    let order: Order = client.get("ord_1").await.unwrap();
+    assert_eq!(order.order_id.as_deref(), Some("ord_1"));
+}
+
 #[tokio::test]
 async fn the_rate_budget_holds_under_a_burst_of_a_thousand_stale_events() {
     let fake = FakeApi::start().await;
