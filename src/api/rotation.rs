@@ -260,6 +260,14 @@ impl Client {
     /// processes serving the endpoint refuse them until they read the
     /// secret `persist` stored.
     ///
+    /// `keys` (or the account of a [`KeyMap`]) must hold the secrets of
+    /// this endpoint only: every key it held before is taken for the one
+    /// rotated out, and ends with `grace`. A verifier that also holds the
+    /// current secret of another endpoint (`from_secret_list` with the
+    /// secrets of two endpoints) would refuse that endpoint's deliveries
+    /// once `grace` ends: give each endpoint a verifier, or an account of
+    /// its own.
+    ///
     /// # Errors
     ///
     /// [`RotationError`], which says what state things are in;
