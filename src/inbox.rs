@@ -260,7 +260,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// Stops a handler after `timeout`, counting a failed attempt; never
     /// later than nine tenths of the lease, counted from when its worker
     /// asked the inbox for the event (a claim slow to answer leaves the
-    /// handler that much less).
+    /// handler that much less; one that took all of it gives the event
+    /// back without running the handler, the attempt not counted).
     ///
     /// # Errors
     ///
@@ -531,6 +532,26 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             self.settled(kept, result, false);
             return;
         }
+        let deadline = claimed_handler_deadline(
+            self.settings.lease,
+            self.settings.handler_timeout,
+            asked.elapsed(),
+        );
+        if deadline.is_zero() {
+            // The claim took the handler's whole time (a store stalled for
+            // most of a lease): its handler is not started so near the end
+            // of the lease, and the attempt it did not make is not counted,
+            // or a slow store alone would make events dead.
+            tracing::warn!(
+                seq = claim.entry.seq,
+                event_id = ?kept.event_id,
+                "inbox: the claim took the handler's whole time; the event is given back, its \
+                 attempt not counted"
+            );
+            let result = self.settle(claim, Settling::Release, asked, settling).await;
+            self.settled(kept, result, false);
+            return;
+        }
         let attempt = Arc::new(InboxAttempt::new(
             claim.entry.seq,
             claim.entry.attempts,
@@ -550,22 +571,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 // Kept before the inbox recorded the key: the key is not known.
                 let key = kept.signing_key.as_deref().unwrap_or("unrecorded");
                 let event = VerifiedEvent::earlier(raw, kept.signed_at, key);
-                let deadline = claimed_handler_deadline(
-                    self.settings.lease,
-                    self.settings.handler_timeout,
-                    asked.elapsed(),
-                );
                 // Set once a handler succeeded: stopped at the deadline
                 // after that (recording its version), it was handled.
                 let dispatching = self.router.dispatch_noting(event, Some(succeeded));
-                let dispatched = if deadline.is_zero() {
-                    // The claim took the handler's whole time: not started
-                    // so near the end of its lease.
-                    Err(())
-                } else {
-                    within(deadline, dispatching).await.map_err(drop)
-                };
-                match dispatched {
+                match within(deadline, dispatching).await {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
                         permanent = dispatched.is_permanent();
@@ -768,7 +777,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
 /// lease), and never past nine tenths of the lease counted from the claim,
 /// so that a claim slow to answer (waiting for a pool's connection or for
 /// SQLite's lock) still leaves a tenth of the lease before it ends. Zero
-/// when the claim took that long itself.
+/// when the claim took that long itself (the event is then given back).
 fn claimed_handler_deadline(
     lease: Duration, timeout: Option<Duration>, taken: Duration,
 ) -> Duration {
@@ -847,6 +856,9 @@ enum Settling {
         error: String,
         retry_at: Option<Timestamp>,
     },
+    /// The handler was not run (the claim took its whole time): given
+    /// back, the attempt not counted.
+    Release,
 }
 
 impl Settling {
@@ -873,6 +885,7 @@ impl Settling {
                 Self::Fail { retry_at: None, .. } => {
                     metrics::counter!("clink_webhook_inbox_dead_total")
                 }
+                Self::Release => return,
             }
             .increment(1);
         }
@@ -883,6 +896,7 @@ impl Settling {
         match self {
             Self::Complete => inbox.complete(claim).await,
             Self::Fail { error, retry_at } => inbox.fail(claim, error, *retry_at).await,
+            Self::Release => inbox.release(claim).await,
         }
     }
 }

@@ -1136,6 +1136,82 @@ async fn a_claim_answering_after_the_shutdown_deadline_gives_its_event_back() {
     );
 }
 
+/// A [`MemoryInbox`] whose first claim lands at once and answers after
+/// `late` (a store stalled for most of a lease), and every later claim at
+/// once.
+struct SlowFirstClaim {
+    inner: MemoryInbox,
+    late: Duration,
+    slowed: std::sync::atomic::AtomicBool,
+}
+
+impl Inbox for SlowFirstClaim {
+    delegate_inbox!(inner: insert, insert_dead, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
+    fn claim(
+        &self, lease: Duration, reorder_window: Duration,
+    ) -> clink_webhooks::BoxFuture<'_, Result<Option<InboxClaim>, clink_webhooks::store::StoreError>>
+    {
+        Box::pin(async move {
+            let claimed = self.inner.claim(lease, reorder_window).await;
+            if matches!(claimed, Ok(Some(_)))
+                && !self.slowed.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                tokio::time::sleep(self.late).await;
+            }
+            claimed
+        })
+    }
+}
+
+/// A claim that took the handler's whole time (answered at 95 % of a 10 s
+/// lease) gives its event back without running the handler and without
+/// counting the attempt: the next claim runs it, done after one attempt,
+/// its history a release and a completion. A slow store alone makes no
+/// event dead. On Tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_claim_that_took_the_handlers_whole_time_gives_the_event_back_uncounted() {
+    let inbox = Arc::new(SlowFirstClaim {
+        inner: MemoryInbox::new(),
+        late: Duration::from_millis(9_500),
+        slowed: std::sync::atomic::AtomicBool::new(false),
+    });
+    inbox.insert(&event("evt_slow", None, 1)).await.unwrap();
+    let seq = seq_of(&*inbox, "evt_slow").await;
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok::<_, std::io::Error>(()))
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(10)))
+        .and_then(|w| w.max_attempts(1))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    tokio::time::timeout(DRAIN_PATIENCE, pool.drained(Duration::MAX))
+        .await
+        .expect("drained")
+        .unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox.get(seq).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.status, entry.attempts),
+        (InboxStatus::Done, 1),
+        "{entry:?}"
+    );
+    assert_eq!(
+        outcomes(&entry),
+        [
+            (1, InboxAttemptOutcome::Released),
+            (1, InboxAttemptOutcome::Completed)
+        ],
+        "{entry:?}"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// A panic completing an event whose handler succeeded (a bug in an inbox
 /// of the caller's own that strikes once) does not run the handler again:
 /// the event is completed once more, done after one attempt.
