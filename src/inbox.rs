@@ -907,7 +907,12 @@ async fn settle_or_give_back(
     inbox: &dyn Inbox, claim: &InboxClaim, settling: Option<&Settling>,
 ) -> Result<Settle, StoreError> {
     match settling {
-        Some(how) => how.apply(inbox, claim).await,
+        // Counted here: the worker that noted it stopped before counting.
+        Some(how) => {
+            let result = how.apply(inbox, claim).await;
+            how.count_if_applied(&result);
+            result
+        }
         None => inbox.release(claim).await,
     }
 }

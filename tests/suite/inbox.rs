@@ -1493,6 +1493,53 @@ mod handled_counter {
         }
     }
 
+    /// A memory inbox whose completions take a second (on a paused clock).
+    struct SlowCompletion(MemoryInbox);
+
+    impl Inbox for SlowCompletion {
+        delegate_inbox!(0: insert, insert_dead, claim, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
+        fn complete<'a>(
+            &'a self, claim: &'a InboxClaim,
+        ) -> clink_webhooks::BoxFuture<'a, Result<Settle, StoreError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.0.complete(claim).await
+            })
+        }
+    }
+
+    /// A completion cut off by the shutdown's deadline, and applied by the
+    /// shutdown after it, is counted handled: once.
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_the_shutdown_applies_is_counted_handled() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let scrape = recorder.handle();
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let inbox = Arc::new(SlowCompletion(MemoryInbox::new()));
+        inbox.insert(&event("evt_cut", None, 1)).await.unwrap();
+        let seq = seq_of(&*inbox, "evt_cut").await;
+        let seen = Seen::default();
+        let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 0))
+            .concurrency(1)
+            .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+            .unwrap()
+            .spawn();
+        let deadline = Instant::now() + DRAIN_PATIENCE;
+        while seen.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the handler did not run");
+            tokio::task::yield_now().await;
+        }
+        pool.shutdown(Duration::from_millis(100)).await;
+        let entry = inbox.get(seq).await.unwrap().unwrap();
+        assert_eq!(entry.status, InboxStatus::Done, "{entry:?}");
+        let text = scrape.render();
+        let handled = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_handled_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(handled, Some(1.0), "{text}");
+    }
+
     /// A memory inbox that answers its first failed attempt as one whose
     /// lease ended first: nothing is recorded, and the event is free to run
     /// again (given back at once).
