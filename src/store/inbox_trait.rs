@@ -174,6 +174,15 @@ pub(crate) trait EntryRow {
     fn json(&self, column: usize) -> Result<Option<String>, Self::Error>;
 }
 
+/// Counts an event a claim made dead because its row cannot be read, as
+/// the workers count the events they make dead
+/// (`clink_webhook_inbox_dead_total`): the workers never see it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn count_unreadable_dead() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("clink_webhook_inbox_dead_total").increment(1);
+}
+
 /// Reads an [`InboxEntry`] from a row selected with [`ENTRY_COLUMNS`].
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn read_entry<R: EntryRow>(row: &R) -> Result<InboxEntry, R::Error> {

@@ -15,8 +15,8 @@ use super::inbox_history::bounded_error;
 use super::inbox_history::sql::{self as history, append_sql, Dialect};
 use super::inbox_page::{read_summary, sql as browse};
 use super::inbox_trait::{
-    filter_sql, order_key, purge_in_steps, read_entry, wait_for, wake_another, EntryRow,
-    FilterParams, ENTRY_COLUMNS, FILTER_PARAMS,
+    count_unreadable_dead, filter_sql, order_key, purge_in_steps, read_entry, wait_for,
+    wake_another, EntryRow, FilterParams, ENTRY_COLUMNS, FILTER_PARAMS,
 };
 use super::{
     BoxFuture, Inbox, InboxClaim, InboxEntry, InboxFilter, InboxStats, Inserted, LeaseToken,
@@ -804,7 +804,9 @@ impl Inbox for SqliteInbox {
     ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
         let (lease, window) = (ms(lease), ms(reorder_window));
         let inserted = Arc::clone(&self.inserted);
-        self.with(move |connection| {
+        // The claim, or none; and whether a row that cannot be read was
+        // made dead instead.
+        let claimed = self.with(move |connection| {
             let now = Timestamp::now().as_millis();
             let token = LeaseToken::generate();
             let tx = connection
@@ -828,7 +830,7 @@ impl Inbox for SqliteInbox {
                 (a, b) => a.or(b).map(|(_, seq)| seq),
             };
             let Some(seq) = seq else {
-                return Ok(None);
+                return Ok((None, false));
             };
             let entry = tx.query_row(
                 &CLAIM,
@@ -856,14 +858,21 @@ impl Inbox for SqliteInbox {
                         "inbox: an event's stored row cannot be read; it is dead"
                     );
                     wake_another(&inserted);
-                    return Ok(None);
+                    return Ok((None, true));
                 }
                 Err(err) => return Err(sqlite_error("cannot take an event", &err)),
             };
             tx.commit()
                 .map_err(|err| sqlite_error("cannot take an event", &err))?;
             wake_another(&inserted);
-            Ok(Some(InboxClaim { entry, token }))
+            Ok((Some(InboxClaim { entry, token }), false))
+        });
+        Box::pin(async move {
+            let (claim, made_dead) = claimed.await?;
+            if made_dead {
+                count_unreadable_dead();
+            }
+            Ok(claim)
         })
     }
 

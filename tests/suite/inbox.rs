@@ -2605,6 +2605,11 @@ async fn an_event_no_handler_takes_is_done_and_said_so() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
+    // Counted dead as the workers count theirs, on this thread's recorder.
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics::set_default_local_recorder(&recorder);
     let dir = std::env::temp_dir().join(format!("clink-inbox-{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("inbox.db");
@@ -2655,6 +2660,15 @@ async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
         .unwrap();
     assert_eq!(status, "dead");
     assert!(error.contains("cannot be read"), "{error}");
+    #[cfg(feature = "metrics")]
+    {
+        let text = recorder.handle().render();
+        let dead = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_dead_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(dead, Some(1.0), "{text}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -2709,6 +2723,10 @@ async fn a_sqlite_time_set_as_a_real_number_is_read_and_claimed() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn an_unreadable_postgres_row_is_dead_and_holds_nothing_back() {
+    #[cfg(feature = "metrics")]
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics::set_default_local_recorder(&recorder);
     let _servers = crate::support::servers::shared().await;
     let table = format!("inbox_{}", unique());
     let inbox = postgres_inbox_in(&table, Duration::from_secs(10)).await;
@@ -2757,6 +2775,15 @@ async fn an_unreadable_postgres_row_is_dead_and_holds_nothing_back() {
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((status.as_str(), no_token, attempts), ("dead", true, 1));
     assert!(error.contains("cannot be read"), "{error}");
+    #[cfg(feature = "metrics")]
+    {
+        let text = recorder.handle().render();
+        let dead = text
+            .lines()
+            .find_map(|line| line.strip_prefix("clink_webhook_inbox_dead_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        assert_eq!(dead, Some(1.0), "{text}");
+    }
     let _ = admin.batch_execute(&format!("DROP TABLE {table}")).await;
 }
 

@@ -1382,6 +1382,7 @@ impl Inbox for PostgresInbox {
                         seq,
                         "inbox: an event's stored row cannot be read; it is dead"
                     );
+                    crate::store::inbox_trait::count_unreadable_dead();
                     wake_another(&self.notified);
                     return Ok(None);
                 }
