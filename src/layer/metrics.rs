@@ -12,6 +12,7 @@
 //! | `clink_webhook_deliveries_total` | counter | `outcome`, `event_type` | one per delivery; `outcome` is [`Outcome::as_str`], `event_type` the verified event's type when this crate knows it, `unknown` for a verified type it does not know, `none` before the signature checked out (a sender's claims are never labels) |
 //! | `clink_webhook_delivery_duration_seconds` | histogram | `outcome` | from the request to the response, the handler included |
 //! | `clink_webhook_deliveries_in_flight` | gauge | | deliveries being read, verified or handled now |
+//! | `clink_webhook_deliveries_abandoned_total` | counter | | verified deliveries dropped after their claim, before they answered (the sender hung up, a timeout outside the layer): counted here, not in `clink_webhook_deliveries_total`; each claim released for Clink's retry, or completed when the handler had succeeded |
 //! | `clink_webhook_key_matches_total` | counter | `key` | verified deliveries by the [name](crate::SigningKey::named) of the key that matched (its fingerprint when unnamed): when the old key of a rotation stops counting, it can be retired. One series per key name, so with many accounts name keys by role (`current`, `previous`) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +31,11 @@ use crate::EventType;
 use crate::Outcome;
 
 /// Counters of what the layer did, shared by every clone of a layer and its
-/// services. Each delivery bumps exactly one of the outcome counters, chosen
-/// from its [`Outcome`]; [`lease_lost`](Self::lease_lost) and
-/// [`settle_errors`](Self::settle_errors) count events after the outcome.
+/// services. Each delivery that answers bumps exactly one of the outcome
+/// counters, chosen from its [`Outcome`]; [`lease_lost`](Self::lease_lost)
+/// and [`settle_errors`](Self::settle_errors) count events after the
+/// outcome; a delivery dropped after its claim, before it answered, bumps
+/// [`abandoned`](Self::abandoned) instead.
 ///
 /// ```
 /// use clink_webhooks::{ClinkLayer, Verifier};
@@ -56,6 +59,7 @@ pub struct Metrics {
     store_errors: AtomicU64,
     settle_errors: AtomicU64,
     lease_lost: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 macro_rules! counters {
@@ -111,6 +115,11 @@ counters! {
     /// Handled events whose lease had been lost by the time they were marked
     /// completed (the response was still `2xx`).
     lease_lost,
+    /// Verified deliveries dropped after their claim, before they answered
+    /// (the sender hung up, a timeout outside the layer, a server shutting
+    /// down): their claim was released for Clink's retry, or completed
+    /// when the handler had succeeded. Each is logged at `warn`.
+    abandoned,
 }
 
 impl Metrics {
@@ -137,6 +146,13 @@ impl Metrics {
 
     pub(crate) fn settle_failed(&self) {
         bump(&self.settle_errors);
+    }
+
+    /// Counts a delivery dropped after its claim, before it answered.
+    pub(crate) fn abandoned_delivery(&self) {
+        bump(&self.abandoned);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("clink_webhook_deliveries_abandoned_total").increment(1);
     }
 }
 
@@ -446,6 +462,7 @@ mod counts {
                 ("store_errors", metrics.store_errors()),
                 ("settle_errors", metrics.settle_errors()),
                 ("lease_lost", metrics.lease_lost()),
+                ("abandoned", metrics.abandoned()),
             ];
             let bumped: Vec<_> = counts.iter().filter(|(_, n)| *n != 0).collect();
             assert_eq!(bumped, [&(counter, 1)], "{outcome:?}");

@@ -22,7 +22,7 @@ use tower::Layer;
 use crate::support::loopback::{deliver, event, http1_head, send, serve, signed, SECRET};
 use crate::support::process::PATIENCE;
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "handled",
     "unhandled",
     "queued",
@@ -34,9 +34,10 @@ const NAMES: [&str; 11] = [
     "store_errors",
     "settle_errors",
     "lease_lost",
+    "abandoned",
 ];
 
-fn counts(metrics: &Metrics) -> [u64; 11] {
+fn counts(metrics: &Metrics) -> [u64; 12] {
     [
         metrics.handled(),
         metrics.unhandled(),
@@ -49,13 +50,14 @@ fn counts(metrics: &Metrics) -> [u64; 11] {
         metrics.store_errors(),
         metrics.settle_errors(),
         metrics.lease_lost(),
+        metrics.abandoned(),
     ]
 }
 
 /// Watches one layer's counters between steps.
 struct Watch {
     metrics: Arc<Metrics>,
-    last: [u64; 11],
+    last: [u64; 12],
 }
 
 impl Watch {
@@ -187,6 +189,54 @@ async fn in_flight_counts_a_duplicate_met_while_the_first_runs() {
     release.notify_one();
     assert_eq!(first.await.unwrap().status, 200);
     watch.moved("the first, finished", &[("handled", 1)]);
+}
+
+/// A verified delivery dropped while its handler runs (the sender hung
+/// up, a timeout outside the layer) counts as abandoned, and nothing else:
+/// its claim is released, so the retry runs the handler.
+#[tokio::test]
+async fn abandoned_counts_a_delivery_dropped_before_it_answered() {
+    use tower::{Service, ServiceExt};
+    let entered = Arc::new(Notify::new());
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (entered_in, runs_in) = (Arc::clone(&entered), Arc::clone(&runs));
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let (entered, runs) = (Arc::clone(&entered_in), Arc::clone(&runs_in));
+        async move {
+            // The first run waits for ever: its delivery is dropped.
+            if runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                entered.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let layer = ClinkLayer::new(verifier());
+    let mut watch = Watch::new(&layer);
+    let mut service = layer.layer(router);
+    let body = order("evt_abandoned", "2025-01-15T12:00:00.000Z");
+    let request = || {
+        clink_webhooks::testing::SignedRequest::new(SECRET, body.clone())
+            .build::<http_body_util::Full<bytes::Bytes>>()
+    };
+    let delivery = Service::<http::Request<http_body_util::Full<bytes::Bytes>>>::call(
+        ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut service)
+            .await
+            .unwrap(),
+        request(),
+    );
+    tokio::select! {
+        _ = delivery => panic!("the first delivery answered"),
+        () = entered.notified() => {}
+    }
+    watch.moved(
+        "a delivery dropped while its handler ran",
+        &[("abandoned", 1)],
+    );
+    let retry = service.oneshot(request()).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    watch.moved("its retry, handled", &[("handled", 1)]);
 }
 
 #[tokio::test]
