@@ -3809,17 +3809,34 @@ async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_
         Some(2)
     );
     assert_eq!(cli(&["list", "--from", "yesterday"]).status.code(), Some(2));
+    // A table is a PostgreSQL inbox's: with --sqlite it is refused, not
+    // ignored (a purge would act on the file's one table).
+    let table = cli(&["--table", "other_inbox", "stats"]);
+    assert_eq!(table.status.code(), Some(2), "{table:?}");
+    assert!(
+        String::from_utf8_lossy(&table.stderr).contains("--postgres"),
+        "{table:?}"
+    );
+    // Epoch seconds, which as milliseconds would be January 1970 (and
+    // replay nearly every dead event), are refused, saying so.
+    let seconds = cli(&["replay", "--from", "1738368000"]);
+    assert_eq!(seconds.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&seconds.stderr).contains("most likely epoch seconds"),
+        "{seconds:?}"
+    );
 
     // Each filter, on `list` and on a dry run (dead events by default),
     // picks the same events.
     let before = inbox.list(&InboxFilter::default(), 10).await.unwrap();
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (&[], &["evt_a1", "evt_a2", "evt_b3", "evt_n4"]),
         (&["--account", "acct_a"], &["evt_a1", "evt_a2"]),
         (&["--account", ""], &["evt_n4"]),
         (&["--type", "refund.succeeded"], &["evt_a2"]),
         (&["--object", "acct_a/order:ord_1"], &["evt_a1"]),
         (&["--from", "2025-02-01T00:00:00Z"], &["evt_b3", "evt_n4"]),
+        (&["--from", "1738368000000"], &["evt_b3", "evt_n4"]),
         (&["--until", "2025-02-01T00:00:00Z"], &["evt_a1", "evt_a2"]),
         (
             &[
@@ -3887,6 +3904,7 @@ async fn the_cli_replays_by_filter_refuses_handled_events_without_force_and_dry_
         serde_json::from_str(&ok_cli(&["replay", "--account", "acct_a", "--json"])).unwrap();
     assert_eq!(replayed["replayed"], 1);
     assert_eq!(replayed["seqs"], serde_json::json!([seq("evt_a1")]));
+    assert_eq!(replayed["running_skipped"], 0);
     pool.drained(DRAIN_PATIENCE).await.unwrap();
     assert_eq!(ok_cli(&["replay", "--dead"]).trim(), "replayed 2");
     pool.drained(DRAIN_PATIENCE).await.unwrap();

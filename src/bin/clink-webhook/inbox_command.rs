@@ -48,11 +48,13 @@ struct FilterArgs {
     /// Only events about this object, as `list` prints it (order:ord_1).
     #[arg(long, value_name = "OBJECT")]
     object: Option<String>,
-    /// Only events that arrived at or after this time (RFC 3339).
-    #[arg(long, value_name = "TIME", value_parser = time)]
+    /// Only events that arrived at or after this time (RFC 3339, or epoch
+    /// milliseconds).
+    #[arg(long, value_name = "TIME", value_parser = crate::time_arg)]
     from: Option<Timestamp>,
-    /// Only events that arrived before this time (RFC 3339).
-    #[arg(long, value_name = "TIME", value_parser = time)]
+    /// Only events that arrived before this time (RFC 3339, or epoch
+    /// milliseconds).
+    #[arg(long, value_name = "TIME", value_parser = crate::time_arg)]
     until: Option<Timestamp>,
 }
 
@@ -94,15 +96,6 @@ fn status(text: &str) -> Result<InboxStatus, String> {
     })
 }
 
-fn time(text: &str) -> Result<Timestamp, String> {
-    text.parse().map_err(|_| {
-        format!(
-            "{}: not a time; give RFC 3339 (2025-01-15T12:00:00Z) or epoch milliseconds",
-            escaped(text)
-        )
-    })
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct InboxArgs {
     /// The SQLite file of a SqliteInbox.
@@ -111,7 +104,7 @@ pub(crate) struct InboxArgs {
     /// The PostgresInbox in DATABASE_URL's database.
     #[arg(long, global = true)]
     postgres: bool,
-    /// The PostgresInbox's table.
+    /// The PostgresInbox's table (with --postgres only).
     #[arg(long, value_name = "NAME", global = true)]
     table: Option<String>,
     #[command(subcommand)]
@@ -195,6 +188,12 @@ fn holds_an_inbox(path: &std::path::Path) -> bool {
 }
 
 async fn open(args: &InboxArgs) -> Result<Arc<dyn Inbox>, CliError> {
+    // Refused, not ignored: a purge would act on the file's one table.
+    if args.table.is_some() && !args.postgres {
+        return Err(CliError::usage(
+            "--table names a PostgreSQL inbox's table: give it with --postgres",
+        ));
+    }
     if let Some(path) = &args.sqlite {
         #[cfg(feature = "sqlite")]
         {
@@ -540,7 +539,7 @@ async fn replay_one(
 /// backlog of any size.
 async fn replay_matching(
     out: &Output, inbox: &dyn Inbox, filter: &InboxFilter, force: bool, dry_run: bool,
-) -> Result<Vec<i64>, CliError> {
+) -> Result<(Vec<i64>, u64), CliError> {
     let may_be = |status| filter.status.is_none_or(|wanted| wanted == status);
     if !force && may_be(InboxStatus::Done) {
         let done = filter.clone().status(InboxStatus::Done);
@@ -594,12 +593,13 @@ async fn replay_matching(
             would.extend(page.iter().map(|e| e.seq));
         })
         .await?;
-        return Ok(would);
+        return Ok((would, running));
     }
-    inbox
+    let replayed = inbox
         .replay_matching(filter, force)
         .await
-        .map_err(|e| store_error(&e))
+        .map_err(|e| store_error(&e))?;
+    Ok((replayed, running))
 }
 
 pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> {
@@ -635,14 +635,16 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
             force,
             dry_run,
         } => {
-            let seqs = match seq {
+            // The events replayed, and how many matching ones were left
+            // alone because a worker held them.
+            let (seqs, running) = match seq {
                 Some(seq) => {
                     if filter.narrows() || filter.status.is_some() {
                         return Err(CliError::usage(
                             "replay SEQ takes no filter: give SEQ, or filters without it",
                         ));
                     }
-                    replay_one(out, &*inbox, *seq, *force, *dry_run).await?
+                    (replay_one(out, &*inbox, *seq, *force, *dry_run).await?, 0)
                 }
                 None => {
                     if *dead && filter.status.is_some_and(|s| s != InboxStatus::Dead) {
@@ -660,7 +662,11 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
                     ));
                 }
             } else if out.json {
-                out.json_line(&json!({ "replayed": seqs.len(), "seqs": seqs }));
+                out.json_line(&json!({
+                    "replayed": seqs.len(),
+                    "seqs": seqs,
+                    "running_skipped": running,
+                }));
             } else {
                 out.line(&format!("replayed {}", seqs.len()));
             }

@@ -656,6 +656,38 @@ fn timestamp_text(text: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a time given on the command line: RFC 3339, or epoch
+/// milliseconds. A number that would be a time before 2001-09-09 in
+/// milliseconds is refused: it is most likely epoch seconds (as `sign` and
+/// the verifier take them), which read as milliseconds would be a time in
+/// January 1970 and, for a filter, match nearly every event or none.
+fn time_arg(text: &str) -> Result<Timestamp, String> {
+    const EARLIEST_MILLIS: i64 = 1_000_000_000_000;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<i64>() {
+            Ok(millis) if millis >= EARLIEST_MILLIS => Ok(Timestamp::from_millis(millis)),
+            Ok(_) => Err(format!(
+                "{}: as epoch milliseconds that is before 2001-09-09, so most likely epoch \
+                 seconds; give milliseconds ({}000 for those seconds) or RFC 3339 \
+                 (2025-01-15T12:00:00Z)",
+                output::escaped(text),
+                output::escaped(text)
+            )),
+            Err(_) => Err(format!(
+                "{}: too large for epoch milliseconds",
+                output::escaped(text)
+            )),
+        };
+    }
+    Timestamp::parse_rfc3339(text).map_err(|_| {
+        format!(
+            "{}: not a time; give RFC 3339 (2025-01-15T12:00:00Z) or epoch milliseconds",
+            output::escaped(text)
+        )
+    })
+}
+
 /// The largest body `sign`, `verify` and `send` read: the layer's default
 /// body limit (1 MiB), past which a receiver refuses a delivery.
 const BODY_LIMIT: usize = clink_webhooks::layer::DEFAULT_BODY_LIMIT;

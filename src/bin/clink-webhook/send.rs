@@ -134,7 +134,7 @@ pub(crate) struct SendArgs {
     /// epoch milliseconds. An event created before one already handled about
     /// the same object is stale. The body is then written anew as compact
     /// JSON, keys sorted.
-    #[arg(long, value_name = "TIME", value_parser = created_time)]
+    #[arg(long, value_name = "TIME", value_parser = crate::time_arg)]
     created: Option<Timestamp>,
     /// Write `created` as an integer of epoch milliseconds, as Clink's newer
     /// payloads do, rather than an RFC 3339 string (the body is then
@@ -149,14 +149,6 @@ pub(crate) struct SendArgs {
     /// large --repeat).
     #[arg(long, short)]
     quiet: bool,
-}
-
-fn created_time(text: &str) -> Result<Timestamp, String> {
-    match text.parse::<i64>() {
-        Ok(millis) => Ok(Timestamp::from_millis(millis)),
-        Err(_) => Timestamp::parse_rfc3339(text)
-            .map_err(|_| "expected RFC 3339 (2025-01-15T11:00:00Z) or epoch milliseconds".into()),
-    }
 }
 
 /// The target URL, which must be plain `http://` with a host.
@@ -1030,12 +1022,26 @@ mod tests {
         assert_eq!(rate(f64::NAN), "0/s");
     }
 
+    /// A time is RFC 3339 or epoch milliseconds; a number that would be
+    /// before 2001 in milliseconds is taken for seconds and refused.
     #[test]
     fn created_times_read_both_forms() {
+        let time = crate::time_arg;
         assert_eq!(
-            created_time("2025-01-15T12:00:00Z").unwrap(),
-            created_time("1736942400000").unwrap()
+            time("2025-01-15T12:00:00Z").unwrap(),
+            time("1736942400000").unwrap()
         );
-        assert!(created_time("yesterday").is_err());
+        assert!(time("yesterday").is_err());
+        let seconds = time("1736942400").unwrap_err();
+        assert!(
+            seconds.contains("epoch seconds") && seconds.contains("1736942400000"),
+            "{seconds}"
+        );
+        assert!(time("-5").is_err());
+        assert!(time("99999999999999999999").is_err());
+        assert_eq!(
+            time("1000000000000").unwrap(),
+            Timestamp::from_millis(1_000_000_000_000)
+        );
     }
 }

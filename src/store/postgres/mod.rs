@@ -737,6 +737,10 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
             "42P01" => (StoreErrorKind::Protocol, "; run PostgresStore::migrate()"),
             // A wait for another transaction's lock ended by lock_timeout.
             "55P03" => (StoreErrorKind::Timeout, ""),
+            // A write sent to a standby (a pool still pointed at a primary
+            // just demoted): worth retrying once it points at the new one,
+            // as Redis's READONLY is.
+            "25006" => (StoreErrorKind::Unavailable, ""),
             // Connection trouble, shutdown, overload, and serialization
             // failures in the caller's transaction: all worth retrying.
             _ if ["08", "53", "57", "40"]

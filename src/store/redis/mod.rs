@@ -130,7 +130,8 @@ return 0
 /// round trips, within one per-call timeout.
 ///
 /// Every call gives up after the per-call timeout (default
-/// [`DEFAULT_TIMEOUT`]) with [`StoreErrorKind::Timeout`]; a lost connection is
+/// [`DEFAULT_TIMEOUT`]; a claim or a completion that takes two round trips
+/// takes both within it) with [`StoreErrorKind::Timeout`]; a lost connection is
 /// [`StoreErrorKind::Unavailable`] and the connection (a [`ConnectionManager`],
 /// or the cluster connection) reconnects in the background. Either way the
 /// layer answers 503 and Clink retries. An answer lost to a timeout may still
@@ -340,6 +341,7 @@ impl RedisStore {
             .arg("PX")
             .arg(&lease)
             .arg("GET");
+        let started = std::time::Instant::now();
         let held: Value = self
             .call(async |connection| set.query_async(connection).await)
             .await?;
@@ -351,7 +353,10 @@ impl RedisStore {
             Value::BulkString(value) if value == DONE.as_bytes() => return Ok(Claim::Completed),
             _ => {}
         }
-        let reply = self.run(&CLAIM, key, &[token.as_str(), &lease]).await?;
+        // The script gets what the first call left of the per-call timeout:
+        // one timeout for the whole claim.
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let reply = timed(left, self.run(&CLAIM, key, &[token.as_str(), &lease])).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("the idempotency script", &reply));
         };

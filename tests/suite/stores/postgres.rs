@@ -316,6 +316,26 @@ async fn a_missing_table_says_to_migrate() {
     assert!(err.to_string().contains("migrate()"), "{err}");
 }
 
+/// A claim sent to a server that takes no writes (a standby, or a primary
+/// just demoted: here a session whose transactions are read-only) is
+/// unavailable, worth retrying, as Redis's `READONLY` is: not a protocol
+/// error, which would stop a completion's retries.
+#[tokio::test]
+async fn a_read_only_server_is_unavailable() {
+    let _servers = shared().await;
+    let pool = pg_pool(&server_url("DATABASE_URL"));
+    PostgresStore::new(pool).migrate().await.expect("migrate");
+    let mut config: tokio_postgres::Config = server_url("DATABASE_URL").parse().unwrap();
+    config.options("-c default_transaction_read_only=on");
+    let store = PostgresStore::new(crate::support::stores::pg_pool_for(config));
+    let err = store
+        .claim(&format!("read_only_{}", std::process::id()), DEFAULT_LEASE)
+        .await
+        .expect_err("a read-only session writes nothing");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("25006"), "{err}");
+}
+
 #[tokio::test]
 async fn unreachable_database_is_unavailable_and_the_password_stays_secret() {
     // Nothing listens on port 1 of the loopback interface.
