@@ -51,7 +51,19 @@
 //!    `layer` when it has no state), so that no retry runs it again.
 //!    A completion the store could not take (down, or not answering) is tried
 //!    again in the background until the lease ends, so a store that comes
-//!    back within the lease still learns that the event was handled.
+//!    back within the lease still learns that the event was handled; the
+//!    handler's `2xx` is answered all the same (a `5xx` would make Clink's
+//!    retry run the handler again for certain). The head decides: a `2xx`
+//!    whose body then fails while it streams is still a handled event, and
+//!    an acknowledged outcome's status rewritten by a service between the
+//!    layer and the router into a `1xx`, `3xx`, `410` or `429` is answered as
+//!    the outcome says. A handler does its work inside the response future:
+//!    work handed to a task of its own (or queued behind a `Buffer`) goes on
+//!    past the handler's deadline and the lease, beside the retry a release
+//!    lets in.
+//!
+//! A delivery dropped after its claim, before it answered, is logged at
+//! `warn` and counted in [`Metrics::abandoned`].
 //!
 //! Every delivery ends in one [`Outcome`](crate::Outcome), put in the
 //! response extensions (next to the [`VerifiedEvent`](crate::VerifiedEvent) once verified) and

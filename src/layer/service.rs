@@ -143,6 +143,17 @@ where
                             {
                                 (layer_response(&outcome), outcome)
                             }
+                            // Nor an outcome that completes it with a status
+                            // that is no final answer or could stop Clink's
+                            // deliveries (a service between the layer and the
+                            // router that rewrote its `200`): as it says.
+                            Ok((response, outcome))
+                                if outcome.is_acknowledged()
+                                    && crate::outcome::stops_retries(response.status()) =>
+                            {
+                                cold();
+                                (layer_response(&outcome), outcome)
+                            }
                             Ok((response, outcome)) => (response.map(ResponseBody::inner), outcome),
                             Err(outcome) => (layer_response(&outcome), outcome),
                         }

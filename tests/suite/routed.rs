@@ -299,6 +299,43 @@ async fn a_service_failing_after_any_handler_succeeded_runs_it_once() {
     );
 }
 
+/// A service between the layer and the router that rewrites a handled
+/// event's `200` into a status Clink could read as "stop delivering" or as
+/// no answer (`410`, `429`, a redirect) is answered `200`, as the outcome
+/// says: the event is done, and no status ever stops Clink's deliveries.
+#[tokio::test]
+async fn a_handled_events_answer_rewritten_to_stop_deliveries_is_answered_as_handled() {
+    for rewritten in [
+        http::StatusCode::GONE,
+        http::StatusCode::TOO_MANY_REQUESTS,
+        http::StatusCode::FOUND,
+    ] {
+        let router = EventRouter::new()
+            .on::<events::OrderCreated, _>(|_event| async { Ok::<_, Infallible>(()) });
+        let around = ServiceExt::<Request<Full<Bytes>>>::map_response(
+            router,
+            move |mut response: Response<_>| {
+                *response.status_mut() = rewritten;
+                response
+            },
+        );
+        let service = layer(false).layer(around);
+        let body = order(
+            &format!("evt_rewritten_{}", rewritten.as_u16()),
+            2_000,
+            "ord_1",
+        );
+        let request = SignedRequest::new(SECRET, body).build::<Full<Bytes>>();
+        let response = service.oneshot(request).await.unwrap();
+        let outcome = response.extensions().get::<Outcome>().cloned();
+        assert_eq!(
+            (response.status(), outcome),
+            (http::StatusCode::OK, Some(Outcome::Handled)),
+            "{rewritten}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_routed_service_answers_as_the_layer_over_the_same_router() {
     for dead_letters in [false, true] {
