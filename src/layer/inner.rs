@@ -5,7 +5,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::VerifiedBody;
-use crate::guard::{catch_panic, within, CatchUnwind, Limit};
+use crate::guard::{catch_panic, cold, within, CatchUnwind, Limit};
 use crate::outcome::handler_timed_out;
 use crate::{BoxError, Outcome};
 
@@ -14,12 +14,29 @@ use crate::{BoxError, Outcome};
 /// back when the inner service answered, with the outcome it stands for;
 /// otherwise only the outcome (an error, a panic, the deadline).
 pub(super) async fn run_inner<S, ResB>(
-    mut inner: S, request: Request<VerifiedBody>, deadline: impl Limit,
+    mut inner: S, request: Request<VerifiedBody>, deadline: impl Limit + Copy,
 ) -> Result<(Response<ResB>, Outcome), Outcome>
 where
     S: Service<Request<VerifiedBody>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
 {
+    // Ready within the handler's time: a service that is not (a
+    // concurrency limit's places all taken) is waited for, and one that
+    // never gets ready is a handler timeout; one that fails to get ready
+    // has failed.
+    match within(deadline, std::future::poll_fn(|cx| inner.poll_ready(cx))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            cold();
+            let error: BoxError = error.into();
+            tracing::error!(error = ?error.to_string(), "clink inner service is not ready; releasing the event so a retry runs it");
+            return Err(Outcome::HandlerFailed);
+        }
+        Err(timed_out) => {
+            cold();
+            return Err(handler_timed_out(timed_out));
+        }
+    }
     let future = catch_panic(|| inner.call(request)).map_err(|panic| {
         tracing::error!(panic = ?panic, "clink handler panicked");
         Outcome::HandlerPanicked

@@ -89,14 +89,17 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service's readiness is awaited once the
+    /// delivery is verified and claimed, within the handler's deadline, so
+    /// that no request holds a place of the inner service's (a concurrency
+    /// limit's permit) while its body streams in unverified.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes with this call; the clone waits for the next.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        // A clone of its own, made ready when the delivery reaches it.
+        let inner = self.inner.clone();
         delivery(
             Arc::clone(&self.config),
             request,

@@ -1693,3 +1693,68 @@ async fn a_connection_still_sending_its_first_head_is_closed_at_once_for_a_new_c
         .count();
     assert_eq!(closed_at_once, 1, "{:#?}", captured.events());
 }
+
+/// A body that never comes: a sender holding its delivery open.
+struct NeverEnds;
+
+impl http_body::Body for NeverEnds {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Senders without the key whose bodies never end hold no place of the
+/// inner service's: behind a concurrency limit of one, a signed delivery
+/// sent while two such bodies stream is handled at once (the layer takes
+/// the inner service's place once a delivery is verified and claimed),
+/// not after the bodies' timeout. On Tokio's paused clock: at once is no
+/// time at all.
+#[tokio::test(start_paused = true)]
+async fn unsigned_bodies_that_never_end_hold_no_place_of_the_inner_service() {
+    use http_body_util::combinators::UnsyncBoxBody;
+    use tower::{Layer, ServiceExt};
+    const KEY: &str = "whsec_places";
+    let router = clink_webhooks::EventRouter::new()
+        .on::<clink_webhooks::events::OrderSucceeded, _>(|_event| async {
+            Ok::<_, std::convert::Infallible>(())
+        });
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(router);
+    let service = clink_webhooks::ClinkLayer::new(clink_webhooks::Verifier::new(KEY).unwrap())
+        .body_timeout(Duration::from_secs(300))
+        .unwrap()
+        .layer(limited);
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let signed = SignedRequest::new("whsec_not_the_key", "{}").build::<Full<Bytes>>();
+        let (parts, _) = signed.into_parts();
+        let request = http::Request::from_parts(parts, UnsyncBoxBody::new(NeverEnds));
+        stalled.push(tokio::spawn(service.clone().oneshot(request)));
+    }
+    // Both are reading their bodies by now.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let started = tokio::time::Instant::now();
+    let body = r#"{"id":"evt_place","type":"order.succeeded","data":{}}"#;
+    let signed = SignedRequest::new(KEY, body).build::<Full<Bytes>>();
+    let (parts, body) = signed.into_parts();
+    let request = http::Request::from_parts(parts, UnsyncBoxBody::new(body));
+    let response = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "the signed delivery waited for the stalled bodies"
+    );
+    for delivery in &stalled {
+        assert!(!delivery.is_finished());
+    }
+    for delivery in stalled {
+        delivery.abort();
+    }
+}
