@@ -28,7 +28,11 @@
 //!    store answered after the handler's time was spent (its lease may have
 //!    ended meanwhile, and another delivery taken the event) is let go
 //!    unused and answered as the handler timeout is (`500`).
-//! 7. **Inner service**: called with a [`VerifiedEvent`](crate::VerifiedEvent) in the request
+//! 7. **Inner service**: made ready (within the handler's deadline: the
+//!    layer's own service is always ready, so that no unverified request
+//!    holds a place of the inner service's, a concurrency limit's permit
+//!    say, while its body streams in), then
+//!    called with a [`VerifiedEvent`](crate::VerifiedEvent) in the request
 //!    extensions and the body as [`VerifiedBody`]. In front of an
 //!    [`EventRouter`](crate::EventRouter), [`ClinkLayer::route`] makes a
 //!    [`RoutedService`] that awaits the router's
