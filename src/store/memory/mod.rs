@@ -47,7 +47,10 @@ pub use memory_inbox::MemoryInbox;
 /// fails with [`StoreErrorKind::Full`] (the delivery gets 503 and is retried)
 /// rather than forget a claim. Evicting a completed key early means a late
 /// retry of that event runs its handler again, so size the capacity above
-/// the number of events received per retention window.
+/// the number of events received per retention window (the default million
+/// keys hold a day's retention up to about 11 events a second). A store
+/// that does evict one early says so at `warn`, at most once a minute,
+/// with how many it forgot.
 ///
 /// Every call is O(log n) in the claims in flight and amortised O(1)
 /// otherwise: no call scans the store. (A key claimed again after its
@@ -161,6 +164,11 @@ struct State {
     lease_ends: BTreeSet<(u64, KeyDigest)>,
     /// The number of the next token handed out.
     next_token: u64,
+    /// Completed keys evicted before their retention ended, not yet told
+    /// (see [`MemoryStore::tell_early_evictions`]).
+    evicted_early: u64,
+    /// When that was last told, in the store's nanoseconds (`None`: never).
+    told_at: Option<u64>,
 }
 
 /// A completed key: 24 bytes.
@@ -330,11 +338,39 @@ impl MemoryStore {
         let mut state = self.lock();
         let claim = state.claim(key, now, until, self.capacity);
         state.sweep(now);
+        if state.evicted_early > 0 {
+            self.tell_early_evictions(state, now);
+        }
         let claim = claim?;
         Ok(match claim {
             Ok(token) => Claim::Claimed(self.token(token)),
             Err(answer) => answer,
         })
+    }
+
+    /// Says, at most once a minute, that the store was full and forgot
+    /// handled events before their retention ended: a retry of one runs
+    /// its handler again. Silent, it would shorten the retention below
+    /// Clink's retries with nothing to show for it.
+    #[cold]
+    fn tell_early_evictions(&self, mut state: MutexGuard<'_, State>, now: u64) {
+        const EVERY: u64 = 60_000_000_000;
+        if state
+            .told_at
+            .is_some_and(|at| now.saturating_sub(at) < EVERY)
+        {
+            return;
+        }
+        let forgotten = std::mem::take(&mut state.evicted_early);
+        state.told_at = Some(now);
+        drop(state);
+        tracing::warn!(
+            forgotten,
+            capacity = self.capacity,
+            "clink memory store full: it forgot handled events before their retention ended, \
+             and a retry of one runs its handler again; raise its capacity \
+             (MemoryStore::with_capacity), or use a shared store"
+        );
     }
 
     pub(crate) fn complete_now(
@@ -549,6 +585,8 @@ impl State {
             .is_ok();
         if !removed {
             self.stale = self.stale.saturating_sub(1);
+        } else if entry.until > now {
+            self.evicted_early += 1;
         }
         Some(removed)
     }

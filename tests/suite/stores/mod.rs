@@ -443,3 +443,45 @@ async fn bad_arguments_are_refused(store: Arc<dyn IdempotencyStore>, keys: Keys)
         Some(Settle::Applied)
     );
 }
+
+/// A full memory store that makes room by forgetting a handled event
+/// before its retention ended (a retry of it would run its handler again)
+/// says so at `warn`, with how many it forgot and its capacity; at most
+/// once a minute, however many follow.
+#[tokio::test]
+async fn a_full_memory_store_says_it_forgot_handled_events_early() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let store = clink_webhooks::MemoryStore::new().with_capacity(1).unwrap();
+    let warned = || {
+        captured
+            .events()
+            .into_iter()
+            .filter(|event| event.message.contains("forgot handled events"))
+            .collect::<Vec<_>>()
+    };
+    let token = claimed(store.claim("evt_1", DEFAULT_LEASE).await);
+    assert_eq!(
+        store
+            .complete("evt_1", &token, DEFAULT_RETENTION)
+            .await
+            .ok(),
+        Some(Settle::Applied)
+    );
+    assert!(warned().is_empty(), "nothing forgotten yet");
+    // The second key takes the first's place, its retention running.
+    let token = claimed(store.claim("evt_2", DEFAULT_LEASE).await);
+    let said = warned();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(said[0].fields["forgotten"], "1");
+    assert_eq!(said[0].fields["capacity"], "1");
+    // Forgotten indeed: a retry of evt_1 would be claimed anew.
+    assert_eq!(
+        store
+            .complete("evt_2", &token, DEFAULT_RETENTION)
+            .await
+            .ok(),
+        Some(Settle::Applied)
+    );
+    claimed(store.claim("evt_1", DEFAULT_LEASE).await);
+    assert_eq!(warned().len(), 1, "told once a minute at most");
+}
