@@ -477,16 +477,19 @@ impl Drop for ClaimGuard<'_> {
             .completes_with
             .or_else(|| succeeded.then_some(config.settings.retention));
         // A verified delivery that ends without an answer is said, never
-        // silent: its outcome is counted nowhere else.
+        // silent: its outcome is counted nowhere else. (One unwinding from
+        // a panic is said by whatever catches the panic.)
         cold();
-        config.metrics.abandoned_delivery();
-        tracing::warn!(
-            key = ?self.key.as_str(),
-            claim = if completes_with.is_some() { "completed" } else { "released" },
-            "clink delivery dropped before it answered (the sender hung up, or a timeout outside \
-             the layer): its claim is completed when the handler succeeded, released otherwise \
-             so that Clink's retry runs it"
-        );
+        if !std::thread::panicking() {
+            config.metrics.abandoned_delivery();
+            tracing::warn!(
+                key = ?self.key.as_str(),
+                claim = if completes_with.is_some() { "completed" } else { "released" },
+                "clink delivery dropped before it answered (the sender hung up, or a timeout \
+                 outside the layer): its claim is completed when the handler succeeded, released \
+                 otherwise so that Clink's retry runs it"
+            );
+        }
         // A memory store settles here and now, runtime or not.
         if let (Some(memory), Some(key)) = (&config.memory, &self.memory_key) {
             match completes_with {

@@ -24,17 +24,28 @@ where
     // concurrency limit's places all taken) is waited for, and one that
     // never gets ready is a handler timeout; one that fails to get ready
     // has failed.
-    match within(deadline, std::future::poll_fn(|cx| inner.poll_ready(cx))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
+    let ready = std::future::poll_fn(|cx| inner.poll_ready(cx));
+    match within(deadline, CatchUnwind::new(ready)).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
             cold();
             let error: BoxError = error.into();
-            tracing::error!(error = ?error.to_string(), "clink inner service is not ready; releasing the event so a retry runs it");
+            tracing::error!(error = ?error.to_string(), "clink inner service failed to get ready; releasing the event so a retry runs it");
             return Err(Outcome::HandlerFailed);
+        }
+        Ok(Err(panic)) => {
+            cold();
+            tracing::error!(panic = ?panic, "clink inner service panicked getting ready");
+            return Err(Outcome::HandlerPanicked);
         }
         Err(timed_out) => {
             cold();
-            return Err(handler_timed_out(timed_out));
+            tracing::error!(
+                timeout_ms = u64::try_from(timed_out.0.as_millis()).unwrap_or(u64::MAX),
+                "clink inner service not ready within the handler's deadline (its places all \
+                 taken); releasing the event so a retry runs it"
+            );
+            return Err(Outcome::HandlerTimeout);
         }
     }
     let future = catch_panic(|| inner.call(request)).map_err(|panic| {

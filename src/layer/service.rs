@@ -688,16 +688,25 @@ mod tests {
             .unwrap()
     }
 
-    /// The service is ready when its inner service is, and not before.
-    #[test]
-    fn readiness_is_the_inner_services() {
+    /// The service is always ready: its inner service's readiness is
+    /// awaited once a delivery is verified and claimed, within the
+    /// handler's deadline. One that never gets ready is a handler timeout,
+    /// its claim released; a handler that runs fine after it is not
+    /// turned away (the same event, delivered again, is handled).
+    #[tokio::test(start_paused = true)]
+    async fn readiness_is_awaited_within_the_handlers_deadline() {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut closed = layer().layer(Gate(false));
+        let layer = layer();
+        let mut closed = layer.layer(Gate(false));
         let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut closed, &mut cx);
-        assert!(ready.is_pending());
-        let mut open = layer().layer(Gate(true));
-        let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut open, &mut cx);
         assert!(matches!(ready, Poll::Ready(Ok(()))));
+        let body = &br#"{"id":"evt_ready","type":"order.succeeded","data":{}}"#[..];
+        let response = closed.call(signed(body)).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerTimeout));
+        let mut open = layer.layer(Gate(true));
+        let response = open.call(signed(body)).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
     }
 
     /// A response from an inner service that says nothing of its outcome

@@ -48,7 +48,8 @@ pub use memory_inbox::MemoryInbox;
 /// rather than forget a claim. Evicting a completed key early means a late
 /// retry of that event runs its handler again, so size the capacity above
 /// the number of events received per retention window (the default million
-/// keys hold a day's retention up to about 11 events a second). A store
+/// keys hold the layer's default retention of 72 hours up to about 3.9
+/// events a second). A store
 /// that does evict one early says so at `warn`, at most once a minute,
 /// with how many it forgot.
 ///

@@ -137,8 +137,8 @@ struct Sql {
     complete: String,
     fail: String,
     release: String,
-    /// Makes the event claimed with token `$1`, whose row cannot be read,
-    /// dead with the error `$2`.
+    /// Makes event `$1` claimed with token `$2`, whose row cannot be read,
+    /// dead with the error `$3`.
     unreadable: String,
     list: String,
     get: String,
@@ -593,10 +593,10 @@ impl Sql {
             // from the server's now.
             purge_span: format!("SELECT min(seq), max(seq), {SERVER_NOW_MS} + $1 FROM {t}"),
             unreadable: format!(
-                "UPDATE {t} SET status = 'dead', token = NULL, lease_until_ms = 0, last_error = $2,
+                "UPDATE {t} SET status = 'dead', token = NULL, lease_until_ms = 0, last_error = $3,
                                 history = {}
-                 WHERE token = $1 AND status = 'running'",
-                append_sql(Dialect::Postgres, SERVER_NOW, history::FAILED, "$2::text")
+                 WHERE seq = $1 AND token = $2 AND status = 'running'",
+                append_sql(Dialect::Postgres, SERVER_NOW, history::FAILED, "$3::text")
             ),
             // The events still to run, through their index, and the dead
             // ones, through theirs: never the done ones, kept for days
@@ -1363,26 +1363,39 @@ impl Inbox for PostgresInbox {
                 // end, for ever, and hold back every later event of its
                 // object: it is dead, saying why, found by its token.
                 Err(err) => {
-                    let seq = row.try_get::<_, i64>(0).ok();
+                    // Its number is a `bigserial`, which reads whatever
+                    // else does not.
+                    let seq = row
+                        .try_get::<_, i64>(0)
+                        .map_err(|err| pg_error("cannot read the event", &err))?;
                     let error = without_nul(&format!(
                         "dead: its stored row cannot be read ({err}); mend it, then replay it"
                     ))
                     .into_owned();
-                    self.call(async |client| {
-                        client
-                            .query_typed(
-                                &self.sql.unreadable,
-                                &[(&token_text, Type::TEXT), (&error, Type::TEXT)],
-                            )
-                            .await
-                            .map_err(|err| pg_error("cannot take an event", &err))
-                    })
-                    .await?;
-                    tracing::error!(
-                        seq,
-                        "inbox: an event's stored row cannot be read; it is dead"
-                    );
-                    crate::store::inbox_trait::count_unreadable_dead();
+                    let changed = self
+                        .call(async |client| {
+                            client
+                                .execute_typed(
+                                    &self.sql.unreadable,
+                                    &[
+                                        (&seq, Type::INT8),
+                                        (&token_text, Type::TEXT),
+                                        (&error, Type::TEXT),
+                                    ],
+                                )
+                                .await
+                                .map_err(|err| pg_error("cannot take an event", &err))
+                        })
+                        .await?;
+                    // Not changed: its lease ended first, and another
+                    // claim took it (which makes it dead in turn).
+                    if changed == 1 {
+                        tracing::error!(
+                            seq,
+                            "inbox: an event's stored row cannot be read; it is dead"
+                        );
+                        crate::store::inbox_trait::count_unreadable_dead();
+                    }
                     wake_another(&self.notified);
                     return Ok(None);
                 }
