@@ -670,6 +670,27 @@ mod tests {
         }
     }
 
+    /// An inner service whose readiness panics, or fails.
+    #[derive(Clone)]
+    struct BrokenReady {
+        panics: bool,
+    }
+
+    impl Service<Request<VerifiedBody>> for BrokenReady {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<Self::Response, std::io::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+            assert!(!self.panics, "an inner service that panics getting ready");
+            Poll::Ready(Err(std::io::Error::other("never ready")))
+        }
+
+        fn call(&mut self, _: Request<VerifiedBody>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::default())))
+        }
+    }
+
     fn layer() -> ClinkLayer {
         ClinkLayer::new(Verifier::new("whsec_test").unwrap())
     }
@@ -704,6 +725,28 @@ mod tests {
         let response = closed.call(signed(body)).await.unwrap();
         assert_eq!(response.status(), 500);
         assert_eq!(Outcome::of(&response), Some(&Outcome::HandlerTimeout));
+        let mut open = layer.layer(Gate(true));
+        let response = open.call(signed(body)).await.unwrap();
+        assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
+    }
+
+    /// An inner service whose readiness panics or fails answers `500`
+    /// (`handler_panicked`, `handler_failed`) and releases the claim, as
+    /// its call would: the delivery is answered, not dropped.
+    #[tokio::test]
+    async fn an_inner_service_that_breaks_getting_ready_is_a_failed_handler() {
+        let body = &br#"{"id":"evt_broken","type":"order.succeeded","data":{}}"#[..];
+        let layer = layer();
+        for (panics, outcome) in [
+            (true, Outcome::HandlerPanicked),
+            (false, Outcome::HandlerFailed),
+        ] {
+            let mut service = layer.layer(BrokenReady { panics });
+            let response = service.call(signed(body)).await.unwrap();
+            assert_eq!(response.status(), 500);
+            assert_eq!(Outcome::of(&response), Some(&outcome));
+        }
+        assert_eq!(layer.metrics().abandoned(), 0);
         let mut open = layer.layer(Gate(true));
         let response = open.call(signed(body)).await.unwrap();
         assert_eq!(Outcome::of(&response), Some(&Outcome::Handled));
