@@ -498,7 +498,9 @@ impl Drop for ClaimGuard<'_> {
                     Err(error) => completion_failed(&config.metrics, &config.outages.store, &error),
                 },
                 None => {
-                    logged(memory.release_now(key, &token), &config.outages.store);
+                    if !logged(memory.release_now(key, &token), &config.outages.store) {
+                        config.metrics.settle_failed();
+                    }
                 }
             }
             return;
@@ -543,11 +545,15 @@ impl Drop for ClaimGuard<'_> {
                 });
             }
             None => {
+                let metrics = Arc::clone(&config.metrics);
                 settle_in_background(&runtime, async move {
-                    logged(
+                    let released = logged(
                         timed(timeout, async { store.release(key.as_str(), &token).await }).await,
                         &outage,
                     );
+                    if !released {
+                        metrics.settle_failed();
+                    }
                 });
             }
         }
@@ -672,6 +678,48 @@ mod tests {
     async fn a_delivery_dropped_after_its_handler_succeeded_still_completes() {
         let retention = Some(DEFAULT_RETENTION);
         assert_eq!(dropped_guard(retention).await, Claim::Completed);
+    }
+
+    /// A memory store whose releases all fail as if its server were down.
+    struct RefusesRelease(MemoryStore);
+
+    impl IdempotencyStore for RefusesRelease {
+        fn claim<'a>(
+            &'a self, key: &'a str, lease: Duration,
+        ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
+            self.0.claim(key, lease)
+        }
+
+        fn complete<'a>(
+            &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.complete(key, token, retention)
+        }
+
+        fn release<'a>(
+            &'a self, _key: &'a str, _token: &'a LeaseToken,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            Box::pin(std::future::ready(Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "connection refused",
+            ))))
+        }
+    }
+
+    /// A dropped delivery whose release fails counts a settle error, as a
+    /// release that fails in the delivery does.
+    #[tokio::test]
+    async fn a_dropped_deliverys_failed_release_counts_a_settle_error() {
+        let store = Arc::new(RefusesRelease(MemoryStore::new()));
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store));
+        let Claim::Claimed(token) = store.claim("k", DEFAULT_LEASE).await.unwrap() else {
+            panic!("a fresh key is claimed");
+        };
+        drop(held(&layer.config, token, Instant::now() + DEFAULT_LEASE));
+        assert!(settled(Duration::from_secs(60)).await);
+        assert_eq!(layer.config.metrics.settle_errors(), 1);
+        assert_eq!(layer.config.metrics.abandoned(), 1);
     }
 
     /// A memory store whose first `failures` completions fail as if its
