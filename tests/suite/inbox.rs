@@ -2661,15 +2661,37 @@ async fn an_unreadable_sqlite_row_is_dead_and_holds_nothing_back() {
     assert_eq!(status, "dead");
     assert!(error.contains("cannot be read"), "{error}");
     #[cfg(feature = "metrics")]
-    {
-        let text = recorder.handle().render();
-        let dead = text
-            .lines()
-            .find_map(|line| line.strip_prefix("clink_webhook_inbox_dead_total "))
-            .and_then(|value| value.trim().parse::<f64>().ok());
-        assert_eq!(dead, Some(1.0), "{text}");
-    }
+    assert_eq!(
+        counted(&recorder, "clink_webhook_inbox_dead_total"),
+        Some(1.0)
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The events `tries` claims take, in turn, each completed at once.
+async fn claimed_and_completed(inbox: &impl Inbox, tries: usize) -> Vec<String> {
+    let mut claimed = Vec::new();
+    for _ in 0..tries {
+        if let Some(claim) = inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            claimed.push(claim.entry.event.event_id.clone());
+            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+        }
+    }
+    claimed
+}
+
+/// The value of the counter `name` that `recorder` holds, if any.
+#[cfg(feature = "metrics")]
+fn counted(recorder: &metrics_exporter_prometheus::PrometheusRecorder, name: &str) -> Option<f64> {
+    let text = recorder.handle().render();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse::<f64>().ok())
 }
 
 /// A due time set by hand as a real number (`unixepoch('subsec') * 1000`,
@@ -2701,17 +2723,7 @@ async fn a_sqlite_time_set_as_a_real_number_is_read_and_claimed() {
              WHERE event_id = 'evt_a';",
         )
         .unwrap();
-    let mut claimed = Vec::new();
-    for _ in 0..4 {
-        if let Some(claim) = inbox
-            .claim(Duration::from_secs(30), Duration::ZERO)
-            .await
-            .unwrap()
-        {
-            claimed.push(claim.entry.event.event_id.clone());
-            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
-        }
-    }
+    let claimed = claimed_and_completed(&inbox, 4).await;
     assert_eq!(claimed, ["evt_c", "evt_b", "evt_a"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -2749,17 +2761,7 @@ async fn an_unreadable_postgres_row_is_dead_and_holds_nothing_back() {
         ))
         .await
         .unwrap();
-    let mut claimed = Vec::new();
-    for _ in 0..4 {
-        if let Some(claim) = inbox
-            .claim(Duration::from_secs(30), Duration::ZERO)
-            .await
-            .unwrap()
-        {
-            claimed.push(claim.entry.event.event_id.clone());
-            assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
-        }
-    }
+    let claimed = claimed_and_completed(&inbox, 4).await;
     assert_eq!(claimed, ["evt_b", "evt_c"]);
     let row = admin
         .query_one(
@@ -2776,14 +2778,10 @@ async fn an_unreadable_postgres_row_is_dead_and_holds_nothing_back() {
     assert_eq!((status.as_str(), no_token, attempts), ("dead", true, 1));
     assert!(error.contains("cannot be read"), "{error}");
     #[cfg(feature = "metrics")]
-    {
-        let text = recorder.handle().render();
-        let dead = text
-            .lines()
-            .find_map(|line| line.strip_prefix("clink_webhook_inbox_dead_total "))
-            .and_then(|value| value.trim().parse::<f64>().ok());
-        assert_eq!(dead, Some(1.0), "{text}");
-    }
+    assert_eq!(
+        counted(&recorder, "clink_webhook_inbox_dead_total"),
+        Some(1.0)
+    );
     let _ = admin.batch_execute(&format!("DROP TABLE {table}")).await;
 }
 
