@@ -3735,6 +3735,23 @@ fn a_plain_http_destination_starts_without_root_certificates() {
     }
 }
 
+/// A gateway started with `env` until it listens, then stopped with
+/// SIGTERM: what it wrote, and how it ended.
+async fn started_and_stopped(env: Vec<(String, String)>) -> crate::support::process::Finished {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
+        command.arg("serve");
+        for (name, value) in &env {
+            command.env(name, value);
+        }
+        let process = Process::start(&mut command);
+        Process::line_starting(&process.stdout, "listening on ");
+        process.terminate()
+    })
+    .await
+    .unwrap()
+}
+
 /// A Redis destination whose server can lose what it acknowledged is
 /// warned about at start: one without an append-only file (the test
 /// servers' `REDIS_URL`, `appendonly no`) is, the durable one
@@ -3749,18 +3766,7 @@ async fn a_redis_destination_without_an_append_only_file_is_warned_about() {
         (env_url("REDIS_DURABLE_URL"), false),
     ] {
         let env = gateway_env(&dir.0, &unique("redisaof"), &url);
-        let finished = tokio::task::spawn_blocking(move || {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
-            command.arg("serve");
-            for (name, value) in &env {
-                command.env(name, value);
-            }
-            let process = Process::start(&mut command);
-            Process::line_starting(&process.stdout, "listening on ");
-            process.terminate()
-        })
-        .await
-        .unwrap();
+        let finished = started_and_stopped(env).await;
         assert_eq!(finished.code, Some(0), "{finished:?}");
         assert_eq!(
             finished
@@ -3815,18 +3821,7 @@ async fn a_stream_whose_limits_remove_unread_messages_is_warned_about() {
             "CLINK_NATS_SUBJECT".into(),
             format!("t{tag}.{{account}}.{{type}}"),
         ));
-        let finished = tokio::task::spawn_blocking(move || {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_clink-webhook"));
-            command.arg("serve");
-            for (name, value) in &env {
-                command.env(name, value);
-            }
-            let process = Process::start(&mut command);
-            Process::line_starting(&process.stdout, "listening on ");
-            process.terminate()
-        })
-        .await
-        .unwrap();
+        let finished = started_and_stopped(env).await;
         assert_eq!(finished.code, Some(0), "{finished:?}");
         for said in [
             "warning: it removes every message 3600 s after it is kept, read or not (max_age)",
