@@ -10,7 +10,10 @@ use crate::ConfigError;
 /// settings) as the PostgreSQL client reads it, with libpq's
 /// `sslmode=verify-full` and `sslmode=verify-ca`, which the client refuses,
 /// read as `sslmode=require`: [`postgres_tls`](crate::store::postgres_tls)
-/// always verifies the server's certificate for the host it names. Only a
+/// always verifies the server's certificate for the host it names. A URL
+/// whose user info holds a raw `@` (a password with one, not
+/// percent-encoded) is refused: the client would end the password there
+/// and take its rest for the host. Only a
 /// setting of the URL's query (after the user info, which ends at its last
 /// `@`), or a whole `key=value` word, is read so: never the same text in a
 /// password.
@@ -23,6 +26,10 @@ use crate::ConfigError;
 /// assert_eq!(config.get_ssl_mode(), SslMode::Require);
 /// let error = postgres_config("postgres://app:secret@db.example:port/clink").unwrap_err();
 /// assert!(!error.to_string().contains("secret"));
+/// // A raw `@` in the password is refused, never read as a host.
+/// let error = postgres_config("postgres://app:p@ss@db.example/clink").unwrap_err();
+/// assert!(error.to_string().contains("%40") && !error.to_string().contains("ss@db"));
+/// assert!(postgres_config("postgres://app:p%40ss@db.example/clink?application_name=a@b").is_ok());
 /// # Ok::<(), clink_webhooks::ConfigError>(())
 /// ```
 ///
@@ -32,6 +39,13 @@ use crate::ConfigError;
 /// it (nor the client's own error, which could quote the password).
 pub fn postgres_config(text: &str) -> Result<tokio_postgres::Config, ConfigError> {
     let verified = |setting: &str| matches!(setting, "sslmode=verify-full" | "sslmode=verify-ca");
+    if raw_at_in_user_info(text) {
+        return Err(ConfigError::new(
+            "a PostgreSQL URL whose user info holds a raw `@`: the client would end the password \
+             at it and take the rest for the host; percent-encode it (`%40`). The URL is not \
+             shown, as it may hold a password",
+        ));
+    }
     let read: Zeroizing<String> = if text.contains("://") {
         let after_user_info = text.rfind('@').unwrap_or(0);
         match text[after_user_info..].find('?') {
@@ -69,6 +83,21 @@ pub fn postgres_config(text: &str) -> Result<tokio_postgres::Config, ConfigError
             "not a valid PostgreSQL connection string (postgres://user:password@host:port/database?sslmode=require, or key=value settings); it is not shown, as it may hold a password",
         )
     })
+}
+
+/// Whether the URL `text` has two `@` with neither a `/` nor a `?`
+/// between them: a raw `@` in its user info (a password with one), which
+/// the client would read as the user info's end, sending the rest of the
+/// password as a host name to the resolver. An `@` in the path or the
+/// query (`?application_name=ops@host`) is not one.
+fn raw_at_in_user_info(text: &str) -> bool {
+    let Some((_, after_scheme)) = text.split_once("://") else {
+        return false;
+    };
+    let (Some(first), Some(last)) = (after_scheme.find('@'), after_scheme.rfind('@')) else {
+        return false;
+    };
+    first != last && !after_scheme[first..last].contains(['/', '?'])
 }
 
 /// Whether every host `config` names is this machine (a loopback address,
@@ -112,6 +141,36 @@ mod tests {
 
     fn config(url: &str) -> tokio_postgres::Config {
         url.parse().unwrap()
+    }
+
+    /// A raw `@` in a URL's user info is refused, and the URL's other
+    /// `@` (in the path or the query) are not: before, the client read
+    /// `app:p@ss@db.example` as the password `p` at the host `ss@db.example`.
+    #[test]
+    fn a_raw_at_in_the_user_info_is_refused() {
+        for refused in [
+            "postgres://app:p@ss@db.example/clink",
+            "postgresql://a@b:pw@db.example",
+            "postgres://app:p/w@x@db.example/clink",
+        ] {
+            let error = postgres_config(refused).unwrap_err().to_string();
+            assert!(error.contains("raw `@`"), "{refused}: {error}");
+            assert!(!error.contains("db.example"), "{error}");
+        }
+        for kept in [
+            "postgres://app:p%40ss@db.example/clink",
+            "postgres://app:pw@db.example/clink?application_name=ops@laptop",
+            "postgres://db.example/clink",
+            "host=db.example user=app password=p@ss@x",
+        ] {
+            assert!(postgres_config(kept).is_ok(), "{kept}");
+        }
+        assert_eq!(
+            postgres_config("postgres://app:p%40ss@db.example/clink")
+                .unwrap()
+                .get_password(),
+            Some(&b"p@ss"[..])
+        );
     }
 
     #[test]
