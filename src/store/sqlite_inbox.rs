@@ -399,12 +399,11 @@ impl EntryRow for Row<'_> {
     type Error = rusqlite::Error;
 
     fn int(&self, column: usize) -> rusqlite::Result<i64> {
-        self.optional_int(column)?
-            .ok_or(rusqlite::Error::InvalidColumnType(
-                column,
-                String::new(),
-                rusqlite::types::Type::Null,
-            ))
+        match self.optional_int(column)? {
+            Some(value) => Ok(value),
+            // NULL: the client's own error, which names the column.
+            None => self.get(column),
+        }
     }
 
     fn optional_int(&self, column: usize) -> rusqlite::Result<Option<i64>> {
