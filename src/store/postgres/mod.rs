@@ -79,6 +79,13 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// commit together or not at all: commit only when `complete_in` answers
 /// [`Settle::Applied`] (see `examples/postgres_transaction.rs`).
 ///
+/// A pooled connection whose call fails as
+/// [`Unavailable`](StoreErrorKind::Unavailable) is closed rather than
+/// handed back to the pool: after a failover, a connection still open to
+/// the demoted primary (which answers `25006`, a read-only transaction)
+/// fails one call, and the pool's next connection goes wherever the
+/// address leads now.
+///
 /// # Example
 ///
 /// ```no_run
@@ -513,7 +520,9 @@ where
 /// or its future be dropped before it answers (the sender hung up, or a
 /// shorter timeout around this one ended first): a statement the client
 /// gave up on must not go on to take locks or land later, nor hold up the
-/// next caller handed its connection.
+/// next caller handed its connection. A call that failed as
+/// [`Unavailable`](StoreErrorKind::Unavailable) (a standby's `25006`, a
+/// server shutting down, a broken connection) closes its connection too.
 async fn guarded<T, F>(
     client: deadpool_postgres::Object, canceller: &Canceller, call: F,
 ) -> Result<T, StoreError>
@@ -533,8 +542,21 @@ where
             "no pooled connection",
         )),
     };
-    if !timed_out(&result) {
-        abandoned.cancel = None;
+    match &result {
+        // Armed: the statement may still run; it is cancelled and its
+        // connection closed.
+        Err(err) if err.kind() == StoreErrorKind::Timeout => {}
+        // A connection that answered as a standby does (`25006`: one still
+        // open to a primary since demoted), or that the server is closing,
+        // would fail every call it is handed next: it is closed, and the
+        // pool makes a fresh one, to wherever its address now leads.
+        Err(err) if err.kind() == StoreErrorKind::Unavailable => {
+            abandoned.cancel = None;
+            if let Some(client) = abandoned.client.take() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+        _ => abandoned.cancel = None,
     }
     result
 }
@@ -560,13 +582,6 @@ impl Drop for Abandoned<'_> {
             cancel_in_background(self.canceller, cancel, "its connection is closed");
         }
     }
-}
-
-/// Whether `result` is a call that ran out of time.
-fn timed_out<T>(result: &Result<T, StoreError>) -> bool {
-    result
-        .as_ref()
-        .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
 }
 
 /// Cancels, from a task of its own, the statement a call that ran out of

@@ -336,6 +336,49 @@ async fn a_read_only_server_is_unavailable() {
     assert!(err.to_string().contains("25006"), "{err}");
 }
 
+/// A pooled connection whose session takes no writes (one still open to a
+/// primary since demoted to a standby, here a session made read-only) is
+/// closed once it answers `25006`, not handed back to the pool: the next
+/// call gets a fresh connection, where the write lands. Handed back, it
+/// would answer every call it is given for as long as it lives.
+#[tokio::test]
+async fn a_connection_to_a_standby_is_not_handed_back_to_the_pool() {
+    let _servers = shared().await;
+    let pool = pg_pool(&server_url("DATABASE_URL"));
+    PostgresStore::new(pool).migrate().await.expect("migrate");
+    let config: tokio_postgres::Config = server_url("DATABASE_URL").parse().unwrap();
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    // One connection, so that a call is handed the one the last call used.
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(1)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .unwrap();
+    {
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .await
+            .unwrap();
+    }
+    let store = PostgresStore::new(pool);
+    let key = format!(
+        "standby_{}_{}",
+        std::process::id(),
+        Timestamp::now().as_millis()
+    );
+    let err = store
+        .claim(&key, DEFAULT_LEASE)
+        .await
+        .expect_err("the read-only session writes nothing");
+    assert!(err.to_string().contains("25006"), "{err}");
+    let claim = store.claim(&key, DEFAULT_LEASE).await;
+    assert!(
+        matches!(claim, Ok(Claim::Claimed(_))),
+        "the next call was handed the read-only connection again: {claim:?}"
+    );
+}
+
 #[tokio::test]
 async fn unreachable_database_is_unavailable_and_the_password_stays_secret() {
     // Nothing listens on port 1 of the loopback interface.
