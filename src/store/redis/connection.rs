@@ -3,11 +3,142 @@
 //! through the `redis` crate's async cluster connection; either over TLS
 //! with the feature `redis-tls`.
 
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, Pipeline, RedisFuture, Value};
+use ::redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use super::{store_error, RedisStore};
 use crate::store::{timed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT};
+
+/// What a [`RedisStore`] holds to reach Redis: each call takes a
+/// [`Connection`] from it.
+#[derive(Clone)]
+pub(super) enum Link {
+    /// One server, through a manager made anew when the one in use stops
+    /// serving (see [`Single`]).
+    Single(Arc<Single>),
+    /// A Redis Cluster, whose connection follows failovers by itself.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+/// One server's connection manager. The manager reconnects by itself when
+/// its connection breaks, but not when the connection stays up and stops
+/// serving: a server that answers `READONLY` (a primary demoted to a
+/// replica in a failover, its clients not killed, while the address now
+/// leads to the new primary), or a connection that answers nothing (half
+/// open: the server's host gone without a word, until the kernel gives up
+/// on it, a quarter of an hour later). When the store made the manager
+/// from a client ([`RedisStore::connect`]), either one has it make a new
+/// manager, in the background, at most once a [`REMAKE_PAUSE`].
+pub(super) struct Single {
+    manager: RwLock<ConnectionManager>,
+    /// How to make the manager anew: `None` for one the caller made.
+    remake: Option<Remake>,
+}
+
+struct Remake {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// Whether a new manager is being made, and when the last one started.
+    state: Mutex<(bool, Option<Instant>)>,
+}
+
+/// The least time between two starts of a new manager.
+pub(super) const REMAKE_PAUSE: Duration = Duration::from_secs(1);
+
+impl Link {
+    /// One server through `manager`, never made anew.
+    pub(super) fn single(manager: ConnectionManager) -> Self {
+        Self::Single(Arc::new(Single {
+            manager: RwLock::new(manager),
+            remake: None,
+        }))
+    }
+
+    /// The connection for one call.
+    pub(super) fn connection(&self) -> Connection {
+        match self {
+            Self::Single(single) => Connection::Single(
+                single
+                    .manager
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(connection) => Connection::Cluster(connection.clone()),
+        }
+    }
+
+    /// Notes that a call failed with `err`: a `READONLY` answer has the
+    /// connection made anew.
+    pub(super) fn failed(&self, err: &RedisError) {
+        if err.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly) {
+            self.remake("the server answered READONLY (a primary demoted to a replica)");
+        }
+    }
+
+    /// Notes that a call got no answer in the store's time.
+    pub(super) fn unanswered(&self) {
+        self.remake("a call got no answer in time (the connection may be half open)");
+    }
+
+    /// Makes the manager anew in the background, unless one is being made,
+    /// one was started less than [`REMAKE_PAUSE`] ago, or the caller made
+    /// the manager.
+    fn remake(&self, why: &'static str) {
+        #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
+        let Self::Single(single) = self else {
+            return;
+        };
+        let Some(remake) = &single.remake else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut state = remake.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let (busy, started) = &mut *state;
+            if *busy || started.is_some_and(|at| at.elapsed() < REMAKE_PAUSE) {
+                return;
+            }
+            *busy = true;
+            *started = Some(Instant::now());
+        }
+        let single = Arc::clone(single);
+        runtime.spawn(async move {
+            let Some(remake) = &single.remake else {
+                return;
+            };
+            let made = timed(DEFAULT_TIMEOUT * 3, async {
+                ConnectionManager::new_with_config(remake.client.clone(), remake.config.clone())
+                    .await
+                    .map_err(|err| store_error("cannot connect to Redis", &err))
+            })
+            .await;
+            match made {
+                Ok(manager) => {
+                    *single
+                        .manager
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = manager;
+                    tracing::warn!(why, "Redis connection made anew");
+                }
+                // Calls go on through the old one; the next sign tries again.
+                Err(err) => tracing::debug!(why, %err, "Redis connection not made anew"),
+            }
+            remake
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0 = false;
+        });
+    }
+}
 
 /// The connection every call of a [`RedisStore`] goes through.
 #[derive(Clone)]
@@ -125,11 +256,19 @@ impl RedisStore {
             .set_response_timeout(None)
             .set_number_of_retries(1);
         let connect = async {
-            ConnectionManager::new_with_config(client, config)
+            ConnectionManager::new_with_config(client.clone(), config.clone())
                 .await
                 .map_err(|err| store_error("cannot connect to Redis", &err))
         };
-        let store = Self::new(timed(DEFAULT_TIMEOUT * 3, connect).await?);
+        let manager = timed(DEFAULT_TIMEOUT * 3, connect).await?;
+        let store = Self::with_link(Link::Single(Arc::new(Single {
+            manager: RwLock::new(manager),
+            remake: Some(Remake {
+                client,
+                config,
+                state: Mutex::default(),
+            }),
+        })));
         store.warn_unless_noeviction().await;
         Ok(store)
     }
@@ -143,7 +282,7 @@ impl RedisStore {
     #[must_use]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn new_cluster(connection: ::redis::cluster_async::ClusterConnection) -> Self {
-        Self::with_connection(Connection::Cluster(connection))
+        Self::with_link(Link::Cluster(connection))
     }
 
     /// Connects to the Redis Cluster that the nodes at `urls` belong to

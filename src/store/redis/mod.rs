@@ -29,7 +29,7 @@ use crate::ConfigError;
 mod connection;
 mod freshness;
 
-use connection::Connection;
+use connection::{Connection, Link};
 
 /// A script whose only key is `KEYS[1]`, so that it touches one hash slot
 /// in a Redis Cluster (checked in debug builds).
@@ -137,6 +137,18 @@ return 0
 /// layer answers 503 and Clink retries. An answer lost to a timeout may still
 /// have claimed the key; that claim then holds until its lease ends.
 ///
+/// A connection can also stay up and stop serving: the server answers
+/// `READONLY` (a failover demoted it to a replica without closing its
+/// clients' connections, while the address now leads to the new primary),
+/// or nothing at all (half open: the server's host gone without a word,
+/// which the kernel notices only some fifteen minutes later). A store made
+/// by [`connect`](Self::connect) (or `connect_with_tls`) takes either as a
+/// sign and connects anew in the background, at most once a second, logging
+/// it at `warn` once the new connection is up; calls go on through the old
+/// one meanwhile. A store over your own manager ([`new`](Self::new)) cannot
+/// make it anew, and waits for the kernel or the server to close it. The
+/// cluster connection follows `READONLY` by itself.
+///
 /// # Connecting
 ///
 /// | to | call | feature |
@@ -215,7 +227,7 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: Connection,
+    link: Link,
     /// Set once the server refused `SET .. IFEQ`, shared by clones.
     no_ifeq: Arc<AtomicBool>,
     timeout: Duration,
@@ -232,14 +244,19 @@ impl RedisStore {
     /// `ConnectionManagerConfig::set_response_timeout(None)` (as
     /// [`connect`](Self::connect) does) for a store timeout longer than the
     /// redis crate's default of 500 ms.
+    ///
+    /// The manager reconnects when its connection breaks, but the store
+    /// cannot make it anew when the connection stays up and stops serving
+    /// (a server answering `READONLY` after a failover, a connection half
+    /// open), as one [`connect`](Self::connect) made does.
     #[must_use]
     pub fn new(connection: ConnectionManager) -> Self {
-        Self::with_connection(Connection::Single(connection))
+        Self::with_link(Link::single(connection))
     }
 
-    fn with_connection(connection: Connection) -> Self {
+    fn with_link(link: Link) -> Self {
         Self {
-            connection,
+            link,
             no_ifeq: Arc::default(),
             timeout: DEFAULT_TIMEOUT,
             freshness_prefix: Self::DEFAULT_FRESHNESS_PREFIX.into(),
@@ -252,7 +269,7 @@ impl RedisStore {
     /// `allkeys-*` policy could drop a live claim or a completed mark. Says
     /// nothing when the server hides its configuration (`CONFIG` disabled).
     async fn warn_unless_noeviction(&self) {
-        let mut connection = self.connection.clone();
+        let mut connection = self.link.connection();
         let mut query = ::redis::cmd("CONFIG");
         query.arg("GET").arg("maxmemory-policy");
         let answer: Result<Vec<String>, StoreError> = timed(self.timeout, async {
@@ -305,13 +322,33 @@ impl RedisStore {
     async fn call<T>(
         &self, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        timed(self.timeout, async {
+        let mut connection = self.link.connection();
+        let result = timed(self.timeout, async {
             request(&mut connection)
                 .await
-                .map_err(|err| store_error("Redis call failed", &err))
+                .map_err(|err| self.failed("Redis call failed", &err))
         })
-        .await
+        .await;
+        self.noted(result)
+    }
+
+    /// The error of a call that failed with `err`, which the link notes (a
+    /// `READONLY` answer has the connection made anew).
+    fn failed(&self, context: &str, err: &RedisError) -> StoreError {
+        self.link.failed(err);
+        store_error(context, err)
+    }
+
+    /// `result`, a call's; a timeout is noted by the link (no answer in
+    /// time has the connection made anew).
+    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result
+            .as_ref()
+            .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
+        {
+            self.link.unanswered();
+        }
+        result
     }
 
     async fn claim_key(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
@@ -356,7 +393,8 @@ impl RedisStore {
         // The script gets what the first call left of the per-call timeout:
         // one timeout for the whole claim.
         let left = self.timeout.saturating_sub(started.elapsed());
-        let reply = timed(left, self.run(&CLAIM, key, &[token.as_str(), &lease])).await?;
+        let reply =
+            self.noted(timed(left, self.run(&CLAIM, key, &[token.as_str(), &lease])).await)?;
         let Value::Array(items) = reply else {
             return Err(unexpected("the idempotency script", &reply));
         };
@@ -388,7 +426,7 @@ impl RedisStore {
         let retention = ttl_millis("retention", retention)?.to_string();
         check_key(key)?;
         // One timeout for the whole completion, both tries included.
-        timed(self.timeout, self.complete_checked(key, token, &retention)).await
+        self.noted(timed(self.timeout, self.complete_checked(key, token, &retention)).await)
     }
 
     async fn complete_checked(
@@ -402,7 +440,7 @@ impl RedisStore {
                 .arg(format!("{CLAIMED}{}", token.as_str()))
                 .arg("PX")
                 .arg(retention);
-            let mut connection = self.connection.clone();
+            let mut connection = self.link.connection();
             match set.query_async::<Value>(&mut connection).await {
                 Ok(Value::Okay) => return Ok(Settle::Applied),
                 Ok(Value::Nil) => return Ok(Settle::LeaseLost),
@@ -416,17 +454,17 @@ impl RedisStore {
                         self.no_ifeq.store(true, Ordering::Relaxed);
                     }
                 }
-                Err(err) => return Err(store_error("Redis call failed", &err)),
+                Err(err) => return Err(self.failed("Redis call failed", &err)),
             }
         }
         // The key was checked; the script runs within the caller's timeout.
         let mut invocation = COMPLETE.key(key);
         invocation.arg(token.as_str()).arg(retention);
-        let mut connection = self.connection.clone();
+        let mut connection = self.link.connection();
         let reply = invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(|err| store_error("Redis call failed", &err))?;
+            .map_err(|err| self.failed("Redis call failed", &err))?;
         settled(reply)
     }
 
@@ -469,15 +507,16 @@ impl IdempotencyStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
-            timed(self.timeout, async {
+            let mut connection = self.link.connection();
+            let pinged = timed(self.timeout, async {
                 ::redis::cmd("PING")
                     .query_async::<String>(&mut connection)
                     .await
                     .map(drop)
-                    .map_err(|err| store_error("PING", &err))
+                    .map_err(|err| self.failed("PING", &err))
             })
-            .await
+            .await;
+            self.noted(pinged)
         })
     }
 }

@@ -484,3 +484,213 @@ async fn a_server_out_of_memory_is_unavailable() {
         Settle::Applied
     );
 }
+
+/// Two redis-servers of a test's own, each on a socket file, and the path
+/// a store connects to: a link to the first, until the test points it at
+/// the second, as a failover points a name at the new primary. Connections
+/// already open stay with the first.
+struct Failover {
+    dir: std::path::PathBuf,
+    servers: [std::process::Child; 2],
+}
+
+impl Failover {
+    async fn start(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-{test}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_millis()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spawn = |name: &str| {
+            std::process::Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no"])
+                .arg("--unixsocket")
+                .arg(dir.join(name))
+                .args(["--unixsocketperm", "700"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed by scripts/test")
+        };
+        let servers = Self {
+            servers: [spawn("first.sock"), spawn("second.sock")],
+            dir,
+        };
+        std::os::unix::fs::symlink(servers.dir.join("first.sock"), servers.address()).unwrap();
+        for name in ["first.sock", "second.sock"] {
+            drop(servers.raw(name).await);
+        }
+        servers
+    }
+
+    /// Where the store connects.
+    fn address(&self) -> std::path::PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.address().display())
+    }
+
+    /// A connection of the test's own to the server on socket `name`,
+    /// waiting for it to start.
+    async fn raw(&self, name: &str) -> redis::aio::MultiplexedConnection {
+        let url = format!("redis+unix://{}", self.dir.join(name).display());
+        let client = redis::Client::open(url).unwrap();
+        let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+        loop {
+            let error = match client.get_multiplexed_async_connection().await {
+                Ok(mut connection) => {
+                    match redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await
+                    {
+                        Ok(_) => return connection,
+                        Err(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never answered: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Points the store's address at the second server.
+    fn fail_over(&self) {
+        let next = self.dir.join("next.sock");
+        std::os::unix::fs::symlink(self.dir.join("second.sock"), &next).unwrap();
+        std::fs::rename(&next, self.address()).unwrap();
+    }
+
+    /// Stops the first server without closing anything: its connections
+    /// stay open and answer nothing, as a host gone without a word leaves
+    /// them.
+    fn freeze_first(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &self.servers[0].id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Claims `key` through `store` until a claim lands, within the
+    /// patience of the suite; answers the errors met on the way.
+    async fn claim_until_claimed(store: &RedisStore, key: &str) -> Vec<StoreErrorKind> {
+        let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+        let mut errors = Vec::new();
+        loop {
+            match store.claim(key, DEFAULT_LEASE).await {
+                Ok(Claim::Claimed(_)) => return errors,
+                Err(error) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no claim landed; the last error: {error}"
+                    );
+                    errors.push(error.kind());
+                }
+                Ok(other) => panic!("a fresh key answered {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the second server holds at `key`.
+    async fn second_holds(&self, key: &str) -> Option<String> {
+        let mut second = self.raw("second.sock").await;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut second)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Failover {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A failover that demotes the primary under a store without closing its
+/// clients' connections (the address now leads to the new primary): the
+/// old connection answers `READONLY` to every write, for as long as it
+/// lives. The store makes its connection anew, and claims land on the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_demoted_under_the_store_has_its_connection_made_anew() {
+    let servers = Failover::start("demoted").await;
+    let store = RedisStore::connect(&servers.url()).await.unwrap();
+    let keys = Keys::new("redis_demoted");
+    claimed(store.claim(&keys.key("before"), DEFAULT_LEASE).await);
+    servers.fail_over();
+    let mut first = servers.raw("first.sock").await;
+    // Port 1 of the loopback interface: nothing listens, nothing is copied.
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(1)
+        .query_async::<()>(&mut first)
+        .await
+        .unwrap();
+    let err = store
+        .claim(&keys.key("demoted"), DEFAULT_LEASE)
+        .await
+        .expect_err("a replica takes no writes");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("read-only"), "{err}");
+
+    let key = keys.key("after");
+    let errors = Failover::claim_until_claimed(&store, &key).await;
+    assert!(
+        errors
+            .iter()
+            .all(|kind| *kind == StoreErrorKind::Unavailable),
+        "{errors:?}"
+    );
+    let held = servers.second_holds(&key).await;
+    assert!(
+        held.as_deref()
+            .is_some_and(|value| value.starts_with("claimed:")),
+        "{held:?}"
+    );
+}
+
+/// A connection that stops answering without being closed (the server's
+/// host gone without a word, until the kernel gives up on the connection
+/// a quarter of an hour later; here the first server frozen, with the
+/// address leading to the second): the store makes its connection anew
+/// once a call got no answer in time, and claims land again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_is_made_anew() {
+    let servers = Failover::start("silent").await;
+    let store = RedisStore::connect(&servers.url())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_millis(500))
+        .unwrap();
+    let keys = Keys::new("redis_silent");
+    claimed(store.claim(&keys.key("before"), DEFAULT_LEASE).await);
+    servers.fail_over();
+    servers.freeze_first();
+    let err = store
+        .claim(&keys.key("unanswered"), DEFAULT_LEASE)
+        .await
+        .expect_err("a frozen server answers nothing");
+    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+
+    let key = keys.key("after");
+    Failover::claim_until_claimed(&store, &key).await;
+    let held = servers.second_holds(&key).await;
+    assert!(
+        held.as_deref()
+            .is_some_and(|value| value.starts_with("claimed:")),
+        "{held:?}"
+    );
+}
