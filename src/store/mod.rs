@@ -169,6 +169,10 @@ pub enum StoreErrorKind {
 pub struct StoreError {
     kind: StoreErrorKind,
     message: String,
+    /// Whether the connection that answered is of no further use (it
+    /// reaches a standby, or a server going away) and is not to be reused.
+    #[cfg(feature = "postgres")]
+    spent_connection: bool,
 }
 
 impl StoreError {
@@ -177,7 +181,22 @@ impl StoreError {
         Self {
             kind,
             message: message.into(),
+            #[cfg(feature = "postgres")]
+            spent_connection: false,
         }
+    }
+
+    /// This error, saying the connection that answered is not to be reused.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn with_spent_connection(mut self) -> Self {
+        self.spent_connection = true;
+        self
+    }
+
+    /// Whether the connection that answered is not to be reused.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn spent_connection(&self) -> bool {
+        self.spent_connection
     }
 
     /// What kind of failure this is.

@@ -79,12 +79,14 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// commit together or not at all: commit only when `complete_in` answers
 /// [`Settle::Applied`] (see `examples/postgres_transaction.rs`).
 ///
-/// A pooled connection whose call fails as
-/// [`Unavailable`](StoreErrorKind::Unavailable) is closed rather than
-/// handed back to the pool: after a failover, a connection still open to
-/// the demoted primary (which answers `25006`, a read-only transaction)
-/// fails one call, and the pool's next connection goes wherever the
-/// address leads now.
+/// A pooled connection that answers as a standby does (`25006`, a
+/// read-only transaction: after a failover, one still open to the demoted
+/// primary) or as a server going away (`57P01` to `57P03`) is closed
+/// rather than handed back to the pool: it fails one call, and the pool's
+/// next connection goes wherever the address leads now. A connection of
+/// your own that [`claim_in`](Self::claim_in) or
+/// [`complete_in`](Self::complete_in) find so is yours to drop, with
+/// `deadpool_postgres::Object::take`.
 ///
 /// # Example
 ///
@@ -313,7 +315,9 @@ impl PostgresStore {
     /// [`StoreErrorKind::Timeout`] too, its statement perhaps still
     /// running: drop that connection
     /// (`deadpool_postgres::Object::take`) rather than hand it back to its
-    /// pool.
+    /// pool. So too one that answers `25006` (a standby's: it reaches a
+    /// primary since demoted), which would fail every transaction it is
+    /// given.
     pub async fn claim_in(
         &self, tx: &Transaction<'_>, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError> {
@@ -520,9 +524,8 @@ where
 /// or its future be dropped before it answers (the sender hung up, or a
 /// shorter timeout around this one ended first): a statement the client
 /// gave up on must not go on to take locks or land later, nor hold up the
-/// next caller handed its connection. A call that failed as
-/// [`Unavailable`](StoreErrorKind::Unavailable) (a standby's `25006`, a
-/// server shutting down, a broken connection) closes its connection too.
+/// next caller handed its connection. A call whose connection is of no
+/// further use (a standby's `25006`, a server shutting down) closes it too.
 async fn guarded<T, F>(
     client: deadpool_postgres::Object, canceller: &Canceller, call: F,
 ) -> Result<T, StoreError>
@@ -549,8 +552,10 @@ where
         // A connection that answered as a standby does (`25006`: one still
         // open to a primary since demoted), or that the server is closing,
         // would fail every call it is handed next: it is closed, and the
-        // pool makes a fresh one, to wherever its address now leads.
-        Err(err) if err.kind() == StoreErrorKind::Unavailable => {
+        // pool makes a fresh one, to wherever its address now leads. (A
+        // deadlock, a full disk or a cancelled statement leave the
+        // connection as good as any other: it goes back.)
+        Err(err) if err.spent_connection() => {
             abandoned.cancel = None;
             if let Some(client) = abandoned.client.take() {
                 drop(deadpool_postgres::Object::take(client));
@@ -747,17 +752,23 @@ fn pool_error(err: PoolError) -> StoreError {
 fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
     if let Some(db) = err.as_db_error() {
         let code = db.code().code();
+        // Whether the connection is of no further use.
+        let mut spent = false;
         let (kind, hint) = match code {
             // Missing table: the schema was never applied.
             "42P01" => (StoreErrorKind::Protocol, "; run PostgresStore::migrate()"),
             // A wait for another transaction's lock ended by lock_timeout.
             "55P03" => (StoreErrorKind::Timeout, ""),
-            // A write sent to a standby (a pool still pointed at a primary
-            // just demoted): worth retrying once it points at the new one,
-            // as Redis's READONLY is.
-            "25006" => (StoreErrorKind::Unavailable, ""),
-            // Connection trouble, shutdown, overload, and serialization
-            // failures in the caller's transaction: all worth retrying.
+            // A write sent to a standby (a connection still open to a
+            // primary just demoted): worth retrying on another connection,
+            // as Redis's READONLY is; and the server going away or still
+            // starting. Neither connection serves again.
+            "25006" | "57P01" | "57P02" | "57P03" => {
+                spent = true;
+                (StoreErrorKind::Unavailable, "")
+            }
+            // Connection trouble, overload, and serialization failures in
+            // the caller's transaction: all worth retrying.
             _ if ["08", "53", "57", "40"]
                 .iter()
                 .any(|class| code.starts_with(class)) =>
@@ -766,10 +777,15 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
             }
             _ => (StoreErrorKind::Protocol, ""),
         };
-        return StoreError::new(
+        let error = StoreError::new(
             kind,
             format!("{context}: {} (SQLSTATE {code}){hint}", db.message()),
         );
+        return if spent {
+            error.with_spent_connection()
+        } else {
+            error
+        };
     }
     if err.is_closed() {
         return StoreError::new(
