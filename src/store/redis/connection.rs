@@ -3,17 +3,18 @@
 //! through the `redis` crate's async cluster connection; either over TLS
 //! with the feature `redis-tls`.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use ::redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::{store_error, RedisStore};
 use crate::store::{timed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT};
 
 /// What a [`RedisStore`] holds to reach Redis: each call takes a
-/// [`Connection`] from it.
+/// [`Call`] from it, and tells it how the call went.
 #[derive(Clone)]
 pub(super) enum Link {
     /// One server, through a manager made anew when the one in use stops
@@ -31,111 +32,263 @@ pub(super) enum Link {
 /// leads to the new primary), or a connection that answers nothing (half
 /// open: the server's host gone without a word, until the kernel gives up
 /// on it, a quarter of an hour later). When the store made the manager
-/// from a client ([`RedisStore::connect`]), either one has it make a new
-/// manager, in the background, at most once a [`REMAKE_PAUSE`].
+/// from a client ([`RedisStore::connect`]), either sign has it make a new
+/// manager, in the background: at once for a manager that had served,
+/// else after a pause that doubles from [`REMAKE_PAUSE`] up to
+/// [`REMAKE_PAUSE_MAX`] while new managers fail as the old one did.
 pub(super) struct Single {
-    manager: RwLock<ConnectionManager>,
+    current: RwLock<Arc<Managed>>,
     /// How to make the manager anew: `None` for one the caller made.
     remake: Option<Remake>,
+}
+
+/// A connection manager and what its calls have shown of it.
+pub(super) struct Managed {
+    manager: ConnectionManager,
+    /// When it was made.
+    made: Instant,
+    /// When a reply last came through it, in nanoseconds since `made`,
+    /// plus one (zero: never).
+    answered: AtomicU64,
+    /// Whether it ever gave a reply other than `READONLY`.
+    served: AtomicBool,
+}
+
+impl Managed {
+    /// `manager`, which `served` already (the first: trouble with it is
+    /// new) or not (one made anew: trouble with it is the same as before).
+    fn new(manager: ConnectionManager, served: bool) -> Arc<Self> {
+        Arc::new(Self {
+            manager,
+            made: Instant::now(),
+            answered: AtomicU64::new(0),
+            served: AtomicBool::new(served),
+        })
+    }
+
+    fn since_made(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.made).as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Whether a reply came through it after `at`.
+    fn answered_after(&self, at: Instant) -> bool {
+        self.answered.load(Ordering::Relaxed) > self.since_made(at)
+    }
 }
 
 struct Remake {
     client: Client,
     config: ConnectionManagerConfig,
-    /// Whether a new manager is being made, and when the last one started.
-    state: Mutex<(bool, Option<Instant>)>,
+    /// The runtime the store was made on, which new managers run on.
+    runtime: tokio::runtime::Handle,
+    state: Mutex<RemakeState>,
+}
+
+#[derive(Default)]
+struct RemakeState {
+    /// Whether a new manager is being made.
+    busy: bool,
+    /// When the last one started.
+    started: Option<Instant>,
+    /// The pause before the next, for a manager that never served.
+    pause: Duration,
 }
 
 /// The least time between two starts of a new manager.
 pub(super) const REMAKE_PAUSE: Duration = Duration::from_secs(1);
 
+/// The most time between two starts while new managers fail as the old.
+pub(super) const REMAKE_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// One call's way to Redis.
+pub(super) struct Call {
+    pub(super) connection: Connection,
+    /// The manager it goes through, for a single server.
+    managed: Option<Arc<Managed>>,
+    started: Instant,
+}
+
 impl Link {
     /// One server through `manager`, never made anew.
     pub(super) fn single(manager: ConnectionManager) -> Self {
         Self::Single(Arc::new(Single {
-            manager: RwLock::new(manager),
+            current: RwLock::new(Managed::new(manager, true)),
             remake: None,
         }))
     }
 
-    /// The connection for one call.
-    pub(super) fn connection(&self) -> Connection {
+    /// One server through `manager`, made anew from `client` and `config`
+    /// when it stops serving.
+    fn remakeable(
+        manager: ConnectionManager, client: Client, config: ConnectionManagerConfig,
+    ) -> Self {
+        let remake = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| Remake {
+                client,
+                config,
+                runtime,
+                state: Mutex::new(RemakeState {
+                    pause: REMAKE_PAUSE,
+                    ..RemakeState::default()
+                }),
+            });
+        Self::Single(Arc::new(Single {
+            current: RwLock::new(Managed::new(manager, true)),
+            remake,
+        }))
+    }
+
+    /// The way to Redis for one call, starting now.
+    pub(super) fn call(&self) -> Call {
+        let started = Instant::now();
         match self {
-            Self::Single(single) => Connection::Single(
-                single
-                    .manager
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-            ),
+            Self::Single(single) => {
+                let managed = Arc::clone(
+                    &single
+                        .current
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                Call {
+                    connection: Connection::Single(managed.manager.clone()),
+                    managed: Some(managed),
+                    started,
+                }
+            }
             #[cfg(feature = "redis-cluster")]
-            Self::Cluster(connection) => Connection::Cluster(connection.clone()),
+            Self::Cluster(connection) => Call {
+                connection: Connection::Cluster(connection.clone()),
+                managed: None,
+                started,
+            },
         }
     }
 
-    /// Notes that a call failed with `err`: a `READONLY` answer has the
-    /// connection made anew.
-    pub(super) fn failed(&self, err: &RedisError) {
-        if err.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly) {
-            self.remake("the server answered READONLY (a primary demoted to a replica)");
+    /// Notes how a request of `call` went: a reply shows the connection
+    /// alive; a `READONLY` one has it made anew.
+    pub(super) fn replied<T>(&self, call: &Call, result: &RedisResult<T>) {
+        let Some(managed) = &call.managed else {
+            return;
+        };
+        let read_only = match result {
+            Ok(_) => false,
+            Err(err) if err.code().is_some() => {
+                err.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly)
+            }
+            // No reply: a lost connection, which the manager makes anew.
+            Err(_) => return,
+        };
+        managed
+            .answered
+            .fetch_max(managed.since_made(Instant::now()), Ordering::Relaxed);
+        if read_only {
+            self.remake(
+                managed,
+                "the server answered READONLY (a primary demoted to a replica)",
+            );
+        } else if !managed.served.load(Ordering::Relaxed) {
+            managed.served.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Notes that a call got no answer in the store's time.
-    pub(super) fn unanswered(&self) {
-        self.remake("a call got no answer in time (the connection may be half open)");
+    /// Notes that `call` got no answer in the store's time: unless a reply
+    /// came through its connection meanwhile (a slow server, not a silent
+    /// connection), it is made anew.
+    pub(super) fn unanswered(&self, call: &Call) {
+        if let Some(managed) = &call.managed {
+            if !managed.answered_after(call.started) {
+                self.remake(
+                    managed,
+                    "nothing came back through the connection in time (it may be half open)",
+                );
+            }
+        }
     }
 
-    /// Makes the manager anew in the background, unless one is being made,
-    /// one was started less than [`REMAKE_PAUSE`] ago, or the caller made
-    /// the manager.
-    fn remake(&self, why: &'static str) {
+    /// Makes the manager anew in the background, unless `from` was already
+    /// replaced, a new one is being made or was started within the pause,
+    /// or the caller made the manager.
+    fn remake(&self, from: &Arc<Managed>, why: &'static str) {
         #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
-        let Self::Single(single) = self else {
+        let Self::Single(single) = self
+        else {
             return;
         };
         let Some(remake) = &single.remake else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if !Arc::ptr_eq(
+            &single
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+            from,
+        ) {
             return;
-        };
+        }
+        // A manager that served before fails anew: a new episode, told at
+        // `warn`. One that never served fails as the one before it did:
+        // told at `debug`, after a longer pause each time.
+        let fresh_trouble = from.served.load(Ordering::Relaxed);
         {
             let mut state = remake.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let (busy, started) = &mut *state;
-            if *busy || started.is_some_and(|at| at.elapsed() < REMAKE_PAUSE) {
+            let pause = if fresh_trouble {
+                REMAKE_PAUSE
+            } else {
+                state.pause
+            };
+            if state.busy || state.started.is_some_and(|at| at.elapsed() < pause) {
                 return;
             }
-            *busy = true;
-            *started = Some(Instant::now());
-        }
-        let single = Arc::clone(single);
-        runtime.spawn(async move {
-            let Some(remake) = &single.remake else {
-                return;
+            state.busy = true;
+            state.started = Some(Instant::now());
+            state.pause = if fresh_trouble {
+                REMAKE_PAUSE.saturating_mul(2)
+            } else {
+                state.pause.saturating_mul(2).min(REMAKE_PAUSE_MAX)
             };
+        }
+        /// Clears `busy` however the task ends, dropped unpolled included.
+        struct Done(Arc<Single>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                if let Some(remake) = &self.0.remake {
+                    remake
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .busy = false;
+                }
+            }
+        }
+        let done = Done(Arc::clone(single));
+        let (client, config) = (remake.client.clone(), remake.config.clone());
+        remake.runtime.spawn(async move {
             let made = timed(DEFAULT_TIMEOUT * 3, async {
-                ConnectionManager::new_with_config(remake.client.clone(), remake.config.clone())
+                ConnectionManager::new_with_config(client, config)
                     .await
                     .map_err(|err| store_error("cannot connect to Redis", &err))
             })
             .await;
             match made {
                 Ok(manager) => {
-                    *single
-                        .manager
+                    *done
+                        .0
+                        .current
                         .write()
-                        .unwrap_or_else(PoisonError::into_inner) = manager;
-                    tracing::warn!(why, "Redis connection made anew");
+                        .unwrap_or_else(PoisonError::into_inner) = Managed::new(manager, false);
+                    if fresh_trouble {
+                        tracing::warn!(why, "Redis connection made anew");
+                    } else {
+                        tracing::debug!(why, "Redis connection made anew, again");
+                    }
                 }
                 // Calls go on through the old one; the next sign tries again.
                 Err(err) => tracing::debug!(why, %err, "Redis connection not made anew"),
             }
-            remake
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0 = false;
         });
     }
 }
@@ -261,14 +414,7 @@ impl RedisStore {
                 .map_err(|err| store_error("cannot connect to Redis", &err))
         };
         let manager = timed(DEFAULT_TIMEOUT * 3, connect).await?;
-        let store = Self::with_link(Link::Single(Arc::new(Single {
-            manager: RwLock::new(manager),
-            remake: Some(Remake {
-                client,
-                config,
-                state: Mutex::default(),
-            }),
-        })));
+        let store = Self::with_link(Link::remakeable(manager, client, config));
         store.warn_unless_noeviction().await;
         Ok(store)
     }

@@ -29,7 +29,7 @@ use crate::ConfigError;
 mod connection;
 mod freshness;
 
-use connection::{Connection, Link};
+use connection::{Call, Connection, Link};
 
 /// A script whose only key is `KEYS[1]`, so that it touches one hash slot
 /// in a Redis Cluster (checked in debug builds).
@@ -143,9 +143,13 @@ return 0
 /// or nothing at all (half open: the server's host gone without a word,
 /// which the kernel notices only some fifteen minutes later). A store made
 /// by [`connect`](Self::connect) (or `connect_with_tls`) takes either as a
-/// sign and connects anew in the background, at most once a second, logging
-/// it at `warn` once the new connection is up; calls go on through the old
-/// one meanwhile. A store over your own manager ([`new`](Self::new)) cannot
+/// sign (a timeout only when nothing at all came back through the
+/// connection since the call began: a slow server that answers others is
+/// left alone) and connects anew in the background, logging it at `warn`
+/// once the new connection is up; calls go on through the old one
+/// meanwhile. Should the new connection show the same sign before serving
+/// (the address still leads to a replica), the next attempt waits 2 s,
+/// then twice as long each time up to a minute, told at `debug`. A store over your own manager ([`new`](Self::new)) cannot
 /// make it anew, and waits for the kernel or the server to close it. The
 /// cluster connection follows `READONLY` by itself.
 ///
@@ -269,7 +273,7 @@ impl RedisStore {
     /// `allkeys-*` policy could drop a live claim or a completed mark. Says
     /// nothing when the server hides its configuration (`CONFIG` disabled).
     async fn warn_unless_noeviction(&self) {
-        let mut connection = self.link.connection();
+        let mut connection = self.link.call().connection;
         let mut query = ::redis::cmd("CONFIG");
         query.arg("GET").arg("maxmemory-policy");
         let answer: Result<Vec<String>, StoreError> = timed(self.timeout, async {
@@ -322,31 +326,25 @@ impl RedisStore {
     async fn call<T>(
         &self, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.link.connection();
+        let call = self.link.call();
+        let mut connection = call.connection.clone();
         let result = timed(self.timeout, async {
-            request(&mut connection)
-                .await
-                .map_err(|err| self.failed("Redis call failed", &err))
+            let reply = request(&mut connection).await;
+            self.link.replied(&call, &reply);
+            reply.map_err(|err| store_error("Redis call failed", &err))
         })
         .await;
-        self.noted(result)
+        self.noted(&call, result)
     }
 
-    /// The error of a call that failed with `err`, which the link notes (a
-    /// `READONLY` answer has the connection made anew).
-    fn failed(&self, context: &str, err: &RedisError) -> StoreError {
-        self.link.failed(err);
-        store_error(context, err)
-    }
-
-    /// `result`, a call's; a timeout is noted by the link (no answer in
-    /// time has the connection made anew).
-    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    /// `result`, that of `call`; a timeout is noted by the link (a
+    /// connection that answered nothing in time is made anew).
+    fn noted<T>(&self, call: &Call, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result
             .as_ref()
             .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
         {
-            self.link.unanswered();
+            self.link.unanswered(call);
         }
         result
     }
@@ -393,8 +391,7 @@ impl RedisStore {
         // The script gets what the first call left of the per-call timeout:
         // one timeout for the whole claim.
         let left = self.timeout.saturating_sub(started.elapsed());
-        let reply =
-            self.noted(timed(left, self.run(&CLAIM, key, &[token.as_str(), &lease])).await)?;
+        let reply = timed(left, self.run(&CLAIM, key, &[token.as_str(), &lease])).await?;
         let Value::Array(items) = reply else {
             return Err(unexpected("the idempotency script", &reply));
         };
@@ -426,11 +423,17 @@ impl RedisStore {
         let retention = ttl_millis("retention", retention)?.to_string();
         check_key(key)?;
         // One timeout for the whole completion, both tries included.
-        self.noted(timed(self.timeout, self.complete_checked(key, token, &retention)).await)
+        let call = self.link.call();
+        let completed = timed(
+            self.timeout,
+            self.complete_checked(&call, key, token, &retention),
+        )
+        .await;
+        self.noted(&call, completed)
     }
 
     async fn complete_checked(
-        &self, key: &str, token: &LeaseToken, retention: &str,
+        &self, call: &Call, key: &str, token: &LeaseToken, retention: &str,
     ) -> Result<Settle, StoreError> {
         if !self.no_ifeq.load(Ordering::Relaxed) {
             let mut set = ::redis::cmd("SET");
@@ -440,8 +443,10 @@ impl RedisStore {
                 .arg(format!("{CLAIMED}{}", token.as_str()))
                 .arg("PX")
                 .arg(retention);
-            let mut connection = self.link.connection();
-            match set.query_async::<Value>(&mut connection).await {
+            let mut connection = call.connection.clone();
+            let reply = set.query_async::<Value>(&mut connection).await;
+            self.link.replied(call, &reply);
+            match reply {
                 Ok(Value::Okay) => return Ok(Settle::Applied),
                 Ok(Value::Nil) => return Ok(Settle::LeaseLost),
                 Ok(other) => return Err(unexpected("SET .. IFEQ", &other)),
@@ -454,17 +459,16 @@ impl RedisStore {
                         self.no_ifeq.store(true, Ordering::Relaxed);
                     }
                 }
-                Err(err) => return Err(self.failed("Redis call failed", &err)),
+                Err(err) => return Err(store_error("Redis call failed", &err)),
             }
         }
         // The key was checked; the script runs within the caller's timeout.
         let mut invocation = COMPLETE.key(key);
         invocation.arg(token.as_str()).arg(retention);
-        let mut connection = self.link.connection();
-        let reply = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|err| self.failed("Redis call failed", &err))?;
+        let mut connection = call.connection.clone();
+        let reply = invocation.invoke_async(&mut connection).await;
+        self.link.replied(call, &reply);
+        let reply = reply.map_err(|err| store_error("Redis call failed", &err))?;
         settled(reply)
     }
 
@@ -507,16 +511,17 @@ impl IdempotencyStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut connection = self.link.connection();
+            let call = self.link.call();
+            let mut connection = call.connection.clone();
             let pinged = timed(self.timeout, async {
-                ::redis::cmd("PING")
+                let reply = ::redis::cmd("PING")
                     .query_async::<String>(&mut connection)
-                    .await
-                    .map(drop)
-                    .map_err(|err| self.failed("PING", &err))
+                    .await;
+                self.link.replied(&call, &reply);
+                reply.map(drop).map_err(|err| store_error("PING", &err))
             })
             .await;
-            self.noted(pinged)
+            self.noted(&call, pinged)
         })
     }
 }

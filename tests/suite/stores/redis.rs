@@ -694,3 +694,60 @@ async fn a_connection_that_stops_answering_is_made_anew() {
         "{held:?}"
     );
 }
+
+/// A replica still behind the address (a failover not yet told to the
+/// name, or a URL that names a replica): connecting anew finds `READONLY`
+/// again. The store does not connect over and over, nor say so each time:
+/// one warning, then attempts told at `debug`, each after a pause twice
+/// the last.
+#[tokio::test]
+async fn a_replica_still_behind_the_address_is_not_connected_to_over_and_over() {
+    let (captured, _guard) = crate::support::capture::capture();
+    let servers = Failover::start("replica").await;
+    let store = RedisStore::connect(&servers.url()).await.unwrap();
+    let keys = Keys::new("redis_replica");
+    let mut first = servers.raw("first.sock").await;
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(1)
+        .query_async::<()>(&mut first)
+        .await
+        .unwrap();
+    let made_anew = |level: tracing::Level| {
+        captured
+            .events()
+            .iter()
+            .filter(|event| {
+                event.level == level && event.message.starts_with("Redis connection made anew")
+            })
+            .count()
+    };
+    let claim = async |n: &mut u32| {
+        *n += 1;
+        let err = store
+            .claim(&keys.key(&n.to_string()), DEFAULT_LEASE)
+            .await
+            .expect_err("a replica takes no writes");
+        assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+    while made_anew(tracing::Level::WARN) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never made anew");
+        claim(&mut n).await;
+    }
+    // Three seconds of claims, each answered READONLY: the next attempts
+    // wait 2 s, then 4 s.
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        claim(&mut n).await;
+    }
+    assert_eq!(made_anew(tracing::Level::WARN), 1, "{}", captured.text());
+    assert!(
+        made_anew(tracing::Level::DEBUG) <= 1,
+        "{} claims; {}",
+        n,
+        captured.text()
+    );
+}
