@@ -3786,7 +3786,9 @@ async fn a_redis_destination_without_an_append_only_file_is_warned_about() {
 /// (an age, or a count whose oldest messages go) is warned about at start,
 /// naming the limit: the inbox has each event it acknowledged done. A
 /// stream that refuses a publish when full (`discard: new`) loses nothing
-/// and is not warned about.
+/// and is not warned about. One that keeps a message only while a consumer
+/// wants it (`retention: interest`) is warned about too: it acknowledges a
+/// publish nobody wants and keeps nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_limits_remove_unread_messages_is_warned_about() {
     let _servers = servers::shared().await;
@@ -3811,6 +3813,12 @@ async fn a_stream_whose_limits_remove_unread_messages_is_warned_about() {
                 },
                 max_messages: 1000,
                 discard,
+                // Kept only while a consumer wants it: warned about too.
+                retention: if warned {
+                    async_nats::jetstream::stream::RetentionPolicy::Limits
+                } else {
+                    async_nats::jetstream::stream::RetentionPolicy::Interest
+                },
                 ..Default::default()
             })
             .await
@@ -3835,6 +3843,11 @@ async fn a_stream_whose_limits_remove_unread_messages_is_warned_about() {
                 "{discard:?}: {said}: {finished:?}"
             );
         }
+        let interest = format!(
+            "the stream {stream}: warning: it keeps a message only while a consumer wants its \
+             subject (retention interest)"
+        );
+        assert_eq!(finished.stderr.contains(&interest), !warned, "{finished:?}");
         let _ = jetstream.delete_stream(&stream).await;
     }
 }

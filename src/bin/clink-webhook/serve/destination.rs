@@ -617,10 +617,18 @@ fn what_redis_may_lose(persistence: Option<&str>, memory: Option<&str>) -> Vec<S
 /// with `discard: old`; `max_msgs_per_subject` unless the stream refuses a
 /// subject's new message instead). A limit that refuses a new message
 /// (`discard: new`) loses nothing: the publish is refused, the event kept in
-/// the inbox and tried again.
+/// the inbox and tried again. And a stream that keeps a message only while
+/// a consumer wants its subject (`retention: interest`), which acknowledges
+/// a publish nobody wants and keeps nothing.
 fn what_stream_may_drop(config: &async_nats::jetstream::stream::Config) -> Vec<String> {
-    use async_nats::jetstream::stream::DiscardPolicy;
+    use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy};
     let mut warnings = Vec::new();
+    if config.retention == RetentionPolicy::Interest {
+        warnings.push(
+            "it keeps a message only while a consumer wants its subject (retention interest):              a publish that no consumer wants, or made while none is there, is acknowledged              and dropped at once, an event lost while the inbox has it done; use retention              limits"
+                .to_owned(),
+        );
+    }
     if !config.max_age.is_zero() {
         warnings.push(format!(
             "it removes every message {} s after it is kept, read or not (max_age): an event not \
@@ -2121,9 +2129,25 @@ mod tests {
         assert_eq!(
             said(Config {
                 max_messages_per_subject: 1,
-                ..unlimited
+                ..unlimited.clone()
             }),
             ["it removes its oldest messages, read or not, once it is full (max_msgs_per_subject 1)"]
+        );
+        // Kept only while a consumer wants it; a work queue keeps each
+        // message until a consumer has it.
+        assert_eq!(
+            said(Config {
+                retention: async_nats::jetstream::stream::RetentionPolicy::Interest,
+                ..unlimited.clone()
+            }),
+            ["it keeps a message only while a consumer wants its subject (retention interest)"]
+        );
+        assert_eq!(
+            said(Config {
+                retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+                ..unlimited
+            }),
+            Vec::<String>::new()
         );
     }
 

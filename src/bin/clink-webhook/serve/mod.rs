@@ -100,8 +100,9 @@ that address instead (the delivery port then answers 404 to them).
 SIGTERM or Ctrl-C stops taking deliveries and lets those in progress and the
 publishes in flight finish within shutdown_timeout_ms, one deadline for both
 (no new event is taken from the inbox after the signal); events still out then
-go back to the inbox in up to 5 s more. Give a container
-longer to stop than that: docker run --stop-timeout 20 with the default 10 s
+go back to the inbox in up to 5 s more, and an SQLite write still waiting
+for the file's lock then is let finish in up to 10 s more. Give a container
+longer to stop than that: docker run --stop-timeout 30 with the default 10 s
 (Docker's own default grace is 10 s). SIGHUP re-reads the accounts file.
 
 Settings:
