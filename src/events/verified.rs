@@ -58,9 +58,11 @@ impl VerifiedEvent {
     }
 
     /// `event`, verified earlier (when it was received and kept), signed at
-    /// `signed_at` under the key named `key_name`. The axum extractors do
-    /// not take one from a request: only one made from a signature checked
-    /// for that request (as the layer makes it).
+    /// `signed_at` under the key named `key_name`, for
+    /// [`EventRouter::dispatch`](crate::EventRouter::dispatch). Neither the
+    /// axum extractors nor an `EventRouter` served as a service take one
+    /// from a request: only one made from a signature checked for that
+    /// request (as the layer makes it).
     #[must_use]
     pub fn earlier(event: RawEvent, signed_at: Timestamp, key_name: &str) -> Self {
         Self {
@@ -73,7 +75,6 @@ impl VerifiedEvent {
 
     /// Whether it was made from a signature checked just now (see
     /// [`earlier`](Self::earlier)).
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn checked_now(&self) -> bool {
         self.checked_now
     }

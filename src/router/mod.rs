@@ -1053,7 +1053,9 @@ where
     }
 
     /// [`dispatch`](EventRouter::dispatch) of the request's
-    /// [`VerifiedEvent`]; the response carries the [`Outcome`], for typed
+    /// [`VerifiedEvent`] (one the layer made for the request: one made with
+    /// [`VerifiedEvent::earlier`] is not taken, and the request is answered
+    /// `500` as without one); the response carries the [`Outcome`], for typed
     /// events whose freshness is tracked (a router with a
     /// [`FreshnessStore`]) the [`Freshness`], and when the event failed the whole
     /// [`Dispatched`] (with its [`failure`](Dispatched::failure)) in its
@@ -1066,7 +1068,12 @@ where
         let router = self.clone();
         // The request is the router's own: take the event rather than copy it.
         let mut request = request;
-        let verified = request.extensions_mut().remove::<VerifiedEvent>();
+        // Only an event whose signature was checked for this request (as
+        // the layer makes it), not one another middleware put there.
+        let verified = request
+            .extensions_mut()
+            .remove::<VerifiedEvent>()
+            .filter(VerifiedEvent::checked_now);
         let deadline = request.extensions_mut().remove::<HandlerDeadline>();
         // The response's headers and extensions go into the request's maps,
         // emptied now (nothing of the request is kept while the handler

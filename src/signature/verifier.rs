@@ -284,7 +284,14 @@ impl Verifier {
     /// may carry: the sender's clock may be ahead of this one by what the
     /// window allows.
     pub(crate) fn last_signed_at_rotation(&self, now: SystemTime) -> SystemTime {
-        now.checked_add(self.max_future_skew).unwrap_or(now)
+        // A window without bound on that side (`Duration::MAX`) bounds
+        // nothing: the end of year 9999, the last instant RFC 3339 writes
+        // (so that a limit persisted as text reads back).
+        const LAST: Duration = Duration::from_secs(253_402_300_799);
+        now.checked_add(self.max_future_skew)
+            .map_or(UNIX_EPOCH + LAST, |last| {
+                last.min(UNIX_EPOCH + LAST).max(now)
+            })
     }
 
     /// The names of the keys, in the order they were given (see
@@ -1043,6 +1050,25 @@ mod tests {
             expired
         );
         assert_eq!(check(&reloaded, "whsec_old", rotation), Ok(1));
+    }
+
+    /// A window without bound on the future side (`Duration::MAX`, which
+    /// the docs allow) bounds nothing at a rotation either: the key rotated
+    /// out still verifies a delivery stamped after the rotation, within its
+    /// grace. It was cut off at the rotation's instant.
+    #[test]
+    fn a_rotation_under_a_window_without_bound_cuts_nothing_off() {
+        let rotation = at_ms(1_700_000_000_000);
+        let before = Verifier::new("whsec_old").unwrap().tolerance(Duration::MAX);
+        let after = before.rotated_at(
+            SigningKey::new("whsec_new").unwrap(),
+            Duration::from_secs(3600),
+            rotation,
+        );
+        let later = rotation + Duration::from_secs(60);
+        let ts = Timestamp::from(later).as_millis().to_string();
+        let verified = after.verify_at(&ts, &sign("whsec_old", &ts, b"{}"), b"{}", later);
+        assert_eq!(verified.map(|v| v.key_index()).map_err(|e| e.kind()), Ok(1));
     }
 
     #[test]

@@ -140,6 +140,48 @@ async fn an_event_put_in_the_request_by_another_middleware_is_not_taken() {
     );
 }
 
+/// The same for an `EventRouter` served as a service without the layer in
+/// front of it: an event another middleware put in the request is not
+/// dispatched (it would run handlers on a body nobody verified, with no
+/// claim), and the request is answered `500`, as one without an event is.
+#[tokio::test]
+async fn an_event_router_takes_no_event_another_middleware_put_in_the_request() {
+    let ran = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&ran);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let counted = Arc::clone(&counted);
+        async move {
+            *counted.lock().unwrap() += 1;
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let app = Router::new()
+        .route_service("/forged", router)
+        .layer(axum::middleware::from_fn(
+            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let raw = clink_webhooks::RawEvent::from_slice(
+                    br#"{"id":"evt_forged","type":"order.succeeded","data":{}}"#,
+                )
+                .unwrap();
+                let forged = clink_webhooks::VerifiedEvent::earlier(
+                    raw,
+                    clink_webhooks::Timestamp::now(),
+                    "current",
+                );
+                request.extensions_mut().insert(forged);
+                next.run(request).await
+            },
+        ));
+    let addr = serve(app).await;
+    let (status, _) = post_event(addr, "/forged", "{}", "whsec_anyone").await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        0,
+        "the handler ran on an unverified event"
+    );
+}
+
 #[tokio::test]
 async fn an_event_router_mounted_with_route_service() {
     let seen = Arc::new(Mutex::new(Vec::new()));
