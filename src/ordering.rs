@@ -99,8 +99,10 @@ pub(crate) struct Tracked<'a> {
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How fresh an event about `object` at `version` is, and what to record
-/// after its handler succeeds. An object id no store can hold (over-long,
-/// NUL) is handled untracked: retrying would not help.
+/// after its handler succeeds. An object id or an event id no store can
+/// hold (over-long, NUL) is handled untracked: retrying would not help, and
+/// a version judged against records it could never join would fail to be
+/// recorded once its handler ran.
 ///
 /// # Errors
 ///
@@ -113,12 +115,15 @@ pub(crate) async fn check<'a>(
     let (Some(store), Some(object), Some(version)) = (store, object, version) else {
         return Ok((Freshness::Untracked, None));
     };
-    let newest = match tokio::time::timeout(READ_TIMEOUT, store.newest(&object)).await {
-        Ok(newest) => newest,
-        Err(_) => Err(StoreError::new(
-            StoreErrorKind::Timeout,
-            "the freshness store did not answer within 5 s",
-        )),
+    let newest = match crate::store::check_record(&object, Some(&version)) {
+        Err(error) => Err(error),
+        Ok(()) => match tokio::time::timeout(READ_TIMEOUT, store.newest(&object)).await {
+            Ok(newest) => newest,
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                "the freshness store did not answer within 5 s",
+            )),
+        },
     };
     match newest {
         Ok(newest) => Ok((
@@ -133,7 +138,7 @@ pub(crate) async fn check<'a>(
             tracing::warn!(
                 event_id = ?raw.id(),
                 %error,
-                "object id cannot be tracked for freshness; handling it untracked"
+                "object or event id cannot be tracked for freshness; handling it untracked"
             );
             Ok((Freshness::Untracked, None))
         }
@@ -161,5 +166,35 @@ impl Tracked<'_> {
                 "handled, but its version could not be recorded; later stale events may look fresh"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::Timestamp;
+
+    /// An event id no store can hold leaves its object untracked before
+    /// the handler runs. It was judged fresh, and its record failed once
+    /// the handler had run, told as an outage of the freshness store.
+    #[tokio::test]
+    async fn an_event_id_no_store_can_hold_is_untracked() {
+        let store = MemoryStore::new();
+        let raw =
+            RawEvent::from_slice(br#"{"id":"evt_1","type":"order.succeeded","data":{}}"#).unwrap();
+        let object = ObjectKey::new("order", "ord_1");
+        let long = Version::new(Timestamp::from_millis(1), "e".repeat(2048));
+        let (freshness, tracked) = check(Some(&store), Some(object.clone()), Some(long), &raw)
+            .await
+            .unwrap();
+        assert_eq!(freshness, Freshness::Untracked);
+        assert!(tracked.is_none());
+        let short = Version::new(Timestamp::from_millis(1), "evt_1");
+        let (freshness, tracked) = check(Some(&store), Some(object), Some(short), &raw)
+            .await
+            .unwrap();
+        assert_eq!(freshness, Freshness::Fresh);
+        assert!(tracked.is_some());
     }
 }
