@@ -167,6 +167,16 @@ fn verify_accepts_the_reference_vectors_and_refuses_their_negatives() {
         );
         assert_eq!(ok.code, Some(0), "vector {}: {ok:?}", i + 1);
         assert!(ok.stdout.starts_with("valid: "), "{ok:?}");
+        // Values pasted with the spaces or tabs around them that an HTTP
+        // parser strips from a header's value: checked as a receiver gets them.
+        let padded = verify(
+            &[],
+            secret,
+            &file,
+            (&format!(" {timestamp}\t"), &format!("\t{signature} ")),
+            &now_ms_for(timestamp),
+        );
+        assert_eq!(padded.code, Some(0), "vector {}: {padded:?}", i + 1);
     }
 
     // Vector 2's body signed as milliseconds does not verify as seconds.
@@ -659,6 +669,14 @@ fn listen_prints_each_delivery_send_sends() {
         listener.process.next_stdout(),
         "401 signature_mismatch  (unverified)"
     );
+    // Signed with the key but no event: not marked unverified (the
+    // signature checked out), and nothing of the body printed either.
+    let not_an_event = BodyFile::new("listen-not-an-event", b"\x1b]0;not an event\x07");
+    cli(&["send", "--body-file", not_an_event.path(), "--to", to]);
+    assert_eq!(
+        listener.process.next_stdout(),
+        "400 invalid_json  (not an event)"
+    );
 
     assert_eq!(cli(&["send", "order.created", "--to", to]).code, Some(0));
     assert_eq!(
@@ -836,6 +854,25 @@ fn send_and_listen_speak_json_lines() {
     }
     seen.sort();
     assert_eq!(seen, ids);
+
+    // Signed with the key, no event: verified, and nothing of it told.
+    let not_an_event = BodyFile::new("listen-json-not-an-event", b"[1]");
+    cli(&[
+        "send",
+        "--body-file",
+        not_an_event.path(),
+        "--to",
+        &listener.url,
+    ]);
+    let line: Value = serde_json::from_str(&listener.process.next_stdout()).unwrap();
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(line["verified"], true, "{line}");
+    assert_eq!(line["event_id"], Value::Null, "{line}");
+    // Not signed with the key: not verified.
+    cli(&["send", "order.created", "--to", &listener.url, "--tamper"]);
+    let line: Value = serde_json::from_str(&listener.process.next_stdout()).unwrap();
+    assert_eq!(line["status"], 401, "{line}");
+    assert_eq!(line["verified"], false, "{line}");
 }
 
 /// A request for another path is printed as a 404 line, its path escaped:

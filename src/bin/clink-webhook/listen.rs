@@ -43,7 +43,8 @@ about its object.
 It listens on 127.0.0.1 only, prints `listening on http://127.0.0.1:PORT/PATH`
 first (--port 0 picks a free port and prints it), then one line per delivery:
 status, outcome, type, id, object, freshness. A refusal before the signature
-checked out is marked unverified, and nothing from its body is printed.
+checked out is marked unverified, and one refused after it (a signed body
+that is no event) is marked not an event: nothing from either body is printed.
 Deliveries never wait on stdout: when nobody reads it, up to 1 MiB of lines
 wait, and lines past that are dropped (said on stderr, and counted at the end).
 
@@ -205,7 +206,7 @@ fn delivery_line<B>(out: &Output, response: &Response<B>) -> String {
             &json!({
                 "status": status,
                 "outcome": code,
-                "verified": event.is_some(),
+                "verified": event.is_some() || outcome.is_some_and(Outcome::is_verified),
                 "event_type": event.map(|e| e.event_type().as_str()),
                 "event_id": event.map(RawEvent::id),
                 "object": object.as_ref().map(ToString::to_string),
@@ -229,6 +230,9 @@ fn delivery_line<B>(out: &Output, response: &Response<B>) -> String {
             escaped(event.event_type().as_str()),
             escaped(event.id())
         )),
+        // Signed with the key, but refused after the signature (a body
+        // that is no event, an id no store can take): nothing from it.
+        None if outcome.is_some_and(Outcome::is_verified) => line.push_str("  (not an event)"),
         None => line.push_str("  (unverified)"),
     }
     if let Some(object) = object {

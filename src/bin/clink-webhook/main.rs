@@ -245,10 +245,12 @@ struct VerifyArgs {
     /// The raw body as received, byte for byte (`-` reads stdin).
     #[arg(long, value_name = "FILE")]
     body_file: PathBuf,
-    /// The X-Clink-Timestamp header as received.
+    /// The X-Clink-Timestamp header as received (spaces and tabs around it
+    /// are dropped, as an HTTP server drops them).
     #[arg(long, value_name = "T")]
     timestamp: String,
-    /// The X-Clink-Signature header as received.
+    /// The X-Clink-Signature header as received (spaces and tabs around it
+    /// are dropped).
     #[arg(long, value_name = "S")]
     signature: String,
     /// How far the timestamp may be from the clock, in seconds, either way.
@@ -750,9 +752,12 @@ fn run_verify(out: &Output, args: &VerifyArgs) -> Result<(), CliError> {
     let now = args
         .now_ms
         .map_or_else(Timestamp::now, Timestamp::from_millis);
+    // As a receiver gets them: an HTTP parser strips the spaces and tabs
+    // around a header's value (pasted values often carry some).
+    let header = |value: &str| value.trim_matches([' ', '\t']).to_owned();
     match verifier.verify_at(
-        &args.timestamp,
-        &args.signature,
+        &header(&args.timestamp),
+        &header(&args.signature),
         &body,
         now.to_system_time(),
     ) {
