@@ -4,7 +4,9 @@
 //! with the feature `redis-tls`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -37,7 +39,7 @@ pub(super) enum Link {
 /// else after a pause that doubles from [`REMAKE_PAUSE`] up to
 /// [`REMAKE_PAUSE_MAX`] while new managers fail as the old one did.
 pub(super) struct Single {
-    current: RwLock<Arc<Managed>>,
+    current: ArcSwap<Managed>,
     /// How to make the manager anew: `None` for one the caller made.
     remake: Option<Remake>,
 }
@@ -45,6 +47,8 @@ pub(super) struct Single {
 /// A connection manager and what its calls have shown of it.
 pub(super) struct Managed {
     manager: ConnectionManager,
+    /// Which of the store's managers it is: the first is 0.
+    generation: u64,
     /// When it was made.
     made: Instant,
     /// When a reply last came through it, in nanoseconds since `made`,
@@ -57,9 +61,10 @@ pub(super) struct Managed {
 impl Managed {
     /// `manager`, which `served` already (the first: trouble with it is
     /// new) or not (one made anew: trouble with it is the same as before).
-    fn new(manager: ConnectionManager, served: bool) -> Arc<Self> {
+    fn new(manager: ConnectionManager, generation: u64, served: bool) -> Arc<Self> {
         Arc::new(Self {
             manager,
+            generation,
             made: Instant::now(),
             answered: AtomicU64::new(0),
             served: AtomicBool::new(served),
@@ -72,9 +77,21 @@ impl Managed {
             .saturating_add(1)
     }
 
-    /// Whether a reply came through it after `at`.
+    /// Whether a reply came through it after `at` (to within a
+    /// millisecond: see [`replied`](Self::replied)).
     fn answered_after(&self, at: Instant) -> bool {
         self.answered.load(Ordering::Relaxed) > self.since_made(at)
+    }
+
+    /// Notes a reply now. The time is written only when the last one
+    /// written is a millisecond old, so that calls in parallel do not all
+    /// write the one shared word.
+    fn replied(&self) {
+        const EVERY: u64 = 1_000_000;
+        let now = self.since_made(Instant::now());
+        if now > self.answered.load(Ordering::Relaxed).saturating_add(EVERY) {
+            self.answered.fetch_max(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -105,8 +122,9 @@ pub(super) const REMAKE_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// One call's way to Redis.
 pub(super) struct Call {
     pub(super) connection: Connection,
-    /// The manager it goes through, for a single server.
-    managed: Option<Arc<Managed>>,
+    /// The generation of the manager it goes through, for a single server
+    /// the store can make anew.
+    generation: Option<u64>,
     started: Instant,
 }
 
@@ -114,7 +132,7 @@ impl Link {
     /// One server through `manager`, never made anew.
     pub(super) fn single(manager: ConnectionManager) -> Self {
         Self::Single(Arc::new(Single {
-            current: RwLock::new(Managed::new(manager, true)),
+            current: ArcSwap::new(Managed::new(manager, 0, true)),
             remake: None,
         }))
     }
@@ -136,7 +154,7 @@ impl Link {
                 }),
             });
         Self::Single(Arc::new(Single {
-            current: RwLock::new(Managed::new(manager, true)),
+            current: ArcSwap::new(Managed::new(manager, 0, true)),
             remake,
         }))
     }
@@ -146,33 +164,38 @@ impl Link {
         let started = Instant::now();
         match self {
             Self::Single(single) => {
-                let managed = Arc::clone(
-                    &single
-                        .current
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner),
-                );
+                let managed = single.current.load();
                 Call {
                     connection: Connection::Single(managed.manager.clone()),
-                    managed: Some(managed),
+                    generation: single.remake.as_ref().map(|_| managed.generation),
                     started,
                 }
             }
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(connection) => Call {
                 connection: Connection::Cluster(connection.clone()),
-                managed: None,
+                generation: None,
                 started,
             },
         }
     }
 
+    /// The manager `call` went through, while it is still the current
+    /// one of a store that can make it anew.
+    fn current_for(&self, call: &Call) -> Option<(&Arc<Single>, arc_swap::Guard<Arc<Managed>>)> {
+        let generation = call.generation?;
+        #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
+        let Self::Single(single) = self
+        else {
+            return None;
+        };
+        let managed = single.current.load();
+        (managed.generation == generation).then_some((single, managed))
+    }
+
     /// Notes how a request of `call` went: a reply shows the connection
     /// alive; a `READONLY` one has it made anew.
     pub(super) fn replied<T>(&self, call: &Call, result: &RedisResult<T>) {
-        let Some(managed) = &call.managed else {
-            return;
-        };
         let read_only = match result {
             Ok(_) => false,
             Err(err) if err.code().is_some() => {
@@ -181,12 +204,13 @@ impl Link {
             // No reply: a lost connection, which the manager makes anew.
             Err(_) => return,
         };
-        managed
-            .answered
-            .fetch_max(managed.since_made(Instant::now()), Ordering::Relaxed);
+        let Some((single, managed)) = self.current_for(call) else {
+            return;
+        };
+        managed.replied();
         if read_only {
-            self.remake(
-                managed,
+            single.make_anew(
+                &managed,
                 "the server answered READONLY (a primary demoted to a replica)",
             );
         } else if !managed.served.load(Ordering::Relaxed) {
@@ -198,49 +222,40 @@ impl Link {
     /// came through its connection meanwhile (a slow server, not a silent
     /// connection), it is made anew.
     pub(super) fn unanswered(&self, call: &Call) {
-        if let Some(managed) = &call.managed {
+        if let Some((single, managed)) = self.current_for(call) {
             if !managed.answered_after(call.started) {
-                self.remake(
-                    managed,
+                single.make_anew(
+                    &managed,
                     "nothing came back through the connection in time (it may be half open)",
                 );
             }
         }
     }
+}
 
+impl Single {
     /// Makes the manager anew in the background, unless `from` was already
-    /// replaced, a new one is being made or was started within the pause,
-    /// or the caller made the manager.
-    fn remake(&self, from: &Arc<Managed>, why: &'static str) {
-        #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
-        let Self::Single(single) = self
-        else {
+    /// replaced, or a new one is being made or was started within the
+    /// pause.
+    fn make_anew(self: &Arc<Self>, from: &Managed, why: &'static str) {
+        let Some(remake) = &self.remake else {
             return;
         };
-        let Some(remake) = &single.remake else {
-            return;
-        };
-        if !Arc::ptr_eq(
-            &single
-                .current
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-            from,
-        ) {
-            return;
-        }
         // A manager that served before fails anew: a new episode, told at
         // `warn`. One that never served fails as the one before it did:
         // told at `debug`, after a longer pause each time.
         let fresh_trouble = from.served.load(Ordering::Relaxed);
-        {
+        let generation = {
             let mut state = remake.state.lock().unwrap_or_else(PoisonError::into_inner);
             let pause = if fresh_trouble {
                 REMAKE_PAUSE
             } else {
                 state.pause
             };
-            if state.busy || state.started.is_some_and(|at| at.elapsed() < pause) {
+            if state.busy
+                || state.started.is_some_and(|at| at.elapsed() < pause)
+                || self.current.load().generation != from.generation
+            {
                 return;
             }
             state.busy = true;
@@ -250,7 +265,8 @@ impl Link {
             } else {
                 state.pause.saturating_mul(2).min(REMAKE_PAUSE_MAX)
             };
-        }
+            from.generation.wrapping_add(1)
+        };
         /// Clears `busy` however the task ends, dropped unpolled included.
         struct Done(Arc<Single>);
         impl Drop for Done {
@@ -264,7 +280,7 @@ impl Link {
                 }
             }
         }
-        let done = Done(Arc::clone(single));
+        let done = Done(Arc::clone(self));
         let (client, config) = (remake.client.clone(), remake.config.clone());
         remake.runtime.spawn(async move {
             let made = timed(DEFAULT_TIMEOUT * 3, async {
@@ -275,11 +291,9 @@ impl Link {
             .await;
             match made {
                 Ok(manager) => {
-                    *done
-                        .0
+                    done.0
                         .current
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner) = Managed::new(manager, false);
+                        .store(Managed::new(manager, generation, false));
                     if fresh_trouble {
                         tracing::warn!(why, "Redis connection made anew");
                     } else {
