@@ -54,7 +54,7 @@ pub(super) struct Managed {
     /// When a reply last came through it, in nanoseconds since `made`,
     /// plus one (zero: never).
     answered: AtomicU64,
-    /// Whether it ever gave a reply other than `READONLY`.
+    /// Whether a write ever landed through it (a replica answers reads).
     served: AtomicBool,
 }
 
@@ -113,6 +113,30 @@ struct RemakeState {
     pause: Duration,
 }
 
+/// What has a connection made anew.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    /// The server answered `READONLY`.
+    ReadOnly,
+    /// A call got no answer in time, and nothing else came back meanwhile.
+    Silent,
+}
+
+impl Sign {
+    fn why(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "the server answered READONLY (a primary demoted to a replica)",
+            Self::Silent => {
+                "nothing came back through the connection in time (it may be half open)"
+            }
+        }
+    }
+}
+
+/// How long a connection that seemed silent has to answer a `PING` (sent
+/// behind whatever it still holds) before it is made anew.
+const PROBE: Duration = Duration::from_secs(2);
+
 /// The least time between two starts of a new manager.
 pub(super) const REMAKE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -122,6 +146,8 @@ pub(super) const REMAKE_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// One call's way to Redis.
 pub(super) struct Call {
     pub(super) connection: Connection,
+    /// Whether the call writes.
+    writes: bool,
     /// The generation of the manager it goes through, for a single server
     /// the store can make anew.
     generation: Option<u64>,
@@ -159,14 +185,16 @@ impl Link {
         }))
     }
 
-    /// The way to Redis for one call, starting now.
-    pub(super) fn call(&self) -> Call {
+    /// The way to Redis for one call, starting now; `writes` says whether
+    /// it writes.
+    pub(super) fn call(&self, writes: bool) -> Call {
         let started = Instant::now();
         match self {
             Self::Single(single) => {
                 let managed = single.current.load();
                 Call {
                     connection: Connection::Single(managed.manager.clone()),
+                    writes,
                     generation: single.remake.as_ref().map(|_| managed.generation),
                     started,
                 }
@@ -174,6 +202,7 @@ impl Link {
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(connection) => Call {
                 connection: Connection::Cluster(connection.clone()),
+                writes,
                 generation: None,
                 started,
             },
@@ -194,7 +223,8 @@ impl Link {
     }
 
     /// Notes how a request of `call` went: a reply shows the connection
-    /// alive; a `READONLY` one has it made anew.
+    /// alive, a write that landed shows the server serves, and a
+    /// `READONLY` answer has the connection made anew.
     pub(super) fn replied<T>(&self, call: &Call, result: &RedisResult<T>) {
         let read_only = match result {
             Ok(_) => false,
@@ -209,11 +239,8 @@ impl Link {
         };
         managed.replied();
         if read_only {
-            single.make_anew(
-                &managed,
-                "the server answered READONLY (a primary demoted to a replica)",
-            );
-        } else if !managed.served.load(Ordering::Relaxed) {
+            single.make_anew(&managed, Sign::ReadOnly);
+        } else if call.writes && result.is_ok() && !managed.served.load(Ordering::Relaxed) {
             managed.served.store(true, Ordering::Relaxed);
         }
     }
@@ -224,10 +251,7 @@ impl Link {
     pub(super) fn unanswered(&self, call: &Call) {
         if let Some((single, managed)) = self.current_for(call) {
             if !managed.answered_after(call.started) {
-                single.make_anew(
-                    &managed,
-                    "nothing came back through the connection in time (it may be half open)",
-                );
+                single.make_anew(&managed, Sign::Silent);
             }
         }
     }
@@ -237,7 +261,7 @@ impl Single {
     /// Makes the manager anew in the background, unless `from` was already
     /// replaced, or a new one is being made or was started within the
     /// pause.
-    fn make_anew(self: &Arc<Self>, from: &Managed, why: &'static str) {
+    fn make_anew(self: &Arc<Self>, from: &Managed, sign: Sign) {
         let Some(remake) = &self.remake else {
             return;
         };
@@ -282,7 +306,28 @@ impl Single {
         }
         let done = Done(Arc::clone(self));
         let (client, config) = (remake.client.clone(), remake.config.clone());
-        remake.runtime.spawn(async move {
+        let old = from.manager.clone();
+        let why = sign.why();
+        // On the runtime of the call that saw the sign (it runs in a task),
+        // else on the one the store was made on.
+        let runtime =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| remake.runtime.clone());
+        runtime.spawn(async move {
+            // A connection that seemed silent is asked once more, briefly:
+            // one that answers (a server that stalled a moment, a fork or a
+            // slow command, or a starved runtime) is kept.
+            if sign == Sign::Silent {
+                let mut old = Connection::Single(old);
+                let ping = ::redis::cmd("PING");
+                let answered =
+                    tokio::time::timeout(PROBE, ping.query_async::<String>(&mut old)).await;
+                if matches!(answered, Ok(Ok(_))) {
+                    tracing::debug!(
+                        "Redis connection answered a ping after a call's timeout; kept"
+                    );
+                    return;
+                }
+            }
             let made = timed(DEFAULT_TIMEOUT * 3, async {
                 ConnectionManager::new_with_config(client, config)
                     .await

@@ -133,7 +133,7 @@ impl FreshnessStore for RedisStore {
             check_record(object, None)?;
             let key = self.freshness_key(object);
             let reply: Value = self
-                .call(async |connection| {
+                .call(false, async |connection| {
                     ::redis::cmd("GET").arg(&key).query_async(connection).await
                 })
                 .await?;

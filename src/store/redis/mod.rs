@@ -273,7 +273,7 @@ impl RedisStore {
     /// `allkeys-*` policy could drop a live claim or a completed mark. Says
     /// nothing when the server hides its configuration (`CONFIG` disabled).
     async fn warn_unless_noeviction(&self) {
-        let mut connection = self.link.call().connection;
+        let mut connection = self.link.call(false).connection;
         let mut query = ::redis::cmd("CONFIG");
         query.arg("GET").arg("maxmemory-policy");
         let answer: Result<Vec<String>, StoreError> = timed(self.timeout, async {
@@ -318,15 +318,19 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        self.call(async |connection| invocation.invoke_async(connection).await)
-            .await
+        self.call(true, async |connection| {
+            invocation.invoke_async(connection).await
+        })
+        .await
     }
 
-    /// Makes one `request` under the per-call timeout.
+    /// Makes one `request` under the per-call timeout; `writes` says
+    /// whether it writes (only a write that lands shows that the server
+    /// serves: a replica answers reads).
     async fn call<T>(
-        &self, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
+        &self, writes: bool, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let call = self.link.call();
+        let call = self.link.call(writes);
         let mut connection = call.connection.clone();
         let result = timed(self.timeout, async {
             let reply = request(&mut connection).await;
@@ -378,7 +382,7 @@ impl RedisStore {
             .arg("GET");
         let started = std::time::Instant::now();
         let held: Value = self
-            .call(async |connection| set.query_async(connection).await)
+            .call(true, async |connection| set.query_async(connection).await)
             .await?;
         match held {
             Value::Nil => return Ok(Claim::Claimed(token)),
@@ -423,7 +427,7 @@ impl RedisStore {
         let retention = ttl_millis("retention", retention)?.to_string();
         check_key(key)?;
         // One timeout for the whole completion, both tries included.
-        let call = self.link.call();
+        let call = self.link.call(true);
         let completed = timed(
             self.timeout,
             self.complete_checked(&call, key, token, &retention),
@@ -511,7 +515,7 @@ impl IdempotencyStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let call = self.link.call();
+            let call = self.link.call(false);
             let mut connection = call.connection.clone();
             let pinged = timed(self.timeout, async {
                 let reply = ::redis::cmd("PING")
