@@ -193,10 +193,20 @@ impl StoreError {
         self
     }
 
-    /// Whether the connection that answered is not to be reused.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn spent_connection(&self) -> bool {
-        self.spent_connection
+    /// Whether the connection that answered is of no further use: a
+    /// PostgreSQL connection that answered as a standby does (`25006`: one
+    /// still open to a primary since demoted) or as a server going away
+    /// (`57P01` to `57P03`). The stores close such a connection of their
+    /// own; after `PostgresStore::claim_in` or `complete_in` fail so on a
+    /// connection of yours, drop it (`deadpool_postgres::Object::take`)
+    /// rather than hand it back to its pool. Always `false` without the
+    /// `postgres` feature.
+    #[must_use]
+    pub fn spent_connection(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        return self.spent_connection;
+        #[cfg(not(feature = "postgres"))]
+        false
     }
 
     /// What kind of failure this is.

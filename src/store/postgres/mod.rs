@@ -85,8 +85,11 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// rather than handed back to the pool: it fails one call, and the pool's
 /// next connection goes wherever the address leads now. A connection of
 /// your own that [`claim_in`](Self::claim_in) or
-/// [`complete_in`](Self::complete_in) find so is yours to drop, with
-/// `deadpool_postgres::Object::take`.
+/// [`complete_in`](Self::complete_in) find so (their error's
+/// [`spent_connection`](StoreError::spent_connection)) is yours to drop,
+/// with `deadpool_postgres::Object::take`. (A database made read-only on
+/// purpose answers `25006` on every connection: each call then fails on a
+/// new one.)
 ///
 /// # Example
 ///
@@ -315,9 +318,10 @@ impl PostgresStore {
     /// [`StoreErrorKind::Timeout`] too, its statement perhaps still
     /// running: drop that connection
     /// (`deadpool_postgres::Object::take`) rather than hand it back to its
-    /// pool. So too one that answers `25006` (a standby's: it reaches a
-    /// primary since demoted), which would fail every transaction it is
-    /// given.
+    /// pool. So too one whose error is a
+    /// [`spent_connection`](StoreError::spent_connection) (`25006`, a
+    /// standby's: it reaches a primary since demoted; or the server going
+    /// away), which would fail every transaction it is given.
     pub async fn claim_in(
         &self, tx: &Transaction<'_>, key: &str, lease: Duration,
     ) -> Result<Claim, StoreError> {

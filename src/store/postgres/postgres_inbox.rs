@@ -1125,8 +1125,10 @@ impl PostgresInbox {
     /// an answer that does not come within twice the timeout (the
     /// connection stalled) is a timeout too, its statement perhaps still
     /// running: drop that connection rather than hand it back to its pool.
-    /// So too one that answers `25006` (a standby's: it reaches a primary
-    /// since demoted), which would fail every transaction it is given.
+    /// So too one whose error is a
+    /// [`spent_connection`](crate::store::StoreError::spent_connection)
+    /// (`25006`, a standby's: it reaches a primary since demoted; or the
+    /// server going away), which would fail every transaction it is given.
     pub async fn complete_in(
         &self, tx: &tokio_postgres::Transaction<'_>, attempt: &InboxAttempt,
     ) -> Result<Settle, StoreError> {

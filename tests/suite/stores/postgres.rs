@@ -372,6 +372,7 @@ async fn a_connection_to_a_standby_is_not_handed_back_to_the_pool() {
         .await
         .expect_err("the read-only session writes nothing");
     assert!(err.to_string().contains("25006"), "{err}");
+    assert!(err.spent_connection(), "{err}");
     let claim = store.claim(&key, DEFAULT_LEASE).await;
     assert!(
         matches!(claim, Ok(Claim::Claimed(_))),
