@@ -288,10 +288,11 @@ impl Verifier {
         // nothing: the end of year 9999, the last instant RFC 3339 writes
         // (so that a limit persisted as text reads back).
         const LAST: Duration = Duration::from_secs(253_402_300_799);
+        let Some(latest) = UNIX_EPOCH.checked_add(LAST) else {
+            return now.checked_add(self.max_future_skew).unwrap_or(now);
+        };
         now.checked_add(self.max_future_skew)
-            .map_or(UNIX_EPOCH + LAST, |last| {
-                last.min(UNIX_EPOCH + LAST).max(now)
-            })
+            .map_or(latest, |last| last.min(latest).max(now))
     }
 
     /// The names of the keys, in the order they were given (see

@@ -625,7 +625,10 @@ fn what_stream_may_drop(config: &async_nats::jetstream::stream::Config) -> Vec<S
     let mut warnings = Vec::new();
     if config.retention == RetentionPolicy::Interest {
         warnings.push(
-            "it keeps a message only while a consumer wants its subject (retention interest):              a publish that no consumer wants, or made while none is there, is acknowledged              and dropped at once, an event lost while the inbox has it done; use retention              limits"
+            "it keeps a message only while a consumer wants its subject (retention interest): \
+             a publish that no consumer wants, or made while none is there, is acknowledged \
+             and dropped at once, an event lost while the inbox has it done; use retention \
+             limits"
                 .to_owned(),
         );
     }
