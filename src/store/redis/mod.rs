@@ -144,14 +144,17 @@ return 0
 /// which the kernel notices only some fifteen minutes later). A store made
 /// by [`connect`](Self::connect) (or `connect_with_tls`) takes either as a
 /// sign (a timeout only when nothing at all came back through the
-/// connection since the call began: a slow server that answers others is
-/// left alone) and connects anew in the background, logging it at `warn`
-/// once the new connection is up; calls go on through the old one
-/// meanwhile. Should the new connection show the same sign before serving
-/// (the address still leads to a replica), the next attempt waits 2 s,
-/// then twice as long each time up to a minute, told at `debug`. A store over your own manager ([`new`](Self::new)) cannot
-/// make it anew, and waits for the kernel or the server to close it. The
-/// cluster connection follows `READONLY` by itself.
+/// connection since the call began, and a `PING` sent behind it then gets
+/// no answer within 2 s: a slow server that answers others, or one that
+/// stalled a moment, is left alone) and connects anew in the background,
+/// logging it at `warn` once the new connection is up; calls go on through
+/// the old one meanwhile. Should the new connection show the same sign
+/// before a write lands through it (the address still leads to a replica,
+/// which answers reads), the next attempt waits 2 s, then twice as long
+/// each time up to a minute, told at `debug`. A store over your own manager
+/// ([`new`](Self::new)) cannot make it anew, and waits for the kernel or
+/// the server to close it. The cluster connection follows `READONLY` by
+/// itself.
 ///
 /// # Connecting
 ///
