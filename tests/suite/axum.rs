@@ -97,6 +97,34 @@ async fn typed_and_raw_extractors_behind_a_route_layer() {
     assert_eq!(*seen.lock().unwrap(), ["typed ord_9", "raw refund.created"]);
 }
 
+/// Posts to `/forged` of `app`: answered `500`, and no handler ran (`ran`
+/// counts their runs).
+async fn refuses_the_forged_event(app: Router, ran: &Mutex<i32>) {
+    let addr = serve(app).await;
+    let (status, _) = post_event(addr, "/forged", "{}", "whsec_anyone").await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        0,
+        "the handler ran on an unverified event"
+    );
+}
+
+/// A middleware of the app's own that puts an event in the request, said
+/// to have been verified earlier: what no extractor or router may take.
+async fn put_a_forged_event(
+    mut request: axum::extract::Request, next: axum::middleware::Next,
+) -> axum::response::Response {
+    let raw = clink_webhooks::RawEvent::from_slice(
+        br#"{"id":"evt_forged","type":"order.succeeded","data":{}}"#,
+    )
+    .unwrap();
+    let forged =
+        clink_webhooks::VerifiedEvent::earlier(raw, clink_webhooks::Timestamp::now(), "current");
+    request.extensions_mut().insert(forged);
+    next.run(request).await
+}
+
 /// A route without the layer, behind a middleware of the app's own that
 /// puts an event said to have been verified earlier into the request: the
 /// extractor does not take it (`500`, as for a route without the layer),
@@ -115,29 +143,8 @@ async fn an_event_put_in_the_request_by_another_middleware_is_not_taken() {
                 },
             ),
         )
-        .layer(axum::middleware::from_fn(
-            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
-                let raw = clink_webhooks::RawEvent::from_slice(
-                    br#"{"id":"evt_forged","type":"order.succeeded","data":{}}"#,
-                )
-                .unwrap();
-                let forged = clink_webhooks::VerifiedEvent::earlier(
-                    raw,
-                    clink_webhooks::Timestamp::now(),
-                    "current",
-                );
-                request.extensions_mut().insert(forged);
-                next.run(request).await
-            },
-        ));
-    let addr = serve(app).await;
-    let (status, _) = post_event(addr, "/forged", "{}", "whsec_anyone").await;
-    assert_eq!(status, 500);
-    assert_eq!(
-        *ran.lock().unwrap(),
-        0,
-        "the handler ran on an unverified event"
-    );
+        .layer(axum::middleware::from_fn(put_a_forged_event));
+    refuses_the_forged_event(app, &ran).await;
 }
 
 /// The same for an `EventRouter` served as a service without the layer in
@@ -157,29 +164,8 @@ async fn an_event_router_takes_no_event_another_middleware_put_in_the_request() 
     });
     let app = Router::new()
         .route_service("/forged", router)
-        .layer(axum::middleware::from_fn(
-            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
-                let raw = clink_webhooks::RawEvent::from_slice(
-                    br#"{"id":"evt_forged","type":"order.succeeded","data":{}}"#,
-                )
-                .unwrap();
-                let forged = clink_webhooks::VerifiedEvent::earlier(
-                    raw,
-                    clink_webhooks::Timestamp::now(),
-                    "current",
-                );
-                request.extensions_mut().insert(forged);
-                next.run(request).await
-            },
-        ));
-    let addr = serve(app).await;
-    let (status, _) = post_event(addr, "/forged", "{}", "whsec_anyone").await;
-    assert_eq!(status, 500);
-    assert_eq!(
-        *ran.lock().unwrap(),
-        0,
-        "the handler ran on an unverified event"
-    );
+        .layer(axum::middleware::from_fn(put_a_forged_event));
+    refuses_the_forged_event(app, &ran).await;
 }
 
 #[tokio::test]

@@ -566,6 +566,19 @@ impl Failover {
         std::fs::rename(&next, self.address()).unwrap();
     }
 
+    /// Makes the first server a replica, its clients left connected: it
+    /// answers `READONLY` to every write.
+    async fn demote_first(&self) {
+        let mut first = self.raw("first.sock").await;
+        // Port 1 of the loopback interface: nothing listens, nothing is copied.
+        redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(1)
+            .query_async::<()>(&mut first)
+            .await
+            .unwrap();
+    }
+
     /// Stops the first server without closing anything: its connections
     /// stay open and answer nothing, as a host gone without a word leaves
     /// them.
@@ -631,14 +644,7 @@ async fn a_primary_demoted_under_the_store_has_its_connection_made_anew() {
     let keys = Keys::new("redis_demoted");
     claimed(store.claim(&keys.key("before"), DEFAULT_LEASE).await);
     servers.fail_over();
-    let mut first = servers.raw("first.sock").await;
-    // Port 1 of the loopback interface: nothing listens, nothing is copied.
-    redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(1)
-        .query_async::<()>(&mut first)
-        .await
-        .unwrap();
+    servers.demote_first().await;
     let err = store
         .claim(&keys.key("demoted"), DEFAULT_LEASE)
         .await
@@ -703,13 +709,7 @@ async fn a_replica_still_behind_the_address_is_not_connected_to_over_and_over() 
     let servers = Failover::start("replica").await;
     let store = RedisStore::connect(&servers.url()).await.unwrap();
     let keys = Keys::new("redis_replica");
-    let mut first = servers.raw("first.sock").await;
-    redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(1)
-        .query_async::<()>(&mut first)
-        .await
-        .unwrap();
+    servers.demote_first().await;
     let made_anew = |level: tracing::Level| {
         captured
             .events()
