@@ -5,12 +5,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-
-use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use arc_swap::ArcSwap;
 
 use super::{store_error, RedisStore};
 use crate::store::{timed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT};
@@ -34,10 +33,12 @@ pub(super) enum Link {
 /// leads to the new primary), or a connection that answers nothing (half
 /// open: the server's host gone without a word, until the kernel gives up
 /// on it, a quarter of an hour later). When the store made the manager
-/// from a client ([`RedisStore::connect`]), either sign has it make a new
-/// manager, in the background: at once for a manager that had served,
-/// else after a pause that doubles from [`REMAKE_PAUSE`] up to
-/// [`REMAKE_PAUSE_MAX`] while new managers fail as the old one did.
+/// from a client ([`RedisStore::connect`]), either sign (for silence, once
+/// a `PING` sent behind the call also goes unanswered for [`PROBE`]) has
+/// it make a new manager, in the background: at once for a manager a
+/// write had landed through, else after a pause that doubles from
+/// [`REMAKE_PAUSE`] up to [`REMAKE_PAUSE_MAX`] while new managers fail as
+/// the old one did.
 pub(super) struct Single {
     current: ArcSwap<Managed>,
     /// How to make the manager anew: `None` for one the caller made.
@@ -98,7 +99,8 @@ impl Managed {
 struct Remake {
     client: Client,
     config: ConnectionManagerConfig,
-    /// The runtime the store was made on, which new managers run on.
+    /// The runtime the store was made on, which a new manager is made on
+    /// when the sign came from outside a runtime.
     runtime: tokio::runtime::Handle,
     state: Mutex<RemakeState>,
 }

@@ -333,10 +333,9 @@ impl RedisStore {
     async fn call<T>(
         &self, writes: bool, request: impl AsyncFnOnce(&mut Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let call = self.link.call(writes);
-        let mut connection = call.connection.clone();
+        let mut call = self.link.call(writes);
         let result = timed(self.timeout, async {
-            let reply = request(&mut connection).await;
+            let reply = request(&mut call.connection).await;
             self.link.replied(&call, &reply);
             reply.map_err(|err| store_error("Redis call failed", &err))
         })
@@ -430,17 +429,17 @@ impl RedisStore {
         let retention = ttl_millis("retention", retention)?.to_string();
         check_key(key)?;
         // One timeout for the whole completion, both tries included.
-        let call = self.link.call(true);
+        let mut call = self.link.call(true);
         let completed = timed(
             self.timeout,
-            self.complete_checked(&call, key, token, &retention),
+            self.complete_checked(&mut call, key, token, &retention),
         )
         .await;
         self.noted(&call, completed)
     }
 
     async fn complete_checked(
-        &self, call: &Call, key: &str, token: &LeaseToken, retention: &str,
+        &self, call: &mut Call, key: &str, token: &LeaseToken, retention: &str,
     ) -> Result<Settle, StoreError> {
         if !self.no_ifeq.load(Ordering::Relaxed) {
             let mut set = ::redis::cmd("SET");
@@ -450,8 +449,7 @@ impl RedisStore {
                 .arg(format!("{CLAIMED}{}", token.as_str()))
                 .arg("PX")
                 .arg(retention);
-            let mut connection = call.connection.clone();
-            let reply = set.query_async::<Value>(&mut connection).await;
+            let reply = set.query_async::<Value>(&mut call.connection).await;
             self.link.replied(call, &reply);
             match reply {
                 Ok(Value::Okay) => return Ok(Settle::Applied),
@@ -472,8 +470,7 @@ impl RedisStore {
         // The key was checked; the script runs within the caller's timeout.
         let mut invocation = COMPLETE.key(key);
         invocation.arg(token.as_str()).arg(retention);
-        let mut connection = call.connection.clone();
-        let reply = invocation.invoke_async(&mut connection).await;
+        let reply = invocation.invoke_async(&mut call.connection).await;
         self.link.replied(call, &reply);
         let reply = reply.map_err(|err| store_error("Redis call failed", &err))?;
         settled(reply)
@@ -518,11 +515,10 @@ impl IdempotencyStore for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let call = self.link.call(false);
-            let mut connection = call.connection.clone();
+            let mut call = self.link.call(false);
             let pinged = timed(self.timeout, async {
                 let reply = ::redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
+                    .query_async::<String>(&mut call.connection)
                     .await;
                 self.link.replied(&call, &reply);
                 reply.map(drop).map_err(|err| store_error("PING", &err))
