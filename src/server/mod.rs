@@ -24,7 +24,10 @@
 //!   `Transfer-Encoding` (and closes the connection), which a proxy in
 //!   front might frame differently from this server: request smuggling;
 //! - serves at most [`max_connections`](Server::max_connections) at once
-//!   (default 512); when every one is taken and another client connects,
+//!   (default 512), or fewer when the process may not open a file for each
+//!   (`ulimit -n`; on Linux): then half the limit, at most 64 files, is
+//!   kept for the process's other files, and a warning says so at start;
+//!   when every one is taken and another client connects,
 //!   the connection idle longest is closed to make room (one open for at
 //!   least a second without a request, between requests or still sending
 //!   its first head), so that clients holding connections open without
@@ -53,8 +56,11 @@
 //!   its client sends the body that slowly. While no connection
 //!   qualifies, the one accepted waits for a slot, and the rest wait in the
 //!   kernel's backlog;
-//! - logs a failed `accept` (out of file descriptors, say) and tries again
-//!   after a pause, never stopping;
+//! - when `accept` fails for want of a file all the same (the app's other
+//!   files took what the limit left), closes a connection for the client
+//!   waiting as a full server does, and tries again; any failed `accept` is
+//!   logged (at `warn` once a minute at most, while they go on) and tried
+//!   again after a pause, never stopping;
 //! - on shutdown stops accepting, lets deliveries in progress finish for at
 //!   most the [shutdown timeout](Server::shutdown_timeout) (default 10 s),
 //!   then closes what is left, and waits at most 2 s more while the claims
@@ -181,6 +187,99 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// The pause after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The pause after an `accept` that failed for want of a file, once a
+/// connection was told to close: an idle one closes at once.
+const CLOSED_FOR_A_FILE: Duration = Duration::from_millis(10);
+
+/// How often failed `accept`s are logged at `warn` while they go on: the
+/// first of a run, then a count at most this often (each at `debug`).
+const ACCEPT_FAILURES_TOLD_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether `error`, from `accept`, says the process (`EMFILE`) or the
+/// system (`ENFILE`) has no file left for the connection.
+fn out_of_files(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(23 | 24)) && cfg!(unix)
+}
+
+/// How many files the process may have open (its soft `RLIMIT_NOFILE`, as
+/// `/proc/self/limits` tells it on Linux); `None` when unlimited or not
+/// told.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// How many connections to serve at once, at most `max`, when the process
+/// may have `limit` files open: each connection takes one, and the
+/// process's other files (its listeners, its stores' connections, its
+/// logs) take some, so a limit too low for `max` keeps half of it (at most
+/// 64) for them. Past the limit `accept` fails, and a full server closes an
+/// idle connection for a new client only while the limit is not reached.
+fn within_open_files(max: usize, limit: Option<u64>) -> usize {
+    let Some(limit) = limit.and_then(|l| usize::try_from(l).ok()) else {
+        return max;
+    };
+    let kept = (limit / 2).min(64);
+    if max.saturating_add(kept) <= limit {
+        max
+    } else {
+        (limit - kept).clamp(1, max)
+    }
+}
+
+/// A run of failed `accept`s, logged as [`ACCEPT_FAILURES_TOLD_EVERY`]
+/// says.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// When the run began.
+    since: Option<tokio::time::Instant>,
+    /// When one was last logged at `warn`, and how many failed since.
+    told: Option<(tokio::time::Instant, u64)>,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &std::io::Error) {
+        let now = tokio::time::Instant::now();
+        self.since.get_or_insert(now);
+        match &mut self.told {
+            Some((at, count)) if now.duration_since(*at) < ACCEPT_FAILURES_TOLD_EVERY => {
+                *count += 1;
+                tracing::debug!(%error, "accept failed; trying again shortly");
+            }
+            told => {
+                let before = told.map_or(0, |(_, count)| count);
+                *told = Some((now, 0));
+                tracing::warn!(
+                    %error,
+                    failed_before = before,
+                    "accept failed; trying again shortly (out of files: closing idle \
+                     connections for the clients waiting), told again at most once a minute"
+                );
+            }
+        }
+    }
+
+    /// Whether the clients waiting have waited [`IDLE_BEFORE_CLOSED`].
+    fn waited_long(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= IDLE_BEFORE_CLOSED)
+    }
+
+    fn accepted(&mut self) {
+        self.since = None;
+    }
+}
 
 /// How often a connection accepted while every slot is taken looks again
 /// for one idle long enough to close, while none is (after one is told to
@@ -520,7 +619,9 @@ impl Server {
     /// second otherwise); when
     /// none is, the
     /// newcomer waits for one to close, and more wait in the kernel's
-    /// backlog (see the [module docs](self)).
+    /// backlog (see the [module docs](self)). A process that may not open
+    /// a file for each (`ulimit -n`) serves fewer, keeping half its limit,
+    /// at most 64 files, for its other files, and warns at start.
     ///
     /// # Errors
     ///
@@ -566,8 +667,21 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let max_connections = within_open_files(self.max_connections, open_file_limit());
+        if max_connections < self.max_connections {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                serving = max_connections,
+                open_files = open_file_limit(),
+                "the process may not open a file for every connection (ulimit -n): serving fewer \
+                 connections at once, the rest of the limit kept for its other files; raise the \
+                 limit (LimitNOFILE= in a systemd unit, --ulimit nofile= with Docker) to serve \
+                 them all"
+            );
+        }
+        let slots = Arc::new(Semaphore::new(max_connections));
         let open = Arc::new(Open::default());
+        let mut accept_failures = AcceptFailures::default();
         // Told once shutdown is asked for: every connection finishes the
         // request it is in the middle of, then closes.
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -582,15 +696,28 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        // Out of file descriptors, say: let connections close
-                        // rather than spin, and keep serving.
-                        tracing::warn!(%error, "accept failed; trying again shortly");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
+                        // Out of file descriptors, say (the app's other
+                        // files took what the limit left): a client is
+                        // waiting, as when every slot is taken, so an idle
+                        // connection is closed for it, and the accept tried
+                        // again soon; anything else, after a pause.
+                        let wait = if out_of_files(&error)
+                            && open.close_idlest(accept_failures.waited_long())
+                        {
+                            CLOSED_FOR_A_FILE
+                        } else {
+                            ACCEPT_BACKOFF
+                        };
+                        accept_failures.failed(&error);
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => continue,
+                            () = &mut shutdown => break,
+                        }
                     }
                 },
                 () = &mut shutdown => break,
             };
+            accept_failures.accepted();
             let accepted = tokio::time::Instant::now();
             let slot = loop {
                 if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
@@ -771,4 +898,33 @@ fn ambiguous_framing<L, D>() -> Response<Either<L, Empty<D>>> {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_limit_too_low_for_every_connection_keeps_some_for_other_files() {
+        assert_eq!(within_open_files(512, None), 512);
+        assert_eq!(within_open_files(512, Some(1024)), 512);
+        assert_eq!(within_open_files(512, Some(576)), 512);
+        assert_eq!(within_open_files(1024, Some(1024)), 960);
+        assert_eq!(within_open_files(512, Some(64)), 32);
+        assert_eq!(within_open_files(512, Some(3)), 2);
+        assert_eq!(within_open_files(512, Some(1)), 1);
+        assert_eq!(within_open_files(512, Some(0)), 1);
+        assert_eq!(within_open_files(8, Some(u64::MAX)), 8);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_file_limit_is_read() {
+        assert!(open_file_limit().is_some_and(|limit| limit > 0));
+        let too_many = std::io::Error::from_raw_os_error(24);
+        assert!(out_of_files(&too_many));
+        assert!(!out_of_files(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+    }
 }

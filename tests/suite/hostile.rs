@@ -509,6 +509,70 @@ async fn running_out_of_file_descriptors_does_not_stop_the_server() {
     assert_eq!(finished.code, Some(0), "{finished:?}");
 }
 
+/// Idle connections held open past what the process may have open: with
+/// the limit set before it starts, the server serves fewer connections
+/// than asked, says so, and never runs out of files; a delivery behind the
+/// storm is served as a full server serves one.
+#[tokio::test]
+async fn a_storm_held_open_past_the_file_limit_keeps_no_delivery_out() {
+    let (receiver, url, addr) = receiver("ulimit -n 64;");
+    let mut storm = Vec::new();
+    for _ in 0..200 {
+        if let Ok(stream) = TcpStream::connect(&addr).await {
+            storm.push(stream);
+        }
+    }
+    let body = fresh_fixture(&EventType::OrderSucceeded);
+    assert_eq!(deliver(&url, body).await, 200);
+    drop(storm);
+    let finished = receiver.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stderr.contains("serving fewer connections"),
+        "{finished:?}"
+    );
+    assert!(!finished.stderr.contains("accept failed"), "{finished:?}");
+}
+
+/// The file limit lowered under a running server, below what it serves:
+/// `accept` fails for want of a file, and the server closes idle
+/// connections for the clients waiting, as it does when every slot is
+/// taken, rather than leave them to the header timeout; the failures are
+/// told once, not every pause.
+#[tokio::test]
+async fn out_of_files_under_a_storm_an_idle_connection_is_closed_for_a_delivery() {
+    let (receiver, url, addr) = receiver("");
+    let lowered = Command::new("prlimit")
+        .arg(format!("--pid={}", receiver.id()))
+        .arg("--nofile=64:64")
+        .status()
+        .expect("prlimit (util-linux) is installed");
+    assert!(lowered.success());
+    let started = Instant::now();
+    let mut storm = Vec::new();
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(&addr).await {
+            storm.push(stream);
+        }
+    }
+    let body = fresh_fixture(&EventType::OrderSucceeded);
+    assert_eq!(deliver(&url, body).await, 200);
+    // The storm's connections close by themselves only at the header
+    // timeout, counted from their accept: a delivery served before it was
+    // served on a file freed for it.
+    let took = started.elapsed();
+    assert!(took < HEADER_READ_TIMEOUT, "served after {took:?}");
+    drop(storm);
+    let finished = receiver.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    let told = finished
+        .stderr
+        .lines()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    assert_eq!(told, 1, "{finished:?}");
+}
+
 #[tokio::test]
 async fn sigterm_with_slow_clients_exits_within_the_shutdown_timeout() {
     let (receiver, _url, addr) = receiver("");
