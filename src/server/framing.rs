@@ -250,11 +250,12 @@ impl Framing {
         )
     }
 
-    /// Notes a read that found `read` bytes (scanned already): the
-    /// connection is not waiting on its client now; a body that ended, a new
-    /// one that began, or one that brought [`FLOWING`] bytes since the wait
-    /// began, is not waited on since before.
-    fn note_bytes(&mut self, read: usize) {
+    /// Notes a read that found bytes (scanned already), `data` of them a
+    /// body's own (not a chunk's size line or its padding, nor trailers):
+    /// the connection is not waiting on its client now; a body that ended,
+    /// a new one that began, or one that brought [`FLOWING`] bytes of data
+    /// since the wait began, is not waited on since before.
+    fn note_bytes(&mut self, data: u64) {
         let verdicts = &self.verdicts;
         if verdicts.waiting.load(Ordering::Relaxed) {
             verdicts.waiting.store(false, Ordering::Relaxed);
@@ -262,9 +263,7 @@ impl Framing {
         if verdicts.body_since.load(Ordering::Relaxed) == 0 {
             return;
         }
-        self.progress = self
-            .progress
-            .saturating_add(u64::try_from(read).unwrap_or(u64::MAX));
+        self.progress = self.progress.saturating_add(data);
         if !self.in_body() || self.body_of != self.requests || self.progress >= FLOWING {
             verdicts.body_since.store(0, Ordering::Relaxed);
         }
@@ -293,16 +292,19 @@ impl Framing {
         self.trailers_too_long
     }
 
-    /// Reads the next bytes of the connection, as hyper will.
-    pub(super) fn scan(&mut self, mut bytes: &[u8]) {
+    /// Reads the next bytes of the connection, as hyper will; how many of
+    /// them are a body's data.
+    pub(super) fn scan(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut data = 0;
         while let Some((&byte, rest)) = bytes.split_first() {
             match self.state {
-                State::Lost => return,
+                State::Lost => return data,
                 // Body bytes are skipped whole, not looked at one by one.
                 State::Body(left) | State::ChunkData(left) => {
                     let taken = u64::try_from(bytes.len()).unwrap_or(u64::MAX).min(left);
                     let taken_len = usize::try_from(taken).unwrap_or(bytes.len());
                     bytes = &bytes[taken_len..];
+                    data += taken;
                     self.state = match (self.state, left - taken) {
                         (State::Body(_), 0) => self.next_head(),
                         (State::Body(_), left) => State::Body(left),
@@ -315,6 +317,7 @@ impl Framing {
             }
             bytes = rest;
         }
+        data
     }
 
     /// The state at the start of the next request's head.
@@ -571,7 +574,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         match polled {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
-                this.framing.scan(read);
+                let data = this.framing.scan(read);
                 this.framing.note_head();
                 if this.framing.trailers_too_long() {
                     // None of the read is handed on.
@@ -581,7 +584,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                         "a chunked body's trailers over 1 KiB",
                     )));
                 }
-                this.framing.note_bytes(read.len());
+                this.framing.note_bytes(data);
             }
             Poll::Pending => this.framing.note_nothing(super::now_ms),
             Poll::Ready(Err(_)) => {}
@@ -646,8 +649,8 @@ mod tests {
     /// Scans `piece` as one read that found it, then a read that found
     /// nothing, at `now`; what `waiting_for_body_since` says then.
     fn read_then_wait(framing: &mut Framing, piece: &str, now: u64) -> Option<u64> {
-        framing.scan(piece.as_bytes());
-        framing.note_bytes(piece.len());
+        let data = framing.scan(piece.as_bytes());
+        framing.note_bytes(data);
         // hyper calls the service once it has a head.
         let verdicts = framing.verdicts();
         while verdicts.calls.load(Ordering::Relaxed) < framing.requests {
@@ -762,6 +765,29 @@ mod tests {
         for now in 4..10 {
             assert_eq!(read_then_wait(&mut framing, "x", now), Some(3));
         }
+    }
+
+    /// Only a body's data counts as flowing: a chunk's size line padded
+    /// (whitespace after the size, zeros before it, which hyper reads and
+    /// drops) brings bytes, and no body, and its wait ages on.
+    #[test]
+    fn a_chunked_body_padded_with_framing_is_not_flowing() {
+        let mut framing = Framing::new();
+        let head = format!("{POST}Transfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(read_then_wait(&mut framing, &head, 1), Some(1));
+        let spaces = format!("1{}\r\nA\r\n", " ".repeat(2 * 16 * 1024));
+        let zeros = format!("{}1\r\nA\r\n", "0".repeat(2 * 16 * 1024));
+        for now in 2..6 {
+            assert_eq!(read_then_wait(&mut framing, &spaces, now), Some(1));
+            assert_eq!(read_then_wait(&mut framing, &zeros, now), Some(1));
+        }
+        // Data, chunk after chunk, flows.
+        let chunk = format!(
+            "{:x}\r\n{}\r\n",
+            FLOWING,
+            "x".repeat(usize::try_from(FLOWING).unwrap())
+        );
+        assert_eq!(read_then_wait(&mut framing, &chunk, 7), Some(7));
     }
 
     /// A body sent after a request not yet answered (pipelined) is not

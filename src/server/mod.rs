@@ -33,7 +33,8 @@
 //!   its first head), so that clients holding connections open without
 //!   using them keep no one out. With none idle, the one whose client has
 //!   kept it waiting longest, a second or more, for a body that arrives
-//!   slower than 16 KiB in that time is closed unanswered: a delivery's
+//!   slower than 16 KiB in that time (of its data: a chunked body's size
+//!   lines and their padding do not count) is closed unanswered: a delivery's
 //!   body arrives in milliseconds, and the layer runs no handler before
 //!   it is all in, so what is cut is a body trickled or stalled (or, while
 //!   every slot is taken, one sent that slowly over a poor link). With
