@@ -27,20 +27,24 @@ pub(crate) const DEFAULT_OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(10)
 /// Calls `tick` on `target` at the end of each `interval` from now, on a
 /// task of the current tokio runtime, until `tick` returns `false` or
 /// `target` is dropped (the task holds a [`Weak`] reference only, and ends
-/// at its next tick). Whether the task was started: there is no timer
-/// outside a runtime.
+/// at its next tick). The task, if started: there is no timer outside a
+/// runtime. An interval that reaches past what the clock can tell
+/// (`Duration::MAX`, say) ends where it can no longer be counted: no tick
+/// comes then.
 pub(crate) fn every_interval<T: Send + Sync + 'static>(
     target: &Arc<T>, interval: Duration, tick: fn(&T) -> bool,
-) -> bool {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return false;
-    };
+) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
     let target: Weak<T> = Arc::downgrade(target);
     // At least a millisecond apart, so that a zero interval cannot spin.
     let interval = interval.max(Duration::from_millis(1));
-    runtime.spawn(async move {
-        let mut next = Instant::now() + interval;
+    Some(runtime.spawn(async move {
+        let mut next = Instant::now();
         loop {
+            next = match next.checked_add(interval) {
+                Some(next) => next,
+                None => return,
+            };
             tokio::time::sleep_until(next).await;
             let Some(target) = target.upgrade() else {
                 return;
@@ -48,10 +52,8 @@ pub(crate) fn every_interval<T: Send + Sync + 'static>(
             if !tick(&target) {
                 return;
             }
-            next += interval;
         }
-    });
-    true
+    }))
 }
 
 /// The outage of one thing the crate calls: see the [module docs](self).
@@ -134,7 +136,7 @@ impl OutageLog {
         }
         state.last_error = error;
         if !state.timer {
-            state.timer = every_interval(self, self.interval, Self::tick);
+            state.timer = every_interval(self, self.interval, Self::tick).is_some();
         }
         if started && !quiet {
             tracing::error!(
@@ -313,6 +315,29 @@ pub(crate) mod tests {
     }
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    /// An interval past what the clock can count (`Duration::MAX`, which
+    /// a caller may give for "no summaries") ends its timer quietly; it
+    /// panicked on its first deadline before.
+    #[tokio::test(start_paused = true)]
+    async fn an_interval_past_the_clock_ends_its_timer_without_a_panic() {
+        fn tick(_: &()) -> bool {
+            true
+        }
+        let target = Arc::new(());
+        for interval in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+            let timer = every_interval(&target, interval, tick).expect("in a runtime");
+            timer.await.expect("the timer ended without a panic");
+        }
+        // A short interval ticks, and ends once its tick says so.
+        fn once(_: &()) -> bool {
+            false
+        }
+        every_interval(&target, SECOND, once)
+            .unwrap()
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn an_outage_is_a_line_when_it_starts_a_summary_per_interval_and_a_line_when_it_ends() {

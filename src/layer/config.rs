@@ -556,7 +556,9 @@ impl ClinkLayer {
     /// key source that fails is logged once when the failures start (at
     /// `error`), summed up once per interval while they go on, and once
     /// when it answers again (at `warn`), never once per delivery; the
-    /// [`Metrics`] count every failure.
+    /// [`Metrics`] count every failure. An interval past what the clock
+    /// can count (`Duration::MAX`) writes the first line of each and no
+    /// summary.
     #[must_use]
     pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
         let config = self.config_mut();

@@ -69,7 +69,7 @@ impl RefusalLog {
         }
         // The first refusal after a quiet spell is logged at once; the timer
         // sums up the ones that follow.
-        state.timer = every_interval(self, self.interval, Self::tick);
+        state.timer = every_interval(self, self.interval, Self::tick).is_some();
         if !state.timer
             && state
                 .last_line
