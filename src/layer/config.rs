@@ -557,8 +557,9 @@ impl ClinkLayer {
     /// `error`), summed up once per interval while they go on, and once
     /// when it answers again (at `warn`), never once per delivery; the
     /// [`Metrics`] count every failure. An interval past what the clock
-    /// can count (`Duration::MAX`) writes the first line of each and no
-    /// summary.
+    /// can count (`Duration::MAX`) logs the first refusal and each
+    /// dependency's first outage (its start and its end), then nothing
+    /// more: the metrics alone count the rest.
     #[must_use]
     pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
         let config = self.config_mut();
