@@ -1095,7 +1095,7 @@ pub(crate) fn secret_in(body: &[u8]) -> Option<WebhookSecret> {
             .into_iter()
             .flatten()
             .find_map(|holder| match holder.get(SIGNING_SECRET) {
-                Some(Value::String(secret)) if !secret.is_empty() => Some(secret.clone()),
+                Some(Value::String(secret)) if is_a_secret(secret) => Some(secret.clone()),
                 _ => None,
             })
     });
@@ -1114,6 +1114,13 @@ pub(crate) fn secret_in(body: &[u8]) -> Option<WebhookSecret> {
 /// The name of the member that holds a plain signing secret.
 const SIGNING_SECRET: &str = "signingSecret";
 
+/// Whether `text`, a `signingSecret`'s value, is a secret at all: an empty
+/// one (or only spaces), as a serializer may write for "not available",
+/// is none.
+pub(crate) fn is_a_secret(text: &str) -> bool {
+    !text.trim().is_empty()
+}
+
 /// Every plain signing secret in an answer: the strings of its
 /// `signingSecret` members, at any depth.
 fn signing_secrets(json: &Value) -> Vec<String> {
@@ -1122,7 +1129,7 @@ fn signing_secrets(json: &Value) -> Vec<String> {
             Value::Object(members) => {
                 for (name, value) in members {
                     match value {
-                        Value::String(secret) if name == SIGNING_SECRET && !secret.is_empty() => {
+                        Value::String(secret) if name == SIGNING_SECRET && is_a_secret(secret) => {
                             found.push(secret.clone());
                         }
                         value => collect(value, found),

@@ -411,7 +411,7 @@ use http::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::client::{secret_in, segment};
+use super::client::{is_a_secret, secret_in, segment};
 use super::error::{ApiError, ApiErrorKind};
 use super::objects::Page;
 use super::Client;
@@ -422,7 +422,7 @@ impl Endpoint {
     fn lenient(mut data: Map<String, Value>, id: Option<&str>) -> Self {
         // The secret first, whatever the rest holds.
         let signing_secret = match data.remove("signingSecret") {
-            Some(Value::String(secret)) => Some(WebhookSecret::new(secret)),
+            Some(Value::String(secret)) if is_a_secret(&secret) => Some(WebhookSecret::new(secret)),
             _ => None,
         };
         Self {

@@ -143,7 +143,7 @@ impl ApiError {
 
     /// The error holding `secret`, which the message no longer shows.
     pub(crate) fn with_secret(mut self, secret: Option<WebhookSecret>) -> Self {
-        if let Some(secret) = secret.filter(|secret| !secret.expose().is_empty()) {
+        if let Some(secret) = secret.filter(|secret| super::client::is_a_secret(secret.expose())) {
             if self.message.contains(secret.expose()) {
                 self.message = self.message.replace(secret.expose(), "[redacted]");
             }

@@ -347,7 +347,7 @@ impl Client {
         let secret = endpoint
             .signing_secret
             .take()
-            .filter(|secret| !secret.expose().is_empty())
+            .filter(|secret| super::client::is_a_secret(secret.expose()))
             .ok_or(RotationError::NoSecret)?;
         let key = SigningKey::new(secret.expose()).map_err(|_| RotationError::NoSecret)?;
         let key_name = key.name().to_owned();

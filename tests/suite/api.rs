@@ -1416,6 +1416,32 @@ async fn a_new_secret_outside_data_is_kept() {
         endpoint.signing_secret.as_ref().map(WebhookSecret::expose),
         Some("whsec_beside_data")
     );
+    // An empty secret (or only spaces) in `data`, as a serializer may
+    // write for "not available", is no secret: the one beside it is the
+    // secret, and with none beside it the answer holds none.
+    for (blank, beside, secret) in [
+        ("", r#","signingSecret":"whsec_real""#, Some("whsec_real")),
+        ("  ", r#","signingSecret":"whsec_real""#, Some("whsec_real")),
+        ("", "", None),
+        ("   ", "", None),
+    ] {
+        fake.fail_next(
+            &format!("webhook/endpoints/{id}/rotate-secret"),
+            Failure::Json {
+                status: 200,
+                body: format!(
+                    r#"{{"code":200,"data":{{"id":"{id}","signingSecret":"{blank}"}}{beside}}}"#
+                ),
+            },
+            1,
+        );
+        let endpoint = client.rotate_endpoint_secret(&id).await.unwrap();
+        assert_eq!(
+            endpoint.signing_secret.as_ref().map(WebhookSecret::expose),
+            secret,
+            "{blank:?} {beside}"
+        );
+    }
 
     // A create, and an ensure that does not say whether it sent one.
     let beside = |secret: &str| Failure::Json {

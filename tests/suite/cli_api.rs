@@ -1013,6 +1013,17 @@ async fn a_rotation_answered_without_its_secret_fails() {
     .await;
     assert_eq!(rotated.code, Some(2), "{rotated:?}");
     assert_eq!(json_error(&rotated)["error"], "decode", "{rotated:?}");
+    // An empty secret, or one of spaces, is none either.
+    for blank in ["", "  "] {
+        api.patch_next(&rotate, json!({ "signingSecret": blank }), 1);
+        let rotated = cli(
+            &api,
+            &["--json", "endpoints", "--show-secret", "rotate-secret", &id],
+        )
+        .await;
+        assert_eq!(rotated.code, Some(2), "{blank:?}: {rotated:?}");
+        assert_eq!(json_error(&rotated)["error"], "decode", "{rotated:?}");
+    }
 
     for json_flag in [false, true] {
         api.patch_next(
