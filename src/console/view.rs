@@ -104,7 +104,7 @@ impl Query {
             }
             parse_time(text)
                 .map(Some)
-                .ok_or_else(|| BadFilter(format!("{what} {text:?} is not a time (UTC)")))
+                .map_err(|why| BadFilter(format!("{what} {text:?} {why}")))
         };
         Ok(filter.received(time(&self.from, "from")?, time(&self.until, "until")?))
     }
@@ -177,20 +177,33 @@ pub(super) fn percent_encode(text: &str) -> String {
 
 /// A time as a person types it: RFC 3339, or a form's `datetime-local`
 /// value (`2026-12-02T20:13`, seconds optional), read as UTC; or epoch
-/// milliseconds.
-pub(super) fn parse_time(text: &str) -> Option<Timestamp> {
+/// milliseconds. A number that as milliseconds is before 2001-09-09 is
+/// refused as most likely epoch seconds (as `date +%s` prints them): read
+/// as milliseconds it would be January 1970, and a replay by that filter
+/// would take nearly every dead event. `Err` says why, after the text.
+pub(super) fn parse_time(text: &str) -> Result<Timestamp, &'static str> {
+    /// 2001-09-09, the first time of 13 digits in milliseconds.
+    const EARLIEST_MILLIS: i64 = 1_000_000_000_000;
     if let Ok(ms) = text.parse::<i64>() {
-        return Some(Timestamp::from_millis(ms));
+        return if ms >= EARLIEST_MILLIS {
+            Ok(Timestamp::from_millis(ms))
+        } else {
+            Err(
+                "is before 2001-09-09 as epoch milliseconds, so most likely epoch seconds: \
+                 give milliseconds (the seconds followed by 000) or a time such as \
+                 2025-01-15T12:00",
+            )
+        };
     }
     if let Ok(at) = Timestamp::parse_rfc3339(text) {
-        return Some(at);
+        return Ok(at);
     }
     let with_seconds = if text.len() == 16 {
         format!("{text}:00Z")
     } else {
         format!("{text}Z")
     };
-    Timestamp::parse_rfc3339(&with_seconds).ok()
+    Timestamp::parse_rfc3339(&with_seconds).map_err(|_| "is not a time (UTC)")
 }
 
 /// A time for a person: `2026-12-02 20:13:33.123 UTC`.
@@ -560,6 +573,31 @@ pub(super) fn chart(activity: &InboxActivity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_seconds_are_refused_as_a_time_and_milliseconds_read() {
+        let seconds = parse_time("1736942400").unwrap_err();
+        assert!(seconds.contains("most likely epoch seconds"), "{seconds}");
+        assert_eq!(
+            parse_time("1736942400000"),
+            Ok(Timestamp::from_millis(1_736_942_400_000))
+        );
+        assert_eq!(
+            parse_time("2025-01-15T12:00"),
+            Ok(Timestamp::from_millis(1_736_942_400_000))
+        );
+        assert_eq!(parse_time("yesterday"), Err("is not a time (UTC)"));
+        let query = Query {
+            until: "1736942400".to_owned(),
+            ..Query::default()
+        };
+        let refused = query.filter().unwrap_err();
+        assert!(
+            refused.0.starts_with("until \"1736942400\" is before"),
+            "{}",
+            refused.0
+        );
+    }
 
     #[test]
     fn json_is_indented_with_every_value_kept() {

@@ -335,6 +335,17 @@ async fn every_page_answers_html_under_the_content_security_policy() {
             400,
             "text/html; charset=utf-8",
         ),
+        // Epoch seconds, which as milliseconds would be January 1970.
+        (
+            "/console/events?status=dead&from=1736942400",
+            400,
+            "text/html; charset=utf-8",
+        ),
+        (
+            "/console/events?from=1736942400000",
+            200,
+            "text/html; charset=utf-8",
+        ),
         // No event's field holds a NUL (PostgreSQL would refuse the query).
         (
             "/console/events?type=order.succeeded%00",
