@@ -327,6 +327,18 @@ impl ClientBuilder {
 /// (Clink's proposed contract answers `403 API key has been revoked` and
 /// `422 Secret key is expired`); a `403` about anything else (an account's
 /// rights, a proxy's page) is not one.
+/// What an envelope's `code` other than 200, with its `msg`, says went
+/// wrong.
+fn kind_of_code(code: i64, msg: &str) -> ApiErrorKind {
+    match code {
+        code if refuses_the_key(code, msg) => ApiErrorKind::Unauthorized,
+        404 => ApiErrorKind::NotFound,
+        429 => ApiErrorKind::RateLimited,
+        500..=599 => ApiErrorKind::Server,
+        _ => ApiErrorKind::Envelope,
+    }
+}
+
 fn refuses_the_key(code: i64, msg: &str) -> bool {
     let msg = msg.to_ascii_lowercase();
     let about_the_key = ["api key", "apikey", "api-key", "secret key"]
@@ -859,11 +871,20 @@ impl Client {
                 .as_ref()
                 .and_then(|e| e.msg.clone())
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            let kind = match status {
-                s if refuses_the_key(s.as_u16().into(), &words) => ApiErrorKind::Unauthorized,
-                StatusCode::NOT_FOUND => ApiErrorKind::NotFound,
-                StatusCode::TOO_MANY_REQUESTS => ApiErrorKind::RateLimited,
-                s if s.is_server_error() => ApiErrorKind::Server,
+            // An envelope's code of 400 to 599 says more than a status of
+            // no more meaning than "client error" or "server error" (HTTP
+            // 400 with code 404 is not found; HTTP 500 with code 404 is not
+            // worth asking again).
+            let code = match envelope.as_ref().map(|e| &e.code) {
+                Some(&Code::Number(code)) if (400..=599).contains(&code) => Some(code),
+                _ => None,
+            };
+            let kind = match (status, code) {
+                (s, _) if refuses_the_key(s.as_u16().into(), &words) => ApiErrorKind::Unauthorized,
+                (StatusCode::NOT_FOUND, _) => ApiErrorKind::NotFound,
+                (StatusCode::TOO_MANY_REQUESTS, _) => ApiErrorKind::RateLimited,
+                (_, Some(code)) => kind_of_code(code, &words),
+                (s, None) if s.is_server_error() => ApiErrorKind::Server,
                 _ => ApiErrorKind::Envelope,
             };
             let secret = secret_in(&body);
@@ -885,7 +906,11 @@ impl Client {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Bytes::from_static(b"{}"));
         }
-        let envelope: Status = serde_json::from_slice(&body).map_err(|_| {
+        // serde fills a struct from an array too (`[]` would read as an
+        // envelope without a code): only an object is one.
+        let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let envelope = object.then(|| serde_json::from_slice::<Status>(&body));
+        let envelope: Status = envelope.and_then(Result::ok).ok_or_else(|| {
             ApiError::new(
                 ApiErrorKind::Decode,
                 call,
@@ -921,14 +946,7 @@ impl Client {
             }
             Code::Number(code) => {
                 let msg = envelope.msg.unwrap_or_default();
-                let kind = match code {
-                    code if refuses_the_key(code, &msg) => ApiErrorKind::Unauthorized,
-                    404 => ApiErrorKind::NotFound,
-                    429 => ApiErrorKind::RateLimited,
-                    500..=599 => ApiErrorKind::Server,
-                    _ => ApiErrorKind::Envelope,
-                };
-                Err(ApiError::new(kind, call, told(&msg))
+                Err(ApiError::new(kind_of_code(code, &msg), call, told(&msg))
                     .with_status(status)
                     .with_code(code)
                     .with_secret(secret_in(&body)))

@@ -27,7 +27,7 @@ pub enum ApiErrorKind {
     /// [rate budget](super::ClientBuilder::rate_limit) had no room before the
     /// deadline (the request was then not sent).
     RateLimited,
-    /// Clink answered 5xx (or an envelope `code` of 500 or more), after the
+    /// Clink answered 5xx (or an envelope `code` of 500 to 599), after the
     /// retries a read gets.
     Server,
     /// Clink answered with an envelope whose `code` is not 200 and says no

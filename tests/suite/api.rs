@@ -486,6 +486,50 @@ async fn not_found_and_envelope_errors_are_told_apart() {
         2,
         "nothing sent for a family with no read"
     );
+
+    // An envelope's code says more than a status that says only "client
+    // error" or "server error": HTTP 400 or 500 with code 404 is not found,
+    // asked once; HTTP 400 with code 503 is a server error, retried.
+    let client = client_for(&fake, &[NEW]).attempts(2).build().unwrap();
+    for (status, code, kind, requests) in [
+        (400, 404, ApiErrorKind::NotFound, 1),
+        (500, 404, ApiErrorKind::NotFound, 1),
+        (400, 503, ApiErrorKind::Server, 2),
+        (500, 80_100_263, ApiErrorKind::Server, 2),
+    ] {
+        let before = fake.requests().len();
+        fake.fail_next(
+            "order/",
+            Failure::Json {
+                status,
+                body: format!(r#"{{"code":{code},"msg":"said so"}}"#),
+            },
+            requests,
+        );
+        let error = client.get::<Order>("ord_1").await.unwrap_err();
+        assert_eq!(error.kind(), kind, "{status} {code}: {error}");
+        assert_eq!(error.code(), Some(code));
+        assert_eq!(
+            fake.requests().len() - before,
+            requests,
+            "{status} {code}: {error}"
+        );
+    }
+
+    // A 2xx answer that is a JSON array is no envelope, whatever it holds:
+    // a delete answered so (by a proxy, say) is not reported done.
+    for body in ["[]", "[200]", " [null]"] {
+        fake.fail_next(
+            "webhook/endpoints/",
+            Failure::Json {
+                status: 200,
+                body: body.to_owned(),
+            },
+            1,
+        );
+        let error = client.delete_endpoint("whk_1").await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Decode, "{body}: {error}");
+    }
 }
 
 #[tokio::test]
