@@ -141,15 +141,29 @@ impl fmt::Debug for ClientBuilder {
 }
 
 /// `url` with what its authority holds before an `@` (a user and a
-/// password) replaced by `[redacted]`.
+/// password) replaced by `[redacted]`, and its query or fragment too (a
+/// token, say): the builder keeps the URL as given, which `build` may
+/// refuse, and a password with a `/` in it ends no authority for a person
+/// who typed it, so one shaped `user:password@` is taken up to its `@`.
 fn without_user_info(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
-    let authority_end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |at| start + at);
-    match url[start..authority_end].rfind('@') {
-        Some(at) => format!("{}[redacted]{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
+    let (main, rest) = url.split_at(
+        url[start..]
+            .find(['?', '#'])
+            .map_or(url.len(), |at| start + at),
+    );
+    let authority_end = main[start..].find('/').map_or(main.len(), |at| start + at);
+    let user_info = main[start..authority_end].rfind('@').or_else(|| {
+        let at = main[start..].rfind('@')?;
+        main[start..start + at].contains(':').then_some(at)
+    });
+    let main: std::borrow::Cow<'_, str> = match user_info {
+        Some(at) => format!("{}[redacted]{}", &main[..start], &main[start + at..]).into(),
+        None => main.into(),
+    };
+    match rest.chars().next() {
+        Some(mark) => format!("{main}{mark}[redacted]").into(),
+        None => main,
     }
 }
 
@@ -386,7 +400,13 @@ fn base_url(
              (ClientBuilder::plain_http_beyond_this_machine, CLINK_API_PLAIN_HTTP=1)",
         ));
     }
-    let mut base = url.to_owned();
+    // The scheme as `Uri` read it, in lower case (`HTTPS://` is https:
+    // TLS and its roots are chosen by it).
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let mut base = format!(
+        "{scheme}://{}",
+        url.split_once("://").map_or(url, |(_, rest)| rest)
+    );
     if !base.ends_with('/') {
         base.push('/');
     }
@@ -1533,15 +1553,28 @@ mod tests {
             ),
             (
                 "https://u:a@b@proxy:9?x=@",
-                "https://[redacted]@proxy:9?x=@",
+                "https://[redacted]@proxy:9?[redacted]",
             ),
             ("hunter2@proxy", "[redacted]@proxy"),
             ("https://proxy/a@b", "https://proxy/a@b"),
+            // A password with a `/`, and a token in a query or fragment.
+            (
+                "https://deploy:hun/ter2@proxy.lan/api",
+                "https://[redacted]@proxy.lan/api",
+            ),
+            (
+                "https://proxy/api?token=hunter2",
+                "https://proxy/api?[redacted]",
+            ),
+            ("https://proxy/api#hunter2", "https://proxy/api#[redacted]"),
         ] {
             let debug = format!("{:?}", Client::builder().base_url(url));
             assert!(debug.contains(shown), "{debug}");
             assert!(
-                !debug.contains("hunter2") && !debug.contains("u:a"),
+                !debug.contains("hunter2")
+                    && !debug.contains("hun/ter2")
+                    && !debug.contains("ter2")
+                    && !debug.contains("u:a"),
                 "{debug}"
             );
         }
@@ -1560,6 +1593,8 @@ mod tests {
             ("http://LocalHost:9/api", false, "http://LocalHost:9/api/"),
             ("https://proxy.lan/api", false, "https://proxy.lan/api/"),
             ("http://proxy.lan/api", true, "http://proxy.lan/api/"),
+            ("HTTPS://proxy.lan/api", false, "https://proxy.lan/api/"),
+            ("Http://127.0.0.1:9/api", false, "http://127.0.0.1:9/api/"),
         ] {
             assert_eq!(
                 base_url(Some(url), Environment::Sandbox, plain_http).unwrap(),

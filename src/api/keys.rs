@@ -68,10 +68,20 @@ impl FromStr for Environment {
         match s.trim().to_ascii_lowercase().as_str() {
             "sandbox" => Ok(Self::Sandbox),
             "production" => Ok(Self::Production),
-            _ => Err(ConfigError::new(format!(
-                "unknown Clink environment {}: use sandbox or production",
-                crate::events::printable(&s.chars().take(40).collect::<String>())
-            ))),
+            // Shown only when it is a short word: a value in the wrong
+            // variable may be a key.
+            _ => Err(ConfigError::new(match s.trim() {
+                name if name.len() <= 20
+                    && name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') =>
+                {
+                    format!("unknown Clink environment {name:?}: use sandbox or production")
+                }
+                other => format!(
+                    "unknown Clink environment (a value of {} characters, not shown: it may be \
+                     a key in the wrong variable): use sandbox or production",
+                    other.chars().count()
+                ),
+            })),
         }
     }
 }
@@ -361,6 +371,14 @@ mod tests {
         );
         assert!("prod".parse::<Environment>().is_err());
         assert_eq!(Environment::default(), Environment::Sandbox);
+        // A short word is named; anything else, a key in the wrong
+        // variable say, is not shown.
+        let staging = "staging".parse::<Environment>().unwrap_err().to_string();
+        assert!(staging.contains("\"staging\""), "{staging}");
+        for key in ["sk_prod_51Hsecretvalue", "hunter2", "x".repeat(21).as_str()] {
+            let said = key.parse::<Environment>().unwrap_err().to_string();
+            assert!(!said.contains(key) && said.contains("not shown"), "{said}");
+        }
     }
 
     #[test]
