@@ -598,8 +598,24 @@ async fn replay_matching(
     let replayed = inbox
         .replay_matching(filter, force)
         .await
-        .map_err(|e| store_error(&e))?;
+        .map_err(|e| partly_replayed(&e))?;
     Ok((replayed, running))
+}
+
+/// A replay by filter that failed: an inbox replays in steps (the SQLite
+/// and PostgreSQL inboxes of 5,000 events, each kept once made), so the
+/// events of the steps before the error may have been replayed, and the
+/// error says so and how to see them; running it again with `--force`
+/// would replay again those handled since.
+fn partly_replayed(error: &clink_webhooks::store::StoreError) -> CliError {
+    CliError::new(
+        ErrorCode::Io,
+        format!(
+            "{error}; the replay goes in steps, each kept once made, so the events of the steps \
+             before the error may have been replayed: `list --status pending` with the same \
+             filters shows them (and `show SEQ` when each was last replayed)"
+        ),
+    )
 }
 
 pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> {
@@ -732,6 +748,115 @@ pub(crate) async fn run(out: &Output, args: &InboxArgs) -> Result<(), CliError> 
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
+
+    use clink_webhooks::store::{
+        InboxClaim, InboxStats, Inserted, MemoryInbox, NewEvent, Settle, StoreError, StoreErrorKind,
+    };
+    use clink_webhooks::BoxFuture;
+    use std::time::Duration;
+
+    /// A memory inbox whose replays by filter replay the oldest matching
+    /// event, then fail, as a stepped replay fails after its first step.
+    struct FailsAfterOne(MemoryInbox);
+
+    impl Inbox for FailsAfterOne {
+        fn insert<'a>(&'a self, e: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.0.insert(e)
+        }
+        fn insert_dead<'a>(
+            &'a self, e: &'a NewEvent, error: &'a str,
+        ) -> BoxFuture<'a, Result<Inserted, StoreError>> {
+            self.0.insert_dead(e, error)
+        }
+        fn claim(
+            &self, lease: Duration, window: Duration,
+        ) -> BoxFuture<'_, Result<Option<InboxClaim>, StoreError>> {
+            self.0.claim(lease, window)
+        }
+        fn complete<'a>(&'a self, c: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.complete(c)
+        }
+        fn fail<'a>(
+            &'a self, c: &'a InboxClaim, error: &'a str, retry_at: Option<Timestamp>,
+        ) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.fail(c, error, retry_at)
+        }
+        fn release<'a>(&'a self, c: &'a InboxClaim) -> BoxFuture<'a, Result<Settle, StoreError>> {
+            self.0.release(c)
+        }
+        fn list<'a>(
+            &'a self, filter: &'a InboxFilter, limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<InboxEntry>, StoreError>> {
+            self.0.list(filter, limit)
+        }
+        fn get(&self, seq: i64) -> BoxFuture<'_, Result<Option<InboxEntry>, StoreError>> {
+            self.0.get(seq)
+        }
+        fn replay(&self, seq: i64, force: bool) -> BoxFuture<'_, Result<Replayed, StoreError>> {
+            self.0.replay(seq, force)
+        }
+        fn replay_matching<'a>(
+            &'a self, filter: &'a InboxFilter, force: bool,
+        ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+            Box::pin(async move {
+                let first = self.0.list(filter, 1).await?;
+                if let Some(first) = first.first() {
+                    self.0.replay(first.seq, force).await?;
+                }
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    "the second step timed out",
+                ))
+            })
+        }
+        fn purge(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge(before)
+        }
+        fn purge_dead(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.0.purge_dead(before)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<InboxStats, StoreError>> {
+            self.0.stats()
+        }
+        fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.0.check_writable()
+        }
+    }
+
+    /// A replay by filter that fails after a step says that events may
+    /// have been replayed, and how to see them: a bare error would have an
+    /// operator believe nothing happened, and run it again.
+    #[tokio::test]
+    async fn a_replay_by_filter_that_fails_partway_says_events_may_have_been_replayed() {
+        let inbox = FailsAfterOne(MemoryInbox::new());
+        for id in ["evt_1", "evt_2"] {
+            let event = NewEvent::new(
+                None,
+                id.to_owned(),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                Timestamp::now(),
+                Timestamp::now(),
+                bytes::Bytes::from_static(b"{}"),
+            );
+            inbox.insert_dead(&event, "dead").await.unwrap();
+        }
+        let dead = InboxFilter::default().status(InboxStatus::Dead);
+        let error = replay_matching(&Output::new(true), &inbox, &dead, false, false)
+            .await
+            .unwrap_err();
+        assert!(
+            error.message.contains("may have been replayed")
+                && error.message.contains("list --status pending"),
+            "{}",
+            error.message
+        );
+        assert_eq!(
+            inbox.0.get(1).await.unwrap().unwrap().status,
+            InboxStatus::Pending
+        );
+    }
 
     /// `list` reads a page of at most 100 events at a time, oldest first,
     /// and stops at its limit: the events and their order are those one
