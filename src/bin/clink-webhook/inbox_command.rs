@@ -17,7 +17,8 @@ SqliteInbox (feature sqlite), or --postgres for PostgresInbox in the database
 DATABASE_URL names (feature postgres; --table for another table than
 clink_webhook_inbox; a password in it runs up to the last @, as the gateway
 reads it, so it may hold / or @ as it is). Event bodies are data: every value from one is printed
-escaped, and `show` prints the body as JSON text only with --json.
+escaped, and `show` prints the body as JSON text only with --json (in base64,
+as body_base64, when it is not UTF-8), with the signature headers it came with.
 
 `list` and `replay` pick events with the same filters, every one given having
 to match: --status, --type, --account (\"\" for events with no account),
@@ -332,7 +333,18 @@ fn entry_json(entry: &InboxEntry, with_body: bool) -> serde_json::Value {
         "last_replayed_at": entry.last_replayed_at.map(|t| t.to_string()),
     });
     if with_body {
-        value["body"] = json!(String::from_utf8_lossy(&event.body));
+        // Byte for byte: as text when it is UTF-8, in base64 when not (a
+        // verified body that is no envelope, kept dead, may be anything).
+        match std::str::from_utf8(&event.body) {
+            Ok(text) => value["body"] = json!(text),
+            Err(_) => value["body_base64"] = json!(crate::urls::base64(&event.body).as_str()),
+        }
+        // With the body they sign, so that it can be checked, or sent on.
+        value["signature_headers"] = event.signature_headers.as_ref().map_or(
+            serde_json::Value::Null,
+            |headers| json!({ "timestamp": headers.timestamp, "signature": headers.signature }),
+        );
+        value["receipt"] = json!(entry.receipt);
         value["history"] = entry
             .history
             .iter()
@@ -974,6 +986,46 @@ mod tests {
             ["1", "dead", "-", "not-an-envelope:ab12", "attempts"],
             "{line}"
         );
+    }
+
+    /// `show --json` prints the event whole: a body that is not UTF-8 in
+    /// base64, byte for byte, and the signature headers it came with.
+    #[tokio::test]
+    async fn show_json_prints_a_body_byte_for_byte_with_its_signature_headers() {
+        use clink_webhooks::store::{Inbox as _, MemoryInbox, NewEvent, SignatureHeaders};
+
+        let inbox = MemoryInbox::new();
+        for (id, body) in [
+            ("evt_binary", &b"\xff\xfe{}"[..]),
+            ("evt_text", &b"{\"a\":1}"[..]),
+        ] {
+            let event = NewEvent::new(
+                None,
+                id.to_owned(),
+                String::new(),
+                None,
+                None,
+                Timestamp::now(),
+                Timestamp::now(),
+                bytes::Bytes::copy_from_slice(body),
+            )
+            .with_signature_headers(SignatureHeaders::new("1754819711382", "ab12"));
+            inbox
+                .insert_dead(&event, "dead: no envelope")
+                .await
+                .unwrap();
+        }
+        let binary = entry_json(&inbox.get(1).await.unwrap().unwrap(), true);
+        assert_eq!(binary["body_base64"], "//57fQ==", "{binary}");
+        assert!(binary.get("body").is_none(), "{binary}");
+        assert_eq!(
+            binary["signature_headers"],
+            json!({ "timestamp": "1754819711382", "signature": "ab12" })
+        );
+        let text = entry_json(&inbox.get(2).await.unwrap().unwrap(), true);
+        assert_eq!(text["body"], "{\"a\":1}", "{text}");
+        assert!(text.get("body_base64").is_none(), "{text}");
+        assert_eq!(text["receipt"], serde_json::Value::Null);
     }
 
     /// `DATABASE_URL` is read as the gateway reads it: a password holding
