@@ -216,23 +216,48 @@ fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
     }
 }
 
+/// The columns later versions added, with their definitions.
+const ADDED_COLUMNS: [(&str, &str); 9] = [
+    ("signing_key", "TEXT"),
+    ("handled_at_ms", "INTEGER"),
+    ("replays", "INTEGER NOT NULL DEFAULT 0"),
+    ("last_replay_ms", "INTEGER"),
+    ("receipt", "TEXT"),
+    ("header_timestamp", "TEXT"),
+    ("header_signature", "TEXT"),
+    ("claimed_at_ms", "INTEGER"),
+    ("history", "TEXT NOT NULL DEFAULT '[]'"),
+];
+
 /// Adds the columns later versions added to a table an earlier one made,
 /// in one immediate transaction: two processes opening an older file at
-/// once take turns, and the second finds the columns there.
+/// once take turns, and the second finds the columns there. A file that
+/// has them all (every open but the first after an upgrade) is only read:
+/// no write lock is taken, so an open does not wait behind another
+/// process's writes (the receiver's, while `clink-webhook inbox` lists),
+/// and a file the process may not write opens for reading.
 fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let names: Vec<String> = ADDED_COLUMNS
+        .iter()
+        .map(|(name, _)| format!("'{name}'"))
+        .collect();
+    let present: usize = connection.query_row(
+        &format!(
+            "SELECT (SELECT count(*) FROM pragma_table_info('clink_webhook_inbox') \
+                     WHERE name IN ({})) \
+                  + (SELECT count(*) FROM sqlite_master \
+                     WHERE type = 'index' AND name = 'clink_webhook_inbox_handled')",
+            names.join(", ")
+        ),
+        [],
+        |row| row.get(0),
+    )?;
+    if present == ADDED_COLUMNS.len() + 1 {
+        return Ok(());
+    }
     let tx =
         rusqlite::Transaction::new_unchecked(connection, rusqlite::TransactionBehavior::Immediate)?;
-    for (column, definition) in [
-        ("signing_key", "TEXT"),
-        ("handled_at_ms", "INTEGER"),
-        ("replays", "INTEGER NOT NULL DEFAULT 0"),
-        ("last_replay_ms", "INTEGER"),
-        ("receipt", "TEXT"),
-        ("header_timestamp", "TEXT"),
-        ("header_signature", "TEXT"),
-        ("claimed_at_ms", "INTEGER"),
-        ("history", "TEXT NOT NULL DEFAULT '[]'"),
-    ] {
+    for (column, definition) in ADDED_COLUMNS {
         let present: bool = tx.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('clink_webhook_inbox') WHERE name = ?1",
             params![column],
@@ -1501,6 +1526,52 @@ mod settle_tests {
     use super::SqliteInbox;
     use crate::store::inbox_trait::outlived::{attempt, claim, taken_over};
     use crate::store::{Inbox, InboxStatus, StoreError, StoreErrorKind};
+
+    /// A file whose schema is current opens without a write lock: while
+    /// another process holds one (a receiver writing), an open to read it
+    /// (`clink-webhook inbox list`) does not wait for it, and fail after
+    /// the busy timeout. A file that lacks what a later version added
+    /// still takes the lock to add it.
+    #[tokio::test]
+    async fn a_current_file_opens_while_another_connection_writes() {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-open-{}-{}",
+            std::process::id(),
+            crate::store::LeaseToken::generate().as_str()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.db");
+        drop(SqliteInbox::open(&path).unwrap());
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || SqliteInbox::open(&path)
+        })
+        .await
+        .unwrap();
+        assert!(opened.is_ok(), "{opened:?} after {:?}", started.elapsed());
+        assert_eq!(opened.unwrap().stats().await.unwrap().pending, 0);
+        writer.execute_batch("ROLLBACK").unwrap();
+
+        // An index missing (as in a file an older version made): the open
+        // adds it.
+        writer
+            .execute_batch("DROP INDEX clink_webhook_inbox_handled")
+            .unwrap();
+        drop(SqliteInbox::open(&path).unwrap());
+        let indexes: i64 = writer
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'clink_webhook_inbox_handled'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1);
+        drop(writer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A transactional completion after the claim's lease ended commits
     /// while no other worker took the event over (the token fences, not
