@@ -69,6 +69,7 @@ pub(crate) const FIELDS: &[Field] = &[
     field("nats_replicas", Some("1"), false),
     field("redis_stream", Some("clink:{account}"), false),
     field("redis_dedup_hours", Some("168"), false),
+    field("redis_wait_replicas", Some("0"), false),
     field("settle_ms", Some("1000"), false),
     field("concurrency", Some("8"), false),
     field("lease_ms", Some("30000"), false),
@@ -503,6 +504,9 @@ pub(crate) struct Config {
     pub(crate) nats_replicas: usize,
     pub(crate) redis_stream: String,
     pub(crate) redis_dedup: Duration,
+    /// How many replicas must have an entry (Redis's `WAIT`) before its
+    /// event counts as published; 0: the primary's answer is enough.
+    pub(crate) redis_wait_replicas: u64,
     pub(crate) reorder_window: Duration,
     pub(crate) concurrency: usize,
     pub(crate) lease: Duration,
@@ -881,6 +885,7 @@ impl Config {
             ));
         }
         let redis_dedup = Duration::from_secs(3600 * r.number("redis_dedup_hours", 1, YEAR_HOURS)?);
+        let redis_wait_replicas = r.number("redis_wait_replicas", 0, 16)?;
         // An event whose XADD landed and whose answer was lost can die
         // (Redis unreachable for the whole retry span) and be replayed
         // later (the inbox keeps dead events until then). Its
@@ -1078,6 +1083,7 @@ impl Config {
             nats_replicas,
             redis_stream,
             redis_dedup,
+            redis_wait_replicas,
             reorder_window,
             concurrency,
             lease,

@@ -187,6 +187,9 @@ struct Streams {
     /// the last run of [`XADD_ONCE`] that added or found it.
     dedup: Duration,
     script: redis::Script,
+    /// How many replicas must have an entry before its event counts as
+    /// published (`WAIT`), and how long to wait for them.
+    wait: Option<(u64, Duration)>,
 }
 
 /// The key of the marker that keeps `event` from being added twice to the
@@ -240,6 +243,30 @@ impl Streams {
             .invoke_async(connection)
             .await
             .map_err(|e| format!("{name}: XADD failed: {}", e.kind_text()))?;
+        if let Some((replicas, within)) = self.wait {
+            // The replicas have every write sent on this connection before
+            // the WAIT: the entry, or (when the marker was found) the
+            // marker's new expiry, which comes after the entry in the
+            // primary's stream of writes. A failover to a replica that
+            // had not the entry would lose it, while the inbox had the
+            // event done; fewer replicas than asked, and it is published
+            // again (the marker keeps the entry one).
+            let millis = u64::try_from(within.as_millis()).unwrap_or(u64::MAX).max(1);
+            let confirmed: i64 = redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(millis)
+                .query_async(connection)
+                .await
+                .map_err(|e| format!("{name}: WAIT failed: {}", e.kind_text()))?;
+            if u64::try_from(confirmed).unwrap_or(0) < replicas {
+                return Err(format!(
+                    "{name}: {confirmed} of the {replicas} replicas asked for \
+                     (redis_wait_replicas) confirmed the entry within {millis} ms; the event is \
+                     published again (its entry is kept once)"
+                )
+                .into());
+            }
+        }
         Ok(id)
     }
 }
@@ -2025,6 +2052,10 @@ impl Streams {
             template: config.redis_stream.clone(),
             dedup: config.redis_dedup,
             script: redis::Script::new(XADD_ONCE),
+            // Half the publish's time: the script's round trip and the
+            // answer fit in the other half.
+            wait: (config.redis_wait_replicas > 0)
+                .then(|| (config.redis_wait_replicas, config.destination_timeout / 2)),
         }
     }
 }
@@ -3496,6 +3527,126 @@ mod tests {
         );
         let entries = stream_entries_then_delete(&url, &stream, &event).await;
         assert_eq!(entries, 1, "the event was added once");
+    }
+
+    /// A redis-server of the test's own on a free loopback port, stopped
+    /// when dropped.
+    struct OwnRedis {
+        process: std::process::Child,
+        port: u16,
+    }
+
+    impl OwnRedis {
+        fn start(more: &[&str]) -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .unwrap()
+                .port();
+            let process = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(more)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed by scripts/test");
+            Self { process, port }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        /// A connection, once the server answers.
+        async fn connection(&self) -> redis::aio::MultiplexedConnection {
+            let client = redis::Client::open(self.url()).unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut connection).await;
+                    if pong.is_ok() {
+                        return connection;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
+
+    /// With `redis_wait_replicas`, an event counts as published only once
+    /// that many replicas have its entry (`WAIT`): a primary without its
+    /// replica fails the publish, saying so, and the event is published
+    /// again once the replica is there, its entry kept once. Without it, a
+    /// failover to a replica that had not the entry lost it while the
+    /// inbox had the event done.
+    #[tokio::test]
+    async fn an_event_waits_for_the_replicas_asked_for() {
+        let primary = OwnRedis::start(&[]);
+        let mut on_primary = primary.connection().await;
+        let stream = "clink-test:wait";
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &primary.url()),
+            ("redis_stream", stream),
+            ("redis_wait_replicas", "1"),
+            ("destination_timeout_ms", "2000"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let event = event(None, "order.succeeded");
+
+        let alone = destination.publish(&event, &mut None).await.unwrap_err();
+        assert!(
+            alone
+                .to_string()
+                .contains("0 of the 1 replicas asked for (redis_wait_replicas) confirmed"),
+            "{alone}"
+        );
+
+        let replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let mut on_replica = replica.connection().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut on_replica)
+                .await
+                .unwrap();
+            if info
+                .lines()
+                .any(|line| line.trim() == "master_link_status:up")
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica never synced: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kept = destination.publish(&event, &mut None).await.unwrap();
+        assert!(kept.is_some());
+        for connection in [&mut on_primary, &mut on_replica] {
+            let entries: u64 = redis::cmd("XLEN")
+                .arg(stream)
+                .query_async(connection)
+                .await
+                .unwrap();
+            assert_eq!(entries, 1, "the entry is kept once, on both");
+        }
     }
 
     /// A publish whose Redis connection stalls (a relay holds what the
