@@ -470,10 +470,35 @@ impl EntryRow for Row<'_> {
 impl SqliteInbox {
     /// Opens (creating if needed) the inbox in the SQLite file at `path`.
     ///
+    /// `path` names a file, always: an empty path and `:memory:`, which
+    /// SQLite takes for a database that is gone when its connection
+    /// closes, are refused (an inbox acknowledges events it keeps), and a
+    /// `file:` URI is a file of that name.
+    ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the file cannot be opened or its table created.
+    /// A [`StoreError`] when the file cannot be opened or its table created,
+    /// or ([`StoreErrorKind::InvalidInput`]) when `path` names no file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidInput,
+                "an inbox's SQLite path names a file, not an empty path or :memory: (a database \
+                 gone when it closes, with the events it acknowledged)",
+            ));
+        }
+        // A path is a file's name, never a URI that could name a database
+        // in memory: SQLite reads one that begins with `file:` as a URI
+        // (the bundled build, whatever the open's flags), and `./` before
+        // it makes it a file's name again.
+        let named;
+        let path = if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+            named = Path::new(".").join(path);
+            &named
+        } else {
+            path
+        };
         let connection = Connection::open(path)
             .map_err(|err| sqlite_error("cannot open the inbox file", &err))?;
         Self::with_connection(connection)
@@ -1526,6 +1551,31 @@ mod settle_tests {
     use super::SqliteInbox;
     use crate::store::inbox_trait::outlived::{attempt, claim, taken_over};
     use crate::store::{Inbox, InboxStatus, StoreError, StoreErrorKind};
+
+    /// A path that names no file (SQLite's private database, gone when its
+    /// connection closes, or one in memory) is refused; a `file:` URI is
+    /// a file of that name, kept on disk.
+    #[tokio::test]
+    async fn a_path_that_names_no_file_is_refused() {
+        for path in ["", ":memory:"] {
+            let refused = SqliteInbox::open(path).unwrap_err();
+            assert_eq!(refused.kind(), StoreErrorKind::InvalidInput, "{path:?}");
+        }
+        // Read as a URI, this is a database in memory; as a file's name,
+        // it is in a directory `file:` that does not exist here.
+        let uri = format!(
+            "file:{}/clink-uri-{}.db?mode=memory",
+            std::env::temp_dir().display(),
+            std::process::id()
+        );
+        assert!(!std::path::Path::new("file:").exists());
+        let refused = SqliteInbox::open(&uri).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            StoreErrorKind::Unavailable,
+            "{uri}: {refused}"
+        );
+    }
 
     /// A file whose schema is current opens without a write lock: while
     /// another process holds one (a receiver writing), an open to read it
