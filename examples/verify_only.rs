@@ -1,5 +1,10 @@
-//! Receiving without tower: what a queue consumer, a serverless function or
-//! any framework would do with a delivery's two header values and raw body.
+//! Receiving without tower: what a serverless function or any framework
+//! would do with a delivery's two header values and raw body, where the
+//! delivery arrives and before it is answered. (A queue consumer that
+//! verifies a delivery later, past the tolerance of 5 minutes, finds it too
+//! old after Clink was told it was received: verify before queueing, or
+//! pass the time the delivery arrived to `construct_event_at`.) The body's
+//! size is yours to bound, as the layer's body limit does (1 MiB).
 //!
 //! ```text
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_... cargo run --example verify_only
@@ -16,6 +21,16 @@
 use clink_webhooks::events::AnyEvent;
 use clink_webhooks::{sign, Timestamp, Verifier};
 
+/// A line on stdout. Not `println!`, which panics once stdout is closed
+/// (a terminal gone, a log reader that stopped): a handler that prints
+/// with it would then fail every event.
+macro_rules! say {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($line)*);
+    }};
+}
+
 /// What a receiver does with one delivery: the status to answer and, for the
 /// log, what happened. In your framework, answer with the status (and the
 /// code as the body, if you like); run your side effects where this prints.
@@ -25,18 +40,20 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
             // Verified. Values from the body are data, printed with `{:?}`
             // so that no control character reaches the terminal or the log.
             match &event {
-                AnyEvent::OrderSucceeded(order) => println!(
+                AnyEvent::OrderSucceeded(order) => say!(
                     "order {:?} paid {:?} {:?}",
-                    order.data.order_id, order.data.amount_total, order.data.payment_currency
+                    order.data.order_id,
+                    order.data.amount_total,
+                    order.data.payment_currency
                 ),
                 AnyEvent::RefundSucceeded(refund) => {
-                    println!("refund {:?} done", refund.data.refund_id);
+                    say!("refund {:?} done", refund.data.refund_id);
                 }
-                AnyEvent::Unknown(raw) => println!(
+                AnyEvent::Unknown(raw) => say!(
                     "event type {:?} is new to this crate; acknowledged",
                     raw.event_type().as_str()
                 ),
-                other => println!(
+                other => say!(
                     "{:?} not handled here; acknowledged",
                     other.event_type().as_str()
                 ),
@@ -44,7 +61,7 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
             // Clink retries until it gets a 2xx, so the same event can come
             // again: keep the ids you have handled (an `IdempotencyStore`
             // does this with a lease) and skip those you have.
-            println!("  event id {:?}", event.id());
+            say!("  event id {:?}", event.id());
             200
         }
         Err(error) => {
