@@ -879,6 +879,20 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             DURATION_BUCKETS,
         )?
         .install_recorder()?;
+    // The recorder keeps every sample until its upkeep folds them in, which
+    // only a scrape of /metrics would do otherwise: with nobody scraping, a
+    // stranger's requests (each refusal is timed) would grow memory
+    // without bound.
+    tokio::spawn({
+        let prometheus = prometheus.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                prometheus.run_upkeep();
+            }
+        }
+    });
     let (idempotency, freshness) = stores().await?;
     let effects = match env_value("CLINK_EXAMPLE_EFFECTS")?.as_deref() {
         None | Some("0") => false,

@@ -209,6 +209,20 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             DURATION_BUCKETS,
         )?
         .install_recorder()?;
+    // The recorder keeps every sample until its upkeep folds them in, which
+    // only a scrape of /metrics would do otherwise: with nobody scraping, a
+    // stranger's requests (each refusal is timed) would grow memory
+    // without bound.
+    tokio::spawn({
+        let prometheus = prometheus.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                prometheus.run_upkeep();
+            }
+        }
+    });
     let router = EventRouter::new()
         .on::<events::OrderSucceeded, _>(|event| async move {
             let order = event.data.order_id.as_deref().map(printable);

@@ -323,6 +323,10 @@ fn for_the_workers(error: BoxError, permanent: bool) -> BoxError {
 /// Starts the error of a failed NATS publish when a publish of the event
 /// (this one or an earlier one) may be in the stream unconfirmed: then the
 /// time the earliest such publish began, and `)`.
+/// How often the metrics recorder folds in the samples it holds, whether
+/// or not anyone scrapes /metrics.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 const UNCONFIRMED: &str = "(unconfirmed publish since ";
 
 /// Starts the error of a failed NATS publish when no publish of the event
@@ -892,6 +896,20 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .map_err(|e| CliError::io("cannot install the metrics recorder", &e))?;
+        // The recorder keeps every sample until its upkeep folds them in,
+        // which a scrape of /metrics does; with nobody scraping, a
+        // stranger's requests (each refusal is timed) would grow memory
+        // without bound.
+        tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                let mut every = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            }
+        });
         Some(handle)
     } else {
         None
