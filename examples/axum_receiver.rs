@@ -126,7 +126,6 @@
 //! CLINK_WEBHOOK_SIGNING_KEY=whsec_your_secret REDIS_URL=redis://127.0.0.1:6379/ cargo run --example axum_receiver --features redis
 //! ```
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +145,9 @@ use clink_webhooks::store::{FreshnessStore, IdempotencyStore, Inbox, MemoryStore
 use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use clink_webhooks::{BoxError, BoxFuture};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+#[path = "support/lines.rs"]
+mod lines;
 
 /// What the handlers share: in a real app, the database pool and the
 /// clients they call. Cloned for every handler call, so keep it cheap to
@@ -209,7 +211,7 @@ impl Clink {
     ) -> Result<bool, BoxError> {
         let current = self.current(key).await?;
         if let Some(line) = &current {
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            lines::out(line);
         }
         Ok(current.is_some())
     }
@@ -385,7 +387,7 @@ async fn handle<T: Resource>(
     }
     report(&event);
     if let Some(line) = current {
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        lines::out(line);
     }
     Ok(())
 }
@@ -394,15 +396,14 @@ async fn handle<T: Resource>(
 /// newer event about the same object was already handled.
 fn report<T>(event: &Event<T>) {
     let (event_type, id) = (printable(event.event_type.as_str()), printable(&event.id));
-    // Not `println!`, which panics when stdout is closed: every handler run
-    // would fail.
-    let _ = writeln!(std::io::stdout().lock(), "handled {event_type} {id}");
+    // Not `println!`, which panics when stdout is closed (every handler run
+    // would fail), and never waiting for stdout: see `lines`.
+    lines::out(format_args!("handled {event_type} {id}"));
     if let Freshness::Stale { newest_seen } = event.freshness() {
         let newest_seen = printable(&newest_seen.to_string());
-        let _ = writeln!(
-            std::io::stderr().lock(),
+        lines::err(format_args!(
             "note: {event_type} {id} is stale: {newest_seen} was already handled"
-        );
+        ));
     }
 }
 
@@ -453,7 +454,7 @@ fn router(state: AppState, freshness: Arc<dyn FreshnessStore>) -> EventRouter<Wi
                 printable(event.event_type().as_str()),
                 printable(event.id()),
             );
-            let _ = writeln!(std::io::stdout().lock(), "handled {event_type} {id}");
+            lines::out(format_args!("handled {event_type} {id}"));
             Ok::<_, BoxError>(())
         });
     heal_undecodable(router, clink)
@@ -850,13 +851,17 @@ async fn main() -> std::process::ExitCode {
     // terminal: escape codes in a log file are noise.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(lines::Stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    match run().await {
+    let code = run().await;
+    // What waits for stdout and stderr is written first, for a second at
+    // most: a stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    match code {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

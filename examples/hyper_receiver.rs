@@ -39,7 +39,6 @@
 //! with the first is the same stop.
 
 use std::convert::Infallible;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -53,6 +52,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
+
+#[path = "support/lines.rs"]
+mod lines;
 
 /// A value from a delivery body, made safe to print: the crate's rule
 /// (control, format and separator characters escaped, see
@@ -140,13 +142,17 @@ async fn main() -> std::process::ExitCode {
     // handler or a refused delivery prints nothing. Colour only on a terminal.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(lines::Stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    match run().await {
+    let code = run().await;
+    // What waits for stdout and stderr is written first, for a second at
+    // most: a stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    match code {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
@@ -226,23 +232,22 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let router = EventRouter::new()
         .on::<events::OrderSucceeded, _>(|event| async move {
             let order = event.data.order_id.as_deref().map(printable);
-            // Not `println!`, which panics when stdout is closed: every
-            // handler run would fail.
-            let _ = writeln!(
-                std::io::stdout().lock(),
+            // Not `println!`, which panics when stdout is closed (every
+            // handler run would fail), and never waiting for stdout: see
+            // `lines`.
+            lines::out(format_args!(
                 "handled {} {} order={order:?}",
                 printable(event.event_type.as_str()),
                 printable(&event.id)
-            );
+            ));
             Ok::<_, std::io::Error>(())
         })
         .on_unhandled(|event| async move {
-            let _ = writeln!(
-                std::io::stdout().lock(),
+            lines::out(format_args!(
                 "handled {} {}",
                 printable(event.event_type().as_str()),
                 printable(event.id())
-            );
+            ));
             Ok::<_, std::io::Error>(())
         });
     let layer = ClinkLayer::new(verifier);

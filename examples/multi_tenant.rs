@@ -48,7 +48,6 @@
 //! is the same stop.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -63,6 +62,9 @@ use clink_webhooks::server::Server;
 use clink_webhooks::signature::SigningKey;
 use clink_webhooks::BoxFuture;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, MemoryStore, Verifier};
+
+#[path = "support/lines.rs"]
+mod lines;
 
 /// A value from a delivery body, made safe to print: the crate's rule
 /// (control, format and separator characters escaped, see
@@ -82,14 +84,13 @@ impl EveryHandler for Handled {
     ) -> BoxFuture<'static, Result<(), Self::Error>> {
         // Account ids are checked by the layer: letters, digits, `_-.` only.
         let account = event.account().unwrap_or("-");
-        // Not `println!`, which panics when stdout is closed: every handler
-        // run would fail.
-        let _ = writeln!(
-            std::io::stdout().lock(),
+        // Not `println!`, which panics when stdout is closed (every handler
+        // run would fail), and never waiting for stdout: see `lines`.
+        lines::out(format_args!(
             "handled {account} {} {}",
             printable(event.event_type.as_str()),
             printable(&event.id)
-        );
+        ));
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -217,13 +218,17 @@ async fn main() -> std::process::ExitCode {
     // handler or a refused delivery prints nothing. Colour only on a terminal.
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(lines::Stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    match run().await {
+    let code = run().await;
+    // What waits for stdout and stderr is written first, for a second at
+    // most: a stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    match code {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

@@ -573,6 +573,55 @@ async fn out_of_files_under_a_storm_an_idle_connection_is_closed_for_a_delivery(
     assert_eq!(told, 1, "{finished:?}");
 }
 
+/// A stdout nobody reads (a log driver that stalls): once the pipe is
+/// full, a handler that wrote to it would block, and with it every handler
+/// and the receiver's stop. The example's lines go through a queue of
+/// their own: deliveries are answered, lines past the queue dropped and
+/// counted, and SIGTERM stops it.
+#[tokio::test]
+async fn a_stdout_nobody_reads_holds_up_no_delivery_and_no_stop() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let dir = std::env::temp_dir().join(format!(
+        "clink-stdout-{}-{}",
+        std::process::id(),
+        clink_webhooks::Timestamp::now().as_millis()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("stdout");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Open for reading (without waiting for a writer), and never read.
+    const O_NONBLOCK: i32 = 0o4000;
+    let _unread = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (receiver, url, _addr) = receiver(&format!("exec >'{}';", fifo.display()));
+    // More lines than the pipe (64 KiB, some 1,500 lines) and the queue
+    // (4,096) hold together.
+    for n in 0..6_000 {
+        let body = fresh_fixture(&EventType::OrderSucceeded);
+        let status = tokio::time::timeout(PATIENCE, deliver(&url, body))
+            .await
+            .unwrap_or_else(|_| panic!("delivery {n} was not answered"));
+        assert_eq!(status, 200, "delivery {n}");
+    }
+    let finished = tokio::task::spawn_blocking(move || receiver.terminate())
+        .await
+        .unwrap();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+    assert!(
+        finished.stderr.contains("lines for stdout were dropped"),
+        "{finished:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_with_slow_clients_exits_within_the_shutdown_timeout() {
     let (receiver, _url, addr) = receiver("");

@@ -1,0 +1,136 @@
+//! Lines for stdout and stderr that never hold up the receiver.
+//!
+//! A write to stdout or stderr blocks once the pipe behind it is full and
+//! nobody reads it (a log driver that stalls, a reader that stopped), and
+//! holds the stream's lock meanwhile: every handler that prints, and every
+//! task that logs, would then wait on it, until the receiver hangs, with
+//! the effects of its handlers done and their claims never completed.
+//! Here each stream has a thread of its own that writes, and a line is
+//! handed to it without waiting: up to [`WAITING`] lines wait for a stream,
+//! and a line that finds that many is dropped and counted. [`flush`], at
+//! exit, writes the lines waiting for at most a while, and tells how many
+//! were dropped.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How many lines wait for a stream before more are dropped.
+pub(crate) const WAITING: usize = 4096;
+
+/// One stream's writer thread, and what it was handed.
+struct Sink {
+    sender: Mutex<Option<SyncSender<Vec<u8>>>>,
+    /// Told by the thread once it has written everything handed to it.
+    written: Mutex<Option<Receiver<()>>>,
+    dropped: AtomicU64,
+}
+
+impl Sink {
+    fn start(mut stream: impl Write + Send + 'static) -> Self {
+        let (sender, lines) = sync_channel::<Vec<u8>>(WAITING);
+        let (written, done) = sync_channel(1);
+        std::thread::spawn(move || {
+            for line in lines {
+                // A stream closed (a terminal gone) drops the line.
+                let _ = stream.write_all(&line);
+                let _ = stream.flush();
+            }
+            let _ = written.send(());
+        });
+        Self {
+            sender: Mutex::new(Some(sender)),
+            written: Mutex::new(Some(done)),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn hand(&self, line: Vec<u8>) {
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Err(TrySendError::Full(_))) = sender.as_ref().map(|s| s.try_send(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets the thread write what waits, until `deadline`; how many lines
+    /// were dropped.
+    fn finish(&self, deadline: Instant) -> u64 {
+        drop(
+            self.sender
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if let Some(written) = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn stdout_sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| Sink::start(std::io::stdout()))
+}
+
+fn stderr_sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| Sink::start(std::io::stderr()))
+}
+
+/// Prints `line` (and a line end) on stdout, without waiting for it.
+pub(crate) fn out(line: impl std::fmt::Display) {
+    stdout_sink().hand(format!("{line}\n").into_bytes());
+}
+
+/// Prints `line` (and a line end) on stderr, without waiting for it.
+#[allow(dead_code)]
+pub(crate) fn err(line: impl std::fmt::Display) {
+    stderr_sink().hand(format!("{line}\n").into_bytes());
+}
+
+/// A writer for `tracing_subscriber::fmt().with_writer(lines::Stderr)`:
+/// each log line goes to stderr without waiting for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        stderr_sink().hand(bytes.to_vec());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Stderr
+    }
+}
+
+/// At exit: writes the lines waiting, for at most `within` in all, and
+/// says on stderr how many were dropped, if any.
+pub(crate) fn flush(within: Duration) {
+    let deadline = Instant::now() + within;
+    let dropped = [stdout_sink(), stderr_sink()].map(|sink| sink.finish(deadline));
+    for (stream, dropped) in ["stdout", "stderr"].iter().zip(dropped) {
+        if dropped > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{dropped} lines for {stream} were dropped: nobody read it fast enough"
+            );
+        }
+    }
+}
