@@ -131,9 +131,19 @@ impl EventError {
     /// `invalid_event_id`, and `undecodable` for [`Decode`](Self::Decode)
     /// (the layer's answer when data does not decode and no
     /// [`on_undecodable`](crate::EventRouter::on_undecodable) hook takes it).
+    ///
+    /// A signature made with a key past its expiry
+    /// ([`VerifyErrorKind::ExpiredKey`](crate::VerifyErrorKind::ExpiredKey))
+    /// is `signature_mismatch` here, as the layer answers it, so that
+    /// whoever holds an old secret does not learn that it was one; the
+    /// error itself (its `Display`, and the [`VerifyError`]'s kind, whose
+    /// code is `expired_key`) tells the operator's logs.
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Verify(error) if error.kind() == crate::VerifyErrorKind::ExpiredKey => {
+                crate::VerifyErrorKind::SignatureMismatch.code()
+            }
             Self::Verify(error) => error.kind().code(),
             Self::Envelope(error) => error.code(),
             Self::InvalidEventId => "invalid_event_id",
@@ -263,6 +273,23 @@ mod tests {
         assert_eq!(
             error,
             EventError::Verify(VerifyError::new(VerifyErrorKind::SignatureMismatch))
+        );
+        assert_eq!(
+            (error.code(), error.status()),
+            ("signature_mismatch", StatusCode::UNAUTHORIZED)
+        );
+        // A key past its expiry is answered as a mismatch: the holder of
+        // an old secret does not learn that it was one. Its kind says it.
+        let rotated = Verifier::new(SECRET)
+            .unwrap()
+            .add_key(crate::SigningKey::new("whsec_old").unwrap())
+            .expire_older_keys_at(now() - Duration::from_secs(1));
+        let error = rotated
+            .construct_event_at(TS, &sign("whsec_old", TS, body), body, now())
+            .unwrap_err();
+        assert_eq!(
+            error,
+            EventError::Verify(VerifyError::new(VerifyErrorKind::ExpiredKey))
         );
         assert_eq!(
             (error.code(), error.status()),

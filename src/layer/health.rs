@@ -14,6 +14,12 @@ use crate::store::{timed, Inbox, StoreError};
 /// layer's store timeout (for an [`InboxIntake`](super::InboxIntake), its
 /// inbox does). Serve it on a health route so that a load balancer stops
 /// sending deliveries to an instance that would answer every one `503`.
+/// A freshness store a router was given with
+/// [`EventRouter::ordering`](crate::EventRouter::ordering) apart from the
+/// layer's store is not pinged: while only it is down, the deliveries of
+/// the types it tracks are answered `503` and the check still passes (a
+/// store of both kinds given to both, as the crate's stores are, is
+/// pinged as the layer's).
 ///
 /// Cheap to clone; made by [`ClinkLayer::readiness`](super::ClinkLayer::readiness)
 /// and [`InboxIntake::readiness`](super::InboxIntake::readiness).

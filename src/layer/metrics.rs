@@ -9,11 +9,11 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `clink_webhook_deliveries_total` | counter | `outcome`, `event_type` | one per delivery; `outcome` is [`Outcome::as_str`], `event_type` the verified event's type when this crate knows it, `unknown` for a verified type it does not know, `none` before the signature checked out (a sender's claims are never labels) |
+//! | `clink_webhook_deliveries_total` | counter | `outcome`, `event_type` | one per delivery; `outcome` is [`Outcome::as_str`], `event_type` the verified event's type when this crate knows it, `unknown` for a verified type it does not know, `none` when no event type was read: before the signature checked out (a sender's claims are never labels), or a verified body that is no event envelope or whose id is refused |
 //! | `clink_webhook_delivery_duration_seconds` | histogram | `outcome` | from the request to the response, the handler included |
 //! | `clink_webhook_deliveries_in_flight` | gauge | | deliveries being read, verified or handled now |
 //! | `clink_webhook_deliveries_abandoned_total` | counter | | verified deliveries dropped after their claim, before they answered (the sender hung up, a timeout outside the layer): counted here, not in `clink_webhook_deliveries_total`; each claim released for Clink's retry, or completed when the handler had succeeded |
-//! | `clink_webhook_key_matches_total` | counter | `key` | verified deliveries by the [name](crate::SigningKey::named) of the key that matched (its fingerprint when unnamed): when the old key of a rotation stops counting, it can be retired. One series per key name, so with many accounts name keys by role (`current`, `previous`) |
+//! | `clink_webhook_key_matches_total` | counter | `key` | verified deliveries (those whose body is an event envelope with an id the layer takes) by the [name](crate::SigningKey::named) of the key that matched (its fingerprint when unnamed): when the old key of a rotation stops counting, it can be retired. One series per key name, so with many accounts name keys by role (`current`, `previous`) |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -55,7 +55,11 @@ impl VerifyErrorKind {
         Self::ExpiredKey,
     ];
 
-    /// A short stable code for logs and response bodies, e.g. `signature_mismatch`.
+    /// A short stable code for logs and metrics, e.g. `signature_mismatch`.
+    /// The sender of a delivery is answered with it too, but for
+    /// [`ExpiredKey`](Self::ExpiredKey), answered as
+    /// [`SignatureMismatch`](Self::SignatureMismatch) (see
+    /// [`EventError::code`](crate::events::EventError::code)).
     #[must_use]
     pub fn code(self) -> &'static str {
         match self {

@@ -128,6 +128,10 @@ impl SigningKey {
 
     /// Stops accepting this key at `at` (a signature under it verified at or
     /// after `at` is refused). Use it for the old key during a rotation.
+    /// The time of a verification is the clock's reading when it begins:
+    /// the layer reads it once a delivery's headers are in, before its body
+    /// (which may take up to the body timeout), so a delivery whose headers
+    /// came before `at` is judged as of then.
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
