@@ -10,7 +10,11 @@
 //! deliveries from other hosts) and prints one line `handled <account>
 //! <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds
 //! `account=secret` pairs separated by commas; an account may appear twice
-//! while its secret is rotated, and both secrets are then accepted.
+//! while its secret is rotated, the new secret first, and both secrets are
+//! then accepted: the older ones until `CLINK_TENANT_OLD_KEYS_EXPIRE` (an
+//! RFC 3339 time, the end of the rotation's grace) when it is set. Without
+//! it they never expire, until someone takes them out, and a warning says
+//! so.
 //!
 //! Keys change without a restart: when `CLINK_TENANT_KEYS_FILE` names a file
 //! of `account=secret` lines, its accounts are added to those of
@@ -152,6 +156,8 @@ fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::err
             accounts.entry(account).or_default().extend(secrets);
         }
     }
+    let expire = old_keys_expire()?;
+    let mut never = Vec::new();
     let mut verifiers = BTreeMap::new();
     for (account, secrets) in accounts {
         // The account id was checked, so it prints as itself; the errors
@@ -163,9 +169,47 @@ fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::err
         for secret in each {
             verifier = verifier.add_key(key(secret)?);
         }
+        if secrets.len() > 1 {
+            match expire {
+                Some(at) => verifier = verifier.expire_older_keys_at(at),
+                None => never.push(account.clone()),
+            }
+        }
         verifiers.insert(account, (secrets, verifier));
     }
+    if !never.is_empty() {
+        // The account ids were checked: they print as themselves.
+        eprintln!(
+            "warning: the older secrets of {} never expire: set {OLD_KEYS_EXPIRE} to the end of \
+             the rotation's grace (an RFC 3339 time, such as 2026-12-31T00:00:00Z)",
+            never.join(", ")
+        );
+    }
     Ok(verifiers)
+}
+
+/// The variable that ends a rotation's grace.
+const OLD_KEYS_EXPIRE: &str = "CLINK_TENANT_OLD_KEYS_EXPIRE";
+
+/// When the older secrets of an account listed more than once stop being
+/// accepted: `CLINK_TENANT_OLD_KEYS_EXPIRE`, an RFC 3339 time; `None` when
+/// it is not set. A value that is no such time is an error.
+fn old_keys_expire() -> Result<Option<std::time::SystemTime>, String> {
+    let value = match std::env::var(OLD_KEYS_EXPIRE) {
+        Ok(value) if !value.trim().is_empty() => value,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{OLD_KEYS_EXPIRE} is not valid UTF-8"))
+        }
+        _ => return Ok(None),
+    };
+    clink_webhooks::Timestamp::parse_rfc3339(value.trim())
+        .map(|at| Some(at.to_system_time()))
+        .map_err(|_| {
+            format!(
+                "{OLD_KEYS_EXPIRE} must be an RFC 3339 time (2026-12-31T00:00:00Z), got {}",
+                printable(&value)
+            )
+        })
 }
 
 /// What a load made `keys` hold, and what it changed.

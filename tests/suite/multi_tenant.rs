@@ -56,6 +56,74 @@ async fn deliver(base: &str, account: &str, secret: &str, body: &str) -> u16 {
         .as_u16()
 }
 
+/// An account listed twice while its secret is rotated, the new one
+/// first: with `CLINK_TENANT_OLD_KEYS_EXPIRE` past, the old secret is
+/// refused and the new one accepted; without it, both are, and a warning
+/// at start names the account whose old secret never expires. Before, a
+/// secret rotated out stayed valid until someone took it out, unsaid.
+#[tokio::test]
+async fn an_accounts_old_secret_is_accepted_until_the_rotation_ends() {
+    let dir = std::env::temp_dir().join(format!("clink-tenants-expire-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, "").unwrap();
+    const VAR: &str = "CLINK_TENANT_OLD_KEYS_EXPIRE";
+    for (expires, old_status, warned) in [
+        (Some("2020-01-01T00:00:00Z"), 401, false),
+        (Some("2999-01-01T00:00:00Z"), 200, false),
+        (None, 200, true),
+    ] {
+        let mut command = Command::new(example_path("multi_tenant"));
+        command
+            .env("PORT", "0")
+            .env(
+                "CLINK_TENANT_KEYS",
+                "acct_a=whsec_a_new,acct_b=whsec_b,acct_a=whsec_a_old",
+            )
+            .env("CLINK_TENANT_KEYS_FILE", &keys_file)
+            .env_remove(VAR)
+            .env_remove("CLINK_TENANT_LOOKUP_MS")
+            .env_remove("CLINK_TENANT_LOOKUP_FAILS");
+        if let Some(expires) = expires {
+            command.env(VAR, expires);
+        }
+        let process = Process::start(&mut command);
+        let mut said = Vec::new();
+        let line = loop {
+            let line = Process::line_starting(&process.stderr, "");
+            if line.starts_with("listening on ") {
+                break line;
+            }
+            said.push(line);
+        };
+        let base = line["listening on ".len()..]
+            .strip_suffix("{account}")
+            .unwrap()
+            .to_owned();
+        let warning = said.iter().find(|line| line.starts_with("warning: "));
+        assert_eq!(
+            warning.map(|w| w.starts_with("warning: the older secrets of acct_a never expire")),
+            warned.then_some(true),
+            "{expires:?}: {said:?}"
+        );
+        let tag = expires.unwrap_or("none").replace(':', "");
+        for (secret, id, status) in [
+            ("whsec_a_old", "old", old_status),
+            ("whsec_a_new", "new", 200),
+        ] {
+            let event = fixture_with_id(&EventType::OrderSucceeded, &format!("evt_{id}_{tag}"));
+            assert_eq!(
+                deliver(&base, "acct_a", secret, &event).await,
+                status,
+                "{expires:?}: {id}"
+            );
+        }
+        let finished = process.terminate();
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn accounts_are_verified_and_deduplicated_apart_and_keys_change_at_run_time() {
     let dir = std::env::temp_dir().join(format!("clink-tenants-{}", std::process::id()));
