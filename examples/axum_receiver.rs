@@ -49,7 +49,12 @@
 //! acknowledges each delivery after writing it to that durable inbox, and
 //! workers in the same process run the handlers, printing the same line;
 //! `CLINK_INBOX_REORDER_MS` (default 1000) and `CLINK_INBOX_LEASE_MS`
-//! (default 30000) set the reorder window and the workers' lease. Built
+//! (default 30000) set the reorder window and the workers' lease. Done
+//! events are kept for `CLINK_INBOX_RETENTION_HOURS` (default 168, at
+//! least 48: Clink retries a delivery for about a day) after they were
+//! last handled, then purged, at start and every hour; dead ones are kept
+//! until replayed or purged on purpose (`clink-webhook inbox purge
+//! --dead`). Built
 //! with `postgres-tls`, PostgreSQL is reached over TLS, the server's
 //! certificate verified, when `DATABASE_URL` has `sslmode=require` or
 //! `CLINK_DATABASE_CA_FILE` names the CA that signed it (without the
@@ -767,6 +772,8 @@ struct Settings {
     reorder_window: Duration,
     lease: Duration,
     max_attempts: u32,
+    /// How long done events are kept: `CLINK_INBOX_RETENTION_HOURS`.
+    retention: Duration,
     handler_delay: Duration,
 }
 
@@ -794,6 +801,21 @@ impl Settings {
                 clink_webhooks::inbox::DEFAULT_MAX_ATTEMPTS,
                 "a number of attempts",
             )?,
+            retention: {
+                let hours: u64 =
+                    env_parsed("CLINK_INBOX_RETENTION_HOURS", 168, "a number of hours")?;
+                // A retry of a delivery whose event was purged before it
+                // comes is a new event to the inbox, and runs its handlers
+                // again: Clink retries for about a day.
+                if !(48..=8760).contains(&hours) {
+                    return Err(format!(
+                        "CLINK_INBOX_RETENTION_HOURS must be from 48 to 8760 (Clink retries a \
+                         delivery for about a day, and a retry of an event purged before it \
+                         comes runs its handlers again), got {hours}"
+                    ));
+                }
+                Duration::from_secs(hours * 3600)
+            },
             handler_delay: env_millis("CLINK_EXAMPLE_HANDLER_DELAY_MS", 0)?,
         })
     }
@@ -932,6 +954,37 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         // handlers, in order per object, with retries.
         let intake = layer.intake(Arc::clone(&inbox));
         console_inbox = Some(Arc::clone(&inbox));
+        // Done events are kept for the retention after they were last
+        // handled, then purged, at start and every hour: the inbox would
+        // grow with every delivery otherwise, until the disk is full and
+        // every delivery is answered 503. Dead events are kept until they
+        // are replayed, or purged on purpose (`clink-webhook inbox purge
+        // --dead`).
+        tokio::spawn({
+            let inbox = Arc::clone(&inbox);
+            let retention = settings.retention;
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    let millis = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                    let before = clink_webhooks::Timestamp::from_millis(
+                        clink_webhooks::Timestamp::now()
+                            .as_millis()
+                            .saturating_sub(millis),
+                    );
+                    match inbox.purge(before).await {
+                        Ok(0) => {}
+                        Ok(purged) => {
+                            tracing::info!(purged, "purged done events past the retention");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not purge the inbox; tried again in an hour");
+                        }
+                    }
+                }
+            }
+        });
         let readiness = intake.readiness();
         webhooks = webhooks.route_service("/webhooks/clink", intake);
         // What the library refuses of each is said with its variable's name.

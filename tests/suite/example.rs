@@ -449,6 +449,101 @@ async fn get(url: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The example's durable inbox purges done events past the retention, at
+/// start and every hour, and keeps the dead ones and those within it.
+/// Before, it never purged: the file grew with every delivery until the
+/// disk was full and every delivery was answered 503.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn the_example_purges_done_events_past_the_retention() {
+    use bytes::Bytes;
+    use clink_webhooks::store::{Inbox as _, InboxFilter, NewEvent, SqliteInbox};
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("clink-example-purge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inbox.db");
+    let inbox = SqliteInbox::open(&path).unwrap();
+    let now = clink_webhooks::Timestamp::now();
+    for id in ["evt_old_done", "evt_new_done", "evt_old_dead"] {
+        let event = NewEvent::new(
+            None,
+            id.to_owned(),
+            "risk_rule.updated".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from_static(b"{}"),
+        );
+        if id.ends_with("dead") {
+            inbox.insert_dead(&event, "dead").await.unwrap();
+            continue;
+        }
+        inbox.insert(&event).await.unwrap();
+        let claim = inbox
+            .claim(Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the event just kept");
+        let settled = inbox.complete(&claim).await.unwrap();
+        assert!(matches!(settled, clink_webhooks::store::Settle::Applied));
+    }
+    // Handled, and arrived, 200 days ago, as the dead one arrived.
+    let file = rusqlite::Connection::open(&path).unwrap();
+    let old = now.as_millis() - 200 * 86_400_000;
+    file.execute(
+        "UPDATE clink_webhook_inbox SET received_at_ms = ?1, signed_at_ms = ?1, \
+         claimed_at_ms = ?1, handled_at_ms = ?1, next_attempt_ms = ?1 \
+         WHERE event_id IN ('evt_old_done', 'evt_old_dead')",
+        [old],
+    )
+    .unwrap();
+    drop(file);
+
+    let mut command = std::process::Command::new(example_path("axum_receiver"));
+    command
+        .env("PORT", "0")
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .env("CLINK_INBOX", format!("sqlite:{}", path.display()))
+        .env_remove("CLINK_INBOX_RETENTION_HOURS")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL");
+    let process = Process::start(&mut command);
+    Process::line_starting(&process.stderr, "listening on ");
+    let ids = || async {
+        let mut ids: Vec<String> = inbox
+            .list(&InboxFilter::default(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.event.event_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while ids().await.contains(&"evt_old_done".to_owned()) {
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids().await, ["evt_new_done", "evt_old_dead"]);
+    let finished = process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
+
+    // A retention shorter than Clink's retries is refused.
+    command.env("CLINK_INBOX_RETENTION_HOURS", "24");
+    let refused = Process::start(&mut command).finish();
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("CLINK_INBOX_RETENTION_HOURS must be from 48 to 8760"),
+        "{refused:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The example receivers serve the webhook route alone on the webhook's
 /// address, which anyone can reach; health, metrics and the console are on
 /// the admin address. Before, anyone could read the metrics (account ids,
