@@ -886,6 +886,17 @@ impl Config {
         }
         let redis_dedup = Duration::from_secs(3600 * r.number("redis_dedup_hours", 1, YEAR_HOURS)?);
         let redis_wait_replicas = r.number("redis_wait_replicas", 0, 16)?;
+        // In a Redis Cluster, WAIT goes to every primary, each over a
+        // connection of its own: it would wait on shards the entry is not
+        // in, and not surely on the connection that wrote it.
+        if redis_wait_replicas > 0 && matches!(destination.kind, DestinationKind::RedisCluster(_)) {
+            return Err(ConfigProblem(
+                "configuration: redis_wait_replicas is for a single Redis server (redis://, \
+                 rediss://), not a Redis Cluster: set it to 0, or make the cluster's nodes \
+                 refuse a write without replicas (min-replicas-to-write)"
+                    .to_owned(),
+            ));
+        }
         // An event whose XADD landed and whose answer was lost can die
         // (Redis unreachable for the whole retry span) and be replayed
         // later (the inbox keeps dead events until then). Its
@@ -1421,6 +1432,30 @@ pub(crate) fn settings_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `redis_wait_replicas` is for a single server: a Redis Cluster's WAIT
+    /// goes to every primary, over connections of their own.
+    #[test]
+    fn waiting_for_replicas_is_refused_for_a_redis_cluster() {
+        let config = |destination: &str| {
+            Config::from_pairs(&[
+                ("webhook_signing_key", "whsec_a"),
+                ("inbox", "sqlite:/tmp/unused.db"),
+                ("destination", destination),
+                ("redis_wait_replicas", "1"),
+            ])
+        };
+        assert_eq!(
+            config("redis://127.0.0.1:6379/")
+                .unwrap()
+                .redis_wait_replicas,
+            1
+        );
+        let Err(refused) = config("redis+cluster://127.0.0.1:7000,127.0.0.1:7001") else {
+            panic!("a cluster with redis_wait_replicas was taken");
+        };
+        assert!(refused.0.contains("not a Redis Cluster"), "{}", refused.0);
+    }
 
     #[test]
     fn cluster_urls_list_their_nodes_and_keep_secrets_masked() {

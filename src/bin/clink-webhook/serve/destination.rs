@@ -229,10 +229,41 @@ impl Streams {
     ) -> Result<String, BoxError> {
         let stream_name = fill(&self.template, event);
         let marker = xadd_marker(&stream_name, event);
-        let (_added, id): (i64, String) = self
-            .script
-            .key(&stream_name)
-            .key(&marker)
+        let Some((replicas, within)) = self.wait else {
+            let (_added, id): (i64, String) = self
+                .script
+                .key(&stream_name)
+                .key(&marker)
+                .arg(&event.event_id)
+                .arg(&event.event_type)
+                .arg(event.account.as_deref().unwrap_or(""))
+                .arg(event.object_key.as_deref().unwrap_or(""))
+                .arg(event.created.map_or(String::new(), |c| c.to_string()))
+                .arg(&event.body[..])
+                .arg(self.dedup.as_secs())
+                .invoke_async(connection)
+                .await
+                .map_err(|e| format!("{name}: XADD failed: {}", e.kind_text()))?;
+            return Ok(id);
+        };
+        // The replicas have every write sent on a connection before its
+        // WAIT: the entry, or (when the marker was found) the marker's new
+        // expiry, which comes after the entry in the primary's stream of
+        // writes. A failover to a replica that had not the entry would lose
+        // it, while the inbox had the event done; fewer replicas than
+        // asked, and it is published again (the marker keeps the entry
+        // one). The script and the WAIT go as one pipeline, so on one
+        // connection: a WAIT sent alone could go on a connection made anew
+        // since the script, which has written nothing and is confirmed at
+        // once. (The script's text, not its hash: a pipeline cannot load
+        // it when the server lacks it.)
+        let millis = u64::try_from(within.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ((_added, id), confirmed): ((i64, String), i64) = redis::pipe()
+            .cmd("EVAL")
+            .arg(XADD_ONCE)
+            .arg(2)
+            .arg(&stream_name)
+            .arg(&marker)
             .arg(&event.event_id)
             .arg(&event.event_type)
             .arg(event.account.as_deref().unwrap_or(""))
@@ -240,32 +271,19 @@ impl Streams {
             .arg(event.created.map_or(String::new(), |c| c.to_string()))
             .arg(&event.body[..])
             .arg(self.dedup.as_secs())
-            .invoke_async(connection)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(millis)
+            .query_async(connection)
             .await
-            .map_err(|e| format!("{name}: XADD failed: {}", e.kind_text()))?;
-        if let Some((replicas, within)) = self.wait {
-            // The replicas have every write sent on this connection before
-            // the WAIT: the entry, or (when the marker was found) the
-            // marker's new expiry, which comes after the entry in the
-            // primary's stream of writes. A failover to a replica that
-            // had not the entry would lose it, while the inbox had the
-            // event done; fewer replicas than asked, and it is published
-            // again (the marker keeps the entry one).
-            let millis = u64::try_from(within.as_millis()).unwrap_or(u64::MAX).max(1);
-            let confirmed: i64 = redis::cmd("WAIT")
-                .arg(replicas)
-                .arg(millis)
-                .query_async(connection)
-                .await
-                .map_err(|e| format!("{name}: WAIT failed: {}", e.kind_text()))?;
-            if u64::try_from(confirmed).unwrap_or(0) < replicas {
-                return Err(format!(
-                    "{name}: {confirmed} of the {replicas} replicas asked for \
-                     (redis_wait_replicas) confirmed the entry within {millis} ms; the event is \
-                     published again (its entry is kept once)"
-                )
-                .into());
-            }
+            .map_err(|e| format!("{name}: XADD and WAIT failed: {}", e.kind_text()))?;
+        if u64::try_from(confirmed).unwrap_or(0) < replicas {
+            return Err(format!(
+                "{name}: {confirmed} of the {replicas} replicas asked for \
+                 (redis_wait_replicas) confirmed the entry within {millis} ms; the event is \
+                 published again (its entry is kept once)"
+            )
+            .into());
         }
         Ok(id)
     }
@@ -3529,15 +3547,23 @@ mod tests {
         assert_eq!(entries, 1, "the event was added once");
     }
 
-    /// A redis-server of the test's own on a free loopback port, stopped
-    /// when dropped.
+    /// A redis-server of the test's own on a free loopback port, in a
+    /// directory of its own (a replica's sync writes a file there), both
+    /// removed when dropped.
     struct OwnRedis {
         process: std::process::Child,
         port: u16,
+        dir: std::path::PathBuf,
     }
 
     impl OwnRedis {
-        fn start(more: &[&str]) -> Self {
+        fn start(name: &str, more: &[&str]) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "clink-own-redis-{name}-{}-{}",
+                std::process::id(),
+                Timestamp::now().as_millis()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|listener| listener.local_addr())
                 .unwrap()
@@ -3545,11 +3571,13 @@ mod tests {
             let process = std::process::Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
                 .args(more)
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("redis-server is installed by scripts/test");
-            Self { process, port }
+            Self { process, port, dir }
         }
 
         fn url(&self) -> String {
@@ -3557,7 +3585,7 @@ mod tests {
         }
 
         /// A connection, once the server answers.
-        async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        async fn connection(&mut self) -> redis::aio::MultiplexedConnection {
             let client = redis::Client::open(self.url()).unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             loop {
@@ -3568,6 +3596,10 @@ mod tests {
                         return connection;
                     }
                 }
+                // One that exited (its port taken since it was picked)
+                // is told at once.
+                let exited = self.process.try_wait().unwrap();
+                assert!(exited.is_none(), "redis-server exited: {exited:?}");
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "redis-server did not start"
@@ -3581,6 +3613,7 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.process.kill();
             let _ = self.process.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -3592,7 +3625,7 @@ mod tests {
     /// inbox had the event done.
     #[tokio::test]
     async fn an_event_waits_for_the_replicas_asked_for() {
-        let primary = OwnRedis::start(&[]);
+        let mut primary = OwnRedis::start("primary", &[]);
         let mut on_primary = primary.connection().await;
         let stream = "clink-test:wait";
         let config = Config::from_pairs(&[
@@ -3616,7 +3649,10 @@ mod tests {
             "{alone}"
         );
 
-        let replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let mut replica = OwnRedis::start(
+            "replica",
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+        );
         let mut on_replica = replica.connection().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {

@@ -320,13 +320,13 @@ fn for_the_workers(error: BoxError, permanent: bool) -> BoxError {
     }
 }
 
-/// Starts the error of a failed NATS publish when a publish of the event
-/// (this one or an earlier one) may be in the stream unconfirmed: then the
-/// time the earliest such publish began, and `)`.
 /// How often the metrics recorder folds in the samples it holds, whether
 /// or not anyone scrapes /metrics.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Starts the error of a failed NATS publish when a publish of the event
+/// (this one or an earlier one) may be in the stream unconfirmed: then the
+/// time the earliest such publish began, and `)`.
 const UNCONFIRMED: &str = "(unconfirmed publish since ";
 
 /// Starts the error of a failed NATS publish when no publish of the event
