@@ -151,6 +151,7 @@ use clink_webhooks::{events, ClinkLayer, Event, EventRouter, Verifier};
 use clink_webhooks::{BoxError, BoxFuture};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+#[macro_use]
 #[path = "support/lines.rs"]
 mod lines;
 
@@ -879,17 +880,17 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    let code = run().await;
-    // What waits for stdout and stderr is written first, for a second at
-    // most: a stream nobody reads does not keep the receiver from exiting.
-    lines::flush(Duration::from_secs(1));
-    match code {
+    let code = match run().await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // What waits for stdout and stderr is written, for a second at most: a
+    // stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    code
 }
 
 /// Runs the receiver until it is stopped; the status to exit with.
@@ -1077,6 +1078,7 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         // ends. 130, as a shell reports a command Ctrl-C ended.
         () = at_once => {
             eprintln!("stopped at once");
+            lines::flush(Duration::from_millis(200));
             // Now: returning would wait for the runtime's blocking calls
             // (a SQLite inbox's, up to its busy timeout of 5 s).
             #[allow(clippy::exit, reason = "a stop at once waits for nothing")]

@@ -53,6 +53,7 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
 
+#[macro_use]
 #[path = "support/lines.rs"]
 mod lines;
 
@@ -148,17 +149,17 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    let code = run().await;
-    // What waits for stdout and stderr is written first, for a second at
-    // most: a stream nobody reads does not keep the receiver from exiting.
-    lines::flush(Duration::from_secs(1));
-    match code {
+    let code = match run().await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // What waits for stdout and stderr is written, for a second at most: a
+    // stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    code
 }
 
 /// The value of `var`, or `default` when it is not set (or empty); a value

@@ -67,6 +67,7 @@ use clink_webhooks::signature::SigningKey;
 use clink_webhooks::BoxFuture;
 use clink_webhooks::{ClinkLayer, Event, EventRouter, MemoryStore, Verifier};
 
+#[macro_use]
 #[path = "support/lines.rs"]
 mod lines;
 
@@ -268,17 +269,17 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     // Whatever stops it from starting is said on one line, and it exits 1.
-    let code = run().await;
-    // What waits for stdout and stderr is written first, for a second at
-    // most: a stream nobody reads does not keep the receiver from exiting.
-    lines::flush(Duration::from_secs(1));
-    match code {
+    let code = match run().await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // What waits for stdout and stderr is written, for a second at most: a
+    // stream nobody reads does not keep the receiver from exiting.
+    lines::flush(Duration::from_secs(1));
+    code
 }
 
 /// The value of `var`, `None` when it is not set (or empty); a value that

@@ -10,15 +10,27 @@
 //! and a line that finds that many is dropped and counted. [`flush`], at
 //! exit, writes the lines waiting for at most a while, and tells how many
 //! were dropped.
+//!
+//! A receiver that includes this module with `#[macro_use]` has its
+//! `eprintln!` go through the queue as well, so that its own lines
+//! (`listening on`, `stopping`, `stopped`) and the log's keep their order
+//! and never wait on stderr either. After [`flush`], lines are dropped.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How many lines wait for a stream before more are dropped.
 pub(crate) const WAITING: usize = 4096;
+
+/// `eprintln!` through the queue: see the [module docs](self).
+macro_rules! eprintln {
+    ($($line:tt)*) => {
+        $crate::lines::err(format_args!($($line)*))
+    };
+}
 
 /// One stream's writer thread, and what it was handed.
 struct Sink {
@@ -26,6 +38,11 @@ struct Sink {
     /// Told by the thread once it has written everything handed to it.
     written: Mutex<Option<Receiver<()>>>,
     dropped: AtomicU64,
+}
+
+/// `mutex`, locked, whether or not a thread panicked holding it.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Sink {
@@ -48,27 +65,24 @@ impl Sink {
     }
 
     fn hand(&self, line: Vec<u8>) {
-        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(Err(TrySendError::Full(_))) = sender.as_ref().map(|s| s.try_send(line)) {
+        if let Some(Err(TrySendError::Full(_))) = locked(&self.sender)
+            .as_ref()
+            .map(|sender| sender.try_send(line))
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Lets the thread write what waits, until `deadline`; how many lines
-    /// were dropped.
+    /// Takes no more lines: the thread ends once it has written those
+    /// waiting.
+    fn close(&self) {
+        drop(locked(&self.sender).take());
+    }
+
+    /// Waits for the thread to write what waits, until `deadline`; how
+    /// many lines were dropped.
     fn finish(&self, deadline: Instant) -> u64 {
-        drop(
-            self.sender
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        if let Some(written) = self
-            .written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(written) = locked(&self.written).take() {
             let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         self.dropped.load(Ordering::Relaxed)
@@ -91,7 +105,6 @@ pub(crate) fn out(line: impl std::fmt::Display) {
 }
 
 /// Prints `line` (and a line end) on stderr, without waiting for it.
-#[allow(dead_code)]
 pub(crate) fn err(line: impl std::fmt::Display) {
     stderr_sink().hand(format!("{line}\n").into_bytes());
 }
@@ -120,11 +133,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
     }
 }
 
-/// At exit: writes the lines waiting, for at most `within` in all, and
-/// says on stderr how many were dropped, if any.
+/// At exit: writes the lines waiting, for at most `within` (both streams
+/// at once), and says on stderr how many were dropped, if any.
 pub(crate) fn flush(within: Duration) {
+    let sinks = [stdout_sink(), stderr_sink()];
+    for sink in sinks {
+        sink.close();
+    }
     let deadline = Instant::now() + within;
-    let dropped = [stdout_sink(), stderr_sink()].map(|sink| sink.finish(deadline));
+    let dropped = sinks.map(|sink| sink.finish(deadline));
     for (stream, dropped) in ["stdout", "stderr"].iter().zip(dropped) {
         if dropped > 0 {
             let _ = writeln!(
