@@ -10,7 +10,8 @@
 //! deliveries from other hosts) and prints one line `handled <account>
 //! <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds
 //! `account=secret` pairs separated by commas; an account may appear twice
-//! while its secret is rotated, the new secret first, and both secrets are
+//! while its secret is rotated, the new secret first (the keys file's
+//! secrets, below, come before the environment's), and both secrets are
 //! then accepted: the older ones until `CLINK_TENANT_OLD_KEYS_EXPIRE` (an
 //! RFC 3339 time, the end of the rotation's grace) when it is set. Without
 //! it they never expire, until someone takes them out, and a warning says
@@ -149,13 +150,16 @@ fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::err
             return Err("CLINK_TENANT_KEYS is not valid UTF-8".into())
         }
     };
-    let mut accounts = parse_pairs(&keys, "CLINK_TENANT_KEYS")?;
+    // The file's secrets first: a rotation done while it runs brings the
+    // new secret in the file, newer than the environment's.
+    let mut accounts = BTreeMap::new();
     if let Some(path) = std::env::var_os("CLINK_TENANT_KEYS_FILE") {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read CLINK_TENANT_KEYS_FILE: {e}"))?;
-        for (account, secrets) in parse_pairs(&text, "CLINK_TENANT_KEYS_FILE")? {
-            accounts.entry(account).or_default().extend(secrets);
-        }
+        accounts = parse_pairs(&text, "CLINK_TENANT_KEYS_FILE")?;
+    }
+    for (account, secrets) in parse_pairs(&keys, "CLINK_TENANT_KEYS")? {
+        accounts.entry(account).or_default().extend(secrets);
     }
     let expire = old_keys_expire()?;
     let mut never = Vec::new();

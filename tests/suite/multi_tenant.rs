@@ -121,6 +121,26 @@ async fn an_accounts_old_secret_is_accepted_until_the_rotation_ends() {
         let finished = process.terminate();
         assert_eq!(finished.code, Some(0), "{finished:?}");
     }
+
+    // A rotation done while it runs brings the new secret in the keys
+    // file, the old one still in the environment: the file's comes first,
+    // so the old one is the one that expires.
+    std::fs::write(&keys_file, "acct_a=whsec_a_newer\n").unwrap();
+    let tenants = start_with(
+        "acct_a=whsec_a_new",
+        &keys_file,
+        &[(VAR, "2020-01-01T00:00:00Z")],
+    );
+    for (secret, id, status) in [("whsec_a_new", "old", 401), ("whsec_a_newer", "new", 200)] {
+        let event = fixture_with_id(&EventType::OrderSucceeded, &format!("evt_{id}_file"));
+        assert_eq!(
+            deliver(&tenants.base, "acct_a", secret, &event).await,
+            status,
+            "{secret}"
+        );
+    }
+    let finished = tenants.process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
