@@ -1020,7 +1020,11 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     // Slow and idle clients are cut off, accept errors never stop them, and
     // a stop waits at most STOP_WITHIN for the deliveries in progress.
     let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
-    let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    // Few connections on the admin address (probes, a scraper, an
+    // operator's browser): the process's file limit is left to the webhook.
+    let admin_server = Server::new()
+        .shutdown_timeout(STOP_WITHIN)?
+        .max_connections(64)?;
     // Listen for signals before saying where we listen, so that a signal sent
     // as soon as the address is known is not missed. One signal stops both
     // servers and the workers; a second stops the process at once.

@@ -258,7 +258,11 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let listener = listen(addr, "PORT, CLINK_BIND").await?;
     let admin_listener = listen(admin_addr, "CLINK_ADMIN_ADDR").await?;
     let webhook_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
-    let admin_server = Server::new().shutdown_timeout(STOP_WITHIN)?;
+    // Few connections on the admin address (probes, a scraper, an
+    // operator's browser): the process's file limit is left to the webhook.
+    let admin_server = Server::new()
+        .shutdown_timeout(STOP_WITHIN)?
+        .max_connections(64)?;
     // Listen for signals before saying where we listen, so that a signal sent
     // as soon as the address is known is not missed. One signal stops both
     // servers; a second stops the process at once.

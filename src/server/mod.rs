@@ -26,7 +26,10 @@
 //! - serves at most [`max_connections`](Server::max_connections) at once
 //!   (default 512), or fewer when the process may not open a file for each
 //!   (`ulimit -n`; on Linux): then half the limit, at most 64 files, is
-//!   kept for the process's other files, and a warning says so at start;
+//!   kept for the process's other files, and a warning says so at start
+//!   (each `Server` counts the limit alone: two in one process, a
+//!   webhook's and an admin's, share it, so give the second a small
+//!   `max_connections`);
 //!   when every one is taken and another client connects,
 //!   the connection idle longest is closed to make room (one open for at
 //!   least a second without a request, between requests or still sending
@@ -189,10 +192,6 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// The pause after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The pause after an `accept` that failed for want of a file, once a
-/// connection was told to close: an idle one closes at once.
-const CLOSED_FOR_A_FILE: Duration = Duration::from_millis(10);
-
 /// How often failed `accept`s are logged at `warn` while they go on: the
 /// first of a run, then a count at most this often (each at `debug`).
 const ACCEPT_FAILURES_TOLD_EVERY: Duration = Duration::from_secs(60);
@@ -311,6 +310,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 struct Open {
     connections: Mutex<HashMap<u64, Arc<Served>>>,
     next_id: AtomicU64,
+    /// Told whenever a connection has closed (its file is free).
+    closed: Notify,
 }
 
 /// One connection being served.
@@ -475,6 +476,7 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.open.connections().remove(&self.id);
+        self.open.closed.notify_waiters();
     }
 }
 
@@ -699,18 +701,24 @@ impl Server {
                     Err(error) => {
                         // Out of file descriptors, say (the app's other
                         // files took what the limit left): a client is
-                        // waiting, as when every slot is taken, so an idle
-                        // connection is closed for it, and the accept tried
-                        // again soon; anything else, after a pause.
-                        let wait = if out_of_files(&error)
-                            && open.close_idlest(accept_failures.waited_long())
-                        {
-                            CLOSED_FOR_A_FILE
+                        // waiting, as when every slot is taken, so a
+                        // connection is closed for it as a full server
+                        // closes one, and the accept tried again once one
+                        // has closed (or after the grace of the one told);
+                        // anything else, after a pause.
+                        accept_failures.failed(&error);
+                        let closed = open.closed.notified();
+                        let mut closed = std::pin::pin!(closed);
+                        closed.as_mut().enable();
+                        let told = out_of_files(&error)
+                            && open.close_idlest(accept_failures.waited_long());
+                        let wait = if told {
+                            CLOSE_GRACE + EVICT_AGAIN
                         } else {
                             ACCEPT_BACKOFF
                         };
-                        accept_failures.failed(&error);
                         tokio::select! {
+                            () = closed, if told => continue,
                             () = tokio::time::sleep(wait) => continue,
                             () = &mut shutdown => break,
                         }
