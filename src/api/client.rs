@@ -147,23 +147,25 @@ impl fmt::Debug for ClientBuilder {
 /// who typed it, so one shaped `user:password@` is taken up to its `@`.
 fn without_user_info(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
-    let (main, rest) = url.split_at(
-        url[start..]
-            .find(['?', '#'])
-            .map_or(url.len(), |at| start + at),
-    );
-    let authority_end = main[start..].find('/').map_or(main.len(), |at| start + at);
-    let user_info = main[start..authority_end].rfind('@').or_else(|| {
-        let at = main[start..].rfind('@')?;
-        main[start..start + at].contains(':').then_some(at)
+    let after = &url[start..];
+    // The user info: up to an `@` in the authority as a URL reads it, or,
+    // for a password that holds `/`, `?` or `#` (which end the authority
+    // for a URL, not for the person who typed it), up to the last `@`
+    // with a `:` before it.
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let user_info = after[..authority_end].rfind('@').or_else(|| {
+        let at = after.rfind('@')?;
+        after[..at].contains(':').then_some(at)
     });
-    let main: std::borrow::Cow<'_, str> = match user_info {
-        Some(at) => format!("{}[redacted]{}", &main[..start], &main[start + at..]).into(),
-        None => main.into(),
+    let (shown, rest) = match user_info {
+        Some(at) => (format!("{}[redacted]", &url[..start]), &after[at..]),
+        None => (url[..start].to_owned(), after),
     };
-    match rest.chars().next() {
-        Some(mark) => format!("{main}{mark}[redacted]").into(),
-        None => main,
+    // A query or a fragment (a token, say) is not shown either.
+    match rest.find(['?', '#']) {
+        Some(mark) => format!("{shown}{}{}[redacted]", &rest[..mark], &rest[mark..=mark]).into(),
+        None if user_info.is_some() => format!("{shown}{rest}").into(),
+        None => url.into(),
     }
 }
 
@@ -1567,6 +1569,14 @@ mod tests {
                 "https://proxy/api?[redacted]",
             ),
             ("https://proxy/api#hunter2", "https://proxy/api#[redacted]"),
+            (
+                "https://deploy:hun?ter2@proxy/api",
+                "https://[redacted]@proxy/api",
+            ),
+            (
+                "https://deploy:hun#ter2@proxy/api?x=1",
+                "https://[redacted]@proxy/api?[redacted]",
+            ),
         ] {
             let debug = format!("{:?}", Client::builder().base_url(url));
             assert!(debug.contains(shown), "{debug}");
