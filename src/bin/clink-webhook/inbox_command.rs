@@ -617,15 +617,17 @@ async fn replay_matching(
 /// A replay by filter that failed: an inbox replays in steps (the SQLite
 /// and PostgreSQL inboxes of 5,000 events, each kept once made), so the
 /// events of the steps before the error may have been replayed, and the
-/// error says so and how to see them; running it again with `--force`
-/// would replay again those handled since.
+/// error says so and how to see them (by when each was last replayed: once
+/// replayed, an event is soon running or done, no longer pending); running
+/// it again with `--force` would replay again those handled since.
 fn partly_replayed(error: &clink_webhooks::store::StoreError) -> CliError {
     CliError::new(
         ErrorCode::Io,
         format!(
             "{error}; the replay goes in steps, each kept once made, so the events of the steps \
-             before the error may have been replayed: `list --status pending` with the same \
-             filters shows them (and `show SEQ` when each was last replayed)"
+             before the error may have been replayed (and run since): `list --json` with the same \
+             filters but --status shows when each was last replayed (last_replayed_at); replay \
+             again only those not replayed just now"
         ),
     )
 }
@@ -860,7 +862,7 @@ mod tests {
             .unwrap_err();
         assert!(
             error.message.contains("may have been replayed")
-                && error.message.contains("list --status pending"),
+                && error.message.contains("last_replayed_at"),
             "{}",
             error.message
         );
