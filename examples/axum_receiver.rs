@@ -887,8 +887,8 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     };
-    // What waits for stdout and stderr is written, for a second at most: a
-    // stream nobody reads does not keep the receiver from exiting.
+    // What waits for stdout and stderr is written: a stream nobody reads
+    // keeps the receiver from exiting for a second at most.
     lines::flush(Duration::from_secs(1));
     code
 }
@@ -1082,7 +1082,7 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         // ends. 130, as a shell reports a command Ctrl-C ended.
         () = at_once => {
             eprintln!("stopped at once");
-            lines::flush(Duration::from_millis(200));
+            lines::flush(Duration::from_secs(1));
             // Now: returning would wait for the runtime's blocking calls
             // (a SQLite inbox's, up to its busy timeout of 5 s).
             #[allow(clippy::exit, reason = "a stop at once waits for nothing")]

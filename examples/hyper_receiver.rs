@@ -156,8 +156,8 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     };
-    // What waits for stdout and stderr is written, for a second at most: a
-    // stream nobody reads does not keep the receiver from exiting.
+    // What waits for stdout and stderr is written: a stream nobody reads
+    // keeps the receiver from exiting for a second at most.
     lines::flush(Duration::from_secs(1));
     code
 }

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How many lines wait for a stream before more are dropped.
 pub(crate) const WAITING: usize = 4096;
@@ -37,6 +37,8 @@ struct Sink {
     sender: Mutex<Option<SyncSender<Vec<u8>>>>,
     /// Told by the thread once it has written everything handed to it.
     written: Mutex<Option<Receiver<()>>>,
+    /// Lines written so far: a wait at exit goes on while they grow.
+    lines_written: std::sync::Arc<AtomicU64>,
     dropped: AtomicU64,
 }
 
@@ -49,17 +51,21 @@ impl Sink {
     fn start(mut stream: impl Write + Send + 'static) -> Self {
         let (sender, lines) = sync_channel::<Vec<u8>>(WAITING);
         let (written, done) = sync_channel(1);
+        let lines_written = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = std::sync::Arc::clone(&lines_written);
         std::thread::spawn(move || {
             for line in lines {
                 // A stream closed (a terminal gone) drops the line.
                 let _ = stream.write_all(&line);
                 let _ = stream.flush();
+                counted.fetch_add(1, Ordering::Relaxed);
             }
             let _ = written.send(());
         });
         Self {
             sender: Mutex::new(Some(sender)),
             written: Mutex::new(Some(done)),
+            lines_written,
             dropped: AtomicU64::new(0),
         }
     }
@@ -79,13 +85,21 @@ impl Sink {
         drop(locked(&self.sender).take());
     }
 
-    /// Waits for the thread to write what waits, until `deadline`; how
-    /// many lines were dropped.
-    fn finish(&self, deadline: Instant) -> u64 {
-        if let Some(written) = locked(&self.written).take() {
-            let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    /// Waits for the thread to write what waits, for as long as it writes
+    /// a line at least every `stall` (a slow reader is waited for, one
+    /// that stopped reading is not).
+    fn finish(&self, stall: Duration) {
+        let Some(written) = locked(&self.written).take() else {
+            return;
+        };
+        let mut seen = self.lines_written.load(Ordering::Relaxed);
+        while written.recv_timeout(stall).is_err() {
+            let now = self.lines_written.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -133,21 +147,27 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
     }
 }
 
-/// At exit: writes the lines waiting, for at most `within` (both streams
-/// at once), and says on stderr how many were dropped, if any.
-pub(crate) fn flush(within: Duration) {
+/// At exit: says on stderr (last, through its queue) how many lines were
+/// dropped, if any, then writes the lines waiting, both streams at once,
+/// for as long as each writes a line at least every `stall`: a stream
+/// nobody reads keeps the process from exiting for `stall` at most, and
+/// nothing here writes to a stream but its thread.
+pub(crate) fn flush(stall: Duration) {
     let sinks = [stdout_sink(), stderr_sink()];
+    for (stream, sink) in ["stdout", "stderr"].iter().zip(sinks) {
+        let dropped = sink.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            err(format_args!(
+                "{dropped} lines for {stream} were dropped: nobody read it fast enough"
+            ));
+        }
+    }
     for sink in sinks {
         sink.close();
     }
-    let deadline = Instant::now() + within;
-    let dropped = sinks.map(|sink| sink.finish(deadline));
-    for (stream, dropped) in ["stdout", "stderr"].iter().zip(dropped) {
-        if dropped > 0 {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{dropped} lines for {stream} were dropped: nobody read it fast enough"
-            );
+    std::thread::scope(|scope| {
+        for sink in sinks {
+            scope.spawn(move || sink.finish(stall));
         }
-    }
+    });
 }

@@ -152,11 +152,23 @@ fn without_user_info(url: &str) -> std::borrow::Cow<'_, str> {
     // for a password that holds `/`, `?` or `#` (which end the authority
     // for a URL, not for the person who typed it), up to the last `@`
     // with a `:` before it.
+    // Of the two, the later: a password may hold `@` as well. A host (and
+    // port) follows the user info's `@`.
     let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let user_info = after[..authority_end].rfind('@').or_else(|| {
-        let at = after.rfind('@')?;
-        after[..at].contains(':').then_some(at)
-    });
+    let in_authority = after[..authority_end].rfind('@');
+    let host_after = |at: usize| {
+        let host = &after[at + 1..];
+        let host = &host[..host.find(['/', '?', '#']).unwrap_or(host.len())];
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    let shaped = after
+        .match_indices('@')
+        .map(|(at, _)| at)
+        .rfind(|&at| after[..at].contains(':') && host_after(at));
+    let user_info = in_authority.max(shaped);
     let (shown, rest) = match user_info {
         Some(at) => (format!("{}[redacted]", &url[..start]), &after[at..]),
         None => (url[..start].to_owned(), after),
@@ -1576,6 +1588,14 @@ mod tests {
             (
                 "https://deploy:hun#ter2@proxy/api?x=1",
                 "https://[redacted]@proxy/api?[redacted]",
+            ),
+            (
+                "https://deploy:h@ter2/w0rd@proxy/api",
+                "https://[redacted]@proxy/api",
+            ),
+            (
+                "https://deploy:h@ter2?w0rd@proxy/api",
+                "https://[redacted]@proxy/api",
             ),
         ] {
             let debug = format!("{:?}", Client::builder().base_url(url));

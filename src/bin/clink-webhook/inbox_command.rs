@@ -625,9 +625,10 @@ fn partly_replayed(error: &clink_webhooks::store::StoreError) -> CliError {
         ErrorCode::Io,
         format!(
             "{error}; the replay goes in steps, each kept once made, so the events of the steps \
-             before the error may have been replayed (and run since): `list --json` with the same \
-             filters but --status shows when each was last replayed (last_replayed_at); replay \
-             again only those not replayed just now"
+             before the error may have been replayed (and run since): `list --json --limit N` with \
+             the same filters but --status shows when each was last replayed \
+             (last_replayed_at); the same replay again without --force leaves out those \
+             handled since"
         ),
     )
 }
