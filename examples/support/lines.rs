@@ -87,18 +87,24 @@ impl Sink {
 
     /// Waits for the thread to write what waits, for as long as it writes
     /// a line at least every `stall` (a slow reader is waited for, one
-    /// that stopped reading is not).
-    fn finish(&self, stall: Duration) {
+    /// that stopped reading is not); whether it wrote everything.
+    fn finish(&self, stall: Duration) -> bool {
         let Some(written) = locked(&self.written).take() else {
-            return;
+            return false;
         };
         let mut seen = self.lines_written.load(Ordering::Relaxed);
-        while written.recv_timeout(stall).is_err() {
-            let now = self.lines_written.load(Ordering::Relaxed);
-            if now == seen {
-                return;
+        loop {
+            match written.recv_timeout(stall) {
+                Ok(()) => return true,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let now = self.lines_written.load(Ordering::Relaxed);
+                    if now == seen {
+                        return false;
+                    }
+                    seen = now;
+                }
             }
-            seen = now;
         }
     }
 }
@@ -147,27 +153,30 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
     }
 }
 
-/// At exit: says on stderr (last, through its queue) how many lines were
-/// dropped, if any, then writes the lines waiting, both streams at once,
-/// for as long as each writes a line at least every `stall`: a stream
-/// nobody reads keeps the process from exiting for `stall` at most, and
-/// nothing here writes to a stream but its thread.
+/// At exit: writes the lines waiting, both streams at once, for as long
+/// as each writes a line at least every `stall` (a stream nobody reads
+/// keeps the process from exiting for `stall` at most), then says on
+/// stderr how many lines were dropped, if any, once its thread has written
+/// all it had: a stderr that stalled cannot take the note, and is not
+/// written to.
 pub(crate) fn flush(stall: Duration) {
     let sinks = [stdout_sink(), stderr_sink()];
-    for (stream, sink) in ["stdout", "stderr"].iter().zip(sinks) {
-        let dropped = sink.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            err(format_args!(
-                "{dropped} lines for {stream} were dropped: nobody read it fast enough"
-            ));
-        }
-    }
     for sink in sinks {
         sink.close();
     }
-    std::thread::scope(|scope| {
-        for sink in sinks {
-            scope.spawn(move || sink.finish(stall));
-        }
+    let drained = std::thread::scope(|scope| {
+        let waits = sinks.map(|sink| scope.spawn(move || sink.finish(stall)));
+        waits.map(|wait| wait.join().unwrap_or(false))
     });
+    if drained[1] {
+        for (stream, sink) in ["stdout", "stderr"].iter().zip(sinks) {
+            let dropped = sink.dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{dropped} lines for {stream} were dropped: nobody read it fast enough"
+                );
+            }
+        }
+    }
 }

@@ -164,10 +164,17 @@ fn without_user_info(url: &str) -> std::borrow::Cow<'_, str> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     };
+    // Failing a host of plain letters (an underscore, a name not in
+    // ASCII), the last `@` with a `:` before it: hiding too much beats
+    // showing a password.
     let shaped = after
         .match_indices('@')
         .map(|(at, _)| at)
-        .rfind(|&at| after[..at].contains(':') && host_after(at));
+        .rfind(|&at| after[..at].contains(':') && host_after(at))
+        .or_else(|| {
+            let at = after.rfind('@')?;
+            after[..at].contains(':').then_some(at)
+        });
     let user_info = in_authority.max(shaped);
     let (shown, rest) = match user_info {
         Some(at) => (format!("{}[redacted]", &url[..start]), &after[at..]),
@@ -1596,6 +1603,10 @@ mod tests {
             (
                 "https://deploy:h@ter2?w0rd@proxy/api",
                 "https://[redacted]@proxy/api",
+            ),
+            (
+                "https://deploy:hun/ter2@my_proxy/api",
+                "https://[redacted]@my_proxy/api",
             ),
         ] {
             let debug = format!("{:?}", Client::builder().base_url(url));

@@ -2114,11 +2114,14 @@ impl KindText for redis::RedisError {
             // server's error quotes no URL).
             for (index, error) in errors.iter() {
                 text.push_str(&format!(
-                    "; command {} answered {} {}",
+                    "; command {} answered {}",
                     index + 1,
-                    error.code(),
-                    error.details().unwrap_or("")
+                    error.code()
                 ));
+                if let Some(details) = error.details() {
+                    text.push(' ');
+                    text.push_str(details.trim());
+                }
             }
         }
         if self.is_timeout() {
@@ -3726,7 +3729,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Published once the replica confirms within the WAIT (a busy
-        // machine's replica may take longer than the half second a first
+        // machine's replica may take longer than the second a first
         // WAIT gives it: the publish is tried again, as the inbox would).
         // The script is flushed first: the pipeline loads it again.
         let () = redis::cmd("SCRIPT")
@@ -3737,7 +3740,11 @@ mod tests {
         let kept = loop {
             match destination.publish(&event, &mut None).await {
                 Ok(kept) => break kept,
+                // Only the replica's confirmation may be late: a publish
+                // that failed otherwise (the script not loaded again) fails
+                // the test at once.
                 Err(error) => {
+                    assert!(error.to_string().contains("replicas asked for"), "{error}");
                     assert!(tokio::time::Instant::now() < deadline, "{error}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
