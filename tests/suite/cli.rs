@@ -1114,6 +1114,88 @@ fn a_second_ctrl_c_stops_listen_at_once() {
     }
 }
 
+/// A second Ctrl-C stops `listen` at once though its stderr is a pipe
+/// nobody reads any more, full: the error goes to stderr's queue like the
+/// notes before it. Before, the error was written to stderr directly, and
+/// `listen` hung in that write for as long as nobody read the pipe.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_second_ctrl_c_stops_listen_at_once_with_stderr_full() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let dir = std::env::temp_dir().join(format!(
+        "clink-listen-stderr-{}-{}",
+        std::process::id(),
+        clink_webhooks::Timestamp::now().as_millis()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("stderr");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Both ends, without blocking: what fills the pipe, and a reader that
+    // stays open however the test reads.
+    const O_NONBLOCK: i32 = 0o4000;
+    let mut filler = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let notes = std::fs::File::open(&fifo).unwrap();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "exec 2>'{}'; exec \"$0\" listen --port 0 --secret env:CLINK_TEST_LISTEN_KEY",
+            fifo.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_clink-webhook"))
+        .env("CLINK_TEST_LISTEN_KEY", KEY);
+    let process = Process::start(&mut command);
+    let first = process.next_stdout();
+    let url = first.strip_prefix("listening on ").unwrap().to_owned();
+    let held = delivery_in_progress(&url, KEY);
+    process.signal("INT");
+    // The notes read until the one that says a second signal stops it.
+    let mut notes = BufReader::new(notes);
+    let mut line = String::new();
+    while !line.starts_with("Ctrl-C again to stop at once") {
+        line.clear();
+        assert_ne!(notes.read_line(&mut line).unwrap(), 0, "stderr ended");
+    }
+    drop(notes);
+    // The pipe filled: a write of the process's to stderr now waits.
+    for chunk in [&[b'.'; 4096][..], &b"."[..]] {
+        loop {
+            match filler.write(chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let pid = process.id();
+    process.signal("INT");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(process.finish());
+    });
+    // A bound on a hang only: the stop waits a second for stderr.
+    let Ok(finished) = finished.recv_timeout(std::time::Duration::from_secs(120)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("listen did not exit with its stderr full");
+    };
+    assert_eq!(finished.code, Some(130), "{finished:?}");
+    drop((held, filler));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A key variable that is set, but not to UTF-8, is said to be so, not
 /// "not set", whether `--secret env:NAME` names it or it is the default.
 #[cfg(unix)]

@@ -389,10 +389,17 @@ pub(crate) async fn run(out: &Output, args: &ListenArgs) -> Result<(), CliError>
             notes.print(note_line(json, "stopped"));
             Ok(())
         }
-        () = at_once => Err(CliError::new(
-            ErrorCode::Interrupted,
-            "stopped at once by a second Ctrl-C or SIGTERM: the deliveries in progress got no answer",
-        )),
+        () = at_once => {
+            // Said through the notes' queue, after them, and never again:
+            // a stderr nobody reads (its pipe full) must not hold up the
+            // stop at once that was asked for.
+            let error = CliError::new(
+                ErrorCode::Interrupted,
+                "stopped at once by a second Ctrl-C or SIGTERM: the deliveries in progress got no answer",
+            );
+            notes.print(out.error_text(error.code.as_str(), &error.message));
+            Err(error.printed())
+        }
     };
     // The notes written before the error that may follow them, if stderr
     // takes them.

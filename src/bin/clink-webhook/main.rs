@@ -359,6 +359,9 @@ struct CliError {
     /// The text output already says it (a failed verification, a summary
     /// with failed deliveries): only `--json` prints it again, on stderr.
     reported: bool,
+    /// The command has printed the error itself, as [`Output::error_text`]
+    /// gives it, whatever the format: it is not printed again.
+    printed: bool,
 }
 
 impl CliError {
@@ -367,6 +370,7 @@ impl CliError {
             code,
             message: message.into(),
             reported: false,
+            printed: false,
         }
     }
 
@@ -390,9 +394,18 @@ impl CliError {
         }
     }
 
+    /// This error, which the command has printed itself (in the format
+    /// [`Output::error_text`] gives).
+    fn printed(self) -> Self {
+        Self {
+            printed: true,
+            ..self
+        }
+    }
+
     /// Prints the error (unless text output already showed it) and gives its exit code.
     fn finish(self, out: &Output) -> ExitCode {
-        if out.json || !self.reported {
+        if !self.printed && (out.json || !self.reported) {
             out.error(self.code.as_str(), &self.message);
         }
         self.code.exit_code()
