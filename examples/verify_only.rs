@@ -31,6 +31,15 @@ macro_rules! say {
     }};
 }
 
+/// A line on stderr, for the same reason: `eprintln!` panics once stderr
+/// is closed, and a refusal logged with it would fail the request.
+macro_rules! note {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($line)*);
+    }};
+}
+
 /// What a receiver does with one delivery: the status to answer and, for the
 /// log, what happened. In your framework, answer with the status (and the
 /// code as the body, if you like); run your side effects where this prints.
@@ -67,7 +76,7 @@ fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -
         Err(error) => {
             // The message says what to check and never holds the key; it can
             // quote the body, so log it rather than send it back.
-            eprintln!(
+            note!(
                 "refused: {} {} ({error})",
                 error.status().as_u16(),
                 error.code()
@@ -112,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (verifier, secret) = match signing_keys() {
         Ok(keys) => keys,
         Err(message) => {
-            eprintln!("error: {message}");
+            note!("error: {message}");
             std::process::exit(1);
         }
     };

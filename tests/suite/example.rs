@@ -662,6 +662,27 @@ fn verify_only_verifies_with_the_key_it_is_given() {
     );
 }
 
+/// `verify_only` logs its refusals without `eprintln!`, which panics
+/// once stderr is closed: a refusal logged by code copied from it must not
+/// fail. Its stderr here is a pipe whose reader is gone.
+#[test]
+fn verify_only_logs_a_refusal_to_a_closed_stderr_without_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(example_path("verify_only"))
+        .env("CLINK_WEBHOOK_SIGNING_KEY", KEY)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(r#"  event id "evt_1""#),
+        "{output:?}"
+    );
+}
+
 /// The bare hyper receiver handles a delivery, and stops gracefully on
 /// SIGTERM (as docker, Kubernetes and systemd stop it), not only on Ctrl-C.
 #[cfg(unix)]
