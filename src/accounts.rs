@@ -358,6 +358,15 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 /// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
+/// The default [`CachedKeySource::stale_if_error`]: 24 hours, about as
+/// long as Clink retries a delivery.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// While a known account's keys answer for a failing lookup, how long
+/// until it is asked again (or its `ttl`, if shorter): not on every
+/// delivery, against a source that is failing.
+const STALE_RETRY: Duration = Duration::from_secs(30);
+
 /// A [`KeySource`] that asks an async function of yours and caches its
 /// answers: known accounts for a [`ttl`](Self::ttl) (default 5 minutes),
 /// unknown ones for a shorter [`negative_ttl`](Self::negative_ttl) (default
@@ -405,10 +414,20 @@ pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 ///   (a set of your account ids, a prefix) run before the cache and any
 ///   lookup; a name it refuses is an unknown account (`404`).
 ///
-/// A failed lookup is not cached: the deliveries waiting on it get `503`,
-/// and the next one asks again. The layer logs failures as an outage (once
-/// when they start, a summary of counts while they last, once when they
-/// end), never one line per delivery.
+/// A failed lookup (an error, or a panic of your function) is not cached.
+/// An account a lookup found before is still verified with the keys it
+/// found, for up to [`stale_if_error`](Self::stale_if_error) (default 24
+/// hours) after they expired, and asked about again every 30 s (or every
+/// `ttl`, if shorter) until a lookup answers: an outage of your backend
+/// does not refuse the deliveries of accounts it knew, which Clink would
+/// otherwise retry for a day and then give up on. The source logs such an
+/// outage itself (once when it starts, a summary of counts while it lasts,
+/// once when it ends). Other deliveries waiting on a failed lookup get
+/// `503`, and the next one asks again; the layer logs those failures as an
+/// outage, never one line per delivery. A lookup that hangs is not a
+/// failure until the delivery's time runs out
+/// ([`store_timeout`](crate::ClinkLayer::store_timeout)): that delivery
+/// gets `503`.
 ///
 /// ```
 /// use std::collections::HashSet;
@@ -455,12 +474,18 @@ pub struct CachedKeySource<F> {
     /// is looked up without a token of the rate, however long ago its keys
     /// were cached.
     known: Mutex<HashMap<String, Instant>>,
+    stale_if_error: Duration,
+    /// Lookups that failed while a known account's keys answered for them.
+    stale_outage: Arc<crate::outage::OutageLog>,
 }
 
 #[derive(Clone)]
 struct Cached {
     verifier: Option<Arc<Verifier>>,
     until: Instant,
+    /// Until when keys (not an absence) answer for a lookup that fails:
+    /// `stale_if_error` past the end of their `ttl`.
+    stale_until: Instant,
 }
 
 /// What a lookup answered, once it has.
@@ -580,6 +605,7 @@ impl<F> fmt::Debug for CachedKeySource<F> {
             .field("max_concurrent_lookups", &self.max_lookups)
             .field("lookups_per_second", &self.rate.per_second)
             .field("lookup_burst", &self.rate.burst)
+            .field("stale_if_error", &self.stale_if_error)
             .finish_non_exhaustive()
     }
 }
@@ -654,7 +680,29 @@ where
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
             known: Mutex::default(),
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
+            stale_outage: crate::outage::OutageLog::new(
+                "key source",
+                "the accounts it found before are verified with the keys it gave",
+                crate::outage::DEFAULT_OUTAGE_LOG_INTERVAL,
+            ),
         }
+    }
+
+    /// How long past the end of their [`ttl`](Self::ttl) a known account's
+    /// keys answer for it while its lookup fails (default
+    /// [`DEFAULT_STALE_IF_ERROR`], 24 hours). Zero: never; a failed lookup
+    /// is then a `503` for every delivery waiting on it. The keys are those
+    /// your function gave last, each with its own expiry, which still
+    /// holds; a change made in your backend while it fails is seen once a
+    /// lookup answers again.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when it is over 10 years.
+    pub fn stale_if_error(mut self, stale: Duration) -> Result<Self, ConfigError> {
+        self.stale_if_error = check_ttl("stale_if_error", stale)?;
+        Ok(self)
     }
 
     /// How long a known account's keys are used before asking again
@@ -813,6 +861,21 @@ where
         (cached.until + self.ttl > now).then(|| Arc::clone(verifier))
     }
 
+    /// The keys of a known account that answer for it while its lookup
+    /// fails (see [`stale_if_error`](Self::stale_if_error)), asked about
+    /// again after [`STALE_RETRY`] (or its `ttl`): none if the account was
+    /// forgotten since the lookup began.
+    fn stale_keys(&self, account: &str, flight: &Flight) -> Option<Arc<Verifier>> {
+        let now = Instant::now();
+        let mut cached = self.cache.get_mut(account)?;
+        if flight.forgotten.load(Ordering::Acquire) || cached.stale_until <= now {
+            return None;
+        }
+        let verifier = Arc::clone(cached.verifier.as_ref()?);
+        cached.until = now + STALE_RETRY.min(self.ttl);
+        Some(verifier)
+    }
+
     /// Looks `account` up, within the limits, and caches the answer.
     ///
     /// An account its last lookup found (see `known`) is looked up again
@@ -857,16 +920,25 @@ where
         let verifier = match fetched {
             Ok(Ok(verifier)) => verifier.map(Arc::new),
             failed => {
+                let error = match failed {
+                    Ok(Err(error)) => KeySourceError::new(error),
+                    _ => KeySourceError::new("the key lookup panicked"),
+                };
+                // A known account's keys answer for it, and it stays known:
+                // asked about again once its entry ends, not on every
+                // delivery.
+                if let Some(verifier) = self.stale_keys(account, flight) {
+                    self.stale_outage.failed(&error);
+                    return Ok(Some(verifier));
+                }
                 // Failing, it may fail again: the next lookup waits for
                 // the rate, so that a flood of its name cannot make one
                 // lookup after another of a struggling source.
                 self.note_known(account, false);
-                return Err(match failed {
-                    Ok(Err(error)) => KeySourceError::new(error),
-                    _ => KeySourceError::new("the key lookup panicked"),
-                });
+                return Err(error);
             }
         };
+        self.stale_outage.succeeded();
         self.note_known(account, verifier.is_some());
         let ttl = if verifier.is_some() {
             self.ttl
@@ -891,9 +963,11 @@ where
             // Not if the account was forgotten since the lookup began: its
             // answer may be of the keys from before.
             if !flight.forgotten.load(Ordering::Acquire) {
+                let until = now + ttl;
                 entry.insert(Cached {
                     verifier: verifier.clone(),
-                    until: now + ttl,
+                    until,
+                    stale_until: until.checked_add(self.stale_if_error).unwrap_or(until),
                 });
             }
         }
@@ -1359,9 +1433,10 @@ mod lookup_tests {
         }
     }
 
-    /// A lookup that fails forgets the account: the next one waits for the
-    /// rate, so a flood of its name cannot make one lookup after another of
-    /// a struggling source.
+    /// A lookup that fails forgets the account, when its keys no longer
+    /// answer for it (`stale_if_error` zero here): the next one waits for
+    /// the rate, so a flood of its name cannot make one lookup after
+    /// another of a struggling source.
     ///
     /// So too while its keys, expired less than a `ttl` ago, are still
     /// cached (61 s after a lookup with a `ttl` of 60 s): before, those
@@ -1435,6 +1510,8 @@ mod lookup_tests {
         .ttl(Duration::from_secs(60))
         .unwrap()
         .lookup_rate(1, 1)
+        .unwrap()
+        .stale_if_error(Duration::ZERO)
         .unwrap();
         assert!(source.verifier("acct_a").await.unwrap().is_some());
         assert!(source.is_known("acct_a"));
@@ -1449,6 +1526,71 @@ mod lookup_tests {
         assert!(!second.is_limited(), "{since:?}");
         let third = source.verifier("acct_a").await.unwrap_err();
         assert!(third.is_limited(), "{since:?}");
+    }
+
+    /// While its lookups fail (an error or a panic), an account a lookup
+    /// found is verified with the keys found last, for `stale_if_error`
+    /// past their `ttl`, asked about again every 30 s, never on every
+    /// delivery; the outage is logged when it starts and when it ends.
+    /// Past `stale_if_error` a failure is an error. Before, each failure
+    /// was a `503` once the keys' `ttl` had ended, for as long as the
+    /// backend was down: Clink gave up on the deliveries after a day.
+    #[test]
+    fn a_known_accounts_keys_answer_while_its_lookups_fail() {
+        let lines = crate::outage::tests::logged(|| async {
+            let fails = Arc::new(std::sync::atomic::AtomicU8::new(0));
+            let failing = Arc::clone(&fails);
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            let source = CachedKeySource::new(move |_account: String| {
+                let fail = failing.load(Ordering::SeqCst);
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match fail {
+                        0 => Ok(Some(Verifier::new("k").unwrap())),
+                        1 => Err(std::io::Error::other("the database is down")),
+                        _ => panic!("the lookup panicked"),
+                    }
+                }
+            })
+            .ttl(Duration::from_secs(60))
+            .unwrap()
+            .lookup_rate(1, 1)
+            .unwrap()
+            .stale_if_error(Duration::from_secs(3600))
+            .unwrap();
+            assert!(source.verifier("acct_a").await.unwrap().is_some());
+            tokio::time::advance(Duration::from_secs(600)).await;
+            for fail in [1, 2] {
+                fails.store(fail, Ordering::SeqCst);
+                let before = calls.load(Ordering::SeqCst);
+                assert!(source.verifier("acct_a").await.unwrap().is_some(), "{fail}");
+                assert!(source.is_known("acct_a"));
+                // Not asked again on the next deliveries, within 30 s.
+                for _ in 0..10 {
+                    assert!(source.verifier("acct_a").await.unwrap().is_some());
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+                tokio::time::advance(Duration::from_secs(30)).await;
+            }
+            // Answering again: its keys are cached anew.
+            fails.store(0, Ordering::SeqCst);
+            assert!(source.verifier("acct_a").await.unwrap().is_some());
+            let answered = calls.load(Ordering::SeqCst);
+            assert_eq!(answered, 4);
+            // An hour past the end of their ttl, the keys answer no more.
+            tokio::time::advance(Duration::from_secs(60 + 3600)).await;
+            fails.store(1, Ordering::SeqCst);
+            let error = source.verifier("acct_a").await.unwrap_err();
+            assert!(
+                error.to_string().contains("the database is down"),
+                "{error}"
+            );
+            assert!(!source.is_known("acct_a"));
+        });
+        let told = |what: &str| lines.iter().filter(|line| line.contains(what)).count();
+        assert_eq!(told("clink key source unavailable"), 1, "{lines:#?}");
+        assert_eq!(told("clink key source available again"), 1, "{lines:#?}");
     }
 
     #[tokio::test]
