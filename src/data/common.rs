@@ -110,7 +110,13 @@ where
 /// `#[serde(default, with = "time")]`: epoch milliseconds (a number, or
 /// digits in a string), an RFC 3339 date-time, `null`, or an empty string,
 /// which Clink's optional fields may carry for "absent" (as amounts read
-/// it), read as `None` rather than refusing the whole event. Written as
+/// it), read as `None` rather than refusing the whole event. So is a
+/// number or a string this crate cannot read as a time (a date-time
+/// without its offset, `2025-01-15T12:00:00`, whose zone nobody can tell;
+/// milliseconds with a fraction; a time past the year range): one field
+/// written in another form must not make a whole event undecodable, which
+/// Clink would retry for a day and give up on. The raw body keeps what was
+/// sent. An object, an array or a boolean is still an error. Written as
 /// [`Timestamp`](crate::Timestamp) writes itself.
 ///
 /// ```
@@ -118,6 +124,9 @@ where
 ///
 /// let order: Order = serde_json::from_str(r#"{"createTime":1736942400000,"paymentTime":""}"#)?;
 /// assert!(order.create_time.is_some());
+/// assert_eq!(order.payment_time, None);
+/// // A date-time without its offset: not read, and not refused.
+/// let order: Order = serde_json::from_str(r#"{"paymentTime":"2025-01-15T12:00:00"}"#)?;
 /// assert_eq!(order.payment_time, None);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
@@ -133,7 +142,7 @@ pub mod time {
     ///
     /// # Errors
     ///
-    /// When the value is neither a time, `null` nor an empty string.
+    /// When the value is an object, an array or a boolean.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Timestamp>, D::Error> {
@@ -159,22 +168,16 @@ pub mod time {
             }
 
             fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v)
-                    .map(|v| Some(Timestamp::from_millis(v)))
-                    .map_err(|_| E::custom("epoch milliseconds out of range"))
+                Ok(i64::try_from(v).ok().map(Timestamp::from_millis))
             }
 
             fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
-                Err(E::custom(
-                    "epoch milliseconds must be written as an integer, without a fraction or exponent",
-                ))
+                // The number's text is gone: not read as a time.
+                Ok(None)
             }
 
             fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
-                if v.is_empty() {
-                    return Ok(None);
-                }
-                Timestamp::from_json_str(v).map(Some)
+                Ok(Timestamp::from_json_str::<E>(v).ok())
             }
         }
 
@@ -1020,9 +1023,11 @@ mod tests {
     use super::*;
 
     /// An optional time reads as `None` from `null`, from an empty string
-    /// (as Clink's optional fields may carry) and when absent, and every
-    /// other form as the envelope's times read: a dispute whose evidence
-    /// deadline is `""` decodes.
+    /// (as Clink's optional fields may carry), when absent, and from a
+    /// number or string not read as a time (a date-time without its
+    /// offset); every other form as the envelope's times read: a dispute
+    /// whose evidence deadline is `""` or `2025-01-15T12:00:00` decodes.
+    /// Before, a form not read refused the whole event.
     #[test]
     fn an_empty_time_is_absent_not_an_error() {
         use crate::data::Dispute;
@@ -1038,6 +1043,14 @@ mod tests {
             (r#""2025-01-15T12:00:00.000Z""#, Some(1_736_942_400_000)),
             (r#""""#, None),
             ("null", None),
+            // Forms not read as a time are absent, not a refused event.
+            (r#"" ""#, None),
+            (r#""soon""#, None),
+            (r#""2025-01-15T12:00:00""#, None),
+            (r#""2025-01-15 12:00:00.000+0000""#, None),
+            ("1.5", None),
+            ("18446744073709551615", None),
+            (r#""99999999999999999999""#, None),
         ] {
             let dispute: Dispute =
                 serde_json::from_str(&format!(r#"{{"evidenceDeadline":{text}}}"#)).unwrap();
@@ -1047,7 +1060,7 @@ mod tests {
                 "{text}"
             );
         }
-        for refused in [r#"" ""#, r#""soon""#, "1.5", "[]", "true"] {
+        for refused in ["[]", "{}", "true"] {
             let text = format!(r#"{{"evidenceDeadline":{refused}}}"#);
             assert!(serde_json::from_str::<Dispute>(&text).is_err(), "{refused}");
         }

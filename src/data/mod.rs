@@ -24,7 +24,9 @@
 //!   written. A string holding a number is accepted too, and amounts are
 //!   written back as JSON numbers with the same digits. See [`amount`].
 //! - **Times** are [`Timestamp`](crate::Timestamp)s, whether sent as epoch milliseconds or as
-//!   RFC 3339 strings.
+//!   RFC 3339 strings. A time in a form not read as one (a date-time
+//!   without its offset, say) is `None`, as an empty string is, rather
+//!   than a refused event: see [`time`].
 //! - **String enums** (statuses, reasons, intervals, ...) have an `Unknown`
 //!   variant that keeps a value this crate does not know yet. The dispute
 //!   status is an integer, and [`DisputeStatus::Unknown`] keeps unknown codes.
