@@ -18,8 +18,8 @@
 //! key works (`CLINK_WEBHOOK_SIGNING_KEY=whsec_clink_webhooks_development_only`).
 //! The key is never printed.
 
-use clink_webhooks::events::AnyEvent;
-use clink_webhooks::{sign, Timestamp, Verifier};
+use clink_webhooks::events::{AnyEvent, EventError};
+use clink_webhooks::{sign, EventType, Timestamp, Verifier};
 
 /// A line on stdout. Not `println!`, which panics once stdout is closed
 /// (a terminal gone, a log reader that stopped): a handler that prints
@@ -42,48 +42,80 @@ macro_rules! note {
 
 /// What a receiver does with one delivery: the status to answer and, for the
 /// log, what happened. In your framework, answer with the status (and the
-/// code as the body, if you like); run your side effects where this prints.
+/// code as the body, if you like).
 fn receive(verifier: &Verifier, timestamp: &str, signature: &str, body: &[u8]) -> u16 {
-    match verifier.construct_event(timestamp, signature, body) {
-        Ok(event) => {
-            // Verified. Values from the body are data, printed with `{:?}`
-            // so that no control character reaches the terminal or the log.
-            match &event {
-                AnyEvent::OrderSucceeded(order) => say!(
-                    "order {:?} paid {:?} {:?}",
-                    order.data.order_id,
-                    order.data.amount_total,
-                    order.data.payment_currency
-                ),
-                AnyEvent::RefundSucceeded(refund) => {
-                    say!("refund {:?} done", refund.data.refund_id);
-                }
-                AnyEvent::Unknown(raw) => say!(
-                    "event type {:?} is new to this crate; acknowledged",
-                    raw.event_type().as_str()
-                ),
-                other => say!(
-                    "{:?} not handled here; acknowledged",
-                    other.event_type().as_str()
-                ),
-            }
-            // Clink retries until it gets a 2xx, so the same event can come
-            // again: keep the ids you have handled (an `IdempotencyStore`
-            // does this with a lease) and skip those you have.
-            say!("  event id {:?}", event.id());
-            200
+    let event = match verifier.construct_event(timestamp, signature, body) {
+        Ok(event) => event,
+        // Authentic, of a type this receiver does not handle, with data
+        // this crate's type for it does not read: acknowledged, as the
+        // layer acknowledges a type no handler takes. Answering 500 would
+        // have Clink retry it for a day for nothing.
+        Err(EventError::Decode(error)) if !handles(error.event_type()) => {
+            note!(
+                "{:?} not handled here; acknowledged ({error})",
+                error.event_type().as_str()
+            );
+            return 200;
         }
         Err(error) => {
-            // The message says what to check and never holds the key; it can
-            // quote the body, so log it rather than send it back.
+            // The message says what to check and never holds the key; it
+            // can quote the body, so log it rather than send it back.
             note!(
                 "refused: {} {} ({error})",
                 error.status().as_u16(),
                 error.code()
             );
-            error.status().as_u16()
+            return error.status().as_u16();
+        }
+    };
+    // Clink retries until it gets a 2xx, so the same event can come again:
+    // keep the ids you have handled (an `IdempotencyStore` does this with a
+    // lease) and skip those you have.
+    match handle(&event) {
+        Ok(()) => {
+            say!("  event id {:?}", event.id());
+            200
+        }
+        // Failed: answered 500, so that Clink delivers it again.
+        Err(error) => {
+            note!("event {:?} failed: {error}; answered 500", event.id());
+            500
         }
     }
+}
+
+/// The types [`handle`] does something with.
+fn handles(event_type: &EventType) -> bool {
+    matches!(
+        event_type,
+        EventType::OrderSucceeded | EventType::RefundSucceeded
+    )
+}
+
+/// Your side effects, run where this prints: an error when they failed.
+/// Values from the body are data, printed with `{:?}` so that no control
+/// character reaches the terminal or the log.
+fn handle(event: &AnyEvent) -> Result<(), std::io::Error> {
+    match event {
+        AnyEvent::OrderSucceeded(order) => say!(
+            "order {:?} paid {:?} {:?}",
+            order.data.order_id,
+            order.data.amount_total,
+            order.data.payment_currency
+        ),
+        AnyEvent::RefundSucceeded(refund) => {
+            say!("refund {:?} done", refund.data.refund_id);
+        }
+        AnyEvent::Unknown(raw) => say!(
+            "event type {:?} is new to this crate; acknowledged",
+            raw.event_type().as_str()
+        ),
+        other => say!(
+            "{:?} not handled here; acknowledged",
+            other.event_type().as_str()
+        ),
+    }
+    Ok(())
 }
 
 /// The verifier of the endpoint's signing secret, from
@@ -136,6 +168,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A body changed in transit is refused with 401, and says why.
     let tampered = br#"{"id":"evt_1","type":"order.succeeded","data":{"orderId":"ord_1","amountTotal":0.01,"paymentCurrency":"USD"}}"#;
     assert_eq!(receive(&verifier, &timestamp, &signature, tampered), 401);
+
+    // A type not handled here whose data does not read: acknowledged.
+    let unreadable = br#"{"id":"evt_2","type":"dispute.won","data":{"chargeBackId":["cb_1"]}}"#;
+    let signature = sign(&secret, &timestamp, unreadable);
+    assert_eq!(receive(&verifier, &timestamp, &signature, unreadable), 200);
 
     // A signed body that is not a Clink event is refused with 400.
     let not_an_event = br#"{"type":"order.succeeded"}"#;

@@ -1,6 +1,8 @@
 //! [`Verifier::construct_event`]: a delivery's two header values and raw
 //! body in, a verified [`AnyEvent`] out, refused for the same reasons as by
-//! the [layer](crate::ClinkLayer), with an [`EventError`].
+//! the [layer](crate::ClinkLayer), with an [`EventError`] (but for data that
+//! does not decode, which the layer reads only for the types a handler
+//! takes).
 
 use std::fmt;
 use std::time::SystemTime;
@@ -36,6 +38,14 @@ impl Verifier {
     /// 4. the data is decoded into the variant of [`AnyEvent`] for its type
     ///    ([`AnyEvent::from_raw`]); a type this crate does not know is
     ///    [`AnyEvent::Unknown`], never an error.
+    ///
+    /// Every known type's data is decoded, where the layer decodes only
+    /// the types a handler takes (and answers `200` for the others). A
+    /// type your receiver does not handle whose data does not decode is
+    /// [`EventError::Decode`], whose `500` would have Clink retry it for a
+    /// day for nothing: answer `200` for it, as the layer does (its
+    /// [`DecodeError::event_type`] says which type it is; the
+    /// `verify_only` example shows how).
     ///
     /// It does not deduplicate: Clink retries a delivery until it gets a
     /// `2xx`, so keep the [`id`](AnyEvent::id)s you have handled (an
@@ -118,8 +128,10 @@ pub enum EventError {
     /// separator character), or is longer than the layer can store (`400`).
     InvalidEventId,
     /// The event's data did not decode into the type this crate has for it
-    /// (`500`, so that Clink retries it, as the layer does for data no
-    /// handler can read).
+    /// (`500`, so that Clink retries it, as the layer does for data a
+    /// handler cannot read). For a type your receiver does not handle,
+    /// answer `200` instead, as the layer does: see
+    /// [`Verifier::construct_event`].
     Decode(DecodeError),
 }
 

@@ -660,6 +660,13 @@ fn verify_only_verifies_with_the_key_it_is_given() {
         finished.stderr.contains("refused: 401 signature_mismatch"),
         "{finished:?}"
     );
+    // A type it does not handle, whose data does not read: acknowledged.
+    assert!(
+        finished
+            .stderr
+            .contains(r#""dispute.won" not handled here; acknowledged"#),
+        "{finished:?}"
+    );
 }
 
 /// `verify_only` logs its refusals without `eprintln!`, which panics
