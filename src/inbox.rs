@@ -358,11 +358,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let asked = tokio::time::Instant::now();
             claiming.store(true, Ordering::SeqCst);
             // A panic in an inbox of the caller's own is an error like
-            // another, not the end of this worker.
-            let claimed = CatchUnwind::new(
+            // another, not the end of this worker: in the call itself too,
+            // before its future (the call is made inside the guard).
+            let claimed = CatchUnwind::new(async {
                 self.inbox
-                    .claim(self.settings.lease, self.settings.reorder_window),
-            )
+                    .claim(self.settings.lease, self.settings.reorder_window)
+                    .await
+            })
             .await
             .unwrap_or_else(|panic| {
                 tracing::error!(panic, "inbox: taking an event panicked");
@@ -387,8 +389,17 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 }),
                 Ok(Some(claim)) => self.handle_guarded(claim, asked).await,
                 Ok(None) => {
+                    // A wait that panics is a poll's time, not the end of
+                    // this worker.
+                    let waited = async {
+                        let waited = CatchUnwind::new(async { self.inbox.wait(IDLE_POLL).await });
+                        if let Err(panic) = waited.await {
+                            tracing::error!(panic, "inbox: waiting for an event panicked");
+                            tokio::time::sleep(IDLE_POLL).await;
+                        }
+                    };
                     tokio::select! {
-                        () = self.inbox.wait(IDLE_POLL) => {}
+                        () = waited => {}
                         _ = stopped.changed() => {}
                     }
                 }

@@ -1266,6 +1266,88 @@ async fn a_panic_completing_a_handled_event_does_not_run_it_again() {
     }
 }
 
+/// A [`MemoryInbox`] whose `claim` and `wait` panic in the call itself
+/// (before any future is made, as an inbox doing its work in the method's
+/// body would), the first `claims` and `waits` times.
+struct PanicsInTheCall {
+    inner: MemoryInbox,
+    claims: std::sync::atomic::AtomicUsize,
+    waits: std::sync::atomic::AtomicUsize,
+}
+
+/// Takes one from `left`, if any is left: whether one was.
+fn one_less(left: &std::sync::atomic::AtomicUsize) -> bool {
+    left.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |left| left.checked_sub(1),
+    )
+    .is_ok()
+}
+
+impl Inbox for PanicsInTheCall {
+    delegate_inbox!(inner: insert, insert_dead, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable);
+    fn claim(
+        &self, lease: Duration, reorder_window: Duration,
+    ) -> clink_webhooks::BoxFuture<
+        '_,
+        Result<Option<clink_webhooks::store::InboxClaim>, clink_webhooks::store::StoreError>,
+    > {
+        assert!(!one_less(&self.claims), "an inbox bug in claim");
+        self.inner.claim(lease, reorder_window)
+    }
+    fn wait(&self, timeout: Duration) -> clink_webhooks::BoxFuture<'_, ()> {
+        // Only once the claims have stopped panicking: each wait follows
+        // a claim that found nothing.
+        assert!(!one_less(&self.waits), "an inbox bug in wait");
+        self.inner.wait(timeout)
+    }
+}
+
+/// A panic in the inbox's `claim` or `wait` call itself, before its
+/// future, is an error like another: the one worker goes on and handles
+/// the event inserted after them. Before, such a panic ended the worker
+/// task, and nothing handled the events the intake went on acknowledging.
+#[tokio::test]
+async fn a_panic_in_the_inboxs_claim_or_wait_call_does_not_end_the_worker() {
+    let inbox = Arc::new(PanicsInTheCall {
+        inner: MemoryInbox::new(),
+        claims: std::sync::atomic::AtomicUsize::new(2),
+        waits: std::sync::atomic::AtomicUsize::new(2),
+    });
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok::<_, std::io::Error>(()))
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    let panicked =
+        |left: &std::sync::atomic::AtomicUsize| left.load(std::sync::atomic::Ordering::SeqCst) == 0;
+    while !(panicked(&inbox.claims) && panicked(&inbox.waits)) {
+        assert!(Instant::now() < deadline, "the worker stopped calling");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    inbox.insert(&event("evt_after", None, 1)).await.unwrap();
+    tokio::time::timeout(DRAIN_PATIENCE, pool.drained(Duration::MAX))
+        .await
+        .expect("drained")
+        .unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox
+        .get(seq_of(&*inbox, "evt_after").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.status, InboxStatus::Done, "{entry:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// A panic in a worker outside the handlers (here in the inbox's
 /// `complete`) neither ends the worker nor gives the event back: with one
 /// worker, the events after it are handled, and each of its attempts is
