@@ -559,6 +559,17 @@ impl SqliteInbox {
                     .map_err(failed)?;
                 // An error drops `tx`, which rolls it back.
                 let value = effects(&tx)?;
+                // SQLite rolls a transaction back by itself on some errors
+                // (a full disk, `RAISE(ROLLBACK)`, `ON CONFLICT ROLLBACK`):
+                // effects that went past such an error have nothing left to
+                // commit, and the completion must not be written alone.
+                if tx.is_autocommit() {
+                    return Err(Box::new(StoreError::new(
+                        StoreErrorKind::Protocol,
+                        "the effects' transaction was rolled back by SQLite on an error they went \
+                         past; nothing was committed, and the event is not done",
+                    )));
+                }
                 let now = Timestamp::now().as_millis();
                 let changed = tx
                     .execute(&COMPLETE, params![seq, token, now])
@@ -1674,6 +1685,52 @@ mod settle_tests {
             ["evt_a"],
             "the taken-over claim's effects rolled back"
         );
+        drop(inbox);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Effects that go past an error on which SQLite rolled their
+    /// transaction back (here `ON CONFLICT ROLLBACK`) do not make the event
+    /// done: the completion is refused, nothing is committed. Before, the
+    /// completion was written alone, in autocommit, and the event was done
+    /// without its effects.
+    #[tokio::test]
+    async fn effects_rolled_back_by_sqlite_leave_the_event_not_done() {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-rolled-back-{}-{}",
+            std::process::id(),
+            crate::store::LeaseToken::generate().as_str()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.db");
+        let inbox = SqliteInbox::open(&path).unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE paid (id TEXT UNIQUE ON CONFLICT ROLLBACK); \
+                 INSERT INTO paid VALUES ('ord_1')",
+            )
+            .unwrap();
+        inbox
+            .insert(&crate::store::NewEvent::order_succeeded("evt_a"))
+            .await
+            .unwrap();
+        let claimed = inbox
+            .claim(Duration::from_secs(300), Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        let error = inbox
+            .complete_with(&attempt(&claimed), |tx| {
+                // "Paid already": an error the effects go past.
+                let _ = tx.execute("INSERT INTO paid VALUES ('ord_1')", []);
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("rolled back"), "{error}");
+        let entry = inbox.get(claimed.entry.seq).await.unwrap().unwrap();
+        assert_eq!(entry.status, InboxStatus::Running, "{entry:?}");
         drop(inbox);
         std::fs::remove_dir_all(&dir).unwrap();
     }
