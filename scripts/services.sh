@@ -78,11 +78,27 @@ services_apt_install() {
     apt-get install -y -qq --no-install-recommends "$2" >&2 || services_die "apt-get install $2 failed"
 }
 
+# The lowest port the kernel hands out as a connection's own (its
+# ephemeral range, 32768 on most machines): the servers' ports are drawn
+# below it, so that a server restarted by a kill test never finds its port
+# taken meanwhile by some connection's source port.
+services_ephemeral_low() {
+    local low
+    low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
+    case "$low" in
+        '' | *[!0-9]*) low=32768 ;;
+    esac
+    # Room for a cluster node's port and its bus port (+10000) below it.
+    [ "$low" -ge 22000 ] || low=32768
+    echo "$low"
+}
+
 # A port nothing listens on now (services_launch retries if it is taken meanwhile).
 services_free_port() {
-    local port
+    local port low
+    low=$(services_ephemeral_low)
     for _ in $(seq 50); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((10000 + RANDOM % (low - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
@@ -93,9 +109,10 @@ services_free_port() {
 
 # A port for a cluster node: it and its cluster bus port (+10000) are free.
 services_free_cluster_port() {
-    local port
+    local port low
+    low=$(services_ephemeral_low)
     for _ in $(seq 50); do
-        port=$((20000 + RANDOM % 25000))
+        port=$((10000 + RANDOM % (low - 20000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
             ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null; then
             echo "$port"
@@ -628,6 +645,10 @@ services_start_valkey() {
 
 services_start() {
     SERVICES_DIR=$(mktemp -d /tmp/clink-services.XXXXXX) || services_die "mktemp failed"
+    # The tests signal their processes with the `kill` program (procps).
+    if ! [ -x /bin/kill ] && ! [ -x /usr/bin/kill ]; then
+        services_apt_install kill procps
+    fi
     services_start_redis
     services_start_valkey
     services_make_certs

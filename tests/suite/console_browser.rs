@@ -29,9 +29,11 @@ mod cdp;
 use cdp::Chrome;
 
 /// The flags every Chromium of these tests runs with.
-const HEADLESS: [&str; 10] = [
+const HEADLESS: [&str; 11] = [
     "--headless",
     "--no-sandbox",
+    // A container's /dev/shm (64 MiB by default) is too small for it.
+    "--disable-dev-shm-usage",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",

@@ -1423,16 +1423,18 @@ async fn sigterm_gives_deliveries_and_publishes_one_deadline() {
 /// From SIGTERM on, the workers take no new event while the deliveries
 /// in progress finish: with a delivery whose body never ends holding the
 /// HTTP drain to the end of the timeout, the publish in flight finishes
-/// (the app answers it in 1 s) and the next event of its object, ready
+/// (the app answers it in 5 s) and the next event of its object, ready
 /// once it did, is not started, so no publish begins that the end of the
 /// deadline would cut off and publish again after the restart. (The
-/// workers went on through the drain, and took it.)
+/// workers went on through the drain, and took it.) The app's 5 s are the
+/// time the test has to send the signal once the first publish began,
+/// and the shutdown's 12 s leave it time to finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigterm_the_workers_start_no_new_publish() {
-    const SHUTDOWN: Duration = Duration::from_secs(5);
+    const SHUTDOWN: Duration = Duration::from_secs(12);
     let dir = TempDir::new("nonew");
     let app = Arc::new(App::default());
-    app.delay_ms.store(1_000, Ordering::SeqCst);
+    app.delay_ms.store(5_000, Ordering::SeqCst);
     let app_addr = start_app(Arc::clone(&app)).await;
     let gateway = gateway_for_shutdown(&dir, "nonew", app_addr, SHUTDOWN).await;
     let client = client();
