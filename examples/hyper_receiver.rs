@@ -14,6 +14,12 @@
 //! 3339 time, the end of the rotation's grace) the older ones only until
 //! then.
 //!
+//! Its idempotency store is the layer's default, in memory: one instance
+//! only (it says so on stderr). Two instances behind a load balancer need a
+//! shared store, or each can handle the same event; the `axum_receiver`
+//! example shows one (`REDIS_URL`, `DATABASE_URL`), and the layer takes it
+//! alike here.
+//!
 //! It listens on `$CLINK_BIND:$PORT` (default `127.0.0.1:3001`; set
 //! `CLINK_BIND=0.0.0.0`, or `::`, to take deliveries from other hosts):
 //! `POST /webhooks/clink` goes through the layer to an [`EventRouter`],
@@ -251,6 +257,12 @@ async fn run() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
             ));
             Ok::<_, std::io::Error>(())
         });
+    // The layer's default idempotency store, in this process's memory.
+    eprintln!(
+        "idempotency store: in memory (one instance only; behind a load balancer, give \
+         the layer a shared store, as the axum_receiver example does with REDIS_URL or \
+         DATABASE_URL)"
+    );
     let layer = ClinkLayer::new(verifier);
     let readiness = layer.readiness();
     let webhook = layer.route(router);

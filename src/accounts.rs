@@ -8,7 +8,10 @@
 //! header, or the host), asks a [`KeySource`] for that account's
 //! [`Verifier`] on every delivery, and verifies with it. An unknown account
 //! is answered `404` before the body is read and touches no store; a key
-//! source that cannot answer is `503`, so Clink retries.
+//! source that cannot answer is `503`, so Clink retries (but
+//! [`CachedKeySource`] answers for the accounts it found before with the
+//! keys it found, for a while: see its
+//! [`stale_if_error`](CachedKeySource::stale_if_error)).
 //!
 //! The account is part of the [`VerifiedEvent`](crate::VerifiedEvent), of
 //! the delivery's `tracing` span, and of every idempotency and freshness
@@ -24,7 +27,7 @@
 //! [`precheck`](CachedKeySource::precheck) before any lookup.
 //!
 //! ```
-//! use std::time::{Duration, SystemTime};
+//! use std::time::Duration;
 //! use clink_webhooks::accounts::{AccountFrom, KeyMap};
 //! use clink_webhooks::{sign, ClinkLayer, EventRouter, Layer, SigningKey, Timestamp, Verifier};
 //!
@@ -36,17 +39,21 @@
 //! let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, keys.clone());
 //! let service = layer.layer(EventRouter::new());
 //!
-//! // Later, a rotation. The account's verifier is replaced whole, so it
-//! // holds both keys: the new one, and the old one until it expires.
-//! let day = SystemTime::now() + Duration::from_secs(86_400);
-//! let rotated = Verifier::from_key(&SigningKey::new("whsec_eu_new")?.named("current")?)
-//!     .add_key(SigningKey::new("whsec_eu")?.named("previous")?.expires_at(day));
-//! keys.insert("acct_eu", rotated)?;
+//! // Later, a rotation: the new key from now on, and the old one for the
+//! // deliveries stamped before the rotation (Clink signs nothing with a
+//! // secret after rotating it), for a day at most.
+//! let stamped_before = Timestamp::now().as_millis().to_string();
+//! keys.rotate(
+//!     "acct_eu",
+//!     SigningKey::new("whsec_eu_new")?.named("current")?,
+//!     Duration::from_secs(86_400),
+//! );
 //!
 //! let eu = keys.get("acct_eu").unwrap();
-//! let ts = Timestamp::now().as_millis().to_string();
-//! let old = eu.verify(&ts, &sign("whsec_eu", &ts, b"{}"), b"{}").unwrap();
-//! assert_eq!(old.key_name(), "previous");
+//! let ts = stamped_before;
+//! assert!(eu.verify(&ts, &sign("whsec_eu", &ts, b"{}"), b"{}").is_ok());
+//! let new = eu.verify(&ts, &sign("whsec_eu_new", &ts, b"{}"), b"{}").unwrap();
+//! assert_eq!(new.key_name(), "current");
 //! # Ok::<(), clink_webhooks::ConfigError>(())
 //! ```
 
@@ -295,8 +302,10 @@ impl KeyMap {
     }
 
     /// Rotates the signing secret of `account`: `key` from now on, and the
-    /// keys it has now for `grace` more (see [`Verifier::rotated`]). Returns
-    /// whether the account was there; an unknown account is left unknown.
+    /// keys it has now for `grace` more at most, for the deliveries stamped
+    /// before the rotation alone (Clink signs nothing with a secret after
+    /// rotating it; see [`Verifier::rotated`]). Returns whether the account
+    /// was there; an unknown account is left unknown.
     pub fn rotate(&self, account: &str, key: SigningKey, grace: Duration) -> bool {
         self.rotate_at(account, key, grace, std::time::SystemTime::now())
     }

@@ -111,7 +111,10 @@ pub enum ClinkEventRejection {
 }
 
 impl ClinkEventRejection {
-    /// The status this rejection answers with.
+    /// The status this rejection answers with. The layer around it may
+    /// answer otherwise: an [`Undecodable`](Self::Undecodable) event it
+    /// keeps in its [`dead_letters`](crate::ClinkLayer::dead_letters) is
+    /// answered `200`.
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
@@ -120,7 +123,12 @@ impl ClinkEventRejection {
         }
     }
 
-    /// The text of the response body.
+    /// A short text saying what happened, for a log or a response of your
+    /// own. The rejection's own response (its [`IntoResponse`]) is not this
+    /// text: it is the JSON of the layer's [`Outcome`] for it
+    /// (`{"ok":true,"outcome":"unhandled"}` for another type, the
+    /// `undecodable` and `handler_failed` errors otherwise), which the
+    /// layer reads.
     #[must_use]
     pub fn body_text(&self) -> String {
         match self {
@@ -140,9 +148,11 @@ impl fmt::Display for ClinkEventRejection {
                 f.write_str("no verified Clink event in the request: put ClinkLayer on this route")
             }
             Self::Undecodable(error) => fmt::Display::fmt(error, f),
+            // The type comes from the body: escaped wherever it is printed.
             Self::OtherType(event_type) => write!(
                 f,
-                "a {event_type} event reached a handler for another event type; acknowledged without handling"
+                "a {} event reached a handler for another event type; acknowledged without handling",
+                crate::events::printable(event_type.as_str())
             ),
         }
     }
@@ -267,5 +277,25 @@ impl IntoResponse for HandlerError {
     fn into_response(self) -> Response {
         tracing::error!(error = ?self.0.to_string(), "clink handler failed; the delivery will be retried");
         Outcome::HandlerFailed.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event type from a body is printed escaped in the rejection's
+    /// text, whoever logs it: a terminal escape or a right-to-left
+    /// override in it neither colours nor reorders a log. Before, the
+    /// type was written as sent.
+    #[test]
+    fn another_type_is_printed_escaped() {
+        let rejection = ClinkEventRejection::OtherType(EventType::from("order.\u{1b}[2J\u{202e}x"));
+        let text = rejection.to_string();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("order."), "{text:?}");
     }
 }

@@ -18,17 +18,20 @@
 //! # Example
 //!
 //! ```
+//! use std::io::Write as _;
 //! use clink_webhooks::{events, ClinkLayer, EventRouter, Verifier};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Your side effects go in the handlers; an error has Clink retry the
+//! // event. (Written with `writeln!`, not `println!`, which panics once
+//! // stdout is closed; a real app logs with `tracing`.)
 //! let router = EventRouter::new()
 //!     .on::<events::OrderSucceeded, _>(|event| async move {
-//!         println!("order {:?} paid: {:?}", event.data.order_id, event.data.amount_total);
-//!         Ok::<_, std::io::Error>(())
+//!         let (order, paid) = (&event.data.order_id, &event.data.amount_total);
+//!         writeln!(std::io::stdout(), "order {order:?} paid: {paid:?}")
 //!     })
 //!     .on::<events::RefundSucceeded, _>(|event| async move {
-//!         println!("refund {:?} done", event.data.refund_id);
-//!         Ok::<_, std::io::Error>(())
+//!         writeln!(std::io::stdout(), "refund {:?} done", event.data.refund_id)
 //!     });
 //!
 //! // A tower service: mount it with axum's `route_service`, or serve it with hyper.

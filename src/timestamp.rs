@@ -23,8 +23,9 @@
 //!
 //! Every value reads back from what it writes: [`Display`](fmt::Display) and
 //! serialization give RFC 3339 for years 0000 to 9999 and the epoch
-//! milliseconds as a signed integer outside them, and [`FromStr`] and
-//! deserialization read both.
+//! milliseconds in signed digits outside them (serialized as a JSON
+//! string, `"253402300800000"`), and [`FromStr`] and deserialization read
+//! both.
 
 use std::fmt;
 use std::str::FromStr;

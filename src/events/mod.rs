@@ -8,7 +8,8 @@
 //! accepted: the resource directly in `data` or wrapped as `data.object`;
 //! `created` as an RFC 3339 string or as epoch milliseconds; `livemode`
 //! present or not. Unknown fields and unknown event names never fail a
-//! delivery.
+//! delivery (but a name longer than 128 bytes, which no Clink name comes
+//! near, is refused as no envelope).
 //!
 //! A key given twice is ambiguous: JSON does not say which copy counts, and
 //! readers differ (most keep the last, some the first, some refuse). So a

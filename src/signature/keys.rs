@@ -51,8 +51,11 @@ const MAX_NAME_LEN: usize = 64;
 /// and the inbox say matched, so that an operator can tell when the old key
 /// of a rotation stops being used. Without one, the key is named by a short
 /// fingerprint of the secret (`key-` and 8 hex digits of a SHA-256 of it),
-/// which says which key it was without saying anything usable about the
-/// secret.
+/// which says which key it was without saying anything usable about a
+/// random secret such as Clink's. About a guessable one (a word, the
+/// README's development key) it says whether a guess is right, to whoever
+/// reads the metrics or the logs: give such a key a [name](Self::named),
+/// or better, a random secret.
 ///
 /// The secret is zeroized when the key is dropped and never shown by `Debug`.
 /// The first 1,024 distinct names a process gives its keys are kept once

@@ -53,7 +53,9 @@ impl LiveVerifier {
     }
 
     /// Accepts `key` from now on, and the keys in use now for `grace` more
-    /// (see [`Verifier::rotated`]). Two rotations at once both apply.
+    /// at most, for the deliveries stamped before the rotation alone (Clink
+    /// signs nothing with a secret after rotating it; see
+    /// [`Verifier::rotated`]). Two rotations at once both apply.
     pub fn rotate(&self, key: SigningKey, grace: Duration) {
         self.rotate_at(key, grace, SystemTime::now());
     }

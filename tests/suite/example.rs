@@ -696,6 +696,11 @@ fn verify_only_logs_a_refusal_to_a_closed_stderr_without_a_panic() {
 #[tokio::test]
 async fn the_hyper_receiver_handles_a_delivery_and_stops_gracefully_on_sigterm() {
     let process = example("hyper_receiver", Some(KEY));
+    // Its store, in memory, said to be for one instance only.
+    Process::line_starting(
+        &process.stderr,
+        "idempotency store: in memory (one instance only",
+    );
     let line = Process::line_starting(&process.stderr, "listening on ");
     let url = &line["listening on ".len()..];
     let body = r#"{"id":"evt_hyper_1","type":"order.succeeded","data":{"orderId":"ord_1"}}"#;
