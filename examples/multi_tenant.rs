@@ -11,7 +11,8 @@
 //! <type> <id>` to stdout per handler run. `CLINK_TENANT_KEYS` holds
 //! `account=secret` pairs separated by commas; an account may appear twice
 //! while its secret is rotated, the new secret first (the keys file's
-//! secrets, below, come before the environment's), and both secrets are
+//! secrets, below, come before the environment's, unless the environment
+//! lists the file's newest among its older ones), and both secrets are
 //! then accepted: the older ones until `CLINK_TENANT_OLD_KEYS_EXPIRE` (an
 //! RFC 3339 time, the end of the rotation's grace) when it is set. Without
 //! it they never expire, until someone takes them out, and a warning says
@@ -159,7 +160,24 @@ fn read_keys() -> Result<BTreeMap<String, (Secrets, Verifier)>, Box<dyn std::err
         accounts = parse_pairs(&text, "CLINK_TENANT_KEYS_FILE")?;
     }
     for (account, secrets) in parse_pairs(&keys, "CLINK_TENANT_KEYS")? {
-        accounts.entry(account).or_default().extend(secrets);
+        let listed: &mut Secrets = accounts.entry(account).or_default();
+        // The file's newest secret comes first, unless the environment
+        // lists it among its older ones: then the environment was rotated
+        // past the file, and its newest is the current one. (Otherwise the
+        // older ones' expiry would end the new secret, not the old.)
+        let file_is_older = listed
+            .first()
+            .is_some_and(|newest| secrets.iter().skip(1).any(|older| older == newest));
+        let (first, then) = if file_is_older {
+            (secrets, std::mem::take(listed))
+        } else {
+            (std::mem::take(listed), secrets)
+        };
+        for secret in first.into_iter().chain(then) {
+            if !listed.contains(&secret) {
+                listed.push(secret);
+            }
+        }
     }
     let expire = old_keys_expire()?;
     let mut never = Vec::new();

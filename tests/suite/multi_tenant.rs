@@ -141,6 +141,27 @@ async fn an_accounts_old_secret_is_accepted_until_the_rotation_ends() {
     }
     let finished = tenants.process.terminate();
     assert_eq!(finished.code, Some(0), "{finished:?}");
+
+    // A rotation brought in the environment, the file still holding the
+    // old secret: the environment lists that secret among its older ones,
+    // so its own newest is the current one, and the old one expires.
+    // Before, the file's came first and the new secret expired.
+    std::fs::write(&keys_file, "acct_a=whsec_a_new\n").unwrap();
+    let tenants = start_with(
+        "acct_a=whsec_a_newest,acct_a=whsec_a_new",
+        &keys_file,
+        &[(VAR, "2020-01-01T00:00:00Z")],
+    );
+    for (secret, id, status) in [("whsec_a_new", "old", 401), ("whsec_a_newest", "new", 200)] {
+        let event = fixture_with_id(&EventType::OrderSucceeded, &format!("evt_{id}_env"));
+        assert_eq!(
+            deliver(&tenants.base, "acct_a", secret, &event).await,
+            status,
+            "{secret}"
+        );
+    }
+    let finished = tenants.process.terminate();
+    assert_eq!(finished.code, Some(0), "{finished:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
