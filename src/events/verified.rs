@@ -46,7 +46,12 @@ pub struct VerifiedEvent {
 }
 
 impl VerifiedEvent {
-    /// `event`, verified just now as `verified` says.
+    /// `event`, verified just now as `verified` says. `event` must be read
+    /// from the very body `verified` checked: nothing here ties the two
+    /// together, and the axum extractors and an `EventRouter` served as a
+    /// service take such an event, put in a request's extensions, as
+    /// verified for that request. (A middleware of your own that pairs a
+    /// `Verified` with another body lets that body through unchecked.)
     #[must_use]
     pub fn new(event: RawEvent, verified: &Verified) -> Self {
         Self {

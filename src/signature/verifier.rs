@@ -219,8 +219,9 @@ impl Verifier {
     /// This verifier after a rotation of the endpoint's signing secret:
     /// `key` first, and every key of this one that is still active kept
     /// until `grace` from now (or its own expiry, when sooner). Keys
-    /// already expired are dropped, so rotations do not pile keys up. The
-    /// tolerance settings are kept.
+    /// already expired are dropped, and so are keys rotated out before
+    /// whose last stamp is past the window ([`max_age`](Self::max_age)),
+    /// so rotations do not pile keys up. The tolerance settings are kept.
     ///
     /// Clink signs with the new secret from the rotation on, so a key
     /// rotated out verifies only deliveries stamped (`X-Clink-Timestamp`)
@@ -254,11 +255,20 @@ impl Verifier {
     pub fn rotated_at(&self, key: SigningKey, grace: Duration, now: SystemTime) -> Self {
         let until = now.checked_add(grace);
         let last_signed = Timestamp::from(self.last_signed_at_rotation(now));
+        // A key whose last stamp is older than the window's oldest can
+        // verify nothing any more: dropped too, so that rotations with an
+        // unbounded grace do not pile keys up (each one tried, a full HMAC,
+        // on every signature that matches none).
+        let oldest = now
+            .checked_sub(self.max_age)
+            .map_or(Timestamp::from_millis(i64::MIN), Timestamp::from);
         let mut keys = vec![ActiveKey::from(key)];
         keys.extend(
             self.keys
                 .iter()
-                .filter(|old| old.is_active_at(now))
+                .filter(|old| {
+                    old.is_active_at(now) && old.signed_until.is_none_or(|last| last >= oldest)
+                })
                 .map(|old| {
                     let mut old = old.clone();
                     old.expires_at = match (old.expires_at, until) {
@@ -964,6 +974,20 @@ mod tests {
         // Rotations do not pile keys up: once the grace ends, the next one drops them.
         let again = after.rotated_at(key("newer"), hour, now + 2 * hour);
         assert_eq!(again.key_names().collect::<Vec<_>>(), ["newer", "new"]);
+
+        // Nor with a grace without end: a key rotated out whose last stamp
+        // is past the window verifies nothing, and the next rotation drops
+        // it. Before, every rotation added a key for good.
+        let mut verifier = Verifier::from_key(&key("k0")).max_age(Duration::from_secs(300));
+        for n in 1..=5_u32 {
+            verifier = verifier.rotated_at(key(&format!("k{n}")), Duration::MAX, now + n * hour);
+        }
+        assert_eq!(verifier.key_names().collect::<Vec<_>>(), ["k5", "k4"]);
+        // Rotations within the window keep what can still verify.
+        let quick = Verifier::from_key(&key("a"))
+            .rotated_at(key("b"), Duration::MAX, now)
+            .rotated_at(key("c"), Duration::MAX, now + Duration::from_secs(60));
+        assert_eq!(quick.key_names().collect::<Vec<_>>(), ["c", "b", "a"]);
     }
 
     /// The sender stops signing with a rotated secret at once: through the
