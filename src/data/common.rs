@@ -197,6 +197,66 @@ pub mod time {
     }
 }
 
+/// Reads an optional value of any plain JSON kind (a number, a boolean, a
+/// string) as `T` does, and an empty string as `None`, as `null` and an
+/// absent field are: Clink's optional fields may carry `""` for "absent",
+/// which would otherwise refuse the whole event over one field. For
+/// `#[serde(default, deserialize_with = "super::common::blank_is_none")]`.
+pub(crate) fn blank_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::IntoDeserializer;
+
+    struct BlankIsNone<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for BlankIsNone<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a value, null or an empty string")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            T::deserialize(d).map(Some)
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            T::deserialize(v.into_deserializer()).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(BlankIsNone(PhantomData))
+}
+
 /// Serde helpers for amounts: `Option<Decimal>` read from the JSON number's
 /// own text, so no amount ever passes through `f64`.
 ///
@@ -978,6 +1038,7 @@ pub struct PriceData {
     /// Display name of the item. Always sent by Clink (required in its schema).
     pub name: Option<Text>,
     /// How many units; at least 1.
+    #[serde(default, deserialize_with = "blank_is_none")]
     pub quantity: Option<i32>,
     /// Price per unit, greater than 0. Always sent by Clink (required in its schema).
     #[serde(default, with = "amount")]
@@ -1068,6 +1129,43 @@ mod tests {
         assert!(written
             .get("evidenceDeadline")
             .is_some_and(serde_json::Value::is_null));
+    }
+
+    /// An integer, boolean or dispute status sent as `""` is absent, as
+    /// `null` is; the values themselves read as before, and another kind
+    /// is still an error. Before, `""` refused the whole event.
+    #[test]
+    fn an_empty_string_is_an_absent_number_or_flag() {
+        use crate::data::{Dispute, DisputeStatus, Subscription};
+        let sub: Subscription =
+            serde_json::from_str(r#"{"quantity":"","cancelAtPeriodEnd":"","elapsedCycles":null}"#)
+                .unwrap();
+        assert_eq!(
+            (sub.quantity, sub.cancel_at_period_end, sub.elapsed_cycles),
+            (None, None, None)
+        );
+        let sub: Subscription =
+            serde_json::from_str(r#"{"quantity":2,"cancelAtPeriodEnd":true}"#).unwrap();
+        assert_eq!(
+            (sub.quantity, sub.cancel_at_period_end),
+            (Some(2), Some(true))
+        );
+        let dispute: Dispute = serde_json::from_str(r#"{"status":""}"#).unwrap();
+        assert_eq!(dispute.status, None);
+        let dispute: Dispute = serde_json::from_str(r#"{"status":3}"#).unwrap();
+        assert_eq!(dispute.status, Some(DisputeStatus::Won));
+        for refused in [
+            r#"{"quantity":"2"}"#,
+            r#"{"quantity":[]}"#,
+            r#"{"quantity":1.5}"#,
+            r#"{"quantity":4294967296}"#,
+            r#"{"cancelAtPeriodEnd":"yes"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Subscription>(refused).is_err(),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

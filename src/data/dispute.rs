@@ -54,6 +54,7 @@ pub struct Dispute {
     /// The card network's reason code.
     pub network_reason_code: Option<Text>,
     /// The dispute's state (sent as an integer).
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub status: Option<DisputeStatus>,
     /// The deadline for submitting evidence.
     #[serde(default, with = "time")]

@@ -93,6 +93,7 @@ pub struct InvoiceItem {
     #[serde(default, with = "time")]
     pub period_end: Option<Timestamp>,
     /// `true` for a prorated line.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub proration: Option<bool>,
     /// The price billed.
     pub price: Option<InvoiceItemPrice>,
@@ -115,6 +116,7 @@ pub struct InvoiceItemPrice {
     #[serde(default, with = "amount")]
     pub unit_amount: Option<Decimal>,
     /// How many units.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub quantity: Option<i32>,
     /// The billing cycle.
     pub recurring: Option<Recurring>,
@@ -133,8 +135,10 @@ pub struct Recurring {
     /// (required in its schema).
     pub tiers_mode: Option<TiersMode>,
     /// Days of trial.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub trial_period_days: Option<i32>,
     /// Interval units per cycle; for [`Interval::Custom`], the number of days.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub interval_count: Option<i32>,
 }
 

@@ -15,7 +15,9 @@
 //! - **Every field is an `Option`**, including the few Clink's schema marks
 //!   required (their docs say "always sent by Clink"). Clink sends `null`
 //!   freely, and one missing field should not make a whole event unreadable.
-//!   A field of the wrong type is still an error, and [`DecodeError::path`](crate::events::DecodeError::path)
+//!   An empty string (`""`), which Clink's optional fields may carry for
+//!   "absent", is `None` too for numbers, flags, times and amounts. A field
+//!   of the wrong type is still an error, and [`DecodeError::path`](crate::events::DecodeError::path)
 //!   names it.
 //! - **Unknown fields are ignored**, so fields Clink adds later never fail a
 //!   delivery.

@@ -149,6 +149,7 @@ pub struct LocalPrice {
 #[non_exhaustive]
 pub struct PriceRecurring {
     /// Days of free trial.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub free_trial_days: Option<i32>,
     /// The length of a cycle.
     pub interval: Option<Interval>,

@@ -44,6 +44,7 @@ pub struct Subscription {
     #[serde(default, with = "time")]
     pub create_time: Option<Timestamp>,
     /// Units subscribed. Always sent by Clink (required in its schema).
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub quantity: Option<i32>,
     /// The kind of payment method, e.g. `CARD`. Always sent by Clink
     /// (required in its schema).
@@ -74,6 +75,7 @@ pub struct Subscription {
     #[serde(default, with = "time")]
     pub cancel_at: Option<Timestamp>,
     /// Whether it cancels at the end of the current period.
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub cancel_at_period_end: Option<bool>,
     /// When cancellation was requested.
     #[serde(default, with = "time")]
@@ -89,6 +91,7 @@ pub struct Subscription {
     pub scheduled_phases: Option<Vec<ScheduledPhase>>,
     /// Billing-period boundaries crossed so far; compare with
     /// [`ScheduledPhase::effective_cycle`].
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub elapsed_cycles: Option<i32>,
     /// The checkout session the subscription came from.
     pub session_id: Option<Text>,
@@ -123,13 +126,16 @@ string_enum! {
 pub struct ScheduledPhase {
     /// Position in the schedule, strictly increasing. Always sent by Clink
     /// (required in its schema).
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub sequence: Option<i32>,
     /// The renewal boundary, counted from creation, at which the phase takes
     /// effect; strictly increasing. Always sent by Clink (required in its schema).
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub effective_cycle: Option<i32>,
     /// The target price snapshot. Always sent by Clink (required in its schema).
     pub price_snapshot_id: Option<Text>,
     /// Units from then on. Always sent by Clink (required in its schema).
+    #[serde(default, deserialize_with = "super::common::blank_is_none")]
     pub quantity: Option<i32>,
     /// Merchant key/value pairs (at most 10 keys).
     pub metadata: Option<Metadata>,
