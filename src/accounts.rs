@@ -8,9 +8,9 @@
 //! header, or the host), asks a [`KeySource`] for that account's
 //! [`Verifier`] on every delivery, and verifies with it. An unknown account
 //! is answered `404` before the body is read and touches no store; a key
-//! source that cannot answer is `503`, so Clink retries (but
-//! [`CachedKeySource`] answers for the accounts it found before with the
-//! keys it found, for a while: see its
+//! source that cannot answer is `503`, so Clink retries (unless a
+//! [`CachedKeySource`] is told to answer for the accounts it found before
+//! with the keys it found: see its
 //! [`stale_if_error`](CachedKeySource::stale_if_error)).
 //!
 //! The account is part of the [`VerifiedEvent`](crate::VerifiedEvent), of
@@ -367,10 +367,6 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 /// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
-/// The default [`CachedKeySource::stale_if_error`]: 24 hours, about as
-/// long as Clink retries a delivery.
-pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// While a known account's keys answer for a failing lookup, how long
 /// until it is asked again (or its `ttl`, if shorter): not on every
 /// delivery, against a source that is failing.
@@ -423,18 +419,15 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 ///   (a set of your account ids, a prefix) run before the cache and any
 ///   lookup; a name it refuses is an unknown account (`404`).
 ///
-/// A failed lookup (an error, or a panic of your function) is not cached.
-/// An account a lookup found before is still verified with the keys it
-/// found, for up to [`stale_if_error`](Self::stale_if_error) (default 24
-/// hours) after they expired, and asked about again every 30 s (or every
-/// `ttl`, if shorter) until a lookup answers: an outage of your backend
-/// does not refuse the deliveries of accounts it knew, which Clink would
-/// otherwise retry for a day and then give up on. The source logs such an
-/// outage itself (once when it starts, a summary of counts while it lasts,
-/// once when it ends). Other deliveries waiting on a failed lookup get
-/// `503`, and the next one asks again; the layer logs those failures as an
-/// outage, never one line per delivery. A lookup that hangs is not a
-/// failure until the delivery's time runs out
+/// A failed lookup (an error, or a panic of your function) is not cached:
+/// the deliveries waiting on it get `503`, and the next one asks again;
+/// the layer logs those failures as an outage, never one line per
+/// delivery. Clink retries a delivery for about a day, so an outage of
+/// your backend shorter than that loses nothing. To go on receiving
+/// through a longer one, set [`stale_if_error`](Self::stale_if_error): an
+/// account a lookup found before is then verified with the keys it found,
+/// for that long after they expired, while its lookups fail. A lookup that
+/// hangs is not a failure until the delivery's time runs out
 /// ([`store_timeout`](crate::ClinkLayer::store_timeout)): that delivery
 /// gets `503`.
 ///
@@ -689,7 +682,7 @@ where
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
             known: Mutex::default(),
-            stale_if_error: DEFAULT_STALE_IF_ERROR,
+            stale_if_error: Duration::ZERO,
             stale_outage: crate::outage::OutageLog::new(
                 "key source",
                 "the accounts it found before are verified with the keys it gave",
@@ -699,12 +692,21 @@ where
     }
 
     /// How long past the end of their [`ttl`](Self::ttl) a known account's
-    /// keys answer for it while its lookup fails (default
-    /// [`DEFAULT_STALE_IF_ERROR`], 24 hours). Zero: never; a failed lookup
-    /// is then a `503` for every delivery waiting on it. The keys are those
-    /// your function gave last, each with its own expiry, which still
-    /// holds; a change made in your backend while it fails is seen once a
-    /// lookup answers again.
+    /// keys answer for it while its lookup fails (an error or a panic of
+    /// your function); default zero: never, a failed lookup is a `503` for
+    /// every delivery waiting on it, which Clink retries for about a day.
+    /// Meanwhile the account is asked about again every 30 s (or every
+    /// `ttl`, if shorter), never on every delivery, and the source logs the
+    /// outage itself (once when it starts, a summary of counts while it
+    /// lasts, once when it ends).
+    ///
+    /// The keys are those your function gave last, each with its own
+    /// expiry, which still holds. A change your backend made that no
+    /// lookup has read yet (an account removed, a leaked secret rotated
+    /// out) is not seen while it fails: those keys go on verifying for up
+    /// to this long. So [`forget`](Self::forget) an account whenever its
+    /// secrets change or it is removed, as its docs say: a forgotten
+    /// account has no keys to answer with.
     ///
     /// # Errors
     ///
@@ -881,7 +883,7 @@ where
             return None;
         }
         let verifier = Arc::clone(cached.verifier.as_ref()?);
-        cached.until = now + STALE_RETRY.min(self.ttl);
+        cached.until = (now + STALE_RETRY.min(self.ttl)).min(cached.stale_until);
         Some(verifier)
     }
 
@@ -1537,13 +1539,12 @@ mod lookup_tests {
         assert!(third.is_limited(), "{since:?}");
     }
 
-    /// While its lookups fail (an error or a panic), an account a lookup
-    /// found is verified with the keys found last, for `stale_if_error`
-    /// past their `ttl`, asked about again every 30 s, never on every
-    /// delivery; the outage is logged when it starts and when it ends.
-    /// Past `stale_if_error` a failure is an error. Before, each failure
-    /// was a `503` once the keys' `ttl` had ended, for as long as the
-    /// backend was down: Clink gave up on the deliveries after a day.
+    /// With `stale_if_error` set, while its lookups fail (an error or a
+    /// panic), an account a lookup found is verified with the keys found
+    /// last, for `stale_if_error` past their `ttl`, asked about again every
+    /// 30 s, never on every delivery; the outage is logged when it starts
+    /// and when it ends. Past `stale_if_error` a failure is an error, and
+    /// the 30 s between two lookups end with it.
     #[test]
     fn a_known_accounts_keys_answer_while_its_lookups_fail() {
         let lines = crate::outage::tests::logged(|| async {
@@ -1596,9 +1597,36 @@ mod lookup_tests {
                 "{error}"
             );
             assert!(!source.is_known("acct_a"));
+
+            // The 30 s before the next lookup end where the stale keys do.
+            fails.store(0, Ordering::SeqCst);
+            let brief = CachedKeySource::new({
+                let fails = Arc::clone(&fails);
+                move |_account: String| {
+                    let fail = fails.load(Ordering::SeqCst) != 0;
+                    async move {
+                        if fail {
+                            Err(std::io::Error::other("down"))
+                        } else {
+                            Ok(Some(Verifier::new("k").unwrap()))
+                        }
+                    }
+                }
+            })
+            .ttl(Duration::from_secs(60))
+            .unwrap()
+            .stale_if_error(Duration::from_secs(1))
+            .unwrap();
+            assert!(brief.verifier("acct_b").await.unwrap().is_some());
+            fails.store(1, Ordering::SeqCst);
+            tokio::time::advance(Duration::from_millis(60_500)).await;
+            assert!(brief.verifier("acct_b").await.unwrap().is_some());
+            tokio::time::advance(Duration::from_millis(600)).await;
+            assert!(brief.verifier("acct_b").await.is_err());
         });
         let told = |what: &str| lines.iter().filter(|line| line.contains(what)).count();
-        assert_eq!(told("clink key source unavailable"), 1, "{lines:#?}");
+        // Once for each source's outage; the first one's end told.
+        assert_eq!(told("clink key source unavailable"), 2, "{lines:#?}");
         assert_eq!(told("clink key source available again"), 1, "{lines:#?}");
     }
 

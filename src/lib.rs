@@ -23,15 +23,18 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Your side effects go in the handlers; an error has Clink retry the
-//! // event. (Written with `writeln!`, not `println!`, which panics once
-//! // stdout is closed; a real app logs with `tracing`.)
+//! // event. (Printed with `writeln!`, its error ignored: `println!` panics
+//! // once stdout is closed, and a line that could not be printed is no
+//! // reason to fail the event. A real app logs with `tracing`.)
 //! let router = EventRouter::new()
 //!     .on::<events::OrderSucceeded, _>(|event| async move {
 //!         let (order, paid) = (&event.data.order_id, &event.data.amount_total);
-//!         writeln!(std::io::stdout(), "order {order:?} paid: {paid:?}")
+//!         let _ = writeln!(std::io::stdout(), "order {order:?} paid: {paid:?}");
+//!         Ok::<_, std::io::Error>(())
 //!     })
 //!     .on::<events::RefundSucceeded, _>(|event| async move {
-//!         writeln!(std::io::stdout(), "refund {:?} done", event.data.refund_id)
+//!         let _ = writeln!(std::io::stdout(), "refund {:?} done", event.data.refund_id);
+//!         Ok::<_, std::io::Error>(())
 //!     });
 //!
 //! // A tower service: mount it with axum's `route_service`, or serve it with hyper.

@@ -537,10 +537,17 @@ impl SqliteInbox {
     /// }
     /// ```
     ///
+    /// `effects` must return the first error a statement gives: SQLite
+    /// rolls the transaction back by itself on some (a full disk,
+    /// `ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK)`), and a statement run after
+    /// that runs outside it, committed at once. The completion is then
+    /// refused, and the event runs again.
+    ///
     /// # Errors
     ///
     /// The error of `effects`, or a [`StoreError`] when the transaction
-    /// cannot be written or the event was taken over; nothing was committed.
+    /// cannot be written, was rolled back by SQLite inside `effects`, or
+    /// the event was taken over; nothing of the transaction was committed.
     pub async fn complete_with<T, F>(
         &self, attempt: &InboxAttempt, effects: F,
     ) -> Result<T, BoxError>
@@ -567,7 +574,8 @@ impl SqliteInbox {
                     return Err(Box::new(StoreError::new(
                         StoreErrorKind::Protocol,
                         "the effects' transaction was rolled back by SQLite on an error they went \
-                         past; nothing was committed, and the event is not done",
+                         past; the event is not done (and statements run after that error ran \
+                         outside the transaction): effects must return their first error",
                     )));
                 }
                 let now = Timestamp::now().as_millis();
