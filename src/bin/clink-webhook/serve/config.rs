@@ -341,7 +341,11 @@ fn key_tables(value: &toml::Value) -> Result<Vec<KeySpec>, String> {
                 Some(toml::Value::String(text)) => Ok(Some(text.clone())),
                 Some(_) => Err(at(format!("{name} must be a string"))),
             };
+            // Without the whitespace around it, as a secret from the
+            // environment (a multi-line TOML string ends with a newline,
+            // which would verify nothing).
             let secret = text("secret")?
+                .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| at("secret is missing or empty".to_owned()))?;
             let time = |field: &str| {
@@ -1934,6 +1938,17 @@ mod tests {
             "{lines}"
         );
         assert!(!lines.contains("whsec_"), "{lines}");
+
+        // A secret with whitespace around it (a multi-line string's last
+        // newline) is the secret without it, as from the environment.
+        let mut pairs = minimal();
+        pairs.retain(|(n, _)| *n != "webhook_signing_key");
+        pairs.push(("signing_keys", "[{ secret = \"\"\"\n whsec_new\n\"\"\" }]"));
+        let trimmed = Config::from_pairs(&pairs).unwrap_or_else(|p| panic!("{}", p.0));
+        let Keys::One(keys) = &trimmed.keys else {
+            panic!()
+        };
+        assert_eq!(keys[0].secret.as_str(), "whsec_new");
     }
 
     /// A key rotated out with `signed_until` verifies deliveries stamped up

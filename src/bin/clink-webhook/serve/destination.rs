@@ -1006,6 +1006,20 @@ impl Destination {
                 self.name
             ));
         }
+        let asked = match &self.kind {
+            Kind::Redis { stream, .. } => stream.wait.map(|(replicas, _)| replicas),
+            _ => None,
+        };
+        if let (Some(asked), Some(connected)) = (asked, connected_replicas(role.as_deref())) {
+            if asked > connected {
+                eprintln!(
+                    "gateway: {}: warning: redis_wait_replicas is {asked}, but {connected} \
+                     replicas are connected to the primary now: every publish fails, and its \
+                     event is tried again, until enough are",
+                    self.name
+                );
+            }
+        }
         let (memory, persistence, cluster) = (
             info.pop().flatten(),
             info.pop().flatten(),
@@ -2098,6 +2112,18 @@ impl Streams {
     }
 }
 
+/// How many replicas a primary's answer to `ROLE` lists as connected
+/// (`master`, its offset, then one entry a replica); `None` for any other
+/// answer.
+fn connected_replicas(role: Option<&[redis::Value]>) -> Option<u64> {
+    let [kind, _, redis::Value::Array(replicas), ..] = role? else {
+        return None;
+    };
+    let master = matches!(kind, redis::Value::BulkString(kind) if kind == b"master")
+        || matches!(kind, redis::Value::SimpleString(kind) if kind == "master");
+    master.then(|| u64::try_from(replicas.len()).unwrap_or(u64::MAX))
+}
+
 /// A Redis error without the parts that could quote a URL.
 trait KindText {
     fn kind_text(&self) -> String;
@@ -2160,6 +2186,33 @@ pub(crate) fn redis_test_config(what: &str) -> (Config, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The replicas a primary lists in its answer to `ROLE` are counted, to
+    /// warn at start when `redis_wait_replicas` asks for more; a replica's
+    /// answer, or none, counts nothing.
+    #[test]
+    fn the_replicas_connected_are_read_from_role() {
+        use redis::Value;
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let replica = || Value::Array(vec![text("127.0.0.1"), text("6380"), text("10")]);
+        let primary =
+            |replicas: Vec<Value>| vec![text("master"), Value::Int(10), Value::Array(replicas)];
+        assert_eq!(connected_replicas(Some(&primary(vec![]))), Some(0));
+        assert_eq!(
+            connected_replicas(Some(&primary(vec![replica(), replica()]))),
+            Some(2)
+        );
+        let of_a_replica = vec![
+            text("slave"),
+            text("127.0.0.1"),
+            Value::Int(6379),
+            text("connected"),
+            Value::Int(10),
+        ];
+        assert_eq!(connected_replicas(Some(&of_a_replica)), None);
+        assert_eq!(connected_replicas(Some(&[])), None);
+        assert_eq!(connected_replicas(None), None);
+    }
 
     /// What a stream's limits can remove unread: an age, and a count or a
     /// size whose oldest messages go; a stream that refuses a publish when
