@@ -49,7 +49,7 @@
 //! | [`HandlerPanicked`](Outcome::HandlerPanicked) | 500 | yes | yes, and panicked |
 //! | [`HandlerTimeout`](Outcome::HandlerTimeout) | 500 | yes | yes, and was stopped |
 //! | [`Undecodable`](Outcome::Undecodable) | 500 | yes | no: its data does not decode into the handler's type |
-//! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode, or its body is no event envelope; kept as dead in the dead-letter inbox |
+//! | [`DeadLettered`](Outcome::DeadLettered) | 200 | yes | no: its data does not decode, its body is no event envelope, or its id cannot be kept; kept as dead in the dead-letter inbox |
 //! | [`FailedKeptDead`](Outcome::FailedKeptDead) | 200 | yes | yes, and failed for good ([`Permanent`](crate::router::Permanent)); kept as dead in the dead-letter inbox |
 //!
 //! A `2xx` outcome marks the event completed; any other releases its claim
@@ -162,8 +162,9 @@ pub enum Outcome {
     /// deterministic: retries fail the same way until the code changes.
     Undecodable,
     /// The event's data does not decode into the type its handler takes,
-    /// or the verified body is no event envelope (what is otherwise
-    /// [`InvalidEnvelope`](Self::InvalidEnvelope)); it was kept as dead in
+    /// the verified body is no event envelope (what is otherwise
+    /// [`InvalidEnvelope`](Self::InvalidEnvelope)), or its id cannot be
+    /// kept (otherwise [`InvalidEventId`](Self::InvalidEventId)); it was kept as dead in
     /// the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) and
     /// acknowledged (`200`), to be replayed after an upgrade that reads it.
     DeadLettered,

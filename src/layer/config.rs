@@ -323,7 +323,11 @@ impl ClinkLayer {
     /// acknowledged: it has no id, so it is kept under `not-an-envelope:`
     /// and the SHA-256 of its body in hex, and a retry of it is kept once.
     /// An [`InboxIntake`] made from this layer keeps such bodies in this
-    /// inbox, not in its own.
+    /// inbox, not in its own. So is a verified event whose id cannot be
+    /// kept (a character that does not print as itself, or too long for
+    /// the idempotency store: [`Outcome::InvalidEventId`](crate::Outcome::InvalidEventId),
+    /// `400` without a dead-letter inbox), under `invalid-event-id:` and
+    /// the SHA-256 of its body.
     ///
     /// An event an [`EventRouter`](crate::EventRouter) failed with an error
     /// no retry can mend (a handler's or hook's

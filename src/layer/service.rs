@@ -382,9 +382,21 @@ where
         // deadline from before it, so that a slow claim does not eat the margin.
         let claim_started = Instant::now();
         let mut guard = match claim(&config, &verified, claim_started).await {
-            Err(outcome) => {
+            Err(mut outcome) => {
                 cold();
                 verified.forget_predecoded();
+                // An id the store cannot keep: kept dead, if the layer has
+                // a dead-letter inbox.
+                if outcome == Outcome::InvalidEventId {
+                    let whole = WholeBody {
+                        body: verified.event().body().clone(),
+                        signed_at: verified.signed_at(),
+                        key_name: verified.key_name(),
+                        account: verified.account(),
+                        headers: received.signature_headers(),
+                    };
+                    outcome = Box::pin(dead_letter_invalid_id(&config, whole)).await;
+                }
                 return (layer_response(&outcome), outcome, verified, None);
             }
             Ok(guard) => guard.completing_once(&succeeded),
@@ -567,6 +579,16 @@ async fn dead_letter(
     .await
 }
 
+/// A verified body no event can be made of or kept under its id, with
+/// what the dead-letter inbox keeps beside it.
+pub(super) struct WholeBody<'a> {
+    pub(super) body: Bytes,
+    pub(super) signed_at: Timestamp,
+    pub(super) key_name: &'a str,
+    pub(super) account: Option<&'a str>,
+    pub(super) headers: Option<SignatureHeaders>,
+}
+
 /// Keeps a verified body that is no Clink event envelope (`error` says
 /// why) as dead in the layer's dead-letter inbox, if it has one; the
 /// outcome to answer: [`Outcome::DeadLettered`] once kept, the refusal
@@ -579,36 +601,70 @@ pub(super) async fn dead_letter_not_an_envelope(
     config: &Config, headers: &http::HeaderMap, body: Bytes, verified: &crate::Verified,
     account: Option<&str>, error: crate::events::EnvelopeError,
 ) -> Outcome {
-    let refused = Outcome::InvalidEnvelope(error);
-    let Some(inbox) = &config.dead_letters else {
-        return refused;
-    };
-    use sha2::{Digest as _, Sha256};
-    let id = format!("not-an-envelope:{}", hex::encode(Sha256::digest(&body)));
-    let mut event = NewEvent::new(
-        account.map(str::to_owned),
-        id,
-        String::new(),
-        None,
-        None,
-        verified.signed_at(),
-        Timestamp::now(),
+    let whole = WholeBody {
         body,
-    )
-    .with_signing_key(verified.key_name());
-    if let Some(headers) = signature_headers(headers) {
-        event = event.with_signature_headers(headers);
-    }
+        signed_at: verified.signed_at(),
+        key_name: verified.key_name(),
+        account,
+        headers: signature_headers(headers),
+    };
     let reason = format!(
         "dead: the verified body is not a Clink event envelope ({error}), so no retry can help"
     );
     let what = "a verified body that is not an event envelope";
-    let timeout = config.settings.store_timeout;
-    if keep_dead(config, &**inbox, &event, &reason, timeout, what).await {
+    if dead_letter_whole_body(config, whole, "not-an-envelope", &reason, what).await {
         Outcome::DeadLettered
     } else {
-        refused
+        Outcome::InvalidEnvelope(error)
     }
+}
+
+/// Keeps a verified event whose id cannot be kept (a character that does
+/// not print as itself, or too long for the store) as dead in the layer's
+/// dead-letter inbox, if it has one, as a body that is no envelope is
+/// kept: under `invalid-event-id:` and the SHA-256 of the body. The
+/// outcome: [`Outcome::DeadLettered`] once kept, else the refusal (`400`).
+pub(super) async fn dead_letter_invalid_id(config: &Config, whole: WholeBody<'_>) -> Outcome {
+    if config.dead_letters.is_none() {
+        return Outcome::InvalidEventId;
+    }
+    let reason = "dead: the verified event's id has a character that does not print as itself, \
+                  or is longer than the store can keep, so no retry can help";
+    let what = "a verified event whose id cannot be kept";
+    if dead_letter_whole_body(config, whole, "invalid-event-id", reason, what).await {
+        Outcome::DeadLettered
+    } else {
+        Outcome::InvalidEventId
+    }
+}
+
+/// Keeps `whole` as dead in the layer's dead-letter inbox (if it has one)
+/// under `{label}:` and the SHA-256 of its body in hex, with `reason`;
+/// whether it is kept.
+async fn dead_letter_whole_body(
+    config: &Config, whole: WholeBody<'_>, label: &str, reason: &str, what: &str,
+) -> bool {
+    let Some(inbox) = &config.dead_letters else {
+        return false;
+    };
+    use sha2::{Digest as _, Sha256};
+    let id = format!("{label}:{}", hex::encode(Sha256::digest(&whole.body)));
+    let mut event = NewEvent::new(
+        whole.account.map(str::to_owned),
+        id,
+        String::new(),
+        None,
+        None,
+        whole.signed_at,
+        Timestamp::now(),
+        whole.body,
+    )
+    .with_signing_key(whole.key_name);
+    if let Some(headers) = whole.headers {
+        event = event.with_signature_headers(headers);
+    }
+    let timeout = config.settings.store_timeout;
+    keep_dead(config, &**inbox, &event, reason, timeout, what).await
 }
 
 /// Inserts `event` as dead with `error` into `inbox` within `timeout`,

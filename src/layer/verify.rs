@@ -134,14 +134,26 @@ where
             .await);
         }
     };
-    drop(kept);
     // An id is data, never text to print: one with a line break, a
     // terminal escape or a character that hides or reorders text in it is
-    // refused rather than carried into logs.
+    // refused rather than carried into logs (and kept dead, if the layer
+    // has a dead-letter inbox).
     if has_invisible(event.id()) {
         cold();
-        return Err(Outcome::InvalidEventId);
+        let Some(body) = kept else {
+            return Err(Outcome::InvalidEventId);
+        };
+        let whole = super::service::WholeBody {
+            body,
+            signed_at: verified.signed_at(),
+            key_name: verified.key_name(),
+            account: account.as_deref(),
+            headers: super::service::signature_headers(&parts.headers),
+        };
+        // Boxed: the delivery's future stays the size it is without it.
+        return Err(Box::pin(super::service::dead_letter_invalid_id(config, whole)).await);
     }
+    drop(kept);
     event.set_account(account);
     Ok(VerifiedEvent::new(event, &verified))
 }

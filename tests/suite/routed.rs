@@ -683,6 +683,58 @@ async fn a_permanent_error_is_found_however_it_is_wrapped() {
     assert_eq!(response.status(), 500);
 }
 
+/// A verified event whose id cannot be kept (a line break in it, or too
+/// long for the idempotency store) is kept as dead in the dead-letter
+/// inbox, under the SHA-256 of its body, with its signature headers, and
+/// answered `200`; sent again, it is kept once. Without a dead-letter inbox
+/// it is refused `400`. Before, it was refused `400` either way, retried by
+/// Clink for a day and kept nowhere.
+#[tokio::test]
+async fn a_verified_event_whose_id_cannot_be_kept_is_kept_as_dead() {
+    use clink_webhooks::store::{Inbox, InboxStatus};
+
+    let long_id = format!("evt_{}", "x".repeat(1100));
+    for id in ["evt_1\nforged".to_owned(), long_id] {
+        let body = serde_json::json!({"id": id, "type": "order.created", "data": {}}).to_string();
+        let inbox = Arc::new(MemoryInbox::new());
+        let router = EventRouter::new()
+            .on::<events::OrderCreated, _>(|_event| async { Ok::<_, Infallible>(()) });
+        let layer =
+            ClinkLayer::new(Verifier::new(SECRET).unwrap()).dead_letters(Arc::clone(&inbox));
+        let service = layer.route(router);
+        for _ in 0..2 {
+            let request = SignedRequest::new(SECRET, body.clone()).build::<Full<Bytes>>();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{}", &id[..12]);
+            assert_eq!(Outcome::of(&response), Some(&Outcome::DeadLettered));
+            assert_eq!(inbox.stats().await.unwrap().dead, 1, "kept once");
+            let entry = inbox.get(1).await.unwrap().expect("the dead letter");
+            assert_eq!(entry.status, InboxStatus::Dead);
+            assert!(
+                entry.event.event_id.starts_with("invalid-event-id:"),
+                "{}",
+                entry.event.event_id
+            );
+            assert_eq!(&entry.event.body[..], body.as_bytes());
+            let headers = entry
+                .event
+                .signature_headers
+                .expect("its signature headers");
+            Verifier::new(SECRET)
+                .unwrap()
+                .verify(&headers.timestamp, &headers.signature, &entry.event.body)
+                .expect("verifies with the headers kept");
+        }
+        let without = ClinkLayer::new(Verifier::new(SECRET).unwrap()).route(EventRouter::new());
+        let response = without
+            .oneshot(SignedRequest::new(SECRET, body.clone()).build::<Full<Bytes>>())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(Outcome::of(&response), Some(&Outcome::InvalidEventId));
+    }
+}
+
 /// A verified body that is no event envelope (no id, here) is kept as dead
 /// in the dead-letter inbox, under the SHA-256 of the body, with its
 /// signature headers, and answered `200`: Clink's retries could not help.
