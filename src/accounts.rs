@@ -695,10 +695,10 @@ where
     /// keys answer for it while its lookup fails (an error or a panic of
     /// your function); default zero: never, a failed lookup is a `503` for
     /// every delivery waiting on it, which Clink retries for about a day.
-    /// Meanwhile the account is asked about again every 30 s (or every
-    /// `ttl`, if shorter), never on every delivery, and the source logs the
-    /// outage itself (once when it starts, a summary of counts while it
-    /// lasts, once when it ends).
+    /// When it is set, while the stale keys answer, the account is asked
+    /// about again every 30 s (or every `ttl`, if shorter), never on every
+    /// delivery, and the source logs the outage itself (once when it
+    /// starts, a summary of counts while it lasts, once when it ends).
     ///
     /// The keys are those your function gave last, each with its own
     /// expiry, which still holds. A change your backend made that no

@@ -573,6 +573,17 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let mut permanent = false;
         let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), typed) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
+            // An id that does not print as itself (a dead letter kept for
+            // it, replayed) reaches no handler, which would log it: dead
+            // again at once, as the layer refused it.
+            Ok(raw) if crate::events::has_invisible(raw.id()) => (
+                Outcome::InvalidEventId,
+                Some(
+                    "the event id has a character that does not print as itself, so no \
+                     handler is given it"
+                        .to_owned(),
+                ),
+            ),
             Ok(raw) => {
                 let mut raw = match &kept.account {
                     Some(account) => raw.with_account(account),
@@ -647,8 +658,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // Data that does not decode (or an envelope that does not read)
             // fails the same way every time, and a handler's permanent
             // error says it will: dead at once.
-            let hopeless = if matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_))
-            {
+            let hopeless = if matches!(
+                outcome,
+                Outcome::Undecodable | Outcome::InvalidEnvelope(_) | Outcome::InvalidEventId
+            ) {
                 Hopeless::Undecodable
             } else if permanent {
                 Hopeless::Permanent

@@ -462,9 +462,9 @@ impl fmt::Display for Outcome {
                  the same way until the receiver is upgraded",
             ),
             Self::DeadLettered => f.write_str(
-                "the event's data does not decode into the type its handler takes, or the body \
-                 is no event envelope; it was kept as dead in the dead-letter inbox, to replay \
-                 after an upgrade",
+                "the event's data does not decode into the type its handler takes, the body is \
+                 no event envelope, or its id cannot be kept; it was kept as dead in the \
+                 dead-letter inbox, to replay after an upgrade",
             ),
             Self::FailedKeptDead => f.write_str(
                 "the handler for this event failed with an error no retry can mend; the event \

@@ -30,7 +30,7 @@ use crate::{BoxError, Outcome, Timestamp, VerifiedEvent};
 /// | a new event | `200` | [`Queued`](Outcome::Queued) |
 /// | an event the inbox already holds (same account and event id) | `200`, nothing written | [`Duplicate`](Outcome::Duplicate) |
 /// | an id the inbox cannot keep | `400` | [`InvalidEventId`](Outcome::InvalidEventId) |
-/// | a verified body that is no event envelope, with the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) | `200`, kept as dead there | [`DeadLettered`](Outcome::DeadLettered) |
+/// | a verified body that is no event envelope, or an id the inbox cannot keep, with the layer's [dead-letter inbox](crate::ClinkLayer::dead_letters) | `200`, kept as dead there | [`DeadLettered`](Outcome::DeadLettered) |
 /// | the inbox down or not answering within the store timeout | `503`, nothing acknowledged | [`StoreUnavailable`](Outcome::StoreUnavailable) |
 ///
 /// [Workers](crate::inbox::Workers) run the handlers later.
@@ -135,8 +135,17 @@ async fn keep(
         Ok(Inserted::New) => Outcome::Queued,
         Ok(Inserted::Duplicate) => Outcome::Duplicate,
         Err(error) if error.kind() == StoreErrorKind::InvalidInput => {
-            tracing::warn!(%error, "clink delivery: the event cannot be kept; answering 400");
-            Outcome::InvalidEventId
+            tracing::warn!(%error, "clink delivery: the event cannot be kept in the inbox");
+            // Kept dead in the layer's dead-letter inbox, if it has one,
+            // under the SHA-256 of its body; refused `400` otherwise.
+            let whole = super::service::WholeBody {
+                body: verified.event().body().clone(),
+                signed_at: verified.signed_at(),
+                key_name: verified.key_name(),
+                account: verified.account(),
+                headers: signature_headers(&parts.headers),
+            };
+            Box::pin(super::service::dead_letter_invalid_id(config, whole)).await
         }
         Err(error) => {
             // An outage, logged as one: not a line per delivery.
@@ -269,6 +278,20 @@ mod tests {
             assert_eq!(Outcome::of(&response), Some(&outcome), "{kind:?}");
             assert_eq!(layer.metrics().queued(), 0);
         }
+
+        // With a dead-letter inbox, an event the inbox cannot keep is kept
+        // dead there, under the SHA-256 of its body, and acknowledged.
+        let dead = std::sync::Arc::new(MemoryInbox::new());
+        let layer = ClinkLayer::new(Verifier::new("whsec_intake").unwrap())
+            .dead_letters(std::sync::Arc::clone(&dead));
+        let mut intake = layer.intake(Refusing(MemoryInbox::new(), StoreErrorKind::InvalidInput));
+        let body = r#"{"id":"evt_1","type":"order.succeeded","data":{}}"#;
+        let response = intake.call(signed(body)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(Outcome::of(&response), Some(&Outcome::DeadLettered));
+        let kept = dead.get(1).await.unwrap().expect("kept dead");
+        assert!(kept.event.event_id.starts_with("invalid-event-id:"));
+        assert_eq!(&kept.event.body[..], body.as_bytes());
     }
 
     /// A dead-letter inbox that cannot keep an undecodable event leaves the

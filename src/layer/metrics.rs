@@ -102,7 +102,9 @@ counters! {
     /// kept dead, [`Outcome::FailedKeptDead`]).
     handler_failures,
     /// Verified events whose data does not decode into their handler's
-    /// type ([`Outcome::Undecodable`], [`Outcome::DeadLettered`]).
+    /// type ([`Outcome::Undecodable`]), and those kept dead for it, for a
+    /// body that is no envelope or an id that cannot be kept
+    /// ([`Outcome::DeadLettered`]).
     undecodable,
     /// Deliveries answered `503` because a store or the key source could
     /// not be asked ([`Outcome::StoreUnavailable`], [`Outcome::KeysUnavailable`]).

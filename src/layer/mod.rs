@@ -18,13 +18,15 @@
 //!    forgery (the sender gets the same answer either way).
 //! 5. **Envelope**: the verified body must be an event with an `id` and a
 //!    `type`, and an id holding no control, format or separator character
-//!    (`400`).
+//!    (`400`; with [`dead_letters`](crate::ClinkLayer::dead_letters), kept
+//!    dead there and `200`).
 //! 6. **Claim**: the account and event id are claimed in the [`IdempotencyStore`](crate::store::IdempotencyStore). Already
 //!    handled: `200` without calling the inner service. Being handled by
 //!    another delivery: `409` with `Retry-After`. Store unreachable: `503`
 //!    with `Retry-After`, and the inner service is not called. An id the
 //!    store cannot take as a key (over 1,024 bytes with the account and the
-//!    key prefix): `400`, as an id too long for the envelope is. A claim the
+//!    key prefix): `400`, as an id too long for the envelope is (kept dead
+//!    with `dead_letters`, as it is). A claim the
 //!    store answered after the handler's time was spent (its lease may have
 //!    ended meanwhile, and another delivery taken the event) is let go
 //!    unused and answered as the handler timeout is (`500`).

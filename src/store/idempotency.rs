@@ -179,7 +179,7 @@ impl fmt::Debug for LeaseToken {
 /// | completed, retention live | `claim` | unchanged | [`Claim::Completed`]: 200, handler not run |
 /// | completed, retention ended | `claim` | claimed by the new token | [`Claim::Claimed`] |
 /// | any | `claim` fails ([`StoreError`]) | unchanged | 503, handler not run: fail closed, Clink retries |
-/// | any | `claim` refuses the key ([`StoreErrorKind::InvalidInput`](super::StoreErrorKind::InvalidInput): too long with its account and prefix) | unchanged | 400 (`invalid_event_id`), handler not run: no retry can store it |
+/// | any | `claim` refuses the key ([`StoreErrorKind::InvalidInput`](super::StoreErrorKind::InvalidInput): too long with its account and prefix) | unchanged | 400 (`invalid_event_id`), handler not run: no retry can store it (with the layer's [`dead_letters`](crate::ClinkLayer::dead_letters), kept dead there and 200) |
 ///
 /// A call that panics (in the method or in the future it returns) is taken
 /// for one that failed with [`StoreErrorKind::Protocol`](super::StoreErrorKind::Protocol),
@@ -201,7 +201,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// or the key or lease is out of range. The caller must not run the
     /// handler: the delivery is refused with 503 so that Clink retries (400
     /// for a key out of range, [`StoreErrorKind::InvalidInput`](super::StoreErrorKind::InvalidInput),
-    /// which no retry changes).
+    /// which no retry changes, or kept dead in the layer's
+    /// [`dead_letters`](crate::ClinkLayer::dead_letters) and 200: use that
+    /// kind for nothing else).
     fn claim<'a>(
         &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>>;

@@ -162,7 +162,8 @@ pub enum StoreErrorKind {
 
 /// The store could not answer; the delivery is refused with 503 so Clink
 /// retries (a claim refused as [`InvalidInput`](StoreErrorKind::InvalidInput),
-/// a key no store can take, with 400: retrying cannot help).
+/// a key no store can take, with 400, retrying cannot help: or kept dead in
+/// the layer's [`dead_letters`](crate::ClinkLayer::dead_letters) and 200).
 ///
 /// Messages never contain connection strings or passwords.
 #[derive(Debug, Clone)]

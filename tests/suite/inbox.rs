@@ -1348,6 +1348,56 @@ async fn a_panic_in_the_inboxs_claim_or_wait_call_does_not_end_the_worker() {
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// An event whose id does not print as itself (a dead letter kept for
+/// it, replayed) reaches no handler, which would log it: it is dead again
+/// at once, saying why. Before, the workers handed it to the handlers.
+#[tokio::test]
+async fn an_event_whose_id_does_not_print_as_itself_reaches_no_handler() {
+    let inbox = Arc::new(MemoryInbox::new());
+    let body = r#"{"id":"evt_1\u202eforged","type":"order.succeeded","data":{}}"#;
+    let kept = NewEvent::new(
+        None,
+        "invalid-event-id:0123".to_owned(),
+        String::new(),
+        None,
+        None,
+        Timestamp::now(),
+        Timestamp::now(),
+        Bytes::from(body),
+    );
+    inbox.insert(&kept).await.unwrap();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok::<_, std::io::Error>(()))
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.max_attempts(5))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    tokio::time::timeout(DRAIN_PATIENCE, pool.drained(Duration::MAX))
+        .await
+        .expect("drained")
+        .unwrap();
+    pool.shutdown(Duration::from_secs(5)).await;
+    let entry = inbox
+        .get(seq_of(&*inbox, "invalid-event-id:0123").await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entry.status, entry.attempts),
+        (InboxStatus::Dead, 1),
+        "{entry:?}"
+    );
+    let error = entry.last_error.unwrap_or_default();
+    assert!(error.contains("does not print as itself"), "{error}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 /// A panic in a worker outside the handlers (here in the inbox's
 /// `complete`) neither ends the worker nor gives the event back: with one
 /// worker, the events after it are handled, and each of its attempts is
