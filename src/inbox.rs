@@ -140,6 +140,9 @@ enum Hopeless {
     /// Its handler said no retry can mend it ([`Permanent`](crate::router::Permanent)):
     /// dead at once.
     Permanent,
+    /// A dead letter kept for its id, which does not print as itself: no
+    /// handler is given it, now or on any replay; dead at once.
+    InvalidId,
 }
 
 /// The longest wait between two tries of a settle.
@@ -573,17 +576,22 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let mut permanent = false;
         let (outcome, failure) = match RawEvent::from_bytes_for(kept.body.clone(), typed) {
             Err(error) => (Outcome::InvalidEnvelope(error), Some(error.to_string())),
-            // An id that does not print as itself (a dead letter kept for
-            // it, replayed) reaches no handler, which would log it: dead
-            // again at once, as the layer refused it.
-            Ok(raw) if crate::events::has_invisible(raw.id()) => (
-                Outcome::InvalidEventId,
-                Some(
-                    "the event id has a character that does not print as itself, so no \
-                     handler is given it"
-                        .to_owned(),
-                ),
-            ),
+            // A dead letter kept for an id that does not print as itself,
+            // replayed, reaches no handler, which would log it: dead again
+            // at once, as the layer refused it.
+            Ok(raw)
+                if kept.event_id.starts_with(crate::store::INVALID_ID_LABEL)
+                    && crate::events::has_invisible(raw.id()) =>
+            {
+                (
+                    Outcome::InvalidEventId,
+                    Some(
+                        "the event id has a character that does not print as itself, so no \
+                         handler is given it"
+                            .to_owned(),
+                    ),
+                )
+            }
             Ok(raw) => {
                 let mut raw = match &kept.account {
                     Some(account) => raw.with_account(account),
@@ -658,11 +666,11 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             // Data that does not decode (or an envelope that does not read)
             // fails the same way every time, and a handler's permanent
             // error says it will: dead at once.
-            let hopeless = if matches!(
-                outcome,
-                Outcome::Undecodable | Outcome::InvalidEnvelope(_) | Outcome::InvalidEventId
-            ) {
+            let hopeless = if matches!(outcome, Outcome::Undecodable | Outcome::InvalidEnvelope(_))
+            {
                 Hopeless::Undecodable
+            } else if outcome == Outcome::InvalidEventId {
+                Hopeless::InvalidId
             } else if permanent {
                 Hopeless::Permanent
             } else {
@@ -702,6 +710,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 "dead: its handler failed with a permanent error, so no retry can help; replay \
                  it once the cause is fixed: {failure}"
             ),
+            None if hopeless == Hopeless::InvalidId => {
+                format!("dead: {failure}; no replay changes that (its body is kept here, to read)")
+            }
             None => format!(
                 "dead after {attempts} attempts; the last failed: {failure}; replay it once \
                  the cause is fixed"

@@ -310,7 +310,7 @@ impl ClinkLayer {
     /// upgrade that decodes them (`clink-webhook inbox replay`, or
     /// [`Inbox::replay`](crate::store::Inbox::replay) with
     /// [`Workers`](crate::inbox::Workers) running). If the inbox cannot take
-    /// the event, the delivery is answered `500` as without one. Each is
+    /// the event, the delivery is answered as without one. Each is
     /// kept with the delivery's signature headers as received
     /// ([`NewEvent::signature_headers`](crate::store::NewEvent::signature_headers)),
     /// as the [intake](Self::intake) keeps events: forwarded later, it
@@ -325,9 +325,12 @@ impl ClinkLayer {
     /// An [`InboxIntake`] made from this layer keeps such bodies in this
     /// inbox, not in its own. So is a verified event whose id cannot be
     /// kept (a character that does not print as itself, or too long for
-    /// the idempotency store: [`Outcome::InvalidEventId`](crate::Outcome::InvalidEventId),
-    /// `400` without a dead-letter inbox), under `invalid-event-id:` and
-    /// the SHA-256 of its body.
+    /// the idempotency store or the intake's inbox:
+    /// [`Outcome::InvalidEventId`](crate::Outcome::InvalidEventId), `400`
+    /// without a dead-letter inbox), under `invalid-event-id:` and the
+    /// SHA-256 of its body. Replayed, one whose id does not print as
+    /// itself is dead again at once (the workers give no handler such an
+    /// id); one whose id was too long for the store runs as any event.
     ///
     /// An event an [`EventRouter`](crate::EventRouter) failed with an error
     /// no retry can mend (a handler's or hook's

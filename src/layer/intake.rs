@@ -252,8 +252,9 @@ mod tests {
     }
 
     /// An event the inbox cannot keep is refused with `400` (a retry would
-    /// fail the same way); an inbox that cannot be written is an outage,
-    /// `503`, and nothing is acknowledged either way.
+    /// fail the same way), or kept dead in the layer's dead letters and
+    /// acknowledged when it has some; an inbox that cannot be written is an
+    /// outage, `503`. Nothing is acknowledged but what was kept.
     #[tokio::test]
     async fn what_the_inbox_refuses_decides_the_answer() {
         let cases = [

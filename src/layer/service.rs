@@ -631,7 +631,8 @@ pub(super) async fn dead_letter_invalid_id(config: &Config, whole: WholeBody<'_>
     let reason = "dead: the verified event's id has a character that does not print as itself, \
                   or is longer than the store can keep, so no retry can help";
     let what = "a verified event whose id cannot be kept";
-    if dead_letter_whole_body(config, whole, "invalid-event-id", reason, what).await {
+    let label = crate::store::INVALID_ID_LABEL;
+    if dead_letter_whole_body(config, whole, label, reason, what).await {
         Outcome::DeadLettered
     } else {
         Outcome::InvalidEventId

@@ -783,7 +783,11 @@ pub trait Inbox: Send + Sync + 'static {
     /// # Errors
     ///
     /// A [`StoreError`] when nothing could be written: the delivery must not
-    /// be acknowledged.
+    /// be acknowledged. [`StoreErrorKind::InvalidInput`](super::StoreErrorKind::InvalidInput)
+    /// is for an event id this inbox cannot keep (too long, say), and for
+    /// nothing else: the [intake](crate::layer::InboxIntake) refuses such a
+    /// delivery `400` for good, or keeps it in the layer's
+    /// [dead letters](crate::ClinkLayer::dead_letters) and acknowledges it.
     fn insert<'a>(&'a self, event: &'a NewEvent) -> BoxFuture<'a, Result<Inserted, StoreError>>;
 
     /// Keeps `event` as `dead` with `error`, unless its account already has

@@ -137,6 +137,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest key a store accepts, in bytes (see [Keys](self#keys)).
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// What the id of a dead letter kept for a verified event whose own id
+/// cannot be kept starts with (then `:` and the SHA-256 of its body).
+pub(crate) const INVALID_ID_LABEL: &str = "invalid-event-id";
+
 /// The longest lease or retention a store accepts (10 years).
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
