@@ -542,6 +542,12 @@ async fn a_storm_held_open_past_the_file_limit_keeps_no_delivery_out() {
 #[tokio::test]
 async fn out_of_files_under_a_storm_an_idle_connection_is_closed_for_a_delivery() {
     let (receiver, url, addr) = receiver("");
+    // A delivery answered first: the server is serving, and has read the
+    // file limit it starts with (once, as it starts), before it is lowered.
+    // Lowered before that, it is the limit the server starts with, and the
+    // server serves within it (as the test before this one checks).
+    let first = fresh_fixture(&EventType::OrderSucceeded);
+    assert_eq!(deliver(&url, first).await, 200);
     let lowered = Command::new("prlimit")
         .arg(format!("--pid={}", receiver.id()))
         .arg("--nofile=64:64")
