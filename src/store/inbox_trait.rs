@@ -278,7 +278,9 @@ pub struct InboxEntry {
     /// How many times a worker took it since it arrived or was last
     /// replayed (an attempt given back at shutdown is not counted).
     pub attempts: u32,
-    /// When it may run next.
+    /// When it may run next: for a new event that an older event of its
+    /// object holds back, in the SQLite and PostgreSQL inboxes, possibly
+    /// when that one is next due (see the [claim order](Inbox#claim-order)).
     pub next_attempt_at: Timestamp,
     /// The error of its last failed attempt.
     pub last_error: Option<String>,
@@ -663,7 +665,9 @@ pub struct InboxStats {
     /// Waiting for a retry.
     pub retrying: u64,
     /// Due now: pending, retrying with the retry's time come, or running.
-    /// Workers with nothing due have drained the inbox.
+    /// Workers with nothing due have drained the inbox. A pending event set
+    /// aside behind an older one of its object (see the
+    /// [claim order](Inbox#claim-order)) is not due until that one is.
     pub due: u64,
     /// Held by a worker.
     pub running: u64,
@@ -777,6 +781,18 @@ impl InboxStats {
 /// made by an earlier version and in use, as before, until its index by
 /// due time is built and the inbox migrated again (see
 /// `PostgresInbox::migrate`).
+///
+/// The SQLite and PostgreSQL inboxes reading by due time also set aside a
+/// new event that an older event of its object holds back, when a claim
+/// reads it: it is due again when that one is (its retry, or the end of
+/// its worker's lease), and at once, as it was before, when that one stops
+/// running (done, failed, given back, dead). Its
+/// [`next_attempt_at`](InboxEntry::next_attempt_at) says when, and
+/// [`InboxStats::due`] does not count it. Otherwise every claim would read
+/// all of them again: a destination down for hours leaves each object's
+/// oldest event retrying and its newer events behind it, as many as
+/// arrive meanwhile. A claim sets aside at most 64 at a time in
+/// PostgreSQL (each under its object's advisory lock), 4,096 in SQLite.
 pub trait Inbox: Send + Sync + 'static {
     /// Keeps `event` unless its account already has an event with its id.
     ///

@@ -45,9 +45,12 @@ use crate::{BoxError, Timestamp};
 /// one at a time); past some 60, their claims would meet that bound.
 ///
 /// Opening a file an earlier version made adds what this one reads: its
-/// columns, and the indexes of the waiting events by when they are due and
+/// columns, the indexes of the waiting events by when they are due and
 /// of the running ones by their lease (built once, as it opens: about a
-/// second for a file of a million events).
+/// second for a file of a million events), and the trigger that makes the
+/// events a claim set aside due again (see the trait's
+/// [claim order](Inbox#claim-order)) when the event that held them back
+/// stops running.
 ///
 /// ```no_run
 /// use clink_webhooks::store::SqliteInbox;
@@ -136,6 +139,19 @@ const SCHEMA: &str = "
         ON clink_webhook_inbox (object_key, seq);
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_received
         ON clink_webhook_inbox (received_at_ms);
+    -- A claim sets a waiting event aside that an older event of its object
+    -- holds back, until that one is due (see `PARK`): when an event stops
+    -- running (done, failed, given back, dead), the events of its object set
+    -- aside are due again as they were before, at their arrival or replay.
+    CREATE TRIGGER IF NOT EXISTS clink_webhook_inbox_unpark
+    AFTER UPDATE OF status ON clink_webhook_inbox
+    WHEN OLD.status = 'running' AND NEW.status <> 'running' AND OLD.object_key IS NOT NULL
+    BEGIN
+        UPDATE clink_webhook_inbox SET next_attempt_ms = COALESCE(last_replay_ms, received_at_ms)
+        WHERE object_key = OLD.object_key
+          AND status IN ('pending', 'retrying', 'running') AND status = 'pending'
+          AND next_attempt_ms > COALESCE(last_replay_ms, received_at_ms);
+    END;
 ";
 
 /// Indexes on columns a file made by an older version gains in
@@ -163,6 +179,20 @@ macro_rules! unblocked {
     };
 }
 
+/// When the oldest event still to handle about the object of the event
+/// being updated, and older than it, is due: its retry, or the end of its
+/// worker's lease; `NULL` when there is none.
+macro_rules! head_due {
+    () => {
+        "(SELECT CASE WHEN o.status = 'running' THEN o.lease_until_ms ELSE o.next_attempt_ms END
+          FROM clink_webhook_inbox o INDEXED BY clink_webhook_inbox_object
+          WHERE o.object_key = clink_webhook_inbox.object_key
+            AND o.status IN ('pending', 'retrying', 'running')
+            AND (o.order_ms, o.event_id) < (clink_webhook_inbox.order_ms, clink_webhook_inbox.event_id)
+          ORDER BY o.order_ms, o.event_id LIMIT 1)"
+    };
+}
+
 /// The running event a claim would take over: the first whose worker's
 /// lease ended before the time now, `?1` (due since it ended), read from
 /// the index of running events by their lease (named, as the others: so
@@ -177,21 +207,79 @@ const TAKEN_OVER: &str = concat!(
     " ORDER BY e.lease_until_ms, e.seq LIMIT 1"
 );
 
-/// The waiting event a claim would take: the first due at `?1`, the time
-/// now (a new event is due as it arrives, a retry when its backoff ends),
-/// of those due at once the first to arrive, that arrived `?2`
-/// milliseconds (the reorder window) or more ago; read from the index of
-/// waiting events by when they are due, which ends at the first not due
-/// yet, so that a claim never reads the retries still waiting. When it was
-/// due (an integer, as for [`TAKEN_OVER`]), and its number.
-const CANDIDATE: &str = concat!(
-    "SELECT CAST(e.next_attempt_ms AS INTEGER), e.seq FROM clink_webhook_inbox e
-         INDEXED BY clink_webhook_inbox_due
-     WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= ?1
-       AND e.received_at_ms <= ?1 - ?2 AND ",
+/// The waiting events a claim reads, in the order it takes them: those due
+/// at `?1`, the time now (a new event is due as it arrives, a retry when its
+/// backoff ends), of those due at once the first to arrive; read from the
+/// index of waiting events by when they are due, which ends at the first
+/// not due yet, so that a claim never reads the retries still waiting. For
+/// each: when it was due (an integer, as for [`TAKEN_OVER`]), its number,
+/// whether it arrived `?2` milliseconds (the reorder window) or more ago,
+/// whether nothing holds it back, and whether it is a new event about an
+/// object (one a claim may set aside, see [`PARK`]).
+const CANDIDATES: &str = concat!(
+    "SELECT CAST(e.next_attempt_ms AS INTEGER), e.seq, e.received_at_ms <= ?1 - ?2, ",
     unblocked!(),
-    " ORDER BY e.next_attempt_ms, e.seq LIMIT 1"
+    ", e.status = 'pending' AND e.object_key IS NOT NULL
+     FROM clink_webhook_inbox e INDEXED BY clink_webhook_inbox_due
+     WHERE e.status IN ('pending', 'retrying') AND e.next_attempt_ms <= ?1
+     ORDER BY e.next_attempt_ms, e.seq"
 );
+
+/// Sets the waiting event `?1` aside until the oldest event of its object
+/// before it is due (its retry, or the end of its worker's lease), when that
+/// is after `?2`, the time now: so that the claims after this one do not
+/// read it again, and again, while it cannot run (a destination down for
+/// hours leaves an object's oldest event retrying and its newer ones
+/// behind it). When that event stops running, the trigger
+/// `clink_webhook_inbox_unpark` makes the events set aside due again.
+const PARK: &str = concat!(
+    "UPDATE clink_webhook_inbox SET next_attempt_ms = ",
+    head_due!(),
+    " WHERE seq = ?1 AND status = 'pending' AND ",
+    head_due!(),
+    " > ?2"
+);
+
+/// How many waiting events one claim sets aside at most (see [`PARK`]).
+const PARK_LIMIT: usize = 4096;
+
+/// The first waiting event a claim may take at `now` with the reorder
+/// `window` (when it was due, and its number), reading [`CANDIDATES`]; the
+/// events read before it that an older event of their object holds back
+/// are set aside ([`PARK`]), up to [`PARK_LIMIT`] of them.
+fn first_waiting(
+    tx: &rusqlite::Transaction<'_>, now: i64, window: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let failed = |err: rusqlite::Error| sqlite_error("cannot take an event", &err);
+    let mut waiting = None;
+    let mut held = Vec::new();
+    {
+        let mut statement = tx.prepare_cached(CANDIDATES).map_err(failed)?;
+        let mut rows = statement.query(params![now, window]).map_err(failed)?;
+        while let Some(row) = rows.next().map_err(failed)? {
+            let (due, seq): (i64, i64) = (row.get(0).map_err(failed)?, row.get(1).map_err(failed)?);
+            let (arrived, free, new_of_object): (bool, bool, bool) = (
+                row.get(2).map_err(failed)?,
+                row.get(3).map_err(failed)?,
+                row.get(4).map_err(failed)?,
+            );
+            if free && arrived {
+                waiting = Some((due, seq));
+                break;
+            }
+            if !free && new_of_object && held.len() < PARK_LIMIT {
+                held.push(seq);
+            }
+        }
+    }
+    if !held.is_empty() {
+        let mut park = tx.prepare_cached(PARK).map_err(failed)?;
+        for seq in held {
+            park.execute(params![seq, now]).map_err(failed)?;
+        }
+    }
+    Ok(waiting)
+}
 
 fn sqlite_error(context: &str, error: &rusqlite::Error) -> StoreError {
     let kind = match error {
@@ -892,12 +980,15 @@ impl Inbox for SqliteInbox {
                     .map_err(|err| sqlite_error("cannot take an event", &err))
             };
             let taken_over: Option<(i64, i64)> = first(TAKEN_OVER, params![now])?;
-            let waiting = first(CANDIDATE, params![now, window])?;
+            let waiting = first_waiting(&tx, now, window)?;
             let seq = match (taken_over, waiting) {
                 (Some(a), Some(b)) => Some(a.min(b).1),
                 (a, b) => a.or(b).map(|(_, seq)| seq),
             };
             let Some(seq) = seq else {
+                // What was set aside stays so.
+                tx.commit()
+                    .map_err(|err| sqlite_error("cannot take an event", &err))?;
                 return Ok((None, false));
             };
             let entry = tx.query_row(
@@ -1323,8 +1414,8 @@ mod plan_tests {
     use rusqlite::{Connection, OptionalExtension};
 
     use super::{
-        add_missing_columns, replay_matching_sql, replay_step_sql, CANDIDATE, FILTER_PARAMS,
-        SCHEMA, TAKEN_OVER,
+        add_missing_columns, first_waiting, replay_matching_sql, replay_step_sql, CANDIDATES,
+        FILTER_PARAMS, PARK, SCHEMA, TAKEN_OVER,
     };
 
     /// An error in a statement is told in SQLite's words, without the
@@ -1369,7 +1460,8 @@ mod plan_tests {
         add_missing_columns(&connection).unwrap();
         for (sql, index) in [
             (TAKEN_OVER, "clink_webhook_inbox_leased"),
-            (CANDIDATE, "clink_webhook_inbox_due"),
+            (CANDIDATES, "clink_webhook_inbox_due"),
+            (PARK, "clink_webhook_inbox_object"),
         ] {
             let steps = plan(&connection, sql);
             assert!(
@@ -1414,7 +1506,7 @@ mod plan_tests {
             let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
             (found, steps)
         };
-        let (none, read) = steps(CANDIDATE);
+        let (none, read) = steps(CANDIDATES);
         assert_eq!(none, None);
         assert!(read < 1_000, "{read} steps to find that nothing is due");
         connection
@@ -1426,9 +1518,108 @@ mod plan_tests {
                 [now],
             )
             .unwrap();
-        let (new, read) = steps(CANDIDATE);
+        let (new, read) = steps(CANDIDATES);
         assert_eq!(new, Some(waiting + 1));
         assert!(read < 1_000, "{read} steps to find the one new event");
+    }
+
+    /// A claim sets aside the waiting events an older event of their
+    /// object holds back, until that one is due: a destination down for
+    /// hours leaves each object's oldest event retrying and its newer ones
+    /// behind it, and every claim read them all, holding the inbox's one
+    /// connection (counted in SQLite's steps, not timed). Once that event
+    /// stops running, its object's events are due again as they were.
+    #[test]
+    fn one_claim_reads_the_events_held_back_not_every_claim() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA).unwrap();
+        add_missing_columns(&connection).unwrap();
+        let now: i64 = 1_700_000_000_000;
+        let retry = now + 3_600_000;
+        let (objects, behind): (i64, i64) = (1_000, 3);
+        connection
+            .execute(
+                "WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n < ?1 - 1)
+                 INSERT INTO clink_webhook_inbox (account, event_id, event_type, order_ms,
+                     object_key, signed_at_ms, received_at_ms, body, status, attempts,
+                     next_attempt_ms)
+                 SELECT '', 'evt_' || n, 'order.succeeded', ?2 - 100000 + n,
+                        'order:ord_' || (n % ?3), ?2, ?2 - 100000 + n, X'7B7D',
+                        CASE WHEN n < ?3 THEN 'retrying' ELSE 'pending' END,
+                        CASE WHEN n < ?3 THEN 1 ELSE 0 END,
+                        CASE WHEN n < ?3 THEN ?4 ELSE ?2 - 100000 + n END
+                 FROM g",
+                rusqlite::params![objects * (behind + 1), now, objects, retry],
+            )
+            .unwrap();
+        // What a claim reads: the events due, up to the first that may run.
+        let steps = |connection: &Connection| {
+            let mut statement = connection.prepare(CANDIDATES).unwrap();
+            let mut rows = statement.query(rusqlite::params![now, 0]).unwrap();
+            let mut found = None;
+            while let Some(row) = rows.next().unwrap() {
+                if row.get::<_, bool>(2).unwrap() && row.get::<_, bool>(3).unwrap() {
+                    found = Some(row.get::<_, i64>(1).unwrap());
+                    break;
+                }
+            }
+            drop(rows);
+            (
+                found,
+                statement.get_status(rusqlite::StatementStatus::VmStep),
+            )
+        };
+        let (none, before) = steps(&connection);
+        assert_eq!(none, None);
+        assert!(
+            i64::from(before) > objects * behind,
+            "{before} steps read every event held back"
+        );
+
+        let tx = connection.transaction().unwrap();
+        assert_eq!(first_waiting(&tx, now, 0).unwrap(), None);
+        tx.commit().unwrap();
+        let (none, after) = steps(&connection);
+        assert_eq!(none, None);
+        assert!(after < 1_000, "{after} steps after they were set aside");
+        let count = |sql: &str| -> i64 {
+            connection
+                .query_row(sql, rusqlite::params![retry], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM clink_webhook_inbox
+                 WHERE status = 'pending' AND next_attempt_ms = ?1"
+            ),
+            objects * behind
+        );
+
+        // The first object's oldest event runs and is done: the events behind
+        // it are due again as they arrived, and the oldest of them is taken.
+        connection
+            .execute_batch(
+                "UPDATE clink_webhook_inbox SET status = 'running' WHERE event_id = 'evt_0';
+                 UPDATE clink_webhook_inbox SET status = 'done' WHERE event_id = 'evt_0';",
+            )
+            .unwrap();
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM clink_webhook_inbox
+                 WHERE status = 'pending' AND next_attempt_ms = ?1"
+            ),
+            (objects - 1) * behind
+        );
+        let tx = connection.transaction().unwrap();
+        let first_behind: i64 = tx
+            .query_row(
+                "SELECT seq FROM clink_webhook_inbox WHERE event_id = ?1",
+                [format!("evt_{objects}")],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let taken = first_waiting(&tx, now, 0).unwrap();
+        assert_eq!(taken.map(|(_, seq)| seq), Some(first_behind));
     }
 
     /// A page or a count filtered by one criterion reads the events it

@@ -239,6 +239,87 @@ async fn conformance(inbox: Arc<dyn Inbox>) {
     assert!(inbox.get(replayed.entry.seq).await.unwrap().is_none());
 }
 
+/// What the SQLite and PostgreSQL inboxes do with the events an older
+/// event of their object holds back: a claim that reads them sets them
+/// aside until that one is due (so that the claims after it do not read
+/// them again while they cannot run), and they are due again as soon as it
+/// settles. `inbox` must be empty.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn held_back_conformance(inbox: Arc<dyn Inbox>) {
+    let run = unique();
+    let id = |n: &str| format!("evt_{run}_{n}");
+    let o = format!("{run}_o");
+    let (head, first, second) = (
+        event(&id("head"), Some(&o), 1_000),
+        event(&id("first"), Some(&o), 2_000),
+        event(&id("second"), Some(&o), 3_000),
+    );
+    for event in [&head, &first, &second] {
+        assert_eq!(inbox.insert(event).await.unwrap(), Inserted::New);
+    }
+    let (head_seq, first_seq, second_seq) = (
+        seq_of(&*inbox, &head.event_id).await,
+        seq_of(&*inbox, &first.event_id).await,
+        seq_of(&*inbox, &second.event_id).await,
+    );
+    let entry = |seq| {
+        let inbox = Arc::clone(&inbox);
+        async move { inbox.get(seq).await.unwrap().unwrap() }
+    };
+
+    // The oldest fails, its retry an hour away: the claim after reads the
+    // two behind it and sets them aside until that retry.
+    let claim = claim_only(&*inbox, head_seq).await;
+    let retry = Timestamp::from_millis(Timestamp::now().as_millis() + 3_600_000);
+    assert_eq!(
+        inbox.fail(&claim, "down", Some(retry)).await.unwrap(),
+        Settle::Applied
+    );
+    assert!(inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .is_none());
+    let retry_at = entry(head_seq).await.next_attempt_at;
+    assert!(retry_at.as_millis() > Timestamp::now().as_millis() + 3_000_000);
+    for seq in [first_seq, second_seq] {
+        let held = entry(seq).await;
+        assert_eq!(held.status, InboxStatus::Pending);
+        assert_eq!(held.attempts, 0);
+        assert_eq!(held.next_attempt_at, retry_at, "set aside until the retry");
+    }
+    let stats = inbox.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.retrying, stats.due), (2, 1, 0));
+
+    // Replayed, the oldest runs at once; once it is done, the next is due
+    // at once, not at the retry's time.
+    assert_eq!(
+        inbox.replay(head_seq, false).await.unwrap(),
+        Replayed::Replayed
+    );
+    let claim = claim_only(&*inbox, head_seq).await;
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    assert!(entry(first_seq).await.next_attempt_at <= Timestamp::now());
+    let claim = claim_only(&*inbox, first_seq).await;
+
+    // Behind a running event, the last is set aside until its lease ends,
+    // and due again as soon as it is done.
+    assert!(inbox
+        .claim(LEASE, NO_REORDER_WINDOW)
+        .await
+        .unwrap()
+        .is_none());
+    let held = entry(second_seq).await;
+    assert!(
+        held.next_attempt_at.as_millis() > Timestamp::now().as_millis() + 15_000,
+        "set aside until the lease ends: {held:?}"
+    );
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    assert!(entry(second_seq).await.next_attempt_at <= Timestamp::now());
+    let claim = claim_only(&*inbox, second_seq).await;
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+}
+
 /// Claims the one event due in `inbox`, which must be `seq`.
 async fn claim_only(inbox: &dyn Inbox, seq: i64) -> InboxClaim {
     let claim = inbox
@@ -1869,6 +1950,7 @@ async fn the_postgres_inbox_conforms() {
     replay_if_conformance(Arc::new(postgres_inbox().await)).await;
     purge_conformance(Arc::new(postgres_inbox().await)).await;
     replay_through_conformance(Arc::new(postgres_inbox().await)).await;
+    held_back_conformance(Arc::new(postgres_inbox().await)).await;
 }
 
 /// An old dead event, and `copies` more of it (new ids, numbered right
@@ -2945,6 +3027,10 @@ async fn the_sqlite_inbox_conforms_and_keeps_events_across_reopening() {
     .await;
     replay_through_conformance(Arc::new(
         clink_webhooks::store::SqliteInbox::open(dir.join("replay_through.db")).unwrap(),
+    ))
+    .await;
+    held_back_conformance(Arc::new(
+        clink_webhooks::store::SqliteInbox::open(dir.join("held_back.db")).unwrap(),
     ))
     .await;
 

@@ -47,6 +47,14 @@ const ADDED_COLUMNS: [&str; 10] = [
 /// answers that none is due (the worker then tries again soon).
 const CLAIM_CANDIDATES: u32 = 4;
 
+/// How many waiting events one claim sets aside at most, each held back by
+/// an older event of its object until that one is due. Each takes its
+/// object's advisory lock, held to the end of the claim's transaction, and
+/// advisory locks share the server's lock table with every other lock
+/// (`max_locks_per_transaction` for each connection, 64 by default): the
+/// claims after it set aside the rest.
+const PARK_LIMIT: u32 = 64;
+
 /// The inbox in a PostgreSQL table: the production backend.
 ///
 /// - [`insert`](Inbox::insert) is one `INSERT .. ON CONFLICT (account,
@@ -70,12 +78,18 @@ const CLAIM_CANDIDATES: u32 = 4;
 ///   waiting (on a table made before that index, until it is built, the
 ///   index of live events in arrival order: see [`migrate`](Self::migrate)).
 ///   Its statement stays prepared for the connection, so after the first
-///   few claims the plan is reused instead of made again.
+///   few claims the plan is reused instead of made again. The waiting
+///   events it reads that an older event of their object holds back are
+///   set aside until that one is due (see the trait's
+///   [claim order](Inbox#claim-order)), each under its object's lock,
+///   tried and never waited for.
 /// - Every settle is one `UPDATE` matching the row still running with its
 ///   claim's token, each in a PL/pgSQL function beside the table as well
 ///   (`<table>_settle_complete`, `<table>_settle_fail`,
 ///   `<table>_settle_release`), so that its plan too is reused on the
-///   connection instead of made on every call.
+///   connection instead of made on every call. A settle of an event about
+///   an object then takes that object's lock and makes the object's events
+///   set aside due again.
 ///
 /// Claims and settles follow the server's clock, in epoch milliseconds: a
 /// lease is taken, found ended and checked by every settle against the
@@ -227,7 +241,7 @@ impl Sql {
         // next candidate in `picked_seq` and `picked_key`, or return when
         // there is none) differ by the order the claim reads; the rest, the
         // object's lock and check and the claim itself, is the same.
-        let claim_with = |declare: &str, find: &str| {
+        let claim_with = |declare: &str, find: &str, park: &str| {
             format!(
                 "CREATE OR REPLACE FUNCTION {claim_fn}(lease_ms bigint, window_ms bigint, new_token text)
                  RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $claim$
@@ -255,7 +269,7 @@ impl Sql {
                                        lease_until_ms = srv_ms + $1, token = $3, claimed_at_ms = srv_ms,
                                        history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
                         WHERE {t}.seq = picked_seq
-                        RETURNING {t}.*;
+                        RETURNING {t}.*;{park}
                         RETURN;
                     END LOOP;
                  END
@@ -283,6 +297,7 @@ impl Sql {
                         END IF;
                         past_seq := picked_seq;"
             ),
+            "",
         );
         // By due time: a new event is due as it is kept, a retry when its
         // backoff ends, a running event when its worker's lease ends (the
@@ -294,11 +309,53 @@ impl Sql {
                 "(CASE WHEN {e}status = 'running' THEN {e}lease_until_ms ELSE {e}next_attempt_ms END)"
             )
         };
+        // The waiting events read before the one claimed (all those due,
+        // when none was) that an older event of their object holds back are
+        // set aside until that one is due (its retry, or the end of its
+        // worker's lease), so that the claims after this one do not read
+        // them again, and again, while they cannot run: a destination down
+        // for hours leaves an object's oldest event retrying and its newer
+        // ones behind it. Each is set aside under its object's lock (tried,
+        // never waited for) and its row's (skipped when another holds it),
+        // and checked again by a statement of its own, so that a settle of
+        // that object (which takes the lock, then makes the events set aside
+        // due again) either comes after and sees it, or before and leaves
+        // nothing to set aside.
+        let head_due = format!(
+            "SELECT CASE WHEN o.status = 'running' THEN o.lease_until_ms ELSE o.next_attempt_ms END
+             FROM {t} o
+             WHERE o.object_key = e.object_key AND o.status IN {live}
+               AND (o.order_ms, o.event_id COLLATE \"C\") < (e.order_ms, e.event_id COLLATE \"C\")
+             ORDER BY o.order_ms, o.event_id COLLATE \"C\" LIMIT 1"
+        );
+        let park = format!(
+            "
+                        FOR held IN
+                            SELECT e.seq, e.object_key FROM {t} e
+                            WHERE e.status IN {live} AND {due_e} <= srv_ms
+                              AND ({due_e}, e.seq) < (stop_due, stop_seq)
+                              AND e.status = 'pending' AND e.object_key IS NOT NULL
+                              AND NOT {unblocked}
+                            ORDER BY {due_e}, e.seq
+                            LIMIT {PARK_LIMIT}
+                        LOOP
+                            CONTINUE WHEN NOT pg_try_advisory_xact_lock(
+                                hashtextextended('{table}:' || held.object_key, 0));
+                            UPDATE {t} e SET next_attempt_ms = ({head_due})
+                            WHERE e.seq = (SELECT l.seq FROM {t} l WHERE l.seq = held.seq
+                                           FOR UPDATE SKIP LOCKED)
+                              AND e.status = 'pending' AND ({head_due}) > srv_ms;
+                        END LOOP;",
+            due_e = due("e."),
+        );
         let claim_by_due = claim_with(
             "
                     picked_due bigint;
                     past_due bigint := -9223372036854775808;
-                    past_seq bigint := 0;",
+                    past_seq bigint := 0;
+                    stop_due bigint := 9223372036854775807;
+                    stop_seq bigint := 9223372036854775807;
+                    held record;",
             &format!(
                 "
                         SELECT e.seq, e.object_key, {due_e} INTO picked_seq, picked_key, picked_due
@@ -310,12 +367,17 @@ impl Sql {
                         ORDER BY {due_e}, e.seq
                         LIMIT 1
                         FOR UPDATE SKIP LOCKED;
-                        IF NOT FOUND THEN
+                        IF NOT FOUND THEN{park}
                             RETURN;
                         END IF;
                         past_due := picked_due;
                         past_seq := picked_seq;",
                 due_e = due("e.")
+            ),
+            &format!(
+                "
+                        stop_due := picked_due;
+                        stop_seq := picked_seq;{park}"
             ),
         );
         let index = |suffix: &str| Relation::new(table, suffix).qualified_index;
@@ -382,10 +444,26 @@ impl Sql {
                  RETURNS bigint LANGUAGE plpgsql AS $settle$
                  DECLARE
                     settled bigint;
+                    settled_key text;
                     srv_ms bigint := {SERVER_NOW};
                  BEGIN
-                    {update};
+                    -- The event settled; then, under its object's lock (so
+                    -- that a claim setting an event aside either committed
+                    -- before, and is seen here, or checks after this one
+                    -- commits), the events of its object that claims set
+                    -- aside are due again, as they were.
+                    {update}
+                    RETURNING {t}.object_key INTO settled_key;
                     GET DIAGNOSTICS settled = ROW_COUNT;
+                    IF settled > 0 AND settled_key IS NOT NULL THEN
+                        PERFORM pg_advisory_xact_lock(hashtextextended('{table}:' || settled_key, 0));
+                        UPDATE {t} SET next_attempt_ms =
+                                LEAST(srv_ms, COALESCE(last_replay_ms, arrived_ms, received_at_ms))
+                        WHERE seq IN (SELECT p.seq FROM {t} p
+                                      WHERE p.object_key = settled_key AND p.status IN {live}
+                                        AND p.status = 'pending' AND p.next_attempt_ms > srv_ms
+                                      FOR UPDATE SKIP LOCKED);
+                    END IF;
                     RETURN settled;
                  END
                  $settle$;"
@@ -2358,6 +2436,86 @@ mod tests {
         let (claimed, read) = counted_claim(&mut client, &table).await;
         assert_eq!(claimed.as_deref(), Some("evt_new"), "taken over");
         assert!(read < 100, "{read} rows read to take an event over");
+    }
+
+    /// A claim sets aside the waiting events an older event of their
+    /// object holds back, until that one is due, up to 64 of them: with 200
+    /// objects whose oldest event waits for its retry and 600 newer events
+    /// behind them, the first claims read them all and set them aside, and
+    /// the claims after those read a few rows each (counted by PostgreSQL's
+    /// statistics, not timed), where each claim read them all again.
+    #[tokio::test]
+    async fn one_claim_reads_the_events_held_back_not_every_claim() {
+        let (_inbox, pool, table) = private_inbox("held_reads").await;
+        let mut client = pool.get().await.unwrap();
+        let (objects, behind) = (200_i64, 3_i64);
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (account, event_id, event_type, order_ms, object_key,
+                                              signed_at_ms, received_at_ms, arrived_ms, body,
+                                              status, attempts, next_attempt_ms)
+                     SELECT '', 'evt_' || g, 'order.succeeded', g, 'order:ord_' || (g % $1::bigint),
+                            now_ms, now_ms, now_ms - 60000, '\\x7b7d',
+                            CASE WHEN g < $1::bigint THEN 'retrying' ELSE 'pending' END,
+                            CASE WHEN g < $1::bigint THEN 1 ELSE 0 END,
+                            CASE WHEN g < $1::bigint THEN now_ms + 3600000 ELSE now_ms - 60000 + g END
+                     FROM generate_series(0, $1::bigint * ($2::bigint + 1) - 1) AS g,
+                          (SELECT {} AS now_ms) AS server",
+                    super::SERVER_NOW_MS
+                ),
+                &[&objects, &behind],
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("ANALYZE \"{table}\""))
+            .await
+            .unwrap();
+        let (claimed, first) = counted_claim(&mut client, &table).await;
+        assert_eq!(claimed, None);
+        assert!(
+            first >= objects * behind,
+            "{first} rows read by the first claim"
+        );
+        // Each claim sets 64 aside: ten claims for 600, and a few more
+        // than that at most.
+        let mut claims = 1;
+        loop {
+            let (claimed, read) = counted_claim(&mut client, &table).await;
+            assert_eq!(claimed, None);
+            claims += 1;
+            if read < 100 {
+                break;
+            }
+            assert!(claims < 15, "{read} rows read by claim {claims}");
+        }
+        let held: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM \"{table}\" e
+                     WHERE status = 'pending' AND next_attempt_ms = (
+                         SELECT h.next_attempt_ms FROM \"{table}\" h
+                         WHERE h.object_key = e.object_key AND h.status = 'retrying')"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            held,
+            objects * behind,
+            "each set aside until its object's retry"
+        );
+        for call in 1..=8 {
+            let (claimed, read) = counted_claim(&mut client, &table).await;
+            assert_eq!(claimed, None);
+            assert!(
+                read < 100,
+                "call {call}: {read} rows read after they were set aside"
+            );
+        }
     }
 
     /// An index of the due index's name in another shape (built by hand
