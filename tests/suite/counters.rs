@@ -755,11 +755,11 @@ async fn lease_lost_counts_a_completion_that_came_after_the_lease() {
     // The claim's key (`{prefix}:{account}:{id}`, no account here), and a
     // connection to delete it with, made before the delivery.
     let key: Arc<str> = Arc::from(format!("{prefix}::{id}"));
-    let raw = redis::Client::open(url.as_str())
-        .expect("REDIS_URL parses")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a connection to REDIS_URL");
+    let raw = crate::support::stores::redis_connection(
+        &redis::Client::open(url.as_str()).expect("REDIS_URL parses"),
+    )
+    .await
+    .expect("a connection to REDIS_URL");
     let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
         let first = runs_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
         let (key, mut raw) = (Arc::clone(&key), raw.clone());

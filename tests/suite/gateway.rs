@@ -1593,11 +1593,10 @@ async fn a_redis_the_gateway_cannot_write_to_stops_the_start() {
     // A user of least privilege, who may not run ROLE or INFO (Redis's
     // `@dangerous`), can write all the same: the gateway starts.
     let user = unique("gw");
-    let mut admin = redis::Client::open(redis.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin =
+        crate::support::stores::redis_connection(&redis::Client::open(redis.as_str()).unwrap())
+            .await
+            .unwrap();
     redis::cmd("ACL")
         .arg("SETUSER")
         .arg(&user)

@@ -198,13 +198,25 @@ pub(crate) fn xadd_marker(stream_name: &str, event: &NewEvent) -> String {
     format!("clink-webhook:xadd:{{{stream_name}}}:{}", message_id(event))
 }
 
+/// For tests: a connection to `client`'s server that waits as long as a
+/// slow, busy machine needs for an answer (the `redis` crate's own default
+/// gives up after 500 ms, which a replica's first sync can pass).
+#[cfg(test)]
+pub(crate) async fn patient_connection(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(120)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// For tests: how many entries the stream `stream` on the Redis server at
 /// `url` holds; the stream and `event`'s marker are then deleted.
 #[cfg(test)]
 pub(crate) async fn stream_entries_then_delete(url: &str, stream: &str, event: &NewEvent) -> u64 {
-    let mut redis = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
+    let mut redis = patient_connection(&redis::Client::open(url).unwrap())
         .await
         .unwrap();
     let entries: u64 = redis::cmd("XLEN")
@@ -948,7 +960,14 @@ impl Destination {
     /// cannot be reached now is told on stderr, and tried with each event.
     async fn check_redis_at_start(&self, client: &redis::Client) -> Result<(), String> {
         let checked = tokio::time::timeout(self.timeout, async {
-            let mut connection = client.get_multiplexed_async_connection().await?;
+            // Answers are waited for as long as the check's own bound, not
+            // the `redis` crate's default 500 ms.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout));
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             // What the server tells of itself. ROLE and INFO are in Redis's
             // `@dangerous` category, which a user of least privilege may
             // not run: then it is not told, and not held against it.
@@ -3590,9 +3609,7 @@ mod tests {
             .expect("the publish ended")
             .unwrap_or_else(|e| panic!("the publish: {e}"))
         };
-        let mut redis = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
+        let mut redis = patient_connection(&redis::Client::open(url.as_str()).unwrap())
             .await
             .unwrap();
         let marker = xadd_marker(&stream, &event);
@@ -3690,7 +3707,7 @@ mod tests {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             loop {
                 let client = redis::Client::open(self.url()).unwrap();
-                if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                if let Ok(mut connection) = patient_connection(&client).await {
                     let pong: redis::RedisResult<String> =
                         redis::cmd("PING").query_async(&mut connection).await;
                     if pong.is_ok() {
