@@ -783,10 +783,11 @@ impl InboxStats {
 /// `PostgresInbox::migrate`).
 ///
 /// The SQLite and PostgreSQL inboxes reading by due time also set aside a
-/// new event that an older event of its object holds back, when a claim
-/// reads it: it is due again when that one is (its retry, or the end of
-/// its worker's lease), and at once, as it was before, when that one stops
-/// running (done, failed, given back, dead). Its
+/// new event that an older event of its object holds back (SQLite when a
+/// claim reads it, PostgreSQL when a claim finds nothing to take): it is
+/// due again when that one is (its retry, or the end of its worker's
+/// lease), and at once, as it was before, when that one stops running
+/// (done, failed, given back, dead). Its
 /// [`next_attempt_at`](InboxEntry::next_attempt_at) says when, and
 /// [`InboxStats::due`] does not count it. Otherwise every claim would read
 /// all of them again: a destination down for hours leaves each object's

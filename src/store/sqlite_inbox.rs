@@ -139,18 +139,28 @@ const SCHEMA: &str = "
         ON clink_webhook_inbox (object_key, seq);
     CREATE INDEX IF NOT EXISTS clink_webhook_inbox_received
         ON clink_webhook_inbox (received_at_ms);
-    -- A claim sets a waiting event aside that an older event of its object
-    -- holds back, until that one is due (see `PARK`): when an event stops
-    -- running (done, failed, given back, dead), the events of its object set
-    -- aside are due again as they were before, at their arrival or replay.
+";
+
+/// A claim sets aside a waiting event that an older event of its object
+/// holds back, until that one is due ([`PARK`]). When an event about an
+/// object stops running (done, failed, given back, dead), the first of its
+/// object's events set aside is due again as it was, at its arrival or
+/// replay: one event, whose own settle then does the same for the next, so
+/// that a settle's work does not grow with its object's backlog. Made in
+/// [`add_missing_columns`], so that a file that has it opens for reading.
+const UNPARK_TRIGGER: &str = "
     CREATE TRIGGER IF NOT EXISTS clink_webhook_inbox_unpark
     AFTER UPDATE OF status ON clink_webhook_inbox
     WHEN OLD.status = 'running' AND NEW.status <> 'running' AND OLD.object_key IS NOT NULL
     BEGIN
         UPDATE clink_webhook_inbox SET next_attempt_ms = COALESCE(last_replay_ms, received_at_ms)
-        WHERE object_key = OLD.object_key
-          AND status IN ('pending', 'retrying', 'running') AND status = 'pending'
-          AND next_attempt_ms > COALESCE(last_replay_ms, received_at_ms);
+        WHERE seq = (
+            SELECT seq FROM clink_webhook_inbox INDEXED BY clink_webhook_inbox_object
+            WHERE object_key = OLD.object_key
+              AND status IN ('pending', 'retrying', 'running') AND status = 'pending'
+              AND next_attempt_ms > COALESCE(last_replay_ms, received_at_ms)
+            ORDER BY order_ms, event_id
+            LIMIT 1);
     END;
 ";
 
@@ -231,7 +241,7 @@ const CANDIDATES: &str = concat!(
 /// read it again, and again, while it cannot run (a destination down for
 /// hours leaves an object's oldest event retrying and its newer ones
 /// behind it). When that event stops running, the trigger
-/// `clink_webhook_inbox_unpark` makes the events set aside due again.
+/// [`UNPARK_TRIGGER`] makes the first of them due again.
 const PARK: &str = concat!(
     "UPDATE clink_webhook_inbox SET next_attempt_ms = ",
     head_due!(),
@@ -334,13 +344,15 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
             "SELECT (SELECT count(*) FROM pragma_table_info('clink_webhook_inbox') \
                      WHERE name IN ({})) \
                   + (SELECT count(*) FROM sqlite_master \
-                     WHERE type = 'index' AND name = 'clink_webhook_inbox_handled')",
+                     WHERE type = 'index' AND name = 'clink_webhook_inbox_handled') \
+                  + (SELECT count(*) FROM sqlite_master \
+                     WHERE type = 'trigger' AND name = 'clink_webhook_inbox_unpark')",
             names.join(", ")
         ),
         [],
         |row| row.get(0),
     )?;
-    if present == ADDED_COLUMNS.len() + 1 {
+    if present == ADDED_COLUMNS.len() + 2 {
         return Ok(());
     }
     let tx =
@@ -358,6 +370,7 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
         }
     }
     tx.execute_batch(INDEXES_OF_ADDED_COLUMNS)?;
+    tx.execute_batch(UNPARK_TRIGGER)?;
     tx.commit()
 }
 
@@ -1595,8 +1608,9 @@ mod plan_tests {
             objects * behind
         );
 
-        // The first object's oldest event runs and is done: the events behind
-        // it are due again as they arrived, and the oldest of them is taken.
+        // The first object's oldest event runs and is done: the first event
+        // behind it is due again as it arrived (the others wait for it), and
+        // it is taken.
         connection
             .execute_batch(
                 "UPDATE clink_webhook_inbox SET status = 'running' WHERE event_id = 'evt_0';
@@ -1608,7 +1622,7 @@ mod plan_tests {
                 "SELECT count(*) FROM clink_webhook_inbox
                  WHERE status = 'pending' AND next_attempt_ms = ?1"
             ),
-            (objects - 1) * behind
+            objects * behind - 1
         );
         let tx = connection.transaction().unwrap();
         let first_behind: i64 = tx

@@ -291,32 +291,44 @@ async fn held_back_conformance(inbox: Arc<dyn Inbox>) {
     let stats = inbox.stats().await.unwrap();
     assert_eq!((stats.pending, stats.retrying, stats.due), (2, 1, 0));
 
-    // Replayed, the oldest runs at once; once it is done, the next is due
-    // at once, not at the retry's time.
+    // Replayed, the oldest runs at once; once it is dead, the next is due
+    // at once, not at the retry's time (the one after it still waits: it
+    // cannot run before the next).
     assert_eq!(
         inbox.replay(head_seq, false).await.unwrap(),
         Replayed::Replayed
     );
     let claim = claim_only(&*inbox, head_seq).await;
-    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    assert_eq!(
+        inbox.fail(&claim, "given up", None).await.unwrap(),
+        Settle::Applied
+    );
+    assert_eq!(entry(head_seq).await.status, InboxStatus::Dead);
     assert!(entry(first_seq).await.next_attempt_at <= Timestamp::now());
+    assert_eq!(entry(second_seq).await.next_attempt_at, retry_at);
     let claim = claim_only(&*inbox, first_seq).await;
+    assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
+    assert!(entry(second_seq).await.next_attempt_at <= Timestamp::now());
+    let claim = claim_only(&*inbox, second_seq).await;
 
-    // Behind a running event, the last is set aside until its lease ends,
-    // and due again as soon as it is done.
+    // Behind a running event, a new one is set aside until the lease ends,
+    // and due again as soon as that event is done.
+    let third = event(&id("third"), Some(&o), 4_000);
+    assert_eq!(inbox.insert(&third).await.unwrap(), Inserted::New);
+    let third_seq = seq_of(&*inbox, &third.event_id).await;
     assert!(inbox
         .claim(LEASE, NO_REORDER_WINDOW)
         .await
         .unwrap()
         .is_none());
-    let held = entry(second_seq).await;
+    let held = entry(third_seq).await;
     assert!(
-        held.next_attempt_at.as_millis() > Timestamp::now().as_millis() + 15_000,
+        held.next_attempt_at.as_millis() > Timestamp::now().as_millis() + 15_000, // half the lease
         "set aside until the lease ends: {held:?}"
     );
     assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
-    assert!(entry(second_seq).await.next_attempt_at <= Timestamp::now());
-    let claim = claim_only(&*inbox, second_seq).await;
+    assert!(entry(third_seq).await.next_attempt_at <= Timestamp::now());
+    let claim = claim_only(&*inbox, third_seq).await;
     assert_eq!(inbox.complete(&claim).await.unwrap(), Settle::Applied);
 }
 
@@ -2724,7 +2736,8 @@ async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_fir
             "inbox_claim",
             "inbox_settle_complete",
             "inbox_settle_fail",
-            "inbox_settle_release"
+            "inbox_settle_release",
+            "inbox_unpark"
         ]
     );
 }

@@ -78,18 +78,19 @@ const PARK_LIMIT: u32 = 64;
 ///   waiting (on a table made before that index, until it is built, the
 ///   index of live events in arrival order: see [`migrate`](Self::migrate)).
 ///   Its statement stays prepared for the connection, so after the first
-///   few claims the plan is reused instead of made again. The waiting
-///   events it reads that an older event of their object holds back are
-///   set aside until that one is due (see the trait's
-///   [claim order](Inbox#claim-order)), each under its object's lock,
-///   tried and never waited for.
+///   few claims the plan is reused instead of made again. A claim that
+///   finds nothing to take sets aside the waiting events due that an older
+///   event of their object holds back, until that one is due (see the
+///   trait's [claim order](Inbox#claim-order)), each under its object's
+///   lock, tried and never waited for.
 /// - Every settle is one `UPDATE` matching the row still running with its
 ///   claim's token, each in a PL/pgSQL function beside the table as well
 ///   (`<table>_settle_complete`, `<table>_settle_fail`,
 ///   `<table>_settle_release`), so that its plan too is reused on the
-///   connection instead of made on every call. A settle of an event about
-///   an object then takes that object's lock and makes the object's events
-///   set aside due again.
+///   connection instead of made on every call. When an event about an
+///   object stops running (by a settle or otherwise), a trigger of the
+///   table's (`<table>_unpark`) takes that object's lock and makes the
+///   first of the object's events set aside due again.
 ///
 /// Claims and settles follow the server's clock, in epoch milliseconds: a
 /// lease is taken, found ended and checked by every settle against the
@@ -241,7 +242,7 @@ impl Sql {
         // next candidate in `picked_seq` and `picked_key`, or return when
         // there is none) differ by the order the claim reads; the rest, the
         // object's lock and check and the claim itself, is the same.
-        let claim_with = |declare: &str, find: &str, park: &str| {
+        let claim_with = |declare: &str, find: &str| {
             format!(
                 "CREATE OR REPLACE FUNCTION {claim_fn}(lease_ms bigint, window_ms bigint, new_token text)
                  RETURNS SETOF {t} LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $claim$
@@ -269,7 +270,7 @@ impl Sql {
                                        lease_until_ms = srv_ms + $1, token = $3, claimed_at_ms = srv_ms,
                                        history = CASE WHEN {t}.status = 'running' THEN {lost} ELSE {t}.history END
                         WHERE {t}.seq = picked_seq
-                        RETURNING {t}.*;{park}
+                        RETURNING {t}.*;
                         RETURN;
                     END LOOP;
                  END
@@ -297,7 +298,6 @@ impl Sql {
                         END IF;
                         past_seq := picked_seq;"
             ),
-            "",
         );
         // By due time: a new event is due as it is kept, a retry when its
         // backoff ends, a running event when its worker's lease ends (the
@@ -309,18 +309,22 @@ impl Sql {
                 "(CASE WHEN {e}status = 'running' THEN {e}lease_until_ms ELSE {e}next_attempt_ms END)"
             )
         };
-        // The waiting events read before the one claimed (all those due,
-        // when none was) that an older event of their object holds back are
-        // set aside until that one is due (its retry, or the end of its
-        // worker's lease), so that the claims after this one do not read
-        // them again, and again, while they cannot run: a destination down
-        // for hours leaves an object's oldest event retrying and its newer
-        // ones behind it. Each is set aside under its object's lock (tried,
-        // never waited for) and its row's (skipped when another holds it),
-        // and checked again by a statement of its own, so that a settle of
-        // that object (which takes the lock, then makes the events set aside
-        // due again) either comes after and sees it, or before and leaves
-        // nothing to set aside.
+        // A claim that finds nothing to take sets aside the waiting events
+        // due that an older event of their object holds back, until that
+        // one is due (its retry, or the end of its worker's lease), so that
+        // the claims after it do not read them again, and again, while they
+        // cannot run: a destination down for hours leaves an object's
+        // oldest event retrying and its newer ones behind it. Only then: a
+        // claim that takes an event reads no more than before (a second
+        // walk of the index from its start, past the entries of events just
+        // done, cost the drain of a backlog about a seventh), and workers
+        // that drained what they could make such a claim before they wait.
+        // Each is set aside under its object's lock (tried, never waited
+        // for) and its row's (skipped when another holds it), and checked
+        // again by a statement of its own, so that the trigger that makes
+        // it due again when an event of that object stops running (which
+        // takes the lock too: `unpark_def`) either comes after and sees it,
+        // or before and leaves nothing to set aside.
         let head_due = format!(
             "SELECT CASE WHEN o.status = 'running' THEN o.lease_until_ms ELSE o.next_attempt_ms END
              FROM {t} o
@@ -333,7 +337,6 @@ impl Sql {
                         FOR held IN
                             SELECT e.seq, e.object_key FROM {t} e
                             WHERE e.status IN {live} AND {due_e} <= srv_ms
-                              AND ({due_e}, e.seq) < (stop_due, stop_seq)
                               AND e.status = 'pending' AND e.object_key IS NOT NULL
                               AND NOT {unblocked}
                             ORDER BY {due_e}, e.seq
@@ -353,8 +356,6 @@ impl Sql {
                     picked_due bigint;
                     past_due bigint := -9223372036854775808;
                     past_seq bigint := 0;
-                    stop_due bigint := 9223372036854775807;
-                    stop_seq bigint := 9223372036854775807;
                     held record;",
             &format!(
                 "
@@ -373,11 +374,6 @@ impl Sql {
                         past_due := picked_due;
                         past_seq := picked_seq;",
                 due_e = due("e.")
-            ),
-            &format!(
-                "
-                        stop_due := picked_due;
-                        stop_seq := picked_seq;{park}"
             ),
         );
         let index = |suffix: &str| Relation::new(table, suffix).qualified_index;
@@ -444,26 +440,10 @@ impl Sql {
                  RETURNS bigint LANGUAGE plpgsql AS $settle$
                  DECLARE
                     settled bigint;
-                    settled_key text;
                     srv_ms bigint := {SERVER_NOW};
                  BEGIN
-                    -- The event settled; then, under its object's lock (so
-                    -- that a claim setting an event aside either committed
-                    -- before, and is seen here, or checks after this one
-                    -- commits), the events of its object that claims set
-                    -- aside are due again, as they were.
-                    {update}
-                    RETURNING {t}.object_key INTO settled_key;
+                    {update};
                     GET DIAGNOSTICS settled = ROW_COUNT;
-                    IF settled > 0 AND settled_key IS NOT NULL THEN
-                        PERFORM pg_advisory_xact_lock(hashtextextended('{table}:' || settled_key, 0));
-                        UPDATE {t} SET next_attempt_ms =
-                                LEAST(srv_ms, COALESCE(last_replay_ms, arrived_ms, received_at_ms))
-                        WHERE seq IN (SELECT p.seq FROM {t} p
-                                      WHERE p.object_key = settled_key AND p.status IN {live}
-                                        AND p.status = 'pending' AND p.next_attempt_ms > srv_ms
-                                      FOR UPDATE SKIP LOCKED);
-                    END IF;
                     RETURN settled;
                  END
                  $settle$;"
@@ -499,6 +479,46 @@ impl Sql {
                                 history = {released}
                  WHERE {holds}",
             ),
+        );
+        // When an event about an object stops running (done, failed, given
+        // back, dead, by any statement: a settle, a row that cannot be
+        // read, an older version's settle), the first event of its object
+        // that a claim set aside is due again, as it was (its arrival or
+        // replay, by the server's clock): one event, whose own settle then
+        // does the same for the next, so that a settle's work does not grow
+        // with its object's backlog. A trigger of the table's, so that no
+        // version's statements can leave it out; under the object's lock,
+        // as a claim sets an event aside, so that a claim either committed
+        // before and is seen here, or checks after this commits. A row
+        // another holds (a replay under way) is skipped: it is due when
+        // its time comes at the latest.
+        let unpark_fn = quote(&format!("{table}_unpark"));
+        let unpark_def = format!(
+            "CREATE OR REPLACE FUNCTION {unpark_fn}() RETURNS trigger LANGUAGE plpgsql AS $unpark$
+             DECLARE
+                srv_ms bigint := {SERVER_NOW};
+             BEGIN
+                PERFORM pg_advisory_xact_lock(hashtextextended('{table}:' || OLD.object_key, 0));
+                UPDATE {t} SET next_attempt_ms =
+                        LEAST(srv_ms, COALESCE(last_replay_ms, arrived_ms, received_at_ms))
+                WHERE seq = (SELECT p.seq FROM {t} p
+                             WHERE p.object_key = OLD.object_key AND p.status IN {live}
+                               AND p.status = 'pending' AND p.next_attempt_ms > srv_ms
+                             ORDER BY p.order_ms, p.event_id COLLATE \"C\"
+                             LIMIT 1
+                             FOR UPDATE SKIP LOCKED);
+                RETURN NULL;
+             END
+             $unpark$;
+             DO $clink$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                               WHERE tgrelid = to_regclass('{t}') AND tgname = '{bare}_unpark') THEN
+                    CREATE TRIGGER \"{bare}_unpark\" AFTER UPDATE OF status ON {t} FOR EACH ROW
+                    WHEN (OLD.status = 'running' AND NEW.status <> 'running'
+                          AND OLD.object_key IS NOT NULL)
+                    EXECUTE FUNCTION {unpark_fn}();
+                END IF;
+             END $clink$;"
         );
         Self {
             table: table.to_owned(),
@@ -543,10 +563,11 @@ impl Sql {
                 {claim_def}
                 {complete_def}
                 {fail_def}
-                {release_def}"
+                {release_def}
+                {unpark_def}"
             ),
             functions: format!(
-                "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}"
+                "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}\n{unpark_def}"
             ),
             reads_by_due: format!("SELECT {due_index_usable}"),
             current: {
@@ -1174,6 +1195,12 @@ impl PostgresInbox {
     /// if the completion did commit, that changes nothing. A handler that
     /// returns `Ok` without committing leaves the event claimed until its
     /// lease ends; it then runs again.
+    ///
+    /// For an event about an object, the completion also takes that
+    /// object's advisory lock (to make the next of its events due: see the
+    /// [claim order](Inbox#claim-order)), held until the transaction ends:
+    /// commit soon after, as below, for the claims of that object wait on
+    /// it (the completion's own wait for it is bounded as a row's is).
     ///
     /// ```no_run
     /// use clink_webhooks::data::Order;
