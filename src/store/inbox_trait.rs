@@ -786,8 +786,10 @@ impl InboxStats {
 /// new event that an older event of its object holds back (SQLite when a
 /// claim reads it, PostgreSQL when a claim finds nothing to take): it is
 /// due again when that one is (its retry, or the end of its worker's
-/// lease), and at once, as it was before, when that one stops running
-/// (done, failed, given back, dead). Its
+/// lease), and at once, as it was before, when it becomes the oldest of
+/// its object still to handle (the events before it done or dead) or an
+/// event of its object stops running while it is (done, failed, given
+/// back, dead). Its
 /// [`next_attempt_at`](InboxEntry::next_attempt_at) says when, and
 /// [`InboxStats::due`] does not count it. Otherwise every claim would read
 /// all of them again: a destination down for hours leaves each object's

@@ -47,10 +47,10 @@ use crate::{BoxError, Timestamp};
 /// Opening a file an earlier version made adds what this one reads: its
 /// columns, the indexes of the waiting events by when they are due and
 /// of the running ones by their lease (built once, as it opens: about a
-/// second for a file of a million events), and the trigger that makes the
-/// events a claim set aside due again (see the trait's
-/// [claim order](Inbox#claim-order)) when the event that held them back
-/// stops running.
+/// second for a file of a million events), and the trigger that makes an
+/// event a claim set aside due again (see the trait's
+/// [claim order](Inbox#claim-order)) when the event before it stops
+/// running (a file this process may not write opens without it).
 ///
 /// ```no_run
 /// use clink_webhooks::store::SqliteInbox;
@@ -143,10 +143,11 @@ const SCHEMA: &str = "
 
 /// A claim sets aside a waiting event that an older event of its object
 /// holds back, until that one is due ([`PARK`]). When an event about an
-/// object stops running (done, failed, given back, dead), the first of its
-/// object's events set aside is due again as it was, at its arrival or
-/// replay: one event, whose own settle then does the same for the next, so
-/// that a settle's work does not grow with its object's backlog. Made in
+/// object stops running (done, failed, given back, dead), the oldest event
+/// of its object still to handle, if a claim set it aside, is due again as
+/// it was, at its arrival or replay: the one event that may run next, whose
+/// own end does the same for the one after it, so that this reads and
+/// writes one row whatever the object's backlog. Made in
 /// [`add_missing_columns`], so that a file that has it opens for reading.
 const UNPARK_TRIGGER: &str = "
     CREATE TRIGGER IF NOT EXISTS clink_webhook_inbox_unpark
@@ -156,11 +157,10 @@ const UNPARK_TRIGGER: &str = "
         UPDATE clink_webhook_inbox SET next_attempt_ms = COALESCE(last_replay_ms, received_at_ms)
         WHERE seq = (
             SELECT seq FROM clink_webhook_inbox INDEXED BY clink_webhook_inbox_object
-            WHERE object_key = OLD.object_key
-              AND status IN ('pending', 'retrying', 'running') AND status = 'pending'
-              AND next_attempt_ms > COALESCE(last_replay_ms, received_at_ms)
+            WHERE object_key = OLD.object_key AND status IN ('pending', 'retrying', 'running')
             ORDER BY order_ms, event_id
-            LIMIT 1);
+            LIMIT 1)
+          AND status = 'pending' AND next_attempt_ms > COALESCE(last_replay_ms, received_at_ms);
     END;
 ";
 
@@ -241,7 +241,7 @@ const CANDIDATES: &str = concat!(
 /// read it again, and again, while it cannot run (a destination down for
 /// hours leaves an object's oldest event retrying and its newer ones
 /// behind it). When that event stops running, the trigger
-/// [`UNPARK_TRIGGER`] makes the first of them due again.
+/// [`UNPARK_TRIGGER`] makes the next of them due again.
 const PARK: &str = concat!(
     "UPDATE clink_webhook_inbox SET next_attempt_ms = ",
     head_due!(),
@@ -353,6 +353,19 @@ fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
         |row| row.get(0),
     )?;
     if present == ADDED_COLUMNS.len() + 2 {
+        return Ok(());
+    }
+    // A file with every column and index, but not yet the trigger, which
+    // only settles fire: one this process may not write is read as it is.
+    if present == ADDED_COLUMNS.len() + 1
+        && connection.is_readonly(rusqlite::MAIN_DB)?
+        && !connection.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master \
+             WHERE type = 'trigger' AND name = 'clink_webhook_inbox_unpark'",
+            [],
+            |row| row.get::<_, bool>(0),
+        )?
+    {
         return Ok(());
     }
     let tx =
@@ -1634,6 +1647,48 @@ mod plan_tests {
             .unwrap();
         let taken = first_waiting(&tx, now, 0).unwrap();
         assert_eq!(taken.map(|(_, seq)| seq), Some(first_behind));
+    }
+
+    /// A file made before the trigger that makes events set aside due
+    /// again, every column and index there, opens for reading where it
+    /// cannot be written (a reader never settles), and gets the trigger
+    /// where it can.
+    #[test]
+    fn a_file_without_the_trigger_opens_for_reading() {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-unpark-{}-{}",
+            std::process::id(),
+            crate::Timestamp::now().as_millis()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("inbox.db");
+        let trigger = |connection: &Connection| -> bool {
+            connection
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'trigger'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(SCHEMA).unwrap();
+            add_missing_columns(&connection).unwrap();
+            connection
+                .execute_batch("DROP TRIGGER clink_webhook_inbox_unpark")
+                .unwrap();
+        }
+        let reader =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        add_missing_columns(&reader).unwrap();
+        assert!(!trigger(&reader));
+        drop(reader);
+        let writer = Connection::open(&path).unwrap();
+        add_missing_columns(&writer).unwrap();
+        assert!(trigger(&writer));
+        drop(writer);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A page or a count filtered by one criterion reads the events it

@@ -90,7 +90,8 @@ const PARK_LIMIT: u32 = 64;
 ///   connection instead of made on every call. When an event about an
 ///   object stops running (by a settle or otherwise), a trigger of the
 ///   table's (`<table>_unpark`) takes that object's lock and makes the
-///   first of the object's events set aside due again.
+///   object's oldest event still to handle due again if a claim set it
+///   aside.
 ///
 /// Claims and settles follow the server's clock, in epoch milliseconds: a
 /// lease is taken, found ended and checked by every settle against the
@@ -139,8 +140,9 @@ struct Sql {
     /// The tables and indexes, created or brought up to date, and the
     /// functions.
     schema: String,
-    /// The claim's and the settles' functions alone, replaced on every
-    /// migration.
+    /// The claim's and the settles' functions, and the function of the
+    /// trigger that makes events set aside due again, alone: replaced on
+    /// every migration.
     functions: String,
     /// Whether the tables, every column and the indexes exist, taking no
     /// lock on the table.
@@ -323,7 +325,7 @@ impl Sql {
         // for) and its row's (skipped when another holds it), and checked
         // again by a statement of its own, so that the trigger that makes
         // it due again when an event of that object stops running (which
-        // takes the lock too: `unpark_def`) either comes after and sees it,
+        // takes the lock too: `unpark_function`) either comes after and sees it,
         // or before and leaves nothing to set aside.
         let head_due = format!(
             "SELECT CASE WHEN o.status = 'running' THEN o.lease_until_ms ELSE o.next_attempt_ms END
@@ -482,35 +484,45 @@ impl Sql {
         );
         // When an event about an object stops running (done, failed, given
         // back, dead, by any statement: a settle, a row that cannot be
-        // read, an older version's settle), the first event of its object
-        // that a claim set aside is due again, as it was (its arrival or
-        // replay, by the server's clock): one event, whose own settle then
-        // does the same for the next, so that a settle's work does not grow
-        // with its object's backlog. A trigger of the table's, so that no
+        // read, an older version's settle), the oldest event of its object
+        // still to handle, if a claim set it aside, is due again, as it was
+        // (its arrival or replay, by the server's clock): the one event
+        // that may run next, whose own end does the same for the one after
+        // it, so that this reads and writes one row whatever the object's
+        // backlog. A trigger of the table's, so that no
         // version's statements can leave it out; under the object's lock,
         // as a claim sets an event aside, so that a claim either committed
         // before and is seen here, or checks after this commits. A row
-        // another holds (a replay under way) is skipped: it is due when
-        // its time comes at the latest.
+        // another holds (a replay under way, a claim) is skipped, not waited
+        // for (a claim holding it may wait for the object's lock): it is
+        // due when its time comes at the latest. With the search path of
+        // the migration, as the trigger fires in any session that settles.
         let unpark_fn = quote(&format!("{table}_unpark"));
-        let unpark_def = format!(
-            "CREATE OR REPLACE FUNCTION {unpark_fn}() RETURNS trigger LANGUAGE plpgsql AS $unpark$
+        let unpark_function = format!(
+            "CREATE OR REPLACE FUNCTION {unpark_fn}() RETURNS trigger LANGUAGE plpgsql
+             SET search_path FROM CURRENT AS $unpark$
              DECLARE
                 srv_ms bigint := {SERVER_NOW};
              BEGIN
                 PERFORM pg_advisory_xact_lock(hashtextextended('{table}:' || OLD.object_key, 0));
                 UPDATE {t} SET next_attempt_ms =
                         LEAST(srv_ms, COALESCE(last_replay_ms, arrived_ms, received_at_ms))
-                WHERE seq = (SELECT p.seq FROM {t} p
-                             WHERE p.object_key = OLD.object_key AND p.status IN {live}
-                               AND p.status = 'pending' AND p.next_attempt_ms > srv_ms
-                             ORDER BY p.order_ms, p.event_id COLLATE \"C\"
-                             LIMIT 1
-                             FOR UPDATE SKIP LOCKED);
+                WHERE seq = (SELECT l.seq FROM {t} l
+                             WHERE l.seq = (SELECT p.seq FROM {t} p
+                                            WHERE p.object_key = OLD.object_key AND p.status IN {live}
+                                            ORDER BY p.order_ms, p.event_id COLLATE \"C\"
+                                            LIMIT 1)
+                             FOR UPDATE SKIP LOCKED)
+                  AND status = 'pending' AND next_attempt_ms > srv_ms;
                 RETURN NULL;
              END
-             $unpark$;
-             DO $clink$ BEGIN
+             $unpark$;"
+        );
+        // The trigger itself changes the table (a lock every write waits
+        // behind): made by the full migration alone, which `current` sends
+        // a table without it to.
+        let unpark_trigger = format!(
+            "DO $clink$ BEGIN
                 IF NOT EXISTS (SELECT 1 FROM pg_trigger
                                WHERE tgrelid = to_regclass('{t}') AND tgname = '{bare}_unpark') THEN
                     CREATE TRIGGER \"{bare}_unpark\" AFTER UPDATE OF status ON {t} FOR EACH ROW
@@ -564,10 +576,11 @@ impl Sql {
                 {complete_def}
                 {fail_def}
                 {release_def}
-                {unpark_def}"
+                {unpark_function}
+                {unpark_trigger}"
             ),
             functions: format!(
-                "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}\n{unpark_def}"
+                "{empty_table_indexes}\n{claim_def}\n{complete_def}\n{fail_def}\n{release_def}\n{unpark_function}"
             ),
             reads_by_due: format!("SELECT {due_index_usable}"),
             current: {
@@ -579,6 +592,8 @@ impl Sql {
                 format!(
                     "SELECT to_regclass('{t}') IS NOT NULL AND to_regclass('{health}') IS NOT NULL
                         AND to_regclass('{live_idx}') IS NOT NULL AND to_regclass('{object_idx}') IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM pg_trigger
+                                    WHERE tgrelid = to_regclass('{t}') AND tgname = '{bare}_unpark')
                         AND (SELECT count(*) FROM pg_attribute
                              WHERE attrelid = to_regclass('{t}') AND NOT attisdropped
                                AND attname IN ({columns})) = {count}",
@@ -892,7 +907,9 @@ impl PostgresInbox {
     /// `<table>_settle_complete`, `<table>_settle_fail`,
     /// `<table>_settle_release`; versions before these made
     /// `<table>_complete`, `<table>_fail` and `<table>_release`, which none
-    /// calls once every instance runs these). The claim's function it makes
+    /// calls once every instance runs these), and the trigger `<table>_unpark`
+    /// with its function of that name, which make an event a claim set
+    /// aside due again (see the [claim order](Inbox#claim-order)). The claim's function it makes
     /// reads by due time or in arrival order as the index by due time
     /// exists or not when it runs (see [`migrate`](Self::migrate)).
     #[must_use]
@@ -1033,8 +1050,8 @@ impl PostgresInbox {
     ///
     /// Safe to run from several instances at once, and while others use the
     /// table, as every start of an instance does: when the table, its
-    /// columns and its indexes all exist it only looks them up and replaces
-    /// the functions, taking no lock on the table that would queue behind
+    /// columns, its indexes and its trigger all exist it only looks them up
+    /// and replaces the functions, taking no lock on the table that would queue behind
     /// open transactions (and every delivery behind it); when one of the two
     /// indexes below is missing, it also reads whether the table is empty.
     /// When it must change the table, it waits for the table's lock no
@@ -1199,8 +1216,13 @@ impl PostgresInbox {
     /// For an event about an object, the completion also takes that
     /// object's advisory lock (to make the next of its events due: see the
     /// [claim order](Inbox#claim-order)), held until the transaction ends:
-    /// commit soon after, as below, for the claims of that object wait on
-    /// it (the completion's own wait for it is bounded as a row's is).
+    /// commit soon after, as below, for the other settles of that object
+    /// wait on it (the completion's own wait for it is bounded as a row's
+    /// is). Run it at PostgreSQL's default isolation, `READ COMMITTED`:
+    /// at a stricter one, the completion reads the table as the
+    /// transaction began, and can fail with a serialization error when
+    /// another event of the object changed meanwhile (the effects roll
+    /// back, and the event runs again).
     ///
     /// ```no_run
     /// use clink_webhooks::data::Order;
@@ -2543,6 +2565,38 @@ mod tests {
                 "call {call}: {read} rows read after they were set aside"
             );
         }
+    }
+
+    /// A table made before the trigger that makes events set aside due
+    /// again gets it from the next migration (the full one: creating it
+    /// changes the table), and keeps it through the ones after.
+    #[tokio::test]
+    async fn a_table_without_the_trigger_gets_it_from_the_next_migration() {
+        let (inbox, pool, table) = private_inbox("unpark_upgrade").await;
+        let client = pool.get().await.unwrap();
+        let exists = async || -> bool {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) = 1 FROM pg_trigger
+                         WHERE tgrelid = '\"{table}\"'::regclass AND tgname = '{table}_unpark'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        };
+        assert!(exists().await, "made with the table");
+        client
+            .batch_execute(&format!("DROP TRIGGER \"{table}_unpark\" ON \"{table}\""))
+            .await
+            .unwrap();
+        assert!(!exists().await);
+        inbox.migrate().await.unwrap();
+        assert!(exists().await, "made by the migration");
+        inbox.migrate().await.unwrap();
+        assert!(exists().await, "kept");
     }
 
     /// An index of the due index's name in another shape (built by hand
