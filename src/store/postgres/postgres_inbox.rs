@@ -1216,9 +1216,9 @@ impl PostgresInbox {
     /// For an event about an object, the completion also takes that
     /// object's advisory lock (to make the next of its events due: see the
     /// [claim order](Inbox#claim-order)), held until the transaction ends:
-    /// commit soon after, as below, for the other settles of that object
-    /// wait on it (the completion's own wait for it is bounded as a row's
-    /// is). Run it at PostgreSQL's default isolation, `READ COMMITTED`:
+    /// commit soon after, as below, for the other settles and claims of
+    /// that object wait on it (the completion's own wait for it is bounded
+    /// as a row's is). Run it at PostgreSQL's default isolation, `READ COMMITTED`:
     /// at a stricter one, the completion reads the table as the
     /// transaction began, and can fail with a serialization error when
     /// another event of the object changed meanwhile (the effects roll
@@ -2806,5 +2806,11 @@ mod tests {
         for line in sql.functions.lines() {
             assert!(sql.schema.contains(line.trim()), "{line}");
         }
+        // What each start runs on a current table changes no table: the
+        // trigger, which does, is made by the full migration, which a
+        // table without it is sent to.
+        assert!(!sql.functions.contains("CREATE TRIGGER"));
+        assert!(sql.schema.contains("CREATE TRIGGER"));
+        assert!(sql.current.contains("inbox_unpark"), "{}", sql.current);
     }
 }
