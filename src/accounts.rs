@@ -367,6 +367,18 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 /// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
+/// Of `max` lookup slots, how many the lookups of names never found may
+/// not take: a quarter, and at least one when there are two or more.
+const fn reserved_lookups(max: usize) -> usize {
+    if max < 2 {
+        0
+    } else if max < 8 {
+        1
+    } else {
+        max / 4
+    }
+}
+
 /// While a known account's keys answer for a failing lookup, how long
 /// until it is asked again (or its `ttl`, if shorter): not on every
 /// delivery, against a source that is failing.
@@ -405,7 +417,10 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 ///   last [`capacity`](Self::capacity) of them, however long idle) is
 ///   asked about again without waiting for the rate (a lookup that failed,
 ///   or was given up on when its delivery's time ran out, forgets it, so
-///   a struggling source is asked at the rate); while its cached keys have
+///   a struggling source is asked at the rate), in a slot the lookups of
+///   other names cannot take (a quarter of them are kept for known
+///   accounts, see [`max_concurrent_lookups`](Self::max_concurrent_lookups));
+///   while its cached keys have
 ///   expired less than a [`ttl`](Self::ttl) ago and every lookup slot is
 ///   busy, they answer for it instead of a `503`; and in a full cache, an
 ///   unknown account's answer never takes the place of a known account's
@@ -423,7 +438,10 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 /// the deliveries waiting on it get `503`, and the next one asks again;
 /// the layer logs those failures as an outage, never one line per
 /// delivery. Clink retries a delivery for about a day, so an outage of
-/// your backend shorter than that loses nothing. To go on receiving
+/// your backend shorter than that loses nothing, as long as each retry is
+/// signed when it is sent (Clink's docs do not say; a retry carrying its
+/// first attempt's timestamp could not pass the timestamp check once the
+/// [tolerance](crate::Verifier::tolerance) is past). To go on receiving
 /// through a longer one, set [`stale_if_error`](Self::stale_if_error): an
 /// account a lookup found before is then verified with the keys it found,
 /// for that long after they expired, while its lookups fail. A lookup that
@@ -468,6 +486,10 @@ pub struct CachedKeySource<F> {
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// One permit per lookup running.
     lookups: Semaphore,
+    /// One permit per lookup running of an account not known (see
+    /// `known`): fewer than `lookups`, so that made-up names leave known
+    /// accounts [`reserved_lookups`] slots.
+    stranger_lookups: Semaphore,
     max_lookups: usize,
     rate: TokenBucket,
     /// The accounts a lookup found, with when it last did: at most
@@ -679,6 +701,9 @@ where
             precheck: None,
             flights: Mutex::default(),
             lookups: Semaphore::new(DEFAULT_MAX_CONCURRENT_LOOKUPS),
+            stranger_lookups: Semaphore::new(
+                DEFAULT_MAX_CONCURRENT_LOOKUPS - reserved_lookups(DEFAULT_MAX_CONCURRENT_LOOKUPS),
+            ),
             max_lookups: DEFAULT_MAX_CONCURRENT_LOOKUPS,
             rate: TokenBucket::new(DEFAULT_LOOKUPS_PER_SECOND, DEFAULT_LOOKUP_BURST),
             known: Mutex::default(),
@@ -760,7 +785,12 @@ where
     /// How many lookups may run at once (default
     /// [`DEFAULT_MAX_CONCURRENT_LOOKUPS`], 16); one more is not made, and its
     /// delivery is answered `503` ([`KeySourceError::limited`]). Deliveries
-    /// waiting on a lookup of the same account do not count.
+    /// waiting on a lookup of the same account do not count. A quarter of
+    /// them (at least one, when there are two or more: 4 of the default 16)
+    /// are kept for the accounts a lookup found before: the lookups of
+    /// names never found (made-up ones among them) take at most the rest,
+    /// so that a flood of them, held open by a slow source, never takes
+    /// every slot from a known account.
     ///
     /// # Errors
     ///
@@ -774,6 +804,7 @@ where
             ));
         }
         self.lookups = Semaphore::new(lookups);
+        self.stranger_lookups = Semaphore::new(lookups - reserved_lookups(lookups));
         self.max_lookups = lookups;
         Ok(self)
     }
@@ -891,12 +922,15 @@ where
     ///
     /// An account its last lookup found (see `known`) is looked up again
     /// without a token of the rate when the `ttl` is above zero (its
-    /// lookups are then one a `ttl` at most), and, while every lookup slot
-    /// is taken, a known account's keys that expired less than a `ttl` ago
-    /// answer for it: made-up names, which take tokens and slots, never
-    /// lock a real account out. A lookup that fails, or does not find the
-    /// account, forgets it: its next lookup takes a token, its expired keys
-    /// cached or not.
+    /// lookups are then one a `ttl` at most), in a slot the lookups of
+    /// other names cannot all take ([`reserved_lookups`]), and, while every
+    /// slot it may take is busy, its keys that expired less than a `ttl`
+    /// ago answer for it: made-up names, which take tokens and the other
+    /// slots, do not lock a known account out (only the lookups of known
+    /// accounts themselves, when more of them run at once than there are
+    /// slots). A lookup that fails, or does not find the account, forgets
+    /// it: its next lookup takes a token and a stranger's slot, its expired
+    /// keys cached or not.
     async fn lookup(&self, account: &str, flight: &Flight) -> Answer {
         let now = Instant::now();
         // Answered by a lookup that ended since this delivery missed the cache.
@@ -904,15 +938,25 @@ where
             return Ok(cached.verifier);
         }
         let expired = self.expired_keys(account, now);
-        let Ok(_running) = self.lookups.try_acquire() else {
-            return match expired {
-                Some(verifier) => Ok(Some(verifier)),
-                None => Err(KeySourceError::limited()),
-            };
+        let limited = || match &expired {
+            Some(verifier) => Ok(Some(Arc::clone(verifier))),
+            None => Err(KeySourceError::limited()),
         };
         // Known: found by its last lookup (one that failed since forgot it,
         // though its keys may still be cached).
-        let exempt = !self.ttl.is_zero() && self.is_known(account);
+        let known = self.is_known(account);
+        let _stranger = if known {
+            None
+        } else {
+            let Ok(permit) = self.stranger_lookups.try_acquire() else {
+                return limited();
+            };
+            Some(permit)
+        };
+        let Ok(_running) = self.lookups.try_acquire() else {
+            return limited();
+        };
+        let exempt = !self.ttl.is_zero() && known;
         if !exempt && !self.rate.take() {
             return Err(KeySourceError::limited());
         }
@@ -1302,10 +1346,12 @@ mod lookup_tests {
         }
     }
 
+    /// Three slots, one of them kept for known accounts: two lookups of
+    /// names never found run, a third is not made.
     #[tokio::test]
     async fn past_the_concurrency_cap_a_lookup_is_not_made() {
         let (source, calls, gate) = gated();
-        let source = Arc::new(source.max_concurrent_lookups(2).unwrap());
+        let source = Arc::new(source.max_concurrent_lookups(3).unwrap());
         let mut tasks = Vec::new();
         for account in ["acct_a", "acct_b"] {
             let source = Arc::clone(&source);
@@ -1411,6 +1457,51 @@ mod lookup_tests {
             .is_limited());
         gate.add_permits(1);
         assert!(holding.await.unwrap());
+    }
+
+    /// Made-up names held open by a slow source take the slots strangers
+    /// may take, never the last: a known account whose keys expired long
+    /// ago (so they no longer answer for it) is still looked up.
+    #[tokio::test(start_paused = true)]
+    async fn made_up_names_leave_known_accounts_a_slot() {
+        assert_eq!(
+            [1, 2, 4, 7, 8, 16, 100].map(reserved_lookups),
+            [0, 1, 1, 1, 2, 4, 25]
+        );
+        let (source, calls, gate) = gated();
+        let ttl = Duration::from_secs(60);
+        let source = Arc::new(source.ttl(ttl).unwrap().max_concurrent_lookups(4).unwrap());
+        gate.add_permits(1);
+        assert!(source.verifier("acct_known").await.unwrap().is_some());
+        // Past its entry and a ttl after it: its keys no longer answer.
+        tokio::time::advance(ttl * 2 + Duration::from_millis(1)).await;
+        let spawn = |account: &'static str| {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.verifier(account).await })
+        };
+        let holding: Vec<_> = ["made_up_0", "made_up_1", "made_up_2"]
+            .into_iter()
+            .map(spawn)
+            .collect();
+        until(|| calls.load(Ordering::SeqCst) == 4).await;
+        // A fourth made-up name finds no slot it may take, and no lookup
+        // is made (before the slots were kept, it took the last one).
+        let fourth = spawn("made_up_3");
+        until(|| fourth.is_finished() || calls.load(Ordering::SeqCst) > 4).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "a stranger took the kept slot"
+        );
+        assert!(fourth.await.unwrap().unwrap_err().is_limited());
+        // The known account takes the slot kept for it.
+        let known = spawn("acct_known");
+        until(|| calls.load(Ordering::SeqCst) == 5).await;
+        gate.add_permits(4);
+        assert!(known.await.unwrap().unwrap().is_some());
+        for held in holding {
+            assert!(held.await.unwrap().unwrap().is_none());
+        }
     }
 
     /// An account a lookup found is looked up again without a token of the

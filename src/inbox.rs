@@ -114,10 +114,17 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 36;
 /// The default delay after arrival before an event may run: 1 s.
 pub const DEFAULT_REORDER_WINDOW: Duration = Duration::from_secs(1);
-/// The default wait before the second attempt: 1 s, doubling each time.
+/// The default wait before the second attempt: 1 s, doubling each time,
+/// each wait give or take a fifth (random jitter, see
+/// [`Workers::backoff`]).
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
-/// The default longest wait between two attempts: 1 h.
+/// The default cap of the doubling wait between two attempts: 1 h, which
+/// the jitter of a fifth either way makes 48 to 72 minutes.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How long the metrics' count of the inbox's events waits for its answer.
+#[cfg(feature = "metrics")]
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an idle worker waits before looking again, when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -335,7 +342,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let never = Arc::new(AtomicBool::new(false));
             let task = tasks.spawn(async move {
                 while !*stopped.borrow() {
-                    record_stats(&*inbox).await;
+                    // Not waited for past the pool's stop: an inbox that
+                    // does not answer (a disk that stalls) must not hold
+                    // a shutdown to its deadline.
+                    tokio::select! {
+                        () = record_stats(&*inbox) => {}
+                        _ = stopped.changed() => break,
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = stopped.changed() => {}
@@ -823,7 +836,9 @@ fn claimed_handler_deadline(
 /// Publishes the inbox's counts as gauges.
 #[cfg(feature = "metrics")]
 async fn record_stats(inbox: &dyn Inbox) {
-    let Ok(stats) = inbox.stats().await else {
+    // Bounded, so that an answer that never comes leaves the gauges as
+    // they were and the next round asks again.
+    let Ok(stats) = crate::store::timed(STATS_TIMEOUT, inbox.stats()).await else {
         return;
     };
     for (status, count) in [
@@ -1780,6 +1795,29 @@ mod tests {
         .expect("drained ended within a minute");
         assert_eq!(drained.expect_err("3 were due").due(), Some(3));
         pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A shutdown does not wait for the metrics' count of the inbox's
+    /// events when the inbox never answers it (a disk that stalls): its
+    /// worker stopped, it returns at once. Before, it waited its whole
+    /// deadline, then said handlers were still running.
+    #[cfg(feature = "metrics")]
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_does_not_wait_for_the_inboxs_count_that_stalls() {
+        let settles = Arc::new(Settles {
+            stats_stalled: true,
+            ..Settles::default()
+        });
+        let (inbox, runs, pool) = counting_pool(&settles, Duration::from_secs(2)).await;
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = tokio::time::Instant::now();
+        pool.shutdown(Duration::from_secs(30)).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "the shutdown took {took:?}");
+        let entry = inbox.get(1).await.unwrap().unwrap();
+        assert_eq!(entry.status, crate::store::InboxStatus::Done, "{entry:?}");
     }
 
     /// A handler's `Permanent` error keeps its event dead at once, where
