@@ -745,7 +745,7 @@ impl Client {
             Some(newest)
         };
         let Some(next) = next else {
-            return Err(error);
+            return Err(error.noted("no other active key to try"));
         };
         // With no room for the next key before the deadline, Clink's
         // refusal of this one is the answer: a request was sent, and
@@ -841,11 +841,17 @@ impl Client {
         };
         let exchange = async {
             let response = inner.http.request(http_request).await.map_err(|error| {
-                ApiError::new(
+                let failed = ApiError::new(
                     ApiErrorKind::Transport,
                     call,
                     scrub(&error_chain(&error), &inner.keys),
-                )
+                );
+                // No connection was made: the request was never written.
+                if error.is_connect() {
+                    failed.unsent()
+                } else {
+                    failed
+                }
             })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
@@ -1177,7 +1183,15 @@ const SIGNING_SECRET: &str = "signingSecret";
 /// one (or only spaces), as a serializer may write for "not available",
 /// is none.
 pub(crate) fn is_a_secret(text: &str) -> bool {
-    !text.trim().is_empty()
+    !text.trim().is_empty() && !is_masked(text)
+}
+
+/// Whether `text` is a signing secret's masked form, as Clink and this
+/// crate show one (`whse...9f2a`, or `****` for a short one): never the
+/// secret, whatever field holds it.
+fn is_masked(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    text == "****" || (chars.len() == 11 && chars[4..7] == ['.', '.', '.'])
 }
 
 /// Every plain signing secret in an answer: the strings of its

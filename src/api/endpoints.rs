@@ -93,8 +93,10 @@ pub struct Endpoint {
     pub enabled: bool,
     /// The plain signing secret, only right after create, rotation or an
     /// ensure that returned it; `None` otherwise (Clink cannot show an old
-    /// secret again).
-    #[serde(default)]
+    /// secret again). A masked form read here (`whse...9f2a`: what
+    /// serializing an endpoint writes, so that one serialized and read back
+    /// has none) is `None` too, never taken for the secret.
+    #[serde(default, deserialize_with = "plain_secret")]
     pub signing_secret: Option<WebhookSecret>,
     /// The secret as Clink masks it for display.
     #[serde(default)]
@@ -487,6 +489,15 @@ fn time_of(value: Value) -> Option<i64> {
     })
 }
 
+/// A plain signing secret: `None` for `null`, a blank text, or a masked
+/// form.
+fn plain_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<WebhookSecret>, D::Error> {
+    Ok(Option::<WebhookSecret>::deserialize(deserializer)?
+        .filter(|secret| is_a_secret(secret.expose())))
+}
+
 fn lenient_time<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
@@ -703,4 +714,35 @@ fn json(value: &impl Serialize) -> Bytes {
     // These request types serialize to JSON without fail: strings, bools
     // and lists of strings only.
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serializing an endpoint writes its secret's masked form; reading
+    /// that back gives no secret, not the mask taken for one (a key that
+    /// would verify nothing). Neither does a blank text or a short mask.
+    #[test]
+    fn an_endpoint_written_and_read_back_has_no_secret_not_its_mask() {
+        let secret = "whsec_0123456789abcdef0123456789abcdef";
+        let read = |value: Value| serde_json::from_value::<Endpoint>(value).unwrap();
+        let endpoint = read(serde_json::json!({ "id": "whk_1", "signingSecret": secret }));
+        assert_eq!(
+            endpoint.signing_secret.as_ref().map(WebhookSecret::expose),
+            Some(secret)
+        );
+        let written = serde_json::to_value(&endpoint).unwrap();
+        assert_eq!(written["signingSecret"], "whse...cdef");
+        assert_eq!(read(written).signing_secret, None);
+        for not_one in ["****", "", "  ", "whse...cdef"] {
+            let endpoint = read(serde_json::json!({ "id": "whk_1", "signingSecret": not_one }));
+            assert_eq!(endpoint.signing_secret, None, "{not_one:?}");
+            let lenient = Endpoint::lenient(
+                serde_json::from_value(serde_json::json!({ "signingSecret": not_one })).unwrap(),
+                Some("whk_1"),
+            );
+            assert_eq!(lenient.signing_secret, None, "{not_one:?}");
+        }
+    }
 }

@@ -102,6 +102,8 @@ pub struct ApiError {
     retry_after: Option<Duration>,
     /// A plain signing secret the failed answer carried; `Debug` masks it.
     secret: Option<WebhookSecret>,
+    /// Whether no connection to Clink could be made for it.
+    unsent: bool,
 }
 
 impl ApiError {
@@ -114,7 +116,15 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             secret: None,
+            unsent: false,
         }
+    }
+
+    /// Marks an error of a request that never left: no connection to Clink
+    /// could be made for it.
+    pub(crate) fn unsent(mut self) -> Self {
+        self.unsent = true;
+        self
     }
 
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
@@ -186,14 +196,28 @@ impl ApiError {
     }
 
     /// The plain signing secret the answer carried although the call
-    /// failed: an answer to rotate-secret, create or ensure that said no
-    /// (or came in a shape the client could not read) with a
-    /// `signingSecret` in its `data`. Clink may then have rotated or
-    /// created, and this may be the only copy of the secret it signs with:
-    /// store it or rotate again. `None` for every other error.
+    /// failed: an answer that said no (or came in a shape the client could
+    /// not read) with a `signingSecret` in its `data`. To rotate-secret,
+    /// create or ensure, Clink may then have rotated or created, and this
+    /// may be the only copy of the secret it signs with: store it or rotate
+    /// again. (Any other call's failed answer that carries one keeps it
+    /// here too, out of the message.) `None` when the answer carried none.
     #[must_use]
     pub fn new_secret(&self) -> Option<&WebhookSecret> {
         self.secret.as_ref()
+    }
+
+    /// Whether the request certainly never reached Clink: no connection
+    /// to it could be made (its name did not resolve, the connection was
+    /// refused, or its TLS handshake failed; a
+    /// [`Transport`](ApiErrorKind::Transport) error). A write that never
+    /// reached Clink changed nothing there, and can be made again. `false`
+    /// when it may have reached Clink: a connection closed after it was
+    /// made, a timeout, any answer (and the client's own refusals, which
+    /// [`kind`](Self::kind) tells apart).
+    #[must_use]
+    pub fn never_reached_clink(&self) -> bool {
+        self.unsent
     }
 }
 

@@ -277,8 +277,12 @@ impl Client {
         }
     }
 
-    /// The current state of object `id` of `kind` as Clink's JSON `data`,
-    /// untouched (what `clink-webhook api get` prints).
+    /// The current state of object `id` of `kind` as Clink's JSON `data`
+    /// (what `clink-webhook api get` prints), as `serde_json` reads it:
+    /// every member and value kept, but its members in order of their
+    /// names, and each number as the nearest `f64` when it has a fraction
+    /// or does not fit 64 bits (`19.90` is `19.9`). For exact amounts, read
+    /// the typed object with [`get`](Self::get).
     ///
     /// # Errors
     ///

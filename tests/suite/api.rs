@@ -377,6 +377,15 @@ async fn every_key_refused_is_unauthorized_after_one_try_each() {
         );
         let text = format!("{error} {error:?}");
         assert_no_key("an error", &text, &[NEW, OLD]);
+        // With one key, the error says there was no other to try.
+        let client = client_for(&fake, &[NEW]).build().unwrap();
+        let error = client.get::<Order>("ord_1").await.unwrap_err();
+        assert_eq!(error.kind(), ApiErrorKind::Unauthorized, "{error}");
+        assert!(
+            error.message().contains("no other active key to try"),
+            "{style:?}: {error}"
+        );
+        assert_eq!(fake.requests().len(), 3, "{style:?}: one request more");
     }
     // An expired key is never sent.
     let fake = FakeApi::start().await;
@@ -676,6 +685,72 @@ async fn a_hung_server_is_timed_out() {
         .unwrap();
     let error = client.get::<Order>("ord_1").await.unwrap_err();
     assert_eq!(error.kind(), ApiErrorKind::Transport, "{error}");
+}
+
+/// An error tells a request that never reached Clink (no connection could
+/// be made: a write then changed nothing there) from one that may have (a
+/// connection closed once the request was written, no answer in time, an
+/// answer).
+#[tokio::test]
+async fn an_error_says_whether_its_request_may_have_reached_clink() {
+    let client_at = |addr: std::net::SocketAddr| {
+        Client::builder()
+            .base_url(format!("http://{addr}/api/"))
+            .key(ApiKey::new(NEW).unwrap())
+            .attempts(1)
+            .request_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    // Refused: nothing listens.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let error = client_at(closed)
+        .rotate_endpoint_secret("whk_1")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Transport, "{error}");
+    assert!(error.never_reached_clink(), "{error}");
+
+    // Accepted, the request read, the connection closed with no answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request's head never came");
+            head.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let error = client_at(addr)
+        .rotate_endpoint_secret("whk_1")
+        .await
+        .unwrap_err();
+    let head = server.await.unwrap();
+    assert!(
+        head.starts_with("POST /api/webhook/endpoints/whk_1/rotate-secret"),
+        "{head}"
+    );
+    assert_eq!(error.kind(), ApiErrorKind::Transport, "{error}");
+    assert!(!error.never_reached_clink(), "{error}");
+
+    // An answer: Clink said no.
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let error = client_for(&fake, &[NEW])
+        .build()
+        .unwrap()
+        .rotate_endpoint_secret("whk_missing")
+        .await
+        .unwrap_err();
+    assert!(!error.never_reached_clink(), "{error}");
 }
 
 #[tokio::test]

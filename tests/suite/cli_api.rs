@@ -1296,6 +1296,21 @@ async fn a_rotation_whose_answer_is_lost_says_the_secret_may_have_been_rotated()
         "{error}"
     );
 
+    // No connection could be made: nothing was rotated, and the error
+    // says so, not that it may have been.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut command = clink_webhook(&format!("http://{closed}/api/"), Some(KEY));
+    command.args(["endpoints", "rotate-secret", &id, "--show-secret"]);
+    let unreached = run(command).await;
+    assert_eq!(unreached.code, Some(2), "{unreached:?}");
+    let message = text_error(&unreached);
+    assert!(message.contains("connection failed"), "{unreached:?}");
+    assert!(message.contains("never reached Clink"), "{unreached:?}");
+    assert!(!unreached.stderr.contains("MAY"), "{unreached:?}");
+
     // Clink saying no rotated nothing: the error says no more.
     api.fail_next(
         &rotate,

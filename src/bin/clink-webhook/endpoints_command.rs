@@ -538,8 +538,9 @@ impl SecretCall<'_> {
 /// error says so too. Otherwise, when the request may have been applied
 /// with its answer lost (no answer in time, a connection lost, a server
 /// error, an answer that could not be read), the error says that nobody
-/// may have the new secret, and how to get one. When Clink said no, or
-/// nothing was sent, it is as [`api_error`] has it.
+/// may have the new secret, and how to get one. When Clink said no, it is
+/// as [`api_error`] has it; when no connection to Clink could be made, the
+/// error says the request never reached it.
 fn secret_call_failed(printer: &Printer<'_>, error: &ApiError, call: &SecretCall<'_>) -> CliError {
     let mut cli_error = api_error(error);
     if let Some(secret) = error.new_secret() {
@@ -555,6 +556,12 @@ fn secret_call_failed(printer: &Printer<'_>, error: &ApiError, call: &SecretCall
             },
             call.again()
         ));
+        return cli_error;
+    }
+    if error.never_reached_clink() {
+        cli_error
+            .message
+            .push_str("; the request never reached Clink: nothing was changed there");
         return cli_error;
     }
     let maybe = matches!(
