@@ -495,8 +495,11 @@ impl Sql {
         // before and is seen here, or checks after this commits. A row
         // another holds (a replay under way, a claim) is skipped, not waited
         // for (a claim holding it may wait for the object's lock): it is
-        // due when its time comes at the latest. With the search path of
-        // the migration, as the trigger fires in any session that settles.
+        // due when its time comes at the latest. Locked only when set
+        // aside, so that a settle in the app's own transaction
+        // (`complete_in`) holds no other event's row until it commits.
+        // With the search path of the migration, as the trigger fires in
+        // any session that settles.
         let unpark_fn = quote(&format!("{table}_unpark"));
         let unpark_function = format!(
             "CREATE OR REPLACE FUNCTION {unpark_fn}() RETURNS trigger LANGUAGE plpgsql
@@ -512,6 +515,7 @@ impl Sql {
                                             WHERE p.object_key = OLD.object_key AND p.status IN {live}
                                             ORDER BY p.order_ms, p.event_id COLLATE \"C\"
                                             LIMIT 1)
+                               AND l.status = 'pending' AND l.next_attempt_ms > srv_ms
                              FOR UPDATE SKIP LOCKED)
                   AND status = 'pending' AND next_attempt_ms > srv_ms;
                 RETURN NULL;
@@ -1950,6 +1954,60 @@ mod tests {
         drop(tx);
         let running = inbox.get(lost.entry.seq).await.unwrap().unwrap();
         assert_eq!(running.status, InboxStatus::Running);
+    }
+
+    /// A settle in the app's own transaction locks no other row of its
+    /// object but one set aside: the next event, due and not set aside,
+    /// can be read for update (a replay of it, say) while that transaction
+    /// is open. Before, the trigger locked the object's oldest event
+    /// whatever its state, until the app's transaction ended.
+    #[tokio::test]
+    async fn a_settle_in_the_apps_transaction_locks_no_event_not_set_aside() {
+        use std::time::Duration;
+
+        use bytes::Bytes;
+
+        use crate::store::inbox_trait::outlived::attempt;
+        use crate::store::{Inbox, NewEvent, Settle};
+        use crate::Timestamp;
+
+        let (inbox, pool, table) = private_inbox("settle_locks").await;
+        for id in ["evt_a", "evt_b"] {
+            let body = format!(r#"{{"id":"{id}","type":"order.succeeded","data":{{}}}}"#);
+            let event = NewEvent::new(
+                None,
+                id.to_owned(),
+                "order.succeeded".to_owned(),
+                None,
+                Some("order:ord_1".to_owned()),
+                Timestamp::now(),
+                Timestamp::now(),
+                Bytes::from(body),
+            );
+            inbox.insert(&event).await.unwrap();
+        }
+        let first = inbox
+            .claim(Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the oldest is due");
+        assert_eq!(first.entry.event.event_id, "evt_a");
+        let mut client = pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let settled = inbox.complete_in(&tx, &attempt(&first)).await.unwrap();
+        assert_eq!(settled, Settle::Applied);
+        let other = pool.get().await.unwrap();
+        let locked = other
+            .query(
+                &format!("SELECT seq FROM \"{table}\" WHERE event_id = 'evt_b' FOR UPDATE NOWAIT"),
+                &[],
+            )
+            .await;
+        assert!(
+            locked.is_ok(),
+            "the next event is locked by the open transaction: {locked:?}"
+        );
+        tx.commit().await.unwrap();
     }
 
     /// The console's reads, filtered by one criterion (type, account,
