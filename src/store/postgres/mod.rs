@@ -200,7 +200,8 @@ impl PostgresStore {
     ///
     /// A [`StoreError`] when the database cannot be reached, the role may not
     /// create the table, a lock it needs is held by others past the per-call
-    /// timeout, or it takes longer than 30 seconds.
+    /// timeout (another instance's migration of the table is waited for,
+    /// within the 30 seconds), or it takes longer than 30 seconds.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -693,10 +694,11 @@ impl IdempotencyStore for PostgresStore {
 /// Runs `schema` in one transaction under an advisory lock named after
 /// `table`, so that instances starting together create it once.
 /// Runs `schema` for `table` in one transaction, under a transaction-scoped
-/// advisory lock (so that instances starting together take turns), waiting
-/// for any lock on a table no longer than `lock_wait`: a change that waits
-/// for the table behind a long transaction would hold every statement on
-/// that table up behind it.
+/// advisory lock (so that instances starting together take turns: each
+/// waits its turn up to [`MIGRATE_TIMEOUT`], as long as a migration may
+/// take), waiting for any lock on a table no longer than `lock_wait`: a
+/// change that waits for the table behind a long transaction would hold
+/// every statement on that table up behind it.
 async fn create_tables(
     client: &mut deadpool_postgres::Object, table: &str, schema: &str, lock_wait: Duration,
 ) -> Result<(), StoreError> {
@@ -704,16 +706,22 @@ async fn create_tables(
         .transaction()
         .await
         .map_err(|err| pg_error("cannot start the migration", &err))?;
-    let lock_wait = lock_wait.as_millis().clamp(1, i32::MAX as u128);
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = {lock_wait}"))
-        .await
-        .map_err(|err| pg_error("cannot start the migration", &err))?;
+    let millis = |wait: Duration| wait.as_millis().clamp(1, i32::MAX as u128);
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        millis(MIGRATE_TIMEOUT)
+    ))
+    .await
+    .map_err(|err| pg_error("cannot start the migration", &err))?;
     tx.execute_typed(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
         &[(&table, Type::TEXT)],
     )
     .await
     .map_err(|err| pg_error("cannot take the migration lock", &err))?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", millis(lock_wait)))
+        .await
+        .map_err(|err| pg_error("cannot start the migration", &err))?;
     tx.batch_execute(schema)
         .await
         .map_err(|err| pg_error("cannot create the table", &err))?;

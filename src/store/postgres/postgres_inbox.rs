@@ -1105,7 +1105,8 @@ impl PostgresInbox {
     /// # Errors
     ///
     /// A [`StoreError`] when the database refuses or does not answer, or
-    /// the table stays locked by others past the per-call timeout.
+    /// the table stays locked by others past the per-call timeout (another
+    /// instance's migration of the table is waited for, up to 30 seconds).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -1923,6 +1924,53 @@ mod tests {
             .unwrap();
         inbox.migrate().await.unwrap();
         (inbox, pool, table)
+    }
+
+    /// An instance starting while another migrates the table waits its
+    /// turn past its per-call timeout (up to the 30 s a migration may
+    /// take). Before, it failed once that timeout ended ("cannot take the
+    /// migration lock"), and the instance did not start.
+    #[tokio::test]
+    async fn a_migration_waits_its_turn_past_the_call_timeout() {
+        use std::time::Duration;
+
+        let (inbox, pool, table) = private_inbox("migrate_turn").await;
+        let timeout = Duration::from_millis(200);
+        let inbox = inbox.with_timeout(timeout).unwrap();
+        let mut holder = pool.get().await.unwrap();
+        let turn = holder.transaction().await.unwrap();
+        turn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&table])
+            .await
+            .unwrap();
+        let migrating = tokio::spawn(async move { inbox.migrate().await });
+        let url = std::env::var("DATABASE_URL").unwrap();
+        let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // Until the migration has waited for its turn five times its
+        // timeout, by the server's clock, or has given up.
+        loop {
+            let waited: i64 = watcher
+                .query_one(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - a.query_start)
+                                         * 1000), -1)::bigint
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND NOT l.granted
+                       AND l.objid::bigint = (hashtext($1)::bigint & 4294967295)",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if migrating.is_finished() || waited > 5 * 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        turn.commit().await.unwrap();
+        let migrated = migrating.await.unwrap();
+        assert!(migrated.is_ok(), "{migrated:?}");
     }
 
     /// A completion inside the handler's transaction after the claim's
