@@ -367,6 +367,21 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 /// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
+thread_local! {
+    /// Set by a [`CachedKeySource`] that answers without a lookup (from its
+    /// cache, or refusing a name before any), in the call that makes the
+    /// answer's future: read right after that call, on the same thread.
+    static ANSWERED_WITHOUT_LOOKUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the [`KeySource::verifier`] call just made on this thread was
+/// answered without a lookup (a [`CachedKeySource`]'s cache, or its
+/// precheck), clearing the mark: such an answer says nothing of whether
+/// the source behind the cache answers, so it does not end an outage.
+pub(crate) fn answered_without_lookup() -> bool {
+    ANSWERED_WITHOUT_LOOKUP.replace(false)
+}
+
 /// Of `max` lookup slots, how many the lookups of names never found may
 /// not take: a quarter, and at least one when there are two or more.
 const fn reserved_lookups(max: usize) -> usize {
@@ -437,7 +452,9 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 /// A failed lookup (an error, or a panic of your function) is not cached:
 /// the deliveries waiting on it get `503`, and the next one asks again;
 /// the layer logs those failures as an outage, never one line per
-/// delivery. Clink retries a delivery for about a day, so an outage of
+/// delivery, and its end when a lookup answers again (an answer from the
+/// cache, or a name the precheck refused, is none: a sender naming cached
+/// or made-up accounts cannot make the log say the source is back). Clink retries a delivery for about a day, so an outage of
 /// your backend shorter than that loses nothing, as long as each retry is
 /// signed when it is sent (Clink's docs do not say; a retry carrying its
 /// first attempt's timestamp could not pass the timestamp check once the
@@ -1080,9 +1097,11 @@ where
         &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         if self.precheck.as_ref().is_some_and(|check| !check(account)) {
+            ANSWERED_WITHOUT_LOOKUP.set(true);
             return Box::pin(std::future::ready(Ok(None)));
         }
         if let Some(cached) = self.cached(account, Instant::now()) {
+            ANSWERED_WITHOUT_LOOKUP.set(true);
             return Box::pin(std::future::ready(Ok(cached.verifier)));
         }
         // Made before the future, so that a future dropped before its first

@@ -198,7 +198,16 @@ async fn keys<'a>(
     // sender's connection.
     let timeout = config.settings.store_timeout;
     let looked_up = CatchUnwind::new(async {
-        within(timeout, async { source.verifier(&account).await }).await
+        // Whether a cache answered, read in the same step as the call that
+        // makes the lookup (see `answered_without_lookup`).
+        crate::accounts::answered_without_lookup();
+        let lookup = source.verifier(&account);
+        let cached = crate::accounts::answered_without_lookup();
+        let answered = within(timeout, lookup).await;
+        if !cached && matches!(answered, Ok(Ok(_))) {
+            outage.succeeded();
+        }
+        answered
     })
     .await;
     match looked_up {
@@ -208,16 +217,12 @@ async fn keys<'a>(
             Err(Outcome::KeysUnavailable)
         }
         Ok(Ok(Ok(Some(verifier)))) => {
-            outage.succeeded();
             if let Some(span) = span {
                 span.record("account", &*account);
             }
             Ok((Held::Shared(verifier), Some(Arc::from(&*account))))
         }
-        Ok(Ok(Ok(None))) => {
-            outage.succeeded();
-            Err(Outcome::UnknownAccount)
-        }
+        Ok(Ok(Ok(None))) => Err(Outcome::UnknownAccount),
         Ok(Ok(Err(error))) if error.is_limited() => Err(Outcome::KeyLookupsLimited),
         Ok(Ok(Err(error))) => {
             outage.failed(&error);
@@ -1410,5 +1415,73 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert_eq!(read.await.unwrap_err(), Outcome::Overloaded);
         assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+    }
+
+    /// A key source's outage ends in the log when a lookup answers again,
+    /// not when a cached account or a name the precheck refuses is
+    /// answered meanwhile: anyone naming those could otherwise make the
+    /// log say the source is back while it is down. Before, each such
+    /// answer logged "available again", and each next failure a brief
+    /// outage of its own.
+    #[test]
+    fn answers_from_the_cache_do_not_end_a_key_source_outage() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        use crate::accounts::{AccountFrom, CachedKeySource};
+        use crate::ClinkLayer;
+
+        let lines = crate::outage::tests::logged(|| async {
+            let down = Arc::new(AtomicBool::new(false));
+            let failing = Arc::clone(&down);
+            let source = CachedKeySource::new(move |_account: String| {
+                let fail = failing.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        Err(std::io::Error::other("the database is down"))
+                    } else {
+                        Ok(Some(Verifier::new("k").unwrap()))
+                    }
+                }
+            })
+            .precheck(|account| account.starts_with("acct_"));
+            let layer = ClinkLayer::with_key_source(AccountFrom::LastPathSegment, source);
+            let config = &layer.config;
+            let parts = |account: &str| {
+                http::Request::post(format!("/hooks/{account}"))
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0
+            };
+            assert!(super::keys(config, &parts("acct_old"), None).await.is_ok());
+            down.store(true, Ordering::SeqCst);
+            for _ in 0..3 {
+                let failed = super::keys(config, &parts("acct_new"), None).await;
+                assert_eq!(failed.err(), Some(Outcome::KeysUnavailable));
+                assert!(super::keys(config, &parts("acct_old"), None).await.is_ok());
+                let refused = super::keys(config, &parts("made_up"), None).await;
+                assert_eq!(refused.err(), Some(Outcome::UnknownAccount));
+            }
+            assert!(config.outages.keys.is_down());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::task::yield_now().await;
+            down.store(false, Ordering::SeqCst);
+            assert!(super::keys(config, &parts("acct_new"), None).await.is_ok());
+            assert!(!config.outages.keys.is_down());
+        });
+        let told = |what: &str| lines.iter().filter(|line| line.contains(what)).count();
+        assert_eq!(told("clink key source unavailable"), 1, "{lines:#?}");
+        assert_eq!(
+            told("still unavailable: 2 more calls failed"),
+            1,
+            "{lines:#?}"
+        );
+        assert_eq!(told("available again"), 1, "{lines:#?}");
+        assert_eq!(told("brief outages"), 0, "{lines:#?}");
+        assert!(
+            lines.last().unwrap().contains("available again"),
+            "{lines:#?}"
+        );
     }
 }
