@@ -1149,7 +1149,15 @@ impl Destination {
             } => {
                 let link = {
                     let mut held = context.lock().await;
-                    if held.as_ref().is_none_or(NatsLink::is_stale) {
+                    // A client no longer connected is let go of too: one
+                    // whose server went away while it was idle has made its
+                    // one reconnect, and does not try again.
+                    let unusable = |link: &NatsLink| {
+                        link.is_stale()
+                            || link.client.connection_state()
+                                != async_nats::connection::State::Connected
+                    };
+                    if held.as_ref().is_none_or(unusable) {
                         // Let go of a stale connection before making another.
                         *held = None;
                         let connection = self
@@ -3345,6 +3353,107 @@ mod tests {
             connections.load(Ordering::SeqCst),
             2,
             "the second publish went through a new connection"
+        );
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A relay to the test's nats-server that can cut every connection it
+    /// relays and refuse the next ones until mended.
+    #[derive(Default)]
+    struct Cuttable {
+        refusing: std::sync::atomic::AtomicBool,
+        refused: std::sync::atomic::AtomicUsize,
+        accepted: std::sync::atomic::AtomicUsize,
+        live: Mutex<Vec<tokio::task::AbortHandle>>,
+    }
+
+    impl Cuttable {
+        /// Closes every connection relayed, and refuses the next ones.
+        fn cut(&self) {
+            self.refusing.store(true, Ordering::SeqCst);
+            for relayed in self.live.lock().unwrap().drain(..) {
+                relayed.abort();
+            }
+        }
+
+        /// Relays the next connections again.
+        fn mend(&self) {
+            self.refusing.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// A [`Cuttable`] relay: its port and its handle.
+    async fn cuttable_relay() -> (u16, Arc<Cuttable>) {
+        let target = nats_url()
+            .trim_start_matches("nats://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = Arc::new(Cuttable::default());
+        let control = Arc::clone(&relay);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                // Decided before it is counted: a test that saw it refused
+                // may mend the relay at once.
+                if relay.refusing.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    relay.refused.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                relay.accepted.fetch_add(1, Ordering::SeqCst);
+                let target = target.clone();
+                let relayed = tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(&target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                relay.live.lock().unwrap().push(relayed.abort_handle());
+            }
+        });
+        (port, control)
+    }
+
+    /// A server that goes away while the gateway is idle, and comes back:
+    /// the next publish connects anew and is acknowledged at its first
+    /// attempt. Before, it was handed to the client of before, which had
+    /// made its one reconnect while the server was away, and failed ("not
+    /// connected"), an attempt spent.
+    #[tokio::test]
+    async fn a_publish_after_the_server_went_away_while_idle_connects_anew() {
+        let (_client, jetstream, stream, prefix) = test_stream("idle").await;
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let (port, relay) = cuttable_relay().await;
+        let url = format!("nats://127.0.0.1:{port}");
+        let destination = nats_destination_with(&url, &stream, &template, TIMEOUT_5_S);
+        let first = destination
+            .publish(&event(None, "order.succeeded"), &mut None)
+            .await
+            .unwrap_or_else(|e| panic!("the first publish: {e}"));
+        assert_eq!(first, Some(format!("{stream}:1")));
+        let accepted = relay.accepted.load(Ordering::SeqCst);
+
+        relay.cut();
+        // The client's one reconnect, refused.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while relay.refused.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no reconnect came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        relay.mend();
+
+        let mut second = event(None, "order.succeeded");
+        second.event_id = "evt_2".to_owned();
+        let published = destination
+            .publish(&second, &mut None)
+            .await
+            .unwrap_or_else(|e| panic!("the publish after the server came back: {e}"));
+        assert_eq!(published, Some(format!("{stream}:2")));
+        assert!(
+            relay.accepted.load(Ordering::SeqCst) > accepted,
+            "a new connection"
         );
         jetstream.delete_stream(&stream).await.unwrap();
     }
