@@ -368,16 +368,17 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
 thread_local! {
-    /// Set by a [`CachedKeySource`] that answers without a lookup (from its
-    /// cache, or refusing a name before any), in the call that makes the
-    /// answer's future: read right after that call, on the same thread.
+    /// Set by a [`CachedKeySource`] whose answer is not its function's (its
+    /// cache's, its precheck's, or the keys of before answering for a
+    /// lookup that failed or could not be made), in the poll that gives
+    /// the answer: read right after it, in that same poll, on this thread.
     static ANSWERED_WITHOUT_LOOKUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether the [`KeySource::verifier`] call just made on this thread was
-/// answered without a lookup (a [`CachedKeySource`]'s cache, or its
-/// precheck), clearing the mark: such an answer says nothing of whether
-/// the source behind the cache answers, so it does not end an outage.
+/// Whether the [`KeySource::verifier`] answer just taken on this thread (in
+/// this poll) was not a lookup's (see `ANSWERED_WITHOUT_LOOKUP`), clearing
+/// the mark: such an answer says nothing of whether the source behind the
+/// cache answers, so it does not end an outage.
 pub(crate) fn answered_without_lookup() -> bool {
     ANSWERED_WITHOUT_LOOKUP.replace(false)
 }
@@ -453,8 +454,9 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 /// the deliveries waiting on it get `503`, and the next one asks again;
 /// the layer logs those failures as an outage, never one line per
 /// delivery, and its end when a lookup answers again (an answer from the
-/// cache, or a name the precheck refused, is none: a sender naming cached
-/// or made-up accounts cannot make the log say the source is back). Clink retries a delivery for about a day, so an outage of
+/// cache, a name the precheck refused, or keys of before answering for a
+/// lookup that failed or could not be made, is none: a sender naming
+/// cached or made-up accounts cannot make the log say the source is back). Clink retries a delivery for about a day, so an outage of
 /// your backend shorter than that loses nothing, as long as each retry is
 /// signed when it is sent (Clink's docs do not say; a retry carrying its
 /// first attempt's timestamp could not pass the timestamp check once the
@@ -538,6 +540,10 @@ type Answer = Result<Option<Arc<Verifier>>, KeySourceError>;
 #[derive(Default)]
 struct Flight {
     answer: OnceCell<Answer>,
+    /// Whether the answer is your function's: not the cache's, nor the
+    /// keys of before answering for a lookup that failed or could not be
+    /// made (see [`answered_without_lookup`]).
+    looked_up: AtomicBool,
     /// Set by [`CachedKeySource::forget`] while the lookup may still run:
     /// its answer, perhaps of the keys from before, is then not cached.
     forgotten: AtomicBool,
@@ -1011,6 +1017,7 @@ where
             }
         };
         self.stale_outage.succeeded();
+        flight.looked_up.store(true, Ordering::Release);
         self.note_known(account, verifier.is_some());
         let ttl = if verifier.is_some() {
             self.ttl
@@ -1113,11 +1120,15 @@ where
         };
         Box::pin(async move {
             let flight = leave.flight();
-            flight
+            let answer = flight
                 .answer
                 .get_or_init(|| self.lookup(account, flight))
                 .await
-                .clone()
+                .clone();
+            if !flight.looked_up.load(Ordering::Acquire) {
+                ANSWERED_WITHOUT_LOOKUP.set(true);
+            }
+            answer
         })
     }
 }
