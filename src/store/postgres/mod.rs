@@ -39,6 +39,10 @@ const REAP_BATCH: i64 = 10_000;
 /// How long [`PostgresStore::migrate`] may wait (for the lock and the DDL).
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a migration waits for another instance's migration of the same
+/// table to end: half of [`MIGRATE_TIMEOUT`].
+const MIGRATE_TURN_WAIT: Duration = Duration::from_secs(15);
+
 /// An idempotency store in a PostgreSQL table, shared by every instance of
 /// the app that uses the same database.
 ///
@@ -200,8 +204,8 @@ impl PostgresStore {
     ///
     /// A [`StoreError`] when the database cannot be reached, the role may not
     /// create the table, a lock it needs is held by others past the per-call
-    /// timeout (another instance's migration of the table is waited for,
-    /// within the 30 seconds), or it takes longer than 30 seconds.
+    /// timeout (another instance's migration of the table is waited for, up
+    /// to 15 seconds), or it takes longer than 30 seconds.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -695,8 +699,8 @@ impl IdempotencyStore for PostgresStore {
 /// `table`, so that instances starting together create it once.
 /// Runs `schema` for `table` in one transaction, under a transaction-scoped
 /// advisory lock (so that instances starting together take turns: each
-/// waits its turn up to [`MIGRATE_TIMEOUT`], as long as a migration may
-/// take), waiting for any lock on a table no longer than `lock_wait`: a
+/// waits its turn up to [`MIGRATE_TURN_WAIT`], half the time a migration
+/// is given, so that the rest is left for its own statements), waiting for any lock on a table no longer than `lock_wait`: a
 /// change that waits for the table behind a long transaction would hold
 /// every statement on that table up behind it.
 async fn create_tables(
@@ -709,7 +713,7 @@ async fn create_tables(
     let millis = |wait: Duration| wait.as_millis().clamp(1, i32::MAX as u128);
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = {}",
-        millis(MIGRATE_TIMEOUT)
+        millis(MIGRATE_TURN_WAIT)
     ))
     .await
     .map_err(|err| pg_error("cannot start the migration", &err))?;

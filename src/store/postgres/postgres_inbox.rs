@@ -1106,7 +1106,7 @@ impl PostgresInbox {
     ///
     /// A [`StoreError`] when the database refuses or does not answer, or
     /// the table stays locked by others past the per-call timeout (another
-    /// instance's migration of the table is waited for, up to 30 seconds).
+    /// instance's migration of the table is waited for, up to 15 seconds).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         timed(self.timeout.max(MIGRATE_TIMEOUT), async {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -1927,8 +1927,8 @@ mod tests {
     }
 
     /// An instance starting while another migrates the table waits its
-    /// turn past its per-call timeout (up to the 30 s a migration may
-    /// take). Before, it failed once that timeout ended ("cannot take the
+    /// turn past its per-call timeout (up to 15 s, half the time a
+    /// migration is given). Before, it failed once that timeout ended ("cannot take the
     /// migration lock"), and the instance did not start.
     #[tokio::test]
     async fn a_migration_waits_its_turn_past_the_call_timeout() {
