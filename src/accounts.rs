@@ -367,20 +367,33 @@ pub const DEFAULT_LOOKUPS_PER_SECOND: u32 = 100;
 /// The default burst of [`CachedKeySource::lookup_rate`]: 100 lookups.
 pub const DEFAULT_LOOKUP_BURST: u32 = 100;
 
-thread_local! {
+tokio::task_local! {
     /// Set by a [`CachedKeySource`] whose answer is not its function's (its
     /// cache's, its precheck's, or the keys of before answering for a
-    /// lookup that failed or could not be made), in the poll that gives
-    /// the answer: read right after it, in that same poll, on this thread.
-    static ANSWERED_WITHOUT_LOOKUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// lookup that failed or could not be made), within the scope
+    /// [`answered`] makes around a lookup: it goes with that lookup's task,
+    /// whatever wraps the source.
+    static ANSWERED_WITHOUT_LOOKUP: std::cell::Cell<bool>;
 }
 
-/// Whether the [`KeySource::verifier`] answer just taken on this thread (in
-/// this poll) was not a lookup's (see `ANSWERED_WITHOUT_LOOKUP`), clearing
-/// the mark: such an answer says nothing of whether the source behind the
-/// cache answers, so it does not end an outage.
-pub(crate) fn answered_without_lookup() -> bool {
-    ANSWERED_WITHOUT_LOOKUP.replace(false)
+/// Marks the answer being given as not a lookup's (see
+/// `ANSWERED_WITHOUT_LOOKUP`); nothing outside [`answered`]'s scope.
+fn mark_answered_without_lookup() {
+    let _ = ANSWERED_WITHOUT_LOOKUP.try_with(|mark| mark.set(true));
+}
+
+/// The answer of the lookup `lookup` makes, and whether it was a lookup's:
+/// not a [`CachedKeySource`]'s cache, precheck, or keys of before, which
+/// say nothing of whether the source behind the cache answers (so they do
+/// not end an outage). `lookup` is called within the scope, as a cache
+/// answers in the call that makes the future.
+pub(crate) async fn answered<F: Future>(lookup: impl FnOnce() -> F) -> (F::Output, bool) {
+    ANSWERED_WITHOUT_LOOKUP
+        .scope(std::cell::Cell::new(false), async {
+            let answer = lookup().await;
+            (answer, !ANSWERED_WITHOUT_LOOKUP.with(std::cell::Cell::get))
+        })
+        .await
 }
 
 /// Of `max` lookup slots, how many the lookups of names never found may
@@ -542,7 +555,7 @@ struct Flight {
     answer: OnceCell<Answer>,
     /// Whether the answer is your function's: not the cache's, nor the
     /// keys of before answering for a lookup that failed or could not be
-    /// made (see [`answered_without_lookup`]).
+    /// made (see [`answered`]).
     looked_up: AtomicBool,
     /// Set by [`CachedKeySource::forget`] while the lookup may still run:
     /// its answer, perhaps of the keys from before, is then not cached.
@@ -1104,11 +1117,11 @@ where
         &'a self, account: &'a str,
     ) -> BoxFuture<'a, Result<Option<Arc<Verifier>>, KeySourceError>> {
         if self.precheck.as_ref().is_some_and(|check| !check(account)) {
-            ANSWERED_WITHOUT_LOOKUP.set(true);
+            mark_answered_without_lookup();
             return Box::pin(std::future::ready(Ok(None)));
         }
         if let Some(cached) = self.cached(account, Instant::now()) {
-            ANSWERED_WITHOUT_LOOKUP.set(true);
+            mark_answered_without_lookup();
             return Box::pin(std::future::ready(Ok(cached.verifier)));
         }
         // Made before the future, so that a future dropped before its first
@@ -1126,7 +1139,7 @@ where
                 .await
                 .clone();
             if !flight.looked_up.load(Ordering::Acquire) {
-                ANSWERED_WITHOUT_LOOKUP.set(true);
+                mark_answered_without_lookup();
             }
             answer
         })

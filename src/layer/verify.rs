@@ -198,12 +198,11 @@ async fn keys<'a>(
     // sender's connection.
     let timeout = config.settings.store_timeout;
     let looked_up = CatchUnwind::new(async {
-        crate::accounts::answered_without_lookup();
-        let answered = within(timeout, source.verifier(&account)).await;
-        // Whether a cache answered, read in the poll that took the answer
-        // (see `answered_without_lookup`).
-        let cached = crate::accounts::answered_without_lookup();
-        if !cached && matches!(answered, Ok(Ok(_))) {
+        // Only a lookup's answer ends an outage, not a cache's (see
+        // `answered`).
+        let (answered, looked_up) =
+            crate::accounts::answered(|| within(timeout, source.verifier(&account))).await;
+        if looked_up && matches!(answered, Ok(Ok(_))) {
             outage.succeeded();
         }
         answered

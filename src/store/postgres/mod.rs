@@ -695,14 +695,13 @@ impl IdempotencyStore for PostgresStore {
     }
 }
 
-/// Runs `schema` in one transaction under an advisory lock named after
-/// `table`, so that instances starting together create it once.
 /// Runs `schema` for `table` in one transaction, under a transaction-scoped
 /// advisory lock (so that instances starting together take turns: each
 /// waits its turn up to [`MIGRATE_TURN_WAIT`], half the time a migration
-/// is given, so that the rest is left for its own statements), waiting for any lock on a table no longer than `lock_wait`: a
-/// change that waits for the table behind a long transaction would hold
-/// every statement on that table up behind it.
+/// is given, so that the rest is left for its own statements), waiting
+/// for any lock on a table no longer than `lock_wait`: a change that waits
+/// for the table behind a long transaction would hold every statement on
+/// that table up behind it.
 async fn create_tables(
     client: &mut deadpool_postgres::Object, table: &str, schema: &str, lock_wait: Duration,
 ) -> Result<(), StoreError> {
@@ -725,7 +724,7 @@ async fn create_tables(
     .map_err(|err| pg_error("cannot take the migration lock", &err))?;
     tx.batch_execute(&format!("SET LOCAL lock_timeout = {}", millis(lock_wait)))
         .await
-        .map_err(|err| pg_error("cannot start the migration", &err))?;
+        .map_err(|err| pg_error("cannot set the migration's lock wait", &err))?;
     tx.batch_execute(schema)
         .await
         .map_err(|err| pg_error("cannot create the table", &err))?;
