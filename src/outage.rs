@@ -221,7 +221,6 @@ impl OutageLog {
     }
 
     /// Whether an outage is going on.
-    #[cfg(test)]
     pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }

@@ -199,9 +199,13 @@ async fn keys<'a>(
     let timeout = config.settings.store_timeout;
     let looked_up = CatchUnwind::new(async {
         // Only a lookup's answer ends an outage, not a cache's (see
-        // `answered`).
-        let (answered, looked_up) =
-            crate::accounts::answered(|| within(timeout, source.verifier(&account))).await;
+        // `answered`): told apart while one goes on (an answer ends none
+        // otherwise).
+        let (answered, looked_up) = if outage.is_down() {
+            crate::accounts::answered(|| within(timeout, source.verifier(&account))).await
+        } else {
+            (within(timeout, source.verifier(&account)).await, true)
+        };
         if looked_up && matches!(answered, Ok(Ok(_))) {
             outage.succeeded();
         }
