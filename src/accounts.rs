@@ -469,8 +469,9 @@ const STALE_RETRY: Duration = Duration::from_secs(30);
 /// delivery, and its end when a lookup answers again (an answer from the
 /// cache, a name the precheck refused, or keys of before answering for a
 /// lookup that failed or could not be made, is none: a sender naming
-/// cached or made-up accounts cannot make the log say the source is back). Clink retries a delivery for about a day, so an outage of
-/// your backend shorter than that loses nothing, as long as each retry is
+/// cached or made-up accounts cannot make the log say the source is
+/// back). Clink retries a delivery for about a day, so an outage of your
+/// backend shorter than that loses nothing, as long as each retry is
 /// signed when it is sent (Clink's docs do not say; a retry carrying its
 /// first attempt's timestamp could not pass the timestamp check once the
 /// [tolerance](crate::Verifier::tolerance) is past). To go on receiving

@@ -47,8 +47,9 @@ pub(crate) fn after_help() -> String {
         "\
 `api get KIND ID` prints the object's `data` as Clink returned it, as indented
 JSON (one line with --json): its members in order of their names, and a number
-with a fraction as its nearest double (19.90 as 19.9). `api orders` prints a page of orders, one a line
-(order id, status, amount, currency); with --json one object, {{total, rows}}.
+with a fraction as its nearest double (19.90 as 19.9). `api orders` prints a
+page of orders, one a line (order id, status, amount, currency); with --json
+one object, {{total, rows}}.
 Values from the API are printed escaped when they hold control, format or
 separator characters.
 
