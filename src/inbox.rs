@@ -97,7 +97,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::events::{InboxAttempt, RawEvent};
-use crate::guard::{handler_deadline, within, CatchUnwind};
+use crate::guard::{handler_deadline, until, CatchUnwind};
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::router::EventRouter;
 use crate::store::{
@@ -271,7 +271,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// later than nine tenths of the lease, counted from when its worker
     /// asked the inbox for the event (a claim slow to answer leaves the
     /// handler that much less; one that took all of it gives the event
-    /// back without running the handler, the attempt not counted).
+    /// back without running the handler, the attempt not counted). What
+    /// the handler does before its first `.await` counts too; a handler
+    /// that blocks its thread is stopped only once it yields.
     ///
     /// # Errors
     ///
@@ -564,6 +566,10 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             self.settings.handler_timeout,
             asked.elapsed(),
         );
+        // A fixed instant, not a time counted from the handler's first
+        // pause: what a handler does before it (a blocking call, heavy
+        // work) and the body's decode count against the lease as well.
+        let ends = tokio::time::Instant::now() + deadline;
         if deadline.is_zero() {
             // The claim took the handler's whole time (a store stalled for
             // most of a lease): its handler is not started so near the end
@@ -617,7 +623,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
                 // Set once a handler succeeded: stopped at the deadline
                 // after that (recording its version), it was handled.
                 let dispatching = self.router.dispatch_noting(event, Some(succeeded));
-                match within(deadline, dispatching).await {
+                match until(ends, dispatching).await {
                     Ok(dispatched) => {
                         let failure = dispatched.failure().map(str::to_owned);
                         permanent = dispatched.is_permanent();
@@ -1553,6 +1559,54 @@ mod tests {
         let (at, ran) = timed_out_after_a_slow_claim(Duration::from_millis(8_990)).await;
         assert_eq!(at, Duration::from_secs(9));
         assert!(ran);
+    }
+
+    /// The handler's time ends at a fixed instant: work it does before its
+    /// first pause (here a blocking sleep of 4 s of a 5 s lease) counts,
+    /// and it is stopped 4.5 s after its claim, before the lease ends and
+    /// another worker could run the event beside it, not 4.5 s after that
+    /// pause. On the real clock: a blocking sleep does not move a paused
+    /// one.
+    #[tokio::test]
+    async fn a_handlers_work_before_its_first_pause_counts_against_the_lease() {
+        let inbox = MemoryInbox::new();
+        inbox.insert(&evt_1()).await.unwrap();
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let started = Arc::new(Mutex::new(None));
+        let starting = Arc::clone(&started);
+        let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+            *starting.lock().unwrap() = Some(tokio::time::Instant::now());
+            std::thread::sleep(Duration::from_secs(4));
+            async {
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(())
+            }
+        });
+        let pool = Workers::new(
+            SlowClaims {
+                inner: Arc::new(inbox),
+                delay: Duration::ZERO,
+                failed,
+                gate: None,
+                claims: Arc::default(),
+                settles: Arc::default(),
+            },
+            router,
+        )
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(5)))
+        .and_then(|w| w.reorder_window(Duration::ZERO))
+        .unwrap()
+        .spawn();
+        let at = failures.recv().await.expect("the attempt was failed");
+        pool.shutdown(Duration::from_secs(1)).await;
+        let started = started.lock().unwrap().expect("the handler ran");
+        // 4.5 s when counted from the claim; 8.5 s from the first pause.
+        let ran = at - started;
+        assert!(
+            ran < Duration::from_millis(6_500),
+            "stopped {ran:?} after it started, past its 5 s lease"
+        );
     }
 
     /// An insert wakes one idle worker, not every one: the worker that
