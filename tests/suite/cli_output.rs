@@ -417,6 +417,20 @@ fn an_unknown_event_type_is_a_json_error() {
     ]);
     assert_eq!(refused.code, Some(2), "{refused:?}");
     assert_eq!(refused.json_error()["error"], "usage");
+    // So is a `--type` given no value: no name to look up.
+    for args in [
+        &["--json", "inbox", "--sqlite", "f", "list", "--type"][..],
+        &["--json", "inbox", "--sqlite", "f", "replay", "--type"][..],
+    ] {
+        let refused = cli(args);
+        assert_eq!(refused.code, Some(2), "{refused:?}");
+        let error = refused.json_error();
+        assert_eq!(error["error"], "usage", "{error}");
+        assert!(!error["message"]
+            .as_str()
+            .unwrap()
+            .contains("fixture --list"));
+    }
 }
 
 #[test]

@@ -554,10 +554,16 @@ fn redacted(message: &str, secrets: &[Zeroizing<String>]) -> String {
 /// A clap error as a [`CliError`]: its code, and its message on one line
 /// without the usage and the `--help` pointer.
 fn clap_error(error: &clap::Error, args: &[OsString], secrets: &[Zeroizing<String>]) -> CliError {
+    // A name given that is none of the 44; not a `--type` given no value
+    // (clap says that too as an invalid value: an empty one).
     let unknown_type = error.kind() == ErrorKind::InvalidValue
         && matches!(
             error.get(ContextKind::InvalidArg),
             Some(ContextValue::String(arg)) if arg.contains("TYPE")
+        )
+        && matches!(
+            error.get(ContextKind::InvalidValue),
+            Some(ContextValue::String(value)) if !value.is_empty()
         );
     let code = if unknown_type {
         ErrorCode::UnknownEventType
@@ -766,8 +772,9 @@ fn run_verify(out: &Output, args: &VerifyArgs) -> Result<(), CliError> {
         .now_ms
         .map_or_else(Timestamp::now, Timestamp::from_millis);
     // As a receiver gets them: an HTTP parser strips the spaces and tabs
-    // around a header's value (pasted values often carry some).
-    let header = |value: &str| value.trim_matches([' ', '\t']).to_owned();
+    // around a header's value (pasted values often carry some), and no
+    // header holds a line's end (a value cut from a CRLF dump ends in one).
+    let header = |value: &str| value.trim_ascii().to_owned();
     match verifier.verify_at(
         &header(&args.timestamp),
         &header(&args.signature),

@@ -124,11 +124,15 @@ fn masked_chunk(url: &str) -> String {
     text
 }
 
-/// `user:***`, or `***` for a bare token or a user name that does not look
-/// like one (it could be the start of a password).
+/// `user:***`, or `***` for a bare token, a user name with an empty
+/// password (`sk_live_...:@`, a key sent as Basic auth's user name) or a
+/// user name that does not look like one (it could be the start of a
+/// password).
 fn masked_user_info(user_info: &str) -> String {
     match user_info.split_once(':') {
-        Some((user, _)) if !user.contains(['/', '?', '#', '@', ',', ' ']) => {
+        Some((user, password))
+            if !password.is_empty() && !user.contains(['/', '?', '#', '@', ',', ' ']) =>
+        {
             format!("{user}:{MASK}")
         }
         _ => MASK.to_owned(),
@@ -453,6 +457,8 @@ mod tests {
                 "nats://h1:4222,nats://h2:4222",
                 "nats://h1:4222,nats://h2:4222",
             ),
+            // A key as Basic auth's user name, its password empty.
+            ("https://sk_live_abc:@h/x", "https://***@h/x"),
             ("https://h/hook?key=abc", "https://h/hook?***"),
             ("https://h/hook#abc", "https://h/hook#***"),
             ("http://h:1/a", "http://h:1/a"),
