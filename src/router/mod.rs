@@ -748,7 +748,21 @@ impl<S: Clone + Send + Sync + 'static> EventRouter<S> {
 
 /// What happened when an [`EventRouter`] ran an event: see
 /// [`EventRouter::dispatch`].
+///
+/// It is `#[must_use]`: a dispatch whose answer is dropped loses a failed
+/// event, so the compiler says so.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// use clink_webhooks::{EventRouter, VerifiedEvent};
+///
+/// async fn run(router: EventRouter, event: VerifiedEvent) {
+///     router.dispatch(event).await; // the outcome dropped: refused
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "an event whose handler failed is lost unless its outcome is read: \
+              acknowledge it only when `outcome().is_acknowledged()`"]
 pub struct Dispatched {
     outcome: Outcome,
     freshness: Option<Freshness>,
@@ -784,7 +798,11 @@ impl Dispatched {
     /// The outcome: [`Handled`](Outcome::Handled),
     /// [`Unhandled`](Outcome::Unhandled), [`SkippedStale`](Outcome::SkippedStale),
     /// [`HandlerFailed`](Outcome::HandlerFailed), ...; acknowledge the event
-    /// when [`Outcome::is_acknowledged`] says so, and retry it otherwise.
+    /// when [`Outcome::is_acknowledged`] says so, and retry it otherwise,
+    /// except an event no retry can mend: one whose data did not decode
+    /// ([`Outcome::Undecodable`]) or whose handler failed
+    /// [permanently](Self::is_permanent), which a queue of the app's own
+    /// keeps aside (dead), as the crate's inbox does, rather than retry.
     #[must_use]
     pub fn outcome(&self) -> &Outcome {
         &self.outcome

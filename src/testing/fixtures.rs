@@ -45,7 +45,8 @@ const CREATED_FIRST: &str = "2025-01-15T11:59:00.000Z";
 ///   lifecycle has them (`order.next_action` before `order.succeeded` or
 ///   `order.failed`; `dispute.updated`, then `dispute.won` or
 ///   `dispute.lost`, then `dispute.closed`; a subscription trialing,
-///   activated, changed, renewed, past due, then cancelled; ...), so that
+///   activated, changed, renewed, past due, then cancelled; a payment
+///   method updated, then made the default; ...), so that
 ///   sending a lifecycle in its order is fresh at every step, and each
 ///   step sent after a later one is stale.
 ///
@@ -272,6 +273,7 @@ fn seconds_before_noon(event_type: &EventType) -> i64 {
         T::AgentRefundApproved | T::AgentRefundRejected => 1,
         T::PurchaseInstructionActivated => 2,
         T::PurchaseInstructionUpdated => 1,
+        T::PaymentMethodUpdate => 1,
         _ => 0,
     }
 }
@@ -753,6 +755,11 @@ mod tests {
                 T::SubscriptionCancelled,
             ],
             &[T::RefundCreated, T::RefundSucceeded],
+            &[
+                T::PaymentMethodAdded,
+                T::PaymentMethodUpdate,
+                T::PaymentMethodDefaultChange,
+            ],
             &[T::InvoiceOpen, T::InvoicePaid],
             &[T::AgentRefundApproved, T::AgentRefundSucceeded],
             &[
