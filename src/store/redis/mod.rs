@@ -68,7 +68,7 @@ end
 if string.sub(value, 1, {prefix}) == '{CLAIMED}' then
     return {{1, redis.call('PTTL', KEYS[1])}}
 end
-return redis.error_reply('key holds a value the idempotency store did not write')
+return redis.error_reply('ERR key holds a value the idempotency store did not write')
 ",
         prefix = CLAIMED.len()
     ))

@@ -197,6 +197,13 @@ async fn values_the_store_did_not_write_are_protocol_errors() {
             .expect_err("foreign value");
         assert_eq!(err.kind(), StoreErrorKind::Protocol, "{err}");
     }
+    // The script's own words, not a code the client does not know.
+    let err = store.claim(&foreign, DEFAULT_LEASE).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("holds a value the idempotency store did not write"),
+        "{err}"
+    );
     let () = redis::cmd("DEL")
         .arg(&endless)
         .query_async(&mut raw)
