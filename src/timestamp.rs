@@ -71,15 +71,22 @@ impl Timestamp {
         now
     }
 
-    /// Converts a [`SystemTime`], truncating to the millisecond and saturating
-    /// at the ends of the `i64` range.
+    /// Converts a [`SystemTime`], rounding down to the millisecond (towards
+    /// the past, before 1970 as after, as [`parse_rfc3339`](Self::parse_rfc3339)
+    /// does) and saturating at the ends of the `i64` range.
     #[must_use]
     pub fn from_system_time(t: SystemTime) -> Self {
         let millis = match t.duration_since(UNIX_EPOCH) {
             Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-            Err(before) => i64::try_from(before.duration().as_millis())
-                .map(|m| -m)
-                .unwrap_or(i64::MIN),
+            Err(before) => {
+                let before = before.duration();
+                // A part of a millisecond before the epoch is one more
+                // millisecond into the past.
+                let part = u128::from(before.subsec_nanos() % 1_000_000 != 0);
+                i64::try_from(before.as_millis() + part)
+                    .map(|m| -m)
+                    .unwrap_or(i64::MIN)
+            }
         };
         Self(millis)
     }
@@ -375,6 +382,30 @@ mod tests {
             let t = Timestamp::from_millis(ms);
             assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
         }
+    }
+
+    /// A time between two milliseconds reads as the earlier, before 1970
+    /// as after, and as the same instant written in RFC 3339 does.
+    #[test]
+    fn a_part_of_a_millisecond_rounds_towards_the_past() {
+        use std::time::Duration;
+        let at = |micros: i64| {
+            let offset = Duration::from_micros(micros.unsigned_abs());
+            let t = if micros < 0 {
+                UNIX_EPOCH - offset
+            } else {
+                UNIX_EPOCH + offset
+            };
+            Timestamp::from_system_time(t).as_millis()
+        };
+        assert_eq!(at(1_500), 1);
+        assert_eq!(at(-1_500), -2);
+        assert_eq!(at(-1_000), -1);
+        assert_eq!(at(-1), -1);
+        let written = Timestamp::parse_rfc3339("1969-12-31T23:59:59.9985Z").unwrap();
+        assert_eq!(written.as_millis(), at(-1_500));
+        let far = UNIX_EPOCH - Duration::from_nanos(1) - Duration::from_millis(i64::MAX as u64);
+        assert_eq!(Timestamp::from_system_time(far).as_millis(), i64::MIN);
     }
 }
 

@@ -2,6 +2,7 @@
 //! keyed state a [`Verifier`](super::Verifier) keeps per key.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -79,7 +80,10 @@ pub struct SigningKey {
     secret: Zeroizing<Vec<u8>>,
     expires_at: Option<SystemTime>,
     signed_until: Option<Timestamp>,
-    name: KeyName,
+    /// The name given, or the fingerprint's, worked out when first asked
+    /// for: a key named at once never keeps its fingerprint among the
+    /// names kept.
+    name: OnceLock<KeyName>,
 }
 
 impl SigningKey {
@@ -95,7 +99,7 @@ impl SigningKey {
             return Err(ConfigError::new(EMPTY_SECRET));
         }
         Ok(Self {
-            name: KeyName::new(&fingerprint(secret)),
+            name: OnceLock::new(),
             secret: Zeroizing::new(secret.to_vec()),
             expires_at: None,
             signed_until: None,
@@ -118,7 +122,7 @@ impl SigningKey {
                 name.chars().take(MAX_NAME_LEN + 1).collect::<String>()
             )));
         }
-        self.name = KeyName::new(name);
+        self.name = OnceLock::from(KeyName::new(name));
         Ok(self)
     }
 
@@ -126,7 +130,12 @@ impl SigningKey {
     /// fingerprint (`key-` and 8 hex digits).
     #[must_use]
     pub fn name(&self) -> &str {
-        self.name.as_str()
+        self.key_name().as_str()
+    }
+
+    fn key_name(&self) -> &KeyName {
+        self.name
+            .get_or_init(|| KeyName::new(&fingerprint(&self.secret)))
     }
 
     /// Stops accepting this key at `at` (a signature under it verified at or
@@ -173,7 +182,7 @@ impl SigningKey {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
-            .field("name", &self.name)
+            .field("name", self.key_name())
             .field("secret", &"[redacted]")
             .field("expires_at", &self.expires_at)
             .finish()
@@ -210,7 +219,7 @@ impl ActiveKey {
             mac: HmacKey::new(&key.secret),
             expires_at: key.expires_at,
             signed_until: key.signed_until,
-            name: key.name.clone(),
+            name: key.key_name().clone(),
         }
     }
 
@@ -284,6 +293,23 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_hexdigit()));
         assert!(!a.name().contains("whsec"));
+    }
+
+    /// A key named at once never keeps its fingerprint among the names a
+    /// process keeps (1,024 at most), nor takes their lock for it.
+    #[test]
+    fn a_key_named_at_once_keeps_no_fingerprint() {
+        let secret = "whsec_named_at_once";
+        let named = SigningKey::new(secret).unwrap().named("at-once").unwrap();
+        let verifier = crate::Verifier::from_key(&named);
+        assert!(verifier.key_names().eq(["at-once"]));
+        assert!(format!("{named:?}").contains("at-once"));
+        assert!(!super::super::name::is_kept(&fingerprint(
+            secret.as_bytes()
+        )));
+        let unnamed = SigningKey::new(secret).unwrap();
+        assert_eq!(unnamed.name(), fingerprint(secret.as_bytes()));
+        assert!(super::super::name::is_kept(unnamed.name()));
     }
 
     #[test]

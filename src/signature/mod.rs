@@ -39,8 +39,10 @@
 //!
 //! # Key rotation
 //!
-//! Add the old key with an expiry next to the new one. Every key that has not
-//! expired is tried, all of them on every call, and [`Verified::key_name`]
+//! Add the old key with an expiry next to the new one. Every key that may
+//! have signed a delivery of that timestamp (not expired, and not rotated
+//! out before it: [`SigningKey::signed_until`]) is tried, all of them on
+//! every call, and [`Verified::key_name`]
 //! says which one matched (metrics and logs say it too), so you can see when
 //! senders stop using the old key. Name the keys, or each is named by a short
 //! fingerprint of its secret.

@@ -98,6 +98,14 @@ fn keep(kept: &mut BTreeSet<&'static str>, name: &str) -> Option<&'static str> {
     Some(name)
 }
 
+/// Whether `name` is among the names kept.
+#[cfg(test)]
+pub(crate) fn is_kept(name: &str) -> bool {
+    KEPT.read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(name)
+}
+
 impl PartialEq for KeyName {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
