@@ -287,12 +287,19 @@ pub(crate) fn ttl_millis(what: &str, ttl: Duration) -> Result<u64, StoreError> {
     Ok(u64::try_from(millis).unwrap_or(u64::MAX))
 }
 
-/// Checks a per-call timeout given to a networked store.
+/// The longest per-call timeout a networked store takes: an hour (a
+/// call's deadline is an instant, and PostgreSQL's `lock_timeout` holds
+/// at most 24.8 days).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3_600);
+
+/// Checks a per-call timeout given to a networked store: longer than zero,
+/// at most [`MAX_CALL_TIMEOUT`].
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn check_timeout(timeout: Duration) -> Result<Duration, ConfigError> {
-    if timeout.is_zero() {
+    if timeout.is_zero() || timeout > MAX_CALL_TIMEOUT {
         return Err(ConfigError::new(
-            "the per-call timeout must be longer than zero",
+            "the per-call timeout must be longer than zero and at most an hour",
         ));
     }
     Ok(timeout)

@@ -164,7 +164,7 @@ impl PostgresStore {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `timeout` is zero.
+    /// A [`ConfigError`] when `timeout` is zero or longer than an hour.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         self.timeout = check_timeout(timeout)?;
         Ok(self)

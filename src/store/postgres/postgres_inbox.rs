@@ -899,7 +899,7 @@ impl PostgresInbox {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `timeout` is zero.
+    /// A [`ConfigError`] when `timeout` is zero or longer than an hour.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         self.timeout = crate::store::check_timeout(timeout)?;
         Ok(self)

@@ -21,21 +21,30 @@ use crate::ConfigError;
 /// take no TLS, as libpq has it), the server's certificate verified
 /// against the certificates in `ca_file` (PEM) when it is given, else
 /// against the system's roots.
-/// Hand it to the pool's manager, and to
+/// Hand it to the pool's manager, to the store's or the inbox's
+/// `cancel_with` ([`PostgresStore::cancel_with`](crate::store::PostgresStore::cancel_with),
+/// [`PostgresInbox::cancel_with`](crate::store::PostgresInbox::cancel_with)), and to
 /// [`PostgresInbox::listen_with`](crate::store::PostgresInbox::listen_with).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use clink_webhooks::store::postgres_tls;
+/// use clink_webhooks::store::{postgres_tls, PostgresStore};
 ///
 /// let mut config: tokio_postgres::Config =
 ///     "postgres://app@db.example/clink?sslmode=require".parse()?;
-/// let manager = match postgres_tls(&mut config, None)? {
+/// let tls = postgres_tls(&mut config, None)?;
+/// let manager = match tls.clone() {
 ///     Some(tls) => deadpool_postgres::Manager::new(config, tls),
 ///     None => deadpool_postgres::Manager::new(config, tokio_postgres::NoTls),
 /// };
 /// let pool = deadpool_postgres::Pool::builder(manager).build()?;
-/// # let _ = pool; Ok(()) }
+/// // A statement that runs out of time is cancelled over a connection of
+/// // its own: over TLS too, or the cancel fails and the statement goes on.
+/// let store = match tls {
+///     Some(tls) => PostgresStore::new(pool).cancel_with(tls),
+///     None => PostgresStore::new(pool),
+/// };
+/// # let _ = store; Ok(()) }
 /// ```
 ///
 /// # Errors
@@ -59,6 +68,9 @@ pub fn postgres_tls(
             .iter()
             .all(|host| matches!(host, Host::Unix(_)))
     {
+        // Plain, and not asked for TLS: a connection that requires it
+        // asks the server for TLS first, which a socket refuses.
+        config.ssl_mode(SslMode::Disable);
         return Ok(None);
     }
     config.ssl_mode(SslMode::Require);
@@ -126,6 +138,9 @@ mod tests {
         assert!(postgres_tls(&mut prefer, None).unwrap().is_none());
         let mut socket = config("host=/var/run/postgresql user=app sslmode=require");
         assert!(postgres_tls(&mut socket, None).unwrap().is_none());
+        // Plain over the socket, as libpq connects there: a connection
+        // that still required TLS would ask for it and be refused.
+        assert_eq!(socket.get_ssl_mode(), SslMode::Disable);
         // A hostaddr connects over TCP whatever the host: TLS as asked.
         let mut over_tcp =
             config("host=/var/run/postgresql hostaddr=10.0.0.5 user=app sslmode=require");

@@ -8,7 +8,7 @@ use clink_webhooks::events::ObjectKey;
 use clink_webhooks::events::Version;
 use clink_webhooks::store::FreshnessStore;
 use clink_webhooks::store::{
-    Claim, IdempotencyStore, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE,
+    Claim, IdempotencyStore, PostgresInbox, PostgresStore, Settle, StoreErrorKind, DEFAULT_LEASE,
     DEFAULT_RETENTION, MAX_TTL,
 };
 use clink_webhooks::Timestamp;
@@ -402,7 +402,18 @@ async fn bad_configuration_is_refused() {
         let err = store.clone().with_table(bad).expect_err(bad);
         assert!(err.to_string().contains("lowercase"), "{err}");
     }
-    assert!(store.clone().with_timeout(Duration::ZERO).is_err());
+    // Zero, and past an hour: with Duration::MAX every call panicked on
+    // its deadline, and past 24.8 days PostgreSQL refuses the lock wait.
+    for bad in [Duration::ZERO, Duration::from_secs(3_601), Duration::MAX] {
+        assert!(store.clone().with_timeout(bad).is_err(), "{bad:?}");
+        assert!(PostgresInbox::new(pg_pool(&server_url("DATABASE_URL")))
+            .with_timeout(bad)
+            .is_err());
+    }
+    assert!(store
+        .clone()
+        .with_timeout(Duration::from_secs(3_600))
+        .is_ok());
     for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
         let err = store
             .clone()

@@ -218,11 +218,18 @@ async fn values_the_store_did_not_write_are_protocol_errors() {
 #[tokio::test]
 async fn a_zero_timeout_is_refused() {
     let _servers = shared().await;
-    let err = redis_store()
-        .await
-        .with_timeout(Duration::ZERO)
-        .expect_err("zero");
-    assert!(err.to_string().contains("timeout"), "{err}");
+    let store = redis_store().await;
+    // Zero, and past an hour (a call's deadline is an instant: a longer
+    // one could not be added to the clock's reading).
+    for bad in [
+        Duration::ZERO,
+        Duration::from_secs(3_600) + Duration::from_millis(1),
+        Duration::MAX,
+    ] {
+        let err = store.clone().with_timeout(bad).expect_err("out of range");
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+    assert!(store.with_timeout(Duration::from_secs(3_600)).is_ok());
 }
 
 #[tokio::test]
