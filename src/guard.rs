@@ -231,16 +231,11 @@ impl<F: Future, L: Limit> Future for Within<F, L> {
     }
 }
 
-/// The time a handler gets: `timeout` when set, and always inside `lease`
-/// with a tenth of it to spare, so that a slow handler is stopped before
-/// its lease ends and another delivery or worker can take the event over
-/// and run it at the same time.
-pub(crate) fn handler_deadline(lease: Duration, timeout: Option<Duration>) -> Duration {
-    handler_deadline_settled_within(lease, timeout, Duration::ZERO)
-}
-
-/// [`handler_deadline`] for a claim whose settle may take up to `settle`
-/// (a networked store's call timeout): the spare part of the lease is the
+/// The time a handler gets: `timeout` when set, and always inside `lease`,
+/// so that a slow handler is stopped before its lease ends and another
+/// delivery or worker can take the event over and run it at the same
+/// time; for a claim whose settle may take up to `settle` (a networked
+/// store's call timeout, zero for one that answers at once), the spare part of the lease is the
 /// longer of a tenth of it and `settle`, so that a completion sent at the
 /// deadline and answered in time has landed before the lease ends, and no
 /// other delivery can have claimed the event and run its handler again.
@@ -395,11 +390,13 @@ mod tests {
     #[test]
     fn the_handler_deadline_stays_inside_the_lease() {
         let lease = Duration::from_secs(30);
-        assert_eq!(handler_deadline(lease, None), Duration::from_secs(27));
+        let handler_deadline =
+            |timeout| handler_deadline_settled_within(lease, timeout, Duration::ZERO);
+        assert_eq!(handler_deadline(None), Duration::from_secs(27));
         let short = Duration::from_secs(5);
-        assert_eq!(handler_deadline(lease, Some(short)), short);
+        assert_eq!(handler_deadline(Some(short)), short);
         assert_eq!(
-            handler_deadline(lease, Some(Duration::from_secs(60))),
+            handler_deadline(Some(Duration::from_secs(60))),
             Duration::from_secs(27)
         );
     }

@@ -11,9 +11,10 @@
 //!
 //! - **concurrently**, up to a set number at once, each inside a lease with
 //!   a fencing token and the handler's timeout inside the lease (nine
-//!   tenths of it, counted from when the worker asked for the event, so
-//!   that a claim slow to answer leaves its handler less time, not less
-//!   margin);
+//!   tenths of it, or the lease less the inbox's
+//!   [call timeout](Inbox::call_timeout) where that is longer, counted
+//!   from when the worker asked for the event, so that a claim slow to
+//!   answer leaves its handler less time, not less margin);
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
@@ -97,7 +98,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::events::{InboxAttempt, RawEvent};
-use crate::guard::{handler_deadline, until, CatchUnwind};
+use crate::guard::{handler_deadline_settled_within, until, CatchUnwind};
 use crate::outage::{OutageLog, DEFAULT_OUTAGE_LOG_INTERVAL};
 use crate::router::EventRouter;
 use crate::store::{
@@ -268,7 +269,9 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 
     /// Stops a handler after `timeout`, counting a failed attempt; never
-    /// later than nine tenths of the lease, counted from when its worker
+    /// later than nine tenths of the lease (the lease less the inbox's
+    /// [call timeout](Inbox::call_timeout) where that is longer, at most
+    /// half of it: its settle then lands inside the lease), counted from when its worker
     /// asked the inbox for the event (a claim slow to answer leaves the
     /// handler that much less; one that took all of it gives the event
     /// back without running the handler, the attempt not counted). What
@@ -564,6 +567,7 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
         let deadline = claimed_handler_deadline(
             self.settings.lease,
             self.settings.handler_timeout,
+            self.inbox.call_timeout(),
             asked.elapsed(),
         );
         // A fixed instant, not a time counted from the handler's first
@@ -826,17 +830,19 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     }
 }
 
-/// The time the handler of an event claimed `taken` ago gets:
-/// [`handler_deadline`] (the handler's timeout, at most nine tenths of the
-/// lease), and never past nine tenths of the lease counted from the claim,
-/// so that a claim slow to answer (waiting for a pool's connection or for
-/// SQLite's lock) still leaves a tenth of the lease before it ends. Zero
-/// when the claim took that long itself (the event is then given back).
+/// The time the handler of an event claimed `taken` ago gets, from an
+/// inbox whose settle may take up to `settle` (its call timeout):
+/// [`handler_deadline_settled_within`] (the handler's timeout, at most the
+/// lease less the longer of a tenth of it and `settle`), and never past
+/// that point of the lease counted from the claim, so that a claim slow to
+/// answer (waiting for a pool's connection or for SQLite's lock) still
+/// leaves the settle its time before the lease ends. Zero when the claim
+/// took that long itself (the event is then given back).
 fn claimed_handler_deadline(
-    lease: Duration, timeout: Option<Duration>, taken: Duration,
+    lease: Duration, timeout: Option<Duration>, settle: Duration, taken: Duration,
 ) -> Duration {
-    let left = (lease - lease / 10).saturating_sub(taken);
-    handler_deadline(lease, timeout).min(left)
+    let left = handler_deadline_settled_within(lease, None, settle).saturating_sub(taken);
+    handler_deadline_settled_within(lease, timeout, settle).min(left)
 }
 
 /// Publishes the inbox's counts as gauges.
@@ -1328,15 +1334,36 @@ mod tests {
     fn a_slow_claim_shortens_the_handlers_deadline() {
         let lease = Duration::from_secs(30);
         let s = Duration::from_secs;
-        assert_eq!(claimed_handler_deadline(lease, None, Duration::ZERO), s(27));
-        assert_eq!(claimed_handler_deadline(lease, None, s(20)), s(7));
-        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(20)), s(5));
-        assert_eq!(claimed_handler_deadline(lease, Some(s(5)), s(25)), s(2));
-        assert_eq!(claimed_handler_deadline(lease, None, s(27)), Duration::ZERO);
+        let quick = Duration::ZERO;
+        assert_eq!(claimed_handler_deadline(lease, None, quick, quick), s(27));
+        assert_eq!(claimed_handler_deadline(lease, None, quick, s(20)), s(7));
         assert_eq!(
-            claimed_handler_deadline(lease, None, s(3600)),
+            claimed_handler_deadline(lease, Some(s(5)), quick, s(20)),
+            s(5)
+        );
+        assert_eq!(
+            claimed_handler_deadline(lease, Some(s(5)), quick, s(25)),
+            s(2)
+        );
+        assert_eq!(
+            claimed_handler_deadline(lease, None, quick, s(27)),
             Duration::ZERO
         );
+        assert_eq!(
+            claimed_handler_deadline(lease, None, quick, s(3600)),
+            Duration::ZERO
+        );
+        // An inbox whose settle may take 5 s leaves the handler 25 s, less
+        // the claim's time; one whose settle may take longer than half the
+        // lease, half of it.
+        assert_eq!(claimed_handler_deadline(lease, None, s(5), quick), s(25));
+        assert_eq!(claimed_handler_deadline(lease, None, s(5), s(20)), s(5));
+        assert_eq!(
+            claimed_handler_deadline(lease, Some(s(10)), s(5), s(20)),
+            s(5)
+        );
+        assert_eq!(claimed_handler_deadline(lease, None, s(60), quick), s(15));
+        assert_eq!(claimed_handler_deadline(lease, None, s(1), quick), s(27));
     }
 
     /// A memory inbox whose claims answer `delay` after they took their

@@ -1048,6 +1048,19 @@ pub trait Inbox: Send + Sync + 'static {
         Box::pin(tokio::time::sleep(timeout))
     }
 
+    /// The longest one call may take before it fails (a networked inbox's
+    /// per-call timeout), or zero (the default) for an inbox that answers
+    /// at once. [`Workers`](crate::inbox::Workers) stop a handler at least
+    /// this long before its lease ends (and at least a tenth of the lease,
+    /// at most half of it), so that a completion sent then and answered in
+    /// time lands before another worker can take the event over and run it
+    /// again. [`PostgresInbox`](crate::store::PostgresInbox) answers its
+    /// [`with_timeout`](crate::store::PostgresInbox::with_timeout); give an
+    /// inbox of your own that waits on a network its timeout.
+    fn call_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Records on the event of `attempt` (from
     /// [`Event::inbox_attempt`](crate::Event::inbox_attempt), in a handler
     /// that workers over this inbox run) what the destination it was
@@ -1185,6 +1198,9 @@ macro_rules! forward {
             }
             fn replay_if<'a>(&'a self, seq: i64, pin: &'a ReplayPin) -> BoxFuture<'a, Result<Replayed, StoreError>> {
                 (**self).replay_if(seq, pin)
+            }
+            fn call_timeout(&self) -> Duration {
+                (**self).call_timeout()
             }
             $(
                 fn $method(&self, $($arg: $ty),*) -> BoxFuture<'_, $out> {

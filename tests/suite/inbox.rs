@@ -1229,6 +1229,61 @@ async fn a_claim_answering_after_the_shutdown_deadline_gives_its_event_back() {
     );
 }
 
+/// A [`MemoryInbox`] that says its calls may take up to 400 ms, as a
+/// networked inbox's per-call timeout does.
+struct NetworkedInbox(MemoryInbox);
+
+impl Inbox for NetworkedInbox {
+    delegate_inbox!(0: insert, insert_dead, claim, complete, fail, release, list, get, replay, replay_matching, purge, stats, check_writable, wait);
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(400)
+    }
+}
+
+/// Workers over an inbox whose settle may take 400 ms stop a handler 400
+/// ms before its 1 s lease ends, not a tenth of it: a completion sent at
+/// the deadline then lands inside the lease, before another worker may
+/// take the event over and run it again. On Tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn workers_leave_the_settle_the_inboxs_call_time_before_the_lease_ends() {
+    let inbox = Arc::new(NetworkedInbox(MemoryInbox::new()));
+    inbox.insert(&event("evt_settle", None, 1)).await.unwrap();
+    let (times, mut timing) = tokio::sync::mpsc::unbounded_channel();
+    /// Says when it is dropped: when the workers stopped the handler.
+    struct Stopped(tokio::sync::mpsc::UnboundedSender<(&'static str, tokio::time::Instant)>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.send(("stopped", tokio::time::Instant::now()));
+        }
+    }
+    let router = EventRouter::new().on::<events::OrderSucceeded, _>(move |_event| {
+        let _ = times.send(("started", tokio::time::Instant::now()));
+        let stopped = Stopped(times.clone());
+        async move {
+            let _stopped = stopped;
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        }
+    });
+    let pool = Workers::new(Arc::clone(&inbox), router)
+        .concurrency(1)
+        .and_then(|w| w.lease(Duration::from_secs(1)))
+        .and_then(|w| w.reorder_window(NO_REORDER_WINDOW))
+        .unwrap()
+        .spawn();
+    let (what, started) = timing.recv().await.unwrap();
+    assert_eq!(what, "started");
+    let (what, stopped) = timing.recv().await.unwrap();
+    assert_eq!(what, "stopped");
+    pool.shutdown(Duration::from_secs(1)).await;
+    // 900 ms when only a tenth of the lease was kept.
+    let ran = stopped - started;
+    assert!(
+        (Duration::from_millis(600)..Duration::from_millis(610)).contains(&ran),
+        "stopped {ran:?} after it started"
+    );
+}
+
 /// A [`MemoryInbox`] whose first claim lands at once and answers after
 /// `late` (a store stalled for most of a lease), and every later claim at
 /// once.

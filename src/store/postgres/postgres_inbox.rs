@@ -1792,6 +1792,10 @@ impl Inbox for PostgresInbox {
         wait_for(&self.notified, timeout)
     }
 
+    fn call_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn record_receipt<'a>(
         &'a self, attempt: &'a InboxAttempt, receipt: &'a str,
     ) -> BoxFuture<'a, Result<Settle, StoreError>> {

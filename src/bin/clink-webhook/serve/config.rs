@@ -938,20 +938,6 @@ impl Config {
                 lease.as_millis()
             )));
         }
-        // The workers stop a handler at nine tenths of its lease: a forward
-        // must have its answer, or its timeout, before then.
-        let handler_time = lease - lease / 10;
-        if destination_timeout >= handler_time {
-            return Err(ConfigProblem(format!(
-                "configuration: destination_timeout_ms ({} ms) must be shorter than nine tenths of \
-                 lease_ms ({} ms, so under {} ms): a forward still waiting for the destination \
-                 then is stopped before it can record the failure; lower destination_timeout_ms \
-                 or raise lease_ms",
-                destination_timeout.as_millis(),
-                lease.as_millis(),
-                handler_time.as_millis()
-            )));
-        }
         let max_attempts = u32::try_from(r.number("max_attempts", 1, 1_000_000)?).unwrap_or(1);
         let backoff = r.millis("backoff_ms", 1, 86_400_000)?;
         let max_backoff = r.millis("max_backoff_ms", 1, 86_400_000)?;
@@ -973,6 +959,33 @@ impl Config {
         }
         let body_timeout = r.millis("body_timeout_ms", 1, 3_600_000)?;
         let store_timeout = r.millis("store_timeout_ms", 1, 3_600_000)?;
+        // The workers stop a handler before its lease ends by the longer
+        // of a tenth of it and the inbox's call time (PostgreSQL's
+        // store_timeout_ms; SQLite's calls answer at once), at most half of
+        // it, so that its settle lands inside the lease: a forward must
+        // have its answer, or its timeout, before then.
+        let (spare, spare_text) = match &inbox {
+            InboxSpec::Postgres(_) => (
+                (lease / 10).max(store_timeout.min(lease / 2)),
+                format!(
+                    "the longer of a tenth of it and store_timeout_ms ({} ms), at most half of it",
+                    store_timeout.as_millis()
+                ),
+            ),
+            InboxSpec::Sqlite(_) => (lease / 10, "a tenth of it".to_owned()),
+        };
+        let handler_time = lease - spare;
+        if destination_timeout >= handler_time {
+            return Err(ConfigProblem(format!(
+                "configuration: destination_timeout_ms ({} ms) must be shorter than the time the \
+                 workers give a forward: lease_ms ({} ms) less {spare_text}, so under {} ms; a \
+                 forward still waiting for the destination then is stopped before it can record \
+                 the failure; lower destination_timeout_ms or raise lease_ms",
+                destination_timeout.as_millis(),
+                lease.as_millis(),
+                handler_time.as_millis()
+            )));
+        }
         let header_read_timeout = r.millis("header_read_timeout_ms", 1, 3_600_000)?;
         let max_connections =
             usize::try_from(r.number("max_connections", 1, 1 << 20)?).unwrap_or(1);
@@ -1813,15 +1826,43 @@ mod tests {
         let mut pairs = minimal();
         pairs.push(("lease_ms", "2000"));
         pairs.push(("destination_timeout_ms", "10000"));
+        pairs.push(("store_timeout_ms", "100"));
         let error = config(&pairs).err().unwrap().0;
         assert!(
             error.contains("destination_timeout_ms (10000 ms)")
-                && error.contains("lease_ms (2000 ms, so under 1800 ms)"),
+                && error.contains("lease_ms (2000 ms)")
+                && error.contains("so under 1800 ms"),
             "{error}"
         );
         pairs.retain(|(name, _)| *name != "destination_timeout_ms");
         pairs.push(("destination_timeout_ms", "1799"));
         assert!(config(&pairs).is_ok());
+        // With SQLite's calls answering at once, a tenth of the lease is
+        // kept whatever the store's timeout; with PostgreSQL a call that may
+        // take 400 ms leaves a forward 1600 ms, and one that may take longer
+        // than half the lease, half of it.
+        for (inbox, store, under, just_under) in [
+            ("sqlite:/tmp/x.db", "5000", "1800", "1799"),
+            ("postgres", "100", "1800", "1799"),
+            ("postgres", "400", "1600", "1599"),
+            ("postgres", "5000", "1000", "999"),
+        ] {
+            pairs.retain(|(name, _)| !["store_timeout_ms", "inbox"].contains(name));
+            pairs.push(("store_timeout_ms", store));
+            pairs.push(("inbox", inbox));
+            pairs.push(("database_url", "postgres://app@127.0.0.1:5432/clink"));
+            pairs.retain(|(name, _)| *name != "destination_timeout_ms");
+            pairs.push(("destination_timeout_ms", under));
+            let error = config(&pairs).err().unwrap().0;
+            assert!(
+                error.contains(&format!("so under {under} ms")),
+                "{inbox}: {error}"
+            );
+            pairs.retain(|(name, _)| *name != "destination_timeout_ms");
+            pairs.push(("destination_timeout_ms", just_under));
+            assert!(config(&pairs).is_ok(), "{inbox} {store}");
+            pairs.retain(|(name, _)| *name != "database_url");
+        }
     }
 
     /// With a Redis destination, the dedup marker must outlive the time
