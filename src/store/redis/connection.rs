@@ -146,14 +146,87 @@ pub(super) const REMAKE_PAUSE: Duration = Duration::from_secs(1);
 pub(super) const REMAKE_PAUSE_MAX: Duration = Duration::from_secs(60);
 
 /// One call's way to Redis.
+///
+/// A call dropped before the store noted how it went (its future stopped
+/// by a bound shorter than the store's timeout: the layer's, the
+/// router's, the end of a lease) is taken for one that got no answer in
+/// time, so that a connection that went silent is made anew whoever gave
+/// up on it first.
 pub(super) struct Call {
     pub(super) connection: Connection,
     /// Whether the call writes.
     writes: bool,
-    /// The generation of the manager it goes through, for a single server
-    /// the store can make anew.
-    generation: Option<u64>,
+    /// The server it goes through and the generation of its manager, for
+    /// a single server the store can make anew.
+    remakeable: Option<(Arc<Single>, u64)>,
+    /// When it started, or when its last reply came.
     started: Instant,
+    /// Whether the store noted how it went.
+    noted: bool,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.noted {
+            self.unanswered();
+        }
+    }
+}
+
+impl Call {
+    /// Notes that the call went as `timed_out` says: one that got no
+    /// answer in time has its connection made anew, unless a reply came
+    /// through it meanwhile (a slow server, not a silent connection).
+    pub(super) fn noted(&mut self, timed_out: bool) {
+        self.noted = true;
+        if timed_out {
+            self.unanswered();
+        }
+    }
+
+    /// Notes how a request of the call went: a reply shows the connection
+    /// alive (the call's silence is counted from it on), a write that
+    /// landed shows the server serves, and a `READONLY` answer has the
+    /// connection made anew.
+    pub(super) fn replied<T>(&mut self, result: &RedisResult<T>) {
+        let read_only = match result {
+            Ok(_) => false,
+            Err(err) if err.code().is_some() => {
+                err.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly)
+            }
+            // No reply: a lost connection, which the manager makes anew.
+            Err(_) => return,
+        };
+        self.started = Instant::now();
+        let Some((single, managed)) = self.current() else {
+            return;
+        };
+        managed.replied();
+        if read_only {
+            single.make_anew(&managed, Sign::ReadOnly);
+        } else if self.writes && result.is_ok() && !managed.served.load(Ordering::Relaxed) {
+            managed.served.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The call got no answer: unless a reply came through its connection
+    /// since it started or last had one (a slow server, not a silent
+    /// connection), the connection is made anew.
+    fn unanswered(&self) {
+        if let Some((single, managed)) = self.current() {
+            if !managed.answered_after(self.started) {
+                single.make_anew(&managed, Sign::Silent);
+            }
+        }
+    }
+
+    /// The manager the call went through, while it is still the current
+    /// one of a store that can make it anew.
+    fn current(&self) -> Option<(&Arc<Single>, arc_swap::Guard<Arc<Managed>>)> {
+        let (single, generation) = self.remakeable.as_ref()?;
+        let managed = single.current.load();
+        (managed.generation == *generation).then_some((single, managed))
+    }
 }
 
 impl Link {
@@ -197,64 +270,22 @@ impl Link {
                 Call {
                     connection: Connection::Single(managed.manager.clone()),
                     writes,
-                    generation: single.remake.as_ref().map(|_| managed.generation),
+                    remakeable: single
+                        .remake
+                        .as_ref()
+                        .map(|_| (Arc::clone(single), managed.generation)),
                     started,
+                    noted: false,
                 }
             }
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(connection) => Call {
                 connection: Connection::Cluster(connection.clone()),
                 writes,
-                generation: None,
+                remakeable: None,
                 started,
+                noted: false,
             },
-        }
-    }
-
-    /// The manager `call` went through, while it is still the current
-    /// one of a store that can make it anew.
-    fn current_for(&self, call: &Call) -> Option<(&Arc<Single>, arc_swap::Guard<Arc<Managed>>)> {
-        let generation = call.generation?;
-        #[cfg_attr(not(feature = "redis-cluster"), allow(irrefutable_let_patterns))]
-        let Self::Single(single) = self
-        else {
-            return None;
-        };
-        let managed = single.current.load();
-        (managed.generation == generation).then_some((single, managed))
-    }
-
-    /// Notes how a request of `call` went: a reply shows the connection
-    /// alive, a write that landed shows the server serves, and a
-    /// `READONLY` answer has the connection made anew.
-    pub(super) fn replied<T>(&self, call: &Call, result: &RedisResult<T>) {
-        let read_only = match result {
-            Ok(_) => false,
-            Err(err) if err.code().is_some() => {
-                err.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly)
-            }
-            // No reply: a lost connection, which the manager makes anew.
-            Err(_) => return,
-        };
-        let Some((single, managed)) = self.current_for(call) else {
-            return;
-        };
-        managed.replied();
-        if read_only {
-            single.make_anew(&managed, Sign::ReadOnly);
-        } else if call.writes && result.is_ok() && !managed.served.load(Ordering::Relaxed) {
-            managed.served.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Notes that `call` got no answer in the store's time: unless a reply
-    /// came through its connection meanwhile (a slow server, not a silent
-    /// connection), it is made anew.
-    pub(super) fn unanswered(&self, call: &Call) {
-        if let Some((single, managed)) = self.current_for(call) {
-            if !managed.answered_after(call.started) {
-                single.make_anew(&managed, Sign::Silent);
-            }
         }
     }
 }

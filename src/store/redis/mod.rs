@@ -276,16 +276,16 @@ impl RedisStore {
     /// `allkeys-*` policy could drop a live claim or a completed mark. Says
     /// nothing when the server hides its configuration (`CONFIG` disabled).
     async fn warn_unless_noeviction(&self) {
-        let mut connection = self.link.call(false).connection;
+        let mut call = self.link.call(false);
         let mut query = ::redis::cmd("CONFIG");
         query.arg("GET").arg("maxmemory-policy");
         let answer: Result<Vec<String>, StoreError> = timed(self.timeout, async {
-            query
-                .query_async(&mut connection)
-                .await
-                .map_err(|err| store_error("CONFIG GET", &err))
+            let reply = query.query_async(&mut call.connection).await;
+            call.replied(&reply);
+            reply.map_err(|err| store_error("CONFIG GET", &err))
         })
         .await;
+        let answer = noted(call, answer);
         if let Ok(pair) = answer {
             if let Some(policy) = pair.get(1).filter(|policy| *policy != "noeviction") {
                 tracing::warn!(
@@ -336,23 +336,11 @@ impl RedisStore {
         let mut call = self.link.call(writes);
         let result = timed(self.timeout, async {
             let reply = request(&mut call.connection).await;
-            self.link.replied(&call, &reply);
+            call.replied(&reply);
             reply.map_err(|err| store_error("Redis call failed", &err))
         })
         .await;
-        self.noted(&call, result)
-    }
-
-    /// `result`, that of `call`; a timeout is noted by the link (a
-    /// connection that answered nothing in time is made anew).
-    fn noted<T>(&self, call: &Call, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result
-            .as_ref()
-            .is_err_and(|err| err.kind() == StoreErrorKind::Timeout)
-        {
-            self.link.unanswered(call);
-        }
-        result
+        noted(call, result)
     }
 
     async fn claim_key(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
@@ -435,7 +423,7 @@ impl RedisStore {
             self.complete_checked(&mut call, key, token, &retention),
         )
         .await;
-        self.noted(&call, completed)
+        noted(call, completed)
     }
 
     async fn complete_checked(
@@ -450,7 +438,7 @@ impl RedisStore {
                 .arg("PX")
                 .arg(retention);
             let reply = set.query_async::<Value>(&mut call.connection).await;
-            self.link.replied(call, &reply);
+            call.replied(&reply);
             match reply {
                 Ok(Value::Okay) => return Ok(Settle::Applied),
                 Ok(Value::Nil) => return Ok(Settle::LeaseLost),
@@ -471,7 +459,7 @@ impl RedisStore {
         let mut invocation = COMPLETE.key(key);
         invocation.arg(token.as_str()).arg(retention);
         let reply = invocation.invoke_async(&mut call.connection).await;
-        self.link.replied(call, &reply);
+        call.replied(&reply);
         let reply = reply.map_err(|err| store_error("Redis call failed", &err))?;
         settled(reply)
     }
@@ -520,13 +508,24 @@ impl IdempotencyStore for RedisStore {
                 let reply = ::redis::cmd("PING")
                     .query_async::<String>(&mut call.connection)
                     .await;
-                self.link.replied(&call, &reply);
+                call.replied(&reply);
                 reply.map(drop).map_err(|err| store_error("PING", &err))
             })
             .await;
-            self.noted(&call, pinged)
+            noted(call, pinged)
         })
     }
+}
+
+/// `result`, that of `call`, noted on it: a connection that answered
+/// nothing in time is made anew.
+fn noted<T>(mut call: Call, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    call.noted(
+        result
+            .as_ref()
+            .is_err_and(|err| err.kind() == StoreErrorKind::Timeout),
+    );
+    result
 }
 
 /// What a settle script answered: `1` applied, `0` the lease was lost.

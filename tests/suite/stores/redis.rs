@@ -712,6 +712,45 @@ async fn a_connection_that_stops_answering_is_made_anew() {
     );
 }
 
+/// As `a_connection_that_stops_answering_is_made_anew`, with every claim
+/// stopped by a bound shorter than the store's own timeout (the layer's
+/// store timeout, the end of a lease): a call given up on by its caller
+/// counts as one that got no answer, so the connection is made anew all
+/// the same. Before, only the store's own timeout did, and with a
+/// shorter bound around every call the store stayed on the silent
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_made_anew_when_a_shorter_bound_stops_the_calls() {
+    let servers = Failover::start("silent_bounded").await;
+    let store = RedisStore::connect(&servers.url()).await.unwrap();
+    let keys = Keys::new("redis_silent_bounded");
+    claimed(store.claim(&keys.key("before"), DEFAULT_LEASE).await);
+    let store = store.with_timeout(Duration::from_secs(60)).unwrap();
+    servers.fail_over();
+    servers.freeze_first();
+
+    let key = keys.key("after");
+    let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+    loop {
+        let bounded =
+            tokio::time::timeout(Duration::from_millis(300), store.claim(&key, DEFAULT_LEASE));
+        match bounded.await {
+            Ok(Ok(Claim::Claimed(_))) => break,
+            Ok(Ok(other)) => panic!("a fresh key answered {other:?}"),
+            Ok(Err(_)) | Err(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the silent connection was never made anew"
+            ),
+        }
+    }
+    let held = servers.second_holds(&key).await;
+    assert!(
+        held.as_deref()
+            .is_some_and(|value| value.starts_with("claimed:")),
+        "{held:?}"
+    );
+}
+
 /// A replica still behind the address (a failover not yet told to the
 /// name, or a URL that names a replica): connecting anew finds `READONLY`
 /// again. The store does not connect over and over, nor say so each time:
