@@ -218,3 +218,223 @@ fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
+
+/// A Redis Cluster of the test's own: one primary serving every slot and
+/// its replica, each on a loopback port whose cluster bus port (+10000)
+/// was free too. Killed when dropped.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    ports: [u16; 2],
+    nodes: [std::process::Child; 2],
+}
+
+impl PrivateCluster {
+    async fn start(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "clink-{test}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_millis()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports = [bus_free_port(), bus_free_port()];
+        let spawn = |n: usize| {
+            std::process::Command::new("redis-server")
+                .args(["--port", &ports[n].to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes{n}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed by scripts/test")
+        };
+        let cluster = Self {
+            nodes: [spawn(0), spawn(1)],
+            ports,
+            dir,
+        };
+        let mut primary = cluster.raw(0).await;
+        let mut replica = cluster.raw(1).await;
+        let () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query_async(&mut primary)
+            .await
+            .unwrap();
+        let primary_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut primary)
+            .await
+            .unwrap();
+        let () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(ports[0])
+            .query_async(&mut replica)
+            .await
+            .unwrap();
+        // The replica is told to follow the primary once it knows it, and
+        // the cluster is ready once the primary counts it as its replica.
+        let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+        loop {
+            let replicated: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(&primary_id)
+                .query_async(&mut replica)
+                .await;
+            if replicated.is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica never knew the primary: {replicated:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut replica)
+                .await
+                .unwrap();
+            let state: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut primary)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") && state.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster never got ready: {info} {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster
+    }
+
+    fn url(&self, n: usize) -> String {
+        format!("redis://127.0.0.1:{}/", self.ports[n])
+    }
+
+    /// A connection of the test's own to node `n` alone, waiting for it
+    /// to start.
+    async fn raw(&self, n: usize) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url(n)).unwrap();
+        let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+        loop {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                if pong.is_ok() {
+                    return connection;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {n} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the primary without closing anything: its connections stay
+    /// open and answer nothing, as a host gone without a word leaves them.
+    fn freeze_primary(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &self.nodes[0].id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port free, with its cluster bus port (+10000) free too.
+fn bus_free_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local address").port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A primary whose process freezes (its connections open, answering
+/// nothing) while its replica takes over: the cluster's connection would
+/// go on sending every slot to the frozen node, since no redirection ever
+/// comes from it. The store connects to the Cluster anew once a call got
+/// no answer, reads the slots again, and claims land on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_whose_replica_took_over_is_left_for_the_new_one() {
+    let cluster = PrivateCluster::start("cluster_frozen").await;
+    let store = RedisStore::connect_cluster(&[cluster.url(0), cluster.url(1)])
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_millis(500))
+        .unwrap();
+    let keys = Keys::new("redis_cluster_frozen");
+    claimed(store.claim(&keys.key("before"), DEFAULT_LEASE).await);
+
+    cluster.freeze_primary();
+    let mut replica = cluster.raw(1).await;
+    let () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .arg("TAKEOVER")
+        .query_async(&mut replica)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + crate::support::process::PATIENCE;
+    loop {
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut replica).await.unwrap();
+        if matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let key = keys.key("after");
+    let mut errors = Vec::new();
+    loop {
+        match store.claim(&key, DEFAULT_LEASE).await {
+            Ok(Claim::Claimed(_)) => break,
+            Ok(other) => panic!("a fresh key answered {other:?}"),
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no claim landed on the new primary; the last error: {error}"
+                );
+                errors.push(error.kind());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut replica)
+        .await
+        .unwrap();
+    assert!(
+        held.as_deref()
+            .is_some_and(|value| value.starts_with("claimed:")),
+        "{held:?} ({errors:?})"
+    );
+}
