@@ -13,6 +13,7 @@
 //! | `clink_webhook_delivery_duration_seconds` | histogram | `outcome` | from the request to the response, the handler included |
 //! | `clink_webhook_deliveries_in_flight` | gauge | | deliveries being read, verified or handled now |
 //! | `clink_webhook_deliveries_abandoned_total` | counter | | verified deliveries dropped after their claim, before they answered (the sender hung up, a timeout outside the layer): counted here, not in `clink_webhook_deliveries_total`; each claim released for Clink's retry, or completed when the handler had succeeded |
+//! | `clink_webhook_memory_store_evicted_early_total` | counter | | handled events a full [`MemoryStore`](crate::store::MemoryStore) forgot before their retention ended ([`MemoryStore::evicted_early`](crate::store::MemoryStore::evicted_early)): a retry of any of them runs its handler again; above zero, the store's capacity is too small |
 //! | `clink_webhook_key_matches_total` | counter | `key` | verified deliveries (those whose body is an event envelope with an id the layer takes) by the [name](crate::SigningKey::named) of the key that matched (its fingerprint when unnamed): when the old key of a rotation stops counting, it can be retired. One series per key name, so with many accounts name keys by role (`current`, `previous`) |
 
 use std::sync::atomic::{AtomicU64, Ordering};

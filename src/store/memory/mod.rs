@@ -51,7 +51,13 @@ pub use memory_inbox::MemoryInbox;
 /// keys hold the layer's default retention of 72 hours up to about 3.9
 /// events a second). A store
 /// that does evict one early says so at `warn`, at most once a minute,
-/// with how many it forgot.
+/// with how many it forgot, counts them ([`evicted_early`](Self::evicted_early),
+/// and with the feature `metrics` the counter
+/// `clink_webhook_memory_store_evicted_early_total`, to alert on), and the
+/// capacity is one for every account of a layer with a key source: one
+/// account's deliveries (anyone who holds its signing secret can sign
+/// them) push out the oldest completed keys of every account. With many
+/// accounts, use a shared store, or size the capacity for them all.
 ///
 /// Every call is O(log n) in the claims in flight and amortised O(1)
 /// otherwise: no call scans the store. (A key claimed again after its
@@ -167,6 +173,8 @@ struct State {
     next_token: u64,
     /// Completed keys evicted before their retention ended, not yet told
     /// (see [`MemoryStore::tell_early_evictions`]).
+    untold_evictions: u64,
+    /// Completed keys evicted before their retention ended, in all.
     evicted_early: u64,
     /// When that was last told, in the store's nanoseconds (`None`: never).
     told_at: Option<u64>,
@@ -290,6 +298,18 @@ impl MemoryStore {
         self.capacity
     }
 
+    /// How many handled events the store forgot before their retention
+    /// ended since it was made, because it was full: a retry of any of
+    /// them runs its handler again. Anything above zero means the
+    /// [capacity](Self::with_capacity) is too small for the traffic.
+    #[must_use]
+    pub fn evicted_early(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .evicted_early
+    }
+
     /// How many keys the store holds now, counting expired ones not yet reclaimed.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -339,7 +359,7 @@ impl MemoryStore {
         let mut state = self.lock();
         let claim = state.claim(key, now, until, self.capacity);
         state.sweep(now);
-        if state.evicted_early > 0 {
+        if state.untold_evictions > 0 {
             self.tell_early_evictions(state, now);
         }
         let claim = claim?;
@@ -362,7 +382,7 @@ impl MemoryStore {
         {
             return;
         }
-        let forgotten = std::mem::take(&mut state.evicted_early);
+        let forgotten = std::mem::take(&mut state.untold_evictions);
         state.told_at = Some(now);
         drop(state);
         tracing::warn!(
@@ -587,7 +607,10 @@ impl State {
         if !removed {
             self.stale = self.stale.saturating_sub(1);
         } else if entry.until > now {
+            self.untold_evictions += 1;
             self.evicted_early += 1;
+            #[cfg(feature = "metrics")]
+            metrics::counter!("clink_webhook_memory_store_evicted_early_total").increment(1);
         }
         Some(removed)
     }
@@ -743,8 +766,11 @@ mod tests {
             remember(&store, key, 100 * SECOND).await;
             advance(SECOND).await;
         }
+        assert_eq!(store.evicted_early(), 0);
         claimed(store.claim("d", SECOND).await);
         assert_eq!(store.len(), 3);
+        // "a" was forgotten 97 s before its retention ended: counted.
+        assert_eq!(store.evicted_early(), 1);
 
         // "a" went first; "b" and "c" are still remembered.
         assert_eq!(store.claim("c", SECOND).await.ok(), Some(Claim::Completed));
@@ -756,6 +782,73 @@ mod tests {
         assert_eq!(store.len(), 3);
     }
 
+    /// An early eviction is counted through the `metrics` facade, where
+    /// an alert can see it (the log says so once a minute at most).
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn an_early_eviction_is_counted_for_the_metrics() {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+
+        struct Count(AtomicU64);
+        impl metrics::CounterFn for Count {
+            fn increment(&self, value: u64) {
+                self.0.fetch_add(value, Ordering::Relaxed);
+            }
+            fn absolute(&self, value: u64) {
+                self.0.store(value, Ordering::Relaxed);
+            }
+        }
+        struct Recorder(Arc<Count>);
+        impl metrics::Recorder for Recorder {
+            fn describe_counter(
+                &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+            ) {
+            }
+            fn describe_gauge(
+                &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+            ) {
+            }
+            fn describe_histogram(
+                &self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString,
+            ) {
+            }
+            fn register_counter(
+                &self, key: &metrics::Key, _: &metrics::Metadata<'_>,
+            ) -> metrics::Counter {
+                assert_eq!(key.name(), "clink_webhook_memory_store_evicted_early_total");
+                metrics::Counter::from_arc(Arc::clone(&self.0))
+            }
+            fn register_gauge(
+                &self, _: &metrics::Key, _: &metrics::Metadata<'_>,
+            ) -> metrics::Gauge {
+                metrics::Gauge::noop()
+            }
+            fn register_histogram(
+                &self, _: &metrics::Key, _: &metrics::Metadata<'_>,
+            ) -> metrics::Histogram {
+                metrics::Histogram::noop()
+            }
+        }
+
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let recorder = Recorder(Arc::clone(&count));
+        let store = MemoryStore::new().with_capacity(2).unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            for key in ["a", "b", "c", "d"] {
+                let key = MemoryStore::key(key).unwrap();
+                let Ok(Claim::Claimed(token)) = store.claim_now(&key, SECOND) else {
+                    panic!("not claimed");
+                };
+                let completed = store.complete_now(&key, &token, 100 * SECOND);
+                assert_eq!(completed.ok(), Some(Settle::Applied));
+            }
+        });
+        // "c" forgot "a", and "d" forgot "b", each well inside its retention.
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert_eq!(store.evicted_early(), 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn full_store_evicts_expired_claims_before_completed_keys() {
         let store = store(3);
@@ -765,6 +858,8 @@ mod tests {
         advance(2 * SECOND).await;
 
         claimed(store.claim("new", SECOND).await);
+        // A claim whose lease ended went: no handled event forgotten.
+        assert_eq!(store.evicted_early(), 0);
         assert_eq!(
             store.claim("done", SECOND).await.ok(),
             Some(Claim::Completed)
