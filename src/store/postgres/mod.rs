@@ -36,6 +36,9 @@ use schema::{check_table_name, Statements};
 /// How many expired rows one reaper statement deletes at most.
 const REAP_BATCH: i64 = 10_000;
 
+/// The fewest a batch is cut down to when batches run out of time.
+const REAP_BATCH_LEAST: i64 = 100;
+
 /// How long [`PostgresStore::migrate`] may wait (for the lock and the DDL).
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -230,11 +233,15 @@ impl PostgresStore {
     /// retention has ended.
     ///
     /// Works in batches of 10,000 rows, each one statement under the per-call
-    /// timeout, and skips rows that a transaction holds locked.
+    /// timeout, and skips rows that a transaction holds locked. A batch
+    /// that runs out of time (a busy database, a short timeout) is tried
+    /// again at half the size, down to 100 rows, so that the reaper still
+    /// makes headway where a whole batch never fits in the timeout.
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when a batch fails; the batches before it stay deleted.
+    /// A [`StoreError`] when a batch fails (one of 100 rows runs out of
+    /// time too); the batches before it stay deleted.
     pub async fn reap(&self) -> Result<u64, StoreError> {
         let keys = self
             .reap_with(&self.sql.reap, "cannot reap expired keys")
@@ -251,21 +258,16 @@ impl PostgresStore {
     /// Runs the reaping `statement` in batches until one deletes less than a
     /// whole batch.
     async fn reap_with(&self, statement: &str, context: &str) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let deleted = self
-                .pooled(async |client| {
-                    client
-                        .execute_typed(statement, &[(&REAP_BATCH, Type::INT8)])
-                        .await
-                        .map_err(|err| pg_error(context, &err))
-                })
-                .await?;
-            total += deleted;
-            if deleted < REAP_BATCH.unsigned_abs() {
-                return Ok(total);
-            }
-        }
+        reap_in_batches(|batch| async move {
+            self.pooled(async |client| {
+                client
+                    .execute_typed(statement, &[(&batch, Type::INT8)])
+                    .await
+                    .map_err(|err| pg_error(context, &err))
+            })
+            .await
+        })
+        .await
     }
 
     /// Runs [`reap`](Self::reap) every `every` on the current Tokio runtime
@@ -733,6 +735,31 @@ async fn create_tables(
         .map_err(|err| pg_error("cannot commit the migration", &err))
 }
 
+/// Deletes with `delete` (given a batch's size, answering how many rows
+/// it deleted) until a batch deletes less than its size; a batch that runs
+/// out of time is tried again at half the size, down to
+/// [`REAP_BATCH_LEAST`].
+async fn reap_in_batches<F: Future<Output = Result<u64, StoreError>>>(
+    mut delete: impl FnMut(i64) -> F,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    let mut batch = REAP_BATCH;
+    loop {
+        match delete(batch).await {
+            Ok(deleted) => {
+                total += deleted;
+                if deleted < batch.unsigned_abs() {
+                    return Ok(total);
+                }
+            }
+            Err(err) if err.kind() == StoreErrorKind::Timeout && batch > REAP_BATCH_LEAST => {
+                batch = (batch / 2).max(REAP_BATCH_LEAST);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// A lease or retention as the `int8` milliseconds the statements take.
 fn millis_param(what: &str, ttl: Duration) -> Result<i64, StoreError> {
     let millis = ttl_millis(what, ttl)?;
@@ -816,5 +843,59 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
             StoreErrorKind::Protocol,
             format!("{context}: unexpected client error"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod reap_tests {
+    use super::*;
+
+    /// A table of `rows` expired rows in which a batch of more than
+    /// `fits` rows runs out of time: the sizes asked for, and the result.
+    async fn reaped(rows: u64, fits: i64) -> (Vec<i64>, Result<u64, StoreError>) {
+        let mut left = rows;
+        let mut asked = Vec::new();
+        let result = reap_in_batches(|batch| {
+            asked.push(batch);
+            std::future::ready(if batch > fits {
+                Err(StoreError::new(StoreErrorKind::Timeout, "timed out"))
+            } else {
+                let deleted = left.min(batch.unsigned_abs());
+                left -= deleted;
+                Ok(deleted)
+            })
+        })
+        .await;
+        (asked, result)
+    }
+
+    /// A batch that runs out of time is tried at half the size, down to
+    /// 100 rows, and the reaper goes on at that size: it makes headway
+    /// where a whole batch never fits in the timeout.
+    #[tokio::test]
+    async fn batches_that_run_out_of_time_are_cut_until_they_fit() {
+        let (asked, result) = reaped(25_000, 10_000).await;
+        assert_eq!(result.unwrap(), 25_000);
+        assert_eq!(asked, [10_000, 10_000, 10_000]);
+
+        let (asked, result) = reaped(3_000, 2_000).await;
+        assert_eq!(result.unwrap(), 3_000);
+        assert_eq!(asked, [10_000, 5_000, 2_500, 1_250, 1_250, 1_250]);
+
+        // Not even 100 rows fit: the timeout is the answer.
+        let (asked, result) = reaped(3_000, 50).await;
+        assert_eq!(result.unwrap_err().kind(), StoreErrorKind::Timeout);
+        assert_eq!(asked.last(), Some(&REAP_BATCH_LEAST));
+        assert!(asked.len() <= 8, "{asked:?}");
+
+        // Another failure is not retried.
+        let mut calls = 0;
+        let result = reap_in_batches(|_| {
+            calls += 1;
+            std::future::ready(Err(StoreError::new(StoreErrorKind::Unavailable, "down")))
+        })
+        .await;
+        assert_eq!(result.unwrap_err().kind(), StoreErrorKind::Unavailable);
+        assert_eq!(calls, 1);
     }
 }
