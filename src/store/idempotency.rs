@@ -234,7 +234,10 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Whether the store answers now: one round trip for the networked
     /// stores, for readiness checks (see
     /// [`ClinkLayer::readiness`](crate::ClinkLayer::readiness)). The default
-    /// answers `Ok` at once, right for in-process stores.
+    /// answers `Ok` at once, right for in-process stores;
+    /// [`MemoryStore`](crate::store::MemoryStore) answers
+    /// [`StoreErrorKind::Full`](crate::store::StoreErrorKind::Full) while
+    /// every key it can hold is a live claim.
     ///
     /// # Errors
     ///

@@ -546,12 +546,7 @@ impl State {
             // Its lease ended: the holder is presumed dead.
             self.unclaim(key);
         } else if self.len() >= capacity && !self.evict_one(now) {
-            return Err(StoreError::new(
-                StoreErrorKind::Full,
-                format!(
-                    "all {capacity} keys of the memory store hold live claims; raise the capacity"
-                ),
-            ));
+            return Err(full_of_claims(capacity));
         }
         let token = self.next_token;
         self.next_token = self.next_token.wrapping_add(1);
@@ -645,7 +640,36 @@ fn deadline(now: u64, what: &str, ttl: Duration) -> Result<u64, StoreError> {
         })
 }
 
+/// A store of `capacity` keys that all hold live claims.
+fn full_of_claims(capacity: usize) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Full,
+        format!("all {capacity} keys of the memory store hold live claims; raise the capacity"),
+    )
+}
+
 impl IdempotencyStore for MemoryStore {
+    /// [`StoreErrorKind::Full`] while every key the store can hold is a
+    /// live claim, which a new delivery's claim would find too (it is
+    /// answered `503`); `Ok` otherwise.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let now = self.nanos_at(Instant::now());
+        let state = self.lock();
+        // A store full of claims holds no completed key; one whose
+        // earliest lease has ended has room for a new claim.
+        let full = state.claims.len() >= self.capacity
+            && state
+                .lease_ends
+                .first()
+                .is_some_and(|(until, _)| *until > now);
+        drop(state);
+        Box::pin(std::future::ready(if full {
+            Err(full_of_claims(self.capacity))
+        } else {
+            Ok(())
+        }))
+    }
+
     fn claim<'a>(
         &'a self, key: &'a str, lease: Duration,
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
@@ -847,6 +871,32 @@ mod tests {
         // "c" forgot "a", and "d" forgot "b", each well inside its retention.
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert_eq!(store.evicted_early(), 2);
+    }
+
+    /// A store full of live claims is not ready: a new delivery's claim
+    /// would be refused. Once a lease has ended, or with a completed key
+    /// to evict, it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_full_of_live_claims_is_not_ready() {
+        let store_of = store;
+        let store = store_of(2);
+        assert!(store.ping().await.is_ok());
+        claimed(store.claim("a", SECOND).await);
+        assert!(store.ping().await.is_ok());
+        claimed(store.claim("b", 2 * SECOND).await);
+        let full = store.ping().await.unwrap_err();
+        assert_eq!(full.kind(), StoreErrorKind::Full, "{full}");
+        assert_eq!(
+            store.claim("c", SECOND).await.unwrap_err().kind(),
+            StoreErrorKind::Full
+        );
+        advance(SECOND).await;
+        assert!(store.ping().await.is_ok(), "a's lease has ended");
+
+        let other = store_of(2);
+        remember(&other, "done", 100 * SECOND).await;
+        claimed(other.claim("live", 100 * SECOND).await);
+        assert!(other.ping().await.is_ok(), "a completed key can go");
     }
 
     #[tokio::test(start_paused = true)]
