@@ -17,36 +17,37 @@ use crate::store::{timed, StoreError, StoreErrorKind, DEFAULT_TIMEOUT};
 /// What a [`RedisStore`] holds to reach Redis: each call takes a
 /// [`Call`] from it, and tells it how the call went.
 #[derive(Clone)]
-pub(super) struct Link(Arc<Single>);
+pub(super) enum Link {
+    /// One server, through a manager made anew when the one in use stops
+    /// serving (see [`Single`]).
+    Single(Arc<Single>),
+    /// A Redis Cluster, whose connection follows failovers by itself.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
 
-/// The connection to one server (its connection manager) or to a Redis
-/// Cluster. Either reconnects by itself when a connection breaks, but not
-/// when a connection stays up and stops serving: a server that answers
-/// `READONLY` (a primary demoted to a replica in a failover, its clients
-/// not killed, while the address now leads to the new primary), or a
-/// connection that answers nothing (half open: the server's host gone
-/// without a word, until the kernel gives up on it, a quarter of an hour
-/// later; or its process frozen, for as long as it stays so, while a
-/// Cluster fails over to the node's replica: the cluster's connection
-/// goes on sending that node's slots to it, and reads the slots again
-/// only on a redirection, which never comes). When the store made the
-/// connection from a client ([`RedisStore::connect`],
-/// [`RedisStore::connect_cluster`]), either sign (for silence, once a
-/// `PING` sent behind the call, to every primary of a Cluster, also goes
-/// unanswered for [`PROBE`]) has it make a new one, in the background
-/// (for a Cluster, reading its slots anew): at once for a connection a
+/// One server's connection manager. The manager reconnects by itself when
+/// its connection breaks, but not when the connection stays up and stops
+/// serving: a server that answers `READONLY` (a primary demoted to a
+/// replica in a failover, its clients not killed, while the address now
+/// leads to the new primary), or a connection that answers nothing (half
+/// open: the server's host gone without a word, until the kernel gives up
+/// on it, a quarter of an hour later). When the store made the manager
+/// from a client ([`RedisStore::connect`]), either sign (for silence, once
+/// a `PING` sent behind the call also goes unanswered for [`PROBE`]) has
+/// it make a new manager, in the background: at once for a manager a
 /// write had landed through, else after a pause that doubles from
-/// [`REMAKE_PAUSE`] up to [`REMAKE_PAUSE_MAX`] while new connections fail
-/// as the old one did.
+/// [`REMAKE_PAUSE`] up to [`REMAKE_PAUSE_MAX`] while new managers fail as
+/// the old one did.
 pub(super) struct Single {
     current: ArcSwap<Managed>,
-    /// How to make the connection anew: `None` for one the caller made.
+    /// How to make the manager anew: `None` for one the caller made.
     remake: Option<Remake>,
 }
 
-/// A connection and what its calls have shown of it.
+/// A connection manager and what its calls have shown of it.
 pub(super) struct Managed {
-    connection: Connection,
+    manager: ConnectionManager,
     /// Which of the store's managers it is: the first is 0.
     generation: u64,
     /// When it was made.
@@ -59,12 +60,11 @@ pub(super) struct Managed {
 }
 
 impl Managed {
-    /// `connection`, which `served` already (the first: trouble with it
-    /// is new) or not (one made anew: trouble with it is the same as
-    /// before).
-    fn new(connection: Connection, generation: u64, served: bool) -> Arc<Self> {
+    /// `manager`, which `served` already (the first: trouble with it is
+    /// new) or not (one made anew: trouble with it is the same as before).
+    fn new(manager: ConnectionManager, generation: u64, served: bool) -> Arc<Self> {
         Arc::new(Self {
-            connection,
+            manager,
             generation,
             made: Instant::now(),
             answered: AtomicU64::new(0),
@@ -97,38 +97,12 @@ impl Managed {
 }
 
 struct Remake {
-    maker: Maker,
+    client: Client,
+    config: ConnectionManagerConfig,
     /// The runtime the store was made on, which a new manager is made on
     /// when the sign came from outside a runtime.
     runtime: tokio::runtime::Handle,
     state: Mutex<RemakeState>,
-}
-
-/// How a connection is made anew.
-#[derive(Clone)]
-enum Maker {
-    /// One server's manager, from its client and configuration.
-    Server(Client, ConnectionManagerConfig),
-    /// A Cluster's connection, from its client.
-    #[cfg(feature = "redis-cluster")]
-    Cluster(::redis::cluster::ClusterClient),
-}
-
-impl Maker {
-    async fn make(self) -> Result<Connection, StoreError> {
-        match self {
-            Self::Server(client, config) => ConnectionManager::new_with_config(client, config)
-                .await
-                .map(Connection::Single)
-                .map_err(|err| store_error("cannot connect to Redis", &err)),
-            #[cfg(feature = "redis-cluster")]
-            Self::Cluster(client) => client
-                .get_async_connection()
-                .await
-                .map(Connection::Cluster)
-                .map_err(|err| store_error("cannot connect to the Redis Cluster", &err)),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -256,28 +230,32 @@ impl Call {
 }
 
 impl Link {
-    /// Through `connection`, the caller's, never made anew.
-    pub(super) fn fixed(connection: Connection) -> Self {
-        Self(Arc::new(Single {
-            current: ArcSwap::new(Managed::new(connection, 0, true)),
+    /// One server through `manager`, never made anew.
+    pub(super) fn single(manager: ConnectionManager) -> Self {
+        Self::Single(Arc::new(Single {
+            current: ArcSwap::new(Managed::new(manager, 0, true)),
             remake: None,
         }))
     }
 
-    /// Through `connection`, made anew by `maker` when it stops serving.
-    fn remakeable(connection: Connection, maker: Maker) -> Self {
+    /// One server through `manager`, made anew from `client` and `config`
+    /// when it stops serving.
+    fn remakeable(
+        manager: ConnectionManager, client: Client, config: ConnectionManagerConfig,
+    ) -> Self {
         let remake = tokio::runtime::Handle::try_current()
             .ok()
             .map(|runtime| Remake {
-                maker,
+                client,
+                config,
                 runtime,
                 state: Mutex::new(RemakeState {
                     pause: REMAKE_PAUSE,
                     ..RemakeState::default()
                 }),
             });
-        Self(Arc::new(Single {
-            current: ArcSwap::new(Managed::new(connection, 0, true)),
+        Self::Single(Arc::new(Single {
+            current: ArcSwap::new(Managed::new(manager, 0, true)),
             remake,
         }))
     }
@@ -285,17 +263,29 @@ impl Link {
     /// The way to Redis for one call, starting now; `writes` says whether
     /// it writes.
     pub(super) fn call(&self, writes: bool) -> Call {
-        let single = &self.0;
-        let managed = single.current.load();
-        Call {
-            connection: managed.connection.clone(),
-            writes,
-            remakeable: single
-                .remake
-                .as_ref()
-                .map(|_| (Arc::clone(single), managed.generation)),
-            started: Instant::now(),
-            noted: false,
+        let started = Instant::now();
+        match self {
+            Self::Single(single) => {
+                let managed = single.current.load();
+                Call {
+                    connection: Connection::Single(managed.manager.clone()),
+                    writes,
+                    remakeable: single
+                        .remake
+                        .as_ref()
+                        .map(|_| (Arc::clone(single), managed.generation)),
+                    started,
+                    noted: false,
+                }
+            }
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(connection) => Call {
+                connection: Connection::Cluster(connection.clone()),
+                writes,
+                remakeable: None,
+                started,
+                noted: false,
+            },
         }
     }
 }
@@ -348,8 +338,8 @@ impl Single {
             }
         }
         let done = Done(Arc::clone(self));
-        let maker = remake.maker.clone();
-        let mut old = from.connection.clone();
+        let (client, config) = (remake.client.clone(), remake.config.clone());
+        let old = from.manager.clone();
         let why = sign.why();
         // On the runtime of the call that saw the sign (it runs in a task),
         // else on the one the store was made on.
@@ -360,6 +350,7 @@ impl Single {
             // one that answers (a server that stalled a moment, a fork or a
             // slow command, or a starved runtime) is kept.
             if sign == Sign::Silent {
+                let mut old = Connection::Single(old);
                 let ping = ::redis::cmd("PING");
                 let answered =
                     tokio::time::timeout(PROBE, ping.query_async::<String>(&mut old)).await;
@@ -370,12 +361,17 @@ impl Single {
                     return;
                 }
             }
-            let made = timed(DEFAULT_TIMEOUT * 3, maker.make()).await;
+            let made = timed(DEFAULT_TIMEOUT * 3, async {
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(|err| store_error("cannot connect to Redis", &err))
+            })
+            .await;
             match made {
-                Ok(connection) => {
+                Ok(manager) => {
                     done.0
                         .current
-                        .store(Managed::new(connection, generation, false));
+                        .store(Managed::new(manager, generation, false));
                     if fresh_trouble {
                         tracing::warn!(why, "Redis connection made anew");
                     } else {
@@ -504,9 +500,13 @@ impl RedisStore {
             .set_connection_timeout(Some(DEFAULT_TIMEOUT))
             .set_response_timeout(None)
             .set_number_of_retries(1);
-        let maker = Maker::Server(client, config);
-        let connection = timed(DEFAULT_TIMEOUT * 3, maker.clone().make()).await?;
-        let store = Self::with_link(Link::remakeable(connection, maker));
+        let connect = async {
+            ConnectionManager::new_with_config(client.clone(), config.clone())
+                .await
+                .map_err(|err| store_error("cannot connect to Redis", &err))
+        };
+        let manager = timed(DEFAULT_TIMEOUT * 3, connect).await?;
+        let store = Self::with_link(Link::remakeable(manager, client, config));
         store.warn_unless_noeviction().await;
         Ok(store)
     }
@@ -517,16 +517,10 @@ impl RedisStore {
     /// A store over an existing Redis Cluster connection, with the default
     /// timeout, for a cluster client configured by hand (read routing,
     /// credentials providers, …).
-    ///
-    /// The connection reconnects when a node's connection breaks, but the
-    /// store cannot make it anew when a node's connection stays up and
-    /// stops answering (a host gone without a word, a process frozen,
-    /// while the Cluster fails over to the node's replica), as one
-    /// [`connect_cluster`](Self::connect_cluster) made does.
     #[must_use]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn new_cluster(connection: ::redis::cluster_async::ClusterConnection) -> Self {
-        Self::with_link(Link::fixed(Connection::Cluster(connection)))
+        Self::with_link(Link::Cluster(connection))
     }
 
     /// Connects to the Redis Cluster that the nodes at `urls` belong to
@@ -602,9 +596,13 @@ impl RedisStore {
             .connection_timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|_| cluster::urls_error(urls))?;
-        let maker = Maker::Cluster(client);
-        let connection = timed(DEFAULT_TIMEOUT * 3, maker.clone().make()).await?;
-        let store = Self::with_link(Link::remakeable(connection, maker));
+        let connect = async {
+            client
+                .get_async_connection()
+                .await
+                .map_err(|err| store_error("cannot connect to the Redis Cluster", &err))
+        };
+        let store = Self::new_cluster(timed(DEFAULT_TIMEOUT * 3, connect).await?);
         store.warn_unless_noeviction().await;
         Ok(store)
     }

@@ -154,12 +154,7 @@ return 0
 /// each time up to a minute, told at `debug`. A store over your own manager
 /// ([`new`](Self::new)) cannot make it anew, and waits for the kernel or
 /// the server to close it. The cluster connection follows `READONLY` by
-/// itself; a node that answers nothing (its host gone, its process frozen)
-/// while the Cluster fails over to its replica is the same sign to a store
-/// made by [`connect_cluster`](Self::connect_cluster): it connects to the
-/// Cluster anew, reading its slots again (the `PING` goes to every
-/// primary). Over your own cluster connection
-/// ([`new_cluster`](Self::new_cluster)) it cannot.
+/// itself.
 ///
 /// # Connecting
 ///
@@ -263,7 +258,7 @@ impl RedisStore {
     /// open), as one [`connect`](Self::connect) made does.
     #[must_use]
     pub fn new(connection: ConnectionManager) -> Self {
-        Self::with_link(Link::fixed(Connection::Single(connection)))
+        Self::with_link(Link::single(connection))
     }
 
     fn with_link(link: Link) -> Self {
