@@ -12,9 +12,10 @@
 //! - **concurrently**, up to a set number at once, each inside a lease with
 //!   a fencing token and the handler's timeout inside the lease (nine
 //!   tenths of it, or the lease less the inbox's
-//!   [call timeout](Inbox::call_timeout) where that is longer, counted
-//!   from when the worker asked for the event, so that a claim slow to
-//!   answer leaves its handler less time, not less margin);
+//!   [call timeout](Inbox::call_timeout) where that is longer, at most
+//!   half of it, counted from when the worker asked for the event, so
+//!   that a claim slow to answer leaves its handler less time, not less
+//!   margin);
 //! - **in order per object**: the events of one object run one at a time,
 //!   oldest `created` first, and each waits a reorder window after arriving
 //!   (1 s by default) so that deliveries arriving close together are sorted
@@ -328,6 +329,16 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
     /// Starts the workers on the current Tokio runtime.
     #[must_use]
     pub fn spawn(self) -> WorkerPool {
+        let (lease, settle) = (self.settings.lease, self.inbox.call_timeout());
+        if settle > lease / 2 {
+            tracing::warn!(
+                lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                call_timeout_ms = u64::try_from(settle.as_millis()).unwrap_or(u64::MAX),
+                "inbox: the inbox's call timeout is longer than half the lease, so a settle sent \
+                 as a handler's time ends may land after its lease, when another worker may have \
+                 run the event again; set a lease of at least twice the inbox's call timeout"
+            );
+        }
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(self);
         let mut tasks = JoinSet::new();

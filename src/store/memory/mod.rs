@@ -357,10 +357,20 @@ impl MemoryStore {
         let now = self.nanos_at(at);
         let until = deadline(now, "lease", lease)?;
         let mut state = self.lock();
+        #[cfg(feature = "metrics")]
+        let before = state.evicted_early;
         let claim = state.claim(key, now, until, self.capacity);
         state.sweep(now);
         if state.untold_evictions > 0 {
+            // Counted for the metrics once the lock is let go.
+            #[cfg(feature = "metrics")]
+            let evicted = state.evicted_early - before;
             self.tell_early_evictions(state, now);
+            #[cfg(feature = "metrics")]
+            if evicted > 0 {
+                metrics::counter!("clink_webhook_memory_store_evicted_early_total")
+                    .increment(evicted);
+            }
         }
         let claim = claim?;
         Ok(match claim {
@@ -604,8 +614,6 @@ impl State {
         } else if entry.until > now {
             self.untold_evictions += 1;
             self.evicted_early += 1;
-            #[cfg(feature = "metrics")]
-            metrics::counter!("clink_webhook_memory_store_evicted_early_total").increment(1);
         }
         Some(removed)
     }

@@ -143,8 +143,9 @@ return 0
 /// or nothing at all (half open: the server's host gone without a word,
 /// which the kernel notices only some fifteen minutes later). A store made
 /// by [`connect`](Self::connect) (or `connect_with_tls`) takes either as a
-/// sign (a timeout only when nothing at all came back through the
-/// connection since the call began, and a `PING` sent behind it then gets
+/// sign (a call that timed out, or that its caller gave up on first, only
+/// when nothing at all came back through the connection since the call
+/// began or last had a reply, and a `PING` sent behind it then gets
 /// no answer within 2 s: a slow server that answers others, or one that
 /// stalled a moment, is left alone) and connects anew in the background,
 /// logging it at `warn` once the new connection is up; calls go on through

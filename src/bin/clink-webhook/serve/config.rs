@@ -960,10 +960,11 @@ impl Config {
         let body_timeout = r.millis("body_timeout_ms", 1, 3_600_000)?;
         let store_timeout = r.millis("store_timeout_ms", 1, 3_600_000)?;
         // The workers stop a handler before its lease ends by the longer
-        // of a tenth of it and the inbox's call time (PostgreSQL's
-        // store_timeout_ms; SQLite's calls answer at once), at most half of
-        // it, so that its settle lands inside the lease: a forward must
-        // have its answer, or its timeout, before then.
+        // of a tenth of it and the inbox's call timeout (PostgreSQL's
+        // store_timeout_ms; SQLite's inbox has none, its calls waiting
+        // only for its one connection and another process's write), at
+        // most half of it, so that its settle lands inside the lease: a
+        // forward must have its answer, or its timeout, before then.
         let (spare, spare_text) = match &inbox {
             InboxSpec::Postgres(_) => (
                 (lease / 10).max(store_timeout.min(lease / 2)),
