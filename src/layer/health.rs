@@ -12,7 +12,9 @@ use crate::store::{timed, Inbox, StoreError};
 /// fixed or live; a [key source](crate::accounts::KeySource)'s accounts
 /// are not looked at), and its idempotency store answers within the
 /// layer's store timeout (for an [`InboxIntake`](super::InboxIntake), its
-/// inbox does). Serve it on a health route so that a load balancer stops
+/// inbox does) and has room for a new claim (a
+/// [`MemoryStore`](crate::store::MemoryStore) full of live claims answers
+/// [`Full`](crate::store::StoreErrorKind::Full) until one ends). Serve it on a health route so that a load balancer stops
 /// sending deliveries to an instance that would answer every one `503`.
 /// A freshness store a router was given with
 /// [`EventRouter::ordering`](crate::EventRouter::ordering) apart from the
@@ -92,7 +94,7 @@ impl Readiness {
 }
 
 /// Why the layer is not ready: every signing key has expired, or its
-/// store did not answer.
+/// store did not answer, or answered that it has no room for a claim.
 #[derive(Debug)]
 pub struct NotReady(Reason);
 
@@ -103,8 +105,8 @@ enum Reason {
 }
 
 impl NotReady {
-    /// The store's error, when the store did not answer (`None` when every
-    /// key has expired).
+    /// The store's error, when the store did not answer or has no room
+    /// for a claim (`None` when every key has expired).
     #[must_use]
     pub fn store_error(&self) -> Option<&StoreError> {
         match &self.0 {

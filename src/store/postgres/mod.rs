@@ -234,9 +234,10 @@ impl PostgresStore {
     ///
     /// Works in batches of 10,000 rows, each one statement under the per-call
     /// timeout, and skips rows that a transaction holds locked. A batch
-    /// that runs out of time (a busy database, a short timeout) is tried
-    /// again at half the size, down to 100 rows, so that the reaper still
-    /// makes headway where a whole batch never fits in the timeout.
+    /// that runs out of time (a busy database, a short timeout, the
+    /// server's `statement_timeout`) is tried again at half the size, down
+    /// to 100 rows, so that the reaper still makes headway where a whole
+    /// batch never fits in the timeout.
     ///
     /// # Errors
     ///
@@ -799,8 +800,10 @@ fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
         let (kind, hint) = match code {
             // Missing table: the schema was never applied.
             "42P01" => (StoreErrorKind::Protocol, "; run PostgresStore::migrate()"),
-            // A wait for another transaction's lock ended by lock_timeout.
-            "55P03" => (StoreErrorKind::Timeout, ""),
+            // A wait for another transaction's lock ended by lock_timeout,
+            // and a statement the server cancelled (a statement_timeout of
+            // the role's or the database's, or a cancel): out of time.
+            "55P03" | "57014" => (StoreErrorKind::Timeout, ""),
             // A write sent to a standby (a connection still open to a
             // primary just demoted): worth retrying on another connection,
             // as Redis's READONLY is; and the server going away or still

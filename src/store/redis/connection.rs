@@ -528,7 +528,10 @@ impl RedisStore {
     /// feature `redis-tls`, verified against the system's root
     /// certificates). One reachable node is enough: the others are found
     /// through it, and the store follows the cluster as slots move and
-    /// nodes fail over.
+    /// nodes fail over, except a node that goes silent with its
+    /// connection open (its host gone without a word, its process
+    /// frozen): its slots' calls time out (`503`) until the kernel gives
+    /// up on the connection, about a quarter of an hour later.
     ///
     /// Every call touches one key, so one hash slot (see
     /// [Redis Cluster](RedisStore#redis-cluster)).

@@ -155,7 +155,8 @@ return 0
 /// each time up to a minute, told at `debug`. A store over your own manager
 /// ([`new`](Self::new)) cannot make it anew, and waits for the kernel or
 /// the server to close it. The cluster connection follows `READONLY` by
-/// itself.
+/// itself, but not a node that answers nothing: its slots' calls time out
+/// until the kernel gives up on the connection.
 ///
 /// # Connecting
 ///

@@ -429,6 +429,38 @@ async fn bad_configuration_is_refused() {
     reaper.abort();
 }
 
+/// A statement the server cancels (a role's or a database's
+/// `statement_timeout` shorter than the store's) is out of time: `Timeout`,
+/// not `Unavailable`.
+#[tokio::test]
+async fn a_statement_the_server_cancels_is_out_of_time() {
+    let _servers = shared().await;
+    let keys = Keys::new("pg_statement_timeout");
+    let locked = keys.key("locked");
+    let url = server_url("DATABASE_URL");
+    // A role's or database's statement_timeout, shorter than the store's.
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.options("-c statement_timeout=200");
+    let store = postgres_store()
+        .await
+        .with_timeout(Duration::from_secs(30))
+        .unwrap();
+    let cut = PostgresStore::new(pg_pool_for(config))
+        .with_table(PG_TABLE)
+        .unwrap()
+        .with_timeout(Duration::from_secs(30))
+        .unwrap();
+    let mut holder = pg_pool(&url).get().await.unwrap();
+    let held = holder.transaction().await.unwrap();
+    claimed(store.claim_in(&held, &locked, DEFAULT_LEASE).await);
+    // The claim waits for the row's lock until the server cancels it:
+    // out of time (as the reaper reads it, halving its batch), not down.
+    let err = cut.claim(&locked, DEFAULT_LEASE).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("57014"), "{err}");
+    held.rollback().await.unwrap();
+}
+
 /// A claim made in the caller's transaction behind another transaction's
 /// lock waits at most the store's timeout, ended by the server: the claim
 /// fails as a timeout, the caller's rollback and what the pool's next user
