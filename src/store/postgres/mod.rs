@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +120,9 @@ pub struct PostgresStore {
     timeout: Duration,
     freshness_retention: Duration,
     cancel: Canceller,
+    /// The size each reaping statement (keys, then freshness records)
+    /// starts its next run at, shared by the store's clones.
+    reap_sizes: Arc<[AtomicI64; 2]>,
 }
 
 impl PostgresStore {
@@ -135,6 +139,7 @@ impl PostgresStore {
             timeout: DEFAULT_TIMEOUT,
             freshness_retention: DEFAULT_FRESHNESS_RETENTION,
             cancel: Canceller::plain(),
+            reap_sizes: Arc::new([AtomicI64::new(REAP_BATCH), AtomicI64::new(REAP_BATCH)]),
         }
     }
 
@@ -232,24 +237,35 @@ impl PostgresStore {
     /// keys whose lease or retention has ended, then freshness records whose
     /// retention has ended.
     ///
-    /// Works in batches of 10,000 rows, each one statement under the per-call
-    /// timeout, and skips rows that a transaction holds locked. A batch
-    /// that runs out of time (a busy database, a short timeout, the
-    /// server's `statement_timeout`) is tried again at half the size, down
-    /// to 100 rows, so that the reaper still makes headway where a whole
-    /// batch never fits in the timeout.
+    /// Works in batches of up to 10,000 rows, each one statement under the
+    /// per-call timeout (counted once a pooled connection is had), and
+    /// skips rows that a transaction holds locked. A batch whose statement
+    /// runs out of time (a busy database, a short timeout, the server's
+    /// `statement_timeout`) is tried again at half the size, down to 100
+    /// rows, so that the reaper still makes headway where a whole batch
+    /// never fits in the timeout. The next call starts at the size that
+    /// fitted, the store's clones alike, and at twice that (up to 10,000)
+    /// after a call in which no statement ran out of time: a database
+    /// where only small batches fit does not pay for the large ones at
+    /// every tick.
     ///
     /// # Errors
     ///
     /// A [`StoreError`] when a batch fails (one of 100 rows runs out of
-    /// time too); the batches before it stay deleted.
+    /// time too, or no pooled connection comes within the timeout, which
+    /// leaves the size as it is); the batches before it stay deleted.
     pub async fn reap(&self) -> Result<u64, StoreError> {
         let keys = self
-            .reap_with(&self.sql.reap, "cannot reap expired keys")
+            .reap_with(
+                &self.sql.reap,
+                &self.reap_sizes[0],
+                "cannot reap expired keys",
+            )
             .await?;
         let records = self
             .reap_with(
                 &self.sql.freshness.reap,
+                &self.reap_sizes[1],
                 "cannot reap expired freshness records",
             )
             .await?;
@@ -258,17 +274,34 @@ impl PostgresStore {
 
     /// Runs the reaping `statement` in batches until one deletes less than a
     /// whole batch.
-    async fn reap_with(&self, statement: &str, context: &str) -> Result<u64, StoreError> {
-        reap_in_batches(|batch| async move {
-            self.pooled(async |client| {
-                client
-                    .execute_typed(statement, &[(&batch, Type::INT8)])
-                    .await
-                    .map_err(|err| pg_error(context, &err))
+    async fn reap_with(
+        &self, statement: &str, size: &AtomicI64, context: &str,
+    ) -> Result<u64, StoreError> {
+        let (result, next) = reap_in_batches(size.load(Ordering::Relaxed), |batch| async move {
+            // A wait for a connection says nothing of the batch's size.
+            let client = timed(self.timeout, async {
+                self.pool.get().await.map_err(pool_error)
             })
             .await
+            .map_err(Batch::Failed)?;
+            guarded(client, &self.cancel, async |client| {
+                timed(self.timeout, async {
+                    client
+                        .execute_typed(statement, &[(&batch, Type::INT8)])
+                        .await
+                        .map_err(|err| pg_error(context, &err))
+                })
+                .await
+            })
+            .await
+            .map_err(|err| match err.kind() {
+                StoreErrorKind::Timeout => Batch::OutOfTime(err),
+                _ => Batch::Failed(err),
+            })
         })
-        .await
+        .await;
+        size.store(next, Ordering::Relaxed);
+        result
     }
 
     /// Runs [`reap`](Self::reap) every `every` on the current Tokio runtime
@@ -736,27 +769,40 @@ async fn create_tables(
         .map_err(|err| pg_error("cannot commit the migration", &err))
 }
 
+/// How a reaping batch failed.
+enum Batch {
+    /// Its statement ran out of time: a smaller batch may fit.
+    OutOfTime(StoreError),
+    /// Anything else, a wait for a pooled connection included.
+    Failed(StoreError),
+}
+
 /// Deletes with `delete` (given a batch's size, answering how many rows
-/// it deleted) until a batch deletes less than its size; a batch that runs
-/// out of time is tried again at half the size, down to
-/// [`REAP_BATCH_LEAST`].
-async fn reap_in_batches<F: Future<Output = Result<u64, StoreError>>>(
-    mut delete: impl FnMut(i64) -> F,
-) -> Result<u64, StoreError> {
+/// it deleted) from a batch of `start` rows until a batch deletes less
+/// than its size; a batch that runs out of time is tried again at half the
+/// size, down to [`REAP_BATCH_LEAST`]. Answers with the size the next run
+/// starts at: the last one tried, or twice it (up to [`REAP_BATCH`]) when
+/// no batch ran out of time.
+async fn reap_in_batches<F: Future<Output = Result<u64, Batch>>>(
+    start: i64, mut delete: impl FnMut(i64) -> F,
+) -> (Result<u64, StoreError>, i64) {
     let mut total = 0;
-    let mut batch = REAP_BATCH;
+    let mut batch = start.clamp(REAP_BATCH_LEAST, REAP_BATCH);
+    let mut cut = false;
     loop {
         match delete(batch).await {
             Ok(deleted) => {
                 total += deleted;
                 if deleted < batch.unsigned_abs() {
-                    return Ok(total);
+                    let next = if cut { batch } else { batch.saturating_mul(2) };
+                    return (Ok(total), next.min(REAP_BATCH));
                 }
             }
-            Err(err) if err.kind() == StoreErrorKind::Timeout && batch > REAP_BATCH_LEAST => {
+            Err(Batch::OutOfTime(_)) if batch > REAP_BATCH_LEAST => {
                 batch = (batch / 2).max(REAP_BATCH_LEAST);
+                cut = true;
             }
-            Err(err) => return Err(err),
+            Err(Batch::OutOfTime(err) | Batch::Failed(err)) => return (Err(err), batch),
         }
     }
 }
@@ -854,14 +900,20 @@ mod reap_tests {
     use super::*;
 
     /// A table of `rows` expired rows in which a batch of more than
-    /// `fits` rows runs out of time: the sizes asked for, and the result.
-    async fn reaped(rows: u64, fits: i64) -> (Vec<i64>, Result<u64, StoreError>) {
+    /// `fits` rows runs out of time, reaped from a batch of `start`: the
+    /// sizes asked for, the result and the size the next run starts at.
+    async fn reaped_from(
+        start: i64, rows: u64, fits: i64,
+    ) -> (Vec<i64>, Result<u64, StoreError>, i64) {
         let mut left = rows;
         let mut asked = Vec::new();
-        let result = reap_in_batches(|batch| {
+        let (result, next) = reap_in_batches(start, |batch| {
             asked.push(batch);
             std::future::ready(if batch > fits {
-                Err(StoreError::new(StoreErrorKind::Timeout, "timed out"))
+                Err(Batch::OutOfTime(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    "timed out",
+                )))
             } else {
                 let deleted = left.min(batch.unsigned_abs());
                 left -= deleted;
@@ -869,6 +921,11 @@ mod reap_tests {
             })
         })
         .await;
+        (asked, result, next)
+    }
+
+    async fn reaped(rows: u64, fits: i64) -> (Vec<i64>, Result<u64, StoreError>) {
+        let (asked, result, _) = reaped_from(REAP_BATCH, rows, fits).await;
         (asked, result)
     }
 
@@ -891,14 +948,51 @@ mod reap_tests {
         assert_eq!(asked.last(), Some(&REAP_BATCH_LEAST));
         assert!(asked.len() <= 8, "{asked:?}");
 
-        // Another failure is not retried.
-        let mut calls = 0;
-        let result = reap_in_batches(|_| {
-            calls += 1;
-            std::future::ready(Err(StoreError::new(StoreErrorKind::Unavailable, "down")))
-        })
-        .await;
-        assert_eq!(result.unwrap_err().kind(), StoreErrorKind::Unavailable);
-        assert_eq!(calls, 1);
+        // Another failure is not retried, nor is a wait for a pooled
+        // connection that ran out of time, and neither cuts the size.
+        for error in [
+            StoreError::new(StoreErrorKind::Unavailable, "down"),
+            StoreError::new(StoreErrorKind::Timeout, "no pooled connection"),
+        ] {
+            let kind = error.kind();
+            let mut error = Some(error);
+            let mut calls = 0;
+            let (result, next) = reap_in_batches(2_500, |_| {
+                calls += 1;
+                std::future::ready(Err(Batch::Failed(error.take().unwrap())))
+            })
+            .await;
+            assert_eq!(result.unwrap_err().kind(), kind);
+            assert_eq!((calls, next), (1, 2_500));
+        }
+    }
+
+    /// The next run starts at the size that fitted, and twice that after a
+    /// run in which none ran out of time: where only 1,250 rows fit, the
+    /// large batches are not tried again at every tick.
+    #[tokio::test]
+    async fn the_size_that_fitted_is_where_the_next_run_starts() {
+        let (asked, result, next) = reaped_from(REAP_BATCH, 3_000, 1_250).await;
+        assert_eq!(result.unwrap(), 3_000);
+        assert_eq!(asked, [10_000, 5_000, 2_500, 1_250, 1_250, 1_250]);
+        assert_eq!(next, 1_250);
+
+        let (asked, result, next) = reaped_from(next, 3_000, 1_250).await;
+        assert_eq!(result.unwrap(), 3_000);
+        assert_eq!(asked, [1_250, 1_250, 1_250]);
+        assert_eq!(next, 2_500);
+
+        let (asked, _, next) = reaped_from(next, 3_000, 1_250).await;
+        assert_eq!(asked, [2_500, 1_250, 1_250, 1_250]);
+        assert_eq!(next, 1_250);
+
+        // Back up to the most once large batches fit again.
+        let mut next = 1_250;
+        for _ in 0..5 {
+            next = reaped_from(next, 10, REAP_BATCH).await.2;
+        }
+        assert_eq!(next, REAP_BATCH);
+        // A start out of bounds is brought within them.
+        assert_eq!(reaped_from(1, 0, REAP_BATCH).await.0, [REAP_BATCH_LEAST]);
     }
 }
