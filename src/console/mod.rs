@@ -100,8 +100,13 @@
 //! `same-site` from a sibling subdomain) is refused with `403`, whatever
 //! it carries: with a bearer token every form has the same CSRF token, and a
 //! proxy in front that adds the `Authorization` header would let a form
-//! from another origin in with it. Browsers set that header on their own; a
-//! request without it (curl, a script) is not refused for want of it. Each
+//! from another origin in with it. Browsers set that header on their own;
+//! from one too old to (before 2023), a `POST` whose `Origin` is `null` or
+//! names another host or port than its `Host` (or an `X-Forwarded-Host`)
+//! is refused the same way: a proxy in front that rewrites `Host` should
+//! pass the browser's on (nginx: `proxy_set_header Host $host;`) or set
+//! `X-Forwarded-Host`, or such a browser's actions are refused. A request
+//! with neither header (curl, a script) is not refused for want of them. Each
 //! action is logged at `info` level under
 //! the target `clink_webhooks::console` when asked for, before it runs,
 //! and again with what was done (values from bodies in their escaped
@@ -794,7 +799,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     // else: whatever credentials came with it (a session cookie, or an
     // `Authorization` header a proxy in front adds), it is no action of
     // the person at the console.
-    if request.method() == http::Method::POST && cross_site(request.headers()) {
+    if request.method() == http::Method::POST && cross_site(request.headers(), request.uri()) {
         tracing::warn!(
             target: "clink_webhooks::console",
             path = request.uri().path(),
@@ -845,7 +850,7 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             // operator's budget of wrong tokens by being opened. (Its
             // session cookie would not come with the page it leads to
             // either.)
-            if !page_load(request.headers()) || cross_site(request.headers()) {
+            if !page_load(request.headers()) || cross_site(request.headers(), request.uri()) {
                 return pages::token_not_from_a_page();
             }
             if let Some(refused) = throttled(&shared, address) {
@@ -936,15 +941,56 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     response
 }
 
-/// Whether the browser says the request came from another origin
-/// (`Sec-Fetch-Site` other than `same-origin` or `none`: `cross-site`,
-/// `same-site`). A request without the header (curl, a script, an older
-/// browser) is not.
-fn cross_site(headers: &http::HeaderMap) -> bool {
-    headers.get_all("sec-fetch-site").iter().any(|value| {
-        let value = value.as_bytes();
-        !(value.eq_ignore_ascii_case(b"same-origin") || value.eq_ignore_ascii_case(b"none"))
-    })
+/// Whether the browser says the request came from another origin:
+/// `Sec-Fetch-Site` other than `same-origin` or `none` (`cross-site`,
+/// `same-site`); or, from a browser that sends no `Sec-Fetch-Site` (one
+/// older than 2023), an `Origin` that is `null` or names another host or
+/// port than the request's `Host` and every `X-Forwarded-Host`. A request
+/// with neither header (curl, a script) is not.
+fn cross_site(headers: &http::HeaderMap, uri: &Uri) -> bool {
+    let mut sites = headers.get_all("sec-fetch-site").iter().peekable();
+    if sites.peek().is_some() {
+        return sites.any(|value| {
+            let value = value.as_bytes();
+            !(value.eq_ignore_ascii_case(b"same-origin") || value.eq_ignore_ascii_case(b"none"))
+        });
+    }
+    let hosts: Vec<&[u8]> = headers
+        .get_all(header::HOST)
+        .iter()
+        .chain(headers.get_all("x-forwarded-host").iter())
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .chain(
+            uri.authority()
+                .map(|authority| authority.as_str().as_bytes()),
+        )
+        .collect();
+    headers
+        .get_all(header::ORIGIN)
+        .iter()
+        .any(|origin| !hosts.iter().any(|host| same_host(origin.as_bytes(), host)))
+}
+
+/// Whether the `Origin` `origin` (`scheme://host[:port]`) names the host
+/// and port of `host` (a `Host` header's `host[:port]`, the port by
+/// default the origin's scheme's). `null` names none.
+fn same_host(origin: &[u8], host: &[u8]) -> bool {
+    let Ok(origin) = Uri::try_from(origin) else {
+        return false;
+    };
+    let Ok(host) = http::uri::Authority::try_from(host.trim_ascii()) else {
+        return false;
+    };
+    let default = match origin.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => 443,
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => 80,
+        _ => return false,
+    };
+    let Some(authority) = origin.authority() else {
+        return false;
+    };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
 }
 
 /// Whether the browser says the request loads a page in its own window
@@ -1197,6 +1243,85 @@ mod tests {
         )
         .await;
         assert_eq!(page.status(), StatusCode::OK);
+    }
+
+    /// From a browser that sends no `Sec-Fetch-Site`, a form whose
+    /// `Origin` is another host, another port or `null` is refused; from
+    /// the console's own host (as the request or a proxy names it) it goes
+    /// through, as does a request with neither header.
+    #[tokio::test]
+    async fn an_older_browsers_form_from_another_origin_is_refused() {
+        let inbox = one_dead().await;
+        let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+        let form = replay_form(&Keys::for_token(TOKEN).csrf(&Who::Bearer));
+        let bearer = format!("Bearer {TOKEN}");
+        let auth = ("authorization", bearer.as_str());
+        let host = ("host", "ops.example.com");
+        for headers in [
+            vec![auth, host, ("origin", "https://evil.example")],
+            vec![
+                auth,
+                host,
+                ("origin", "https://ops.example.com.evil.example"),
+            ],
+            vec![auth, host, ("origin", "https://ops.example.com:8443")],
+            vec![auth, host, ("origin", "null")],
+            vec![auth, host, ("origin", "ops.example.com")],
+            vec![auth, ("origin", "https://ops.example.com")],
+            vec![
+                auth,
+                host,
+                ("origin", "https://ops.example.com"),
+                ("origin", "https://evil.example"),
+            ],
+        ] {
+            let refused = send(
+                &app,
+                "POST",
+                "/console/events/1/replay",
+                &headers,
+                Some(&form),
+            )
+            .await;
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        }
+        assert_eq!(inbox.get(1).await.unwrap().unwrap().replays, 0);
+        for headers in [
+            vec![auth, host, ("origin", "https://ops.example.com")],
+            vec![auth, host, ("origin", "https://OPS.example.com:443")],
+            vec![
+                auth,
+                ("host", "ops.example.com:8080"),
+                ("origin", "http://ops.example.com:8080"),
+            ],
+            vec![
+                auth,
+                ("host", "127.0.0.1:3000"),
+                ("x-forwarded-host", "ops.example.com"),
+                ("origin", "https://ops.example.com"),
+            ],
+            vec![auth, host],
+            // The browser's word for it stands where it gives it.
+            vec![
+                auth,
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://proxy.example"),
+            ],
+        ] {
+            let inbox = one_dead().await;
+            let app = mounted(Console::with_token(Arc::clone(&inbox), TOKEN).unwrap());
+            let done = send(
+                &app,
+                "POST",
+                "/console/events/1/replay",
+                &headers,
+                Some(&form),
+            )
+            .await;
+            assert_eq!(done.status(), StatusCode::SEE_OTHER, "{headers:?}");
+            assert_eq!(inbox.get(1).await.unwrap().unwrap().replays, 1);
+        }
     }
 
     /// The log of a spent budget names that budget's numbers.
