@@ -58,6 +58,7 @@
 //! | `clink_webhook_inbox_retries_total` | counter | | failed attempts recorded to be retried |
 //! | `clink_webhook_inbox_dead_total` | counter | | events recorded dead after their last attempt (or at once, for no retry can help) |
 //! | `clink_webhook_inbox_handled_total` | counter | | events handled |
+//! | `clink_webhook_inbox_stats_failures_total` | counter | | reads of the counts above that failed or took over 5 s: the two gauges keep their last values meanwhile, so alert on this too |
 //!
 //! Direct handling (no inbox) answers after the handler has run: simpler,
 //! no second store, and the sender's retry is the retry. The inbox answers
@@ -357,12 +358,13 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let mut stopped = stopped;
             let never = Arc::new(AtomicBool::new(false));
             let task = tasks.spawn(async move {
+                let mut failing = false;
                 while !*stopped.borrow() {
                     // Not waited for past the pool's stop: an inbox that
                     // does not answer (a disk that stalls) must not hold
                     // a shutdown to its deadline.
                     tokio::select! {
-                        () = record_stats(&*inbox) => {}
+                        () = record_stats(&*inbox, &mut failing) => {}
                         _ = stopped.changed() => break,
                     }
                     tokio::select! {
@@ -856,14 +858,31 @@ fn claimed_handler_deadline(
     handler_deadline_settled_within(lease, timeout, settle).min(left)
 }
 
-/// Publishes the inbox's counts as gauges.
+/// Publishes the inbox's counts as gauges; a read that fails is counted
+/// and logged, at `warn` the first time in a row (`failing` says whether
+/// the last one failed).
 #[cfg(feature = "metrics")]
-async fn record_stats(inbox: &dyn Inbox) {
+async fn record_stats(inbox: &dyn Inbox, failing: &mut bool) {
     // Bounded, so that an answer that never comes leaves the gauges as
     // they were and the next round asks again.
-    let Ok(stats) = crate::store::timed(STATS_TIMEOUT, inbox.stats()).await else {
-        return;
+    let stats = match crate::store::timed(STATS_TIMEOUT, inbox.stats()).await {
+        Ok(stats) => stats,
+        Err(error) => {
+            metrics::counter!("clink_webhook_inbox_stats_failures_total").increment(1);
+            if std::mem::replace(failing, true) {
+                tracing::debug!(%error, "inbox: cannot read its counts; the gauges keep their last values");
+            } else {
+                tracing::warn!(
+                    %error,
+                    "inbox: cannot read its counts; the gauges keep their last values until a read answers"
+                );
+            }
+            return;
+        }
     };
+    if std::mem::replace(failing, false) {
+        tracing::info!("inbox: its counts are read again");
+    }
     for (status, count) in [
         ("pending", stats.pending),
         ("retrying", stats.retrying),

@@ -1743,11 +1743,89 @@ async fn the_layer_acknowledges_after_one_write_and_never_twice() {
     );
 }
 
-/// The handled and retried counters, under a lost settle.
+/// The handled and retried counters, under a lost settle; the counts'
+/// gauges under reads that fail.
 #[cfg(feature = "metrics")]
 mod handled_counter {
     use super::*;
     use clink_webhooks::store::StoreError;
+
+    /// A memory inbox whose counts can be read once: every later read
+    /// fails. Each read is counted, and wakes `read`.
+    struct CountsReadOnce {
+        inner: MemoryInbox,
+        reads: std::sync::atomic::AtomicUsize,
+        read: tokio::sync::Notify,
+    }
+
+    impl Inbox for CountsReadOnce {
+        delegate_inbox!(inner: insert, insert_dead, claim, complete, fail, release, list, get, replay, replay_matching, purge, check_writable, wait);
+        fn stats(
+            &self,
+        ) -> clink_webhooks::BoxFuture<'_, Result<clink_webhooks::store::InboxStats, StoreError>>
+        {
+            let first = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            self.read.notify_one();
+            if first {
+                self.inner.stats()
+            } else {
+                Box::pin(std::future::ready(Err(StoreError::new(
+                    clink_webhooks::store::StoreErrorKind::Unavailable,
+                    "the disk went away",
+                ))))
+            }
+        }
+    }
+
+    /// Reads of the inbox's counts that fail are counted: the gauges keep
+    /// the last values read, which an alert on them alone would take for a
+    /// quiet inbox.
+    #[tokio::test(start_paused = true)]
+    async fn counts_that_cannot_be_read_are_counted() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let scrape = recorder.handle();
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let inbox = Arc::new(CountsReadOnce {
+            inner: MemoryInbox::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+            read: tokio::sync::Notify::new(),
+        });
+        inbox
+            .insert_dead(&event("evt_dead", None, 1), "refused")
+            .await
+            .unwrap();
+        let seen = Seen::default();
+        let pool = Workers::new(Arc::clone(&inbox), recording_router(&seen, 0))
+            .reorder_window(NO_REORDER_WINDOW)
+            .unwrap()
+            .spawn();
+        // Reads every 5 s: the first answers, the next two fail. (Each read
+        // is ready at once, so the pool has recorded it by the time this
+        // task runs again.)
+        while inbox.reads.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            inbox.read.notified().await;
+        }
+        let reads = inbox.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let text = scrape.render();
+        pool.shutdown(DRAIN_PATIENCE).await;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+        };
+        assert_eq!(
+            value("clink_webhook_inbox_stats_failures_total "),
+            Some(f64::from(u32::try_from(reads - 1).unwrap())),
+            "{text}"
+        );
+        // The last values read, kept.
+        assert_eq!(
+            value("clink_webhook_inbox_events{status=\"dead\"} "),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(seen.lock().unwrap().is_empty());
+    }
 
     /// A memory inbox that answers its first completion as one whose lease
     /// ended first: the completion changes nothing and the event is free to
