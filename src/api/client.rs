@@ -725,7 +725,18 @@ impl Client {
             Ok(body) => return Ok(body),
             // A refusal that carries a new signing secret may have rotated
             // or created all the same: sending it again with the next key
-            // could do that twice, and would lose this secret.
+            // could do that twice, and would lose this secret. So may a
+            // write answered 5xx, whatever its envelope's code says: its
+            // outcome is unknown, and only a read is sent again.
+            Err(error)
+                if error.kind() == ApiErrorKind::Unauthorized
+                    && request.write
+                    && error.status().is_some_and(|s| s.is_server_error()) =>
+            {
+                return Err(error.noted(
+                    "not sent again with another key: a write answered 5xx may have been applied",
+                ));
+            }
             Err(error)
                 if error.kind() == ApiErrorKind::Unauthorized && error.new_secret().is_none() =>
             {
@@ -996,6 +1007,7 @@ impl Client {
                 Err(ApiError::new(kind_of_code(code, &msg), call, told(&msg))
                     .with_status(status)
                     .with_code(code)
+                    .with_retry_after(retry_after(headers))
                     .with_secret(secret_in(&body)))
             }
         }

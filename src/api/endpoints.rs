@@ -318,7 +318,7 @@ pub struct Ensured {
 pub struct EndpointQuery {
     /// The page, from 1.
     pub page: u32,
-    /// Endpoints per page (1 to 100).
+    /// Endpoints per page, 1 to 100 (another size is refused).
     pub page_size: u32,
     /// Only enabled (`true`) or disabled (`false`) endpoints.
     pub enabled: Option<bool>,
@@ -351,7 +351,9 @@ impl EndpointQuery {
         self
     }
 
-    /// `size` endpoints per page.
+    /// `size` endpoints per page, 1 to 100: [`Client::list_endpoints`]
+    /// refuses another size
+    /// ([`Unsupported`](super::ApiErrorKind::Unsupported)).
     #[must_use]
     pub fn page_size(mut self, size: u32) -> Self {
         self.page_size = size;
@@ -372,7 +374,10 @@ impl EndpointQuery {
         self
     }
 
-    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+    /// The query's parameters, or why Clink would not answer the page
+    /// asked for.
+    pub(crate) fn pairs(&self) -> Result<Vec<(&'static str, String)>, String> {
+        super::objects::check_page(self.page, self.page_size, ENDPOINT_PAGE_MAX)?;
         let mut pairs = vec![
             ("pageNum", self.page.to_string()),
             ("pageSize", self.page_size.to_string()),
@@ -383,9 +388,13 @@ impl EndpointQuery {
         if let Some(url) = &self.url {
             pairs.push(("url", url.clone()));
         }
-        pairs
+        Ok(pairs)
     }
 }
+
+/// The most endpoints a page is asked for (Clink's CLI's bound; the
+/// server's is not stated).
+const ENDPOINT_PAGE_MAX: u32 = 100;
 
 /// An event name endpoints can subscribe to, from `GET /webhook/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -518,8 +527,11 @@ impl Client {
     ///
     /// [`ApiError`].
     pub async fn list_endpoints(&self, query: &EndpointQuery) -> Result<Page<Endpoint>, ApiError> {
+        let pairs = query.pairs().map_err(|why| {
+            ApiError::new(ApiErrorKind::Unsupported, "GET /webhook/endpoints", why)
+        })?;
         let body = self
-            .call(Method::GET, "webhook/endpoints", &query.pairs(), None)
+            .call(Method::GET, "webhook/endpoints", &pairs, None)
             .await?;
         self.whole("GET /webhook/endpoints", &body)
     }

@@ -47,8 +47,10 @@ pub enum ApiErrorKind {
     /// redirect (never followed: check the base URL).
     Decode,
     /// The call cannot be made: this family of events has no object to
-    /// read (disputes, customers, ...), or an id is empty, `.` or `..`
-    /// (which a URL path would read as another resource).
+    /// read (disputes, customers, ...), an id is empty, `.` or `..`
+    /// (which a URL path would read as another resource), or a list asks
+    /// for page 0 or a page size Clink would change (orders: 1 to 50;
+    /// endpoints: 1 to 100).
     Unsupported,
 }
 

@@ -176,7 +176,9 @@ pub struct OrderQuery {
     pub subscription_id: Option<String>,
     /// The page, from 1 (Clink's default is 1).
     pub page: Option<u32>,
-    /// Orders per page (Clink's default is 20 and its maximum 50).
+    /// Orders per page, 1 to 50 (Clink's default is 20). Clink would cap a
+    /// larger size at 50, and a caller paging by the size it asked for
+    /// would skip orders: the call refuses it instead.
     pub page_size: Option<u32>,
 }
 
@@ -208,14 +210,23 @@ impl OrderQuery {
         self
     }
 
-    /// `size` orders per page (Clink caps it at 50).
+    /// `size` orders per page, 1 to 50: [`Client::orders`] refuses
+    /// another size ([`Unsupported`](ApiErrorKind::Unsupported)), which
+    /// Clink would change.
     #[must_use]
     pub fn page_size(mut self, size: u32) -> Self {
         self.page_size = Some(size);
         self
     }
 
-    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+    /// The query's parameters, or why Clink would not answer the page
+    /// asked for.
+    pub(crate) fn pairs(&self) -> Result<Vec<(&'static str, String)>, String> {
+        check_page(
+            self.page.unwrap_or(1),
+            self.page_size.unwrap_or(20),
+            ORDER_PAGE_MAX,
+        )?;
         let mut pairs = Vec::new();
         if let Some(id) = &self.customer_id {
             pairs.push(("customerId", id.clone()));
@@ -229,8 +240,27 @@ impl OrderQuery {
         if let Some(size) = self.page_size {
             pairs.push(("pageSize", size.to_string()));
         }
-        pairs
+        Ok(pairs)
     }
+}
+
+/// The most orders Clink gives in a page.
+const ORDER_PAGE_MAX: u32 = 50;
+
+/// Whether Clink answers page `page` of `size` items as asked: a page from
+/// 1, a size from 1 to `max` (Clink caps a larger one, and a caller paging
+/// by its own size would skip items).
+pub(crate) fn check_page(page: u32, size: u32, max: u32) -> Result<(), String> {
+    if page == 0 {
+        return Err("pages are numbered from 1".to_owned());
+    }
+    if !(1..=max).contains(&size) {
+        return Err(format!(
+            "a page holds 1 to {max} items, not {size}: Clink would answer another size, and \
+             pages counted by this one would skip items"
+        ));
+    }
+    Ok(())
 }
 
 /// One page of a list: Clink's `{total, rows}`.
@@ -333,9 +363,10 @@ impl Client {
     ///
     /// [`ApiError`].
     pub async fn orders(&self, query: &OrderQuery) -> Result<Page<Order>, ApiError> {
-        let body = self
-            .call(http::Method::GET, "order", &query.pairs(), None)
-            .await?;
+        let pairs = query
+            .pairs()
+            .map_err(|why| ApiError::new(ApiErrorKind::Unsupported, "GET /order", why))?;
+        let body = self.call(http::Method::GET, "order", &pairs, None).await?;
         self.whole("GET /order", &body)
     }
 

@@ -357,6 +357,108 @@ async fn a_refusal_that_carries_a_new_secret_is_not_sent_again_with_the_next_key
     );
 }
 
+/// A write answered 5xx has an unknown outcome, whatever its envelope's
+/// code says: it is not sent again with the next key (a second endpoint
+/// made, with a second secret). A read answered so moves to the next key.
+#[tokio::test]
+async fn a_write_answered_5xx_is_not_sent_again_with_the_next_key() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.accept_key(OLD);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW, OLD]).build().unwrap();
+    let refused = || Failure::Json {
+        status: 500,
+        body: r#"{"code":401,"msg":"invalid apiKey"}"#.to_owned(),
+    };
+    fake.fail_next("webhook/endpoints", refused(), 1);
+    let error = client
+        .create_endpoint(&NewEndpoint::new(
+            "https://shop.example.com/hooks",
+            ["invoice.paid"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ApiErrorKind::Unauthorized, "{error}");
+    assert!(error.to_string().contains("not sent again"), "{error}");
+    assert_eq!(fake.requests().len(), 1, "sent once");
+
+    fake.fail_next("order/", refused(), 1);
+    let _: Order = client.get("ord_1").await.unwrap();
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3, "the read, once more with the next key");
+}
+
+/// A rate limit told in an envelope (HTTP 200, `code` 429) is waited as
+/// its `Retry-After` says, as one told by the status is.
+#[tokio::test]
+async fn a_rate_limit_in_an_envelope_waits_its_retry_after() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    fake.put_object("order/ord_1", order("ord_1", "success"));
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    fake.fail_next(
+        "order/",
+        Failure::RateLimitedEnvelope {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let _: Order = client.get("ord_1").await.unwrap();
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1].at - requests[0].at >= Duration::from_millis(990),
+        "the retry waited Retry-After: {:?}",
+        requests[1].at - requests[0].at
+    );
+}
+
+/// A page Clink would answer in another size (orders over 50, endpoints
+/// over 100, none) or page 0 is refused before anything is sent: paging
+/// by the size asked for would skip what Clink's cap left out.
+#[tokio::test]
+async fn a_page_clink_would_change_is_refused_before_anything_is_sent() {
+    let fake = FakeApi::start().await;
+    fake.accept_key(NEW);
+    let client = client_for(&fake, &[NEW]).build().unwrap();
+    for query in [
+        OrderQuery::new().page_size(51),
+        OrderQuery::new().page_size(0),
+        OrderQuery::new().page(0),
+    ] {
+        let error = client.orders(&query).await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            ApiErrorKind::Unsupported,
+            "{query:?}: {error}"
+        );
+    }
+    for query in [
+        EndpointQuery::new().page_size(101),
+        EndpointQuery::new().page_size(0),
+        EndpointQuery::new().page(0),
+    ] {
+        let error = client.list_endpoints(&query).await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            ApiErrorKind::Unsupported,
+            "{query:?}: {error}"
+        );
+    }
+    assert!(fake.requests().is_empty());
+    // The bounds themselves are asked for.
+    client
+        .orders(&OrderQuery::new().page_size(50).page(1))
+        .await
+        .unwrap();
+    client
+        .list_endpoints(&EndpointQuery::new().page_size(100))
+        .await
+        .unwrap();
+    assert_eq!(fake.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn every_key_refused_is_unauthorized_after_one_try_each() {
     for style in [AuthFailure::HttpText, AuthFailure::Envelope] {

@@ -77,6 +77,12 @@ pub(crate) enum Failure {
         /// The `Retry-After` header's value, in seconds.
         retry_after_secs: u64,
     },
+    /// HTTP 200 with the envelope `{"code":429,"msg":"Too Many Requests"}`
+    /// and `Retry-After: retry_after_secs`.
+    RateLimitedEnvelope {
+        /// The `Retry-After` header's value, in seconds.
+        retry_after_secs: u64,
+    },
     /// HTTP 200 with the envelope `{"code":code,"msg":msg}` and no `data`.
     Envelope {
         /// The envelope's `code`.
@@ -730,6 +736,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Reply {
         }
         Some(Failure::RateLimited { retry_after_secs }) => {
             let mut reply = text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+            reply
+                .headers_mut()
+                .insert(RETRY_AFTER, retry_after_secs.into());
+            return reply;
+        }
+        Some(Failure::RateLimitedEnvelope { retry_after_secs }) => {
+            let mut reply = envelope(&json!({"code": 429, "msg": "Too Many Requests"}));
             reply
                 .headers_mut()
                 .insert(RETRY_AFTER, retry_after_secs.into());
