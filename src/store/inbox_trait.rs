@@ -947,8 +947,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// timeout (on SQLite two, on one held connection: where the step ends,
     /// then the `UPDATE`), as a purge goes: what a step replayed stays
     /// replayed if a later one fails, and a caller that stops waiting (the
-    /// console at its deadline) stops the replay after the step under way.
-    /// The memory inbox replays in one step.
+    /// console at its deadline) stops the replay at the step under way,
+    /// which lands whole or not at all (PostgreSQL cancels it and it rolls
+    /// back; SQLite's runs to its end). The memory inbox replays in one
+    /// step.
     ///
     /// [`InboxFilter`] is `#[non_exhaustive]`, and an inbox of your own
     /// reads only the fields it knows: one written before `seq_through`

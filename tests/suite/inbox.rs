@@ -2875,6 +2875,69 @@ async fn a_postgres_inbox_in_another_schema_migrates_twice_and_claims_oldest_fir
     );
 }
 
+/// The connection that listens for inserts, ended by the server, is made
+/// again: an insert by another instance after that still wakes an idle
+/// worker's wait, which would otherwise sleep its whole time.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_listening_connection_the_server_ends_is_made_again() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(10)).await;
+    // Another instance of the app, with its own wake-ups, inserts.
+    let other = postgres_inbox_in(&table, Duration::from_secs(10)).await;
+    let name = format!("clink_listen_{}", unique());
+    let mut config: tokio_postgres::Config =
+        std::env::var("DATABASE_URL").unwrap().parse().unwrap();
+    config.application_name(&name);
+    inbox.listen(config).await.unwrap();
+    let client = pg_pool().get().await.unwrap();
+    // The backend that has run its `LISTEN` and waits, other than `not`.
+    let listening = async |not: i32| -> Option<i32> {
+        client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> $2 \
+                 AND state = 'idle' AND query LIKE 'LISTEN%'",
+                &[&name, &not],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    };
+    let first = listening(0).await.expect("listening");
+    let woken = async |n: i64| {
+        // A wake-up left from before is taken first.
+        inbox.wait(Duration::ZERO).await;
+        let waiting = inbox.wait(Duration::from_secs(600));
+        other
+            .insert(&event(&format!("evt_listen_{n}"), None, n))
+            .await
+            .unwrap();
+        tokio::time::timeout(DRAIN_PATIENCE, waiting).await.is_ok()
+    };
+    assert!(woken(1).await, "an insert wakes the wait");
+
+    let ended: bool = client
+        .query_one("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    let again = loop {
+        if let Some(pid) = listening(first).await {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "not made again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(again, first);
+    assert!(
+        woken(2).await,
+        "an insert wakes the wait once listening again"
+    );
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn two_pools_draining_one_postgres_inbox_handle_each_event_once() {

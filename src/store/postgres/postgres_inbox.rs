@@ -1144,14 +1144,22 @@ impl PostgresInbox {
 
     /// Opens a connection of its own with `config`, without TLS, and
     /// `LISTEN`s on the inbox's channel, so that an idle worker wakes at
-    /// each insert instead of polling. If that connection drops, workers fall
-    /// back to polling. Call it inside a Tokio runtime. A pool that reaches
-    /// the database over TLS listens with
+    /// each insert instead of polling. Call it inside a Tokio runtime. A
+    /// pool that reaches the database over TLS listens with
     /// [`listen_with`](Self::listen_with) and the same connector.
+    ///
+    /// Should that connection drop (a restart, a failover, a proxy that
+    /// cuts it), it is logged at `warn` and made again, after 1 s and then
+    /// at twice the wait each time up to 30 s, until the inbox and its
+    /// clones are dropped; idle workers poll every 250 ms meanwhile. Unless
+    /// `config` sets its own, the connection's TCP keepalives are sent
+    /// after 30 s of quiet, every 10 s, three times, so that a peer gone
+    /// without a word is found within about a minute, not the two hours
+    /// of the system's default.
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the connection or `LISTEN` fails.
+    /// A [`StoreError`] when the first connection or `LISTEN` fails.
     pub async fn listen(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
         self.listen_with(config, tokio_postgres::NoTls).await
     }
@@ -1161,43 +1169,53 @@ impl PostgresInbox {
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the connection or `LISTEN` fails.
+    /// A [`StoreError`] when the first connection or `LISTEN` fails.
     pub async fn listen_with(
-        &self, config: tokio_postgres::Config, tls: impl super::PostgresConnector,
+        &self, mut config: tokio_postgres::Config, tls: impl super::PostgresConnector,
     ) -> Result<(), StoreError> {
-        let (client, mut connection) = timed(self.timeout, async {
+        if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
             config
-                .connect(tls)
-                .await
-                .map_err(|err| pg_error("cannot connect to listen", &err))
-        })
-        .await?;
-        let notified = Arc::clone(&self.notified);
-        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+                .keepalives_idle(LISTEN_KEEPALIVE_IDLE)
+                .keepalives_interval(LISTEN_KEEPALIVE_INTERVAL)
+                .keepalives_retries(LISTEN_KEEPALIVE_RETRIES);
+        }
+        let listen = format!("LISTEN \"{}\"", self.sql.channel);
+        let notified = Arc::downgrade(&self.notified);
+        let mut listening =
+            listen_once(&config, tls.clone(), &listen, &notified, self.timeout).await?;
+        let (table, timeout) = (self.sql.table.clone(), self.timeout);
         tokio::spawn(async move {
             loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                        notified.notify_one();
-                    }
-                    Some(Ok(_)) => {}
-                    None | Some(Err(_)) => break,
+                // The client lives as long as its connection does.
+                let (client, closed) = listening;
+                let _ = closed.await;
+                drop(client);
+                if notified.strong_count() == 0 {
+                    return;
                 }
+                tracing::warn!(
+                    %table,
+                    "inbox: the connection that listens for inserts closed; it is made again, \
+                     and idle workers poll every 250 ms meanwhile"
+                );
+                let mut pause = LISTEN_RETRY_FIRST;
+                listening = loop {
+                    tokio::time::sleep(pause).await;
+                    if notified.strong_count() == 0 {
+                        return;
+                    }
+                    match listen_once(&config, tls.clone(), &listen, &notified, timeout).await {
+                        Ok(listening) => {
+                            tracing::info!(%table, "inbox: listening for inserts again");
+                            break listening;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%table, %error, "inbox: cannot listen for inserts yet");
+                            pause = (pause * 2).min(LISTEN_RETRY_MOST);
+                        }
+                    }
+                };
             }
-            let _ = closed_tx.send(());
-        });
-        let listen = format!("LISTEN \"{}\"", self.sql.channel);
-        timed(self.timeout, async {
-            client
-                .batch_execute(&listen)
-                .await
-                .map_err(|err| pg_error("cannot LISTEN", &err))
-        })
-        .await?;
-        // The client lives as long as its connection does.
-        tokio::spawn(async move {
-            let _ = closed_rx.await;
-            drop(client);
         });
         Ok(())
     }
@@ -1892,6 +1910,64 @@ impl Inbox for PostgresInbox {
             Ok(activity)
         })
     }
+}
+
+/// The quiet time after which the listening connection's TCP keepalives
+/// start, unless its config sets its own.
+const LISTEN_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// The time between the listening connection's keepalives.
+const LISTEN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How many keepalives go unanswered before the connection is given up.
+const LISTEN_KEEPALIVE_RETRIES: u32 = 3;
+
+/// The first wait before the listening connection is made again.
+const LISTEN_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries to make it again.
+const LISTEN_RETRY_MOST: Duration = Duration::from_secs(30);
+
+/// Connects with `config` and runs `listen`, waking `notified` (while the
+/// inbox lives) at each notification: the client, which must be kept as
+/// long as the connection is to stay open, and a receiver that ends when
+/// the connection does.
+async fn listen_once(
+    config: &tokio_postgres::Config, tls: impl super::PostgresConnector, listen: &str,
+    notified: &std::sync::Weak<Notify>, timeout: Duration,
+) -> Result<(tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>), StoreError> {
+    let (client, mut connection) = timed(timeout, async {
+        config
+            .connect(tls)
+            .await
+            .map_err(|err| pg_error("cannot connect to listen", &err))
+    })
+    .await?;
+    let notified = notified.clone();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    match notified.upgrade() {
+                        Some(notified) => notified.notify_one(),
+                        None => break,
+                    }
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    timed(timeout, async {
+        client
+            .batch_execute(listen)
+            .await
+            .map_err(|err| pg_error("cannot LISTEN", &err))
+    })
+    .await?;
+    Ok((client, closed_rx))
 }
 
 #[cfg(test)]
