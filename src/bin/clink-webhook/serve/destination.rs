@@ -91,6 +91,10 @@ enum Kind {
         /// The connection once made and the stream exists; replaced by a
         /// new one after a publish on it failed or ran out of time.
         context: AsyncMutex<Option<NatsLink>>,
+        /// What the stream may lose that this process has told (see
+        /// [`stream_warnings`]): each is told once, at start or at the
+        /// first connection that finds it.
+        told: std::sync::Mutex<Vec<String>>,
     },
     Redis {
         client: redis::Client,
@@ -695,6 +699,36 @@ fn what_redis_may_lose(persistence: Option<&str>, memory: Option<&str>) -> Vec<S
 /// the inbox and tried again. And a stream that keeps a message only while
 /// a consumer wants its subject (`retention: interest`), which acknowledges
 /// a publish nobody wants and keeps nothing.
+/// What the stream `stream`, as `connection` found it, may lose of the
+/// events it acknowledged: each a sentence to tell.
+fn stream_warnings(stream: &str, connection: &NatsConnection) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if connection.in_memory {
+        warnings.push(format!(
+            "the stream {stream} keeps its messages in memory only: an event it acknowledged, \
+             and the inbox then let go of, is lost when the servers that keep it all restart; a \
+             stream with file storage keeps it"
+        ));
+    }
+    for warning in &connection.may_drop {
+        warnings.push(format!("the stream {stream}: warning: {warning}"));
+    }
+    warnings
+}
+
+/// The `warnings` not in `told`, which holds them all afterwards.
+fn untold(told: &std::sync::Mutex<Vec<String>>, warnings: Vec<String>) -> Vec<String> {
+    let mut told = told
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let new: Vec<String> = warnings
+        .into_iter()
+        .filter(|warning| !told.contains(warning))
+        .collect();
+    told.extend(new.iter().cloned());
+    new
+}
+
 fn what_stream_may_drop(config: &async_nats::jetstream::stream::Config) -> Vec<String> {
     use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy};
     let mut warnings = Vec::new();
@@ -778,6 +812,7 @@ impl Destination {
                 replicas: config.nats_replicas,
                 body_limit: config.body_limit,
                 context: AsyncMutex::new(None),
+                told: std::sync::Mutex::default(),
             },
             DestinationKind::Redis(url) => Kind::Redis {
                 client: redis::Client::open(url.as_str())
@@ -876,6 +911,7 @@ impl Destination {
             replicas,
             body_limit,
             context,
+            told,
             ..
         } = &self.kind
         else {
@@ -894,15 +930,8 @@ impl Destination {
         .await;
         match connected {
             Ok(Ok(connection)) => {
-                if connection.in_memory {
-                    eprintln!(
-                        "gateway: the stream {stream} keeps its messages in memory only: an event \
-                         it acknowledged, and the inbox then let go of, is lost when the servers \
-                         that keep it all restart; a stream with file storage keeps it"
-                    );
-                }
-                for warning in &connection.may_drop {
-                    eprintln!("gateway: the stream {stream}: warning: {warning}");
+                for warning in untold(told, stream_warnings(stream, &connection)) {
+                    eprintln!("gateway: {warning}");
                 }
                 if connection.largest < body_limit.saturating_add(NATS_HEADER_ROOM) {
                     eprintln!(
@@ -1145,6 +1174,7 @@ impl Destination {
                 duplicate_window,
                 replicas,
                 context,
+                told,
                 ..
             } => {
                 let link = {
@@ -1169,6 +1199,11 @@ impl Destination {
                                 *replicas,
                             )
                             .await?;
+                        // Not told at start if the servers did not answer
+                        // then, or the stream changed since.
+                        for warning in untold(told, stream_warnings(stream, &connection)) {
+                            tracing::warn!(destination = %self.name, "{warning}");
+                        }
                         *held = Some(NatsLink::new(connection));
                     }
                     held.clone().unwrap_or_else(|| unreachable!("just set"))
@@ -3509,6 +3544,48 @@ mod tests {
         pairs.extend(more.iter().copied());
         let config = Config::from_pairs(&pairs).unwrap_or_else(|problem| panic!("{}", problem.0));
         Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap()
+    }
+
+    /// What a stream may lose of what it acknowledged (kept in memory,
+    /// interest retention) is told when a publish first reaches it, as it
+    /// is at start, when the servers did not answer then: once.
+    #[tokio::test]
+    async fn what_a_stream_may_lose_is_told_when_a_publish_first_reaches_it() {
+        let client = async_nats::connect(nats_url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let (stream, prefix) = stream_made_as(
+            &jetstream,
+            "told",
+            async_nats::jetstream::stream::Config {
+                retention: RetentionPolicy::Interest,
+                ..Default::default()
+            },
+        )
+        .await;
+        let destination = nats_destination(&stream, &prefix);
+        let told = || match &destination.kind {
+            Kind::Nats { told, .. } => told.lock().unwrap().clone(),
+            _ => unreachable!("a NATS destination"),
+        };
+        assert!(told().is_empty());
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            destination.publish(&event(None, "order.succeeded"), &mut None),
+        )
+        .await
+        .expect("the publish ended within its time")
+        .unwrap_or_else(|e| panic!("published: {e}"));
+        let said = told();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].contains("in memory only"), "{said:?}");
+        assert!(said[1].contains("interest"), "{said:?}");
+        // Told once: the same warnings again are not new.
+        let Kind::Nats { told: kept, .. } = &destination.kind else {
+            unreachable!("a NATS destination")
+        };
+        assert!(untold(kept, said.clone()).is_empty());
+        assert_eq!(told(), said);
+        jetstream.delete_stream(&stream).await.unwrap();
     }
 
     /// An event whose id holds a line break (the layer refuses one, but an
