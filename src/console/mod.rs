@@ -101,12 +101,18 @@
 //! it carries: with a bearer token every form has the same CSRF token, and a
 //! proxy in front that adds the `Authorization` header would let a form
 //! from another origin in with it. Browsers set that header on their own;
-//! from one too old to (before 2023), a `POST` whose `Origin` is `null` or
-//! names another host or port than its `Host` (or an `X-Forwarded-Host`)
-//! is refused the same way: a proxy in front that rewrites `Host` should
-//! pass the browser's on (nginx: `proxy_set_header Host $host;`) or set
-//! `X-Forwarded-Host`, or such a browser's actions are refused. A request
-//! with neither header (curl, a script) is not refused for want of them. Each
+//! from one too old to that sends an `Origin`, a `POST` whose origin is
+//! `null` or names another host or port than its `Host` (or an
+//! `X-Forwarded-Host`), or another scheme than the request's where that
+//! is known (`X-Forwarded-Proto`, `https` with
+//! [`secure_cookie`](Console::secure_cookie)), is refused the same way. A
+//! proxy in front that rewrites `Host` should pass the browser's on, port
+//! and all (nginx: `proxy_set_header Host $http_host;`), or set
+//! `X-Forwarded-Host` so, or such a browser's actions are refused. The
+//! pages' referrer policy is `same-origin`, so that a form of theirs tells
+//! its origin (under `no-referrer` it would say `null`). A request with
+//! neither header (curl, a script, a browser older than both) is not
+//! refused for want of them. Each
 //! action is logged at `info` level under
 //! the target `clink_webhooks::console` when asked for, before it runs,
 //! and again with what was done (values from bodies in their escaped
@@ -799,7 +805,9 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
     // else: whatever credentials came with it (a session cookie, or an
     // `Authorization` header a proxy in front adds), it is no action of
     // the person at the console.
-    if request.method() == http::Method::POST && cross_site(request.headers(), request.uri()) {
+    if request.method() == http::Method::POST
+        && cross_site(request.headers(), request.uri(), shared.secure_cookie)
+    {
         tracing::warn!(
             target: "clink_webhooks::console",
             path = request.uri().path(),
@@ -850,7 +858,9 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
             // operator's budget of wrong tokens by being opened. (Its
             // session cookie would not come with the page it leads to
             // either.)
-            if !page_load(request.headers()) || cross_site(request.headers(), request.uri()) {
+            if !page_load(request.headers())
+                || cross_site(request.headers(), request.uri(), shared.secure_cookie)
+            {
                 return pages::token_not_from_a_page();
             }
             if let Some(refused) = throttled(&shared, address) {
@@ -943,11 +953,13 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
 
 /// Whether the browser says the request came from another origin:
 /// `Sec-Fetch-Site` other than `same-origin` or `none` (`cross-site`,
-/// `same-site`); or, from a browser that sends no `Sec-Fetch-Site` (one
-/// older than 2023), an `Origin` that is `null` or names another host or
-/// port than the request's `Host` and every `X-Forwarded-Host`. A request
-/// with neither header (curl, a script) is not.
-fn cross_site(headers: &http::HeaderMap, uri: &Uri) -> bool {
+/// `same-site`); or, from a browser that sends no `Sec-Fetch-Site` but an
+/// `Origin`, an origin that is `null` or names another host or port than
+/// the request's `Host` and every `X-Forwarded-Host`, or another scheme
+/// than the request's where that is known (`X-Forwarded-Proto`, the
+/// request's own, `https` when the console's cookie is `Secure`). A
+/// request with neither header (curl, a script) is not.
+fn cross_site(headers: &http::HeaderMap, uri: &Uri, secure: bool) -> bool {
     let mut sites = headers.get_all("sec-fetch-site").iter().peekable();
     if sites.peek().is_some() {
         return sites.any(|value| {
@@ -965,32 +977,56 @@ fn cross_site(headers: &http::HeaderMap, uri: &Uri) -> bool {
                 .map(|authority| authority.as_str().as_bytes()),
         )
         .collect();
-    headers
-        .get_all(header::ORIGIN)
-        .iter()
-        .any(|origin| !hosts.iter().any(|host| same_host(origin.as_bytes(), host)))
+    // The first proxy's word, the request's own, or what the cookie says.
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.as_bytes().split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii);
+    let scheme = forwarded
+        .or_else(|| uri.scheme_str().map(str::as_bytes))
+        .or(secure.then_some(b"https".as_slice()));
+    headers.get_all(header::ORIGIN).iter().any(|origin| {
+        !hosts
+            .iter()
+            .any(|host| same_host(origin.as_bytes(), host, scheme))
+    })
+}
+
+/// The default port of `scheme` (`http` or `https`).
+fn default_port(scheme: &[u8]) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case(b"https") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case(b"http") {
+        Some(80)
+    } else {
+        None
+    }
 }
 
 /// Whether the `Origin` `origin` (`scheme://host[:port]`) names the host
 /// and port of `host` (a `Host` header's `host[:port]`, the port by
-/// default the origin's scheme's). `null` names none.
-fn same_host(origin: &[u8], host: &[u8]) -> bool {
+/// default `scheme`'s) and, when the request's `scheme` is known, that
+/// scheme (else the port's default is the origin's scheme's). `null`
+/// names none.
+fn same_host(origin: &[u8], host: &[u8], scheme: Option<&[u8]>) -> bool {
     let Ok(origin) = Uri::try_from(origin) else {
         return false;
     };
     let Ok(host) = http::uri::Authority::try_from(host.trim_ascii()) else {
         return false;
     };
-    let default = match origin.scheme_str() {
-        Some(scheme) if scheme.eq_ignore_ascii_case("https") => 443,
-        Some(scheme) if scheme.eq_ignore_ascii_case("http") => 80,
-        _ => return false,
-    };
-    let Some(authority) = origin.authority() else {
+    let (Some(origin_scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) else {
         return false;
     };
+    let Some(origin_default) = default_port(origin_scheme.as_bytes()) else {
+        return false;
+    };
+    let host_default = match scheme {
+        Some(scheme) if !scheme.eq_ignore_ascii_case(origin_scheme.as_bytes()) => return false,
+        _ => origin_default,
+    };
     authority.host().eq_ignore_ascii_case(host.host())
-        && authority.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
+        && authority.port_u16().unwrap_or(origin_default) == host.port_u16().unwrap_or(host_default)
 }
 
 /// Whether the browser says the request loads a page in its own window
@@ -1023,7 +1059,7 @@ async fn security_headers(mut response: Response) -> Response {
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ] {
@@ -1274,6 +1310,14 @@ mod tests {
                 ("origin", "https://ops.example.com"),
                 ("origin", "https://evil.example"),
             ],
+            // A page of the same host over plain HTTP (forged on the way),
+            // where the request is known to have come over HTTPS.
+            vec![
+                auth,
+                host,
+                ("x-forwarded-proto", "https"),
+                ("origin", "http://ops.example.com"),
+            ],
         ] {
             let refused = send(
                 &app,
@@ -1285,6 +1329,21 @@ mod tests {
             .await;
             assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{headers:?}");
         }
+        // A console whose cookie is `Secure` is served over HTTPS.
+        let secure = mounted(
+            Console::with_token(Arc::clone(&inbox), TOKEN)
+                .unwrap()
+                .secure_cookie(true),
+        );
+        let refused = send(
+            &secure,
+            "POST",
+            "/console/events/1/replay",
+            &[auth, host, ("origin", "http://ops.example.com")],
+            Some(&form),
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         assert_eq!(inbox.get(1).await.unwrap().unwrap().replays, 0);
         for headers in [
             vec![auth, host, ("origin", "https://ops.example.com")],
@@ -1301,6 +1360,18 @@ mod tests {
                 ("origin", "https://ops.example.com"),
             ],
             vec![auth, host],
+            vec![
+                auth,
+                ("host", "ops.example.com:443"),
+                ("x-forwarded-proto", "https"),
+                ("origin", "https://ops.example.com"),
+            ],
+            vec![
+                auth,
+                host,
+                ("x-forwarded-proto", "http"),
+                ("origin", "http://ops.example.com"),
+            ],
             // The browser's word for it stands where it gives it.
             vec![
                 auth,

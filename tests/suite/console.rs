@@ -374,7 +374,7 @@ async fn every_page_answers_html_under_the_content_security_policy() {
         );
         assert_eq!(page.header("x-content-type-options"), "nosniff", "{path}");
         assert_eq!(page.header("x-frame-options"), "DENY", "{path}");
-        assert_eq!(page.header("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(page.header("referrer-policy"), "same-origin", "{path}");
         assert_eq!(page.header("cache-control"), "no-store", "{path}");
         if content_type.starts_with("text/html") {
             // Nothing inline for the policy to block, nothing from elsewhere.
