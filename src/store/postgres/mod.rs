@@ -3,8 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, PoolError};
@@ -122,7 +121,7 @@ pub struct PostgresStore {
     cancel: Canceller,
     /// The size each reaping statement (keys, then freshness records)
     /// starts its next run at, shared by the store's clones.
-    reap_sizes: Arc<[AtomicI64; 2]>,
+    reap_sizes: Arc<[Mutex<ReapSize>; 2]>,
 }
 
 impl PostgresStore {
@@ -139,7 +138,7 @@ impl PostgresStore {
             timeout: DEFAULT_TIMEOUT,
             freshness_retention: DEFAULT_FRESHNESS_RETENTION,
             cancel: Canceller::plain(),
-            reap_sizes: Arc::new([AtomicI64::new(REAP_BATCH), AtomicI64::new(REAP_BATCH)]),
+            reap_sizes: Arc::new([Mutex::new(ReapSize::FIRST), Mutex::new(ReapSize::FIRST)]),
         }
     }
 
@@ -245,9 +244,10 @@ impl PostgresStore {
     /// rows, so that the reaper still makes headway where a whole batch
     /// never fits in the timeout. The next call starts at the size that
     /// fitted, the store's clones alike, and at twice that (up to 10,000)
-    /// after a call in which no statement ran out of time: a database
-    /// where only small batches fit does not pay for the large ones at
-    /// every tick.
+    /// after eight calls in a row that each deleted a whole batch at it
+    /// with no statement out of time: a database where only small batches
+    /// fit pays for a larger one once in nine ticks of a steady backlog,
+    /// not at every tick.
     ///
     /// # Errors
     ///
@@ -275,9 +275,10 @@ impl PostgresStore {
     /// Runs the reaping `statement` in batches until one deletes less than a
     /// whole batch.
     async fn reap_with(
-        &self, statement: &str, size: &AtomicI64, context: &str,
+        &self, statement: &str, size: &Mutex<ReapSize>, context: &str,
     ) -> Result<u64, StoreError> {
-        let (result, next) = reap_in_batches(size.load(Ordering::Relaxed), |batch| async move {
+        let start = *size.lock().unwrap_or_else(PoisonError::into_inner);
+        let (result, next) = reap_in_batches(start, |batch| async move {
             // A wait for a connection says nothing of the batch's size.
             let client = timed(self.timeout, async {
                 self.pool.get().await.map_err(pool_error)
@@ -300,7 +301,7 @@ impl PostgresStore {
             })
         })
         .await;
-        size.store(next, Ordering::Relaxed);
+        *size.lock().unwrap_or_else(PoisonError::into_inner) = next;
         result
     }
 
@@ -777,32 +778,69 @@ enum Batch {
     Failed(StoreError),
 }
 
+/// The size a reaping statement's next run starts at, and how many runs
+/// in a row deleted a whole batch at it with none running out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReapSize {
+    batch: i64,
+    clean: u32,
+}
+
+impl ReapSize {
+    const FIRST: Self = Self {
+        batch: REAP_BATCH,
+        clean: 0,
+    };
+}
+
+/// How many runs in a row delete a whole batch, none out of time, before
+/// the next starts at twice the size.
+const REAP_CLEAN_RUNS_TO_GROW: u32 = 8;
+
 /// Deletes with `delete` (given a batch's size, answering how many rows
-/// it deleted) from a batch of `start` rows until a batch deletes less
-/// than its size; a batch that runs out of time is tried again at half the
-/// size, down to [`REAP_BATCH_LEAST`]. Answers with the size the next run
-/// starts at: the last one tried, or twice it (up to [`REAP_BATCH`]) when
-/// no batch ran out of time.
+/// it deleted) from `start`'s size until a batch deletes less than its
+/// size; a batch that runs out of time is tried again at half the size,
+/// down to [`REAP_BATCH_LEAST`]. Answers with where the next run starts:
+/// the last size tried, doubled (up to [`REAP_BATCH`]) after
+/// [`REAP_CLEAN_RUNS_TO_GROW`] runs in a row that deleted a whole batch
+/// with none out of time. A run that deleted no whole batch says nothing
+/// of a larger size, and leaves the count as it was.
 async fn reap_in_batches<F: Future<Output = Result<u64, Batch>>>(
-    start: i64, mut delete: impl FnMut(i64) -> F,
-) -> (Result<u64, StoreError>, i64) {
+    start: ReapSize, mut delete: impl FnMut(i64) -> F,
+) -> (Result<u64, StoreError>, ReapSize) {
     let mut total = 0;
-    let mut batch = start.clamp(REAP_BATCH_LEAST, REAP_BATCH);
-    let mut cut = false;
+    let mut batch = start.batch.clamp(REAP_BATCH_LEAST, REAP_BATCH);
+    let (mut cut, mut whole) = (false, false);
     loop {
         match delete(batch).await {
             Ok(deleted) => {
                 total += deleted;
                 if deleted < batch.unsigned_abs() {
-                    let next = if cut { batch } else { batch.saturating_mul(2) };
-                    return (Ok(total), next.min(REAP_BATCH));
+                    let clean = match (cut, whole) {
+                        (true, _) => 0,
+                        (false, true) => start.clean + 1,
+                        (false, false) => start.clean,
+                    };
+                    let next = if clean >= REAP_CLEAN_RUNS_TO_GROW {
+                        ReapSize {
+                            batch: batch.saturating_mul(2).min(REAP_BATCH),
+                            clean: 0,
+                        }
+                    } else {
+                        ReapSize { batch, clean }
+                    };
+                    return (Ok(total), next);
                 }
+                whole = true;
             }
             Err(Batch::OutOfTime(_)) if batch > REAP_BATCH_LEAST => {
                 batch = (batch / 2).max(REAP_BATCH_LEAST);
                 cut = true;
             }
-            Err(Batch::OutOfTime(err) | Batch::Failed(err)) => return (Err(err), batch),
+            Err(Batch::OutOfTime(err) | Batch::Failed(err)) => {
+                let clean = if cut { 0 } else { start.clean };
+                return (Err(err), ReapSize { batch, clean });
+            }
         }
     }
 }
@@ -903,8 +941,8 @@ mod reap_tests {
     /// `fits` rows runs out of time, reaped from a batch of `start`: the
     /// sizes asked for, the result and the size the next run starts at.
     async fn reaped_from(
-        start: i64, rows: u64, fits: i64,
-    ) -> (Vec<i64>, Result<u64, StoreError>, i64) {
+        start: ReapSize, rows: u64, fits: i64,
+    ) -> (Vec<i64>, Result<u64, StoreError>, ReapSize) {
         let mut left = rows;
         let mut asked = Vec::new();
         let (result, next) = reap_in_batches(start, |batch| {
@@ -925,7 +963,7 @@ mod reap_tests {
     }
 
     async fn reaped(rows: u64, fits: i64) -> (Vec<i64>, Result<u64, StoreError>) {
-        let (asked, result, _) = reaped_from(REAP_BATCH, rows, fits).await;
+        let (asked, result, _) = reaped_from(ReapSize::FIRST, rows, fits).await;
         (asked, result)
     }
 
@@ -957,42 +995,67 @@ mod reap_tests {
             let kind = error.kind();
             let mut error = Some(error);
             let mut calls = 0;
-            let (result, next) = reap_in_batches(2_500, |_| {
+            let start = ReapSize {
+                batch: 2_500,
+                clean: 3,
+            };
+            let (result, next) = reap_in_batches(start, |_| {
                 calls += 1;
                 std::future::ready(Err(Batch::Failed(error.take().unwrap())))
             })
             .await;
             assert_eq!(result.unwrap_err().kind(), kind);
-            assert_eq!((calls, next), (1, 2_500));
+            assert_eq!((calls, next), (1, start));
         }
     }
 
-    /// The next run starts at the size that fitted, and twice that after a
-    /// run in which none ran out of time: where only 1,250 rows fit, the
-    /// large batches are not tried again at every tick.
+    /// The next run starts at the size that fitted, and at twice that only
+    /// after eight runs in a row that deleted a whole batch in time: where
+    /// only 1,250 rows fit, a steady backlog pays for a larger batch once
+    /// in nine runs, not at every one.
     #[tokio::test]
     async fn the_size_that_fitted_is_where_the_next_run_starts() {
-        let (asked, result, next) = reaped_from(REAP_BATCH, 3_000, 1_250).await;
+        let size = |batch, clean| ReapSize { batch, clean };
+        let (asked, result, next) = reaped_from(ReapSize::FIRST, 3_000, 1_250).await;
         assert_eq!(result.unwrap(), 3_000);
         assert_eq!(asked, [10_000, 5_000, 2_500, 1_250, 1_250, 1_250]);
-        assert_eq!(next, 1_250);
+        assert_eq!(next, size(1_250, 0));
 
-        let (asked, result, next) = reaped_from(next, 3_000, 1_250).await;
-        assert_eq!(result.unwrap(), 3_000);
-        assert_eq!(asked, [1_250, 1_250, 1_250]);
-        assert_eq!(next, 2_500);
-
+        // A steady backlog: eight runs at the size that fits, then one at
+        // twice it, cut back.
+        let mut next = next;
+        for clean in 1..REAP_CLEAN_RUNS_TO_GROW {
+            let (asked, result, after) = reaped_from(next, 3_000, 1_250).await;
+            assert_eq!(result.unwrap(), 3_000);
+            assert_eq!(asked, [1_250, 1_250, 1_250]);
+            assert_eq!(after, size(1_250, clean));
+            next = after;
+        }
+        let (_, _, next) = reaped_from(next, 3_000, 1_250).await;
+        assert_eq!(next, size(2_500, 0));
         let (asked, _, next) = reaped_from(next, 3_000, 1_250).await;
         assert_eq!(asked, [2_500, 1_250, 1_250, 1_250]);
-        assert_eq!(next, 1_250);
+        assert_eq!(next, size(1_250, 0));
 
-        // Back up to the most once large batches fit again.
-        let mut next = 1_250;
-        for _ in 0..5 {
-            next = reaped_from(next, 10, REAP_BATCH).await.2;
+        // Runs that delete no whole batch (a quiet table) say nothing of a
+        // larger size: neither grown nor counted.
+        let quiet = size(1_250, 5);
+        for _ in 0..20 {
+            let (asked, _, after) = reaped_from(quiet, 10, REAP_BATCH).await;
+            assert_eq!((asked, after), (vec![1_250], quiet));
         }
-        assert_eq!(next, REAP_BATCH);
+
+        // Back up to the most once whole large batches fit again.
+        let mut next = size(1_250, 0);
+        for _ in 0..3 * REAP_CLEAN_RUNS_TO_GROW {
+            let rows = 2 * next.batch.unsigned_abs();
+            next = reaped_from(next, rows, REAP_BATCH).await.2;
+        }
+        assert_eq!(next, size(REAP_BATCH, 0));
         // A start out of bounds is brought within them.
-        assert_eq!(reaped_from(1, 0, REAP_BATCH).await.0, [REAP_BATCH_LEAST]);
+        assert_eq!(
+            reaped_from(size(1, 0), 0, REAP_BATCH).await.0,
+            [REAP_BATCH_LEAST]
+        );
     }
 }
