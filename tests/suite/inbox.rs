@@ -2936,6 +2936,81 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
         woken(2).await,
         "an insert wakes the wait once listening again"
     );
+
+    // The inbox dropped, its listening connection ends with it.
+    drop(inbox);
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    loop {
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still listening for a dropped inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A first `listen` that fails (here a role not yet allowed to log in) is
+/// an error, and is tried again in the background: once it gets in, an
+/// insert by another instance wakes an idle worker's wait.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_first_listen_that_fails_is_tried_again() {
+    let _servers = crate::support::servers::shared().await;
+    let table = format!("inbox_{}", unique());
+    let inbox = postgres_inbox_in(&table, Duration::from_secs(10)).await;
+    let other = postgres_inbox_in(&table, Duration::from_secs(10)).await;
+    let client = pg_pool().get().await.unwrap();
+    let role = format!("clink_listener_{}", unique());
+    client
+        .batch_execute(&format!("CREATE ROLE {role} NOLOGIN"))
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config =
+        std::env::var("DATABASE_URL").unwrap().parse().unwrap();
+    config.user(&role).application_name(&role);
+    let refused = inbox.listen(config).await.unwrap_err();
+    assert!(refused.to_string().contains("listen"), "{refused}");
+    client
+        .batch_execute(&format!("ALTER ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    loop {
+        let listening = client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state = 'idle' AND query LIKE 'LISTEN%'",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        if listening.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    inbox.wait(Duration::ZERO).await;
+    let waiting = inbox.wait(Duration::from_secs(600));
+    other
+        .insert(&event("evt_listened_late", None, 1))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(DRAIN_PATIENCE, waiting).await.is_ok(),
+        "the insert woke the wait"
+    );
 }
 
 #[cfg(feature = "postgres")]

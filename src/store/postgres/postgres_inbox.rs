@@ -123,6 +123,9 @@ pub struct PostgresInbox {
     sql: Arc<Sql>,
     notified: Arc<Notify>,
     cancel: super::Canceller,
+    /// Held by the inbox and its clones only: the listening connection's
+    /// tasks end when the last of them is dropped.
+    alive: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl fmt::Debug for PostgresInbox {
@@ -868,6 +871,7 @@ impl PostgresInbox {
             sql: Arc::new(Sql::new(Self::DEFAULT_TABLE)),
             notified: Arc::new(Notify::new()),
             cancel: super::Canceller::plain(),
+            alive: Arc::new(tokio::sync::watch::Sender::new(())),
         }
     }
 
@@ -1149,17 +1153,20 @@ impl PostgresInbox {
     /// [`listen_with`](Self::listen_with) and the same connector.
     ///
     /// Should that connection drop (a restart, a failover, a proxy that
-    /// cuts it), it is logged at `warn` and made again, after 1 s and then
-    /// at twice the wait each time up to 30 s, until the inbox and its
-    /// clones are dropped; idle workers poll every 250 ms meanwhile. Unless
-    /// `config` sets its own, the connection's TCP keepalives are sent
-    /// after 30 s of quiet, every 10 s, three times, so that a peer gone
-    /// without a word is found within about a minute, not the two hours
-    /// of the system's default.
+    /// cuts it), it is made again, after 1 s and then at twice the wait
+    /// each time up to 30 s, until the inbox and its clones are dropped
+    /// (which ends the connection too); idle workers poll every 250 ms
+    /// meanwhile. A drop is logged at `warn`, at most once an hour (at
+    /// `debug` between: a server that ends idle sessions ends this one at
+    /// each of its periods). The connection's TCP keepalives, where
+    /// `config` leaves them at their defaults, are sent after 30 s of
+    /// quiet, every 10 s, three times, so that a peer gone without a word
+    /// is found within about a minute, not the system's two hours.
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the first connection or `LISTEN` fails.
+    /// A [`StoreError`] when the first connection or `LISTEN` fails; it
+    /// is tried again in the background all the same, as after a drop.
     pub async fn listen(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
         self.listen_with(config, tokio_postgres::NoTls).await
     }
@@ -1169,55 +1176,34 @@ impl PostgresInbox {
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] when the first connection or `LISTEN` fails.
+    /// As [`listen`](Self::listen).
     pub async fn listen_with(
         &self, mut config: tokio_postgres::Config, tls: impl super::PostgresConnector,
     ) -> Result<(), StoreError> {
-        if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
-            config
-                .keepalives_idle(LISTEN_KEEPALIVE_IDLE)
-                .keepalives_interval(LISTEN_KEEPALIVE_INTERVAL)
-                .keepalives_retries(LISTEN_KEEPALIVE_RETRIES);
+        if config.get_keepalives_idle() == Duration::from_secs(7200) {
+            config.keepalives_idle(LISTEN_KEEPALIVE_IDLE);
         }
-        let listen = format!("LISTEN \"{}\"", self.sql.channel);
-        let notified = Arc::downgrade(&self.notified);
-        let mut listening =
-            listen_once(&config, tls.clone(), &listen, &notified, self.timeout).await?;
-        let (table, timeout) = (self.sql.table.clone(), self.timeout);
-        tokio::spawn(async move {
-            loop {
-                // The client lives as long as its connection does.
-                let (client, closed) = listening;
-                let _ = closed.await;
-                drop(client);
-                if notified.strong_count() == 0 {
-                    return;
-                }
-                tracing::warn!(
-                    %table,
-                    "inbox: the connection that listens for inserts closed; it is made again, \
-                     and idle workers poll every 250 ms meanwhile"
-                );
-                let mut pause = LISTEN_RETRY_FIRST;
-                listening = loop {
-                    tokio::time::sleep(pause).await;
-                    if notified.strong_count() == 0 {
-                        return;
-                    }
-                    match listen_once(&config, tls.clone(), &listen, &notified, timeout).await {
-                        Ok(listening) => {
-                            tracing::info!(%table, "inbox: listening for inserts again");
-                            break listening;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%table, %error, "inbox: cannot listen for inserts yet");
-                            pause = (pause * 2).min(LISTEN_RETRY_MOST);
-                        }
-                    }
-                };
-            }
-        });
-        Ok(())
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(LISTEN_KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(LISTEN_KEEPALIVE_RETRIES);
+        }
+        let listener = Listener {
+            config,
+            listen: format!("LISTEN \"{}\"", self.sql.channel),
+            notified: Arc::downgrade(&self.notified),
+            gone: self.alive.subscribe(),
+            timeout: self.timeout,
+        };
+        let first = listener.once(tls.clone()).await;
+        let (result, listening) = match first {
+            Ok(listening) => (Ok(()), Some(listening)),
+            Err(error) => (Err(error), None),
+        };
+        let table = self.sql.table.clone();
+        tokio::spawn(listener.keep(tls, listening, table));
+        result
     }
 
     /// Marks the event of `attempt` (from
@@ -1928,46 +1914,116 @@ const LISTEN_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two tries to make it again.
 const LISTEN_RETRY_MOST: Duration = Duration::from_secs(30);
 
-/// Connects with `config` and runs `listen`, waking `notified` (while the
-/// inbox lives) at each notification: the client, which must be kept as
-/// long as the connection is to stay open, and a receiver that ends when
-/// the connection does.
-async fn listen_once(
-    config: &tokio_postgres::Config, tls: impl super::PostgresConnector, listen: &str,
-    notified: &std::sync::Weak<Notify>, timeout: Duration,
-) -> Result<(tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>), StoreError> {
-    let (client, mut connection) = timed(timeout, async {
-        config
-            .connect(tls)
-            .await
-            .map_err(|err| pg_error("cannot connect to listen", &err))
-    })
-    .await?;
-    let notified = notified.clone();
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+/// How often a drop of the listening connection is logged at `warn`.
+const LISTEN_WARN_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the listening connection is made of, and what ends it.
+struct Listener {
+    config: tokio_postgres::Config,
+    /// The `LISTEN` statement.
+    listen: String,
+    /// The inbox's wake-ups, while it lives.
+    notified: std::sync::Weak<Notify>,
+    /// Ends (with an error) once the inbox and its clones are dropped.
+    gone: tokio::sync::watch::Receiver<()>,
+    timeout: Duration,
+}
+
+/// A listening connection: its client, kept as long as the connection is
+/// to stay open, and a receiver that ends when the connection does.
+type Listening = (tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>);
+
+impl Listener {
+    /// Connects and runs `LISTEN`, waking the inbox's workers at each
+    /// notification until the connection or the inbox ends.
+    async fn once(&self, tls: impl super::PostgresConnector) -> Result<Listening, StoreError> {
+        let (client, mut connection) = timed(self.timeout, async {
+            self.config
+                .connect(tls)
+                .await
+                .map_err(|err| pg_error("cannot connect to listen", &err))
+        })
+        .await?;
+        let notified = self.notified.clone();
+        let mut gone = self.gone.clone();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => message,
+                    _ = gone.changed() => break,
+                };
+                match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                        match notified.upgrade() {
+                            Some(notified) => notified.notify_one(),
+                            None => break,
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+        timed(self.timeout, async {
+            client
+                .batch_execute(&self.listen)
+                .await
+                .map_err(|err| pg_error("cannot LISTEN", &err))
+        })
+        .await?;
+        Ok((client, closed_rx))
+    }
+
+    /// Keeps a connection listening (`listening`, when there is one) until
+    /// the inbox is dropped: each time it ends, another is made.
+    async fn keep(
+        mut self, tls: impl super::PostgresConnector, mut listening: Option<Listening>,
+        table: String,
+    ) {
+        let mut warned: Option<tokio::time::Instant> = None;
         loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    match notified.upgrade() {
-                        Some(notified) => notified.notify_one(),
-                        None => break,
+            if let Some((client, closed)) = listening.take() {
+                tokio::select! {
+                    _ = closed => {}
+                    _ = self.gone.changed() => return,
+                }
+                drop(client);
+                if self.notified.strong_count() == 0 {
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                if warned.is_none_or(|at| now.duration_since(at) >= LISTEN_WARN_EVERY) {
+                    warned = Some(now);
+                    tracing::warn!(
+                        %table,
+                        "inbox: the connection that listens for inserts closed; it is made \
+                         again, and idle workers poll every 250 ms meanwhile"
+                    );
+                } else {
+                    tracing::debug!(%table, "inbox: the connection that listens for inserts closed");
+                }
+            }
+            let mut pause = LISTEN_RETRY_FIRST;
+            while listening.is_none() {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = self.gone.changed() => return,
+                }
+                match self.once(tls.clone()).await {
+                    Ok(made) => {
+                        tracing::info!(%table, "inbox: listening for inserts again");
+                        listening = Some(made);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%table, %error, "inbox: cannot listen for inserts yet");
+                        pause = (pause * 2).min(LISTEN_RETRY_MOST);
                     }
                 }
-                Some(Ok(_)) => {}
-                None | Some(Err(_)) => break,
             }
         }
-        let _ = closed_tx.send(());
-    });
-    timed(timeout, async {
-        client
-            .batch_execute(listen)
-            .await
-            .map_err(|err| pg_error("cannot LISTEN", &err))
-    })
-    .await?;
-    Ok((client, closed_rx))
+    }
 }
 
 #[cfg(test)]

@@ -782,7 +782,10 @@ async fn open_inbox(config: &Config) -> Result<Arc<dyn Inbox>, CliError> {
                 None => inbox.listen(pg).await,
             };
             if let Err(error) = listening {
-                tracing::warn!(%error, "gateway: no LISTEN connection; idle workers poll instead");
+                tracing::warn!(
+                    %error,
+                    "gateway: no LISTEN connection yet; idle workers poll every 250 ms until one is made"
+                );
             }
             // The console's pages read through indexes of their own, built
             // beside the deliveries (a build holds no write back); an index
