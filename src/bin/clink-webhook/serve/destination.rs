@@ -99,10 +99,11 @@ enum Kind {
     Redis {
         client: redis::Client,
         stream: Streams,
-        /// The connection once made; replaced by a new one after a
-        /// publish on it failed or ran out of time (the client itself
-        /// reconnects only when the server closes it, not when it stalls).
-        connection: AsyncMutex<Option<Staling<redis::aio::ConnectionManager>>>,
+        /// The connections once made (see [`Links`]); each replaced by a
+        /// new one after a publish on it failed or ran out of time (the
+        /// client itself reconnects only when the server closes it, not
+        /// when it stalls).
+        connection: Links<redis::aio::ConnectionManager>,
     },
     /// A Redis Cluster: the stream and its marker share a hash slot (the
     /// marker's key tags the stream's name), so the script runs on the
@@ -111,7 +112,7 @@ enum Kind {
         client: redis::cluster::ClusterClient,
         stream: Streams,
         /// As a single server's.
-        connection: AsyncMutex<Option<Staling<redis::cluster_async::ClusterConnection>>>,
+        connection: Links<redis::cluster_async::ClusterConnection>,
     },
 }
 
@@ -689,16 +690,6 @@ fn what_redis_may_lose(persistence: Option<&str>, memory: Option<&str>) -> Vec<S
     warnings
 }
 
-/// What a JetStream stream's limits can remove before anyone reads it (an
-/// event it acknowledged is done in the inbox, so a message removed unread
-/// is an event lost): an age after which every message goes (`max_age`),
-/// and a count or size past which the oldest go (`max_msgs`, `max_bytes`
-/// with `discard: old`; `max_msgs_per_subject` unless the stream refuses a
-/// subject's new message instead). A limit that refuses a new message
-/// (`discard: new`) loses nothing: the publish is refused, the event kept in
-/// the inbox and tried again. And a stream that keeps a message only while
-/// a consumer wants its subject (`retention: interest`), which acknowledges
-/// a publish nobody wants and keeps nothing.
 /// What the stream `stream`, as `connection` found it, may lose of the
 /// events it acknowledged: each a sentence to tell.
 fn stream_warnings(stream: &str, connection: &NatsConnection) -> Vec<String> {
@@ -729,6 +720,16 @@ fn untold(told: &std::sync::Mutex<Vec<String>>, warnings: Vec<String>) -> Vec<St
     new
 }
 
+/// What a JetStream stream's limits can remove before anyone reads it (an
+/// event it acknowledged is done in the inbox, so a message removed unread
+/// is an event lost): an age after which every message goes (`max_age`),
+/// and a count or size past which the oldest go (`max_msgs`, `max_bytes`
+/// with `discard: old`; `max_msgs_per_subject` unless the stream refuses a
+/// subject's new message instead). A limit that refuses a new message
+/// (`discard: new`) loses nothing: the publish is refused, the event kept in
+/// the inbox and tried again. And a stream that keeps a message only while
+/// a consumer wants its subject (`retention: interest`), which acknowledges
+/// a publish nobody wants and keeps nothing.
 fn what_stream_may_drop(config: &async_nats::jetstream::stream::Config) -> Vec<String> {
     use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy};
     let mut warnings = Vec::new();
@@ -818,7 +819,7 @@ impl Destination {
                 client: redis::Client::open(url.as_str())
                     .map_err(|_| format!("{name}: not a valid Redis URL"))?,
                 stream: Streams::new(config),
-                connection: AsyncMutex::new(None),
+                connection: Links::new(config),
             },
             DestinationKind::RedisCluster(nodes) => Kind::RedisCluster {
                 client: redis::cluster::ClusterClientBuilder::new(
@@ -830,7 +831,7 @@ impl Destination {
                 .build()
                 .map_err(|_| format!("{name}: not a valid Redis Cluster URL"))?,
                 stream: Streams::new(config),
-                connection: AsyncMutex::new(None),
+                connection: Links::new(config),
             },
         };
         Ok(Self {
@@ -1380,32 +1381,34 @@ impl Destination {
         }
     }
 
-    /// Adds `event` to `stream` on the connection `held`, made with
+    /// Adds `event` to `stream` on a connection of `links`, made with
     /// `connect` when there is none or it is stale; a publish that fails or
     /// is dropped unfinished leaves the connection stale, and the next one
-    /// connects anew.
+    /// connects anew. With `redis_wait_replicas`, the publish has its
+    /// connection to itself until it ends (see [`Links`]).
     async fn add_on<C>(
-        &self, held: &AsyncMutex<Option<Staling<C>>>,
-        connect: impl std::future::Future<Output = redis::RedisResult<C>>, stream: &Streams,
-        event: &NewEvent,
+        &self, links: &Links<C>, connect: impl std::future::Future<Output = redis::RedisResult<C>>,
+        stream: &Streams, event: &NewEvent,
     ) -> Result<Option<String>, BoxError>
     where
         C: redis::aio::ConnectionLike + Clone + Send,
     {
-        let mut link = {
-            let mut held = held.lock().await;
-            match &*held {
-                Some(link) if !link.is_stale() => link.clone(),
-                _ => {
-                    // Let go of a stale connection before making another.
-                    *held = None;
-                    let connection = connect
-                        .await
-                        .map_err(|e| format!("{}: cannot connect: {}", self.name, e.kind_text()))?;
-                    held.insert(Staling::new(connection)).clone()
-                }
+        let mut held = links.take().await;
+        let mut link = match &*held {
+            Some(link) if !link.is_stale() => link.clone(),
+            _ => {
+                // Let go of a stale connection before making another.
+                *held = None;
+                let connection = connect
+                    .await
+                    .map_err(|e| format!("{}: cannot connect: {}", self.name, e.kind_text()))?;
+                held.insert(Staling::new(connection)).clone()
             }
         };
+        if !links.is_own() {
+            // Shared: other publishes go on it at the same time.
+            drop(held);
+        }
         let unfinished = StaleUnlessFinished(Some(&link.stale));
         let added = stream.add(&mut link.connection, event, &self.name).await;
         if added.is_ok() {
@@ -1728,6 +1731,47 @@ impl NatsLink {
 
     fn is_stale(&self) -> bool {
         self.stale.load(Ordering::SeqCst)
+    }
+}
+
+/// The Redis connections publishes go on: one that every publish shares
+/// (the client pipelines them), or, with `redis_wait_replicas`, one for
+/// each publish that runs at once (`concurrency`), each held by one
+/// publish until it ends: a `WAIT` holds up every later command on its
+/// connection until it returns, so on a shared one the publishes would
+/// wait for each other's replicas one after another, the later ones
+/// running out of time behind a slow replica before sending their own.
+struct Links<C> {
+    links: Vec<AsyncMutex<Option<Staling<C>>>>,
+    /// Where a publish that finds every connection held waits next.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl<C> Links<C> {
+    fn new(config: &Config) -> Self {
+        let count = if config.redis_wait_replicas > 0 {
+            config.concurrency.max(1)
+        } else {
+            1
+        };
+        Self {
+            links: (0..count).map(|_| AsyncMutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether each publish has its connection to itself.
+    fn is_own(&self) -> bool {
+        self.links.len() > 1
+    }
+
+    /// A connection's place: one no other publish holds, if there is one.
+    async fn take(&self) -> tokio::sync::MutexGuard<'_, Option<Staling<C>>> {
+        if let Some(free) = self.links.iter().find_map(|link| link.try_lock().ok()) {
+            return free;
+        }
+        let next = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len();
+        self.links[next].lock().await
     }
 }
 
@@ -3917,6 +3961,50 @@ mod tests {
             let _ = self.process.kill();
             let _ = self.process.wait();
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// With `redis_wait_replicas`, publishes that run at once wait for the
+    /// replicas side by side, each on a connection of its own: on a shared
+    /// one each `WAIT` held up the next publish's, and behind a slow
+    /// replica the later ones ran out of time before sending theirs. Here
+    /// no replica comes: four publishes with a 1 s `WAIT` each (a third of
+    /// the 3 s timeout) all end with the replicas' answer, none out of time.
+    #[tokio::test]
+    async fn publishes_wait_for_the_replicas_side_by_side() {
+        let primary = OwnRedis::start("alone", &[]);
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &primary.url()),
+            ("redis_stream", "clink-test:side-by-side"),
+            ("redis_wait_replicas", "1"),
+            ("destination_timeout_ms", "3000"),
+            ("concurrency", "4"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let events: Vec<NewEvent> = (1..=4)
+            .map(|n| {
+                let mut event = event(None, "order.succeeded");
+                event.event_id = format!("evt_side_{n}");
+                event
+            })
+            .collect();
+        let publish = async |event: &NewEvent| destination.publish(event, &mut None).await;
+        let (a, b, c, d) = tokio::join!(
+            publish(&events[0]),
+            publish(&events[1]),
+            publish(&events[2]),
+            publish(&events[3])
+        );
+        for result in [a, b, c, d] {
+            let error = result.unwrap_err().to_string();
+            assert!(
+                error.contains("0 of the 1 replicas asked for (redis_wait_replicas) confirmed"),
+                "{error}"
+            );
         }
     }
 
