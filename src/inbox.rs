@@ -358,6 +358,8 @@ impl<S: Clone + Send + Sync + 'static> Workers<S> {
             let mut stopped = stopped;
             let never = Arc::new(AtomicBool::new(false));
             let task = tasks.spawn(async move {
+                // There from the start, so that a rate over it sees the first.
+                metrics::counter!("clink_webhook_inbox_stats_failures_total").increment(0);
                 let mut failing = false;
                 while !*stopped.borrow() {
                     // Not waited for past the pool's stop: an inbox that

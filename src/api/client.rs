@@ -212,7 +212,11 @@ impl ClientBuilder {
     /// [rate budget](Self::rate_limit) has room for it before the call's
     /// [deadline](Self::deadline) (else the call fails with Clink's
     /// refusal, [`Unauthorized`](ApiErrorKind::Unauthorized), its message
-    /// saying that the next key was not tried). When an older key works where the
+    /// saying that the next key was not tried). A write is not made
+    /// again when its refusal carries a new signing secret (Clink may have
+    /// made or rotated all the same: the error holds the secret) or came
+    /// with a 5xx status (its outcome is unknown); the refusal is the
+    /// answer. When an older key works where the
     /// newest did not, a warning and the metric
     /// `clink_api_requests_total{key}` say so, and the client keeps using
     /// the working key for a minute before trying the newest again.

@@ -14,8 +14,10 @@ use super::endpoints::WebhookSecret;
 pub enum ApiErrorKind {
     /// The key the call was made with was refused (HTTP 401, or envelope
     /// `code` 401), and so was the next active key it was made with once
-    /// more (or there was none, or no room to try it: the message says
-    /// which); or no key is active. A call tries two keys at most (see
+    /// more (or there was none, or no room to try it, or the call was a
+    /// write not made again: its refusal carried a new signing secret or a
+    /// 5xx status; the message says which); or no key is active. A call
+    /// tries two keys at most (see
     /// [`ClientBuilder::key`](super::ClientBuilder::key)): check the keys
     /// and their expiries.
     Unauthorized,
