@@ -2923,15 +2923,7 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
         .unwrap()
         .get(0);
     assert!(ended);
-    let deadline = Instant::now() + DRAIN_PATIENCE;
-    let again = loop {
-        if let Some(pid) = listening(first).await {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "not made again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_ne!(again, first);
+    polled_until("made again", async || listening(first).await.is_some()).await;
     assert!(
         woken(2).await,
         "an insert wakes the wait once listening again"
@@ -2939,8 +2931,7 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
 
     // The inbox dropped, its listening connection ends with it.
     drop(inbox);
-    let deadline = Instant::now() + DRAIN_PATIENCE;
-    loop {
+    polled_until("the connection of a dropped inbox ended", async || {
         let left: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
@@ -2949,13 +2940,18 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
             .await
             .unwrap()
             .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still listening for a dropped inbox"
-        );
+        left == 0
+    })
+    .await;
+}
+
+/// Asks `ready` every 50 ms until it says yes, failing with `what` (what
+/// did not come) after [`DRAIN_PATIENCE`].
+#[cfg(feature = "postgres")]
+async fn polled_until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "not {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -2985,22 +2981,18 @@ async fn a_first_listen_that_fails_is_tried_again() {
         .batch_execute(&format!("ALTER ROLE {role} LOGIN"))
         .await
         .unwrap();
-    let deadline = Instant::now() + DRAIN_PATIENCE;
-    loop {
-        let listening = client
+    polled_until("listening", async || {
+        client
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
                  AND state = 'idle' AND query LIKE 'LISTEN%'",
                 &[&role],
             )
             .await
-            .unwrap();
-        if listening.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .unwrap()
+            .is_some()
+    })
+    .await;
     inbox.wait(Duration::ZERO).await;
     let waiting = inbox.wait(Duration::from_secs(600));
     other
