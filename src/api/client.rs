@@ -741,9 +741,13 @@ impl Client {
                     "not sent again with another key: a write answered 5xx may have been applied",
                 ));
             }
-            Err(error)
-                if error.kind() == ApiErrorKind::Unauthorized && error.new_secret().is_none() =>
-            {
+            Err(error) if error.kind() == ApiErrorKind::Unauthorized => {
+                if error.new_secret().is_some() {
+                    return Err(error.noted(
+                        "not sent again with another key: the answer carries a new signing \
+                         secret, which Clink may have put into effect",
+                    ));
+                }
                 error
             }
             Err(error) => return Err(error),

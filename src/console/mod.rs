@@ -103,9 +103,11 @@
 //! from another origin in with it. Browsers set that header on their own;
 //! from one too old to that sends an `Origin`, a `POST` whose origin is
 //! `null` or names another host or port than its `Host` (or an
-//! `X-Forwarded-Host`), or another scheme than the request's where that
-//! is known (`X-Forwarded-Proto`, `https` with
-//! [`secure_cookie`](Console::secure_cookie)), is refused the same way. A
+//! `X-Forwarded-Host`), or is a plain `http` page where the request is
+//! known to have come over HTTPS (`X-Forwarded-Proto: https` from a proxy
+//! in front, or [`secure_cookie`](Console::secure_cookie); a page on a
+//! loopback host excepted, where browsers keep a `Secure` cookie from
+//! plain HTTP), is refused the same way. A
 //! proxy in front that rewrites `Host` should pass the browser's on, port
 //! and all (nginx: `proxy_set_header Host $http_host;`), or set
 //! `X-Forwarded-Host` so, or such a browser's actions are refused. The
@@ -366,7 +368,10 @@ impl Console {
     }
 
     /// Marks the cookies `Secure`, so browsers send them over HTTPS only.
-    /// Set it whenever the console is served over HTTPS.
+    /// Set it whenever the console is served over HTTPS. The console then
+    /// also takes the requests for HTTPS ones: from a browser that sends
+    /// no `Sec-Fetch-Site`, a form of a plain `http` page other than a
+    /// loopback one is refused (see the module's docs).
     #[must_use]
     pub fn secure_cookie(mut self, secure: bool) -> Self {
         self.shared.secure_cookie = secure;
@@ -955,10 +960,12 @@ async fn guard(State(shared): State<Arc<Shared>>, mut request: Request, next: Ne
 /// `Sec-Fetch-Site` other than `same-origin` or `none` (`cross-site`,
 /// `same-site`); or, from a browser that sends no `Sec-Fetch-Site` but an
 /// `Origin`, an origin that is `null` or names another host or port than
-/// the request's `Host` and every `X-Forwarded-Host`, or another scheme
-/// than the request's where that is known (`X-Forwarded-Proto`, the
-/// request's own, `https` when the console's cookie is `Secure`). A
-/// request with neither header (curl, a script) is not.
+/// the request's `Host` and every `X-Forwarded-Host`, or a plain `http`
+/// page posting to a request known to have come over HTTPS
+/// (`X-Forwarded-Proto: https`, the request's own scheme, or a `Secure`
+/// cookie), unless that page is on a loopback host (where browsers keep
+/// a `Secure` cookie from plain HTTP). A request with neither header
+/// (curl, a script) is not.
 fn cross_site(headers: &http::HeaderMap, uri: &Uri, secure: bool) -> bool {
     let mut sites = headers.get_all("sec-fetch-site").iter().peekable();
     if sites.peek().is_some() {
@@ -977,56 +984,67 @@ fn cross_site(headers: &http::HeaderMap, uri: &Uri, secure: bool) -> bool {
                 .map(|authority| authority.as_str().as_bytes()),
         )
         .collect();
-    // The first proxy's word, the request's own, or what the cookie says.
-    let forwarded = headers
-        .get("x-forwarded-proto")
-        .and_then(|value| value.as_bytes().split(|&b| b == b',').next())
-        .map(<[u8]>::trim_ascii);
-    let scheme = forwarded
-        .or_else(|| uri.scheme_str().map(str::as_bytes))
-        .or(secure.then_some(b"https".as_slice()));
+    // A hop that says `https` (the browser's side of a proxy in front), the
+    // request's own scheme, or the cookie: a hop that says `http` may be
+    // one behind a proxy that ended TLS, and tells nothing.
+    let https = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|scheme| scheme.trim_ascii().eq_ignore_ascii_case(b"https"))
+        || uri.scheme_str() == Some("https")
+        || secure;
     headers.get_all(header::ORIGIN).iter().any(|origin| {
         !hosts
             .iter()
-            .any(|host| same_host(origin.as_bytes(), host, scheme))
+            .any(|host| same_host(origin.as_bytes(), host, https))
     })
-}
-
-/// The default port of `scheme` (`http` or `https`).
-fn default_port(scheme: &[u8]) -> Option<u16> {
-    if scheme.eq_ignore_ascii_case(b"https") {
-        Some(443)
-    } else if scheme.eq_ignore_ascii_case(b"http") {
-        Some(80)
-    } else {
-        None
-    }
 }
 
 /// Whether the `Origin` `origin` (`scheme://host[:port]`) names the host
 /// and port of `host` (a `Host` header's `host[:port]`, the port by
-/// default `scheme`'s) and, when the request's `scheme` is known, that
-/// scheme (else the port's default is the origin's scheme's). `null`
+/// default the origin's scheme's), and is not a plain `http` page of a
+/// host other than loopback when the request came over HTTPS. `null`
 /// names none.
-fn same_host(origin: &[u8], host: &[u8], scheme: Option<&[u8]>) -> bool {
+fn same_host(origin: &[u8], host: &[u8], https: bool) -> bool {
     let Ok(origin) = Uri::try_from(origin) else {
         return false;
     };
     let Ok(host) = http::uri::Authority::try_from(host.trim_ascii()) else {
         return false;
     };
-    let (Some(origin_scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) else {
+    let (Some(scheme), Some(authority)) = (origin.scheme_str(), origin.authority()) else {
         return false;
     };
-    let Some(origin_default) = default_port(origin_scheme.as_bytes()) else {
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else if scheme.eq_ignore_ascii_case("http") {
+        if https && !is_loopback(authority.host()) {
+            return false;
+        }
+        80
+    } else {
         return false;
-    };
-    let host_default = match scheme {
-        Some(scheme) if !scheme.eq_ignore_ascii_case(origin_scheme.as_bytes()) => return false,
-        _ => origin_default,
     };
     authority.host().eq_ignore_ascii_case(host.host())
-        && authority.port_u16().unwrap_or(origin_default) == host.port_u16().unwrap_or(host_default)
+        && authority.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
+}
+
+/// Whether `host` (as a URL holds it) is this machine: `localhost` or a
+/// name under it, an address in `127.0.0.0/8`, or `[::1]`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost")
+        || host
+            .len()
+            .checked_sub(".localhost".len())
+            .and_then(|at| host.get(at..))
+            .is_some_and(|end| end.eq_ignore_ascii_case(".localhost"))
+    {
+        return true;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether the browser says the request loads a page in its own window
@@ -1344,6 +1362,29 @@ mod tests {
         )
         .await;
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        // Reached as localhost (a tunnel), where browsers keep a `Secure`
+        // cookie from plain HTTP, its own page's form goes through.
+        for (local, origin) in [
+            ("localhost:3001", "http://localhost:3001"),
+            ("127.0.0.1:3001", "http://127.0.0.1:3001"),
+            ("[::1]:3001", "http://[::1]:3001"),
+        ] {
+            let inbox = one_dead().await;
+            let secure = mounted(
+                Console::with_token(Arc::clone(&inbox), TOKEN)
+                    .unwrap()
+                    .secure_cookie(true),
+            );
+            let done = send(
+                &secure,
+                "POST",
+                "/console/events/1/replay",
+                &[auth, ("host", local), ("origin", origin)],
+                Some(&form),
+            )
+            .await;
+            assert_eq!(done.status(), StatusCode::SEE_OTHER, "{origin}");
+        }
         assert_eq!(inbox.get(1).await.unwrap().unwrap().replays, 0);
         for headers in [
             vec![auth, host, ("origin", "https://ops.example.com")],
@@ -1371,6 +1412,14 @@ mod tests {
                 host,
                 ("x-forwarded-proto", "http"),
                 ("origin", "http://ops.example.com"),
+            ],
+            // A hop behind the one that ended TLS says `http`: an `https`
+            // page of the same host is the console's own.
+            vec![
+                auth,
+                host,
+                ("x-forwarded-proto", "http"),
+                ("origin", "https://ops.example.com"),
             ],
             // The browser's word for it stands where it gives it.
             vec![

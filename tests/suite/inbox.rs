@@ -2890,7 +2890,9 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
     let mut config: tokio_postgres::Config =
         std::env::var("DATABASE_URL").unwrap().parse().unwrap();
     config.application_name(&name);
-    inbox.listen(config).await.unwrap();
+    inbox.listen(config.clone()).await.unwrap();
+    // Once per inbox: a second call, on a clone too, makes no second one.
+    inbox.clone().listen(config).await.unwrap();
     let client = pg_pool().get().await.unwrap();
     // The backend that has run its `LISTEN` and waits, other than `not`.
     let listening = async |not: i32| -> Option<i32> {
@@ -2905,6 +2907,15 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
             .map(|row| row.get(0))
     };
     let first = listening(0).await.expect("listening");
+    let connections: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(connections, 1);
     let woken = async |n: i64| {
         // A wake-up left from before is taken first.
         inbox.wait(Duration::ZERO).await;
@@ -2968,15 +2979,24 @@ async fn a_first_listen_that_fails_is_tried_again() {
     let other = postgres_inbox_in(&table, Duration::from_secs(10)).await;
     let client = pg_pool().get().await.unwrap();
     let role = format!("clink_listener_{}", unique());
-    client
-        .batch_execute(&format!("CREATE ROLE {role} NOLOGIN"))
-        .await
-        .unwrap();
     let mut config: tokio_postgres::Config =
         std::env::var("DATABASE_URL").unwrap().parse().unwrap();
+    // The URL's password, if it has one, is the role's too.
+    let password = config
+        .get_password()
+        .map(|password| String::from_utf8_lossy(password).replace('\'', "''"))
+        .map(|password| format!(" PASSWORD '{password}'"))
+        .unwrap_or_default();
+    client
+        .batch_execute(&format!("CREATE ROLE {role} NOLOGIN{password}"))
+        .await
+        .unwrap();
     config.user(&role).application_name(&role);
     let refused = inbox.listen(config).await.unwrap_err();
-    assert!(refused.to_string().contains("listen"), "{refused}");
+    assert!(
+        refused.to_string().contains("cannot connect to listen"),
+        "{refused}"
+    );
     client
         .batch_execute(&format!("ALTER ROLE {role} LOGIN"))
         .await
@@ -3003,6 +3023,24 @@ async fn a_first_listen_that_fails_is_tried_again() {
         tokio::time::timeout(DRAIN_PATIENCE, waiting).await.is_ok(),
         "the insert woke the wait"
     );
+    // The role goes once its connection has.
+    drop(inbox);
+    polled_until("the connection of a dropped inbox ended", async || {
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        left == 0
+    })
+    .await;
+    client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
 }
 
 #[cfg(feature = "postgres")]

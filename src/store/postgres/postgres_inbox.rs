@@ -126,6 +126,9 @@ pub struct PostgresInbox {
     /// Held by the inbox and its clones only: the listening connection's
     /// tasks end when the last of them is dropped.
     alive: Arc<tokio::sync::watch::Sender<()>>,
+    /// Whether [`listen`](Self::listen) was called (on this inbox or a
+    /// clone): the connection is kept once.
+    listening: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for PostgresInbox {
@@ -872,6 +875,7 @@ impl PostgresInbox {
             notified: Arc::new(Notify::new()),
             cancel: super::Canceller::plain(),
             alive: Arc::new(tokio::sync::watch::Sender::new(())),
+            listening: Arc::default(),
         }
     }
 
@@ -1163,10 +1167,15 @@ impl PostgresInbox {
     /// quiet, every 10 s, three times, so that a peer gone without a word
     /// is found within about a minute, not the system's two hours.
     ///
+    /// One connection is kept for the inbox and its clones: a later call
+    /// does nothing and answers `Ok` (to listen with another config, make
+    /// the inbox again).
+    ///
     /// # Errors
     ///
     /// A [`StoreError`] when the first connection or `LISTEN` fails; it
-    /// is tried again in the background all the same, as after a drop.
+    /// is tried again in the background all the same, as after a drop (a
+    /// failure that goes on is logged at `warn` at most once an hour).
     pub async fn listen(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
         self.listen_with(config, tokio_postgres::NoTls).await
     }
@@ -1180,6 +1189,12 @@ impl PostgresInbox {
     pub async fn listen_with(
         &self, mut config: tokio_postgres::Config, tls: impl super::PostgresConnector,
     ) -> Result<(), StoreError> {
+        if self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
         if config.get_keepalives_idle() == Duration::from_secs(7200) {
             config.keepalives_idle(LISTEN_KEEPALIVE_IDLE);
         }
@@ -1982,7 +1997,21 @@ impl Listener {
         mut self, tls: impl super::PostgresConnector, mut listening: Option<Listening>,
         table: String,
     ) {
+        // When a drop or a failure was last told at `warn`: at most once an
+        // hour, so that a server that ends idle sessions, or a cause that
+        // lasts, does not fill the log.
         let mut warned: Option<tokio::time::Instant> = None;
+        let mut loud = || {
+            let now = tokio::time::Instant::now();
+            let due = warned.is_none_or(|at| now.duration_since(at) >= LISTEN_WARN_EVERY);
+            if due {
+                warned = Some(now);
+            }
+            due
+        };
+        // Whether the connection's loss was told at `warn` (its return is
+        // then told at `info`); the caller told a first failure.
+        let mut told = listening.is_none() && loud();
         loop {
             if let Some((client, closed)) = listening.take() {
                 tokio::select! {
@@ -1993,9 +2022,8 @@ impl Listener {
                 if self.notified.strong_count() == 0 {
                     return;
                 }
-                let now = tokio::time::Instant::now();
-                if warned.is_none_or(|at| now.duration_since(at) >= LISTEN_WARN_EVERY) {
-                    warned = Some(now);
+                told = loud();
+                if told {
                     tracing::warn!(
                         %table,
                         "inbox: the connection that listens for inserts closed; it is made \
@@ -2013,11 +2041,25 @@ impl Listener {
                 }
                 match self.once(tls.clone()).await {
                     Ok(made) => {
-                        tracing::info!(%table, "inbox: listening for inserts again");
+                        if told {
+                            tracing::info!(%table, "inbox: listening for inserts again");
+                        } else {
+                            tracing::debug!(%table, "inbox: listening for inserts again");
+                        }
                         listening = Some(made);
                     }
                     Err(error) => {
-                        tracing::debug!(%table, %error, "inbox: cannot listen for inserts yet");
+                        if loud() {
+                            told = true;
+                            tracing::warn!(
+                                %table,
+                                %error,
+                                "inbox: cannot listen for inserts yet; idle workers poll every \
+                                 250 ms meanwhile"
+                            );
+                        } else {
+                            tracing::debug!(%table, %error, "inbox: cannot listen for inserts yet");
+                        }
                         pause = (pause * 2).min(LISTEN_RETRY_MOST);
                     }
                 }

@@ -3972,7 +3972,7 @@ mod tests {
     /// the 3 s timeout) all end with the replicas' answer, none out of time.
     #[tokio::test]
     async fn publishes_wait_for_the_replicas_side_by_side() {
-        let primary = OwnRedis::start("alone", &[]);
+        let mut primary = OwnRedis::start("alone", &[]);
         let config = Config::from_pairs(&[
             ("webhook_signing_key", "whsec_a"),
             ("inbox", "sqlite:/tmp/unused.db"),
@@ -3985,6 +3985,14 @@ mod tests {
         .unwrap_or_else(|problem| panic!("{}", problem.0));
         let destination =
             Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        // The script loaded, as the start's check loads it: the WAIT is
+        // all each publish waits for.
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(XADD_ONCE)
+            .query_async(&mut primary.connection().await)
+            .await
+            .unwrap();
         let events: Vec<NewEvent> = (1..=4)
             .map(|n| {
                 let mut event = event(None, "order.succeeded");
