@@ -2907,15 +2907,7 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
             .map(|row| row.get(0))
     };
     let first = listening(0).await.expect("listening");
-    let connections: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(connections, 1);
+    assert_eq!(connections_named(&client, &name).await, 1);
     let woken = async |n: i64| {
         // A wake-up left from before is taken first.
         inbox.wait(Duration::ZERO).await;
@@ -2943,17 +2935,22 @@ async fn a_listening_connection_the_server_ends_is_made_again() {
     // The inbox dropped, its listening connection ends with it.
     drop(inbox);
     polled_until("the connection of a dropped inbox ended", async || {
-        let left: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        left == 0
+        connections_named(&client, &name).await == 0
     })
     .await;
+}
+
+/// How many of the server's connections are `application_name`'s.
+#[cfg(feature = "postgres")]
+async fn connections_named(client: &tokio_postgres::Client, application_name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Asks `ready` every 50 ms until it says yes, failing with `what` (what
@@ -3026,15 +3023,7 @@ async fn a_first_listen_that_fails_is_tried_again() {
     // The role goes once its connection has.
     drop(inbox);
     polled_until("the connection of a dropped inbox ended", async || {
-        let left: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        left == 0
+        connections_named(&client, &role).await == 0
     })
     .await;
     client
