@@ -4,7 +4,7 @@
 //! fails, and the inbox retries the event later.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -195,6 +195,43 @@ struct Streams {
     /// How many replicas must have an entry before its event counts as
     /// published (`WAIT`), and how long to wait for them.
     wait: Option<(u64, Duration)>,
+    /// The largest body the server takes (see [`read_body_limit`]), as
+    /// last read from it; Redis's default until one is read.
+    largest: AtomicUsize,
+    /// The largest body the gateway takes (`body_limit_bytes`).
+    body_limit: usize,
+}
+
+/// The largest body the Redis server on `connection` takes in the script
+/// that adds an event: its `proto-max-bulk-len` (the largest argument),
+/// and its `client-query-buffer-limit` (the whole command) less room for
+/// the other arguments. A larger one is refused by the server, and would be
+/// refused however often it is sent. `None` when the server does not say
+/// (`CONFIG` is in Redis's `@admin` category, which a user of least
+/// privilege may not run).
+async fn read_body_limit<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+) -> Option<usize> {
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("client-query-buffer-limit");
+    let (bulk, buffer): (BTreeMap<String, String>, BTreeMap<String, String>) =
+        pipeline.query_async(connection).await.ok()?;
+    let read = |answer: &BTreeMap<String, String>, name: &str| {
+        answer
+            .get(name)
+            .and_then(|value| value.parse::<usize>().ok())
+    };
+    let bulk = read(&bulk, "proto-max-bulk-len")?;
+    Some(match read(&buffer, "client-query-buffer-limit") {
+        Some(buffer) => bulk.min(buffer.saturating_sub(REDIS_ARGUMENTS_ROOM)),
+        None => bulk,
+    })
 }
 
 /// The key of the marker that keeps `event` from being added twice to the
@@ -239,6 +276,22 @@ pub(crate) async fn stream_entries_then_delete(url: &str, stream: &str, event: &
 }
 
 impl Streams {
+    /// Refuses `event` for good when its body is larger than the server
+    /// takes (see [`read_body_limit`]): the server would refuse it however
+    /// often it is sent.
+    fn fits(&self, event: &NewEvent, name: &str) -> Result<(), BoxError> {
+        let largest = self.largest.load(Ordering::Relaxed);
+        if event.body.len() > largest {
+            return Err(EventRefused::permanent(format!(
+                "{name}: the event's body is {} bytes, more than the {largest} the server takes \
+                 (its proto-max-bulk-len, or client-query-buffer-limit less room for the rest)",
+                event.body.len()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// Adds `event` to its stream once (see [`XADD_ONCE`]) over `connection`;
     /// the entry's id.
     async fn add<C: redis::aio::ConnectionLike + Send>(
@@ -406,6 +459,16 @@ const NATS_HEADER_LINES: usize = 10 + 2 * 4 + 2;
 /// `Nats-Msg-Id` with an account and an event id, `Clink-Event-Type` with
 /// a type, each as long as the intake takes them.
 const NATS_HEADER_ROOM: usize = 1024;
+
+/// The largest argument a Redis server takes unless configured otherwise
+/// (`proto-max-bulk-len`, 512 MiB): an event's body is one argument of
+/// the script that adds it.
+const REDIS_BULK_DEFAULT: usize = 512 * 1024 * 1024;
+
+/// Room in a Redis server's buffer for one client's command
+/// (`client-query-buffer-limit`) for the script's arguments beside the
+/// body, at most.
+const REDIS_ARGUMENTS_ROOM: usize = 64 * 1024;
 
 /// How long before the duplicate window ends, beyond the destination's
 /// timeout, a publish repeated after an unknown outcome looks for the
@@ -901,8 +964,8 @@ impl Destination {
     /// these; a destination that cannot be reached now is told on stderr,
     /// and tried again with each event.
     pub(crate) async fn check_at_start(&self) -> Result<(), String> {
-        if let Kind::Redis { client, .. } = &self.kind {
-            return self.check_redis_at_start(client).await;
+        if let Kind::Redis { client, stream, .. } = &self.kind {
+            return self.check_redis_at_start(client, stream).await;
         }
         let Kind::Nats {
             servers,
@@ -988,7 +1051,11 @@ impl Destination {
     /// its user run the script that adds an event once. `Err` for each of
     /// these, which last until the configuration changes; a server that
     /// cannot be reached now is told on stderr, and tried with each event.
-    async fn check_redis_at_start(&self, client: &redis::Client) -> Result<(), String> {
+    /// A server that takes smaller bodies than `body_limit_bytes` is told
+    /// on stderr too: such a body is dead at once.
+    async fn check_redis_at_start(
+        &self, client: &redis::Client, stream: &Streams,
+    ) -> Result<(), String> {
         let checked = tokio::time::timeout(self.timeout, async {
             // Answers are waited for as long as the check's own bound, not
             // the `redis` crate's default 500 ms.
@@ -1018,7 +1085,8 @@ impl Destination {
                 .arg(XADD_ONCE)
                 .query_async(&mut connection)
                 .await;
-            Ok::<_, redis::RedisError>((role, info, loaded))
+            let limit = read_body_limit(&mut connection).await;
+            Ok::<_, redis::RedisError>((role, info, loaded, limit))
         })
         .await;
         let told_later = |what: &str| {
@@ -1028,7 +1096,7 @@ impl Destination {
             );
             Ok(())
         };
-        let (role, mut info, loaded) = match checked {
+        let (role, mut info, loaded, limit) = match checked {
             Ok(Ok(found)) => found,
             Ok(Err(error)) if passes(&error) => {
                 return told_later(&format!("cannot connect: {}", error.kind_text()));
@@ -1076,6 +1144,25 @@ impl Destination {
         );
         for warning in what_redis_may_lose(persistence.as_deref(), memory.as_deref()) {
             eprintln!("gateway: {}: warning: {warning}", self.name);
+        }
+        if let Some(largest) = limit {
+            stream.largest.store(largest, Ordering::Relaxed);
+        }
+        let largest = stream.largest.load(Ordering::Relaxed);
+        if largest < stream.body_limit {
+            eprintln!(
+                "gateway: {}: warning: the server takes bodies of at most {largest} bytes ({}), \
+                 less than body_limit_bytes ({}): a body that does not fit is kept in the inbox \
+                 as dead at once, never published; raise the server's proto-max-bulk-len (and \
+                 client-query-buffer-limit), or lower body_limit_bytes to {largest}",
+                self.name,
+                if limit.is_some() {
+                    "its proto-max-bulk-len, or client-query-buffer-limit less room for the rest"
+                } else {
+                    "Redis's default proto-max-bulk-len; the server's own could not be read"
+                },
+                stream.body_limit
+            );
         }
         if cluster.is_some_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1")) {
             return Err(format!(
@@ -1399,9 +1486,14 @@ impl Destination {
             _ => {
                 // Let go of a stale connection before making another.
                 *held = None;
-                let connection = connect
+                let mut connection = connect
                     .await
                     .map_err(|e| format!("{}: cannot connect: {}", self.name, e.kind_text()))?;
+                // The server's limit, read again with each new connection:
+                // it may have been restarted with another.
+                if let Some(largest) = read_body_limit(&mut connection).await {
+                    stream.largest.store(largest, Ordering::Relaxed);
+                }
                 held.insert(Staling::new(connection)).clone()
             }
         };
@@ -1409,6 +1501,8 @@ impl Destination {
             // Shared: other publishes go on it at the same time.
             drop(held);
         }
+        // Refused before anything is sent: the connection stays as good.
+        stream.fits(event, &self.name)?;
         let unfinished = StaleUnlessFinished(Some(&link.stale));
         let added = stream.add(&mut link.connection, event, &self.name).await;
         if added.is_ok() {
@@ -2214,6 +2308,8 @@ impl Streams {
             // WAITs and their round trips fit in the publish's time.
             wait: (config.redis_wait_replicas > 0)
                 .then(|| (config.redis_wait_replicas, config.destination_timeout / 3)),
+            largest: AtomicUsize::new(REDIS_BULK_DEFAULT),
+            body_limit: config.body_limit,
         }
     }
 }
@@ -3962,6 +4058,82 @@ mod tests {
             let _ = self.process.wait();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// A body larger than the Redis server takes in one argument
+    /// (`proto-max-bulk-len`, here 1 MiB) is refused for good before it is
+    /// sent, saying so, and its event is dead at once; one that fits is
+    /// added. Sent, the server refused it as a protocol error and closed
+    /// the connection, and the event was retried until it died, the later
+    /// events of its object waiting behind it.
+    #[tokio::test]
+    async fn a_body_larger_than_the_server_takes_is_refused_for_good() {
+        let mut server = OwnRedis::start("bulk", &["--proto-max-bulk-len", "1mb"]);
+        let mut connection = server.connection().await;
+        let stream = "clink-test:bulk";
+        let config = Config::from_pairs(&[
+            ("webhook_signing_key", "whsec_a"),
+            ("inbox", "sqlite:/tmp/unused.db"),
+            ("destination", &server.url()),
+            ("redis_stream", stream),
+            ("body_limit_bytes", "4194304"),
+            ("body_budget_bytes", "8388608"),
+            ("destination_timeout_ms", "30000"),
+            ("lease_ms", "60000"),
+        ])
+        .unwrap_or_else(|problem| panic!("{}", problem.0));
+        let destination =
+            Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
+        let now = Timestamp::now();
+        let large = NewEvent::new(
+            None,
+            "evt_bulk_large".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from(vec![b' '; 1024 * 1024 + 1]),
+        );
+        let error = destination
+            .publish(&large, &mut None)
+            .await
+            .expect_err("the body is larger than the server takes");
+        let refused = error.downcast_ref::<EventRefused>();
+        assert!(refused.is_some_and(|r| r.permanent), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("1048577 bytes, more than the 1048576"),
+            "{error}"
+        );
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(entries, 0);
+        let fits = NewEvent::new(
+            None,
+            "evt_bulk_fits".to_owned(),
+            "order.succeeded".to_owned(),
+            None,
+            None,
+            now,
+            now,
+            Bytes::from(vec![b' '; 1024 * 1024]),
+        );
+        let id = destination
+            .publish(&fits, &mut None)
+            .await
+            .unwrap_or_else(|e| panic!("the body that fits: {e}"));
+        assert!(id.is_some());
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(entries, 1);
     }
 
     /// With `redis_wait_replicas`, publishes that run at once wait for the
