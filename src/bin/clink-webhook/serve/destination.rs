@@ -189,7 +189,8 @@ struct Streams {
     /// The stream name template.
     template: String,
     /// How long an event's marker keeps it from being added twice, from
-    /// the last run of [`XADD_ONCE`] that added or found it.
+    /// the last run of [`XADD_ONCE`] that added or found it:
+    /// `redis_dedup_hours` and the inbox's purge period.
     dedup: Duration,
     script: redis::Script,
     /// How many replicas must have an entry before its event counts as
@@ -2300,7 +2301,11 @@ impl Streams {
     fn new(config: &Config) -> Self {
         Self {
             template: config.redis_stream.clone(),
-            dedup: config.redis_dedup,
+            // The inbox purges hourly: a done event can outlive its
+            // retention by that much, and a forced replay of it then must
+            // still find its marker (redis_dedup_hours is at least the
+            // retention).
+            dedup: config.redis_dedup + super::PURGE_PERIOD,
             script: redis::Script::new(XADD_ONCE),
             // A third of the publish's time: a server that lacks the
             // script runs the pipeline's WAIT all the same, and the
@@ -3917,7 +3922,9 @@ mod tests {
     /// A publish that finds the event's marker (a retry, or a replay, which
     /// keeps the event in the inbox for another retention from then) adds
     /// nothing and sets the marker's expiry again to the whole
-    /// `redis_dedup_hours`: here the marker is left a minute, as if nearly
+    /// `redis_dedup_hours` and the inbox's purge period (a done event can
+    /// outlive its retention by that period, and `redis_dedup_hours` may
+    /// equal the retention): here the marker is left a minute, as if nearly
     /// all of that time had passed since the `XADD`, and the publish gives
     /// it back the whole time.
     #[tokio::test]
@@ -3939,7 +3946,8 @@ mod tests {
             .await
             .unwrap();
         let marker = xadd_marker(&stream, &event);
-        let dedup = i64::try_from(config.redis_dedup.as_millis()).unwrap();
+        let dedup =
+            i64::try_from((config.redis_dedup + super::super::PURGE_PERIOD).as_millis()).unwrap();
         let left = |redis: &mut redis::aio::MultiplexedConnection| {
             let mut redis = redis.clone();
             let marker = marker.clone();

@@ -320,6 +320,10 @@ fn for_the_workers(error: BoxError, permanent: bool) -> BoxError {
     }
 }
 
+/// How often the gateway purges the inbox's old done events: one can
+/// outlive its retention by up to this long.
+pub(crate) const PURGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How often the metrics recorder folds in the samples it holds, whether
 /// or not anyone scrapes /metrics.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
@@ -1109,7 +1113,7 @@ pub(crate) async fn run(out: &Output, args: &ServeArgs) -> Result<(), CliError> 
                 if let Err(error) = inbox.purge(before).await {
                     tracing::warn!(%error, "gateway: could not purge old events");
                 }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                tokio::time::sleep(PURGE_PERIOD).await;
             }
         })
     };
