@@ -4,7 +4,7 @@
 //! fails, and the inbox retries the event later.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -497,6 +497,36 @@ pub(crate) struct Unconfirmed {
     /// When the latest began; `None` when not known, and a lookup then
     /// reads to the stream's end.
     pub(crate) latest: Option<Timestamp>,
+    /// How far an unfinished lookup read (see [`ReadTo`]), on the servers'
+    /// clock: the next one reads from there, not from `since` again, so
+    /// that lookups cut short by the destination's timeout (a long backlog
+    /// on the subject) still come to an end.
+    pub(crate) read_to: Option<Timestamp>,
+}
+
+/// How far a lookup has read: the time, on the servers' clock, of the last
+/// message on the subject it read and found not to be the event, every one
+/// before it since the lookup's start read too. Kept as it goes, so that
+/// what a lookup cut short read still counts.
+pub(crate) struct ReadTo(AtomicI64);
+
+impl ReadTo {
+    pub(crate) fn new() -> Self {
+        Self(AtomicI64::new(i64::MIN))
+    }
+
+    /// A message kept at `time` read, not the event.
+    fn read(&self, time: time::OffsetDateTime) {
+        let millis =
+            i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MIN);
+        self.0.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    /// How far, if a message was read.
+    pub(crate) fn get(&self) -> Option<Timestamp> {
+        let millis = self.0.load(Ordering::Relaxed);
+        (millis != i64::MIN).then(|| Timestamp::from_millis(millis))
+    }
 }
 
 /// A publish that failed after the event was handed to the destination:
@@ -927,18 +957,21 @@ impl Destination {
         &self, event: &NewEvent, unconfirmed: &mut Option<Unconfirmed>,
     ) -> Result<Option<String>, BoxError> {
         let sent = AtomicBool::new(false);
-        let result =
-            match tokio::time::timeout(self.timeout, self.publish_now(event, unconfirmed, &sent))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "{} did not acknowledge within {} ms",
-                    self.name,
-                    self.timeout.as_millis()
-                )
-                .into()),
-            };
+        let read_to = ReadTo::new();
+        let publishing = self.publish_now(event, unconfirmed, &sent, &read_to);
+        let result = match tokio::time::timeout(self.timeout, publishing).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{} did not acknowledge within {} ms",
+                self.name,
+                self.timeout.as_millis()
+            )
+            .into()),
+        };
+        // What a lookup read counts, though it was cut short.
+        if let (Some(earlier), Some(to)) = (unconfirmed.as_mut(), read_to.get()) {
+            earlier.read_to = Some(earlier.read_to.map_or(to, |read_to| read_to.max(to)));
+        }
         result.map_err(|error| {
             if sent.load(Ordering::SeqCst) {
                 MaybeKept(error.to_string()).into()
@@ -1195,6 +1228,7 @@ impl Destination {
 
     async fn publish_now(
         &self, event: &NewEvent, unconfirmed: &mut Option<Unconfirmed>, sent: &AtomicBool,
+        read_to: &ReadTo,
     ) -> Result<Option<String>, BoxError> {
         match &self.kind {
             Kind::Http {
@@ -1374,6 +1408,7 @@ impl Destination {
                                     &subject(template, event),
                                     event,
                                     earlier,
+                                    read_to,
                                 )
                                 .await?
                             {
@@ -1747,7 +1782,7 @@ impl Destination {
     /// See [`find_kept`].
     async fn find_kept(
         &self, jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str,
-        event: &NewEvent, earlier: &Unconfirmed,
+        event: &NewEvent, earlier: &Unconfirmed, read_to: &ReadTo,
     ) -> Result<Option<u64>, String> {
         find_kept(
             jetstream,
@@ -1756,6 +1791,7 @@ impl Destination {
             &message_id(event),
             earlier,
             self.timeout,
+            read_to,
         )
         .await
         .map_err(|e| {
@@ -1990,9 +2026,10 @@ fn lookup_config(
 }
 
 /// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
-/// messages on `subject` kept since a minute before `since`: its sequence,
-/// if there. A message kept after the lookup began is looked at only when
-/// it is the one.
+/// messages on `subject` kept since a minute before `since`, or from where
+/// an earlier lookup read to when that is later: its sequence, if there. A
+/// message kept after the lookup began is looked at only when it is the
+/// one. How far it reads is kept in `read_to` as it goes.
 ///
 /// How depends on the stream's retention. A [`RetentionPolicy::Limits`]
 /// stream is read in one pass (see [`find_kept_in_one_pass`]). On any
@@ -2005,11 +2042,19 @@ fn lookup_config(
 /// [`RetentionPolicy::Limits`]: async_nats::jetstream::stream::RetentionPolicy::Limits
 async fn find_kept(
     jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
-    earlier: &Unconfirmed, timeout: Duration,
+    earlier: &Unconfirmed, timeout: Duration, read_to: &ReadTo,
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::RetentionPolicy;
     let margin = i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap_or(i64::MAX);
-    let start = server_time(earlier.since.as_millis().saturating_sub(margin));
+    // On the servers' clock already: no margin. From that time on, since
+    // messages kept in the same millisecond may not all have been read.
+    let start = server_time(
+        earlier
+            .since
+            .as_millis()
+            .saturating_sub(margin)
+            .max(earlier.read_to.map_or(i64::MIN, Timestamp::as_millis)),
+    );
     let end = earlier.latest.map(|latest| {
         let late = i64::try_from((2 * timeout + LATE_ARRIVAL).as_millis()).unwrap_or(i64::MAX);
         server_time(latest.as_millis().saturating_add(late))
@@ -2028,9 +2073,12 @@ async fn find_kept(
     }
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     if info.config.retention == RetentionPolicy::Limits {
-        find_kept_in_one_pass(jetstream, &found, subject, id, within, last, timeout).await
+        find_kept_in_one_pass(
+            jetstream, &found, subject, id, within, last, timeout, read_to,
+        )
+        .await
     } else {
-        find_kept_one_by_one(&found, subject, id, within, first, last).await
+        find_kept_one_by_one(&found, subject, id, within, first, last, read_to).await
     }
 }
 
@@ -2070,9 +2118,10 @@ impl Within {
 /// once inactive for `timeout` (at least [`LOOKUP_INACTIVE_MIN`]). The
 /// caller bounds the lookup's time; each request is bounded by
 /// `jetstream`'s timeout.
+#[allow(clippy::too_many_arguments)]
 async fn find_kept_in_one_pass(
     jetstream: &async_nats::jetstream::Context, found: &async_nats::jetstream::stream::Stream,
-    subject: &str, id: &str, within: Within, last: u64, timeout: Duration,
+    subject: &str, id: &str, within: Within, last: u64, timeout: Duration, read_to: &ReadTo,
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let bound = match found.get_last_raw_message_by_subject(subject).await {
@@ -2130,6 +2179,7 @@ async fn find_kept_in_one_pass(
         if kept_id(message.headers.as_ref()) == Some(id) {
             return Ok(Some(info.stream_sequence));
         }
+        read_to.read(info.published);
         if info.stream_sequence >= bound || within.past(info.published) {
             return Ok(None);
         }
@@ -2147,7 +2197,7 @@ async fn find_kept_in_one_pass(
 /// each, up to the first kept after `within.end`.
 async fn find_kept_one_by_one(
     found: &async_nats::jetstream::stream::Stream, subject: &str, id: &str, within: Within,
-    first: u64, last: u64,
+    first: u64, last: u64, read_to: &ReadTo,
 ) -> Result<Option<u64>, String> {
     let start = within.start;
     use async_nats::jetstream::stream::RawMessageErrorKind;
@@ -2168,6 +2218,7 @@ async fn find_kept_one_by_one(
                 if kept_id(Some(&message.headers)) == Some(id) {
                     return Ok(Some(message.sequence));
                 }
+                read_to.read(message.time);
                 if within.past(message.time) {
                     break;
                 }
@@ -2866,6 +2917,7 @@ mod tests {
         Unconfirmed {
             since,
             latest: None,
+            read_to: None,
         }
     }
 
@@ -2883,6 +2935,7 @@ mod tests {
         jetstream: &async_nats::jetstream::Context, stream: &str, subject: &str, id: &str,
         earlier: &Unconfirmed,
     ) -> Option<u64> {
+        let read_to = ReadTo::new();
         let lookup = find_kept(
             jetstream,
             stream,
@@ -2890,6 +2943,7 @@ mod tests {
             id,
             earlier,
             Duration::from_secs(10),
+            &read_to,
         );
         tokio::time::timeout(Duration::from_secs(60), lookup)
             .await
@@ -3043,7 +3097,11 @@ mod tests {
                 (Some(now), Some(kept)),
                 (None, Some(kept)),
             ] {
-                let earlier = Unconfirmed { since, latest };
+                let earlier = Unconfirmed {
+                    since,
+                    latest,
+                    read_to: None,
+                };
                 let found = lookup_within(&jetstream, &stream, &subject, ":evt_1", &earlier).await;
                 assert_eq!(found, expected, "{retention:?}, latest {latest:?}");
             }
@@ -3306,6 +3364,7 @@ mod tests {
         let through = relayed(port).await;
         // The server keeps the consumer, inactive, longer than the test.
         let earlier = unbounded(since);
+        let read_to = ReadTo::new();
         let lookup = find_kept(
             &through,
             &stream,
@@ -3313,6 +3372,7 @@ mod tests {
             ":evt_kept",
             &earlier,
             Duration::from_secs(600),
+            &read_to,
         );
         let found = tokio::time::timeout(Duration::from_secs(60), lookup)
             .await
@@ -3354,6 +3414,7 @@ mod tests {
                 ":evt_absent",
                 &unbounded(since),
                 Duration::from_secs(600),
+                &ReadTo::new(),
             )
             .await
         });
@@ -3416,6 +3477,7 @@ mod tests {
         let mut unconfirmed = Some(Unconfirmed {
             since: now,
             latest: Some(now),
+            read_to: None,
         });
         let publish = destination.publish(&second, &mut unconfirmed);
         let error = tokio::time::timeout(Duration::from_secs(60), publish)
@@ -3437,6 +3499,163 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
+    /// The time, in whole milliseconds on the servers' clock, `stream` kept
+    /// its message `sequence` at.
+    async fn kept_at(
+        jetstream: &async_nats::jetstream::Context, stream: &str, sequence: u64,
+    ) -> Timestamp {
+        let message = jetstream
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .get_raw_message(sequence)
+            .await
+            .unwrap();
+        let nanos = message.time.unix_timestamp_nanos();
+        Timestamp::from_millis(i64::try_from(nanos.div_euclid(1_000_000)).unwrap())
+    }
+
+    /// A lookup cut short by the destination's timeout (a long backlog on
+    /// the subject, read one message a request on a work queue) keeps how
+    /// far it read, and the next one reads from there: lookups that each
+    /// get only part of the way still come to an end, where each read from
+    /// the start again and the event ended dead. Here the relay holds the
+    /// lookup's read of the tenth message until the publish's time is out.
+    #[tokio::test]
+    async fn a_lookup_cut_short_keeps_how_far_it_read() {
+        let (_client, jetstream, stream, prefix) =
+            test_stream_of("readto", RetentionPolicy::WorkQueue).await;
+        let template = format!("{prefix}.{{account}}.{{type}}");
+        let event = event(None, "order.succeeded");
+        let subject = subject(&template, &event);
+        let others: Vec<String> = (1..=20).map(|i| format!(":evt_other_{i}")).collect();
+        let sequences = publish_all(&jetstream, &subject, &others, &Bytes::new()).await;
+        let held_read = format!(r#"{{"seq":{},"next_by_subj":"{subject}"}}"#, sequences[9]);
+        let (port, held, release, _) = counting_relay(held_read).await;
+        let through = nats_destination_with(
+            &format!("nats://127.0.0.1:{port}"),
+            &stream,
+            &template,
+            &[("destination_timeout_ms", "3000")],
+        );
+        // The latest publish not known: the lookup reads to the end.
+        let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
+        let mut unconfirmed = Some(Unconfirmed {
+            since: long_ago,
+            latest: None,
+            read_to: None,
+        });
+        let publish = through.publish(&event, &mut unconfirmed);
+        let error = tokio::time::timeout(Duration::from_secs(120), publish)
+            .await
+            .expect("the publish ended")
+            .expect_err("the lookup was held until the publish's time ran out");
+        assert!(error.to_string().contains("did not acknowledge"), "{error}");
+        held.await.expect("the read of the tenth message was held");
+        let read = unconfirmed.expect("still unconfirmed");
+        assert_eq!(
+            read.read_to,
+            Some(kept_at(&jetstream, &stream, sequences[8]).await),
+            "the lookup read the first nine messages"
+        );
+        assert_eq!(read.since, long_ago);
+        release.send(()).unwrap();
+
+        let direct = nats_destination_with(&nats_url(), &stream, &template, TIMEOUT_5_S);
+        let publish = direct.publish(&event, &mut unconfirmed);
+        tokio::time::timeout(Duration::from_secs(60), publish)
+            .await
+            .expect("the publish ended")
+            .unwrap()
+            .expect("a receipt");
+        jetstream.delete_stream(&stream).await.unwrap();
+    }
+
+    /// A lookup reads from where an earlier one read to, not from `since`
+    /// again (a message kept before that was read then), on a stream of
+    /// limits and on a work queue alike; and a lookup that reads to the
+    /// subject's last message keeps that message's time.
+    #[tokio::test]
+    async fn a_lookup_reads_from_where_an_earlier_one_read_to() {
+        for retention in [RetentionPolicy::Limits, RetentionPolicy::WorkQueue] {
+            let (_client, jetstream, stream, prefix) = test_stream_of("from", retention).await;
+            let subject = format!("{prefix}.order_succeeded");
+            let since = Timestamp::now();
+            let first = publish_all(
+                &jetstream,
+                &subject,
+                &[":evt_read".to_owned()],
+                &Bytes::new(),
+            )
+            .await[0];
+            let first_at = kept_at(&jetstream, &stream, first).await;
+            // Others, until one is kept a millisecond later or more.
+            let mut n = 0;
+            let later = loop {
+                n += 1;
+                let sequence =
+                    publish_all(&jetstream, &subject, &[format!(":evt_n{n}")], &Bytes::new()).await
+                        [0];
+                let at = kept_at(&jetstream, &stream, sequence).await;
+                if at > first_at {
+                    break at;
+                }
+            };
+            let last = publish_all(
+                &jetstream,
+                &subject,
+                &[":evt_last".to_owned()],
+                &Bytes::new(),
+            )
+            .await[0];
+            let lookup = async |id: &str, read_to: Option<Timestamp>| {
+                let earlier = Unconfirmed {
+                    since,
+                    latest: None,
+                    read_to,
+                };
+                let read = ReadTo::new();
+                let found = find_kept(
+                    &jetstream,
+                    &stream,
+                    &subject,
+                    id,
+                    &earlier,
+                    Duration::from_secs(10),
+                    &read,
+                );
+                let found = tokio::time::timeout(Duration::from_secs(60), found)
+                    .await
+                    .expect("the lookup ended")
+                    .unwrap();
+                (found, read.get())
+            };
+            assert_eq!(
+                lookup(":evt_read", None).await.0,
+                Some(first),
+                "{retention:?}"
+            );
+            assert_eq!(
+                lookup(":evt_read", Some(later)).await.0,
+                None,
+                "{retention:?}: read before"
+            );
+            assert_eq!(
+                lookup(":evt_last", Some(later)).await.0,
+                Some(last),
+                "{retention:?}"
+            );
+            let (found, read) = lookup(":evt_absent", None).await;
+            assert_eq!(found, None, "{retention:?}");
+            assert_eq!(
+                read,
+                Some(kept_at(&jetstream, &stream, last).await),
+                "{retention:?}: read to the last message"
+            );
+            jetstream.delete_stream(&stream).await.unwrap();
+        }
+    }
+
     /// A publish after one whose outcome is not known, older than the
     /// duplicate window, looks for it first; a lookup that finds none
     /// moves the earlier publishes' start to when it began, so that the
@@ -3453,6 +3672,7 @@ mod tests {
         let mut unconfirmed = Some(Unconfirmed {
             since: long_ago,
             latest: Some(long_ago),
+            read_to: None,
         });
         let before = Timestamp::now();
         let publish = destination.publish(&event, &mut unconfirmed);

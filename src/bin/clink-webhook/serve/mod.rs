@@ -298,8 +298,13 @@ impl Relay {
                 } else {
                     unconfirmed.map(|earlier| earlier.since)
                 };
+                // How far a lookup read stays true whatever was published
+                // after it: a message kept later is kept at a later time.
+                let read_to = unconfirmed
+                    .and_then(|earlier| earlier.read_to)
+                    .map_or(String::new(), |to| format!("{READ_TO}{to}"));
                 let error = match since {
-                    Some(since) => format!("{UNCONFIRMED}{since}) {error}"),
+                    Some(since) => format!("{UNCONFIRMED}{since}{read_to}) {error}"),
                     None => format!("{NONE_KEPT} {error}"),
                 };
                 Err(for_the_workers(error.into(), permanent))
@@ -333,6 +338,11 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// time the earliest such publish began, and `)`.
 const UNCONFIRMED: &str = "(unconfirmed publish since ";
 
+/// Follows the time in [`UNCONFIRMED`] when a lookup for the event read
+/// part of the stream and found none there: the time, on the servers'
+/// clock, it read to (see [`Unconfirmed::read_to`]).
+const READ_TO: &str = "; none kept to ";
+
 /// Starts the error of a failed NATS publish when no publish of the event
 /// can be in the stream.
 const NONE_KEPT: &str = "(nothing published)";
@@ -352,6 +362,8 @@ const NONE_KEPT: &str = "(nothing published)";
 ///   have published (the one whose error says so counts, though its
 ///   publish may not have been sent); `None` when no kept attempt says,
 ///   and the lookup then reads to the stream's end.
+/// - **How far a lookup read**, as the newest error that says since when
+///   says it (see [`READ_TO`]).
 fn unconfirmed_since(
     history: &[clink_webhooks::store::InboxAttemptRecord], received_at: Timestamp, attempt: u32,
 ) -> Option<Unconfirmed> {
@@ -367,13 +379,12 @@ fn unconfirmed_since(
     let said = |record: &clink_webhooks::store::InboxAttemptRecord| {
         let error = record.outcome.error()?;
         if let Some((_, rest)) = error.split_once(UNCONFIRMED) {
-            let since = rest
-                .split_once(')')
-                .and_then(|(since, _)| since.parse::<Timestamp>().ok())
-                .unwrap_or(received_at);
+            let said = rest.split_once(')').map_or("", |(said, _)| said);
+            let (since, read_to) = said.split_once(READ_TO).unwrap_or((said, ""));
             return Some(Some(Unconfirmed {
-                since,
+                since: since.parse::<Timestamp>().unwrap_or(received_at),
                 latest: Some(record.started_at),
+                read_to: read_to.parse::<Timestamp>().ok(),
             }));
         }
         error.contains(NONE_KEPT).then_some(None)
@@ -388,6 +399,7 @@ fn unconfirmed_since(
             let since_arrival = (!whole).then_some(Unconfirmed {
                 since: received_at,
                 latest: None,
+                read_to: None,
             });
             (since_arrival, records)
         }
@@ -398,10 +410,12 @@ fn unconfirmed_since(
             None => Unconfirmed {
                 since: started,
                 latest: Some(started),
+                read_to: None,
             },
             Some(earlier) => Unconfirmed {
                 since: earlier.since.min(started),
                 latest: Some(earlier.latest.map_or(started, |latest| latest.max(started))),
+                read_to: earlier.read_to,
             },
         });
     }
@@ -1457,6 +1471,42 @@ mod tests {
                 )
             });
             assert_eq!(unconfirmed, expected, "{history:?}");
+        }
+
+        // How far a lookup read, as the newest error that says since when
+        // says it, carried through the attempts after it.
+        let read = format!(
+            "{UNCONFIRMED}{}{READ_TO}{}) nats://h: did not acknowledge",
+            at(2_000),
+            at(7_000)
+        );
+        let unreadable_read = format!(
+            "{UNCONFIRMED}{}{READ_TO}later) nats://h: did not acknowledge",
+            at(2_000)
+        );
+        for (history, expected) in [
+            (vec![failed(1, 3_000, &read)], Some(7_000)),
+            (
+                vec![
+                    failed(1, 3_000, &read),
+                    other(2, 8_000, InboxAttemptOutcome::LeaseExpired),
+                ],
+                Some(7_000),
+            ),
+            (
+                vec![failed(1, 3_000, &read), failed(2, 4_000, &marked)],
+                None,
+            ),
+            (vec![failed(1, 3_000, &marked)], None),
+            (vec![failed(1, 3_000, &unreadable_read)], None),
+        ] {
+            let unconfirmed = unconfirmed_since(&history, arrived, 3).expect("unconfirmed");
+            assert_eq!(unconfirmed.since, at(2_000), "{history:?}");
+            assert_eq!(
+                unconfirmed.read_to.map(Timestamp::as_millis),
+                expected,
+                "{history:?}"
+            );
         }
     }
 
