@@ -1,6 +1,7 @@
 //! Steps 6 and 8: claim the event id before the handler runs, and settle
 //! the claim after it (complete on success, release otherwise), even when
-//! the delivery is dropped half-way.
+//! the delivery is dropped half-way, or while the store has not answered
+//! the claim (a claim it makes later is released in the background).
 //!
 //! A completion the store could not take (unreachable, or no answer in
 //! time) is tried again in the background until the lease ends: the claim
@@ -114,12 +115,7 @@ pub(super) async fn claim<'a>(
             memory.claim_at(&checked, config.settings.lease, now)
         }),
         None => {
-            let call = async {
-                config
-                    .store
-                    .claim(key.as_str(), config.settings.lease)
-                    .await
-            };
+            let call = ClaimCall::new(config, key.as_str());
             timed(config.settings.store_timeout, call).await
         }
     };
@@ -154,6 +150,94 @@ pub(super) async fn claim<'a>(
             config.outages.store.failed(&error);
             Err(Outcome::StoreUnavailable(error.kind()))
         }
+    }
+}
+
+/// A networked store's claim call. Dropped unanswered (the store did not
+/// answer within `store_timeout`, or the delivery was dropped), it goes on
+/// in the background, and a claim it makes is released there: otherwise
+/// it would hold the event until its lease ends, and Clink's retries would
+/// be told it is in flight (`409`) all that time, though nothing runs it.
+struct ClaimCall {
+    /// The call, until it answers.
+    call: Option<crate::BoxFuture<'static, Result<Claim, StoreError>>>,
+    store: Arc<dyn IdempotencyStore>,
+    key: Arc<str>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
+}
+
+impl ClaimCall {
+    fn new(config: &Config, key: &str) -> Self {
+        let store = Arc::clone(&config.store);
+        let key: Arc<str> = Arc::from(key);
+        let lease = config.settings.lease;
+        let call = {
+            let (store, key) = (Arc::clone(&store), Arc::clone(&key));
+            Box::pin(async move { store.claim(&key, lease).await })
+        };
+        Self {
+            call: Some(call),
+            store,
+            key,
+            timeout: config.settings.store_timeout,
+            metrics: Arc::clone(&config.metrics),
+            outage: Arc::clone(&config.outages.store),
+        }
+    }
+}
+
+impl Future for ClaimCall {
+    type Output = Result<Claim, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        // A call that panics is not polled again, here or in the background.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(ready) => {
+                self.call = None;
+                ready
+            }
+            Err(panic) => {
+                self.call = None;
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+impl Drop for ClaimCall {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, timeout) = (Arc::clone(&self.store), Arc::clone(&self.key), self.timeout);
+        let (metrics, outage) = (Arc::clone(&self.metrics), Arc::clone(&self.outage));
+        settle_in_background(&runtime, async move {
+            // As long again for its answer as the delivery waited.
+            let Ok(Claim::Claimed(token)) = timed(timeout, call).await else {
+                return;
+            };
+            tracing::debug!(
+                key = ?&*key,
+                "clink claim answered after the delivery stopped waiting for it: released"
+            );
+            let released = logged(timed(timeout, store.release(&key, &token)).await, &outage);
+            if !released {
+                metrics.settle_failed();
+            }
+        });
     }
 }
 
@@ -958,6 +1042,87 @@ mod tests {
         assert_eq!(asked(&store, start), [0, 50, 150, 350]);
         assert_eq!(layer.metrics().settle_errors(), 0);
         assert_eq!(layer.metrics().lease_lost(), 0);
+    }
+
+    /// A memory store whose claims wait until `open` is notified, and
+    /// that notifies `released` when a release is applied.
+    struct GatedClaims {
+        inner: MemoryStore,
+        open: tokio::sync::Notify,
+        released: tokio::sync::Notify,
+    }
+
+    impl IdempotencyStore for GatedClaims {
+        fn claim<'a>(
+            &'a self, key: &'a str, lease: Duration,
+        ) -> crate::BoxFuture<'a, Result<Claim, StoreError>> {
+            Box::pin(async move {
+                self.open.notified().await;
+                self.inner.claim(key, lease).await
+            })
+        }
+
+        fn complete<'a>(
+            &'a self, key: &'a str, token: &'a LeaseToken, retention: Duration,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            self.inner.complete(key, token, retention)
+        }
+
+        fn release<'a>(
+            &'a self, key: &'a str, token: &'a LeaseToken,
+        ) -> crate::BoxFuture<'a, Result<Settle, StoreError>> {
+            Box::pin(async move {
+                let released = self.inner.release(key, token).await;
+                if matches!(released, Ok(Settle::Applied)) {
+                    self.released.notify_one();
+                }
+                released
+            })
+        }
+    }
+
+    /// A claim the store makes after the delivery stopped waiting for it
+    /// (its `store_timeout` passed; a dropped delivery likewise) is
+    /// released in the background: Clink's retry claims the event at once,
+    /// where it was told `409` until the lease ended, though nothing ran it.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_that_lands_after_the_delivery_stopped_waiting_is_released() {
+        let store = Arc::new(GatedClaims {
+            inner: MemoryStore::new(),
+            open: tokio::sync::Notify::new(),
+            released: tokio::sync::Notify::new(),
+        });
+        let (_, _, verified) = scripted(&[]);
+        let layer = crate::ClinkLayer::new(crate::Verifier::new("whsec_test").unwrap())
+            .store(Arc::clone(&store))
+            .lease(LEASE)
+            .unwrap()
+            .store_timeout(Duration::from_millis(100))
+            .unwrap();
+        let config = &layer.config;
+        let key = key_of(config, &verified);
+        let waited = claim(config, &verified, Instant::now()).await;
+        assert!(
+            matches!(
+                waited,
+                Err(Outcome::StoreUnavailable(StoreErrorKind::Timeout))
+            ),
+            "the claim is not answered within store_timeout"
+        );
+        // The store makes the claim now.
+        store.open.notify_one();
+        tokio::time::timeout(LEASE / 2, store.released.notified())
+            .await
+            .expect("the claim made after the delivery stopped waiting was released");
+        assert!(matches!(
+            store
+                .inner
+                .claim(key.as_str(), DEFAULT_LEASE)
+                .await
+                .unwrap(),
+            Claim::Claimed(_)
+        ));
+        assert_eq!(layer.metrics().settle_errors(), 0);
     }
 
     /// Claims `verified`, starts settling it as handled, and drops the

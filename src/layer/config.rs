@@ -511,7 +511,10 @@ impl ClinkLayer {
     }
 
     /// How long the layer waits for any one store call (default
-    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`. A
+    /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`;
+    /// the call goes on in the background as long again, and a claim it
+    /// makes then is released, so that Clink's retry is not told the event
+    /// is in flight until the lease ends. A
     /// completion that times out or fails on the way is tried again in the
     /// background until the lease ends, and logged; a release that does is
     /// logged, and the lease frees the claim.
