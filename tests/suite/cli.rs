@@ -463,12 +463,8 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
 
 #[test]
 fn an_unreachable_receiver_is_an_io_error() {
-    // A port that was just free: nothing listens on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port held where nothing listens.
+    let (_held, port) = crate::support::loopback::refusing_port();
     let url = format!("http://127.0.0.1:{port}/webhooks/clink");
     let sent = cli(&["send", "order.succeeded", "--to", &url]);
     assert_eq!(sent.code, Some(2), "{sent:?}");

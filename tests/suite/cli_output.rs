@@ -520,11 +520,7 @@ fn other_errors_are_json_with_their_codes() {
     assert_eq!(invalid.json_error()["error"], "invalid_signature");
 
     // Nobody listening: the deliveries and summary on stdout, the error on stderr, exit 2.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_held, port) = crate::support::loopback::refusing_port();
     let to = format!("http://127.0.0.1:{port}/webhooks/clink");
     let unreachable = cli(&["--json", "send", "order.succeeded", "--to", &to]);
     assert_eq!(unreachable.code, Some(2), "{unreachable:?}");

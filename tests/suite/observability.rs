@@ -205,9 +205,7 @@ async fn postgres_readiness_follows_the_server() {
     up.readiness().check().await.unwrap();
 
     // The same database on a port where nothing listens.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let (_held, port) = crate::support::loopback::refusing_port();
     let mut down = config;
     down.port(port);
     let down = ClinkLayer::new(Verifier::new(KEY).unwrap())

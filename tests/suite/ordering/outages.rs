@@ -178,9 +178,7 @@ async fn a_freshness_store_that_never_answers_a_read_is_unavailable() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_postgres_freshness_store_that_is_down_is_a_503() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let (_held, port) = crate::support::loopback::refusing_port();
     let mut config = tokio_postgres::Config::new();
     config.host("127.0.0.1").port(port).user("postgres");
     let pool = crate::support::stores::pg_pool_for(config);

@@ -258,3 +258,21 @@ fn response_complete(buf: &[u8]) -> bool {
         .and_then(|(_, value)| value.trim().parse::<usize>().ok())
         .is_some_and(|length| body.len() >= length)
 }
+
+/// A loopback port where nothing listens, kept for as long as the socket
+/// returned lives: bound but never listening, so a connection to it is
+/// refused, and no other test or process can take the port meanwhile (as
+/// one that was free a moment ago can be).
+pub(crate) fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
+#[test]
+fn a_refusing_port_refuses() {
+    let (_held, port) = refusing_port();
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
