@@ -365,7 +365,7 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
         "errors-succeeded",
         fixture(&EventType::OrderSucceeded).as_bytes(),
     );
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &[
                 "send",
@@ -408,6 +408,18 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
             &["sign", "--secret", "env:a+b/c=", "--body-file", file.path()],
             "--secret env:NAME: NAME is not an environment variable's name",
         ),
+        // A secret of another shape that can be a variable's name: read,
+        // not repeated.
+        (
+            &[
+                "sign",
+                "--secret",
+                "env:Kq8dZ2mVx7Tn4Rw9",
+                "--body-file",
+                file.path(),
+            ],
+            "--secret env:NAME (a name with lower-case letters, not repeated",
+        ),
         (
             &[
                 "send",
@@ -437,7 +449,9 @@ fn usage_and_io_errors_exit_2_with_a_clear_message() {
         assert_eq!(refused.code, Some(2), "{args:?}: {refused:?}");
         assert!(refused.stderr.contains(message), "{args:?}: {refused:?}");
         assert!(
-            !refused.stderr.contains("MfKQ9r8GKYqrTwjUPD8I") && !refused.stderr.contains("a+b/c="),
+            !refused.stderr.contains("MfKQ9r8GKYqrTwjUPD8I")
+                && !refused.stderr.contains("a+b/c=")
+                && !refused.stderr.contains("Kq8dZ2mVx7Tn4Rw9"),
             "{args:?}: {refused:?}"
         );
     }

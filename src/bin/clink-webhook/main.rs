@@ -142,8 +142,8 @@ impl std::fmt::Debug for KeyArgs {
             .secret
             .as_deref()
             .map(|given| match given.strip_prefix("env:") {
-                Some(_) => given,
-                None => "[redacted]",
+                Some(name) if is_conventional_name(name) => given,
+                _ => "[redacted]",
             });
         f.debug_struct("KeyArgs").field("secret", &secret).finish()
     }
@@ -175,8 +175,19 @@ impl KeyArgs {
                          env:)",
                     ));
                 }
-                Some(name) => {
+                // A name as variables are named (upper case, digits and
+                // _) is repeated; another, which may be a secret of another
+                // shape, is read but not repeated.
+                Some(name) if is_conventional_name(name) => {
                     let source = format!("--secret env:{name}");
+                    let value = read(&source, name)?;
+                    (source, value)
+                }
+                Some(name) => {
+                    let source =
+                        "--secret env:NAME (a name with lower-case letters, not repeated: \
+                                  it may be a secret put after env: by mistake)"
+                            .to_owned();
                     let value = read(&source, name)?;
                     (source, value)
                 }
@@ -440,6 +451,13 @@ const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk
 /// Whether `name` can be an environment variable's name (a letter or `_`,
 /// then letters, digits and `_`) and does not look like a key (one starts
 /// with a lowercase prefix, `whsec_`: `WHSEC_PROD` is a name).
+/// Whether `name` is named as environment variables conventionally are:
+/// upper-case letters, digits and `_`.
+fn is_conventional_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
