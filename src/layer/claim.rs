@@ -158,6 +158,8 @@ pub(super) async fn claim<'a>(
 /// in the background, and a claim it makes is released there: otherwise
 /// it would hold the event until its lease ends, and Clink's retries would
 /// be told it is in flight (`409`) all that time, though nothing runs it.
+/// A store that answers an error of its own (its call timeout) has ended
+/// the call: what its server does after that is the store's.
 struct ClaimCall {
     /// The call, until it answers.
     call: Option<crate::BoxFuture<'static, Result<Claim, StoreError>>>,

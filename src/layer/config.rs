@@ -514,7 +514,11 @@ impl ClinkLayer {
     /// [`DEFAULT_STORE_TIMEOUT`]). A claim that times out answers `503`;
     /// the call goes on in the background as long again, and a claim it
     /// makes then is released, so that Clink's retry is not told the event
-    /// is in flight until the lease ends. A
+    /// is in flight until the lease ends. (A store that gives up first, on
+    /// its own call timeout, answers an error: the Redis and PostgreSQL
+    /// stores' 1 s by default. A claim its server makes after that holds
+    /// the event until the lease ends, and the retries meanwhile are
+    /// answered `409`.) A
     /// completion that times out or fails on the way is tried again in the
     /// background until the lease ends, and logged; a release that does is
     /// logged, and the lease frees the claim.

@@ -448,9 +448,6 @@ const KEY_VARIABLES: &[&str] = &[
 /// colours it, say).
 const KEY_PREFIXES: &[&str] = &["whsec_", "sk_test_", "sk_uat_", "sk_prod_", "sk_live_"];
 
-/// Whether `name` can be an environment variable's name (a letter or `_`,
-/// then letters, digits and `_`) and does not look like a key (one starts
-/// with a lowercase prefix, `whsec_`: `WHSEC_PROD` is a name).
 /// Whether `name` is named as environment variables conventionally are:
 /// upper-case letters, digits and `_`.
 fn is_conventional_name(name: &str) -> bool {
@@ -458,6 +455,9 @@ fn is_conventional_name(name: &str) -> bool {
         .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Whether `name` can be an environment variable's name (a letter or `_`,
+/// then letters, digits and `_`) and does not look like a key (one starts
+/// with a lowercase prefix, `whsec_`: `WHSEC_PROD` is a name).
 fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars

@@ -190,14 +190,16 @@ struct Streams {
     template: String,
     /// How long an event's marker keeps it from being added twice, from
     /// the last run of [`XADD_ONCE`] that added or found it:
-    /// `redis_dedup_hours` and the inbox's purge period.
+    /// `redis_dedup_hours` and two of the inbox's purge periods.
     dedup: Duration,
     script: redis::Script,
     /// How many replicas must have an entry before its event counts as
     /// published (`WAIT`), and how long to wait for them.
     wait: Option<(u64, Duration)>,
     /// The largest body the server takes (see [`read_body_limit`]), as
-    /// last read from it; Redis's default until one is read.
+    /// last read from it; Redis's default until one is read. Only a hint:
+    /// a larger body is refused only once the server's limit, read again
+    /// then, says so.
     largest: AtomicUsize,
     /// The largest body the gateway takes (`body_limit_bytes`).
     body_limit: usize,
@@ -278,10 +280,21 @@ pub(crate) async fn stream_entries_then_delete(url: &str, stream: &str, event: &
 
 impl Streams {
     /// Refuses `event` for good when its body is larger than the server
-    /// takes (see [`read_body_limit`]): the server would refuse it however
-    /// often it is sent.
-    fn fits(&self, event: &NewEvent, name: &str) -> Result<(), BoxError> {
-        let largest = self.largest.load(Ordering::Relaxed);
+    /// on `connection` takes (see [`read_body_limit`]): the server would
+    /// refuse it however often it is sent. A body over the limit last read
+    /// has the limit read again (it may have been raised since), and is
+    /// refused only when the server says so now; one that cannot be read
+    /// now lets the body go to the server, which decides.
+    async fn fits<C: redis::aio::ConnectionLike + Send>(
+        &self, connection: &mut C, event: &NewEvent, name: &str,
+    ) -> Result<(), BoxError> {
+        if event.body.len() <= self.largest.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(largest) = read_body_limit(connection).await else {
+            return Ok(());
+        };
+        self.largest.store(largest, Ordering::Relaxed);
         if event.body.len() > largest {
             return Err(EventRefused::permanent(format!(
                 "{name}: the event's body is {} bytes, more than the {largest} the server takes \
@@ -498,9 +511,9 @@ pub(crate) struct Unconfirmed {
     /// reads to the stream's end.
     pub(crate) latest: Option<Timestamp>,
     /// How far an unfinished lookup read (see [`ReadTo`]), on the servers'
-    /// clock: the next one reads from there, not from `since` again, so
-    /// that lookups cut short by the destination's timeout (a long backlog
-    /// on the subject) still come to an end.
+    /// clock: the next one reads from a minute before there, not from
+    /// `since` again, so that lookups cut short by the destination's
+    /// timeout (a long backlog on the subject) still come to an end.
     pub(crate) read_to: Option<Timestamp>,
 }
 
@@ -1179,24 +1192,20 @@ impl Destination {
         for warning in what_redis_may_lose(persistence.as_deref(), memory.as_deref()) {
             eprintln!("gateway: {}: warning: {warning}", self.name);
         }
+        // Where the limit cannot be read, the server decides body by body.
         if let Some(largest) = limit {
             stream.largest.store(largest, Ordering::Relaxed);
-        }
-        let largest = stream.largest.load(Ordering::Relaxed);
-        if largest < stream.body_limit {
-            eprintln!(
-                "gateway: {}: warning: the server takes bodies of at most {largest} bytes ({}), \
-                 less than body_limit_bytes ({}): a body that does not fit is kept in the inbox \
-                 as dead at once, never published; raise the server's proto-max-bulk-len (and \
-                 client-query-buffer-limit), or lower body_limit_bytes to {largest}",
-                self.name,
-                if limit.is_some() {
-                    "its proto-max-bulk-len, or client-query-buffer-limit less room for the rest"
-                } else {
-                    "Redis's default proto-max-bulk-len; the server's own could not be read"
-                },
-                stream.body_limit
-            );
+            if largest < stream.body_limit {
+                eprintln!(
+                    "gateway: {}: warning: the server takes bodies of at most {largest} bytes (its \
+                     proto-max-bulk-len, or client-query-buffer-limit less room for the rest), \
+                     less than body_limit_bytes ({}): a body that does not fit is kept in the \
+                     inbox as dead at once, never published; raise the server's \
+                     proto-max-bulk-len (and client-query-buffer-limit), or lower \
+                     body_limit_bytes to {largest}",
+                    self.name, stream.body_limit
+                );
+            }
         }
         if cluster.is_some_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1")) {
             return Err(format!(
@@ -1491,15 +1500,21 @@ impl Destination {
                         .set_number_of_retries(1);
                     client.get_connection_manager_with_config(config).await
                 };
-                self.add_on(connection, connect, stream, event).await
+                self.add_on(connection, connect, stream, event, true).await
             }
             Kind::RedisCluster {
                 client,
                 stream,
                 connection,
             } => {
-                self.add_on(connection, client.get_async_connection(), stream, event)
-                    .await
+                self.add_on(
+                    connection,
+                    client.get_async_connection(),
+                    stream,
+                    event,
+                    false,
+                )
+                .await
             }
         }
     }
@@ -1507,11 +1522,13 @@ impl Destination {
     /// Adds `event` to `stream` on a connection of `links`, made with
     /// `connect` when there is none or it is stale; a publish that fails or
     /// is dropped unfinished leaves the connection stale, and the next one
-    /// connects anew. With `redis_wait_replicas`, the publish has its
+    /// connects anew. With `read_limit` (a single server), a body larger
+    /// than the server takes is refused for good (see [`Streams::fits`]).
+    /// With `redis_wait_replicas`, the publish has its
     /// connection to itself until it ends (see [`Links`]).
     async fn add_on<C>(
         &self, links: &Links<C>, connect: impl std::future::Future<Output = redis::RedisResult<C>>,
-        stream: &Streams, event: &NewEvent,
+        stream: &Streams, event: &NewEvent, read_limit: bool,
     ) -> Result<Option<String>, BoxError>
     where
         C: redis::aio::ConnectionLike + Clone + Send,
@@ -1525,10 +1542,13 @@ impl Destination {
                 let mut connection = connect
                     .await
                     .map_err(|e| format!("{}: cannot connect: {}", self.name, e.kind_text()))?;
-                // The server's limit, read again with each new connection:
-                // it may have been restarted with another.
-                if let Some(largest) = read_body_limit(&mut connection).await {
-                    stream.largest.store(largest, Ordering::Relaxed);
+                // The server's limit, read again with each new connection
+                // to a single server (a cluster's nodes are not asked:
+                // each may have its own).
+                if read_limit {
+                    if let Some(largest) = read_body_limit(&mut connection).await {
+                        stream.largest.store(largest, Ordering::Relaxed);
+                    }
                 }
                 held.insert(Staling::new(connection)).clone()
             }
@@ -1537,8 +1557,10 @@ impl Destination {
             // Shared: other publishes go on it at the same time.
             drop(held);
         }
-        // Refused before anything is sent: the connection stays as good.
-        stream.fits(event, &self.name)?;
+        // Refused before the event is sent: the connection stays as good.
+        if read_limit {
+            stream.fits(&mut link.connection, event, &self.name).await?;
+        }
         let unfinished = StaleUnlessFinished(Some(&link.stale));
         let added = stream.add(&mut link.connection, event, &self.name).await;
         if added.is_ok() {
@@ -2026,7 +2048,7 @@ fn lookup_config(
 }
 
 /// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
-/// messages on `subject` kept since a minute before `since`, or from where
+/// messages on `subject` kept since a minute before `since`, or before where
 /// an earlier lookup read to when that is later: its sequence, if there. A
 /// message kept after the lookup began is looked at only when it is the
 /// one. How far it reads is kept in `read_to` as it goes.
@@ -2046,14 +2068,15 @@ async fn find_kept(
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::RetentionPolicy;
     let margin = i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap_or(i64::MAX);
-    // On the servers' clock already: no margin. From that time on, since
-    // messages kept in the same millisecond may not all have been read.
+    // From a minute before where an earlier lookup read to, as before
+    // `since`: the server that keeps the stream may change (a new leader)
+    // for one whose clock is behind, within the minute the README allows.
     let start = server_time(
         earlier
             .since
             .as_millis()
-            .saturating_sub(margin)
-            .max(earlier.read_to.map_or(i64::MIN, Timestamp::as_millis)),
+            .max(earlier.read_to.map_or(i64::MIN, Timestamp::as_millis))
+            .saturating_sub(margin),
     );
     let end = earlier.latest.map(|latest| {
         let late = i64::try_from((2 * timeout + LATE_ARRIVAL).as_millis()).unwrap_or(i64::MAX);
@@ -2353,10 +2376,10 @@ impl Streams {
         Self {
             template: config.redis_stream.clone(),
             // The inbox purges hourly: a done event can outlive its
-            // retention by that much, and a forced replay of it then must
-            // still find its marker (redis_dedup_hours is at least the
-            // retention).
-            dedup: config.redis_dedup + super::PURGE_PERIOD,
+            // retention by that much, or twice (a purge that failed, or
+            // ran long), and a forced replay of it then must still find
+            // its marker (redis_dedup_hours is at least the retention).
+            dedup: config.redis_dedup + 2 * super::PURGE_PERIOD,
             script: redis::Script::new(XADD_ONCE),
             // A third of the publish's time: a server that lacks the
             // script runs the pipeline's WAIT all the same, and the
@@ -3536,7 +3559,7 @@ mod tests {
             &format!("nats://127.0.0.1:{port}"),
             &stream,
             &template,
-            &[("destination_timeout_ms", "3000")],
+            &[("destination_timeout_ms", "10000")],
         );
         // The latest publish not known: the lookup reads to the end.
         let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
@@ -3551,7 +3574,10 @@ mod tests {
             .expect("the publish ended")
             .expect_err("the lookup was held until the publish's time ran out");
         assert!(error.to_string().contains("did not acknowledge"), "{error}");
-        held.await.expect("the read of the tenth message was held");
+        tokio::time::timeout(Duration::from_secs(120), held)
+            .await
+            .expect("the lookup came to the tenth message within its time")
+            .expect("the read of the tenth message was held");
         let read = unconfirmed.expect("still unconfirmed");
         assert_eq!(
             read.read_to,
@@ -3571,7 +3597,8 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
-    /// A lookup reads from where an earlier one read to, not from `since`
+    /// A lookup reads from a minute before where an earlier one read to
+    /// (the minute the servers' clocks may differ by), not from `since`
     /// again (a message kept before that was read then), on a stream of
     /// limits and on a work queue alike; and a lookup that reads to the
     /// subject's last message keeps that message's time.
@@ -3635,13 +3662,17 @@ mod tests {
                 Some(first),
                 "{retention:?}"
             );
+            // Read to a minute after `later`: read from `later` on.
+            let read_to = Timestamp::from_millis(
+                later.as_millis() + i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap(),
+            );
             assert_eq!(
-                lookup(":evt_read", Some(later)).await.0,
+                lookup(":evt_read", Some(read_to)).await.0,
                 None,
                 "{retention:?}: read before"
             );
             assert_eq!(
-                lookup(":evt_last", Some(later)).await.0,
+                lookup(":evt_last", Some(read_to)).await.0,
                 Some(last),
                 "{retention:?}"
             );
@@ -4142,9 +4173,10 @@ mod tests {
     /// A publish that finds the event's marker (a retry, or a replay, which
     /// keeps the event in the inbox for another retention from then) adds
     /// nothing and sets the marker's expiry again to the whole
-    /// `redis_dedup_hours` and the inbox's purge period (a done event can
-    /// outlive its retention by that period, and `redis_dedup_hours` may
-    /// equal the retention): here the marker is left a minute, as if nearly
+    /// `redis_dedup_hours` and two of the inbox's purge periods (a done
+    /// event can outlive its retention by a period, or two when a purge
+    /// fails or runs long, and `redis_dedup_hours` may equal the
+    /// retention): here the marker is left a minute, as if nearly
     /// all of that time had passed since the `XADD`, and the publish gives
     /// it back the whole time.
     #[tokio::test]
@@ -4167,7 +4199,8 @@ mod tests {
             .unwrap();
         let marker = xadd_marker(&stream, &event);
         let dedup =
-            i64::try_from((config.redis_dedup + super::super::PURGE_PERIOD).as_millis()).unwrap();
+            i64::try_from((config.redis_dedup + 2 * super::super::PURGE_PERIOD).as_millis())
+                .unwrap();
         let left = |redis: &mut redis::aio::MultiplexedConnection| {
             let mut redis = redis.clone();
             let marker = marker.clone();
@@ -4362,6 +4395,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(entries, 1);
+
+        // The limit raised while the gateway runs, on the connection it
+        // keeps: the large body is read against the new one, and added.
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("proto-max-bulk-len")
+            .arg("2mb")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let mut raised = large.clone();
+        raised.event_id = "evt_bulk_raised".to_owned();
+        destination
+            .publish(&raised, &mut None)
+            .await
+            .unwrap_or_else(|e| panic!("the body under the raised limit: {e}"));
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(entries, 2);
     }
 
     /// With `redis_wait_replicas`, publishes that run at once wait for the

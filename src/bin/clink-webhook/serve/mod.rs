@@ -87,7 +87,7 @@ with `inbox purge --dead`: below 48 h the gateway
 warns at start, for Clink retries a delivery for about a day, and a retry of
 one whose answer was lost, coming after its event was purged, is relayed
 again. With a redis:// destination, redis_dedup_hours (how long an event's
-marker keeps it from being added twice, an hour more for the purge) must be at least
+marker keeps it from being added twice, two hours more for the purge) must be at least
 inbox_retention_hours.
 
 Routes: POST serve_path (with accounts_file: serve_path/ACCOUNT), GET /health
