@@ -207,8 +207,8 @@ struct Streams {
 
 /// The largest body the Redis server on `connection` takes in the script
 /// that adds an event: its `proto-max-bulk-len` (the largest argument),
-/// and its `client-query-buffer-limit` (the whole command) less room for
-/// the other arguments. A larger one is refused by the server, and would be
+/// or its `client-query-buffer-limit` when lower (what a client's buffer
+/// holds while a large argument comes). A larger one is refused by the server, and would be
 /// refused however often it is sent. `None` when the server does not say
 /// (`CONFIG` is in Redis's `@admin` category, which a user of least
 /// privilege may not run).
@@ -232,7 +232,7 @@ async fn read_body_limit<C: redis::aio::ConnectionLike + Send>(
     };
     let bulk = read(&bulk, "proto-max-bulk-len")?;
     Some(match read(&buffer, "client-query-buffer-limit") {
-        Some(buffer) => bulk.min(buffer.saturating_sub(REDIS_ARGUMENTS_ROOM)),
+        Some(buffer) => bulk.min(buffer),
         None => bulk,
     })
 }
@@ -298,7 +298,7 @@ impl Streams {
         if event.body.len() > largest {
             return Err(EventRefused::permanent(format!(
                 "{name}: the event's body is {} bytes, more than the {largest} the server takes \
-                 (its proto-max-bulk-len, or client-query-buffer-limit less room for the rest)",
+                 (its proto-max-bulk-len, or client-query-buffer-limit when lower)",
                 event.body.len()
             ))
             .into());
@@ -479,11 +479,6 @@ const NATS_HEADER_ROOM: usize = 1024;
 /// the script that adds it.
 const REDIS_BULK_DEFAULT: usize = 512 * 1024 * 1024;
 
-/// Room in a Redis server's buffer for one client's command
-/// (`client-query-buffer-limit`) for the script's arguments beside the
-/// body, at most.
-const REDIS_ARGUMENTS_ROOM: usize = 64 * 1024;
-
 /// How long before the duplicate window ends, beyond the destination's
 /// timeout, a publish repeated after an unknown outcome looks for the
 /// earlier one first: a minute, since the earlier publish's start was
@@ -513,7 +508,8 @@ pub(crate) struct Unconfirmed {
     /// How far an unfinished lookup read (see [`ReadTo`]), on the servers'
     /// clock: the next one reads from a minute before there, not from
     /// `since` again, so that lookups cut short by the destination's
-    /// timeout (a long backlog on the subject) still come to an end.
+    /// timeout (a long backlog on the subject) still come to an end, as
+    /// long as one reads more than a minute of the subject's messages.
     pub(crate) read_to: Option<Timestamp>,
 }
 
@@ -1198,7 +1194,7 @@ impl Destination {
             if largest < stream.body_limit {
                 eprintln!(
                     "gateway: {}: warning: the server takes bodies of at most {largest} bytes (its \
-                     proto-max-bulk-len, or client-query-buffer-limit less room for the rest), \
+                     proto-max-bulk-len, or client-query-buffer-limit when lower), \
                      less than body_limit_bytes ({}): a body that does not fit is kept in the \
                      inbox as dead at once, never published; raise the server's \
                      proto-max-bulk-len (and client-query-buffer-limit), or lower \
@@ -1557,11 +1553,15 @@ impl Destination {
             // Shared: other publishes go on it at the same time.
             drop(held);
         }
-        // Refused before the event is sent: the connection stays as good.
-        if read_limit {
-            stream.fits(&mut link.connection, event, &self.name).await?;
-        }
         let unfinished = StaleUnlessFinished(Some(&link.stale));
+        if read_limit {
+            if let Err(refused) = stream.fits(&mut link.connection, event, &self.name).await {
+                // Refused before the event is sent, on the server's
+                // answer: the connection stays as good.
+                unfinished.finished();
+                return Err(refused);
+            }
+        }
         let added = stream.add(&mut link.connection, event, &self.name).await;
         if added.is_ok() {
             unfinished.finished();
@@ -3540,10 +3540,11 @@ mod tests {
 
     /// A lookup cut short by the destination's timeout (a long backlog on
     /// the subject, read one message a request on a work queue) keeps how
-    /// far it read, and the next one reads from there: lookups that each
-    /// get only part of the way still come to an end, where each read from
-    /// the start again and the event ended dead. Here the relay holds the
-    /// lookup's read of the tenth message until the publish's time is out.
+    /// far it read, for the next one to read from a minute before there
+    /// (see `a_lookup_reads_from_where_an_earlier_one_read_to`), where each
+    /// read from the start again and the event ended dead. Here the relay
+    /// holds the lookup's read of the tenth message until the publish's
+    /// time is out.
     #[tokio::test]
     async fn a_lookup_cut_short_keeps_how_far_it_read() {
         let (_client, jetstream, stream, prefix) =
@@ -4346,18 +4347,27 @@ mod tests {
         let destination =
             Destination::new(&config, Signers::Verifying(AccountKeys::default())).unwrap();
         let now = Timestamp::now();
-        let large = NewEvent::new(
-            None,
-            "evt_bulk_large".to_owned(),
-            "order.succeeded".to_owned(),
-            None,
-            None,
-            now,
-            now,
-            Bytes::from(vec![b' '; 1024 * 1024 + 1]),
-        );
+        let of_size = |id: &str, size: usize| {
+            NewEvent::new(
+                None,
+                id.to_owned(),
+                "order.succeeded".to_owned(),
+                None,
+                None,
+                now,
+                now,
+                Bytes::from(vec![b' '; size]),
+            )
+        };
+        let mut entries = async || -> u64 {
+            redis::cmd("XLEN")
+                .arg(stream)
+                .query_async(&mut connection)
+                .await
+                .unwrap()
+        };
         let error = destination
-            .publish(&large, &mut None)
+            .publish(&of_size("evt_bulk_large", 1024 * 1024 + 1), &mut None)
             .await
             .expect_err("the body is larger than the server takes");
         let refused = error.downcast_ref::<EventRefused>();
@@ -4368,55 +4378,29 @@ mod tests {
                 .contains("1048577 bytes, more than the 1048576"),
             "{error}"
         );
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        assert_eq!(entries, 0);
-        let fits = NewEvent::new(
-            None,
-            "evt_bulk_fits".to_owned(),
-            "order.succeeded".to_owned(),
-            None,
-            None,
-            now,
-            now,
-            Bytes::from(vec![b' '; 1024 * 1024]),
-        );
+        assert_eq!(entries().await, 0);
         let id = destination
-            .publish(&fits, &mut None)
+            .publish(&of_size("evt_bulk_fits", 1024 * 1024), &mut None)
             .await
             .unwrap_or_else(|e| panic!("the body that fits: {e}"));
         assert!(id.is_some());
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        assert_eq!(entries, 1);
+        assert_eq!(entries().await, 1);
 
         // The limit raised while the gateway runs, on the connection it
         // keeps: the large body is read against the new one, and added.
+        let mut raise = server.connection().await;
         let () = redis::cmd("CONFIG")
             .arg("SET")
             .arg("proto-max-bulk-len")
             .arg("2mb")
-            .query_async(&mut connection)
+            .query_async(&mut raise)
             .await
             .unwrap();
-        let mut raised = large.clone();
-        raised.event_id = "evt_bulk_raised".to_owned();
         destination
-            .publish(&raised, &mut None)
+            .publish(&of_size("evt_bulk_raised", 1024 * 1024 + 1), &mut None)
             .await
             .unwrap_or_else(|e| panic!("the body under the raised limit: {e}"));
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        assert_eq!(entries, 2);
+        assert_eq!(entries().await, 2);
     }
 
     /// With `redis_wait_replicas`, publishes that run at once wait for the
