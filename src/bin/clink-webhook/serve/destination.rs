@@ -4,7 +4,7 @@
 //! fails, and the inbox retries the event later.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -505,36 +505,100 @@ pub(crate) struct Unconfirmed {
     /// When the latest began; `None` when not known, and a lookup then
     /// reads to the stream's end.
     pub(crate) latest: Option<Timestamp>,
-    /// How far an unfinished lookup read (see [`ReadTo`]), on the servers'
-    /// clock: the next one reads from a minute before there, not from
-    /// `since` again, so that lookups cut short by the destination's
-    /// timeout (a long backlog on the subject) still come to an end, as
-    /// long as one reads more than a minute of the subject's messages.
-    pub(crate) read_to: Option<Timestamp>,
+    /// How far an unfinished lookup read (see [`ReadPoint`]): the next one
+    /// in the same stream reads on after it, not from `since` again, so
+    /// that lookups cut short by the destination's timeout (a long backlog
+    /// on the subject) still come to an end.
+    pub(crate) read_to: Option<ReadPoint>,
 }
 
-/// How far a lookup has read: the time, on the servers' clock, of the last
-/// message on the subject it read and found not to be the event, every one
-/// before it since the lookup's start read too. Kept as it goes, so that
-/// what a lookup cut short read still counts.
-pub(crate) struct ReadTo(AtomicI64);
+/// How far a lookup read: the last message on the subject it read and
+/// found not to be the event, every one on the subject before it in the
+/// stream since the lookup's start read too.
+///
+/// A later lookup skips the messages up to it by their sequence, which
+/// rises in the order the stream keeps them, whichever server leads it
+/// (a time may not: a new leader's clock can be behind). Any publish of
+/// the event not yet known when that lookup began, and so not covered by
+/// its start, came after it, and is kept after that point. A sequence
+/// counts only in the stream it was read in: the stream made again (its
+/// creation time another) starts its sequences afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReadPoint {
+    /// When that message was kept, on the servers' clock: a point before a
+    /// later lookup's start is no use to it.
+    pub(crate) time: Timestamp,
+    /// The message's sequence in the stream.
+    pub(crate) sequence: u64,
+    /// When the stream was made, in nanoseconds since the epoch.
+    pub(crate) stream_made: i128,
+}
+
+impl std::fmt::Display for ReadPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, sequence {} of the stream made {}",
+            self.time, self.sequence, self.stream_made
+        )
+    }
+}
+
+impl std::str::FromStr for ReadPoint {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (time, rest) = text.split_once(", sequence ").ok_or(())?;
+        let (sequence, made) = rest.split_once(" of the stream made ").ok_or(())?;
+        Ok(Self {
+            time: time.parse().map_err(|_| ())?,
+            sequence: sequence.parse().map_err(|_| ())?,
+            stream_made: made.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// What a lookup has read so far (see [`ReadPoint`]), kept as it goes, so
+/// that what a lookup cut short read still counts.
+pub(crate) struct ReadTo {
+    /// When the stream read was made, once the lookup has found it.
+    made: Mutex<Option<i128>>,
+    /// The last message read, not the event: its sequence and time.
+    last: Mutex<Option<(u64, Timestamp)>>,
+}
 
 impl ReadTo {
     pub(crate) fn new() -> Self {
-        Self(AtomicI64::new(i64::MIN))
+        Self {
+            made: Mutex::new(None),
+            last: Mutex::new(None),
+        }
     }
 
-    /// A message kept at `time` read, not the event.
-    fn read(&self, time: time::OffsetDateTime) {
+    /// The lookup reads the stream made at `made`.
+    fn begin(&self, made: i128) {
+        *self.made.lock().unwrap_or_else(PoisonError::into_inner) = Some(made);
+    }
+
+    /// The message `sequence`, kept at `time`, read, not the event.
+    fn read(&self, sequence: u64, time: time::OffsetDateTime) {
         let millis =
             i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MIN);
-        self.0.fetch_max(millis, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|(read, _)| sequence > read) {
+            *last = Some((sequence, Timestamp::from_millis(millis)));
+        }
     }
 
     /// How far, if a message was read.
-    pub(crate) fn get(&self) -> Option<Timestamp> {
-        let millis = self.0.load(Ordering::Relaxed);
-        (millis != i64::MIN).then(|| Timestamp::from_millis(millis))
+    pub(crate) fn get(&self) -> Option<ReadPoint> {
+        let made = (*self.made.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let (sequence, time) = (*self.last.lock().unwrap_or_else(PoisonError::into_inner))?;
+        Some(ReadPoint {
+            time,
+            sequence,
+            stream_made: made,
+        })
     }
 }
 
@@ -979,7 +1043,14 @@ impl Destination {
         };
         // What a lookup read counts, though it was cut short.
         if let (Some(earlier), Some(to)) = (unconfirmed.as_mut(), read_to.get()) {
-            earlier.read_to = Some(earlier.read_to.map_or(to, |read_to| read_to.max(to)));
+            earlier.read_to = Some(match earlier.read_to {
+                Some(before)
+                    if before.stream_made == to.stream_made && before.sequence > to.sequence =>
+                {
+                    before
+                }
+                _ => to,
+            });
         }
         result.map_err(|error| {
             if sent.load(Ordering::SeqCst) {
@@ -2025,18 +2096,27 @@ fn kept_id(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
         .map(async_nats::HeaderValue::as_str)
 }
 
-/// The consumer a lookup named `name` reads `subject` with, from `start`:
+/// The consumer a lookup named `name` reads `subject` with, from
+/// `within`'s start, or after the sequence an earlier lookup read to:
 /// ephemeral, headers only, no acknowledgements (so no redelivery), one
 /// replica in memory; the server removes it once nobody has read from it
 /// for `inactive`.
 fn lookup_config(
-    name: &str, subject: &str, start: time::OffsetDateTime, inactive: Duration,
+    name: &str, subject: &str, within: Within, inactive: Duration,
 ) -> async_nats::jetstream::consumer::pull::Config {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    let deliver_policy = match within.read_after {
+        Some(read) => DeliverPolicy::ByStartSequence {
+            start_sequence: read.saturating_add(1),
+        },
+        None => DeliverPolicy::ByStartTime {
+            start_time: within.start,
+        },
+    };
     async_nats::jetstream::consumer::pull::Config {
         name: Some(name.to_owned()),
         description: Some("clink-webhook: looks for an earlier publish".to_owned()),
-        deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+        deliver_policy,
         ack_policy: AckPolicy::None,
         filter_subject: subject.to_owned(),
         headers_only: true,
@@ -2048,8 +2128,9 @@ fn lookup_config(
 }
 
 /// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
-/// messages on `subject` kept since a minute before `since`, or before where
-/// an earlier lookup read to when that is later: its sequence, if there. A
+/// messages on `subject` kept since a minute before `since`, after those an
+/// earlier lookup of the stream read (see [`ReadPoint`]): its sequence, if
+/// there. A
 /// message kept after the lookup began is looked at only when it is the
 /// one. How far it reads is kept in `read_to` as it goes.
 ///
@@ -2068,21 +2149,12 @@ async fn find_kept(
 ) -> Result<Option<u64>, String> {
     use async_nats::jetstream::stream::RetentionPolicy;
     let margin = i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap_or(i64::MAX);
-    // From a minute before where an earlier lookup read to, as before
-    // `since`: the server that keeps the stream may change (a new leader)
-    // for one whose clock is behind, within the minute the README allows.
-    let start = server_time(
-        earlier
-            .since
-            .as_millis()
-            .max(earlier.read_to.map_or(i64::MIN, Timestamp::as_millis))
-            .saturating_sub(margin),
-    );
+    let start_millis = earlier.since.as_millis().saturating_sub(margin);
+    let start = server_time(start_millis);
     let end = earlier.latest.map(|latest| {
         let late = i64::try_from((2 * timeout + LATE_ARRIVAL).as_millis()).unwrap_or(i64::MAX);
         server_time(latest.as_millis().saturating_add(late))
     });
-    let within = Within { start, end };
     if end.is_some_and(|end| end < start) {
         return Ok(None);
     }
@@ -2091,10 +2163,26 @@ async fn find_kept(
         .await
         .map_err(|e| e.to_string())?;
     let info = found.cached_info();
+    let made = info.created.unix_timestamp_nanos();
+    read_to.begin(made);
+    // Where an earlier lookup of this stream read to, when that is past
+    // this one's start.
+    let read_after = earlier
+        .read_to
+        .filter(|point| point.stream_made == made && point.time.as_millis() >= start_millis)
+        .map(|point| point.sequence);
+    let within = Within {
+        start,
+        end,
+        read_after,
+    };
     if info.state.messages == 0 {
         return Ok(None);
     }
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if read_after.is_some_and(|read| read >= last) {
+        return Ok(None);
+    }
     if info.config.retention == RetentionPolicy::Limits {
         find_kept_in_one_pass(
             jetstream, &found, subject, id, within, last, timeout, read_to,
@@ -2106,11 +2194,13 @@ async fn find_kept(
 }
 
 /// The times, on the servers' clock, a lookup reads the messages of: kept
-/// from `start`, and up to `end` when that is known.
+/// from `start`, and up to `end` when that is known; and the sequence an
+/// earlier lookup read to, after which this one reads (see [`ReadPoint`]).
 #[derive(Clone, Copy)]
 struct Within {
     start: time::OffsetDateTime,
     end: Option<time::OffsetDateTime>,
+    read_after: Option<u64>,
 }
 
 impl Within {
@@ -2154,17 +2244,20 @@ async fn find_kept_in_one_pass(
         Ok(message) if kept_id(Some(&message.headers)) == Some(id) => {
             return Ok(Some(message.sequence))
         }
+        // Read by an earlier lookup, and nothing after it on the subject.
+        Ok(message)
+            if within
+                .read_after
+                .is_some_and(|read| message.sequence <= read) =>
+        {
+            return Ok(None)
+        }
         Ok(message) => last.min(message.sequence),
     };
     let consumer = LookupConsumer::new(jetstream, &found.cached_info().config.name);
     let inactive = timeout.max(LOOKUP_INACTIVE_MIN);
     let reader = found
-        .create_consumer(lookup_config(
-            &consumer.name,
-            subject,
-            within.start,
-            inactive,
-        ))
+        .create_consumer(lookup_config(&consumer.name, subject, within, inactive))
         .await
         .map_err(|e| e.to_string())?;
     let short = |after: &str| {
@@ -2202,7 +2295,7 @@ async fn find_kept_in_one_pass(
         if kept_id(message.headers.as_ref()) == Some(id) {
             return Ok(Some(info.stream_sequence));
         }
-        read_to.read(info.published);
+        read_to.read(info.stream_sequence, info.published);
         if info.stream_sequence >= bound || within.past(info.published) {
             return Ok(None);
         }
@@ -2234,14 +2327,17 @@ async fn find_kept_one_by_one(
             Err(e) => return Err(e.to_string()),
         }
     }
-    let mut next = low;
+    // After what an earlier lookup read, when that is further.
+    let mut next = within
+        .read_after
+        .map_or(low, |read| low.max(read.saturating_add(1)));
     while next <= last {
         match found.get_first_raw_message_by_subject(subject, next).await {
             Ok(message) if message.sequence <= last => {
                 if kept_id(Some(&message.headers)) == Some(id) {
                     return Ok(Some(message.sequence));
                 }
-                read_to.read(message.time);
+                read_to.read(message.sequence, message.time);
                 if within.past(message.time) {
                     break;
                 }
@@ -2283,7 +2379,11 @@ async fn check_lookup(
         .create_consumer(lookup_config(
             &consumer.name,
             subject,
-            server_time(Timestamp::now().as_millis()),
+            Within {
+                start: server_time(Timestamp::now().as_millis()),
+                end: None,
+                read_after: None,
+            },
             timeout.max(LOOKUP_INACTIVE_MIN),
         ))
         .await
@@ -3522,6 +3622,12 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
+    /// When `stream` was made, in nanoseconds since the epoch.
+    async fn made_at(jetstream: &async_nats::jetstream::Context, stream: &str) -> i128 {
+        let found = jetstream.get_stream(stream).await.unwrap();
+        found.cached_info().created.unix_timestamp_nanos()
+    }
+
     /// The time, in whole milliseconds on the servers' clock, `stream` kept
     /// its message `sequence` at.
     async fn kept_at(
@@ -3540,8 +3646,8 @@ mod tests {
 
     /// A lookup cut short by the destination's timeout (a long backlog on
     /// the subject, read one message a request on a work queue) keeps how
-    /// far it read, for the next one to read from a minute before there
-    /// (see `a_lookup_reads_from_where_an_earlier_one_read_to`), where each
+    /// far it read, for the next one to read on after it (see
+    /// `a_lookup_reads_from_where_an_earlier_one_read_to`), where each
     /// read from the start again and the event ended dead. Here the relay
     /// holds the lookup's read of the tenth message until the publish's
     /// time is out.
@@ -3582,7 +3688,11 @@ mod tests {
         let read = unconfirmed.expect("still unconfirmed");
         assert_eq!(
             read.read_to,
-            Some(kept_at(&jetstream, &stream, sequences[8]).await),
+            Some(ReadPoint {
+                time: kept_at(&jetstream, &stream, sequences[8]).await,
+                sequence: sequences[8],
+                stream_made: made_at(&jetstream, &stream).await,
+            }),
             "the lookup read the first nine messages"
         );
         assert_eq!(read.since, long_ago);
@@ -3598,45 +3708,22 @@ mod tests {
         jetstream.delete_stream(&stream).await.unwrap();
     }
 
-    /// A lookup reads from a minute before where an earlier one read to
-    /// (the minute the servers' clocks may differ by), not from `since`
-    /// again (a message kept before that was read then), on a stream of
-    /// limits and on a work queue alike; and a lookup that reads to the
-    /// subject's last message keeps that message's time.
+    /// A lookup reads on after the sequence an earlier one read to, not
+    /// from `since` again (a message before it was read then), on a stream
+    /// of limits and on a work queue alike, unless that earlier lookup read
+    /// a stream made at another time, or stopped before this one's start;
+    /// and a lookup that reads to the subject's last message keeps that
+    /// message's place.
     #[tokio::test]
     async fn a_lookup_reads_from_where_an_earlier_one_read_to() {
         for retention in [RetentionPolicy::Limits, RetentionPolicy::WorkQueue] {
             let (_client, jetstream, stream, prefix) = test_stream_of("from", retention).await;
             let subject = format!("{prefix}.order_succeeded");
             let since = Timestamp::now();
-            let first = publish_all(
-                &jetstream,
-                &subject,
-                &[":evt_read".to_owned()],
-                &Bytes::new(),
-            )
-            .await[0];
-            let first_at = kept_at(&jetstream, &stream, first).await;
-            // Others, until one is kept a millisecond later or more.
-            let mut n = 0;
-            let later = loop {
-                n += 1;
-                let sequence =
-                    publish_all(&jetstream, &subject, &[format!(":evt_n{n}")], &Bytes::new()).await
-                        [0];
-                let at = kept_at(&jetstream, &stream, sequence).await;
-                if at > first_at {
-                    break at;
-                }
-            };
-            let last = publish_all(
-                &jetstream,
-                &subject,
-                &[":evt_last".to_owned()],
-                &Bytes::new(),
-            )
-            .await[0];
-            let lookup = async |id: &str, read_to: Option<Timestamp>| {
+            let ids = [":evt_read", ":evt_other", ":evt_last"].map(str::to_owned);
+            let sequences = publish_all(&jetstream, &subject, &ids, &Bytes::new()).await;
+            let made = made_at(&jetstream, &stream).await;
+            let lookup = async |id: &str, read_to: Option<ReadPoint>| {
                 let earlier = Unconfirmed {
                     since,
                     latest: None,
@@ -3658,30 +3745,54 @@ mod tests {
                     .unwrap();
                 (found, read.get())
             };
+            // Read to the second message.
+            let point = ReadPoint {
+                time: kept_at(&jetstream, &stream, sequences[1]).await,
+                sequence: sequences[1],
+                stream_made: made,
+            };
             assert_eq!(
                 lookup(":evt_read", None).await.0,
-                Some(first),
+                Some(sequences[0]),
                 "{retention:?}"
             );
-            // Read to a minute after `later`: read from `later` on.
-            let read_to = Timestamp::from_millis(
-                later.as_millis() + i64::try_from(LOOKUP_MARGIN.as_millis()).unwrap(),
-            );
             assert_eq!(
-                lookup(":evt_read", Some(read_to)).await.0,
+                lookup(":evt_read", Some(point)).await.0,
                 None,
                 "{retention:?}: read before"
             );
             assert_eq!(
-                lookup(":evt_last", Some(read_to)).await.0,
-                Some(last),
+                lookup(":evt_last", Some(point)).await.0,
+                Some(sequences[2]),
                 "{retention:?}"
             );
+            // A point in a stream made at another time, or before the
+            // lookup's start, is no use to it.
+            for other in [
+                ReadPoint {
+                    stream_made: made + 1,
+                    ..point
+                },
+                ReadPoint {
+                    time: Timestamp::from_millis(since.as_millis() - 120_000),
+                    ..point
+                },
+            ] {
+                assert_eq!(
+                    lookup(":evt_read", Some(other)).await.0,
+                    Some(sequences[0]),
+                    "{retention:?}: {other}"
+                );
+            }
             let (found, read) = lookup(":evt_absent", None).await;
             assert_eq!(found, None, "{retention:?}");
             assert_eq!(
                 read,
-                Some(kept_at(&jetstream, &stream, last).await),
+                Some(ReadPoint {
+                    time: kept_at(&jetstream, &stream, sequences[2]).await,
+                    sequence: sequences[2],
+                    stream_made: made,
+                }),
                 "{retention:?}: read to the last message"
             );
             jetstream.delete_stream(&stream).await.unwrap();

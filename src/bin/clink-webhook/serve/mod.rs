@@ -35,7 +35,8 @@ use tower_service::Service;
 
 use self::config::{read_accounts, verifier, Config, InboxSpec, Keys};
 use self::destination::{
-    AccountKeys, Destination, EventRefused, Health, MaybeKept, Signers, Unconfirmed, VerifyingKey,
+    AccountKeys, Destination, EventRefused, Health, MaybeKept, ReadPoint, Signers, Unconfirmed,
+    VerifyingKey,
 };
 use crate::output::Output;
 use crate::CliError;
@@ -339,8 +340,8 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 const UNCONFIRMED: &str = "(unconfirmed publish since ";
 
 /// Follows the time in [`UNCONFIRMED`] when a lookup for the event read
-/// part of the stream and found none there: the time, on the servers'
-/// clock, it read to (see [`Unconfirmed::read_to`]).
+/// part of the stream and found none there: the point it read to (see
+/// [`ReadPoint`]).
 const READ_TO: &str = "; none kept to ";
 
 /// Starts the error of a failed NATS publish when no publish of the event
@@ -384,7 +385,7 @@ fn unconfirmed_since(
             return Some(Some(Unconfirmed {
                 since: since.parse::<Timestamp>().unwrap_or(received_at),
                 latest: Some(record.started_at),
-                read_to: read_to.parse::<Timestamp>().ok(),
+                read_to: read_to.parse::<ReadPoint>().ok(),
             }));
         }
         error.contains(NONE_KEPT).then_some(None)
@@ -1475,23 +1476,28 @@ mod tests {
 
         // How far a lookup read, as the newest error that says since when
         // says it, carried through the attempts after it.
+        let point = ReadPoint {
+            time: at(7_000),
+            sequence: 41,
+            stream_made: 1_700_000_000_123_456_789,
+        };
         let read = format!(
-            "{UNCONFIRMED}{}{READ_TO}{}) nats://h: did not acknowledge",
+            "{UNCONFIRMED}{}{READ_TO}{point}) nats://h: did not acknowledge",
+            at(2_000)
+        );
+        let unreadable_read = format!(
+            "{UNCONFIRMED}{}{READ_TO}{}, sequence many of the stream made 1) nats://h: no",
             at(2_000),
             at(7_000)
         );
-        let unreadable_read = format!(
-            "{UNCONFIRMED}{}{READ_TO}later) nats://h: did not acknowledge",
-            at(2_000)
-        );
         for (history, expected) in [
-            (vec![failed(1, 3_000, &read)], Some(7_000)),
+            (vec![failed(1, 3_000, &read)], Some(point)),
             (
                 vec![
                     failed(1, 3_000, &read),
                     other(2, 8_000, InboxAttemptOutcome::LeaseExpired),
                 ],
-                Some(7_000),
+                Some(point),
             ),
             (
                 vec![failed(1, 3_000, &read), failed(2, 4_000, &marked)],
@@ -1502,11 +1508,7 @@ mod tests {
         ] {
             let unconfirmed = unconfirmed_since(&history, arrived, 3).expect("unconfirmed");
             assert_eq!(unconfirmed.since, at(2_000), "{history:?}");
-            assert_eq!(
-                unconfirmed.read_to.map(Timestamp::as_millis),
-                expected,
-                "{history:?}"
-            );
+            assert_eq!(unconfirmed.read_to, expected, "{history:?}");
         }
     }
 
