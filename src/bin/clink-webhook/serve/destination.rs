@@ -2165,22 +2165,29 @@ async fn find_kept(
     let info = found.cached_info();
     let made = info.created.unix_timestamp_nanos();
     read_to.begin(made);
+    if info.state.messages == 0 {
+        return Ok(None);
+    }
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     // Where an earlier lookup of this stream read to, when that is past
-    // this one's start.
+    // this one's start; not when the stream's last sequence is now below
+    // it (its sequences went back: restored from a snapshot, or a stream
+    // kept in memory lost and made again under its old creation time).
     let read_after = earlier
         .read_to
-        .filter(|point| point.stream_made == made && point.time.as_millis() >= start_millis)
+        .filter(|point| {
+            point.stream_made == made
+                && point.time.as_millis() >= start_millis
+                && point.sequence <= last
+        })
         .map(|point| point.sequence);
     let within = Within {
         start,
         end,
         read_after,
     };
-    if info.state.messages == 0 {
-        return Ok(None);
-    }
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    if read_after.is_some_and(|read| read >= last) {
+    // Read to the stream's last message already.
+    if read_after == Some(last) {
         return Ok(None);
     }
     if info.config.retention == RetentionPolicy::Limits {
@@ -3766,9 +3773,25 @@ mod tests {
                 Some(sequences[2]),
                 "{retention:?}"
             );
-            // A point in a stream made at another time, or before the
-            // lookup's start, is no use to it.
+            // Read to the stream's last message: nothing more to read.
+            let to_the_end = ReadPoint {
+                time: kept_at(&jetstream, &stream, sequences[2]).await,
+                sequence: sequences[2],
+                stream_made: made,
+            };
+            assert_eq!(
+                lookup(":evt_read", Some(to_the_end)).await.0,
+                None,
+                "{retention:?}: read to the end"
+            );
+            // A point in a stream made at another time, before the
+            // lookup's start, or past the stream's last sequence (its
+            // sequences went back), is no use to it.
             for other in [
+                ReadPoint {
+                    sequence: sequences[2] + 10,
+                    ..point
+                },
                 ReadPoint {
                     stream_made: made + 1,
                     ..point

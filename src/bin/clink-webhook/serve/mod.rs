@@ -300,7 +300,7 @@ impl Relay {
                     unconfirmed.map(|earlier| earlier.since)
                 };
                 // How far a lookup read stays true whatever was published
-                // after it: a message kept later is kept at a later time.
+                // after it: a message kept later has a later sequence.
                 let read_to = unconfirmed
                     .and_then(|earlier| earlier.read_to)
                     .map_or(String::new(), |to| format!("{READ_TO}{to}"));
@@ -1485,6 +1485,12 @@ mod tests {
             "{UNCONFIRMED}{}{READ_TO}{point}) nats://h: did not acknowledge",
             at(2_000)
         );
+        // The text an earlier version wrote (a time alone): no point.
+        let older_read = format!(
+            "{UNCONFIRMED}{}{READ_TO}{}) nats://h: did not acknowledge",
+            at(2_000),
+            at(7_000)
+        );
         let unreadable_read = format!(
             "{UNCONFIRMED}{}{READ_TO}{}, sequence many of the stream made 1) nats://h: no",
             at(2_000),
@@ -1505,6 +1511,7 @@ mod tests {
             ),
             (vec![failed(1, 3_000, &marked)], None),
             (vec![failed(1, 3_000, &unreadable_read)], None),
+            (vec![failed(1, 3_000, &older_read)], None),
         ] {
             let unconfirmed = unconfirmed_since(&history, arrived, 3).expect("unconfirmed");
             assert_eq!(unconfirmed.since, at(2_000), "{history:?}");
