@@ -208,10 +208,10 @@ struct Streams {
 /// The largest body the Redis server on `connection` takes in the script
 /// that adds an event: its `proto-max-bulk-len` (the largest argument),
 /// or its `client-query-buffer-limit` when lower (what a client's buffer
-/// holds while a large argument comes). A larger one is refused by the server, and would be
-/// refused however often it is sent. `None` when the server does not say
-/// (`CONFIG` is in Redis's `@admin` category, which a user of least
-/// privilege may not run).
+/// holds while a large argument comes). A larger one is refused by the
+/// server, and would be refused however often it is sent. `None` when the
+/// server does not say (`CONFIG` is in Redis's `@admin` category, which a
+/// user of least privilege may not run).
 async fn read_body_limit<C: redis::aio::ConnectionLike + Send>(
     connection: &mut C,
 ) -> Option<usize> {
@@ -2130,9 +2130,8 @@ fn lookup_config(
 /// Looks in `stream` for the message whose `Nats-Msg-Id` is `id` among the
 /// messages on `subject` kept since a minute before `since`, after those an
 /// earlier lookup of the stream read (see [`ReadPoint`]): its sequence, if
-/// there. A
-/// message kept after the lookup began is looked at only when it is the
-/// one. How far it reads is kept in `read_to` as it goes.
+/// there. A message kept after the lookup began is looked at only when it
+/// is the one. How far it reads is kept in `read_to` as it goes.
 ///
 /// How depends on the stream's retention. A [`RetentionPolicy::Limits`]
 /// stream is read in one pass (see [`find_kept_in_one_pass`]). On any
